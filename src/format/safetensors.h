@@ -1,0 +1,72 @@
+// safetensors headers: strict parsing with validation, and byte-exact serialisation matching
+// the Rust `safetensors` crate's writer (compact JSON, space padding to 8, tensors sorted by
+// dtype descending then name ascending, contiguous offsets).
+#ifndef QUENCH_FORMAT_SAFETENSORS_H_
+#define QUENCH_FORMAT_SAFETENSORS_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "quench/status.h"
+#include "quench/tensor.h"
+
+namespace quench {
+
+struct SafetensorsHeader {
+  uint64_t header_len = 0;   // N: JSON bytes incl. padding
+  uint64_t data_start = 0;   // 8 + N: file offset of the data section
+  uint64_t data_size = 0;    // bytes of the data section covered by tensors
+  // `__metadata__` entries in file order; empty when absent.
+  std::vector<std::pair<std::string, std::string>> metadata;
+  bool has_metadata = false;
+  // Tensors in header order (not sorted).
+  std::vector<TensorInfo> tensors;
+};
+
+// Largest header accepted (the Rust crate's limit is 100 MB).
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+// Validates a header: `json` is the N header bytes (padding included); `file_size` is the
+// whole file's size. Rules (each violation names file, tensor and rule in the message):
+// JSON object; `__metadata__` a string->string map; each entry an object with exactly
+// dtype/shape/data_offsets; known dtype; shape of non-negative integers; product * dtype size
+// == end - begin (no overflow); begin <= end; offsets within the data section; tensors tile the
+// data section with no gaps or overlaps, starting at 0 and ending at the file end; no duplicate
+// names; valid UTF-8 names. `label` names the file in messages.
+Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view label, std::string_view json,
+                                                 uint64_t file_size);
+
+// Opens `path`, reads the 8-byte length and the header with pread (no data is read), checks
+// the length against the file size and kMaxHeaderBytes, then ParseSafetensorsHeader.
+Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& path);
+
+// One tensor to be written: offsets are assigned by LayOutSafetensors.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kBF16;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+};
+
+struct SafetensorsLayout {
+  std::string header;               // the 8-byte length prefix + padded JSON: write at offset 0
+  std::vector<TensorInfo> tensors;  // sorted as the writer sorts them; begin/end relative to data
+  uint64_t data_start = 0;          // == header.size()
+  uint64_t file_size = 0;
+};
+
+// Sorts like safetensors' `prepare()` (dtype descending by DTypeSortRank, then name ascending
+// byte-wise), assigns contiguous offsets, and serialises the header exactly as the crate does
+// (`serde_json::to_string`: no spaces; field order dtype, shape, data_offsets; `__metadata__`
+// first when non-empty; right-padded with spaces to a multiple of 8).
+SafetensorsLayout LayOutSafetensors(
+    std::vector<TensorSpec> tensors,
+    const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
+}  // namespace quench
+
+#endif  // QUENCH_FORMAT_SAFETENSORS_H_
