@@ -1,0 +1,66 @@
+// The one entry point of the library: plan a conversion, or plan and run it.
+#ifndef QUENCH_CONVERT_H_
+#define QUENCH_CONVERT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quench/plan.h"
+#include "quench/status.h"
+
+namespace quench {
+
+inline constexpr uint64_t kDefaultMemoryLimit = 2ull << 30;  // 2 GiB
+
+struct ConvertOptions {
+  std::filesystem::path src;
+  std::filesystem::path dst;
+  std::string scheme;                  // preset name as the user typed it (the config key)
+  std::vector<std::string> targets;    // empty: every Linear ("Linear")
+  std::vector<std::string> ignore;     // the user's ignore entries, in order
+  bool default_ignore = true;          // also leave lm_head, embeddings, router gates alone
+  uint64_t memory_limit = kDefaultMemoryLimit;
+  int threads = 0;                     // 0: every core
+  bool overwrite = false;              // allow a non-empty existing DST
+};
+
+struct Progress {
+  uint64_t bytes_done = 0;   // input bytes processed
+  uint64_t bytes_total = 0;
+  std::string_view current;  // tensor being written
+};
+
+struct ConvertCallbacks {
+  std::function<void(std::string_view line)> note;   // informational lines and warnings
+  std::function<void(const Progress&)> progress;     // called from one thread, throttled
+  const std::atomic<bool>* cancel = nullptr;         // set (e.g. by SIGINT) to stop early
+};
+
+struct ConvertSummary {
+  uint64_t tensors_quantized = 0;
+  uint64_t tensors_copied = 0;
+  uint64_t bytes_in = 0;    // safetensors bytes read (headers excluded)
+  uint64_t bytes_out = 0;   // safetensors bytes written (headers included)
+  uint64_t chunk_bytes = 0; // input bytes per pipeline chunk, as sized from the memory limit
+  int tokens = 0;           // chunks in flight
+  double seconds = 0;
+};
+
+// Reads headers only and builds the full plan; every user error surfaces here.
+Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& callbacks = {});
+
+// Plans, then streams every tensor through the pipeline and finalises DST.
+Result<ConvertSummary> Convert(const ConvertOptions& options,
+                               const ConvertCallbacks& callbacks = {});
+
+// Parses "512M", "2G", "1.5GiB", "1000000" into bytes.
+Result<uint64_t> ParseByteSize(std::string_view text);
+
+}  // namespace quench
+
+#endif  // QUENCH_CONVERT_H_

@@ -1,0 +1,73 @@
+// The plan: for every source tensor what happens to it, and for every output file its exact
+// bytes layout, all computed from headers before any weight is read (llama.cpp-style
+// plan-before-stream). The pipeline only executes it.
+#ifndef QUENCH_PLAN_H_
+#define QUENCH_PLAN_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "quench/dtype.h"
+#include "quench/scheme.h"
+
+namespace quench {
+
+enum class TensorAction { kCopy, kQuantize };
+
+// One tensor in an output shard, at an absolute offset of that file.
+struct PlannedOutput {
+  std::string name;
+  DType dtype = DType::kBF16;
+  std::vector<uint64_t> shape;
+  uint64_t file_offset = 0;
+  uint64_t nbytes = 0;
+  uint64_t rows_per_slab = 1;   // see SchemeOutput
+  uint64_t bytes_per_slab = 0;
+};
+
+struct PlannedTensor {
+  std::string name;
+  DType dtype = DType::kBF16;
+  std::vector<uint64_t> shape;
+  size_t shard = 0;             // source and output shard index (same relative name)
+  uint64_t src_offset = 0;      // absolute offset in the source file
+  uint64_t src_bytes = 0;
+  TensorAction action = TensorAction::kCopy;
+  const SchemeInfo* scheme = nullptr;  // when quantized
+  std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
+  std::string why;              // for copies: the rule that left it alone
+};
+
+struct PlannedShard {
+  std::string rel_name;
+  std::filesystem::path src_path;
+  std::string header;           // bytes [0, data_start) of the output file
+  uint64_t file_size = 0;
+  std::vector<PlannedOutput> outputs;  // sorted as safetensors' writer sorts them
+};
+
+struct PlannedFile {
+  std::string rel_name;
+  std::filesystem::path copy_from;  // empty: write `contents`
+  std::string contents;
+};
+
+struct Plan {
+  std::filesystem::path src;
+  std::filesystem::path dst;
+  std::vector<PlannedShard> shards;
+  std::vector<PlannedTensor> tensors;   // in source shard order, then header offset order
+  // Non-safetensors files: copies of the source's other files, then the index and the config,
+  // which are published last so a folder without them is visibly unfinished.
+  std::vector<PlannedFile> files;
+  std::vector<std::string> notes;       // warnings and information for the user
+  std::vector<std::string> config_ignore;  // the ignore list written to quantization_config
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+};
+
+}  // namespace quench
+
+#endif  // QUENCH_PLAN_H_

@@ -1,0 +1,80 @@
+// The single table of quantization schemes (after ggml's type table): the CLI help, the size
+// planner and the quantization_config writer all read this table, so a scheme is added in one
+// place. SIMD-free: kernels are referenced through plain function pointers.
+#ifndef QUENCH_SCHEME_H_
+#define QUENCH_SCHEME_H_
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quench/dtype.h"
+
+namespace quench {
+
+struct WeightChunk;
+struct ChunkOutputs;
+using ChunkKernel = bool (*)(const WeightChunk& in, const ChunkOutputs& out);
+
+// compressed-tensors QuantizationArgs, as serialised into config.json.
+struct QuantArgsDesc {
+  int num_bits = 8;
+  std::string_view type;       // "float" | "int"
+  bool symmetric = true;
+  std::optional<int> group_size;
+  std::string_view strategy;   // "channel" | "block" | "group" | "tensor_group" | "token" | ...
+  std::optional<std::pair<int, int>> block_structure;
+  bool dynamic = false;
+  std::string_view observer;   // empty -> null
+  std::string_view scale_dtype;  // empty -> null, else e.g. "torch.float8_e4m3fn"
+  std::string_view zp_dtype;     // empty -> null
+};
+
+// One tensor a scheme writes per quantized weight `X.weight`.
+struct SchemeOutput {
+  std::string suffix;             // e.g. "weight", "weight_scale": written as "X.<suffix>"
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+  // Row-proportional layout: every `rows_per_slab` source rows produce `bytes_per_slab`
+  // contiguous bytes, in order. A chunk whose first row is a multiple of the scheme's
+  // row_align starts at byte (row / rows_per_slab) * bytes_per_slab.
+  uint64_t rows_per_slab = 1;
+  uint64_t bytes_per_slab = 0;
+};
+
+struct SchemeInfo {
+  std::string_view name;         // preset name, e.g. "FP8_DYNAMIC"
+  std::string_view format;       // compressed-tensors format, e.g. "float-quantized"
+  std::string_view summary;      // one line for `quench --help` / `quench schemes`
+  std::string_view weights_desc;      // e.g. "FP8 E4M3, BF16 scale per output channel"
+  std::string_view activations_desc;  // e.g. "FP8 dynamic per token"
+  std::string_view gpu;               // vLLM hardware note
+  QuantArgsDesc weights;
+  std::optional<QuantArgsDesc> input_activations;
+  // Chunks of rows handed to the kernel start at multiples of this (128 for 128x128 blocks).
+  uint64_t row_align = 1;
+  // Rows that the kernel needs as a unit cannot exceed the tensor; no other shape limits here:
+  // group schemes check divisibility in CheckShape.
+  ChunkKernel kernel = nullptr;         // Highway, dispatched
+  ChunkKernel scalar_kernel = nullptr;  // the scalar definition
+  // Output tensors for a [rows, cols] weight of dtype `wdtype`, in the order the kernel's
+  // ChunkOutputs slots use.
+  std::vector<SchemeOutput> (*outputs)(DType wdtype, uint64_t rows, uint64_t cols) = nullptr;
+  // Extra validity check of a weight's shape; empty string when fine, else the rule broken.
+  std::string (*check_shape)(uint64_t rows, uint64_t cols) = nullptr;
+
+  // Effective bits per weight including scales, for a weight of `cols` inputs in BF16.
+  double BitsPerWeight(uint64_t rows, uint64_t cols) const;
+};
+
+std::span<const SchemeInfo> SchemeTable();
+// Case-insensitive lookup (compressed-tensors upper-cases preset names); nullptr if unknown.
+const SchemeInfo* FindScheme(std::string_view name);
+
+}  // namespace quench
+
+#endif  // QUENCH_SCHEME_H_

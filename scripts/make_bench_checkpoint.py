@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Write a synthetic Llama-shaped BF16 checkpoint of about SIZE_GB (10^9 bytes) for scripts/bench.
+
+    make_bench_checkpoint.py OUT_DIR --size-gb 2 [--shard-gb 1] [--seed N]
+
+Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
+layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
+7B model), the vocabulary then filling the rest. Below one 7B layer, hidden and intermediate are
+halved until at least one layer fits. Weights are BF16 with a normal(0, 0.02) distribution: a pool
+of 2^24 true normal draws is sampled at random offsets with random signs, which is fast (the data
+are only there to be converted, not to be meaningful).
+
+Files are laid out as Hugging Face save_pretrained does: shards model-0000k-of-0000n.safetensors
+filled in module order up to --shard-gb, tensors inside a shard sorted by name, header padded
+with spaces to a multiple of 8, model.safetensors.index.json and config.json. Written to temporary
+folder OUT_DIR.partial, renamed to OUT_DIR at the end, so an interrupted run is never reused (and
+no marker file ends up in the checkpoint, where a converter would copy it).
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import sys
+import time
+
+import numpy as np
+
+POOL = 1 << 24
+CHUNK = 1 << 22  # elements per generated piece
+
+
+def shapes_for(size_bytes: int):
+    hidden, inter, heads = 4096, 11008, 32
+    while True:
+        layer = 2 * (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden)
+        if layer <= size_bytes * 0.92 or hidden <= 256:
+            break
+        hidden //= 2
+        inter //= 2
+        heads //= 2
+    layers = max(1, int(size_bytes * 0.92 // layer))
+    rest = size_bytes - layers * layer - 2 * hidden
+    vocab = max(256, int(rest // (2 * 2 * hidden)) // 64 * 64)
+    return dict(hidden=hidden, inter=inter, heads=max(1, heads), layers=layers, vocab=vocab)
+
+
+def tensor_list(s):
+    """(name, shape) in module order, as save_pretrained iterates the state dict."""
+    h, i = s["hidden"], s["inter"]
+    out = [("model.embed_tokens.weight", (s["vocab"], h))]
+    for l in range(s["layers"]):
+        p = f"model.layers.{l}."
+        out += [
+            (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.k_proj.weight", (h, h)),
+            (p + "self_attn.v_proj.weight", (h, h)),
+            (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "mlp.gate_proj.weight", (i, h)),
+            (p + "mlp.up_proj.weight", (i, h)),
+            (p + "mlp.down_proj.weight", (h, i)),
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+        ]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (s["vocab"], h))]
+    return out
+
+
+def nbytes(shape):
+    n = 2
+    for d in shape:
+        n *= d
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--size-gb", type=float, default=2.0)
+    ap.add_argument("--shard-gb", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=20261122)
+    a = ap.parse_args()
+    final = a.out.rstrip("/")
+    if os.path.isdir(final):
+        print(f"reusing {final}", file=sys.stderr)
+        return
+    out = final + ".partial"
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    t0 = time.time()
+    s = shapes_for(int(a.size_gb * 1e9))
+    tensors = tensor_list(s)
+
+    # Greedy sharding in module order (transformers' shard_checkpoint).
+    limit = int(a.shard_gb * 1e9)
+    shards, cur, cur_size = [], [], 0
+    for name, shape in tensors:
+        b = nbytes(shape)
+        if cur and cur_size + b > limit:
+            shards.append(cur)
+            cur, cur_size = [], 0
+        cur.append((name, shape))
+        cur_size += b
+    shards.append(cur)
+    n = len(shards)
+
+    rng = np.random.default_rng(a.seed)
+    pool = rng.standard_normal(POOL + CHUNK, dtype=np.float32) * np.float32(0.02)
+    pool = ((pool.view(np.uint32) + 0x7FFF + ((pool.view(np.uint32) >> 16) & 1)) >> 16).astype("<u2")
+    pool &= np.uint16(0x7FFF)  # magnitudes; signs are drawn per element below
+
+    def norm_vec(k):
+        v = np.float32(1.0) + rng.standard_normal(k, dtype=np.float32) * np.float32(0.05)
+        return (v.view(np.uint32) >> 16).astype("<u2").tobytes()
+
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{n:05d}.safetensors"
+        names = sorted(shard, key=lambda t: t[0].encode())
+        header = {"__metadata__": {"format": "pt"}}
+        off = 0
+        for name, shape in names:
+            header[name] = {"dtype": "BF16", "shape": list(shape),
+                            "data_offsets": [off, off + nbytes(shape)]}
+            off += nbytes(shape)
+        hj = json.dumps(header, separators=(",", ":")).encode()
+        hj += b" " * ((8 - len(hj) % 8) % 8)
+        tmp = os.path.join(out, fname + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hj)))
+            f.write(hj)
+            for name, shape in names:
+                elems = nbytes(shape) // 2
+                if len(shape) == 1:
+                    f.write(norm_vec(elems))
+                    continue
+                done = 0
+                while done < elems:
+                    m = min(CHUNK, elems - done)
+                    start = int(rng.integers(0, POOL))
+                    piece = pool[start:start + m] | (rng.integers(0, 2, m, dtype=np.uint16) << 15)
+                    f.write(piece.tobytes())
+                    done += m
+        os.replace(tmp, os.path.join(out, fname))
+        total += off
+        for name, _ in shard:
+            weight_map[name] = fname
+        print(f"  wrote {fname} ({off / 1e9:.2f} GB)", file=sys.stderr)
+
+    def write_json(name, obj):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    write_json("model.safetensors.index.json",
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json("config.json", {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 1, "eos_token_id": 2, "head_dim": s["hidden"] // s["heads"],
+        "hidden_act": "silu", "hidden_size": s["hidden"], "initializer_range": 0.02,
+        "intermediate_size": s["inter"], "max_position_embeddings": 4096, "mlp_bias": False,
+        "model_type": "llama", "num_attention_heads": s["heads"],
+        "num_hidden_layers": s["layers"], "num_key_value_heads": s["heads"],
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.3", "use_cache": True, "vocab_size": s["vocab"]})
+    os.replace(out, final)
+    print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "
+          f"{s['hidden']}, intermediate {s['inter']}, vocab {s['vocab']}) in "
+          f"{time.time() - t0:.1f}s -> {final}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

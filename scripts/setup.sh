@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages quench builds with, if any is missing. Idempotent; needs root
+# (or sudo) only when something must be installed.
+set -euo pipefail
+pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
+      doctest-dev python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,248 @@
+// quench command line: `convert`, `inspect`, `schemes`. Everything here is argument handling
+// and presentation; the work is in the library's Convert().
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/cli.h"
+#include "quench/convert.h"
+#include "quench/scheme.h"
+#include "format/quant_config.h"
+#include "plan/planner.h"
+
+namespace quench::cli {
+namespace {
+
+std::atomic<bool> g_cancel{false};
+
+void OnSignal(int) { g_cancel.store(true); }
+
+const char kMainHelp[] =
+    "quench " QUENCH_VERSION ": convert Hugging Face safetensors checkpoints into\n"
+    "compressed-tensors checkpoints that vLLM loads, streaming tensor by tensor.\n"
+    "\n"
+    "usage: quench <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  convert SRC DST --scheme NAME   quantize a checkpoint folder into DST\n"
+    "  inspect PATH [--json]           list the tensors of a folder or .safetensors file\n"
+    "  schemes                         list the quantization schemes\n"
+    "\n"
+    "  -h, --help      this help; `quench <command> --help` for a command's options\n"
+    "  -V, --version   print the version\n"
+    "\n"
+    "exit codes: 0 success, 1 internal error, 2 usage error, 3 invalid or unsupported input\n"
+    "(including NaN/Inf weights), 4 I/O failure, 130 interrupted.\n";
+
+std::string ConvertHelp() {
+  std::string s =
+      "usage: quench convert SRC DST --scheme NAME [options]\n"
+      "\n"
+      "Reads the checkpoint folder SRC (one or more .safetensors shards, with or without an\n"
+      "index; BF16, F16 or F32 weights) and writes a compressed-tensors checkpoint to DST:\n"
+      "quantized shards under the same names, the index, config.json with its\n"
+      "quantization_config, and every other file copied unchanged. SRC is never written.\n"
+      "\n"
+      "A tensor is quantized when it is a 2-D `<module>.weight`, the module name does not end\n"
+      "in \"norm\", it matches --targets and matches no --ignore entry (compressed-tensors'\n"
+      "rule), and, unless --no-default-ignore, it is not one of the modules vLLM loads\n"
+      "unquantized (output head, embeddings, MoE router gates).\n"
+      "\n"
+      "options:\n"
+      "  --scheme NAME         quantization scheme (required):";
+  for (const SchemeInfo& sc : SchemeTable()) s += " " + std::string(sc.name);
+  s += "\n"
+       "  --targets ENTRY       module to quantize (repeatable); exact name or re:REGEX\n"
+       "                        (Python re.match: anchored at the start). Default: Linear (all)\n"
+       "  --ignore ENTRY        module to leave unquantized (repeatable), same syntax; written\n"
+       "                        verbatim to quantization_config.ignore\n"
+       "  --no-default-ignore   quantize exactly what llm-compressor's model_free_ptq would;\n"
+       "                        without it these are also left alone:";
+  for (const DefaultIgnore& d : DefaultIgnores()) s += " " + std::string(d.pattern);
+  s += "\n"
+       "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
+       "  --threads N           worker threads; default: every core\n"
+       "  --overwrite           allow a DST that exists and is not empty (files of the same\n"
+       "                        name are replaced; other files are left as they are)\n"
+       "  -q, --quiet           no progress and no notes; errors only\n";
+  return s;
+}
+
+bool TakeValue(const std::vector<std::string>& args, size_t& i, std::string& out,
+               std::string& err) {
+  const std::string& a = args[i];
+  const size_t eq = a.find('=');
+  if (eq != std::string::npos) {
+    out = a.substr(eq + 1);
+    return true;
+  }
+  if (i + 1 >= args.size()) {
+    err = a + " needs a value";
+    return false;
+  }
+  out = args[++i];
+  return true;
+}
+
+std::string FlagName(const std::string& a) {
+  const size_t eq = a.find('=');
+  return eq == std::string::npos ? a : a.substr(0, eq);
+}
+
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(isatty(STDERR_FILENO) == 1) {
+    start_ = std::chrono::steady_clock::now();
+  }
+  void Update(const Progress& p) {
+    if (quiet_ || p.bytes_total == 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    if (!tty_ && now - last_ < std::chrono::seconds(10) && p.bytes_done != p.bytes_total) return;
+    last_ = now;
+    const double frac = static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
+    const double rate = secs > 0 ? static_cast<double>(p.bytes_done) / secs / 1e9 : 0;
+    const double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / 1e9 / rate : 0;
+    std::string cur(p.current.substr(0, 48));
+    std::fprintf(stderr, "%s%5.1f%%  %.2f/%.2f GB  %.2f GB/s  ETA %4.0fs  %-48s%s",
+                 tty_ ? "\r" : "", 100 * frac, static_cast<double>(p.bytes_done) / 1e9,
+                 static_cast<double>(p.bytes_total) / 1e9, rate, eta, cur.c_str(),
+                 tty_ ? "" : "\n");
+    drawn_ = tty_;
+  }
+  void Finish() {
+    if (drawn_) std::fputc('\n', stderr);
+    drawn_ = false;
+  }
+
+ private:
+  bool quiet_, tty_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_, last_{};
+};
+
+int RunConvert(const std::vector<std::string>& args) {
+  ConvertOptions o;
+  bool quiet = false;
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const std::string flag = FlagName(a);
+    std::string v, err;
+    if (a == "-h" || a == "--help") {
+      std::fputs(ConvertHelp().c_str(), stdout);
+      return 0;
+    } else if (flag == "--scheme") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.scheme = v;
+    } else if (flag == "--targets" || flag == "--target") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.targets.push_back(v);
+    } else if (flag == "--ignore") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.ignore.push_back(v);
+    } else if (a == "--no-default-ignore") {
+      o.default_ignore = false;
+    } else if (flag == "--memory-limit") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      auto bytes = ParseByteSize(v);
+      if (!bytes.ok()) return ReportError(bytes.status().message(), 2);
+      o.memory_limit = *bytes;
+    } else if (flag == "--threads") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 1 || n > 4096) {
+        return ReportError("--threads needs a whole number from 1 to 4096, not '" + v + "'", 2);
+      }
+      o.threads = static_cast<int>(n);
+    } else if (a == "--overwrite") {
+      o.overwrite = true;
+    } else if (a == "-q" || a == "--quiet") {
+      quiet = true;
+    } else if (a.starts_with("-") && a != "-") {
+      return ReportError("convert: unknown option '" + a + "' (see quench convert --help)", 2);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() != 2) {
+    return ReportError("convert: needs SRC and DST (see quench convert --help)", 2);
+  }
+  if (o.scheme.empty()) {
+    return ReportError("convert: --scheme is required (see quench schemes)", 2);
+  }
+  o.src = positional[0];
+  o.dst = positional[1];
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  ProgressPrinter progress(quiet);
+  ConvertCallbacks cb;
+  cb.cancel = &g_cancel;
+  cb.note = [quiet](std::string_view line) {
+    if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
+  };
+  cb.progress = [&progress](const Progress& p) { progress.Update(p); };
+  auto result = Convert(o, cb);
+  progress.Finish();
+  if (!result.ok()) {
+    return ReportError(result.status().ToString(), ExitCodeFor(result.status().code()));
+  }
+  const ConvertSummary& s = *result;
+  if (!quiet) {
+    std::fprintf(stderr,
+                 "quench: wrote %s: %llu tensors quantized, %llu copied; %.3f GB read, %.3f GB "
+                 "written in %.2f s (%.2f GB/s)\n",
+                 o.dst.c_str(), static_cast<unsigned long long>(s.tensors_quantized),
+                 static_cast<unsigned long long>(s.tensors_copied),
+                 static_cast<double>(s.bytes_in) / 1e9, static_cast<double>(s.bytes_out) / 1e9,
+                 s.seconds, s.seconds > 0 ? static_cast<double>(s.bytes_in) / 1e9 / s.seconds : 0.0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int ReportError(const std::string& message, int exit_code) {
+  std::fprintf(stderr, "quench: error: %s\n", message.c_str());
+  return exit_code;
+}
+
+}  // namespace quench::cli
+
+int main(int argc, char** argv) {
+  using namespace quench::cli;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(kMainHelp, stderr);
+    return 2;
+  }
+  const std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    if (cmd == "help" && !rest.empty()) {
+      rest = {"--help"};
+      if (args[1] == "convert") return RunConvert(rest);
+      if (args[1] == "inspect") return RunInspect(rest);
+      if (args[1] == "schemes") return RunSchemes(rest);
+    }
+    std::fputs(kMainHelp, stdout);
+    return 0;
+  }
+  if (cmd == "-V" || cmd == "--version") {
+    std::printf("quench %s (compressed-tensors format %s)\n", QUENCH_VERSION, quench::kCompressedTensorsVersion);
+    return 0;
+  }
+  if (cmd == "convert") return RunConvert(rest);
+  if (cmd == "inspect") return RunInspect(rest);
+  if (cmd == "schemes") return RunSchemes(rest);
+  return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);
+}

@@ -1,0 +1,555 @@
+// JSON tree, simdjson-based parser, and two writers: Python's `json.dumps(indent=2,
+// sort_keys=True)` (config.json and the index, which the reference rewrites that way) and
+// serde_json's compact form (safetensors headers).
+#include "format/json.h"
+
+#include <fcntl.h>
+#include <simdjson.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <unordered_map>
+
+namespace quench {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+// Byte offset of the first invalid UTF-8 sequence in `s`, or npos. Used only to give the
+// position that simdjson's UTF8_ERROR lacks.
+size_t FindInvalidUtf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    // Overlong forms, surrogates and code points past U+10FFFF are invalid UTF-8 (RFC 3629).
+    static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+Status ParseError(std::string_view label, std::string_view json, simdjson::error_code err) {
+  std::string msg(label);
+  msg += ": not valid JSON: ";
+  msg += simdjson::error_message(err);
+  if (err == simdjson::UTF8_ERROR) {
+    const size_t at = FindInvalidUtf8(json);
+    if (at != std::string_view::npos) msg += " (invalid byte at offset " + std::to_string(at) + ")";
+  } else if (err == simdjson::NUMBER_ERROR || err == simdjson::NUMBER_OUT_OF_RANGE) {
+    // Python would keep an arbitrary-precision int or turn 1e400 into inf; we do not.
+    msg += " (integers must fit in 64 bits and floats must be finite)";
+  }
+  return Error(ErrorCode::kInvalidInput, std::move(msg));
+}
+
+JsonValue Convert(simdjson::dom::element e);
+
+JsonValue ConvertObject(simdjson::dom::object obj) {
+  JsonValue::Object out;
+  // Python's dict keeps the first position of a repeated key and the last value; a hash index
+  // keeps that linear for objects such as an index's weight_map with 10^5 entries.
+  std::unordered_map<std::string_view, size_t> index;
+  const bool use_index = obj.size() > 8;
+  for (simdjson::dom::key_value_pair field : obj) {
+    std::string_view key = field.key;
+    size_t pos = out.size();
+    if (use_index) {
+      auto [it, inserted] = index.try_emplace(key, pos);
+      if (!inserted) pos = it->second;
+    } else {
+      for (size_t i = 0; i < out.size(); ++i) {
+        if (out[i].first == key) {
+          pos = i;
+          break;
+        }
+      }
+    }
+    if (pos == out.size()) {
+      out.emplace_back(std::string(key), Convert(field.value));
+    } else {
+      out[pos].second = Convert(field.value);
+    }
+  }
+  return JsonValue(std::move(out));
+}
+
+JsonValue Convert(simdjson::dom::element e) {
+  using simdjson::dom::element_type;
+  switch (e.type()) {
+    case element_type::ARRAY: {
+      JsonValue::Array out;
+      simdjson::dom::array arr = e.get_array().value_unsafe();
+      out.reserve(arr.size());
+      for (simdjson::dom::element item : arr) out.push_back(Convert(item));
+      return JsonValue(std::move(out));
+    }
+    case element_type::OBJECT:
+      return ConvertObject(e.get_object().value_unsafe());
+    case element_type::INT64:
+      return JsonValue(e.get_int64().value_unsafe());
+    case element_type::UINT64:
+      return JsonValue(e.get_uint64().value_unsafe());
+    case element_type::DOUBLE:
+      return JsonValue(e.get_double().value_unsafe());
+    case element_type::STRING:
+      return JsonValue(e.get_string().value_unsafe());
+    case element_type::BOOL:
+      return JsonValue(e.get_bool().value_unsafe());
+    case element_type::NULL_VALUE:
+      return JsonValue(nullptr);
+  }
+  return JsonValue(nullptr);
+}
+
+Result<JsonValue> ParsePadded(std::string_view label, const simdjson::padded_string& text) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  simdjson::error_code err = parser.parse(text).get(root);
+  if (err) return ParseError(label, std::string_view(text.data(), text.size()), err);
+  return Convert(root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number formatting
+
+// Shortest round-trip digits of a finite, non-zero |v| and its decimal exponent x, so that
+// v = d.ddd * 10^x. std::to_chars gives the shortest representation that round-trips, the same
+// digits as Python's repr (David Gay's dtoa, mode 0) and Rust's ryu.
+void ShortestDigits(double v, std::string& digits, int& exp10) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof(buf), std::fabs(v), std::chars_format::scientific);
+  std::string_view s(buf, static_cast<size_t>(res.ptr - buf));
+  const size_t e = s.find('e');
+  digits.clear();
+  for (char c : s.substr(0, e)) {
+    if (c != '.') digits.push_back(c);
+  }
+  exp10 = 0;
+  std::from_chars(s.data() + e + 1 + (s[e + 1] == '+' ? 1 : 0), s.data() + s.size(), exp10);
+}
+
+// Python's float.__repr__ ('r' format, float_repr_style 'short'): scientific notation when the
+// exponent is < -4 or >= 16 (Python/pystrtod.c format_float_short), with a sign and at least
+// two exponent digits; otherwise fixed notation that always shows a fractional part.
+void AppendPythonFloat(std::string& out, double v) {
+  // json.dumps(allow_nan=True) writes these JavaScript names (json/encoder.py floatstr).
+  if (std::isnan(v)) {
+    out += "NaN";
+    return;
+  }
+  if (std::isinf(v)) {
+    out += v > 0 ? "Infinity" : "-Infinity";
+    return;
+  }
+  if (std::signbit(v)) out.push_back('-');
+  if (v == 0) {
+    out += "0.0";
+    return;
+  }
+  std::string d;
+  int x;
+  ShortestDigits(v, d, x);
+  const int n = static_cast<int>(d.size());
+  if (x < -4 || x >= 16) {
+    out.push_back(d[0]);
+    if (n > 1) {
+      out.push_back('.');
+      out.append(d, 1);
+    }
+    out.push_back('e');
+    out.push_back(x < 0 ? '-' : '+');
+    const int ax = x < 0 ? -x : x;
+    if (ax < 10) out.push_back('0');
+    out += std::to_string(ax);
+  } else if (x >= 0) {
+    if (n <= x + 1) {
+      out += d;
+      out.append(static_cast<size_t>(x + 1 - n), '0');
+      out += ".0";
+    } else {
+      out.append(d, 0, static_cast<size_t>(x + 1));
+      out.push_back('.');
+      out.append(d, static_cast<size_t>(x + 1));
+    }
+  } else {
+    out += "0.";
+    out.append(static_cast<size_t>(-x - 1), '0');
+    out += d;
+  }
+}
+
+// serde_json's float format, which is ryu's `format64` (ryu/src/pretty/mod.rs): with
+// kk = exponent + 1, fixed notation for -5 < kk <= 16, else "1e30" / "1.5e-7" (no '+', no
+// padding). serde_json writes non-finite floats as null.
+void AppendRyuFloat(std::string& out, double v) {
+  if (!std::isfinite(v)) {
+    out += "null";
+    return;
+  }
+  if (std::signbit(v)) out.push_back('-');
+  if (v == 0) {
+    out += "0.0";
+    return;
+  }
+  std::string d;
+  int x;
+  ShortestDigits(v, d, x);
+  const int length = static_cast<int>(d.size());
+  const int kk = x + 1;
+  const int k = kk - length;
+  if (k >= 0 && kk <= 16) {
+    out += d;
+    out.append(static_cast<size_t>(k), '0');
+    out += ".0";
+  } else if (kk > 0 && kk <= 16) {
+    out.append(d, 0, static_cast<size_t>(kk));
+    out.push_back('.');
+    out.append(d, static_cast<size_t>(kk));
+  } else if (kk > -5 && kk <= 0) {
+    out += "0.";
+    out.append(static_cast<size_t>(-kk), '0');
+    out += d;
+  } else {
+    out.push_back(d[0]);
+    if (length > 1) {
+      out.push_back('.');
+      out.append(d, 1);
+    }
+    out.push_back('e');
+    out += std::to_string(kk - 1);
+  }
+}
+
+template <typename T>
+void AppendInt(std::string& out, T v) {
+  char buf[24];
+  auto res = std::to_chars(buf, buf + sizeof(buf), v);
+  out.append(buf, res.ptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strings
+
+constexpr char kHex[] = "0123456789abcdef";  // both Python and serde_json use lowercase
+
+void AppendU4(std::string& out, uint32_t u) {
+  out += "\\u";
+  out.push_back(kHex[(u >> 12) & 0xF]);
+  out.push_back(kHex[(u >> 8) & 0xF]);
+  out.push_back(kHex[(u >> 4) & 0xF]);
+  out.push_back(kHex[u & 0xF]);
+}
+
+// Short escapes shared by Python (json/encoder.py ESCAPE_DCT) and serde_json; 0 if none.
+char ShortEscape(unsigned char c) {
+  switch (c) {
+    case '"': return '"';
+    case '\\': return '\\';
+    case '\n': return 'n';
+    case '\r': return 'r';
+    case '\t': return 't';
+    case '\b': return 'b';
+    case '\f': return 'f';
+    default: return 0;
+  }
+}
+
+// Decodes one code point at s[i]; on invalid UTF-8 (only possible for strings built in code,
+// since the parser validates) takes the single byte as a Latin-1 code point.
+uint32_t DecodeUtf8(std::string_view s, size_t& i) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const unsigned char c = p[i];
+  const size_t len = (c & 0xE0) == 0xC0   ? 2
+                     : (c & 0xF0) == 0xE0 ? 3
+                     : (c & 0xF8) == 0xF0 ? 4
+                                          : 1;  // ASCII or a stray byte
+  if (len == 1 || i + len > s.size()) {
+    ++i;
+    return c;
+  }
+  uint32_t cp = c & (0x7F >> len);
+  for (size_t k = 1; k < len; ++k) {
+    if ((p[i + k] & 0xC0) != 0x80) {
+      ++i;
+      return c;
+    }
+    cp = (cp << 6) | (p[i + k] & 0x3F);
+  }
+  i += len;
+  return cp;
+}
+
+// Python's ensure_ascii encoder (json/encoder.py py_encode_basestring_ascii): everything
+// outside ' '..'~' is escaped, non-BMP code points as a UTF-16 surrogate pair.
+void AppendJsonStringAscii(std::string& out, std::string_view s) {
+  out.push_back('"');
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (char e = ShortEscape(c)) {
+      out.push_back('\\');
+      out.push_back(e);
+      ++i;
+    } else if (c >= 0x20 && c < 0x7F) {
+      out.push_back(static_cast<char>(c));
+      ++i;
+    } else {
+      uint32_t cp = DecodeUtf8(s, i);
+      if (cp >= 0x10000) {
+        cp -= 0x10000;
+        AppendU4(out, 0xD800 | (cp >> 10));
+        AppendU4(out, 0xDC00 | (cp & 0x3FF));
+      } else {
+        AppendU4(out, cp);
+      }
+    }
+  }
+  out.push_back('"');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writers
+
+void AppendIndent(std::string& out, int level) { out.append(static_cast<size_t>(level) * 2, ' '); }
+
+// Python's json encoder with indent=2, sort_keys=True: item separator "," at line ends,
+// key separator ": ", empty containers "[]" / "{}" (json/encoder.py _iterencode_list/_dict).
+void DumpPython(std::string& out, const JsonValue& v, int level) {
+  if (v.is_null()) {
+    out += "null";
+  } else if (v.is_bool()) {
+    out += v.as_bool() ? "true" : "false";
+  } else if (v.is_double()) {
+    AppendPythonFloat(out, v.as_double());
+  } else if (v.is_int()) {
+    if (v.as_int() < 0) {
+      AppendInt(out, v.as_int());
+    } else {
+      AppendInt(out, v.as_uint());
+    }
+  } else if (v.is_string()) {
+    AppendJsonStringAscii(out, v.as_string());
+  } else if (v.is_array()) {
+    const JsonValue::Array& a = v.as_array();
+    if (a.empty()) {
+      out += "[]";
+      return;
+    }
+    out += "[\n";
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (i > 0) out += ",\n";
+      AppendIndent(out, level + 1);
+      DumpPython(out, a[i], level + 1);
+    }
+    out.push_back('\n');
+    AppendIndent(out, level);
+    out.push_back(']');
+  } else {
+    const JsonValue::Object& o = v.as_object();
+    if (o.empty()) {
+      out += "{}";
+      return;
+    }
+    // Python sorts str keys by code point; for valid UTF-8 that is unsigned byte order, which
+    // is what std::string's comparison does.
+    std::vector<const std::pair<std::string, JsonValue>*> items;
+    items.reserve(o.size());
+    for (const auto& kv : o) items.push_back(&kv);
+    std::sort(items.begin(), items.end(),
+              [](const auto* a, const auto* b) { return a->first < b->first; });
+    out += "{\n";
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i > 0) out += ",\n";
+      AppendIndent(out, level + 1);
+      AppendJsonStringAscii(out, items[i]->first);
+      out += ": ";
+      DumpPython(out, items[i]->second, level + 1);
+    }
+    out.push_back('\n');
+    AppendIndent(out, level);
+    out.push_back('}');
+  }
+}
+
+void DumpCompact(std::string& out, const JsonValue& v) {
+  if (v.is_null()) {
+    out += "null";
+  } else if (v.is_bool()) {
+    out += v.as_bool() ? "true" : "false";
+  } else if (v.is_double()) {
+    AppendRyuFloat(out, v.as_double());
+  } else if (v.is_int()) {
+    if (v.as_int() < 0) {
+      AppendInt(out, v.as_int());
+    } else {
+      AppendInt(out, v.as_uint());
+    }
+  } else if (v.is_string()) {
+    AppendJsonStringCompact(out, v.as_string());
+  } else if (v.is_array()) {
+    out.push_back('[');
+    bool first = true;
+    for (const JsonValue& item : v.as_array()) {
+      if (!first) out.push_back(',');
+      first = false;
+      DumpCompact(out, item);
+    }
+    out.push_back(']');
+  } else {
+    out.push_back('{');
+    bool first = true;
+    for (const auto& [key, value] : v.as_object()) {
+      if (!first) out.push_back(',');
+      first = false;
+      AppendJsonStringCompact(out, key);
+      out.push_back(':');
+      DumpCompact(out, value);
+    }
+    out.push_back('}');
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// JsonValue
+
+int64_t JsonValue::as_int() const {
+  if (const auto* u = std::get_if<uint64_t>(&v_)) {
+    // Saturate rather than wrap: callers range-check with as_uint() when values may be huge.
+    return *u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
+               ? std::numeric_limits<int64_t>::max()
+               : static_cast<int64_t>(*u);
+  }
+  if (const auto* d = std::get_if<double>(&v_)) return static_cast<int64_t>(*d);
+  return std::get<int64_t>(v_);
+}
+
+uint64_t JsonValue::as_uint() const {
+  if (const auto* i = std::get_if<int64_t>(&v_)) return *i < 0 ? 0 : static_cast<uint64_t>(*i);
+  if (const auto* d = std::get_if<double>(&v_)) return *d < 0 ? 0 : static_cast<uint64_t>(*d);
+  return std::get<uint64_t>(v_);
+}
+
+double JsonValue::as_double() const {
+  if (const auto* i = std::get_if<int64_t>(&v_)) return static_cast<double>(*i);
+  if (const auto* u = std::get_if<uint64_t>(&v_)) return static_cast<double>(*u);
+  return std::get<double>(v_);
+}
+
+const JsonValue* JsonValue::Find(std::string_view key) const {
+  const Object* o = std::get_if<Object>(&v_);
+  if (o == nullptr) return nullptr;
+  for (const auto& kv : *o) {
+    if (kv.first == key) return &kv.second;
+  }
+  return nullptr;
+}
+
+void JsonValue::Set(std::string key, JsonValue value) {
+  if (!is_object()) v_ = Object{};
+  Object& o = std::get<Object>(v_);
+  for (auto& kv : o) {
+    if (kv.first == key) {
+      kv.second = std::move(value);
+      return;
+    }
+  }
+  o.emplace_back(std::move(key), std::move(value));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+Result<JsonValue> ParseJson(std::string_view label, std::string_view text) {
+  simdjson::padded_string padded(text.data(), text.size());
+  return ParsePadded(label, padded);
+}
+
+Result<JsonValue> ReadJsonFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(ErrorCode::kIo, path + ": cannot open: " + std::strerror(errno));
+  }
+  std::string data;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int saved = errno;
+      ::close(fd);
+      return Error(ErrorCode::kIo, path + ": read failed: " + std::strerror(saved));
+    }
+    if (n == 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  simdjson::padded_string padded(data.data(), data.size());
+  return ParsePadded(path, padded);
+}
+
+std::string DumpPythonJson(const JsonValue& v) {
+  std::string out;
+  DumpPython(out, v, 0);
+  return out;
+}
+
+std::string DumpCompactJson(const JsonValue& v) {
+  std::string out;
+  DumpCompact(out, v);
+  return out;
+}
+
+// serde_json's escaping (serde_json/src/ser.rs ESCAPE table): '"', '\\', \b \t \n \f \r, other
+// control characters as \u00XX; everything else, including DEL and non-ASCII, passes through.
+void AppendJsonStringCompact(std::string& out, std::string_view s) {
+  out.push_back('"');
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (char e = ShortEscape(c)) {
+      out.push_back('\\');
+      out.push_back(e);
+    } else if (c < 0x20) {
+      AppendU4(out, c);
+    } else {
+      out.push_back(ch);
+    }
+  }
+  out.push_back('"');
+}
+
+}  // namespace quench

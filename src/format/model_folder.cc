@@ -1,0 +1,135 @@
+#include "format/model_folder.h"
+
+#include <algorithm>
+#include <map>
+#include <system_error>
+
+#include "format/file_io.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+Status CheckIndex(const ModelFolder& m, const JsonValue& index) {
+  const std::string& label = *m.index_rel;
+  const JsonValue* wm = index.is_object() ? index.Find("weight_map") : nullptr;
+  if (wm == nullptr || !wm->is_object()) {
+    return Error(ErrorCode::kInvalidInput, label + ": no \"weight_map\" object");
+  }
+  std::map<std::string, const Shard*, std::less<>> by_name;
+  for (const Shard& s : m.shards) by_name[s.rel_name] = &s;
+  // Index file names are relative to the index's folder.
+  const std::string dir = fs::path(label).parent_path().generic_string();
+  for (const auto& [tensor, file] : wm->as_object()) {
+    if (!file.is_string()) {
+      return Error(ErrorCode::kInvalidInput,
+                   label + ": tensor '" + tensor + "': shard name is not a string");
+    }
+    const std::string rel = dir.empty() ? file.as_string() : dir + "/" + file.as_string();
+    auto it = by_name.find(rel);
+    if (it == by_name.end()) {
+      return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
+                                                 file.as_string() + "', which does not exist");
+    }
+    const auto& ts = it->second->header.tensors;
+    if (std::none_of(ts.begin(), ts.end(), [&](const TensorInfo& t) { return t.name == tensor; })) {
+      return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
+                                                 file.as_string() + "', which does not hold it");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Shard> LoadShard(const fs::path& file, std::string rel_name) {
+  Shard s;
+  s.rel_name = std::move(rel_name);
+  s.path = file;
+  std::error_code ec;
+  s.file_size = fs::file_size(file, ec);
+  if (ec) return Error(ErrorCode::kIo, file.string() + ": cannot stat: " + ec.message());
+  QUENCH_ASSIGN_OR_RETURN(s.header, ReadSafetensorsHeader(file));
+  return s;
+}
+
+Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
+  ModelFolder m;
+  m.root = ResolvePath(root_in);
+  std::error_code ec;
+  if (!fs::is_directory(m.root, ec)) {
+    return Error(ErrorCode::kInvalidInput, root_in.string() + ": not a folder");
+  }
+  std::vector<std::string> shard_names;
+  fs::recursive_directory_iterator it(m.root, fs::directory_options::skip_permission_denied, ec);
+  if (ec) return Error(ErrorCode::kIo, root_in.string() + ": cannot list: " + ec.message());
+  for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (ec) return Error(ErrorCode::kIo, root_in.string() + ": cannot list: " + ec.message());
+    const std::string rel = fs::relative(it->path(), m.root).generic_string();
+    // The reference skips these (llmcompressor entrypoints/model_free: get_checkpoint_files).
+    if (rel.starts_with(".cache") || rel.starts_with(".gitattributes")) {
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file()) continue;
+    if (EndsWith(rel, ".safetensors")) {
+      shard_names.push_back(rel);
+    } else {
+      m.other_files.push_back(rel);
+      if (EndsWith(rel, "safetensors.index.json") && !m.index_rel) m.index_rel = rel;
+    }
+  }
+  std::sort(shard_names.begin(), shard_names.end());
+  std::sort(m.other_files.begin(), m.other_files.end());
+  // First index in sorted order, as the reference picks "the first file ending in
+  // safetensors.index.json".
+  for (const std::string& f : m.other_files) {
+    if (EndsWith(f, "safetensors.index.json")) {
+      m.index_rel = f;
+      break;
+    }
+  }
+  if (shard_names.empty()) {
+    return Error(ErrorCode::kInvalidInput,
+                 root_in.string() + ": no .safetensors files in this folder");
+  }
+  for (const std::string& rel : shard_names) {
+    QUENCH_ASSIGN_OR_RETURN(Shard s, LoadShard(m.root / rel, rel));
+    m.shards.push_back(std::move(s));
+  }
+  // A tensor name must be unique across the checkpoint, or the index cannot map it.
+  std::map<std::string_view, std::string_view> owner;
+  for (const Shard& s : m.shards) {
+    for (const TensorInfo& t : s.header.tensors) {
+      auto [pos, inserted] = owner.emplace(t.name, s.rel_name);
+      if (!inserted) {
+        return Error(ErrorCode::kInvalidInput, "tensor '" + t.name + "' appears in both " +
+                                                   std::string(pos->second) + " and " +
+                                                   s.rel_name);
+      }
+    }
+  }
+  if (m.index_rel) {
+    QUENCH_ASSIGN_OR_RETURN(JsonValue index, ReadJsonFile((m.root / *m.index_rel).string()));
+    QUENCH_RETURN_IF_ERROR(CheckIndex(m, index));
+  }
+  for (const char* name : {"config.json", "params.json"}) {
+    if (std::find(m.other_files.begin(), m.other_files.end(), name) != m.other_files.end()) {
+      m.config_rel = name;
+      QUENCH_ASSIGN_OR_RETURN(JsonValue cfg, ReadJsonFile((m.root / name).string()));
+      if (!cfg.is_object()) {
+        return Error(ErrorCode::kInvalidInput, std::string(name) + ": not a JSON object");
+      }
+      m.config = std::move(cfg);
+      break;
+    }
+  }
+  return m;
+}
+
+}  // namespace quench

@@ -1,0 +1,90 @@
+#include "format/quant_config.h"
+
+namespace quench {
+namespace {
+
+JsonValue NullOr(std::string_view s) { return s.empty() ? JsonValue() : JsonValue(s); }
+
+}  // namespace
+
+// Field set of compressed-tensors' QuantizationArgs.model_dump(); key order is irrelevant
+// because the writer sorts keys. zp_dtype is null whenever symmetric (serialize_dtype).
+JsonValue QuantArgsJson(const QuantArgsDesc& a) {
+  JsonValue o = JsonValue::MakeObject();
+  o.Set("num_bits", JsonValue(a.num_bits));
+  o.Set("type", JsonValue(a.type));
+  o.Set("symmetric", JsonValue(a.symmetric));
+  o.Set("group_size", a.group_size ? JsonValue(*a.group_size) : JsonValue());
+  o.Set("strategy", JsonValue(a.strategy));
+  if (a.block_structure) {
+    o.Set("block_structure", JsonValue(JsonValue::Array{JsonValue(a.block_structure->first),
+                                                        JsonValue(a.block_structure->second)}));
+  } else {
+    o.Set("block_structure", JsonValue());
+  }
+  o.Set("dynamic", JsonValue(a.dynamic));
+  o.Set("actorder", JsonValue());
+  o.Set("scale_dtype", NullOr(a.scale_dtype));
+  o.Set("zp_dtype", a.symmetric ? JsonValue() : NullOr(a.zp_dtype));
+  o.Set("observer", NullOr(a.observer));
+  o.Set("observer_kwargs", JsonValue::MakeObject());
+  return o;
+}
+
+JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
+                                  const std::vector<std::string>& ignore) {
+  JsonValue config_groups = JsonValue::MakeObject();
+  std::string common_format;
+  bool mixed = false;
+  for (const ConfigGroup& g : groups) {
+    JsonValue grp = JsonValue::MakeObject();
+    JsonValue targets = JsonValue::MakeArray();
+    for (const std::string& t : g.targets) targets.Push(JsonValue(t));
+    grp.Set("targets", std::move(targets));
+    grp.Set("weights", QuantArgsJson(g.scheme->weights));
+    grp.Set("input_activations", g.scheme->input_activations
+                                     ? QuantArgsJson(*g.scheme->input_activations)
+                                     : JsonValue());
+    grp.Set("output_activations", JsonValue());
+    grp.Set("format", JsonValue(g.scheme->format));
+    config_groups.Set(g.key, std::move(grp));
+    if (common_format.empty()) {
+      common_format = std::string(g.scheme->format);
+    } else if (common_format != g.scheme->format) {
+      mixed = true;
+    }
+  }
+  JsonValue q = JsonValue::MakeObject();
+  q.Set("config_groups", std::move(config_groups));
+  // One format for all groups, "mixed-precision" when they differ, "dense" with none
+  // (model_free save_utils.create_or_update_quant_config).
+  q.Set("format", JsonValue(mixed ? std::string("mixed-precision")
+                                  : common_format.empty() ? std::string("dense")
+                                                          : common_format));
+  q.Set("global_compression_ratio", JsonValue());
+  JsonValue ig = JsonValue::MakeArray();
+  for (const std::string& i : ignore) ig.Push(JsonValue(i));
+  q.Set("ignore", std::move(ig));
+  q.Set("kv_cache_scheme", JsonValue());
+  q.Set("quant_method", JsonValue("compressed-tensors"));
+  q.Set("quantization_status", JsonValue("compressed"));
+  q.Set("transform_config", JsonValue::MakeObject());
+  q.Set("version", JsonValue(kCompressedTensorsVersion));
+  return q;
+}
+
+std::string BuildIndexJson(const std::vector<std::pair<std::string, std::string>>& weight_map,
+                           uint64_t total_size) {
+  JsonValue meta = JsonValue::MakeObject();
+  meta.Set("total_size", JsonValue(total_size));
+  JsonValue wm = JsonValue::MakeObject();
+  // Names are unique (checked at planning), so append directly: Set() would be quadratic on
+  // checkpoints with 100k+ tensors.
+  for (const auto& [name, shard] : weight_map) wm.as_object().emplace_back(name, JsonValue(shard));
+  JsonValue root = JsonValue::MakeObject();
+  root.Set("metadata", std::move(meta));
+  root.Set("weight_map", std::move(wm));
+  return DumpPythonJson(root);
+}
+
+}  // namespace quench

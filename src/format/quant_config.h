@@ -1,0 +1,38 @@
+// The compressed-tensors `quantization_config` block and the safetensors index, built the way
+// llm-compressor's model_free writes them (entrypoints/model_free/save_utils.py and
+// compressed_tensors/utils/safetensors_load.py::update_safetensors_index).
+#ifndef QUENCH_FORMAT_QUANT_CONFIG_H_
+#define QUENCH_FORMAT_QUANT_CONFIG_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "format/json.h"
+#include "quench/scheme.h"
+
+namespace quench {
+
+// The compressed-tensors release whose format quench writes; it is the `version` field.
+inline constexpr const char* kCompressedTensorsVersion = "0.19.0";
+
+struct ConfigGroup {
+  std::string key;                   // the preset as the user spelled it, e.g. "FP8_DYNAMIC"
+  const SchemeInfo* scheme = nullptr;
+  std::vector<std::string> targets;  // ["Linear"] when the user gave none
+};
+
+JsonValue QuantArgsJson(const QuantArgsDesc& a);
+
+// `quantization_config` with every key compressed-tensors' QuantizationConfig dumps.
+JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
+                                  const std::vector<std::string>& ignore);
+
+// The index: {"metadata": {"total_size": N}, "weight_map": {name: shard}} written with
+// json.dump(indent=2, sort_keys=True); total_size is the sum of tensor bytes (no headers).
+std::string BuildIndexJson(const std::vector<std::pair<std::string, std::string>>& weight_map,
+                           uint64_t total_size);
+
+}  // namespace quench
+
+#endif  // QUENCH_FORMAT_QUANT_CONFIG_H_

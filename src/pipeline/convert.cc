@@ -1,0 +1,158 @@
+// Convert(): inventory -> plan -> pipeline -> finalize (design.md section 2).
+#include "quench/convert.h"
+
+#include <sys/statvfs.h>
+
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <system_error>
+
+#include "format/file_io.h"
+#include "format/model_folder.h"
+#include "pipeline/pipeline.h"
+#include "plan/planner.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+Status CheckDestination(const ConvertOptions& o) {
+  if (o.dst.empty()) return Error(ErrorCode::kUsage, "no output folder given");
+  if (IsSameOrInside(o.dst, o.src)) {
+    return Error(ErrorCode::kUsage, "output folder " + o.dst.string() +
+                                        " is the source folder or inside it; quench never "
+                                        "writes into a source checkpoint");
+  }
+  std::error_code ec;
+  const fs::file_status st = fs::status(o.dst, ec);
+  if (fs::exists(st)) {
+    if (!fs::is_directory(st)) {
+      return Error(ErrorCode::kUsage, o.dst.string() + " exists and is not a folder");
+    }
+    if (!o.overwrite && !fs::is_empty(o.dst, ec)) {
+      return Error(ErrorCode::kUsage, o.dst.string() +
+                                          " exists and is not empty; pass --overwrite to "
+                                          "replace the files quench writes there");
+    }
+  }
+  return Status::Ok();
+}
+
+// Fails early when the destination's file system cannot hold the output.
+Status CheckFreeSpace(const fs::path& dst, uint64_t needed) {
+  struct statvfs sv {};
+  if (statvfs(dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
+  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+  if (avail < needed) {
+    return Error(ErrorCode::kIo, dst.string() + ": needs " + std::to_string(needed) +
+                                     " bytes but only " + std::to_string(avail) +
+                                     " are free");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<uint64_t> ParseByteSize(std::string_view text) {
+  double value = 0;
+  const char* first = text.data();
+  const char* last = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(first, last, value);
+  if (ec != std::errc() || value < 0 || !std::isfinite(value)) {
+    return Error(ErrorCode::kUsage, "invalid size '" + std::string(text) +
+                                        "' (examples: 512M, 2G, 1.5GiB, 1000000)");
+  }
+  std::string unit(ptr, last);
+  for (char& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  if (unit.ends_with("IB")) unit.resize(unit.size() - 2);
+  else if (unit.size() > 1 && unit.ends_with("B")) unit.resize(unit.size() - 1);
+  double mult = 1;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "K") mult = 1024.0;
+  else if (unit == "M") mult = 1024.0 * 1024;
+  else if (unit == "G") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "T") mult = 1024.0 * 1024 * 1024 * 1024;
+  else {
+    return Error(ErrorCode::kUsage, "invalid size unit in '" + std::string(text) +
+                                        "' (use K, M, G or T; powers of 1024)");
+  }
+  return static_cast<uint64_t>(value * mult);
+}
+
+Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
+  (void)callbacks;
+  std::error_code ec;
+  if (!fs::exists(options.src, ec)) {
+    return Error(ErrorCode::kUsage, options.src.string() + ": no such folder");
+  }
+  QUENCH_RETURN_IF_ERROR(CheckDestination(options));
+  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src));
+  return BuildPlan(folder, options);
+}
+
+Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, callbacks));
+  if (callbacks.note) {
+    for (const std::string& n : plan.notes) callbacks.note(n);
+  }
+  std::error_code ec;
+  const bool created = !fs::exists(options.dst, ec);
+  fs::create_directories(options.dst, ec);
+  if (ec) return Error(ErrorCode::kIo, options.dst.string() + ": cannot create: " + ec.message());
+  plan.dst = ResolvePath(options.dst);
+
+  // On failure: remove what this run created, so nothing half-done is left behind (temporary
+  // files are removed by their owners; published shards of a failed run are removed here).
+  std::vector<fs::path> published;
+  auto cleanup = [&](Status s) -> Status {
+    for (const fs::path& p : published) fs::remove(p, ec);
+    if (created) fs::remove(plan.dst, ec);  // only succeeds when empty
+    return s;
+  };
+
+  uint64_t files_bytes = 0;
+  for (const PlannedFile& f : plan.files) {
+    files_bytes += f.copy_from.empty() ? f.contents.size() : fs::file_size(f.copy_from, ec);
+  }
+  if (Status s = CheckFreeSpace(plan.dst, plan.bytes_out + files_bytes); !s.ok()) {
+    return cleanup(s);
+  }
+  for (const PlannedShard& ps : plan.shards) {
+    fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
+  }
+
+  const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads);
+  static std::atomic<bool> no_cancel{false};
+  Status st = RunShardPipeline(plan, sizing, callbacks,
+                               callbacks.cancel ? callbacks.cancel : &no_cancel);
+  for (const PlannedShard& ps : plan.shards) published.push_back(plan.dst / ps.rel_name);
+  if (!st.ok()) return cleanup(st);
+
+  // Other files, then the index, then config.json: the folder is a loadable checkpoint only
+  // once its config is in place.
+  for (const PlannedFile& f : plan.files) {
+    const fs::path to = plan.dst / f.rel_name;
+    fs::create_directories(to.parent_path(), ec);
+    st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
+    if (!st.ok()) return cleanup(st);
+    published.push_back(to);
+  }
+  st = SyncDirectory(plan.dst);
+  if (!st.ok()) return cleanup(st);
+
+  ConvertSummary sum;
+  for (const PlannedTensor& t : plan.tensors) {
+    (t.action == TensorAction::kQuantize ? sum.tensors_quantized : sum.tensors_copied)++;
+  }
+  sum.bytes_in = plan.bytes_in;
+  sum.bytes_out = plan.bytes_out;
+  sum.chunk_bytes = sizing.chunk_bytes;
+  sum.tokens = sizing.tokens;
+  sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return sum;
+}
+
+}  // namespace quench

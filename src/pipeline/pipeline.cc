@@ -1,0 +1,304 @@
+#include "pipeline/pipeline.h"
+
+#include <tbb/global_control.h>
+#include <tbb/parallel_pipeline.h>
+
+#include <algorithm>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "format/file_io.h"
+#include "schemes/chunk.h"
+
+namespace quench {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+// Resident memory not used by chunks: code, TBB, the plan, headers, stacks.
+constexpr uint64_t kReserve = 32 * kMiB;
+
+// A reusable output buffer; chunks in flight are bounded, so are buffers.
+struct Buffer {
+  std::unique_ptr<uint8_t[]> data;
+  uint64_t capacity = 0;
+};
+
+class BufferPool {
+ public:
+  Buffer Get(uint64_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < free_.size(); ++i) {
+        if (free_[i].capacity >= size) {
+          Buffer b = std::move(free_[i]);
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          return b;
+        }
+      }
+      // Too small for this chunk: drop one so the pool never holds more than it gave out.
+      if (!free_.empty()) free_.pop_back();
+    }
+    Buffer b;
+    b.data.reset(new uint8_t[size]);
+    b.capacity = size;
+    return b;
+  }
+  void Put(Buffer b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Buffer> free_;
+};
+
+struct Chunk {
+  size_t tensor = 0;
+  // Quantize: rows [begin, end). Copy: bytes [begin, end) of the tensor.
+  uint64_t begin = 0, end = 0;
+  uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
+  Buffer buf;
+  uint64_t out_file_off[ChunkOutputs::kMax] = {};
+  uint64_t out_len[ChunkOutputs::kMax] = {};
+  bool finite = true;
+};
+
+class ShardPipeline {
+ public:
+  ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
+                const std::atomic<bool>* cancel)
+      : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
+        maps_(plan.shards.size()), files_(plan.shards.size()),
+        finished_(plan.shards.size(), false) {
+    for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
+  }
+
+  Status Run() {
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
+                           static_cast<size_t>(sizing_.threads));
+    tbb::parallel_pipeline(
+        static_cast<size_t>(sizing_.tokens),
+        tbb::make_filter<void, Chunk*>(tbb::filter_mode::serial_in_order,
+                                       [this](tbb::flow_control& fc) { return Next(fc); }) &
+            tbb::make_filter<Chunk*, Chunk*>(tbb::filter_mode::parallel,
+                                             [this](Chunk* c) { return Transform(c); }) &
+            tbb::make_filter<Chunk*, void>(tbb::filter_mode::serial_in_order,
+                                           [this](Chunk* c) { Write(c); }));
+    if (failed()) {
+      for (auto& f : commits_) f.wait();
+      return first_error_;
+    }
+    FinishShardsBefore(plan_.shards.size());
+    for (auto& f : commits_) {
+      Status s = f.get();
+      if (!s.ok() && first_error_.ok()) first_error_ = s;
+    }
+    return first_error_;
+  }
+
+ private:
+  bool failed() const { return has_error_.load(std::memory_order_relaxed); }
+
+  void Fail(Status s) {
+    std::lock_guard<std::mutex> lock(error_mu_);
+    if (first_error_.ok()) first_error_ = std::move(s);
+    has_error_.store(true);
+  }
+
+  // Serial input stage: the next chunk in plan order, its input pages prefetched.
+  Chunk* Next(tbb::flow_control& fc) {
+    if (failed()) {
+      fc.stop();
+      return nullptr;
+    }
+    if (cancel_ != nullptr && cancel_->load(std::memory_order_relaxed)) {
+      Fail(Error(ErrorCode::kInterrupted, "interrupted; no output shard in progress was kept"));
+      fc.stop();
+      return nullptr;
+    }
+    while (tensor_ < plan_.tensors.size() && pos_ >= Extent(plan_.tensors[tensor_])) {
+      ++tensor_;
+      pos_ = 0;
+    }
+    if (tensor_ >= plan_.tensors.size()) {
+      fc.stop();
+      return nullptr;
+    }
+    const PlannedTensor& t = plan_.tensors[tensor_];
+    if (!maps_[t.shard].data() && t.src_bytes > 0) {
+      auto m = MappedFile::Open(plan_.shards[t.shard].src_path);
+      if (!m.ok()) {
+        Fail(m.status());
+        fc.stop();
+        return nullptr;
+      }
+      maps_[t.shard] = std::move(m).value();
+    }
+    auto* c = new Chunk;
+    c->tensor = tensor_;
+    c->begin = pos_;
+    if (t.action == TensorAction::kQuantize) {
+      const uint64_t cols = t.shape[1];
+      const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+      const uint64_t align = t.scheme->row_align;
+      uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(row_bytes, 1));
+      rows = std::max(align, rows / align * align);
+      c->end = std::min(t.shape[0], pos_ + rows);
+      c->src_offset = t.src_offset + c->begin * row_bytes;
+      c->src_len = (c->end - c->begin) * row_bytes;
+    } else {
+      c->end = std::min(t.src_bytes, pos_ + sizing_.chunk_bytes);
+      c->src_offset = t.src_offset + c->begin;
+      c->src_len = c->end - c->begin;
+    }
+    pos_ = c->end;
+    maps_[t.shard].Prefetch(c->src_offset, c->src_len);
+    return c;
+  }
+
+  uint64_t Extent(const PlannedTensor& t) const {
+    if (t.action == TensorAction::kQuantize) return t.src_bytes == 0 ? 0 : t.shape[0];
+    return t.src_bytes;
+  }
+
+  // Parallel stage: quantize rows straight from the mapping into a pooled buffer.
+  Chunk* Transform(Chunk* c) {
+    const PlannedTensor& t = plan_.tensors[c->tensor];
+    if (t.action != TensorAction::kQuantize || failed()) return c;
+    const PlannedShard& ps = plan_.shards[t.shard];
+    uint64_t total = 0;
+    for (size_t j = 0; j < t.outputs.size(); ++j) {
+      const PlannedOutput& o = ps.outputs[t.outputs[j]];
+      const uint64_t first = c->begin / o.rows_per_slab;
+      const uint64_t last = (c->end + o.rows_per_slab - 1) / o.rows_per_slab;
+      const uint64_t off = first * o.bytes_per_slab;
+      const uint64_t end = std::min(o.nbytes, last * o.bytes_per_slab);
+      c->out_file_off[j] = o.file_offset + off;
+      c->out_len[j] = end - off;
+      total += end - off;
+    }
+    c->buf = pool_.Get(std::max<uint64_t>(total, 1));
+    ChunkOutputs outs;
+    uint64_t at = 0;
+    for (size_t j = 0; j < t.outputs.size(); ++j) {
+      outs.out[j] = c->buf.data.get() + at;
+      at += c->out_len[j];
+    }
+    WeightChunk in;
+    in.data = maps_[t.shard].data() + c->src_offset;
+    in.dtype = t.dtype;
+    in.rows = c->end - c->begin;
+    in.cols = t.shape[1];
+    c->finite = t.scheme->kernel(in, outs);
+    return c;
+  }
+
+  Status EnsureOpen(size_t s) {
+    if (files_[s]) return Status::Ok();
+    const PlannedShard& ps = plan_.shards[s];
+    QUENCH_ASSIGN_OR_RETURN(files_[s], OutputFile::Create(plan_.dst / ps.rel_name, ps.file_size));
+    return files_[s]->WriteAt(0, ps.header.data(), ps.header.size());
+  }
+
+  // Publishes every shard before `s` (in plan order all their chunks are written): fsync and
+  // rename happen on a helper thread so the pipeline does not wait for the disk.
+  void FinishShardsBefore(size_t s) {
+    for (; next_to_finish_ < s; ++next_to_finish_) {
+      const size_t k = next_to_finish_;
+      Status st = EnsureOpen(k);
+      if (!st.ok()) {
+        Fail(st);
+        return;
+      }
+      maps_[k] = MappedFile();
+      std::shared_ptr<OutputFile> f(std::move(files_[k]));
+      commits_.push_back(std::async(std::launch::async, [f] { return f->Commit(); }));
+    }
+  }
+
+  // Serial output stage, in plan order.
+  void Write(Chunk* c) {
+    std::unique_ptr<Chunk> owned(c);
+    const PlannedTensor& t = plan_.tensors[c->tensor];
+    if (!failed()) {
+      FinishShardsBefore(t.shard);
+      Status st = EnsureOpen(t.shard);
+      if (st.ok() && !c->finite) {
+        st = Error(ErrorCode::kNonFinite,
+                   plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
+                       "' contains NaN or Inf in rows " + std::to_string(c->begin) + ".." +
+                       std::to_string(c->end - 1) +
+                       "; refusing to quantize it (fix the checkpoint or add it to --ignore)");
+      }
+      if (st.ok()) {
+        OutputFile& f = *files_[t.shard];
+        if (t.action == TensorAction::kQuantize) {
+          uint64_t at = 0;
+          for (size_t j = 0; j < t.outputs.size() && st.ok(); ++j) {
+            st = f.WriteAt(c->out_file_off[j], c->buf.data.get() + at, c->out_len[j]);
+            at += c->out_len[j];
+          }
+        } else {
+          const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
+          st = f.WriteAt(o.file_offset + c->begin, maps_[t.shard].data() + c->src_offset,
+                         c->src_len);
+        }
+      }
+      if (!st.ok()) Fail(st);
+    }
+    maps_[t.shard].Release(c->src_offset, c->src_len);
+    if (c->buf.data) pool_.Put(std::move(c->buf));
+    done_ += c->src_len;
+    if (cb_.progress) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_progress_ > std::chrono::milliseconds(200) || done_ == total_) {
+        last_progress_ = now;
+        cb_.progress(Progress{done_, total_, t.name});
+      }
+    }
+  }
+
+  const Plan& plan_;
+  const PipelineSizing sizing_;
+  const ConvertCallbacks& cb_;
+  const std::atomic<bool>* cancel_;
+  std::vector<MappedFile> maps_;
+  std::vector<std::unique_ptr<OutputFile>> files_;
+  std::vector<bool> finished_;
+  std::vector<std::future<Status>> commits_;
+  size_t next_to_finish_ = 0;
+  BufferPool pool_;
+  size_t tensor_ = 0;
+  uint64_t pos_ = 0;
+  uint64_t done_ = 0, total_ = 0;
+  std::chrono::steady_clock::time_point last_progress_{};
+  std::atomic<bool> has_error_{false};
+  std::mutex error_mu_;
+  Status first_error_;
+};
+
+}  // namespace
+
+PipelineSizing SizePipeline(uint64_t memory_limit, int threads) {
+  PipelineSizing s;
+  s.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  s.tokens = 2 * s.threads;
+  // Per token: the chunk's resident input pages plus its output buffer (at most the input
+  // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
+  const uint64_t usable = memory_limit > 2 * kReserve ? memory_limit - kReserve : memory_limit / 2;
+  s.chunk_bytes = std::clamp<uint64_t>(usable / (2 * static_cast<uint64_t>(s.tokens)), 256 * 1024,
+                                       64 * kMiB);
+  return s;
+}
+
+Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
+                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel) {
+  ShardPipeline p(plan, sizing, callbacks, cancel);
+  return p.Run();
+}
+
+}  // namespace quench

@@ -1,0 +1,33 @@
+// Executes a Plan's shards with a oneTBB parallel_pipeline: read (serial: pick the next chunk,
+// prefetch its pages) -> quantize (parallel: Highway kernels straight from the mapped input)
+// -> write (serial, in order: positioned writes, release input pages, publish each finished
+// shard). The number of chunks in flight times the chunk size is the memory bound.
+#ifndef QUENCH_PIPELINE_PIPELINE_H_
+#define QUENCH_PIPELINE_PIPELINE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "quench/convert.h"
+#include "quench/plan.h"
+
+namespace quench {
+
+struct PipelineSizing {
+  uint64_t chunk_bytes = 0;  // target input bytes per chunk
+  int tokens = 0;            // chunks in flight
+  int threads = 0;
+};
+
+// Chooses chunk size and tokens so that tokens * (input + output buffer) plus a fixed reserve
+// stays under `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
+PipelineSizing SizePipeline(uint64_t memory_limit, int threads);
+
+// Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
+// name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
+Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
+                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel);
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_PIPELINE_H_

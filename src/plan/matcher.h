@@ -1,0 +1,45 @@
+// Target and ignore matching the way compressed-tensors and vLLM match module names: an entry
+// is an exact module name, or "re:" followed by a regular expression applied with Python's
+// re.match semantics (anchored at the start, not at the end). Regexes are compiled once.
+#ifndef QUENCH_PLAN_MATCHER_H_
+#define QUENCH_PLAN_MATCHER_H_
+
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quench/status.h"
+
+namespace quench {
+
+class NameMatcher {
+ public:
+  // Fails (kUsage) naming the entry when a regex does not compile. `what` ("--ignore")
+  // names the source of the entries in messages.
+  static Result<NameMatcher> Compile(const std::vector<std::string>& entries,
+                                     std::string_view what);
+
+  // Index of the first entry matching `module`, or -1.
+  int FirstMatch(std::string_view module) const;
+  bool Matches(std::string_view module) const { return FirstMatch(module) >= 0; }
+  const std::vector<std::string>& entries() const { return entries_; }
+  bool empty() const { return entries_.empty(); }
+
+ private:
+  struct Entry {
+    bool is_regex = false;
+    std::string exact;
+    std::regex re;
+  };
+  std::vector<std::string> entries_;
+  std::vector<Entry> compiled_;
+};
+
+// Splits "a.b.weight" into module "a.b" and parameter "weight" at the last '.'; a name with no
+// '.' is all parameter.
+std::pair<std::string_view, std::string_view> SplitModuleParam(std::string_view name);
+
+}  // namespace quench
+
+#endif  // QUENCH_PLAN_MATCHER_H_

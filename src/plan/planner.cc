@@ -1,0 +1,293 @@
+#include "plan/planner.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include "format/quant_config.h"
+#include "plan/matcher.h"
+
+namespace quench {
+namespace {
+
+// Data, not a chain of name checks: extend this table to cover a new architecture's names.
+constexpr DefaultIgnore kDefaultIgnores[] = {
+    {"lm_head", "output head"},
+    {"re:.*embed_tokens$", "token embedding"},
+    {"re:.*(word|position|token_type)_embeddings$", "embedding"},
+    {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding"},
+    {"re:.*mlp\\.gate$", "MoE router gate"},
+    {"re:.*block_sparse_moe\\.gate$", "MoE router gate"},
+    {"re:.*shared_expert_gate$", "shared-expert gate"},
+};
+
+std::string ShapeString(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+struct Selector {
+  NameMatcher targets;
+  NameMatcher ignore;
+  NameMatcher defaults;
+  bool all_targets = false;
+};
+
+// compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
+// module names ending in "norm" are never quantized; only the "weight" parameter is; targets
+// "Linear" means every module; then the ignore list.
+enum class Selection { kQuantize, kNotWeight, kNorm, kNotTargeted, kIgnored, kDefaultIgnored };
+
+Selection Select(const Selector& sel, std::string_view name, int* default_hit) {
+  auto [module, param] = SplitModuleParam(name);
+  if (module.ends_with("norm")) return Selection::kNorm;
+  if (param != "weight") return Selection::kNotWeight;
+  if (!sel.all_targets && !sel.targets.Matches(module)) return Selection::kNotTargeted;
+  if (sel.ignore.Matches(module)) return Selection::kIgnored;
+  if (!sel.defaults.empty()) {
+    int hit = sel.defaults.FirstMatch(module);
+    if (hit >= 0) {
+      *default_hit = hit;
+      return Selection::kDefaultIgnored;
+    }
+  }
+  return Selection::kQuantize;
+}
+
+}  // namespace
+
+std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
+
+Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options) {
+  const SchemeInfo* scheme = FindScheme(options.scheme);
+  if (scheme == nullptr) {
+    std::string names;
+    for (const SchemeInfo& s : SchemeTable()) names += (names.empty() ? "" : ", ") + std::string(s.name);
+    return Error(ErrorCode::kUsage,
+                 "unknown scheme '" + options.scheme + "' (available: " + names + ")");
+  }
+  Selector sel;
+  std::vector<std::string> targets = options.targets;
+  if (targets.empty()) targets.push_back("Linear");
+  sel.all_targets = std::find(targets.begin(), targets.end(), "Linear") != targets.end();
+  QUENCH_ASSIGN_OR_RETURN(sel.targets, NameMatcher::Compile(targets, "--targets"));
+  QUENCH_ASSIGN_OR_RETURN(sel.ignore, NameMatcher::Compile(options.ignore, "--ignore"));
+  std::vector<std::string> default_patterns;
+  if (options.default_ignore) {
+    for (const DefaultIgnore& d : kDefaultIgnores) default_patterns.emplace_back(d.pattern);
+  }
+  QUENCH_ASSIGN_OR_RETURN(sel.defaults, NameMatcher::Compile(default_patterns, "default ignore"));
+
+  Plan plan;
+  plan.src = folder.root;
+  plan.dst = options.dst;
+  std::vector<std::vector<std::string>> default_hits(default_patterns.size());
+  std::vector<size_t> ignore_hits(options.ignore.size(), 0);
+  std::vector<size_t> target_hits(targets.size(), 0);
+  std::vector<std::pair<std::string, std::string>> weight_map;
+
+  for (size_t si = 0; si < folder.shards.size(); ++si) {
+    const Shard& shard = folder.shards[si];
+    // Visit tensors in file order so that reading is sequential.
+    std::vector<const TensorInfo*> order;
+    for (const TensorInfo& t : shard.header.tensors) order.push_back(&t);
+    std::sort(order.begin(), order.end(),
+              [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+
+    std::vector<TensorSpec> specs;
+    std::vector<std::vector<std::string>> out_names;  // per planned tensor of this shard
+    const size_t first_tensor = plan.tensors.size();
+    for (const TensorInfo* t : order) {
+      PlannedTensor pt;
+      pt.name = t->name;
+      pt.dtype = t->dtype;
+      pt.shape = t->shape;
+      pt.shard = si;
+      pt.src_offset = shard.header.data_start + t->begin;
+      pt.src_bytes = t->nbytes();
+      int default_hit = -1;
+      const Selection s = Select(sel, t->name, &default_hit);
+      auto [module, param] = SplitModuleParam(t->name);
+      if (param == "weight" && !module.ends_with("norm")) {
+        for (size_t i = 0; i < targets.size(); ++i) {
+          if (targets[i] == "Linear" ||
+              sel.targets.FirstMatch(module) == static_cast<int>(i)) {
+            ++target_hits[i];
+          }
+        }
+        const int ig = sel.ignore.FirstMatch(module);
+        if (ig >= 0) ++ignore_hits[static_cast<size_t>(ig)];
+      }
+      std::vector<std::string> names;
+      const std::string where = shard.rel_name + ": tensor '" + t->name + "'";
+      switch (s) {
+        case Selection::kQuantize: {
+          if (t->shape.size() != 2) {
+            return Error(ErrorCode::kUnsupported,
+                         where + " is targeted for " + std::string(scheme->name) +
+                             " but has shape " + ShapeString(t->shape) +
+                             "; only 2-D weights can be quantized (add it to --ignore)");
+          }
+          if (!IsQuantizableFloat(t->dtype)) {
+            return Error(ErrorCode::kUnsupported,
+                         where + " has dtype " + std::string(DTypeName(t->dtype)) +
+                             "; only BF16, F16 and F32 weights can be quantized (add it to "
+                             "--ignore, or dequantize the checkpoint first)");
+          }
+          const uint64_t rows = t->shape[0], cols = t->shape[1];
+          if (scheme->check_shape != nullptr) {
+            std::string why = scheme->check_shape(rows, cols);
+            if (!why.empty()) {
+              return Error(ErrorCode::kUnsupported,
+                           where + " " + ShapeString(t->shape) + ": " + why + " for " +
+                               std::string(scheme->name) +
+                               "; add it to --ignore or pick another scheme");
+            }
+          }
+          pt.action = TensorAction::kQuantize;
+          pt.scheme = scheme;
+          for (const SchemeOutput& o : scheme->outputs(t->dtype, rows, cols)) {
+            std::string name = std::string(module) + "." + o.suffix;
+            specs.push_back({name, o.dtype, o.shape, o.nbytes});
+            names.push_back(std::move(name));
+          }
+          break;
+        }
+        case Selection::kDefaultIgnored:
+          default_hits[static_cast<size_t>(default_hit)].emplace_back(module);
+          pt.why = "default ignore " + default_patterns[static_cast<size_t>(default_hit)];
+          [[fallthrough]];
+        default:
+          if (pt.why.empty()) {
+            pt.why = s == Selection::kNorm        ? "norm"
+                     : s == Selection::kNotWeight  ? "not a .weight"
+                     : s == Selection::kNotTargeted ? "not targeted"
+                                                    : "ignored";
+          }
+          pt.action = TensorAction::kCopy;
+          specs.push_back({t->name, t->dtype, t->shape, t->nbytes()});
+          names.push_back(t->name);
+          break;
+      }
+      plan.bytes_in += t->nbytes();
+      out_names.push_back(std::move(names));
+      plan.tensors.push_back(std::move(pt));
+    }
+
+    PlannedShard ps;
+    ps.rel_name = shard.rel_name;
+    ps.src_path = shard.path;
+    SafetensorsLayout layout = LayOutSafetensors(std::move(specs));
+    std::map<std::string_view, size_t> index_of;
+    for (size_t i = 0; i < layout.tensors.size(); ++i) {
+      const TensorInfo& ti = layout.tensors[i];
+      if (!index_of.emplace(ti.name, i).second) {
+        return Error(ErrorCode::kInvalidInput,
+                     shard.rel_name + ": output tensor '" + ti.name +
+                         "' would be written twice (the source already has a tensor of that "
+                         "name); add its module to --ignore");
+      }
+    }
+    for (const TensorInfo& ti : layout.tensors) {
+      PlannedOutput po;
+      po.name = ti.name;
+      po.dtype = ti.dtype;
+      po.shape = ti.shape;
+      po.file_offset = layout.data_start + ti.begin;
+      po.nbytes = ti.nbytes();
+      po.bytes_per_slab = po.nbytes;
+      po.rows_per_slab = 0;
+      ps.outputs.push_back(std::move(po));
+      weight_map.emplace_back(ti.name, shard.rel_name);
+    }
+    for (size_t k = 0; k < out_names.size(); ++k) {
+      PlannedTensor& pt = plan.tensors[first_tensor + k];
+      std::vector<SchemeOutput> so;
+      if (pt.action == TensorAction::kQuantize) {
+        so = pt.scheme->outputs(pt.dtype, pt.shape[0], pt.shape[1]);
+      }
+      for (size_t j = 0; j < out_names[k].size(); ++j) {
+        const size_t oi = index_of.at(out_names[k][j]);
+        if (!so.empty()) {
+          ps.outputs[oi].rows_per_slab = so[j].rows_per_slab;
+          ps.outputs[oi].bytes_per_slab = so[j].bytes_per_slab;
+        }
+        pt.outputs.push_back(oi);
+      }
+    }
+    ps.header = std::move(layout.header);
+    ps.file_size = layout.file_size;
+    plan.bytes_out += ps.file_size;
+    plan.shards.push_back(std::move(ps));
+  }
+
+  // Warnings for entries that select nothing: almost always a typo.
+  for (size_t i = 0; i < options.ignore.size(); ++i) {
+    if (ignore_hits[i] == 0) {
+      plan.notes.push_back("warning: --ignore entry '" + options.ignore[i] +
+                           "' matches no weight in this checkpoint");
+    }
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (target_hits[i] == 0) {
+      plan.notes.push_back("warning: --targets entry '" + targets[i] +
+                           "' matches no weight in this checkpoint");
+    }
+  }
+
+  // The written ignore list: the user's entries verbatim (as model_free writes them), then
+  // each default pattern that kept something unquantized, so vLLM skips the same modules.
+  plan.config_ignore = options.ignore;
+  for (size_t i = 0; i < default_hits.size(); ++i) {
+    if (default_hits[i].empty()) continue;
+    plan.config_ignore.push_back(default_patterns[i]);
+    std::string list;
+    for (size_t k = 0; k < default_hits[i].size() && k < 3; ++k) {
+      list += (k ? ", " : "") + default_hits[i][k];
+    }
+    if (default_hits[i].size() > 3) {
+      list += ", ... (" + std::to_string(default_hits[i].size()) + " in all)";
+    }
+    plan.notes.push_back("left unquantized by default (" +
+                         std::string(kDefaultIgnores[i].what) +
+                         "; vLLM loads it unquantized): " + list +
+                         "  [--no-default-ignore quantizes it]");
+  }
+
+  // Other files: copied unchanged, except the index and config which are regenerated. They
+  // are published in this order, config last.
+  for (const std::string& f : folder.other_files) {
+    if ((folder.index_rel && f == *folder.index_rel) || (folder.config_rel && f == *folder.config_rel)) {
+      continue;
+    }
+    plan.files.push_back({f, folder.root / f, {}});
+  }
+  uint64_t total_size = 0;
+  for (const PlannedShard& ps : plan.shards) {
+    for (const PlannedOutput& o : ps.outputs) total_size += o.nbytes;
+  }
+  // Written even for a single-file model, under the source index's name or the default one
+  // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
+  plan.files.push_back({folder.index_rel.value_or("model.safetensors.index.json"), {},
+                        BuildIndexJson(weight_map, total_size)});
+  if (folder.config) {
+    JsonValue cfg = *folder.config;
+    if (cfg.Find("quantization_config") != nullptr) {
+      plan.notes.push_back("warning: " + *folder.config_rel +
+                           " already has a quantization_config; it is replaced");
+    }
+    cfg.Set("quantization_config",
+            BuildQuantizationConfig({{options.scheme, scheme, targets}}, plan.config_ignore));
+    plan.files.push_back({*folder.config_rel, {}, DumpPythonJson(cfg)});
+  } else {
+    plan.notes.push_back("warning: no config.json or params.json in the source; the "
+                         "quantization_config is not written anywhere");
+  }
+  return plan;
+}
+
+}  // namespace quench

@@ -1,0 +1,28 @@
+// Builds the Plan from the inventory and the options: which tensors are quantized (the
+// compressed-tensors selection rule plus quench's default ignores), the output tensors of each
+// shard, their offsets and headers, and the index and config.json bytes.
+#ifndef QUENCH_PLAN_PLANNER_H_
+#define QUENCH_PLAN_PLANNER_H_
+
+#include <span>
+#include <string_view>
+
+#include "format/model_folder.h"
+#include "quench/convert.h"
+#include "quench/plan.h"
+
+namespace quench {
+
+// A module name pattern quench leaves unquantized unless --no-default-ignore: things vLLM
+// cannot load quantized from a model_free checkpoint.
+struct DefaultIgnore {
+  std::string_view pattern;  // target/ignore syntax ("re:..." or exact)
+  std::string_view what;     // e.g. "output head"
+};
+std::span<const DefaultIgnore> DefaultIgnores();
+
+Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options);
+
+}  // namespace quench
+
+#endif  // QUENCH_PLAN_PLANNER_H_

@@ -1,0 +1,484 @@
+// FP8 E4M3 weight quantization (FP8_DYNAMIC per channel, FP8_BLOCK per 128x128 tile):
+// the scalar reference (the definition) and the Highway kernels, compiled once per target
+// through Highway's foreach_target skeleton.
+//
+// The definition, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0
+// compute it for a weight in dtype D (bf16, f16 or f32); see
+// spec/compressed-tensors-format.md sections 4.1-4.5:
+//   amax  = max |x| over the row (channel) or the zero-padded 128x128 tile (block)
+//           (observer: amin/amax, then min(mn, 0) / max(mx, 0), then max of the absolutes);
+//   scale = RNE_D(amax / 448), the quotient taken in f32 (torch's reduced-float division);
+//           if scale == 0 exactly it becomes eps(D) (calculate_qparams step 5);
+//   q     = e4m3(clamp(RNE_D(x / scale), -448, 448)), e4m3 being c10's RNE conversion.
+// The scale is stored in D.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "schemes/float_formats.h"
+#include "schemes/fp8.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/schemes/fp8.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/aligned_allocator.h"
+#include "hwy/highway.h"
+
+// Scalar helpers shared by the reference and the kernels' per-row / per-tile scale step
+// (compiled once, outside the per-target namespaces).
+#ifndef QUENCH_SCHEMES_FP8_SHARED_
+#define QUENCH_SCHEMES_FP8_SHARED_
+namespace quench::fp8::internal {
+
+// float8_e4m3fn's largest finite value (torch.finfo(float8_e4m3fn).max); the symmetric range
+// is [-448, 448], so bit_range / 2 = 896 / 2 = 448 (calculate_range / calculate_qparams).
+inline constexpr float kE4M3Max = 448.0f;
+
+inline size_t ElementBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+// Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D in the spec).
+inline float RoundToDType(float f, DType d) {
+  switch (d) {
+    case DType::kBF16: return BF16ToF32(F32ToBF16(f));
+    case DType::kF16: return F16ToF32(F32ToF16(f));
+    default: return f;
+  }
+}
+
+// torch.finfo(D).eps: the zero-scale replacement of calculate_qparams (CT >= 0.13).
+inline float ScaleEps(DType d) {
+  switch (d) {
+    case DType::kBF16: return 0.0078125f;        // 2^-7
+    case DType::kF16: return 0.0009765625f;      // 2^-10
+    default: return 1.1920928955078125e-07f;     // 2^-23
+  }
+}
+
+// scale = RNE_D(amax / 448) with the division in f32; an exact 0 becomes eps(D).
+inline float ScaleFromAmax(float amax, DType d) {
+  const float scale = RoundToDType(amax / kE4M3Max, d);
+  return scale == 0.0f ? ScaleEps(d) : scale;
+}
+
+// Writes `scale` (already a value of D) in D's little-endian encoding.
+inline void StoreScale(uint8_t* dst, float scale, DType d) {
+  if (d == DType::kF32) {
+    const uint32_t bits = F32ToBits(scale);
+    std::memcpy(dst, &bits, 4);
+  } else {
+    const uint16_t bits = d == DType::kBF16 ? F32ToBF16(scale) : F32ToF16(scale);
+    std::memcpy(dst, &bits, 2);
+  }
+}
+
+inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+}  // namespace quench::fp8::internal
+#endif  // QUENCH_SCHEMES_FP8_SHARED_
+
+HWY_BEFORE_NAMESPACE();
+namespace quench::fp8 {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using DU = hn::RebindToUnsigned<DF>;
+using DI = hn::RebindToSigned<DF>;
+using VF = hn::Vec<DF>;
+using VU = hn::Vec<DU>;
+
+// Per-dtype traits: the raw lane type, the abs-bits mask and the first non-finite abs
+// pattern (exponent all ones). For IEEE-style formats, abs bit patterns of finite values
+// order like their magnitudes, so an integer max over them is the amax, and the amax
+// pattern is >= kInfBits exactly when the run holds an Inf or NaN.
+template <DType D>
+struct Traits;
+template <>
+struct Traits<DType::kBF16> {
+  using T = uint16_t;
+  static constexpr T kAbsMask = 0x7FFF;
+  static constexpr T kInfBits = 0x7F80;
+};
+template <>
+struct Traits<DType::kF16> {
+  using T = uint16_t;
+  static constexpr T kAbsMask = 0x7FFF;
+  static constexpr T kInfBits = 0x7C00;
+};
+template <>
+struct Traits<DType::kF32> {
+  using T = uint32_t;
+  static constexpr T kAbsMask = 0x7FFFFFFF;
+  static constexpr T kInfBits = 0x7F800000;
+};
+
+// Max of the abs bit patterns of n raw elements at p (unaligned), folded into acc.
+// The tail (n not a multiple of the vector) goes through a zero-filled buffer: a zero
+// pattern never raises the max, so padding does not change the result.
+template <DType D, class DT = hn::ScalableTag<typename Traits<D>::T>>
+HWY_INLINE hn::Vec<DT> AbsBitsMax(const uint8_t* p, size_t n, hn::Vec<DT> acc) {
+  using T = typename Traits<D>::T;
+  const DT dt;
+  const size_t lanes = hn::Lanes(dt);
+  const T* src = reinterpret_cast<const T*>(p);
+  const auto mask = hn::Set(dt, Traits<D>::kAbsMask);
+  auto acc1 = hn::Zero(dt);
+  auto acc2 = hn::Zero(dt);
+  auto acc3 = hn::Zero(dt);
+  size_t i = 0;
+  if (n >= 4 * lanes) {
+    for (; i <= n - 4 * lanes; i += 4 * lanes) {
+      acc = hn::Max(acc, hn::And(hn::LoadU(dt, src + i), mask));
+      acc1 = hn::Max(acc1, hn::And(hn::LoadU(dt, src + i + lanes), mask));
+      acc2 = hn::Max(acc2, hn::And(hn::LoadU(dt, src + i + 2 * lanes), mask));
+      acc3 = hn::Max(acc3, hn::And(hn::LoadU(dt, src + i + 3 * lanes), mask));
+    }
+  }
+  for (; i + lanes <= n; i += lanes) {
+    acc = hn::Max(acc, hn::And(hn::LoadU(dt, src + i), mask));
+  }
+  if (i < n) {
+    HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)] = {};
+    std::memcpy(buf, p + i * sizeof(T), (n - i) * sizeof(T));
+    acc = hn::Max(acc, hn::And(hn::Load(dt, buf), mask));
+  }
+  return hn::Max(hn::Max(acc, acc1), hn::Max(acc2, acc3));
+}
+
+// Horizontal max of an abs-bits accumulator (stored and scanned: this runs once per row or
+// tile, and avoids MaxOfLanes, which Highway 1.0.3 lacks for u16 on some targets).
+template <class DT>
+HWY_INLINE hn::TFromD<DT> ReduceMax(DT dt, hn::Vec<DT> v) {
+  using T = hn::TFromD<DT>;
+  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)];
+  hn::Store(v, dt, buf);
+  T m = 0;
+  for (size_t k = 0; k < hn::Lanes(dt); ++k) m = std::max(m, buf[k]);
+  return m;
+}
+
+// The f32 value of an abs bit pattern of dtype D (finite, so the scalar decoders are exact).
+template <DType D>
+HWY_INLINE float AbsBitsToF32(typename Traits<D>::T bits) {
+  if constexpr (D == DType::kBF16) return BF16ToF32(bits);
+  if constexpr (D == DType::kF16) return F16ToF32(bits);
+  return BitsToF32(bits);
+}
+
+// Loads Lanes(df) elements of dtype D at p (unaligned) as exact f32 values.
+template <DType D>
+HWY_INLINE VF LoadF32(DF df, const uint8_t* p) {
+  if constexpr (D == DType::kBF16) {
+    // bf16 is the upper half of an f32: widen and shift left by 16.
+    const hn::Rebind<uint16_t, DF> d16;
+    const DU du;
+    const VU wide = hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(p)));
+    return hn::BitCast(df, hn::ShiftLeft<16>(wide));
+  } else if constexpr (D == DType::kF16) {
+    // binary16 -> binary32 is exact for every finite value (F16C, or Highway's integer
+    // emulation, which is exact for finite inputs; Inf/NaN never reach this pass).
+    const hn::Rebind<hwy::float16_t, DF> d16;
+    return hn::PromoteTo(df, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(p)));
+  } else {
+    return hn::LoadU(df, reinterpret_cast<const float*>(p));
+  }
+}
+
+// RNE_D(v) for finite v, as an f32 value (c10's f32 -> D conversion, then back).
+template <DType D>
+HWY_INLINE VF RoundToDType(DF df, VF v) {
+  const DU du;
+  if constexpr (D == DType::kBF16) {
+    // c10 round_to_nearest_even: add 0x7FFF plus the lowest kept bit, drop 16 bits.
+    // Valid for every non-NaN pattern, subnormals included (bf16 keeps f32's exponent).
+    const VU bits = hn::BitCast(du, v);
+    const VU lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+    const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), lsb));
+    return hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFF0000u)));
+  } else if constexpr (D == DType::kF16) {
+    // Normal binary16 range [2^-14, 65520): keep 10 mantissa bits, RNE on the 13 dropped
+    // bits (bias 0xFFF plus the lowest kept bit); a carry steps into the next binade.
+    const VU bits = hn::BitCast(du, v);
+    const VU lsb = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1u));
+    const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0xFFFu), lsb));
+    const VF normal = hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFFE000u)));
+    // Below 2^-14 the grid is the subnormal step 2^-24: |v| + 0.5 has an f32 ulp of
+    // exactly 2^-24 on [0.5, 1), so the FPU's RNE addition rounds |v| onto that grid
+    // (ties to an even multiple, as binary16 does); subtracting 0.5 is then exact.
+    const VF abs = hn::Abs(v);
+    const VF half = hn::Set(df, 0.5f);
+    const VF sub_abs = hn::Sub(hn::Add(abs, half), half);
+    const VF subnormal = hn::CopySignToAbs(sub_abs, v);
+    // |v| >= 65520 (midpoint of 65504 and 2^16) overflows to Inf under RNE.
+    const VF inf = hn::CopySignToAbs(hn::Inf(df), v);
+    const VF result = hn::IfThenElse(hn::Lt(abs, hn::Set(df, 6.103515625e-05f)),  // 2^-14
+                                     subnormal, normal);
+    return hn::IfThenElse(hn::Ge(abs, hn::Set(df, 65520.0f)), inf, result);
+  } else {
+    (void)du;
+    return v;  // f32 weights: the quotient is already in D.
+  }
+}
+
+// c10::detail::fp8e4m3fn_from_fp32_value (torch 2.13) on finite lanes, giving the code in
+// the low 8 bits of each u32 lane. (NaN lanes cannot occur: non-finite inputs are refused
+// before this pass and the scale is finite and > 0.)
+HWY_INLINE VU EncodeE4M3(DF df, VF v) {
+  const DU du;
+  const DI di;
+  const VU bits = hn::BitCast(du, v);
+  const VU sign = hn::And(bits, hn::Set(du, 0x80000000u));
+  const VU f = hn::Xor(bits, sign);  // |v| bits
+  // |v| < 2^-6 (below the smallest e4m3 normal): adding 2^14 (141 << 23) leaves an f32
+  // with ulp 2^-9, the e4m3 subnormal step, so RNE places the code in the low bits.
+  const VU denorm_mask = hn::Set(du, 141u << 23);
+  const VU sub = hn::Sub(
+      hn::BitCast(du, hn::Add(hn::BitCast(df, f), hn::BitCast(df, denorm_mask))), denorm_mask);
+  // Normal range: rebias the exponent 127 -> 7 (adding (7-127) << 23 modulo 2^32) and round
+  // the 20 dropped mantissa bits to nearest even (0x7FFFF plus the lowest kept bit).
+  const VU mant_odd = hn::And(hn::ShiftRight<20>(f), hn::Set(du, 1u));
+  const VU biased = hn::Add(
+      hn::Add(f, hn::Set(du, (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)), mant_odd);
+  // Codes past 0x7E (a carry onto the NaN code 0x7F, or |v| >= 480 which is a larger value
+  // of this monotonic expression) saturate to 448 = 0x7E, as torch 2.13's c10 does.
+  const VU normal = hn::Min(hn::ShiftRight<20>(biased), hn::Set(du, 0x7Eu));
+  const auto is_sub = hn::RebindMask(
+      du, hn::Lt(hn::BitCast(di, f), hn::Set(di, static_cast<int32_t>(121u << 23))));
+  return hn::Or(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(sign));
+}
+
+// q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes.
+template <DType D>
+HWY_INLINE VU QuantizeLanes(DF df, VF x, VF scale) {
+  const VF lo = hn::Set(df, -internal::kE4M3Max);
+  const VF hi = hn::Set(df, internal::kE4M3Max);
+  const VF q = RoundToDType<D>(df, hn::Div(x, scale));  // true IEEE f32 division, then RNE_D
+  return EncodeE4M3(df, hn::Min(hn::Max(q, lo), hi));
+}
+
+// Quantizes n elements of dtype D at src with one scale, writing n codes to dst.
+template <DType D>
+HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* dst) {
+  constexpr size_t kEsz = sizeof(typename Traits<D>::T);
+  const DF df;
+  const DI di;
+  const hn::Rebind<uint8_t, DF> d8;
+  const size_t lanes = hn::Lanes(df);
+  const VF vscale = hn::Set(df, scale);
+  size_t i = 0;
+  if (n >= 2 * lanes) {
+    for (; i <= n - 2 * lanes; i += 2 * lanes) {
+      const VU q0 = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+      const VU q1 = QuantizeLanes<D>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
+      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q0)), d8, dst + i);
+      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q1)), d8, dst + i + lanes);
+    }
+  }
+  for (; i + lanes <= n; i += lanes) {
+    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q)), d8, dst + i);
+  }
+  if (i < n) {
+    // Tail: the same vector code on a zero-padded copy, keeping only the real lanes.
+    HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
+    HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
+    std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
+    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, in_buf), vscale);
+    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q)), d8, out_buf);
+    std::memcpy(dst + i, out_buf, n - i);
+  }
+}
+
+template <DType D>
+bool ChannelImpl(const WeightChunk& in, const ChunkOutputs& out) {
+  using T = typename Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  const size_t row_bytes = in.cols * sizeof(T);
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * row_bytes;
+    const T amax_bits = ReduceMax(dt, AbsBitsMax<D>(row, in.cols, hn::Zero(dt)));
+    if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the row
+    const float scale = internal::ScaleFromAmax(AbsBitsToF32<D>(amax_bits), D);
+    internal::StoreScale(out.out[1] + r * sizeof(T), scale, D);
+    QuantizeRun<D>(row, in.cols, scale, out.out[0] + r * in.cols);
+  }
+  return true;
+}
+
+template <DType D>
+bool BlockImpl(const WeightChunk& in, const ChunkOutputs& out) {
+  using T = typename Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  const size_t lanes = hn::Lanes(dt);
+  const size_t rows = in.rows;
+  const size_t cols = in.cols;
+  const size_t row_bytes = cols * sizeof(T);
+  const size_t tiles_c = internal::CeilDiv(cols, kBlock);
+  // One abs-bits accumulator vector per tile of the current 128-row band.
+  auto acc = hwy::AllocateAligned<T>(tiles_c * lanes);
+  auto scales = hwy::AllocateAligned<float>(tiles_c);
+  if (!acc || !scales) return false;
+  for (size_t r0 = 0, band = 0; r0 < rows; r0 += kBlock, ++band) {
+    const size_t r1 = std::min(rows, r0 + kBlock);
+    // Pass 1: amax per tile, one sweep over the band's rows in memory order. Rows past the
+    // tensor's end are the zero padding, which cannot raise a max of absolute values.
+    for (size_t j = 0; j < tiles_c; ++j) hn::Store(hn::Zero(dt), dt, acc.get() + j * lanes);
+    for (size_t r = r0; r < r1; ++r) {
+      const uint8_t* row = in.data + r * row_bytes;
+      for (size_t j = 0; j < tiles_c; ++j) {
+        const size_t c0 = j * kBlock;
+        const size_t width = std::min(kBlock, cols - c0);
+        T* a = acc.get() + j * lanes;
+        hn::Store(AbsBitsMax<D>(row + c0 * sizeof(T), width, hn::Load(dt, a)), dt, a);
+      }
+    }
+    uint8_t* scale_out = out.out[1] + band * tiles_c * sizeof(T);
+    for (size_t j = 0; j < tiles_c; ++j) {
+      const T amax_bits = ReduceMax(dt, hn::Load(dt, acc.get() + j * lanes));
+      if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the tile
+      scales[j] = internal::ScaleFromAmax(AbsBitsToF32<D>(amax_bits), D);
+      internal::StoreScale(scale_out + j * sizeof(T), scales[j], D);
+    }
+    // Pass 2: quantize the band (now warm in cache) tile by tile.
+    for (size_t r = r0; r < r1; ++r) {
+      const uint8_t* row = in.data + r * row_bytes;
+      uint8_t* dst = out.out[0] + r * cols;
+      for (size_t j = 0; j < tiles_c; ++j) {
+        const size_t c0 = j * kBlock;
+        QuantizeRun<D>(row + c0 * sizeof(T), std::min(kBlock, cols - c0), scales[j], dst + c0);
+      }
+    }
+  }
+  return true;
+}
+
+bool QuantizeChannelKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  switch (in.dtype) {
+    case DType::kBF16: return ChannelImpl<DType::kBF16>(in, out);
+    case DType::kF16: return ChannelImpl<DType::kF16>(in, out);
+    case DType::kF32: return ChannelImpl<DType::kF32>(in, out);
+    default: return false;
+  }
+}
+
+bool QuantizeBlockKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  switch (in.dtype) {
+    case DType::kBF16: return BlockImpl<DType::kBF16>(in, out);
+    case DType::kF16: return BlockImpl<DType::kF16>(in, out);
+    case DType::kF32: return BlockImpl<DType::kF32>(in, out);
+    default: return false;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::fp8
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace quench::fp8 {
+
+HWY_EXPORT(QuantizeChannelKernel);
+HWY_EXPORT(QuantizeBlockKernel);
+
+bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeChannelKernel)(in, out);
+}
+
+bool QuantizeBlock(const WeightChunk& in, const ChunkOutputs& out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeBlockKernel)(in, out);
+}
+
+namespace {
+
+// Element (r, c) of the chunk as an exact f32 (memcpy: the mapping may be unaligned).
+float ElementAt(const WeightChunk& in, size_t r, size_t c) {
+  const size_t esz = internal::ElementBytes(in.dtype);
+  const uint8_t* p = in.data + (r * in.cols + c) * esz;
+  if (in.dtype == DType::kF32) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    return BitsToF32(bits);
+  }
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return in.dtype == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
+}
+
+// q = e4m3(clamp(RNE_D(x / scale), -448, 448)): _quantize's `x / scale` in the weight dtype
+// (f32 division, rounded to D), round_to_quantized_type_args' clamp, then `.to(fp8)`.
+uint8_t QuantizeElement(float x, float scale, DType d) {
+  float v = internal::RoundToDType(x / scale, d);
+  if (v < -internal::kE4M3Max) v = -internal::kE4M3Max;
+  if (v > internal::kE4M3Max) v = internal::kE4M3Max;
+  return F32ToE4M3(v);
+}
+
+bool IsSupported(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
+
+}  // namespace
+
+bool QuantizeChannelScalar(const WeightChunk& in, const ChunkOutputs& out) {
+  if (!IsSupported(in.dtype)) return false;
+  const size_t esz = internal::ElementBytes(in.dtype);
+  for (size_t r = 0; r < in.rows; ++r) {
+    // Observer: amin/amax over the row, widened to include 0, then the larger magnitude.
+    float mn = 0.0f;
+    float mx = 0.0f;
+    for (size_t c = 0; c < in.cols; ++c) {
+      const float x = ElementAt(in, r, c);
+      if (!std::isfinite(x)) return false;
+      mn = std::min(mn, x);
+      mx = std::max(mx, x);
+    }
+    const float amax = std::max(-mn, mx);
+    const float scale = internal::ScaleFromAmax(amax, in.dtype);
+    internal::StoreScale(out.out[1] + r * esz, scale, in.dtype);
+    for (size_t c = 0; c < in.cols; ++c) {
+      out.out[0][r * in.cols + c] = QuantizeElement(ElementAt(in, r, c), scale, in.dtype);
+    }
+  }
+  return true;
+}
+
+bool QuantizeBlockScalar(const WeightChunk& in, const ChunkOutputs& out) {
+  if (!IsSupported(in.dtype)) return false;
+  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t tiles_r = internal::CeilDiv(in.rows, kBlock);
+  const size_t tiles_c = internal::CeilDiv(in.cols, kBlock);
+  for (size_t r = 0; r < in.rows; ++r) {
+    for (size_t c = 0; c < in.cols; ++c) {
+      if (!std::isfinite(ElementAt(in, r, c))) return false;
+    }
+  }
+  for (size_t bi = 0; bi < tiles_r; ++bi) {
+    for (size_t bj = 0; bj < tiles_c; ++bj) {
+      const size_t r0 = bi * kBlock, r1 = std::min(in.rows, r0 + kBlock);
+      const size_t c0 = bj * kBlock, c1 = std::min(in.cols, c0 + kBlock);
+      // The tile after zero padding to 128x128: the padding only adds zeros, which the
+      // min(mn, 0) / max(mx, 0) widening already includes.
+      float mn = 0.0f;
+      float mx = 0.0f;
+      for (size_t r = r0; r < r1; ++r) {
+        for (size_t c = c0; c < c1; ++c) {
+          const float x = ElementAt(in, r, c);
+          mn = std::min(mn, x);
+          mx = std::max(mx, x);
+        }
+      }
+      const float scale = internal::ScaleFromAmax(std::max(-mn, mx), in.dtype);
+      internal::StoreScale(out.out[1] + (bi * tiles_c + bj) * esz, scale, in.dtype);
+      for (size_t r = r0; r < r1; ++r) {
+        for (size_t c = c0; c < c1; ++c) {
+          out.out[0][r * in.cols + c] = QuantizeElement(ElementAt(in, r, c), scale, in.dtype);
+        }
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace quench::fp8
+#endif  // HWY_ONCE

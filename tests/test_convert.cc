@@ -1,0 +1,410 @@
+// End to end: the bundled checkpoint converted with each scheme and re-read; determinism
+// across thread counts and chunk sizes; every user-facing error path of `convert`.
+// Dequantization checks decode E4M3 and BF16 with the small decoders below, written from the
+// format definitions and independent of the code under test.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "format/json.h"
+#include "format/model_folder.h"
+#include "format/safetensors.h"
+#include "quench/convert.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+using quench::DType;
+
+namespace {
+
+// float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities.
+double DecodeE4M3(uint8_t c) {
+  const int sign = c >> 7, e = (c >> 3) & 0xF, m = c & 7;
+  double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return sign ? -v : v;
+}
+
+double DecodeBF16(const uint8_t* p) {
+  uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+struct Loaded {
+  quench::Shard shard;
+  std::string bytes;
+  const quench::TensorInfo* Find(const std::string& name) const {
+    for (const auto& t : shard.header.tensors) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+  const uint8_t* Data(const quench::TensorInfo& t) const {
+    return reinterpret_cast<const uint8_t*>(bytes.data()) + shard.header.data_start + t.begin;
+  }
+};
+
+std::map<std::string, Loaded> LoadAll(const fs::path& dir) {
+  std::map<std::string, Loaded> out;
+  auto folder = quench::LoadModelFolder(dir);
+  REQUIRE_MESSAGE(folder.ok(), folder.status().ToString());
+  for (auto& s : folder->shards) {
+    Loaded l;
+    l.bytes = qt::ReadBytes(s.path);
+    l.shard = s;
+    out[s.rel_name] = std::move(l);
+  }
+  return out;
+}
+
+// Finds tensor `name` in any shard of `all`.
+std::pair<const Loaded*, const quench::TensorInfo*> FindTensor(
+    const std::map<std::string, Loaded>& all, const std::string& name) {
+  for (const auto& [_, l] : all) {
+    if (const auto* t = l.Find(name)) return {&l, t};
+  }
+  return {nullptr, nullptr};
+}
+
+quench::Result<quench::ConvertSummary> ConvertDir(const fs::path& src, const fs::path& dst,
+                                                  const std::string& scheme, int threads = 0,
+                                                  uint64_t memory = quench::kDefaultMemoryLimit) {
+  quench::ConvertOptions o;
+  o.src = src;
+  o.dst = dst;
+  o.scheme = scheme;
+  o.threads = threads;
+  o.memory_limit = memory;
+  return quench::Convert(o);
+}
+
+// Writes a single-shard checkpoint whose tensors hold the given raw bytes.
+struct RawTensor {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  std::string bytes;
+};
+
+void WriteShard(const fs::path& file, const std::vector<RawTensor>& tensors) {
+  std::vector<quench::TensorSpec> specs;
+  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape, t.bytes.size()});
+  auto layout = quench::LayOutSafetensors(specs);
+  std::string out = layout.header;
+  out.resize(layout.file_size);
+  for (const auto& ti : layout.tensors) {
+    for (const auto& t : tensors) {
+      if (t.name == ti.name) std::memcpy(out.data() + layout.data_start + ti.begin, t.bytes.data(), t.bytes.size());
+    }
+  }
+  qt::WriteBytes(file, out);
+}
+
+std::string Bf16Bytes(const std::vector<float>& v) {
+  std::string s(v.size() * 2, '\0');
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &v[i], 4);
+    const uint16_t h = static_cast<uint16_t>(bits >> 16);  // truncation: any BF16 is valid input
+    std::memcpy(s.data() + 2 * i, &h, 2);
+  }
+  return s;
+}
+
+const fs::path kTiny = qt::DataDir() / "tiny-llama";
+
+void CheckFp8Dequantizes(const std::map<std::string, Loaded>& src,
+                         const std::map<std::string, Loaded>& dst, const std::string& module,
+                         bool block) {
+  auto [sl, st] = FindTensor(src, module + ".weight");
+  auto [dl, qw] = FindTensor(dst, module + ".weight");
+  auto [_, qs] = FindTensor(dst, module + ".weight_scale");
+  REQUIRE(st != nullptr);
+  REQUIRE(qw != nullptr);
+  REQUIRE(qs != nullptr);
+  CHECK(qw->dtype == DType::kF8E4M3);
+  CHECK(qw->shape == st->shape);
+  CHECK(qs->dtype == DType::kBF16);
+  const uint64_t rows = st->shape[0], cols = st->shape[1];
+  const uint64_t bc = (cols + 127) / 128;
+  if (block) {
+    CHECK(qs->shape == std::vector<uint64_t>{(rows + 127) / 128, bc});
+  } else {
+    CHECK(qs->shape == std::vector<uint64_t>{rows, 1});
+  }
+  const uint8_t* x = sl->Data(*st);
+  const uint8_t* q = dl->Data(*qw);
+  const uint8_t* s = dl->Data(*qs);
+  size_t bad = 0;
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t c = 0; c < cols; ++c) {
+      const uint64_t si = block ? (r / 128) * bc + c / 128 : r;
+      const double scale = DecodeBF16(s + 2 * si);
+      const double xv = DecodeBF16(x + 2 * (r * cols + c));
+      const double dq = DecodeE4M3(q[r * cols + c]) * scale;
+      // E4M3 keeps 3 mantissa bits (half-ulp 2^-4 relative), x/scale is rounded to BF16 first
+      // (2^-8 relative), and below 2^-6 the step is 2^-9 (half-step 2^-10) times the scale.
+      const double bound = std::fabs(xv) * (1.0 / 16 + 1.0 / 256) + scale / 1024 + 1e-30;
+      if (std::fabs(dq - xv) > bound) ++bad;
+    }
+  }
+  CHECK_MESSAGE(bad == 0, module);
+}
+
+}  // namespace
+
+TEST_SUITE("convert") {
+  TEST_CASE("bundled checkpoint, FP8_DYNAMIC and FP8_BLOCK: structure, copies and accuracy") {
+    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK"}) {
+      CAPTURE(scheme);
+      qt::TempDir tmp;
+      const fs::path out = tmp / "out";
+      auto r = ConvertDir(kTiny, out, scheme);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      CHECK(r->tensors_quantized == 14);  // 7 projections x 2 layers
+      // Same file names as the source; nothing temporary left behind.
+      CHECK(qt::ListFiles(out) == qt::ListFiles(kTiny));
+      for (const std::string& f : qt::ListFiles(kTiny)) {
+        if (f.ends_with(".safetensors") || f == "config.json" || f.ends_with("index.json")) continue;
+        CHECK_MESSAGE(qt::ReadBytes(out / f) == qt::ReadBytes(kTiny / f), f);
+      }
+      auto src = LoadAll(kTiny);
+      auto dst = LoadAll(out);
+      // Unquantized tensors are copied byte for byte.
+      for (const char* name : {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+                               "model.layers.0.input_layernorm.weight",
+                               "model.layers.1.post_attention_layernorm.weight"}) {
+        auto [sl, st] = FindTensor(src, name);
+        auto [dl, dt] = FindTensor(dst, name);
+        REQUIRE_MESSAGE(dt != nullptr, name);
+        CHECK(dt->dtype == st->dtype);
+        CHECK(std::memcmp(sl->Data(*st), dl->Data(*dt), st->nbytes()) == 0);
+      }
+      for (int layer = 0; layer < 2; ++layer) {
+        for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                              "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
+          CheckFp8Dequantizes(src, dst,
+                              "model.layers." + std::to_string(layer) + "." + m,
+                              std::string(scheme) == "FP8_BLOCK");
+        }
+      }
+      // config.json carries the quantization_config; the index maps every tensor.
+      auto cfg = quench::ReadJsonFile((out / "config.json").string());
+      REQUIRE(cfg.ok());
+      const auto* q = cfg->Find("quantization_config");
+      REQUIRE(q != nullptr);
+      CHECK(q->Find("quant_method")->as_string() == "compressed-tensors");
+      CHECK(q->Find("format")->as_string() == "float-quantized");
+      const auto* group = q->Find("config_groups")->Find(scheme);
+      REQUIRE(group != nullptr);
+      CHECK(group->Find("weights")->Find("strategy")->as_string() ==
+            (std::string(scheme) == "FP8_BLOCK" ? "block" : "channel"));
+      std::vector<std::string> ignore;
+      for (const auto& v : q->Find("ignore")->as_array()) ignore.push_back(v.as_string());
+      CHECK(ignore == std::vector<std::string>{"lm_head", "re:.*embed_tokens$"});
+      auto index = quench::ReadJsonFile((out / "model.safetensors.index.json").string());
+      REQUIRE(index.ok());
+      size_t mapped = index->Find("weight_map")->as_object().size();
+      size_t total = 0;
+      uint64_t bytes = 0;
+      for (const auto& [_, l] : dst) {
+        total += l.shard.header.tensors.size();
+        for (const auto& t : l.shard.header.tensors) bytes += t.nbytes();
+      }
+      CHECK(mapped == total);
+      CHECK(index->Find("metadata")->Find("total_size")->as_uint() == bytes);
+    }
+  }
+
+  TEST_CASE("output bytes do not depend on threads or chunk size") {
+    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK"}) {
+      CAPTURE(scheme);
+      qt::TempDir tmp;
+      REQUIRE(ConvertDir(kTiny, tmp / "a", scheme, 1).ok());
+      // A 1 MiB budget forces the smallest chunks: many per tensor, several in flight.
+      REQUIRE(ConvertDir(kTiny, tmp / "b", scheme, 2, 1 << 20).ok());
+      REQUIRE(ConvertDir(kTiny, tmp / "c", scheme, 2).ok());
+      for (const std::string& f : qt::ListFiles(tmp / "a")) {
+        CAPTURE(f);
+        CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "b" / f));
+        CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "c" / f));
+      }
+    }
+  }
+
+  TEST_CASE("F16 and F32 weights keep their dtype for scales") {
+    for (DType dt : {DType::kF16, DType::kF32}) {
+      qt::TempDir tmp;
+      const size_t esize = dt == DType::kF16 ? 2 : 4;
+      std::string w(64 * 200 * esize, '\0');
+      for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<char>((i * 37 + 11) % 251 & 0x3F);
+      WriteShard(tmp / "src/model.safetensors", {{"layer.proj.weight", dt, {64, 200}, w}});
+      auto r = ConvertDir(tmp / "src", tmp / "out", "FP8_DYNAMIC");
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      auto out = LoadAll(tmp / "out");
+      auto [l, s] = FindTensor(out, "layer.proj.weight_scale");
+      REQUIRE(s != nullptr);
+      CHECK(s->dtype == dt);
+      // No config.json in the source: the index is still written (as the reference does).
+      CHECK(fs::exists(tmp / "out/model.safetensors.index.json"));
+    }
+  }
+
+  TEST_CASE("user errors: clear message, non-zero exit, no output left") {
+    qt::TempDir tmp;
+    auto convert = [&](std::vector<std::string> extra) {
+      std::vector<std::string> args = {"convert"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      return qt::RunQuench(args);
+    };
+    SUBCASE("DST inside SRC") {
+      auto r = convert({kTiny.string(), (kTiny / "out").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 2);
+      CHECK(r.err.find("inside it") != std::string::npos);
+      CHECK_FALSE(fs::exists(kTiny / "out"));
+    }
+    SUBCASE("DST equal to SRC") {
+      auto r = convert({kTiny.string(), kTiny.string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 2);
+    }
+    SUBCASE("existing non-empty DST without --overwrite") {
+      qt::WriteBytes(tmp / "dst/keep.txt", "x");
+      auto r = convert({kTiny.string(), (tmp / "dst").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 2);
+      CHECK(r.err.find("--overwrite") != std::string::npos);
+      CHECK(qt::ListFiles(tmp / "dst") == std::vector<std::string>{"keep.txt"});
+      auto ok = convert({kTiny.string(), (tmp / "dst").string(), "--scheme", "FP8_DYNAMIC",
+                         "--overwrite", "-q"});
+      CHECK(ok.exit_code == 0);
+      CHECK(fs::exists(tmp / "dst/config.json"));
+      CHECK(fs::exists(tmp / "dst/keep.txt"));
+    }
+    SUBCASE("unwritable DST") {
+      qt::WriteBytes(tmp / "file", "x");
+      auto r = convert({kTiny.string(), (tmp / "file/out").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code != 0);
+      CHECK(r.err.find("file/out") != std::string::npos);
+    }
+    SUBCASE("unknown scheme and missing arguments are usage errors") {
+      CHECK(convert({kTiny.string(), (tmp / "o").string(), "--scheme", "FP9"}).exit_code == 2);
+      CHECK(convert({kTiny.string(), (tmp / "o").string()}).exit_code == 2);
+      CHECK(convert({kTiny.string(), "--scheme", "FP8_DYNAMIC"}).exit_code == 2);
+      CHECK(convert({kTiny.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                     "--threads", "zero"}).exit_code == 2);
+      CHECK(convert({kTiny.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                     "--memory-limit", "lots"}).exit_code == 2);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
+    SUBCASE("non-finite weights are refused, naming the tensor") {
+      std::vector<float> v(32 * 16, 0.5f);
+      v[100] = std::nanf("");
+      WriteShard(tmp / "nan/model.safetensors",
+                 {{"a.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(std::vector<float>(32 * 16, 1.f))},
+                  {"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
+      qt::WriteBytes(tmp / "nan/config.json", "{}");
+      auto r = convert({(tmp / "nan").string(), (tmp / "o").string(), "--scheme", "FP8_BLOCK"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find("b.proj.weight") != std::string::npos);
+      CHECK(r.err.find("NaN") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+      std::vector<float> w(32 * 16, 0.5f);
+      w[7] = INFINITY;
+      WriteShard(tmp / "inf/model.safetensors", {{"c.weight", DType::kBF16, {32, 16}, Bf16Bytes(w)}});
+      auto r2 = convert({(tmp / "inf").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r2.exit_code == 3);
+      CHECK(r2.err.find("c.weight") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
+    SUBCASE("targeted tensor that is not 2-D") {
+      WriteShard(tmp / "moe/model.safetensors",
+                 {{"experts.w.weight", DType::kBF16, {2, 4, 8}, std::string(2 * 4 * 8 * 2, '\0')}});
+      auto r = convert({(tmp / "moe").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find("experts.w.weight") != std::string::npos);
+      CHECK(r.err.find("2-D") != std::string::npos);
+      // Ignoring it makes the same checkpoint convertible.
+      auto ok = convert({(tmp / "moe").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                         "--ignore", "experts.w", "-q"});
+      CHECK(ok.exit_code == 0);
+    }
+    SUBCASE("index naming a missing file or a tensor the shard does not hold") {
+      WriteShard(tmp / "idx/model-1.safetensors",
+                 {{"a.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});
+      qt::WriteBytes(tmp / "idx/model.safetensors.index.json",
+                     R"({"metadata":{},"weight_map":{"a.weight":"model-2.safetensors"}})");
+      auto r = convert({(tmp / "idx").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find("model-2.safetensors") != std::string::npos);
+      qt::WriteBytes(tmp / "idx/model.safetensors.index.json",
+                     R"({"metadata":{},"weight_map":{"b.weight":"model-1.safetensors"}})");
+      auto r2 = convert({(tmp / "idx").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r2.exit_code == 3);
+      CHECK(r2.err.find("b.weight") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
+  }
+
+  TEST_CASE("every malformed fixture is refused by convert and inspect with its message") {
+    const fs::path dir = qt::DataDir() / "malformed";
+    auto expected = quench::ReadJsonFile((dir / "expected.json").string());
+    REQUIRE(expected.ok());
+    REQUIRE(expected->is_object());
+    REQUIRE(expected->as_object().size() >= 15);
+    for (const auto& [file, want] : expected->as_object()) {
+      CAPTURE(file);
+      const std::string needle = want.Find("message_contains")->as_string();
+      qt::TempDir tmp;
+      fs::create_directories(tmp / "src");
+      fs::copy_file(dir / file, tmp / "src" / file);
+      auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                              "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find(needle) != std::string::npos);
+      CHECK(r.err.find(file) != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "out"));
+      auto i = qt::RunQuench({"inspect", (dir / file).string()});
+      CHECK(i.exit_code == 3);
+      CHECK(i.err.find(needle) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("inspect lists tensors and the quantization_config") {
+    qt::TempDir tmp;
+    REQUIRE(ConvertDir(kTiny, tmp / "o", "FP8_DYNAMIC").ok());
+    auto r = qt::RunQuench({"inspect", (tmp / "o").string(), "--json"});
+    REQUIRE(r.exit_code == 0);
+    auto j = quench::ParseJson("inspect", r.out);
+    REQUIRE(j.ok());
+    CHECK(j->Find("files")->as_array().size() == 2);
+    CHECK(j->Find("quantization_config")->Find("format")->as_string() == "float-quantized");
+    uint64_t bytes = 0;
+    for (const auto& f : j->Find("files")->as_array()) {
+      for (const auto& t : f.Find("tensors")->as_array()) bytes += t.Find("bytes")->as_uint();
+    }
+    CHECK(j->Find("totals")->Find("bytes")->as_uint() == bytes);
+    auto text = qt::RunQuench({"inspect", (tmp / "o/model-00001-of-00002.safetensors").string()});
+    CHECK(text.exit_code == 0);
+    CHECK(text.out.find("F8_E4M3") != std::string::npos);
+  }
+
+  TEST_CASE("help and version describe what exists") {
+    auto h = qt::RunQuench({"--help"});
+    CHECK(h.exit_code == 0);
+    for (const char* cmd : {"convert", "inspect", "schemes"}) CHECK(h.out.find(cmd) != std::string::npos);
+    auto c = qt::RunQuench({"convert", "--help"});
+    CHECK(c.exit_code == 0);
+    for (const char* flag : {"--scheme", "--targets", "--ignore", "--no-default-ignore",
+                             "--memory-limit", "--threads", "--overwrite", "--quiet",
+                             "FP8_DYNAMIC", "FP8_BLOCK"}) {
+      CHECK_MESSAGE(c.out.find(flag) != std::string::npos, flag);
+    }
+    auto v = qt::RunQuench({"--version"});
+    CHECK(v.exit_code == 0);
+    CHECK(v.out.find("quench ") == 0);
+    CHECK(qt::RunQuench({"frobnicate"}).exit_code == 2);
+  }
+}

@@ -1,0 +1,330 @@
+// The FP8 Highway kernels equal the scalar reference bit for bit on every compiled target,
+// for every weight dtype, shapes with vector tails and partial 128-row bands, and unaligned
+// input; and refuse chunks holding NaN or Inf.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "hwy/targets.h"
+#include "schemes/float_formats.h"
+#include "schemes/fp8.h"
+
+namespace quench::fp8 {
+namespace {
+
+constexpr uint8_t kGuard = 0xA5;  // fill past each output's end, to catch overruns
+constexpr size_t kGuardBytes = 64;
+
+size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+const char* DTypeLabel(DType d) {
+  return d == DType::kBF16 ? "BF16" : d == DType::kF16 ? "F16" : "F32";
+}
+
+// f32 value -> raw element bits of dtype d (RNE), written little-endian at p.
+void PutElem(uint8_t* p, DType d, float v) {
+  if (d == DType::kF32) {
+    const uint32_t b = F32ToBits(v);
+    std::memcpy(p, &b, 4);
+  } else {
+    const uint16_t b = d == DType::kBF16 ? F32ToBF16(v) : F32ToF16(v);
+    std::memcpy(p, &b, 2);
+  }
+}
+
+void PutBits(uint8_t* p, DType d, uint32_t bits) {
+  if (d == DType::kF32) {
+    std::memcpy(p, &bits, 4);
+  } else {
+    const uint16_t b = static_cast<uint16_t>(bits);
+    std::memcpy(p, &b, 2);
+  }
+}
+
+// Largest finite value of d.
+float DTypeMax(DType d) {
+  return d == DType::kBF16 ? BF16ToF32(0x7F7F) : d == DType::kF16 ? 65504.0f : 3.4028235e38f;
+}
+
+enum class Pattern {
+  kNormal,       // N(0, sigma) with sigma varying per row
+  kRandomBits,   // uniformly random finite bit patterns: every exponent, subnormals
+  kZeros,        // all zero (scale falls back to eps) with some -0
+  kSubnormals,   // only subnormals of the dtype (and zeros)
+  kHuge,         // magnitudes near the dtype's max
+  kE4M3Ties,     // tile/row amax 448 (scale 1) and e4m3 midpoints elsewhere
+  kMixedZeroRows,  // normal data with whole zero rows and zero 128-column stripes
+};
+
+const Pattern kPatterns[] = {Pattern::kNormal,     Pattern::kRandomBits, Pattern::kZeros,
+                             Pattern::kSubnormals, Pattern::kHuge,       Pattern::kE4M3Ties,
+                             Pattern::kMixedZeroRows};
+
+const char* PatternName(Pattern p) {
+  switch (p) {
+    case Pattern::kNormal: return "normal";
+    case Pattern::kRandomBits: return "random-bits";
+    case Pattern::kZeros: return "zeros";
+    case Pattern::kSubnormals: return "subnormals";
+    case Pattern::kHuge: return "huge";
+    case Pattern::kE4M3Ties: return "e4m3-ties";
+    case Pattern::kMixedZeroRows: return "zero-rows";
+  }
+  return "?";
+}
+
+// Raw finite bit pattern of dtype d drawn uniformly over all finite patterns.
+uint32_t RandomFiniteBits(std::mt19937& rng, DType d) {
+  for (;;) {
+    const uint32_t b = rng();
+    if (d == DType::kF32) {
+      if ((b & 0x7F800000u) != 0x7F800000u) return b;
+    } else {
+      const uint32_t h = b & 0xFFFFu;
+      const uint32_t inf = d == DType::kBF16 ? 0x7F80u : 0x7C00u;
+      if ((h & inf) != inf) return h;
+    }
+  }
+}
+
+// Fills rows x cols elements of dtype d at p (p may be unaligned).
+void Fill(uint8_t* p, DType d, size_t rows, size_t cols, Pattern pattern, std::mt19937& rng) {
+  const size_t esz = ElemBytes(d);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (size_t r = 0; r < rows; ++r) {
+    const float sigma = std::ldexp(1.0f, static_cast<int>(r % 13) - 8);
+    for (size_t c = 0; c < cols; ++c) {
+      uint8_t* e = p + (r * cols + c) * esz;
+      switch (pattern) {
+        case Pattern::kNormal: PutElem(e, d, normal(rng) * sigma); break;
+        case Pattern::kRandomBits: PutBits(e, d, RandomFiniteBits(rng, d)); break;
+        case Pattern::kZeros: PutElem(e, d, (rng() & 1) ? -0.0f : 0.0f); break;
+        case Pattern::kSubnormals: {
+          const uint32_t sign = rng() & 1;
+          uint32_t bits;
+          if (d == DType::kF32) {
+            bits = (rng() & 0x7FFFFFu) | (sign << 31);
+          } else {
+            const uint32_t mant_mask = d == DType::kBF16 ? 0x7Fu : 0x3FFu;
+            bits = (rng() & mant_mask) | (sign << 15);
+          }
+          PutBits(e, d, bits);
+          break;
+        }
+        case Pattern::kHuge: {
+          const float u = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+          PutElem(e, d, (c == 0 ? (rng() & 1 ? 1.0f : -1.0f) : u) * DTypeMax(d));
+          break;
+        }
+        case Pattern::kE4M3Ties: {
+          if (c % kBlock == 0) {
+            PutElem(e, d, (rng() & 1) ? 448.0f : -448.0f);  // amax 448 -> scale exactly 1
+          } else {
+            const int k = static_cast<int>(rng() % 0x7E);   // pair (k, k+1)
+            const float mid = (E4M3ToF32(static_cast<uint8_t>(k)) +
+                               E4M3ToF32(static_cast<uint8_t>(k + 1))) / 2;
+            PutElem(e, d, (rng() & 1) ? -mid : mid);  // exact in bf16, f16 and f32
+          }
+          break;
+        }
+        case Pattern::kMixedZeroRows: {
+          const bool zero = (r % 3 == 1) || ((c / kBlock) % 2 == 1);
+          PutElem(e, d, zero ? 0.0f : normal(rng) * sigma);
+          break;
+        }
+      }
+    }
+  }
+}
+
+struct Outputs {
+  std::vector<uint8_t> codes;
+  std::vector<uint8_t> scales;
+  bool ok = false;
+};
+
+size_t ScaleCount(bool block, size_t rows, size_t cols) {
+  return block ? ((rows + kBlock - 1) / kBlock) * ((cols + kBlock - 1) / kBlock) : rows;
+}
+
+Outputs Run(bool block, bool kernel, const WeightChunk& in) {
+  Outputs o;
+  o.codes.assign(in.rows * in.cols + kGuardBytes, kGuard);
+  o.scales.assign(ScaleCount(block, in.rows, in.cols) * ElemBytes(in.dtype) + kGuardBytes,
+                  kGuard);
+  ChunkOutputs out;
+  out.out[0] = o.codes.data();
+  out.out[1] = o.scales.data();
+  if (block) {
+    o.ok = kernel ? QuantizeBlock(in, out) : QuantizeBlockScalar(in, out);
+  } else {
+    o.ok = kernel ? QuantizeChannel(in, out) : QuantizeChannelScalar(in, out);
+  }
+  return o;
+}
+
+// Runs `fn` once per compiled target this CPU supports; returns the targets' names. The
+// target mock is reset even when a REQUIRE inside `fn` throws.
+template <class Fn>
+std::set<std::string> ForEachTarget(Fn fn) {
+  struct ResetMock {
+    ~ResetMock() { hwy::SetSupportedTargetsForTest(0); }
+  } reset;
+  std::set<std::string> names;
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    names.insert(hwy::TargetName(target));
+    fn(hwy::TargetName(target));
+  }
+  return names;
+}
+
+// Compares the kernel on every target against the scalar reference on one shape, for every
+// dtype, pattern and input offset; records the targets exercised in `targets`.
+void CheckShape(bool block, size_t rows, size_t cols, std::mt19937& rng,
+                std::set<std::string>& targets) {
+  for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+    for (Pattern pattern : kPatterns) {
+      for (size_t offset : {0, 1, 2}) {  // misaligned by 1 byte (odd!) and by 2 bytes
+        std::vector<uint8_t> storage(rows * cols * ElemBytes(d) + 8);
+        uint8_t* data = storage.data() + offset;
+        Fill(data, d, rows, cols, pattern, rng);
+        const WeightChunk in{data, d, rows, cols};
+        const Outputs want = Run(block, false, in);
+        CAPTURE(block);
+        CAPTURE(DTypeLabel(d));
+        CAPTURE(PatternName(pattern));
+        CAPTURE(rows);
+        CAPTURE(cols);
+        CAPTURE(offset);
+        REQUIRE(want.ok);
+        targets.merge(ForEachTarget([&](const char* target) {
+          const Outputs got = Run(block, true, in);
+          CAPTURE(target);
+          REQUIRE(got.ok);
+          REQUIRE(got.codes == want.codes);  // includes the guard bytes: no overrun
+          REQUIRE(got.scales == want.scales);
+        }));
+      }
+    }
+  }
+}
+
+// Column counts covering every tail length of 16- and 32-lane vectors, tile edges.
+std::vector<size_t> ColumnCounts() {
+  std::vector<size_t> cols;
+  for (size_t c = 1; c <= 70; ++c) cols.push_back(c);
+  for (size_t c : {95, 96, 97, 127, 128, 129, 130, 143, 160, 191, 200, 255, 256, 257, 300}) {
+    cols.push_back(c);
+  }
+  return cols;
+}
+
+}  // namespace
+
+TEST_SUITE("fp8_kernels") {
+
+TEST_CASE("channel kernel equals the scalar reference on every target") {
+  std::set<std::string> targets;
+  std::mt19937 rng(1234);
+  for (size_t cols : ColumnCounts()) {
+    CheckShape(/*block=*/false, 1 + cols % 5, cols, rng, targets);
+  }
+  CheckShape(/*block=*/false, 37, 1000, rng, targets);
+  for (const auto& t : targets) MESSAGE("fp8 channel kernel tested on target " << t);
+  CHECK(targets.size() >= 2);
+}
+
+TEST_CASE("block kernel equals the scalar reference on every target") {
+  std::set<std::string> targets;
+  std::mt19937 rng(5678);
+  // Partial and whole 128-row bands, partial and whole 128-column tiles, vector tails.
+  for (size_t rows : {1, 5, 127, 128, 129, 260}) {
+    for (size_t cols : {1, 7, 33, 127, 128, 129, 300}) {
+      CheckShape(/*block=*/true, rows, cols, rng, targets);
+    }
+  }
+  for (const auto& t : targets) MESSAGE("fp8 block kernel tested on target " << t);
+  CHECK(targets.size() >= 2);
+}
+
+TEST_CASE("known values: scale and codes follow the definition") {
+  // bf16 row {448, -1, 0.3, 0}: amax 448 -> scale 1; codes e4m3(RNE_bf16(x)).
+  // 0.3 in bf16 is 0.30078125; e4m3 neighbours 0.28125 and 0.3125 -> nearer is 0.3125 (0x2A).
+  uint8_t data[8];
+  PutElem(data + 0, DType::kBF16, 448.0f);
+  PutElem(data + 2, DType::kBF16, -1.0f);
+  PutElem(data + 4, DType::kBF16, 0.3f);
+  PutElem(data + 6, DType::kBF16, 0.0f);
+  const WeightChunk in{data, DType::kBF16, 1, 4};
+  ForEachTarget([&](const char* target) {
+    CAPTURE(target);
+    for (bool kernel : {false, true}) {
+      const Outputs o = Run(false, kernel, in);
+      REQUIRE(o.ok);
+      CHECK(o.codes[0] == 0x7E);
+      CHECK(o.codes[1] == 0xB8);  // -1.0: sign, exponent 7 (bias 7), mantissa 0
+      CHECK(o.codes[2] == 0x2A);
+      CHECK(o.codes[3] == 0x00);
+      CHECK(o.scales[0] == 0x80);  // bf16 1.0 = 0x3F80, little-endian
+      CHECK(o.scales[1] == 0x3F);
+    }
+  });
+  // All-zero f16 row: scale = eps(f16) = 2^-10 = 0x1400.
+  uint8_t zeros[6] = {};
+  const WeightChunk zin{zeros, DType::kF16, 1, 3};
+  for (bool kernel : {false, true}) {
+    const Outputs o = Run(false, kernel, zin);
+    REQUIRE(o.ok);
+    CHECK(o.scales[0] == 0x00);
+    CHECK(o.scales[1] == 0x14);
+  }
+}
+
+TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
+  const uint32_t kBad[3][3] = {
+      {0x7F80u, 0xFF80u, 0x7FC1u},                    // bf16 +Inf, -Inf, NaN
+      {0x7C00u, 0xFC00u, 0x7E01u},                    // f16
+      {0x7F800000u, 0xFF800000u, 0x7FC00001u},        // f32
+  };
+  const DType kTypes[3] = {DType::kBF16, DType::kF16, DType::kF32};
+  ForEachTarget([&](const char* target) {
+    std::mt19937 rng(99);
+    for (int t = 0; t < 3; ++t) {
+      const DType d = kTypes[t];
+      for (bool block : {false, true}) {
+        for (size_t cols : {1, 5, 31, 64, 129, 300}) {
+          const size_t rows = block ? 133 : 3;
+          // Positions: first element, a vector tail element, the last element of the chunk.
+          for (size_t pos : {size_t{0}, cols - 1, rows * cols - 1, (rows / 2) * cols + cols / 2}) {
+            for (uint32_t bad : kBad[t]) {
+              std::vector<uint8_t> storage(rows * cols * ElemBytes(d) + 1);
+              uint8_t* data = storage.data() + 1;
+              Fill(data, d, rows, cols, Pattern::kNormal, rng);
+              PutBits(data + pos * ElemBytes(d), d, bad);
+              const WeightChunk in{data, d, rows, cols};
+              CAPTURE(target);
+              CAPTURE(DTypeLabel(d));
+              CAPTURE(block);
+              CAPTURE(cols);
+              CAPTURE(pos);
+              CAPTURE(bad);
+              CHECK_FALSE(Run(block, false, in).ok);
+              CHECK_FALSE(Run(block, true, in).ok);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // TEST_SUITE
+
+}  // namespace quench::fp8

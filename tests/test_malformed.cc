@@ -1,0 +1,94 @@
+// Must-fail fixtures (data/malformed, from scripts/make_malformed.py): every file is rejected by
+// ReadSafetensorsHeader with the expected error code and a one-line message that names the file
+// and contains the expected rule text. The CLI-level checks live elsewhere.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <random>
+#include <set>
+#include <string>
+
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "tests/test_util.h"
+
+namespace quench {
+namespace {
+
+TEST_SUITE("malformed") {
+  TEST_CASE("every malformed file is rejected with its expected code and message") {
+    const auto dir = testing::DataDir() / "malformed";
+    Result<JsonValue> expected = ReadJsonFile((dir / "expected.json").string());
+    REQUIRE_MESSAGE(expected.ok(), expected.status().ToString());
+    REQUIRE(expected->is_object());
+    REQUIRE(expected->as_object().size() >= 30);
+
+    std::set<std::string> listed;
+    for (const auto& [file, want] : expected->as_object()) {
+      CAPTURE(file);
+      listed.insert(file);
+      const JsonValue* code = want.Find("code");
+      const JsonValue* contains = want.Find("message_contains");
+      REQUIRE(code != nullptr);
+      REQUIRE(contains != nullptr);
+
+      const auto path = dir / file;
+      Result<SafetensorsHeader> h = ReadSafetensorsHeader(path);
+      REQUIRE_MESSAGE(!h.ok(), "accepted: " << file);
+      const std::string& msg = h.status().message();
+      CAPTURE(msg);
+      CHECK(std::string(ErrorCodeName(h.status().code())) == code->as_string());
+      CHECK(msg.find(contains->as_string()) != std::string::npos);
+      CHECK(msg.find(path.string()) == 0);          // names the file first
+      CHECK(msg.find('\n') == std::string::npos);   // one line
+    }
+
+    // Every file in the folder is listed, so a new fixture cannot go unchecked.
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name == "expected.json") continue;
+      CHECK_MESSAGE(listed.count(name) == 1, "not in expected.json: " << name);
+    }
+  }
+
+  TEST_CASE("mutated headers never crash and only fail as invalid or unsupported input") {
+    // Byte flips, insertions and truncations of a real crate-written header; each mutant must
+    // parse or be rejected cleanly (run under ASan/UBSan to catch memory errors).
+    const std::string file = testing::ReadBytes(testing::DataDir() / "safetensors_writer" /
+                                                "quantized_shard.safetensors");
+    REQUIRE(file.size() > 16);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(file[i]);
+    const std::string header = file.substr(8, n);
+    const uint64_t data_len = file.size() - 8 - n;
+    std::mt19937_64 rng(42);
+    int accepted = 0;
+    for (int iter = 0; iter < 3000; ++iter) {
+      std::string h = header;
+      const int edits = 1 + static_cast<int>(rng() % 3);
+      for (int e = 0; e < edits; ++e) {
+        const size_t pos = rng() % h.size();
+        switch (rng() % 4) {
+          case 0: h[pos] = static_cast<char>(rng()); break;
+          case 1: h[pos] = "{}[]\",:0123456789-.e \\"[rng() % 22]; break;
+          case 2: h.insert(pos, 1, static_cast<char>(rng())); break;
+          default: h.resize(pos + 1); break;
+        }
+      }
+      const uint64_t file_size = 8 + h.size() + data_len - (rng() % 2) * (rng() % 4);
+      Result<SafetensorsHeader> r = ParseSafetensorsHeader("fuzz.safetensors", h, file_size);
+      if (r.ok()) {
+        ++accepted;
+        continue;
+      }
+      const ErrorCode c = r.status().code();
+      CHECK((c == ErrorCode::kInvalidInput || c == ErrorCode::kUnsupported));
+      CHECK(r.status().message().find("fuzz.safetensors: ") == 0);
+      CHECK(r.status().message().find('\n') == std::string::npos);
+    }
+    CHECK(accepted < 3000);
+  }
+}
+
+}  // namespace
+}  // namespace quench

@@ -1,0 +1,84 @@
+// Target/ignore matching. Expected values are Python's re.match results for the same pattern
+// and name (compressed-tensors and vLLM match with re.match), worked out with CPython.
+#include <doctest/doctest.h>
+
+#include "plan/matcher.h"
+#include "plan/planner.h"
+
+using quench::NameMatcher;
+
+TEST_SUITE("matcher") {
+  TEST_CASE("exact entries match whole module names only") {
+    auto m = NameMatcher::Compile({"lm_head"}, "--ignore");
+    REQUIRE(m.ok());
+    CHECK(m->Matches("lm_head"));
+    CHECK_FALSE(m->Matches("model.lm_head"));
+    CHECK_FALSE(m->Matches("lm_head2"));
+  }
+
+  TEST_CASE("re: entries follow Python re.match: anchored at the start, not at the end") {
+    struct Case {
+      const char* pattern;
+      const char* name;
+      bool expected;  // re.match(pattern[3:], name) is not None
+    };
+    const Case cases[] = {
+        {"re:.*q_proj", "model.layers.0.self_attn.q_proj", true},
+        {"re:q_proj", "model.q_proj", false},
+        {"re:.*q_proj", "model.q_proj_x", true},
+        {"re:.*q_proj$", "model.q_proj_x", false},
+        {"re:model\\.layers\\.[0-9]+\\.mlp", "model.layers.12.mlp.gate", true},
+        {"re:.*mlp\\.gate$", "model.layers.3.mlp.gate", true},
+        {"re:.*mlp\\.gate$", "model.layers.3.mlp.gate_proj", false},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.pattern);
+      CAPTURE(c.name);
+      auto m = NameMatcher::Compile({c.pattern}, "--ignore");
+      REQUIRE(m.ok());
+      CHECK(m->Matches(c.name) == c.expected);
+    }
+  }
+
+  TEST_CASE("first matching entry wins") {
+    auto m = NameMatcher::Compile({"re:.*proj", "model.q_proj"}, "--targets");
+    REQUIRE(m.ok());
+    CHECK(m->FirstMatch("model.q_proj") == 0);
+    CHECK(m->FirstMatch("model.norm") == -1);
+  }
+
+  TEST_CASE("an invalid regex is a usage error naming the entry") {
+    auto m = NameMatcher::Compile({"re:(unclosed"}, "--ignore");
+    REQUIRE_FALSE(m.ok());
+    CHECK(m.status().code() == quench::ErrorCode::kUsage);
+    CHECK(m.status().message().find("re:(unclosed") != std::string::npos);
+  }
+
+  TEST_CASE("module/parameter split at the last dot") {
+    auto [m, p] = quench::SplitModuleParam("model.layers.0.mlp.down_proj.weight");
+    CHECK(m == "model.layers.0.mlp.down_proj");
+    CHECK(p == "weight");
+    auto [m2, p2] = quench::SplitModuleParam("weight");
+    CHECK(m2.empty());
+    CHECK(p2 == "weight");
+  }
+
+  TEST_CASE("default ignores cover heads, embeddings and router gates but not projections") {
+    std::vector<std::string> patterns;
+    for (const auto& d : quench::DefaultIgnores()) patterns.emplace_back(d.pattern);
+    auto m = NameMatcher::Compile(patterns, "default");
+    REQUIRE(m.ok());
+    for (const char* n : {"lm_head", "model.embed_tokens", "embeddings.word_embeddings",
+                          "embeddings.position_embeddings", "transformer.wte",
+                          "model.layers.0.mlp.gate", "model.layers.1.mlp.shared_expert_gate",
+                          "model.layers.2.block_sparse_moe.gate"}) {
+      CAPTURE(n);
+      CHECK(m->Matches(n));
+    }
+    for (const char* n : {"model.layers.0.mlp.gate_proj", "model.layers.0.self_attn.q_proj",
+                          "model.layers.0.mlp.experts.3.up_proj", "encoder.layer.0.output.dense"}) {
+      CAPTURE(n);
+      CHECK_FALSE(m->Matches(n));
+    }
+  }
+}

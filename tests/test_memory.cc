@@ -1,0 +1,60 @@
+// The memory contract: a single tensor several times larger than --memory-limit converts with
+// peak resident memory (ru_maxrss of the quench process) under the limit.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "format/safetensors.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Writes a one-tensor BF16 checkpoint of rows x cols without holding it in memory.
+void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
+  fs::create_directories(dir);
+  auto layout = quench::LayOutSafetensors(
+      {{"model.layers.0.mlp.down_proj.weight", quench::DType::kBF16, {rows, cols}, rows * cols * 2}});
+  int fd = open((dir / "model.safetensors").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, layout.header.data(), layout.header.size()) ==
+          static_cast<ssize_t>(layout.header.size()));
+  std::vector<uint16_t> row(cols);
+  uint32_t state = 12345;
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t c = 0; c < cols; ++c) {
+      state = state * 1664525u + 1013904223u;
+      // BF16 values of magnitude ~2^-7..2^-5 with random sign and mantissa.
+      row[c] = static_cast<uint16_t>(0x3C00 | ((state >> 9) & 0x7F) | ((state >> 24) & 0x80) << 8 |
+                                     ((state >> 16) & 0x1) << 7);
+    }
+    REQUIRE(write(fd, row.data(), cols * 2) == static_cast<ssize_t>(cols * 2));
+  }
+  close(fd);
+  qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
+}
+
+}  // namespace
+
+TEST_SUITE("memory") {
+  TEST_CASE("a tensor 4x the memory limit converts under the limit") {
+    qt::TempDir tmp;
+    // 8192 x 16384 BF16 = 256 MiB; the limit is 64 MiB.
+    WriteBigCheckpoint(tmp / "src", 8192, 16384);
+    const long limit_kib = 64 * 1024;
+    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK"}) {
+      CAPTURE(scheme);
+      auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                              "--scheme", scheme, "--memory-limit", "64M", "-q", "--overwrite"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      MESSAGE(std::string(scheme) << " peak RSS " << r.max_rss_kib << " KiB, limit " << limit_kib << " KiB");
+      CHECK(r.max_rss_kib < limit_kib);
+      CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384);
+    }
+  }
+}

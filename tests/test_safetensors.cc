@@ -1,0 +1,265 @@
+// safetensors headers: the writer against files written by the real crate
+// (data/safetensors_writer, from scripts/make_safetensors_writer_fixtures.py), the crate's own
+// unit-test vectors, the reader on valid files and on the odd-but-valid headers the crate
+// accepts, and the dtype table.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "quench/dtype.h"
+#include "tests/test_util.h"
+
+namespace quench {
+namespace {
+
+using testing::DataDir;
+using testing::ReadBytes;
+using testing::TempDir;
+using testing::WriteBytes;
+
+std::string Le64(uint64_t n) {
+  std::string s;
+  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((n >> (8 * i)) & 0xFF));
+  return s;
+}
+
+// A file image whose header is `json` (used verbatim, no padding) and `data_len` data bytes.
+std::string FileImage(std::string_view json, size_t data_len) {
+  return Le64(json.size()) + std::string(json) + std::string(data_len, '\0');
+}
+
+Result<SafetensorsHeader> ParseImage(std::string_view json, size_t data_len) {
+  return ParseSafetensorsHeader("test.safetensors", json, 8 + json.size() + data_len);
+}
+
+TEST_SUITE("safetensors") {
+  TEST_CASE("writer matches the crate's bytes on every fixture") {
+    const auto dir = DataDir() / "safetensors_writer";
+    Result<JsonValue> fixtures = ReadJsonFile((dir / "fixtures.json").string());
+    REQUIRE_MESSAGE(fixtures.ok(), fixtures.status().ToString());
+    const JsonValue* cases = fixtures->Find("cases");
+    REQUIRE(cases != nullptr);
+    REQUIRE(cases->as_array().size() >= 10);
+    for (const JsonValue& c : cases->as_array()) {
+      const std::string file = c.Find("file")->as_string();
+      CAPTURE(file);
+      std::vector<TensorSpec> specs;
+      for (const JsonValue& t : c.Find("tensors")->as_array()) {
+        TensorSpec s;
+        s.name = t.Find("name")->as_string();
+        std::optional<DType> dt = ParseDType(t.Find("dtype")->as_string());
+        REQUIRE(dt.has_value());
+        s.dtype = *dt;
+        for (const JsonValue& d : t.Find("shape")->as_array()) s.shape.push_back(d.as_uint());
+        s.nbytes = t.Find("nbytes")->as_uint();
+        uint64_t numel = 1;
+        for (uint64_t d : s.shape) numel *= d;
+        CHECK(DTypeBytes(s.dtype, numel) == s.nbytes);
+        specs.push_back(std::move(s));
+      }
+      std::vector<std::pair<std::string, std::string>> metadata;
+      if (const JsonValue* m = c.Find("metadata"); m != nullptr && m->is_object()) {
+        for (const auto& [k, v] : m->as_object()) metadata.emplace_back(k, v.as_string());
+      }
+
+      const std::string bytes = ReadBytes(dir / file);
+      REQUIRE(bytes.size() >= 8);
+      SafetensorsLayout layout = LayOutSafetensors(specs, metadata);
+      REQUIRE(layout.header.size() <= bytes.size());
+      CHECK(layout.header == bytes.substr(0, layout.header.size()));
+      CHECK(layout.file_size == bytes.size());
+      CHECK(layout.data_start == layout.header.size());
+      CHECK((layout.header.size() - 8) % 8 == 0);
+
+      // And the reader accepts the crate's file and agrees with the layout.
+      Result<SafetensorsHeader> h = ReadSafetensorsHeader(dir / file);
+      REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+      CHECK(h->data_start == layout.data_start);
+      CHECK(h->header_len == layout.header.size() - 8);
+      CHECK(h->data_size == layout.file_size - layout.data_start);
+      CHECK(h->has_metadata == !metadata.empty());
+      CHECK(h->metadata == metadata);
+      REQUIRE(h->tensors.size() == layout.tensors.size());
+      for (size_t i = 0; i < h->tensors.size(); ++i) {
+        CHECK(h->tensors[i].name == layout.tensors[i].name);
+        CHECK(h->tensors[i].dtype == layout.tensors[i].dtype);
+        CHECK(h->tensors[i].shape == layout.tensors[i].shape);
+        CHECK(h->tensors[i].begin == layout.tensors[i].begin);
+        CHECK(h->tensors[i].end == layout.tensors[i].end);
+      }
+    }
+  }
+
+  TEST_CASE("writer reproduces the crate's unit-test vectors (tensor.rs tests)") {
+    // test_serialization: {"attn.0": F32 [1, 2, 3]}; the header is 64 bytes, no padding.
+    SafetensorsLayout a = LayOutSafetensors({{"attn.0", DType::kF32, {1, 2, 3}, 24}});
+    CHECK(a.header ==
+          Le64(64) + R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})");
+    // test_serialization_forced_alignement: 65 bytes of JSON padded to 72 with spaces.
+    SafetensorsLayout b = LayOutSafetensors({{"attn0", DType::kF32, {1, 1, 2, 3}, 24}});
+    CHECK(b.header ==
+          Le64(72) + R"({"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}})" +
+              std::string(7, ' '));
+    // test_empty: "{}" and six spaces; with metadata 35 bytes padded to 40.
+    CHECK(LayOutSafetensors({}).header == Le64(8) + "{}" + std::string(6, ' '));
+    CHECK(LayOutSafetensors({}, {{"framework", "pt"}}).header ==
+          Le64(40) + R"({"__metadata__":{"framework":"pt"}})" + std::string(5, ' '));
+  }
+
+  TEST_CASE("writer orders by dtype descending, then name byte-wise") {
+    SafetensorsLayout l = LayOutSafetensors({
+        {"b", DType::kBF16, {2}, 4},
+        {"a", DType::kBF16, {2}, 4},
+        {"scale", DType::kF32, {1}, 4},
+        {"q", DType::kF8E4M3, {4}, 4},
+        {"shape", DType::kI64, {2}, 16},
+        {"B", DType::kBF16, {1}, 2},
+        {"\xc3\xa9", DType::kBF16, {1}, 2},
+    });
+    std::vector<std::string> names;
+    for (const TensorInfo& t : l.tensors) names.push_back(t.name);
+    CHECK(names == std::vector<std::string>{"shape", "scale", "B", "a", "b", "\xc3\xa9", "q"});
+    CHECK(l.tensors[0].begin == 0);
+    CHECK(l.tensors[0].end == 16);
+    CHECK(l.tensors.back().begin == 32);
+    CHECK(l.tensors.back().end == 36);
+    CHECK(l.file_size == l.data_start + 36);
+  }
+
+  TEST_CASE("reader: header fields") {
+    const std::string json =
+        R"({"__metadata__":{"format":"pt"},)"
+        R"("b":{"dtype":"BF16","shape":[2,3],"data_offsets":[4,16]},)"
+        R"("a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})";
+    Result<SafetensorsHeader> h = ParseImage(json, 16);
+    REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+    CHECK(h->header_len == json.size());
+    CHECK(h->data_start == 8 + json.size());
+    CHECK(h->data_size == 16);
+    CHECK(h->has_metadata);
+    CHECK(h->metadata == std::vector<std::pair<std::string, std::string>>{{"format", "pt"}});
+    REQUIRE(h->tensors.size() == 2);
+    CHECK(h->tensors[0].name == "b");  // header order, not sorted
+    CHECK(h->tensors[0].dtype == DType::kBF16);
+    CHECK(h->tensors[0].shape == std::vector<uint64_t>{2, 3});
+    CHECK(h->tensors[0].begin == 4);
+    CHECK(h->tensors[0].end == 16);
+    CHECK(h->tensors[1].shape.empty());
+    CHECK(h->tensors[1].numel() == 1);
+  }
+
+  TEST_CASE("reader accepts what the crate accepts") {
+    // Each of these loads with safetensors 0.8.0's safe_open.
+    const std::string e = R"({"dtype":"U8","shape":[2],"data_offsets":[0,2]})";
+    SUBCASE("leading and trailing whitespace") {
+      CHECK(ParseImage(" \n\t{\"a\":" + e + "}\r\n  ", 2).ok());
+    }
+    SUBCASE("unknown fields in a tensor entry are ignored (no deny_unknown_fields)") {
+      CHECK(ParseImage(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"foo":[1]}})", 2)
+                .ok());
+    }
+    SUBCASE("fields in any order") {
+      CHECK(ParseImage(R"({"a":{"data_offsets":[0,2],"shape":[2],"dtype":"U8"}})", 2).ok());
+    }
+    SUBCASE("__metadata__ null means absent") {
+      Result<SafetensorsHeader> h = ParseImage(R"({"__metadata__":null,"a":)" + e + "}", 2);
+      REQUIRE(h.ok());
+      CHECK(!h->has_metadata);
+    }
+    SUBCASE("__metadata__ after the tensors, empty, or with a repeated key") {
+      Result<SafetensorsHeader> h =
+          ParseImage(R"({"a":)" + e + R"(,"__metadata__":{"k":"v","j":"x","k":"w"}})", 2);
+      REQUIRE(h.ok());
+      CHECK(h->metadata ==
+            std::vector<std::pair<std::string, std::string>>{{"k", "w"}, {"j", "x"}});
+      Result<SafetensorsHeader> empty = ParseImage(R"({"__metadata__":{}})", 0);
+      REQUIRE(empty.ok());
+      CHECK(empty->has_metadata);
+      CHECK(empty->metadata.empty());
+    }
+    SUBCASE("zero-byte tensors anywhere on a boundary, and no tensors at all") {
+      CHECK(ParseImage(R"({"z":{"dtype":"F32","shape":[0,4],"data_offsets":[2,2]},"a":)" + e +
+                           R"(,"y":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})",
+                       2)
+                .ok());
+      CHECK(ParseImage("{}", 0).ok());
+    }
+    SUBCASE("escaped and empty names") {
+      Result<SafetensorsHeader> h = ParseImage(R"({"a\u00e9\t":)" + e + "}", 2);
+      REQUIRE(h.ok());
+      CHECK(h->tensors[0].name == "a\xc3\xa9\t");
+      CHECK(ParseImage(R"({"":)" + e + "}", 2).ok());
+    }
+    SUBCASE("sub-byte dtypes that end on a byte boundary") {
+      CHECK(ParseImage(R"({"a":{"dtype":"F4","shape":[2,6],"data_offsets":[0,6]}})", 6).ok());
+      CHECK(ParseImage(R"({"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}})", 3).ok());
+    }
+  }
+
+  TEST_CASE("reader messages name file, tensor and rule") {
+    TempDir tmp;
+    const auto path = tmp / "model.safetensors";
+    const std::string json = R"({"a.weight":{"dtype":"U8","shape":[100],"data_offsets":[0,100]}})";
+    WriteBytes(path, FileImage(json, 96));
+    Result<SafetensorsHeader> h = ReadSafetensorsHeader(path);
+    REQUIRE(!h.ok());
+    CHECK(h.status().code() == ErrorCode::kInvalidInput);
+    const std::string& m = h.status().message();
+    CHECK(m.find(path.string() + ": tensor 'a.weight': data_offsets [0, 100] end past the data "
+                                 "section (96 bytes") == 0);
+    CHECK(m.find('\n') == std::string::npos);
+
+    Result<SafetensorsHeader> missing = ReadSafetensorsHeader(tmp / "absent.safetensors");
+    REQUIRE(!missing.ok());
+    CHECK(missing.status().code() == ErrorCode::kIo);
+
+    // A control character in a name stays on one line.
+    Result<SafetensorsHeader> ctl =
+        ParseImage(R"({"a\nb":{"dtype":"Q8","shape":[2],"data_offsets":[0,2]}})", 2);
+    REQUIRE(!ctl.ok());
+    CHECK(ctl.status().message().find("tensor 'a\\x0ab': unknown dtype 'Q8'") != std::string::npos);
+  }
+
+  TEST_CASE("dtype table") {
+    const char* names[] = {"BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2",
+                           "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32",
+                           "U32", "F32", "C64", "F64", "I64", "U64"};
+    for (size_t i = 0; i < std::size(names); ++i) {
+      CAPTURE(names[i]);
+      std::optional<DType> d = ParseDType(names[i]);
+      REQUIRE(d.has_value());
+      CHECK(DTypeName(*d) == names[i]);
+      CHECK(DTypeSortRank(*d) == static_cast<int>(i));  // the crate's enum order
+    }
+    CHECK(!ParseDType("bf16").has_value());
+    CHECK(!ParseDType("F8_E4M3FNUZ").has_value());
+    CHECK(!ParseDType("").has_value());
+    CHECK(DTypeBits(DType::kF4) == 4);
+    CHECK(DTypeBits(DType::kF6E3M2) == 6);
+    CHECK(DTypeBits(DType::kBF16) == 16);
+    CHECK(DTypeBits(DType::kC64) == 64);
+    CHECK(DTypeBytes(DType::kBF16, 6) == 12u);
+    CHECK(DTypeBytes(DType::kF4, 12) == 6u);
+    CHECK(!DTypeBytes(DType::kF4, 3).has_value());
+    CHECK(DTypeBytes(DType::kF6E2M3, 4) == 3u);
+    CHECK(!DTypeBytes(DType::kF6E2M3, 2).has_value());
+    CHECK(DTypeBytes(DType::kU8, UINT64_MAX) == UINT64_MAX);
+    CHECK(!DTypeBytes(DType::kI64, UINT64_MAX).has_value());
+    CHECK(DTypeBytes(DType::kF4, UINT64_MAX - 1) == UINT64_MAX / 2);
+    CHECK(TorchDTypeName(DType::kBF16) == "torch.bfloat16");
+    CHECK(TorchDTypeName(DType::kF8E4M3) == "torch.float8_e4m3fn");
+    CHECK(TorchDTypeName(DType::kU8) == "torch.uint8");
+    CHECK(TorchDTypeName(DType::kI8) == "torch.int8");
+    CHECK(TorchDTypeName(DType::kF32) == "torch.float32");
+    CHECK(TorchDTypeName(DType::kF16) == "torch.float16");
+    CHECK(TorchDTypeName(DType::kI32) == "torch.int32");
+    CHECK(TorchDTypeName(DType::kI64) == "torch.int64");
+    CHECK(TorchDTypeName(DType::kF8E8M0) == "torch.float8_e8m0fnu");
+  }
+}
+
+}  // namespace
+}  // namespace quench
