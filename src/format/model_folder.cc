@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <unordered_map>
 #include <system_error>
 
 #include "format/file_io.h"
@@ -23,6 +24,11 @@ Status CheckIndex(const ModelFolder& m, const JsonValue& index) {
   }
   std::map<std::string, const Shard*, std::less<>> by_name;
   for (const Shard& s : m.shards) by_name[s.rel_name] = &s;
+  // Where each tensor lives; index files of 1T-parameter MoE models name 100k+ tensors.
+  std::unordered_map<std::string_view, const Shard*> holder;
+  for (const Shard& s : m.shards) {
+    for (const TensorInfo& t : s.header.tensors) holder.emplace(t.name, &s);
+  }
   // Index file names are relative to the index's folder.
   const std::string dir = fs::path(label).parent_path().generic_string();
   for (const auto& [tensor, file] : wm->as_object()) {
@@ -36,8 +42,8 @@ Status CheckIndex(const ModelFolder& m, const JsonValue& index) {
       return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
                                                  file.as_string() + "', which does not exist");
     }
-    const auto& ts = it->second->header.tensors;
-    if (std::none_of(ts.begin(), ts.end(), [&](const TensorInfo& t) { return t.name == tensor; })) {
+    auto h = holder.find(tensor);
+    if (h == holder.end() || h->second != it->second) {
       return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
                                                  file.as_string() + "', which does not hold it");
     }
