@@ -331,6 +331,17 @@ TEST_SUITE("convert") {
                          "--ignore", "experts.w", "-q"});
       CHECK(ok.exit_code == 0);
     }
+    SUBCASE("1-D weights (BERT-style LayerNorm) are copied, not refused") {
+      WriteShard(tmp / "bert/model.safetensors",
+                 {{"enc.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
+                  {"enc.dense.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))}});
+      auto r = convert({(tmp / "bert").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 0);
+      CHECK(r.err.find("fewer than 2 dimensions") != std::string::npos);
+      auto out = LoadAll(tmp / "o");
+      CHECK(FindTensor(out, "enc.LayerNorm.weight").second->dtype == DType::kBF16);
+      CHECK(FindTensor(out, "enc.dense.weight").second->dtype == DType::kF8E4M3);
+    }
     SUBCASE("index naming a missing file or a tensor the shard does not hold") {
       WriteShard(tmp / "idx/model-1.safetensors",
                  {{"a.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});

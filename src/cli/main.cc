@@ -111,9 +111,11 @@ class ProgressPrinter {
     const double rate = secs > 0 ? static_cast<double>(p.bytes_done) / secs / 1e9 : 0;
     const double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / 1e9 / rate : 0;
     std::string cur(p.current.substr(0, 48));
-    std::fprintf(stderr, "%s%5.1f%%  %.2f/%.2f GB  %.2f GB/s  ETA %4.0fs  %-48s%s",
+    char eta_text[32] = "--";
+    if (p.bytes_done > 0) std::snprintf(eta_text, sizeof eta_text, "%.0fs", eta);
+    std::fprintf(stderr, "%s%5.1f%%  %.2f/%.2f GB  %.2f GB/s  ETA %5s  %-48s%s",
                  tty_ ? "\r" : "", 100 * frac, static_cast<double>(p.bytes_done) / 1e9,
-                 static_cast<double>(p.bytes_total) / 1e9, rate, eta, cur.c_str(),
+                 static_cast<double>(p.bytes_total) / 1e9, rate, eta_text, cur.c_str(),
                  tty_ ? "" : "\n");
     drawn_ = tty_;
   }

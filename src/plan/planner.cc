@@ -89,6 +89,7 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
   std::vector<size_t> ignore_hits(options.ignore.size(), 0);
   std::vector<size_t> target_hits(targets.size(), 0);
   std::vector<std::pair<std::string, std::string>> weight_map;
+  size_t vector_weights = 0;
 
   for (size_t si = 0; si < folder.shards.size(); ++si) {
     const Shard& shard = folder.shards[si];
@@ -126,6 +127,17 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
       const std::string where = shard.rel_name + ": tensor '" + t->name + "'";
       switch (s) {
         case Selection::kQuantize: {
+          if (t->shape.size() < 2) {
+            // A 1-D ".weight" is a normalisation scale (BERT's LayerNorm, which the "norm"
+            // suffix rule misses because of its capital N). model_free_ptq aborts on it;
+            // copying it is what the user wants and changes no output the reference writes.
+            pt.action = TensorAction::kCopy;
+            pt.why = "not a matrix";
+            ++vector_weights;
+            specs.push_back({t->name, t->dtype, t->shape, t->nbytes()});
+            names.push_back(t->name);
+            break;
+          }
           if (t->shape.size() != 2) {
             return Error(ErrorCode::kUnsupported,
                          where + " is targeted for " + std::string(scheme->name) +
@@ -225,6 +237,11 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
     plan.shards.push_back(std::move(ps));
   }
 
+  if (vector_weights > 0) {
+    plan.notes.push_back("left unquantized: " + std::to_string(vector_weights) +
+                         " targeted .weight tensor(s) with fewer than 2 dimensions "
+                         "(normalisation scales); they are copied");
+  }
   // Warnings for entries that select nothing: almost always a typo.
   for (size_t i = 0; i < options.ignore.size(); ++i) {
     if (ignore_hits[i] == 0) {
