@@ -224,14 +224,15 @@ HWY_INLINE VF RoundToDType(DF df, VF v) {
 }
 
 // c10::detail::fp8e4m3fn_from_fp32_value (torch 2.13) on finite lanes, giving the code in
-// the low 8 bits of each u32 lane. (NaN lanes cannot occur: non-finite inputs are refused
-// before this pass and the scale is finite and > 0.)
+// the low 8 bits of each u32 lane. It saturates: every |v| > 448 that would not round down
+// to 448 gives 0x7E|sign, exactly what clamp(v, -448, 448) followed by the conversion gives,
+// so the reference's clamp needs no instruction here. (NaN lanes cannot occur: non-finite
+// inputs are refused before this pass and the scale is finite and > 0.)
 HWY_INLINE VU EncodeE4M3(DF df, VF v) {
   const DU du;
   const DI di;
   const VU bits = hn::BitCast(du, v);
-  const VU sign = hn::And(bits, hn::Set(du, 0x80000000u));
-  const VU f = hn::Xor(bits, sign);  // |v| bits
+  const VU f = hn::And(bits, hn::Set(du, 0x7FFFFFFFu));  // |v| bits
   // |v| < 2^-6 (below the smallest e4m3 normal): adding 2^14 (141 << 23) leaves an f32
   // with ulp 2^-9, the e4m3 subnormal step, so RNE places the code in the low bits.
   const VU denorm_mask = hn::Set(du, 141u << 23);
@@ -242,21 +243,21 @@ HWY_INLINE VU EncodeE4M3(DF df, VF v) {
   const VU mant_odd = hn::And(hn::ShiftRight<20>(f), hn::Set(du, 1u));
   const VU biased = hn::Add(
       hn::Add(f, hn::Set(du, (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)), mant_odd);
-  // Codes past 0x7E (a carry onto the NaN code 0x7F, or |v| >= 480 which is a larger value
-  // of this monotonic expression) saturate to 448 = 0x7E, as torch 2.13's c10 does.
+  // Codes past 0x7E (a carry onto the NaN code 0x7F, or |v| >= 480, which gives a larger
+  // value of this monotonic expression) saturate to 448 = 0x7E, as torch 2.13's c10 does.
   const VU normal = hn::Min(hn::ShiftRight<20>(biased), hn::Set(du, 0x7Eu));
   const auto is_sub = hn::RebindMask(
       du, hn::Lt(hn::BitCast(di, f), hn::Set(di, static_cast<int32_t>(121u << 23))));
-  return hn::Or(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(sign));
+  // The sign bit goes to bit 7 of the code: code | ((bits >> 24) & 0x80).
+  return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
+                   hn::Set(du, 0x80u));
 }
 
-// q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes.
+// q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes (the clamp is
+// implied by EncodeE4M3's saturation).
 template <DType D>
 HWY_INLINE VU QuantizeLanes(DF df, VF x, VF scale) {
-  const VF lo = hn::Set(df, -internal::kE4M3Max);
-  const VF hi = hn::Set(df, internal::kE4M3Max);
-  const VF q = RoundToDType<D>(df, hn::Div(x, scale));  // true IEEE f32 division, then RNE_D
-  return EncodeE4M3(df, hn::Min(hn::Max(q, lo), hi));
+  return EncodeE4M3(df, RoundToDType<D>(df, hn::Div(x, scale)));  // IEEE f32 division
 }
 
 // Quantizes n elements of dtype D at src with one scale, writing n codes to dst.
@@ -264,7 +265,6 @@ template <DType D>
 HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* dst) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   const DF df;
-  const DI di;
   const hn::Rebind<uint8_t, DF> d8;
   const size_t lanes = hn::Lanes(df);
   const VF vscale = hn::Set(df, scale);
@@ -273,13 +273,13 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* 
     for (; i <= n - 2 * lanes; i += 2 * lanes) {
       const VU q0 = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
       const VU q1 = QuantizeLanes<D>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
-      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q0)), d8, dst + i);
-      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q1)), d8, dst + i + lanes);
+      hn::StoreU(hn::TruncateTo(d8, q0), d8, dst + i);
+      hn::StoreU(hn::TruncateTo(d8, q1), d8, dst + i + lanes);
     }
   }
   for (; i + lanes <= n; i += lanes) {
     const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
-    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q)), d8, dst + i);
+    hn::StoreU(hn::TruncateTo(d8, q), d8, dst + i);
   }
   if (i < n) {
     // Tail: the same vector code on a zero-padded copy, keeping only the real lanes.
@@ -287,7 +287,7 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* 
     HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
     std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
     const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, in_buf), vscale);
-    hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di, q)), d8, out_buf);
+    hn::StoreU(hn::TruncateTo(d8, q), d8, out_buf);
     std::memcpy(dst + i, out_buf, n - i);
   }
 }
