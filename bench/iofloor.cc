@@ -2,25 +2,234 @@
 // many bytes as quench's output, the way quench writes them (a file per shard created under
 // a temporary name, space reserved, written in chunks with pwrite, fsynced, renamed), with no
 // computation in between. quench's time divided by this is the "ratio to the floor".
-// Like quench, a finished file is fsynced and renamed on a helper thread while the next input is
-// read, and the folder is fsynced at the end; the clock stops when every file is durable.
 //
-// usage: quench-iofloor OUT_DIR OUT_BYTES CHUNK_BYTES INPUT...
+// To be a floor, it does no more data movement than quench and overlaps what quench overlaps:
+//   * inputs are memory-mapped (MADV_SEQUENTIAL) as quench does; a reader thread loads every
+//     input byte once (a running XOR) up to two chunks ahead of the writer; the writer pwrites
+//     each chunk's share of the output straight from the mapping (no user-space copy), then
+//     drops the chunk's pages (MADV_DONTNEED) as quench does;
+//   * a finished file is fsynced and renamed on a helper thread while the next input is read,
+//     and the folder is fsynced at the end; the clock stops when every file is durable.
+// QUENCH_IOFLOOR_MODE=read selects the older, slower floor instead: one thread, read() into a
+// CHUNK_BYTES buffer, pwrite from it (an extra copy of every input byte).
+//
+// usage: quench-iofloor OUT_DIR OUT_BYTES CHUNK_BYTES INPUT...   (prints seconds)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
+
+namespace {
+
+void WriteAll(int fd, const char* p, uint64_t n, uint64_t off) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      std::perror("pwrite");
+      std::exit(1);
+    }
+    p += w;
+    n -= static_cast<uint64_t>(w);
+    off += static_cast<uint64_t>(w);
+  }
+}
+
+struct Output {
+  int fd = -1;
+  std::filesystem::path tmp, dst;
+};
+
+Output OpenOutput(const std::filesystem::path& out_dir, size_t i, uint64_t share) {
+  Output o;
+  o.tmp = out_dir / ("floor-" + std::to_string(i) + ".tmp");
+  o.dst = out_dir / ("floor-" + std::to_string(i));
+  o.fd = open(o.tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (o.fd < 0) {
+    std::perror("open output");
+    std::exit(1);
+  }
+  if (share > 0) posix_fallocate(o.fd, 0, static_cast<off_t>(share));
+  return o;
+}
+
+std::future<int> CommitAsync(Output o) {
+  return std::async(std::launch::async, [o] {
+    int rc = fsync(o.fd);
+    close(o.fd);
+    std::filesystem::rename(o.tmp, o.dst);
+    return rc;
+  });
+}
+
+// Each input's share of the output, so reading and writing interleave as in quench.
+std::vector<uint64_t> Shares(const std::vector<uint64_t>& sizes, uint64_t out_total) {
+  uint64_t in_total = 0, given = 0;
+  for (uint64_t s : sizes) in_total += s;
+  std::vector<uint64_t> shares;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const uint64_t share = i + 1 == sizes.size()
+                               ? out_total - given
+                               : static_cast<uint64_t>(static_cast<long double>(out_total) *
+                                                       sizes[i] / std::max<uint64_t>(in_total, 1));
+    shares.push_back(share);
+    given += share;
+  }
+  return shares;
+}
+
+// Legacy floor: one thread, read() + pwrite from the buffer.
+std::vector<std::future<int>> RunRead(const std::filesystem::path& out_dir,
+                                      const std::vector<std::string>& inputs,
+                                      const std::vector<uint64_t>& sizes,
+                                      const std::vector<uint64_t>& shares, uint64_t chunk) {
+  std::vector<char> buf(chunk);
+  std::vector<std::future<int>> commits;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    int in = open(inputs[i].c_str(), O_RDONLY);
+    if (in < 0) {
+      std::perror("open input");
+      std::exit(1);
+    }
+    Output o = OpenOutput(out_dir, i, shares[i]);
+    uint64_t pos = 0, off_out = 0;
+    for (;;) {
+      ssize_t r = read(in, buf.data(), chunk);
+      if (r <= 0) break;
+      pos += static_cast<uint64_t>(r);
+      const uint64_t upto = static_cast<uint64_t>(static_cast<long double>(shares[i]) * pos /
+                                                  std::max<uint64_t>(sizes[i], 1));
+      const uint64_t want = std::min<uint64_t>(upto - off_out, static_cast<uint64_t>(r));
+      if (want > 0) WriteAll(o.fd, buf.data(), want, off_out);
+      off_out += want;
+    }
+    while (off_out < shares[i]) {
+      const uint64_t want = std::min<uint64_t>(chunk, shares[i] - off_out);
+      WriteAll(o.fd, buf.data(), want, off_out);
+      off_out += want;
+    }
+    close(in);
+    commits.push_back(CommitAsync(o));
+  }
+  return commits;
+}
+
+// Default floor: mmap, a reader thread loading every byte ahead, the writer pwriting from the
+// mapping.
+std::vector<std::future<int>> RunMmap(const std::filesystem::path& out_dir,
+                                      const std::vector<std::string>& inputs,
+                                      const std::vector<uint64_t>& sizes,
+                                      const std::vector<uint64_t>& shares, uint64_t chunk) {
+  struct Chunk {
+    size_t input;
+    uint64_t off, len;
+  };
+  std::vector<const char*> maps(inputs.size(), nullptr);
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (sizes[i] == 0) continue;
+    int fd = open(inputs[i].c_str(), O_RDONLY);
+    void* p = fd < 0 ? MAP_FAILED : mmap(nullptr, sizes[i], PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      std::perror("open/mmap input");
+      std::exit(1);
+    }
+    close(fd);
+    madvise(p, sizes[i], MADV_SEQUENTIAL);
+    maps[i] = static_cast<const char*>(p);
+    for (uint64_t off = 0; off < sizes[i]; off += chunk) {
+      chunks.push_back({i, off, std::min(chunk, sizes[i] - off)});
+    }
+  }
+
+  constexpr size_t kAhead = 2;
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t loaded = 0, written = 0;
+  std::atomic<uint64_t> sink{0};
+  std::thread reader([&] {
+    uint64_t x = 0;
+    for (size_t k = 0; k < chunks.size(); ++k) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return k < written + kAhead; });
+      }
+      const Chunk& c = chunks[k];
+      const char* p = maps[c.input] + c.off;
+      uint64_t words = c.len / 8, w;
+      for (uint64_t j = 0; j < words; ++j) {
+        std::memcpy(&w, p + 8 * j, 8);
+        x ^= w;
+      }
+      for (uint64_t j = words * 8; j < c.len; ++j) x ^= static_cast<unsigned char>(p[j]);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        loaded = k + 1;
+      }
+      cv.notify_all();
+    }
+    sink = x;
+  });
+
+  std::vector<std::future<int>> commits;
+  std::vector<char> zeros;
+  Output o;
+  uint64_t off_out = 0;
+  for (size_t i = 0, k = 0; i < inputs.size(); ++i) {
+    o = OpenOutput(out_dir, i, shares[i]);
+    off_out = 0;
+    for (; k < chunks.size() && chunks[k].input == i; ++k) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return loaded > k; });
+      }
+      const Chunk& c = chunks[k];
+      const uint64_t upto = static_cast<uint64_t>(static_cast<long double>(shares[i]) *
+                                                  (c.off + c.len) / sizes[i]);
+      const uint64_t want = std::min<uint64_t>(upto - off_out, c.len);
+      if (want > 0) WriteAll(o.fd, maps[i] + c.off, want, off_out);
+      off_out += want;
+      madvise(const_cast<char*>(maps[i] + c.off), c.len, MADV_DONTNEED);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        written = k + 1;
+      }
+      cv.notify_all();
+    }
+    // Only when the output is larger than the input (never for FP8 schemes).
+    while (off_out < shares[i]) {
+      zeros.resize(chunk);
+      const uint64_t want = std::min<uint64_t>(chunk, shares[i] - off_out);
+      WriteAll(o.fd, zeros.data(), want, off_out);
+      off_out += want;
+    }
+    commits.push_back(CommitAsync(o));
+  }
+  reader.join();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (maps[i]) munmap(const_cast<char*>(maps[i]), sizes[i]);
+  }
+  if (sink.load() == 0x5eed) std::fprintf(stderr, " ");  // keep the loads
+  return commits;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 5) {
@@ -29,73 +238,20 @@ int main(int argc, char** argv) {
   }
   const std::filesystem::path out_dir = argv[1];
   const uint64_t out_total = std::strtoull(argv[2], nullptr, 10);
-  const uint64_t chunk = std::strtoull(argv[3], nullptr, 10);
+  const uint64_t chunk = (std::max<uint64_t>(4096, std::strtoull(argv[3], nullptr, 10)) + 4095) / 4096 * 4096;
   std::vector<std::string> inputs(argv + 4, argv + argc);
   std::filesystem::create_directories(out_dir);
 
-  uint64_t in_total = 0;
   std::vector<uint64_t> sizes;
-  for (const auto& in : inputs) {
-    sizes.push_back(std::filesystem::file_size(in));
-    in_total += sizes.back();
-  }
-  std::vector<char> buf(chunk);
+  for (const auto& in : inputs) sizes.push_back(std::filesystem::file_size(in));
+  const std::vector<uint64_t> shares = Shares(sizes, out_total);
+  const char* mode = std::getenv("QUENCH_IOFLOOR_MODE");
+  const bool legacy = mode != nullptr && std::strcmp(mode, "read") == 0;
+
   const auto t0 = std::chrono::steady_clock::now();
-  volatile uint64_t sink = 0;
-  uint64_t written = 0;
-  std::vector<std::future<int>> commits;
-  auto write_all = [](int fd, const char* p, uint64_t n, uint64_t off) {
-    while (n > 0) {
-      ssize_t w = pwrite(fd, p, n, static_cast<off_t>(off));
-      if (w <= 0) {
-        if (w < 0 && errno == EINTR) continue;
-        std::perror("pwrite");
-        std::exit(1);
-      }
-      p += w;
-      n -= static_cast<uint64_t>(w);
-      off += static_cast<uint64_t>(w);
-    }
-  };
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    // Each input's share of the output, so reading and writing interleave as in quench.
-    const uint64_t share = i + 1 == inputs.size()
-                               ? out_total - written
-                               : out_total * sizes[i] / std::max<uint64_t>(in_total, 1);
-    int in = open(inputs[i].c_str(), O_RDONLY);
-    const auto tmp = out_dir / ("floor-" + std::to_string(i) + ".tmp");
-    int out = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0) {
-      std::perror("open");
-      return 1;
-    }
-    if (share > 0) posix_fallocate(out, 0, static_cast<off_t>(share));
-    uint64_t off_out = 0;
-    for (;;) {
-      ssize_t r = read(in, buf.data(), chunk);
-      if (r <= 0) break;
-      sink = sink + static_cast<unsigned char>(buf[0]);
-      const uint64_t want = std::min<uint64_t>(
-          {share - off_out, static_cast<uint64_t>(r),
-           static_cast<uint64_t>(r) * share / std::max<uint64_t>(sizes[i], 1) + 1});
-      if (want > 0) write_all(out, buf.data(), want, off_out);
-      off_out += want;
-    }
-    while (off_out < share) {
-      const uint64_t want = std::min<uint64_t>(chunk, share - off_out);
-      write_all(out, buf.data(), want, off_out);
-      off_out += want;
-    }
-    written += share;
-    close(in);
-    const auto dst = out_dir / ("floor-" + std::to_string(i));
-    commits.push_back(std::async(std::launch::async, [out, tmp, dst] {
-      int rc = fsync(out);
-      close(out);
-      std::filesystem::rename(tmp, dst);
-      return rc;
-    }));
-  }
+  std::vector<std::future<int>> commits = legacy
+                                              ? RunRead(out_dir, inputs, sizes, shares, chunk)
+                                              : RunMmap(out_dir, inputs, sizes, shares, chunk);
   for (auto& c : commits) {
     if (c.get() != 0) {
       std::perror("fsync");
@@ -109,7 +265,7 @@ int main(int argc, char** argv) {
   }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::filesystem::remove_all(out_dir);
+  if (!std::getenv("QUENCH_IOFLOOR_KEEP")) std::filesystem::remove_all(out_dir);
   std::printf("%.6f\n", secs);
   return 0;
 }

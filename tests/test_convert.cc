@@ -342,21 +342,6 @@ TEST_SUITE("convert") {
       CHECK(FindTensor(out, "enc.LayerNorm.weight").second->dtype == DType::kBF16);
       CHECK(FindTensor(out, "enc.dense.weight").second->dtype == DType::kF8E4M3);
     }
-    SUBCASE("index naming a missing file or a tensor the shard does not hold") {
-      WriteShard(tmp / "idx/model-1.safetensors",
-                 {{"a.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});
-      qt::WriteBytes(tmp / "idx/model.safetensors.index.json",
-                     R"({"metadata":{},"weight_map":{"a.weight":"model-2.safetensors"}})");
-      auto r = convert({(tmp / "idx").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
-      CHECK(r.exit_code == 3);
-      CHECK(r.err.find("model-2.safetensors") != std::string::npos);
-      qt::WriteBytes(tmp / "idx/model.safetensors.index.json",
-                     R"({"metadata":{},"weight_map":{"b.weight":"model-1.safetensors"}})");
-      auto r2 = convert({(tmp / "idx").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
-      CHECK(r2.exit_code == 3);
-      CHECK(r2.err.find("b.weight") != std::string::npos);
-      CHECK_FALSE(fs::exists(tmp / "o"));
-    }
   }
 
   TEST_CASE("every malformed fixture is refused by convert and inspect with its message") {
@@ -380,6 +365,22 @@ TEST_SUITE("convert") {
       auto i = qt::RunQuench({"inspect", (dir / file).string()});
       CHECK(i.exit_code == 3);
       CHECK(i.err.find(needle) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("every malformed folder fixture is refused with its message, nothing written") {
+    const fs::path dir = qt::DataDir() / "malformed_folders";
+    auto expected = quench::ReadJsonFile((dir / "expected.json").string());
+    REQUIRE(expected.ok());
+    REQUIRE(expected->as_object().size() >= 7);
+    for (const auto& [name, want] : expected->as_object()) {
+      CAPTURE(name);
+      qt::TempDir tmp;
+      auto r = qt::RunQuench({"convert", (dir / name).string(), (tmp / "out").string(),
+                              "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find(want.Find("message_contains")->as_string()) != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "out"));
     }
   }
 

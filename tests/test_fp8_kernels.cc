@@ -143,6 +143,15 @@ void Fill(uint8_t* p, DType d, size_t rows, size_t cols, Pattern pattern, std::m
   }
 }
 
+WeightChunk MakeChunk(const uint8_t* data, DType d, size_t rows, size_t cols) {
+  WeightChunk in;
+  in.data = data;
+  in.dtype = d;
+  in.rows = rows;
+  in.cols = cols;
+  return in;
+}
+
 struct Outputs {
   std::vector<uint8_t> codes;
   std::vector<uint8_t> scales;
@@ -195,7 +204,7 @@ void CheckShape(bool block, size_t rows, size_t cols, std::mt19937& rng,
         std::vector<uint8_t> storage(rows * cols * ElemBytes(d) + 8);
         uint8_t* data = storage.data() + offset;
         Fill(data, d, rows, cols, pattern, rng);
-        const WeightChunk in{data, d, rows, cols};
+        const WeightChunk in = MakeChunk(data, d, rows, cols);
         const Outputs want = Run(block, false, in);
         CAPTURE(block);
         CAPTURE(DTypeLabel(d));
@@ -262,7 +271,7 @@ TEST_CASE("known values: scale and codes follow the definition") {
   PutElem(data + 2, DType::kBF16, -1.0f);
   PutElem(data + 4, DType::kBF16, 0.3f);
   PutElem(data + 6, DType::kBF16, 0.0f);
-  const WeightChunk in{data, DType::kBF16, 1, 4};
+  const WeightChunk in = MakeChunk(data, DType::kBF16, 1, 4);
   ForEachTarget([&](const char* target) {
     CAPTURE(target);
     for (bool kernel : {false, true}) {
@@ -278,7 +287,7 @@ TEST_CASE("known values: scale and codes follow the definition") {
   });
   // All-zero f16 row: scale = eps(f16) = 2^-10 = 0x1400.
   uint8_t zeros[6] = {};
-  const WeightChunk zin{zeros, DType::kF16, 1, 3};
+  const WeightChunk zin = MakeChunk(zeros, DType::kF16, 1, 3);
   for (bool kernel : {false, true}) {
     const Outputs o = Run(false, kernel, zin);
     REQUIRE(o.ok);
@@ -308,7 +317,7 @@ TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
               uint8_t* data = storage.data() + 1;
               Fill(data, d, rows, cols, Pattern::kNormal, rng);
               PutBits(data + pos * ElemBytes(d), d, bad);
-              const WeightChunk in{data, d, rows, cols};
+              const WeightChunk in = MakeChunk(data, d, rows, cols);
               CAPTURE(target);
               CAPTURE(DTypeLabel(d));
               CAPTURE(block);

@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
+#include <thread>
+#include <sys/wait.h>
 
 #include "format/safetensors.h"
 #include "test_util.h"
@@ -56,5 +59,28 @@ TEST_SUITE("memory") {
       CHECK(r.max_rss_kib < limit_kib);
       CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384);
     }
+  }
+
+  TEST_CASE("Ctrl-C stops a run with exit code 130 and leaves no output") {
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 8192, 16384);
+    const fs::path out = tmp / "out";
+    pid_t pid = fork();
+    if (pid == 0) {
+      std::string bin = qt::QuenchBin().string(), src = (tmp / "src").string(), dst = out.string();
+      execl(bin.c_str(), bin.c_str(), "convert", src.c_str(), dst.c_str(), "--scheme",
+            "FP8_BLOCK", "--threads", "1", "--memory-limit", "64M", "-q", nullptr);
+      _exit(127);
+    }
+    // Wait until the run has created its output folder, then interrupt it.
+    for (int i = 0; i < 2000 && !fs::exists(out); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 130);
+    CHECK_FALSE(fs::exists(out));
   }
 }

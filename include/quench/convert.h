@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,6 +25,8 @@ struct ConvertOptions {
   std::vector<std::string> targets;    // empty: every Linear ("Linear")
   std::vector<std::string> ignore;     // the user's ignore entries, in order
   bool default_ignore = true;          // also leave lm_head, embeddings, router gates alone
+  std::optional<int> group_size;       // override of the preset's group size (-1: channel)
+  std::optional<bool> symmetric;       // override of the preset's symmetry (int schemes)
   uint64_t memory_limit = kDefaultMemoryLimit;
   int threads = 0;                     // 0: every core
   bool overwrite = false;              // allow a non-empty existing DST

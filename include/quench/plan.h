@@ -25,6 +25,9 @@ struct PlannedOutput {
   uint64_t nbytes = 0;
   uint64_t rows_per_slab = 1;   // see SchemeOutput
   uint64_t bytes_per_slab = 0;
+  // Outputs not produced by the kernel: written when the file is created.
+  SchemeOutput::Source source = SchemeOutput::Source::kKernel;
+  std::string constant;         // kShape: the bytes; kGlobalScale: filled by the pre-pass
 };
 
 struct PlannedTensor {
@@ -36,6 +39,10 @@ struct PlannedTensor {
   uint64_t src_bytes = 0;
   TensorAction action = TensorAction::kCopy;
   const SchemeInfo* scheme = nullptr;  // when quantized
+  SchemeParams params;                 // the preset's parameters with the user's overrides
+  int fused_set = -1;                  // index into Plan::fused_sets (NVFP4 global scale)
+  float global_scale = 0.f;            // NVFP4: set by the pre-pass
+  size_t kernel_outputs = 0;           // leading entries of `outputs` the kernel writes
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
 };
@@ -62,6 +69,9 @@ struct Plan {
   // Non-safetensors files: copies of the source's other files, then the index and the config,
   // which are published last so a folder without them is visibly unfinished.
   std::vector<PlannedFile> files;
+  // Tensors (indices into `tensors`) that must share one NVFP4 global scale, as vLLM fuses
+  // them (q/k/v, gate/up, w1/w3, MLA q_a/kv_a); singletons are sets of one.
+  std::vector<std::vector<size_t>> fused_sets;
   std::vector<std::string> notes;       // warnings and information for the user
   std::vector<std::string> config_ignore;  // the ignore list written to quantization_config
   uint64_t bytes_in = 0;

@@ -19,6 +19,13 @@ struct WeightChunk;
 struct ChunkOutputs;
 using ChunkKernel = bool (*)(const WeightChunk& in, const ChunkOutputs& out);
 
+// The knobs a user may change on a preset (the overrides compressed-tensors accepts).
+struct SchemeParams {
+  int bits = 8;
+  std::optional<int> group_size;  // nullopt: not a group scheme; -1 would mean channel
+  bool symmetric = true;
+};
+
 // compressed-tensors QuantizationArgs, as serialised into config.json.
 struct QuantArgsDesc {
   int num_bits = 8;
@@ -44,6 +51,9 @@ struct SchemeOutput {
   // row_align starts at byte (row / rows_per_slab) * bytes_per_slab.
   uint64_t rows_per_slab = 1;
   uint64_t bytes_per_slab = 0;
+  // Not produced by the kernel: known at plan time (weight_shape) or after the pre-pass
+  // (weight_global_scale). Such outputs come after the kernel's outputs in the list.
+  enum class Source { kKernel, kShape, kGlobalScale } source = Source::kKernel;
 };
 
 struct SchemeInfo {
@@ -61,13 +71,22 @@ struct SchemeInfo {
   // group schemes check divisibility in CheckShape.
   ChunkKernel kernel = nullptr;         // Highway, dispatched
   ChunkKernel scalar_kernel = nullptr;  // the scalar definition
-  // Output tensors for a [rows, cols] weight of dtype `wdtype`, in the order the kernel's
-  // ChunkOutputs slots use.
-  std::vector<SchemeOutput> (*outputs)(DType wdtype, uint64_t rows, uint64_t cols) = nullptr;
+  // Output tensors for a [rows, cols] weight of dtype `wdtype`: first those the kernel writes,
+  // in its ChunkOutputs slot order, then constant ones.
+  std::vector<SchemeOutput> (*outputs)(DType wdtype, uint64_t rows, uint64_t cols,
+                                       const SchemeParams& p) = nullptr;
   // Extra validity check of a weight's shape; empty string when fine, else the rule broken.
-  std::string (*check_shape)(uint64_t rows, uint64_t cols) = nullptr;
+  std::string (*check_shape)(uint64_t rows, uint64_t cols, const SchemeParams& p) = nullptr;
+  // Needs the whole-tensor pre-pass (NVFP4's global scale over a fused set).
+  bool needs_global_scale = false;
+  // Presets that need calibration data: refused with this message (empty: data-free).
+  std::string_view needs_calibration;
 
-  // Effective bits per weight including scales, for a weight of `cols` inputs in BF16.
+  SchemeParams DefaultParams() const {
+    return SchemeParams{weights.num_bits, weights.group_size, weights.symmetric};
+  }
+
+  // Effective bits per weight including scales, for a BF16 weight of this shape.
   double BitsPerWeight(uint64_t rows, uint64_t cols) const;
 };
 

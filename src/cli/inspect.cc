@@ -159,18 +159,29 @@ int RunInspect(const std::vector<std::string>& args) {
 }
 
 int RunSchemes(const std::vector<std::string>& args) {
-  (void)args;
-  std::printf("%-12s %-18s %6s  %-48s %s\n", "scheme", "format", "bits", "weights",
+  for (const std::string& a : args) {
+    if (a == "-h" || a == "--help") {
+      std::fputs("usage: quench schemes\n\nLists every scheme: its compressed-tensors format, "
+                 "effective bits per weight\n(including scales, for a 4096x4096 BF16 weight), "
+                 "weights, activations,\nwhether it needs calibration data, and the GPUs vLLM "
+                 "runs it on.\n", stdout);
+      return 0;
+    }
+    return ReportError("schemes: takes no arguments", 2);
+  }
+  std::printf("%-11s %-21s %5s  %-60s %s\n", "scheme", "format", "bits", "weights",
               "activations");
   for (const SchemeInfo& s : SchemeTable()) {
-    std::printf("%-12s %-18s %6.2f  %-48s %s\n", std::string(s.name).c_str(),
-                std::string(s.format).c_str(), s.BitsPerWeight(4096, 4096),
-                std::string(s.weights_desc).c_str(), std::string(s.activations_desc).c_str());
+    char bits[16] = "-";
+    if (s.outputs != nullptr) std::snprintf(bits, sizeof bits, "%.2f", s.BitsPerWeight(4096, 4096));
+    std::printf("%-11s %-21s %5s  %-60s %s\n", std::string(s.name).c_str(),
+                std::string(s.format).c_str(), bits, std::string(s.weights_desc).c_str(),
+                std::string(s.activations_desc).c_str());
   }
-  std::printf("\nbits: effective bits per weight including scales, for a 4096x4096 BF16 weight.\n"
-              "None of these schemes needs calibration data.\n");
+  std::printf("\nGPU generation vLLM needs, and calibration:\n");
   for (const SchemeInfo& s : SchemeTable()) {
-    std::printf("%-12s vLLM: %s\n", std::string(s.name).c_str(), std::string(s.gpu).c_str());
+    std::printf("  %-11s %s%s\n", std::string(s.name).c_str(), std::string(s.gpu).c_str(),
+                s.needs_calibration.empty() ? "" : "; NEEDS CALIBRATION DATA (refused)");
   }
   return 0;
 }

@@ -56,8 +56,18 @@ std::string ConvertHelp() {
       "unquantized (output head, embeddings, MoE router gates).\n"
       "\n"
       "options:\n"
-      "  --scheme NAME         quantization scheme (required):";
-  for (const SchemeInfo& sc : SchemeTable()) s += " " + std::string(sc.name);
+      "  --scheme NAME         quantization scheme (required; `quench schemes` describes them):\n"
+      "                       ";
+  int col = 23;
+  for (const SchemeInfo& sc : SchemeTable()) {
+    if (!sc.needs_calibration.empty()) continue;
+    if (col + sc.name.size() + 1 > 92) {
+      s += "\n                       ";
+      col = 23;
+    }
+    s += " " + std::string(sc.name);
+    col += static_cast<int>(sc.name.size()) + 1;
+  }
   s += "\n"
        "  --targets ENTRY       module to quantize (repeatable); exact name or re:REGEX\n"
        "                        (Python re.match: anchored at the start). Default: Linear (all)\n"
@@ -67,6 +77,10 @@ std::string ConvertHelp() {
        "                        without it these are also left alone:";
   for (const DefaultIgnore& d : DefaultIgnores()) s += " " + std::string(d.pattern);
   s += "\n"
+       "  --group-size N        integer schemes: inputs per scale (a multiple of 8), or -1 for\n"
+       "                        one scale per output channel; default: the preset's (128)\n"
+       "  --symmetric, --asymmetric\n"
+       "                        integer schemes: without or with zero points; default: preset's\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
        "  --threads N           worker threads; default: every core\n"
        "  --overwrite           allow a DST that exists and is not empty (files of the same\n"
@@ -150,6 +164,18 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--ignore") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.ignore.push_back(v);
+    } else if (flag == "--group-size") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < -1 || n > (1 << 20)) {
+        return ReportError("--group-size needs a whole number (or -1), not '" + v + "'", 2);
+      }
+      o.group_size = static_cast<int>(n);
+    } else if (a == "--symmetric") {
+      o.symmetric = true;
+    } else if (a == "--asymmetric") {
+      o.symmetric = false;
     } else if (a == "--no-default-ignore") {
       o.default_ignore = false;
     } else if (flag == "--memory-limit") {

@@ -49,7 +49,8 @@ class OutputFile {
 
   static Result<std::unique_ptr<OutputFile>> Create(const std::filesystem::path& final_path,
                                                     uint64_t size);
-  // pwrite of all `len` bytes at `offset` (retries short writes; ENOSPC etc. -> kIo).
+  // pwrite of all `len` bytes at `offset` (retries short writes; ENOSPC etc. -> kIo), then
+  // starts writeback of that range without waiting.
   Status WriteAt(uint64_t offset, const void* data, uint64_t len);
   // fsync, close, rename to the final name.
   Status Commit();

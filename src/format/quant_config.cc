@@ -31,6 +31,25 @@ JsonValue QuantArgsJson(const QuantArgsDesc& a) {
   return o;
 }
 
+QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p) {
+  QuantArgsDesc w = scheme.weights;
+  if (w.type == "int") {
+    w.num_bits = p.bits;
+    w.symmetric = p.symmetric;
+    w.zp_dtype = p.symmetric ? "" : "torch.int8";
+    if (p.group_size && *p.group_size > 0) {
+      w.group_size = p.group_size;
+      w.strategy = "group";
+    } else {
+      // compressed-tensors: group_size -1 selects the channel strategy, which it then writes
+      // with group_size null.
+      w.group_size = std::nullopt;
+      w.strategy = "channel";
+    }
+  }
+  return w;
+}
+
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
                                   const std::vector<std::string>& ignore) {
   JsonValue config_groups = JsonValue::MakeObject();
@@ -41,7 +60,7 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
     JsonValue targets = JsonValue::MakeArray();
     for (const std::string& t : g.targets) targets.Push(JsonValue(t));
     grp.Set("targets", std::move(targets));
-    grp.Set("weights", QuantArgsJson(g.scheme->weights));
+    grp.Set("weights", QuantArgsJson(EffectiveWeights(*g.scheme, g.params)));
     grp.Set("input_activations", g.scheme->input_activations
                                      ? QuantArgsJson(*g.scheme->input_activations)
                                      : JsonValue());

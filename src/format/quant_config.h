@@ -19,10 +19,13 @@ inline constexpr const char* kCompressedTensorsVersion = "0.19.0";
 struct ConfigGroup {
   std::string key;                   // the preset as the user spelled it, e.g. "FP8_DYNAMIC"
   const SchemeInfo* scheme = nullptr;
+  SchemeParams params;               // with the user's overrides
   std::vector<std::string> targets;  // ["Linear"] when the user gave none
 };
 
 JsonValue QuantArgsJson(const QuantArgsDesc& a);
+// The preset's weight args with overrides applied (group size -1 means strategy "channel").
+QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p);
 
 // `quantization_config` with every key compressed-tensors' QuantizationConfig dumps.
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,

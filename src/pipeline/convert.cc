@@ -11,6 +11,7 @@
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/pipeline.h"
+#include "pipeline/prepass.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -126,8 +127,9 @@ Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallb
 
   const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads);
   static std::atomic<bool> no_cancel{false};
-  Status st = RunShardPipeline(plan, sizing, callbacks,
-                               callbacks.cancel ? callbacks.cancel : &no_cancel);
+  const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
+  if (Status s = RunPrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
+  Status st = RunShardPipeline(plan, sizing, callbacks, cancel);
   for (const PlannedShard& ps : plan.shards) published.push_back(plan.dst / ps.rel_name);
   if (!st.ok()) return cleanup(st);
 

@@ -72,8 +72,7 @@ class ShardPipeline {
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
                 const std::atomic<bool>* cancel)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
-        maps_(plan.shards.size()), files_(plan.shards.size()),
-        finished_(plan.shards.size(), false) {
+        maps_(plan.shards.size()), files_(plan.shards.size()) {
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
   }
 
@@ -171,7 +170,8 @@ class ShardPipeline {
     if (t.action != TensorAction::kQuantize || failed()) return c;
     const PlannedShard& ps = plan_.shards[t.shard];
     uint64_t total = 0;
-    for (size_t j = 0; j < t.outputs.size(); ++j) {
+    const size_t n_kernel = KernelOutputs(t);
+    for (size_t j = 0; j < n_kernel; ++j) {
       const PlannedOutput& o = ps.outputs[t.outputs[j]];
       const uint64_t first = c->begin / o.rows_per_slab;
       const uint64_t last = (c->end + o.rows_per_slab - 1) / o.rows_per_slab;
@@ -184,7 +184,7 @@ class ShardPipeline {
     c->buf = pool_.Get(std::max<uint64_t>(total, 1));
     ChunkOutputs outs;
     uint64_t at = 0;
-    for (size_t j = 0; j < t.outputs.size(); ++j) {
+    for (size_t j = 0; j < n_kernel; ++j) {
       outs.out[j] = c->buf.data.get() + at;
       at += c->out_len[j];
     }
@@ -193,15 +193,33 @@ class ShardPipeline {
     in.dtype = t.dtype;
     in.rows = c->end - c->begin;
     in.cols = t.shape[1];
+    in.params.bits = t.params.bits;
+    in.params.group_size = t.params.group_size.value_or(0);
+    in.params.symmetric = t.params.symmetric;
+    in.params.global_scale = t.global_scale;
     c->finite = t.scheme->kernel(in, outs);
     return c;
   }
 
+  // Number of leading outputs of `t` that its kernel writes; the rest are constants.
+  static size_t KernelOutputs(const PlannedTensor& t) { return t.kernel_outputs; }
+
+  // Creates the shard's temporary file and writes what is known before any chunk: the header
+  // and the constant tensors (weight_shape, weight_global_scale).
   Status EnsureOpen(size_t s) {
     if (files_[s]) return Status::Ok();
     const PlannedShard& ps = plan_.shards[s];
     QUENCH_ASSIGN_OR_RETURN(files_[s], OutputFile::Create(plan_.dst / ps.rel_name, ps.file_size));
-    return files_[s]->WriteAt(0, ps.header.data(), ps.header.size());
+    QUENCH_RETURN_IF_ERROR(files_[s]->WriteAt(0, ps.header.data(), ps.header.size()));
+    for (const PlannedOutput& o : ps.outputs) {
+      if (o.source == SchemeOutput::Source::kKernel) continue;
+      if (o.constant.size() != o.nbytes) {
+        return Error(ErrorCode::kInternal, ps.rel_name + ": tensor '" + o.name +
+                                               "' has no value from the plan or pre-pass");
+      }
+      QUENCH_RETURN_IF_ERROR(files_[s]->WriteAt(o.file_offset, o.constant.data(), o.nbytes));
+    }
+    return Status::Ok();
   }
 
   // Publishes every shard before `s` (in plan order all their chunks are written): fsync and
@@ -238,7 +256,7 @@ class ShardPipeline {
         OutputFile& f = *files_[t.shard];
         if (t.action == TensorAction::kQuantize) {
           uint64_t at = 0;
-          for (size_t j = 0; j < t.outputs.size() && st.ok(); ++j) {
+          for (size_t j = 0; j < KernelOutputs(t) && st.ok(); ++j) {
             st = f.WriteAt(c->out_file_off[j], c->buf.data.get() + at, c->out_len[j]);
             at += c->out_len[j];
           }
@@ -268,7 +286,6 @@ class ShardPipeline {
   const std::atomic<bool>* cancel_;
   std::vector<MappedFile> maps_;
   std::vector<std::unique_ptr<OutputFile>> files_;
-  std::vector<bool> finished_;
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
   BufferPool pool_;
@@ -290,8 +307,10 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads) {
   // Per token: the chunk's resident input pages plus its output buffer (at most the input
   // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
   const uint64_t usable = memory_limit > 2 * kReserve ? memory_limit - kReserve : memory_limit / 2;
+  // Capped at 16 MiB even with a large budget: small enough that the pipeline fills and
+  // drains quickly on small shards, large enough to amortise per-chunk costs.
   s.chunk_bytes = std::clamp<uint64_t>(usable / (2 * static_cast<uint64_t>(s.tokens)), 256 * 1024,
-                                       64 * kMiB);
+                                       16 * kMiB);
   return s;
 }
 

@@ -58,6 +58,72 @@ Selection Select(const Selector& sel, std::string_view name, int* default_hit) {
   return Selection::kQuantize;
 }
 
+// Applies --group-size / --symmetric overrides where compressed-tensors accepts them and vLLM
+// runs the result: integer schemes only (FP4, MX and FP8 formats fix their grouping).
+Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const ConvertOptions& o) {
+  SchemeParams p = scheme.DefaultParams();
+  const bool is_int = scheme.weights.type == "int";
+  if (o.group_size) {
+    if (!is_int) {
+      return Error(ErrorCode::kUsage, "--group-size applies to the integer schemes only; " +
+                                          std::string(scheme.name) +
+                                          " has a group size fixed by its format");
+    }
+    const int g = *o.group_size;
+    if (g != -1 && (g < 8 || g % 8 != 0)) {
+      return Error(ErrorCode::kUsage, "--group-size must be -1 (one scale per output channel) "
+                                      "or a positive multiple of 8, not " +
+                                          std::to_string(g));
+    }
+    p.group_size = g;
+  }
+  if (o.symmetric) {
+    if (!is_int) {
+      return Error(ErrorCode::kUsage, "--symmetric/--asymmetric apply to the integer schemes "
+                                      "only; " + std::string(scheme.name) +
+                                          " is symmetric by definition");
+    }
+    p.symmetric = *o.symmetric;
+  }
+  return p;
+}
+
+// Sets of sibling modules that vLLM runs as one fused matrix (and which must therefore share
+// an NVFP4 global scale): siblings are modules with the same parent and these last names.
+// Data, so a new architecture's names are one line.
+constexpr std::string_view kFusedSiblings[][3] = {
+    {"q_proj", "k_proj", "v_proj"},         // attention, any parent (attn/self_attn/...)
+    {"gate_proj", "up_proj", ""},           // dense MLP and every MoE expert
+    {"w1", "w3", ""},                       // Mixtral/Llama-native naming
+    {"q_a_proj", "kv_a_proj_with_mqa", ""}, // DeepSeek MLA (HF naming)
+    {"wq_a", "wkv_a_with_mqa", ""},         // DeepSeek MLA (native naming)
+};
+
+// Groups quantized tensors needing a global scale into fused sets (singletons otherwise).
+void PlanFusedSets(Plan& plan) {
+  std::map<std::string, size_t> set_of;  // "parent|set index" -> fused set
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    PlannedTensor& t = plan.tensors[i];
+    if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
+    auto [module, param] = SplitModuleParam(t.name);
+    auto [parent, leaf] = SplitModuleParam(module);
+    std::string key;
+    for (size_t k = 0; k < std::size(kFusedSiblings) && key.empty(); ++k) {
+      for (std::string_view sib : kFusedSiblings[k]) {
+        if (!sib.empty() && leaf == sib) {
+          key = std::string(parent) + "|" + std::to_string(k);
+          break;
+        }
+      }
+    }
+    if (key.empty()) key = "#" + std::to_string(i);  // not fusable: a set of its own
+    auto [it, inserted] = set_of.emplace(key, plan.fused_sets.size());
+    if (inserted) plan.fused_sets.emplace_back();
+    plan.fused_sets[it->second].push_back(i);
+    t.fused_set = static_cast<int>(it->second);
+  }
+}
+
 }  // namespace
 
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
@@ -70,6 +136,12 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
     return Error(ErrorCode::kUsage,
                  "unknown scheme '" + options.scheme + "' (available: " + names + ")");
   }
+  if (!scheme->needs_calibration.empty()) {
+    return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
+                                        " cannot be applied without calibration data: it " +
+                                        std::string(scheme->needs_calibration));
+  }
+  QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
   Selector sel;
   std::vector<std::string> targets = options.targets;
   if (targets.empty()) targets.push_back("Linear");
@@ -152,7 +224,7 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
           }
           const uint64_t rows = t->shape[0], cols = t->shape[1];
           if (scheme->check_shape != nullptr) {
-            std::string why = scheme->check_shape(rows, cols);
+            std::string why = scheme->check_shape(rows, cols, params);
             if (!why.empty()) {
               return Error(ErrorCode::kUnsupported,
                            where + " " + ShapeString(t->shape) + ": " + why + " for " +
@@ -162,7 +234,9 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
           }
           pt.action = TensorAction::kQuantize;
           pt.scheme = scheme;
-          for (const SchemeOutput& o : scheme->outputs(t->dtype, rows, cols)) {
+          pt.params = params;
+          for (const SchemeOutput& o : scheme->outputs(t->dtype, rows, cols, params)) {
+            if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
             std::string name = std::string(module) + "." + o.suffix;
             specs.push_back({name, o.dtype, o.shape, o.nbytes});
             names.push_back(std::move(name));
@@ -220,13 +294,21 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
       PlannedTensor& pt = plan.tensors[first_tensor + k];
       std::vector<SchemeOutput> so;
       if (pt.action == TensorAction::kQuantize) {
-        so = pt.scheme->outputs(pt.dtype, pt.shape[0], pt.shape[1]);
+        so = pt.scheme->outputs(pt.dtype, pt.shape[0], pt.shape[1], pt.params);
       }
       for (size_t j = 0; j < out_names[k].size(); ++j) {
         const size_t oi = index_of.at(out_names[k][j]);
         if (!so.empty()) {
-          ps.outputs[oi].rows_per_slab = so[j].rows_per_slab;
-          ps.outputs[oi].bytes_per_slab = so[j].bytes_per_slab;
+          PlannedOutput& po = ps.outputs[oi];
+          po.rows_per_slab = so[j].rows_per_slab;
+          po.bytes_per_slab = so[j].bytes_per_slab;
+          po.source = so[j].source;
+          if (po.source == SchemeOutput::Source::kShape) {
+            // weight_shape: int64 [rows, cols], little-endian (torch.tensor(weight.shape)).
+            for (uint64_t d : {pt.shape[0], pt.shape[1]}) {
+              for (int b = 0; b < 8; ++b) po.constant.push_back(static_cast<char>(d >> (8 * b)));
+            }
+          }
         }
         pt.outputs.push_back(oi);
       }
@@ -237,6 +319,7 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
     plan.shards.push_back(std::move(ps));
   }
 
+  PlanFusedSets(plan);
   if (vector_weights > 0) {
     plan.notes.push_back("left unquantized: " + std::to_string(vector_weights) +
                          " targeted .weight tensor(s) with fewer than 2 dimensions "
@@ -298,7 +381,8 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
                            " already has a quantization_config; it is replaced");
     }
     cfg.Set("quantization_config",
-            BuildQuantizationConfig({{options.scheme, scheme, targets}}, plan.config_ignore));
+            BuildQuantizationConfig({{options.scheme, scheme, params, targets}},
+                                    plan.config_ignore));
     plan.files.push_back({*folder.config_rel, {}, DumpPythonJson(cfg)});
   } else {
     plan.notes.push_back("warning: no config.json or params.json in the source; the "

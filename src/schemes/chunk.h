@@ -11,11 +11,21 @@
 
 namespace quench {
 
+// Per-tensor parameters a kernel may need beyond the scheme itself: the user's overrides of
+// the preset (bit width, group size, symmetry) and values from the pre-pass.
+struct KernelParams {
+  int bits = 8;
+  int group_size = 0;        // 0: not a group scheme
+  bool symmetric = true;
+  float global_scale = 0.f;  // NVFP4: the fused set's weight_global_scale (fp32)
+};
+
 struct WeightChunk {
   const uint8_t* data = nullptr;  // row-major; may be unaligned
   DType dtype = DType::kBF16;     // BF16, F16 or F32
   size_t rows = 0;
   size_t cols = 0;
+  KernelParams params;
 };
 
 // Where a kernel writes: out[i] is the start of output tensor i's bytes for this chunk's rows

@@ -19,8 +19,9 @@ uint16_t F32ToBF16(float f);
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);
 
-// float8_e4m3fn: no infinities, 0x7F/0xFF are NaN, max 448. Encoding follows
-// c10::detail::fp8e4m3fn_from_fp32_value: RNE, |f| >= 480 (and NaN) -> NaN (0x7F|sign).
+// float8_e4m3fn: no infinities, 0x7F/0xFF are NaN, max 448. Encoding follows torch 2.13's
+// c10 conversion: RNE; finite values beyond the largest code and +-Inf saturate to +-448
+// (0x7E|sign); only NaN gives 0x7F|sign.
 float E4M3ToF32(uint8_t code);
 uint8_t F32ToE4M3(float f);
 

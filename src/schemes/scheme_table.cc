@@ -1,42 +1,171 @@
 // The scheme table. Each entry's QuantArgs mirror compressed-tensors' PRESET_SCHEMES
-// (quantization/quant_scheme.py) with the defaults QuantizationArgs fills in for model_free
-// (weights observer "memoryless_minmax"; dynamic activations observer null).
+// (quantization/quant_scheme.py) as model_free_ptq 0.14.0.1 writes them into config.json
+// (observer null for weights and dynamic activations; docs/reference-notes.md section 6).
+// Output layouts follow the compressors (compressors/{naive_quantized,pack_quantized,nvfp4,
+// mxfp4,mxfp8}); the kernels live beside their scalar references in one file per family.
 #include <algorithm>
 #include <cctype>
 
 #include "quench/scheme.h"
 #include "schemes/chunk.h"
+#include "schemes/fp4.h"
 #include "schemes/fp8.h"
+#include "schemes/int.h"
 
 namespace quench {
 namespace {
 
+using Source = SchemeOutput::Source;
+
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+uint64_t ScaleBytes(DType d) { return DTypeBits(d) / 8; }
+
+// Groups per row: a group size of 0 or -1 (or none) means one scale per output channel.
+uint64_t GroupsPerRow(uint64_t cols, const SchemeParams& p) {
+  if (!p.group_size || *p.group_size <= 0) return 1;
+  return cols / static_cast<uint64_t>(*p.group_size);
+}
+
+std::string CheckGroupDivides(uint64_t rows, uint64_t cols, const SchemeParams& p) {
+  (void)rows;
+  if (p.group_size && *p.group_size > 0 && cols % static_cast<uint64_t>(*p.group_size) != 0) {
+    return "input dimension " + std::to_string(cols) + " is not a multiple of the group size " +
+           std::to_string(*p.group_size);
+  }
+  return {};
+}
 
 // FP8 per channel: weight F8_E4M3 [rows, cols]; weight_scale in the weight dtype [rows, 1].
-std::vector<SchemeOutput> Fp8ChannelOutputs(DType wdtype, uint64_t rows, uint64_t cols) {
-  const uint64_t scale_bytes = DTypeBits(wdtype) / 8;
+std::vector<SchemeOutput> Fp8ChannelOutputs(DType wd, uint64_t rows, uint64_t cols,
+                                            const SchemeParams&) {
+  const uint64_t sb = ScaleBytes(wd);
   return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols},
-      {"weight_scale", wdtype, {rows, 1}, rows * scale_bytes, 1, scale_bytes},
+      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      {"weight_scale", wd, {rows, 1}, rows * sb, 1, sb, Source::kKernel},
   };
 }
 
 // FP8 128x128 blocks: scales [ceil(rows/128), ceil(cols/128)] in the weight dtype; the weight
 // keeps its shape (compressed-tensors pads to whole blocks, quantizes, then truncates).
-std::vector<SchemeOutput> Fp8BlockOutputs(DType wdtype, uint64_t rows, uint64_t cols) {
-  const uint64_t scale_bytes = DTypeBits(wdtype) / 8;
+std::vector<SchemeOutput> Fp8BlockOutputs(DType wd, uint64_t rows, uint64_t cols,
+                                          const SchemeParams&) {
+  const uint64_t sb = ScaleBytes(wd);
   const uint64_t br = CeilDiv(rows, fp8::kBlock), bc = CeilDiv(cols, fp8::kBlock);
   return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols},
-      {"weight_scale", wdtype, {br, bc}, br * bc * scale_bytes, fp8::kBlock, bc * scale_bytes},
+      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      {"weight_scale", wd, {br, bc}, br * bc * sb, fp8::kBlock, bc * sb, Source::kKernel},
   };
 }
 
-constexpr QuantArgsDesc kFp8TokenDynamic = {
+// int-quantized (naive compressor): int8 weight with no offset, scales [rows, groups] and,
+// when asymmetric, int8 zero points of the same shape.
+std::vector<SchemeOutput> IntUnpackedOutputs(DType wd, uint64_t rows, uint64_t cols,
+                                             const SchemeParams& p) {
+  const uint64_t sb = ScaleBytes(wd), g = GroupsPerRow(cols, p);
+  std::vector<SchemeOutput> o = {
+      {"weight", DType::kI8, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      {"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel},
+  };
+  if (!p.symmetric) {
+    o.push_back({"weight_zero_point", DType::kI8, {rows, g}, rows * g, 1, g, Source::kKernel});
+  }
+  return o;
+}
+
+// pack-quantized: int32 words packing `bits` per value along each row, scales, int64
+// weight_shape, and (asymmetric) zero points packed along dim 0 (32 rows -> `bits` words).
+std::vector<SchemeOutput> IntPackedOutputs(DType wd, uint64_t rows, uint64_t cols,
+                                           const SchemeParams& p) {
+  const uint64_t sb = ScaleBytes(wd), g = GroupsPerRow(cols, p);
+  const uint64_t b = static_cast<uint64_t>(p.bits);
+  const uint64_t words = CeilDiv(cols * b, 32);
+  std::vector<SchemeOutput> o = {
+      {"weight_packed", DType::kI32, {rows, words}, rows * words * 4, 1, words * 4, Source::kKernel},
+      {"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel},
+  };
+  if (!p.symmetric) {
+    const uint64_t zrows = CeilDiv(rows * b, 32);
+    o.push_back({"weight_zero_point", DType::kI32, {zrows, g}, zrows * g * 4, intq::kPackRowAlign,
+                 b * g * 4, Source::kKernel});
+  }
+  o.push_back({"weight_shape", DType::kI64, {2}, 16, 0, 0, Source::kShape});
+  return o;
+}
+
+std::vector<SchemeOutput> Nvfp4Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
+  const uint64_t g = cols / fp4::kNvfp4Group;
+  return {
+      {"weight_packed", DType::kU8, {rows, cols / 2}, rows * (cols / 2), 1, cols / 2, Source::kKernel},
+      {"weight_scale", DType::kF8E4M3, {rows, g}, rows * g, 1, g, Source::kKernel},
+      {"weight_global_scale", DType::kF32, {1}, 4, 0, 0, Source::kGlobalScale},
+  };
+}
+
+std::vector<SchemeOutput> Mxfp4Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
+  const uint64_t g = cols / fp4::kMxGroup;
+  return {
+      {"weight_packed", DType::kU8, {rows, cols / 2}, rows * (cols / 2), 1, cols / 2, Source::kKernel},
+      {"weight_scale", DType::kU8, {rows, g}, rows * g, 1, g, Source::kKernel},
+  };
+}
+
+std::vector<SchemeOutput> Mxfp8Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
+  const uint64_t g = cols / fp4::kMxGroup;
+  return {
+      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      {"weight_scale", DType::kU8, {rows, g}, rows * g, 1, g, Source::kKernel},
+  };
+}
+
+// QuantArgs builders, to keep the table readable.
+constexpr QuantArgsDesc IntWeights(int bits, std::optional<int> group, bool symmetric = true) {
+  return {.num_bits = bits, .type = "int", .symmetric = symmetric, .group_size = group,
+          .strategy = group ? "group" : "channel", .block_structure = std::nullopt,
+          .dynamic = false, .observer = "", .scale_dtype = "",
+          .zp_dtype = symmetric ? "" : "torch.int8"};
+}
+constexpr QuantArgsDesc TokenDynamic(std::string_view type, int bits) {
+  return {.num_bits = bits, .type = type, .symmetric = true, .group_size = std::nullopt,
+          .strategy = "token", .block_structure = std::nullopt, .dynamic = true, .observer = "",
+          .scale_dtype = "", .zp_dtype = ""};
+}
+constexpr QuantArgsDesc MxArgs(int bits, bool dynamic) {
+  return {.num_bits = bits, .type = "float", .symmetric = true, .group_size = 32,
+          .strategy = "group", .block_structure = std::nullopt, .dynamic = dynamic,
+          .observer = "", .scale_dtype = "torch.uint8", .zp_dtype = ""};
+}
+
+constexpr QuantArgsDesc kFp8Channel = {
     .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
-    .strategy = "token", .block_structure = std::nullopt, .dynamic = true, .observer = "",
+    .strategy = "channel", .block_structure = std::nullopt, .dynamic = false, .observer = "",
     .scale_dtype = "", .zp_dtype = ""};
+
+constexpr QuantArgsDesc kNvfp4Weights = {
+    .num_bits = 4, .type = "float", .symmetric = true, .group_size = 16,
+    .strategy = "tensor_group", .block_structure = std::nullopt, .dynamic = false,
+    .observer = "", .scale_dtype = "torch.float8_e4m3fn", .zp_dtype = ""};
+
+constexpr std::string_view kMarlinInt =
+    "Ampere or newer (Marlin/Machete mixed-precision kernels)";
+
+// An int pack-quantized weight-only preset WnA16.
+SchemeInfo PackedA16(std::string_view name, std::string_view summary, int bits) {
+  return {
+      .name = name,
+      .format = "pack-quantized",
+      .summary = summary,
+      .weights_desc = "int, scale per group of 128 (weight dtype), packed in int32",
+      .activations_desc = "none (16-bit)",
+      .gpu = kMarlinInt,
+      .weights = IntWeights(bits, 128),
+      .input_activations = std::nullopt,
+      .row_align = 1,
+      .kernel = intq::QuantizePacked,
+      .scalar_kernel = intq::QuantizePackedScalar,
+      .outputs = IntPackedOutputs,
+      .check_shape = CheckGroupDivides,
+  };
+}
 
 const SchemeInfo kSchemes[] = {
     {
@@ -47,16 +176,12 @@ const SchemeInfo kSchemes[] = {
         .weights_desc = "FP8 E4M3, scale per output channel (weight dtype)",
         .activations_desc = "FP8 E4M3 dynamic, per token",
         .gpu = "Ada/Hopper or newer (FP8 tensor cores); Ampere runs it weight-only via Marlin",
-        .weights = {.num_bits = 8, .type = "float", .symmetric = true,
-                    .group_size = std::nullopt, .strategy = "channel",
-                    .block_structure = std::nullopt, .dynamic = false,
-                    .observer = "", .scale_dtype = "", .zp_dtype = ""},
-        .input_activations = kFp8TokenDynamic,
+        .weights = kFp8Channel,
+        .input_activations = TokenDynamic("float", 8),
         .row_align = 1,
         .kernel = fp8::QuantizeChannel,
         .scalar_kernel = fp8::QuantizeChannelScalar,
         .outputs = Fp8ChannelOutputs,
-        .check_shape = nullptr,
     },
     {
         .name = "FP8_BLOCK",
@@ -78,15 +203,208 @@ const SchemeInfo kSchemes[] = {
         .kernel = fp8::QuantizeBlock,
         .scalar_kernel = fp8::QuantizeBlockScalar,
         .outputs = Fp8BlockOutputs,
-        .check_shape = nullptr,
+    },
+    {
+        .name = "W8A8",
+        .format = "int-quantized",
+        .summary = "int8 weights per output channel; int8 dynamic per-token activations",
+        .weights_desc = "int8, scale per output channel (weight dtype)",
+        .activations_desc = "int8 dynamic, per token",
+        .gpu = "Turing or newer (CUTLASS int8 GEMM)",
+        .weights = IntWeights(8, std::nullopt),
+        .input_activations = TokenDynamic("int", 8),
+        .row_align = 1,
+        .kernel = intq::QuantizeUnpacked,
+        .scalar_kernel = intq::QuantizeUnpackedScalar,
+        .outputs = IntUnpackedOutputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "INT8",
+        .format = "int-quantized",
+        .summary = "alias of W8A8",
+        .weights_desc = "int8, scale per output channel (weight dtype)",
+        .activations_desc = "int8 dynamic, per token",
+        .gpu = "Turing or newer (CUTLASS int8 GEMM)",
+        .weights = IntWeights(8, std::nullopt),
+        .input_activations = TokenDynamic("int", 8),
+        .row_align = 1,
+        .kernel = intq::QuantizeUnpacked,
+        .scalar_kernel = intq::QuantizeUnpackedScalar,
+        .outputs = IntUnpackedOutputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "W4A8",
+        .format = "int-quantized",
+        .summary = "int4 weights per group of 128 (stored as int8); int8 dynamic per-token "
+                   "activations (a.k.a. W4AINT8)",
+        .weights_desc = "int4 in int8 storage, scale per group of 128 (weight dtype)",
+        .activations_desc = "int8 dynamic, per token",
+        .gpu = "CPU and Arm (CompressedTensorsW4A8Int); no CUDA kernel",
+        .weights = IntWeights(4, 128),
+        .input_activations = TokenDynamic("int", 8),
+        .row_align = 1,
+        .kernel = intq::QuantizeUnpacked,
+        .scalar_kernel = intq::QuantizeUnpackedScalar,
+        .outputs = IntUnpackedOutputs,
+        .check_shape = CheckGroupDivides,
+    },
+    PackedA16("W4A16", "int4 weights per group of 128, packed; 16-bit activations", 4),
+    PackedA16("W8A16", "int8 weights per group of 128, packed; 16-bit activations", 8),
+    PackedA16("W2A16", "int2 weights per group of 128, packed; 16-bit activations", 2),
+    PackedA16("W3A16", "int3 weights per group of 128, packed; 16-bit activations", 3),
+    PackedA16("W5A16", "int5 weights per group of 128, packed; 16-bit activations", 5),
+    PackedA16("W6A16", "int6 weights per group of 128, packed; 16-bit activations", 6),
+    PackedA16("W7A16", "int7 weights per group of 128, packed; 16-bit activations", 7),
+    {
+        .name = "W4A16_ASYM",
+        .format = "pack-quantized",
+        .summary = "int4 weights per group of 128 with zero points, packed; 16-bit activations",
+        .weights_desc = "int4 asymmetric, scale + packed zero point per group of 128",
+        .activations_desc = "none (16-bit)",
+        .gpu = kMarlinInt,
+        .weights = IntWeights(4, 128, /*symmetric=*/false),
+        .input_activations = std::nullopt,
+        .row_align = intq::kPackRowAlign,
+        .kernel = intq::QuantizePacked,
+        .scalar_kernel = intq::QuantizePackedScalar,
+        .outputs = IntPackedOutputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "W4AFP8",
+        // Stored pack-quantized, which vLLM's CompressedTensorsW4A8Fp8 reads, not the
+        // reference's inferred int-quantized default (docs/reference-notes.md).
+        .format = "pack-quantized",
+        .summary = "int4 weights per group of 128, packed; FP8 dynamic per-token activations",
+        .weights_desc = "int4, scale per group of 128 (weight dtype), packed in int32",
+        .activations_desc = "FP8 E4M3 dynamic, per token",
+        .gpu = "Hopper (CUTLASS W4A8-FP8 kernels)",
+        .weights = IntWeights(4, 128),
+        .input_activations = TokenDynamic("float", 8),
+        .row_align = 1,
+        .kernel = intq::QuantizePacked,
+        .scalar_kernel = intq::QuantizePackedScalar,
+        .outputs = IntPackedOutputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "NVFP4A16",
+        .format = "nvfp4-pack-quantized",
+        .summary = "FP4 E2M1 weights, E4M3 scale per 16, FP32 global scale shared by fused "
+                   "layers; 16-bit activations",
+        .weights_desc = "FP4 E2M1, E4M3 scale per 16 + FP32 global scale",
+        .activations_desc = "none (16-bit)",
+        .gpu = "Blackwell (native FP4); Ampere/Ada/Hopper weight-only via Marlin FP4",
+        .weights = kNvfp4Weights,
+        .input_activations = std::nullopt,
+        .row_align = 1,
+        .kernel = fp4::QuantizeNvfp4,
+        .scalar_kernel = fp4::QuantizeNvfp4Scalar,
+        .outputs = Nvfp4Outputs,
+        .check_shape = CheckGroupDivides,
+        .needs_global_scale = true,
+    },
+    {
+        .name = "MXFP4A16",
+        .format = "mxfp4-pack-quantized",
+        .summary = "FP4 E2M1 weights, E8M0 scale per 32; 16-bit activations",
+        .weights_desc = "FP4 E2M1, E8M0 scale per 32",
+        .activations_desc = "none (16-bit)",
+        .gpu = "Blackwell (native MX); older GPUs weight-only via Marlin",
+        .weights = MxArgs(4, false),
+        .input_activations = std::nullopt,
+        .row_align = 1,
+        .kernel = fp4::QuantizeMxfp4,
+        .scalar_kernel = fp4::QuantizeMxfp4Scalar,
+        .outputs = Mxfp4Outputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "MXFP4",
+        .format = "mxfp4-pack-quantized",
+        .summary = "FP4 E2M1 weights, E8M0 scale per 32; MXFP4 dynamic activations",
+        .weights_desc = "FP4 E2M1, E8M0 scale per 32",
+        .activations_desc = "MXFP4 dynamic, per group of 32",
+        .gpu = "Blackwell (native MX)",
+        .weights = MxArgs(4, false),
+        .input_activations = MxArgs(4, true),
+        .row_align = 1,
+        .kernel = fp4::QuantizeMxfp4,
+        .scalar_kernel = fp4::QuantizeMxfp4Scalar,
+        .outputs = Mxfp4Outputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "MXFP8A16",
+        .format = "mxfp8-quantized",
+        .summary = "FP8 E4M3 weights, E8M0 scale per 32; 16-bit activations",
+        .weights_desc = "FP8 E4M3, E8M0 scale per 32",
+        .activations_desc = "none (16-bit)",
+        .gpu = "Blackwell (native MX)",
+        .weights = MxArgs(8, false),
+        .input_activations = std::nullopt,
+        .row_align = 1,
+        .kernel = fp4::QuantizeMxfp8,
+        .scalar_kernel = fp4::QuantizeMxfp8Scalar,
+        .outputs = Mxfp8Outputs,
+        .check_shape = CheckGroupDivides,
+    },
+    {
+        .name = "MXFP8",
+        .format = "mxfp8-quantized",
+        .summary = "FP8 E4M3 weights, E8M0 scale per 32; MXFP8 dynamic activations",
+        .weights_desc = "FP8 E4M3, E8M0 scale per 32",
+        .activations_desc = "MXFP8 dynamic, per group of 32",
+        .gpu = "Blackwell (native MX)",
+        .weights = MxArgs(8, false),
+        .input_activations = MxArgs(8, true),
+        .row_align = 1,
+        .kernel = fp4::QuantizeMxfp8,
+        .scalar_kernel = fp4::QuantizeMxfp8Scalar,
+        .outputs = Mxfp8Outputs,
+        .check_shape = CheckGroupDivides,
+    },
+    // Presets whose activation scales are static: they need statistics of real activations,
+    // which model_free_ptq refuses too ("Model Free PTQ cannot calibrate activations").
+    {
+        .name = "NVFP4",
+        .format = "nvfp4-pack-quantized",
+        .summary = "NVFP4 weights and static-global-scale FP4 activations (needs calibration)",
+        .weights_desc = "FP4 E2M1, E4M3 scale per 16 + FP32 global scale",
+        .activations_desc = "FP4 with a static per-layer input_global_scale",
+        .gpu = "Blackwell",
+        .weights = kNvfp4Weights,
+        .needs_calibration =
+            "needs a per-layer input_global_scale computed from activation statistics (the "
+            "absolute maximum of each layer's input over calibration data); use NVFP4A16 for "
+            "weight-only FP4",
+    },
+    {
+        .name = "FP8",
+        .format = "float-quantized",
+        .summary = "FP8 weights per tensor and a static per-tensor FP8 input scale (needs "
+                   "calibration)",
+        .weights_desc = "FP8 E4M3, one scale per tensor",
+        .activations_desc = "FP8 E4M3 with a static per-tensor input_scale",
+        .gpu = "Ada/Hopper or newer",
+        .weights = kFp8Channel,
+        .needs_calibration =
+            "needs a static per-tensor input_scale computed from activation statistics (each "
+            "layer's input absolute maximum over calibration data); use FP8_DYNAMIC for "
+            "data-free FP8",
     },
 };
 
 }  // namespace
 
 double SchemeInfo::BitsPerWeight(uint64_t rows, uint64_t cols) const {
+  if (outputs == nullptr) return 0;
   uint64_t bytes = 0;
-  for (const SchemeOutput& o : outputs(DType::kBF16, rows, cols)) bytes += o.nbytes;
+  for (const SchemeOutput& o : outputs(DType::kBF16, rows, cols, DefaultParams())) {
+    bytes += o.nbytes;
+  }
   return 8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols);
 }
 

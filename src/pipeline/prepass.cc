@@ -1,0 +1,78 @@
+#include "pipeline/prepass.h"
+
+#include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include "format/file_io.h"
+#include "schemes/chunk.h"
+#include "schemes/fp4.h"
+
+namespace quench {
+
+Status RunPrePass(Plan& plan, const PipelineSizing& sizing, const std::atomic<bool>* cancel) {
+  if (plan.fused_sets.empty()) return Status::Ok();
+  tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
+                         static_cast<size_t>(sizing.threads));
+  // Largest |x| per tensor, each tensor read once in row chunks in parallel.
+  std::vector<float> amax(plan.tensors.size(), 0.f);
+  std::vector<MappedFile> maps(plan.shards.size());
+  for (const auto& set : plan.fused_sets) {
+    for (size_t ti : set) {
+      PlannedTensor& t = plan.tensors[ti];
+      if (t.src_bytes == 0) continue;
+      if (maps[t.shard].data() == nullptr) {
+        QUENCH_ASSIGN_OR_RETURN(maps[t.shard], MappedFile::Open(plan.shards[t.shard].src_path));
+      }
+      const MappedFile& m = maps[t.shard];
+      const uint64_t rows = t.shape[0], cols = t.shape[1];
+      const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+      const uint64_t chunk_rows = std::max<uint64_t>(1, sizing.chunk_bytes / row_bytes);
+      const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+      std::vector<float> part(n_chunks, 0.f);
+      std::atomic<bool> finite{true};
+      tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
+        if (cancel != nullptr && cancel->load()) return;
+        const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+        WeightChunk in;
+        in.data = m.data() + t.src_offset + r0 * row_bytes;
+        in.dtype = t.dtype;
+        in.rows = r1 - r0;
+        in.cols = cols;
+        if (!fp4::AbsMax(in, &part[c])) finite = false;
+        m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+      });
+      if (cancel != nullptr && cancel->load()) {
+        return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
+      }
+      if (!finite) {
+        return Error(ErrorCode::kNonFinite,
+                     plan.shards[t.shard].rel_name + ": tensor '" + t.name +
+                         "' contains NaN or Inf; refusing to quantize it (fix the checkpoint "
+                         "or add it to --ignore)");
+      }
+      amax[ti] = *std::max_element(part.begin(), part.end());
+    }
+  }
+  for (const auto& set : plan.fused_sets) {
+    float a = 0.f;
+    for (size_t ti : set) a = std::max(a, amax[ti]);
+    const float gs = fp4::Nvfp4GlobalScale(a, plan.tensors[set.front()].dtype);
+    for (size_t ti : set) {
+      PlannedTensor& t = plan.tensors[ti];
+      t.global_scale = gs;
+      for (size_t oi : t.outputs) {
+        PlannedOutput& o = plan.shards[t.shard].outputs[oi];
+        if (o.source != SchemeOutput::Source::kGlobalScale) continue;
+        o.constant.assign(4, '\0');
+        std::memcpy(o.constant.data(), &gs, 4);  // F32 little-endian (x86 and Arm hosts)
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace quench

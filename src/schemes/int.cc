@@ -1,0 +1,668 @@
+// Integer weight quantization (int-quantized and pack-quantized formats): the scalar reference
+// (the definition) and the Highway kernels, compiled once per target through Highway's
+// foreach_target skeleton.
+//
+// The definition, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0 (CPU,
+// eager) compute it for a weight in dtype D (bf16, f16 or f32); RNE_D(y) means y evaluated in
+// f32 with IEEE arithmetic, then rounded to D to nearest even (torch's reduced-float
+// elementwise ops on CPU). See spec/compressed-tensors-format.md sections 3.1, 3.2, 4.2, 4.4,
+// 4.5 and docs/reference-notes.md section 3.1. Per group of group_size columns of a row (or
+// per row, channel strategy), with qmin = -2^(b-1), qmax = 2^(b-1) - 1:
+//   mn = min(min x, 0), mx = max(max x, 0)                 (observer amin/amax, exact in D)
+//   symmetric:  scale = RNE_D(max(|mn|, |mx|) / ((qmax - qmin) / 2)),  zp = 0
+//   asymmetric: scale = RNE_D(RNE_D(mx - mn) / (qmax - qmin))
+//               zp    = RNE_D(qmin - RNE_D(mn / scale)), clamped to [qmin, qmax], rounded
+//                       half to even, cast to int8 -- all with the scale BEFORE the zero guard,
+//                       so an all-zero group gives 0/0 = NaN, which the cast makes 0
+//   zero guard: scale == 0 exactly -> eps(D)                (calculate_qparams step 5)
+//   q = round_half_even(clamp(RNE_D(RNE_D(x / scale) + zp), qmin, qmax))  (asymmetric)
+//   q = round_half_even(clamp(RNE_D(x / scale), qmin, qmax))               (symmetric)
+// Packing (pack_to_int32, dense): u = q + 2^(b-1); element i of a row occupies bits
+// [i*b, i*b + b) of the row's little-endian int32 word stream, zero padded, truncated to
+// ceil(cols*b/32) words. Zero points are packed the same way down each column (dim 0).
+
+#include "schemes/int.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "schemes/float_formats.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/schemes/int.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/aligned_allocator.h"
+#include "hwy/highway.h"
+#include "schemes/rounding-inl.h"
+
+// Scalar helpers shared by the reference and the kernels' per-group parameter step and
+// zero-point packing (compiled once, outside the per-target namespaces).
+#ifndef QUENCH_SCHEMES_INT_SHARED_
+#define QUENCH_SCHEMES_INT_SHARED_
+namespace quench::intq::internal {
+
+inline size_t ElementBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
+inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D); NaN stays NaN.
+// The bf16 case is F32ToBF16 inlined (this runs once per group in the kernels): add 0x7FFF
+// plus the lowest kept bit, drop the low 16 bits.
+inline float RoundToDType(float f, DType d) {
+  switch (d) {
+    case DType::kBF16: {
+      if (std::isnan(f)) return f;
+      const uint32_t bits = std::bit_cast<uint32_t>(f);
+      return std::bit_cast<float>((bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u);
+    }
+    case DType::kF16: return F16ToF32(F32ToF16(f));
+    default: return f;
+  }
+}
+
+// torch.round: to the nearest integer, ties to even (rint in the default rounding mode).
+inline float RoundHalfEven(float v) { return std::rint(v); }
+
+// torch.finfo(D).eps: the zero-scale replacement of calculate_qparams (_get_dtype_eps).
+inline float ScaleEps(DType d) {
+  switch (d) {
+    case DType::kBF16: return 0.0078125f;     // 2^-7
+    case DType::kF16: return 0.0009765625f;   // 2^-10
+    default: return 1.1920928955078125e-07f;  // 2^-23
+  }
+}
+
+// Writes `scale` (already a value of D) in D's little-endian encoding.
+inline void StoreScale(uint8_t* dst, float scale, DType d) {
+  if (d == DType::kF32) {
+    const uint32_t bits = std::bit_cast<uint32_t>(scale);
+    std::memcpy(dst, &bits, 4);
+  } else {
+    // A bf16 value's encoding is the upper half of its f32 bits (no rounding left to do).
+    const uint16_t bits = d == DType::kBF16
+                              ? static_cast<uint16_t>(std::bit_cast<uint32_t>(scale) >> 16)
+                              : F32ToF16(scale);
+    std::memcpy(dst, &bits, 2);
+  }
+}
+
+// The validated shape of a chunk's quantization.
+struct Layout {
+  int bits;
+  int qmin;              // -2^(b-1)        (calculate_range: -bit_range / 2)
+  int qmax;              // 2^(b-1) - 1     (bit_range / 2 - 1)
+  size_t group;          // columns per group (cols for the channel strategy)
+  size_t n_groups;       // scales per row
+  size_t words_per_row;  // packed int32 words per row: ceil(cols * b / 32)
+};
+
+// False for parameters the reference refuses (bits outside 2..8, a group size that does not
+// divide the columns: flatten_for_calibration) or an unsupported dtype.
+inline bool MakeLayout(const WeightChunk& in, Layout* l) {
+  const int b = in.params.bits;
+  if (b < 2 || b > 8 || in.cols == 0) return false;
+  if (in.dtype != DType::kBF16 && in.dtype != DType::kF16 && in.dtype != DType::kF32) {
+    return false;
+  }
+  const int g = in.params.group_size;
+  if (g > 0 && in.cols % static_cast<size_t>(g) != 0) return false;
+  l->bits = b;
+  l->qmin = -(1 << (b - 1));
+  l->qmax = (1 << (b - 1)) - 1;
+  l->group = g > 0 ? static_cast<size_t>(g) : in.cols;
+  l->n_groups = in.cols / l->group;
+  l->words_per_row = CeilDiv(in.cols * static_cast<size_t>(b), 32);
+  return true;
+}
+
+struct GroupParams {
+  float scale;  // a value of D, > 0 (or +Inf when mx - mn overflows D)
+  int zp;       // int8 zero point (0 when symmetric)
+};
+
+// calculate_qparams for one group from its observed min and max (values of D).
+inline GroupParams ComputeParams(float min_val, float max_val, const Layout& l, bool symmetric,
+                                 DType d) {
+  // Step 0: mn = min(min_vals, 0), mx = max(max_vals, 0): 0 is always representable.
+  const float mn = std::min(min_val, 0.0f);
+  const float mx = std::max(max_val, 0.0f);
+  // bit_range = qmax - qmin as an f32 tensor, then .to(D): 2^b - 1 <= 255 is exact in D.
+  const float bit_range = static_cast<float>(l.qmax - l.qmin);
+  GroupParams p;
+  if (symmetric) {
+    // max_val_pos = max(|mn|, |mx|) (exact); scale = max_val_pos / (bit_range.to(D) / 2):
+    // the divisor (2^b - 1) / 2 (7.5 for int4, 127.5 for int8) is exact in D, the quotient
+    // is taken in f32 and rounded once to D.
+    const float amax = std::max(-mn, mx);
+    p.scale = RoundToDType(amax / (bit_range / 2.0f), d);
+    p.zp = 0;
+  } else {
+    // scales = (max_vals - min_vals) / bit_range.to(D): two D operations, two roundings.
+    const float scale = RoundToDType(RoundToDType(mx - mn, d) / bit_range, d);
+    // zero_points = bit_min - (min_vals / scales), with the UNGUARDED scale (the zero guard
+    // comes later): an all-zero group gives 0/0 = NaN; mn < 0 over a scale that underflowed
+    // to 0 gives qmin + Inf = +Inf.
+    float zp = RoundToDType(static_cast<float>(l.qmin) - RoundToDType(mn / scale, d), d);
+    // torch.clamp(zero_points, bit_min, bit_max): NaN propagates.
+    if (!std::isnan(zp)) zp = std::min(std::max(zp, static_cast<float>(l.qmin)),
+                                       static_cast<float>(l.qmax));
+    // round_to_quantized_type_dtype(zp, int8): clamp to [-128, 127] (a no-op here),
+    // torch.round (half to even), .to(int8). torch
+    // 2.13 on x86 CPU casts NaN to 0 (checked against the reference).
+    p.zp = std::isnan(zp) ? 0 : static_cast<int>(RoundHalfEven(zp));
+    p.scale = scale;
+  }
+  // Step 5: only scales exactly 0 become eps(D) (all-zero groups, or amax / range so small
+  // that the quotient underflows to 0 in D).
+  if (p.scale == 0.0f) p.scale = ScaleEps(d);
+  return p;
+}
+
+// _quantize for one element: scaled = x / scale in D; scaled += zp.to(D) in D (asymmetric);
+// clamp to [qmin, qmax] (f32 0-dim bounds, result stays in D); torch.round (half to even);
+// .to(int8). x is finite and the scale > 0, so no NaN can arise.
+inline int QuantizeValue(float x, const GroupParams& p, const Layout& l, bool symmetric,
+                         DType d) {
+  float v = RoundToDType(x / p.scale, d);
+  if (!symmetric) v = RoundToDType(v + static_cast<float>(p.zp), d);
+  v = std::min(std::max(v, static_cast<float>(l.qmin)), static_cast<float>(l.qmax));
+  return static_cast<int>(RoundHalfEven(v));
+}
+
+// pack_to_int32 for one row of n offset values u (0 <= u < 2^bits), as its definition reads:
+// element i goes to bits [i*b, i*b + b) of the row's word stream, a part past bit 31 of a
+// word continuing in the low bits of the next one. Writes ceil(n*b/32) little-endian words.
+inline void PackRowScalar(const uint8_t* u, size_t n, int bits, uint8_t* dst) {
+  const size_t n_words = CeilDiv(n * static_cast<size_t>(bits), 32);
+  std::vector<uint32_t> words(n_words, 0u);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t start = i * static_cast<size_t>(bits);
+    const size_t w = start / 32;
+    const uint32_t off = static_cast<uint32_t>(start % 32);
+    words[w] |= static_cast<uint32_t>(u[i]) << off;
+    if (off + static_cast<uint32_t>(bits) > 32) {
+      words[w + 1] |= static_cast<uint32_t>(u[i]) >> (32 - off);
+    }
+  }
+  std::memcpy(dst, words.data(), n_words * 4);  // little-endian host (as the whole project)
+}
+
+// The packed zero points of a chunk: zp is [rows, n_groups] int8; each column g, offset by
+// 2^(b-1), is packed down the rows (pack_to_int32 with packed_dim=0: transpose, pack, transpose
+// back) into words [ceil(rows*b/32), n_groups] at dst.
+inline void PackZeroPoints(const int8_t* zp, size_t rows, size_t n_groups, int bits,
+                           uint8_t* dst) {
+  const size_t n_words = CeilDiv(rows * static_cast<size_t>(bits), 32);
+  std::vector<uint8_t> column(rows);
+  std::vector<uint8_t> packed(n_words * 4);
+  for (size_t g = 0; g < n_groups; ++g) {
+    for (size_t r = 0; r < rows; ++r) {
+      column[r] = static_cast<uint8_t>(zp[r * n_groups + g] + (1 << (bits - 1)));
+    }
+    PackRowScalar(column.data(), rows, bits, packed.data());
+    for (size_t w = 0; w < n_words; ++w) {
+      std::memcpy(dst + (w * n_groups + g) * 4, packed.data() + w * 4, 4);
+    }
+  }
+}
+
+}  // namespace quench::intq::internal
+#endif  // QUENCH_SCHEMES_INT_SHARED_
+
+HWY_BEFORE_NAMESPACE();
+namespace quench::intq {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace rd = quench::HWY_NAMESPACE::rounding;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+template <DType D>
+using Traits = rd::Traits<D>;
+
+// Horizontal max / min of 16- or 32-bit lanes, through 32-bit lanes (Highway 1.0.3 has
+// MaxOfLanes for 16-bit lanes on some targets only). Runs once per group.
+template <class DT>
+HWY_INLINE hn::TFromD<DT> ReduceMax(DT dt, hn::Vec<DT> v) {
+  using T = hn::TFromD<DT>;
+  if constexpr (sizeof(T) == 4 || HWY_TARGET == HWY_SCALAR) {
+    return hn::GetLane(hn::MaxOfLanes(dt, v));
+  } else {
+    const hn::Repartition<hwy::MakeWide<T>, DT> dw;  // u32 or i32
+    const auto w = hn::BitCast(dw, v);
+    // Lane 2k in the low half (sign- or zero-extended by the shift pair), 2k+1 in the high.
+    const auto lo = hn::ShiftRight<16>(hn::ShiftLeft<16>(w));
+    const auto hi = hn::ShiftRight<16>(w);
+    return static_cast<T>(hn::GetLane(hn::MaxOfLanes(dw, hn::Max(lo, hi))));
+  }
+}
+template <class DT>
+HWY_INLINE hn::TFromD<DT> ReduceMin(DT dt, hn::Vec<DT> v) {
+  using T = hn::TFromD<DT>;
+  if constexpr (sizeof(T) == 4 || HWY_TARGET == HWY_SCALAR) {
+    return hn::GetLane(hn::MinOfLanes(dt, v));
+  } else {
+    const hn::Repartition<hwy::MakeWide<T>, DT> dw;
+    const auto w = hn::BitCast(dw, v);
+    const auto lo = hn::ShiftRight<16>(hn::ShiftLeft<16>(w));
+    const auto hi = hn::ShiftRight<16>(w);
+    return static_cast<T>(hn::GetLane(hn::MinOfLanes(dw, hn::Min(lo, hi))));
+  }
+}
+
+// Loads one vector of raw elements at p + i (unaligned), or, for the last partial vector
+// (n - i < lanes), a copy zero-padded to a whole vector: zero patterns change neither an abs
+// max nor min(min x, 0) / max(max x, 0).
+template <class DT>
+HWY_INLINE hn::Vec<DT> LoadPadded(DT dt, const hn::TFromD<DT>* p, size_t n) {
+  using T = hn::TFromD<DT>;
+  if (n >= hn::Lanes(dt)) return hn::LoadU(dt, p);
+  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)] = {};
+  std::memcpy(buf, p, n * sizeof(T));
+  return hn::Load(dt, buf);
+}
+
+// Symmetric observation: the max of the abs bit patterns over n elements at p. For finite
+// values it orders like |x|, so it is max(|mn|, |mx|); a result >= kInfBits means the run
+// holds an Inf or NaN.
+template <DType D>
+HWY_INLINE typename Traits<D>::T AbsBitsMax(const uint8_t* p, size_t n) {
+  using T = typename Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  const size_t lanes = hn::Lanes(dt);
+  const T* src = reinterpret_cast<const T*>(p);
+  const auto mask = hn::Set(dt, Traits<D>::kAbsMask);
+  auto acc0 = hn::Zero(dt), acc1 = hn::Zero(dt), acc2 = hn::Zero(dt), acc3 = hn::Zero(dt);
+  size_t i = 0;
+  for (; i + 4 * lanes <= n; i += 4 * lanes) {
+    acc0 = hn::Max(acc0, hn::And(hn::LoadU(dt, src + i), mask));
+    acc1 = hn::Max(acc1, hn::And(hn::LoadU(dt, src + i + lanes), mask));
+    acc2 = hn::Max(acc2, hn::And(hn::LoadU(dt, src + i + 2 * lanes), mask));
+    acc3 = hn::Max(acc3, hn::And(hn::LoadU(dt, src + i + 3 * lanes), mask));
+  }
+  for (; i < n; i += lanes) {
+    acc0 = hn::Max(acc0, hn::And(LoadPadded(dt, src + i, n - i), mask));
+  }
+  return ReduceMax(dt, hn::Max(hn::Max(acc0, acc1), hn::Max(acc2, acc3)));
+}
+
+// Sign-magnitude bits -> a signed key that orders like the value: key = bits for x >= +0,
+// key = -1 - |bits| for x <= -0 (the magnitude bits flipped under the sign bit).
+template <class DS>
+HWY_INLINE hn::Vec<DS> OrderedKey(DS ds, hn::Vec<DS> bits) {
+  using S = hn::TFromD<DS>;
+  constexpr int kSignShift = sizeof(S) * 8 - 1;
+  const auto mag_mask = hn::Set(ds, static_cast<S>(hwy::LimitsMax<S>()));
+  return hn::Xor(bits, hn::And(hn::ShiftRight<kSignShift>(bits), mag_mask));
+}
+
+// Asymmetric observation: min and max of n elements at p as ordered keys; false if the run
+// holds an Inf or NaN (keys beyond those of +-Inf).
+template <DType D>
+HWY_INLINE bool KeyMinMax(const uint8_t* p, size_t n, typename Traits<D>::S* kmin,
+                          typename Traits<D>::S* kmax) {
+  using S = typename Traits<D>::S;
+  const hn::ScalableTag<S> ds;
+  const size_t lanes = hn::Lanes(ds);
+  const S* src = reinterpret_cast<const S*>(p);
+  auto mn0 = hn::Zero(ds), mn1 = hn::Zero(ds), mx0 = hn::Zero(ds), mx1 = hn::Zero(ds);
+  size_t i = 0;
+  for (; i + 2 * lanes <= n; i += 2 * lanes) {
+    const auto k0 = OrderedKey(ds, hn::LoadU(ds, src + i));
+    const auto k1 = OrderedKey(ds, hn::LoadU(ds, src + i + lanes));
+    mn0 = hn::Min(mn0, k0);
+    mx0 = hn::Max(mx0, k0);
+    mn1 = hn::Min(mn1, k1);
+    mx1 = hn::Max(mx1, k1);
+  }
+  for (; i < n; i += lanes) {
+    const auto k = OrderedKey(ds, LoadPadded(ds, src + i, n - i));
+    mn0 = hn::Min(mn0, k);
+    mx0 = hn::Max(mx0, k);
+  }
+  *kmin = ReduceMin(ds, hn::Min(mn0, mn1));
+  *kmax = ReduceMax(ds, hn::Max(mx0, mx1));
+  constexpr S kInf = static_cast<S>(Traits<D>::kInfBits);
+  return *kmax < kInf && *kmin > static_cast<S>(-1 - kInf);
+}
+
+// The f32 value of a finite element bit pattern of dtype D.
+template <DType D>
+HWY_INLINE float BitsToValue(uint32_t bits) {
+  if constexpr (D == DType::kBF16) return std::bit_cast<float>(bits << 16);
+  if constexpr (D == DType::kF16) return F16ToF32(static_cast<uint16_t>(bits));
+  return std::bit_cast<float>(bits);
+}
+
+// Inverse of OrderedKey, as the f32 value of the element.
+template <DType D>
+HWY_INLINE float KeyToValue(typename Traits<D>::S key) {
+  using T = typename Traits<D>::T;
+  constexpr T kSign = static_cast<T>(~Traits<D>::kAbsMask);
+  const T bits = key >= 0 ? static_cast<T>(key) : static_cast<T>(kSign | static_cast<T>(-1 - key));
+  return BitsToValue<D>(bits);
+}
+
+// The low byte of q + offset for one vector, in the low byte of each u32 lane:
+// v = RNE_D(x / scale) (IEEE f32 division), asymmetric v = RNE_D(v + zp), clamp to
+// [qmin, qmax] (v is never NaN: x finite, scale > 0), then torch.round. The rounding adds
+// 1.5 * 2^23 + offset: on [2^23, 2^24) the f32 ulp is 1, so the FPU's RNE addition rounds v
+// to an integer, ties to the even one (the constant is even, so the parity of the sum is
+// that of round(v)); the sum's mantissa is then 2^22 + offset + round(v), whose low byte is
+// (round(v) + offset) mod 256: the int8 value (offset 0) or the packing's u (2^(b-1)).
+template <DType D, bool kSym>
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> QuantizeLanes(DF df, VF x, VF scale, VF zp, VF lo,
+                                                           VF hi, VF magic) {
+  VF v = rd::RoundToDType<D>(df, hn::Div(x, scale));
+  if constexpr (!kSym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
+  v = hn::Min(hn::Max(v, lo), hi);
+  return hn::BitCast(hn::RebindToUnsigned<DF>(), hn::Add(v, magic));
+}
+
+// Quantizes n elements of dtype D at src with one group's parameters, writing the n low
+// bytes of q + offset to dst (offset 0: int8 two's complement; 2^(b-1): the packing's u).
+template <DType D, bool kSym>
+HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, const internal::GroupParams& p,
+                            const internal::Layout& l, int offset, uint8_t* dst) {
+  constexpr size_t kEsz = sizeof(typename Traits<D>::T);
+  const DF df;
+  const hn::Rebind<uint8_t, DF> d8;
+  const size_t lanes = hn::Lanes(df);
+  const VF scale = hn::Set(df, p.scale);
+  const VF zp = hn::Set(df, static_cast<float>(p.zp));
+  const VF lo = hn::Set(df, static_cast<float>(l.qmin));
+  const VF hi = hn::Set(df, static_cast<float>(l.qmax));
+  const VF magic = hn::Set(df, 12582912.0f + static_cast<float>(offset));  // 1.5 * 2^23
+  auto store = [&](hn::Vec<hn::RebindToUnsigned<DF>> q, uint8_t* to) {
+    hn::StoreU(hn::TruncateTo(d8, q), d8, to);
+  };
+  size_t i = 0;
+  for (; i + 2 * lanes <= n; i += 2 * lanes) {
+    const auto q0 = QuantizeLanes<D, kSym>(df, rd::LoadF32<D>(df, src + i * kEsz), scale, zp, lo,
+                                           hi, magic);
+    const auto q1 = QuantizeLanes<D, kSym>(df, rd::LoadF32<D>(df, src + (i + lanes) * kEsz),
+                                           scale, zp, lo, hi, magic);
+    store(q0, dst + i);
+    store(q1, dst + i + lanes);
+  }
+  for (; i + lanes <= n; i += lanes) {
+    store(QuantizeLanes<D, kSym>(df, rd::LoadF32<D>(df, src + i * kEsz), scale, zp, lo, hi,
+                                 magic),
+          dst + i);
+  }
+  if (i < n) {
+    // Tail: the same vector code on a zero-padded copy, keeping only the real lanes.
+    HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
+    HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
+    std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
+    store(QuantizeLanes<D, kSym>(df, rd::LoadF32<D>(df, in_buf), scale, zp, lo, hi, magic),
+          out_buf);
+    std::memcpy(dst + i, out_buf, n - i);
+  }
+}
+
+// Packs 8 values of B bits (one per byte of a 64-bit lane, element k in byte k) into the low
+// 8*B bits, element k at bits [k*B, k*B + B): pairs, then quads, then the two halves. Eight
+// elements are exactly B bytes of the little-endian word stream, whatever B.
+template <int B, class V, class D64>
+HWY_INLINE V Compact8(D64 d64, V x) {
+  using T = uint64_t;
+  x = hn::Or(hn::And(x, hn::Set(d64, T{0x00FF00FF00FF00FF})),
+             hn::ShiftRight<8 - B>(hn::And(x, hn::Set(d64, T{0xFF00FF00FF00FF00}))));
+  x = hn::Or(hn::And(x, hn::Set(d64, T{0x0000FFFF0000FFFF})),
+             hn::ShiftRight<16 - 2 * B>(hn::And(x, hn::Set(d64, T{0xFFFF0000FFFF0000}))));
+  return hn::Or(hn::And(x, hn::Set(d64, T{0x00000000FFFFFFFF})),
+                hn::ShiftRight<32 - 4 * B>(hn::And(x, hn::Set(d64, T{0xFFFFFFFF00000000}))));
+}
+
+// Packs n8 offset values (n8 a multiple of 8) at u into n8 / 8 * B bytes at dst. For B other
+// than 2 and 4, each lane is written with an 8-byte store, so dst needs 8 bytes of slack.
+template <int B>
+HWY_INLINE void PackRow(const uint8_t* u, size_t n8, uint8_t* dst) {
+  size_t i = 0;  // in elements (bytes of u)
+#if HWY_TARGET != HWY_SCALAR  // (one-lane vectors cannot hold 8 bytes as u8 lanes)
+  const hn::ScalableTag<uint64_t> d64;
+  const hn::Repartition<uint8_t, decltype(d64)> d8;
+  const size_t lanes = hn::Lanes(d64);
+  for (; i + 8 * lanes <= n8; i += 8 * lanes, dst += B * lanes) {
+    const auto x = Compact8<B>(d64, hn::BitCast(d64, hn::LoadU(d8, u + i)));
+    if constexpr (B == 4) {
+      const hn::Rebind<uint32_t, decltype(d64)> d32;
+      hn::StoreU(hn::TruncateTo(d32, x), d32, reinterpret_cast<uint32_t*>(dst));
+    } else if constexpr (B == 2) {
+      const hn::Rebind<uint16_t, decltype(d64)> d16;
+      hn::StoreU(hn::TruncateTo(d16, x), d16, reinterpret_cast<uint16_t*>(dst));
+    } else {
+      HWY_ALIGN uint64_t buf[HWY_MAX_BYTES / 8];
+      hn::Store(x, d64, buf);
+      for (size_t k = 0; k < lanes; ++k) std::memcpy(dst + k * B, &buf[k], 8);
+    }
+  }
+#endif
+  // Remaining 8-element groups, one u64 at a time (same arithmetic on a one-lane view).
+  const hn::CappedTag<uint64_t, 1> d1;
+  for (; i < n8; i += 8, dst += B) {
+    uint64_t x;
+    std::memcpy(&x, u + i, 8);
+    x = hn::GetLane(Compact8<B>(d1, hn::Set(d1, x)));
+    std::memcpy(dst, &x, B);
+  }
+}
+
+// Dispatches PackRow on the runtime bit width (2..7; 8 bits need no packing).
+HWY_INLINE void PackRowBits(int bits, const uint8_t* u, size_t n8, uint8_t* dst) {
+  switch (bits) {
+    case 2: return PackRow<2>(u, n8, dst);
+    case 3: return PackRow<3>(u, n8, dst);
+    case 4: return PackRow<4>(u, n8, dst);
+    case 5: return PackRow<5>(u, n8, dst);
+    case 6: return PackRow<6>(u, n8, dst);
+    default: return PackRow<7>(u, n8, dst);
+  }
+}
+
+template <DType D, bool kSym>
+bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
+  internal::Layout l;
+  if (!internal::MakeLayout(in, &l)) return false;
+  constexpr size_t kEsz = sizeof(typename Traits<D>::T);
+  const size_t cols = in.cols;
+  const size_t row_bytes = cols * kEsz;
+  const int offset = packed ? (1 << (l.bits - 1)) : 0;
+  // Packed rows of fewer than 8 bits go through a row of offset values u, zero padded to a
+  // multiple of 8 (the reference pads with raw 0 after the offset), plus the packer's slack.
+  const bool via_buffer = packed && l.bits != 8;
+  const size_t n8 = internal::CeilDiv(cols, 8) * 8;
+  const size_t packed_bytes = n8 / 8 * static_cast<size_t>(l.bits);
+  const size_t out_row_bytes = l.words_per_row * 4;
+  // Pack straight into the output when the stream is exactly the row's words and the stores
+  // stay inside it (B = 2, 4 write only their own bytes); else into a scratch row.
+  const bool direct = packed_bytes == out_row_bytes && (l.bits == 2 || l.bits == 4);
+  hwy::AlignedFreeUniquePtr<uint8_t[]> ubuf, pbuf;
+  if (via_buffer) {
+    ubuf = hwy::AllocateAligned<uint8_t>(n8);
+    // The scratch row: the stream, the 8-byte stores' slack, and the row's last word. Bytes
+    // past the stream are only ever written with zeros (Compact8 leaves the high bits 0), so
+    // zeroing once gives the zero padding of the last word.
+    const size_t pbuf_bytes = std::max(packed_bytes + 8, out_row_bytes);
+    if (!direct) pbuf = hwy::AllocateAligned<uint8_t>(pbuf_bytes);
+    if (!ubuf || (!direct && !pbuf)) return false;
+    std::memset(ubuf.get() + cols, 0, n8 - cols);
+    if (!direct) std::memset(pbuf.get(), 0, pbuf_bytes);
+  }
+  std::vector<internal::GroupParams> params(l.n_groups);  // the current row's
+  std::vector<int8_t> zps;  // [rows, n_groups], packed asymmetric only
+  if (!kSym && packed) zps.resize(in.rows * l.n_groups);
+  const size_t group_bytes = l.group * kEsz;
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * row_bytes;
+    uint8_t* qrow = packed ? (via_buffer ? ubuf.get() : out.out[0] + r * out_row_bytes)
+                           : out.out[0] + r * cols;
+    // Pass 1: every group's observation and parameters. Kept apart from pass 2 so that the
+    // scalar divisions of successive groups overlap instead of stalling the vector work.
+    for (size_t g = 0; g < l.n_groups; ++g) {
+      const uint8_t* src = row + g * group_bytes;
+      internal::GroupParams& p = params[g];
+      if constexpr (kSym) {
+        const auto amax_bits = AbsBitsMax<D>(src, l.group);
+        if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the group
+        p = internal::ComputeParams(0.0f, BitsToValue<D>(amax_bits), l, true, D);
+      } else {
+        typename Traits<D>::S kmin, kmax;
+        if (!KeyMinMax<D>(src, l.group, &kmin, &kmax)) return false;
+        p = internal::ComputeParams(KeyToValue<D>(kmin), KeyToValue<D>(kmax), l, false, D);
+        const size_t zi = r * l.n_groups + g;
+        if (packed) {
+          zps[zi] = static_cast<int8_t>(p.zp);
+        } else {
+          out.out[2][zi] = static_cast<uint8_t>(static_cast<int8_t>(p.zp));
+        }
+      }
+      internal::StoreScale(out.out[1] + (r * l.n_groups + g) * kEsz, p.scale, D);
+    }
+    // Pass 2: quantize the row (still in L1 / L2) group by group.
+    for (size_t g = 0; g < l.n_groups; ++g) {
+      QuantizeRun<D, kSym>(row + g * group_bytes, l.group, params[g], l, offset,
+                           qrow + g * l.group);
+    }
+    if (packed && !via_buffer) {
+      // 8 bits: the u bytes are the words' little-endian bytes; zero the padding up to the
+      // row's last word (pack_to_int32 pads the row with raw 0).
+      std::memset(qrow + cols, 0, out_row_bytes - cols);
+    } else if (via_buffer) {
+      uint8_t* dst = out.out[0] + r * out_row_bytes;
+      if (direct) {
+        PackRowBits(l.bits, ubuf.get(), n8, dst);
+      } else {
+        PackRowBits(l.bits, ubuf.get(), n8, pbuf.get());
+        std::memcpy(dst, pbuf.get(), out_row_bytes);  // truncated to ceil(cols*b/32) words
+      }
+    }
+  }
+  if (!kSym && packed) {
+    internal::PackZeroPoints(zps.data(), in.rows, l.n_groups, l.bits, out.out[2]);
+  }
+  return true;
+}
+
+template <bool kPacked>
+bool QuantizeKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  const bool sym = in.params.symmetric;
+  switch (in.dtype) {
+    case DType::kBF16:
+      return sym ? QuantizeImpl<DType::kBF16, true>(in, out, kPacked)
+                 : QuantizeImpl<DType::kBF16, false>(in, out, kPacked);
+    case DType::kF16:
+      return sym ? QuantizeImpl<DType::kF16, true>(in, out, kPacked)
+                 : QuantizeImpl<DType::kF16, false>(in, out, kPacked);
+    case DType::kF32:
+      return sym ? QuantizeImpl<DType::kF32, true>(in, out, kPacked)
+                 : QuantizeImpl<DType::kF32, false>(in, out, kPacked);
+    default: return false;
+  }
+}
+
+bool QuantizeUnpackedKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  return QuantizeKernel<false>(in, out);
+}
+bool QuantizePackedKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  return QuantizeKernel<true>(in, out);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::intq
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace quench::intq {
+
+HWY_EXPORT(QuantizeUnpackedKernel);
+HWY_EXPORT(QuantizePackedKernel);
+
+bool QuantizeUnpacked(const WeightChunk& in, const ChunkOutputs& out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeUnpackedKernel)(in, out);
+}
+
+bool QuantizePacked(const WeightChunk& in, const ChunkOutputs& out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizePackedKernel)(in, out);
+}
+
+namespace {
+
+// Element (r, c) of the chunk as an exact f32 (memcpy: the mapping may be unaligned).
+float ElementAt(const WeightChunk& in, size_t r, size_t c) {
+  const size_t esz = internal::ElementBytes(in.dtype);
+  const uint8_t* p = in.data + (r * in.cols + c) * esz;
+  if (in.dtype == DType::kF32) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    return BitsToF32(bits);
+  }
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return in.dtype == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
+}
+
+// The definition, element by element (see the top of this file).
+bool QuantizeScalar(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
+  internal::Layout l;
+  if (!internal::MakeLayout(in, &l)) return false;
+  const bool sym = in.params.symmetric;
+  const size_t esz = internal::ElementBytes(in.dtype);
+  std::vector<int8_t> zps(in.rows * l.n_groups);
+  std::vector<uint8_t> u(in.cols);
+  for (size_t r = 0; r < in.rows; ++r) {
+    for (size_t g = 0; g < l.n_groups; ++g) {
+      const size_t c0 = g * l.group;
+      // Observer (memoryless min-max): amin / amax over the group, in D (exact).
+      float mn = ElementAt(in, r, c0);
+      float mx = mn;
+      for (size_t c = c0; c < c0 + l.group; ++c) {
+        const float x = ElementAt(in, r, c);
+        if (!std::isfinite(x)) return false;
+        mn = std::min(mn, x);
+        mx = std::max(mx, x);
+      }
+      const internal::GroupParams p = internal::ComputeParams(mn, mx, l, sym, in.dtype);
+      internal::StoreScale(out.out[1] + (r * l.n_groups + g) * esz, p.scale, in.dtype);
+      zps[r * l.n_groups + g] = static_cast<int8_t>(p.zp);
+      for (size_t c = c0; c < c0 + l.group; ++c) {
+        const int q = internal::QuantizeValue(ElementAt(in, r, c), p, l, sym, in.dtype);
+        if (packed) {
+          u[c] = static_cast<uint8_t>(q + (1 << (l.bits - 1)));  // pack_to_int32's offset
+        } else {
+          out.out[0][r * in.cols + c] = static_cast<uint8_t>(static_cast<int8_t>(q));
+        }
+      }
+    }
+    if (packed) {
+      internal::PackRowScalar(u.data(), in.cols, l.bits, out.out[0] + r * l.words_per_row * 4);
+    }
+  }
+  if (!sym) {
+    if (packed) {
+      internal::PackZeroPoints(zps.data(), in.rows, l.n_groups, l.bits, out.out[2]);
+    } else {
+      std::memcpy(out.out[2], zps.data(), zps.size());  // int8 [rows, n_groups], unpacked
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool QuantizeUnpackedScalar(const WeightChunk& in, const ChunkOutputs& out) {
+  return QuantizeScalar(in, out, /*packed=*/false);
+}
+
+bool QuantizePackedScalar(const WeightChunk& in, const ChunkOutputs& out) {
+  return QuantizeScalar(in, out, /*packed=*/true);
+}
+
+}  // namespace quench::intq
+#endif  // HWY_ONCE

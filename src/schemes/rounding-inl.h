@@ -1,0 +1,116 @@
+// Per-target vector helpers shared by the scheme kernels: loading weight elements of dtype D
+// (bf16, f16, f32) from unaligned memory as exact f32 lanes, and RNE_D, the round-to-nearest-
+// even of an f32 lane to the nearest value of D (what torch does after every reduced-float
+// elementwise op on CPU: compute in f32, round once to D). Bit for bit equal to the scalar
+// conversions in float_formats.h for every finite input and for +-Inf.
+//
+// Highway "-inl.h" convention: include after hwy/highway.h, once per target (the toggled
+// include guard below), from inside a file compiled through foreach_target.
+
+#if defined(QUENCH_SCHEMES_ROUNDING_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QUENCH_SCHEMES_ROUNDING_INL_H_
+#undef QUENCH_SCHEMES_ROUNDING_INL_H_
+#else
+#define QUENCH_SCHEMES_ROUNDING_INL_H_
+#endif
+
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "quench/dtype.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace quench {
+namespace HWY_NAMESPACE {
+namespace rounding {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Raw lane type of a weight dtype and its bit-pattern constants. For sign-magnitude IEEE
+// formats, the abs bit patterns of finite values order like their magnitudes; a pattern is
+// Inf or NaN exactly when its abs bits are >= kInfBits.
+template <DType D>
+struct Traits;
+template <>
+struct Traits<DType::kBF16> {
+  using T = uint16_t;
+  using S = int16_t;
+  static constexpr T kAbsMask = 0x7FFF;
+  static constexpr T kInfBits = 0x7F80;
+};
+template <>
+struct Traits<DType::kF16> {
+  using T = uint16_t;
+  using S = int16_t;
+  static constexpr T kAbsMask = 0x7FFF;
+  static constexpr T kInfBits = 0x7C00;
+};
+template <>
+struct Traits<DType::kF32> {
+  using T = uint32_t;
+  using S = int32_t;
+  static constexpr T kAbsMask = 0x7FFFFFFF;
+  static constexpr T kInfBits = 0x7F800000;
+};
+
+// Loads Lanes(df) elements of dtype D at p (unaligned) as exact f32 values.
+template <DType D, class DF>
+HWY_INLINE hn::Vec<DF> LoadF32(DF df, const uint8_t* p) {
+  if constexpr (D == DType::kBF16) {
+    // bf16 is the upper half of an f32: widen and shift left by 16.
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::RebindToUnsigned<DF> du;
+    const auto wide = hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(p)));
+    return hn::BitCast(df, hn::ShiftLeft<16>(wide));
+  } else if constexpr (D == DType::kF16) {
+    // binary16 -> binary32 is exact for every finite value (F16C, or Highway's integer
+    // emulation, exact for finite inputs; callers refuse Inf/NaN before this pass).
+    const hn::Rebind<hwy::float16_t, DF> d16;
+    return hn::PromoteTo(df, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(p)));
+  } else {
+    return hn::LoadU(df, reinterpret_cast<const float*>(p));
+  }
+}
+
+// RNE_D(v) for non-NaN v, as an f32 value (c10's f32 -> D conversion, then back).
+template <DType D, class DF>
+HWY_INLINE hn::Vec<DF> RoundToDType(DF df, hn::Vec<DF> v) {
+  const hn::RebindToUnsigned<DF> du;
+  if constexpr (D == DType::kBF16) {
+    // c10 round_to_nearest_even: add 0x7FFF plus the lowest kept bit, drop 16 bits. Valid
+    // for every non-NaN pattern, subnormals and Inf included (bf16 keeps f32's exponent);
+    // a carry out of the mantissa is RNE's step into the next binade (or to Inf).
+    const auto bits = hn::BitCast(du, v);
+    const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+    const auto rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), lsb));
+    return hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFF0000u)));
+  } else if constexpr (D == DType::kF16) {
+    // Normal binary16 range [2^-14, 65520): keep 10 mantissa bits, RNE on the 13 dropped
+    // bits (bias 0xFFF plus the lowest kept bit); a carry steps into the next binade.
+    const auto bits = hn::BitCast(du, v);
+    const auto lsb = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1u));
+    const auto rounded = hn::Add(bits, hn::Add(hn::Set(du, 0xFFFu), lsb));
+    const auto normal = hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFFE000u)));
+    // Below 2^-14 the grid is the subnormal step 2^-24: |v| + 0.5 has an f32 ulp of exactly
+    // 2^-24 on [0.5, 1), so the FPU's RNE addition rounds |v| onto that grid (ties to an
+    // even multiple, as binary16 does); subtracting 0.5 is then exact.
+    const auto abs = hn::Abs(v);
+    const auto half = hn::Set(df, 0.5f);
+    const auto subnormal = hn::CopySignToAbs(hn::Sub(hn::Add(abs, half), half), v);
+    // |v| >= 65520 (midpoint of 65504 and 2^16) overflows to Inf under RNE.
+    const auto inf = hn::CopySignToAbs(hn::Inf(df), v);
+    const auto result =
+        hn::IfThenElse(hn::Lt(abs, hn::Set(df, 6.103515625e-05f)), subnormal, normal);  // 2^-14
+    return hn::IfThenElse(hn::Ge(abs, hn::Set(df, 65520.0f)), inf, result);
+  } else {
+    (void)du;
+    return v;  // f32 weights: f32 arithmetic is already in D.
+  }
+}
+
+}  // namespace rounding
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace quench
+HWY_AFTER_NAMESPACE();
+
+#endif  // QUENCH_SCHEMES_ROUNDING_INL_H_
