@@ -15,60 +15,18 @@
 #include "test_util.h"
 
 namespace qt = quench::testing;
+using qt::Bf16Bytes;
+using qt::DecodeBF16;
+using qt::DecodeE4M3;
+using qt::RawTensor;
+using qt::WriteShard;
+using qt::Loaded;
+using qt::LoadAll;
+using qt::FindTensor;
 namespace fs = std::filesystem;
 using quench::DType;
 
 namespace {
-
-// float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities.
-double DecodeE4M3(uint8_t c) {
-  const int sign = c >> 7, e = (c >> 3) & 0xF, m = c & 7;
-  double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
-  return sign ? -v : v;
-}
-
-double DecodeBF16(const uint8_t* p) {
-  uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-struct Loaded {
-  quench::Shard shard;
-  std::string bytes;
-  const quench::TensorInfo* Find(const std::string& name) const {
-    for (const auto& t : shard.header.tensors) {
-      if (t.name == name) return &t;
-    }
-    return nullptr;
-  }
-  const uint8_t* Data(const quench::TensorInfo& t) const {
-    return reinterpret_cast<const uint8_t*>(bytes.data()) + shard.header.data_start + t.begin;
-  }
-};
-
-std::map<std::string, Loaded> LoadAll(const fs::path& dir) {
-  std::map<std::string, Loaded> out;
-  auto folder = quench::LoadModelFolder(dir);
-  REQUIRE_MESSAGE(folder.ok(), folder.status().ToString());
-  for (auto& s : folder->shards) {
-    Loaded l;
-    l.bytes = qt::ReadBytes(s.path);
-    l.shard = s;
-    out[s.rel_name] = std::move(l);
-  }
-  return out;
-}
-
-// Finds tensor `name` in any shard of `all`.
-std::pair<const Loaded*, const quench::TensorInfo*> FindTensor(
-    const std::map<std::string, Loaded>& all, const std::string& name) {
-  for (const auto& [_, l] : all) {
-    if (const auto* t = l.Find(name)) return {&l, t};
-  }
-  return {nullptr, nullptr};
-}
 
 quench::Result<quench::ConvertSummary> ConvertDir(const fs::path& src, const fs::path& dst,
                                                   const std::string& scheme, int threads = 0,
@@ -80,39 +38,6 @@ quench::Result<quench::ConvertSummary> ConvertDir(const fs::path& src, const fs:
   o.threads = threads;
   o.memory_limit = memory;
   return quench::Convert(o);
-}
-
-// Writes a single-shard checkpoint whose tensors hold the given raw bytes.
-struct RawTensor {
-  std::string name;
-  DType dtype;
-  std::vector<uint64_t> shape;
-  std::string bytes;
-};
-
-void WriteShard(const fs::path& file, const std::vector<RawTensor>& tensors) {
-  std::vector<quench::TensorSpec> specs;
-  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape, t.bytes.size()});
-  auto layout = quench::LayOutSafetensors(specs);
-  std::string out = layout.header;
-  out.resize(layout.file_size);
-  for (const auto& ti : layout.tensors) {
-    for (const auto& t : tensors) {
-      if (t.name == ti.name) std::memcpy(out.data() + layout.data_start + ti.begin, t.bytes.data(), t.bytes.size());
-    }
-  }
-  qt::WriteBytes(file, out);
-}
-
-std::string Bf16Bytes(const std::vector<float>& v) {
-  std::string s(v.size() * 2, '\0');
-  for (size_t i = 0; i < v.size(); ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &v[i], 4);
-    const uint16_t h = static_cast<uint16_t>(bits >> 16);  // truncation: any BF16 is valid input
-    std::memcpy(s.data() + 2 * i, &h, 2);
-  }
-  return s;
 }
 
 const fs::path kTiny = qt::DataDir() / "tiny-llama";

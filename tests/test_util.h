@@ -2,11 +2,15 @@
 #ifndef QUENCH_TESTS_TEST_UTIL_H_
 #define QUENCH_TESTS_TEST_UTIL_H_
 
+#include <doctest/doctest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,9 +19,13 @@
 #include <string>
 #include <vector>
 
+#include "format/model_folder.h"
+#include "format/safetensors.h"
+
 namespace quench::testing {
 
 namespace fs = std::filesystem;
+using quench::DType;
 
 inline fs::path DataDir() {
   if (const char* d = std::getenv("QUENCH_DATA_DIR")) return d;
@@ -106,6 +114,118 @@ inline RunResult RunQuench(const std::vector<std::string>& args) {
   r.err = ReadBytes(err);
   return r;
 }
+
+
+// ---- Independent decoders, written from the format definitions (not the code under test).
+
+// bfloat16: the high half of an IEEE binary32.
+inline double DecodeBF16(const uint8_t* p) {
+  uint32_t bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities.
+inline double DecodeE4M3(uint8_t c) {
+  const int sign = c >> 7, e = (c >> 3) & 0xF, m = c & 7;
+  double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return sign ? -v : v;
+}
+
+// FP4 E2M1 nibble: 1 sign, 2 exponent (bias 1), 1 mantissa bit.
+inline double DecodeE2M1(uint8_t nibble) {
+  const int sign = (nibble >> 3) & 1, e = (nibble >> 1) & 3, m = nibble & 1;
+  double v = e == 0 ? m * 0.5 : std::ldexp(1.0 + m / 2.0, e - 1);
+  return sign ? -v : v;
+}
+
+// Rounds a double to bfloat16 with round-to-nearest-even (via binary32, exact for the values
+// the tests feed it).
+inline float RoundBF16(double d) {
+  float f = static_cast<float>(d);
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ---- Small checkpoints written by the tests.
+
+struct RawTensor {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  std::string bytes;
+};
+
+inline void WriteShard(const fs::path& file, const std::vector<RawTensor>& tensors) {
+  std::vector<quench::TensorSpec> specs;
+  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape, t.bytes.size()});
+  auto layout = quench::LayOutSafetensors(specs);
+  std::string out = layout.header;
+  out.resize(layout.file_size);
+  for (const auto& ti : layout.tensors) {
+    for (const auto& t : tensors) {
+      if (t.name == ti.name) {
+        std::memcpy(out.data() + layout.data_start + ti.begin, t.bytes.data(), t.bytes.size());
+      }
+    }
+  }
+  WriteBytes(file, out);
+}
+
+// BF16 bytes of `v` (truncation: any BF16 is valid input).
+inline std::string Bf16Bytes(const std::vector<float>& v) {
+  std::string s(v.size() * 2, '\0');
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &v[i], 4);
+    const uint16_t h = static_cast<uint16_t>(bits >> 16);
+    std::memcpy(s.data() + 2 * i, &h, 2);
+  }
+  return s;
+}
+
+// ---- Reading outputs back.
+
+struct Loaded {
+  quench::Shard shard;
+  std::string bytes;
+  const quench::TensorInfo* Find(const std::string& name) const {
+    for (const auto& t : shard.header.tensors) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+  const uint8_t* Data(const quench::TensorInfo& t) const {
+    return reinterpret_cast<const uint8_t*>(bytes.data()) + shard.header.data_start + t.begin;
+  }
+};
+
+inline std::map<std::string, Loaded> LoadAll(const fs::path& dir) {
+  std::map<std::string, Loaded> out;
+  auto folder = quench::LoadModelFolder(dir);
+  REQUIRE_MESSAGE(folder.ok(), folder.status().ToString());
+  for (auto& s : folder->shards) {
+    Loaded l;
+    l.bytes = ReadBytes(s.path);
+    l.shard = s;
+    out[s.rel_name] = std::move(l);
+  }
+  return out;
+}
+
+// Finds tensor `name` in any shard of `all`.
+inline std::pair<const Loaded*, const quench::TensorInfo*> FindTensor(
+    const std::map<std::string, Loaded>& all, const std::string& name) {
+  for (const auto& [_, l] : all) {
+    if (const auto* t = l.Find(name)) return {&l, t};
+  }
+  return {nullptr, nullptr};
+}
+
 
 }  // namespace quench::testing
 
