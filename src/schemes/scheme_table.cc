@@ -147,16 +147,19 @@ constexpr QuantArgsDesc kNvfp4Weights = {
 
 constexpr std::string_view kMarlinInt =
     "Ampere or newer (Marlin/Machete mixed-precision kernels)";
+constexpr std::string_view kOddBits =
+    "no vLLM GPU kernel for this width (Marlin/Machete run 4 and 8 bits); for other readers";
 
 // An int pack-quantized weight-only preset WnA16.
-SchemeInfo PackedA16(std::string_view name, std::string_view summary, int bits) {
+SchemeInfo PackedA16(std::string_view name, std::string_view summary, int bits,
+                     std::string_view gpu = kMarlinInt) {
   return {
       .name = name,
       .format = "pack-quantized",
       .summary = summary,
       .weights_desc = "int, scale per group of 128 (weight dtype), packed in int32",
       .activations_desc = "none (16-bit)",
-      .gpu = kMarlinInt,
+      .gpu = gpu,
       .weights = IntWeights(bits, 128),
       .input_activations = std::nullopt,
       .row_align = 1,
@@ -252,11 +255,11 @@ const SchemeInfo kSchemes[] = {
     },
     PackedA16("W4A16", "int4 weights per group of 128, packed; 16-bit activations", 4),
     PackedA16("W8A16", "int8 weights per group of 128, packed; 16-bit activations", 8),
-    PackedA16("W2A16", "int2 weights per group of 128, packed; 16-bit activations", 2),
-    PackedA16("W3A16", "int3 weights per group of 128, packed; 16-bit activations", 3),
-    PackedA16("W5A16", "int5 weights per group of 128, packed; 16-bit activations", 5),
-    PackedA16("W6A16", "int6 weights per group of 128, packed; 16-bit activations", 6),
-    PackedA16("W7A16", "int7 weights per group of 128, packed; 16-bit activations", 7),
+    PackedA16("W2A16", "int2 weights per group of 128, packed; 16-bit activations", 2, kOddBits),
+    PackedA16("W3A16", "int3 weights per group of 128, packed; 16-bit activations", 3, kOddBits),
+    PackedA16("W5A16", "int5 weights per group of 128, packed; 16-bit activations", 5, kOddBits),
+    PackedA16("W6A16", "int6 weights per group of 128, packed; 16-bit activations", 6, kOddBits),
+    PackedA16("W7A16", "int7 weights per group of 128, packed; 16-bit activations", 7, kOddBits),
     {
         .name = "W4A16_ASYM",
         .format = "pack-quantized",
