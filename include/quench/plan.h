@@ -11,6 +11,7 @@
 
 #include "quench/dtype.h"
 #include "quench/scheme.h"
+#include "quench/status.h"
 
 namespace quench {
 
@@ -73,6 +74,8 @@ struct Plan {
   // them (q/k/v, gate/up, w1/w3, MLA q_a/kv_a); singletons are sets of one.
   std::vector<std::vector<size_t>> fused_sets;
   std::vector<std::string> notes;       // warnings and information for the user
+  // Every problem found while planning (a real run stops at the first; --dry-run lists all).
+  std::vector<Status> errors;
   std::vector<std::string> config_ignore;  // the ignore list written to quantization_config
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;

@@ -99,6 +99,15 @@ Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallb
   if (callbacks.note) {
     for (const std::string& n : plan.notes) callbacks.note(n);
   }
+  if (!plan.errors.empty()) {
+    Status first = plan.errors.front();
+    std::string msg = first.message();
+    if (plan.errors.size() > 1) {
+      msg += " (and " + std::to_string(plan.errors.size() - 1) +
+             " more planning errors; --dry-run lists them all)";
+    }
+    return Error(first.code(), msg);
+  }
   std::error_code ec;
   const bool created = !fs::exists(options.dst, ec);
   fs::create_directories(options.dst, ec);

@@ -210,28 +210,33 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
             names.push_back(t->name);
             break;
           }
+          // Each problem is recorded and the tensor planned as a copy, so that planning goes
+          // on and --dry-run can list every error a real run would stop at.
+          std::string problem;
           if (t->shape.size() != 2) {
-            return Error(ErrorCode::kUnsupported,
-                         where + " is targeted for " + std::string(scheme->name) +
-                             " but has shape " + ShapeString(t->shape) +
-                             "; only 2-D weights can be quantized (add it to --ignore)");
-          }
-          if (!IsQuantizableFloat(t->dtype)) {
-            return Error(ErrorCode::kUnsupported,
-                         where + " has dtype " + std::string(DTypeName(t->dtype)) +
-                             "; only BF16, F16 and F32 weights can be quantized (add it to "
-                             "--ignore, or dequantize the checkpoint first)");
-          }
-          const uint64_t rows = t->shape[0], cols = t->shape[1];
-          if (scheme->check_shape != nullptr) {
-            std::string why = scheme->check_shape(rows, cols, params);
+            problem = where + " is targeted for " + std::string(scheme->name) +
+                      " but has shape " + ShapeString(t->shape) +
+                      "; only 2-D weights can be quantized (add it to --ignore)";
+          } else if (!IsQuantizableFloat(t->dtype)) {
+            problem = where + " has dtype " + std::string(DTypeName(t->dtype)) +
+                      "; only BF16, F16 and F32 weights can be quantized (add it to "
+                      "--ignore, or dequantize the checkpoint first)";
+          } else if (scheme->check_shape != nullptr) {
+            const std::string why = scheme->check_shape(t->shape[0], t->shape[1], params);
             if (!why.empty()) {
-              return Error(ErrorCode::kUnsupported,
-                           where + " " + ShapeString(t->shape) + ": " + why + " for " +
-                               std::string(scheme->name) +
-                               "; add it to --ignore or pick another scheme");
+              problem = where + " " + ShapeString(t->shape) + ": " + why + " for " +
+                        std::string(scheme->name) + "; add it to --ignore or pick another scheme";
             }
           }
+          if (!problem.empty()) {
+            plan.errors.push_back(Error(ErrorCode::kUnsupported, problem));
+            pt.action = TensorAction::kCopy;
+            pt.why = "error";
+            specs.push_back({t->name, t->dtype, t->shape, t->nbytes()});
+            names.push_back(t->name);
+            break;
+          }
+          const uint64_t rows = t->shape[0], cols = t->shape[1];
           pt.action = TensorAction::kQuantize;
           pt.scheme = scheme;
           pt.params = params;
@@ -272,10 +277,10 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
     for (size_t i = 0; i < layout.tensors.size(); ++i) {
       const TensorInfo& ti = layout.tensors[i];
       if (!index_of.emplace(ti.name, i).second) {
-        return Error(ErrorCode::kInvalidInput,
-                     shard.rel_name + ": output tensor '" + ti.name +
-                         "' would be written twice (the source already has a tensor of that "
-                         "name); add its module to --ignore");
+        plan.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                    shard.rel_name + ": output tensor '" + ti.name +
+                                        "' would be written twice (the source already has a "
+                                        "tensor of that name); add its module to --ignore"));
       }
     }
     for (const TensorInfo& ti : layout.tensors) {

@@ -1,0 +1,93 @@
+// `quench verify`: checks a compressed-tensors checkpoint (quench's or anyone's) against its
+// quantization_config and, optionally, against the source checkpoint it was made from.
+//
+// Structure (DST alone): every module the config selects (compressed-tensors' rule: 2-D
+// `M.weight`, M not ending in "norm", matching a group's targets and no ignore entry; first
+// group wins) has exactly the tensors its group's format writes, with the right dtypes and
+// shapes; no module the config does not select carries quantization tensors; codes are valid
+// (no E4M3 NaN codes, int values and zero points in range, finite positive scales);
+// weight_shape agrees with the packed tensors; NVFP4 fused siblings (q/k/v, gate/up incl.
+// per-expert, w1/w3, MLA q_a/kv_a) share one weight_global_scale; the index lists every tensor.
+//
+// Against SRC: nothing is missing or extra (every source tensor is either copied byte for byte
+// or replaced by its quantized tensors), and every quantized tensor dequantizes close to the
+// source: per-tensor SQNR at or above its format's threshold, and every element within the
+// format's hard bound (half the grid step at its code, plus the rounding of the quotient in the
+// weight dtype; values beyond the grid's end must sit on the end code).
+//
+// Memory is bounded: files are memory-mapped and every tensor is walked in row chunks whose
+// pages are released after use; no tensor or shard is ever copied into memory.
+#ifndef QUENCH_VERIFY_VERIFY_H_
+#define QUENCH_VERIFY_VERIFY_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "format/json.h"
+#include "quench/status.h"
+
+namespace quench {
+
+struct VerifyOptions {
+  std::filesystem::path dst;
+  std::optional<std::filesystem::path> src;  // the checkpoint DST was made from
+  // At most this many hard-bound messages per tensor are reported (one line, with a count).
+  // Thresholds can be shifted for experiments: SQNR thresholds + sqnr_margin_db.
+  double sqnr_margin_db = 0;
+};
+
+// One thing wrong. `rule` is a short stable identifier (listed in verify.cc's kRules).
+struct VerifyProblem {
+  std::string file;    // path relative to DST (or "SRC:<rel>" for a source file), may be empty
+  std::string tensor;  // tensor or module name, may be empty
+  std::string rule;
+  std::string message;
+  // "model.safetensors: tensor 'x.weight_scale': dtype: expected BF16, found F32"
+  std::string ToString() const;
+};
+
+// Quality of one quantized module measured against the source.
+struct TensorQuality {
+  std::string module;        // M (the tensors are M.weight / M.weight_packed, ...)
+  std::string file;          // DST shard holding M's weight tensor
+  std::string group;         // config group key
+  std::string kind;          // "fp8", "int4", "nvfp4", ... (the threshold family)
+  uint64_t elements = 0;
+  double sqnr_db = 0;        // +inf when the error is exactly zero
+  double threshold_db = 0;
+  double worst_bound_ratio = 0;  // max over elements of |x - deq| / hard bound (<= 1 passes)
+  uint64_t bound_violations = 0;
+};
+
+struct VerifyReport {
+  std::filesystem::path dst;
+  std::optional<std::filesystem::path> src;
+  std::vector<VerifyProblem> problems;
+  std::vector<TensorQuality> quality;  // one per quantized module checked against SRC
+  uint64_t shards = 0;
+  uint64_t tensors = 0;               // tensors in DST
+  uint64_t modules_quantized = 0;     // modules the config selects (and DST quantizes)
+  uint64_t tensors_copied = 0;        // source tensors found unchanged (SRC only)
+  uint64_t bytes_compared = 0;        // source bytes compared or dequantized against (SRC only)
+  bool ok() const { return problems.empty(); }
+};
+
+// Errors (as a Status) only when DST cannot be examined at all (missing folder, I/O failure);
+// a malformed or inconsistent checkpoint is reported as problems in the report.
+Result<VerifyReport> Verify(const VerifyOptions& options);
+
+// The SQNR threshold (dB) below which a quantized tensor is an error, for a threshold family
+// ("fp8", "int2".."int8", "nvfp4", "mxfp4") and whether scales are per channel (coarser than
+// groups). Chosen from measurements on data/tiny-llama with a margin; see verify.cc.
+double SqnrThresholdDb(std::string_view kind, bool per_channel);
+
+// {"ok", "dst", "src", "summary": {...}, "problems": [...], "tensors": [...]}.
+JsonValue VerifyReportJson(const VerifyReport& report);
+
+}  // namespace quench
+
+#endif  // QUENCH_VERIFY_VERIFY_H_
