@@ -309,6 +309,81 @@ TEST_SUITE("convert") {
     }
   }
 
+  TEST_CASE("--dry-run plans without writing and lists every error; sizes match a real run") {
+    qt::TempDir tmp;
+    const fs::path out = tmp / "out";
+    // Every planning error is listed (two down_proj tensors in two shards), nothing written.
+    auto bad = qt::RunQuench({"convert", kTiny.string(), out.string(), "--scheme", "W4A16",
+                              "--dry-run", "--report", (tmp / "plan.json").string()});
+    CHECK(bad.exit_code == 3);
+    CHECK(bad.err.find("model.layers.0.mlp.down_proj.weight") != std::string::npos);
+    CHECK(bad.err.find("model.layers.1.mlp.down_proj.weight") != std::string::npos);
+    CHECK(bad.err.find("2 error(s)") != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    auto plan = quench::ReadJsonFile((tmp / "plan.json").string());
+    REQUIRE(plan.ok());
+    CHECK(plan->Find("dry_run")->as_bool());
+    CHECK(plan->Find("errors")->as_array().size() == 2);
+    CHECK(plan->Find("status")->as_string() == "unsupported");
+    // A destination problem is reported along with the plan.
+    qt::WriteBytes(tmp / "busy/x", "x");
+    auto busy = qt::RunQuench({"convert", kTiny.string(), (tmp / "busy").string(), "--scheme",
+                               "FP8_DYNAMIC", "--dry-run"});
+    CHECK(busy.exit_code == 2);
+    CHECK(busy.err.find("--overwrite") != std::string::npos);
+
+    // A clean plan: every tensor listed, and the planned shard sizes are the real ones.
+    auto good = qt::RunQuench({"convert", kTiny.string(), out.string(), "--scheme", "FP8_BLOCK",
+                               "--dry-run"});
+    CHECK(good.exit_code == 0);
+    CHECK_FALSE(fs::exists(out));
+    for (const auto& [_, l] : qt::LoadAll(kTiny)) {
+      for (const auto& t : l.shard.header.tensors) CHECK(good.out.find(t.name) != std::string::npos);
+    }
+    auto real = qt::RunQuench({"convert", kTiny.string(), out.string(), "--scheme", "FP8_BLOCK",
+                               "-q", "--report", (tmp / "run.json").string()});
+    REQUIRE(real.exit_code == 0);
+    for (const char* shard : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+      CHECK(good.out.find(std::string(shard) + " " ) != std::string::npos);
+      CHECK(good.out.find(std::to_string(fs::file_size(out / shard)) + " bytes") != std::string::npos);
+    }
+    // The run's report accounts for every tensor and byte actually written.
+    auto rep = quench::ReadJsonFile((tmp / "run.json").string());
+    REQUIRE(rep.ok());
+    CHECK(rep->Find("status")->as_string() == "ok");
+    CHECK_FALSE(rep->Find("dry_run")->as_bool());
+    CHECK(rep->Find("tensors")->as_array().size() == 21);
+    CHECK(rep->Find("totals")->Find("tensors_quantized")->as_uint() == 14);
+    uint64_t files = 0;
+    for (const auto& sh : rep->Find("shards")->as_array()) {
+      CHECK(sh.Find("bytes")->as_uint() == fs::file_size(out / sh.Find("name")->as_string()));
+      files += sh.Find("bytes")->as_uint();
+    }
+    CHECK(rep->Find("totals")->Find("bytes_out")->as_uint() == files);
+    CHECK(rep->Find("peak_rss_bytes")->as_uint() > 0);
+    CHECK(rep->Find("wall_seconds")->as_double() > 0);
+    CHECK(rep->Find("recipe")->Find("weights")->Find("strategy")->as_string() == "block");
+  }
+
+  TEST_CASE("a failed run still writes its report, with the error") {
+    qt::TempDir tmp;
+    std::vector<float> v(32 * 16, 0.5f);
+    v[3] = std::nanf("");
+    WriteShard(tmp / "src/model.safetensors", {{"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
+    auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "o").string(), "--scheme",
+                            "FP8_DYNAMIC", "--report", (tmp / "r.json").string()});
+    CHECK(r.exit_code == 3);
+    auto rep = quench::ReadJsonFile((tmp / "r.json").string());
+    REQUIRE(rep.ok());
+    CHECK(rep->Find("status")->as_string() == "non-finite");
+    CHECK(rep->Find("error")->as_string().find("b.proj.weight") != std::string::npos);
+    // --report inside the source is refused like any write into it.
+    auto in_src = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "o").string(),
+                                 "--scheme", "FP8_DYNAMIC", "--report", (tmp / "src/r.json").string()});
+    CHECK(in_src.exit_code == 2);
+    CHECK_FALSE(fs::exists(tmp / "src/r.json"));
+  }
+
   TEST_CASE("inspect lists tensors and the quantization_config") {
     qt::TempDir tmp;
     REQUIRE(ConvertDir(kTiny, tmp / "o", "FP8_DYNAMIC").ok());
@@ -336,6 +411,7 @@ TEST_SUITE("convert") {
     CHECK(c.exit_code == 0);
     for (const char* flag : {"--scheme", "--targets", "--ignore", "--no-default-ignore",
                              "--memory-limit", "--threads", "--overwrite", "--quiet",
+                             "--dry-run", "--report", "--group-size", "--asymmetric",
                              "FP8_DYNAMIC", "FP8_BLOCK"}) {
       CHECK_MESSAGE(c.out.find(flag) != std::string::npos, flag);
     }

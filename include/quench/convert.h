@@ -30,6 +30,7 @@ struct ConvertOptions {
   uint64_t memory_limit = kDefaultMemoryLimit;
   int threads = 0;                     // 0: every core
   bool overwrite = false;              // allow a non-empty existing DST
+  std::filesystem::path report;        // --report: write the run's JSON account here
 };
 
 struct Progress {
@@ -60,6 +61,10 @@ Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& cal
 // Plans, then streams every tensor through the pipeline and finalises DST.
 Result<ConvertSummary> Convert(const ConvertOptions& options,
                                const ConvertCallbacks& callbacks = {});
+
+// Plans without reading any weight or writing anything but `options.report` (if set); the
+// plan holds every error and warning a real run would raise before reading weights.
+Result<Plan> DryRun(const ConvertOptions& options, const ConvertCallbacks& callbacks = {});
 
 // Parses "512M", "2G", "1.5GiB", "1000000" into bytes.
 Result<uint64_t> ParseByteSize(std::string_view text);

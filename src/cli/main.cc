@@ -83,6 +83,11 @@ std::string ConvertHelp() {
        "                        integer schemes: without or with zero points; default: preset's\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
        "  --threads N           worker threads; default: every core\n"
+       "  --dry-run             plan only: print every tensor's action, scheme and bytes, every\n"
+       "                        output shard, totals, warnings and errors; read no weight and\n"
+       "                        write nothing (except --report); exit 3 if a run would fail\n"
+       "  --report FILE.json    write a JSON account: recipe as resolved, per tensor action,\n"
+       "                        scheme, shapes and bytes, shards, totals, time, peak memory\n"
        "  --overwrite           allow a DST that exists and is not empty (files of the same\n"
        "                        name are replaced; other files are left as they are)\n"
        "  -q, --quiet           no progress and no notes; errors only\n";
@@ -144,9 +149,68 @@ class ProgressPrinter {
   std::chrono::steady_clock::time_point start_, last_{};
 };
 
+std::string Bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));
+  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(b) / (1ull << 20));
+  else if (b >= 1024) std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
+  else std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
+  return buf;
+}
+
+// --dry-run: the plan as a table on stdout; notes and errors on stderr.
+int PrintDryRun(const ConvertOptions& o) {
+  auto plan = DryRun(o);
+  if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
+  const Plan& p = *plan;
+  size_t width = 6;
+  for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
+  std::printf("plan: %s -> %s, scheme %s\n", p.src.c_str(), o.dst.c_str(), o.scheme.c_str());
+  std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
+              "scheme", "bytes in", "bytes out", "note");
+  uint64_t quantized = 0;
+  for (const PlannedTensor& t : p.tensors) {
+    uint64_t out = 0;
+    for (size_t oi : t.outputs) out += p.shards[t.shard].outputs[oi].nbytes;
+    const bool q = t.action == TensorAction::kQuantize;
+    quantized += q;
+    std::string note = q ? "" : t.why;
+    if (q && t.fused_set >= 0 && p.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
+      note = "global scale shared by " +
+             std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
+    }
+    std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
+                q ? "quantize" : "copy", q ? std::string(t.scheme->name).c_str() : "-",
+                static_cast<unsigned long long>(t.src_bytes), static_cast<unsigned long long>(out),
+                note.c_str());
+  }
+  std::printf("\noutput shards:\n");
+  for (const PlannedShard& ps : p.shards) {
+    std::printf("  %-40s %14llu bytes (%s)\n", ps.rel_name.c_str(),
+                static_cast<unsigned long long>(ps.file_size), Bytes(ps.file_size).c_str());
+  }
+  for (const PlannedFile& f : p.files) {
+    std::printf("  %-40s %s\n", f.rel_name.c_str(), f.copy_from.empty() ? "(written)" : "(copied)");
+  }
+  std::printf("\ntotal: %zu tensors, %llu quantized; %s read, %s written (%.3fx)\n",
+              p.tensors.size(), static_cast<unsigned long long>(quantized), Bytes(p.bytes_in).c_str(),
+              Bytes(p.bytes_out).c_str(),
+              p.bytes_in ? static_cast<double>(p.bytes_out) / static_cast<double>(p.bytes_in) : 0.0);
+  std::printf("not checked without reading weights: NaN/Inf values\n");
+  for (const std::string& n : p.notes) std::fprintf(stderr, "quench: %s\n", n.c_str());
+  for (const Status& e : p.errors) std::fprintf(stderr, "quench: error: %s\n", e.ToString().c_str());
+  if (!p.errors.empty()) {
+    std::fprintf(stderr, "quench: %zu error(s): a real run would stop before reading weights\n",
+                 p.errors.size());
+    return ExitCodeFor(p.errors.front().code());
+  }
+  return 0;
+}
+
 int RunConvert(const std::vector<std::string>& args) {
   ConvertOptions o;
   bool quiet = false;
+  bool dry_run = false;
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -191,6 +255,11 @@ int RunConvert(const std::vector<std::string>& args) {
         return ReportError("--threads needs a whole number from 1 to 4096, not '" + v + "'", 2);
       }
       o.threads = static_cast<int>(n);
+    } else if (a == "--dry-run") {
+      dry_run = true;
+    } else if (flag == "--report") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.report = v;
     } else if (a == "--overwrite") {
       o.overwrite = true;
     } else if (a == "-q" || a == "--quiet") {
@@ -210,6 +279,7 @@ int RunConvert(const std::vector<std::string>& args) {
   o.src = positional[0];
   o.dst = positional[1];
 
+  if (dry_run) return PrintDryRun(o);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   ProgressPrinter progress(quiet);

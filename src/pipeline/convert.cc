@@ -12,6 +12,7 @@
 #include "format/model_folder.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
+#include "pipeline/report.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -88,14 +89,60 @@ Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& cal
   if (!fs::exists(options.src, ec)) {
     return Error(ErrorCode::kUsage, options.src.string() + ": no such folder");
   }
-  QUENCH_RETURN_IF_ERROR(CheckDestination(options));
+  if (!options.report.empty() && IsSameOrInside(options.report, options.src)) {
+    return Error(ErrorCode::kUsage, "--report " + options.report.string() +
+                                        " is inside the source folder; quench never writes "
+                                        "into a source checkpoint");
+  }
+  const Status dst = CheckDestination(options);
+  // Usage errors about flags come before reading anything; a destination problem is
+  // reported with the plan, so that --dry-run shows it along with everything else.
+  if (!dst.ok() && dst.code() != ErrorCode::kUsage) return dst;
   QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src));
-  return BuildPlan(folder, options);
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, options));
+  if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
+  return plan;
 }
+
+Result<Plan> DryRun(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, callbacks));
+  if (!options.report.empty()) {
+    const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
+    QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
+        options.report,
+        DumpPythonJson(BuildReport(options, plan, nullptr, outcome, /*dry_run=*/true)) + "\n"));
+  }
+  return plan;
+}
+
+namespace {
+
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
+                                      const ConvertCallbacks& callbacks,
+                                      std::chrono::steady_clock::time_point t0);
+
+}  // namespace
 
 Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, callbacks));
+  Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
+  if (!options.report.empty()) {
+    const Status outcome = r.ok() ? Status::Ok() : r.status();
+    Status w = WriteFileAtomic(
+        options.report,
+        DumpPythonJson(BuildReport(options, plan, r.ok() ? &r.value() : nullptr, outcome,
+                                   /*dry_run=*/false)) + "\n");
+    if (r.ok() && !w.ok()) return w;
+  }
+  return r;
+}
+
+namespace {
+
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
+                                      const ConvertCallbacks& callbacks,
+                                      std::chrono::steady_clock::time_point t0) {
   if (callbacks.note) {
     for (const std::string& n : plan.notes) callbacks.note(n);
   }
@@ -165,5 +212,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallb
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return sum;
 }
+
+}  // namespace
 
 }  // namespace quench

@@ -1,0 +1,132 @@
+// `quench verify DST [SRC] [--json]`.
+#include "cli/verify_cmd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "cli/cli.h"
+#include "format/json.h"
+#include "verify/verify.h"
+
+namespace quench::cli {
+namespace {
+
+const char kVerifyHelp[] =
+    "usage: quench verify DST [SRC] [options]\n"
+    "\n"
+    "Checks the compressed-tensors checkpoint DST (quench's or any other tool's):\n"
+    "  - every module its quantization_config selects (2-D M.weight, M not ending in \"norm\",\n"
+    "    matching a group's targets and no ignore entry) has exactly the tensors of its\n"
+    "    group's format with the right dtypes and shapes (weight_shape contents included),\n"
+    "    valid codes and finite positive scales;\n"
+    "  - no module the config leaves alone carries quantization tensors;\n"
+    "  - NVFP4 fused siblings (q/k/v, gate/up, w1/w3, MLA q_a/kv_a) share weight_global_scale;\n"
+    "  - the index lists every tensor.\n"
+    "With SRC, the checkpoint DST was made from, also:\n"
+    "  - nothing is missing or extra: every source tensor is copied byte for byte or replaced\n"
+    "    by its quantized tensors;\n"
+    "  - every quantized tensor dequantizes close to the source: per-tensor SQNR at or above\n"
+    "    the format's threshold (fp8 25 dB, int8 32, int4 12 (10 per channel), nvfp4 14,\n"
+    "    mxfp4 11), and every element within half a grid step of its code (plus the rounding\n"
+    "    of the quotient in the weight dtype).\n"
+    "Streams tensor by tensor (memory maps, pages released after use).\n"
+    "\n"
+    "options:\n"
+    "  --json        machine-readable report on stdout: {\"ok\", \"summary\", \"problems\",\n"
+    "                \"tensors\"}\n"
+    "  --worst N     list the N lowest-SQNR tensors (default 10)\n"
+    "  -q, --quiet   only the problems and the summary line\n"
+    "\n"
+    "exit: 0 valid, 3 problems found (one line each: file: tensor: rule: message), 2 usage,\n"
+    "4 I/O failure.\n";
+
+}  // namespace
+
+int RunVerify(const std::vector<std::string>& args) {
+  VerifyOptions o;
+  bool json = false, quiet = false;
+  size_t worst = 10;
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(kVerifyHelp, stdout);
+      return 0;
+    } else if (a == "--json") {
+      json = true;
+    } else if (a == "-q" || a == "--quiet") {
+      quiet = true;
+    } else if (a == "--worst" || a.starts_with("--worst=")) {
+      std::string v;
+      if (a.size() > 7 && a[7] == '=') {
+        v = a.substr(8);
+      } else if (i + 1 < args.size()) {
+        v = args[++i];
+      } else {
+        return ReportError("verify: --worst needs a value", 2);
+      }
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0') return ReportError("verify: --worst takes a count", 2);
+      worst = n;
+    } else if (a.starts_with("-") && a != "-") {
+      return ReportError("verify: unknown option '" + a + "'\n\n" + kVerifyHelp, 2);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.empty() || positional.size() > 2) {
+    return ReportError(std::string("verify: expected DST [SRC]\n\n") + kVerifyHelp, 2);
+  }
+  o.dst = positional[0];
+  if (positional.size() == 2) o.src = positional[1];
+
+  auto r = Verify(o);
+  if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
+  const VerifyReport& rep = *r;
+  if (json) {
+    std::string out = DumpPythonJson(VerifyReportJson(rep));
+    out += '\n';
+    std::fputs(out.c_str(), stdout);
+    return rep.ok() ? 0 : 3;
+  }
+  for (const VerifyProblem& p : rep.problems) std::printf("%s\n", p.ToString().c_str());
+  if (!quiet && !rep.quality.empty() && worst > 0) {
+    std::vector<const TensorQuality*> q;
+    for (const TensorQuality& t : rep.quality) q.push_back(&t);
+    std::stable_sort(q.begin(), q.end(), [](const TensorQuality* a, const TensorQuality* b) {
+      return a->sqnr_db - a->threshold_db < b->sqnr_db - b->threshold_db;
+    });
+    double min_db = INFINITY, sum_db = 0;
+    size_t finite = 0;
+    for (const TensorQuality* t : q) {
+      min_db = std::min(min_db, t->sqnr_db);
+      if (std::isfinite(t->sqnr_db)) {
+        sum_db += t->sqnr_db;
+        ++finite;
+      }
+    }
+    std::printf("worst tensors (SQNR against the source, closest to their threshold first):\n");
+    for (size_t i = 0; i < q.size() && i < worst; ++i) {
+      const TensorQuality& t = *q[i];
+      std::printf("  %8.2f dB  (min %5.1f, %-5s)  bound %5.2f  %s\n", t.sqnr_db, t.threshold_db,
+                  t.kind.c_str(), t.worst_bound_ratio, t.module.c_str());
+    }
+    std::printf("SQNR over %zu tensors: min %.2f dB, mean %.2f dB\n", q.size(), min_db,
+                finite ? sum_db / static_cast<double>(finite) : INFINITY);
+  }
+  std::printf("%s: %llu shard(s), %llu tensors, %llu quantized modules",
+              rep.ok() ? "OK" : "INVALID", static_cast<unsigned long long>(rep.shards),
+              static_cast<unsigned long long>(rep.tensors),
+              static_cast<unsigned long long>(rep.modules_quantized));
+  if (rep.src) {
+    std::printf(", %llu copied tensors unchanged, %llu source bytes compared",
+                static_cast<unsigned long long>(rep.tensors_copied),
+                static_cast<unsigned long long>(rep.bytes_compared));
+  }
+  std::printf(", %zu problem(s)\n", rep.problems.size());
+  return rep.ok() ? 0 : 3;
+}
+
+}  // namespace quench::cli

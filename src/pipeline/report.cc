@@ -1,0 +1,134 @@
+#include "pipeline/report.h"
+
+#include <sys/resource.h>
+
+#include "format/quant_config.h"
+
+namespace quench {
+namespace {
+
+JsonValue Strings(const std::vector<std::string>& v) {
+  JsonValue a = JsonValue::MakeArray();
+  for (const std::string& s : v) a.Push(JsonValue(s));
+  return a;
+}
+
+JsonValue Shape(const std::vector<uint64_t>& shape) {
+  JsonValue a = JsonValue::MakeArray();
+  for (uint64_t d : shape) a.Push(JsonValue(d));
+  return a;
+}
+
+}  // namespace
+
+uint64_t PeakRssBytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
+                      const ConvertSummary* summary, const Status& status, bool dry_run) {
+  JsonValue recipe = JsonValue::MakeObject();
+  recipe.Set("scheme", JsonValue(options.scheme));
+  recipe.Set("targets", Strings(options.targets.empty() ? std::vector<std::string>{"Linear"}
+                                                        : options.targets));
+  recipe.Set("ignore", Strings(options.ignore));
+  recipe.Set("default_ignore", JsonValue(options.default_ignore));
+  recipe.Set("written_ignore", Strings(plan.config_ignore));
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.scheme != nullptr) {
+      recipe.Set("format", JsonValue(t.scheme->format));
+      recipe.Set("weights", QuantArgsJson(EffectiveWeights(*t.scheme, t.params)));
+      break;
+    }
+  }
+
+  JsonValue tensors = JsonValue::MakeArray();
+  uint64_t quantized = 0, copied = 0, q_in = 0, q_out = 0;
+  for (const PlannedTensor& t : plan.tensors) {
+    const PlannedShard& ps = plan.shards[t.shard];
+    JsonValue o = JsonValue::MakeObject();
+    o.Set("name", JsonValue(t.name));
+    o.Set("shard", JsonValue(ps.rel_name));
+    o.Set("dtype", JsonValue(DTypeName(t.dtype)));
+    o.Set("shape", Shape(t.shape));
+    o.Set("bytes_in", JsonValue(t.src_bytes));
+    uint64_t out_bytes = 0;
+    JsonValue outs = JsonValue::MakeArray();
+    for (size_t oi : t.outputs) {
+      const PlannedOutput& po = ps.outputs[oi];
+      out_bytes += po.nbytes;
+      JsonValue ot = JsonValue::MakeObject();
+      ot.Set("name", JsonValue(po.name));
+      ot.Set("dtype", JsonValue(DTypeName(po.dtype)));
+      ot.Set("shape", Shape(po.shape));
+      ot.Set("bytes", JsonValue(po.nbytes));
+      outs.Push(std::move(ot));
+    }
+    o.Set("bytes_out", JsonValue(out_bytes));
+    if (t.action == TensorAction::kQuantize) {
+      ++quantized;
+      q_in += t.src_bytes;
+      q_out += out_bytes;
+      o.Set("action", JsonValue("quantize"));
+      o.Set("scheme", JsonValue(t.scheme->name));
+      if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
+        JsonValue with = JsonValue::MakeArray();
+        for (size_t k : plan.fused_sets[static_cast<size_t>(t.fused_set)]) {
+          if (k != static_cast<size_t>(&t - plan.tensors.data())) with.Push(JsonValue(plan.tensors[k].name));
+        }
+        o.Set("fused_with", std::move(with));
+      }
+    } else {
+      ++copied;
+      o.Set("action", JsonValue("copy"));
+      o.Set("why", JsonValue(t.why));
+    }
+    o.Set("outputs", std::move(outs));
+    tensors.Push(std::move(o));
+  }
+  JsonValue shards = JsonValue::MakeArray();
+  for (const PlannedShard& ps : plan.shards) {
+    JsonValue s = JsonValue::MakeObject();
+    s.Set("name", JsonValue(ps.rel_name));
+    s.Set("bytes", JsonValue(ps.file_size));
+    s.Set("tensors", JsonValue(static_cast<uint64_t>(ps.outputs.size())));
+    shards.Push(std::move(s));
+  }
+  JsonValue totals = JsonValue::MakeObject();
+  totals.Set("tensors_quantized", JsonValue(quantized));
+  totals.Set("tensors_copied", JsonValue(copied));
+  totals.Set("bytes_in", JsonValue(plan.bytes_in));
+  totals.Set("bytes_out", JsonValue(plan.bytes_out));
+  totals.Set("quantized_bytes_in", JsonValue(q_in));
+  totals.Set("quantized_bytes_out", JsonValue(q_out));
+  JsonValue errors = JsonValue::MakeArray();
+  for (const Status& e : plan.errors) errors.Push(JsonValue(e.ToString()));
+
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("quench_version", JsonValue(QUENCH_VERSION));
+  r.Set("dry_run", JsonValue(dry_run));
+  r.Set("source", JsonValue(plan.src.string()));
+  r.Set("destination", JsonValue(options.dst.string()));
+  r.Set("recipe", std::move(recipe));
+  r.Set("tensors", std::move(tensors));
+  r.Set("shards", std::move(shards));
+  r.Set("totals", std::move(totals));
+  r.Set("notes", Strings(plan.notes));
+  r.Set("errors", std::move(errors));
+  r.Set("status", JsonValue(status.ok() ? "ok" : std::string(ErrorCodeName(status.code()))));
+  r.Set("error", status.ok() ? JsonValue() : JsonValue(status.message()));
+  if (summary != nullptr) {
+    r.Set("wall_seconds", JsonValue(summary->seconds));
+    r.Set("chunk_bytes", JsonValue(summary->chunk_bytes));
+    r.Set("chunks_in_flight", JsonValue(static_cast<int64_t>(summary->tokens)));
+  }
+  if (!dry_run) {
+    r.Set("peak_rss_bytes", JsonValue(PeakRssBytes()));
+    r.Set("memory_limit_bytes", JsonValue(options.memory_limit));
+  }
+  return r;
+}
+
+}  // namespace quench
