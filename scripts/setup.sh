@@ -3,7 +3,7 @@
 # (or sudo) only when something must be installed.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
-      doctest-dev python3)
+      libyaml-cpp-dev doctest-dev python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

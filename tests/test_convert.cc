@@ -362,7 +362,7 @@ TEST_SUITE("convert") {
     CHECK(rep->Find("totals")->Find("bytes_out")->as_uint() == files);
     CHECK(rep->Find("peak_rss_bytes")->as_uint() > 0);
     CHECK(rep->Find("wall_seconds")->as_double() > 0);
-    CHECK(rep->Find("recipe")->Find("weights")->Find("strategy")->as_string() == "block");
+    CHECK(rep->Find("recipe")->Find("groups")->as_array()[0].Find("weights")->Find("strategy")->as_string() == "block");
   }
 
   TEST_CASE("a failed run still writes its report, with the error") {

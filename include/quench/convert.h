@@ -22,6 +22,7 @@ struct ConvertOptions {
   std::filesystem::path src;
   std::filesystem::path dst;
   std::string scheme;                  // preset name as the user typed it (the config key)
+  std::filesystem::path recipe;        // instead of scheme/targets: a recipe file
   std::vector<std::string> targets;    // empty: every Linear ("Linear")
   std::vector<std::string> ignore;     // the user's ignore entries, in order
   bool default_ignore = true;          // also leave lm_head, embeddings, router gates alone

@@ -41,11 +41,21 @@ struct PlannedTensor {
   TensorAction action = TensorAction::kCopy;
   const SchemeInfo* scheme = nullptr;  // when quantized
   SchemeParams params;                 // the preset's parameters with the user's overrides
+  int group = -1;                      // index into Plan::groups when quantized
   int fused_set = -1;                  // index into Plan::fused_sets (NVFP4 global scale)
   float global_scale = 0.f;            // NVFP4: set by the pre-pass
   size_t kernel_outputs = 0;           // leading entries of `outputs` the kernel writes
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
+};
+
+// A config group as applied: written to quantization_config.config_groups under `key`.
+struct PlannedGroup {
+  std::string key;
+  const SchemeInfo* scheme = nullptr;
+  SchemeParams params;
+  std::vector<std::string> targets;
+  size_t tensors = 0;  // how many tensors it quantizes
 };
 
 struct PlannedShard {
@@ -66,6 +76,7 @@ struct Plan {
   std::filesystem::path src;
   std::filesystem::path dst;
   std::vector<PlannedShard> shards;
+  std::vector<PlannedGroup> groups;     // in the order the recipe (or flags) gave them
   std::vector<PlannedTensor> tensors;   // in source shard order, then header offset order
   // Non-safetensors files: copies of the source's other files, then the index and the config,
   // which are published last so a folder without them is visibly unfinished.

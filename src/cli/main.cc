@@ -69,6 +69,10 @@ std::string ConvertHelp() {
     col += static_cast<int>(sc.name.size()) + 1;
   }
   s += "\n"
+       "  --recipe FILE         several schemes in one run, instead of --scheme/--targets:\n"
+       "                        a compressed-tensors QuantizationConfig (.json, also a\n"
+       "                        config.json) or an llm-compressor YAML recipe with a\n"
+       "                        QuantizationModifier (scheme, targets, ignore, config_groups)\n"
        "  --targets ENTRY       module to quantize (repeatable); exact name or re:REGEX\n"
        "                        (Python re.match: anchored at the start). Default: Linear (all)\n"
        "  --ignore ENTRY        module to leave unquantized (repeatable), same syntax; written\n"
@@ -165,7 +169,14 @@ int PrintDryRun(const ConvertOptions& o) {
   const Plan& p = *plan;
   size_t width = 6;
   for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
-  std::printf("plan: %s -> %s, scheme %s\n", p.src.c_str(), o.dst.c_str(), o.scheme.c_str());
+  std::printf("plan: %s -> %s\n", p.src.c_str(), o.dst.c_str());
+  for (const PlannedGroup& g : p.groups) {
+    std::string targets;
+    for (const std::string& t : g.targets) targets += (targets.empty() ? "" : ", ") + t;
+    std::printf("  group %-16s %-12s %-22s targets %s: %zu tensors\n", g.key.c_str(),
+                std::string(g.scheme->name).c_str(), std::string(g.scheme->format).c_str(),
+                targets.c_str(), g.tensors);
+  }
   std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
               "scheme", "bytes in", "bytes out", "note");
   uint64_t quantized = 0;
@@ -222,6 +233,9 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--scheme") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.scheme = v;
+    } else if (flag == "--recipe") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.recipe = v;
     } else if (flag == "--targets" || flag == "--target") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.targets.push_back(v);
@@ -273,8 +287,8 @@ int RunConvert(const std::vector<std::string>& args) {
   if (positional.size() != 2) {
     return ReportError("convert: needs SRC and DST (see quench convert --help)", 2);
   }
-  if (o.scheme.empty()) {
-    return ReportError("convert: --scheme is required (see quench schemes)", 2);
+  if (o.scheme.empty() && o.recipe.empty()) {
+    return ReportError("convert: --scheme or --recipe is required (see quench schemes)", 2);
   }
   o.src = positional[0];
   o.dst = positional[1];

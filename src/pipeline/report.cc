@@ -30,19 +30,22 @@ uint64_t PeakRssBytes() {
 JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
                       const ConvertSummary* summary, const Status& status, bool dry_run) {
   JsonValue recipe = JsonValue::MakeObject();
-  recipe.Set("scheme", JsonValue(options.scheme));
-  recipe.Set("targets", Strings(options.targets.empty() ? std::vector<std::string>{"Linear"}
-                                                        : options.targets));
+  if (!options.recipe.empty()) recipe.Set("file", JsonValue(options.recipe.string()));
+  JsonValue groups = JsonValue::MakeArray();
+  for (const PlannedGroup& g : plan.groups) {
+    JsonValue o = JsonValue::MakeObject();
+    o.Set("key", JsonValue(g.key));
+    o.Set("scheme", JsonValue(g.scheme->name));
+    o.Set("format", JsonValue(g.scheme->format));
+    o.Set("targets", Strings(g.targets));
+    o.Set("weights", QuantArgsJson(EffectiveWeights(*g.scheme, g.params)));
+    o.Set("tensors", JsonValue(static_cast<uint64_t>(g.tensors)));
+    groups.Push(std::move(o));
+  }
+  recipe.Set("groups", std::move(groups));
   recipe.Set("ignore", Strings(options.ignore));
   recipe.Set("default_ignore", JsonValue(options.default_ignore));
   recipe.Set("written_ignore", Strings(plan.config_ignore));
-  for (const PlannedTensor& t : plan.tensors) {
-    if (t.scheme != nullptr) {
-      recipe.Set("format", JsonValue(t.scheme->format));
-      recipe.Set("weights", QuantArgsJson(EffectiveWeights(*t.scheme, t.params)));
-      break;
-    }
-  }
 
   JsonValue tensors = JsonValue::MakeArray();
   uint64_t quantized = 0, copied = 0, q_in = 0, q_out = 0;
@@ -73,6 +76,7 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       q_out += out_bytes;
       o.Set("action", JsonValue("quantize"));
       o.Set("scheme", JsonValue(t.scheme->name));
+      o.Set("group", JsonValue(plan.groups[static_cast<size_t>(t.group)].key));
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
         JsonValue with = JsonValue::MakeArray();
         for (size_t k : plan.fused_sets[static_cast<size_t>(t.fused_set)]) {

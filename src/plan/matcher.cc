@@ -26,18 +26,19 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
   return m;
 }
 
+bool NameMatcher::EntryMatches(size_t i, std::string_view module) const {
+  const Entry& e = compiled_[i];
+  if (e.is_regex) {
+    // Python re.match: the match must start at position 0 but may end anywhere.
+    return std::regex_search(module.begin(), module.end(), e.re,
+                             std::regex_constants::match_continuous);
+  }
+  return module == e.exact;
+}
+
 int NameMatcher::FirstMatch(std::string_view module) const {
   for (size_t i = 0; i < compiled_.size(); ++i) {
-    const Entry& e = compiled_[i];
-    if (e.is_regex) {
-      // Python re.match: the match must start at position 0 but may end anywhere.
-      if (std::regex_search(module.begin(), module.end(), e.re,
-                            std::regex_constants::match_continuous)) {
-        return static_cast<int>(i);
-      }
-    } else if (module == e.exact) {
-      return static_cast<int>(i);
-    }
+    if (EntryMatches(i, module)) return static_cast<int>(i);
   }
   return -1;
 }

@@ -23,6 +23,8 @@ class NameMatcher {
   // Index of the first entry matching `module`, or -1.
   int FirstMatch(std::string_view module) const;
   bool Matches(std::string_view module) const { return FirstMatch(module) >= 0; }
+  // Whether entry `i` alone matches `module`.
+  bool EntryMatches(size_t i, std::string_view module) const;
   const std::vector<std::string>& entries() const { return entries_; }
   bool empty() const { return entries_.empty(); }
 

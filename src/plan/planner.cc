@@ -6,6 +6,7 @@
 
 #include "format/quant_config.h"
 #include "plan/matcher.h"
+#include "plan/recipe.h"
 
 namespace quench {
 namespace {
@@ -30,33 +31,73 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
   return s + "]";
 }
 
-struct Selector {
-  NameMatcher targets;
-  NameMatcher ignore;
-  NameMatcher defaults;
-  bool all_targets = false;
+// Which config group a module belongs to, resolved the way vLLM resolves it
+// (compressed_tensors/utils.py::find_matched_target): vLLM reads config_groups in the order
+// config.json lists them, which is sorted by key because the writer sorts keys, and keeps
+// one entry per target string (a later group redefining a target takes it over). A module
+// takes the first target that equals its name or whose regex matches it; failing that, the
+// first class-name target ("Linear", matched case-insensitively by containment in the layer
+// class name, which for every linear layer contains "Linear").
+class TargetResolver {
+ public:
+  static Result<TargetResolver> Build(const std::vector<PlannedGroup>& groups) {
+    TargetResolver r;
+    std::vector<size_t> order(groups.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return groups[a].key < groups[b].key; });
+    for (size_t gi : order) {
+      for (const std::string& t : groups[gi].targets) {
+        auto it = std::find(r.entries_.begin(), r.entries_.end(), t);
+        if (it == r.entries_.end()) {
+          r.entries_.push_back(t);
+          r.group_.push_back(static_cast<int>(gi));
+        } else {
+          r.group_[static_cast<size_t>(it - r.entries_.begin())] = static_cast<int>(gi);
+        }
+      }
+    }
+    for (const std::string& t : r.entries_) {
+      std::string lower = t;
+      for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      r.is_class_.push_back(!t.starts_with("re:") && lower == "linear");
+    }
+    QUENCH_ASSIGN_OR_RETURN(r.names_, NameMatcher::Compile(r.entries_, "targets"));
+    r.hits_.assign(r.entries_.size(), 0);
+    return r;
+  }
+
+  // Group index for `module`, or -1; counts which entry selected it.
+  int Resolve(std::string_view module) {
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (!is_class_[i] && names_.EntryMatches(i, module)) {
+        ++hits_[i];
+        return group_[i];
+      }
+    }
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (is_class_[i]) {
+        ++hits_[i];
+        return group_[i];
+      }
+    }
+    return -1;
+  }
+  const std::vector<std::string>& entries() const { return entries_; }
+  const std::vector<size_t>& hits() const { return hits_; }
+
+ private:
+  std::vector<std::string> entries_;
+  std::vector<int> group_;
+  std::vector<bool> is_class_;
+  std::vector<size_t> hits_;
+  NameMatcher names_;
 };
 
 // compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
-// module names ending in "norm" are never quantized; only the "weight" parameter is; targets
-// "Linear" means every module; then the ignore list.
+// module names ending in "norm" are never quantized; only the "weight" parameter is; then the
+// targets, then the ignore list (and quench's default ignores).
 enum class Selection { kQuantize, kNotWeight, kNorm, kNotTargeted, kIgnored, kDefaultIgnored };
-
-Selection Select(const Selector& sel, std::string_view name, int* default_hit) {
-  auto [module, param] = SplitModuleParam(name);
-  if (module.ends_with("norm")) return Selection::kNorm;
-  if (param != "weight") return Selection::kNotWeight;
-  if (!sel.all_targets && !sel.targets.Matches(module)) return Selection::kNotTargeted;
-  if (sel.ignore.Matches(module)) return Selection::kIgnored;
-  if (!sel.defaults.empty()) {
-    int hit = sel.defaults.FirstMatch(module);
-    if (hit >= 0) {
-      *default_hit = hit;
-      return Selection::kDefaultIgnored;
-    }
-  }
-  return Selection::kQuantize;
-}
 
 // Applies --group-size / --symmetric overrides where compressed-tensors accepts them and vLLM
 // runs the result: integer schemes only (FP4, MX and FP8 formats fix their grouping).
@@ -124,42 +165,103 @@ void PlanFusedSets(Plan& plan) {
   }
 }
 
+// The config groups of this run: a recipe's, or one from --scheme/--targets and overrides.
+Result<std::pair<std::vector<PlannedGroup>, std::vector<std::string>>> ResolveGroups(
+    const ConvertOptions& options) {
+  std::vector<PlannedGroup> groups;
+  std::vector<std::string> ignore;
+  if (!options.recipe.empty()) {
+    if (!options.scheme.empty() || !options.targets.empty() || options.group_size ||
+        options.symmetric) {
+      return Error(ErrorCode::kUsage, "--recipe gives the schemes and targets; do not combine "
+                                      "it with --scheme, --targets, --group-size or "
+                                      "--symmetric/--asymmetric");
+    }
+    QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
+    for (RecipeGroup& g : recipe.groups) {
+      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
+    }
+    ignore = std::move(recipe.ignore);
+  } else {
+    const SchemeInfo* scheme = FindScheme(options.scheme);
+    if (scheme == nullptr) {
+      std::string names;
+      for (const SchemeInfo& s : SchemeTable()) {
+        names += (names.empty() ? "" : ", ") + std::string(s.name);
+      }
+      return Error(ErrorCode::kUsage,
+                   "unknown scheme '" + options.scheme + "' (available: " + names + ")");
+    }
+    if (!scheme->needs_calibration.empty()) {
+      return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
+                                          " cannot be applied without calibration data: it " +
+                                          std::string(scheme->needs_calibration));
+    }
+    QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
+    std::vector<std::string> targets = options.targets;
+    if (targets.empty()) targets.push_back("Linear");
+    groups.push_back({options.scheme, scheme, params, targets, 0});
+  }
+  // --ignore entries come after the recipe's, and are written verbatim too.
+  ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());
+  return std::make_pair(std::move(groups), std::move(ignore));
+}
+
+// vLLM runs each fused set (q/k/v, gate/up, ...) as one matrix, so its members must all get
+// the same scheme or all stay unquantized; anything else cannot be loaded.
+void CheckFusedConsistency(Plan& plan) {
+  std::map<std::string, std::vector<size_t>> sets;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    auto [module, param] = SplitModuleParam(t.name);
+    if (param != "weight" || t.shape.size() != 2) continue;
+    auto [parent, leaf] = SplitModuleParam(module);
+    for (size_t k = 0; k < std::size(kFusedSiblings); ++k) {
+      for (std::string_view sib : kFusedSiblings[k]) {
+        if (!sib.empty() && leaf == sib) sets[std::string(parent) + "|" + std::to_string(k)].push_back(i);
+      }
+    }
+  }
+  for (const auto& [key, members] : sets) {
+    const PlannedTensor& first = plan.tensors[members.front()];
+    for (size_t i : members) {
+      const PlannedTensor& t = plan.tensors[i];
+      if (t.group == first.group) continue;
+      auto describe = [&](const PlannedTensor& x) {
+        return x.group >= 0 ? "group '" + plan.groups[static_cast<size_t>(x.group)].key + "'"
+                            : "unquantized (" + x.why + ")";
+      };
+      plan.errors.push_back(Error(
+          ErrorCode::kUsage,
+          "fused set of '" + first.name + "': '" + first.name + "' is " + describe(first) +
+              " but '" + t.name + "' is " + describe(t) +
+              "; vLLM runs these as one matrix, so give them the same scheme (or ignore all)"));
+      break;
+    }
+  }
+}
+
 }  // namespace
 
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options) {
-  const SchemeInfo* scheme = FindScheme(options.scheme);
-  if (scheme == nullptr) {
-    std::string names;
-    for (const SchemeInfo& s : SchemeTable()) names += (names.empty() ? "" : ", ") + std::string(s.name);
-    return Error(ErrorCode::kUsage,
-                 "unknown scheme '" + options.scheme + "' (available: " + names + ")");
-  }
-  if (!scheme->needs_calibration.empty()) {
-    return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
-                                        " cannot be applied without calibration data: it " +
-                                        std::string(scheme->needs_calibration));
-  }
-  QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
-  Selector sel;
-  std::vector<std::string> targets = options.targets;
-  if (targets.empty()) targets.push_back("Linear");
-  sel.all_targets = std::find(targets.begin(), targets.end(), "Linear") != targets.end();
-  QUENCH_ASSIGN_OR_RETURN(sel.targets, NameMatcher::Compile(targets, "--targets"));
-  QUENCH_ASSIGN_OR_RETURN(sel.ignore, NameMatcher::Compile(options.ignore, "--ignore"));
+  Plan plan;
+  QUENCH_ASSIGN_OR_RETURN(auto resolved, ResolveGroups(options));
+  plan.groups = std::move(resolved.first);
+  const std::vector<std::string> ignore = std::move(resolved.second);
+  QUENCH_ASSIGN_OR_RETURN(TargetResolver resolver, TargetResolver::Build(plan.groups));
+  QUENCH_ASSIGN_OR_RETURN(NameMatcher ignore_m, NameMatcher::Compile(ignore, "ignore"));
   std::vector<std::string> default_patterns;
   if (options.default_ignore) {
     for (const DefaultIgnore& d : kDefaultIgnores) default_patterns.emplace_back(d.pattern);
   }
-  QUENCH_ASSIGN_OR_RETURN(sel.defaults, NameMatcher::Compile(default_patterns, "default ignore"));
+  QUENCH_ASSIGN_OR_RETURN(NameMatcher defaults, NameMatcher::Compile(default_patterns, "default ignore"));
 
-  Plan plan;
   plan.src = folder.root;
   plan.dst = options.dst;
   std::vector<std::vector<std::string>> default_hits(default_patterns.size());
-  std::vector<size_t> ignore_hits(options.ignore.size(), 0);
-  std::vector<size_t> target_hits(targets.size(), 0);
+  std::vector<size_t> ignore_hits(ignore.size(), 0);
   std::vector<std::pair<std::string, std::string>> weight_map;
   size_t vector_weights = 0;
 
@@ -182,19 +284,23 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
       pt.shard = si;
       pt.src_offset = shard.header.data_start + t->begin;
       pt.src_bytes = t->nbytes();
-      int default_hit = -1;
-      const Selection s = Select(sel, t->name, &default_hit);
       auto [module, param] = SplitModuleParam(t->name);
-      if (param == "weight" && !module.ends_with("norm")) {
-        for (size_t i = 0; i < targets.size(); ++i) {
-          if (targets[i] == "Linear" ||
-              sel.targets.FirstMatch(module) == static_cast<int>(i)) {
-            ++target_hits[i];
-          }
-        }
-        const int ig = sel.ignore.FirstMatch(module);
-        if (ig >= 0) ++ignore_hits[static_cast<size_t>(ig)];
+      Selection s = Selection::kQuantize;
+      int group = -1, default_hit = -1;
+      if (module.ends_with("norm")) {
+        s = Selection::kNorm;
+      } else if (param != "weight") {
+        s = Selection::kNotWeight;
+      } else if ((group = resolver.Resolve(module)) < 0) {
+        s = Selection::kNotTargeted;
+      } else if (int ig = ignore_m.FirstMatch(module); ig >= 0) {
+        ++ignore_hits[static_cast<size_t>(ig)];
+        s = Selection::kIgnored;
+      } else if ((default_hit = defaults.FirstMatch(module)) >= 0) {
+        s = Selection::kDefaultIgnored;
       }
+      const SchemeInfo* scheme = group >= 0 ? plan.groups[static_cast<size_t>(group)].scheme : nullptr;
+      const SchemeParams params = group >= 0 ? plan.groups[static_cast<size_t>(group)].params : SchemeParams{};
       std::vector<std::string> names;
       const std::string where = shard.rel_name + ": tensor '" + t->name + "'";
       switch (s) {
@@ -240,6 +346,8 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
           pt.action = TensorAction::kQuantize;
           pt.scheme = scheme;
           pt.params = params;
+          pt.group = group;
+          ++plan.groups[static_cast<size_t>(group)].tensors;
           for (const SchemeOutput& o : scheme->outputs(t->dtype, rows, cols, params)) {
             if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
             std::string name = std::string(module) + "." + o.suffix;
@@ -330,23 +438,30 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
                          " targeted .weight tensor(s) with fewer than 2 dimensions "
                          "(normalisation scales); they are copied");
   }
+  CheckFusedConsistency(plan);
   // Warnings for entries that select nothing: almost always a typo.
-  for (size_t i = 0; i < options.ignore.size(); ++i) {
+  for (size_t i = 0; i < ignore.size(); ++i) {
     if (ignore_hits[i] == 0) {
-      plan.notes.push_back("warning: --ignore entry '" + options.ignore[i] +
-                           "' matches no weight in this checkpoint");
+      plan.notes.push_back("warning: ignore entry '" + ignore[i] +
+                           "' matches no targeted weight in this checkpoint");
     }
   }
-  for (size_t i = 0; i < targets.size(); ++i) {
-    if (target_hits[i] == 0) {
-      plan.notes.push_back("warning: --targets entry '" + targets[i] +
-                           "' matches no weight in this checkpoint");
+  for (size_t i = 0; i < resolver.entries().size(); ++i) {
+    if (resolver.hits()[i] == 0) {
+      plan.notes.push_back("warning: target '" + resolver.entries()[i] +
+                           "' selects no weight in this checkpoint (another target may take "
+                           "them first: exact names and regexes come before \"Linear\")");
+    }
+  }
+  for (const PlannedGroup& g : plan.groups) {
+    if (g.tensors == 0 && plan.groups.size() > 1) {
+      plan.notes.push_back("warning: config group '" + g.key + "' quantizes nothing");
     }
   }
 
   // The written ignore list: the user's entries verbatim (as model_free writes them), then
   // each default pattern that kept something unquantized, so vLLM skips the same modules.
-  plan.config_ignore = options.ignore;
+  plan.config_ignore = ignore;
   for (size_t i = 0; i < default_hits.size(); ++i) {
     if (default_hits[i].empty()) continue;
     plan.config_ignore.push_back(default_patterns[i]);
@@ -385,9 +500,9 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
       plan.notes.push_back("warning: " + *folder.config_rel +
                            " already has a quantization_config; it is replaced");
     }
-    cfg.Set("quantization_config",
-            BuildQuantizationConfig({{options.scheme, scheme, params, targets}},
-                                    plan.config_ignore));
+    std::vector<ConfigGroup> cg;
+    for (const PlannedGroup& g : plan.groups) cg.push_back({g.key, g.scheme, g.params, g.targets});
+    cfg.Set("quantization_config", BuildQuantizationConfig(cg, plan.config_ignore));
     plan.files.push_back({*folder.config_rel, {}, DumpPythonJson(cfg)});
   } else {
     plan.notes.push_back("warning: no config.json or params.json in the source; the "

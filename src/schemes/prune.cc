@@ -46,82 +46,83 @@ inline uint32_t InfMagnitude(DType d) {
 
 inline size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
+// The final select, shared by every unstructured path: zero the elements with |x| < t, and
+// those with |x| == t among the first `split` elements. Branch-free with signed compares
+// (magnitudes < 2^(bits-1)), so it vectorizes on plain SSE2.
+template <typename T, typename S>
+void ZeroBelow(T* x, size_t n, T t, size_t split) {
+  constexpr T kMag = static_cast<T>(~T{0} >> 1);
+  const S ts = static_cast<S>(t);
+  split = std::min(split, n);
+  for (size_t c = 0; c < split; ++c) {
+    const S a = static_cast<S>(x[c] & kMag);
+    x[c] &= static_cast<T>(-static_cast<T>(a > ts));
+  }
+  for (size_t c = split; c < n; ++c) {
+    const S a = static_cast<S>(x[c] & kMag);
+    x[c] &= static_cast<T>(-static_cast<T>(a >= ts));
+  }
+}
+
+// The `split` for ZeroBelow that prunes exactly the first `need` elements equal to t: one past
+// the need-th of them (n when there are no more than `need`; `equal`, if known, skips the scan
+// in that case).
+template <typename T>
+size_t EqualSplit(const T* x, size_t n, T t, uint64_t need, uint64_t equal = UINT64_MAX) {
+  constexpr T kMag = static_cast<T>(~T{0} >> 1);
+  if (need == 0) return 0;
+  if (need >= equal) return n;
+  uint64_t seen = 0;
+  for (size_t c = 0; c < n; ++c)
+    if ((x[c] & kMag) == t && ++seen == need) return c + 1;
+  return n;
+}
+
 // ---- per-row unstructured, 16-bit: two-level counting select ----
 
 // Prunes the k smallest (|x|, column) keys of one row of 16-bit elements. False on NaN/Inf.
-bool PruneRow16(uint16_t* row, size_t cols, size_t k, uint16_t inf_mag) {
-  // Level 1: the high 8 bits of the magnitude (the exponent for BF16). Four interleaved
-  // sub-histograms break the store-to-load chains on the few bins real weights fall in.
-  uint32_t h1[4][256];
+// Level 1 counts the high 15 - kShift bits of the magnitude (2048 bins for long rows, 256 for
+// short ones, so clearing the bins stays cheap next to the row); the bin holding the k-th
+// smallest is then resolved on its low kShift bits from a compacted copy of just its elements.
+// The inf/NaN magnitudes have their low kShift bits clear, so they are exactly the top bins.
+template <int kShift>
+bool PruneRow16(uint16_t* row, size_t cols, size_t k, uint16_t inf_mag,
+                std::vector<uint16_t>* scratch) {
+  constexpr size_t kBins = size_t{0x8000} >> kShift;
+  uint32_t h1[kBins];
   std::memset(h1, 0, sizeof(h1));
-  uint16_t max_mag = 0;
-  size_t i = 0;
-  for (; i + 4 <= cols; i += 4) {
-    const uint16_t a = row[i] & 0x7FFF, b = row[i + 1] & 0x7FFF;
-    const uint16_t c = row[i + 2] & 0x7FFF, d = row[i + 3] & 0x7FFF;
-    ++h1[0][a >> 7];
-    ++h1[1][b >> 7];
-    ++h1[2][c >> 7];
-    ++h1[3][d >> 7];
-    max_mag = std::max<uint16_t>(max_mag, std::max(std::max(a, b), std::max(c, d)));
-  }
-  for (; i < cols; ++i) {
-    const uint16_t a = row[i] & 0x7FFF;
-    ++h1[0][a >> 7];
-    max_mag = std::max(max_mag, a);
-  }
-  if (max_mag >= inf_mag) return false;
+  for (size_t c = 0; c < cols; ++c) ++h1[(row[c] & 0x7FFF) >> kShift];
+  uint32_t bad = 0;
+  for (size_t b = inf_mag >> kShift; b < kBins; ++b) bad |= h1[b];
+  if (bad != 0) return false;
   if (k == 0) return true;
 
   // Bin holding the k-th smallest (1-based).
   size_t below = 0;
-  unsigned hb = 0;
+  uint32_t hb = 0;
   for (;; ++hb) {
-    const size_t c = size_t{h1[0][hb]} + h1[1][hb] + h1[2][hb] + h1[3][hb];
-    if (below + c >= k) break;
-    below += c;
+    if (below + h1[hb] >= k) break;
+    below += h1[hb];
   }
-
-  // Level 2: the low 7 bits of the elements in that bin; slot 128.. takes the others.
-  uint32_t h2[4][132];
-  std::memset(h2, 0, sizeof(h2));
-  i = 0;
-  for (; i + 4 <= cols; i += 4) {
-    for (int j = 0; j < 4; ++j) {
-      const uint16_t a = row[i + j] & 0x7FFF;
-      const unsigned slot = (a >> 7) == hb ? (a & 0x7F) : 128u + j;
-      ++h2[j][slot];
-    }
-  }
-  for (; i < cols; ++i) {
-    const uint16_t a = row[i] & 0x7FFF;
-    ++h2[0][(a >> 7) == hb ? (a & 0x7F) : 128u];
-  }
-  unsigned lo = 0;
-  size_t equal = 0;
-  for (;; ++lo) {
-    equal = size_t{h2[0][lo]} + h2[1][lo] + h2[2][lo] + h2[3][lo];
-    if (below + equal >= k) break;
-    below += equal;
-  }
-  const uint16_t t = static_cast<uint16_t>((hb << 7) | lo);
-  const size_t need = k - below;  // 1 <= need <= equal
-  // Last column whose element equals T and is pruned (the need-th equal one).
-  size_t last = cols;
-  if (need < equal) {
-    size_t seen = 0;
-    for (size_t c = 0;; ++c) {
-      if ((row[c] & 0x7FFF) == t && ++seen == need) {
-        last = c;
-        break;
-      }
-    }
-  }
+  // Compact the magnitudes in that bin (branch-free), then select within it.
+  scratch->resize(h1[hb] + 1);
+  uint16_t* in_bin = scratch->data();
+  size_t n_in = 0;
   for (size_t c = 0; c < cols; ++c) {
     const uint16_t a = row[c] & 0x7FFF;
-    const bool prune = a < t || (a == t && c <= last);
-    row[c] = prune ? 0 : row[c];
+    in_bin[n_in] = a;
+    n_in += (static_cast<uint32_t>(a) >> kShift) == hb;
   }
+  const size_t r = k - below - 1;  // 0-based rank of T within the bin
+  std::nth_element(in_bin, in_bin + r, in_bin + n_in);
+  const uint16_t t = in_bin[r];
+  size_t less = 0, equal = 0;
+  for (size_t i = 0; i < n_in; ++i) {
+    less += in_bin[i] < t;
+    equal += in_bin[i] == t;
+  }
+  const size_t need = k - below - less;  // 1 <= need <= equal
+  ZeroBelow<uint16_t, int16_t>(row, cols, t, EqualSplit<uint16_t>(row, cols, t, need, equal));
   return true;
 }
 
@@ -143,22 +144,7 @@ bool PruneRow32(uint32_t* row, size_t cols, size_t k, std::vector<uint32_t>* scr
     below += a < t;
     equal += a == t;
   }
-  const size_t need = k - below;
-  size_t last = cols;
-  if (need < equal) {
-    size_t seen = 0;
-    for (size_t c = 0;; ++c) {
-      if ((row[c] & 0x7FFFFFFFu) == t && ++seen == need) {
-        last = c;
-        break;
-      }
-    }
-  }
-  for (size_t c = 0; c < cols; ++c) {
-    const uint32_t a = row[c] & 0x7FFFFFFFu;
-    const bool prune = a < t || (a == t && c <= last);
-    row[c] = prune ? 0 : row[c];
-  }
+  ZeroBelow<uint32_t, int32_t>(row, cols, t, EqualSplit<uint32_t>(row, cols, t, k - below, equal));
   return true;
 }
 
@@ -166,29 +152,36 @@ bool PruneRow32(uint32_t* row, size_t cols, size_t k, std::vector<uint32_t>* scr
 
 // Keeps the n largest (|x|, column) keys in every group of M; the key puts the column in the
 // low 4 bits, so keys are distinct and a lower column compares smaller (is pruned first).
+// Returns the largest magnitude seen, for the caller's NaN/Inf check. Ranks come from the
+// M(M-1)/2 pairwise comparisons of the distinct keys, all in registers for small M.
 template <int M, typename T, typename Key, int kMagBits>
-bool PruneNMImpl(T* row, size_t cols, int n) {
+Key PruneNMImpl(T* row, size_t cols, int n) {
   constexpr Key kMask = (Key{1} << kMagBits) - 1;
   const int prune = M - n;
   Key max_mag = 0;
   for (size_t g = 0; g < cols; g += M) {
     Key key[M];
+    int rank[M];
     for (int j = 0; j < M; ++j) {
       const Key a = static_cast<Key>(row[g + j]) & kMask;
-      max_mag = std::max(max_mag, a);
+      max_mag = max_mag < a ? a : max_mag;
       key[j] = (a << 4) | static_cast<Key>(j);
+      rank[j] = 0;
     }
-    for (int j = 0; j < M; ++j) {
-      int rank = 0;
-      for (int l = 0; l < M; ++l) rank += key[l] < key[j];
-      row[g + j] = rank < prune ? T{0} : row[g + j];
+    for (int i = 0; i < M; ++i) {
+      for (int j = i + 1; j < M; ++j) {
+        const int lt = key[i] < key[j];
+        rank[j] += lt;
+        rank[i] += 1 - lt;
+      }
     }
+    for (int j = 0; j < M; ++j) row[g + j] = rank[j] < prune ? T{0} : row[g + j];
   }
-  return max_mag < (sizeof(T) == 4 ? Key{0x7F800000u} : Key{0});  // 16-bit: checked by caller
+  return max_mag;
 }
 
 template <typename T, typename Key, int kMagBits>
-bool PruneNMRow(T* row, size_t cols, int n, int m) {
+Key PruneNMRow(T* row, size_t cols, int n, int m) {
   switch (m) {
 #define QUENCH_PRUNE_CASE(MM) \
   case MM:                    \
@@ -211,26 +204,54 @@ bool PruneNMRow(T* row, size_t cols, int n, int m) {
     QUENCH_PRUNE_CASE(16)
 #undef QUENCH_PRUNE_CASE
     default:
-      return false;
+      return 0;
   }
 }
 
-// N:M on one 16-bit row; the NaN/Inf check is a separate max over the row (cheap, and keeps
-// the group loop free of it).
+// N:4 on 16-bit elements, SWAR: a group of four is one little-endian uint64 (lane j = column
+// j), and every step below is lane-wise on 16-bit lanes holding 15-bit magnitudes, so no carry
+// or borrow ever crosses a lane (and the loop vectorizes on plain SSE2). Lane j's rank is the
+// number of lanes l whose key (a_l, l) is smaller: a_l < a_j when l > j, a_l <= a_j when l < j.
+// Rotating by s lanes puts a_{(j+s) mod 4} in lane j; the lanes that wrapped have l < j.
+// Returns false when a lane holds NaN/Inf (|x| >= inf_mag), after pruning the row.
+bool PruneN4Swar(uint8_t* row, size_t cols, int n, uint16_t inf_mag) {
+  constexpr uint64_t kH = 0x8000800080008000u, kL = 0x0001000100010001u;
+  constexpr uint64_t kMag = 0x7FFF7FFF7FFF7FFFu;
+  constexpr uint64_t kC1 = 0x0000000100010001u;  // rotate by 1: lanes 0..2 did not wrap
+  constexpr uint64_t kC2 = 0x0000000000010001u;  // rotate by 2: lanes 0..1
+  constexpr uint64_t kC3 = 0x0000000000000001u;  // rotate by 3: lane 0
+  const uint64_t prune_h = static_cast<uint64_t>(4 - n) * kL | kH;
+  const uint64_t inf = static_cast<uint64_t>(inf_mag) * kL;
+  uint64_t bad = 0;
+  const size_t groups = cols / 4;
+  for (size_t g = 0; g < groups; ++g) {
+    uint64_t w;
+    std::memcpy(&w, row + 8 * g, 8);
+    const uint64_t a = w & kMag;
+    const uint64_t ah = a | kH;
+    bad |= ah - inf;  // lane top bit: a >= inf_mag
+    const uint64_t r1 = (a >> 16) | (a << 48);
+    const uint64_t r2 = (a >> 32) | (a << 32);
+    const uint64_t r3 = (a >> 48) | (a << 16);
+    // ((a_j | 0x8000) - (a_l + c)) has its top bit set iff a_l + c <= a_j.
+    const uint64_t rank = (((ah - (r1 + kC1)) >> 15) & kL) + (((ah - (r2 + kC2)) >> 15) & kL) +
+                          (((ah - (r3 + kC3)) >> 15) & kL);
+    const uint64_t m = (prune_h - (rank + kL)) & kH;  // lane top bit: rank < 4 - n
+    const uint64_t full = m | (m - (m >> 15));        // 0xFFFF in pruned lanes
+    w &= ~full;
+    std::memcpy(row + 8 * g, &w, 8);
+  }
+  return (bad & kH) == 0;
+}
+
+// N:M on one row. A NaN/Inf is only detected after the row is pruned (the buffer is then
+// garbage anyway, and one pass is cheaper than two).
 bool PruneNM16(uint16_t* row, size_t cols, int n, int m, uint16_t inf_mag) {
-  uint16_t max_mag = 0;
-  for (size_t c = 0; c < cols; ++c) max_mag = std::max<uint16_t>(max_mag, row[c] & 0x7FFF);
-  if (max_mag >= inf_mag) return false;
-  PruneNMRow<uint16_t, uint32_t, 15>(row, cols, n, m);
-  return true;
+  return PruneNMRow<uint16_t, uint32_t, 15>(row, cols, n, m) < inf_mag;
 }
 
 bool PruneNM32(uint32_t* row, size_t cols, int n, int m) {
-  uint32_t max_mag = 0;
-  for (size_t c = 0; c < cols; ++c) max_mag = std::max(max_mag, row[c] & 0x7FFFFFFFu);
-  if (max_mag >= 0x7F800000u) return false;
-  PruneNMRow<uint32_t, uint64_t, 31>(row, cols, n, m);
-  return true;
+  return PruneNMRow<uint32_t, uint64_t, 31>(row, cols, n, m) < 0x7F800000u;
 }
 
 }  // namespace
@@ -335,10 +356,18 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
   // Rows in a writable buffer of raw bytes: the caller's buffer is not necessarily aligned.
   // Work on an aligned row copy only when it is not.
   std::vector<uint32_t> scratch;
+  std::vector<uint16_t> scratch16;
   std::vector<uint8_t> bounce;
   const uint64_t per_row = spec.kind == PruneSpec::kNM
                                ? (cols / spec.m) * static_cast<uint64_t>(spec.m - spec.n)
                                : PruneCount(spec.fraction, cols);
+  if (!wide && spec.kind == PruneSpec::kNM && spec.m == 4) {
+    // The SWAR N:4 kernel reads bytes, so it needs no alignment and runs on the whole chunk.
+    if (!PruneN4Swar(rows, n_rows * cols, spec.n, static_cast<uint16_t>(InfMagnitude(dtype))))
+      return false;
+    if (zeroed) *zeroed += per_row * n_rows;
+    return true;
+  }
   for (size_t r = 0; r < n_rows; ++r) {
     uint8_t* p = rows + r * row_bytes;
     const bool aligned = reinterpret_cast<uintptr_t>(p) % (wide ? 4 : 2) == 0;
@@ -356,8 +385,12 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
     } else {
       uint16_t* row = reinterpret_cast<uint16_t*>(w);
       const uint16_t inf = static_cast<uint16_t>(InfMagnitude(dtype));
-      ok = spec.kind == PruneSpec::kNM ? PruneNM16(row, cols, spec.n, spec.m, inf)
-                                       : PruneRow16(row, cols, per_row, inf);
+      if (spec.kind == PruneSpec::kNM)
+        ok = PruneNM16(row, cols, spec.n, spec.m, inf);
+      else if (cols >= 2048)
+        ok = PruneRow16<4>(row, cols, per_row, inf, &scratch16);
+      else
+        ok = PruneRow16<7>(row, cols, per_row, inf, &scratch16);
     }
     if (!ok) return false;
     if (!aligned) std::memcpy(p, w, row_bytes);
@@ -408,8 +441,7 @@ bool AccumulateHistogram(MagnitudeHistogram* h, const uint8_t* rows, size_t n_ro
 
 TensorThreshold FindThreshold(MagnitudeHistogram* h, uint64_t k) {
   TensorThreshold t;
-  const uint64_t n = h->pass == 0 ? h->total : h->total;  // elements in the whole tensor
-  k = std::min(k, n);
+  k = std::min(k, h->total);  // every pass sees the whole tensor
   t.pruned = k;
   if (k == 0) return t;  // T = 0, prune_equal = 0: nothing is below 0
   uint64_t below = h->pass == 0 ? 0 : h->below_coarse;
@@ -448,39 +480,47 @@ uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols
 bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
                      const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed) {
   const size_t n = n_rows * cols;
-  const uint32_t inf = InfMagnitude(dtype);
-  const uint32_t tm = t.magnitude;
-  // Equal-to-T elements of this chunk that are still to be pruned.
-  uint64_t eq_left = t.prune_equal > equal_before ? t.prune_equal - equal_before : 0;
-  uint64_t pruned = 0;
-  uint32_t max_mag = 0;
-  if (dtype == DType::kF32) {
-    for (size_t i = 0; i < n; ++i) {
-      uint8_t* p = rows + 4 * i;
-      const uint32_t a = Load32(p) & 0x7FFFFFFFu;
-      max_mag = std::max(max_mag, a);
-      const bool eq = a == tm && eq_left > 0;
-      eq_left -= eq;
-      if (a < tm || eq) {
-        std::memset(p, 0, 4);
-        ++pruned;
-      }
-    }
-  } else {
-    for (size_t i = 0; i < n; ++i) {
-      uint8_t* p = rows + 2 * i;
-      const uint32_t a = Load16(p) & 0x7FFFu;
-      max_mag = std::max(max_mag, a);
-      const bool eq = a == tm && eq_left > 0;
-      eq_left -= eq;
-      if (a < tm || eq) {
-        std::memset(p, 0, 2);
-        ++pruned;
-      }
-    }
+  // Equal-to-T elements of this chunk that are still to be pruned (the first ones).
+  const uint64_t need = t.prune_equal > equal_before ? t.prune_equal - equal_before : 0;
+  const bool aligned = reinterpret_cast<uintptr_t>(rows) % ElemBytes(dtype) == 0;
+  std::vector<uint8_t> bounce;
+  uint8_t* w = rows;
+  if (!aligned) {
+    bounce.assign(rows, rows + n * ElemBytes(dtype));
+    w = bounce.data();
   }
+  uint64_t pruned = 0;
+  bool ok;
+  if (dtype == DType::kF32) {
+    uint32_t* x = reinterpret_cast<uint32_t*>(w);
+    const uint32_t tm = t.magnitude;
+    uint32_t max_mag = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t a = x[i] & 0x7FFFFFFFu;
+      max_mag = std::max(max_mag, a);
+      pruned += a < tm;
+    }
+    ok = max_mag < 0x7F800000u;
+    const size_t split = EqualSplit<uint32_t>(x, n, tm, need);
+    for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFFFFFu) == tm;
+    ZeroBelow<uint32_t, int32_t>(x, n, tm, split);
+  } else {
+    uint16_t* x = reinterpret_cast<uint16_t*>(w);
+    const uint16_t tm = static_cast<uint16_t>(t.magnitude);
+    int16_t max_mag = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int16_t a = static_cast<int16_t>(x[i] & 0x7FFF);
+      max_mag = std::max(max_mag, a);
+      pruned += a < static_cast<int16_t>(tm);
+    }
+    ok = static_cast<uint32_t>(max_mag) < InfMagnitude(dtype);
+    const size_t split = EqualSplit<uint16_t>(x, n, tm, need);
+    for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFu) == tm;
+    ZeroBelow<uint16_t, int16_t>(x, n, tm, split);
+  }
+  if (!aligned) std::memcpy(rows, w, n * ElemBytes(dtype));
   if (zeroed) *zeroed += pruned;
-  return max_mag < inf;
+  return ok;
 }
 
 bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,

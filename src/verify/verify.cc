@@ -15,7 +15,7 @@
 //   scale              a non-finite, zero or negative scale, or an E8M0 NaN exponent (255)
 //   fused-global-scale NVFP4 fused siblings with different weight_global_scale
 //   error-bound        elements whose dequantized value is farther from the source than the
-//                      format's grid allows (half a grid step plus quotient rounding)
+//                      format's grid allows (one grid step plus quotient rounding)
 //   sqnr               the tensor's SQNR against the source is below its format's threshold
 #include "verify/verify.h"
 
@@ -38,26 +38,26 @@ namespace fs = std::filesystem;
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// SQNR thresholds (dB), measured on data/tiny-llama (Gaussian weights, std 0.02; the goldens
-// under data/golden/tiny-llama) with quench's own output, then set well below the measured
-// minimum so that real checkpoints with heavier tails still pass while a broken scale or
-// codebook (which lands near 0 dB or below) fails. See the report in verify_cmd.cc's help.
+// SQNR thresholds (dB). Measured with this verifier on the reference's outputs in data/golden
+// (minimum over tensors; tiny-llama = Gaussian weights, std 0.02, the typical case; qedge/edge =
+// hand-made edge rows, the hard case):
+//   fp8   tiny FP8_DYNAMIC 31.6, FP8_BLOCK 31.6, MXFP8A16 30.4; edge MXFP8 27.3, FP8 31.4
+//   int8  tiny W8A8 35.7;  edge W8A8 41.9, W8A16 42.5
+//   int4  tiny W4A16 (g128) 16.8, W4A16_ASYM 18.2; edge g128 18.2, channel 18.0, asym 19.1
+//   int2/3/5/6/7 (edge only) 4.8 / 11.9 / 24.7 / 30.9 / 36.8
+//   nvfp4 tiny 20.4; edge 20.0        mxfp4 tiny 18.0; edge 14.9
+// Thresholds sit about 6 dB under the tiny-llama minimum (3-5 dB under the edge minimum), and
+// 2 dB lower again for per-channel int scales, so real weights with heavier tails pass, while
+// a wrong scale or codebook (0 dB or below: a scale off by 2x gives about 0 dB) fails.
 struct Threshold {
   std::string_view kind;
   double group_db;    // scales per group / block / MX group
   double channel_db;  // one scale per output channel (or per tensor)
 };
 constexpr Threshold kThresholds[] = {
-    {"fp8", 25.0, 25.0},   // measured 31.4-31.6 dB (channel, block, MX)
-    {"int8", 32.0, 30.0},  // measured 38.0 (channel)
-    {"int7", 26.0, 24.0},
-    {"int6", 20.0, 18.0},
-    {"int5", 14.0, 12.0},
-    {"int4", 12.0, 10.0},  // measured 19.7-20.3 (g128), 18.8 asym
-    {"int3", 6.0, 5.0},
-    {"int2", 1.0, 0.5},
-    {"nvfp4", 14.0, 14.0},  // measured 20.2-20.4
-    {"mxfp4", 11.0, 11.0},  // measured 17.6-18.0
+    {"fp8", 24.0, 24.0},  {"int8", 30.0, 28.0},  {"int7", 29.0, 27.0}, {"int6", 23.0, 21.0},
+    {"int5", 17.0, 15.0}, {"int4", 11.0, 9.0},   {"int3", 6.0, 4.0},   {"int2", 1.0, 0.5},
+    {"nvfp4", 14.0, 14.0}, {"mxfp4", 11.0, 11.0},
 };
 
 constexpr uint64_t kChunkBytes = 32ull << 20;  // bytes of source walked between page releases
@@ -946,7 +946,9 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
       const double xs = x / s;
       const double t = xs + z;
       const double tc = std::clamp(t, v.qmin, v.qmax);
-      const double allowed = 0.5 * b.gap[c] + u * (std::fabs(xs) + std::fabs(t)) +
+      // One grid step (round-to-nearest output stays within half of it, measured <= 0.5 of
+      // this bound on every golden; GPTQ-style error feedback stays within it too).
+      const double allowed = b.gap[c] + u * (std::fabs(xs) + std::fabs(t)) +
                              1e-9 * (1 + std::fabs(t));
       const double dev = std::fabs(tc - b.q[c]);
       const double ratio = std::isfinite(dev) ? dev / allowed : (std::isnan(t) ? 0 : 1e30);

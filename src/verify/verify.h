@@ -12,7 +12,7 @@
 // Against SRC: nothing is missing or extra (every source tensor is either copied byte for byte
 // or replaced by its quantized tensors), and every quantized tensor dequantizes close to the
 // source: per-tensor SQNR at or above its format's threshold, and every element within the
-// format's hard bound (half the grid step at its code, plus the rounding of the quotient in the
+// format's hard bound (one grid step at its code, plus the rounding of the quotient in the
 // weight dtype; values beyond the grid's end must sit on the end code).
 //
 // Memory is bounded: files are memory-mapped and every tensor is walked in row chunks whose
@@ -35,8 +35,7 @@ namespace quench {
 struct VerifyOptions {
   std::filesystem::path dst;
   std::optional<std::filesystem::path> src;  // the checkpoint DST was made from
-  // At most this many hard-bound messages per tensor are reported (one line, with a count).
-  // Thresholds can be shifted for experiments: SQNR thresholds + sqnr_margin_db.
+  // Added to every SQNR threshold (for experiments; 0 in normal use).
   double sqnr_margin_db = 0;
 };
 
@@ -59,7 +58,7 @@ struct TensorQuality {
   uint64_t elements = 0;
   double sqnr_db = 0;        // +inf when the error is exactly zero
   double threshold_db = 0;
-  double worst_bound_ratio = 0;  // max over elements of |x - deq| / hard bound (<= 1 passes)
+  double worst_bound_ratio = 0;  // max over elements of deviation / hard bound (<= 1 passes)
   uint64_t bound_violations = 0;
 };
 

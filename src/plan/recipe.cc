@@ -1,0 +1,285 @@
+#include "plan/recipe.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <regex>
+
+#include "format/file_io.h"
+#include "format/quant_config.h"
+
+namespace quench {
+namespace {
+
+Status Bad(const std::string& label, const std::string& what) {
+  return Error(ErrorCode::kInvalidInput, label + ": " + what);
+}
+
+// YAML 1.2 core schema typing for plain scalars; quoted scalars stay strings.
+JsonValue TypedScalar(const YAML::Node& n) {
+  const std::string& s = n.Scalar();
+  if (n.Tag() == "!") return JsonValue(s);  // quoted
+  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return JsonValue();
+  if (s == "true" || s == "True" || s == "TRUE") return JsonValue(true);
+  if (s == "false" || s == "False" || s == "FALSE") return JsonValue(false);
+  static const std::regex kInt("[-+]?[0-9]+");
+  static const std::regex kFloat("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
+  if (std::regex_match(s, kInt)) {
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data() + (s[0] == '+'), s.data() + s.size(), v);
+    if (ec == std::errc() && p == s.data() + s.size()) return JsonValue(v);
+  }
+  if (std::regex_match(s, kFloat)) return JsonValue(std::stod(s));
+  return JsonValue(s);
+}
+
+JsonValue FromYaml(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: {
+      JsonValue o = JsonValue::MakeObject();
+      for (const auto& kv : n) o.Set(kv.first.as<std::string>(), FromYaml(kv.second));
+      return o;
+    }
+    case YAML::NodeType::Sequence: {
+      JsonValue a = JsonValue::MakeArray();
+      for (const auto& e : n) a.Push(FromYaml(e));
+      return a;
+    }
+    case YAML::NodeType::Scalar:
+      return TypedScalar(n);
+    default:
+      return JsonValue();
+  }
+}
+
+Result<std::vector<std::string>> StringList(const JsonValue* v, const std::string& label,
+                                            const std::string& field) {
+  std::vector<std::string> out;
+  if (v == nullptr || v->is_null()) return out;
+  if (v->is_string()) return std::vector<std::string>{v->as_string()};
+  if (!v->is_array()) return Bad(label, "'" + field + "' must be a list of strings");
+  for (const JsonValue& e : v->as_array()) {
+    if (!e.is_string()) return Bad(label, "'" + field + "' must be a list of strings");
+    out.push_back(e.as_string());
+  }
+  return out;
+}
+
+std::string Str(const JsonValue* v) { return v != nullptr && v->is_string() ? v->as_string() : ""; }
+
+// Matches explicit QuantizationArgs (and activations, and an optional format) to a scheme of
+// the table plus parameters. Weight args that only the integer family varies (bits, group size,
+// symmetry) become SchemeParams; everything else must equal the table entry's.
+Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
+                              const JsonValue& group) {
+  const JsonValue* w = group.Find("weights");
+  if (w == nullptr || !w->is_object()) {
+    return Bad(label, "group '" + key + "' has no 'weights' (quench quantizes weights)");
+  }
+  const JsonValue* a = group.Find("input_activations");
+  if (a != nullptr && a->is_null()) a = nullptr;
+  if (const JsonValue* o = group.Find("output_activations"); o != nullptr && !o->is_null()) {
+    return Bad(label, "group '" + key + "': output_activations need calibration data");
+  }
+  if (a != nullptr) {
+    const JsonValue* dyn = a->Find("dynamic");
+    if (dyn == nullptr || !dyn->is_bool() || !dyn->as_bool()) {
+      return Bad(label, "group '" + key + "': static input_activations need activation "
+                        "statistics (calibration); use dynamic activations");
+    }
+  }
+  if (const JsonValue* d = w->Find("dynamic"); d != nullptr && !(d->is_bool() && !d->as_bool())) {
+    return Bad(label, "group '" + key + "': weights must be static (dynamic: false)");
+  }
+  const std::string obs = Str(w->Find("observer"));
+  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax") {
+    return Bad(label, "group '" + key + "': observer '" + obs +
+                          "' is not supported; quench computes min-max scales");
+  }
+  if (const JsonValue* ao = w->Find("actorder"); ao != nullptr && !ao->is_null() &&
+                                                 !(ao->is_bool() && !ao->as_bool())) {
+    return Bad(label, "group '" + key + "': actorder needs GPTQ (calibration)");
+  }
+  const std::string type = Str(w->Find("type")).empty() ? "int" : Str(w->Find("type"));
+  const int bits = w->Find("num_bits") ? static_cast<int>(w->Find("num_bits")->as_int()) : 8;
+  const bool symmetric = w->Find("symmetric") == nullptr || w->Find("symmetric")->as_bool();
+  std::optional<int> group_size;
+  if (const JsonValue* g = w->Find("group_size"); g != nullptr && !g->is_null()) {
+    group_size = static_cast<int>(g->as_int());
+  }
+  std::string strategy = Str(w->Find("strategy"));
+  if (strategy.empty()) {
+    strategy = !group_size ? "tensor" : *group_size > 0 ? "group" : "channel";
+  }
+  std::optional<std::pair<int, int>> block;
+  if (const JsonValue* b = w->Find("block_structure"); b != nullptr && b->is_array() &&
+                                                       b->as_array().size() == 2) {
+    block = std::make_pair(static_cast<int>(b->as_array()[0].as_int()),
+                           static_cast<int>(b->as_array()[1].as_int()));
+  }
+  const std::string format = Str(group.Find("format"));
+  for (const SchemeInfo& s : SchemeTable()) {
+    if (!s.needs_calibration.empty() || s.outputs == nullptr) continue;
+    const QuantArgsDesc& sw = s.weights;
+    if (sw.type != type) continue;
+    if (!format.empty() && format != s.format) continue;
+    // Activations: none versus present, and then the same type, bits and strategy.
+    if ((a == nullptr) != !s.input_activations.has_value()) continue;
+    if (a != nullptr) {
+      const QuantArgsDesc& sa = *s.input_activations;
+      const std::string at = Str(a->Find("type")).empty() ? "int" : Str(a->Find("type"));
+      const int ab = a->Find("num_bits") ? static_cast<int>(a->Find("num_bits")->as_int()) : 8;
+      if (at != sa.type || ab != sa.num_bits || Str(a->Find("strategy")) != sa.strategy) continue;
+    }
+    SchemeParams p = s.DefaultParams();
+    if (type == "int") {
+      // The integer family: one kernel per storage (packed or not) covers every width,
+      // group size and symmetry; the activations decide the preset.
+      if (bits < 2 || bits > 8) continue;
+      if (strategy != "group" && strategy != "channel") continue;
+      if (s.format == "int-quantized" && a == nullptr) continue;
+      p.bits = bits;
+      p.symmetric = symmetric;
+      p.group_size = strategy == "channel" ? std::optional<int>(-1) : group_size;
+      if (strategy == "group" && (!group_size || *group_size <= 0 || *group_size % 8 != 0)) {
+        return Bad(label, "group '" + key + "': group_size must be a positive multiple of 8");
+      }
+      // Among packed presets prefer the one of the same width (its name reads right).
+      if (s.format == "pack-quantized" && a == nullptr && sw.num_bits != bits) continue;
+    } else {
+      if (sw.num_bits != bits || sw.strategy != strategy || sw.group_size != group_size ||
+          sw.block_structure != block || !symmetric) {
+        continue;
+      }
+    }
+    RecipeGroup rg;
+    rg.key = key;
+    rg.scheme = &s;
+    rg.params = p;
+    return rg;
+  }
+  return Bad(label, "group '" + key + "': no data-free scheme matches these weights/" +
+                        "activations (see `quench schemes`)");
+}
+
+Result<RecipeGroup> ResolveGroup(const std::string& label, const std::string& key,
+                                 const JsonValue& group) {
+  RecipeGroup rg;
+  if (group.is_string()) {  // a preset name
+    const SchemeInfo* s = FindScheme(group.as_string());
+    if (s == nullptr) return Bad(label, "group '" + key + "': unknown scheme '" + group.as_string() + "'");
+    rg = {key, s, s->DefaultParams(), {"Linear"}};
+  } else if (group.is_object()) {
+    if (const JsonValue* preset = group.Find("scheme"); preset != nullptr && preset->is_string()) {
+      const SchemeInfo* s = FindScheme(preset->as_string());
+      if (s == nullptr) return Bad(label, "group '" + key + "': unknown scheme '" + preset->as_string() + "'");
+      rg = {key, s, s->DefaultParams(), {}};
+    } else {
+      QUENCH_ASSIGN_OR_RETURN(rg, MatchArgs(label, key, group));
+    }
+    QUENCH_ASSIGN_OR_RETURN(rg.targets, StringList(group.Find("targets"), label, key + ".targets"));
+  } else {
+    return Bad(label, "group '" + key + "' must be a preset name or an object");
+  }
+  if (!rg.scheme->needs_calibration.empty()) {
+    return Bad(label, "group '" + key + "': scheme " + std::string(rg.scheme->name) +
+                          " cannot be applied without calibration data: it " +
+                          std::string(rg.scheme->needs_calibration));
+  }
+  if (rg.targets.empty()) rg.targets = {"Linear"};
+  return rg;
+}
+
+// Finds the QuantizationModifier's arguments anywhere in an llm-compressor recipe
+// (stage -> modifiers group -> QuantizationModifier). Other modifiers are refused by name.
+Result<const JsonValue*> FindModifier(const JsonValue& v, const std::string& label) {
+  if (!v.is_object()) return static_cast<const JsonValue*>(nullptr);
+  for (const auto& [k, child] : v.as_object()) {
+    if (k == "QuantizationModifier") return &child;
+    if (k.ends_with("Modifier")) {
+      return Bad(label, k + " needs calibration data or is not a quantization step; quench "
+                            "runs QuantizationModifier recipes (data-free schemes)");
+    }
+    QUENCH_ASSIGN_OR_RETURN(const JsonValue* found, FindModifier(child, label));
+    if (found != nullptr) return found;
+  }
+  return static_cast<const JsonValue*>(nullptr);
+}
+
+}  // namespace
+
+Result<JsonValue> ParseYaml(const std::string& label, const std::string& text) {
+  try {
+    return FromYaml(YAML::Load(text));
+  } catch (const YAML::Exception& e) {
+    return Bad(label, std::string("not valid YAML: ") + e.what());
+  }
+}
+
+Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label) {
+  const JsonValue* doc = &doc_in;
+  if (const JsonValue* q = doc->Find("quantization_config")) doc = q;  // a config.json
+  Recipe r;
+  const JsonValue* mod = nullptr;
+  if (doc->Find("config_groups") == nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(mod, FindModifier(*doc, label));
+    if (mod == nullptr) {
+      return Bad(label, "neither a QuantizationConfig (config_groups) nor an llm-compressor "
+                        "recipe with a QuantizationModifier");
+    }
+    doc = mod;
+  }
+  if (const JsonValue* kv = doc->Find("kv_cache_scheme"); kv != nullptr && !kv->is_null()) {
+    return Bad(label, "kv_cache_scheme needs k/v scales computed from activation statistics "
+                      "(calibration); quench cannot write them data-free");
+  }
+  QUENCH_ASSIGN_OR_RETURN(r.ignore, StringList(doc->Find("ignore"), label, "ignore"));
+  if (const JsonValue* cg = doc->Find("config_groups"); cg != nullptr && !cg->is_null()) {
+    if (!cg->is_object()) return Bad(label, "'config_groups' must be an object");
+    for (const auto& [key, group] : cg->as_object()) {
+      QUENCH_ASSIGN_OR_RETURN(RecipeGroup g, ResolveGroup(label, key, group));
+      r.groups.push_back(std::move(g));
+    }
+  }
+  if (const JsonValue* scheme = doc->Find("scheme"); scheme != nullptr && !scheme->is_null()) {
+    QUENCH_ASSIGN_OR_RETURN(std::vector<std::string> targets,
+                            StringList(doc->Find("targets"), label, "targets"));
+    if (targets.empty()) targets = {"Linear"};
+    if (scheme->is_string()) {
+      QUENCH_ASSIGN_OR_RETURN(RecipeGroup g, ResolveGroup(label, scheme->as_string(), *scheme));
+      g.targets = targets;
+      r.groups.push_back(std::move(g));
+    } else if (scheme->is_object()) {
+      // {PRESET: [targets], ...}: llm-compressor's mixed-precision shorthand.
+      for (const auto& [preset, tg] : scheme->as_object()) {
+        QUENCH_ASSIGN_OR_RETURN(RecipeGroup g, ResolveGroup(label, preset, JsonValue(preset)));
+        QUENCH_ASSIGN_OR_RETURN(g.targets, StringList(&tg, label, "scheme." + preset));
+        r.groups.push_back(std::move(g));
+      }
+    } else {
+      return Bad(label, "'scheme' must be a preset name or a {preset: [targets]} map");
+    }
+  }
+  if (r.groups.empty()) return Bad(label, "no config group or scheme");
+  for (size_t i = 0; i < r.groups.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (r.groups[i].key == r.groups[j].key) return Bad(label, "group '" + r.groups[i].key + "' appears twice");
+    }
+  }
+  return r;
+}
+
+Result<Recipe> LoadRecipe(const std::filesystem::path& path) {
+  QUENCH_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  const std::string label = path.string();
+  if (path.extension() == ".json") {
+    QUENCH_ASSIGN_OR_RETURN(JsonValue doc, ParseJson(label, text));
+    return InterpretRecipe(doc, label);
+  }
+  QUENCH_ASSIGN_OR_RETURN(JsonValue doc, ParseYaml(label, text));
+  return InterpretRecipe(doc, label);
+}
+
+}  // namespace quench

@@ -1,0 +1,381 @@
+// quench verify: every golden output (the reference's) and quench's own output verify clean
+// against their sources; checkpoints with planted faults are each rejected by the right rule.
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "format/json.h"
+#include "format/quant_config.h"
+#include "quench/convert.h"
+#include "schemes/float_formats.h"
+#include "test_util.h"
+#include "verify/verify.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+using quench::DType;
+
+namespace {
+
+struct Case {
+  std::string name, source, expected;
+};
+
+std::vector<Case> GoldenCases() {
+  const fs::path data = qt::DataDir();
+  auto manifest = quench::ReadJsonFile((data / "golden/manifest.json").string());
+  REQUIRE_MESSAGE(manifest.ok(), manifest.status().ToString());
+  std::vector<Case> out;
+  for (const auto& c : manifest->Find("cases")->as_array()) {
+    out.push_back({c.Find("name")->as_string(), (data / c.Find("source")->as_string()).string(),
+                   (data / c.Find("expected")->as_string()).string()});
+  }
+  return out;
+}
+
+quench::VerifyReport RunVerify(const fs::path& dst, std::optional<fs::path> src) {
+  quench::VerifyOptions o;
+  o.dst = dst;
+  o.src = std::move(src);
+  auto r = quench::Verify(o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  return std::move(r).value();
+}
+
+std::string Problems(const quench::VerifyReport& r) {
+  std::string s;
+  for (const auto& p : r.problems) s += p.ToString() + "\n";
+  return s;
+}
+
+bool Has(const quench::VerifyReport& r, const std::string& rule, const std::string& tensor) {
+  for (const auto& p : r.problems) {
+    if (p.rule == rule && p.tensor == tensor) return true;
+  }
+  return false;
+}
+
+// A writable copy of a golden output.
+fs::path CopyGolden(const qt::TempDir& tmp, const std::string& name) {
+  const fs::path dst = tmp / "dst";
+  fs::copy(qt::DataDir() / "golden" / name, dst, fs::copy_options::recursive);
+  for (const auto& e : fs::recursive_directory_iterator(dst)) {
+    if (e.is_regular_file()) {
+      fs::permissions(e.path(), fs::perms::owner_read | fs::perms::owner_write,
+                      fs::perm_options::add);
+    }
+  }
+  return dst;
+}
+
+// Every tensor of a folder, shard by shard, to edit and write back.
+struct Editable {
+  fs::path dir;
+  std::map<std::string, std::vector<qt::RawTensor>> shards;  // rel name -> tensors
+
+  explicit Editable(const fs::path& d) : dir(d) {
+    auto folder = quench::LoadModelFolder(d);
+    REQUIRE_MESSAGE(folder.ok(), folder.status().ToString());
+    for (const auto& s : folder->shards) {
+      const std::string bytes = qt::ReadBytes(s.path);
+      auto& v = shards[s.rel_name];
+      for (const auto& t : s.header.tensors) {
+        v.push_back({t.name, t.dtype, t.shape, bytes.substr(s.header.data_start + t.begin, t.nbytes())});
+      }
+    }
+  }
+  qt::RawTensor* Find(const std::string& name) {
+    for (auto& [_, v] : shards) {
+      for (auto& t : v) {
+        if (t.name == name) return &t;
+      }
+    }
+    FAIL("no tensor " << name);
+    return nullptr;
+  }
+  void Remove(const std::string& name) {
+    for (auto& [_, v] : shards) {
+      std::erase_if(v, [&](const qt::RawTensor& t) { return t.name == name; });
+    }
+  }
+  // Writes every shard and a consistent index (so that only the planted fault is wrong).
+  void Save() {
+    std::vector<std::pair<std::string, std::string>> wm;
+    uint64_t total = 0;
+    for (const auto& [rel, v] : shards) {
+      qt::WriteShard(dir / rel, v);
+      for (const auto& t : v) {
+        wm.push_back({t.name, fs::path(rel).filename().string()});
+        total += t.bytes.size();
+      }
+    }
+    std::sort(wm.begin(), wm.end());
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string f = e.path().filename().string();
+      if (f.ends_with("safetensors.index.json")) qt::WriteBytes(e.path(), quench::BuildIndexJson(wm, total));
+    }
+  }
+};
+
+const char kQ[] = "model.layers.0.self_attn.q_proj";
+
+}  // namespace
+
+TEST_SUITE("verify") {
+  TEST_CASE("every golden output verifies against its source, and alone") {
+    const auto cases = GoldenCases();
+    REQUIRE(cases.size() >= 60);
+    for (const Case& c : cases) {
+      CAPTURE(c.name);
+      const auto with_src = RunVerify(c.expected, fs::path(c.source));
+      CHECK_MESSAGE(with_src.ok(), Problems(with_src));
+      CHECK(with_src.modules_quantized > 0);
+      CHECK(with_src.quality.size() == with_src.modules_quantized);
+      for (const auto& q : with_src.quality) {
+        CAPTURE(q.module);
+        CHECK(q.worst_bound_ratio <= 0.75);  // round-to-nearest: about half the bound (max 0.57)
+        CHECK(q.sqnr_db >= q.threshold_db);
+      }
+      const auto alone = RunVerify(c.expected, std::nullopt);
+      CHECK_MESSAGE(alone.ok(), Problems(alone));
+      CHECK(alone.modules_quantized == with_src.modules_quantized);
+    }
+  }
+
+  TEST_CASE("quench's own output verifies, default ignores included") {
+    for (const char* scheme : {"FP8_DYNAMIC", "W4A16_ASYM", "NVFP4A16", "MXFP4A16"}) {
+      CAPTURE(scheme);
+      qt::TempDir tmp;
+      quench::ConvertOptions o;
+      o.src = qt::DataDir() / "tiny-llama";
+      o.dst = tmp / "out";
+      o.scheme = scheme;
+      if (std::string(scheme) == "W4A16_ASYM") o.ignore = {"re:.*down_proj$"};
+      auto s = quench::Convert(o);
+      REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+      const auto r = RunVerify(o.dst, o.src);
+      CHECK_MESSAGE(r.ok(), Problems(r));
+      CHECK(r.modules_quantized >= 12);
+    }
+  }
+
+  TEST_CASE("planted faults are each rejected by the right rule") {
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    const std::string q = kQ;
+
+    SUBCASE("wrong dtype of a scale") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));
+      qt::RawTensor* s = e.Find(q + ".weight_scale");
+      std::string f32;
+      for (size_t i = 0; i < s->bytes.size(); i += 2) {
+        const float v = qt::DecodeBF16(reinterpret_cast<const uint8_t*>(s->bytes.data() + i));
+        f32.append(reinterpret_cast<const char*>(&v), 4);
+      }
+      s->dtype = DType::kF32;
+      s->bytes = f32;
+      e.Save();
+      const auto r = RunVerify(e.dir, src);
+      CHECK_MESSAGE(Has(r, "dtype", q + ".weight_scale"), Problems(r));
+      CHECK_MESSAGE(Has(RunVerify(e.dir, std::nullopt), "dtype", q + ".weight_scale") == false,
+                    "without SRC any float scale dtype is accepted");
+    }
+    SUBCASE("wrong shape") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));
+      qt::RawTensor* s = e.Find(q + ".weight_scale");
+      s->shape = {1, s->shape[0]};
+      e.Save();
+      CHECK(Has(RunVerify(e.dir, src), "shape", q + ".weight_scale"));
+      CHECK(Has(RunVerify(e.dir, std::nullopt), "shape", q + ".weight_scale"));
+    }
+    SUBCASE("missing weight_scale") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/W8A8"));
+      e.Remove(q + ".weight_scale");
+      e.Save();
+      CHECK(Has(RunVerify(e.dir, src), "missing", q + ".weight_scale"));
+      CHECK(Has(RunVerify(e.dir, std::nullopt), "missing", q + ".weight_scale"));
+    }
+    SUBCASE("extra tensor") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/W4A16"));
+      e.shards.begin()->second.push_back({"model.extra_buffer", DType::kF32, {1}, std::string(4, '\0')});
+      // A zero point on a symmetric scheme is extra even without the source.
+      e.shards.begin()->second.push_back({q + ".weight_zero_point", DType::kI32, {1, 1}, std::string(4, '\0')});
+      e.Save();
+      const auto r = RunVerify(e.dir, src);
+      CHECK_MESSAGE(Has(r, "extra", "model.extra_buffer"), Problems(r));
+      CHECK(Has(r, "extra", q + ".weight_zero_point"));
+      CHECK(Has(RunVerify(e.dir, std::nullopt), "extra", q + ".weight_zero_point"));
+    }
+    SUBCASE("a source tensor missing") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/NVFP4A16"));
+      e.Remove("model.norm.weight");
+      e.Save();
+      const auto r = RunVerify(e.dir, src);
+      CHECK_MESSAGE(Has(r, "missing", "model.norm.weight"), Problems(r));
+    }
+    SUBCASE("a copied tensor changed by one byte") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/MXFP8A16"));
+      e.Find("model.embed_tokens.weight")->bytes[1001] ^= 0x01;
+      e.Save();
+      const auto r = RunVerify(e.dir, src);
+      CHECK_MESSAGE(Has(r, "changed", "model.embed_tokens.weight"), Problems(r));
+      CHECK(r.problems.size() == 1);
+    }
+    SUBCASE("a quantized weight with one code flipped to a far value") {
+      // One element in a tensor of 65k barely moves the SQNR; the hard bound catches it.
+      struct Flip {
+        const char* golden;
+        std::string tensor;
+        size_t byte;
+        uint8_t value;
+      };
+      for (const Flip& f : {Flip{"tiny-llama/FP8_DYNAMIC", q + ".weight", 7, 0},
+                            Flip{"tiny-llama/MXFP8A16", q + ".weight", 7, 0},
+                            Flip{"tiny-llama/W8A8", q + ".weight", 7, 0},
+                            Flip{"tiny-llama/W4A16", q + ".weight_packed", 7, 0},
+                            Flip{"tiny-llama/W4A16_ASYM", q + ".weight_packed", 7, 0},
+                            Flip{"tiny-llama/NVFP4A16", q + ".weight_packed", 7, 0},
+                            Flip{"tiny-llama/MXFP4A16", q + ".weight_packed", 7, 0}}) {
+        CAPTURE(f.golden);
+        qt::TempDir tmp;
+        Editable e(CopyGolden(tmp, f.golden));
+        qt::RawTensor* t = e.Find(f.tensor);
+        // Far value: the opposite end of the grid from the element's current code.
+        uint8_t& b = reinterpret_cast<uint8_t&>(t->bytes[f.byte]);
+        const std::string g = f.golden;
+        if (g.ends_with("FP8_DYNAMIC") || g.ends_with("MXFP8A16")) {
+          b = (b & 0x80) ? 0x7E : 0xFE;  // +-448
+        } else if (g.ends_with("W8A8")) {
+          b = static_cast<int8_t>(b) < 0 ? 127 : 0x80;  // +127 / -128
+        } else if (g.find("W4A16") != std::string::npos) {
+          b ^= 0x80;  // int4: high nibble +-8 (opposite half of the range)
+        } else {
+          b = static_cast<uint8_t>((b & 0x0F) | (((b >> 4) & 8) ? 0x70 : 0xF0));  // FP4: +-6
+        }
+        e.Save();
+        const auto r = RunVerify(e.dir, src);
+        CHECK_MESSAGE(Has(r, "error-bound", f.tensor), Problems(r));
+        CHECK_FALSE(Has(r, "sqnr", f.tensor));
+      }
+    }
+    SUBCASE("a scale scaled by 2") {
+      for (const char* golden : {"tiny-llama/W8A8", "tiny-llama/FP8_BLOCK", "tiny-llama/W4A16"}) {
+        CAPTURE(golden);
+        qt::TempDir tmp;
+        Editable e(CopyGolden(tmp, golden));
+        qt::RawTensor* s = e.Find(q + ".weight_scale");
+        for (size_t i = 0; i < s->bytes.size(); i += 2) {
+          uint16_t h;
+          std::memcpy(&h, s->bytes.data() + i, 2);
+          h = static_cast<uint16_t>(h + 0x80);  // bf16 exponent + 1 = x2
+          std::memcpy(s->bytes.data() + i, &h, 2);
+        }
+        e.Save();
+        const auto r = RunVerify(e.dir, src);
+        CHECK_MESSAGE(Has(r, "sqnr", q + (std::string(golden).ends_with("W4A16") ? ".weight_packed" : ".weight")),
+                      Problems(r));
+      }
+    }
+    SUBCASE("NVFP4 fused members with different global scales") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/NVFP4A16"));
+      qt::RawTensor* g = e.Find("model.layers.1.mlp.up_proj.weight_global_scale");
+      float v;
+      std::memcpy(&v, g->bytes.data(), 4);
+      v *= 2;
+      std::memcpy(g->bytes.data(), &v, 4);
+      e.Save();
+      const auto r = RunVerify(e.dir, std::nullopt);
+      CHECK_MESSAGE(Has(r, "fused-global-scale", "model.layers.1.mlp.gate_proj.weight_global_scale"),
+                    Problems(r));
+      CHECK(r.problems.size() == 1);
+    }
+    SUBCASE("weight_shape contents wrong") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/W4A16"));
+      qt::RawTensor* s = e.Find(q + ".weight_shape");
+      int64_t in;
+      std::memcpy(&in, s->bytes.data() + 8, 8);
+      in += 8;
+      std::memcpy(s->bytes.data() + 8, &in, 8);
+      e.Save();
+      CHECK(Has(RunVerify(e.dir, src), "weight-shape", q + ".weight_shape"));
+      const auto alone = RunVerify(e.dir, std::nullopt);
+      CHECK_MESSAGE(Has(alone, "weight-shape", q + ".weight_shape"), Problems(alone));
+    }
+    SUBCASE("a quantized tensor the config does not select") {
+      qt::TempDir tmp;
+      const fs::path dst = CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC");
+      auto cfg = quench::ReadJsonFile((dst / "config.json").string());
+      REQUIRE(cfg.ok());
+      quench::JsonValue qc = *cfg->Find("quantization_config");
+      quench::JsonValue ignore = *qc.Find("ignore");
+      ignore.Push(quench::JsonValue(q));
+      qc.Set("ignore", ignore);
+      cfg->Set("quantization_config", qc);
+      qt::WriteBytes(dst / "config.json", quench::DumpPythonJson(*cfg));
+      for (auto s : {std::optional<fs::path>(src), std::optional<fs::path>()}) {
+        const auto r = RunVerify(dst, s);
+        CHECK_MESSAGE(Has(r, "not-selected", q), Problems(r));
+      }
+    }
+    SUBCASE("a selected module stored unquantized") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));
+      e.Remove(q + ".weight_scale");
+      *e.Find(q + ".weight") = [&] {
+        Editable s(src);
+        return *s.Find(q + ".weight");
+      }();
+      e.Save();
+      CHECK(Has(RunVerify(e.dir, src), "not-quantized", q + ".weight"));
+    }
+    SUBCASE("truncated shard") {
+      qt::TempDir tmp;
+      const fs::path dst = CopyGolden(tmp, "tiny-llama/W4A16");
+      const fs::path shard = dst / "model-00002-of-00002.safetensors";
+      fs::resize_file(shard, fs::file_size(shard) - 100);
+      const auto r = RunVerify(dst, src);
+      REQUIRE(r.problems.size() == 1);
+      CHECK(r.problems[0].rule == "safetensors");
+      CHECK(r.problems[0].message.find("model-00002-of-00002.safetensors") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("quench verify: exit codes, one line per problem, --json") {
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    const fs::path good = qt::DataDir() / "golden/tiny-llama/W4A16";
+    auto ok = qt::RunQuench({"verify", good.string(), src.string()});
+    CHECK_MESSAGE(ok.exit_code == 0, ok.out << ok.err);
+    CHECK(ok.out.find("worst tensors") != std::string::npos);
+    CHECK(ok.out.find("OK: 2 shard(s)") != std::string::npos);
+
+    qt::TempDir tmp;
+    Editable e(CopyGolden(tmp, "tiny-llama/W4A16"));
+    e.Remove(std::string(kQ) + ".weight_scale");
+    e.Find("model.embed_tokens.weight")->bytes[0] ^= 1;
+    e.Save();
+    auto bad = qt::RunQuench({"verify", e.dir.string(), src.string()});
+    CHECK(bad.exit_code == 3);
+    CHECK(bad.out.find("tensor 'model.layers.0.self_attn.q_proj.weight_scale': missing: ") !=
+          std::string::npos);
+    CHECK(bad.out.find("tensor 'model.embed_tokens.weight': changed: ") != std::string::npos);
+    CHECK(bad.out.find("INVALID:") != std::string::npos);
+
+    auto js = qt::RunQuench({"verify", e.dir.string(), src.string(), "--json"});
+    CHECK(js.exit_code == 3);
+    auto j = quench::ParseJson("stdout", js.out);
+    REQUIRE_MESSAGE(j.ok(), js.out);
+    CHECK(j->Find("ok")->as_bool() == false);
+    CHECK(j->Find("problems")->as_array().size() == 2);
+    CHECK(j->Find("tensors")->as_array().size() == 11);
+
+    CHECK(qt::RunQuench({"verify"}).exit_code == 2);
+    CHECK(qt::RunQuench({"verify", (tmp / "nope").string()}).exit_code == 3);
+  }
+}
