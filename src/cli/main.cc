@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "cli/verify_cmd.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
 #include "format/quant_config.h"
@@ -33,6 +34,7 @@ const char kMainHelp[] =
     "commands:\n"
     "  convert SRC DST --scheme NAME   quantize a checkpoint folder into DST\n"
     "  inspect PATH [--json]           list the tensors of a folder or .safetensors file\n"
+    "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
     "  schemes                         list the quantization schemes\n"
     "\n"
     "  -h, --help      this help; `quench <command> --help` for a command's options\n"
@@ -344,6 +346,7 @@ int main(int argc, char** argv) {
       rest = {"--help"};
       if (args[1] == "convert") return RunConvert(rest);
       if (args[1] == "inspect") return RunInspect(rest);
+      if (args[1] == "verify") return RunVerify(rest);
       if (args[1] == "schemes") return RunSchemes(rest);
     }
     std::fputs(kMainHelp, stdout);
@@ -355,6 +358,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "convert") return RunConvert(rest);
   if (cmd == "inspect") return RunInspect(rest);
+  if (cmd == "verify") return RunVerify(rest);
   if (cmd == "schemes") return RunSchemes(rest);
   return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);
 }

@@ -51,7 +51,7 @@ inline size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 // (magnitudes < 2^(bits-1)), so it vectorizes on plain SSE2.
 template <typename T, typename S>
 void ZeroBelow(T* x, size_t n, T t, size_t split) {
-  constexpr T kMag = static_cast<T>(~T{0} >> 1);
+  constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
   const S ts = static_cast<S>(t);
   split = std::min(split, n);
   for (size_t c = 0; c < split; ++c) {
@@ -69,7 +69,7 @@ void ZeroBelow(T* x, size_t n, T t, size_t split) {
 // in that case).
 template <typename T>
 size_t EqualSplit(const T* x, size_t n, T t, uint64_t need, uint64_t equal = UINT64_MAX) {
-  constexpr T kMag = static_cast<T>(~T{0} >> 1);
+  constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
   if (need == 0) return 0;
   if (need >= equal) return n;
   uint64_t seen = 0;
