@@ -8,6 +8,8 @@
 #include <csignal>
 #include <cstring>
 #include <thread>
+
+#include "format/model_folder.h"
 #include <sys/wait.h>
 
 #include "format/safetensors.h"
@@ -19,11 +21,12 @@ namespace fs = std::filesystem;
 namespace {
 
 // Writes a one-tensor BF16 checkpoint of rows x cols without holding it in memory.
-void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
+void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
+                        const std::string& name = "model.layers.0.mlp.down_proj.weight",
+                        const std::string& file = "model.safetensors") {
   fs::create_directories(dir);
-  auto layout = quench::LayOutSafetensors(
-      {{"model.layers.0.mlp.down_proj.weight", quench::DType::kBF16, {rows, cols}, rows * cols * 2}});
-  int fd = open((dir / "model.safetensors").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  auto layout = quench::LayOutSafetensors({{name, quench::DType::kBF16, {rows, cols}, rows * cols * 2}});
+  int fd = open((dir / file).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   REQUIRE(fd >= 0);
   REQUIRE(write(fd, layout.header.data(), layout.header.size()) ==
           static_cast<ssize_t>(layout.header.size()));
@@ -82,5 +85,80 @@ TEST_SUITE("memory") {
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 130);
     CHECK_FALSE(fs::exists(out));
+  }
+
+  TEST_CASE("kill -9 twice, then --resume: same bytes as an uninterrupted run") {
+    qt::TempDir tmp;
+    // Four 64 MiB shards, so that a kill lands between shard completions.
+    for (int k = 0; k < 4; ++k) {
+      WriteBigCheckpoint(tmp / "src", 2048, 16384,
+                         "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
+                         "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
+    }
+    const std::vector<std::string> args = {"--scheme", "FP8_DYNAMIC", "--threads", "1", "-q"};
+    auto run = [&](const fs::path& out, std::vector<std::string> extra) {
+      std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string()};
+      a.insert(a.end(), args.begin(), args.end());
+      a.insert(a.end(), extra.begin(), extra.end());
+      return a;
+    };
+    REQUIRE(qt::RunQuench(run(tmp / "want", {})).exit_code == 0);
+
+    const fs::path out = tmp / "out";
+    // Starts a run and kills it (SIGKILL: no cleanup at all) once `markers` shards are done.
+    auto run_and_kill = [&](size_t markers, std::vector<std::string> extra) {
+      std::vector<std::string> a = run(out, extra);
+      pid_t pid = fork();
+      if (pid == 0) {
+        std::string bin = qt::QuenchBin().string();
+        std::vector<char*> argv = {bin.data()};
+        for (std::string& x : a) argv.push_back(x.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+      }
+      for (int i = 0; i < 20000; ++i) {
+        size_t n = 0;
+        if (fs::exists(out / ".quench-resume")) {
+          for (const auto& e : fs::directory_iterator(out / ".quench-resume")) n += e.is_regular_file();
+        }
+        if (n >= markers) break;
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+      }
+      kill(pid, SIGKILL);
+      int status = 0;
+      waitpid(pid, &status, 0);
+      CHECK(WIFSIGNALED(status));  // it was still running: the kill interrupted it
+    };
+    run_and_kill(1, {});
+    CHECK_FALSE(fs::exists(out / "config.json"));  // an interrupted folder does not look done
+    run_and_kill(2, {"--resume"});
+    auto last = qt::RunQuench(run(out, {"--resume"}));
+    REQUIRE_MESSAGE(last.exit_code == 0, last.err);
+    // Same files, same bytes; no markers or temporary files left.
+    CHECK(qt::ListFiles(out) == qt::ListFiles(tmp / "want"));
+    for (const std::string& f : qt::ListFiles(tmp / "want")) {
+      CAPTURE(f);
+      CHECK(qt::ReadBytes(out / f) == qt::ReadBytes(tmp / "want" / f));
+    }
+  }
+
+  TEST_CASE("--resume redoes a shard whose marker does not match (changed recipe)") {
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 64, 256);
+    const fs::path out = tmp / "out";
+    // A finished W8A8 run's shard with a forged marker from an FP8 run must not be reused.
+    REQUIRE(qt::RunQuench({"convert", (tmp / "src").string(), out.string(), "--scheme", "W8A8", "-q"}).exit_code == 0);
+    fs::remove(out / "config.json");
+    fs::create_directories(out / ".quench-resume");
+    qt::WriteBytes(out / ".quench-resume/model.safetensors.json", "{\"forged\": true}\n");
+    auto r = qt::RunQuench({"convert", (tmp / "src").string(), out.string(), "--scheme",
+                            "FP8_DYNAMIC", "--resume"});
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.err.find("resume: 0 of 1") != std::string::npos);
+    auto [l, t] = qt::FindTensor(qt::LoadAll(out), "model.layers.0.mlp.down_proj.weight");
+    REQUIRE(t != nullptr);
+    CHECK(t->dtype == quench::DType::kF8E4M3);
+    CHECK_FALSE(fs::exists(out / ".quench-resume"));
   }
 }

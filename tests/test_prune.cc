@@ -306,7 +306,8 @@ TEST_CASE("large rows against the oracle (counting select paths)") {
     for (size_t cols : {size_t{4096}, size_t{11008}}) {
       const size_t rows = 4;
       std::vector<uint32_t> in(rows * cols);
-      for (auto& b : in) b = WeightBits(rng, d);
+      for (size_t i = 0; i < in.size(); ++i)
+        in[i] = i < in.size() / 2 ? WeightBits(rng, d) : RandomBits(rng, d, i % 3 == 0);
       CAPTURE(Label(d));
       CAPTURE(cols);
       for (double f : {0.3, 0.5, 0.8}) {
@@ -315,7 +316,9 @@ TEST_CASE("large rows against the oracle (counting select paths)") {
         CHECK(Run(in, d, rows, cols, Unstructured(f, true), 3) ==
               Oracle(in, d, rows, cols, Unstructured(f, true)));
       }
-      CHECK(Run(in, d, rows, cols, NM(2, 4)) == Oracle(in, d, rows, cols, NM(2, 4)));
+      for (int n = 1; n <= 4; ++n)
+        CHECK(Run(in, d, rows, cols, NM(n, 4)) == Oracle(in, d, rows, cols, NM(n, 4)));
+      CHECK(Run(in, d, rows, cols, NM(2, 8)) == Oracle(in, d, rows, cols, NM(2, 8)));
     }
   }
 }

@@ -31,6 +31,7 @@ struct ConvertOptions {
   uint64_t memory_limit = kDefaultMemoryLimit;
   int threads = 0;                     // 0: every core
   bool overwrite = false;              // allow a non-empty existing DST
+  bool resume = false;                 // finish an interrupted run in DST, keeping complete shards
   std::filesystem::path report;        // --report: write the run's JSON account here
 };
 
@@ -52,6 +53,7 @@ struct ConvertSummary {
   uint64_t bytes_in = 0;    // safetensors bytes read (headers excluded)
   uint64_t bytes_out = 0;   // safetensors bytes written (headers included)
   uint64_t chunk_bytes = 0; // input bytes per pipeline chunk, as sized from the memory limit
+  uint64_t shards_resumed = 0;  // shards found complete by --resume and not redone
   int tokens = 0;           // chunks in flight
   double seconds = 0;
 };

@@ -61,6 +61,9 @@ struct PlannedGroup {
 struct PlannedShard {
   std::string rel_name;
   std::filesystem::path src_path;
+  uint64_t src_size = 0;         // source file size and header hash: the resume fingerprint
+  uint64_t src_header_hash = 0;
+  bool already_done = false;     // --resume found this shard complete and matching
   std::string header;           // bytes [0, data_start) of the output file
   uint64_t file_size = 0;
   std::vector<PlannedOutput> outputs;  // sorted as safetensors' writer sorts them

@@ -94,6 +94,9 @@ std::string ConvertHelp() {
        "                        write nothing (except --report); exit 3 if a run would fail\n"
        "  --report FILE.json    write a JSON account: recipe as resolved, per tensor action,\n"
        "                        scheme, shapes and bytes, shards, totals, time, peak memory\n"
+       "  --resume              finish an interrupted run in DST: output shards that were\n"
+       "                        completed and synced, and match the source and recipe, are\n"
+       "                        kept; everything else is redone\n"
        "  --overwrite           allow a DST that exists and is not empty (files of the same\n"
        "                        name are replaced; other files are left as they are)\n"
        "  -q, --quiet           no progress and no notes; errors only\n";
@@ -278,6 +281,8 @@ int RunConvert(const std::vector<std::string>& args) {
       o.report = v;
     } else if (a == "--overwrite") {
       o.overwrite = true;
+    } else if (a == "--resume") {
+      o.resume = true;
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a.starts_with("-") && a != "-") {

@@ -426,7 +426,9 @@ Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& pat
   }
   simdjson::padded_string json(static_cast<size_t>(n));
   QUENCH_RETURN_IF_ERROR(PreadFull(fd.get(), json.data(), static_cast<size_t>(n), 8, label));
-  return ParsePadded(label, json, file_size);
+  QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ParsePadded(label, json, file_size));
+  h.header_hash = Fnv1a64(std::string_view(json.data(), static_cast<size_t>(n)));
+  return h;
 }
 
 SafetensorsLayout LayOutSafetensors(

@@ -25,7 +25,19 @@ struct SafetensorsHeader {
   bool has_metadata = false;
   // Tensors in header order (not sorted).
   std::vector<TensorInfo> tensors;
+  // FNV-1a 64 of the N header bytes as read from the file (0 when parsed from memory): part
+  // of the source fingerprint that --resume checks.
+  uint64_t header_hash = 0;
 };
+
+// FNV-1a, 64-bit: a stable, dependency-free fingerprint hash (not cryptographic).
+inline uint64_t Fnv1a64(std::string_view bytes, uint64_t h = 0xcbf29ce484222325ull) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
 
 // Largest header accepted (the Rust crate's limit is 100 MB).
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;

@@ -33,10 +33,11 @@ Status CheckDestination(const ConvertOptions& o) {
     if (!fs::is_directory(st)) {
       return Error(ErrorCode::kUsage, o.dst.string() + " exists and is not a folder");
     }
-    if (!o.overwrite && !fs::is_empty(o.dst, ec)) {
+    if (!o.overwrite && !o.resume && !fs::is_empty(o.dst, ec)) {
       return Error(ErrorCode::kUsage, o.dst.string() +
                                           " exists and is not empty; pass --overwrite to "
-                                          "replace the files quench writes there");
+                                          "replace the files quench writes there, or --resume "
+                                          "to finish an interrupted run");
     }
   }
   return Status::Ok();
@@ -53,6 +54,34 @@ Status CheckFreeSpace(const fs::path& dst, uint64_t needed) {
                                      " are free");
   }
   return Status::Ok();
+}
+
+// --resume: a shard is complete when its file has the planned size and its marker (written
+// after the shard was fsynced and renamed) equals the fingerprint of what this run would write.
+// Leftover temporary files of the interrupted run are removed.
+uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (auto it = fs::recursive_directory_iterator(plan.dst, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->path().string().ends_with(".quench-tmp")) stale.push_back(it->path());
+  }
+  for (const fs::path& p : stale) fs::remove(p, ec);
+  uint64_t done = 0;
+  for (size_t k = 0; k < plan.shards.size(); ++k) {
+    PlannedShard& ps = plan.shards[k];
+    const fs::path out = plan.dst / ps.rel_name;
+    auto marker = ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name));
+    if (!marker.ok() || *marker != ShardFingerprint(plan, k)) continue;
+    if (fs::file_size(out, ec) != ps.file_size || ec) continue;
+    ps.already_done = true;
+    ++done;
+  }
+  if (callbacks.note) {
+    callbacks.note("resume: " + std::to_string(done) + " of " + std::to_string(plan.shards.size()) +
+                   " output shards are complete and match the source and recipe; converting the rest");
+  }
+  return done;
 }
 
 }  // namespace
@@ -162,10 +191,25 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   plan.dst = ResolvePath(options.dst);
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary
-  // files are removed by their owners; published shards of a failed run are removed here).
+  // files are removed by their owners). An interrupted run keeps its complete shards and their
+  // resume markers, so that --resume can finish it; the folder has no config.json, so it does
+  // not look like a finished checkpoint.
   std::vector<fs::path> published;
   auto cleanup = [&](Status s) -> Status {
+    if (s.code() == ErrorCode::kInterrupted) {
+      size_t complete = 0;
+      for (const PlannedShard& ps : plan.shards) {
+        complete += ps.already_done || fs::exists(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
+      }
+      if (complete > 0) {
+        return Error(ErrorCode::kInterrupted,
+                     "interrupted: " + std::to_string(complete) + " of " +
+                         std::to_string(plan.shards.size()) + " output shards are complete in " +
+                         plan.dst.string() + "; run the same command with --resume to finish");
+      }
+    }
     for (const fs::path& p : published) fs::remove(p, ec);
+    fs::remove_all(plan.dst / kResumeDir, ec);
     if (created) fs::remove(plan.dst, ec);  // only succeeds when empty
     return s;
   };
@@ -185,8 +229,12 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
   if (Status s = RunPrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
+  uint64_t resumed = 0;
+  if (options.resume) resumed = MarkCompleteShards(plan, callbacks);
   Status st = RunShardPipeline(plan, sizing, callbacks, cancel);
-  for (const PlannedShard& ps : plan.shards) published.push_back(plan.dst / ps.rel_name);
+  for (const PlannedShard& ps : plan.shards) {
+    if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
+  }
   if (!st.ok()) return cleanup(st);
 
   // Other files, then the index, then config.json: the folder is a loadable checkpoint only
@@ -198,6 +246,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     if (!st.ok()) return cleanup(st);
     published.push_back(to);
   }
+  fs::remove_all(plan.dst / kResumeDir, ec);
   st = SyncDirectory(plan.dst);
   if (!st.ok()) return cleanup(st);
 
@@ -208,6 +257,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   sum.bytes_in = plan.bytes_in;
   sum.bytes_out = plan.bytes_out;
   sum.chunk_bytes = sizing.chunk_bytes;
+  sum.shards_resumed = resumed;
   sum.tokens = sizing.tokens;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return sum;

@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "format/file_io.h"
+#include "format/safetensors.h"
 #include "schemes/chunk.h"
 
 namespace quench {
@@ -119,7 +122,9 @@ class ShardPipeline {
       fc.stop();
       return nullptr;
     }
-    while (tensor_ < plan_.tensors.size() && pos_ >= Extent(plan_.tensors[tensor_])) {
+    while (tensor_ < plan_.tensors.size() &&
+           (pos_ >= Extent(plan_.tensors[tensor_]) ||
+            plan_.shards[plan_.tensors[tensor_].shard].already_done)) {
       ++tensor_;
       pos_ = 0;
     }
@@ -227,6 +232,7 @@ class ShardPipeline {
   void FinishShardsBefore(size_t s) {
     for (; next_to_finish_ < s; ++next_to_finish_) {
       const size_t k = next_to_finish_;
+      if (plan_.shards[k].already_done) continue;
       Status st = EnsureOpen(k);
       if (!st.ok()) {
         Fail(st);
@@ -234,7 +240,16 @@ class ShardPipeline {
       }
       maps_[k] = MappedFile();
       std::shared_ptr<OutputFile> f(std::move(files_[k]));
-      commits_.push_back(std::async(std::launch::async, [f] { return f->Commit(); }));
+      // After the shard is durable under its final name, its resume marker records what it
+      // was made from; a shard without a matching marker is redone by --resume.
+      const std::filesystem::path marker = ResumeMarkerPath(plan_.dst, plan_.shards[k].rel_name);
+      std::string fingerprint = ShardFingerprint(plan_, k);
+      commits_.push_back(std::async(std::launch::async, [f, marker, fingerprint] {
+        QUENCH_RETURN_IF_ERROR(f->Commit());
+        std::error_code ec;
+        std::filesystem::create_directories(marker.parent_path(), ec);
+        return WriteFileAtomic(marker, fingerprint);
+      }));
     }
   }
 
@@ -299,6 +314,40 @@ class ShardPipeline {
 };
 
 }  // namespace
+
+std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel) {
+  return dst / kResumeDir / (rel + ".json");
+}
+
+// What a complete output shard depends on: the source shard (size and header bytes), the
+// output layout (header bytes), each tensor's action and scheme parameters, the NVFP4 global
+// scales (which depend on other shards) and quench's version.
+std::string ShardFingerprint(const Plan& plan, size_t s) {
+  const PlannedShard& ps = plan.shards[s];
+  uint64_t h = Fnv1a64(QUENCH_VERSION);
+  h = Fnv1a64(ps.header, h);
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.shard != s) continue;
+    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|" : "|c|");
+    if (t.scheme != nullptr) {
+      d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
+           std::to_string(t.params.group_size.value_or(0)) + "|" +
+           std::to_string(t.params.symmetric) + "|";
+      uint32_t gs;
+      std::memcpy(&gs, &t.global_scale, 4);
+      d += std::to_string(gs);
+    }
+    h = Fnv1a64(d, h);
+  }
+  char hex[17];
+  auto hexed = [&](uint64_t v) {
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
+    return std::string(hex);
+  };
+  return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
+         ", \"source_header_fnv1a64\": \"" + hexed(ps.src_header_hash) + "\", \"output_bytes\": " +
+         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + hexed(h) + "\"}\n";
+}
 
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads) {
   PipelineSizing s;

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
+#include <string>
 
 #include "quench/convert.h"
 #include "quench/plan.h"
@@ -18,6 +20,13 @@ struct PipelineSizing {
   int tokens = 0;            // chunks in flight
   int threads = 0;
 };
+
+// Resume markers live in DST/.quench-resume/<shard>.json while a run is unfinished; the
+// folder is removed when the run completes.
+inline constexpr const char* kResumeDir = ".quench-resume";
+std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel);
+// The marker's contents for shard `s` (valid once the pre-pass has run).
+std::string ShardFingerprint(const Plan& plan, size_t s);
 
 // Chooses chunk size and tokens so that tokens * (input + output buffer) plus a fixed reserve
 // stays under `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.

@@ -380,6 +380,8 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
     PlannedShard ps;
     ps.rel_name = shard.rel_name;
     ps.src_path = shard.path;
+    ps.src_size = shard.file_size;
+    ps.src_header_hash = shard.header.header_hash;
     SafetensorsLayout layout = LayOutSafetensors(std::move(specs));
     std::map<std::string_view, size_t> index_of;
     for (size_t i = 0; i < layout.tensors.size(); ++i) {

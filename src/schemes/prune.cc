@@ -78,20 +78,29 @@ size_t EqualSplit(const T* x, size_t n, T t, uint64_t need, uint64_t equal = UIN
   return n;
 }
 
-// ---- per-row unstructured, 16-bit: two-level counting select ----
+// ---- per-row unstructured: two-level counting select ----
 
-// Prunes the k smallest (|x|, column) keys of one row of 16-bit elements. False on NaN/Inf.
-// Level 1 counts the high 15 - kShift bits of the magnitude (2048 bins for long rows, 256 for
-// short ones, so clearing the bins stays cheap next to the row); the bin holding the k-th
-// smallest is then resolved on its low kShift bits from a compacted copy of just its elements.
-// The inf/NaN magnitudes have their low kShift bits clear, so they are exactly the top bins.
-template <int kShift>
-bool PruneRow16(uint16_t* row, size_t cols, size_t k, uint16_t inf_mag,
-                std::vector<uint16_t>* scratch) {
-  constexpr size_t kBins = size_t{0x8000} >> kShift;
-  uint32_t h1[kBins];
+// Prunes the k smallest (|x|, column) keys of one row. False on NaN/Inf. Level 1 counts the
+// high bits of the magnitude, |x| >> kShift (2048 bins for long rows, 256 for short ones, so
+// clearing the bins stays cheap next to the row); the one bin holding the k-th smallest is then
+// resolved exactly by nth_element on a compacted copy of just its elements. The Inf/NaN
+// magnitudes have their low kShift bits clear, so they are exactly the top bins.
+template <typename T, typename S, int kShift>
+bool PruneRowSelect(T* row, size_t cols, size_t k, T inf_mag, std::vector<T>* scratch,
+                    std::vector<uint32_t>* col_scratch) {
+  constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
+  constexpr size_t kBins = (size_t{kMag} + 1) >> kShift;
+  // Two interleaved histograms halve the store-to-load chains on the few hot bins.
+  uint32_t h1[kBins], h1b[kBins];
   std::memset(h1, 0, sizeof(h1));
-  for (size_t c = 0; c < cols; ++c) ++h1[(row[c] & 0x7FFF) >> kShift];
+  std::memset(h1b, 0, sizeof(h1b));
+  size_t c0 = 0;
+  for (; c0 + 2 <= cols; c0 += 2) {
+    ++h1[(row[c0] & kMag) >> kShift];
+    ++h1b[(row[c0 + 1] & kMag) >> kShift];
+  }
+  if (c0 < cols) ++h1[(row[c0] & kMag) >> kShift];
+  for (size_t b = 0; b < kBins; ++b) h1[b] += h1b[b];
   uint32_t bad = 0;
   for (size_t b = inf_mag >> kShift; b < kBins; ++b) bad |= h1[b];
   if (bad != 0) return false;
@@ -99,52 +108,41 @@ bool PruneRow16(uint16_t* row, size_t cols, size_t k, uint16_t inf_mag,
 
   // Bin holding the k-th smallest (1-based).
   size_t below = 0;
-  uint32_t hb = 0;
+  size_t hb = 0;
   for (;; ++hb) {
     if (below + h1[hb] >= k) break;
     below += h1[hb];
   }
-  // Compact the magnitudes in that bin (branch-free), then select within it.
-  scratch->resize(h1[hb] + 1);
-  uint16_t* in_bin = scratch->data();
+  // Compact the magnitudes in that bin with their columns (branch-free), select T within
+  // them, and find the column of the last equal-to-T element to prune from the same list.
+  const size_t cap = size_t{h1[hb]} + 1;
+  if (scratch->size() < 2 * cap) scratch->resize(2 * cap);
+  if (col_scratch->size() < cap) col_scratch->resize(cap);
+  T* in_bin = scratch->data();
+  T* sel = in_bin + cap;
+  uint32_t* in_col = col_scratch->data();
   size_t n_in = 0;
   for (size_t c = 0; c < cols; ++c) {
-    const uint16_t a = row[c] & 0x7FFF;
+    const T a = row[c] & kMag;
     in_bin[n_in] = a;
-    n_in += (static_cast<uint32_t>(a) >> kShift) == hb;
+    in_col[n_in] = static_cast<uint32_t>(c);
+    n_in += (a >> kShift) == hb;
   }
+  std::memcpy(sel, in_bin, n_in * sizeof(T));
   const size_t r = k - below - 1;  // 0-based rank of T within the bin
-  std::nth_element(in_bin, in_bin + r, in_bin + n_in);
-  const uint16_t t = in_bin[r];
-  size_t less = 0, equal = 0;
+  std::nth_element(sel, sel + r, sel + n_in);
+  const T t = sel[r];
+  size_t less = 0;
+  for (size_t i = 0; i < n_in; ++i) less += in_bin[i] < t;
+  const size_t need = k - below - less;  // 1 <= need <= (elements equal to T)
+  size_t split = cols, seen = 0;
   for (size_t i = 0; i < n_in; ++i) {
-    less += in_bin[i] < t;
-    equal += in_bin[i] == t;
+    if (in_bin[i] == t && ++seen == need) {
+      split = in_col[i] + 1;
+      break;
+    }
   }
-  const size_t need = k - below - less;  // 1 <= need <= equal
-  ZeroBelow<uint16_t, int16_t>(row, cols, t, EqualSplit<uint16_t>(row, cols, t, need, equal));
-  return true;
-}
-
-// ---- per-row unstructured, F32: nth_element on the magnitudes ----
-
-bool PruneRow32(uint32_t* row, size_t cols, size_t k, std::vector<uint32_t>* scratch) {
-  uint32_t max_mag = 0;
-  for (size_t c = 0; c < cols; ++c) max_mag = std::max(max_mag, row[c] & 0x7FFFFFFFu);
-  if (max_mag >= 0x7F800000u) return false;
-  if (k == 0) return true;
-  scratch->resize(cols);
-  uint32_t* s = scratch->data();
-  for (size_t c = 0; c < cols; ++c) s[c] = row[c] & 0x7FFFFFFFu;
-  std::nth_element(s, s + (k - 1), s + cols);
-  const uint32_t t = s[k - 1];  // the k-th smallest magnitude
-  size_t below = 0, equal = 0;
-  for (size_t c = 0; c < cols; ++c) {
-    const uint32_t a = row[c] & 0x7FFFFFFFu;
-    below += a < t;
-    equal += a == t;
-  }
-  ZeroBelow<uint32_t, int32_t>(row, cols, t, EqualSplit<uint32_t>(row, cols, t, k - below, equal));
+  ZeroBelow<T, S>(row, cols, t, split);
   return true;
 }
 
@@ -355,7 +353,7 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
   const bool wide = dtype == DType::kF32;
   // Rows in a writable buffer of raw bytes: the caller's buffer is not necessarily aligned.
   // Work on an aligned row copy only when it is not.
-  std::vector<uint32_t> scratch;
+  std::vector<uint32_t> scratch32, col_scratch;
   std::vector<uint16_t> scratch16;
   std::vector<uint8_t> bounce;
   const uint64_t per_row = spec.kind == PruneSpec::kNM
@@ -380,17 +378,25 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
     bool ok;
     if (wide) {
       uint32_t* row = reinterpret_cast<uint32_t*>(w);
-      ok = spec.kind == PruneSpec::kNM ? PruneNM32(row, cols, spec.n, spec.m)
-                                       : PruneRow32(row, cols, per_row, &scratch);
+      if (spec.kind == PruneSpec::kNM)
+        ok = PruneNM32(row, cols, spec.n, spec.m);
+      else if (cols >= 2048)
+        ok = PruneRowSelect<uint32_t, int32_t, 20>(row, cols, per_row, 0x7F800000u, &scratch32,
+                                                   &col_scratch);
+      else
+        ok = PruneRowSelect<uint32_t, int32_t, 23>(row, cols, per_row, 0x7F800000u, &scratch32,
+                                                   &col_scratch);
     } else {
       uint16_t* row = reinterpret_cast<uint16_t*>(w);
       const uint16_t inf = static_cast<uint16_t>(InfMagnitude(dtype));
       if (spec.kind == PruneSpec::kNM)
         ok = PruneNM16(row, cols, spec.n, spec.m, inf);
       else if (cols >= 2048)
-        ok = PruneRow16<4>(row, cols, per_row, inf, &scratch16);
+        ok = PruneRowSelect<uint16_t, int16_t, 4>(row, cols, per_row, inf, &scratch16,
+                                                  &col_scratch);
       else
-        ok = PruneRow16<7>(row, cols, per_row, inf, &scratch16);
+        ok = PruneRowSelect<uint16_t, int16_t, 7>(row, cols, per_row, inf, &scratch16,
+                                                  &col_scratch);
     }
     if (!ok) return false;
     if (!aligned) std::memcpy(p, w, row_bytes);
