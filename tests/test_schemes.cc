@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "quench/convert.h"
@@ -51,121 +52,161 @@ Tensors Get(const std::map<std::string, Loaded>& all, const std::string& name) {
   return {l, t};
 }
 
+// One quantized module read back: per element, the dequantized value and the error bound
+// the scheme's rounding allows, from decoders written from the format definitions.
+class ModuleView {
+ public:
+  ModuleView(const quench::SchemeInfo& scheme, const std::map<std::string, Loaded>& out,
+             const std::string& m, uint64_t rows, uint64_t cols)
+      : fmt_(scheme.format), bits_(scheme.weights.num_bits), asym_(!scheme.weights.symmetric),
+        rows_(rows), cols_(cols) {
+    g_ = scheme.weights.group_size ? static_cast<uint64_t>(*scheme.weights.group_size) : cols;
+    ng_ = cols / g_;
+    if (fmt_ == "int-quantized") {
+      q_ = Get(out, m + ".weight"), s_ = Get(out, m + ".weight_scale");
+      CHECK(q_.info->dtype == DType::kI8);
+      CHECK(q_.info->shape == std::vector<uint64_t>{rows, cols});
+      CHECK(s_.info->shape == std::vector<uint64_t>{rows, ng_});
+    } else if (fmt_ == "pack-quantized") {
+      q_ = Get(out, m + ".weight_packed"), s_ = Get(out, m + ".weight_scale");
+      const Tensors shape = Get(out, m + ".weight_shape");
+      words_ = (cols * bits_ + 31) / 32;
+      CHECK(q_.info->dtype == DType::kI32);
+      CHECK(q_.info->shape == std::vector<uint64_t>{rows, words_});
+      CHECK(shape.info->dtype == DType::kI64);
+      uint64_t shp[2];
+      std::memcpy(shp, shape.data(), 16);
+      CHECK(shp[0] == rows);
+      CHECK(shp[1] == cols);
+      if (asym_) {
+        z_ = Get(out, m + ".weight_zero_point");
+        CHECK(z_.info->dtype == DType::kI32);
+        CHECK(z_.info->shape == std::vector<uint64_t>{(rows * bits_ + 31) / 32, ng_});
+      } else {
+        CHECK(FindTensor(out, m + ".weight_zero_point").second == nullptr);
+      }
+    } else if (fmt_ == "nvfp4-pack-quantized") {
+      q_ = Get(out, m + ".weight_packed"), s_ = Get(out, m + ".weight_scale");
+      const Tensors gs = Get(out, m + ".weight_global_scale");
+      CHECK(q_.info->shape == std::vector<uint64_t>{rows, cols / 2});
+      CHECK(s_.info->dtype == DType::kF8E4M3);
+      CHECK(s_.info->shape == std::vector<uint64_t>{rows, cols / 16});
+      CHECK(gs.info->dtype == DType::kF32);
+      std::memcpy(&gs_, gs.data(), 4);
+    } else if (fmt_ == "mxfp4-pack-quantized" || fmt_ == "mxfp8-quantized") {
+      q_ = Get(out, m + (fmt_ == "mxfp8-quantized" ? ".weight" : ".weight_packed"));
+      s_ = Get(out, m + ".weight_scale");
+      CHECK(s_.info->dtype == DType::kU8);
+      CHECK(s_.info->shape == std::vector<uint64_t>{rows, cols / 32});
+      CHECK(q_.info->shape == std::vector<uint64_t>{rows, fmt_ == "mxfp8-quantized" ? cols : cols / 2});
+    } else {
+      CHECK_MESSAGE(fmt_ == "float-quantized", fmt_);
+      q_ = Get(out, m + ".weight"), s_ = Get(out, m + ".weight_scale");
+      CHECK(q_.info->dtype == DType::kF8E4M3);
+    }
+  }
+
+  // Dequantized element (r, c); *bound receives the allowed |error| for source value x.
+  double At(uint64_t r, uint64_t c, double x, double* bound) const {
+    const uint64_t gi = c / g_;
+    if (fmt_ == "int-quantized") {
+      const double sc = qt::DecodeBF16(s_.data() + 2 * (r * ng_ + gi));
+      const int8_t qv = static_cast<int8_t>(q_.data()[r * cols_ + c]);
+      CHECK((qv >= -(1 << (bits_ - 1)) && qv < (1 << (bits_ - 1))));
+      // Rounding to the integer grid (half a step), after x/s was rounded to BF16.
+      *bound = sc * 0.5 + std::fabs(x) / 128;
+      return qv * sc;
+    }
+    if (fmt_ == "pack-quantized") {
+      const double sc = qt::DecodeBF16(s_.data() + 2 * (r * ng_ + gi));
+      const int offset = 1 << (bits_ - 1);
+      const int qv = static_cast<int>(Unpack(q_.data() + 4 * words_ * r, c, bits_)) - offset;
+      int zp = 0;
+      if (asym_) {
+        // Zero points are packed along dim 0: column gi of the [rows, groups] matrix.
+        const uint64_t bit = r * bits_, zr = bit / 32, off = bit % 32;
+        uint64_t acc = U32(z_.data() + 4 * (zr * ng_ + gi));
+        if (off + bits_ > 32) acc |= static_cast<uint64_t>(U32(z_.data() + 4 * ((zr + 1) * ng_ + gi))) << 32;
+        zp = static_cast<int>((acc >> off) & ((1u << bits_) - 1)) - offset;
+      }
+      // Half a grid step, plus the BF16 roundings of x/s and of x/s + zp.
+      *bound = sc * (0.5 + 1.0 / 32) + std::fabs(x) / 128;
+      return (qv - zp) * sc;
+    }
+    if (fmt_ == "nvfp4-pack-quantized") {
+      const double eff = qt::DecodeE4M3(s_.data()[r * (cols_ / 16) + c / 16]) / gs_;
+      const uint8_t byte = q_.data()[r * (cols_ / 2) + c / 2];
+      // The E2M1 grid's widest gap is 2 (between 4 and 6): at most one unit of eff away,
+      // which also covers values clipped at 6 after the E4M3 scale rounded down.
+      *bound = eff * (1.0 + 1e-9);
+      return qt::DecodeE2M1(c % 2 == 0 ? (byte & 0xF) : (byte >> 4)) * eff;
+    }
+    if (fmt_ == "mxfp4-pack-quantized" || fmt_ == "mxfp8-quantized") {
+      // E8M0: the byte is a biased exponent (bias 127).
+      const double sc = std::ldexp(1.0, s_.data()[r * (cols_ / 32) + c / 32] - 127);
+      if (fmt_ == "mxfp8-quantized") {
+        *bound = std::fabs(x) / 16 + sc / 512;
+        return qt::DecodeE4M3(q_.data()[r * cols_ + c]) * sc;
+      }
+      const uint8_t byte = q_.data()[r * (cols_ / 2) + c / 2];
+      // One unit of the grid: the widest E2M1 gap, or clipping at 6 when the group's amax
+      // rounds down to a power of two (mantissa in [1.5, 1.75)).
+      *bound = sc * (1.0 + 1e-9);
+      return qt::DecodeE2M1(c % 2 == 0 ? (byte & 0xF) : (byte >> 4)) * sc;
+    }
+    // FP8 (channel or 128x128 block), decoded from the weight dtype's scale.
+    const bool block = s_.info->shape[1] != 1 || s_.info->shape[0] != rows_;
+    const uint64_t si = block ? (r / 128) * ((cols_ + 127) / 128) + c / 128 : r;
+    const double sc = qt::DecodeBF16(s_.data() + 2 * si);
+    *bound = std::fabs(x) * (1.0 / 16 + 1.0 / 256) + sc / 1024 + 1e-30;
+    return qt::DecodeE4M3(q_.data()[r * cols_ + c]) * sc;
+  }
+
+ private:
+  std::string fmt_;
+  int bits_;
+  bool asym_;
+  uint64_t rows_, cols_, g_ = 0, ng_ = 0, words_ = 0;
+  Tensors q_, s_, z_;
+  float gs_ = 0;
+};
+
 // Checks one quantized module of `scheme` against the source weight; returns the number of
 // elements outside the scheme's error bound.
 size_t CheckModule(const quench::SchemeInfo& scheme, const std::map<std::string, Loaded>& src,
                    const std::map<std::string, Loaded>& out, const std::string& m) {
   const Tensors w = Get(src, m + ".weight");
   const uint64_t rows = w.info->shape[0], cols = w.info->shape[1];
-  const std::string fmt(scheme.format);
-  const auto& wa = scheme.weights;
-  const int bits = wa.num_bits;
-  const uint64_t g = wa.group_size ? static_cast<uint64_t>(*wa.group_size) : cols;
-  const uint64_t ng = cols / g;
-  auto x = [&](uint64_t r, uint64_t c) { return qt::DecodeBF16(w.data() + 2 * (r * cols + c)); };
+  ModuleView view(scheme, out, m, rows, cols);
   size_t bad = 0;
-  auto expect = [&](double got, double want, double bound) {
-    if (!(std::fabs(got - want) <= bound)) ++bad;
-  };
-  if (fmt == "int-quantized") {
-    const Tensors q = Get(out, m + ".weight"), s = Get(out, m + ".weight_scale");
-    CHECK(q.info->dtype == DType::kI8);
-    CHECK(q.info->shape == std::vector<uint64_t>{rows, cols});
-    CHECK(s.info->shape == std::vector<uint64_t>{rows, ng});
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) {
-        const double sc = qt::DecodeBF16(s.data() + 2 * (r * ng + c / g));
-        const int8_t qv = static_cast<int8_t>(q.data()[r * cols + c]);
-        CHECK_MESSAGE((qv >= -(1 << (bits - 1)) && qv < (1 << (bits - 1))), m);
-        // Rounding to the integer grid (half a step), after x/s was rounded to BF16.
-        expect(qv * sc, x(r, c), sc * 0.5 + std::fabs(x(r, c)) / 128);
-      }
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t c = 0; c < cols; ++c) {
+      const double x = qt::DecodeBF16(w.data() + 2 * (r * cols + c));
+      double bound = 0;
+      const double got = view.At(r, c, x, &bound);
+      if (!(std::fabs(got - x) <= bound)) ++bad;
     }
-  } else if (fmt == "pack-quantized") {
-    const Tensors p = Get(out, m + ".weight_packed"), s = Get(out, m + ".weight_scale");
-    const Tensors shape = Get(out, m + ".weight_shape");
-    const uint64_t words = (cols * bits + 31) / 32;
-    CHECK(p.info->dtype == DType::kI32);
-    CHECK(p.info->shape == std::vector<uint64_t>{rows, words});
-    CHECK(shape.info->dtype == DType::kI64);
-    uint64_t shp[2];
-    std::memcpy(shp, shape.data(), 16);
-    CHECK(shp[0] == rows);
-    CHECK(shp[1] == cols);
-    const bool asym = !wa.symmetric;
-    Tensors z;
-    if (asym) {
-      z = Get(out, m + ".weight_zero_point");
-      CHECK(z.info->dtype == DType::kI32);
-      CHECK(z.info->shape == std::vector<uint64_t>{(rows * bits + 31) / 32, ng});
-    } else {
-      CHECK(FindTensor(out, m + ".weight_zero_point").second == nullptr);
-    }
-    const int offset = 1 << (bits - 1);
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) {
-        const uint64_t gi = c / g;
-        const double sc = qt::DecodeBF16(s.data() + 2 * (r * ng + gi));
-        const int qv = static_cast<int>(Unpack(p.data() + 4 * words * r, c, bits)) - offset;
-        int zp = 0;
-        if (asym) {
-          // Zero points are packed along dim 0: column gi of the [rows, groups] matrix.
-          const uint64_t bit = r * bits;
-          const uint64_t zr = bit / 32, off = bit % 32;
-          uint64_t acc = U32(z.data() + 4 * (zr * ng + gi));
-          if (off + bits > 32) acc |= static_cast<uint64_t>(U32(z.data() + 4 * ((zr + 1) * ng + gi))) << 32;
-          zp = static_cast<int>((acc >> off) & ((1u << bits) - 1)) - offset;
-        }
-        // Half a grid step, plus the BF16 roundings of x/s and of x/s + zp.
-        expect((qv - zp) * sc, x(r, c), sc * (0.5 + 1.0 / 32) + std::fabs(x(r, c)) / 128);
-      }
-    }
-  } else if (fmt == "nvfp4-pack-quantized") {
-    const Tensors p = Get(out, m + ".weight_packed"), s = Get(out, m + ".weight_scale");
-    const Tensors gs = Get(out, m + ".weight_global_scale");
-    CHECK(p.info->shape == std::vector<uint64_t>{rows, cols / 2});
-    CHECK(s.info->dtype == DType::kF8E4M3);
-    CHECK(s.info->shape == std::vector<uint64_t>{rows, cols / 16});
-    CHECK(gs.info->dtype == DType::kF32);
-    float gsv;
-    std::memcpy(&gsv, gs.data(), 4);
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) {
-        const double eff = qt::DecodeE4M3(s.data()[r * (cols / 16) + c / 16]) / gsv;
-        const uint8_t byte = p.data()[r * (cols / 2) + c / 2];
-        const double v = qt::DecodeE2M1(c % 2 == 0 ? (byte & 0xF) : (byte >> 4));
-        // The E2M1 grid's widest gap is 2 (between 4 and 6): at most one unit of eff away,
-        // which also covers values clipped at 6 after the E4M3 scale rounded down.
-        expect(v * eff, x(r, c), eff * (1.0 + 1e-9));
-      }
-    }
-  } else if (fmt == "mxfp4-pack-quantized" || fmt == "mxfp8-quantized") {
-    const bool fp8 = fmt == "mxfp8-quantized";
-    const Tensors v = Get(out, m + (fp8 ? ".weight" : ".weight_packed"));
-    const Tensors s = Get(out, m + ".weight_scale");
-    CHECK(s.info->dtype == DType::kU8);
-    CHECK(s.info->shape == std::vector<uint64_t>{rows, cols / 32});
-    CHECK(v.info->shape == std::vector<uint64_t>{rows, fp8 ? cols : cols / 2});
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) {
-        // E8M0: the byte is a biased exponent (bias 127).
-        const double sc = std::ldexp(1.0, s.data()[r * (cols / 32) + c / 32] - 127);
-        if (fp8) {
-          expect(qt::DecodeE4M3(v.data()[r * cols + c]) * sc, x(r, c),
-                 std::fabs(x(r, c)) / 16 + sc / 512);
-        } else {
-          const uint8_t byte = v.data()[r * (cols / 2) + c / 2];
-          const double q = qt::DecodeE2M1(c % 2 == 0 ? (byte & 0xF) : (byte >> 4));
-          // One unit of the grid: the widest E2M1 gap, or clipping at 6 when the group's
-          // amax rounds down to a power of two (mantissa in [1.5, 1.75)).
-          expect(q * sc, x(r, c), sc * (1.0 + 1e-9));
-        }
-      }
-    }
-  } else {
-    CHECK_MESSAGE(fmt == "float-quantized", fmt);  // FP8: covered by test_convert
   }
   return bad;
+}
+
+// Positions pruned by N:M (keep the N largest |x| of every M consecutive inputs; among equal
+// magnitudes the lower column is pruned first), by a full sort of each group: an oracle that
+// shares nothing with quench's partial selection.
+std::vector<bool> NmMask(const uint8_t* bf16, uint64_t rows, uint64_t cols, int n, int m) {
+  std::vector<bool> pruned(rows * cols, false);
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t c0 = 0; c0 < cols; c0 += static_cast<uint64_t>(m)) {
+      std::vector<std::pair<uint16_t, uint64_t>> key;
+      for (uint64_t c = c0; c < c0 + static_cast<uint64_t>(m); ++c) {
+        const uint16_t bits = static_cast<uint16_t>((bf16[2 * (r * cols + c)] | bf16[2 * (r * cols + c) + 1] << 8) & 0x7FFF);
+        key.push_back({bits, c});
+      }
+      std::sort(key.begin(), key.end());
+      for (int i = 0; i < m - n; ++i) pruned[r * cols + key[static_cast<size_t>(i)].second] = true;
+    }
+  }
+  return pruned;
 }
 
 float GlobalScaleOf(const std::map<std::string, Loaded>& out, const std::string& module) {
@@ -219,6 +260,119 @@ TEST_SUITE("schemes") {
       ++schemes_run;
     }
     CHECK(schemes_run >= 16);
+  }
+
+  TEST_CASE("pruning composes with every scheme: pruned weights dequantize to exactly zero") {
+    auto src = qt::LoadAll(kTiny);
+    size_t schemes_run = 0;
+    for (const quench::SchemeInfo& scheme : quench::SchemeTable()) {
+      if (!scheme.needs_calibration.empty()) continue;
+      const std::string name(scheme.name);
+      CAPTURE(name);
+      quench::ConvertOptions o;
+      o.src = kTiny;
+      o.scheme = name;
+      o.prune = "2:4";
+      const bool group128 = scheme.weights.group_size && *scheme.weights.group_size == 128;
+      if (group128) o.ignore.push_back("re:.*down_proj$");
+      qt::TempDir tmp;
+      o.dst = tmp / "out";
+      auto r = quench::Convert(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      CHECK(r->pruned_tensors == (group128 ? 12u : 14u));
+      CHECK(r->zeroed * 2 >= r->pruned_elements);  // at least half (zeros already there count)
+      auto out = qt::LoadAll(o.dst);
+      for (const char* mod : {"self_attn.q_proj", "mlp.gate_proj", "mlp.up_proj"}) {
+        const std::string m = std::string("model.layers.1.") + mod;
+        CAPTURE(m);
+        const Tensors w = Get(src, m + ".weight");
+        const uint64_t rows = w.info->shape[0], cols = w.info->shape[1];
+        const std::vector<bool> pruned = NmMask(w.data(), rows, cols, 2, 4);
+        ModuleView view(scheme, out, m, rows, cols);
+        size_t nonzero = 0;
+        for (uint64_t rr = 0; rr < rows; ++rr) {
+          for (uint64_t c = 0; c < cols; ++c) {
+            if (!pruned[rr * cols + c]) continue;
+            double bound = 0;
+            if (view.At(rr, c, 0.0, &bound) != 0.0) ++nonzero;
+          }
+        }
+        CHECK(nonzero == 0);
+      }
+      auto cfg = quench::ReadJsonFile((o.dst / "config.json").string());
+      REQUIRE(cfg.ok());
+      const auto* sc = cfg->Find("quantization_config")->Find("sparsity_config");
+      REQUIRE(sc != nullptr);
+      CHECK(sc->as_object().empty());  // as llm-compressor 0.14.0.1 writes it
+      ++schemes_run;
+    }
+    CHECK(schemes_run >= 16);
+  }
+
+  TEST_CASE("pruning alone (--scheme none): weights keep their dtype, exact masks") {
+    qt::TempDir tmp;
+    auto src = qt::LoadAll(kTiny);
+    for (const char* spec : {"2:4", "1:8"}) {
+      CAPTURE(spec);
+      quench::ConvertOptions o;
+      o.src = kTiny;
+      o.dst = tmp / spec;
+      o.scheme = "none";
+      o.prune = spec;
+      auto r = quench::Convert(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      CHECK(r->tensors_pruned_only == 14);
+      auto out = qt::LoadAll(o.dst);
+      const int n = spec[0] - '0', m = spec[2] - '0';
+      for (const char* mod : {"self_attn.k_proj", "mlp.down_proj"}) {
+        const std::string name = std::string("model.layers.0.") + mod + ".weight";
+        const Tensors w = Get(src, name), p = Get(out, name);
+        CHECK(p.info->dtype == DType::kBF16);
+        const uint64_t rows = w.info->shape[0], cols = w.info->shape[1];
+        const std::vector<bool> pruned = NmMask(w.data(), rows, cols, n, m);
+        size_t wrong = 0;
+        for (uint64_t i = 0; i < rows * cols; ++i) {
+          const bool zero = p.data()[2 * i] == 0 && p.data()[2 * i + 1] == 0;
+          const bool same = std::memcmp(p.data() + 2 * i, w.data() + 2 * i, 2) == 0;
+          if (pruned[i] ? !zero : !same) ++wrong;
+        }
+        CHECK(wrong == 0);
+      }
+      // No quantization_config: config.json is the source's, unchanged.
+      CHECK(qt::ReadBytes(o.dst / "config.json") == qt::ReadBytes(kTiny / "config.json"));
+    }
+  }
+
+  TEST_CASE("pruning errors surface at planning") {
+    qt::TempDir tmp;
+    auto run = [&](std::vector<std::string> extra) {
+      std::vector<std::string> a = {"convert", kTiny.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"};
+      a.insert(a.end(), extra.begin(), extra.end());
+      return qt::RunQuench(a);
+    };
+    CHECK(run({"--prune", "unstructured:1.0"}).exit_code == 2);
+    CHECK(run({"--prune", "unstructured:-0.1"}).exit_code == 2);
+    CHECK(run({"--prune", "5:4"}).exit_code == 2);
+    CHECK(run({"--prune", "2:32"}).exit_code == 2);
+    CHECK(run({"--prune", "2:4", "--prune-granularity", "tensor"}).exit_code == 2);
+    auto m = run({"--prune", "3:12"});  // 704 and 256 are not multiples of 12
+    CHECK(m.exit_code == 3);
+    CHECK(m.err.find("down_proj") != std::string::npos);
+    CHECK(qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--scheme", "none"}).exit_code == 2);
+    CHECK_FALSE(fs::exists(tmp / "o"));
+    // Per-tensor granularity prunes exactly floor(0.3 * n) of each tensor.
+    auto t = run({"--prune", "unstructured:0.3", "--prune-granularity", "tensor", "--report",
+                  (tmp / "r.json").string(), "-q"});
+    REQUIRE(t.exit_code == 0);
+    auto rep = quench::ReadJsonFile((tmp / "r.json").string());
+    REQUIRE(rep.ok());
+    for (const auto& tensor : rep->Find("tensors")->as_array()) {
+      if (tensor.Find("prune") == nullptr) continue;
+      const auto& shape = tensor.Find("shape")->as_array();
+      const uint64_t n = shape[0].as_uint() * shape[1].as_uint();
+      CHECK(tensor.Find("sparsity")->as_double() * static_cast<double>(n) >=
+            static_cast<double>(static_cast<uint64_t>(0.3 * static_cast<double>(n))) - 0.5);
+    }
   }
 
   TEST_CASE("NVFP4 global scales are shared by every set vLLM fuses, across shards") {

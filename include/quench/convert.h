@@ -32,6 +32,8 @@ struct ConvertOptions {
   int threads = 0;                     // 0: every core
   bool overwrite = false;              // allow a non-empty existing DST
   bool resume = false;                 // finish an interrupted run in DST, keeping complete shards
+  std::string prune;                   // "unstructured:0.5", "2:4", ... (empty: none)
+  std::string prune_granularity = "row";  // "row" or "tensor" (unstructured only)
   std::filesystem::path report;        // --report: write the run's JSON account here
 };
 
@@ -50,10 +52,14 @@ struct ConvertCallbacks {
 struct ConvertSummary {
   uint64_t tensors_quantized = 0;
   uint64_t tensors_copied = 0;
+  uint64_t tensors_pruned_only = 0;  // --scheme none
   uint64_t bytes_in = 0;    // safetensors bytes read (headers excluded)
   uint64_t bytes_out = 0;   // safetensors bytes written (headers included)
   uint64_t chunk_bytes = 0; // input bytes per pipeline chunk, as sized from the memory limit
   uint64_t shards_resumed = 0;  // shards found complete by --resume and not redone
+  uint64_t pruned_tensors = 0;  // tensors pruned
+  uint64_t pruned_elements = 0; // elements of pruned tensors
+  uint64_t zeroed = 0;          // of those, zero after pruning (achieved sparsity numerator)
   int tokens = 0;           // chunks in flight
   double seconds = 0;
 };

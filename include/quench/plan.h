@@ -15,7 +15,18 @@
 
 namespace quench {
 
-enum class TensorAction { kCopy, kQuantize };
+// kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
+enum class TensorAction { kCopy, kQuantize, kPrune };
+
+// Magnitude pruning as planned (src/schemes/prune.h holds the definition).
+struct PlannedPrune {
+  enum Kind { kNone, kUnstructured, kNM } kind = kNone;
+  double fraction = 0;
+  int n = 0, m = 0;
+  bool per_tensor = false;
+  std::string text;        // as the user wrote it, e.g. "2:4"
+  std::string structure;   // "2:4", "unstructured"
+};
 
 // One tensor in an output shard, at an absolute offset of that file.
 struct PlannedOutput {
@@ -45,6 +56,15 @@ struct PlannedTensor {
   int fused_set = -1;                  // index into Plan::fused_sets (NVFP4 global scale)
   float global_scale = 0.f;            // NVFP4: set by the pre-pass
   size_t kernel_outputs = 0;           // leading entries of `outputs` the kernel writes
+  bool prune = false;                  // magnitude pruning before quantizing (or alone)
+  // Per-tensor pruning, from the pre-pass: threshold magnitude bits, how many elements equal
+  // to it are pruned (the first ones in row-major order), the total pruned, and per row the
+  // count of threshold-equal elements before it.
+  uint32_t prune_magnitude = 0;
+  uint64_t prune_equal = 0;
+  uint64_t prune_total = 0;
+  std::vector<uint64_t> prune_equal_before;
+  uint64_t prune_zeroed = 0;           // after the run: positions pruning zeroed
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
 };
@@ -80,6 +100,7 @@ struct Plan {
   std::filesystem::path dst;
   std::vector<PlannedShard> shards;
   std::vector<PlannedGroup> groups;     // in the order the recipe (or flags) gave them
+  PlannedPrune prune;
   std::vector<PlannedTensor> tensors;   // in source shard order, then header offset order
   // Non-safetensors files: copies of the source's other files, then the index and the config,
   // which are published last so a folder without them is visibly unfinished.

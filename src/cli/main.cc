@@ -87,6 +87,11 @@ std::string ConvertHelp() {
        "                        one scale per output channel; default: the preset's (128)\n"
        "  --symmetric, --asymmetric\n"
        "                        integer schemes: without or with zero points; default: preset's\n"
+       "  --prune SPEC          magnitude pruning before quantizing: unstructured:F zeroes the\n"
+       "                        fraction F (0 <= F < 1) of each targeted weight with the\n"
+       "                        smallest magnitudes; N:M keeps the N largest of every M\n"
+       "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
+       "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
        "  --threads N           worker threads; default: every core\n"
        "  --dry-run             plan only: print every tensor's action, scheme and bytes, every\n"
@@ -179,8 +184,13 @@ int PrintDryRun(const ConvertOptions& o) {
     std::string targets;
     for (const std::string& t : g.targets) targets += (targets.empty() ? "" : ", ") + t;
     std::printf("  group %-16s %-12s %-22s targets %s: %zu tensors\n", g.key.c_str(),
-                std::string(g.scheme->name).c_str(), std::string(g.scheme->format).c_str(),
+                g.scheme ? std::string(g.scheme->name).c_str() : "none",
+                g.scheme ? std::string(g.scheme->format).c_str() : "(pruning only)",
                 targets.c_str(), g.tensors);
+  }
+  if (!p.prune.text.empty()) {
+    std::printf("  pruning %s (%s, per %s)\n", p.prune.text.c_str(), p.prune.structure.c_str(),
+                p.prune.per_tensor ? "tensor" : "row");
   }
   std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
               "scheme", "bytes in", "bytes out", "note");
@@ -190,13 +200,15 @@ int PrintDryRun(const ConvertOptions& o) {
     for (size_t oi : t.outputs) out += p.shards[t.shard].outputs[oi].nbytes;
     const bool q = t.action == TensorAction::kQuantize;
     quantized += q;
-    std::string note = q ? "" : t.why;
+    std::string note = q || t.action == TensorAction::kPrune ? "" : t.why;
+    if (t.prune) note = "pruned " + p.prune.text + (note.empty() ? "" : "; " + note);
     if (q && t.fused_set >= 0 && p.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
-                q ? "quantize" : "copy", q ? std::string(t.scheme->name).c_str() : "-",
+                q ? "quantize" : t.action == TensorAction::kPrune ? "prune" : "copy",
+                q ? std::string(t.scheme->name).c_str() : "-",
                 static_cast<unsigned long long>(t.src_bytes), static_cast<unsigned long long>(out),
                 note.c_str());
   }
@@ -283,6 +295,12 @@ int RunConvert(const std::vector<std::string>& args) {
       o.overwrite = true;
     } else if (a == "--resume") {
       o.resume = true;
+    } else if (flag == "--prune") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.prune = v;
+    } else if (flag == "--prune-granularity") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.prune_granularity = v;
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a.starts_with("-") && a != "-") {
@@ -316,11 +334,18 @@ int RunConvert(const std::vector<std::string>& args) {
     return ReportError(result.status().ToString(), ExitCodeFor(result.status().code()));
   }
   const ConvertSummary& s = *result;
+  if (!quiet && s.pruned_tensors > 0) {
+    std::fprintf(stderr, "quench: pruned %llu tensors (%s): %.2f%% of their %llu weights are zero\n",
+                 static_cast<unsigned long long>(s.pruned_tensors), o.prune.c_str(),
+                 100.0 * static_cast<double>(s.zeroed) / static_cast<double>(std::max<uint64_t>(s.pruned_elements, 1)),
+                 static_cast<unsigned long long>(s.pruned_elements));
+  }
   if (!quiet) {
     std::fprintf(stderr,
-                 "quench: wrote %s: %llu tensors quantized, %llu copied; %.3f GB read, %.3f GB "
-                 "written in %.2f s (%.2f GB/s)\n",
+                 "quench: wrote %s: %llu tensors quantized, %llu pruned only, %llu copied; %.3f "
+                 "GB read, %.3f GB written in %.2f s (%.2f GB/s)\n",
                  o.dst.c_str(), static_cast<unsigned long long>(s.tensors_quantized),
+                 static_cast<unsigned long long>(s.tensors_pruned_only),
                  static_cast<unsigned long long>(s.tensors_copied),
                  static_cast<double>(s.bytes_in) / 1e9, static_cast<double>(s.bytes_out) / 1e9,
                  s.seconds, s.seconds > 0 ? static_cast<double>(s.bytes_in) / 1e9 / s.seconds : 0.0);

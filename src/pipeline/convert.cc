@@ -225,13 +225,15 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
   }
 
-  const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads);
+  const bool pruning = plan.prune.kind != PlannedPrune::kNone;
+  const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
   if (Status s = RunPrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
   uint64_t resumed = 0;
   if (options.resume) resumed = MarkCompleteShards(plan, callbacks);
-  Status st = RunShardPipeline(plan, sizing, callbacks, cancel);
+  std::vector<uint64_t> zeroed;
+  Status st = RunShardPipeline(plan, sizing, callbacks, cancel, &zeroed);
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }
@@ -252,12 +254,22 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
 
   ConvertSummary sum;
   for (const PlannedTensor& t : plan.tensors) {
-    (t.action == TensorAction::kQuantize ? sum.tensors_quantized : sum.tensors_copied)++;
+    if (t.action == TensorAction::kQuantize) ++sum.tensors_quantized;
+    if (t.action == TensorAction::kCopy) ++sum.tensors_copied;
+    if (t.action == TensorAction::kPrune) ++sum.tensors_pruned_only;
   }
   sum.bytes_in = plan.bytes_in;
   sum.bytes_out = plan.bytes_out;
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    if (!t.prune || plan.shards[t.shard].already_done) continue;
+    ++sum.pruned_tensors;
+    sum.pruned_elements += t.shape[0] * t.shape[1];
+    sum.zeroed += zeroed[i];
+    plan.tensors[i].prune_zeroed = zeroed[i];
+  }
   sum.tokens = sizing.tokens;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return sum;

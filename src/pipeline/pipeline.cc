@@ -14,7 +14,9 @@
 
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "plan/planner.h"
 #include "schemes/chunk.h"
+#include "schemes/prune.h"
 
 namespace quench {
 namespace {
@@ -65,6 +67,8 @@ struct Chunk {
   uint64_t begin = 0, end = 0;
   uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
   Buffer buf;
+  Buffer staging;      // pruned copy of the input rows (pruning only)
+  uint64_t zeroed = 0; // pruned positions in this chunk
   uint64_t out_file_off[ChunkOutputs::kMax] = {};
   uint64_t out_len[ChunkOutputs::kMax] = {};
   bool finite = true;
@@ -73,9 +77,11 @@ struct Chunk {
 class ShardPipeline {
  public:
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
-                const std::atomic<bool>* cancel)
+                const std::atomic<bool>* cancel, std::vector<uint64_t>* zeroed)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
-        maps_(plan.shards.size()), files_(plan.shards.size()) {
+        maps_(plan.shards.size()), files_(plan.shards.size()), zeroed_(zeroed),
+        prune_spec_(ToPruneSpec(plan.prune)) {
+    if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
   }
 
@@ -145,10 +151,10 @@ class ShardPipeline {
     auto* c = new Chunk;
     c->tensor = tensor_;
     c->begin = pos_;
-    if (t.action == TensorAction::kQuantize) {
+    if (t.action != TensorAction::kCopy) {
       const uint64_t cols = t.shape[1];
       const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
-      const uint64_t align = t.scheme->row_align;
+      const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
       uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(row_bytes, 1));
       rows = std::max(align, rows / align * align);
       c->end = std::min(t.shape[0], pos_ + rows);
@@ -165,14 +171,39 @@ class ShardPipeline {
   }
 
   uint64_t Extent(const PlannedTensor& t) const {
-    if (t.action == TensorAction::kQuantize) return t.src_bytes == 0 ? 0 : t.shape[0];
+    if (t.action != TensorAction::kCopy) return t.src_bytes == 0 ? 0 : t.shape[0];
     return t.src_bytes;
   }
 
-  // Parallel stage: quantize rows straight from the mapping into a pooled buffer.
+  // Pruning: copies the chunk's rows into a staging buffer and zeroes the pruned positions;
+  // the kernel (or, pruning alone, the writer) then reads the staging buffer.
+  const uint8_t* Prune(Chunk* c, const PlannedTensor& t) {
+    c->staging = pool_.Get(std::max<uint64_t>(c->src_len, 1));
+    std::memcpy(c->staging.data.get(), maps_[t.shard].data() + c->src_offset, c->src_len);
+    const size_t rows = c->end - c->begin, cols = t.shape[1];
+    bool finite;
+    if (plan_.prune.per_tensor) {
+      prune::TensorThreshold th;
+      th.magnitude = t.prune_magnitude;
+      th.prune_equal = t.prune_equal;
+      th.pruned = t.prune_total;
+      finite = prune::PruneRowsTensor(c->staging.data.get(), t.dtype, rows, cols, th,
+                                      t.prune_equal_before[c->begin], &c->zeroed);
+    } else {
+      finite = prune::PruneRows(c->staging.data.get(), t.dtype, rows, cols, prune_spec_,
+                                &c->zeroed);
+    }
+    if (!finite) c->finite = false;
+    return c->staging.data.get();
+  }
+
+  // Parallel stage: quantize rows straight from the mapping (or from the pruned staging copy)
+  // into a pooled buffer.
   Chunk* Transform(Chunk* c) {
     const PlannedTensor& t = plan_.tensors[c->tensor];
-    if (t.action != TensorAction::kQuantize || failed()) return c;
+    if (t.action == TensorAction::kCopy || failed()) return c;
+    const uint8_t* rows = t.prune ? Prune(c, t) : maps_[t.shard].data() + c->src_offset;
+    if (t.action == TensorAction::kPrune) return c;
     const PlannedShard& ps = plan_.shards[t.shard];
     uint64_t total = 0;
     const size_t n_kernel = KernelOutputs(t);
@@ -194,7 +225,7 @@ class ShardPipeline {
       at += c->out_len[j];
     }
     WeightChunk in;
-    in.data = maps_[t.shard].data() + c->src_offset;
+    in.data = rows;
     in.dtype = t.dtype;
     in.rows = c->end - c->begin;
     in.cols = t.shape[1];
@@ -202,7 +233,7 @@ class ShardPipeline {
     in.params.group_size = t.params.group_size.value_or(0);
     in.params.symmetric = t.params.symmetric;
     in.params.global_scale = t.global_scale;
-    c->finite = t.scheme->kernel(in, outs);
+    if (!t.scheme->kernel(in, outs)) c->finite = false;
     return c;
   }
 
@@ -275,6 +306,10 @@ class ShardPipeline {
             st = f.WriteAt(c->out_file_off[j], c->buf.data.get() + at, c->out_len[j]);
             at += c->out_len[j];
           }
+        } else if (t.action == TensorAction::kPrune) {
+          const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
+          const uint64_t row_bytes = t.shape[1] * (DTypeBits(t.dtype) / 8);
+          st = f.WriteAt(o.file_offset + c->begin * row_bytes, c->staging.data.get(), c->src_len);
         } else {
           const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
           st = f.WriteAt(o.file_offset + c->begin, maps_[t.shard].data() + c->src_offset,
@@ -285,6 +320,8 @@ class ShardPipeline {
     }
     maps_[t.shard].Release(c->src_offset, c->src_len);
     if (c->buf.data) pool_.Put(std::move(c->buf));
+    if (c->staging.data) pool_.Put(std::move(c->staging));
+    if (zeroed_ != nullptr) (*zeroed_)[c->tensor] += c->zeroed;
     done_ += c->src_len;
     if (cb_.progress) {
       const auto now = std::chrono::steady_clock::now();
@@ -301,6 +338,8 @@ class ShardPipeline {
   const std::atomic<bool>* cancel_;
   std::vector<MappedFile> maps_;
   std::vector<std::unique_ptr<OutputFile>> files_;
+  std::vector<uint64_t>* zeroed_;
+  const prune::PruneSpec prune_spec_;
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
   BufferPool pool_;
@@ -328,7 +367,10 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
   h = Fnv1a64(ps.header, h);
   for (const PlannedTensor& t : plan.tensors) {
     if (t.shard != s) continue;
-    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|" : "|c|");
+    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
+                              : t.action == TensorAction::kPrune  ? "|p|"
+                                                                  : "|c|");
+    if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
     if (t.scheme != nullptr) {
       d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
            std::to_string(t.params.group_size.value_or(0)) + "|" +
@@ -349,7 +391,7 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
          std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + hexed(h) + "\"}\n";
 }
 
-PipelineSizing SizePipeline(uint64_t memory_limit, int threads) {
+PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk) {
   PipelineSizing s;
   s.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   s.tokens = 2 * s.threads;
@@ -358,14 +400,16 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads) {
   const uint64_t usable = memory_limit > 2 * kReserve ? memory_limit - kReserve : memory_limit / 2;
   // Capped at 16 MiB even with a large budget: small enough that the pipeline fills and
   // drains quickly on small shards, large enough to amortise per-chunk costs.
-  s.chunk_bytes = std::clamp<uint64_t>(usable / (2 * static_cast<uint64_t>(s.tokens)), 256 * 1024,
-                                       16 * kMiB);
+  s.chunk_bytes = std::clamp<uint64_t>(
+      usable / (static_cast<uint64_t>(buffers_per_chunk) * static_cast<uint64_t>(s.tokens)),
+      256 * 1024, 16 * kMiB);
   return s;
 }
 
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
-                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel) {
-  ShardPipeline p(plan, sizing, callbacks, cancel);
+                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
+                        std::vector<uint64_t>* zeroed) {
+  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed);
   return p.Run();
 }
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "quench/convert.h"
 #include "quench/plan.h"
@@ -30,12 +31,15 @@ std::string ShardFingerprint(const Plan& plan, size_t s);
 
 // Chooses chunk size and tokens so that tokens * (input + output buffer) plus a fixed reserve
 // stays under `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
-PipelineSizing SizePipeline(uint64_t memory_limit, int threads);
+// `buffers_per_chunk`: input pages plus output buffer (2), plus a pruning staging copy (3).
+PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk = 2);
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
+// `zeroed` (optional) receives, per tensor, the positions pruning zeroed.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
-                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel);
+                        const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
+                        std::vector<uint64_t>* zeroed = nullptr);
 
 }  // namespace quench
 

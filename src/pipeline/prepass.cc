@@ -10,14 +10,72 @@
 #include "format/file_io.h"
 #include "schemes/chunk.h"
 #include "schemes/fp4.h"
+#include "schemes/prune.h"
 
 namespace quench {
 
+namespace {
+
+// Per-tensor pruning threshold: histogram pass(es) over the tensor's rows (F32 needs a
+// refinement pass), then a count of threshold-equal elements per row, so that each pipeline
+// chunk knows how many equal elements precede it (prune.h's deterministic tie rule).
+Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, std::vector<MappedFile>& maps,
+                    const std::atomic<bool>* cancel) {
+  for (PlannedTensor& t : plan.tensors) {
+    if (!t.prune || !plan.prune.per_tensor || t.src_bytes == 0) continue;
+    if (maps[t.shard].data() == nullptr) {
+      QUENCH_ASSIGN_OR_RETURN(maps[t.shard], MappedFile::Open(plan.shards[t.shard].src_path));
+    }
+    const MappedFile& m = maps[t.shard];
+    const uint64_t rows = t.shape[0], cols = t.shape[1];
+    const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+    const uint64_t chunk_rows = std::max<uint64_t>(1, sizing.chunk_bytes / row_bytes);
+    auto rows_at = [&](uint64_t r) { return m.data() + t.src_offset + r * row_bytes; };
+    auto interrupted = [&] { return cancel != nullptr && cancel->load(); };
+    const std::string where = plan.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
+    prune::MagnitudeHistogram h(t.dtype);
+    prune::TensorThreshold th;
+    const uint64_t k = prune::PruneCount(plan.prune.fraction, rows * cols);
+    for (;;) {
+      for (uint64_t r = 0; r < rows; r += chunk_rows) {
+        if (interrupted()) return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
+        const uint64_t n = std::min(chunk_rows, rows - r);
+        if (!prune::AccumulateHistogram(&h, rows_at(r), n, cols)) {
+          return Error(ErrorCode::kNonFinite, where + " contains NaN or Inf; refusing to prune it");
+        }
+        m.Release(t.src_offset + r * row_bytes, n * row_bytes);
+      }
+      th = prune::FindThreshold(&h, k);
+      if (th.complete) break;
+    }
+    t.prune_magnitude = th.magnitude;
+    t.prune_equal = th.prune_equal;
+    t.prune_total = th.pruned;
+    t.prune_equal_before.assign(rows + 1, 0);
+    for (uint64_t r = 0; r < rows; r += chunk_rows) {
+      const uint64_t n = std::min(chunk_rows, rows - r);
+      for (uint64_t i = 0; i < n; ++i) {
+        t.prune_equal_before[r + i + 1] =
+            t.prune_equal_before[r + i] + prune::CountEqual(rows_at(r + i), t.dtype, 1, cols, th.magnitude);
+      }
+      m.Release(t.src_offset + r * row_bytes, n * row_bytes);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status RunPrePass(Plan& plan, const PipelineSizing& sizing, const std::atomic<bool>* cancel) {
+  if (plan.prune.per_tensor) {
+    std::vector<MappedFile> maps(plan.shards.size());
+    QUENCH_RETURN_IF_ERROR(PrunePrePass(plan, sizing, maps, cancel));
+  }
   if (plan.fused_sets.empty()) return Status::Ok();
   tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                          static_cast<size_t>(sizing.threads));
-  // Largest |x| per tensor, each tensor read once in row chunks in parallel.
+  // Largest |x| per tensor, each tensor read once in row chunks in parallel. Pruning never
+  // changes it: every mode keeps the largest magnitudes (fraction < 1, N >= 1).
   std::vector<float> amax(plan.tensors.size(), 0.f);
   std::vector<MappedFile> maps(plan.shards.size());
   for (const auto& set : plan.fused_sets) {

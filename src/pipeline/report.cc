@@ -35,10 +35,12 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
   for (const PlannedGroup& g : plan.groups) {
     JsonValue o = JsonValue::MakeObject();
     o.Set("key", JsonValue(g.key));
-    o.Set("scheme", JsonValue(g.scheme->name));
-    o.Set("format", JsonValue(g.scheme->format));
     o.Set("targets", Strings(g.targets));
-    o.Set("weights", QuantArgsJson(EffectiveWeights(*g.scheme, g.params)));
+    o.Set("scheme", g.scheme ? JsonValue(g.scheme->name) : JsonValue("none"));
+    if (g.scheme != nullptr) {
+      o.Set("format", JsonValue(g.scheme->format));
+      o.Set("weights", QuantArgsJson(EffectiveWeights(*g.scheme, g.params)));
+    }
     o.Set("tensors", JsonValue(static_cast<uint64_t>(g.tensors)));
     groups.Push(std::move(o));
   }
@@ -84,10 +86,19 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         }
         o.Set("fused_with", std::move(with));
       }
+    } else if (t.action == TensorAction::kPrune) {
+      o.Set("action", JsonValue("prune"));
     } else {
       ++copied;
       o.Set("action", JsonValue("copy"));
       o.Set("why", JsonValue(t.why));
+    }
+    if (t.prune) {
+      const uint64_t n = t.shape[0] * t.shape[1];
+      o.Set("prune", JsonValue(plan.prune.text));
+      if (summary != nullptr) {
+        o.Set("sparsity", JsonValue(n ? static_cast<double>(t.prune_zeroed) / static_cast<double>(n) : 0.0));
+      }
     }
     o.Set("outputs", std::move(outs));
     tensors.Push(std::move(o));
@@ -123,6 +134,22 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
   r.Set("errors", std::move(errors));
   r.Set("status", JsonValue(status.ok() ? "ok" : std::string(ErrorCodeName(status.code()))));
   r.Set("error", status.ok() ? JsonValue() : JsonValue(status.message()));
+  if (plan.prune.kind != PlannedPrune::kNone) {
+    JsonValue pr = JsonValue::MakeObject();
+    pr.Set("spec", JsonValue(plan.prune.text));
+    pr.Set("structure", JsonValue(plan.prune.structure));
+    pr.Set("granularity", JsonValue(plan.prune.per_tensor ? "tensor" : "row"));
+    if (summary != nullptr) {
+      pr.Set("tensors", JsonValue(summary->pruned_tensors));
+      pr.Set("elements", JsonValue(summary->pruned_elements));
+      pr.Set("zeros", JsonValue(summary->zeroed));
+      pr.Set("sparsity", JsonValue(summary->pruned_elements
+                                       ? static_cast<double>(summary->zeroed) /
+                                             static_cast<double>(summary->pruned_elements)
+                                       : 0.0));
+    }
+    r.Set("pruning", std::move(pr));
+  }
   if (summary != nullptr) {
     r.Set("wall_seconds", JsonValue(summary->seconds));
     r.Set("chunk_bytes", JsonValue(summary->chunk_bytes));

@@ -7,6 +7,7 @@
 #include "format/quant_config.h"
 #include "plan/matcher.h"
 #include "plan/recipe.h"
+#include "schemes/prune.h"
 
 namespace quench {
 namespace {
@@ -182,6 +183,14 @@ Result<std::pair<std::vector<PlannedGroup>, std::vector<std::string>>> ResolveGr
       groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
     }
     ignore = std::move(recipe.ignore);
+  } else if (options.scheme == "none" || options.scheme == "NONE") {
+    // Pruning alone: the targets select what is pruned; nothing is quantized.
+    if (options.prune.empty()) {
+      return Error(ErrorCode::kUsage, "--scheme none does nothing without --prune");
+    }
+    std::vector<std::string> targets = options.targets;
+    if (targets.empty()) targets.push_back("Linear");
+    groups.push_back({"none", nullptr, SchemeParams{}, targets, 0});
   } else {
     const SchemeInfo* scheme = FindScheme(options.scheme);
     if (scheme == nullptr) {
@@ -245,8 +254,45 @@ void CheckFusedConsistency(Plan& plan) {
 
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
+prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {
+  prune::PruneSpec s;
+  s.kind = p.kind == PlannedPrune::kNM            ? prune::PruneSpec::kNM
+           : p.kind == PlannedPrune::kUnstructured ? prune::PruneSpec::kUnstructured
+                                                   : prune::PruneSpec::kNone;
+  s.fraction = p.fraction;
+  s.n = p.n;
+  s.m = p.m;
+  s.per_tensor = p.per_tensor;
+  return s;
+}
+
+Result<PlannedPrune> ResolvePrune(const ConvertOptions& options) {
+  PlannedPrune out;
+  if (options.prune.empty()) {
+    if (options.prune_granularity != "row") {
+      return Error(ErrorCode::kUsage, "--prune-granularity needs --prune");
+    }
+    return out;
+  }
+  QUENCH_ASSIGN_OR_RETURN(prune::PruneSpec spec, prune::ParsePruneSpec(options.prune));
+  QUENCH_RETURN_IF_ERROR(prune::ApplyGranularity(options.prune_granularity, &spec));
+  out.kind = spec.kind == prune::PruneSpec::kNM            ? PlannedPrune::kNM
+             : spec.kind == prune::PruneSpec::kUnstructured ? PlannedPrune::kUnstructured
+                                                            : PlannedPrune::kNone;
+  out.fraction = spec.fraction;
+  out.n = spec.n;
+  out.m = spec.m;
+  out.per_tensor = spec.per_tensor;
+  out.text = options.prune;
+  out.structure = prune::SparsityStructure(spec);
+  return out;
+}
+
 Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options) {
   Plan plan;
+  QUENCH_ASSIGN_OR_RETURN(plan.prune, ResolvePrune(options));
+  const bool pruning = plan.prune.kind != PlannedPrune::kNone;
+  const prune::PruneSpec prune_spec = ToPruneSpec(plan.prune);
   QUENCH_ASSIGN_OR_RETURN(auto resolved, ResolveGroups(options));
   plan.groups = std::move(resolved.first);
   const std::vector<std::string> ignore = std::move(resolved.second);
@@ -320,19 +366,24 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
           // on and --dry-run can list every error a real run would stop at.
           std::string problem;
           if (t->shape.size() != 2) {
-            problem = where + " is targeted for " + std::string(scheme->name) +
+            problem = where + " is targeted for " +
+                      (scheme ? std::string(scheme->name) : std::string("pruning")) +
                       " but has shape " + ShapeString(t->shape) +
                       "; only 2-D weights can be quantized (add it to --ignore)";
           } else if (!IsQuantizableFloat(t->dtype)) {
             problem = where + " has dtype " + std::string(DTypeName(t->dtype)) +
                       "; only BF16, F16 and F32 weights can be quantized (add it to "
                       "--ignore, or dequantize the checkpoint first)";
-          } else if (scheme->check_shape != nullptr) {
+          } else if (scheme != nullptr && scheme->check_shape != nullptr) {
             const std::string why = scheme->check_shape(t->shape[0], t->shape[1], params);
             if (!why.empty()) {
               problem = where + " " + ShapeString(t->shape) + ": " + why + " for " +
                         std::string(scheme->name) + "; add it to --ignore or pick another scheme";
             }
+          }
+          if (problem.empty() && pruning && t->shape.size() == 2 && IsQuantizableFloat(t->dtype)) {
+            Status ps = prune::CheckShape(prune_spec, t->shape[0], t->shape[1]);
+            if (!ps.ok()) problem = where + ": " + ps.message();
           }
           if (!problem.empty()) {
             plan.errors.push_back(Error(ErrorCode::kUnsupported, problem));
@@ -343,6 +394,15 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
             break;
           }
           const uint64_t rows = t->shape[0], cols = t->shape[1];
+          pt.prune = pruning;
+          if (scheme == nullptr) {  // --scheme none: prune in place, keep name/dtype/shape
+            pt.action = TensorAction::kPrune;
+            pt.group = group;
+            ++plan.groups[static_cast<size_t>(group)].tensors;
+            specs.push_back({t->name, t->dtype, t->shape, t->nbytes()});
+            names.push_back(t->name);
+            break;
+          }
           pt.action = TensorAction::kQuantize;
           pt.scheme = scheme;
           pt.params = params;
@@ -503,9 +563,22 @@ Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options)
                            " already has a quantization_config; it is replaced");
     }
     std::vector<ConfigGroup> cg;
-    for (const PlannedGroup& g : plan.groups) cg.push_back({g.key, g.scheme, g.params, g.targets});
-    cfg.Set("quantization_config", BuildQuantizationConfig(cg, plan.config_ignore));
-    plan.files.push_back({*folder.config_rel, {}, DumpPythonJson(cfg)});
+    for (const PlannedGroup& g : plan.groups) {
+      if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets});
+    }
+    if (cg.empty()) {
+      // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
+      plan.files.push_back({*folder.config_rel, folder.root / *folder.config_rel, {}});
+    } else {
+      JsonValue q = BuildQuantizationConfig(cg, plan.config_ignore);
+      // llm-compressor 0.14.0.1 writes an empty sparsity_config for pruned models (its writer
+      // drops the structure; docs/reference-notes.md section 15). A populated dense 2:4
+      // config would send vLLM down its removed 2:4-kernel path, so quench writes the same {}
+      // and records the structure in --report and `quench inspect --sparsity`.
+      if (pruning) q.Set("sparsity_config", JsonValue::MakeObject());
+      cfg.Set("quantization_config", std::move(q));
+      plan.files.push_back({*folder.config_rel, {}, DumpPythonJson(cfg)});
+    }
   } else {
     plan.notes.push_back("warning: no config.json or params.json in the source; the "
                          "quantization_config is not written anywhere");

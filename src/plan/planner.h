@@ -23,6 +23,11 @@ std::span<const DefaultIgnore> DefaultIgnores();
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options);
 
+struct PlannedPrune;
+namespace prune { struct PruneSpec; }
+// The planned pruning as the kernels' spec.
+prune::PruneSpec ToPruneSpec(const PlannedPrune& p);
+
 }  // namespace quench
 
 #endif  // QUENCH_PLAN_PLANNER_H_
