@@ -343,6 +343,35 @@ TEST_SUITE("schemes") {
     }
   }
 
+  TEST_CASE("inspect --sparsity shows the achieved sparsity per tensor and overall") {
+    qt::TempDir tmp;
+    for (const char* scheme : {"none", "FP8_DYNAMIC", "W8A8", "W4A16", "NVFP4A16", "MXFP4A16"}) {
+      CAPTURE(scheme);
+      const fs::path out = tmp / scheme;
+      auto c = qt::RunQuench({"convert", kTiny.string(), out.string(), "--scheme", scheme,
+                              "--prune", "2:4", "--ignore", "re:.*down_proj$", "-q"});
+      REQUIRE(c.exit_code == 0);
+      auto r = qt::RunQuench({"inspect", out.string(), "--sparsity", "--json"});
+      REQUIRE(r.exit_code == 0);
+      auto j = quench::ParseJson("inspect", r.out);
+      REQUIRE(j.ok());
+      size_t pruned_seen = 0;
+      for (const auto& f : j->Find("files")->as_array()) {
+        for (const auto& t : f.Find("tensors")->as_array()) {
+          const std::string name = t.Find("name")->as_string();
+          if (name.find("q_proj.weight") == std::string::npos || t.Find("sparsity") == nullptr) continue;
+          // 2:4 zeroes exactly half; quantization may round a few kept values to zero too.
+          const double sp = t.Find("sparsity")->as_double();
+          CHECK(sp >= 0.5);
+          CHECK(sp < 0.52);
+          ++pruned_seen;
+        }
+      }
+      CHECK(pruned_seen == 2);
+      CHECK(j->Find("totals")->Find("sparsity")->as_double() > 0.2);
+    }
+  }
+
   TEST_CASE("pruning errors surface at planning") {
     qt::TempDir tmp;
     auto run = [&](std::vector<std::string> extra) {
