@@ -262,6 +262,47 @@ TEST_SUITE("schemes") {
     CHECK(schemes_run >= 16);
   }
 
+  TEST_CASE("--report's per-tensor SQNR equals an independent dequantization") {
+    auto src = qt::LoadAll(kTiny);
+    for (const char* name : {"FP8_BLOCK", "W8A8", "W4A16_ASYM", "NVFP4A16", "MXFP4A16", "MXFP8A16"}) {
+      CAPTURE(name);
+      const quench::SchemeInfo& scheme = *quench::FindScheme(name);
+      qt::TempDir tmp;
+      auto r = qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--scheme", name,
+                              "--ignore", "re:.*down_proj$", "--report", (tmp / "r.json").string(), "-q"});
+      REQUIRE(r.exit_code == 0);
+      auto rep = quench::ReadJsonFile((tmp / "r.json").string());
+      REQUIRE(rep.ok());
+      auto out = qt::LoadAll(tmp / "o");
+      size_t checked = 0;
+      for (const auto& t : rep->Find("tensors")->as_array()) {
+        if (t.Find("action")->as_string() != "quantize") continue;
+        const std::string wname = t.Find("name")->as_string();
+        const std::string m = wname.substr(0, wname.size() - 7);  // drop ".weight"
+        CAPTURE(m);
+        const Tensors w = Get(src, wname);
+        const uint64_t rows = w.info->shape[0], cols = w.info->shape[1];
+        ModuleView view(scheme, out, m, rows, cols);
+        double signal = 0, noise = 0;
+        for (uint64_t rr = 0; rr < rows; ++rr) {
+          for (uint64_t c = 0; c < cols; ++c) {
+            const double x = qt::DecodeBF16(w.data() + 2 * (rr * cols + c));
+            double bound = 0;
+            const double d = view.At(rr, c, x, &bound) - x;
+            signal += x * x;
+            noise += d * d;
+          }
+        }
+        // Every row of these small tensors is measured; only summation order differs.
+        CHECK(t.Find("error")->Find("sampled_elements")->as_uint() == rows * cols);
+        CHECK(t.Find("error")->Find("sqnr_db")->as_double() ==
+              doctest::Approx(10 * std::log10(signal / noise)).epsilon(1e-9));
+        ++checked;
+      }
+      CHECK(checked == 12);
+    }
+  }
+
   TEST_CASE("pruning composes with every scheme: pruned weights dequantize to exactly zero") {
     auto src = qt::LoadAll(kTiny);
     size_t schemes_run = 0;

@@ -65,6 +65,9 @@ struct PlannedTensor {
   uint64_t prune_total = 0;
   std::vector<uint64_t> prune_equal_before;
   uint64_t prune_zeroed = 0;           // after the run: positions pruning zeroed
+  // After a run with --report: sums over the sampled rows of x^2 and (x - dequantized)^2.
+  double error_signal = 0, error_noise = 0;
+  uint64_t error_count = 0;
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
 };

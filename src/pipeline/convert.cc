@@ -233,7 +233,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   uint64_t resumed = 0;
   if (options.resume) resumed = MarkCompleteShards(plan, callbacks);
   std::vector<uint64_t> zeroed;
-  Status st = RunShardPipeline(plan, sizing, callbacks, cancel, &zeroed);
+  std::vector<ErrorSums> errors;
+  Status st = RunShardPipeline(plan, sizing, callbacks, cancel, &zeroed,
+                               options.report.empty() ? nullptr : &errors);
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }
@@ -262,6 +264,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   sum.bytes_out = plan.bytes_out;
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
+  for (size_t i = 0; i < errors.size(); ++i) {
+    plan.tensors[i].error_signal = errors[i].signal;
+    plan.tensors[i].error_noise = errors[i].noise;
+    plan.tensors[i].error_count = errors[i].count;
+  }
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (!t.prune || plan.shards[t.shard].already_done) continue;

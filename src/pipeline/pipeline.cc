@@ -16,6 +16,7 @@
 #include "format/safetensors.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
+#include "schemes/dequant.h"
 #include "schemes/prune.h"
 
 namespace quench {
@@ -69,6 +70,7 @@ struct Chunk {
   Buffer buf;
   Buffer staging;      // pruned copy of the input rows (pruning only)
   uint64_t zeroed = 0; // pruned positions in this chunk
+  ErrorSums error;     // --report: sampled quantization error of this chunk
   uint64_t out_file_off[ChunkOutputs::kMax] = {};
   uint64_t out_len[ChunkOutputs::kMax] = {};
   bool finite = true;
@@ -77,11 +79,13 @@ struct Chunk {
 class ShardPipeline {
  public:
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
-                const std::atomic<bool>* cancel, std::vector<uint64_t>* zeroed)
+                const std::atomic<bool>* cancel, std::vector<uint64_t>* zeroed,
+                std::vector<ErrorSums>* errors)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
         maps_(plan.shards.size()), files_(plan.shards.size()), zeroed_(zeroed),
-        prune_spec_(ToPruneSpec(plan.prune)) {
+        errors_(errors), prune_spec_(ToPruneSpec(plan.prune)) {
     if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
+    if (errors_ != nullptr) errors_->assign(plan.tensors.size(), ErrorSums{});
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
   }
 
@@ -233,7 +237,14 @@ class ShardPipeline {
     in.params.group_size = t.params.group_size.value_or(0);
     in.params.symmetric = t.params.symmetric;
     in.params.global_scale = t.global_scale;
-    if (!t.scheme->kernel(in, outs)) c->finite = false;
+    if (!t.scheme->kernel(in, outs)) {
+      c->finite = false;
+    } else if (errors_ != nullptr) {
+      // One row in kErrorRowStride of large tensors (a deterministic sample, so the report
+      // costs little); every row of small ones, where a sample would be too noisy.
+      const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
+      AccumulateChunkError(*t.scheme, in, outs, c->begin, stride, &c->error);
+    }
     return c;
   }
 
@@ -322,6 +333,12 @@ class ShardPipeline {
     if (c->buf.data) pool_.Put(std::move(c->buf));
     if (c->staging.data) pool_.Put(std::move(c->staging));
     if (zeroed_ != nullptr) (*zeroed_)[c->tensor] += c->zeroed;
+    if (errors_ != nullptr) {
+      ErrorSums& e = (*errors_)[c->tensor];
+      e.signal += c->error.signal;
+      e.noise += c->error.noise;
+      e.count += c->error.count;
+    }
     done_ += c->src_len;
     if (cb_.progress) {
       const auto now = std::chrono::steady_clock::now();
@@ -339,6 +356,7 @@ class ShardPipeline {
   std::vector<MappedFile> maps_;
   std::vector<std::unique_ptr<OutputFile>> files_;
   std::vector<uint64_t>* zeroed_;
+  std::vector<ErrorSums>* errors_;
   const prune::PruneSpec prune_spec_;
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
@@ -408,8 +426,8 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
-                        std::vector<uint64_t>* zeroed) {
-  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed);
+                        std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors) {
+  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed, errors);
   return p.Run();
 }
 

@@ -13,6 +13,7 @@
 
 #include "quench/convert.h"
 #include "quench/plan.h"
+#include "schemes/dequant.h"
 
 namespace quench {
 
@@ -36,10 +37,16 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
-// `zeroed` (optional) receives, per tensor, the positions pruning zeroed.
+// --report's error sample: one row in this many is decoded back and compared.
+inline constexpr uint64_t kErrorRowStride = 8;
+inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every row
+
+// `zeroed` (optional) receives, per tensor, the positions pruning zeroed; `errors` (optional,
+// costs a sampled decode) the quantization error per tensor.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
-                        std::vector<uint64_t>* zeroed = nullptr);
+                        std::vector<uint64_t>* zeroed = nullptr,
+                        std::vector<ErrorSums>* errors = nullptr);
 
 }  // namespace quench
 

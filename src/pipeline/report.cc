@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <cmath>
+
 #include "format/quant_config.h"
 
 namespace quench {
@@ -78,6 +80,17 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       q_out += out_bytes;
       o.Set("action", JsonValue("quantize"));
       o.Set("scheme", JsonValue(t.scheme->name));
+      if (t.error_count > 0) {
+        // Against the (pruned, if pruning) input the kernel saw; rows sampled 1 in 8 for
+        // tensors of 1024 rows or more.
+        JsonValue err = JsonValue::MakeObject();
+        err.Set("sampled_elements", JsonValue(t.error_count));
+        err.Set("relative_rmse", JsonValue(t.error_signal > 0 ? std::sqrt(t.error_noise / t.error_signal) : 0.0));
+        err.Set("sqnr_db", t.error_noise > 0 && t.error_signal > 0
+                               ? JsonValue(10 * std::log10(t.error_signal / t.error_noise))
+                               : JsonValue());  // exact (or all zero): no finite SQNR
+        o.Set("error", std::move(err));
+      }
       o.Set("group", JsonValue(plan.groups[static_cast<size_t>(t.group)].key));
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
         JsonValue with = JsonValue::MakeArray();
