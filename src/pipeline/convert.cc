@@ -229,13 +229,19 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
-  if (Status s = RunPrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
+  if (Status s = RunPrunePrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
+  GlobalScales global_scales(plan, sizing, cancel);
   uint64_t resumed = 0;
-  if (options.resume) resumed = MarkCompleteShards(plan, callbacks);
+  if (options.resume) {
+    // Fingerprints include the global scales, so all of them are needed first.
+    if (Status s = global_scales.All(); !s.ok()) return cleanup(s);
+    resumed = MarkCompleteShards(plan, callbacks);
+  }
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
   Status st = RunShardPipeline(plan, sizing, callbacks, cancel, &zeroed,
-                               options.report.empty() ? nullptr : &errors);
+                               options.report.empty() ? nullptr : &errors,
+                               [&](size_t shard) { return global_scales.ForShard(shard); });
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }

@@ -80,10 +80,11 @@ class ShardPipeline {
  public:
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
                 const std::atomic<bool>* cancel, std::vector<uint64_t>* zeroed,
-                std::vector<ErrorSums>* errors)
+                std::vector<ErrorSums>* errors,
+                const std::function<Status(size_t shard)>& before_shard)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
         maps_(plan.shards.size()), files_(plan.shards.size()), zeroed_(zeroed),
-        errors_(errors), prune_spec_(ToPruneSpec(plan.prune)) {
+        errors_(errors), before_shard_(before_shard), prune_spec_(ToPruneSpec(plan.prune)) {
     if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
     if (errors_ != nullptr) errors_->assign(plan.tensors.size(), ErrorSums{});
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
@@ -137,6 +138,17 @@ class ShardPipeline {
             plan_.shards[plan_.tensors[tensor_].shard].already_done)) {
       ++tensor_;
       pos_ = 0;
+    }
+    // Prepare every shard up to the one this chunk belongs to (all of them at the end).
+    const size_t upto = tensor_ < plan_.tensors.size() ? plan_.tensors[tensor_].shard + 1
+                                                       : plan_.shards.size();
+    for (; shards_prepared_ < upto; ++shards_prepared_) {
+      if (!before_shard_) continue;
+      if (Status st = before_shard_(shards_prepared_); !st.ok()) {
+        Fail(st);
+        fc.stop();
+        return nullptr;
+      }
     }
     if (tensor_ >= plan_.tensors.size()) {
       fc.stop();
@@ -357,6 +369,8 @@ class ShardPipeline {
   std::vector<std::unique_ptr<OutputFile>> files_;
   std::vector<uint64_t>* zeroed_;
   std::vector<ErrorSums>* errors_;
+  const std::function<Status(size_t shard)>& before_shard_;
+  size_t shards_prepared_ = 0;  // before_shard_ has run for shards below this
   const prune::PruneSpec prune_spec_;
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
@@ -426,8 +440,9 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
-                        std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors) {
-  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed, errors);
+                        std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
+                        const std::function<Status(size_t shard)>& before_shard) {
+  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed, errors, before_shard);
   return p.Run();
 }
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,7 +47,8 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
-                        std::vector<ErrorSums>* errors = nullptr);
+                        std::vector<ErrorSums>* errors = nullptr,
+                        const std::function<Status(size_t shard)>& before_shard = nullptr);
 
 }  // namespace quench
 

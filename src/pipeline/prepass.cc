@@ -66,70 +66,88 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, std::vector<Mapped
 
 }  // namespace
 
-Status RunPrePass(Plan& plan, const PipelineSizing& sizing, const std::atomic<bool>* cancel) {
-  if (plan.prune.per_tensor) {
-    std::vector<MappedFile> maps(plan.shards.size());
-    QUENCH_RETURN_IF_ERROR(PrunePrePass(plan, sizing, maps, cancel));
-  }
-  if (plan.fused_sets.empty()) return Status::Ok();
-  tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
-                         static_cast<size_t>(sizing.threads));
-  // Largest |x| per tensor, each tensor read once in row chunks in parallel. Pruning never
-  // changes it: every mode keeps the largest magnitudes (fraction < 1, N >= 1).
-  std::vector<float> amax(plan.tensors.size(), 0.f);
+Status RunPrunePrePass(Plan& plan, const PipelineSizing& sizing,
+                       const std::atomic<bool>* cancel) {
+  if (!plan.prune.per_tensor) return Status::Ok();
   std::vector<MappedFile> maps(plan.shards.size());
-  for (const auto& set : plan.fused_sets) {
-    for (size_t ti : set) {
-      PlannedTensor& t = plan.tensors[ti];
-      if (t.src_bytes == 0) continue;
-      if (maps[t.shard].data() == nullptr) {
-        QUENCH_ASSIGN_OR_RETURN(maps[t.shard], MappedFile::Open(plan.shards[t.shard].src_path));
-      }
-      const MappedFile& m = maps[t.shard];
-      const uint64_t rows = t.shape[0], cols = t.shape[1];
-      const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
-      const uint64_t chunk_rows = std::max<uint64_t>(1, sizing.chunk_bytes / row_bytes);
-      const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
-      std::vector<float> part(n_chunks, 0.f);
-      std::atomic<bool> finite{true};
-      tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
-        if (cancel != nullptr && cancel->load()) return;
-        const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-        WeightChunk in;
-        in.data = m.data() + t.src_offset + r0 * row_bytes;
-        in.dtype = t.dtype;
-        in.rows = r1 - r0;
-        in.cols = cols;
-        if (!fp4::AbsMax(in, &part[c])) finite = false;
-        m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
-      });
-      if (cancel != nullptr && cancel->load()) {
-        return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
-      }
-      if (!finite) {
-        return Error(ErrorCode::kNonFinite,
-                     plan.shards[t.shard].rel_name + ": tensor '" + t.name +
-                         "' contains NaN or Inf; refusing to quantize it (fix the checkpoint "
-                         "or add it to --ignore)");
-      }
-      amax[ti] = *std::max_element(part.begin(), part.end());
+  return PrunePrePass(plan, sizing, maps, cancel);
+}
+
+GlobalScales::GlobalScales(Plan& plan, const PipelineSizing& sizing,
+                           const std::atomic<bool>* cancel)
+    : plan_(plan), sizing_(sizing), cancel_(cancel), done_(plan.fused_sets.size(), false) {}
+
+Status GlobalScales::ForShard(size_t shard) {
+  for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
+    if (done_[k]) continue;
+    const auto& set = plan_.fused_sets[k];
+    if (std::any_of(set.begin(), set.end(),
+                    [&](size_t ti) { return plan_.tensors[ti].shard == shard; })) {
+      QUENCH_RETURN_IF_ERROR(ComputeSet(k));
     }
   }
-  for (const auto& set : plan.fused_sets) {
-    float a = 0.f;
-    for (size_t ti : set) a = std::max(a, amax[ti]);
-    const float gs = fp4::Nvfp4GlobalScale(a, plan.tensors[set.front()].dtype);
-    for (size_t ti : set) {
-      PlannedTensor& t = plan.tensors[ti];
-      t.global_scale = gs;
-      for (size_t oi : t.outputs) {
-        PlannedOutput& o = plan.shards[t.shard].outputs[oi];
-        if (o.source != SchemeOutput::Source::kGlobalScale) continue;
-        o.constant.assign(4, '\0');
-        std::memcpy(o.constant.data(), &gs, 4);  // F32 little-endian (x86 and Arm hosts)
-      }
+  return Status::Ok();
+}
+
+Status GlobalScales::All() {
+  tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
+                         static_cast<size_t>(sizing_.threads));
+  for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
+    if (!done_[k]) QUENCH_RETURN_IF_ERROR(ComputeSet(k));
+  }
+  return Status::Ok();
+}
+
+// Largest |x| over the set's members (each read once in row chunks in parallel, pages released
+// after use), then the set's weight_global_scale. Pruning never changes the largest |x|: every
+// mode keeps the largest magnitudes (fraction < 1, N >= 1).
+Status GlobalScales::ComputeSet(size_t k) {
+  const std::vector<size_t>& set = plan_.fused_sets[k];
+  float a = 0.f;
+  for (size_t ti : set) {
+    const PlannedTensor& t = plan_.tensors[ti];
+    if (t.src_bytes == 0) continue;
+    QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(plan_.shards[t.shard].src_path));
+    const uint64_t rows = t.shape[0], cols = t.shape[1];
+    const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+    const uint64_t chunk_rows = std::max<uint64_t>(1, sizing_.chunk_bytes / row_bytes);
+    const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    std::vector<float> part(n_chunks, 0.f);
+    std::atomic<bool> finite{true};
+    tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
+      if (cancel_ != nullptr && cancel_->load()) return;
+      const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+      WeightChunk in;
+      in.data = m.data() + t.src_offset + r0 * row_bytes;
+      in.dtype = t.dtype;
+      in.rows = r1 - r0;
+      in.cols = cols;
+      if (!fp4::AbsMax(in, &part[c])) finite = false;
+      m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+    });
+    if (cancel_ != nullptr && cancel_->load()) {
+      return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
+    }
+    if (!finite) {
+      return Error(ErrorCode::kNonFinite,
+                   plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
+                       "' contains NaN or Inf; refusing to quantize it (fix the checkpoint or "
+                       "add it to --ignore)");
+    }
+    a = std::max(a, *std::max_element(part.begin(), part.end()));
+  }
+  const float gs = fp4::Nvfp4GlobalScale(a, plan_.tensors[set.front()].dtype);
+  for (size_t ti : set) {
+    PlannedTensor& t = plan_.tensors[ti];
+    t.global_scale = gs;
+    for (size_t oi : t.outputs) {
+      PlannedOutput& o = plan_.shards[t.shard].outputs[oi];
+      if (o.source != SchemeOutput::Source::kGlobalScale) continue;
+      o.constant.assign(4, '\0');
+      std::memcpy(o.constant.data(), &gs, 4);  // F32 little-endian (x86 and Arm hosts)
     }
   }
+  done_[k] = true;
   return Status::Ok();
 }
 
