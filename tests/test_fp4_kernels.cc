@@ -17,15 +17,16 @@
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "hwy/targets.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 
 namespace quench::fp4 {
+using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+
 namespace {
 
-constexpr uint8_t kGuard = 0xA5;  // fill past each output's end, to catch overruns
-constexpr size_t kGuardBytes = 64;
 
 enum class Scheme { kNvfp4, kMxfp4, kMxfp8 };
 
@@ -35,35 +36,13 @@ std::string SchemeName(Scheme s) {
 
 size_t GroupOf(Scheme s) { return s == Scheme::kNvfp4 ? kNvfp4Group : kMxGroup; }
 
-size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
 std::string DTypeLabel(DType d) {
   return d == DType::kBF16 ? "BF16" : d == DType::kF16 ? "F16" : "F32";
 }
 
-// f32 value -> raw element bits of dtype d (RNE), written little-endian at p.
-void PutElem(uint8_t* p, DType d, float v) {
-  if (d == DType::kF32) {
-    const uint32_t b = F32ToBits(v);
-    std::memcpy(p, &b, 4);
-  } else {
-    const uint16_t b = d == DType::kBF16 ? F32ToBF16(v) : F32ToF16(v);
-    std::memcpy(p, &b, 2);
-  }
-}
 
-void PutBits(uint8_t* p, DType d, uint32_t bits) {
-  if (d == DType::kF32) {
-    std::memcpy(p, &bits, 4);
-  } else {
-    const uint16_t b = static_cast<uint16_t>(bits);
-    std::memcpy(p, &b, 2);
-  }
-}
 
-float DTypeMax(DType d) {
-  return d == DType::kBF16 ? BF16ToF32(0x7F7F) : d == DType::kF16 ? 65504.0f : 3.4028235e38f;
-}
 
 // Exponent field width and mantissa width of d.
 int MantBits(DType d) { return d == DType::kBF16 ? 7 : d == DType::kF16 ? 10 : 23; }

@@ -14,46 +14,22 @@
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "hwy/targets.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 
 namespace quench::intq {
+using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+
 namespace {
 
-constexpr uint8_t kGuard = 0xA5;  // fill past each output's end, to catch overruns
-constexpr size_t kGuardBytes = 64;
 
-size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
-const char* DTypeLabel(DType d) {
-  return d == DType::kBF16 ? "BF16" : d == DType::kF16 ? "F16" : "F32";
-}
 
-// f32 value -> raw element bits of dtype d (RNE), written little-endian at p.
-void PutElem(uint8_t* p, DType d, float v) {
-  if (d == DType::kF32) {
-    const uint32_t b = F32ToBits(v);
-    std::memcpy(p, &b, 4);
-  } else {
-    const uint16_t b = d == DType::kBF16 ? F32ToBF16(v) : F32ToF16(v);
-    std::memcpy(p, &b, 2);
-  }
-}
 
-void PutBits(uint8_t* p, DType d, uint32_t bits) {
-  if (d == DType::kF32) {
-    std::memcpy(p, &bits, 4);
-  } else {
-    const uint16_t b = static_cast<uint16_t>(bits);
-    std::memcpy(p, &b, 2);
-  }
-}
 
-float DTypeMax(DType d) {
-  return d == DType::kBF16 ? BF16ToF32(0x7F7F) : d == DType::kF16 ? 65504.0f : 3.4028235e38f;
-}
 
 // Raw finite bit pattern of dtype d drawn uniformly over all finite patterns.
 uint32_t RandomFiniteBits(std::mt19937& rng, DType d) {

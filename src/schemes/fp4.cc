@@ -209,32 +209,7 @@ namespace rounding = quench::HWY_NAMESPACE::rounding;
 
 using rounding::Traits;
 
-// c10::detail::fp8e4m3fn_from_fp32_value (torch 2.13) on finite lanes, giving the code in
-// the low 8 bits of each u32 lane. It saturates: every |v| > 448 that would not round down
-// to 448 gives 0x7E|sign, exactly what clamp(v, -448, 448) followed by the conversion gives.
-// (Same as fp8.cc's EncodeE4M3.)
-template <class DF>
-HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> EncodeE4M3(DF df, hn::Vec<DF> v) {
-  const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const auto bits = hn::BitCast(du, v);
-  const auto f = hn::And(bits, hn::Set(du, 0x7FFFFFFFu));  // |v| bits
-  // |v| < 2^-6: adding 2^14 (141 << 23) leaves an f32 with ulp 2^-9, the e4m3 subnormal
-  // step, so the FPU's RNE addition places the code in the low bits.
-  const auto denorm = hn::Set(du, 141u << 23);
-  const auto sub = hn::Sub(
-      hn::BitCast(du, hn::Add(hn::BitCast(df, f), hn::BitCast(df, denorm))), denorm);
-  // Normal range: rebias the exponent 127 -> 7 and round the 20 dropped mantissa bits to
-  // nearest even (0x7FFFF plus the lowest kept bit); codes past 0x7E saturate to 448.
-  const auto mant_odd = hn::And(hn::ShiftRight<20>(f), hn::Set(du, 1u));
-  const auto biased = hn::Add(
-      hn::Add(f, hn::Set(du, (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)), mant_odd);
-  const auto normal = hn::Min(hn::ShiftRight<20>(biased), hn::Set(du, 0x7Eu));
-  const auto is_sub = hn::RebindMask(
-      du, hn::Lt(hn::BitCast(di, f), hn::Set(di, static_cast<int32_t>(121u << 23))));
-  return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
-                   hn::Set(du, 0x80u));
-}
+using rounding::EncodeE4M3;
 
 // E2M1 nibble (sign << 3 | index) of each f32 lane, as Fp4Nibble: clamp to 6, round the
 // magnitude to the E2M1 grid with ties to even, sign iff v < neg_limit (-0 for v itself;

@@ -86,10 +86,13 @@ inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
 }  // namespace quench::fp8::internal
 #endif  // QUENCH_SCHEMES_FP8_SHARED_
 
+#include "schemes/rounding-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace quench::fp8 {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+namespace rounding = quench::HWY_NAMESPACE::rounding;
 
 using DF = hn::ScalableTag<float>;
 using DU = hn::RebindToUnsigned<DF>;
@@ -97,30 +100,10 @@ using DI = hn::RebindToSigned<DF>;
 using VF = hn::Vec<DF>;
 using VU = hn::Vec<DU>;
 
-// Per-dtype traits: the raw lane type, the abs-bits mask and the first non-finite abs
-// pattern (exponent all ones). For IEEE-style formats, abs bit patterns of finite values
-// order like their magnitudes, so an integer max over them is the amax, and the amax
-// pattern is >= kInfBits exactly when the run holds an Inf or NaN.
-template <DType D>
-struct Traits;
-template <>
-struct Traits<DType::kBF16> {
-  using T = uint16_t;
-  static constexpr T kAbsMask = 0x7FFF;
-  static constexpr T kInfBits = 0x7F80;
-};
-template <>
-struct Traits<DType::kF16> {
-  using T = uint16_t;
-  static constexpr T kAbsMask = 0x7FFF;
-  static constexpr T kInfBits = 0x7C00;
-};
-template <>
-struct Traits<DType::kF32> {
-  using T = uint32_t;
-  static constexpr T kAbsMask = 0x7FFFFFFF;
-  static constexpr T kInfBits = 0x7F800000;
-};
+using rounding::EncodeE4M3;
+using rounding::LoadF32;
+using rounding::RoundToDType;
+using rounding::Traits;
 
 // Max of the abs bit patterns of n raw elements at p (unaligned), folded into acc.
 // The tail (n not a multiple of the vector) goes through a zero-filled buffer: a zero
@@ -173,91 +156,6 @@ HWY_INLINE float AbsBitsToF32(typename Traits<D>::T bits) {
   if constexpr (D == DType::kBF16) return BF16ToF32(bits);
   if constexpr (D == DType::kF16) return F16ToF32(bits);
   return BitsToF32(bits);
-}
-
-// Loads Lanes(df) elements of dtype D at p (unaligned) as exact f32 values.
-template <DType D>
-HWY_INLINE VF LoadF32(DF df, const uint8_t* p) {
-  if constexpr (D == DType::kBF16) {
-    // bf16 is the upper half of an f32: widen and shift left by 16.
-    const hn::Rebind<uint16_t, DF> d16;
-    const DU du;
-    const VU wide = hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(p)));
-    return hn::BitCast(df, hn::ShiftLeft<16>(wide));
-  } else if constexpr (D == DType::kF16) {
-    // binary16 -> binary32 is exact for every finite value (F16C, or Highway's integer
-    // emulation, which is exact for finite inputs; Inf/NaN never reach this pass).
-    const hn::Rebind<hwy::float16_t, DF> d16;
-    return hn::PromoteTo(df, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(p)));
-  } else {
-    return hn::LoadU(df, reinterpret_cast<const float*>(p));
-  }
-}
-
-// RNE_D(v) for finite v, as an f32 value (c10's f32 -> D conversion, then back).
-template <DType D>
-HWY_INLINE VF RoundToDType(DF df, VF v) {
-  const DU du;
-  if constexpr (D == DType::kBF16) {
-    // c10 round_to_nearest_even: add 0x7FFF plus the lowest kept bit, drop 16 bits.
-    // Valid for every non-NaN pattern, subnormals included (bf16 keeps f32's exponent).
-    const VU bits = hn::BitCast(du, v);
-    const VU lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
-    const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), lsb));
-    return hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFF0000u)));
-  } else if constexpr (D == DType::kF16) {
-    // Normal binary16 range [2^-14, 65520): keep 10 mantissa bits, RNE on the 13 dropped
-    // bits (bias 0xFFF plus the lowest kept bit); a carry steps into the next binade.
-    const VU bits = hn::BitCast(du, v);
-    const VU lsb = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1u));
-    const VU rounded = hn::Add(bits, hn::Add(hn::Set(du, 0xFFFu), lsb));
-    const VF normal = hn::BitCast(df, hn::And(rounded, hn::Set(du, 0xFFFFE000u)));
-    // Below 2^-14 the grid is the subnormal step 2^-24: |v| + 0.5 has an f32 ulp of
-    // exactly 2^-24 on [0.5, 1), so the FPU's RNE addition rounds |v| onto that grid
-    // (ties to an even multiple, as binary16 does); subtracting 0.5 is then exact.
-    const VF abs = hn::Abs(v);
-    const VF half = hn::Set(df, 0.5f);
-    const VF sub_abs = hn::Sub(hn::Add(abs, half), half);
-    const VF subnormal = hn::CopySignToAbs(sub_abs, v);
-    // |v| >= 65520 (midpoint of 65504 and 2^16) overflows to Inf under RNE.
-    const VF inf = hn::CopySignToAbs(hn::Inf(df), v);
-    const VF result = hn::IfThenElse(hn::Lt(abs, hn::Set(df, 6.103515625e-05f)),  // 2^-14
-                                     subnormal, normal);
-    return hn::IfThenElse(hn::Ge(abs, hn::Set(df, 65520.0f)), inf, result);
-  } else {
-    (void)du;
-    return v;  // f32 weights: the quotient is already in D.
-  }
-}
-
-// c10::detail::fp8e4m3fn_from_fp32_value (torch 2.13) on finite lanes, giving the code in
-// the low 8 bits of each u32 lane. It saturates: every |v| > 448 that would not round down
-// to 448 gives 0x7E|sign, exactly what clamp(v, -448, 448) followed by the conversion gives,
-// so the reference's clamp needs no instruction here. (NaN lanes cannot occur: non-finite
-// inputs are refused before this pass and the scale is finite and > 0.)
-HWY_INLINE VU EncodeE4M3(DF df, VF v) {
-  const DU du;
-  const DI di;  // for the signed compare below
-  const VU bits = hn::BitCast(du, v);
-  const VU f = hn::And(bits, hn::Set(du, 0x7FFFFFFFu));  // |v| bits
-  // |v| < 2^-6 (below the smallest e4m3 normal): adding 2^14 (141 << 23) leaves an f32
-  // with ulp 2^-9, the e4m3 subnormal step, so RNE places the code in the low bits.
-  const VU denorm_mask = hn::Set(du, 141u << 23);
-  const VU sub = hn::Sub(
-      hn::BitCast(du, hn::Add(hn::BitCast(df, f), hn::BitCast(df, denorm_mask))), denorm_mask);
-  // Normal range: rebias the exponent 127 -> 7 (adding (7-127) << 23 modulo 2^32) and round
-  // the 20 dropped mantissa bits to nearest even (0x7FFFF plus the lowest kept bit).
-  const VU mant_odd = hn::And(hn::ShiftRight<20>(f), hn::Set(du, 1u));
-  const VU biased = hn::Add(
-      hn::Add(f, hn::Set(du, (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)), mant_odd);
-  // Codes past 0x7E (a carry onto the NaN code 0x7F, or |v| >= 480, which gives a larger
-  // value of this monotonic expression) saturate to 448 = 0x7E, as torch 2.13's c10 does.
-  const VU normal = hn::Min(hn::ShiftRight<20>(biased), hn::Set(du, 0x7Eu));
-  const auto is_sub = hn::RebindMask(
-      du, hn::Lt(hn::BitCast(di, f), hn::Set(di, static_cast<int32_t>(121u << 23))));
-  // The sign bit goes to bit 7 of the code: code | ((bits >> 24) & 0x80).
-  return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
-                   hn::Set(du, 0x80u));
 }
 
 // q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes (the clamp is

@@ -107,6 +107,37 @@ HWY_INLINE hn::Vec<DF> RoundToDType(DF df, hn::Vec<DF> v) {
   }
 }
 
+// c10::detail::fp8e4m3fn_from_fp32_value (torch 2.13) on finite lanes, giving the code in
+// the low 8 bits of each u32 lane. It saturates: every |v| > 448 that would not round down
+// to 448 gives 0x7E|sign, exactly what clamp(v, -448, 448) followed by the conversion gives,
+// so the reference's clamp needs no instruction here. (NaN lanes cannot occur: non-finite
+// inputs are refused before this pass and the scale is finite and > 0.)
+template <class DF>
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> EncodeE4M3(DF df, hn::Vec<DF> v) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;  // for the signed compare below
+  const auto bits = hn::BitCast(du, v);
+  const auto f = hn::And(bits, hn::Set(du, 0x7FFFFFFFu));  // |v| bits
+  // |v| < 2^-6 (below the smallest e4m3 normal): adding 2^14 (141 << 23) leaves an f32
+  // with ulp 2^-9, the e4m3 subnormal step, so RNE places the code in the low bits.
+  const auto denorm_mask = hn::Set(du, 141u << 23);
+  const auto sub = hn::Sub(
+      hn::BitCast(du, hn::Add(hn::BitCast(df, f), hn::BitCast(df, denorm_mask))), denorm_mask);
+  // Normal range: rebias the exponent 127 -> 7 (adding (7-127) << 23 modulo 2^32) and round
+  // the 20 dropped mantissa bits to nearest even (0x7FFFF plus the lowest kept bit).
+  const auto mant_odd = hn::And(hn::ShiftRight<20>(f), hn::Set(du, 1u));
+  const auto biased = hn::Add(
+      hn::Add(f, hn::Set(du, (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)), mant_odd);
+  // Codes past 0x7E (a carry onto the NaN code 0x7F, or |v| >= 480, which gives a larger
+  // value of this monotonic expression) saturate to 448 = 0x7E, as torch 2.13's c10 does.
+  const auto normal = hn::Min(hn::ShiftRight<20>(biased), hn::Set(du, 0x7Eu));
+  const auto is_sub = hn::RebindMask(
+      du, hn::Lt(hn::BitCast(di, f), hn::Set(di, static_cast<int32_t>(121u << 23))));
+  // The sign bit goes to bit 7 of the code: code | ((bits >> 24) & 0x80).
+  return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
+                   hn::Set(du, 0x80u));
+}
+
 }  // namespace rounding
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
