@@ -403,6 +403,21 @@ TEST_SUITE("convert") {
     CHECK(text.out.find("F8_E4M3") != std::string::npos);
   }
 
+  TEST_CASE("progress: plain lines when not a terminal, nothing with --quiet") {
+    qt::TempDir tmp;
+    // The tests' stderr is a file, so the display must use plain lines (no carriage returns),
+    // ending with the 100% line and the summary.
+    auto r = qt::RunQuench({"convert", kTiny.string(), (tmp / "a").string(), "--scheme", "FP8_DYNAMIC"});
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.err.find("100.0%") != std::string::npos);
+    CHECK(r.err.find('\r') == std::string::npos);
+    CHECK(r.err.find("quench: wrote") != std::string::npos);
+    auto q = qt::RunQuench({"convert", kTiny.string(), (tmp / "b").string(), "--scheme", "FP8_DYNAMIC", "-q"});
+    REQUIRE(q.exit_code == 0);
+    CHECK(q.err.empty());
+    CHECK(q.out.empty());
+  }
+
   TEST_CASE("help and version describe what exists") {
     auto h = qt::RunQuench({"--help"});
     CHECK(h.exit_code == 0);
@@ -412,6 +427,7 @@ TEST_SUITE("convert") {
     for (const char* flag : {"--scheme", "--targets", "--ignore", "--no-default-ignore",
                              "--memory-limit", "--threads", "--overwrite", "--quiet",
                              "--dry-run", "--report", "--group-size", "--asymmetric",
+                             "--recipe", "--resume", "--prune", "--prune-granularity",
                              "FP8_DYNAMIC", "FP8_BLOCK"}) {
       CHECK_MESSAGE(c.out.find(flag) != std::string::npos, flag);
     }
