@@ -577,48 +577,11 @@ bool Mxfp8Impl(const WeightChunk& in, const ChunkOutputs& out) {
   return true;
 }
 
-// Max abs bit pattern of n raw elements at p (unaligned); a zero-filled tail buffer never
-// raises the max.
-template <DType D>
-HWY_INLINE typename Traits<D>::T AbsBitsMax(const uint8_t* p, size_t n) {
-  using T = typename Traits<D>::T;
-  const hn::ScalableTag<T> dt;
-  const size_t lanes = hn::Lanes(dt);
-  const T* src = reinterpret_cast<const T*>(p);
-  const auto mask = hn::Set(dt, Traits<D>::kAbsMask);
-  auto acc0 = hn::Zero(dt);
-  auto acc1 = hn::Zero(dt);
-  auto acc2 = hn::Zero(dt);
-  auto acc3 = hn::Zero(dt);
-  size_t i = 0;
-  if (n >= 4 * lanes) {
-    for (; i <= n - 4 * lanes; i += 4 * lanes) {
-      acc0 = hn::Max(acc0, hn::And(hn::LoadU(dt, src + i), mask));
-      acc1 = hn::Max(acc1, hn::And(hn::LoadU(dt, src + i + lanes), mask));
-      acc2 = hn::Max(acc2, hn::And(hn::LoadU(dt, src + i + 2 * lanes), mask));
-      acc3 = hn::Max(acc3, hn::And(hn::LoadU(dt, src + i + 3 * lanes), mask));
-    }
-  }
-  for (; i + lanes <= n; i += lanes) {
-    acc0 = hn::Max(acc0, hn::And(hn::LoadU(dt, src + i), mask));
-  }
-  if (i < n) {
-    HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)] = {};
-    std::memcpy(buf, p + i * sizeof(T), (n - i) * sizeof(T));
-    acc0 = hn::Max(acc0, hn::And(hn::Load(dt, buf), mask));
-  }
-  const auto acc = hn::Max(hn::Max(acc0, acc1), hn::Max(acc2, acc3));
-  // Horizontal max by storing (Highway 1.0.3 lacks MaxOfLanes for u16 on some targets).
-  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)];
-  hn::Store(acc, dt, buf);
-  T m = 0;
-  for (size_t k = 0; k < lanes; ++k) m = std::max(m, buf[k]);
-  return m;
-}
-
 template <DType D>
 bool AbsMaxImpl(const WeightChunk& in, float* amax) {
-  const auto bits = AbsBitsMax<D>(in.data, in.rows * in.cols);
+  const hn::ScalableTag<typename Traits<D>::T> dt;
+  const auto bits = rounding::ReduceMax(
+      dt, rounding::AbsBitsMax<D>(in.data, in.rows * in.cols, hn::Zero(dt)));
   if (bits >= Traits<D>::kInfBits) return false;
   if constexpr (D == DType::kBF16) *amax = BF16ToF32(bits);
   if constexpr (D == DType::kF16) *amax = F16ToF32(bits);

@@ -14,7 +14,9 @@
 #define QUENCH_SCHEMES_ROUNDING_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "hwy/highway.h"
 #include "quench/dtype.h"
@@ -136,6 +138,51 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> EncodeE4M3(DF df, hn::Vec<DF> v) {
   // The sign bit goes to bit 7 of the code: code | ((bits >> 24) & 0x80).
   return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
                    hn::Set(du, 0x80u));
+}
+
+// Max of the abs bit patterns of n raw elements at p (unaligned), folded into acc.
+// The tail (n not a multiple of the vector) goes through a zero-filled buffer: a zero
+// pattern never raises the max, so padding does not change the result.
+template <DType D, class DT = hn::ScalableTag<typename Traits<D>::T>>
+HWY_INLINE hn::Vec<DT> AbsBitsMax(const uint8_t* p, size_t n, hn::Vec<DT> acc) {
+  using T = typename Traits<D>::T;
+  const DT dt;
+  const size_t lanes = hn::Lanes(dt);
+  const T* src = reinterpret_cast<const T*>(p);
+  const auto mask = hn::Set(dt, Traits<D>::kAbsMask);
+  auto acc1 = hn::Zero(dt);
+  auto acc2 = hn::Zero(dt);
+  auto acc3 = hn::Zero(dt);
+  size_t i = 0;
+  if (n >= 4 * lanes) {
+    for (; i <= n - 4 * lanes; i += 4 * lanes) {
+      acc = hn::Max(acc, hn::And(hn::LoadU(dt, src + i), mask));
+      acc1 = hn::Max(acc1, hn::And(hn::LoadU(dt, src + i + lanes), mask));
+      acc2 = hn::Max(acc2, hn::And(hn::LoadU(dt, src + i + 2 * lanes), mask));
+      acc3 = hn::Max(acc3, hn::And(hn::LoadU(dt, src + i + 3 * lanes), mask));
+    }
+  }
+  for (; i + lanes <= n; i += lanes) {
+    acc = hn::Max(acc, hn::And(hn::LoadU(dt, src + i), mask));
+  }
+  if (i < n) {
+    HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)] = {};
+    std::memcpy(buf, p + i * sizeof(T), (n - i) * sizeof(T));
+    acc = hn::Max(acc, hn::And(hn::Load(dt, buf), mask));
+  }
+  return hn::Max(hn::Max(acc, acc1), hn::Max(acc2, acc3));
+}
+
+// Horizontal max of an abs-bits accumulator (stored and scanned: this runs once per row or
+// tile, and avoids MaxOfLanes, which Highway 1.0.3 lacks for u16 on some targets).
+template <class DT>
+HWY_INLINE hn::TFromD<DT> ReduceMax(DT dt, hn::Vec<DT> v) {
+  using T = hn::TFromD<DT>;
+  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)];
+  hn::Store(v, dt, buf);
+  T m = 0;
+  for (size_t k = 0; k < hn::Lanes(dt); ++k) m = std::max(m, buf[k]);
+  return m;
 }
 
 }  // namespace rounding

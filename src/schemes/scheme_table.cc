@@ -170,6 +170,52 @@ SchemeInfo PackedA16(std::string_view name, std::string_view summary, int bits,
   };
 }
 
+// W8A8 and its alias INT8: int8 per channel, int8 dynamic per-token activations.
+SchemeInfo Int8PerChannel(std::string_view name, std::string_view summary) {
+  return {
+      .name = name,
+      .format = "int-quantized",
+      .summary = summary,
+      .weights_desc = "int8, scale per output channel (weight dtype)",
+      .activations_desc = "int8 dynamic, per token",
+      .gpu = "Turing or newer (CUTLASS int8 GEMM)",
+      .weights = IntWeights(8, std::nullopt),
+      .input_activations = TokenDynamic("int", 8),
+      .row_align = 1,
+      .kernel = intq::QuantizeUnpacked,
+      .scalar_kernel = intq::QuantizeUnpackedScalar,
+      .outputs = IntUnpackedOutputs,
+      .check_shape = CheckGroupDivides,
+  };
+}
+
+// MXFP4/MXFP8, weight-only (A16) or with MX dynamic activations of the same format.
+SchemeInfo Mx(std::string_view name, int bits, bool activations) {
+  const bool fp4 = bits == 4;
+  return {
+      .name = name,
+      .format = fp4 ? "mxfp4-pack-quantized" : "mxfp8-quantized",
+      .summary = fp4 ? (activations ? "FP4 E2M1 weights, E8M0 scale per 32; MXFP4 dynamic activations"
+                                    : "FP4 E2M1 weights, E8M0 scale per 32; 16-bit activations")
+                     : (activations ? "FP8 E4M3 weights, E8M0 scale per 32; MXFP8 dynamic activations"
+                                    : "FP8 E4M3 weights, E8M0 scale per 32; 16-bit activations"),
+      .weights_desc = fp4 ? "FP4 E2M1, E8M0 scale per 32" : "FP8 E4M3, E8M0 scale per 32",
+      .activations_desc = !activations ? "none (16-bit)"
+                          : fp4        ? "MXFP4 dynamic, per group of 32"
+                                       : "MXFP8 dynamic, per group of 32",
+      .gpu = fp4 && !activations ? "Blackwell (native MX); older GPUs weight-only via Marlin"
+                                 : "Blackwell (native MX)",
+      .weights = MxArgs(bits, false),
+      .input_activations = activations ? std::optional<QuantArgsDesc>(MxArgs(bits, true))
+                                       : std::nullopt,
+      .row_align = 1,
+      .kernel = fp4 ? fp4::QuantizeMxfp4 : fp4::QuantizeMxfp8,
+      .scalar_kernel = fp4 ? fp4::QuantizeMxfp4Scalar : fp4::QuantizeMxfp8Scalar,
+      .outputs = fp4 ? Mxfp4Outputs : Mxfp8Outputs,
+      .check_shape = CheckGroupDivides,
+  };
+}
+
 const SchemeInfo kSchemes[] = {
     {
         .name = "FP8_DYNAMIC",
@@ -207,36 +253,8 @@ const SchemeInfo kSchemes[] = {
         .scalar_kernel = fp8::QuantizeBlockScalar,
         .outputs = Fp8BlockOutputs,
     },
-    {
-        .name = "W8A8",
-        .format = "int-quantized",
-        .summary = "int8 weights per output channel; int8 dynamic per-token activations",
-        .weights_desc = "int8, scale per output channel (weight dtype)",
-        .activations_desc = "int8 dynamic, per token",
-        .gpu = "Turing or newer (CUTLASS int8 GEMM)",
-        .weights = IntWeights(8, std::nullopt),
-        .input_activations = TokenDynamic("int", 8),
-        .row_align = 1,
-        .kernel = intq::QuantizeUnpacked,
-        .scalar_kernel = intq::QuantizeUnpackedScalar,
-        .outputs = IntUnpackedOutputs,
-        .check_shape = CheckGroupDivides,
-    },
-    {
-        .name = "INT8",
-        .format = "int-quantized",
-        .summary = "alias of W8A8",
-        .weights_desc = "int8, scale per output channel (weight dtype)",
-        .activations_desc = "int8 dynamic, per token",
-        .gpu = "Turing or newer (CUTLASS int8 GEMM)",
-        .weights = IntWeights(8, std::nullopt),
-        .input_activations = TokenDynamic("int", 8),
-        .row_align = 1,
-        .kernel = intq::QuantizeUnpacked,
-        .scalar_kernel = intq::QuantizeUnpackedScalar,
-        .outputs = IntUnpackedOutputs,
-        .check_shape = CheckGroupDivides,
-    },
+    Int8PerChannel("W8A8", "int8 weights per output channel; int8 dynamic per-token activations"),
+    Int8PerChannel("INT8", "alias of W8A8"),
     {
         .name = "W4A8",
         .format = "int-quantized",
@@ -309,66 +327,10 @@ const SchemeInfo kSchemes[] = {
         .check_shape = CheckGroupDivides,
         .needs_global_scale = true,
     },
-    {
-        .name = "MXFP4A16",
-        .format = "mxfp4-pack-quantized",
-        .summary = "FP4 E2M1 weights, E8M0 scale per 32; 16-bit activations",
-        .weights_desc = "FP4 E2M1, E8M0 scale per 32",
-        .activations_desc = "none (16-bit)",
-        .gpu = "Blackwell (native MX); older GPUs weight-only via Marlin",
-        .weights = MxArgs(4, false),
-        .input_activations = std::nullopt,
-        .row_align = 1,
-        .kernel = fp4::QuantizeMxfp4,
-        .scalar_kernel = fp4::QuantizeMxfp4Scalar,
-        .outputs = Mxfp4Outputs,
-        .check_shape = CheckGroupDivides,
-    },
-    {
-        .name = "MXFP4",
-        .format = "mxfp4-pack-quantized",
-        .summary = "FP4 E2M1 weights, E8M0 scale per 32; MXFP4 dynamic activations",
-        .weights_desc = "FP4 E2M1, E8M0 scale per 32",
-        .activations_desc = "MXFP4 dynamic, per group of 32",
-        .gpu = "Blackwell (native MX)",
-        .weights = MxArgs(4, false),
-        .input_activations = MxArgs(4, true),
-        .row_align = 1,
-        .kernel = fp4::QuantizeMxfp4,
-        .scalar_kernel = fp4::QuantizeMxfp4Scalar,
-        .outputs = Mxfp4Outputs,
-        .check_shape = CheckGroupDivides,
-    },
-    {
-        .name = "MXFP8A16",
-        .format = "mxfp8-quantized",
-        .summary = "FP8 E4M3 weights, E8M0 scale per 32; 16-bit activations",
-        .weights_desc = "FP8 E4M3, E8M0 scale per 32",
-        .activations_desc = "none (16-bit)",
-        .gpu = "Blackwell (native MX)",
-        .weights = MxArgs(8, false),
-        .input_activations = std::nullopt,
-        .row_align = 1,
-        .kernel = fp4::QuantizeMxfp8,
-        .scalar_kernel = fp4::QuantizeMxfp8Scalar,
-        .outputs = Mxfp8Outputs,
-        .check_shape = CheckGroupDivides,
-    },
-    {
-        .name = "MXFP8",
-        .format = "mxfp8-quantized",
-        .summary = "FP8 E4M3 weights, E8M0 scale per 32; MXFP8 dynamic activations",
-        .weights_desc = "FP8 E4M3, E8M0 scale per 32",
-        .activations_desc = "MXFP8 dynamic, per group of 32",
-        .gpu = "Blackwell (native MX)",
-        .weights = MxArgs(8, false),
-        .input_activations = MxArgs(8, true),
-        .row_align = 1,
-        .kernel = fp4::QuantizeMxfp8,
-        .scalar_kernel = fp4::QuantizeMxfp8Scalar,
-        .outputs = Mxfp8Outputs,
-        .check_shape = CheckGroupDivides,
-    },
+    Mx("MXFP4A16", 4, /*activations=*/false),
+    Mx("MXFP4", 4, /*activations=*/true),
+    Mx("MXFP8A16", 8, /*activations=*/false),
+    Mx("MXFP8", 8, /*activations=*/true),
     // Presets whose activation scales are static: they need statistics of real activations,
     // which model_free_ptq refuses too ("Model Free PTQ cannot calibrate activations").
     {
