@@ -9,34 +9,7 @@
 namespace quench {
 namespace {
 
-float Input(const WeightChunk& in, uint64_t i) {
-  const uint8_t* p = in.data;
-  switch (in.dtype) {
-    case DType::kBF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return BF16ToF32(h);
-    }
-    case DType::kF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return F16ToF32(h);
-    }
-    default: {
-      float f;
-      std::memcpy(&f, p + 4 * i, 4);
-      return f;
-    }
-  }
-}
-
-// A scale stored in the weight dtype.
-float Scale(const uint8_t* p, DType d, uint64_t i) {
-  WeightChunk w;
-  w.data = p;
-  w.dtype = d;
-  return Input(w, i);
-}
+float Input(const WeightChunk& in, uint64_t i) { return ElementToF32(in.data, in.dtype, i); }
 
 // E2M1 nibble (sign, 2 exponent bits with bias 1, 1 mantissa bit).
 float E2M1(uint8_t n) {
@@ -75,15 +48,15 @@ void AccumulateChunkError(const SchemeInfo& scheme, const WeightChunk& in,
       const double x = Input(in, r * cols + c);
       double dq = 0;
       if (fmt == "float-quantized") {
-        const double s = Scale(out.out[1], in.dtype, block ? (r / 128) * bc + c / 128 : r);
+        const double s = ElementToF32(out.out[1], in.dtype, block ? (r / 128) * bc + c / 128 : r);
         dq = E4M3ToF32(out.out[0][r * cols + c]) * s;
       } else if (fmt == "int-quantized") {
-        const double s = Scale(out.out[1], in.dtype, r * ng + c / g);
+        const double s = ElementToF32(out.out[1], in.dtype, r * ng + c / g);
         const int zp = in.params.symmetric ? 0 : static_cast<int8_t>(out.out[2][r * ng + c / g]);
         dq = (static_cast<int8_t>(out.out[0][r * cols + c]) - zp) * s;
       } else if (fmt == "pack-quantized") {
         const uint64_t words = (cols * static_cast<uint64_t>(bits) + 31) / 32;
-        const double s = Scale(out.out[1], in.dtype, r * ng + c / g);
+        const double s = ElementToF32(out.out[1], in.dtype, r * ng + c / g);
         const int offset = 1 << (bits - 1);
         int zp = 0;
         if (!in.params.symmetric) {

@@ -137,4 +137,15 @@ uint8_t F32ToE4M3(float f) {
   return result | static_cast<uint8_t>(sign >> 24);
 }
 
+float ElementToF32(const uint8_t* p, DType d, size_t i) {
+  if (d == DType::kF32) {
+    uint32_t bits;
+    std::memcpy(&bits, p + 4 * i, 4);
+    return BitsToF32(bits);
+  }
+  uint16_t bits;
+  std::memcpy(&bits, p + 2 * i, 2);
+  return d == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
+}
+
 }  // namespace quench

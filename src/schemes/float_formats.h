@@ -4,7 +4,10 @@
 #ifndef QUENCH_SCHEMES_FLOAT_FORMATS_H_
 #define QUENCH_SCHEMES_FLOAT_FORMATS_H_
 
+#include <cstddef>
 #include <cstdint>
+
+#include "quench/dtype.h"
 
 namespace quench {
 
@@ -24,6 +27,10 @@ uint16_t F32ToF16(float f);
 // (0x7E|sign); only NaN gives 0x7F|sign.
 float E4M3ToF32(uint8_t code);
 uint8_t F32ToE4M3(float f);
+
+// Element i of a run of weight dtype d (BF16, F16 or F32) at p, as an exact f32; p may be
+// unaligned (a memory-mapped file), so the bits are copied out.
+float ElementToF32(const uint8_t* p, DType d, size_t i);
 
 }  // namespace quench
 

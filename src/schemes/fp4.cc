@@ -64,8 +64,6 @@ inline bool IsSupported(DType d) {
   return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32;
 }
 
-inline size_t ElementBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
-
 // Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D).
 inline float RoundToDType(float f, DType d) {
   switch (d) {
@@ -75,17 +73,8 @@ inline float RoundToDType(float f, DType d) {
   }
 }
 
-// Element i of a run of dtype d at p, as an exact f32 (memcpy: p may be unaligned).
-inline float ElementAt(const uint8_t* p, size_t i, DType d) {
-  if (d == DType::kF32) {
-    uint32_t bits;
-    std::memcpy(&bits, p + 4 * i, 4);
-    return BitsToF32(bits);
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p + 2 * i, 2);
-  return d == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
-}
+// Element i of a run of dtype d at p, as an exact f32.
+inline float ElementAt(const uint8_t* p, size_t i, DType d) { return ElementToF32(p, d, i); }
 
 // torch.finfo(D).tiny, the smallest normal: 2^-126 for bf16 and f32, 2^-14 for f16.
 inline float Tiny(DType d) { return d == DType::kF16 ? 6.103515625e-05f : 1.17549435e-38f; }
@@ -665,7 +654,7 @@ bool AbsMax(const WeightChunk& in, float* amax) {
 
 bool QuantizeNvfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
   if (!Valid(in, kNvfp4Group)) return false;
-  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t esz = DTypeBits(in.dtype) / 8;
   const size_t n_groups = in.cols / kNvfp4Group;
   const float gs = in.params.global_scale;
   for (size_t r = 0; r < in.rows; ++r) {
@@ -693,7 +682,7 @@ namespace {
 // MXFP4 (fp4 = true) and MXFP8 references.
 bool QuantizeMxScalar(const WeightChunk& in, const ChunkOutputs& out, bool fp4) {
   if (!Valid(in, kMxGroup)) return false;
-  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t esz = DTypeBits(in.dtype) / 8;
   const size_t n_groups = in.cols / kMxGroup;
   for (size_t r = 0; r < in.rows; ++r) {
     for (size_t g = 0; g < n_groups; ++g) {

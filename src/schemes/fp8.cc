@@ -44,8 +44,6 @@ namespace quench::fp8::internal {
 // is [-448, 448], so bit_range / 2 = 896 / 2 = 448 (calculate_range / calculate_qparams).
 inline constexpr float kE4M3Max = 448.0f;
 
-inline size_t ElementBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
-
 // Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D in the spec).
 inline float RoundToDType(float f, DType d) {
   switch (d) {
@@ -256,18 +254,9 @@ bool QuantizeBlock(const WeightChunk& in, const ChunkOutputs& out) {
 
 namespace {
 
-// Element (r, c) of the chunk as an exact f32 (memcpy: the mapping may be unaligned).
+// Element (r, c) of the chunk as an exact f32.
 float ElementAt(const WeightChunk& in, size_t r, size_t c) {
-  const size_t esz = internal::ElementBytes(in.dtype);
-  const uint8_t* p = in.data + (r * in.cols + c) * esz;
-  if (in.dtype == DType::kF32) {
-    uint32_t bits;
-    std::memcpy(&bits, p, 4);
-    return BitsToF32(bits);
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-  return in.dtype == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
+  return ElementToF32(in.data, in.dtype, r * in.cols + c);
 }
 
 // q = e4m3(clamp(RNE_D(x / scale), -448, 448)): _quantize's `x / scale` in the weight dtype
@@ -285,7 +274,7 @@ bool IsSupported(DType d) { return d == DType::kBF16 || d == DType::kF16 || d ==
 
 bool QuantizeChannelScalar(const WeightChunk& in, const ChunkOutputs& out) {
   if (!IsSupported(in.dtype)) return false;
-  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t esz = DTypeBits(in.dtype) / 8;
   for (size_t r = 0; r < in.rows; ++r) {
     // Observer: amin/amax over the row, widened to include 0, then the larger magnitude.
     float mn = 0.0f;
@@ -308,7 +297,7 @@ bool QuantizeChannelScalar(const WeightChunk& in, const ChunkOutputs& out) {
 
 bool QuantizeBlockScalar(const WeightChunk& in, const ChunkOutputs& out) {
   if (!IsSupported(in.dtype)) return false;
-  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t esz = DTypeBits(in.dtype) / 8;
   const size_t tiles_r = internal::CeilDiv(in.rows, kBlock);
   const size_t tiles_c = internal::CeilDiv(in.cols, kBlock);
   for (size_t r = 0; r < in.rows; ++r) {

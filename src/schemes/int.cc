@@ -46,7 +46,6 @@
 #define QUENCH_SCHEMES_INT_SHARED_
 namespace quench::intq::internal {
 
-inline size_t ElementBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
 // Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D); NaN stays NaN.
@@ -594,18 +593,9 @@ bool QuantizePacked(const WeightChunk& in, const ChunkOutputs& out) {
 
 namespace {
 
-// Element (r, c) of the chunk as an exact f32 (memcpy: the mapping may be unaligned).
+// Element (r, c) of the chunk as an exact f32.
 float ElementAt(const WeightChunk& in, size_t r, size_t c) {
-  const size_t esz = internal::ElementBytes(in.dtype);
-  const uint8_t* p = in.data + (r * in.cols + c) * esz;
-  if (in.dtype == DType::kF32) {
-    uint32_t bits;
-    std::memcpy(&bits, p, 4);
-    return BitsToF32(bits);
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-  return in.dtype == DType::kBF16 ? BF16ToF32(bits) : F16ToF32(bits);
+  return ElementToF32(in.data, in.dtype, r * in.cols + c);
 }
 
 // The definition, element by element (see the top of this file).
@@ -613,7 +603,7 @@ bool QuantizeScalar(const WeightChunk& in, const ChunkOutputs& out, bool packed)
   internal::Layout l;
   if (!internal::MakeLayout(in, &l)) return false;
   const bool sym = in.params.symmetric;
-  const size_t esz = internal::ElementBytes(in.dtype);
+  const size_t esz = DTypeBits(in.dtype) / 8;
   std::vector<int8_t> zps(in.rows * l.n_groups);
   std::vector<uint8_t> u(in.cols);
   for (size_t r = 0; r < in.rows; ++r) {
