@@ -1,11 +1,15 @@
 // Helpers shared by the kernel tests (FP8, int, FP4/MX): writing weight elements of each
-// dtype and the guard bytes that catch output overruns.
+// dtype, the guard bytes that catch output overruns, and running on every Highway target.
 #ifndef QUENCH_TESTS_KERNEL_TEST_UTIL_H_
 #define QUENCH_TESTS_KERNEL_TEST_UTIL_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <set>
+#include <string>
+
+#include "hwy/targets.h"
 
 #include "quench/dtype.h"
 #include "schemes/float_formats.h"
@@ -44,6 +48,22 @@ inline void PutBits(uint8_t* p, DType d, uint32_t bits) {
 // Largest finite value of d.
 inline float DTypeMax(DType d) {
   return d == DType::kBF16 ? BF16ToF32(0x7F7F) : d == DType::kF16 ? 65504.0f : 3.4028235e38f;
+}
+
+// Runs `fn(target_name)` once per compiled Highway target this CPU supports; returns the
+// targets' names. The target mock is reset even when a REQUIRE inside `fn` throws.
+template <class Fn>
+std::set<std::string> ForEachTarget(Fn fn) {
+  struct ResetMock {
+    ~ResetMock() { hwy::SetSupportedTargetsForTest(0); }
+  } reset;
+  std::set<std::string> names;
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    names.insert(hwy::TargetName(target));
+    fn(std::string(hwy::TargetName(target)));
+  }
+  return names;
 }
 
 }  // namespace quench::testing

@@ -203,22 +203,6 @@ Outputs Run(Scheme s, bool kernel, const WeightChunk& in) {
   return o;
 }
 
-// Runs `fn` once per compiled target this CPU supports; returns the targets' names. The
-// target mock is reset even when a REQUIRE inside `fn` throws.
-template <class Fn>
-std::set<std::string> ForEachTarget(Fn fn) {
-  struct ResetMock {
-    ~ResetMock() { hwy::SetSupportedTargetsForTest(0); }
-  } reset;
-  std::set<std::string> names;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    names.insert(hwy::TargetName(target));
-    fn(std::string(hwy::TargetName(target)));
-  }
-  return names;
-}
-
 // Kernel == reference on one shape for every dtype, pattern and input offset (and, for
 // NVFP4, the chunk's own global scale plus fixed ones); also AbsMax kernel == reference.
 void CheckShape(Scheme s, size_t rows, size_t cols, std::mt19937& rng,

@@ -153,22 +153,6 @@ Outputs Run(bool block, bool kernel, const WeightChunk& in) {
   return o;
 }
 
-// Runs `fn` once per compiled target this CPU supports; returns the targets' names. The
-// target mock is reset even when a REQUIRE inside `fn` throws.
-template <class Fn>
-std::set<std::string> ForEachTarget(Fn fn) {
-  struct ResetMock {
-    ~ResetMock() { hwy::SetSupportedTargetsForTest(0); }
-  } reset;
-  std::set<std::string> names;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    names.insert(hwy::TargetName(target));
-    fn(hwy::TargetName(target));
-  }
-  return names;
-}
-
 // Compares the kernel on every target against the scalar reference on one shape, for every
 // dtype, pattern and input offset; records the targets exercised in `targets`.
 void CheckShape(bool block, size_t rows, size_t cols, std::mt19937& rng,
@@ -188,7 +172,7 @@ void CheckShape(bool block, size_t rows, size_t cols, std::mt19937& rng,
         CAPTURE(cols);
         CAPTURE(offset);
         REQUIRE(want.ok);
-        targets.merge(ForEachTarget([&](const char* target) {
+        targets.merge(ForEachTarget([&](const std::string& target) {
           const Outputs got = Run(block, true, in);
           CAPTURE(target);
           REQUIRE(got.ok);
@@ -247,7 +231,7 @@ TEST_CASE("known values: scale and codes follow the definition") {
   PutElem(data + 4, DType::kBF16, 0.3f);
   PutElem(data + 6, DType::kBF16, 0.0f);
   const WeightChunk in = MakeChunk(data, DType::kBF16, 1, 4);
-  ForEachTarget([&](const char* target) {
+  ForEachTarget([&](const std::string& target) {
     CAPTURE(target);
     for (bool kernel : {false, true}) {
       const Outputs o = Run(false, kernel, in);
@@ -278,7 +262,7 @@ TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
       {0x7F800000u, 0xFF800000u, 0x7FC00001u},        // f32
   };
   const DType kTypes[3] = {DType::kBF16, DType::kF16, DType::kF32};
-  ForEachTarget([&](const char* target) {
+  ForEachTarget([&](const std::string& target) {
     std::mt19937 rng(99);
     for (int t = 0; t < 3; ++t) {
       const DType d = kTypes[t];

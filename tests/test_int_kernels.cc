@@ -199,22 +199,6 @@ Outputs Run(const Config& cfg, bool kernel, const WeightChunk& in) {
   return o;
 }
 
-// Runs `fn` once per compiled target this CPU supports; returns the targets' names. The
-// target mock is reset even when a REQUIRE inside `fn` throws.
-template <class Fn>
-std::set<std::string> ForEachTarget(Fn fn) {
-  struct ResetMock {
-    ~ResetMock() { hwy::SetSupportedTargetsForTest(0); }
-  } reset;
-  std::set<std::string> names;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    names.insert(hwy::TargetName(target));
-    fn(hwy::TargetName(target));
-  }
-  return names;
-}
-
 // Compares the kernel on every target against the scalar reference on one shape, for every
 // dtype, pattern and input offset.
 void CheckShape(const Config& cfg, size_t rows, size_t cols, std::mt19937& rng,
@@ -237,7 +221,7 @@ void CheckShape(const Config& cfg, size_t rows, size_t cols, std::mt19937& rng,
         CAPTURE(cols);
         CAPTURE(offset);
         REQUIRE(want.ok);
-        targets.merge(ForEachTarget([&](const char* target) {
+        targets.merge(ForEachTarget([&](const std::string& target) {
           const Outputs got = Run(cfg, true, in);
           CAPTURE(target);
           REQUIRE(got.ok);
@@ -477,7 +461,7 @@ TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
           CAPTURE(bad);
           CAPTURE(pos);
           CHECK_FALSE(Run(cfg, false, in).ok);
-          ForEachTarget([&](const char* target) {
+          ForEachTarget([&](const std::string& target) {
             CAPTURE(target);
             CHECK_FALSE(Run(cfg, true, in).ok);
           });
