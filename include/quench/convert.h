@@ -65,7 +65,7 @@ struct ConvertSummary {
 };
 
 // Reads headers only and builds the full plan; every user error surfaces here.
-Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& callbacks = {});
+Result<Plan> MakePlan(const ConvertOptions& options);
 
 // Plans, then streams every tensor through the pipeline and finalises DST.
 Result<ConvertSummary> Convert(const ConvertOptions& options,
@@ -73,7 +73,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
 
 // Plans without reading any weight or writing anything but `options.report` (if set); the
 // plan holds every error and warning a real run would raise before reading weights.
-Result<Plan> DryRun(const ConvertOptions& options, const ConvertCallbacks& callbacks = {});
+Result<Plan> DryRun(const ConvertOptions& options);
 
 // Parses "512M", "2G", "1.5GiB", "1000000" into bytes.
 Result<uint64_t> ParseByteSize(std::string_view text);

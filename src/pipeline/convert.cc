@@ -112,8 +112,7 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
   return static_cast<uint64_t>(value * mult);
 }
 
-Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
-  (void)callbacks;
+Result<Plan> MakePlan(const ConvertOptions& options) {
   std::error_code ec;
   if (!fs::exists(options.src, ec)) {
     return Error(ErrorCode::kUsage, options.src.string() + ": no such folder");
@@ -133,8 +132,8 @@ Result<Plan> MakePlan(const ConvertOptions& options, const ConvertCallbacks& cal
   return plan;
 }
 
-Result<Plan> DryRun(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, callbacks));
+Result<Plan> DryRun(const ConvertOptions& options) {
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
@@ -154,7 +153,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
 
 Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, callbacks));
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();

@@ -222,7 +222,7 @@ class ShardPipeline {
     if (t.action == TensorAction::kPrune) return c;
     const PlannedShard& ps = plan_.shards[t.shard];
     uint64_t total = 0;
-    const size_t n_kernel = KernelOutputs(t);
+    const size_t n_kernel = t.kernel_outputs;  // the rest are constants
     for (size_t j = 0; j < n_kernel; ++j) {
       const PlannedOutput& o = ps.outputs[t.outputs[j]];
       const uint64_t first = c->begin / o.rows_per_slab;
@@ -259,9 +259,6 @@ class ShardPipeline {
     }
     return c;
   }
-
-  // Number of leading outputs of `t` that its kernel writes; the rest are constants.
-  static size_t KernelOutputs(const PlannedTensor& t) { return t.kernel_outputs; }
 
   // Creates the shard's temporary file and writes what is known before any chunk: the header
   // and the constant tensors (weight_shape, weight_global_scale).
@@ -325,7 +322,7 @@ class ShardPipeline {
         OutputFile& f = *files_[t.shard];
         if (t.action == TensorAction::kQuantize) {
           uint64_t at = 0;
-          for (size_t j = 0; j < KernelOutputs(t) && st.ok(); ++j) {
+          for (size_t j = 0; j < t.kernel_outputs && st.ok(); ++j) {
             st = f.WriteAt(c->out_file_off[j], c->buf.data.get() + at, c->out_len[j]);
             at += c->out_len[j];
           }
