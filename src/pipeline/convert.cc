@@ -228,8 +228,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
-  if (Status s = RunPrunePrePass(plan, sizing, cancel); !s.ok()) return cleanup(s);
-  GlobalScales global_scales(plan, sizing, cancel);
+  SourceMaps maps(plan);
+  if (Status s = RunPrunePrePass(plan, sizing, maps, cancel); !s.ok()) return cleanup(s);
+  GlobalScales global_scales(plan, sizing, maps, cancel);
   uint64_t resumed = 0;
   if (options.resume) {
     // Fingerprints include the global scales, so all of them are needed first.
@@ -238,9 +239,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
-  Status st = RunShardPipeline(plan, sizing, callbacks, cancel, &zeroed,
+  Status st = RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                options.report.empty() ? nullptr : &errors,
-                               [&](size_t shard) { return global_scales.ForShard(shard); });
+                               [&](size_t tensor) { return global_scales.ForTensor(tensor); });
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }

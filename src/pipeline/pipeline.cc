@@ -67,6 +67,7 @@ struct Chunk {
   // Quantize: rows [begin, end). Copy: bytes [begin, end) of the tensor.
   uint64_t begin = 0, end = 0;
   uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
+  const MappedFile* map = nullptr;        // the source shard (null for an empty tensor)
   Buffer buf;
   Buffer staging;      // pruned copy of the input rows (pruning only)
   uint64_t zeroed = 0; // pruned positions in this chunk
@@ -78,13 +79,13 @@ struct Chunk {
 
 class ShardPipeline {
  public:
-  ShardPipeline(const Plan& plan, const PipelineSizing& sizing, const ConvertCallbacks& cb,
-                const std::atomic<bool>* cancel, std::vector<uint64_t>* zeroed,
-                std::vector<ErrorSums>* errors,
-                const std::function<Status(size_t shard)>& before_shard)
-      : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel),
-        maps_(plan.shards.size()), files_(plan.shards.size()), zeroed_(zeroed),
-        errors_(errors), before_shard_(before_shard), prune_spec_(ToPruneSpec(plan.prune)) {
+  ShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
+                const ConvertCallbacks& cb, const std::atomic<bool>* cancel,
+                std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
+                const std::function<Status(size_t tensor)>& before_tensor)
+      : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel), maps_(maps),
+        files_(plan.shards.size()), zeroed_(zeroed), errors_(errors),
+        before_tensor_(before_tensor), prune_spec_(ToPruneSpec(plan.prune)) {
     if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
     if (errors_ != nullptr) errors_->assign(plan.tensors.size(), ErrorSums{});
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;
@@ -139,12 +140,11 @@ class ShardPipeline {
       ++tensor_;
       pos_ = 0;
     }
-    // Prepare every shard up to the one this chunk belongs to (all of them at the end).
-    const size_t upto = tensor_ < plan_.tensors.size() ? plan_.tensors[tensor_].shard + 1
-                                                       : plan_.shards.size();
-    for (; shards_prepared_ < upto; ++shards_prepared_) {
-      if (!before_shard_) continue;
-      if (Status st = before_shard_(shards_prepared_); !st.ok()) {
+    // Prepare every tensor up to this chunk's (all of them at the end, empty ones included).
+    const size_t upto = std::min(tensor_ + 1, plan_.tensors.size());
+    for (; tensors_prepared_ < upto; ++tensors_prepared_) {
+      if (!before_tensor_) continue;
+      if (Status st = before_tensor_(tensors_prepared_); !st.ok()) {
         Fail(st);
         fc.stop();
         return nullptr;
@@ -155,16 +155,18 @@ class ShardPipeline {
       return nullptr;
     }
     const PlannedTensor& t = plan_.tensors[tensor_];
-    if (!maps_[t.shard].data() && t.src_bytes > 0) {
-      auto m = MappedFile::Open(plan_.shards[t.shard].src_path);
+    const MappedFile* map = nullptr;
+    if (t.src_bytes > 0) {
+      auto m = maps_.Get(t.shard);
       if (!m.ok()) {
         Fail(m.status());
         fc.stop();
         return nullptr;
       }
-      maps_[t.shard] = std::move(m).value();
+      map = m.value();
     }
     auto* c = new Chunk;
+    c->map = map;
     c->tensor = tensor_;
     c->begin = pos_;
     if (t.action != TensorAction::kCopy) {
@@ -182,7 +184,7 @@ class ShardPipeline {
       c->src_len = c->end - c->begin;
     }
     pos_ = c->end;
-    maps_[t.shard].Prefetch(c->src_offset, c->src_len);
+    if (map != nullptr) map->Prefetch(c->src_offset, c->src_len);
     return c;
   }
 
@@ -195,7 +197,7 @@ class ShardPipeline {
   // the kernel (or, pruning alone, the writer) then reads the staging buffer.
   const uint8_t* Prune(Chunk* c, const PlannedTensor& t) {
     c->staging = pool_.Get(std::max<uint64_t>(c->src_len, 1));
-    std::memcpy(c->staging.data.get(), maps_[t.shard].data() + c->src_offset, c->src_len);
+    std::memcpy(c->staging.data.get(), c->map->data() + c->src_offset, c->src_len);
     const size_t rows = c->end - c->begin, cols = t.shape[1];
     bool finite;
     if (plan_.prune.per_tensor) {
@@ -218,7 +220,7 @@ class ShardPipeline {
   Chunk* Transform(Chunk* c) {
     const PlannedTensor& t = plan_.tensors[c->tensor];
     if (t.action == TensorAction::kCopy || failed()) return c;
-    const uint8_t* rows = t.prune ? Prune(c, t) : maps_[t.shard].data() + c->src_offset;
+    const uint8_t* rows = t.prune ? Prune(c, t) : c->map->data() + c->src_offset;
     if (t.action == TensorAction::kPrune) return c;
     const PlannedShard& ps = plan_.shards[t.shard];
     uint64_t total = 0;
@@ -260,13 +262,18 @@ class ShardPipeline {
     return c;
   }
 
-  // Creates the shard's temporary file and writes what is known before any chunk: the header
-  // and the constant tensors (weight_shape, weight_global_scale).
+  // Creates the shard's temporary file and writes its header.
   Status EnsureOpen(size_t s) {
     if (files_[s]) return Status::Ok();
     const PlannedShard& ps = plan_.shards[s];
     QUENCH_ASSIGN_OR_RETURN(files_[s], OutputFile::Create(plan_.dst / ps.rel_name, ps.file_size));
-    QUENCH_RETURN_IF_ERROR(files_[s]->WriteAt(0, ps.header.data(), ps.header.size()));
+    return files_[s]->WriteAt(0, ps.header.data(), ps.header.size());
+  }
+
+  // Writes the shard's constant tensors (weight_shape, weight_global_scale). Called once every
+  // tensor of the shard has passed the input stage, so the pre-pass has filled them all.
+  Status WriteConstants(size_t s) {
+    const PlannedShard& ps = plan_.shards[s];
     for (const PlannedOutput& o : ps.outputs) {
       if (o.source == SchemeOutput::Source::kKernel) continue;
       if (o.constant.size() != o.nbytes) {
@@ -285,11 +292,12 @@ class ShardPipeline {
       const size_t k = next_to_finish_;
       if (plan_.shards[k].already_done) continue;
       Status st = EnsureOpen(k);
+      if (st.ok()) st = WriteConstants(k);
       if (!st.ok()) {
         Fail(st);
         return;
       }
-      maps_[k] = MappedFile();
+      maps_.Close(k);
       std::shared_ptr<OutputFile> f(std::move(files_[k]));
       // After the shard is durable under its final name, its resume marker records what it
       // was made from; a shard without a matching marker is redone by --resume.
@@ -332,13 +340,13 @@ class ShardPipeline {
           st = f.WriteAt(o.file_offset + c->begin * row_bytes, c->staging.data.get(), c->src_len);
         } else {
           const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
-          st = f.WriteAt(o.file_offset + c->begin, maps_[t.shard].data() + c->src_offset,
+          st = f.WriteAt(o.file_offset + c->begin, c->map->data() + c->src_offset,
                          c->src_len);
         }
       }
       if (!st.ok()) Fail(st);
     }
-    maps_[t.shard].Release(c->src_offset, c->src_len);
+    if (c->map != nullptr) c->map->Release(c->src_offset, c->src_len);
     if (c->buf.data) pool_.Put(std::move(c->buf));
     if (c->staging.data) pool_.Put(std::move(c->staging));
     if (zeroed_ != nullptr) (*zeroed_)[c->tensor] += c->zeroed;
@@ -362,12 +370,12 @@ class ShardPipeline {
   const PipelineSizing sizing_;
   const ConvertCallbacks& cb_;
   const std::atomic<bool>* cancel_;
-  std::vector<MappedFile> maps_;
+  SourceMaps& maps_;
   std::vector<std::unique_ptr<OutputFile>> files_;
   std::vector<uint64_t>* zeroed_;
   std::vector<ErrorSums>* errors_;
-  const std::function<Status(size_t shard)>& before_shard_;
-  size_t shards_prepared_ = 0;  // before_shard_ has run for shards below this
+  const std::function<Status(size_t tensor)>& before_tensor_;
+  size_t tensors_prepared_ = 0;  // before_tensor_ has run for tensors below this
   const prune::PruneSpec prune_spec_;
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
@@ -432,14 +440,30 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   s.chunk_bytes = std::clamp<uint64_t>(
       usable / (static_cast<uint64_t>(buffers_per_chunk) * static_cast<uint64_t>(s.tokens)),
       256 * 1024, 16 * kMiB);
+  const uint64_t in_flight =
+      static_cast<uint64_t>(buffers_per_chunk) * static_cast<uint64_t>(s.tokens) * s.chunk_bytes;
+  s.prepass_keep_bytes = usable > in_flight ? usable - in_flight : 0;
   return s;
 }
 
-Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
+Result<const MappedFile*> SourceMaps::Get(size_t shard) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (maps_[shard].data() == nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(maps_[shard], MappedFile::Open(plan_.shards[shard].src_path));
+  }
+  return &maps_[shard];
+}
+
+void SourceMaps::Close(size_t shard) {
+  std::lock_guard<std::mutex> lock(mu_);
+  maps_[shard] = MappedFile();
+}
+
+Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
-                        const std::function<Status(size_t shard)>& before_shard) {
-  ShardPipeline p(plan, sizing, callbacks, cancel, zeroed, errors, before_shard);
+                        const std::function<Status(size_t tensor)>& before_tensor) {
+  ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor);
   return p.Run();
 }
 

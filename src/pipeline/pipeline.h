@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "format/file_io.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
 #include "schemes/dequant.h"
@@ -22,6 +24,25 @@ struct PipelineSizing {
   uint64_t chunk_bytes = 0;  // target input bytes per chunk
   int tokens = 0;            // chunks in flight
   int threads = 0;
+  // What the budget leaves once the chunks in flight are counted: input pages the pre-pass
+  // may leave mapped for the pipeline (GlobalScales), so that they are not faulted twice.
+  uint64_t prepass_keep_bytes = 0;
+};
+
+// The source shards' mappings, opened on first use and shared by the pre-passes and the
+// pipeline: pages the NVFP4 pre-pass leaves mapped are then read by the pipeline without a
+// second round of page faults. Get and Close may be called from different threads; a shard is
+// closed only after every chunk of it has been written (the pipeline's order guarantees it).
+class SourceMaps {
+ public:
+  explicit SourceMaps(const Plan& plan) : plan_(plan), maps_(plan.shards.size()) {}
+  Result<const MappedFile*> Get(size_t shard);
+  void Close(size_t shard);
+
+ private:
+  const Plan& plan_;
+  std::mutex mu_;
+  std::vector<MappedFile> maps_;
 };
 
 // Resume markers live in DST/.quench-resume/<shard>.json while a run is unfinished; the
@@ -43,12 +64,13 @@ inline constexpr uint64_t kErrorRowStride = 8;
 inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every row
 
 // `zeroed` (optional) receives, per tensor, the positions pruning zeroed; `errors` (optional,
-// costs a sampled decode) the quantization error per tensor.
-Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing,
+// costs a sampled decode) the quantization error per tensor. `before_tensor` (optional) runs
+// in the input stage just before a tensor's first chunk is read (the NVFP4 pre-pass).
+Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
                         std::vector<ErrorSums>* errors = nullptr,
-                        const std::function<Status(size_t shard)>& before_shard = nullptr);
+                        const std::function<Status(size_t tensor)>& before_tensor = nullptr);
 
 }  // namespace quench
 

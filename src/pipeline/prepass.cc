@@ -19,14 +19,12 @@ namespace {
 // Per-tensor pruning threshold: histogram pass(es) over the tensor's rows (F32 needs a
 // refinement pass), then a count of threshold-equal elements per row, so that each pipeline
 // chunk knows how many equal elements precede it (prune.h's deterministic tie rule).
-Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, std::vector<MappedFile>& maps,
+Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                     const std::atomic<bool>* cancel) {
   for (PlannedTensor& t : plan.tensors) {
     if (!t.prune || !plan.prune.per_tensor || t.src_bytes == 0) continue;
-    if (maps[t.shard].data() == nullptr) {
-      QUENCH_ASSIGN_OR_RETURN(maps[t.shard], MappedFile::Open(plan.shards[t.shard].src_path));
-    }
-    const MappedFile& m = maps[t.shard];
+    QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
+    const MappedFile& m = *map;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
     const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
     const uint64_t chunk_rows = std::max<uint64_t>(1, sizing.chunk_bytes / row_bytes);
@@ -66,26 +64,38 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, std::vector<Mapped
 
 }  // namespace
 
-Status RunPrunePrePass(Plan& plan, const PipelineSizing& sizing,
+Status RunPrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                        const std::atomic<bool>* cancel) {
   if (!plan.prune.per_tensor) return Status::Ok();
-  std::vector<MappedFile> maps(plan.shards.size());
   return PrunePrePass(plan, sizing, maps, cancel);
 }
 
-GlobalScales::GlobalScales(Plan& plan, const PipelineSizing& sizing,
+GlobalScales::GlobalScales(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                            const std::atomic<bool>* cancel)
-    : plan_(plan), sizing_(sizing), cancel_(cancel), done_(plan.fused_sets.size(), false) {}
+    : plan_(plan), sizing_(sizing), maps_(maps), cancel_(cancel),
+      done_(plan.fused_sets.size(), false) {}
 
-Status GlobalScales::ForShard(size_t shard) {
-  for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
-    if (done_[k]) continue;
-    const auto& set = plan_.fused_sets[k];
-    if (std::any_of(set.begin(), set.end(),
-                    [&](size_t ti) { return plan_.tensors[ti].shard == shard; })) {
-      QUENCH_RETURN_IF_ERROR(ComputeSet(k));
-    }
+Status GlobalScales::ForTensor(size_t ti) {
+  const PlannedTensor& t = plan_.tensors[ti];
+  if (t.fused_set < 0 || done_[static_cast<size_t>(t.fused_set)]) return Status::Ok();
+  const size_t k = static_cast<size_t>(t.fused_set);
+  // Sets whose members have all entered the pipeline hold no more kept pages than the chunks
+  // in flight (the pipeline releases each chunk's pages once it is written).
+  std::erase_if(kept_, [&](const Kept& e) { return e.last_tensor < ti; });
+  uint64_t kept = 0;
+  for (const Kept& e : kept_) kept += e.bytes;
+  // This shard's members stay mapped for the pipeline if they fit what the budget leaves;
+  // members in later shards are released (the pipeline reaches them much later).
+  uint64_t here = 0;
+  size_t last = ti;
+  for (size_t m : plan_.fused_sets[k]) {
+    if (plan_.tensors[m].shard != t.shard) continue;
+    here += plan_.tensors[m].src_bytes;
+    last = std::max(last, m);
   }
+  const bool keep = kept + here <= sizing_.prepass_keep_bytes;
+  QUENCH_RETURN_IF_ERROR(ComputeSet(k, keep ? static_cast<int64_t>(t.shard) : -1));
+  if (keep) kept_.push_back(Kept{last, here});
   return Status::Ok();
 }
 
@@ -93,21 +103,24 @@ Status GlobalScales::All() {
   tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                          static_cast<size_t>(sizing_.threads));
   for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
-    if (!done_[k]) QUENCH_RETURN_IF_ERROR(ComputeSet(k));
+    if (!done_[k]) QUENCH_RETURN_IF_ERROR(ComputeSet(k, -1));
   }
   return Status::Ok();
 }
 
-// Largest |x| over the set's members (each read once in row chunks in parallel, pages released
-// after use), then the set's weight_global_scale. Pruning never changes the largest |x|: every
+// Largest |x| over the set's members (each read once in row chunks in parallel), then the
+// set's weight_global_scale. Pages are released after use except those of members in
+// `keep_shard`, which the pipeline reads next. Pruning never changes the largest |x|: every
 // mode keeps the largest magnitudes (fraction < 1, N >= 1).
-Status GlobalScales::ComputeSet(size_t k) {
+Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
   const std::vector<size_t>& set = plan_.fused_sets[k];
   float a = 0.f;
   for (size_t ti : set) {
     const PlannedTensor& t = plan_.tensors[ti];
     if (t.src_bytes == 0) continue;
-    QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(plan_.shards[t.shard].src_path));
+    QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
+    const MappedFile& m = *map;
+    const bool release = static_cast<int64_t>(t.shard) != keep_shard;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
     const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
     const uint64_t chunk_rows = std::max<uint64_t>(1, sizing_.chunk_bytes / row_bytes);
@@ -123,7 +136,7 @@ Status GlobalScales::ComputeSet(size_t k) {
       in.rows = r1 - r0;
       in.cols = cols;
       if (!fp4::AbsMax(in, &part[c])) finite = false;
-      m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+      if (release) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
     });
     if (cancel_ != nullptr && cancel_->load()) {
       return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");

@@ -1,8 +1,8 @@
 // The pre-pass: results that need a whole tensor, or a whole fused set, before any of its
 // rows can be quantized: NVFP4's weight_global_scale, shared by every member of a fused set
 // (vLLM runs q/k/v, gate/up, w1/w3 and MLA q_a/kv_a as one matrix with one global scale), and
-// per-tensor pruning thresholds. Reads only the tensors that need it, in row chunks with pages
-// released after use.
+// per-tensor pruning thresholds. Reads only the tensors that need it, in row chunks; pages are
+// released after use unless the pipeline reads them next and the memory budget has room.
 #ifndef QUENCH_PIPELINE_PREPASS_H_
 #define QUENCH_PIPELINE_PREPASS_H_
 
@@ -15,24 +15,35 @@
 namespace quench {
 
 // Per-tensor pruning thresholds (--prune-granularity tensor), for the whole plan.
-Status RunPrunePrePass(Plan& plan, const PipelineSizing& sizing, const std::atomic<bool>* cancel);
+Status RunPrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
+                       const std::atomic<bool>* cancel);
 
-// NVFP4 global scales, computed per fused set when first needed: ForShard(s) is called just
-// before shard s enters the pipeline, so that the second read of its NVFP4 tensors comes from
-// the page cache (members in other shards are read where they live). Fills
-// PlannedTensor::global_scale and the weight_global_scale outputs' bytes.
+// NVFP4 global scales, computed per fused set when first needed: ForTensor(t) is called just
+// before tensor t enters the pipeline and computes its set if that is not done yet (members in
+// other shards are read where they live). The set's members in t's shard stay mapped while
+// the kept sets fit PipelineSizing::prepass_keep_bytes, so that the pipeline's read of them
+// neither faults nor goes further than the page cache. Fills PlannedTensor::global_scale and
+// the weight_global_scale outputs' bytes.
 class GlobalScales {
  public:
-  GlobalScales(Plan& plan, const PipelineSizing& sizing, const std::atomic<bool>* cancel);
-  Status ForShard(size_t shard);
-  Status All();  // every set (--resume needs them to check fingerprints)
+  GlobalScales(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
+               const std::atomic<bool>* cancel);
+  Status ForTensor(size_t tensor);
+  Status All();  // every set, pages released (--resume needs them to check fingerprints)
 
  private:
-  Status ComputeSet(size_t k);
+  // keep_shard: the shard whose members' pages are left mapped, or -1.
+  Status ComputeSet(size_t k, int64_t keep_shard);
+  struct Kept {
+    size_t last_tensor;  // the set's last member in the kept shard, in plan order
+    uint64_t bytes;
+  };
   Plan& plan_;
   const PipelineSizing& sizing_;
+  SourceMaps& maps_;
   const std::atomic<bool>* cancel_;
   std::vector<bool> done_;
+  std::vector<Kept> kept_;
 };
 
 }  // namespace quench
