@@ -608,6 +608,48 @@ def nondiv_tensors(seed):
     }
 
 
+def moe3d_tensors(seed):
+    """Fused 3-D MoE experts as model_free_ptq splits them (converter.py::
+    split_fused_moe_experts): layer 0 without a ".weight" suffix (transformers v5 naming),
+    layer 1 with one; a 2-D gate_up_proj bias and a 2-D shared-expert down_proj that must not
+    be split; a router that the default ignore keeps; a 3-D F32 buffer. Expert rows get
+    different magnitudes so that a misplaced piece changes every scale."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+
+    def randn(*shape, std=0.02):
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(std)).bfloat16()
+
+    def experts(e, rows, cols):
+        t = randn(e, rows, cols)
+        for i in range(e):
+            t[i] *= 1 + i
+        t[:, rows // 2:] *= 3  # up rows (second half) differ from gate rows
+        return t
+
+    return {
+        "model.embed_tokens.weight": randn(64, 128),
+        "model.layers.0.self_attn.q_proj.weight": randn(128, 128),
+        "model.layers.0.self_attn.k_proj.weight": randn(64, 128),
+        "model.layers.0.self_attn.v_proj.weight": randn(64, 128),
+        "model.layers.0.self_attn.o_proj.weight": randn(128, 128),
+        "model.layers.0.input_layernorm.weight": randn(128),
+        "model.layers.0.mlp.gate.weight": randn(4, 128),
+        "model.layers.0.mlp.experts.gate_up_proj": experts(4, 256, 128),
+        "model.layers.0.mlp.experts.gate_up_proj_bias": randn(4, 256),
+        "model.layers.0.mlp.experts.down_proj": experts(4, 128, 128),
+        "model.layers.0.mlp.shared_expert.down_proj.weight": randn(128, 128),
+        "model.layers.1.mlp.gate.weight": randn(2, 128),
+        "model.layers.1.mlp.experts.gate_up_proj.weight": experts(2, 256, 128),
+        "model.layers.1.mlp.experts.down_proj.weight": experts(2, 128, 128),
+        "model.layers.1.rotary.inv_freq": torch.arange(24, dtype=torch.float32).reshape(2, 3, 4),
+        "model.norm.weight": randn(128),
+        "lm_head.weight": randn(64, 128),
+    }
+
+
 SPLIT2_FIRST = {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                 "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.up_proj.weight",
                 "model.layers.0.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight",
@@ -756,6 +798,10 @@ def quant_cases(vers, manifest, only=None):
         ("qchan-bf16", lambda d: write_case_single(d, channel_tensors(205), config_json("bf16")),
          QUANT_CHANNEL),
         ("qnondiv-bf16", lambda d: write_case_single(d, nondiv_tensors(206), config_json("bf16")), []),
+        # NVFP4 is left out: quench gives each expert's gate/up one global scale (vLLM fuses
+        # them), the reference does not fuse experts (README, deliberate differences).
+        ("moe3d-bf16", lambda d: write_case_single(d, moe3d_tensors(207), config_json("bf16")),
+         [_v("FP8_DYNAMIC", "FP8_DYNAMIC"), _QBY["W4A16"], _QBY["MXFP4A16"]]),
     ]
     jobs = []  # (name, src, dst, scheme, ignore, extra, spec, note)
     if only:

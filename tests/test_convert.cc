@@ -179,6 +179,58 @@ TEST_SUITE("convert") {
     }
   }
 
+  // Parity of the split itself (names, shapes, bytes, index) is in the golden suite
+  // (moe3d-bf16); these are the cases where quench refuses or deliberately keeps a tensor.
+  TEST_CASE("fused 3-D experts: [E, in, out] layout kept whole, bad names refused") {
+    qt::TempDir tmp;
+    // hidden_size 64, intermediate 48: Llama 4 / gpt-oss keep gate_up_proj as [E, H, 2I] and
+    // down_proj as [E, I, H].
+    std::vector<float> v(2 * 64 * 96);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.01f * static_cast<float>(i % 37) - 0.18f;
+    const std::string gate_up = qt::Bf16Bytes(v);
+    const std::string down = qt::Bf16Bytes(std::vector<float>(v.begin(), v.begin() + 2 * 48 * 64));
+    const std::string q = qt::Bf16Bytes(std::vector<float>(v.begin(), v.begin() + 64 * 64));
+    auto write = [&](const fs::path& dir, const std::vector<qt::RawTensor>& tensors) {
+      qt::WriteShard(dir / "model.safetensors", tensors);
+      qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Llama4ForCausalLM\"], "
+                                          "\"text_config\": {\"hidden_size\": 64}}");
+    };
+    write(tmp / "t", {{"model.layers.0.feed_forward.experts.gate_up_proj", DType::kBF16, {2, 64, 96}, gate_up},
+                      {"model.layers.0.feed_forward.experts.down_proj", DType::kBF16, {2, 48, 64}, down},
+                      {"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {64, 64}, q}});
+    auto r = qt::RunQuench({"convert", (tmp / "t").string(), (tmp / "t-out").string(), "--scheme",
+                            "FP8_DYNAMIC"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.err.find("left unquantized: 2 fused 3-D expert tensor(s) stored [experts, in, out]") !=
+          std::string::npos);
+    auto all = qt::LoadAll(tmp / "t-out");
+    for (const auto& [name, bytes] : {std::pair{std::string("model.layers.0.feed_forward.experts.gate_up_proj"), gate_up},
+                                      std::pair{std::string("model.layers.0.feed_forward.experts.down_proj"), down}}) {
+      CAPTURE(name);
+      auto [l, t] = qt::FindTensor(all, name);
+      REQUIRE(t != nullptr);
+      CHECK(t->shape.size() == 3);
+      CHECK(std::string(reinterpret_cast<const char*>(l->Data(*t)), t->nbytes()) == bytes);
+    }
+    CHECK(qt::FindTensor(all, "model.layers.0.feed_forward.experts.0.gate_proj.weight").second == nullptr);
+    CHECK(qt::FindTensor(all, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
+
+    // model_free_ptq's own refusals: a name with both keys, an odd gate_up_proj dimension.
+    write(tmp / "both", {{"model.layers.0.mlp.experts.gate_up_proj.down_proj", DType::kBF16, {64, 64}, q}});
+    r = qt::RunQuench({"convert", (tmp / "both").string(), (tmp / "both-out").string(), "--scheme",
+                       "FP8_DYNAMIC", "-q"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("names both gate_up_proj and down_proj") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "both-out"));
+    write(tmp / "odd", {{"model.layers.0.mlp.experts.gate_up_proj", DType::kBF16, {1, 63, 64},
+                         gate_up.substr(0, 63 * 64 * 2)}});
+    r = qt::RunQuench({"convert", (tmp / "odd").string(), (tmp / "odd-out").string(), "--scheme",
+                       "FP8_DYNAMIC", "-q"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("needs an even second dimension") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "odd-out"));
+  }
+
   TEST_CASE("user errors: clear message, non-zero exit, no output left") {
     qt::TempDir tmp;
     auto convert = [&](std::vector<std::string> extra) {

@@ -138,4 +138,90 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   return m;
 }
 
+namespace {
+
+// Python's str.replace: every non-overlapping occurrence, left to right.
+std::string ReplaceAll(std::string s, std::string_view from, std::string_view to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+  return s;
+}
+
+// hidden_size from config.json (top level, or text_config for multimodal configs).
+std::optional<uint64_t> HiddenSize(const ModelFolder& folder) {
+  if (!folder.config) return std::nullopt;
+  for (const JsonValue* c : {&*folder.config, folder.config->Find("text_config")}) {
+    if (c == nullptr || !c->is_object()) continue;
+    const JsonValue* h = c->Find("hidden_size");
+    if (h != nullptr && h->is_int() && h->as_int() > 0) return static_cast<uint64_t>(h->as_int());
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
+  constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
+  const std::optional<uint64_t> hidden = HiddenSize(folder);
+  ExpertSplit result;
+  for (Shard& shard : folder.shards) {
+    std::vector<TensorInfo> out;
+    out.reserve(shard.header.tensors.size());
+    for (TensorInfo& t : shard.header.tensors) {
+      const bool gate_up = t.name.find(kGateUp) != std::string::npos;
+      const bool down = t.name.find(kDown) != std::string::npos;
+      if (gate_up && down) {
+        return Error(ErrorCode::kInvalidInput,
+                     shard.rel_name + ": tensor '" + t.name + "' names both gate_up_proj and "
+                     "down_proj; model_free_ptq refuses such a checkpoint (rename the tensor)");
+      }
+      const uint64_t elem_bits = DTypeBits(t.dtype);
+      if ((!gate_up && !down) || t.shape.size() != 3 || elem_bits % 8 != 0) {
+        out.push_back(std::move(t));
+        continue;
+      }
+      const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
+      // [E, in, out]: the hidden size sits where the output dimension should be.
+      const bool transposed = hidden && (gate_up ? (a == *hidden && b != *hidden)
+                                                 : (b == *hidden && a != *hidden));
+      if (transposed) {
+        result.kept_whole.push_back(shard.rel_name + ": " + t.name);
+        out.push_back(std::move(t));
+        continue;
+      }
+      const uint64_t parts = gate_up ? 2 : 1;
+      if (a % parts != 0) {
+        return Error(ErrorCode::kInvalidInput,
+                     shard.rel_name + ": tensor '" + t.name + "' has shape [" +
+                         std::to_string(experts) + ", " + std::to_string(a) + ", " +
+                         std::to_string(b) + "]; a fused gate_up_proj needs an even second "
+                         "dimension (gate rows, then up rows)");
+      }
+      const uint64_t rows = a / parts;
+      const uint64_t piece_bytes = rows * b * (elem_bits / 8);
+      uint64_t begin = t.begin;
+      for (uint64_t e = 0; e < experts; ++e) {
+        for (uint64_t p = 0; p < parts; ++p) {
+          TensorInfo piece;
+          const std::string part = std::to_string(e) + "." +
+                                   (gate_up ? (p == 0 ? "gate_proj" : "up_proj") : "down_proj");
+          piece.name = ReplaceAll(t.name, gate_up ? kGateUp : kDown, part);
+          if (!piece.name.ends_with(".weight")) piece.name += ".weight";
+          piece.dtype = t.dtype;
+          piece.shape = {rows, b};
+          piece.begin = begin;
+          piece.end = begin + piece_bytes;
+          begin = piece.end;
+          out.push_back(std::move(piece));
+          ++result.pieces;
+        }
+      }
+      ++result.tensors_split;
+    }
+    shard.header.tensors = std::move(out);
+  }
+  return result;
+}
+
 }  // namespace quench

@@ -36,6 +36,24 @@ struct ModelFolder {
 // are in the shard it names.
 Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root);
 
+// model_free_ptq's view of fused 3-D MoE expert tensors (llm-compressor 0.14.0.1
+// `converter.py::split_fused_moe_experts`, applied to every tensor before matching): a 3-D
+// tensor whose name contains "gate_up_proj", [E, 2I, H], becomes per expert e the 2-D
+// tensors NAME.replace("gate_up_proj", "<e>.gate_proj") (rows 0..I-1 of expert e) and
+// "<e>.up_proj" (rows I..2I-1); one containing "down_proj", [E, H, I], becomes "<e>.down_proj";
+// ".weight" is appended when missing. Every piece is a contiguous byte range of the original,
+// so only the headers in `folder` are rewritten (names, shapes, offsets).
+// Deliberate difference: a tensor stored [E, in, out] (Llama 4 and gpt-oss keep gate_up_proj
+// as [E, H, 2I] and down_proj as [E, I, H]; told apart with config.json's hidden_size) is
+// left whole, since splitting its dimension 1 would cut the hidden dimension, not the
+// projections; it is then copied unquantized and listed in `kept_whole`.
+struct ExpertSplit {
+  size_t tensors_split = 0;             // 3-D tensors replaced by per-expert pieces
+  size_t pieces = 0;                    // 2-D tensors they became
+  std::vector<std::string> kept_whole;  // [E, in, out] tensors left as they are
+};
+Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder);
+
 // One `.safetensors` file on its own (for `quench inspect FILE`).
 Result<Shard> LoadShard(const std::filesystem::path& file, std::string rel_name);
 

@@ -127,7 +127,21 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   // reported with the plan, so that --dry-run shows it along with everything else.
   if (!dst.ok() && dst.code() != ErrorCode::kUsage) return dst;
   QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src));
+  // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them.
+  QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
   QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, options));
+  if (split.tensors_split > 0) {
+    plan.notes.push_back("split " + std::to_string(split.tensors_split) +
+                         " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
+                         std::to_string(split.pieces) + " per-expert weights, as model_free_ptq does");
+  }
+  if (!split.kept_whole.empty()) {
+    plan.notes.push_back(
+        "left unquantized: " + std::to_string(split.kept_whole.size()) +
+        " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
+        split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
+        "dimension, which vLLM cannot load; they are copied");
+  }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
   return plan;
 }

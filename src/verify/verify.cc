@@ -1117,6 +1117,9 @@ Status Verifier::Run() {
     }
     src_.emplace();
     src_->folder = std::move(sf).value();
+    // The output names fused 3-D experts per expert, as the converter split them.
+    auto split = SplitFusedExperts(src_->folder);
+    if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
     QUENCH_RETURN_IF_ERROR(OpenMaps(*src_));
   }
   auto df = LoadModelFolder(opt_.dst);
