@@ -458,12 +458,16 @@ TEST_SUITE("schemes") {
       return qt::RawTensor{n + ".weight", DType::kBF16, {32, 64}, weight(32, 64, amax)};
     };
     // q/k/v split across two shards; per-expert gate/up, MLA q_a/kv_a, w1/w3 (fused by vLLM,
-    // not all by the reference); o_proj stands alone.
+    // not all by the reference); o_proj stands alone. A fused 3-D gate_up_proj [experts,
+    // 2 x 32, 64] is split per expert first, and each expert's halves then share a scale.
+    const std::string gate_up = weight(32, 64, 0.375f) + weight(32, 64, 1.75f) +
+                                weight(32, 64, 3.5f) + weight(32, 64, 0.0625f);
     qt::WriteShard(tmp / "src/model-00001-of-00002.safetensors",
                    {t("l.self_attn.q_proj", 1.5f), t("l.self_attn.o_proj", 3.0f),
                     t("l.mlp.experts.0.gate_proj", 0.75f), t("l.mlp.experts.0.up_proj", 2.5f),
                     t("l.mlp.experts.1.gate_proj", 0.5f), t("l.mlp.experts.1.up_proj", 0.25f),
-                    t("l.self_attn.q_a_proj", 1.0f)});
+                    t("l.self_attn.q_a_proj", 1.0f),
+                    {"m.mlp.experts.gate_up_proj", DType::kBF16, {2, 64, 64}, gate_up}});
     qt::WriteShard(tmp / "src/model-00002-of-00002.safetensors",
                    {t("l.self_attn.k_proj", 5.1875f), t("l.self_attn.v_proj", 0.125f),
                     t("l.self_attn.kv_a_proj_with_mqa", 4.0f), t("f.w1", 0.3f), t("f.w3", 0.6f)});
@@ -485,6 +489,8 @@ TEST_SUITE("schemes") {
         {{"l.mlp.experts.1.gate_proj", "l.mlp.experts.1.up_proj"}, bf(0.5f)},
         {{"l.self_attn.q_a_proj", "l.self_attn.kv_a_proj_with_mqa"}, bf(4.0f)},
         {{"f.w1", "f.w3"}, bf(0.6f)},
+        {{"m.mlp.experts.0.gate_proj", "m.mlp.experts.0.up_proj"}, bf(1.75f)},
+        {{"m.mlp.experts.1.gate_proj", "m.mlp.experts.1.up_proj"}, bf(3.5f)},
     };
     for (const auto& set : sets) {
       for (const std::string& m : set.members) {
