@@ -26,6 +26,10 @@ struct TensorInfo {
   }
 };
 
+// "[d0, d1, ...]", as Python prints a shape tuple's elements, for messages and tables.
+std::string ShapeString(const std::vector<uint64_t>& shape);
+
+
 }  // namespace quench
 
 #endif  // QUENCH_TENSOR_H_

@@ -17,12 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 std::string HumanBytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(b);
@@ -250,7 +244,7 @@ int RunInspect(const std::vector<std::string>& args) {
         zero = buf;
       }
       std::printf("  %-*s  %-8s %-16s %12llu%s\n", static_cast<int>(width), t.name.c_str(),
-                  std::string(DTypeName(t.dtype)).c_str(), ShapeText(t.shape).c_str(),
+                  std::string(DTypeName(t.dtype)).c_str(), ShapeString(t.shape).c_str(),
                   static_cast<unsigned long long>(t.nbytes()), zero.c_str());
     }
   }

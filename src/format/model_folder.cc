@@ -193,9 +193,8 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
       const uint64_t parts = gate_up ? 2 : 1;
       if (a % parts != 0) {
         return Error(ErrorCode::kInvalidInput,
-                     shard.rel_name + ": tensor '" + t.name + "' has shape [" +
-                         std::to_string(experts) + ", " + std::to_string(a) + ", " +
-                         std::to_string(b) + "]; a fused gate_up_proj needs an even second "
+                     shard.rel_name + ": tensor '" + t.name + "' has shape " +
+                         ShapeString(t.shape) + "; a fused gate_up_proj needs an even second "
                          "dimension (gate rows, then up rows)");
       }
       const uint64_t rows = a / parts;

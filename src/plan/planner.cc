@@ -23,15 +23,6 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:.*shared_expert_gate$", "shared-expert gate"},
 };
 
-std::string ShapeString(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // Which config group a module belongs to, resolved the way vLLM resolves it
 // (compressed_tensors/utils.py::find_matched_target): vLLM reads config_groups in the order
 // config.json lists them, which is sorted by key because the writer sorts keys, and keeps

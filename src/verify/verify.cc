@@ -62,12 +62,6 @@ constexpr Threshold kThresholds[] = {
 
 constexpr uint64_t kChunkBytes = 32ull << 20;  // bytes of source walked between page releases
 
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 std::string Fmt(const char* fmt, double a) {
   char buf[64];
   std::snprintf(buf, sizeof buf, fmt, a);
@@ -751,7 +745,7 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
       if (ws[0] != static_cast<int64_t>(out) || ws[1] != static_cast<int64_t>(in)) {
         Problem(dst_.FileOf(module + ".weight_shape"), module + ".weight_shape", "weight-shape",
                 "holds [" + std::to_string(ws[0]) + ", " + std::to_string(ws[1]) +
-                    "], the source weight is " + ShapeText({out, in}));
+                    "], the source weight is " + ShapeString({out, in}));
       }
     } else if (ws[0] > 0 && ws[1] > 0) {
       out = static_cast<uint64_t>(ws[0]);
@@ -761,7 +755,7 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
           (qt->shape[0] != out || qt->shape[1] != CeilDiv(in * static_cast<uint64_t>(g.bits), 32))) {
         Problem(dst_.FileOf(module + ".weight_shape"), module + ".weight_shape", "weight-shape",
                 "holds [" + std::to_string(ws[0]) + ", " + std::to_string(ws[1]) +
-                    "], which does not fit weight_packed " + ShapeText(qt->shape));
+                    "], which does not fit weight_packed " + ShapeString(qt->shape));
       }
     } else {
       Problem(dst_.FileOf(module + ".weight_shape"), module + ".weight_shape", "weight-shape",
@@ -811,8 +805,8 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
     }
     if (t->shape != e.shape) {
       Problem(dst_.FileOf(name), name, "shape",
-              "expected " + ShapeText(e.shape) + " for a " + ShapeText({out, in}) + " weight, found " +
-                  ShapeText(t->shape));
+              "expected " + ShapeString(e.shape) + " for a " + ShapeString({out, in}) + " weight, found " +
+                  ShapeString(t->shape));
       structure_ok = false;
     }
   }
@@ -1025,8 +1019,8 @@ void Verifier::CheckSource() {
       const std::string& f = dst_.FileOf(t.name);
       if (d->dtype != t.dtype || d->shape != t.shape) {
         Problem(f, t.name, "changed",
-                "copied tensor is " + std::string(DTypeName(d->dtype)) + " " + ShapeText(d->shape) +
-                    ", the source is " + std::string(DTypeName(t.dtype)) + " " + ShapeText(t.shape));
+                "copied tensor is " + std::string(DTypeName(d->dtype)) + " " + ShapeString(d->shape) +
+                    ", the source is " + std::string(DTypeName(t.dtype)) + " " + ShapeString(t.shape));
         continue;
       }
       uint64_t so, doff;
