@@ -67,7 +67,7 @@ struct Chunk {
   // Quantize: rows [begin, end). Copy: bytes [begin, end) of the tensor.
   uint64_t begin = 0, end = 0;
   uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
-  const MappedFile* map = nullptr;        // the source shard (null for an empty tensor)
+  const MappedFile* map = nullptr;        // the source shard
   Buffer buf;
   Buffer staging;      // pruned copy of the input rows (pruning only)
   uint64_t zeroed = 0; // pruned positions in this chunk
@@ -154,19 +154,16 @@ class ShardPipeline {
       fc.stop();
       return nullptr;
     }
+    // Empty tensors have no extent, so a chunk always reads some bytes of its shard.
     const PlannedTensor& t = plan_.tensors[tensor_];
-    const MappedFile* map = nullptr;
-    if (t.src_bytes > 0) {
-      auto m = maps_.Get(t.shard);
-      if (!m.ok()) {
-        Fail(m.status());
-        fc.stop();
-        return nullptr;
-      }
-      map = m.value();
+    auto map = maps_.Get(t.shard);
+    if (!map.ok()) {
+      Fail(map.status());
+      fc.stop();
+      return nullptr;
     }
     auto* c = new Chunk;
-    c->map = map;
+    c->map = map.value();
     c->tensor = tensor_;
     c->begin = pos_;
     if (t.action != TensorAction::kCopy) {
@@ -184,7 +181,7 @@ class ShardPipeline {
       c->src_len = c->end - c->begin;
     }
     pos_ = c->end;
-    if (map != nullptr) map->Prefetch(c->src_offset, c->src_len);
+    c->map->Prefetch(c->src_offset, c->src_len);
     return c;
   }
 
@@ -346,7 +343,7 @@ class ShardPipeline {
       }
       if (!st.ok()) Fail(st);
     }
-    if (c->map != nullptr) c->map->Release(c->src_offset, c->src_len);
+    c->map->Release(c->src_offset, c->src_len);
     if (c->buf.data) pool_.Put(std::move(c->buf));
     if (c->staging.data) pool_.Put(std::move(c->staging));
     if (zeroed_ != nullptr) (*zeroed_)[c->tensor] += c->zeroed;
