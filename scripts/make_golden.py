@@ -311,14 +311,21 @@ def build_tensors(dtype_name, seed, full=True):
     return {k: v.contiguous() for k, v in t.items()}
 
 
-def blockaligned_tensors(seed):
+def bf16_randn(rng, *shape, std=0.02):
+    """Normal(0, std) values drawn in f32 with numpy's generator, then rounded to bf16."""
     import numpy as np
     import torch
+
+    return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(std)).bfloat16()
+
+
+def blockaligned_tensors(seed):
+    import numpy as np
 
     rng = np.random.default_rng(seed)
 
     def randn(*shape):
-        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(0.02)).bfloat16()
+        return bf16_randn(rng, *shape)
 
     a = randn(130, 128)
     a[129, 0] = 0.5
@@ -572,12 +579,11 @@ def channel_tensors(seed):
     """Odd in-dims (not multiples of 8 / 32) for channel-strategy schemes (W8A8, W4A16 with
     strategy channel): the int32 packing pads each row to a multiple of 32 values."""
     import numpy as np
-    import torch
 
     rng = np.random.default_rng(seed)
 
     def randn(*shape, std=0.02):
-        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(std)).bfloat16()
+        return bf16_randn(rng, *shape, std=std)
 
     a = randn(7, 129)
     a[0] = 0
@@ -620,7 +626,7 @@ def moe3d_tensors(seed):
     rng = np.random.default_rng(seed)
 
     def randn(*shape, std=0.02):
-        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * np.float32(std)).bfloat16()
+        return bf16_randn(rng, *shape, std=std)
 
     def experts(e, rows, cols):
         t = randn(e, rows, cols)
