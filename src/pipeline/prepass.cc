@@ -114,6 +114,14 @@ Status GlobalScales::All() {
 // mode keeps the largest magnitudes (fraction < 1, N >= 1).
 Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
   const std::vector<size_t>& set = plan_.fused_sets[k];
+  // Ask for every member's pages first, so that a cold read of the set is one deep queue of
+  // requests rather than member after member.
+  for (size_t ti : set) {
+    const PlannedTensor& t = plan_.tensors[ti];
+    if (t.src_bytes == 0) continue;
+    QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
+    map->Prefetch(t.src_offset, t.src_bytes);
+  }
   float a = 0.f;
   for (size_t ti : set) {
     const PlannedTensor& t = plan_.tensors[ti];
