@@ -514,6 +514,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out) {
                                           s.factor.get());
     }
     std::memcpy(out.out[1] + r * n_groups, s.codes.get(), n_groups);
+    if (r + 1 < in.rows) rounding::PrefetchBytes(row + in.cols * kEsz, in.cols * kEsz);
     uint8_t* dst = out.out[0] + r * n_pairs;
     size_t i = 0;
     for (; i + lanes <= n_pairs; i += lanes) {
@@ -552,6 +553,7 @@ bool Mxfp8Impl(const WeightChunk& in, const ChunkOutputs& out) {
     if (!RowGroupAmax<D, kMxGroup>(row, n_groups, s.amax.get())) return false;
     MxScales<D, internal::kMxFp8Offset>(s.amax.get(), n_groups, s.codes.get(), s.factor.get());
     std::memcpy(out.out[1] + r * n_groups, s.codes.get(), n_groups);
+    if (r + 1 < in.rows) rounding::PrefetchBytes(row + in.cols * kEsz, in.cols * kEsz);
     uint8_t* dst = out.out[0] + r * in.cols;
     for (size_t g = 0; g < n_groups; ++g) {
       const auto f = hn::Set(df, s.factor[g]);

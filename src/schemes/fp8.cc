@@ -163,6 +163,7 @@ bool ChannelImpl(const WeightChunk& in, const ChunkOutputs& out) {
     if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the row
     const float scale = internal::ScaleFromAmax(AbsBitsToF32<D>(amax_bits), D);
     internal::StoreScale(out.out[1] + r * sizeof(T), scale, D);
+    if (r + 1 < in.rows) rounding::PrefetchBytes(row + row_bytes, row_bytes);
     QuantizeRun<D>(row, in.cols, scale, out.out[0] + r * in.cols);
   }
   return true;

@@ -525,7 +525,9 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
       internal::StoreScale(out.out[1] + (r * l.n_groups + g) * kEsz, p.scale, D);
     }
     // Pass 2: quantize the row (still in L1 / L2) group by group.
+    const uint8_t* next_row = r + 1 < in.rows ? row + row_bytes : nullptr;
     for (size_t g = 0; g < l.n_groups; ++g) {
+      if (next_row != nullptr) rd::PrefetchBytes(next_row + g * group_bytes, group_bytes);
       QuantizeRun<D, kSym>(row + g * group_bytes, l.group, params[g], l, offset,
                            qrow + g * l.group);
     }

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "quench/dtype.h"
 
@@ -138,6 +139,14 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> EncodeE4M3(DF df, hn::Vec<DF> v) {
   // The sign bit goes to bit 7 of the code: code | ((bits >> 24) & 0x80).
   return hn::OrAnd(hn::IfThenElse(is_sub, sub, normal), hn::ShiftRight<24>(bits),
                    hn::Set(du, 0x80u));
+}
+
+// Asks for the n bytes at p (typically the next row) to be brought into cache while the
+// current row is computed. A kernel's passes over a row run from L1/L2; without this, the
+// next row's first pass waits on memory with no computation to overlap (W4A16, input in
+// DRAM, one thread: 0.59 -> 0.39 ns per element).
+HWY_INLINE void PrefetchBytes(const uint8_t* p, size_t n) {
+  for (size_t b = 0; b < n; b += 64) hwy::Prefetch(p + b);
 }
 
 // Max of the abs bit patterns of n raw elements at p (unaligned), folded into acc.
