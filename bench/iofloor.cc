@@ -8,10 +8,9 @@
 //     input byte once (a running XOR) up to two chunks ahead of the writer, having asked for
 //     the next kPrefetchBytes of input with MADV_WILLNEED (quench's input stage asks for the
 //     same 64 MiB ahead); without this a cold read is slower than quench's and the floor is
-//     no floor; the writer pwrites
-//     each chunk's share of the output straight from the mapping (no user-space copy), starts
-//     its writeback at once (sync_file_range, as quench does after every write), then drops
-//     the chunk's pages (MADV_DONTNEED) as quench does;
+//     no floor; the writer pwrites each chunk's share of the output straight from the mapping
+//     (no user-space copy), starts its writeback at once (sync_file_range, as quench does
+//     after every write), then drops the chunk's pages (MADV_DONTNEED) as quench does;
 //   * a finished file is fsynced and renamed on a helper thread while the next input is read,
 //     and the folder is fsynced at the end; the clock stops when every file is durable.
 // QUENCH_IOFLOOR_MODE=read selects the older, slower floor instead: one thread, read() into a

@@ -188,7 +188,7 @@ class ShardPipeline {
     }
     pos_ = c->end;
     issued_ += c->src_len;
-    ReadAhead(issued_ + sizing_.readahead_bytes);  // this chunk's range included
+    ReadAhead(issued_ + kReadAheadBytes);  // this chunk's range included
     return c;
   }
 
@@ -473,7 +473,6 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   const uint64_t in_flight =
       static_cast<uint64_t>(buffers_per_chunk) * static_cast<uint64_t>(s.tokens) * s.chunk_bytes;
   s.prepass_keep_bytes = usable > in_flight ? usable - in_flight : 0;
-  s.readahead_bytes = kReadAheadBytes;
   return s;
 }
 

@@ -27,8 +27,6 @@ struct PipelineSizing {
   // What the budget leaves once the chunks in flight are counted: input pages the pre-pass
   // may leave mapped for the pipeline (GlobalScales), so that they are not faulted twice.
   uint64_t prepass_keep_bytes = 0;
-  // Input bytes requested from the page cache ahead of the chunk being handed out.
-  uint64_t readahead_bytes = 0;
 };
 
 // The source shards' mappings, opened on first use and shared by the pre-passes and the
