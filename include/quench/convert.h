@@ -30,6 +30,7 @@ struct ConvertOptions {
   std::optional<bool> symmetric;       // override of the preset's symmetry (int schemes)
   uint64_t memory_limit = kDefaultMemoryLimit;
   int threads = 0;                     // 0: every core
+  bool direct_io = true;               // write weights with O_DIRECT where the file system allows
   bool overwrite = false;              // allow a non-empty existing DST
   bool resume = false;                 // finish an interrupted run in DST, keeping complete shards
   std::string prune;                   // "unstructured:0.5", "2:4", ... (empty: none)

@@ -94,6 +94,9 @@ std::string ConvertHelp() {
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
        "  --threads N           worker threads; default: every core\n"
+       "  --no-direct-io        write the output through the page cache; by default weight\n"
+       "                        shards are written with O_DIRECT where the file system allows\n"
+       "                        it (faster, and the output does not evict the input's cache)\n"
        "  --dry-run             plan only: print every tensor's action, scheme and bytes, every\n"
        "                        output shard, totals, warnings and errors; read no weight and\n"
        "                        write nothing (except --report); exit 3 if a run would fail\n"
@@ -286,6 +289,8 @@ int RunConvert(const std::vector<std::string>& args) {
         return ReportError("--threads needs a whole number from 1 to 4096, not '" + v + "'", 2);
       }
       o.threads = static_cast<int>(n);
+    } else if (a == "--no-direct-io") {
+      o.direct_io = false;
     } else if (a == "--dry-run") {
       dry_run = true;
     } else if (flag == "--report") {

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <system_error>
@@ -18,6 +20,10 @@ std::string ErrnoMessage(int err) { return std::strerror(err); }
 namespace {
 
 const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+// Direct writes of unaligned data are copied through a staging buffer of this size: large
+// enough that a request's fixed cost is small (on the development VM 2, 8 and 32 MiB requests
+// wrote 800 MB alike, 0.45-0.49 s), small enough to sit in the memory budget's reserve.
+constexpr uint64_t kDirectStagingBytes = 4ull << 20;
 
 Status IoError(const fs::path& path, std::string_view what, int err) {
   return Error(ErrorCode::kIo,
@@ -94,15 +100,23 @@ void MappedFile::Release(uint64_t offset, uint64_t len) const {
   if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);
 }
 
+uint64_t DirectIoAlignment() { return std::max<uint64_t>(4096, kPage); }
+
 OutputFile::~OutputFile() { Abandon(); }
 
 Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_path,
-                                                       uint64_t size) {
+                                                       uint64_t size, WriteMode mode) {
   auto f = std::make_unique<OutputFile>();
   f->final_path_ = final_path;
   f->tmp_path_ = TmpName(final_path);
   f->fd_ = open(f->tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (f->fd_ < 0) return IoError(f->tmp_path_, "cannot create", errno);
+  if (mode == WriteMode::kDirect) {
+    // A second descriptor: O_DIRECT applies per open file description. Where the file system
+    // refuses it (EINVAL), every write is buffered.
+    f->dfd_ = open(f->tmp_path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    f->direct_ok_.store(f->dfd_ >= 0);
+  }
   // Reserve the space up front so that a full disk fails now, not half-way through.
   if (size > 0) {
     int rc = posix_fallocate(f->fd_, 0, static_cast<off_t>(size));
@@ -119,6 +133,119 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
 
 Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
   const auto* p = static_cast<const uint8_t*>(data);
+  if (!direct()) return WriteBuffered(offset, p, len);
+  // Split into an unaligned head, whole aligned blocks, and an unaligned tail. Every interior
+  // block belongs to this write alone and goes to the disk at once; the head's and tail's
+  // blocks are shared with neighbouring writes, so their bytes are gathered until the block is
+  // whole. (Writing them through the page cache instead made each wait for the inode lock
+  // that concurrent direct writes hold.)
+  const uint64_t a = DirectIoAlignment();
+  const uint64_t end = offset + len;
+  const uint64_t mid_begin = std::min(end, (offset + a - 1) / a * a);
+  const uint64_t mid_end = std::max(mid_begin, end / a * a);
+  if (offset < mid_begin) QUENCH_RETURN_IF_ERROR(Gather(offset, p, mid_begin - offset));
+  if (mid_begin < mid_end) {
+    QUENCH_RETURN_IF_ERROR(WriteDirect(mid_begin, p + (mid_begin - offset), mid_end - mid_begin));
+  }
+  if (mid_end < end) {
+    QUENCH_RETURN_IF_ERROR(Gather(mid_end, p + (mid_end - offset), end - mid_end));
+  }
+  return Status::Ok();
+}
+
+Status OutputFile::Gather(uint64_t offset, const uint8_t* p, uint64_t len) {
+  const uint64_t a = DirectIoAlignment();
+  const uint64_t block = offset / a;
+  PartialBlock whole;
+  {
+    std::lock_guard<std::mutex> lock(partial_mu_);
+    PartialBlock& pb = partial_[block];
+    if (pb.data == nullptr) {
+      void* mem = nullptr;
+      if (posix_memalign(&mem, a, a) != 0) {
+        return Error(ErrorCode::kIo, tmp_path_.string() + ": out of memory for a block buffer");
+      }
+      pb.data.reset(static_cast<uint8_t*>(mem));
+    }
+    std::memcpy(pb.data.get() + offset % a, p, len);
+    pb.pieces.emplace_back(offset % a, len);
+    pb.filled += len;
+    // Each byte is written once, so a block whose every byte has arrived is complete. The
+    // file's last block, if short, waits for Commit (a direct write is a whole block).
+    if (pb.filled < a) return Status::Ok();
+    whole = std::move(pb);
+    partial_.erase(block);
+  }
+  return WriteDirect(block * a, whole.data.get(), a);
+}
+
+// Writes the gathered pieces of incomplete blocks (exactly the bytes given, no padding) through
+// the page cache: at Commit, for the file's short last block and any block with bytes no write
+// covered; and when direct writes stop, so that later buffered writes of the same blocks mix
+// with them safely.
+Status OutputFile::FlushPartialBlocks() {
+  std::unordered_map<uint64_t, PartialBlock> pending;
+  {
+    std::lock_guard<std::mutex> lock(partial_mu_);
+    pending.swap(partial_);
+  }
+  const uint64_t a = DirectIoAlignment();
+  for (auto& [block, pb] : pending) {
+    for (const auto& [at, n] : pb.pieces) {
+      QUENCH_RETURN_IF_ERROR(WriteBuffered(block * a + at, pb.data.get() + at, n));
+    }
+  }
+  return Status::Ok();
+}
+
+Status OutputFile::WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len) {
+  const uint64_t a = DirectIoAlignment();
+  const bool aligned = reinterpret_cast<uintptr_t>(p) % a == 0;
+  std::unique_lock<std::mutex> staging_lock(staging_mu_, std::defer_lock);
+  if (!aligned) {
+    staging_lock.lock();
+    if (staging_ == nullptr) {
+      void* mem = nullptr;
+      if (posix_memalign(&mem, a, kDirectStagingBytes) != 0) {
+        return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
+                                         std::to_string(kDirectStagingBytes >> 20) +
+                                         " MiB direct-I/O staging buffer");
+      }
+      staging_ = static_cast<uint8_t*>(mem);
+    }
+  }
+  while (len > 0) {
+    const uint64_t n = std::min<uint64_t>(len, aligned ? (1u << 30) : kDirectStagingBytes);
+    const uint8_t* src = p;
+    if (!aligned) {
+      std::memcpy(staging_, p, n);
+      src = staging_;
+    }
+    uint64_t done = 0;
+    while (done < n) {
+      ssize_t w = pwrite(dfd_, src + done, n - done, static_cast<off_t>(offset + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && errno == EINVAL) {
+        // The file system takes O_DIRECT at open but not this alignment: buffered from now on
+        // (the bytes not yet written are written so; a block is still written one way only).
+        direct_ok_.store(false);
+        QUENCH_RETURN_IF_ERROR(FlushPartialBlocks());
+        return WriteBuffered(offset + done, p + done, len - done);
+      }
+      if (w < 0) return IoError(tmp_path_, "write failed", errno);
+      if (w == 0) return IoError(tmp_path_, "write failed", ENOSPC);
+      // A short direct write ends on a block boundary (or at the end of the disk's space);
+      // the rest is retried from there.
+      done += static_cast<uint64_t>(w);
+    }
+    p += n;
+    offset += n;
+    len -= n;
+  }
+  return Status::Ok();
+}
+
+Status OutputFile::WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len) {
   const uint64_t start = offset, total = len;
   while (len > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(len, 1u << 30));
@@ -141,7 +268,22 @@ Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
   return Status::Ok();
 }
 
+void OutputFile::FreeStaging() {
+  std::lock_guard<std::mutex> lock(staging_mu_);
+  std::free(staging_);
+  staging_ = nullptr;
+}
+
 Status OutputFile::Commit() {
+  FreeStaging();
+  direct_ok_.store(false);
+  QUENCH_RETURN_IF_ERROR(FlushPartialBlocks());
+  if (dfd_ >= 0) {
+    close(dfd_);
+    dfd_ = -1;
+  }
+  // One fsync covers both descriptors' writes: it flushes the inode's cached pages and the
+  // disk's write cache, which direct writes may still sit in.
   if (fsync(fd_) != 0) return IoError(tmp_path_, "fsync failed", errno);
   if (close(fd_) != 0) {
     fd_ = -1;
@@ -156,6 +298,16 @@ Status OutputFile::Commit() {
 }
 
 void OutputFile::Abandon() {
+  FreeStaging();
+  direct_ok_.store(false);
+  {
+    std::lock_guard<std::mutex> lock(partial_mu_);
+    partial_.clear();
+  }
+  if (dfd_ >= 0) {
+    close(dfd_);
+    dfd_ = -1;
+  }
   if (fd_ >= 0) {
     close(fd_);
     fd_ = -1;

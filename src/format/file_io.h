@@ -4,10 +4,17 @@
 #ifndef QUENCH_FORMAT_FILE_IO_H_
 #define QUENCH_FORMAT_FILE_IO_H_
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "quench/status.h"
 
@@ -38,8 +45,27 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+// How an OutputFile's bytes reach the disk.
+enum class WriteMode {
+  // Through the page cache: pwrite, writeback started at once (sync_file_range).
+  kBuffered,
+  // Whole aligned blocks with O_DIRECT, straight from the caller's memory when it is aligned
+  // (else through an aligned staging buffer); the unaligned ends of a write go through the
+  // page cache. Falls back to kBuffered where the file system refuses O_DIRECT (tmpfs, some
+  // network and FUSE file systems).
+  kDirect,
+};
+
+// The alignment kDirect needs for the file offset, length and memory address of a direct
+// write: 4096 bytes or the page size, whichever is larger (a block is then never shared by a
+// cached page and a direct write, which keeps the two paths coherent).
+uint64_t DirectIoAlignment();
+
 // An output file written at planned offsets. Created as `<final>.quench-tmp` (never the final
 // name), published by Commit() after fsync, removed by the destructor if never committed.
+// Each byte must be written at most once (the planner's offsets never overlap): WriteMode::
+// kDirect relies on it to write every block one way only. WriteAt may be called from several
+// threads at once (for disjoint ranges); Commit and Abandon only once the writes are done.
 class OutputFile {
  public:
   OutputFile() = default;
@@ -48,10 +74,14 @@ class OutputFile {
   OutputFile& operator=(const OutputFile&) = delete;
 
   static Result<std::unique_ptr<OutputFile>> Create(const std::filesystem::path& final_path,
-                                                    uint64_t size);
-  // pwrite of all `len` bytes at `offset` (retries short writes; ENOSPC etc. -> kIo), then
-  // starts writeback of that range without waiting.
+                                                    uint64_t size,
+                                                    WriteMode mode = WriteMode::kBuffered);
+  // Writes all `len` bytes at `offset` (retries short writes; ENOSPC etc. -> kIo). Buffered
+  // bytes have their writeback started without waiting; direct ones are on their way to the
+  // disk when this returns. Either way they are durable only after Commit().
   Status WriteAt(uint64_t offset, const void* data, uint64_t len);
+  // True while writes use O_DIRECT (false after a fallback).
+  bool direct() const { return direct_ok_.load(std::memory_order_relaxed); }
   // fsync, close, rename to the final name.
   Status Commit();
   // Removes the temporary file now.
@@ -59,7 +89,29 @@ class OutputFile {
   const std::filesystem::path& final_path() const { return final_path_; }
 
  private:
+  // Bytes of one block that other writes share: kept until the block is whole.
+  struct PartialBlock {
+    struct Free {
+      void operator()(uint8_t* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, Free> data;  // one aligned block
+    uint64_t filled = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> pieces;  // (offset in block, length) given
+  };
+  Status Gather(uint64_t offset, const uint8_t* p, uint64_t len);
+  Status FlushPartialBlocks();
+  Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
+  // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().
+  Status WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len);
+  void FreeStaging();
+
   int fd_ = -1;
+  int dfd_ = -1;  // the same file opened with O_DIRECT, or -1
+  std::atomic<bool> direct_ok_{false};  // dfd_ is open and has not refused a write
+  std::mutex partial_mu_;
+  std::unordered_map<uint64_t, PartialBlock> partial_;  // by block index
+  std::mutex staging_mu_;  // guards staging_ (unaligned direct writes take turns)
+  uint8_t* staging_ = nullptr;  // aligned, kDirectStagingBytes, allocated on first need
   std::filesystem::path final_path_;
   std::filesystem::path tmp_path_;
   bool committed_ = false;

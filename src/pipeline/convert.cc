@@ -239,7 +239,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
 
   const bool pruning = plan.prune.kind != PlannedPrune::kNone;
-  const PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
+  PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
+  sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
   SourceMaps maps(plan);

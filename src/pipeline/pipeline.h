@@ -27,6 +27,8 @@ struct PipelineSizing {
   // What the budget leaves once the chunks in flight are counted: input pages the pre-pass
   // may leave mapped for the pipeline (GlobalScales), so that they are not faulted twice.
   uint64_t prepass_keep_bytes = 0;
+  // How output shards are written (ConvertOptions::direct_io).
+  WriteMode write_mode = WriteMode::kDirect;
 };
 
 // The source shards' mappings, opened on first use and shared by the pre-passes and the
