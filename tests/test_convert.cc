@@ -30,13 +30,15 @@ namespace {
 
 quench::Result<quench::ConvertSummary> ConvertDir(const fs::path& src, const fs::path& dst,
                                                   const std::string& scheme, int threads = 0,
-                                                  uint64_t memory = quench::kDefaultMemoryLimit) {
+                                                  uint64_t memory = quench::kDefaultMemoryLimit,
+                                                  bool direct_io = true) {
   quench::ConvertOptions o;
   o.src = src;
   o.dst = dst;
   o.scheme = scheme;
   o.threads = threads;
   o.memory_limit = memory;
+  o.direct_io = direct_io;
   return quench::Convert(o);
 }
 
@@ -145,18 +147,21 @@ TEST_SUITE("convert") {
     }
   }
 
-  TEST_CASE("output bytes do not depend on threads or chunk size") {
-    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK"}) {
+  TEST_CASE("output bytes do not depend on threads, chunk size or write mode") {
+    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK", "W8A8", "NVFP4A16"}) {
       CAPTURE(scheme);
       qt::TempDir tmp;
       REQUIRE(ConvertDir(kTiny, tmp / "a", scheme, 1).ok());
       // A 1 MiB budget forces the smallest chunks: many per tensor, several in flight.
       REQUIRE(ConvertDir(kTiny, tmp / "b", scheme, 2, 1 << 20).ok());
       REQUIRE(ConvertDir(kTiny, tmp / "c", scheme, 2).ok());
+      // Through the page cache (--no-direct-io) instead of O_DIRECT.
+      REQUIRE(ConvertDir(kTiny, tmp / "d", scheme, 2, 1 << 20, false).ok());
       for (const std::string& f : qt::ListFiles(tmp / "a")) {
         CAPTURE(f);
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "b" / f));
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "c" / f));
+        CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "d" / f));
       }
     }
   }
