@@ -9,8 +9,11 @@
 //     the next kPrefetchBytes of input with MADV_WILLNEED (quench's input stage asks for the
 //     same 64 MiB ahead); without this a cold read is slower than quench's and the floor is
 //     no floor; the writer pwrites each chunk's share of the output straight from the mapping
-//     (no user-space copy), starts its writeback at once (sync_file_range, as quench does
-//     after every write), then drops the chunk's pages (MADV_DONTNEED) as quench does;
+//     (no user-space copy), then drops the chunk's pages (MADV_DONTNEED) as quench does;
+//   * writes are O_DIRECT in whole 4 KiB blocks (quench's default; the short last block goes
+//     through the page cache), or with QUENCH_IOFLOOR_WRITE=buffered through the page cache
+//     with writeback started at once (sync_file_range, as quench's --no-direct-io does);
+//     scripts/bench runs both and takes the faster as the floor;
 //   * a finished file is fsynced and renamed on a helper thread while the next input is read,
 //     and the folder is fsynced at the end; the clock stops when every file is durable.
 // QUENCH_IOFLOOR_MODE=read selects the older, slower floor instead: one thread, read() into a
@@ -56,8 +59,15 @@ void WriteAll(int fd, const char* p, uint64_t n, uint64_t off) {
 
 struct Output {
   int fd = -1;
+  int dfd = -1;  // O_DIRECT descriptor of the same file, or -1 (buffered writes)
   std::filesystem::path tmp, dst;
 };
+
+// Direct writes (O_DIRECT, as quench writes by default) unless QUENCH_IOFLOOR_WRITE=buffered.
+bool DirectWrites() {
+  const char* w = std::getenv("QUENCH_IOFLOOR_WRITE");
+  return w == nullptr || std::strcmp(w, "buffered") != 0;
+}
 
 Output OpenOutput(const std::filesystem::path& out_dir, size_t i, uint64_t share) {
   Output o;
@@ -69,11 +79,13 @@ Output OpenOutput(const std::filesystem::path& out_dir, size_t i, uint64_t share
     std::exit(1);
   }
   if (share > 0) posix_fallocate(o.fd, 0, static_cast<off_t>(share));
+  if (DirectWrites()) o.dfd = open(o.tmp.c_str(), O_WRONLY | O_DIRECT);
   return o;
 }
 
 std::future<int> CommitAsync(Output o) {
   return std::async(std::launch::async, [o] {
+    if (o.dfd >= 0) close(o.dfd);
     int rc = fsync(o.fd);
     close(o.fd);
     std::filesystem::rename(o.tmp, o.dst);
@@ -214,10 +226,15 @@ std::vector<std::future<int>> RunMmap(const std::filesystem::path& out_dir,
       const Chunk& c = chunks[k];
       const uint64_t upto = static_cast<uint64_t>(static_cast<long double>(shares[i]) *
                                                   (c.off + c.len) / sizes[i]);
-      const uint64_t want = std::min<uint64_t>(upto - off_out, c.len);
-      if (want > 0) {
+      uint64_t want = std::min<uint64_t>(upto - off_out, c.len);
+      if (o.dfd >= 0) {
+        // Whole 4 KiB blocks from the (page-aligned) mapping; the file's short last block is
+        // written through the page cache below, as quench writes it.
+        want = want / 4096 * 4096;
+        if (want > 0) WriteAll(o.dfd, maps[i] + c.off, want, off_out);
+      } else if (want > 0) {
         WriteAll(o.fd, maps[i] + c.off, want, off_out);
-        // quench starts writeback of every write at once (OutputFile::WriteAt).
+        // quench starts writeback of every buffered write at once (OutputFile::WriteAt).
         sync_file_range(o.fd, static_cast<off_t>(off_out), static_cast<off_t>(want),
                         SYNC_FILE_RANGE_WRITE);
       }
