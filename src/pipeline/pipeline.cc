@@ -58,6 +58,11 @@ struct Buffer {
 
 class BufferPool {
  public:
+  // Every buffer holds at least `min_capacity` bytes, so that buffers suit any chunk and are
+  // reused rather than freed and allocated again (fresh pages cost a fault and zeroing each:
+  // with sizes as asked, NVFP4 on 2 GB allocated 17 buffers, 12 of them 16 MiB).
+  explicit BufferPool(uint64_t min_capacity) : min_capacity_(min_capacity) {}
+
   Buffer Get(uint64_t size) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -74,9 +79,10 @@ class BufferPool {
     Buffer b;
     void* mem = nullptr;
     const uint64_t a = DirectIoAlignment();
-    if (posix_memalign(&mem, a, (size + a - 1) / a * a) != 0) throw std::bad_alloc();
+    const uint64_t capacity = (std::max(size, min_capacity_) + a - 1) / a * a;
+    if (posix_memalign(&mem, a, capacity) != 0) throw std::bad_alloc();
     b.data.reset(static_cast<uint8_t*>(mem));
-    b.capacity = size;
+    b.capacity = capacity;
     return b;
   }
   void Put(Buffer b) {
@@ -85,6 +91,7 @@ class BufferPool {
   }
 
  private:
+  const uint64_t min_capacity_;
   std::mutex mu_;
   std::vector<Buffer> free_;
 };
@@ -220,7 +227,10 @@ class ShardPipeline {
                 const std::function<Status(size_t tensor)>& before_tensor)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel), maps_(maps),
         files_(plan.shards.size()), zeroed_(zeroed), errors_(errors),
-        before_tensor_(before_tensor), prune_spec_(ToPruneSpec(plan.prune)) {
+        before_tensor_(before_tensor), prune_spec_(ToPruneSpec(plan.prune)),
+        // A chunk's outputs are at most its input's size (narrower types), plus the padding
+        // that places each output like its file offset.
+        pool_(sizing.chunk_bytes + (ChunkOutputs::kMax + 1) * DirectIoAlignment()) {
     if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
     if (errors_ != nullptr) errors_->assign(plan.tensors.size(), ErrorSums{});
     for (const PlannedTensor& t : plan.tensors) total_ += t.src_bytes;

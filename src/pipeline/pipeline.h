@@ -1,7 +1,9 @@
 // Executes a Plan's shards with a oneTBB parallel_pipeline: read (serial: pick the next chunk,
-// prefetch its pages) -> quantize (parallel: Highway kernels straight from the mapped input)
-// -> write (serial, in order: positioned writes, release input pages, publish each finished
-// shard). The number of chunks in flight times the chunk size is the memory bound.
+// ask for the input ahead) -> quantize (parallel: Highway kernels straight from the mapped
+// input into a buffer aligned for direct writes) -> hand off (serial, in order: release the
+// input pages, publish each finished shard) to writer threads that write the buffers at their
+// planned offsets while the next chunks are computed. The chunks in flight and queued for
+// writing, times the chunk size, are the memory bound.
 #ifndef QUENCH_PIPELINE_PIPELINE_H_
 #define QUENCH_PIPELINE_PIPELINE_H_
 
@@ -54,8 +56,9 @@ std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const s
 // The marker's contents for shard `s` (valid once the pre-pass has run).
 std::string ShardFingerprint(const Plan& plan, size_t s);
 
-// Chooses chunk size and tokens so that tokens * (input + output buffer) plus a fixed reserve
-// stays under `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
+// Chooses chunk size and tokens so that tokens * (input + output buffer), the writers' queue
+// (2 output buffers) and a fixed reserve stay under `memory_limit`; 2 tokens per thread, as
+// oneTBB's pipeline guide suggests.
 // `buffers_per_chunk`: input pages plus output buffer (2), plus a pruning staging copy (3).
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk = 2);
 
