@@ -40,25 +40,30 @@ fs::path TmpName(const fs::path& final_path) {
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) munmap(data_, size_);
+  if (fd_ >= 0) close(fd_);
 }
 
-MappedFile::MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_) {
+MappedFile::MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_), fd_(o.fd_) {
   o.data_ = nullptr;
   o.size_ = 0;
+  o.fd_ = -1;
 }
 
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
     if (data_ != nullptr) munmap(data_, size_);
+    if (fd_ >= 0) close(fd_);
     data_ = o.data_;
     size_ = o.size_;
+    fd_ = o.fd_;
     o.data_ = nullptr;
     o.size_ = 0;
+    o.fd_ = -1;
   }
   return *this;
 }
 
-Result<MappedFile> MappedFile::Open(const fs::path& path) {
+Result<MappedFile> MappedFile::Open(const fs::path& path, bool keep_fd) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return IoError(path, "cannot open for reading", errno);
   struct stat st {};
@@ -80,8 +85,27 @@ Result<MappedFile> MappedFile::Open(const fs::path& path) {
     // Streaming access: aggressive readahead, pages not worth keeping in this process.
     madvise(m.data_, m.size_, MADV_SEQUENTIAL);
   }
-  close(fd);  // the mapping keeps the file open
+  if (keep_fd) {
+    m.fd_ = fd;
+  } else {
+    close(fd);  // the mapping keeps the file open
+  }
   return m;
+}
+
+Status MappedFile::ReadInto(uint64_t offset, uint64_t len, uint8_t* dst) const {
+  if (fd_ < 0) return Error(ErrorCode::kInternal, "ReadInto on a mapping opened without keep_fd");
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, 1u << 30));
+    ssize_t r = pread(fd_, dst, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Error(ErrorCode::kIo, std::string("read failed: ") + ErrnoMessage(errno));
+    if (r == 0) return Error(ErrorCode::kIo, "read failed: file shorter than its header says");
+    dst += r;
+    offset += static_cast<uint64_t>(r);
+    len -= static_cast<uint64_t>(r);
+  }
+  return Status::Ok();
 }
 
 void MappedFile::Prefetch(uint64_t offset, uint64_t len) const {

@@ -31,7 +31,9 @@ class MappedFile {
   MappedFile(MappedFile&& o) noexcept;
   MappedFile& operator=(MappedFile&& o) noexcept;
 
-  static Result<MappedFile> Open(const std::filesystem::path& path);
+  // `keep_fd`: keep the file open for ReadInto (one descriptor per open mapping; callers that
+  // map every shard at once, like verify, leave it off).
+  static Result<MappedFile> Open(const std::filesystem::path& path, bool keep_fd = false);
 
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
@@ -39,10 +41,15 @@ class MappedFile {
   void Prefetch(uint64_t offset, uint64_t len) const;
   // Drops the pages covering [offset, offset+len) from the resident set.
   void Release(uint64_t offset, uint64_t len) const;
+  // Copies [offset, offset+len) into `dst` with pread (Open with keep_fd): for bytes only
+  // copied, this costs one copy out of the page cache, where reading the mapping costs page
+  // faults and a copy.
+  Status ReadInto(uint64_t offset, uint64_t len, uint8_t* dst) const;
 
  private:
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  int fd_ = -1;
 };
 
 // How an OutputFile's bytes reach the disk.

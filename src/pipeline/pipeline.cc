@@ -408,7 +408,12 @@ class ShardPipeline {
       const uint64_t dst = o0.file_offset + c->begin;
       const uint64_t at = AlignLike(0, dst);
       c->buf = pool_.Get(std::max<uint64_t>(at + c->src_len, 1));
-      std::memcpy(c->buf.data.get() + at, c->map->data() + c->src_offset, c->src_len);
+      if (Status st = c->map->ReadInto(c->src_offset, c->src_len, c->buf.data.get() + at);
+          !st.ok()) {
+        Fail(Error(st.code(), plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "': " +
+                                  st.message()));
+        return c;
+      }
       c->AddWrite(dst, c->buf.data.get() + at, c->src_len);
       return c;
     }
@@ -659,7 +664,8 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 Result<const MappedFile*> SourceMaps::Get(size_t shard) {
   std::lock_guard<std::mutex> lock(mu_);
   if (maps_[shard].data() == nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(maps_[shard], MappedFile::Open(plan_.shards[shard].src_path));
+    QUENCH_ASSIGN_OR_RETURN(maps_[shard],
+                            MappedFile::Open(plan_.shards[shard].src_path, /*keep_fd=*/true));
   }
   return &maps_[shard];
 }
