@@ -43,7 +43,8 @@ MappedFile::~MappedFile() {
   if (fd_ >= 0) close(fd_);
 }
 
-MappedFile::MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_), fd_(o.fd_) {
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : data_(o.data_), size_(o.size_), fd_(o.fd_), path_(std::move(o.path_)) {
   o.data_ = nullptr;
   o.size_ = 0;
   o.fd_ = -1;
@@ -56,6 +57,7 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
     data_ = o.data_;
     size_ = o.size_;
     fd_ = o.fd_;
+    path_ = std::move(o.path_);
     o.data_ = nullptr;
     o.size_ = 0;
     o.fd_ = -1;
@@ -87,6 +89,7 @@ Result<MappedFile> MappedFile::Open(const fs::path& path, bool keep_fd) {
   }
   if (keep_fd) {
     m.fd_ = fd;
+    m.path_ = path;
   } else {
     close(fd);  // the mapping keeps the file open
   }
@@ -99,8 +102,11 @@ Status MappedFile::ReadInto(uint64_t offset, uint64_t len, uint8_t* dst) const {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(len, 1u << 30));
     ssize_t r = pread(fd_, dst, n, static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return Error(ErrorCode::kIo, std::string("read failed: ") + ErrnoMessage(errno));
-    if (r == 0) return Error(ErrorCode::kIo, "read failed: file shorter than its header says");
+    if (r < 0) return IoError(path_, "read failed", errno);
+    if (r == 0) {
+      return Error(ErrorCode::kIo,
+                   path_.string() + ": read failed: the file is shorter than its header says");
+    }
     dst += r;
     offset += static_cast<uint64_t>(r);
     len -= static_cast<uint64_t>(r);

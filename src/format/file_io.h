@@ -50,6 +50,7 @@ class MappedFile {
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   int fd_ = -1;
+  std::filesystem::path path_;  // for ReadInto's messages
 };
 
 // How an OutputFile's bytes reach the disk.

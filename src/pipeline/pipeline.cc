@@ -410,8 +410,7 @@ class ShardPipeline {
       c->buf = pool_.Get(std::max<uint64_t>(at + c->src_len, 1));
       if (Status st = c->map->ReadInto(c->src_offset, c->src_len, c->buf.data.get() + at);
           !st.ok()) {
-        Fail(Error(st.code(), plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "': " +
-                                  st.message()));
+        Fail(Error(st.code(), st.message() + " (tensor '" + t.name + "')"));
         return c;
       }
       c->AddWrite(dst, c->buf.data.get() + at, c->src_len);
