@@ -1,5 +1,6 @@
 #include "pipeline/pipeline.h"
 
+#include <sys/mman.h>
 #include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
@@ -33,6 +34,7 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and the 4 MiB
 // staging buffer of a direct-written output file (two while one shard is being committed).
 constexpr uint64_t kReserve = 32 * kMiB;
+constexpr uint64_t kHugePage = 2 * kMiB;
 // Output bytes the writers may hold (queued or being written), in chunks: enough that the
 // workers need not wait for a write to finish before starting the next chunk.
 constexpr uint64_t kWriteQueueChunks = 2;
@@ -48,13 +50,34 @@ constexpr uint64_t kReadAheadBytes = 64 * kMiB;
 
 // A reusable output buffer; chunks in flight are bounded, so are buffers. Aligned for direct
 // writes (DirectIoAlignment), so that a chunk's output goes to the disk without a copy.
+struct Unmap {
+  uint64_t len = 0;
+  void operator()(uint8_t* p) const { munmap(p, len); }
+};
+
 struct Buffer {
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> data;
+  std::unique_ptr<uint8_t, Unmap> data;
   uint64_t capacity = 0;
 };
+
+// `len` bytes (a multiple of the page size) mapped at a 2 MiB boundary, every whole 2 MiB
+// stretch asked to be a huge page. Mapped directly rather than from malloc, so that only the
+// pages used count (malloc's alignment slack, heap reuse and MALLOC_PERTURB_ filling made the
+// 64 MiB memory test peak at 78 MB).
+uint8_t* MapBuffer(uint64_t len) {
+  const uint64_t slack = kHugePage;
+  void* p = mmap(nullptr, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  const auto base = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t start = (base + kHugePage - 1) / kHugePage * kHugePage;
+  if (start > base) munmap(p, start - base);
+  const uintptr_t end = base + len + slack;
+  if (end > start + len) munmap(reinterpret_cast<void*>(start + len), end - (start + len));
+  if (len >= kHugePage) {
+    madvise(reinterpret_cast<void*>(start), len / kHugePage * kHugePage, MADV_HUGEPAGE);
+  }
+  return reinterpret_cast<uint8_t*>(start);
+}
 
 class BufferPool {
  public:
@@ -77,11 +100,16 @@ class BufferPool {
       if (!free_.empty()) free_.pop_back();
     }
     Buffer b;
-    void* mem = nullptr;
     const uint64_t a = DirectIoAlignment();
     const uint64_t capacity = (std::max(size, min_capacity_) + a - 1) / a * a;
-    if (posix_memalign(&mem, a, capacity) != 0) throw std::bad_alloc();
-    b.data.reset(static_cast<uint8_t*>(mem));
+    // Aligned to 2 MiB, with every whole 2 MiB stretch asked to be a huge page (MapBuffer): a
+    // direct write from physically contiguous memory reaches the disk in fewer, larger
+    // requests. The development VM's virtio disk takes at most 254 segments per request, 1 MiB
+    // of scattered 4 KiB pages against its 4 MiB limit. Warm, 2 GB, 5-6 interleaved runs:
+    // W4A16_ASYM 0.67 -> 0.60 s median, FP8_DYNAMIC 0.92 -> 0.78 s, W4A16 0.60 -> 0.46 s; the
+    // writers' busy time for W4A16_ASYM fell from 1.1 to 0.75-0.81 s. Where THP is off,
+    // madvise does nothing and the buffers work as before.
+    b.data = std::unique_ptr<uint8_t, Unmap>(MapBuffer(capacity), Unmap{capacity});
     b.capacity = capacity;
     return b;
   }
