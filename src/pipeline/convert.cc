@@ -3,6 +3,7 @@
 
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -239,7 +240,14 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
 
   const bool pruning = plan.prune.kind != PlannedPrune::kNone;
-  PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2);
+  uint64_t largest_set = 0;  // what the NVFP4 pre-pass keeps mapped for one fused set
+  for (const std::vector<size_t>& set : plan.fused_sets) {
+    uint64_t bytes = 0;
+    for (size_t m : set) bytes += plan.tensors[m].src_bytes;
+    largest_set = std::max(largest_set, bytes);
+  }
+  PipelineSizing sizing =
+      SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;

@@ -26,9 +26,12 @@ struct PipelineSizing {
   uint64_t chunk_bytes = 0;  // target input bytes per chunk
   int tokens = 0;            // chunks in flight
   int threads = 0;
-  // What the budget leaves once the chunks in flight are counted: input pages the pre-pass
-  // may leave mapped for the pipeline (GlobalScales), so that they are not faulted twice.
+  // What the budget leaves once the chunks in flight and the writers' queue are counted:
+  // input pages the pre-pass may leave mapped for the pipeline (GlobalScales), so that they
+  // are not faulted twice.
   uint64_t prepass_keep_bytes = 0;
+  // Output bytes the writer threads may hold, queued or being written.
+  uint64_t write_queue_bytes = 0;
   // How output shards are written (ConvertOptions::direct_io).
   WriteMode write_mode = WriteMode::kDirect;
 };
@@ -57,10 +60,13 @@ std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const s
 std::string ShardFingerprint(const Plan& plan, size_t s);
 
 // Chooses chunk size and tokens so that tokens * (input + output buffer), the writers' queue
-// (2 output buffers) and a fixed reserve stay under `memory_limit`; 2 tokens per thread, as
-// oneTBB's pipeline guide suggests.
+// (2 to 12 output buffers), the pre-pass's kept pages and a fixed reserve stay under
+// `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
 // `buffers_per_chunk`: input pages plus output buffer (2), plus a pruning staging copy (3).
-PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk = 2);
+// `prepass_wanted_bytes`: what the NVFP4 pre-pass would keep mapped (the largest fused set);
+// the budget left after the chunks in flight goes to it before a deeper writers' queue.
+PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk = 2,
+                            uint64_t prepass_wanted_bytes = 0);
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
