@@ -35,7 +35,7 @@ constexpr uint64_t kMiB = 1ull << 20;
 // staging buffer of a direct-written output file (two while one shard is being committed).
 constexpr uint64_t kReserve = 32 * kMiB;
 constexpr uint64_t kHugePage = 2 * kMiB;
-// Output bytes the writers may hold (queued or being written), in chunks: at least enough
+// Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
 // the workers' uneven stretches (a fused set's NVFP4 pre-pass, copied tensors). Warm, 2 GB,
@@ -602,8 +602,9 @@ class ShardPipeline {
         cb_.progress(Progress{done_, total_, t.name});
       }
     }
-    uint64_t bytes = 0;
-    for (size_t j = 0; j < c->n_writes; ++j) bytes += c->write_len[j];
+    // The queue's bound counts the memory the chunk holds (its pooled buffers), not the bytes
+    // it writes: a buffer keeps the pages it has ever had, so that is what the budget must see.
+    const uint64_t bytes = c->buf.capacity + c->staging.capacity;
     writer_->Submit(std::move(owned), bytes);
   }
 

@@ -30,7 +30,8 @@ struct PipelineSizing {
   // input pages the pre-pass may leave mapped for the pipeline (GlobalScales), so that they
   // are not faulted twice.
   uint64_t prepass_keep_bytes = 0;
-  // Output bytes the writer threads may hold, queued or being written.
+  // Buffer bytes the writer threads may hold (the chunks' pooled buffers), queued or being
+  // written.
   uint64_t write_queue_bytes = 0;
   // How output shards are written (ConvertOptions::direct_io).
   WriteMode write_mode = WriteMode::kDirect;
