@@ -61,7 +61,7 @@ std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const s
 std::string ShardFingerprint(const Plan& plan, size_t s);
 
 // Chooses chunk size and tokens so that tokens * (input + output buffer), the writers' queue
-// (2 to 12 output buffers), the pre-pass's kept pages and a fixed reserve stay under
+// (2 to 32 chunk buffers), the pre-pass's kept pages and a fixed reserve stay under
 // `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
 // `buffers_per_chunk`: input pages plus output buffer (2), plus a pruning staging copy (3).
 // `prepass_wanted_bytes`: what the NVFP4 pre-pass would keep mapped (the largest fused set);
