@@ -54,13 +54,13 @@ constexpr int kWriterThreads = 2;
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
 
-// A reusable output buffer; chunks in flight are bounded, so are buffers. Aligned for direct
-// writes (DirectIoAlignment), so that a chunk's output goes to the disk without a copy.
 struct Unmap {
   uint64_t len = 0;
   void operator()(uint8_t* p) const { munmap(p, len); }
 };
 
+// A reusable output buffer; chunks in flight are bounded, so are buffers. Aligned for direct
+// writes (DirectIoAlignment), so that a chunk's output goes to the disk without a copy.
 struct Buffer {
   std::unique_ptr<uint8_t, Unmap> data;
   uint64_t capacity = 0;
@@ -150,13 +150,10 @@ struct Chunk {
   uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
   const MappedFile* map = nullptr;        // the source shard
   Buffer buf;
-  uint64_t out_at[ChunkOutputs::kMax] = {};  // where each output starts in buf
   Buffer staging;      // pruned copy of the input rows (pruning only)
   uint64_t staging_at = 0;  // where the copy starts in staging
   uint64_t zeroed = 0; // pruned positions in this chunk
   ErrorSums error;     // --report: sampled quantization error of this chunk
-  uint64_t out_file_off[ChunkOutputs::kMax] = {};
-  uint64_t out_len[ChunkOutputs::kMax] = {};
   bool finite = true;
 
   void AddWrite(uint64_t off, const uint8_t* src, uint64_t len) {
@@ -457,31 +454,33 @@ class ShardPipeline {
       return c;
     }
     Quantize(c, t, rows);
-    for (size_t j = 0; j < t.kernel_outputs; ++j) {
-      c->AddWrite(c->out_file_off[j], c->buf.data.get() + c->out_at[j], c->out_len[j]);
-    }
     return c;
   }
 
+  // Runs the kernel into a pooled buffer, each output placed like its file offset, and adds
+  // the outputs' writes to the chunk.
   void Quantize(Chunk* c, const PlannedTensor& t, const uint8_t* rows) {
     const PlannedShard& ps = plan_.shards[t.shard];
     uint64_t total = 0;
     const size_t n_kernel = t.kernel_outputs;  // the rest are constants
+    uint64_t file_off[ChunkOutputs::kMax], len[ChunkOutputs::kMax], at[ChunkOutputs::kMax];
     for (size_t j = 0; j < n_kernel; ++j) {
       const PlannedOutput& o = ps.outputs[t.outputs[j]];
       const uint64_t first = c->begin / o.rows_per_slab;
       const uint64_t last = (c->end + o.rows_per_slab - 1) / o.rows_per_slab;
       const uint64_t off = first * o.bytes_per_slab;
       const uint64_t end = std::min(o.nbytes, last * o.bytes_per_slab);
-      c->out_file_off[j] = o.file_offset + off;
-      c->out_len[j] = end - off;
-      total = AlignLike(total, c->out_file_off[j]);
-      c->out_at[j] = total;
-      total += end - off;
+      file_off[j] = o.file_offset + off;
+      len[j] = end - off;
+      at[j] = total = AlignLike(total, file_off[j]);
+      total += len[j];
     }
     c->buf = pool_.Get(std::max<uint64_t>(total, 1));
     ChunkOutputs outs;
-    for (size_t j = 0; j < n_kernel; ++j) outs.out[j] = c->buf.data.get() + c->out_at[j];
+    for (size_t j = 0; j < n_kernel; ++j) {
+      outs.out[j] = c->buf.data.get() + at[j];
+      c->AddWrite(file_off[j], outs.out[j], len[j]);
+    }
     WeightChunk in;
     in.data = rows;
     in.dtype = t.dtype;
