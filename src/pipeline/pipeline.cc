@@ -427,15 +427,16 @@ class ShardPipeline {
     return t.src_bytes;
   }
 
-  // Pruning: copies the chunk's rows into a staging buffer and zeroes the pruned positions;
-  // the kernel (or, pruning alone, the writer) then reads the staging buffer.
+  // Pruning: the chunk's rows, pruned, into a staging buffer (one pass from the mapping); the
+  // kernel (or, pruning alone, the writer) then reads the staging buffer. Warm, 2 GB, 2:4:
+  // copying the rows and then pruning them in place spent 14% of all samples in memmove.
   const uint8_t* Prune(Chunk* c, const PlannedTensor& t) {
     // Placed for a direct write of the copy when pruning is all there is to do.
     const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
     c->staging_at = AlignLike(0, o.file_offset + c->begin * t.shape[1] * (DTypeBits(t.dtype) / 8));
     c->staging = pool_.Get(std::max<uint64_t>(c->staging_at + c->src_len, 1));
     uint8_t* rows_copy = c->staging.data.get() + c->staging_at;
-    std::memcpy(rows_copy, c->map->data() + c->src_offset, c->src_len);
+    const uint8_t* src = c->map->data() + c->src_offset;
     const size_t rows = c->end - c->begin, cols = t.shape[1];
     bool finite;
     if (plan_.prune.per_tensor) {
@@ -443,10 +444,10 @@ class ShardPipeline {
       th.magnitude = t.prune_magnitude;
       th.prune_equal = t.prune_equal;
       th.pruned = t.prune_total;
-      finite = prune::PruneRowsTensor(rows_copy, t.dtype, rows, cols, th,
+      finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
                                       t.prune_equal_before[c->begin], &c->zeroed);
     } else {
-      finite = prune::PruneRows(rows_copy, t.dtype, rows, cols, prune_spec_,
+      finite = prune::PruneRows(src, rows_copy, t.dtype, rows, cols, prune_spec_,
                                 &c->zeroed);
     }
     if (!finite) c->finite = false;
@@ -480,6 +481,13 @@ class ShardPipeline {
       return c;
     }
     Quantize(c, t, rows);
+    // The kernel's output is in c->buf: the pruned rows are not needed any more, and their
+    // buffer goes back to the pool now rather than when the chunk is written (so the writers'
+    // queue does not hold input-sized buffers, each a chunk of pages the pool must touch).
+    if (c->staging.data) {
+      pool_.Put(std::move(c->staging));
+      c->staging = Buffer();  // the queue's bound counts what the chunk still holds
+    }
     return c;
   }
 

@@ -46,21 +46,21 @@ inline uint32_t InfMagnitude(DType d) {
 
 inline size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
-// The final select, shared by every unstructured path: zero the elements with |x| < t, and
-// those with |x| == t among the first `split` elements. Branch-free with signed compares
-// (magnitudes < 2^(bits-1)), so it vectorizes on plain SSE2.
+// The final select, shared by every unstructured path: `out` gets `x` with the elements
+// |x| < t zeroed, and those with |x| == t among the first `split` elements (out == x allowed).
+// Branch-free with signed compares (magnitudes < 2^(bits-1)), so it vectorizes on plain SSE2.
 template <typename T, typename S>
-void ZeroBelow(T* x, size_t n, T t, size_t split) {
+void ZeroBelow(const T* x, T* out, size_t n, T t, size_t split) {
   constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
   const S ts = static_cast<S>(t);
   split = std::min(split, n);
   for (size_t c = 0; c < split; ++c) {
     const S a = static_cast<S>(x[c] & kMag);
-    x[c] &= static_cast<T>(-static_cast<T>(a > ts));
+    out[c] = x[c] & static_cast<T>(-static_cast<T>(a > ts));
   }
   for (size_t c = split; c < n; ++c) {
     const S a = static_cast<S>(x[c] & kMag);
-    x[c] &= static_cast<T>(-static_cast<T>(a >= ts));
+    out[c] = x[c] & static_cast<T>(-static_cast<T>(a >= ts));
   }
 }
 
@@ -86,8 +86,8 @@ size_t EqualSplit(const T* x, size_t n, T t, uint64_t need, uint64_t equal = UIN
 // resolved exactly by nth_element on a compacted copy of just its elements. The Inf/NaN
 // magnitudes have their low kShift bits clear, so they are exactly the top bins.
 template <typename T, typename S, int kShift>
-bool PruneRowSelect(T* row, size_t cols, size_t k, T inf_mag, std::vector<T>* scratch,
-                    std::vector<uint32_t>* col_scratch) {
+bool PruneRowSelect(const T* row, T* out, size_t cols, size_t k, T inf_mag,
+                    std::vector<T>* scratch, std::vector<uint32_t>* col_scratch) {
   constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
   constexpr size_t kBins = (size_t{kMag} + 1) >> kShift;
   // Two interleaved histograms halve the store-to-load chains on the few hot bins.
@@ -104,7 +104,10 @@ bool PruneRowSelect(T* row, size_t cols, size_t k, T inf_mag, std::vector<T>* sc
   uint32_t bad = 0;
   for (size_t b = inf_mag >> kShift; b < kBins; ++b) bad |= h1[b];
   if (bad != 0) return false;
-  if (k == 0) return true;
+  if (k == 0) {
+    if (out != row) std::memcpy(out, row, cols * sizeof(T));
+    return true;
+  }
 
   // Bin holding the k-th smallest (1-based).
   size_t below = 0;
@@ -142,7 +145,7 @@ bool PruneRowSelect(T* row, size_t cols, size_t k, T inf_mag, std::vector<T>* sc
       break;
     }
   }
-  ZeroBelow<T, S>(row, cols, t, split);
+  ZeroBelow<T, S>(row, out, cols, t, split);
   return true;
 }
 
@@ -153,7 +156,7 @@ bool PruneRowSelect(T* row, size_t cols, size_t k, T inf_mag, std::vector<T>* sc
 // Returns the largest magnitude seen, for the caller's NaN/Inf check. Ranks come from the
 // M(M-1)/2 pairwise comparisons of the distinct keys, all in registers for small M.
 template <int M, typename T, typename Key, int kMagBits>
-Key PruneNMImpl(T* row, size_t cols, int n) {
+Key PruneNMImpl(const T* row, T* out, size_t cols, int n) {
   constexpr Key kMask = (Key{1} << kMagBits) - 1;
   const int prune = M - n;
   Key max_mag = 0;
@@ -173,17 +176,17 @@ Key PruneNMImpl(T* row, size_t cols, int n) {
         rank[i] += 1 - lt;
       }
     }
-    for (int j = 0; j < M; ++j) row[g + j] = rank[j] < prune ? T{0} : row[g + j];
+    for (int j = 0; j < M; ++j) out[g + j] = rank[j] < prune ? T{0} : row[g + j];
   }
   return max_mag;
 }
 
 template <typename T, typename Key, int kMagBits>
-Key PruneNMRow(T* row, size_t cols, int n, int m) {
+Key PruneNMRow(const T* row, T* out, size_t cols, int n, int m) {
   switch (m) {
 #define QUENCH_PRUNE_CASE(MM) \
   case MM:                    \
-    return PruneNMImpl<MM, T, Key, kMagBits>(row, cols, n);
+    return PruneNMImpl<MM, T, Key, kMagBits>(row, out, cols, n);
     QUENCH_PRUNE_CASE(1)
     QUENCH_PRUNE_CASE(2)
     QUENCH_PRUNE_CASE(3)
@@ -212,7 +215,7 @@ Key PruneNMRow(T* row, size_t cols, int n, int m) {
 // number of lanes l whose key (a_l, l) is smaller: a_l < a_j when l > j, a_l <= a_j when l < j.
 // Rotating by s lanes puts a_{(j+s) mod 4} in lane j; the lanes that wrapped have l < j.
 // Returns false when a lane holds NaN/Inf (|x| >= inf_mag), after pruning the row.
-bool PruneN4Swar(uint8_t* row, size_t cols, int n, uint16_t inf_mag) {
+bool PruneN4Swar(const uint8_t* row, uint8_t* out, size_t cols, int n, uint16_t inf_mag) {
   constexpr uint64_t kH = 0x8000800080008000u, kL = 0x0001000100010001u;
   constexpr uint64_t kMag = 0x7FFF7FFF7FFF7FFFu;
   constexpr uint64_t kC1 = 0x0000000100010001u;  // rotate by 1: lanes 0..2 did not wrap
@@ -237,19 +240,20 @@ bool PruneN4Swar(uint8_t* row, size_t cols, int n, uint16_t inf_mag) {
     const uint64_t m = (prune_h - (rank + kL)) & kH;  // lane top bit: rank < 4 - n
     const uint64_t full = m | (m - (m >> 15));        // 0xFFFF in pruned lanes
     w &= ~full;
-    std::memcpy(row + 8 * g, &w, 8);
+    std::memcpy(out + 8 * g, &w, 8);
   }
   return (bad & kH) == 0;
 }
 
 // N:M on one row. A NaN/Inf is only detected after the row is pruned (the buffer is then
 // garbage anyway, and one pass is cheaper than two).
-bool PruneNM16(uint16_t* row, size_t cols, int n, int m, uint16_t inf_mag) {
-  return PruneNMRow<uint16_t, uint32_t, 15>(row, cols, n, m) < inf_mag;
+bool PruneNM16(const uint16_t* row, uint16_t* out, size_t cols, int n, int m,
+               uint16_t inf_mag) {
+  return PruneNMRow<uint16_t, uint32_t, 15>(row, out, cols, n, m) < inf_mag;
 }
 
-bool PruneNM32(uint32_t* row, size_t cols, int n, int m) {
-  return PruneNMRow<uint32_t, uint64_t, 31>(row, cols, n, m) < 0x7F800000u;
+bool PruneNM32(const uint32_t* row, uint32_t* out, size_t cols, int n, int m) {
+  return PruneNMRow<uint32_t, uint64_t, 31>(row, out, cols, n, m) < 0x7F800000u;
 }
 
 }  // namespace
@@ -342,17 +346,21 @@ uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols) {
   }
 }
 
-bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
-               uint64_t* zeroed) {
-  if (spec.kind == PruneSpec::kNone || n_rows == 0 || cols == 0) return true;
+bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
+               const PruneSpec& spec, uint64_t* zeroed) {
+  const size_t row_bytes = cols * ElemBytes(dtype);
+  auto copy_through = [&] {
+    if (dst != src && n_rows * row_bytes != 0) std::memcpy(dst, src, n_rows * row_bytes);
+  };
+  if (spec.kind == PruneSpec::kNone || n_rows == 0 || cols == 0) {
+    copy_through();
+    return true;
+  }
   if (spec.kind == PruneSpec::kUnstructured && spec.per_tensor) return false;
   if (spec.kind == PruneSpec::kNM && (spec.m < 1 || spec.m > kMaxGroup || spec.n < 1 ||
                                       spec.n > spec.m || cols % spec.m != 0))
     return false;
-  const size_t row_bytes = cols * ElemBytes(dtype);
   const bool wide = dtype == DType::kF32;
-  // Rows in a writable buffer of raw bytes: the caller's buffer is not necessarily aligned.
-  // Work on an aligned row copy only when it is not.
   std::vector<uint32_t> scratch32, col_scratch;
   std::vector<uint16_t> scratch16;
   std::vector<uint8_t> bounce;
@@ -360,49 +368,64 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
                                ? (cols / spec.m) * static_cast<uint64_t>(spec.m - spec.n)
                                : PruneCount(spec.fraction, cols);
   if (!wide && spec.kind == PruneSpec::kNM && spec.m == 4) {
-    // The SWAR N:4 kernel reads bytes, so it needs no alignment and runs on the whole chunk.
-    if (!PruneN4Swar(rows, n_rows * cols, spec.n, static_cast<uint16_t>(InfMagnitude(dtype))))
+    // The SWAR N:4 kernel reads and writes bytes, so it needs no alignment and runs on the
+    // whole chunk.
+    if (!PruneN4Swar(src, dst, n_rows * cols, spec.n,
+                     static_cast<uint16_t>(InfMagnitude(dtype))))
       return false;
     if (zeroed) *zeroed += per_row * n_rows;
     return true;
   }
+  const size_t elem = wide ? 4 : 2;
   for (size_t r = 0; r < n_rows; ++r) {
-    uint8_t* p = rows + r * row_bytes;
-    const bool aligned = reinterpret_cast<uintptr_t>(p) % (wide ? 4 : 2) == 0;
-    uint8_t* w = p;
+    const uint8_t* p = src + r * row_bytes;
+    uint8_t* q = dst + r * row_bytes;
+    // Raw bytes from a file need not be aligned for the element type; a row where either side
+    // is not goes through an aligned copy, pruned in place there.
+    const bool aligned = reinterpret_cast<uintptr_t>(p) % elem == 0 &&
+                         reinterpret_cast<uintptr_t>(q) % elem == 0;
+    const uint8_t* in = p;
+    uint8_t* out = q;
     if (!aligned) {
       bounce.resize(row_bytes + 8);
-      w = bounce.data();
-      std::memcpy(w, p, row_bytes);
+      std::memcpy(bounce.data(), p, row_bytes);
+      in = out = bounce.data();
     }
     bool ok;
     if (wide) {
-      uint32_t* row = reinterpret_cast<uint32_t*>(w);
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(in);
+      uint32_t* o = reinterpret_cast<uint32_t*>(out);
       if (spec.kind == PruneSpec::kNM)
-        ok = PruneNM32(row, cols, spec.n, spec.m);
+        ok = PruneNM32(row, o, cols, spec.n, spec.m);
       else if (cols >= 2048)
-        ok = PruneRowSelect<uint32_t, int32_t, 20>(row, cols, per_row, 0x7F800000u, &scratch32,
-                                                   &col_scratch);
+        ok = PruneRowSelect<uint32_t, int32_t, 20>(row, o, cols, per_row, 0x7F800000u,
+                                                   &scratch32, &col_scratch);
       else
-        ok = PruneRowSelect<uint32_t, int32_t, 23>(row, cols, per_row, 0x7F800000u, &scratch32,
-                                                   &col_scratch);
+        ok = PruneRowSelect<uint32_t, int32_t, 23>(row, o, cols, per_row, 0x7F800000u,
+                                                   &scratch32, &col_scratch);
     } else {
-      uint16_t* row = reinterpret_cast<uint16_t*>(w);
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(in);
+      uint16_t* o = reinterpret_cast<uint16_t*>(out);
       const uint16_t inf = static_cast<uint16_t>(InfMagnitude(dtype));
       if (spec.kind == PruneSpec::kNM)
-        ok = PruneNM16(row, cols, spec.n, spec.m, inf);
+        ok = PruneNM16(row, o, cols, spec.n, spec.m, inf);
       else if (cols >= 2048)
-        ok = PruneRowSelect<uint16_t, int16_t, 4>(row, cols, per_row, inf, &scratch16,
+        ok = PruneRowSelect<uint16_t, int16_t, 4>(row, o, cols, per_row, inf, &scratch16,
                                                   &col_scratch);
       else
-        ok = PruneRowSelect<uint16_t, int16_t, 7>(row, cols, per_row, inf, &scratch16,
+        ok = PruneRowSelect<uint16_t, int16_t, 7>(row, o, cols, per_row, inf, &scratch16,
                                                   &col_scratch);
     }
     if (!ok) return false;
-    if (!aligned) std::memcpy(p, w, row_bytes);
+    if (!aligned) std::memcpy(q, out, row_bytes);
     if (zeroed) *zeroed += per_row;
   }
   return true;
+}
+
+bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
+               uint64_t* zeroed) {
+  return PruneRows(rows, rows, dtype, n_rows, cols, spec, zeroed);
 }
 
 // ---- per tensor ----
@@ -483,22 +506,25 @@ uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols
   return count;
 }
 
-bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
+bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                      const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed) {
   const size_t n = n_rows * cols;
   // Equal-to-T elements of this chunk that are still to be pruned (the first ones).
   const uint64_t need = t.prune_equal > equal_before ? t.prune_equal - equal_before : 0;
-  const bool aligned = reinterpret_cast<uintptr_t>(rows) % ElemBytes(dtype) == 0;
+  const size_t elem = ElemBytes(dtype);
+  const bool aligned = reinterpret_cast<uintptr_t>(src) % elem == 0 &&
+                       reinterpret_cast<uintptr_t>(dst) % elem == 0;
   std::vector<uint8_t> bounce;
-  uint8_t* w = rows;
+  const uint8_t* in = src;
+  uint8_t* out = dst;
   if (!aligned) {
-    bounce.assign(rows, rows + n * ElemBytes(dtype));
-    w = bounce.data();
+    bounce.assign(src, src + n * elem);
+    in = out = bounce.data();
   }
   uint64_t pruned = 0;
   bool ok;
   if (dtype == DType::kF32) {
-    uint32_t* x = reinterpret_cast<uint32_t*>(w);
+    const uint32_t* x = reinterpret_cast<const uint32_t*>(in);
     const uint32_t tm = t.magnitude;
     uint32_t max_mag = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -509,9 +535,9 @@ bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
     ok = max_mag < 0x7F800000u;
     const size_t split = EqualSplit<uint32_t>(x, n, tm, need);
     for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFFFFFu) == tm;
-    ZeroBelow<uint32_t, int32_t>(x, n, tm, split);
+    ZeroBelow<uint32_t, int32_t>(x, reinterpret_cast<uint32_t*>(out), n, tm, split);
   } else {
-    uint16_t* x = reinterpret_cast<uint16_t*>(w);
+    const uint16_t* x = reinterpret_cast<const uint16_t*>(in);
     const uint16_t tm = static_cast<uint16_t>(t.magnitude);
     int16_t max_mag = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -522,11 +548,16 @@ bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
     ok = static_cast<uint32_t>(max_mag) < InfMagnitude(dtype);
     const size_t split = EqualSplit<uint16_t>(x, n, tm, need);
     for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFu) == tm;
-    ZeroBelow<uint16_t, int16_t>(x, n, tm, split);
+    ZeroBelow<uint16_t, int16_t>(x, reinterpret_cast<uint16_t*>(out), n, tm, split);
   }
-  if (!aligned) std::memcpy(rows, w, n * ElemBytes(dtype));
+  if (!aligned) std::memcpy(dst, out, n * elem);
   if (zeroed) *zeroed += pruned;
   return ok;
+}
+
+bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
+                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed) {
+  return PruneRowsTensor(rows, rows, dtype, n_rows, cols, t, equal_before, zeroed);
 }
 
 bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,

@@ -1,9 +1,9 @@
-// Magnitude pruning, the optional step before quantization (`--prune`). It works in place on a
-// writable copy of whole rows of one 2-D weight (BF16, F16 or F32, raw little-endian bytes):
-// pruned elements become +0 (bit pattern 0), everything else is left bit for bit as it was, so
-// the quantization kernels that run next see exact zeros (which every scheme maps to an exact
-// zero: symmetric scales give q = 0, asymmetric ones round 0/s to 0 before adding the zero
-// point) and the pruned checkpoint is stored dense.
+// Magnitude pruning, the optional step before quantization (`--prune`). It works on whole rows
+// of one 2-D weight (BF16, F16 or F32, raw little-endian bytes), in place or from read-only rows
+// into another buffer: pruned elements become +0 (bit pattern 0), everything else is left bit
+// for bit as it was, so the quantization kernels that run next see exact zeros (which every
+// scheme maps to an exact zero: symmetric scales give q = 0, asymmetric ones round 0/s to 0
+// before adding the zero point) and the pruned checkpoint is stored dense.
 //
 // Order and ties (one rule for every mode): elements are ordered by the key
 // (|x|, position), where |x| is the magnitude bit pattern (sign bit cleared, so -0 == +0 and
@@ -84,6 +84,13 @@ uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols);
 bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
                uint64_t* zeroed);
 
+// The same, out of place: `dst` (n_rows * cols elements, not overlapping `src` unless equal to
+// it) gets the pruned rows of `src`, which is left as it is. One pass instead of a copy and a
+// pass: the pipeline prunes from the read-only input mapping into the buffer it quantizes
+// from. Any alignment of either side. On false, `dst` holds garbage.
+bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
+               const PruneSpec& spec, uint64_t* zeroed);
+
 // ---- Per-tensor granularity ----
 //
 // Exact threshold from histograms of magnitude bit patterns, accumulated chunk by chunk:
@@ -136,6 +143,9 @@ uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols
 // Prunes a chunk with a complete per-tensor threshold; equal_before as described above.
 // *zeroed (optional) is increased by the pruned positions. False on NaN/Inf.
 bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
+                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
+// The same, out of place (as PruneRows above).
+bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                      const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
 
 // Convenience for tensors held whole in memory (tests, small tensors): any spec, any
