@@ -1,9 +1,13 @@
 // OutputFile: whatever the write mode, the committed file holds exactly the bytes written at
 // their offsets (the expected image is the random source itself), whichever order, thread,
 // size and memory alignment the writes come in; bytes nobody wrote stay zero; an uncommitted
-// file leaves nothing behind.
+// file leaves nothing behind; a file system that takes O_DIRECT at open and then refuses a
+// write (EINVAL, simulated by interposing pwrite) still gets every byte, written buffered.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +20,30 @@
 
 #include "format/file_io.h"
 #include "tests/test_util.h"
+
+// Fault injection: this executable's pwrite64 takes precedence over libc's for every call in
+// it, OutputFile's included (meson builds with _FILE_OFFSET_BITS=64, under which glibc's
+// headers send pwrite calls to pwrite64; the static_assert below keeps that true). While g_direct_writes_left is non-negative, writes on an O_DIRECT descriptor
+// succeed that many times and then fail with EINVAL, as a file system that accepts O_DIRECT
+// at open but not the alignment of a write would.
+static_assert(sizeof(off_t) == 8, "pwrite must resolve to pwrite64");
+std::atomic<long> g_direct_writes_left{-1};
+std::atomic<long> g_refused{0};
+std::atomic<long> g_direct_calls{0};  // pwrite calls on O_DIRECT descriptors
+
+extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
+  const bool direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0;
+  if (direct) ++g_direct_calls;
+  if (g_direct_writes_left.load() >= 0 && direct) {
+    if (g_direct_writes_left.fetch_sub(1) <= 0) {
+      g_direct_writes_left.store(0);
+      ++g_refused;
+      errno = EINVAL;
+      return -1;
+    }
+  }
+  return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, buf, n, off));
+}
 
 namespace quench {
 namespace {
@@ -151,6 +179,61 @@ TEST_SUITE("file_io") {
     }
     REQUIRE((*f)->Commit().ok());
     CHECK(ReadBytes(dir.path() / "gaps.bin") == expected);
+  }
+
+  TEST_CASE("a direct write refused with EINVAL falls back to buffered, no byte lost") {
+    TempDir dir;
+    std::mt19937_64 rng(19);
+    const uint64_t size = (3 << 20) + 777;
+    const std::string image = RandomImage(size, rng);
+    const std::vector<Range> ranges = CutIntoRanges(size, rng);
+    // A first pass with nothing refused counts the direct writes (-1); then the refusal comes
+    // at the first one, the second, half-way and at the last (blocks gathered from pieces are
+    // pending in each case).
+    long total = 0;
+    for (long allowed : {-1L, 0L, 1L, -2L, -3L}) {
+      if (allowed == -2) allowed = total / 2;
+      if (allowed == -3) allowed = total - 1;
+      for (int threads : {1, 4}) {
+        CAPTURE(allowed);
+        CAPTURE(threads);
+        const auto path = dir.path() / "fallback.bin";
+        g_refused = 0;
+        g_direct_calls = 0;
+        g_direct_writes_left = allowed;
+        auto f = OutputFile::Create(path, size, WriteMode::kDirect);
+        REQUIRE(f.ok());
+        OutputFile& out = **f;
+        const bool direct_at_open = out.direct();
+        std::atomic<size_t> next{0};
+        std::atomic<int> failures{0};
+        std::vector<std::thread> pool;
+        for (int t = 0; t < threads; ++t) {
+          pool.emplace_back([&] {
+            for (size_t i; (i = next.fetch_add(1)) < ranges.size();) {
+              const Range& r = ranges[i];
+              if (!out.WriteAt(r.offset, image.data() + r.offset, r.len).ok()) ++failures;
+            }
+          });
+        }
+        for (auto& th : pool) th.join();
+        const bool direct_after = out.direct();
+        const Status committed = out.Commit();
+        g_direct_writes_left = -1;
+        CHECK(failures.load() == 0);
+        REQUIRE(committed.ok());
+        if (allowed == -1) {
+          total = g_direct_calls.load();
+          if (direct_at_open) CHECK(total >= 4);
+          CHECK(direct_after == direct_at_open);
+        } else if (direct_at_open) {
+          // The injected refusal happened and switched the file to buffered writes.
+          CHECK(g_refused.load() >= 1);
+          CHECK_FALSE(direct_after);
+        }
+        CHECK(ReadBytes(path) == image);
+      }
+    }
   }
 
   TEST_CASE("a file never committed leaves neither name behind") {
