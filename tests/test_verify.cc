@@ -33,10 +33,17 @@ std::vector<Case> GoldenCases() {
   return out;
 }
 
-quench::VerifyReport RunVerify(const fs::path& dst, std::optional<fs::path> src) {
+quench::VerifyReport RunVerify(const fs::path& dst, std::optional<fs::path> src,
+                               const std::string& prune = "", bool per_tensor = false) {
   quench::VerifyOptions o;
   o.dst = dst;
   o.src = std::move(src);
+  if (!prune.empty()) {
+    auto spec = quench::prune::ParsePruneSpec(prune);
+    REQUIRE(spec.ok());
+    o.prune = *spec;
+    o.prune.per_tensor = per_tensor;
+  }
   auto r = quench::Verify(o);
   REQUIRE_MESSAGE(r.ok(), r.status().ToString());
   return std::move(r).value();
@@ -344,6 +351,105 @@ TEST_SUITE("verify") {
       REQUIRE(r.problems.size() == 1);
       CHECK(r.problems[0].rule == "safetensors");
       CHECK(r.problems[0].message.find("model-00002-of-00002.safetensors") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("--prune: pruned outputs verify; unpruned, wrongly pruned and planted ones do not") {
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    struct PCase {
+      const char* scheme;
+      const char* prune;
+      bool per_tensor;
+    };
+    for (const PCase& c : {PCase{"W8A8", "2:4", false}, PCase{"NVFP4A16", "2:4", false},
+                           PCase{"W4A16_ASYM", "2:4", false},
+                           PCase{"FP8_DYNAMIC", "unstructured:0.4", true},
+                           PCase{"MXFP4A16", "unstructured:0.5", false}}) {
+      CAPTURE(c.scheme);
+      CAPTURE(c.prune);
+      qt::TempDir tmp;
+      quench::ConvertOptions o;
+      o.src = src;
+      o.dst = tmp / "out";
+      o.scheme = c.scheme;
+      o.prune = c.prune;
+      o.prune_granularity = c.per_tensor ? "tensor" : "row";
+      if (std::string(c.scheme) == "W4A16_ASYM") o.ignore = {"re:.*down_proj$"};
+      auto s = quench::Convert(o);
+      REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+      const auto with_src = RunVerify(o.dst, src, c.prune, c.per_tensor);
+      CHECK_MESSAGE(with_src.ok(), Problems(with_src));
+      CHECK(with_src.quality.size() >= 12);
+      const auto alone = RunVerify(o.dst, std::nullopt, c.prune, c.per_tensor);
+      CHECK_MESSAGE(alone.ok(), Problems(alone));
+      // Without --prune the pruned weights are far from the source: the option is needed.
+      CHECK_FALSE(RunVerify(o.dst, src).ok());
+    }
+
+    SUBCASE("an unpruned output is not 2:4") {
+      const fs::path dst = qt::DataDir() / "golden/tiny-llama/W8A8";
+      const std::string w = std::string(kQ) + ".weight";
+      CHECK(Has(RunVerify(dst, std::nullopt, "2:4"), "sparsity", w));
+      CHECK(Has(RunVerify(dst, src, "2:4"), "pruned", w));
+    }
+    SUBCASE("an element pruned in the source but not zero in DST") {
+      qt::TempDir tmp;
+      quench::ConvertOptions o;
+      o.src = src;
+      o.dst = tmp / "out";
+      o.scheme = "FP8_DYNAMIC";
+      o.prune = "2:4";
+      REQUIRE(quench::Convert(o).ok());
+      Editable e(o.dst);
+      // Columns 0..3 of row 0 keep two elements; give both pruned ones (code 0) the code 0x38
+      // (E4M3 1.0), so the group has no zero left.
+      qt::RawTensor* w = e.Find(std::string(kQ) + ".weight");
+      int planted = 0;
+      for (int j = 0; j < 4; ++j) {
+        if (w->bytes[j] == 0) {
+          w->bytes[j] = 0x38;
+          ++planted;
+        }
+      }
+      REQUIRE(planted == 2);
+      e.Save();
+      CHECK(Has(RunVerify(o.dst, src, "2:4"), "pruned", std::string(kQ) + ".weight"));
+      CHECK(Has(RunVerify(o.dst, std::nullopt, "2:4"), "sparsity", std::string(kQ) + ".weight"));
+    }
+    SUBCASE("pruning alone: each tensor is the source, pruned or not") {
+      qt::TempDir tmp;
+      quench::ConvertOptions o;
+      o.src = src;
+      o.dst = tmp / "out";
+      o.scheme = "none";
+      o.prune = "2:4";
+      REQUIRE(quench::Convert(o).ok());
+      const auto r = RunVerify(o.dst, src, "2:4");
+      CHECK_MESSAGE(r.ok(), Problems(r));
+      CHECK(r.tensors_pruned == 14);  // 2 layers x (q, k, v, o, gate, up, down)
+      CHECK(r.tensors_copied + r.tensors_pruned == 21);
+      CHECK(Has(RunVerify(o.dst, src, "1:4"), "changed", std::string(kQ) + ".weight"));
+      const auto alone = RunVerify(o.dst, std::nullopt, "2:4");
+      CHECK_FALSE(alone.ok());
+      CHECK(alone.problems.size() == 1);
+      CHECK(alone.problems[0].rule == "config");
+    }
+    SUBCASE("command line") {
+      qt::TempDir tmp;
+      auto conv = qt::RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme",
+                                 "W8A8", "--prune", "unstructured:0.5", "--prune-granularity",
+                                 "tensor", "-q"});
+      REQUIRE_MESSAGE(conv.exit_code == 0, conv.err);
+      const std::string dst = (tmp / "out").string();
+      auto ok = qt::RunQuench({"verify", dst, src.string(), "--prune", "unstructured:0.5",
+                               "--prune-granularity", "tensor", "-q"});
+      CHECK_MESSAGE(ok.exit_code == 0, ok.out << ok.err);
+      // Per row is a different selection from per tensor.
+      CHECK(qt::RunQuench({"verify", dst, src.string(), "--prune", "unstructured:0.5", "-q"})
+                .exit_code == 3);
+      CHECK(qt::RunQuench({"verify", dst, "--prune-granularity", "tensor"}).exit_code == 2);
+      CHECK(qt::RunQuench({"verify", dst, "--prune", "5:4"}).exit_code == 2);
+      CHECK(qt::RunQuench({"verify", dst, "--prune"}).exit_code == 2);
     }
   }
 

@@ -30,6 +30,13 @@ const char kVerifyHelp[] =
     "    the format's threshold (fp8 24 dB, int8 30, int4 11 (9 per channel), nvfp4 14,\n"
     "    mxfp4 11), and every element within one grid step of its code (plus the rounding\n"
     "    of the quotient in the weight dtype).\n"
+    "With --prune SPEC (what DST was converted with; the checkpoint does not record it):\n"
+    "  - with SRC, quantized tensors are compared with the source pruned by SPEC, and every\n"
+    "    element zero there must dequantize to exactly 0; a checkpoint without\n"
+    "    quantization_config (--scheme none) must hold each source tensor either unchanged\n"
+    "    or exactly pruned by SPEC;\n"
+    "  - without SRC, the dequantized zeros must have SPEC's structure (M - N per N:M group,\n"
+    "    floor(F * n) per row or per tensor).\n"
     "Streams tensor by tensor (memory maps, pages released after use).\n"
     "\n"
     "options:\n"
@@ -37,6 +44,9 @@ const char kVerifyHelp[] =
     "                \"tensors\"}\n"
     "  --worst N     list the N lowest-SQNR tensors (default 10)\n"
     "  -q, --quiet   only the problems and the summary line\n"
+    "  --prune SPEC  the pruning DST was made with: unstructured:F or N:M, as for convert\n"
+    "  --prune-granularity G\n"
+    "                row (default) or tensor, as for convert\n"
     "\n"
     "exit: 0 valid, 3 problems found (one line each: file: tensor: rule: message), 2 usage,\n"
     "4 I/O failure.\n";
@@ -46,6 +56,8 @@ const char kVerifyHelp[] =
 int RunVerify(const std::vector<std::string>& args) {
   VerifyOptions o;
   bool json = false, quiet = false;
+  std::string prune_text, granularity = "row";
+  bool granularity_given = false;
   size_t worst = 10;
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -70,6 +82,24 @@ int RunVerify(const std::vector<std::string>& args) {
       const unsigned long n = std::strtoul(v.c_str(), &end, 10);
       if (v.empty() || *end != '\0') return ReportError("verify: --worst takes a count", 2);
       worst = n;
+    } else if (a == "--prune" || a.starts_with("--prune=") || a == "--prune-granularity" ||
+               a.starts_with("--prune-granularity=")) {
+      const bool gran = a.starts_with("--prune-granularity");
+      const std::string flag = gran ? "--prune-granularity" : "--prune";
+      std::string v;
+      if (a.size() > flag.size() && a[flag.size()] == '=') {
+        v = a.substr(flag.size() + 1);
+      } else if (i + 1 < args.size()) {
+        v = args[++i];
+      } else {
+        return ReportError("verify: " + flag + " needs a value", 2);
+      }
+      if (gran) {
+        granularity = v;
+        granularity_given = true;
+      } else {
+        prune_text = v;
+      }
     } else if (a.starts_with("-") && a != "-") {
       return ReportError("verify: unknown option '" + a + "'\n\n" + kVerifyHelp, 2);
     } else {
@@ -81,6 +111,16 @@ int RunVerify(const std::vector<std::string>& args) {
   }
   o.dst = positional[0];
   if (positional.size() == 2) o.src = positional[1];
+  if (!prune_text.empty()) {
+    auto spec = prune::ParsePruneSpec(prune_text);
+    if (!spec.ok()) return ReportError("verify: " + spec.status().message(), 2);
+    o.prune = *spec;
+    if (Status st = prune::ApplyGranularity(granularity, &o.prune); !st.ok()) {
+      return ReportError("verify: " + st.message(), 2);
+    }
+  } else if (granularity_given) {
+    return ReportError("verify: --prune-granularity needs --prune", 2);
+  }
 
   auto r = Verify(o);
   if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
@@ -121,9 +161,11 @@ int RunVerify(const std::vector<std::string>& args) {
               static_cast<unsigned long long>(rep.tensors),
               static_cast<unsigned long long>(rep.modules_quantized));
   if (rep.src) {
-    std::printf(", %llu copied tensors unchanged, %llu source bytes compared",
-                static_cast<unsigned long long>(rep.tensors_copied),
-                static_cast<unsigned long long>(rep.bytes_compared));
+    std::printf(", %llu copied tensors unchanged", static_cast<unsigned long long>(rep.tensors_copied));
+    if (o.prune.kind != prune::PruneSpec::kNone && rep.modules_quantized == 0) {
+      std::printf(", %llu pruned", static_cast<unsigned long long>(rep.tensors_pruned));
+    }
+    std::printf(", %llu source bytes compared", static_cast<unsigned long long>(rep.bytes_compared));
   }
   std::printf(", %zu problem(s)\n", rep.problems.size());
   return rep.ok() ? 0 : 3;

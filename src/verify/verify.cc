@@ -17,13 +17,18 @@
 //   error-bound        elements whose dequantized value is farther from the source than the
 //                      format's grid allows (one grid step plus quotient rounding)
 //   sqnr               the tensor's SQNR against the source is below its format's threshold
+//   pruned             (--prune) an element zero in the pruned source does not dequantize to
+//                      exactly 0, or the source holds NaN/Inf so it cannot be pruned
+//   sparsity           (--prune, no SRC) the dequantized zeros lack the spec's structure
 #include "verify/verify.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -502,6 +507,65 @@ void DecodeRow(const ModuleView& v, uint64_t r, RowBuffers& b) {
   }
 }
 
+// The source weight pruned by a spec, row by row in order (a per-tensor threshold needs the
+// count of threshold-equal elements in earlier rows). The converter's selection code
+// (schemes/prune.h, tested against a full-sort oracle), here run on the source.
+class PrunedRows {
+ public:
+  PrunedRows(const prune::PruneSpec& spec, const uint8_t* x, DType dt, uint64_t rows,
+             uint64_t cols)
+      : spec_(spec), x_(x), dt_(dt), rows_(rows), cols_(cols),
+        row_bytes_(cols * DTypeBits(dt) / 8), buf_(row_bytes_) {}
+
+  // The per-tensor threshold (a histogram pass over the whole tensor, calling `walked` with
+  // the bytes read so far so the caller can release them). False on NaN/Inf.
+  bool Init(const std::function<void(uint64_t)>& walked) {
+    if (!spec_.per_tensor) return true;
+    const uint64_t k = prune::PruneCount(spec_.fraction, rows_ * cols_);
+    const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes_));
+    prune::MagnitudeHistogram h(dt_);
+    for (;;) {
+      for (uint64_t r = 0; r < rows_; r += chunk_rows) {
+        const uint64_t n = std::min(chunk_rows, rows_ - r);
+        if (!prune::AccumulateHistogram(&h, x_ + r * row_bytes_, n, cols_)) return false;
+        walked((r + n) * row_bytes_);
+      }
+      threshold_ = prune::FindThreshold(&h, k);
+      if (threshold_.complete) return true;
+    }
+  }
+
+  // Row r (rows in increasing order), pruned; nullptr on NaN/Inf.
+  const uint8_t* Row(uint64_t r) {
+    const uint8_t* in = x_ + r * row_bytes_;
+    bool ok;
+    if (spec_.per_tensor) {
+      const uint64_t eq = prune::CountEqual(in, dt_, 1, cols_, threshold_.magnitude);
+      ok = prune::PruneRowsTensor(in, buf_.data(), dt_, 1, cols_, threshold_, equal_before_,
+                                  nullptr);
+      equal_before_ += eq;
+    } else {
+      ok = prune::PruneRows(in, buf_.data(), dt_, 1, cols_, spec_, nullptr);
+    }
+    return ok ? buf_.data() : nullptr;
+  }
+
+ private:
+  const prune::PruneSpec spec_;
+  const uint8_t* x_;
+  const DType dt_;
+  const uint64_t rows_, cols_, row_bytes_;
+  std::vector<uint8_t> buf_;
+  prune::TensorThreshold threshold_;
+  uint64_t equal_before_ = 0;
+};
+
+// "2:4", "unstructured:0.5", "unstructured:0.5 per tensor".
+std::string PruneText(const prune::PruneSpec& spec) {
+  if (spec.kind == prune::PruneSpec::kNM) return prune::SparsityStructure(spec);
+  return "unstructured:" + Fmt("%g", spec.fraction) + (spec.per_tensor ? " per tensor" : "");
+}
+
 // ---------------------------------------------------------------------------------------------
 
 class Verifier {
@@ -520,7 +584,10 @@ class Verifier {
   void CheckModule(const std::string& module, const Group& g);
   void WalkModule(ModuleView& v, const std::string& file, const std::vector<std::string>& names);
   void CheckSource();
+  bool EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
+                          std::string* why);
   void CheckFusedSets();
+  bool pruning() const { return opt_.prune.kind != prune::PruneSpec::kNone; }
 
   const VerifyOptions& opt_;
   VerifyReport& rep_;
@@ -533,6 +600,7 @@ class Verifier {
   std::map<std::string, const Group*> selected_;
   std::set<std::string> quant_outputs_;
   std::map<std::string, float> global_scales_;  // NVFP4 module -> weight_global_scale
+  bool prune_only_ = false;  // --prune and no quantization_config: pruning alone
 };
 
 bool Verifier::LoadConfig() {
@@ -921,8 +989,59 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   std::string worst_text, bad_code_text;
   const uint64_t row_src_bytes = v.x ? v.in * DTypeBits(v.xdt) / 8 : 0;
   const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, v.in * 4));
+  // --prune: against SRC, the source as pruned (a pruned element must dequantize to exactly 0);
+  // without SRC, the structure of the dequantized zeros.
+  const prune::PruneSpec& ps = opt_.prune;
+  std::optional<PrunedRows> pruned;
+  const auto release_src = [&](uint64_t bytes) {
+    uint64_t off;
+    const MappedFile* m;
+    src_->Data(v.module + ".weight", &off, &m);
+    m->Release(off, bytes);
+  };
+  if (pruning() && v.x) {
+    pruned.emplace(ps, v.x, v.xdt, v.out, v.in);
+    if (!pruned->Init(release_src)) {
+      Problem("SRC:" + src_->FileOf(v.module + ".weight"), v.module + ".weight", "pruned",
+              "the source holds NaN or Inf, so it cannot be pruned to compare");
+      return;
+    }
+  }
+  uint64_t pruned_nonzero = 0, sparse_short = 0, zeros_total = 0;
+  std::string pruned_text, sparse_text;
+  const uint64_t row_prune = ps.kind == prune::PruneSpec::kUnstructured && !ps.per_tensor
+                                 ? prune::PruneCount(ps.fraction, v.in) : 0;
   for (uint64_t r = 0; r < v.out; ++r) {
     DecodeRow(v, r, b);
+    const uint8_t* xrow = nullptr;
+    if (v.x) {
+      xrow = pruned ? pruned->Row(r) : v.x + r * row_src_bytes;
+      if (xrow == nullptr) {
+        Problem("SRC:" + src_->FileOf(v.module + ".weight"), v.module + ".weight", "pruned",
+                "the source holds NaN or Inf in row " + std::to_string(r) +
+                    ", so it cannot be pruned to compare");
+        return;
+      }
+    }
+    if (pruning() && !v.x) {
+      // Zeros per N:M group, per row or per tensor: at least what the spec prunes.
+      uint64_t row_zeros = 0;
+      for (uint64_t c = 0; c < v.in; ++c) row_zeros += !b.bad_code[c] && b.q[c] == b.zp[c];
+      zeros_total += row_zeros;
+      if (ps.kind == prune::PruneSpec::kNM && v.in % static_cast<uint64_t>(ps.m) == 0) {
+        for (uint64_t g0 = 0; g0 < v.in; g0 += static_cast<uint64_t>(ps.m)) {
+          int z = 0;
+          for (int j = 0; j < ps.m; ++j) z += !b.bad_code[g0 + j] && b.q[g0 + j] == b.zp[g0 + j];
+          if (z < ps.m - ps.n && sparse_short++ == 0) {
+            sparse_text = "row " + std::to_string(r) + ", columns " + std::to_string(g0) + ".." +
+                          std::to_string(g0 + ps.m - 1) + " hold " + std::to_string(z) + " zeros";
+          }
+        }
+      } else if (row_zeros < row_prune && sparse_short++ == 0) {
+        sparse_text = "row " + std::to_string(r) + " holds " + std::to_string(row_zeros) +
+                      " zeros of " + std::to_string(v.in);
+      }
+    }
     for (uint64_t c = 0; c < v.in; ++c) {
       if (b.bad_code[c]) {
         if (bad_codes++ == 0) bad_code_text = "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
@@ -930,10 +1049,14 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
       }
       if (v.zp && (b.zp[c] < v.qmin || b.zp[c] > v.qmax)) ++bad_zp;
       if (v.x == nullptr) continue;
-      const double x = LoadFloat(v.x, v.xdt, r * v.in + c);
+      const double x = LoadFloat(xrow, v.xdt, c);
       const double s = b.s[c], z = b.zp[c];
       const double deq = (b.q[c] - z) * s;
       const double e = x - deq;
+      if (pruned && x == 0 && deq != 0 && pruned_nonzero++ == 0) {
+        pruned_text = "[" + std::to_string(r) + ", " + std::to_string(c) + "] dequantizes to " +
+                      Fmt("%.6g", deq);
+      }
       sx2 += x * x;
       se2 += e * e;
       // Hard bound, in the quotient domain of the stored scale.
@@ -958,12 +1081,7 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
     }
     if ((r + 1) % rows_per_chunk == 0) {
       // Release what has been walked (the whole tensors are released at the end as well).
-      if (v.x) {
-        uint64_t off;
-        const MappedFile* m;
-        src_->Data(v.module + ".weight", &off, &m);
-        m->Release(off, (r + 1) * row_src_bytes);
-      }
+      if (v.x) release_src((r + 1) * row_src_bytes);
       for (const std::string& n : names) dst_.Release(n);
     }
   }
@@ -978,8 +1096,29 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
             std::to_string(bad_zp) + " element(s) with a zero point outside [" + Fmt("%g", v.qmin) +
                 ", " + Fmt("%g", v.qmax) + "]");
   }
+  if (pruning() && !v.x) {
+    if (ps.kind == prune::PruneSpec::kUnstructured && ps.per_tensor) {
+      const uint64_t k = prune::PruneCount(ps.fraction, v.out * v.in);
+      if (zeros_total < k) {
+        sparse_short = 1;
+        sparse_text = "the tensor holds " + std::to_string(zeros_total) + " zeros, " +
+                      std::to_string(k) + " expected";
+      }
+    }
+    if (sparse_short) {
+      Problem(file, qname, "sparsity",
+              "dequantized zeros do not have the structure of --prune " + PruneText(ps) + ": " +
+                  sparse_text + (sparse_short > 1 ? " (and " + std::to_string(sparse_short - 1) +
+                                                        " more)" : ""));
+    }
+  }
   if (v.x == nullptr) return;
   rep_.bytes_compared += v.out * row_src_bytes;
+  if (pruned_nonzero) {
+    Problem(file, qname, "pruned",
+            std::to_string(pruned_nonzero) + " element(s) zero in the source pruned by " +
+                PruneText(ps) + " do not dequantize to exactly 0; first " + pruned_text);
+  }
   TensorQuality tq;
   tq.module = v.module;
   tq.file = file;
@@ -1044,6 +1183,15 @@ void Verifier::CheckSource() {
         if (diff_at != n) break;
       }
       rep_.bytes_compared += n;
+      if (diff_at != n && prune_only_) {
+        std::string why;
+        if (EqualsPrunedSource(t, sp, dp, &why)) {
+          ++rep_.tensors_pruned;
+        } else {
+          Problem(f, t.name, "changed", why);
+        }
+        continue;
+      }
       if (diff_at != n) {
         Problem(f, t.name, "changed",
                 "copied tensor differs from the source, first at byte " + std::to_string(diff_at) +
@@ -1060,6 +1208,45 @@ void Verifier::CheckSource() {
       Problem(s.rel_name, t.name, "extra", "not in the source and not written by quantization");
     }
   }
+}
+
+// Pruning alone: whether DST's tensor `t` (same dtype and shape as the source) is exactly the
+// source pruned by the spec; if not, `why` says where it first differs.
+bool Verifier::EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
+                                  std::string* why) {
+  const std::string spec = PruneText(opt_.prune);
+  if (t.shape.size() != 2 || !IsQuantizableFloat(t.dtype)) {
+    *why = "copied tensor differs from the source (and is not a 2-D float weight --prune " +
+           spec + " could have pruned)";
+    return false;
+  }
+  const uint64_t rows = t.shape[0], cols = t.shape[1];
+  const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
+  PrunedRows pr(opt_.prune, sp, t.dtype, rows, cols);
+  uint64_t so, doff;
+  const MappedFile *sm, *dm;
+  src_->Data(t.name, &so, &sm);
+  dst_.Data(t.name, &doff, &dm);
+  if (!pr.Init([&](uint64_t bytes) { sm->Release(so, bytes); })) {
+    *why = "differs from the source, which holds NaN or Inf and so cannot be pruned to compare";
+    return false;
+  }
+  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
+  for (uint64_t r = 0; r < rows; ++r) {
+    const uint8_t* want = pr.Row(r);
+    if (want == nullptr || std::memcmp(want, dp + r * row_bytes, row_bytes) != 0) {
+      *why = "differs from both the source and the source pruned by --prune " + spec +
+             ", first in row " + std::to_string(r);
+      return false;
+    }
+    if ((r + 1) % rows_per_chunk == 0) {
+      sm->Release(so, (r + 1) * row_bytes);
+      dm->Release(doff, (r + 1) * row_bytes);
+    }
+  }
+  sm->Release(so, rows * row_bytes);
+  dm->Release(doff, rows * row_bytes);
+  return true;
 }
 
 void Verifier::CheckFusedSets() {
@@ -1127,6 +1314,20 @@ Status Verifier::Run() {
   rep_.shards = dst_.folder.shards.size();
   for (const Shard& s : dst_.folder.shards) rep_.tensors += s.header.tensors.size();
   CheckIndex();
+  if (pruning() && dst_.folder.config &&
+      dst_.folder.config->Find("quantization_config") == nullptr) {
+    // Pruning alone (`--scheme none --prune`): no quantization_config is written, and each
+    // tensor is the source's, pruned or not.
+    prune_only_ = true;
+    if (src_) {
+      CheckSource();
+    } else {
+      Problem(*dst_.folder.config_rel, "", "config",
+              "no \"quantization_config\" (pruning alone, --scheme none): give SRC to check "
+              "each tensor against the source pruned by --prune");
+    }
+    return Status::Ok();
+  }
   if (!LoadConfig() && groups_.empty()) return Status::Ok();
 
   // Candidate modules: every 2-D M.weight (source, or DST's M.weight / M.weight_packed).
@@ -1227,6 +1428,7 @@ JsonValue VerifyReportJson(const VerifyReport& r) {
   sum.Set("tensors", JsonValue(r.tensors));
   sum.Set("modules_quantized", JsonValue(r.modules_quantized));
   sum.Set("tensors_copied", JsonValue(r.tensors_copied));
+  sum.Set("tensors_pruned", JsonValue(r.tensors_pruned));
   sum.Set("bytes_compared", JsonValue(r.bytes_compared));
   sum.Set("problems", JsonValue(static_cast<uint64_t>(r.problems.size())));
   root.Set("summary", std::move(sum));

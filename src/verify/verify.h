@@ -15,6 +15,10 @@
 // format's hard bound (one grid step at its code, plus the rounding of the quotient in the
 // weight dtype; values beyond the grid's end must sit on the end code).
 //
+// Pruning (VerifyOptions::prune, which the checkpoint does not record): quantized tensors are
+// compared with the source pruned by the spec, or, without SRC, their dequantized zeros must
+// have its structure; a prune-only checkpoint is checked tensor by tensor against SRC.
+//
 // Memory is bounded: files are memory-mapped and every tensor is walked in row chunks whose
 // pages are released after use; no tensor or shard is ever copied into memory.
 #ifndef QUENCH_VERIFY_VERIFY_H_
@@ -29,6 +33,7 @@
 
 #include "format/json.h"
 #include "quench/status.h"
+#include "schemes/prune.h"
 
 namespace quench {
 
@@ -37,6 +42,13 @@ struct VerifyOptions {
   std::optional<std::filesystem::path> src;  // the checkpoint DST was made from
   // Added to every SQNR threshold (for experiments; 0 in normal use).
   double sqnr_margin_db = 0;
+  // The pruning DST was made with (`--prune`; kind kNone: none). The checkpoint does not
+  // record it (compressed-tensors' sparsity_config is written empty), so verify is told.
+  // Quantized modules: with SRC, compared against the source pruned by this spec (elements
+  // zero there must dequantize to exactly 0); without, the dequantized zeros must have the
+  // spec's structure. A checkpoint with no quantization_config (pruning alone): with SRC,
+  // every tensor is the source or the source pruned by this spec.
+  prune::PruneSpec prune;
 };
 
 // One thing wrong. `rule` is a short stable identifier (listed in verify.cc's kRules).
@@ -71,6 +83,7 @@ struct VerifyReport {
   uint64_t tensors = 0;               // tensors in DST
   uint64_t modules_quantized = 0;     // modules the config selects (and DST quantizes)
   uint64_t tensors_copied = 0;        // source tensors found unchanged (SRC only)
+  uint64_t tensors_pruned = 0;        // pruning alone: tensors equal to the pruned source
   uint64_t bytes_compared = 0;        // source bytes compared or dequantized against (SRC only)
   bool ok() const { return problems.empty(); }
 };
