@@ -126,6 +126,21 @@ struct Editable {
 
 const char kQ[] = "model.layers.0.self_attn.q_proj";
 
+// The bundled checkpoint converted into tmp/out with `scheme` and pruning `prune`.
+fs::path ConvertPruned(const qt::TempDir& tmp, const std::string& scheme, const std::string& prune,
+                       bool per_tensor = false, std::vector<std::string> ignore = {}) {
+  quench::ConvertOptions o;
+  o.src = qt::DataDir() / "tiny-llama";
+  o.dst = tmp / "out";
+  o.scheme = scheme;
+  o.prune = prune;
+  o.prune_granularity = per_tensor ? "tensor" : "row";
+  o.ignore = std::move(ignore);
+  auto s = quench::Convert(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+  return o.dst;
+}
+
 }  // namespace
 
 TEST_SUITE("verify") {
@@ -368,22 +383,16 @@ TEST_SUITE("verify") {
       CAPTURE(c.scheme);
       CAPTURE(c.prune);
       qt::TempDir tmp;
-      quench::ConvertOptions o;
-      o.src = src;
-      o.dst = tmp / "out";
-      o.scheme = c.scheme;
-      o.prune = c.prune;
-      o.prune_granularity = c.per_tensor ? "tensor" : "row";
-      if (std::string(c.scheme) == "W4A16_ASYM") o.ignore = {"re:.*down_proj$"};
-      auto s = quench::Convert(o);
-      REQUIRE_MESSAGE(s.ok(), s.status().ToString());
-      const auto with_src = RunVerify(o.dst, src, c.prune, c.per_tensor);
+      std::vector<std::string> ignore;
+      if (std::string(c.scheme) == "W4A16_ASYM") ignore = {"re:.*down_proj$"};
+      const fs::path dst = ConvertPruned(tmp, c.scheme, c.prune, c.per_tensor, ignore);
+      const auto with_src = RunVerify(dst, src, c.prune, c.per_tensor);
       CHECK_MESSAGE(with_src.ok(), Problems(with_src));
       CHECK(with_src.quality.size() >= 12);
-      const auto alone = RunVerify(o.dst, std::nullopt, c.prune, c.per_tensor);
+      const auto alone = RunVerify(dst, std::nullopt, c.prune, c.per_tensor);
       CHECK_MESSAGE(alone.ok(), Problems(alone));
       // Without --prune the pruned weights are far from the source: the option is needed.
-      CHECK_FALSE(RunVerify(o.dst, src).ok());
+      CHECK_FALSE(RunVerify(dst, src).ok());
     }
 
     SUBCASE("an unpruned output is not 2:4") {
@@ -394,13 +403,8 @@ TEST_SUITE("verify") {
     }
     SUBCASE("an element pruned in the source but not zero in DST") {
       qt::TempDir tmp;
-      quench::ConvertOptions o;
-      o.src = src;
-      o.dst = tmp / "out";
-      o.scheme = "FP8_DYNAMIC";
-      o.prune = "2:4";
-      REQUIRE(quench::Convert(o).ok());
-      Editable e(o.dst);
+      const fs::path dst = ConvertPruned(tmp, "FP8_DYNAMIC", "2:4");
+      Editable e(dst);
       // Columns 0..3 of row 0 keep two elements; give both pruned ones (code 0) the code 0x38
       // (E4M3 1.0), so the group has no zero left.
       qt::RawTensor* w = e.Find(std::string(kQ) + ".weight");
@@ -413,23 +417,18 @@ TEST_SUITE("verify") {
       }
       REQUIRE(planted == 2);
       e.Save();
-      CHECK(Has(RunVerify(o.dst, src, "2:4"), "pruned", std::string(kQ) + ".weight"));
-      CHECK(Has(RunVerify(o.dst, std::nullopt, "2:4"), "sparsity", std::string(kQ) + ".weight"));
+      CHECK(Has(RunVerify(dst, src, "2:4"), "pruned", std::string(kQ) + ".weight"));
+      CHECK(Has(RunVerify(dst, std::nullopt, "2:4"), "sparsity", std::string(kQ) + ".weight"));
     }
     SUBCASE("pruning alone: each tensor is the source, pruned or not") {
       qt::TempDir tmp;
-      quench::ConvertOptions o;
-      o.src = src;
-      o.dst = tmp / "out";
-      o.scheme = "none";
-      o.prune = "2:4";
-      REQUIRE(quench::Convert(o).ok());
-      const auto r = RunVerify(o.dst, src, "2:4");
+      const fs::path dst = ConvertPruned(tmp, "none", "2:4");
+      const auto r = RunVerify(dst, src, "2:4");
       CHECK_MESSAGE(r.ok(), Problems(r));
       CHECK(r.tensors_pruned == 14);  // 2 layers x (q, k, v, o, gate, up, down)
       CHECK(r.tensors_copied + r.tensors_pruned == 21);
-      CHECK(Has(RunVerify(o.dst, src, "1:4"), "changed", std::string(kQ) + ".weight"));
-      const auto alone = RunVerify(o.dst, std::nullopt, "2:4");
+      CHECK(Has(RunVerify(dst, src, "1:4"), "changed", std::string(kQ) + ".weight"));
+      const auto alone = RunVerify(dst, std::nullopt, "2:4");
       CHECK_FALSE(alone.ok());
       CHECK(alone.problems.size() == 1);
       CHECK(alone.problems[0].rule == "config");
