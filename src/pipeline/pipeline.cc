@@ -382,8 +382,8 @@ class ShardPipeline {
       // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
       // of its input), so that copies land in pages the pool's buffers already have rather
       // than touching new ones (BufferPool::Get).
-      // Ending where the file's blocks do, so that with the lead-in AlignLike gives the first
-      // chunk (later ones start aligned) the buffer holds exactly a quarter chunk.
+      // The first piece ends on a file block boundary, so that with the lead-in AlignLike
+      // gives it the buffer holds exactly a quarter chunk; later pieces start aligned.
       const uint64_t copy_bytes = std::max<uint64_t>(sizing_.chunk_bytes / 4, 1);
       const uint64_t dst = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset + pos_;
       const uint64_t lead = dst % DirectIoAlignment();
