@@ -76,15 +76,21 @@ std::vector<Range> CutIntoRanges(uint64_t size, std::mt19937_64& rng) {
   return ranges;
 }
 
+// Whether the file wrote direct: when opened, and once every range was written (a refused
+// direct write switches it to buffered).
+struct DirectUse {
+  bool at_open = false, after_writes = false;
+};
+
 // Writes `image` through an OutputFile in `mode`, the ranges split among `threads` threads,
 // each write from a copy of the bytes at a random memory misalignment (0 to 4095).
-void WriteImage(const std::filesystem::path& path, const std::string& image,
-                const std::vector<Range>& ranges, WriteMode mode, int threads,
-                bool* used_direct) {
+DirectUse WriteImage(const std::filesystem::path& path, const std::string& image,
+                     const std::vector<Range>& ranges, WriteMode mode, int threads) {
   auto f = OutputFile::Create(path, image.size(), mode);
   REQUIRE(f.ok());
   OutputFile& out = **f;
-  *used_direct = out.direct();
+  DirectUse use;
+  use.at_open = out.direct();
   std::atomic<size_t> next{0};
   std::atomic<int> failures{0};
   std::vector<std::thread> pool;
@@ -102,8 +108,10 @@ void WriteImage(const std::filesystem::path& path, const std::string& image,
     });
   }
   for (auto& th : pool) th.join();
+  use.after_writes = out.direct();
   CHECK(failures.load() == 0);
   REQUIRE(out.Commit().ok());
+  return use;
 }
 
 std::string RandomImage(uint64_t size, std::mt19937_64& rng) {
@@ -126,9 +134,8 @@ TEST_SUITE("file_io") {
           CAPTURE(threads);
           CAPTURE(mode == WriteMode::kDirect);
           const auto path = dir.path() / "out.bin";
-          bool used_direct = false;
-          WriteImage(path, image, ranges, mode, threads, &used_direct);
-          if (mode == WriteMode::kBuffered) CHECK_FALSE(used_direct);
+          const DirectUse use = WriteImage(path, image, ranges, mode, threads);
+          if (mode == WriteMode::kBuffered) CHECK_FALSE(use.at_open);
           const std::string got = ReadBytes(path);
           REQUIRE(got.size() == image.size());
           CHECK(got == image);
@@ -201,35 +208,19 @@ TEST_SUITE("file_io") {
         g_refused = 0;
         g_direct_calls = 0;
         g_direct_writes_left = allowed;
-        auto f = OutputFile::Create(path, size, WriteMode::kDirect);
-        REQUIRE(f.ok());
-        OutputFile& out = **f;
-        const bool direct_at_open = out.direct();
-        std::atomic<size_t> next{0};
-        std::atomic<int> failures{0};
-        std::vector<std::thread> pool;
-        for (int t = 0; t < threads; ++t) {
-          pool.emplace_back([&] {
-            for (size_t i; (i = next.fetch_add(1)) < ranges.size();) {
-              const Range& r = ranges[i];
-              if (!out.WriteAt(r.offset, image.data() + r.offset, r.len).ok()) ++failures;
-            }
-          });
-        }
-        for (auto& th : pool) th.join();
-        const bool direct_after = out.direct();
-        const Status committed = out.Commit();
-        g_direct_writes_left = -1;
-        CHECK(failures.load() == 0);
-        REQUIRE(committed.ok());
+        // Refusals end with this pass, even if a REQUIRE inside WriteImage ends it early.
+        struct StopRefusing {
+          ~StopRefusing() { g_direct_writes_left = -1; }
+        } stop_refusing;
+        const DirectUse use = WriteImage(path, image, ranges, WriteMode::kDirect, threads);
         if (allowed == -1) {
           total = g_direct_calls.load();
-          if (direct_at_open) CHECK(total >= 4);
-          CHECK(direct_after == direct_at_open);
-        } else if (direct_at_open) {
+          if (use.at_open) CHECK(total >= 4);
+          CHECK(use.after_writes == use.at_open);
+        } else if (use.at_open) {
           // The injected refusal happened and switched the file to buffered writes.
           CHECK(g_refused.load() >= 1);
-          CHECK_FALSE(direct_after);
+          CHECK_FALSE(use.after_writes);
         }
         CHECK(ReadBytes(path) == image);
       }
