@@ -12,6 +12,8 @@
 #include "format/model_folder.h"
 #include "format/safetensors.h"
 #include "quench/convert.h"
+#include "schemes/chunk.h"
+#include "schemes/fp8.h"
 #include "test_util.h"
 
 namespace qt = quench::testing;
@@ -162,6 +164,68 @@ TEST_SUITE("convert") {
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "b" / f));
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "c" / f));
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "d" / f));
+      }
+    }
+  }
+
+  TEST_CASE("copies handed out among the other chunks: every shard whole and exact") {
+    // Shard 1 starts with a copied tensor larger than the quantized one after it, shard 2
+    // holds copies only, shard 3 ends with one; a 1 MiB budget cuts everything into many
+    // chunks and copy pieces, which the pipeline interleaves within each shard. Expected:
+    // copies byte for byte the source; weights and scales those of the scalar reference
+    // kernel run on each whole tensor (no chunking, no pipeline).
+    qt::TempDir tmp;
+    auto ramp = [](size_t n, float scale) {
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i) {
+        v[i] = scale * static_cast<float>((i * 7919) % 1999) / 1999.0f - scale / 2;
+      }
+      return Bf16Bytes(v);
+    };
+    const std::vector<std::vector<RawTensor>> shards = {
+        {{"lm_head.weight", DType::kBF16, {512, 512}, ramp(512 * 512, 3.0f)},
+         {"model.layers.0.mlp.down_proj.weight", DType::kBF16, {256, 512}, ramp(256 * 512, 1.0f)},
+         {"model.layers.0.post_attention_layernorm.weight", DType::kBF16, {512}, ramp(512, 1.0f)}},
+        {{"model.layers.1.input_layernorm.weight", DType::kBF16, {40000}, ramp(40000, 2.0f)},
+         {"model.layers.1.post_attention_layernorm.weight", DType::kBF16, {512}, ramp(512, 4.0f)}},
+        {{"model.layers.1.mlp.up_proj.weight", DType::kBF16, {384, 512}, ramp(384 * 512, 0.5f)},
+         {"model.norm.weight", DType::kBF16, {300000}, ramp(300000, 1.5f)}},
+    };
+    for (size_t i = 0; i < shards.size(); ++i) {
+      WriteShard(tmp / "src" / ("model-0000" + std::to_string(i + 1) + "-of-00003.safetensors"),
+                 shards[i]);
+    }
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      const fs::path out = tmp / ("out" + std::to_string(threads));
+      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, 1 << 20);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      auto dst = LoadAll(out);
+      CHECK(dst.size() == 3);
+      for (const auto& shard : shards) {
+        for (const RawTensor& t : shard) {
+          CAPTURE(t.name);
+          auto [dl, dt] = FindTensor(dst, t.name);
+          REQUIRE(dt != nullptr);
+          const std::string got(reinterpret_cast<const char*>(dl->Data(*dt)), dt->nbytes());
+          if (t.shape.size() == 1 || t.name == "lm_head.weight") {
+            CHECK(got == t.bytes);
+            continue;
+          }
+          std::string q(t.shape[0] * t.shape[1], '\0'), sc(t.shape[0] * 2, '\0');
+          quench::WeightChunk in;
+          in.data = reinterpret_cast<const uint8_t*>(t.bytes.data());
+          in.rows = t.shape[0];
+          in.cols = t.shape[1];
+          quench::ChunkOutputs outs;
+          outs.out[0] = reinterpret_cast<uint8_t*>(q.data());
+          outs.out[1] = reinterpret_cast<uint8_t*>(sc.data());
+          REQUIRE(quench::fp8::QuantizeChannelScalar(in, outs));
+          CHECK(got == q);
+          auto [sl, st] = FindTensor(dst, t.name + "_scale");
+          REQUIRE(st != nullptr);
+          CHECK(std::string(reinterpret_cast<const char*>(sl->Data(*st)), st->nbytes()) == sc);
+        }
       }
     }
   }
