@@ -338,9 +338,9 @@ class ShardPipeline {
   // (the bench's do, as do many Llama-style checkpoints) gave the disk a fifth of the shard's
   // input to write at once while the cores waited for the queue, then little to write while
   // they quantized. Spread out, copies are written while the cores compute, as the I/O floor
-  // (bench/iofloor.cc) assumes. Warm, 2 GB, rounds in random order (scripts of the session
-  // note), median: NVFP4A16 0.516 -> 0.462 s, W4A16_ASYM 0.518 -> 0.497 s; FP8_DYNAMIC,
-  // W4A16 alike within the noise.
+  // (bench/iofloor.cc) assumes. Warm, 2 GB, 12-16 rounds of both builds and the floor, each
+  // round in random order, median: NVFP4A16 0.516 -> 0.462 s, W4A16_ASYM 0.518 -> 0.497 s;
+  // FP8_DYNAMIC, W4A16 alike within the noise.
   Chunk* Next(tbb::flow_control& fc) {
     if (failed()) {
       fc.stop();
