@@ -240,6 +240,9 @@ void CheckConfig(const Config& cfg, std::set<std::string>& targets, std::mt19937
     // 37 rows: not a multiple of 8 or 32 (the last chunk; packed zero points end mid-word).
     CheckShape(cfg, 37, 3 * g, rng, targets);
     CheckShape(cfg, 1, g, rng, targets);
+    // 37 groups per row: the kernels compute a row's parameters in vectors of groups (up to
+    // 16 lanes), so this takes whole vectors and a partial last one.
+    CheckShape(cfg, 3, 37 * g, rng, targets);
   } else {
     // Column counts covering vector tails (4..32 lanes) and packed-word tails (8 / 32 cols).
     for (size_t cols : {1, 3, 5, 8, 9, 17, 31, 32, 33, 63, 65, 100, 129}) {

@@ -152,6 +152,9 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* 
   }
 }
 
+// Elements per piece of a row in ChannelImpl: a multiple of every target's lane count.
+constexpr size_t kPrefetchPiece = 512;
+
 template <DType D>
 bool ChannelImpl(const WeightChunk& in, const ChunkOutputs& out) {
   using T = typename Traits<D>::T;
@@ -163,8 +166,14 @@ bool ChannelImpl(const WeightChunk& in, const ChunkOutputs& out) {
     if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the row
     const float scale = internal::ScaleFromAmax(AbsBitsToF32<D>(amax_bits), D);
     internal::StoreScale(out.out[1] + r * sizeof(T), scale, D);
-    if (r + 1 < in.rows) rounding::PrefetchBytes(row + row_bytes, row_bytes);
-    QuantizeRun<D>(row, in.cols, scale, out.out[0] + r * in.cols);
+    // The row in pieces, each with the same stretch of the next row asked for (asking for
+    // the whole next row at once stalls on the full line-fill buffers).
+    const uint8_t* next_row = r + 1 < in.rows ? row + row_bytes : nullptr;
+    for (size_t c = 0; c < in.cols; c += kPrefetchPiece) {
+      const size_t n = std::min(kPrefetchPiece, in.cols - c);
+      if (next_row != nullptr) rounding::PrefetchBytes(next_row + c * sizeof(T), n * sizeof(T));
+      QuantizeRun<D>(row + c * sizeof(T), n, scale, out.out[0] + r * in.cols + c);
+    }
   }
   return true;
 }

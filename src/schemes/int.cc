@@ -40,8 +40,8 @@
 #include "hwy/highway.h"
 #include "schemes/rounding-inl.h"
 
-// Scalar helpers shared by the reference and the kernels' per-group parameter step and
-// zero-point packing (compiled once, outside the per-target namespaces).
+// Scalar helpers of the reference, some shared with the kernels (the scale's encoding, the
+// layout, zero-point packing); compiled once, outside the per-target namespaces.
 #ifndef QUENCH_SCHEMES_INT_SHARED_
 #define QUENCH_SCHEMES_INT_SHARED_
 namespace quench::intq::internal {
@@ -347,6 +347,51 @@ HWY_INLINE float KeyToValue(typename Traits<D>::S key) {
   return BitsToValue<D>(bits);
 }
 
+// calculate_qparams (internal::ComputeParams, the definition) for n groups at once, from the
+// groups' observed min and max (asymmetric) or abs max (symmetric; `mx` only), values of D.
+// Lane for lane the same IEEE operations and RNE_D roundings as the scalar function, so a
+// row's groups share vector divisions instead of each running a dependent chain of two
+// scalar divisions and five roundings: that chain was a third of the W4A16_ASYM kernel's
+// samples. Reads and writes whole vectors: the arrays hold n rounded up to a multiple of
+// Lanes(df) (padding lanes compute parameters nobody reads).
+template <DType D, bool kSym>
+HWY_INLINE void ComputeParamsRow(const float* mn_in, const float* mx_in, size_t n,
+                                 const internal::Layout& l, float* scale_out, int32_t* zp_out) {
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const size_t lanes = hn::Lanes(df);
+  const auto zero = hn::Zero(df);
+  const float bit_range = static_cast<float>(l.qmax - l.qmin);
+  const auto eps = hn::Set(df, internal::ScaleEps(D));
+  const auto qmin = hn::Set(df, static_cast<float>(l.qmin));
+  const auto qmax = hn::Set(df, static_cast<float>(l.qmax));
+  for (size_t i = 0; i < n; i += lanes) {
+    // mn = min(min x, 0), mx = max(max x, 0).
+    const auto mx = hn::Max(hn::LoadU(df, mx_in + i), zero);
+    VF scale;
+    if constexpr (kSym) {
+      // scale = RNE_D(max(|mn|, |mx|) / ((qmax - qmin) / 2)); the caller passes the abs max.
+      scale = rd::RoundToDType<D>(df, hn::Div(mx, hn::Set(df, bit_range / 2.0f)));
+      hn::StoreU(hn::Zero(di), di, zp_out + i);
+    } else {
+      const auto mn = hn::Min(hn::LoadU(df, mn_in + i), zero);
+      // scale = RNE_D(RNE_D(mx - mn) / bit_range); zp from the scale before the zero guard.
+      scale = rd::RoundToDType<D>(
+          df, hn::Div(rd::RoundToDType<D>(df, hn::Sub(mx, mn)), hn::Set(df, bit_range)));
+      const auto ratio = hn::Div(mn, scale);  // NaN for 0/0 (an all-zero group)
+      const auto is_nan = hn::IsNaN(ratio);
+      auto zp = rd::RoundToDType<D>(df, hn::Sub(qmin, rd::RoundToDType<D>(df, ratio)));
+      // clamp, round half to even; a NaN zero point casts to 0 (torch 2.13, x86 CPU). The
+      // NaN lanes are chosen by the mask, whatever Min / Max made of them.
+      zp = hn::Round(hn::Min(hn::Max(zp, qmin), qmax));
+      zp = hn::IfThenZeroElse(is_nan, zp);
+      hn::StoreU(hn::ConvertTo(di, zp), di, zp_out + i);
+    }
+    // Zero guard: a scale of exactly 0 becomes eps(D).
+    hn::StoreU(hn::IfThenElse(hn::Eq(scale, zero), eps, scale), df, scale_out + i);
+  }
+}
+
 // The low byte of q + offset for one vector, in the low byte of each u32 lane:
 // v = RNE_D(x / scale) (IEEE f32 division), asymmetric v = RNE_D(v + zp), clamp to
 // [qmin, qmax] (v is never NaN: x finite, scale > 0), then torch.round. The rounding adds
@@ -494,7 +539,11 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
     std::memset(ubuf.get() + cols, 0, n8 - cols);
     if (!direct) std::memset(pbuf.get(), 0, pbuf_bytes);
   }
-  std::vector<internal::GroupParams> params(l.n_groups);  // the current row's
+  // The current row's observations and parameters, one slot per group, padded to whole
+  // vectors for ComputeParamsRow (the padding lanes' parameters are never read).
+  const size_t n_padded = internal::CeilDiv(l.n_groups, hn::Lanes(DF())) * hn::Lanes(DF());
+  std::vector<float> mn(n_padded, 0.0f), mx(n_padded, 0.0f), scale(n_padded);
+  std::vector<int32_t> zp(n_padded);
   std::vector<int8_t> zps;  // [rows, n_groups], packed asymmetric only
   if (!kSym && packed) zps.resize(in.rows * l.n_groups);
   const size_t group_bytes = l.group * kEsz;
@@ -502,34 +551,38 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
     const uint8_t* row = in.data + r * row_bytes;
     uint8_t* qrow = packed ? (via_buffer ? ubuf.get() : out.out[0] + r * out_row_bytes)
                            : out.out[0] + r * cols;
-    // Pass 1: every group's observation and parameters. Kept apart from pass 2 so that the
-    // scalar divisions of successive groups overlap instead of stalling the vector work.
+    // Pass 1: every group's observation, then all the row's parameters in vectors.
     for (size_t g = 0; g < l.n_groups; ++g) {
       const uint8_t* src = row + g * group_bytes;
-      internal::GroupParams& p = params[g];
       if constexpr (kSym) {
         const auto amax_bits = AbsBitsMax<D>(src, l.group);
         if (amax_bits >= Traits<D>::kInfBits) return false;  // Inf or NaN in the group
-        p = internal::ComputeParams(0.0f, BitsToValue<D>(amax_bits), l, true, D);
+        mx[g] = BitsToValue<D>(amax_bits);
       } else {
         typename Traits<D>::S kmin, kmax;
         if (!KeyMinMax<D>(src, l.group, &kmin, &kmax)) return false;
-        p = internal::ComputeParams(KeyToValue<D>(kmin), KeyToValue<D>(kmax), l, false, D);
+        mn[g] = KeyToValue<D>(kmin);
+        mx[g] = KeyToValue<D>(kmax);
+      }
+    }
+    ComputeParamsRow<D, kSym>(mn.data(), mx.data(), n_padded, l, scale.data(), zp.data());
+    for (size_t g = 0; g < l.n_groups; ++g) {
+      if constexpr (!kSym) {
         const size_t zi = r * l.n_groups + g;
         if (packed) {
-          zps[zi] = static_cast<int8_t>(p.zp);
+          zps[zi] = static_cast<int8_t>(zp[g]);
         } else {
-          out.out[2][zi] = static_cast<uint8_t>(static_cast<int8_t>(p.zp));
+          out.out[2][zi] = static_cast<uint8_t>(static_cast<int8_t>(zp[g]));
         }
       }
-      internal::StoreScale(out.out[1] + (r * l.n_groups + g) * kEsz, p.scale, D);
+      internal::StoreScale(out.out[1] + (r * l.n_groups + g) * kEsz, scale[g], D);
     }
     // Pass 2: quantize the row (still in L1 / L2) group by group.
     const uint8_t* next_row = r + 1 < in.rows ? row + row_bytes : nullptr;
     for (size_t g = 0; g < l.n_groups; ++g) {
       if (next_row != nullptr) rd::PrefetchBytes(next_row + g * group_bytes, group_bytes);
-      QuantizeRun<D, kSym>(row + g * group_bytes, l.group, params[g], l, offset,
-                           qrow + g * l.group);
+      QuantizeRun<D, kSym>(row + g * group_bytes, l.group, internal::GroupParams{scale[g], zp[g]},
+                           l, offset, qrow + g * l.group);
     }
     if (packed && !via_buffer) {
       // 8 bits: the u bytes are the words' little-endian bytes; zero the padding up to the
