@@ -11,9 +11,11 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "schemes/float_formats.h"
 #include "schemes/prune.h"
 
@@ -390,6 +392,67 @@ TEST_CASE("out of place: oracle result, source untouched, any alignment") {
       }
     }
   }
+}
+
+// The 16-bit N:4 path runs a Highway kernel: on every target, for element counts that leave
+// every remainder of groups past a whole vector (up to 8 groups per vector), at both
+// alignments, it equals the scalar SWAR reference and the oracle, and leaves the source alone.
+// NaN / Inf anywhere, also in the last groups, makes both refuse.
+TEST_CASE("N:4 kernel on every target against the scalar reference and the oracle") {
+  std::mt19937 rng(29);
+  std::set<std::string> targets;
+  for (DType d : {DType::kBF16, DType::kF16}) {
+    CAPTURE(Label(d));
+    for (size_t groups : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 1027}) {
+      const size_t cols = 4 * groups;
+      CAPTURE(cols);
+      std::vector<uint32_t> in(cols);
+      for (size_t i = 0; i < cols; ++i) {
+        in[i] = i % 3 == 0 ? WeightBits(rng, d) : RandomBits(rng, d, i % 2 == 0);
+      }
+      const std::vector<uint8_t> bytes = ToBytes(in, d);
+      for (int n = 1; n <= 4; ++n) {
+        CAPTURE(n);
+        const std::vector<uint32_t> want = Oracle(in, d, 1, cols, NM(n, 4));
+        std::vector<uint8_t> ref(bytes.size());
+        REQUIRE(PruneN4Scalar(bytes.data(), ref.data(), d, cols, n));
+        CHECK(FromBytes(ref, d) == want);
+        for (size_t mis : {0, 1}) {
+          CAPTURE(mis);
+          targets.merge(testing::ForEachTarget([&](const std::string& target) {
+            CAPTURE(target);
+            std::vector<uint8_t> src(bytes.size() + 1), dst(bytes.size() + 1 + 8, 0xAB);
+            std::memcpy(src.data() + mis, bytes.data(), bytes.size());
+            const std::vector<uint8_t> src_before = src;
+            REQUIRE(PruneRows(src.data() + mis, dst.data() + mis, d, 1, cols, NM(n, 4),
+                              nullptr));
+            CHECK(src == src_before);
+            CHECK(std::vector<uint8_t>(dst.begin() + mis, dst.begin() + mis + bytes.size()) ==
+                  ref);
+            // Nothing written past the rows.
+            for (size_t i = mis + bytes.size(); i < dst.size(); ++i) CHECK(dst[i] == 0xAB);
+          }));
+        }
+      }
+      // A NaN or Inf in the first or the last group.
+      const uint32_t inf = d == DType::kBF16 ? 0x7F80u : 0x7C00u;
+      for (size_t at : {size_t{0}, cols - 1}) {
+        for (uint32_t bad : {inf, inf | 1u, inf | 0x8000u}) {
+          std::vector<uint32_t> broken = in;
+          broken[at] = bad;
+          const std::vector<uint8_t> b = ToBytes(broken, d);
+          std::vector<uint8_t> out(b.size());
+          CHECK_FALSE(PruneN4Scalar(b.data(), out.data(), d, cols, 2));
+          testing::ForEachTarget([&](const std::string& target) {
+            CAPTURE(target);
+            CHECK_FALSE(PruneRows(b.data(), out.data(), d, 1, cols, NM(2, 4), nullptr));
+          });
+        }
+      }
+    }
+  }
+  for (const auto& t : targets) MESSAGE("N:4 kernel tested on target " << t);
+  CHECK(targets.size() >= 2);
 }
 
 TEST_CASE("NaN and Inf are refused") {

@@ -1,5 +1,8 @@
 // Magnitude pruning (see prune.h for the rules). Scalar code written so the compiler can keep
-// it branch-free: pruning is memory-bound, a row is in L1/L2 while it is worked on.
+// it branch-free: pruning is memory-bound, a row is in L1/L2 while it is worked on. The 16-bit
+// N:4 case, the common one (2:4 for sparse tensor cores), also has a Highway kernel beside its
+// scalar SWAR reference (PruneN4Swar): the same 64-bit word arithmetic on every lane of a
+// vector, compiled once per target through Highway's foreach_target skeleton.
 #include "schemes/prune.h"
 
 #include <algorithm>
@@ -8,7 +11,105 @@
 #include <cstring>
 #include <string>
 
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/schemes/prune.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+// The SWAR constants, shared by the reference and the kernels (compiled once).
+#ifndef QUENCH_SCHEMES_PRUNE_SHARED_
+#define QUENCH_SCHEMES_PRUNE_SHARED_
+namespace quench::prune::internal {
+// A group of four 16-bit elements is one little-endian uint64 (lane j = column j).
+inline constexpr uint64_t kH = 0x8000800080008000u, kL = 0x0001000100010001u;
+inline constexpr uint64_t kMag = 0x7FFF7FFF7FFF7FFFu;
+inline constexpr uint64_t kC1 = 0x0000000100010001u;  // rotate by 1: lanes 0..2 did not wrap
+inline constexpr uint64_t kC2 = 0x0000000000010001u;  // rotate by 2: lanes 0..1
+inline constexpr uint64_t kC3 = 0x0000000000000001u;  // rotate by 3: lane 0
+}  // namespace quench::prune::internal
+#endif  // QUENCH_SCHEMES_PRUNE_SHARED_
+
+HWY_BEFORE_NAMESPACE();
 namespace quench::prune {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Lanes(d) groups of four at p as u64 lanes (unaligned bytes; a one-lane vector cannot be
+// viewed as bytes, so the scalar target copies the word).
+template <class D>
+HWY_INLINE hn::Vec<D> Load(D d, const uint8_t* p) {
+#if HWY_TARGET == HWY_SCALAR
+  uint64_t x;
+  std::memcpy(&x, p, 8);
+  return hn::Set(d, x);
+#else
+  return hn::BitCast(d, hn::LoadU(hn::Repartition<uint8_t, D>(), p));
+#endif
+}
+template <class D>
+HWY_INLINE void Store(D d, hn::Vec<D> v, uint8_t* p) {
+#if HWY_TARGET == HWY_SCALAR
+  const uint64_t x = hn::GetLane(v);
+  (void)d;
+  std::memcpy(p, &x, 8);
+#else
+  const hn::Repartition<uint8_t, D> d8;
+  hn::StoreU(hn::BitCast(d8, v), d8, p);
+#endif
+}
+
+// PruneN4Swar (below, the reference) on Lanes(d) groups per step: every operation there is
+// lane-wise on a 64-bit word, so it is the same on each u64 lane, with the rotations as
+// RotateRight. The last groups (fewer than a vector) go through a zero-padded copy: zero
+// magnitudes are finite, and only the real groups are stored.
+bool PruneN4Kernel(const uint8_t* row, uint8_t* out, size_t cols, int n, uint16_t inf_mag) {
+  using namespace internal;  // NOLINT(build/namespaces): the SWAR constants
+  const hn::ScalableTag<uint64_t> d;
+  const size_t lanes = hn::Lanes(d);
+  const auto h = hn::Set(d, kH), l = hn::Set(d, kL), mag = hn::Set(d, kMag);
+  const auto c1 = hn::Set(d, kC1), c2 = hn::Set(d, kC2), c3 = hn::Set(d, kC3);
+  const auto prune_h = hn::Set(d, static_cast<uint64_t>(4 - n) * kL | kH);
+  const auto inf = hn::Set(d, static_cast<uint64_t>(inf_mag) * kL);
+  auto bad = hn::Zero(d);
+  auto step = [&](const uint8_t* src, uint8_t* dst) {
+    const auto w = Load(d, src);
+    const auto a = hn::And(w, mag);
+    const auto ah = hn::Or(a, h);
+    bad = hn::Or(bad, hn::Sub(ah, inf));  // lane top bit: a >= inf_mag
+    // ((a_j | 0x8000) - (a_l + c)) has its top bit set iff a_l + c <= a_j.
+    auto le = [&](hn::Vec<decltype(d)> r, hn::Vec<decltype(d)> c) {
+      return hn::And(hn::ShiftRight<15>(hn::Sub(ah, hn::Add(r, c))), l);
+    };
+    const auto rank = hn::Add(hn::Add(le(hn::RotateRight<16>(a), c1),
+                                      le(hn::RotateRight<32>(a), c2)),
+                              le(hn::RotateRight<48>(a), c3));
+    const auto m = hn::And(hn::Sub(prune_h, hn::Add(rank, l)), h);  // top bit: rank < 4 - n
+    const auto full = hn::Or(m, hn::Sub(m, hn::ShiftRight<15>(m)));  // 0xFFFF in pruned lanes
+    Store(d, hn::AndNot(full, w), dst);
+  };
+  const size_t groups = cols / 4;
+  size_t g = 0;
+  for (; g + lanes <= groups; g += lanes) step(row + 8 * g, out + 8 * g);
+  if (g < groups) {
+    HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
+    HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
+    const size_t bytes = 8 * (groups - g);
+    std::memcpy(in_buf, row + 8 * g, bytes);
+    step(in_buf, out_buf);
+    std::memcpy(out + 8 * g, out_buf, bytes);
+  }
+  return hn::AllTrue(d, hn::Eq(hn::And(bad, h), hn::Zero(d)));
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::prune
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace quench::prune {
+
+HWY_EXPORT(PruneN4Kernel);
+
 namespace {
 
 Status Usage(std::string_view text, const std::string& why) {
@@ -216,11 +317,7 @@ Key PruneNMRow(const T* row, T* out, size_t cols, int n, int m) {
 // Rotating by s lanes puts a_{(j+s) mod 4} in lane j; the lanes that wrapped have l < j.
 // Returns false when a lane holds NaN/Inf (|x| >= inf_mag), after pruning the row.
 bool PruneN4Swar(const uint8_t* row, uint8_t* out, size_t cols, int n, uint16_t inf_mag) {
-  constexpr uint64_t kH = 0x8000800080008000u, kL = 0x0001000100010001u;
-  constexpr uint64_t kMag = 0x7FFF7FFF7FFF7FFFu;
-  constexpr uint64_t kC1 = 0x0000000100010001u;  // rotate by 1: lanes 0..2 did not wrap
-  constexpr uint64_t kC2 = 0x0000000000010001u;  // rotate by 2: lanes 0..1
-  constexpr uint64_t kC3 = 0x0000000000000001u;  // rotate by 3: lane 0
+  using namespace internal;  // NOLINT(build/namespaces): the SWAR constants
   const uint64_t prune_h = static_cast<uint64_t>(4 - n) * kL | kH;
   const uint64_t inf = static_cast<uint64_t>(inf_mag) * kL;
   uint64_t bad = 0;
@@ -346,6 +443,11 @@ uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols) {
   }
 }
 
+bool PruneN4Scalar(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_elems, int n) {
+  if (dtype == DType::kF32 || n_elems % 4 != 0 || n < 1 || n > 4) return false;
+  return PruneN4Swar(src, dst, n_elems, n, static_cast<uint16_t>(InfMagnitude(dtype)));
+}
+
 bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                const PruneSpec& spec, uint64_t* zeroed) {
   const size_t row_bytes = cols * ElemBytes(dtype);
@@ -368,10 +470,10 @@ bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, siz
                                ? (cols / spec.m) * static_cast<uint64_t>(spec.m - spec.n)
                                : PruneCount(spec.fraction, cols);
   if (!wide && spec.kind == PruneSpec::kNM && spec.m == 4) {
-    // The SWAR N:4 kernel reads and writes bytes, so it needs no alignment and runs on the
-    // whole chunk.
-    if (!PruneN4Swar(src, dst, n_rows * cols, spec.n,
-                     static_cast<uint16_t>(InfMagnitude(dtype))))
+    // The N:4 kernel reads and writes bytes, so it needs no alignment and runs on the whole
+    // chunk.
+    if (!HWY_DYNAMIC_DISPATCH(PruneN4Kernel)(src, dst, n_rows * cols, spec.n,
+                                             static_cast<uint16_t>(InfMagnitude(dtype))))
       return false;
     if (zeroed) *zeroed += per_row * n_rows;
     return true;
@@ -589,3 +691,4 @@ bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const Pru
 }
 
 }  // namespace quench::prune
+#endif  // HWY_ONCE

@@ -91,6 +91,11 @@ bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const Pru
 bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                const PruneSpec& spec, uint64_t* zeroed);
 
+// The scalar reference of the 16-bit N:4 path that PruneRows dispatches to a Highway kernel:
+// N:4 over n_elems (a multiple of 4) BF16 / F16 elements from src into dst (either may be
+// unaligned, or equal). False for F32, bad arguments, or NaN/Inf in src.
+bool PruneN4Scalar(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_elems, int n);
+
 // ---- Per-tensor granularity ----
 //
 // Exact threshold from histograms of magnitude bit patterns, accumulated chunk by chunk:
