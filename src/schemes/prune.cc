@@ -62,7 +62,8 @@ HWY_INLINE void Store(D d, hn::Vec<D> v, uint8_t* p) {
 // lane-wise on a 64-bit word, so it is the same on each u64 lane, with the rotations as
 // RotateRight. The last groups (fewer than a vector) go through a zero-padded copy: zero
 // magnitudes are finite, and only the real groups are stored.
-bool PruneN4Kernel(const uint8_t* row, uint8_t* out, size_t cols, int n, uint16_t inf_mag) {
+bool PruneN4Kernel(const uint8_t* row, uint8_t* out, size_t n_elems, int n,
+                   uint16_t inf_mag) {
   using namespace internal;  // NOLINT(build/namespaces): the SWAR constants
   const hn::ScalableTag<uint64_t> d;
   const size_t lanes = hn::Lanes(d);
@@ -87,7 +88,7 @@ bool PruneN4Kernel(const uint8_t* row, uint8_t* out, size_t cols, int n, uint16_
     const auto full = hn::Or(m, hn::Sub(m, hn::ShiftRight<15>(m)));  // 0xFFFF in pruned lanes
     Store(d, hn::AndNot(full, w), dst);
   };
-  const size_t groups = cols / 4;
+  const size_t groups = n_elems / 4;
   size_t g = 0;
   for (; g + lanes <= groups; g += lanes) step(row + 8 * g, out + 8 * g);
   if (g < groups) {
