@@ -31,20 +31,20 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
     auto rows_at = [&](uint64_t r) { return m.data() + t.src_offset + r * row_bytes; };
     auto interrupted = [&] { return cancel != nullptr && cancel->load(); };
     const std::string where = plan.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
-    prune::MagnitudeHistogram h(t.dtype);
     prune::TensorThreshold th;
-    const uint64_t k = prune::PruneCount(plan.prune.fraction, rows * cols);
-    for (;;) {
-      for (uint64_t r = 0; r < rows; r += chunk_rows) {
-        if (interrupted()) return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
-        const uint64_t n = std::min(chunk_rows, rows - r);
-        if (!prune::AccumulateHistogram(&h, rows_at(r), n, cols)) {
-          return Error(ErrorCode::kNonFinite, where + " contains NaN or Inf; refusing to prune it");
-        }
-        m.Release(t.src_offset + r * row_bytes, n * row_bytes);
-      }
-      th = prune::FindThreshold(&h, k);
-      if (th.complete) break;
+    switch (prune::FindTensorThreshold(
+        rows_at(0), t.dtype, rows, cols, prune::PruneCount(plan.prune.fraction, rows * cols),
+        chunk_rows,
+        [&](uint64_t r, uint64_t n) {
+          m.Release(t.src_offset + r * row_bytes, n * row_bytes);
+          return !interrupted();
+        },
+        &th)) {
+      case prune::ThresholdWalk::kComplete: break;
+      case prune::ThresholdWalk::kNonFinite:
+        return Error(ErrorCode::kNonFinite, where + " contains NaN or Inf; refusing to prune it");
+      case prune::ThresholdWalk::kStopped:
+        return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
     }
     t.prune_magnitude = th.magnitude;
     t.prune_equal = th.prune_equal;

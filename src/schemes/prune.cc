@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #undef HWY_TARGET_INCLUDE
@@ -597,6 +598,27 @@ TensorThreshold FindThreshold(MagnitudeHistogram* h, uint64_t k) {
   return t;
 }
 
+ThresholdWalk FindTensorThreshold(const uint8_t* x, DType dtype, uint64_t rows, uint64_t cols,
+                                  uint64_t k, uint64_t chunk_rows,
+                                  const std::function<bool(uint64_t, uint64_t)>& after_chunk,
+                                  TensorThreshold* out) {
+  chunk_rows = std::max<uint64_t>(chunk_rows, 1);
+  const uint64_t row_bytes = cols * ElemBytes(dtype);
+  MagnitudeHistogram h(dtype);
+  for (;;) {
+    for (uint64_t r = 0; r < rows; r += chunk_rows) {
+      const uint64_t n = std::min(chunk_rows, rows - r);
+      if (!AccumulateHistogram(&h, x + r * row_bytes, n, cols)) return ThresholdWalk::kNonFinite;
+      if (after_chunk && !after_chunk(r, n)) return ThresholdWalk::kStopped;
+    }
+    const TensorThreshold t = FindThreshold(&h, k);
+    if (t.complete) {
+      *out = t;
+      return ThresholdWalk::kComplete;
+    }
+  }
+}
+
 uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
                     uint32_t magnitude) {
   const size_t n = n_rows * cols;
@@ -669,16 +691,10 @@ bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const Pru
     return PruneRows(data, dtype, rows, cols, spec, zeroed);
   if (chunk_rows == 0) chunk_rows = rows == 0 ? 1 : rows;
   const size_t row_bytes = cols * ElemBytes(dtype);
-  const uint64_t k = PruneCount(spec.fraction, uint64_t{rows} * cols);
-  MagnitudeHistogram h(dtype);
   TensorThreshold t;
-  for (;;) {
-    for (size_t r = 0; r < rows; r += chunk_rows) {
-      const size_t nr = std::min(chunk_rows, rows - r);
-      if (!AccumulateHistogram(&h, data + r * row_bytes, nr, cols)) return false;
-    }
-    t = FindThreshold(&h, k);
-    if (t.complete) break;
+  if (FindTensorThreshold(data, dtype, rows, cols, PruneCount(spec.fraction, uint64_t{rows} * cols),
+                          chunk_rows, nullptr, &t) != ThresholdWalk::kComplete) {
+    return false;
   }
   uint64_t equal_before = 0;
   for (size_t r = 0; r < rows; r += chunk_rows) {

@@ -37,6 +37,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -142,6 +143,17 @@ struct TensorThreshold {
 // k must not exceed the number of elements (it is clamped). k == 0 gives T = 0 with
 // prune_equal = 0, which prunes nothing.
 TensorThreshold FindThreshold(MagnitudeHistogram* h, uint64_t k);
+
+// The protocol above run over a whole tensor held at x (rows x cols, row-major): histogram
+// passes over chunks of `chunk_rows` rows until the threshold for pruning k elements is
+// complete (one pass for BF16 / F16, two for F32). `after_chunk(r, n)` (optional) runs after
+// rows [r, r + n) of every pass, to release their pages or poll for cancellation; returning
+// false stops the walk. *out is set only when the result is kComplete.
+enum class ThresholdWalk { kComplete, kNonFinite, kStopped };
+ThresholdWalk FindTensorThreshold(const uint8_t* x, DType dtype, uint64_t rows, uint64_t cols,
+                                  uint64_t k, uint64_t chunk_rows,
+                                  const std::function<bool(uint64_t, uint64_t)>& after_chunk,
+                                  TensorThreshold* out);
 
 // Elements of the rows whose magnitude equals `magnitude`.
 uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols,

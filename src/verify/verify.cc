@@ -521,18 +521,15 @@ class PrunedRows {
   // the bytes read so far so the caller can release them). False on NaN/Inf.
   bool Init(const std::function<void(uint64_t)>& walked) {
     if (!spec_.per_tensor) return true;
-    const uint64_t k = prune::PruneCount(spec_.fraction, rows_ * cols_);
     const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes_));
-    prune::MagnitudeHistogram h(dt_);
-    for (;;) {
-      for (uint64_t r = 0; r < rows_; r += chunk_rows) {
-        const uint64_t n = std::min(chunk_rows, rows_ - r);
-        if (!prune::AccumulateHistogram(&h, x_ + r * row_bytes_, n, cols_)) return false;
-        walked((r + n) * row_bytes_);
-      }
-      threshold_ = prune::FindThreshold(&h, k);
-      if (threshold_.complete) return true;
-    }
+    return prune::FindTensorThreshold(x_, dt_, rows_, cols_,
+                                      prune::PruneCount(spec_.fraction, rows_ * cols_),
+                                      chunk_rows,
+                                      [&](uint64_t r, uint64_t n) {
+                                        walked((r + n) * row_bytes_);
+                                        return true;
+                                      },
+                                      &threshold_) == prune::ThresholdWalk::kComplete;
   }
 
   // Row r (rows in increasing order), pruned; nullptr on NaN/Inf.
