@@ -528,7 +528,7 @@ class ShardPipeline {
   }
 
   uint64_t Extent(const PlannedTensor& t) const {
-    if (t.action != TensorAction::kCopy) return t.src_bytes == 0 ? 0 : t.shape[0];
+    if (!IsCopy(t)) return t.src_bytes == 0 ? 0 : t.shape[0];
     return t.src_bytes;
   }
 
@@ -566,7 +566,7 @@ class ShardPipeline {
     if (failed()) return c;
     const PlannedTensor& t = plan_.tensors[c->tensor];
     const PlannedOutput& o0 = plan_.shards[t.shard].outputs[t.outputs[0]];
-    if (t.action == TensorAction::kCopy) {
+    if (IsCopy(t)) {
       // Placed like its file offset, so that a direct write takes it without another copy.
       const uint64_t dst = o0.file_offset + c->begin;
       const uint64_t at = AlignLike(0, dst);
