@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,23 +17,14 @@ namespace quench {
 
 inline constexpr uint64_t kDefaultMemoryLimit = 2ull << 30;  // 2 GiB
 
-struct ConvertOptions {
+// PlanOptions (quench/plan.h) plus how the run executes.
+struct ConvertOptions : PlanOptions {
   std::filesystem::path src;
-  std::filesystem::path dst;
-  std::string scheme;                  // preset name as the user typed it (the config key)
-  std::filesystem::path recipe;        // instead of scheme/targets: a recipe file
-  std::vector<std::string> targets;    // empty: every Linear ("Linear")
-  std::vector<std::string> ignore;     // the user's ignore entries, in order
-  bool default_ignore = true;          // also leave lm_head, embeddings, router gates alone
-  std::optional<int> group_size;       // override of the preset's group size (-1: channel)
-  std::optional<bool> symmetric;       // override of the preset's symmetry (int schemes)
   uint64_t memory_limit = kDefaultMemoryLimit;
   int threads = 0;                     // 0: every core
   bool direct_io = true;               // write weights with O_DIRECT where the file system allows
   bool overwrite = false;              // allow a non-empty existing DST
   bool resume = false;                 // finish an interrupted run in DST, keeping complete shards
-  std::string prune;                   // "unstructured:0.5", "2:4", ... (empty: none)
-  std::string prune_granularity = "row";  // "row" or "tensor" (unstructured only)
   std::filesystem::path report;        // --report: write the run's JSON account here
 };
 

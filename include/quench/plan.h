@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,21 @@
 #include "quench/status.h"
 
 namespace quench {
+
+// What planning reads of a conversion's options: the selection of tensors, their schemes and
+// pruning. ConvertOptions extends it with how the run executes (memory, threads, I/O, resume).
+struct PlanOptions {
+  std::filesystem::path dst;
+  std::string scheme;                  // preset name as the user typed it (the config key)
+  std::filesystem::path recipe;        // instead of scheme/targets: a recipe file
+  std::vector<std::string> targets;    // empty: every Linear ("Linear")
+  std::vector<std::string> ignore;     // the user's ignore entries, in order
+  bool default_ignore = true;          // also leave lm_head, embeddings, router gates alone
+  std::optional<int> group_size;       // override of the preset's group size (-1: channel)
+  std::optional<bool> symmetric;       // override of the preset's symmetry (int schemes)
+  std::string prune;                   // "unstructured:0.5", "2:4", ... (empty: none)
+  std::string prune_granularity = "row";  // "row" or "tensor" (unstructured only)
+};
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
 enum class TensorAction { kCopy, kQuantize, kPrune };

@@ -93,7 +93,7 @@ enum class Selection { kQuantize, kNotWeight, kNorm, kNotTargeted, kIgnored, kDe
 
 // Applies --group-size / --symmetric overrides where compressed-tensors accepts them and vLLM
 // runs the result: integer schemes only (FP4, MX and FP8 formats fix their grouping).
-Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const ConvertOptions& o) {
+Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& o) {
   SchemeParams p = scheme.DefaultParams();
   const bool is_int = scheme.weights.type == "int";
   if (o.group_size) {
@@ -159,7 +159,7 @@ void PlanFusedSets(Plan& plan) {
 
 // The config groups of this run: a recipe's, or one from --scheme/--targets and overrides.
 Result<std::pair<std::vector<PlannedGroup>, std::vector<std::string>>> ResolveGroups(
-    const ConvertOptions& options) {
+    const PlanOptions& options) {
   std::vector<PlannedGroup> groups;
   std::vector<std::string> ignore;
   if (!options.recipe.empty()) {
@@ -257,7 +257,7 @@ prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {
   return s;
 }
 
-Result<PlannedPrune> ResolvePrune(const ConvertOptions& options) {
+Result<PlannedPrune> ResolvePrune(const PlanOptions& options) {
   PlannedPrune out;
   if (options.prune.empty()) {
     if (options.prune_granularity != "row") {
@@ -279,7 +279,7 @@ Result<PlannedPrune> ResolvePrune(const ConvertOptions& options) {
   return out;
 }
 
-Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options) {
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options) {
   Plan plan;
   QUENCH_ASSIGN_OR_RETURN(plan.prune, ResolvePrune(options));
   const bool pruning = plan.prune.kind != PlannedPrune::kNone;

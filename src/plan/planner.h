@@ -8,7 +8,6 @@
 #include <string_view>
 
 #include "format/model_folder.h"
-#include "quench/convert.h"
 #include "quench/plan.h"
 
 namespace quench {
@@ -21,7 +20,7 @@ struct DefaultIgnore {
 };
 std::span<const DefaultIgnore> DefaultIgnores();
 
-Result<Plan> BuildPlan(const ModelFolder& folder, const ConvertOptions& options);
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options);
 
 struct PlannedPrune;
 namespace prune { struct PruneSpec; }
