@@ -2,6 +2,7 @@
 // and name (compressed-tensors and vLLM match with re.match), worked out with CPython.
 #include <doctest/doctest.h>
 
+#include "plan/fused_sets.h"
 #include "plan/matcher.h"
 #include "plan/planner.h"
 
@@ -79,6 +80,28 @@ TEST_SUITE("matcher") {
                           "model.layers.0.mlp.experts.3.up_proj", "encoder.layer.0.output.dense"}) {
       CAPTURE(n);
       CHECK_FALSE(m->Matches(n));
+    }
+  }
+
+  TEST_CASE("fused-set keys: siblings vLLM fuses share a key, other modules have none") {
+    using quench::FusedSetKey;
+    const std::string qkv = FusedSetKey("model.layers.0.self_attn.q_proj");
+    CHECK_FALSE(qkv.empty());
+    CHECK(FusedSetKey("model.layers.0.self_attn.k_proj") == qkv);
+    CHECK(FusedSetKey("model.layers.0.self_attn.v_proj") == qkv);
+    CHECK(FusedSetKey("model.layers.1.self_attn.q_proj") != qkv);  // another parent
+    const std::string gate_up = FusedSetKey("model.layers.0.mlp.experts.7.gate_proj");
+    CHECK(FusedSetKey("model.layers.0.mlp.experts.7.up_proj") == gate_up);
+    CHECK(gate_up != FusedSetKey("model.layers.0.mlp.experts.8.up_proj"));
+    CHECK(FusedSetKey("model.layers.0.block_sparse_moe.experts.0.w1") ==
+          FusedSetKey("model.layers.0.block_sparse_moe.experts.0.w3"));
+    CHECK(FusedSetKey("model.layers.0.self_attn.q_a_proj") ==
+          FusedSetKey("model.layers.0.self_attn.kv_a_proj_with_mqa"));
+    for (const char* n : {"model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj",
+                          "model.layers.0.block_sparse_moe.experts.0.w2", "lm_head",
+                          "q_proj_x", "model.layers.0.self_attn.q_b_proj"}) {
+      CAPTURE(n);
+      CHECK(FusedSetKey(n).empty());
     }
   }
 }

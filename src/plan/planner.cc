@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "format/quant_config.h"
+#include "plan/fused_sets.h"
 #include "plan/matcher.h"
 #include "plan/recipe.h"
 #include "schemes/prune.h"
@@ -121,34 +122,13 @@ Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& 
   return p;
 }
 
-// Sets of sibling modules that vLLM runs as one fused matrix (and which must therefore share
-// an NVFP4 global scale): siblings are modules with the same parent and these last names.
-// Data, so a new architecture's names are one line.
-constexpr std::string_view kFusedSiblings[][3] = {
-    {"q_proj", "k_proj", "v_proj"},         // attention, any parent (attn/self_attn/...)
-    {"gate_proj", "up_proj", ""},           // dense MLP and every MoE expert
-    {"w1", "w3", ""},                       // Mixtral/Llama-native naming
-    {"q_a_proj", "kv_a_proj_with_mqa", ""}, // DeepSeek MLA (HF naming)
-    {"wq_a", "wkv_a_with_mqa", ""},         // DeepSeek MLA (native naming)
-};
-
 // Groups quantized tensors needing a global scale into fused sets (singletons otherwise).
 void PlanFusedSets(Plan& plan) {
   std::map<std::string, size_t> set_of;  // "parent|set index" -> fused set
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     PlannedTensor& t = plan.tensors[i];
     if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
-    auto [module, param] = SplitModuleParam(t.name);
-    auto [parent, leaf] = SplitModuleParam(module);
-    std::string key;
-    for (size_t k = 0; k < std::size(kFusedSiblings) && key.empty(); ++k) {
-      for (std::string_view sib : kFusedSiblings[k]) {
-        if (!sib.empty() && leaf == sib) {
-          key = std::string(parent) + "|" + std::to_string(k);
-          break;
-        }
-      }
-    }
+    std::string key = FusedSetKey(SplitModuleParam(t.name).first);
     if (key.empty()) key = "#" + std::to_string(i);  // not fusable: a set of its own
     auto [it, inserted] = set_of.emplace(key, plan.fused_sets.size());
     if (inserted) plan.fused_sets.emplace_back();
@@ -215,12 +195,7 @@ void CheckFusedConsistency(Plan& plan) {
     const PlannedTensor& t = plan.tensors[i];
     auto [module, param] = SplitModuleParam(t.name);
     if (param != "weight" || t.shape.size() != 2) continue;
-    auto [parent, leaf] = SplitModuleParam(module);
-    for (size_t k = 0; k < std::size(kFusedSiblings); ++k) {
-      for (std::string_view sib : kFusedSiblings[k]) {
-        if (!sib.empty() && leaf == sib) sets[std::string(parent) + "|" + std::to_string(k)].push_back(i);
-      }
-    }
+    if (std::string key = FusedSetKey(module); !key.empty()) sets[key].push_back(i);
   }
   for (const auto& [key, members] : sets) {
     const PlannedTensor& first = plan.tensors[members.front()];

@@ -34,6 +34,7 @@
 
 #include "format/file_io.h"
 #include "format/model_folder.h"
+#include "plan/fused_sets.h"
 #include "plan/matcher.h"
 #include "schemes/float_formats.h"
 
@@ -219,15 +220,6 @@ bool IsQuantSuffix(std::string_view p) {
   return std::find(std::begin(kQuantSuffixes), std::end(kQuantSuffixes), p) !=
          std::end(kQuantSuffixes);
 }
-
-// NVFP4 sibling sets vLLM fuses into one matrix (same list as the planner's kFusedSiblings).
-constexpr std::string_view kFusedSiblings[][3] = {
-    {"q_proj", "k_proj", "v_proj"},
-    {"gate_proj", "up_proj", ""},
-    {"w1", "w3", ""},
-    {"q_a_proj", "kv_a_proj_with_mqa", ""},
-    {"wq_a", "wkv_a_with_mqa", ""},
-};
 
 // ---------------------------------------------------------------------------------------------
 // Folder access: every shard mapped (address space only; pages are released after use).
@@ -1249,14 +1241,7 @@ bool Verifier::EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const 
 void Verifier::CheckFusedSets() {
   std::map<std::string, std::vector<std::pair<std::string, float>>> sets;
   for (const auto& [module, gs] : global_scales_) {
-    auto [parent, leaf] = SplitModuleParam(module);
-    for (size_t k = 0; k < std::size(kFusedSiblings); ++k) {
-      for (std::string_view sib : kFusedSiblings[k]) {
-        if (!sib.empty() && leaf == sib) {
-          sets[std::string(parent) + "|" + std::to_string(k)].push_back({module, gs});
-        }
-      }
-    }
+    if (std::string key = FusedSetKey(module); !key.empty()) sets[key].push_back({module, gs});
   }
   for (const auto& [key, members] : sets) {
     if (members.size() < 2) continue;
