@@ -1,0 +1,125 @@
+#include "plan/groups.h"
+
+#include "plan/planner.h"
+#include "plan/recipe.h"
+#include "schemes/prune.h"
+
+namespace quench {
+namespace {
+
+// Applies --group-size / --symmetric overrides where compressed-tensors accepts them and vLLM
+// runs the result: integer schemes only (FP4, MX and FP8 formats fix their grouping).
+Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& o) {
+  SchemeParams p = scheme.DefaultParams();
+  const bool is_int = scheme.weights.type == "int";
+  if (o.group_size) {
+    if (!is_int) {
+      return Error(ErrorCode::kUsage, "--group-size applies to the integer schemes only; " +
+                                          std::string(scheme.name) +
+                                          " has a group size fixed by its format");
+    }
+    const int g = *o.group_size;
+    if (g != -1 && (g < 8 || g % 8 != 0)) {
+      return Error(ErrorCode::kUsage, "--group-size must be -1 (one scale per output channel) "
+                                      "or a positive multiple of 8, not " +
+                                          std::to_string(g));
+    }
+    p.group_size = g;
+  }
+  if (o.symmetric) {
+    if (!is_int) {
+      return Error(ErrorCode::kUsage, "--symmetric/--asymmetric apply to the integer schemes "
+                                      "only; " + std::string(scheme.name) +
+                                          " is symmetric by definition");
+    }
+    p.symmetric = *o.symmetric;
+  }
+  return p;
+}
+
+}  // namespace
+
+// The config groups of this run: a recipe's, or one from --scheme/--targets and overrides.
+Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
+  std::vector<PlannedGroup> groups;
+  std::vector<std::string> ignore;
+  if (!options.recipe.empty()) {
+    if (!options.scheme.empty() || !options.targets.empty() || options.group_size ||
+        options.symmetric) {
+      return Error(ErrorCode::kUsage, "--recipe gives the schemes and targets; do not combine "
+                                      "it with --scheme, --targets, --group-size or "
+                                      "--symmetric/--asymmetric");
+    }
+    QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
+    for (RecipeGroup& g : recipe.groups) {
+      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
+    }
+    ignore = std::move(recipe.ignore);
+  } else if (options.scheme == "none" || options.scheme == "NONE") {
+    // Pruning alone: the targets select what is pruned; nothing is quantized.
+    if (options.prune.empty()) {
+      return Error(ErrorCode::kUsage, "--scheme none does nothing without --prune");
+    }
+    std::vector<std::string> targets = options.targets;
+    if (targets.empty()) targets.push_back("Linear");
+    groups.push_back({"none", nullptr, SchemeParams{}, targets, 0});
+  } else {
+    const SchemeInfo* scheme = FindScheme(options.scheme);
+    if (scheme == nullptr) {
+      std::string names;
+      for (const SchemeInfo& s : SchemeTable()) {
+        names += (names.empty() ? "" : ", ") + std::string(s.name);
+      }
+      return Error(ErrorCode::kUsage,
+                   "unknown scheme '" + options.scheme + "' (available: " + names + ")");
+    }
+    if (!scheme->needs_calibration.empty()) {
+      return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
+                                          " cannot be applied without calibration data: it " +
+                                          std::string(scheme->needs_calibration));
+    }
+    QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
+    std::vector<std::string> targets = options.targets;
+    if (targets.empty()) targets.push_back("Linear");
+    groups.push_back({options.scheme, scheme, params, targets, 0});
+  }
+  // --ignore entries come after the recipe's, and are written verbatim too.
+  ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());
+  return ResolvedGroups{std::move(groups), std::move(ignore)};
+}
+
+prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {
+  prune::PruneSpec s;
+  s.kind = p.kind == PlannedPrune::kNM            ? prune::PruneSpec::kNM
+           : p.kind == PlannedPrune::kUnstructured ? prune::PruneSpec::kUnstructured
+                                                   : prune::PruneSpec::kNone;
+  s.fraction = p.fraction;
+  s.n = p.n;
+  s.m = p.m;
+  s.per_tensor = p.per_tensor;
+  return s;
+}
+
+Result<PlannedPrune> ResolvePrune(const PlanOptions& options) {
+  PlannedPrune out;
+  if (options.prune.empty()) {
+    if (options.prune_granularity != "row") {
+      return Error(ErrorCode::kUsage, "--prune-granularity needs --prune");
+    }
+    return out;
+  }
+  QUENCH_ASSIGN_OR_RETURN(prune::PruneSpec spec, prune::ParsePruneSpec(options.prune));
+  QUENCH_RETURN_IF_ERROR(prune::ApplyGranularity(options.prune_granularity, &spec));
+  out.kind = spec.kind == prune::PruneSpec::kNM            ? PlannedPrune::kNM
+             : spec.kind == prune::PruneSpec::kUnstructured ? PlannedPrune::kUnstructured
+                                                            : PlannedPrune::kNone;
+  out.fraction = spec.fraction;
+  out.n = spec.n;
+  out.m = spec.m;
+  out.per_tensor = spec.per_tensor;
+  out.text = options.prune;
+  out.structure = prune::SparsityStructure(spec);
+  return out;
+}
+
+}  // namespace quench
