@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Layering rule of design.md section 4, checked on every #include "..." under src/ and include/:
+"""The layering rule, checked on every #include "..." under src/ and include/:
 a layer includes only its own headers and those of the layers below it. common < format,
 schemes < plan < pipeline, verify < cli; public headers (include/quench/) are free of layers,
 but quench/convert.h (the Convert entry point, options of the run) sits above the plan:
