@@ -3,6 +3,8 @@
 // input; and refuse chunks holding NaN or Inf.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -289,6 +291,170 @@ TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
           }
         }
       }
+    }
+  });
+}
+
+
+// ---- Source decoding (FP8 checkpoints read as sources) ----
+
+// The E4M3 definition (OCP FP8, "fn": no Inf, S.1111.111 is NaN): (-1)^s * 2^(e-7) * (1 +
+// m/8) for e > 0, (-1)^s * 2^-6 * m/8 for e == 0. In double, independent of E4M3ToF32.
+double E4M3Definition(uint8_t code) {
+  const int e = (code >> 3) & 0xF, m = code & 7;
+  const double mag = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return (code & 0x80) ? -mag : mag;
+}
+
+// Nearest bf16 value to a finite f32 value, ties to even, worked out on the value (8
+// significant bits; bf16's subnormals are multiples of 2^-133). Inf when it rounds past the
+// largest bf16. Independent of F32ToBF16's bit trick.
+double RoundToBF16Definition(float f) {
+  const double v = f;
+  if (v == 0) return v;
+  int exp = 0;
+  std::frexp(v, &exp);  // v = frac * 2^exp, 0.5 <= |frac| < 1
+  const int quantum_exp = std::max(exp - 8, -133);
+  const double r = std::nearbyint(std::ldexp(v, -quantum_exp));  // FE_TONEAREST: ties to even
+  const double out = std::ldexp(r, quantum_exp);
+  const double bf16_max = std::ldexp(255.0, 120);  // 0x7F7F = 1.9921875 * 2^127
+  if (std::fabs(out) > bf16_max) return v > 0 ? INFINITY : -INFINITY;
+  return out;
+}
+
+// x = RNE_bf16(RN_f32(code * scale)): the f32 product (exact in double, then one rounding to
+// f32), then one rounding to bf16.
+double DecodeDefinition(uint8_t code, float scale) {
+  return RoundToBF16Definition(static_cast<float>(E4M3Definition(code) * double{scale}));
+}
+
+SourceChunk MakeSource(const std::vector<uint8_t>& codes, size_t rows, size_t cols,
+                       const std::vector<float>& scales, size_t block_rows, size_t block_cols,
+                       size_t first_row = 0) {
+  SourceChunk in;
+  in.codes = codes.data();
+  in.rows = rows;
+  in.cols = cols;
+  in.first_row = first_row;
+  in.scales = scales.data();
+  in.scale_cols = (cols + block_cols - 1) / block_cols;
+  in.block_rows = block_rows;
+  in.block_cols = block_cols;
+  return in;
+}
+
+TEST_CASE("FP8 source decoding: every code times scales of every size equals the definition") {
+  // Scales: 1, a DeepSeek-like multiplier, powers of two from E8M0's range (2^-127 gives f32
+  // subnormal products, 2^127 overflows most codes), and odd values whose products round.
+  const float kScales[] = {1.0f, 0.000337f, std::ldexp(1.0f, -127), std::ldexp(1.0f, -20),
+                           std::ldexp(1.0f, 7), std::ldexp(1.0f, 120), std::ldexp(1.0f, 127),
+                           3.1415927f, 1.0f / 3.0f, 6.0e-39f};
+  std::vector<uint8_t> codes(256);
+  for (int c = 0; c < 256; ++c) codes[static_cast<size_t>(c)] = static_cast<uint8_t>(c);
+  ForEachTarget([&](const std::string& target) {
+    for (float scale : kScales) {
+      for (int c = 0; c < 256; ++c) {
+        const uint8_t code = static_cast<uint8_t>(c);
+        if ((code & 0x7F) == 0x7F) continue;  // NaN codes: refused, below
+        const std::vector<uint8_t> one = {code};
+        const std::vector<float> scales = {scale};
+        const double want = DecodeDefinition(code, scale);
+        uint16_t got_scalar = 0, got_kernel = 0;
+        const SourceChunk in = MakeSource(one, 1, 1, scales, 128, 128);
+        CAPTURE(target);
+        CAPTURE(c);
+        CAPTURE(scale);
+        const bool ok_scalar = DequantizeSourceScalar(in, reinterpret_cast<uint8_t*>(&got_scalar));
+        const bool ok_kernel = DequantizeSource(in, reinterpret_cast<uint8_t*>(&got_kernel));
+        if (std::isinf(want)) {
+          CHECK_FALSE(ok_scalar);
+          CHECK_FALSE(ok_kernel);
+          continue;
+        }
+        REQUIRE(ok_scalar);
+        REQUIRE(ok_kernel);
+        CHECK(double{BF16ToF32(got_scalar)} == want);
+        CHECK(got_kernel == got_scalar);
+        if (want == 0) CHECK((got_scalar >> 15) == (code >> 7));  // -0 keeps its sign
+      }
+    }
+  });
+}
+
+TEST_CASE("FP8 source decoding: the kernel equals the scalar reference on chunks with tails") {
+  std::mt19937 rng(7);
+  ForEachTarget([&](const std::string& target) {
+    struct Shape {
+      size_t rows, cols, block_rows, block_cols, first_row;
+    };
+    const Shape shapes[] = {
+        {300, 129, 128, 128, 0},    // partial tiles in both directions
+        {77, 1000, 128, 128, 100},  // a chunk starting inside a tile row
+        {5, 7, 128, 128, 254},      // narrower than a vector
+        {64, 4096, 128, 128, 128},
+        {33, 250, 33, 250, 0},      // one per-tensor scale: one tile covers the tensor
+        {40, 300, 16, 32, 8},       // other block sizes
+    };
+    for (const Shape& sh : shapes) {
+      std::vector<uint8_t> codes(sh.rows * sh.cols);
+      for (uint8_t& c : codes) {
+        do c = static_cast<uint8_t>(rng()); while ((c & 0x7F) == 0x7F);
+      }
+      const size_t tile_rows = (sh.first_row + sh.rows - 1) / sh.block_rows -
+                               sh.first_row / sh.block_rows + 1;
+      const size_t scale_cols = (sh.cols + sh.block_cols - 1) / sh.block_cols;
+      std::vector<float> scales(tile_rows * scale_cols);
+      std::uniform_real_distribution<float> u(-20.0f, 4.0f);
+      for (float& x : scales) x = std::exp2(u(rng));
+      const SourceChunk in =
+          MakeSource(codes, sh.rows, sh.cols, scales, sh.block_rows, sh.block_cols, sh.first_row);
+      std::vector<uint8_t> want(2 * codes.size() + kGuardBytes, kGuard);
+      std::vector<uint8_t> got(2 * codes.size() + kGuardBytes, kGuard);
+      CAPTURE(target);
+      CAPTURE(sh.rows);
+      CAPTURE(sh.cols);
+      CAPTURE(sh.first_row);
+      REQUIRE(DequantizeSourceScalar(in, want.data()));
+      REQUIRE(DequantizeSource(in, got.data()));
+      CHECK(got == want);
+      // Spot check the tile each element takes its scale from, against the definition.
+      for (size_t k = 0; k < 50; ++k) {
+        const size_t r = rng() % sh.rows, c = rng() % sh.cols;
+        const size_t tr = (sh.first_row + r) / sh.block_rows - sh.first_row / sh.block_rows;
+        const float scale = scales[tr * scale_cols + c / sh.block_cols];
+        uint16_t bits = 0;
+        std::memcpy(&bits, want.data() + 2 * (r * sh.cols + c), 2);
+        CHECK(double{BF16ToF32(bits)} == DecodeDefinition(codes[r * sh.cols + c], scale));
+      }
+    }
+  });
+}
+
+TEST_CASE("FP8 source decoding refuses NaN codes and products that overflow bf16") {
+  ForEachTarget([&](const std::string& target) {
+    for (size_t cols : {1, 7, 64, 131}) {
+      for (uint8_t bad : {uint8_t{0x7F}, uint8_t{0xFF}}) {
+        for (size_t pos : {size_t{0}, cols - 1, cols / 2}) {
+          std::vector<uint8_t> codes(3 * cols, 0x38);  // 1.0
+          codes[cols + pos] = bad;
+          const std::vector<float> scales(2, 1.0f);
+          const SourceChunk in = MakeSource(codes, 3, cols, scales, 128, 128);
+          std::vector<uint8_t> out(2 * codes.size());
+          CAPTURE(target);
+          CAPTURE(cols);
+          CAPTURE(pos);
+          CHECK_FALSE(DequantizeSourceScalar(in, out.data()));
+          CHECK_FALSE(DequantizeSource(in, out.data()));
+        }
+      }
+      // 448 * 2^120 overflows bf16 (max ~2^128); 1.0 * 2^120 does not.
+      std::vector<uint8_t> codes(cols, 0x38);
+      codes[cols - 1] = 0x7E;
+      const std::vector<float> scales(2, std::ldexp(1.0f, 120));
+      std::vector<uint8_t> out(2 * cols);
+      const SourceChunk in = MakeSource(codes, 1, cols, scales, 128, 128);
+      CHECK_FALSE(DequantizeSourceScalar(in, out.data()));
+      CHECK_FALSE(DequantizeSource(in, out.data()));
     }
   });
 }

@@ -1,6 +1,7 @@
-// FP8 E4M3 weight quantization (FP8_DYNAMIC per channel, FP8_BLOCK per 128x128 tile):
-// the scalar reference (the definition) and the Highway kernels, compiled once per target
-// through Highway's foreach_target skeleton.
+// FP8 E4M3 weight quantization (FP8_DYNAMIC per channel, FP8_BLOCK per 128x128 tile) and the
+// decoding of FP8 sources (E4M3 weights with block scale multipliers): the scalar references
+// (the definitions) and the Highway kernels, compiled once per target through Highway's
+// foreach_target skeleton.
 //
 // The definition, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0
 // compute it for a weight in dtype D (bf16, f16 or f32); see
@@ -244,6 +245,82 @@ bool QuantizeBlockKernel(const WeightChunk& in, const ChunkOutputs& out) {
   }
 }
 
+
+// ---- Source decoding: x = RNE_bf16(f32(e4m3) * scale) ----
+
+// The exact f32 value of E4M3 codes in the low 8 bits of u32 lanes (NaN codes give garbage;
+// the caller checks them apart). Normal codes (exponent field e > 0) are 1.m * 2^(e-7): the
+// f32 bits are the code's exponent-mantissa bits moved to f32's fields, exponent rebiased by
+// 127 - 7 = 120. Subnormal codes are m * 2^-9, exact in f32.
+HWY_INLINE VF DecodeE4M3Lanes(DF df, VU code) {
+  const DU du;
+  const DI di;
+  const VU em = hn::And(code, hn::Set(du, 0x7Fu));
+  const VU normal = hn::Add(hn::ShiftLeft<20>(em), hn::Set(du, 120u << 23));
+  const VF subnormal = hn::Mul(hn::ConvertTo(df, hn::BitCast(di, em)),
+                              hn::Set(df, 0.001953125f));  // 2^-9
+  // Signed compares: Highway has no unsigned Lt/Ge for u32 on every target, and em < 128.
+  const VF mag = hn::IfThenElse(
+      hn::RebindMask(df, hn::Lt(hn::BitCast(di, em), hn::Set(di, 8))), subnormal,
+      hn::BitCast(df, normal));
+  const VU sign = hn::ShiftLeft<24>(hn::And(code, hn::Set(du, 0x80u)));
+  return hn::BitCast(df, hn::Or(hn::BitCast(du, mag), sign));
+}
+
+// n codes at src times one scale, as bf16 at dst. False on a NaN code or a non-finite result.
+HWY_INLINE bool DequantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* dst) {
+  const DF df;
+  const DU du;
+  const DI di;
+  const hn::Rebind<uint8_t, DF> d8;
+  const hn::Rebind<uint16_t, DF> d16;
+  const size_t lanes = hn::Lanes(df);
+  const VF vscale = hn::Set(df, scale);
+  const VU nan_code = hn::Set(du, 0x7Fu);
+  const hn::Vec<DI> max_finite = hn::Set(di, 0x7F7FFFFF);  // abs bits above: Inf or NaN
+  const VU abs_mask = hn::Set(du, 0x7FFFFFFFu);
+  // Decodes Lanes(df) codes; true when one of them is bad.
+  auto lanes_of = [&](const uint8_t* codes, uint8_t* out) {
+    const VU code = hn::PromoteTo(du, hn::LoadU(d8, codes));
+    const VF y = RoundToDType<DType::kBF16>(df, hn::Mul(DecodeE4M3Lanes(df, code), vscale));
+    const VU bits = hn::BitCast(du, y);
+    const auto bad = hn::Or(
+        hn::Eq(hn::And(code, nan_code), nan_code),
+        hn::RebindMask(du, hn::Gt(hn::BitCast(di, hn::And(bits, abs_mask)), max_finite)));
+    hn::StoreU(hn::TruncateTo(d16, hn::ShiftRight<16>(bits)), d16,
+               reinterpret_cast<uint16_t*>(out));
+    return !hn::AllFalse(du, bad);
+  };
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    if (lanes_of(src + i, dst + 2 * i)) return false;
+  }
+  if (i < n) {
+    // Tail: the same vector code on a zero-padded copy (code 0 is +0, never bad).
+    HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
+    HWY_ALIGN uint8_t out_buf[2 * HWY_MAX_BYTES];
+    std::memcpy(in_buf, src + i, n - i);
+    if (lanes_of(in_buf, out_buf)) return false;
+    std::memcpy(dst + 2 * i, out_buf, 2 * (n - i));
+  }
+  return true;
+}
+
+bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
+  const size_t first_tile_row = in.first_row / in.block_rows;
+  for (size_t r = 0; r < in.rows; ++r) {
+    const float* scale_row =
+        in.scales + ((in.first_row + r) / in.block_rows - first_tile_row) * in.scale_cols;
+    const uint8_t* codes = in.codes + r * in.cols;
+    uint8_t* dst = out + 2 * r * in.cols;
+    for (size_t c0 = 0, j = 0; c0 < in.cols; c0 += in.block_cols, ++j) {
+      const size_t n = std::min(in.block_cols, in.cols - c0);
+      if (!DequantizeRun(codes + c0, n, scale_row[j], dst + 2 * c0)) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::fp8
 HWY_AFTER_NAMESPACE();
@@ -253,6 +330,7 @@ namespace quench::fp8 {
 
 HWY_EXPORT(QuantizeChannelKernel);
 HWY_EXPORT(QuantizeBlockKernel);
+HWY_EXPORT(DequantizeSourceKernel);
 
 bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
   return HWY_DYNAMIC_DISPATCH(QuantizeChannelKernel)(in, out);
@@ -260,6 +338,10 @@ bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
 
 bool QuantizeBlock(const WeightChunk& in, const ChunkOutputs& out) {
   return HWY_DYNAMIC_DISPATCH(QuantizeBlockKernel)(in, out);
+}
+
+bool DequantizeSource(const SourceChunk& in, uint8_t* out) {
+  return HWY_DYNAMIC_DISPATCH(DequantizeSourceKernel)(in, out);
 }
 
 namespace {
@@ -337,6 +419,22 @@ bool QuantizeBlockScalar(const WeightChunk& in, const ChunkOutputs& out) {
           out.out[0][r * in.cols + c] = QuantizeElement(ElementAt(in, r, c), scale, in.dtype);
         }
       }
+    }
+  }
+  return true;
+}
+
+// The definition, element by element.
+bool DequantizeSourceScalar(const SourceChunk& in, uint8_t* out) {
+  const size_t first_tile_row = in.first_row / in.block_rows;
+  for (size_t r = 0; r < in.rows; ++r) {
+    const size_t tile_row = (in.first_row + r) / in.block_rows - first_tile_row;
+    for (size_t c = 0; c < in.cols; ++c) {
+      const float x = E4M3ToF32(in.codes[r * in.cols + c]);
+      const float scale = in.scales[tile_row * in.scale_cols + c / in.block_cols];
+      const uint16_t y = F32ToBF16(x * scale);  // f32 product, one RNE to bf16
+      if (!std::isfinite(x) || !std::isfinite(BF16ToF32(y))) return false;
+      std::memcpy(out + 2 * (r * in.cols + c), &y, 2);
     }
   }
   return true;

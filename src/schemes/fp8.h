@@ -23,6 +23,29 @@ bool QuantizeBlockScalar(const WeightChunk& in, const ChunkOutputs& out);
 bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out);
 bool QuantizeBlock(const WeightChunk& in, const ChunkOutputs& out);
 
+// Decoding an FP8 source (a checkpoint released in FP8, e.g. DeepSeek-V3's E4M3 weights with
+// 128x128 `weight_scale_inv` multipliers): x = RNE_bf16(f32(code) * scale), the product in
+// f32 and rounded once to bf16, as compressed-tensors' FP8BlockDequantizer computes it (pad
+// to whole tiles, multiply in f32, `.to(bfloat16)`, trim: the padding never reaches an
+// output). A per-tensor scale is one tile covering the whole tensor.
+struct SourceChunk {
+  const uint8_t* codes = nullptr;  // rows x cols E4M3 codes, row-major
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t first_row = 0;            // the chunk's first row within the tensor
+  // f32 multipliers, row-major with scale_cols per tile row, starting at the tile row that
+  // holds first_row (first_row / block_rows).
+  const float* scales = nullptr;
+  size_t scale_cols = 0;           // ceil(cols / block_cols)
+  size_t block_rows = kBlock;
+  size_t block_cols = kBlock;
+};
+
+// Writes rows*cols BF16 values to out. False when a code is NaN (0x7F, 0xFF) or a product
+// is not finite in bf16 (a scale that overflows the weight): nothing else is checked.
+bool DequantizeSourceScalar(const SourceChunk& in, uint8_t* out);
+bool DequantizeSource(const SourceChunk& in, uint8_t* out);
+
 }  // namespace quench::fp8
 
 #endif  // QUENCH_SCHEMES_FP8_H_
