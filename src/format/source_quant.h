@@ -1,0 +1,53 @@
+// Quantized sources: what a checkpoint's weights are stored as, read from config.json's
+// `quantization_config` and checked against the tensors present, so that planning can decode
+// them chunk by chunk. Today: FP8 E4M3 weights with `weight_scale_inv` multipliers per
+// block (DeepSeek-V3/R1, Kimi-K2: 128x128) or per tensor, scales in F32, BF16 or F8_E8M0.
+#ifndef QUENCH_FORMAT_SOURCE_QUANT_H_
+#define QUENCH_FORMAT_SOURCE_QUANT_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "format/model_folder.h"
+#include "quench/status.h"
+
+namespace quench {
+
+enum class SourceFormat { kPlain, kFp8 };
+
+// Where one quantized weight's scale lives, and the tile each scale covers.
+struct SourceScale {
+  size_t shard = 0;             // index into ModelFolder::shards
+  std::string name;             // "X.weight_scale_inv"
+  DType dtype = DType::kF32;    // F32, BF16 or F8_E8M0
+  std::vector<uint64_t> shape;  // [ceil(rows/br), ceil(cols/bc)], or one element
+  uint64_t offset = 0;          // absolute offset in the shard file
+  uint64_t nbytes = 0;
+  uint64_t block_rows = 0;      // rows and columns of the weight one scale covers
+  uint64_t block_cols = 0;
+};
+
+struct SourceQuantization {
+  SourceFormat format = SourceFormat::kPlain;
+  std::string description;  // for notes, dry-run and inspect, e.g. "FP8 E4M3, 128x128 ..."
+  uint64_t block_rows = 0;  // the config's weight_block_size; 0 when per tensor
+  uint64_t block_cols = 0;
+  // Per quantized weight (by name, "X.weight"): its scale.
+  std::map<std::string, SourceScale> scales;
+  size_t scale_tensors = 0;  // the scale tensors, consumed by decoding (not written)
+};
+
+// Reads `folder.config`'s quantization_config and pairs every quantized weight with its
+// scale. A config without one gives kPlain. Refused (kInvalidInput, naming the tensor): an
+// FP8 weight without its scale, a scale without its weight, a scale of the wrong shape or
+// dtype; (kUnsupported) a quant_method or layout quench cannot decode yet.
+Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder);
+
+// Decodes a scale element to the f32 multiplier it stands for (E8M0: 2^(e - 127), 0xFF NaN).
+float SourceScaleToF32(DType dtype, const uint8_t* p);
+
+}  // namespace quench
+
+#endif  // QUENCH_FORMAT_SOURCE_QUANT_H_
