@@ -1,0 +1,84 @@
+// A mapped source file that shrinks while it is read: the SIGBUS the kernel raises on the
+// pages past its new end becomes an I/O error naming the file, on any thread, and the
+// process goes on.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+
+#include "format/file_io.h"
+#include "format/map_guard.h"
+#include "test_util.h"
+
+namespace quench::testing {
+
+TEST_SUITE("map_guard") {
+  TEST_CASE("reading past a truncated file's end is an I/O error, not a crash") {
+    TempDir dir;
+    const fs::path file = dir / "shard.safetensors";
+    WriteBytes(file, std::string(1 << 20, 'x'));
+    auto map = MappedFile::Open(file);
+    REQUIRE(map.ok());
+    uint64_t sum = 0;
+    // Before the truncation every page reads.
+    Status before = GuardMappedReads(file.string(), [&]() {
+      for (uint64_t i = 0; i < map->size(); i += 4096) sum += map->data()[i];
+      return Status::Ok();
+    });
+    CHECK(before.ok());
+    CHECK(sum == 256u * 'x');
+    REQUIRE(truncate(file.c_str(), 4096) == 0);
+    map->Release(0, map->size());  // drop the resident pages, as the pipeline does
+    for (int thread = 0; thread < 2; ++thread) {
+      Status st;
+      auto read_tail = [&]() {
+        st = GuardMappedReads(file.string(), [&]() {
+          volatile uint8_t b = map->data()[(1 << 20) - 1];
+          (void)b;
+          return Status::Ok();
+        });
+      };
+      if (thread == 0) {
+        read_tail();
+      } else {
+        std::thread(read_tail).join();  // a worker thread, as in the pipeline
+      }
+      CAPTURE(thread);
+      CHECK(st.code() == ErrorCode::kIo);
+      CHECK(st.message().find(file.string() + ": reading the mapped file failed (SIGBUS)") == 0);
+    }
+    // The page that still exists reads, and fn's own status comes back unchanged.
+    Status own = GuardMappedReads(file.string(), [&]() {
+      return map->data()[0] == 'x' ? Error(ErrorCode::kNonFinite, "own") : Status::Ok();
+    });
+    CHECK(own.code() == ErrorCode::kNonFinite);
+    CHECK(own.message() == "own");
+  }
+
+  TEST_CASE("guards nest: the inner one reports, the outer one goes on") {
+    TempDir dir;
+    const fs::path file = dir / "f";
+    WriteBytes(file, std::string(8192, 'y'));
+    auto map = MappedFile::Open(file);
+    REQUIRE(map.ok());
+    REQUIRE(truncate(file.c_str(), 0) == 0);
+    map->Release(0, map->size());
+    Status inner;
+    Status outer = GuardMappedReads("outer", [&]() {
+      inner = GuardMappedReads("inner", [&]() {
+        volatile uint8_t b = map->data()[100];
+        (void)b;
+        return Status::Ok();
+      });
+      return Status::Ok();
+    });
+    CHECK(outer.ok());
+    CHECK(inner.code() == ErrorCode::kIo);
+    CHECK(inner.message().starts_with("inner: "));
+  }
+}
+
+}  // namespace quench::testing
