@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
@@ -36,6 +37,7 @@ const char kMainHelp[] =
     "  inspect PATH [--json]           list the tensors of a folder or .safetensors file\n"
     "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
     "  schemes                         list the quantization schemes\n"
+    "  stats inspect|merge ...         activation statistics for calibration\n"
     "\n"
     "  -h, --help      this help; `quench <command> --help` for a command's options\n"
     "  -V, --version   print the version\n"
@@ -383,6 +385,7 @@ int main(int argc, char** argv) {
       if (args[1] == "inspect") return RunInspect(rest);
       if (args[1] == "verify") return RunVerify(rest);
       if (args[1] == "schemes") return RunSchemes(rest);
+      if (args[1] == "stats") return RunStats(rest);
     }
     std::fputs(kMainHelp, stdout);
     return 0;
@@ -395,5 +398,6 @@ int main(int argc, char** argv) {
   if (cmd == "inspect") return RunInspect(rest);
   if (cmd == "verify") return RunVerify(rest);
   if (cmd == "schemes") return RunSchemes(rest);
+  if (cmd == "stats") return RunStats(rest);
   return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);
 }

@@ -1,0 +1,223 @@
+#include "calib/stats.h"
+
+#include <cstring>
+
+#include "format/safetensors.h"
+
+namespace quench::calib {
+namespace fs = std::filesystem;
+namespace {
+
+std::string ShapeText(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The per-channel shape of a site: [n], or [E, n] for a per-expert site.
+std::vector<uint64_t> Channels(uint64_t n, std::optional<uint64_t> experts) {
+  if (experts) return {*experts, n};
+  return {n};
+}
+
+Status Bad(const fs::path& dir, const std::string& what) {
+  return Error(ErrorCode::kInvalidInput, (dir / "manifest.json").string() + ": " + what);
+}
+
+const std::string* StringAt(const JsonValue& obj, std::string_view key) {
+  const JsonValue* v = obj.Find(key);
+  return v != nullptr && v->is_string() ? &v->as_string() : nullptr;
+}
+
+}  // namespace
+
+Result<StatsField> FieldLayout(const std::string& field, uint64_t n,
+                               std::optional<uint64_t> experts) {
+  StatsField f;
+  f.name = field;
+  if (field == "count") {
+    f.dtype = DType::kI64;
+    if (experts) f.shape = {*experts};
+  } else if (field == "sum_x2" || field == "sum_abs") {
+    f.dtype = DType::kF64;
+    f.shape = Channels(n, experts);
+  } else if (field == "min" || field == "max") {
+    f.dtype = DType::kF32;
+    f.shape = Channels(n, experts);
+  } else if (field == "hessian" && !experts) {
+    f.dtype = DType::kF64;
+    f.shape = {n * (n + 1) / 2};
+  } else if (field.starts_with("hessian_blk") && !experts) {
+    const std::string b = field.substr(std::strlen("hessian_blk"));
+    uint64_t block = 0;
+    for (char c : b) {
+      if (c < '0' || c > '9' || block > (1u << 20)) {
+        return Error(ErrorCode::kInvalidInput, "field '" + field + "': not hessian_blk<B>");
+      }
+      block = block * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (b.empty() || block == 0 || n % block != 0) {
+      return Error(ErrorCode::kInvalidInput,
+                   "field '" + field + "': the block size must divide in_features " +
+                       std::to_string(n));
+    }
+    f.dtype = DType::kF64;
+    f.shape = {n / block, block, block};
+  } else {
+    return Error(ErrorCode::kInvalidInput,
+                 "unknown field '" + field + "'" +
+                     (experts && field.starts_with("hessian") ? " for a per-expert site" : ""));
+  }
+  return f;
+}
+
+Result<Statistics> Statistics::Open(const fs::path& dir) {
+  Statistics s;
+  s.dir_ = dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return Error(ErrorCode::kInvalidInput, dir.string() + ": not a statistics folder");
+  }
+  QUENCH_ASSIGN_OR_RETURN(s.manifest_, ReadJsonFile((dir / "manifest.json").string()));
+  const JsonValue& m = s.manifest_;
+  const std::string* format = StringAt(m, "format");
+  if (!m.is_object() || format == nullptr || *format != "quench-stats") {
+    return Bad(dir, "not a quench statistics manifest (\"format\": \"quench-stats\" missing)");
+  }
+  const JsonValue* version = m.Find("version");
+  if (version == nullptr || !version->is_int()) return Bad(dir, "\"version\" missing");
+  if (version->as_int() > kStatsVersion || version->as_int() < 1) {
+    return Bad(dir, "version " + std::to_string(version->as_int()) + "; this quench reads " +
+                        "version " + std::to_string(kStatsVersion));
+  }
+  // Every array in the files, by name.
+  std::map<std::string, std::pair<std::string, TensorInfo>> in_files;
+  std::map<std::string, uint64_t> data_start;
+  const JsonValue* files = m.Find("files");
+  if (files == nullptr || !files->is_array()) return Bad(dir, "\"files\" missing");
+  for (const JsonValue& f : files->as_array()) {
+    if (!f.is_string() || f.as_string().find('/') != std::string::npos ||
+        f.as_string().empty() || f.as_string()[0] == '.') {
+      return Bad(dir, "\"files\" must list file names in the folder");
+    }
+    QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ReadSafetensorsHeader(dir / f.as_string()));
+    s.files_.push_back(f.as_string());
+    data_start[f.as_string()] = h.data_start;
+    for (TensorInfo& t : h.tensors) {
+      const std::string name = t.name;
+      if (!in_files.emplace(name, std::make_pair(f.as_string(), std::move(t))).second) {
+        return Bad(dir, "array '" + name + "' is in two files");
+      }
+    }
+  }
+  const JsonValue* sites = m.Find("sites");
+  if (sites == nullptr || !sites->is_object()) return Bad(dir, "\"sites\" missing");
+  for (const auto& [name, v] : sites->as_object()) {
+    StatsSite site;
+    site.name = name;
+    const std::string* file = StringAt(v, "file");
+    const JsonValue* n = v.Find("in_features");
+    const JsonValue* experts = v.Find("experts");
+    const JsonValue* fields = v.Find("fields");
+    if (file == nullptr || n == nullptr || !n->is_int() || n->as_int() <= 0 ||
+        fields == nullptr || !fields->is_array() ||
+        (experts != nullptr && !experts->is_null() && (!experts->is_int() || experts->as_int() <= 0))) {
+      return Bad(dir, "site '" + name + "' needs \"file\", \"in_features\" > 0, \"fields\" and "
+                      "\"experts\" (null or > 0)");
+    }
+    site.file = *file;
+    site.in_features = n->as_uint();
+    if (experts != nullptr && !experts->is_null()) site.experts = experts->as_uint();
+    bool has_count = false;
+    for (const JsonValue& fv : fields->as_array()) {
+      if (!fv.is_string()) return Bad(dir, "site '" + name + "': fields must be names");
+      auto layout = FieldLayout(fv.as_string(), site.in_features, site.experts);
+      if (!layout.ok()) return Bad(dir, "site '" + name + "': " + layout.status().message());
+      const std::string array = name + "." + fv.as_string();
+      auto it = in_files.find(array);
+      if (it == in_files.end() || it->second.first != site.file) {
+        return Bad(dir, "site '" + name + "': array '" + array + "' is not in " + site.file);
+      }
+      const TensorInfo& t = it->second.second;
+      if (t.dtype != layout->dtype || t.shape != layout->shape) {
+        return Bad(dir, "site '" + name + "': array '" + array + "' is " +
+                            std::string(DTypeName(t.dtype)) + " " + ShapeText(t.shape) +
+                            "; the format needs " + std::string(DTypeName(layout->dtype)) +
+                            " " + ShapeText(layout->shape));
+      }
+      s.arrays_[array] = {site.file, data_start[site.file] + t.begin, t.nbytes()};
+      has_count |= fv.as_string() == "count";
+      site.fields.push_back(*std::move(layout));
+    }
+    if (!has_count) return Bad(dir, "site '" + name + "' has no \"count\"");
+    s.sites_.emplace(name, std::move(site));
+  }
+  const JsonValue* consumers = m.Find("consumers");
+  if (consumers == nullptr || !consumers->is_object()) return Bad(dir, "\"consumers\" missing");
+  for (const auto& [weight, v] : consumers->as_object()) {
+    const std::string* site = StringAt(v, "site");
+    if (site == nullptr || !s.sites_.contains(*site)) {
+      return Bad(dir, "consumer '" + weight + "' names no site of the manifest");
+    }
+    StatsConsumer c;
+    c.site = *site;
+    const JsonValue* e = v.Find("expert");
+    const StatsSite& st = s.sites_.at(*site);
+    if (e != nullptr && !e->is_null()) {
+      if (!e->is_int() || e->as_int() < 0 || !st.experts ||
+          e->as_uint() >= *st.experts) {
+        return Bad(dir, "consumer '" + weight + "': expert index outside site '" + *site + "'");
+      }
+      c.expert = e->as_uint();
+    } else if (st.experts) {
+      return Bad(dir, "consumer '" + weight + "' reads per-expert site '" + *site +
+                          "' without an \"expert\" index");
+    }
+    s.consumers_.emplace(weight, std::move(c));
+  }
+  return s;
+}
+
+Result<std::pair<const uint8_t*, uint64_t>> Statistics::FieldBytes(
+    const std::string& site, const std::string& field) const {
+  auto it = arrays_.find(site + "." + field);
+  if (it == arrays_.end()) {
+    return Error(ErrorCode::kInvalidInput,
+                 dir_.string() + ": site '" + site + "' has no field '" + field + "'");
+  }
+  std::shared_ptr<MappedFile>& map = maps_[it->second.file];
+  if (!map) {
+    QUENCH_ASSIGN_OR_RETURN(MappedFile mf, MappedFile::Open(dir_ / it->second.file));
+    map = std::make_shared<MappedFile>(std::move(mf));
+  }
+  return std::make_pair(map->data() + it->second.offset, it->second.nbytes);
+}
+
+Result<std::vector<double>> Statistics::ReadField(const std::string& site,
+                                                  const std::string& field) const {
+  QUENCH_ASSIGN_OR_RETURN(auto bytes, FieldBytes(site, field));
+  const StatsSite& st = sites_.at(site);
+  DType dtype = DType::kF64;
+  for (const StatsField& f : st.fields) {
+    if (f.name == field) dtype = f.dtype;
+  }
+  const size_t esz = DTypeBits(dtype) / 8;
+  std::vector<double> out(bytes.second / esz);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const uint8_t* p = bytes.first + i * esz;
+    if (dtype == DType::kI64) {
+      int64_t v;
+      std::memcpy(&v, p, 8);
+      out[i] = static_cast<double>(v);
+    } else if (dtype == DType::kF32) {
+      float v;
+      std::memcpy(&v, p, 4);
+      out[i] = v;
+    } else {
+      std::memcpy(&out[i], p, 8);
+    }
+  }
+  return out;
+}
+
+}  // namespace quench::calib

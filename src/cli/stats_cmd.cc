@@ -1,0 +1,174 @@
+// `quench stats inspect STATS [--json]` and `quench stats merge A B ... -o C`.
+#include "cli/stats_cmd.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "calib/stats.h"
+#include "cli/cli.h"
+
+namespace quench::cli {
+namespace {
+
+const char kStatsHelp[] =
+    "usage: quench stats inspect STATS [--json]\n"
+    "       quench stats merge A B [...] -o OUT\n"
+    "\n"
+    "Activation statistics (docs/statistics-format.md), as scripts/collect-stats writes them.\n"
+    "  inspect  the model and collection settings, then per input site: features, experts,\n"
+    "           tokens seen (per expert: fewest, most, how many saw none), the weights that\n"
+    "           read it, and what its fields support: static activation scales (min, max),\n"
+    "           importance-weighted rounding and Wanda (sum_x2), AWQ (sum_abs), GPTQ and\n"
+    "           SparseGPT (hessian, or hessian_blk<B> for the blocked variant).\n"
+    "  merge    statistics of one model collected in parts (GPUs, ranks, machines) into one:\n"
+    "           counts, sums and Hessians add, min and max reduce. Parts from different\n"
+    "           models or settings are refused. OUT must not exist or be empty.\n"
+    "\n"
+    "exit: 0 success, 2 usage, 3 invalid statistics, 4 I/O failure.\n";
+
+std::string Supports(const calib::StatsSite& s) {
+  auto has = [&](std::string_view f) {
+    return std::any_of(s.fields.begin(), s.fields.end(),
+                       [&](const calib::StatsField& x) { return x.name == f; });
+  };
+  std::string out;
+  auto add = [&](const char* what) { out += (out.empty() ? "" : ", ") + std::string(what); };
+  if (has("min") && has("max")) add("activation scales");
+  if (has("sum_x2")) add("imatrix, wanda");
+  if (has("sum_abs")) add("awq");
+  if (has("hessian")) add("gptq");
+  for (const calib::StatsField& f : s.fields) {
+    if (f.name.starts_with("hessian_blk")) add("gptq (blocked)");
+  }
+  return out;
+}
+
+int Inspect(const std::string& dir, bool json) {
+  auto stats = calib::Statistics::Open(dir);
+  if (!stats.ok()) {
+    return ReportError(stats.status().message(), ExitCodeFor(stats.status().code()));
+  }
+  std::map<std::string, size_t> readers;
+  for (const auto& [w, c] : stats->consumers()) ++readers[c.site];
+  JsonValue sites = JsonValue::MakeArray();
+  for (const auto& [name, s] : stats->sites()) {
+    auto count = stats->ReadField(name, "count");
+    if (!count.ok()) return ReportError(count.status().message(), ExitCodeFor(count.status().code()));
+    const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
+    const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
+    const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
+    JsonValue site = JsonValue::MakeObject();
+    site.Set("site", name);
+    site.Set("in_features", s.in_features);
+    site.Set("experts", s.experts ? JsonValue(*s.experts) : JsonValue());
+    site.Set("tokens", static_cast<uint64_t>(total));
+    if (s.experts) {
+      site.Set("tokens_min", static_cast<uint64_t>(*lo));
+      site.Set("tokens_max", static_cast<uint64_t>(*hi));
+      site.Set("experts_without_tokens", static_cast<uint64_t>(none));
+    }
+    site.Set("consumers", static_cast<uint64_t>(readers[name]));
+    JsonValue fields = JsonValue::MakeArray();
+    for (const calib::StatsField& f : s.fields) fields.Push(f.name);
+    site.Set("fields", std::move(fields));
+    site.Set("supports", Supports(s));
+    sites.Push(std::move(site));
+  }
+  if (json) {
+    JsonValue out = JsonValue::MakeObject();
+    if (const JsonValue* m = stats->manifest().Find("model")) {
+      JsonValue model = *m;
+      model.Set("weights", static_cast<uint64_t>(
+                               m->Find("weights") && m->Find("weights")->is_object()
+                                   ? m->Find("weights")->as_object().size() : 0));
+      out.Set("model", std::move(model));
+    }
+    if (const JsonValue* c = stats->manifest().Find("collection")) out.Set("collection", *c);
+    out.Set("sites", std::move(sites));
+    std::printf("%s\n", DumpPythonJson(out).c_str());
+    return 0;
+  }
+  std::printf("statistics: %s\n", dir.c_str());
+  if (const JsonValue* c = stats->manifest().Find("collection"); c && c->is_object()) {
+    std::printf("collection:");
+    for (const auto& [k, v] : c->as_object()) {
+      if (k != "merged_from") std::printf(" %s=%s", k.c_str(), DumpCompactJson(v).c_str());
+    }
+    std::printf("\n");
+  }
+  std::printf("%zu sites, %zu weights read them\n\n", stats->sites().size(),
+              stats->consumers().size());
+  std::printf("%-56s %8s %7s %12s %9s  %s\n", "site", "features", "experts", "tokens",
+              "consumers", "supports");
+  for (const JsonValue& s : sites.as_array()) {
+    const JsonValue* e = s.Find("experts");
+    std::string tokens = std::to_string(s.Find("tokens")->as_uint());
+    if (!e->is_null()) {
+      tokens = std::to_string(s.Find("tokens_min")->as_uint()) + ".." +
+               std::to_string(s.Find("tokens_max")->as_uint());
+      if (s.Find("experts_without_tokens")->as_uint() > 0) {
+        tokens += " (" + std::to_string(s.Find("experts_without_tokens")->as_uint()) + " none)";
+      }
+    }
+    std::printf("%-56s %8llu %7s %12s %9llu  %s\n", s.Find("site")->as_string().c_str(),
+                static_cast<unsigned long long>(s.Find("in_features")->as_uint()),
+                e->is_null() ? "-" : std::to_string(e->as_uint()).c_str(), tokens.c_str(),
+                static_cast<unsigned long long>(s.Find("consumers")->as_uint()),
+                s.Find("supports")->as_string().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunStats(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    std::fputs(kStatsHelp, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string& sub = args[0];
+  if (sub == "inspect") {
+    std::string dir;
+    bool json = false;
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--json") {
+        json = true;
+      } else if (args[i] == "-h" || args[i] == "--help") {
+        std::fputs(kStatsHelp, stdout);
+        return 0;
+      } else if (dir.empty() && !args[i].starts_with("-")) {
+        dir = args[i];
+      } else {
+        return ReportError("stats inspect: unexpected argument '" + args[i] + "'", 2);
+      }
+    }
+    if (dir.empty()) return ReportError("stats inspect needs a statistics folder", 2);
+    return Inspect(dir, json);
+  }
+  if (sub == "merge") {
+    std::vector<std::filesystem::path> inputs;
+    std::string out;
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "-o" || args[i] == "--output") {
+        if (i + 1 >= args.size()) return ReportError("stats merge: -o needs a folder", 2);
+        out = args[++i];
+      } else if (args[i] == "-h" || args[i] == "--help") {
+        std::fputs(kStatsHelp, stdout);
+        return 0;
+      } else if (args[i].starts_with("-")) {
+        return ReportError("stats merge: unknown option '" + args[i] + "'", 2);
+      } else {
+        inputs.emplace_back(args[i]);
+      }
+    }
+    if (out.empty()) return ReportError("stats merge needs -o OUT", 2);
+    Status st = calib::MergeStatistics(inputs, out);
+    if (!st.ok()) return ReportError(st.message(), ExitCodeFor(st.code()));
+    std::fprintf(stderr, "quench: merged %zu statistics folders into %s\n", inputs.size(),
+                 out.c_str());
+    return 0;
+  }
+  return ReportError("unknown stats command '" + sub + "'\n\n" + kStatsHelp, 2);
+}
+
+}  // namespace quench::cli
