@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "format/source_quant.h"
+#include "schemes/fp8.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -139,6 +140,54 @@ TEST_SUITE("sources") {
                     {{"w.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});
     REQUIRE_FALSE(f.ok());
     CHECK(f.status().code() == ErrorCode::kUnsupported);
+  }
+
+  TEST_CASE("FP8 decoding equals compressed-tensors' FP8BlockDequantizer byte for byte") {
+    // data/golden/fp8src: scripts/make_golden_fp8.py, the reference's convert_checkpoint.
+    const fs::path src = DataDir() / "golden" / "fp8src" / "src";
+    const auto source = LoadAll(src);
+    const auto expected = LoadAll(DataDir() / "golden" / "fp8src" / "BF16");
+    auto folder = LoadModelFolder(src);
+    REQUIRE(folder.ok());
+    auto q = DetectSourceQuantization(*folder);
+    REQUIRE(q.ok());
+    REQUIRE(q->scales.size() == 7);
+    for (const auto& [name, scale] : q->scales) {
+      CAPTURE(name);
+      auto [wl, wt] = FindTensor(source, name);
+      auto [sl, st] = FindTensor(source, scale.name);
+      auto [el, et] = FindTensor(expected, name);
+      REQUIRE(wt != nullptr);
+      REQUIRE(st != nullptr);
+      REQUIRE(et != nullptr);
+      CHECK(et->dtype == DType::kBF16);
+      std::vector<float> scales(st->numel());
+      for (size_t i = 0; i < scales.size(); ++i) {
+        scales[i] = SourceScaleToF32(scale.dtype, sl->Data(*st) + i * 4);
+      }
+      fp8::SourceChunk in;
+      in.codes = wl->Data(*wt);
+      in.rows = wt->shape[0];
+      in.cols = wt->shape[1];
+      in.scales = scales.data();
+      in.scale_cols = scale.shape[1];
+      in.block_rows = scale.block_rows;
+      in.block_cols = scale.block_cols;
+      std::string out(wt->numel() * 2, '\0');
+      REQUIRE(fp8::DequantizeSource(in, reinterpret_cast<uint8_t*>(out.data())));
+      CHECK(out == std::string(reinterpret_cast<const char*>(el->Data(*et)), et->nbytes()));
+      // And in row chunks that start inside a block, as the pipeline reads them.
+      std::string chunked(out.size(), '\0');
+      for (size_t r0 = 0; r0 < in.rows; r0 += 37) {
+        fp8::SourceChunk c = in;
+        c.first_row = r0;
+        c.rows = std::min<size_t>(37, in.rows - r0);
+        c.codes = in.codes + r0 * in.cols;
+        c.scales = scales.data() + (r0 / 128) * in.scale_cols;
+        REQUIRE(fp8::DequantizeSource(c, reinterpret_cast<uint8_t*>(chunked.data()) + 2 * r0 * in.cols));
+      }
+      CHECK(chunked == out);
+    }
   }
 
   TEST_CASE("scale elements decode as their formats define them") {
