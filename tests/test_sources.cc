@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "format/json.h"
 #include "format/source_quant.h"
+#include "quench/convert.h"
 #include "schemes/fp8.h"
 #include "test_util.h"
 
@@ -188,6 +190,57 @@ TEST_SUITE("sources") {
       }
       CHECK(chunked == out);
     }
+  }
+
+  TEST_CASE("planning an FP8 source lays out the reference's files exactly") {
+    // Every case of data/golden/fp8_manifest.json the reference completed: the planned shard
+    // headers (names, dtypes, shapes, offsets), index and config.json equal its bytes, so the
+    // decoded tensors' place and size, and the scales' absence, are the reference's.
+    auto manifest = ReadJsonFile((DataDir() / "golden" / "fp8_manifest.json").string());
+    REQUIRE(manifest.ok());
+    size_t checked = 0;
+    for (const JsonValue& c : manifest->Find("cases")->as_array()) {
+      if (c.Find("expected") == nullptr) continue;
+      const std::string name = c.Find("name")->as_string();
+      CAPTURE(name);
+      const fs::path want = DataDir() / c.Find("expected")->as_string();
+      ConvertOptions o;
+      o.src = DataDir() / c.Find("source")->as_string();
+      o.dst = "/nonexistent/quench-plan-only";
+      o.scheme = c.Find("scheme")->as_string();
+      for (const JsonValue& i : c.Find("ignore")->as_array()) o.ignore.push_back(i.as_string());
+      o.default_ignore = false;  // the reference's ignore list, as given
+      auto plan = DryRun(o);
+      REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
+      REQUIRE(plan->errors.empty());
+      CHECK(plan->source_format.starts_with("FP8 E4M3, 128x128 block scales (F32)"));
+      for (const PlannedShard& ps : plan->shards) {
+        CAPTURE(ps.rel_name);
+        const std::string bytes = ReadBytes(want / ps.rel_name);
+        CHECK(ps.file_size == bytes.size());
+        CHECK(ps.header == bytes.substr(0, ps.header.size()));
+      }
+      for (const PlannedFile& f : plan->files) {
+        CAPTURE(f.rel_name);
+        REQUIRE(f.copy_from.empty());  // index and config.json are written
+        CHECK(f.contents == ReadBytes(want / f.rel_name));
+      }
+      ++checked;
+    }
+    CHECK(checked == 4);
+  }
+
+  TEST_CASE("a run on an FP8 source stops before writing anything, until decoding lands") {
+    TempDir dir;
+    const RunResult r = RunQuench({"convert", (DataDir() / "golden/fp8src/src").string(),
+                                   (dir / "out").string(), "--scheme", "FP8_DYNAMIC"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("cannot convert quantized sources yet") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "out" / "config.json"));
+    const RunResult plain = RunQuench({"convert", (DataDir() / "tiny-llama").string(),
+                                       (dir / "o2").string(), "--scheme", "BF16"});
+    CHECK(plain.exit_code == 2);
+    CHECK(plain.err.find("--scheme BF16 writes a quantized source decoded") != std::string::npos);
   }
 
   TEST_CASE("scale elements decode as their formats define them") {

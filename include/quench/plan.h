@@ -32,7 +32,20 @@ struct PlanOptions {
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
-enum class TensorAction { kCopy, kQuantize, kPrune };
+// kDecode: a weight stored quantized in the source (FP8), written decoded to BF16.
+enum class TensorAction { kCopy, kQuantize, kPrune, kDecode };
+
+// Where a source-quantized weight's scale is (an FP8 checkpoint's weight_scale_inv): the
+// weight's rows are decoded to BF16 with it, chunk by chunk, before anything else reads them.
+struct PlannedSourceScale {
+  size_t shard = 0;           // the scale's shard: not always the weight's
+  uint64_t offset = 0;        // absolute offset of the scale tensor in that file
+  uint64_t nbytes = 0;
+  DType dtype = DType::kF32;  // F32, BF16 or F8_E8M0
+  uint64_t block_rows = 0;    // weight rows and columns one scale covers
+  uint64_t block_cols = 0;
+  uint64_t scale_cols = 0;    // scales per tile row: ceil(cols / block_cols)
+};
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).
 struct PlannedPrune {
@@ -66,6 +79,10 @@ struct PlannedTensor {
   uint64_t src_offset = 0;      // absolute offset in the source file
   uint64_t src_bytes = 0;
   TensorAction action = TensorAction::kCopy;
+  // Set for a weight stored quantized in the source: kernels then see its rows decoded, in
+  // `compute_dtype` (BF16), instead of `dtype`.
+  std::optional<PlannedSourceScale> source_scale;
+  DType compute_dtype = DType::kBF16;  // what kernels read: dtype, or BF16 when decoded
   const SchemeInfo* scheme = nullptr;  // when quantized
   SchemeParams params;                 // the preset's parameters with the user's overrides
   int group = -1;                      // index into Plan::groups when quantized
@@ -128,6 +145,9 @@ struct Plan {
   // them (q/k/v, gate/up, w1/w3, MLA q_a/kv_a); singletons are sets of one.
   std::vector<std::vector<size_t>> fused_sets;
   std::vector<std::string> notes;       // warnings and information for the user
+  // What the source's weights are stored as ("" for BF16/F16/F32 checkpoints), e.g. "FP8 E4M3,
+  // 128x128 block scales (F32), 7 weights".
+  std::string source_format;
   // Every problem found while planning (a real run stops at the first; --dry-run lists all).
   std::vector<Status> errors;
   std::vector<std::string> config_ignore;  // the ignore list written to quantization_config

@@ -207,12 +207,18 @@ int PrintDryRun(const ConvertOptions& o) {
     quantized += q;
     std::string note = q || t.action == TensorAction::kPrune ? "" : t.why;
     if (t.prune) note = "pruned " + p.prune.text + (note.empty() ? "" : "; " + note);
+    if (t.source_scale) {
+      note = "from " + std::string(DTypeName(t.dtype)) + (note.empty() ? "" : "; " + note);
+    }
     if (q && t.fused_set >= 0 && p.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
-                q ? "quantize" : t.action == TensorAction::kPrune ? "prune" : "copy",
+                q                                     ? "quantize"
+                : t.action == TensorAction::kPrune    ? "prune"
+                : t.action == TensorAction::kDecode   ? "decode"
+                                                      : "copy",
                 q ? std::string(t.scheme->name).c_str() : "-",
                 static_cast<unsigned long long>(t.src_bytes), static_cast<unsigned long long>(out),
                 note.c_str());

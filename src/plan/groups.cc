@@ -40,6 +40,10 @@ Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& 
 }  // namespace
 
 // The config groups of this run: a recipe's, or one from --scheme/--targets and overrides.
+bool IsDecodeOnly(const PlanOptions& options) {
+  return options.scheme == "BF16" || options.scheme == "bf16";
+}
+
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   std::vector<PlannedGroup> groups;
   std::vector<std::string> ignore;
@@ -55,9 +59,10 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
       groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
     }
     ignore = std::move(recipe.ignore);
-  } else if (options.scheme == "none" || options.scheme == "NONE") {
-    // Pruning alone: the targets select what is pruned; nothing is quantized.
-    if (options.prune.empty()) {
+  } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
+    // Pruning alone, or (BF16) a quantized source decoded: the targets select what is
+    // pruned; nothing is quantized.
+    if (options.prune.empty() && !IsDecodeOnly(options)) {
       return Error(ErrorCode::kUsage, "--scheme none does nothing without --prune");
     }
     std::vector<std::string> targets = options.targets;

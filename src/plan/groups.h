@@ -17,6 +17,10 @@ struct ResolvedGroups {
 };
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options);
 
+// --scheme BF16: a quantized source written decoded (with --prune: pruned too), no
+// quantization_config.
+bool IsDecodeOnly(const PlanOptions& options);
+
 Result<PlannedPrune> ResolvePrune(const PlanOptions& options);
 
 }  // namespace quench

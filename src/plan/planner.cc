@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <optional>
+#include <set>
 
 #include "format/quant_config.h"
+#include "format/source_quant.h"
 #include "plan/fused_sets.h"
 #include "plan/groups.h"
 #include "plan/matcher.h"
@@ -94,7 +97,7 @@ class Planner {
   // pattern that took it, where those apply.
   Selection Select(std::string_view name, int* group, int* default_hit);
   // Why `t`, targeted for quantizing (or pruning), cannot be; empty if it can.
-  std::string QuantizeProblem(const std::string& where, const TensorInfo& t,
+  std::string QuantizeProblem(const std::string& where, const TensorInfo& t, DType dtype,
                               const SchemeInfo* scheme, const SchemeParams& params) const;
   // Plans one tensor into `pt`; appends the output tensors it writes to `specs`.
   void PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
@@ -103,12 +106,17 @@ class Planner {
   // `first_tensor` on) to its outputs.
   void LayOutShard(const Shard& shard, size_t first_tensor, std::vector<TensorSpec> specs,
                    const std::vector<size_t>& specs_per_tensor);
+  // The source scale of an FP8 weight, or nullopt.
+  std::optional<PlannedSourceScale> SourceScaleOf(const TensorInfo& t) const;
   void AddSelectionNotes();
   void PlanConfigIgnore();
   void PlanFiles();
 
   const ModelFolder& folder_;
   Plan plan_;
+  SourceQuantization source_;
+  std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
+  bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
@@ -142,7 +150,23 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   p.default_hits_.resize(p.default_patterns_.size());
   p.plan_.src = folder.root;
   p.plan_.dst = options.dst;
+  QUENCH_ASSIGN_OR_RETURN(p.source_, DetectSourceQuantization(folder));
+  for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
+  p.plan_.source_format = p.source_.description;
+  p.decode_only_ = IsDecodeOnly(options);
+  if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
+    return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
+                                        folder.root.string() + " is not quantized");
+  }
   return p;
+}
+
+std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) const {
+  auto it = source_.scales.find(t.name);
+  if (it == source_.scales.end()) return std::nullopt;
+  const SourceScale& s = it->second;
+  return PlannedSourceScale{s.shard,      s.offset,     s.nbytes, s.dtype,
+                            s.block_rows, s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols};
 }
 
 Selection Planner::Select(std::string_view name, int* group, int* default_hit) {
@@ -158,7 +182,7 @@ Selection Planner::Select(std::string_view name, int* group, int* default_hit) {
   return Selection::kQuantize;
 }
 
-std::string Planner::QuantizeProblem(const std::string& where, const TensorInfo& t,
+std::string Planner::QuantizeProblem(const std::string& where, const TensorInfo& t, DType dtype,
                                      const SchemeInfo* scheme,
                                      const SchemeParams& params) const {
   if (t.shape.size() != 2) {
@@ -166,8 +190,8 @@ std::string Planner::QuantizeProblem(const std::string& where, const TensorInfo&
            (scheme ? std::string(scheme->name) : std::string("pruning")) + " but has shape " +
            ShapeString(t.shape) + "; only 2-D weights can be quantized (add it to --ignore)";
   }
-  if (!IsQuantizableFloat(t.dtype)) {
-    return where + " has dtype " + std::string(DTypeName(t.dtype)) +
+  if (!IsQuantizableFloat(dtype)) {
+    return where + " has dtype " + std::string(DTypeName(dtype)) +
            "; only BF16, F16 and F32 weights can be quantized (add it to --ignore, or "
            "dequantize the checkpoint first)";
   }
@@ -187,10 +211,18 @@ std::string Planner::QuantizeProblem(const std::string& where, const TensorInfo&
 
 void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
                          std::vector<TensorSpec>& specs) {
+  pt.source_scale = SourceScaleOf(t);
+  pt.compute_dtype = pt.source_scale ? DType::kBF16 : t.dtype;
+  // Left as it is: copied, or for a source-quantized weight written decoded.
   auto copy = [&](std::string why) {
-    pt.action = TensorAction::kCopy;
     pt.why = std::move(why);
-    specs.push_back({t.name, t.dtype, t.shape, t.nbytes()});
+    if (!pt.source_scale) {
+      pt.action = TensorAction::kCopy;
+      specs.push_back({t.name, t.dtype, t.shape, t.nbytes()});
+      return;
+    }
+    pt.action = TensorAction::kDecode;
+    specs.push_back({t.name, pt.compute_dtype, t.shape, t.numel() * 2});
   };
   int group = -1, default_hit = -1;
   const Selection s = Select(t.name, &group, &default_hit);
@@ -214,10 +246,11 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     return copy("not a matrix");
   }
   PlannedGroup& g = plan_.groups[static_cast<size_t>(group)];
+  if (g.scheme == nullptr && !pruning_) return copy("--scheme BF16");  // decoding alone
   // Each problem is recorded and the tensor planned as a copy, so that planning goes on and
   // --dry-run can list every error a real run would stop at.
-  const std::string problem =
-      QuantizeProblem(rel_name + ": tensor '" + t.name + "'", t, g.scheme, g.params);
+  const std::string problem = QuantizeProblem(rel_name + ": tensor '" + t.name + "'", t,
+                                              pt.compute_dtype, g.scheme, g.params);
   if (!problem.empty()) {
     plan_.errors.push_back(Error(ErrorCode::kUnsupported, problem));
     return copy("error");
@@ -225,16 +258,18 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   pt.prune = pruning_;
   pt.group = group;
   ++g.tensors;
-  if (g.scheme == nullptr) {  // --scheme none: prune in place, keep name/dtype/shape
+  if (g.scheme == nullptr) {  // --scheme none: prune in place, keep name and shape
     pt.action = TensorAction::kPrune;
-    specs.push_back({t.name, t.dtype, t.shape, t.nbytes()});
+    specs.push_back({t.name, pt.compute_dtype, t.shape,
+                     t.numel() * (DTypeBits(pt.compute_dtype) / 8)});
     return;
   }
   pt.action = TensorAction::kQuantize;
   pt.scheme = g.scheme;
   pt.params = g.params;
   const std::string_view module = SplitModuleParam(t.name).first;
-  for (const SchemeOutput& o : g.scheme->outputs(t.dtype, t.shape[0], t.shape[1], g.params)) {
+  for (const SchemeOutput& o :
+       g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
     specs.push_back({std::string(module) + "." + o.suffix, o.dtype, o.shape, o.nbytes});
   }
@@ -251,6 +286,7 @@ void Planner::PlanShard(size_t si) {
   std::vector<size_t> specs_per_tensor;
   const size_t first_tensor = plan_.tensors.size();
   for (const TensorInfo* t : order) {
+    if (consumed_.contains(t->name)) continue;  // read with its weight, not written
     PlannedTensor pt;
     pt.name = t->name;
     pt.dtype = t->dtype;
@@ -305,7 +341,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     PlannedTensor& pt = plan_.tensors[first_tensor + k];
     std::vector<SchemeOutput> so;
     if (pt.action == TensorAction::kQuantize) {
-      so = pt.scheme->outputs(pt.dtype, pt.shape[0], pt.shape[1], pt.params);
+      so = pt.scheme->outputs(pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
     }
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = index_of.at(names[next_name++]);
@@ -333,6 +369,11 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
 // Notes on what selection left alone, and warnings for entries that select nothing (almost
 // always a typo).
 void Planner::AddSelectionNotes() {
+  if (source_.format != SourceFormat::kPlain) {
+    plan_.notes.push_back("source: " + source_.description + "; each is decoded to BF16 (" +
+                          "RNE of the FP8 value times its scale, as compressed-tensors' "
+                          "FP8BlockDequantizer) before it is quantized or written");
+  }
   if (vector_weights_ > 0) {
     plan_.notes.push_back("left unquantized: " + std::to_string(vector_weights_) +
                           " targeted .weight tensor(s) with fewer than 2 dimensions "
@@ -402,7 +443,8 @@ void Planner::PlanFiles() {
     return;
   }
   JsonValue cfg = *folder_.config;
-  if (cfg.Find("quantization_config") != nullptr) {
+  const bool quantized_source = source_.format != SourceFormat::kPlain;
+  if (cfg.Find("quantization_config") != nullptr && !quantized_source) {
     plan_.notes.push_back("warning: " + *folder_.config_rel +
                           " already has a quantization_config; it is replaced");
   }
@@ -410,9 +452,19 @@ void Planner::PlanFiles() {
   for (const PlannedGroup& g : plan_.groups) {
     if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets});
   }
-  if (cg.empty()) {
+  if (cg.empty() && !quantized_source) {
     // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
     plan_.files.push_back({*folder_.config_rel, folder_.root / *folder_.config_rel, {}});
+    return;
+  }
+  if (cg.empty()) {
+    // A quantized source written decoded: its quantization_config no longer applies
+    // (compressed-tensors' dequantizers drop it the same way).
+    JsonValue::Object kept;
+    for (const auto& [key, value] : cfg.as_object()) {
+      if (key != "quantization_config") kept.emplace_back(key, value);
+    }
+    plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(JsonValue(std::move(kept)))});
     return;
   }
   JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore);
