@@ -78,19 +78,15 @@ uint64_t PruneCount(double fraction, uint64_t n);
 // every mode prunes an exact count).
 uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols);
 
-// Per-row unstructured or N:M pruning of n_rows rows of `cols` elements, in place. For
-// per_tensor specs use the MagnitudeHistogram functions and PruneRowsTensor instead (this
-// returns false with nothing done if called with one). *zeroed (optional) is increased by the
-// number of pruned positions (elements that were already zero and got selected count too).
-// Returns false when the rows hold a NaN or Inf; the buffer is then partly pruned.
-// N:M requires cols % m == 0 (CheckShape).
-bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
-               uint64_t* zeroed);
-
-// The same, out of place: `dst` (n_rows * cols elements, not overlapping `src` unless equal to
-// it) gets the pruned rows of `src`, which is left as it is. One pass instead of a copy and a
-// pass: the pipeline prunes from the read-only input mapping into the buffer it quantizes
-// from. Any alignment of either side. On false, `dst` holds garbage.
+// Per-row unstructured or N:M pruning of n_rows rows of `cols` elements from `src` into `dst`
+// (n_rows * cols elements; not overlapping `src` unless equal to it, which prunes in place),
+// `src` left as it is. One pass instead of a copy and a pass: the pipeline prunes from the
+// read-only input mapping into the buffer it quantizes from. Any alignment of either side. For
+// per_tensor specs use FindTensorThreshold and PruneRowsTensor instead (this returns false
+// with nothing done if called with one). *zeroed (optional) is increased by the number of
+// pruned positions (elements that were already zero and got selected count too). Returns false
+// when the rows hold a NaN or Inf; `dst` then holds garbage. N:M requires cols % m == 0
+// (CheckShape).
 bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                const PruneSpec& spec, uint64_t* zeroed);
 
@@ -159,18 +155,11 @@ ThresholdWalk FindTensorThreshold(const uint8_t* x, DType dtype, uint64_t rows, 
 uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
                     uint32_t magnitude);
 
-// Prunes a chunk with a complete per-tensor threshold; equal_before as described above.
-// *zeroed (optional) is increased by the pruned positions. False on NaN/Inf.
-bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
-                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
-// The same, out of place (as PruneRows above).
+// Prunes a chunk with a complete per-tensor threshold from `src` into `dst` (as PruneRows:
+// equal pointers prune in place); equal_before as described above. *zeroed (optional) is
+// increased by the pruned positions. False on NaN/Inf.
 bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                      const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
-
-// Convenience for tensors held whole in memory (tests, small tensors): any spec, any
-// granularity; per-tensor runs the histogram passes over `chunk_rows` rows at a time (0: all).
-bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,
-                 uint64_t* zeroed, size_t chunk_rows = 0);
 
 }  // namespace quench::prune
 
