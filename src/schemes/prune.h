@@ -23,15 +23,11 @@
 // Selection never sorts a row. Unstructured rows use a two-level select: a counting pass over
 // the high bits of the magnitude (|x| >> 4 for BF16/F16, >> 20 for F32: 2048 bins; 256 bins
 // for rows under 2048 columns) finds the one bin holding the k-th smallest, then
-// std::nth_element runs on a compacted copy of just that bin's elements (a few percent of the
+// std::nth_element runs on a compacted copy of just that bin's elements (a small part of the
 // row), and a branch-free pass zeroes |x| < T plus the first `need` elements equal to T. N:M
 // ranks each element in its group by counting smaller keys (for 16-bit N:4, SWAR arithmetic on
 // 64-bit words, run on every u64 lane of a Highway vector). Per-tensor granularity finds the
-// exact threshold with a histogram pre-pass (see MagnitudeHistogram). Measured on one core of
-// the dev box (Xeon, -O3, plain SSE2, 64 BF16 rows in cache): unstructured:0.5 per row 1.35
-// GB/s, 2:4 4.3 GB/s (4096 and 11008 columns alike); F32: 2.5 GB/s and 1.8 GB/s. The N:4
-// kernel on AVX-512, a 16 MiB BF16 chunk out of place (from memory): 11 GB/s (3.5-4 GB/s for
-// the SWAR reference).
+// exact threshold with a histogram pre-pass (see MagnitudeHistogram).
 #ifndef QUENCH_SCHEMES_PRUNE_H_
 #define QUENCH_SCHEMES_PRUNE_H_
 
