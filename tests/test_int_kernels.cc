@@ -2,7 +2,8 @@
 // for bits 2..8, channel and group strategies, symmetric and asymmetric, unpacked and packed,
 // every weight dtype, vector and word tails, unaligned input; they refuse chunks holding NaN
 // or Inf. The scalar reference itself is checked on worked examples computed by hand from the
-// definitions (spec sections 3.2, 4.2, 4.4), each also confirmed with compressed-tensors 0.19.0.
+// definitions (docs/reference-notes.md sections 10.2-10.4), each also confirmed with
+// compressed-tensors 0.19.0.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -295,7 +296,7 @@ TEST_CASE("packing: the spec's 4-bit example and a 3-bit word boundary, by hand"
     CAPTURE(kernel);
     // Symmetric int4, amax 7.5 -> scale RNE(7.5 / 7.5) = 1; -7.5 is a tie that rounds to the
     // even -8. q = [-8,-1,0,1,2,3,6,7] -> u = q + 8 = [0,7,8,9,10,11,14,15], nibble k of the
-    // word holding element k: 0xFEBA9870 (spec 3.2).
+    // word holding element k: 0xFEBA9870 (pack_to_int32, docs/reference-notes.md 10.4).
     const Config c4{4, 0, true, true};
     const Outputs o4 = RunRow(c4, kernel, DType::kBF16, {-7.5f, -1, 0, 1, 2, 3, 6, 7});
     REQUIRE(o4.ok);

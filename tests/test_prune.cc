@@ -24,6 +24,38 @@ namespace {
 
 size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
+// In place: the out-of-place entry points with the same buffer as source and destination.
+bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
+               uint64_t* zeroed) {
+  return prune::PruneRows(rows, rows, dtype, n_rows, cols, spec, zeroed);
+}
+using prune::PruneRows;
+
+// A whole tensor held in memory, pruned in place by any spec: per row directly; per tensor by
+// the protocol the pipeline runs (FindTensorThreshold over chunks of `chunk_rows` rows, 0: all,
+// then each chunk pruned with the count of threshold-equal elements before it).
+bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,
+                 uint64_t* zeroed, size_t chunk_rows = 0) {
+  if (!(spec.kind == PruneSpec::kUnstructured && spec.per_tensor))
+    return PruneRows(data, dtype, rows, cols, spec, zeroed);
+  if (chunk_rows == 0) chunk_rows = rows == 0 ? 1 : rows;
+  const size_t row_bytes = cols * ElemBytes(dtype);
+  TensorThreshold t;
+  if (FindTensorThreshold(data, dtype, rows, cols, PruneCount(spec.fraction, uint64_t{rows} * cols),
+                          chunk_rows, nullptr, &t) != ThresholdWalk::kComplete) {
+    return false;
+  }
+  uint64_t equal_before = 0;
+  for (size_t r = 0; r < rows; r += chunk_rows) {
+    const size_t nr = std::min(chunk_rows, rows - r);
+    uint8_t* p = data + r * row_bytes;
+    const uint64_t eq = CountEqual(p, dtype, nr, cols, t.magnitude);
+    if (!PruneRowsTensor(p, p, dtype, nr, cols, t, equal_before, zeroed)) return false;
+    equal_before += eq;
+  }
+  return true;
+}
+
 std::string Label(DType d) {
   return d == DType::kBF16 ? "BF16" : d == DType::kF16 ? "F16" : "F32";
 }

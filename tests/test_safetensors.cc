@@ -258,6 +258,20 @@ TEST_SUITE("safetensors") {
     CHECK(TorchDTypeName(DType::kI32) == "torch.int32");
     CHECK(TorchDTypeName(DType::kI64) == "torch.int64");
     CHECK(TorchDTypeName(DType::kF8E8M0) == "torch.float8_e8m0fnu");
+    // The reverse reads the same table: every torch name maps back to its dtype.
+    for (int i = 0; i <= static_cast<int>(DType::kU64); ++i) {
+      const DType d = static_cast<DType>(i);
+      CAPTURE(DTypeName(d));
+      if (TorchDTypeName(d).empty()) {
+        CHECK(!ParseTorchDType(TorchDTypeName(d)).has_value());
+      } else {
+        CHECK(ParseTorchDType(TorchDTypeName(d)) == d);
+      }
+    }
+    CHECK(ParseTorchDType("torch.half") == DType::kF16);
+    CHECK(ParseTorchDType("torch.float") == DType::kF32);
+    CHECK(!ParseTorchDType("bfloat16").has_value());
+    CHECK(!ParseTorchDType("BF16").has_value());
   }
 }
 

@@ -498,7 +498,8 @@ TEST_SUITE("schemes") {
         CHECK(GlobalScaleOf(out, m) == ExpectedGlobalScale(set.amax));
       }
     }
-    // The spec's worked example: amax 5.1875 gives 516 (2688/A computed directly gives 520).
+    // generate_gparam's reciprocal-then-multiply (docs/reference-notes.md 11.1 step 2), worked
+    // by hand: amax 5.1875 gives 516 (2688/A computed directly gives 520).
     CHECK(ExpectedGlobalScale(5.1875f) == 516.f);
     // Tensors stay in the shard they came from.
     CHECK(out.at("model-00002-of-00002.safetensors").Find("l.self_attn.k_proj.weight_packed") != nullptr);

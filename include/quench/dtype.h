@@ -47,8 +47,12 @@ inline int DTypeSortRank(DType dtype) { return static_cast<int>(dtype); }
 inline bool IsQuantizableFloat(DType d) {
   return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32;
 }
-// torch's name, e.g. "torch.bfloat16", as compressed-tensors writes dtypes into config.json.
+// torch's name, e.g. "torch.bfloat16", as compressed-tensors writes dtypes into config.json;
+// empty for the dtypes torch has no counterpart of.
 std::string_view TorchDTypeName(DType dtype);
+// The reverse, from the same table: "torch.bfloat16" -> kBF16; torch's aliases ("torch.half",
+// "torch.float", ...) are accepted too. nullopt for any other text.
+std::optional<DType> ParseTorchDType(std::string_view torch_name);
 
 }  // namespace quench
 

@@ -1,6 +1,6 @@
-// Dtype names, sizes and torch names. The names are the strings safetensors writes in headers
-// (serde's variant names of `Dtype` in safetensors/src/tensor.rs); the torch names are what
-// compressed-tensors writes into config.json (`str(torch.dtype)`).
+// Dtype names, sizes and torch names, in one table read both ways. The names are the strings
+// safetensors writes in headers (serde's variant names of `Dtype` in safetensors/src/tensor.rs);
+// the torch names are what compressed-tensors writes into config.json (`str(torch.dtype)`).
 #include "quench/dtype.h"
 
 #include <array>
@@ -41,6 +41,18 @@ constexpr std::array<DTypeEntry, 20> kDTypes = {{
     {DType::kU64, "U64", 64, "torch.uint64"},
 }};
 
+// Other names torch gives the same dtypes (`torch.half is torch.float16`, ...); str() of a
+// dtype never yields them, but a hand-written config may.
+struct TorchAlias {
+  std::string_view name;
+  DType dtype;
+};
+constexpr TorchAlias kTorchAliases[] = {
+    {"torch.half", DType::kF16},  {"torch.float", DType::kF32}, {"torch.double", DType::kF64},
+    {"torch.short", DType::kI16}, {"torch.int", DType::kI32},   {"torch.long", DType::kI64},
+    {"torch.cfloat", DType::kC64},
+};
+
 constexpr bool TableFollowsEnum() {
   for (size_t i = 0; i < kDTypes.size(); ++i) {
     if (static_cast<size_t>(kDTypes[i].dtype) != i) return false;
@@ -80,5 +92,15 @@ std::optional<uint64_t> DTypeBytes(DType dtype, uint64_t count) {
 }
 
 std::string_view TorchDTypeName(DType dtype) { return Entry(dtype).torch_name; }
+
+std::optional<DType> ParseTorchDType(std::string_view torch_name) {
+  for (const DTypeEntry& e : kDTypes) {
+    if (!e.torch_name.empty() && e.torch_name == torch_name) return e.dtype;
+  }
+  for (const TorchAlias& a : kTorchAliases) {
+    if (a.name == torch_name) return a.dtype;
+  }
+  return std::nullopt;
+}
 
 }  // namespace quench

@@ -1,6 +1,7 @@
 // JSON tree, simdjson-based parser, and two writers: Python's `json.dumps(indent=2,
 // sort_keys=True)` (config.json and the index, which the reference rewrites that way) and
-// serde_json's compact form (safetensors headers).
+// serde_json's compact form (its string escaping writes the safetensors headers; the whole
+// writer prints values on one line, as `quench stats inspect` does).
 #include "format/json.h"
 
 #include <fcntl.h>

@@ -1,5 +1,7 @@
 #include "format/quant_config.h"
 
+#include "quench/dtype.h"
+
 namespace quench {
 namespace {
 
@@ -36,7 +38,7 @@ QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p) 
   if (w.type == "int") {
     w.num_bits = p.bits;
     w.symmetric = p.symmetric;
-    w.zp_dtype = p.symmetric ? "" : "torch.int8";
+    w.zp_dtype = p.symmetric ? std::string_view() : TorchDTypeName(DType::kI8);
     if (p.group_size && *p.group_size > 0) {
       w.group_size = p.group_size;
       w.strategy = "group";

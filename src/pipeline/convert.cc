@@ -1,4 +1,4 @@
-// Convert(): inventory -> plan -> pipeline -> finalize (design.md section 2).
+// Convert(): inventory -> plan -> pipeline -> finalize.
 #include "quench/convert.h"
 
 #include <sys/statvfs.h>

@@ -4,8 +4,8 @@
 //
 // The definitions, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0 (CPU,
 // eager) compute them for a weight in dtype D (bf16, f16 or f32); RNE_D(y) means "y evaluated
-// in f32, rounded to D, ties to even" (spec/compressed-tensors-format.md 4.2-4.6, confirmed
-// byte for byte against model_free_ptq, see docs/reference-notes.md):
+// in f32, rounded to D, ties to even" (docs/reference-notes.md sections 11.1 for NVFP4 and 12
+// for MXFP4 / MXFP8, confirmed byte for byte against model_free_ptq):
 //
 // NVFP4 (group 16, E4M3 scales, f32 global scale gs of the fused set):
 //   gs    = RNE_D(RNE_D(1 / max(A, tiny_D)) * 2688), non-finite -> 1 (generate_gparam:

@@ -4,8 +4,8 @@
 // foreach_target skeleton.
 //
 // The definition, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0
-// compute it for a weight in dtype D (bf16, f16 or f32); see
-// spec/compressed-tensors-format.md sections 4.1-4.5:
+// compute it for a weight in dtype D (bf16, f16 or f32); see docs/reference-notes.md
+// section 3 (steps 1-4):
 //   amax  = max |x| over the row (channel) or the zero-padded 128x128 tile (block)
 //           (observer: amin/amax, then min(mn, 0) / max(mx, 0), then max of the absolutes);
 //   scale = RNE_D(amax / 448), the quotient taken in f32 (torch's reduced-float division);

@@ -5,8 +5,8 @@
 // The definition, as compressed-tensors 0.19.0 / llm-compressor 0.14.0.1 / torch 2.13.0 (CPU,
 // eager) compute it for a weight in dtype D (bf16, f16 or f32); RNE_D(y) means y evaluated in
 // f32 with IEEE arithmetic, then rounded to D to nearest even (torch's reduced-float
-// elementwise ops on CPU). See spec/compressed-tensors-format.md sections 3.1, 3.2, 4.2, 4.4,
-// 4.5 and docs/reference-notes.md section 3.1. Per group of group_size columns of a row (or
+// elementwise ops on CPU). See docs/reference-notes.md sections 10.2 (symmetric), 10.3
+// (asymmetric) and 10.4 (packing), and 3.1. Per group of group_size columns of a row (or
 // per row, channel strategy), with qmin = -2^(b-1), qmax = 2^(b-1) - 1:
 //   mn = min(min x, 0), mx = max(max x, 0)                 (observer amin/amax, exact in D)
 //   symmetric:  scale = RNE_D(max(|mn|, |mx|) / ((qmax - qmin) / 2)),  zp = 0

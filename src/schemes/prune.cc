@@ -527,11 +527,6 @@ bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, siz
   return true;
 }
 
-bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
-               uint64_t* zeroed) {
-  return PruneRows(rows, rows, dtype, n_rows, cols, spec, zeroed);
-}
-
 // ---- per tensor ----
 
 MagnitudeHistogram::MagnitudeHistogram(DType d)
@@ -678,33 +673,6 @@ bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_row
   if (!aligned) std::memcpy(dst, out, n * elem);
   if (zeroed) *zeroed += pruned;
   return ok;
-}
-
-bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
-                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed) {
-  return PruneRowsTensor(rows, rows, dtype, n_rows, cols, t, equal_before, zeroed);
-}
-
-bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,
-                 uint64_t* zeroed, size_t chunk_rows) {
-  if (!(spec.kind == PruneSpec::kUnstructured && spec.per_tensor))
-    return PruneRows(data, dtype, rows, cols, spec, zeroed);
-  if (chunk_rows == 0) chunk_rows = rows == 0 ? 1 : rows;
-  const size_t row_bytes = cols * ElemBytes(dtype);
-  TensorThreshold t;
-  if (FindTensorThreshold(data, dtype, rows, cols, PruneCount(spec.fraction, uint64_t{rows} * cols),
-                          chunk_rows, nullptr, &t) != ThresholdWalk::kComplete) {
-    return false;
-  }
-  uint64_t equal_before = 0;
-  for (size_t r = 0; r < rows; r += chunk_rows) {
-    const size_t nr = std::min(chunk_rows, rows - r);
-    uint8_t* p = data + r * row_bytes;
-    const uint64_t eq = CountEqual(p, dtype, nr, cols, t.magnitude);
-    if (!PruneRowsTensor(p, dtype, nr, cols, t, equal_before, zeroed)) return false;
-    equal_before += eq;
-  }
-  return true;
 }
 
 }  // namespace quench::prune

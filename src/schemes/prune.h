@@ -23,15 +23,11 @@
 // Selection never sorts a row. Unstructured rows use a two-level select: a counting pass over
 // the high bits of the magnitude (|x| >> 4 for BF16/F16, >> 20 for F32: 2048 bins; 256 bins
 // for rows under 2048 columns) finds the one bin holding the k-th smallest, then
-// std::nth_element runs on a compacted copy of just that bin's elements (a few percent of the
+// std::nth_element runs on a compacted copy of just that bin's elements (a small part of the
 // row), and a branch-free pass zeroes |x| < T plus the first `need` elements equal to T. N:M
 // ranks each element in its group by counting smaller keys (for 16-bit N:4, SWAR arithmetic on
 // 64-bit words, run on every u64 lane of a Highway vector). Per-tensor granularity finds the
-// exact threshold with a histogram pre-pass (see MagnitudeHistogram). Measured on one core of
-// the dev box (Xeon, -O3, plain SSE2, 64 BF16 rows in cache): unstructured:0.5 per row 1.35
-// GB/s, 2:4 4.3 GB/s (4096 and 11008 columns alike); F32: 2.5 GB/s and 1.8 GB/s. The N:4
-// kernel on AVX-512, a 16 MiB BF16 chunk out of place (from memory): 11 GB/s (3.5-4 GB/s for
-// the SWAR reference).
+// exact threshold with a histogram pre-pass (see MagnitudeHistogram).
 #ifndef QUENCH_SCHEMES_PRUNE_H_
 #define QUENCH_SCHEMES_PRUNE_H_
 
@@ -78,19 +74,15 @@ uint64_t PruneCount(double fraction, uint64_t n);
 // every mode prunes an exact count).
 uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols);
 
-// Per-row unstructured or N:M pruning of n_rows rows of `cols` elements, in place. For
-// per_tensor specs use the MagnitudeHistogram functions and PruneRowsTensor instead (this
-// returns false with nothing done if called with one). *zeroed (optional) is increased by the
-// number of pruned positions (elements that were already zero and got selected count too).
-// Returns false when the rows hold a NaN or Inf; the buffer is then partly pruned.
-// N:M requires cols % m == 0 (CheckShape).
-bool PruneRows(uint8_t* rows, DType dtype, size_t n_rows, size_t cols, const PruneSpec& spec,
-               uint64_t* zeroed);
-
-// The same, out of place: `dst` (n_rows * cols elements, not overlapping `src` unless equal to
-// it) gets the pruned rows of `src`, which is left as it is. One pass instead of a copy and a
-// pass: the pipeline prunes from the read-only input mapping into the buffer it quantizes
-// from. Any alignment of either side. On false, `dst` holds garbage.
+// Per-row unstructured or N:M pruning of n_rows rows of `cols` elements from `src` into `dst`
+// (n_rows * cols elements; not overlapping `src` unless equal to it, which prunes in place),
+// `src` left as it is. One pass instead of a copy and a pass: the pipeline prunes from the
+// read-only input mapping into the buffer it quantizes from. Any alignment of either side. For
+// per_tensor specs use FindTensorThreshold and PruneRowsTensor instead (this returns false
+// with nothing done if called with one). *zeroed (optional) is increased by the number of
+// pruned positions (elements that were already zero and got selected count too). Returns false
+// when the rows hold a NaN or Inf; `dst` then holds garbage. N:M requires cols % m == 0
+// (CheckShape).
 bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                const PruneSpec& spec, uint64_t* zeroed);
 
@@ -159,18 +151,11 @@ ThresholdWalk FindTensorThreshold(const uint8_t* x, DType dtype, uint64_t rows, 
 uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
                     uint32_t magnitude);
 
-// Prunes a chunk with a complete per-tensor threshold; equal_before as described above.
-// *zeroed (optional) is increased by the pruned positions. False on NaN/Inf.
-bool PruneRowsTensor(uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
-                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
-// The same, out of place (as PruneRows above).
+// Prunes a chunk with a complete per-tensor threshold from `src` into `dst` (as PruneRows:
+// equal pointers prune in place); equal_before as described above. *zeroed (optional) is
+// increased by the pruned positions. False on NaN/Inf.
 bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
                      const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed);
-
-// Convenience for tensors held whole in memory (tests, small tensors): any spec, any
-// granularity; per-tensor runs the histogram passes over `chunk_rows` rows at a time (0: all).
-bool PruneTensor(uint8_t* data, DType dtype, size_t rows, size_t cols, const PruneSpec& spec,
-                 uint64_t* zeroed, size_t chunk_rows = 0);
 
 }  // namespace quench::prune
 

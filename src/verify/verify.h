@@ -51,7 +51,7 @@ struct VerifyOptions {
   prune::PruneSpec prune;
 };
 
-// One thing wrong. `rule` is a short stable identifier (listed in verify.cc's kRules).
+// One thing wrong. `rule` is a short stable identifier (listed in verifier.h).
 struct VerifyProblem {
   std::string file;    // path relative to DST (or "SRC:<rel>" for a source file), may be empty
   std::string tensor;  // tensor or module name, may be empty
@@ -94,7 +94,7 @@ Result<VerifyReport> Verify(const VerifyOptions& options);
 
 // The SQNR threshold (dB) below which a quantized tensor is an error, for a threshold family
 // ("fp8", "int2".."int8", "nvfp4", "mxfp4") and whether scales are per channel (coarser than
-// groups). Chosen from measurements on data/tiny-llama with a margin; see verify.cc.
+// groups). Set with a margin under what the reference's own outputs reach; see layouts.cc.
 double SqnrThresholdDb(std::string_view kind, bool per_channel);
 
 // {"ok", "dst", "src", "summary": {...}, "problems": [...], "tensors": [...]}.

@@ -1,0 +1,48 @@
+// Tensor lookup and page release over a checkpoint's mapped shards.
+#include "verify/checkpoint.h"
+
+#include <utility>
+
+namespace quench::verify {
+
+const TensorInfo* Checkpoint::Find(const std::string& name) const {
+  auto it = by_name.find(name);
+  return it == by_name.end() ? nullptr : it->second.info;
+}
+
+const std::string& Checkpoint::FileOf(const std::string& name) const {
+  static const std::string kNone;
+  auto it = by_name.find(name);
+  return it == by_name.end() ? kNone : folder.shards[it->second.shard].rel_name;
+}
+
+const uint8_t* Checkpoint::Data(const std::string& name, uint64_t* file_off,
+                                const MappedFile** map) const {
+  const Loc& l = by_name.at(name);
+  const uint64_t off = folder.shards[l.shard].header.data_start + l.info->begin;
+  if (file_off) *file_off = off;
+  if (map) *map = &maps[l.shard];
+  return maps[l.shard].data() + off;
+}
+
+void Checkpoint::Release(const std::string& name) const {
+  uint64_t off;
+  const MappedFile* m;
+  const TensorInfo* t = Find(name);
+  if (t == nullptr) return;
+  Data(name, &off, &m);
+  m->Release(off, t->nbytes());
+}
+
+Status OpenMaps(Checkpoint& c) {
+  for (const Shard& s : c.folder.shards) {
+    QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(s.path));
+    c.maps.push_back(std::move(m));
+  }
+  for (size_t i = 0; i < c.folder.shards.size(); ++i) {
+    for (const TensorInfo& t : c.folder.shards[i].header.tensors) c.by_name[t.name] = {i, &t};
+  }
+  return Status::Ok();
+}
+
+}  // namespace quench::verify

@@ -1,0 +1,47 @@
+// A checkpoint folder opened for verify: its inventory, every shard memory-mapped (address
+// space only; pages are released after use) and every tensor found by name.
+#ifndef QUENCH_VERIFY_CHECKPOINT_H_
+#define QUENCH_VERIFY_CHECKPOINT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "format/file_io.h"
+#include "format/model_folder.h"
+#include "quench/status.h"
+
+namespace quench::verify {
+
+// Bytes of a tensor walked between page releases, which bounds verify's resident memory.
+inline constexpr uint64_t kChunkBytes = 32ull << 20;
+
+struct Checkpoint {
+  struct Loc {
+    size_t shard;
+    const TensorInfo* info;
+  };
+  ModelFolder folder;
+  std::vector<MappedFile> maps;
+  std::unordered_map<std::string, Loc> by_name;
+
+  // nullptr when the checkpoint has no tensor of that name.
+  const TensorInfo* Find(const std::string& name) const;
+  // The shard (relative name) holding the tensor; "" when there is none.
+  const std::string& FileOf(const std::string& name) const;
+  // The tensor's bytes in the mapping; its absolute file offset and mapping when asked for.
+  // The tensor must exist.
+  const uint8_t* Data(const std::string& name, uint64_t* file_off = nullptr,
+                      const MappedFile** map = nullptr) const;
+  // Releases the pages of the whole tensor (nothing when there is no such tensor).
+  void Release(const std::string& name) const;
+};
+
+// Maps every shard of c.folder and indexes its tensors by name.
+Status OpenMaps(Checkpoint& c);
+
+}  // namespace quench::verify
+
+#endif  // QUENCH_VERIFY_CHECKPOINT_H_

@@ -1,0 +1,123 @@
+// The verifier's state and its checks, shared by the files that implement them:
+//   verify.cc         Run: open the folders, read the config, select modules, run the checks
+//   module_checks.cc  one selected module's tensors: presence, dtypes, shapes, weight_shape
+//   module_walk.cc    one selected module's values: scales, codes, error bounds, SQNR, pruning
+//   folder_checks.cc  the index, unselected quantized modules, fused global scales, and the
+//                     source's tensors (copied, pruned, missing or extra)
+//
+// Rules (VerifyProblem::rule):
+//   safetensors        a shard, the index or the folder cannot be read (truncated, malformed)
+//   config             quantization_config missing or not understood
+//   index              the index does not list a tensor, or total_size is wrong
+//   missing            a tensor the format (or the source) requires is absent
+//   dtype, shape       a quantized module's tensor has the wrong dtype or shape
+//   weight-shape       pack-quantized weight_shape contents disagree with the weight
+//   extra              a tensor neither copied from the source nor written by quantization
+//   not-quantized      the config selects the module but DST stores it unquantized
+//   not-selected       DST quantizes a module the config does not select (ignored/untargeted)
+//   changed            a copied tensor differs from the source (dtype, shape or bytes)
+//   code               an invalid code: E4M3 NaN, int value or zero point out of range
+//   scale              a non-finite, zero or negative scale, or an E8M0 NaN exponent (255)
+//   fused-global-scale NVFP4 fused siblings with different weight_global_scale
+//   error-bound        elements whose dequantized value is farther from the source than the
+//                      format's grid allows (one grid step plus quotient rounding)
+//   sqnr               the tensor's SQNR against the source is below its format's threshold
+//   pruned             (--prune) an element zero in the pruned source does not dequantize to
+//                      exactly 0, or the source holds NaN/Inf so it cannot be pruned
+//   sparsity           (--prune, no SRC) the dequantized zeros lack the spec's structure
+#ifndef QUENCH_VERIFY_VERIFIER_H_
+#define QUENCH_VERIFY_VERIFIER_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "plan/matcher.h"
+#include "quench/status.h"
+#include "verify/checkpoint.h"
+#include "verify/config_groups.h"
+#include "verify/decode.h"
+#include "verify/layouts.h"
+#include "verify/verify.h"
+
+namespace quench::verify {
+
+struct WalkTally;  // module_walk.cc
+
+class Verifier {
+ public:
+  Verifier(const VerifyOptions& o, VerifyReport& r) : opt_(o), rep_(r) {}
+
+  Status Run();
+
+ private:
+  void Problem(std::string file, std::string tensor, std::string rule, std::string message) {
+    rep_.problems.push_back({std::move(file), std::move(tensor), std::move(rule), std::move(message)});
+  }
+  bool pruning() const { return opt_.prune.kind != prune::PruneSpec::kNone; }
+
+  // verify.cc: opening the folders and choosing what to check.
+  Status OpenSource();
+  Result<bool> OpenDestination();
+  void CheckPruneOnly();
+  bool LoadConfig();
+  const Group* GroupFor(std::string_view module) const;
+  void SelectModules();
+
+  // module_checks.cc: one selected module's structure.
+  void CheckModule(const std::string& module, const Group& g);
+  bool StoredUnquantized(const std::string& module, const Group& g, bool packed,
+                         const TensorInfo* qt);
+  bool ResolveWeightShape(const std::string& module, const Group& g, const TensorInfo* st,
+                          const TensorInfo* qt, uint64_t* out, uint64_t* in);
+  void CheckPackedWeightShape(const std::string& module, const Group& g, const TensorInfo* qt,
+                              bool* have_shape, uint64_t* out, uint64_t* in);
+  bool CheckExpectedTensors(const std::string& module, const Group& g,
+                            const std::vector<Expected>& exp, const std::string& file,
+                            uint64_t out, uint64_t in, std::set<std::string>* expected_names);
+  void CheckUnwrittenQuantTensors(const std::string& module, const Group& g,
+                                  const std::set<std::string>& expected_names);
+  bool DescribeModule(const std::string& module, const Group& g, const std::string& qname,
+                      const TensorInfo* st, ModuleView* v);
+
+  // module_walk.cc: one selected module's values, row by row.
+  void WalkModule(ModuleView& v, const std::string& file, const std::vector<std::string>& names);
+  bool CheckScales(const ModuleView& v);
+  void ReleaseSourceWeight(const ModuleView& v, uint64_t bytes) const;
+  void ReportCodes(const ModuleView& v, const std::string& qname, const WalkTally& t);
+  void ReportZeroStructure(const ModuleView& v, const std::string& file, const std::string& qname,
+                           WalkTally& t);
+  void ReportAgainstSource(const ModuleView& v, const std::string& file, const std::string& qname,
+                           uint64_t row_src_bytes, const WalkTally& t);
+
+  // folder_checks.cc: the folder as a whole.
+  void CheckIndex();
+  void CheckUnselectedModules();
+  void CheckFusedSets();
+  void CheckSource();
+  void CheckSourceTensor(const Shard& s, const TensorInfo& t);
+  bool EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
+                          std::string* why);
+
+  const VerifyOptions& opt_;
+  VerifyReport& rep_;
+  Checkpoint dst_;
+  std::optional<Checkpoint> src_;
+  std::string config_file_;
+  std::vector<Group> groups_;
+  NameMatcher ignore_;
+  // Modules the config selects -> group; DST tensors accounted for by quantization.
+  std::map<std::string, const Group*> selected_;
+  std::set<std::string> quant_outputs_;
+  std::map<std::string, float> global_scales_;  // NVFP4 module -> weight_global_scale
+  bool prune_only_ = false;  // --prune and no quantization_config: pruning alone
+};
+
+}  // namespace quench::verify
+
+#endif  // QUENCH_VERIFY_VERIFIER_H_
