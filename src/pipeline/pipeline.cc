@@ -1,27 +1,20 @@
 #include "pipeline/pipeline.h"
 
-#include <sys/mman.h>
 #include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <condition_variable>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
-#include <new>
-#include <set>
 #include <thread>
 #include <vector>
 
 #include "format/file_io.h"
-#include "format/safetensors.h"
+#include "pipeline/buffers.h"
+#include "pipeline/resume.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -34,7 +27,6 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and the 4 MiB
 // staging buffer of a direct-written output file (two while one shard is being committed).
 constexpr uint64_t kReserve = 32 * kMiB;
-constexpr uint64_t kHugePage = 2 * kMiB;
 // Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
@@ -53,111 +45,6 @@ constexpr int kWriterThreads = 2;
 // ahead; 16, 64 and 256 MiB ahead measured alike (2.01 / 1.94 / 1.95 s). The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
-
-struct Unmap {
-  uint64_t len = 0;
-  void operator()(uint8_t* p) const { munmap(p, len); }
-};
-
-// A reusable output buffer; chunks in flight are bounded, so are buffers. Aligned for direct
-// writes (DirectIoAlignment), so that a chunk's output goes to the disk without a copy.
-struct Buffer {
-  std::unique_ptr<uint8_t, Unmap> data;
-  uint64_t capacity = 0;
-  uint64_t touched = 0;  // bytes from the start ever handed out: the pages it already has
-};
-
-// `len` bytes (a multiple of the page size) mapped at a 2 MiB boundary, every whole 2 MiB
-// stretch asked to be a huge page. Mapped directly rather than from malloc, so that only the
-// pages used count (malloc's alignment slack, heap reuse and MALLOC_PERTURB_ filling made the
-// 64 MiB memory test peak at 78 MB).
-uint8_t* MapBuffer(uint64_t len) {
-  const uint64_t slack = kHugePage;
-  void* p = mmap(nullptr, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
-  const auto base = reinterpret_cast<uintptr_t>(p);
-  const uintptr_t start = (base + kHugePage - 1) / kHugePage * kHugePage;
-  if (start > base) munmap(p, start - base);
-  const uintptr_t end = base + len + slack;
-  if (end > start + len) munmap(reinterpret_cast<void*>(start + len), end - (start + len));
-  if (len >= kHugePage) {
-    madvise(reinterpret_cast<void*>(start), len / kHugePage * kHugePage, MADV_HUGEPAGE);
-  }
-  return reinterpret_cast<uint8_t*>(start);
-}
-
-class BufferPool {
- public:
-  // Every buffer holds at least `min_capacity` bytes, so that buffers suit any chunk and are
-  // reused rather than freed and allocated again (fresh pages cost a fault and zeroing each:
-  // with sizes as asked, NVFP4 on 2 GB allocated 17 buffers, 12 of them 16 MiB).
-  explicit BufferPool(uint64_t min_capacity) : min_capacity_(min_capacity) {}
-
-  // A free buffer whose pages already cover `size` (the least used of those, keeping the
-  // larger ones for larger chunks), else the one that has the most of them. A page a buffer
-  // touches for the first time costs a fault and zeroing; on the development VM that is
-  // 500-870 MB/s for a fresh huge page (the host backs the memory on first touch), about 7.5
-  // GB/s when a page is reused. Taking the first free buffer spread chunks over every buffer,
-  // so each one ended up with pages for the largest chunk it ever held: warm, 2 GB, 5
-  // interleaved runs, sys time FP8_BLOCK 0.54 -> 0.41 s, W4A8 0.67 -> 0.33 s with this choice
-  // and copy chunks of a quarter chunk (Next).
-  Buffer Get(uint64_t size) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      size_t best = free_.size();
-      for (size_t i = 0; i < free_.size(); ++i) {
-        if (free_[i].capacity < size) continue;
-        if (best == free_.size() || Better(free_[i].touched, free_[best].touched, size)) best = i;
-      }
-      if (best < free_.size()) {
-        Buffer b = std::move(free_[best]);
-        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
-        b.touched = std::max(b.touched, size);
-        return b;
-      }
-      // Too small for this chunk: drop one so the pool never holds more than it gave out.
-      if (!free_.empty()) free_.pop_back();
-    }
-    Buffer b;
-    const uint64_t a = DirectIoAlignment();
-    const uint64_t capacity = (std::max(size, min_capacity_) + a - 1) / a * a;
-    // Aligned to 2 MiB, with every whole 2 MiB stretch asked to be a huge page (MapBuffer): a
-    // direct write from physically contiguous memory reaches the disk in fewer, larger
-    // requests. The development VM's virtio disk takes at most 254 segments per request, 1 MiB
-    // of scattered 4 KiB pages against its 4 MiB limit. Warm, 2 GB, 5-6 interleaved runs:
-    // W4A16_ASYM 0.67 -> 0.60 s median, FP8_DYNAMIC 0.92 -> 0.78 s, W4A16 0.60 -> 0.46 s; the
-    // writers' busy time for W4A16_ASYM fell from 1.1 to 0.75-0.81 s. Where THP is off,
-    // madvise does nothing and the buffers work as before.
-    b.data = std::unique_ptr<uint8_t, Unmap>(MapBuffer(capacity), Unmap{capacity});
-    b.capacity = capacity;
-    b.touched = size;
-    return b;
-  }
-  void Put(Buffer b) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.push_back(std::move(b));
-  }
-
- private:
-  // Whether a buffer that has touched `a` bytes suits a chunk of `size` better than one that
-  // has touched `b`: covering beats not covering; among covering, fewer; else more.
-  static bool Better(uint64_t a, uint64_t b, uint64_t size) {
-    const bool a_covers = a >= size, b_covers = b >= size;
-    if (a_covers != b_covers) return a_covers;
-    return a_covers ? a < b : a > b;
-  }
-
-  const uint64_t min_capacity_;
-  std::mutex mu_;
-  std::vector<Buffer> free_;
-};
-
-// Where in an aligned buffer to put bytes bound for `file_offset`, at or after `at`: the
-// same remainder modulo DirectIoAlignment(), so that OutputFile writes them without a copy.
-uint64_t AlignLike(uint64_t at, uint64_t file_offset) {
-  const uint64_t a = DirectIoAlignment();
-  return at + (file_offset % a + a - at % a) % a;
-}
 
 struct Chunk {
   size_t tensor = 0;
@@ -186,92 +73,6 @@ struct Chunk {
   }
 };
 
-// The writers: threads that write finished chunks while the workers compute the next ones, so
-// that the disk and the cores stay busy at the same time. (Writing from the workers, a direct
-// write held a core idle for its whole duration: a 2 GB W4A16 conversion took 1.1-1.4 s
-// against 0.5-0.8 s for the same bytes written alone.) Two of them, so that a write is in
-// flight while the other writer, its own write done, waits for a core the workers hold. The
-// bytes queued or being written are bounded (`limit`); Submit waits while they exceed it.
-class WriteQueue {
- public:
-  // `write` writes one chunk and disposes of it (from any writer thread); `limit` bounds the
-  // bytes queued or being written.
-  WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Chunk>)> write)
-      : limit_(limit), write_(std::move(write)) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
-  }
-  ~WriteQueue() { Finish(); }
-
-  void Submit(std::unique_ptr<Chunk> c, uint64_t bytes) {
-    std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return pending_ == 0 || pending_ + bytes <= limit_; });
-    pending_ += bytes;
-    jobs_.push_back(Job{next_seq_++, std::move(c), bytes, nullptr});
-    changed_.notify_all();
-  }
-  // Runs `f` on a writer thread once every chunk submitted before it is written.
-  void After(std::function<void()> f) {
-    std::lock_guard<std::mutex> lock(mu_);
-    jobs_.push_back(Job{next_seq_++, nullptr, 0, std::move(f)});
-    changed_.notify_all();
-  }
-  // Writes what is queued and stops the threads.
-  void Finish() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-      changed_.notify_all();
-    }
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
- private:
-  struct Job {
-    uint64_t seq = 0;
-    std::unique_ptr<Chunk> chunk;
-    uint64_t bytes = 0;
-    std::function<void()> after;
-  };
-
-  void Loop() {
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        changed_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;  // stop_ and nothing left
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-        if (job.after) {
-          // Jobs leave the queue in order, so every earlier chunk is written or being written.
-          changed_.wait(lock, [&] { return in_flight_.empty() || *in_flight_.begin() > job.seq; });
-        } else {
-          in_flight_.insert(job.seq);
-        }
-      }
-      if (job.chunk) write_(std::move(job.chunk));
-      if (job.after) job.after();
-      std::lock_guard<std::mutex> lock(mu_);
-      in_flight_.erase(job.seq);
-      pending_ -= job.bytes;
-      changed_.notify_all();
-    }
-  }
-
-  const uint64_t limit_;
-  std::function<void(std::unique_ptr<Chunk>)> write_;
-  std::mutex mu_;
-  std::condition_variable changed_;  // queue, in-flight set or pending bytes changed
-  std::deque<Job> jobs_;
-  std::set<uint64_t> in_flight_;  // sequence numbers of chunks being written
-  uint64_t next_seq_ = 0;
-  uint64_t pending_ = 0;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;  // last: started once the members above exist
-};
-
 class ShardPipeline {
  public:
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
@@ -297,7 +98,7 @@ class ShardPipeline {
   Status Run() {
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                            static_cast<size_t>(sizing_.threads));
-    writer_ = std::make_unique<WriteQueue>(
+    writer_ = std::make_unique<WriteQueue<Chunk>>(
         sizing_.write_queue_bytes, kWriterThreads,
         [this](std::unique_ptr<Chunk> c) { WriteChunk(std::move(c)); });
     tbb::parallel_pipeline(
@@ -690,9 +491,7 @@ class ShardPipeline {
       commits_.push_back(std::async(std::launch::async, [f, all_ok, marker, fingerprint] {
         if (!all_ok.get()) return Status::Ok();
         QUENCH_RETURN_IF_ERROR(f->Commit());
-        std::error_code ec;
-        std::filesystem::create_directories(marker.parent_path(), ec);
-        return WriteFileAtomic(marker, fingerprint);
+        return WriteResumeMarker(marker, fingerprint);
       }));
     }
   }
@@ -761,7 +560,7 @@ class ShardPipeline {
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
   BufferPool pool_;
-  std::unique_ptr<WriteQueue> writer_;  // created by Run, after everything it calls exists
+  std::unique_ptr<WriteQueue<Chunk>> writer_;  // created by Run, after everything it calls exists
   Cursor main_{.copies = false};
   Cursor copy_{.copies = true};
   std::vector<StreamBytes> shard_bytes_;   // per shard, to hand out (shards not done before)
@@ -774,43 +573,6 @@ class ShardPipeline {
 };
 
 }  // namespace
-
-std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel) {
-  return dst / kResumeDir / (rel + ".json");
-}
-
-// What a complete output shard depends on: the source shard (size and header bytes), the
-// output layout (header bytes), each tensor's action and scheme parameters, the NVFP4 global
-// scales (which depend on other shards) and quench's version.
-std::string ShardFingerprint(const Plan& plan, size_t s) {
-  const PlannedShard& ps = plan.shards[s];
-  uint64_t h = Fnv1a64(QUENCH_VERSION);
-  h = Fnv1a64(ps.header, h);
-  for (const PlannedTensor& t : plan.tensors) {
-    if (t.shard != s) continue;
-    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
-                              : t.action == TensorAction::kPrune  ? "|p|"
-                                                                  : "|c|");
-    if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
-    if (t.scheme != nullptr) {
-      d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
-           std::to_string(t.params.group_size.value_or(0)) + "|" +
-           std::to_string(t.params.symmetric) + "|";
-      uint32_t gs;
-      std::memcpy(&gs, &t.global_scale, 4);
-      d += std::to_string(gs);
-    }
-    h = Fnv1a64(d, h);
-  }
-  char hex[17];
-  auto hexed = [&](uint64_t v) {
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
-    return std::string(hex);
-  };
-  return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
-         ", \"source_header_fnv1a64\": \"" + hexed(ps.src_header_hash) + "\", \"output_bytes\": " +
-         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + hexed(h) + "\"}\n";
-}
 
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk,
                             uint64_t prepass_wanted_bytes) {
