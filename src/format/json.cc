@@ -522,6 +522,8 @@ Result<JsonValue> ReadJsonFile(const std::string& path) {
   return ParsePadded(path, padded);
 }
 
+void AppendJsonStringPython(std::string& out, std::string_view s) { AppendJsonStringAscii(out, s); }
+
 std::string DumpPythonJson(const JsonValue& v) {
   std::string out;
   DumpPython(out, v, 0);
