@@ -479,6 +479,25 @@ TEST_SUITE("convert") {
                      "--memory-limit", "lots"}).exit_code == 2);
       CHECK_FALSE(fs::exists(tmp / "o"));
     }
+    SUBCASE("an output name the source already uses is refused, naming it") {
+      // a.proj.weight quantizes to a.proj.weight + a.proj.weight_scale; the source's own
+      // a.proj.weight_scale (not a .weight, so copied) would be written a second time.
+      const std::string ones = Bf16Bytes(std::vector<float>(32 * 16, 1.f));
+      WriteShard(tmp / "dup/model.safetensors",
+                 {{"a.proj.weight", DType::kBF16, {32, 16}, ones},
+                  {"a.proj.weight_scale", DType::kBF16, {32, 1}, Bf16Bytes(std::vector<float>(32, 1.f))},
+                  {"b.proj.weight", DType::kBF16, {32, 16}, ones}});
+      qt::WriteBytes(tmp / "dup/config.json", "{}");
+      auto dry = convert({(tmp / "dup").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                          "--dry-run"});
+      CHECK(dry.exit_code == 3);  // invalid input
+      CHECK(dry.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
+      CHECK(dry.err.find("b.proj") == std::string::npos);
+      auto r = convert({(tmp / "dup").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
     SUBCASE("non-finite weights are refused, naming the tensor") {
       std::vector<float> v(32 * 16, 0.5f);
       v[100] = std::nanf("");
