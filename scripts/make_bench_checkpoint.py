@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Write a synthetic Llama-shaped BF16 checkpoint of about SIZE_GB (10^9 bytes) for scripts/bench.
+"""Write a synthetic BF16 checkpoint for scripts/bench: Llama-shaped of about SIZE_GB (10^9 bytes),
+or Kimi-K2-shaped with many small expert tensors.
 
     make_bench_checkpoint.py OUT_DIR --size-gb 2 [--shard-gb 1] [--seed N]
+    make_bench_checkpoint.py OUT_DIR --layout kimi [--shard-gb 1] [--seed N]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -9,6 +11,12 @@ layers is chosen to reach the size with about 8% of the bytes in embed_tokens + 
 halved until at least one layer fits. Weights are BF16 with a normal(0, 0.02) distribution: a pool
 of 2^24 true normal draws is sampled at random offsets with random signs, which is fast (the data
 are only there to be converted, not to be meaningful).
+
+--layout kimi keeps Kimi K2's tensor count rather than its size: 61 layers of 384 routed experts
+(gate/up/down, 70,272 tensors) plus attention, norms and the router gate, 70,702 tensors in all;
+hidden and expert intermediate sizes are both 128 (a multiple of every scheme's group), so each
+expert tensor is 32 KiB and the checkpoint about 2.4 GB (2.2 GiB). --size-gb is not used. It
+measures what per-tensor costs add to a conversion, which a few large tensors hide.
 
 Files are laid out as Hugging Face save_pretrained does: shards model-0000k-of-0000n.safetensors
 filled in module order up to --shard-gb, tensors inside a shard sorted by name, header padded
@@ -66,6 +74,27 @@ def tensor_list(s):
     return out
 
 
+KIMI = dict(hidden=128, inter=128, heads=1, layers=61, experts=384, vocab=163840)
+
+
+def kimi_tensor_list(s):
+    """(name, shape) in module order for the Kimi-shaped layout."""
+    h, i = s["hidden"], s["inter"]
+    out = [("model.embed_tokens.weight", (s["vocab"], h))]
+    for l in range(s["layers"]):
+        p = f"model.layers.{l}."
+        out += [(p + f"self_attn.{m}.weight", (h, h)) for m in ("q_proj", "k_proj", "v_proj",
+                                                                 "o_proj")]
+        out.append((p + "mlp.gate.weight", (s["experts"], h)))
+        for e in range(s["experts"]):
+            q = p + f"mlp.experts.{e}."
+            out += [(q + "gate_proj.weight", (i, h)), (q + "up_proj.weight", (i, h)),
+                    (q + "down_proj.weight", (h, i))]
+        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (s["vocab"], h))]
+    return out
+
+
 def nbytes(shape):
     n = 2
     for d in shape:
@@ -79,6 +108,7 @@ def main():
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
+    ap.add_argument("--layout", choices=("llama", "kimi"), default="llama")
     a = ap.parse_args()
     final = a.out.rstrip("/")
     if os.path.isdir(final):
@@ -88,8 +118,12 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     t0 = time.time()
-    s = shapes_for(int(a.size_gb * 1e9))
-    tensors = tensor_list(s)
+    if a.layout == "kimi":
+        s = KIMI
+        tensors = kimi_tensor_list(s)
+    else:
+        s = shapes_for(int(a.size_gb * 1e9))
+        tensors = tensor_list(s)
 
     # Greedy sharding in module order (transformers' shard_checkpoint).
     limit = int(a.shard_gb * 1e9)
@@ -153,7 +187,7 @@ def main():
 
     write_json("model.safetensors.index.json",
                {"metadata": {"total_size": total}, "weight_map": weight_map})
-    write_json("config.json", {
+    config = {
         "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": 1, "eos_token_id": 2, "head_dim": s["hidden"] // s["heads"],
         "hidden_act": "silu", "hidden_size": s["hidden"], "initializer_range": 0.02,
@@ -162,7 +196,14 @@ def main():
         "num_hidden_layers": s["layers"], "num_key_value_heads": s["heads"],
         "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
         "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-        "transformers_version": "4.51.3", "use_cache": True, "vocab_size": s["vocab"]})
+        "transformers_version": "4.51.3", "use_cache": True, "vocab_size": s["vocab"]}
+    if a.layout == "kimi":
+        # Kimi K2's own config names (DeepSeek-V3's), with the experts' sizes of this layout.
+        config.update({"architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2",
+                       "first_k_dense_replace": 0, "moe_intermediate_size": s["inter"],
+                       "n_routed_experts": s["experts"], "n_shared_experts": 0,
+                       "num_experts_per_tok": 8})
+    write_json("config.json", config)
     os.replace(out, final)
     print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "
           f"{s['hidden']}, intermediate {s['inter']}, vocab {s['vocab']}) in "

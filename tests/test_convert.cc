@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 
 #include "format/json.h"
 #include "format/model_folder.h"
@@ -14,6 +15,7 @@
 #include "quench/convert.h"
 #include "schemes/chunk.h"
 #include "schemes/fp8.h"
+#include "schemes/int.h"
 #include "test_util.h"
 
 namespace qt = quench::testing;
@@ -230,6 +232,138 @@ TEST_SUITE("convert") {
     }
   }
 
+  TEST_CASE("many small tensors: batched into chunks, every tensor exact; NaN named") {
+    // A MoE-shaped checkpoint: per layer 24 experts x 3 projections of 16 x 128 (4 KiB each),
+    // norms and a router gate (copied), and a q_proj larger than a chunk under a 1 MiB
+    // budget; lm_head (copied) larger than a copy piece. Small tensors of a shard share
+    // chunks, so this runs the batched path with the budget both small (several chunks of
+    // tens of tensors, the large ones split) and default (a shard's small tensors in one
+    // chunk). Expected: copies byte for byte the source; quantized weights and scales those
+    // of the scalar reference kernels run on each whole tensor; weight_shape the tensor's
+    // shape; the output holds exactly these tensors.
+    qt::TempDir tmp;
+    std::mt19937 rng(20261204);
+    auto values = [&](size_t n) {
+      std::normal_distribution<float> d(0.f, 0.02f);
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i) v[i] = d(rng) * static_cast<float>(1 + i / 128 % 7);
+      return Bf16Bytes(v);
+    };
+    std::vector<std::vector<RawTensor>> shards(2);
+    for (int l = 0; l < 3; ++l) {
+      auto& sh = shards[l < 2 ? 0 : 1];
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      sh.push_back({p + "input_layernorm.weight", DType::kBF16, {128}, values(128)});
+      sh.push_back({p + "post_attention_layernorm.weight", DType::kBF16, {128}, values(128)});
+      sh.push_back({p + "mlp.gate.weight", DType::kBF16, {24, 128}, values(24 * 128)});
+      sh.push_back({p + "self_attn.q_proj.weight", DType::kBF16, {2048, 128}, values(2048 * 128)});
+      for (int e = 0; e < 24; ++e) {
+        for (const char* m : {"gate_proj", "up_proj", "down_proj"}) {
+          sh.push_back({p + "mlp.experts." + std::to_string(e) + "." + m + ".weight",
+                        DType::kBF16, {16, 128}, values(16 * 128)});
+        }
+      }
+    }
+    shards[1].push_back({"lm_head.weight", DType::kBF16, {1024, 128}, values(1024 * 128)});
+    shards[1].push_back({"model.norm.weight", DType::kBF16, {128}, values(128)});
+    for (size_t i = 0; i < shards.size(); ++i) {
+      WriteShard(tmp / "src" / ("model-0000" + std::to_string(i + 1) + "-of-00002.safetensors"),
+                 shards[i]);
+    }
+    auto copied = [](const RawTensor& t) {
+      return t.shape.size() == 1 || t.name == "lm_head.weight" ||
+             t.name.find("mlp.gate.") != std::string::npos;
+    };
+    auto bytes_of = [](const Loaded* l, const quench::TensorInfo* t) {
+      return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->nbytes());
+    };
+    for (const char* scheme : {"FP8_DYNAMIC", "W4A16"}) {
+      const bool fp8 = std::string(scheme) == "FP8_DYNAMIC";
+      for (int threads : {1, 2}) {
+        for (uint64_t memory : {uint64_t{1} << 20, quench::kDefaultMemoryLimit}) {
+          CAPTURE(scheme);
+          CAPTURE(threads);
+          CAPTURE(memory);
+          const fs::path out = tmp / "out";
+          fs::remove_all(out);
+          auto r = ConvertDir(tmp / "src", out, scheme, threads, memory);
+          REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+          auto dst = LoadAll(out);
+          REQUIRE(dst.size() == 2);
+          size_t expected_tensors = 0, found_tensors = 0;
+          for (const auto& [_, l] : dst) found_tensors += l.shard.header.tensors.size();
+          for (const auto& shard : shards) {
+            for (const RawTensor& t : shard) {
+              CAPTURE(t.name);
+              if (copied(t)) {
+                ++expected_tensors;
+                auto [dl, dt] = FindTensor(dst, t.name);
+                REQUIRE(dt != nullptr);
+                CHECK(bytes_of(dl, dt) == t.bytes);
+                continue;
+              }
+              const std::string module = t.name.substr(0, t.name.size() - 7);  // ".weight"
+              const uint64_t rows = t.shape[0], cols = t.shape[1];
+              quench::WeightChunk in;
+              in.data = reinterpret_cast<const uint8_t*>(t.bytes.data());
+              in.rows = rows;
+              in.cols = cols;
+              quench::ChunkOutputs outs;
+              std::string q, sc(rows * 2, '\0');
+              if (fp8) {
+                q.assign(rows * cols, '\0');
+                outs.out[0] = reinterpret_cast<uint8_t*>(q.data());
+                outs.out[1] = reinterpret_cast<uint8_t*>(sc.data());
+                REQUIRE(quench::fp8::QuantizeChannelScalar(in, outs));
+                expected_tensors += 2;
+              } else {
+                in.params.bits = 4;
+                in.params.group_size = 128;
+                q.assign(rows * cols / 2, '\0');  // 8 int4 values per int32 word
+                outs.out[0] = reinterpret_cast<uint8_t*>(q.data());
+                outs.out[1] = reinterpret_cast<uint8_t*>(sc.data());
+                REQUIRE(quench::intq::QuantizePackedScalar(in, outs));
+                expected_tensors += 3;
+                auto [shl, sht] = FindTensor(dst, module + ".weight_shape");
+                REQUIRE(sht != nullptr);
+                std::string shape(16, '\0');
+                for (int b = 0; b < 8; ++b) {
+                  shape[b] = static_cast<char>(rows >> (8 * b));
+                  shape[8 + b] = static_cast<char>(cols >> (8 * b));
+                }
+                CHECK(bytes_of(shl, sht) == shape);
+              }
+              auto [wl, wt] = FindTensor(dst, module + (fp8 ? ".weight" : ".weight_packed"));
+              auto [sl, st] = FindTensor(dst, module + ".weight_scale");
+              REQUIRE(wt != nullptr);
+              REQUIRE(st != nullptr);
+              CHECK(bytes_of(wl, wt) == q);
+              CHECK(bytes_of(sl, st) == sc);
+            }
+          }
+          CHECK(found_tensors == expected_tensors);
+        }
+      }
+    }
+
+    // A NaN in one small tensor among many in its chunk: the run stops naming that tensor
+    // and leaves no output.
+    std::string& poisoned = shards[0][60].bytes;
+    const uint16_t nan = 0x7FC0;
+    std::memcpy(poisoned.data() + 2 * 37, &nan, 2);
+    WriteShard(tmp / "src" / "model-00001-of-00002.safetensors", shards[0]);
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      const fs::path out = tmp / ("nan" + std::to_string(threads));
+      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, 1 << 20);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.status().code() == quench::ErrorCode::kNonFinite);
+      CHECK_MESSAGE(r.status().message().find("'" + shards[0][60].name + "'") != std::string::npos,
+                    r.status().message());
+      CHECK_FALSE(fs::exists(out));
+    }
+  }
+
   TEST_CASE("F16 and F32 weights keep their dtype for scales") {
     for (DType dt : {DType::kF16, DType::kF32}) {
       qt::TempDir tmp;
@@ -343,6 +477,25 @@ TEST_SUITE("convert") {
                      "--threads", "zero"}).exit_code == 2);
       CHECK(convert({kTiny.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
                      "--memory-limit", "lots"}).exit_code == 2);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
+    SUBCASE("an output name the source already uses is refused, naming it") {
+      // a.proj.weight quantizes to a.proj.weight + a.proj.weight_scale; the source's own
+      // a.proj.weight_scale (not a .weight, so copied) would be written a second time.
+      const std::string ones = Bf16Bytes(std::vector<float>(32 * 16, 1.f));
+      WriteShard(tmp / "dup/model.safetensors",
+                 {{"a.proj.weight", DType::kBF16, {32, 16}, ones},
+                  {"a.proj.weight_scale", DType::kBF16, {32, 1}, Bf16Bytes(std::vector<float>(32, 1.f))},
+                  {"b.proj.weight", DType::kBF16, {32, 16}, ones}});
+      qt::WriteBytes(tmp / "dup/config.json", "{}");
+      auto dry = convert({(tmp / "dup").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                          "--dry-run"});
+      CHECK(dry.exit_code == 3);  // invalid input
+      CHECK(dry.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
+      CHECK(dry.err.find("b.proj") == std::string::npos);
+      auto r = convert({(tmp / "dup").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
       CHECK_FALSE(fs::exists(tmp / "o"));
     }
     SUBCASE("non-finite weights are refused, naming the tensor") {

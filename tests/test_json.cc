@@ -12,6 +12,7 @@
 #include <string>
 
 #include "format/json.h"
+#include "format/quant_config.h"
 
 namespace quench {
 namespace {
@@ -149,6 +150,29 @@ TEST_SUITE("json") {
     CHECK(DumpPythonJson(o) ==
           "{\n  \"Z\": 3,\n  \"z\": 2,\n  \"\\u00c4\": 1,\n  \"\\uffff\": 4,\n"
           "  \"\\ud83d\\ude00\": 5\n}");
+  }
+
+  TEST_CASE("the index is written as Python's json.dump(indent=2, sort_keys=True) writes it") {
+    // Expected strings from CPython 3 json.dumps of the same dict (ensure_ascii).
+    const std::vector<std::pair<std::string, std::string>> wm = {
+        {"b.weight", "model-00002.safetensors"},
+        {"a\xc3\xa9\"x\xf0\x9f\x98\x80", "model-00001.safetensors"},
+        {"a", "s\\t"},
+        {"A", "z"}};
+    CHECK(quench::BuildIndexJson(wm, 123) ==
+          R"({
+  "metadata": {
+    "total_size": 123
+  },
+  "weight_map": {
+    "A": "z",
+    "a": "s\\t",
+    "a\u00e9\"x\ud83d\ude00": "model-00001.safetensors",
+    "b.weight": "model-00002.safetensors"
+  }
+})");
+    CHECK(quench::BuildIndexJson({}, 0) ==
+          "{\n  \"metadata\": {\n    \"total_size\": 0\n  },\n  \"weight_map\": {}\n}");
   }
 
   TEST_CASE("duplicate keys: last value, first position") {

@@ -2,6 +2,10 @@
 // and name (compressed-tensors and vLLM match with re.match), worked out with CPython.
 #include <doctest/doctest.h>
 
+#include <regex>
+#include <string>
+#include <string_view>
+
 #include "plan/fused_sets.h"
 #include "plan/matcher.h"
 #include "plan/planner.h"
@@ -38,6 +42,39 @@ TEST_SUITE("matcher") {
       auto m = NameMatcher::Compile({c.pattern}, "--ignore");
       REQUIRE(m.ok());
       CHECK(m->Matches(c.name) == c.expected);
+    }
+  }
+
+  TEST_CASE("regexes ending in $ give the same answers as the regex alone") {
+    // NameMatcher skips a regex ending in `$` for names without one of the endings the
+    // pattern requires; every answer must still be the regex's own (std::regex with Python's
+    // re.match anchoring, computed here without NameMatcher).
+    const char* patterns[] = {
+        ".*mlp\\.gate$",         ".*(word|position|token_type)_embeddings$",
+        "(.*\\.)?(wte|wpe|tok_embeddings)$", "a|.*gate$",    ".*gatex?$",
+        ".*gat[e]$",             ".*\\$$",                  ".*(gate|)$",
+        ".*(?:gate|proj)$",      ".*\\bgate$",               ".*(a(b|c))$",
+        ".*ga(?=te)te$",         "model\\.layers\\.\\d+\\.mlp\\.gate$", ".*e{2}$",
+        ".*\\\\$",
+    };
+    const char* names[] = {
+        "model.layers.0.mlp.gate", "model.layers.0.mlp.gate_proj", "mlp.gate", "gate", "",
+        "embeddings.word_embeddings", "transformer.wte", "wpe", "x.tok_embeddings",
+        "model.embed_tokens", "a", "abc", "model.layers.1.mlp.gatex", "x$", "x.proj",
+        "x.ab", "x.ac", "model.layers.12.mlp.gate", "bee", "x\\",
+    };
+    for (const char* p : patterns) {
+      CAPTURE(p);
+      auto m = NameMatcher::Compile({std::string("re:") + p}, "--ignore");
+      REQUIRE(m.ok());
+      const std::regex re(p, std::regex::ECMAScript);
+      for (const char* n : names) {
+        CAPTURE(n);
+        const std::string_view name(n);
+        const bool expected = std::regex_search(name.begin(), name.end(), re,
+                                                std::regex_constants::match_continuous);
+        CHECK(m->Matches(name) == expected);
+      }
     }
   }
 

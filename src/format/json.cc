@@ -325,8 +325,15 @@ void AppendJsonStringAscii(std::string& out, std::string_view s) {
       out.push_back(e);
       ++i;
     } else if (c >= 0x20 && c < 0x7F) {
-      out.push_back(static_cast<char>(c));
-      ++i;
+      // A run of printable ASCII goes out as it is, in one append.
+      size_t j = i + 1;
+      while (j < s.size()) {
+        const unsigned char d = static_cast<unsigned char>(s[j]);
+        if (d < 0x20 || d >= 0x7F || d == '"' || d == '\\') break;
+        ++j;
+      }
+      out.append(s, i, j - i);
+      i = j;
     } else {
       uint32_t cp = DecodeUtf8(s, i);
       if (cp >= 0x10000) {
@@ -523,6 +530,8 @@ Result<JsonValue> ReadJsonFile(const std::string& path) {
   return ParsePadded(path, padded);
 }
 
+void AppendJsonStringPython(std::string& out, std::string_view s) { AppendJsonStringAscii(out, s); }
+
 std::string DumpPythonJson(const JsonValue& v) {
   std::string out;
   DumpPython(out, v, 0);
@@ -539,15 +548,25 @@ std::string DumpCompactJson(const JsonValue& v) {
 // control characters as \u00XX; everything else, including DEL and non-ASCII, passes through.
 void AppendJsonStringCompact(std::string& out, std::string_view s) {
   out.push_back('"');
-  for (char ch : s) {
-    const unsigned char c = static_cast<unsigned char>(ch);
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
     if (char e = ShortEscape(c)) {
       out.push_back('\\');
       out.push_back(e);
+      ++i;
     } else if (c < 0x20) {
       AppendU4(out, c);
+      ++i;
     } else {
-      out.push_back(ch);
+      // A run that needs no escape goes out as it is, in one append.
+      size_t j = i + 1;
+      while (j < s.size() && static_cast<unsigned char>(s[j]) >= 0x20 && s[j] != '"' &&
+             s[j] != '\\') {
+        ++j;
+      }
+      out.append(s, i, j - i);
+      i = j;
     }
   }
   out.push_back('"');

@@ -81,6 +81,9 @@ std::string DumpPythonJson(const JsonValue& v);
 // Compact JSON with keys in stored order, no spaces, UTF-8 kept (serde_json::to_string style).
 std::string DumpCompactJson(const JsonValue& v);
 
+// JSON string literal as Python's json writes it with ensure_ascii (DumpPythonJson's strings).
+void AppendJsonStringPython(std::string& out, std::string_view s);
+
 // JSON string literal with serde_json's escaping (", \\, control chars; UTF-8 passed through).
 void AppendJsonStringCompact(std::string& out, std::string_view s);
 

@@ -26,6 +26,9 @@ Status CheckIndex(const ModelFolder& m, const JsonValue& index) {
   for (const Shard& s : m.shards) by_name[s.rel_name] = &s;
   // Where each tensor lives; index files of 1T-parameter MoE models name 100k+ tensors.
   std::unordered_map<std::string_view, const Shard*> holder;
+  size_t tensors = 0;
+  for (const Shard& s : m.shards) tensors += s.header.tensors.size();
+  holder.reserve(tensors);
   for (const Shard& s : m.shards) {
     for (const TensorInfo& t : s.header.tensors) holder.emplace(t.name, &s);
   }

@@ -1,5 +1,9 @@
 #include "format/quant_config.h"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "quench/dtype.h"
 
 namespace quench {
@@ -96,16 +100,32 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
 
 std::string BuildIndexJson(const std::vector<std::pair<std::string, std::string>>& weight_map,
                            uint64_t total_size) {
-  JsonValue meta = JsonValue::MakeObject();
-  meta.Set("total_size", JsonValue(total_size));
-  JsonValue wm = JsonValue::MakeObject();
-  // Names are unique (checked at planning), so append directly: Set() would be quadratic on
-  // checkpoints with 100k+ tensors.
-  for (const auto& [name, shard] : weight_map) wm.as_object().emplace_back(name, JsonValue(shard));
-  JsonValue root = JsonValue::MakeObject();
-  root.Set("metadata", std::move(meta));
-  root.Set("weight_map", std::move(wm));
-  return DumpPythonJson(root);
+  // DumpPythonJson's layout for this one shape, written directly: a JsonValue tree would copy
+  // every name and shard again and sort tree nodes, a large part of planning a checkpoint
+  // with tens of thousands of tensors. Keys sorted as DumpPythonJson sorts them (unsigned
+  // bytes, i.e. code points).
+  std::vector<const std::pair<std::string, std::string>*> items;
+  items.reserve(weight_map.size());
+  for (const auto& kv : weight_map) items.push_back(&kv);
+  std::stable_sort(items.begin(), items.end(),
+                   [](const auto* a, const auto* b) { return a->first < b->first; });
+  std::string out = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
+                    "\n  },\n  \"weight_map\": ";
+  if (items.empty()) {
+    out += "{}";
+  } else {
+    out += "{\n";
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i > 0) out += ",\n";
+      out += "    ";
+      AppendJsonStringPython(out, items[i]->first);
+      out += ": ";
+      AppendJsonStringPython(out, items[i]->second);
+    }
+    out += "\n  }";
+  }
+  out += "\n}";
+  return out;
 }
 
 }  // namespace quench

@@ -426,12 +426,19 @@ SafetensorsLayout LayOutSafetensors(
     std::vector<TensorSpec> tensors,
     const std::vector<std::pair<std::string, std::string>>& metadata) {
   // prepare(): dtype descending in enum order, then name ascending (Rust String Ord: bytes).
-  std::sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) {
+  // An order of indices is sorted, so that each spec's position can be given back.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t i, size_t j) {
+    const TensorSpec& a = tensors[i];
+    const TensorSpec& b = tensors[j];
     if (a.dtype != b.dtype) return DTypeSortRank(a.dtype) > DTypeSortRank(b.dtype);
     return a.name < b.name;
   });
 
   SafetensorsLayout layout;
+  layout.position.resize(tensors.size());
+  for (size_t k = 0; k < order.size(); ++k) layout.position[order[k]] = k;
   std::string json = "{";
   bool first = true;
   // `__metadata__` first; the crate serialises whatever map it is given (an empty one as {}),
@@ -451,7 +458,8 @@ SafetensorsLayout LayOutSafetensors(
   }
   uint64_t offset = 0;
   layout.tensors.reserve(tensors.size());
-  for (TensorSpec& t : tensors) {
+  for (size_t k : order) {
+    TensorSpec& t = tensors[k];
     if (!first) json.push_back(',');
     first = false;
     AppendJsonStringCompact(json, t.name);

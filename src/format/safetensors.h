@@ -67,6 +67,7 @@ struct TensorSpec {
 struct SafetensorsLayout {
   std::string header;               // the 8-byte length prefix + padded JSON: write at offset 0
   std::vector<TensorInfo> tensors;  // sorted as the writer sorts them; begin/end relative to data
+  std::vector<size_t> position;     // per TensorSpec as given: its index in `tensors`
   uint64_t data_start = 0;          // == header.size()
   uint64_t file_size = 0;
 };

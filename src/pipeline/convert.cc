@@ -14,6 +14,7 @@
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
+#include "pipeline/resume.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -55,34 +56,6 @@ Status CheckFreeSpace(const fs::path& dst, uint64_t needed) {
                                      " are free");
   }
   return Status::Ok();
-}
-
-// --resume: a shard is complete when its file has the planned size and its marker (written
-// after the shard was fsynced and renamed) equals the fingerprint of what this run would write.
-// Leftover temporary files of the interrupted run are removed.
-uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
-  std::error_code ec;
-  std::vector<fs::path> stale;
-  for (auto it = fs::recursive_directory_iterator(plan.dst, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->path().string().ends_with(".quench-tmp")) stale.push_back(it->path());
-  }
-  for (const fs::path& p : stale) fs::remove(p, ec);
-  uint64_t done = 0;
-  for (size_t k = 0; k < plan.shards.size(); ++k) {
-    PlannedShard& ps = plan.shards[k];
-    const fs::path out = plan.dst / ps.rel_name;
-    auto marker = ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name));
-    if (!marker.ok() || *marker != ShardFingerprint(plan, k)) continue;
-    if (fs::file_size(out, ec) != ps.file_size || ec) continue;
-    ps.already_done = true;
-    ++done;
-  }
-  if (callbacks.note) {
-    callbacks.note("resume: " + std::to_string(done) + " of " + std::to_string(plan.shards.size()) +
-                   " output shards are complete and match the source and recipe; converting the rest");
-  }
-  return done;
 }
 
 }  // namespace

@@ -1,27 +1,21 @@
 #include "pipeline/pipeline.h"
 
-#include <sys/mman.h>
 #include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <condition_variable>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
-#include <new>
-#include <set>
 #include <thread>
 #include <vector>
 
 #include "format/file_io.h"
-#include "format/safetensors.h"
+#include "pipeline/buffers.h"
+#include "pipeline/chunks.h"
+#include "pipeline/resume.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -34,7 +28,6 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and the 4 MiB
 // staging buffer of a direct-written output file (two while one shard is being committed).
 constexpr uint64_t kReserve = 32 * kMiB;
-constexpr uint64_t kHugePage = 2 * kMiB;
 // Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
@@ -53,224 +46,6 @@ constexpr int kWriterThreads = 2;
 // ahead; 16, 64 and 256 MiB ahead measured alike (2.01 / 1.94 / 1.95 s). The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
-
-struct Unmap {
-  uint64_t len = 0;
-  void operator()(uint8_t* p) const { munmap(p, len); }
-};
-
-// A reusable output buffer; chunks in flight are bounded, so are buffers. Aligned for direct
-// writes (DirectIoAlignment), so that a chunk's output goes to the disk without a copy.
-struct Buffer {
-  std::unique_ptr<uint8_t, Unmap> data;
-  uint64_t capacity = 0;
-  uint64_t touched = 0;  // bytes from the start ever handed out: the pages it already has
-};
-
-// `len` bytes (a multiple of the page size) mapped at a 2 MiB boundary, every whole 2 MiB
-// stretch asked to be a huge page. Mapped directly rather than from malloc, so that only the
-// pages used count (malloc's alignment slack, heap reuse and MALLOC_PERTURB_ filling made the
-// 64 MiB memory test peak at 78 MB).
-uint8_t* MapBuffer(uint64_t len) {
-  const uint64_t slack = kHugePage;
-  void* p = mmap(nullptr, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
-  const auto base = reinterpret_cast<uintptr_t>(p);
-  const uintptr_t start = (base + kHugePage - 1) / kHugePage * kHugePage;
-  if (start > base) munmap(p, start - base);
-  const uintptr_t end = base + len + slack;
-  if (end > start + len) munmap(reinterpret_cast<void*>(start + len), end - (start + len));
-  if (len >= kHugePage) {
-    madvise(reinterpret_cast<void*>(start), len / kHugePage * kHugePage, MADV_HUGEPAGE);
-  }
-  return reinterpret_cast<uint8_t*>(start);
-}
-
-class BufferPool {
- public:
-  // Every buffer holds at least `min_capacity` bytes, so that buffers suit any chunk and are
-  // reused rather than freed and allocated again (fresh pages cost a fault and zeroing each:
-  // with sizes as asked, NVFP4 on 2 GB allocated 17 buffers, 12 of them 16 MiB).
-  explicit BufferPool(uint64_t min_capacity) : min_capacity_(min_capacity) {}
-
-  // A free buffer whose pages already cover `size` (the least used of those, keeping the
-  // larger ones for larger chunks), else the one that has the most of them. A page a buffer
-  // touches for the first time costs a fault and zeroing; on the development VM that is
-  // 500-870 MB/s for a fresh huge page (the host backs the memory on first touch), about 7.5
-  // GB/s when a page is reused. Taking the first free buffer spread chunks over every buffer,
-  // so each one ended up with pages for the largest chunk it ever held: warm, 2 GB, 5
-  // interleaved runs, sys time FP8_BLOCK 0.54 -> 0.41 s, W4A8 0.67 -> 0.33 s with this choice
-  // and copy chunks of a quarter chunk (Next).
-  Buffer Get(uint64_t size) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      size_t best = free_.size();
-      for (size_t i = 0; i < free_.size(); ++i) {
-        if (free_[i].capacity < size) continue;
-        if (best == free_.size() || Better(free_[i].touched, free_[best].touched, size)) best = i;
-      }
-      if (best < free_.size()) {
-        Buffer b = std::move(free_[best]);
-        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
-        b.touched = std::max(b.touched, size);
-        return b;
-      }
-      // Too small for this chunk: drop one so the pool never holds more than it gave out.
-      if (!free_.empty()) free_.pop_back();
-    }
-    Buffer b;
-    const uint64_t a = DirectIoAlignment();
-    const uint64_t capacity = (std::max(size, min_capacity_) + a - 1) / a * a;
-    // Aligned to 2 MiB, with every whole 2 MiB stretch asked to be a huge page (MapBuffer): a
-    // direct write from physically contiguous memory reaches the disk in fewer, larger
-    // requests. The development VM's virtio disk takes at most 254 segments per request, 1 MiB
-    // of scattered 4 KiB pages against its 4 MiB limit. Warm, 2 GB, 5-6 interleaved runs:
-    // W4A16_ASYM 0.67 -> 0.60 s median, FP8_DYNAMIC 0.92 -> 0.78 s, W4A16 0.60 -> 0.46 s; the
-    // writers' busy time for W4A16_ASYM fell from 1.1 to 0.75-0.81 s. Where THP is off,
-    // madvise does nothing and the buffers work as before.
-    b.data = std::unique_ptr<uint8_t, Unmap>(MapBuffer(capacity), Unmap{capacity});
-    b.capacity = capacity;
-    b.touched = size;
-    return b;
-  }
-  void Put(Buffer b) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.push_back(std::move(b));
-  }
-
- private:
-  // Whether a buffer that has touched `a` bytes suits a chunk of `size` better than one that
-  // has touched `b`: covering beats not covering; among covering, fewer; else more.
-  static bool Better(uint64_t a, uint64_t b, uint64_t size) {
-    const bool a_covers = a >= size, b_covers = b >= size;
-    if (a_covers != b_covers) return a_covers;
-    return a_covers ? a < b : a > b;
-  }
-
-  const uint64_t min_capacity_;
-  std::mutex mu_;
-  std::vector<Buffer> free_;
-};
-
-// Where in an aligned buffer to put bytes bound for `file_offset`, at or after `at`: the
-// same remainder modulo DirectIoAlignment(), so that OutputFile writes them without a copy.
-uint64_t AlignLike(uint64_t at, uint64_t file_offset) {
-  const uint64_t a = DirectIoAlignment();
-  return at + (file_offset % a + a - at % a) % a;
-}
-
-struct Chunk {
-  size_t tensor = 0;
-  OutputFile* file = nullptr;  // the shard's output
-  // What the writer writes: `n_writes` ranges of `buf` (or `staging`) at file offsets.
-  size_t n_writes = 0;
-  const uint8_t* write_src[ChunkOutputs::kMax] = {};
-  uint64_t write_off[ChunkOutputs::kMax] = {};
-  uint64_t write_len[ChunkOutputs::kMax] = {};
-  // Quantize: rows [begin, end). Copy: bytes [begin, end) of the tensor.
-  uint64_t begin = 0, end = 0;
-  uint64_t src_offset = 0, src_len = 0;   // absolute input range this chunk reads
-  const MappedFile* map = nullptr;        // the source shard
-  Buffer buf;
-  Buffer staging;      // pruned copy of the input rows (pruning only)
-  uint64_t staging_at = 0;  // where the copy starts in staging
-  uint64_t zeroed = 0; // pruned positions in this chunk
-  ErrorSums error;     // --report: sampled quantization error of this chunk
-  bool finite = true;
-
-  void AddWrite(uint64_t off, const uint8_t* src, uint64_t len) {
-    write_off[n_writes] = off;
-    write_src[n_writes] = src;
-    write_len[n_writes] = len;
-    ++n_writes;
-  }
-};
-
-// The writers: threads that write finished chunks while the workers compute the next ones, so
-// that the disk and the cores stay busy at the same time. (Writing from the workers, a direct
-// write held a core idle for its whole duration: a 2 GB W4A16 conversion took 1.1-1.4 s
-// against 0.5-0.8 s for the same bytes written alone.) Two of them, so that a write is in
-// flight while the other writer, its own write done, waits for a core the workers hold. The
-// bytes queued or being written are bounded (`limit`); Submit waits while they exceed it.
-class WriteQueue {
- public:
-  // `write` writes one chunk and disposes of it (from any writer thread); `limit` bounds the
-  // bytes queued or being written.
-  WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Chunk>)> write)
-      : limit_(limit), write_(std::move(write)) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
-  }
-  ~WriteQueue() { Finish(); }
-
-  void Submit(std::unique_ptr<Chunk> c, uint64_t bytes) {
-    std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return pending_ == 0 || pending_ + bytes <= limit_; });
-    pending_ += bytes;
-    jobs_.push_back(Job{next_seq_++, std::move(c), bytes, nullptr});
-    changed_.notify_all();
-  }
-  // Runs `f` on a writer thread once every chunk submitted before it is written.
-  void After(std::function<void()> f) {
-    std::lock_guard<std::mutex> lock(mu_);
-    jobs_.push_back(Job{next_seq_++, nullptr, 0, std::move(f)});
-    changed_.notify_all();
-  }
-  // Writes what is queued and stops the threads.
-  void Finish() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-      changed_.notify_all();
-    }
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
- private:
-  struct Job {
-    uint64_t seq = 0;
-    std::unique_ptr<Chunk> chunk;
-    uint64_t bytes = 0;
-    std::function<void()> after;
-  };
-
-  void Loop() {
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        changed_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;  // stop_ and nothing left
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-        if (job.after) {
-          // Jobs leave the queue in order, so every earlier chunk is written or being written.
-          changed_.wait(lock, [&] { return in_flight_.empty() || *in_flight_.begin() > job.seq; });
-        } else {
-          in_flight_.insert(job.seq);
-        }
-      }
-      if (job.chunk) write_(std::move(job.chunk));
-      if (job.after) job.after();
-      std::lock_guard<std::mutex> lock(mu_);
-      in_flight_.erase(job.seq);
-      pending_ -= job.bytes;
-      changed_.notify_all();
-    }
-  }
-
-  const uint64_t limit_;
-  std::function<void(std::unique_ptr<Chunk>)> write_;
-  std::mutex mu_;
-  std::condition_variable changed_;  // queue, in-flight set or pending bytes changed
-  std::deque<Job> jobs_;
-  std::set<uint64_t> in_flight_;  // sequence numbers of chunks being written
-  uint64_t next_seq_ = 0;
-  uint64_t pending_ = 0;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;  // last: started once the members above exist
-};
 
 class ShardPipeline {
  public:
@@ -297,7 +72,7 @@ class ShardPipeline {
   Status Run() {
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                            static_cast<size_t>(sizing_.threads));
-    writer_ = std::make_unique<WriteQueue>(
+    writer_ = std::make_unique<WriteQueue<Chunk>>(
         sizing_.write_queue_bytes, kWriterThreads,
         [this](std::unique_ptr<Chunk> c) { WriteChunk(std::move(c)); });
     tbb::parallel_pipeline(
@@ -355,14 +130,10 @@ class ShardPipeline {
     SkipDone(copy_);
     // Prepare every tensor up to the next main chunk's (all of them at the end, empty ones
     // included); copies need no preparation.
-    const size_t upto = std::min(main_.tensor + 1, plan_.tensors.size());
-    for (; tensors_prepared_ < upto; ++tensors_prepared_) {
-      if (!before_tensor_) continue;
-      if (Status st = before_tensor_(tensors_prepared_); !st.ok()) {
-        Fail(st);
-        fc.stop();
-        return nullptr;
-      }
+    if (Status st = PrepareBefore(std::min(main_.tensor + 1, plan_.tensors.size())); !st.ok()) {
+      Fail(st);
+      fc.stop();
+      return nullptr;
     }
     const size_t main_shard = ShardAt(main_), copy_shard = ShardAt(copy_);
     if (main_shard == kNoShard && copy_shard == kNoShard) {
@@ -387,10 +158,13 @@ class ShardPipeline {
       fc.stop();
       return nullptr;
     }
-    auto* c = new Chunk;
+    auto c = std::make_unique<Chunk>();
     c->map = map.value();
-    c->tensor = cur.tensor;
-    c->begin = cur.pos;
+    Piece first;
+    first.tensor = cur.tensor;
+    first.begin = cur.pos;
+    // What the chunk may still take: input bytes, and (quantizing) bytes of its buffer.
+    uint64_t in_left = 0, out_left = 0;
     if (!take_copy) {
       const uint64_t cols = t.shape[1];
       const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
@@ -398,9 +172,11 @@ class ShardPipeline {
       uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(row_bytes, 1));
       rows = std::max(align, rows / align * align);
       if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
-      c->end = std::min(t.shape[0], cur.pos + rows);
-      c->src_offset = t.src_offset + c->begin * row_bytes;
-      c->src_len = (c->end - c->begin) * row_bytes;
+      first.end = std::min(t.shape[0], cur.pos + rows);
+      first.src_offset = t.src_offset + first.begin * row_bytes;
+      first.src_len = (first.end - first.begin) * row_bytes;
+      in_left = Minus(sizing_.chunk_bytes, first.src_len + DirectIoAlignment());
+      out_left = Minus(sizing_.chunk_bytes, OutputBytes(t, first.end - first.begin));
     } else {
       // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
       // of its input), so that copies land in pages the pool's buffers already have rather
@@ -410,16 +186,27 @@ class ShardPipeline {
       const uint64_t copy_bytes = std::max<uint64_t>(sizing_.chunk_bytes / 4, 1);
       const uint64_t dst = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset + cur.pos;
       const uint64_t lead = dst % DirectIoAlignment();
-      c->end = std::min(t.src_bytes,
-                        cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
-      c->src_offset = t.src_offset + c->begin;
-      c->src_len = c->end - c->begin;
+      first.end = std::min(t.src_bytes,
+                           cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
+      first.src_offset = t.src_offset + first.begin;
+      first.src_len = first.end - first.begin;
+      in_left = Minus(copy_bytes, lead + first.src_len);
     }
-    cur.pos = c->end;
+    cur.pos = first.end;
+    const bool whole = first.begin == 0 && first.end == Extent(t);
+    c->src_len = first.src_len;
+    c->pieces.push_back(first);
+    // Whole small tensors after a whole one join its chunk while they fit.
+    if (whole) {
+      if (Status st = AddSmallTensors(*c, cur, t, in_left, out_left); !st.ok()) {
+        Fail(st);
+        fc.stop();
+        return nullptr;
+      }
+    }
     shard_issued_[t.shard].Of(take_copy) += c->src_len;
     // Opened here, where the chunk learns its file; a writer thread writes into it.
     if (Status st = EnsureOpen(t.shard); !st.ok()) {
-      delete c;
       Fail(st);
       fc.stop();
       return nullptr;
@@ -427,7 +214,7 @@ class ShardPipeline {
     c->file = files_[t.shard].get();
     cur.issued += c->src_len;
     ReadAhead(cur);  // this chunk's range included
-    return c;
+    return c.release();
   }
 
   static constexpr size_t kNoShard = ~size_t{0};
@@ -451,6 +238,47 @@ class ShardPipeline {
   };
 
   static bool IsCopy(const PlannedTensor& t) { return t.action == TensorAction::kCopy; }
+
+  static uint64_t Minus(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+
+  // Runs the pre-pass (before_tensor_) for every tensor before `upto` not yet prepared.
+  Status PrepareBefore(size_t upto) {
+    for (; tensors_prepared_ < upto; ++tensors_prepared_) {
+      if (before_tensor_) QUENCH_RETURN_IF_ERROR(before_tensor_(tensors_prepared_));
+    }
+    return Status::Ok();
+  }
+
+  // Appends to `c` the tensors after the cursor's, whole, while they are in the first one's
+  // shard, of its kind (same action and pruning) and within what the chunk may still take:
+  // `in_left` input bytes (counting a block of padding per tensor, which a pruned copy or a
+  // copied tensor may need in its buffer) and `out_left` buffer bytes for kernel outputs.
+  Status AddSmallTensors(Chunk& c, Cursor& cur, const PlannedTensor& first, uint64_t in_left,
+                         uint64_t out_left) {
+    const uint64_t a = DirectIoAlignment();
+    for (;;) {
+      SkipDone(cur);
+      if (cur.tensor >= plan_.tensors.size()) return Status::Ok();
+      const PlannedTensor& t = plan_.tensors[cur.tensor];
+      if (t.shard != first.shard || t.action != first.action || t.prune != first.prune) {
+        return Status::Ok();
+      }
+      const uint64_t in = t.src_bytes + a;
+      const uint64_t out = IsCopy(t) ? 0 : OutputBytes(t, t.shape[0]);
+      if (in > in_left || out > out_left) return Status::Ok();
+      in_left -= in;
+      out_left -= out;
+      if (!IsCopy(t)) QUENCH_RETURN_IF_ERROR(PrepareBefore(cur.tensor + 1));
+      Piece p;
+      p.tensor = cur.tensor;
+      p.end = Extent(t);
+      p.src_offset = t.src_offset;
+      p.src_len = t.src_bytes;
+      c.pieces.push_back(p);
+      c.src_len += p.src_len;
+      cur.pos = p.end;
+    }
+  }
 
   // Whether the cursor passes over tensor i: not its kind, or in a shard done before.
   bool Passes(const Cursor& c, size_t i) const {
@@ -477,6 +305,9 @@ class ShardPipeline {
   // alone here; the input stage reports it when it gets there.
   void ReadAhead(Cursor& c) {
     const uint64_t upto = c.issued + kReadAheadBytes;
+    // One request per stretch of input the walk covers back to back in one shard.
+    const MappedFile* map = nullptr;
+    uint64_t from = 0, len = 0;
     while (c.ahead < upto && c.ahead_tensor < plan_.tensors.size()) {
       const PlannedTensor& t = plan_.tensors[c.ahead_tensor];
       if (Passes(c, c.ahead_tensor) || c.ahead_pos >= t.src_bytes) {
@@ -484,13 +315,21 @@ class ShardPipeline {
         c.ahead_pos = 0;
         continue;
       }
-      auto map = maps_.Get(t.shard);
-      if (!map.ok()) return;
+      auto m = maps_.Get(t.shard);
+      if (!m.ok()) break;
       const uint64_t n = std::min(t.src_bytes - c.ahead_pos, upto - c.ahead);
-      map.value()->Prefetch(t.src_offset + c.ahead_pos, n);
+      const uint64_t at = t.src_offset + c.ahead_pos;
+      if (m.value() != map || at != from + len) {
+        if (map != nullptr) map->Prefetch(from, len);
+        map = m.value();
+        from = at;
+        len = 0;
+      }
+      len += n;
       c.ahead_pos += n;
       c.ahead += n;
     }
+    if (map != nullptr) map->Prefetch(from, len);
   }
 
   // Bytes of the pooled buffer a chunk of `rows` rows of `t` uses: each kernel output's slabs,
@@ -532,31 +371,48 @@ class ShardPipeline {
     return t.src_bytes;
   }
 
-  // Pruning: the chunk's rows, pruned, into a staging buffer (one pass from the mapping); the
+  // Where the rows of piece `p` go in the output file, when they are written as they are
+  // (copied or pruned alone); for a quantized tensor, where its first output's rows would.
+  uint64_t RowsFileOffset(const Piece& p, const PlannedTensor& t) const {
+    const uint64_t o = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset;
+    return IsCopy(t) ? o + p.begin : o + p.begin * t.shape[1] * (DTypeBits(t.dtype) / 8);
+  }
+
+  // Pruning: each piece's rows, pruned, into a staging buffer (one pass from the mapping); the
   // kernel (or, pruning alone, the writer) then reads the staging buffer. Warm, 2 GB, 2:4:
   // copying the rows and then pruning them in place spent 14% of all samples in memmove.
-  const uint8_t* Prune(Chunk* c, const PlannedTensor& t) {
-    // Placed for a direct write of the copy when pruning is all there is to do.
-    const PlannedOutput& o = plan_.shards[t.shard].outputs[t.outputs[0]];
-    c->staging_at = AlignLike(0, o.file_offset + c->begin * t.shape[1] * (DTypeBits(t.dtype) / 8));
-    c->staging = pool_.Get(std::max<uint64_t>(c->staging_at + c->src_len, 1));
-    uint8_t* rows_copy = c->staging.data.get() + c->staging_at;
-    const uint8_t* src = c->map->data() + c->src_offset;
-    const size_t rows = c->end - c->begin, cols = t.shape[1];
-    bool finite;
-    if (plan_.prune.per_tensor) {
-      prune::TensorThreshold th;
-      th.magnitude = t.prune_magnitude;
-      th.prune_equal = t.prune_equal;
-      th.pruned = t.prune_total;
-      finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
-                                      t.prune_equal_before[c->begin], &c->zeroed);
-    } else {
-      finite = prune::PruneRows(src, rows_copy, t.dtype, rows, cols, prune_spec_,
-                                &c->zeroed);
+  // Returns where each piece's pruned rows start.
+  std::vector<const uint8_t*> Prune(Chunk* c) {
+    // Placed for a direct write of the rows when pruning is all there is to do.
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const Piece& p : c->pieces) {
+      ranges.emplace_back(RowsFileOffset(p, plan_.tensors[p.tensor]), p.src_len);
     }
-    if (!finite) c->finite = false;
-    return rows_copy;
+    Placement place;
+    c->staging = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
+    if (plan_.tensors[c->pieces.front().tensor].action == TensorAction::kPrune) {
+      place.Bind(c->staging.data.get(), &c->writes);
+    }
+    std::vector<const uint8_t*> rows_of(c->pieces.size());
+    for (size_t i = 0; i < c->pieces.size(); ++i) {
+      Piece& p = c->pieces[i];
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      uint8_t* rows_copy = c->staging.data.get() + place.at(i);
+      const uint8_t* src = c->map->data() + p.src_offset;
+      const size_t rows = p.end - p.begin, cols = t.shape[1];
+      if (plan_.prune.per_tensor) {
+        prune::TensorThreshold th;
+        th.magnitude = t.prune_magnitude;
+        th.prune_equal = t.prune_equal;
+        th.pruned = t.prune_total;
+        p.finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
+                                          t.prune_equal_before[p.begin], &p.zeroed);
+      } else {
+        p.finite = prune::PruneRows(src, rows_copy, t.dtype, rows, cols, prune_spec_, &p.zeroed);
+      }
+      rows_of[i] = rows_copy;
+    }
+    return rows_of;
   }
 
   // Parallel stage: quantize rows straight from the mapping (or from the pruned staging copy)
@@ -564,28 +420,19 @@ class ShardPipeline {
   // buffer, so no chunk needs its input pages once it leaves this stage.
   Chunk* Transform(Chunk* c) {
     if (failed()) return c;
-    const PlannedTensor& t = plan_.tensors[c->tensor];
-    const PlannedOutput& o0 = plan_.shards[t.shard].outputs[t.outputs[0]];
-    if (IsCopy(t)) {
-      // Placed like its file offset, so that a direct write takes it without another copy.
-      const uint64_t dst = o0.file_offset + c->begin;
-      const uint64_t at = AlignLike(0, dst);
-      c->buf = pool_.Get(std::max<uint64_t>(at + c->src_len, 1));
-      if (Status st = c->map->ReadInto(c->src_offset, c->src_len, c->buf.data.get() + at);
-          !st.ok()) {
-        Fail(Error(st.code(), st.message() + " (tensor '" + t.name + "')"));
-        return c;
-      }
-      c->AddWrite(dst, c->buf.data.get() + at, c->src_len);
+    const PlannedTensor& t0 = plan_.tensors[c->pieces.front().tensor];
+    if (IsCopy(t0)) {
+      Copy(c);
       return c;
     }
-    const uint8_t* rows = t.prune ? Prune(c, t) : c->map->data() + c->src_offset;
-    if (t.action == TensorAction::kPrune) {
-      const uint64_t row_bytes = t.shape[1] * (DTypeBits(t.dtype) / 8);
-      c->AddWrite(o0.file_offset + c->begin * row_bytes, rows, c->src_len);
-      return c;
+    std::vector<const uint8_t*> rows_of;
+    if (t0.prune) {
+      rows_of = Prune(c);
+    } else {
+      for (const Piece& p : c->pieces) rows_of.push_back(c->map->data() + p.src_offset);
     }
-    Quantize(c, t, rows);
+    if (t0.action == TensorAction::kPrune) return c;  // Prune placed the writes
+    Quantize(c, rows_of);
     // The kernel's output is in c->buf: the pruned rows are not needed any more, and their
     // buffer goes back to the pool now rather than when the chunk is written (so the writers'
     // queue does not hold input-sized buffers, each a chunk of pages the pool must touch).
@@ -596,46 +443,80 @@ class ShardPipeline {
     return c;
   }
 
-  // Runs the kernel into a pooled buffer, each output placed like its file offset, and adds
-  // the outputs' writes to the chunk.
-  void Quantize(Chunk* c, const PlannedTensor& t, const uint8_t* rows) {
-    const PlannedShard& ps = plan_.shards[t.shard];
-    uint64_t total = 0;
-    const size_t n_kernel = t.kernel_outputs;  // the rest are constants
-    uint64_t file_off[ChunkOutputs::kMax], len[ChunkOutputs::kMax], at[ChunkOutputs::kMax];
-    for (size_t j = 0; j < n_kernel; ++j) {
-      const PlannedOutput& o = ps.outputs[t.outputs[j]];
-      const uint64_t first = c->begin / o.rows_per_slab;
-      const uint64_t last = (c->end + o.rows_per_slab - 1) / o.rows_per_slab;
-      const uint64_t off = first * o.bytes_per_slab;
-      const uint64_t end = std::min(o.nbytes, last * o.bytes_per_slab);
-      file_off[j] = o.file_offset + off;
-      len[j] = end - off;
-      at[j] = total = AlignLike(total, file_off[j]);
-      total += len[j];
+  // Copied tensors: read into a pooled buffer, each piece placed like its file offset, with
+  // one read for pieces that follow each other in both the input and the buffer.
+  void Copy(Chunk* c) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const Piece& p : c->pieces) {
+      ranges.emplace_back(RowsFileOffset(p, plan_.tensors[p.tensor]), p.src_len);
     }
-    c->buf = pool_.Get(std::max<uint64_t>(total, 1));
-    ChunkOutputs outs;
-    for (size_t j = 0; j < n_kernel; ++j) {
-      outs.out[j] = c->buf.data.get() + at[j];
-      c->AddWrite(file_off[j], outs.out[j], len[j]);
+    Placement place;
+    c->buf = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
+    uint8_t* base = c->buf.data.get();
+    size_t i = 0;
+    while (i < c->pieces.size()) {
+      size_t j = i + 1;
+      uint64_t len = c->pieces[i].src_len;
+      while (j < c->pieces.size() &&
+             c->pieces[j].src_offset == c->pieces[i].src_offset + len &&
+             place.at(j) == place.at(i) + len) {
+        len += c->pieces[j].src_len;
+        ++j;
+      }
+      if (Status st = c->map->ReadInto(c->pieces[i].src_offset, len, base + place.at(i));
+          !st.ok()) {
+        Fail(Error(st.code(), st.message() + " (tensor '" +
+                                  plan_.tensors[c->pieces[i].tensor].name + "')"));
+        return;
+      }
+      i = j;
     }
-    WeightChunk in;
-    in.data = rows;
-    in.dtype = t.dtype;
-    in.rows = c->end - c->begin;
-    in.cols = t.shape[1];
-    in.params.bits = t.params.bits;
-    in.params.group_size = t.params.group_size.value_or(0);
-    in.params.symmetric = t.params.symmetric;
-    in.params.global_scale = t.global_scale;
-    if (!t.scheme->kernel(in, outs)) {
-      c->finite = false;
-    } else if (errors_ != nullptr) {
-      // One row in kErrorRowStride of large tensors (a deterministic sample, so the report
-      // costs little); every row of small ones, where a sample would be too noisy.
-      const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
-      AccumulateChunkError(*t.scheme, in, outs, c->begin, stride, &c->error);
+    place.Bind(base, &c->writes);
+  }
+
+  // Runs the kernel of each piece into one pooled buffer, every output placed like its file
+  // offset (Placement), and adds the outputs' writes to the chunk.
+  void Quantize(Chunk* c, const std::vector<const uint8_t*>& rows_of) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const Piece& p : c->pieces) {
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      const PlannedShard& ps = plan_.shards[t.shard];
+      for (size_t j = 0; j < t.kernel_outputs; ++j) {  // the rest are constants
+        const PlannedOutput& o = ps.outputs[t.outputs[j]];
+        const uint64_t first = p.begin / o.rows_per_slab;
+        const uint64_t last = (p.end + o.rows_per_slab - 1) / o.rows_per_slab;
+        const uint64_t off = first * o.bytes_per_slab;
+        const uint64_t end = std::min(o.nbytes, last * o.bytes_per_slab);
+        ranges.emplace_back(o.file_offset + off, end - off);
+      }
+    }
+    Placement place;
+    c->buf = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
+    place.Bind(c->buf.data.get(), &c->writes);
+    size_t k = 0;  // index into `ranges`
+    for (size_t i = 0; i < c->pieces.size(); ++i) {
+      Piece& p = c->pieces[i];
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      ChunkOutputs outs;
+      for (size_t j = 0; j < t.kernel_outputs; ++j) outs.out[j] = c->buf.data.get() + place.at(k++);
+      WeightChunk in;
+      in.data = rows_of[i];
+      in.dtype = t.dtype;
+      in.rows = p.end - p.begin;
+      in.cols = t.shape[1];
+      in.params.bits = t.params.bits;
+      in.params.group_size = t.params.group_size.value_or(0);
+      in.params.symmetric = t.params.symmetric;
+      in.params.global_scale = t.global_scale;
+      if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
+      if (!t.scheme->kernel(in, outs)) {
+        p.finite = false;
+      } else if (errors_ != nullptr) {
+        // One row in kErrorRowStride of large tensors (a deterministic sample, so the report
+        // costs little); every row of small ones, where a sample would be too noisy.
+        const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
+        AccumulateChunkError(*t.scheme, in, outs, p.begin, stride, &p.error);
+      }
     }
   }
 
@@ -650,17 +531,26 @@ class ShardPipeline {
 
   // Writes the shard's constant tensors (weight_shape, weight_global_scale). Called once every
   // tensor of the shard has passed the input stage, so the pre-pass has filled them all.
+  // Constants next to each other in the file (one per quantized tensor, sorted together) go
+  // out as one write.
   Status WriteConstants(size_t s) {
     const PlannedShard& ps = plan_.shards[s];
+    std::string run;
+    uint64_t run_off = 0;
     for (const PlannedOutput& o : ps.outputs) {
       if (o.source == SchemeOutput::Source::kKernel) continue;
       if (o.constant.size() != o.nbytes) {
         return Error(ErrorCode::kInternal, ps.rel_name + ": tensor '" + o.name +
                                                "' has no value from the plan or pre-pass");
       }
-      QUENCH_RETURN_IF_ERROR(files_[s]->WriteAt(o.file_offset, o.constant.data(), o.nbytes));
+      if (o.file_offset != run_off + run.size()) {
+        if (!run.empty()) QUENCH_RETURN_IF_ERROR(files_[s]->WriteAt(run_off, run.data(), run.size()));
+        run.clear();
+        run_off = o.file_offset;
+      }
+      run += o.constant;
     }
-    return Status::Ok();
+    return run.empty() ? Status::Ok() : files_[s]->WriteAt(run_off, run.data(), run.size());
   }
 
   // Publishes every shard before `s` (in plan order all their chunks are written): fsync and
@@ -690,9 +580,7 @@ class ShardPipeline {
       commits_.push_back(std::async(std::launch::async, [f, all_ok, marker, fingerprint] {
         if (!all_ok.get()) return Status::Ok();
         QUENCH_RETURN_IF_ERROR(f->Commit());
-        std::error_code ec;
-        std::filesystem::create_directories(marker.parent_path(), ec);
-        return WriteFileAtomic(marker, fingerprint);
+        return WriteResumeMarker(marker, fingerprint);
       }));
     }
   }
@@ -700,45 +588,59 @@ class ShardPipeline {
   // On a writer thread: the chunk's bytes at their planned offsets, then its buffers back to
   // the pool.
   void WriteChunk(std::unique_ptr<Chunk> c) {
-    for (size_t j = 0; j < c->n_writes && c->finite && !failed(); ++j) {
-      if (Status st = c->file->WriteAt(c->write_off[j], c->write_src[j], c->write_len[j]);
-          !st.ok()) {
-        Fail(st);
-      }
+    const bool finite = c->finite();
+    for (const WriteRange& w : c->writes) {
+      if (!finite || failed()) break;
+      if (Status st = c->file->WriteAt(w.off, w.src, w.len); !st.ok()) Fail(st);
     }
     if (c->buf.data) pool_.Put(std::move(c->buf));
     if (c->staging.data) pool_.Put(std::move(c->staging));
   }
 
-  // Serial output stage, in plan order: report a non-finite chunk, publish finished shards,
+  // Serial output stage, in plan order: report a non-finite piece, publish finished shards,
   // release the chunk's input pages (its output is in its buffer), hand it to the writer.
   void Write(Chunk* c) {
     std::unique_ptr<Chunk> owned(c);
-    const PlannedTensor& t = plan_.tensors[c->tensor];
+    const size_t shard = plan_.tensors[c->pieces.front().tensor].shard;
     if (!failed()) {
-      FinishShardsBefore(t.shard);
-      if (!c->finite) {
+      FinishShardsBefore(shard);
+      for (const Piece& p : c->pieces) {
+        if (p.finite) continue;
+        const PlannedTensor& t = plan_.tensors[p.tensor];
         Fail(Error(ErrorCode::kNonFinite,
-                   plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
-                       "' contains NaN or Inf in rows " + std::to_string(c->begin) + ".." +
-                       std::to_string(c->end - 1) +
+                   plan_.shards[shard].rel_name + ": tensor '" + t.name +
+                       "' contains NaN or Inf in rows " + std::to_string(p.begin) + ".." +
+                       std::to_string(p.end - 1) +
                        "; refusing to quantize it (fix the checkpoint or add it to --ignore)"));
+        break;
       }
     }
-    c->map->Release(c->src_offset, c->src_len);
-    if (zeroed_ != nullptr) (*zeroed_)[c->tensor] += c->zeroed;
-    if (errors_ != nullptr) {
-      ErrorSums& e = (*errors_)[c->tensor];
-      e.signal += c->error.signal;
-      e.noise += c->error.noise;
-      e.count += c->error.count;
+    // One release per stretch of input the pieces read back to back.
+    uint64_t from = 0, len = 0;
+    for (const Piece& p : c->pieces) {
+      if (p.src_offset != from + len) {
+        c->map->Release(from, len);
+        from = p.src_offset;
+        len = 0;
+      }
+      len += p.src_len;
+    }
+    c->map->Release(from, len);
+    for (const Piece& p : c->pieces) {
+      if (zeroed_ != nullptr) (*zeroed_)[p.tensor] += p.zeroed;
+      if (errors_ != nullptr) {
+        ErrorSums& e = (*errors_)[p.tensor];
+        e.signal += p.error.signal;
+        e.noise += p.error.noise;
+        e.count += p.error.count;
+      }
     }
     done_ += c->src_len;
     if (cb_.progress) {
       const auto now = std::chrono::steady_clock::now();
       if (now - last_progress_ > std::chrono::milliseconds(200) || done_ == total_) {
         last_progress_ = now;
-        cb_.progress(Progress{done_, total_, t.name});
+        cb_.progress(Progress{done_, total_, plan_.tensors[c->pieces.back().tensor].name});
       }
     }
     // The queue's bound counts the memory the chunk holds (its pooled buffers), not the bytes
@@ -761,7 +663,7 @@ class ShardPipeline {
   std::vector<std::future<Status>> commits_;
   size_t next_to_finish_ = 0;
   BufferPool pool_;
-  std::unique_ptr<WriteQueue> writer_;  // created by Run, after everything it calls exists
+  std::unique_ptr<WriteQueue<Chunk>> writer_;  // created by Run, after everything it calls exists
   Cursor main_{.copies = false};
   Cursor copy_{.copies = true};
   std::vector<StreamBytes> shard_bytes_;   // per shard, to hand out (shards not done before)
@@ -774,43 +676,6 @@ class ShardPipeline {
 };
 
 }  // namespace
-
-std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel) {
-  return dst / kResumeDir / (rel + ".json");
-}
-
-// What a complete output shard depends on: the source shard (size and header bytes), the
-// output layout (header bytes), each tensor's action and scheme parameters, the NVFP4 global
-// scales (which depend on other shards) and quench's version.
-std::string ShardFingerprint(const Plan& plan, size_t s) {
-  const PlannedShard& ps = plan.shards[s];
-  uint64_t h = Fnv1a64(QUENCH_VERSION);
-  h = Fnv1a64(ps.header, h);
-  for (const PlannedTensor& t : plan.tensors) {
-    if (t.shard != s) continue;
-    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
-                              : t.action == TensorAction::kPrune  ? "|p|"
-                                                                  : "|c|");
-    if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
-    if (t.scheme != nullptr) {
-      d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
-           std::to_string(t.params.group_size.value_or(0)) + "|" +
-           std::to_string(t.params.symmetric) + "|";
-      uint32_t gs;
-      std::memcpy(&gs, &t.global_scale, 4);
-      d += std::to_string(gs);
-    }
-    h = Fnv1a64(d, h);
-  }
-  char hex[17];
-  auto hexed = [&](uint64_t v) {
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
-    return std::string(hex);
-  };
-  return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
-         ", \"source_header_fnv1a64\": \"" + hexed(ps.src_header_hash) + "\", \"output_bytes\": " +
-         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + hexed(h) + "\"}\n";
-}
 
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk,
                             uint64_t prepass_wanted_bytes) {

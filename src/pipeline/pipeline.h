@@ -53,13 +53,6 @@ class SourceMaps {
   std::vector<MappedFile> maps_;
 };
 
-// Resume markers live in DST/.quench-resume/<shard>.json while a run is unfinished; the
-// folder is removed when the run completes.
-inline constexpr const char* kResumeDir = ".quench-resume";
-std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel);
-// The marker's contents for shard `s` (valid once the pre-pass has run).
-std::string ShardFingerprint(const Plan& plan, size_t s);
-
 // Chooses chunk size and tokens so that tokens * (input + output buffer), the writers' queue
 // (2 to 32 chunk buffers), the pre-pass's kept pages and a fixed reserve stay under
 // `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.

@@ -1,6 +1,95 @@
 #include "plan/matcher.h"
 
+#include <algorithm>
+#include <cctype>
+
 namespace quench {
+namespace {
+
+// One unit of a regex as RequiredSuffixes reads it: a character that stands for itself (a
+// plain character or an escaped punctuation mark), `|`, `(`, `)`, or anything else.
+struct Token {
+  enum Kind { kLiteral, kBar, kOpen, kClose, kOther } kind = kOther;
+  char c = 0;
+};
+
+// Splits an ECMAScript pattern into tokens; a character class is one kOther token.
+std::vector<Token> Tokenize(std::string_view p) {
+  std::vector<Token> out;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\') {
+      // Escaped punctuation is itself; escaped letters and digits are classes, anchors or
+      // back-references.
+      const bool literal = i + 1 < p.size() && !std::isalnum(static_cast<unsigned char>(p[i + 1]));
+      out.push_back({literal ? Token::kLiteral : Token::kOther, i + 1 < p.size() ? p[i + 1] : c});
+      ++i;
+    } else if (c == '[') {
+      size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') ++j;
+      for (; j < p.size() && p[j] != ']'; ++j) {
+        if (p[j] == '\\') ++j;
+      }
+      out.push_back({Token::kOther, c});
+      i = j;
+    } else if (c == '|') {
+      out.push_back({Token::kBar, c});
+    } else if (c == '(') {
+      out.push_back({Token::kOpen, c});
+    } else if (c == ')') {
+      out.push_back({Token::kClose, c});
+    } else if (std::string_view(".*+?{}^$]").find(c) != std::string_view::npos) {
+      out.push_back({Token::kOther, c});
+    } else {
+      out.push_back({Token::kLiteral, c});
+    }
+  }
+  return out;
+}
+
+// The endings one of which every name matched by `pattern` must have, read from a pattern of
+// the form `...LITERAL$` or `...(ALT1|ALT2|...)LITERAL$` (plain characters only in the
+// alternatives) with no `|` outside parentheses; empty when the pattern has another form.
+// Python's re.match anchors only the start, so the `$` is what ties the match to the end.
+std::vector<std::string> RequiredSuffixes(std::string_view pattern) {
+  const std::vector<Token> t = Tokenize(pattern);
+  // An escaped `\$` is a kLiteral token, so only the anchor passes this test.
+  if (t.empty() || t.back().kind != Token::kOther || t.back().c != '$') return {};
+  int depth = 0;
+  for (const Token& k : t) {
+    if (k.kind == Token::kOpen) ++depth;
+    if (k.kind == Token::kClose) --depth;
+    if (depth < 0 || (depth == 0 && k.kind == Token::kBar)) return {};
+  }
+  if (depth != 0) return {};
+  size_t i = t.size() - 1;  // the `$`
+  std::string tail;
+  while (i > 0 && t[i - 1].kind == Token::kLiteral) tail.insert(tail.begin(), t[--i].c);
+  // A group of plain alternatives just before the literal tail.
+  if (i > 0 && t[i - 1].kind == Token::kClose) {
+    std::vector<std::string> alts(1);
+    size_t j = i - 1;
+    while (j > 0 && (t[j - 1].kind == Token::kLiteral || t[j - 1].kind == Token::kBar)) {
+      --j;
+      if (t[j].kind == Token::kBar) {
+        alts.emplace_back();
+      } else {
+        alts.back().insert(alts.back().begin(), t[j].c);
+      }
+    }
+    const bool plain = j > 0 && t[j - 1].kind == Token::kOpen &&
+                       std::none_of(alts.begin(), alts.end(),
+                                    [](const std::string& a) { return a.empty(); });
+    if (plain) {
+      for (std::string& a : alts) a += tail;
+      return alts;
+    }
+  }
+  if (tail.empty()) return {};
+  return {tail};
+}
+
+}  // namespace
 
 Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries,
                                          std::string_view what) {
@@ -14,6 +103,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
         // ECMAScript grammar covers the Python syntax these patterns use in practice
         // (., *, +, ?, |, groups, (?:), classes, \d \w \s, anchors).
         c.re = std::regex(e.substr(3), std::regex::ECMAScript | std::regex::optimize);
+        c.suffixes = RequiredSuffixes(std::string_view(e).substr(3));
       } catch (const std::regex_error& err) {
         return Error(ErrorCode::kUsage, std::string(what) + " entry '" + e +
                                             "': invalid regular expression: " + err.what());
@@ -29,6 +119,11 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
 bool NameMatcher::EntryMatches(size_t i, std::string_view module) const {
   const Entry& e = compiled_[i];
   if (e.is_regex) {
+    if (!e.suffixes.empty() &&
+        std::none_of(e.suffixes.begin(), e.suffixes.end(),
+                     [&](const std::string& s) { return module.ends_with(s); })) {
+      return false;
+    }
     // Python re.match: the match must start at position 0 but may end anywhere.
     return std::regex_search(module.begin(), module.end(), e.re,
                              std::regex_constants::match_continuous);

@@ -306,23 +306,25 @@ void Planner::PlanShard(size_t si) {
 void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
                           std::vector<TensorSpec> specs,
                           const std::vector<size_t>& specs_per_tensor) {
-  std::vector<std::string> names;  // in plan order: each tensor's outputs, in slot order
-  for (const TensorSpec& spec : specs) names.push_back(spec.name);
   PlannedShard ps;
   ps.rel_name = shard.rel_name;
   ps.src_path = shard.path;
   ps.src_size = shard.file_size;
   ps.src_header_hash = shard.header.header_hash;
+  // specs are in plan order (each tensor's outputs in slot order); position maps them to
+  // the layout.
   SafetensorsLayout layout = LayOutSafetensors(std::move(specs));
-  std::map<std::string_view, size_t> index_of;
-  for (size_t i = 0; i < layout.tensors.size(); ++i) {
-    const TensorInfo& ti = layout.tensors[i];
-    if (!index_of.emplace(ti.name, i).second) {
-      plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                   shard.rel_name + ": output tensor '" + ti.name +
-                                       "' would be written twice (the source already has a "
-                                       "tensor of that name); add its module to --ignore"));
-    }
+  std::vector<std::string_view> sorted_names;
+  sorted_names.reserve(layout.tensors.size());
+  for (const TensorInfo& ti : layout.tensors) sorted_names.emplace_back(ti.name);
+  std::sort(sorted_names.begin(), sorted_names.end());
+  for (size_t i = 1; i < sorted_names.size(); ++i) {
+    if (sorted_names[i] != sorted_names[i - 1]) continue;
+    plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                 shard.rel_name + ": output tensor '" +
+                                     std::string(sorted_names[i]) +
+                                     "' would be written twice (the source already has a "
+                                     "tensor of that name); add its module to --ignore"));
   }
   for (const TensorInfo& ti : layout.tensors) {
     PlannedOutput po;
@@ -336,7 +338,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     ps.outputs.push_back(std::move(po));
     weight_map_.emplace_back(ti.name, shard.rel_name);
   }
-  size_t next_name = 0;
+  size_t next_spec = 0;
   for (size_t k = 0; k < specs_per_tensor.size(); ++k) {
     PlannedTensor& pt = plan_.tensors[first_tensor + k];
     std::vector<SchemeOutput> so;
@@ -344,7 +346,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
       so = pt.scheme->outputs(pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
     }
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
-      const size_t oi = index_of.at(names[next_name++]);
+      const size_t oi = layout.position[next_spec++];
       if (!so.empty()) {
         PlannedOutput& po = ps.outputs[oi];
         po.rows_per_slab = so[j].rows_per_slab;

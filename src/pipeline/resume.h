@@ -1,0 +1,35 @@
+// Resume markers: once an output shard is durable under its final name, a marker in
+// DST/.quench-resume/<shard>.json records what it was made from (ShardFingerprint). --resume
+// keeps a shard whose file has the planned size and whose marker matches what this run would
+// write, and redoes the others. The folder is removed when a run completes.
+#ifndef QUENCH_PIPELINE_RESUME_H_
+#define QUENCH_PIPELINE_RESUME_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "quench/convert.h"
+#include "quench/plan.h"
+#include "quench/status.h"
+
+namespace quench {
+
+inline constexpr const char* kResumeDir = ".quench-resume";
+
+std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel);
+
+// The marker's contents for shard `s` (valid once the pre-pass has run).
+std::string ShardFingerprint(const Plan& plan, size_t s);
+
+// Writes `fingerprint` to `marker` atomically, creating its folder.
+Status WriteResumeMarker(const std::filesystem::path& marker, const std::string& fingerprint);
+
+// --resume: sets PlannedShard::already_done for every shard that is complete and matches
+// (plan.dst resolved, the pre-pass run), removes the interrupted run's temporary files, and
+// returns how many shards are kept.
+uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks);
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_RESUME_H_
