@@ -152,6 +152,12 @@ int RunInspect(const std::vector<std::string>& args) {
     auto shard = LoadShard(path, fs::path(path).filename().string());
     if (!shard.ok()) return ReportError(shard.status().ToString(), ExitCodeFor(shard.status().code()));
     shards.push_back(std::move(shard).value());
+  } else if (ec) {  // neither found nor missing: a symbolic link loop, no permission
+    const bool loop = ec == std::errc::too_many_symbolic_link_levels;
+    const Status st = loop ? Error(ErrorCode::kInvalidInput,
+                                   path + ": symbolic link loop (" + ec.message() + ")")
+                           : Error(ErrorCode::kIo, path + ": cannot stat: " + ec.message());
+    return ReportError(st.ToString(), ExitCodeFor(st.code()));
   } else {
     return ReportError(path + ": no such file or folder", 3);
   }

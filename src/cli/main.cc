@@ -7,6 +7,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -375,9 +377,10 @@ int ReportError(const std::string& message, int exit_code) {
 
 }  // namespace quench::cli
 
-int main(int argc, char** argv) {
+namespace {
+
+int Dispatch(const std::vector<std::string>& args) {
   using namespace quench::cli;
-  std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
     std::fputs(kMainHelp, stderr);
     return 2;
@@ -406,4 +409,21 @@ int main(int argc, char** argv) {
   if (cmd == "schemes") return RunSchemes(rest);
   if (cmd == "stats") return RunStats(rest);
   return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);
+}
+
+}  // namespace
+
+// The last line of defence of "never crash": the library reports errors as Status, but an
+// exception escaping it (a bug, or std::bad_alloc) ends the run with a message and exit code 1
+// instead of std::terminate's abort (134).
+int main(int argc, char** argv) {
+  try {
+    return Dispatch(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::bad_alloc&) {
+    return quench::cli::ReportError("internal error: out of memory", 1);
+  } catch (const std::exception& e) {
+    return quench::cli::ReportError(std::string("internal error: ") + e.what(), 1);
+  } catch (...) {
+    return quench::cli::ReportError("internal error: unknown exception", 1);
+  }
 }

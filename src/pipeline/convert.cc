@@ -115,7 +115,9 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
 
 Result<Plan> MakePlan(const ConvertOptions& options) {
   std::error_code ec;
-  if (!fs::exists(options.src, ec)) {
+  // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
+  // inventory below, naming the reason.
+  if (!fs::exists(options.src, ec) && !ec) {
     return Error(ErrorCode::kUsage, options.src.string() + ": no such folder");
   }
   if (!options.report.empty() && IsSameOrInside(options.report, options.src)) {
