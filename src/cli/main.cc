@@ -96,7 +96,8 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
-       "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
+       "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
+       "                        or 3/4 of the cgroup's memory limit when that is smaller\n"
        "  --threads N           worker threads; default: every core\n"
        "  --no-direct-io        write the output through the page cache; by default weight\n"
        "                        shards are written with O_DIRECT where the file system allows\n"
@@ -290,6 +291,7 @@ int RunConvert(const std::vector<std::string>& args) {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       auto bytes = ParseByteSize(v);
       if (!bytes.ok()) return ReportError(bytes.status().message(), 2);
+      if (*bytes == 0) return ReportError("--memory-limit must be more than 0", 2);
       o.memory_limit = *bytes;
     } else if (flag == "--threads") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
