@@ -422,3 +422,26 @@ TEST_SUITE("robustness") {
     }
   }
 }
+
+TEST_SUITE("robustness") {
+  TEST_CASE("every fuzzer finding in data/malformed_recipes is refused with its message") {
+    // Each fixture crashed quench once (abort, SIGSEGV or undefined behaviour); expected.json
+    // says how it was found and what the refusal must say.
+    const fs::path dir = qt::DataDir() / "malformed_recipes";
+    auto expected = quench::ReadJsonFile((dir / "expected.json").string());
+    REQUIRE(expected.ok());
+    REQUIRE(expected->as_object().size() >= 6);
+    for (const auto& [file, want] : expected->as_object()) {
+      CAPTURE(file);
+      REQUIRE(fs::exists(dir / file));
+      qt::TempDir tmp;
+      auto r = RunCommand({qt::QuenchBin().string(), "convert", kTiny.string(),
+                           (tmp / "out").string(), "--recipe", (dir / file).string()});
+      CHECK(r.exit_code == 3);
+      CHECK(want.Find("code")->as_string() == "invalid-input");
+      CHECK_MESSAGE(Contains(r.err, (dir / file).string() + ": "), r.err);
+      CHECK_MESSAGE(Contains(r.err, want.Find("message_contains")->as_string()), r.err);
+      CHECK_FALSE(fs::exists(tmp / "out"));
+    }
+  }
+}
