@@ -445,3 +445,23 @@ TEST_SUITE("robustness") {
     }
   }
 }
+
+TEST_SUITE("robustness") {
+  TEST_CASE("tensor names up to the limit are planned without exhausting the stack") {
+    // Target and ignore matching (std::regex, recursive per character) crashed with SIGSEGV
+    // on a name of about 50 000 bytes; names are now limited to 4096 bytes
+    // (data/malformed/tensor_name_too_long.safetensors is refused by every command).
+    qt::TempDir tmp;
+    const std::string name = "model." + std::string(4096 - 13, 'a') + ".weight";
+    REQUIRE(name.size() == quench::kMaxTensorNameBytes);
+    qt::WriteShard(tmp / "src/model.safetensors",
+                   {{name, quench::DType::kBF16, {16, 16},
+                     qt::Bf16Bytes(std::vector<float>(256, 0.5f))}});
+    auto argv = Convert(tmp / "src", tmp / "out");
+    argv.insert(argv.end(), {"--ignore", "re:.*b$", "-q"});
+    auto r = RunCommand(argv);
+    CHECK_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(qt::ListFiles(tmp / "out") ==
+          std::vector<std::string>{"model.safetensors", "model.safetensors.index.json"});
+  }
+}
