@@ -51,6 +51,12 @@ const fs::path& Scratch() {
     if (mkdtemp(tmpl.data()) == nullptr) std::abort();
     return fs::path(tmpl);
   }();
+  // Removed when libFuzzer exits (at the end of -max_total_time); a crash leaves it behind.
+  static const bool cleanup = std::atexit([] {
+    std::error_code ec;
+    fs::remove_all(Scratch(), ec);
+  }) == 0;
+  (void)cleanup;
   return dir;
 }
 
