@@ -66,6 +66,9 @@ def main():
     st("overlong_utf8_name.safetensors", b'{"\xc0\xaf":' + entry().encode() + b"}", 2,
        "not valid UTF-8")
     st("lone_surrogate_name.safetensors", '{"a\\ud800":' + entry() + "}", 2, "not valid JSON")
+    # Longer names made std::regex (target and ignore matching) overflow the stack.
+    st("tensor_name_too_long.safetensors", '{"' + "a" * 4097 + '":' + entry() + "}", 2,
+       "tensor name of 4097 bytes (starting 'aaaa")
     st("big_int_shape.safetensors",
        '{"a":{"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,2]}}', 2,
        "integers must fit in 64 bits")

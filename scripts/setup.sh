@@ -2,8 +2,10 @@
 # Installs the Debian packages quench builds with, if any is missing. Idempotent; needs root
 # (or sudo) only when something must be installed.
 set -euo pipefail
+# clang-14 and libclang-rt-14-dev (libFuzzer and the sanitizer runtimes): scripts/fuzz, which
+# the default suite runs.
 pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
-      libyaml-cpp-dev doctest-dev python3)
+      libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

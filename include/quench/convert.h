@@ -20,7 +20,10 @@ inline constexpr uint64_t kDefaultMemoryLimit = 2ull << 30;  // 2 GiB
 // PlanOptions (quench/plan.h) plus how the run executes.
 struct ConvertOptions : PlanOptions {
   std::filesystem::path src;
-  uint64_t memory_limit = kDefaultMemoryLimit;
+  // Peak memory budget in bytes. 0: kDefaultMemoryLimit, or 3/4 of the process's cgroup
+  // memory limit when that is smaller (a run in a small container is not OOM-killed); a value
+  // given here is honoured as given. Convert() and DryRun() run with the value chosen.
+  uint64_t memory_limit = 0;
   int threads = 0;                     // 0: every core
   bool direct_io = true;               // write weights with O_DIRECT where the file system allows
   bool overwrite = false;              // allow a non-empty existing DST

@@ -196,6 +196,13 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
       return std::nullopt;
     }
     in.shards.push_back(std::move(shard).value());
+  } else if (ec) {  // neither found nor missing: a symbolic link loop, no permission
+    const bool loop = ec == std::errc::too_many_symbolic_link_levels;
+    const Status st = loop ? Error(ErrorCode::kInvalidInput,
+                                   path + ": symbolic link loop (" + ec.message() + ")")
+                           : Error(ErrorCode::kIo, path + ": cannot stat: " + ec.message());
+    *exit_code = ReportError(st.ToString(), ExitCodeFor(st.code()));
+    return std::nullopt;
   } else {
     *exit_code = ReportError(path + ": no such file or folder", 3);
     return std::nullopt;

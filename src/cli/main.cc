@@ -7,6 +7,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -94,7 +96,8 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
-       "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G\n"
+       "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
+       "                        or 3/4 of the cgroup's memory limit when that is smaller\n"
        "  --threads N           worker threads; default: every core\n"
        "  --no-direct-io        write the output through the page cache; by default weight\n"
        "                        shards are written with O_DIRECT where the file system allows\n"
@@ -288,6 +291,7 @@ int RunConvert(const std::vector<std::string>& args) {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       auto bytes = ParseByteSize(v);
       if (!bytes.ok()) return ReportError(bytes.status().message(), 2);
+      if (*bytes == 0) return ReportError("--memory-limit must be more than 0", 2);
       o.memory_limit = *bytes;
     } else if (flag == "--threads") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
@@ -375,9 +379,10 @@ int ReportError(const std::string& message, int exit_code) {
 
 }  // namespace quench::cli
 
-int main(int argc, char** argv) {
+namespace {
+
+int Dispatch(const std::vector<std::string>& args) {
   using namespace quench::cli;
-  std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
     std::fputs(kMainHelp, stderr);
     return 2;
@@ -406,4 +411,21 @@ int main(int argc, char** argv) {
   if (cmd == "schemes") return RunSchemes(rest);
   if (cmd == "stats") return RunStats(rest);
   return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);
+}
+
+}  // namespace
+
+// The last line of defence of "never crash": the library reports errors as Status, but an
+// exception escaping it (a bug, or std::bad_alloc) ends the run with a message and exit code 1
+// instead of std::terminate's abort (134).
+int main(int argc, char** argv) {
+  try {
+    return Dispatch(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::bad_alloc&) {
+    return quench::cli::ReportError("internal error: out of memory", 1);
+  } catch (const std::exception& e) {
+    return quench::cli::ReportError(std::string("internal error: ") + e.what(), 1);
+  } catch (...) {
+    return quench::cli::ReportError("internal error: unknown exception", 1);
+  }
 }

@@ -1,9 +1,17 @@
 #include "format/model_folder.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <map>
-#include <unordered_map>
+#include <set>
 #include <system_error>
+#include <unordered_map>
+#include <utility>
 
 #include "format/file_io.h"
 
@@ -67,32 +75,117 @@ Result<Shard> LoadShard(const fs::path& file, std::string rel_name) {
   return s;
 }
 
+namespace {
+
+// Whether `err` means the path names nothing (as opposed to naming something unreadable).
+bool IsNotFound(const std::error_code& err) {
+  return err == std::errc::no_such_file_or_directory || err == std::errc::not_a_directory;
+}
+
+// The error for a path whose status cannot be read: a symbolic link loop or a dangling link is
+// invalid input (the file cannot be carried over); anything else is an I/O failure.
+Status StatError(const std::string& label, const std::error_code& err, bool is_link) {
+  if (err == std::errc::too_many_symbolic_link_levels) {
+    return Error(ErrorCode::kInvalidInput,
+                 label + ": symbolic link loop (" + err.message() + "); quench cannot read it");
+  }
+  if (is_link && IsNotFound(err)) {
+    return Error(ErrorCode::kInvalidInput,
+                 label + ": symbolic link to a file that does not exist; quench copies every "
+                         "file of the folder and cannot copy this one");
+  }
+  return Error(ErrorCode::kIo, label + ": cannot stat: " + err.message());
+}
+
+// Lists `root` recursively into `shards` (*.safetensors) and `m.other_files`, relative and
+// '/'-separated. Every entry must be carried over faithfully, so nothing is skipped silently:
+// an unreadable file or folder is an I/O error, a symbolic link loop, a dangling link or a
+// special file (fifo, socket, device) is invalid input. Links to files are followed; links to
+// folders are not (as the reference's os.walk), and are listed in `m.linked_folders`. A folder
+// reached twice (a bind mount of an ancestor) is refused rather than walked forever.
+Status ListFolder(const fs::path& root, const std::string& root_label, ModelFolder& m,
+                  std::vector<std::string>& shards) {
+  struct Pending {
+    fs::path dir;
+    std::string rel;  // "" for the root, else "sub/dir/"
+  };
+  std::vector<Pending> stack{{root, ""}};
+  std::set<std::pair<dev_t, ino_t>> seen;
+  while (!stack.empty()) {
+    Pending dir = std::move(stack.back());
+    stack.pop_back();
+    const std::string dir_label =
+        dir.rel.empty() ? root_label : root_label + "/" + dir.rel.substr(0, dir.rel.size() - 1);
+    struct stat dst {};
+    if (::stat(dir.dir.c_str(), &dst) != 0) {
+      return StatError(dir_label, std::error_code(errno, std::generic_category()), false);
+    }
+    if (!seen.emplace(dst.st_dev, dst.st_ino).second) {
+      return Error(ErrorCode::kInvalidInput,
+                   dir_label + ": folder loop (this folder is also reached through another "
+                               "path, e.g. a bind mount of an ancestor)");
+    }
+    std::error_code ec;
+    fs::directory_iterator it(dir.dir, ec);
+    if (ec) return Error(ErrorCode::kIo, dir_label + ": cannot list folder: " + ec.message());
+    for (; it != fs::directory_iterator(); it.increment(ec)) {
+      if (ec) return Error(ErrorCode::kIo, dir_label + ": cannot list folder: " + ec.message());
+      const std::string rel = dir.rel + it->path().filename().string();
+      // The reference skips these (llmcompressor entrypoints/model_free: get_checkpoint_files).
+      if (rel.starts_with(".cache") || rel.starts_with(".gitattributes")) continue;
+      const std::string label = root_label + "/" + rel;
+      const fs::file_status own = it->symlink_status(ec);
+      if (ec) return StatError(label, ec, false);
+      const bool is_link = fs::is_symlink(own);
+      const fs::file_status st = is_link ? it->status(ec) : own;
+      if (ec) return StatError(label, ec, is_link);
+      if (fs::is_directory(st)) {
+        if (is_link) {
+          m.linked_folders.push_back(rel);
+        } else {
+          stack.push_back({it->path(), rel + "/"});
+        }
+        continue;
+      }
+      if (!fs::is_regular_file(st)) {
+        return Error(ErrorCode::kInvalidInput,
+                     label + ": not a regular file or folder (a fifo, socket or device); "
+                             "quench copies only regular files");
+      }
+      // Every file is read later (headers, index, config) or copied unchanged: one that
+      // cannot be opened fails the run now, before anything is written.
+      const int fd = ::open(it->path().c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+      if (fd < 0) {
+        const int err = errno;
+        return Error(ErrorCode::kIo, label + ": cannot open for reading: " +
+                                         std::strerror(err) +
+                                         "; quench carries every file of the folder over");
+      }
+      ::close(fd);
+      if (EndsWith(rel, ".safetensors")) {
+        shards.push_back(rel);
+      } else {
+        m.other_files.push_back(rel);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   ModelFolder m;
   m.root = ResolvePath(root_in);
   std::error_code ec;
-  if (!fs::is_directory(m.root, ec)) {
-    return Error(ErrorCode::kInvalidInput, root_in.string() + ": not a folder");
-  }
+  const bool is_dir = fs::is_directory(m.root, ec);
+  if (ec && !IsNotFound(ec)) return StatError(root_in.string(), ec, true);
+  if (!is_dir) return Error(ErrorCode::kInvalidInput, root_in.string() + ": not a folder");
   std::vector<std::string> shard_names;
-  fs::recursive_directory_iterator it(m.root, fs::directory_options::skip_permission_denied, ec);
-  if (ec) return Error(ErrorCode::kIo, root_in.string() + ": cannot list: " + ec.message());
-  for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (ec) return Error(ErrorCode::kIo, root_in.string() + ": cannot list: " + ec.message());
-    const std::string rel = fs::relative(it->path(), m.root).generic_string();
-    // The reference skips these (llmcompressor entrypoints/model_free: get_checkpoint_files).
-    if (rel.starts_with(".cache") || rel.starts_with(".gitattributes")) {
-      if (it->is_directory()) it.disable_recursion_pending();
-      continue;
-    }
-    if (!it->is_regular_file()) continue;
-    if (EndsWith(rel, ".safetensors")) {
-      shard_names.push_back(rel);
-    } else {
-      m.other_files.push_back(rel);
-      if (EndsWith(rel, "safetensors.index.json") && !m.index_rel) m.index_rel = rel;
-    }
-  }
+  std::string root_label = root_in.string();
+  while (root_label.size() > 1 && root_label.ends_with('/')) root_label.pop_back();
+  QUENCH_RETURN_IF_ERROR(ListFolder(m.root, root_label, m, shard_names));
+  std::sort(m.linked_folders.begin(), m.linked_folders.end());
   std::sort(shard_names.begin(), shard_names.end());
   std::sort(m.other_files.begin(), m.other_files.end());
   // First index in sorted order, as the reference picks "the first file ending in

@@ -28,12 +28,16 @@ struct ModelFolder {
   std::optional<std::string> config_rel;     // "config.json", else "params.json", else none
   std::optional<JsonValue> config;           // parsed config file
   std::vector<std::string> other_files;      // every other file, relative, sorted
+  std::vector<std::string> linked_folders;   // symbolic links to folders: not followed, sorted
 };
 
 // Lists `root` recursively (skipping entries whose relative path starts with ".cache" or
 // ".gitattributes", as the reference does), reads every `*.safetensors` header, parses the
 // index and config, and checks that the index names only existing shards and tensors that
-// are in the shard it names.
+// are in the shard it names. Nothing else is skipped: a file or folder that cannot be read is
+// kIo; a symbolic link loop, a dangling link or a special file is kInvalidInput, each naming
+// the path. Links to files are followed; links to folders are not (as the reference's
+// os.walk) and are listed in `linked_folders`.
 Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root);
 
 // model_free_ptq's view of fused 3-D MoE expert tensors (llm-compressor 0.14.0.1

@@ -291,6 +291,12 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
       QUENCH_RETURN_IF_ERROR(ParseMetadata(label, field.value, header));
       continue;
     }
+    if (name.size() > kMaxTensorNameBytes) {
+      return HeaderError(label, "tensor name of " + std::to_string(name.size()) +
+                                    " bytes (starting '" + Printable(name.substr(0, 48)) +
+                                    "') exceeds quench's limit of " +
+                                    std::to_string(kMaxTensorNameBytes) + " bytes");
+    }
     if (!seen.emplace(name, header.tensors.size()).second) {
       return TensorError(label, name, "duplicate tensor name");
     }

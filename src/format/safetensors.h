@@ -42,6 +42,11 @@ inline uint64_t Fnv1a64(std::string_view bytes, uint64_t h = 0xcbf29ce484222325u
 // Largest header accepted (the Rust crate's limit is 100 MB).
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
+// Longest tensor name accepted (the crate has no limit; real names are under 300 bytes). The
+// planner and verify match names against `re:` patterns with std::regex, whose matcher
+// recurses once per character: a name of some 50 000 bytes overflowed the stack (SIGSEGV).
+inline constexpr size_t kMaxTensorNameBytes = 4096;
+
 // Validates a header: `json` is the N header bytes (padding included); `file_size` is the
 // whole file's size. Rules (each violation names file, tensor and rule in the message):
 // JSON object; `__metadata__` a string->string map; each entry an object with

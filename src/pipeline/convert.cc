@@ -7,10 +7,12 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <set>
 #include <system_error>
 
 #include "format/file_io.h"
 #include "format/model_folder.h"
+#include "pipeline/memory_budget.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
@@ -45,17 +47,62 @@ Status CheckDestination(const ConvertOptions& o) {
   return Status::Ok();
 }
 
+// A resume marker is one short JSON line; the NVFP4 global scales it holds are not known
+// yet when space is checked, so their digits are allowed for.
+constexpr uint64_t kMarkerSlack = 256;
+
+// What the run will occupy on DST's file system, in `block`-byte allocation units: every file
+// it writes rounded up to whole blocks (the shards, their resume markers, the other files, the
+// index and config.json, all present at once before the markers are removed) and one block
+// for each folder it may create under DST (.quench-resume and subfolders).
+uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
+  const auto blocks = [block](uint64_t bytes) { return (bytes + block - 1) / block * block; };
+  uint64_t total = 0;
+  std::set<fs::path> folders;
+  const auto add_folders = [&folders](const fs::path& rel) {
+    for (fs::path d = rel.parent_path(); !d.empty(); d = d.parent_path()) folders.insert(d);
+  };
+  for (size_t k = 0; k < plan.shards.size(); ++k) {
+    const PlannedShard& ps = plan.shards[k];
+    total += blocks(ps.file_size) + blocks(ShardFingerprint(plan, k).size() + kMarkerSlack);
+    add_folders(ps.rel_name);
+    add_folders(fs::path(kResumeDir) / (ps.rel_name + ".json"));
+  }
+  for (const PlannedFile& f : plan.files) {
+    std::error_code ec;
+    // A copied file that cannot be examined fails when it is copied; it is counted empty.
+    const uintmax_t size = f.copy_from.empty() ? f.contents.size() : fs::file_size(f.copy_from, ec);
+    total += blocks(ec ? 0 : static_cast<uint64_t>(size));
+    add_folders(f.rel_name);
+  }
+  return total + folders.size() * block;
+}
+
 // Fails early when the destination's file system cannot hold the output.
-Status CheckFreeSpace(const fs::path& dst, uint64_t needed) {
+Status CheckFreeSpace(const Plan& plan) {
   struct statvfs sv {};
-  if (statvfs(dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
-  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+  if (statvfs(plan.dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
+  const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
+  const uint64_t needed = DiskBytesNeeded(plan, block);
+  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block;
   if (avail < needed) {
-    return Error(ErrorCode::kIo, dst.string() + ": needs " + std::to_string(needed) +
-                                     " bytes but only " + std::to_string(avail) +
-                                     " are free");
+    return Error(ErrorCode::kIo, plan.dst.string() + ": needs " + std::to_string(needed) +
+                                     " bytes (every file rounded up to the file system's " +
+                                     std::to_string(block) + "-byte blocks) but only " +
+                                     std::to_string(avail) + " are free");
   }
   return Status::Ok();
+}
+
+// The options a run executes with: the memory budget chosen (the default fitted under the
+// cgroup's memory limit), with a note saying how when it matters.
+ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::string* note) {
+  ConvertOptions o = options;
+  const MemoryBudget budget = ChooseMemoryBudget(options.memory_limit, kDefaultMemoryLimit,
+                                                 ReadCgroupMemoryLimit(CgroupPrefix()));
+  o.memory_limit = budget.bytes;
+  *note = budget.note;
+  return o;
 }
 
 }  // namespace
@@ -88,7 +135,9 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
 
 Result<Plan> MakePlan(const ConvertOptions& options) {
   std::error_code ec;
-  if (!fs::exists(options.src, ec)) {
+  // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
+  // inventory below, naming the reason.
+  if (!fs::exists(options.src, ec) && !ec) {
     return Error(ErrorCode::kUsage, options.src.string() + ": no such folder");
   }
   if (!options.report.empty() && IsSameOrInside(options.report, options.src)) {
@@ -116,12 +165,20 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
         split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
         "dimension, which vLLM cannot load; they are copied");
   }
+  if (!folder.linked_folders.empty()) {
+    plan.notes.push_back("not followed: " + std::to_string(folder.linked_folders.size()) +
+                         " symbolic link(s) to folders (e.g. " + folder.linked_folders.front() +
+                         "); their files are not carried over, as model_free_ptq does");
+  }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
   return plan;
 }
 
-Result<Plan> DryRun(const ConvertOptions& options) {
+Result<Plan> DryRun(const ConvertOptions& requested) {
+  std::string budget_note;
+  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
+  if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
@@ -139,9 +196,13 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
 
 }  // namespace
 
-Result<ConvertSummary> Convert(const ConvertOptions& options, const ConvertCallbacks& callbacks) {
+Result<ConvertSummary> Convert(const ConvertOptions& requested,
+                               const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
+  std::string budget_note;
+  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
+  if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
@@ -208,13 +269,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     return s;
   };
 
-  uint64_t files_bytes = 0;
-  for (const PlannedFile& f : plan.files) {
-    files_bytes += f.copy_from.empty() ? f.contents.size() : fs::file_size(f.copy_from, ec);
-  }
-  if (Status s = CheckFreeSpace(plan.dst, plan.bytes_out + files_bytes); !s.ok()) {
-    return cleanup(s);
-  }
+  if (Status s = CheckFreeSpace(plan); !s.ok()) return cleanup(s);
   for (const PlannedShard& ps : plan.shards) {
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
   }

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-#include <regex>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
 
 #include "format/file_io.h"
 #include "format/quant_config.h"
@@ -17,6 +20,42 @@ Status Bad(const std::string& label, const std::string& what) {
   return Error(ErrorCode::kInvalidInput, label + ": " + what);
 }
 
+// The core schema's number patterns, scanned by hand: std::regex recurses once per character
+// and overflows the stack on a long scalar.
+size_t Digits(std::string_view s, size_t i) {
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+  return i;
+}
+
+// [-+]?[0-9]+
+bool IsCoreInt(std::string_view s) {
+  const size_t start = !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  return s.size() > start && Digits(s, start) == s.size();
+}
+
+// [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
+bool IsCoreFloat(std::string_view s) {
+  size_t i = !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i < s.size() && s[i] == '.') {
+    const size_t end = Digits(s, i + 1);
+    if (end == i + 1) return false;
+    i = end;
+  } else {
+    const size_t end = Digits(s, i);
+    if (end == i) return false;
+    i = end;
+    if (i < s.size() && s[i] == '.') i = Digits(s, i + 1);
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+    const size_t end = Digits(s, i);
+    if (end == i) return false;
+    i = end;
+  }
+  return i == s.size();
+}
+
 // YAML 1.2 core schema typing for plain scalars; quoted scalars stay strings.
 JsonValue TypedScalar(const YAML::Node& n) {
   const std::string& s = n.Scalar();
@@ -24,14 +63,14 @@ JsonValue TypedScalar(const YAML::Node& n) {
   if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return JsonValue();
   if (s == "true" || s == "True" || s == "TRUE") return JsonValue(true);
   if (s == "false" || s == "False" || s == "FALSE") return JsonValue(false);
-  static const std::regex kInt("[-+]?[0-9]+");
-  static const std::regex kFloat("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
-  if (std::regex_match(s, kInt)) {
+  if (IsCoreInt(s)) {
     int64_t v = 0;
     auto [p, ec] = std::from_chars(s.data() + (s[0] == '+'), s.data() + s.size(), v);
     if (ec == std::errc() && p == s.data() + s.size()) return JsonValue(v);
   }
-  if (std::regex_match(s, kFloat)) return JsonValue(std::stod(s));
+  // strtod, not std::stod: a value out of double's range becomes +-inf or 0 (as Python's
+  // float() makes it) instead of throwing std::out_of_range.
+  if (IsCoreFloat(s)) return JsonValue(std::strtod(s.c_str(), nullptr));
   return JsonValue(s);
 }
 
@@ -69,6 +108,38 @@ Result<std::vector<std::string>> StringList(const JsonValue* v, const std::strin
 
 std::string Str(const JsonValue* v) { return v != nullptr && v->is_string() ? v->as_string() : ""; }
 
+// A whole-number field: absent or null gives `fallback`; anything else must be a whole number
+// (an integer, or a float with no fraction, as pydantic's lax mode accepts) in [lo, hi], or
+// the recipe is refused naming the field.
+Result<std::optional<int>> WholeNumber(const JsonValue* v, const std::string& label,
+                                       const std::string& what, int lo, int hi,
+                                       std::optional<int> fallback = std::nullopt) {
+  if (v == nullptr || v->is_null()) return fallback;
+  bool whole = false;
+  int64_t n = 0;
+  if (v->is_int()) {
+    whole = true;
+    n = v->as_int();  // saturates: out of range below
+  } else if (v->is_double()) {
+    const double d = v->as_double();
+    whole = std::isfinite(d) && std::floor(d) == d && std::fabs(d) < 9.0e15;
+    if (whole) n = static_cast<int64_t>(d);
+  }
+  if (!whole || n < lo || n > hi) {
+    return Bad(label, what + " must be a whole number from " + std::to_string(lo) + " to " +
+                          std::to_string(hi));
+  }
+  return std::optional<int>(static_cast<int>(n));
+}
+
+// A boolean field: absent or null gives `fallback`.
+Result<bool> Boolean(const JsonValue* v, const std::string& label, const std::string& what,
+                     bool fallback) {
+  if (v == nullptr || v->is_null()) return fallback;
+  if (!v->is_bool()) return Bad(label, what + " must be true or false");
+  return v->as_bool();
+}
+
 // Matches explicit QuantizationArgs (and activations, and an optional format) to a scheme of
 // the table plus parameters. Weight args that only the integer family varies (bits, group size,
 // symmetry) become SchemeParams; everything else must equal the table entry's.
@@ -103,12 +174,15 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     return Bad(label, "group '" + key + "': actorder needs GPTQ (calibration)");
   }
   const std::string type = Str(w->Find("type")).empty() ? "int" : Str(w->Find("type"));
-  const int bits = w->Find("num_bits") ? static_cast<int>(w->Find("num_bits")->as_int()) : 8;
-  const bool symmetric = w->Find("symmetric") == nullptr || w->Find("symmetric")->as_bool();
-  std::optional<int> group_size;
-  if (const JsonValue* g = w->Find("group_size"); g != nullptr && !g->is_null()) {
-    group_size = static_cast<int>(g->as_int());
-  }
+  const std::string field = "group '" + key + "': weights.";
+  QUENCH_ASSIGN_OR_RETURN(std::optional<int> num_bits,
+                          WholeNumber(w->Find("num_bits"), label, field + "num_bits", 1, 64, 8));
+  const int bits = *num_bits;
+  QUENCH_ASSIGN_OR_RETURN(const bool symmetric,
+                          Boolean(w->Find("symmetric"), label, field + "symmetric", true));
+  QUENCH_ASSIGN_OR_RETURN(std::optional<int> group_size,
+                          WholeNumber(w->Find("group_size"), label, field + "group_size", -1,
+                                      1 << 30));
   std::string strategy = Str(w->Find("strategy"));
   if (strategy.empty()) {
     strategy = !group_size ? "tensor" : *group_size > 0 ? "group" : "channel";
@@ -116,8 +190,14 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
   std::optional<std::pair<int, int>> block;
   if (const JsonValue* b = w->Find("block_structure"); b != nullptr && b->is_array() &&
                                                        b->as_array().size() == 2) {
-    block = std::make_pair(static_cast<int>(b->as_array()[0].as_int()),
-                           static_cast<int>(b->as_array()[1].as_int()));
+    QUENCH_ASSIGN_OR_RETURN(std::optional<int> rows, WholeNumber(&b->as_array()[0], label,
+                                                                 field + "block_structure", 1,
+                                                                 1 << 30));
+    QUENCH_ASSIGN_OR_RETURN(std::optional<int> cols, WholeNumber(&b->as_array()[1], label,
+                                                                 field + "block_structure", 1,
+                                                                 1 << 30));
+    if (!rows || !cols) return Bad(label, field + "block_structure must be two whole numbers");
+    block = std::make_pair(*rows, *cols);
   }
   const std::string format = Str(group.Find("format"));
   for (const SchemeInfo& s : SchemeTable()) {
@@ -130,7 +210,11 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     if (a != nullptr) {
       const QuantArgsDesc& sa = *s.input_activations;
       const std::string at = Str(a->Find("type")).empty() ? "int" : Str(a->Find("type"));
-      const int ab = a->Find("num_bits") ? static_cast<int>(a->Find("num_bits")->as_int()) : 8;
+      QUENCH_ASSIGN_OR_RETURN(
+          std::optional<int> ab_or,
+          WholeNumber(a->Find("num_bits"), label,
+                      "group '" + key + "': input_activations.num_bits", 1, 64, 8));
+      const int ab = *ab_or;
       if (at != sa.type || ab != sa.num_bits || Str(a->Find("strategy")) != sa.strategy) continue;
     }
     SchemeParams p = s.DefaultParams();

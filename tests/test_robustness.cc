@@ -1,0 +1,467 @@
+// "Never crash, whatever the machine does": symbolic link loops and other entries of SRC that
+// cannot be carried over, unreadable files and folders, a container's cgroup memory limit and
+// the free-space check before writing. Each case asserts the exit code (README: 3 invalid
+// input, 4 I/O), the message naming the path, and what is left on disk.
+//
+// The tests run as root, which bypasses file permissions. An unreadable file is made with mode
+// 000 and quench is run under `setpriv --bounding-set=-dac_override,-dac_read_search`: still
+// uid 0, but without the two capabilities that let root ignore permissions, so open() fails
+// with EACCES as it would for any user (util-linux's setpriv; needs CAP_SETPCAP, which root
+// has in CI and on the development VM). The free-space check runs quench in a private mount
+// namespace (`unshare -m`) on a tmpfs of an exact size.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "pipeline/memory_budget.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kTiny = qt::DataDir() / "tiny-llama";
+
+// Runs argv[0] (looked up in PATH) with `env` added to the environment; captures output.
+qt::RunResult RunCommand(const std::vector<std::string>& argv,
+                         const std::vector<std::pair<std::string, std::string>>& env = {}) {
+  qt::TempDir io;
+  const fs::path out = io / "stdout", err = io / "stderr";
+  std::fflush(stdout);  // or the child's freopen writes the parent's buffered output
+  std::fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* o = std::freopen(out.c_str(), "w", stdout);
+    FILE* e = std::freopen(err.c_str(), "w", stderr);
+    (void)o;
+    (void)e;
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    std::vector<std::string> copy = argv;
+    std::vector<char*> args;
+    for (std::string& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  qt::RunResult r;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = qt::ReadBytes(out);
+  r.err = qt::ReadBytes(err);
+  return r;
+}
+
+// A copy of the bundled checkpoint to break.
+fs::path CopyTiny(const qt::TempDir& tmp) {
+  const fs::path src = tmp / "src";
+  fs::copy(kTiny, src, fs::copy_options::recursive);
+  return src;
+}
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::vector<std::string> Convert(const fs::path& src, const fs::path& dst) {
+  return {qt::QuenchBin().string(), "convert", src.string(), dst.string(), "--scheme",
+          "FP8_DYNAMIC"};
+}
+
+// quench without the capabilities that let root ignore file permissions.
+std::vector<std::string> AsUnprivileged(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), {"setpriv", "--bounding-set=-dac_override,-dac_read_search"});
+  return argv;
+}
+
+}  // namespace
+
+TEST_SUITE("robustness") {
+  TEST_CASE("symbolic link loops in SRC are refused by convert, inspect and verify (exit 3)") {
+    qt::TempDir tmp;
+    const fs::path src = CopyTiny(tmp);
+    const fs::path dst = tmp / "out";
+    SUBCASE("a link to itself") {
+      fs::create_symlink("loop", src / "loop");
+      const std::string named = (src / "loop").string() + ": symbolic link loop";
+      auto r = RunCommand(Convert(src, dst));
+      CHECK(r.exit_code == 3);
+      CHECK_MESSAGE(Contains(r.err, named), r.err);
+      CHECK_FALSE(fs::exists(dst));
+      auto i = RunCommand({qt::QuenchBin().string(), "inspect", src.string()});
+      CHECK(i.exit_code == 3);
+      CHECK_MESSAGE(Contains(i.err, named), i.err);
+      // verify reads SRC through the same inventory.
+      REQUIRE(RunCommand(Convert(kTiny, dst)).exit_code == 0);
+      auto v = RunCommand({qt::QuenchBin().string(), "verify", dst.string(), src.string()});
+      CHECK(v.exit_code == 3);
+      CHECK_MESSAGE(Contains(v.err, named), v.err);
+    }
+    SUBCASE("two links pointing at each other, in a subfolder") {
+      fs::create_directories(src / "extra");
+      fs::create_symlink("b", src / "extra/a");
+      fs::create_symlink("a", src / "extra/b");
+      auto r = RunCommand(Convert(src, dst));
+      CHECK(r.exit_code == 3);
+      CHECK_MESSAGE(Contains(r.err, (src / "extra").string() + "/"), r.err);
+      CHECK_MESSAGE(Contains(r.err, "symbolic link loop"), r.err);
+      CHECK_FALSE(fs::exists(dst));
+    }
+    SUBCASE("SRC itself is a loop") {
+      fs::create_symlink(tmp / "y", tmp / "x");
+      fs::create_symlink(tmp / "x", tmp / "y");
+      auto r = RunCommand(Convert(tmp / "x", dst));
+      CHECK(r.exit_code == 3);
+      CHECK_MESSAGE(Contains(r.err, (tmp / "x").string() + ": symbolic link loop"), r.err);
+      CHECK_FALSE(fs::exists(dst));
+      auto i = RunCommand({qt::QuenchBin().string(), "inspect", (tmp / "x").string()});
+      CHECK(i.exit_code == 3);
+      CHECK_MESSAGE(Contains(i.err, (tmp / "x").string() + ": symbolic link loop"), i.err);
+    }
+    SUBCASE("a link to a file that does not exist cannot be carried over") {
+      fs::create_symlink("gone.json", src / "special_tokens_map.json");
+      auto r = RunCommand(Convert(src, dst));
+      CHECK(r.exit_code == 3);
+      CHECK_MESSAGE(Contains(r.err, (src / "special_tokens_map.json").string() +
+                                        ": symbolic link to a file that does not exist"),
+                    r.err);
+      CHECK_FALSE(fs::exists(dst));
+    }
+    SUBCASE("a fifo is refused, not opened (which would hang)") {
+      REQUIRE(mkfifo((src / "pipe").c_str(), 0644) == 0);
+      auto r = RunCommand(Convert(src, dst));
+      CHECK(r.exit_code == 3);
+      CHECK_MESSAGE(Contains(r.err, (src / "pipe").string() + ": not a regular file"), r.err);
+      CHECK_FALSE(fs::exists(dst));
+    }
+    SUBCASE("a link to an ancestor folder is not followed: no loop, a note, its files not copied") {
+      fs::create_directories(src / "sub");
+      fs::create_symlink("..", src / "sub/up");
+      auto r = RunCommand(Convert(src, dst));
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_MESSAGE(Contains(r.err, "not followed: 1 symbolic link(s) to folders (e.g. sub/up)"),
+                    r.err);
+      std::vector<std::string> want = qt::ListFiles(kTiny);
+      CHECK(qt::ListFiles(dst) == want);
+    }
+    SUBCASE("a link to a file is followed and its target's bytes copied under the link's name") {
+      qt::WriteBytes(tmp / "elsewhere/notes.txt", "kept");
+      fs::create_symlink(tmp / "elsewhere/notes.txt", src / "notes.txt");
+      auto r = RunCommand(Convert(src, dst));
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK(qt::ReadBytes(dst / "notes.txt") == "kept");
+      CHECK_FALSE(fs::is_symlink(dst / "notes.txt"));
+    }
+  }
+
+  TEST_CASE("an unreadable file or subfolder in SRC fails planning (exit 4), nothing written") {
+    qt::TempDir tmp;
+    const fs::path src = CopyTiny(tmp);
+    const fs::path dst = tmp / "out";
+    // The mechanism itself: without the 000 file the same unprivileged run succeeds, and the
+    // tests would otherwise pass vacuously if setpriv kept root's permission override.
+    auto control = RunCommand(AsUnprivileged(Convert(src, tmp / "control")));
+    REQUIRE_MESSAGE(control.exit_code == 0, control.err);
+    qt::WriteBytes(tmp / "probe", "x");
+    fs::permissions(tmp / "probe", fs::perms::none);
+    REQUIRE(RunCommand(AsUnprivileged({"cat", (tmp / "probe").string()})).exit_code != 0);
+
+    SUBCASE("a file") {
+      const fs::path f = src / "tokenizer_config.json";
+      fs::permissions(f, fs::perms::none);
+      auto r = RunCommand(AsUnprivileged(Convert(src, dst)));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(Contains(r.err, f.string() + ": cannot open for reading: Permission denied"),
+                    r.err);
+      CHECK_FALSE(fs::exists(dst));
+      auto i = RunCommand(AsUnprivileged({qt::QuenchBin().string(), "inspect", src.string()}));
+      CHECK(i.exit_code == 4);
+      CHECK_MESSAGE(Contains(i.err, f.string()), i.err);
+    }
+    SUBCASE("a shard") {
+      const fs::path f = src / "model-00002-of-00002.safetensors";
+      fs::permissions(f, fs::perms::none);
+      auto r = RunCommand(AsUnprivileged(Convert(src, dst)));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(Contains(r.err, f.string() + ": cannot open for reading: Permission denied"),
+                    r.err);
+      CHECK_FALSE(fs::exists(dst));
+    }
+    SUBCASE("a subfolder that cannot be listed") {
+      qt::WriteBytes(src / "extra/readme.txt", "x");
+      fs::permissions(src / "extra", fs::perms::none);
+      auto r = RunCommand(AsUnprivileged(Convert(src, dst)));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(
+          Contains(r.err, (src / "extra").string() + ": cannot list folder: Permission denied"),
+          r.err);
+      CHECK_FALSE(fs::exists(dst));
+      fs::permissions(src / "extra", fs::perms::owner_all);
+    }
+    SUBCASE("a subfolder whose entries cannot be examined (readable, not searchable)") {
+      qt::WriteBytes(src / "extra/readme.txt", "x");
+      fs::permissions(src / "extra", fs::perms::owner_read);
+      auto r = RunCommand(AsUnprivileged(Convert(src, dst)));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(Contains(r.err, (src / "extra/readme.txt").string() + ": cannot stat"), r.err);
+      CHECK_FALSE(fs::exists(dst));
+      fs::permissions(src / "extra", fs::perms::owner_all);
+    }
+    SUBCASE("into an existing DST: the folder is left as it was") {
+      fs::create_directories(dst);
+      fs::permissions(src / "generation_config.json", fs::perms::none);
+      auto r = RunCommand(AsUnprivileged(Convert(src, dst)));
+      CHECK(r.exit_code == 4);
+      CHECK(fs::exists(dst));
+      CHECK(qt::ListFiles(dst).empty());
+    }
+  }
+
+  TEST_CASE("cgroup memory limit: reading v2 and v1 trees") {
+    qt::TempDir tmp;
+    const fs::path root = tmp.path();
+    SUBCASE("v2: the smallest memory.max along the path; 'max' is no limit") {
+      qt::WriteBytes(root / "proc/self/cgroup", "0::/kubepods/pod1/ctr\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/memory.max", "max\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/pod1/memory.max", "1073741824\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/pod1/ctr/memory.max", "2147483648\n");
+      auto l = quench::ReadCgroupMemoryLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->bytes == 1073741824u);
+      CHECK(l->file == (root / "sys/fs/cgroup/kubepods/pod1/memory.max").string());
+    }
+    SUBCASE("v2 in a container without a cgroup namespace: the mount point's own file") {
+      qt::WriteBytes(root / "proc/self/cgroup", "0::/kubepods/pod9/abc\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/memory.max", "536870912\n");
+      auto l = quench::ReadCgroupMemoryLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->bytes == 536870912u);
+    }
+    SUBCASE("v1: memory.limit_in_bytes of the memory hierarchy; the 'unlimited' value is none") {
+      qt::WriteBytes(root / "proc/self/cgroup",
+                     "5:cpu,cpuacct:/x\n4:memory:/docker/abc\n0::/\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes",
+                     "805306368\n");
+      auto l = quench::ReadCgroupMemoryLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->bytes == 805306368u);
+    }
+    SUBCASE("no limit anywhere, or nothing readable") {
+      qt::WriteBytes(root / "proc/self/cgroup", "4:memory:/a\n0::/b\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+                     "9223372036854771712\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/b/memory.max", "max\n");
+      CHECK_FALSE(quench::ReadCgroupMemoryLimit(root.string()).has_value());
+      CHECK_FALSE(quench::ReadCgroupMemoryLimit((root / "nothing").string()).has_value());
+    }
+  }
+
+  TEST_CASE("cgroup memory limit: choosing the budget") {
+    constexpr uint64_t kGiB = 1ull << 30, kMiB = 1ull << 20;
+    const quench::CgroupMemoryLimit one_gib{kGiB, "/sys/fs/cgroup/memory.max"};
+    // Not given: 3/4 of the cgroup's limit when the 2 GiB default would not fit under it.
+    auto fitted = quench::ChooseMemoryBudget(0, 2 * kGiB, one_gib);
+    CHECK(fitted.bytes == 768 * kMiB);
+    CHECK(fitted.note ==
+          "memory limit 768 MiB: 3/4 of this process's cgroup memory limit, 1 GiB "
+          "(/sys/fs/cgroup/memory.max), since the default 2 GiB would not fit; --memory-limit "
+          "sets it");
+    // 3/4 of 2.5 GiB is 1.875 GiB: still under the default, so fitted.
+    CHECK(quench::ChooseMemoryBudget(0, 2 * kGiB, {{5 * kGiB / 2, "f"}}).bytes == 15 * kGiB / 8);
+    // 3/4 of 4 GiB is 3 GiB: the default fits, no note.
+    auto roomy = quench::ChooseMemoryBudget(0, 2 * kGiB, {{4 * kGiB, "f"}});
+    CHECK(roomy.bytes == 2 * kGiB);
+    CHECK(roomy.note.empty());
+    auto none = quench::ChooseMemoryBudget(0, 2 * kGiB, std::nullopt);
+    CHECK(none.bytes == 2 * kGiB);
+    CHECK(none.note.empty());
+    // An odd limit: floor(3 * 1001 / 4) = 750.
+    CHECK(quench::ChooseMemoryBudget(0, 2 * kGiB, {{1001, "f"}}).bytes == 750u);
+    // Given: honoured as given; a warning when above the cgroup's limit.
+    auto above = quench::ChooseMemoryBudget(4 * kGiB, 2 * kGiB, one_gib);
+    CHECK(above.bytes == 4 * kGiB);
+    CHECK(Contains(above.note, "warning: --memory-limit 4 GiB is above this process's cgroup "
+                               "memory limit, 1 GiB"));
+    auto below = quench::ChooseMemoryBudget(512 * kMiB, 2 * kGiB, one_gib);
+    CHECK(below.bytes == 512 * kMiB);
+    CHECK(below.note.empty());
+  }
+
+  TEST_CASE("cgroup memory limit: a run in a small container fits its default budget") {
+    qt::TempDir tmp;
+    const fs::path cg = tmp / "cgroup";
+    qt::WriteBytes(cg / "proc/self/cgroup", "0::/pod\n");
+    qt::WriteBytes(cg / "sys/fs/cgroup/pod/memory.max", "1073741824\n");
+    const std::vector<std::pair<std::string, std::string>> env = {
+        {"QUENCH_CGROUP_ROOT", cg.string()}};
+    auto report_limit = [](const fs::path& report) -> int64_t {
+      auto j = quench::ReadJsonFile(report.string());
+      REQUIRE(j.ok());
+      const quench::JsonValue* v = j->Find("memory_limit_bytes");
+      REQUIRE(v != nullptr);
+      return v->as_int();
+    };
+    SUBCASE("default: 3/4 of 1 GiB, said in a note and in the report") {
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--report", (tmp / "r.json").string()});
+      auto r = RunCommand(argv, env);
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_MESSAGE(Contains(r.err, "quench: memory limit 768 MiB: 3/4 of this process's cgroup "
+                                    "memory limit, 1 GiB (" +
+                                        (cg / "sys/fs/cgroup/pod/memory.max").string() + ")"),
+                    r.err);
+      CHECK(report_limit(tmp / "r.json") == 805306368);  // 3 * 2^30 / 4
+      CHECK(fs::exists(tmp / "out/config.json"));
+      // --dry-run says the same.
+      auto d = RunCommand({qt::QuenchBin().string(), "convert", kTiny.string(),
+                           (tmp / "dry").string(), "--scheme", "FP8_DYNAMIC", "--dry-run"},
+                          env);
+      CHECK(d.exit_code == 0);
+      CHECK(Contains(d.err, "memory limit 768 MiB"));
+      CHECK_FALSE(fs::exists(tmp / "dry"));
+    }
+    SUBCASE("--memory-limit above the cgroup's limit: honoured, with a warning") {
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--memory-limit", "3G", "--report", (tmp / "r.json").string()});
+      auto r = RunCommand(argv, env);
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_MESSAGE(Contains(r.err, "warning: --memory-limit 3 GiB is above this process's "
+                                    "cgroup memory limit, 1 GiB"),
+                    r.err);
+      CHECK(report_limit(tmp / "r.json") == 3 * (int64_t{1} << 30));
+    }
+    SUBCASE("--memory-limit under the cgroup's limit: as given, no note") {
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--memory-limit", "300M", "--report", (tmp / "r.json").string()});
+      auto r = RunCommand(argv, env);
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_FALSE(Contains(r.err, "cgroup"));
+      CHECK(report_limit(tmp / "r.json") == 300 * (int64_t{1} << 20));
+    }
+    SUBCASE("a roomy cgroup leaves the 2 GiB default alone") {
+      qt::WriteBytes(cg / "sys/fs/cgroup/pod/memory.max", "17179869184\n");
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--report", (tmp / "r.json").string()});
+      auto r = RunCommand(argv, env);
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_FALSE(Contains(r.err, "cgroup"));
+      CHECK(report_limit(tmp / "r.json") == 2 * (int64_t{1} << 30));
+    }
+    SUBCASE("--memory-limit 0 is a usage error") {
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--memory-limit", "0"});
+      auto r = RunCommand(argv, env);
+      CHECK(r.exit_code == 2);
+      CHECK(Contains(r.err, "--memory-limit must be more than 0"));
+      CHECK_FALSE(fs::exists(tmp / "out"));
+    }
+  }
+
+  TEST_CASE("free space: the check counts whole blocks, markers and folders") {
+    // What a run occupies, from the definition: every output file rounded up to whole 4 KiB
+    // pages (tmpfs allocates pages), one page per resume marker (a short JSON line, all of
+    // them present until the end), and one block for the .quench-resume folder.
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    REQUIRE(page == 4096);
+    qt::TempDir tmp;
+    const fs::path ref = tmp / "ref";
+    REQUIRE(RunCommand(Convert(kTiny, ref)).exit_code == 0);
+    uint64_t need = 0, shards = 0;
+    for (const std::string& f : qt::ListFiles(ref)) {
+      need += (fs::file_size(ref / f) + page - 1) / page * page;
+      shards += f.ends_with(".safetensors");
+    }
+    REQUIRE(shards == 2);
+    need += shards * page + page;
+    // The unrounded sum of the file sizes (what the check counted before) fits in one page
+    // less, so the first run below would have passed that check and failed mid-write.
+    uint64_t unrounded = 0;
+    for (const std::string& f : qt::ListFiles(ref)) unrounded += fs::file_size(ref / f);
+    REQUIRE(unrounded <= need - page);
+
+    const fs::path mnt = tmp / "mnt";
+    fs::create_directories(mnt);
+    // quench on a tmpfs of `size` bytes in a private mount namespace; returns its result and
+    // the files left on the tmpfs (listed before the namespace, and the mount, go away).
+    auto run_on_tmpfs = [&](uint64_t size) {
+      const std::string script =
+          "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
+          "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC -q; rc=$?\n"
+          "(cd \"$2\" && find . -type f | sort) > \"$5\"\n"
+          "exit $rc\n";
+      auto r = RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(size),
+                           mnt.string(), qt::QuenchBin().string(), kTiny.string(),
+                           (tmp / "left.txt").string()});
+      return std::make_pair(r, qt::ReadBytes(tmp / "left.txt"));
+    };
+    {
+      auto [r, left] = run_on_tmpfs(need - page);
+      REQUIRE_MESSAGE(r.exit_code != 99, (std::string("cannot mount a tmpfs: ") + r.err));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(Contains(r.err, "/out: needs " + std::to_string(need) + " bytes"), r.err);
+      CHECK_MESSAGE(Contains(r.err, "only " + std::to_string(need - page) + " are free"), r.err);
+      CHECK(left.empty());  // nothing written, DST (created by the run) removed
+    }
+    {
+      auto [r, left] = run_on_tmpfs(need);
+      CHECK_MESSAGE(r.exit_code == 0, r.err);
+      std::string want;
+      for (const std::string& f : qt::ListFiles(ref)) want += "./out/" + f + "\n";
+      CHECK(left == want);
+    }
+  }
+}
+
+TEST_SUITE("robustness") {
+  TEST_CASE("every fuzzer finding in data/malformed_recipes is refused with its message") {
+    // Each fixture crashed quench once (abort, SIGSEGV or undefined behaviour); expected.json
+    // says how it was found and what the refusal must say.
+    const fs::path dir = qt::DataDir() / "malformed_recipes";
+    auto expected = quench::ReadJsonFile((dir / "expected.json").string());
+    REQUIRE(expected.ok());
+    REQUIRE(expected->as_object().size() >= 6);
+    for (const auto& [file, want] : expected->as_object()) {
+      CAPTURE(file);
+      REQUIRE(fs::exists(dir / file));
+      qt::TempDir tmp;
+      auto r = RunCommand({qt::QuenchBin().string(), "convert", kTiny.string(),
+                           (tmp / "out").string(), "--recipe", (dir / file).string()});
+      CHECK(r.exit_code == 3);
+      CHECK(want.Find("code")->as_string() == "invalid-input");
+      CHECK_MESSAGE(Contains(r.err, (dir / file).string() + ": "), r.err);
+      CHECK_MESSAGE(Contains(r.err, want.Find("message_contains")->as_string()), r.err);
+      CHECK_FALSE(fs::exists(tmp / "out"));
+    }
+  }
+}
+
+TEST_SUITE("robustness") {
+  TEST_CASE("tensor names up to the limit are planned without exhausting the stack") {
+    // Target and ignore matching (std::regex, recursive per character) crashed with SIGSEGV
+    // on a name of about 50 000 bytes; names are now limited to 4096 bytes
+    // (data/malformed/tensor_name_too_long.safetensors is refused by every command).
+    qt::TempDir tmp;
+    const std::string name = "model." + std::string(4096 - 13, 'a') + ".weight";
+    REQUIRE(name.size() == quench::kMaxTensorNameBytes);
+    qt::WriteShard(tmp / "src/model.safetensors",
+                   {{name, quench::DType::kBF16, {16, 16},
+                     qt::Bf16Bytes(std::vector<float>(256, 0.5f))}});
+    auto argv = Convert(tmp / "src", tmp / "out");
+    argv.insert(argv.end(), {"--ignore", "re:.*b$", "-q"});
+    auto r = RunCommand(argv);
+    CHECK_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(qt::ListFiles(tmp / "out") ==
+          std::vector<std::string>{"model.safetensors", "model.safetensors.index.json"});
+  }
+}
