@@ -126,9 +126,9 @@ class Site:
         self.count[idx] += t
         self.sum_x2[idx] += (x * x).sum(0).double()
         self.sum_abs[idx] += x.abs().sum(0).double()
-        lo, hi = torch.aminmax(x, dim=0)
-        torch.minimum(self.min[idx], lo, out=self.min[idx])
-        torch.maximum(self.max[idx], hi, out=self.max[idx])
+        # amin/amax: on CPU, torch.aminmax over dim 0 is ~10x slower than the two of them
+        torch.minimum(self.min[idx], x.amin(0), out=self.min[idx])
+        torch.maximum(self.max[idx], x.amax(0), out=self.max[idx])
         if self.hessian is not None:
             if self.block is None:
                 self.hessian[idx] += (x.T @ x).double()
