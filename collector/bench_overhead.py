@@ -41,8 +41,6 @@ def main() -> int:
     batches = cs.make_batches(seqs, a.batch_size, tok.pad_token_id or 0)
     model, _ = cs.load_model(a.model_dir, a.device, "auto")
     body, _ = cs.runner(model)
-    mode = "block" if a.hessian.startswith("block") else a.hessian
-    block = int(a.hessian[5:]) if mode == "block" else 128
 
     def sync():
         if a.device == "cuda":
@@ -55,7 +53,7 @@ def main() -> int:
         sync()
 
     def collector():
-        cs.collect(model, batches, a.device, a.moe, mode, block)
+        cs.collect(model, batches, a.device, a.moe, a.hessian)
         sync()
 
     plain()  # warm-up

@@ -96,7 +96,7 @@ def make_batches(seqs: list[list[int]], batch_size: int, pad_id: int, sort: bool
 class Site:
     """Statistics of one input site: sums in float64 on the device, per-batch work in float32."""
 
-    def __init__(self, name: str, n: int, experts: int | None, device, hessian: str, block: int):
+    def __init__(self, name: str, n: int, experts: int | None, device, hessian: str):
         self.name, self.n, self.experts = name, n, experts
         lead = () if experts is None else (experts,)
         f64 = dict(dtype=torch.float64, device=device)
@@ -107,9 +107,10 @@ class Site:
         self.max = torch.full(lead + (n,), float("-inf"), dtype=torch.float32, device=device)
         self.hessian = None
         self.block = None
+        block = parse_hessian(hessian)
         if hessian == "full":
             self.hessian = torch.zeros(lead + (n, n), **f64)
-        elif hessian == "block":
+        elif block:
             if n % block == 0:
                 self.block = block
                 self.hessian = torch.zeros(lead + (n // block, block, block), **f64)
@@ -160,6 +161,14 @@ class Site:
         return {f"{self.name}.{k}": np.array(v, order="C", copy=None) for k, v in out.items()}
 
 
+def parse_hessian(spec: str) -> int | None:
+    """'none' | 'full' | 'block<B>' -> B for a block spec, else None; ValueError otherwise."""
+    m = re.fullmatch(r"none|full|block(\d+)", spec)
+    if not m or (m.group(1) is not None and int(m.group(1)) <= 0):
+        raise ValueError(f"hessian: none, full or block<B> (e.g. block128), not {spec!r}")
+    return int(m.group(1)) if m.group(1) else None
+
+
 def pack_upper(h: np.ndarray) -> np.ndarray:
     """Upper triangle (i <= j) row by row, over the last two dims; no index arrays (n^2 memory)."""
     n = h.shape[-1]
@@ -203,9 +212,10 @@ class Collector:
     module of the same forward already read (same storage pointer, size and dtype, and that
     tensor still alive) shares that module's site. Once assigned, a module keeps its role."""
 
-    def __init__(self, model: nn.Module, device, moe: str, hessian: str, block: int):
+    def __init__(self, model: nn.Module, device, moe: str, hessian: str, hessian_experts: str | None = None):
         self.model, self.device, self.moe = model, device, moe
-        self.hessian, self.block = hessian, block
+        self.hessian = hessian
+        self.hessian_experts = hessian if hessian_experts is None else hessian_experts
         self.sites: dict[str, Site] = {}
         self.role: dict[str, tuple] = {}  # module name -> ("primary"|"shared", site name)
         self.expert_modules: dict[str, nn.Module] = {}
@@ -251,7 +261,8 @@ class Collector:
 
     def _site(self, name, n, experts=None) -> Site:
         if name not in self.sites:
-            self.sites[name] = Site(name, n, experts, self.device, self.hessian, self.block)
+            h = self.hessian if experts is None else self.hessian_experts
+            self.sites[name] = Site(name, n, experts, self.device, h)
         return self.sites[name]
 
     def _key(self, x: torch.Tensor):
@@ -482,10 +493,10 @@ def last_hidden(out):
     return out[0]
 
 
-def collect(model, batches, device, moe="all", hessian="none", block=128, exclude_bos=False):
+def collect(model, batches, device, moe="all", hessian="none", hessian_experts=None, exclude_bos=False):
     """Runs every batch with hooks; returns (collector, tokens counted, sequences)."""
     body, head = runner(model)
-    col = Collector(model, device, moe, hessian, block)
+    col = Collector(model, device, moe, hessian, hessian_experts)
     head_name = next((n for n, m in model.named_modules() if m is head), None)
     head_hook = col._linear_hook(head_name) if head is not None else None
     tokens = sequences = 0
@@ -612,6 +623,8 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sample, truncated (default 2048)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--hessian", default="none", help="none | full | block<B> (block128: diagonal 128x128 blocks)")
+    p.add_argument("--hessian-experts", help="the same for per-expert sites (experts' down input; gate/up "
+                   "under --moe routed); default: as --hessian")
     p.add_argument("--moe", choices=["all", "routed"], default="all",
                    help="all: every expert sees every token (llm-compressor); routed: routed tokens only (llama.cpp)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
@@ -620,11 +633,13 @@ def parse_args(argv=None):
     p.add_argument("--exclude-bos", action="store_true", help="feed BOS but leave it out of the statistics")
     p.add_argument("--dataset", help="dataset description for the manifest (default: the text file's name)")
     args = p.parse_args(argv)
-    m = re.fullmatch(r"none|full|block(\d+)", args.hessian)
-    if not m or (m.group(1) is not None and int(m.group(1)) <= 0):
-        p.error("--hessian: none, full or block<B> (e.g. block128)")
-    args.hessian_mode = "block" if m.group(1) else args.hessian
-    args.block = int(m.group(1)) if m.group(1) else 128
+    if args.hessian_experts is None:
+        args.hessian_experts = args.hessian
+    for opt in ("hessian", "hessian_experts"):
+        try:
+            parse_hessian(getattr(args, opt))
+        except ValueError as exc:
+            p.error(f"--{opt.replace('_', '-')}: {exc}")
     return args
 
 
@@ -645,7 +660,7 @@ def main(argv=None) -> int:
     model, config = load_model(args.model_dir, device, args.dtype)
     hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
     inv = checkpoint_inventory(args.model_dir, hidden)
-    col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian_mode, args.block,
+    col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian, args.hessian_experts,
                                      args.exclude_bos)
     bos = bos_first(tok, seqs) and not args.exclude_bos
     info = {
@@ -657,6 +672,8 @@ def main(argv=None) -> int:
         "moe": args.moe, "hessian": args.hessian,
         "torch": version("torch"), "transformers": version("transformers"),
     }
+    if any(site.experts is not None for site in col.sites.values()):
+        info["hessian_experts"] = args.hessian_experts
     manifest = build_manifest(model, os.path.join(args.model_dir, "config.json"), inv, col, info)
     write_stats(args.output, manifest, col)
     note(f"{len(col.sites)} sites, {len(manifest['consumers'])} consumers, {tokens} tokens in "

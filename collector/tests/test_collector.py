@@ -289,6 +289,15 @@ def test_qwen_moe_all_experts(tiny_qwen_moe_dir, calib_file, tmp_path):
     assert man["consumers"]["model.layers.0.mlp.up_proj.weight"] == {"site": "model.layers.0.mlp.gate_proj"}
 
 
+def test_hessian_experts_option(tiny_qwen_moe_dir, calib_file, tmp_path):
+    man, arr = run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "st", "--samples", 4, "--seq-len", 32,
+                             "--hessian", "full", "--hessian-experts", "none")
+    check_contract(man, arr, tiny_qwen_moe_dir)
+    assert man["collection"]["hessian"] == "full" and man["collection"]["hessian_experts"] == "none"
+    assert man["sites"]["model.layers.1.mlp.gate"]["fields"][-1] == "hessian"
+    assert man["sites"]["model.layers.1.mlp.experts.down_proj"]["fields"] == ["count", "sum_x2", "sum_abs", "min", "max"]
+
+
 def test_mixtral_checkpoint_names(tiny_mixtral_dir, calib_file, tmp_path):
     """Mixtral's checkpoint keeps per-expert w1/w3/w2 under block_sparse_moe while transformers
     fuses them into mlp.experts: consumers carry the checkpoint's names."""
