@@ -44,8 +44,9 @@ def deepseek_v3(moe: str):
     return sites + [(h, 1)]  # lm_head
 
 
-def total(sites, hessian: str) -> float:
-    return sum(site_bytes(n, hessian, e) for n, e in sites) / GB
+def total(sites, hessian: str, hessian_experts: str | None = None) -> float:
+    he = hessian if hessian_experts is None else hessian_experts
+    return sum(site_bytes(n, hessian if e == 1 else he, e) for n, e in sites) / GB
 
 
 def main() -> None:
@@ -56,6 +57,10 @@ def main() -> None:
     for name, sites in rows:
         print(f"| {name} | {len(sites)} | {total(sites, 'none'):.3g} GB | "
               f"{total(sites, 'block128'):.3g} GB | {total(sites, 'full'):.4g} GB |")
+    ds = deepseek_v3("all")
+    print()
+    print("DeepSeek-V3, --moe all, --hessian full with --hessian-experts block128: "
+          f"{total(ds, 'full', 'block128'):.3g} GB; with --hessian-experts none: {total(ds, 'full', 'none'):.3g} GB")
 
 
 if __name__ == "__main__":
