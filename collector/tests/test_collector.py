@@ -324,6 +324,36 @@ def test_fused_checkpoint_split_names(tmp_path):
     assert "m.layers.0.mlp.experts.gate_up_proj" not in inv and inv["m.layers.0.q.weight"] == [4, 4]
 
 
+def quench_binary():
+    path = os.environ.get("QUENCH_BIN") or os.path.join(os.path.dirname(os.path.dirname(collect_stats.__file__)),
+                                                        "build", "quench")
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+@pytest.mark.skipif(quench_binary() is None, reason="no quench binary (build/quench or QUENCH_BIN)")
+@pytest.mark.parametrize("moe", ["all", "routed"])
+def test_quench_reads_and_merges_it(moe, tiny_qwen_moe_dir, calib_file, tmp_path):
+    """The other side of the contract: quench stats inspect and merge accept what is written,
+    Hessians of per-expert sites included."""
+    import subprocess
+    args = ["--samples", 4, "--seq-len", 32, "--moe", moe, "--hessian", "full", "--hessian-experts", "block16"]
+    run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "a", *args)
+    man, arr = run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "b", *args)
+    q = quench_binary()
+    r = subprocess.run([q, "stats", "inspect", str(tmp_path / "a")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([q, "stats", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "m")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from safetensors.numpy import load_file
+    merged = load_file(str(tmp_path / "m" / "stats-00001.safetensors"))
+    for k, v in arr.items():
+        if k.endswith((".min", ".max")):
+            np.testing.assert_array_equal(merged[k], v)
+        else:
+            np.testing.assert_allclose(merged[k], 2 * v, rtol=1e-12)
+
+
 def test_text_formats(tmp_path):
     t = tmp_path / "a.txt"
     t.write_text("first paragraph\nstill first\n\n  \nsecond\n")
