@@ -41,11 +41,13 @@ if check >/dev/null 2>&1; then
   exit 0
 fi
 echo "installing collector/requirements.txt into $venv" >&2
-# 1. torch first, CPU build, exact pin (pip's find-links may already hold the wheel).
+# 1. torch first, CPU build, exact pin: from pip's configured sources (a local wheel folder
+#    here), else from PyTorch's CPU index (only then, so an offline machine does not wait on it).
 torch_ver="$(grep -E '^torch==' "$req" | cut -d= -f3)"
 if ! "$vpy" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$torch_ver' else 1)" 2>/dev/null; then
-  "$vpy" -m pip install --quiet --disable-pip-version-check \
-      --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_ver" >&2
+  "$vpy" -m pip install --quiet --disable-pip-version-check "torch==$torch_ver" >&2 ||
+    "$vpy" -m pip install --quiet --disable-pip-version-check \
+        --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_ver" >&2
 fi
 # 2. the rest, with torch held at its pin by a constraint so pip cannot replace it.
 cons="$(mktemp)"; trap 'rm -f "$cons"' EXIT
