@@ -107,6 +107,19 @@ TEST_SUITE("stats") {
     CHECK_FALSE(s->ReadField("e", "hessian").ok());
   }
 
+  TEST_CASE("a per-expert site's Hessians carry the expert dimension") {
+    auto full = calib::FieldLayout("hessian", 3, 2);
+    REQUIRE(full.ok());
+    CHECK(full->shape == std::vector<uint64_t>{2, 6});
+    auto blk = calib::FieldLayout("hessian_blk2", 4, 5);
+    REQUIRE(blk.ok());
+    CHECK(blk->shape == std::vector<uint64_t>{5, 2, 2, 2});
+    auto dense = calib::FieldLayout("hessian_blk2", 4, std::nullopt);
+    REQUIRE(dense.ok());
+    CHECK(dense->shape == std::vector<uint64_t>{2, 2, 2});
+    CHECK_FALSE(calib::FieldLayout("hessian_blk3", 4, 5).ok());
+  }
+
   TEST_CASE("folders that break the format are refused with the reason") {
     struct Case {
       const char* what;

@@ -44,10 +44,10 @@ Result<StatsField> FieldLayout(const std::string& field, uint64_t n,
   } else if (field == "min" || field == "max") {
     f.dtype = DType::kF32;
     f.shape = Channels(n, experts);
-  } else if (field == "hessian" && !experts) {
+  } else if (field == "hessian") {
     f.dtype = DType::kF64;
     f.shape = {n * (n + 1) / 2};
-  } else if (field.starts_with("hessian_blk") && !experts) {
+  } else if (field.starts_with("hessian_blk")) {
     const std::string b = field.substr(std::strlen("hessian_blk"));
     uint64_t block = 0;
     for (char c : b) {
@@ -64,10 +64,11 @@ Result<StatsField> FieldLayout(const std::string& field, uint64_t n,
     f.dtype = DType::kF64;
     f.shape = {n / block, block, block};
   } else {
-    return Error(ErrorCode::kInvalidInput,
-                 "unknown field '" + field + "'" +
-                     (experts && field.starts_with("hessian") ? " for a per-expert site" : ""));
+    return Error(ErrorCode::kInvalidInput, "unknown field '" + field + "'");
   }
+  // A per-expert site's Hessians carry the leading expert dimension too (each expert's down
+  // input, or gate/up input under --moe routed, has its own).
+  if (experts && field.starts_with("hessian")) f.shape.insert(f.shape.begin(), *experts);
   return f;
 }
 
