@@ -3,6 +3,7 @@
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 
 SENTENCES = [
@@ -15,22 +16,51 @@ SENTENCES = [
 ]
 
 
-def run_vllm(folder, q):
+def run_vllm(folder, q, log):
+    # The engine's processes inherit these descriptors: its root-cause messages land in `log`.
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
     try:
         from vllm import LLM
         llm = LLM(model=folder, runner="pooling", enforce_eager=True, max_model_len=128)
         q.put(("ok", [o.outputs.embedding for o in llm.embed(SENTENCES)]))
+        llm.llm_engine.engine_core.shutdown()  # else the engine keeps this process alive
     except BaseException as e:  # vLLM's own message is the result
         msg = str(e).strip().splitlines()
         q.put(("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"))
 
 
+def root_cause(log):
+    """vLLM's own message: the last exception line its workers logged, with the lines after it
+    (a 'Reasons:' list), without the generic 'Engine core initialization failed'."""
+    lines = [re.sub(r"^\(\S+ pid=\d+\) ERROR \S+ \S+ \[[^]]*\] ?", "", l.rstrip())
+             for l in open(log, errors="replace") if " ERROR " in l]
+    hits = [i for i, l in enumerate(lines)
+            if re.match(r"\w+(Error|Exception): ", l) and "initialization failed" not in l]
+    if not hits:
+        return None
+    i = hits[-1]
+    return " ".join(x.strip() for x in lines[i:i + 4] if x.strip() and "Traceback" not in x
+                    and "EngineCore failed" not in x and not x.strip().startswith("File "))
+
+
 def vllm_embed(folder):
+    log = folder.rstrip("/") + ".vllm.log"
     q = mp.get_context("spawn").Queue()
-    p = mp.get_context("spawn").Process(target=run_vllm, args=(folder, q))
+    p = mp.get_context("spawn").Process(target=run_vllm, args=(folder, q, log))
     p.start()
-    p.join()
-    return q.get() if not q.empty() else ("error", f"engine process exited {p.exitcode}")
+    try:
+        result = q.get(timeout=900)
+    except Exception:
+        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
+    p.join(60)
+    if p.is_alive():
+        p.terminate()
+        p.join()
+    if result[0] == "error":
+        result = ("error", root_cause(log) or result[1])
+    return result
 
 
 def transformers_embed(folder):
