@@ -417,6 +417,17 @@ TEST_SUITE("convert") {
     }
     CHECK(qt::FindTensor(all, "model.layers.0.feed_forward.experts.0.gate_proj.weight").second == nullptr);
     CHECK(qt::FindTensor(all, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
+    // The stacks are copied, so the written ignore list covers their module (compressed-tensors
+    // and vLLM read the "Linear" target as every module); q_proj stays quantized.
+    {
+      auto cfg = quench::ReadJsonFile((tmp / "t-out" / "config.json").string());
+      REQUIRE(cfg.ok());
+      std::vector<std::string> ignore;
+      for (const auto& e : cfg->Find("quantization_config")->Find("ignore")->as_array()) {
+        ignore.push_back(e.as_string());
+      }
+      CHECK(ignore == std::vector<std::string>{"re:model\\.layers\\.[0-9]+\\.feed_forward\\.experts$"});
+    }
 
     // model_free_ptq's own refusals: a name with both keys, an odd gate_up_proj dimension.
     write(tmp / "both", {{"model.layers.0.mlp.experts.gate_up_proj.down_proj", DType::kBF16, {64, 64}, q}});
@@ -533,13 +544,31 @@ TEST_SUITE("convert") {
     SUBCASE("1-D weights (BERT-style LayerNorm) are copied, not refused") {
       WriteShard(tmp / "bert/model.safetensors",
                  {{"enc.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
-                  {"enc.dense.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))}});
+                  {"enc.dense.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))},
+                  {"enc.layer.0.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
+                  {"enc.layer.1.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
+                  {"enc.layer.0.out.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
+                  {"enc.layer.1.out.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))}});
+      qt::WriteBytes(tmp / "bert/config.json", "{\"architectures\": [\"BertModel\"]}");
       auto r = convert({(tmp / "bert").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
       CHECK(r.exit_code == 0);
       CHECK(r.err.find("fewer than 2 dimensions") != std::string::npos);
       auto out = LoadAll(tmp / "o");
       CHECK(FindTensor(out, "enc.LayerNorm.weight").second->dtype == DType::kBF16);
       CHECK(FindTensor(out, "enc.dense.weight").second->dtype == DType::kF8E4M3);
+      // The copied modules are written to ignore, so that compressed-tensors (whose "Linear"
+      // target means every module) does not look for their scales: one regex over the layer
+      // index where no quantized module has that shape (layer.N.LayerNorm), the exact name
+      // where one has (layer.0.out is 1-D, layer.1.out is quantized), and names without an
+      // index as they are.
+      auto cfg = quench::ReadJsonFile((tmp / "o" / "config.json").string());
+      REQUIRE(cfg.ok());
+      std::vector<std::string> ignore;
+      for (const auto& e : cfg->Find("quantization_config")->Find("ignore")->as_array()) {
+        ignore.push_back(e.as_string());
+      }
+      CHECK(ignore == std::vector<std::string>{"enc.LayerNorm", "re:enc\\.layer\\.[0-9]+\\.LayerNorm$",
+                                               "enc.layer.0.out"});
     }
   }
 

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "plan/fused_sets.h"
+#include "plan/ignore_cover.h"
 #include "plan/matcher.h"
 #include "plan/planner.h"
 
@@ -140,5 +141,89 @@ TEST_SUITE("matcher") {
       CAPTURE(n);
       CHECK(FusedSetKey(n).empty());
     }
+  }
+
+  // One case per family of vLLM 0.32.0's model files (packed_modules_mapping, or the experts'
+  // checkpoint names it loads into one w13): the siblings named there share a key.
+  TEST_CASE("fused-set keys follow what vLLM fuses, per model family") {
+    using quench::FusedSetKey;
+    struct Family {
+      const char* where;                  // the vLLM model file the set comes from
+      std::vector<const char*> siblings;  // one fused matrix in vLLM
+    };
+    const Family families[] = {
+        {"bert.py, roberta.py", {"encoder.layer.3.attention.self.query",
+                                 "encoder.layer.3.attention.self.key",
+                                 "encoder.layer.3.attention.self.value"}},
+        {"qwen3_moe.py (FusedMoE default)", {"model.layers.1.mlp.experts.5.gate_proj",
+                                             "model.layers.1.mlp.experts.5.up_proj"}},
+        {"mixtral.py", {"model.layers.0.block_sparse_moe.experts.2.w1",
+                        "model.layers.0.block_sparse_moe.experts.2.w3"}},
+        {"internlm2.py", {"model.layers.0.feed_forward.w1", "model.layers.0.feed_forward.w3"}},
+        {"whisper.py", {"model.decoder.layers.0.encoder_attn.k_proj",
+                        "model.decoder.layers.0.encoder_attn.v_proj"}},
+        {"olmo_hybrid.py", {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                            "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.g_proj"}},
+        {"bailing_moe_v3.py", {"model.layers.0.attention.q_proj",
+                               "model.layers.0.attention.b_proj"}},
+        {"qwen3_5.py", {"model.layers.0.linear_attn.in_proj_qkv",
+                        "model.layers.0.linear_attn.in_proj_z"}},
+        {"qwen3_5.py", {"model.layers.0.linear_attn.in_proj_b",
+                        "model.layers.0.linear_attn.in_proj_a"}},
+        {"exaone.py", {"transformer.h.0.mlp.c_fc_0", "transformer.h.0.mlp.c_fc_1"}},
+        {"glm4v.py", {"visual.merger.gate_proj", "visual.merger.dense_h_to_4h"}},
+        {"molmo2.py", {"vision_backbone.blocks.0.attn.wq", "vision_backbone.blocks.0.attn.wk",
+                       "vision_backbone.blocks.0.attn.wv"}},
+        {"dots_ocr.py", {"vision_tower.blocks.0.mlp.fc1", "vision_tower.blocks.0.mlp.fc3"}},
+        {"qwen2_5_omni_thinker.py", {"audio_tower.blocks.0.attn.q", "audio_tower.blocks.0.attn.k",
+                                     "audio_tower.blocks.0.attn.v"}},
+        {"lfm2.py", {"model.layers.0.feed_forward.w1", "model.layers.0.feed_forward.w3"}},
+        {"deepseek_v2 (HF naming)", {"model.layers.0.self_attn.q_a_proj",
+                                     "model.layers.0.self_attn.kv_a_proj_with_mqa"}},
+    };
+    for (const Family& f : families) {
+      CAPTURE(f.where);
+      const std::string key = FusedSetKey(f.siblings.front());
+      CHECK_FALSE(key.empty());
+      for (const char* m : f.siblings) {
+        CAPTURE(m);
+        CHECK(FusedSetKey(m) == key);
+      }
+    }
+    // Not fused: another parent, BERT's output dense, a bare q outside an attn module, the
+    // experts' down projection, fc2.
+    CHECK(FusedSetKey("encoder.layer.3.attention.self.query") !=
+          FusedSetKey("encoder.layer.4.attention.self.query"));
+    for (const char* n : {"encoder.layer.3.attention.output.dense", "encoder.layer.3.intermediate.dense",
+                          "model.layers.0.mlp.q", "model.layers.1.mlp.experts.5.down_proj",
+                          "vision_tower.blocks.0.mlp.fc2", "model.layers.0.self_attn.o_proj"}) {
+      CAPTURE(n);
+      CHECK(FusedSetKey(n).empty());
+    }
+  }
+
+  TEST_CASE("ignore entries for modules left unquantized cover them and no quantized module") {
+    using quench::CoverWithIgnore;
+    // Checked against Python: re.match(entry[3:], name) for each name below.
+    CHECK(CoverWithIgnore({"embeddings.LayerNorm", "encoder.layer.0.output.LayerNorm",
+                           "encoder.layer.1.output.LayerNorm",
+                           "encoder.layer.0.attention.output.LayerNorm"},
+                          {"encoder.layer.0.output.dense", "encoder.layer.1.output.dense"}) ==
+          std::vector<std::string>{"embeddings.LayerNorm",
+                                   "re:encoder\\.layer\\.[0-9]+\\.output\\.LayerNorm$",
+                                   "re:encoder\\.layer\\.[0-9]+\\.attention\\.output\\.LayerNorm$"});
+    // A quantized module of the same shape keeps the exact name.
+    CHECK(CoverWithIgnore({"h.0.ln"}, {"h.1.ln"}) == std::vector<std::string>{"h.0.ln"});
+    CHECK(CoverWithIgnore({}, {"a"}).empty());
+    // The regexes really match what they cover and not the quantized modules.
+    const auto entries = CoverWithIgnore({"m.layers.12.ff.experts", "m.layers.3.ff.experts"},
+                                         {"m.layers.3.ff.experts.0.gate_proj"});
+    REQUIRE(entries.size() == 1);
+    auto m = NameMatcher::Compile(entries, "ignore");
+    REQUIRE(m.ok());
+    CHECK(m->Matches("m.layers.12.ff.experts"));
+    CHECK(m->Matches("m.layers.3.ff.experts"));
+    CHECK_FALSE(m->Matches("m.layers.3.ff.experts.0.gate_proj"));
+    CHECK_FALSE(m->Matches("m.layers.x.ff.experts"));
   }
 }

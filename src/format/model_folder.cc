@@ -283,6 +283,7 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
                                                  : (b == *hidden && a != *hidden));
       if (transposed) {
         result.kept_whole.push_back(shard.rel_name + ": " + t.name);
+        folder.kept_whole.push_back(t.name);
         out.push_back(std::move(t));
         continue;
       }

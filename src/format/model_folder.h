@@ -29,6 +29,9 @@ struct ModelFolder {
   std::optional<JsonValue> config;           // parsed config file
   std::vector<std::string> other_files;      // every other file, relative, sorted
   std::vector<std::string> linked_folders;   // symbolic links to folders: not followed, sorted
+  // Tensors SplitFusedExperts left whole ([E, in, out] expert stacks): copied unquantized,
+  // so the planner covers their modules with the written ignore list.
+  std::vector<std::string> kept_whole;
 };
 
 // Lists `root` recursively (skipping entries whose relative path starts with ".cache" or

@@ -14,7 +14,7 @@ namespace quench {
 
 struct FusedSetKind {
   std::string_view fused;                   // what vLLM calls the fused module
-  std::array<std::string_view, 3> members;  // last names of the siblings; "" pads
+  std::array<std::string_view, 4> members;  // last names of the siblings; "" pads
 };
 
 // Data, so a new architecture's names are one line.

@@ -10,6 +10,7 @@
 #include "format/source_quant.h"
 #include "plan/fused_sets.h"
 #include "plan/groups.h"
+#include "plan/ignore_cover.h"
 #include "plan/matcher.h"
 #include "plan/target_resolver.h"
 #include "schemes/prune.h"
@@ -128,6 +129,9 @@ class Planner {
   std::vector<std::vector<std::string>> default_hits_;  // per default pattern: modules it took
   std::vector<std::pair<std::string, std::string>> weight_map_;  // output tensor -> shard
   size_t vector_weights_ = 0;  // targeted .weight tensors with fewer than 2 dimensions
+  // Targeted modules left unquantized (1-D weights, expert stacks kept whole) and the
+  // quantized ones: the former are added to the written ignore list (CoverWithIgnore).
+  std::vector<std::string> left_whole_, quantized_modules_;
 };
 
 Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& options) {
@@ -243,6 +247,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     // rule misses because of its capital N). model_free_ptq aborts on it; copying it is what
     // the user wants and changes no output the reference writes.
     ++vector_weights_;
+    left_whole_.emplace_back(SplitModuleParam(t.name).first);
     return copy("not a matrix");
   }
   PlannedGroup& g = plan_.groups[static_cast<size_t>(group)];
@@ -268,6 +273,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   pt.scheme = g.scheme;
   pt.params = g.params;
   const std::string_view module = SplitModuleParam(t.name).first;
+  quantized_modules_.emplace_back(module);
   for (const SchemeOutput& o :
        g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
@@ -418,6 +424,20 @@ void Planner::PlanConfigIgnore() {
     plan_.notes.push_back("left unquantized by default (" + std::string(kDefaultIgnores[i].what) +
                           "; vLLM loads it unquantized): " + list +
                           "  [--no-default-ignore quantizes it]");
+  }
+  // Then every targeted module left unquantized that no entry covers yet: compressed-tensors
+  // and transformers read the groups' "Linear" target as every module and would look for its
+  // scales. model_free_ptq writes no such entry because it aborts on these modules instead.
+  for (const std::string& name : folder_.kept_whole) {
+    const std::string_view module = SplitModuleParam(name).first;
+    if (resolver_.Resolve(module) >= 0 && ignore_m_.FirstMatch(module) < 0 &&
+        defaults_.FirstMatch(module) < 0) {
+      left_whole_.emplace_back(module);
+    }
+  }
+  for (std::string& entry : CoverWithIgnore(left_whole_, quantized_modules_)) {
+    plan_.notes.push_back("written to ignore (left unquantized, see above): " + entry);
+    plan_.config_ignore.push_back(std::move(entry));
   }
 }
 
