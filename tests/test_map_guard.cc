@@ -11,6 +11,8 @@
 
 #include "format/file_io.h"
 #include "format/map_guard.h"
+#include "pipeline/pipeline.h"
+#include "quench/convert.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -56,6 +58,37 @@ TEST_SUITE("map_guard") {
     });
     CHECK(own.code() == ErrorCode::kNonFinite);
     CHECK(own.message() == "own");
+  }
+
+  TEST_CASE("a source shard truncated under the pipeline's map ends the run with an I/O error") {
+    TempDir dir;
+    fs::create_directories(dir / "src");
+    const fs::path shard = dir / "src" / "model.safetensors";
+    std::vector<float> w(512 * 1024, 0.01f);
+    WriteShard(shard, {{"layer.weight", DType::kBF16, {512, 1024}, Bf16Bytes(w)}});
+    WriteBytes(dir / "src" / "config.json", "{}");
+    ConvertOptions o;
+    o.src = dir / "src";
+    o.dst = dir / "out";
+    o.scheme = "FP8_DYNAMIC";
+    auto plan = MakePlan(o);
+    REQUIRE(plan.ok());
+    fs::create_directories(o.dst);
+    SourceMaps maps(*plan);
+    REQUIRE(maps.Get(0).ok());  // mapped at its full size, as a run maps it
+    REQUIRE(truncate(shard.c_str(), 4096) == 0);  // then the file shrinks under the map
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      const PipelineSizing sizing = SizePipeline(16 << 20, threads);
+      Status st = RunShardPipeline(*plan, sizing, maps, {}, nullptr);
+      CHECK(st.code() == ErrorCode::kIo);
+      CHECK(st.message().find(shard.string() + ": reading the mapped file failed (SIGBUS)") == 0);
+      // Nothing looks finished: only temporary files, removed with the run.
+      for (const auto& e : fs::directory_iterator(o.dst)) {
+        CHECK(e.path().filename().string().find(".quench-tmp") != std::string::npos);
+      }
+      CHECK_FALSE(fs::exists(o.dst / "model.safetensors"));
+    }
   }
 
   TEST_CASE("guards nest: the inner one reports, the outer one goes on") {

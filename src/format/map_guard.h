@@ -7,6 +7,7 @@
 #ifndef QUENCH_FORMAT_MAP_GUARD_H_
 #define QUENCH_FORMAT_MAP_GUARD_H_
 
+#include <exception>
 #include <string>
 #include <utility>
 
@@ -20,12 +21,23 @@ bool RunGuarded(void (*call)(void*), void* ctx);
 }  // namespace internal
 
 // Runs fn() (returning Status) with SIGBUS on this thread reported as an error for `file`.
+// An exception fn throws (std::bad_alloc) is rethrown once the guard is undone.
 template <class Fn>
 Status GuardMappedReads(const std::string& file, Fn&& fn) {
   Status result = Status::Ok();
-  auto call = [&]() { result = fn(); };
+  std::exception_ptr thrown;
+  auto call = [&]() {
+    try {
+      result = fn();
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+  };
   using Call = decltype(call);
-  if (!internal::RunGuarded([](void* c) { (*static_cast<Call*>(c))(); }, &call)) {
+  const bool completed =
+      internal::RunGuarded([](void* c) { (*static_cast<Call*>(c))(); }, &call);
+  if (thrown) std::rethrow_exception(thrown);
+  if (!completed) {
     return Error(ErrorCode::kIo,
                  file + ": reading the mapped file failed (SIGBUS): it shrank while quench "
                         "was reading it, or its storage reported an I/O error");

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "format/file_io.h"
+#include "format/map_guard.h"
 #include "pipeline/buffers.h"
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
@@ -73,14 +74,32 @@ class ShardPipeline {
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                            static_cast<size_t>(sizing_.threads));
     writer_ = std::make_unique<WriteQueue<Chunk>>(
-        sizing_.write_queue_bytes, kWriterThreads,
-        [this](std::unique_ptr<Chunk> c) { WriteChunk(std::move(c)); });
+        sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
+          Contained(plan_.src.string(), [&] { WriteChunk(std::move(c)); });
+        });
     tbb::parallel_pipeline(
         static_cast<size_t>(sizing_.tokens),
-        tbb::make_filter<void, Chunk*>(tbb::filter_mode::serial_in_order,
-                                       [this](tbb::flow_control& fc) { return Next(fc); }) &
-            tbb::make_filter<Chunk*, Chunk*>(tbb::filter_mode::parallel,
-                                             [this](Chunk* c) { return Transform(c); }) &
+        tbb::make_filter<void, Chunk*>(
+            tbb::filter_mode::serial_in_order,
+            [this](tbb::flow_control& fc) {
+              Chunk* c = nullptr;
+              // The pre-pass a chunk may run first reads the tensor's shard.
+              const size_t t = std::min(tensors_prepared_, plan_.tensors.size());
+              const std::string file = t < plan_.tensors.size()
+                                           ? plan_.shards[plan_.tensors[t].shard].src_path.string()
+                                           : plan_.src.string();
+              if (!Contained(file, [&] { c = Next(fc); })) {
+                fc.stop();
+              }
+              return c;
+            }) &
+            tbb::make_filter<Chunk*, Chunk*>(
+                tbb::filter_mode::parallel,
+                [this](Chunk* c) {
+                  const size_t shard = plan_.tensors[c->pieces.front().tensor].shard;
+                  Contained(plan_.shards[shard].src_path.string(), [&] { Transform(c); });
+                  return c;
+                }) &
             tbb::make_filter<Chunk*, void>(tbb::filter_mode::serial_in_order,
                                            [this](Chunk* c) { Write(c); }));
     if (!failed()) FinishShardsBefore(plan_.shards.size());
@@ -103,6 +122,25 @@ class ShardPipeline {
     std::lock_guard<std::mutex> lock(error_mu_);
     if (first_error_.ok()) first_error_ = std::move(s);
     has_error_.store(true);
+  }
+
+  // Runs a stage's work so that what the machine does cannot kill the process: a failed
+  // allocation, or a mapped source file (`file`) that shrank or failed to read under the map
+  // (SIGBUS), becomes the run's error and the run stops as for any other. False if so.
+  template <class Fn>
+  bool Contained(const std::string& file, Fn&& fn) {
+    try {
+      Status st = GuardMappedReads(file, [&] {
+        fn();
+        return Status::Ok();
+      });
+      if (st.ok()) return true;
+      Fail(std::move(st));
+    } catch (const std::bad_alloc&) {
+      Fail(Error(ErrorCode::kIo, "out of memory: an allocation failed while converting; "
+                                 "lower --memory-limit or free memory (nothing is published)"));
+    }
+    return false;
   }
 
   // Serial input stage: the next chunk, its input pages prefetched. Two cursors walk the plan:
