@@ -32,35 +32,7 @@ namespace {
 
 const fs::path kTiny = qt::DataDir() / "tiny-llama";
 
-// Runs argv[0] (looked up in PATH) with `env` added to the environment; captures output.
-qt::RunResult RunCommand(const std::vector<std::string>& argv,
-                         const std::vector<std::pair<std::string, std::string>>& env = {}) {
-  qt::TempDir io;
-  const fs::path out = io / "stdout", err = io / "stderr";
-  std::fflush(stdout);  // or the child's freopen writes the parent's buffered output
-  std::fflush(stderr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* o = std::freopen(out.c_str(), "w", stdout);
-    FILE* e = std::freopen(err.c_str(), "w", stderr);
-    (void)o;
-    (void)e;
-    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    std::vector<std::string> copy = argv;
-    std::vector<char*> args;
-    for (std::string& a : copy) args.push_back(a.data());
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    _exit(127);
-  }
-  qt::RunResult r;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = qt::ReadBytes(out);
-  r.err = qt::ReadBytes(err);
-  return r;
-}
+using qt::RunCommand;
 
 // A copy of the bundled checkpoint to break.
 fs::path CopyTiny(const qt::TempDir& tmp) {

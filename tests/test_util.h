@@ -85,23 +85,26 @@ struct RunResult {
   long max_rss_kib = 0;
 };
 
-// Runs the quench binary with `args`; captures stdout/stderr through files.
-inline RunResult RunQuench(const std::vector<std::string>& args) {
+// Runs argv[0] (a path, or looked up in PATH) with `env` added to its environment; captures
+// stdout/stderr through files, the exit code (128 + signal when killed) and peak RSS.
+inline RunResult RunCommand(const std::vector<std::string>& argv,
+                            const std::vector<std::pair<std::string, std::string>>& env = {}) {
   TempDir io;
   const fs::path out = io / "stdout", err = io / "stderr";
+  std::fflush(stdout);  // or the child's freopen writes the parent's buffered output
+  std::fflush(stderr);
   pid_t pid = fork();
   if (pid == 0) {
     FILE* o = std::freopen(out.c_str(), "w", stdout);
     FILE* e = std::freopen(err.c_str(), "w", stderr);
     (void)o;
     (void)e;
-    std::vector<char*> argv;
-    std::string bin = QuenchBin().string();
-    argv.push_back(bin.data());
-    std::vector<std::string> copy = args;
-    for (std::string& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    std::vector<std::string> copy = argv;
+    std::vector<char*> args;
+    for (std::string& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
     _exit(127);
   }
   RunResult r;
@@ -115,6 +118,12 @@ inline RunResult RunQuench(const std::vector<std::string>& args) {
   return r;
 }
 
+// Runs the quench binary with `args`.
+inline RunResult RunQuench(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {QuenchBin().string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv);
+}
 
 // ---- Independent decoders, written from the format definitions (not the code under test).
 
