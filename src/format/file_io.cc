@@ -21,8 +21,8 @@ namespace {
 
 const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 // Direct writes of unaligned data are copied through a staging buffer of this size: large
-// enough that a request's fixed cost is small (on the development VM 2, 8 and 32 MiB requests
-// wrote 800 MB alike, 0.45-0.49 s), small enough to sit in the memory budget's reserve.
+// enough that a request's fixed cost is small (larger requests wrote no faster on the
+// development VM), small enough to sit in the memory budget's reserve.
 constexpr uint64_t kDirectStagingBytes = 4ull << 20;
 
 Status IoError(const fs::path& path, std::string_view what, int err) {

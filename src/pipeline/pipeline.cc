@@ -32,19 +32,16 @@ constexpr uint64_t kReserve = 32 * kMiB;
 // Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
-// the workers' uneven stretches (a fused set's NVFP4 pre-pass, copied tensors). Warm, 2 GB,
-// interleaved runs (the bound counted output bytes then): FP8_DYNAMIC 0.78 -> 0.66 s median
-// with 6 chunks, 0.72 -> 0.66 s from 6 to 12; NVFP4A16 0.65 -> 0.58 s (6), 0.66 -> 0.55 s
-// (6 to 12). Counting buffers, 12 -> 32: NVFP4A16 0.51 -> 0.46 s, W4A16_ASYM 0.53 -> 0.51 s.
+// the workers' uneven stretches (a fused set's NVFP4 pre-pass, copied tensors). The depth
+// was chosen by measurement: bench/README.md, "Figures and their history".
 constexpr uint64_t kMinWriteQueueChunks = 2;
 constexpr uint64_t kMaxWriteQueueChunks = 32;
-// On the 2-core VM, 2 GB to FP8_DYNAMIC: 1.02 s median with one writer, 0.94 s with two
-// (5 interleaved runs each; W4A16 and NVFP4A16 alike within the noise).
+// Two writer threads keep a write in flight while the other waits for its own to finish;
+// one was slower in interleaved runs (bench/README.md).
 constexpr int kWriterThreads = 2;
 // How far the input stage asks for input ahead of the chunk it hands out (page cache, not
-// resident set). On the 2-core test VM, converting a cold 2 GB checkpoint to W4A16 took 2.70 s
-// (mean of 6) when each chunk was only asked for as it was handed out, 2.24 s with 64 MiB
-// ahead; 16, 64 and 256 MiB ahead measured alike (2.01 / 1.94 / 1.95 s). The I/O floor
+// resident set): asking only for the chunk being handed out left the disk idle while it was
+// converted (cold runs, bench/README.md); 16 to 256 MiB ahead measured alike. The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
 
@@ -151,9 +148,8 @@ class ShardPipeline {
   // (the bench's do, as do many Llama-style checkpoints) gave the disk a fifth of the shard's
   // input to write at once while the cores waited for the queue, then little to write while
   // they quantized. Spread out, copies are written while the cores compute, as the I/O floor
-  // (bench/iofloor.cc) assumes. Warm, 2 GB, 12-16 rounds of both builds and the floor, each
-  // round in random order, median: NVFP4A16 0.516 -> 0.462 s, W4A16_ASYM 0.518 -> 0.497 s;
-  // FP8_DYNAMIC, W4A16 alike within the noise.
+  // (bench/iofloor.cc) assumes (measured: bench/README.md, "Copies spread through their
+  // shard").
   Chunk* Next(tbb::flow_control& fc) {
     if (failed()) {
       fc.stop();
@@ -385,9 +381,9 @@ class ShardPipeline {
 
   // Fewer rows (a multiple of `align`, at least 3/4 of `rows`) where that lets the chunk's
   // outputs fit one huge page fewer: buffers are mapped as huge pages, and a page a buffer
-  // touches first costs a fault and zeroing (BufferPool::Get). A 16 MiB BF16 chunk gives
-  // 4.3 MiB of int4 outputs (3 huge pages; 2 with 7% fewer rows) or 8 MiB + scales of FP8
-  // (5 pages; 4 with 0.5% fewer rows). Rows are rows: the output bytes are the same.
+  // touches first costs a fault and zeroing (BufferPool::Get): a 16 MiB BF16 chunk's int4
+  // outputs just over two huge pages fit in two with a few percent fewer rows. Rows are rows:
+  // the output bytes are the same.
   uint64_t FitHugePages(const PlannedTensor& t, uint64_t rows, uint64_t align) const {
     const uint64_t pages = OutputBytes(t, rows) / kHugePage;  // whole pages the outputs pass
     if (pages == 0) return rows;
@@ -417,8 +413,8 @@ class ShardPipeline {
   }
 
   // Pruning: each piece's rows, pruned, into a staging buffer (one pass from the mapping); the
-  // kernel (or, pruning alone, the writer) then reads the staging buffer. Warm, 2 GB, 2:4:
-  // copying the rows and then pruning them in place spent 14% of all samples in memmove.
+  // kernel (or, pruning alone, the writer) then reads the staging buffer, with no copy made
+  // first and pruned in place (that copy was a large share of a pruned run's CPU).
   // Returns where each piece's pruned rows start.
   std::vector<const uint8_t*> Prune(Chunk* c) {
     // Placed for a direct write of the rows when pruning is all there is to do.

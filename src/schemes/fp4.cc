@@ -515,8 +515,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out) {
     }
     std::memcpy(out.out[1] + r * n_groups, s.codes.get(), n_groups);
     // The next row's input is asked for alongside this row's, a step's bytes per step.
-    // (Asking for the whole row at once here stalled on the full line-fill buffers: 14% of
-    // the NVFP4 kernel's samples sat on that loop.)
+    // (Asking for the whole row at once here stalled on the full line-fill buffers.)
     const uint8_t* next_row = r + 1 < in.rows ? row + in.cols * kEsz : nullptr;
     uint8_t* dst = out.out[0] + r * n_pairs;
     size_t i = 0;
