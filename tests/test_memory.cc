@@ -178,3 +178,44 @@ TEST_SUITE("memory") {
     CHECK_FALSE(fs::exists(out / ".quench-resume"));
   }
 }
+
+TEST_SUITE("memory") {
+  TEST_CASE("under an address-space limit every run ends cleanly: converted, or exit 4 and nothing left") {
+    // A 64 MiB weight, converted under `ulimit -v` from too little to enough: each limit must
+    // end in success or in an out-of-memory error (planning's allocations, the writer
+    // threads' stacks, the source map, the pipeline's buffers: std::bad_alloc and
+    // std::system_error reported, not std::terminate's abort).
+    qt::TempDir dir;
+    fs::create_directories(dir / "src");
+    std::vector<float> w(4096 * 8192, 0.01f);
+    qt::WriteShard(dir / "src" / "model.safetensors",
+                   {{"layer.weight", quench::DType::kBF16, {4096, 8192}, qt::Bf16Bytes(w)}});
+    qt::WriteBytes(dir / "src" / "config.json", "{}");
+    int ok = 0, refused = 0;
+    // Below 10 MiB the dynamic loader itself cannot map libc (exit 127, before quench runs).
+    for (int mib = 10; mib <= 200; mib += 10) {
+      CAPTURE(mib);
+      const fs::path dst = dir / ("out" + std::to_string(mib));
+      const qt::RunResult r = qt::RunCommand(
+          {"bash", "-c",
+           "ulimit -v " + std::to_string(mib * 1024) + " && exec \"$0\" \"$@\"",
+           qt::QuenchBin().string(), "convert", (dir / "src").string(), dst.string(),
+           "--scheme", "FP8_DYNAMIC", "-q"});
+      CAPTURE(r.err);
+      CHECK((r.exit_code == 0 || r.exit_code == 4));
+      if (r.exit_code == 4) {
+        ++refused;
+        CHECK((r.err.find("out of memory") != std::string::npos ||
+               r.err.find("Cannot allocate memory") != std::string::npos ||
+               r.err.find("cannot start the writer threads") != std::string::npos));
+        CHECK_FALSE(fs::exists(dst / "config.json"));
+        CHECK_FALSE(fs::exists(dst / "model.safetensors"));
+      } else if (r.exit_code == 0) {
+        ++ok;
+        CHECK(fs::exists(dst / "model.safetensors"));
+      }
+    }
+    CHECK(refused > 0);  // the sweep reached limits that are too small
+    CHECK(ok > 0);       // and ones that are enough
+  }
+}

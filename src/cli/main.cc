@@ -416,13 +416,17 @@ int Dispatch(const std::vector<std::string>& args) {
 }  // namespace
 
 // The last line of defence of "never crash": the library reports errors as Status, but an
-// exception escaping it (a bug, or std::bad_alloc) ends the run with a message and exit code 1
-// instead of std::terminate's abort (134).
+// exception escaping it ends the run with a message instead of std::terminate's abort (134):
+// exit 4 for std::bad_alloc (out of memory, as the pipeline reports it), 1 for anything else
+// (a bug).
 int main(int argc, char** argv) {
   try {
     return Dispatch(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::bad_alloc&) {
-    return quench::cli::ReportError("internal error: out of memory", 1);
+    // Out of memory outside the pipeline's stages (which report it themselves): the I/O
+    // class of failures, like a full disk.
+    return quench::cli::ReportError(
+        "out of memory: an allocation failed; free memory or lower --memory-limit", 4);
   } catch (const std::exception& e) {
     return quench::cli::ReportError(std::string("internal error: ") + e.what(), 1);
   } catch (...) {

@@ -77,7 +77,12 @@ class WriteQueue {
   // bytes queued or being written.
   WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Item>)> write)
       : limit_(limit), write_(std::move(write)) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+    try {
+      for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+    } catch (...) {
+      Finish();  // a thread that did start is joined, not left to std::terminate
+      throw;
+    }
   }
   ~WriteQueue() { Finish(); }
 

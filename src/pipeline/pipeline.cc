@@ -9,6 +9,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -70,10 +71,15 @@ class ShardPipeline {
   Status Run() {
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                            static_cast<size_t>(sizing_.threads));
-    writer_ = std::make_unique<WriteQueue<Chunk>>(
-        sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
-          Contained(plan_.src.string(), [&] { WriteChunk(std::move(c)); });
-        });
+    try {
+      writer_ = std::make_unique<WriteQueue<Chunk>>(
+          sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
+            Contained(plan_.src.string(), [&] { WriteChunk(std::move(c)); });
+          });
+    } catch (const std::system_error& e) {  // no memory for a thread's stack, or no threads
+      return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
+                                       "); free memory or lower --memory-limit");
+    }
     tbb::parallel_pipeline(
         static_cast<size_t>(sizing_.tokens),
         tbb::make_filter<void, Chunk*>(

@@ -36,7 +36,8 @@ struct ChunkOutputs {
 };
 
 // Result of a kernel call: false when the chunk holds a NaN or Inf (nothing else is checked,
-// since every other bit pattern is a valid input).
+// since every other bit pattern is a valid input). A kernel whose scratch memory cannot be
+// allocated throws std::bad_alloc, which the pipeline reports as running out of memory.
 using ChunkKernel = bool (*)(const WeightChunk& in, const ChunkOutputs& out);
 
 }  // namespace quench

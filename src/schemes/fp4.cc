@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
@@ -502,7 +503,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out) {
   const size_t n_groups = in.cols / kGroup;
   const size_t n_pairs = in.cols / 2;
   Scratch s(n_groups);
-  if (!s.ok()) return false;
+  if (!s.ok()) throw std::bad_alloc();  // the caller reports it; false means NaN/Inf
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
@@ -550,7 +551,7 @@ bool Mxfp8Impl(const WeightChunk& in, const ChunkOutputs& out) {
   const size_t lanes = hn::Lanes(df);
   const size_t n_groups = in.cols / kMxGroup;
   Scratch s(n_groups);
-  if (!s.ok()) return false;
+  if (!s.ok()) throw std::bad_alloc();  // the caller reports it; false means NaN/Inf
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!RowGroupAmax<D, kMxGroup>(row, n_groups, s.amax.get())) return false;

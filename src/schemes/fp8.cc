@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "schemes/float_formats.h"
 #include "schemes/fp8.h"
@@ -192,7 +193,7 @@ bool BlockImpl(const WeightChunk& in, const ChunkOutputs& out) {
   // One abs-bits accumulator vector per tile of the current 128-row band.
   auto acc = hwy::AllocateAligned<T>(tiles_c * lanes);
   auto scales = hwy::AllocateAligned<float>(tiles_c);
-  if (!acc || !scales) return false;
+  if (!acc || !scales) throw std::bad_alloc();  // the caller reports it; false means NaN/Inf
   for (size_t r0 = 0, band = 0; r0 < rows; r0 += kBlock, ++band) {
     const size_t r1 = std::min(rows, r0 + kBlock);
     // Pass 1: amax per tile, one sweep over the band's rows in memory order. Rows past the

@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "schemes/float_formats.h"
@@ -534,7 +535,7 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
     // zeroing once gives the zero padding of the last word.
     const size_t pbuf_bytes = std::max(packed_bytes + 8, out_row_bytes);
     if (!direct) pbuf = hwy::AllocateAligned<uint8_t>(pbuf_bytes);
-    if (!ubuf || (!direct && !pbuf)) return false;
+    if (!ubuf || (!direct && !pbuf)) throw std::bad_alloc();  // false means NaN/Inf
     std::memset(ubuf.get() + cols, 0, n8 - cols);
     if (!direct) std::memset(pbuf.get(), 0, pbuf_bytes);
   }
