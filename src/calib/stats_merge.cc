@@ -60,19 +60,25 @@ std::string Difference(const Statistics& a, const Statistics& b) {
   return "";
 }
 
+// Element i of every part, added, written to out (counts and F64 sums).
+template <class T>
+void Sum(const std::vector<const uint8_t*>& parts, size_t i, uint8_t* out) {
+  T acc = 0;
+  for (const uint8_t* p : parts) {
+    T v;
+    std::memcpy(&v, p + sizeof(T) * i, sizeof(T));
+    acc += v;
+  }
+  std::memcpy(out, &acc, sizeof(T));
+}
+
 // Combines n elements of one array over the parts into out.
 void Combine(const StatsField& f, const std::vector<const uint8_t*>& parts, size_t first,
              size_t n, uint8_t* out) {
   const bool is_min = f.name == "min", is_max = f.name == "max";
   for (size_t i = first; i < first + n; ++i) {
     if (f.dtype == DType::kI64) {
-      int64_t acc = 0;
-      for (const uint8_t* p : parts) {
-        int64_t v;
-        std::memcpy(&v, p + 8 * i, 8);
-        acc += v;
-      }
-      std::memcpy(out + 8 * (i - first), &acc, 8);
+      Sum<int64_t>(parts, i, out + 8 * (i - first));
     } else if (f.dtype == DType::kF32) {
       float acc = 0;
       for (size_t k = 0; k < parts.size(); ++k) {
@@ -87,13 +93,7 @@ void Combine(const StatsField& f, const std::vector<const uint8_t*>& parts, size
       }
       std::memcpy(out + 4 * (i - first), &acc, 4);
     } else {
-      double acc = 0;
-      for (const uint8_t* p : parts) {
-        double v;
-        std::memcpy(&v, p + 8 * i, 8);
-        acc += v;
-      }
-      std::memcpy(out + 8 * (i - first), &acc, 8);
+      Sum<double>(parts, i, out + 8 * (i - first));
     }
   }
 }
