@@ -16,26 +16,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 vpy="$venv/bin/python"
 
-check() {
-  "$vpy" - "$req" <<'PY'
-import sys
-from importlib import metadata
-bad = []
-for line in open(sys.argv[1]):
-    line = line.split("#", 1)[0].strip()
-    if not line:
-        continue
-    name, ver = line.split("==")
-    try:
-        have = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        bad.append(f"{name} missing"); continue
-    if have.split("+")[0] != ver:
-        bad.append(f"{name} {have} != {ver}")
-if bad:
-    print("\n".join(bad)); sys.exit(1)
-PY
-}
+check() { "$vpy" "$here/venv_matches.py" "$req"; }
 
 if check >/dev/null 2>&1; then
   exit 0
