@@ -6,14 +6,9 @@ import os
 import re
 import sys
 
-SENTENCES = [
-    "The cat sat on the mat.",
-    "A quick brown fox jumps over the lazy dog.",
-    "Quantization maps weights to a small set of values.",
-    "vLLM serves large language models efficiently.",
-    "It rained all day in the mountains.",
-    "Please convert this checkpoint before Friday.",
-]
+# The sentences the consumer suite embeds (tests/python/sentences.txt), one per line.
+SENTENCES = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "tests", "python", "sentences.txt")).read().splitlines()
 
 
 def run_vllm(folder, q, log):

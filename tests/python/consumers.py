@@ -12,14 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 QUENCH = Path(os.environ.get("QUENCH_BIN", ROOT / "build" / "quench"))
 TINY_LLAMA = ROOT / "data" / "tiny-llama"
 
-SENTENCES = [
-    "The cat sat on the mat.",
-    "A quick brown fox jumps over the lazy dog.",
-    "Quantization maps weights to a small set of values.",
-    "vLLM serves large language models efficiently.",
-    "It rained all day in the mountains.",
-    "Please convert this checkpoint before Friday.",
-]
+# The sentences embedded by both this suite and scripts/check_vllm.py, one per line.
+SENTENCES = (ROOT / "tests" / "python" / "sentences.txt").read_text().splitlines()
 # Fixed token ids for the tiny Llama (vocabulary 1024; it has no tokenizer).
 LLAMA_IDS = [[1, 17, 301, 99, 512, 7, 880, 42, 3, 650, 128, 1000],
              [1, 5, 6, 7, 8, 9, 200, 300, 400, 500, 600, 700]]
