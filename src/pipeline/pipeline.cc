@@ -74,7 +74,7 @@ class ShardPipeline {
     try {
       writer_ = std::make_unique<WriteQueue<Chunk>>(
           sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
-            Contained(plan_.src.string(), [&] { WriteChunk(std::move(c)); });
+            Contained(plan_.src.native(), [&] { WriteChunk(std::move(c)); });
           });
     } catch (const std::system_error& e) {  // no memory for a thread's stack, or no threads
       return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
@@ -87,10 +87,10 @@ class ShardPipeline {
             [this](tbb::flow_control& fc) {
               Chunk* c = nullptr;
               // The pre-pass a chunk may run first reads the tensor's shard.
-              const size_t t = std::min(tensors_prepared_, plan_.tensors.size());
-              const std::string file = t < plan_.tensors.size()
-                                           ? plan_.shards[plan_.tensors[t].shard].src_path.string()
-                                           : plan_.src.string();
+              const size_t t = tensors_prepared_;
+              const std::string& file = t < plan_.tensors.size()
+                                            ? plan_.shards[plan_.tensors[t].shard].src_path.native()
+                                            : plan_.src.native();
               if (!Contained(file, [&] { c = Next(fc); })) {
                 fc.stop();
               }
@@ -100,7 +100,7 @@ class ShardPipeline {
                 tbb::filter_mode::parallel,
                 [this](Chunk* c) {
                   const size_t shard = plan_.tensors[c->pieces.front().tensor].shard;
-                  Contained(plan_.shards[shard].src_path.string(), [&] { Transform(c); });
+                  Contained(plan_.shards[shard].src_path.native(), [&] { Transform(c); });
                   return c;
                 }) &
             tbb::make_filter<Chunk*, void>(tbb::filter_mode::serial_in_order,
