@@ -74,16 +74,37 @@ JsonValue TypedScalar(const YAML::Node& n) {
   return JsonValue(s);
 }
 
-JsonValue FromYaml(const YAML::Node& n) {
+// Bounds on the YAML tree: an alias that refers to its own node (`&a [*a]`) is a cycle, and
+// aliases of aliases can name exponentially many nodes; either would exhaust the stack or the
+// memory while being converted. Real recipes are a few levels deep and a few hundred nodes.
+constexpr int kMaxYamlDepth = 64;
+constexpr size_t kMaxYamlNodes = 1'000'000;
+
+struct YamlWalk {
+  size_t nodes = 0;
+  bool too_big = false;
+};
+
+JsonValue FromYaml(const YAML::Node& n, int depth, YamlWalk& walk) {
+  if (depth > kMaxYamlDepth || ++walk.nodes > kMaxYamlNodes) {
+    walk.too_big = true;
+    return JsonValue();
+  }
   switch (n.Type()) {
     case YAML::NodeType::Map: {
       JsonValue o = JsonValue::MakeObject();
-      for (const auto& kv : n) o.Set(kv.first.as<std::string>(), FromYaml(kv.second));
+      for (const auto& kv : n) {
+        if (walk.too_big) break;
+        o.Set(kv.first.as<std::string>(), FromYaml(kv.second, depth + 1, walk));
+      }
       return o;
     }
     case YAML::NodeType::Sequence: {
       JsonValue a = JsonValue::MakeArray();
-      for (const auto& e : n) a.Push(FromYaml(e));
+      for (const auto& e : n) {
+        if (walk.too_big) break;
+        a.Push(FromYaml(e, depth + 1, walk));
+      }
       return a;
     }
     case YAML::NodeType::Scalar:
@@ -296,7 +317,14 @@ Result<const JsonValue*> FindModifier(const JsonValue& v, const std::string& lab
 
 Result<JsonValue> ParseYaml(const std::string& label, const std::string& text) {
   try {
-    return FromYaml(YAML::Load(text));
+    YamlWalk walk;
+    JsonValue doc = FromYaml(YAML::Load(text), 0, walk);
+    if (walk.too_big) {
+      return Bad(label, "YAML nested deeper than " + std::to_string(kMaxYamlDepth) +
+                            " levels or with more than " + std::to_string(kMaxYamlNodes) +
+                            " nodes (an alias that contains itself, or aliases of aliases)");
+    }
+    return doc;
   } catch (const YAML::Exception& e) {
     return Bad(label, std::string("not valid YAML: ") + e.what());
   }
