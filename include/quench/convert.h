@@ -29,6 +29,13 @@ struct ConvertOptions : PlanOptions {
   bool overwrite = false;              // allow a non-empty existing DST
   bool resume = false;                 // finish an interrupted run in DST, keeping complete shards
   std::filesystem::path report;        // --report: write the run's JSON account here
+  // One worker of a conversion split over machines sharing SRC and DST: this run writes
+  // worker_index's share of the output shards (balanced by bytes), resuming its own earlier
+  // run, then its part marker; the worker completing the last part publishes the index and
+  // config.json (Finalize). workers == 0: the whole conversion in this process.
+  int worker_index = 0;
+  int workers = 0;
+  std::string worker_source;           // what chose the slot (--worker, a launcher), in words
 };
 
 struct Progress {
@@ -56,6 +63,20 @@ struct ConvertSummary {
   uint64_t zeroed = 0;          // of those, zero after pruning (achieved sparsity numerator)
   int tokens = 0;           // chunks in flight
   double seconds = 0;
+  // Worker runs: the shards of this worker's share; whether DST was published by this
+  // process (it completed the last part) or was already; whether the part was complete
+  // before this run (a rerun: nothing redone).
+  uint64_t worker_shards = 0;
+  bool published = false;
+  bool part_was_complete = false;
+};
+
+struct FinalizeSummary {
+  int workers = 0;
+  uint64_t shards = 0;
+  bool published = false;  // false: another process holds the finalize lock (`holder`)
+  std::string holder;
+  std::string report_json; // each worker's summary and their totals (finalize --report)
 };
 
 // Reads headers only and builds the full plan; every user error surfaces here.
@@ -68,6 +89,13 @@ Result<ConvertSummary> Convert(const ConvertOptions& options,
 // Plans without reading any weight or writing anything but `options.report` (if set); the
 // plan holds every error and warning a real run would raise before reading weights.
 Result<Plan> DryRun(const ConvertOptions& options);
+
+// Publishes DST once every worker's part is present and all planned the same conversion:
+// checks each part and the shards it vouches for, then writes the other files, the index and
+// config.json. `workers` 0: the count the parts agree on. A missing, corrupt or mismatched part
+// is kInvalidInput naming the worker that owes it; nothing is published then.
+Result<FinalizeSummary> Finalize(const std::filesystem::path& dst, int workers = 0,
+                                 const ConvertCallbacks& callbacks = {});
 
 // Parses "512M", "2G", "1.5GiB", "1000000" into bytes.
 Result<uint64_t> ParseByteSize(std::string_view text);

@@ -2,9 +2,11 @@
 // and presentation; the work is in the library's Convert().
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -14,11 +16,14 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "cli/finalize_cmd.h"
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
+#include "cli/worker_env.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
 #include "format/quant_config.h"
+#include "pipeline/workers.h"
 #include "plan/planner.h"
 
 namespace quench::cli {
@@ -38,6 +43,7 @@ const char kMainHelp[] =
     "  convert SRC DST --scheme NAME   quantize a checkpoint folder into DST\n"
     "  inspect PATH [--json]           list the tensors of a folder or .safetensors file\n"
     "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
+    "  finalize DST                    publish a folder converted by several workers\n"
     "  schemes                         list the quantization schemes\n"
     "  stats inspect|merge ...         activation statistics for calibration\n"
     "\n"
@@ -112,6 +118,16 @@ std::string ConvertHelp() {
        "                        kept; everything else is redone\n"
        "  --overwrite           allow a DST that exists and is not empty (files of the same\n"
        "                        name are replaced; other files are left as they are)\n"
+       "  --worker I/N          convert worker I's share (0 <= I < N) of the output shards\n"
+       "                        into a DST shared by N workers; the last to finish publishes\n"
+       "                        it (or `quench finalize DST`). Without it, taken from the\n"
+       "                        launcher: Slurm job arrays (SLURM_ARRAY_TASK_*), srun\n"
+       "                        (SLURM_PROCID), Open MPI (OMPI_COMM_WORLD_*), MPICH/Cray\n"
+       "                        (PMI_RANK/SIZE), torchrun (RANK/WORLD_SIZE), Kubernetes\n"
+       "                        indexed jobs (JOB_COMPLETION_INDEX with --workers N).\n"
+       "                        A rerun resumes the worker's part. {worker} in --report's\n"
+       "                        path becomes I\n"
+       "  --workers N           the number of workers (Kubernetes: spec.completions)\n"
        "  -q, --quiet           no progress and no notes; errors only\n";
   return s;
 }
@@ -234,6 +250,30 @@ int PrintDryRun(const ConvertOptions& o) {
   for (const PlannedFile& f : p.files) {
     std::printf("  %-40s %s\n", f.rel_name.c_str(), f.copy_from.empty() ? "(written)" : "(copied)");
   }
+  if (o.workers > 0) {
+    // The share is a pure function of the plan (AssignShards): every worker computes the same.
+    const std::vector<uint64_t> costs = ShardCosts(p);
+    const std::vector<int> owner = AssignShards(costs, o.workers);
+    std::vector<uint64_t> load(static_cast<size_t>(o.workers), 0);
+    for (size_t k = 0; k < owner.size(); ++k) load[static_cast<size_t>(owner[k])] += costs[k];
+    std::printf("\nworker %d/%d (%s) writes:\n", o.worker_index, o.workers, o.worker_source.c_str());
+    size_t mine = 0;
+    for (size_t k = 0; k < owner.size(); ++k) {
+      if (owner[k] != o.worker_index) continue;
+      ++mine;
+      std::printf("  %-40s %14llu bytes (%s)\n", p.shards[k].rel_name.c_str(),
+                  static_cast<unsigned long long>(p.shards[k].file_size), Bytes(p.shards[k].file_size).c_str());
+    }
+    if (mine == 0) std::printf("  (nothing: more workers than output shards)\n");
+    const uint64_t most = *std::max_element(load.begin(), load.end());
+    uint64_t all = 0;
+    for (uint64_t l : load) all += l;
+    std::printf("share: %zu of %zu shards, %s of %s read+written; the busiest worker has %s "
+                "(%.2fx the mean)\n",
+                mine, p.shards.size(), Bytes(load[static_cast<size_t>(o.worker_index)]).c_str(),
+                Bytes(all).c_str(), Bytes(most).c_str(),
+                all ? static_cast<double>(most) * o.workers / static_cast<double>(all) : 0.0);
+  }
   std::printf("\ntotal: %zu tensors, %llu quantized; %s read, %s written (%.3fx)\n",
               p.tensors.size(), static_cast<unsigned long long>(quantized), Bytes(p.bytes_in).c_str(),
               Bytes(p.bytes_out).c_str(),
@@ -253,6 +293,8 @@ int RunConvert(const std::vector<std::string>& args) {
   ConvertOptions o;
   bool quiet = false;
   bool dry_run = false;
+  std::string worker_flag;
+  int workers_flag = 0;
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -318,6 +360,18 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--prune-granularity") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.prune_granularity = v;
+    } else if (flag == "--worker") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      worker_flag = v;
+    } else if (flag == "--workers") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 1 || n > kMaxWorkers) {
+        return ReportError("--workers needs a whole number from 1 to " +
+                           std::to_string(kMaxWorkers) + ", not '" + v + "'", 2);
+      }
+      workers_flag = static_cast<int>(n);
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a.starts_with("-") && a != "-") {
@@ -334,6 +388,22 @@ int RunConvert(const std::vector<std::string>& args) {
   }
   o.src = positional[0];
   o.dst = positional[1];
+  auto slot = ResolveWorker(worker_flag, workers_flag, [](const char* name) { return std::getenv(name); });
+  if (!slot.ok()) return ReportError(slot.status().message(), 2);
+  if (slot->count > 0) {
+    o.worker_index = slot->index;
+    o.workers = slot->count;
+    o.worker_source = slot->source;
+    // Workers share the report's folder too: each writes its own file.
+    std::string report = o.report.string();
+    if (const size_t at = report.find("{worker}"); at != std::string::npos) {
+      o.report = report.replace(at, 8, std::to_string(slot->index));
+    }
+    if (!quiet) {
+      std::fprintf(stderr, "quench: worker %d/%d, from %s\n", slot->index, slot->count,
+                   slot->source.c_str());
+    }
+  }
 
   if (dry_run) return PrintDryRun(o);
   std::signal(SIGINT, OnSignal);
@@ -351,6 +421,20 @@ int RunConvert(const std::vector<std::string>& args) {
     return ReportError(result.status().ToString(), ExitCodeFor(result.status().code()));
   }
   const ConvertSummary& s = *result;
+  if (o.workers > 0) {
+    if (!quiet) {
+      std::fprintf(stderr, "quench: worker %d/%d: %s; %s\n", o.worker_index, o.workers,
+                   s.part_was_complete || s.shards_resumed == s.worker_shards
+                       ? ("its " + std::to_string(s.worker_shards) + " shard(s) were already done").c_str()
+                       : ("wrote " + std::to_string(s.worker_shards - s.shards_resumed) + " of its " +
+                          std::to_string(s.worker_shards) + " shard(s), " +
+                          std::to_string(static_cast<double>(s.bytes_in) / 1e9) + " GB read in " +
+                          std::to_string(s.seconds) + " s").c_str(),
+                   s.published ? ("published " + o.dst.string()).c_str()
+                               : "the folder is published once every worker's part is in");
+    }
+    return 0;
+  }
   if (!quiet && s.pruned_tensors > 0) {
     std::fprintf(stderr, "quench: pruned %llu tensors (%s): %.2f%% of their %llu weights are zero\n",
                  static_cast<unsigned long long>(s.pruned_tensors), o.prune.c_str(),
@@ -395,6 +479,7 @@ int Dispatch(const std::vector<std::string>& args) {
       if (args[1] == "convert") return RunConvert(rest);
       if (args[1] == "inspect") return RunInspect(rest);
       if (args[1] == "verify") return RunVerify(rest);
+      if (args[1] == "finalize") return RunFinalize(rest);
       if (args[1] == "schemes") return RunSchemes(rest);
       if (args[1] == "stats") return RunStats(rest);
     }
@@ -408,6 +493,7 @@ int Dispatch(const std::vector<std::string>& args) {
   if (cmd == "convert") return RunConvert(rest);
   if (cmd == "inspect") return RunInspect(rest);
   if (cmd == "verify") return RunVerify(rest);
+  if (cmd == "finalize") return RunFinalize(rest);
   if (cmd == "schemes") return RunSchemes(rest);
   if (cmd == "stats") return RunStats(rest);
   return ReportError("unknown command '" + cmd + "'\n\n" + kMainHelp, 2);

@@ -17,6 +17,7 @@
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
 #include "pipeline/resume.h"
+#include "pipeline/workers.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -37,7 +38,8 @@ Status CheckDestination(const ConvertOptions& o) {
     if (!fs::is_directory(st)) {
       return Error(ErrorCode::kUsage, o.dst.string() + " exists and is not a folder");
     }
-    if (!o.overwrite && !o.resume && !fs::is_empty(o.dst, ec)) {
+    // Workers share DST: it fills while each starts.
+    if (!o.overwrite && !o.resume && o.workers == 0 && !fs::is_empty(o.dst, ec)) {
       return Error(ErrorCode::kUsage, o.dst.string() +
                                           " exists and is not empty; pass --overwrite to "
                                           "replace the files quench writes there, or --resume "
@@ -64,6 +66,7 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
   };
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     const PlannedShard& ps = plan.shards[k];
+    if (ps.already_done) continue;  // another worker's (resumed shards are counted)
     total += blocks(ps.file_size) + blocks(ShardFingerprint(plan, k).size() + kMarkerSlack);
     add_folders(ps.rel_name);
     add_folders(fs::path(kResumeDir) / (ps.rel_name + ".json"));
@@ -240,10 +243,16 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                  "(--dry-run) but cannot convert quantized sources yet");
   }
   std::error_code ec;
-  const bool created = !fs::exists(options.dst, ec);
+  const bool worker = options.workers > 0;
+  // A worker never removes DST: others may be about to write into it.
+  const bool created = !worker && !fs::exists(options.dst, ec);
   fs::create_directories(options.dst, ec);
   if (ec) return Error(ErrorCode::kIo, options.dst.string() + ": cannot create: " + ec.message());
   plan.dst = ResolvePath(options.dst);
+  WorkerStart start;
+  if (worker) {
+    QUENCH_ASSIGN_OR_RETURN(start, StartWorker(plan, options, callbacks));
+  }
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary
   // files are removed by their owners). An interrupted run keeps its complete shards and their
@@ -264,11 +273,29 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
       }
     }
     for (const fs::path& p : published) fs::remove(p, ec);
-    fs::remove_all(plan.dst / kResumeDir, ec);
+    if (worker) {
+      // Only this worker's markers: the others' shards stay vouched for.
+      for (const PlannedShard& ps : plan.shards) {
+        if (!ps.already_done) fs::remove(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
+      }
+    } else {
+      fs::remove_all(plan.dst / kResumeDir, ec);
+    }
     if (created) fs::remove(plan.dst, ec);  // only succeeds when empty
     return s;
   };
 
+  if (start.finalized || start.part_complete) {
+    ConvertSummary done;
+    done.worker_shards = done.shards_resumed = start.owned;
+    done.part_was_complete = start.part_complete;
+    done.published = start.finalized;
+    if (start.part_complete) {
+      QUENCH_ASSIGN_OR_RETURN(done.published, FinalizeIfLast(plan.dst, options.worker_index,
+                                                             options.workers, callbacks));
+    }
+    return done;
+  }
   if (Status s = CheckFreeSpace(plan); !s.ok()) return cleanup(s);
   for (const PlannedShard& ps : plan.shards) {
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
@@ -290,10 +317,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   if (Status s = RunPrunePrePass(plan, sizing, maps, cancel); !s.ok()) return cleanup(s);
   GlobalScales global_scales(plan, sizing, maps, cancel);
   uint64_t resumed = 0;
-  if (options.resume) {
-    // Fingerprints include the global scales, so all of them are needed first.
+  if (options.resume || worker) {
+    // Fingerprints include the global scales, so all of them are needed first. A worker
+    // always resumes its own earlier run (what a job engine's requeue expects).
     if (Status s = global_scales.All(); !s.ok()) return cleanup(s);
-    resumed = MarkCompleteShards(plan, callbacks);
+    resumed = MarkCompleteShards(plan, callbacks, /*own_shards_only=*/worker);
   }
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
@@ -305,27 +333,23 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   if (!st.ok()) return cleanup(st);
 
-  // Other files, then the index, then config.json: the folder is a loadable checkpoint only
-  // once its config is in place.
-  for (const PlannedFile& f : plan.files) {
-    const fs::path to = plan.dst / f.rel_name;
-    fs::create_directories(to.parent_path(), ec);
-    st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
-    if (!st.ok()) return cleanup(st);
-    published.push_back(to);
-  }
-  fs::remove_all(plan.dst / kResumeDir, ec);
-  st = SyncDirectory(plan.dst);
-  if (!st.ok()) return cleanup(st);
-
   ConvertSummary sum;
+  const auto counted = [&](size_t shard) { return !worker || start.mine[shard]; };
   for (const PlannedTensor& t : plan.tensors) {
+    if (!counted(t.shard)) continue;
     if (t.action == TensorAction::kQuantize) ++sum.tensors_quantized;
     if (t.action == TensorAction::kCopy) ++sum.tensors_copied;
     if (t.action == TensorAction::kPrune) ++sum.tensors_pruned_only;
   }
   sum.bytes_in = plan.bytes_in;
   sum.bytes_out = plan.bytes_out;
+  if (worker) {  // this worker's share
+    sum.bytes_in = sum.bytes_out = 0;
+    for (const PlannedTensor& t : plan.tensors) sum.bytes_in += counted(t.shard) ? t.src_bytes : 0;
+    for (size_t k = 0; k < plan.shards.size(); ++k) {
+      sum.bytes_out += counted(k) ? plan.shards[k].file_size : 0;
+    }
+  }
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
   for (size_t i = 0; i < errors.size(); ++i) {
@@ -343,6 +367,37 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   sum.tokens = sizing.tokens;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  if (worker) {
+    // The part vouches for this worker's shards (durable, with their markers); the worker
+    // completing the last part publishes the folder.
+    sum.worker_shards = start.owned;
+    if (Status d = SyncDirectory(plan.dst); !d.ok()) return cleanup(d);
+    if (Status w = WritePart(plan, options.worker_index, options.workers, DescribeOptions(options),
+                             options.worker_source,
+                             SummaryJson(sum, options.worker_index, options.workers,
+                                         options.worker_source));
+        !w.ok()) {
+      return cleanup(w);
+    }
+    QUENCH_ASSIGN_OR_RETURN(sum.published, FinalizeIfLast(plan.dst, options.worker_index,
+                                                          options.workers, callbacks));
+    return sum;
+  }
+
+  // Other files, then the index, then config.json: the folder is a loadable checkpoint only
+  // once its config is in place.
+  for (const PlannedFile& f : plan.files) {
+    const fs::path to = plan.dst / f.rel_name;
+    fs::create_directories(to.parent_path(), ec);
+    st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
+    if (!st.ok()) return cleanup(st);
+    published.push_back(to);
+  }
+  fs::remove_all(plan.dst / kResumeDir, ec);
+  st = SyncDirectory(plan.dst);
+  if (!st.ok()) return cleanup(st);
+  sum.published = true;
   return sum;
 }
 

@@ -22,7 +22,9 @@ namespace {
 Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                     const std::atomic<bool>* cancel) {
   for (PlannedTensor& t : plan.tensors) {
+    // Shards done before (--resume) or another worker's are not written by this run.
     if (!t.prune || !plan.prune.per_tensor || t.src_bytes == 0) continue;
+    if (plan.shards[t.shard].already_done) continue;
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
     const MappedFile& m = *map;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
@@ -103,7 +105,10 @@ Status GlobalScales::All() {
   tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
                          static_cast<size_t>(sizing_.threads));
   for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
-    if (!done_[k]) QUENCH_RETURN_IF_ERROR(ComputeSet(k, -1));
+    // Only sets with a member this run writes (another worker's shards are already_done).
+    bool needed = false;
+    for (size_t m : plan_.fused_sets[k]) needed |= !plan_.shards[plan_.tensors[m].shard].already_done;
+    if (!done_[k] && needed) QUENCH_RETURN_IF_ERROR(ComputeSet(k, -1));
   }
   return Status::Ok();
 }

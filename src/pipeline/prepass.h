@@ -29,7 +29,9 @@ class GlobalScales {
   GlobalScales(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                const std::atomic<bool>* cancel);
   Status ForTensor(size_t tensor);
-  Status All();  // every set, pages released (--resume needs them to check fingerprints)
+  // Every set with a member in a shard this run writes (not already_done), pages released
+  // (--resume needs them to check fingerprints).
+  Status All();
 
  private:
   // keep_shard: the shard whose members' pages are left mapped, or -1.

@@ -15,6 +15,36 @@ fs::path ResumeMarkerPath(const fs::path& dst, const std::string& rel) {
   return dst / kResumeDir / (rel + ".json");
 }
 
+namespace {
+
+// One tensor's part of a fingerprint: its action, pruning and scheme parameters, and with
+// `global_scale` its NVFP4 global scale (known only after the pre-pass).
+std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale) {
+  std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
+                            : t.action == TensorAction::kPrune  ? "|p|"
+                                                                : "|c|");
+  if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
+  if (t.scheme != nullptr) {
+    d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
+         std::to_string(t.params.group_size.value_or(0)) + "|" +
+         std::to_string(t.params.symmetric) + "|";
+    if (global_scale) {
+      uint32_t gs;
+      std::memcpy(&gs, &t.global_scale, 4);
+      d += std::to_string(gs);
+    }
+  }
+  return d;
+}
+
+std::string Hex(uint64_t v) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
+  return hex;
+}
+
+}  // namespace
+
 // What a complete output shard depends on: the source shard (size and header bytes), the
 // output layout (header bytes), each tensor's action and scheme parameters, the NVFP4 global
 // scales (which depend on other shards) and quench's version.
@@ -23,29 +53,32 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
   uint64_t h = Fnv1a64(QUENCH_VERSION);
   h = Fnv1a64(ps.header, h);
   for (const PlannedTensor& t : plan.tensors) {
-    if (t.shard != s) continue;
-    std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
-                              : t.action == TensorAction::kPrune  ? "|p|"
-                                                                  : "|c|");
-    if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
-    if (t.scheme != nullptr) {
-      d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
-           std::to_string(t.params.group_size.value_or(0)) + "|" +
-           std::to_string(t.params.symmetric) + "|";
-      uint32_t gs;
-      std::memcpy(&gs, &t.global_scale, 4);
-      d += std::to_string(gs);
-    }
-    h = Fnv1a64(d, h);
+    if (t.shard == s) h = Fnv1a64(TensorDescriptor(plan, t, /*global_scale=*/true), h);
   }
-  char hex[17];
-  auto hexed = [&](uint64_t v) {
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
-    return std::string(hex);
-  };
   return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
-         ", \"source_header_fnv1a64\": \"" + hexed(ps.src_header_hash) + "\", \"output_bytes\": " +
-         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + hexed(h) + "\"}\n";
+         ", \"source_header_fnv1a64\": \"" + Hex(ps.src_header_hash) + "\", \"output_bytes\": " +
+         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + Hex(h) + "\"}\n";
+}
+
+// Everything of the whole plan that is known from headers: what the shard fingerprints hold
+// except the global scales (which need weights), plus every shard's name and source, and the
+// other files the run publishes (names, where they are copied from, contents).
+std::string PlanFingerprint(const Plan& plan) {
+  uint64_t h = Fnv1a64(QUENCH_VERSION);
+  for (const PlannedShard& ps : plan.shards) {
+    h = Fnv1a64(ps.rel_name + "|" + std::to_string(ps.src_size) + "|" + Hex(ps.src_header_hash) +
+                    "|" + std::to_string(ps.file_size) + "|",
+                h);
+    h = Fnv1a64(ps.header, h);
+  }
+  for (const PlannedTensor& t : plan.tensors) {
+    h = Fnv1a64(std::to_string(t.shard) + "|" + TensorDescriptor(plan, t, /*global_scale=*/false), h);
+  }
+  for (const PlannedFile& f : plan.files) {
+    h = Fnv1a64(f.rel_name + "|" + f.copy_from.string() + "|", h);
+    h = Fnv1a64(f.contents, h);
+  }
+  return Hex(h);
 }
 
 Status WriteResumeMarker(const fs::path& marker, const std::string& fingerprint) {
@@ -56,17 +89,26 @@ Status WriteResumeMarker(const fs::path& marker, const std::string& fingerprint)
 
 // A shard is complete when its file has the planned size and its marker (written after the
 // shard was fsynced and renamed) equals the fingerprint of what this run would write.
-uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
+uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks, bool own_shards_only) {
   std::error_code ec;
   std::vector<fs::path> stale;
-  for (auto it = fs::recursive_directory_iterator(plan.dst, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->path().string().ends_with(".quench-tmp")) stale.push_back(it->path());
+  if (own_shards_only) {
+    // Other workers' temporary files in the shared folder are theirs, in use or not.
+    for (const PlannedShard& ps : plan.shards) {
+      if (!ps.already_done) stale.push_back(plan.dst / (ps.rel_name + ".quench-tmp"));
+    }
+  } else {
+    for (auto it = fs::recursive_directory_iterator(plan.dst, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().string().ends_with(".quench-tmp")) stale.push_back(it->path());
+    }
   }
   for (const fs::path& p : stale) fs::remove(p, ec);
-  uint64_t done = 0;
+  uint64_t done = 0, todo = 0;
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     PlannedShard& ps = plan.shards[k];
+    if (ps.already_done) continue;  // another worker's
+    ++todo;
     const fs::path out = plan.dst / ps.rel_name;
     auto marker = ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name));
     if (!marker.ok() || *marker != ShardFingerprint(plan, k)) continue;
@@ -75,7 +117,7 @@ uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
     ++done;
   }
   if (callbacks.note) {
-    callbacks.note("resume: " + std::to_string(done) + " of " + std::to_string(plan.shards.size()) +
+    callbacks.note("resume: " + std::to_string(done) + " of " + std::to_string(todo) +
                    " output shards are complete and match the source and recipe; converting the rest");
   }
   return done;

@@ -22,13 +22,21 @@ std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const s
 // The marker's contents for shard `s` (valid once the pre-pass has run).
 std::string ShardFingerprint(const Plan& plan, size_t s);
 
+// The whole plan's fingerprint from headers alone (16 hex digits): source shards' sizes and
+// headers, output layout, every tensor's action and scheme, the published files, quench's
+// version. Workers of one conversion must agree on it.
+std::string PlanFingerprint(const Plan& plan);
+
 // Writes `fingerprint` to `marker` atomically, creating its folder.
 Status WriteResumeMarker(const std::filesystem::path& marker, const std::string& fingerprint);
 
 // --resume: sets PlannedShard::already_done for every shard that is complete and matches
 // (plan.dst resolved, the pre-pass run), removes the interrupted run's temporary files, and
-// returns how many shards are kept.
-uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks);
+// returns how many shards are kept. Shards already marked done (another worker's) are left
+// alone; with `own_shards_only` only the temporary files of this run's shards are removed
+// (a worker shares DST with others still writing theirs).
+uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks,
+                            bool own_shards_only = false);
 
 }  // namespace quench
 

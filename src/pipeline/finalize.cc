@@ -1,0 +1,221 @@
+// quench finalize: publishes a folder that several workers converted, once every part is in.
+#include <algorithm>
+#include <map>
+#include <regex>
+#include <set>
+#include <system_error>
+
+#include "format/file_io.h"
+#include "pipeline/fs_lock.h"
+#include "pipeline/resume.h"
+#include "pipeline/workers.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string WorkerName(int index, int count) {
+  return "worker " + std::to_string(index) + "/" + std::to_string(count);
+}
+
+std::string Join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;
+  return s;
+}
+
+// The part files in DST/.quench-parts: (count, index) -> path.
+std::map<std::pair<int, int>, fs::path> ListParts(const fs::path& dir) {
+  static const std::regex kName(R"(part-(\d{5})-of-(\d{5})\.json)");
+  std::map<std::pair<int, int>, fs::path> parts;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::smatch m;
+    const std::string name = it->path().filename().string();
+    if (std::regex_match(name, m, kName)) {
+      parts[{std::stoi(m[2].str()), std::stoi(m[1].str())}] = it->path();
+    }
+  }
+  return parts;
+}
+
+// Writes the other files, the index and config.json, in the plan's order (config.json last:
+// a folder without it is visibly unfinished), then removes the markers.
+Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files) {
+  std::error_code ec;
+  for (const PlannedFile& f : files) {
+    const fs::path to = dst / f.rel_name;
+    fs::create_directories(to.parent_path(), ec);
+    QUENCH_RETURN_IF_ERROR(f.copy_from.empty() ? WriteFileAtomic(to, f.contents)
+                                               : CopyFileAtomic(f.copy_from, to));
+  }
+  QUENCH_RETURN_IF_ERROR(SyncDirectory(dst));
+  fs::remove_all(dst / kResumeDir, ec);
+  fs::remove_all(dst / kPartsDir, ec);
+  return SyncDirectory(dst);
+}
+
+}  // namespace
+
+Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
+  const fs::path dir = dst / kPartsDir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return Error(ErrorCode::kInvalidInput,
+                 dst.string() + " holds no worker parts (" + kPartsDir + "/ is missing): it was "
+                 "not written by `quench convert --worker`, or it was finalized already");
+  }
+  FinalizeResult result;
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
+                          FsLock::TryAcquire(dir / "finalize.lock", &result.holder));
+  if (!lock) return result;
+
+  const std::map<std::pair<int, int>, fs::path> all = ListParts(dir);
+  std::set<int> counts;
+  for (const auto& [key, path] : all) counts.insert(key.first);
+  if (count == 0) {
+    if (counts.empty()) {
+      return Error(ErrorCode::kInvalidInput, dst.string() + ": no worker has finished its part yet");
+    }
+    if (counts.size() > 1) {
+      std::vector<std::string> c;
+      for (int n : counts) c.push_back(std::to_string(n));
+      return Error(ErrorCode::kInvalidInput,
+                   dst.string() + " holds parts of runs with different worker counts (" +
+                       Join(c, ", ") + "); remove the stale ones from " + dir.string() +
+                       " or pass --workers N");
+    }
+    count = *counts.begin();
+  }
+  result.workers = count;
+
+  // Every part of this count, parsed; the problems found, all named with the worker owing them.
+  std::vector<std::string> problems;
+  std::vector<PartRecord> parts;
+  std::vector<int> missing;
+  for (int i = 0; i < count; ++i) {
+    const auto it = all.find({count, i});
+    if (it == all.end()) {
+      missing.push_back(i);
+      continue;
+    }
+    auto part = ReadPart(it->second);
+    if (!part.ok()) {
+      problems.push_back(WorkerName(i, count) + "'s part is corrupt (" + part.status().message() +
+                         "): rerun that worker");
+    } else if (part->index != i || part->count != count) {
+      problems.push_back(it->second.filename().string() + " says it is " +
+                         WorkerName(part->index, part->count) + ": rerun " + WorkerName(i, count));
+    } else {
+      parts.push_back(std::move(*part));
+    }
+  }
+  // The fingerprint most parts agree on is the conversion; the others planned another one.
+  std::map<std::string, std::vector<const PartRecord*>> by_plan;
+  for (const PartRecord& p : parts) by_plan[p.fingerprint].push_back(&p);
+  const PartRecord* ref = nullptr;
+  for (const auto& [fp, group] : by_plan) {
+    if (ref == nullptr || group.size() > by_plan[ref->fingerprint].size()) ref = group.front();
+  }
+  for (const PartRecord& p : parts) {
+    if (p.fingerprint != ref->fingerprint) {
+      problems.push_back(WorkerName(p.index, count) + " planned another conversion (" +
+                         p.description + ", quench " + p.version + ", plan " + p.fingerprint +
+                         ") than " + WorkerName(ref->index, count) + " (" + ref->description +
+                         ", quench " + ref->version + ", plan " + ref->fingerprint +
+                         "): rerun it with the same command");
+    }
+  }
+  if (ref != nullptr) {
+    const std::vector<int> owner = AssignShards(ref->plan_costs, count);
+    for (int i : missing) {
+      std::vector<std::string> owed;
+      for (size_t k = 0; k < owner.size(); ++k) {
+        if (owner[k] == i) owed.push_back(ref->plan_shards[k]);
+      }
+      problems.push_back(WorkerName(i, count) + " has not finished its part (" +
+                         (owed.empty() ? std::string("no shards: more workers than shards")
+                                       : Join(owed, ", ")) + ")");
+    }
+    for (const PartRecord& p : parts) {
+      if (p.fingerprint != ref->fingerprint) continue;
+      std::vector<std::string> expect;
+      for (size_t k = 0; k < owner.size(); ++k) {
+        if (owner[k] == p.index) expect.push_back(p.plan_shards[k]);
+      }
+      std::vector<std::string> wrote;
+      for (const PartShard& s : p.shards) wrote.push_back(s.name);
+      if (wrote != expect) {
+        problems.push_back(WorkerName(p.index, count) + " wrote other shards than its share: rerun it");
+      } else if (Status s = CheckPartShards(dst, p); !s.ok()) {
+        problems.push_back(s.message());
+      }
+    }
+  } else {
+    for (int i : missing) problems.push_back(WorkerName(i, count) + " has not finished its part");
+  }
+  if (!problems.empty()) {
+    return Error(ErrorCode::kInvalidInput, "cannot finalize " + dst.string() + ": " +
+                                               Join(problems, "; ") + "; nothing was published");
+  }
+  for (const PartRecord& p : parts) {
+    result.shards += p.shards.size();
+    result.summaries.push_back(p.summary);
+  }
+  if (cb.note) {
+    cb.note("finalize: all " + std::to_string(count) + " parts present, one plan (" +
+            ref->fingerprint + "), " + std::to_string(result.shards) + " shards; publishing " +
+            std::to_string(ref->files.size()) + " files");
+  }
+  QUENCH_RETURN_IF_ERROR(Publish(dst, ref->files));
+  result.published = true;
+  return result;
+}
+
+}  // namespace quench
+
+namespace quench {
+
+Result<FinalizeSummary> Finalize(const fs::path& dst, int workers, const ConvertCallbacks& cb) {
+  QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(ResolvePath(dst), workers, cb));
+  FinalizeSummary s;
+  s.workers = r.workers;
+  s.shards = r.shards;
+  s.published = r.published;
+  s.holder = r.holder;
+  // Each worker's summary and their totals: bytes add, the slowest worker is the run's time.
+  JsonValue report = JsonValue::MakeObject();
+  JsonValue totals = JsonValue::MakeObject();
+  uint64_t in = 0, out = 0, written = 0, resumed = 0;
+  double slowest = 0;
+  JsonValue each = JsonValue::MakeArray();
+  for (const JsonValue& w : r.summaries) {
+    const auto num = [&](const char* k) {
+      const JsonValue* v = w.Find(k);
+      return v != nullptr && v->is_int() ? v->as_uint() : 0;
+    };
+    in += num("bytes_in");
+    out += num("bytes_out");
+    written += num("shards_written");
+    resumed += num("shards_resumed");
+    if (const JsonValue* v = w.Find("seconds"); v != nullptr && (v->is_double() || v->is_int())) {
+      slowest = std::max(slowest, v->as_double());
+    }
+    each.Push(w);
+  }
+  totals.Set("workers", r.workers);
+  totals.Set("shards", static_cast<uint64_t>(r.shards));
+  totals.Set("shards_written", written);
+  totals.Set("shards_resumed", resumed);
+  totals.Set("bytes_in", in);
+  totals.Set("bytes_out", out);
+  totals.Set("slowest_worker_seconds", slowest);
+  report.Set("published", r.published);
+  report.Set("totals", std::move(totals));
+  report.Set("workers", std::move(each));
+  s.report_json = DumpPythonJson(report) + "\n";
+  return s;
+}
+
+}  // namespace quench

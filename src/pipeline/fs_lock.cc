@@ -1,0 +1,152 @@
+#include "pipeline/fs_lock.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "format/file_io.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string FirstLine(const fs::path& p) {
+  std::ifstream f(p);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+// The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the PID,
+// it names one process even after the PID is reused. Empty when the process does not exist.
+std::string StartTime(long pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) return "";
+  std::istringstream rest(stat.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+  }
+  return field;
+}
+
+// Where PIDs mean the same process: host name, boot, PID namespace.
+std::string Machine() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::error_code ec;
+  const std::string pidns = fs::read_symlink("/proc/self/ns/pid", ec).string();
+  return std::string(host) + "/" + FirstLine("/proc/sys/kernel/random/boot_id") + "/" + pidns;
+}
+
+std::string Field(const std::string& token, const std::string& key) {
+  const size_t at = token.find(key + "=");
+  if (at == std::string::npos) return "";
+  const size_t from = at + key.size() + 1;
+  return token.substr(from, token.find(' ', from) - from);
+}
+
+// Whether the lock described by `token` (with `st` its stat) may be taken over.
+bool IsStale(const fs::path& path, const std::string& token, const struct stat& st,
+             const std::string& nonce) {
+  if (Field(token, "machine") == Machine()) {
+    const long pid = std::atol(Field(token, "pid").c_str());
+    return pid <= 0 || StartTime(pid) != Field(token, "start");
+  }
+  // The file system's clock, read from a file written now beside the lock: the holder's
+  // heartbeat and this check then use the same clock, whatever the hosts' clocks say.
+  const fs::path probe = path.parent_path() / (".probe-" + nonce);
+  if (!WriteFileAtomic(probe, "").ok()) return false;
+  struct stat now {};
+  const bool ok = stat(probe.c_str(), &now) == 0;
+  std::error_code ec;
+  fs::remove(probe, ec);
+  return ok && now.st_mtim.tv_sec - st.st_mtim.tv_sec > kStaleSeconds;
+}
+
+}  // namespace
+
+FsLock::FsLock(fs::path path, std::string token) : path_(std::move(path)), token_(std::move(token)) {
+  heartbeat_ = std::thread([this] { Beat(); });
+}
+
+FsLock::~FsLock() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (heartbeat_.joinable()) heartbeat_.join();
+  if (FirstLine(path_) == token_) {
+    std::error_code ec;
+    fs::remove(path_, ec);
+  }
+}
+
+void FsLock::Beat() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, std::chrono::seconds(kHeartbeatSeconds), [this] { return stop_; })) {
+    utimensat(AT_FDCWD, path_.c_str(), nullptr, 0);  // mtime = the file system's now
+  }
+}
+
+Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::string* holder) {
+  std::random_device rd;
+  char nonce[17];
+  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
+  const long pid = static_cast<long>(getpid());
+  char since[32];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  const std::string token = "machine=" + Machine() + " pid=" + std::to_string(pid) +
+                            " start=" + StartTime(pid) + " since=" + since + " nonce=" + nonce;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      const std::string line = token + "\n";
+      const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+                      fsync(fd) == 0;
+      close(fd);
+      if (!ok) {
+        std::error_code ec;
+        fs::remove(path, ec);
+        return Error(ErrorCode::kIo, path.string() + ": cannot write the lock file");
+      }
+      return std::unique_ptr<FsLock>(new FsLock(path, token));
+    }
+    if (errno != EEXIST) {
+      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(errno));
+    }
+    struct stat st {};
+    const std::string theirs = FirstLine(path);
+    if (stat(path.c_str(), &st) != 0) continue;  // released meanwhile: try again
+    *holder = "host " + Field(theirs, "machine").substr(0, Field(theirs, "machine").find('/')) +
+              ", pid " + Field(theirs, "pid") + ", since " + Field(theirs, "since");
+    if (attempt > 0 || !IsStale(path, theirs, st, nonce)) break;
+    // Take the stale lock over: move it aside, and check that what moved is the file judged
+    // stale (another contender may have replaced it meanwhile; then it goes back).
+    const fs::path aside = fs::path(path.string() + ".stale-" + nonce);
+    if (rename(path.c_str(), aside.c_str()) != 0) continue;
+    struct stat moved {};
+    const bool same = stat(aside.c_str(), &moved) == 0 && moved.st_ino == st.st_ino &&
+                      moved.st_dev == st.st_dev;
+    if (!same) {
+      [[maybe_unused]] const int restored = link(aside.c_str(), path.c_str());
+      unlink(aside.c_str());
+      break;
+    }
+    unlink(aside.c_str());
+  }
+  return std::unique_ptr<FsLock>();
+}
+
+}  // namespace quench

@@ -1,0 +1,51 @@
+// A lock held through a shared file system (NFS, Lustre, a mounted bucket), for workers on
+// different machines: the lock file is created with O_CREAT|O_EXCL (atomic on local file
+// systems and NFSv3+) and holds who took it; while held, a thread refreshes its mtime every
+// kHeartbeatSeconds. A lock is stale, and taken over, when its holder ran on this machine and
+// is gone (same host, boot and PID namespace; the process or its start time differ), or when
+// its mtime is more than kStaleSeconds behind the file system's clock (a holder elsewhere that
+// died: the job engine reruns a worker on another node). Takeover renames the stale file away
+// and checks it renamed the file it judged, so two contenders cannot both win.
+#ifndef QUENCH_PIPELINE_FS_LOCK_H_
+#define QUENCH_PIPELINE_FS_LOCK_H_
+
+#include <condition_variable>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "quench/status.h"
+
+namespace quench {
+
+inline constexpr int kHeartbeatSeconds = 5;
+inline constexpr int kStaleSeconds = 60;
+
+class FsLock {
+ public:
+  ~FsLock();
+  FsLock(const FsLock&) = delete;
+  FsLock& operator=(const FsLock&) = delete;
+
+  // Takes `path` (its folder must exist). Busy: returns nullptr and sets `*holder` to who
+  // holds it ("host H, pid P, since T"). kIo when the file system refuses.
+  static Result<std::unique_ptr<FsLock>> TryAcquire(const std::filesystem::path& path,
+                                                    std::string* holder);
+
+ private:
+  FsLock(std::filesystem::path path, std::string token);
+  void Beat();
+
+  std::filesystem::path path_;
+  std::string token_;  // the lock file's contents: who, and a nonce
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread heartbeat_;
+};
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_FS_LOCK_H_

@@ -1,0 +1,145 @@
+// A worker's side of a conversion split over machines: starting (StartWorker) and, once its
+// part is in, finalizing when it is the last (FinalizeIfLast).
+#include <system_error>
+
+#include "format/file_io.h"
+#include "pipeline/resume.h"
+#include "pipeline/workers.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string WorkerName(int index, int count) {
+  return "worker " + std::to_string(index) + "/" + std::to_string(count);
+}
+
+// What `f` holds once published.
+Result<std::string> PublishedBytes(const PlannedFile& f) {
+  if (f.copy_from.empty()) return f.contents;
+  return ReadFileToString(f.copy_from);
+}
+
+// Whether DST is already this conversion, published: every file the plan publishes holds
+// what it would hold, and every shard has its planned size.
+bool IsPublished(const Plan& plan) {
+  std::error_code ec;
+  for (const PlannedFile& f : plan.files) {
+    auto want = PublishedBytes(f);
+    auto have = ReadFileToString(plan.dst / f.rel_name);
+    if (!want.ok() || !have.ok() || *want != *have) return false;
+  }
+  for (const PlannedShard& ps : plan.shards) {
+    if (fs::file_size(plan.dst / ps.rel_name, ec) != ps.file_size || ec) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string DescribeOptions(const ConvertOptions& o) {
+  std::string d = o.recipe.empty() ? "--scheme " + o.scheme : "--recipe " + o.recipe.string();
+  for (const std::string& t : o.targets) d += " --targets " + t;
+  for (const std::string& t : o.ignore) d += " --ignore " + t;
+  if (!o.default_ignore) d += " --no-default-ignore";
+  if (o.group_size) d += " --group-size " + std::to_string(*o.group_size);
+  if (o.symmetric) d += *o.symmetric ? " --symmetric" : " --asymmetric";
+  if (!o.prune.empty()) d += " --prune " + o.prune + " --prune-granularity " + o.prune_granularity;
+  return d;
+}
+
+JsonValue SummaryJson(const ConvertSummary& s, int index, int count, const std::string& launcher) {
+  JsonValue j = JsonValue::MakeObject();
+  j.Set("worker", index);
+  j.Set("workers", count);
+  j.Set("launcher", launcher);
+  j.Set("shards_written", s.worker_shards - s.shards_resumed);
+  j.Set("shards_resumed", s.shards_resumed);
+  j.Set("bytes_in", s.bytes_in);
+  j.Set("bytes_out", s.bytes_out);
+  j.Set("tensors_quantized", s.tensors_quantized);
+  j.Set("tensors_copied", s.tensors_copied);
+  j.Set("tensors_pruned_only", s.tensors_pruned_only);
+  j.Set("seconds", s.seconds);
+  return j;
+}
+
+Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const ConvertCallbacks& cb) {
+  const int index = o.worker_index, count = o.workers;
+  WorkerStart start;
+  std::error_code ec;
+  const auto note = [&](const std::string& s) {
+    if (cb.note) cb.note(WorkerName(index, count) + ": " + s);
+  };
+  // A published folder: this conversion (a rerun after finalize: nothing to do), or another
+  // one, which a worker replaces only with --overwrite, unpublishing it first (config.json
+  // first) so that the folder is visibly unfinished while the workers run.
+  if (!plan.files.empty() && fs::exists(plan.dst / plan.files.back().rel_name, ec)) {
+    if (IsPublished(plan)) {
+      note("DST is already this conversion, finalized; nothing to do");
+      start.finalized = true;
+      return start;
+    }
+    if (!o.overwrite) {
+      return Error(ErrorCode::kUsage,
+                   plan.dst.string() + " holds a finished checkpoint of another conversion (" +
+                       plan.files.back().rel_name + " differs); pass --overwrite to replace it");
+    }
+    for (auto f = plan.files.rbegin(); f != plan.files.rend(); ++f) fs::remove(plan.dst / f->rel_name, ec);
+  }
+  fs::create_directories(plan.dst / kPartsDir, ec);
+  if (ec) return Error(ErrorCode::kIo, (plan.dst / kPartsDir).string() + ": cannot create: " + ec.message());
+  std::string holder;
+  QUENCH_ASSIGN_OR_RETURN(start.lock, FsLock::TryAcquire(WorkerLockPath(plan.dst, index), &holder));
+  if (!start.lock) {
+    return Error(ErrorCode::kUsage,
+                 WorkerName(index, count) + " is already running (" + holder +
+                     "): two workers were given the same index, or this worker's previous run is "
+                     "still alive");
+  }
+  const std::vector<int> owner = AssignShards(ShardCosts(plan), count);
+  start.mine.assign(plan.shards.size(), false);
+  for (size_t k = 0; k < plan.shards.size(); ++k) {
+    start.mine[k] = owner[k] == index;
+    if (owner[k] == index) ++start.owned;
+    else plan.shards[k].already_done = true;  // another worker's
+  }
+  const fs::path part_path = PartPath(plan.dst, index, count);
+  if (fs::exists(part_path, ec)) {
+    auto part = ReadPart(part_path);
+    if (part.ok() && part->fingerprint == PlanFingerprint(plan) &&
+        CheckPartShards(plan.dst, *part).ok()) {
+      note("its part is complete (" + std::to_string(start.owned) + " shards); nothing to redo");
+      start.part_complete = true;
+      return start;
+    }
+    // A part from another plan, or whose shards changed: it no longer vouches for anything.
+    note("its previous part no longer matches (" +
+         (part.ok() ? std::string("another plan, or changed shards") : part.status().message()) +
+         "); converting its share again");
+    fs::remove(part_path, ec);
+  }
+  note(std::to_string(start.owned) + " of " + std::to_string(plan.shards.size()) +
+       " output shards are this worker's share (chosen by " + o.worker_source + ")");
+  return start;
+}
+
+Result<bool> FinalizeIfLast(const fs::path& dst, int index, int count, const ConvertCallbacks& cb) {
+  std::error_code ec;
+  int waiting = 0;
+  for (int i = 0; i < count; ++i) waiting += !fs::exists(PartPath(dst, i, count), ec);
+  if (waiting > 0) {
+    if (cb.note) {
+      cb.note(WorkerName(index, count) + ": part written; " + std::to_string(waiting) +
+              " more part(s) to come; the last worker to finish (or `quench finalize " +
+              dst.string() + "`) publishes the folder");
+    }
+    return false;
+  }
+  QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(dst, count, cb));
+  if (!r.published && cb.note) cb.note("another process is finalizing " + dst.string() + " (" + r.holder + ")");
+  return r.published;
+}
+
+}  // namespace quench

@@ -1,0 +1,211 @@
+#include "pipeline/workers.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <regex>
+#include <system_error>
+
+#include "format/file_io.h"
+#include "format/safetensors.h"
+#include "pipeline/fs_lock.h"
+#include "pipeline/resume.h"
+
+namespace quench {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string Pad(int v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%05d", v);
+  return b;
+}
+
+std::string Hex(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+int64_t MtimeNs(const fs::path& p) {
+  struct stat st {};
+  if (stat(p.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+std::string WorkerName(int index, int count) {
+  return "worker " + std::to_string(index) + "/" + std::to_string(count);
+}
+
+// Reads the fields of a part's body; false when one is missing or of the wrong type.
+bool ParseBody(const JsonValue& b, PartRecord* r) {
+  const auto str = [&](const char* k, std::string* out) {
+    const JsonValue* v = b.Find(k);
+    if (v == nullptr || !v->is_string()) return false;
+    *out = v->as_string();
+    return true;
+  };
+  const JsonValue* idx = b.Find("worker");
+  const JsonValue* cnt = b.Find("workers");
+  const JsonValue* shards = b.Find("plan_shards");
+  const JsonValue* mine = b.Find("shards");
+  const JsonValue* files = b.Find("files");
+  if (!idx || !idx->is_int() || !cnt || !cnt->is_int() || !shards || !shards->is_array() ||
+      !mine || !mine->is_array() || !files || !files->is_array() ||
+      !str("quench_version", &r->version) || !str("plan_fnv1a64", &r->fingerprint) ||
+      !str("description", &r->description) || !str("launcher", &r->launcher)) {
+    return false;
+  }
+  r->index = static_cast<int>(idx->as_int());
+  r->count = static_cast<int>(cnt->as_int());
+  for (const JsonValue& s : shards->as_array()) {
+    const JsonValue* n = s.Find("name");
+    const JsonValue* c = s.Find("cost");
+    if (!n || !n->is_string() || !c || !c->is_int()) return false;
+    r->plan_shards.push_back(n->as_string());
+    r->plan_costs.push_back(c->as_uint());
+  }
+  for (const JsonValue& s : mine->as_array()) {
+    const JsonValue* n = s.Find("name");
+    const JsonValue* by = s.Find("bytes");
+    const JsonValue* mt = s.Find("mtime_ns");
+    const JsonValue* mk = s.Find("resume_marker");
+    if (!n || !n->is_string() || !by || !by->is_int() || !mt || !mt->is_int() || !mk ||
+        !mk->is_string()) {
+      return false;
+    }
+    r->shards.push_back(PartShard{n->as_string(), by->as_uint(), mt->as_int(), mk->as_string()});
+  }
+  for (const JsonValue& f : files->as_array()) {
+    const JsonValue* n = f.Find("name");
+    const JsonValue* from = f.Find("copy_from");
+    const JsonValue* c = f.Find("contents");
+    if (!n || !n->is_string() || !from || !from->is_string() || !c || !c->is_string()) return false;
+    r->files.push_back(PlannedFile{n->as_string(), from->as_string(), c->as_string()});
+  }
+  if (const JsonValue* s = b.Find("summary")) r->summary = *s;
+  return true;
+}
+
+}  // namespace
+
+std::vector<int> AssignShards(const std::vector<uint64_t>& costs, int workers) {
+  std::vector<size_t> order(costs.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return costs[a] > costs[b]; });
+  std::vector<uint64_t> load(static_cast<size_t>(std::max(workers, 1)), 0);
+  std::vector<int> owner(costs.size(), 0);
+  for (size_t s : order) {
+    const size_t w = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[s] = static_cast<int>(w);
+    load[w] += costs[s];
+  }
+  return owner;
+}
+
+std::vector<uint64_t> ShardCosts(const Plan& plan) {
+  std::vector<uint64_t> cost;
+  for (const PlannedShard& ps : plan.shards) cost.push_back(ps.src_size);
+  return cost;
+}
+
+fs::path PartPath(const fs::path& dst, int index, int count) {
+  return dst / kPartsDir / ("part-" + Pad(index) + "-of-" + Pad(count) + ".json");
+}
+
+fs::path WorkerLockPath(const fs::path& dst, int index) {
+  return dst / kPartsDir / ("worker-" + Pad(index) + ".lock");
+}
+
+Status WritePart(const Plan& plan, int index, int count, const std::string& description,
+                 const std::string& launcher, const JsonValue& summary) {
+  const std::vector<uint64_t> costs = ShardCosts(plan);
+  const std::vector<int> owner = AssignShards(costs, count);
+  JsonValue body = JsonValue::MakeObject();
+  body.Set("quench_version", QUENCH_VERSION);
+  body.Set("worker", index);
+  body.Set("workers", count);
+  body.Set("plan_fnv1a64", PlanFingerprint(plan));
+  body.Set("description", description);
+  body.Set("launcher", launcher);
+  JsonValue all = JsonValue::MakeArray(), mine = JsonValue::MakeArray();
+  for (size_t k = 0; k < plan.shards.size(); ++k) {
+    const PlannedShard& ps = plan.shards[k];
+    JsonValue s = JsonValue::MakeObject();
+    s.Set("name", ps.rel_name);
+    s.Set("cost", costs[k]);
+    all.Push(std::move(s));
+    if (owner[k] != index) continue;
+    const fs::path out = plan.dst / ps.rel_name;
+    QUENCH_ASSIGN_OR_RETURN(std::string marker, ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name)));
+    JsonValue m = JsonValue::MakeObject();
+    m.Set("name", ps.rel_name);
+    m.Set("bytes", ps.file_size);
+    m.Set("mtime_ns", static_cast<int64_t>(MtimeNs(out)));
+    m.Set("resume_marker", marker);
+    mine.Push(std::move(m));
+  }
+  body.Set("plan_shards", std::move(all));
+  body.Set("shards", std::move(mine));
+  JsonValue files = JsonValue::MakeArray();
+  for (const PlannedFile& f : plan.files) {
+    JsonValue v = JsonValue::MakeObject();
+    v.Set("name", f.rel_name);
+    v.Set("copy_from", f.copy_from.string());
+    v.Set("contents", f.contents);
+    files.Push(std::move(v));
+  }
+  body.Set("files", std::move(files));
+  body.Set("summary", summary);
+  // The body's hash guards against a part damaged after it was written (a partial copy, a
+  // stray edit): finalize recomputes it from the parsed body.
+  JsonValue part = JsonValue::MakeObject();
+  part.Set("body_fnv1a64", Hex(Fnv1a64(DumpPythonJson(body))));
+  part.Set("body", std::move(body));
+  return WriteFileAtomic(PartPath(plan.dst, index, count), DumpPythonJson(part) + "\n");
+}
+
+Result<PartRecord> ReadPart(const fs::path& path) {
+  QUENCH_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  auto parsed = ParseJson(path.string(), text);
+  if (!parsed.ok()) return parsed.status();
+  const JsonValue* body = parsed->Find("body");
+  const JsonValue* hash = parsed->Find("body_fnv1a64");
+  if (body == nullptr || hash == nullptr || !hash->is_string() ||
+      hash->as_string() != Hex(Fnv1a64(DumpPythonJson(*body)))) {
+    return Error(ErrorCode::kInvalidInput, path.string() + ": the part's checksum does not match");
+  }
+  PartRecord r;
+  r.path = path;
+  if (!ParseBody(*body, &r)) {
+    return Error(ErrorCode::kInvalidInput, path.string() + ": a field of the part is missing");
+  }
+  return r;
+}
+
+Status CheckPartShards(const fs::path& dst, const PartRecord& part) {
+  for (const PartShard& s : part.shards) {
+    const fs::path out = dst / s.name;
+    std::error_code ec;
+    const uint64_t size = fs::file_size(out, ec);
+    auto marker = ReadFileToString(ResumeMarkerPath(dst, s.name));
+    std::string why;
+    if (ec) why = "is missing";
+    else if (size != s.bytes) why = "has " + std::to_string(size) + " bytes, not " + std::to_string(s.bytes);
+    else if (MtimeNs(out) != s.mtime_ns) why = "was modified after its worker finished";
+    else if (!marker.ok() || *marker != s.marker) why = "has no matching resume marker";
+    if (!why.empty()) {
+      return Error(ErrorCode::kInvalidInput,
+                   s.name + " " + why + "; " + WorkerName(part.index, part.count) +
+                       " owes it: rerun that worker");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace quench

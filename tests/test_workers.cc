@@ -1,0 +1,344 @@
+// One conversion over many machines (issue 22): the share function, byte identity of N
+// workers with a single-machine run for every scheme family (pruning and a recipe included),
+// and the faults: a worker killed and rerun, two workers with one index, a worker with another
+// scheme, finalize before every part is in, a corrupt part, a damaged shard.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <numeric>
+#include <thread>
+
+#include "pipeline/workers.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Starts `quench args...` (stdout and stderr to files in `io`); returns its pid.
+pid_t Spawn(const std::vector<std::string>& args, const fs::path& io) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::string out = (io.string() + ".out"), err = (io.string() + ".err");
+    if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) _exit(126);
+    std::string bin = qt::QuenchBin().string();
+    std::vector<std::string> copy = args;
+    std::vector<char*> argv = {bin.data()};
+    for (std::string& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::vector<std::string> ConvertArgs(const fs::path& src, const fs::path& dst,
+                                     const std::vector<std::string>& opts) {
+  std::vector<std::string> a = {"convert", src.string(), dst.string()};
+  a.insert(a.end(), opts.begin(), opts.end());
+  return a;
+}
+
+// Runs workers 0..n-1 at once (real processes sharing DST); every one must exit 0.
+void RunWorkers(const fs::path& src, const fs::path& dst, const std::vector<std::string>& opts,
+                int n, const fs::path& io) {
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> a = ConvertArgs(src, dst, opts);
+    a.insert(a.end(), {"--worker", std::to_string(i) + "/" + std::to_string(n)});
+    pids.push_back(Spawn(a, io / ("w" + std::to_string(i))));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int rc = Wait(pids[static_cast<size_t>(i)]);
+    CAPTURE(i);
+    CHECK_MESSAGE(rc == 0, qt::ReadBytes(io / ("w" + std::to_string(i) + ".err")));
+  }
+}
+
+// Same files, same bytes.
+void CheckSameFolder(const fs::path& got, const fs::path& want) {
+  REQUIRE(qt::ListFiles(got) == qt::ListFiles(want));
+  for (const std::string& f : qt::ListFiles(want)) {
+    CAPTURE(f);
+    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
+  }
+}
+
+// A checkpoint of `shards` BF16 shards of one [rows, cols] down_proj each, large enough that a
+// kill lands between two shards of a worker.
+void WriteBigSource(const fs::path& dir, int shards, uint64_t rows, uint64_t cols) {
+  for (int k = 0; k < shards; ++k) {
+    std::vector<float> v(rows * cols);
+    uint32_t x = 12345u + static_cast<uint32_t>(k);
+    for (float& f : v) {
+      x = x * 1664525u + 1013904223u;
+      f = static_cast<float>(static_cast<int32_t>(x >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
+    }
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
+    qt::WriteShard(dir / name, {{"model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
+                                 quench::DType::kBF16, {rows, cols}, qt::Bf16Bytes(v)}});
+  }
+  qt::WriteBytes(dir / "config.json", R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})");
+}
+
+uint64_t Makespan(const std::vector<uint64_t>& costs, const std::vector<int>& owner, int n) {
+  std::vector<uint64_t> load(static_cast<size_t>(n), 0);
+  for (size_t k = 0; k < costs.size(); ++k) load[static_cast<size_t>(owner[k])] += costs[k];
+  return *std::max_element(load.begin(), load.end());
+}
+
+}  // namespace
+
+TEST_SUITE("workers") {
+  TEST_CASE("the share is a pure function of the costs, balanced within LPT's 4/3 bound") {
+    // costs [5,5,4,3,3], 2 workers: 5->w0, 5->w1, 4->w0 (tie: lower index), 3->w1 (8 < 9),
+    // 3->w1 (8 < 9) -> loads 9 and 11.
+    CHECK(quench::AssignShards({5, 5, 4, 3, 3}, 2) == std::vector<int>{0, 1, 0, 1, 1});
+    // More workers than shards: each shard alone, the last workers get none.
+    CHECK(quench::AssignShards({1, 7, 3}, 5) == std::vector<int>{2, 0, 1});
+    CHECK(quench::AssignShards({4, 4, 4}, 1) == std::vector<int>{0, 0, 0});
+    CHECK(quench::AssignShards({}, 3).empty());
+    // Against the best assignment found by trying all of them (an independent oracle).
+    uint32_t x = 7;
+    for (int trial = 0; trial < 200; ++trial) {
+      const int shards = 1 + trial % 8, n = 1 + trial % 3;
+      std::vector<uint64_t> costs(static_cast<size_t>(shards));
+      for (uint64_t& c : costs) c = (x = x * 1103515245u + 12345u) >> 20;
+      uint64_t best = UINT64_MAX;
+      std::vector<int> a(static_cast<size_t>(shards), 0);
+      for (uint64_t code = 0, total = static_cast<uint64_t>(std::pow(n, shards)); code < total; ++code) {
+        uint64_t c = code;
+        for (int& o : a) o = static_cast<int>(c % static_cast<uint64_t>(n)), c /= static_cast<uint64_t>(n);
+        best = std::min(best, Makespan(costs, a, n));
+      }
+      const std::vector<int> lpt = quench::AssignShards(costs, n);
+      CAPTURE(trial);
+      CHECK(lpt == quench::AssignShards(costs, n));  // deterministic
+      CHECK(3 * Makespan(costs, lpt, n) <= 4 * best);
+    }
+  }
+
+  TEST_CASE("N workers write the bytes of a single-machine run, for every scheme family") {
+    const fs::path data = qt::DataDir();
+    struct Case {
+      fs::path src;
+      std::vector<std::string> opts;
+    };
+    qt::TempDir tmp;
+    qt::WriteBytes(tmp / "recipe.yaml", R"(
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      ignore: ["lm_head", "re:.*embed_tokens$"]
+      scheme:
+        NVFP4A16: ["re:.*mlp\\..*"]
+        FP8_DYNAMIC: ["re:.*self_attn\\..*"]
+)");
+    const fs::path tiny = data / "tiny-llama";
+    const fs::path edge = data / "golden/edge-bf16-sharded/src";    // 2 shards, nested files
+    const fs::path qedge = data / "golden/qedge-bf16-sharded/src";  // 3 shards, fused sets across them
+    const std::vector<Case> cases = {
+        {tiny, {"--scheme", "FP8_DYNAMIC"}},
+        {edge, {"--scheme", "FP8_BLOCK"}},
+        {tiny, {"--scheme", "W4A16", "--group-size", "64"}},
+        {qedge, {"--scheme", "W4A16_ASYM"}},
+        {tiny, {"--scheme", "W8A8"}},
+        {qedge, {"--scheme", "NVFP4A16"}},
+        {tiny, {"--scheme", "NVFP4A16", "--prune", "2:4"}},
+        {qedge, {"--scheme", "MXFP4A16"}},
+        {tiny, {"--scheme", "MXFP8"}},
+        {edge, {"--scheme", "FP8_DYNAMIC", "--prune", "unstructured:0.5", "--prune-granularity", "tensor"}},
+        {tiny, {"--scheme", "none", "--prune", "2:4"}},
+        {tiny, {"--recipe", (tmp / "recipe.yaml").string()}},
+    };
+    int c = 0;
+    for (const Case& k : cases) {
+      std::vector<std::string> opts = k.opts;
+      opts.insert(opts.end(), {"-q", "--threads", "1"});
+      const fs::path want = tmp / ("want" + std::to_string(c));
+      auto single = qt::RunQuench(ConvertArgs(k.src, want, opts));
+      REQUIRE_MESSAGE(single.exit_code == 0, single.err);
+      for (int n : {1, 2, 3, 5}) {
+        CAPTURE(k.src.string());
+        CAPTURE(k.opts);
+        CAPTURE(n);
+        const fs::path got = tmp / ("got" + std::to_string(c) + "-" + std::to_string(n));
+        fs::create_directories(tmp / "io");
+        RunWorkers(k.src, got, opts, n, tmp / "io");
+        CheckSameFolder(got, want);
+      }
+      ++c;
+    }
+  }
+
+  TEST_CASE("workers run one after another: only the last publishes; reruns are no-ops") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const std::vector<std::string> opts = {"--scheme", "NVFP4A16"};
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    for (int i = 0; i < 3; ++i) {
+      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", std::to_string(i) + "/3"}));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CHECK(r.err.find("worker " + std::to_string(i) + "/3, from --worker") != std::string::npos);
+      // Nothing looks finished until the last part is in.
+      CHECK(fs::exists(out / "config.json") == (i == 2));
+      if (i == 0) {
+        auto again = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", "0/3"}));
+        REQUIRE_MESSAGE(again.exit_code == 0, again.err);
+        CHECK(again.err.find("its part is complete") != std::string::npos);
+      }
+    }
+    CheckSameFolder(out, tmp / "want");
+    // A worker rerun after publication changes nothing.
+    auto late = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", "1/3"}));
+    REQUIRE_MESSAGE(late.exit_code == 0, late.err);
+    CHECK(late.err.find("already this conversion") != std::string::npos);
+    CheckSameFolder(out, tmp / "want");
+    // Another conversion into the published folder needs --overwrite.
+    auto other = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/3"}));
+    CHECK(other.exit_code == 2);
+    CHECK(other.err.find("--overwrite") != std::string::npos);
+  }
+
+  TEST_CASE("--dry-run --worker prints the worker's share and writes nothing") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    std::vector<std::string> shares;
+    for (int i = 0; i < 2; ++i) {
+      auto r = qt::RunQuench(ConvertArgs(src, tmp / "out", {"--scheme", "W4A16", "--dry-run", "--worker", std::to_string(i) + "/2"}));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      const size_t at = r.out.find("worker " + std::to_string(i) + "/2 (--worker");
+      REQUIRE(at != std::string::npos);
+      shares.push_back(r.out.substr(at, r.out.find("share:", at) - at));
+    }
+    CHECK_FALSE(fs::exists(tmp / "out"));
+    // Every shard in exactly one share.
+    for (const char* s : {"model-00001-of-00003", "model-00002-of-00003", "model-00003-of-00003"}) {
+      CAPTURE(s);
+      CHECK((shares[0].find(s) != std::string::npos) + (shares[1].find(s) != std::string::npos) == 1);
+    }
+  }
+
+  TEST_CASE("faults: finalize early, another scheme, a corrupt part, a damaged shard") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path out = tmp / "out";
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "FP8_DYNAMIC"})).exit_code == 0);
+    auto worker = [&](int i, const char* scheme) {
+      return qt::RunQuench(ConvertArgs(src, out, {"--scheme", scheme, "--worker", std::to_string(i) + "/3"}));
+    };
+    // Finalize before every part is in: names the workers that owe parts and their shards.
+    REQUIRE(worker(0, "FP8_DYNAMIC").exit_code == 0);
+    auto early = qt::RunQuench({"finalize", out.string()});
+    CHECK(early.exit_code == 3);
+    CHECK(early.err.find("worker 1/3 has not finished its part (model-0000") != std::string::npos);
+    CHECK(early.err.find("worker 2/3 has not finished") != std::string::npos);
+    CHECK(early.err.find("nothing was published") != std::string::npos);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+
+    // One worker with another scheme: the last worker's finalize names it; nothing published.
+    REQUIRE(worker(1, "FP8_DYNAMIC").exit_code == 0);
+    auto odd = worker(2, "W4A16");
+    CHECK(odd.exit_code == 3);
+    CHECK(odd.err.find("worker 2/3 planned another conversion (--scheme W4A16") != std::string::npos);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    CHECK_FALSE(fs::exists(out / "model.safetensors.index.json"));
+    // Rerun with the right scheme: the part is redone and the folder published.
+    auto fixed = worker(2, "FP8_DYNAMIC");
+    REQUIRE_MESSAGE(fixed.exit_code == 0, fixed.err);
+    CheckSameFolder(out, tmp / "want");
+
+    // A corrupt part (one byte changed) and a damaged shard (truncated): both named, with the
+    // worker that owes them; a rerun of those workers repairs the folder.
+    fs::remove_all(out);
+    REQUIRE(worker(0, "FP8_DYNAMIC").exit_code == 0);
+    REQUIRE(worker(1, "FP8_DYNAMIC").exit_code == 0);
+    const fs::path part0 = quench::PartPath(out, 0, 3);
+    std::string bytes = qt::ReadBytes(part0);
+    const size_t at = bytes.find("\"bytes\": ") + 9;
+    bytes[at] = bytes[at] == '9' ? '8' : '9';
+    qt::WriteBytes(part0, bytes);
+    auto part1 = quench::ReadPart(quench::PartPath(out, 1, 3));
+    REQUIRE(part1.ok());
+    REQUIRE(part1->shards.size() == 1);  // 3 shards, 3 workers
+    const std::string damaged = part1->shards[0].name;
+    fs::resize_file(out / damaged, fs::file_size(out / damaged) - 1);
+    auto last = worker(2, "FP8_DYNAMIC");
+    CHECK(last.exit_code == 3);
+    CHECK(last.err.find("worker 0/3's part is corrupt") != std::string::npos);
+    CHECK(last.err.find(damaged + " has ") != std::string::npos);
+    CHECK(last.err.find("worker 1/3 owes it") != std::string::npos);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    REQUIRE(worker(0, "FP8_DYNAMIC").exit_code == 3);  // its part is fine now; worker 1's is not
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    auto repaired = worker(1, "FP8_DYNAMIC");
+    REQUIRE_MESSAGE(repaired.exit_code == 0, repaired.err);
+    CheckSameFolder(out, tmp / "want");
+  }
+
+  TEST_CASE("faults: a worker killed mid-part and rerun; two workers given one index") {
+    qt::TempDir tmp;
+    WriteBigSource(tmp / "src", 4, 2048, 16384);  // four 64 MiB shards: two per worker
+    const std::vector<std::string> opts = {"--scheme", "FP8_DYNAMIC", "--threads", "1", "-q"};
+    REQUIRE(qt::RunQuench(ConvertArgs(tmp / "src", tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    auto worker_args = [&](int i) {
+      std::vector<std::string> a = ConvertArgs(tmp / "src", out, opts);
+      a.insert(a.end(), {"--worker", std::to_string(i) + "/2"});
+      return a;
+    };
+    // Worker 0 is killed (SIGKILL: no cleanup) once its first shard is durable.
+    const pid_t pid = Spawn(worker_args(0), tmp / "killed");
+    for (int i = 0; i < 40000; ++i) {
+      size_t n = 0;
+      std::error_code ec;
+      // Markers are renamed into place once written: count the published ones.
+      for (auto it = fs::directory_iterator(out / ".quench-resume", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+        n += it->path().extension() == ".json";
+      }
+      if (n >= 1) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    kill(pid, SIGKILL);
+    CHECK(Wait(pid) == 128 + SIGKILL);
+    CHECK(fs::exists(quench::WorkerLockPath(out, 0)));  // its lock is left behind, stale
+    CHECK_FALSE(fs::exists(quench::PartPath(out, 0, 2)));
+    // Two workers given index 1 at once: one runs, the other is refused (exit 2) naming it.
+    const pid_t a = Spawn(worker_args(1), tmp / "a");
+    for (int i = 0; i < 20000 && !fs::exists(quench::WorkerLockPath(out, 1)); ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    kill(a, SIGSTOP);  // held mid-run, so that the second surely meets the first
+    auto dup = qt::RunQuench(worker_args(1));
+    kill(a, SIGCONT);
+    CHECK(dup.exit_code == 2);
+    CHECK_MESSAGE(dup.err.find("worker 1/2 is already running (host ") != std::string::npos, dup.err);
+    CHECK(Wait(a) == 0);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    // The killed worker's rerun takes over its stale lock, keeps its finished shard, and as
+    // the last part in, publishes.
+    auto r = qt::RunQuench(ConvertArgs(tmp / "src", out, {"--scheme", "FP8_DYNAMIC", "--threads", "1", "--worker", "0/2"}));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    // The kill lands once one shard is durable; the second may have become durable too before
+    // it took effect (its commit runs beside the pipeline), but never the part.
+    CHECK_MESSAGE((r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos ||
+                   r.err.find("resume: 2 of 2 output shards are complete") != std::string::npos),
+                  r.err);
+    CheckSameFolder(out, tmp / "want");
+  }
+}
