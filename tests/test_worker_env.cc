@@ -81,7 +81,7 @@ TEST_CASE("Slurm job arrays: the position in MIN, MIN+STEP, ..., MAX") {
   // The array's batch script also has SLURM_PROCID=0 and SLURM_NTASKS=1: one task, no conflict.
   CheckSlot(Resolve({{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_MIN", "0"},
                      {"SLURM_ARRAY_TASK_MAX", "2"}, {"SLURM_ARRAY_TASK_COUNT", "3"},
-                     {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}),
+                     {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_STEP_NUM_TASKS", "1"}}),
             1, 3, "Slurm job array");
   // A one-task array is no split.
   const auto one = Resolve({{"SLURM_ARRAY_TASK_ID", "7"}, {"SLURM_ARRAY_TASK_MIN", "7"},
@@ -90,16 +90,20 @@ TEST_CASE("Slurm job arrays: the position in MIN, MIN+STEP, ..., MAX") {
   CHECK(one->count == 0);
 }
 
-TEST_CASE("srun: SLURM_PROCID of the step's tasks") {
-  CheckSlot(Resolve({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "3"}}), 2, 3, "srun");
+TEST_CASE("srun: SLURM_PROCID among SLURM_STEP_NUM_TASKS") {
+  // What `srun -n 3` gives each task (slurm-wlm 22.05, scripts/test-launchers).
+  CheckSlot(Resolve({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "3"}, {"SLURM_STEP_NUM_TASKS", "3"}}),
+            2, 3, "srun (SLURM_PROCID=2, SLURM_STEP_NUM_TASKS=3)");
   // The step's own count wins over the allocation's.
   CheckSlot(Resolve({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "8"}, {"SLURM_STEP_NUM_TASKS", "2"}}),
             1, 2, "SLURM_STEP_NUM_TASKS=2");
-  CheckUsage(Resolve({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "3"}}), "index must be 0 to 2");
-  // SLURM_PROCID alone (no count) is not a split.
-  const auto alone = Resolve({{"SLURM_PROCID", "0"}});
-  REQUIRE(alone.ok());
-  CHECK(alone->count == 0);
+  CheckUsage(Resolve({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "3"}}), "index must be 0 to 2");
+  // What `sbatch -n 3` gives its batch script, which runs once: not a split.
+  for (const Env& env : {Env{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "3"}}, Env{{"SLURM_PROCID", "0"}}}) {
+    const auto r = Resolve(env);
+    REQUIRE(r.ok());
+    CHECK(r->count == 0);
+  }
 }
 
 TEST_CASE("Kubernetes indexed jobs: the index from the pod, the count from --workers") {
@@ -117,8 +121,8 @@ TEST_CASE("MPI launchers and torchrun") {
   CheckUsage(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "three"}}),
              "OMPI_COMM_WORLD_SIZE='three'");
   // Launchers that agree (srun with PMI-2 sets both): one slot, both named.
-  CheckSlot(Resolve({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}}),
-            1, 2, "srun (SLURM_PROCID=1, SLURM_NTASKS=2) and MPICH");
+  CheckSlot(Resolve({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}}),
+            1, 2, "srun (SLURM_PROCID=1, SLURM_STEP_NUM_TASKS=2) and MPICH");
   // --workers agreeing with a launcher is fine; disagreeing is refused.
   CheckSlot(Resolve({{"RANK", "1"}, {"WORLD_SIZE", "2"}}, "", 2), 1, 2, "torchrun");
   CheckUsage(Resolve({{"RANK", "1"}, {"WORLD_SIZE", "2"}}, "", 3), "--workers says 3");
@@ -130,7 +134,7 @@ TEST_CASE("conflicting launcher variables are refused, naming both") {
              "Open MPI (OMPI_COMM_WORLD_RANK=1, OMPI_COMM_WORLD_SIZE=3) says 1/3, torchrun "
              "(RANK=0, WORLD_SIZE=3) says 0/3");
   CheckUsage(Resolve({{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_MIN", "0"},
-                      {"SLURM_ARRAY_TASK_MAX", "3"}, {"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}}),
+                      {"SLURM_ARRAY_TASK_MAX", "3"}, {"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}}),
              "pass --worker I/N");
   CheckUsage(Resolve({{"JOB_COMPLETION_INDEX", "0"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}}, "", 2),
              "disagree");

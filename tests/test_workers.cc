@@ -215,6 +215,48 @@ quant_stage:
     CHECK(other.err.find("--overwrite") != std::string::npos);
   }
 
+  TEST_CASE("--report per worker ({worker} in its name), merged by finalize --report") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path out = tmp / "out";
+    auto same_name = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W8A8", "--worker", "0/2", "--report", (tmp / "r.json").string()}));
+    CHECK(same_name.exit_code == 2);
+    CHECK(same_name.err.find("{worker}") != std::string::npos);
+    uint64_t in = 0;
+    for (int i = 0; i < 2; ++i) {
+      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W8A8", "--no-finalize", "--worker", std::to_string(i) + "/2",
+                                                    "--report", (tmp / "r-{worker}.json").string()}));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      auto report = quench::ReadJsonFile((tmp / ("r-" + std::to_string(i) + ".json")).string());
+      REQUIRE(report.ok());
+      // This worker's bytes: the source bytes of the shards in its part.
+      auto part = quench::ReadPart(quench::PartPath(out, i, 2));
+      REQUIRE(part.ok());
+      in += part->summary.Find("bytes_in")->as_uint();
+    }
+    CHECK_FALSE(fs::exists(out / "config.json"));  // --no-finalize
+    auto fin = qt::RunQuench({"finalize", out.string(), "--report", (tmp / "merged.json").string()});
+    REQUIRE_MESSAGE(fin.exit_code == 0, fin.err);
+    CHECK(fs::exists(out / "config.json"));
+    CHECK_FALSE(fs::exists(out / ".quench-parts"));
+    CHECK_FALSE(fs::exists(out / ".quench-resume"));
+    auto merged = quench::ReadJsonFile((tmp / "merged.json").string());
+    REQUIRE(merged.ok());
+    CHECK(merged->Find("workers")->as_array().size() == 2);
+    CHECK(merged->Find("totals")->Find("bytes_in")->as_uint() == in);
+    // Every tensor byte of the source read once over the two workers: the safetensors sizes
+    // less their headers, counted independently here.
+    uint64_t source = 0;
+    for (const std::string& f : qt::ListFiles(src)) {
+      if (!f.ends_with(".safetensors")) continue;
+      const std::string b = qt::ReadBytes(src / f);
+      uint64_t n = 0;
+      std::memcpy(&n, b.data(), 8);
+      source += b.size() - 8 - n;
+    }
+    CHECK(in == source);
+  }
+
   TEST_CASE("--dry-run --worker prints the worker's share and writes nothing") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";

@@ -36,6 +36,7 @@ struct ConvertOptions : PlanOptions {
   int worker_index = 0;
   int workers = 0;
   std::string worker_source;           // what chose the slot (--worker, a launcher), in words
+  bool worker_finalize = true;         // false: leave publishing to `quench finalize`
 };
 
 struct Progress {

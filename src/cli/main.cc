@@ -128,6 +128,7 @@ std::string ConvertHelp() {
        "                        A rerun resumes the worker's part. {worker} in --report's\n"
        "                        path becomes I\n"
        "  --workers N           the number of workers (Kubernetes: spec.completions)\n"
+       "  --no-finalize         a worker never publishes DST: `quench finalize DST` does\n"
        "  -q, --quiet           no progress and no notes; errors only\n";
   return s;
 }
@@ -363,6 +364,8 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--worker") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       worker_flag = v;
+    } else if (a == "--no-finalize") {
+      o.worker_finalize = false;
     } else if (flag == "--workers") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       char* end = nullptr;
@@ -394,10 +397,14 @@ int RunConvert(const std::vector<std::string>& args) {
     o.worker_index = slot->index;
     o.workers = slot->count;
     o.worker_source = slot->source;
-    // Workers share the report's folder too: each writes its own file.
+    // Workers share the report's folder too: each writes its own file (finalize --report
+    // merges them), so that no two workers write the same file.
     std::string report = o.report.string();
     if (const size_t at = report.find("{worker}"); at != std::string::npos) {
       o.report = report.replace(at, 8, std::to_string(slot->index));
+    } else if (!report.empty() && slot->count > 1) {
+      return ReportError("--report " + report + " would be written by every worker: put {worker} "
+                         "in its name (e.g. report-{worker}.json)", 2);
     }
     if (!quiet) {
       std::fprintf(stderr, "quench: worker %d/%d, from %s\n", slot->index, slot->count,
@@ -423,15 +430,22 @@ int RunConvert(const std::vector<std::string>& args) {
   const ConvertSummary& s = *result;
   if (o.workers > 0) {
     if (!quiet) {
-      std::fprintf(stderr, "quench: worker %d/%d: %s; %s\n", o.worker_index, o.workers,
-                   s.part_was_complete || s.shards_resumed == s.worker_shards
-                       ? ("its " + std::to_string(s.worker_shards) + " shard(s) were already done").c_str()
-                       : ("wrote " + std::to_string(s.worker_shards - s.shards_resumed) + " of its " +
-                          std::to_string(s.worker_shards) + " shard(s), " +
-                          std::to_string(static_cast<double>(s.bytes_in) / 1e9) + " GB read in " +
-                          std::to_string(s.seconds) + " s").c_str(),
+      char did[160];
+      if (s.worker_shards == 0) {
+        std::snprintf(did, sizeof did, "no shards (more workers than output shards)");
+      } else if (s.part_was_complete || s.shards_resumed == s.worker_shards) {
+        std::snprintf(did, sizeof did, "its %llu shard(s) were already done",
+                      static_cast<unsigned long long>(s.worker_shards));
+      } else {
+        std::snprintf(did, sizeof did, "wrote %llu of its %llu shard(s), %.3f GB read in %.2f s",
+                      static_cast<unsigned long long>(s.worker_shards - s.shards_resumed),
+                      static_cast<unsigned long long>(s.worker_shards),
+                      static_cast<double>(s.bytes_in) / 1e9, s.seconds);
+      }
+      std::fprintf(stderr, "quench: worker %d/%d: %s; %s\n", o.worker_index, o.workers, did,
                    s.published ? ("published " + o.dst.string()).c_str()
-                               : "the folder is published once every worker's part is in");
+                   : o.worker_finalize ? "the folder is published once every worker's part is in"
+                                       : "publish the folder with `quench finalize` once every part is in");
     }
     return 0;
   }

@@ -87,11 +87,12 @@ Result<std::optional<WorkerSlot>> SlurmArray(const Reader& r) {
   return std::optional<WorkerSlot>(std::move(s));
 }
 
-// srun: the task's rank in its step. SLURM_STEP_NUM_TASKS is the step's own count (set by
-// srun for each task); SLURM_NTASKS is the allocation's, used when the former is absent.
+// srun: the task's rank among its step's tasks. SLURM_STEP_NUM_TASKS is set by srun in each
+// task; a batch script has SLURM_PROCID=0 and SLURM_NTASKS=N too but runs once (measured with
+// slurm-wlm 22.05: `sbatch -n 3` gives the script no SLURM_STEP_NUM_TASKS), so SLURM_NTASKS
+// alone must not make it worker 0 of N.
 Result<std::optional<WorkerSlot>> Srun(const Reader& r) {
-  const char* count = r.Get("SLURM_STEP_NUM_TASKS") ? "SLURM_STEP_NUM_TASKS" : "SLURM_NTASKS";
-  return Pair(r, "SLURM_PROCID", count, "srun");
+  return Pair(r, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "srun");
 }
 
 }  // namespace

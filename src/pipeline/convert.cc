@@ -290,7 +290,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     done.worker_shards = done.shards_resumed = start.owned;
     done.part_was_complete = start.part_complete;
     done.published = start.finalized;
-    if (start.part_complete) {
+    if (start.part_complete && options.worker_finalize) {
       QUENCH_ASSIGN_OR_RETURN(done.published, FinalizeIfLast(plan.dst, options.worker_index,
                                                              options.workers, callbacks));
     }
@@ -380,8 +380,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
         !w.ok()) {
       return cleanup(w);
     }
-    QUENCH_ASSIGN_OR_RETURN(sum.published, FinalizeIfLast(plan.dst, options.worker_index,
-                                                          options.workers, callbacks));
+    if (options.worker_finalize) {
+      QUENCH_ASSIGN_OR_RETURN(sum.published, FinalizeIfLast(plan.dst, options.worker_index,
+                                                            options.workers, callbacks));
+    }
     return sum;
   }
 
