@@ -269,7 +269,7 @@ int PrintDryRun(const ConvertOptions& o) {
     const uint64_t most = *std::max_element(load.begin(), load.end());
     uint64_t all = 0;
     for (uint64_t l : load) all += l;
-    std::printf("share: %zu of %zu shards, %s of %s read+written; the busiest worker has %s "
+    std::printf("share: %zu of %zu shards, %s of %s source bytes; the busiest worker has %s "
                 "(%.2fx the mean)\n",
                 mine, p.shards.size(), Bytes(load[static_cast<size_t>(o.worker_index)]).c_str(),
                 Bytes(all).c_str(), Bytes(most).c_str(),

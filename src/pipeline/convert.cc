@@ -397,6 +397,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     published.push_back(to);
   }
   fs::remove_all(plan.dst / kResumeDir, ec);
+  fs::remove_all(plan.dst / kPartsDir, ec);  // an earlier split run's parts vouch for nothing now
   st = SyncDirectory(plan.dst);
   if (!st.ok()) return cleanup(st);
   sum.published = true;

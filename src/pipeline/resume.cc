@@ -74,8 +74,10 @@ std::string PlanFingerprint(const Plan& plan) {
   for (const PlannedTensor& t : plan.tensors) {
     h = Fnv1a64(std::to_string(t.shard) + "|" + TensorDescriptor(plan, t, /*global_scale=*/false), h);
   }
+  // Copied files by name, not by where SRC is mounted: workers on other machines (or started
+  // from other folders) may reach the same source by another path.
   for (const PlannedFile& f : plan.files) {
-    h = Fnv1a64(f.rel_name + "|" + f.copy_from.string() + "|", h);
+    h = Fnv1a64(f.rel_name + (f.copy_from.empty() ? "|written|" : "|copied|"), h);
     h = Fnv1a64(f.contents, h);
   }
   return Hex(h);

@@ -137,9 +137,17 @@ Result<bool> FinalizeIfLast(const fs::path& dst, int index, int count, const Con
     }
     return false;
   }
-  QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(dst, count, cb));
-  if (!r.published && cb.note) cb.note("another process is finalizing " + dst.string() + " (" + r.holder + ")");
-  return r.published;
+  auto r = FinalizeParts(dst, count, cb);
+  // Another worker saw every part too and published first, removing the parts meanwhile.
+  if (!r.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
+    if (cb.note) cb.note("another worker published " + dst.string());
+    return false;
+  }
+  if (!r.ok()) return r.status();
+  if (!r->published && cb.note) {
+    cb.note("another process is finalizing " + dst.string() + " (" + r->holder + ")");
+  }
+  return r->published;
 }
 
 }  // namespace quench

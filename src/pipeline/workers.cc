@@ -156,7 +156,8 @@ Status WritePart(const Plan& plan, int index, int count, const std::string& desc
   for (const PlannedFile& f : plan.files) {
     JsonValue v = JsonValue::MakeObject();
     v.Set("name", f.rel_name);
-    v.Set("copy_from", f.copy_from.string());
+    // Absolute: finalize may run from another folder (on a machine that mounts SRC alike).
+    v.Set("copy_from", f.copy_from.empty() ? std::string() : fs::absolute(f.copy_from).lexically_normal().string());
     v.Set("contents", f.contents);
     files.Push(std::move(v));
   }
