@@ -257,6 +257,54 @@ quant_stage:
     CHECK(in == source);
   }
 
+  TEST_CASE("launcher variables end to end: Kubernetes indexed job, a refused conflict, relative paths") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "FP8_BLOCK"})).exit_code == 0);
+    const std::string bin = qt::QuenchBin().string();
+    // Each pod has its own working folder and names SRC and DST relative to it.
+    fs::create_directories(tmp / "pod0");
+    fs::create_directories(tmp / "pod1");
+    fs::create_symlink(src, tmp / "pod1/model");
+    const std::vector<std::pair<std::string, std::string>> runs = {
+        {"pod0", "cd " + (tmp / "pod0").string() + " && " + bin + " convert " + src.string() + " ../out --scheme FP8_BLOCK --workers 2"},
+        {"pod1", "cd " + (tmp / "pod1").string() + " && " + bin + " convert model ../out --scheme FP8_BLOCK --workers 2"}};
+    for (int i = 0; i < 2; ++i) {
+      auto r = qt::RunCommand({"sh", "-c", runs[static_cast<size_t>(i)].second},
+                              {{"JOB_COMPLETION_INDEX", std::to_string(i)}});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CHECK(r.err.find("worker " + std::to_string(i) + "/2, from Kubernetes indexed job (JOB_COMPLETION_INDEX=" +
+                       std::to_string(i) + ", --workers 2)") != std::string::npos);
+    }
+    CheckSameFolder(tmp / "out", tmp / "want");
+    // Two launchers that disagree: refused before anything is written.
+    auto conflict = qt::RunCommand({bin, "convert", src.string(), (tmp / "other").string(), "--scheme", "FP8_BLOCK"},
+                                   {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                                    {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
+    CHECK(conflict.exit_code == 2);
+    CHECK(conflict.err.find("disagree") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "other"));
+  }
+
+  TEST_CASE("a worker lock held from another machine: refused while its heartbeat is fresh, taken over once stale") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    const fs::path out = tmp / "out";
+    const fs::path lock = quench::WorkerLockPath(out, 0);
+    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    const std::vector<std::string> args = ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", "0/1"});
+    auto busy = qt::RunQuench(args);
+    CHECK(busy.exit_code == 2);
+    CHECK_MESSAGE(busy.err.find("worker 0/1 is already running (host elsewhere, pid 4242") != std::string::npos, busy.err);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    // No heartbeat for longer than kStaleSeconds: the holder is gone.
+    const auto old = fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
+    fs::last_write_time(lock, old);
+    auto r = qt::RunQuench(args);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(fs::exists(out / "config.json"));
+  }
+
   TEST_CASE("--dry-run --worker prints the worker's share and writes nothing") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
