@@ -105,6 +105,33 @@ ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::string* note
   return o;
 }
 
+// A budget below what the plan's largest chunk needs would be exceeded, not honoured: such a
+// plan is refused, with the figure to pass instead.
+void CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& options,
+                      Plan* plan) {
+  const bool pruning = plan->prune.kind != PlannedPrune::kNone;
+  const MemoryFloor f = MinimumMemoryLimit(*plan, options.threads, pruning ? 3 : 2);
+  if (options.memory_limit >= f.bytes) return;
+  // Rounded up to whole MiB, so that the figure can be passed back as it is printed.
+  const uint64_t mib = (f.bytes + (1ull << 20) - 1) >> 20;
+  std::string why;
+  if (f.chunk_rows > 0) {
+    const PlannedTensor& t = plan->tensors[f.tensor];
+    why = " (" + std::to_string(f.tokens) + " chunks in flight; tensor '" + t.name + "' needs " +
+          std::to_string(f.chunk_rows) + " row(s) per chunk" +
+          (t.scheme != nullptr ? " for " + std::string(t.scheme->name) : std::string()) + ", " +
+          FormatBytes(f.chunk_bytes) + " of input and output)";
+  }
+  const std::string given = requested.memory_limit != 0
+                                ? "--memory-limit " + FormatBytes(options.memory_limit)
+                                : "the default memory budget, " + FormatBytes(options.memory_limit) + ",";
+  plan->errors.push_back(
+                      Error(ErrorCode::kUsage, given + " is below what this conversion needs: " +
+                                                   std::to_string(mib) + " MiB" + why +
+                                                   "; pass --memory-limit " + std::to_string(mib) +
+                                                   "M or more (or fewer --threads)"));
+}
+
 }  // namespace
 
 Result<uint64_t> ParseByteSize(std::string_view text) {
@@ -179,6 +206,7 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
   const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
@@ -203,6 +231,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  CheckMemoryFloor(requested, options, &plan);
   Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
