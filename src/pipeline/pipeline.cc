@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <future>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
+#include "schemes/float_formats.h"
 #include "schemes/prune.h"
 
 namespace quench {
@@ -634,6 +636,30 @@ class ShardPipeline {
     if (c->staging.data) pool_.Put(std::move(c->staging));
   }
 
+  // Why a kernel (or pruning) refused a piece: a NaN or Inf in its rows, named by row; or,
+  // when its rows are all finite, parameters the planner should never have let through.
+  Status PieceFailure(const Chunk& c, const Piece& p) const {
+    const PlannedTensor& t = plan_.tensors[p.tensor];
+    const std::string where = plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
+    const uint8_t* rows = c.map->data() + p.src_offset;
+    const uint64_t cols = t.shape[1];
+    for (uint64_t r = 0; r < p.end - p.begin; ++r) {
+      for (uint64_t k = 0; k < cols; ++k) {
+        if (!std::isfinite(ElementToF32(rows, t.dtype, r * cols + k))) {
+          return Error(ErrorCode::kNonFinite,
+                       where + " contains NaN or Inf (row " + std::to_string(p.begin + r) +
+                           ", column " + std::to_string(k) +
+                           "); refusing to quantize it (fix the checkpoint or add it to --ignore)");
+        }
+      }
+    }
+    return Error(ErrorCode::kInternal,
+                 where + " rows " + std::to_string(p.begin) + ".." + std::to_string(p.end - 1) +
+                     ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
+                     " kernel refused finite input (" + std::string(DTypeName(t.dtype)) +
+                     ", " + std::to_string(cols) + " columns); this is a bug in quench");
+  }
+
   // Serial output stage, in plan order: report a non-finite piece, publish finished shards,
   // release the chunk's input pages (its output is in its buffer), hand it to the writer.
   void Write(Chunk* c) {
@@ -643,12 +669,7 @@ class ShardPipeline {
       FinishShardsBefore(shard);
       for (const Piece& p : c->pieces) {
         if (p.finite) continue;
-        const PlannedTensor& t = plan_.tensors[p.tensor];
-        Fail(Error(ErrorCode::kNonFinite,
-                   plan_.shards[shard].rel_name + ": tensor '" + t.name +
-                       "' contains NaN or Inf in rows " + std::to_string(p.begin) + ".." +
-                       std::to_string(p.end - 1) +
-                       "; refusing to quantize it (fix the checkpoint or add it to --ignore)"));
+        Fail(PieceFailure(*c, p));
         break;
       }
     }
