@@ -15,10 +15,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string WorkerName(int index, int count) {
-  return "worker " + std::to_string(index) + "/" + std::to_string(count);
-}
-
 std::string Join(const std::vector<std::string>& v, const std::string& sep) {
   std::string s;
   for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;

@@ -11,10 +11,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string WorkerName(int index, int count) {
-  return "worker " + std::to_string(index) + "/" + std::to_string(count);
-}
-
 // Whether DST is already this conversion, published: every file the plan publishes holds
 // what it would hold, and every shard has its planned size.
 bool IsPublished(const Plan& plan) {

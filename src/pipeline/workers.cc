@@ -4,9 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <map>
 #include <numeric>
-#include <regex>
 #include <system_error>
 
 #include "format/file_io.h"
@@ -35,10 +33,6 @@ int64_t MtimeNs(const fs::path& p) {
   struct stat st {};
   if (stat(p.c_str(), &st) != 0) return -1;
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-}
-
-std::string WorkerName(int index, int count) {
-  return "worker " + std::to_string(index) + "/" + std::to_string(count);
 }
 
 // Reads the fields of a part's body; false when one is missing or of the wrong type.
@@ -112,6 +106,10 @@ std::vector<uint64_t> ShardCosts(const Plan& plan) {
   std::vector<uint64_t> cost;
   for (const PlannedShard& ps : plan.shards) cost.push_back(ps.src_size);
   return cost;
+}
+
+std::string WorkerName(int index, int count) {
+  return "worker " + std::to_string(index) + "/" + std::to_string(count);
 }
 
 fs::path PartPath(const fs::path& dst, int index, int count) {

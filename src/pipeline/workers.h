@@ -36,6 +36,9 @@ std::vector<int> AssignShards(const std::vector<uint64_t>& costs, int workers);
 // a worker started with the wrong scheme overwrites only shards of its own share.
 std::vector<uint64_t> ShardCosts(const Plan& plan);
 
+// "worker I/N", as every message names a worker.
+std::string WorkerName(int index, int count);
+
 std::filesystem::path PartPath(const std::filesystem::path& dst, int index, int count);
 std::filesystem::path WorkerLockPath(const std::filesystem::path& dst, int index);
 
