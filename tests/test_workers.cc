@@ -379,6 +379,27 @@ quant_stage:
     auto repaired = worker(1, "FP8_DYNAMIC");
     REQUIRE_MESSAGE(repaired.exit_code == 0, repaired.err);
     CheckSameFolder(out, tmp / "want");
+
+    // A shard whose header was changed in place, its size and mtime kept: still named.
+    fs::remove_all(out);
+    REQUIRE(worker(0, "FP8_DYNAMIC").exit_code == 0);
+    auto part0_again = quench::ReadPart(quench::PartPath(out, 0, 3));
+    REQUIRE(part0_again.ok());
+    REQUIRE(part0_again->shards.size() == 1);
+    const fs::path shard0 = out / part0_again->shards[0].name;
+    const auto mtime = fs::last_write_time(shard0);
+    std::string shard_bytes = qt::ReadBytes(shard0);
+    const size_t dtype_at = shard_bytes.find("\"dtype\":\"");
+    REQUIRE(dtype_at != std::string::npos);
+    shard_bytes[dtype_at + 9] = shard_bytes[dtype_at + 9] == 'B' ? 'C' : 'B';
+    qt::WriteBytes(shard0, shard_bytes);
+    fs::last_write_time(shard0, mtime);
+    REQUIRE(worker(1, "FP8_DYNAMIC").exit_code == 0);
+    auto header = worker(2, "FP8_DYNAMIC");
+    CHECK(header.exit_code == 3);
+    CHECK_MESSAGE(header.err.find(part0_again->shards[0].name + " has another header; worker 0/3 owes it") !=
+                      std::string::npos, header.err);
+    CHECK_FALSE(fs::exists(out / "config.json"));
   }
 
   TEST_CASE("faults: a worker killed mid-part and rerun; two workers given one index") {

@@ -68,11 +68,14 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
     const JsonValue* by = s.Find("bytes");
     const JsonValue* mt = s.Find("mtime_ns");
     const JsonValue* mk = s.Find("resume_marker");
+    const JsonValue* hb = s.Find("header_bytes");
+    const JsonValue* hh = s.Find("header_fnv1a64");
     if (!n || !n->is_string() || !by || !by->is_int() || !mt || !mt->is_int() || !mk ||
-        !mk->is_string()) {
+        !mk->is_string() || !hb || !hb->is_int() || !hh || !hh->is_string()) {
       return false;
     }
-    r->shards.push_back(PartShard{n->as_string(), by->as_uint(), mt->as_int(), mk->as_string()});
+    r->shards.push_back(PartShard{n->as_string(), by->as_uint(), mt->as_int(), mk->as_string(),
+                                  hb->as_uint(), hh->as_string()});
   }
   for (const JsonValue& f : files->as_array()) {
     const JsonValue* n = f.Find("name");
@@ -83,6 +86,16 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
   }
   if (const JsonValue* s = b.Find("summary")) r->summary = *s;
   return true;
+}
+
+// The first `n` bytes of `path` (fewer when shorter; empty when unreadable).
+std::string ReadPrefix(const fs::path& path, uint64_t n) {
+  std::string out(n, '\0');
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return {};
+  out.resize(std::fread(out.data(), 1, out.size(), f));
+  std::fclose(f);
+  return out;
 }
 
 }  // namespace
@@ -146,6 +159,8 @@ Status WritePart(const Plan& plan, int index, int count, const std::string& desc
     m.Set("bytes", ps.file_size);
     m.Set("mtime_ns", static_cast<int64_t>(MtimeNs(out)));
     m.Set("resume_marker", marker);
+    m.Set("header_bytes", static_cast<uint64_t>(ps.header.size()));
+    m.Set("header_fnv1a64", Hex(Fnv1a64(ps.header)));
     mine.Push(std::move(m));
   }
   body.Set("plan_shards", std::move(all));
@@ -197,6 +212,7 @@ Status CheckPartShards(const fs::path& dst, const PartRecord& part) {
     if (ec) why = "is missing";
     else if (size != s.bytes) why = "has " + std::to_string(size) + " bytes, not " + std::to_string(s.bytes);
     else if (MtimeNs(out) != s.mtime_ns) why = "was modified after its worker finished";
+    else if (Hex(Fnv1a64(ReadPrefix(out, s.header_bytes))) != s.header_fnv1a64) why = "has another header";
     else if (!marker.ok() || *marker != s.marker) why = "has no matching resume marker";
     if (!why.empty()) {
       return Error(ErrorCode::kInvalidInput,

@@ -48,6 +48,8 @@ struct PartShard {
   uint64_t bytes = 0;
   int64_t mtime_ns = 0;   // of the shard when the worker finished
   std::string marker;     // its resume marker's contents
+  uint64_t header_bytes = 0;    // its safetensors header (names, dtypes, shapes, offsets)
+  std::string header_fnv1a64;   // and that header's hash
 };
 struct PartRecord {
   std::filesystem::path path;
@@ -67,7 +69,8 @@ Status WritePart(const Plan& plan, int index, int count, const std::string& desc
 
 Result<PartRecord> ReadPart(const std::filesystem::path& path);
 
-// Whether the worker's recorded shards are still as it left them (size, mtime, marker);
+// Whether the worker's recorded shards are still as it left them (size, mtime, header bytes,
+// resume marker);
 // otherwise an error naming the first shard that is not.
 Status CheckPartShards(const std::filesystem::path& dst, const PartRecord& part);
 
