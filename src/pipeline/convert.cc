@@ -232,13 +232,6 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     }
     return Error(first.code(), msg);
   }
-  // Decoding FP8 sources is planned and shown by --dry-run; the pipeline's decoding stage is
-  // not built yet (issue 17), so a run stops here rather than write undecoded bytes.
-  if (!plan.source_format.empty()) {
-    return Error(ErrorCode::kUnsupported,
-                 "the source is " + plan.source_format + "; quench plans its conversion "
-                 "(--dry-run) but cannot convert quantized sources yet");
-  }
   std::error_code ec;
   const bool created = !fs::exists(options.dst, ec);
   fs::create_directories(options.dst, ec);
@@ -281,8 +274,14 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     for (size_t m : set) bytes += plan.tensors[m].src_bytes;
     largest_set = std::max(largest_set, bytes);
   }
-  PipelineSizing sizing =
-      SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
+  // Per chunk in flight: its input pages and output buffer, plus a staging buffer when rows
+  // are pruned or decoded from a quantized source (pruning a decoded row happens in place).
+  // A decoded chunk's input (E4M3) is half its staging (BF16), so 3 buffers also cover the
+  // NVFP4 pre-pass's decoding, one chunk-sized staging buffer per thread (tokens = 2 x threads).
+  const bool decoding = std::any_of(plan.tensors.begin(), plan.tensors.end(),
+                                    [](const PlannedTensor& t) { return t.source_scale.has_value(); });
+  PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads,
+                                       pruning || decoding ? 3 : 2, largest_set);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
@@ -323,6 +322,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     if (t.action == TensorAction::kQuantize) ++sum.tensors_quantized;
     if (t.action == TensorAction::kCopy) ++sum.tensors_copied;
     if (t.action == TensorAction::kPrune) ++sum.tensors_pruned_only;
+    if (t.action == TensorAction::kDecode) ++sum.tensors_decoded;
   }
   sum.bytes_in = plan.bytes_in;
   sum.bytes_out = plan.bytes_out;

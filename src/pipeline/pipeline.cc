@@ -18,6 +18,7 @@
 #include "pipeline/buffers.h"
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
+#include "pipeline/source_decode.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -208,14 +209,18 @@ class ShardPipeline {
     if (!take_copy) {
       const uint64_t cols = t.shape[1];
       const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+      // A decoded source row takes more room in its staging buffer (BF16) than in the input
+      // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
+      const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
       const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
-      uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(row_bytes, 1));
+      uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(work_row, 1));
       rows = std::max(align, rows / align * align);
       if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
       first.end = std::min(t.shape[0], cur.pos + rows);
       first.src_offset = t.src_offset + first.begin * row_bytes;
       first.src_len = (first.end - first.begin) * row_bytes;
-      in_left = Minus(sizing_.chunk_bytes, first.src_len + DirectIoAlignment());
+      in_left = Minus(sizing_.chunk_bytes,
+                      (first.end - first.begin) * work_row + DirectIoAlignment());
       out_left = Minus(sizing_.chunk_bytes, OutputBytes(t, first.end - first.begin));
     } else {
       // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
@@ -300,10 +305,11 @@ class ShardPipeline {
       SkipDone(cur);
       if (cur.tensor >= plan_.tensors.size()) return Status::Ok();
       const PlannedTensor& t = plan_.tensors[cur.tensor];
-      if (t.shard != first.shard || t.action != first.action || t.prune != first.prune) {
+      if (t.shard != first.shard || t.action != first.action || t.prune != first.prune ||
+          t.source_scale.has_value() != first.source_scale.has_value()) {
         return Status::Ok();
       }
-      const uint64_t in = t.src_bytes + a;
+      const uint64_t in = StagedBytes(t) + a;
       const uint64_t out = IsCopy(t) ? 0 : OutputBytes(t, t.shape[0]);
       if (in > in_left || out > out_left) return Status::Ok();
       in_left -= in;
@@ -406,6 +412,12 @@ class ShardPipeline {
     return fit >= rows - rows / 4 && fit > 0 ? fit : rows;
   }
 
+  // Input bytes of a whole tensor as a chunk holds them: decoded (BF16 staging) for a
+  // source-quantized one, else as read.
+  static uint64_t StagedBytes(const PlannedTensor& t) {
+    return t.source_scale ? t.shape[0] * ComputeRowBytes(t) : t.src_bytes;
+  }
+
   uint64_t Extent(const PlannedTensor& t) const {
     if (!IsCopy(t)) return t.src_bytes == 0 ? 0 : t.shape[0];
     return t.src_bytes;
@@ -415,7 +427,7 @@ class ShardPipeline {
   // (copied or pruned alone); for a quantized tensor, where its first output's rows would.
   uint64_t RowsFileOffset(const Piece& p, const PlannedTensor& t) const {
     const uint64_t o = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset;
-    return IsCopy(t) ? o + p.begin : o + p.begin * t.shape[1] * (DTypeBits(t.dtype) / 8);
+    return IsCopy(t) ? o + p.begin : o + p.begin * ComputeRowBytes(t);
   }
 
   // Pruning: each piece's rows, pruned, into a staging buffer (one pass from the mapping); the
@@ -455,6 +467,48 @@ class ShardPipeline {
     return rows_of;
   }
 
+  // Source-quantized tensors (an FP8 checkpoint's weights): each piece's rows decoded to BF16
+  // into a pooled staging buffer, placed like the rows' output offsets so that a tensor
+  // written decoded (kDecode) or pruned alone goes out from it as it is; pruned there in place
+  // when pruning. The kernel then reads the staging buffer: everything after this stage
+  // (pruning, NaN checks, the kernel, the report's error sample) sees decoded rows. Returns
+  // where each piece's decoded rows start.
+  std::vector<const uint8_t*> Decode(Chunk* c) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const Piece& p : c->pieces) {
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      ranges.emplace_back(RowsFileOffset(p, t), (p.end - p.begin) * ComputeRowBytes(t));
+    }
+    Placement place;
+    c->staging = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
+    const TensorAction action = plan_.tensors[c->pieces.front().tensor].action;
+    if (action == TensorAction::kDecode || action == TensorAction::kPrune) {
+      place.Bind(c->staging.data.get(), &c->writes);
+    }
+    std::vector<const uint8_t*> rows_of(c->pieces.size());
+    for (size_t i = 0; i < c->pieces.size(); ++i) {
+      Piece& p = c->pieces[i];
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      uint8_t* rows = c->staging.data.get() + place.at(i);
+      bool finite = true;
+      if (Status st = DecodeSourceRows(plan_, t, maps_, c->map->data() + p.src_offset, p.begin,
+                                       p.end, rows, &finite);
+          !st.ok()) {
+        Fail(st);
+        return rows_of;
+      }
+      p.finite = finite;
+      // Row pruning in place (per-tensor thresholds are refused for quantized sources at
+      // planning: their pre-pass reads whole tensors).
+      if (p.finite && t.prune) {
+        p.finite = prune::PruneRows(rows, rows, t.compute_dtype, p.end - p.begin, t.shape[1],
+                                    prune_spec_, &p.zeroed);
+      }
+      rows_of[i] = rows;
+    }
+    return rows_of;
+  }
+
   // Parallel stage: quantize rows straight from the mapping (or from the pruned staging copy)
   // into a pooled buffer; copied tensors are copied into one. A writer thread writes the
   // buffer, so no chunk needs its input pages once it leaves this stage.
@@ -466,7 +520,11 @@ class ShardPipeline {
       return c;
     }
     std::vector<const uint8_t*> rows_of;
-    if (t0.prune) {
+    if (t0.source_scale) {
+      rows_of = Decode(c);
+      if (failed()) return c;
+      if (t0.action == TensorAction::kDecode) return c;  // Decode placed the writes
+    } else if (t0.prune) {
       rows_of = Prune(c);
     } else {
       for (const Piece& p : c->pieces) rows_of.push_back(c->map->data() + p.src_offset);
@@ -541,7 +599,7 @@ class ShardPipeline {
       for (size_t j = 0; j < t.kernel_outputs; ++j) outs.out[j] = c->buf.data.get() + place.at(k++);
       WeightChunk in;
       in.data = rows_of[i];
-      in.dtype = t.dtype;
+      in.dtype = t.compute_dtype;
       in.rows = p.end - p.begin;
       in.cols = t.shape[1];
       in.params.bits = t.params.bits;
@@ -751,6 +809,15 @@ Result<const MappedFile*> SourceMaps::Get(size_t shard) {
                             MappedFile::Open(plan_.shards[shard].src_path, /*keep_fd=*/true));
   }
   return &maps_[shard];
+}
+
+Status SourceMaps::Read(size_t shard, uint64_t offset, uint64_t len, uint8_t* dst) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (maps_[shard].data() == nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(maps_[shard],
+                            MappedFile::Open(plan_.shards[shard].src_path, /*keep_fd=*/true));
+  }
+  return maps_[shard].ReadInto(offset, len, dst);
 }
 
 void SourceMaps::Close(size_t shard) {
