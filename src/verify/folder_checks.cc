@@ -127,7 +127,8 @@ void Verifier::CheckSourceTensor(const Shard& s, const TensorInfo& t) {
     // An FP8 weight's scale is consumed when the weight is written decoded or quantized; it
     // must stay only beside a weight copied as FP8.
     const TensorInfo* dw = dst_.Find(w->second);
-    if (dw == nullptr || dw->dtype != DType::kF8E4M3) return;
+    const bool quantized = selected_.count(std::string(SplitModuleParam(w->second).first)) > 0;
+    if (dw == nullptr || quantized || dw->dtype != DType::kF8E4M3) return;
   }
   if (d == nullptr) {
     Problem("SRC:" + s.rel_name, t.name, "missing", "source tensor absent from DST");

@@ -179,6 +179,13 @@ Status Verifier::Run() {
     CheckPruneOnly();
     return Status::Ok();
   }
+  if (src_ && !src_quant_.scales.empty() && dst_.folder.config &&
+      dst_.folder.config->Find("quantization_config") == nullptr) {
+    // An FP8 source written decoded (--scheme BF16): no quantization_config, and every
+    // tensor is the source's, its FP8 weights decoded.
+    CheckSource();
+    return Status::Ok();
+  }
   if (!LoadConfig() && groups_.empty()) return Status::Ok();
   SelectModules();
   for (const auto& [module, g] : selected_) CheckModule(module, *g);
