@@ -275,13 +275,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     largest_set = std::max(largest_set, bytes);
   }
   // Per chunk in flight: its input pages and output buffer, plus a staging buffer when rows
-  // are pruned or decoded from a quantized source (pruning a decoded row happens in place).
-  // A decoded chunk's input (E4M3) is half its staging (BF16), so 3 buffers also cover the
-  // NVFP4 pre-pass's decoding, one chunk-sized staging buffer per thread (tokens = 2 x threads).
-  const bool decoding = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                                    [](const PlannedTensor& t) { return t.source_scale.has_value(); });
-  PipelineSizing sizing = SizePipeline(options.memory_limit, options.threads,
-                                       pruning || decoding ? 3 : 2, largest_set);
+  // are pruned. A decoded source (FP8) needs none more: its chunks are sized by the decoded
+  // (BF16) rows, so their input pages are half a chunk, and a tensor written decoded is staged
+  // in the chunk's one buffer; quantized ones are decoded through per-thread tiles (kReserve).
+  PipelineSizing sizing =
+      SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;

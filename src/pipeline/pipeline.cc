@@ -9,6 +9,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -46,6 +47,10 @@ constexpr int kWriterThreads = 2;
 // converted (cold runs, bench/README.md); 16 to 256 MiB ahead measured alike. The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
+// Decoded rows of a source-quantized tensor per tile (QuantizeDecoded): small enough to stay
+// in a core's cache between decoding and quantizing. One tile buffer per worker thread, in
+// kReserve.
+constexpr uint64_t kDecodeTileBytes = 256 * 1024;
 
 class ShardPipeline {
  public:
@@ -467,12 +472,11 @@ class ShardPipeline {
     return rows_of;
   }
 
-  // Source-quantized tensors (an FP8 checkpoint's weights): each piece's rows decoded to BF16
-  // into a pooled staging buffer, placed like the rows' output offsets so that a tensor
-  // written decoded (kDecode) or pruned alone goes out from it as it is; pruned there in place
-  // when pruning. The kernel then reads the staging buffer: everything after this stage
-  // (pruning, NaN checks, the kernel, the report's error sample) sees decoded rows. Returns
-  // where each piece's decoded rows start.
+  // Source-quantized tensors (an FP8 checkpoint's weights) written decoded (kDecode) or pruned
+  // alone: each piece's rows decoded to BF16 into a pooled staging buffer, placed like the
+  // rows' output offsets so that they go out from it as they are; pruned there in place when
+  // pruning. (Quantized ones are decoded tile by tile in Quantize instead.) Returns where each
+  // piece's decoded rows start.
   std::vector<const uint8_t*> Decode(Chunk* c) {
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
     for (const Piece& p : c->pieces) {
@@ -481,10 +485,7 @@ class ShardPipeline {
     }
     Placement place;
     c->staging = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
-    const TensorAction action = plan_.tensors[c->pieces.front().tensor].action;
-    if (action == TensorAction::kDecode || action == TensorAction::kPrune) {
-      place.Bind(c->staging.data.get(), &c->writes);
-    }
+    place.Bind(c->staging.data.get(), &c->writes);
     std::vector<const uint8_t*> rows_of(c->pieces.size());
     for (size_t i = 0; i < c->pieces.size(); ++i) {
       Piece& p = c->pieces[i];
@@ -520,10 +521,11 @@ class ShardPipeline {
       return c;
     }
     std::vector<const uint8_t*> rows_of;
-    if (t0.source_scale) {
-      rows_of = Decode(c);
-      if (failed()) return c;
-      if (t0.action == TensorAction::kDecode) return c;  // Decode placed the writes
+    if (t0.source_scale && t0.action != TensorAction::kQuantize) {
+      rows_of = Decode(c);  // written decoded (or pruned alone): staged whole
+      return c;             // Decode placed the writes
+    } else if (t0.source_scale) {
+      rows_of.assign(c->pieces.size(), nullptr);  // decoded tile by tile in Quantize
     } else if (t0.prune) {
       rows_of = Prune(c);
     } else {
@@ -607,6 +609,10 @@ class ShardPipeline {
       in.params.symmetric = t.params.symmetric;
       in.params.global_scale = t.global_scale;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
+      if (t.source_scale) {
+        QuantizeDecoded(c, p, t, in, outs);
+        continue;
+      }
       if (!t.scheme->kernel(in, outs)) {
         p.finite = false;
       } else if (errors_ != nullptr) {
@@ -614,6 +620,56 @@ class ShardPipeline {
         // costs little); every row of small ones, where a sample would be too noisy.
         const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
         AccumulateChunkError(*t.scheme, in, outs, p.begin, stride, &p.error);
+      }
+    }
+  }
+
+  // A piece of a source-quantized tensor: its rows decoded (and pruned) a tile at a time into a
+  // small per-thread buffer that stays in cache, each tile quantized at once into its place in
+  // the chunk's outputs. Decoding the whole piece first wrote and read back two bytes a weight
+  // through memory (bench/README.md, "FP8 sources"). Tiles are whole output slabs, so the
+  // kernel sees what a smaller chunk would show it: the bytes are the same.
+  void QuantizeDecoded(Chunk* c, Piece& p, const PlannedTensor& t, const WeightChunk& in,
+                       const ChunkOutputs& outs) {
+    const PlannedShard& ps = plan_.shards[t.shard];
+    uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
+    for (size_t j = 0; j < t.kernel_outputs; ++j) {
+      align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
+    }
+    const uint64_t tile_rows =
+        std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+    const uint64_t in_row = t.shape[1] * (DTypeBits(t.dtype) / 8);
+    thread_local std::vector<uint8_t> tile;
+    for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
+      const uint64_t r1 = std::min(p.end, r + tile_rows);
+      tile.resize((r1 - r) * ComputeRowBytes(t));
+      bool finite = true;
+      if (Status st = DecodeSourceRows(plan_, t, maps_,
+                                       c->map->data() + p.src_offset + (r - p.begin) * in_row, r,
+                                       r1, tile.data(), &finite);
+          !st.ok()) {
+        Fail(st);
+        return;
+      }
+      if (finite && t.prune) {
+        finite = prune::PruneRows(tile.data(), tile.data(), t.compute_dtype, r1 - r, t.shape[1],
+                                  prune_spec_, &p.zeroed);
+      }
+      WeightChunk sub = in;
+      sub.data = tile.data();
+      sub.rows = r1 - r;
+      ChunkOutputs so;
+      for (size_t j = 0; j < t.kernel_outputs; ++j) {
+        const PlannedOutput& o = ps.outputs[t.outputs[j]];
+        so.out[j] = outs.out[j] + (r - p.begin) / o.rows_per_slab * o.bytes_per_slab;
+      }
+      if (!finite || !t.scheme->kernel(sub, so)) {
+        p.finite = false;
+        return;
+      }
+      if (errors_ != nullptr) {
+        const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
+        AccumulateChunkError(*t.scheme, sub, so, r, stride, &p.error);
       }
     }
   }
