@@ -17,9 +17,6 @@ namespace quench {
 
 namespace {
 
-// Decoded rows of a source-quantized tensor per tile, as the pipeline's (pipeline.cc).
-constexpr uint64_t kTileBytes = 256 * 1024;
-
 // Per-tensor pruning threshold: histogram pass(es) over the tensor's rows (F32 needs a
 // refinement pass), then a count of threshold-equal elements per row, so that each pipeline
 // chunk knows how many equal elements precede it (prune.h's deterministic tie rule).
@@ -135,9 +132,9 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
     const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
-    // A source-quantized member is decoded a tile at a time into a small per-thread buffer and
-    // its largest |x| taken from the decoded rows: the global scale is the decoded model's, as
-    // the reference computes it.
+    // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
+    // decoded model's, as the reference computes it), found from its codes and scales without
+    // decoding them (fp8::SourceAbsMax).
     const bool decode = t.source_scale.has_value();
     const uint64_t chunk_rows =
         std::max<uint64_t>(1, sizing_.chunk_bytes / std::max(row_bytes, ComputeRowBytes(t)));
@@ -156,26 +153,14 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       in.rows = r1 - r0;
       in.cols = cols;
       if (decode) {
-        const uint64_t tile_rows = std::max<uint64_t>(1, kTileBytes / ComputeRowBytes(t));
-        thread_local std::vector<uint8_t> tile;
-        for (uint64_t r = r0; r < r1; r += tile_rows) {
-          const uint64_t e = std::min(r1, r + tile_rows);
-          tile.resize((e - r) * ComputeRowBytes(t));
-          bool ok = true;
-          Status st = DecodeSourceRows(plan_, t, maps_, src + (r - r0) * row_bytes, r, e,
-                                       tile.data(), &ok);
-          if (!st.ok()) {
-            std::lock_guard<std::mutex> lock(error_mu);
-            if (error.ok()) error = std::move(st);
-            return;
-          }
-          WeightChunk sub = in;
-          sub.data = tile.data();
-          sub.rows = e - r;
-          float m = 0.f;
-          if (!ok || !fp4::AbsMax(sub, &m)) finite = false;
-          part[c] = std::max(part[c], m);
+        bool ok = true;
+        Status st = SourceRowsAbsMax(plan_, t, maps_, src, r0, r1, &part[c], &ok);
+        if (!st.ok()) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (error.ok()) error = std::move(st);
+          return;
         }
+        if (!ok) finite = false;
       } else if (!fp4::AbsMax(in, &part[c])) {
         finite = false;
       }

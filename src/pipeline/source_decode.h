@@ -26,6 +26,13 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite);
 
+// The largest |x| of rows [r0, r1) of `t` decoded, computed without decoding them
+// (fp8::SourceAbsMax): the NVFP4 pre-pass's need. Scales are checked as DecodeSourceRows
+// checks them; *finite as DecodeSourceRows sets it.
+Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                        const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
+                        bool* finite);
+
 }  // namespace quench
 
 #endif  // QUENCH_PIPELINE_SOURCE_DECODE_H_
