@@ -307,6 +307,24 @@ TEST_SUITE("sources") {
     CHECK(r->problems[0].message.find("first in row 5") != std::string::npos);
   }
 
+  TEST_CASE("inspect says what an FP8 source's weights are stored as") {
+    const RunResult text = RunQuench({"inspect", (DataDir() / "golden/fp8src-e8m0/src").string()});
+    CHECK(text.exit_code == 0);
+    CHECK(text.out.find("source: FP8 E4M3, 128x128 block scales (F8_E8M0), 7 weights") !=
+          std::string::npos);
+    const RunResult json =
+        RunQuench({"inspect", (DataDir() / "golden/fp8src/src").string(), "--json"});
+    auto j = ParseJson("inspect", json.out);
+    REQUIRE(j.ok());
+    CHECK(j->Find("source_format")->as_string() == "FP8 E4M3, 128x128 block scales (F32), 7 weights");
+    // A converted checkpoint is not a source quench decodes.
+    const RunResult out =
+        RunQuench({"inspect", (DataDir() / "golden/fp8src/W4A16").string(), "--json"});
+    auto k = ParseJson("inspect", out.out);
+    REQUIRE(k.ok());
+    CHECK(k->Find("source_format")->is_null());
+  }
+
   TEST_CASE("a plain source with --scheme BF16 is a usage error") {
     TempDir dir;
     const RunResult plain = RunQuench({"convert", (DataDir() / "tiny-llama").string(),
