@@ -54,14 +54,14 @@ std::vector<GoldenCase> ReferenceCases() {
 }
 
 Result<ConvertSummary> Run(const fs::path& src, const fs::path& dst, const std::string& scheme,
-                           const std::vector<std::string>& ignore, uint64_t memory_limit = 0) {
+                           const std::vector<std::string>& ignore, uint64_t chunk_bytes = 0) {
   ConvertOptions o;
   o.src = src;
   o.dst = dst;
   o.scheme = scheme;
   o.ignore = ignore;
   o.default_ignore = false;  // the reference's ignore list, as given
-  o.memory_limit = memory_limit;
+  o.chunk_bytes = chunk_bytes;
   return Convert(o);
 }
 
@@ -104,10 +104,10 @@ const char* kFp8Config =
     R"({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", )"
     R"("weight_block_size": [128, 128]}})";
 
-// A synthetic FP8 checkpoint whose weights span several pipeline chunks at the smallest
-// budget: q/k/v (a fused NVFP4 set) of 1000 x 384 random finite E4M3 codes with random F32
-// block scales, and a norm. Also writes `decoded`: the same model as BF16, each weight
-// decoded whole by the scalar definition.
+// A synthetic FP8 checkpoint whose weights span several pipeline chunks of kSmallChunk: q/k/v
+// (a fused NVFP4 set) of 1000 x 384 random finite E4M3 codes with random F32 block scales,
+// and a norm. Also writes `decoded`: the same model as BF16, each weight decoded whole by the
+// scalar definition.
 void WriteLargeFp8(const fs::path& dir, const fs::path& decoded) {
   std::mt19937 rng(17);
   std::vector<RawTensor> src, dec;
@@ -147,7 +147,7 @@ void WriteLargeFp8(const fs::path& dir, const fs::path& decoded) {
   WriteShard(decoded / "model.safetensors", dec);
 }
 
-constexpr uint64_t kSmallestBudget = 2ull << 20;  // chunks of 256 KiB: 341 BF16 rows of 384
+constexpr uint64_t kSmallChunk = 256 * 1024;  // 341 decoded (BF16) rows of 384 per chunk
 
 }  // namespace
 
@@ -193,7 +193,7 @@ TEST_SUITE("sources") {
   TEST_CASE("weights larger than a chunk decode in chunks that cut blocks, as one decode") {
     TempDir tmp;
     WriteLargeFp8(tmp / "src", tmp / "decoded");
-    auto whole = Run(tmp / "src", tmp / "bf16", "BF16", {}, kSmallestBudget);
+    auto whole = Run(tmp / "src", tmp / "bf16", "BF16", {}, kSmallChunk);
     REQUIRE_MESSAGE(whole.ok(), whole.status().ToString());
     CHECK(whole->chunk_bytes < 1000 * 384 * 2 / 2);  // at least three chunks per weight
     CHECK((whole->chunk_bytes / (384 * 2)) % 128 != 0);  // chunks end inside a block row
@@ -202,7 +202,7 @@ TEST_SUITE("sources") {
     // shared global scale from decoded values in the pre-pass; W4A16; FP8_BLOCK).
     for (const char* scheme : {"NVFP4A16", "W4A16", "FP8_BLOCK"}) {
       CAPTURE(scheme);
-      auto a = Run(tmp / "src", tmp / (std::string("fp8-") + scheme), scheme, {}, kSmallestBudget);
+      auto a = Run(tmp / "src", tmp / (std::string("fp8-") + scheme), scheme, {}, kSmallChunk);
       REQUIRE_MESSAGE(a.ok(), a.status().ToString());
       auto b = Run(tmp / "decoded", tmp / (std::string("bf16-") + scheme), scheme, {});
       REQUIRE_MESSAGE(b.ok(), b.status().ToString());
@@ -221,7 +221,7 @@ TEST_SUITE("sources") {
       o.dst = tmp / (std::string("a") + spec[0]);
       o.scheme = "W4A16";
       o.prune = spec;
-      o.memory_limit = kSmallestBudget;
+      o.chunk_bytes = kSmallChunk;
       auto a = Convert(o);
       REQUIRE_MESSAGE(a.ok(), a.status().ToString());
       o.src = tmp / "decoded";

@@ -757,6 +757,7 @@ class ShardPipeline {
     const std::string where = plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
     const uint8_t* rows = c.map->data() + p.src_offset;
     const uint64_t cols = t.shape[1];
+    if (t.source_scale) return DecodedPieceFailure(t, p, rows, where);
     for (uint64_t r = 0; r < p.end - p.begin; ++r) {
       for (uint64_t k = 0; k < cols; ++k) {
         if (!std::isfinite(ElementToF32(rows, t.dtype, r * cols + k))) {
@@ -772,6 +773,38 @@ class ShardPipeline {
                      ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
                      " kernel refused finite input (" + std::string(DTypeName(t.dtype)) +
                      ", " + std::to_string(cols) + " columns); this is a bug in quench");
+  }
+
+  // PieceFailure for a source-quantized tensor's piece: a NaN code, named by row and column; a
+  // code times its scale beyond BF16's range; or, when the decoded rows are finite, a bug.
+  Status DecodedPieceFailure(const PlannedTensor& t, const Piece& p, const uint8_t* codes,
+                             const std::string& where) const {
+    const uint64_t rows = p.end - p.begin, cols = t.shape[1];
+    for (uint64_t i = 0; i < rows * cols; ++i) {
+      if ((codes[i] & 0x7F) == 0x7F) {
+        return Error(ErrorCode::kNonFinite,
+                     where + " holds a NaN E4M3 code (row " + std::to_string(p.begin + i / cols) +
+                         ", column " + std::to_string(i % cols) +
+                         "); refusing to decode it (fix the checkpoint or add it to --ignore)");
+      }
+    }
+    std::vector<uint8_t> decoded(rows * ComputeRowBytes(t));
+    bool finite = true;
+    if (Status st = DecodeSourceRows(plan_, t, maps_, codes, p.begin, p.end, decoded.data(),
+                                     &finite);
+        !st.ok()) {
+      return st;
+    }
+    if (!finite) {
+      return Error(ErrorCode::kNonFinite,
+                   where + " rows " + std::to_string(p.begin) + ".." +
+                       std::to_string(p.end - 1) + " decode beyond BF16's range (a code times "
+                       "its scale overflows); refusing to quantize them (fix the scale)");
+    }
+    return Error(ErrorCode::kInternal,
+                 where + " rows " + std::to_string(p.begin) + ".." + std::to_string(p.end - 1) +
+                     ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
+                     " kernel refused finite decoded input; this is a bug in quench");
   }
 
   // Serial output stage, in plan order: report a non-finite piece, publish finished shards,
@@ -882,13 +915,19 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   f.tokens = 2 * th;  // as SizePipeline
   // The smallest chunk SizePipeline makes (its clamp), for inputs and outputs alike.
   uint64_t in_unit = kMinChunkBytes, out_unit = kMinChunkBytes;
+  bool decoding = false;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
     const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
     const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
     const uint64_t in = rows * t.shape[1] * (DTypeBits(t.dtype) / 8) + DirectIoAlignment();
-    const uint64_t out = ChunkOutputBytes(plan, t, rows);
+    // A source-quantized tensor written decoded (or pruned alone) is staged whole, decoded, in
+    // the chunk's buffer; quantized, it is decoded through a per-thread tile (below).
+    const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize
+                             ? rows * ComputeRowBytes(t) + DirectIoAlignment()
+                             : ChunkOutputBytes(plan, t, rows);
+    decoding = decoding || t.source_scale.has_value();
     if (in + out > f.chunk_bytes) {
       f.tensor = i;
       f.chunk_rows = rows;
@@ -901,6 +940,8 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   // writers hold kMinWriteQueueChunks output buffers more.
   const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
   f.bytes = kBaseline + static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
+  // Decoded tiles: one per worker thread (QuantizeDecoded).
+  if (decoding) f.bytes += static_cast<uint64_t>(th) * kDecodeTileBytes;
   return f;
 }
 
