@@ -307,6 +307,35 @@ TEST_SUITE("sources") {
     CHECK(r->problems[0].message.find("first in row 5") != std::string::npos);
   }
 
+  TEST_CASE("a NaN code or a product beyond BF16 stops the run naming where, nothing left") {
+    struct Case {
+      uint8_t code;
+      float scale;
+      const char* message;
+    };
+    const Case cases[] = {
+        {0xFF, 1.0f, "holds a NaN E4M3 code (row 2, column 5)"},
+        {0x7E, std::ldexp(1.0f, 125), "rows 0..3 decode beyond BF16's range"},  // 448 * 2^125
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.message);
+      TempDir tmp;
+      std::string codes(4 * 128, '\x38');
+      codes[2 * 128 + 5] = static_cast<char>(c.code);
+      std::string scale(4, '\0');
+      std::memcpy(scale.data(), &c.scale, 4);
+      WriteBytes(tmp / "src/config.json", kFp8Config);
+      WriteShard(tmp / "src/model.safetensors",
+                 {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {4, 128}, codes},
+                  {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {1, 1}, scale}});
+      const RunResult r = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                     "--scheme", "W4A16"});
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find(c.message) != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "out"));
+    }
+  }
+
   TEST_CASE("inspect says what an FP8 source's weights are stored as") {
     const RunResult text = RunQuench({"inspect", (DataDir() / "golden/fp8src-e8m0/src").string()});
     CHECK(text.exit_code == 0);
