@@ -4,6 +4,7 @@ or Kimi-K2-shaped with many small expert tensors.
 
     make_bench_checkpoint.py OUT_DIR --size-gb 2 [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout kimi [--shard-gb 1] [--seed N]
+    make_bench_checkpoint.py OUT_DIR --layout fp8 --size-gb 2 [--shard-gb 1] [--seed N]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -11,6 +12,13 @@ layers is chosen to reach the size with about 8% of the bytes in embed_tokens + 
 halved until at least one layer fits. Weights are BF16 with a normal(0, 0.02) distribution: a pool
 of 2^24 true normal draws is sampled at random offsets with random signs, which is fast (the data
 are only there to be converted, not to be meaningful).
+
+--layout fp8 is a DeepSeek-V3-style FP8 source of about SIZE_GB: the Llama shapes of a BF16
+checkpoint twice that size, every 2-D projection stored as random finite E4M3 codes (NaN codes
+0x7F/0xFF replaced by their neighbours) with an F32 `X.weight_scale_inv` of 128x128 block
+multipliers (2^-12..2^-6, stored right after its weight by name order), embeddings, norms and
+lm_head BF16, config.json with `quantization_config: {quant_method: fp8, weight_block_size:
+[128, 128]}`.
 
 --layout kimi keeps Kimi K2's tensor count rather than its size: 61 layers of 384 routed experts
 (gate/up/down, 70,272 tensors) plus attention, norms and the router gate, 70,702 tensors in all;
@@ -95,11 +103,24 @@ def kimi_tensor_list(s):
     return out
 
 
-def nbytes(shape):
-    n = 2
+def nbytes(shape, dtype="BF16"):
+    n = {"BF16": 2, "F32": 4, "F8_E4M3": 1}[dtype]
     for d in shape:
         n *= d
     return n
+
+
+def fp8_tensor_list(tensors):
+    """(name, shape, dtype): 2-D projections as E4M3 with their block scales."""
+    out = []
+    for name, shape in tensors:
+        if len(shape) == 2 and "layers." in name:
+            out.append((name, shape, "F8_E4M3"))
+            out.append((name + "_scale_inv", ((shape[0] + 127) // 128, (shape[1] + 127) // 128),
+                        "F32"))
+        else:
+            out.append((name, shape, "BF16"))
+    return out
 
 
 def main():
@@ -108,7 +129,7 @@ def main():
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
-    ap.add_argument("--layout", choices=("llama", "kimi"), default="llama")
+    ap.add_argument("--layout", choices=("llama", "kimi", "fp8"), default="llama")
     a = ap.parse_args()
     final = a.out.rstrip("/")
     if os.path.isdir(final):
@@ -121,19 +142,25 @@ def main():
     if a.layout == "kimi":
         s = KIMI
         tensors = kimi_tensor_list(s)
+    elif a.layout == "fp8":
+        # Projections take one byte a weight instead of two: the shapes of twice the size.
+        s = shapes_for(int(2 * a.size_gb * 1e9))
+        tensors = tensor_list(s)
     else:
         s = shapes_for(int(a.size_gb * 1e9))
         tensors = tensor_list(s)
+    tensors = fp8_tensor_list(tensors) if a.layout == "fp8" else [
+        (name, shape, "BF16") for name, shape in tensors]
 
     # Greedy sharding in module order (transformers' shard_checkpoint).
     limit = int(a.shard_gb * 1e9)
     shards, cur, cur_size = [], [], 0
-    for name, shape in tensors:
-        b = nbytes(shape)
-        if cur and cur_size + b > limit:
+    for name, shape, dtype in tensors:
+        b = nbytes(shape, dtype)
+        if cur and cur_size + b > limit and not name.endswith("_scale_inv"):
             shards.append(cur)
             cur, cur_size = [], 0
-        cur.append((name, shape))
+        cur.append((name, shape, dtype))
         cur_size += b
     shards.append(cur)
     n = len(shards)
@@ -153,18 +180,31 @@ def main():
         names = sorted(shard, key=lambda t: t[0].encode())
         header = {"__metadata__": {"format": "pt"}}
         off = 0
-        for name, shape in names:
-            header[name] = {"dtype": "BF16", "shape": list(shape),
-                            "data_offsets": [off, off + nbytes(shape)]}
-            off += nbytes(shape)
+        for name, shape, dtype in names:
+            header[name] = {"dtype": dtype, "shape": list(shape),
+                            "data_offsets": [off, off + nbytes(shape, dtype)]}
+            off += nbytes(shape, dtype)
         hj = json.dumps(header, separators=(",", ":")).encode()
         hj += b" " * ((8 - len(hj) % 8) % 8)
         tmp = os.path.join(out, fname + ".tmp")
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(hj)))
             f.write(hj)
-            for name, shape in names:
-                elems = nbytes(shape) // 2
+            for name, shape, dtype in names:
+                elems = nbytes(shape, dtype) // nbytes((), dtype)
+                if dtype == "F32":
+                    e = rng.uniform(-12.0, -6.0, elems).astype(np.float32)
+                    f.write(np.exp2(e).astype("<f4").tobytes())
+                    continue
+                if dtype == "F8_E4M3":
+                    done = 0
+                    while done < elems:
+                        m = min(CHUNK, elems - done)
+                        c = rng.integers(0, 256, m, dtype=np.uint8)
+                        c[(c & 0x7F) == 0x7F] -= 1
+                        f.write(c.tobytes())
+                        done += m
+                    continue
                 if len(shape) == 1:
                     f.write(norm_vec(elems))
                     continue
@@ -177,7 +217,7 @@ def main():
                     done += m
         os.replace(tmp, os.path.join(out, fname))
         total += off
-        for name, _ in shard:
+        for name, _, _ in shard:
             weight_map[name] = fname
         print(f"  wrote {fname} ({off / 1e9:.2f} GB)", file=sys.stderr)
 
@@ -203,6 +243,9 @@ def main():
                        "first_k_dense_replace": 0, "moe_intermediate_size": s["inter"],
                        "n_routed_experts": s["experts"], "n_shared_experts": 0,
                        "num_experts_per_tok": 8})
+    if a.layout == "fp8":
+        config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
+                                         "quant_method": "fp8", "weight_block_size": [128, 128]}
     write_json("config.json", config)
     os.replace(out, final)
     print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "

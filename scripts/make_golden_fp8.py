@@ -18,7 +18,15 @@ Writes (relative to <repo>/data/golden):
   fp8src-split/src/      the same tensors with down_proj's scale in the other shard
   fp8src-split/BF16/     (the reference fails on it: recorded in the manifest)
   fp8src-e8m0/src/       the same weights with F8_E8M0 scales (scale_fmt ue8m0)
-  fp8src-e8m0/BF16/      its dequantized model
+  fp8src-e8m0/BF16/      its dequantized model (the reference fails on it: safetensors 0.8.0
+                         cannot read F8_E8M0)
+  fp8src-e8m0/decoded/   the independent computation quench is tested against where the
+                         reference fails: the e8m0 source decoded here, in torch, by the
+                         dequantizer's definition (codes and scales to f32, scales repeated over
+                         their 128x128 blocks and trimmed, product rounded once to bf16), written
+                         as a plain BF16 checkpoint; the same code reproduces fp8src/BF16 (the
+                         reference's output) byte for byte, which this script asserts
+  fp8src-e8m0/NVFP4A16/  model_free_ptq(NVFP4A16) of decoded/ (no converter needed)
   fp8_manifest.json      the cases, the reference versions, and any reference failure
 
 Each reference run happens in a fresh subprocess. Deterministic.
@@ -39,6 +47,7 @@ WORKER = r"""
 import json, sys
 from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
 src, dst, scheme, ignore = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+use_converter = sys.argv[5] == "1"
 # The dequantizer targets every .weight unless told otherwise, and stops at the first without
 # a weight_scale_inv: it is given the BF16 modules as its ignore list, as its users must.
 dequantizer = FP8BlockDequantizer(ignore=["lm_head", "re:.*embed_tokens$"])
@@ -56,7 +65,7 @@ else:
     orig = mf.save_file
     mf.save_file = lambda t, f, metadata=None: orig({k: v.contiguous() for k, v in t.items()}, f, metadata)
     mf.model_free_ptq(src, dst, scheme=scheme, ignore=ignore, device="cpu",
-                      converter=dequantizer)
+                      **({"converter": dequantizer} if use_converter else {}))
 """
 
 
@@ -118,6 +127,15 @@ def fp8_tensors(seed, scale_dtype, split_pair=False):
     return t, shard
 
 
+def source_config(quantization_config):
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+           "intermediate_size": 300, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "num_hidden_layers": 1, "vocab_size": 64, "torch_dtype": "bfloat16"}
+    if quantization_config is not None:
+        cfg["quantization_config"] = quantization_config
+    return cfg
+
+
 def write_source(dirpath, seed, scale_dtype, split_pair=False):
     from safetensors.torch import save_file
 
@@ -127,12 +145,8 @@ def write_source(dirpath, seed, scale_dtype, split_pair=False):
          "weight_block_size": [128, 128]}
     if scale_dtype == "e8m0":
         q["scale_fmt"] = "ue8m0"
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
-           "intermediate_size": 300, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "num_hidden_layers": 1, "vocab_size": 64, "torch_dtype": "bfloat16",
-           "quantization_config": q}
     with open(os.path.join(dirpath, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+        json.dump(source_config(q), f, indent=2, sort_keys=True)
     files = {1: "model-00001-of-00002.safetensors", 2: "model-00002-of-00002.safetensors"}
     weight_map, total = {}, 0
     for k, fname in files.items():
@@ -146,12 +160,76 @@ def write_source(dirpath, seed, scale_dtype, split_pair=False):
                   sort_keys=True)
 
 
-def run(src, dst, scheme, ignore):
+def decode_fp8(codes, scale):
+    """The dequantizer's definition, computed here independently of it: f32(code) times the
+    f32 scale of its 128x128 block (partial blocks at the ends), rounded once to bf16."""
+    import torch
+
+    rows, cols = codes.shape
+    s = scale.to(torch.float32)
+    s = s.repeat_interleave(128, dim=0)[:rows].repeat_interleave(128, dim=1)[:, :cols]
+    return (codes.to(torch.float32) * s).to(torch.bfloat16)
+
+
+def write_decoded(dirpath, seed, scale_dtype, split_pair=False):
+    """The FP8 source of write_source decoded as a plain BF16 checkpoint, tensors in the same
+    shards, scales dropped, quantization_config removed from config.json."""
+    from safetensors.torch import save_file
+
+    t, shard = fp8_tensors(seed, scale_dtype, split_pair)
+    out = {}
+    for n, v in t.items():
+        if n.endswith("_scale_inv"):
+            continue
+        out[n] = decode_fp8(v, t[n + "_scale_inv"]) if n + "_scale_inv" in t else v
+    os.makedirs(dirpath, exist_ok=True)
+    with open(os.path.join(dirpath, "config.json"), "w") as f:
+        json.dump(source_config(None), f, indent=2, sort_keys=True)
+    files = {1: "model-00001-of-00002.safetensors", 2: "model-00002-of-00002.safetensors"}
+    weight_map, total = {}, 0
+    for k, fname in files.items():
+        part = {n: v.contiguous() for n, v in out.items() if shard[n] == k}
+        save_file(part, os.path.join(dirpath, fname), metadata={"format": "pt"})
+        for n, v in part.items():
+            weight_map[n] = fname
+            total += v.numel() * v.element_size()
+    with open(os.path.join(dirpath, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2,
+                  sort_keys=True)
+    return out
+
+
+def check_decode_matches_reference(seed, reference_dir):
+    """decode_fp8 must reproduce the reference dequantizer's own output byte for byte."""
+    from safetensors.torch import load_file
+
+    t, _ = fp8_tensors(seed, "f32")
+    ref = {}
+    for f in sorted(os.listdir(reference_dir)):
+        if f.endswith(".safetensors"):
+            ref.update(load_file(os.path.join(reference_dir, f)))
+    checked = 0
+    for n, v in t.items():
+        if n + "_scale_inv" not in t:
+            continue
+        mine = decode_fp8(v, t[n + "_scale_inv"])
+        if not mine.view(torch_int16()).equal(ref[n].view(torch_int16())):
+            raise SystemExit(f"decode_fp8 differs from the reference on {n}")
+        checked += 1
+    assert checked == 7, checked
+
+
+def torch_int16():
+    import torch
+    return torch.int16
+
+
+def run(src, dst, scheme, ignore, converter=True):
     tmp = tempfile.mkdtemp(prefix="golden-fp8-")
     out = os.path.join(tmp, "out")
     env = dict(os.environ, PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
-    p = subprocess.run([sys.executable, "-c", WORKER, src, out, scheme, json.dumps(ignore)],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-c", WORKER, src, out, scheme, json.dumps(ignore),
+                        "1" if converter else "0"], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         shutil.rmtree(tmp)
         lines = [l for l in p.stderr.strip().splitlines() if "Error" in l and not l.startswith(" ")]
@@ -192,6 +270,22 @@ def main():
                 entry["reference_error"] = err
             cases.append(entry)
             print(entry["name"], "ok" if err is None else "REFERENCE FAILED: " + err)
+    # Where the reference fails (E8M0 scales), the independent computation: decoded here,
+    # then quantized by the reference from the decoded BF16 checkpoint.
+    check_decode_matches_reference(301, os.path.join(GOLDEN, "fp8src", "BF16"))
+    decoded = os.path.join(GOLDEN, "fp8src-e8m0", "decoded")
+    write_decoded(decoded, 302, "e8m0")
+    ignore = DEFAULT_IGNORE + ["re:.*down_proj$"]
+    err = run(decoded, os.path.join(GOLDEN, "fp8src-e8m0", "NVFP4A16"), "NVFP4A16", ignore,
+              converter=False)
+    if err is not None:
+        raise SystemExit("the reference failed on the decoded e8m0 checkpoint: " + err)
+    cases.append({"name": "fp8src-e8m0/NVFP4A16", "source": "golden/fp8src-e8m0/src",
+                  "scheme": "NVFP4A16", "ignore": ignore, "versions": versions,
+                  "expected_tensors": "golden/fp8src-e8m0/NVFP4A16",
+                  "via": "golden/fp8src-e8m0/decoded (decoded by this script; the reference "
+                         "quantized it as a BF16 checkpoint)"})
+    print("fp8src-e8m0 decoded, NVFP4A16 from it ok")
     with open(os.path.join(GOLDEN, "fp8_manifest.json"), "w") as f:
         f.write(json.dumps({"cases": cases}, indent=2, sort_keys=True) + "\n")
 

@@ -430,6 +430,51 @@ TEST_CASE("FP8 source decoding: the kernel equals the scalar reference on chunks
   });
 }
 
+TEST_CASE("FP8 source |x| max without decoding equals the max over the decoded chunk") {
+  std::mt19937 rng(11);
+  struct Shape {
+    size_t rows, cols, block_rows, block_cols, first_row;
+  };
+  const Shape shapes[] = {{300, 129, 128, 128, 0}, {77, 1000, 128, 128, 100},
+                          {5, 7, 128, 128, 254},   {33, 250, 33, 250, 0},
+                          {40, 300, 16, 32, 8}};
+  for (const Shape& sh : shapes) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<uint8_t> codes(sh.rows * sh.cols);
+      for (uint8_t& c : codes) {
+        do c = static_cast<uint8_t>(rng()); while ((c & 0x7F) == 0x7F);
+        if (variant == 1) c &= 0x87;  // subnormals and zeros only
+      }
+      const size_t tile_rows = (sh.first_row + sh.rows - 1) / sh.block_rows -
+                               sh.first_row / sh.block_rows + 1;
+      const size_t scale_cols = (sh.cols + sh.block_cols - 1) / sh.block_cols;
+      std::vector<float> scales(tile_rows * scale_cols);
+      std::uniform_real_distribution<float> u(-20.0f, 4.0f);
+      for (float& x : scales) x = std::exp2(u(rng));
+      scales[0] = 0.0f;                                              // a zero scale
+      if (variant == 2) scales.back() = std::ldexp(1.0f, 125);       // overflows bf16
+      if (variant == 3) codes[codes.size() / 2] = 0xFF;              // a NaN code
+      const SourceChunk in =
+          MakeSource(codes, sh.rows, sh.cols, scales, sh.block_rows, sh.block_cols, sh.first_row);
+      std::vector<uint8_t> dec(2 * codes.size());
+      CAPTURE(sh.rows);
+      CAPTURE(sh.cols);
+      CAPTURE(variant);
+      const bool ok = DequantizeSourceScalar(in, dec.data());
+      float got = -1.f;
+      CHECK(SourceAbsMax(in, &got) == ok);
+      if (!ok) continue;
+      float want = 0.f;
+      for (size_t i = 0; i < codes.size(); ++i) {
+        uint16_t bits = 0;
+        std::memcpy(&bits, dec.data() + 2 * i, 2);
+        want = std::max(want, std::fabs(BF16ToF32(bits)));
+      }
+      CHECK(got == want);
+    }
+  }
+}
+
 TEST_CASE("FP8 source decoding refuses NaN codes and products that overflow bf16") {
   ForEachTarget([&](const std::string& target) {
     for (size_t cols : {1, 7, 64, 131}) {

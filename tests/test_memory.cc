@@ -45,9 +45,64 @@ void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
   qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
 }
 
+// Writes a one-weight FP8 checkpoint (DeepSeek layout: E4M3 codes, F32 128x128 block
+// weight_scale_inv) of rows x cols, a row at a time.
+void WriteBigFp8Checkpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
+  fs::create_directories(dir);
+  const std::string name = "model.layers.0.mlp.down_proj.weight";
+  const uint64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+  auto layout = quench::LayOutSafetensors(
+      {{name, quench::DType::kF8E4M3, {rows, cols}, rows * cols},
+       {name + "_scale_inv", quench::DType::kF32, {sr, sc}, sr * sc * 4}});
+  int fd = open((dir / "model.safetensors").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, layout.header.data(), layout.header.size()) ==
+          static_cast<ssize_t>(layout.header.size()));
+  // In the layout's order (the safetensors writer puts wider dtypes first: the scale).
+  for (const auto& ti : layout.tensors) {
+    if (ti.name != name) {
+      const std::vector<float> scales(sr * sc, 1.0f / 64);
+      REQUIRE(write(fd, scales.data(), scales.size() * 4) ==
+              static_cast<ssize_t>(scales.size() * 4));
+      continue;
+    }
+    std::vector<uint8_t> row(cols);
+    uint32_t state = 777;
+    for (uint64_t r = 0; r < rows; ++r) {
+      for (uint64_t c = 0; c < cols; ++c) {
+        state = state * 1664525u + 1013904223u;
+        row[c] = static_cast<uint8_t>(((state >> 24) & 0x80) | (0x20 + ((state >> 16) & 0x3F)));
+      }
+      REQUIRE(write(fd, row.data(), cols) == static_cast<ssize_t>(cols));
+    }
+  }
+  close(fd);
+  qt::WriteBytes(dir / "config.json",
+                 R"({"architectures": ["Test"], "quantization_config": {"quant_method": "fp8", )"
+                 R"("fmt": "e4m3", "weight_block_size": [128, 128]}})");
+}
+
 }  // namespace
 
 TEST_SUITE("memory") {
+  TEST_CASE("an FP8 source 4x the memory limit decoded (8x) converts under the limit") {
+    qt::TempDir tmp;
+    // 8192 x 16384 E4M3 = 128 MiB, 256 MiB decoded; the limit is 64 MiB. The decoded rows go
+    // through pooled staging buffers of a chunk each, counted by the budget (NVFP4A16 decodes
+    // in its pre-pass too).
+    WriteBigFp8Checkpoint(tmp / "src", 8192, 16384);
+    const long limit_kib = 64 * 1024;
+    for (const char* scheme : {"BF16", "W4A16", "NVFP4A16"}) {
+      CAPTURE(scheme);
+      auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                              "--scheme", scheme, "--memory-limit", "64M", "-q", "--overwrite"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      MESSAGE(std::string(scheme) << " peak RSS " << r.max_rss_kib << " KiB, limit " << limit_kib << " KiB");
+      CHECK(r.max_rss_kib < limit_kib);
+      CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 4);
+    }
+  }
+
   TEST_CASE("a tensor 4x the memory limit converts under the limit") {
     qt::TempDir tmp;
     // 8192 x 16384 BF16 = 256 MiB; the limit is 64 MiB.

@@ -59,6 +59,7 @@ struct ConvertSummary {
   uint64_t tensors_quantized = 0;
   uint64_t tensors_copied = 0;
   uint64_t tensors_pruned_only = 0;  // --scheme none
+  uint64_t tensors_decoded = 0;      // stored quantized in the source, written decoded (BF16)
   uint64_t bytes_in = 0;    // safetensors bytes read (headers excluded)
   uint64_t bytes_out = 0;   // safetensors bytes written (headers included)
   uint64_t chunk_bytes = 0; // input bytes per pipeline chunk, as sized from the memory limit

@@ -38,6 +38,7 @@ enum class TensorAction { kCopy, kQuantize, kPrune, kDecode };
 // Where a source-quantized weight's scale is (an FP8 checkpoint's weight_scale_inv): the
 // weight's rows are decoded to BF16 with it, chunk by chunk, before anything else reads them.
 struct PlannedSourceScale {
+  std::string name;           // "X.weight_scale_inv", for messages
   size_t shard = 0;           // the scale's shard: not always the weight's
   uint64_t offset = 0;        // absolute offset of the scale tensor in that file
   uint64_t nbytes = 0;

@@ -13,6 +13,7 @@
 #include "format/json.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
+#include "format/source_quant.h"
 #include "plan/matcher.h"
 #include "quench/scheme.h"
 
@@ -39,10 +40,11 @@ const char kInspectHelp[] =
     "\n"
     "Lists every tensor of a checkpoint folder or of one .safetensors file: name, dtype,\n"
     "shape and bytes, with totals per dtype, and the quantization_config of config.json\n"
-    "when there is one. Reads headers only, unless --sparsity.\n"
+    "when there is one; for an FP8 source quench can convert, its layout (block size, scale\n"
+    "dtype). Reads headers only, unless --sparsity.\n"
     "\n"
     "  --json       machine-readable output: {\"files\": [...], \"totals\": {...},\n"
-    "               \"quantization_config\": {...} or null}\n"
+    "               \"quantization_config\": {...} or null, \"source_format\": \"...\" or null}\n"
     "  --sparsity   also read the weights and show, per weight tensor and overall, the\n"
     "               fraction of weights that are zero (float and int weights; packed FP4\n"
     "               nibbles +-0; packed symmetric ints equal to their offset)\n";
@@ -173,6 +175,8 @@ std::optional<InspectArgs> ParseInspectArgs(const std::vector<std::string>& args
 struct Inspected {
   std::vector<Shard> shards;
   std::optional<JsonValue> qconfig;
+  // A quantized source quench can decode (FP8 block), as planning describes it; "" otherwise.
+  std::string source;
 };
 
 // Reads the headers (and config.json) of PATH. On failure, *exit_code is RunInspect's.
@@ -184,6 +188,11 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
     if (!folder.ok()) {
       *exit_code = ReportError(folder.status().ToString(), ExitCodeFor(folder.status().code()));
       return std::nullopt;
+    }
+    // A source quench reads decoded (an FP8 checkpoint): said so, with its layout. Anything
+    // else (plain, or a quantization quench does not read) says nothing more here.
+    if (auto q = DetectSourceQuantization(*folder); q.ok() && q->format != SourceFormat::kPlain) {
+      in.source = q->description;
     }
     in.shards = std::move(folder->shards);
     if (folder->config) {
@@ -298,6 +307,7 @@ void PrintJson(const Inspected& in, const Totals& totals, const Sparsity* sparsi
   root.Set("files", std::move(files));
   root.Set("totals", std::move(tot));
   root.Set("quantization_config", in.qconfig ? *in.qconfig : JsonValue());
+  root.Set("source_format", in.source.empty() ? JsonValue() : JsonValue(in.source));
   std::string out = DumpPythonJson(root);
   out += '\n';
   std::fputs(out.c_str(), stdout);
@@ -340,6 +350,10 @@ void PrintSummary(const Inspected& in, const Totals& totals, const Sparsity* spa
     std::printf("sparsity: %.2f%% of %llu weights are zero\n",
                 100 * ZeroRatio({sparsity->zeros, sparsity->weights}),
                 static_cast<unsigned long long>(sparsity->weights));
+  }
+  if (!in.source.empty()) {
+    std::printf("source: %s; convert decodes them to BF16 (RNE(code x scale)) before quantizing\n",
+                in.source.c_str());
   }
   if (in.qconfig) {
     std::printf("quantization_config:\n%s\n", DumpPythonJson(*in.qconfig).c_str());

@@ -457,11 +457,14 @@ int RunConvert(const std::vector<std::string>& args) {
   }
   if (!quiet) {
     std::fprintf(stderr,
-                 "quench: wrote %s: %llu tensors quantized, %llu pruned only, %llu copied; %.3f "
-                 "GB read, %.3f GB written in %.2f s (%.2f GB/s)\n",
+                 "quench: wrote %s: %llu tensors quantized, %llu pruned only, %llu copied%s; "
+                 "%.3f GB read, %.3f GB written in %.2f s (%.2f GB/s)\n",
                  o.dst.c_str(), static_cast<unsigned long long>(s.tensors_quantized),
                  static_cast<unsigned long long>(s.tensors_pruned_only),
                  static_cast<unsigned long long>(s.tensors_copied),
+                 s.tensors_decoded > 0
+                     ? (", " + std::to_string(s.tensors_decoded) + " decoded to BF16").c_str()
+                     : "",
                  static_cast<double>(s.bytes_in) / 1e9, static_cast<double>(s.bytes_out) / 1e9,
                  s.seconds, s.seconds > 0 ? static_cast<double>(s.bytes_in) / 1e9 / s.seconds : 0.0);
   }

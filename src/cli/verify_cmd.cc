@@ -162,6 +162,10 @@ int RunVerify(const std::vector<std::string>& args) {
               static_cast<unsigned long long>(rep.modules_quantized));
   if (rep.src) {
     std::printf(", %llu copied tensors unchanged", static_cast<unsigned long long>(rep.tensors_copied));
+    if (rep.tensors_decoded > 0) {
+      std::printf(", %llu decoded from the FP8 source",
+                  static_cast<unsigned long long>(rep.tensors_decoded));
+    }
     if (o.prune.kind != prune::PruneSpec::kNone && rep.modules_quantized == 0) {
       std::printf(", %llu pruned", static_cast<unsigned long long>(rep.tensors_pruned));
     }

@@ -1,5 +1,6 @@
 #include "format/source_quant.h"
 
+#include <cmath>
 #include <cstring>
 
 namespace quench {
@@ -183,6 +184,16 @@ float SourceScaleToF32(DType dtype, const uint8_t* p) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+size_t SourceScalesToF32(DType dtype, const uint8_t* p, size_t n, float* out) {
+  const size_t esize = DTypeBits(dtype) / 8;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = SourceScaleToF32(dtype, p + i * esize);
+    if (!(v >= 0.f) || std::isinf(v)) return i;
+    out[i] = v;
+  }
+  return n;
 }
 
 }  // namespace quench

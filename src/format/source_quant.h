@@ -48,6 +48,11 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder);
 // Decodes a scale element to the f32 multiplier it stands for (E8M0: 2^(e - 127), 0xFF NaN).
 float SourceScaleToF32(DType dtype, const uint8_t* p);
 
+// Decodes `n` scale elements stored from `p` into `out`, checking each: a multiplier must be
+// finite and not negative (zero is allowed: its block decodes to zeros, as the reference
+// computes it; -0 counts as zero). Returns the index of the first that is not, or n.
+size_t SourceScalesToF32(DType dtype, const uint8_t* p, size_t n, float* out);
+
 }  // namespace quench
 
 #endif  // QUENCH_FORMAT_SOURCE_QUANT_H_

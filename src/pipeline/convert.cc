@@ -265,13 +265,6 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     }
     return Error(first.code(), msg);
   }
-  // Decoding FP8 sources is planned and shown by --dry-run; the pipeline's decoding stage is
-  // not built yet (issue 17), so a run stops here rather than write undecoded bytes.
-  if (!plan.source_format.empty()) {
-    return Error(ErrorCode::kUnsupported,
-                 "the source is " + plan.source_format + "; quench plans its conversion "
-                 "(--dry-run) but cannot convert quantized sources yet");
-  }
   std::error_code ec;
   const bool worker = options.workers > 0;
   // A worker never removes DST: others may be about to write into it.
@@ -342,6 +335,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     for (size_t m : set) bytes += plan.tensors[m].src_bytes;
     largest_set = std::max(largest_set, bytes);
   }
+  // Per chunk in flight: its input pages and output buffer, plus a staging buffer when rows
+  // are pruned. A decoded source (FP8) needs none more: its chunks are sized by the decoded
+  // (BF16) rows, so their input pages are half a chunk, and a tensor written decoded is staged
+  // in the chunk's one buffer; quantized ones are decoded through per-thread tiles (kReserve).
   PipelineSizing sizing =
       SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
@@ -390,6 +387,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     if (t.action == TensorAction::kQuantize) ++sum.tensors_quantized;
     if (t.action == TensorAction::kCopy) ++sum.tensors_copied;
     if (t.action == TensorAction::kPrune) ++sum.tensors_pruned_only;
+    if (t.action == TensorAction::kDecode) ++sum.tensors_decoded;
   }
   // What this run read and wrote: shards --resume kept, or another worker's, were neither.
   for (const PlannedTensor& t : plan.tensors) {

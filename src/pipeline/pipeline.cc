@@ -10,6 +10,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "pipeline/buffers.h"
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
+#include "pipeline/source_decode.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -53,6 +55,10 @@ constexpr int kWriterThreads = 2;
 // converted (cold runs, bench/README.md); 16 to 256 MiB ahead measured alike. The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
+// Decoded rows of a source-quantized tensor per tile (QuantizeDecoded): small enough to stay
+// in a core's cache between decoding and quantizing. One tile buffer per worker thread, in
+// kReserve.
+constexpr uint64_t kDecodeTileBytes = 256 * 1024;
 
 class ShardPipeline {
  public:
@@ -216,14 +222,18 @@ class ShardPipeline {
     if (!take_copy) {
       const uint64_t cols = t.shape[1];
       const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+      // A decoded source row takes more room in its staging buffer (BF16) than in the input
+      // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
+      const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
       const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
-      uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(row_bytes, 1));
+      uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(work_row, 1));
       rows = std::max(align, rows / align * align);
       if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
       first.end = std::min(t.shape[0], cur.pos + rows);
       first.src_offset = t.src_offset + first.begin * row_bytes;
       first.src_len = (first.end - first.begin) * row_bytes;
-      in_left = Minus(sizing_.chunk_bytes, first.src_len + DirectIoAlignment());
+      in_left = Minus(sizing_.chunk_bytes,
+                      (first.end - first.begin) * work_row + DirectIoAlignment());
       out_left = Minus(sizing_.chunk_bytes, OutputBytes(t, first.end - first.begin));
     } else {
       // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
@@ -308,10 +318,11 @@ class ShardPipeline {
       SkipDone(cur);
       if (cur.tensor >= plan_.tensors.size()) return Status::Ok();
       const PlannedTensor& t = plan_.tensors[cur.tensor];
-      if (t.shard != first.shard || t.action != first.action || t.prune != first.prune) {
+      if (t.shard != first.shard || t.action != first.action || t.prune != first.prune ||
+          t.source_scale.has_value() != first.source_scale.has_value()) {
         return Status::Ok();
       }
-      const uint64_t in = t.src_bytes + a;
+      const uint64_t in = StagedBytes(t) + a;
       const uint64_t out = IsCopy(t) ? 0 : OutputBytes(t, t.shape[0]);
       if (in > in_left || out > out_left) return Status::Ok();
       in_left -= in;
@@ -405,6 +416,12 @@ class ShardPipeline {
     return fit >= rows - rows / 4 && fit > 0 ? fit : rows;
   }
 
+  // Input bytes of a whole tensor as a chunk holds them: decoded (BF16 staging) for a
+  // source-quantized one, else as read.
+  static uint64_t StagedBytes(const PlannedTensor& t) {
+    return t.source_scale ? t.shape[0] * ComputeRowBytes(t) : t.src_bytes;
+  }
+
   uint64_t Extent(const PlannedTensor& t) const {
     if (!IsCopy(t)) return t.src_bytes == 0 ? 0 : t.shape[0];
     return t.src_bytes;
@@ -414,7 +431,7 @@ class ShardPipeline {
   // (copied or pruned alone); for a quantized tensor, where its first output's rows would.
   uint64_t RowsFileOffset(const Piece& p, const PlannedTensor& t) const {
     const uint64_t o = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset;
-    return IsCopy(t) ? o + p.begin : o + p.begin * t.shape[1] * (DTypeBits(t.dtype) / 8);
+    return IsCopy(t) ? o + p.begin : o + p.begin * ComputeRowBytes(t);
   }
 
   // Pruning: each piece's rows, pruned, into a staging buffer (one pass from the mapping); the
@@ -454,6 +471,44 @@ class ShardPipeline {
     return rows_of;
   }
 
+  // Source-quantized tensors (an FP8 checkpoint's weights) written decoded (kDecode) or pruned
+  // alone: each piece's rows decoded to BF16 into a pooled staging buffer, placed like the
+  // rows' output offsets so that they go out from it as they are; pruned there in place when
+  // pruning. (Quantized ones are decoded tile by tile in Quantize instead.) Returns where each
+  // piece's decoded rows start.
+  std::vector<const uint8_t*> Decode(Chunk* c) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const Piece& p : c->pieces) {
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      ranges.emplace_back(RowsFileOffset(p, t), (p.end - p.begin) * ComputeRowBytes(t));
+    }
+    Placement place;
+    c->staging = pool_.Get(std::max<uint64_t>(place.Place(ranges), 1));
+    place.Bind(c->staging.data.get(), &c->writes);
+    std::vector<const uint8_t*> rows_of(c->pieces.size());
+    for (size_t i = 0; i < c->pieces.size(); ++i) {
+      Piece& p = c->pieces[i];
+      const PlannedTensor& t = plan_.tensors[p.tensor];
+      uint8_t* rows = c->staging.data.get() + place.at(i);
+      bool finite = true;
+      if (Status st = DecodeSourceRows(plan_, t, maps_, c->map->data() + p.src_offset, p.begin,
+                                       p.end, rows, &finite);
+          !st.ok()) {
+        Fail(st);
+        return rows_of;
+      }
+      p.finite = finite;
+      // Row pruning in place (per-tensor thresholds are refused for quantized sources at
+      // planning: their pre-pass reads whole tensors).
+      if (p.finite && t.prune) {
+        p.finite = prune::PruneRows(rows, rows, t.compute_dtype, p.end - p.begin, t.shape[1],
+                                    prune_spec_, &p.zeroed);
+      }
+      rows_of[i] = rows;
+    }
+    return rows_of;
+  }
+
   // Parallel stage: quantize rows straight from the mapping (or from the pruned staging copy)
   // into a pooled buffer; copied tensors are copied into one. A writer thread writes the
   // buffer, so no chunk needs its input pages once it leaves this stage.
@@ -465,7 +520,12 @@ class ShardPipeline {
       return c;
     }
     std::vector<const uint8_t*> rows_of;
-    if (t0.prune) {
+    if (t0.source_scale && t0.action != TensorAction::kQuantize) {
+      rows_of = Decode(c);  // written decoded (or pruned alone): staged whole
+      return c;             // Decode placed the writes
+    } else if (t0.source_scale) {
+      rows_of.assign(c->pieces.size(), nullptr);  // decoded tile by tile in Quantize
+    } else if (t0.prune) {
       rows_of = Prune(c);
     } else {
       for (const Piece& p : c->pieces) rows_of.push_back(c->map->data() + p.src_offset);
@@ -540,7 +600,7 @@ class ShardPipeline {
       for (size_t j = 0; j < t.kernel_outputs; ++j) outs.out[j] = c->buf.data.get() + place.at(k++);
       WeightChunk in;
       in.data = rows_of[i];
-      in.dtype = t.dtype;
+      in.dtype = t.compute_dtype;
       in.rows = p.end - p.begin;
       in.cols = t.shape[1];
       in.params.bits = t.params.bits;
@@ -548,6 +608,10 @@ class ShardPipeline {
       in.params.symmetric = t.params.symmetric;
       in.params.global_scale = t.global_scale;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
+      if (t.source_scale) {
+        QuantizeDecoded(c, p, t, in, outs);
+        continue;
+      }
       if (!t.scheme->kernel(in, outs)) {
         p.finite = false;
       } else if (errors_ != nullptr) {
@@ -555,6 +619,56 @@ class ShardPipeline {
         // costs little); every row of small ones, where a sample would be too noisy.
         const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
         AccumulateChunkError(*t.scheme, in, outs, p.begin, stride, &p.error);
+      }
+    }
+  }
+
+  // A piece of a source-quantized tensor: its rows decoded (and pruned) a tile at a time into a
+  // small per-thread buffer that stays in cache, each tile quantized at once into its place in
+  // the chunk's outputs. Decoding the whole piece first wrote and read back two bytes a weight
+  // through memory (bench/README.md, "FP8 sources"). Tiles are whole output slabs, so the
+  // kernel sees what a smaller chunk would show it: the bytes are the same.
+  void QuantizeDecoded(Chunk* c, Piece& p, const PlannedTensor& t, const WeightChunk& in,
+                       const ChunkOutputs& outs) {
+    const PlannedShard& ps = plan_.shards[t.shard];
+    uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
+    for (size_t j = 0; j < t.kernel_outputs; ++j) {
+      align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
+    }
+    const uint64_t tile_rows =
+        std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+    const uint64_t in_row = t.shape[1] * (DTypeBits(t.dtype) / 8);
+    thread_local std::vector<uint8_t> tile;
+    for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
+      const uint64_t r1 = std::min(p.end, r + tile_rows);
+      tile.resize((r1 - r) * ComputeRowBytes(t));
+      bool finite = true;
+      if (Status st = DecodeSourceRows(plan_, t, maps_,
+                                       c->map->data() + p.src_offset + (r - p.begin) * in_row, r,
+                                       r1, tile.data(), &finite);
+          !st.ok()) {
+        Fail(st);
+        return;
+      }
+      if (finite && t.prune) {
+        finite = prune::PruneRows(tile.data(), tile.data(), t.compute_dtype, r1 - r, t.shape[1],
+                                  prune_spec_, &p.zeroed);
+      }
+      WeightChunk sub = in;
+      sub.data = tile.data();
+      sub.rows = r1 - r;
+      ChunkOutputs so;
+      for (size_t j = 0; j < t.kernel_outputs; ++j) {
+        const PlannedOutput& o = ps.outputs[t.outputs[j]];
+        so.out[j] = outs.out[j] + (r - p.begin) / o.rows_per_slab * o.bytes_per_slab;
+      }
+      if (!finite || !t.scheme->kernel(sub, so)) {
+        p.finite = false;
+        return;
+      }
+      if (errors_ != nullptr) {
+        const uint64_t stride = t.shape[0] >= kErrorSampleMinRows ? kErrorRowStride : 1;
+        AccumulateChunkError(*t.scheme, sub, so, r, stride, &p.error);
       }
     }
   }
@@ -643,6 +757,7 @@ class ShardPipeline {
     const std::string where = plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
     const uint8_t* rows = c.map->data() + p.src_offset;
     const uint64_t cols = t.shape[1];
+    if (t.source_scale) return DecodedPieceFailure(t, p, rows, where);
     for (uint64_t r = 0; r < p.end - p.begin; ++r) {
       for (uint64_t k = 0; k < cols; ++k) {
         if (!std::isfinite(ElementToF32(rows, t.dtype, r * cols + k))) {
@@ -658,6 +773,38 @@ class ShardPipeline {
                      ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
                      " kernel refused finite input (" + std::string(DTypeName(t.dtype)) +
                      ", " + std::to_string(cols) + " columns); this is a bug in quench");
+  }
+
+  // PieceFailure for a source-quantized tensor's piece: a NaN code, named by row and column; a
+  // code times its scale beyond BF16's range; or, when the decoded rows are finite, a bug.
+  Status DecodedPieceFailure(const PlannedTensor& t, const Piece& p, const uint8_t* codes,
+                             const std::string& where) const {
+    const uint64_t rows = p.end - p.begin, cols = t.shape[1];
+    for (uint64_t i = 0; i < rows * cols; ++i) {
+      if ((codes[i] & 0x7F) == 0x7F) {
+        return Error(ErrorCode::kNonFinite,
+                     where + " holds a NaN E4M3 code (row " + std::to_string(p.begin + i / cols) +
+                         ", column " + std::to_string(i % cols) +
+                         "); refusing to decode it (fix the checkpoint or add it to --ignore)");
+      }
+    }
+    std::vector<uint8_t> decoded(rows * ComputeRowBytes(t));
+    bool finite = true;
+    if (Status st = DecodeSourceRows(plan_, t, maps_, codes, p.begin, p.end, decoded.data(),
+                                     &finite);
+        !st.ok()) {
+      return st;
+    }
+    if (!finite) {
+      return Error(ErrorCode::kNonFinite,
+                   where + " rows " + std::to_string(p.begin) + ".." +
+                       std::to_string(p.end - 1) + " decode beyond BF16's range (a code times "
+                       "its scale overflows); refusing to quantize them (fix the scale)");
+    }
+    return Error(ErrorCode::kInternal,
+                 where + " rows " + std::to_string(p.begin) + ".." + std::to_string(p.end - 1) +
+                     ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
+                     " kernel refused finite decoded input; this is a bug in quench");
   }
 
   // Serial output stage, in plan order: report a non-finite piece, publish finished shards,
@@ -768,13 +915,19 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   f.tokens = 2 * th;  // as SizePipeline
   // The smallest chunk SizePipeline makes (its clamp), for inputs and outputs alike.
   uint64_t in_unit = kMinChunkBytes, out_unit = kMinChunkBytes;
+  bool decoding = false;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
     const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
     const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
     const uint64_t in = rows * t.shape[1] * (DTypeBits(t.dtype) / 8) + DirectIoAlignment();
-    const uint64_t out = ChunkOutputBytes(plan, t, rows);
+    // A source-quantized tensor written decoded (or pruned alone) is staged whole, decoded, in
+    // the chunk's buffer; quantized, it is decoded through a per-thread tile (below).
+    const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize
+                             ? rows * ComputeRowBytes(t) + DirectIoAlignment()
+                             : ChunkOutputBytes(plan, t, rows);
+    decoding = decoding || t.source_scale.has_value();
     if (in + out > f.chunk_bytes) {
       f.tensor = i;
       f.chunk_rows = rows;
@@ -787,6 +940,8 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   // writers hold kMinWriteQueueChunks output buffers more.
   const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
   f.bytes = kBaseline + static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
+  // Decoded tiles: one per worker thread (QuantizeDecoded).
+  if (decoding) f.bytes += static_cast<uint64_t>(th) * kDecodeTileBytes;
   return f;
 }
 
@@ -797,6 +952,15 @@ Result<const MappedFile*> SourceMaps::Get(size_t shard) {
                             MappedFile::Open(plan_.shards[shard].src_path, /*keep_fd=*/true));
   }
   return &maps_[shard];
+}
+
+Status SourceMaps::Read(size_t shard, uint64_t offset, uint64_t len, uint8_t* dst) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (maps_[shard].data() == nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(maps_[shard],
+                            MappedFile::Open(plan_.shards[shard].src_path, /*keep_fd=*/true));
+  }
+  return maps_[shard].ReadInto(offset, len, dst);
 }
 
 void SourceMaps::Close(size_t shard) {

@@ -46,6 +46,10 @@ class SourceMaps {
   explicit SourceMaps(const Plan& plan) : plan_(plan), maps_(plan.shards.size()) {}
   Result<const MappedFile*> Get(size_t shard);
   void Close(size_t shard);
+  // Copies [offset, offset + len) of the shard with pread, under the lock, so that a reader
+  // in another shard's chunk (a weight's scale stored elsewhere) never races that shard's
+  // Close; a closed shard is opened again. For small reads (scales).
+  Status Read(size_t shard, uint64_t offset, uint64_t len, uint8_t* dst);
 
  private:
   const Plan& plan_;

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "format/file_io.h"
+#include "pipeline/source_decode.h"
 #include "schemes/chunk.h"
 #include "schemes/fp4.h"
 #include "schemes/prune.h"
@@ -136,24 +137,44 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
     const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
-    const uint64_t chunk_rows = std::max<uint64_t>(1, sizing_.chunk_bytes / row_bytes);
+    // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
+    // decoded model's, as the reference computes it), found from its codes and scales without
+    // decoding them (fp8::SourceAbsMax).
+    const bool decode = t.source_scale.has_value();
+    const uint64_t chunk_rows =
+        std::max<uint64_t>(1, sizing_.chunk_bytes / std::max(row_bytes, ComputeRowBytes(t)));
     const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
     std::vector<float> part(n_chunks, 0.f);
     std::atomic<bool> finite{true};
+    std::mutex error_mu;
+    Status error;
     tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
       if (cancel_ != nullptr && cancel_->load()) return;
       const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+      const uint8_t* src = m.data() + t.src_offset + r0 * row_bytes;
       WeightChunk in;
-      in.data = m.data() + t.src_offset + r0 * row_bytes;
-      in.dtype = t.dtype;
+      in.data = src;
+      in.dtype = t.compute_dtype;
       in.rows = r1 - r0;
       in.cols = cols;
-      if (!fp4::AbsMax(in, &part[c])) finite = false;
+      if (decode) {
+        bool ok = true;
+        Status st = SourceRowsAbsMax(plan_, t, maps_, src, r0, r1, &part[c], &ok);
+        if (!st.ok()) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (error.ok()) error = std::move(st);
+          return;
+        }
+        if (!ok) finite = false;
+      } else if (!fp4::AbsMax(in, &part[c])) {
+        finite = false;
+      }
       if (release) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
     });
     if (cancel_ != nullptr && cancel_->load()) {
       return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
     }
+    QUENCH_RETURN_IF_ERROR(error);
     if (!finite) {
       return Error(ErrorCode::kNonFinite,
                    plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
@@ -162,7 +183,7 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     }
     a = std::max(a, *std::max_element(part.begin(), part.end()));
   }
-  const float gs = fp4::Nvfp4GlobalScale(a, plan_.tensors[set.front()].dtype);
+  const float gs = fp4::Nvfp4GlobalScale(a, plan_.tensors[set.front()].compute_dtype);
   for (size_t ti : set) {
     PlannedTensor& t = plan_.tensors[ti];
     t.global_scale = gs;

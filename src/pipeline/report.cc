@@ -52,7 +52,7 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
   recipe.Set("written_ignore", Strings(plan.config_ignore));
 
   JsonValue tensors = JsonValue::MakeArray();
-  uint64_t quantized = 0, copied = 0, q_in = 0, q_out = 0;
+  uint64_t quantized = 0, copied = 0, decoded = 0, q_in = 0, q_out = 0;
   for (const PlannedTensor& t : plan.tensors) {
     const PlannedShard& ps = plan.shards[t.shard];
     JsonValue o = JsonValue::MakeObject();
@@ -74,6 +74,11 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       outs.Push(std::move(ot));
     }
     o.Set("bytes_out", JsonValue(out_bytes));
+    if (t.source_scale) {
+      // Stored quantized in the source: what kernels (or the output, decoding alone) read is
+      // the decoded BF16 rows.
+      o.Set("decoded_with", JsonValue(t.source_scale->name));
+    }
     if (t.action == TensorAction::kQuantize) {
       ++quantized;
       q_in += t.src_bytes;
@@ -101,6 +106,10 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       }
     } else if (t.action == TensorAction::kPrune) {
       o.Set("action", JsonValue("prune"));
+    } else if (t.action == TensorAction::kDecode) {
+      ++decoded;
+      o.Set("action", JsonValue("decode"));
+      o.Set("why", JsonValue(t.why));
     } else {
       ++copied;
       o.Set("action", JsonValue("copy"));
@@ -127,6 +136,7 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
   JsonValue totals = JsonValue::MakeObject();
   totals.Set("tensors_quantized", JsonValue(quantized));
   totals.Set("tensors_copied", JsonValue(copied));
+  totals.Set("tensors_decoded", JsonValue(decoded));
   totals.Set("bytes_in", JsonValue(plan.bytes_in));
   totals.Set("bytes_out", JsonValue(plan.bytes_out));
   totals.Set("quantized_bytes_in", JsonValue(q_in));

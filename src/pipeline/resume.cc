@@ -22,7 +22,15 @@ namespace {
 std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale) {
   std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
                             : t.action == TensorAction::kPrune  ? "|p|"
+                            : t.action == TensorAction::kDecode ? "|d|"
                                                                 : "|c|");
+  // A decoded weight depends on its scale, which may live in another source shard: that
+  // shard's size and header are part of what this shard was made from.
+  if (t.source_scale) {
+    const PlannedShard& ss = plan.shards[t.source_scale->shard];
+    d += "scale " + ss.rel_name + "|" + std::to_string(ss.src_size) + "|" +
+         std::to_string(ss.src_header_hash) + "|";
+  }
   if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
   if (t.scheme != nullptr) {
     d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
@@ -46,8 +54,9 @@ std::string Hex(uint64_t v) {
 }  // namespace
 
 // What a complete output shard depends on: the source shard (size and header bytes), the
-// output layout (header bytes), each tensor's action and scheme parameters, the NVFP4 global
-// scales (which depend on other shards) and quench's version.
+// output layout (header bytes), each tensor's action and scheme parameters, the shard holding
+// a decoded weight's scale, the NVFP4 global scales (which depend on other shards) and
+// quench's version.
 std::string ShardFingerprint(const Plan& plan, size_t s) {
   const PlannedShard& ps = plan.shards[s];
   uint64_t h = Fnv1a64(QUENCH_VERSION);

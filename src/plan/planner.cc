@@ -169,8 +169,9 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
   auto it = source_.scales.find(t.name);
   if (it == source_.scales.end()) return std::nullopt;
   const SourceScale& s = it->second;
-  return PlannedSourceScale{s.shard,      s.offset,     s.nbytes, s.dtype,
-                            s.block_rows, s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols};
+  return PlannedSourceScale{s.name,       s.shard,      s.offset,
+                            s.nbytes,     s.dtype,      s.block_rows,
+                            s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols};
 }
 
 Selection Planner::Select(std::string_view name, int* group, int* default_hit) {
@@ -258,6 +259,15 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
                                               pt.compute_dtype, g.scheme, g.params);
   if (!problem.empty()) {
     plan_.errors.push_back(Error(ErrorCode::kUnsupported, problem));
+    return copy("error");
+  }
+  if (pruning_ && plan_.prune.per_tensor && pt.source_scale) {
+    // The per-tensor threshold's pre-pass walks a whole tensor's stored values; a quantized
+    // source's are decoded chunk by chunk only.
+    plan_.errors.push_back(Error(
+        ErrorCode::kUnsupported,
+        rel_name + ": tensor '" + t.name + "' is stored quantized (" + std::string(DTypeName(t.dtype)) +
+            "); --prune-granularity tensor cannot read decoded weights yet (use row pruning)"));
     return copy("error");
   }
   pt.prune = pruning_;

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "schemes/float_formats.h"
 #include "schemes/fp8.h"
@@ -438,6 +439,35 @@ bool DequantizeSourceScalar(const SourceChunk& in, uint8_t* out) {
       std::memcpy(out + 2 * (r * in.cols + c), &y, 2);
     }
   }
+  return true;
+}
+
+bool SourceAbsMax(const SourceChunk& in, float* amax) {
+  const size_t first_tile_row = in.first_row / in.block_rows;
+  std::vector<uint8_t> top(in.scale_cols);
+  float best = 0.f;
+  for (size_t r = 0; r < in.rows;) {
+    const size_t tile_row = (in.first_row + r) / in.block_rows;
+    const size_t end = std::min(in.rows, (tile_row + 1) * in.block_rows - in.first_row);
+    std::fill(top.begin(), top.end(), uint8_t{0});
+    for (; r < end; ++r) {
+      const uint8_t* codes = in.codes + r * in.cols;
+      for (size_t j = 0, c0 = 0; c0 < in.cols; c0 += in.block_cols, ++j) {
+        const size_t c1 = std::min(in.cols, c0 + in.block_cols);
+        uint8_t m = top[j];
+        for (size_t c = c0; c < c1; ++c) m = std::max<uint8_t>(m, codes[c] & 0x7F);
+        top[j] = m;
+      }
+    }
+    const float* scales = in.scales + (tile_row - first_tile_row) * in.scale_cols;
+    for (size_t j = 0; j < in.scale_cols; ++j) {
+      if (top[j] == 0x7F) return false;  // a NaN code (the largest magnitude bits there are)
+      const float y = BF16ToF32(F32ToBF16(E4M3ToF32(top[j]) * scales[j]));
+      if (!std::isfinite(y)) return false;
+      best = std::max(best, std::fabs(y));
+    }
+  }
+  *amax = best;
   return true;
 }
 

@@ -46,6 +46,13 @@ struct SourceChunk {
 bool DequantizeSourceScalar(const SourceChunk& in, uint8_t* out);
 bool DequantizeSource(const SourceChunk& in, uint8_t* out);
 
+// The largest |x| of the chunk as DequantizeSource decodes it, without decoding it: with
+// non-negative scales (the caller checks them), |x| = RNE_bf16(f32(|code|) * scale) grows with
+// |code| (E4M3 magnitudes are ordered like their 7 low bits), so a tile's largest |x| is its
+// largest code's. One byte max per element instead of a decode (the NVFP4 pre-pass's need).
+// False exactly when DequantizeSource is (a NaN code, or a product not finite in bf16).
+bool SourceAbsMax(const SourceChunk& in, float* amax);
+
 }  // namespace quench::fp8
 
 #endif  // QUENCH_SCHEMES_FP8_H_

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "format/source_quant.h"
 #include "quench/dtype.h"
 #include "verify/config_groups.h"
 
@@ -35,7 +36,9 @@ struct ModuleView {
   DType zdt = DType::kI8;
   float gs = 1;                     // NVFP4 global scale
   const uint8_t* x = nullptr;       // source weight, when SRC
-  DType xdt = DType::kBF16;
+  DType xdt = DType::kBF16;          // as compared: BF16 for a weight decoded from FP8
+  // An FP8 source weight: x holds its E4M3 codes, decoded to BF16 rows by the walk.
+  const SourceScale* xscale = nullptr;
   double qmin = 0, qmax = 0;        // grid ends in the quotient domain
 };
 

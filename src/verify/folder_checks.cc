@@ -123,8 +123,19 @@ void Verifier::CheckSource() {
 // released as they are passed.
 void Verifier::CheckSourceTensor(const Shard& s, const TensorInfo& t) {
   const TensorInfo* d = dst_.Find(t.name);
+  if (auto w = scale_of_weight_.find(t.name); w != scale_of_weight_.end() && d == nullptr) {
+    // An FP8 weight's scale is consumed when the weight is written decoded or quantized; it
+    // must stay only beside a weight copied as FP8.
+    const TensorInfo* dw = dst_.Find(w->second);
+    const bool quantized = selected_.count(std::string(SplitModuleParam(w->second).first)) > 0;
+    if (dw == nullptr || quantized || dw->dtype != DType::kF8E4M3) return;
+  }
   if (d == nullptr) {
     Problem("SRC:" + s.rel_name, t.name, "missing", "source tensor absent from DST");
+    return;
+  }
+  if (const SourceScale* sc = SourceScaleOf(t.name); sc != nullptr && d->dtype != t.dtype) {
+    CheckDecodedTensor(s, t, *sc, *d);
     return;
   }
   const std::string& f = dst_.FileOf(t.name);

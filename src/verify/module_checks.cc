@@ -26,7 +26,10 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
   uint64_t out = 0, in = 0;
   bool have_shape = ResolveWeightShape(module, g, st, qt, &out, &in);
   std::vector<Expected> exp;
-  if (have_shape) exp = ExpectedTensors(g, out, in, st ? std::optional<DType>(st->dtype) : std::nullopt);
+  // Scales are in the weight's dtype as the kernels saw it: BF16 for a decoded FP8 source.
+  std::optional<DType> wdt;
+  if (st) wdt = SourceScaleOf(wname) ? DType::kBF16 : st->dtype;
+  if (have_shape) exp = ExpectedTensors(g, out, in, wdt);
   if (have_shape && g.group_size && in % g.group_size != 0) {
     Problem(file, module, "shape", "input dimension " + std::to_string(in) +
                                        " is not a multiple of the group size " +
@@ -225,6 +228,12 @@ bool Verifier::DescribeModule(const std::string& module, const Group& g,
   }
   if (st != nullptr) {
     const std::string wname = module + ".weight";
+    if (const SourceScale* sc = SourceScaleOf(wname); sc != nullptr && st->shape.size() == 2) {
+      v->x = src_->Data(wname);  // E4M3 codes, decoded a chunk of rows at a time by the walk
+      v->xdt = DType::kBF16;
+      v->xscale = sc;
+      return true;
+    }
     if (!IsQuantizableFloat(st->dtype)) {
       Problem("SRC:" + src_->FileOf(wname), wname, "changed",
               "source weight dtype " + std::string(DTypeName(st->dtype)) + " cannot be compared");

@@ -109,7 +109,12 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   const Group& g = *v.g;
   const double u = g.format == Format::kNvfp4 ? QuotientRounding(DType::kF32)
                                               : QuotientRounding(v.xdt);
-  const uint64_t row_src_bytes = v.x ? v.in * DTypeBits(v.xdt) / 8 : 0;
+  // Bytes of a source row as stored (an FP8 source's E4M3 codes: decoded chunk by chunk into
+  // `decoded`, rows [dec_begin, dec_end), which the walk then compares against).
+  const uint64_t row_src_bytes =
+      v.x ? v.in * DTypeBits(v.xscale ? DType::kF8E4M3 : v.xdt) / 8 : 0;
+  std::vector<uint8_t> decoded;
+  uint64_t dec_begin = 0, dec_end = 0;
   const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, v.in * 4));
   // --prune: against SRC, the source as pruned (a pruned element must dequantize to exactly 0);
   // without SRC, the structure of the dequantized zeros.
@@ -132,7 +137,18 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
     DecodeRow(v, r, b);
     const uint8_t* xrow = nullptr;
     if (v.x) {
-      xrow = pruned ? pruned->Row(r) : v.x + r * row_src_bytes;
+      if (v.xscale != nullptr && r == dec_end) {
+        dec_begin = r;
+        dec_end = std::min(v.out, r + rows_per_chunk);
+        decoded.resize((dec_end - dec_begin) * v.in * 2);
+        if (!DecodeSourceRows(wname, *v.xscale, v.x + r * row_src_bytes, v.in, dec_begin,
+                              dec_end, decoded.data())) {
+          return;
+        }
+      }
+      xrow = v.xscale != nullptr ? decoded.data() + (r - dec_begin) * v.in * 2
+             : pruned            ? pruned->Row(r)
+                                 : v.x + r * row_src_bytes;
       if (xrow == nullptr) {
         Problem("SRC:" + src_->FileOf(wname), wname, "pruned",
                 "the source holds NaN or Inf in row " + std::to_string(r) +

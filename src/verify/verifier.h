@@ -4,6 +4,7 @@
 //   module_walk.cc    one selected module's values: scales, codes, error bounds, SQNR, pruning
 //   folder_checks.cc  the index, unselected quantized modules, fused global scales, and the
 //                     source's tensors (copied, pruned, missing or extra)
+//   source_rows.cc    an FP8 SRC's weights decoded, and weights DST stores decoded
 //
 // Rules (VerifyProblem::rule):
 //   safetensors        a shard, the index or the folder cannot be read (truncated, malformed)
@@ -104,10 +105,21 @@ class Verifier {
   bool EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
                           std::string* why);
 
+  // source_rows.cc: an FP8-quantized SRC.
+  const SourceScale* SourceScaleOf(const std::string& weight) const;
+  // Rows [r0, r1) of FP8 weight `weight` (its codes from `codes`, row r0's) decoded to BF16
+  // into `out`. False, with the problem reported, on a bad scale or a NaN code.
+  bool DecodeSourceRows(const std::string& weight, const SourceScale& sc, const uint8_t* codes,
+                        uint64_t cols, uint64_t r0, uint64_t r1, uint8_t* out);
+  void CheckDecodedTensor(const Shard& s, const TensorInfo& t, const SourceScale& sc,
+                          const TensorInfo& d);
+
   const VerifyOptions& opt_;
   VerifyReport& rep_;
   Checkpoint dst_;
   std::optional<Checkpoint> src_;
+  SourceQuantization src_quant_;                        // SRC's stored quantization (FP8)
+  std::map<std::string, std::string> scale_of_weight_;  // SRC scale tensor -> its weight
   std::string config_file_;
   std::vector<Group> groups_;
   NameMatcher ignore_;

@@ -28,6 +28,15 @@ Status Verifier::OpenSource() {
   src_->folder = std::move(sf).value();
   auto split = SplitFusedExperts(src_->folder);
   if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+  auto q = DetectSourceQuantization(src_->folder);
+  if (!q.ok()) return Error(q.status().code(), "SRC " + q.status().message());
+  src_quant_ = std::move(q).value();
+  for (const auto& [weight, sc] : src_quant_.scales) scale_of_weight_[sc.name] = weight;
+  if (pruning() && !src_quant_.scales.empty()) {
+    return Error(ErrorCode::kUnsupported,
+                 "SRC is " + src_quant_.description +
+                     "; verify --prune cannot compare against a quantized source yet");
+  }
   return OpenMaps(*src_);
 }
 
@@ -168,6 +177,13 @@ Status Verifier::Run() {
   if (pruning() && dst_.folder.config &&
       dst_.folder.config->Find("quantization_config") == nullptr) {
     CheckPruneOnly();
+    return Status::Ok();
+  }
+  if (src_ && !src_quant_.scales.empty() && dst_.folder.config &&
+      dst_.folder.config->Find("quantization_config") == nullptr) {
+    // An FP8 source written decoded (--scheme BF16): no quantization_config, and every
+    // tensor is the source's, its FP8 weights decoded.
+    CheckSource();
     return Status::Ok();
   }
   if (!LoadConfig() && groups_.empty()) return Status::Ok();

@@ -9,6 +9,10 @@
 // weight_shape agrees with the packed tensors; NVFP4 fused siblings (q/k/v, gate/up incl.
 // per-expert, w1/w3, MLA q_a/kv_a) share one weight_global_scale; the index lists every tensor.
 //
+// An FP8-quantized SRC (quant_method fp8, weight_scale_inv): its weights are compared decoded
+// to BF16 (FP8BlockDequantizer's arithmetic); a weight DST stores unquantized must equal the
+// decoded source byte for byte, and its scale tensor is then absent from DST.
+//
 // Against SRC: nothing is missing or extra (every source tensor is either copied byte for byte
 // or replaced by its quantized tensors), and every quantized tensor dequantizes close to the
 // source: per-tensor SQNR at or above its format's threshold, and every element within the
@@ -84,6 +88,8 @@ struct VerifyReport {
   uint64_t modules_quantized = 0;     // modules the config selects (and DST quantizes)
   uint64_t tensors_copied = 0;        // source tensors found unchanged (SRC only)
   uint64_t tensors_pruned = 0;        // pruning alone: tensors equal to the pruned source
+  uint64_t tensors_decoded = 0;       // FP8 SRC weights DST stores decoded (BF16), equal to
+                                      // the decoded source
   uint64_t bytes_compared = 0;        // source bytes compared or dequantized against (SRC only)
   bool ok() const { return problems.empty(); }
 };

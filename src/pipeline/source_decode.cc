@@ -1,0 +1,81 @@
+#include "pipeline/source_decode.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "format/source_quant.h"
+#include "schemes/fp8.h"
+
+namespace quench {
+
+namespace {
+
+// The scales of the tile rows holding rows [r0, r1) of `t`, read from the scale's shard and
+// checked, and the chunk description over them (codes at `codes`).
+Status ReadScales(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                  const uint8_t* codes, uint64_t r0, uint64_t r1, std::vector<float>* scales,
+                  fp8::SourceChunk* in) {
+  const PlannedSourceScale& s = *t.source_scale;
+  // The tile rows that hold rows [r0, r1): scale_cols scales each, row-major.
+  const uint64_t tr0 = r0 / s.block_rows, tr1 = (r1 - 1) / s.block_rows + 1;
+  const uint64_t esize = DTypeBits(s.dtype) / 8;
+  const uint64_t first = tr0 * s.scale_cols, count = (tr1 - tr0) * s.scale_cols;
+  if ((first + count) * esize > s.nbytes) {
+    return Error(ErrorCode::kInternal, "tensor '" + s.name + "': scale rows " +
+                                           std::to_string(tr0) + ".." + std::to_string(tr1) +
+                                           " lie outside the tensor");
+  }
+  std::vector<uint8_t> raw(count * esize);
+  QUENCH_RETURN_IF_ERROR(maps.Read(s.shard, s.offset + first * esize, raw.size(), raw.data()));
+  scales->resize(count);
+  if (const size_t bad = SourceScalesToF32(s.dtype, raw.data(), count, scales->data());
+      bad < count) {
+    const uint64_t at = first + bad;
+    const float v = SourceScaleToF32(s.dtype, raw.data() + bad * esize);
+    return Error(ErrorCode::kInvalidInput,
+                 plan.shards[s.shard].rel_name + ": tensor '" + s.name + "' holds " +
+                     (std::isnan(v) ? "a NaN" : std::isinf(v) ? "an infinite" : "a negative") +
+                     " scale at [" + std::to_string(at / s.scale_cols) + ", " +
+                     std::to_string(at % s.scale_cols) + "]; '" + t.name +
+                     "' cannot be decoded (a scale must be finite and not negative)");
+  }
+  in->codes = codes;
+  in->rows = r1 - r0;
+  in->cols = t.shape[1];
+  in->first_row = r0;
+  in->scales = scales->data();
+  in->scale_cols = s.scale_cols;
+  in->block_rows = s.block_rows;
+  in->block_cols = s.block_cols;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                        const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
+                        bool* finite) {
+  *finite = true;
+  if (r1 <= r0) return Status::Ok();
+  std::vector<float> scales;
+  fp8::SourceChunk in;
+  QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
+  *finite = fp8::DequantizeSource(in, out);
+  return Status::Ok();
+}
+
+Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                        const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
+                        bool* finite) {
+  *finite = true;
+  *amax = 0.f;
+  if (r1 <= r0) return Status::Ok();
+  std::vector<float> scales;
+  fp8::SourceChunk in;
+  QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
+  *finite = fp8::SourceAbsMax(in, amax);
+  return Status::Ok();
+}
+
+}  // namespace quench

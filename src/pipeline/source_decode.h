@@ -1,0 +1,38 @@
+// Decoding a source-quantized weight's rows (an FP8 checkpoint's E4M3 codes and their
+// weight_scale_inv multipliers) to BF16 where the pipeline and the pre-passes read them: only
+// the scales of the rows' tile rows are read, from the scale's own shard, so a weight's scale
+// is read with its rows and never whole.
+#ifndef QUENCH_PIPELINE_SOURCE_DECODE_H_
+#define QUENCH_PIPELINE_SOURCE_DECODE_H_
+
+#include <cstdint>
+
+#include "pipeline/pipeline.h"
+#include "quench/plan.h"
+
+namespace quench {
+
+// Bytes of one row of `t` as the kernels read it (compute_dtype: BF16 when decoded).
+inline uint64_t ComputeRowBytes(const PlannedTensor& t) {
+  return t.shape[1] * (DTypeBits(t.compute_dtype) / 8);
+}
+
+// Decodes rows [r0, r1) of `t` (which has a source_scale) from `codes`, the E4M3 codes of
+// those rows, into `out` ((r1 - r0) * cols BF16 values). A scale that is NaN, infinite or
+// negative is bad input (kInvalidInput, naming the scale tensor and its element): a scale is
+// data, so this is where it is checked. *finite is set false when a code is NaN or a product
+// is not finite in bf16 (the pipeline then reports the rows as it reports any NaN or Inf).
+Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                        const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
+                        bool* finite);
+
+// The largest |x| of rows [r0, r1) of `t` decoded, computed without decoding them
+// (fp8::SourceAbsMax): the NVFP4 pre-pass's need. Scales are checked as DecodeSourceRows
+// checks them; *finite as DecodeSourceRows sets it.
+Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                        const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
+                        bool* finite);
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_SOURCE_DECODE_H_
