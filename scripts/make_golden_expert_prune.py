@@ -9,7 +9,8 @@ The reference is compressed-tensors 0.19.0's MagnitudeExpertPruner
 (entrypoints/convert/converters/magnitude_expert_pruner.py). Each case runs it:
   - alone:            convert_checkpoint(src, out, MagnitudeExpertPruner.from_pretrained(...))
   - with a scheme:    the same into a temporary folder, then
-                      llmcompressor.model_free_ptq(tmp, out, scheme=S, ignore=DEFAULT_IGNORE).
+                      llmcompressor.model_free_ptq(tmp, out, scheme=S, ignore=DEFAULT_IGNORE, plus
+                      the router for Mixtral, whose block_sparse_moe.gate it does not cover).
     model_free_ptq(src, out, scheme=S, converter=pruner) does both in one pass and writes the
     same shards and index, but its update_config never calls the converter's
     update_model_config, so its config.json keeps the unpruned expert count (a model vLLM
@@ -21,8 +22,14 @@ does not touch (its router pattern would score the 1-D bias as a router and cras
 it writes keeps E biases for fewer experts. quench slices the bias with the router. For those
 cases the golden output is the reference's with that one tensor replaced by
 `bias.index_select(0, retained)` (retained: the reference's own `retained_experts` for the
-layer's router), re-saved with the same safetensors.torch.save_file call the reference makes;
-the manifest marks them "bias_sliced_by_generator".
+layer's router), re-saved with the same safetensors.torch.save_file call the reference makes,
+and the index's total_size lowered by the bytes removed; the manifest marks them
+"bias_sliced_by_generator".
+
+NVFP4A16 is generated for the Mixtral layout only: on `mlp.experts.<i>.gate_proj/up_proj` the
+reference gives gate and up their own global scales (it fuses `mlp.(gate|up)_proj` only), where
+vLLM fuses them and quench shares one (README, deliberate differences); tests check the shared
+scale on the pruned experts separately.
 
 Writes (relative to data/golden/):
   xprune-*/src/...                  synthetic MoE checkpoints
@@ -231,7 +238,7 @@ CASES = [
     # (case, builder, shard_of, patterns, [(variant, sparsity, scheme or None)])
     ("xprune-2d", qwen_2d, qwen_shard_of, "2d",
      [("E0.5", 0.5, None), ("E0.3125", 0.3125, None), ("E0.5-FP8_DYNAMIC", 0.5, "FP8_DYNAMIC"),
-      ("E0.5-W4A16", 0.5, "W4A16"), ("E0.5-NVFP4A16", 0.5, "NVFP4A16")]),
+      ("E0.5-W4A16", 0.5, "W4A16")]),
     ("xprune-3d", fused_3d, None, "3d",
      [("E0.5", 0.5, None), ("E0.25-FP8_DYNAMIC", 0.25, "FP8_DYNAMIC")]),
     ("xprune-ds", deepseek, None, "2d",
@@ -254,6 +261,7 @@ def slice_bias(out_dir, retained):
     import torch
     from safetensors.torch import load_file, save_file
 
+    removed = 0
     for f in sorted(os.listdir(out_dir)):
         if not f.endswith(".safetensors"):
             continue
@@ -265,11 +273,29 @@ def slice_bias(out_dir, retained):
         for n in names:
             router = n[: -len("e_score_correction_bias")] + "weight"
             idx = torch.tensor(retained[router], dtype=torch.long)
+            removed += tensors[n].nbytes
             tensors[n] = tensors[n].index_select(0, idx).contiguous()
+            removed -= tensors[n].nbytes
         save_file(tensors, path)  # the call convert_file / _process_shard make
+    # The index's total_size, written as update_safetensors_index writes it.
+    index = os.path.join(out_dir, "model.safetensors.index.json")
+    with open(index) as f:
+        data = json.load(f)
+    data["metadata"]["total_size"] -= removed
+    with open(index, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+
+
+def ignore_for(patterns):
+    """model_free_ptq's ignore list: the routers stay unquantized (vLLM loads them so, and quench
+    only copies a router sliced to the kept experts)."""
+    if patterns == "mixtral":
+        return DEFAULT_IGNORE + ["re:.*block_sparse_moe\\.gate$"]
+    return DEFAULT_IGNORE
 
 
 def run_variant(src, out, patterns, sparsity, scheme):
+    ignore = ignore_for(patterns)
     from compressed_tensors.entrypoints.convert import convert_checkpoint
     import llmcompressor.entrypoints.model_free as mf
 
@@ -283,9 +309,9 @@ def run_variant(src, out, patterns, sparsity, scheme):
         with tempfile.TemporaryDirectory() as tmp:
             convert_checkpoint(src, os.path.join(tmp, "pruned"), conv, device="cpu")
             mf.model_free_ptq(os.path.join(tmp, "pruned"), out, scheme=scheme,
-                              ignore=DEFAULT_IGNORE, device="cpu")
+                              ignore=ignore, device="cpu")
             one = os.path.join(tmp, "one-pass")
-            mf.model_free_ptq(src, one, scheme=scheme, ignore=DEFAULT_IGNORE, device="cpu",
+            mf.model_free_ptq(src, one, scheme=scheme, ignore=ignore, device="cpu",
                               converter=pruner(src, patterns, sparsity))
             for f in sorted(os.listdir(out)):
                 a = open(os.path.join(out, f), "rb").read()
@@ -297,7 +323,7 @@ def run_variant(src, out, patterns, sparsity, scheme):
                 elif a != b:
                     raise SystemExit(f"one-pass model_free_ptq(converter=) wrote another {f}")
         entry["reference_call"] = ("convert_checkpoint(src, tmp, MagnitudeExpertPruner(...)); "
-                                   f"model_free_ptq(tmp, dst, scheme={scheme!r}, ignore=DEFAULT_IGNORE)")
+                                   f"model_free_ptq(tmp, dst, scheme={scheme!r}, ignore=ignore)")
     return entry
 
 
@@ -370,7 +396,8 @@ def main():
                 entry["bias_sliced_by_generator"] = True
             entry.update({"name": f"{case}/{variant}", "source": f"golden/{case}/src",
                           "expected": f"golden/{case}/{variant}", "prune_experts": sparsity,
-                          "scheme": scheme or "none", "patterns": PATTERNS[patterns]})
+                          "scheme": scheme or "none", "patterns": PATTERNS[patterns],
+                          "ignore": ignore_for(patterns) if scheme else []})
             manifest["cases"].append(entry)
             print(entry["name"], entry["retained"], file=sys.stderr)
     manifest["topk"] = topk_cases()

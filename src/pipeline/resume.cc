@@ -27,6 +27,9 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
     std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
                               : t.action == TensorAction::kPrune  ? "|p|"
                                                                   : "|c|");
+    // Where the bytes come from: expert pruning can keep other experts with the same layout.
+    d += std::to_string(t.src_offset) + "|";
+    for (const auto& [at, len] : t.src_ranges) d += std::to_string(at) + "+" + std::to_string(len) + "|";
     if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
     if (t.scheme != nullptr) {
       d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
