@@ -98,6 +98,8 @@ def qwen_2d(seed):
     for layer in range(2):
         p = f"model.layers.{layer}"
         t.update(attention(rng, p))
+        t[f"{p}.self_attn.q_norm.weight"] = bf16_randn(rng, 32, std=1.0)  # Qwen3's per-head norms
+        t[f"{p}.self_attn.k_norm.weight"] = bf16_randn(rng, 32, std=1.0)
         t[f"{p}.mlp.gate.weight"] = (bf16_randn(rng, 8, H, std=0.05) if layer == 0
                                      else tied_router(rng, 8))
         for e in range(8):
