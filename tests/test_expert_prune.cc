@@ -362,6 +362,98 @@ TEST_SUITE("expert_prune") {
     }
   }
 
+  TEST_CASE("composes with a recipe and with --prune: the same experts, renamed alike") {
+    const auto& c = Manifest().Find("cases")->as_array()[2];  // xprune-2d/E0.5-FP8_DYNAMIC
+    REQUIRE(c.Find("name")->as_string() == "xprune-2d/E0.5-FP8_DYNAMIC");
+    qt::TempDir tmp;
+    qt::WriteBytes(tmp / "recipe.yaml",
+                   "quant_stage:\n  quant_modifiers:\n    QuantizationModifier:\n"
+                   "      scheme: FP8_DYNAMIC\n      targets: [Linear]\n"
+                   "      ignore: [lm_head, 're:.*embed_tokens$', 're:.*mlp\\.gate$']\n");
+    quench::ConvertOptions o = OptionsFor(c, tmp / "out");
+    o.scheme.clear();
+    o.ignore.clear();
+    o.recipe = tmp / "recipe.yaml";
+    auto r = quench::Convert(o);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    // The weights and index are the reference's; config.json names the recipe's group.
+    const fs::path want = qt::DataDir() / c.Find("expected")->as_string();
+    for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                          "model.safetensors.index.json"}) {
+      CAPTURE(f);
+      CHECK(qt::ReadBytes(o.dst / f) == qt::ReadBytes(want / f));
+    }
+    // With 2:4 pruning too: the pruned model's tensors are the kept experts' names only.
+    quench::ConvertOptions p = OptionsFor(c, tmp / "out24");
+    p.prune = "2:4";
+    auto r24 = quench::Convert(p);
+    REQUIRE_MESSAGE(r24.ok(), r24.status().ToString());
+    const auto got = qt::LoadAll(p.dst);
+    for (int e = 0; e < 8; ++e) {
+      const std::string n = "model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj.weight";
+      CHECK((qt::FindTensor(got, n).second != nullptr) == (e < 4));
+    }
+    CHECK(r24->pruned_tensors == 2 * 4 * 3 + 2 * 4);  // kept experts' 3 weights, q/k/v/o
+  }
+
+  TEST_CASE("[E, in, out] stacks, router bias and stack biases (gpt-oss layout) are sliced") {
+    // Router rows with L1 norms 8 * (1, 5, 2, 7, 3, 6) (row e all equal to its weight), so
+    // keeping half keeps experts 1, 3, 5 by construction; every stack element holds its expert
+    // index, so a misplaced slice is visible.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src";
+    fs::create_directories(src);
+    const std::vector<float> weight = {1, 5, 2, 7, 3, 6};
+    std::vector<float> router;
+    for (float w : weight) router.insert(router.end(), 8, w);
+    auto stack = [](uint64_t per) {
+      std::vector<float> v;
+      for (int e = 0; e < 6; ++e) v.insert(v.end(), per, static_cast<float>(e));
+      return qt::Bf16Bytes(v);
+    };
+    const std::string p = "model.layers.0.mlp.";
+    qt::WriteShard(src / "model.safetensors",
+                   {{p + "router.weight", DType::kBF16, {6, 8}, qt::Bf16Bytes(router)},
+                    {p + "router.bias", DType::kBF16, {6}, stack(1)},
+                    {p + "experts.gate_up_proj", DType::kBF16, {6, 8, 32}, stack(256)},
+                    {p + "experts.gate_up_proj_bias", DType::kBF16, {6, 32}, stack(32)},
+                    {p + "experts.down_proj", DType::kBF16, {6, 16, 8}, stack(128)},
+                    {p + "experts.down_proj_bias", DType::kBF16, {6, 8}, stack(8)},
+                    {"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {8, 8},
+                     qt::Bf16Bytes(std::vector<float>(64, 0.5f))}});
+    qt::WriteBytes(src / "config.json",
+                   R"({"hidden_size": 8, "num_local_experts": 6, "num_experts_per_tok": 2})");
+    quench::ConvertOptions o;
+    o.src = src;
+    o.dst = tmp / "out";
+    o.scheme = "FP8_DYNAMIC";
+    o.prune_experts = 0.5;
+    o.memory_limit = 1 << 20;
+    auto r = quench::Convert(o);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    const auto got = qt::LoadAll(o.dst);
+    const std::vector<float> kept = {1, 3, 5};
+    auto check = [&](const std::string& name, uint64_t per) {
+      CAPTURE(name);
+      auto [l, t] = qt::FindTensor(got, name);
+      REQUIRE(t != nullptr);
+      REQUIRE(t->shape[0] == 3);
+      for (uint64_t i = 0; i < 3 * per; ++i) {
+        CHECK(qt::DecodeBF16(l->Data(*t) + 2 * i) == kept[i / per]);
+      }
+    };
+    check(p + "router.bias", 1);
+    check(p + "experts.gate_up_proj", 256);
+    check(p + "experts.gate_up_proj_bias", 32);
+    check(p + "experts.down_proj", 128);
+    check(p + "experts.down_proj_bias", 8);
+    auto [lr, rt] = qt::FindTensor(got, p + "router.weight");
+    REQUIRE(rt != nullptr);
+    for (uint64_t i = 0; i < 24; ++i) CHECK(qt::DecodeBF16(lr->Data(*rt) + 2 * i) == weight[1 + 2 * (i / 8)]);
+    const std::string cfg = qt::ReadBytes(o.dst / "config.json");
+    CHECK(cfg.find("\"num_local_experts\": 3") != std::string::npos);
+  }
+
   TEST_CASE("shared experts are kept whole and untouched") {
     const auto& c = Manifest().Find("cases")->as_array()[6];
     REQUIRE(c.Find("name")->as_string() == "xprune-ds/E0.5");

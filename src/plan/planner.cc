@@ -26,6 +26,7 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding"},
     {"re:.*mlp\\.gate$", "MoE router gate"},
     {"re:.*block_sparse_moe\\.gate$", "MoE router gate"},
+    {"re:.*(mlp|feed_forward)\\.router$", "MoE router"},  // gpt-oss, Llama 4
     {"re:.*shared_expert_gate$", "shared-expert gate"},
 };
 
