@@ -454,6 +454,34 @@ TEST_SUITE("expert_prune") {
     CHECK(cfg.find("\"num_local_experts\": 3") != std::string::npos);
   }
 
+  TEST_CASE("a bias beside the router module (MiniMax) is sliced with it") {
+    // WriteMoe's router row e holds 0..7 plus e: L1 norm 28 + 8e, so half keeps experts 2, 3.
+    qt::TempDir tmp;
+    std::string bias(16, '\0');
+    for (int e = 0; e < 4; ++e) {
+      const float v = 10.0f + static_cast<float>(e);
+      std::memcpy(bias.data() + 4 * e, &v, 4);
+    }
+    const fs::path src = WriteMoe(
+        tmp, {{"model.layers.0.mlp.e_score_correction_bias", DType::kF32, {4}, bias}}, kConfig);
+    quench::ConvertOptions o;
+    o.src = src;
+    o.dst = tmp / "out";
+    o.scheme = "none";
+    o.prune_experts = 0.5;
+    auto r = quench::Convert(o);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    const auto got = qt::LoadAll(o.dst);
+    auto [l, t] = qt::FindTensor(got, "model.layers.0.mlp.e_score_correction_bias");
+    REQUIRE(t != nullptr);
+    CHECK(t->shape == std::vector<uint64_t>{2});
+    CHECK(std::string(reinterpret_cast<const char*>(l->Data(*t)), 8) == bias.substr(8, 8));
+    auto [l1, e1] = qt::FindTensor(got, "model.layers.0.mlp.experts.1.w.weight");
+    REQUIRE(e1 != nullptr);
+    CHECK(qt::DecodeBF16(l1->Data(*e1)) == 4.0);  // old expert 3 (weights 1 + e)
+    CHECK(qt::FindTensor(got, "model.layers.0.mlp.experts.2.w.weight").second == nullptr);
+  }
+
   TEST_CASE("shared experts are kept whole and untouched") {
     const auto& c = Manifest().Find("cases")->as_array()[6];
     REQUIRE(c.Find("name")->as_string() == "xprune-ds/E0.5");

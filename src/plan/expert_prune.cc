@@ -133,6 +133,10 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
     for (auto it = all.lower_bound(module); it != all.end() && it->first.starts_with(module); ++it) {
       if (it->first != layer.router) stack(it->first);
     }
+    // MiniMax keeps its bias beside the router module rather than in it.
+    if (const std::string bias = prefix + ".e_score_correction_bias"; all.contains(bias)) {
+      stack(bias);
+    }
     for (const std::string& name : names) {
       const std::string rest = name.substr(prefix.size() + kExperts.size());
       const std::string first = rest.substr(0, rest.find('.'));

@@ -32,7 +32,8 @@ struct MoeLayer {
   TensorInfo router_info;
   uint64_t experts = 0;  // E: the router's rows
   // Tensors sliced along dimension 0 to the kept experts: the router, the router module's
-  // other tensors of E rows (DeepSeek's e_score_correction_bias, a router bias) and expert
+  // other tensors of E rows (DeepSeek's e_score_correction_bias, a router bias), a
+  // `<prefix>.e_score_correction_bias` (MiniMax) and expert
   // stacks (`experts.gate_up_proj` [E, 2I, H], a [E, X] bias).
   std::vector<std::string> sliced;
   // Per-expert tensors (`experts.<i>.<rest>`) and their expert index i.
