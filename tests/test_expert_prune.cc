@@ -5,6 +5,8 @@
 // scripts/make_golden_expert_prune.py with the pinned reference; Python's round() for
 // ExpertsKept.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <limits>
@@ -480,6 +482,63 @@ TEST_SUITE("expert_prune") {
     REQUIRE(e1 != nullptr);
     CHECK(qt::DecodeBF16(l1->Data(*e1)) == 4.0);  // old expert 3 (weights 1 + e)
     CHECK(qt::FindTensor(got, "model.layers.0.mlp.experts.2.w.weight").second == nullptr);
+  }
+
+  TEST_CASE("a sliced 3-D stack 4x the memory limit is copied under the limit") {
+    // [8, 2048, 8192] BF16 = 256 MiB, limit 64 MiB; router rows with L1 norms 64 x
+    // (1, 5, 2, 7, 3, 6, 4, 8) keep experts 1, 3, 5, 7: four separate 32 MiB runs. Expert e's
+    // elements all hold e, so each kept slice is checked at its first and last element.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src";
+    fs::create_directories(src);
+    const std::vector<float> w = {1, 5, 2, 7, 3, 6, 4, 8};
+    std::vector<float> router;
+    for (float v : w) router.insert(router.end(), 64, v);
+    const uint64_t per = 2048ull * 8192;
+    const std::string stack = "model.layers.0.mlp.experts.down_proj";
+    auto layout = quench::LayOutSafetensors(
+        {{"model.layers.0.mlp.gate.weight", DType::kBF16, {8, 64}, 8 * 64 * 2},
+         {stack, DType::kBF16, {8, 2048, 8192}, 8 * per * 2}});
+    const int fd = open((src / "model.safetensors").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE(fd >= 0);
+    REQUIRE(pwrite(fd, layout.header.data(), layout.header.size(), 0) ==
+            static_cast<ssize_t>(layout.header.size()));
+    for (const auto& ti : layout.tensors) {
+      const uint64_t at = layout.data_start + ti.begin;
+      if (ti.name != stack) {
+        const std::string b = qt::Bf16Bytes(router);
+        REQUIRE(pwrite(fd, b.data(), b.size(), static_cast<off_t>(at)) == static_cast<ssize_t>(b.size()));
+        continue;
+      }
+      for (int e = 0; e < 8; ++e) {
+        const std::string chunk = qt::Bf16Bytes(std::vector<float>(1 << 20, static_cast<float>(e)));
+        for (uint64_t off = 0; off < per * 2; off += chunk.size()) {
+          REQUIRE(pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(at + e * per * 2 + off)) ==
+                  static_cast<ssize_t>(chunk.size()));
+        }
+      }
+    }
+    close(fd);
+    qt::WriteBytes(src / "config.json", R"({"num_local_experts": 8, "num_experts_per_tok": 2})");
+    auto r = qt::RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme", "none",
+                            "--prune-experts", "0.5", "--memory-limit", "64M", "-q"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    MESSAGE("sliced stack: peak RSS " << r.max_rss_kib << " KiB, limit 65536 KiB");
+    CHECK(r.max_rss_kib < 64 * 1024);
+    auto shard = quench::LoadShard(tmp / "out/model.safetensors", "model.safetensors");
+    REQUIRE(shard.ok());
+    const std::string out = qt::ReadBytes(tmp / "out/model.safetensors");
+    for (const auto& t : shard->header.tensors) {
+      if (t.name != stack) continue;
+      CHECK(t.shape == std::vector<uint64_t>{4, 2048, 8192});
+      const std::vector<float> kept = {1, 3, 5, 7};
+      for (size_t j = 0; j < 4; ++j) {
+        const auto* base = reinterpret_cast<const uint8_t*>(out.data()) + shard->header.data_start +
+                           t.begin + j * per * 2;
+        CHECK(qt::DecodeBF16(base) == kept[j]);
+        CHECK(qt::DecodeBF16(base + per * 2 - 2) == kept[j]);
+      }
+    }
   }
 
   TEST_CASE("shared experts are kept whole and untouched") {
