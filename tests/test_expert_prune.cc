@@ -44,9 +44,13 @@ quench::ConvertOptions OptionsFor(const quench::JsonValue& c, const fs::path& ds
   return o;
 }
 
-void CompareFolders(const fs::path& got, const fs::path& want) {
+// Every file of `want` (and no other, except config.json when `weights_only`) in `got`,
+// byte for byte.
+void CompareFolders(const fs::path& got, const fs::path& want, bool weights_only = false) {
   const auto names = qt::ListFiles(want);
-  CHECK(qt::ListFiles(got) == names);
+  auto got_names = qt::ListFiles(got);
+  if (weights_only) std::erase(got_names, std::string("config.json"));
+  CHECK(got_names == names);
   for (const std::string& f : names) {
     CAPTURE(f);
     const std::string a = qt::ReadBytes(got / f), b = qt::ReadBytes(want / f);
@@ -103,7 +107,7 @@ quench::Status PlanStatus(const fs::path& src, double fraction, const std::strin
 TEST_SUITE("expert_prune") {
   TEST_CASE("every golden case equals the reference's output byte for byte") {
     const auto& cases = Manifest().Find("cases")->as_array();
-    REQUIRE(cases.size() == 10);
+    REQUIRE(cases.size() == 12);
     for (const auto& c : cases) {
       CAPTURE(c.Find("name")->as_string());
       qt::TempDir tmp;
@@ -111,7 +115,15 @@ TEST_SUITE("expert_prune") {
       o.memory_limit = 1 << 20;  // small chunks: copies of sliced routers cut into pieces
       auto r = quench::Convert(o);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      CompareFolders(o.dst, qt::DataDir() / c.Find("expected")->as_string());
+      // "weights": a shard emptied by pruning makes the reference's two-step composition fail;
+      // its one-pass run (model_free_ptq(converter=)) wrote these, with a config.json that
+      // keeps the unpruned expert count, which is not compared.
+      const auto* compare = c.Find("compare");
+      const bool weights_only = compare != nullptr && compare->as_string() == "weights";
+      CompareFolders(o.dst, qt::DataDir() / c.Find("expected")->as_string(), weights_only);
+      if (weights_only) {
+        CHECK(qt::ReadBytes(o.dst / "config.json").find("\"num_experts\": 2") != std::string::npos);
+      }
     }
   }
 
