@@ -10,4 +10,7 @@ build="${QUENCH_BUILD_DIR:-$root/build}"
 if [ ! -f "$build/build.ninja" ]; then
   "$MESON" setup "$build" "$root" --buildtype=release >/dev/null
 fi
-"$MESON" compile -C "$build" >/dev/null
+# Quiet when it succeeds; the compiler's messages (ninja prints them on stdout) when it fails.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+"$MESON" compile -C "$build" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }

@@ -34,19 +34,22 @@ namespace {
 
 quench::Result<quench::ConvertSummary> ConvertDir(const fs::path& src, const fs::path& dst,
                                                   const std::string& scheme, int threads = 0,
-                                                  uint64_t memory = quench::kDefaultMemoryLimit,
+                                                  uint64_t chunk_bytes = 0,
                                                   bool direct_io = true) {
   quench::ConvertOptions o;
   o.src = src;
   o.dst = dst;
   o.scheme = scheme;
   o.threads = threads;
-  o.memory_limit = memory;
+  o.chunk_bytes = chunk_bytes;
   o.direct_io = direct_io;
   return quench::Convert(o);
 }
 
 const fs::path kTiny = qt::DataDir() / "tiny-llama";
+// The smallest chunk the pipeline sizes (what --memory-limit 1M gave): small tensors span
+// several chunks.
+constexpr uint64_t kSmallChunk = 256 * 1024;
 
 void CheckFp8Dequantizes(const std::map<std::string, Loaded>& src,
                          const std::map<std::string, Loaded>& dst, const std::string& module,
@@ -157,10 +160,10 @@ TEST_SUITE("convert") {
       qt::TempDir tmp;
       REQUIRE(ConvertDir(kTiny, tmp / "a", scheme, 1).ok());
       // A 1 MiB budget forces the smallest chunks: many per tensor, several in flight.
-      REQUIRE(ConvertDir(kTiny, tmp / "b", scheme, 2, 1 << 20).ok());
+      REQUIRE(ConvertDir(kTiny, tmp / "b", scheme, 2, kSmallChunk).ok());
       REQUIRE(ConvertDir(kTiny, tmp / "c", scheme, 2).ok());
       // Through the page cache (--no-direct-io) instead of O_DIRECT.
-      REQUIRE(ConvertDir(kTiny, tmp / "d", scheme, 2, 1 << 20, false).ok());
+      REQUIRE(ConvertDir(kTiny, tmp / "d", scheme, 2, kSmallChunk, false).ok());
       for (const std::string& f : qt::ListFiles(tmp / "a")) {
         CAPTURE(f);
         CHECK(qt::ReadBytes(tmp / "a" / f) == qt::ReadBytes(tmp / "b" / f));
@@ -200,7 +203,7 @@ TEST_SUITE("convert") {
     for (int threads : {1, 2}) {
       CAPTURE(threads);
       const fs::path out = tmp / ("out" + std::to_string(threads));
-      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, 1 << 20);
+      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, kSmallChunk);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       auto dst = LoadAll(out);
       CHECK(dst.size() == 3);
@@ -280,13 +283,13 @@ TEST_SUITE("convert") {
     for (const char* scheme : {"FP8_DYNAMIC", "W4A16"}) {
       const bool fp8 = std::string(scheme) == "FP8_DYNAMIC";
       for (int threads : {1, 2}) {
-        for (uint64_t memory : {uint64_t{1} << 20, quench::kDefaultMemoryLimit}) {
+        for (uint64_t chunk : {kSmallChunk, uint64_t{0}}) {
           CAPTURE(scheme);
           CAPTURE(threads);
-          CAPTURE(memory);
+          CAPTURE(chunk);
           const fs::path out = tmp / "out";
           fs::remove_all(out);
-          auto r = ConvertDir(tmp / "src", out, scheme, threads, memory);
+          auto r = ConvertDir(tmp / "src", out, scheme, threads, chunk);
           REQUIRE_MESSAGE(r.ok(), r.status().ToString());
           auto dst = LoadAll(out);
           REQUIRE(dst.size() == 2);
@@ -355,7 +358,7 @@ TEST_SUITE("convert") {
     for (int threads : {1, 2}) {
       CAPTURE(threads);
       const fs::path out = tmp / ("nan" + std::to_string(threads));
-      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, 1 << 20);
+      auto r = ConvertDir(tmp / "src", out, "FP8_DYNAMIC", threads, kSmallChunk);
       REQUIRE_FALSE(r.ok());
       CHECK(r.status().code() == quench::ErrorCode::kNonFinite);
       CHECK_MESSAGE(r.status().message().find("'" + shards[0][60].name + "'") != std::string::npos,
@@ -520,6 +523,7 @@ TEST_SUITE("convert") {
       CHECK(r.exit_code == 3);
       CHECK(r.err.find("b.proj.weight") != std::string::npos);
       CHECK(r.err.find("NaN") != std::string::npos);
+      CHECK_MESSAGE(r.err.find("(row 6, column 4)") != std::string::npos, r.err);  // 100 = 6*16+4
       CHECK_FALSE(fs::exists(tmp / "o"));
       std::vector<float> w(32 * 16, 0.5f);
       w[7] = INFINITY;

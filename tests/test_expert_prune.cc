@@ -112,7 +112,7 @@ TEST_SUITE("expert_prune") {
       CAPTURE(c.Find("name")->as_string());
       qt::TempDir tmp;
       quench::ConvertOptions o = OptionsFor(c, tmp / "out");
-      o.memory_limit = 1 << 20;  // small chunks: copies of sliced routers cut into pieces
+      o.chunk_bytes = 1024;  // small chunks: copies of sliced routers cut into pieces
       auto r = quench::Convert(o);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       // "weights": a shard emptied by pruning makes the reference's two-step composition fail;
@@ -442,7 +442,7 @@ TEST_SUITE("expert_prune") {
     o.dst = tmp / "out";
     o.scheme = "FP8_DYNAMIC";
     o.prune_experts = 0.5;
-    o.memory_limit = 1 << 20;
+    o.chunk_bytes = 1024;
     auto r = quench::Convert(o);
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     const auto got = qt::LoadAll(o.dst);

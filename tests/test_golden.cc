@@ -80,7 +80,7 @@ TEST_SUITE("golden") {
       qt::TempDir tmp;
       o.dst = tmp / "out";
       // Small chunks so that parity is also checked across chunk boundaries.
-      o.memory_limit = 1 << 20;
+      o.chunk_bytes = 256 * 1024;
       auto r = quench::Convert(o);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       fs::path expected = data / c.Find("expected")->as_string();

@@ -89,6 +89,20 @@ TEST_SUITE("map_guard") {
       }
       CHECK_FALSE(fs::exists(o.dst / "model.safetensors"));
     }
+    // The file restored, --resume in the same DST (temporary files left) finishes the run with
+    // the bytes of an uninterrupted one.
+    WriteShard(shard, {{"layer.weight", DType::kBF16, {512, 1024}, Bf16Bytes(w)}});
+    auto resumed = RunQuench({"convert", o.src.string(), o.dst.string(), "--scheme",
+                              "FP8_DYNAMIC", "--resume", "-q"});
+    REQUIRE_MESSAGE(resumed.exit_code == 0, resumed.err);
+    auto fresh = RunQuench({"convert", o.src.string(), (dir / "fresh").string(), "--scheme",
+                            "FP8_DYNAMIC", "-q"});
+    REQUIRE(fresh.exit_code == 0);
+    REQUIRE(ListFiles(o.dst) == ListFiles(dir / "fresh"));
+    for (const std::string& f : ListFiles(o.dst)) {
+      CAPTURE(f);
+      CHECK(ReadBytes(o.dst / f) == ReadBytes(dir / "fresh" / f));
+    }
   }
 
   TEST_CASE("guards nest: the inner one reports, the outer one goes on") {

@@ -218,4 +218,43 @@ TEST_SUITE("memory") {
     CHECK(refused > 0);  // the sweep reached limits that are too small
     CHECK(ok > 0);       // and ones that are enough
   }
+
+  TEST_CASE("a budget below the plan's minimum is refused with the figure; the figure is honoured") {
+    // FP8_BLOCK quantizes 128-row blocks: a chunk of this 65,536-wide weight is at least
+    // 16 MiB of input however small the budget, so --memory-limit 16M cannot be honoured.
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 512, 65536);  // 64 MiB, four block rows
+    const std::vector<std::string> base = {"convert", (tmp / "src").string(),
+                                           (tmp / "out").string(), "--scheme", "FP8_BLOCK",
+                                           "--threads", "2", "-q"};
+    auto with = [&](std::vector<std::string> extra) {
+      std::vector<std::string> a = base;
+      a.insert(a.end(), extra.begin(), extra.end());
+      return qt::RunQuench(a);
+    };
+    auto refused = with({"--memory-limit", "16M"});
+    CHECK(refused.exit_code == 2);
+    CHECK_FALSE(fs::exists(tmp / "out"));
+    const std::string key = "is below what this conversion needs: ";
+    const size_t at = refused.err.find(key);
+    REQUIRE_MESSAGE(at != std::string::npos, refused.err);
+    CHECK(refused.err.find("down_proj.weight' needs 128 row(s) per chunk for FP8_BLOCK") !=
+          std::string::npos);
+    const long floor_mib = std::stol(refused.err.substr(at + key.size()));
+    MESSAGE("minimum " << floor_mib << " MiB");
+    // Four 16 MiB blocks in flight cannot fit under 64 MiB; a floor far above what the chunks
+    // need would refuse budgets that work.
+    CHECK(floor_mib > 64);
+    CHECK(floor_mib < 256);
+    // --dry-run says the same before anything is read.
+    auto dry = with({"--memory-limit", "16M", "--dry-run"});
+    CHECK(dry.exit_code == 2);
+    CHECK(dry.err.find(key) != std::string::npos);
+    // One MiB below the figure is refused; the figure itself converts, under it.
+    CHECK(with({"--memory-limit", std::to_string(floor_mib - 1) + "M"}).exit_code == 2);
+    auto ok = with({"--memory-limit", std::to_string(floor_mib) + "M"});
+    REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+    MESSAGE("peak RSS " << ok.max_rss_kib << " KiB under " << floor_mib << " MiB");
+    CHECK(ok.max_rss_kib < floor_mib * 1024);
+  }
 }

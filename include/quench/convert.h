@@ -24,6 +24,10 @@ struct ConvertOptions : PlanOptions {
   // memory limit when that is smaller (a run in a small container is not OOM-killed); a value
   // given here is honoured as given. Convert() and DryRun() run with the value chosen.
   uint64_t memory_limit = 0;
+  // Input bytes per pipeline chunk; 0: sized from memory_limit. Only ever smaller than the
+  // budget's size matters: tests use it to cut small tensors into many chunks (the budget no
+  // longer can, since a budget below the process's own needs is refused).
+  uint64_t chunk_bytes = 0;
   int threads = 0;                     // 0: every core
   bool direct_io = true;               // write weights with O_DIRECT where the file system allows
   bool overwrite = false;              // allow a non-empty existing DST

@@ -2,6 +2,17 @@
 
 namespace quench {
 
+uint64_t ChunkOutputBytes(const Plan& plan, const PlannedTensor& t, uint64_t rows) {
+  const PlannedShard& ps = plan.shards[t.shard];
+  uint64_t total = 0;
+  for (size_t j = 0; j < t.kernel_outputs; ++j) {
+    const PlannedOutput& o = ps.outputs[t.outputs[j]];
+    total += (rows + o.rows_per_slab - 1) / o.rows_per_slab * o.bytes_per_slab +
+             DirectIoAlignment();
+  }
+  return total;
+}
+
 uint64_t Placement::Place(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
   at_.assign(ranges.size(), 0);
   runs_.clear();

@@ -12,6 +12,7 @@
 
 #include "format/file_io.h"
 #include "pipeline/buffers.h"
+#include "quench/plan.h"
 #include "schemes/dequant.h"
 
 namespace quench {
@@ -26,6 +27,10 @@ struct Piece {
   ErrorSums error;                       // --report: sampled quantization error
   bool finite = true;
 };
+
+// Bytes of the pooled buffer a chunk of `rows` rows of `t` uses: each kernel output's slabs,
+// placed like its file offset (up to one alignment unit of padding before each).
+uint64_t ChunkOutputBytes(const Plan& plan, const PlannedTensor& t, uint64_t rows);
 
 // Bytes bound for the output file: `len` bytes at file offset `off`, from `src`.
 struct WriteRange {

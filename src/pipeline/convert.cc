@@ -55,7 +55,8 @@ constexpr uint64_t kMarkerSlack = 256;
 // What the run will occupy on DST's file system, in `block`-byte allocation units: every file
 // it writes rounded up to whole blocks (the shards, their resume markers, the other files, the
 // index and config.json, all present at once before the markers are removed) and one block
-// for each folder it may create under DST (.quench-resume and subfolders).
+// for each folder it may create under DST (.quench-resume and subfolders). Shards --resume
+// keeps are on the disk already and not counted.
 uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
   const auto blocks = [block](uint64_t bytes) { return (bytes + block - 1) / block * block; };
   uint64_t total = 0;
@@ -65,6 +66,7 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
   };
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     const PlannedShard& ps = plan.shards[k];
+    if (ps.already_done) continue;  // --resume keeps it: already on the disk
     total += blocks(ps.file_size) + blocks(ShardFingerprint(plan, k).size() + kMarkerSlack);
     add_folders(ps.rel_name);
     add_folders(fs::path(kResumeDir) / (ps.rel_name + ".json"));
@@ -104,6 +106,33 @@ ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::string* note
   o.memory_limit = budget.bytes;
   *note = budget.note;
   return o;
+}
+
+// A budget below what the plan's largest chunk needs would be exceeded, not honoured: such a
+// plan is refused, with the figure to pass instead.
+void CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& options,
+                      Plan* plan) {
+  const bool pruning = plan->prune.kind != PlannedPrune::kNone;
+  const MemoryFloor f = MinimumMemoryLimit(*plan, options.threads, pruning ? 3 : 2);
+  if (options.memory_limit >= f.bytes) return;
+  // Rounded up to whole MiB, so that the figure can be passed back as it is printed.
+  const uint64_t mib = (f.bytes + (1ull << 20) - 1) >> 20;
+  std::string why;
+  if (f.chunk_rows > 0) {
+    const PlannedTensor& t = plan->tensors[f.tensor];
+    why = " (" + std::to_string(f.tokens) + " chunks in flight; tensor '" + t.name + "' needs " +
+          std::to_string(f.chunk_rows) + " row(s) per chunk" +
+          (t.scheme != nullptr ? " for " + std::string(t.scheme->name) : std::string()) + ", " +
+          FormatBytes(f.chunk_bytes) + " of input and output)";
+  }
+  const std::string given = requested.memory_limit != 0
+                                ? "--memory-limit " + FormatBytes(options.memory_limit)
+                                : "the default memory budget, " + FormatBytes(options.memory_limit) + ",";
+  plan->errors.push_back(
+                      Error(ErrorCode::kUsage, given + " is below what this conversion needs: " +
+                                                   std::to_string(mib) + " MiB" + why +
+                                                   "; pass --memory-limit " + std::to_string(mib) +
+                                                   "M or more (or fewer --threads)"));
 }
 
 // --prune-experts: the one read before planning. Scoring experts needs the routers' values, so
@@ -241,6 +270,7 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
   const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
@@ -265,6 +295,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  CheckMemoryFloor(requested, options, &plan);
   Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
@@ -331,7 +362,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     return s;
   };
 
-  if (Status s = CheckFreeSpace(plan); !s.ok()) return cleanup(s);
+  // --resume checks once it knows which shards are complete (below).
+  if (!options.resume) {
+    if (Status s = CheckFreeSpace(plan); !s.ok()) return cleanup(s);
+  }
   for (const PlannedShard& ps : plan.shards) {
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
   }
@@ -345,6 +379,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   PipelineSizing sizing =
       SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
+  if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
@@ -352,16 +387,31 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   if (Status s = RunPrunePrePass(plan, sizing, maps, cancel); !s.ok()) return cleanup(s);
   GlobalScales global_scales(plan, sizing, maps, cancel);
   uint64_t resumed = 0;
+  bool finished_before = false;
   if (options.resume) {
     // Fingerprints include the global scales, so all of them are needed first.
     if (Status s = global_scales.All(); !s.ok()) return cleanup(s);
     resumed = MarkCompleteShards(plan, callbacks);
+    // A finished folder (its markers possibly left by a run killed after publishing) is left
+    // as it is, rather than its files rewritten.
+    if (resumed == plan.shards.size() && PlannedFilesInPlace(plan)) {
+      fs::remove_all(plan.dst / kResumeDir, ec);
+      if (Status s = SyncDirectory(plan.dst); !s.ok()) return s;
+      if (callbacks.note) {
+        callbacks.note("resume: " + plan.dst.string() + " is already complete; nothing to do");
+      }
+      finished_before = true;
+    } else if (Status s = CheckFreeSpace(plan); !s.ok()) {
+      return cleanup(s);
+    }
   }
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
-  Status st = RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
-                               options.report.empty() ? nullptr : &errors,
-                               [&](size_t tensor) { return global_scales.ForTensor(tensor); });
+  Status st = finished_before
+                  ? Status::Ok()
+                  : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
+                                     options.report.empty() ? nullptr : &errors,
+                                     [&](size_t tensor) { return global_scales.ForTensor(tensor); });
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }
@@ -369,7 +419,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
 
   // Other files, then the index, then config.json: the folder is a loadable checkpoint only
   // once its config is in place.
-  for (const PlannedFile& f : plan.files) {
+  for (size_t i = 0; !finished_before && i < plan.files.size(); ++i) {
+    const PlannedFile& f = plan.files[i];
     const fs::path to = plan.dst / f.rel_name;
     fs::create_directories(to.parent_path(), ec);
     st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
@@ -386,8 +437,13 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     if (t.action == TensorAction::kCopy) ++sum.tensors_copied;
     if (t.action == TensorAction::kPrune) ++sum.tensors_pruned_only;
   }
-  sum.bytes_in = plan.bytes_in;
-  sum.bytes_out = plan.bytes_out;
+  // What this run read and wrote: shards --resume kept were neither.
+  for (const PlannedTensor& t : plan.tensors) {
+    if (!plan.shards[t.shard].already_done) sum.bytes_in += t.src_bytes;
+  }
+  for (const PlannedShard& ps : plan.shards) {
+    if (!ps.already_done) sum.bytes_out += ps.file_size;
+  }
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
   for (size_t i = 0; i < errors.size(); ++i) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <future>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
+#include "schemes/float_formats.h"
 #include "schemes/prune.h"
 
 namespace quench {
@@ -30,6 +32,12 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and the 4 MiB
 // staging buffer of a direct-written output file (two while one shard is being committed).
 constexpr uint64_t kReserve = 32 * kMiB;
+// What the process holds before any chunk: measured 8 MiB (ru_maxrss of a conversion of
+// data/tiny-llama under --memory-limit 1M), plus the two 4 MiB staging buffers of
+// direct-written outputs. MinimumMemoryLimit's base.
+constexpr uint64_t kBaseline = 16 * kMiB;
+// SizePipeline's smallest chunk.
+constexpr uint64_t kMinChunkBytes = 256 * 1024;
 // Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
@@ -375,17 +383,8 @@ class ShardPipeline {
     if (map != nullptr) map->Prefetch(from, len);
   }
 
-  // Bytes of the pooled buffer a chunk of `rows` rows of `t` uses: each kernel output's slabs,
-  // placed like its file offset (up to one alignment unit of padding before each).
   uint64_t OutputBytes(const PlannedTensor& t, uint64_t rows) const {
-    const PlannedShard& ps = plan_.shards[t.shard];
-    uint64_t total = 0;
-    for (size_t j = 0; j < t.kernel_outputs; ++j) {
-      const PlannedOutput& o = ps.outputs[t.outputs[j]];
-      total += (rows + o.rows_per_slab - 1) / o.rows_per_slab * o.bytes_per_slab +
-               DirectIoAlignment();
-    }
-    return total;
+    return ChunkOutputBytes(plan_, t, rows);
   }
 
   // Fewer rows (a multiple of `align`, at least 3/4 of `rows`) where that lets the chunk's
@@ -652,6 +651,30 @@ class ShardPipeline {
     if (c->staging.data) pool_.Put(std::move(c->staging));
   }
 
+  // Why a kernel (or pruning) refused a piece: a NaN or Inf in its rows, named by row; or,
+  // when its rows are all finite, parameters the planner should never have let through.
+  Status PieceFailure(const Chunk& c, const Piece& p) const {
+    const PlannedTensor& t = plan_.tensors[p.tensor];
+    const std::string where = plan_.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
+    const uint8_t* rows = c.map->data() + p.src_offset;
+    const uint64_t cols = t.shape[1];
+    for (uint64_t r = 0; r < p.end - p.begin; ++r) {
+      for (uint64_t k = 0; k < cols; ++k) {
+        if (!std::isfinite(ElementToF32(rows, t.dtype, r * cols + k))) {
+          return Error(ErrorCode::kNonFinite,
+                       where + " contains NaN or Inf (row " + std::to_string(p.begin + r) +
+                           ", column " + std::to_string(k) +
+                           "); refusing to quantize it (fix the checkpoint or add it to --ignore)");
+        }
+      }
+    }
+    return Error(ErrorCode::kInternal,
+                 where + " rows " + std::to_string(p.begin) + ".." + std::to_string(p.end - 1) +
+                     ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
+                     " kernel refused finite input (" + std::string(DTypeName(t.dtype)) +
+                     ", " + std::to_string(cols) + " columns); this is a bug in quench");
+  }
+
   // Serial output stage, in plan order: report a non-finite piece, publish finished shards,
   // release the chunk's input pages (its output is in its buffer), hand it to the writer.
   void Write(Chunk* c) {
@@ -661,12 +684,7 @@ class ShardPipeline {
       FinishShardsBefore(shard);
       for (const Piece& p : c->pieces) {
         if (p.finite) continue;
-        const PlannedTensor& t = plan_.tensors[p.tensor];
-        Fail(Error(ErrorCode::kNonFinite,
-                   plan_.shards[shard].rel_name + ": tensor '" + t.name +
-                       "' contains NaN or Inf in rows " + std::to_string(p.begin) + ".." +
-                       std::to_string(p.end - 1) +
-                       "; refusing to quantize it (fix the checkpoint or add it to --ignore)"));
+        Fail(PieceFailure(*c, p));
         break;
       }
     }
@@ -746,7 +764,7 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   const uint64_t buffers =
       static_cast<uint64_t>(buffers_per_chunk) * static_cast<uint64_t>(s.tokens) +
       kMinWriteQueueChunks;
-  s.chunk_bytes = std::clamp<uint64_t>(usable / buffers, 256 * 1024, 16 * kMiB);
+  s.chunk_bytes = std::clamp<uint64_t>(usable / buffers, kMinChunkBytes, 16 * kMiB);
   const uint64_t in_flight = buffers * s.chunk_bytes;
   const uint64_t left = usable > in_flight ? usable - in_flight : 0;
   // What is left goes first to the pre-pass's kept pages (up to what it wants), then to a
@@ -757,6 +775,34 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   s.write_queue_bytes = kMinWriteQueueChunks * s.chunk_bytes + extra_queue;
   s.prepass_keep_bytes = left - extra_queue;
   return s;
+}
+
+MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk) {
+  MemoryFloor f;
+  const int th = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  f.tokens = 2 * th;  // as SizePipeline
+  // The smallest chunk SizePipeline makes (its clamp), for inputs and outputs alike.
+  uint64_t in_unit = kMinChunkBytes, out_unit = kMinChunkBytes;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
+    const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
+    const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
+    const uint64_t in = rows * t.shape[1] * (DTypeBits(t.dtype) / 8) + DirectIoAlignment();
+    const uint64_t out = ChunkOutputBytes(plan, t, rows);
+    if (in + out > f.chunk_bytes) {
+      f.tensor = i;
+      f.chunk_rows = rows;
+      f.chunk_bytes = in + out;
+    }
+    in_unit = std::max(in_unit, in);
+    out_unit = std::max(out_unit, out);
+  }
+  // Input pages (and a pruning staging copy of them) and the output buffer per token; the
+  // writers hold kMinWriteQueueChunks output buffers more.
+  const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
+  f.bytes = kBaseline + static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
+  return f;
 }
 
 Result<const MappedFile*> SourceMaps::Get(size_t shard) {

@@ -62,6 +62,20 @@ class SourceMaps {
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk = 2,
                             uint64_t prepass_wanted_bytes = 0);
 
+// The smallest --memory-limit a plan can be converted under. A chunk holds at least one
+// scheme row block of its tensor (FP8_BLOCK: 128 rows) however small the budget, so a wide
+// tensor sets a floor: tokens x (input pages + output buffer [+ pruning staging]) of its
+// largest chunk, the writers' smallest queue, and the process's own resident memory. Every
+// budget at or above it is honoured (tests/test_memory.cc).
+struct MemoryFloor {
+  uint64_t bytes = 0;
+  size_t tensor = 0;        // the tensor whose chunk sets it
+  uint64_t chunk_rows = 0;  // that chunk's rows
+  uint64_t chunk_bytes = 0; // its input plus output bytes
+  int tokens = 0;
+};
+MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk);
+
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
 // --report's error sample: one row in this many is decoded back and compared.

@@ -57,6 +57,50 @@ Status WriteResumeMarker(const fs::path& marker, const std::string& fingerprint)
   return WriteFileAtomic(marker, fingerprint);
 }
 
+namespace {
+
+// The first `n` bytes of `path` (fewer when it is shorter; empty when unreadable).
+std::string ReadPrefix(const fs::path& path, size_t n) {
+  std::string out(n, '\0');
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return {};
+  out.resize(std::fread(out.data(), 1, n, f));
+  std::fclose(f);
+  return out;
+}
+
+bool SameBytes(const fs::path& a, const fs::path& b) {
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(a, ec);
+  if (ec || fs::file_size(b, ec) != size || ec) return false;
+  auto x = ReadFileToString(a), y = ReadFileToString(b);
+  return x.ok() && y.ok() && *x == *y;
+}
+
+// A shard a finished run left: the planned size, and the planned header bytes (names, dtypes,
+// shapes and offsets of every tensor, the metadata).
+bool ShardAsPlanned(const Plan& plan, const PlannedShard& ps) {
+  std::error_code ec;
+  const fs::path out = plan.dst / ps.rel_name;
+  if (fs::file_size(out, ec) != ps.file_size || ec) return false;
+  return ReadPrefix(out, ps.header.size()) == ps.header;
+}
+
+}  // namespace
+
+bool PlannedFilesInPlace(const Plan& plan) {
+  for (const PlannedFile& f : plan.files) {
+    const fs::path to = plan.dst / f.rel_name;
+    if (f.copy_from.empty()) {
+      auto held = ReadFileToString(to);
+      if (!held.ok() || *held != f.contents) return false;
+    } else if (!SameBytes(f.copy_from, to)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // A shard is complete when its file has the planned size and its marker (written after the
 // shard was fsynced and renamed) equals the fingerprint of what this run would write.
 uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
@@ -68,10 +112,17 @@ uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks) {
   }
   for (const fs::path& p : stale) fs::remove(p, ec);
   uint64_t done = 0;
+  const bool finished = PlannedFilesInPlace(plan);
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     PlannedShard& ps = plan.shards[k];
     const fs::path out = plan.dst / ps.rel_name;
-    auto marker = ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name));
+    const fs::path marker_path = ResumeMarkerPath(plan.dst, ps.rel_name);
+    if (finished && !fs::exists(marker_path, ec) && ShardAsPlanned(plan, ps)) {
+      ps.already_done = true;
+      ++done;
+      continue;
+    }
+    auto marker = ReadFileToString(marker_path);
     if (!marker.ok() || *marker != ShardFingerprint(plan, k)) continue;
     if (fs::file_size(out, ec) != ps.file_size || ec) continue;
     ps.already_done = true;

@@ -27,8 +27,15 @@ Status WriteResumeMarker(const std::filesystem::path& marker, const std::string&
 
 // --resume: sets PlannedShard::already_done for every shard that is complete and matches
 // (plan.dst resolved, the pre-pass run), removes the interrupted run's temporary files, and
-// returns how many shards are kept.
+// returns how many shards are kept. A shard without a marker in a folder that a finished run
+// left (PlannedFilesInPlace, and the shard's size and header bytes as planned) is kept too:
+// a finished run removes its markers, and --resume on its folder must not redo it.
 uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks);
+
+// True when every file of the plan other than the shards (config.json, the index, the
+// copied files) is in DST with the bytes this run would write: the last things a run
+// publishes, so together with complete shards they make a finished folder.
+bool PlannedFilesInPlace(const Plan& plan);
 
 }  // namespace quench
 

@@ -1,0 +1,158 @@
+// --resume on what earlier runs left: a finished folder (with or without the markers of a run
+// killed after publishing) is left as it is; a finished folder of another conversion is not
+// mistaken for this one; the free-space check counts only what is still to be written.
+#include <doctest/doctest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "pipeline/resume.h"
+#include "quench/convert.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kTiny = qt::DataDir() / "tiny-llama";
+
+std::vector<std::string> Convert(const fs::path& dst, const std::string& scheme,
+                                 bool resume) {
+  std::vector<std::string> a = {"convert", kTiny.string(), dst.string(), "--scheme", scheme};
+  if (resume) a.push_back("--resume");
+  return a;
+}
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// Identity of every file under `root`: inode and modification time in nanoseconds. A file
+// rewritten (even atomically, with the same bytes) gets a new inode.
+std::map<std::string, std::pair<ino_t, long long>> Identities(const fs::path& root) {
+  std::map<std::string, std::pair<ino_t, long long>> out;
+  for (const std::string& f : qt::ListFiles(root)) {
+    struct stat st {};
+    REQUIRE(stat((root / f).c_str(), &st) == 0);
+    out[f] = {st.st_ino, st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+  }
+  return out;
+}
+
+// The markers a run writes as each shard completes (what a run killed between publishing
+// config.json and removing its markers leaves behind), for the FP8_DYNAMIC plan of kTiny.
+void WriteMarkers(const fs::path& dst, const std::string& scheme) {
+  quench::ConvertOptions o;
+  o.src = kTiny;
+  o.dst = dst;
+  o.scheme = scheme;
+  o.resume = true;
+  auto plan = quench::MakePlan(o);
+  REQUIRE(plan.ok());
+  plan->dst = dst;
+  for (size_t k = 0; k < plan->shards.size(); ++k) {
+    REQUIRE(quench::WriteResumeMarker(quench::ResumeMarkerPath(dst, plan->shards[k].rel_name),
+                                      quench::ShardFingerprint(*plan, k))
+                .ok());
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("resume") {
+  TEST_CASE("--resume on a finished folder leaves every file as it is") {
+    qt::TempDir tmp;
+    const fs::path dst = tmp / "out";
+    REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
+    const auto before = Identities(dst);
+    REQUIRE(before.size() >= 4);
+
+    SUBCASE("no markers (the run completed)") {}
+    SUBCASE("markers left by a run killed after publishing config.json") {
+      WriteMarkers(dst, "FP8_DYNAMIC");
+      REQUIRE(fs::exists(dst / ".quench-resume"));
+    }
+    usleep(10000);  // a rewrite would show in the modification times too
+    auto r = qt::RunQuench(Convert(dst, "FP8_DYNAMIC", true));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(Contains(r.err, "is already complete; nothing to do"));
+    CHECK(Contains(r.err, "0.000 GB read, 0.000 GB written"));
+    CHECK_FALSE(fs::exists(dst / ".quench-resume"));
+    CHECK(Identities(dst) == before);
+  }
+
+  TEST_CASE("--resume on a folder finished with another scheme redoes it") {
+    qt::TempDir tmp;
+    const fs::path dst = tmp / "out", ref = tmp / "ref";
+    REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
+    REQUIRE(qt::RunQuench(Convert(ref, "W8A8", false)).exit_code == 0);
+    auto r = qt::RunQuench(Convert(dst, "W8A8", true));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(Contains(r.err, "resume: 0 of 2 output shards are complete"));
+    REQUIRE(qt::ListFiles(dst) == qt::ListFiles(ref));
+    for (const std::string& f : qt::ListFiles(ref)) {
+      CAPTURE(f);
+      CHECK(qt::ReadBytes(dst / f) == qt::ReadBytes(ref / f));
+    }
+  }
+
+  TEST_CASE("--resume on a finished folder redoes a shard whose header is not the planned one") {
+    qt::TempDir tmp;
+    const fs::path dst = tmp / "out", ref = tmp / "ref";
+    REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
+    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
+    const fs::path shard = dst / "model-00001-of-00002.safetensors";
+    std::string bytes = qt::ReadBytes(shard);
+    const size_t at = bytes.find("\"F8_E4M3\"");
+    REQUIRE(at != std::string::npos);
+    bytes.replace(at, 9, "\"F8_E5M2\"");  // same size, another dtype
+    qt::WriteBytes(shard, bytes);
+    auto r = qt::RunQuench(Convert(dst, "FP8_DYNAMIC", true));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(Contains(r.err, "resume: 1 of 2 output shards are complete"));
+    CHECK(qt::ReadBytes(shard) == qt::ReadBytes(ref / "model-00001-of-00002.safetensors"));
+  }
+
+  TEST_CASE("--resume's free-space check counts only the shards still to write") {
+    // An interrupted run left shard 1 complete (with its marker) on a tmpfs that has room
+    // for the rest of the output and no more: the check must not count shard 1 again.
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    qt::TempDir tmp;
+    const fs::path ref = tmp / "ref";
+    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
+    // The whole run's footprint, as the free-space test in test_robustness counts it: files
+    // in whole pages, a page per marker, a page for the markers' folder.
+    uint64_t need = 0;
+    for (const std::string& f : qt::ListFiles(ref)) {
+      need += (fs::file_size(ref / f) + page - 1) / page * page;
+    }
+    need += 2 * page + page;
+    // The interrupted run's leftovers, made here: shard 1 and the markers.
+    const fs::path left = tmp / "left";
+    fs::create_directories(left);
+    fs::copy_file(ref / "model-00001-of-00002.safetensors",
+                  left / "model-00001-of-00002.safetensors");
+    WriteMarkers(left, "FP8_DYNAMIC");
+    fs::remove(left / ".quench-resume" / "model-00002-of-00002.safetensors.json");
+    const fs::path mnt = tmp / "mnt";
+    fs::create_directories(mnt);
+    const std::string script =
+        "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
+        "cp -a \"$5\" \"$2/out\" || exit 98\n"
+        "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume -q; rc=$?\n"
+        "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$6\" || rc=97\n"
+        "exit $rc\n";
+    // The tmpfs holds exactly the whole output: shard 1 takes its part before the run starts.
+    auto r = qt::RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(need),
+                             mnt.string(), qt::QuenchBin().string(), kTiny.string(),
+                             left.string(),
+                             (ref / "model-00002-of-00002.safetensors").string()});
+    REQUIRE_MESSAGE(r.exit_code != 99, "cannot mount a tmpfs: " << r.err);
+    REQUIRE(r.exit_code != 98);
+    CHECK_MESSAGE(r.exit_code == 0, r.err);
+  }
+}
