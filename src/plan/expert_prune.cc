@@ -179,8 +179,8 @@ Result<std::vector<float>> RouterScores(const uint8_t* data, DType dtype, uint64
   for (uint64_t r = 0; r < rows; ++r) {
     // The exact L1 norm (in double: exact unless a row's magnitudes span over ~2^22), rounded
     // once below. torch sums in F32 in a SIMD-width-dependent order and rounds that; the two
-    // agreed on all 10,240 random BF16 rows tried (F16: all but one) and can differ only where the F32 error
-    // carries the sum across a rounding boundary (reference-notes section 17).
+    // agreed on all 10,240 random BF16 rows tried (F16: all but one) and can differ only
+    // where the F32 error carries the sum across a rounding boundary (reference-notes 17).
     double sum = 0;
     for (uint64_t c = 0; c < cols; ++c) {
       const float w = ElementToF32(data, dtype, r * cols + c);
