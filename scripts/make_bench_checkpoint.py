@@ -5,6 +5,7 @@ or Kimi-K2-shaped with many small expert tensors.
     make_bench_checkpoint.py OUT_DIR --size-gb 2 [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout kimi [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout fp8 --size-gb 2 [--shard-gb 1] [--seed N]
+    make_bench_checkpoint.py OUT_DIR --layout moe [--shard-gb 1] [--seed N]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -83,6 +84,9 @@ def tensor_list(s):
 
 
 KIMI = dict(hidden=128, inter=128, heads=1, layers=61, experts=384, vocab=163840)
+# --layout moe: fewer, larger experts (1 MiB each, 1,920 of them; 2.2 GB), the shape of a
+# mid-size MoE release scaled down, for expert pruning's reads.
+MOE = dict(hidden=1024, inter=512, heads=8, layers=10, experts=64, vocab=16384)
 
 
 def kimi_tensor_list(s):
@@ -129,7 +133,7 @@ def main():
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
-    ap.add_argument("--layout", choices=("llama", "kimi", "fp8"), default="llama")
+    ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8"), default="llama")
     a = ap.parse_args()
     final = a.out.rstrip("/")
     if os.path.isdir(final):
@@ -139,8 +143,8 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     t0 = time.time()
-    if a.layout == "kimi":
-        s = KIMI
+    if a.layout in ("kimi", "moe"):
+        s = KIMI if a.layout == "kimi" else MOE
         tensors = kimi_tensor_list(s)
     elif a.layout == "fp8":
         # Projections take one byte a weight instead of two: the shapes of twice the size.
@@ -237,7 +241,7 @@ def main():
         "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
         "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.51.3", "use_cache": True, "vocab_size": s["vocab"]}
-    if a.layout == "kimi":
+    if a.layout in ("kimi", "moe"):
         # Kimi K2's own config names (DeepSeek-V3's), with the experts' sizes of this layout.
         config.update({"architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2",
                        "first_k_dense_replace": 0, "moe_intermediate_size": s["inter"],

@@ -110,12 +110,14 @@ TEST_SUITE("matcher") {
     for (const char* n : {"lm_head", "model.embed_tokens", "embeddings.word_embeddings",
                           "embeddings.position_embeddings", "transformer.wte",
                           "model.layers.0.mlp.gate", "model.layers.1.mlp.shared_expert_gate",
-                          "model.layers.2.block_sparse_moe.gate"}) {
+                          "model.layers.2.block_sparse_moe.gate", "model.layers.3.mlp.router",
+                          "language_model.model.layers.0.feed_forward.router"}) {
       CAPTURE(n);
       CHECK(m->Matches(n));
     }
     for (const char* n : {"model.layers.0.mlp.gate_proj", "model.layers.0.self_attn.q_proj",
-                          "model.layers.0.mlp.experts.3.up_proj", "encoder.layer.0.output.dense"}) {
+                          "model.layers.0.mlp.experts.3.up_proj", "encoder.layer.0.output.dense",
+                          "model.layers.0.mlp.router_proj"}) {
       CAPTURE(n);
       CHECK_FALSE(m->Matches(n));
     }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "quench/dtype.h"
@@ -29,6 +30,10 @@ struct PlanOptions {
   std::optional<bool> symmetric;       // override of the preset's symmetry (int schemes)
   std::string prune;                   // "unstructured:0.5", "2:4", ... (empty: none)
   std::string prune_granularity = "row";  // "row" or "tensor" (unstructured only)
+  // Whole-expert pruning: the fraction of routed experts removed per MoE layer, in [0, 1]
+  // (unset: none), scored by `expert_metric` ("magnitude": L1 norm of the router row).
+  std::optional<double> prune_experts;
+  std::string expert_metric = "magnitude";
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -72,6 +77,25 @@ struct PlannedOutput {
   std::string constant;         // kShape: the bytes; kGlobalScale: filled by the pre-pass
 };
 
+// One MoE layer as expert pruning left it: the router, how many experts it had, which it keeps
+// (old indices, ascending; new index = position) and every expert's score.
+struct PlannedExpertLayer {
+  std::string router;
+  uint64_t experts = 0;
+  std::vector<uint32_t> kept;
+  std::vector<float> scores;
+};
+
+// Whole-expert pruning as planned (src/plan/expert_prune.h).
+struct PlannedExpertPrune {
+  double fraction = 0;
+  std::string metric;               // "magnitude"
+  std::string config_key;           // config.json's expert count key, e.g. "num_experts"
+  std::vector<PlannedExpertLayer> layers;
+  uint64_t tensors_removed = 0;     // source tensors not written at all
+  uint64_t bytes_removed = 0;       // source bytes not read (removed tensors and sliced rows)
+};
+
 struct PlannedTensor {
   std::string name;
   DType dtype = DType::kBF16;
@@ -79,6 +103,11 @@ struct PlannedTensor {
   size_t shard = 0;             // source and output shard index (same relative name)
   uint64_t src_offset = 0;      // absolute offset in the source file
   uint64_t src_bytes = 0;
+  // Set for a tensor gathered from several ranges of its source shard (expert pruning: a
+  // router's kept rows, a 3-D expert stack's kept experts): absolute (offset, length) pieces in
+  // output order; src_offset is the first's and src_bytes their sum. Such tensors are only
+  // copied, a piece at a time, so nothing else of the source tensor is read.
+  std::vector<std::pair<uint64_t, uint64_t>> src_ranges;
   TensorAction action = TensorAction::kCopy;
   // Set for a weight stored quantized in the source: kernels then see its rows decoded, in
   // `compute_dtype` (BF16), instead of `dtype`.
@@ -138,6 +167,7 @@ struct Plan {
   std::vector<PlannedShard> shards;
   std::vector<PlannedGroup> groups;     // in the order the recipe (or flags) gave them
   PlannedPrune prune;
+  std::optional<PlannedExpertPrune> expert_prune;
   std::vector<PlannedTensor> tensors;   // in source shard order, then header offset order
   // Non-safetensors files: copies of the source's other files, then the index and the config,
   // which are published last so a folder without them is visibly unfinished.

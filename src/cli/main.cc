@@ -102,6 +102,13 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
+       "  --prune-experts F     remove the fraction F (0 <= F <= 1) of routed experts from\n"
+       "                        every MoE layer (max(1, E - round(F*E)) kept), scored by\n"
+       "                        --expert-metric; survivors renumbered, routers sliced,\n"
+       "                        config.json's expert count updated. Composes with any\n"
+       "                        --scheme (--scheme none: prune experts only)\n"
+       "  --expert-metric M     magnitude (default): L1 norm of the expert's router row, as\n"
+       "                        compressed-tensors' MagnitudeExpertPruner\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
        "                        or 3/4 of the cgroup's memory limit when that is smaller\n"
        "  --threads N           worker threads; default: every core\n"
@@ -198,6 +205,21 @@ std::string Bytes(uint64_t b) {
 }
 
 // --dry-run: the plan as a table on stdout; notes and errors on stderr.
+// --prune-experts in the dry run: the experts each MoE layer keeps, and what is not read.
+void PrintExpertPrune(const PlannedExpertPrune& e) {
+  std::printf("  expert pruning %g by %s: %llu tensors and %s of the source not read; "
+              "config.json %s = %zu\n",
+              e.fraction, e.metric.c_str(), static_cast<unsigned long long>(e.tensors_removed),
+              Bytes(e.bytes_removed).c_str(), e.config_key.c_str(),
+              e.layers.empty() ? size_t{0} : e.layers.front().kept.size());
+  for (const PlannedExpertLayer& l : e.layers) {
+    std::string kept;
+    for (uint32_t k : l.kept) kept += (kept.empty() ? "" : ",") + std::to_string(k);
+    std::printf("    %s: keeps %zu of %llu experts: %s\n", l.router.c_str(), l.kept.size(),
+                static_cast<unsigned long long>(l.experts), kept.c_str());
+  }
+}
+
 int PrintDryRun(const ConvertOptions& o) {
   auto plan = DryRun(o);
   if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
@@ -217,6 +239,7 @@ int PrintDryRun(const ConvertOptions& o) {
     std::printf("  pruning %s (%s, per %s)\n", p.prune.text.c_str(), p.prune.structure.c_str(),
                 p.prune.per_tensor ? "tensor" : "row");
   }
+  if (p.expert_prune) PrintExpertPrune(*p.expert_prune);
   std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
               "scheme", "bytes in", "bytes out", "note");
   uint64_t quantized = 0;
@@ -375,6 +398,17 @@ int RunConvert(const std::vector<std::string>& args) {
                            std::to_string(kMaxWorkers) + ", not '" + v + "'", 2);
       }
       workers_flag = static_cast<int>(n);
+    } else if (flag == "--prune-experts") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const double f = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || !(f >= 0 && f <= 1)) {
+        return ReportError("--prune-experts needs a fraction from 0 to 1, not '" + v + "'", 2);
+      }
+      o.prune_experts = f;
+    } else if (flag == "--expert-metric") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.expert_metric = v;
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a.starts_with("-") && a != "-") {

@@ -4,8 +4,10 @@
 #define QUENCH_FORMAT_MODEL_FOLDER_H_
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "format/json.h"
@@ -32,6 +34,11 @@ struct ModelFolder {
   // Tensors SplitFusedExperts left whole ([E, in, out] expert stacks): copied unquantized,
   // so the planner covers their modules with the written ignore list.
   std::vector<std::string> kept_whole;
+  // Tensors whose bytes are several ranges of their shard's data section ((begin, length),
+  // relative like TensorInfo's, in order), set by expert pruning (src/plan/expert_prune.h);
+  // their TensorInfo's begin is the first range's and nbytes() the total.
+  std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> gathered;
+  bool config_changed = false;  // `config` was edited (expert count): written, not copied
 };
 
 // Lists `root` recursively (skipping entries whose relative path starts with ".cache" or

@@ -18,6 +18,7 @@
 #include "pipeline/report.h"
 #include "pipeline/resume.h"
 #include "pipeline/workers.h"
+#include "plan/expert_prune.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -136,6 +137,33 @@ void CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& opt
                                                    "M or more (or fewer --threads)"));
 }
 
+// --prune-experts: the one read before planning. Scoring experts needs the routers' values, so
+// the router tensors (and nothing else) are read here, each once with pread, and their scores
+// handed to PruneExperts, which rewrites the folder's headers; the plan is then made from
+// headers as always (src/plan/expert_prune.h).
+Result<PlannedExpertPrune> PlanExpertPrune(ModelFolder& folder, double fraction) {
+  QUENCH_ASSIGN_OR_RETURN(std::vector<MoeLayer> layers, FindMoeLayers(folder));
+  std::vector<std::vector<float>> scores;
+  size_t open_shard = ~size_t{0};
+  MappedFile map;
+  std::vector<uint8_t> bytes;
+  for (const MoeLayer& l : layers) {
+    const Shard& shard = folder.shards[l.shard];
+    if (l.shard != open_shard) {
+      QUENCH_ASSIGN_OR_RETURN(map, MappedFile::Open(shard.path, /*keep_fd=*/true));
+      open_shard = l.shard;
+    }
+    bytes.resize(l.router_info.nbytes());
+    QUENCH_RETURN_IF_ERROR(
+        map.ReadInto(shard.header.data_start + l.router_info.begin, bytes.size(), bytes.data()));
+    QUENCH_ASSIGN_OR_RETURN(std::vector<float> s,
+                            RouterScores(bytes.data(), l.router_info.dtype, l.router_info.shape[0],
+                                         l.router_info.shape[1], l.router));
+    scores.push_back(std::move(s));
+  }
+  return PruneExperts(folder, layers, std::move(scores), fraction);
+}
+
 }  // namespace
 
 Result<uint64_t> ParseByteSize(std::string_view text) {
@@ -180,10 +208,44 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   // Usage errors about flags come before reading anything; a destination problem is
   // reported with the plan, so that --dry-run shows it along with everything else.
   if (!dst.ok() && dst.code() != ErrorCode::kUsage) return dst;
+  if (options.prune_experts) {
+    if (options.expert_metric != "magnitude") {
+      return Error(ErrorCode::kUsage,
+                   "--expert-metric " + options.expert_metric +
+                       ": only 'magnitude' is available (REAP needs activation statistics, "
+                       "which convert does not read yet)");
+    }
+    const double f = *options.prune_experts;
+    if (!(f >= 0 && f <= 1)) {
+      return Error(ErrorCode::kUsage, "--prune-experts must be a fraction in [0, 1]");
+    }
+  }
   QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src));
-  // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them.
-  QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
+  // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them;
+  // expert pruning alone leaves them whole, as compressed-tensors' convert_checkpoint does.
+  const bool experts_only = options.prune_experts && options.prune.empty() &&
+                            options.recipe.empty() &&
+                            (options.scheme == "none" || options.scheme == "NONE");
+  ExpertSplit split;
+  if (!experts_only) {
+    QUENCH_ASSIGN_OR_RETURN(split, SplitFusedExperts(folder));
+  }
+  std::optional<PlannedExpertPrune> experts;
+  if (options.prune_experts) {
+    QUENCH_ASSIGN_OR_RETURN(experts, PlanExpertPrune(folder, *options.prune_experts));
+  }
   QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, options));
+  if (experts) {
+    const PlannedExpertPrune& e = *experts;
+    plan.notes.push_back(
+        "expert pruning (" + e.metric + "): " + std::to_string(e.layers.size()) +
+        " MoE layer(s) keep " + std::to_string(e.layers.front().kept.size()) + " of " +
+        std::to_string(e.layers.front().experts) + " experts; " +
+        std::to_string(e.tensors_removed) + " tensors and " + std::to_string(e.bytes_removed) +
+        " source bytes not read; config.json " + e.config_key + " = " +
+        std::to_string(e.layers.front().kept.size()));
+    plan.expert_prune = std::move(experts);
+  }
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +

@@ -246,7 +246,9 @@ class ShardPipeline {
       const uint64_t lead = dst % DirectIoAlignment();
       first.end = std::min(t.src_bytes,
                            cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
-      first.src_offset = t.src_offset + first.begin;
+      const auto [at, run] = SourceAt(t, first.begin);  // a gathered tensor: one run at a time
+      first.end = std::min(first.end, first.begin + run);
+      first.src_offset = at;
       first.src_len = first.end - first.begin;
       in_left = Minus(copy_bytes, lead + first.src_len);
     }
@@ -319,7 +321,8 @@ class ShardPipeline {
       if (cur.tensor >= plan_.tensors.size()) return Status::Ok();
       const PlannedTensor& t = plan_.tensors[cur.tensor];
       if (t.shard != first.shard || t.action != first.action || t.prune != first.prune ||
-          t.source_scale.has_value() != first.source_scale.has_value()) {
+          t.source_scale.has_value() != first.source_scale.has_value() ||
+          t.src_ranges.size() > 1) {  // a gathered tensor is not one piece
         return Status::Ok();
       }
       const uint64_t in = StagedBytes(t) + a;
@@ -376,8 +379,8 @@ class ShardPipeline {
       }
       auto m = maps_.Get(t.shard);
       if (!m.ok()) break;
-      const uint64_t n = std::min(t.src_bytes - c.ahead_pos, upto - c.ahead);
-      const uint64_t at = t.src_offset + c.ahead_pos;
+      const auto [at, run] = SourceAt(t, c.ahead_pos);  // only the kept experts' bytes
+      const uint64_t n = std::min({t.src_bytes - c.ahead_pos, upto - c.ahead, run});
       if (m.value() != map || at != from + len) {
         if (map != nullptr) map->Prefetch(from, len);
         map = m.value();
@@ -420,6 +423,18 @@ class ShardPipeline {
   // source-quantized one, else as read.
   static uint64_t StagedBytes(const PlannedTensor& t) {
     return t.source_scale ? t.shape[0] * ComputeRowBytes(t) : t.src_bytes;
+  }
+
+  // Where byte `pos` of tensor `t`'s input is in its source file, and how many bytes follow
+  // it there contiguously: tensors gathered from several ranges (expert pruning) are read a
+  // range at a time.
+  static std::pair<uint64_t, uint64_t> SourceAt(const PlannedTensor& t, uint64_t pos) {
+    if (t.src_ranges.empty()) return {t.src_offset + pos, t.src_bytes - pos};
+    for (const auto& [at, len] : t.src_ranges) {
+      if (pos < len) return {at + pos, len - pos};
+      pos -= len;
+    }
+    return {t.src_offset, 0};  // past the end: callers stop at src_bytes first
   }
 
   uint64_t Extent(const PlannedTensor& t) const {

@@ -173,6 +173,30 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
     }
     r.Set("pruning", std::move(pr));
   }
+  if (plan.expert_prune) {
+    // Each layer's kept experts and every expert's score (its router row's L1 norm).
+    const PlannedExpertPrune& e = *plan.expert_prune;
+    JsonValue ep = JsonValue::MakeObject();
+    ep.Set("fraction", JsonValue(e.fraction));
+    ep.Set("metric", JsonValue(e.metric));
+    ep.Set("config_key", JsonValue(e.config_key));
+    ep.Set("tensors_removed", JsonValue(e.tensors_removed));
+    ep.Set("bytes_removed", JsonValue(e.bytes_removed));
+    JsonValue layers = JsonValue::MakeArray();
+    for (const PlannedExpertLayer& l : e.layers) {
+      JsonValue o = JsonValue::MakeObject();
+      o.Set("router", JsonValue(l.router));
+      o.Set("experts", JsonValue(l.experts));
+      JsonValue kept = JsonValue::MakeArray(), scores = JsonValue::MakeArray();
+      for (uint32_t k : l.kept) kept.Push(JsonValue(static_cast<uint64_t>(k)));
+      for (float sc : l.scores) scores.Push(JsonValue(static_cast<double>(sc)));
+      o.Set("kept", std::move(kept));
+      o.Set("scores", std::move(scores));
+      layers.Push(std::move(o));
+    }
+    ep.Set("layers", std::move(layers));
+    r.Set("expert_pruning", std::move(ep));
+  }
   if (summary != nullptr) {
     r.Set("wall_seconds", JsonValue(summary->seconds));
     r.Set("chunk_bytes", JsonValue(summary->chunk_bytes));

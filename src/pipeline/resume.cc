@@ -24,6 +24,9 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
                             : t.action == TensorAction::kPrune  ? "|p|"
                             : t.action == TensorAction::kDecode ? "|d|"
                                                                 : "|c|");
+  // Where the bytes come from: expert pruning can keep other experts with the same layout.
+  d += std::to_string(t.src_offset) + "|";
+  for (const auto& [at, len] : t.src_ranges) d += std::to_string(at) + "+" + std::to_string(len) + "|";
   // A decoded weight depends on its scale, which may live in another source shard: that
   // shard's size and header are part of what this shard was made from.
   if (t.source_scale) {

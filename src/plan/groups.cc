@@ -62,8 +62,9 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
     // Pruning alone, or (BF16) a quantized source decoded: the targets select what is
     // pruned; nothing is quantized.
-    if (options.prune.empty() && !IsDecodeOnly(options)) {
-      return Error(ErrorCode::kUsage, "--scheme none does nothing without --prune");
+    if (options.prune.empty() && !options.prune_experts && !IsDecodeOnly(options)) {
+      return Error(ErrorCode::kUsage,
+                   "--scheme none does nothing without --prune or --prune-experts");
     }
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");

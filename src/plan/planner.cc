@@ -26,6 +26,7 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding"},
     {"re:.*mlp\\.gate$", "MoE router gate"},
     {"re:.*block_sparse_moe\\.gate$", "MoE router gate"},
+    {"re:.*(mlp|feed_forward)\\.router$", "MoE router"},  // gpt-oss, Llama 4
     {"re:.*shared_expert_gate$", "shared-expert gate"},
 };
 
@@ -252,7 +253,19 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     return copy("not a matrix");
   }
   PlannedGroup& g = plan_.groups[static_cast<size_t>(group)];
-  if (g.scheme == nullptr && !pruning_) return copy("--scheme BF16");  // decoding alone
+  if (g.scheme == nullptr && !pruning_) {  // decoding alone, or expert pruning alone
+    return copy(decode_only_ ? "--scheme BF16" : "--scheme none");
+  }
+  if (!pt.src_ranges.empty()) {
+    // A router or expert stack sliced to the kept experts is gathered from several ranges of
+    // its source; only the copy path reads such pieces.
+    plan_.errors.push_back(Error(
+        ErrorCode::kUnsupported,
+        rel_name + ": tensor '" + t.name + "' is sliced to the kept experts (--prune-experts) "
+        "and can only be copied, not " + (g.scheme ? "quantized" : "pruned") +
+        "; add its module to --ignore (vLLM loads routers unquantized)"));
+    return copy("error");
+  }
   // Each problem is recorded and the tensor planned as a copy, so that planning goes on and
   // --dry-run can list every error a real run would stop at.
   const std::string problem = QuantizeProblem(rel_name + ": tensor '" + t.name + "'", t,
@@ -310,6 +323,11 @@ void Planner::PlanShard(size_t si) {
     pt.shard = si;
     pt.src_offset = shard.header.data_start + t->begin;
     pt.src_bytes = t->nbytes();
+    if (auto g = folder_.gathered.find(t->name); g != folder_.gathered.end()) {
+      for (const auto& [begin, len] : g->second) {
+        pt.src_ranges.emplace_back(shard.header.data_start + begin, len);
+      }
+    }
     const size_t before = specs.size();
     PlanTensor(*t, shard.rel_name, pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
@@ -484,12 +502,14 @@ void Planner::PlanFiles() {
   for (const PlannedGroup& g : plan_.groups) {
     if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets});
   }
-  if (cg.empty() && !quantized_source) {
+  if (cg.empty() && !quantized_source && !folder_.config_changed) {
     // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
     plan_.files.push_back({*folder_.config_rel, folder_.root / *folder_.config_rel, {}});
     return;
   }
   if (cg.empty()) {
+    // Expert pruning alone rewrites the expert count and, as convert_checkpoint, drops any
+    // quantization_config (the pruner's update_config returns None).
     // A quantized source written decoded: its quantization_config no longer applies
     // (compressed-tensors' dequantizers drop it the same way).
     JsonValue::Object kept;
