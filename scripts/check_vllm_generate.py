@@ -41,10 +41,11 @@ GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
             ("qwen3moe", "W8A8-attn", "W8A8"), ("qwen3moe", "FP8_DYNAMIC-attn", "FP8_DYNAMIC"),
             ("qwen3moe", "W4A16-attn", "W4A16")]
 # vLLM 0.32.0's CPU build has no MoE kernels for quantized experts; its messages, raised by
-# vllm/model_executor/layers/fused_moe/oracle/{int8,fp8}.py and the WNA16 MoE method.
+# vllm/model_executor/layers/fused_moe/oracle/int8.py (NotImplementedError, followed by the
+# weight and activation keys), fp8.py (ValueError) and int_wna16.py (NotImplementedError).
 REFUSED = {"W8A8": "No Int8 MoE backend supports the deployment configuration",
            "FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
-           "W4A16": "No WNA16 MoE backend"}
+           "W4A16": "No WNA16 MoE backend supports the deployment configuration."}
 
 
 def make_models(out):
