@@ -200,7 +200,6 @@ def compare_hf(a, b):
     return agree, n, worst
 
 
-
 def measure(work, only):
     """Every case's measures (agreements, positions, largest difference), saved to
     WORK/results.json: vLLM against transformers F32 on the same folder ("vllm"), transformers
@@ -262,7 +261,7 @@ def limits(results, model, case):
     kernels compute quench's model to bf16 accuracy, and a misread scale (a factor of 2 or
     more on a layer) would still be far outside."""
     noise = [results[f"{model}-{case}"]["hf_bf16"]]
-    if case != "bf16" and "vllm" in results[f"{model}-bf16"]:
+    if case != "bf16" and "vllm" in results.get(f"{model}-bf16", {}):
         noise.append(results[f"{model}-bf16"]["vllm"])
     n = noise[0][1]
     flips = max(m[1] - m[0] for m in noise)
@@ -282,9 +281,9 @@ def judge(results):
           "transformers quantized vs unquantized | vLLM CPU message |")
     print("|---|---|---|---|---|---|---|---|")
     for model, case, scheme in GENERATE:
-        r = results[f"{model}-{case}"]
+        r = results.get(f"{model}-{case}", {"error": "not run"})
         if "error" in r:
-            failures.append(f"{model}-{case}: vLLM failed: {r['error']}")
+            failures.append(f"{model}-{case}: failed: {r['error']}")
             print(f"| {model} | {case} | - | - | - | - | - | {r['error']} |")
             continue
         if r["hf_experts_missing"] != (f"{model}-{case}" in EXPERTS_NOT_LOADED):
@@ -298,7 +297,7 @@ def judge(results):
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
               f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | |")
     for scheme, expected in REFUSED.items():
-        r = results[f"qwen3moe-{scheme}"]
+        r = results.get(f"qwen3moe-{scheme}", {"error": "not run"})
         if expected not in r.get("error", ""):
             failures.append(f"qwen3moe-{scheme}: expected vLLM to refuse with '{expected}', "
                             f"got {r.get('error', 'a generation')}")
