@@ -1,0 +1,324 @@
+"""Driver of scripts/check-vllm's generation checks (decoder and MoE loading paths).
+
+  check_vllm_generate.py models OUT   writes OUT/llama-bf16 and OUT/qwen3moe-bf16: tiny models with random
+                                      weights (fixed seed) from transformers' configuration
+                                      classes, saved as bf16 safetensors (no tokenizer)
+  check_vllm_generate.py run WORK [PREFIX...]
+                                      WORK/<model>-<case> as scripts/check-vllm converted them:
+                                      vLLM's LLM.generate against transformers, asserted
+                                      (PREFIX: only the cases named so, the others' results
+                                      kept from WORK/results.json)
+  check_vllm_generate.py judge WORK   the table and assertions again from WORK/results.json
+
+vLLM generates greedily from fixed prompt token ids and returns the top-K log-probabilities of
+every prompt position and every generated step. transformers then reads the same folder (its
+compressed-tensors load: dequantized weights, activations fake-quantized where the scheme
+quantizes them) and scores the same token sequences in F32. Per position: does vLLM's top-1
+token equal transformers' argmax, and how far apart are the two log-probabilities of each of
+vLLM's top-K tokens. The thresholds (AGREE, MAX_DIFF) and why they are what they are: below.
+"""
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import sys
+
+from check_vllm import root_cause
+
+SEED = 20261204
+# 8 prompts of 12 token ids (bos, then ids 3..511 drawn with a fixed seed; no tokenizer is
+# needed) and 12 generated tokens: 8 x 23 = 184 positions compared per model.
+_rng = random.Random(SEED)
+PROMPTS = [[1] + [_rng.randrange(3, 512) for _ in range(11)] for _ in range(8)]
+MAX_TOKENS = 12
+TOP_K = 5
+
+# Cases: (model, folder suffix, scheme). "-attn": the MoE experts left unquantized (--ignore).
+GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
+            ("llama", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("llama", "W4A16", "W4A16"),
+            ("llama", "W4A16_ASYM", "W4A16_ASYM"), ("qwen3moe", "bf16", None),
+            ("qwen3moe", "W8A8-attn", "W8A8"), ("qwen3moe", "FP8_DYNAMIC-attn", "FP8_DYNAMIC"),
+            ("qwen3moe", "W4A16-attn", "W4A16")]
+# vLLM 0.32.0's CPU build has no MoE kernels for quantized experts; its messages, raised by
+# vllm/model_executor/layers/fused_moe/oracle/int8.py (NotImplementedError, followed by the
+# weight and activation keys), fp8.py (ValueError) and int_wna16.py (NotImplementedError).
+REFUSED = {"W8A8": "No Int8 MoE backend supports the deployment configuration",
+           "FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
+           "W4A16": "No WNA16 MoE backend supports the deployment configuration."}
+
+
+def make_models(out):
+    import torch
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig,
+                              Qwen3MoeForCausalLM)
+    common = dict(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, max_position_embeddings=128,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    models = {
+        "llama": (LlamaForCausalLM, LlamaConfig(intermediate_size=512, **common)),
+        # 4 experts, expert width 128 (one group of the grouped schemes), every expert active:
+        # with 2 of 4 (tried first) the router's choice flips wherever two experts' router
+        # logits nearly tie, and the bf16 noise alone (transformers BF16 vs F32) moved
+        # log-probabilities by 0.03-0.17 there; the loading path vLLM takes (fused experts,
+        # router, top-k) is the same with all 4 chosen.
+        "qwen3moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig(
+            intermediate_size=512, moe_intermediate_size=128, num_experts=4,
+            num_experts_per_tok=4, **common)),
+    }
+    for name, (cls, cfg) in models.items():
+        torch.manual_seed(SEED)
+        cfg.dtype = torch.bfloat16
+        model = cls(cfg)
+        model.to(torch.bfloat16).save_pretrained(os.path.join(out, f"{name}-bf16"))
+
+
+def run_vllm(folder, q, log):
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+        llm = LLM(model=folder, enforce_eager=True, max_model_len=64, skip_tokenizer_init=True,
+                  seed=SEED)
+        sp = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP_K,
+                            prompt_logprobs=TOP_K, detokenize=False, ignore_eos=True)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in PROMPTS], sp)
+        seqs = []
+        for o in outs:
+            ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
+            # Entry i: the distribution of the token after ids[:i+1] (prompt_logprobs[0] is None).
+            steps = list(o.prompt_logprobs[1:]) + list(o.outputs[0].logprobs)
+            seqs.append((ids, [{int(t): (lp.logprob, lp.rank) for t, lp in s.items()}
+                               for s in steps]))
+        q.put(("ok", seqs))
+        llm.llm_engine.engine_core.shutdown()
+    except BaseException as e:
+        msg = str(e).strip().splitlines()
+        q.put(("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"))
+
+
+def vllm_generate(folder):
+    log = folder.rstrip("/") + ".vllm.log"
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=run_vllm, args=(folder, q, log))
+    p.start()
+    try:
+        result = q.get(timeout=900)
+    except Exception:
+        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
+    p.join(60)
+    if p.is_alive():
+        p.terminate()
+        p.join()
+    if result[0] == "error":
+        result = ("error", root_cause(log) or result[1])
+    return result
+
+
+# Upstream (transformers 5.19.0 in vLLM's venv, with compressed-tensors 0.17.0): a compressed
+# checkpoint whose MoE experts are left unquantized (in `ignore`, plain `.weight` tensors) loads
+# without them unless the scheme is FP8. Its quantizer's update_weight_conversions builds the
+# experts' merge from the scheme alone (`weight_packed` sources for any non-FP8 scheme) and
+# ignores `ignore`, so it reports the per-expert weights UNEXPECTED and the merged
+# `mlp.experts.gate_up_proj` / `down_proj` MISSING (left random). These cases assert exactly
+# that, then take the experts from the source model after checking that quench's copies of them
+# are the source's bytes.
+EXPERTS_NOT_LOADED = {"qwen3moe-W8A8-attn", "qwen3moe-W4A16-attn"}
+
+
+def load_tensors(folder):
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out
+
+
+def hf_model(folder, dtype, src):
+    """transformers' model of `folder` and whether it left the experts out (see above)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                       output_loading_info=True)
+    missing = set(info["missing_keys"])
+    if not missing:
+        return model.eval(), False
+    layers = len(model.model.layers)
+    merged = {f"model.layers.{i}.mlp.experts.{p}" for i in range(layers)
+              for p in ("gate_up_proj", "down_proj")}
+    if missing != merged:
+        raise RuntimeError(f"transformers left {sorted(missing)} uninitialised")
+    out, source = load_tensors(folder), load_tensors(src)
+    experts = [k for k in source if ".mlp.experts." in k]
+    assert experts and all(torch.equal(out[k], source[k]) for k in experts), folder
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).state_dict()
+    model.load_state_dict({k: ref[k] for k in merged}, strict=False)
+    return model.eval(), True
+
+
+def hf_logprobs(folder, seqs, dtype, src):
+    """transformers' log-probabilities [positions, vocab] for each sequence, in F32, and
+    whether it left the experts out."""
+    import torch
+    model, experts_missing = hf_model(folder, dtype, src)
+    out = []
+    with torch.no_grad():
+        for ids, _ in seqs:
+            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0].float()
+            out.append(torch.log_softmax(logits, dim=-1))
+    return out, experts_missing
+
+
+def compare_vllm(seqs, lps):
+    """(top-1 agreement, positions, largest |logprob difference| over vLLM's top-K)."""
+    agree = n = 0
+    worst = 0.0
+    for (ids, steps), lp in zip(seqs, lps):
+        assert len(steps) == lp.shape[0] == len(ids) - 1
+        for i, s in enumerate(steps):
+            top = [t for t, (_, r) in s.items() if r == 1]
+            agree += int(top[0] == int(lp[i].argmax()))
+            n += 1
+            worst = max(worst, max(abs(v - lp[i, t].item()) for t, (v, r) in s.items()
+                                   if r <= TOP_K))
+    return agree, n, worst
+
+
+def compare_hf(a, b):
+    """The same measure between two transformers runs: a's argmax and top-K against b."""
+    agree = n = 0
+    worst = 0.0
+    for x, y in zip(a, b):
+        agree += int((x.argmax(-1) == y.argmax(-1)).sum())
+        n += x.shape[0]
+        top = x.topk(TOP_K, dim=-1).indices
+        worst = max(worst, (x.gather(1, top) - y.gather(1, top)).abs().max().item())
+    return agree, n, worst
+
+
+def measure(work, only):
+    """Every case's measures (agreements, positions, largest difference), saved to
+    WORK/results.json: vLLM against transformers F32 on the same folder ("vllm"), transformers
+    BF16 against F32 on the same folder ("hf_bf16"), vLLM against transformers F32 on the
+    unquantized model ("vllm_unq") and transformers F32 quantized against unquantized
+    ("hf_unq"); for the refused cases, vLLM's message. `only`: names' prefixes of the cases
+    to run again, the others kept from results.json."""
+    import torch
+    path = os.path.join(work, "results.json")
+    results = json.load(open(path)) if only and os.path.exists(path) else {}
+    for model, case, scheme in GENERATE:
+        if only and not any(f"{model}-{case}".startswith(o) for o in only):
+            continue
+        folder = os.path.join(work, f"{model}-{case}")
+        status, seqs = vllm_generate(folder)
+        if status != "ok":
+            results[f"{model}-{case}"] = {"error": seqs}
+            continue
+        with open(folder + ".vllm.json", "w") as f:  # what vLLM generated, for a closer look
+            json.dump(seqs, f)
+        try:
+            src = os.path.join(work, f"{model}-bf16")
+            hf32, missing = hf_logprobs(folder, seqs, torch.float32, src)
+            hf16, _ = hf_logprobs(folder, seqs, torch.bfloat16, src)
+            unq = hf32 if scheme is None else hf_logprobs(src, seqs, torch.float32, src)[0]
+            results[f"{model}-{case}"] = {
+                "vllm": compare_vllm(seqs, hf32), "hf_bf16": compare_hf(hf32, hf16),
+                "vllm_unq": compare_vllm(seqs, unq), "hf_unq": compare_hf(unq, hf32),
+                "hf_experts_missing": missing}
+        except Exception as e:  # transformers' failure is the result
+            results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
+        print(json.dumps({f"{model}-{case}": results[f"{model}-{case}"]}), flush=True)
+    for scheme in REFUSED:
+        if only and not any(f"qwen3moe-{scheme}".startswith(o) for o in only):
+            continue
+        status, msg = vllm_generate(os.path.join(work, f"qwen3moe-{scheme}"))
+        results[f"qwen3moe-{scheme}"] = {"error": msg} if status == "error" else \
+            {"generated": True}
+        print(json.dumps({f"qwen3moe-{scheme}": results[f"qwen3moe-{scheme}"]}), flush=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def limits(results, model, case):
+    """(fewest top-1 agreements, largest logprob difference) allowed for vLLM against
+    transformers F32 on this case: 1.5 x the noise measured independently on the same
+    prompts, at least 2 disagreements (a flip needs a near-tie, and 1 or 2 in 184 is chance).
+    vLLM computes in bf16, transformers here in F32, so the noise of the same computation in
+    bf16 is the expected distance: transformers BF16 against F32 on the same folder (it also
+    rounds activations to bf16 before fake-quantizing them, so it catches the flips of the
+    activation quantization grid), and, for a quantized case, vLLM against transformers on the
+    unquantized model (vLLM's own kernels and bf16 logits). Measured on 2026-12-04, vLLM's
+    largest difference was 0.69x-1.23x that noise and its top-1 disagreements no more than
+    the noise's (README, Consumers). The check tells a wrong reading of the file apart where
+    the quantization moves log-probabilities by more than 1.5 x the noise (the table's last
+    column: W4A16 and W4A16_ASYM by 0.18-0.25, 20-36x the noise); for W8A8 and FP8_DYNAMIC the
+    whole quantization effect is 1.0-1.8x the noise, so there it shows that vLLM's
+    kernels compute quench's model to bf16 accuracy, and a misread scale (a factor of 2 or
+    more on a layer) would still be far outside."""
+    noise = [results[f"{model}-{case}"]["hf_bf16"]]
+    if case != "bf16" and "vllm" in results.get(f"{model}-bf16", {}):
+        noise.append(results[f"{model}-bf16"]["vllm"])
+    n = noise[0][1]
+    flips = max(m[1] - m[0] for m in noise)
+    return n - max(2, math.ceil(1.5 * flips)), 1.5 * max(m[2] for m in noise)
+
+
+def fmt(m):
+    agree, n, worst = m
+    return f"{agree}/{n}, {worst:.4f}"
+
+
+def judge(results):
+    """The table and the failures (see the thresholds above)."""
+    failures = []
+    print("\n| model | case | vLLM vs transformers F32 (top-1 agreement, largest logprob "
+          "difference) | limit | transformers BF16 vs F32 | vLLM vs unquantized | "
+          "transformers quantized vs unquantized | vLLM CPU message |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, case, scheme in GENERATE:
+        r = results.get(f"{model}-{case}", {"error": "not run"})
+        if "error" in r:
+            failures.append(f"{model}-{case}: failed: {r['error']}")
+            print(f"| {model} | {case} | - | - | - | - | - | {r['error']} |")
+            continue
+        if r["hf_experts_missing"] != (f"{model}-{case}" in EXPERTS_NOT_LOADED):
+            failures.append(f"{model}-{case}: transformers' load of the unquantized experts "
+                            f"changed (experts missing: {r['hf_experts_missing']})")
+        limit = limits(results, model, case)
+        agree, n, worst = r["vllm"]
+        if agree < limit[0] or worst > limit[1]:
+            failures.append(f"{model}-{case}: {fmt(r['vllm'])} outside {limit[0]}/{n}, "
+                            f"{limit[1]:.4f}")
+        print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
+              f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | |")
+    for scheme, expected in REFUSED.items():
+        r = results.get(f"qwen3moe-{scheme}", {"error": "not run"})
+        if expected not in r.get("error", ""):
+            failures.append(f"qwen3moe-{scheme}: expected vLLM to refuse with '{expected}', "
+                            f"got {r.get('error', 'a generation')}")
+        print(f"| qwen3moe | {scheme} (experts quantized) | - | refused | - | - | - | "
+              f"{r.get('error', 'generated')} |")
+    for f in failures:
+        print("FAIL:", f)
+    return failures
+
+
+def main():
+    if sys.argv[1] == "models":
+        make_models(sys.argv[2])
+        return
+    work = sys.argv[2]
+    if sys.argv[1] == "run":
+        results = measure(work, sys.argv[3:])
+    else:  # "judge": the table again from WORK/results.json, without running anything
+        results = json.load(open(os.path.join(work, "results.json")))
+    sys.exit(1 if judge(results) else 0)
+
+
+if __name__ == "__main__":
+    main()
