@@ -3,9 +3,10 @@
 # (or sudo) only when something must be installed.
 set -euo pipefail
 # clang-14 and libclang-rt-14-dev (libFuzzer and the sanitizer runtimes): scripts/fuzz, which
-# the default suite runs.
+# the default suite runs. libopenblas-dev and liblapacke-dev: GPTQ's Cholesky and block updates.
 pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
-      libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev)
+      libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev libopenblas-dev
+      liblapacke-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
