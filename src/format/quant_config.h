@@ -21,6 +21,7 @@ struct ConfigGroup {
   const SchemeInfo* scheme = nullptr;
   SchemeParams params;               // with the user's overrides
   std::vector<std::string> targets;  // ["Linear"] when the user gave none
+  std::string actorder;              // weights' actorder as GPTQ resolved it (empty: null)
 };
 
 JsonValue QuantArgsJson(const QuantArgsDesc& a);

@@ -119,6 +119,7 @@ class Planner {
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
+  std::string actorder_;  // written to the config groups' weights (GPTQ), empty: null
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
   std::vector<std::string> ignore_;  // the user's (and the recipe's) ignore entries
@@ -158,6 +159,9 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
   p.plan_.source_format = p.source_.description;
   p.decode_only_ = IsDecodeOnly(options);
+  // GPTQModifier.resolve_quantization_config sets the weights' actorder of every group (its
+  // default "static"); "none" leaves it null. Weights that fall back to RTN keep the group.
+  if (options.algorithm == "gptq" && options.actorder != "none") p.actorder_ = options.actorder;
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
                                         folder.root.string() + " is not quantized");
@@ -472,7 +476,7 @@ void Planner::PlanFiles() {
   }
   std::vector<ConfigGroup> cg;
   for (const PlannedGroup& g : plan_.groups) {
-    if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets});
+    if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_});
   }
   if (cg.empty() && !quantized_source) {
     // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
