@@ -9,7 +9,9 @@ metadata names under "hessian", shared between cases) and the outputs (codes: th
 integers the compressed-tensors compressor writes for the returned weight, scale and
 zero_point from the memoryless min-max observer, the reference's loss, and the proxy loss
 tr(dW H dW^T) computed here in float64), with the arguments in its metadata. Cases the
-reference refuses are listed in manifest.json with its message.
+reference refuses are listed in manifest.json with its message. oneshot_*.json: the
+quantization_config llm-compressor's oneshot writes for GPTQModifier(scheme="W4A16") on a tiny
+random Llama (the config groups quench's GPTQ output must match).
 
 Usage: /work/main/.venv-ref/bin/python scripts/make_golden_gptq.py [OUT_DIR]
 """
@@ -98,6 +100,42 @@ def add_hessian(name, h):
     return name
 
 
+def oneshot_configs():
+    """GPTQModifier through oneshot on a tiny random Llama (hidden 128, one layer, bf16, a
+    WordLevel tokenizer built in place, no hub), saved compressed; keeps quantization_config."""
+    import tempfile
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
+                      max_position_embeddings=64)
+    tk = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(64)}, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0", pad_token="w1")
+    ids = torch.randint(0, 64, (8, 16))
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 16] * 8})
+    with tempfile.TemporaryDirectory() as tmp:
+        base = os.path.join(tmp, "base")
+        LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
+        tok.save_pretrained(base)
+        for name, kw in (("static", {}), ("none", {"actorder": None})):
+            model = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+            mod = GPTQModifier(scheme="W4A16", targets="Linear", ignore=["lm_head"], **kw)
+            oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=8,
+                    processor=tok, max_seq_length=16)
+            out = os.path.join(tmp, name)
+            model.save_pretrained(out, save_compressed=True)
+            with open(os.path.join(out, "config.json")) as f:
+                q = json.load(f)["quantization_config"]
+            with open(os.path.join(OUT, f"oneshot_W4A16_{name}.json"), "w") as f:
+                json.dump(q, f, indent=2, sort_keys=True)
+                f.write("\n")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(19)
@@ -177,6 +215,7 @@ def main():
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")
+    oneshot_configs()
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
     print(f"{len(cases)} cases, {total} bytes in {OUT}")
 

@@ -3,10 +3,9 @@
 # (or sudo) only when something must be installed.
 set -euo pipefail
 # clang-14 and libclang-rt-14-dev (libFuzzer and the sanitizer runtimes): scripts/fuzz, which
-# the default suite runs. libopenblas-dev and liblapacke-dev: GPTQ's Cholesky and block updates.
+# the default suite runs. libopenblas0: GPTQ's Cholesky and block updates (loaded at run time).
 pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
-      libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev libopenblas-dev
-      liblapacke-dev)
+      libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev libopenblas0)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

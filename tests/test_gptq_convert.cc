@@ -235,6 +235,41 @@ TEST_CASE("GPTQ on tiny-llama beats RTN on every layer, with RTN's scales and fo
   }
 }
 
+TEST_CASE("GPTQ's quantization_config is llm-compressor oneshot's (GPTQModifier W4A16)") {
+  TempDir tmp;
+  WriteStats(tmp / "stats", TinyLlamaSites());
+  for (const char* ao : {"static", "none"}) {
+    CAPTURE(ao);
+    const fs::path dst = tmp / ao;
+    // Group 128 as the preset: down_proj (704 inputs) left out, as the golden tiny-llama cases do.
+    auto r = RunQuench({"convert", (DataDir() / "tiny-llama").string(), dst.string(), "--scheme",
+                        "W4A16", "--ignore", "re:.*down_proj$", "--stats",
+                        (tmp / "stats").string(), "--algorithm", "gptq", "--actorder", ao, "-q"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    auto got = ReadJsonFile((dst / "config.json").string());
+    auto ref = ReadJsonFile(
+        (DataDir() / "golden" / "gptq" / (std::string("oneshot_W4A16_") + ao + ".json")).string());
+    REQUIRE(got.ok());
+    REQUIRE(ref.ok());
+    const JsonValue& q = *got->Find("quantization_config");
+    // Every key as oneshot writes it; the group is named after the preset (model_free's rule,
+    // oneshot says group_0) and the ignore list is this run's.
+    for (const auto& [key, value] : ref->as_object()) {
+      CAPTURE(key);
+      REQUIRE(q.Find(key) != nullptr);
+      if (key == "ignore") continue;
+      if (key == "config_groups") {
+        CHECK(DumpCompactJson(*q.Find(key)->Find("W4A16")) ==
+              DumpCompactJson(*value.Find("group_0")));
+        CHECK(q.Find(key)->as_object().size() == 1);
+      } else {
+        CHECK(DumpCompactJson(*q.Find(key)) == DumpCompactJson(value));
+      }
+    }
+    CHECK(q.as_object().size() == ref->as_object().size());
+  }
+}
+
 TEST_CASE("GPTQ's dry run says which weights get GPTQ and why the others do not") {
   TempDir tmp;
   WriteStats(tmp / "stats", TinyLlamaSites());

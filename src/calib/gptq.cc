@@ -3,18 +3,16 @@
 // factorize_hessian, column_scale_window}); the fake quantization is compressed-tensors
 // 0.19.0's (lifecycle/forward_helpers.py::_quantize/_dequantize), the final codes its
 // compressor's, both through the int schemes' definition (src/schemes/int_shared.h).
-// Linear algebra is OpenBLAS's LAPACK (potrf, potri) and SGEMM, as torch's CPU build uses a
+// Linear algebra is OpenBLAS's LAPACK (potrf, potri) and SGEMM (calib/blas.h), as torch's CPU build uses a
 // LAPACK/BLAS for the same steps; results agree with the reference to rounding (the golden
 // tests measure how closely).
 #include "calib/gptq.h"
-
-#include <cblas.h>
-#include <lapacke.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "calib/blas.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
@@ -40,6 +38,7 @@ Result<GptqFactor> FactorHessian(std::vector<float> h, size_t n, const GptqOptio
   if (n == 0 || h.size() != n * n) {
     return Error(ErrorCode::kUsage, "GPTQ: Hessian size does not match the weight");
   }
+  QUENCH_ASSIGN_OR_RETURN(const Blas* blas, LoadBlas());
   GptqFactor f;
   f.n = n;
   // apply_activation_ordering: perm = argsort(diag(H), descending). torch's CPU sort keeps
@@ -74,9 +73,10 @@ Result<GptqFactor> FactorHessian(std::vector<float> h, size_t n, const GptqOptio
   // cholesky(H) (lower); cholesky_inverse; cholesky(Hinv, upper=True). The matrix is stored
   // row-major, which column-major LAPACK sees transposed: row-major lower = column-major
   // upper, so each call names the other triangle (no transposed copy of n x n is made).
-  const lapack_int ln = static_cast<lapack_int>(n);
-  lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', ln, h.data(), ln);
-  if (info == 0) info = LAPACKE_spotri(LAPACK_COL_MAJOR, 'U', ln, h.data(), ln);
+  const int ln = static_cast<int>(n);
+  int info = 0;
+  blas->spotrf("U", &ln, h.data(), &ln, &info, 1);
+  if (info == 0) blas->spotri("U", &ln, h.data(), &ln, &info, 1);
   if (info == 0) {
     // potri leaves the inverse in one triangle (row-major lower); potrf reads the other.
     for (size_t i = 0; i < n; ++i) {
@@ -84,7 +84,7 @@ Result<GptqFactor> FactorHessian(std::vector<float> h, size_t n, const GptqOptio
     }
     // Column-major lower L with Hinv = L L^T is, read row-major, the upper U = L^T with
     // Hinv = U^T U: the reference's cholesky(upper=True).
-    info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'L', ln, h.data(), ln);
+    blas->spotrf("L", &ln, h.data(), &ln, &info, 1);
   }
   if (info != 0) {
     // torch._C._LinAlgError -> Hinv = I: round to nearest with the same scales, reported.
@@ -123,7 +123,9 @@ inline float FakeQuantize(float x, const GroupParams& p, const Layout& l, bool s
 bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions& options,
                   GptqRows* out) {
   Layout l;
-  if (!intq::internal::MakeLayout(in, &l) || in.cols != f.n || options.block_size <= 0) {
+  auto blas = LoadBlas();
+  if (!intq::internal::MakeLayout(in, &l) || in.cols != f.n || options.block_size <= 0 ||
+      !blas.ok() || in.cols > static_cast<size_t>(INT32_MAX / 2)) {
     return false;
   }
   const size_t rows = in.rows, n = in.cols, ng = l.n_groups;
@@ -184,10 +186,9 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
       }
     }
     if (i2 < n) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
-                  static_cast<int>(n - i2), static_cast<int>(bw), -1.0f, err.data(),
-                  static_cast<int>(bw), f.u.data() + i1 * n + i2, static_cast<int>(n), 1.0f,
-                  w.data() + i2, static_cast<int>(n));
+      (*blas)->sgemm_nn(static_cast<int>(rows), static_cast<int>(n - i2), static_cast<int>(bw),
+                        -1.0f, err.data(), static_cast<int>(bw), f.u.data() + i1 * n + i2,
+                        static_cast<int>(n), 1.0f, w.data() + i2, static_cast<int>(n));
     }
   }
   out->loss = loss / 2;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "calib/blas.h"
 #include "calib/gptq.h"
 #include "calib/stats.h"
 
@@ -64,6 +65,8 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   }
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   (void)gopt;
+  QUENCH_ASSIGN_OR_RETURN(const Blas* blas, LoadBlas());  // refused now rather than mid-run
+  (void)blas;
   if (options.stats.empty()) {
     return Error(ErrorCode::kUsage,
                  "--algorithm gptq needs --stats STATS with full Hessians (collect them with "
