@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "format/json.h"
+#include "pipeline/resume.h"
+#include "quench/convert.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -268,6 +270,32 @@ TEST_CASE("GPTQ's quantization_config is llm-compressor oneshot's (GPTQModifier 
     }
     CHECK(q.as_object().size() == ref->as_object().size());
   }
+}
+
+TEST_CASE("--resume does not keep a shard made with other GPTQ settings or with RTN") {
+  TempDir tmp;
+  WriteStats(tmp / "stats", TinyLlamaSites());
+  auto fingerprint = [&](const std::string& algorithm, const std::string& actorder,
+                         double dampening) {
+    ConvertOptions o;
+    o.src = DataDir() / "tiny-llama";
+    o.dst = tmp / "o";
+    o.scheme = "W4A16";
+    o.group_size = 64;
+    o.algorithm = algorithm;
+    if (algorithm == "gptq") o.stats = tmp / "stats";
+    o.actorder = actorder;
+    o.dampening = dampening;
+    auto plan = MakePlan(o);
+    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
+    REQUIRE(plan->errors.empty());
+    return ShardFingerprint(*plan, 0);
+  };
+  const std::string base = fingerprint("gptq", "static", 0.01);
+  CHECK(base == fingerprint("gptq", "static", 0.01));
+  CHECK(base != fingerprint("rtn", "static", 0.01));
+  CHECK(base != fingerprint("gptq", "none", 0.01));
+  CHECK(base != fingerprint("gptq", "static", 0.02));
 }
 
 TEST_CASE("GPTQ's dry run says which weights get GPTQ and why the others do not") {

@@ -168,6 +168,9 @@ struct Plan {
   // Memory calibration holds besides the pipeline's chunks (GPTQ: the Hessians being factored
   // and in use), taken from the budget before the chunks are sized.
   uint64_t calib_bytes = 0;
+  // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
+  // hash): part of the resume fingerprint of shards holding them.
+  std::string calib_fingerprint;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
 };

@@ -11,6 +11,8 @@
 
 #include "calib/blas.h"
 #include "calib/gptq.h"
+#include "format/file_io.h"
+#include "format/safetensors.h"
 #include "calib/stats.h"
 
 namespace quench::calib {
@@ -64,7 +66,6 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
     return Status::Ok();
   }
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
-  (void)gopt;
   QUENCH_ASSIGN_OR_RETURN(const Blas* blas, LoadBlas());  // refused now rather than mid-run
   (void)blas;
   if (options.stats.empty()) {
@@ -163,6 +164,15 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
     msg.pop_back();
   }
   plan.notes.push_back(msg);
+  // --resume keeps a shard only if it was made with the same GPTQ settings and statistics.
+  QUENCH_ASSIGN_OR_RETURN(std::string manifest,
+                          ReadFileToString(options.stats / "manifest.json"));
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(Fnv1a64(manifest)));
+  plan.calib_fingerprint = "block " + std::to_string(gopt.block_size) + " damp " +
+                           std::to_string(gopt.dampening) + " actorder " + options.actorder +
+                           " stats " + hash;
   return Status::Ok();
 }
 

@@ -36,6 +36,11 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
       std::memcpy(&gs, &t.global_scale, 4);
       d += std::to_string(gs);
     }
+    if (!t.calib_site.empty()) {
+      d += "|gptq " + t.calib_site + "#" +
+           (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
+           plan.calib_fingerprint;
+    }
     h = Fnv1a64(d, h);
   }
   char hex[17];
