@@ -1,6 +1,9 @@
 // GPTQ in a conversion (see gptq_run.h).
 #include "calib/gptq_run.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -259,6 +262,13 @@ class GptqRunImpl : public GptqRun {
         h[i * n + j] = h[j * n + i] = static_cast<float>(v * scale);
       }
     }
+    // The mapped Hessian's pages are read once: dropped from the resident set now (they are
+    // clean file pages; a later read faults them in again), or every site read would stay
+    // resident for the whole run (MiniLM's 78 MB statistics under a 96 MiB budget did).
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
+    const uintptr_t hi = reinterpret_cast<uintptr_t>(src + packed * 8);
+    madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
     return FactorHessian(std::move(h), n, opt_);
   }
 
