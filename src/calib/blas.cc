@@ -1,6 +1,7 @@
 #include "calib/blas.h"
 
 #include <dlfcn.h>
+#include <stdlib.h>
 
 #include <mutex>
 #include <string>
@@ -25,6 +26,9 @@ void SgemmNN(int m, int n, int k, float alpha, const float* a, int lda, const fl
 
 Result<const Blas*> Load() {
   static Blas blas;
+  // One thread, asked for before the library initialises: OpenBLAS then starts no thread pool
+  // at load (a pool that cannot start, e.g. under `ulimit -v`, left quench hanging).
+  setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);
   // Debian's libopenblas0 (pthread, openmp or serial variant, through its alternatives).
   void* h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
   if (h == nullptr) {
