@@ -6,9 +6,10 @@ set -euo pipefail
 # the default suite runs.
 # openmpi-bin, slurmctld, slurmd, slurm-client: the real launchers the workers test starts
 # (scripts/test-launchers: mpirun -np 3, a one-host Slurm with sbatch --array and srun).
+# libopenblas0: GPTQ's Cholesky and block updates (loaded at run time).
 pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
       libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev
-      openmpi-bin slurmctld slurmd slurm-client)
+      openmpi-bin slurmctld slurmd slurm-client libopenblas0)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,12 @@ struct PlanOptions {
   // (unset: none), scored by `expert_metric` ("magnitude": L1 norm of the router row).
   std::optional<double> prune_experts;
   std::string expert_metric = "magnitude";
+  // Calibration from activation statistics (docs/statistics-format.md; src/calib/).
+  std::filesystem::path stats;         // --stats: a statistics folder (empty: data-free)
+  std::string algorithm = "rtn";       // "rtn" (round to nearest) or "gptq"
+  int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
+  double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
+  std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -131,6 +137,14 @@ struct PlannedTensor {
   // After a run with --report: sums over the sampled rows of x^2 and (x - dequantized)^2.
   double error_signal = 0, error_noise = 0;
   uint64_t error_count = 0;
+  // GPTQ: the statistics site whose Hessian this weight's sweep uses (and, for a per-expert
+  // site, the expert); empty where the weight is rounded to nearest. `calib_note` says why a
+  // weight GPTQ was asked for is not (no Hessian for its site, ...), or, after the run, that
+  // its Hessian could not be factored; `calib_loss` is GPTQ's loss after the run.
+  std::string calib_site;
+  std::optional<uint64_t> calib_expert;
+  std::string calib_note;
+  double calib_loss = 0;
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
 };
@@ -182,6 +196,12 @@ struct Plan {
   // Every problem found while planning (a real run stops at the first; --dry-run lists all).
   std::vector<Status> errors;
   std::vector<std::string> config_ignore;  // the ignore list written to quantization_config
+  // Memory calibration holds besides the pipeline's chunks (GPTQ: the Hessians being factored
+  // and in use), taken from the budget before the chunks are sized.
+  uint64_t calib_bytes = 0;
+  // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
+  // hash): part of the resume fingerprint of shards holding them.
+  std::string calib_fingerprint;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
 };

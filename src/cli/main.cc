@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <cstdio>
@@ -109,6 +110,15 @@ std::string ConvertHelp() {
        "                        --scheme (--scheme none: prune experts only)\n"
        "  --expert-metric M     magnitude (default): L1 norm of the expert's router row, as\n"
        "                        compressed-tensors' MagnitudeExpertPruner\n"
+       "  --stats STATS         activation statistics (a folder scripts/collect-stats wrote)\n"
+       "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
+       "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
+       "                        schemes); weights without a Hessian are rounded to nearest\n"
+       "                        and --dry-run and --report say why\n"
+       "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
+       "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
+       "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
+       "                        decreasing diag(H) order, none in their order\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
        "                        or 3/4 of the cgroup's memory limit when that is smaller\n"
        "  --threads N           worker threads; default: every core\n"
@@ -257,6 +267,8 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
+    if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
+    if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -409,6 +421,31 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--expert-metric") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.expert_metric = v;
+    } else if (flag == "--stats") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.stats = v;
+    } else if (flag == "--algorithm") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.algorithm = v;
+    } else if (flag == "--gptq-block-size") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 1 || n > (1 << 20)) {
+        return ReportError("--gptq-block-size needs a positive whole number, not '" + v + "'", 2);
+      }
+      o.gptq_block_size = static_cast<int>(n);
+    } else if (flag == "--dampening") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const double d = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || !(d >= 0) || !std::isfinite(d)) {
+        return ReportError("--dampening needs a fraction >= 0, not '" + v + "'", 2);
+      }
+      o.dampening = d;
+    } else if (flag == "--actorder") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.actorder = v;
     } else if (a == "-q" || a == "--quiet") {
       quiet = true;
     } else if (a.starts_with("-") && a != "-") {

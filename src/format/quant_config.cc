@@ -66,7 +66,10 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
     JsonValue targets = JsonValue::MakeArray();
     for (const std::string& t : g.targets) targets.Push(JsonValue(t));
     grp.Set("targets", std::move(targets));
-    grp.Set("weights", QuantArgsJson(EffectiveWeights(*g.scheme, g.params)));
+    JsonValue weights = QuantArgsJson(EffectiveWeights(*g.scheme, g.params));
+    if (!g.actorder.empty()) weights.Set("actorder", JsonValue(g.actorder));
+    if (!g.weights_observer.empty()) weights.Set("observer", JsonValue(g.weights_observer));
+    grp.Set("weights", std::move(weights));
     grp.Set("input_activations", g.scheme->input_activations
                                      ? QuantArgsJson(*g.scheme->input_activations)
                                      : JsonValue());

@@ -21,6 +21,11 @@ struct ConfigGroup {
   const SchemeInfo* scheme = nullptr;
   SchemeParams params;               // with the user's overrides
   std::vector<std::string> targets;  // ["Linear"] when the user gave none
+  // Calibrated runs write the weight args as llm-compressor's oneshot does (GPTQModifier):
+  // the actorder it resolved (empty: null) and the observer that made the scales (empty: the
+  // scheme table's, null for model_free).
+  std::string actorder;
+  std::string weights_observer;
 };
 
 JsonValue QuantArgsJson(const QuantArgsDesc& a);

@@ -10,6 +10,7 @@
 #include <set>
 #include <system_error>
 
+#include "calib/gptq_run.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -246,6 +247,10 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
         std::to_string(e.layers.front().kept.size()));
     plan.expert_prune = std::move(experts);
   }
+  // Calibration (src/calib) only when asked for: the data-free path never reaches it.
+  if (options.algorithm != "rtn" || !options.stats.empty()) {
+    QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+  }
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
@@ -397,12 +402,15 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     for (size_t m : set) bytes += plan.tensors[m].src_bytes;
     largest_set = std::max(largest_set, bytes);
   }
-  // Per chunk in flight: its input pages and output buffer, plus a staging buffer when rows
-  // are pruned. A decoded source (FP8) needs none more: its chunks are sized by the decoded
-  // (BF16) rows, so their input pages are half a chunk, and a tensor written decoded is staged
-  // in the chunk's one buffer; quantized ones are decoded through per-thread tiles (kReserve).
-  PipelineSizing sizing =
-      SizePipeline(options.memory_limit, options.threads, pruning ? 3 : 2, largest_set);
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
+                          calib::MakeGptqRun(plan, options));
+  // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
+  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
+  const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
+                                    ? options.memory_limit - plan.calib_bytes
+                                    : options.memory_limit / 2;
+  PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
+                                       (pruning ? 3 : 2) + (gptq ? 3 : 0), largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
@@ -436,7 +444,16 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                   ? Status::Ok()
                   : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                      options.report.empty() ? nullptr : &errors,
-                                     [&](size_t tensor) { return global_scales.ForTensor(tensor); });
+                                     [&](size_t tensor) { return global_scales.ForTensor(tensor); },
+                                     gptq.get());
+  if (gptq) {
+    gptq->Finish(plan);
+    if (callbacks.note) {
+      for (const PlannedTensor& t : plan.tensors) {
+        if (!t.calib_site.empty() && !t.calib_note.empty()) callbacks.note(t.name + ": " + t.calib_note);
+      }
+    }
+  }
   for (const PlannedShard& ps : plan.shards) {
     if (!ps.already_done) published.push_back(plan.dst / ps.rel_name);
   }

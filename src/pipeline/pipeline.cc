@@ -65,10 +65,11 @@ class ShardPipeline {
   ShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                 const ConvertCallbacks& cb, const std::atomic<bool>* cancel,
                 std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
-                const std::function<Status(size_t tensor)>& before_tensor)
+                const std::function<Status(size_t tensor)>& before_tensor,
+                ChunkCalibration* calib)
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel), maps_(maps),
         files_(plan.shards.size()), zeroed_(zeroed), errors_(errors),
-        before_tensor_(before_tensor), prune_spec_(ToPruneSpec(plan.prune)),
+        before_tensor_(before_tensor), calib_(calib), prune_spec_(ToPruneSpec(plan.prune)),
         // A chunk's outputs are at most its input's size (narrower types), plus the padding
         // that places each output like its file offset.
         pool_(sizing.chunk_bytes + (ChunkOutputs::kMax + 1) * DirectIoAlignment()) {
@@ -305,6 +306,10 @@ class ShardPipeline {
   Status PrepareBefore(size_t upto) {
     for (; tensors_prepared_ < upto; ++tensors_prepared_) {
       if (before_tensor_) QUENCH_RETURN_IF_ERROR(before_tensor_(tensors_prepared_));
+      if (calib_ != nullptr && calib_->Takes(tensors_prepared_) &&
+          !plan_.shards[plan_.tensors[tensors_prepared_].shard].already_done) {
+        QUENCH_RETURN_IF_ERROR(calib_->Prepare(tensors_prepared_));
+      }
     }
     return Status::Ok();
   }
@@ -627,7 +632,9 @@ class ShardPipeline {
         QuantizeDecoded(c, p, t, in, outs);
         continue;
       }
-      if (!t.scheme->kernel(in, outs)) {
+      // GPTQ never takes a decoded source's weight (calib::PlanGptq rounds those to nearest).
+      const bool calibrated = calib_ != nullptr && calib_->Takes(p.tensor);
+      if (!(calibrated ? calib_->Quantize(p.tensor, in, outs) : t.scheme->kernel(in, outs))) {
         p.finite = false;
       } else if (errors_ != nullptr) {
         // One row in kErrorRowStride of large tensors (a deterministic sample, so the report
@@ -847,6 +854,11 @@ class ShardPipeline {
     }
     c->map->Release(from, len);
     for (const Piece& p : c->pieces) {
+      // In order: every chunk of the tensor has been transformed once its last one is here.
+      if (calib_ != nullptr && p.end == plan_.tensors[p.tensor].shape[0] &&
+          calib_->Takes(p.tensor)) {
+        calib_->Done(p.tensor);
+      }
       if (zeroed_ != nullptr) (*zeroed_)[p.tensor] += p.zeroed;
       if (errors_ != nullptr) {
         ErrorSums& e = (*errors_)[p.tensor];
@@ -878,6 +890,7 @@ class ShardPipeline {
   std::vector<uint64_t>* zeroed_;
   std::vector<ErrorSums>* errors_;
   const std::function<Status(size_t tensor)>& before_tensor_;
+  ChunkCalibration* calib_;  // null: data-free
   size_t tensors_prepared_ = 0;  // before_tensor_ has run for tensors below this
   const prune::PruneSpec prune_spec_;
   std::vector<std::future<Status>> commits_;
@@ -986,8 +999,9 @@ void SourceMaps::Close(size_t shard) {
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
-                        const std::function<Status(size_t tensor)>& before_tensor) {
-  ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor);
+                        const std::function<Status(size_t tensor)>& before_tensor,
+                        ChunkCalibration* calib) {
+  ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor, calib);
   return p.Run();
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "calib/seam.h"
 #include "format/file_io.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
@@ -89,11 +90,14 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 // `zeroed` (optional) receives, per tensor, the positions pruning zeroed; `errors` (optional,
 // costs a sampled decode) the quantization error per tensor. `before_tensor` (optional) runs
 // in the input stage just before a tensor's first chunk is read (the NVFP4 pre-pass).
+// `calib` (optional: null on the data-free path) quantizes the tensors it takes (GPTQ); its
+// Prepare runs after `before_tensor`.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
                         std::vector<ErrorSums>* errors = nullptr,
-                        const std::function<Status(size_t tensor)>& before_tensor = nullptr);
+                        const std::function<Status(size_t tensor)>& before_tensor = nullptr,
+                        ChunkCalibration* calib = nullptr);
 
 }  // namespace quench
 

@@ -97,6 +97,14 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         o.Set("error", std::move(err));
       }
       o.Set("group", JsonValue(plan.groups[static_cast<size_t>(t.group)].key));
+      if (options.algorithm == "gptq") {
+        // Which weights GPTQ took, from which site, and why the others were rounded to nearest.
+        const bool gptq = !t.calib_site.empty() && t.calib_note.empty();
+        o.Set("algorithm", JsonValue(gptq ? "gptq" : "rtn"));
+        if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
+        if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
+        if (gptq && summary != nullptr) o.Set("gptq_loss", JsonValue(t.calib_loss));
+      }
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
         JsonValue with = JsonValue::MakeArray();
         for (size_t k : plan.fused_sets[static_cast<size_t>(t.fused_set)]) {

@@ -45,6 +45,12 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
       d += std::to_string(gs);
     }
   }
+  // A GPTQ weight depends on its statistics site and the run's GPTQ settings and statistics.
+  if (!t.calib_site.empty()) {
+    d += "|gptq " + t.calib_site + "#" +
+         (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
+         plan.calib_fingerprint;
+  }
   return d;
 }
 

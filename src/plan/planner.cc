@@ -120,6 +120,8 @@ class Planner {
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
+  bool gptq_ = false;     // --algorithm gptq: config written as llm-compressor's oneshot
+  std::string actorder_;  // written to the config groups' weights (GPTQ), empty: null
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
   std::vector<std::string> ignore_;  // the user's (and the recipe's) ignore entries
@@ -159,6 +161,10 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
   p.plan_.source_format = p.source_.description;
   p.decode_only_ = IsDecodeOnly(options);
+  // GPTQModifier.resolve_quantization_config sets the weights' actorder of every group (its
+  // default "static"); "none" leaves it null. Weights that fall back to RTN keep the group.
+  p.gptq_ = options.algorithm == "gptq";
+  if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
                                         folder.root.string() + " is not quantized");
@@ -500,7 +506,11 @@ void Planner::PlanFiles() {
   }
   std::vector<ConfigGroup> cg;
   for (const PlannedGroup& g : plan_.groups) {
-    if (g.scheme != nullptr) cg.push_back({g.key, g.scheme, g.params, g.targets});
+    if (g.scheme != nullptr) {
+      // GPTQ's scales are the memoryless min-max observer's, which oneshot names.
+      cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_,
+                    gptq_ ? "memoryless_minmax" : ""});
+    }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {
     // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
@@ -524,7 +534,8 @@ void Planner::PlanFiles() {
   // drops the structure; docs/reference-notes.md section 15). A populated dense 2:4 config
   // would send vLLM down its removed 2:4-kernel path, so quench writes the same {} and records
   // the structure in --report and `quench inspect --sparsity`.
-  if (pruning_) q.Set("sparsity_config", JsonValue::MakeObject());
+  // oneshot (which GPTQ's output follows) writes it whether or not anything was pruned.
+  if (pruning_ || gptq_) q.Set("sparsity_config", JsonValue::MakeObject());
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
 }

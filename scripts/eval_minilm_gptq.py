@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""MiniLM embedding similarity of quench outputs (README "GPTQ", bench/README.md): loads
+all-MiniLM-L6-v2 with transformers, replaces every quantized Linear weight by the weight decoded
+from an output folder (pack-quantized int, symmetric; decoded here from the format's
+definition), and prints the mean and min cosine similarity of mean-pooled sentence embeddings
+to the unquantized model's over the evaluation text (disjoint from the calibration text).
+
+Usage (collector venv): python scripts/eval_minilm_gptq.py MODEL_DIR EVAL_TXT OUT_DIR [OUT_DIR...]
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModel, AutoTokenizer
+
+
+def samples(path, n=256):
+    text = open(path, encoding="utf-8").read()
+    parts = [p.strip() for p in text.split("\n\n") if p.strip()]
+    return parts[:n]
+
+
+def embed(model, tok, sents):
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(sents), 32):
+            b = tok(sents[i:i + 32], padding=True, truncation=True, max_length=128,
+                    return_tensors="pt")
+            h = model(**b).last_hidden_state
+            m = b["attention_mask"].unsqueeze(-1).float()
+            e = (h * m).sum(1) / m.sum(1)
+            out.append(torch.nn.functional.normalize(e, dim=-1))
+    return torch.cat(out)
+
+
+def decode(folder):
+    t = {}
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors"):
+            t.update(load_file(os.path.join(folder, f)))
+    q = json.load(open(os.path.join(folder, "config.json")))["quantization_config"]
+    (grp,) = q["config_groups"].values()
+    bits = grp["weights"]["num_bits"]
+    weights = {}
+    for name in t:
+        if not name.endswith(".weight_packed"):
+            continue
+        m = name[: -len(".weight_packed")]
+        rows, cols = (int(x) for x in t[m + ".weight_shape"])
+        words = t[name].view(np.uint32)
+        per = 32 // bits
+        vals = np.stack([(words >> (bits * k)) & ((1 << bits) - 1) for k in range(per)], -1)
+        codes = vals.reshape(rows, -1)[:, :cols].astype(np.int32) - (1 << (bits - 1))
+        scale = t[m + ".weight_scale"].astype(np.float32)
+        gs = cols // scale.shape[1]
+        weights[m + ".weight"] = codes * np.repeat(scale, gs, axis=1)
+    return weights
+
+
+def main():
+    model_dir, eval_txt, outs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    sents = samples(eval_txt)
+    base = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ref = embed(base, tok, sents)
+    for folder in outs:
+        model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+        sd = model.state_dict()
+        for name, w in decode(folder).items():
+            sd[name] = torch.from_numpy(w.astype(np.float32))
+        model.load_state_dict(sd)
+        cos = (embed(model, tok, sents) * ref).sum(-1)
+        print(f"{folder}: {len(sents)} sentences, mean cos {cos.mean():.6f}, "
+              f"min {cos.min():.6f}, gap 1-mean {1 - cos.mean():.6f}")
+
+
+if __name__ == "__main__":
+    main()

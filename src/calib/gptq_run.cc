@@ -1,0 +1,297 @@
+// GPTQ in a conversion (see gptq_run.h).
+#include "calib/gptq_run.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "calib/blas.h"
+#include "calib/gptq.h"
+#include "format/file_io.h"
+#include "format/safetensors.h"
+#include "calib/stats.h"
+
+namespace quench::calib {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+// What the pipeline needs at the least besides the Hessians (its smallest chunks, the
+// writers' queue, code and stacks): a budget under the Hessians plus this is refused.
+constexpr uint64_t kPipelineFloor = 64 * kMiB;
+
+Result<GptqOptions> ResolveOptions(const PlanOptions& o) {
+  GptqOptions g;
+  if (o.gptq_block_size <= 0) {
+    return Error(ErrorCode::kUsage, "--gptq-block-size must be a positive whole number");
+  }
+  if (!std::isfinite(o.dampening) || o.dampening < 0) {
+    return Error(ErrorCode::kUsage, "--dampening must be a finite fraction >= 0");
+  }
+  g.block_size = o.gptq_block_size;
+  g.dampening = o.dampening;
+  QUENCH_ASSIGN_OR_RETURN(g.actorder, ParseActOrder(o.actorder));
+  return g;
+}
+
+// llm-compressor's GPTQ Hessian is 2/n_seq * sum x x^T (accumulate_hessian, prepare_batch);
+// the statistics keep the raw sum. The scale changes nothing but where dead columns are set
+// to 1 (factorize_hessian), so it follows the reference when the sequences are recorded.
+double HessianScale(const Statistics& s, double count) {
+  const JsonValue* c = s.manifest().Find("collection");
+  const JsonValue* seq = c != nullptr ? c->Find("sequences") : nullptr;
+  if (seq != nullptr && seq->is_int() && seq->as_int() > 0) return 2.0 / double(seq->as_int());
+  return count > 0 ? 1.0 / count : 1.0;
+}
+
+std::string Bytes(uint64_t b) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f MiB", double(b) / double(kMiB));
+  return buf;
+}
+
+}  // namespace
+
+Status PlanGptq(Plan& plan, const ConvertOptions& options) {
+  if (options.algorithm != "rtn" && options.algorithm != "gptq") {
+    return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq)");
+  }
+  if (options.algorithm == "rtn") {
+    if (!options.stats.empty()) {
+      plan.notes.push_back("--stats is used by --algorithm gptq; with rtn it is not read");
+    }
+    return Status::Ok();
+  }
+  QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
+  QUENCH_ASSIGN_OR_RETURN(const Blas* blas, LoadBlas());  // refused now rather than mid-run
+  (void)blas;
+  if (options.stats.empty()) {
+    return Error(ErrorCode::kUsage,
+                 "--algorithm gptq needs --stats STATS with full Hessians (collect them with "
+                 "scripts/collect-stats MODEL_DIR --text FILE --hessian full -o STATS)");
+  }
+  if (!options.prune.empty()) {
+    return Error(ErrorCode::kUnsupported,
+                 "--algorithm gptq with --prune is not built yet (SparseGPT); prune with RTN");
+  }
+  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
+  const JsonValue* model = stats.manifest().Find("model");
+  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
+  uint64_t largest = 0;
+  std::string largest_site;
+  size_t taken = 0, fallback = 0;
+  std::map<std::string, size_t> reasons;
+  for (PlannedTensor& t : plan.tensors) {
+    if (t.action != TensorAction::kQuantize) continue;
+    if (t.scheme->weights.type != "int") {
+      plan.errors.push_back(Error(
+          ErrorCode::kUnsupported,
+          "--algorithm gptq supports the integer schemes so far (W4A16, W8A16, W4A16_ASYM, "
+          "W8A8, W4A8, W4AFP8 weights); '" + t.name + "' is to be " +
+              std::string(t.scheme->name)));
+      continue;
+    }
+    auto note = [&](const std::string& why) {
+      t.calib_note = why;
+      ++fallback;
+      ++reasons[why.substr(0, why.find(" ("))];
+    };
+    if (t.source_scale) {
+      note("its source is quantized (FP8); GPTQ of decoded sources is not built yet");
+      continue;
+    }
+    auto it = stats.consumers().find(t.name);
+    if (it == stats.consumers().end()) {
+      note("no statistics for this weight (the collector did not reach its module)");
+      continue;
+    }
+    // The statistics must be this model's: the manifest records each weight's shape.
+    const JsonValue* shape = weights != nullptr ? weights->Find(t.name) : nullptr;
+    bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
+    for (size_t k = 0; same && k < t.shape.size(); ++k) {
+      same = shape->as_array()[k].is_int() &&
+             static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
+    }
+    const StatsSite& site = stats.sites().at(it->second.site);
+    if (!same || site.in_features != t.shape[1]) {
+      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                  options.stats.string() + ": statistics for '" + t.name +
+                                      "' do not match its shape in the checkpoint (another "
+                                      "model's statistics?)"));
+      continue;
+    }
+    const bool has_h = std::any_of(site.fields.begin(), site.fields.end(),
+                                   [](const StatsField& f) { return f.name == "hessian"; });
+    if (!has_h) {
+      note("site " + site.name + " has no full Hessian (collected without --hessian full)");
+      continue;
+    }
+    QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site.name, "count"));
+    const size_t e = it->second.expert.value_or(0);
+    if (e >= count.size() || count[e] <= 0) {
+      note("site " + site.name + " saw no tokens");
+      continue;
+    }
+    t.calib_site = site.name;
+    t.calib_expert = it->second.expert;
+    ++taken;
+    if (FactorBytes(t.shape[1]) > largest) {
+      largest = FactorBytes(t.shape[1]);
+      largest_site = site.name;
+    }
+  }
+  // One factor in use by chunks in flight, one being built, and the mapped f64 Hessian it is
+  // built from (the same n^2 x 4 bytes packed).
+  plan.calib_bytes = 3 * largest;
+  if (taken > 0 && options.memory_limit > 0 &&
+      options.memory_limit < plan.calib_bytes + kPipelineFloor) {
+    plan.errors.push_back(Error(
+        ErrorCode::kUsage,
+        "--memory-limit " + Bytes(options.memory_limit) + " is too small for GPTQ: the "
+        "largest Hessian (site " + largest_site + ") takes " + Bytes(largest) +
+        " (n^2 x 4 bytes), three of which are held at once (in use, being factored, mapped), "
+        "plus " + Bytes(kPipelineFloor) + " for the pipeline; give at least " +
+        Bytes(plan.calib_bytes + kPipelineFloor)));
+  }
+  std::string msg = "GPTQ from " + options.stats.string() + ": " + std::to_string(taken) +
+                    " weights";
+  if (fallback > 0) {
+    msg += "; " + std::to_string(fallback) + " rounded to nearest:";
+    for (const auto& [why, n] : reasons) msg += " " + std::to_string(n) + " " + why + ";";
+    msg.pop_back();
+  }
+  plan.notes.push_back(msg);
+  // --resume keeps a shard only if it was made with the same GPTQ settings and statistics.
+  QUENCH_ASSIGN_OR_RETURN(std::string manifest,
+                          ReadFileToString(options.stats / "manifest.json"));
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(Fnv1a64(manifest)));
+  plan.calib_fingerprint = "block " + std::to_string(gopt.block_size) + " damp " +
+                           std::to_string(gopt.dampening) + " actorder " + options.actorder +
+                           " stats " + hash;
+  return Status::Ok();
+}
+
+namespace {
+
+class GptqRunImpl : public GptqRun {
+ public:
+  GptqRunImpl(const Plan& plan, Statistics stats, GptqOptions opt)
+      : plan_(plan), stats_(std::move(stats)), opt_(opt), loss_(plan.tensors.size(), 0.0),
+        fallback_(plan.tensors.size()) {}
+
+  bool Takes(size_t t) const override { return !plan_.tensors[t].calib_site.empty(); }
+
+  Status Prepare(size_t t) override {
+    const PlannedTensor& pt = plan_.tensors[t];
+    const std::string key =
+        pt.calib_site + (pt.calib_expert ? "#" + std::to_string(*pt.calib_expert) : "");
+    if (key != current_key_) {
+      current_.reset();  // freed now unless chunks in flight still use it
+      QUENCH_ASSIGN_OR_RETURN(GptqFactor f, Build(pt));
+      current_ = std::make_shared<const GptqFactor>(std::move(f));
+      current_key_ = key;
+    }
+    if (current_->rtn_fallback) {
+      fallback_[t] = "the Hessian of site " + pt.calib_site + " could not be factored (" +
+                     current_->why + "); rounded to nearest, as llm-compressor falls back";
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    live_[t] = current_;
+    return Status::Ok();
+  }
+
+  bool Quantize(size_t t, const WeightChunk& in, const ChunkOutputs& out) override {
+    std::shared_ptr<const GptqFactor> f;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      f = live_.at(t);
+    }
+    const bool packed = plan_.tensors[t].scheme->format == "pack-quantized";
+    double loss = 0;
+    if (!QuantizeRowsInto(*f, in, opt_, packed, out, &loss)) return false;
+    std::lock_guard<std::mutex> lock(mu_);
+    loss_[t] += loss;
+    return true;
+  }
+
+  void Done(size_t t) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.erase(t);
+  }
+
+  void Finish(Plan& plan) override {
+    for (size_t t = 0; t < plan.tensors.size(); ++t) {
+      plan.tensors[t].calib_loss = loss_[t];
+      if (!fallback_[t].empty()) plan.tensors[t].calib_note = fallback_[t];
+    }
+  }
+
+ private:
+  // The site's Hessian, unpacked from its upper triangle into a full f32 matrix and
+  // normalised as the reference's, then factored.
+  Result<GptqFactor> Build(const PlannedTensor& pt) {
+    const size_t n = pt.shape[1];
+    const size_t packed = n * (n + 1) / 2;
+    QUENCH_ASSIGN_OR_RETURN(auto bytes, stats_.FieldBytes(pt.calib_site, "hessian"));
+    const size_t e = pt.calib_expert.value_or(0);
+    if (bytes.second < (e + 1) * packed * 8) {
+      return Error(ErrorCode::kInvalidInput, "statistics: hessian of site " + pt.calib_site +
+                                                 " is shorter than its shape");
+    }
+    QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats_.ReadField(pt.calib_site, "count"));
+    const double scale = HessianScale(stats_, count[e]);
+    const uint8_t* src = bytes.first + e * packed * 8;
+    std::vector<float> h(n * n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = i; j < n; ++j, ++k) {
+        double v;
+        std::memcpy(&v, src + k * 8, 8);
+        if (!std::isfinite(v)) {
+          return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + pt.calib_site +
+                                                  " holds NaN or Inf");
+        }
+        h[i * n + j] = h[j * n + i] = static_cast<float>(v * scale);
+      }
+    }
+    // The mapped Hessian's pages are read once: dropped from the resident set now (they are
+    // clean file pages; a later read faults them in again), or every site read would stay
+    // resident for the whole run (MiniLM's 78 MB statistics under a 96 MiB budget did).
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
+    const uintptr_t hi = reinterpret_cast<uintptr_t>(src + packed * 8);
+    madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+    return FactorHessian(std::move(h), n, opt_);
+  }
+
+  const Plan& plan_;
+  Statistics stats_;
+  const GptqOptions opt_;
+  std::string current_key_;
+  std::shared_ptr<const GptqFactor> current_;  // input stage only
+  std::mutex mu_;
+  std::map<size_t, std::shared_ptr<const GptqFactor>> live_;  // tensor -> its factor
+  std::vector<double> loss_;
+  std::vector<std::string> fallback_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
+  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
+                               [](const PlannedTensor& t) { return !t.calib_site.empty(); });
+  if (!any) return std::unique_ptr<GptqRun>();
+  QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
+  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
+  return std::unique_ptr<GptqRun>(new GptqRunImpl(plan, std::move(stats), gopt));
+}
+
+}  // namespace quench::calib

@@ -1,0 +1,33 @@
+// The calibration seam: the one interface through which the pipeline hands a tensor's chunks
+// to calibration (GPTQ) instead of the scheme's kernel. Abstract and free of dependencies, so
+// the data-free path includes nothing else of src/calib and runs with no implementation
+// (a null pointer).
+#ifndef QUENCH_CALIB_SEAM_H_
+#define QUENCH_CALIB_SEAM_H_
+
+#include <cstddef>
+
+#include "quench/status.h"
+#include "schemes/chunk.h"
+
+namespace quench {
+
+class ChunkCalibration {
+ public:
+  virtual ~ChunkCalibration() = default;
+  // Whether the chunks of plan tensor `tensor` go through Quantize.
+  virtual bool Takes(size_t tensor) const = 0;
+  // Input stage (serial), before the tensor's first chunk is read: what its chunks need
+  // (GPTQ: the factored Hessian of its site).
+  virtual Status Prepare(size_t tensor) = 0;
+  // Parallel stage, in place of the scheme's kernel: same inputs, outputs and result (false
+  // for NaN or Inf in the rows).
+  virtual bool Quantize(size_t tensor, const WeightChunk& in, const ChunkOutputs& out) = 0;
+  // Output stage (serial, in order), once the tensor's last chunk is done: Prepare's
+  // resources may go.
+  virtual void Done(size_t tensor) = 0;
+};
+
+}  // namespace quench
+
+#endif  // QUENCH_CALIB_SEAM_H_
