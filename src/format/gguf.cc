@@ -193,9 +193,12 @@ Result<GgufFile> GgufFile::Open(const fs::path& path) {
       n *= d;
     }
     if (t.type == kGgufTypeF32) t.nbytes = n * 4;
+    // ggml's reader loads every tensor padded to the alignment, so a file must hold the
+    // padding after its last tensor too.
+    const uint64_t padded = (t.nbytes + alignment - 1) / alignment * alignment;
     const uint64_t size = g.map_.size();
     if (data_start > size || t.offset > size - data_start ||
-        t.nbytes > size - data_start - t.offset) {
+        padded > size - data_start - t.offset) {
       return c.Fail("truncated: tensor '" + t.name + "' runs past the end of the file");
     }
     t.offset += data_start;
