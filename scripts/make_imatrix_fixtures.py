@@ -360,6 +360,9 @@ def main():
                                 f"{q}.counts": np.ones((1, 1), np.float32)}, {q}, False),
         "no-counts.gguf": ({f"{q}.in_sum2": data[entries[q]["key"]]["sums"]}, {q}, False),
     }
+    k = "blk.0.attn_k.weight"  # reads q's input, so its counts must be q's
+    variants["group-counts.gguf"] = ({f"{k}.in_sum2": data[entries[k]["key"]]["sums"],
+                                      f"{k}.counts": np.array([[1000]], np.float32)}, {k}, False)
     nan = data[entries[q]["key"]]["sums"].copy()
     nan[0, 3] = np.nan
     variants["nan.gguf"] = ({f"{q}.in_sum2": nan, f"{q}.counts": np.array([[1536]], np.float32)}, {q}, False)

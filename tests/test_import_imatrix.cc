@@ -254,6 +254,8 @@ TEST_SUITE("import_imatrix") {
          "'blk.7.attn_q.weight' maps to 'model.layers.7.self_attn.q_proj.weight'"},
         {"wrong-columns.gguf", DataDir() / "tiny-llama",
          "'blk.0.attn_q.weight' has 100 columns; 'model.layers.0.self_attn.q_proj.weight' reads 256"},
+        {"group-counts.gguf", DataDir() / "tiny-llama",
+         "'blk.0.attn_q.weight' and 'blk.0.attn_k.weight' read one input"},
         {"nan.gguf", DataDir() / "tiny-llama", "'blk.0.attn_q.weight': sum of squares nan"},
         {"nan.dat", DataDir() / "tiny-llama", "'blk.0.attn_q.weight': sum of squares nan"},
         {"model-type.gguf", DataDir() / "tiny-llama", "general.type"},

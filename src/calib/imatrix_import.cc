@@ -80,8 +80,8 @@ Status Place(const fs::path& file, const Member& m,
   if (counts.size() == 1 && experts > 1) counts.assign(experts, counts[0]);  // legacy
   if (site.source != nullptr) {
     if (site.in_features != in || site.counts != counts) {
-      return refuse("and '" + site.source->name + "' feed one input (site " + site.name +
-                    ") but their widths or token counts differ");
+      return refuse("and '" + site.source->name + "' read one input (a site of the "
+                    "statistics) but their widths or token counts differ");
     }
   } else {
     site.in_features = in;
@@ -103,13 +103,10 @@ Status Place(const fs::path& file, const Member& m,
   return Status::Ok();
 }
 
-std::string Bytes(const void* p, size_t n) {
-  return std::string(static_cast<const char*>(p), n);
-}
-
 Status WriteFolder(const fs::path& dir, const std::vector<Site>& sites, JsonValue manifest) {
   std::vector<TensorSpec> specs;
-  std::map<std::string, std::string> data;
+  // Each array's bytes, pointed at where they already are (no copy of the sums).
+  std::map<std::string, std::pair<const void*, uint64_t>> data;
   for (const Site& s : sites) {
     const uint64_t e = s.experts.value_or(1);
     std::vector<uint64_t> cshape, xshape{s.in_features};
@@ -119,16 +116,16 @@ Status WriteFolder(const fs::path& dir, const std::vector<Site>& sites, JsonValu
     }
     specs.push_back({s.name + ".count", DType::kI64, cshape, e * 8});
     specs.push_back({s.name + ".sum_x2", DType::kF64, xshape, e * s.in_features * 8});
-    data[s.name + ".count"] = Bytes(s.counts.data(), e * 8);
-    data[s.name + ".sum_x2"] = Bytes(s.source->sum_x2.data(), e * s.in_features * 8);
+    data[s.name + ".count"] = {s.counts.data(), e * 8};
+    data[s.name + ".sum_x2"] = {s.source->sum_x2.data(), e * s.in_features * 8};
   }
   SafetensorsLayout layout = LayOutSafetensors(specs);
   QUENCH_ASSIGN_OR_RETURN(auto file,
                           OutputFile::Create(dir / std::string(kOutFile), layout.file_size));
   QUENCH_RETURN_IF_ERROR(file->WriteAt(0, layout.header.data(), layout.header.size()));
   for (const TensorInfo& t : layout.tensors) {
-    const std::string& b = data.at(t.name);
-    QUENCH_RETURN_IF_ERROR(file->WriteAt(layout.data_start + t.begin, b.data(), b.size()));
+    const auto [p, n] = data.at(t.name);
+    QUENCH_RETURN_IF_ERROR(file->WriteAt(layout.data_start + t.begin, p, n));
   }
   QUENCH_RETURN_IF_ERROR(file->Commit());
   return WriteFileAtomic(dir / "manifest.json", DumpPythonJson(manifest) + "\n");
