@@ -219,6 +219,11 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
   for (const std::string& d : im.datasets) dataset += (dataset.empty() ? "" : ", ") + d;
   collection.Set("dataset", dataset.empty() ? file.filename().string() : dataset);
   collection.Set("tokens", tokens);
+  // llama-imatrix runs the text in chunks of chunk_size tokens (its context), one sequence each.
+  const auto chunk = im.chunk_size ? im.chunk_size : im.assumed_chunk_size;
+  const auto chunks = im.chunk_count ? im.chunk_count : im.last_chunk;
+  if (chunk) collection.Set("seq_len", *chunk);
+  if (chunks) collection.Set("sequences", *chunks);
   // llama.cpp counts each expert's routed tokens only.
   collection.Set("moe", "routed");
   collection.Set("hessian", "none");
