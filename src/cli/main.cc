@@ -46,7 +46,7 @@ const char kMainHelp[] =
     "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
     "  finalize DST                    publish a folder converted by several workers\n"
     "  schemes                         list the quantization schemes\n"
-    "  stats inspect|merge ...         activation statistics for calibration\n"
+    "  stats inspect|merge|import-imatrix ...  activation statistics for calibration\n"
     "\n"
     "  -h, --help      this help; `quench <command> --help` for a command's options\n"
     "  -V, --version   print the version\n"
