@@ -403,7 +403,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     largest_set = std::max(largest_set, bytes);
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
-                          calib::MakeGptqRun(plan, options));
+                          options.algorithm == "sparsegpt" ? calib::MakeSparseGptRun(plan, options)
+                                                           : calib::MakeGptqRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
