@@ -176,6 +176,20 @@ def main():
     cases.append(run_case("minilmun50_bf16", wm, hmn, 0.5, dtype=torch.bfloat16))
     cases.append(run_case("minilm24_w4g128_bf16", wm, hmn, "2:4", dtype=torch.bfloat16,
                           quant=w4g128))
+    # End to end (tests/test_sparsegpt.cc): data/tiny-llama's layer-0 q_proj (BF16)
+    # with h256 as their sites' Hessian; the test converts the checkpoint with a statistics
+    # folder holding h256 and compares quench's output tensors with these.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tiny = {}
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        from safetensors.torch import load_file as load_torch
+        tiny.update(load_torch(os.path.join(root, "data", "tiny-llama", shard)))
+    for proj, structure, tag in (("self_attn.q_proj", "2:4", "24"),
+                                 ("self_attn.q_proj", 0.5, "un50")):
+        wt = tiny[f"model.layers.0.{proj}.weight"]
+        assert wt.dtype == torch.bfloat16
+        cases.append(run_case(f"tiny_{proj.split('.')[1]}_{tag}", wt.to(torch.float32).numpy(),
+                              h256, structure, dtype=torch.bfloat16))
     manifest = {
         "generator": "scripts/make_golden_sparsegpt.py",
         "reference": "llmcompressor 0.14.0.1 modifiers/pruning/sparsegpt/sgpt_sparsify.py::"

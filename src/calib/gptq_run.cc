@@ -158,7 +158,10 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   }
   if (!options.prune.empty()) {
     return Error(ErrorCode::kUnsupported,
-                 "--algorithm gptq with --prune is not built yet (SparseGPT); prune with RTN");
+                 "--algorithm gptq with --prune: GPTQ does not keep a mask; for SparseGPT's "
+                 "pruning from the same Hessians use --algorithm sparsegpt (its sparse weights "
+                 "are then rounded to nearest, as llm-compressor's QuantizationModifier after "
+                 "SparseGPTModifier)");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   uint64_t largest = 0;
