@@ -303,6 +303,17 @@ Result<const JsonValue*> FindModifier(const JsonValue& v, const std::string& lab
   if (!v.is_object()) return static_cast<const JsonValue*>(nullptr);
   for (const auto& [k, child] : v.as_object()) {
     if (k == "QuantizationModifier") return &child;
+    // The calibrated modifiers quench has run from the command line, not from recipes yet.
+    if (k == "GPTQModifier") {
+      return Bad(label, k + " needs calibration data and is not read from recipes yet: give "
+                            "its scheme as a QuantizationModifier recipe (or --scheme) with "
+                            "--stats STATS --algorithm gptq");
+    }
+    if (k == "SparseGPTModifier") {
+      return Bad(label, k + " needs calibration data and is not read from recipes yet: drop it "
+                            "from the recipe and give --prune 2:4 (or unstructured:F) "
+                            "--stats STATS --algorithm sparsegpt");
+    }
     if (k.ends_with("Modifier")) {
       return Bad(label, k + " needs calibration data or is not a quantization step; quench "
                             "runs QuantizationModifier recipes (data-free schemes)");
