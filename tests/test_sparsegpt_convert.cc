@@ -4,7 +4,8 @@
 // (tiny_q_proj_*, from scripts/make_golden_sparsegpt.py); the other weights of those sites are
 // N:M-structured; weights without statistics are magnitude-pruned byte for byte; with a
 // scheme the output is the scheme's round to nearest of the prune-only output, byte for byte;
-// the report, the dry run, the resume fingerprint and the refusals.
+// the report, the dry run, the resume fingerprint and the refusals; SparseGPTModifier and
+// GPTQModifier recipes equal the flags that say the same.
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -292,6 +293,112 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
   CHECK(r.exit_code == 3);
   CHECK(r.err.find("global scale") != std::string::npos);
   CHECK_FALSE(fs::exists(dst));
+}
+
+
+// Every tensor of `a`'s shards equals `b`'s, byte for byte.
+void CheckSameTensors(const fs::path& a, const fs::path& b) {
+  auto ao = LoadAll(a), bo = LoadAll(b);
+  size_t compared = 0;
+  for (const auto& [rel, l] : ao) {
+    for (const auto& t : l.shard.header.tensors) {
+      CAPTURE(t.name);
+      CHECK(TensorBytes(ao, t.name) == TensorBytes(bo, t.name));
+      ++compared;
+    }
+  }
+  CHECK(compared > 20);
+}
+
+TEST_CASE("SparseGPTModifier and GPTQModifier recipes run as the flags that say the same") {
+  TempDir tmp;
+  WriteStats(tmp / "stats");
+  const std::string src = (DataDir() / "tiny-llama").string(), stats = (tmp / "stats").string();
+  // llm-compressor's 2:4 recipe shape: SparseGPT, then a QuantizationModifier.
+  WriteBytes(tmp / "sgpt.yaml",
+             "sparsity_stage:\n"
+             "  sparsity_modifiers:\n"
+             "    SparseGPTModifier:\n"
+             "      sparsity: 0.5\n"
+             "      mask_structure: \"2:4\"\n"
+             "      dampening_frac: 0.02\n"
+             "      block_size: 64\n"
+             "      targets: [\"Linear\"]\n"
+             "      ignore: [\"lm_head\"]\n"
+             "quantization_stage:\n"
+             "  quantization_modifiers:\n"
+             "    QuantizationModifier:\n"
+             "      scheme: W8A8\n"
+             "      targets: Linear\n"
+             "      ignore: [\"lm_head\"]\n");
+  auto r1 = RunQuench({"convert", src, (tmp / "r1").string(), "--recipe",
+                       (tmp / "sgpt.yaml").string(), "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(r1.exit_code == 0, r1.err);
+  auto f1 = RunQuench({"convert", src, (tmp / "f1").string(), "--scheme", "W8A8", "--ignore",
+                       "lm_head", "--prune", "2:4", "--algorithm", "sparsegpt", "--dampening",
+                       "0.02", "--gptq-block-size", "64", "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(f1.exit_code == 0, f1.err);
+  CheckSameTensors(tmp / "r1", tmp / "f1");
+  // Unstructured (mask_structure 0:0), prune only through the flags' spec.
+  WriteBytes(tmp / "sgpt_un.yaml",
+             "SparseGPTModifier:\n  sparsity: 0.5\n  mask_structure: \"0:0\"\n"
+             "QuantizationModifier:\n  scheme: W8A8\n  targets: Linear\n");
+  auto r2 = RunQuench({"convert", src, (tmp / "r2").string(), "--recipe",
+                       (tmp / "sgpt_un.yaml").string(), "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(r2.exit_code == 0, r2.err);
+  auto f2 = RunQuench({"convert", src, (tmp / "f2").string(), "--scheme", "W8A8", "--prune",
+                       "unstructured:0.5", "--algorithm", "sparsegpt", "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(f2.exit_code == 0, f2.err);
+  CheckSameTensors(tmp / "r2", tmp / "f2");
+  // GPTQModifier: its scheme, targets and ignore as a QuantizationModifier's; its options.
+  WriteBytes(tmp / "gptq.yaml",
+             "quant_stage:\n"
+             "  quant_modifiers:\n"
+             "    GPTQModifier:\n"
+             "      scheme: W4A16\n"
+             "      targets: Linear\n"
+             "      ignore: [\"lm_head\", \"re:.*down_proj$\"]\n"
+             "      dampening_frac: 0.05\n"
+             "      actorder: null\n"
+             "      offload_hessians: true\n");
+  auto r3 = RunQuench({"convert", src, (tmp / "r3").string(), "--recipe",
+                       (tmp / "gptq.yaml").string(), "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(r3.exit_code == 0, r3.err);
+  auto f3 = RunQuench({"convert", src, (tmp / "f3").string(), "--scheme", "W4A16", "--ignore",
+                       "lm_head", "--ignore", "re:.*down_proj$", "--algorithm", "gptq",
+                       "--dampening", "0.05", "--actorder", "none", "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(f3.exit_code == 0, f3.err);
+  CheckSameTensors(tmp / "r3", tmp / "f3");
+  auto c3 = ReadJsonFile((tmp / "r3" / "config.json").string());
+  auto cf3 = ReadJsonFile((tmp / "f3" / "config.json").string());
+  REQUIRE(c3.ok());
+  REQUIRE(cf3.ok());
+  CHECK(DumpCompactJson(*c3->Find("quantization_config")) ==
+        DumpCompactJson(*cf3->Find("quantization_config")));
+  // The flags may repeat the recipe, not contradict it; the statistics are still needed.
+  struct Case {
+    std::vector<std::string> args;
+    int exit_code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--prune", "unstructured:0.5"},
+       2, "give one or the other"},
+      {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--dampening", "0.1"},
+       2, "give one or the other"},
+      {{"--recipe", (tmp / "gptq.yaml").string(), "--stats", stats, "--algorithm", "sparsegpt"},
+       2, "give one or the other"},
+      {{"--recipe", (tmp / "sgpt.yaml").string()}, 2, "needs --stats"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"convert", src, (tmp / "o").string()};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    CAPTURE(r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "o"));
+  }
 }
 
 }  // namespace

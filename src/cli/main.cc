@@ -21,6 +21,7 @@
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
 #include "cli/worker_env.h"
+#include "plan/recipe_calib.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
 #include "format/quant_config.h"
@@ -491,6 +492,11 @@ int RunConvert(const std::vector<std::string>& args) {
     }
   }
 
+  // A recipe's GPTQModifier or SparseGPTModifier sets the calibration options (Convert applies
+  // it too); applied here as well so that the summary lines name them.
+  if (Status rc = ApplyRecipeCalibration(o); !rc.ok()) {
+    return ReportError(rc.ToString(), ExitCodeFor(rc.code()));
+  }
   if (dry_run) return PrintDryRun(o);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

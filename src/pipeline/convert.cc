@@ -20,6 +20,7 @@
 #include "pipeline/resume.h"
 #include "pipeline/workers.h"
 #include "plan/expert_prune.h"
+#include "plan/recipe_calib.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -274,7 +275,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
 
 Result<Plan> DryRun(const ConvertOptions& requested) {
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
@@ -299,7 +301,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
