@@ -343,6 +343,7 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
   Recipe r;
   const JsonValue* gptq = nullptr;
   const JsonValue* sparsegpt = nullptr;
+  Status combination = Status::Ok();
   if (doc->Find("config_groups") == nullptr) {
     std::map<std::string, const JsonValue*> mods;
     QUENCH_RETURN_IF_ERROR(CollectModifiers(*doc, label, &mods));
@@ -350,14 +351,15 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     const JsonValue* quant = get("QuantizationModifier");
     gptq = get("GPTQModifier");
     sparsegpt = get("SparseGPTModifier");
+    // The combinations are checked once the quantizing modifier's groups are read (their
+    // errors come first, as when only the first modifier was read).
     if (quant != nullptr && gptq != nullptr) {
-      return Bad(label, "QuantizationModifier and GPTQModifier both quantize; give one");
-    }
-    if (gptq != nullptr && sparsegpt != nullptr) {
-      return Bad(label, "SparseGPTModifier then GPTQModifier in one run is not built: quench "
-                        "runs one calibration algorithm per conversion (with a "
-                        "QuantizationModifier, SparseGPT's sparse weights are rounded to "
-                        "nearest, as llm-compressor does)");
+      combination = Bad(label, "QuantizationModifier and GPTQModifier both quantize; give one");
+    } else if (gptq != nullptr && sparsegpt != nullptr) {
+      combination = Bad(label, "SparseGPTModifier then GPTQModifier in one run is not built: "
+                               "quench runs one calibration algorithm per conversion (with a "
+                               "QuantizationModifier, SparseGPT's sparse weights are rounded "
+                               "to nearest, as llm-compressor does)");
     }
     doc = quant != nullptr ? quant : gptq;
     if (doc == nullptr) {
@@ -401,6 +403,7 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     }
   }
   if (r.groups.empty()) return Bad(label, "no config group or scheme");
+  QUENCH_RETURN_IF_ERROR(combination);
   if (gptq != nullptr) {
     QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadGptqModifier(*gptq, label));
   } else if (sparsegpt != nullptr) {
