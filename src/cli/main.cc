@@ -21,6 +21,7 @@
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
 #include "cli/worker_env.h"
+#include "plan/recipe_calib.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
 #include "format/quant_config.h"
@@ -114,9 +115,12 @@ std::string ConvertHelp() {
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
-       "                        and --dry-run and --report say why\n"
-       "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
-       "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
+       "                        and --dry-run and --report say why; or sparsegpt (with\n"
+       "                        --prune N:M or unstructured:F): SparseGPT's mask and updates\n"
+       "                        from the same Hessians instead of magnitude pruning\n"
+       "  --gptq-block-size N   GPTQ, SparseGPT: columns per lazy-update block (default 128)\n"
+       "  --dampening F         GPTQ, SparseGPT: F x mean(diag H) added to H's diagonal\n"
+       "                        (default 0.01)\n"
        "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
        "                        decreasing diag(H) order, none in their order\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
@@ -269,6 +273,11 @@ int PrintDryRun(const ConvertOptions& o) {
     }
     if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
     if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
+    // Pruned weights with statistics are SparseGPT's (GPTQ refuses --prune).
+    if (t.prune && !t.calib_site.empty()) {
+      note = "SparseGPT " + p.prune.text + ", Hessian of " + t.calib_site;
+    }
+    if (t.prune && !t.calib_note.empty()) note = "magnitude " + p.prune.text + ": " + t.calib_note;
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -483,6 +492,11 @@ int RunConvert(const std::vector<std::string>& args) {
     }
   }
 
+  // A recipe's GPTQModifier or SparseGPTModifier sets the calibration options (Convert applies
+  // it too); applied here as well so that the summary lines name them.
+  if (Status rc = ApplyRecipeCalibration(o); !rc.ok()) {
+    return ReportError(rc.ToString(), ExitCodeFor(rc.code()));
+  }
   if (dry_run) return PrintDryRun(o);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

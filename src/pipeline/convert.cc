@@ -20,6 +20,7 @@
 #include "pipeline/resume.h"
 #include "pipeline/workers.h"
 #include "plan/expert_prune.h"
+#include "plan/recipe_calib.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -274,7 +275,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
 
 Result<Plan> DryRun(const ConvertOptions& requested) {
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
@@ -299,7 +301,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
@@ -403,7 +406,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     largest_set = std::max(largest_set, bytes);
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
-                          calib::MakeGptqRun(plan, options));
+                          options.algorithm == "sparsegpt" ? calib::MakeSparseGptRun(plan, options)
+                                                           : calib::MakeGptqRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes

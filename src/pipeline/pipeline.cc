@@ -476,7 +476,10 @@ class ShardPipeline {
       uint8_t* rows_copy = c->staging.data.get() + place.at(i);
       const uint8_t* src = c->map->data() + p.src_offset;
       const size_t rows = p.end - p.begin, cols = t.shape[1];
-      if (plan_.prune.per_tensor) {
+      if (calib_ != nullptr && calib_->Takes(p.tensor)) {
+        // SparseGPT's mask and updates instead of magnitude pruning (src/calib/sparsegpt_run.cc).
+        p.finite = calib_->Prune(p.tensor, src, rows_copy, p.begin, rows, &p.zeroed);
+      } else if (plan_.prune.per_tensor) {
         prune::TensorThreshold th;
         th.magnitude = t.prune_magnitude;
         th.prune_equal = t.prune_equal;

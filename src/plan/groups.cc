@@ -55,6 +55,13 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                       "--symmetric/--asymmetric");
     }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
+    if (!recipe.calibration.algorithm.empty() &&
+        options.algorithm != recipe.calibration.algorithm) {
+      // Convert and DryRun apply it (ApplyRecipeCalibration); a caller that did not is told.
+      return Error(ErrorCode::kUsage, options.recipe.string() + ": its " +
+                                          recipe.calibration.modifier + " needs --algorithm " +
+                                          recipe.calibration.algorithm);
+    }
     for (RecipeGroup& g : recipe.groups) {
       groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
     }
