@@ -103,6 +103,9 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
+       "  --prune-metric M      magnitude (default) or wanda: |W| x sqrt(E[x^2]) of the input\n"
+       "                        channel from --stats, compared within each row, as\n"
+       "                        llm-compressor's Wanda\n"
        "  --prune-experts F     remove the fraction F (0 <= F <= 1) of routed experts from\n"
        "                        every MoE layer (max(1, E - round(F*E)) kept), scored by\n"
        "                        --expert-metric; survivors renumbered, routers sliced,\n"
@@ -115,6 +118,9 @@ std::string ConvertHelp() {
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
        "                        and --dry-run and --report say why\n"
+       "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
+       "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
+       "                        as llm-compressor's imatrix_mse observer (integer schemes)\n"
        "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
        "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
        "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
@@ -267,8 +273,12 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
-    if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
-    if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
+    // calib_site is GPTQ's Hessian, or the imatrix_mse observer's E[x^2] (its fingerprint).
+    const bool imx = p.calib_fingerprint.starts_with("imatrix_mse");
+    if (q && !t.calib_site.empty()) {
+      note = (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
+    }
+    if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -424,6 +434,12 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--stats") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.stats = v;
+    } else if (flag == "--observer") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.observer = v;
+    } else if (flag == "--prune-metric") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.prune_metric = v;
     } else if (flag == "--algorithm") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.algorithm = v;

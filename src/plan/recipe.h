@@ -26,6 +26,7 @@ struct RecipeGroup {
   const SchemeInfo* scheme = nullptr;
   SchemeParams params;
   std::vector<std::string> targets;
+  std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
 };
 
 struct Recipe {
