@@ -265,7 +265,10 @@ int PrintDryRun(const ConvertOptions& o) {
     const bool q = t.action == TensorAction::kQuantize;
     quantized += q;
     std::string note = q || t.action == TensorAction::kPrune ? "" : t.why;
-    if (t.prune) note = "pruned " + p.prune.text + (note.empty() ? "" : "; " + note);
+    if (t.prune) {
+      note = "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda)" : "") +
+             (note.empty() ? "" : "; " + note);
+    }
     if (t.source_scale) {
       note = "from " + std::string(DTypeName(t.dtype)) + (note.empty() ? "" : "; " + note);
     }
@@ -276,7 +279,9 @@ int PrintDryRun(const ConvertOptions& o) {
     // calib_site is GPTQ's Hessian, or the imatrix_mse observer's E[x^2] (its fingerprint).
     const bool imx = p.calib_fingerprint.starts_with("imatrix_mse");
     if (q && !t.calib_site.empty()) {
-      note = (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
+      note = (t.prune ? "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda); " : "; ")
+                      : std::string()) +
+             (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
     }
     if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
