@@ -141,9 +141,12 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
                  "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt)");
   }
   if (options.algorithm == "rtn") {
-    if (!options.stats.empty()) {
-      plan.notes.push_back(
-          "--stats is used by --algorithm gptq and sparsegpt; with rtn it is not read");
+    if (!options.stats.empty() && options.observer == "minmax" &&
+        options.prune_metric == "magnitude" &&
+        std::none_of(plan.groups.begin(), plan.groups.end(),
+                     [](const PlannedGroup& g) { return !g.observer.empty(); })) {
+      plan.notes.push_back("--stats is used by --algorithm gptq and sparsegpt, --observer "
+                           "imatrix_mse and --prune-metric wanda; without them it is not read");
     }
     return Status::Ok();
   }
@@ -309,7 +312,8 @@ class GptqRunImpl : public GptqRun {
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
                                [](const PlannedTensor& t) { return !t.calib_site.empty(); });
-  if (!any) return std::unique_ptr<GptqRun>();
+  // calib_site also marks the imatrix_mse observer's weights (src/calib/imatrix_run.h).
+  if (!any || options.algorithm != "gptq") return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   return std::unique_ptr<GptqRun>(new GptqRunImpl(plan, std::move(stats), gopt));

@@ -34,6 +34,9 @@ class ChunkCalibration {
     (void)tensor, (void)src, (void)dst, (void)begin, (void)rows, (void)zeroed;
     return false;
   }
+  // Whether Prune replaces the plan's pruning for the tensors it takes (SparseGPT); a
+  // calibration that only quantizes (GPTQ, imatrix_mse) leaves pruning to the plan's metric.
+  virtual bool Prunes() const { return false; }
   // Output stage (serial, in order), once the tensor's last chunk is done: Prepare's
   // resources may go.
   virtual void Done(size_t tensor) = 0;

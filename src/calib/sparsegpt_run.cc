@@ -205,6 +205,7 @@ class SparseGptRunImpl : public GptqRun {
     return Status::Ok();
   }
 
+  bool Prunes() const override { return true; }
   bool Prune(size_t t, const uint8_t* src, uint8_t* dst, size_t begin, size_t rows,
              uint64_t* zeroed) override {
     std::shared_ptr<const Prepared> p;

@@ -104,6 +104,9 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
+       "  --prune-metric M      magnitude (default) or wanda: |W| x sqrt(E[x^2]) of the input\n"
+       "                        channel from --stats, compared within each row, as\n"
+       "                        llm-compressor's Wanda\n"
        "  --prune-experts F     remove the fraction F (0 <= F <= 1) of routed experts from\n"
        "                        every MoE layer (max(1, E - round(F*E)) kept), scored by\n"
        "                        --expert-metric; survivors renumbered, routers sliced,\n"
@@ -118,6 +121,9 @@ std::string ConvertHelp() {
        "                        and --dry-run and --report say why; or sparsegpt (with\n"
        "                        --prune N:M or unstructured:F): SparseGPT's mask and updates\n"
        "                        from the same Hessians instead of magnitude pruning\n"
+       "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
+       "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
+       "                        as llm-compressor's imatrix_mse observer (integer schemes)\n"
        "  --gptq-block-size N   GPTQ, SparseGPT: columns per lazy-update block (default 128)\n"
        "  --dampening F         GPTQ, SparseGPT: F x mean(diag H) added to H's diagonal\n"
        "                        (default 0.01)\n"
@@ -263,7 +269,10 @@ int PrintDryRun(const ConvertOptions& o) {
     const bool q = t.action == TensorAction::kQuantize;
     quantized += q;
     std::string note = q || t.action == TensorAction::kPrune ? "" : t.why;
-    if (t.prune) note = "pruned " + p.prune.text + (note.empty() ? "" : "; " + note);
+    if (t.prune) {
+      note = "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda)" : "") +
+             (note.empty() ? "" : "; " + note);
+    }
     if (t.source_scale) {
       note = "from " + std::string(DTypeName(t.dtype)) + (note.empty() ? "" : "; " + note);
     }
@@ -271,13 +280,22 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
-    if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
-    if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
-    // Pruned weights with statistics are SparseGPT's (GPTQ refuses --prune).
-    if (t.prune && !t.calib_site.empty()) {
+    // calib_site is GPTQ's or SparseGPT's Hessian, or the imatrix_mse observer's E[x^2] (its
+    // fingerprint says which).
+    const bool imx = p.calib_fingerprint.starts_with("imatrix_mse");
+    if (q && !t.calib_site.empty()) {
+      note = (t.prune ? "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda); " : "; ")
+                      : std::string()) +
+             (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
+    }
+    if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
+    // Pruned weights with a Hessian are SparseGPT's (GPTQ and imatrix_mse refuse it).
+    if (!imx && t.prune && !t.calib_site.empty()) {
       note = "SparseGPT " + p.prune.text + ", Hessian of " + t.calib_site;
     }
-    if (t.prune && !t.calib_note.empty()) note = "magnitude " + p.prune.text + ": " + t.calib_note;
+    if (!imx && t.prune && !t.calib_note.empty()) {
+      note = "magnitude " + p.prune.text + ": " + t.calib_note;
+    }
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -433,6 +451,12 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--stats") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.stats = v;
+    } else if (flag == "--observer") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.observer = v;
+    } else if (flag == "--prune-metric") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.prune_metric = v;
     } else if (flag == "--algorithm") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.algorithm = v;

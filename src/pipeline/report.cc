@@ -104,6 +104,10 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
         if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
         if (gptq && summary != nullptr) o.Set("gptq_loss", JsonValue(t.calib_loss));
+      } else if (!t.calib_site.empty()) {  // the imatrix_mse observer (src/calib/imatrix_run.h)
+        o.Set("observer", JsonValue("imatrix_mse"));
+        o.Set("stats_site", JsonValue(t.calib_site));
+        if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
       }
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
         JsonValue with = JsonValue::MakeArray();

@@ -63,7 +63,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                           recipe.calibration.algorithm);
     }
     for (RecipeGroup& g : recipe.groups) {
-      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
+      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0, g.observer});
     }
     ignore = std::move(recipe.ignore);
   } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
@@ -94,7 +94,8 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
     QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");
-    groups.push_back({options.scheme, scheme, params, targets, 0});
+    groups.push_back({options.scheme, scheme, params, targets, 0,
+                      options.observer == "minmax" ? "" : options.observer});
   }
   // --ignore entries come after the recipe's, and are written verbatim too.
   ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());

@@ -509,7 +509,7 @@ void Planner::PlanFiles() {
     if (g.scheme != nullptr) {
       // GPTQ's scales are the memoryless min-max observer's, which oneshot names.
       cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_,
-                    gptq_ ? "memoryless_minmax" : ""});
+                    gptq_ ? "memoryless_minmax" : g.observer});
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {

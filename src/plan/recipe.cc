@@ -188,9 +188,11 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     return Bad(label, "group '" + key + "': weights must be static (dynamic: false)");
   }
   const std::string obs = Str(w->Find("observer"));
-  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax") {
+  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax" &&
+      obs != "imatrix_mse") {
     return Bad(label, "group '" + key + "': observer '" + obs +
-                          "' is not supported; quench computes min-max scales");
+                          "' is not supported; quench computes min-max scales, or imatrix_mse "
+                          "ones from --stats");
   }
   if (const JsonValue* ao = w->Find("actorder"); ao != nullptr && !ao->is_null() &&
                                                  !(ao->is_bool() && !ao->as_bool())) {
@@ -265,6 +267,7 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     rg.key = key;
     rg.scheme = &s;
     rg.params = p;
+    if (obs == "imatrix_mse") rg.observer = obs;  // src/calib/imatrix_run.h plans it
     return rg;
   }
   return Bad(label, "group '" + key + "': no data-free scheme matches these weights/" +

@@ -27,6 +27,7 @@ struct RecipeGroup {
   const SchemeInfo* scheme = nullptr;
   SchemeParams params;
   std::vector<std::string> targets;
+  std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
 };
 
 // What a recipe's GPTQModifier or SparseGPTModifier asks for (plan/recipe_calib.h), as the
