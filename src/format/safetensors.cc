@@ -25,9 +25,9 @@
 #include <cstring>
 #include <numeric>
 #include <string>
-#include <unordered_map>
 
 #include "format/json.h"
+#include "format/name_table.h"
 
 namespace quench {
 namespace {
@@ -280,8 +280,7 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
 
   simdjson::dom::object obj = root.get_object().value_unsafe();
   header.tensors.reserve(obj.size());
-  std::unordered_map<std::string_view, size_t> seen;
-  seen.reserve(obj.size());
+  NameTable seen(obj.size());
   bool seen_metadata = false;
   for (simdjson::dom::key_value_pair field : obj) {
     const std::string_view name = field.key;
@@ -297,7 +296,7 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
                                     "') exceeds quench's limit of " +
                                     std::to_string(kMaxTensorNameBytes) + " bytes");
     }
-    if (!seen.emplace(name, header.tensors.size()).second) {
+    if (!seen.Insert(name, 0).second) {
       return TensorError(label, name, "duplicate tensor name");
     }
     TensorInfo info;
