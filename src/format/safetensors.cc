@@ -28,6 +28,7 @@
 
 #include "format/json.h"
 #include "format/name_table.h"
+#include "format/sorted_runs.h"
 
 namespace quench {
 namespace {
@@ -432,14 +433,21 @@ SafetensorsLayout LayOutSafetensors(
     const std::vector<std::pair<std::string, std::string>>& metadata) {
   // prepare(): dtype descending in enum order, then name ascending (Rust String Ord: bytes).
   // An order of indices is sorted, so that each spec's position can be given back.
+  // An order of indices is sorted, so that each spec's position can be given back: stably by
+  // dtype first (a few distinct values), then each dtype's names, which planning in source
+  // order mostly gives already sorted (names are unique in a valid layout, so stability does
+  // not change the result).
   std::vector<size_t> order(tensors.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t i, size_t j) {
-    const TensorSpec& a = tensors[i];
-    const TensorSpec& b = tensors[j];
-    if (a.dtype != b.dtype) return DTypeSortRank(a.dtype) > DTypeSortRank(b.dtype);
-    return a.name < b.name;
+  std::stable_sort(order.begin(), order.end(), [&](size_t i, size_t j) {
+    return DTypeSortRank(tensors[i].dtype) > DTypeSortRank(tensors[j].dtype);
   });
+  for (auto run = order.begin(); run != order.end();) {
+    const DType dtype = tensors[*run].dtype;
+    auto end = std::find_if(run, order.end(), [&](size_t i) { return tensors[i].dtype != dtype; });
+    SortByRuns(run, end, [&](size_t i, size_t j) { return tensors[i].name < tensors[j].name; });
+    run = end;
+  }
 
   SafetensorsLayout layout;
   layout.position.resize(tensors.size());
