@@ -113,8 +113,12 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
   for (const auto& kv : weight_map) items.push_back(&kv);
   SortByRuns(items.begin(), items.end(),
              [](const auto* a, const auto* b) { return a->first < b->first; });
-  std::string out = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
-                    "\n  },\n  \"weight_map\": ";
+  size_t bytes = 96;  // every entry's text without escapes, as room to write into
+  for (const auto& [name, shard] : weight_map) bytes += name.size() + shard.size() + 12;
+  std::string out;
+  out.reserve(bytes);
+  out += "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
+         "\n  },\n  \"weight_map\": ";
   if (items.empty()) {
     out += "{}";
   } else {

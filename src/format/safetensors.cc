@@ -452,7 +452,11 @@ SafetensorsLayout LayOutSafetensors(
   SafetensorsLayout layout;
   layout.position.resize(tensors.size());
   for (size_t k = 0; k < order.size(); ++k) layout.position[order[k]] = k;
-  std::string json = "{";
+  size_t bytes = 2;  // room for the JSON: each entry's name and about 80 bytes of fields
+  for (const TensorSpec& t : tensors) bytes += t.name.size() + 80;
+  std::string json;
+  json.reserve(bytes);
+  json += "{";
   bool first = true;
   // `__metadata__` first; the crate serialises whatever map it is given (an empty one as {}),
   // but our callers use an empty vector for "no metadata", which model_free always passes.
