@@ -356,7 +356,7 @@ void Planner::PlanShard(size_t si) {
   const size_t first_tensor = plan_.tensors.size();
   for (const TensorInfo* t : order) {
     if (consumed_.contains(t->name)) continue;  // read with its weight, not written
-    PlannedTensor pt;
+    PlannedTensor& pt = plan_.tensors.emplace_back();  // reserved: never moved
     pt.name = t->name;
     pt.dtype = t->dtype;
     pt.shape = t->shape;
@@ -372,7 +372,6 @@ void Planner::PlanShard(size_t si) {
     PlanTensor(*t, shard.rel_name, pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
     plan_.bytes_in += t->nbytes();
-    plan_.tensors.push_back(std::move(pt));
   }
   LayOutShard(shard, first_tensor, std::move(specs), specs_per_tensor);
 }
