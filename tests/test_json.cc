@@ -154,7 +154,7 @@ TEST_SUITE("json") {
 
   TEST_CASE("the index is written as Python's json.dump(indent=2, sort_keys=True) writes it") {
     // Expected strings from CPython 3 json.dumps of the same dict (ensure_ascii).
-    const std::vector<std::pair<std::string, std::string>> wm = {
+    const std::vector<std::pair<std::string_view, std::string_view>> wm = {
         {"b.weight", "model-00002.safetensors"},
         {"a\xc3\xa9\"x\xf0\x9f\x98\x80", "model-00001.safetensors"},
         {"a", "s\\t"},

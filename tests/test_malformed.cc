@@ -9,6 +9,7 @@
 #include <string>
 
 #include "format/json.h"
+#include "format/model_folder.h"
 #include "format/safetensors.h"
 #include "tests/test_util.h"
 
@@ -87,6 +88,69 @@ TEST_SUITE("malformed") {
       CHECK(r.status().message().find('\n') == std::string::npos);
     }
     CHECK(accepted < 3000);
+  }
+}
+
+}  // namespace
+}  // namespace quench
+
+namespace quench {
+namespace {
+
+// The folder-level checks LoadModelFolder makes of a sharded checkpoint: a tensor in two
+// shards, and an index naming a shard that does not exist or does not hold the tensor. The
+// expected outcomes follow from the index's definition (weight_map: tensor -> the file holding
+// it) and Python's json, where a repeated key keeps its last value.
+TEST_SUITE("malformed") {
+  TEST_CASE("folder checks: duplicate tensors across shards and a wrong index") {
+    testing::TempDir dir;
+    const std::string two(4, '\0');
+    testing::WriteShard(dir / "a.safetensors", {{"x.weight", DType::kBF16, {2}, two},
+                                                {"y.weight", DType::kBF16, {2}, two}});
+    testing::WriteShard(dir / "b.safetensors", {{"z.weight", DType::kBF16, {2}, two}});
+    auto load_with_index = [&](const std::string& weight_map) {
+      testing::WriteBytes(dir / "model.safetensors.index.json",
+                          "{\"metadata\": {}, \"weight_map\": {" + weight_map + "}}");
+      return LoadModelFolder(dir.path());
+    };
+    CHECK(load_with_index(R"("x.weight": "a.safetensors", "y.weight": "a.safetensors",
+                             "z.weight": "b.safetensors")")
+              .ok());
+    // A repeated key: the last value counts, wherever the key first stood.
+    CHECK(load_with_index(R"("z.weight": "a.safetensors", "x.weight": "a.safetensors",
+                             "z.weight": "b.safetensors")")
+              .ok());
+    Result<ModelFolder> r = load_with_index(R"("x.weight": "a.safetensors",
+                                               "z.weight": "b.safetensors",
+                                               "x.weight": "b.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().code() == ErrorCode::kInvalidInput);
+    CHECK(r.status().message() == "model.safetensors.index.json: tensor 'x.weight' is mapped "
+                                  "to 'b.safetensors', which does not hold it");
+    r = load_with_index(R"("x.weight": "a.safetensors", "y.weight": "c.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "model.safetensors.index.json: tensor 'y.weight' is mapped "
+                                  "to 'c.safetensors', which does not exist");
+    r = load_with_index(R"("x.weight": 3)");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() ==
+          "model.safetensors.index.json: tensor 'x.weight': shard name is not a string");
+    testing::WriteBytes(dir / "model.safetensors.index.json", "{\"weight_map\": [1]}");
+    r = LoadModelFolder(dir.path());
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "model.safetensors.index.json: no \"weight_map\" object");
+    testing::WriteBytes(dir / "model.safetensors.index.json", "{\"weight_map\": {");
+    r = LoadModelFolder(dir.path());
+    REQUIRE(!r.ok());
+    CHECK(r.status().code() == ErrorCode::kInvalidInput);
+    CHECK(r.status().message().find("not valid JSON") != std::string::npos);
+
+    std::filesystem::remove(dir / "model.safetensors.index.json");
+    testing::WriteShard(dir / "c.safetensors", {{"y.weight", DType::kBF16, {2}, two}});
+    r = LoadModelFolder(dir.path());
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "tensor 'y.weight' appears in both a.safetensors and "
+                                  "c.safetensors");
   }
 }
 

@@ -4,11 +4,16 @@
 // accepts, and the dtype table.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "format/json.h"
+#include "format/name_table.h"
 #include "format/safetensors.h"
+#include "format/sorted_runs.h"
 #include "quench/dtype.h"
 #include "tests/test_util.h"
 
@@ -272,6 +277,55 @@ TEST_SUITE("safetensors") {
     CHECK(ParseTorchDType("torch.float") == DType::kF32);
     CHECK(!ParseTorchDType("bfloat16").has_value());
     CHECK(!ParseTorchDType("BF16").has_value());
+  }
+}
+
+}  // namespace
+}  // namespace quench
+
+// The helpers behind planning checkpoints of 10^5 tensors, against the standard library's
+// containers and sorts as oracles.
+namespace quench {
+namespace {
+
+TEST_SUITE("safetensors") {
+  TEST_CASE("SortByRuns sorts as std::stable_sort does, on runs, random and equal keys") {
+    std::mt19937 rng(7);
+    for (int trial = 0; trial < 300; ++trial) {
+      const size_t n = rng() % 200;
+      std::vector<std::pair<int, int>> v(n);  // (key, original position)
+      const int mode = trial % 3;
+      for (size_t i = 0; i < n; ++i) {
+        // Sorted runs of random length, uniformly random keys, or few distinct keys.
+        const int key = mode == 0 ? static_cast<int>(i % (1 + rng() % 40)) * 3
+                        : mode == 1 ? static_cast<int>(rng() % 1000)
+                                    : static_cast<int>(rng() % 4);
+        v[i] = {key, static_cast<int>(i)};
+      }
+      auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+      std::vector<std::pair<int, int>> want = v;
+      std::stable_sort(want.begin(), want.end(), by_key);
+      SortByRuns(v.begin(), v.end(), by_key);
+      CHECK(v == want);
+    }
+  }
+
+  TEST_CASE("NameTable finds what an unordered_map finds, across growth") {
+    std::vector<std::string> names;
+    for (int i = 0; i < 5000; ++i) names.push_back("model.layers." + std::to_string(i % 1700) + ".w");
+    names.push_back("");
+    NameTable table(3);  // sized small, so it grows several times
+    std::unordered_map<std::string, uint32_t> oracle;
+    for (size_t i = 0; i < names.size(); ++i) {
+      auto [value, inserted] = table.Insert(names[i], static_cast<uint32_t>(i));
+      auto [it, want_inserted] = oracle.emplace(names[i], static_cast<uint32_t>(i));
+      CHECK(inserted == want_inserted);
+      CHECK(value == it->second);
+    }
+    CHECK(table.size() == oracle.size());
+    for (const auto& [name, value] : oracle) CHECK(table.Find(name) == value);
+    CHECK(!table.Find("model.layers.1700.w").has_value());
+    CHECK(!table.Find("model.layers.1.").has_value());
   }
 }
 

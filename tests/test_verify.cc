@@ -119,7 +119,7 @@ struct Editable {
     std::sort(wm.begin(), wm.end());
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string f = e.path().filename().string();
-      if (f.ends_with("safetensors.index.json")) qt::WriteBytes(e.path(), quench::BuildIndexJson(wm, total));
+      if (f.ends_with("safetensors.index.json")) qt::WriteBytes(e.path(), quench::BuildIndexJson({wm.begin(), wm.end()}, total));
     }
   }
 };

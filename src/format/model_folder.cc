@@ -1,6 +1,7 @@
 #include "format/model_folder.h"
 
 #include <fcntl.h>
+#include <simdjson.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,10 +11,10 @@
 #include <map>
 #include <set>
 #include <system_error>
-#include <unordered_map>
 #include <utility>
 
 #include "format/file_io.h"
+#include "format/name_table.h"
 
 namespace quench {
 namespace fs = std::filesystem;
@@ -24,40 +25,96 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-Status CheckIndex(const ModelFolder& m, const JsonValue& index) {
-  const std::string& label = *m.index_rel;
-  const JsonValue* wm = index.is_object() ? index.Find("weight_map") : nullptr;
-  if (wm == nullptr || !wm->is_object()) {
-    return Error(ErrorCode::kInvalidInput, label + ": no \"weight_map\" object");
+// The last shard name an index entry resolved, since consecutive entries mostly share one.
+struct LastShard {
+  std::string_view file;
+  uint32_t shard = 0;
+};
+
+// One weight_map entry: `file` must name an existing shard that holds `tensor`. `holder`
+// maps every tensor name to its shard's index in m.shards.
+Status CheckIndexEntry(const ModelFolder& m, const NameTable& holder, const std::string& label,
+                       const std::string& dir, std::string_view tensor,
+                       simdjson::dom::element file_value, LastShard& last) {
+  std::string_view file;
+  if (file_value.get_string().get(file)) {
+    return Error(ErrorCode::kInvalidInput,
+                 label + ": tensor '" + std::string(tensor) + "': shard name is not a string");
   }
-  std::map<std::string, const Shard*, std::less<>> by_name;
-  for (const Shard& s : m.shards) by_name[s.rel_name] = &s;
-  // Where each tensor lives; index files of 1T-parameter MoE models name 100k+ tensors.
-  std::unordered_map<std::string_view, const Shard*> holder;
-  size_t tensors = 0;
-  for (const Shard& s : m.shards) tensors += s.header.tensors.size();
-  holder.reserve(tensors);
-  for (const Shard& s : m.shards) {
-    for (const TensorInfo& t : s.header.tensors) holder.emplace(t.name, &s);
+  if (last.file.data() != nullptr && file == last.file) {
+    const std::optional<uint32_t> h = holder.Find(tensor);
+    if (h && *h == last.shard) return Status::Ok();
   }
   // Index file names are relative to the index's folder.
+  const std::string rel = dir.empty() ? std::string(file) : dir + "/" + std::string(file);
+  auto it = std::lower_bound(m.shards.begin(), m.shards.end(), rel,
+                             [](const Shard& s, const std::string& r) { return s.rel_name < r; });
+  if (it == m.shards.end() || it->rel_name != rel) {
+    return Error(ErrorCode::kInvalidInput, label + ": tensor '" + std::string(tensor) +
+                                               "' is mapped to '" + std::string(file) +
+                                               "', which does not exist");
+  }
+  const std::optional<uint32_t> h = holder.Find(tensor);
+  if (!h || *h != static_cast<uint32_t>(it - m.shards.begin())) {
+    return Error(ErrorCode::kInvalidInput, label + ": tensor '" + std::string(tensor) +
+                                               "' is mapped to '" + std::string(file) +
+                                               "', which does not hold it");
+  }
+  last = {file, *h};
+  return Status::Ok();
+}
+
+// Checks the index on simdjson's DOM: a JsonValue tree would copy every name of an index that
+// names 10^5 tensors. Read as Python reads JSON: a repeated key keeps its first position and
+// its last value.
+Status CheckIndex(const ModelFolder& m, const NameTable& holder) {
+  const std::string& label = *m.index_rel;
+  const std::string path = (m.root / label).string();
+  simdjson::padded_string text;
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (simdjson::padded_string::load(path).get(text) || parser.parse(text).get(root)) {
+    // The messages every JSON file quench reads gets (ReadJsonFile reads it again).
+    Result<JsonValue> again = ReadJsonFile(path);
+    if (!again.ok()) return again.status();
+    return Error(ErrorCode::kIo, path + ": cannot read");
+  }
+  simdjson::dom::object index;
+  std::optional<simdjson::dom::element> wm;
+  if (!root.get_object().get(index)) {
+    for (simdjson::dom::key_value_pair field : index) {
+      if (field.key == "weight_map") wm = field.value;
+    }
+  }
+  simdjson::dom::object entries;
+  if (!wm || wm->get_object().get(entries)) {
+    return Error(ErrorCode::kInvalidInput, label + ": no \"weight_map\" object");
+  }
   const std::string dir = fs::path(label).parent_path().generic_string();
-  for (const auto& [tensor, file] : wm->as_object()) {
-    if (!file.is_string()) {
-      return Error(ErrorCode::kInvalidInput,
-                   label + ": tensor '" + tensor + "': shard name is not a string");
+  // Every entry as it stands; only when one fails does a repeated key matter, and then the
+  // entries are checked again as Python's dict holds them.
+  bool all_ok = true;
+  LastShard last;
+  for (simdjson::dom::key_value_pair field : entries) {
+    if (!CheckIndexEntry(m, holder, label, dir, field.key, field.value, last).ok()) {
+      all_ok = false;
+      break;
     }
-    const std::string rel = dir.empty() ? file.as_string() : dir + "/" + file.as_string();
-    auto it = by_name.find(rel);
-    if (it == by_name.end()) {
-      return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
-                                                 file.as_string() + "', which does not exist");
+  }
+  if (all_ok) return Status::Ok();
+  std::vector<std::pair<std::string_view, simdjson::dom::element>> dict;
+  NameTable position(entries.size());
+  for (simdjson::dom::key_value_pair field : entries) {
+    auto [pos, inserted] = position.Insert(field.key, static_cast<uint32_t>(dict.size()));
+    if (inserted) {
+      dict.emplace_back(field.key, field.value);
+    } else {
+      dict[pos].second = field.value;
     }
-    auto h = holder.find(tensor);
-    if (h == holder.end() || h->second != it->second) {
-      return Error(ErrorCode::kInvalidInput, label + ": tensor '" + tensor + "' is mapped to '" +
-                                                 file.as_string() + "', which does not hold it");
-    }
+  }
+  last = {};
+  for (const auto& [tensor, file] : dict) {
+    QUENCH_RETURN_IF_ERROR(CheckIndexEntry(m, holder, label, dir, tensor, file, last));
   }
   return Status::Ok();
 }
@@ -205,21 +262,21 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
     m.shards.push_back(std::move(s));
   }
   // A tensor name must be unique across the checkpoint, or the index cannot map it.
-  std::map<std::string_view, std::string_view> owner;
-  for (const Shard& s : m.shards) {
+  size_t tensors = 0;
+  for (const Shard& s : m.shards) tensors += s.header.tensors.size();
+  NameTable holder(tensors);  // tensor name -> index of its shard
+  for (size_t si = 0; si < m.shards.size(); ++si) {
+    const Shard& s = m.shards[si];
     for (const TensorInfo& t : s.header.tensors) {
-      auto [pos, inserted] = owner.emplace(t.name, s.rel_name);
+      auto [first, inserted] = holder.Insert(t.name, static_cast<uint32_t>(si));
       if (!inserted) {
         return Error(ErrorCode::kInvalidInput, "tensor '" + t.name + "' appears in both " +
-                                                   std::string(pos->second) + " and " +
+                                                   m.shards[first].rel_name + " and " +
                                                    s.rel_name);
       }
     }
   }
-  if (m.index_rel) {
-    QUENCH_ASSIGN_OR_RETURN(JsonValue index, ReadJsonFile((m.root / *m.index_rel).string()));
-    QUENCH_RETURN_IF_ERROR(CheckIndex(m, index));
-  }
+  if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder));
   for (const char* name : {"config.json", "params.json"}) {
     if (std::find(m.other_files.begin(), m.other_files.end(), name) != m.other_files.end()) {
       m.config_rel = name;

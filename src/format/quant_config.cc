@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "format/sorted_runs.h"
 #include "quench/dtype.h"
 
 namespace quench {
@@ -101,19 +102,23 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
   return q;
 }
 
-std::string BuildIndexJson(const std::vector<std::pair<std::string, std::string>>& weight_map,
+std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_view>> weight_map,
                            uint64_t total_size) {
   // DumpPythonJson's layout for this one shape, written directly: a JsonValue tree would copy
   // every name and shard again and sort tree nodes, a large part of planning a checkpoint
   // with tens of thousands of tensors. Keys sorted as DumpPythonJson sorts them (unsigned
-  // bytes, i.e. code points).
-  std::vector<const std::pair<std::string, std::string>*> items;
+  // bytes, i.e. code points), stably; the planner's entries come as a few sorted runs.
+  std::vector<const std::pair<std::string_view, std::string_view>*> items;
   items.reserve(weight_map.size());
   for (const auto& kv : weight_map) items.push_back(&kv);
-  std::stable_sort(items.begin(), items.end(),
-                   [](const auto* a, const auto* b) { return a->first < b->first; });
-  std::string out = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
-                    "\n  },\n  \"weight_map\": ";
+  SortByRuns(items.begin(), items.end(),
+             [](const auto* a, const auto* b) { return a->first < b->first; });
+  size_t bytes = 96;  // every entry's text without escapes, as room to write into
+  for (const auto& [name, shard] : weight_map) bytes += name.size() + shard.size() + 12;
+  std::string out;
+  out.reserve(bytes);
+  out += "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
+         "\n  },\n  \"weight_map\": ";
   if (items.empty()) {
     out += "{}";
   } else {

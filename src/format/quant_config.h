@@ -5,6 +5,7 @@
 #define QUENCH_FORMAT_QUANT_CONFIG_H_
 
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -38,7 +39,7 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
 
 // The index: {"metadata": {"total_size": N}, "weight_map": {name: shard}} written with
 // json.dump(indent=2, sort_keys=True); total_size is the sum of tensor bytes (no headers).
-std::string BuildIndexJson(const std::vector<std::pair<std::string, std::string>>& weight_map,
+std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_view>> weight_map,
                            uint64_t total_size);
 
 }  // namespace quench

@@ -25,9 +25,10 @@
 #include <cstring>
 #include <numeric>
 #include <string>
-#include <unordered_map>
 
 #include "format/json.h"
+#include "format/name_table.h"
+#include "format/sorted_runs.h"
 
 namespace quench {
 namespace {
@@ -280,8 +281,7 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
 
   simdjson::dom::object obj = root.get_object().value_unsafe();
   header.tensors.reserve(obj.size());
-  std::unordered_map<std::string_view, size_t> seen;
-  seen.reserve(obj.size());
+  NameTable seen(obj.size());
   bool seen_metadata = false;
   for (simdjson::dom::key_value_pair field : obj) {
     const std::string_view name = field.key;
@@ -297,7 +297,7 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
                                     "') exceeds quench's limit of " +
                                     std::to_string(kMaxTensorNameBytes) + " bytes");
     }
-    if (!seen.emplace(name, header.tensors.size()).second) {
+    if (!seen.Insert(name, 0).second) {
       return TensorError(label, name, "duplicate tensor name");
     }
     TensorInfo info;
@@ -433,19 +433,30 @@ SafetensorsLayout LayOutSafetensors(
     const std::vector<std::pair<std::string, std::string>>& metadata) {
   // prepare(): dtype descending in enum order, then name ascending (Rust String Ord: bytes).
   // An order of indices is sorted, so that each spec's position can be given back.
+  // An order of indices is sorted, so that each spec's position can be given back: stably by
+  // dtype first (a few distinct values), then each dtype's names, which planning in source
+  // order mostly gives already sorted (names are unique in a valid layout, so stability does
+  // not change the result).
   std::vector<size_t> order(tensors.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t i, size_t j) {
-    const TensorSpec& a = tensors[i];
-    const TensorSpec& b = tensors[j];
-    if (a.dtype != b.dtype) return DTypeSortRank(a.dtype) > DTypeSortRank(b.dtype);
-    return a.name < b.name;
+  std::stable_sort(order.begin(), order.end(), [&](size_t i, size_t j) {
+    return DTypeSortRank(tensors[i].dtype) > DTypeSortRank(tensors[j].dtype);
   });
+  for (auto run = order.begin(); run != order.end();) {
+    const DType dtype = tensors[*run].dtype;
+    auto end = std::find_if(run, order.end(), [&](size_t i) { return tensors[i].dtype != dtype; });
+    SortByRuns(run, end, [&](size_t i, size_t j) { return tensors[i].name < tensors[j].name; });
+    run = end;
+  }
 
   SafetensorsLayout layout;
   layout.position.resize(tensors.size());
   for (size_t k = 0; k < order.size(); ++k) layout.position[order[k]] = k;
-  std::string json = "{";
+  size_t bytes = 2;  // room for the JSON: each entry's name and about 80 bytes of fields
+  for (const TensorSpec& t : tensors) bytes += t.name.size() + 80;
+  std::string json;
+  json.reserve(bytes);
+  json += "{";
   bool first = true;
   // `__metadata__` first; the crate serialises whatever map it is given (an empty one as {}),
   // but our callers use an empty vector for "no metadata", which model_free always passes.

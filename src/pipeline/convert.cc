@@ -72,7 +72,7 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     const PlannedShard& ps = plan.shards[k];
     if (ps.already_done) continue;  // kept by --resume (already on the disk), or another worker's
-    total += blocks(ps.file_size) + blocks(ShardFingerprint(plan, k).size() + kMarkerSlack);
+    total += blocks(ps.file_size) + blocks(ShardMarkerBytes(plan, k) + kMarkerSlack);
     add_folders(ps.rel_name);
     add_folders(fs::path(kResumeDir) / (ps.rel_name + ".json"));
   }

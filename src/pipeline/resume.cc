@@ -1,5 +1,6 @@
 #include "pipeline/resume.h"
 
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <system_error>
@@ -18,33 +19,67 @@ fs::path ResumeMarkerPath(const fs::path& dst, const std::string& rel) {
 namespace {
 
 // One tensor's part of a fingerprint: its action, pruning and scheme parameters, and with
-// `global_scale` its NVFP4 global scale (known only after the pre-pass).
-std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale) {
-  std::string d = t.name + (t.action == TensorAction::kQuantize ? "|q|"
-                            : t.action == TensorAction::kPrune  ? "|p|"
-                            : t.action == TensorAction::kDecode ? "|d|"
-                                                                : "|c|");
+// `global_scale` its NVFP4 global scale (known only after the pre-pass). Written into `d`
+// (cleared first), which callers reuse across a plan's tensors.
+void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale,
+                      std::string& d) {
+  auto num = [&d](uint64_t v) {
+    char buf[24];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    d.append(buf, r.ptr);
+  };
+  d.assign(t.name);
+  d += t.action == TensorAction::kQuantize ? "|q|"
+       : t.action == TensorAction::kPrune  ? "|p|"
+       : t.action == TensorAction::kDecode ? "|d|"
+                                           : "|c|";
   // Where the bytes come from: expert pruning can keep other experts with the same layout.
-  d += std::to_string(t.src_offset) + "|";
-  for (const auto& [at, len] : t.src_ranges) d += std::to_string(at) + "+" + std::to_string(len) + "|";
+  num(t.src_offset);
+  d += '|';
+  for (const auto& [at, len] : t.src_ranges) {
+    num(at);
+    d += '+';
+    num(len);
+    d += '|';
+  }
   // A decoded weight depends on its scale, which may live in another source shard: that
   // shard's size and header are part of what this shard was made from.
   if (t.source_scale) {
     const PlannedShard& ss = plan.shards[t.source_scale->shard];
-    d += "scale " + ss.rel_name + "|" + std::to_string(ss.src_size) + "|" +
-         std::to_string(ss.src_header_hash) + "|";
+    d += "scale ";
+    d += ss.rel_name;
+    d += '|';
+    num(ss.src_size);
+    d += '|';
+    num(ss.src_header_hash);
+    d += '|';
   }
-  if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
+  if (t.prune) {
+    d += "prune ";
+    d += plan.prune.text;
+    d += '|';
+    d += std::to_string(plan.prune.per_tensor);
+    d += '|';
+  }
   // Wanda's selection depends on the statistics (their hash is in calib_fingerprint).
-  if (t.prune_scale >= 0) d += "wanda " + plan.calib_fingerprint + "|";
+  if (t.prune_scale >= 0) {
+    d += "wanda ";
+    d += plan.calib_fingerprint;
+    d += '|';
+  }
   if (t.scheme != nullptr) {
-    d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
-         std::to_string(t.params.group_size.value_or(0)) + "|" +
-         std::to_string(t.params.symmetric) + "|";
+    d += t.scheme->name;
+    d += '|';
+    d += std::to_string(t.params.bits);
+    d += '|';
+    d += std::to_string(t.params.group_size.value_or(0));
+    d += '|';
+    d += std::to_string(t.params.symmetric);
+    d += '|';
     if (global_scale) {
       uint32_t gs;
       std::memcpy(&gs, &t.global_scale, 4);
-      d += std::to_string(gs);
+      num(gs);
     }
   }
   // A GPTQ (or imatrix_mse) weight depends on its statistics site and the run's settings and
@@ -54,13 +89,19 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
          (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
          plan.calib_fingerprint;
   }
-  return d;
 }
 
 std::string Hex(uint64_t v) {
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
   return hex;
+}
+
+// A shard's resume marker: its source, sizes and the hash `h` of what it was made from.
+std::string ShardMarker(const PlannedShard& ps, uint64_t h) {
+  return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
+         ", \"source_header_fnv1a64\": \"" + Hex(ps.src_header_hash) + "\", \"output_bytes\": " +
+         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + Hex(h) + "\"}\n";
 }
 
 }  // namespace
@@ -73,12 +114,17 @@ std::string ShardFingerprint(const Plan& plan, size_t s) {
   const PlannedShard& ps = plan.shards[s];
   uint64_t h = Fnv1a64(QUENCH_VERSION);
   h = Fnv1a64(ps.header, h);
+  std::string d;
   for (const PlannedTensor& t : plan.tensors) {
-    if (t.shard == s) h = Fnv1a64(TensorDescriptor(plan, t, /*global_scale=*/true), h);
+    if (t.shard != s) continue;
+    TensorDescriptor(plan, t, /*global_scale=*/true, d);
+    h = Fnv1a64(d, h);
   }
-  return "{\"source\": \"" + ps.rel_name + "\", \"source_bytes\": " + std::to_string(ps.src_size) +
-         ", \"source_header_fnv1a64\": \"" + Hex(ps.src_header_hash) + "\", \"output_bytes\": " +
-         std::to_string(ps.file_size) + ", \"plan_fnv1a64\": \"" + Hex(h) + "\"}\n";
+  return ShardMarker(ps, h);
+}
+
+size_t ShardMarkerBytes(const Plan& plan, size_t s) {
+  return ShardMarker(plan.shards[s], 0).size();  // the hash is 16 hex digits whatever it is
 }
 
 // Everything of the whole plan that is known from headers: what the shard fingerprints hold
@@ -92,8 +138,11 @@ std::string PlanFingerprint(const Plan& plan) {
                 h);
     h = Fnv1a64(ps.header, h);
   }
+  std::string d;
   for (const PlannedTensor& t : plan.tensors) {
-    h = Fnv1a64(std::to_string(t.shard) + "|" + TensorDescriptor(plan, t, /*global_scale=*/false), h);
+    h = Fnv1a64(std::to_string(t.shard) + "|", h);
+    TensorDescriptor(plan, t, /*global_scale=*/false, d);
+    h = Fnv1a64(d, h);
   }
   // Copied files by name, not by where SRC is mounted: workers on other machines (or started
   // from other folders) may reach the same source by another path.

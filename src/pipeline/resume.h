@@ -21,6 +21,8 @@ std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const s
 
 // The marker's contents for shard `s` (valid once the pre-pass has run).
 std::string ShardFingerprint(const Plan& plan, size_t s);
+// Its length, known before the pre-pass and without hashing the shard's tensors.
+size_t ShardMarkerBytes(const Plan& plan, size_t s);
 
 // The whole plan's fingerprint from headers alone (16 hex digits): source shards' sizes and
 // headers, output layout, every tensor's action and scheme, the published files, quench's

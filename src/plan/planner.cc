@@ -1,11 +1,13 @@
 #include "plan/planner.h"
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <numeric>
 #include <optional>
 #include <set>
 
+#include "format/name_table.h"
 #include "format/quant_config.h"
 #include "format/source_quant.h"
 #include "plan/fused_sets.h"
@@ -53,29 +55,49 @@ void PlanFusedSets(Plan& plan) {
 // vLLM runs each fused set (q/k/v, gate/up, ...) as one matrix, so its members must all get
 // the same scheme or all stay unquantized; anything else cannot be loaded.
 void CheckFusedConsistency(Plan& plan) {
-  std::map<std::string, std::vector<size_t>> sets;
+  // Sets found with a table of their keys (a std::map of 10^5 keys cost a tenth of planning an
+  // MoE checkpoint); problems reported in key order.
+  std::deque<std::string> keys;  // stable storage for the table's views
+  std::vector<std::vector<size_t>> sets;
+  NameTable set_of(plan.tensors.size());
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     auto [module, param] = SplitModuleParam(t.name);
     if (param != "weight" || t.shape.size() != 2) continue;
-    if (std::string key = FusedSetKey(module); !key.empty()) sets[key].push_back(i);
-  }
-  for (const auto& [key, members] : sets) {
-    const PlannedTensor& first = plan.tensors[members.front()];
-    for (size_t i : members) {
-      const PlannedTensor& t = plan.tensors[i];
-      if (t.group == first.group) continue;
-      auto describe = [&](const PlannedTensor& x) {
-        return x.group >= 0 ? "group '" + plan.groups[static_cast<size_t>(x.group)].key + "'"
-                            : "unquantized (" + x.why + ")";
-      };
-      plan.errors.push_back(Error(
-          ErrorCode::kUsage,
-          "fused set of '" + first.name + "': '" + first.name + "' is " + describe(first) +
-              " but '" + t.name + "' is " + describe(t) +
-              "; vLLM runs these as one matrix, so give them the same scheme (or ignore all)"));
-      break;
+    std::string key = FusedSetKey(module);
+    if (key.empty()) continue;
+    const std::optional<uint32_t> set = set_of.Find(key);
+    if (set) {
+      sets[*set].push_back(i);
+      continue;
     }
+    keys.push_back(std::move(key));
+    set_of.Insert(keys.back(), static_cast<uint32_t>(sets.size()));
+    sets.push_back({i});
+  }
+  std::vector<std::pair<std::string_view, size_t>> mixed;  // key, first differing member
+  for (size_t k = 0; k < sets.size(); ++k) {
+    const PlannedTensor& first = plan.tensors[sets[k].front()];
+    for (size_t i : sets[k]) {
+      if (plan.tensors[i].group != first.group) {
+        mixed.emplace_back(keys[k], i);
+        break;
+      }
+    }
+  }
+  std::sort(mixed.begin(), mixed.end());
+  for (const auto& [key, i] : mixed) {
+    const PlannedTensor& first = plan.tensors[sets[*set_of.Find(key)].front()];
+    const PlannedTensor& t = plan.tensors[i];
+    auto describe = [&](const PlannedTensor& x) {
+      return x.group >= 0 ? "group '" + plan.groups[static_cast<size_t>(x.group)].key + "'"
+                          : "unquantized (" + x.why + ")";
+    };
+    plan.errors.push_back(Error(
+        ErrorCode::kUsage,
+        "fused set of '" + first.name + "': '" + first.name + "' is " + describe(first) +
+            " but '" + t.name + "' is " + describe(t) +
+            "; vLLM runs these as one matrix, so give them the same scheme (or ignore all)"));
   }
 }
 
@@ -85,6 +107,13 @@ class Planner {
  public:
   static Result<Planner> Make(const ModelFolder& folder, const PlanOptions& options);
 
+  // Room for every tensor and shard of the folder, so planned tensors are never moved.
+  void Reserve() {
+    size_t n = 0;
+    for (const Shard& s : folder_.shards) n += s.header.tensors.size();
+    plan_.tensors.reserve(n);
+    plan_.shards.reserve(folder_.shards.size());
+  }
   // Plans every tensor of shard `si` and lays out its output file.
   void PlanShard(size_t si);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
@@ -130,11 +159,17 @@ class Planner {
   std::vector<std::string> default_patterns_;
   NameMatcher defaults_;
   std::vector<std::vector<std::string>> default_hits_;  // per default pattern: modules it took
-  std::vector<std::pair<std::string, std::string>> weight_map_;  // output tensor -> shard
   size_t vector_weights_ = 0;  // targeted .weight tensors with fewer than 2 dimensions
-  // Targeted modules left unquantized (1-D weights, expert stacks kept whole) and the
-  // quantized ones: the former are added to the written ignore list (CoverWithIgnore).
-  std::vector<std::string> left_whole_, quantized_modules_;
+  // Targeted modules left unquantized (1-D weights, expert stacks kept whole): added to the
+  // written ignore list (CoverWithIgnore).
+  std::vector<std::string> left_whole_;
+  // Per output of the quantized tensors of the shard being planned, in plan order: its slab
+  // layout and source, as the scheme gave them (so LayOutShard does not ask again).
+  struct Slab {
+    uint64_t rows_per_slab, bytes_per_slab;
+    SchemeOutput::Source source;
+  };
+  std::vector<Slab> slabs_;
 };
 
 Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& options) {
@@ -302,11 +337,10 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   pt.scheme = g.scheme;
   pt.params = g.params;
   const std::string_view module = SplitModuleParam(t.name).first;
-  quantized_modules_.emplace_back(module);
-  for (const SchemeOutput& o :
-       g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
+  for (SchemeOutput& o : g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
-    specs.push_back({std::string(module) + "." + o.suffix, o.dtype, o.shape, o.nbytes});
+    slabs_.push_back({o.rows_per_slab, o.bytes_per_slab, o.source});
+    specs.push_back({std::string(module) + "." + o.suffix, o.dtype, std::move(o.shape), o.nbytes});
   }
 }
 
@@ -322,7 +356,7 @@ void Planner::PlanShard(size_t si) {
   const size_t first_tensor = plan_.tensors.size();
   for (const TensorInfo* t : order) {
     if (consumed_.contains(t->name)) continue;  // read with its weight, not written
-    PlannedTensor pt;
+    PlannedTensor& pt = plan_.tensors.emplace_back();  // reserved: never moved
     pt.name = t->name;
     pt.dtype = t->dtype;
     pt.shape = t->shape;
@@ -338,7 +372,6 @@ void Planner::PlanShard(size_t si) {
     PlanTensor(*t, shard.rel_name, pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
     plan_.bytes_in += t->nbytes();
-    plan_.tensors.push_back(std::move(pt));
   }
   LayOutShard(shard, first_tensor, std::move(specs), specs_per_tensor);
 }
@@ -354,44 +387,47 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
   // specs are in plan order (each tensor's outputs in slot order); position maps them to
   // the layout.
   SafetensorsLayout layout = LayOutSafetensors(std::move(specs));
-  std::vector<std::string_view> sorted_names;
-  sorted_names.reserve(layout.tensors.size());
-  for (const TensorInfo& ti : layout.tensors) sorted_names.emplace_back(ti.name);
-  std::sort(sorted_names.begin(), sorted_names.end());
-  for (size_t i = 1; i < sorted_names.size(); ++i) {
-    if (sorted_names[i] != sorted_names[i - 1]) continue;
+  // An output name written twice: found with a table of the names (sorting them all cost a
+  // tenth of planning 70k tensors), reported in name order.
+  std::vector<std::string_view> repeated;
+  {
+    NameTable names(layout.tensors.size());
+    for (const TensorInfo& ti : layout.tensors) {
+      if (!names.Insert(ti.name, 0).second) repeated.emplace_back(ti.name);
+    }
+  }
+  std::sort(repeated.begin(), repeated.end());
+  for (std::string_view name : repeated) {
     plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                 shard.rel_name + ": output tensor '" +
-                                     std::string(sorted_names[i]) +
+                                 shard.rel_name + ": output tensor '" + std::string(name) +
                                      "' would be written twice (the source already has a "
                                      "tensor of that name); add its module to --ignore"));
   }
-  for (const TensorInfo& ti : layout.tensors) {
+  ps.outputs.reserve(layout.tensors.size());
+  for (TensorInfo& ti : layout.tensors) {
     PlannedOutput po;
-    po.name = ti.name;
     po.dtype = ti.dtype;
-    po.shape = ti.shape;
     po.file_offset = layout.data_start + ti.begin;
     po.nbytes = ti.nbytes();
     po.bytes_per_slab = po.nbytes;
     po.rows_per_slab = 0;
+    po.name = std::move(ti.name);
+    po.shape = std::move(ti.shape);
     ps.outputs.push_back(std::move(po));
-    weight_map_.emplace_back(ti.name, shard.rel_name);
   }
-  size_t next_spec = 0;
+  size_t next_spec = 0, next_slab = 0;
   for (size_t k = 0; k < specs_per_tensor.size(); ++k) {
     PlannedTensor& pt = plan_.tensors[first_tensor + k];
-    std::vector<SchemeOutput> so;
-    if (pt.action == TensorAction::kQuantize) {
-      so = pt.scheme->outputs(pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
-    }
+    const bool quantized = pt.action == TensorAction::kQuantize;
+    pt.outputs.reserve(specs_per_tensor[k]);
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = layout.position[next_spec++];
-      if (!so.empty()) {
+      if (quantized) {
+        const Slab& slab = slabs_[next_slab++];
         PlannedOutput& po = ps.outputs[oi];
-        po.rows_per_slab = so[j].rows_per_slab;
-        po.bytes_per_slab = so[j].bytes_per_slab;
-        po.source = so[j].source;
+        po.rows_per_slab = slab.rows_per_slab;
+        po.bytes_per_slab = slab.bytes_per_slab;
+        po.source = slab.source;
         if (po.source == SchemeOutput::Source::kShape) {
           // weight_shape: int64 [rows, cols], little-endian (torch.tensor(weight.shape)).
           for (uint64_t d : {pt.shape[0], pt.shape[1]}) {
@@ -402,6 +438,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
       pt.outputs.push_back(oi);
     }
   }
+  slabs_.clear();
   ps.header = std::move(layout.header);
   ps.file_size = layout.file_size;
   plan_.bytes_out += ps.file_size;
@@ -469,7 +506,12 @@ void Planner::PlanConfigIgnore() {
       left_whole_.emplace_back(module);
     }
   }
-  for (std::string& entry : CoverWithIgnore(left_whole_, quantized_modules_)) {
+  if (left_whole_.empty()) return;
+  std::vector<std::string> quantized;  // every quantized module, for the shapes they take
+  for (const PlannedTensor& t : plan_.tensors) {
+    if (t.action == TensorAction::kQuantize) quantized.emplace_back(SplitModuleParam(t.name).first);
+  }
+  for (std::string& entry : CoverWithIgnore(left_whole_, quantized)) {
     plan_.notes.push_back("written to ignore (left unquantized, see above): " + entry);
     plan_.config_ignore.push_back(std::move(entry));
   }
@@ -486,13 +528,20 @@ void Planner::PlanFiles() {
     plan_.files.push_back({f, folder_.root / f, {}});
   }
   uint64_t total_size = 0;
+  size_t outputs = 0;
+  for (const PlannedShard& ps : plan_.shards) outputs += ps.outputs.size();
+  std::vector<std::pair<std::string_view, std::string_view>> weight_map;  // tensor -> shard
+  weight_map.reserve(outputs);
   for (const PlannedShard& ps : plan_.shards) {
-    for (const PlannedOutput& o : ps.outputs) total_size += o.nbytes;
+    for (const PlannedOutput& o : ps.outputs) {
+      total_size += o.nbytes;
+      weight_map.emplace_back(o.name, ps.rel_name);
+    }
   }
   // Written even for a single-file model, under the source index's name or the default one
   // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
   plan_.files.push_back({folder_.index_rel.value_or("model.safetensors.index.json"), {},
-                         BuildIndexJson(weight_map_, total_size)});
+                         BuildIndexJson(std::move(weight_map), total_size)});
   if (!folder_.config) {
     plan_.notes.push_back("warning: no config.json or params.json in the source; the "
                           "quantization_config is not written anywhere");
@@ -555,6 +604,7 @@ std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
+  planner.Reserve();
   for (size_t si = 0; si < folder.shards.size(); ++si) planner.PlanShard(si);
   return std::move(planner).Finish();
 }
