@@ -40,6 +40,7 @@ struct PlanOptions {
   int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
+  double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -145,8 +146,22 @@ struct PlannedTensor {
   std::optional<uint64_t> calib_expert;
   std::string calib_note;
   double calib_loss = 0;
+  // Rewritten by smoothing (SmoothQuant): its elements are scaled before they are quantized or
+  // copied (Plan::smoothing says by which mappings).
+  bool smoothed = false;
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
+};
+
+// One smoothing mapping as planned (src/calib/smoothquant_run.h): the smooth layer whose
+// output channels are divided by the scales, the balance layers whose input columns are
+// multiplied by them, and the statistics site their shared input was recorded at.
+struct PlannedSmoothing {
+  std::string smooth;                  // module name
+  std::vector<std::string> balance;    // module names
+  std::string site;
+  std::vector<size_t> tensors;         // plan tensors rewritten (smooth weight/bias, balance)
+  float min_scale = 0, max_scale = 0;  // after the run
 };
 
 // A config group as applied: written to quantization_config.config_groups under `key`.
@@ -202,6 +217,7 @@ struct Plan {
   // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
   // hash): part of the resume fingerprint of shards holding them.
   std::string calib_fingerprint;
+  std::vector<PlannedSmoothing> smoothing;  // in mapping order
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
 };

@@ -114,7 +114,10 @@ std::string ConvertHelp() {
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
-       "                        and --dry-run and --report say why\n"
+       "                        and --dry-run and --report say why; or smoothquant:\n"
+       "                        llm-compressor's SmoothQuant from the min/max in --stats\n"
+       "                        (norm weights rewritten, balance columns scaled), then RTN\n"
+       "  --smoothing-strength A  SmoothQuant: alpha in [0, 1] (default 0.5)\n"
        "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
        "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
        "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
@@ -269,6 +272,7 @@ int PrintDryRun(const ConvertOptions& o) {
     }
     if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
     if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
+    if (t.smoothed) note = "smoothed" + std::string(note.empty() ? "" : "; " + note);
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -443,6 +447,14 @@ int RunConvert(const std::vector<std::string>& args) {
         return ReportError("--dampening needs a fraction >= 0, not '" + v + "'", 2);
       }
       o.dampening = d;
+    } else if (flag == "--smoothing-strength") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const double d = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || !(d >= 0 && d <= 1)) {
+        return ReportError("--smoothing-strength needs a number in [0, 1], not '" + v + "'", 2);
+      }
+      o.smoothing_strength = d;
     } else if (flag == "--actorder") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.actorder = v;

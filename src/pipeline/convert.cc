@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "calib/gptq_run.h"
+#include "calib/smoothquant_run.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -249,7 +250,11 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
   if (options.algorithm != "rtn" || !options.stats.empty()) {
-    QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    if (options.algorithm == "smoothquant") {
+      QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
+    } else {
+      QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    }
   }
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
@@ -404,13 +409,19 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
                           calib::MakeGptqRun(plan, options));
+  // SmoothQuant's pre-pass reads the balance weights for their scales here, before any
+  // tensor streams.
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::SmoothRun> smooth,
+                          calib::MakeSmoothRun(plan, options));
+  ChunkCalibration* calib = gptq ? static_cast<ChunkCalibration*>(gptq.get()) : smooth.get();
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
                                     ? options.memory_limit - plan.calib_bytes
                                     : options.memory_limit / 2;
   PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
-                                       (pruning ? 3 : 2) + (gptq ? 3 : 0), largest_set);
+                                       (pruning ? 3 : 2) + (gptq ? 3 : 0) + (smooth ? 1 : 0),
+                                       largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
@@ -445,7 +456,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                   : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                      options.report.empty() ? nullptr : &errors,
                                      [&](size_t tensor) { return global_scales.ForTensor(tensor); },
-                                     gptq.get());
+                                     calib);
+  if (smooth) smooth->Finish(plan);
   if (gptq) {
     gptq->Finish(plan);
     if (callbacks.note) {

@@ -51,6 +51,8 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
          (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
          plan.calib_fingerprint;
   }
+  // A smoothed tensor depends on the smoothing's settings and statistics.
+  if (t.smoothed) d += "|smoothed " + plan.calib_fingerprint;
   return d;
 }
 
