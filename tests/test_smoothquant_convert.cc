@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "calib/mappings.h"
+#include "format/json.h"
 #include "pipeline/resume.h"
 #include "quench/convert.h"
 #include "test_util.h"
@@ -220,6 +221,71 @@ TEST_CASE("a last set missing a target, or a module two targets match, is refuse
   auto twice = calib::ResolveMappings({{"re:.*norm", {"re:.*layernorm"}}}, Llama(1));
   REQUIRE_FALSE(twice.ok());
   CHECK(twice.status().message().find("is matched by two targets") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace quench::testing
+
+namespace quench::testing {
+namespace {
+
+TEST_CASE("AWQ on tiny-llama: every mapping's proxy loss is at most RTN's, and the report says "
+          "which loss and ratio") {
+  TempDir tmp;
+  auto r = RunQuench({"convert", (DataDir() / "tiny-llama").string(), (tmp / "o").string(),
+                      "--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq", "--stats",
+                      (kGolden / "stats").string(), "--report", (tmp / "r.json").string()});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  // GQA: v_proj (128 outputs) cannot smooth o_proj (256 inputs); the reference skips it too.
+  CHECK(r.err.find("2 v_proj/qkv_proj -> o_proj mapping(s) skipped") != std::string::npos);
+  auto report = ReadJsonFile((tmp / "r.json").string());
+  REQUIRE(report.ok());
+  const auto& sm = report->Find("smoothing")->as_array();
+  REQUIRE(sm.size() == 6);
+  for (const auto& m : sm) {
+    CAPTURE(m.Find("smooth")->as_string());
+    CHECK(m.Find("loss")->as_string() == "diagonal sum_x2");  // the statistics hold no Hessian
+    const double loss = m.Find("proxy_loss")->as_double();
+    const double rtn = m.Find("proxy_loss_rtn")->as_double();
+    CHECK(loss <= rtn);
+    CHECK(m.Find("ratio")->as_double() >= 0);
+  }
+  // Every rewritten tensor is written; the norms differ from the source's (scaled).
+  auto out = LoadAll(tmp / "o");
+  auto src = LoadAll(DataDir() / "tiny-llama");
+  auto [of, ot] = FindTensor(out, "model.layers.0.input_layernorm.weight");
+  auto [sf, st] = FindTensor(src, "model.layers.0.input_layernorm.weight");
+  REQUIRE(ot != nullptr);
+  REQUIRE(st != nullptr);
+  CHECK(std::string(reinterpret_cast<const char*>(of->Data(*ot)), ot->end - ot->begin) !=
+        std::string(reinterpret_cast<const char*>(sf->Data(*st)), st->end - st->begin));
+}
+
+TEST_CASE("AWQ's refusals") {
+  TempDir tmp;
+  const std::string src = (DataDir() / "tiny-llama").string(), dst = (tmp / "o").string();
+  const std::string stats = (kGolden / "stats").string();
+  struct Case {
+    std::vector<std::string> args;
+    int exit_code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq"}, 2, "needs --stats"},
+      {{"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq", "--stats", stats,
+        "--awq-duo-scaling", "maybe"}, 2, "--awq-duo-scaling must be true, false or both"},
+      {{"--scheme", "FP8_DYNAMIC", "--algorithm", "awq", "--stats", stats}, 3,
+       "AWQ's search quantizes with the integer schemes so far"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"convert", src, dst};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    CAPTURE(r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK_FALSE(fs::exists(dst));
+  }
 }
 
 }  // namespace

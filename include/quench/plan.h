@@ -41,6 +41,8 @@ struct PlanOptions {
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
   double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
+  std::string awq_duo_scaling = "true";  // AWQ: "true", "false" or "both"
+  int awq_n_grid = 20;                   // AWQ: grid points
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -153,15 +155,23 @@ struct PlannedTensor {
   std::string why;              // for copies: the rule that left it alone
 };
 
-// One smoothing mapping as planned (src/calib/smoothquant_run.h): the smooth layer whose
-// output channels are divided by the scales, the balance layers whose input columns are
-// multiplied by them, and the statistics site their shared input was recorded at.
+// One smoothing mapping (SmoothQuant or AWQ) as planned (src/calib/smoothquant_run.h): the
+// smooth layer whose output channels are divided by the scales, the balance layers whose
+// input columns are multiplied by them, and the statistics site their shared input was
+// recorded at (and, per-expert, the expert); AWQ's choice and losses after the run.
 struct PlannedSmoothing {
   std::string smooth;                  // module name
   std::vector<std::string> balance;    // module names
   std::string site;
-  std::vector<size_t> tensors;         // plan tensors rewritten (smooth weight/bias, balance)
-  float min_scale = 0, max_scale = 0;  // after the run
+  std::optional<uint64_t> expert;
+  std::vector<size_t> tensors;         // plan tensors rewritten (balance, smooth weight/bias)
+  double min_scale = 0, max_scale = 0;  // after the run
+  // AWQ: the loss used ("full Hessian" or "diagonal sum_x2"), the chosen grid point, its proxy
+  // loss and ratio 0's (round to nearest).
+  std::string loss_kind;
+  double ratio = -1;
+  bool duo = false;
+  double loss = 0, loss_rtn = 0;
 };
 
 // A config group as applied: written to quantization_config.config_groups under `key`.

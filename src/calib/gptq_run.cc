@@ -60,7 +60,7 @@ std::string Bytes(uint64_t b) {
 
 Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   if (options.algorithm != "rtn" && options.algorithm != "gptq") {
-    return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, smoothquant)");
+    return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, smoothquant, awq)");
   }
   if (options.algorithm == "rtn") {
     if (!options.stats.empty()) {

@@ -83,12 +83,16 @@ void ApplySmoothOps(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols
     const uint64_t i = first + k;
     float v = LoadElement(data, dtype, k);
     for (const SmoothOp& op : ops) {
-      const std::vector<float>& s = *op.s;
+      const std::vector<double>& s = *op.s;
+      double r = v;
       switch (op.kind) {
-        case SmoothOp::kMulCols: v = RoundTo(dtype, v * s[i % cols]); break;
-        case SmoothOp::kDivRows: v = RoundTo(dtype, v / s[i / cols]); break;
-        case SmoothOp::kDivElems: v = RoundTo(dtype, v / s[i]); break;
+        case SmoothOp::kMulCols: r = r * s[i % cols]; break;
+        case SmoothOp::kDivRows:
+          if (i / cols >= op.row_offset) r = r / s[i / cols - op.row_offset];
+          break;
+        case SmoothOp::kDivElems: r = r / s[i]; break;
       }
+      v = RoundTo(dtype, static_cast<float>(r));
     }
     StoreElement(data, dtype, k, v);
   }

@@ -39,18 +39,22 @@ std::vector<float> SmoothQuantScales(DType dtype, double alpha, const std::vecto
                                      const std::vector<float>& weight_absmax);
 
 // One step of folding scales into a tensor: kMulCols multiplies column j of a 2-D weight by
-// s[j] (balance layers), kDivRows divides row i by s[i] (a linear smooth layer: the last
-// s.size() rows, as AWQ's edge case for fused qkv), kDivElems divides element i of a 1-D
-// tensor by s[i] (a norm's weight or any smooth layer's bias). Each product or quotient is
-// computed in f32 (torch promotes the weight to the f32 scales) and rounded to the tensor's
-// dtype, as copy_ back into the parameter rounds.
+// s[j] (balance layers), kDivRows divides row row_offset + i by s[i] (a linear smooth layer:
+// AWQ divides the last s.size() rows, its edge case for a fused qkv before o_proj), kDivElems
+// divides element i of a 1-D tensor by s[i] (a norm's weight or any smooth layer's bias).
+// torch promotes the weight to the scales' dtype (f32 for SmoothQuant and AWQ without duo
+// scaling, f64 with it), computes there and copies the result back into the parameter's
+// dtype (through f32). Here each product or quotient is taken in f64 and rounded to f32 then
+// to the dtype: for f32 scales that is the correctly rounded f32 result (an f64 product or
+// quotient of two f32 values rounds to f32 as the f32 operation does).
 struct SmoothOp {
   enum Kind { kMulCols, kDivRows, kDivElems } kind = kMulCols;
-  std::shared_ptr<const std::vector<float>> s;
+  std::shared_ptr<const std::vector<double>> s;
+  uint64_t row_offset = 0;  // kDivRows: rows before it are left alone
 };
 
 // Applies `ops` in order to elements [first, first + count) of a tensor of `dtype` with
-// `cols` columns (1 for 1-D tensors), in place.
+// `cols` columns (1 for 1-D tensors), in place; `data` points at element `first`.
 void ApplySmoothOps(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols,
                     uint64_t first, uint64_t count, uint8_t* data);
 

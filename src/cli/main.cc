@@ -117,7 +117,11 @@ std::string ConvertHelp() {
        "                        and --dry-run and --report say why; or smoothquant:\n"
        "                        llm-compressor's SmoothQuant from the min/max in --stats\n"
        "                        (norm weights rewritten, balance columns scaled), then RTN\n"
+       "                        or awq: llm-compressor's AWQ grid search from sum_abs and the\n"
+       "                        Hessian (else sum_x2) in --stats, then RTN (integer schemes)\n"
        "  --smoothing-strength A  SmoothQuant: alpha in [0, 1] (default 0.5)\n"
+       "  --awq-duo-scaling D   AWQ: true (default), false or both, as AWQModifier.duo_scaling\n"
+       "  --awq-n-grid N        AWQ: grid points (default 20)\n"
        "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
        "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
        "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
@@ -455,6 +459,17 @@ int RunConvert(const std::vector<std::string>& args) {
         return ReportError("--smoothing-strength needs a number in [0, 1], not '" + v + "'", 2);
       }
       o.smoothing_strength = d;
+    } else if (flag == "--awq-duo-scaling") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.awq_duo_scaling = v;
+    } else if (flag == "--awq-n-grid") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 2 || n > 1000) {
+        return ReportError("--awq-n-grid needs a whole number from 2 to 1000, not '" + v + "'", 2);
+      }
+      o.awq_n_grid = static_cast<int>(n);
     } else if (flag == "--actorder") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.actorder = v;

@@ -250,7 +250,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
   if (options.algorithm != "rtn" || !options.stats.empty()) {
-    if (options.algorithm == "smoothquant") {
+    if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
       QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
     } else {
       QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
@@ -457,7 +457,17 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                      options.report.empty() ? nullptr : &errors,
                                      [&](size_t tensor) { return global_scales.ForTensor(tensor); },
                                      calib);
-  if (smooth) smooth->Finish(plan);
+  if (smooth) {
+    smooth->Finish(plan);
+    if (callbacks.note && options.algorithm == "awq") {
+      for (const PlannedSmoothing& m : plan.smoothing) {
+        char line[160];
+        std::snprintf(line, sizeof line, ": ratio %.4f%s, proxy loss %.4g (RTN %.4g, %s)",
+                      m.ratio, m.duo ? " (duo)" : "", m.loss, m.loss_rtn, m.loss_kind.c_str());
+        callbacks.note("AWQ " + m.smooth + line);
+      }
+    }
+  }
   if (gptq) {
     gptq->Finish(plan);
     if (callbacks.note) {
