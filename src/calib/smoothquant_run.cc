@@ -4,6 +4,10 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
+#include <thread>
+
+#include <tbb/parallel_for.h>
 #include <string>
 #include <vector>
 
@@ -264,48 +268,64 @@ class SmoothRunImpl : public SmoothRun {
   // and the statistics; then each rewritten tensor's transforms, in mapping order.
   Status Compute(const Statistics& stats, const ConvertOptions& o) {
     const bool awq = o.algorithm == "awq";
-    for (size_t mi = 0; mi < plan_.smoothing.size(); ++mi) {
-      const PlannedSmoothing& m = plan_.smoothing[mi];
-      std::vector<AwqLayer> layers;
-      for (size_t k = 0; k < m.balance.size(); ++k) {
-        const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-        QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(t.shard));
-        AwqLayer l;
-        l.data = map->data() + t.src_offset;
-        l.dtype = t.dtype;
-        l.rows = t.shape[0];
-        l.cols = t.shape[1];
-        l.quantized = t.action == TensorAction::kQuantize;
-        if (l.quantized) {
-          l.q.bits = t.params.bits;
-          l.q.group_size = t.params.group_size.value_or(0) > 0 ? *t.params.group_size : 0;
-          l.q.symmetric = t.params.symmetric;
+    const size_t count = plan_.smoothing.size();
+    // Mappings are searched in parallel, a batch of one per core at a time, so that only that
+    // many mappings' balance weights are resident (their pages are released after the batch).
+    const size_t batch = std::max<size_t>(
+        1, o.threads > 0 ? size_t(o.threads) : std::thread::hardware_concurrency());
+    for (size_t b0 = 0; b0 < count; b0 += batch) {
+      const size_t b1 = std::min(count, b0 + batch);
+      std::vector<std::vector<AwqLayer>> layers(b1 - b0);
+      for (size_t mi = b0; mi < b1; ++mi) {
+        const PlannedSmoothing& m = plan_.smoothing[mi];
+        for (size_t k = 0; k < m.balance.size(); ++k) {
+          const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+          QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(t.shard));
+          AwqLayer l;
+          l.data = map->data() + t.src_offset;
+          l.dtype = t.dtype;
+          l.rows = t.shape[0];
+          l.cols = t.shape[1];
+          l.quantized = t.action == TensorAction::kQuantize;
+          if (l.quantized) {
+            l.q.bits = t.params.bits;
+            l.q.group_size = t.params.group_size.value_or(0) > 0 ? *t.params.group_size : 0;
+            l.q.symmetric = t.params.symmetric;
+          }
+          layers[mi - b0].push_back(l);
         }
-        layers.push_back(l);
       }
-      std::vector<double> s;
-      QUENCH_RETURN_IF_ERROR(awq ? Awq(stats, o, m, layers, &results_[mi], &s)
-                                 : SmoothQuant(stats, o, m, layers, &s));
-      for (size_t k = 0; k < m.balance.size(); ++k) {
-        const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-        maps_.at(t.shard)->Release(t.src_offset, t.src_bytes);
-      }
-      auto shared = std::make_shared<const std::vector<double>>(std::move(s));
-      // Balance layers' columns are multiplied; the smooth layer's weight (a norm's elements,
-      // a linear's last n rows) and bias divided.
-      for (size_t k = 0; k < m.tensors.size(); ++k) {
-        const size_t t = m.tensors[k];
-        const PlannedTensor& pt = plan_.tensors[t];
-        SmoothOp op{SmoothOp::kMulCols, shared, 0};
-        if (k >= m.balance.size()) {
-          op.kind = pt.shape.size() == 2 ? SmoothOp::kDivRows : SmoothOp::kDivElems;
-          if (pt.shape.size() == 2) op.row_offset = pt.shape[0] - shared->size();
+      std::vector<std::vector<double>> scales(b1 - b0);
+      std::vector<Status> status(b1 - b0);
+      tbb::parallel_for(b0, b1, [&](size_t mi) {
+        const PlannedSmoothing& m = plan_.smoothing[mi];
+        status[mi - b0] = awq ? Awq(stats, o, m, layers[mi - b0], &results_[mi], &scales[mi - b0])
+                              : SmoothQuant(stats, o, m, layers[mi - b0], &scales[mi - b0]);
+      });
+      for (size_t mi = b0; mi < b1; ++mi) {
+        QUENCH_RETURN_IF_ERROR(status[mi - b0]);
+        const PlannedSmoothing& m = plan_.smoothing[mi];
+        for (size_t k = 0; k < m.balance.size(); ++k) {
+          const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+          maps_.at(t.shard)->Release(t.src_offset, t.src_bytes);
         }
-        ops_[t].push_back(op);
+        auto shared = std::make_shared<const std::vector<double>>(std::move(scales[mi - b0]));
+        // Balance layers' columns are multiplied; the smooth layer's weight (a norm's
+        // elements, a linear's last n rows) and bias divided.
+        for (size_t k = 0; k < m.tensors.size(); ++k) {
+          const size_t t = m.tensors[k];
+          const PlannedTensor& pt = plan_.tensors[t];
+          SmoothOp op{SmoothOp::kMulCols, shared, 0};
+          if (k >= m.balance.size()) {
+            op.kind = pt.shape.size() == 2 ? SmoothOp::kDivRows : SmoothOp::kDivElems;
+            if (pt.shape.size() == 2) op.row_offset = pt.shape[0] - shared->size();
+          }
+          ops_[t].push_back(op);
+        }
+        const auto [lo, hi] = std::minmax_element(shared->begin(), shared->end());
+        results_[mi].min_scale = *lo;
+        results_[mi].max_scale = *hi;
       }
-      const auto [lo, hi] = std::minmax_element(shared->begin(), shared->end());
-      results_[mi].min_scale = *lo;
-      results_[mi].max_scale = *hi;
     }
     return Status::Ok();
   }
@@ -320,9 +340,13 @@ class SmoothRunImpl : public SmoothRun {
   }
 
   // One field of the mapping's site, the expert's slice for a per-expert site.
-  static Result<std::vector<double>> Field(const Statistics& stats, const PlannedSmoothing& m,
-                                           const std::string& field, size_t per_expert) {
-    QUENCH_ASSIGN_OR_RETURN(std::vector<double> v, stats.ReadField(m.site, field));
+  Result<std::vector<double>> Field(const Statistics& stats, const PlannedSmoothing& m,
+                                    const std::string& field, size_t per_expert) {
+    std::vector<double> v;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);  // Statistics maps its files on first use
+      QUENCH_ASSIGN_OR_RETURN(v, stats.ReadField(m.site, field));
+    }
     if (!m.expert) return v;
     const size_t e = *m.expert;
     if ((e + 1) * per_expert > v.size()) {
@@ -438,6 +462,7 @@ class SmoothRunImpl : public SmoothRun {
   std::vector<std::vector<SmoothOp>> ops_;  // per plan tensor, in mapping order
   std::vector<PlannedSmoothing> results_;  // per mapping: scale range, AWQ's choice
   std::map<size_t, std::shared_ptr<MappedFile>> maps_;  // source shards, for the pre-pass
+  std::mutex stats_mu_;
 };
 
 }  // namespace
