@@ -8,6 +8,7 @@
 // refusals at planning, and the resume fingerprint.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -111,9 +112,14 @@ TEST_CASE("SmoothQuant's refusals at planning") {
       {{"--algorithm", "smoothquant", "--stats", nominmax.string()}, 3, "has no min and max"},
       {{"--algorithm", "smoothquant", "--stats", stats, "--prune", "2:4"}, 3,
        "pruning after smoothing is not built yet"},
+      {{"--algorithm", "smoothquant", "--stats", stats, "--scheme", "NVFP4A16"}, 3,
+       "whose global scale is computed before smoothing"},
   };
   for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst, "--scheme", "W8A8"};
+    std::vector<std::string> args = {"convert", src, dst};
+    if (std::find(c.args.begin(), c.args.end(), "--scheme") == c.args.end()) {
+      args.insert(args.end(), {"--scheme", "W8A8"});
+    }
     args.insert(args.end(), c.args.begin(), c.args.end());
     auto r = RunQuench(args);
     CAPTURE(r.err);

@@ -72,6 +72,11 @@ Status CheckMapping(const Plan& plan, const std::map<std::string, size_t>& index
       continue;
     }
     if (t.prune) return refuse(b + " is pruned; pruning after smoothing is not built yet");
+    // The global-scale pre-pass (NVFP4) reads the source's weights, not the smoothed ones.
+    if (t.action == TensorAction::kQuantize && t.scheme->needs_global_scale) {
+      return refuse(b + " is to be " + std::string(t.scheme->name) +
+                    ", whose global scale is computed before smoothing (not built yet)");
+    }
     if (t.source_scale) return refuse(b + " is stored quantized in the source (not built yet)");
     if (first == nullptr) {
       first = &t;
