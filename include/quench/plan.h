@@ -45,6 +45,9 @@ struct PlanOptions {
   // it per group (weights.observer).
   std::string observer = "minmax";
   std::string prune_metric = "magnitude";  // --prune-metric: "magnitude" or "wanda" (--stats)
+  double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
+  std::string awq_duo_scaling = "true";  // AWQ: "true", "false" or "both"
+  int awq_n_grid = 20;                   // AWQ: grid points
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -153,8 +156,30 @@ struct PlannedTensor {
   // Wanda (--prune-metric wanda): index into Plan::prune_scales of this weight's per-column
   // sqrt(E[x^2]) (-1: magnitude pruning).
   int prune_scale = -1;
+  // Rewritten by smoothing (SmoothQuant): its elements are scaled before they are quantized or
+  // copied (Plan::smoothing says by which mappings).
+  bool smoothed = false;
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
+};
+
+// One smoothing mapping (SmoothQuant or AWQ) as planned (src/calib/smoothquant_run.h): the
+// smooth layer whose output channels are divided by the scales, the balance layers whose
+// input columns are multiplied by them, and the statistics site their shared input was
+// recorded at (and, per-expert, the expert); AWQ's choice and losses after the run.
+struct PlannedSmoothing {
+  std::string smooth;                  // module name
+  std::vector<std::string> balance;    // module names
+  std::string site;
+  std::optional<uint64_t> expert;
+  std::vector<size_t> tensors;         // plan tensors rewritten (balance, smooth weight/bias)
+  double min_scale = 0, max_scale = 0;  // after the run
+  // AWQ: the loss used ("full Hessian" or "diagonal sum_x2"), the chosen grid point, its proxy
+  // loss and ratio 0's (round to nearest).
+  std::string loss_kind;
+  double ratio = -1;
+  bool duo = false;
+  double loss = 0, loss_rtn = 0;
 };
 
 // A config group as applied: written to quantization_config.config_groups under `key`.
@@ -213,6 +238,7 @@ struct Plan {
   // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
   // hash): part of the resume fingerprint of shards holding them.
   std::string calib_fingerprint;
+  std::vector<PlannedSmoothing> smoothing;  // in mapping order
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
 };

@@ -138,7 +138,7 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   if (options.algorithm != "rtn" && options.algorithm != "gptq" &&
       options.algorithm != "sparsegpt") {
     return Error(ErrorCode::kUsage,
-                 "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt)");
+                 "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt, smoothquant, awq)");
   }
   if (options.algorithm == "rtn") {
     if (!options.stats.empty() && options.observer == "minmax" &&

@@ -91,11 +91,12 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                  "--algorithm gptq with the imatrix_mse observer is not built yet (GPTQ takes "
                  "min-max scales); use one or the other");
   }
-  // SparseGPT chooses its own mask and marks its weights' Hessian sites (calib_site).
-  if (options.algorithm == "sparsegpt") {
+  // SparseGPT chooses its own mask and marks its weights' Hessian sites (calib_site);
+  // SmoothQuant and AWQ rescale the weights first. One calibration per run for now.
+  if (options.algorithm != "rtn" && options.algorithm != "gptq") {
     return Error(ErrorCode::kUnsupported,
-                 who + " with --algorithm sparsegpt is not built yet (SparseGPT chooses its own "
-                       "mask from the Hessians and rounds to nearest); use one or the other");
+                 who + " with --algorithm " + options.algorithm +
+                     " is not built yet (one calibration per run); use one or the other");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   const JsonValue* model = stats.manifest().Find("model");

@@ -40,6 +40,23 @@ class ChunkCalibration {
   // Output stage (serial, in order), once the tensor's last chunk is done: Prepare's
   // resources may go.
   virtual void Done(size_t tensor) = 0;
+
+  // Transforms of a tensor's elements before they are quantized or copied (smoothing folds
+  // its scales in this way); none by default. The plan marks such tensors (smoothed).
+  // Whether the rows of quantized tensor `tensor` are transformed before the kernel (or
+  // before Quantize).
+  virtual bool Transforms(size_t /*tensor*/) const { return false; }
+  // Parallel stage: `in`'s rows (rows row0.. of the tensor), transformed, in storage of the
+  // calling thread that stays valid until its next call.
+  virtual const uint8_t* TransformRows(size_t /*tensor*/, uint64_t /*row0*/,
+                                       const WeightChunk& in) {
+    return in.data;
+  }
+  // Whether copied tensor `tensor`'s bytes are rewritten; its pieces then hold whole elements.
+  virtual bool RewritesCopy(size_t /*tensor*/) const { return false; }
+  // Parallel stage: bytes [begin, begin + len) of the tensor, rewritten in place.
+  virtual void RewriteCopy(size_t /*tensor*/, uint64_t /*begin*/, uint8_t* /*data*/,
+                           uint64_t /*len*/) {}
 };
 
 }  // namespace quench

@@ -120,7 +120,14 @@ std::string ConvertHelp() {
        "                        schemes); weights without a Hessian are rounded to nearest\n"
        "                        and --dry-run and --report say why; or sparsegpt (with\n"
        "                        --prune N:M or unstructured:F): SparseGPT's mask and updates\n"
-       "                        from the same Hessians instead of magnitude pruning\n"
+       "                        from the same Hessians instead of magnitude pruning; or\n"
+       "                        smoothquant: llm-compressor's SmoothQuant from the min/max in\n"
+       "                        --stats (norm weights rewritten, balance columns scaled), then\n"
+       "                        RTN; or awq: llm-compressor's AWQ grid search from sum_abs and\n"
+       "                        the Hessian (else sum_x2) in --stats, then RTN (integer schemes)\n"
+       "  --smoothing-strength A  SmoothQuant: alpha in [0, 1] (default 0.5)\n"
+       "  --awq-duo-scaling D   AWQ: true (default), false or both, as AWQModifier.duo_scaling\n"
+       "  --awq-n-grid N        AWQ: grid points (default 20)\n"
        "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
        "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
        "                        as llm-compressor's imatrix_mse observer (integer schemes)\n"
@@ -296,6 +303,7 @@ int PrintDryRun(const ConvertOptions& o) {
     if (!imx && t.prune && !t.calib_note.empty()) {
       note = "magnitude " + p.prune.text + ": " + t.calib_note;
     }
+    if (t.smoothed) note = "smoothed" + std::string(note.empty() ? "" : "; " + note);
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -476,6 +484,25 @@ int RunConvert(const std::vector<std::string>& args) {
         return ReportError("--dampening needs a fraction >= 0, not '" + v + "'", 2);
       }
       o.dampening = d;
+    } else if (flag == "--smoothing-strength") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const double d = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || !(d >= 0 && d <= 1)) {
+        return ReportError("--smoothing-strength needs a number in [0, 1], not '" + v + "'", 2);
+      }
+      o.smoothing_strength = d;
+    } else if (flag == "--awq-duo-scaling") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.awq_duo_scaling = v;
+    } else if (flag == "--awq-n-grid") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 2 || n > 1000) {
+        return ReportError("--awq-n-grid needs a whole number from 2 to 1000, not '" + v + "'", 2);
+      }
+      o.awq_n_grid = static_cast<int>(n);
     } else if (flag == "--actorder") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.actorder = v;

@@ -12,6 +12,7 @@
 
 #include "calib/gptq_run.h"
 #include "calib/imatrix_run.h"
+#include "calib/smoothquant_run.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -251,7 +252,11 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
   if (options.algorithm != "rtn" || !options.stats.empty()) {
-    QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
+      QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
+    } else {
+      QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    }
   }
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
@@ -413,13 +418,21 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                                            : calib::MakeGptqRun(plan, options));
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<ChunkCalibration> imatrix,
                           calib::MakeImatrixRun(plan, options));
+  // SmoothQuant's pre-pass reads the balance weights for their scales here, before any
+  // tensor streams.
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::SmoothRun> smooth,
+                          calib::MakeSmoothRun(plan, options));
+  // One calibration per run: the planners refuse combinations (src/calib/*_run.cc).
+  ChunkCalibration* calib = gptq     ? static_cast<ChunkCalibration*>(gptq.get())
+                            : smooth ? static_cast<ChunkCalibration*>(smooth.get())
+                                     : imatrix.get();
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
                                     ? options.memory_limit - plan.calib_bytes
                                     : options.memory_limit / 2;
   PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
-                                       (pruning ? 3 : 2) + (gptq ? 3 : 0) + (imatrix ? 1 : 0),
+                                       (pruning ? 3 : 2) + (gptq ? 3 : 0) + (imatrix ? 1 : 0) + (smooth ? 1 : 0),
                                        largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
@@ -455,7 +468,18 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                   : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                      options.report.empty() ? nullptr : &errors,
                                      [&](size_t tensor) { return global_scales.ForTensor(tensor); },
-                                     gptq ? gptq.get() : imatrix.get());
+                                     calib);
+  if (smooth) {
+    smooth->Finish(plan);
+    if (callbacks.note && options.algorithm == "awq") {
+      for (const PlannedSmoothing& m : plan.smoothing) {
+        char line[160];
+        std::snprintf(line, sizeof line, ": ratio %.4f%s, proxy loss %.4g (RTN %.4g, %s)",
+                      m.ratio, m.duo ? " (duo)" : "", m.loss, m.loss_rtn, m.loss_kind.c_str());
+        callbacks.note("AWQ " + m.smooth + line);
+      }
+    }
+  }
   if (gptq) {
     gptq->Finish(plan);
     if (callbacks.note) {

@@ -250,6 +250,11 @@ class ShardPipeline {
                            cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
       const auto [at, run] = SourceAt(t, first.begin);  // a gathered tensor: one run at a time
       first.end = std::min(first.end, first.begin + run);
+      // A tensor the calibration rewrites is cut between whole elements.
+      if (calib_ != nullptr && calib_->RewritesCopy(cur.tensor) && first.end < t.src_bytes) {
+        const uint64_t esz = std::max<uint64_t>(1, DTypeBits(t.dtype) / 8);
+        first.end = std::max(first.begin + esz, first.end / esz * esz);
+      }
       first.src_offset = at;
       first.src_len = first.end - first.begin;
       in_left = Minus(copy_bytes, lead + first.src_len);
@@ -605,6 +610,13 @@ class ShardPipeline {
       }
       i = j;
     }
+    // Tensors smoothing rewrites (norm weights, biases), in place in the buffer.
+    for (size_t k = 0; calib_ != nullptr && k < c->pieces.size(); ++k) {
+      const Piece& p = c->pieces[k];
+      if (calib_->RewritesCopy(p.tensor)) {
+        calib_->RewriteCopy(p.tensor, p.begin, base + place.at(k), p.src_len);
+      }
+    }
     place.Bind(base, &c->writes);
   }
 
@@ -646,6 +658,11 @@ class ShardPipeline {
       if (t.source_scale) {
         QuantizeDecoded(c, p, t, in, outs);
         continue;
+      }
+      // Smoothing's scales folded into the rows first (calib::PlanSmoothQuant refuses
+      // decoded and pruned weights).
+      if (calib_ != nullptr && calib_->Transforms(p.tensor)) {
+        in.data = calib_->TransformRows(p.tensor, p.begin, in);
       }
       // GPTQ never takes a decoded source's weight (calib::PlanGptq rounds those to nearest).
       const bool calibrated = calib_ != nullptr && calib_->Takes(p.tensor);

@@ -175,6 +175,29 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
   r.Set("shards", std::move(shards));
   r.Set("totals", std::move(totals));
   r.Set("notes", Strings(plan.notes));
+  if (!plan.smoothing.empty()) {  // SmoothQuant / AWQ: one entry per mapping
+    JsonValue sm = JsonValue::MakeArray();
+    for (const PlannedSmoothing& m : plan.smoothing) {
+      JsonValue e = JsonValue::MakeObject();
+      e.Set("algorithm", JsonValue(options.algorithm));
+      e.Set("smooth", JsonValue(m.smooth));
+      e.Set("balance", Strings(m.balance));
+      e.Set("stats_site", JsonValue(m.site));
+      if (summary != nullptr) {
+        e.Set("min_scale", JsonValue(m.min_scale));
+        e.Set("max_scale", JsonValue(m.max_scale));
+        if (!m.loss_kind.empty()) {
+          e.Set("loss", JsonValue(m.loss_kind));
+          e.Set("ratio", JsonValue(m.ratio));
+          e.Set("duo_scaling", JsonValue(m.duo));
+          e.Set("proxy_loss", JsonValue(m.loss));
+          e.Set("proxy_loss_rtn", JsonValue(m.loss_rtn));
+        }
+      }
+      sm.Push(std::move(e));
+    }
+    r.Set("smoothing", std::move(sm));
+  }
   r.Set("errors", std::move(errors));
   r.Set("status", JsonValue(status.ok() ? "ok" : std::string(ErrorCodeName(status.code()))));
   r.Set("error", status.ok() ? JsonValue() : JsonValue(status.message()));

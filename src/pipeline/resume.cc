@@ -89,6 +89,11 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
          (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
          plan.calib_fingerprint;
   }
+  // A smoothed tensor depends on the smoothing's settings and statistics.
+  if (t.smoothed) {
+    d += "|smoothed ";
+    d += plan.calib_fingerprint;
+  }
 }
 
 std::string Hex(uint64_t v) {
