@@ -74,6 +74,15 @@ std::vector<uint32_t> TopExperts(std::span<const float> scores, uint64_t k);
 Result<PlannedExpertPrune> PruneExperts(ModelFolder& folder, const std::vector<MoeLayer>& layers,
                                         std::vector<std::vector<float>> scores, double fraction);
 
+// The same with the kept experts already chosen (one ascending list per layer, e.g. by REAP,
+// src/calib/reap.h); `scores` and `tokens` (may be empty) go to the report as they are.
+Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
+                                            const std::vector<MoeLayer>& layers,
+                                            std::vector<std::vector<uint32_t>> kept,
+                                            std::vector<std::vector<double>> scores,
+                                            std::vector<std::vector<int64_t>> tokens,
+                                            double fraction, const std::string& metric);
+
 }  // namespace quench
 
 #endif  // QUENCH_PLAN_EXPERT_PRUNE_H_
