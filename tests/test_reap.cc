@@ -1,0 +1,273 @@
+// Expert pruning by REAP saliency (--expert-metric reap --stats): the kept experts equal
+// llm-compressor 0.14.0.1's REAPPruningModifier choice given the same saliency sums and counts
+// (its on_initialize drop count and refusals, and REAPSaliencyTracker.compute_retained_experts,
+// ties and group-limited routers included), and the converted output, once the experts are
+// chosen, equals the magnitude golden output that keeps the same experts, byte for byte.
+// Expected values: data/golden/reap_manifest.json and data/golden/reap/*, written by
+// scripts/make_golden_reap.py running the reference's code; data/golden/xprune-* (the
+// reference's MagnitudeExpertPruner outputs, scripts/make_golden_expert_prune.py).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <map>
+
+#include "calib/reap.h"
+#include "calib/stats.h"
+#include "format/json.h"
+#include "quench/convert.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const quench::JsonValue& Load(const char* rel) {
+  static std::map<std::string, quench::JsonValue> cache;
+  auto it = cache.find(rel);
+  if (it == cache.end()) {
+    auto r = quench::ReadJsonFile((qt::DataDir() / rel).string());
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    it = cache.emplace(rel, *r).first;
+  }
+  return it->second;
+}
+const quench::JsonValue& Reap() { return Load("golden/reap_manifest.json"); }
+
+const quench::JsonValue& MagnitudeCase(const std::string& name) {
+  for (const auto& c : Load("golden/expert_prune_manifest.json").Find("cases")->as_array()) {
+    if (c.Find("name")->as_string() == name) return c;
+  }
+  FAIL("no magnitude golden case " << name);
+  throw 0;
+}
+
+std::optional<uint64_t> OptUint(const quench::JsonValue* v) {
+  if (v == nullptr || v->is_null()) return std::nullopt;
+  return v->as_uint();
+}
+
+quench::ConvertOptions ReapOptions(const quench::JsonValue& reap_case, const fs::path& dst) {
+  const auto& m = MagnitudeCase(reap_case.Find("name")->as_string());
+  quench::ConvertOptions o;
+  o.src = qt::DataDir() / m.Find("source")->as_string();
+  o.dst = dst;
+  o.scheme = m.Find("scheme")->as_string();
+  o.prune_experts = m.Find("prune_experts")->as_double();
+  o.expert_metric = "reap";
+  o.stats = qt::DataDir() / reap_case.Find("statistics")->as_string();
+  o.default_ignore = false;
+  for (const auto& i : m.Find("ignore")->as_array()) o.ignore.push_back(i.as_string());
+  return o;
+}
+
+void CompareFolders(const fs::path& got, const fs::path& want) {
+  const auto names = qt::ListFiles(want);
+  CHECK(qt::ListFiles(got) == names);
+  for (const std::string& f : names) {
+    CAPTURE(f);
+    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
+  }
+}
+
+// A copy of statistics folder `from` with its manifest edited by `edit`.
+fs::path EditedStats(const qt::TempDir& tmp, const fs::path& from,
+                     const std::function<void(quench::JsonValue&)>& edit) {
+  const fs::path to = tmp / "stats";
+  fs::copy(from, to);
+  auto m = quench::ReadJsonFile((to / "manifest.json").string());
+  REQUIRE(m.ok());
+  edit(*m);
+  qt::WriteBytes(to / "manifest.json", quench::DumpPythonJson(*m));
+  return to;
+}
+
+quench::Status PlanStatus(const quench::ConvertOptions& o) {
+  auto plan = quench::DryRun(o);
+  if (!plan.ok()) return plan.status();
+  return plan->errors.empty() ? quench::Status::Ok() : plan->errors.front();
+}
+
+}  // namespace
+
+TEST_SUITE("reap") {
+  TEST_CASE("kept experts equal the reference's choice for every saliency case") {
+    const auto& cases = Reap().Find("select")->as_array();
+    REQUIRE(cases.size() == 26);
+    size_t refused = 0;
+    for (const auto& c : cases) {
+      const uint64_t e = c.Find("experts")->as_uint();
+      const double f = c.Find("sparsity")->as_double();
+      CAPTURE(e);
+      CAPTURE(f);
+      quench::calib::ReapRouting routing;
+      routing.top_k = c.Find("top_k")->as_uint();
+      routing.n_group = OptUint(c.Find("n_group"));
+      routing.topk_group = OptUint(c.Find("topk_group"));
+      auto drop = quench::calib::ReapDropCount(e, f, routing);
+      if (!c.Find("retained")->is_null()) {
+        REQUIRE_MESSAGE(drop.ok(), drop.status().ToString());
+        std::vector<double> sums;
+        std::vector<int64_t> counts;
+        for (const auto& v : c.Find("sums")->as_array()) sums.push_back(v.as_double());
+        for (const auto& v : c.Find("counts")->as_array()) counts.push_back(v.as_int());
+        std::vector<uint32_t> want;
+        for (const auto& v : c.Find("retained")->as_array()) want.push_back(static_cast<uint32_t>(v.as_uint()));
+        CHECK(quench::calib::ReapKept(quench::calib::ReapSaliency(sums, counts), *drop, routing) == want);
+      } else {
+        // The reference refuses: 0 experts to drop (in all or per group), F outside (0, 1),
+        // fewer experts left reachable than top_k.
+        CAPTURE(c.Find("error")->as_string());
+        CHECK(!drop.ok());
+        CHECK(drop.status().code() == quench::ErrorCode::kUsage);
+        ++refused;
+      }
+    }
+    CHECK(refused == 6);
+  }
+
+  TEST_CASE("torch.topk(largest=False) order among ties, on both sides of its partial_sort switch") {
+    // 128 equal values: k * 64 <= 128 sorts partially, else nth_element; the set is whatever
+    // those leave, cross-checked by the golden cases above (128 x drop 1 and 2, 384 x 192).
+    std::vector<double> v(10, 1.0);
+    v[3] = 0.5;
+    v[7] = std::nan("");  // NaN counts as the largest: never among the smallest
+    CHECK(quench::calib::SmallestExperts(v, 1) == std::vector<uint32_t>{3});
+    CHECK(quench::calib::SmallestExperts(v, 10).size() == 10);
+    const auto nine = quench::calib::SmallestExperts(v, 9);
+    CHECK(std::find(nine.begin(), nine.end(), 7u) == nine.end());
+  }
+
+  TEST_CASE("converted output equals the reference's pruned model for the same kept experts") {
+    const auto& cases = Reap().Find("convert")->as_array();
+    REQUIRE(cases.size() == 8);
+    for (const auto& c : cases) {
+      CAPTURE(c.Find("name")->as_string());
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.report = tmp / "report.json";
+      o.chunk_bytes = 1024;
+      auto r = quench::Convert(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      CompareFolders(o.dst, qt::DataDir() / MagnitudeCase(c.Find("name")->as_string())
+                                                  .Find("expected")->as_string());
+      auto report = quench::ReadJsonFile(o.report.string());
+      REQUIRE(report.ok());
+      const auto* ep = report->Find("expert_pruning");
+      REQUIRE(ep != nullptr);
+      CHECK(ep->Find("metric")->as_string() == "reap");
+      for (const auto& l : ep->Find("layers")->as_array()) {
+        const std::string router = l.Find("router")->as_string();
+        CAPTURE(router);
+        CHECK(quench::DumpPythonJson(*l.Find("kept")) ==
+              quench::DumpPythonJson(*c.Find("retained")->Find(router)));
+      }
+    }
+  }
+
+  TEST_CASE("--dry-run and --report show each expert's saliency and tokens") {
+    const auto& c = Reap().Find("convert")->as_array()[0];
+    REQUIRE(c.Find("name")->as_string() == "xprune-2d/E0.5");
+    qt::TempDir tmp;
+    const fs::path stats = qt::DataDir() / c.Find("statistics")->as_string();
+    auto r = qt::RunQuench({"convert", (qt::DataDir() / "golden/xprune-2d/src").string(),
+                            (tmp / "out").string(), "--scheme", "none", "--prune-experts", "0.5",
+                            "--expert-metric", "reap", "--stats", stats.string(), "--dry-run",
+                            "--report", (tmp / "r.json").string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.out.find("expert pruning 0.5 by reap") != std::string::npos);
+    CHECK(r.out.find("model.layers.1.mlp.gate.weight: keeps 4 of 8 experts: 0,4,6,7") !=
+          std::string::npos);
+    CHECK(r.out.find("saliency/tokens: 0:") != std::string::npos);
+    // The statistics' own numbers: saliency = sum / count, tokens = count.
+    auto st = quench::calib::Statistics::Open(stats);
+    REQUIRE(st.ok());
+    auto report = quench::ReadJsonFile((tmp / "r.json").string());
+    REQUIRE(report.ok());
+    for (const auto& l : report->Find("expert_pruning")->Find("layers")->as_array()) {
+      const auto& block = st->reap().at(l.Find("router")->as_string());
+      auto sum = st->ReadReapSum(block);
+      auto count = st->ReadReapCount(block);
+      REQUIRE(sum.ok());
+      REQUIRE(count.ok());
+      const auto& scores = l.Find("scores")->as_array();
+      const auto& tokens = l.Find("tokens")->as_array();
+      REQUIRE(scores.size() == 8);
+      for (size_t e = 0; e < 8; ++e) {
+        CHECK(scores[e].as_double() == (*sum)[e] / static_cast<double>((*count)[e]));
+        CHECK(tokens[e].as_int() == (*count)[e]);
+      }
+    }
+    CHECK(!fs::exists(tmp / "out"));
+  }
+
+  TEST_CASE("refusals: no statistics, a layer without saliency, another expert count, gptq") {
+    const auto& c = Reap().Find("convert")->as_array()[0];
+    const fs::path stats = qt::DataDir() / c.Find("statistics")->as_string();
+    {
+      qt::TempDir tmp;
+      auto r = qt::RunQuench({"convert", (qt::DataDir() / "golden/xprune-2d/src").string(),
+                              (tmp / "out").string(), "--scheme", "none", "--prune-experts",
+                              "0.5", "--expert-metric", "reap"});
+      CHECK(r.exit_code == 2);
+      CHECK(r.err.find("--expert-metric reap needs --stats") != std::string::npos);
+    }
+    {  // layer 0's block removed from the manifest: the layer is named
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.stats = EditedStats(tmp, stats, [](quench::JsonValue& m) {
+        quench::JsonValue reap = *m.Find("reap");
+        quench::JsonValue kept = quench::JsonValue::MakeObject();
+        for (const auto& [k, v] : reap.as_object()) {
+          if (k != "model.layers.0.mlp") kept.Set(k, v);
+        }
+        m.Set("reap", std::move(kept));
+      });
+      const auto s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK(s.message().find("no REAP saliency for MoE layer 'model.layers.0.mlp' (router "
+                             "'model.layers.0.mlp.gate.weight')") != std::string::npos);
+    }
+    {  // statistics without any REAP block
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.stats = EditedStats(tmp, stats, [](quench::JsonValue& m) { m.Set("reap", quench::JsonValue::MakeObject()); });
+      const auto s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK(s.message().find("holds no REAP saliency") != std::string::npos);
+    }
+    {  // a block whose arrays do not match its expert count is refused on opening
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.stats = EditedStats(tmp, stats, [](quench::JsonValue& m) {
+        quench::JsonValue reap = *m.Find("reap");
+        quench::JsonValue b = *reap.Find("model.layers.1.mlp");
+        b.Set("experts", quench::JsonValue(uint64_t{6}));
+        reap.Set("model.layers.1.mlp", b);
+        m.Set("reap", std::move(reap));
+      });
+      const auto s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK(s.message().find("the format needs F64 [6]") != std::string::npos);
+    }
+    {  // F the reference refuses
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.prune_experts = 0.1;  // int(0.8) = 0 experts
+      CHECK(PlanStatus(o).code() == quench::ErrorCode::kUsage);
+      o.prune_experts = 1.0;
+      CHECK(PlanStatus(o).code() == quench::ErrorCode::kUsage);
+    }
+    {  // GPTQ reads statistics by name; renumbered experts would read another expert's
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.scheme = "W4A16";
+      o.algorithm = "gptq";
+      const auto s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kUnsupported);
+      CHECK(s.message().find("--algorithm gptq with --prune-experts") != std::string::npos);
+    }
+  }
+}
