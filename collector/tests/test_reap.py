@@ -133,3 +133,25 @@ def test_quench_merges_reap(tiny_qwen_moe_dir, calib_file, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 3 and "different settings" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "n" / "manifest.json")
+
+
+@pytest.mark.skipif(quench_binary() is None, reason="no quench binary (build/quench or QUENCH_BIN)")
+def test_quench_prunes_by_collected_saliency(tiny_qwen_moe_dir, calib_file, tmp_path):
+    """The chain: collect --reap on a checkpoint transformers saved, then quench convert
+    --expert-metric reap keeps, per layer, all but the int(E * F) experts of lowest saliency
+    (sum / count, here all distinct), and reports the statistics' saliency and token counts."""
+    _, arr = run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "st", "--samples", SAMPLES, "--seq-len", SEQ,
+                           "--reap")
+    report = tmp_path / "r.json"
+    r = subprocess.run([quench_binary(), "convert", tiny_qwen_moe_dir, str(tmp_path / "out"), "--scheme", "none",
+                        "--prune-experts", "0.5", "--expert-metric", "reap", "--stats", str(tmp_path / "st"),
+                        "--dry-run", "--report", str(report)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    layers = json.load(open(report))["expert_pruning"]["layers"]
+    assert [l["router"] for l in layers] == ["model.layers.1.mlp.gate.weight"]
+    s, c = arr["model.layers.1.mlp.reap_sum"], arr["model.layers.1.mlp.reap_count"]
+    sal = s / np.maximum(c, 1)
+    assert len(set(sal.tolist())) == 6
+    assert layers[0]["kept"] == sorted(np.argsort(sal)[3:].tolist())
+    np.testing.assert_array_equal(layers[0]["scores"], sal)
+    assert layers[0]["tokens"] == c.tolist()
