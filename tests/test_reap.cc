@@ -270,4 +270,39 @@ TEST_SUITE("reap") {
       CHECK(s.message().find("--algorithm gptq with --prune-experts") != std::string::npos);
     }
   }
+
+  TEST_CASE("stats merge adds REAP sums and counts; parts with other REAP blocks are refused") {
+    const fs::path a = qt::DataDir() / Reap().Find("convert")->as_array()[0].Find("statistics")->as_string();
+    const fs::path b = qt::DataDir() / Reap().Find("convert")->as_array()[1].Find("statistics")->as_string();
+    qt::TempDir tmp;
+    REQUIRE(quench::calib::MergeStatistics({a, b}, tmp / "m").ok());
+    auto sa = quench::calib::Statistics::Open(a), sb = quench::calib::Statistics::Open(b),
+         sm = quench::calib::Statistics::Open(tmp / "m");
+    REQUIRE(sa.ok());
+    REQUIRE(sb.ok());
+    REQUIRE(sm.ok());
+    REQUIRE(sm->reap().size() == 2);
+    for (const auto& [router, block] : sm->reap()) {
+      CAPTURE(router);
+      auto s1 = sa->ReadReapSum(sa->reap().at(router)), s2 = sb->ReadReapSum(sb->reap().at(router)),
+           s = sm->ReadReapSum(block);
+      auto c1 = sa->ReadReapCount(sa->reap().at(router)),
+           c2 = sb->ReadReapCount(sb->reap().at(router)), c = sm->ReadReapCount(block);
+      REQUIRE((s.ok() && s1.ok() && s2.ok() && c.ok() && c1.ok() && c2.ok()));
+      for (size_t e = 0; e < s->size(); ++e) {
+        CHECK((*s)[e] == (*s1)[e] + (*s2)[e]);
+        CHECK((*c)[e] == (*c1)[e] + (*c2)[e]);
+      }
+    }
+    // One block fewer in the second part: refused, nothing looks finished.
+    const fs::path fewer = EditedStats(tmp, b, [](quench::JsonValue& m) {
+      quench::JsonValue reap = quench::JsonValue::MakeObject();
+      reap.Set("model.layers.1.mlp", *m.Find("reap")->Find("model.layers.1.mlp"));
+      m.Set("reap", std::move(reap));
+    });
+    const auto st = quench::calib::MergeStatistics({a, fewer}, tmp / "n");
+    CHECK(st.code() == quench::ErrorCode::kInvalidInput);
+    CHECK(st.message().find("REAP") != std::string::npos);
+    CHECK(!fs::exists(tmp / "n" / "manifest.json"));
+  }
 }
