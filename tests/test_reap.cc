@@ -17,6 +17,7 @@
 #include "calib/stats.h"
 #include "format/json.h"
 #include "quench/convert.h"
+#include "verify/verify.h"
 #include "test_util.h"
 
 namespace qt = quench::testing;
@@ -304,5 +305,51 @@ TEST_SUITE("reap") {
     CHECK(st.code() == quench::ErrorCode::kInvalidInput);
     CHECK(st.message().find("REAP") != std::string::npos);
     CHECK(!fs::exists(tmp / "n" / "manifest.json"));
+  }
+
+  TEST_CASE("verify DST SRC on expert-pruned outputs: each survivor against its source expert") {
+    // Golden pruned outputs (the reference's, which quench equals) of both layouts, with and
+    // without fused 3-D stacks, DeepSeek's sliced bias, Mixtral's NVFP4 fused gate/up; and
+    // quench's REAP output of the same sets.
+    for (const char* name : {"xprune-2d/E0.5-FP8_DYNAMIC", "xprune-2d/E0.5-W4A16",
+                             "xprune-3d/E0.25-FP8_DYNAMIC", "xprune-ds/E0.5-FP8_DYNAMIC",
+                             "xprune-mixtral/E0.5-NVFP4A16"}) {
+      CAPTURE(name);
+      const auto& m = MagnitudeCase(name);
+      quench::VerifyOptions o;
+      o.dst = qt::DataDir() / m.Find("expected")->as_string();
+      o.src = qt::DataDir() / m.Find("source")->as_string();
+      auto r = quench::Verify(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      for (const auto& p : r->problems) CAPTURE(p.ToString());
+      CHECK(r->problems.empty());
+      CHECK(!r->quality.empty());
+    }
+    // A router row that is no source row: the problem names the router.
+    qt::TempDir tmp;
+    const auto& m = MagnitudeCase("xprune-2d/E0.5-FP8_DYNAMIC");
+    fs::copy(qt::DataDir() / m.Find("expected")->as_string(), tmp / "dst");
+    auto shard = quench::LoadShard(tmp / "dst" / "model-00001-of-00002.safetensors",
+                                   "model-00001-of-00002.safetensors");
+    REQUIRE(shard.ok());
+    const quench::TensorInfo* router = nullptr;
+    for (const auto& t : shard->header.tensors) {
+      if (t.name == "model.layers.1.mlp.gate.weight") router = &t;
+    }
+    REQUIRE(router != nullptr);
+    {
+      std::string bytes = qt::ReadBytes(tmp / "dst" / "model-00001-of-00002.safetensors");
+      bytes[shard->header.data_start + router->begin + 3] ^= 0x40;
+      qt::WriteBytes(tmp / "dst" / "model-00001-of-00002.safetensors", bytes);
+    }
+    quench::VerifyOptions o;
+    o.dst = tmp / "dst";
+    o.src = qt::DataDir() / m.Find("source")->as_string();
+    auto r = quench::Verify(o);
+    REQUIRE(r.ok());
+    REQUIRE(!r->problems.empty());
+    CHECK(r->problems.front().tensor == "model.layers.1.mlp.gate.weight");
+    CHECK(r->problems.front().message.find("router row 0 is none of the source router's rows") !=
+          std::string::npos);
   }
 }
