@@ -25,7 +25,18 @@ Writes (relative to data/golden/):
                         set (checked here) and quench's output must equal the magnitude golden
                         output byte for byte: pruning is the same operation once the kept
                         experts are chosen.
+                        "measured": the reference's own REAP measurement (the modifier's hooks
+                        and REAPSaliencyTracker, on a plain forward of each sample) on the
+                        collector tests' tiny Qwen3-MoE (collector/tests/conftest.py's recipe,
+                        rebuilt here; its safetensors sha256 recorded) over the first samples of
+                        scripts/calib-text's calibration half: the sums and counts
+                        collector/tests/test_reap.py compares the collector's with.
 Deterministic: running twice writes identical files.
+
+Why a plain forward: oneshot runs the modifier inside its sequential pipeline, whose traced
+forward gave layer 1's router inputs that differ from the model's own forward of the same
+sample (by up to 3.5 in absolute value on this model, 2026-12-04), so its sums are not a
+measurement of the model; the hooks and the tracker are the modifier's own either way.
 """
 import json
 import os
@@ -196,8 +207,76 @@ def convert_cases():
     return out
 
 
+def minilm_dir():
+    import subprocess
+
+    path = os.environ.get("QUENCH_MINILM_DIR")
+    if not path:
+        path = subprocess.run([os.path.join(HERE, "fetch_minilm.sh")], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    return path
+
+
+def measured_case(samples=12, seq_len=48):
+    """The reference's REAP sums and counts on the collector tests' tiny Qwen3-MoE."""
+    import hashlib
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    sys.path.insert(0, os.path.join(REPO, "collector"))
+    import calib_text
+    import collect_stats
+
+    from llmcompressor.core import State
+    from llmcompressor.modeling.moe.linearize import linearize_moe
+    from llmcompressor.modifiers.pruning.reap import REAPPruningModifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # collector/tests/conftest.py tiny_qwen_moe_dir, step for step
+        torch.manual_seed(2)
+        cfg = Qwen3MoeConfig(vocab_size=30522, hidden_size=64, intermediate_size=96,
+                             moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=16, num_experts=6,
+                             num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[0],
+                             max_position_embeddings=512, tie_word_embeddings=False)
+        model = Qwen3MoeForCausalLM(cfg).eval()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                if hasattr(layer.mlp, "gate") and not isinstance(layer.mlp.gate, torch.nn.Linear):
+                    layer.mlp.gate.weight.normal_(0, 1.0)
+        src = os.path.join(tmp, "model")
+        model.save_pretrained(src)
+        for f in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]:
+            if os.path.exists(os.path.join(minilm_dir(), f)):
+                shutil.copy(os.path.join(minilm_dir(), f), src)
+        with open(os.path.join(src, "model.safetensors"), "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        calib_text.write(os.path.join(tmp, "text"))
+        texts = collect_stats.read_samples(os.path.join(tmp, "text", "calib.txt"))[:samples]
+        tok = AutoTokenizer.from_pretrained(src)
+        seqs = collect_stats.tokenize(tok, texts, seq_len)
+        m = Qwen3MoeForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        linearize_moe(m)
+        mod = REAPPruningModifier(sparsity=0.5)
+        state = State(model=m)
+        mod.on_initialize(state)
+        mod.on_calibration_start(state, None)
+        with torch.no_grad():
+            for ids in seqs:
+                m(input_ids=torch.tensor([ids]))
+        blocks = {k: {"sum": t.sum_saliency.tolist(), "count": [int(c) for c in t.count.tolist()]}
+                  for k, t in mod._saliency_trackers.items()}
+        mod.on_calibration_end(state, None)
+    return {"model_sha256": sha, "samples": samples, "seq_len": seq_len, "blocks": blocks,
+            "reference_call": "REAPPruningModifier(sparsity=0.5).on_initialize(State(model)); "
+                              ".on_calibration_start(...); model(input_ids) per sample"}
+
+
 def main():
-    manifest = {"versions": versions(), "select": select_cases(), "convert": convert_cases()}
+    manifest = {"versions": versions(), "select": select_cases(), "convert": convert_cases(),
+                "measured": measured_case()}
     with open(os.path.join(GOLDEN, "reap_manifest.json"), "w") as f:
         f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     for c in manifest["select"]:

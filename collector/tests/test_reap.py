@@ -86,6 +86,23 @@ def test_qwen_moe_reap_saliency(moe, tiny_qwen_moe_dir, calib_file, tmp_path):
     assert np.all(got_sum > 0)
 
 
+def test_reap_equals_the_reference_measurement(tiny_qwen_moe_dir, calib_file, tmp_path):
+    """The reference's own REAP hooks and tracker (REAPPruningModifier on a plain forward of each
+    sample, scripts/make_golden_reap.py, data/golden/reap_manifest.json "measured") on this same
+    model and text give the collector's sums and counts."""
+    import hashlib
+    from conftest import REPO
+    golden = json.load(open(os.path.join(REPO, "data", "golden", "reap_manifest.json")))["measured"]
+    with open(os.path.join(tiny_qwen_moe_dir, "model.safetensors"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == golden["model_sha256"]  # the same weights
+    man, arr = run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "st", "--samples", golden["samples"],
+                             "--seq-len", golden["seq_len"], "--batch-size", 1, "--reap")
+    assert set(man["reap"]) == set(golden["blocks"])
+    for block, ref in golden["blocks"].items():
+        np.testing.assert_array_equal(arr[f"{block}.reap_count"], ref["count"])
+        np.testing.assert_allclose(arr[f"{block}.reap_sum"], ref["sum"], rtol=1e-6)
+
+
 def test_reap_padding_excluded(tiny_qwen_moe_dir, calib_file, tmp_path):
     args = ["--samples", 10, "--seq-len", SEQ, "--reap"]
     _, a1 = run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "unpadded", *args, "--batch-size", 1)
