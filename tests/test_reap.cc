@@ -10,12 +10,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 
 #include "calib/reap.h"
 #include "calib/stats.h"
 #include "format/json.h"
+#include "format/safetensors.h"
+#include "pipeline/resume.h"
 #include "quench/convert.h"
 #include "verify/verify.h"
 #include "test_util.h"
@@ -351,5 +354,61 @@ TEST_SUITE("reap") {
     CHECK(r->problems.front().tensor == "model.layers.1.mlp.gate.weight");
     CHECK(r->problems.front().message.find("router row 0 is none of the source router's rows") !=
           std::string::npos);
+  }
+
+  TEST_CASE("--resume redoes the shards that other statistics made") {
+    // A run with statistics whose saliency rises with the expert index (keeps 4..7), killed
+    // after its shards were complete (their resume markers written) and before config.json was
+    // published; then --resume with the golden statistics (other kept experts): the markers'
+    // fingerprints differ, so every shard is redone and the result equals a fresh run. With
+    // markers of the golden statistics' own plan, the same shards are kept.
+    const auto& c = Reap().Find("convert")->as_array()[2];  // xprune-2d/E0.5-FP8_DYNAMIC
+    REQUIRE(c.Find("name")->as_string() == "xprune-2d/E0.5-FP8_DYNAMIC");
+    qt::TempDir tmp;
+    const fs::path golden_stats = qt::DataDir() / c.Find("statistics")->as_string();
+    const fs::path rising = EditedStats(tmp, golden_stats, [](quench::JsonValue&) {});
+    {
+      const fs::path file = rising / "stats-00001.safetensors";
+      auto h = quench::ReadSafetensorsHeader(file);
+      REQUIRE(h.ok());
+      std::string bytes = qt::ReadBytes(file);
+      for (const auto& t : h->tensors) {
+        if (!t.name.ends_with(".reap_sum")) continue;
+        for (uint64_t e = 0; e < t.shape[0]; ++e) {
+          const double v = static_cast<double>(e + 1) * 1000.0;  // counts are below 1000
+          std::memcpy(bytes.data() + h->data_start + t.begin + 8 * e, &v, 8);
+        }
+      }
+      qt::WriteBytes(file, bytes);
+    }
+    auto killed_run = [&](const fs::path& stats) {
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      o.stats = stats;
+      o.overwrite = true;
+      REQUIRE(quench::Convert(o).ok());
+      fs::remove(tmp / "out" / "config.json");
+      auto plan = quench::MakePlan(o);
+      REQUIRE(plan.ok());
+      for (size_t k = 0; k < plan->shards.size(); ++k) {
+        REQUIRE(quench::WriteResumeMarker(
+                    quench::ResumeMarkerPath(tmp / "out", plan->shards[k].rel_name),
+                    quench::ShardFingerprint(*plan, k))
+                    .ok());
+      }
+    };
+    const fs::path want = qt::DataDir() / MagnitudeCase(c.Find("name")->as_string())
+                                              .Find("expected")->as_string();
+    killed_run(rising);
+    quench::ConvertOptions again = ReapOptions(c, tmp / "out");
+    again.resume = true;
+    auto r = quench::Convert(again);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK(r->shards_resumed == 0);  // both shards hold layer 1's experts or a router
+    CompareFolders(tmp / "out", want);
+    killed_run(golden_stats);
+    auto r2 = quench::Convert(again);
+    REQUIRE(r2.ok());
+    CHECK(r2->shards_resumed == 2);
+    CompareFolders(tmp / "out", want);
   }
 }
