@@ -207,7 +207,7 @@ TEST_SUITE("reap") {
     CHECK(!fs::exists(tmp / "out"));
   }
 
-  TEST_CASE("refusals: no statistics, a layer without saliency, another expert count, gptq") {
+  TEST_CASE("refusals: no statistics, a layer without saliency, another expert count") {
     const auto& c = Reap().Find("convert")->as_array()[0];
     const fs::path stats = qt::DataDir() / c.Find("statistics")->as_string();
     {
@@ -263,15 +263,6 @@ TEST_SUITE("reap") {
       CHECK(PlanStatus(o).code() == quench::ErrorCode::kUsage);
       o.prune_experts = 1.0;
       CHECK(PlanStatus(o).code() == quench::ErrorCode::kUsage);
-    }
-    {  // GPTQ reads statistics by name; renumbered experts would read another expert's
-      qt::TempDir tmp;
-      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
-      o.scheme = "W4A16";
-      o.algorithm = "gptq";
-      const auto s = PlanStatus(o);
-      CHECK(s.code() == quench::ErrorCode::kUnsupported);
-      CHECK(s.message().find("--algorithm gptq with --prune-experts") != std::string::npos);
     }
   }
 
@@ -410,5 +401,24 @@ TEST_SUITE("reap") {
     REQUIRE(r2.ok());
     CHECK(r2->shards_resumed == 2);
     CompareFolders(tmp / "out", want);
+  }
+
+  TEST_CASE("SourceExpertName: a survivor's name maps back to the source expert it was") {
+    quench::PlannedExpertPrune e;
+    quench::PlannedExpertLayer l;
+    l.prefix = "model.layers.3.mlp";
+    l.kept = {1, 4, 6};
+    e.layers.push_back(l);
+    CHECK(quench::SourceExpertName(e, "model.layers.3.mlp.experts.2.down_proj.weight") ==
+          "model.layers.3.mlp.experts.6.down_proj.weight");
+    CHECK(quench::SourceExpertName(e, "model.layers.3.mlp.experts.0.w1.weight") ==
+          "model.layers.3.mlp.experts.1.w1.weight");
+    // Not a renumbered expert: itself.
+    CHECK(quench::SourceExpertName(e, "model.layers.3.mlp.shared_experts.down_proj.weight") ==
+          "model.layers.3.mlp.shared_experts.down_proj.weight");
+    CHECK(quench::SourceExpertName(e, "model.layers.30.mlp.experts.2.down_proj.weight") ==
+          "model.layers.30.mlp.experts.2.down_proj.weight");
+    CHECK(quench::SourceExpertName(e, "model.layers.3.mlp.experts.gate_up_proj") ==
+          "model.layers.3.mlp.experts.gate_up_proj");
   }
 }

@@ -172,3 +172,42 @@ def test_quench_prunes_by_collected_saliency(tiny_qwen_moe_dir, calib_file, tmp_
     assert layers[0]["kept"] == sorted(np.argsort(sal)[3:].tolist())
     np.testing.assert_array_equal(layers[0]["scores"], sal)
     assert layers[0]["tokens"] == c.tolist()
+
+
+@pytest.mark.skipif(quench_binary() is None, reason="no quench binary (build/quench or QUENCH_BIN)")
+def test_gptq_with_expert_pruning_reads_each_survivors_own_statistics(tiny_qwen_moe_dir, calib_file, tmp_path):
+    """GPTQ finds a weight's Hessian by the name the statistics give it, the source's; pruning
+    renumbers the survivors. Each weight's GPTQ result depends only on the weight and its
+    Hessian, so survivor i of the pruned conversion must equal source expert kept[i] of the
+    unpruned one, byte for byte."""
+    from safetensors.numpy import load_file
+    run_collector(tiny_qwen_moe_dir, calib_file, tmp_path / "st", "--samples", SAMPLES, "--seq-len", SEQ,
+                  "--moe", "routed", "--hessian", "full", "--reap")
+    common = ["--scheme", "W8A8", "--algorithm", "gptq", "--stats", str(tmp_path / "st")]
+
+    def convert(out, *extra):
+        r = subprocess.run([quench_binary(), "convert", tiny_qwen_moe_dir, str(out), *common, *extra,
+                            "--report", str(out) + ".json"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        tensors = {}
+        for f in os.listdir(out):
+            if f.endswith(".safetensors"):
+                tensors.update(load_file(os.path.join(out, f)))
+        return tensors, json.load(open(str(out) + ".json"))
+
+    full, _ = convert(tmp_path / "full")
+    pruned, report = convert(tmp_path / "pruned", "--prune-experts", "0.5", "--expert-metric", "reap")
+    kept = report["expert_pruning"]["layers"][0]["kept"]
+    assert len(kept) == 3 and kept != [0, 1, 2]  # survivors renumbered
+    gptq = {t["name"] for t in report["tensors"] if t.get("algorithm") == "gptq"}
+    p = "model.layers.1.mlp.experts"
+    assert {f"{p}.{i}.{w}_proj.weight" for i in range(3) for w in ("gate", "up", "down")} <= gptq
+    compared = 0
+    for name, value in pruned.items():
+        if not name.startswith(p + "."):
+            continue
+        i = int(name[len(p) + 1:].split(".")[0])
+        src = f"{p}.{kept[i]}." + name[len(p) + 1:].split(".", 1)[1]
+        np.testing.assert_array_equal(value, full[src], err_msg=name)
+        compared += 1
+    assert compared == 3 * 3 * 2  # 3 experts x gate/up/down x int8 weight, weight_scale

@@ -86,6 +86,7 @@ struct PlannedOutput {
 // One MoE layer as expert pruning left it: the router, how many experts it had, which it keeps
 // (old indices, ascending; new index = position) and every expert's score.
 struct PlannedExpertLayer {
+  std::string prefix;  // "<P>" of the experts' names "<P>.experts.<i>.*"
   std::string router;
   uint64_t experts = 0;
   std::vector<uint32_t> kept;

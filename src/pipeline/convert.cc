@@ -226,13 +226,6 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     if (!(f >= 0 && f <= 1)) {
       return Error(ErrorCode::kUsage, "--prune-experts must be a fraction in [0, 1]");
     }
-    // GPTQ finds a weight's statistics by its name, and pruning renumbers the experts.
-    if (options.algorithm == "gptq") {
-      return Error(ErrorCode::kUnsupported,
-                   "--algorithm gptq with --prune-experts is not built yet (GPTQ would read "
-                   "the statistics of the expert that had the survivor's new number); prune "
-                   "experts with --algorithm rtn");
-    }
   }
   QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src));
   // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them;

@@ -307,6 +307,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
   for (size_t l = 0; l < layers.size(); ++l) {
     const MoeLayer& layer = layers[l];
     PlannedExpertLayer pl;
+    pl.prefix = layer.prefix;
     pl.router = layer.router;
     pl.experts = layer.experts;
     pl.kept = std::move(kept_lists[l]);
@@ -382,6 +383,20 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     shard.header.tensors = std::move(tensors);
   }
   return out;
+}
+
+std::string SourceExpertName(const PlannedExpertPrune& prune, const std::string& name) {
+  for (const PlannedExpertLayer& l : prune.layers) {
+    const std::string head = l.prefix + std::string(kExperts);
+    if (!name.starts_with(head)) continue;
+    const size_t end = name.find('.', head.size());
+    const std::string index = name.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
+    if (end == std::string::npos || !AllDigits(index)) return name;
+    const uint64_t i = std::stoull(index);
+    if (i >= l.kept.size()) return name;
+    return head + std::to_string(l.kept[i]) + name.substr(end);
+  }
+  return name;
 }
 
 }  // namespace quench

@@ -83,6 +83,11 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                                             std::vector<std::vector<int64_t>> tokens,
                                             double fraction, const std::string& metric);
 
+// The source name of a tensor as expert pruning renamed it: `<P>.experts.<i>.<rest>` of a
+// pruned layer is source expert kept[i]'s; any other name is its own. (Statistics and other
+// per-weight records name the source's experts.)
+std::string SourceExpertName(const PlannedExpertPrune& prune, const std::string& name);
+
 }  // namespace quench
 
 #endif  // QUENCH_PLAN_EXPERT_PRUNE_H_
