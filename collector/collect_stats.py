@@ -161,6 +161,35 @@ class Site:
         return {f"{self.name}.{k}": np.array(v, order="C", copy=None) for k, v in out.items()}
 
 
+class Reap:
+    """REAP saliency of one MoE layer's experts (llm-compressor 0.14.0.1's REAPSaliencyTracker,
+    modifiers/pruning/reap/utils.py): per expert, over the (token, slot) pairs routed to it,
+    the sum of the router weight the experts module multiplies its output by (`top_k_weights`,
+    as given: Qwen3-MoE's softmax -> top-k -> renormalised when norm_topk_prob, in the model's
+    dtype) times the L2 norm of the expert's output (before that weight; the norm taken in
+    float32 as `torch.linalg.norm(output.float(), dim=-1)`), products and sums in float64;
+    and how many pairs that was. Saliency = sum / max(count, 1), as the reference's
+    mean_saliency."""
+
+    def __init__(self, name: str, experts: int, device):
+        self.name, self.experts = name, experts
+        self.router = None  # module name of the router beside the experts, set by the collector
+        self.sum = torch.zeros(experts, dtype=torch.float64, device=device)
+        self.count = torch.zeros(experts, dtype=torch.int64, device=device)
+
+    def add(self, e: int, weights: torch.Tensor, out: torch.Tensor) -> None:
+        """weights [t] and expert e's outputs [t, hidden] for the t pairs routed to it."""
+        if weights.numel() == 0:
+            return
+        norms = torch.linalg.norm(out.float(), dim=-1)
+        self.sum[e] += (weights.double() * norms.double()).sum()
+        self.count[e] += weights.numel()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"{self.name}.reap_count": self.count.cpu().numpy().astype(np.int64),
+                f"{self.name}.reap_sum": self.sum.cpu().numpy()}
+
+
 def parse_hessian(spec: str) -> int | None:
     """'none' | 'full' | 'block<B>' -> B for a block spec, else None; ValueError otherwise."""
     m = re.fullmatch(r"none|full|block(\d+)", spec)
@@ -212,8 +241,10 @@ class Collector:
     module of the same forward already read (same storage pointer, size and dtype, and that
     tensor still alive) shares that module's site. Once assigned, a module keeps its role."""
 
-    def __init__(self, model: nn.Module, device, moe: str, hessian: str, hessian_experts: str | None = None):
+    def __init__(self, model: nn.Module, device, moe: str, hessian: str, hessian_experts: str | None = None,
+                 reap: bool = False):
         self.model, self.device, self.moe = model, device, moe
+        self.reap: dict[str, Reap] | None = {} if reap else None  # MoE block module name -> Reap
         self.hessian = hessian
         self.hessian_experts = hessian if hessian_experts is None else hessian_experts
         self.sites: dict[str, Site] = {}
@@ -308,22 +339,28 @@ class Collector:
         def hook(mod, args, kwargs):
             names = ["hidden_states", "top_k_index", "top_k_weights"]
             vals = list(args) + [kwargs.get(k) for k in names[len(args):]]
-            x, top_k = vals[0], vals[1]
+            x, top_k, weights = vals[0], vals[1], vals[2]
             if not isinstance(top_k, torch.Tensor):
                 raise RuntimeError(f"{name}: experts called without top_k_index; unsupported experts module")
-            self._experts(name, mod, x, top_k)
+            if self.reap is not None and not isinstance(weights, torch.Tensor):
+                raise RuntimeError(f"{name}: experts called without top_k_weights; --reap cannot weight them")
+            self._experts(name, mod, x, top_k, weights)
         return hook
 
-    def _experts(self, name, mod, x, top_k):
+    def _experts(self, name, mod, x, top_k, weights=None):
         n = x.shape[-1]
         n_exp = mod.gate_up_proj.shape[0]
         k = top_k.shape[-1]
         self.top_k = k
         x2 = x.reshape(-1, n)
         top_k = top_k.reshape(-1, k)
+        if weights is not None:
+            weights = weights.reshape(-1, k)
         b, t = self.bt
         if x2.shape[0] == b * t and not self.all_rows:
             x2, top_k = x2[self.mask_flat], top_k[self.mask_flat]
+            if weights is not None:
+                weights = weights[self.mask_flat]
         gu_w, dn_w = mod.gate_up_proj, mod.down_proj
         gu_b = getattr(mod, "gate_up_proj_bias", None)
         transposed = getattr(mod, "is_transposed", False)
@@ -337,6 +374,27 @@ class Collector:
             gate, up = out.chunk(2, dim=-1)
             return mod.act_fn(gate) * up
 
+        dn_b = getattr(mod, "down_proj_bias", None)
+
+        def expert_output(h, e):
+            w = dn_w[e].T if transposed else dn_w[e]
+            return nn.functional.linear(h, w, None if dn_b is None else dn_b[e])
+
+        reap = None
+        if self.reap is not None:
+            block = name.rsplit(".", 1)[0] if "." in name else ""
+            reap = self.reap.get(block)
+            if reap is None:
+                reap = self.reap[block] = Reap(block, n_exp, self.device)
+                parent = self.model.get_submodule(block)
+                # the reference's ROUTER_ATTRS, in its order
+                reap.router = next((f"{block}.{a}" if block else a for a in ("router", "gate")
+                                    if isinstance(getattr(parent, a, None), nn.Module)), None)
+        flat = top_k.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=n_exp).tolist()
+        pairs = torch.split(order, counts)  # per expert: flat (token, slot) positions routed to it
+
         role = self.role.get(name)
         if self.moe == "all":
             if role is None:
@@ -348,20 +406,24 @@ class Collector:
             down = self._site(f"{name}.down_proj", inter, n_exp)
             for e in range(n_exp):
                 down.add(down_input(x2, e), e)
+            if reap is not None:  # the expert's output on its routed tokens only
+                for e in range(n_exp):
+                    if counts[e]:
+                        h = down_input(x2[pairs[e] // k], e)
+                        reap.add(e, weights.reshape(-1)[pairs[e]], expert_output(h, e))
         else:
             self.role[name] = ("routed", f"{name}.gate_proj")
             gu = self._site(f"{name}.gate_proj", n, n_exp)
             down = self._site(f"{name}.down_proj", inter, n_exp)
-            flat = top_k.reshape(-1)
-            order = torch.argsort(flat, stable=True)
-            counts = torch.bincount(flat, minlength=n_exp).tolist()
-            tokens = torch.split(order // k, counts)
             for e in range(n_exp):
                 if counts[e] == 0:
                     continue
-                xe = x2[tokens[e]]
+                xe = x2[pairs[e] // k]
                 gu.add(xe, e)
-                down.add(down_input(xe, e), e)
+                h = down_input(xe, e)
+                down.add(h, e)
+                if reap is not None:
+                    reap.add(e, weights.reshape(-1)[pairs[e]], expert_output(h, e))
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,10 +555,11 @@ def last_hidden(out):
     return out[0]
 
 
-def collect(model, batches, device, moe="all", hessian="none", hessian_experts=None, exclude_bos=False):
+def collect(model, batches, device, moe="all", hessian="none", hessian_experts=None, exclude_bos=False,
+            reap=False):
     """Runs every batch with hooks; returns (collector, tokens counted, sequences)."""
     body, head = runner(model)
-    col = Collector(model, device, moe, hessian, hessian_experts)
+    col = Collector(model, device, moe, hessian, hessian_experts, reap)
     head_name = next((n for n, m in model.named_modules() if m is head), None)
     head_hook = col._linear_hook(head_name) if head is not None else None
     tokens = sequences = 0
@@ -582,6 +645,17 @@ def build_manifest(model, config_path, inv, col, args_info) -> dict:
         "sites": sites,
         "consumers": dict(sorted(consumers.items())),
     }
+    if col.reap is not None:
+        reap = {}
+        for r in col.reap.values():
+            router = None
+            if r.router is not None:
+                router = consumer_names(model, inv, f"{r.router}.weight", "linear")[(None, None)]
+            if router is None:
+                raise SystemExit(f"--reap: MoE block {r.name} has no router weight in the checkpoint "
+                                 "(looked for its 'router' or 'gate' module)")
+            reap[r.name] = {"file": "stats-00001.safetensors", "router": router, "experts": r.experts}
+        manifest["reap"] = reap
     if not_reached:
         manifest["not_reached"] = sorted(not_reached)
     return manifest
@@ -593,6 +667,8 @@ def write_stats(out_dir: str, manifest: dict, col: Collector) -> None:
     arrays = {}
     for s in col.sites.values():
         arrays.update(s.arrays())
+    for r in (col.reap or {}).values():
+        arrays.update(r.arrays())
     tmp = os.path.join(out_dir, "stats-00001.safetensors.tmp")
     save_file(arrays, tmp)
     umask = os.umask(0)
@@ -631,6 +707,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, the checkpoint's dtype on GPU), "
                    "float32, bfloat16, float16")
     p.add_argument("--exclude-bos", action="store_true", help="feed BOS but leave it out of the statistics")
+    p.add_argument("--reap", action="store_true", help="MoE models: also record each expert's REAP saliency "
+                   "(router weight times expert output norm, over its routed tokens) for "
+                   "quench convert --prune-experts F --expert-metric reap")
     p.add_argument("--dataset", help="dataset description for the manifest (default: the text file's name)")
     args = p.parse_args(argv)
     if args.hessian_experts is None:
@@ -661,7 +740,9 @@ def main(argv=None) -> int:
     hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
     inv = checkpoint_inventory(args.model_dir, hidden)
     col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian, args.hessian_experts,
-                                     args.exclude_bos)
+                                     args.exclude_bos, args.reap)
+    if args.reap and not col.reap:
+        raise SystemExit("--reap: the model ran no fused experts module (no MoE layer to score)")
     bos = bos_first(tok, seqs) and not args.exclude_bos
     info = {
         "collector": COLLECTOR,
@@ -674,6 +755,8 @@ def main(argv=None) -> int:
     }
     if any(site.experts is not None for site in col.sites.values()):
         info["hessian_experts"] = args.hessian_experts
+    if args.reap:
+        info["reap"] = True
     manifest = build_manifest(model, os.path.join(args.model_dir, "config.json"), inv, col, info)
     write_stats(args.output, manifest, col)
     note(f"{len(col.sites)} sites, {len(manifest['consumers'])} consumers, {tokens} tokens in "

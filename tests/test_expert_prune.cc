@@ -141,7 +141,7 @@ TEST_SUITE("expert_prune") {
       REQUIRE(plan->expert_prune->layers.size() == retained->as_object().size());
       for (const quench::PlannedExpertLayer& l : plan->expert_prune->layers) {
         CAPTURE(l.router);
-        std::vector<float> want_scores;
+        std::vector<double> want_scores;  // float scores, held as doubles
         for (const auto& v : scores->Find(l.router)->as_array()) {
           want_scores.push_back(static_cast<float>(v.as_double()));
         }

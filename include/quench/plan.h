@@ -94,16 +94,18 @@ struct PlannedOutput {
 // One MoE layer as expert pruning left it: the router, how many experts it had, which it keeps
 // (old indices, ascending; new index = position) and every expert's score.
 struct PlannedExpertLayer {
+  std::string prefix;  // "<P>" of the experts' names "<P>.experts.<i>.*"
   std::string router;
   uint64_t experts = 0;
   std::vector<uint32_t> kept;
-  std::vector<float> scores;
+  std::vector<double> scores;  // magnitude: router row L1 norms; reap: mean saliency
+  std::vector<int64_t> tokens;  // reap: tokens routed to each expert in the statistics
 };
 
 // Whole-expert pruning as planned (src/plan/expert_prune.h).
 struct PlannedExpertPrune {
   double fraction = 0;
-  std::string metric;               // "magnitude"
+  std::string metric;               // "magnitude" or "reap"
   std::string config_key;           // config.json's expert count key, e.g. "num_experts"
   std::vector<PlannedExpertLayer> layers;
   uint64_t tensors_removed = 0;     // source tensors not written at all

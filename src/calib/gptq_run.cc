@@ -16,6 +16,7 @@
 #include "calib/gptq.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "plan/expert_prune.h"
 #include "calib/stats.h"
 
 namespace quench::calib {
@@ -58,16 +59,19 @@ std::string Bytes(uint64_t b) {
 
 }  // namespace
 
-Result<std::string> AssignHessianSite(const Statistics& stats, const std::filesystem::path& stats_path,
-                                      PlannedTensor& t) {
-  auto it = stats.consumers().find(t.name);
+Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
+                                      const std::filesystem::path& stats_path, PlannedTensor& t) {
+  // Statistics name the source's experts; expert pruning renumbered the survivors.
+  const std::string source_name =
+      plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
+  auto it = stats.consumers().find(source_name);
   if (it == stats.consumers().end()) {
     return std::string("no statistics for this weight (the collector did not reach its module)");
   }
   // The statistics must be this model's: the manifest records each weight's shape.
   const JsonValue* model = stats.manifest().Find("model");
   const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
-  const JsonValue* shape = weights != nullptr ? weights->Find(t.name) : nullptr;
+  const JsonValue* shape = weights != nullptr ? weights->Find(source_name) : nullptr;
   bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
   for (size_t k = 0; same && k < t.shape.size(); ++k) {
     same = shape->as_array()[k].is_int() &&
@@ -190,7 +194,7 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
       note("its source is quantized (FP8); GPTQ of decoded sources is not built yet");
       continue;
     }
-    auto why = AssignHessianSite(stats, options.stats, t);
+    auto why = AssignHessianSite(plan, stats, options.stats, t);
     if (!why.ok()) {
       plan.errors.push_back(why.status());
       continue;

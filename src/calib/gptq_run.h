@@ -41,8 +41,9 @@ Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const Conver
 // Shared by GPTQ and SparseGPT planning and runs.
 // Sets t.calib_site (and calib_expert) to the statistics site whose Hessian weight t uses and
 // returns ""; or returns why it has none (a note: not reached, no full Hessian, no tokens);
-// an error for statistics that are not this model's.
-Result<std::string> AssignHessianSite(const Statistics& stats,
+// an error for statistics that are not this model's. With expert pruning the statistics name
+// the source's experts, so survivors are looked up under their source names (`plan`).
+Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
                                       const std::filesystem::path& stats_path, PlannedTensor& t);
 // A hash of the statistics' manifest, for the resume fingerprint.
 Result<std::string> StatsHash(const std::filesystem::path& stats_path);

@@ -17,6 +17,7 @@
 #include "calib/wanda.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "plan/expert_prune.h"
 #include "plan/planner.h"
 #include "schemes/prune.h"
 
@@ -103,7 +104,10 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
   const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
   // The weight's site, checked against the weight's shape; nullptr (error recorded) if none.
   auto site_of = [&](const PlannedTensor& t) -> const StatsConsumer* {
-    auto it = stats.consumers().find(t.name);
+    // Statistics name the source's experts; expert pruning renumbered the survivors.
+    const std::string source_name =
+        plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
+    auto it = stats.consumers().find(source_name);
     if (it == stats.consumers().end()) {
       plan.errors.push_back(Error(ErrorCode::kInvalidInput,
                                   options.stats.string() + " has no statistics for '" + t.name +
@@ -111,7 +115,7 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                                       " from this model)"));
       return nullptr;
     }
-    const JsonValue* shape = weights != nullptr ? weights->Find(t.name) : nullptr;
+    const JsonValue* shape = weights != nullptr ? weights->Find(source_name) : nullptr;
     bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
     for (size_t k = 0; same && k < t.shape.size(); ++k) {
       same = shape->as_array()[k].is_int() &&

@@ -182,6 +182,11 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
     QUENCH_RETURN_IF_ERROR(ParseDuoScaling(options.awq_duo_scaling).status());
     if (options.awq_n_grid < 2) return Error(ErrorCode::kUsage, "--awq-n-grid must be >= 2");
   }
+  // Mappings are resolved on the checkpoint's module names, which expert pruning renumbers.
+  if (plan.expert_prune) {
+    return Error(ErrorCode::kUnsupported,
+                 "--algorithm " + options.algorithm + " with --prune-experts is not built yet");
+  }
   if (options.stats.empty()) {
     return Error(ErrorCode::kUsage,
                  "--algorithm " + options.algorithm + " needs --stats STATS (collect them with "

@@ -114,7 +114,7 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
       note("its source is quantized (FP8); SparseGPT of decoded sources is not built yet");
       continue;
     }
-    auto why = AssignHessianSite(stats, options.stats, t);
+    auto why = AssignHessianSite(plan, stats, options.stats, t);
     if (!why.ok()) {
       plan.errors.push_back(why.status());
       continue;

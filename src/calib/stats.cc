@@ -176,7 +176,53 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
     }
     s.consumers_.emplace(weight, std::move(c));
   }
+  // REAP saliency: optional; each block's two arrays checked like a site's.
+  if (const JsonValue* reap = m.Find("reap"); reap != nullptr) {
+    if (!reap->is_object()) return Bad(dir, "\"reap\" must be an object of MoE blocks");
+    for (const auto& [block, v] : reap->as_object()) {
+      const std::string* file = StringAt(v, "file");
+      const std::string* router = StringAt(v, "router");
+      const JsonValue* e = v.Find("experts");
+      if (file == nullptr || router == nullptr || e == nullptr || !e->is_int() || e->as_int() <= 0) {
+        return Bad(dir, "reap block '" + block + "' needs \"file\", \"router\" and \"experts\" > 0");
+      }
+      StatsReap r{block, *router, *file, e->as_uint()};
+      for (const auto& [field, dtype] : {std::pair{"reap_sum", DType::kF64},
+                                         std::pair{"reap_count", DType::kI64}}) {
+        const std::string array = block + "." + field;
+        auto it = in_files.find(array);
+        if (it == in_files.end() || it->second.first != r.file) {
+          return Bad(dir, "reap block '" + block + "': array '" + array + "' is not in " + r.file);
+        }
+        const TensorInfo& t = it->second.second;
+        if (t.dtype != dtype || t.shape != std::vector<uint64_t>{r.experts}) {
+          return Bad(dir, "reap block '" + block + "': array '" + array + "' is " +
+                              std::string(DTypeName(t.dtype)) + " " + ShapeText(t.shape) +
+                              "; the format needs " + std::string(DTypeName(dtype)) + " [" +
+                              std::to_string(r.experts) + "]");
+        }
+        s.arrays_[array] = {r.file, data_start[r.file] + t.begin, t.nbytes()};
+      }
+      if (!s.reap_.emplace(r.router, r).second) {
+        return Bad(dir, "two reap blocks name router '" + r.router + "'");
+      }
+    }
+  }
   return s;
+}
+
+Result<std::vector<double>> Statistics::ReadReapSum(const StatsReap& r) const {
+  QUENCH_ASSIGN_OR_RETURN(auto bytes, FieldBytes(r.block, "reap_sum"));
+  std::vector<double> out(bytes.second / 8);
+  std::memcpy(out.data(), bytes.first, out.size() * 8);
+  return out;
+}
+
+Result<std::vector<int64_t>> Statistics::ReadReapCount(const StatsReap& r) const {
+  QUENCH_ASSIGN_OR_RETURN(auto bytes, FieldBytes(r.block, "reap_count"));
+  std::vector<int64_t> out(bytes.second / 8);
+  std::memcpy(out.data(), bytes.first, out.size() * 8);
+  return out;
 }
 
 Result<std::pair<const uint8_t*, uint64_t>> Statistics::FieldBytes(

@@ -37,6 +37,15 @@ struct StatsSite {
   std::vector<StatsField> fields;   // in manifest order
 };
 
+// REAP saliency of one MoE block (docs/statistics-format.md, "REAP saliency"): arrays
+// `<block>.reap_sum` (F64 [E]) and `<block>.reap_count` (I64 [E]).
+struct StatsReap {
+  std::string block;   // module name, e.g. "model.layers.1.mlp": the arrays' prefix
+  std::string router;  // the router weight as the checkpoint names it
+  std::string file;
+  uint64_t experts = 0;
+};
+
 struct StatsConsumer {
   std::string site;
   std::optional<uint64_t> expert;
@@ -55,6 +64,8 @@ class Statistics {
   const std::map<std::string, StatsSite>& sites() const { return sites_; }
   const std::map<std::string, StatsConsumer>& consumers() const { return consumers_; }
   const std::vector<std::string>& files() const { return files_; }
+  // REAP saliency by router weight name (empty without the optional `reap` key).
+  const std::map<std::string, StatsReap>& reap() const { return reap_; }
 
   // The raw bytes of one array, mapped (the file is mapped on first use).
   Result<std::pair<const uint8_t*, uint64_t>> FieldBytes(const std::string& site,
@@ -62,6 +73,9 @@ class Statistics {
   // One array's elements as f64 (I64, F32 and F64 arrays convert exactly or as the format
   // stores them).
   Result<std::vector<double>> ReadField(const std::string& site, const std::string& field) const;
+  // A REAP block's sums and counts ("reap_sum" / "reap_count"), as stored.
+  Result<std::vector<double>> ReadReapSum(const StatsReap& r) const;
+  Result<std::vector<int64_t>> ReadReapCount(const StatsReap& r) const;
 
  private:
   struct Located {
@@ -74,12 +88,13 @@ class Statistics {
   std::vector<std::string> files_;
   std::map<std::string, StatsSite> sites_;
   std::map<std::string, StatsConsumer> consumers_;
+  std::map<std::string, StatsReap> reap_;  // by router
   std::map<std::string, Located> arrays_;  // "site.field" -> where
   mutable std::map<std::string, std::shared_ptr<MappedFile>> maps_;
 };
 
 // Combines statistics of the same model collected in parts: counts, sums and Hessians add,
-// min and max reduce. Refuses parts whose model, sites, fields or collection settings differ.
+// min and max reduce, REAP sums and counts add. Refuses parts whose model, sites, fields or collection settings differ.
 // Writes `out` (a new folder) atomically file by file; reads inputs through maps, an array at
 // a time.
 Status MergeStatistics(const std::vector<std::filesystem::path>& inputs,

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "calib/stats.h"
 #include "format/safetensors.h"
@@ -56,6 +57,13 @@ std::string Difference(const Statistics& a, const Statistics& b) {
   }
   if (Canonical(a.manifest().Find("consumers")) != Canonical(b.manifest().Find("consumers"))) {
     return "their consumers differ";
+  }
+  if (a.reap().size() != b.reap().size()) return "they hold REAP saliency for different MoE layers";
+  for (const auto& [router, r] : a.reap()) {
+    auto it = b.reap().find(router);
+    if (it == b.reap().end() || it->second.block != r.block || it->second.experts != r.experts) {
+      return "REAP block '" + r.block + "' differs or is missing from one";
+    }
   }
   return "";
 }
@@ -133,6 +141,17 @@ Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out)
       specs.push_back({name + "." + f.name, f.dtype, f.shape, count * (DTypeBits(f.dtype) / 8)});
     }
   }
+  // REAP: sums and counts add (the saliency, sum / count, is then the mean over every part's
+  // tokens, as the reference's distributed reduce_saliency_stats sums both before dividing).
+  std::map<std::string, StatsField> reap_fields;
+  for (const auto& [router, r] : first.reap()) {
+    for (const auto& [field, dtype] : {std::pair{"reap_sum", DType::kF64},
+                                       std::pair{"reap_count", DType::kI64}}) {
+      StatsField f{field, dtype, {r.experts}};
+      specs.push_back({r.block + "." + field, dtype, f.shape, r.experts * 8});
+      reap_fields[r.block + "." + field] = std::move(f);
+    }
+  }
   SafetensorsLayout layout = LayOutSafetensors(specs);
   QUENCH_ASSIGN_OR_RETURN(auto file,
                           OutputFile::Create(out / std::string(kOutFile), layout.file_size));
@@ -142,9 +161,15 @@ Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out)
   for (const TensorInfo& t : layout.tensors) {
     const size_t dot = t.name.rfind('.');
     const std::string site = t.name.substr(0, dot), field = t.name.substr(dot + 1);
-    const StatsSite& s = first.sites().at(site);
-    const StatsField& f = *std::find_if(s.fields.begin(), s.fields.end(),
-                                        [&](const StatsField& x) { return x.name == field; });
+    const StatsField* fp = nullptr;
+    if (auto r = reap_fields.find(t.name); r != reap_fields.end()) {
+      fp = &r->second;
+    } else {
+      const StatsSite& s = first.sites().at(site);
+      fp = &*std::find_if(s.fields.begin(), s.fields.end(),
+                          [&](const StatsField& x) { return x.name == field; });
+    }
+    const StatsField& f = *fp;
     std::vector<const uint8_t*> bytes;
     for (const Statistics& p : parts) {
       QUENCH_ASSIGN_OR_RETURN(auto b, p.FieldBytes(site, field));
@@ -168,6 +193,11 @@ Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out)
   JsonValue sites = *m.Find("sites");  // Open checked it is there
   for (auto& [name, v] : sites.as_object()) v.Set("file", std::string(kOutFile));
   m.Set("sites", std::move(sites));
+  if (const JsonValue* r = m.Find("reap"); r != nullptr) {
+    JsonValue reap = *r;
+    for (auto& [name, v] : reap.as_object()) v.Set("file", std::string(kOutFile));
+    m.Set("reap", std::move(reap));
+  }
   JsonValue collection = m.Find("collection") ? *m.Find("collection") : JsonValue::MakeObject();
   for (std::string_view key : {"samples", "tokens", "sequences"}) {
     uint64_t sum = 0;

@@ -113,7 +113,9 @@ std::string ConvertHelp() {
        "                        config.json's expert count updated. Composes with any\n"
        "                        --scheme (--scheme none: prune experts only)\n"
        "  --expert-metric M     magnitude (default): L1 norm of the expert's router row, as\n"
-       "                        compressed-tensors' MagnitudeExpertPruner\n"
+       "                        compressed-tensors' MagnitudeExpertPruner; reap: REAP saliency\n"
+       "                        from --stats (collect-stats --reap), as llm-compressor's\n"
+       "                        REAPPruningModifier (int(F*E) dropped, 0 < F < 1)\n"
        "  --stats STATS         activation statistics (a folder scripts/collect-stats wrote)\n"
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
@@ -244,6 +246,15 @@ void PrintExpertPrune(const PlannedExpertPrune& e) {
     for (uint32_t k : l.kept) kept += (kept.empty() ? "" : ",") + std::to_string(k);
     std::printf("    %s: keeps %zu of %llu experts: %s\n", l.router.c_str(), l.kept.size(),
                 static_cast<unsigned long long>(l.experts), kept.c_str());
+    // Every expert's score (and, for REAP, the tokens it was measured on), in expert order.
+    std::string scores;
+    for (size_t i = 0; i < l.scores.size(); ++i) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%s%zu:%.6g", i ? " " : "", i, l.scores[i]);
+      scores += buf;
+      if (i < l.tokens.size()) scores += "/" + std::to_string(l.tokens[i]);
+    }
+    std::printf("      %s: %s\n", l.tokens.empty() ? "scores" : "saliency/tokens", scores.c_str());
   }
 }
 

@@ -22,9 +22,11 @@ const char kStatsHelp[] =
     "           tokens seen (per expert: fewest, most, how many saw none), the weights that\n"
     "           read it, and what its fields support: static activation scales (min, max),\n"
     "           importance-weighted rounding and Wanda (sum_x2), AWQ (sum_abs), GPTQ and\n"
-    "           SparseGPT (hessian, or hessian_blk<B> for the blocked variant).\n"
+    "           SparseGPT (hessian, or hessian_blk<B> for the blocked variant); and per MoE\n"
+    "           layer REAP saliency (collect-stats --reap; convert --expert-metric reap).\n"
     "  merge    statistics of one model collected in parts (GPUs, ranks, machines) into one:\n"
-    "           counts, sums and Hessians add, min and max reduce. Parts from different\n"
+    "           counts, sums, Hessians and REAP saliency sums and counts add, min and max\n"
+    "           reduce. Parts from different\n"
     "           models or settings are refused. OUT must not exist or be empty.\n"
     "  import-imatrix  a llama.cpp importance matrix (GGUF imatrix or legacy .dat) as\n"
     "           statistics of the checkpoint SRC: GGUF names mapped to SRC's (llama, qwen2,\n"
@@ -82,6 +84,36 @@ int Inspect(const std::string& dir, bool json) {
     site.Set("supports", Supports(s));
     sites.Push(std::move(site));
   }
+  // REAP saliency per MoE layer: routed tokens per expert and the saliency's range.
+  JsonValue reap = JsonValue::MakeArray();
+  for (const auto& [router, r] : stats->reap()) {
+    auto sum = stats->ReadReapSum(r);
+    auto count = stats->ReadReapCount(r);
+    if (!sum.ok()) return ReportError(sum.status().message(), ExitCodeFor(sum.status().code()));
+    if (!count.ok()) return ReportError(count.status().message(), ExitCodeFor(count.status().code()));
+    double lo = 0, hi = 0;
+    uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
+    for (size_t e = 0; e < sum->size(); ++e) {
+      const int64_t c = (*count)[e];
+      const double sal = (*sum)[e] / static_cast<double>(std::max<int64_t>(c, 1));
+      lo = e == 0 ? sal : std::min(lo, sal);
+      hi = e == 0 ? sal : std::max(hi, sal);
+      const uint64_t cu = static_cast<uint64_t>(std::max<int64_t>(c, 0));
+      tokens_lo = e == 0 ? cu : std::min(tokens_lo, cu);
+      tokens_hi = e == 0 ? cu : std::max(tokens_hi, cu);
+      none += c == 0;
+    }
+    JsonValue o = JsonValue::MakeObject();
+    o.Set("block", r.block);
+    o.Set("router", router);
+    o.Set("experts", r.experts);
+    o.Set("tokens_min", tokens_lo);
+    o.Set("tokens_max", tokens_hi);
+    o.Set("experts_without_tokens", none);
+    o.Set("saliency_min", lo);
+    o.Set("saliency_max", hi);
+    reap.Push(std::move(o));
+  }
   if (json) {
     JsonValue out = JsonValue::MakeObject();
     if (const JsonValue* m = stats->manifest().Find("model")) {
@@ -93,6 +125,7 @@ int Inspect(const std::string& dir, bool json) {
     }
     if (const JsonValue* c = stats->manifest().Find("collection")) out.Set("collection", *c);
     out.Set("sites", std::move(sites));
+    if (!stats->reap().empty()) out.Set("reap", std::move(reap));
     std::printf("%s\n", DumpPythonJson(out).c_str());
     return 0;
   }
@@ -123,6 +156,21 @@ int Inspect(const std::string& dir, bool json) {
                 e->is_null() ? "-" : std::to_string(e->as_uint()).c_str(), tokens.c_str(),
                 static_cast<unsigned long long>(s.Find("consumers")->as_uint()),
                 s.Find("supports")->as_string().c_str());
+  }
+  if (!stats->reap().empty()) {
+    std::printf("\nREAP saliency (expert pruning, --expert-metric reap) for %zu MoE layers\n",
+                stats->reap().size());
+    std::printf("%-56s %7s %16s %25s\n", "router", "experts", "routed tokens", "saliency");
+    for (const JsonValue& o : reap.as_array()) {
+      std::string tokens = std::to_string(o.Find("tokens_min")->as_uint()) + ".." +
+                           std::to_string(o.Find("tokens_max")->as_uint());
+      if (o.Find("experts_without_tokens")->as_uint() > 0) {
+        tokens += " (" + std::to_string(o.Find("experts_without_tokens")->as_uint()) + " none)";
+      }
+      std::printf("%-56s %7llu %16s %12.6g..%-12.6g\n", o.Find("router")->as_string().c_str(),
+                  static_cast<unsigned long long>(o.Find("experts")->as_uint()), tokens.c_str(),
+                  o.Find("saliency_min")->as_double(), o.Find("saliency_max")->as_double());
+    }
   }
   return 0;
 }

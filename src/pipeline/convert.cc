@@ -21,6 +21,7 @@
 #include "pipeline/report.h"
 #include "pipeline/resume.h"
 #include "pipeline/workers.h"
+#include "calib/reap.h"
 #include "plan/expert_prune.h"
 #include "plan/recipe_calib.h"
 #include "plan/planner.h"
@@ -212,12 +213,17 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   // Usage errors about flags come before reading anything; a destination problem is
   // reported with the plan, so that --dry-run shows it along with everything else.
   if (!dst.ok() && dst.code() != ErrorCode::kUsage) return dst;
+  const bool reap = options.expert_metric == "reap";
   if (options.prune_experts) {
-    if (options.expert_metric != "magnitude") {
+    if (options.expert_metric != "magnitude" && !reap) {
+      return Error(ErrorCode::kUsage, "--expert-metric " + options.expert_metric +
+                                          ": magnitude (router L1 norms) or reap (saliency "
+                                          "from --stats)");
+    }
+    if (reap && options.stats.empty()) {
       return Error(ErrorCode::kUsage,
-                   "--expert-metric " + options.expert_metric +
-                       ": only 'magnitude' is available (REAP needs activation statistics, "
-                       "which convert does not read yet)");
+                   "--expert-metric reap needs --stats STATS with REAP saliency (collect it "
+                   "with scripts/collect-stats MODEL_DIR --text FILE --reap -o STATS)");
     }
     const double f = *options.prune_experts;
     if (!(f >= 0 && f <= 1)) {
@@ -236,7 +242,12 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   }
   std::optional<PlannedExpertPrune> experts;
   if (options.prune_experts) {
-    QUENCH_ASSIGN_OR_RETURN(experts, PlanExpertPrune(folder, *options.prune_experts));
+    if (reap) {
+      QUENCH_ASSIGN_OR_RETURN(experts,
+                              calib::PlanReapPrune(folder, *options.prune_experts, options.stats));
+    } else {
+      QUENCH_ASSIGN_OR_RETURN(experts, PlanExpertPrune(folder, *options.prune_experts));
+    }
   }
   QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, options));
   if (experts) {
@@ -251,7 +262,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     plan.expert_prune = std::move(experts);
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
-  if (options.algorithm != "rtn" || !options.stats.empty()) {
+  if (options.algorithm != "rtn" || (!options.stats.empty() && !(reap && experts))) {
     if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
       QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
     } else {

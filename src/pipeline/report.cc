@@ -218,7 +218,8 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
     r.Set("pruning", std::move(pr));
   }
   if (plan.expert_prune) {
-    // Each layer's kept experts and every expert's score (its router row's L1 norm).
+    // Each layer's kept experts and every expert's score (magnitude: its router row's L1 norm;
+    // reap: its mean saliency in the statistics, with the tokens routed to it).
     const PlannedExpertPrune& e = *plan.expert_prune;
     JsonValue ep = JsonValue::MakeObject();
     ep.Set("fraction", JsonValue(e.fraction));
@@ -233,9 +234,14 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       o.Set("experts", JsonValue(l.experts));
       JsonValue kept = JsonValue::MakeArray(), scores = JsonValue::MakeArray();
       for (uint32_t k : l.kept) kept.Push(JsonValue(static_cast<uint64_t>(k)));
-      for (float sc : l.scores) scores.Push(JsonValue(static_cast<double>(sc)));
+      for (double sc : l.scores) scores.Push(JsonValue(sc));
       o.Set("kept", std::move(kept));
       o.Set("scores", std::move(scores));
+      if (!l.tokens.empty()) {  // reap: tokens routed to each expert in the statistics
+        JsonValue tokens = JsonValue::MakeArray();
+        for (int64_t t : l.tokens) tokens.Push(JsonValue(t));
+        o.Set("tokens", std::move(tokens));
+      }
       layers.Push(std::move(o));
     }
     ep.Set("layers", std::move(layers));

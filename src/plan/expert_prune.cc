@@ -283,18 +283,36 @@ Result<PlannedExpertPrune> PruneExperts(ModelFolder& folder, const std::vector<M
     return Error(ErrorCode::kUsage,
                  "--prune-experts must be a fraction in [0, 1], got " + Fraction(fraction));
   }
+  std::vector<std::vector<uint32_t>> kept;
+  std::vector<std::vector<double>> wide;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    kept.push_back(TopExperts(scores[l], ExpertsKept(layers[l].experts, fraction)));
+    wide.emplace_back(scores[l].begin(), scores[l].end());
+  }
+  return PruneExpertsKept(folder, layers, std::move(kept), std::move(wide), {}, fraction,
+                          "magnitude");
+}
+
+Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
+                                            const std::vector<MoeLayer>& layers,
+                                            std::vector<std::vector<uint32_t>> kept_lists,
+                                            std::vector<std::vector<double>> scores,
+                                            std::vector<std::vector<int64_t>> tokens,
+                                            double fraction, const std::string& metric) {
   PlannedExpertPrune out;
   out.fraction = fraction;
-  out.metric = "magnitude";
+  out.metric = metric;
   std::unordered_map<std::string_view, std::pair<size_t, int64_t>> role;  // name -> (layer, index or -1)
   std::vector<std::vector<int64_t>> new_index(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
     const MoeLayer& layer = layers[l];
     PlannedExpertLayer pl;
+    pl.prefix = layer.prefix;
     pl.router = layer.router;
     pl.experts = layer.experts;
-    pl.kept = TopExperts(scores[l], ExpertsKept(layer.experts, fraction));
+    pl.kept = std::move(kept_lists[l]);
     pl.scores = std::move(scores[l]);
+    if (l < tokens.size()) pl.tokens = std::move(tokens[l]);
     if (!out.layers.empty() && pl.kept.size() != out.layers.front().kept.size()) {
       const PlannedExpertLayer& f = out.layers.front();
       return Error(ErrorCode::kInvalidInput,
@@ -365,6 +383,20 @@ Result<PlannedExpertPrune> PruneExperts(ModelFolder& folder, const std::vector<M
     shard.header.tensors = std::move(tensors);
   }
   return out;
+}
+
+std::string SourceExpertName(const PlannedExpertPrune& prune, const std::string& name) {
+  for (const PlannedExpertLayer& l : prune.layers) {
+    const std::string head = l.prefix + std::string(kExperts);
+    if (!name.starts_with(head)) continue;
+    const size_t end = name.find('.', head.size());
+    const std::string index = name.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
+    if (end == std::string::npos || !AllDigits(index)) return name;
+    const uint64_t i = std::stoull(index);
+    if (i >= l.kept.size()) return name;
+    return head + std::to_string(l.kept[i]) + name.substr(end);
+  }
+  return name;
 }
 
 }  // namespace quench

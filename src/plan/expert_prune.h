@@ -74,6 +74,20 @@ std::vector<uint32_t> TopExperts(std::span<const float> scores, uint64_t k);
 Result<PlannedExpertPrune> PruneExperts(ModelFolder& folder, const std::vector<MoeLayer>& layers,
                                         std::vector<std::vector<float>> scores, double fraction);
 
+// The same with the kept experts already chosen (one ascending list per layer, e.g. by REAP,
+// src/calib/reap.h); `scores` and `tokens` (may be empty) go to the report as they are.
+Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
+                                            const std::vector<MoeLayer>& layers,
+                                            std::vector<std::vector<uint32_t>> kept,
+                                            std::vector<std::vector<double>> scores,
+                                            std::vector<std::vector<int64_t>> tokens,
+                                            double fraction, const std::string& metric);
+
+// The source name of a tensor as expert pruning renamed it: `<P>.experts.<i>.<rest>` of a
+// pruned layer is source expert kept[i]'s; any other name is its own. (Statistics and other
+// per-weight records name the source's experts.)
+std::string SourceExpertName(const PlannedExpertPrune& prune, const std::string& name);
+
 }  // namespace quench
 
 #endif  // QUENCH_PLAN_EXPERT_PRUNE_H_

@@ -18,6 +18,12 @@ const std::string& Checkpoint::FileOf(const std::string& name) const {
 
 const uint8_t* Checkpoint::Data(const std::string& name, uint64_t* file_off,
                                 const MappedFile** map) const {
+  if (auto o = owned.find(name); o != owned.end()) {
+    static const MappedFile kNoMap;
+    if (file_off) *file_off = 0;
+    if (map) *map = &kNoMap;
+    return o->second.data();
+  }
   const Loc& l = by_name.at(name);
   const uint64_t off = folder.shards[l.shard].header.data_start + l.info->begin;
   if (file_off) *file_off = off;
@@ -39,10 +45,15 @@ Status OpenMaps(Checkpoint& c) {
     QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(s.path));
     c.maps.push_back(std::move(m));
   }
+  IndexTensors(c);
+  return Status::Ok();
+}
+
+void IndexTensors(Checkpoint& c) {
+  c.by_name.clear();
   for (size_t i = 0; i < c.folder.shards.size(); ++i) {
     for (const TensorInfo& t : c.folder.shards[i].header.tensors) c.by_name[t.name] = {i, &t};
   }
-  return Status::Ok();
 }
 
 }  // namespace quench::verify

@@ -26,6 +26,10 @@ struct Checkpoint {
   ModelFolder folder;
   std::vector<MappedFile> maps;
   std::unordered_map<std::string, Loc> by_name;
+  // Tensors assembled in memory rather than mapped: a source tensor expert pruning gathers
+  // from several ranges (a router sliced to the kept experts). Data() returns these, with an
+  // empty mapping whose Release does nothing.
+  std::unordered_map<std::string, std::vector<uint8_t>> owned;
 
   // nullptr when the checkpoint has no tensor of that name.
   const TensorInfo* Find(const std::string& name) const;
@@ -41,6 +45,8 @@ struct Checkpoint {
 
 // Maps every shard of c.folder and indexes its tensors by name.
 Status OpenMaps(Checkpoint& c);
+// Indexes c.folder's tensors by name again (after its headers were rewritten).
+void IndexTensors(Checkpoint& c);
 
 }  // namespace quench::verify
 

@@ -65,6 +65,8 @@ class Verifier {
   // verify.cc: opening the folders and choosing what to check.
   Status OpenSource();
   Result<bool> OpenDestination();
+  // expert_match.cc: SRC as expert pruning would leave it, when DST's routers have fewer rows.
+  Status MatchPrunedExperts();
   void CheckPruneOnly();
   bool LoadConfig();
   const Group* GroupFor(std::string_view module) const;

@@ -173,6 +173,7 @@ Status Verifier::Run() {
   if (opt_.src) QUENCH_RETURN_IF_ERROR(OpenSource());
   QUENCH_ASSIGN_OR_RETURN(const bool opened, OpenDestination());
   if (!opened) return Status::Ok();
+  if (src_) QUENCH_RETURN_IF_ERROR(MatchPrunedExperts());
   CheckIndex();
   if (pruning() && dst_.folder.config &&
       dst_.folder.config->Find("quantization_config") == nullptr) {
