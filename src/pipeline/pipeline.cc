@@ -12,6 +12,9 @@
 #include <mutex>
 #include <numeric>
 #include <system_error>
+#include <stdexcept>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -96,6 +99,32 @@ class ShardPipeline {
       return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
                                        "); free memory or lower --memory-limit");
     }
+    // oneTBB starts its worker threads on first use and reports a thread it cannot create
+    // (no memory for its stack, e.g. under `ulimit -v`) as a std::runtime_error naming
+    // pthread_create: an exhausted resource, reported as such, never as a bug.
+    try {
+      RunStages();
+    } catch (const std::runtime_error& e) {
+      if (std::string_view(e.what()).find("pthread_create") == std::string_view::npos) throw;
+      Fail(Error(ErrorCode::kIo, std::string("out of memory: cannot start the worker threads (") +
+                                     e.what() + "); free memory or lower --memory-limit"));
+    }
+    if (!failed()) FinishShardsBefore(plan_.shards.size());
+    writer_->Finish();
+    if (failed()) {
+      for (auto& f : commits_) f.wait();
+      return first_error_;
+    }
+    for (auto& f : commits_) {
+      Status s = f.get();
+      if (!s.ok() && first_error_.ok()) first_error_ = s;
+    }
+    return first_error_;
+  }
+
+ private:
+  // The three stages: read (serial, in order), transform (parallel), write (serial, in order).
+  void RunStages() {
     tbb::parallel_pipeline(
         static_cast<size_t>(sizing_.tokens),
         tbb::make_filter<void, Chunk*>(
@@ -121,20 +150,8 @@ class ShardPipeline {
                 }) &
             tbb::make_filter<Chunk*, void>(tbb::filter_mode::serial_in_order,
                                            [this](Chunk* c) { Write(c); }));
-    if (!failed()) FinishShardsBefore(plan_.shards.size());
-    writer_->Finish();
-    if (failed()) {
-      for (auto& f : commits_) f.wait();
-      return first_error_;
-    }
-    for (auto& f : commits_) {
-      Status s = f.get();
-      if (!s.ok() && first_error_.ok()) first_error_ = s;
-    }
-    return first_error_;
   }
 
- private:
   bool failed() const { return has_error_.load(std::memory_order_relaxed); }
 
   void Fail(Status s) {
