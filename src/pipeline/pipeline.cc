@@ -11,10 +11,10 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
-#include <system_error>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
