@@ -40,6 +40,10 @@ struct PlanOptions {
   int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
+  // Static per-tensor activation scales from --stats for schemes with dynamic per-token
+  // activations (--static-activations), asymmetric (with a zero point) if asked.
+  bool static_activations = false;
+  bool asymmetric_activations = false;
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.

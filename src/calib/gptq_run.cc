@@ -63,8 +63,11 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
     return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq)");
   }
   if (options.algorithm == "rtn") {
-    if (!options.stats.empty()) {
-      plan.notes.push_back("--stats is used by --algorithm gptq; with rtn it is not read");
+    const bool static_act = std::any_of(plan.groups.begin(), plan.groups.end(),
+                                        [](const PlannedGroup& g) { return g.params.static_input; });
+    if (!options.stats.empty() && !static_act) {
+      plan.notes.push_back("--stats is used by --algorithm gptq and static activations; with "
+                           "rtn and dynamic activations it is not read");
     }
     return Status::Ok();
   }

@@ -28,7 +28,7 @@ JsonValue QuantArgsJson(const QuantArgsDesc& a) {
   } else {
     o.Set("block_structure", JsonValue());
   }
-  o.Set("dynamic", JsonValue(a.dynamic));
+  o.Set("dynamic", a.dynamic_local ? JsonValue("local") : JsonValue(a.dynamic));
   o.Set("actorder", JsonValue());
   o.Set("scale_dtype", NullOr(a.scale_dtype));
   o.Set("zp_dtype", a.symmetric ? JsonValue() : NullOr(a.zp_dtype));
@@ -56,6 +56,21 @@ QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p) 
   return w;
 }
 
+std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
+                                                       const SchemeParams& p) {
+  if (!scheme.input_activations) return std::nullopt;
+  QuantArgsDesc a = *scheme.input_activations;
+  if (!p.static_input || !a.dynamic) return a;
+  // A dynamic per-token preset made static: per tensor, static, with the observer whose
+  // values quench writes (llm-compressor's static_minmax: global min/max over the run).
+  a.strategy = "tensor";
+  a.dynamic = false;
+  a.observer = "static_minmax";
+  a.symmetric = p.input_symmetric;
+  a.zp_dtype = p.input_symmetric ? std::string_view() : TorchDTypeName(DType::kI8);
+  return a;
+}
+
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
                                   const std::vector<std::string>& ignore) {
   JsonValue config_groups = JsonValue::MakeObject();
@@ -70,9 +85,8 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
     if (!g.actorder.empty()) weights.Set("actorder", JsonValue(g.actorder));
     if (!g.weights_observer.empty()) weights.Set("observer", JsonValue(g.weights_observer));
     grp.Set("weights", std::move(weights));
-    grp.Set("input_activations", g.scheme->input_activations
-                                     ? QuantArgsJson(*g.scheme->input_activations)
-                                     : JsonValue());
+    const std::optional<QuantArgsDesc> act = EffectiveInputActivations(*g.scheme, g.params);
+    grp.Set("input_activations", act ? QuantArgsJson(*act) : JsonValue());
     grp.Set("output_activations", JsonValue());
     grp.Set("format", JsonValue(g.scheme->format));
     config_groups.Set(g.key, std::move(grp));

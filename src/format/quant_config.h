@@ -4,6 +4,7 @@
 #ifndef QUENCH_FORMAT_QUANT_CONFIG_H_
 #define QUENCH_FORMAT_QUANT_CONFIG_H_
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,11 @@ struct ConfigGroup {
 JsonValue QuantArgsJson(const QuantArgsDesc& a);
 // The preset's weight args with overrides applied (group size -1 means strategy "channel").
 QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p);
+
+// The input activations' args as written: the preset's, or with p.static_input a dynamic
+// per-token preset's made static per tensor (observer static_minmax).
+std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
+                                                       const SchemeParams& p);
 
 // `quantization_config` with every key compressed-tensors' QuantizationConfig dumps.
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,

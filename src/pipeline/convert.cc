@@ -10,6 +10,7 @@
 #include <set>
 #include <system_error>
 
+#include "calib/act_scales.h"
 #include "calib/gptq_run.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
@@ -250,6 +251,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
   if (options.algorithm != "rtn" || !options.stats.empty()) {
     QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
   }
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +

@@ -34,6 +34,21 @@ Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& 
     }
     p.symmetric = *o.symmetric;
   }
+  if (o.static_activations || o.asymmetric_activations) {
+    if (!p.static_input && !CanMakeActivationsStatic(scheme)) {
+      return Error(ErrorCode::kUsage,
+                   "--static-activations applies to schemes with 8-bit dynamic per-token "
+                   "activations (W8A8, INT8, W4A8, FP8_DYNAMIC) and is implied by FP8 and "
+                   "NVFP4; " + std::string(scheme.name) + " has " +
+                       std::string(scheme.activations_desc));
+    }
+    if (o.asymmetric_activations && scheme.input_activations->type != "int") {
+      return Error(ErrorCode::kUsage, "--asymmetric-activations applies to int8 activations; " +
+                                          std::string(scheme.name) + "'s are floating point");
+    }
+    p.static_input = true;
+    p.input_symmetric = !o.asymmetric_activations;
+  }
   return p;
 }
 
@@ -49,10 +64,11 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   std::vector<std::string> ignore;
   if (!options.recipe.empty()) {
     if (!options.scheme.empty() || !options.targets.empty() || options.group_size ||
-        options.symmetric) {
+        options.symmetric || options.static_activations || options.asymmetric_activations) {
       return Error(ErrorCode::kUsage, "--recipe gives the schemes and targets; do not combine "
-                                      "it with --scheme, --targets, --group-size or "
-                                      "--symmetric/--asymmetric");
+                                      "it with --scheme, --targets, --group-size, "
+                                      "--symmetric/--asymmetric or --static-activations "
+                                      "(a recipe's input_activations say dynamic: false)");
     }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
     for (RecipeGroup& g : recipe.groups) {
@@ -79,15 +95,24 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
       return Error(ErrorCode::kUsage,
                    "unknown scheme '" + options.scheme + "' (available: " + names + ")");
     }
-    if (!scheme->needs_calibration.empty()) {
-      return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
-                                          " cannot be applied without calibration data: it " +
-                                          std::string(scheme->needs_calibration));
-    }
     QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");
     groups.push_back({options.scheme, scheme, params, targets, 0});
+  }
+  // Static activation scales come from activation statistics; without them, say which and
+  // how to collect them.
+  for (const PlannedGroup& g : groups) {
+    if (g.scheme == nullptr || !g.params.static_input || !options.stats.empty()) continue;
+    const std::string what =
+        !g.scheme->needs_calibration.empty()
+            ? "scheme " + std::string(g.scheme->name) + " " + std::string(g.scheme->needs_calibration)
+            : "static input_activations need activation statistics (each layer's input "
+              "min/max over calibration data)";
+    return Error(ErrorCode::kUsage,
+                 "config group '" + g.key + "' cannot be applied without calibration data: " +
+                     what + "; give --stats STATS with per-site min/max, collected by "
+                     "scripts/collect-stats MODEL_DIR --text FILE -o STATS");
   }
   // --ignore entries come after the recipe's, and are written verbatim too.
   ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());

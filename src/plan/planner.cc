@@ -41,7 +41,11 @@ void PlanFusedSets(Plan& plan) {
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     PlannedTensor& t = plan.tensors[i];
     if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
-    const std::string key = FusedSetKey(SplitModuleParam(t.name).first);
+    // FP8's per-tensor weight scales are each tensor's own (vLLM requantizes a fused set to
+    // its largest); NVFP4's global scale is the set's.
+    const std::string key = t.scheme->fuse_global_scale
+                                ? FusedSetKey(SplitModuleParam(t.name).first)
+                                : std::string();
     size_t set = plan.fused_sets.size();  // not fusable: a set of its own
     if (!key.empty()) set = set_of.emplace(key, set).first->second;
     if (set == plan.fused_sets.size()) plan.fused_sets.emplace_back();
@@ -120,7 +124,8 @@ class Planner {
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
-  bool gptq_ = false;     // --algorithm gptq: config written as llm-compressor's oneshot
+  bool gptq_ = false;     // --algorithm gptq
+  bool oneshot_ = false;  // GPTQ or static activations: config written as oneshot writes it
   std::string actorder_;  // written to the config groups' weights (GPTQ), empty: null
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
@@ -164,6 +169,10 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   // GPTQModifier.resolve_quantization_config sets the weights' actorder of every group (its
   // default "static"); "none" leaves it null. Weights that fall back to RTN keep the group.
   p.gptq_ = options.algorithm == "gptq";
+  // Static activation scales are oneshot's too (QuantizationModifier with calibration): its
+  // config names the weights' observer and writes an empty sparsity_config.
+  p.oneshot_ = p.gptq_;
+  for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
@@ -304,7 +313,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   const std::string_view module = SplitModuleParam(t.name).first;
   quantized_modules_.emplace_back(module);
   for (const SchemeOutput& o :
-       g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
+       WeightOutputs(*g.scheme, pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
     specs.push_back({std::string(module) + "." + o.suffix, o.dtype, o.shape, o.nbytes});
   }
@@ -383,7 +392,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     PlannedTensor& pt = plan_.tensors[first_tensor + k];
     std::vector<SchemeOutput> so;
     if (pt.action == TensorAction::kQuantize) {
-      so = pt.scheme->outputs(pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
+      so = WeightOutputs(*pt.scheme, pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
     }
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = layout.position[next_spec++];
@@ -509,7 +518,7 @@ void Planner::PlanFiles() {
     if (g.scheme != nullptr) {
       // GPTQ's scales are the memoryless min-max observer's, which oneshot names.
       cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_,
-                    gptq_ ? "memoryless_minmax" : ""});
+                    oneshot_ ? "memoryless_minmax" : ""});
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {
@@ -535,7 +544,7 @@ void Planner::PlanFiles() {
   // would send vLLM down its removed 2:4-kernel path, so quench writes the same {} and records
   // the structure in --report and `quench inspect --sparsity`.
   // oneshot (which GPTQ's output follows) writes it whether or not anything was pruned.
-  if (pruning_ || gptq_) q.Set("sparsity_config", JsonValue::MakeObject());
+  if (pruning_ || oneshot_) q.Set("sparsity_config", JsonValue::MakeObject());
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
 }
