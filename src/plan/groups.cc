@@ -110,6 +110,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
             : "static input_activations need activation statistics (each layer's input "
               "min/max over calibration data)";
     return Error(ErrorCode::kUsage,
+                 (options.recipe.empty() ? std::string() : options.recipe.string() + ": ") +
                  "config group '" + g.key + "' cannot be applied without calibration data: " +
                      what + "; give --stats STATS with per-site min/max, collected by "
                      "scripts/collect-stats MODEL_DIR --text FILE -o STATS");
