@@ -110,8 +110,10 @@ def oneshot_cases():
                                   "observer": "static_minmax"},
         }}
 
+    # quench writes the observer whose values it reproduces (static_minmax: the global range);
+    # left unset, llm-compressor would resolve it to "minmax", a moving average over batches.
     kv = {"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True,
-          "dynamic": False}
+          "dynamic": False, "observer": "static_minmax"}
     cases = {
         "FP8": dict(scheme="FP8"),
         "NVFP4": dict(scheme="NVFP4"),
