@@ -65,7 +65,7 @@ struct Pair {
   const JsonValue* golden;  // its BF16 case in qparams.json
 };
 
-// The golden (min, max) pairs, BF16 cases.
+// The golden (min, max) pairs, BF16 cases; they point into `q`.
 std::vector<Pair> BF16Pairs(const JsonValue& q) {
   std::vector<Pair> out;
   for (const JsonValue& c : q.Find("cases")->as_array()) {
@@ -410,6 +410,76 @@ TEST_CASE("refusals: no statistics, schemes without dynamic 8-bit activations, b
     CHECK_MESSAGE(r.err.find(c.message) != std::string::npos, r.err);
     CHECK_FALSE(fs::exists(tmp / "o" / "config.json"));
   }
+}
+
+TEST_CASE("FP8 KV cache: k_scale / v_scale and kv_cache_scheme as oneshot writes them") {
+  const JsonValue q = Golden("qparams.json");  // outlives the pairs, which point into it
+  const auto pairs = BF16Pairs(q);
+  TempDir tmp;
+  const fs::path src = DataDir() / "tiny-llama";
+  // The sites collect-stats --kv-cache records: keys and values of 2 heads x 64 per token.
+  std::vector<Site> sites;
+  for (int l = 0; l < 2; ++l) {
+    for (const char* kind : {"k", "v"}) {
+      sites.push_back({"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
+    }
+  }
+  for (size_t i = 0; i < sites.size(); ++i) {
+    sites[i].min = pairs[(i + 3) % pairs.size()].min;
+    sites[i].max = pairs[(i + 3) % pairs.size()].max;
+  }
+  WriteStats(tmp / "stats", src, sites);
+  const std::string stats = (tmp / "stats").string();
+  auto r = RunQuench({"convert", src.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                      "--kv-cache", "fp8", "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  auto cfg = ReadJsonFile((tmp / "o/config.json").string());
+  REQUIRE(cfg.ok());
+  std::string mine = ConfigWithoutIgnore(*cfg->Find("quantization_config"));
+  const size_t at = mine.find("\"FP8_DYNAMIC\": {");
+  REQUIRE(at != std::string::npos);
+  mine.replace(at, 13, "\"group_0\"");
+  CHECK(mine == ConfigWithoutIgnore(Golden("oneshot_FP8_DYNAMIC_kv.json")));
+  const auto out = LoadAll(tmp / "o");
+  const JsonValue kv_tensors = Golden("oneshot_FP8_DYNAMIC_kv_tensors.json");
+  for (const auto& [name, info] : kv_tensors.as_object()) {
+    CAPTURE(name);
+    auto [l, t] = FindTensor(out, name);
+    REQUIRE(t != nullptr);
+    CHECK(std::string(TorchDTypeName(t->dtype)) == info.Find("dtype")->as_string());
+  }
+  for (size_t i = 0; i < sites.size(); ++i) {
+    const std::string name = sites[i].name.substr(0, sites[i].name.size() - 6) + "_scale";
+    CAPTURE(name);
+    auto [l, t] = FindTensor(out, name);
+    REQUIRE(t != nullptr);
+    CHECK(t->shape == std::vector<uint64_t>{1});
+    CHECK(TensorHex(out, name) ==
+          pairs[(i + 3) % pairs.size()].golden->Find("fp8")->Find("scale")->as_string());
+  }
+  // The same from a recipe's kv_cache_scheme; refused without statistics or without the sites.
+  WriteBytes(tmp / "kv.yaml",
+             "QuantizationModifier:\n  scheme: FP8_DYNAMIC\n  ignore: [lm_head]\n"
+             "  kv_cache_scheme: {num_bits: 8, type: float, strategy: tensor, dynamic: false, "
+             "symmetric: true}\n");
+  auto rr = RunQuench({"convert", src.string(), (tmp / "r").string(), "--recipe",
+                       (tmp / "kv.yaml").string(), "--stats", stats, "-q"});
+  REQUIRE_MESSAGE(rr.exit_code == 0, rr.err);
+  CHECK(ReadBytes(tmp / "r/model-00001-of-00002.safetensors") ==
+        ReadBytes(tmp / "o/model-00001-of-00002.safetensors"));
+  auto no = RunQuench({"convert", src.string(), (tmp / "n").string(), "--recipe",
+                       (tmp / "kv.yaml").string()});
+  CHECK(no.exit_code == 2);
+  CHECK(no.err.find("--kv-cache -o STATS") != std::string::npos);
+  WriteStats(tmp / "nokv", src, TinyLlamaSites(pairs));
+  auto missing = RunQuench({"convert", src.string(), (tmp / "n").string(), "--scheme", "W8A8",
+                            "--kv-cache", "fp8", "--stats", (tmp / "nokv").string()});
+  CHECK(missing.exit_code == 3);
+  CHECK(missing.err.find("no key/value ranges for 'model.layers.0.self_attn.k_scale'") !=
+        std::string::npos);
+  CHECK(RunQuench({"convert", src.string(), (tmp / "n").string(), "--scheme", "W8A8",
+                   "--kv-cache", "int8", "--stats", stats}).exit_code == 2);
+  CHECK_FALSE(fs::exists(tmp / "n"));
 }
 
 TEST_CASE("--resume does not keep a shard made from other activation statistics") {

@@ -44,6 +44,9 @@ struct PlanOptions {
   // activations (--static-activations), asymmetric (with a zero point) if asked.
   bool static_activations = false;
   bool asymmetric_activations = false;
+  // KV-cache quantization from --stats' key/value ranges: "fp8" writes k_scale / v_scale per
+  // attention layer and kv_cache_scheme (empty: none).
+  std::string kv_cache;
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.

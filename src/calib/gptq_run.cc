@@ -63,11 +63,16 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
     return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq)");
   }
   if (options.algorithm == "rtn") {
-    const bool static_act = std::any_of(plan.groups.begin(), plan.groups.end(),
-                                        [](const PlannedGroup& g) { return g.params.static_input; });
-    if (!options.stats.empty() && !static_act) {
-      plan.notes.push_back("--stats is used by --algorithm gptq and static activations; with "
-                           "rtn and dynamic activations it is not read");
+    // Static activation and KV-cache scales (kStatic outputs) read the statistics too.
+    bool static_outputs = false;
+    for (const PlannedShard& s : plan.shards) {
+      for (const PlannedOutput& o : s.outputs) {
+        static_outputs |= o.source == SchemeOutput::Source::kStatic;
+      }
+    }
+    if (!options.stats.empty() && !static_outputs) {
+      plan.notes.push_back("--stats is used by --algorithm gptq, static activations and "
+                           "--kv-cache; this run has none of them, so it is not read");
     }
     return Status::Ok();
   }

@@ -116,6 +116,8 @@ std::string ConvertHelp() {
        "                        and NVFP4 always have them (input_scale, input_global_scale)\n"
        "  --asymmetric-activations\n"
        "                        static int8 activations with a zero point (input_zero_point)\n"
+       "  --kv-cache fp8        FP8 KV cache: k_scale / v_scale per attention layer from the\n"
+       "                        key/value ranges in --stats (collect-stats --kv-cache)\n"
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
@@ -372,6 +374,9 @@ int RunConvert(const std::vector<std::string>& args) {
       o.static_activations = true;
     } else if (a == "--asymmetric-activations") {
       o.asymmetric_activations = true;
+    } else if (flag == "--kv-cache") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.kv_cache = v;
     } else if (a == "--no-default-ignore") {
       o.default_ignore = false;
     } else if (flag == "--memory-limit") {

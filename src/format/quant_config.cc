@@ -72,7 +72,8 @@ std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
 }
 
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
-                                  const std::vector<std::string>& ignore) {
+                                  const std::vector<std::string>& ignore,
+                                  const QuantArgsDesc* kv_cache) {
   JsonValue config_groups = JsonValue::MakeObject();
   std::string common_format;
   bool mixed = false;
@@ -107,7 +108,7 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
   JsonValue ig = JsonValue::MakeArray();
   for (const std::string& i : ignore) ig.Push(JsonValue(i));
   q.Set("ignore", std::move(ig));
-  q.Set("kv_cache_scheme", JsonValue());
+  q.Set("kv_cache_scheme", kv_cache != nullptr ? QuantArgsJson(*kv_cache) : JsonValue());
   q.Set("quant_method", JsonValue("compressed-tensors"));
   q.Set("quantization_status", JsonValue("compressed"));
   q.Set("transform_config", JsonValue::MakeObject());

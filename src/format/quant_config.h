@@ -39,8 +39,10 @@ std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
                                                        const SchemeParams& p);
 
 // `quantization_config` with every key compressed-tensors' QuantizationConfig dumps.
+// `kv_cache`: the kv_cache_scheme's args (null: none).
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
-                                  const std::vector<std::string>& ignore);
+                                  const std::vector<std::string>& ignore,
+                                  const QuantArgsDesc* kv_cache = nullptr);
 
 // The index: {"metadata": {"total_size": N}, "weight_map": {name: shard}} written with
 // json.dump(indent=2, sort_keys=True); total_size is the sum of tensor bytes (no headers).

@@ -12,6 +12,7 @@
 
 #include "calib/act_scales.h"
 #include "calib/gptq_run.h"
+#include "calib/kv_cache.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -252,6 +253,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   if (options.algorithm != "rtn" || !options.stats.empty()) {
     QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
     QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
+    QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
   }
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +

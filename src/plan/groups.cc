@@ -62,6 +62,11 @@ bool IsDecodeOnly(const PlanOptions& options) {
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   std::vector<PlannedGroup> groups;
   std::vector<std::string> ignore;
+  std::string kv_cache;
+  if (!options.kv_cache.empty() && options.kv_cache != "fp8") {
+    return Error(ErrorCode::kUsage, "--kv-cache takes fp8 (per-tensor FP8 k_scale / v_scale), "
+                                    "not '" + options.kv_cache + "'");
+  }
   if (!options.recipe.empty()) {
     if (!options.scheme.empty() || !options.targets.empty() || options.group_size ||
         options.symmetric || options.static_activations || options.asymmetric_activations) {
@@ -75,6 +80,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
       groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
     }
     ignore = std::move(recipe.ignore);
+    kv_cache = recipe.kv_cache;
   } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
     // Pruning alone, or (BF16) a quantized source decoded: the targets select what is
     // pruned; nothing is quantized.
@@ -115,9 +121,24 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                      what + "; give --stats STATS with per-site min/max, collected by "
                      "scripts/collect-stats MODEL_DIR --text FILE -o STATS");
   }
+  if (!options.kv_cache.empty()) kv_cache = options.kv_cache;
+  if (!kv_cache.empty()) {
+    if (groups.size() == 1 && groups[0].scheme == nullptr) {
+      return Error(ErrorCode::kUsage, "--kv-cache goes with a quantization scheme (--scheme or a "
+                                      "recipe); quench writes its scales into a compressed-"
+                                      "tensors checkpoint");
+    }
+    if (options.stats.empty()) {
+      return Error(ErrorCode::kUsage,
+                   (options.recipe.empty() ? std::string() : options.recipe.string() + ": ") +
+                   "kv_cache_scheme needs k/v scales computed from activation statistics (each "
+                   "attention layer's key and value ranges); give --stats STATS collected by "
+                   "scripts/collect-stats MODEL_DIR --text FILE --kv-cache -o STATS");
+    }
+  }
   // --ignore entries come after the recipe's, and are written verbatim too.
   ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());
-  return ResolvedGroups{std::move(groups), std::move(ignore)};
+  return ResolvedGroups{std::move(groups), std::move(ignore), std::move(kv_cache)};
 }
 
 prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {

@@ -30,6 +30,13 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:.*shared_expert_gate$", "shared-expert gate"},
 };
 
+// The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
+// reproduces (static_minmax: the keys' and values' global range over the collected tokens).
+constexpr QuantArgsDesc kKvCacheFp8 = {
+    .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
+    .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false,
+    .observer = "static_minmax", .scale_dtype = "", .zp_dtype = ""};
+
 // compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
 // module names ending in "norm" are never quantized; only the "weight" parameter is; then the
 // targets, then the ignore list (and quench's default ignores).
@@ -108,6 +115,9 @@ class Planner {
   // Plans one tensor into `pt`; appends the output tensors it writes to `specs`.
   void PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
                   std::vector<TensorSpec>& specs);
+  // --kv-cache fp8: an attention's k_scale and v_scale ([1], the attention's dtype, from
+  // activation statistics) planned beside its k_proj weight, in that weight's shard.
+  void AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs);
   // Lays out one output shard from its tensors' specs; links each planned tensor (from
   // `first_tensor` on) to its outputs.
   void LayOutShard(const Shard& shard, size_t first_tensor, std::vector<TensorSpec> specs,
@@ -126,6 +136,8 @@ class Planner {
   bool pruning_ = false;
   bool gptq_ = false;     // --algorithm gptq
   bool oneshot_ = false;  // GPTQ or static activations: config written as oneshot writes it
+  std::string kv_cache_;  // "fp8": k_scale / v_scale beside each attention's k_proj
+  size_t kv_layers_ = 0;
   std::string actorder_;  // written to the config groups' weights (GPTQ), empty: null
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
@@ -152,6 +164,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   p.prune_spec_ = ToPruneSpec(p.plan_.prune);
   p.plan_.groups = std::move(resolved.groups);
   p.ignore_ = std::move(resolved.ignore);
+  p.kv_cache_ = std::move(resolved.kv_cache);
   QUENCH_ASSIGN_OR_RETURN(p.ignore_m_, NameMatcher::Compile(p.ignore_, "ignore"));
   if (options.default_ignore) {
     for (const DefaultIgnore& d : kDefaultIgnores) p.default_patterns_.emplace_back(d.pattern);
@@ -173,6 +186,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   // config names the weights' observer and writes an empty sparsity_config.
   p.oneshot_ = p.gptq_;
   for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
+  p.oneshot_ |= !p.kv_cache_.empty();
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
@@ -319,6 +333,17 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   }
 }
 
+void Planner::AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs) {
+  if (kv_cache_.empty() || pt.shape.size() != 2) return;
+  auto [module, param] = SplitModuleParam(pt.name);
+  if (param != "weight" || !module.ends_with(".k_proj")) return;
+  const std::string attn(module.substr(0, module.size() - 7));
+  const uint64_t bytes = DTypeBits(pt.compute_dtype) / 8;
+  specs.push_back({attn + ".k_scale", pt.compute_dtype, {1}, bytes});
+  specs.push_back({attn + ".v_scale", pt.compute_dtype, {1}, bytes});
+  ++kv_layers_;
+}
+
 void Planner::PlanShard(size_t si) {
   const Shard& shard = folder_.shards[si];
   // Visit tensors in file order so that reading is sequential.
@@ -345,6 +370,7 @@ void Planner::PlanShard(size_t si) {
     }
     const size_t before = specs.size();
     PlanTensor(*t, shard.rel_name, pt, specs);
+    AppendKvScales(pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
     plan_.bytes_in += t->nbytes();
     plan_.tensors.push_back(std::move(pt));
@@ -394,9 +420,14 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     if (pt.action == TensorAction::kQuantize) {
       so = WeightOutputs(*pt.scheme, pt.compute_dtype, pt.shape[0], pt.shape[1], pt.params);
     }
+    // The tensor's own outputs (the scheme's, or the tensor copied), then any KV-cache scales
+    // planned beside it, whose values come from the statistics.
+    const size_t own = pt.action == TensorAction::kQuantize ? so.size() : 1;
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = layout.position[next_spec++];
-      if (!so.empty()) {
+      if (j >= own) {
+        ps.outputs[oi].source = SchemeOutput::Source::kStatic;
+      } else if (!so.empty()) {
         PlannedOutput& po = ps.outputs[oi];
         po.rows_per_slab = so[j].rows_per_slab;
         po.bytes_per_slab = so[j].bytes_per_slab;
@@ -538,7 +569,13 @@ void Planner::PlanFiles() {
     plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(JsonValue(std::move(kept)))});
     return;
   }
-  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore);
+  if (!kv_cache_.empty() && kv_layers_ == 0) {
+    plan_.errors.push_back(Error(ErrorCode::kUnsupported,
+                                 "--kv-cache fp8: no attention k_proj weight in this checkpoint "
+                                 "(fused qkv_proj and MLA attention are not supported yet)"));
+  }
+  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore,
+                                        kv_cache_.empty() ? nullptr : &kKvCacheFp8);
   // llm-compressor 0.14.0.1 writes an empty sparsity_config for pruned models (its writer
   // drops the structure; docs/reference-notes.md section 15). A populated dense 2:4 config
   // would send vLLM down its removed 2:4-kernel path, so quench writes the same {} and records

@@ -371,8 +371,24 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     doc = mod;
   }
   if (const JsonValue* kv = doc->Find("kv_cache_scheme"); kv != nullptr && !kv->is_null()) {
-    return Bad(label, "kv_cache_scheme needs k/v scales computed from activation statistics "
-                      "(calibration); quench cannot write them data-free");
+    // FP8 per tensor, static: the one KV-cache scheme vLLM reads k_scale / v_scale for (the
+    // scales come from activation statistics; the run checks it has them).
+    const std::string what = "kv_cache_scheme needs k/v scales computed from activation "
+                             "statistics; quench writes FP8 (num_bits 8, type float, strategy "
+                             "tensor, symmetric, static)";
+    if (!kv->is_object()) return Bad(label, what);
+    const std::string type = Str(kv->Find("type")).empty() ? "int" : Str(kv->Find("type"));
+    const std::string strategy = Str(kv->Find("strategy"));
+    const JsonValue* bits = kv->Find("num_bits");
+    const JsonValue* dyn = kv->Find("dynamic");
+    const JsonValue* sym = kv->Find("symmetric");
+    if (type != "float" || bits == nullptr || !bits->is_int() || bits->as_int() != 8 ||
+        !(strategy.empty() || strategy == "tensor") ||
+        !(dyn == nullptr || dyn->is_null() || (dyn->is_bool() && !dyn->as_bool())) ||
+        !(sym == nullptr || sym->is_null() || (sym->is_bool() && sym->as_bool()))) {
+      return Bad(label, what);
+    }
+    r.kv_cache = "fp8";
   }
   QUENCH_ASSIGN_OR_RETURN(r.ignore, StringList(doc->Find("ignore"), label, "ignore"));
   if (const JsonValue* cg = doc->Find("config_groups"); cg != nullptr && !cg->is_null()) {

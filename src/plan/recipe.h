@@ -31,6 +31,7 @@ struct RecipeGroup {
 struct Recipe {
   std::vector<RecipeGroup> groups;   // in file order
   std::vector<std::string> ignore;
+  std::string kv_cache;              // "fp8" for a kv_cache_scheme, else empty
 };
 
 // Reads a recipe file (.json, or YAML otherwise).
