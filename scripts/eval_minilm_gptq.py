@@ -2,7 +2,8 @@
 """MiniLM embedding similarity of quench outputs (README "GPTQ", bench/README.md): loads
 all-MiniLM-L6-v2 with transformers, replaces every quantized Linear weight by the weight decoded
 from an output folder (pack-quantized int, symmetric; decoded here from the format's
-definition), and prints the mean and min cosine similarity of mean-pooled sentence embeddings
+definition; or, for a prune-only output without quantization_config, the float weights as
+written), and prints the mean and min cosine similarity of mean-pooled sentence embeddings
 to the unquantized model's over the evaluation text (disjoint from the calibration text).
 
 Usage (collector venv): python scripts/eval_minilm_gptq.py MODEL_DIR EVAL_TXT OUT_DIR [OUT_DIR...]
@@ -41,7 +42,10 @@ def decode(folder):
     for f in os.listdir(folder):
         if f.endswith(".safetensors"):
             t.update(load_file(os.path.join(folder, f)))
-    q = json.load(open(os.path.join(folder, "config.json")))["quantization_config"]
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    if "quantization_config" not in cfg:  # pruned only (--scheme none): weights as they are
+        return {k: v for k, v in t.items() if k.endswith(".weight") and v.ndim == 2}
+    q = cfg["quantization_config"]
     (grp,) = q["config_groups"].values()
     bits = grp["weights"]["num_bits"]
     weights = {}

@@ -164,7 +164,11 @@ quant_stage:
     const Case cases[] = {
         {"kv.json", R"({"config_groups": {"g": "FP8_DYNAMIC"}, "kv_cache_scheme": {"num_bits": 8, "type": "float"}})",
          "kv_cache_scheme needs k/v scales"},
-        {"gptq.yaml", "stage:\n  mods:\n    GPTQModifier:\n      scheme: W4A16\n", "GPTQModifier needs calibration"},
+        {"awq.yaml", "stage:\n  mods:\n    AWQModifier:\n      scheme: W4A16\n", "AWQModifier needs calibration"},
+        {"gptq_sgpt.yaml", "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: '2:4'\n    GPTQModifier:\n      scheme: W4A16\n",
+         "one calibration algorithm per conversion"},
+        {"sgpt_alone.yaml", "SparseGPTModifier:\n  sparsity: 0.5\n  mask_structure: '2:4'\n",
+         "without a QuantizationModifier"},
         {"static.json", R"({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}, "input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": false}}}})",
          "static input_activations need activation statistics"},
         {"nvfp4.yaml", "QuantizationModifier:\n  scheme: NVFP4\n", "cannot be applied without calibration"},

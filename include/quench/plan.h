@@ -47,6 +47,11 @@ struct PlanOptions {
   // KV-cache quantization from --stats' key/value ranges: "fp8" writes k_scale / v_scale per
   // attention layer and kv_cache_scheme (empty: none).
   std::string kv_cache;
+  // Weight observer for groups made from flags: "minmax" (default) or "imatrix_mse" (the
+  // importance-weighted clipping search from --stats; src/calib/imatrix_mse.h). Recipes set
+  // it per group (weights.observer).
+  std::string observer = "minmax";
+  std::string prune_metric = "magnitude";  // --prune-metric: "magnitude" or "wanda" (--stats)
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.
@@ -152,6 +157,9 @@ struct PlannedTensor {
   std::optional<uint64_t> calib_expert;
   std::string calib_note;
   double calib_loss = 0;
+  // Wanda (--prune-metric wanda): index into Plan::prune_scales of this weight's per-column
+  // sqrt(E[x^2]) (-1: magnitude pruning).
+  int prune_scale = -1;
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
 };
@@ -163,6 +171,7 @@ struct PlannedGroup {
   SchemeParams params;
   std::vector<std::string> targets;
   size_t tensors = 0;  // how many tensors it quantizes
+  std::string observer;  // weights' observer: empty (min-max) or "imatrix_mse"
 };
 
 struct PlannedShard {
@@ -206,6 +215,8 @@ struct Plan {
   // Memory calibration holds besides the pipeline's chunks (GPTQ: the Hessians being factored
   // and in use), taken from the budget before the chunks are sized.
   uint64_t calib_bytes = 0;
+  // Wanda: per statistics site (and expert), sqrt(E[x^2]) per input column (src/calib/wanda.h).
+  std::vector<std::vector<float>> prune_scales;
   // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
   // hash): part of the resume fingerprint of shards holding them.
   std::string calib_fingerprint;

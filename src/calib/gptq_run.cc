@@ -58,9 +58,87 @@ std::string Bytes(uint64_t b) {
 
 }  // namespace
 
+Result<std::string> AssignHessianSite(const Statistics& stats, const std::filesystem::path& stats_path,
+                                      PlannedTensor& t) {
+  auto it = stats.consumers().find(t.name);
+  if (it == stats.consumers().end()) {
+    return std::string("no statistics for this weight (the collector did not reach its module)");
+  }
+  // The statistics must be this model's: the manifest records each weight's shape.
+  const JsonValue* model = stats.manifest().Find("model");
+  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
+  const JsonValue* shape = weights != nullptr ? weights->Find(t.name) : nullptr;
+  bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
+  for (size_t k = 0; same && k < t.shape.size(); ++k) {
+    same = shape->as_array()[k].is_int() &&
+           static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
+  }
+  const StatsSite& site = stats.sites().at(it->second.site);
+  if (!same || site.in_features != t.shape[1]) {
+    return Error(ErrorCode::kInvalidInput,
+                 stats_path.string() + ": statistics for '" + t.name +
+                     "' do not match its shape in the checkpoint (another model's statistics?)");
+  }
+  const bool has_h = std::any_of(site.fields.begin(), site.fields.end(),
+                                 [](const StatsField& f) { return f.name == "hessian"; });
+  if (!has_h) {
+    return "site " + site.name + " has no full Hessian (collected without --hessian full)";
+  }
+  QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site.name, "count"));
+  const size_t e = it->second.expert.value_or(0);
+  if (e >= count.size() || count[e] <= 0) return "site " + site.name + " saw no tokens";
+  t.calib_site = site.name;
+  t.calib_expert = it->second.expert;
+  return std::string();
+}
+
+Result<std::string> StatsHash(const std::filesystem::path& stats_path) {
+  QUENCH_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(stats_path / "manifest.json"));
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(Fnv1a64(manifest)));
+  return std::string(hash);
+}
+
+Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt) {
+  const size_t n = pt.shape[1];
+  const size_t packed = n * (n + 1) / 2;
+  QUENCH_ASSIGN_OR_RETURN(auto bytes, stats.FieldBytes(pt.calib_site, "hessian"));
+  const size_t e = pt.calib_expert.value_or(0);
+  if (bytes.second < (e + 1) * packed * 8) {
+    return Error(ErrorCode::kInvalidInput, "statistics: hessian of site " + pt.calib_site +
+                                               " is shorter than its shape");
+  }
+  QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(pt.calib_site, "count"));
+  const double scale = HessianScale(stats, count[e]);
+  const uint8_t* src = bytes.first + e * packed * 8;
+  std::vector<float> h(n * n);
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i; j < n; ++j, ++k) {
+      double v;
+      std::memcpy(&v, src + k * 8, 8);
+      if (!std::isfinite(v)) {
+        return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + pt.calib_site +
+                                                " holds NaN or Inf");
+      }
+      h[i * n + j] = h[j * n + i] = static_cast<float>(v * scale);
+    }
+  }
+  // The mapped Hessian's pages are read once: dropped from the resident set now (they are
+  // clean file pages; a later read faults them in again), or every site read would stay
+  // resident for the whole run (MiniLM's 78 MB statistics under a 96 MiB budget did).
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(src + packed * 8);
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  return h;
+}
+
 Status PlanGptq(Plan& plan, const ConvertOptions& options) {
-  if (options.algorithm != "rtn" && options.algorithm != "gptq") {
-    return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm + "' (rtn, gptq)");
+  if (options.algorithm != "rtn" && options.algorithm != "gptq" &&
+      options.algorithm != "sparsegpt") {
+    return Error(ErrorCode::kUsage,
+                 "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt)");
   }
   if (options.algorithm == "rtn") {
     // Static activation and KV-cache scales (kStatic outputs) read the statistics too.
@@ -70,12 +148,17 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
         static_outputs |= o.source == SchemeOutput::Source::kStatic;
       }
     }
-    if (!options.stats.empty() && !static_outputs) {
-      plan.notes.push_back("--stats is used by --algorithm gptq, static activations and "
-                           "--kv-cache; this run has none of them, so it is not read");
+    if (!options.stats.empty() && options.observer == "minmax" &&
+        options.prune_metric == "magnitude" && !static_outputs &&
+        std::none_of(plan.groups.begin(), plan.groups.end(),
+                     [](const PlannedGroup& g) { return !g.observer.empty(); })) {
+      plan.notes.push_back("--stats is used by --algorithm gptq and sparsegpt, --observer "
+                           "imatrix_mse, --prune-metric wanda, static activations and "
+                           "--kv-cache; without them it is not read");
     }
     return Status::Ok();
   }
+  if (options.algorithm == "sparsegpt") return PlanSparseGpt(plan, options);
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   QUENCH_ASSIGN_OR_RETURN(const Blas* blas, LoadBlas());  // refused now rather than mid-run
   (void)blas;
@@ -86,11 +169,12 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   }
   if (!options.prune.empty()) {
     return Error(ErrorCode::kUnsupported,
-                 "--algorithm gptq with --prune is not built yet (SparseGPT); prune with RTN");
+                 "--algorithm gptq with --prune: GPTQ does not keep a mask; for SparseGPT's "
+                 "pruning from the same Hessians use --algorithm sparsegpt (its sparse weights "
+                 "are then rounded to nearest, as llm-compressor's QuantizationModifier after "
+                 "SparseGPTModifier)");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  const JsonValue* model = stats.manifest().Find("model");
-  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
   uint64_t largest = 0;
   std::string largest_site;
   size_t taken = 0, fallback = 0;
@@ -114,44 +198,19 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
       note("its source is quantized (FP8); GPTQ of decoded sources is not built yet");
       continue;
     }
-    auto it = stats.consumers().find(t.name);
-    if (it == stats.consumers().end()) {
-      note("no statistics for this weight (the collector did not reach its module)");
+    auto why = AssignHessianSite(stats, options.stats, t);
+    if (!why.ok()) {
+      plan.errors.push_back(why.status());
       continue;
     }
-    // The statistics must be this model's: the manifest records each weight's shape.
-    const JsonValue* shape = weights != nullptr ? weights->Find(t.name) : nullptr;
-    bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
-    for (size_t k = 0; same && k < t.shape.size(); ++k) {
-      same = shape->as_array()[k].is_int() &&
-             static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
-    }
-    const StatsSite& site = stats.sites().at(it->second.site);
-    if (!same || site.in_features != t.shape[1]) {
-      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                  options.stats.string() + ": statistics for '" + t.name +
-                                      "' do not match its shape in the checkpoint (another "
-                                      "model's statistics?)"));
+    if (!why->empty()) {
+      note(*why);
       continue;
     }
-    const bool has_h = std::any_of(site.fields.begin(), site.fields.end(),
-                                   [](const StatsField& f) { return f.name == "hessian"; });
-    if (!has_h) {
-      note("site " + site.name + " has no full Hessian (collected without --hessian full)");
-      continue;
-    }
-    QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site.name, "count"));
-    const size_t e = it->second.expert.value_or(0);
-    if (e >= count.size() || count[e] <= 0) {
-      note("site " + site.name + " saw no tokens");
-      continue;
-    }
-    t.calib_site = site.name;
-    t.calib_expert = it->second.expert;
     ++taken;
     if (FactorBytes(t.shape[1]) > largest) {
       largest = FactorBytes(t.shape[1]);
-      largest_site = site.name;
+      largest_site = t.calib_site;
     }
   }
   // One factor in use by chunks in flight, one being built, and the mapped f64 Hessian it is
@@ -176,11 +235,7 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   }
   plan.notes.push_back(msg);
   // --resume keeps a shard only if it was made with the same GPTQ settings and statistics.
-  QUENCH_ASSIGN_OR_RETURN(std::string manifest,
-                          ReadFileToString(options.stats / "manifest.json"));
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(Fnv1a64(manifest)));
+  QUENCH_ASSIGN_OR_RETURN(std::string hash, StatsHash(options.stats));
   plan.calib_fingerprint = "block " + std::to_string(gopt.block_size) + " damp " +
                            std::to_string(gopt.dampening) + " actorder " + options.actorder +
                            " stats " + hash;
@@ -243,41 +298,10 @@ class GptqRunImpl : public GptqRun {
   }
 
  private:
-  // The site's Hessian, unpacked from its upper triangle into a full f32 matrix and
-  // normalised as the reference's, then factored.
+  // The site's Hessian, unpacked and normalised as the reference's (LoadHessian), factored.
   Result<GptqFactor> Build(const PlannedTensor& pt) {
-    const size_t n = pt.shape[1];
-    const size_t packed = n * (n + 1) / 2;
-    QUENCH_ASSIGN_OR_RETURN(auto bytes, stats_.FieldBytes(pt.calib_site, "hessian"));
-    const size_t e = pt.calib_expert.value_or(0);
-    if (bytes.second < (e + 1) * packed * 8) {
-      return Error(ErrorCode::kInvalidInput, "statistics: hessian of site " + pt.calib_site +
-                                                 " is shorter than its shape");
-    }
-    QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats_.ReadField(pt.calib_site, "count"));
-    const double scale = HessianScale(stats_, count[e]);
-    const uint8_t* src = bytes.first + e * packed * 8;
-    std::vector<float> h(n * n);
-    size_t k = 0;
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = i; j < n; ++j, ++k) {
-        double v;
-        std::memcpy(&v, src + k * 8, 8);
-        if (!std::isfinite(v)) {
-          return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + pt.calib_site +
-                                                  " holds NaN or Inf");
-        }
-        h[i * n + j] = h[j * n + i] = static_cast<float>(v * scale);
-      }
-    }
-    // The mapped Hessian's pages are read once: dropped from the resident set now (they are
-    // clean file pages; a later read faults them in again), or every site read would stay
-    // resident for the whole run (MiniLM's 78 MB statistics under a 96 MiB budget did).
-    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
-    const uintptr_t hi = reinterpret_cast<uintptr_t>(src + packed * 8);
-    madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-    return FactorHessian(std::move(h), n, opt_);
+    QUENCH_ASSIGN_OR_RETURN(std::vector<float> h, LoadHessian(stats_, pt));
+    return FactorHessian(std::move(h), pt.shape[1], opt_);
   }
 
   const Plan& plan_;
@@ -296,7 +320,8 @@ class GptqRunImpl : public GptqRun {
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
                                [](const PlannedTensor& t) { return !t.calib_site.empty(); });
-  if (!any) return std::unique_ptr<GptqRun>();
+  // calib_site also marks the imatrix_mse observer's weights (src/calib/imatrix_run.h).
+  if (!any || options.algorithm != "gptq") return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   return std::unique_ptr<GptqRun>(new GptqRunImpl(plan, std::move(stats), gopt));

@@ -4,9 +4,13 @@
 #ifndef QUENCH_CALIB_GPTQ_RUN_H_
 #define QUENCH_CALIB_GPTQ_RUN_H_
 
+#include <filesystem>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "calib/seam.h"
+#include "calib/stats.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
 #include "quench/status.h"
@@ -28,6 +32,23 @@ class GptqRun : public ChunkCalibration {
   virtual void Finish(Plan& plan) = 0;
 };
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options);
+
+// SparseGPT (sparsegpt_run.cc), planned by PlanGptq for --algorithm sparsegpt: the same
+// statistics and Hessians, in place of magnitude pruning.
+Status PlanSparseGpt(Plan& plan, const ConvertOptions& options);
+Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const ConvertOptions& options);
+
+// Shared by GPTQ and SparseGPT planning and runs.
+// Sets t.calib_site (and calib_expert) to the statistics site whose Hessian weight t uses and
+// returns ""; or returns why it has none (a note: not reached, no full Hessian, no tokens);
+// an error for statistics that are not this model's.
+Result<std::string> AssignHessianSite(const Statistics& stats,
+                                      const std::filesystem::path& stats_path, PlannedTensor& t);
+// A hash of the statistics' manifest, for the resume fingerprint.
+Result<std::string> StatsHash(const std::filesystem::path& stats_path);
+// Weight pt's site Hessian as the reference normalises it (2/sequences * sum x x^T), full
+// n x n f32; the mapped pages are dropped after reading.
+Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt);
 
 }  // namespace quench::calib
 

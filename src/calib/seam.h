@@ -1,11 +1,13 @@
 // The calibration seam: the one interface through which the pipeline hands a tensor's chunks
-// to calibration (GPTQ) instead of the scheme's kernel. Abstract and free of dependencies, so
+// to calibration (GPTQ) instead of the scheme's kernel, or (SparseGPT) instead of magnitude
+// pruning. Abstract and free of dependencies, so
 // the data-free path includes nothing else of src/calib and runs with no implementation
 // (a null pointer).
 #ifndef QUENCH_CALIB_SEAM_H_
 #define QUENCH_CALIB_SEAM_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "quench/status.h"
 #include "schemes/chunk.h"
@@ -23,6 +25,18 @@ class ChunkCalibration {
   // Parallel stage, in place of the scheme's kernel: same inputs, outputs and result (false
   // for NaN or Inf in the rows).
   virtual bool Quantize(size_t tensor, const WeightChunk& in, const ChunkOutputs& out) = 0;
+  // Parallel stage, in place of magnitude pruning (SparseGPT), for a tensor it takes that the
+  // plan prunes: rows [begin, begin + rows) of it, `src` in its dtype, into `dst` (same dtype
+  // and layout); *zeroed is increased by the positions pruned. False for NaN or Inf in the
+  // rows. A calibration that does not prune never receives this call.
+  virtual bool Prune(size_t tensor, const uint8_t* src, uint8_t* dst, size_t begin, size_t rows,
+                     uint64_t* zeroed) {
+    (void)tensor, (void)src, (void)dst, (void)begin, (void)rows, (void)zeroed;
+    return false;
+  }
+  // Whether Prune replaces the plan's pruning for the tensors it takes (SparseGPT); a
+  // calibration that only quantizes (GPTQ, imatrix_mse) leaves pruning to the plan's metric.
+  virtual bool Prunes() const { return false; }
   // Output stage (serial, in order), once the tensor's last chunk is done: Prepare's
   // resources may go.
   virtual void Done(size_t tensor) = 0;

@@ -21,6 +21,7 @@
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
 #include "cli/worker_env.h"
+#include "plan/recipe_calib.h"
 #include "quench/convert.h"
 #include "quench/scheme.h"
 #include "format/quant_config.h"
@@ -46,7 +47,7 @@ const char kMainHelp[] =
     "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
     "  finalize DST                    publish a folder converted by several workers\n"
     "  schemes                         list the quantization schemes\n"
-    "  stats inspect|merge ...         activation statistics for calibration\n"
+    "  stats inspect|merge|import-imatrix ...  activation statistics for calibration\n"
     "\n"
     "  -h, --help      this help; `quench <command> --help` for a command's options\n"
     "  -V, --version   print the version\n"
@@ -103,6 +104,9 @@ std::string ConvertHelp() {
        "                        smallest magnitudes; N:M keeps the N largest of every M\n"
        "                        consecutive inputs (M <= 16). With --scheme none, prune only\n"
        "  --prune-granularity G row (default: per output row) or tensor (unstructured only)\n"
+       "  --prune-metric M      magnitude (default) or wanda: |W| x sqrt(E[x^2]) of the input\n"
+       "                        channel from --stats, compared within each row, as\n"
+       "                        llm-compressor's Wanda\n"
        "  --prune-experts F     remove the fraction F (0 <= F <= 1) of routed experts from\n"
        "                        every MoE layer (max(1, E - round(F*E)) kept), scored by\n"
        "                        --expert-metric; survivors renumbered, routers sliced,\n"
@@ -121,9 +125,15 @@ std::string ConvertHelp() {
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
-       "                        and --dry-run and --report say why\n"
-       "  --gptq-block-size N   GPTQ: columns per lazy-update block (default 128)\n"
-       "  --dampening F         GPTQ: F x mean(diag H) added to H's diagonal (default 0.01)\n"
+       "                        and --dry-run and --report say why; or sparsegpt (with\n"
+       "                        --prune N:M or unstructured:F): SparseGPT's mask and updates\n"
+       "                        from the same Hessians instead of magnitude pruning\n"
+       "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
+       "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
+       "                        as llm-compressor's imatrix_mse observer (integer schemes)\n"
+       "  --gptq-block-size N   GPTQ, SparseGPT: columns per lazy-update block (default 128)\n"
+       "  --dampening F         GPTQ, SparseGPT: F x mean(diag H) added to H's diagonal\n"
+       "                        (default 0.01)\n"
        "  --actorder A          GPTQ: static (= weight; the default) quantizes columns in\n"
        "                        decreasing diag(H) order, none in their order\n"
        "  --memory-limit SIZE   peak memory budget (K, M, G, T; powers of 1024); default 2G,\n"
@@ -266,7 +276,10 @@ int PrintDryRun(const ConvertOptions& o) {
     const bool q = t.action == TensorAction::kQuantize;
     quantized += q;
     std::string note = q || t.action == TensorAction::kPrune ? "" : t.why;
-    if (t.prune) note = "pruned " + p.prune.text + (note.empty() ? "" : "; " + note);
+    if (t.prune) {
+      note = "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda)" : "") +
+             (note.empty() ? "" : "; " + note);
+    }
     if (t.source_scale) {
       note = "from " + std::string(DTypeName(t.dtype)) + (note.empty() ? "" : "; " + note);
     }
@@ -274,8 +287,22 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
-    if (q && !t.calib_site.empty()) note = "GPTQ, Hessian of " + t.calib_site;
-    if (q && !t.calib_note.empty()) note = "RTN: " + t.calib_note;
+    // calib_site is GPTQ's or SparseGPT's Hessian, or the imatrix_mse observer's E[x^2] (its
+    // fingerprint says which).
+    const bool imx = p.calib_fingerprint.starts_with("imatrix_mse");
+    if (q && !t.calib_site.empty()) {
+      note = (t.prune ? "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda); " : "; ")
+                      : std::string()) +
+             (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
+    }
+    if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
+    // Pruned weights with a Hessian are SparseGPT's (GPTQ and imatrix_mse refuse it).
+    if (!imx && t.prune && !t.calib_site.empty()) {
+      note = "SparseGPT " + p.prune.text + ", Hessian of " + t.calib_site;
+    }
+    if (!imx && t.prune && !t.calib_note.empty()) {
+      note = "magnitude " + p.prune.text + ": " + t.calib_note;
+    }
     std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
                 q                                     ? "quantize"
                 : t.action == TensorAction::kPrune    ? "prune"
@@ -438,6 +465,12 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--stats") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.stats = v;
+    } else if (flag == "--observer") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.observer = v;
+    } else if (flag == "--prune-metric") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.prune_metric = v;
     } else if (flag == "--algorithm") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.algorithm = v;
@@ -497,6 +530,11 @@ int RunConvert(const std::vector<std::string>& args) {
     }
   }
 
+  // A recipe's GPTQModifier or SparseGPTModifier sets the calibration options (Convert applies
+  // it too); applied here as well so that the summary lines name them.
+  if (Status rc = ApplyRecipeCalibration(o); !rc.ok()) {
+    return ReportError(rc.ToString(), ExitCodeFor(rc.code()));
+  }
   if (dry_run) return PrintDryRun(o);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

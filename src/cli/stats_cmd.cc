@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
+#include "calib/imatrix.h"
 #include "calib/stats.h"
 #include "cli/cli.h"
 
@@ -13,6 +15,7 @@ namespace {
 const char kStatsHelp[] =
     "usage: quench stats inspect STATS [--json]\n"
     "       quench stats merge A B [...] -o OUT\n"
+    "       quench stats import-imatrix FILE --model SRC -o OUT [--chunk-size N]\n"
     "\n"
     "Activation statistics (docs/statistics-format.md), as scripts/collect-stats writes them.\n"
     "  inspect  the model and collection settings, then per input site: features, experts,\n"
@@ -23,6 +26,11 @@ const char kStatsHelp[] =
     "  merge    statistics of one model collected in parts (GPUs, ranks, machines) into one:\n"
     "           counts, sums and Hessians add, min and max reduce. Parts from different\n"
     "           models or settings are refused. OUT must not exist or be empty.\n"
+    "  import-imatrix  a llama.cpp importance matrix (GGUF imatrix or legacy .dat) as\n"
+    "           statistics of the checkpoint SRC: GGUF names mapped to SRC's (llama, qwen2,\n"
+    "           qwen3, qwen3_moe, mixtral, deepseek_v2/v3), every name and width checked.\n"
+    "           Gives count and sum_x2 (imatrix_mse, Wanda), not min/max or Hessians.\n"
+    "           --chunk-size: tokens per chunk a legacy .dat counted (default 512).\n"
     "\n"
     "exit: 0 success, 2 usage, 3 invalid statistics, 4 I/O failure.\n";
 
@@ -119,6 +127,47 @@ int Inspect(const std::string& dir, bool json) {
   return 0;
 }
 
+int ImportImatrix(const std::vector<std::string>& args) {
+  std::string file, model, out;
+  calib::ImportOptions opt;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](std::string& dst) {
+      if (i + 1 >= args.size()) return false;
+      dst = args[++i];
+      return true;
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kStatsHelp, stdout);
+      return 0;
+    } else if (a == "--model") {
+      if (!value(model)) return ReportError("stats import-imatrix: --model needs a folder", 2);
+    } else if (a == "-o" || a == "--output") {
+      if (!value(out)) return ReportError("stats import-imatrix: -o needs a folder", 2);
+    } else if (a == "--chunk-size") {
+      std::string v;
+      char* end = nullptr;
+      if (!value(v)) return ReportError("stats import-imatrix: --chunk-size needs a number", 2);
+      const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n == 0 || n > (1ull << 31)) {
+        return ReportError("stats import-imatrix: --chunk-size must be a positive integer", 2);
+      }
+      opt.legacy_chunk_size = n;
+    } else if (file.empty() && !a.starts_with("-")) {
+      file = a;
+    } else {
+      return ReportError("stats import-imatrix: unexpected argument '" + a + "'", 2);
+    }
+  }
+  if (file.empty() || model.empty() || out.empty()) {
+    return ReportError("stats import-imatrix needs FILE, --model SRC and -o OUT", 2);
+  }
+  Status st = calib::ImportImatrix(file, model, out, opt);
+  if (!st.ok()) return ReportError(st.message(), ExitCodeFor(st.code()));
+  std::fprintf(stderr, "quench: imported %s into %s\n", file.c_str(), out.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int RunStats(const std::vector<std::string>& args) {
@@ -168,6 +217,7 @@ int RunStats(const std::vector<std::string>& args) {
                  out.c_str());
     return 0;
   }
+  if (sub == "import-imatrix") return ImportImatrix(args);
   return ReportError("unknown stats command '" + sub + "'\n\n" + kStatsHelp, 2);
 }
 

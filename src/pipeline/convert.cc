@@ -13,6 +13,7 @@
 #include "calib/act_scales.h"
 #include "calib/gptq_run.h"
 #include "calib/kv_cache.h"
+#include "calib/imatrix_run.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -22,6 +23,7 @@
 #include "pipeline/resume.h"
 #include "pipeline/workers.h"
 #include "plan/expert_prune.h"
+#include "plan/recipe_calib.h"
 #include "plan/planner.h"
 
 namespace quench {
@@ -255,6 +257,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
     QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
   }
+  // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
+  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
@@ -278,7 +282,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
 
 Result<Plan> DryRun(const ConvertOptions& requested) {
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
@@ -303,7 +308,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
   std::string budget_note;
-  const ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
@@ -407,14 +413,18 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     largest_set = std::max(largest_set, bytes);
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
-                          calib::MakeGptqRun(plan, options));
+                          options.algorithm == "sparsegpt" ? calib::MakeSparseGptRun(plan, options)
+                                                           : calib::MakeGptqRun(plan, options));
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<ChunkCalibration> imatrix,
+                          calib::MakeImatrixRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
                                     ? options.memory_limit - plan.calib_bytes
                                     : options.memory_limit / 2;
   PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
-                                       (pruning ? 3 : 2) + (gptq ? 3 : 0), largest_set);
+                                       (pruning ? 3 : 2) + (gptq ? 3 : 0) + (imatrix ? 1 : 0),
+                                       largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
@@ -449,7 +459,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                   : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                      options.report.empty() ? nullptr : &errors,
                                      [&](size_t tensor) { return global_scales.ForTensor(tensor); },
-                                     gptq.get());
+                                     gptq ? gptq.get() : imatrix.get());
   if (gptq) {
     gptq->Finish(plan);
     if (callbacks.note) {

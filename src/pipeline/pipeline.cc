@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "calib/wanda.h"
 #include "format/file_io.h"
 #include "format/map_guard.h"
 #include "pipeline/buffers.h"
@@ -454,6 +455,18 @@ class ShardPipeline {
     return IsCopy(t) ? o + p.begin : o + p.begin * ComputeRowBytes(t);
   }
 
+  // Per-row pruning of one tensor's rows: by magnitude, or by Wanda's scores where planning
+  // gave the tensor column scales (calib/wanda.h).
+  bool PruneRowsOf(const PlannedTensor& t, const uint8_t* src, uint8_t* dst, DType dtype,
+                   size_t rows, uint64_t* zeroed) const {
+    if (t.prune_scale >= 0) {
+      return calib::WandaPruneRows(src, dst, dtype, rows, t.shape[1], prune_spec_,
+                                   plan_.prune_scales[static_cast<size_t>(t.prune_scale)].data(),
+                                   zeroed);
+    }
+    return prune::PruneRows(src, dst, dtype, rows, t.shape[1], prune_spec_, zeroed);
+  }
+
   // Pruning: each piece's rows, pruned, into a staging buffer (one pass from the mapping); the
   // kernel (or, pruning alone, the writer) then reads the staging buffer, with no copy made
   // first and pruned in place (that copy was a large share of a pruned run's CPU).
@@ -476,7 +489,10 @@ class ShardPipeline {
       uint8_t* rows_copy = c->staging.data.get() + place.at(i);
       const uint8_t* src = c->map->data() + p.src_offset;
       const size_t rows = p.end - p.begin, cols = t.shape[1];
-      if (plan_.prune.per_tensor) {
+      if (calib_ != nullptr && calib_->Prunes() && calib_->Takes(p.tensor)) {
+        // SparseGPT's mask and updates instead of magnitude pruning (src/calib/sparsegpt_run.cc).
+        p.finite = calib_->Prune(p.tensor, src, rows_copy, p.begin, rows, &p.zeroed);
+      } else if (plan_.prune.per_tensor) {
         prune::TensorThreshold th;
         th.magnitude = t.prune_magnitude;
         th.prune_equal = t.prune_equal;
@@ -484,7 +500,7 @@ class ShardPipeline {
         p.finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
                                           t.prune_equal_before[p.begin], &p.zeroed);
       } else {
-        p.finite = prune::PruneRows(src, rows_copy, t.dtype, rows, cols, prune_spec_, &p.zeroed);
+        p.finite = PruneRowsOf(t, src, rows_copy, t.dtype, rows, &p.zeroed);
       }
       rows_of[i] = rows_copy;
     }
@@ -521,8 +537,7 @@ class ShardPipeline {
       // Row pruning in place (per-tensor thresholds are refused for quantized sources at
       // planning: their pre-pass reads whole tensors).
       if (p.finite && t.prune) {
-        p.finite = prune::PruneRows(rows, rows, t.compute_dtype, p.end - p.begin, t.shape[1],
-                                    prune_spec_, &p.zeroed);
+        p.finite = PruneRowsOf(t, rows, rows, t.compute_dtype, p.end - p.begin, &p.zeroed);
       }
       rows_of[i] = rows;
     }
@@ -673,8 +688,7 @@ class ShardPipeline {
         return;
       }
       if (finite && t.prune) {
-        finite = prune::PruneRows(tile.data(), tile.data(), t.compute_dtype, r1 - r, t.shape[1],
-                                  prune_spec_, &p.zeroed);
+        finite = PruneRowsOf(t, tile.data(), tile.data(), t.compute_dtype, r1 - r, &p.zeroed);
       }
       WeightChunk sub = in;
       sub.data = tile.data();

@@ -35,6 +35,8 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
          std::to_string(ss.src_header_hash) + "|";
   }
   if (t.prune) d += "prune " + plan.prune.text + "|" + std::to_string(plan.prune.per_tensor) + "|";
+  // Wanda's selection depends on the statistics (their hash is in calib_fingerprint).
+  if (t.prune_scale >= 0) d += "wanda " + plan.calib_fingerprint + "|";
   if (t.scheme != nullptr) {
     d += std::string(t.scheme->name) + "|" + std::to_string(t.params.bits) + "|" +
          std::to_string(t.params.group_size.value_or(0)) + "|" +
@@ -56,7 +58,8 @@ std::string TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool glob
       d += hex;
     }
   }
-  // A GPTQ weight depends on its statistics site and the run's GPTQ settings and statistics.
+  // A GPTQ (or imatrix_mse) weight depends on its statistics site and the run's settings and
+  // statistics.
   if (!t.calib_site.empty()) {
     d += "|gptq " + t.calib_site + "#" +
          (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +

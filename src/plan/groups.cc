@@ -76,8 +76,15 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                       "(a recipe's input_activations say dynamic: false)");
     }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
+    if (!recipe.calibration.algorithm.empty() &&
+        options.algorithm != recipe.calibration.algorithm) {
+      // Convert and DryRun apply it (ApplyRecipeCalibration); a caller that did not is told.
+      return Error(ErrorCode::kUsage, options.recipe.string() + ": its " +
+                                          recipe.calibration.modifier + " needs --algorithm " +
+                                          recipe.calibration.algorithm);
+    }
     for (RecipeGroup& g : recipe.groups) {
-      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0});
+      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0, g.observer});
     }
     ignore = std::move(recipe.ignore);
     kv_cache = recipe.kv_cache;
@@ -104,7 +111,8 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
     QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");
-    groups.push_back({options.scheme, scheme, params, targets, 0});
+    groups.push_back({options.scheme, scheme, params, targets, 0,
+                      options.observer == "minmax" ? "" : options.observer});
   }
   // Static activation scales come from activation statistics; without them, say which and
   // how to collect them.

@@ -549,7 +549,10 @@ void Planner::PlanFiles() {
     if (g.scheme != nullptr) {
       // GPTQ's scales are the memoryless min-max observer's, which oneshot names.
       cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_,
-                    oneshot_ ? "memoryless_minmax" : ""});
+                    gptq_                ? std::string("memoryless_minmax")
+                    : !g.observer.empty() ? g.observer
+                    : oneshot_            ? std::string("memoryless_minmax")
+                                          : std::string()});
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {

@@ -7,11 +7,13 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <optional>
 #include <string_view>
 
 #include "format/file_io.h"
 #include "format/quant_config.h"
+#include "plan/recipe_calib.h"
 
 namespace quench {
 namespace {
@@ -201,9 +203,11 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     return Bad(label, "group '" + key + "': weights must be static (dynamic: false)");
   }
   const std::string obs = Str(w->Find("observer"));
-  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax") {
+  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax" &&
+      obs != "imatrix_mse") {
     return Bad(label, "group '" + key + "': observer '" + obs +
-                          "' is not supported; quench computes min-max scales");
+                          "' is not supported; quench computes min-max scales, or imatrix_mse "
+                          "ones from --stats");
   }
   if (const JsonValue* ao = w->Find("actorder"); ao != nullptr && !ao->is_null() &&
                                                  !(ao->is_bool() && !ao->as_bool())) {
@@ -295,6 +299,7 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     rg.key = key;
     rg.scheme = &s;
     rg.params = p;
+    if (obs == "imatrix_mse") rg.observer = obs;  // src/calib/imatrix_run.h plans it
     return rg;
   }
   return Bad(label, "group '" + key + "': no data-free scheme matches these weights/" +
@@ -324,20 +329,25 @@ Result<RecipeGroup> ResolveGroup(const std::string& label, const std::string& ke
   return rg;
 }
 
-// Finds the QuantizationModifier's arguments anywhere in an llm-compressor recipe
-// (stage -> modifiers group -> QuantizationModifier). Other modifiers are refused by name.
-Result<const JsonValue*> FindModifier(const JsonValue& v, const std::string& label) {
-  if (!v.is_object()) return static_cast<const JsonValue*>(nullptr);
+// Collects the modifiers of an llm-compressor recipe, anywhere in it (stage -> modifiers
+// group -> Modifier): QuantizationModifier and the calibrated GPTQModifier and
+// SparseGPTModifier (recipe_calib.h); other modifiers are refused by name.
+Status CollectModifiers(const JsonValue& v, const std::string& label,
+                        std::map<std::string, const JsonValue*>* mods) {
+  if (!v.is_object()) return Status::Ok();
   for (const auto& [k, child] : v.as_object()) {
-    if (k == "QuantizationModifier") return &child;
+    if (k == "QuantizationModifier" || k == "GPTQModifier" || k == "SparseGPTModifier") {
+      if (!mods->emplace(k, &child).second) return Bad(label, k + " appears twice");
+      continue;
+    }
     if (k.ends_with("Modifier")) {
       return Bad(label, k + " needs calibration data or is not a quantization step; quench "
-                            "runs QuantizationModifier recipes (data-free schemes)");
+                            "runs QuantizationModifier recipes (data-free schemes), and "
+                            "GPTQModifier and SparseGPTModifier with --stats");
     }
-    QUENCH_ASSIGN_OR_RETURN(const JsonValue* found, FindModifier(child, label));
-    if (found != nullptr) return found;
+    QUENCH_RETURN_IF_ERROR(CollectModifiers(child, label, mods));
   }
-  return static_cast<const JsonValue*>(nullptr);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -361,14 +371,35 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
   const JsonValue* doc = &doc_in;
   if (const JsonValue* q = doc->Find("quantization_config")) doc = q;  // a config.json
   Recipe r;
-  const JsonValue* mod = nullptr;
+  const JsonValue* gptq = nullptr;
+  const JsonValue* sparsegpt = nullptr;
+  Status combination = Status::Ok();
   if (doc->Find("config_groups") == nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(mod, FindModifier(*doc, label));
-    if (mod == nullptr) {
-      return Bad(label, "neither a QuantizationConfig (config_groups) nor an llm-compressor "
-                        "recipe with a QuantizationModifier");
+    std::map<std::string, const JsonValue*> mods;
+    QUENCH_RETURN_IF_ERROR(CollectModifiers(*doc, label, &mods));
+    auto get = [&](const char* k) { return mods.count(k) ? mods.at(k) : nullptr; };
+    const JsonValue* quant = get("QuantizationModifier");
+    gptq = get("GPTQModifier");
+    sparsegpt = get("SparseGPTModifier");
+    // The combinations are checked once the quantizing modifier's groups are read (their
+    // errors come first, as when only the first modifier was read).
+    if (quant != nullptr && gptq != nullptr) {
+      combination = Bad(label, "QuantizationModifier and GPTQModifier both quantize; give one");
+    } else if (gptq != nullptr && sparsegpt != nullptr) {
+      combination = Bad(label, "SparseGPTModifier then GPTQModifier in one run is not built: "
+                               "quench runs one calibration algorithm per conversion (with a "
+                               "QuantizationModifier, SparseGPT's sparse weights are rounded "
+                               "to nearest, as llm-compressor does)");
     }
-    doc = mod;
+    doc = quant != nullptr ? quant : gptq;
+    if (doc == nullptr) {
+      return Bad(label, sparsegpt != nullptr
+                            ? "a SparseGPTModifier without a QuantizationModifier: for "
+                              "pruning alone give --scheme none --prune N:M --algorithm "
+                              "sparsegpt --stats STATS instead of a recipe"
+                            : "neither a QuantizationConfig (config_groups) nor an "
+                              "llm-compressor recipe with a QuantizationModifier");
+    }
   }
   if (const JsonValue* kv = doc->Find("kv_cache_scheme"); kv != nullptr && !kv->is_null()) {
     // FP8 per tensor, static: the one KV-cache scheme vLLM reads k_scale / v_scale for (the
@@ -418,6 +449,12 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     }
   }
   if (r.groups.empty()) return Bad(label, "no config group or scheme");
+  QUENCH_RETURN_IF_ERROR(combination);
+  if (gptq != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadGptqModifier(*gptq, label));
+  } else if (sparsegpt != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSparseGptModifier(*sparsegpt, r.ignore, label));
+  }
   for (size_t i = 0; i < r.groups.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       if (r.groups[i].key == r.groups[j].key) return Bad(label, "group '" + r.groups[i].key + "' appears twice");

@@ -12,6 +12,7 @@
 #define QUENCH_PLAN_RECIPE_H_
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,12 +27,25 @@ struct RecipeGroup {
   const SchemeInfo* scheme = nullptr;
   SchemeParams params;
   std::vector<std::string> targets;
+  std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
+};
+
+// What a recipe's GPTQModifier or SparseGPTModifier asks for (plan/recipe_calib.h), as the
+// options it sets: empty or unset where the recipe says nothing.
+struct RecipeCalibration {
+  std::string modifier;               // "GPTQModifier", "SparseGPTModifier" ("": none)
+  std::string algorithm;              // "gptq", "sparsegpt"
+  std::string prune;                  // SparseGPT, in --prune's syntax: "2:4", "unstructured:0.5"
+  std::optional<int> block_size;
+  std::optional<double> dampening;
+  std::optional<std::string> actorder;  // GPTQ: "static" or "none"
 };
 
 struct Recipe {
   std::vector<RecipeGroup> groups;   // in file order
   std::vector<std::string> ignore;
   std::string kv_cache;              // "fp8" for a kv_cache_scheme, else empty
+  RecipeCalibration calibration;
 };
 
 // Reads a recipe file (.json, or YAML otherwise).

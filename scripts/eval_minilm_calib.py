@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""MiniLM embedding similarity of quench outputs (README "imatrix_mse and Wanda"), as
+scripts/eval_minilm_gptq.py measures it (mean-pooled embeddings of the evaluation paragraphs,
+cosine to the unquantized model), for pack-quantized integer outputs (decoded from the
+format's definition by eval_minilm_gptq.decode) and for pruned-only outputs (--scheme none:
+dense weights, taken as they are).
+
+Usage (collector venv): python scripts/eval_minilm_calib.py MODEL_DIR EVAL_TXT OUT_DIR [...]
+"""
+import glob
+import os
+import sys
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModel, AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_minilm_gptq import decode, embed, samples  # noqa: E402
+
+
+def weights_of(folder):
+    if os.path.exists(os.path.join(folder, "config.json")) and \
+            "quantization_config" in open(os.path.join(folder, "config.json")).read():
+        return decode(folder)
+    out = {}
+    for f in glob.glob(os.path.join(folder, "*.safetensors")):
+        for name, t in load_file(f).items():
+            if name.endswith(".weight") and t.ndim == 2:
+                out[name] = t
+    return out
+
+
+def main():
+    model_dir, eval_txt, outs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    sents = samples(eval_txt)
+    base = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ref = embed(base, tok, sents)
+    for folder in outs:
+        model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+        sd = model.state_dict()
+        for name, w in weights_of(folder).items():
+            sd[name] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        model.load_state_dict(sd)
+        cos = (embed(model, tok, sents) * ref).sum(-1)
+        print(f"{folder}: {len(sents)} sentences, mean cos {cos.mean():.6f}, "
+              f"min {cos.min():.6f}, gap 1-mean {1 - cos.mean():.6f}")
+
+
+if __name__ == "__main__":
+    main()

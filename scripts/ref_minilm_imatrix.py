@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""llm-compressor's own imatrix_mse observer on all-MiniLM-L6-v2 (README "imatrix_mse and
+Wanda"): oneshot with a QuantizationModifier whose weights (int4 symmetric, group 128: W4A16)
+use observer "imatrix_mse", calibrated on the same samples collect-stats reads (the text's
+paragraphs, first N, truncated to L tokens), saved compressed (pack-quantized) so that
+scripts/eval_minilm_calib.py decodes it as it decodes quench's outputs.
+
+Usage (reference venv): python scripts/ref_minilm_imatrix.py MODEL_DIR CALIB_TXT OUT_DIR
+       [--samples 256] [--seq-len 128] [--observer imatrix_mse]
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+import torch
+from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+from datasets import Dataset
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+from transformers import AutoModel, AutoTokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "collector"))
+from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("calib")
+    p.add_argument("out")
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--observer", default="imatrix_mse")
+    a = p.parse_args()
+    tok = AutoTokenizer.from_pretrained(a.model)
+    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
+    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
+    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    scheme = QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group",
+                                 group_size=128, observer=a.observer))
+    mod = QuantizationModifier(config_groups={"group_0": scheme})
+    t0 = time.time()
+    oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
+            processor=tok, max_seq_length=a.seq_len, pipeline="basic", batch_size=1)
+    took = time.time() - t0
+    if os.path.exists(a.out):
+        shutil.rmtree(a.out)
+    model.save_pretrained(a.out, save_compressed=True)
+    tok.save_pretrained(a.out)
+    print(f"oneshot ({a.observer}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+// `quench stats import-imatrix`: an importance matrix onto a checkpoint, written as a
+// statistics folder the way `stats merge` writes one (one stats-00001.safetensors, then the
+// manifest), but inside a temporary folder renamed into place at the end.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "calib/imatrix.h"
+#include "calib/stats.h"
+#include "format/file_io.h"
+#include "format/model_folder.h"
+#include "format/safetensors.h"
+
+namespace quench::calib {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kOutFile = "stats-00001.safetensors";
+
+std::string Expert(const std::string& tmpl, uint64_t e) {
+  std::string s = tmpl;
+  s.replace(s.find("{E}"), 3, std::to_string(e));
+  return s;
+}
+
+struct Member {
+  const ImatrixEntry* entry;
+  ImatrixTarget target;
+};
+
+struct Site {
+  std::string name;
+  uint64_t in_features = 0;
+  std::optional<uint64_t> experts;
+  const ImatrixEntry* source = nullptr;
+  int rank = 0;
+  std::vector<int64_t> counts;  // [1] or [E]
+  std::vector<std::pair<std::string, std::optional<uint64_t>>> consumers;
+};
+
+// Checks an entry against its weight(s) in the checkpoint; returns the site's geometry and
+// counts. Messages name the imatrix tensor and the checkpoint weight.
+Status Place(const fs::path& file, const Member& m,
+             const std::map<std::string, std::vector<uint64_t>>& inv, Site& site) {
+  const ImatrixEntry& e = *m.entry;
+  const std::string& w = m.target.weight;
+  auto refuse = [&](const std::string& what) {
+    return Error(ErrorCode::kInvalidInput,
+                 file.string() + ": imatrix tensor '" + e.name + "' " + what);
+  };
+  std::string first = m.target.per_expert ? Expert(w, 0) : w;
+  auto it = inv.find(first);
+  if (it == inv.end() || it->second.size() != 2) {
+    return refuse("maps to '" + first + "', which the model has not (as a 2-D weight)");
+  }
+  const uint64_t in = it->second[1];
+  uint64_t experts = 1;
+  if (m.target.per_expert) {
+    while (inv.contains(Expert(w, experts))) ++experts;
+    for (uint64_t x = 0; x < experts; ++x) {
+      if (inv.at(Expert(w, x)) != it->second) {
+        return refuse("maps to experts of different shapes ('" + Expert(w, x) + "')");
+      }
+    }
+  }
+  const uint64_t mats = e.mats ? e.mats : e.sum_x2.size() / in;  // legacy: from the model
+  if (e.mats ? e.cols != in : e.sum_x2.size() % in != 0) {
+    return refuse("has " + (e.mats ? std::to_string(e.cols) + " columns"
+                                   : std::to_string(e.sum_x2.size()) + " values") +
+                  "; '" + first + "' reads " + std::to_string(in) + " input features");
+  }
+  if (mats != experts) {
+    return refuse("holds " + std::to_string(mats) + " matrices; the model has " +
+                  std::to_string(experts) + (m.target.per_expert ? " experts for '" + w + "'"
+                                                                 : " weight '" + w + "'"));
+  }
+  std::vector<int64_t> counts = e.counts;
+  if (counts.size() == 1 && experts > 1) counts.assign(experts, counts[0]);  // legacy
+  if (site.source != nullptr) {
+    if (site.in_features != in || site.counts != counts) {
+      return refuse("and '" + site.source->name + "' read one input (a site of the "
+                    "statistics) but their widths or token counts differ");
+    }
+  } else {
+    site.in_features = in;
+    site.counts = std::move(counts);
+    if (m.target.per_expert) site.experts = experts;
+  }
+  if (site.source == nullptr || m.target.rank < site.rank) {
+    site.source = &e;
+    site.rank = m.target.rank;
+    site.name = m.target.site;
+  }
+  for (uint64_t x = 0; x < experts; ++x) {
+    if (m.target.per_expert) {
+      site.consumers.emplace_back(Expert(w, x), x);
+    } else {
+      site.consumers.emplace_back(w, std::nullopt);
+    }
+  }
+  return Status::Ok();
+}
+
+Status WriteFolder(const fs::path& dir, const std::vector<Site>& sites, JsonValue manifest) {
+  std::vector<TensorSpec> specs;
+  // Each array's bytes, pointed at where they already are (no copy of the sums).
+  std::map<std::string, std::pair<const void*, uint64_t>> data;
+  for (const Site& s : sites) {
+    const uint64_t e = s.experts.value_or(1);
+    std::vector<uint64_t> cshape, xshape{s.in_features};
+    if (s.experts) {
+      cshape = {e};
+      xshape.insert(xshape.begin(), e);
+    }
+    specs.push_back({s.name + ".count", DType::kI64, cshape, e * 8});
+    specs.push_back({s.name + ".sum_x2", DType::kF64, xshape, e * s.in_features * 8});
+    data[s.name + ".count"] = {s.counts.data(), e * 8};
+    data[s.name + ".sum_x2"] = {s.source->sum_x2.data(), e * s.in_features * 8};
+  }
+  SafetensorsLayout layout = LayOutSafetensors(specs);
+  QUENCH_ASSIGN_OR_RETURN(auto file,
+                          OutputFile::Create(dir / std::string(kOutFile), layout.file_size));
+  QUENCH_RETURN_IF_ERROR(file->WriteAt(0, layout.header.data(), layout.header.size()));
+  for (const TensorInfo& t : layout.tensors) {
+    const auto [p, n] = data.at(t.name);
+    QUENCH_RETURN_IF_ERROR(file->WriteAt(layout.data_start + t.begin, p, n));
+  }
+  QUENCH_RETURN_IF_ERROR(file->Commit());
+  return WriteFileAtomic(dir / "manifest.json", DumpPythonJson(manifest) + "\n");
+}
+
+}  // namespace
+
+Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::path& out,
+                     const ImportOptions& options) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && !(fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
+    return Error(ErrorCode::kUsage, out.string() + " exists and is not an empty folder");
+  }
+  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(model_dir));
+  QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
+  (void)split;
+  const JsonValue* type = folder.config ? folder.config->Find("model_type") : nullptr;
+  if (type == nullptr || !type->is_string()) {
+    return Error(ErrorCode::kInvalidInput,
+                 model_dir.string() + ": config.json has no model_type (needed to map names)");
+  }
+  const std::string model_type = type->as_string();
+  if (!ImatrixArchitectureKnown(model_type)) {
+    return Error(ErrorCode::kUnsupported,
+                 "import-imatrix maps llama, qwen2, qwen3, qwen3_moe, mixtral and deepseek_v2/"
+                 "v3 names; " + model_dir.string() + " is '" + model_type + "'");
+  }
+  std::map<std::string, std::vector<uint64_t>> inv;
+  for (const Shard& s : folder.shards) {
+    for (const TensorInfo& t : s.header.tensors) inv[t.name] = t.shape;
+  }
+  QUENCH_ASSIGN_OR_RETURN(Imatrix im, ReadImatrix(file, options.legacy_chunk_size));
+
+  // Every entry onto its site, all checked before anything is written.
+  std::map<std::string, Site> by_group;
+  JsonValue skipped = JsonValue::MakeObject();
+  for (const ImatrixEntry& e : im.entries) {
+    auto target = MapImatrixName(model_type, e.name);
+    if (!target.ok()) {
+      return Error(ErrorCode::kInvalidInput, file.string() + ": " + target.status().message());
+    }
+    if (!target->skip_reason.empty()) {
+      skipped.Set(e.name, target->skip_reason);
+      continue;
+    }
+    const std::string group = target->group;
+    QUENCH_RETURN_IF_ERROR(Place(file, Member{&e, *std::move(target)}, inv, by_group[group]));
+  }
+  if (by_group.empty()) {
+    return Error(ErrorCode::kInvalidInput,
+                 file.string() + ": no entry of the importance matrix maps onto a weight");
+  }
+  std::vector<Site> sites;
+  // Sorted by weight name, as the collector writes them (and built as a map: JsonValue::Set
+  // looks its key up linearly, quadratic over DeepSeek-V3's 45 000 expert weights).
+  std::map<std::string, JsonValue> weight_map, consumer_map;
+  uint64_t tokens = 0;
+  for (auto& [group, s] : by_group) {
+    for (const auto& [w, x] : s.consumers) {
+      JsonValue shape = JsonValue::MakeArray();
+      for (uint64_t d : inv.at(w)) shape.Push(d);
+      weight_map[w] = std::move(shape);
+      JsonValue c = JsonValue::MakeObject();
+      c.Set("site", s.name);
+      if (x) c.Set("expert", *x);
+      consumer_map[w] = std::move(c);
+    }
+    if (!s.experts) tokens = std::max(tokens, static_cast<uint64_t>(s.counts[0]));
+    sites.push_back(std::move(s));
+  }
+  JsonValue::Object weights(weight_map.begin(), weight_map.end());
+  JsonValue::Object consumers(consumer_map.begin(), consumer_map.end());
+  JsonValue not_reached = JsonValue::MakeArray();
+  for (const auto& [w, shape] : inv) {
+    if (shape.size() == 2 && !consumer_map.contains(w) && !ImatrixNameOf(model_type, w).empty()) {
+      not_reached.Push(w);
+    }
+  }
+
+  JsonValue manifest = JsonValue::MakeObject();
+  manifest.Set("format", "quench-stats");
+  manifest.Set("version", kStatsVersion);
+  JsonValue model = JsonValue::MakeObject();
+  if (const JsonValue* a = folder.config->Find("architectures")) model.Set("architectures", *a);
+  model.Set("model_type", model_type);
+  model.Set("weights", JsonValue(std::move(weights)));
+  manifest.Set("model", std::move(model));
+  JsonValue collection = JsonValue::MakeObject();
+  collection.Set("collector", "quench import-imatrix 1");
+  std::string dataset;
+  for (const std::string& d : im.datasets) dataset += (dataset.empty() ? "" : ", ") + d;
+  collection.Set("dataset", dataset.empty() ? file.filename().string() : dataset);
+  collection.Set("tokens", tokens);
+  // llama-imatrix runs the text in chunks of chunk_size tokens (its context), one sequence each.
+  const auto chunk = im.chunk_size ? im.chunk_size : im.assumed_chunk_size;
+  const auto chunks = im.chunk_count ? im.chunk_count : im.last_chunk;
+  if (chunk) collection.Set("seq_len", *chunk);
+  if (chunks) collection.Set("sequences", *chunks);
+  // llama.cpp counts each expert's routed tokens only.
+  collection.Set("moe", "routed");
+  collection.Set("hessian", "none");
+  if (const JsonValue* k = folder.config->Find("num_experts_per_tok"); k && k->is_int()) {
+    collection.Set("top_k", *k);
+  }
+  JsonValue imatrix = JsonValue::MakeObject();
+  imatrix.Set("file", file.string());
+  imatrix.Set("layout", im.layout);
+  if (im.gguf_version) imatrix.Set("gguf_version", static_cast<uint64_t>(im.gguf_version));
+  JsonValue datasets = JsonValue::MakeArray();
+  for (const std::string& d : im.datasets) datasets.Push(d);
+  imatrix.Set("datasets", std::move(datasets));
+  if (im.chunk_count) imatrix.Set("chunk_count", *im.chunk_count);
+  if (im.chunk_size) imatrix.Set("chunk_size", *im.chunk_size);
+  if (im.last_chunk) imatrix.Set("chunk_count", *im.last_chunk);
+  if (im.assumed_chunk_size) imatrix.Set("assumed_chunk_size", *im.assumed_chunk_size);
+  imatrix.Set("entries", static_cast<uint64_t>(im.entries.size()));
+  imatrix.Set("skipped", std::move(skipped));
+  collection.Set("imatrix", std::move(imatrix));
+  manifest.Set("collection", std::move(collection));
+  manifest.Set("files", JsonValue(JsonValue::Array{JsonValue(std::string(kOutFile))}));
+  JsonValue site_json = JsonValue::MakeObject();
+  for (const Site& s : sites) {
+    JsonValue v = JsonValue::MakeObject();
+    v.Set("file", std::string(kOutFile));
+    v.Set("in_features", s.in_features);
+    v.Set("experts", s.experts ? JsonValue(*s.experts) : JsonValue());
+    // Only what an imatrix measures: uses that need sum_abs, min/max or a Hessian find the
+    // field missing and refuse or fall back as they do for any site without it.
+    v.Set("fields", JsonValue(JsonValue::Array{JsonValue("count"), JsonValue("sum_x2")}));
+    site_json.Set(s.name, std::move(v));
+  }
+  manifest.Set("sites", std::move(site_json));
+  manifest.Set("consumers", JsonValue(std::move(consumers)));
+  if (!not_reached.as_array().empty()) manifest.Set("not_reached", std::move(not_reached));
+
+  // Built beside `out` and renamed over it (or to it) once complete.
+  const fs::path target = fs::absolute(out, ec).lexically_normal();
+  const fs::path parent = target.parent_path();
+  fs::create_directories(parent, ec);
+  const fs::path tmp =
+      parent / ("." + target.filename().string() + ".quench-tmp-" + std::to_string(getpid()));
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) {
+    return Error(ErrorCode::kIo, tmp.string() + ": cannot create (" + ec.message() + ")");
+  }
+  Status st = WriteFolder(tmp, sites, std::move(manifest));
+  if (st.ok()) {
+    fs::rename(tmp, target, ec);
+    if (ec) st = Error(ErrorCode::kIo, target.string() + ": cannot rename into place (" +
+                                           ec.message() + ")");
+  }
+  if (!st.ok()) {
+    fs::remove_all(tmp, ec);
+    return st;
+  }
+  return SyncDirectory(parent);
+}
+
+}  // namespace quench::calib

@@ -1,0 +1,32 @@
+// The imatrix_mse observer and Wanda scores in a conversion: planning (which weights take
+// them, from which statistics site) and the calibration seam's implementation for the
+// observer. Wanda needs no seam: planning leaves each pruned weight's per-column scale in
+// Plan::prune_scales, which the pipeline's pruning step reads (src/calib/wanda.h).
+#ifndef QUENCH_CALIB_IMATRIX_RUN_H_
+#define QUENCH_CALIB_IMATRIX_RUN_H_
+
+#include <memory>
+
+#include "calib/seam.h"
+#include "quench/convert.h"
+#include "quench/plan.h"
+#include "quench/status.h"
+
+namespace quench::calib {
+
+// Checks --observer and --prune-metric (usage errors are returned), opens the statistics
+// (headers and manifest; sum_x2 and count of the sites in use) and marks every weight whose
+// group asks for imatrix_mse with its site (PlannedTensor::calib_site), and every weight
+// Wanda prunes with its column scale. Missing sites, other models' statistics and schemes the
+// observer does not cover go to plan.errors. Reads no weight. A no-op when neither is asked.
+Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options);
+
+// The seam for a planned run (nullptr when no weight takes imatrix_mse). Prepare maps the
+// weight's rows (pruned as the pipeline prunes them) to find where the reference's patience
+// rule stops the search over the whole tensor; Quantize then searches each chunk up to there.
+Result<std::unique_ptr<ChunkCalibration>> MakeImatrixRun(const Plan& plan,
+                                                         const ConvertOptions& options);
+
+}  // namespace quench::calib
+
+#endif  // QUENCH_CALIB_IMATRIX_RUN_H_

@@ -1,0 +1,339 @@
+// The imatrix_mse observer and Wanda end to end: data/tiny-llama with a statistics folder
+// written here (per-channel sum of x^2 over decades, outlier channels; no Hessians) converted
+// through the CLI and through Convert() with small chunks. Every output equals the algorithm
+// checked against the reference in test_imatrix.cc applied to the whole source tensor at once
+// (so the pipeline's chunking, packing, pruning and the patience stop step change nothing);
+// config.json names the observer; the refusals at planning.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "calib/imatrix_mse.h"
+#include "calib/wanda.h"
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "quench/convert.h"
+#include "schemes/prune.h"
+#include "test_util.h"
+
+namespace quench::testing {
+namespace {
+
+template <class T>
+std::string Bytes(const std::vector<T>& v) {
+  std::string s(v.size() * sizeof(T), '\0');
+  std::memcpy(s.data(), v.data(), s.size());
+  return s;
+}
+
+struct Site {
+  std::string name;
+  size_t n;
+  std::vector<std::string> consumers;
+  std::vector<double> sum_x2;
+};
+
+std::vector<double> SumX2(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(-4.0, 2.0);
+  std::vector<double> s(n);
+  for (size_t j = 0; j < n; ++j) s[j] = 512.0 * std::exp(u(rng)) * (j % 37 == 5 ? 400.0 : 1.0);
+  return s;
+}
+
+// Sites of data/tiny-llama's layers 0 and 1 (`skip`: a weight left without statistics).
+std::vector<Site> TinyLlamaSites(const std::string& skip = "") {
+  std::vector<Site> sites;
+  uint32_t seed = 18;
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<Site> layer = {
+        {p + "self_attn.q_proj", 256,
+         {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"}, {}},
+        {p + "self_attn.o_proj", 256, {p + "self_attn.o_proj.weight"}, {}},
+        {p + "mlp.gate_proj", 256, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {}},
+        {p + "mlp.down_proj", 704, {p + "mlp.down_proj.weight"}, {}}};
+    for (Site& s : layer) {
+      s.sum_x2 = SumX2(s.n, seed++);
+      if (s.consumers.front() != skip) sites.push_back(std::move(s));
+    }
+  }
+  return sites;
+}
+
+void WriteStats(const fs::path& dir, const std::vector<Site>& sites, size_t shape_bump = 0) {
+  fs::create_directories(dir);
+  auto folder = LoadModelFolder(DataDir() / "tiny-llama");
+  REQUIRE(folder.ok());
+  std::string weights, site_json, consumers;
+  std::vector<RawTensor> arrays;
+  for (const Site& s : sites) {
+    for (const std::string& c : s.consumers) {
+      for (const auto& sh : folder->shards) {
+        for (const auto& t : sh.header.tensors) {
+          if (t.name != c) continue;
+          weights += std::string(weights.empty() ? "" : ", ") + "\"" + c + "\": [" +
+                     std::to_string(t.shape[0] + shape_bump) + ", " + std::to_string(t.shape[1]) + "]";
+        }
+      }
+      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + c + "\": {\"site\": \"" +
+                   s.name + "\"}";
+    }
+    site_json += std::string(site_json.empty() ? "" : ", ") + "\"" + s.name +
+                 "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": " +
+                 std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
+                 "\"sum_abs\", \"min\", \"max\"]}";
+    std::vector<double> abs(s.n);
+    for (size_t i = 0; i < s.n; ++i) abs[i] = std::sqrt(s.sum_x2[i]);
+    std::vector<float> mn(s.n, -1.f), mx(s.n, 1.f);
+    arrays.push_back({s.name + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{512})});
+    arrays.push_back({s.name + ".sum_x2", DType::kF64, {s.n}, Bytes(s.sum_x2)});
+    arrays.push_back({s.name + ".sum_abs", DType::kF64, {s.n}, Bytes(abs)});
+    arrays.push_back({s.name + ".min", DType::kF32, {s.n}, Bytes(mn)});
+    arrays.push_back({s.name + ".max", DType::kF32, {s.n}, Bytes(mx)});
+  }
+  WriteBytes(dir / "manifest.json",
+             R"({"format": "quench-stats", "version": 1, "model": {"model_type": "llama", )"
+             R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
+             R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "all", )"
+             R"("hessian": "none"}, "files": ["stats-00001.safetensors"], "sites": {)" +
+                 site_json + R"(}, "consumers": {)" + consumers + "}}");
+  WriteShard(dir / "stats-00001.safetensors", arrays);
+}
+
+std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
+  auto [l, t] = FindTensor(out, name);
+  REQUIRE_MESSAGE(t != nullptr, name);
+  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+}
+
+// What the verified algorithms give for one whole source weight: Wanda-pruned rows (if
+// `prune`), then the imatrix search (if `group` > 0 or channel: group == -1), written packed.
+struct Expected {
+  std::string rows;  // the (pruned) source rows
+  std::string packed, scale, zp;
+};
+Expected Compute(const std::string& src, size_t rows, size_t cols, const Site& site,
+                 const char* prune, int group, bool sym) {
+  Expected e;
+  e.rows = src;
+  if (prune != nullptr) {
+    auto spec = prune::ParsePruneSpec(prune);
+    REQUIRE(spec.ok());
+    const std::vector<float> sc = calib::WandaColumnScale(site.sum_x2, 512);
+    REQUIRE(calib::WandaPruneRows(reinterpret_cast<const uint8_t*>(src.data()),
+                                  reinterpret_cast<uint8_t*>(e.rows.data()), DType::kBF16, rows,
+                                  cols, *spec, sc.data(), nullptr));
+  }
+  if (group == 0) return e;
+  WeightChunk in;
+  in.data = reinterpret_cast<const uint8_t*>(e.rows.data());
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = cols;
+  in.params.bits = 4;
+  in.params.group_size = group > 0 ? group : 0;
+  in.params.symmetric = sym;
+  const std::vector<float> imp = calib::NormalizedImportance(site.sum_x2, 512);
+  REQUIRE_FALSE(imp.empty());
+  calib::ImatrixOptions o;
+  uint32_t steps = 0;
+  REQUIRE(calib::AnyImproved(in, imp, o, &steps));
+  const size_t ng = group > 0 ? cols / size_t(group) : 1;
+  e.packed.assign(rows * cols / 2, '\0');
+  e.scale.assign(rows * ng * 2, '\0');
+  e.zp.assign(sym ? 0 : (rows * 4 + 31) / 32 * 4 * ng, '\0');
+  ChunkOutputs out;
+  out.out[0] = reinterpret_cast<uint8_t*>(e.packed.data());
+  out.out[1] = reinterpret_cast<uint8_t*>(e.scale.data());
+  out.out[2] = reinterpret_cast<uint8_t*>(e.zp.data());
+  REQUIRE(calib::SearchInto(in, imp, o, calib::StopStep(steps, o), true, out));
+  return e;
+}
+
+void CheckAgainst(const fs::path& out_dir, const std::vector<Site>& sites, const char* prune,
+                  int group, bool sym) {
+  auto sources = LoadAll(DataDir() / "tiny-llama");
+  auto out = LoadAll(out_dir);
+  size_t weights = 0;
+  for (const Site& s : sites) {
+    for (const std::string& c : s.consumers) {
+      CAPTURE(c);
+      const std::string m = c.substr(0, c.size() - 7);
+      auto [sl, st] = FindTensor(sources, c);
+      const std::string src(reinterpret_cast<const char*>(sl->Data(*st)), st->end - st->begin);
+      const Expected e = Compute(src, st->shape[0], st->shape[1], s, prune, group, sym);
+      if (group == 0) {
+        CHECK(TensorBytes(out, c) == e.rows);
+      } else {
+        CHECK(TensorBytes(out, m + ".weight_packed") == e.packed);
+        CHECK(TensorBytes(out, m + ".weight_scale") == e.scale);
+        if (!sym) CHECK(TensorBytes(out, m + ".weight_zero_point") == e.zp);
+      }
+      ++weights;
+    }
+  }
+  CHECK(weights == 14);
+}
+
+TEST_CASE("W4A16 with imatrix_mse: every weight is the verified search's, in any chunking") {
+  TempDir tmp;
+  const std::vector<Site> sites = TinyLlamaSites();
+  WriteStats(tmp / "stats", sites);
+  const fs::path src = DataDir() / "tiny-llama";
+  auto r = RunQuench({"convert", src.string(), (tmp / "imx").string(), "--scheme", "W4A16",
+                      "--group-size", "64", "--observer", "imatrix_mse", "--stats",
+                      (tmp / "stats").string(), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CheckAgainst(tmp / "imx", sites, nullptr, 64, true);
+  // The same through Convert() with 4 KiB chunks (a tensor in many chunks, each searched up
+  // to the tensor's stop step).
+  ConvertOptions o;
+  o.src = src;
+  o.dst = tmp / "imx-chunks";
+  o.scheme = "W4A16";
+  o.group_size = 64;
+  o.observer = "imatrix_mse";
+  o.stats = tmp / "stats";
+  o.chunk_bytes = 4096;
+  auto s = Convert(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+  CheckAgainst(tmp / "imx-chunks", sites, nullptr, 64, true);
+  // The search clips: scales differ from round to nearest's on some groups.
+  auto rr = RunQuench({"convert", src.string(), (tmp / "rtn").string(), "--scheme", "W4A16",
+                       "--group-size", "64", "-q"});
+  REQUIRE(rr.exit_code == 0);
+  const std::string sc = "model.layers.0.mlp.down_proj.weight_scale";
+  CHECK(TensorBytes(LoadAll(tmp / "imx"), sc) != TensorBytes(LoadAll(tmp / "rtn"), sc));
+  auto cfg = ReadJsonFile((tmp / "imx" / "config.json").string());
+  REQUIRE(cfg.ok());
+  const JsonValue* w =
+      cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights");
+  CHECK(w->Find("observer")->as_string() == "imatrix_mse");
+}
+
+TEST_CASE("A recipe's observer: imatrix_mse, asymmetric, with Wanda 2:4 before it") {
+  TempDir tmp;
+  const std::vector<Site> sites = TinyLlamaSites();
+  WriteStats(tmp / "stats", sites);
+  WriteBytes(tmp / "recipe.json",
+             R"({"config_groups": {"group_0": {"targets": ["Linear"], "weights": )"
+             R"({"num_bits": 4, "type": "int", "symmetric": false, "strategy": "group", )"
+             R"("group_size": 64, "observer": "imatrix_mse"}}}, "ignore": ["lm_head"]})");
+  auto r = RunQuench({"convert", (DataDir() / "tiny-llama").string(), (tmp / "o").string(),
+                      "--recipe", (tmp / "recipe.json").string(), "--prune", "2:4",
+                      "--prune-metric", "wanda", "--stats", (tmp / "stats").string(), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CheckAgainst(tmp / "o", sites, "2:4", 64, false);
+}
+
+TEST_CASE("Wanda alone (--scheme none): the verified selection, unlike magnitude's") {
+  TempDir tmp;
+  const std::vector<Site> sites = TinyLlamaSites();
+  WriteStats(tmp / "stats", sites);
+  const std::string src = (DataDir() / "tiny-llama").string();
+  for (const char* spec : {"2:4", "unstructured:0.5"}) {
+    CAPTURE(spec);
+    const fs::path w = tmp / "wanda", m = tmp / "magnitude";
+    fs::remove_all(w);
+    fs::remove_all(m);
+    auto r = RunQuench({"convert", src, w.string(), "--scheme", "none", "--prune", spec,
+                        "--prune-metric", "wanda", "--stats", (tmp / "stats").string(), "-q"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CheckAgainst(w, sites, spec, 0, true);
+    auto rm = RunQuench({"convert", src, m.string(), "--scheme", "none", "--prune", spec, "-q"});
+    REQUIRE(rm.exit_code == 0);
+    const std::string q = "model.layers.0.self_attn.q_proj.weight";
+    CHECK(TensorBytes(LoadAll(w), q) != TensorBytes(LoadAll(m), q));
+  }
+}
+
+TEST_CASE("MiniLM W4A16 with imatrix_mse: llm-compressor oneshot's own observer's bytes") {
+  // data/golden/imatrix-minilm: statistics from scripts/collect-stats and hashes of what
+  // llm-compressor's oneshot wrote with observer imatrix_mse on the same samples
+  // (scripts/make_golden_imatrix_minilm.py).
+  const char* dir = std::getenv("QUENCH_MINILM_DIR");
+  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
+                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
+                  "fetches the checkpoint with scripts/fetch_minilm.sh");
+  const fs::path golden = DataDir() / "golden" / "imatrix-minilm";
+  auto expected = ReadJsonFile((golden / "expected.json").string());
+  REQUIRE(expected.ok());
+  TempDir tmp;
+  ConvertOptions o;
+  o.src = dir;
+  o.dst = tmp / "out";
+  o.scheme = "W4A16";
+  o.observer = "imatrix_mse";
+  o.stats = golden / "stats";
+  auto r = Convert(o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  auto out = LoadAll(o.dst);
+  size_t equal = 0;
+  const auto& want = expected->Find("tensors")->as_object();
+  for (const auto& [name, w] : want) {
+    CAPTURE(name);
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx",
+                  static_cast<unsigned long long>(Fnv1a64(TensorBytes(out, name))));
+    CHECK(std::string(hash) == w.Find("fnv1a64")->as_string());
+    equal += std::string(hash) == w.Find("fnv1a64")->as_string();
+  }
+  CHECK(want.size() == 111);  // 37 Linear weights x (packed, scale, shape)
+  MESSAGE("MiniLM imatrix_mse: " << equal << " of " << want.size() << " tensors equal");
+  auto cfg = ReadJsonFile((o.dst / "config.json").string());
+  REQUIRE(cfg.ok());
+  CHECK(DumpPythonJson(*cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights")) ==
+        DumpPythonJson(*expected->Find("weights_args")));
+}
+
+TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need") {
+  TempDir tmp;
+  WriteStats(tmp / "stats", TinyLlamaSites());
+  WriteStats(tmp / "missing", TinyLlamaSites("model.layers.1.mlp.down_proj.weight"));
+  WriteStats(tmp / "other", TinyLlamaSites(), /*shape_bump=*/1);
+  const std::string src = (DataDir() / "tiny-llama").string(), dst = (tmp / "o").string();
+  const std::string stats = (tmp / "stats").string();
+  struct Case {
+    std::vector<std::string> args;
+    int exit_code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse"}, 2,
+       "needs --stats"},
+      {{"--scheme", "W4A16", "--group-size", "64", "--observer", "mse", "--stats", stats}, 2,
+       "unknown --observer"},
+      {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "wanda"}, 2, "needs --stats"},
+      {{"--scheme", "W4A16", "--group-size", "64", "--prune-metric", "wanda", "--stats", stats},
+       2, "needs --prune"},
+      {{"--scheme", "none", "--prune", "unstructured:0.5", "--prune-granularity", "tensor",
+        "--prune-metric", "wanda", "--stats", stats}, 2, "compares the weights of a row"},
+      {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "movement", "--stats", stats}, 2,
+       "unknown --prune-metric"},
+      {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse", "--stats", stats,
+        "--algorithm", "gptq"}, 3, "not built yet"},
+      {{"--scheme", "NVFP4A16", "--observer", "imatrix_mse", "--stats", stats}, 3,
+       "integer schemes"},
+      {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse", "--stats",
+        (tmp / "missing").string()}, 3, "no statistics for 'model.layers.1.mlp.down_proj.weight'"},
+      {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "wanda", "--stats",
+        (tmp / "other").string()}, 3, "another model's statistics"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"convert", src, dst};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    CAPTURE(r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK_FALSE(fs::exists(dst));
+  }
+}
+
+}  // namespace
+}  // namespace quench::testing
