@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kv_cache import recording_cache  # noqa: E402
+
 COLLECTOR = "quench-collect 1"
 FORMAT_VERSION = 1
 VECTOR_FIELDS = ["count", "sum_x2", "sum_abs", "min", "max"]
@@ -541,10 +544,12 @@ def runner(model):
     return model, None
 
 
-def forward(body, ids, mask):
+def forward(body, ids, mask, cache=None):
     params = inspect.signature(body.forward).parameters
     kw = dict(input_ids=ids, attention_mask=mask)
-    if "use_cache" in params:
+    if cache is not None:  # --kv-cache: keys and values recorded as they enter the cache
+        kw.update(use_cache=True, past_key_values=cache)
+    elif "use_cache" in params:
         kw["use_cache"] = False
     return body(**kw)
 
@@ -556,8 +561,9 @@ def last_hidden(out):
 
 
 def collect(model, batches, device, moe="all", hessian="none", hessian_experts=None, exclude_bos=False,
-            reap=False):
-    """Runs every batch with hooks; returns (collector, tokens counted, sequences)."""
+            reap=False, kv=False):
+    """Runs every batch with hooks; returns (collector, tokens counted, sequences). With `kv`,
+    also the key/value ranges at each attention layer's cache update (kv_cache.py)."""
     body, head = runner(model)
     col = Collector(model, device, moe, hessian, hessian_experts, reap)
     head_name = next((n for n, m in model.named_modules() if m is head), None)
@@ -571,7 +577,7 @@ def collect(model, batches, device, moe="all", hessian="none", hessian_experts=N
                 if exclude_bos:
                     count_mask[:, 0] = 0
                 col.begin(count_mask)
-                out = forward(body, ids, mask)
+                out = forward(body, ids, mask, recording_cache(model, col) if kv else None)
                 if head is not None:
                     h = last_hidden(out)
                     head_hook(head, (h,), {})
@@ -706,6 +712,9 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, the checkpoint's dtype on GPU), "
                    "float32, bfloat16, float16")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="also record each attention layer's key and value ranges as they enter the "
+                        "KV cache (sites <attention>.k_cache / .v_cache), for FP8 KV-cache scales")
     p.add_argument("--exclude-bos", action="store_true", help="feed BOS but leave it out of the statistics")
     p.add_argument("--reap", action="store_true", help="MoE models: also record each expert's REAP saliency "
                    "(router weight times expert output norm, over its routed tokens) for "
@@ -740,7 +749,7 @@ def main(argv=None) -> int:
     hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
     inv = checkpoint_inventory(args.model_dir, hidden)
     col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian, args.hessian_experts,
-                                     args.exclude_bos, args.reap)
+                                     args.exclude_bos, args.reap, args.kv_cache)
     if args.reap and not col.reap:
         raise SystemExit("--reap: the model ran no fused experts module (no MoE layer to score)")
     bos = bos_first(tok, seqs) and not args.exclude_bos
@@ -753,6 +762,8 @@ def main(argv=None) -> int:
         "moe": args.moe, "hessian": args.hessian,
         "torch": version("torch"), "transformers": version("transformers"),
     }
+    if args.kv_cache:
+        info["kv_cache"] = True
     if any(site.experts is not None for site in col.sites.values()):
         info["hessian_experts"] = args.hessian_experts
     if args.reap:

@@ -40,6 +40,13 @@ struct PlanOptions {
   int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
+  // Static per-tensor activation scales from --stats for schemes with dynamic per-token
+  // activations (--static-activations), asymmetric (with a zero point) if asked.
+  bool static_activations = false;
+  bool asymmetric_activations = false;
+  // KV-cache quantization from --stats' key/value ranges: "fp8" writes k_scale / v_scale per
+  // attention layer and kv_cache_scheme (empty: none).
+  std::string kv_cache;
   // Weight observer for groups made from flags: "minmax" (default) or "imatrix_mse" (the
   // importance-weighted clipping search from --stats; src/calib/imatrix_mse.h). Recipes set
   // it per group (weights.observer).

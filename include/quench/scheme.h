@@ -24,6 +24,11 @@ struct SchemeParams {
   int bits = 8;
   std::optional<int> group_size;  // nullopt: not a group scheme; -1 would mean channel
   bool symmetric = true;
+  // Activations with static per-tensor scales from activation statistics (src/calib/
+  // act_scales.h): the FP8 and NVFP4 presets, or a dynamic per-token preset switched by
+  // --static-activations or a recipe's `dynamic: false`; with a zero point unless symmetric.
+  bool static_input = false;
+  bool input_symmetric = true;
 };
 
 // compressed-tensors QuantizationArgs, as serialised into config.json.
@@ -35,6 +40,7 @@ struct QuantArgsDesc {
   std::string_view strategy;   // "channel" | "block" | "group" | "tensor_group" | "token" | ...
   std::optional<std::pair<int, int>> block_structure;
   bool dynamic = false;
+  bool dynamic_local = false;  // DynamicType.LOCAL, written "local" (NVFP4's activations)
   std::string_view observer;   // empty -> null
   std::string_view scale_dtype;  // empty -> null, else e.g. "torch.float8_e4m3fn"
   std::string_view zp_dtype;     // empty -> null
@@ -52,8 +58,9 @@ struct SchemeOutput {
   uint64_t rows_per_slab = 1;
   uint64_t bytes_per_slab = 0;
   // Not produced by the kernel: known at plan time (weight_shape) or after the pre-pass
-  // (weight_global_scale). Such outputs come after the kernel's outputs in the list.
-  enum class Source { kKernel, kShape, kGlobalScale } source = Source::kKernel;
+  // (weight_global_scale), or from activation statistics at planning (kStatic: input_scale,
+  // input_zero_point, input_global_scale). Such outputs come after the kernel's outputs.
+  enum class Source { kKernel, kShape, kGlobalScale, kStatic } source = Source::kKernel;
 };
 
 struct SchemeInfo {
@@ -77,13 +84,20 @@ struct SchemeInfo {
                                        const SchemeParams& p) = nullptr;
   // Extra validity check of a weight's shape; empty string when fine, else the rule broken.
   std::string (*check_shape)(uint64_t rows, uint64_t cols, const SchemeParams& p) = nullptr;
-  // Needs the whole-tensor pre-pass (NVFP4's global scale over a fused set).
+  // Needs the whole-tensor pre-pass (NVFP4's global scale over a fused set; FP8's per-tensor
+  // weight scale). `fuse_global_scale`: one value per fused set (NVFP4), else per tensor.
   bool needs_global_scale = false;
+  bool fuse_global_scale = true;
+  // The pre-pass's value from the largest |x| (null: NVFP4's global scale), and the bytes of
+  // the kGlobalScale output it writes in dtype `d` (null: F32).
+  float (*tensor_scale)(float amax, DType d) = nullptr;
   // Presets that need calibration data: refused with this message (empty: data-free).
   std::string_view needs_calibration;
 
   SchemeParams DefaultParams() const {
-    return SchemeParams{weights.num_bits, weights.group_size, weights.symmetric};
+    const bool static_act = input_activations && !input_activations->dynamic;
+    return SchemeParams{weights.num_bits, weights.group_size, weights.symmetric, static_act,
+                        true};
   }
 
   // Effective bits per weight including scales, for a BF16 weight of this shape.
@@ -91,6 +105,15 @@ struct SchemeInfo {
 };
 
 std::span<const SchemeInfo> SchemeTable();
+// Every tensor a quantized weight writes: the scheme's outputs, then with static activations
+// (p.static_input) their scales as kStatic outputs: `input_scale` [1] in the weight dtype and,
+// asymmetric, `input_zero_point` [1] I8; NVFP4's `input_global_scale` [1] F32. As
+// compressed-tensors' initialize_qparams registers them for a TENSOR / TENSOR_GROUP strategy.
+std::vector<SchemeOutput> WeightOutputs(const SchemeInfo& s, DType wdtype, uint64_t rows,
+                                        uint64_t cols, const SchemeParams& p);
+// Whether --static-activations can switch this scheme's activations to static per-tensor:
+// 8-bit per-token dynamic activations on a layout vLLM runs with a static input scale.
+bool CanMakeActivationsStatic(const SchemeInfo& s);
 // Case-insensitive lookup (compressed-tensors upper-cases preset names); nullptr if unknown.
 const SchemeInfo* FindScheme(std::string_view name);
 

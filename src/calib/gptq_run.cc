@@ -145,12 +145,20 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
                  "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt, smoothquant, awq)");
   }
   if (options.algorithm == "rtn") {
+    // Static activation and KV-cache scales (kStatic outputs) read the statistics too.
+    bool static_outputs = false;
+    for (const PlannedShard& s : plan.shards) {
+      for (const PlannedOutput& o : s.outputs) {
+        static_outputs |= o.source == SchemeOutput::Source::kStatic;
+      }
+    }
     if (!options.stats.empty() && options.observer == "minmax" &&
-        options.prune_metric == "magnitude" &&
+        options.prune_metric == "magnitude" && !static_outputs &&
         std::none_of(plan.groups.begin(), plan.groups.end(),
                      [](const PlannedGroup& g) { return !g.observer.empty(); })) {
       plan.notes.push_back("--stats is used by --algorithm gptq and sparsegpt, --observer "
-                           "imatrix_mse and --prune-metric wanda; without them it is not read");
+                           "imatrix_mse, --prune-metric wanda, static activations and "
+                           "--kv-cache; without them it is not read");
     }
     return Status::Ok();
   }

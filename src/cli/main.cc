@@ -117,6 +117,13 @@ std::string ConvertHelp() {
        "                        from --stats (collect-stats --reap), as llm-compressor's\n"
        "                        REAPPruningModifier (int(F*E) dropped, 0 < F < 1)\n"
        "  --stats STATS         activation statistics (a folder scripts/collect-stats wrote)\n"
+       "  --static-activations  static per-tensor activation scales from --stats instead of\n"
+       "                        dynamic per-token ones (W8A8, INT8, W4A8, FP8_DYNAMIC); FP8\n"
+       "                        and NVFP4 always have them (input_scale, input_global_scale)\n"
+       "  --asymmetric-activations\n"
+       "                        static int8 activations with a zero point (input_zero_point)\n"
+       "  --kv-cache fp8        FP8 KV cache: k_scale / v_scale per attention layer from the\n"
+       "                        key/value ranges in --stats (collect-stats --kv-cache)\n"
        "  --algorithm A         rtn (default: round to nearest) or gptq: GPTQ from the full\n"
        "                        Hessians in --stats, as llm-compressor's GPTQModifier (integer\n"
        "                        schemes); weights without a Hessian are rounded to nearest\n"
@@ -409,6 +416,13 @@ int RunConvert(const std::vector<std::string>& args) {
       o.symmetric = true;
     } else if (a == "--asymmetric") {
       o.symmetric = false;
+    } else if (a == "--static-activations") {
+      o.static_activations = true;
+    } else if (a == "--asymmetric-activations") {
+      o.asymmetric_activations = true;
+    } else if (flag == "--kv-cache") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.kv_cache = v;
     } else if (a == "--no-default-ignore") {
       o.default_ignore = false;
     } else if (flag == "--memory-limit") {

@@ -29,7 +29,7 @@ JsonValue QuantArgsJson(const QuantArgsDesc& a) {
   } else {
     o.Set("block_structure", JsonValue());
   }
-  o.Set("dynamic", JsonValue(a.dynamic));
+  o.Set("dynamic", a.dynamic_local ? JsonValue("local") : JsonValue(a.dynamic));
   o.Set("actorder", JsonValue());
   o.Set("scale_dtype", NullOr(a.scale_dtype));
   o.Set("zp_dtype", a.symmetric ? JsonValue() : NullOr(a.zp_dtype));
@@ -57,8 +57,24 @@ QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p) 
   return w;
 }
 
+std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
+                                                       const SchemeParams& p) {
+  if (!scheme.input_activations) return std::nullopt;
+  QuantArgsDesc a = *scheme.input_activations;
+  if (!p.static_input || !a.dynamic) return a;
+  // A dynamic per-token preset made static: per tensor, static, with the observer whose
+  // values quench writes (llm-compressor's static_minmax: global min/max over the run).
+  a.strategy = "tensor";
+  a.dynamic = false;
+  a.observer = "static_minmax";
+  a.symmetric = p.input_symmetric;
+  a.zp_dtype = p.input_symmetric ? std::string_view() : TorchDTypeName(DType::kI8);
+  return a;
+}
+
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
-                                  const std::vector<std::string>& ignore) {
+                                  const std::vector<std::string>& ignore,
+                                  const QuantArgsDesc* kv_cache) {
   JsonValue config_groups = JsonValue::MakeObject();
   std::string common_format;
   bool mixed = false;
@@ -71,9 +87,8 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
     if (!g.actorder.empty()) weights.Set("actorder", JsonValue(g.actorder));
     if (!g.weights_observer.empty()) weights.Set("observer", JsonValue(g.weights_observer));
     grp.Set("weights", std::move(weights));
-    grp.Set("input_activations", g.scheme->input_activations
-                                     ? QuantArgsJson(*g.scheme->input_activations)
-                                     : JsonValue());
+    const std::optional<QuantArgsDesc> act = EffectiveInputActivations(*g.scheme, g.params);
+    grp.Set("input_activations", act ? QuantArgsJson(*act) : JsonValue());
     grp.Set("output_activations", JsonValue());
     grp.Set("format", JsonValue(g.scheme->format));
     config_groups.Set(g.key, std::move(grp));
@@ -94,7 +109,7 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
   JsonValue ig = JsonValue::MakeArray();
   for (const std::string& i : ignore) ig.Push(JsonValue(i));
   q.Set("ignore", std::move(ig));
-  q.Set("kv_cache_scheme", JsonValue());
+  q.Set("kv_cache_scheme", kv_cache != nullptr ? QuantArgsJson(*kv_cache) : JsonValue());
   q.Set("quant_method", JsonValue("compressed-tensors"));
   q.Set("quantization_status", JsonValue("compressed"));
   q.Set("transform_config", JsonValue::MakeObject());

@@ -4,6 +4,7 @@
 #ifndef QUENCH_FORMAT_QUANT_CONFIG_H_
 #define QUENCH_FORMAT_QUANT_CONFIG_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -33,9 +34,16 @@ JsonValue QuantArgsJson(const QuantArgsDesc& a);
 // The preset's weight args with overrides applied (group size -1 means strategy "channel").
 QuantArgsDesc EffectiveWeights(const SchemeInfo& scheme, const SchemeParams& p);
 
+// The input activations' args as written: the preset's, or with p.static_input a dynamic
+// per-token preset's made static per tensor (observer static_minmax).
+std::optional<QuantArgsDesc> EffectiveInputActivations(const SchemeInfo& scheme,
+                                                       const SchemeParams& p);
+
 // `quantization_config` with every key compressed-tensors' QuantizationConfig dumps.
+// `kv_cache`: the kv_cache_scheme's args (null: none).
 JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
-                                  const std::vector<std::string>& ignore);
+                                  const std::vector<std::string>& ignore,
+                                  const QuantArgsDesc* kv_cache = nullptr);
 
 // The index: {"metadata": {"total_size": N}, "weight_map": {name: shard}} written with
 // json.dump(indent=2, sort_keys=True); total_size is the sum of tensor bytes (no headers).

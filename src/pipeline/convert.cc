@@ -10,7 +10,9 @@
 #include <set>
 #include <system_error>
 
+#include "calib/act_scales.h"
 #include "calib/gptq_run.h"
+#include "calib/kv_cache.h"
 #include "calib/imatrix_run.h"
 #include "calib/smoothquant_run.h"
 #include "format/file_io.h"
@@ -262,12 +264,15 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     plan.expert_prune = std::move(experts);
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
-  if (options.algorithm != "rtn" || (!options.stats.empty() && !(reap && experts))) {
+  if (options.algorithm != "rtn" || !options.stats.empty()) {
     if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
       QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
-    } else {
+    } else if (options.algorithm != "rtn" || !(reap && experts)) {
+      // (With rtn, PlanGptq only notes statistics nothing reads; REAP reads them.)
       QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
     }
+    QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
+    QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
   }
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));

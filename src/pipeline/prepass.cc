@@ -10,6 +10,7 @@
 #include "format/file_io.h"
 #include "pipeline/source_decode.h"
 #include "schemes/chunk.h"
+#include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/prune.h"
 
@@ -183,15 +184,27 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     }
     a = std::max(a, *std::max_element(part.begin(), part.end()));
   }
-  const float gs = fp4::Nvfp4GlobalScale(a, plan_.tensors[set.front()].compute_dtype);
+  // NVFP4's weight_global_scale (F32), or the scheme's own per-tensor value (FP8's
+  // weight_scale, a value of the weight dtype, stored in it).
+  const PlannedTensor& first = plan_.tensors[set.front()];
+  const float gs = first.scheme->tensor_scale != nullptr
+                       ? first.scheme->tensor_scale(a, first.compute_dtype)
+                       : fp4::Nvfp4GlobalScale(a, first.compute_dtype);
   for (size_t ti : set) {
     PlannedTensor& t = plan_.tensors[ti];
     t.global_scale = gs;
     for (size_t oi : t.outputs) {
       PlannedOutput& o = plan_.shards[t.shard].outputs[oi];
       if (o.source != SchemeOutput::Source::kGlobalScale) continue;
-      o.constant.assign(4, '\0');
-      std::memcpy(o.constant.data(), &gs, 4);  // F32 little-endian (x86 and Arm hosts)
+      // Little-endian (x86 and Arm hosts).
+      if (o.dtype == DType::kBF16 || o.dtype == DType::kF16) {
+        const uint16_t bits = o.dtype == DType::kBF16 ? F32ToBF16(gs) : F32ToF16(gs);
+        o.constant.assign(2, '\0');
+        std::memcpy(o.constant.data(), &bits, 2);
+      } else {
+        o.constant.assign(4, '\0');
+        std::memcpy(o.constant.data(), &gs, 4);
+      }
     }
   }
   done_[k] = true;

@@ -82,6 +82,17 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       num(gs);
     }
   }
+  // Static activation scales (from the statistics at planning) are written into the shard.
+  for (size_t oi : t.outputs) {
+    const PlannedOutput& o = plan.shards[t.shard].outputs[oi];
+    if (o.source != SchemeOutput::Source::kStatic) continue;
+    d += "|" + o.name + "=";
+    for (unsigned char c : o.constant) {
+      char hex[3];
+      std::snprintf(hex, sizeof hex, "%02x", c);
+      d += hex;
+    }
+  }
   // A GPTQ (or imatrix_mse) weight depends on its statistics site and the run's settings and
   // statistics.
   if (!t.calib_site.empty()) {

@@ -34,6 +34,21 @@ Result<SchemeParams> ResolveParams(const SchemeInfo& scheme, const PlanOptions& 
     }
     p.symmetric = *o.symmetric;
   }
+  if (o.static_activations || o.asymmetric_activations) {
+    if (!p.static_input && !CanMakeActivationsStatic(scheme)) {
+      return Error(ErrorCode::kUsage,
+                   "--static-activations applies to schemes with 8-bit dynamic per-token "
+                   "activations (W8A8, INT8, W4A8, FP8_DYNAMIC) and is implied by FP8 and "
+                   "NVFP4; " + std::string(scheme.name) + " has " +
+                       std::string(scheme.activations_desc));
+    }
+    if (o.asymmetric_activations && scheme.input_activations->type != "int") {
+      return Error(ErrorCode::kUsage, "--asymmetric-activations applies to int8 activations; " +
+                                          std::string(scheme.name) + "'s are floating point");
+    }
+    p.static_input = true;
+    p.input_symmetric = !o.asymmetric_activations;
+  }
   return p;
 }
 
@@ -47,12 +62,18 @@ bool IsDecodeOnly(const PlanOptions& options) {
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   std::vector<PlannedGroup> groups;
   std::vector<std::string> ignore;
+  std::string kv_cache;
+  if (!options.kv_cache.empty() && options.kv_cache != "fp8") {
+    return Error(ErrorCode::kUsage, "--kv-cache takes fp8 (per-tensor FP8 k_scale / v_scale), "
+                                    "not '" + options.kv_cache + "'");
+  }
   if (!options.recipe.empty()) {
     if (!options.scheme.empty() || !options.targets.empty() || options.group_size ||
-        options.symmetric) {
+        options.symmetric || options.static_activations || options.asymmetric_activations) {
       return Error(ErrorCode::kUsage, "--recipe gives the schemes and targets; do not combine "
-                                      "it with --scheme, --targets, --group-size or "
-                                      "--symmetric/--asymmetric");
+                                      "it with --scheme, --targets, --group-size, "
+                                      "--symmetric/--asymmetric or --static-activations "
+                                      "(a recipe's input_activations say dynamic: false)");
     }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
     if (!recipe.calibration.algorithm.empty() &&
@@ -66,6 +87,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
       groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0, g.observer});
     }
     ignore = std::move(recipe.ignore);
+    kv_cache = recipe.kv_cache;
   } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
     // Pruning alone, or (BF16) a quantized source decoded: the targets select what is
     // pruned; nothing is quantized.
@@ -86,20 +108,45 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
       return Error(ErrorCode::kUsage,
                    "unknown scheme '" + options.scheme + "' (available: " + names + ")");
     }
-    if (!scheme->needs_calibration.empty()) {
-      return Error(ErrorCode::kUsage, "scheme " + std::string(scheme->name) +
-                                          " cannot be applied without calibration data: it " +
-                                          std::string(scheme->needs_calibration));
-    }
     QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");
     groups.push_back({options.scheme, scheme, params, targets, 0,
                       options.observer == "minmax" ? "" : options.observer});
   }
+  // Static activation scales come from activation statistics; without them, say which and
+  // how to collect them.
+  for (const PlannedGroup& g : groups) {
+    if (g.scheme == nullptr || !g.params.static_input || !options.stats.empty()) continue;
+    const std::string what =
+        !g.scheme->needs_calibration.empty()
+            ? "scheme " + std::string(g.scheme->name) + " " + std::string(g.scheme->needs_calibration)
+            : "static input_activations need activation statistics (each layer's input "
+              "min/max over calibration data)";
+    return Error(ErrorCode::kUsage,
+                 (options.recipe.empty() ? std::string() : options.recipe.string() + ": ") +
+                 "config group '" + g.key + "' cannot be applied without calibration data: " +
+                     what + "; give --stats STATS with per-site min/max, collected by "
+                     "scripts/collect-stats MODEL_DIR --text FILE -o STATS");
+  }
+  if (!options.kv_cache.empty()) kv_cache = options.kv_cache;
+  if (!kv_cache.empty()) {
+    if (groups.size() == 1 && groups[0].scheme == nullptr) {
+      return Error(ErrorCode::kUsage, "--kv-cache goes with a quantization scheme (--scheme or a "
+                                      "recipe); quench writes its scales into a compressed-"
+                                      "tensors checkpoint");
+    }
+    if (options.stats.empty()) {
+      return Error(ErrorCode::kUsage,
+                   (options.recipe.empty() ? std::string() : options.recipe.string() + ": ") +
+                   "kv_cache_scheme needs k/v scales computed from activation statistics (each "
+                   "attention layer's key and value ranges); give --stats STATS collected by "
+                   "scripts/collect-stats MODEL_DIR --text FILE --kv-cache -o STATS");
+    }
+  }
   // --ignore entries come after the recipe's, and are written verbatim too.
   ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());
-  return ResolvedGroups{std::move(groups), std::move(ignore)};
+  return ResolvedGroups{std::move(groups), std::move(ignore), std::move(kv_cache)};
 }
 
 prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {

@@ -14,6 +14,7 @@ namespace quench {
 struct ResolvedGroups {
   std::vector<PlannedGroup> groups;  // in the order the recipe (or flags) gave them
   std::vector<std::string> ignore;   // the recipe's entries, then --ignore's, verbatim
+  std::string kv_cache;              // "fp8" (--kv-cache or a recipe's kv_cache_scheme) or empty
 };
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options);
 

@@ -32,6 +32,13 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:.*shared_expert_gate$", "shared-expert gate"},
 };
 
+// The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
+// reproduces (static_minmax: the keys' and values' global range over the collected tokens).
+constexpr QuantArgsDesc kKvCacheFp8 = {
+    .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
+    .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false,
+    .observer = "static_minmax", .scale_dtype = "", .zp_dtype = ""};
+
 // compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
 // module names ending in "norm" are never quantized; only the "weight" parameter is; then the
 // targets, then the ignore list (and quench's default ignores).
@@ -43,7 +50,11 @@ void PlanFusedSets(Plan& plan) {
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     PlannedTensor& t = plan.tensors[i];
     if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
-    const std::string key = FusedSetKey(SplitModuleParam(t.name).first);
+    // FP8's per-tensor weight scales are each tensor's own (vLLM requantizes a fused set to
+    // its largest); NVFP4's global scale is the set's.
+    const std::string key = t.scheme->fuse_global_scale
+                                ? FusedSetKey(SplitModuleParam(t.name).first)
+                                : std::string();
     size_t set = plan.fused_sets.size();  // not fusable: a set of its own
     if (!key.empty()) set = set_of.emplace(key, set).first->second;
     if (set == plan.fused_sets.size()) plan.fused_sets.emplace_back();
@@ -133,6 +144,9 @@ class Planner {
   // Plans one tensor into `pt`; appends the output tensors it writes to `specs`.
   void PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
                   std::vector<TensorSpec>& specs);
+  // --kv-cache fp8: an attention's k_scale and v_scale ([1], the attention's dtype, from
+  // activation statistics) planned beside its k_proj weight, in that weight's shard.
+  void AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs);
   // Lays out one output shard from its tensors' specs; links each planned tensor (from
   // `first_tensor` on) to its outputs.
   void LayOutShard(const Shard& shard, size_t first_tensor, std::vector<TensorSpec> specs,
@@ -149,7 +163,10 @@ class Planner {
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
-  bool gptq_ = false;     // --algorithm gptq: config written as llm-compressor's oneshot
+  bool gptq_ = false;     // --algorithm gptq
+  bool oneshot_ = false;  // GPTQ or static activations: config written as oneshot writes it
+  std::string kv_cache_;  // "fp8": k_scale / v_scale beside each attention's k_proj
+  size_t kv_layers_ = 0;
   std::string actorder_;  // written to the config groups' weights (GPTQ), empty: null
   prune::PruneSpec prune_spec_;
   TargetResolver resolver_;
@@ -163,8 +180,9 @@ class Planner {
   // Targeted modules left unquantized (1-D weights, expert stacks kept whole): added to the
   // written ignore list (CoverWithIgnore).
   std::vector<std::string> left_whole_;
-  // Per output of the quantized tensors of the shard being planned, in plan order: its slab
-  // layout and source, as the scheme gave them (so LayOutShard does not ask again).
+  // Per output of the quantized tensors of the shard being planned, and per KV-cache scale,
+  // in plan order: its slab layout and source, as the scheme gave them (so LayOutShard does
+  // not ask again).
   struct Slab {
     uint64_t rows_per_slab, bytes_per_slab;
     SchemeOutput::Source source;
@@ -182,6 +200,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   p.prune_spec_ = ToPruneSpec(p.plan_.prune);
   p.plan_.groups = std::move(resolved.groups);
   p.ignore_ = std::move(resolved.ignore);
+  p.kv_cache_ = std::move(resolved.kv_cache);
   QUENCH_ASSIGN_OR_RETURN(p.ignore_m_, NameMatcher::Compile(p.ignore_, "ignore"));
   if (options.default_ignore) {
     for (const DefaultIgnore& d : kDefaultIgnores) p.default_patterns_.emplace_back(d.pattern);
@@ -199,6 +218,11 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   // GPTQModifier.resolve_quantization_config sets the weights' actorder of every group (its
   // default "static"); "none" leaves it null. Weights that fall back to RTN keep the group.
   p.gptq_ = options.algorithm == "gptq";
+  // Static activation scales are oneshot's too (QuantizationModifier with calibration): its
+  // config names the weights' observer and writes an empty sparsity_config.
+  p.oneshot_ = p.gptq_;
+  for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
+  p.oneshot_ |= !p.kv_cache_.empty();
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
@@ -337,11 +361,26 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   pt.scheme = g.scheme;
   pt.params = g.params;
   const std::string_view module = SplitModuleParam(t.name).first;
-  for (SchemeOutput& o : g.scheme->outputs(pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
+  for (SchemeOutput& o :
+       WeightOutputs(*g.scheme, pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
     slabs_.push_back({o.rows_per_slab, o.bytes_per_slab, o.source});
     specs.push_back({std::string(module) + "." + o.suffix, o.dtype, std::move(o.shape), o.nbytes});
   }
+}
+
+void Planner::AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs) {
+  if (kv_cache_.empty() || pt.shape.size() != 2) return;
+  auto [module, param] = SplitModuleParam(pt.name);
+  if (param != "weight" || !module.ends_with(".k_proj")) return;
+  const std::string attn(module.substr(0, module.size() - 7));
+  const uint64_t bytes = DTypeBits(pt.compute_dtype) / 8;
+  specs.push_back({attn + ".k_scale", pt.compute_dtype, {1}, bytes});
+  specs.push_back({attn + ".v_scale", pt.compute_dtype, {1}, bytes});
+  // Their values come from the statistics (the pipeline's static outputs).
+  slabs_.push_back({0, bytes, SchemeOutput::Source::kStatic});
+  slabs_.push_back({0, bytes, SchemeOutput::Source::kStatic});
+  ++kv_layers_;
 }
 
 void Planner::PlanShard(size_t si) {
@@ -370,6 +409,7 @@ void Planner::PlanShard(size_t si) {
     }
     const size_t before = specs.size();
     PlanTensor(*t, shard.rel_name, pt, specs);
+    AppendKvScales(pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
     plan_.bytes_in += t->nbytes();
   }
@@ -420,9 +460,11 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     PlannedTensor& pt = plan_.tensors[first_tensor + k];
     const bool quantized = pt.action == TensorAction::kQuantize;
     pt.outputs.reserve(specs_per_tensor[k]);
+    // The tensor's own outputs (the scheme's, each with its slab; or the tensor copied, with
+    // none), then any KV-cache scales planned beside it (AppendKvScales: a slab each).
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = layout.position[next_spec++];
-      if (quantized) {
+      if (quantized || j >= 1) {
         const Slab& slab = slabs_[next_slab++];
         PlannedOutput& po = ps.outputs[oi];
         po.rows_per_slab = slab.rows_per_slab;
@@ -558,7 +600,10 @@ void Planner::PlanFiles() {
     if (g.scheme != nullptr) {
       // GPTQ's scales are the memoryless min-max observer's, which oneshot names.
       cg.push_back({g.key, g.scheme, g.params, g.targets, actorder_,
-                    gptq_ ? "memoryless_minmax" : g.observer});
+                    gptq_                ? std::string("memoryless_minmax")
+                    : !g.observer.empty() ? g.observer
+                    : oneshot_            ? std::string("memoryless_minmax")
+                                          : std::string()});
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {
@@ -578,13 +623,19 @@ void Planner::PlanFiles() {
     plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(JsonValue(std::move(kept)))});
     return;
   }
-  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore);
+  if (!kv_cache_.empty() && kv_layers_ == 0) {
+    plan_.errors.push_back(Error(ErrorCode::kUnsupported,
+                                 "--kv-cache fp8: no attention k_proj weight in this checkpoint "
+                                 "(fused qkv_proj and MLA attention are not supported yet)"));
+  }
+  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore,
+                                        kv_cache_.empty() ? nullptr : &kKvCacheFp8);
   // llm-compressor 0.14.0.1 writes an empty sparsity_config for pruned models (its writer
   // drops the structure; docs/reference-notes.md section 15). A populated dense 2:4 config
   // would send vLLM down its removed 2:4-kernel path, so quench writes the same {} and records
   // the structure in --report and `quench inspect --sparsity`.
   // oneshot (which GPTQ's output follows) writes it whether or not anything was pruned.
-  if (pruning_ || gptq_) q.Set("sparsity_config", JsonValue::MakeObject());
+  if (pruning_ || oneshot_) q.Set("sparsity_config", JsonValue::MakeObject());
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
 }

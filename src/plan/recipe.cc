@@ -177,11 +177,26 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
   if (const JsonValue* o = group.Find("output_activations"); o != nullptr && !o->is_null()) {
     return Bad(label, "group '" + key + "': output_activations need calibration data");
   }
+  // Static activations (dynamic false, or "local" for NVFP4's tensor_group) take their scales
+  // from activation statistics; whether the run has them is checked with the options.
+  bool a_static = false, a_symmetric = true;
   if (a != nullptr) {
     const JsonValue* dyn = a->Find("dynamic");
-    if (dyn == nullptr || !dyn->is_bool() || !dyn->as_bool()) {
-      return Bad(label, "group '" + key + "': static input_activations need activation "
-                        "statistics (calibration); use dynamic activations");
+    if (dyn == nullptr || dyn->is_null() || (dyn->is_bool() && !dyn->as_bool()) ||
+        (dyn->is_string() && dyn->as_string() == "local")) {
+      a_static = true;
+    } else if (!dyn->is_bool()) {
+      return Bad(label, "group '" + key + "': input_activations.dynamic must be true, false "
+                        "or \"local\"");
+    }
+    QUENCH_ASSIGN_OR_RETURN(a_symmetric, Boolean(a->Find("symmetric"), label,
+                                                 "group '" + key + "': input_activations.symmetric",
+                                                 true));
+    const std::string aobs = Str(a->Find("observer"));
+    if (!aobs.empty() && aobs != "minmax" && aobs != "static_minmax" &&
+        aobs != "memoryless_minmax") {
+      return Bad(label, "group '" + key + "': input_activations observer '" + aobs +
+                            "' is not supported; quench computes min-max scales");
     }
   }
   if (const JsonValue* d = w->Find("dynamic"); d != nullptr && !(d->is_bool() && !d->as_bool())) {
@@ -226,7 +241,7 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
   }
   const std::string format = Str(group.Find("format"));
   for (const SchemeInfo& s : SchemeTable()) {
-    if (!s.needs_calibration.empty() || s.outputs == nullptr) continue;
+    if (s.outputs == nullptr) continue;
     const QuantArgsDesc& sw = s.weights;
     if (sw.type != type) continue;
     if (!format.empty() && format != s.format) continue;
@@ -240,9 +255,26 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
           WholeNumber(a->Find("num_bits"), label,
                       "group '" + key + "': input_activations.num_bits", 1, 64, 8));
       const int ab = *ab_or;
-      if (at != sa.type || ab != sa.num_bits || Str(a->Find("strategy")) != sa.strategy) continue;
+      if (at != sa.type || ab != sa.num_bits) continue;
+      const std::string as = Str(a->Find("strategy"));
+      const bool preset_static = !sa.dynamic;
+      if (a_static) {
+        // The preset's own static activations (FP8, NVFP4), or a per-token preset made static
+        // per tensor.
+        if (preset_static ? as != sa.strategy
+                          : !(as == "tensor" && CanMakeActivationsStatic(s))) {
+          continue;
+        }
+        if (!a_symmetric && (at != "int" || preset_static)) continue;
+      } else if (preset_static || as != sa.strategy) {
+        continue;
+      }
     }
     SchemeParams p = s.DefaultParams();
+    if (a != nullptr) {
+      p.static_input = a_static;
+      p.input_symmetric = a_symmetric;
+    }
     if (type == "int") {
       // The integer family: one kernel per storage (packed or not) covers every width,
       // group size and symmetry; the activations decide the preset.
@@ -292,11 +324,6 @@ Result<RecipeGroup> ResolveGroup(const std::string& label, const std::string& ke
     QUENCH_ASSIGN_OR_RETURN(rg.targets, StringList(group.Find("targets"), label, key + ".targets"));
   } else {
     return Bad(label, "group '" + key + "' must be a preset name or an object");
-  }
-  if (!rg.scheme->needs_calibration.empty()) {
-    return Bad(label, "group '" + key + "': scheme " + std::string(rg.scheme->name) +
-                          " cannot be applied without calibration data: it " +
-                          std::string(rg.scheme->needs_calibration));
   }
   if (rg.targets.empty()) rg.targets = {"Linear"};
   return rg;
@@ -375,8 +402,24 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     }
   }
   if (const JsonValue* kv = doc->Find("kv_cache_scheme"); kv != nullptr && !kv->is_null()) {
-    return Bad(label, "kv_cache_scheme needs k/v scales computed from activation statistics "
-                      "(calibration); quench cannot write them data-free");
+    // FP8 per tensor, static: the one KV-cache scheme vLLM reads k_scale / v_scale for (the
+    // scales come from activation statistics; the run checks it has them).
+    const std::string what = "kv_cache_scheme needs k/v scales computed from activation "
+                             "statistics; quench writes FP8 (num_bits 8, type float, strategy "
+                             "tensor, symmetric, static)";
+    if (!kv->is_object()) return Bad(label, what);
+    const std::string type = Str(kv->Find("type")).empty() ? "int" : Str(kv->Find("type"));
+    const std::string strategy = Str(kv->Find("strategy"));
+    const JsonValue* bits = kv->Find("num_bits");
+    const JsonValue* dyn = kv->Find("dynamic");
+    const JsonValue* sym = kv->Find("symmetric");
+    if (type != "float" || bits == nullptr || !bits->is_int() || bits->as_int() != 8 ||
+        !(strategy.empty() || strategy == "tensor") ||
+        !(dyn == nullptr || dyn->is_null() || (dyn->is_bool() && !dyn->as_bool())) ||
+        !(sym == nullptr || sym->is_null() || (sym->is_bool() && sym->as_bool()))) {
+      return Bad(label, what);
+    }
+    r.kv_cache = "fp8";
   }
   QUENCH_ASSIGN_OR_RETURN(r.ignore, StringList(doc->Find("ignore"), label, "ignore"));
   if (const JsonValue* cg = doc->Find("config_groups"); cg != nullptr && !cg->is_null()) {

@@ -44,6 +44,7 @@ struct RecipeCalibration {
 struct Recipe {
   std::vector<RecipeGroup> groups;   // in file order
   std::vector<std::string> ignore;
+  std::string kv_cache;              // "fp8" for a kv_cache_scheme, else empty
   RecipeCalibration calibration;
 };
 

@@ -238,6 +238,31 @@ bool QuantizeChannelKernel(const WeightChunk& in, const ChunkOutputs& out) {
   }
 }
 
+template <DType D>
+bool TensorImpl(const WeightChunk& in, const ChunkOutputs& out) {
+  using T = typename Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  const size_t row_bytes = in.cols * sizeof(T);
+  const float scale = in.params.global_scale;
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * row_bytes;
+    // The pre-pass saw every value; a NaN or Inf here means the source changed since.
+    const T amax_bits = ReduceMax(dt, AbsBitsMax<D>(row, in.cols, hn::Zero(dt)));
+    if (amax_bits >= Traits<D>::kInfBits) return false;
+    QuantizeRun<D>(row, in.cols, scale, out.out[0] + r * in.cols);
+  }
+  return true;
+}
+
+bool QuantizeTensorKernel(const WeightChunk& in, const ChunkOutputs& out) {
+  switch (in.dtype) {
+    case DType::kBF16: return TensorImpl<DType::kBF16>(in, out);
+    case DType::kF16: return TensorImpl<DType::kF16>(in, out);
+    case DType::kF32: return TensorImpl<DType::kF32>(in, out);
+    default: return false;
+  }
+}
+
 bool QuantizeBlockKernel(const WeightChunk& in, const ChunkOutputs& out) {
   switch (in.dtype) {
     case DType::kBF16: return BlockImpl<DType::kBF16>(in, out);
@@ -332,6 +357,7 @@ namespace quench::fp8 {
 
 HWY_EXPORT(QuantizeChannelKernel);
 HWY_EXPORT(QuantizeBlockKernel);
+HWY_EXPORT(QuantizeTensorKernel);
 HWY_EXPORT(DequantizeSourceKernel);
 
 bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
@@ -341,6 +367,12 @@ bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
 bool QuantizeBlock(const WeightChunk& in, const ChunkOutputs& out) {
   return HWY_DYNAMIC_DISPATCH(QuantizeBlockKernel)(in, out);
 }
+
+bool QuantizeTensor(const WeightChunk& in, const ChunkOutputs& out) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeTensorKernel)(in, out);
+}
+
+float TensorScale(float amax, DType d) { return internal::ScaleFromAmax(amax, d); }
 
 bool DequantizeSource(const SourceChunk& in, uint8_t* out) {
   return HWY_DYNAMIC_DISPATCH(DequantizeSourceKernel)(in, out);
@@ -384,6 +416,18 @@ bool QuantizeChannelScalar(const WeightChunk& in, const ChunkOutputs& out) {
     internal::StoreScale(out.out[1] + r * esz, scale, in.dtype);
     for (size_t c = 0; c < in.cols; ++c) {
       out.out[0][r * in.cols + c] = QuantizeElement(ElementAt(in, r, c), scale, in.dtype);
+    }
+  }
+  return true;
+}
+
+bool QuantizeTensorScalar(const WeightChunk& in, const ChunkOutputs& out) {
+  if (!IsSupported(in.dtype)) return false;
+  for (size_t r = 0; r < in.rows; ++r) {
+    for (size_t c = 0; c < in.cols; ++c) {
+      const float x = ElementAt(in, r, c);
+      if (!std::isfinite(x)) return false;
+      out.out[0][r * in.cols + c] = QuantizeElement(x, in.params.global_scale, in.dtype);
     }
   }
   return true;

@@ -17,6 +17,13 @@ namespace quench::fp8 {
 inline constexpr size_t kBlock = 128;
 
 bool QuantizeChannelScalar(const WeightChunk& in, const ChunkOutputs& out);
+// Per tensor (the FP8 preset): out[0] = codes only; the one scale, a value of the weight dtype
+// computed by the pre-pass (TensorScale), comes in in.params.global_scale.
+bool QuantizeTensorScalar(const WeightChunk& in, const ChunkOutputs& out);
+bool QuantizeTensor(const WeightChunk& in, const ChunkOutputs& out);
+// The per-tensor weight scale from the tensor's largest |x| (memoryless min-max over the whole
+// tensor, then calculate_qparams): RNE_D(amax / 448), an exact 0 becoming eps(D).
+float TensorScale(float amax, DType d);
 bool QuantizeBlockScalar(const WeightChunk& in, const ChunkOutputs& out);
 
 // Highway kernels, dispatched to the best target this CPU supports.

@@ -45,6 +45,17 @@ std::vector<SchemeOutput> Fp8ChannelOutputs(DType wd, uint64_t rows, uint64_t co
   };
 }
 
+// FP8 per tensor (the FP8 preset's weights): weight F8_E4M3 [rows, cols]; one weight_scale
+// [1] in the weight dtype, from the whole tensor's largest |x| (the pre-pass).
+std::vector<SchemeOutput> Fp8TensorOutputs(DType wd, uint64_t rows, uint64_t cols,
+                                           const SchemeParams&) {
+  const uint64_t sb = ScaleBytes(wd);
+  return {
+      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      {"weight_scale", wd, {1}, sb, 0, 0, Source::kGlobalScale},
+  };
+}
+
 // FP8 128x128 blocks: scales [ceil(rows/128), ceil(cols/128)] in the weight dtype; the weight
 // keeps its shape (compressed-tensors pads to whole blocks, quantizes, then truncates).
 std::vector<SchemeOutput> Fp8BlockOutputs(DType wd, uint64_t rows, uint64_t cols,
@@ -140,10 +151,27 @@ constexpr QuantArgsDesc kFp8Channel = {
     .strategy = "channel", .block_structure = std::nullopt, .dynamic = false, .observer = "",
     .scale_dtype = "", .zp_dtype = ""};
 
+constexpr QuantArgsDesc kFp8Tensor = {
+    .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
+    .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false, .observer = "",
+    .scale_dtype = "", .zp_dtype = ""};
+
 constexpr QuantArgsDesc kNvfp4Weights = {
     .num_bits = 4, .type = "float", .symmetric = true, .group_size = 16,
     .strategy = "tensor_group", .block_structure = std::nullopt, .dynamic = false,
     .observer = "", .scale_dtype = "torch.float8_e4m3fn", .zp_dtype = ""};
+
+// The static activations of the FP8 and NVFP4 presets, as oneshot writes them (the observer
+// that made the values: llm-compressor's static_minmax, the global min/max over the run).
+constexpr QuantArgsDesc kFp8TensorStatic = {
+    .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
+    .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false,
+    .observer = "static_minmax", .scale_dtype = "", .zp_dtype = ""};
+constexpr QuantArgsDesc kNvfp4Activations = {
+    .num_bits = 4, .type = "float", .symmetric = true, .group_size = 16,
+    .strategy = "tensor_group", .block_structure = std::nullopt, .dynamic = false,
+    .dynamic_local = true, .observer = "static_minmax", .scale_dtype = "torch.float8_e4m3fn",
+    .zp_dtype = ""};
 
 constexpr std::string_view kMarlinInt =
     "Ampere or newer (Marlin/Machete mixed-precision kernels)";
@@ -331,16 +359,25 @@ const SchemeInfo kSchemes[] = {
     Mx("MXFP4", 4, /*activations=*/true),
     Mx("MXFP8A16", 8, /*activations=*/false),
     Mx("MXFP8", 8, /*activations=*/true),
-    // Presets whose activation scales are static: they need statistics of real activations,
-    // which model_free_ptq refuses too ("Model Free PTQ cannot calibrate activations").
+    // Presets whose activation scales are static: they need activation statistics
+    // (--stats; src/calib/act_scales.h), which model_free_ptq cannot use at all ("Model Free
+    // PTQ cannot calibrate activations"). needs_calibration is the refusal without them.
     {
         .name = "NVFP4",
         .format = "nvfp4-pack-quantized",
-        .summary = "NVFP4 weights and static-global-scale FP4 activations (needs calibration)",
+        .summary = "NVFP4 weights and FP4 activations with a static input_global_scale "
+                   "(needs --stats)",
         .weights_desc = "FP4 E2M1, E4M3 scale per 16 + FP32 global scale",
         .activations_desc = "FP4 with a static per-layer input_global_scale",
         .gpu = "Blackwell",
         .weights = kNvfp4Weights,
+        .input_activations = kNvfp4Activations,
+        .row_align = 1,
+        .kernel = fp4::QuantizeNvfp4,
+        .scalar_kernel = fp4::QuantizeNvfp4Scalar,
+        .outputs = Nvfp4Outputs,
+        .check_shape = CheckGroupDivides,
+        .needs_global_scale = true,
         .needs_calibration =
             "needs a per-layer input_global_scale computed from activation statistics (the "
             "absolute maximum of each layer's input over calibration data); use NVFP4A16 for "
@@ -350,11 +387,19 @@ const SchemeInfo kSchemes[] = {
         .name = "FP8",
         .format = "float-quantized",
         .summary = "FP8 weights per tensor and a static per-tensor FP8 input scale (needs "
-                   "calibration)",
-        .weights_desc = "FP8 E4M3, one scale per tensor",
+                   "--stats)",
+        .weights_desc = "FP8 E4M3, one scale per tensor (weight dtype)",
         .activations_desc = "FP8 E4M3 with a static per-tensor input_scale",
         .gpu = "Ada/Hopper or newer",
-        .weights = kFp8Channel,
+        .weights = kFp8Tensor,
+        .input_activations = kFp8TensorStatic,
+        .row_align = 1,
+        .kernel = fp8::QuantizeTensor,
+        .scalar_kernel = fp8::QuantizeTensorScalar,
+        .outputs = Fp8TensorOutputs,
+        .needs_global_scale = true,
+        .fuse_global_scale = false,
+        .tensor_scale = fp8::TensorScale,
         .needs_calibration =
             "needs a static per-tensor input_scale computed from activation statistics (each "
             "layer's input absolute maximum over calibration data); use FP8_DYNAMIC for "
@@ -374,6 +419,28 @@ double SchemeInfo::BitsPerWeight(uint64_t rows, uint64_t cols) const {
 }
 
 std::span<const SchemeInfo> SchemeTable() { return kSchemes; }
+
+std::vector<SchemeOutput> WeightOutputs(const SchemeInfo& s, DType wd, uint64_t rows,
+                                        uint64_t cols, const SchemeParams& p) {
+  std::vector<SchemeOutput> o = s.outputs(wd, rows, cols, p);
+  if (!p.static_input || !s.input_activations) return o;
+  if (s.input_activations->strategy == "tensor_group") {
+    o.push_back({"input_global_scale", DType::kF32, {1}, 4, 0, 0, Source::kStatic});
+    return o;
+  }
+  const uint64_t sb = ScaleBytes(wd);
+  o.push_back({"input_scale", wd, {1}, sb, 0, 0, Source::kStatic});
+  if (!p.input_symmetric) {
+    o.push_back({"input_zero_point", DType::kI8, {1}, 1, 0, 0, Source::kStatic});
+  }
+  return o;
+}
+
+bool CanMakeActivationsStatic(const SchemeInfo& s) {
+  // vLLM's W4A8-FP8 kernel (pack-quantized weights) takes dynamic per-token activations only.
+  return s.input_activations && s.input_activations->strategy == "token" &&
+         s.input_activations->num_bits == 8 && s.format != "pack-quantized";
+}
 
 const SchemeInfo* FindScheme(std::string_view name) {
   for (const SchemeInfo& s : kSchemes) {

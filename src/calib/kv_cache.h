@@ -1,0 +1,24 @@
+// FP8 KV-cache scales from activation statistics: each attention layer's `k_scale` and
+// `v_scale` (planned beside its k_proj weight, SchemeOutput::kStatic), from the ranges of the
+// output sites `<attention>.k_cache` / `<attention>.v_cache` that `collect-stats --kv-cache`
+// records where compressed-tensors' QuantizedKVCache observes them (collector/kv_cache.py):
+// calculate_qparams for FP8 E4M3 per tensor, symmetric, i.e. max(|min|, |max|) / 448 in the
+// attention's dtype, as llm-compressor 0.14.0.1 computes them (calibrate_key_hook /
+// calibrate_value_hook, then update_qparams), with the range taken over the whole run.
+#ifndef QUENCH_CALIB_KV_CACHE_H_
+#define QUENCH_CALIB_KV_CACHE_H_
+
+#include "quench/convert.h"
+#include "quench/plan.h"
+#include "quench/status.h"
+
+namespace quench::calib {
+
+// Fills every planned k_scale / v_scale. Reads the statistics' manifest and the k/v sites'
+// count/min/max arrays only. Statistics without the layer's site, a site that saw no tokens or
+// holds NaN go to plan.errors. A no-op when the plan has no KV-cache scale.
+Status PlanKvScales(Plan& plan, const ConvertOptions& options);
+
+}  // namespace quench::calib
+
+#endif  // QUENCH_CALIB_KV_CACHE_H_
