@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "calib/stats.h"
-#include "plan/expert_prune.h"
+#include "calib/weight_stats.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/fp8.h"
@@ -119,8 +119,6 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
                  "convert with --algorithm rtn, or with dynamic activations");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  const JsonValue* model = stats.manifest().Find("model");
-  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
   const std::string where = options.stats.string() + ": ";
   // Per site (and expert), its range over every channel, read once.
   std::map<std::string, std::vector<double>> mins, maxs, counts;
@@ -139,11 +137,8 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.action != TensorAction::kQuantize || !t.params.static_input) continue;
-    // Statistics name the source's experts; expert pruning renumbered the survivors.
-    const std::string source_name =
-        plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
-    auto it = stats.consumers().find(source_name);
-    if (it == stats.consumers().end()) {
+    const WeightStats ws = FindWeightStats(stats, plan, t);
+    if (ws.consumer == nullptr) {
       plan.errors.push_back(Error(
           ErrorCode::kInvalidInput,
           where + "no statistics for '" + t.name + "', whose static input scale needs its "
@@ -151,19 +146,13 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
               "another model's); add it to --ignore or collect statistics that cover it"));
       continue;
     }
-    const JsonValue* shape = weights != nullptr ? weights->Find(source_name) : nullptr;
-    bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
-    for (size_t k = 0; same && k < t.shape.size(); ++k) {
-      same = shape->as_array()[k].is_int() &&
-             static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
-    }
-    const StatsSite& site = stats.sites().at(it->second.site);
-    if (!same || site.in_features != t.shape[1]) {
+    if (!ws.shape_matches) {
       plan.errors.push_back(Error(ErrorCode::kInvalidInput,
                                   where + "statistics for '" + t.name + "' do not match its "
                                   "shape in the checkpoint (another model's statistics?)"));
       continue;
     }
+    const StatsSite& site = stats.sites().at(ws.consumer->site);
     const bool has_range =
         std::any_of(site.fields.begin(), site.fields.end(),
                     [](const StatsField& f) { return f.name == "min"; }) &&
@@ -178,12 +167,12 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
     QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* count, field(counts, site.name, "count"));
     QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mn, field(mins, site.name, "min"));
     QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mx, field(maxs, site.name, "max"));
-    const size_t e = it->second.expert.value_or(0);
+    const size_t e = ws.consumer->expert.value_or(0);
     const size_t n = site.in_features;
     if (e >= count->size() || (*count)[e] <= 0) {
       plan.errors.push_back(Error(
           ErrorCode::kInvalidInput,
-          where + "site " + site.name + (it->second.expert ? " expert " + std::to_string(e) : "") +
+          where + "site " + site.name + (ws.consumer->expert ? " expert " + std::to_string(e) : "") +
               " saw no tokens, so '" + t.name + "' has no input range for its static scale; "
               "collect with more text (or --moe all), or add it to --ignore"));
       continue;

@@ -16,8 +16,8 @@
 #include "calib/gptq.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
-#include "plan/expert_prune.h"
 #include "calib/stats.h"
+#include "calib/weight_stats.h"
 
 namespace quench::calib {
 namespace {
@@ -61,38 +61,26 @@ std::string Bytes(uint64_t b) {
 
 Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
                                       const std::filesystem::path& stats_path, PlannedTensor& t) {
-  // Statistics name the source's experts; expert pruning renumbered the survivors.
-  const std::string source_name =
-      plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
-  auto it = stats.consumers().find(source_name);
-  if (it == stats.consumers().end()) {
+  const WeightStats ws = FindWeightStats(stats, plan, t);
+  if (ws.consumer == nullptr) {
     return std::string("no statistics for this weight (the collector did not reach its module)");
   }
-  // The statistics must be this model's: the manifest records each weight's shape.
-  const JsonValue* model = stats.manifest().Find("model");
-  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
-  const JsonValue* shape = weights != nullptr ? weights->Find(source_name) : nullptr;
-  bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
-  for (size_t k = 0; same && k < t.shape.size(); ++k) {
-    same = shape->as_array()[k].is_int() &&
-           static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
-  }
-  const StatsSite& site = stats.sites().at(it->second.site);
-  if (!same || site.in_features != t.shape[1]) {
+  if (!ws.shape_matches) {
     return Error(ErrorCode::kInvalidInput,
                  stats_path.string() + ": statistics for '" + t.name +
                      "' do not match its shape in the checkpoint (another model's statistics?)");
   }
+  const StatsSite& site = stats.sites().at(ws.consumer->site);
   const bool has_h = std::any_of(site.fields.begin(), site.fields.end(),
                                  [](const StatsField& f) { return f.name == "hessian"; });
   if (!has_h) {
     return "site " + site.name + " has no full Hessian (collected without --hessian full)";
   }
   QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site.name, "count"));
-  const size_t e = it->second.expert.value_or(0);
+  const size_t e = ws.consumer->expert.value_or(0);
   if (e >= count.size() || count[e] <= 0) return "site " + site.name + " saw no tokens";
   t.calib_site = site.name;
-  t.calib_expert = it->second.expert;
+  t.calib_expert = ws.consumer->expert;
   return std::string();
 }
 

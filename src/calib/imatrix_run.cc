@@ -15,9 +15,9 @@
 #include "calib/imatrix_mse.h"
 #include "calib/stats.h"
 #include "calib/wanda.h"
+#include "calib/weight_stats.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
-#include "plan/expert_prune.h"
 #include "plan/planner.h"
 #include "schemes/prune.h"
 
@@ -100,35 +100,24 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                      " is not built yet (one calibration per run); use one or the other");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  const JsonValue* model = stats.manifest().Find("model");
-  const JsonValue* weights = model != nullptr ? model->Find("weights") : nullptr;
   // The weight's site, checked against the weight's shape; nullptr (error recorded) if none.
   auto site_of = [&](const PlannedTensor& t) -> const StatsConsumer* {
-    // Statistics name the source's experts; expert pruning renumbered the survivors.
-    const std::string source_name =
-        plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
-    auto it = stats.consumers().find(source_name);
-    if (it == stats.consumers().end()) {
+    const WeightStats ws = FindWeightStats(stats, plan, t);
+    if (ws.consumer == nullptr) {
       plan.errors.push_back(Error(ErrorCode::kInvalidInput,
                                   options.stats.string() + " has no statistics for '" + t.name +
                                       "' (" + who + " needs its input's sum_x2; " + kCollect +
                                       " from this model)"));
       return nullptr;
     }
-    const JsonValue* shape = weights != nullptr ? weights->Find(source_name) : nullptr;
-    bool same = shape != nullptr && shape->is_array() && shape->as_array().size() == t.shape.size();
-    for (size_t k = 0; same && k < t.shape.size(); ++k) {
-      same = shape->as_array()[k].is_int() &&
-             static_cast<uint64_t>(shape->as_array()[k].as_int()) == t.shape[k];
-    }
-    if (!same || stats.sites().at(it->second.site).in_features != t.shape[1]) {
+    if (!ws.shape_matches) {
       plan.errors.push_back(Error(ErrorCode::kInvalidInput,
                                   options.stats.string() + ": statistics for '" + t.name +
                                       "' do not match its shape in the checkpoint (another "
                                       "model's statistics?)"));
       return nullptr;
     }
-    return &it->second;
+    return ws.consumer;
   };
   size_t observed = 0, uniform = 0, pruned = 0;
   std::map<std::string, int> scale_index;
