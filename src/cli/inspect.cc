@@ -410,7 +410,9 @@ int RunSchemes(const std::vector<std::string>& args) {
   std::printf("\nGPU generation vLLM needs, and calibration:\n");
   for (const SchemeInfo& s : SchemeTable()) {
     std::printf("  %-11s %s%s\n", std::string(s.name).c_str(), std::string(s.gpu).c_str(),
-                s.needs_calibration.empty() ? "" : "; NEEDS CALIBRATION DATA (refused)");
+                s.needs_calibration.empty()
+                    ? ""
+                    : "; NEEDS CALIBRATION DATA (--stats; refused without it)");
   }
   return 0;
 }

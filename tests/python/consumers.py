@@ -27,7 +27,7 @@ def minilm_dir():
 
 
 def schemes():
-    """(runnable, refused) scheme names from `quench schemes`."""
+    """(runnable data-free, refused without --stats) scheme names from `quench schemes`."""
     out = subprocess.run([str(QUENCH), "schemes"], check=True, capture_output=True,
                          text=True).stdout.splitlines()
     names = []
@@ -35,7 +35,7 @@ def schemes():
         if not line.strip():
             break
         names.append(line.split()[0])
-    refused = [l.split()[0] for l in out if "(refused)" in l]
+    refused = [l.split()[0] for l in out if "refused without it)" in l]
     return [n for n in names if n not in refused], refused
 
 
