@@ -114,6 +114,13 @@ TEST_CASE("SmoothQuant's refusals at planning") {
        "pruning after smoothing is not built yet"},
       {{"--algorithm", "smoothquant", "--stats", stats, "--scheme", "NVFP4A16"}, 3,
        "whose global scale is computed before smoothing"},
+      // One calibration per run: the statistics hold the unsmoothed activations.
+      {{"--algorithm", "smoothquant", "--stats", stats, "--static-activations"}, 3,
+       "static activation scales with --algorithm smoothquant in one run are not built yet"},
+      {{"--algorithm", "smoothquant", "--stats", stats, "--kv-cache", "fp8"}, 3,
+       "--kv-cache with --algorithm smoothquant in one run is not built yet"},
+      {{"--algorithm", "smoothquant", "--stats", stats, "--observer", "imatrix_mse"}, 3,
+       "the imatrix_mse observer with --algorithm smoothquant is not built yet"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"convert", src, dst};

@@ -118,6 +118,14 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
                  "static activation scales with --algorithm gptq in one run are not built yet; "
                  "convert with --algorithm rtn, or with dynamic activations");
   }
+  // Smoothing divides the balance layers' inputs by its scales, and the statistics hold the
+  // unsmoothed ranges: scales from them would not be the smoothed model's.
+  if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
+    return Error(ErrorCode::kUnsupported,
+                 "static activation scales with --algorithm " + options.algorithm +
+                     " in one run are not built yet (the statistics hold the unsmoothed "
+                     "activations' ranges); use dynamic activations");
+  }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   const std::string where = options.stats.string() + ": ";
   // Per site (and expert), its range over every channel, read once.
