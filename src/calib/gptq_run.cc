@@ -59,6 +59,10 @@ std::string Bytes(uint64_t b) {
 
 }  // namespace
 
+namespace {
+
+// Weight t's site (set in t.calib_site) and "", or why it has none; an error for statistics
+// that are not this model's.
 Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
                                       const std::filesystem::path& stats_path, PlannedTensor& t) {
   const WeightStats ws = FindWeightStats(stats, plan, t);
@@ -82,6 +86,43 @@ Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
   t.calib_site = site.name;
   t.calib_expert = ws.consumer->expert;
   return std::string();
+}
+
+}  // namespace
+
+bool HessianSites::Assign(Plan& plan, const Statistics& stats,
+                          const std::filesystem::path& stats_path, const std::string& algorithm,
+                          PlannedTensor& t) {
+  auto note = [&](const std::string& why) {
+    t.calib_note = why;
+    ++fallback;
+    ++reasons[why.substr(0, why.find(" ("))];
+    return false;
+  };
+  if (t.source_scale) {
+    return note("its source is quantized (FP8); " + algorithm +
+                " of decoded sources is not built yet");
+  }
+  auto why = AssignHessianSite(plan, stats, stats_path, t);
+  if (!why.ok()) {
+    plan.errors.push_back(why.status());
+    return false;
+  }
+  if (!why->empty()) return note(*why);
+  ++taken;
+  if (FactorBytes(t.shape[1]) > largest) {
+    largest = FactorBytes(t.shape[1]);
+    largest_site = t.calib_site;
+  }
+  return true;
+}
+
+std::string HessianSites::FallbackText(const std::string& fallback_to) const {
+  if (fallback == 0) return std::string();
+  std::string text = "; " + std::to_string(fallback) + " " + fallback_to + ":";
+  for (const auto& [why, n] : reasons) text += " " + std::to_string(n) + " " + why + ";";
+  text.pop_back();
+  return text;
 }
 
 Result<std::string> StatsHash(const std::filesystem::path& stats_path) {
@@ -167,10 +208,7 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
                  "SparseGPTModifier)");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  uint64_t largest = 0;
-  std::string largest_site;
-  size_t taken = 0, fallback = 0;
-  std::map<std::string, size_t> reasons;
+  HessianSites sites;
   for (PlannedTensor& t : plan.tensors) {
     if (t.action != TensorAction::kQuantize) continue;
     if (t.scheme->weights.type != "int") {
@@ -181,51 +219,24 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
               std::string(t.scheme->name)));
       continue;
     }
-    auto note = [&](const std::string& why) {
-      t.calib_note = why;
-      ++fallback;
-      ++reasons[why.substr(0, why.find(" ("))];
-    };
-    if (t.source_scale) {
-      note("its source is quantized (FP8); GPTQ of decoded sources is not built yet");
-      continue;
-    }
-    auto why = AssignHessianSite(plan, stats, options.stats, t);
-    if (!why.ok()) {
-      plan.errors.push_back(why.status());
-      continue;
-    }
-    if (!why->empty()) {
-      note(*why);
-      continue;
-    }
-    ++taken;
-    if (FactorBytes(t.shape[1]) > largest) {
-      largest = FactorBytes(t.shape[1]);
-      largest_site = t.calib_site;
-    }
+    sites.Assign(plan, stats, options.stats, "GPTQ", t);
   }
   // One factor in use by chunks in flight, one being built, and the mapped f64 Hessian it is
   // built from (the same n^2 x 4 bytes packed).
-  plan.calib_bytes = 3 * largest;
-  if (taken > 0 && options.memory_limit > 0 &&
+  plan.calib_bytes = 3 * sites.largest;
+  if (sites.taken > 0 && options.memory_limit > 0 &&
       options.memory_limit < plan.calib_bytes + kPipelineFloor) {
     plan.errors.push_back(Error(
         ErrorCode::kUsage,
         "--memory-limit " + Bytes(options.memory_limit) + " is too small for GPTQ: the "
-        "largest Hessian (site " + largest_site + ") takes " + Bytes(largest) +
+        "largest Hessian (site " + sites.largest_site + ") takes " + Bytes(sites.largest) +
         " (n^2 x 4 bytes), three of which are held at once (in use, being factored, mapped), "
         "plus " + Bytes(kPipelineFloor) + " for the pipeline; give at least " +
         Bytes(plan.calib_bytes + kPipelineFloor)));
   }
-  std::string msg = "GPTQ from " + options.stats.string() + ": " + std::to_string(taken) +
-                    " weights";
-  if (fallback > 0) {
-    msg += "; " + std::to_string(fallback) + " rounded to nearest:";
-    for (const auto& [why, n] : reasons) msg += " " + std::to_string(n) + " " + why + ";";
-    msg.pop_back();
-  }
-  plan.notes.push_back(msg);
+  plan.notes.push_back("GPTQ from " + options.stats.string() + ": " +
+                       std::to_string(sites.taken) + " weights" +
+                       sites.FallbackText("rounded to nearest"));
   // --resume keeps a shard only if it was made with the same GPTQ settings and statistics.
   QUENCH_ASSIGN_OR_RETURN(std::string hash, StatsHash(options.stats));
   plan.calib_fingerprint = "block " + std::to_string(gopt.block_size) + " damp " +

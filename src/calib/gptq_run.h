@@ -5,6 +5,7 @@
 #define QUENCH_CALIB_GPTQ_RUN_H_
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,13 +39,23 @@ Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOpti
 Status PlanSparseGpt(Plan& plan, const ConvertOptions& options);
 Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const ConvertOptions& options);
 
-// Shared by GPTQ and SparseGPT planning and runs.
-// Sets t.calib_site (and calib_expert) to the statistics site whose Hessian weight t uses and
-// returns ""; or returns why it has none (a note: not reached, no full Hessian, no tokens);
-// an error for statistics that are not this model's. With expert pruning the statistics name
-// the source's experts, so survivors are looked up under their source names (`plan`).
-Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
-                                      const std::filesystem::path& stats_path, PlannedTensor& t);
+// Shared by GPTQ and SparseGPT planning: which weights get a site's Hessian, and why the
+// others fall back (GPTQ: to rounding to nearest; SparseGPT: to magnitude pruning).
+struct HessianSites {
+  size_t taken = 0, fallback = 0;
+  std::map<std::string, size_t> reasons;  // a fallback's reason (up to " (") -> weights
+  uint64_t largest = 0;                    // FactorBytes of the widest weight taken
+  std::string largest_site;
+  // Sets t.calib_site (and calib_expert) to the site whose Hessian t uses and returns true;
+  // or records in t.calib_note why it has none (a decoded FP8 source, not reached, no full
+  // Hessian, no tokens) and returns false. Statistics that are not this model's go to
+  // plan.errors. With expert pruning, survivors are found under their source names.
+  // `algorithm` names the algorithm in the decoded-source note.
+  bool Assign(Plan& plan, const Statistics& stats, const std::filesystem::path& stats_path,
+              const std::string& algorithm, PlannedTensor& t);
+  // "; N <fallback>: n reason; ..." for the plan's note, or "" when every weight was taken.
+  std::string FallbackText(const std::string& fallback_to) const;
+};
 // A hash of the statistics' manifest, for the resume fingerprint.
 Result<std::string> StatsHash(const std::filesystem::path& stats_path);
 // Weight pt's site Hessian as the reference normalises it (2/sequences * sum x x^T), full

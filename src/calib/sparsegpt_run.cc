@@ -90,10 +90,8 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
                  "with scripts/collect-stats MODEL_DIR --text FILE --hessian full -o STATS)");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  uint64_t largest_h = 0, largest_w = 0;
-  std::string largest_site;
-  size_t taken = 0, fallback = 0;
-  std::map<std::string, size_t> reasons;
+  uint64_t largest_w = 0;
+  HessianSites sites;
   for (PlannedTensor& t : plan.tensors) {
     if (!t.prune) continue;
     if (t.scheme != nullptr && t.scheme->needs_global_scale) {
@@ -105,29 +103,7 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
                                       "yet; '" + t.name + "' is to be " + std::string(t.scheme->name)));
       continue;
     }
-    auto note = [&](const std::string& why) {
-      t.calib_note = why;
-      ++fallback;
-      ++reasons[why.substr(0, why.find(" ("))];
-    };
-    if (t.source_scale) {
-      note("its source is quantized (FP8); SparseGPT of decoded sources is not built yet");
-      continue;
-    }
-    auto why = AssignHessianSite(plan, stats, options.stats, t);
-    if (!why.ok()) {
-      plan.errors.push_back(why.status());
-      continue;
-    }
-    if (!why->empty()) {
-      note(*why);
-      continue;
-    }
-    ++taken;
-    if (FactorBytes(t.shape[1]) > largest_h) {
-      largest_h = FactorBytes(t.shape[1]);
-      largest_site = t.calib_site;
-    }
+    if (!sites.Assign(plan, stats, options.stats, "SparseGPT", t)) continue;
     // Unstructured: the whole weight in f32 while it is sparsified, and two results in its
     // dtype (one in use by chunks in flight, the next prepared).
     if (sopt.prune_n == 0) {
@@ -135,26 +111,21 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
       largest_w = std::max(largest_w, elems * (4 + 2 * DTypeBytes(t.dtype)));
     }
   }
-  plan.calib_bytes = 3 * largest_h + largest_w;
-  if (taken > 0 && options.memory_limit > 0 &&
+  plan.calib_bytes = 3 * sites.largest + largest_w;
+  if (sites.taken > 0 && options.memory_limit > 0 &&
       options.memory_limit < plan.calib_bytes + kPipelineFloor) {
     plan.errors.push_back(Error(
         ErrorCode::kUsage,
         "--memory-limit " + Mib(options.memory_limit) + " is too small for SparseGPT: the "
-        "largest Hessian (site " + largest_site + ") takes " + Mib(largest_h) +
+        "largest Hessian (site " + sites.largest_site + ") takes " + Mib(sites.largest) +
         " (n^2 x 4 bytes), three of which are held at once" +
         (largest_w > 0 ? ", an unstructured weight sparsified whole " + Mib(largest_w) : "") +
         ", plus " + Mib(kPipelineFloor) + " for the pipeline; give at least " +
         Mib(plan.calib_bytes + kPipelineFloor)));
   }
-  std::string msg = "SparseGPT (" + plan.prune.text + ") from " + options.stats.string() + ": " +
-                    std::to_string(taken) + " weights";
-  if (fallback > 0) {
-    msg += "; " + std::to_string(fallback) + " pruned by magnitude:";
-    for (const auto& [why, n] : reasons) msg += " " + std::to_string(n) + " " + why + ";";
-    msg.pop_back();
-  }
-  plan.notes.push_back(msg);
+  plan.notes.push_back("SparseGPT (" + plan.prune.text + ") from " + options.stats.string() +
+                       ": " + std::to_string(sites.taken) + " weights" +
+                       sites.FallbackText("pruned by magnitude"));
   QUENCH_ASSIGN_OR_RETURN(std::string hash, StatsHash(options.stats));
   plan.calib_fingerprint = "sparsegpt block " + std::to_string(sopt.block_size) + " damp " +
                            std::to_string(sopt.dampening) + " prune " + plan.prune.text +
