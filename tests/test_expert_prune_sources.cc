@@ -221,4 +221,23 @@ TEST_SUITE("expert_prune_sources") {
       CHECK(named);
     }
   }
+
+  TEST_CASE("an FP8 source pruned with --scheme none is written decoded, and verifies") {
+    qt::TempDir tmp;
+    const fs::path src = WriteFp8Moe(tmp / "src");
+    auto none = Run(src, tmp / "none", "none", 0.5);
+    REQUIRE_MESSAGE(none.ok(), none.status().ToString());
+    auto whole = Run(src, tmp / "bf16", "BF16", std::nullopt);
+    REQUIRE_MESSAGE(whole.ok(), whole.status().ToString());
+    CheckKeptEqualUnpruned(tmp / "none", tmp / "bf16");
+    quench::VerifyOptions v;
+    v.dst = tmp / "none";
+    v.src = src;
+    auto r = quench::Verify(v);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    std::string problems;
+    for (const auto& p : r->problems) problems += p.ToString() + "\n";
+    CHECK_MESSAGE(r->ok(), problems);
+    CHECK(r->tensors_decoded == 10);
+  }
 }
