@@ -5,7 +5,8 @@
 // against the reference in test_sources_run): a pruned output's kept expert i is, byte for
 // byte, the unpruned output's expert kept[i]; its router and bias are the unpruned router's
 // rows kept[i]; every other tensor is the unpruned output's. The kept experts, {0, 2}, are the
-// two largest router-row L1 norms by construction of the fixture.
+// two largest router-row L1 norms by construction of the fixture; by REAP, {1, 3}, the two
+// largest saliencies (sum / count) of the statistics written here.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -26,7 +27,8 @@ using qt::RawTensor;
 namespace {
 
 constexpr uint64_t kHidden = 128, kInter = 128, kExperts = 4;  // W4A16 groups of 128
-const std::vector<uint32_t> kKept = {0, 2};
+const std::vector<uint32_t> kKept = {0, 2};        // by router magnitude
+const std::vector<uint32_t> kReapKept = {1, 3};    // by the saliency WriteReapStats records
 
 // FP8 E4M3 codes (no NaN) and one F32 block scale (each weight is under one 128x128 block).
 void AddFp8(std::vector<RawTensor>& t, std::mt19937& rng, const std::string& name,
@@ -97,30 +99,59 @@ fs::path WriteFp8Moe(const fs::path& dir) {
   return dir;
 }
 
+// REAP statistics for WriteFp8Moe's layer (no activation sites): saliency sum / count of
+// 1, 5, 2, 4 for experts 0..3, so REAP keeps experts 1 and 3 where magnitude keeps 0 and 2.
+fs::path WriteReapStats(const fs::path& dir) {
+  fs::create_directories(dir);
+  const std::vector<double> sum = {10.0, 60.0, 30.0, 20.0};
+  const std::vector<int64_t> count = {10, 12, 15, 5};
+  std::string s(32, '\0'), c(32, '\0');
+  std::memcpy(s.data(), sum.data(), 32);
+  std::memcpy(c.data(), count.data(), 32);
+  qt::WriteShard(dir / "stats-00001.safetensors",
+                 {{"model.layers.0.mlp.reap_sum", DType::kF64, {kExperts}, s},
+                  {"model.layers.0.mlp.reap_count", DType::kI64, {kExperts}, c}});
+  qt::WriteBytes(dir / "manifest.json",
+                 R"({"format": "quench-stats", "version": 1, "model": {"model_type": )"
+                 R"("deepseek_v3", "weights": {}}, "collection": {"dataset": "synthetic", )"
+                 R"("samples": 1, "seq_len": 42, "tokens": 42, "sequences": 1, "moe": "all", )"
+                 R"("hessian": "none", "reap": true}, "files": ["stats-00001.safetensors"], )"
+                 R"("sites": {}, "consumers": {}, "reap": {"model.layers.0.mlp": {"file": )"
+                 R"("stats-00001.safetensors", "experts": 4, "router": )"
+                 R"("model.layers.0.mlp.gate.weight"}}})");
+  return dir;
+}
+
 quench::Result<quench::ConvertSummary> Run(const fs::path& src, const fs::path& dst,
                                            const std::string& scheme,
-                                           std::optional<double> prune_experts) {
+                                           std::optional<double> prune_experts,
+                                           const fs::path& reap_stats = {}) {
   quench::ConvertOptions o;
   o.src = src;
   o.dst = dst;
   o.scheme = scheme;
   o.prune_experts = prune_experts;
+  if (!reap_stats.empty()) {
+    o.expert_metric = "reap";
+    o.stats = reap_stats;
+  }
   return quench::Convert(o);
 }
 
-// The source expert a pruned output's tensor comes from: "experts.<i>." -> "experts.<kKept[i]>.".
-std::string SourceName(const std::string& name) {
+// The source expert a pruned output's tensor comes from: "experts.<i>." -> "experts.<kept[i]>.".
+std::string SourceName(const std::string& name, const std::vector<uint32_t>& kept) {
   const std::string key = "mlp.experts.";
   const size_t at = name.find(key);
   if (at == std::string::npos) return name;
   const size_t from = at + key.size(), to = name.find('.', from);
   const uint32_t i = static_cast<uint32_t>(std::stoul(name.substr(from, to - from)));
-  return name.substr(0, from) + std::to_string(kKept.at(i)) + name.substr(to);
+  return name.substr(0, from) + std::to_string(kept.at(i)) + name.substr(to);
 }
 
 // Every tensor of the pruned output equals the unpruned output's tensor it came from (rows
 // kKept of the router and its bias), and the pruned output has exactly the kept experts.
-void CheckKeptEqualUnpruned(const fs::path& pruned, const fs::path& whole) {
+void CheckKeptEqualUnpruned(const fs::path& pruned, const fs::path& whole,
+                            const std::vector<uint32_t>& kept = kKept) {
   const auto p = qt::LoadAll(pruned), w = qt::LoadAll(whole);
   size_t np = 0, nw = 0, experts_p = 0, experts_w = 0;
   for (const auto& [_, l] : w) {
@@ -134,7 +165,7 @@ void CheckKeptEqualUnpruned(const fs::path& pruned, const fs::path& whole) {
       CAPTURE(t.name);
       ++np;
       experts_p += t.name.find("mlp.experts.") != std::string::npos;
-      const auto [wl, wt] = qt::FindTensor(w, SourceName(t.name));
+      const auto [wl, wt] = qt::FindTensor(w, SourceName(t.name, kept));
       REQUIRE(wt != nullptr);
       CHECK(wt->dtype == t.dtype);
       const std::string got(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
@@ -142,8 +173,8 @@ void CheckKeptEqualUnpruned(const fs::path& pruned, const fs::path& whole) {
       if (t.name.starts_with("model.layers.0.mlp.gate.")) {
         const uint64_t row = wt->nbytes() / kExperts;
         std::string want;
-        for (uint32_t k : kKept) want += all.substr(k * row, row);
-        CHECK(t.shape[0] == kKept.size());
+        for (uint32_t k : kept) want += all.substr(k * row, row);
+        CHECK(t.shape[0] == kept.size());
         CHECK(got == want);
       } else {
         CHECK(t.shape == wt->shape);
@@ -239,5 +270,29 @@ TEST_SUITE("expert_prune_sources") {
     for (const auto& p : r->problems) problems += p.ToString() + "\n";
     CHECK_MESSAGE(r->ok(), problems);
     CHECK(r->tensors_decoded == 10);
+  }
+
+  TEST_CASE("an FP8 source pruned by REAP saliency: the saliency's survivors, and verify passes") {
+    qt::TempDir tmp;
+    const fs::path src = WriteFp8Moe(tmp / "src");
+    const fs::path stats = WriteReapStats(tmp / "stats");
+    for (const char* scheme : {"BF16", "W4A16"}) {
+      const std::string scheme_name = scheme;
+      CAPTURE(scheme_name);
+      auto rp = Run(src, tmp / ("p-" + scheme_name), scheme, 0.5, stats);
+      REQUIRE_MESSAGE(rp.ok(), rp.status().ToString());
+      auto rw = Run(src, tmp / ("w-" + scheme_name), scheme, std::nullopt);
+      REQUIRE_MESSAGE(rw.ok(), rw.status().ToString());
+      CheckKeptEqualUnpruned(tmp / ("p-" + scheme_name), tmp / ("w-" + scheme_name), kReapKept);
+      quench::VerifyOptions v;
+      v.dst = tmp / ("p-" + scheme_name);
+      v.src = src;
+      auto r = quench::Verify(v);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      std::string problems;
+      for (const auto& p : r->problems) problems += p.ToString() + "\n";
+      CHECK_MESSAGE(r->ok(), problems);
+      CHECK(r->tensors_decoded + r->modules_quantized == 10);
+    }
   }
 }
