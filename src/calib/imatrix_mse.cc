@@ -210,6 +210,34 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
   return true;
 }
 
+bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g) || i < 0 || i > LastStep(o)) return false;
+  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
+  std::vector<float> x(in.cols);
+  bool any = false;
+  for (size_t r = 0; r < in.rows; ++r) {
+    if (!LoadRow(in, r, x)) return false;
+    for (size_t k = 0; k < g.n_groups; ++k) {
+      const float* xg = x.data() + k * g.group;
+      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
+      float mn, mx;
+      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group), i, o,
+                in.dtype, &mn, &mx);
+      const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
+      const size_t j = r * g.n_groups + k;
+      if (err < best[j]) {
+        best[j] = err;
+        masks[j] |= 1u << i;
+        any = true;
+      }
+    }
+  }
+  *improved = any;
+  return true;
+}
+
 bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
                   const uint8_t* steps, float* pos) {
   Geometry g;

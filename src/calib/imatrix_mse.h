@@ -78,6 +78,14 @@ size_t GroupColumns(const WeightChunk& in, ImatrixFormat f);
 bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                 const ImatrixOptions& o, uint32_t* masks);
 
+// One step of the search over the rows, step-major (the pipeline's whole-tensor pass, which
+// so runs steps 0..stop only): each group's error at step i against its best so far
+// (`best`, rows x groups, FLT_MAX before step 0), updating best and setting bit i of the
+// mask of every group that improved; *improved says whether any did. The same comparisons as
+// GroupSteps in another order. False on NaN/Inf or bad parameters.
+bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved);
+
 // The step a group keeps when the search stops after step `stop`: its last improvement at or
 // before it (step 0 always improves on a finite weight).
 inline uint8_t ChosenStep(uint32_t mask, int stop) {

@@ -5,6 +5,8 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -304,41 +306,44 @@ class ImatrixRunImpl : public ImatrixRun {
       return Error(ErrorCode::kInternal, "imatrix_mse: '" + pt.name + "' has no group layout");
     }
     const size_t ng = cols / gs;
-    std::vector<uint32_t> masks(rows * ng);
+    std::vector<uint32_t> masks(rows * ng, 0u);
+    std::vector<double> best(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
     std::atomic<bool> finite{true};
     const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(cols, 1));
     const std::vector<float>& imp = imp_;
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
-                      [&](const tbb::blocked_range<size_t>& r) {
-      const size_t n = r.end() - r.begin();
-      const uint8_t* src = base + r.begin() * cols * esz;
-      std::vector<uint8_t> pruned;
-      if (pt.prune) {
-        pruned.resize(n * cols * esz);
-        bool ok;
-        if (pt.prune_scale >= 0) {
-          ok = WandaPruneRows(src, pruned.data(), pt.dtype, n, cols, spec_,
-                              plan_.prune_scales[pt.prune_scale].data(), nullptr);
-        } else if (plan_.prune.per_tensor) {
-          prune::TensorThreshold th;
-          th.magnitude = pt.prune_magnitude;
-          th.prune_equal = pt.prune_equal;
-          th.pruned = pt.prune_total;
-          ok = prune::PruneRowsTensor(src, pruned.data(), pt.dtype, n, cols, th,
-                                      pt.prune_equal_before[r.begin()], nullptr);
-        } else {
-          ok = prune::PruneRows(src, pruned.data(), pt.dtype, n, cols, spec_, nullptr);
+    // Step-major: every group's error at step i, then the reference's patience rule over the
+    // whole tensor decides whether step i + 1 runs; so exactly steps 0..stop are searched.
+    const int last = LastStep(opt_);
+    int stop = last, no_improve = 0;
+    for (int i = 0; i <= last && finite; ++i) {
+      std::atomic<bool> improved{false};
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& r) {
+        const size_t n = r.end() - r.begin();
+        const uint8_t* src = base + r.begin() * cols * esz;
+        std::vector<uint8_t> pruned;
+        if (pt.prune) {
+          pruned.resize(n * cols * esz);
+          if (!PruneRows(pt, src, r.begin(), n, pruned.data())) {
+            finite = false;
+            return;
+          }
+          src = pruned.data();
         }
-        if (!ok) {
+        bool any = false;
+        if (!StepUpdate(chunk_of(src, n), f, imp, opt_, i, best.data() + r.begin() * ng,
+                        masks.data() + r.begin() * ng, &any)) {
           finite = false;
-          return;
         }
-        src = pruned.data();
+        if (any) improved = true;
+      });
+      if (improved) {
+        no_improve = 0;
+      } else if (++no_improve, opt_.patience > 0 && no_improve >= opt_.patience) {
+        stop = i;  // the reference breaks after this step's (empty) update
+        break;
       }
-      if (!GroupSteps(chunk_of(src, n), f, imp, opt_, masks.data() + r.begin() * ng)) {
-        finite = false;
-      }
-    });
+    }
     map_->Release(pt.src_offset, pt.src_bytes);
     auto steps = std::make_shared<std::vector<uint8_t>>();
     if (!finite) {
@@ -346,9 +351,6 @@ class ImatrixRunImpl : public ImatrixRun {
       out.steps = steps;
       return out;
     }
-    uint32_t any = 0;
-    for (uint32_t m : masks) any |= m;
-    const int stop = StopStep(any, opt_);
     steps->resize(masks.size());
     for (size_t i = 0; i < masks.size(); ++i) (*steps)[i] = ChosenStep(masks[i], stop);
     if (f == ImatrixFormat::kNvfp4) {
@@ -360,7 +362,10 @@ class ImatrixRunImpl : public ImatrixRun {
         std::vector<uint8_t> pruned;
         if (pt.prune) {
           pruned.resize(cols * esz);
-          if (!PruneOne(pt, src, r, pruned.data())) return Error(ErrorCode::kInternal, "prune");
+          if (!PruneRows(pt, src, r, 1, pruned.data())) {
+            out.finite = false;
+            break;
+          }
           src = pruned.data();
         }
         if (!ChosenRanges(chunk_of(src, 1), f, opt_, steps->data() + r * ng, pos.data())) {
@@ -375,11 +380,12 @@ class ImatrixRunImpl : public ImatrixRun {
     return out;
   }
 
-  // Row r of a pruned tensor as the pipeline prunes it.
-  bool PruneOne(const PlannedTensor& pt, const uint8_t* src, size_t r, uint8_t* dst) {
+  // Rows [r0, r0 + n) of a pruned tensor as the pipeline prunes them.
+  bool PruneRows(const PlannedTensor& pt, const uint8_t* src, size_t r0, size_t n,
+                 uint8_t* dst) {
     const size_t cols = pt.shape[1];
     if (pt.prune_scale >= 0) {
-      return WandaPruneRows(src, dst, pt.dtype, 1, cols, spec_,
+      return WandaPruneRows(src, dst, pt.dtype, n, cols, spec_,
                             plan_.prune_scales[pt.prune_scale].data(), nullptr);
     }
     if (plan_.prune.per_tensor) {
@@ -387,10 +393,10 @@ class ImatrixRunImpl : public ImatrixRun {
       th.magnitude = pt.prune_magnitude;
       th.prune_equal = pt.prune_equal;
       th.pruned = pt.prune_total;
-      return prune::PruneRowsTensor(src, dst, pt.dtype, 1, cols, th, pt.prune_equal_before[r],
+      return prune::PruneRowsTensor(src, dst, pt.dtype, n, cols, th, pt.prune_equal_before[r0],
                                     nullptr);
     }
-    return prune::PruneRows(src, dst, pt.dtype, 1, cols, spec_, nullptr);
+    return prune::PruneRows(src, dst, pt.dtype, n, cols, spec_, nullptr);
   }
 
   const Plan& plan_;
