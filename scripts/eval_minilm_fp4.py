@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
+from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,9 @@ def decode(folder):
     t = {}
     for f in os.listdir(folder):
         if f.endswith(".safetensors"):
-            t.update(load_file(os.path.join(folder, f)))
+            for k, v in load_file(os.path.join(folder, f)).items():
+                # F8_E4M3 scales as their bytes (numpy has no float8).
+                t[k] = (v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v).numpy()
     fmt = json.load(open(os.path.join(folder, "config.json")))["quantization_config"]["format"]
     weights, act_gs = {}, {}
     for name in t:
