@@ -153,8 +153,8 @@ bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
 
 // Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
 // (amin / amax, times expand = 1.0, a no-op in D) and its chosen step.
-bool Ranges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
-            const uint8_t* steps, const Geometry& g, std::vector<float>* mn,
+bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
+            const Geometry& g, std::vector<float>* mn,
             std::vector<float>* mx) {
   std::vector<float> x(in.cols);
   mn->resize(in.rows * g.n_groups);
@@ -168,7 +168,6 @@ bool Ranges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
                 steps[i], o, in.dtype, &(*mn)[i], &(*mx)[i]);
     }
   }
-  (void)f;
   return true;
 }
 
@@ -243,7 +242,7 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
   Geometry g;
   if (!MakeGeometry(in, f, &g)) return false;
   std::vector<float> mn, mx;
-  if (!Ranges(in, f, o, steps, g, &mn, &mx)) return false;
+  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   for (size_t i = 0; i < mn.size(); ++i) pos[i] = Pos(mn[i], mx[i]);
   return true;
 }
@@ -272,7 +271,7 @@ bool Search(const WeightChunk& in, const std::vector<float>& imp, const ImatrixO
     steps[i] = ChosenStep(masks[i], std::min(stop, LastStep(o)));
   }
   std::vector<float> mn, mx;
-  if (!Ranges(in, ImatrixFormat::kInt, o, steps.data(), g, &mn, &mx)) return false;
+  if (!Ranges(in, o, steps.data(), g, &mn, &mx)) return false;
   const bool sym = in.params.symmetric;
   out->scales.resize(rows * ng);
   out->zero_points.resize(rows * ng);
@@ -305,7 +304,7 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
   Geometry g;
   if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
   std::vector<float> mn, mx;
-  if (!Ranges(in, ImatrixFormat::kInt, o, steps, g, &mn, &mx)) return false;
+  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   const Layout& l = g.l;
   const size_t rows = in.rows, n = in.cols, ng = g.n_groups;
   const bool sym = in.params.symmetric;
