@@ -37,6 +37,9 @@ const char kVerifyHelp[] =
     "    or exactly pruned by SPEC;\n"
     "  - without SRC, the dequantized zeros must have SPEC's structure (M - N per N:M group,\n"
     "    floor(F * n) per row or per tensor).\n"
+    "With --stats STATS and SRC: every static scale (input_scale, input_zero_point,\n"
+    "    input_global_scale, k_scale, v_scale) equals what the statistics give (the\n"
+    "    conversion planned again from SRC and the config's one preset group).\n"
     "Streams tensor by tensor (memory maps, pages released after use).\n"
     "\n"
     "options:\n"
@@ -45,6 +48,7 @@ const char kVerifyHelp[] =
     "  --worst N     list the N lowest-SQNR tensors (default 10)\n"
     "  -q, --quiet   only the problems and the summary line\n"
     "  --prune SPEC  the pruning DST was made with: unstructured:F or N:M, as for convert\n"
+    "  --stats STATS the statistics DST's static scales came from (needs SRC)\n"
     "  --prune-granularity G\n"
     "                row (default) or tensor, as for convert\n"
     "\n"
@@ -99,6 +103,14 @@ int RunVerify(const std::vector<std::string>& args) {
         granularity_given = true;
       } else {
         prune_text = v;
+      }
+    } else if (a == "--stats" || a.starts_with("--stats=")) {
+      if (a.size() > 7 && a[7] == '=') {
+        o.stats = a.substr(8);
+      } else if (i + 1 < args.size()) {
+        o.stats = args[++i];
+      } else {
+        return ReportError("verify: --stats needs a value", 2);
       }
     } else if (a.starts_with("-") && a != "-") {
       return ReportError("verify: unknown option '" + a + "'\n\n" + kVerifyHelp, 2);
@@ -170,6 +182,10 @@ int RunVerify(const std::vector<std::string>& args) {
       std::printf(", %llu pruned", static_cast<unsigned long long>(rep.tensors_pruned));
     }
     std::printf(", %llu source bytes compared", static_cast<unsigned long long>(rep.bytes_compared));
+    if (o.stats) {
+      std::printf(", %llu static scales equal to the statistics'",
+                  static_cast<unsigned long long>(rep.static_scales_checked));
+    }
   }
   std::printf(", %zu problem(s)\n", rep.problems.size());
   return rep.ok() ? 0 : 3;

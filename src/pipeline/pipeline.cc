@@ -671,6 +671,7 @@ class ShardPipeline {
       in.params.group_size = t.params.group_size.value_or(0);
       in.params.symmetric = t.params.symmetric;
       in.params.global_scale = t.global_scale;
+      in.row0 = p.begin;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
       if (t.source_scale) {
         QuantizeDecoded(c, p, t, in, outs);

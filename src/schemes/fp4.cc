@@ -662,7 +662,10 @@ bool AbsMax(const WeightChunk& in, float* amax) {
   return internal::IsSupported(in.dtype) && HWY_DYNAMIC_DISPATCH(AbsMaxKernel)(in, amax);
 }
 
-bool QuantizeNvfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
+namespace {
+
+// The NVFP4 reference; `ranges` (rows x groups), when given, replaces each group's max |x|.
+bool Nvfp4Scalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
   if (!Valid(in, kNvfp4Group)) return false;
   const size_t esz = DTypeBits(in.dtype) / 8;
   const size_t n_groups = in.cols / kNvfp4Group;
@@ -672,6 +675,7 @@ bool QuantizeNvfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
       const uint8_t* src = in.data + (r * in.cols + g * kNvfp4Group) * esz;
       float amax;
       if (!internal::GroupAmax(src, kNvfp4Group, in.dtype, &amax)) return false;
+      if (ranges != nullptr) amax = ranges[r * n_groups + g];
       const uint8_t code = internal::Nvfp4ScaleCode(amax, gs, in.dtype);
       out.out[1][r * n_groups + g] = code;
       // _quantize: eff = scale / global_scale (f32), then x / eff (f32).
@@ -687,10 +691,9 @@ bool QuantizeNvfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
   return true;
 }
 
-namespace {
-
-// MXFP4 (fp4 = true) and MXFP8 references.
-bool QuantizeMxScalar(const WeightChunk& in, const ChunkOutputs& out, bool fp4) {
+// MXFP4 (fp4 = true) and MXFP8 references; `ranges` as for Nvfp4Scalar.
+bool QuantizeMxScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                      bool fp4) {
   if (!Valid(in, kMxGroup)) return false;
   const size_t esz = DTypeBits(in.dtype) / 8;
   const size_t n_groups = in.cols / kMxGroup;
@@ -699,6 +702,7 @@ bool QuantizeMxScalar(const WeightChunk& in, const ChunkOutputs& out, bool fp4) 
       const uint8_t* src = in.data + (r * in.cols + g * kMxGroup) * esz;
       float amax;
       if (!internal::GroupAmax(src, kMxGroup, in.dtype, &amax)) return false;
+      if (ranges != nullptr) amax = ranges[r * n_groups + g];
       const internal::MxScale s = internal::MxScaleFor(
           amax, in.dtype, fp4 ? internal::kMxFp4Offset : internal::kMxFp8Offset);
       out.out[1][r * n_groups + g] = s.stored;
@@ -723,12 +727,36 @@ bool QuantizeMxScalar(const WeightChunk& in, const ChunkOutputs& out, bool fp4) 
 
 }  // namespace
 
+bool QuantizeNvfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
+  return Nvfp4Scalar(in, nullptr, out);
+}
+
 bool QuantizeMxfp4Scalar(const WeightChunk& in, const ChunkOutputs& out) {
-  return QuantizeMxScalar(in, out, /*fp4=*/true);
+  return QuantizeMxScalar(in, nullptr, out, /*fp4=*/true);
 }
 
 bool QuantizeMxfp8Scalar(const WeightChunk& in, const ChunkOutputs& out) {
-  return QuantizeMxScalar(in, out, /*fp4=*/false);
+  return QuantizeMxScalar(in, nullptr, out, /*fp4=*/false);
+}
+
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  return Nvfp4Scalar(in, ranges, out);
+}
+
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  return QuantizeMxScalar(in, ranges, out, /*fp4=*/true);
+}
+
+float Mxfp4GroupScale(float amax, DType dtype) {
+  return internal::MxScaleFor(amax, dtype, internal::kMxFp4Offset).scale;
+}
+
+float RoundToE2M1(float v) {
+  // cast_to_fp4's table (E2M1 magnitudes by index), signed as torch.sign(v) * |r|.
+  static constexpr float kValue[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
+  const uint8_t nibble = internal::Fp4Nibble(v);
+  const float m = kValue[nibble & 7];
+  return (nibble & 8) ? -m : m;
 }
 
 bool AbsMaxScalar(const WeightChunk& in, float* amax) {

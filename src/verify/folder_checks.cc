@@ -113,6 +113,8 @@ void Verifier::CheckSource() {
   for (const Shard& s : dst_.folder.shards) {
     for (const TensorInfo& t : s.header.tensors) {
       if (quant_outputs_.count(t.name) || src_->Find(t.name)) continue;
+      // The KV cache's scales (their values: verify --stats).
+      if (kv_cache_ && (t.name.ends_with(".k_scale") || t.name.ends_with(".v_scale"))) continue;
       Problem(s.rel_name, t.name, "extra", "not in the source and not written by quantization");
     }
   }

@@ -130,6 +130,8 @@ class Verifier {
   std::set<std::string> quant_outputs_;
   std::map<std::string, float> global_scales_;  // NVFP4 module -> weight_global_scale
   bool prune_only_ = false;  // --prune and no quantization_config: pruning alone
+  // kv_cache_scheme in the config: attention modules carry k_scale / v_scale.
+  bool kv_cache_ = false;
 };
 
 }  // namespace quench::verify
