@@ -53,6 +53,13 @@ struct VerifyOptions {
   // spec's structure. A checkpoint with no quantization_config (pruning alone): with SRC,
   // every tensor is the source or the source pruned by this spec.
   prune::PruneSpec prune;
+  // `--algorithm sparsegpt`: the pruning chose its own mask (OBS saliency) and updated the
+  // weights it kept, so DST is not compared with the source pruned by magnitude, nor its values
+  // with the source's: its zeros must have the structure SparseGPT's definition fixes (N:M per
+  // row; unstructured: per block of `prune_block` columns over all rows, at least
+  // int(rows * width * F) zeros), with or without SRC (verify/zero_structure.h).
+  bool prune_updates = false;
+  uint64_t prune_block = 128;
 };
 
 // One thing wrong. `rule` is a short stable identifier (listed in verifier.h).
