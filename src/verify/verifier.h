@@ -25,7 +25,8 @@
 //   sqnr               the tensor's SQNR against the source is below its format's threshold
 //   pruned             (--prune) an element zero in the pruned source does not dequantize to
 //                      exactly 0, or the source holds NaN/Inf so it cannot be pruned
-//   sparsity           (--prune, no SRC) the dequantized zeros lack the spec's structure
+//   sparsity           (--prune, no SRC; or --algorithm sparsegpt) the dequantized zeros lack
+//                      the spec's structure
 #ifndef QUENCH_VERIFY_VERIFIER_H_
 #define QUENCH_VERIFY_VERIFIER_H_
 
@@ -104,6 +105,7 @@ class Verifier {
   void CheckFusedSets();
   void CheckSource();
   void CheckSourceTensor(const Shard& s, const TensorInfo& t);
+  bool HasSparseGptZeros(const TensorInfo& t, const uint8_t* dp, std::string* why);
   bool EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
                           std::string* why);
 

@@ -59,6 +59,13 @@ struct VerifyOptions {
   // input_global_scale, k_scale and v_scale of DST must equal the planned bytes
   // (src/verify/static_scales.cc).
   std::optional<std::filesystem::path> stats;
+  // `--algorithm sparsegpt`: the pruning chose its own mask (OBS saliency) and updated the
+  // weights it kept, so DST is not compared with the source pruned by magnitude, nor its values
+  // with the source's: its zeros must have the structure SparseGPT's definition fixes (N:M per
+  // row; unstructured: per block of `prune_block` columns over all rows, at least
+  // int(rows * width * F) zeros), with or without SRC (verify/zero_structure.h).
+  bool prune_updates = false;
+  uint64_t prune_block = 128;
 };
 
 // One thing wrong. `rule` is a short stable identifier (listed in verifier.h).
