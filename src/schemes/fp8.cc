@@ -84,6 +84,34 @@ inline void StoreScale(uint8_t* dst, float scale, DType d) {
 
 inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
+// True when, for this scale, RNE_bf16(RN_f32(x * RN_f32(1 / scale))) equals
+// RNE_bf16(RN_f32(x / scale)) for every bf16 x, so a kernel may multiply by the reciprocal
+// (one multiply) instead of dividing (an f32 division is several times slower). The proof,
+// for a scale that is a normal bf16 value with a normal reciprocal:
+//  - x = a * 2^p and scale = b * 2^q with integers 1 <= a, b <= 255 (8-bit significands,
+//    subnormal x included). A bf16 rounding boundary (midpoint) of Q = x / scale in
+//    [2^e, 2^(e+1)) is M = c * 2^(e-8) with c odd, 2^8 < c < 2^9, and
+//    Q - M = 2^(e-8) * (a * 2^n - c * b) / b with the integer n = p - q - e + 8 >= 1
+//    (Q = (a / b) * 2^(p-q) with a / b >= 1/255 gives p - q > e - 8). So Q is either
+//    exactly M or at least 2^(e-8) / 255 away from it: relatively, more than 2^-17. Exactly
+//    M would need a * 2^n = c * b, so a's odd part would be c times b's, above 255.
+//  - Both RN_f32(x / scale) and RN_f32(x * RN_f32(1 / scale)) are within a relative 2^-23
+//    of Q (one and two roundings of 2^-24), far inside that distance, so they lie between
+//    the same two midpoints and round to the same bf16 value, as long as they are normal.
+//  - When they are not (|Q| < 2^-126), both round to bf16 values below 2^-126, far below
+//    half of e4m3's smallest subnormal (2^-10): the code is 0 with x's sign either way.
+//  - |Q| <= 449 for a row's own scale; a larger Q (a per-tensor scale) saturates e4m3 the
+//    same way on both sides, since bf16 rounding above 448 is covered by the same argument.
+// For f16 (11-bit significands) and f32 the distance bound is no larger than the rounding
+// error, so those keep the division. tests/test_fp8.cc checks every bf16 x against every
+// bf16 scale significand at several exponents, and the subnormal-scale fallback.
+inline bool ReciprocalIsExact(float scale, DType d) {
+  if (d != DType::kBF16) return false;
+  const uint32_t bits = F32ToBits(scale);
+  // A bf16 value (low half zero), positive, in [2^-126, 2^126): normal, reciprocal normal.
+  return (bits & 0xFFFFu) == 0 && bits >= 0x00800000u && bits < 0x7E800000u;
+}
+
 }  // namespace quench::fp8::internal
 #endif  // QUENCH_SCHEMES_FP8_SHARED_
 
@@ -117,31 +145,48 @@ HWY_INLINE float AbsBitsToF32(typename Traits<D>::T bits) {
 }
 
 // q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes (the clamp is
-// implied by EncodeE4M3's saturation).
-template <DType D>
-HWY_INLINE VU QuantizeLanes(DF df, VF x, VF scale) {
-  return EncodeE4M3(df, RoundToDType<D>(df, hn::Div(x, scale)));  // IEEE f32 division
+// implied by EncodeE4M3's saturation). kByReciprocal: `by` is RN_f32(1 / scale) and the
+// quotient is taken as x * by, which internal::ReciprocalIsExact proves gives the same code;
+// otherwise `by` is the scale and the quotient is the IEEE f32 division.
+template <DType D, bool kByReciprocal>
+HWY_INLINE VU QuantizeLanes(DF df, VF x, VF by) {
+  const VF quotient = kByReciprocal ? hn::Mul(x, by) : hn::Div(x, by);
+  return EncodeE4M3(df, RoundToDType<D>(df, quotient));
 }
+
+template <DType D, bool kByReciprocal>
+HWY_INLINE void QuantizeRunBy(const uint8_t* src, size_t n, float by, uint8_t* dst);
 
 // Quantizes n elements of dtype D at src with one scale, writing n codes to dst.
 template <DType D>
 HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* dst) {
+  if (internal::ReciprocalIsExact(scale, D)) {
+    QuantizeRunBy<D, true>(src, n, 1.0f / scale, dst);
+  } else {
+    QuantizeRunBy<D, false>(src, n, scale, dst);
+  }
+}
+
+template <DType D, bool kByReciprocal>
+HWY_INLINE void QuantizeRunBy(const uint8_t* src, size_t n, float by, uint8_t* dst) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   const DF df;
   const hn::Rebind<uint8_t, DF> d8;
   const size_t lanes = hn::Lanes(df);
-  const VF vscale = hn::Set(df, scale);
+  const VF vscale = hn::Set(df, by);
   size_t i = 0;
   if (n >= 2 * lanes) {
     for (; i <= n - 2 * lanes; i += 2 * lanes) {
-      const VU q0 = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
-      const VU q1 = QuantizeLanes<D>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
+      const VU q0 =
+          QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+      const VU q1 =
+          QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
       hn::StoreU(hn::TruncateTo(d8, q0), d8, dst + i);
       hn::StoreU(hn::TruncateTo(d8, q1), d8, dst + i + lanes);
     }
   }
   for (; i + lanes <= n; i += lanes) {
-    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+    const VU q = QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + i * kEsz), vscale);
     hn::StoreU(hn::TruncateTo(d8, q), d8, dst + i);
   }
   if (i < n) {
@@ -149,7 +194,7 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* 
     HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
     HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
     std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
-    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, in_buf), vscale);
+    const VU q = QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, in_buf), vscale);
     hn::StoreU(hn::TruncateTo(d8, q), d8, out_buf);
     std::memcpy(dst + i, out_buf, n - i);
   }
