@@ -1,4 +1,6 @@
-// The FP8 kernels quantize bf16 weights by multiplying with the scale's reciprocal instead of
+// Two fast paths of the FP8 kernels, each checked against the scalar definition.
+//
+// 1. The FP8 kernels quantize bf16 weights by multiplying with the scale's reciprocal instead of
 // dividing (src/schemes/fp8.cc, internal::ReciprocalIsExact). That is only allowed because
 // the codes are the same as with the division the definition states; this checks it
 // exhaustively where the proof says it holds: every finite bf16 x (both signs, subnormals,
@@ -6,6 +8,10 @@
 // whole range, on every compiled target, against the scalar reference (which divides). It
 // also covers the scales that must keep the division (subnormal, >= 2^126) and the per-row
 // (channel) kernel on rows whose own amax produces each scale significand.
+//
+// 2. On AVX-512, FP8 sources are decoded by a per-tile table of the 128 magnitudes' results
+// (DequantizeByTable): every code through every tile width, with the scales that need care
+// (+0, -0, subnormal, overflowing), NaN codes in any tile, on every target.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -132,6 +138,55 @@ TEST_CASE("bf16 rows with every amax significand: the channel kernel equals the 
       });
     }
   }
+}
+
+TEST_CASE("FP8 source decoding by table: every code, tile width and awkward scale") {
+  const float kScales[] = {0.0f,   -0.0f, 1.0f, 0.000337f, std::ldexp(1.0f, -127),
+                           6.0e-39f, std::ldexp(1.0f, -140), 3.1415927f, std::ldexp(1.0f, 120)};
+  std::vector<size_t> widths;
+  for (size_t w = 1; w <= 70; ++w) widths.push_back(w);
+  for (size_t w : {95, 96, 97, 127, 128, 129, 200, 256}) widths.push_back(w);
+  size_t checked = 0;
+  for (size_t block_cols : widths) {
+    const size_t nscales = sizeof(kScales) / sizeof(kScales[0]);
+    const size_t cols = block_cols * nscales;  // one tile per scale, side by side
+    const size_t rows = (256 + cols - 1) / cols + 2;  // every code at least once per tile
+    for (int variant : {0, 1, 2}) {  // clean; a NaN code; a tile whose products overflow
+      const bool with_nan = variant == 1;
+      SourceChunk in;
+      std::vector<uint8_t> codes(rows * cols);
+      for (size_t i = 0; i < codes.size(); ++i) {
+        uint8_t c = static_cast<uint8_t>((i * 7 + i / cols) % 256);
+        if ((c & 0x7F) == 0x7F) c ^= 1;  // NaN codes only where asked for
+        codes[i] = c;
+      }
+      // In the last tile: a NaN code, or 448 (0x7E), which times 2^120 overflows bf16.
+      if (variant != 0) codes[codes.size() - 1 - block_cols / 2] = with_nan ? 0xFF : 0x7E;
+      std::vector<float> scales(kScales, kScales + nscales);
+      // The 2^120 tile overflows bf16 for large codes; only in variant 2.
+      if (variant != 2) scales.back() = 2.5f;
+      in.codes = codes.data();
+      in.rows = rows;
+      in.cols = cols;
+      in.scales = scales.data();
+      in.scale_cols = nscales;
+      in.block_rows = 1u << 20;  // one tile row
+      in.block_cols = block_cols;
+      std::vector<uint8_t> want(2 * codes.size() + kGuardBytes, kGuard);
+      const bool ok = DequantizeSourceScalar(in, want.data());
+      CHECK(ok == (variant == 0));
+      ForEachTarget([&](const std::string& target) {
+        std::vector<uint8_t> got(2 * codes.size() + kGuardBytes, kGuard);
+        CAPTURE(target);
+        CAPTURE(block_cols);
+        CAPTURE(variant);
+        REQUIRE(DequantizeSource(in, got.data()) == ok);
+        if (ok) REQUIRE(got == want);  // guard bytes included: no overrun
+        checked += codes.size();
+      });
+    }
+  }
+  MESSAGE(checked << " decoded elements checked");
 }
 
 }  // TEST_SUITE
