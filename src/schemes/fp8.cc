@@ -389,6 +389,7 @@ HWY_INLINE bool DequantizeRun(const uint8_t* src, size_t n, float scale, uint8_t
 // The NaN code's entry (0x7F) is 0x7FFF, and a product not finite in bf16 is 0x7F80: both
 // have magnitude bits >= 0x7F80, which is the one check (once per run).
 constexpr size_t kTableEntries = 128;
+constexpr size_t kDecodePrefetchAhead = 2048;
 
 // The 128 results of `scale` as bf16 bits at table (64-byte aligned).
 HWY_INLINE void BuildDecodeTable(float scale, uint16_t* table) {
@@ -427,6 +428,9 @@ HWY_INLINE void LookupRun(const uint8_t* src, size_t n, const uint16_t* table, u
   };
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
+    // The codes come from the page cache, so from memory: ask for them well ahead (past
+    // 4 KiB page ends, where the hardware prefetcher stops).
+    if ((i & 63) == 0) hwy::Prefetch(src + i + kDecodePrefetchAhead);
     const __m512i code = _mm512_cvtepu8_epi16(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
     _mm512_storeu_si512(dst + 2 * i, lanes32(code));
