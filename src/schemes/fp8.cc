@@ -18,7 +18,9 @@
 // Two facts follow from the formats: with x and scale both in D, the f32 quotient is never
 // exactly halfway between two D values unless it is below D's normal range (where the e4m3
 // code is 0 anyway); and torch 2.13's e4m3 conversion saturates, so the clamp never changes
-// a code. Both steps are still implemented exactly as defined.
+// a code. Both steps are still implemented exactly as defined, except that for bf16 the
+// kernels take the quotient as x * RN(1 / scale) where that provably gives the same code
+// (internal::ReciprocalIsExact, with the proof); the scalar reference always divides.
 
 #include <algorithm>
 #include <cmath>
@@ -480,7 +482,7 @@ bool DequantizeByTable(const SourceChunk& in, uint8_t* out) {
 bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
   return DequantizeByTable(in, out);
-#endif
+#else
   const size_t first_tile_row = in.first_row / in.block_rows;
   for (size_t r = 0; r < in.rows; ++r) {
     const float* scale_row =
@@ -493,6 +495,7 @@ bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
     }
   }
   return true;
+#endif
 }
 
 }  // namespace HWY_NAMESPACE
