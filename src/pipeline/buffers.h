@@ -79,8 +79,9 @@ class WriteQueue {
   // by `step` each time a writer finds nothing to write after the first item: a deep queue
   // only helps where the disk would otherwise idle (the workers' slow stretches), and every
   // buffer it holds beyond those the workers recycle is fresh memory, whose first touch
-  // costs a fault and zeroing per page (bench/README.md, "Fresh output pages"). When the
-  // disk is the slower side, the writers never run dry and the queue stays shallow.
+  // costs a fault and zeroing per page (bench/README.md, "FP8 kernel by reciprocal, and where
+  // its time goes"). When the disk is the slower side, the writers never run dry and the
+  // queue stays shallow.
   WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Item>)> write,
              uint64_t start_limit = UINT64_MAX, uint64_t step = 0)
       : limit_(limit),
