@@ -169,7 +169,7 @@ def write_awq(dirpath, seed=701, group=32):
 def write_modelopt(dirpath, seed=702):
     import torch
     g = torch.Generator().manual_seed(seed)
-    tensors, layer_of = {}, {}
+    tensors, layer_of, ws2 = {}, {}, {}
     plain(torch, g, torch.bfloat16, tensors, layer_of)
     for name, out, inp in modules():
         layer = int(name.split(".")[2])
@@ -179,11 +179,19 @@ def write_modelopt(dirpath, seed=702):
             continue
         tensors[name + ".weight"] = torch.randint(0, 256, (out, inp // 2), generator=g,
                                                   dtype=torch.int32).to(torch.uint8)
-        # E4M3 codes without the sign bit, NaN (0x7F) excluded: zero, subnormals, up to 448.
-        codes = torch.randint(0, 0x7F, (out, inp // 16), generator=g, dtype=torch.int32)
-        codes[0, 0], codes[0, 1], codes[1, 0] = 0, 1, 0x7E
+        # E4M3 codes without the sign bit, NaN (0x7F) and zero excluded (compressed-tensors
+        # never writes a zero NVFP4 scale, and verify refuses one): subnormals up to 448.
+        codes = torch.randint(1, 0x7F, (out, inp // 16), generator=g, dtype=torch.int32)
+        codes[0, 0], codes[0, 1], codes[1, 0] = 1, 2, 0x7E
         tensors[name + ".weight_scale"] = codes.to(torch.uint8).view(torch.float8_e4m3fn)
-        tensors[name + ".weight_scale_2"] = (torch.rand((), generator=g) * 1e-3 + 1e-4).float()
+        # One weight_scale_2 per fused set (q/k/v, gate/up), as ModelOpt exports them and vLLM
+        # needs them (one global scale per fused matrix).
+        fused = name.rsplit(".", 1)[0] + {"q_proj": ".qkv", "k_proj": ".qkv", "v_proj": ".qkv",
+                                          "gate_proj": ".gate_up", "up_proj": ".gate_up"}.get(
+                                              name.rsplit(".", 1)[1], "." + name.rsplit(".", 1)[1])
+        if fused not in ws2:
+            ws2[fused] = (torch.rand((), generator=g) * 1e-3 + 1e-4).float()
+        tensors[name + ".weight_scale_2"] = ws2[fused].clone()
         tensors[name + ".input_scale"] = (torch.rand((), generator=g) * 0.01 + 1e-3).float()
         for suffix in ("weight", "weight_scale", "weight_scale_2", "input_scale"):
             layer_of[f"{name}.{suffix}"] = layer

@@ -176,6 +176,17 @@ TEST_SUITE("quant_sources") {
       CHECK_FALSE(fs::exists(tmp / name));
     }
   }
+  TEST_CASE("verify DST SRC compares against the decoded source") {
+    // SRC decoded by the pipeline into a temporary folder first (cli/verify_packed_source.h).
+    for (const std::string c : {"mosrc/NVFP4", "mosrc/W8A8", "awqsrc/FP8_DYNAMIC"}) {
+      CAPTURE(c);
+      const std::string src = c.substr(0, c.find('/'));
+      auto v = RunQuench({"verify", (DataDir() / "golden" / c).string(),
+                          (DataDir() / "golden" / src / "src").string()});
+      CHECK(v.exit_code == 0);
+      CHECK(v.out.find("OK: ") != std::string::npos);
+    }
+  }
 }
 
 }  // namespace

@@ -89,9 +89,9 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
   if (!from_config && !from_file) return std::optional<JsonValue>();
   if (folder.config && !from_config && folder.config->Find("quantization_config") != nullptr &&
       !folder.config->Find("quantization_config")->is_null()) {
-    return Error(ErrorCode::kInvalidInput,
-                 "hf_quant_config.json describes a ModelOpt checkpoint but config.json's "
-                 "quantization_config is another quant_method; the two contradict each other");
+    // config.json names another method: hf_quant_config.json is a leftover (compressed-
+    // tensors' converters copy it into their compressed-tensors output), config.json decides.
+    return std::optional<JsonValue>();
   }
   if (from_config && from_file) {
     const JsonValue* a = from_config->Find("quant_algo");
