@@ -120,14 +120,21 @@ TEST_SUITE("quant_sources") {
     CHECK(q->Find("ignore")->as_array().size() == 3);  // exclude_modules, as written
   }
 
-  TEST_CASE("another group size than the source's is decoded and requantized") {
-    // W4A16_ASYM with group 16 on the group-32 AWQ source: the decoded BF16 model (the
-    // reference's, golden BF16/) quantized by quench's plain path (golden-tested elsewhere).
+  TEST_CASE("other group sizes and NVFP4A16 (fused global scales) decode and requantize") {
+    // The decoded BF16 model (the reference's, golden BF16/) quantized by quench's plain path
+    // (golden-tested elsewhere) is what decoding inside the pipeline must give: W4A16_ASYM with
+    // group 16 on the group-32 AWQ source, and NVFP4A16 (the pre-pass reads decoded rows for
+    // the q/k/v and gate/up global scales) from both sources.
+    struct Case { const char* src; const char* scheme; std::optional<int> group; };
+    for (const Case& c : {Case{"awqsrc", "W4A16_ASYM", 16}, Case{"awqsrc", "NVFP4A16", {}},
+                          Case{"mosrc", "W4A16_ASYM", 16}}) {
+    CAPTURE(c.src);
+    CAPTURE(c.scheme);
     TempDir tmp;
-    const fs::path src = DataDir() / "golden" / "awqsrc" / "src";
-    auto r = Run(src, tmp / "a", "W4A16_ASYM", {}, 0, 16);
+    const fs::path src = DataDir() / "golden" / c.src / "src";
+    auto r = Run(src, tmp / "a", c.scheme, {}, 1, c.group);
     REQUIRE_MESSAGE(r.ok(), r.status().message());
-    auto p = Run(DataDir() / "golden" / "awqsrc" / "BF16", tmp / "b", "W4A16_ASYM", {}, 0, 16);
+    auto p = Run(DataDir() / "golden" / c.src / "BF16", tmp / "b", c.scheme, {}, 0, c.group);
     REQUIRE_MESSAGE(p.ok(), p.status().message());
     const auto a = LoadAll(tmp / "a"), b = LoadAll(tmp / "b");
     size_t n = 0;
@@ -142,6 +149,7 @@ TEST_SUITE("quant_sources") {
     }
     CHECK(n > 0);
     CHECK(ReadBytes(tmp / "a" / "config.json") == ReadBytes(tmp / "b" / "config.json"));
+    }
   }
 
   TEST_CASE("inspect and --dry-run say what the source is and what happens to it") {

@@ -66,7 +66,8 @@ Result<float> ReadScalar(const ModelFolder& folder, size_t shard, const TensorIn
 
 }  // namespace
 
-Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found) {
+Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found,
+                                                    bool* file_only) {
   *found = false;
   std::optional<JsonValue> from_config, from_file;
   if (folder.config) {
@@ -104,11 +105,12 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
     }
   }
   *found = true;
+  *file_only = !from_config;
   return from_file ? from_file : from_config;
 }
 
 Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::string& where,
-                      SourceQuantization* out) {
+                      bool file_only, SourceQuantization* out) {
   out->format = SourceFormat::kModelOptNvfp4;
   const JsonValue* algo = q.Find("quant_algo");
   const std::string a = algo && algo->is_string() ? algo->as_string() : "";
@@ -223,6 +225,10 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
     }
   }
   if (out->packed.empty()) {
+    if (file_only) {  // a dequantized output with the converters' leftover file
+      *out = SourceQuantization{};
+      return Status::Ok();
+    }
     return Error(ErrorCode::kInvalidInput, where + ": quant_algo NVFP4 but no tensor is an "
                                                    "NVFP4 weight with a weight_scale");
   }

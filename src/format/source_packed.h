@@ -48,13 +48,18 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
 
 // ModelOpt NVFP4: `q` is config.json's quantization_config (quant_method "modelopt") or the
 // "quantization" object of hf_quant_config.json. Fills `out` (format kModelOptNvfp4).
+// `file_only`: described by hf_quant_config.json alone, which compressed-tensors' converters
+// (and quench, matching them) copy into dequantized outputs: with no NVFP4 tensor the folder is
+// such an output and reads as plain.
 Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::string& where,
-                      SourceQuantization* out);
+                      bool file_only, SourceQuantization* out);
 
 // Where the ModelOpt description is, if the folder is a ModelOpt checkpoint: config.json's
 // quantization_config with quant_method "modelopt", else hf_quant_config.json's
-// "quantization". Sets *found false when neither; refuses the two disagreeing.
-Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found);
+// "quantization". Sets *found false when neither, and *file_only when config.json does not
+// say modelopt; refuses the two disagreeing.
+Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found,
+                                                    bool* file_only);
 
 // Python's re.escape (3.7+), as the AutoAWQ converter escapes modules_to_not_convert.
 std::string PythonReEscape(const std::string& s);

@@ -148,11 +148,13 @@ Result<SourceQuantization> DetectFp8(const ModelFolder& folder, const JsonValue&
 
 Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
   // ModelOpt describes itself in hf_quant_config.json, config.json or both.
-  bool modelopt = false;
-  QUENCH_ASSIGN_OR_RETURN(std::optional<JsonValue> mo, FindModelOptConfig(folder, &modelopt));
+  bool modelopt = false, file_only = false;
+  QUENCH_ASSIGN_OR_RETURN(std::optional<JsonValue> mo,
+                          FindModelOptConfig(folder, &modelopt, &file_only));
   if (modelopt) {
     SourceQuantization out;
-    QUENCH_RETURN_IF_ERROR(DetectModelOpt(folder, *mo, "ModelOpt quantization config", &out));
+    QUENCH_RETURN_IF_ERROR(
+        DetectModelOpt(folder, *mo, "ModelOpt quantization config", file_only, &out));
     return out;
   }
   const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
