@@ -82,16 +82,22 @@ Status DecodeAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uin
   const uint64_t cols = t.shape[1], g = t.source_scale->group, n = r1 - r0;
   for (uint64_t o = r0; o < r1; ++o) {
     const uint64_t c = o / 8 - a.c0, m = o % 8;
-    for (uint64_t i = 0; i < cols; ++i) {
-      const uint64_t gi = i / g;
+    const int shift = 4 * kAwqNibble[m];
+    uint16_t* row = out + (o - r0) * cols;
+    for (uint64_t gi = 0; gi < a.groups; ++gi) {
       const int z = a.zeros.empty() ? 8 : static_cast<int>(AwqCode(a.zeros, a.words, gi, c, m));
-      const int q = static_cast<int>(AwqCode(a.codes, a.words, i, c, m));
+      const float s = F16ToF32(a.scales[gi * n + (o - r0)]);
       // compressed-tensors' _dequantize in the scale's dtype (F16): (q - z) and the product
-      // rounded to F16 (exact in F32 first: 5 bits times 11), then .to(bfloat16).
-      const float v = F16ToF32(F32ToF16(static_cast<float>(q - z) *
-                                        F16ToF32(a.scales[gi * n + (o - r0)])));
-      if (!std::isfinite(v)) *finite = false;
-      out[(o - r0) * cols + i] = F32ToBF16(v);
+      // rounded to F16 (exact in F32 first: 5 bits times 11), then .to(bfloat16). One value
+      // per code, so the group's 16 are computed once.
+      uint16_t lut[16];
+      for (int q = 0; q < 16; ++q) {
+        const float v = F16ToF32(F32ToF16(static_cast<float>(q - z) * s));
+        if (!std::isfinite(v)) *finite = false;
+        lut[q] = F32ToBF16(v);
+      }
+      const uint32_t* words = a.codes.data() + gi * g * a.words + c;
+      for (uint64_t k = 0; k < g; ++k) row[gi * g + k] = lut[(words[k * a.words] >> shift) & 0xF];
     }
   }
   return Status::Ok();
