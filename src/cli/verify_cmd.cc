@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "cli/cli.h"
 #include "format/json.h"
 #include "verify/verify.h"
+#include "cli/verify_packed_source.h"
 
 namespace quench::cli {
 namespace {
@@ -163,6 +165,16 @@ int RunVerify(const std::vector<std::string>& args) {
     o.prune_block = b;
   }
 
+  // An AutoAWQ or ModelOpt NVFP4 SRC: compared as the conversion read it, decoded to BF16
+  // (quench's decode, byte-equal to compressed-tensors' dequantizer), written to a temporary
+  // folder first (removed after).
+  std::optional<TempDecoded> decoded;
+  if (o.src) {
+    auto d = DecodePackedSource(*o.src);
+    if (!d.ok()) return ReportError("verify: " + d.status().ToString(), ExitCodeFor(d.status().code()));
+    decoded = std::move(d).value();
+    if (!decoded->dir.empty()) o.src = decoded->dir;
+  }
   auto r = Verify(o);
   if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
   const VerifyReport& rep = *r;

@@ -11,11 +11,12 @@
 #include <vector>
 
 #include "format/model_folder.h"
+#include "format/source_packed.h"
 #include "quench/status.h"
 
 namespace quench {
 
-enum class SourceFormat { kPlain, kFp8 };
+enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4 };
 
 // Where one quantized weight's scale lives, and the tile each scale covers.
 struct SourceScale {
@@ -37,6 +38,15 @@ struct SourceQuantization {
   // Per quantized weight (by name, "X.weight"): its scale.
   std::map<std::string, SourceScale> scales;
   size_t scale_tensors = 0;  // the scale tensors, consumed by decoding (not written)
+  // AutoAWQ and ModelOpt NVFP4 (format/source_packed.h): per packed weight, by the name of
+  // the weight it stands for ("X.weight"); the tensors read with them (not written); the
+  // scheme whose output is their lossless repack, its group size, and the ignore list the
+  // reference's converter writes with it.
+  std::map<std::string, PackedSourceWeight> packed;
+  std::vector<std::string> packed_aux;
+  std::string own_scheme;
+  uint64_t group_size = 0;
+  std::vector<std::string> repack_ignore;
 };
 
 // Reads `folder.config`'s quantization_config and pairs every quantized weight with its

@@ -25,6 +25,7 @@
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
 #include "pipeline/source_decode.h"
+#include "pipeline/source_decode_packed.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -242,7 +243,7 @@ class ShardPipeline {
     uint64_t in_left = 0, out_left = 0;
     if (!take_copy) {
       const uint64_t cols = t.shape[1];
-      const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+      const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
       // A decoded source row takes more room in its staging buffer (BF16) than in the input
       // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
       const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
@@ -675,6 +676,10 @@ class ShardPipeline {
       in.params.global_scale = t.global_scale;
       in.row0 = p.begin;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
+      if (t.source_scale && t.source_scale->repack) {  // AutoAWQ: its own scheme, lossless
+        if (Status st = RepackAwqRows(plan_, t, maps_, p.begin, p.end, outs); !st.ok()) Fail(st);
+        continue;
+      }
       if (t.source_scale) {
         QuantizeDecoded(c, p, t, in, outs);
         continue;
@@ -711,7 +716,7 @@ class ShardPipeline {
     }
     const uint64_t tile_rows =
         std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
-    const uint64_t in_row = t.shape[1] * (DTypeBits(t.dtype) / 8);
+    const uint64_t in_row = t.shape[1] * DTypeBits(t.dtype) / 8;
     thread_local std::vector<uint8_t> tile;
     for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
       const uint64_t r1 = std::min(p.end, r + tile_rows);
@@ -853,7 +858,7 @@ class ShardPipeline {
   Status DecodedPieceFailure(const PlannedTensor& t, const Piece& p, const uint8_t* codes,
                              const std::string& where) const {
     const uint64_t rows = p.end - p.begin, cols = t.shape[1];
-    for (uint64_t i = 0; i < rows * cols; ++i) {
+    for (uint64_t i = 0; t.source_scale->packed_kind == 0 && i < rows * cols; ++i) {
       if ((codes[i] & 0x7F) == 0x7F) {
         return Error(ErrorCode::kNonFinite,
                      where + " holds a NaN E4M3 code (row " + std::to_string(p.begin + i / cols) +
@@ -1000,7 +1005,7 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
     const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
     const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
-    const uint64_t in = rows * t.shape[1] * (DTypeBits(t.dtype) / 8) + DirectIoAlignment();
+    const uint64_t in = rows * t.shape[1] * DTypeBits(t.dtype) / 8 + DirectIoAlignment();
     // A source-quantized tensor written decoded (or pruned alone) is staged whole, decoded, in
     // the chunk's buffer; quantized, it is decoded through a per-thread tile (below).
     const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize
