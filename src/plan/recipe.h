@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "format/json.h"
+#include "quench/plan.h"
 #include "quench/scheme.h"
 #include "quench/status.h"
 
@@ -39,6 +40,18 @@ struct RecipeCalibration {
   std::optional<int> block_size;
   std::optional<double> dampening;
   std::optional<std::string> actorder;  // GPTQ: "static" or "none"
+  // AWQModifier / SmoothQuantModifier (plan/recipe_smooth.h).
+  std::optional<double> smoothing_strength;
+  std::optional<std::string> duo_scaling;  // "true", "false" or "both"
+  std::optional<int> n_grid;
+  std::vector<PlanOptions::SmoothingMapping> mappings;  // empty: the registry's
+  std::vector<std::string> smoothing_ignore;
+  // REAPPruningModifier / quench's MagnitudeExpertPruner entry (plan/recipe_experts.h).
+  std::string expert_modifier;         // "" : none
+  std::optional<double> prune_experts;
+  std::string expert_metric;           // "reap" or "magnitude"
+  // What the run says about fields it reads but that mean nothing here (plan notes).
+  std::vector<std::string> notes;
 };
 
 struct Recipe {
