@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "format/json.h"
+#include "pipeline/resume.h"
+#include "quench/convert.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -325,6 +327,33 @@ TEST_CASE("AWQ's and SmoothQuant's quantization_config are llm-compressor onesho
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CheckOneshotConfig(out, std::string(name) + ".json");
   }
+}
+
+TEST_CASE("--resume does not keep a shard smoothed with other mappings or ignore entries") {
+  auto fingerprint = [&](std::vector<PlanOptions::SmoothingMapping> mappings,
+                         std::vector<std::string> ignore) {
+    ConvertOptions o;
+    o.src = DataDir() / "tiny-llama";
+    o.dst = DataDir() / "unused";
+    o.scheme = "W8A8";
+    o.algorithm = "smoothquant";
+    o.stats = kSmoothStats;
+    o.smoothing_mappings = std::move(mappings);
+    o.smoothing_ignore = std::move(ignore);
+    auto plan = MakePlan(o);
+    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
+    REQUIRE(plan->errors.empty());
+    return ShardFingerprint(*plan, 0);
+  };
+  const PlanOptions::SmoothingMapping norm = {"re:.*input_layernorm",
+                                              {"re:.*q_proj", "re:.*k_proj", "re:.*v_proj"}};
+  const PlanOptions::SmoothingMapping mlp = {"re:.*post_attention_layernorm",
+                                             {"re:.*gate_proj", "re:.*up_proj"}};
+  const std::string registry = fingerprint({}, {});
+  CHECK(fingerprint({norm, mlp}, {}) != registry);  // the same sets, told apart all the same
+  CHECK(fingerprint({norm}, {}) != fingerprint({norm, mlp}, {}));
+  CHECK(fingerprint({}, {"re:.*layers.1.*"}) != registry);
+  CHECK(fingerprint({norm}, {}) == fingerprint({norm}, {}));
 }
 
 // Expert pruning: REAPPruningModifier (llm-compressor's) and quench's MagnitudeExpertPruner

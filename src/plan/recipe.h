@@ -4,7 +4,8 @@
 //   - compressed-tensors' QuantizationConfig as JSON (`config_groups`, `ignore`,
 //     `kv_cache_scheme`), also inside a config.json's `quantization_config`;
 //   - llm-compressor's YAML recipe with a QuantizationModifier (`scheme` as a preset name or a
-//     {preset: [targets]} map, `targets`, `ignore`, `config_groups`).
+//     {preset: [targets]} map, `targets`, `ignore`, `config_groups`), and the calibrated and
+//     expert-pruning modifiers beside it (plan/recipe_modifiers.h).
 // A group given as explicit QuantizationArgs is matched to the scheme table (which decides
 // kernels and layouts); anything the table cannot produce without calibration is refused with
 // the reason.
@@ -31,11 +32,13 @@ struct RecipeGroup {
   std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
 };
 
-// What a recipe's GPTQModifier or SparseGPTModifier asks for (plan/recipe_calib.h), as the
-// options it sets: empty or unset where the recipe says nothing.
+// What a recipe's calibrated modifiers (GPTQModifier, SparseGPTModifier: plan/recipe_calib.h;
+// AWQModifier, SmoothQuantModifier: plan/recipe_smooth.h) and expert-pruning entry
+// (plan/recipe_experts.h) ask for, as the options they set: empty or unset where the recipe
+// says nothing.
 struct RecipeCalibration {
-  std::string modifier;               // "GPTQModifier", "SparseGPTModifier" ("": none)
-  std::string algorithm;              // "gptq", "sparsegpt"
+  std::string modifier;               // "GPTQModifier", "AWQModifier", ... ("": none)
+  std::string algorithm;              // "gptq", "sparsegpt", "awq", "smoothquant"
   std::string prune;                  // SparseGPT, in --prune's syntax: "2:4", "unstructured:0.5"
   std::optional<int> block_size;
   std::optional<double> dampening;
