@@ -1,104 +1,70 @@
 #!/usr/bin/env python3
-"""Synthetic activation statistics for scripts/bench's --algorithm runs (AWQ, SmoothQuant):
-per-channel count, sum_x2, sum_abs, min and max (no Hessian: the diagonal proxy) for every
-Linear input site of a Llama-shaped checkpoint (q_proj for q/k/v, o_proj, gate_proj for
-gate/up, down_proj), from random activations: TOKENS rows of normal draws times a per-channel
-scale spread over two decades, a few outlier channels times 20, as real residual streams look.
-They are only there to time the conversion, not to be meaningful.
+"""Synthetic per-channel activation statistics for a scripts/bench Llama-shaped checkpoint
+(bench/README.md, imatrix_mse timing): one site per Linear input (q/k/v share the q_proj
+site, gate/up the gate_proj site), count 256 and per-channel sum_x2 log-uniform over three
+decades with a few outlier channels, sum_abs, min and max; no Hessian. Reads only the
+checkpoint's safetensors headers (numpy, no torch). Not real statistics: for timing only.
 
-    make_bench_stats.py CHECKPOINT_DIR OUT_DIR [--tokens 256] [--seed 1]
-
-Written to OUT_DIR.partial and renamed at the end (docs/statistics-format.md's layout).
+Usage: python3 scripts/make_bench_stats.py MODEL_DIR OUT_DIR
 """
-import argparse
+import glob
 import json
 import os
-import re
-import shutil
 import struct
+import sys
 
 import numpy as np
 
-SITES = {  # site module -> the weights that read its input
-    "self_attn.q_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-    "self_attn.o_proj": ["self_attn.o_proj"],
-    "mlp.gate_proj": ["mlp.gate_proj", "mlp.up_proj"],
-    "mlp.down_proj": ["mlp.down_proj"],
-}
-
-
-def shapes(ck):
-    out = {}
-    for f in sorted(os.listdir(ck)):
-        if not f.endswith(".safetensors"):
-            continue
-        with open(os.path.join(ck, f), "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            for k, v in json.loads(fh.read(n)).items():
-                if k != "__metadata__":
-                    out[k] = v["shape"]
-    return out
+SHARES = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint")
-    ap.add_argument("out")
-    ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    rng = np.random.default_rng(a.seed)
-    w = shapes(a.checkpoint)
-    layers = sorted({int(m.group(1)) for k in w if (m := re.match(r"model\.layers\.(\d+)\.", k))})
-    tmp = a.out + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    model, out = sys.argv[1], sys.argv[2]
+    weights = {}
+    for f in sorted(glob.glob(os.path.join(model, "*.safetensors"))):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name.endswith("_proj.weight") and len(info["shape"]) == 2:
+                weights[name] = info["shape"]
+    rng = np.random.default_rng(18)
+    sites, consumers, arrays = {}, {}, []
+    for name, (rows, cols) in sorted(weights.items()):
+        module = name[: -len(".weight")]
+        parent, leaf = module.rsplit(".", 1)
+        site = parent + "." + SHARES.get(leaf, leaf)
+        consumers[name] = {"site": site}
+        if site in sites:
+            continue
+        sites[site] = {"file": "stats-00001.safetensors", "in_features": cols, "experts": None,
+                       "fields": ["count", "sum_x2", "sum_abs", "min", "max"]}
+        s = np.exp(rng.uniform(-4.0, 2.0, size=cols)) * 256
+        s[rng.choice(cols, size=8, replace=False)] *= 400.0
+        arrays += [(site + ".count", "I64", [], np.array(256, dtype=np.int64)),
+                   (site + ".sum_x2", "F64", [cols], s),
+                   (site + ".sum_abs", "F64", [cols], np.sqrt(s * 256)),
+                   (site + ".min", "F32", [cols], -np.sqrt(s).astype(np.float32)),
+                   (site + ".max", "F32", [cols], np.sqrt(s).astype(np.float32))]
+    os.makedirs(out, exist_ok=True)
     header, blobs, off = {}, [], 0
-    sites, consumers, weights = {}, {}, {}
-
-    def add(name, arr, dtype):
-        nonlocal off
-        b = arr.tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+    for name, dt, shape, a in arrays:
+        b = a.tobytes()
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
-
-    for l in layers:
-        for site, readers in SITES.items():
-            s = f"model.layers.{l}.{site}"
-            if s + ".weight" not in w:
-                continue
-            n = w[s + ".weight"][1]
-            x = rng.standard_normal((a.tokens, n)).astype(np.float32)
-            x *= np.exp(rng.uniform(-2.3, 0.0, size=n)).astype(np.float32)
-            x[:, rng.choice(n, size=4, replace=False)] *= 20.0
-            add(s + ".count", np.array(a.tokens, dtype="<i8"), "I64")
-            add(s + ".sum_x2", (x.astype(np.float64) ** 2).sum(0), "F64")
-            add(s + ".sum_abs", np.abs(x.astype(np.float64)).sum(0), "F64")
-            add(s + ".min", x.min(0), "F32")
-            add(s + ".max", x.max(0), "F32")
-            sites[s] = {"file": "stats-00001.safetensors", "in_features": n, "experts": None,
-                        "fields": ["count", "sum_x2", "sum_abs", "min", "max"]}
-            for r in readers:
-                consumers[f"model.layers.{l}.{r}.weight"] = {"site": s}
-                weights[f"model.layers.{l}.{r}.weight"] = w[f"model.layers.{l}.{r}.weight"]
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(os.path.join(tmp, "stats-00001.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(hb)) + hb)
-        for b in blobs:
-            f.write(b)
-    manifest = {
-        "format": "quench-stats", "version": 1,
-        "model": {"model_type": "llama", "weights": weights},
-        "collection": {"dataset": "synthetic", "samples": 1, "seq_len": a.tokens,
-                       "tokens": a.tokens, "sequences": 1, "moe": "all", "hessian": "none"},
-        "files": ["stats-00001.safetensors"], "sites": sites, "consumers": consumers,
-    }
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f)
-    shutil.rmtree(a.out, ignore_errors=True)
-    os.rename(tmp, a.out)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(os.path.join(out, "stats-00001.safetensors"), "wb") as fh:
+        fh.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    manifest = {"format": "quench-stats", "version": 1,
+                "model": {"model_type": "llama", "weights": weights},
+                "collection": {"dataset": "synthetic", "samples": 1, "seq_len": 256,
+                               "tokens": 256, "sequences": 1, "moe": "all", "hessian": "none"},
+                "files": ["stats-00001.safetensors"], "sites": sites, "consumers": consumers}
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh)
+    print(f"{len(sites)} sites, {len(consumers)} weights -> {out}")
 
 
 if __name__ == "__main__":

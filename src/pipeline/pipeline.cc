@@ -92,9 +92,11 @@ class ShardPipeline {
                            static_cast<size_t>(sizing_.threads));
     try {
       writer_ = std::make_unique<WriteQueue<Chunk>>(
-          sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
+          sizing_.write_queue_bytes, kWriterThreads,
+          [this](std::unique_ptr<Chunk> c) {
             Contained(plan_.src.native(), [&] { WriteChunk(std::move(c)); });
-          });
+          },
+          kMinWriteQueueChunks * sizing_.chunk_bytes, sizing_.chunk_bytes);
     } catch (const std::system_error& e) {  // no memory for a thread's stack, or no threads
       return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
                                        "); free memory or lower --memory-limit");
@@ -671,6 +673,7 @@ class ShardPipeline {
       in.params.group_size = t.params.group_size.value_or(0);
       in.params.symmetric = t.params.symmetric;
       in.params.global_scale = t.global_scale;
+      in.row0 = p.begin;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
       if (t.source_scale) {
         QuantizeDecoded(c, p, t, in, outs);

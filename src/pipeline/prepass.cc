@@ -133,6 +133,13 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
   for (size_t ti : set) {
     const PlannedTensor& t = plan_.tensors[ti];
     if (t.src_bytes == 0) continue;
+    if (member_amax_) {
+      QUENCH_ASSIGN_OR_RETURN(std::optional<float> searched, member_amax_(ti));
+      if (searched) {
+        a = std::max(a, *searched);
+        continue;
+      }
+    }
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
     const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
