@@ -164,7 +164,7 @@ quant_stage:
     const Case cases[] = {
         {"kv.json", R"({"config_groups": {"g": "FP8_DYNAMIC"}, "kv_cache_scheme": {"num_bits": 8, "type": "float"}})",
          "kv_cache_scheme needs k/v scales"},
-        {"awq.yaml", "stage:\n  mods:\n    AWQModifier:\n      scheme: W4A16\n", "AWQModifier needs calibration"},
+        {"logeq.yaml", "stage:\n  mods:\n    LogarithmicEqualizationModifier:\n      mappings: []\n", "LogarithmicEqualizationModifier needs calibration"},
         {"gptq_sgpt.yaml", "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: '2:4'\n    GPTQModifier:\n      scheme: W4A16\n",
          "one calibration algorithm per conversion"},
         {"sgpt_alone.yaml", "SparseGPTModifier:\n  sparsity: 0.5\n  mask_structure: '2:4'\n",

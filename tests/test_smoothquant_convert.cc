@@ -27,7 +27,9 @@ void CheckSameShards(const fs::path& a, const fs::path& b) {
   int shards = 0;
   for (const auto& e : fs::directory_iterator(b)) {
     const std::string name = e.path().filename().string();
-    if (e.path().extension() != ".safetensors" && name != "config.json") continue;
+    // config.json differs by what a oneshot run writes (the weights' observer, an empty
+    // sparsity_config), which RTN does not; test_recipe_smooth compares it with oneshot's.
+    if (e.path().extension() != ".safetensors") continue;
     CAPTURE(name);
     CHECK(ReadBytes(a / name) == ReadBytes(e.path()));
     shards += e.path().extension() == ".safetensors";

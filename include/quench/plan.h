@@ -55,6 +55,18 @@ struct PlanOptions {
   double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
   std::string awq_duo_scaling = "true";  // AWQ: "true", "false" or "both"
   int awq_n_grid = 20;                   // AWQ: grid points
+  // Smoothing mappings a recipe gives (AWQModifier / SmoothQuantModifier `mappings`): the
+  // smooth layer's target and the balance layers' ("re:" regexes or names). Empty: the
+  // registry's for config.json's architecture (src/calib/mappings.h).
+  struct SmoothingMapping {
+    std::string smooth;
+    std::vector<std::string> balance;
+    bool operator==(const SmoothingMapping&) const = default;
+  };
+  std::vector<SmoothingMapping> smoothing_mappings;
+  // SmoothQuantModifier.ignore: a mapping is skipped when its smooth layer and every balance
+  // layer match one of these (the reference's rule).
+  std::vector<std::string> smoothing_ignore;
 };
 
 // kPrune: magnitude pruning alone (--scheme none): same name, dtype and shape, zeros written.

@@ -2,7 +2,9 @@
 #include "calib/awq.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "calib/blas.h"
@@ -55,8 +57,124 @@ std::vector<double> Candidate(const std::vector<float>& x_mean, const std::vecto
   return s;
 }
 
-// dW = W - Q(W s)/s for one layer's rows, with the memoryless min-max observer on W s.
-void WeightError(const AwqLayer& l, const std::vector<double>& s, std::vector<double>* dw) {
+// Row r of a layer as f32 (exact: every BF16, F16 and F32 value is an f32), converted here
+// rather than through LoadElement's out-of-line dtype switch per element and per use.
+void LoadRow(const AwqLayer& l, uint64_t r, float* out) {
+  const uint64_t width = l.dtype == DType::kF32 ? 4 : 2;  // BF16, F16 or F32 (planning)
+  const uint8_t* p = l.data + r * l.cols * width;
+  switch (l.dtype) {
+    case DType::kBF16:
+      for (uint64_t c = 0; c < l.cols; ++c) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * c, 2);
+        out[c] = std::bit_cast<float>(uint32_t{h} << 16);
+      }
+      break;
+    case DType::kF32:
+      std::memcpy(out, p, l.cols * 4);
+      break;
+    default:
+      for (uint64_t c = 0; c < l.cols; ++c) out[c] = LoadElement(p, l.dtype, c);
+  }
+}
+
+// min and max of v[0, n) in four independent lanes (one serial chain stalls on each compare).
+// The same values as one pass: min and max are exact, and a -0 against a +0 (which one a lane
+// keeps may differ) gives the same scale and zero point, ComputeParams taking min(mn, 0) and
+// max(mx, 0) first.
+void GroupMinMax(const float* v, size_t n, float* mn_out, float* mx_out) {
+  float mn[4] = {v[0], v[0], v[0], v[0]}, mx[4] = {v[0], v[0], v[0], v[0]};
+  size_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    for (int k = 0; k < 4; ++k) {
+      mn[k] = std::min(mn[k], v[c + k]);
+      mx[k] = std::max(mx[k], v[c + k]);
+    }
+  }
+  for (; c < n; ++c) {
+    mn[0] = std::min(mn[0], v[c]);
+    mx[0] = std::max(mx[0], v[c]);
+  }
+  *mn_out = std::min(std::min(mn[0], mn[1]), std::min(mn[2], mn[3]));
+  *mx_out = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+}
+
+// sum a[i] * b[i] in f64 over four partial sums (one chain of dependent adds is the loss's
+// bottleneck otherwise). The order differs from one running sum by rounding only; equal
+// candidates (the same dW) still give equal losses, so ties fall as before.
+template <typename A>
+double Dot(const A* a, const double* b, size_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) acc[k] += double(a[i + k]) * b[i + k];
+  }
+  for (; i < n; ++i) acc[0] += double(a[i]) * b[i];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// iq::RoundToDType without branches, so that the loops below vectorise: BF16 rounds to
+// nearest even by the same bit arithmetic, NaN kept as it is (a select, not a branch).
+inline float RoundBf16(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  const float r = std::bit_cast<float>((bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u);
+  return f != f ? f : r;
+}
+
+// One row of dW for BF16 weights (the common case), as WeightErrorRow below computes it for
+// every dtype, in loops without calls or branches: compiled for AVX-512, AVX2 and the baseline,
+// chosen at load time (target_clones). Only IEEE operations the reference makes, none fused
+// (no a * b + c appears: every product is rounded before anything is added).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void Bf16ErrorRow(const float* w, const double* s, size_t cols, const iq::Layout& lay,
+                  bool symmetric, float* ws, double* out) {
+  for (size_t c = 0; c < cols; ++c) ws[c] = RoundBf16(static_cast<float>(double(w[c]) * s[c]));
+  const float qmin = static_cast<float>(lay.qmin), qmax = static_cast<float>(lay.qmax);
+  for (size_t g = 0; g < lay.n_groups; ++g) {
+    const size_t c0 = g * lay.group, n = lay.group;
+    float mn, mx;
+    GroupMinMax(ws + c0, n, &mn, &mx);
+    const iq::GroupParams p = iq::ComputeParams(mn, mx, lay, symmetric, DType::kBF16);
+    const float zp = static_cast<float>(p.zp), scale = p.scale;
+    for (size_t c = c0; c < c0 + n; ++c) {
+      // iq::QuantizeValue, then _dequantize and the division by the scales.
+      float v = RoundBf16(ws[c] / scale);
+      if (!symmetric) v = RoundBf16(v + zp);
+      v = std::rint(std::min(std::max(v, qmin), qmax));
+      const float deq = RoundBf16((v - zp) * scale);
+      const float back = RoundBf16(static_cast<float>(double(deq) / s[c]));
+      out[c] = double(w[c]) - double(back);
+    }
+  }
+}
+
+// One row of dW, any dtype: every rounding to D is iq::RoundToDType (the same value as
+// RoundTo), once per operation the reference rounds.
+void WeightErrorRow(const float* w, const double* s, size_t cols, const iq::Layout& lay,
+                    const KernelParams& q, DType d, float* ws, double* out) {
+  for (size_t c = 0; c < cols; ++c) {
+    // weight.data.copy_(orig * scales): the product in the scales' dtype, stored in D.
+    ws[c] = iq::RoundToDType(static_cast<float>(double(w[c]) * s[c]), d);
+  }
+  for (size_t g = 0; g < lay.n_groups; ++g) {
+    const size_t c0 = g * lay.group, c1 = c0 + lay.group;
+    float mn, mx;
+    GroupMinMax(ws + c0, c1 - c0, &mn, &mx);
+    const iq::GroupParams p = iq::ComputeParams(mn, mx, lay, q.symmetric, d);
+    for (size_t c = c0; c < c1; ++c) {
+      const int qv = iq::QuantizeValue(ws[c], p, lay, q.symmetric, d);
+      // _dequantize: (q - zp) * scale in D; then / scales, promoted, and .to(D).
+      const float deq = iq::RoundToDType(static_cast<float>(qv - p.zp) * p.scale, d);
+      const float back = iq::RoundToDType(static_cast<float>(double(deq) / s[c]), d);
+      out[c] = double(w[c]) - double(back);
+    }
+  }
+}
+
+// dW = W - Q(W s)/s for rows [r0, r0 + rows) of a layer, with the memoryless min-max observer
+// on W s (rows are quantized independently).
+void WeightError(const AwqLayer& l, uint64_t r0, uint64_t rows, const std::vector<double>& s,
+                 std::vector<double>* dw) {
   const DType d = l.dtype;
   WeightChunk in;
   in.dtype = d;
@@ -65,28 +183,15 @@ void WeightError(const AwqLayer& l, const std::vector<double>& s, std::vector<do
   in.params = l.q;
   iq::Layout lay;
   iq::MakeLayout(in, &lay);  // checked at planning
-  dw->assign(l.rows * l.cols, 0.0);
-  std::vector<float> ws(l.cols);
-  for (uint64_t r = 0; r < l.rows; ++r) {
-    for (uint64_t c = 0; c < l.cols; ++c) {
-      // weight.data.copy_(orig * scales): the product in the scales' dtype, stored in D.
-      ws[c] = ToDType(double(LoadElement(l.data, d, r * l.cols + c)) * s[c], d);
-    }
-    for (size_t g = 0; g < lay.n_groups; ++g) {
-      const size_t c0 = g * lay.group, c1 = c0 + lay.group;
-      float mn = ws[c0], mx = ws[c0];
-      for (size_t c = c0; c < c1; ++c) {
-        mn = std::min(mn, ws[c]);
-        mx = std::max(mx, ws[c]);
-      }
-      const iq::GroupParams p = iq::ComputeParams(mn, mx, lay, l.q.symmetric, d);
-      for (size_t c = c0; c < c1; ++c) {
-        const int q = iq::QuantizeValue(ws[c], p, lay, l.q.symmetric, d);
-        // _dequantize: (q - zp) * scale in D; then / scales, promoted, and .to(D).
-        const float deq = RoundTo(d, static_cast<float>(q - p.zp) * p.scale);
-        const float back = ToDType(double(deq) / s[c], d);
-        (*dw)[r * l.cols + c] = double(LoadElement(l.data, d, r * l.cols + c)) - double(back);
-      }
+  dw->resize(rows * l.cols);
+  std::vector<float> w(l.cols), ws(l.cols);
+  for (uint64_t r = 0; r < rows; ++r) {
+    LoadRow(l, r0 + r, w.data());
+    double* out = dw->data() + r * l.cols;
+    if (d == DType::kBF16) {
+      Bf16ErrorRow(w.data(), s.data(), l.cols, lay, l.q.symmetric, ws.data(), out);
+    } else {
+      WeightErrorRow(w.data(), s.data(), l.cols, lay, l.q, d, ws.data(), out);
     }
   }
 }
@@ -174,17 +279,25 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
     double loss = 0;
     for (const AwqLayer& l : layers) {
       if (!l.quantized) continue;
-      WeightError(l, s, &dw);
-      if (full) {
-        ef.assign(dw.begin(), dw.end());
-        pf.assign(dw.size(), 0.f);
-        const int m = static_cast<int>(l.rows), k = static_cast<int>(n);
-        blas->sgemm_nn(m, k, k, 1.f, ef.data(), k, hf.data(), k, 0.f, pf.data(), k);
-        for (size_t i = 0; i < dw.size(); ++i) loss += double(pf[i]) * dw[i];
-      } else {
-        for (uint64_t r = 0; r < l.rows; ++r) {
-          const double* e = dw.data() + r * n;
-          for (size_t i = 0; i < n; ++i) loss += e[i] * e[i] * h[i];
+      // A block of rows at a time (about 1M elements: 8 MB of dW), so that memory stays
+      // that small whatever the layer's size (a whole 11008 x 4096 dW was 360 MB per
+      // mapping searched at once).
+      const uint64_t block = std::max<uint64_t>(1, (uint64_t{1} << 20) / l.cols);
+      for (uint64_t r0 = 0; r0 < l.rows; r0 += block) {
+        const uint64_t rows = std::min(block, l.rows - r0);
+        WeightError(l, r0, rows, s, &dw);
+        if (full) {
+          ef.assign(dw.begin(), dw.end());
+          pf.resize(dw.size());
+          const int m = static_cast<int>(rows), k = static_cast<int>(n);
+          blas->sgemm_nn(m, k, k, 1.f, ef.data(), k, hf.data(), k, 0.f, pf.data(), k);
+          loss += Dot(pf.data(), dw.data(), dw.size());
+        } else {
+          for (uint64_t r = 0; r < rows; ++r) {
+            const double* e = dw.data() + r * n;
+            for (size_t i = 0; i < n; ++i) hd[i] = e[i] * e[i];
+            loss += Dot(hd.data(), h.data(), n);
+          }
         }
       }
     }

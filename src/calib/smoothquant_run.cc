@@ -15,6 +15,7 @@
 #include "calib/mappings.h"
 #include "calib/smoothquant.h"
 #include "calib/stats.h"
+#include "calib/user_mappings.h"
 #include "format/file_io.h"
 #include "format/json.h"
 #include "format/safetensors.h"
@@ -200,8 +201,10 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
                                ? archs->as_array()[0].as_string()
                                : std::string();
   bool fallback = false;
+  const bool user = !options.smoothing_mappings.empty();
   const std::vector<MappingSpec> specs =
-      MappingsFor(awq ? MappingFamily::kAwq : MappingFamily::kSmoothQuant, arch, &fallback);
+      user ? std::vector<MappingSpec>()
+           : MappingsFor(awq ? MappingFamily::kAwq : MappingFamily::kSmoothQuant, arch, &fallback);
   std::map<std::string, size_t> index;
   std::vector<std::string> modules;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
@@ -210,9 +213,17 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
     const auto [module, param] = SplitModuleParam(name);
     if (param == "weight") modules.emplace_back(module);
   }
-  auto resolved = ResolveMappings(specs, modules);
+  auto resolved = user ? ResolveUserMappings(options.smoothing_mappings, modules)
+                       : ResolveMappings(specs, modules);
   if (!resolved.ok()) {
     plan.errors.push_back(resolved.status());
+    return Status::Ok();
+  }
+  QUENCH_ASSIGN_OR_RETURN(const size_t ignored,
+                          DropIgnoredMappings(options.smoothing_ignore, *resolved));
+  if (resolved->empty() && ignored > 0) {
+    plan.errors.push_back(Error(ErrorCode::kUnsupported,
+                                "SmoothQuantModifier.ignore leaves no mapping to smooth"));
     return Status::Ok();
   }
   if (resolved->empty()) {
@@ -243,16 +254,25 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
   }
   char alpha[32];
   std::snprintf(alpha, sizeof alpha, "%.17g", a);
-  const std::string settings =
+  std::string settings =
       awq ? "duo_scaling " + options.awq_duo_scaling + ", n_grid " +
                 std::to_string(options.awq_n_grid)
           : "alpha " + std::string(alpha);
+  // The recipe's mappings and ignore change which tensors are rewritten: part of the
+  // settings, so of the resume fingerprint.
+  const std::string own = DescribeUserMappings(options.smoothing_mappings, options.smoothing_ignore);
+  if (!own.empty()) settings += ", " + own;
   plan.notes.push_back(algo + " (" + settings + ") from " +
                        options.stats.string() + ": " + std::to_string(plan.smoothing.size()) +
                        " mappings of " + (arch.empty() ? "an unnamed architecture" : arch) +
+                       (user ? " (the recipe's)" : "") +
                        (fallback ? " (not in llm-compressor's registry: its default mappings)"
                                  : "") +
                        ", rewriting " + std::to_string(rewritten) + " tensors");
+  if (ignored > 0) {
+    plan.notes.push_back("SmoothQuant: " + std::to_string(ignored) + " mapping set(s) skipped, "
+                         "every member in SmoothQuantModifier.ignore");
+  }
   if (incompatible > 0) {
     plan.notes.push_back("AWQ: " + std::to_string(incompatible) +
                          " v_proj/qkv_proj -> o_proj mapping(s) skipped, their shapes "

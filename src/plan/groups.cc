@@ -63,6 +63,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   std::vector<PlannedGroup> groups;
   std::vector<std::string> ignore;
   std::string kv_cache;
+  std::vector<std::string> notes;
   if (!options.kv_cache.empty() && options.kv_cache != "fp8") {
     return Error(ErrorCode::kUsage, "--kv-cache takes fp8 (per-tensor FP8 k_scale / v_scale), "
                                     "not '" + options.kv_cache + "'");
@@ -88,6 +89,7 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
     }
     ignore = std::move(recipe.ignore);
     kv_cache = recipe.kv_cache;
+    notes = std::move(recipe.calibration.notes);
   } else if (options.scheme == "none" || options.scheme == "NONE" || IsDecodeOnly(options)) {
     // Pruning alone, or (BF16) a quantized source decoded: the targets select what is
     // pruned; nothing is quantized.
@@ -146,7 +148,8 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
   }
   // --ignore entries come after the recipe's, and are written verbatim too.
   ignore.insert(ignore.end(), options.ignore.begin(), options.ignore.end());
-  return ResolvedGroups{std::move(groups), std::move(ignore), std::move(kv_cache)};
+  return ResolvedGroups{std::move(groups), std::move(ignore), std::move(kv_cache),
+                        std::move(notes)};
 }
 
 prune::PruneSpec ToPruneSpec(const PlannedPrune& p) {

@@ -15,6 +15,7 @@ struct ResolvedGroups {
   std::vector<PlannedGroup> groups;  // in the order the recipe (or flags) gave them
   std::vector<std::string> ignore;   // the recipe's entries, then --ignore's, verbatim
   std::string kv_cache;              // "fp8" (--kv-cache or a recipe's kv_cache_scheme) or empty
+  std::vector<std::string> notes;    // the recipe's, for the plan (fields it ignores)
 };
 Result<ResolvedGroups> ResolveGroups(const PlanOptions& options);
 

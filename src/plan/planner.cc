@@ -255,6 +255,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   p.plan_.groups = std::move(resolved.groups);
   p.ignore_ = std::move(resolved.ignore);
   p.kv_cache_ = std::move(resolved.kv_cache);
+  for (std::string& n : resolved.notes) p.plan_.notes.push_back(std::move(n));
   QUENCH_ASSIGN_OR_RETURN(p.ignore_m_, NameMatcher::Compile(p.ignore_, "ignore"));
   if (options.default_ignore) {
     for (const DefaultIgnore& d : kDefaultIgnores) p.default_patterns_.emplace_back(d.pattern);
@@ -284,6 +285,9 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   p.oneshot_ = p.gptq_;
   for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
   p.oneshot_ |= !p.kv_cache_.empty();
+  // So are AWQ and SmoothQuant runs (data/golden/oneshot-smooth: oneshot with AWQModifier or
+  // SmoothQuantModifier before the QuantizationModifier).
+  p.oneshot_ |= options.algorithm == "awq" || options.algorithm == "smoothquant";
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   p.oneshot_ = p.oneshot_ && repack == 0;  // the converters write the scheme's own args
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {

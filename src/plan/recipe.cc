@@ -14,6 +14,9 @@
 #include "format/file_io.h"
 #include "format/quant_config.h"
 #include "plan/recipe_calib.h"
+#include "plan/recipe_experts.h"
+#include "plan/recipe_modifiers.h"
+#include "plan/recipe_smooth.h"
 
 namespace quench {
 namespace {
@@ -329,27 +332,6 @@ Result<RecipeGroup> ResolveGroup(const std::string& label, const std::string& ke
   return rg;
 }
 
-// Collects the modifiers of an llm-compressor recipe, anywhere in it (stage -> modifiers
-// group -> Modifier): QuantizationModifier and the calibrated GPTQModifier and
-// SparseGPTModifier (recipe_calib.h); other modifiers are refused by name.
-Status CollectModifiers(const JsonValue& v, const std::string& label,
-                        std::map<std::string, const JsonValue*>* mods) {
-  if (!v.is_object()) return Status::Ok();
-  for (const auto& [k, child] : v.as_object()) {
-    if (k == "QuantizationModifier" || k == "GPTQModifier" || k == "SparseGPTModifier") {
-      if (!mods->emplace(k, &child).second) return Bad(label, k + " appears twice");
-      continue;
-    }
-    if (k.ends_with("Modifier")) {
-      return Bad(label, k + " needs calibration data or is not a quantization step; quench "
-                            "runs QuantizationModifier recipes (data-free schemes), and "
-                            "GPTQModifier and SparseGPTModifier with --stats");
-    }
-    QUENCH_RETURN_IF_ERROR(CollectModifiers(child, label, mods));
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 Result<JsonValue> ParseYaml(const std::string& label, const std::string& text) {
@@ -371,35 +353,10 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
   const JsonValue* doc = &doc_in;
   if (const JsonValue* q = doc->Find("quantization_config")) doc = q;  // a config.json
   Recipe r;
-  const JsonValue* gptq = nullptr;
-  const JsonValue* sparsegpt = nullptr;
-  Status combination = Status::Ok();
+  Modifiers m;
   if (doc->Find("config_groups") == nullptr) {
-    std::map<std::string, const JsonValue*> mods;
-    QUENCH_RETURN_IF_ERROR(CollectModifiers(*doc, label, &mods));
-    auto get = [&](const char* k) { return mods.count(k) ? mods.at(k) : nullptr; };
-    const JsonValue* quant = get("QuantizationModifier");
-    gptq = get("GPTQModifier");
-    sparsegpt = get("SparseGPTModifier");
-    // The combinations are checked once the quantizing modifier's groups are read (their
-    // errors come first, as when only the first modifier was read).
-    if (quant != nullptr && gptq != nullptr) {
-      combination = Bad(label, "QuantizationModifier and GPTQModifier both quantize; give one");
-    } else if (gptq != nullptr && sparsegpt != nullptr) {
-      combination = Bad(label, "SparseGPTModifier then GPTQModifier in one run is not built: "
-                               "quench runs one calibration algorithm per conversion (with a "
-                               "QuantizationModifier, SparseGPT's sparse weights are rounded "
-                               "to nearest, as llm-compressor does)");
-    }
-    doc = quant != nullptr ? quant : gptq;
-    if (doc == nullptr) {
-      return Bad(label, sparsegpt != nullptr
-                            ? "a SparseGPTModifier without a QuantizationModifier: for "
-                              "pruning alone give --scheme none --prune N:M --algorithm "
-                              "sparsegpt --stats STATS instead of a recipe"
-                            : "neither a QuantizationConfig (config_groups) nor an "
-                              "llm-compressor recipe with a QuantizationModifier");
-    }
+    QUENCH_ASSIGN_OR_RETURN(m, PickModifiers(*doc, label));
+    doc = m.quantizing;
   }
   if (const JsonValue* kv = doc->Find("kv_cache_scheme"); kv != nullptr && !kv->is_null()) {
     // FP8 per tensor, static: the one KV-cache scheme vLLM reads k_scale / v_scale for (the
@@ -449,11 +406,18 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
     }
   }
   if (r.groups.empty()) return Bad(label, "no config group or scheme");
-  QUENCH_RETURN_IF_ERROR(combination);
-  if (gptq != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadGptqModifier(*gptq, label));
-  } else if (sparsegpt != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSparseGptModifier(*sparsegpt, r.ignore, label));
+  QUENCH_RETURN_IF_ERROR(m.combination);
+  if (m.gptq != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadGptqModifier(*m.gptq, label));
+  } else if (m.sparsegpt != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSparseGptModifier(*m.sparsegpt, r.ignore, label));
+  } else if (m.awq != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadAwqModifier(*m.awq, label));
+  } else if (m.smoothquant != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSmoothQuantModifier(*m.smoothquant, label));
+  }
+  if (m.experts_mod != nullptr) {
+    QUENCH_RETURN_IF_ERROR(ReadExpertPruning(m.experts, *m.experts_mod, label, r.calibration));
   }
   for (size_t i = 0; i < r.groups.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {

@@ -4,7 +4,8 @@
 //   - compressed-tensors' QuantizationConfig as JSON (`config_groups`, `ignore`,
 //     `kv_cache_scheme`), also inside a config.json's `quantization_config`;
 //   - llm-compressor's YAML recipe with a QuantizationModifier (`scheme` as a preset name or a
-//     {preset: [targets]} map, `targets`, `ignore`, `config_groups`).
+//     {preset: [targets]} map, `targets`, `ignore`, `config_groups`), and the calibrated and
+//     expert-pruning modifiers beside it (plan/recipe_modifiers.h).
 // A group given as explicit QuantizationArgs is matched to the scheme table (which decides
 // kernels and layouts); anything the table cannot produce without calibration is refused with
 // the reason.
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "format/json.h"
+#include "quench/plan.h"
 #include "quench/scheme.h"
 #include "quench/status.h"
 
@@ -30,15 +32,29 @@ struct RecipeGroup {
   std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
 };
 
-// What a recipe's GPTQModifier or SparseGPTModifier asks for (plan/recipe_calib.h), as the
-// options it sets: empty or unset where the recipe says nothing.
+// What a recipe's calibrated modifiers (GPTQModifier, SparseGPTModifier: plan/recipe_calib.h;
+// AWQModifier, SmoothQuantModifier: plan/recipe_smooth.h) and expert-pruning entry
+// (plan/recipe_experts.h) ask for, as the options they set: empty or unset where the recipe
+// says nothing.
 struct RecipeCalibration {
-  std::string modifier;               // "GPTQModifier", "SparseGPTModifier" ("": none)
-  std::string algorithm;              // "gptq", "sparsegpt"
+  std::string modifier;               // "GPTQModifier", "AWQModifier", ... ("": none)
+  std::string algorithm;              // "gptq", "sparsegpt", "awq", "smoothquant"
   std::string prune;                  // SparseGPT, in --prune's syntax: "2:4", "unstructured:0.5"
   std::optional<int> block_size;
   std::optional<double> dampening;
   std::optional<std::string> actorder;  // GPTQ: "static" or "none"
+  // AWQModifier / SmoothQuantModifier (plan/recipe_smooth.h).
+  std::optional<double> smoothing_strength;
+  std::optional<std::string> duo_scaling;  // "true", "false" or "both"
+  std::optional<int> n_grid;
+  std::vector<PlanOptions::SmoothingMapping> mappings;  // empty: the registry's
+  std::vector<std::string> smoothing_ignore;
+  // REAPPruningModifier / quench's MagnitudeExpertPruner entry (plan/recipe_experts.h).
+  std::string expert_modifier;         // "" : none
+  std::optional<double> prune_experts;
+  std::string expert_metric;           // "reap" or "magnitude"
+  // What the run says about fields it reads but that mean nothing here (plan notes).
+  std::vector<std::string> notes;
 };
 
 struct Recipe {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <charconv>
 #include <cstdlib>
+#include <optional>
 
 
 namespace quench {
@@ -129,38 +130,46 @@ Status ApplyRecipeCalibration(PlanOptions& o) {
   if (o.recipe.empty()) return Status::Ok();
   QUENCH_ASSIGN_OR_RETURN(Recipe r, LoadRecipe(o.recipe));
   const RecipeCalibration& c = r.calibration;
-  if (c.algorithm.empty()) return Status::Ok();
   const PlanOptions defaults;
-  auto conflict = [&](const std::string& flag) {
-    return Error(ErrorCode::kUsage, o.recipe.string() + ": its " + c.modifier + " sets what " +
+  auto conflict = [&](const std::string& modifier, const std::string& flag) {
+    return Error(ErrorCode::kUsage, o.recipe.string() + ": its " + modifier + " sets what " +
                                         flag + " says differently; give one or the other");
   };
-  if (o.algorithm != defaults.algorithm && o.algorithm != c.algorithm) {
-    return conflict("--algorithm " + o.algorithm);
+  // An option still at its default takes the recipe's value; one set otherwise must agree.
+  auto take = [&](const auto& value, auto& option, const auto& fallback,
+                  const std::string& modifier, const std::string& flag) -> Status {
+    if (!value) return Status::Ok();
+    if (option != fallback && option != *value) return conflict(modifier, flag);
+    option = *value;
+    return Status::Ok();
+  };
+  if (!c.expert_modifier.empty()) {
+    const std::string& m = c.expert_modifier;
+    QUENCH_RETURN_IF_ERROR(take(c.prune_experts, o.prune_experts, defaults.prune_experts, m,
+                                "--prune-experts"));
+    QUENCH_RETURN_IF_ERROR(take(std::optional<std::string>(c.expert_metric), o.expert_metric,
+                                defaults.expert_metric, m, "--expert-metric"));
   }
-  o.algorithm = c.algorithm;
+  if (c.algorithm.empty()) return Status::Ok();
+  const std::string& m = c.modifier;
+  QUENCH_RETURN_IF_ERROR(take(std::optional<std::string>(c.algorithm), o.algorithm,
+                              defaults.algorithm, m, "--algorithm " + o.algorithm));
   if (!c.prune.empty()) {
-    if (!o.prune.empty() && o.prune != c.prune) return conflict("--prune " + o.prune);
-    o.prune = c.prune;
+    QUENCH_RETURN_IF_ERROR(take(std::optional<std::string>(c.prune), o.prune, defaults.prune, m,
+                                "--prune " + o.prune));
   }
-  if (c.block_size) {
-    if (o.gptq_block_size != defaults.gptq_block_size && o.gptq_block_size != *c.block_size) {
-      return conflict("--gptq-block-size");
-    }
-    o.gptq_block_size = *c.block_size;
-  }
-  if (c.dampening) {
-    if (o.dampening != defaults.dampening && o.dampening != *c.dampening) {
-      return conflict("--dampening");
-    }
-    o.dampening = *c.dampening;
-  }
-  if (c.actorder) {
-    if (o.actorder != defaults.actorder && o.actorder != *c.actorder) {
-      return conflict("--actorder");
-    }
-    o.actorder = *c.actorder;
-  }
+  QUENCH_RETURN_IF_ERROR(take(c.block_size, o.gptq_block_size, defaults.gptq_block_size, m,
+                              "--gptq-block-size"));
+  QUENCH_RETURN_IF_ERROR(take(c.dampening, o.dampening, defaults.dampening, m, "--dampening"));
+  QUENCH_RETURN_IF_ERROR(take(c.actorder, o.actorder, defaults.actorder, m, "--actorder"));
+  QUENCH_RETURN_IF_ERROR(take(c.smoothing_strength, o.smoothing_strength,
+                              defaults.smoothing_strength, m, "--smoothing-strength"));
+  QUENCH_RETURN_IF_ERROR(take(c.duo_scaling, o.awq_duo_scaling, defaults.awq_duo_scaling, m,
+                              "--awq-duo-scaling"));
+  QUENCH_RETURN_IF_ERROR(take(c.n_grid, o.awq_n_grid, defaults.awq_n_grid, m, "--awq-n-grid"));
+  // No flag gives mappings or SmoothQuant's ignore: the recipe's, every time it is applied.
+  o.smoothing_mappings = c.mappings;
+  o.smoothing_ignore = c.smoothing_ignore;
   return Status::Ok();
 }
 

@@ -27,9 +27,11 @@ Result<RecipeCalibration> ReadSparseGptModifier(const JsonValue& mod,
                                                 const std::vector<std::string>& quant_ignore,
                                                 const std::string& label);
 
-// For a run with a recipe (o.recipe): the recipe's calibration into `o`. An option still at
-// its default takes the recipe's value; one set otherwise must agree with it. Convert and
-// DryRun call this first; the planner refuses a recipe whose algorithm the options lack.
+// For a run with a recipe (o.recipe): the recipe's calibration (GPTQ, SparseGPT, AWQ,
+// SmoothQuant: algorithm and settings; a smoothing modifier's mappings and ignore) and expert
+// pruning (--prune-experts, --expert-metric) into `o`. An option still at its default takes the
+// recipe's value; one set otherwise must agree with it (kUsage otherwise). Convert and DryRun
+// call this first; the planner refuses a recipe whose algorithm the options lack.
 Status ApplyRecipeCalibration(PlanOptions& o);
 
 }  // namespace quench
