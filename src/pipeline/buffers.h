@@ -12,7 +12,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -88,6 +87,9 @@ class WriteQueue {
         current_limit_(std::min(limit, start_limit)),
         step_(step),
         write_(std::move(write)) {
+    // Each writer holds at most one item in flight: reserved here, so a writer thread never
+    // allocates (an allocation failure there could only end in std::terminate).
+    in_flight_.reserve(static_cast<size_t>(threads));
     try {
       for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
     } catch (...) {
@@ -145,16 +147,21 @@ class WriteQueue {
         jobs_.pop_front();
         if (job.after) {
           // Jobs leave the queue in order, so every earlier item is written or being written.
-          changed_.wait(lock, [&] { return in_flight_.empty() || *in_flight_.begin() > job.seq; });
+          changed_.wait(lock, [&] {
+            return in_flight_.empty() ||
+                   *std::min_element(in_flight_.begin(), in_flight_.end()) > job.seq;
+          });
         } else {
-          in_flight_.insert(job.seq);
+          in_flight_.push_back(job.seq);  // within the reserved capacity: no allocation
         }
       }
       if (job.item) write_(std::move(job.item));
       if (job.after) job.after();
       std::lock_guard<std::mutex> lock(mu_);
       wrote_any_ = wrote_any_ || job.item != nullptr;
-      in_flight_.erase(job.seq);
+      if (!job.after) {
+        in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), job.seq));
+      }
       pending_ -= job.bytes;
       changed_.notify_all();
     }
@@ -168,7 +175,7 @@ class WriteQueue {
   std::mutex mu_;
   std::condition_variable changed_;  // queue, in-flight set or pending bytes changed
   std::deque<Job> jobs_;
-  std::set<uint64_t> in_flight_;  // sequence numbers of items being written
+  std::vector<uint64_t> in_flight_;  // sequence numbers of items being written (<= threads)
   uint64_t next_seq_ = 0;
   uint64_t pending_ = 0;
   bool stop_ = false;

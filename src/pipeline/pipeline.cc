@@ -808,11 +808,25 @@ class ShardPipeline {
       // was made from; a shard without a matching marker is redone by --resume.
       const std::filesystem::path marker = ResumeMarkerPath(plan_.dst, plan_.shards[k].rel_name);
       std::string fingerprint = ShardFingerprint(plan_, k);
-      commits_.push_back(std::async(std::launch::async, [f, all_ok, marker, fingerprint] {
-        if (!all_ok.get()) return Status::Ok();
-        QUENCH_RETURN_IF_ERROR(f->Commit());
-        return WriteResumeMarker(marker, fingerprint);
-      }));
+      // The commit waits on its own thread; one that cannot start (no memory for its stack,
+      // e.g. under `ulimit -v`) is an exhausted resource: the shard stays unpublished.
+      try {
+        commits_.push_back(std::async(std::launch::async, [f, all_ok, marker, fingerprint] {
+          if (!all_ok.get()) return Status::Ok();
+          QUENCH_RETURN_IF_ERROR(f->Commit());
+          return WriteResumeMarker(marker, fingerprint);
+        }));
+      } catch (const std::system_error& e) {
+        Fail(Error(ErrorCode::kIo, "out of memory: cannot start a thread to commit " +
+                                       plan_.shards[k].rel_name + " (" + e.what() +
+                                       "); free memory or lower --memory-limit"));
+        return;
+      } catch (const std::bad_alloc&) {
+        Fail(Error(ErrorCode::kIo, "out of memory: cannot queue the commit of " +
+                                       plan_.shards[k].rel_name +
+                                       "; free memory or lower --memory-limit"));
+        return;
+      }
     }
   }
 
