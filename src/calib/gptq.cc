@@ -163,6 +163,13 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
   // quantize, e = (w - q) / U[i][i], update the block's later columns by e * U[i][i:]; then
   // the lazy update W[:, i2:] -= Err1 @ U[i1:i2, i2:] as one SGEMM.
   const size_t bs = static_cast<size_t>(options.block_size);
+  // preserve_zeros: 1 where the weight may change, 0 where it is kept at zero (the update is
+  // multiplied by it, as the pre-0.14 reference's W_nz_mask).
+  std::vector<float> nz;
+  if (options.preserve_zeros) {
+    nz.resize(rows * n);
+    for (size_t i = 0; i < rows * n; ++i) nz[i] = std::fabs(w[i]) <= 1e-8f ? 0.0f : 1.0f;
+  }
   std::vector<float> w1(rows * bs), err(rows * bs);
   double loss = 0;
   for (size_t i1 = 0; i1 < n; i1 += bs) {
@@ -182,13 +189,24 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
         w[r * n + i1 + i] = q;
         err[r * bw + i] = e;
         loss += static_cast<double>(e * e);
-        for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j];
+        if (nz.empty()) {
+          for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j];
+        } else {
+          const float* m = nz.data() + r * n + i1;
+          for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j] * m[j];
+        }
       }
     }
     if (i2 < n) {
       (*blas)->sgemm_nn(static_cast<int>(rows), static_cast<int>(n - i2), static_cast<int>(bw),
                         -1.0f, err.data(), static_cast<int>(bw), f.u.data() + i1 * n + i2,
                         static_cast<int>(n), 1.0f, w.data() + i2, static_cast<int>(n));
+      // W[:, i2:] -= w_err * W_nz_mask[:, i2:]: the kept zeros were zero before the update.
+      for (size_t k = 0; !nz.empty() && k < rows; ++k) {
+        for (size_t j = i2; j < n; ++j) {
+          if (nz[k * n + j] == 0.0f) w[k * n + j] = 0.0f;
+        }
+      }
     }
   }
   out->loss = loss / 2;
