@@ -253,6 +253,53 @@ TEST_CASE("static activation scales after SmoothQuant are the smoothed inputs' r
   CHECK(DecodeBF16(la->Data(*ta)) != DecodeBF16(lb->Data(*tb)));
 }
 
+TEST_CASE("pruning after SmoothQuant prunes the smoothed weights: magnitude pruning of the "
+          "reference-smoothed checkpoint, byte for byte") {
+  Stats st;
+  TempDir tmp;
+  for (const std::string spec : {"2:4", "unstructured:0.5"}) {
+    CAPTURE(spec);
+    const std::vector<std::string> a = {"--scheme", "W8A8", "--prune", spec};
+    std::vector<std::string> qa = a;
+    qa.insert(qa.end(), {"--algorithm", "smoothquant", "--stats", st.plain()});
+    auto ref = Convert(kSq / "tiny-llama-smoothed", tmp / ("ref" + spec), a);
+    REQUIRE_MESSAGE(ref.exit_code == 0, ref.err);
+    auto r = Convert(DataDir() / "tiny-llama", tmp / ("sq" + spec), qa);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CheckSameOutput(tmp / ("sq" + spec), tmp / ("ref" + spec));
+  }
+  // SparseGPT N:M after smoothing: SparseGPT of the smoothed checkpoint with the smoothed
+  // model's Hessians; then GPTQ as well.
+  for (const std::string algo : {"sparsegpt", "sparsegpt,gptq"}) {
+    CAPTURE(algo);
+    const std::vector<std::string> a = {"--scheme", "W4A16", "--group-size", "64", "--prune",
+                                        "2:4", "--algorithm"};
+    std::vector<std::string> ra = a, qa = a;
+    ra.insert(ra.end(), {algo, "--stats", st.smoothed()});
+    qa.insert(qa.end(), {"smoothquant," + algo, "--stats", st.plain()});
+    auto ref = Convert(kSq / "tiny-llama-smoothed", tmp / ("ref" + algo), ra);
+    REQUIRE_MESSAGE(ref.exit_code == 0, ref.err);
+    auto r = Convert(DataDir() / "tiny-llama", tmp / ("sq" + algo), qa);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CheckSameOutput(tmp / ("sq" + algo), tmp / ("ref" + algo));
+  }
+}
+
+TEST_CASE("Wanda after SmoothQuant scores the smoothed weights with the smoothed statistics") {
+  Stats st;
+  TempDir tmp;
+  const std::vector<std::string> a = {"--scheme", "W8A8", "--prune", "2:4", "--prune-metric",
+                                      "wanda", "--stats"};
+  std::vector<std::string> ra = a, qa = a;
+  ra.push_back(st.smoothed());
+  qa.insert(qa.end(), {st.plain(), "--algorithm", "smoothquant"});
+  auto ref = Convert(kSq / "tiny-llama-smoothed", tmp / "ref", ra);
+  REQUIRE_MESSAGE(ref.exit_code == 0, ref.err);
+  auto r = Convert(DataDir() / "tiny-llama", tmp / "sq", qa);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CheckSameOutput(tmp / "sq", tmp / "ref");
+}
+
 // Codes (q, centred) and dequantized values of a W4A16 (symmetric, packed int4) weight.
 void DecodeW4(const std::map<std::string, Loaded>& out, const std::string& m, size_t rows,
               size_t cols, std::vector<int>* codes, std::vector<double>* deq) {
