@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "format/safetensors.h"
+#include "pipeline/resume.h"
+#include "quench/convert.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -434,6 +436,37 @@ TEST_CASE("--algorithm lists: syntax errors and the combinations still refused")
     CHECK(r.exit_code == c.code);
     CHECK_MESSAGE(r.err.find(c.says) != std::string::npos, r.err);
   }
+}
+
+TEST_CASE("the resume fingerprint of a composed run holds every stage's settings") {
+  Stats st;
+  TempDir tmp;
+  auto fingerprint = [&](const std::string& algorithm, double alpha, double dampening,
+                         const std::string& prune) {
+    ConvertOptions o;
+    o.src = DataDir() / "tiny-llama";
+    o.dst = tmp / "o";
+    o.scheme = "W4A16";
+    o.group_size = 64;
+    o.algorithm = algorithm;
+    o.stats = st.plain();
+    o.smoothing_strength = alpha;
+    o.dampening = dampening;
+    o.prune = prune;
+    auto plan = MakePlan(o);
+    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
+    REQUIRE(plan->errors.empty());
+    return ShardFingerprint(*plan, 0);
+  };
+  const std::string base = fingerprint("smoothquant,gptq", 0.5, 0.01, "");
+  CHECK(base == fingerprint("gptq,smoothquant", 0.5, 0.01, ""));
+  CHECK(base != fingerprint("smoothquant,gptq", 0.6, 0.01, ""));  // smoothing's setting
+  CHECK(base != fingerprint("smoothquant,gptq", 0.5, 0.02, ""));  // GPTQ's setting
+  CHECK(base != fingerprint("gptq", 0.5, 0.01, ""));
+  CHECK(base != fingerprint("smoothquant", 0.5, 0.01, ""));
+  const std::string sparse = fingerprint("sparsegpt,gptq", 0.5, 0.01, "2:4");
+  CHECK(sparse != fingerprint("sparsegpt", 0.5, 0.01, "2:4"));
+  CHECK(sparse != fingerprint("gptq", 0.5, 0.01, "2:4"));  // magnitude, then GPTQ
 }
 
 }  // namespace

@@ -138,7 +138,10 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         o.Set("prune_algorithm", JsonValue(sgpt ? "sparsegpt" : "magnitude"));
         if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
         if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
-        if (sgpt && summary != nullptr) o.Set("sparsegpt_loss", JsonValue(t.calib_loss));
+        // (Composed with GPTQ, calib_loss is GPTQ's: reported as gptq_loss above.)
+        if (sgpt && summary != nullptr && !calib::HasAlgorithm(options.algorithm, "gptq")) {
+          o.Set("sparsegpt_loss", JsonValue(t.calib_loss));
+        }
       }
       if (summary != nullptr) {
         o.Set("sparsity", JsonValue(n ? static_cast<double>(t.prune_zeroed) / static_cast<double>(n) : 0.0));
