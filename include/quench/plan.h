@@ -36,7 +36,9 @@ struct PlanOptions {
   std::string expert_metric = "magnitude";
   // Calibration from activation statistics (docs/statistics-format.md; src/calib/).
   std::filesystem::path stats;         // --stats: a statistics folder (empty: data-free)
-  std::string algorithm = "rtn";       // "rtn" (round to nearest) or "gptq"
+  // "rtn" (round to nearest), "gptq", "sparsegpt", "smoothquant", "awq", or a comma list
+  // composing them (src/calib/composite.h).
+  std::string algorithm = "rtn";
   int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
