@@ -395,8 +395,7 @@ TEST_CASE("refusals: no statistics, schemes without dynamic 8-bit activations, b
       {{"--scheme", "W4AFP8", "--static-activations", "--stats", stats}, 2, "8-bit dynamic"},
       {{"--scheme", "FP8_DYNAMIC", "--asymmetric-activations", "--stats", stats}, 2,
        "floating point"},
-      {{"--scheme", "W8A8", "--static-activations", "--stats", stats, "--algorithm", "gptq"}, 3,
-       "not built yet"},
+      // (With --algorithm gptq they compose: tests/test_compose.cc.)
       {{"--scheme", "FP8", "--stats", (tmp / "broken").string()}, 3, "saw no tokens"},
       {{"--scheme", "FP8", "--stats", (tmp / "broken").string(), "--dry-run"}, 3,
        "NaN or infinite"},

@@ -112,15 +112,13 @@ TEST_CASE("SmoothQuant's refusals at planning") {
         "re:.*layers.0.self_attn.[qkv]_proj$"},
        3, "balance layer model.layers.0.self_attn.q_proj is left unquantized"},
       {{"--algorithm", "smoothquant", "--stats", nominmax.string()}, 3, "has no min and max"},
-      {{"--algorithm", "smoothquant", "--stats", stats, "--prune", "2:4"}, 3,
-       "pruning after smoothing is not built yet"},
+      // Row-wise pruning after smoothing composes (tests/test_compose.cc); a tensor-wide
+      // threshold is found before smoothing.
+      {{"--algorithm", "smoothquant", "--stats", stats, "--prune", "unstructured:0.5",
+        "--prune-granularity", "tensor"}, 3, "tensor-wide threshold"},
       {{"--algorithm", "smoothquant", "--stats", stats, "--scheme", "NVFP4A16"}, 3,
        "whose global scale is computed before smoothing"},
-      // One calibration per run: the statistics hold the unsmoothed activations.
-      {{"--algorithm", "smoothquant", "--stats", stats, "--static-activations"}, 3,
-       "static activation scales with --algorithm smoothquant in one run are not built yet"},
-      {{"--algorithm", "smoothquant", "--stats", stats, "--kv-cache", "fp8"}, 3,
-       "--kv-cache with --algorithm smoothquant in one run is not built yet"},
+      // (Static activation scales after smoothing: tests/test_compose.cc.)
       {{"--algorithm", "smoothquant", "--stats", stats, "--observer", "imatrix_mse"}, 3,
        "the imatrix_mse observer with --algorithm smoothquant is not built yet"},
   };

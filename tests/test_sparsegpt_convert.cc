@@ -276,7 +276,7 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
         "6"}, 2, "multiple of 4"},
       {{"--algorithm", "sparsegpt", "--stats", stats, "--prune", "2:4", "--memory-limit", "32M"},
        2, "too small for SparseGPT"},
-      {{"--algorithm", "gptq", "--stats", stats, "--prune", "2:4"}, 3, "--algorithm sparsegpt"},
+      // (GPTQ after pruning composes: tests/test_compose.cc.)
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"};

@@ -36,7 +36,9 @@ struct PlanOptions {
   std::string expert_metric = "magnitude";
   // Calibration from activation statistics (docs/statistics-format.md; src/calib/).
   std::filesystem::path stats;         // --stats: a statistics folder (empty: data-free)
-  std::string algorithm = "rtn";       // "rtn" (round to nearest) or "gptq"
+  // "rtn" (round to nearest), "gptq", "sparsegpt", "smoothquant", "awq", or a comma list
+  // composing them (src/calib/composite.h).
+  std::string algorithm = "rtn";
   int gptq_block_size = 128;           // GPTQ: columns per lazy-update block
   double dampening = 0.01;             // GPTQ: fraction of mean(diag H) added to the diagonal
   std::string actorder = "static";     // GPTQ: "static" (= "weight") or "none"
@@ -180,10 +182,15 @@ struct PlannedTensor {
   // site, the expert); empty where the weight is rounded to nearest. `calib_note` says why a
   // weight GPTQ was asked for is not (no Hessian for its site, ...), or, after the run, that
   // its Hessian could not be factored; `calib_loss` is GPTQ's loss after the run.
+  // (GPTQ and SparseGPT of one composed run read the same Hessian site.)
   std::string calib_site;
   std::optional<uint64_t> calib_expert;
   std::string calib_note;
   double calib_loss = 0;
+  // The imatrix_mse observer: the site whose E[x^2] weights its search (and expert); empty
+  // where the observer is not used. Kept apart from calib_site so that algorithms compose.
+  std::string imatrix_site;
+  std::optional<uint64_t> imatrix_expert;
   // Wanda (--prune-metric wanda): index into Plan::prune_scales of this weight's per-column
   // sqrt(E[x^2]) (-1: magnitude pruning).
   int prune_scale = -1;
@@ -267,7 +274,8 @@ struct Plan {
   // Wanda: per statistics site (and expert), sqrt(E[x^2]) per input column (src/calib/wanda.h).
   std::vector<std::vector<float>> prune_scales;
   // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest
-  // hash): part of the resume fingerprint of shards holding them.
+  // hash): part of the resume fingerprint of shards holding them. A composed run joins every
+  // stage's ("smoothquant{...} gptq{...}", src/calib/composite.h).
   std::string calib_fingerprint;
   std::vector<PlannedSmoothing> smoothing;  // in mapping order
   uint64_t bytes_in = 0;

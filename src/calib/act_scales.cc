@@ -108,24 +108,16 @@ bool EndsWith(const std::string& s, const std::string& tail) {
 
 }  // namespace
 
-Status PlanActScales(Plan& plan, const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return t.action == TensorAction::kQuantize && t.params.static_input;
-  });
+Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScales* smoothed) {
+  // Only the smoothed tensors when recomputing after smoothing's pre-pass.
+  auto wanted = [&](size_t i) {
+    const PlannedTensor& t = plan.tensors[i];
+    return t.action == TensorAction::kQuantize && t.params.static_input &&
+           (smoothed == nullptr || (i < smoothed->size() && (*smoothed)[i]));
+  };
+  bool any = false;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) any |= wanted(i);
   if (!any) return Status::Ok();
-  if (options.algorithm == "gptq") {
-    return Error(ErrorCode::kUnsupported,
-                 "static activation scales with --algorithm gptq in one run are not built yet; "
-                 "convert with --algorithm rtn, or with dynamic activations");
-  }
-  // Smoothing divides the balance layers' inputs by its scales, and the statistics hold the
-  // unsmoothed ranges: scales from them would not be the smoothed model's.
-  if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
-    return Error(ErrorCode::kUnsupported,
-                 "static activation scales with --algorithm " + options.algorithm +
-                     " in one run are not built yet (the statistics hold the unsmoothed "
-                     "activations' ranges); use dynamic activations");
-  }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   const std::string where = options.stats.string() + ": ";
   // Per site (and expert), its range over every channel, read once.
@@ -144,7 +136,7 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
   size_t planned = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
-    if (t.action != TensorAction::kQuantize || !t.params.static_input) continue;
+    if (!wanted(i)) continue;
     const WeightStats ws = FindWeightStats(stats, plan, t);
     if (ws.consumer == nullptr) {
       plan.errors.push_back(Error(
@@ -187,8 +179,14 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
     }
     Range r{INFINITY, -INFINITY};
     bool finite = true;
+    const std::vector<double>* div = smoothed != nullptr ? (*smoothed)[i].get() : nullptr;
+    if (div != nullptr && div->size() != n) {
+      return Error(ErrorCode::kInternal, "smoothing scales do not match site " + site.name);
+    }
     for (size_t c = 0; c < n; ++c) {
-      const double lo = (*mn)[e * n + c], hi = (*mx)[e * n + c];
+      double lo = (*mn)[e * n + c], hi = (*mx)[e * n + c];
+      // Smoothed input x / s (s > 0): channel range [min / s, max / s].
+      if (div != nullptr) lo /= (*div)[c], hi /= (*div)[c];
       finite &= std::isfinite(lo) && std::isfinite(hi);
       r.min = std::min(r.min, static_cast<float>(lo));
       r.max = std::max(r.max, static_cast<float>(hi));
@@ -239,6 +237,7 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options) {
       }
     }
   }
+  if (smoothed != nullptr) return Status::Ok();  // the planning note stands
   plan.notes.push_back("static activation scales from " + options.stats.string() + ": " +
                        std::to_string(planned) + " weights, " +
                        std::to_string(sites_used.size()) +

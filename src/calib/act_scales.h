@@ -12,6 +12,8 @@
 #define QUENCH_CALIB_ACT_SCALES_H_
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "quench/convert.h"
 #include "quench/dtype.h"
@@ -40,7 +42,14 @@ float Nvfp4InputGlobalScale(float min, float max, DType d);
 // adds a note saying how many weights got them from how many sites. Problems with the statistics (a weight without a site, another model's shapes, a
 // site that saw no tokens, no min/max, NaN) go to plan.errors. A no-op when no planned
 // weight has static activations.
-Status PlanActScales(Plan& plan, const ConvertOptions& options);
+//
+// With `smoothed` (per plan tensor, the factors smoothing multiplied its input columns by, or
+// null: src/calib/composite.h), only those tensors' outputs are recomputed, from the smoothed
+// inputs' ranges: x / s has channel range [min_c / s_c, max_c / s_c] (s > 0), so the global
+// range is the min and max of those over the channels, exactly.
+using ColumnScales = std::vector<std::shared_ptr<const std::vector<double>>>;
+Status PlanActScales(Plan& plan, const ConvertOptions& options,
+                     const ColumnScales* smoothed = nullptr);
 
 }  // namespace quench::calib
 

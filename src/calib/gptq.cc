@@ -156,6 +156,7 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
   for (size_t p = 0; p < n; ++p) group_of[p] = col[p] / l.group;
   std::vector<float> w = internal::SweepWeight(f, orig, rows, col);
   out->loss = internal::Sweep(f, **blas, rows, static_cast<size_t>(options.block_size), w,
+                              options.preserve_zeros,
                               [&](size_t r, size_t p, float x) {
                                 return FakeQuantize(x, params[r * ng + group_of[p]], l, sym,
                                                     in.dtype);

@@ -31,6 +31,11 @@ struct GptqOptions {
   int block_size = 128;     // columns per lazy-update block (GPTQModifier.block_size)
   double dampening = 0.01;  // fraction of mean(diag H) added to the diagonal (dampening_frac)
   ActOrder actorder = ActOrder::kWeight;
+  // Pruned weights (a pruning stage before GPTQ, src/calib/composite.h): positions that are
+  // zero (|w| <= 1e-8, torch.isclose's default atol) receive no error updates and stay
+  // exactly zero, as llm-compressor's GPTQ did for sparse weights before 0.14 (preserve_zeros,
+  // W_nz_mask); 0.14.0.1's quantize_weight dropped it and would fill the 2:4 mask.
+  bool preserve_zeros = false;
 };
 
 // The sweep's inverse factor for one Hessian: U upper triangular with U^T U = (H + damp I)^-1,

@@ -168,7 +168,7 @@ bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat for
   const bool fp4 = IsFp4(format);
   std::vector<float> w = internal::SweepWeight(f, orig, rows, col);
   out->loss = internal::Sweep(
-      f, **blas, rows, static_cast<size_t>(options.block_size), w,
+      f, **blas, rows, static_cast<size_t>(options.block_size), w, options.preserve_zeros,
       [&](size_t r, size_t p, float x) {
         const float e = eff[r * ng + group_of[p]];
         // scaled = x / scale (f32); round_to_quantized_type_args: clamp, cast, back to f32.

@@ -143,9 +143,20 @@ Result<std::string> StatsHash(const std::filesystem::path& stats_path) {
   return std::string(hash);
 }
 
-Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt) {
+std::string FactorKey(const PlannedTensor& pt, const std::vector<double>* column_scales) {
+  char scales[24];
+  std::snprintf(scales, sizeof scales, "@%p", static_cast<const void*>(column_scales));
+  return pt.calib_site + (pt.calib_expert ? "#" + std::to_string(*pt.calib_expert) : "") +
+         (column_scales != nullptr ? scales : "");
+}
+
+Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt,
+                                       const std::vector<double>* column_scales) {
   const size_t n = pt.shape[1];
   const size_t packed = n * (n + 1) / 2;
+  if (column_scales != nullptr && column_scales->size() != n) {
+    return Error(ErrorCode::kInternal, "smoothing scales do not match the width of " + pt.name);
+  }
   QUENCH_ASSIGN_OR_RETURN(auto bytes, stats.FieldBytes(pt.calib_site, "hessian"));
   const size_t e = pt.calib_expert.value_or(0);
   if (bytes.second < (e + 1) * packed * 8) {
@@ -165,6 +176,9 @@ Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& p
         return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + pt.calib_site +
                                                 " holds NaN or Inf");
       }
+      // Smoothed: (x / s)(x / s)^T summed is the recorded sum divided by s_i s_j (in f64,
+      // before the normalisation, so one rounding to f32 as unsmoothed).
+      if (column_scales != nullptr) v = v / ((*column_scales)[i] * (*column_scales)[j]);
       h[i * n + j] = h[j * n + i] = static_cast<float>(v * scale);
     }
   }
@@ -211,13 +225,8 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
                  "--algorithm gptq needs --stats STATS with full Hessians (collect them with "
                  "scripts/collect-stats MODEL_DIR --text FILE --hessian full -o STATS)");
   }
-  if (!options.prune.empty()) {
-    return Error(ErrorCode::kUnsupported,
-                 "--algorithm gptq with --prune: GPTQ does not keep a mask; for SparseGPT's "
-                 "pruning from the same Hessians use --algorithm sparsegpt (its sparse weights "
-                 "are then rounded to nearest, as llm-compressor's QuantizationModifier after "
-                 "SparseGPTModifier)");
-  }
+  // With --prune, the pruned weights reach GPTQ sparse and keep their zeros (preserve_zeros,
+  // calib/gptq.h), as a SparseGPTModifier/magnitude pruning then GPTQModifier recipe wants.
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   HessianSites sites;
   for (PlannedTensor& t : plan.tensors) {
@@ -264,15 +273,18 @@ class GptqRunImpl : public GptqRun {
       : plan_(plan), stats_(std::move(stats)), opt_(opt), loss_(plan.tensors.size(), 0.0),
         fallback_(plan.tensors.size()) {}
 
-  bool Takes(size_t t) const override { return !plan_.tensors[t].calib_site.empty(); }
+  // (A pruned-only weight of a composed run may hold the Hessian site SparseGPT uses.)
+  bool Takes(size_t t) const override {
+    return !plan_.tensors[t].calib_site.empty() &&
+           plan_.tensors[t].action == TensorAction::kQuantize;
+  }
 
   Status Prepare(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
-    const std::string key =
-        pt.calib_site + (pt.calib_expert ? "#" + std::to_string(*pt.calib_expert) : "");
+    const std::string key = FactorKey(pt, ColumnScalesOf(t));
     if (key != current_key_) {
       current_.reset();  // freed now unless chunks in flight still use it
-      QUENCH_ASSIGN_OR_RETURN(GptqFactor f, Build(pt));
+      QUENCH_ASSIGN_OR_RETURN(GptqFactor f, Build(pt, ColumnScalesOf(t)));
       current_ = std::make_shared<const GptqFactor>(std::move(f));
       current_key_ = key;
     }
@@ -292,11 +304,13 @@ class GptqRunImpl : public GptqRun {
       f = live_.at(t);
     }
     const SchemeInfo& scheme = *plan_.tensors[t].scheme;
+    GptqOptions opt = opt_;
+    opt.preserve_zeros = plan_.tensors[t].prune;  // pruned before: the zeros stay
     double loss = 0;
     GptqFloat format;
     if (FloatFormat(scheme, &format)) {
-      if (!QuantizeFloatRowsInto(*f, in, format, opt_, out, &loss)) return false;
-    } else if (!QuantizeRowsInto(*f, in, opt_, scheme.format == "pack-quantized", out, &loss)) {
+      if (!QuantizeFloatRowsInto(*f, in, format, opt, out, &loss)) return false;
+    } else if (!QuantizeRowsInto(*f, in, opt, scheme.format == "pack-quantized", out, &loss)) {
       return false;
     }
     std::lock_guard<std::mutex> lock(mu_);
@@ -318,8 +332,8 @@ class GptqRunImpl : public GptqRun {
 
  private:
   // The site's Hessian, unpacked and normalised as the reference's (LoadHessian), factored.
-  Result<GptqFactor> Build(const PlannedTensor& pt) {
-    QUENCH_ASSIGN_OR_RETURN(std::vector<float> h, LoadHessian(stats_, pt));
+  Result<GptqFactor> Build(const PlannedTensor& pt, const std::vector<double>* column_scales) {
+    QUENCH_ASSIGN_OR_RETURN(std::vector<float> h, LoadHessian(stats_, pt, column_scales));
     return FactorHessian(std::move(h), pt.shape[1], opt_);
   }
 
@@ -337,9 +351,9 @@ class GptqRunImpl : public GptqRun {
 }  // namespace
 
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                               [](const PlannedTensor& t) { return !t.calib_site.empty(); });
-  // calib_site also marks the imatrix_mse observer's weights (src/calib/imatrix_run.h).
+  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
+    return !t.calib_site.empty() && t.action == TensorAction::kQuantize;
+  });
   if (!any || options.algorithm != "gptq") return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "calib/act_scales.h"  // ColumnScales
 #include "calib/seam.h"
 #include "calib/stats.h"
 #include "quench/convert.h"
@@ -31,6 +32,15 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options);
 class GptqRun : public ChunkCalibration {
  public:
   virtual void Finish(Plan& plan) = 0;
+  // Smoothing before this stage (src/calib/composite.h): per plan tensor, the factors its
+  // columns were multiplied by (null: none); its Hessian is then diag(1/s) H diag(1/s).
+  void SetColumnScales(ColumnScales s) { column_scales_ = std::move(s); }
+
+ protected:
+  const std::vector<double>* ColumnScalesOf(size_t t) const {
+    return t < column_scales_.size() ? column_scales_[t].get() : nullptr;
+  }
+  ColumnScales column_scales_;
 };
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options);
 
@@ -59,8 +69,12 @@ struct HessianSites {
 // A hash of the statistics' manifest, for the resume fingerprint.
 Result<std::string> StatsHash(const std::filesystem::path& stats_path);
 // Weight pt's site Hessian as the reference normalises it (2/sequences * sum x x^T), full
-// n x n f32; the mapped pages are dropped after reading.
-Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt);
+// n x n f32; the mapped pages are dropped after reading. With `column_scales` (the weight's
+// columns multiplied by s, its input divided), the smoothed input's: H_ij / (s_i s_j).
+Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt,
+                                       const std::vector<double>* column_scales = nullptr);
+// The key a weight's factor is cached under: its site, expert and smoothing scales.
+std::string FactorKey(const PlannedTensor& pt, const std::vector<double>* column_scales);
 
 }  // namespace quench::calib
 

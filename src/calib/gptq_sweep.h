@@ -6,6 +6,7 @@
 #define QUENCH_CALIB_GPTQ_SWEEP_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <vector>
 
@@ -37,11 +38,19 @@ inline std::vector<float> SweepWeight(const GptqFactor& f, const std::vector<flo
 // place: within a block, column by column, q = fq(r, p, x) (the fake quantization of element
 // (r, sweep position p)), e = (x - q) / U[p][p], the block's later columns -= e * U[p][p:];
 // then the lazy update W[:, i2:] -= Err1 @ U[i1:i2, i2:] as one SGEMM. Leaves q in w and
-// returns the reference's loss sum(e^2) / 2.
+// returns the reference's loss sum(e^2) / 2. `preserve_zeros`: elements of w that are zero
+// (|x| <= 1e-8) stay exactly zero, their updates multiplied by 0 (the pre-0.14 reference's
+// W_nz_mask), for weights pruned before the sweep.
 template <class Fq>
 double Sweep(const GptqFactor& f, const Blas& blas, size_t rows, size_t block_size,
-             std::vector<float>& w, Fq&& fq) {
+             std::vector<float>& w, bool preserve_zeros, Fq&& fq) {
   const size_t n = f.n, bs = block_size;
+  // 1 where the weight may change, 0 where it is kept at zero.
+  std::vector<float> nz;
+  if (preserve_zeros) {
+    nz.resize(rows * n);
+    for (size_t i = 0; i < rows * n; ++i) nz[i] = std::fabs(w[i]) <= 1e-8f ? 0.0f : 1.0f;
+  }
   std::vector<float> w1(rows * bs), err(rows * bs);
   double loss = 0;
   for (size_t i1 = 0; i1 < n; i1 += bs) {
@@ -60,13 +69,24 @@ double Sweep(const GptqFactor& f, const Blas& blas, size_t rows, size_t block_si
         w[r * n + i1 + i] = q;
         err[r * bw + i] = e;
         loss += static_cast<double>(e * e);
-        for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j];
+        if (nz.empty()) {
+          for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j];
+        } else {
+          const float* m = nz.data() + r * n + i1;
+          for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j] * m[j];
+        }
       }
     }
     if (i2 < n) {
       blas.sgemm_nn(static_cast<int>(rows), static_cast<int>(n - i2), static_cast<int>(bw),
                     -1.0f, err.data(), static_cast<int>(bw), f.u.data() + i1 * n + i2,
                     static_cast<int>(n), 1.0f, w.data() + i2, static_cast<int>(n));
+      // W[:, i2:] -= w_err * W_nz_mask[:, i2:]: the kept zeros were zero before the update.
+      for (size_t k = 0; !nz.empty() && k < rows; ++k) {
+        for (size_t j = i2; j < n; ++j) {
+          if (nz[k * n + j] == 0.0f) w[k * n + j] = 0.0f;
+        }
+      }
     }
   }
   return loss / 2;

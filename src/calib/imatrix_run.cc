@@ -1,6 +1,8 @@
 // The imatrix_mse observer and Wanda scores in a conversion (see imatrix_run.h).
 #include "calib/imatrix_run.h"
 
+#include "calib/composite.h"
+
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
@@ -99,17 +101,23 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                                     "llm-compressor's Wanda does; --prune-granularity tensor is "
                                     "for magnitude pruning");
   }
-  if (imatrix && options.algorithm == "gptq") {
+  if (imatrix && HasAlgorithm(options.algorithm, "gptq")) {
     return Error(ErrorCode::kUnsupported,
                  "--algorithm gptq with the imatrix_mse observer is not built yet (GPTQ takes "
                  "min-max scales); use one or the other");
   }
-  // SparseGPT chooses its own mask and marks its weights' Hessian sites (calib_site);
-  // SmoothQuant and AWQ rescale the weights first. One calibration per run for now.
-  if (options.algorithm != "rtn" && options.algorithm != "gptq") {
+  // The observer's search reads the source's rows (Prepare), which smoothing has not
+  // rescaled; SparseGPT chooses its own mask. Wanda composes with smoothing (its column
+  // scales are divided by the smoothing scales: src/calib/composite.h) and with GPTQ.
+  if (imatrix && options.algorithm != "rtn") {
     return Error(ErrorCode::kUnsupported,
                  who + " with --algorithm " + options.algorithm +
-                     " is not built yet (one calibration per run); use one or the other");
+                     " is not built yet (it searches the unsmoothed source rows); use one or "
+                     "the other");
+  }
+  if (wanda && HasAlgorithm(options.algorithm, "sparsegpt")) {
+    return Error(ErrorCode::kUsage, "--prune-metric wanda with --algorithm sparsegpt: "
+                                    "SparseGPT chooses its own mask; give one or the other");
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   // The weight's site, checked against the weight's shape; nullptr (error recorded) if none.
@@ -148,8 +156,8 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                                     "not built yet ('" + t.name + "')"));
       } else if (const StatsConsumer* c = site_of(t); c != nullptr) {
         QUENCH_ASSIGN_OR_RETURN(SiteValues v, ReadSite(stats, c->site, c->expert, t.shape[1]));
-        t.calib_site = c->site;
-        t.calib_expert = c->expert;
+        t.imatrix_site = c->site;
+        t.imatrix_expert = c->expert;
         ++observed;
         if (NormalizedImportance(v.sum_x2, v.count).empty()) {
           // The reference's fallback for unusable importance (no tokens, all zero).
@@ -199,7 +207,7 @@ class ImatrixRunImpl : public ImatrixRun {
   ImatrixRunImpl(const Plan& plan, Statistics stats)
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)) {}
 
-  bool Takes(size_t t) const override { return !plan_.tensors[t].calib_site.empty(); }
+  bool Takes(size_t t) const override { return !plan_.tensors[t].imatrix_site.empty(); }
 
   Result<std::optional<float>> SearchedAbsMax(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
@@ -263,10 +271,10 @@ class ImatrixRunImpl : public ImatrixRun {
 
   // The importance of the tensor's site (the last one read is kept: q/k/v share theirs).
   Status LoadImportance(const PlannedTensor& pt) {
-    const std::string key = Key(pt.calib_site, pt.calib_expert);
+    const std::string key = Key(pt.imatrix_site, pt.imatrix_expert);
     if (key == imp_key_) return Status::Ok();
     QUENCH_ASSIGN_OR_RETURN(SiteValues v,
-                            ReadSite(stats_, pt.calib_site, pt.calib_expert, pt.shape[1]));
+                            ReadSite(stats_, pt.imatrix_site, pt.imatrix_expert, pt.shape[1]));
     imp_ = NormalizedImportance(v.sum_x2, v.count);
     imp_key_ = key;
     return Status::Ok();
@@ -418,7 +426,7 @@ class ImatrixRunImpl : public ImatrixRun {
 Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
                                                    const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                               [](const PlannedTensor& t) { return !t.calib_site.empty(); });
+                               [](const PlannedTensor& t) { return !t.imatrix_site.empty(); });
   if (!any || options.algorithm != "rtn") return std::unique_ptr<ImatrixRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   return std::unique_ptr<ImatrixRun>(new ImatrixRunImpl(plan, std::move(stats)));

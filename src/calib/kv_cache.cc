@@ -23,13 +23,19 @@ Status PlanKvScales(Plan& plan, const ConvertOptions& options) {
     }
   }
   if (scales.empty()) return Status::Ok();
-  // AWQ's v_proj -> o_proj mapping rescales v_proj's output rows, and the statistics hold the
-  // unsmoothed values' ranges.
-  if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
-    return Error(ErrorCode::kUnsupported,
-                 "--kv-cache with --algorithm " + options.algorithm +
-                     " in one run is not built yet (the statistics hold the unsmoothed "
-                     "keys' and values' ranges)");
+  // Smoothing a norm into q/k/v leaves the keys and values unchanged (W diag(s) x / s = W x),
+  // so their ranges stand. A mapping whose smooth layer is the value (or fused qkv)
+  // projection (AWQ's v_proj -> o_proj) divides the values' channels by its scales, known
+  // only after the search: v_scale from the per-channel ranges divided by them is not built.
+  for (const PlannedSmoothing& m : plan.smoothing) {
+    for (const char* v : {".v_proj", ".qkv_proj", ".value", ".query_key_value", ".c_attn"}) {
+      if (m.smooth.ends_with(v)) {
+        return Error(ErrorCode::kUnsupported,
+                     "--kv-cache with --algorithm " + options.algorithm + ": the mapping "
+                     "smoothing " + m.smooth + " rescales the cached values per channel (v_scale "
+                     "from the smoothed ranges is not built yet); convert without --kv-cache");
+      }
+    }
   }
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   const std::string where = options.stats.string() + ": ";

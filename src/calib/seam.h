@@ -37,6 +37,9 @@ class ChunkCalibration {
   // Whether Prune replaces the plan's pruning for the tensors it takes (SparseGPT); a
   // calibration that only quantizes (GPTQ, imatrix_mse) leaves pruning to the plan's metric.
   virtual bool Prunes() const { return false; }
+  // Whether tensor `tensor`'s pruning goes through Prune (a composed calibration asks its
+  // pruning stage, src/calib/composite.h).
+  virtual bool PrunesTensor(size_t tensor) const { return Prunes() && Takes(tensor); }
   // Output stage (serial, in order), once the tensor's last chunk is done: Prepare's
   // resources may go.
   virtual void Done(size_t tensor) = 0;

@@ -72,7 +72,12 @@ Status CheckMapping(const Plan& plan, const std::map<std::string, size_t>& index
       out->tensors.push_back(it->second);  // width and dtype checked below
       continue;
     }
-    if (t.prune) return refuse(b + " is pruned; pruning after smoothing is not built yet");
+    // Row-wise pruning sees the smoothed rows (src/calib/composite.h); a tensor-wide
+    // magnitude threshold is found by a pre-pass over the unsmoothed source.
+    if (t.prune && plan.prune.per_tensor) {
+      return refuse(b + " is pruned with a tensor-wide threshold (--prune-granularity tensor), "
+                    "found before smoothing; use row granularity");
+    }
     // The global-scale pre-pass (NVFP4) reads the source's weights, not the smoothed ones.
     if (t.action == TensorAction::kQuantize && t.scheme->needs_global_scale) {
       return refuse(b + " is to be " + std::string(t.scheme->name) +
@@ -109,7 +114,9 @@ Status CheckMapping(const Plan& plan, const std::map<std::string, size_t>& index
                   std::to_string(n) + ")");
   }
   if (s.dtype != dtype) return refuse("the smooth layer's dtype differs from the balance layers'");
-  if (s.source_scale || s.prune) {
+  // A quantized smooth layer is divided before it is pruned (per-row rankings are unchanged
+  // by a row's scale); a pruned-only one would be written without the division.
+  if (s.source_scale || (s.prune && s.action != TensorAction::kQuantize)) {
     return refuse("the smooth layer is source-quantized or pruned (not built yet)");
   }
   out->tensors.push_back(sw->second);
@@ -472,6 +479,20 @@ class SmoothRunImpl : public SmoothRun {
     const uint64_t esz = DTypeBits(pt.dtype) / 8;
     const uint64_t cols = pt.shape.size() == 2 ? pt.shape[1] : 1;
     ApplySmoothOps(ops_[t], pt.dtype, cols, begin / esz, len / esz, data);
+  }
+
+  ColumnScales InputScales() const override {
+    ColumnScales out(ops_.size());
+    for (size_t t = 0; t < ops_.size(); ++t) {
+      std::vector<double> s;
+      for (const SmoothOp& op : ops_[t]) {
+        if (op.kind != SmoothOp::kMulCols) continue;
+        if (s.empty()) s.assign(op.s->size(), 1.0);
+        for (size_t j = 0; j < s.size(); ++j) s[j] *= (*op.s)[j];
+      }
+      if (!s.empty()) out[t] = std::make_shared<const std::vector<double>>(std::move(s));
+    }
+    return out;
   }
 
   void Finish(Plan& plan) override {

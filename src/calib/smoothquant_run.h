@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "calib/act_scales.h"  // ColumnScales
 #include "calib/seam.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
@@ -28,6 +29,10 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options);
 class SmoothRun : public ChunkCalibration {
  public:
   virtual void Finish(Plan& plan) = 0;
+  // Per plan tensor, the product of the scales its columns are multiplied by (its input is
+  // divided by them), or null where no mapping balances it: what later stages need to see
+  // the smoothed model's statistics (src/calib/composite.h).
+  virtual ColumnScales InputScales() const = 0;
 };
 Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options);
 

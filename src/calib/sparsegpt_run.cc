@@ -149,15 +149,17 @@ class SparseGptRunImpl : public GptqRun {
       : plan_(plan), stats_(std::move(stats)), opt_(opt), loss_(plan.tensors.size(), 0.0),
         fallback_(plan.tensors.size()) {}
 
-  bool Takes(size_t t) const override { return !plan_.tensors[t].calib_site.empty(); }
+  // (A weight only GPTQ prunes-not of a composed run may hold a Hessian site too.)
+  bool Takes(size_t t) const override {
+    return !plan_.tensors[t].calib_site.empty() && plan_.tensors[t].prune;
+  }
 
   Status Prepare(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
-    const std::string key =
-        pt.calib_site + (pt.calib_expert ? "#" + std::to_string(*pt.calib_expert) : "");
+    const std::string key = FactorKey(pt, ColumnScalesOf(t));
     if (key != current_key_) {
       current_.reset();
-      QUENCH_ASSIGN_OR_RETURN(std::vector<float> h, LoadHessian(stats_, pt));
+      QUENCH_ASSIGN_OR_RETURN(std::vector<float> h, LoadHessian(stats_, pt, ColumnScalesOf(t)));
       QUENCH_ASSIGN_OR_RETURN(GptqFactor f,
                               FactorHessian(std::move(h), pt.shape[1], FactorOptions(opt_)));
       current_ = std::make_shared<const GptqFactor>(std::move(f));
@@ -256,8 +258,9 @@ class SparseGptRunImpl : public GptqRun {
 }  // namespace
 
 Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                               [](const PlannedTensor& t) { return !t.calib_site.empty(); });
+  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
+    return !t.calib_site.empty() && t.prune;
+  });
   if (!any) return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(SparseGptOptions sopt, ResolveOptions(plan, options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));

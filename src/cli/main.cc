@@ -133,7 +133,12 @@ std::string ConvertHelp() {
        "                        smoothquant: llm-compressor's SmoothQuant from the min/max in\n"
        "                        --stats (norm weights rewritten, balance columns scaled), then\n"
        "                        RTN; or awq: llm-compressor's AWQ grid search from sum_abs and\n"
-       "                        the Hessian (else sum_x2) in --stats, then RTN (integer schemes)\n"
+       "                        the Hessian (else sum_x2) in --stats, then RTN (integer schemes).\n"
+       "                        A comma list composes them, run in the pipeline's order\n"
+       "                        (smoothing, pruning, quantization) whatever the order given:\n"
+       "                        e.g. smoothquant,gptq  awq,gptq  sparsegpt,gptq  awq,sparsegpt;\n"
+       "                        GPTQ then sees the smoothed weights and Hessian, and keeps\n"
+       "                        pruned weights (SparseGPT, magnitude or Wanda) at zero\n"
        "  --smoothing-strength A  SmoothQuant: alpha in [0, 1] (default 0.5)\n"
        "  --awq-duo-scaling D   AWQ: true (default), false or both, as AWQModifier.duo_scaling\n"
        "  --awq-n-grid N        AWQ: grid points (default 20)\n"
@@ -305,17 +310,25 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
-    // calib_site is GPTQ's or SparseGPT's Hessian, or the imatrix_mse observer's E[x^2] (its
-    // fingerprint says which).
-    const bool imx = p.calib_fingerprint.starts_with("imatrix_mse");
-    if (q && !t.calib_site.empty()) {
+    // calib_site is GPTQ's or SparseGPT's Hessian (both, composed), imatrix_site the
+    // imatrix_mse observer's E[x^2].
+    const bool imx = !t.imatrix_site.empty();
+    // Which stages ran, from the fingerprint each stage left (src/calib/composite.h); a
+    // recipe's modifiers set them as the flags do.
+    const bool sgpt = p.calib_fingerprint.find("sparsegpt{") != std::string::npos;
+    const bool gptq = p.calib_fingerprint.find("gptq{") != std::string::npos;
+    if (q && imx) {
       note = (t.prune ? "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda); " : "; ")
                       : std::string()) +
-             (imx ? "imatrix_mse, E[x^2] of " : "GPTQ, Hessian of ") + t.calib_site;
+             "imatrix_mse, E[x^2] of " + t.imatrix_site;
+    } else if (q && gptq && !t.calib_site.empty()) {
+      note = (t.prune ? (sgpt ? "SparseGPT " : "pruned ") + p.prune.text +
+                            (t.prune_scale >= 0 ? " (wanda); " : "; ")
+                      : std::string()) +
+             "GPTQ, Hessian of " + t.calib_site;
     }
     if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
-    // Pruned weights with a Hessian are SparseGPT's (GPTQ and imatrix_mse refuse it).
-    if (!imx && t.prune && !t.calib_site.empty()) {
+    if (sgpt && !gptq && t.prune && !t.calib_site.empty()) {
       note = "SparseGPT " + p.prune.text + ", Hessian of " + t.calib_site;
     }
     if (!imx && t.prune && !t.calib_note.empty()) {

@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "calib/act_scales.h"
+#include "calib/composite.h"
 #include "calib/gptq_run.h"
 #include "calib/kv_cache.h"
 #include "calib/imatrix_run.h"
@@ -251,7 +252,13 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
       QUENCH_ASSIGN_OR_RETURN(experts, PlanExpertPrune(folder, *options.prune_experts));
     }
   }
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, options));
+  // Calibration stages (src/calib/composite.h): each planner sees its own algorithm.
+  QUENCH_ASSIGN_OR_RETURN(const calib::Algorithms algos, calib::ParseAlgorithms(options.algorithm));
+  const std::string primary = algos.gptq        ? "gptq"
+                              : algos.sparsegpt ? "sparsegpt"
+                              : algos.smoothing.empty() ? "rtn"
+                                                        : algos.smoothing;
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, calib::StageOptions(options, primary)));
   if (experts) {
     const PlannedExpertPrune& e = *experts;
     plan.notes.push_back(
@@ -264,10 +271,29 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     plan.expert_prune = std::move(experts);
   }
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
-  if (options.algorithm != "rtn" || !options.stats.empty()) {
-    if (options.algorithm == "smoothquant" || options.algorithm == "awq") {
-      QUENCH_RETURN_IF_ERROR(calib::PlanSmoothQuant(plan, options));
-    } else if (options.algorithm != "rtn" || !(reap && experts)) {
+  std::string fingerprint;  // every stage's settings (the resume fingerprint)
+  uint64_t calib_bytes = 0;  // every stage's factors are held at once
+  auto stage = [&](const std::string& algorithm, auto planner) -> Status {
+    plan.calib_fingerprint.clear();
+    plan.calib_bytes = 0;
+    QUENCH_RETURN_IF_ERROR(planner(plan, calib::StageOptions(options, algorithm)));
+    calib::AppendFingerprint(algorithm, plan.calib_fingerprint, &fingerprint);
+    calib_bytes += plan.calib_bytes;
+    return Status::Ok();
+  };
+  if (algos.Any() || !options.stats.empty()) {
+    if (!algos.smoothing.empty()) {
+      if (algos.sparsegpt && plan.prune.kind == PlannedPrune::kUnstructured) {
+        return Error(ErrorCode::kUnsupported,
+                     "--algorithm " + options.algorithm + ": unstructured SparseGPT reads each "
+                     "weight whole from the source, before smoothing (not built yet); use N:M "
+                     "(e.g. --prune 2:4) or magnitude/Wanda pruning");
+      }
+      QUENCH_RETURN_IF_ERROR(stage(algos.smoothing, calib::PlanSmoothQuant));
+    }
+    if (algos.sparsegpt) QUENCH_RETURN_IF_ERROR(stage("sparsegpt", calib::PlanGptq));
+    if (algos.gptq) QUENCH_RETURN_IF_ERROR(stage("gptq", calib::PlanGptq));
+    if (!algos.Any() && !(reap && experts)) {
       // (With rtn, PlanGptq only notes statistics nothing reads; REAP reads them.)
       QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
     }
@@ -275,7 +301,11 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
   }
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
+  plan.calib_fingerprint.clear();
   QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
+  calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
+  plan.calib_fingerprint = fingerprint;
+  plan.calib_bytes = calib_bytes;
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
@@ -429,26 +459,44 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     for (size_t m : set) bytes += plan.tensors[m].src_bytes;
     largest_set = std::max(largest_set, bytes);
   }
-  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
-                          options.algorithm == "sparsegpt" ? calib::MakeSparseGptRun(plan, options)
-                                                           : calib::MakeGptqRun(plan, options));
+  // The stages of a composed calibration (src/calib/composite.h), each given its options.
+  QUENCH_ASSIGN_OR_RETURN(const calib::Algorithms algos, calib::ParseAlgorithms(options.algorithm));
+  std::unique_ptr<calib::GptqRun> sparse, gptq;
+  std::unique_ptr<calib::SmoothRun> smooth;
+  if (algos.sparsegpt) {
+    QUENCH_ASSIGN_OR_RETURN(sparse, calib::MakeSparseGptRun(plan, options));
+  }
+  if (algos.gptq) {
+    QUENCH_ASSIGN_OR_RETURN(gptq, calib::MakeGptqRun(plan, calib::StageOptions(options, "gptq")));
+  }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
                           calib::MakeImatrixRun(plan, options));
-  // SmoothQuant's pre-pass reads the balance weights for their scales here, before any
-  // tensor streams.
-  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::SmoothRun> smooth,
-                          calib::MakeSmoothRun(plan, options));
-  // One calibration per run: the planners refuse combinations (src/calib/*_run.cc).
-  ChunkCalibration* calib = gptq     ? static_cast<ChunkCalibration*>(gptq.get())
-                            : smooth ? static_cast<ChunkCalibration*>(smooth.get())
-                                     : imatrix.get();
+  if (!algos.smoothing.empty()) {
+    // Smoothing's pre-pass reads the balance weights for their scales here, before any
+    // tensor streams; later stages then see the smoothed model's statistics.
+    QUENCH_ASSIGN_OR_RETURN(smooth, calib::MakeSmoothRun(
+                                        plan, calib::StageOptions(options, algos.smoothing)));
+  }
+  if (smooth) {
+    const calib::ColumnScales scales = smooth->InputScales();
+    if (sparse) sparse->SetColumnScales(scales);
+    if (gptq) gptq->SetColumnScales(scales);
+    if (Status s = calib::ApplySmoothingToPlan(plan, options, scales); !s.ok()) return cleanup(s);
+  }
+  ChunkCalibration* quantizer = gptq ? static_cast<ChunkCalibration*>(gptq.get()) : imatrix.get();
+  std::unique_ptr<calib::CompositeCalibration> composite;
+  if (smooth || sparse || quantizer != nullptr) {
+    composite = std::make_unique<calib::CompositeCalibration>(plan, smooth.get(), sparse.get(),
+                                                              quantizer);
+  }
+  ChunkCalibration* calib = composite.get();
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
   const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
                                     ? options.memory_limit - plan.calib_bytes
                                     : options.memory_limit / 2;
   PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
-                                       (pruning ? 3 : 2) + (gptq ? 3 : 0) + (imatrix ? 1 : 0) + (smooth ? 1 : 0),
+                                       (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smooth ? 1 : 0),
                                        largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
@@ -488,7 +536,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                      calib);
   if (smooth) {
     smooth->Finish(plan);
-    if (callbacks.note && options.algorithm == "awq") {
+    if (callbacks.note && algos.smoothing == "awq") {
       for (const PlannedSmoothing& m : plan.smoothing) {
         char line[160];
         std::snprintf(line, sizeof line, ": ratio %.4f%s, proxy loss %.4g (RTN %.4g, %s)",
@@ -497,6 +545,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
       }
     }
   }
+  if (sparse) sparse->Finish(plan);
   if (gptq) {
     gptq->Finish(plan);
     if (callbacks.note) {

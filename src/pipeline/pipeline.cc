@@ -514,7 +514,17 @@ class ShardPipeline {
       uint8_t* rows_copy = c->staging.data.get() + place.at(i);
       const uint8_t* src = c->map->data() + p.src_offset;
       const size_t rows = p.end - p.begin, cols = t.shape[1];
-      if (calib_ != nullptr && calib_->Prunes() && calib_->Takes(p.tensor)) {
+      // Smoothing comes first (src/calib/composite.h): the rows are pruned as smoothed, and
+      // the kernel then takes them as they are.
+      if (calib_ != nullptr && calib_->Transforms(p.tensor)) {
+        WeightChunk in;
+        in.data = src;
+        in.dtype = t.dtype;
+        in.rows = rows;
+        in.cols = cols;
+        src = calib_->TransformRows(p.tensor, p.begin, in);
+      }
+      if (calib_ != nullptr && calib_->PrunesTensor(p.tensor)) {
         // SparseGPT's mask and updates instead of magnitude pruning (src/calib/sparsegpt_run.cc).
         p.finite = calib_->Prune(p.tensor, src, rows_copy, p.begin, rows, &p.zeroed);
       } else if (plan_.prune.per_tensor) {
@@ -685,8 +695,8 @@ class ShardPipeline {
         continue;
       }
       // Smoothing's scales folded into the rows first (calib::PlanSmoothQuant refuses
-      // decoded and pruned weights).
-      if (calib_ != nullptr && calib_->Transforms(p.tensor)) {
+      // decoded weights; pruned ones were smoothed before pruning, in Prune).
+      if (calib_ != nullptr && calib_->Transforms(p.tensor) && !t.prune) {
         in.data = calib_->TransformRows(p.tensor, p.begin, in);
       }
       // GPTQ never takes a decoded source's weight (calib::PlanGptq rounds those to nearest).

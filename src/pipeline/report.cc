@@ -1,3 +1,4 @@
+#include "calib/composite.h"
 #include "pipeline/report.h"
 
 #include <sys/resource.h>
@@ -97,16 +98,16 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         o.Set("error", std::move(err));
       }
       o.Set("group", JsonValue(plan.groups[static_cast<size_t>(t.group)].key));
-      if (options.algorithm == "gptq") {
+      if (calib::HasAlgorithm(options.algorithm, "gptq")) {
         // Which weights GPTQ took, from which site, and why the others were rounded to nearest.
         const bool gptq = !t.calib_site.empty() && t.calib_note.empty();
         o.Set("algorithm", JsonValue(gptq ? "gptq" : "rtn"));
         if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
         if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
         if (gptq && summary != nullptr) o.Set("gptq_loss", JsonValue(t.calib_loss));
-      } else if (!t.calib_site.empty()) {  // the imatrix_mse observer (src/calib/imatrix_run.h)
+      } else if (!t.imatrix_site.empty()) {  // the imatrix_mse observer (src/calib/imatrix_run.h)
         o.Set("observer", JsonValue("imatrix_mse"));
-        o.Set("stats_site", JsonValue(t.calib_site));
+        o.Set("stats_site", JsonValue(t.imatrix_site));
         if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
       }
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
@@ -130,14 +131,17 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
     if (t.prune) {
       const uint64_t n = t.shape[0] * t.shape[1];
       o.Set("prune", JsonValue(plan.prune.text));
-      if (options.algorithm == "sparsegpt") {
+      if (calib::HasAlgorithm(options.algorithm, "sparsegpt")) {
         // Which weights SparseGPT took, from which site, and why the others were pruned by
         // magnitude.
         const bool sgpt = !t.calib_site.empty();  // a failed factor: H^-1 = I, noted
         o.Set("prune_algorithm", JsonValue(sgpt ? "sparsegpt" : "magnitude"));
         if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
         if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
-        if (sgpt && summary != nullptr) o.Set("sparsegpt_loss", JsonValue(t.calib_loss));
+        // (Composed with GPTQ, calib_loss is GPTQ's: reported as gptq_loss above.)
+        if (sgpt && summary != nullptr && !calib::HasAlgorithm(options.algorithm, "gptq")) {
+          o.Set("sparsegpt_loss", JsonValue(t.calib_loss));
+        }
       }
       if (summary != nullptr) {
         o.Set("sparsity", JsonValue(n ? static_cast<double>(t.prune_zeroed) / static_cast<double>(n) : 0.0));

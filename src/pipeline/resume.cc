@@ -113,6 +113,11 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
          (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
          plan.calib_fingerprint;
   }
+  if (!t.imatrix_site.empty()) {
+    d += "|imatrix " + t.imatrix_site + "#" +
+         (t.imatrix_expert ? std::to_string(*t.imatrix_expert) : std::string()) + "|" +
+         plan.calib_fingerprint;
+  }
   // A smoothed tensor depends on the smoothing's settings and statistics.
   if (t.smoothed) {
     d += "|smoothed ";
