@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -72,6 +73,8 @@ struct PlannedSourceScale {
   uint64_t block_rows = 0;    // weight rows and columns one scale covers
   uint64_t block_cols = 0;
   uint64_t scale_cols = 0;    // scales per tile row: ceil(cols / block_cols)
+  // A compressed-tensors source (src/format/source_ct.h): the tensors that decode the weight.
+  std::shared_ptr<const struct CtWeight> ct;
 };
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).

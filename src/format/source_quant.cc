@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "format/source_ct.h"
+
 namespace quench {
 namespace {
 
@@ -153,11 +155,17 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
   const JsonValue* method = q->Find("quant_method");
   const std::string m = method != nullptr && method->is_string() ? method->as_string() : "";
   if (m == "fp8") return DetectFp8(folder, *q, where);
+  if (m == "compressed-tensors") {
+    SourceQuantization out;
+    QUENCH_RETURN_IF_ERROR(DetectCompressedTensors(folder, *q, where, &out));
+    return out;
+  }
   return Error(ErrorCode::kUnsupported,
                where + ": the source is quantized (quantization_config.quant_method '" +
                    (m.empty() ? std::string("(none)") : m) +
-                   "'); quench reads BF16, F16 and F32 checkpoints and FP8 ones "
-                   "(quant_method 'fp8'), and cannot decode this one yet");
+                   "'); quench reads BF16, F16 and F32 checkpoints, FP8 ones "
+                   "(quant_method 'fp8') and compressed-tensors ones, and cannot decode "
+                   "this one yet");
 }
 
 float SourceScaleToF32(DType dtype, const uint8_t* p) {

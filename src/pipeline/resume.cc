@@ -1,5 +1,7 @@
 #include "pipeline/resume.h"
 
+#include "format/source_ct.h"
+
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -53,6 +55,21 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     d += '|';
     num(ss.src_header_hash);
     d += '|';
+  }
+  // A compressed-tensors weight's zero points, g_idx and global scale may live elsewhere too.
+  if (t.source_scale && t.source_scale->ct) {
+    const CtWeight& w = *t.source_scale->ct;
+    for (const CtTensor* x : {&w.zero_point, &w.g_idx, &w.global_scale}) {
+      if (!x->present) continue;
+      const PlannedShard& xs = plan.shards[x->shard];
+      d += "ct ";
+      d += xs.rel_name;
+      d += '|';
+      num(xs.src_size);
+      d += '|';
+      num(xs.src_header_hash);
+      d += '|';
+    }
   }
   if (t.prune) {
     d += "prune ";

@@ -1,0 +1,168 @@
+// compressed-tensors checkpoints as sources, end to end. Expected bytes:
+//   - data/golden/ct_manifest.json (scripts/make_golden_ct.py): per case, the reference's
+//     output tensors (dtype, shape, FNV-1a 64 of the bytes) and config.json:
+//     CompressedTensorsDequantizer (BF16) or model_free_ptq with it as converter (a scheme),
+//     from the reference's own outputs of data/tiny-llama in each format and two synthetic
+//     sources (mixed-precision; activation order with g_idx, where the reference ignores
+//     g_idx and the expected tensors are the format's definition computed by the generator).
+//   - the same outputs with small chunks: a weight's scale and zero-point rows are read with
+//     its rows, so chunk boundaries (inside packed zero-point words) change no byte.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "quench/convert.h"
+#include "test_util.h"
+
+namespace quench::testing {
+namespace {
+
+struct CtCase {
+  std::string name, scheme;
+  fs::path source;
+  std::vector<std::string> ignore;
+  const JsonValue* tensors = nullptr;
+  fs::path config;
+};
+
+const JsonValue& Manifest() {
+  static const JsonValue m = [] {
+    auto r = ReadJsonFile((DataDir() / "golden" / "ct_manifest.json").string());
+    REQUIRE(r.ok());
+    return *r;
+  }();
+  return m;
+}
+
+std::vector<CtCase> Cases() {
+  std::vector<CtCase> out;
+  for (const JsonValue& c : Manifest().Find("cases")->as_array()) {
+    if (c.Find("expected_tensors") == nullptr) continue;
+    CtCase k;
+    k.name = c.Find("name")->as_string();
+    k.scheme = c.Find("scheme")->as_string();
+    k.source = DataDir() / c.Find("source")->as_string();
+    for (const JsonValue& i : c.Find("ignore")->as_array()) k.ignore.push_back(i.as_string());
+    k.tensors = c.Find("expected_tensors");
+    k.config = DataDir() / c.Find("expected_config")->as_string();
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+std::string Hex(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+Result<ConvertSummary> Run(const CtCase& k, const fs::path& dst, uint64_t chunk_bytes = 0) {
+  ConvertOptions o;
+  o.src = k.source;
+  o.dst = dst;
+  o.scheme = k.scheme;
+  o.ignore = k.ignore;
+  o.default_ignore = false;  // the reference's ignore list, as given
+  o.chunk_bytes = chunk_bytes;
+  return Convert(o);
+}
+
+// Every expected tensor is in `got` with its dtype, shape and bytes, and there is no other.
+void CheckTensors(const JsonValue& want, const fs::path& got) {
+  const auto g = LoadAll(got);
+  size_t n_got = 0;
+  for (const auto& [_, l] : g) n_got += l.shard.header.tensors.size();
+  CHECK(n_got == want.as_object().size());
+  for (const auto& [name, w] : want.as_object()) {
+    CAPTURE(name);
+    auto [gl, gt] = FindTensor(g, name);
+    REQUIRE(gt != nullptr);
+    CHECK(DTypeName(gt->dtype) == w.Find("dtype")->as_string());
+    std::vector<uint64_t> shape;
+    for (const JsonValue& d : w.Find("shape")->as_array()) shape.push_back(d.as_uint());
+    CHECK(gt->shape == shape);
+    const std::string_view bytes(reinterpret_cast<const char*>(gl->Data(*gt)), gt->nbytes());
+    CHECK(Hex(Fnv1a64(bytes)) == w.Find("fnv1a64")->as_string());
+  }
+}
+
+void CheckConfig(const fs::path& want, const fs::path& got) {
+  auto w = ReadJsonFile(want.string());
+  auto g = ReadJsonFile(got.string());
+  REQUIRE(w.ok());
+  REQUIRE(g.ok());
+  CHECK(DumpCompactJson(*g) == DumpCompactJson(*w));
+}
+
+TEST_CASE("compressed-tensors sources: every format decodes and converts as the reference") {
+  const std::vector<CtCase> cases = Cases();
+  REQUIRE(cases.size() >= 14);
+  for (const CtCase& k : cases) {
+    CAPTURE(k.name);
+    TempDir tmp;
+    auto r = Run(k, tmp / "out");
+    REQUIRE_MESSAGE(r.ok(), r.status().message());
+    CheckTensors(*k.tensors, tmp / "out");
+    CheckConfig(k.config, tmp / "out" / "config.json");
+  }
+}
+
+TEST_CASE("compressed-tensors sources: small chunks change no byte") {
+  for (const CtCase& k : Cases()) {
+    if (k.name != "tiny-llama/W4A16_ASYM/BF16" && k.name != "tiny-llama/NVFP4A16/W4A16" &&
+        k.name != "ctsrc/gidx/BF16" && k.name != "tiny-llama/FP8_BLOCK/BF16") {
+      continue;
+    }
+    CAPTURE(k.name);
+    TempDir tmp;
+    // 3 decoded rows of 256 columns a chunk: boundaries fall inside the 8-row words of the
+    // packed zero points and the 128-row tiles of the block scales.
+    auto r = Run(k, tmp / "out", 3 * 256 * 2);
+    REQUIRE_MESSAGE(r.ok(), r.status().message());
+    CheckTensors(*k.tensors, tmp / "out");
+  }
+}
+
+TEST_CASE("the reference's failures on compressed-tensors sources are recorded") {
+  // The g_idx case: the reference's own output ignores g_idx, so it differs from the expected
+  // tensors, which quench matches (above).
+  bool gidx = false;
+  for (const JsonValue& c : Manifest().Find("cases")->as_array()) {
+    if (c.Find("name")->as_string() != "ctsrc/gidx/BF16") continue;
+    gidx = true;
+    REQUIRE(c.Find("reference_wrong") != nullptr);
+    const JsonValue& ref = *c.Find("reference_tensors");
+    const JsonValue& want = *c.Find("expected_tensors");
+    CHECK(ref.Find("model.layers.0.self_attn.q_proj.weight_g_idx") != nullptr);
+    CHECK(want.Find("model.layers.0.self_attn.q_proj.weight_g_idx") == nullptr);
+    CHECK(DumpCompactJson(*ref.Find("model.layers.0.self_attn.q_proj.weight")) !=
+          DumpCompactJson(*want.Find("model.layers.0.self_attn.q_proj.weight")));
+  }
+  CHECK(gidx);
+}
+
+TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
+  const fs::path src = DataDir() / "golden" / "tiny-llama" / "W4A16_ASYM";
+  TempDir tmp;
+  auto dry = RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme", "BF16",
+                        "--dry-run"});
+  CHECK(dry.exit_code == 0);
+  CHECK(dry.out.find("compressed-tensors pack-quantized (int4, group 128, zero points") !=
+        std::string::npos);
+  CHECK_FALSE(fs::exists(tmp / "out"));
+  auto in = RunQuench({"inspect", src.string()});
+  CHECK(in.exit_code == 0);
+  CHECK(in.out.find("compressed-tensors pack-quantized") != std::string::npos);
+  const fs::path mixed = DataDir() / "golden" / "ctsrc" / "mixed";
+  auto mi = RunQuench({"convert", mixed.string(), (tmp / "out").string(), "--scheme", "BF16",
+                       "--dry-run"});
+  CHECK(mi.exit_code == 0);
+  CHECK(mi.out.find("compressed-tensors mixed-precision: pack-quantized") != std::string::npos);
+  CHECK(mi.out.find("float-quantized (float8, per channel") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace quench::testing
