@@ -14,8 +14,10 @@
 
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "format/model_folder.h"
 #include "quench/convert.h"
 #include "test_util.h"
+#include "verify/verify.h"
 
 namespace quench::testing {
 namespace {
@@ -126,22 +128,81 @@ TEST_CASE("compressed-tensors sources: small chunks change no byte") {
   }
 }
 
-TEST_CASE("the reference's failures on compressed-tensors sources are recorded") {
-  // The g_idx case: the reference's own output ignores g_idx, so it differs from the expected
-  // tensors, which quench matches (above).
-  bool gidx = false;
+TEST_CASE("activation order: the reference refuses it, quench applies g_idx") {
+  // compressed-tensors 0.19.0 removed actorder "group" from its QuantizationArgs, so its
+  // dequantizer refuses such checkpoints (and would ignore weight_g_idx); the expected tensors
+  // are the format's definition with g_idx applied (make_golden_ct.py), and they differ from
+  // the same codes decoded without it (tiny-llama/W4A16/BF16), so g_idx is really exercised.
+  const JsonValue* gidx = nullptr;
+  const JsonValue* plain = nullptr;
   for (const JsonValue& c : Manifest().Find("cases")->as_array()) {
-    if (c.Find("name")->as_string() != "ctsrc/gidx/BF16") continue;
-    gidx = true;
-    REQUIRE(c.Find("reference_wrong") != nullptr);
-    const JsonValue& ref = *c.Find("reference_tensors");
-    const JsonValue& want = *c.Find("expected_tensors");
-    CHECK(ref.Find("model.layers.0.self_attn.q_proj.weight_g_idx") != nullptr);
-    CHECK(want.Find("model.layers.0.self_attn.q_proj.weight_g_idx") == nullptr);
-    CHECK(DumpCompactJson(*ref.Find("model.layers.0.self_attn.q_proj.weight")) !=
-          DumpCompactJson(*want.Find("model.layers.0.self_attn.q_proj.weight")));
+    if (c.Find("name")->as_string() == "ctsrc/gidx/BF16") gidx = &c;
+    if (c.Find("name")->as_string() == "tiny-llama/W4A16/BF16") plain = &c;
   }
-  CHECK(gidx);
+  REQUIRE(gidx != nullptr);
+  REQUIRE(plain != nullptr);
+  CHECK(gidx->Find("reference_error")->as_string().find(
+            "does not match expected compressed-tensors quantization format") !=
+        std::string::npos);
+  const JsonValue& want = *gidx->Find("expected_tensors");
+  CHECK(want.Find("model.layers.0.self_attn.q_proj.weight_g_idx") == nullptr);
+  for (const char* m : {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"}) {
+    CAPTURE(m);
+    CHECK(DumpCompactJson(*want.Find(m)) !=
+          DumpCompactJson(*plain->Find("expected_tensors")->Find(m)));
+  }
+}
+
+TEST_CASE("verify DST SRC compares against the decoded compressed-tensors source") {
+  for (const CtCase& k : Cases()) {
+    if (k.name.find("ctsrc/gidx") != std::string::npos) continue;  // below
+    CAPTURE(k.name);
+    TempDir tmp;
+    auto c = Run(k, tmp / "out");
+    REQUIRE_MESSAGE(c.ok(), c.status().message());
+    VerifyOptions v;
+    v.dst = tmp / "out";
+    v.src = k.source;
+    auto r = Verify(v);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    std::string problems;
+    for (const auto& p : r->problems) problems += p.ToString() + "\n";
+    CHECK_MESSAGE(r->ok(), problems);
+    CHECK(r->tensors_decoded + r->modules_quantized > 0);
+  }
+  // The g_idx source: its output verifies, and a decoded weight one bit off is caught by row.
+  TempDir tmp;
+  const fs::path src = DataDir() / "golden" / "ctsrc" / "gidx";
+  ConvertOptions o;
+  o.src = src;
+  o.dst = tmp / "out";
+  o.scheme = "BF16";
+  REQUIRE(Convert(o).ok());
+  auto folder = LoadModelFolder(tmp / "out");
+  REQUIRE(folder.ok());
+  const Shard* s = nullptr;
+  const TensorInfo* t = nullptr;
+  for (const Shard& sh : folder->shards) {
+    for (const TensorInfo& ti : sh.header.tensors) {
+      if (ti.name == "model.layers.1.self_attn.o_proj.weight") s = &sh, t = &ti;
+    }
+  }
+  REQUIRE(t != nullptr);
+  VerifyOptions v;
+  v.dst = tmp / "out";
+  v.src = src;
+  auto good = Verify(v);
+  REQUIRE(good.ok());
+  CHECK(good->ok());
+  std::string bytes = ReadBytes(s->path);
+  bytes[s->header.data_start + t->begin + 2 * 256 * 7 + 3] ^= 1;  // row 7
+  fs::remove(s->path);
+  WriteBytes(s->path, bytes);
+  auto r = Verify(v);
+  REQUIRE(r.ok());
+  REQUIRE(r->problems.size() == 1);
+  CHECK(r->problems[0].rule == "changed");
+  CHECK(r->problems[0].message.find("first in row 7") != std::string::npos);
 }
 
 TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
@@ -150,7 +211,7 @@ TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   auto dry = RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme", "BF16",
                         "--dry-run"});
   CHECK(dry.exit_code == 0);
-  CHECK(dry.out.find("compressed-tensors pack-quantized (int4, group 128, zero points") !=
+  CHECK((dry.out + dry.err).find("compressed-tensors pack-quantized (int4, group 128, zero points") !=
         std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "out"));
   auto in = RunQuench({"inspect", src.string()});
@@ -160,8 +221,8 @@ TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   auto mi = RunQuench({"convert", mixed.string(), (tmp / "out").string(), "--scheme", "BF16",
                        "--dry-run"});
   CHECK(mi.exit_code == 0);
-  CHECK(mi.out.find("compressed-tensors mixed-precision: pack-quantized") != std::string::npos);
-  CHECK(mi.out.find("float-quantized (float8, per channel") != std::string::npos);
+  CHECK((mi.out + mi.err).find("compressed-tensors mixed-precision: pack-quantized") != std::string::npos);
+  CHECK((mi.out + mi.err).find("float-quantized (float8, per channel") != std::string::npos);
 }
 
 }  // namespace

@@ -997,7 +997,7 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
     const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
     const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
-    const uint64_t in = rows * t.shape[1] * (DTypeBits(t.dtype) / 8) + DirectIoAlignment();
+    const uint64_t in = rows * SourceRowBytes(t) + DirectIoAlignment();
     // A source-quantized tensor written decoded (or pruned alone) is staged whole, decoded, in
     // the chunk's buffer; quantized, it is decoded through a per-thread tile (below).
     const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize
