@@ -59,13 +59,21 @@ CASES = [
     ("tiny-llama/FP8_BLOCK", ["BF16"]),
     ("ctsrc/mixed", ["BF16", "NVFP4A16"]),
     ("ctsrc/gidx", ["BF16"]),
-]
+    ("ctsrc/W8A16", ["BF16"]),
+    ("ctsrc/W4AFP8", ["BF16"]),
+] + [("qedge-bf16/" + q, ["BF16"]) for q in (
+    "W2A16", "W3A16", "W5A16", "W6A16", "W7A16", "W8A16", "W8A16-asym", "W4A16-channel",
+    "W4A16-g32", "W4A16_ASYM-g32", "W4A8", "W4AFP8", "W4AFP8-pack", "MXFP4", "MXFP8",
+    "NVFP4A16")]
+# Sources the reference writes itself from data/tiny-llama: 8-bit packed ints, and int4
+# weights with FP8 activations (written pack-quantized; inference says int-quantized).
+REF_SOURCES = {"ctsrc/W8A16": "W8A16", "ctsrc/W4AFP8": "W4AFP8"}
 
 WORKER = r"""
 import json, sys
 from compressed_tensors.entrypoints.convert.converters import CompressedTensorsDequantizer
 src, dst, scheme, ignore, bf16 = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
-dequantizer = CompressedTensorsDequantizer(src, ignore=bf16)
+dequantizer = CompressedTensorsDequantizer(src, ignore=bf16) if sys.argv[6] == "1" else None
 if scheme == "BF16":
     import compressed_tensors.entrypoints.convert.convert_file as cf
     from compressed_tensors.entrypoints.convert import convert_checkpoint
@@ -76,7 +84,8 @@ else:
     import llmcompressor.entrypoints.model_free as mf
     orig = mf.save_file
     mf.save_file = lambda t, f, metadata=None: orig({k: v.contiguous() for k, v in t.items()}, f, metadata)
-    mf.model_free_ptq(src, dst, scheme=scheme, ignore=ignore, device="cpu", converter=dequantizer)
+    mf.model_free_ptq(src, dst, scheme=scheme, ignore=ignore, device="cpu",
+                      **({"converter": dequantizer} if dequantizer else {}))
 """
 
 
@@ -215,12 +224,29 @@ def check_gidx_decode(ref):
     assert checked > 0
 
 
-def run(src, dst, scheme, ignore):
+def make_ref_source(d, scheme):
+    """model_free_ptq(data/tiny-llama, scheme), saved whole as a source."""
+    tmp = tempfile.mkdtemp(prefix="golden-ct-src-")
+    env = dict(os.environ, PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
+    p = subprocess.run([sys.executable, "-c", WORKER, os.path.join(DATA, "tiny-llama"),
+                        os.path.join(tmp, "out"), scheme, json.dumps(GROUPED),
+                        json.dumps(BF16_MODULES), "0"], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"the reference failed to write {scheme}: {p.stderr[-500:]}")
+    dst = os.path.join(GOLDEN, d)
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.move(os.path.join(tmp, "out"), dst)
+    shutil.rmtree(tmp)
+
+
+def run(src, dst, scheme, ignore, converter=True):
     tmp = tempfile.mkdtemp(prefix="golden-ct-")
     out = os.path.join(tmp, "out")
     env = dict(os.environ, PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
     p = subprocess.run([sys.executable, "-c", WORKER, src, out, scheme, json.dumps(ignore),
-                        json.dumps(BF16_MODULES)], capture_output=True, text=True, env=env)
+                        json.dumps(BF16_MODULES), "1" if converter else "0"],
+                       capture_output=True, text=True, env=env)
     if p.returncode != 0:
         shutil.rmtree(tmp)
         lines = [l for l in p.stderr.strip().splitlines() if "Error" in l and not l.startswith(" ")]
@@ -247,6 +273,8 @@ def main():
                 shutil.rmtree(os.path.join(GOLDEN, d))
         make_mixed(os.path.join(GOLDEN, "ctsrc/mixed"))
         make_gidx(os.path.join(GOLDEN, "ctsrc/gidx"))
+        for d, scheme in REF_SOURCES.items():
+            make_ref_source(d, scheme)
     else:
         with open(manifest) as f:
             cases = [c for c in json.load(f)["cases"] if not c["name"].startswith(only + "/")]
@@ -254,6 +282,8 @@ def main():
             make_mixed(os.path.join(GOLDEN, only))
         if only == "ctsrc/gidx":
             make_gidx(os.path.join(GOLDEN, only))
+        if only in REF_SOURCES:
+            make_ref_source(only, REF_SOURCES[only])
     for src, schemes in CASES:
         if only is not None and src != only:
             continue
@@ -263,7 +293,38 @@ def main():
             tensors, err = run(os.path.join(GOLDEN, src), dst, scheme, ignore)
             entry = {"name": f"{src}/{scheme}", "source": f"golden/{src}", "scheme": scheme,
                      "ignore": ignore, "versions": versions}
-            if src == "ctsrc/gidx":
+            if src == "qedge-bf16/W4AFP8-pack":
+                # Written pack-quantized (as vLLM reads W4AFP8); the dequantizer infers
+                # int-quantized from the weights and cannot read it. Its values are the
+                # int-quantized W4AFP8's (same codes and scales), whose reference decode is the
+                # expected output: decode_pack must reproduce it here.
+                if err is None:
+                    raise SystemExit("the reference now reads W4AFP8-pack: revisit the notes")
+                entry["reference_error"] = err
+                base = os.path.join(GOLDEN, "qedge-bf16/W4AFP8")
+                ref, err2 = run(base, os.path.join(tempfile.mkdtemp(), "cfg"), "BF16", [])
+                if err2 is not None:
+                    raise SystemExit("the reference failed on qedge-bf16/W4AFP8: " + err2)
+                s = load_folder(os.path.join(GOLDEN, src))
+                checked = 0
+                for n in s:
+                    if n.endswith(".weight_packed"):
+                        m = n[: -len(".weight_packed")]
+                        cols = int(s[m + ".weight_shape"][1])
+                        mine = decode_pack(s[n], s[m + ".weight_scale"], s[m + ".weight_shape"],
+                                           torch.arange(cols, dtype=torch.int32) // 128)
+                        if not mine.view(torch.int16).equal(ref[m + ".weight"].view(torch.int16)):
+                            raise SystemExit(f"W4AFP8-pack {m} differs from W4AFP8's decode")
+                        checked += 1
+                assert checked > 0
+                entry["expected_tensors"] = describe(ref)
+                os.makedirs(dst, exist_ok=True)
+                shutil.copy(os.path.join(GOLDEN, "ct/qedge-bf16/W4AFP8/BF16/config.json"),
+                            os.path.join(dst, "config.json"))
+                entry["expected_config"] = f"golden/ct/{src}/{scheme}/config.json"
+                entry["via"] = ("the reference's decode of qedge-bf16/W4AFP8 (int-quantized, the "
+                                "same codes and scales), equal to decode_pack of this source")
+            elif src == "ctsrc/gidx":
                 if err is None:
                     raise SystemExit("the reference now reads actorder 'group': revisit the notes")
                 entry["reference_error"] = err

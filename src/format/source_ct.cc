@@ -171,14 +171,25 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
                      " are neither NVFP4 (16) nor MXFP4 (32)");
   }
   if (const JsonValue* f = g.Find("format"); f != nullptr && f->is_string() &&
-                                             f->as_string() != CtFormatName(p.format) &&
-                                             !(f->as_string() == "naive-quantized" &&
-                                               p.format != CtFormat::kPack)) {
-    // The dequantizer decodes with the inferred format; a written one that differs says the
-    // checkpoint was made some other way, and its tensors would be misread.
-    return Error(ErrorCode::kInvalidInput,
-                 at + ".format '" + f->as_string() + "' contradicts its weights, which " +
-                     "compressed-tensors stores as " + std::string(CtFormatName(p.format)));
+                                             f->as_string() != CtFormatName(p.format)) {
+    // The dequantizer decodes with the inferred format; a written one that differs but can
+    // hold these weights is what the writer used (model_free_ptq writes W4AFP8, int4 weights
+    // with FP8 activations, as pack-quantized where inference says int-quantized): the
+    // tensors follow it. One that cannot hold them contradicts the config.
+    const std::string& w = f->as_string();
+    const bool int_w = !p.is_float, f8 = p.is_float && p.num_bits == 8;
+    const bool fits = (w == "pack-quantized" && int_w) ||
+                      ((w == "int-quantized" || w == "naive-quantized") && (int_w || f8)) ||
+                      (w == "float-quantized" && f8);
+    if (!fits) {
+      return Error(ErrorCode::kInvalidInput,
+                   at + ".format '" + w + "' contradicts its weights, which " +
+                       "compressed-tensors stores as " + std::string(CtFormatName(p.format)));
+    }
+    p.format = w == "pack-quantized"    ? CtFormat::kPack
+               : w == "int-quantized"   ? CtFormat::kInt
+               : w == "float-quantized" ? CtFormat::kFloat
+                                        : CtFormat::kNaive;
   }
   return out;
 }
