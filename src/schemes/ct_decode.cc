@@ -35,6 +35,52 @@ float RoundTo(Domain d, float v) {
   return v;
 }
 
+// RNE f32 -> bf16 bits, NaN to 0x7FC0 (float_formats.h's F32ToBF16, inlined for the loop).
+inline uint16_t Bf16Rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One row of stored codes as the values x_q.to(dtype) holds.
+void DecodeCodes(const CtWeight& w, const uint8_t* row, uint64_t words, int b, float* q) {
+  const uint64_t cols = w.cols;
+  switch (w.format) {
+    case CtFormat::kPack:
+      if (b == 4) {  // the bit stream's nibbles in byte order (little-endian words)
+        for (uint64_t c = 0; c < cols; ++c) {
+          q[c] = static_cast<float>(static_cast<int>((row[c / 2] >> (4 * (c & 1))) & 0xF) - 8);
+        }
+      } else if (b == 8) {
+        for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int>(row[c]) - 128);
+      } else {
+        for (uint64_t c = 0; c < cols; ++c) {
+          q[c] = static_cast<float>(static_cast<int32_t>(Field(row, words, c * b, b)) - (1 << (b - 1)));
+        }
+      }
+      return;
+    case CtFormat::kNvfp4:
+    case CtFormat::kMxfp4:
+      for (uint64_t c = 0; c < cols; ++c) {
+        const uint8_t nib = (c & 1) ? row[c / 2] >> 4 : row[c / 2] & 0x0F;
+        q[c] = (nib & 8) ? -kE2M1[nib & 7] : kE2M1[nib & 7];
+      }
+      return;
+    default:
+      if (w.is_float) {
+        static const std::vector<float> kE4M3 = [] {
+          std::vector<float> t(256);
+          for (int i = 0; i < 256; ++i) t[i] = E4M3ToF32(static_cast<uint8_t>(i));
+          return t;
+        }();
+        for (uint64_t c = 0; c < cols; ++c) q[c] = kE4M3[row[c]];
+      } else {
+        for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int8_t>(row[c]));
+      }
+  }
+}
+
 std::string At(uint64_t flat, uint64_t cols) {
   return "[" + std::to_string(flat / cols) + ", " + std::to_string(flat % cols) + "]";
 }
@@ -159,46 +205,51 @@ Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::st
       }
     }
   }
+  // Each column's scale column (strategy, or g_idx under activation order).
+  thread_local std::vector<uint32_t> gcol;
+  thread_local std::vector<float> q;
+  gcol.resize(cols);
+  q.resize(cols);
+  for (uint64_t c = 0; c < cols; ++c) {
+    switch (w.strategy) {
+      case CtStrategy::kTensor:
+      case CtStrategy::kChannel: gcol[c] = 0; break;
+      case CtStrategy::kGroup:
+      case CtStrategy::kTensorGroup:
+        gcol[c] = static_cast<uint32_t>(gidx.empty() ? c / w.group_size : gidx[c]);
+        break;
+      case CtStrategy::kBlock: gcol[c] = static_cast<uint32_t>(c / w.block_cols); break;
+    }
+  }
   const int b = w.num_bits;
   const uint64_t words = w.code_row_bytes / 4;
+  bool all_finite = true;
   for (uint64_t r = r0; r < r1; ++r) {
     const uint8_t* row = codes + (r - r0) * w.code_row_bytes;
-    const uint64_t srow = (r / w.scale_row_span - sr0) * sc;
+    DecodeCodes(w, row, words, b, q.data());
+    const float* srow = scales.data() + (r / w.scale_row_span - sr0) * sc;
     uint8_t* o = out + (r - r0) * cols * 2;
+    if (zps.empty() && dom != Domain::kF16) {
+      // x_q.to(dtype) * scale rounded once to the scale's dtype, then to BF16: for BF16 and
+      // F32 scales that is one RNE to BF16 of the f32 product (the BF16 one is exact in f32).
+      for (uint64_t c = 0; c < cols; ++c) {
+        const uint16_t h = Bf16Rne(q[c] * srow[gcol[c]]);
+        all_finite &= (h & 0x7F80u) != 0x7F80u;
+        std::memcpy(o + 2 * c, &h, 2);
+      }
+      continue;
+    }
+    const float* zrow = zps.empty() ? nullptr : zps.data() + (r - r0) * sc;
     for (uint64_t c = 0; c < cols; ++c) {
-      float q;
-      switch (w.format) {
-        case CtFormat::kPack:
-          q = static_cast<float>(static_cast<int32_t>(Field(row, words, c * b, b)) - (1 << (b - 1)));
-          break;
-        case CtFormat::kNvfp4:
-        case CtFormat::kMxfp4: {
-          const uint8_t nib = (c & 1) ? row[c / 2] >> 4 : row[c / 2] & 0x0F;
-          q = (nib & 8) ? -kE2M1[nib & 7] : kE2M1[nib & 7];
-          break;
-        }
-        default:
-          q = w.is_float ? E4M3ToF32(row[c]) : static_cast<float>(static_cast<int8_t>(row[c]));
-      }
-      uint64_t g = 0;
-      switch (w.strategy) {
-        case CtStrategy::kTensor:
-        case CtStrategy::kChannel: g = 0; break;
-        case CtStrategy::kGroup:
-        case CtStrategy::kTensorGroup:
-          g = gidx.empty() ? c / w.group_size : static_cast<uint64_t>(gidx[c]);
-          break;
-        case CtStrategy::kBlock: g = c / w.block_cols; break;
-      }
       // x_q.to(scale dtype) is exact for every code; (q - zp) is exact for in-range points.
-      float a = q;
-      if (!zps.empty()) a = RoundTo(dom, q - zps[(r - r0) * sc + g]);
-      const float v = RoundTo(dom, a * scales[srow + g]);
-      if (!std::isfinite(v)) *finite = false;
-      const uint16_t h = F32ToBF16(v);
+      float a = q[c];
+      if (zrow != nullptr) a = RoundTo(dom, a - zrow[gcol[c]]);
+      const uint16_t h = F32ToBF16(RoundTo(dom, a * srow[gcol[c]]));
+      all_finite &= (h & 0x7F80u) != 0x7F80u;
       std::memcpy(o + 2 * c, &h, 2);
     }
   }
+  *finite = all_finite;
   return Status::Ok();
 }
 
