@@ -9,6 +9,8 @@
 //     its rows, so chunk boundaries (inside packed zero-point words) change no byte.
 #include <doctest/doctest.h>
 
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -223,6 +225,98 @@ TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   CHECK(mi.exit_code == 0);
   CHECK((mi.out + mi.err).find("compressed-tensors mixed-precision: pack-quantized") != std::string::npos);
   CHECK((mi.out + mi.err).find("float-quantized (float8, per channel") != std::string::npos);
+}
+
+// Fused 3-D FP8-block experts (gate_up_proj [E, 2I, H], down_proj [E, H, I], scales
+// [E, ...]): split per expert with their scales, they decode and quantize exactly as the same
+// codes and scales stored per expert (2-D) do; the per-expert layout is the one tested against
+// the reference (tests/test_sources_run.cc), so this is checked against it.
+TEST_CASE("fused 3-D FP8-block experts decode as the same experts stored one by one") {
+  std::mt19937 rng(7);
+  const uint64_t E = 2, I = 128, H = 256;
+  auto codes = [&](uint64_t n) {
+    std::string c(n, '\0');
+    for (char& x : c) {
+      uint8_t v = static_cast<uint8_t>(rng());
+      if ((v & 0x7F) == 0x7F) v -= 1;  // no NaN codes
+      x = static_cast<char>(v);
+    }
+    return c;
+  };
+  auto scales = [&](uint64_t n) {
+    std::vector<float> v(n);
+    std::uniform_real_distribution<float> e(-12.f, -4.f);
+    for (float& x : v) x = std::exp2(e(rng));
+    std::string b(n * 4, '\0');
+    std::memcpy(b.data(), v.data(), b.size());
+    return b;
+  };
+  const std::string gu = codes(E * 2 * I * H), dn = codes(E * H * I);
+  const std::string gus = scales(E * 2 * (H / 128)), dns = scales(E * (H / 128) * 1);
+  const std::string p = "model.layers.0.mlp.experts.";
+  const char* cfg =
+      R"({"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 256, "quantization_config": )"
+      R"({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", )"
+      R"("weight_block_size": [128, 128]}})";
+  TempDir tmp;
+  const RawTensor norm{"model.norm.weight", DType::kBF16, {H}, Bf16Bytes(std::vector<float>(H, 1.f))};
+  WriteBytes(tmp / "fused/config.json", cfg);
+  WriteShard(tmp / "fused/model.safetensors",
+             {{p + "gate_up_proj", DType::kF8E4M3, {E, 2 * I, H}, gu},
+              {p + "gate_up_proj_scale_inv", DType::kF32, {E, 2, 2}, gus},
+              {p + "down_proj", DType::kF8E4M3, {E, H, I}, dn},
+              {p + "down_proj_scale_inv", DType::kF32, {E, 2, 1}, dns},
+              norm});
+  std::vector<RawTensor> split;
+  for (uint64_t e = 0; e < E; ++e) {
+    const std::string x = p + std::to_string(e) + ".";
+    for (uint64_t h = 0; h < 2; ++h) {
+      const std::string m = x + (h == 0 ? "gate_proj" : "up_proj") + ".weight";
+      split.push_back({m, DType::kF8E4M3, {I, H}, gu.substr((e * 2 + h) * I * H, I * H)});
+      split.push_back({m + "_scale_inv", DType::kF32, {1, 2}, gus.substr((e * 2 + h) * 2 * 4, 8)});
+    }
+    split.push_back({x + "down_proj.weight", DType::kF8E4M3, {H, I}, dn.substr(e * H * I, H * I)});
+    split.push_back({x + "down_proj.weight_scale_inv", DType::kF32, {2, 1}, dns.substr(e * 2 * 4, 8)});
+  }
+  split.push_back(norm);
+  WriteBytes(tmp / "split/config.json", cfg);
+  WriteShard(tmp / "split/model.safetensors", split);
+  for (const char* scheme : {"BF16", "W4A16", "NVFP4A16"}) {
+    CAPTURE(scheme);
+    for (const char* which : {"fused", "split"}) {
+      ConvertOptions o;
+      o.src = tmp / which;
+      o.dst = tmp / (std::string(which) + "-" + scheme);
+      o.scheme = scheme;
+      auto r = Convert(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().message());
+    }
+    const auto f = LoadAll(tmp / (std::string("fused-") + scheme));
+    const auto g = LoadAll(tmp / (std::string("split-") + scheme));
+    size_t n = 0;
+    for (const auto& [_, l] : g) {
+      for (const TensorInfo& t : l.shard.header.tensors) {
+        CAPTURE(t.name);
+        ++n;
+        auto [fl, ft] = FindTensor(f, t.name);
+        REQUIRE(ft != nullptr);
+        CHECK(ft->dtype == t.dtype);
+        CHECK(ft->shape == t.shape);
+        CHECK(std::memcmp(fl->Data(*ft), l.Data(t), t.nbytes()) == 0);
+      }
+    }
+    CHECK(n >= 7);
+  }
+  // Halves that are not whole 128-row blocks cannot be split with their scales: refused.
+  WriteShard(tmp / "odd/model.safetensors",
+             {{p + "gate_up_proj", DType::kF8E4M3, {1, 128, H}, codes(128 * H)},
+              {p + "gate_up_proj_scale_inv", DType::kF32, {1, 1, 2}, scales(2)}});
+  WriteBytes(tmp / "odd/config.json", cfg);
+  auto bad = RunQuench({"convert", (tmp / "odd").string(), (tmp / "odd-out").string(),
+                        "--scheme", "BF16"});
+  CHECK(bad.exit_code == 3);
+  CHECK(bad.err.find("must each be whole blocks of weight_block_size rows") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp / "odd-out"));
 }
 
 }  // namespace
