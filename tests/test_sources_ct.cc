@@ -2,9 +2,11 @@
 //   - data/golden/ct_manifest.json (scripts/make_golden_ct.py): per case, the reference's
 //     output tensors (dtype, shape, FNV-1a 64 of the bytes) and config.json:
 //     CompressedTensorsDequantizer (BF16) or model_free_ptq with it as converter (a scheme),
-//     from the reference's own outputs of data/tiny-llama in each format and two synthetic
-//     sources (mixed-precision; activation order with g_idx, where the reference ignores
-//     g_idx and the expected tensors are the format's definition computed by the generator).
+//     from the reference's own outputs of data/tiny-llama and data/golden/qedge-bf16 in each
+//     format (2- to 8-bit packed, zero points, channel, groups, W4A8, W4AFP8, MX, NVFP4), and
+//     synthetic sources (mixed-precision; activation order with g_idx and quench's
+//     pack-quantized W4AFP8, which the reference refuses: their expected tensors are the
+//     format's definition computed by the generator, checked there against the reference).
 //   - the same outputs with small chunks: a weight's scale and zero-point rows are read with
 //     its rows, so chunk boundaries (inside packed zero-point words) change no byte.
 #include <doctest/doctest.h>
@@ -103,7 +105,7 @@ void CheckConfig(const fs::path& want, const fs::path& got) {
 
 TEST_CASE("compressed-tensors sources: every format decodes and converts as the reference") {
   const std::vector<CtCase> cases = Cases();
-  REQUIRE(cases.size() >= 14);
+  REQUIRE(cases.size() >= 34);
   for (const CtCase& k : cases) {
     CAPTURE(k.name);
     TempDir tmp;
