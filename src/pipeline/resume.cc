@@ -1,7 +1,5 @@
 #include "pipeline/resume.h"
 
-#include "format/source_ct.h"
-
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +8,7 @@
 
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "format/source_ct.h"
 
 namespace quench {
 namespace fs = std::filesystem;
