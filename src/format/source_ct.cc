@@ -45,7 +45,11 @@ class Names {
   bool Matches(const std::string& module) const {
     if (exact_.contains(module)) return true;
     for (const std::regex& re : res_) {
-      if (std::regex_search(module, re, std::regex_constants::match_continuous)) return true;
+      // const char* iterators, as plan/matcher.cc: one instantiation of the regex executor.
+      const std::string_view m(module);
+      if (std::regex_search(m.begin(), m.end(), re, std::regex_constants::match_continuous)) {
+        return true;
+      }
     }
     return false;
   }
