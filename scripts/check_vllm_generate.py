@@ -1,14 +1,20 @@
 """Driver of scripts/check-vllm's generation checks (decoder and MoE loading paths).
 
-  check_vllm_generate.py models OUT   writes OUT/llama-bf16 and OUT/qwen3moe-bf16: tiny models with random
-                                      weights (fixed seed) from transformers' configuration
-                                      classes, saved as bf16 safetensors (no tokenizer)
+  check_vllm_generate.py models OUT [NAME...]
+                                      writes OUT/llama-bf16, OUT/qwen3moe-bf16 and
+                                      OUT/qwen3moe8-bf16 (or only the NAMEs): tiny models with
+                                      random weights (fixed seed) from transformers'
+                                      configuration classes, saved as bf16 safetensors (no
+                                      tokenizer; qwen3moe8, which scripts/check-vllm
+                                      REAP-prunes, takes MiniLM's for the collector)
   check_vllm_generate.py run WORK [PREFIX...]
                                       WORK/<model>-<case> as scripts/check-vllm converted them:
                                       vLLM's LLM.generate against transformers, asserted
                                       (PREFIX: only the cases named so, the others' results
                                       kept from WORK/results.json)
-  check_vllm_generate.py judge WORK   the table and assertions again from WORK/results.json
+  check_vllm_generate.py judge WORK [PREFIX...]
+                                      the table and assertions again from WORK/results.json
+                                      (PREFIX: only those cases judged)
 
 vLLM generates greedily from fixed prompt token ids and returns the top-K log-probabilities of
 every prompt position and every generated step. transformers then reads the same folder (its
@@ -39,16 +45,46 @@ GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
             ("llama", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("llama", "W4A16", "W4A16"),
             ("llama", "W4A16_ASYM", "W4A16_ASYM"), ("qwen3moe", "bf16", None),
             ("qwen3moe", "W8A8-attn", "W8A8"), ("qwen3moe", "FP8_DYNAMIC-attn", "FP8_DYNAMIC"),
-            ("qwen3moe", "W4A16-attn", "W4A16")]
+            ("qwen3moe", "W4A16-attn", "W4A16"),
+            # qwen3moe8 REAP-pruned to 4 of its 8 experts (scripts/check-vllm: the collector's
+            # --reap saliency, convert --prune-experts 0.5 --expert-metric reap), alone and with
+            # attention quantized (experts ignored); compared with transformers on the same
+            # pruned folder, and against the pruned unquantized model ("reap").
+            ("qwen3moe8", "reap", None), ("qwen3moe8", "reap-W8A8-attn", "W8A8"),
+            ("qwen3moe8", "reap-FP8_DYNAMIC-attn", "FP8_DYNAMIC"),
+            ("qwen3moe8", "reap-W4A16-attn", "W4A16")]
+
+
+def base_case(case):
+    """The unquantized folder a case is measured against: the pruned model for the pruned
+    cases, else the source model."""
+    return "reap" if case.startswith("reap") else "bf16"
+
 # vLLM 0.32.0's CPU build has no MoE kernels for quantized experts; its messages, raised by
 # vllm/model_executor/layers/fused_moe/oracle/int8.py (NotImplementedError, followed by the
 # weight and activation keys), fp8.py (ValueError) and int_wna16.py (NotImplementedError).
-REFUSED = {"W8A8": "No Int8 MoE backend supports the deployment configuration",
-           "FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
-           "W4A16": "No WNA16 MoE backend supports the deployment configuration."}
+# Keyed by folder. The pruned model with static FP8 activation scales from the collector's
+# statistics (one input_scale per expert and projection): whole, vLLM stops before the experts,
+# at the fused qkv_proj, whose per-tensor FP8 weights it requantizes to one scale with
+# scaled_fp8_quant (utils/w8a8_utils.py requantize_with_max_scale), an op its CPU build lacks;
+# with attention left unquantized, at the experts: it reads the experts' input scales (and logs
+# LOGGED: they differ, so it keeps their maximum per layer), then stops at the same op
+# requantizing each expert's gate and up weights to one scale
+# (fp8_utils.py process_fp8_weight_tensor_strategy_moe).
+REFUSED = {"qwen3moe-W8A8": "No Int8 MoE backend supports the deployment configuration",
+           "qwen3moe-FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
+           "qwen3moe-W4A16": "No WNA16 MoE backend supports the deployment configuration.",
+           "qwen3moe8-reap-FP8-static": "RuntimeError: _C::static_scaled_fp8_quant() expected "
+                                        "at most 0 argument(s) but received 4 argument(s)",
+           "qwen3moe8-reap-FP8-static-experts": "RuntimeError: _C::static_scaled_fp8_quant() "
+                                                "expected at most 0 argument(s) but received 4 "
+                                                "argument(s)"}
+LOGGED = {"qwen3moe8-reap-FP8-static-experts": "Found input_scales that are not equal for fp8 "
+                                               "MoE layer. Using the maximum across experts for "
+                                               "each layer."}
 
 
-def make_models(out):
+def make_models(out, only):
     import torch
     from transformers import (LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig,
                               Qwen3MoeForCausalLM)
@@ -65,8 +101,15 @@ def make_models(out):
         "qwen3moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig(
             intermediate_size=512, moe_intermediate_size=128, num_experts=4,
             num_experts_per_tok=4, **common)),
+        # 8 experts, 4 per token: REAP-pruned to 4, every survivor active (as above). MiniLM's
+        # vocabulary, so that its tokenizer can feed the collector.
+        "qwen3moe8": (Qwen3MoeForCausalLM, Qwen3MoeConfig(
+            intermediate_size=512, moe_intermediate_size=128, num_experts=8,
+            num_experts_per_tok=4, **dict(common, vocab_size=30522))),
     }
     for name, (cls, cfg) in models.items():
+        if only and name not in only:
+            continue
         torch.manual_seed(SEED)
         cfg.dtype = torch.bfloat16
         model = cls(cfg)
@@ -126,7 +169,8 @@ def vllm_generate(folder):
 # `mlp.experts.gate_up_proj` / `down_proj` MISSING (left random). These cases assert exactly
 # that, then take the experts from the source model after checking that quench's copies of them
 # are the source's bytes.
-EXPERTS_NOT_LOADED = {"qwen3moe-W8A8-attn", "qwen3moe-W4A16-attn"}
+EXPERTS_NOT_LOADED = {"qwen3moe-W8A8-attn", "qwen3moe-W4A16-attn", "qwen3moe8-reap-W8A8-attn",
+                      "qwen3moe8-reap-W4A16-attn"}
 
 
 def load_tensors(folder):
@@ -221,7 +265,7 @@ def measure(work, only):
         with open(folder + ".vllm.json", "w") as f:  # what vLLM generated, for a closer look
             json.dump(seqs, f)
         try:
-            src = os.path.join(work, f"{model}-bf16")
+            src = os.path.join(work, f"{model}-{base_case(case)}")
             hf32, missing = hf_logprobs(folder, seqs, torch.float32, src)
             hf16, _ = hf_logprobs(folder, seqs, torch.bfloat16, src)
             unq = hf32 if scheme is None else hf_logprobs(src, seqs, torch.float32, src)[0]
@@ -232,13 +276,15 @@ def measure(work, only):
         except Exception as e:  # transformers' failure is the result
             results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
         print(json.dumps({f"{model}-{case}": results[f"{model}-{case}"]}), flush=True)
-    for scheme in REFUSED:
-        if only and not any(f"qwen3moe-{scheme}".startswith(o) for o in only):
+    for name in REFUSED:
+        if only and not any(name.startswith(o) for o in only):
             continue
-        status, msg = vllm_generate(os.path.join(work, f"qwen3moe-{scheme}"))
-        results[f"qwen3moe-{scheme}"] = {"error": msg} if status == "error" else \
-            {"generated": True}
-        print(json.dumps({f"qwen3moe-{scheme}": results[f"qwen3moe-{scheme}"]}), flush=True)
+        status, msg = vllm_generate(os.path.join(work, name))
+        results[name] = {"error": msg} if status == "error" else {"generated": True}
+        if name in LOGGED:
+            with open(os.path.join(work, name) + ".vllm.log", errors="replace") as f:
+                results[name]["logged"] = LOGGED[name] in f.read()
+        print(json.dumps({name: results[name]}), flush=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     return results
@@ -261,8 +307,9 @@ def limits(results, model, case):
     kernels compute quench's model to bf16 accuracy, and a misread scale (a factor of 2 or
     more on a layer) would still be far outside."""
     noise = [results[f"{model}-{case}"]["hf_bf16"]]
-    if case != "bf16" and "vllm" in results.get(f"{model}-bf16", {}):
-        noise.append(results[f"{model}-bf16"]["vllm"])
+    base = f"{model}-{base_case(case)}"
+    if base != f"{model}-{case}" and "vllm" in results.get(base, {}):
+        noise.append(results[base]["vllm"])
     n = noise[0][1]
     flips = max(m[1] - m[0] for m in noise)
     return n - max(2, math.ceil(1.5 * flips)), 1.5 * max(m[2] for m in noise)
@@ -273,14 +320,20 @@ def fmt(m):
     return f"{agree}/{n}, {worst:.4f}"
 
 
-def judge(results):
-    """The table and the failures (see the thresholds above)."""
+def judge(results, only=()):
+    """The table and the failures (see the thresholds above); `only`: names' prefixes of the
+    cases judged."""
+    def chosen(name):
+        return not only or any(name.startswith(o) for o in only)
+
     failures = []
     print("\n| model | case | vLLM vs transformers F32 (top-1 agreement, largest logprob "
           "difference) | limit | transformers BF16 vs F32 | vLLM vs unquantized | "
           "transformers quantized vs unquantized | vLLM CPU message |")
     print("|---|---|---|---|---|---|---|---|")
     for model, case, scheme in GENERATE:
+        if not chosen(f"{model}-{case}"):
+            continue
         r = results.get(f"{model}-{case}", {"error": "not run"})
         if "error" in r:
             failures.append(f"{model}-{case}: failed: {r['error']}")
@@ -296,12 +349,17 @@ def judge(results):
                             f"{limit[1]:.4f}")
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
               f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | |")
-    for scheme, expected in REFUSED.items():
-        r = results.get(f"qwen3moe-{scheme}", {"error": "not run"})
+    for name, expected in REFUSED.items():
+        if not chosen(name):
+            continue
+        r = results.get(name, {"error": "not run"})
         if expected not in r.get("error", ""):
-            failures.append(f"qwen3moe-{scheme}: expected vLLM to refuse with '{expected}', "
+            failures.append(f"{name}: expected vLLM to refuse with '{expected}', "
                             f"got {r.get('error', 'a generation')}")
-        print(f"| qwen3moe | {scheme} (experts quantized) | - | refused | - | - | - | "
+        if name in LOGGED and not r.get("logged"):
+            failures.append(f"{name}: vLLM's log lacks '{LOGGED[name]}'")
+        model, case = name.split("-", 1)
+        print(f"| {model} | {case} (experts quantized) | - | refused | - | - | - | "
               f"{r.get('error', 'generated')} |")
     for f in failures:
         print("FAIL:", f)
@@ -310,14 +368,14 @@ def judge(results):
 
 def main():
     if sys.argv[1] == "models":
-        make_models(sys.argv[2])
+        make_models(sys.argv[2], sys.argv[3:])
         return
-    work = sys.argv[2]
+    work, only = sys.argv[2], sys.argv[3:]
     if sys.argv[1] == "run":
-        results = measure(work, sys.argv[3:])
+        results = measure(work, only)
     else:  # "judge": the table again from WORK/results.json, without running anything
         results = json.load(open(os.path.join(work, "results.json")))
-    sys.exit(1 if judge(results) else 0)
+    sys.exit(1 if judge(results, only) else 0)
 
 
 if __name__ == "__main__":

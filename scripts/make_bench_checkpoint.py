@@ -5,7 +5,7 @@ or Kimi-K2-shaped with many small expert tensors.
     make_bench_checkpoint.py OUT_DIR --size-gb 2 [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout kimi [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout fp8 --size-gb 2 [--shard-gb 1] [--seed N]
-    make_bench_checkpoint.py OUT_DIR --layout moe [--shard-gb 1] [--seed N]
+    make_bench_checkpoint.py OUT_DIR --layout moe [--moe-layers 10] [--shard-gb 1] [--seed N]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -134,6 +134,9 @@ def main():
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8"), default="llama")
+    # --layout moe: layers of 64 1-MiB experts x 3 (about 0.2 GB each): 10 makes 2.17 GB;
+    # more make a run long enough that fixed costs no longer weigh on the ratio.
+    ap.add_argument("--moe-layers", type=int, default=MOE["layers"])
     a = ap.parse_args()
     final = a.out.rstrip("/")
     if os.path.isdir(final):
@@ -144,7 +147,7 @@ def main():
     os.makedirs(out)
     t0 = time.time()
     if a.layout in ("kimi", "moe"):
-        s = KIMI if a.layout == "kimi" else MOE
+        s = KIMI if a.layout == "kimi" else dict(MOE, layers=a.moe_layers)
         tensors = kimi_tensor_list(s)
     elif a.layout == "fp8":
         # Projections take one byte a weight instead of two: the shapes of twice the size.

@@ -12,6 +12,13 @@ Made with (2-core VM, about 10 minutes):
       --hessian none -o /tmp/stats
   /work/main/.venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt /tmp/ref
   python3 scripts/make_golden_imatrix_minilm.py /tmp/ref /tmp/stats
+
+NVFP4A16 (expected-nvfp4a16.json, the same statistics, oneshot about 11 minutes):
+  /work/main/.venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt \
+      /tmp/ref-nvfp4 --scheme NVFP4A16
+  python3 scripts/make_golden_imatrix_minilm.py /tmp/ref-nvfp4 --expected expected-nvfp4a16.json
+(weight_global_scale values are recorded too: quench fuses BERT's query/key/value for vLLM,
+which llm-compressor's fuse_weight_observers does not, so the test compares those by rule.)
 """
 import glob
 import json
@@ -46,20 +53,30 @@ def tensors(folder):
 
 
 def main():
-    ref, stats = sys.argv[1], sys.argv[2]
-    if os.path.exists(OUT):
-        shutil.rmtree(OUT)
-    shutil.copytree(stats, os.path.join(OUT, "stats"))
+    ref = sys.argv[1]
+    expected = "expected.json"
+    if len(sys.argv) > 3 and sys.argv[2] == "--expected":
+        expected = sys.argv[3]  # an added scheme: the statistics are already there
+    else:
+        stats = sys.argv[2]
+        if os.path.exists(OUT):
+            shutil.rmtree(OUT)
+        shutil.copytree(stats, os.path.join(OUT, "stats"))
     want = {}
     for name, (dtype, shape, data) in sorted(tensors(ref).items()):
-        if name.endswith((".weight_packed", ".weight_scale", ".weight_shape")):
+        if name.endswith((".weight_packed", ".weight_scale", ".weight_shape",
+                          ".weight_global_scale")):
             want[name] = {"dtype": dtype, "shape": shape, "fnv1a64": fnv1a64(data)}
+            if name.endswith(".weight_global_scale"):
+                want[name]["value"] = struct.unpack("<f", data)[0]
     cfg = json.load(open(os.path.join(ref, "config.json")))["quantization_config"]
     (grp,) = cfg["config_groups"].values()
-    with open(os.path.join(OUT, "expected.json"), "w") as f:
+    what = ("int4 symmetric group 128" if expected == "expected.json"
+            else expected[len("expected-"):-len(".json")].upper())
+    with open(os.path.join(OUT, expected), "w") as f:
         json.dump({"generator": "scripts/make_golden_imatrix_minilm.py",
-                   "reference": "llmcompressor 0.14.0.1 oneshot, QuantizationModifier, int4 "
-                                "symmetric group 128, observer imatrix_mse",
+                   "reference": "llmcompressor 0.14.0.1 oneshot, QuantizationModifier, " + what +
+                                ", observer imatrix_mse",
                    "weights_args": grp["weights"], "tensors": want}, f, indent=2, sort_keys=True)
         f.write("\n")
     print(f"{len(want)} tensors -> {OUT}")

@@ -3,6 +3,8 @@
 may be valid on its own), and expected.json with the error each must produce. Plain python3.
 The fp8_* folders are FP8 (DeepSeek layout) sources whose scales contradict their weights or
 hold values no multiplier can have (NaN, infinite, negative: found when the scale is read).
+The awq_* and modelopt_* folders are AutoAWQ GEMM and ModelOpt NVFP4 sources with missing,
+misshapen or mistyped tensors, bad scale values, or configs their tensors contradict.
 """
 import json
 import os
@@ -96,8 +98,8 @@ def main():
              [w, ("x.weight_scale_inv", [2, 2], "F32", f32(1, 1, 1, float("inf")))])
     fp8_case("fp8_e8m0_scale_nan", "'x.weight_scale_inv' holds a NaN scale at [0, 0]",
              [w, ("x.weight_scale_inv", [2, 2], "F8_E8M0", bytes([0xFF, 127, 127, 127]))])
-    fp8_case("fp8_unknown_quant_method", "quant_method 'awq'", [one[0]], code="unsupported",
-             config=json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4}}))
+    fp8_case("fp8_unknown_quant_method", "quant_method 'gptq'", [one[0]], code="unsupported",
+             config=json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
 
     # compressed-tensors sources: x is a 4 x 64 weight. W4A16-like group: int4 symmetric,
     # groups of 32, packed as 4 x 8 I32 words with weight_shape [4, 64] and a [4, 2] scale.
@@ -166,6 +168,94 @@ def main():
     ct_case("ct_3d_weight", "only 2-D compressed-tensors weights can be decoded",
             [("x.weight_packed", [2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
             code="unsupported")
+
+    # AutoAWQ GEMM: x is a [16 out, 32 in] weight in one group of 32: qweight [32, 2] I32,
+    # qzeros [1, 2] I32, scales [1, 16] F16 (1.0 = 0x3C00).
+    def awq_config(**over):
+        q = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True,
+             "version": "gemm"}
+        q.update(over)
+        return json.dumps({"quantization_config": q})
+
+    qw = ("x.qweight", [32, 2], "I32", b"\x11" * 256)
+    qz = ("x.qzeros", [1, 2], "I32", b"\x88" * 8)
+
+    def f16s(n, at=None, bits=None):
+        v = [0x3C00] * n
+        if at is not None:
+            v[at] = bits
+        return struct.pack("<%dH" % n, *v)
+
+    sc = ("x.scales", [1, 16], "F16", f16s(16))
+
+    def awq_case(name, message, tensors, code="invalid-input", **over):
+        fp8_case(name, message, tensors, code=code, config=awq_config(**over))
+
+    awq_case("awq_missing_qzeros", "has no 'x.qzeros' in any shard", [qw, sc])
+    awq_case("awq_missing_scales", "has no 'x.scales' in any shard", [qw, qz])
+    awq_case("awq_qweight_wrong_dtype", "an AutoAWQ GEMM qweight is I32",
+             [("x.qweight", [32, 2], "F32", b"\0" * 256), qz, sc])
+    awq_case("awq_scales_wrong_dtype", "'x.scales' has dtype F32; AutoAWQ's scales is F16",
+             [qw, qz, ("x.scales", [1, 16], "F32", b"\0" * 64)])
+    awq_case("awq_qzeros_wrong_shape", "'x.qzeros' has shape [2, 2]; expected [1, 2]",
+             [qw, ("x.qzeros", [2, 2], "I32", b"\x88" * 16), sc])
+    awq_case("awq_group_size_contradicts_tensors", "'x.scales' has shape [1, 16]; expected [2, 16]",
+             [qw, qz, sc], group_size=16)
+    awq_case("awq_orphan_scales", "'y.scales' has no qweight beside it",
+             [qw, qz, sc, ("y.scales", [1, 16], "F16", f16s(16))])
+    awq_case("awq_scale_nan", "'x.scales' holds a NaN scale at [0, 3]",
+             [qw, qz, ("x.scales", [1, 16], "F16", f16s(16, 3, 0x7E00))])
+    awq_case("awq_scale_negative", "'x.scales' holds a negative scale at [0, 5]",
+             [qw, qz, ("x.scales", [1, 16], "F16", f16s(16, 5, 0xBC00))])
+    awq_case("awq_scale_infinite", "'x.scales' holds an infinite scale at [0, 7]",
+             [qw, qz, ("x.scales", [1, 16], "F16", f16s(16, 7, 0x7C00))])
+    awq_case("awq_gemv_version", "only the GEMM layout is read", [qw, qz, sc],
+             code="unsupported", version="gemv")
+
+    # ModelOpt NVFP4: x is [16 out, 32 in]: weight U8 [16, 16], weight_scale F8_E4M3 [16, 2]
+    # (0x38 = 1.0), weight_scale_2 and input_scale F32 scalars; hf_quant_config.json.
+    def mo_files(tensors, algo="NVFP4", exclude=(), config_algo=None):
+        files = {"model.safetensors": tensors,
+                 "hf_quant_config.json": json.dumps({"producer": {"name": "modelopt"},
+                                                     "quantization": {
+                                                         "quant_algo": algo, "group_size": 16,
+                                                         "exclude_modules": list(exclude)}})}
+        if config_algo is not None:
+            files["config.json"] = json.dumps({"quantization_config": {
+                "quant_method": "modelopt", "quant_algo": config_algo}})
+        return files
+
+    mw = ("x.weight", [16, 16], "U8", b"\x22" * 256)
+    ms = ("x.weight_scale", [16, 2], "F8_E4M3", b"\x38" * 32)
+    ms2 = ("x.weight_scale_2", [], "F32", f32(0.01))
+    mis = ("x.input_scale", [], "F32", f32(0.1))
+
+    def mo_case(name, message, code="invalid-input", **kw):
+        case(name, message, mo_files(**kw))
+        expected[name]["code"] = code
+
+    mo_case("modelopt_missing_weight_scale_2", "has no 'x.weight_scale_2' in any shard",
+            tensors=[mw, ms, mis])
+    mo_case("modelopt_weight_scale_wrong_shape", "'x.weight_scale' has shape [16, 1]; expected [16, 2]",
+            tensors=[mw, ("x.weight_scale", [16, 1], "F8_E4M3", b"\x38" * 16), ms2, mis])
+    mo_case("modelopt_weight_scale_wrong_dtype", "NVFP4's weight_scale is F8_E4M3",
+            tensors=[mw, ("x.weight_scale", [16, 2], "F32", b"\0" * 128), ms2, mis])
+    mo_case("modelopt_weight_scale_2_nan", "'x.weight_scale_2' is nan; a ModelOpt per-tensor "
+            "scale must be finite and positive", tensors=[mw, ms, ("x.weight_scale_2", [], "F32", f32(float("nan"))), mis])
+    mo_case("modelopt_input_scale_negative", "'x.input_scale' is -0.100000; a ModelOpt",
+            tensors=[mw, ms, ms2, ("x.input_scale", [], "F32", f32(-0.1))])
+    mo_case("modelopt_weight_scale_nan", "'x.weight_scale' holds a NaN scale at [3, 1]",
+            tensors=[mw, ("x.weight_scale", [16, 2], "F8_E4M3", b"\x38" * 7 + b"\x7f" + b"\x38" * 24), ms2, mis])
+    mo_case("modelopt_weight_scale_negative", "'x.weight_scale' holds a negative scale at [0, 0]",
+            tensors=[mw, ("x.weight_scale", [16, 2], "F8_E4M3", b"\xb8" + b"\x38" * 31), ms2, mis])
+    mo_case("modelopt_excluded_module_quantized", "its module is in exclude_modules ('x')",
+            tensors=[mw, ms, ms2, mis], exclude=["x"])
+    mo_case("modelopt_orphan_scale", "'y.weight_scale_2' has no NVFP4 weight",
+            tensors=[mw, ms, ms2, mis, ("y.weight_scale_2", [], "F32", f32(0.01))])
+    mo_case("modelopt_fp8_algo", "ModelOpt quant_algo 'FP8': only NVFP4", code="unsupported",
+            tensors=[mw, ms, ms2, mis], algo="FP8")
+    mo_case("modelopt_configs_disagree", "config.json's quant_algo 'FP8' contradicts "
+            "hf_quant_config.json's 'NVFP4'", tensors=[mw, ms, ms2, mis], config_algo="FP8")
     with open(os.path.join(ROOT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=2, sort_keys=True)
         f.write("\n")

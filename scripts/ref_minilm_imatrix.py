@@ -5,8 +5,12 @@ use observer "imatrix_mse", calibrated on the same samples collect-stats reads (
 paragraphs, first N, truncated to L tokens), saved compressed (pack-quantized) so that
 scripts/eval_minilm_calib.py decodes it as it decodes quench's outputs.
 
+--scheme NVFP4A16 (or MXFP4A16, NVFP4) takes compressed-tensors' preset of that name instead,
+with the same observer on its weights (NVFP4's input_global_scale then comes from the
+preset's own activation observer).
+
 Usage (reference venv): python scripts/ref_minilm_imatrix.py MODEL_DIR CALIB_TXT OUT_DIR
-       [--samples 256] [--seq-len 128] [--observer imatrix_mse]
+       [--samples 256] [--seq-len 128] [--observer imatrix_mse] [--scheme W4A16]
 """
 import argparse
 import os
@@ -16,6 +20,7 @@ import time
 
 import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
 from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -34,15 +39,20 @@ def main():
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--observer", default="imatrix_mse")
+    p.add_argument("--scheme", default="W4A16")
     a = p.parse_args()
     tok = AutoTokenizer.from_pretrained(a.model)
     seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
     ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
     model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
-    scheme = QuantizationScheme(
-        targets=["Linear"],
-        weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group",
-                                 group_size=128, observer=a.observer))
+    if a.scheme == "W4A16":
+        scheme = QuantizationScheme(
+            targets=["Linear"],
+            weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group",
+                                     group_size=128, observer=a.observer))
+    else:
+        scheme = preset_name_to_scheme(a.scheme, ["Linear"])
+        scheme.weights = scheme.weights.model_copy(update={"observer": a.observer})
     mod = QuantizationModifier(config_groups={"group_0": scheme})
     t0 = time.time()
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
@@ -52,7 +62,7 @@ def main():
         shutil.rmtree(a.out)
     model.save_pretrained(a.out, save_compressed=True)
     tok.save_pretrained(a.out)
-    print(f"oneshot ({a.observer}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
+    print(f"oneshot ({a.scheme}, {a.observer}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
 
 
 if __name__ == "__main__":

@@ -508,3 +508,72 @@ TEST_CASE("--resume does not keep a shard made from other activation statistics"
 }  // TEST_SUITE
 
 }  // namespace quench::testing
+
+namespace quench::testing {
+namespace {
+
+TEST_CASE("verify --stats: static activation and KV-cache scales equal the statistics'") {
+  // tiny-llama with a site per Linear input and the k/v cache sites, each with its own range;
+  // NVFP4 (input_global_scale per fused set) and W8A8 asymmetric static (input_scale and
+  // input_zero_point) with an FP8 KV cache; then statistics with other ranges, a changed
+  // scale, and verify without SRC.
+  const auto pairs = BF16Pairs(Golden("qparams.json"));
+  TempDir tmp;
+  const fs::path src = DataDir() / "tiny-llama";
+  auto folder = LoadModelFolder(src);
+  REQUIRE(folder.ok());
+  auto sites_with = [&](size_t shift) {
+    std::vector<Site> sites;
+    for (const auto& sh : folder->shards) {
+      for (const auto& t : sh.header.tensors) {
+        if (t.shape.size() != 2 || !t.name.ends_with("_proj.weight")) continue;
+        sites.push_back({t.name.substr(0, t.name.size() - 7), t.shape[1], {t.name}});
+      }
+    }
+    for (int l = 0; l < 2; ++l) {
+      for (const char* kind : {"k", "v"}) {
+        sites.push_back({"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
+      }
+    }
+    for (size_t i = 0; i < sites.size(); ++i) {
+      sites[i].min = pairs[(i + shift) % pairs.size()].min;
+      sites[i].max = pairs[(i + shift) % pairs.size()].max;
+    }
+    return sites;
+  };
+  WriteStats(tmp / "stats", src, sites_with(1));
+  WriteStats(tmp / "other", src, sites_with(2));
+  const std::string stats = (tmp / "stats").string(), other = (tmp / "other").string();
+  struct Case {
+    std::vector<std::string> args;
+    size_t scales;  // static scales DST holds
+  };
+  // 14 Linear weights; NVFP4: one input_global_scale each; W8A8 asymmetric: scale and zero
+  // point each; FP8 KV cache: k_scale and v_scale of 2 layers.
+  for (const Case& c : {Case{{"--scheme", "NVFP4"}, 14},
+                        Case{{"--scheme", "W8A8", "--static-activations",
+                              "--asymmetric-activations", "--kv-cache", "fp8"}, 14 * 2 + 4}}) {
+    CAPTURE(c.args[1]);
+    const fs::path o = tmp / ("o-" + c.args[1]);
+    std::vector<std::string> args = {"convert", src.string(), o.string(), "--stats", stats, "-q"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    auto v = RunQuench({"verify", o.string(), src.string(), "--stats", stats, "-q"});
+    CAPTURE(v.out);
+    CAPTURE(v.err);
+    CHECK(v.exit_code == 0);
+    CHECK(v.out.find(std::to_string(c.scales) + " static scales equal") != std::string::npos);
+    // Other statistics: every scale differs (the ranges all moved).
+    v = RunQuench({"verify", o.string(), src.string(), "--stats", other, "-q"});
+    CHECK(v.exit_code == 3);
+    CHECK(v.out.find("static-scale: expected") != std::string::npos);
+    // Without SRC: a usage error naming what is missing.
+    v = RunQuench({"verify", o.string(), "--stats", stats, "-q"});
+    CHECK(v.exit_code == 2);
+    CHECK(v.err.find("needs SRC") != std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace quench::testing

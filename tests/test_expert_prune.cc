@@ -203,6 +203,9 @@ TEST_SUITE("expert_prune") {
     }
     // 2 layers x 4 experts x 3 tensors of 128 x 128 BF16, and 4 router rows of 256 bytes each.
     CHECK(r.out.find("24 tensors and") != std::string::npos);
+    // The bytes saved, as the line prints them: (24 * 128 * 128 * 2 + 2 * 4 * 256) / 1024 KiB.
+    CHECK(r.out.find("24 tensors and 770.0 KiB of the source not read; config.json "
+                     "num_experts = 4") != std::string::npos);
     auto report = quench::ReadJsonFile((tmp / "r.json").string());
     REQUIRE(report.ok());
     const auto* ep = report->Find("expert_pruning");

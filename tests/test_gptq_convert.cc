@@ -339,11 +339,11 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
     CHECK(r.err.find(c.message) != std::string::npos);
     CHECK_FALSE(fs::exists(dst));
   }
-  // FP8 and FP4 are not GPTQ's here yet: refused, not silently rounded.
+  // Float weights are GPTQ's too (tests/test_gptq_float_convert.cc converts them).
   auto r = RunQuench({"convert", src, dst, "--scheme", "NVFP4A16", "--algorithm", "gptq",
-                      "--stats", stats});
-  CHECK(r.exit_code == 3);
-  CHECK(r.err.find("integer schemes") != std::string::npos);
+                      "--stats", stats, "--dry-run"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.find("13 weights; 1 rounded to nearest") != std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,10 @@
 // config.json names the observer; the refusals at planning.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -291,6 +295,59 @@ TEST_CASE("MiniLM W4A16 with imatrix_mse: llm-compressor oneshot's own observer'
         DumpPythonJson(*expected->Find("weights_args")));
 }
 
+TEST_CASE("imatrix_mse reads only the statistics of the sites in use") {
+  // A 16 MiB site no weight uses, between layer 0's and layer 1's sites: after the pages of
+  // the statistics file are dropped from the page cache, a conversion must leave the unused
+  // site's pages (but for read-around at its ends) out of it, while the used sites' pages are
+  // in it (which shows the measurement sees reads).
+  TempDir tmp;
+  std::vector<Site> sites = TinyLlamaSites();
+  const size_t big = size_t(2) << 20;  // doubles
+  sites.insert(sites.begin() + 4, Site{"model.unused", big, {}, std::vector<double>(big, 1.0)});
+  WriteStats(tmp / "stats", sites);
+  const fs::path file = tmp / "stats" / "stats-00001.safetensors";
+  auto header = ReadSafetensorsHeader(file);
+  REQUIRE(header.ok());
+  auto range = [&](const std::string& name) {
+    for (const auto& t : header->tensors) {
+      if (t.name == name) return std::make_pair(header->data_start + t.begin, header->data_start + t.end);
+    }
+    FAIL("no array " << name);
+    return std::make_pair(uint64_t{0}, uint64_t{0});
+  };
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  REQUIRE(::fdatasync(fd) == 0);
+  REQUIRE(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0);
+  ConvertOptions o;
+  o.src = DataDir() / "tiny-llama";
+  o.dst = tmp / "o";
+  o.scheme = "W4A16";
+  o.group_size = 64;
+  o.observer = "imatrix_mse";
+  o.stats = tmp / "stats";
+  auto r = Convert(o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  const uint64_t size = fs::file_size(file);
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  REQUIRE(m != MAP_FAILED);
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  REQUIRE(::mincore(m, size, resident.data()) == 0);
+  auto pages_in = [&](uint64_t begin, uint64_t end) {
+    size_t n = 0;
+    for (uint64_t p = begin / page; p < (end + page - 1) / page; ++p) n += resident[p] & 1;
+    return n;
+  };
+  const auto [ub, ue] = range("model.unused.sum_x2");
+  const uint64_t margin = uint64_t{2} << 20;  // kernel read-around at the ends
+  CHECK(pages_in(ub + margin, ue - margin) == 0);
+  const auto [qb, qe] = range("model.layers.1.self_attn.q_proj.sum_x2");
+  CHECK(pages_in(qb, qe) > 0);
+  ::munmap(m, size);
+  ::close(fd);
+}
+
 TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need") {
   TempDir tmp;
   WriteStats(tmp / "stats", TinyLlamaSites());
@@ -317,8 +374,8 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
        "unknown --prune-metric"},
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse", "--stats", stats,
         "--algorithm", "gptq"}, 3, "not built yet"},
-      {{"--scheme", "NVFP4A16", "--observer", "imatrix_mse", "--stats", stats}, 3,
-       "integer schemes"},
+      {{"--scheme", "MXFP8A16", "--observer", "imatrix_mse", "--stats", stats}, 3,
+       "integer and FP4 schemes"},
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse", "--stats",
         (tmp / "missing").string()}, 3, "no statistics for 'model.layers.1.mlp.down_proj.weight'"},
       {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "wanda", "--stats",

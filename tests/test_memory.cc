@@ -247,10 +247,19 @@ TEST_SUITE("memory") {
                    {{"layer.weight", quench::DType::kBF16, {4096, 8192}, qt::Bf16Bytes(w)}});
     qt::WriteBytes(dir / "src" / "config.json", "{}");
     int ok = 0, refused = 0;
-    // Below about 10 MiB (it moves with the binary's size) the process cannot start: the
-    // loader cannot map libc (exit 127), or libyaml-cpp's static constructors cannot allocate
-    // and abort in __cxa_allocate_exception, both before quench's main runs.
-    for (int mib = 20; mib <= 200; mib += 10) {
+    // Below some limit the process cannot start at all: the dynamic loader cannot map the
+    // libraries (exit 127), or static initialisers find no heap (an abort before main). That
+    // floor moves with the binary's size, so it is measured: the smallest limit at which
+    // `quench schemes` runs. Every limit from there up must end cleanly.
+    int start = 0;
+    for (int mib = 8; mib <= 64 && start == 0; ++mib) {
+      const qt::RunResult s = qt::RunCommand(
+          {"bash", "-c", "ulimit -v " + std::to_string(mib * 1024) + " && exec \"$0\" schemes",
+           qt::QuenchBin().string()});
+      if (s.exit_code == 0) start = mib;
+    }
+    REQUIRE(start > 0);
+    for (int mib = start; mib <= start + 190; mib += 10) {
       CAPTURE(mib);
       const fs::path dst = dir / ("out" + std::to_string(mib));
       const qt::RunResult r = qt::RunCommand(

@@ -75,6 +75,16 @@ struct PlannedSourceScale {
   uint64_t scale_cols = 0;    // scales per tile row: ceil(cols / block_cols)
   // A compressed-tensors source (src/format/source_ct.h): the tensors that decode the weight.
   std::shared_ptr<const struct CtWeight> ct;
+  // AutoAWQ (kind 1) and ModelOpt NVFP4 (kind 2) sources (src/pipeline/source_decode_packed.h):
+  // the scale above is AWQ's `scales` / ModelOpt's `weight_scale`; the codes are the planned
+  // tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and
+  // scales unchanged (lossless), not decoded.
+  int packed_kind = 0;
+  bool repack = false;
+  uint64_t group = 0;             // inputs per scale
+  std::optional<std::pair<size_t, uint64_t>> zeros;  // AWQ qzeros: shard, absolute offset
+  float weight_scale_2 = 0.f;     // ModelOpt per-tensor values
+  float input_scale = 0.f;
 };
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).

@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "calib/blas.h"
+#include "calib/gptq_sweep.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
@@ -150,48 +151,15 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
   }
   // Sweep order: column p of W is original column perm[p] and uses that column's group
   // (g_idx = (arange(n) // group_size)[perm]); dead columns are zeroed.
-  std::vector<size_t> col(n), group_of(n);
-  for (size_t p = 0; p < n; ++p) {
-    col[p] = f.perm.empty() ? p : static_cast<size_t>(f.perm[p]);
-    group_of[p] = col[p] / l.group;
-  }
-  std::vector<float> w(rows * n);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t p = 0; p < n; ++p) w[r * n + p] = f.dead[p] ? 0.0f : orig[r * n + col[p]];
-  }
-  // The blocked sweep (section 3.4 of arXiv 2203.07259): within a block, column by column,
-  // quantize, e = (w - q) / U[i][i], update the block's later columns by e * U[i][i:]; then
-  // the lazy update W[:, i2:] -= Err1 @ U[i1:i2, i2:] as one SGEMM.
-  const size_t bs = static_cast<size_t>(options.block_size);
-  std::vector<float> w1(rows * bs), err(rows * bs);
-  double loss = 0;
-  for (size_t i1 = 0; i1 < n; i1 += bs) {
-    const size_t i2 = std::min(i1 + bs, n), bw = i2 - i1;
-    for (size_t r = 0; r < rows; ++r) {
-      std::copy_n(w.data() + r * n + i1, bw, w1.data() + r * bw);
-    }
-    for (size_t i = 0; i < bw; ++i) {
-      const float* urow = f.u.data() + (i1 + i) * n + i1;  // U[i1+i][i1 .. i2)
-      const float d = urow[i];
-      for (size_t r = 0; r < rows; ++r) {
-        float* wr = w1.data() + r * bw;
-        const float x = wr[i];
-        const float q =
-            FakeQuantize(x, params[r * ng + group_of[i1 + i]], l, sym, in.dtype);
-        const float e = (x - q) / d;
-        w[r * n + i1 + i] = q;
-        err[r * bw + i] = e;
-        loss += static_cast<double>(e * e);
-        for (size_t j = i; j < bw; ++j) wr[j] -= e * urow[j];
-      }
-    }
-    if (i2 < n) {
-      (*blas)->sgemm_nn(static_cast<int>(rows), static_cast<int>(n - i2), static_cast<int>(bw),
-                        -1.0f, err.data(), static_cast<int>(bw), f.u.data() + i1 * n + i2,
-                        static_cast<int>(n), 1.0f, w.data() + i2, static_cast<int>(n));
-    }
-  }
-  out->loss = loss / 2;
+  const std::vector<size_t> col = internal::SweepColumns(f);
+  std::vector<size_t> group_of(n);
+  for (size_t p = 0; p < n; ++p) group_of[p] = col[p] / l.group;
+  std::vector<float> w = internal::SweepWeight(f, orig, rows, col);
+  out->loss = internal::Sweep(f, **blas, rows, static_cast<size_t>(options.block_size), w,
+                              [&](size_t r, size_t p, float x) {
+                                return FakeQuantize(x, params[r * ng + group_of[p]], l, sym,
+                                                    in.dtype);
+                              });
   // The module's weight is the sweep's result in original column order, in D; the
   // compressor then quantizes it with the observer's qparams, as round to nearest does.
   out->codes.resize(rows * n);

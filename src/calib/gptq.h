@@ -72,6 +72,41 @@ bool QuantizeRows(const GptqFactor& f, const WeightChunk& in, const GptqOptions&
 bool QuantizeRowsInto(const GptqFactor& f, const WeightChunk& in, const GptqOptions& options,
                       bool packed, const ChunkOutputs& out, double* loss);
 
+// The float weight formats (calib/gptq_float.cc), as quantize_weight handles their strategies
+// (column_scale_window): FP8 E4M3 per tensor (FP8), per output channel (FP8_DYNAMIC) and per
+// 128x128 block (FP8_BLOCK); NVFP4 (tensor_group 16, E4M3 scales over the fused set's global
+// scale: NVFP4A16, NVFP4); MXFP4 and MXFP8 (group 32, E8M0 scales).
+enum class GptqFloat { kFp8Tensor, kFp8Channel, kFp8Block, kNvfp4, kMxfp4, kMxfp8 };
+
+// What QuantizeFloatRows produces for a chunk of rows: the codes the scheme's compressor
+// writes for the returned weight (E4M3 bytes, or E2M1 nibbles with the sign in 0x8, one per
+// element), the observer's scales as values (FP8: per row, per tile [ceil(rows/128),
+// ceil(cols/128)] or one; NVFP4: the E4M3 value per group; MX: 2^(E-127) per group) and
+// their stored bytes (NVFP4: E4M3 codes; MX: E8M0; FP8: empty), and the reference's loss.
+struct GptqFloatRows {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  std::vector<uint8_t> scale_codes;
+  double loss = 0;
+};
+
+// The sweep on float weights: scales from the memoryless min-max observer on the original
+// rows before the sweep (NVFP4: over in.params.global_scale, the fused set's; FP8 per tensor:
+// in.params.global_scale is the tensor's scale), each column fake-quantized with its row's
+// scale. FP8 block chunks hold whole 128-row tiles (or end the tensor). False for NaN or Inf
+// in the rows, or parameters that do not fit the format.
+bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat format,
+                       const GptqOptions& options, GptqFloatRows* out);
+
+// QuantizeFloatRows, written as the scheme's kernel writes (schemes/fp8.h, schemes/fp4.h).
+bool QuantizeFloatRowsInto(const GptqFactor& f, const WeightChunk& in, GptqFloat format,
+                           const GptqOptions& options, const ChunkOutputs& out, double* loss);
+
+// The float format of a scheme's weights (type float; strategy tensor, channel, block,
+// tensor_group or group with 4 or 8 bits), or false when GPTQ does not take it.
+bool GptqFloatFormat(const std::string& type, const std::string& strategy, int bits,
+                     GptqFloat* format);
+
 }  // namespace quench::calib
 
 #endif  // QUENCH_CALIB_GPTQ_H_

@@ -51,6 +51,17 @@ double HessianScale(const Statistics& s, double count) {
   return count > 0 ? 1.0 / count : 1.0;
 }
 
+// The float weight format GPTQ takes for a scheme (gptq.h), if any.
+bool FloatFormat(const SchemeInfo& s, GptqFloat* format) {
+  GptqFloat f;
+  if (!GptqFloatFormat(std::string(s.weights.type), std::string(s.weights.strategy),
+                       s.weights.num_bits, &f)) {
+    return false;
+  }
+  if (format != nullptr) *format = f;
+  return true;
+}
+
 std::string Bytes(uint64_t b) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.1f MiB", double(b) / double(kMiB));
@@ -211,12 +222,12 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   HessianSites sites;
   for (PlannedTensor& t : plan.tensors) {
     if (t.action != TensorAction::kQuantize) continue;
-    if (t.scheme->weights.type != "int") {
+    if (t.scheme->weights.type != "int" && !FloatFormat(*t.scheme, nullptr)) {
       plan.errors.push_back(Error(
           ErrorCode::kUnsupported,
-          "--algorithm gptq supports the integer schemes so far (W4A16, W8A16, W4A16_ASYM, "
-          "W8A8, W4A8, W4AFP8 weights); '" + t.name + "' is to be " +
-              std::string(t.scheme->name)));
+          "--algorithm gptq supports integer weights (W4A16, W8A16, W4A16_ASYM, W8A8, W4A8, "
+          "W4AFP8), FP8 (FP8, FP8_DYNAMIC, FP8_BLOCK), NVFP4 and MX weights; '" + t.name +
+              "' is to be " + std::string(t.scheme->name)));
       continue;
     }
     sites.Assign(plan, stats, options.stats, "GPTQ", t);
@@ -280,9 +291,14 @@ class GptqRunImpl : public GptqRun {
       std::lock_guard<std::mutex> lock(mu_);
       f = live_.at(t);
     }
-    const bool packed = plan_.tensors[t].scheme->format == "pack-quantized";
+    const SchemeInfo& scheme = *plan_.tensors[t].scheme;
     double loss = 0;
-    if (!QuantizeRowsInto(*f, in, opt_, packed, out, &loss)) return false;
+    GptqFloat format;
+    if (FloatFormat(scheme, &format)) {
+      if (!QuantizeFloatRowsInto(*f, in, format, opt_, out, &loss)) return false;
+    } else if (!QuantizeRowsInto(*f, in, opt_, scheme.format == "pack-quantized", out, &loss)) {
+      return false;
+    }
     std::lock_guard<std::mutex> lock(mu_);
     loss_[t] += loss;
     return true;

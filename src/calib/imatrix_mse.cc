@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "schemes/float_formats.h"
+#include "schemes/fp4.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {
@@ -54,10 +55,33 @@ int StopStep(uint32_t improved_steps, const ImatrixOptions& o) {
 
 namespace {
 
-bool Valid(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
-           Layout* l) {
-  return intq::internal::MakeLayout(in, l) && o.grid > 0 && o.norm > 0 &&
-         LastStep(o) < 32 && (imp.empty() || imp.size() == in.cols);
+// Group geometry of a chunk in a format; the int layout for kInt.
+struct Geometry {
+  size_t group = 0;
+  size_t n_groups = 0;
+  Layout l{};
+};
+
+bool MakeGeometry(const WeightChunk& in, ImatrixFormat f, Geometry* g) {
+  if (f == ImatrixFormat::kInt) {
+    if (!intq::internal::MakeLayout(in, &g->l)) return false;
+    g->group = g->l.group;
+    g->n_groups = g->l.n_groups;
+    return true;
+  }
+  if (in.dtype != DType::kBF16 && in.dtype != DType::kF16 && in.dtype != DType::kF32) {
+    return false;
+  }
+  g->group = f == ImatrixFormat::kNvfp4 ? fp4::kNvfp4Group : fp4::kMxGroup;
+  if (in.cols == 0 || in.cols % g->group != 0) return false;
+  g->n_groups = in.cols / g->group;
+  return true;
+}
+
+bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+           const ImatrixOptions& o, Geometry* g) {
+  return MakeGeometry(in, f, g) && o.grid > 0 && o.norm > 0 && LastStep(o) < 32 &&
+         (imp.empty() || imp.size() == in.cols);
 }
 
 // |d|^norm as torch computes pow_ on an f32 tensor: exponent 3 and 2 are products.
@@ -67,14 +91,50 @@ inline float PowNorm(float d, double norm) {
   return std::pow(d, static_cast<float>(norm));
 }
 
-// One group's error at qparams p: fake_quantize in D (compressed-tensors
-// _quantize_dequantize: x / s, + zp, clamp, round, then (q - zp) * s, each rounded to D).
-double GroupError(const float* x, const float* imp, size_t n, const GroupParams& p,
-                  const Layout& l, bool sym, DType d, double norm) {
+// Step i's shrunk range: p = 1 - i / grid in double; p * tensor multiplies in f32 (the
+// scalar cast to f32) and rounds to D.
+inline void StepRange(float m0, float M0, int i, const ImatrixOptions& o, DType d, float* mn,
+                      float* mx) {
+  const float p = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
+  *mn = RoundToDType(p * m0, d);
+  *mx = RoundToDType(p * M0, d);
+}
+
+// calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
+inline float Pos(float mn, float mx) {
+  return std::max(std::fabs(std::min(mn, 0.f)), std::fabs(std::max(mx, 0.f)));
+}
+
+// The FP4 scale of a step during the search (imatrix_mse.h): NVFP4 without scale_dtype or
+// global scale, RNE_D(pos / (bit_range / 2)) with the zero guard finfo(D).eps; MXFP4's E8M0.
+inline float SearchScale(float pos, ImatrixFormat f, DType d) {
+  if (f == ImatrixFormat::kMxfp4) return fp4::Mxfp4GroupScale(pos, d);
+  const float s = RoundToDType(pos / 6.0f, d);
+  return s == 0.f ? intq::internal::ScaleEps(d) : s;
+}
+
+// One group's error at step range (mn, mx): fake_quantize in D, then
+// sum |q - w|^norm * imp (accumulated in double).
+double GroupError(const float* x, const float* imp, size_t n, float mn, float mx,
+                  ImatrixFormat f, const Geometry& g, bool sym, DType d, double norm) {
   double err = 0;
+  if (f == ImatrixFormat::kInt) {
+    // compressed-tensors _quantize_dequantize: x / s, + zp, clamp, round, (q - zp) * s.
+    const GroupParams p = intq::internal::ComputeParams(mn, mx, g.l, sym, d);
+    for (size_t j = 0; j < n; ++j) {
+      const int q = intq::internal::QuantizeValue(x[j], p, g.l, sym, d);
+      const float dq = RoundToDType(static_cast<float>(sym ? q : q - p.zp) * p.scale, d);
+      float e = PowNorm(std::fabs(dq - x[j]), norm);
+      if (imp != nullptr) e *= imp[j];
+      err += e;
+    }
+    return err;
+  }
+  // FP4: x / s in D, clamp to +-6 and cast_to_fp4 (exact in D), times s in D.
+  const float s = SearchScale(Pos(mn, mx), f, d);
   for (size_t j = 0; j < n; ++j) {
-    const int q = intq::internal::QuantizeValue(x[j], p, l, sym, d);
-    const float dq = RoundToDType(static_cast<float>(sym ? q : q - p.zp) * p.scale, d);
+    const float q = fp4::RoundToE2M1(RoundToDType(x[j] / s, d));
+    const float dq = RoundToDType(q * s, d);
     float e = PowNorm(std::fabs(dq - x[j]), norm);
     if (imp != nullptr) e *= imp[j];
     err += e;
@@ -82,70 +142,136 @@ double GroupError(const float* x, const float* imp, size_t n, const GroupParams&
   return err;
 }
 
-// The grid over steps 0..stop for every group of the rows; per group the best (mn, mx) and,
-// if `steps` is given, the steps at which any group improved.
-bool Grid(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
-          int stop, std::vector<float>* best_min, std::vector<float>* best_max,
-          uint32_t* steps) {
-  Layout l{};
-  if (!Valid(in, imp, o, &l)) return false;
-  const size_t rows = in.rows, cols = in.cols, ng = l.n_groups, gs = l.group;
-  const bool sym = in.params.symmetric;
-  std::vector<float> x(cols);
-  best_min->assign(rows * ng, 0.f);
-  best_max->assign(rows * ng, 0.f);
-  uint32_t any = 0;
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t c = 0; c < cols; ++c) {
-      x[c] = ElementToF32(in.data, in.dtype, r * cols + c);
-      if (!std::isfinite(x[c])) return false;
-    }
-    for (size_t g = 0; g < ng; ++g) {
-      const float* xg = x.data() + g * gs;
-      const float* ig = imp.empty() ? nullptr : imp.data() + g * gs;
-      // amin / amax over the group (times expand = 1.0, a no-op in D).
-      const float m0 = *std::min_element(xg, xg + gs);
-      const float M0 = *std::max_element(xg, xg + gs);
-      double best = FLT_MAX;  // best_error starts at finfo(f32).max
-      float bmn = m0, bmx = M0;
-      for (int i = 0; i <= stop; ++i) {
-        // p = 1 - i / grid in double; p * tensor multiplies in f32 (the scalar cast to f32)
-        // and rounds to D.
-        const float p = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
-        const float mn = RoundToDType(p * m0, in.dtype);
-        const float mx = RoundToDType(p * M0, in.dtype);
-        const GroupParams qp = intq::internal::ComputeParams(mn, mx, l, sym, in.dtype);
-        const double err = GroupError(xg, ig, gs, qp, l, sym, in.dtype, o.norm);
-        if (err < best) {
-          best = err;
-          bmn = mn;
-          bmx = mx;
-          any |= 1u << i;
-        }
-      }
-      (*best_min)[r * ng + g] = bmn;
-      (*best_max)[r * ng + g] = bmx;
+// Row r of `in` as f32 into x; false on NaN/Inf.
+bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
+  for (size_t c = 0; c < in.cols; ++c) {
+    x[c] = ElementToF32(in.data, in.dtype, r * in.cols + c);
+    if (!std::isfinite(x[c])) return false;
+  }
+  return true;
+}
+
+// Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
+// (amin / amax, times expand = 1.0, a no-op in D) and its chosen step.
+bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
+            const Geometry& g, std::vector<float>* mn,
+            std::vector<float>* mx) {
+  std::vector<float> x(in.cols);
+  mn->resize(in.rows * g.n_groups);
+  mx->resize(in.rows * g.n_groups);
+  for (size_t r = 0; r < in.rows; ++r) {
+    if (!LoadRow(in, r, x)) return false;
+    for (size_t k = 0; k < g.n_groups; ++k) {
+      const float* xg = x.data() + k * g.group;
+      const size_t i = r * g.n_groups + k;
+      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group),
+                steps[i], o, in.dtype, &(*mn)[i], &(*mx)[i]);
     }
   }
-  if (steps != nullptr) *steps = any;
   return true;
 }
 
 }  // namespace
 
+size_t GroupColumns(const WeightChunk& in, ImatrixFormat f) {
+  Geometry g;
+  return MakeGeometry(in, f, &g) ? g.group : 0;
+}
+
+bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, uint32_t* masks) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g)) return false;
+  const int last = LastStep(o);
+  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
+  std::vector<float> x(in.cols);
+  for (size_t r = 0; r < in.rows; ++r) {
+    if (!LoadRow(in, r, x)) return false;
+    for (size_t k = 0; k < g.n_groups; ++k) {
+      const float* xg = x.data() + k * g.group;
+      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
+      const float m0 = *std::min_element(xg, xg + g.group);
+      const float M0 = *std::max_element(xg, xg + g.group);
+      double best = FLT_MAX;  // best_error starts at finfo(f32).max
+      uint32_t mask = 0;
+      for (int i = 0; i <= last; ++i) {
+        float mn, mx;
+        StepRange(m0, M0, i, o, in.dtype, &mn, &mx);
+        const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
+        if (err < best) {  // strict: the earliest of equal errors stays
+          best = err;
+          mask |= 1u << i;
+        }
+      }
+      masks[r * g.n_groups + k] = mask;
+    }
+  }
+  return true;
+}
+
+bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g) || i < 0 || i > LastStep(o)) return false;
+  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
+  std::vector<float> x(in.cols);
+  bool any = false;
+  for (size_t r = 0; r < in.rows; ++r) {
+    if (!LoadRow(in, r, x)) return false;
+    for (size_t k = 0; k < g.n_groups; ++k) {
+      const float* xg = x.data() + k * g.group;
+      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
+      float mn, mx;
+      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group), i, o,
+                in.dtype, &mn, &mx);
+      const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
+      const size_t j = r * g.n_groups + k;
+      if (err < best[j]) {
+        best[j] = err;
+        masks[j] |= 1u << i;
+        any = true;
+      }
+    }
+  }
+  *improved = any;
+  return true;
+}
+
+bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
+                  const uint8_t* steps, float* pos) {
+  Geometry g;
+  if (!MakeGeometry(in, f, &g)) return false;
+  std::vector<float> mn, mx;
+  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
+  for (size_t i = 0; i < mn.size(); ++i) pos[i] = Pos(mn[i], mx[i]);
+  return true;
+}
+
 bool AnyImproved(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
                  uint32_t* steps) {
-  std::vector<float> mn, mx;
-  return Grid(in, imp, o, LastStep(o), &mn, &mx, steps);
+  Geometry g;
+  if (!Valid(in, ImatrixFormat::kInt, imp, o, &g)) return false;
+  std::vector<uint32_t> masks(in.rows * g.n_groups);
+  if (!GroupSteps(in, ImatrixFormat::kInt, imp, o, masks.data())) return false;
+  uint32_t any = 0;
+  for (uint32_t m : masks) any |= m;
+  *steps = any;
+  return true;
 }
 
 bool Search(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
             int stop, ImatrixRows* out) {
+  Geometry g;
+  if (!Valid(in, ImatrixFormat::kInt, imp, o, &g)) return false;
+  const size_t rows = in.rows, cols = in.cols, ng = g.n_groups;
+  std::vector<uint32_t> masks(rows * ng);
+  if (!GroupSteps(in, ImatrixFormat::kInt, imp, o, masks.data())) return false;
+  std::vector<uint8_t> steps(rows * ng);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    steps[i] = ChosenStep(masks[i], std::min(stop, LastStep(o)));
+  }
   std::vector<float> mn, mx;
-  if (!Grid(in, imp, o, std::min(stop, LastStep(o)), &mn, &mx, nullptr)) return false;
-  Layout l{};
-  if (!intq::internal::MakeLayout(in, &l)) return false;
-  const size_t rows = in.rows, cols = in.cols, ng = l.n_groups;
+  if (!Ranges(in, o, steps.data(), g, &mn, &mx)) return false;
   const bool sym = in.params.symmetric;
   out->scales.resize(rows * ng);
   out->zero_points.resize(rows * ng);
@@ -154,52 +280,95 @@ bool Search(const WeightChunk& in, const std::vector<float>& imp, const ImatrixO
   for (size_t r = 0; r < rows; ++r) {
     // get_qparams: calculate_qparams on the chosen min and max; the compressor then quantizes
     // the weight with them, as round to nearest does with min-max ones.
-    for (size_t g = 0; g < ng; ++g) {
-      params[g] = intq::internal::ComputeParams(mn[r * ng + g], mx[r * ng + g], l, sym, in.dtype);
-      out->scales[r * ng + g] = params[g].scale;
-      out->zero_points[r * ng + g] = static_cast<int8_t>(params[g].zp);
+    for (size_t k = 0; k < ng; ++k) {
+      params[k] = intq::internal::ComputeParams(mn[r * ng + k], mx[r * ng + k], g.l, sym,
+                                                in.dtype);
+      out->scales[r * ng + k] = params[k].scale;
+      out->zero_points[r * ng + k] = static_cast<int8_t>(params[k].zp);
     }
     for (size_t c = 0; c < cols; ++c) {
       const float v = ElementToF32(in.data, in.dtype, r * cols + c);
       out->codes[r * cols + c] = static_cast<int8_t>(
-          intq::internal::QuantizeValue(v, params[c / l.group], l, sym, in.dtype));
+          intq::internal::QuantizeValue(v, params[c / g.group], g.l, sym, in.dtype));
     }
   }
   return true;
 }
 
-bool SearchInto(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
-                int stop, bool packed, const ChunkOutputs& out) {
-  ImatrixRows res;
-  if (!Search(in, imp, o, stop, &res)) return false;
-  Layout l{};
-  if (!intq::internal::MakeLayout(in, &l)) return false;
-  const size_t rows = in.rows, n = in.cols, ng = l.n_groups;
+namespace {
+
+// The int rows with chosen steps, written as the int kernels write (src/schemes/int.h):
+// packed or unpacked codes, scales, zero points.
+bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
+                       bool packed, const ChunkOutputs& out) {
+  Geometry g;
+  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
+  std::vector<float> mn, mx;
+  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
+  const Layout& l = g.l;
+  const size_t rows = in.rows, n = in.cols, ng = g.n_groups;
+  const bool sym = in.params.symmetric;
   const size_t ssz = DTypeBits(in.dtype) / 8;
-  for (size_t i = 0; i < rows * ng; ++i) {
-    intq::internal::StoreScale(out.out[1] + i * ssz, res.scales[i], in.dtype);
-  }
-  if (packed) {
-    // pack_to_int32: u = q + 2^(b-1), dense along the row; zero points down the columns.
-    std::vector<uint8_t> u(n);
-    const size_t row_bytes = l.words_per_row * 4;
-    for (size_t r = 0; r < rows; ++r) {
-      for (size_t c = 0; c < n; ++c) {
-        u[c] = static_cast<uint8_t>(res.codes[r * n + c] + (1 << (l.bits - 1)));
-      }
+  std::vector<GroupParams> params(ng);
+  std::vector<int8_t> codes(n);
+  std::vector<int8_t> zps(rows * ng);
+  std::vector<uint8_t> u(n);
+  const size_t row_bytes = l.words_per_row * 4;
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t k = 0; k < ng; ++k) {
+      params[k] = intq::internal::ComputeParams(mn[r * ng + k], mx[r * ng + k], l, sym,
+                                                in.dtype);
+      intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
+      zps[r * ng + k] = static_cast<int8_t>(params[k].zp);
+    }
+    for (size_t c = 0; c < n; ++c) {
+      const float v = ElementToF32(in.data, in.dtype, r * n + c);
+      codes[c] = static_cast<int8_t>(
+          intq::internal::QuantizeValue(v, params[c / l.group], l, sym, in.dtype));
+    }
+    if (packed) {
+      // pack_to_int32: u = q + 2^(b-1), dense along the row.
+      for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + (1 << (l.bits - 1)));
       intq::internal::PackRowScalar(u.data(), n, l.bits, out.out[0] + r * row_bytes);
+    } else {
+      std::copy_n(reinterpret_cast<const uint8_t*>(codes.data()), n, out.out[0] + r * n);
     }
-    if (!in.params.symmetric) {
-      intq::internal::PackZeroPoints(res.zero_points.data(), rows, ng, l.bits, out.out[2]);
-    }
-  } else {
-    std::copy_n(reinterpret_cast<const uint8_t*>(res.codes.data()), rows * n, out.out[0]);
-    if (!in.params.symmetric) {
-      std::copy_n(reinterpret_cast<const uint8_t*>(res.zero_points.data()), rows * ng,
-                  out.out[2]);
+  }
+  if (!sym) {
+    if (packed) {
+      // Zero points packed down the columns.
+      intq::internal::PackZeroPoints(zps.data(), rows, ng, l.bits, out.out[2]);
+    } else {
+      std::copy_n(reinterpret_cast<const uint8_t*>(zps.data()), rows * ng, out.out[2]);
     }
   }
   return true;
+}
+
+}  // namespace
+
+bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
+                    const uint8_t* steps, bool packed, const ChunkOutputs& out) {
+  if (f == ImatrixFormat::kInt) return QuantizeIntChosen(in, o, steps, packed, out);
+  Geometry g;
+  if (!MakeGeometry(in, f, &g)) return false;
+  std::vector<float> pos(in.rows * g.n_groups);
+  if (!ChosenRanges(in, f, o, steps, pos.data())) return false;
+  return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out)
+                                    : fp4::QuantizeMxfp4Ranges(in, pos.data(), out);
+}
+
+bool SearchInto(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,
+                int stop, bool packed, const ChunkOutputs& out) {
+  Geometry g;
+  if (!Valid(in, ImatrixFormat::kInt, imp, o, &g)) return false;
+  std::vector<uint32_t> masks(in.rows * g.n_groups);
+  if (!GroupSteps(in, ImatrixFormat::kInt, imp, o, masks.data())) return false;
+  std::vector<uint8_t> steps(masks.size());
+  for (size_t i = 0; i < masks.size(); ++i) {
+    steps[i] = ChosenStep(masks[i], std::min(stop, LastStep(o)));
+  }
+  return QuantizeIntChosen(in, o, steps.data(), packed, out);
 }
 
 }  // namespace quench::calib

@@ -1,5 +1,6 @@
-// Importance-weighted clipping search for integer weights, as llm-compressor 0.14.0.1's
-// `imatrix_mse` observer runs it (observers/imatrix.py: IMatrixMSEObserver, _grid_search).
+// Importance-weighted clipping search for integer and FP4 weights, as llm-compressor
+// 0.14.0.1's `imatrix_mse` observer runs it (observers/imatrix.py: IMatrixMSEObserver,
+// _grid_search).
 //
 // Per group (a row's group_size columns; the whole row for the channel strategy), with the
 // group's min and max m0, M0 (values of the weight dtype D):
@@ -11,16 +12,28 @@
 //     a group whose err is below its best so far keeps (mn, mx)   (strict: earliest wins)
 //   the search stops after `patience` (5) steps in a row in which NO group of the whole
 //   tensor improved.
+// FP4 (ImatrixFormat::kNvfp4: groups of 16; kMxfp4: groups of 32, symmetric) runs the same
+// grid; calculate_qparams and fake_quantize then follow the FP4 rules:
+//   NVFP4: _grid_search drops scale_dtype for TENSOR_GROUP and passes no global scale, so a
+//     step's scale is s = RNE_D(pos / 6) (0 -> finfo(D).eps), pos = max(|min(mn,0)|, max(mx,0));
+//   MXFP4: s = the E8M0 scale of pos (fp4::Mxfp4GroupScale), the args unchanged;
+//   q = RNE_D(E2M1(clamp(RNE_D(w / s), +-6)) * s).
+// The chosen ranges then give the scales as min-max ones do: NVFP4's weight_global_scale is
+// generate_gparam of the largest chosen pos over the fused set (Observer.get_global_scale
+// reads the fused observers' searched min_vals / max_vals, not the weights' max |x|), and
+// each group's E4M3 scale is computed from its chosen pos with that global scale.
+//
 // imp is the site's E[x^2] per input channel (sum_x2 / count, in f32), divided by its mean;
 // with no usable importance (all zero, negative, non-finite) every weight counts 1, the
 // reference's uniform fallback. The chosen (mn, mx) give the scales and zero points
 // (calculate_qparams again) that the scheme's usual quantization and packing then use.
 //
 // The patience rule looks at the whole tensor, while the pipeline hands over row chunks, so
-// the search is split in two: AnyImproved runs every step on some rows and says at which steps
-// any of their groups improved; StopStep turns the union over all rows into the last step the
-// reference runs; Search then runs steps 0..stop on any rows, which gives every group the
-// result of the whole-tensor search whatever the chunking.
+// one pass runs every step and records per group the steps at which its error improved
+// (GroupSteps); StopStep turns the union over all groups into the last step the reference
+// runs, and a group's result is its last improvement at or before that step (ChosenStep),
+// which is what the reference's search over steps 0..stop keeps: the same result whatever
+// the chunking, from one search instead of two.
 #ifndef QUENCH_CALIB_IMATRIX_MSE_H_
 #define QUENCH_CALIB_IMATRIX_MSE_H_
 
@@ -54,6 +67,42 @@ bool AnyImproved(const WeightChunk& in, const std::vector<float>& imp, const Ima
 
 // The last step the reference runs, given the union of AnyImproved over all rows.
 int StopStep(uint32_t improved_steps, const ImatrixOptions& o);
+
+enum class ImatrixFormat { kInt, kNvfp4, kMxfp4 };
+
+// Columns per group of `in` in format f (0 when the shape or parameters are refused).
+size_t GroupColumns(const WeightChunk& in, ImatrixFormat f);
+
+// Every step on the rows: per group (row-major, rows x groups) bit i set when the group's
+// error at step i was below its best so far. False on NaN/Inf or bad parameters.
+bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, uint32_t* masks);
+
+// One step of the search over the rows, step-major (the pipeline's whole-tensor pass, which
+// so runs steps 0..stop only): each group's error at step i against its best so far
+// (`best`, rows x groups, FLT_MAX before step 0), updating best and setting bit i of the
+// mask of every group that improved; *improved says whether any did. The same comparisons as
+// GroupSteps in another order. False on NaN/Inf or bad parameters.
+bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved);
+
+// The step a group keeps when the search stops after step `stop`: its last improvement at or
+// before it (step 0 always improves on a finite weight).
+inline uint8_t ChosenStep(uint32_t mask, int stop) {
+  const uint32_t m = stop >= 31 ? mask : mask & ((2u << stop) - 1u);
+  return m == 0 ? 0 : static_cast<uint8_t>(31 - __builtin_clz(m));
+}
+
+// Per group the chosen range pos = max(|min(mn, 0)|, max(mx, 0)) of its chosen step (FP4),
+// into `pos` (rows x groups). False on NaN/Inf or bad parameters.
+bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
+                  const uint8_t* steps, float* pos);
+
+// The rows quantized with each group's chosen step (steps: rows x groups), written as the
+// scheme's kernel writes them: int (src/schemes/int.h, `packed` or not), NVFP4 (with
+// in.params.global_scale) or MXFP4 (src/schemes/fp4.h).
+bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
+                    const uint8_t* steps, bool packed, const ChunkOutputs& out);
 
 // The search over steps 0..stop: per group (row-major, rows x n_groups) the chosen scale
 // (a value of D) and zero point, and the codes (rows x cols, no offset).

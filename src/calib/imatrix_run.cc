@@ -2,9 +2,11 @@
 #include "calib/imatrix_run.h"
 
 #include <tbb/blocked_range.h>
-#include <tbb/parallel_reduce.h>
+#include <tbb/parallel_for.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -19,6 +21,7 @@
 #include "format/file_io.h"
 #include "format/safetensors.h"
 #include "plan/planner.h"
+#include "schemes/fp4.h"
 #include "schemes/prune.h"
 
 namespace quench::calib {
@@ -56,6 +59,15 @@ Result<SiteValues> ReadSite(const Statistics& s, const std::string& site,
 
 std::string Key(const std::string& site, std::optional<uint64_t> expert) {
   return site + (expert ? "#" + std::to_string(*expert) : "");
+}
+
+// The search format of a scheme's weights; nullopt for schemes the observer does not cover
+// (FP8, MXFP8: the reference's search would run, but they are not asked for here yet).
+std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s) {
+  if (s.weights.type == "int") return ImatrixFormat::kInt;
+  if (s.kernel == fp4::QuantizeNvfp4) return ImatrixFormat::kNvfp4;
+  if (s.kernel == fp4::QuantizeMxfp4) return ImatrixFormat::kMxfp4;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -124,11 +136,12 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
   for (PlannedTensor& t : plan.tensors) {
     if (imatrix && t.action == TensorAction::kQuantize &&
         plan.groups[static_cast<size_t>(t.group)].observer == "imatrix_mse") {
-      if (t.scheme->weights.type != "int") {
+      if (!FormatOf(*t.scheme)) {
         plan.errors.push_back(Error(
             ErrorCode::kUnsupported,
-            "the imatrix_mse observer covers the integer schemes so far (W4A16, W4A16_ASYM, "
-            "W8A16, W8A8, W4A8, ...); '" + t.name + "' is to be " + std::string(t.scheme->name)));
+            "the imatrix_mse observer covers the integer and FP4 schemes (W4A16, W4A16_ASYM, "
+            "W8A16, W8A8, W4A8, NVFP4A16, NVFP4, MXFP4A16, ...); '" + t.name + "' is to be " +
+                std::string(t.scheme->name)));
       } else if (t.source_scale) {
         plan.errors.push_back(Error(ErrorCode::kUnsupported,
                                     "the imatrix_mse observer on a quantized (FP8) source is "
@@ -181,36 +194,56 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
 
 namespace {
 
-class ImatrixRunImpl : public ChunkCalibration {
+class ImatrixRunImpl : public ImatrixRun {
  public:
   ImatrixRunImpl(const Plan& plan, Statistics stats)
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)) {}
 
   bool Takes(size_t t) const override { return !plan_.tensors[t].calib_site.empty(); }
 
-  Status Prepare(size_t t) override {
+  Result<std::optional<float>> SearchedAbsMax(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
-    const std::string key = Key(pt.calib_site, pt.calib_expert);
-    if (key != imp_key_) {
-      QUENCH_ASSIGN_OR_RETURN(SiteValues v,
-                              ReadSite(stats_, pt.calib_site, pt.calib_expert, pt.shape[1]));
-      imp_ = std::make_shared<const std::vector<float>>(NormalizedImportance(v.sum_x2, v.count));
-      imp_key_ = key;
+    if (!Takes(t) || FormatOf(*pt.scheme) != ImatrixFormat::kNvfp4) return std::optional<float>();
+    QUENCH_ASSIGN_OR_RETURN(Searched s, SearchTensor(t));
+    if (!s.finite) return std::optional<float>();
+    // Kept for Prepare while the kept searches stay small (--resume computes every set's
+    // global scale first; then the later ones are searched again).
+    const uint64_t bytes = s.steps->size();
+    if (kept_bytes_ + bytes <= kKeepBytes) {
+      kept_bytes_ += bytes;
+      kept_[t] = s;
     }
-    QUENCH_ASSIGN_OR_RETURN(int stop, StopOver(pt));
+    return std::optional<float>(s.amax);
+  }
+
+  Status Prepare(size_t t) override {
+    Searched s;
+    if (auto it = kept_.find(t); it != kept_.end()) {
+      s = it->second;
+      kept_bytes_ -= s.steps->size();
+      kept_.erase(it);
+    } else {
+      QUENCH_ASSIGN_OR_RETURN(s, SearchTensor(t));
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    live_[t] = {imp_, stop};
+    live_[t] = s.steps;
     return Status::Ok();
   }
 
   bool Quantize(size_t t, const WeightChunk& in, const ChunkOutputs& out) override {
-    Live l;
+    std::shared_ptr<const std::vector<uint8_t>> steps;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      l = live_.at(t);
+      steps = live_.at(t);
     }
-    const bool packed = plan_.tensors[t].scheme->format == "pack-quantized";
-    return SearchInto(in, *l.imp, opt_, l.stop, packed, out);
+    const PlannedTensor& pt = plan_.tensors[t];
+    const ImatrixFormat f = *FormatOf(*pt.scheme);
+    const size_t ng = in.cols / std::max<size_t>(1, GroupColumns(in, f));
+    // A tensor with NaN/Inf was not searched (empty steps): the chunk is refused as any
+    // kernel refuses it.
+    if (GroupColumns(in, f) == 0 || steps->size() < (in.row0 + in.rows) * ng) return false;
+    const bool packed = pt.scheme->format == "pack-quantized";
+    return QuantizeChosen(in, f, opt_, steps->data() + in.row0 * ng, packed, out);
   }
 
   void Done(size_t t) override {
@@ -219,66 +252,151 @@ class ImatrixRunImpl : public ChunkCalibration {
   }
 
  private:
-  struct Live {
-    std::shared_ptr<const std::vector<float>> imp;
-    int stop = 0;
+  static constexpr uint64_t kKeepBytes = uint64_t{256} << 20;
+
+  // A tensor's search: per group the chosen step; for FP4 the largest chosen range.
+  struct Searched {
+    std::shared_ptr<const std::vector<uint8_t>> steps;
+    float amax = 0.f;
+    bool finite = true;
   };
 
-  // The patience rule's last step over the whole tensor: every step over all rows (pruned as
-  // the pipeline prunes them), in parallel row blocks; NaN/Inf is left for the pipeline to
-  // report as it reports it for any chunk.
-  Result<int> StopOver(const PlannedTensor& pt) {
+  // The importance of the tensor's site (the last one read is kept: q/k/v share theirs).
+  Status LoadImportance(const PlannedTensor& pt) {
+    const std::string key = Key(pt.calib_site, pt.calib_expert);
+    if (key == imp_key_) return Status::Ok();
+    QUENCH_ASSIGN_OR_RETURN(SiteValues v,
+                            ReadSite(stats_, pt.calib_site, pt.calib_expert, pt.shape[1]));
+    imp_ = NormalizedImportance(v.sum_x2, v.count);
+    imp_key_ = key;
+    return Status::Ok();
+  }
+
+  // Every step over all rows (pruned as the pipeline prunes them), in parallel row blocks:
+  // per group its improvement mask; then the patience rule's stop over the whole tensor and
+  // each group's chosen step. NaN/Inf gives finite = false and no steps, left for the
+  // pipeline (or the pre-pass) to report as it reports it for any chunk.
+  Result<Searched> SearchTensor(size_t ti) {
+    const PlannedTensor& pt = plan_.tensors[ti];
+    QUENCH_RETURN_IF_ERROR(LoadImportance(pt));
     const PlannedShard& ps = plan_.shards[pt.shard];
     if (!map_ || map_path_ != ps.src_path) {
       QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(ps.src_path));
       map_ = std::make_unique<MappedFile>(std::move(m));
       map_path_ = ps.src_path;
     }
+    const ImatrixFormat f = *FormatOf(*pt.scheme);
     const size_t rows = pt.shape[0], cols = pt.shape[1];
     const size_t esz = DTypeBits(pt.dtype) / 8;
     const uint8_t* base = map_->data() + pt.src_offset;
-    const std::vector<float>& imp = *imp_;
-    const size_t block = std::max<size_t>(1, (size_t(1) << 18) / std::max<size_t>(cols, 1));
-    const uint32_t steps = tbb::parallel_reduce(
-        tbb::blocked_range<size_t>(0, rows, block), 0u,
-        [&](const tbb::blocked_range<size_t>& r, uint32_t acc) {
-          const size_t n = r.end() - r.begin();
-          const uint8_t* src = base + r.begin() * cols * esz;
-          std::vector<uint8_t> pruned;
-          if (pt.prune) {
-            pruned.resize(n * cols * esz);
-            bool ok;
-            if (pt.prune_scale >= 0) {
-              ok = WandaPruneRows(src, pruned.data(), pt.dtype, n, cols, spec_,
-                                  plan_.prune_scales[pt.prune_scale].data(), nullptr);
-            } else if (plan_.prune.per_tensor) {
-              prune::TensorThreshold th;
-              th.magnitude = pt.prune_magnitude;
-              th.prune_equal = pt.prune_equal;
-              th.pruned = pt.prune_total;
-              ok = prune::PruneRowsTensor(src, pruned.data(), pt.dtype, n, cols, th,
-                                          pt.prune_equal_before[r.begin()], nullptr);
-            } else {
-              ok = prune::PruneRows(src, pruned.data(), pt.dtype, n, cols, spec_, nullptr);
-            }
-            if (!ok) return acc;
-            src = pruned.data();
+    auto chunk_of = [&](const uint8_t* src, size_t n) {
+      WeightChunk c;
+      c.data = src;
+      c.dtype = pt.dtype;
+      c.rows = n;
+      c.cols = cols;
+      c.params.bits = pt.params.bits;
+      c.params.group_size = std::max(0, pt.params.group_size.value_or(0));
+      c.params.symmetric = pt.params.symmetric;
+      return c;
+    };
+    const size_t gs = GroupColumns(chunk_of(base, 1), f);
+    Searched out;
+    if (gs == 0) {
+      return Error(ErrorCode::kInternal, "imatrix_mse: '" + pt.name + "' has no group layout");
+    }
+    const size_t ng = cols / gs;
+    std::vector<uint32_t> masks(rows * ng, 0u);
+    std::vector<double> best(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
+    std::atomic<bool> finite{true};
+    const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(cols, 1));
+    const std::vector<float>& imp = imp_;
+    // Step-major: every group's error at step i, then the reference's patience rule over the
+    // whole tensor decides whether step i + 1 runs; so exactly steps 0..stop are searched.
+    const int last = LastStep(opt_);
+    int stop = last, no_improve = 0;
+    for (int i = 0; i <= last && finite; ++i) {
+      std::atomic<bool> improved{false};
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& r) {
+        const size_t n = r.end() - r.begin();
+        const uint8_t* src = base + r.begin() * cols * esz;
+        std::vector<uint8_t> pruned;
+        if (pt.prune) {
+          pruned.resize(n * cols * esz);
+          if (!PruneRows(pt, src, r.begin(), n, pruned.data())) {
+            finite = false;
+            return;
           }
-          WeightChunk c;
-          c.data = src;
-          c.dtype = pt.dtype;
-          c.rows = n;
-          c.cols = cols;
-          c.params.bits = pt.params.bits;
-          c.params.group_size = std::max(0, pt.params.group_size.value_or(0));
-          c.params.symmetric = pt.params.symmetric;
-          uint32_t s = 0;
-          AnyImproved(c, imp, opt_, &s);
-          return acc | s;
-        },
-        [](uint32_t a, uint32_t b) { return a | b; });
+          src = pruned.data();
+        }
+        bool any = false;
+        if (!StepUpdate(chunk_of(src, n), f, imp, opt_, i, best.data() + r.begin() * ng,
+                        masks.data() + r.begin() * ng, &any)) {
+          finite = false;
+        }
+        if (any) improved = true;
+      });
+      if (improved) {
+        no_improve = 0;
+      } else if (++no_improve, opt_.patience > 0 && no_improve >= opt_.patience) {
+        stop = i;  // the reference breaks after this step's (empty) update
+        break;
+      }
+    }
     map_->Release(pt.src_offset, pt.src_bytes);
-    return StopStep(steps, opt_);
+    auto steps = std::make_shared<std::vector<uint8_t>>();
+    if (!finite) {
+      out.finite = false;
+      out.steps = steps;
+      return out;
+    }
+    steps->resize(masks.size());
+    for (size_t i = 0; i < masks.size(); ++i) (*steps)[i] = ChosenStep(masks[i], stop);
+    if (f == ImatrixFormat::kNvfp4) {
+      // The largest chosen range, for the global scale. Pruning keeps each row's largest
+      // magnitudes, but a group's range may change with it: read the rows as searched.
+      std::vector<float> pos(ng);
+      for (size_t r = 0; r < rows; ++r) {
+        const uint8_t* src = base + r * cols * esz;
+        std::vector<uint8_t> pruned;
+        if (pt.prune) {
+          pruned.resize(cols * esz);
+          if (!PruneRows(pt, src, r, 1, pruned.data())) {
+            out.finite = false;
+            break;
+          }
+          src = pruned.data();
+        }
+        if (!ChosenRanges(chunk_of(src, 1), f, opt_, steps->data() + r * ng, pos.data())) {
+          out.finite = false;
+          break;
+        }
+        for (float p : pos) out.amax = std::max(out.amax, p);
+      }
+      map_->Release(pt.src_offset, pt.src_bytes);
+    }
+    out.steps = steps;
+    return out;
+  }
+
+  // Rows [r0, r0 + n) of a pruned tensor as the pipeline prunes them.
+  bool PruneRows(const PlannedTensor& pt, const uint8_t* src, size_t r0, size_t n,
+                 uint8_t* dst) {
+    const size_t cols = pt.shape[1];
+    if (pt.prune_scale >= 0) {
+      return WandaPruneRows(src, dst, pt.dtype, n, cols, spec_,
+                            plan_.prune_scales[pt.prune_scale].data(), nullptr);
+    }
+    if (plan_.prune.per_tensor) {
+      prune::TensorThreshold th;
+      th.magnitude = pt.prune_magnitude;
+      th.prune_equal = pt.prune_equal;
+      th.pruned = pt.prune_total;
+      return prune::PruneRowsTensor(src, dst, pt.dtype, n, cols, th, pt.prune_equal_before[r0],
+                                    nullptr);
+    }
+    return prune::PruneRows(src, dst, pt.dtype, n, cols, spec_, nullptr);
   }
 
   const Plan& plan_;
@@ -286,22 +404,24 @@ class ImatrixRunImpl : public ChunkCalibration {
   const prune::PruneSpec spec_;
   const ImatrixOptions opt_;
   std::string imp_key_;
-  std::shared_ptr<const std::vector<float>> imp_;  // input stage only
+  std::vector<float> imp_;  // input stage only
   std::unique_ptr<MappedFile> map_;
   std::filesystem::path map_path_;
+  std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
+  uint64_t kept_bytes_ = 0;
   std::mutex mu_;
-  std::map<size_t, Live> live_;
+  std::map<size_t, std::shared_ptr<const std::vector<uint8_t>>> live_;
 };
 
 }  // namespace
 
-Result<std::unique_ptr<ChunkCalibration>> MakeImatrixRun(const Plan& plan,
-                                                         const ConvertOptions& options) {
+Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
+                                                   const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
                                [](const PlannedTensor& t) { return !t.calib_site.empty(); });
-  if (!any || options.algorithm != "rtn") return std::unique_ptr<ChunkCalibration>();
+  if (!any || options.algorithm != "rtn") return std::unique_ptr<ImatrixRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  return std::unique_ptr<ChunkCalibration>(new ImatrixRunImpl(plan, std::move(stats)));
+  return std::unique_ptr<ImatrixRun>(new ImatrixRunImpl(plan, std::move(stats)));
 }
 
 }  // namespace quench::calib

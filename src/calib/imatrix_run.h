@@ -6,6 +6,7 @@
 #define QUENCH_CALIB_IMATRIX_RUN_H_
 
 #include <memory>
+#include <optional>
 
 #include "calib/seam.h"
 #include "quench/convert.h"
@@ -22,10 +23,19 @@ namespace quench::calib {
 Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options);
 
 // The seam for a planned run (nullptr when no weight takes imatrix_mse). Prepare maps the
-// weight's rows (pruned as the pipeline prunes them) to find where the reference's patience
-// rule stops the search over the whole tensor; Quantize then searches each chunk up to there.
-Result<std::unique_ptr<ChunkCalibration>> MakeImatrixRun(const Plan& plan,
-                                                         const ConvertOptions& options);
+// weight's rows (pruned as the pipeline prunes them) and runs the search over the whole
+// tensor once (every step, in parallel row blocks), keeping each group's chosen step under
+// the reference's patience rule; Quantize then quantizes each chunk with those steps.
+class ImatrixRun : public ChunkCalibration {
+ public:
+  // For the NVFP4 pre-pass (GlobalScales::SetMemberAbsMax): the largest chosen range of a
+  // weight the observer takes, which the reference's global scale comes from (the search is
+  // then kept for Prepare); nullopt for other weights, or NaN/Inf left for the pre-pass to
+  // report.
+  virtual Result<std::optional<float>> SearchedAbsMax(size_t tensor) = 0;
+};
+Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
+                                                   const ConvertOptions& options);
 
 }  // namespace quench::calib
 

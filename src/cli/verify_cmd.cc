@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "cli/cli.h"
 #include "format/json.h"
 #include "verify/verify.h"
+#include "cli/verify_packed_source.h"
 
 namespace quench::cli {
 namespace {
@@ -37,6 +39,13 @@ const char kVerifyHelp[] =
     "    or exactly pruned by SPEC;\n"
     "  - without SRC, the dequantized zeros must have SPEC's structure (M - N per N:M group,\n"
     "    floor(F * n) per row or per tensor).\n"
+    "With --stats STATS and SRC: every static scale (input_scale, input_zero_point,\n"
+    "    input_global_scale, k_scale, v_scale) equals what the statistics give (the\n"
+    "    conversion planned again from SRC and the config's one preset group).\n"
+    "With --prune SPEC --algorithm sparsegpt (SparseGPT chose the mask by OBS saliency and\n"
+    "updated the weights it kept): with or without SRC, only the zeros are checked: M - N\n"
+    "per N:M group of a row; unstructured F: at least int(rows * width * F) per block of\n"
+    "--gptq-block-size columns (default 128) over all rows, as SparseGPT prunes.\n"
     "Streams tensor by tensor (memory maps, pages released after use).\n"
     "\n"
     "options:\n"
@@ -45,8 +54,13 @@ const char kVerifyHelp[] =
     "  --worst N     list the N lowest-SQNR tensors (default 10)\n"
     "  -q, --quiet   only the problems and the summary line\n"
     "  --prune SPEC  the pruning DST was made with: unstructured:F or N:M, as for convert\n"
+    "  --stats STATS the statistics DST's static scales came from (needs SRC)\n"
     "  --prune-granularity G\n"
     "                row (default) or tensor, as for convert\n"
+    "  --algorithm A magnitude (default: the mask is the source's smallest |x|) or\n"
+    "                sparsegpt (with --prune: see above)\n"
+    "  --gptq-block-size N\n"
+    "                SparseGPT's block of columns (default 128), as for convert\n"
     "\n"
     "exit: 0 valid, 3 problems found (one line each: file: tensor: rule: message), 2 usage,\n"
     "4 I/O failure.\n";
@@ -56,7 +70,7 @@ const char kVerifyHelp[] =
 int RunVerify(const std::vector<std::string>& args) {
   VerifyOptions o;
   bool json = false, quiet = false;
-  std::string prune_text, granularity = "row";
+  std::string prune_text, granularity = "row", algorithm = "magnitude", block_text;
   bool granularity_given = false;
   size_t worst = 10;
   std::vector<std::string> positional;
@@ -100,6 +114,17 @@ int RunVerify(const std::vector<std::string>& args) {
       } else {
         prune_text = v;
       }
+    } else if (a == "--stats" || a.starts_with("--stats=")) {
+      if (a.size() > 7 && a[7] == '=') {
+        o.stats = a.substr(8);
+      } else if (i + 1 < args.size()) {
+        o.stats = args[++i];
+      } else {
+        return ReportError("verify: --stats needs a value", 2);
+      }
+    } else if (a == "--algorithm" || a == "--gptq-block-size") {
+      if (i + 1 >= args.size()) return ReportError("verify: " + a + " needs a value", 2);
+      (a == "--algorithm" ? algorithm : block_text) = args[++i];
     } else if (a.starts_with("-") && a != "-") {
       return ReportError("verify: unknown option '" + a + "'\n\n" + kVerifyHelp, 2);
     } else {
@@ -122,6 +147,34 @@ int RunVerify(const std::vector<std::string>& args) {
     return ReportError("verify: --prune-granularity needs --prune", 2);
   }
 
+  if (algorithm != "magnitude" && algorithm != "sparsegpt") {
+    return ReportError("verify: --algorithm is magnitude or sparsegpt, not '" + algorithm + "'", 2);
+  }
+  o.prune_updates = algorithm == "sparsegpt";
+  if (o.prune_updates && o.prune.kind == prune::PruneSpec::kNone) {
+    return ReportError("verify: --algorithm sparsegpt needs --prune SPEC (what DST was pruned to)",
+                       2);
+  }
+  if (o.prune_updates && o.prune.per_tensor) {
+    return ReportError("verify: SparseGPT prunes per block of columns, not per tensor", 2);
+  }
+  if (!block_text.empty()) {
+    char* end = nullptr;
+    const unsigned long b = std::strtoul(block_text.c_str(), &end, 10);
+    if (*end != '\0' || b == 0) return ReportError("verify: --gptq-block-size takes a count > 0", 2);
+    o.prune_block = b;
+  }
+
+  // An AutoAWQ or ModelOpt NVFP4 SRC: compared as the conversion read it, decoded to BF16
+  // (quench's decode, byte-equal to compressed-tensors' dequantizer), written to a temporary
+  // folder first (removed after).
+  std::optional<TempDecoded> decoded;
+  if (o.src) {
+    auto d = DecodePackedSource(*o.src);
+    if (!d.ok()) return ReportError("verify: " + d.status().ToString(), ExitCodeFor(d.status().code()));
+    decoded = std::move(d).value();
+    if (!decoded->dir.empty()) o.src = decoded->dir;
+  }
   auto r = Verify(o);
   if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
   const VerifyReport& rep = *r;
@@ -170,6 +223,10 @@ int RunVerify(const std::vector<std::string>& args) {
       std::printf(", %llu pruned", static_cast<unsigned long long>(rep.tensors_pruned));
     }
     std::printf(", %llu source bytes compared", static_cast<unsigned long long>(rep.bytes_compared));
+    if (o.stats) {
+      std::printf(", %llu static scales equal to the statistics'",
+                  static_cast<unsigned long long>(rep.static_scales_checked));
+    }
   }
   std::printf(", %zu problem(s)\n", rep.problems.size());
   return rep.ok() ? 0 : 3;

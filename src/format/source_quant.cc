@@ -149,12 +149,27 @@ Result<SourceQuantization> DetectFp8(const ModelFolder& folder, const JsonValue&
 }  // namespace
 
 Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
+  // ModelOpt describes itself in hf_quant_config.json, config.json or both.
+  bool modelopt = false, file_only = false;
+  QUENCH_ASSIGN_OR_RETURN(std::optional<JsonValue> mo,
+                          FindModelOptConfig(folder, &modelopt, &file_only));
+  if (modelopt) {
+    SourceQuantization out;
+    QUENCH_RETURN_IF_ERROR(
+        DetectModelOpt(folder, *mo, "ModelOpt quantization config", file_only, &out));
+    return out;
+  }
   const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
   if (q == nullptr || q->is_null()) return SourceQuantization{};
   const std::string where = folder.config_rel.value_or("config.json");
   const JsonValue* method = q->Find("quant_method");
   const std::string m = method != nullptr && method->is_string() ? method->as_string() : "";
   if (m == "fp8") return DetectFp8(folder, *q, where);
+  if (m == "awq") {
+    SourceQuantization out;
+    QUENCH_RETURN_IF_ERROR(DetectAwq(folder, *q, where, &out));
+    return out;
+  }
   if (m == "compressed-tensors") {
     SourceQuantization out;
     QUENCH_RETURN_IF_ERROR(DetectCompressedTensors(folder, *q, where, &out));
@@ -164,8 +179,8 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
                where + ": the source is quantized (quantization_config.quant_method '" +
                    (m.empty() ? std::string("(none)") : m) +
                    "'); quench reads BF16, F16 and F32 checkpoints, FP8 ones "
-                   "(quant_method 'fp8') and compressed-tensors ones, and cannot decode "
-                   "this one yet");
+                   "(quant_method 'fp8'), AutoAWQ ('awq'), ModelOpt NVFP4 ('modelopt') and "
+                   "compressed-tensors ('compressed-tensors'), and cannot decode this one yet");
 }
 
 float SourceScaleToF32(DType dtype, const uint8_t* p) {

@@ -12,11 +12,12 @@
 #include <vector>
 
 #include "format/model_folder.h"
+#include "format/source_packed.h"
 #include "quench/status.h"
 
 namespace quench {
 
-enum class SourceFormat { kPlain, kFp8, kCompressedTensors };
+enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4, kCompressedTensors };
 
 struct CtWeight;  // format/source_ct.h
 
@@ -47,6 +48,15 @@ struct SourceQuantization {
   // points, g_idx, global scales, weight_shape, activation and KV-cache scales): not written.
   std::map<std::string, std::string> renamed;
   std::vector<std::string> consumed;
+  // AutoAWQ and ModelOpt NVFP4 (format/source_packed.h): per packed weight, by the name of
+  // the weight it stands for ("X.weight"); the tensors read with them (not written); the
+  // scheme whose output is their lossless repack, its group size, and the ignore list the
+  // reference's converter writes with it.
+  std::map<std::string, PackedSourceWeight> packed;
+  std::vector<std::string> packed_aux;
+  std::string own_scheme;
+  uint64_t group_size = 0;
+  std::vector<std::string> repack_ignore;
 };
 
 // Reads `folder.config`'s quantization_config and pairs every quantized weight with its

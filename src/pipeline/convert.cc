@@ -432,7 +432,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::GptqRun> gptq,
                           options.algorithm == "sparsegpt" ? calib::MakeSparseGptRun(plan, options)
                                                            : calib::MakeGptqRun(plan, options));
-  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<ChunkCalibration> imatrix,
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
                           calib::MakeImatrixRun(plan, options));
   // SmoothQuant's pre-pass reads the balance weights for their scales here, before any
   // tensor streams.
@@ -457,6 +457,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   SourceMaps maps(plan);
   if (Status s = RunPrunePrePass(plan, sizing, maps, cancel); !s.ok()) return cleanup(s);
   GlobalScales global_scales(plan, sizing, maps, cancel);
+  if (imatrix) global_scales.SetMemberAbsMax([&](size_t t) { return imatrix->SearchedAbsMax(t); });
   uint64_t resumed = 0;
   bool finished_before = false;
   if (options.resume || worker) {

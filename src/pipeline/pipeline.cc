@@ -25,6 +25,7 @@
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
 #include "pipeline/source_decode.h"
+#include "pipeline/source_decode_packed.h"
 #include "plan/planner.h"
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
@@ -92,9 +93,11 @@ class ShardPipeline {
                            static_cast<size_t>(sizing_.threads));
     try {
       writer_ = std::make_unique<WriteQueue<Chunk>>(
-          sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
+          sizing_.write_queue_bytes, kWriterThreads,
+          [this](std::unique_ptr<Chunk> c) {
             Contained(plan_.src.native(), [&] { WriteChunk(std::move(c)); });
-          });
+          },
+          kMinWriteQueueChunks * sizing_.chunk_bytes, sizing_.chunk_bytes);
     } catch (const std::system_error& e) {  // no memory for a thread's stack, or no threads
       return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
                                        "); free memory or lower --memory-limit");
@@ -670,7 +673,12 @@ class ShardPipeline {
       in.params.group_size = t.params.group_size.value_or(0);
       in.params.symmetric = t.params.symmetric;
       in.params.global_scale = t.global_scale;
+      in.row0 = p.begin;
       if (!p.finite) continue;  // pruning found NaN or Inf: nothing of the chunk is written
+      if (t.source_scale && t.source_scale->repack) {  // AutoAWQ: its own scheme, lossless
+        if (Status st = RepackAwqRows(plan_, t, maps_, p.begin, p.end, outs); !st.ok()) Fail(st);
+        continue;
+      }
       if (t.source_scale) {
         QuantizeDecoded(c, p, t, in, outs);
         continue;
@@ -850,7 +858,8 @@ class ShardPipeline {
                              const std::string& where) const {
     const uint64_t rows = p.end - p.begin, cols = t.shape[1];
     // E4M3 codes only: packed integer or FP4 bytes have no NaN.
-    for (uint64_t i = 0; t.dtype == DType::kF8E4M3 && i < rows * cols; ++i) {
+    const bool e4m3 = t.source_scale->packed_kind == 0 && t.dtype == DType::kF8E4M3;
+    for (uint64_t i = 0; e4m3 && i < rows * cols; ++i) {
       if ((codes[i] & 0x7F) == 0x7F) {
         return Error(ErrorCode::kNonFinite,
                      where + " holds a NaN E4M3 code (row " + std::to_string(p.begin + i / cols) +

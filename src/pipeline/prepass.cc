@@ -30,7 +30,7 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
     const MappedFile& m = *map;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
-    const uint64_t row_bytes = cols * (DTypeBits(t.dtype) / 8);
+    const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
     const uint64_t chunk_rows = std::max<uint64_t>(1, sizing.chunk_bytes / row_bytes);
     auto rows_at = [&](uint64_t r) { return m.data() + t.src_offset + r * row_bytes; };
     auto interrupted = [&] { return cancel != nullptr && cancel->load(); };
@@ -133,6 +133,13 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
   for (size_t ti : set) {
     const PlannedTensor& t = plan_.tensors[ti];
     if (t.src_bytes == 0) continue;
+    if (member_amax_) {
+      QUENCH_ASSIGN_OR_RETURN(std::optional<float> searched, member_amax_(ti));
+      if (searched) {
+        a = std::max(a, *searched);
+        continue;
+      }
+    }
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
     const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;

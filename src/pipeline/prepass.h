@@ -7,6 +7,8 @@
 #define QUENCH_PIPELINE_PREPASS_H_
 
 #include <atomic>
+#include <functional>
+#include <optional>
 #include <vector>
 
 #include "pipeline/pipeline.h"
@@ -29,6 +31,11 @@ class GlobalScales {
   GlobalScales(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                const std::atomic<bool>* cancel);
   Status ForTensor(size_t tensor);
+  // A member's value for the set's largest |x| when it is not the member's own max |x|: the
+  // imatrix_mse observer's searched ranges, which the reference's global scale takes
+  // (src/calib/imatrix_run.h). nullopt: read the member's max |x| as usual.
+  using MemberAbsMax = std::function<Result<std::optional<float>>(size_t tensor)>;
+  void SetMemberAbsMax(MemberAbsMax f) { member_amax_ = std::move(f); }
   // Every set with a member in a shard this run writes (not already_done), pages released
   // (--resume needs them to check fingerprints).
   Status All();
@@ -46,6 +53,7 @@ class GlobalScales {
   const std::atomic<bool>* cancel_;
   std::vector<bool> done_;
   std::vector<Kept> kept_;
+  MemberAbsMax member_amax_;
 };
 
 }  // namespace quench

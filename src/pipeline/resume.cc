@@ -54,6 +54,19 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     d += '|';
     num(ss.src_header_hash);
     d += '|';
+    // AutoAWQ / ModelOpt: zero points (possibly in a third shard), the per-tensor scales read
+    // while planning, and whether the weight was repacked or decoded.
+    if (t.source_scale->packed_kind != 0) {
+      const auto& z = t.source_scale->zeros;
+      const PlannedShard& zs = plan.shards[z ? z->first : t.source_scale->shard];
+      d += "packed " + std::to_string(t.source_scale->packed_kind) + ' ' +
+           std::to_string(t.source_scale->repack) + ' ' + zs.rel_name + '|';
+      num(zs.src_header_hash);
+      uint32_t b[2];
+      std::memcpy(&b[0], &t.source_scale->weight_scale_2, 4);
+      std::memcpy(&b[1], &t.source_scale->input_scale, 4);
+      d += '|' + std::to_string(b[0]) + '|' + std::to_string(b[1]) + '|';
+    }
   }
   // A compressed-tensors weight's zero points, g_idx and global scale may live elsewhere too.
   if (t.source_scale && t.source_scale->ct) {

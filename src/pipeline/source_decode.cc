@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "format/source_quant.h"
+#include "pipeline/source_decode_packed.h"
 #include "schemes/ct_decode.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp8.h"
@@ -73,6 +74,8 @@ Status DecodeCtRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
 Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite) {
+  // AutoAWQ and ModelOpt NVFP4 sources read their own codes (source_decode_packed.h).
+  if (t.source_scale->packed_kind != 0) return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
   *finite = true;
   if (r1 <= r0) return Status::Ok();
   if (t.source_scale->ct) return DecodeCtRows(plan, t, maps, codes, r0, r1, out, finite);
@@ -86,6 +89,7 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
                         bool* finite) {
+  if (t.source_scale->packed_kind != 0) return PackedRowsAbsMax(plan, t, maps, r0, r1, amax, finite);
   *finite = true;
   *amax = 0.f;
   if (r1 <= r0) return Status::Ok();

@@ -1,6 +1,7 @@
 #include "plan/planner.h"
 
 #include <algorithm>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <numeric>
@@ -45,12 +46,36 @@ constexpr QuantArgsDesc kKvCacheFp8 = {
 // targets, then the ignore list (and quench's default ignores).
 enum class Selection { kQuantize, kNotWeight, kNorm, kNotTargeted, kIgnored, kDefaultIgnored };
 
+// Whether `options` ask for the source's own scheme, which is then written from the stored
+// codes and scales (lossless) rather than decoded and quantized again: 1 AutoAWQ -> its
+// W4A16(_ASYM) at its group size (no --group-size, or the same), 2 ModelOpt NVFP4 -> NVFP4 or
+// NVFP4A16; only with flags alone (no recipe, pruning, statistics or other overrides).
+int RepackMode(const SourceQuantization& s, const PlanOptions& o) {
+  if (s.packed.empty() || !o.recipe.empty() || !o.prune.empty() || o.prune_experts ||
+      !o.stats.empty() || !o.targets.empty() || !o.ignore.empty() || o.static_activations ||
+      !o.kv_cache.empty() || o.observer != "minmax") {
+    return 0;
+  }
+  if (s.format == SourceFormat::kAwq && o.scheme == s.own_scheme &&
+      (!o.group_size || *o.group_size == static_cast<int>(s.group_size)) && !o.symmetric) {
+    return 1;
+  }
+  if (s.format == SourceFormat::kModelOptNvfp4 && (o.scheme == "NVFP4" || o.scheme == "NVFP4A16")) {
+    for (const auto& [name, w] : s.packed) {
+      if (o.scheme == "NVFP4" && !w.input_scale) return 0;  // no activation scale to repack
+    }
+    return 2;
+  }
+  return 0;
+}
+
 // Groups quantized tensors needing a global scale into fused sets (singletons otherwise).
 void PlanFusedSets(Plan& plan) {
   std::map<std::string, size_t> set_of;  // FusedSetKey -> fused set
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     PlannedTensor& t = plan.tensors[i];
     if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
+    if (t.source_scale && t.source_scale->repack) continue;  // the source's own scales
     // FP8's per-tensor weight scales are each tensor's own (vLLM requantizes a fused set to
     // its largest); NVFP4's global scale is the set's.
     const std::string key = t.scheme->fuse_global_scale
@@ -157,6 +182,14 @@ class Planner {
   const TensorInfo* LogicalTensor(const TensorInfo& t, TensorInfo* storage) const;
   // The source scale of an FP8 weight, or nullopt.
   std::optional<PlannedSourceScale> SourceScaleOf(const TensorInfo& t) const;
+  // Repacking an AutoAWQ or ModelOpt NVFP4 source into its own scheme (repack_ != 0): plans
+  // every tensor but AWQ's packed weights (ModelOpt's renamed, its per-tensor scales
+  // inverted, everything else copied); false leaves `t` to PlanTensor.
+  bool PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
+                    std::vector<TensorSpec>& specs);
+  // A packed weight's source tensor seen as the weight it stands for ("X.qweight" ->
+  // "X.weight" [out, in], 4-bit codes): what the planner and pipeline then read.
+  const TensorInfo* PackedView(const TensorInfo& t, TensorInfo* view) const;
   void AddSelectionNotes();
   void PlanConfigIgnore();
   void PlanFiles();
@@ -164,6 +197,9 @@ class Planner {
   const ModelFolder& folder_;
   Plan plan_;
   SourceQuantization source_;
+  int repack_ = 0;  // 1: AutoAWQ -> its own pack-quantized scheme; 2: ModelOpt -> NVFP4(A16)
+  std::map<std::string, std::string> packed_by_source_;  // source tensor -> weight name
+  std::map<size_t, std::string> constants_;  // tensor index -> its one output's bytes
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
@@ -194,9 +230,27 @@ class Planner {
   std::vector<Slab> slabs_;
 };
 
-Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& options) {
+Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_options) {
+  QUENCH_ASSIGN_OR_RETURN(SourceQuantization source, DetectSourceQuantization(folder));
+  PlanOptions options = in_options;
+  const int repack = RepackMode(source, options);
+  if (repack == 1 && !options.group_size) {
+    options.group_size = static_cast<int>(source.group_size);
+  }
+  // ModelOpt's input_scale is the static activation scale NVFP4 needs: no statistics.
+  const bool w4a4_repack = repack == 2 && options.scheme == "NVFP4";
+  if (w4a4_repack) options.scheme = "NVFP4A16";
   QUENCH_ASSIGN_OR_RETURN(PlannedPrune prune, ResolvePrune(options));
   QUENCH_ASSIGN_OR_RETURN(ResolvedGroups resolved, ResolveGroups(options));
+  if (repack != 0) {
+    // The reference converters' one group, under their key.
+    PlannedGroup& g = resolved.groups.front();
+    g.key = "config_group_0";
+    if (w4a4_repack) {
+      g.scheme = FindScheme("NVFP4");
+      g.params = g.scheme->DefaultParams();
+    }
+  }
   QUENCH_ASSIGN_OR_RETURN(TargetResolver resolver, TargetResolver::Build(resolved.groups));
   Planner p(folder, std::move(resolver));
   p.plan_.prune = std::move(prune);
@@ -215,9 +269,16 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   p.default_hits_.resize(p.default_patterns_.size());
   p.plan_.src = folder.root;
   p.plan_.dst = options.dst;
-  QUENCH_ASSIGN_OR_RETURN(p.source_, DetectSourceQuantization(folder));
+  p.source_ = std::move(source);
+  p.repack_ = repack;
   for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
   for (const std::string& n : p.source_.consumed) p.consumed_.insert(n);
+  for (const auto& [weight, pw] : p.source_.packed) p.packed_by_source_.emplace(pw.source_name, weight);
+  // Read with their weights (ModelOpt's repack writes them itself, but NVFP4A16's has no
+  // input scale).
+  for (const std::string& aux : p.source_.packed_aux) {
+    if (repack != 2 || (!w4a4_repack && aux.ends_with(".input_scale"))) p.consumed_.insert(aux);
+  }
   p.plan_.source_format = p.source_.description;
   p.decode_only_ = IsDecodeOnly(options);
   // GPTQModifier.resolve_quantization_config sets the weights' actorder of every group (its
@@ -229,6 +290,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
   for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
   p.oneshot_ |= !p.kv_cache_.empty();
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
+  p.oneshot_ = p.oneshot_ && repack == 0;  // the converters write the scheme's own args
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {
     return Error(ErrorCode::kUsage, "--scheme BF16 writes a quantized source decoded; " +
                                         folder.root.string() + " is not quantized");
@@ -237,6 +299,25 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& opti
 }
 
 std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) const {
+  if (auto pk = source_.packed.find(t.name); pk != source_.packed.end() && t.dtype == DType::kF4) {
+    const PackedSourceWeight& w = pk->second;
+    PlannedSourceScale s;
+    s.name = w.scales.name;
+    s.shard = w.scales.shard;
+    s.offset = w.scales.offset;
+    s.nbytes = w.scales.nbytes;
+    s.dtype = w.scales.dtype;
+    s.block_rows = 1;
+    s.block_cols = w.group;
+    s.scale_cols = w.cols / w.group;
+    s.packed_kind = source_.format == SourceFormat::kAwq ? 1 : 2;
+    s.repack = repack_ == 1;
+    s.group = w.group;
+    if (w.zeros) s.zeros = std::make_pair(w.zeros->shard, w.zeros->offset);
+    s.weight_scale_2 = w.weight_scale_2;
+    s.input_scale = w.input_scale.value_or(0.f);
+    return s;
+  }
   auto it = source_.scales.find(t.name);
   if (it == source_.scales.end()) return std::nullopt;
   const SourceScale& s = it->second;
@@ -255,6 +336,57 @@ const TensorInfo* Planner::LogicalTensor(const TensorInfo& t, TensorInfo* storag
   storage->name = it->first;
   storage->shape = {it->second.ct->rows, it->second.ct->cols};
   return storage;
+}
+
+const TensorInfo* Planner::PackedView(const TensorInfo& t, TensorInfo* view) const {
+  if (repack_ == 2) return &t;  // ModelOpt's repack renames tensors (PlanRepacked)
+  auto it = packed_by_source_.find(t.name);
+  if (it == packed_by_source_.end()) return &t;
+  const PackedSourceWeight& w = source_.packed.at(it->second);
+  *view = t;
+  view->name = it->second;
+  view->dtype = DType::kF4;  // 4-bit codes: rows * cols / 2 bytes, as stored
+  view->shape = {w.rows, w.cols};
+  return view;
+}
+
+bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
+                           std::vector<TensorSpec>& specs) {
+  if (repack_ == 0) return false;
+  if (repack_ == 1 && packed_by_source_.contains(t.name)) return false;  // PlanTensor repacks
+  pt.action = TensorAction::kCopy;
+  pt.why = "stored unquantized in the source";
+  const std::string_view module = SplitModuleParam(t.name).first;
+  auto inverted = [&](const char* suffix, float v) {
+    // compressed-tensors' ModelOptNvfp4Converter: 1 / x of the 0-dim F32 tensor.
+    const float r = 1.0f / v;
+    std::string bytes(4, '\0');
+    std::memcpy(bytes.data(), &r, 4);
+    constants_[index] = std::move(bytes);
+    pt.src_bytes = 0;  // not read: its value was read while planning
+    pt.why = "inverted (ModelOpt's per-tensor scale)";
+    specs.push_back({std::string(module) + suffix, DType::kF32, {}, 4});
+  };
+  if (repack_ == 2) {
+    const std::string weight = std::string(module) + ".weight";
+    auto pk = source_.packed.find(weight);
+    if (pk != source_.packed.end() && t.name == weight) {
+      pt.why = "NVFP4 repacked (renamed weight_packed)";
+      specs.push_back({std::string(module) + ".weight_packed", t.dtype, t.shape, t.nbytes()});
+      return true;
+    }
+    if (pk != source_.packed.end() && t.name.ends_with(".weight_scale_2")) {
+      inverted(".weight_global_scale", pk->second.weight_scale_2);
+      return true;
+    }
+    if (pk != source_.packed.end() && t.name.ends_with(".input_scale")) {
+      inverted(".input_global_scale", *pk->second.input_scale);
+      return true;
+    }
+    if (pk != source_.packed.end()) pt.why = "NVFP4 scale (kept)";
+  }
+  specs.push_back({t.name, t.dtype, t.shape, t.nbytes()});
+  return true;
 }
 
 Selection Planner::Select(std::string_view name, int* group, int* default_hit) {
@@ -310,6 +442,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
       return;
     }
     pt.action = TensorAction::kDecode;
+    pt.source_scale->repack = false;  // left out of a repack: written decoded
     specs.push_back({t.name, pt.compute_dtype, t.shape, t.numel() * 2});
   };
   int group = -1, default_hit = -1;
@@ -377,6 +510,8 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   pt.action = TensorAction::kQuantize;
   pt.scheme = g.scheme;
   pt.params = g.params;
+  // An AutoAWQ repack keeps the source's F16 scales (the outputs' scale dtype).
+  if (pt.source_scale && pt.source_scale->repack) pt.compute_dtype = pt.source_scale->dtype;
   const std::string_view module = SplitModuleParam(t.name).first;
   for (SchemeOutput& o :
        WeightOutputs(*g.scheme, pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
@@ -412,6 +547,9 @@ void Planner::PlanShard(size_t si) {
   const size_t first_tensor = plan_.tensors.size();
   for (const TensorInfo* t : order) {
     if (consumed_.contains(t->name)) continue;  // read with its weight, not written
+    TensorInfo view;
+    const TensorInfo* source_t = t;
+    t = PackedView(*t, &view);
     PlannedTensor& pt = plan_.tensors.emplace_back();  // reserved: never moved
     TensorInfo logical;  // a compressed-tensors source's weight as decoded (source_ct.h)
     const TensorInfo* lt = LogicalTensor(*t, &logical);
@@ -427,12 +565,20 @@ void Planner::PlanShard(size_t si) {
       }
     }
     const size_t before = specs.size();
-    PlanTensor(*lt, shard.rel_name, pt, specs);
+    if (!PlanRepacked(*source_t, plan_.tensors.size() - 1, pt, specs)) {
+      PlanTensor(*lt, shard.rel_name, pt, specs);
+    }
     AppendKvScales(pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
     plan_.bytes_in += t->nbytes();
   }
   LayOutShard(shard, first_tensor, std::move(specs), specs_per_tensor);
+  for (auto& [ti, bytes] : constants_) {
+    PlannedOutput& o = plan_.shards.back().outputs[plan_.tensors[ti].outputs.at(0)];
+    o.source = SchemeOutput::Source::kStatic;
+    o.constant = std::move(bytes);
+  }
+  constants_.clear();
 }
 
 void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
@@ -509,7 +655,16 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
 // Notes on what selection left alone, and warnings for entries that select nothing (almost
 // always a typo).
 void Planner::AddSelectionNotes() {
-  if (source_.format != SourceFormat::kPlain) {
+  if (repack_ != 0) {
+    plan_.notes.push_back("source: " + source_.description + "; repacked losslessly into " +
+                          std::string(plan_.groups.front().scheme->name) +
+                          " (stored codes and scales unchanged, as compressed-tensors' " +
+                          (repack_ == 1 ? "AutoAWQConverter" : "ModelOptNvfp4Converter") + ")");
+  } else if (!source_.packed.empty()) {
+    plan_.notes.push_back("source: " + source_.description + "; each is decoded to BF16 (as "
+                          "compressed-tensors dequantizes the converter's repack) before it is "
+                          "quantized or written");
+  } else if (source_.format != SourceFormat::kPlain) {
     plan_.notes.push_back(
         "source: " + source_.description + "; each is decoded to BF16 (" +
         (source_.format == SourceFormat::kFp8
@@ -547,6 +702,10 @@ void Planner::AddSelectionNotes() {
 // The written ignore list: the user's entries verbatim (as model_free writes them), then each
 // default pattern that kept something unquantized, so vLLM skips the same modules.
 void Planner::PlanConfigIgnore() {
+  if (repack_ != 0) {  // as the reference's converter writes it
+    plan_.config_ignore = source_.repack_ignore;
+    return;
+  }
   plan_.config_ignore = ignore_;
   for (size_t i = 0; i < default_hits_.size(); ++i) {
     if (default_hits_[i].empty()) continue;
@@ -660,6 +819,15 @@ void Planner::PlanFiles() {
   // the structure in --report and `quench inspect --sparsity`.
   // oneshot (which GPTQ's output follows) writes it whether or not anything was pruned.
   if (pruning_ || oneshot_) q.Set("sparsity_config", JsonValue::MakeObject());
+  if (repack_ != 0) {
+    // The converters' QuantizationConfig has no transform_config (update_config builds it
+    // without one).
+    JsonValue::Object kept;
+    for (const auto& [key, value] : q.as_object()) {
+      if (key != "transform_config") kept.emplace_back(key, value);
+    }
+    q = JsonValue(std::move(kept));
+  }
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
 }

@@ -26,6 +26,9 @@ struct WeightChunk {
   size_t rows = 0;
   size_t cols = 0;
   KernelParams params;
+  // The chunk's first row in its tensor: kernels ignore it; a calibration that keeps
+  // per-row results of a whole-tensor pass (imatrix_mse's chosen steps) finds them with it.
+  uint64_t row0 = 0;
 };
 
 // Where a kernel writes: out[i] is the start of output tensor i's bytes for this chunk's rows

@@ -14,32 +14,6 @@ constexpr uint32_t kF32InfBits = 0x7F800000u;  // exponent all ones, mantissa 0
 
 }  // namespace
 
-float BitsToF32(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-uint32_t F32ToBits(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  return bits;
-}
-
-// bf16 is the upper half of an f32: 1 sign, 8 exponent, 7 mantissa bits.
-float BF16ToF32(uint16_t h) { return BitsToF32(static_cast<uint32_t>(h) << 16); }
-
-// c10::detail::round_to_nearest_even: NaN -> 0x7FC0; otherwise drop the low 16 bits with
-// round-half-to-even by adding 0x7FFF plus the lowest kept bit. Carries propagate into the
-// exponent, which is exactly RNE's step into the next binade (and to Inf on overflow); f32
-// subnormals round the same way because bf16 subnormals are their upper halves.
-uint16_t F32ToBF16(float f) {
-  const uint32_t bits = F32ToBits(f);
-  if ((bits & kF32AbsMask) > kF32InfBits) return 0x7FC0;
-  const uint32_t lsb = (bits >> 16) & 1u;
-  return static_cast<uint16_t>((bits + 0x7FFFu + lsb) >> 16);
-}
-
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits; subnormals m * 2^-24.
 float F16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;

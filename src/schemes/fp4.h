@@ -30,6 +30,18 @@ bool QuantizeNvfp4(const WeightChunk& in, const ChunkOutputs& out);
 bool QuantizeMxfp4(const WeightChunk& in, const ChunkOutputs& out);
 bool QuantizeMxfp8(const WeightChunk& in, const ChunkOutputs& out);
 
+// The references above with each group's range given (rows x groups values of the weight
+// dtype, >= 0) in place of the group's max |x|: the imatrix_mse observer's chosen ranges
+// (src/calib/imatrix_mse.h), which calculate_qparams turns into scales as it does min-max
+// ones. False on NaN or Inf in the rows.
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
+// The scale (a value of the dtype, as f32; may be +inf) MXFP4 quantizes a group of range
+// `amax` with: calculate_qparams' E8M0 exponent, then maybe_convert_from_mx_exp.
+float Mxfp4GroupScale(float amax, DType dtype);
+// cast_to_fp4 of v clamped to [-6, 6]: the nearest E2M1 value (ties as the reference's table).
+float RoundToE2M1(float v);
+
 // The pre-pass: max |x| over the chunk (exact: the result is one of the inputs' magnitudes),
 // false if the chunk holds NaN or Inf.
 bool AbsMaxScalar(const WeightChunk& in, float* amax);

@@ -18,7 +18,9 @@
 // Two facts follow from the formats: with x and scale both in D, the f32 quotient is never
 // exactly halfway between two D values unless it is below D's normal range (where the e4m3
 // code is 0 anyway); and torch 2.13's e4m3 conversion saturates, so the clamp never changes
-// a code. Both steps are still implemented exactly as defined.
+// a code. Both steps are still implemented exactly as defined, except that for bf16 the
+// kernels take the quotient as x * RN(1 / scale) where that provably gives the same code
+// (internal::ReciprocalIsExact in fp8_shared.h, with the proof); the scalar reference always divides.
 
 #include <algorithm>
 #include <cmath>
@@ -39,53 +41,7 @@
 
 // Scalar helpers shared by the reference and the kernels' per-row / per-tile scale step
 // (compiled once, outside the per-target namespaces).
-#ifndef QUENCH_SCHEMES_FP8_SHARED_
-#define QUENCH_SCHEMES_FP8_SHARED_
-namespace quench::fp8::internal {
-
-// float8_e4m3fn's largest finite value (torch.finfo(float8_e4m3fn).max); the symmetric range
-// is [-448, 448], so bit_range / 2 = 896 / 2 = 448 (calculate_range / calculate_qparams).
-inline constexpr float kE4M3Max = 448.0f;
-
-// Rounds an f32 value to the nearest value of dtype d, ties to even (RNE_D in the spec).
-inline float RoundToDType(float f, DType d) {
-  switch (d) {
-    case DType::kBF16: return BF16ToF32(F32ToBF16(f));
-    case DType::kF16: return F16ToF32(F32ToF16(f));
-    default: return f;
-  }
-}
-
-// torch.finfo(D).eps: the zero-scale replacement of calculate_qparams (CT >= 0.13).
-inline float ScaleEps(DType d) {
-  switch (d) {
-    case DType::kBF16: return 0.0078125f;        // 2^-7
-    case DType::kF16: return 0.0009765625f;      // 2^-10
-    default: return 1.1920928955078125e-07f;     // 2^-23
-  }
-}
-
-// scale = RNE_D(amax / 448) with the division in f32; an exact 0 becomes eps(D).
-inline float ScaleFromAmax(float amax, DType d) {
-  const float scale = RoundToDType(amax / kE4M3Max, d);
-  return scale == 0.0f ? ScaleEps(d) : scale;
-}
-
-// Writes `scale` (already a value of D) in D's little-endian encoding.
-inline void StoreScale(uint8_t* dst, float scale, DType d) {
-  if (d == DType::kF32) {
-    const uint32_t bits = F32ToBits(scale);
-    std::memcpy(dst, &bits, 4);
-  } else {
-    const uint16_t bits = d == DType::kBF16 ? F32ToBF16(scale) : F32ToF16(scale);
-    std::memcpy(dst, &bits, 2);
-  }
-}
-
-inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
-
-}  // namespace quench::fp8::internal
-#endif  // QUENCH_SCHEMES_FP8_SHARED_
+#include "schemes/fp8_shared.h"
 
 #include "schemes/rounding-inl.h"
 
@@ -117,31 +73,48 @@ HWY_INLINE float AbsBitsToF32(typename Traits<D>::T bits) {
 }
 
 // q = e4m3(clamp(RNE_D(x / scale), -448, 448)) for one vector of f32 lanes (the clamp is
-// implied by EncodeE4M3's saturation).
-template <DType D>
-HWY_INLINE VU QuantizeLanes(DF df, VF x, VF scale) {
-  return EncodeE4M3(df, RoundToDType<D>(df, hn::Div(x, scale)));  // IEEE f32 division
+// implied by EncodeE4M3's saturation). kByReciprocal: `by` is RN_f32(1 / scale) and the
+// quotient is taken as x * by, which internal::ReciprocalIsExact proves gives the same code;
+// otherwise `by` is the scale and the quotient is the IEEE f32 division.
+template <DType D, bool kByReciprocal>
+HWY_INLINE VU QuantizeLanes(DF df, VF x, VF by) {
+  const VF quotient = kByReciprocal ? hn::Mul(x, by) : hn::Div(x, by);
+  return EncodeE4M3(df, RoundToDType<D>(df, quotient));
 }
+
+template <DType D, bool kByReciprocal>
+HWY_INLINE void QuantizeRunBy(const uint8_t* src, size_t n, float by, uint8_t* dst);
 
 // Quantizes n elements of dtype D at src with one scale, writing n codes to dst.
 template <DType D>
 HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* dst) {
+  if (internal::ReciprocalIsExact(scale, D)) {
+    QuantizeRunBy<D, true>(src, n, 1.0f / scale, dst);
+  } else {
+    QuantizeRunBy<D, false>(src, n, scale, dst);
+  }
+}
+
+template <DType D, bool kByReciprocal>
+HWY_INLINE void QuantizeRunBy(const uint8_t* src, size_t n, float by, uint8_t* dst) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   const DF df;
   const hn::Rebind<uint8_t, DF> d8;
   const size_t lanes = hn::Lanes(df);
-  const VF vscale = hn::Set(df, scale);
+  const VF vscale = hn::Set(df, by);
   size_t i = 0;
   if (n >= 2 * lanes) {
     for (; i <= n - 2 * lanes; i += 2 * lanes) {
-      const VU q0 = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
-      const VU q1 = QuantizeLanes<D>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
+      const VU q0 =
+          QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+      const VU q1 =
+          QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + (i + lanes) * kEsz), vscale);
       hn::StoreU(hn::TruncateTo(d8, q0), d8, dst + i);
       hn::StoreU(hn::TruncateTo(d8, q1), d8, dst + i + lanes);
     }
   }
   for (; i + lanes <= n; i += lanes) {
-    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, src + i * kEsz), vscale);
+    const VU q = QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, src + i * kEsz), vscale);
     hn::StoreU(hn::TruncateTo(d8, q), d8, dst + i);
   }
   if (i < n) {
@@ -149,7 +122,7 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, float scale, uint8_t* 
     HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
     HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
     std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
-    const VU q = QuantizeLanes<D>(df, LoadF32<D>(df, in_buf), vscale);
+    const VU q = QuantizeLanes<D, kByReciprocal>(df, LoadF32<D>(df, in_buf), vscale);
     hn::StoreU(hn::TruncateTo(d8, q), d8, out_buf);
     std::memcpy(dst + i, out_buf, n - i);
   }
@@ -333,7 +306,109 @@ HWY_INLINE bool DequantizeRun(const uint8_t* src, size_t n, float scale, uint8_t
   return true;
 }
 
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// AVX-512 (BW): decoding by table. Within one tile every element is RNE_bf16(f32(code) *
+// scale) with the same scale, so the 128 magnitudes' results (codes 0x00-0x7F) are computed
+// once per tile, by the same vector arithmetic as DequantizeRun, and each element becomes a
+// lookup of its code's low 7 bits (two 64-entry permutes and a blend per 32 elements) with
+// the code's sign bit moved to bf16's: (-c) * s = -(c * s) exactly and RNE is symmetric, and
+// a zero product keeps the code's sign, as f32 multiplication by a scale >= +0 gives. A scale
+// with its sign bit set (-0) would flip signs, so such a tile is decoded by DequantizeRun.
+// The NaN code's entry (0x7F) is 0x7FFF, and a product not finite in bf16 is 0x7F80: both
+// have magnitude bits >= 0x7F80, which is the one check (once per run).
+constexpr size_t kTableEntries = 128;
+constexpr size_t kDecodePrefetchAhead = 2048;
+
+// The 128 results of `scale` as bf16 bits at table (64-byte aligned).
+HWY_INLINE void BuildDecodeTable(float scale, uint16_t* table) {
+  const DF df;
+  const DU du;
+  const hn::Rebind<uint16_t, DF> d16;
+  const size_t lanes = hn::Lanes(df);
+  const VF vscale = hn::Set(df, scale);
+  for (size_t m = 0; m < kTableEntries; m += lanes) {
+    const VU code = hn::Iota(du, static_cast<uint32_t>(m));
+    const VF y = RoundToDType<DType::kBF16>(df, hn::Mul(DecodeE4M3Lanes(df, code), vscale));
+    hn::Store(hn::TruncateTo(d16, hn::ShiftRight<16>(hn::BitCast(du, y))), d16, table + m);
+  }
+  table[0x7F] = 0x7FFF;  // the NaN code
+}
+
+// n codes at src through `table`, as bf16 at dst; the max magnitude bits go into *acc.
+HWY_INLINE void LookupRun(const uint8_t* src, size_t n, const uint16_t* table, uint8_t* dst,
+                          __m512i* acc) {
+  const __m512i t0 = _mm512_load_si512(table);
+  const __m512i t1 = _mm512_load_si512(table + 32);
+  const __m512i t2 = _mm512_load_si512(table + 64);
+  const __m512i t3 = _mm512_load_si512(table + 96);
+  const __m512i bit6 = _mm512_set1_epi16(0x40);
+  const __m512i sign = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
+  const __m512i abs = _mm512_set1_epi16(0x7FFF);
+  __m512i m = *acc;
+  auto lanes32 = [&](__m512i code) {
+    // Entries 0-63 and 64-127 (the permutes use the index's low 6 bits), chosen by bit 6.
+    const __m512i lo = _mm512_permutex2var_epi16(t0, code, t1);
+    const __m512i hi = _mm512_permutex2var_epi16(t2, code, t3);
+    const __m512i mag = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(code, bit6), lo, hi);
+    m = _mm512_max_epu16(m, mag);
+    // mag | ((code << 8) & 0x8000): 0xF8 is A | (B & C).
+    return _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(code, 8), sign, 0xF8);
+  };
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    // The codes come from the page cache, so from memory: ask for them well ahead (past
+    // 4 KiB page ends, where the hardware prefetcher stops).
+    if ((i & 63) == 0) hwy::Prefetch(src + i + kDecodePrefetchAhead);
+    const __m512i code = _mm512_cvtepu8_epi16(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+    _mm512_storeu_si512(dst + 2 * i, lanes32(code));
+  }
+  if (i < n) {
+    const __mmask32 k = _bzhi_u32(0xFFFFFFFFu, static_cast<uint32_t>(n - i));
+    const __m512i code = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, src + i));
+    // Lanes past n hold code 0 (+0), whose magnitude cannot raise the max.
+    _mm512_mask_storeu_epi16(dst + 2 * i, k, lanes32(code));
+  }
+  *acc = _mm512_and_si512(m, abs);
+}
+
+bool DequantizeByTable(const SourceChunk& in, uint8_t* out) {
+  const size_t first_tile_row = in.first_row / in.block_rows;
+  auto tables = hwy::AllocateAligned<uint16_t>(in.scale_cols * kTableEntries);
+  std::vector<uint8_t> usable(in.scale_cols);
+  if (!tables) throw std::bad_alloc();
+  __m512i acc = _mm512_setzero_si512();
+  size_t built_for = ~size_t{0};  // the tile row whose tables are built
+  for (size_t r = 0; r < in.rows; ++r) {
+    const size_t tile_row = (in.first_row + r) / in.block_rows - first_tile_row;
+    const float* scale_row = in.scales + tile_row * in.scale_cols;
+    if (tile_row != built_for) {
+      for (size_t j = 0; j < in.scale_cols; ++j) {
+        usable[j] = !std::signbit(scale_row[j]);
+        if (usable[j]) BuildDecodeTable(scale_row[j], tables.get() + j * kTableEntries);
+      }
+      built_for = tile_row;
+    }
+    const uint8_t* codes = in.codes + r * in.cols;
+    uint8_t* dst = out + 2 * r * in.cols;
+    for (size_t c0 = 0, j = 0; c0 < in.cols; c0 += in.block_cols, ++j) {
+      const size_t n = std::min(in.block_cols, in.cols - c0);
+      if (usable[j]) {
+        LookupRun(codes + c0, n, tables.get() + j * kTableEntries, dst + 2 * c0, &acc);
+      } else if (!DequantizeRun(codes + c0, n, scale_row[j], dst + 2 * c0)) {
+        return false;
+      }
+    }
+  }
+  // Any lane whose magnitude bits reached 0x7F80 (Inf, or the NaN code's 0x7FFF) is bad.
+  return _mm512_cmpge_epu16_mask(acc, _mm512_set1_epi16(0x7F80)) == 0;
+}
+#endif
+
 bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  return DequantizeByTable(in, out);
+#else
   const size_t first_tile_row = in.first_row / in.block_rows;
   for (size_t r = 0; r < in.rows; ++r) {
     const float* scale_row =
@@ -346,6 +421,7 @@ bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
     }
   }
   return true;
+#endif
 }
 
 }  // namespace HWY_NAMESPACE

@@ -7,6 +7,7 @@
 // that follows compares DST with the source of the same expert.
 #include <cstring>
 
+#include "format/source_quant.h"
 #include "plan/expert_prune.h"
 #include "verify/verifier.h"
 
@@ -59,13 +60,6 @@ Status Verifier::MatchPrunedExperts() {
     }
   }
   if (!pruned) return Status::Ok();
-  // SRC's FP8 scales were paired with its weights by their unpruned names.
-  if (!src_quant_.scales.empty()) {
-    return Error(ErrorCode::kUnsupported,
-                 "SRC is " + src_quant_.description +
-                     " and DST is expert-pruned; verify cannot compare an expert-pruned output "
-                     "against a quantized source yet (verify without SRC)");
-  }
   auto plan = PruneExpertsKept(src_->folder, layers, kept, std::vector<std::vector<double>>(layers.size()),
                                {}, 0.0, "inferred from the routers");
   if (!plan.ok()) {
@@ -97,6 +91,17 @@ Status Verifier::MatchPrunedExperts() {
     src_->owned[name] = std::move(bytes);
   }
   IndexTensors(*src_);
+  // An FP8 SRC: its scales were paired with its weights by their unpruned names. Paired again
+  // on the pruned headers, as the converter pairs them (MakePlan prunes, then BuildPlan
+  // detects): a kept expert's weight and its weight_scale_inv are renamed alike, a pruned
+  // one's are both gone.
+  if (!src_quant_.scales.empty()) {
+    auto q = DetectSourceQuantization(src_->folder);
+    if (!q.ok()) return Error(q.status().code(), "SRC (expert-pruned) " + q.status().message());
+    src_quant_ = std::move(q).value();
+    scale_of_weight_.clear();
+    for (const auto& [weight, sc] : src_quant_.scales) scale_of_weight_[sc.name] = weight;
+  }
   return Status::Ok();
 }
 

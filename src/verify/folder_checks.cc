@@ -9,6 +9,7 @@
 #include "schemes/float_formats.h"
 #include "verify/messages.h"
 #include "verify/pruned_rows.h"
+#include "verify/zero_structure.h"
 #include "verify/verifier.h"
 
 namespace quench::verify {
@@ -113,6 +114,8 @@ void Verifier::CheckSource() {
   for (const Shard& s : dst_.folder.shards) {
     for (const TensorInfo& t : s.header.tensors) {
       if (quant_outputs_.count(t.name) || src_->Find(t.name)) continue;
+      // The KV cache's scales (their values: verify --stats).
+      if (kv_cache_ && (t.name.ends_with(".k_scale") || t.name.ends_with(".v_scale"))) continue;
       Problem(s.rel_name, t.name, "extra", "not in the source and not written by quantization");
     }
   }
@@ -196,6 +199,7 @@ bool Verifier::EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const 
   }
   const uint64_t rows = t.shape[0], cols = t.shape[1];
   const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
+  if (opt_.prune_updates) return HasSparseGptZeros(t, dp, why);
   PrunedRows pr(opt_.prune, sp, t.dtype, rows, cols);
   uint64_t so, doff;
   const MappedFile *sm, *dm;
@@ -221,6 +225,31 @@ bool Verifier::EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const 
   sm->Release(so, rows * row_bytes);
   dm->Release(doff, rows * row_bytes);
   return true;
+}
+
+// Pruning alone with SparseGPT: DST's tensor (same dtype and shape as the source, 2-D float)
+// has the zeros SparseGPT's mask leaves; its kept values are SparseGPT's updates, which no
+// source-side computation reproduces, so they are not compared.
+bool Verifier::HasSparseGptZeros(const TensorInfo& t, const uint8_t* dp, std::string* why) {
+  const uint64_t rows = t.shape[0], cols = t.shape[1];
+  const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
+  uint64_t doff;
+  const MappedFile* dm;
+  dst_.Data(t.name, &doff, &dm);
+  ZeroStructure zs(opt_.prune, rows, cols, opt_.prune_block);
+  std::vector<uint8_t> zero(cols);
+  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t c = 0; c < cols; ++c) zero[c] = LoadFloat(dp + r * row_bytes, t.dtype, c) == 0;
+    zs.AddRow(r, zero);
+    if ((r + 1) % rows_per_chunk == 0) dm->Release(doff, (r + 1) * row_bytes);
+  }
+  dm->Release(doff, rows * row_bytes);
+  const std::string short_of = zs.Finish();
+  if (short_of.empty()) return true;
+  *why = "differs from the source and lacks the zeros SparseGPT " + PruneText(opt_.prune) +
+         " leaves: " + short_of;
+  return false;
 }
 
 }  // namespace quench::verify

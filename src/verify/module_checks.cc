@@ -161,7 +161,10 @@ bool Verifier::CheckExpectedTensors(const std::string& module, const Group& g,
               "expected " + want + ", found " + std::string(DTypeName(t->dtype)));
       ok = false;
     }
-    if (t->shape != e.shape) {
+    // A 0-dim tensor holds the one value a [1] one does: compressed-tensors'
+    // ModelOptNvfp4Converter writes its global scales so, and vLLM loads either.
+    const bool scalar = e.shape == std::vector<uint64_t>{1} && t->shape.empty();
+    if (t->shape != e.shape && !scalar) {
       Problem(dst_.FileOf(name), name, "shape",
               "expected " + ShapeString(e.shape) + " for a " + ShapeString({out, in}) + " weight, found " +
                   ShapeString(t->shape));

@@ -12,6 +12,7 @@
 #include "verify/messages.h"
 #include "verify/pruned_rows.h"
 #include "verify/verifier.h"
+#include "verify/zero_structure.h"
 
 namespace quench::verify {
 
@@ -124,7 +125,15 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   const prune::PruneSpec& ps = opt_.prune;
   const std::string wname = v.module + ".weight";
   std::optional<PrunedRows> pruned;
-  if (pruning() && v.x) {
+  // SparseGPT: its own mask and updated values; only the zeros' structure is checked.
+  const bool own_mask = pruning() && opt_.prune_updates;
+  std::optional<ZeroStructure> zs;
+  std::vector<uint8_t> zero;
+  if (own_mask) {
+    zs.emplace(ps, v.out, v.in, opt_.prune_block);
+    zero.resize(v.in);
+  }
+  if (pruning() && v.x && !own_mask) {
     pruned.emplace(ps, v.x, v.xdt, v.out, v.in);
     if (!pruned->Init([&](uint64_t bytes) { ReleaseSourceWeight(v, bytes); })) {
       Problem("SRC:" + src_->FileOf(wname), wname, "pruned",
@@ -159,7 +168,13 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
         return;
       }
     }
-    if (pruning() && !v.x) TallyZeroStructure(v, b, r, ps, row_prune, t);
+    if (own_mask) {
+      for (uint64_t c = 0; c < v.in; ++c) zero[c] = !b.bad_code[c] && b.q[c] == b.zp[c];
+      zs->AddRow(r, zero);
+      xrow = nullptr;
+    } else if (pruning() && !v.x) {
+      TallyZeroStructure(v, b, r, ps, row_prune, t);
+    }
     TallyRow(v, b, r, xrow, pruned.has_value(), u, t);
     if ((r + 1) % rows_per_chunk == 0) {
       // Release what has been walked (the whole tensors are released at the end as well).
@@ -169,6 +184,16 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   }
   const std::string& qname = names.front();
   ReportCodes(v, qname, t);
+  if (own_mask) {
+    if (v.x) ReleaseSourceWeight(v, v.out * row_src_bytes);
+    const std::string why = zs->Finish();
+    if (!why.empty()) {
+      Problem(file, qname, "sparsity",
+              "dequantized zeros do not have the structure SparseGPT " + PruneText(ps) +
+                  " leaves: " + why);
+    }
+    return;
+  }
   if (pruning() && !v.x) ReportZeroStructure(v, file, qname, t);
   if (v.x == nullptr) return;
   ReportAgainstSource(v, file, qname, row_src_bytes, t);

@@ -22,6 +22,7 @@ JsonValue SummaryJson(const VerifyReport& r) {
   sum.Set("tensors_copied", JsonValue(r.tensors_copied));
   sum.Set("tensors_pruned", JsonValue(r.tensors_pruned));
   sum.Set("tensors_decoded", JsonValue(r.tensors_decoded));
+  sum.Set("static_scales_checked", JsonValue(r.static_scales_checked));
   sum.Set("bytes_compared", JsonValue(r.bytes_compared));
   sum.Set("problems", JsonValue(static_cast<uint64_t>(r.problems.size())));
   return sum;

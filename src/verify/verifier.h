@@ -25,7 +25,8 @@
 //   sqnr               the tensor's SQNR against the source is below its format's threshold
 //   pruned             (--prune) an element zero in the pruned source does not dequantize to
 //                      exactly 0, or the source holds NaN/Inf so it cannot be pruned
-//   sparsity           (--prune, no SRC) the dequantized zeros lack the spec's structure
+//   sparsity           (--prune, no SRC; or --algorithm sparsegpt) the dequantized zeros lack
+//                      the spec's structure
 #ifndef QUENCH_VERIFY_VERIFIER_H_
 #define QUENCH_VERIFY_VERIFIER_H_
 
@@ -104,6 +105,7 @@ class Verifier {
   void CheckFusedSets();
   void CheckSource();
   void CheckSourceTensor(const Shard& s, const TensorInfo& t);
+  bool HasSparseGptZeros(const TensorInfo& t, const uint8_t* dp, std::string* why);
   bool EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const uint8_t* dp,
                           std::string* why);
 
@@ -136,6 +138,8 @@ class Verifier {
   std::set<std::string> quant_outputs_;
   std::map<std::string, float> global_scales_;  // NVFP4 module -> weight_global_scale
   bool prune_only_ = false;  // --prune and no quantization_config: pruning alone
+  // kv_cache_scheme in the config: attention modules carry k_scale / v_scale.
+  bool kv_cache_ = false;
 };
 
 }  // namespace quench::verify

@@ -90,6 +90,8 @@ bool Verifier::LoadConfig() {
     Problem(config_file_, "", "config", "quant_method is not \"compressed-tensors\"");
     return false;
   }
+  const JsonValue* kv = q->Find("kv_cache_scheme");
+  kv_cache_ = kv != nullptr && kv->is_object();
   std::string global_format;
   if (const JsonValue* gf = q->Find("format"); gf && gf->is_string()) global_format = gf->as_string();
   std::vector<std::string> ignore;
@@ -211,6 +213,7 @@ Result<VerifyReport> Verify(const VerifyOptions& options) {
   VerifyReport report;
   verify::Verifier v(options, report);
   QUENCH_RETURN_IF_ERROR(v.Run());
+  if (options.stats) QUENCH_RETURN_IF_ERROR(CheckStaticScales(options, report));
   return report;
 }
 

@@ -53,6 +53,19 @@ struct VerifyOptions {
   // spec's structure. A checkpoint with no quantization_config (pruning alone): with SRC,
   // every tensor is the source or the source pruned by this spec.
   prune::PruneSpec prune;
+  // --stats: the statistics DST's static scales came from. With SRC, the conversion is planned
+  // again from SRC, the statistics and what the config records (its one preset group, static
+  // or asymmetric activations, kv_cache_scheme), and every input_scale, input_zero_point,
+  // input_global_scale, k_scale and v_scale of DST must equal the planned bytes
+  // (src/verify/static_scales.cc).
+  std::optional<std::filesystem::path> stats;
+  // `--algorithm sparsegpt`: the pruning chose its own mask (OBS saliency) and updated the
+  // weights it kept, so DST is not compared with the source pruned by magnitude, nor its values
+  // with the source's: its zeros must have the structure SparseGPT's definition fixes (N:M per
+  // row; unstructured: per block of `prune_block` columns over all rows, at least
+  // int(rows * width * F) zeros), with or without SRC (verify/zero_structure.h).
+  bool prune_updates = false;
+  uint64_t prune_block = 128;
 };
 
 // One thing wrong. `rule` is a short stable identifier (listed in verifier.h).
@@ -90,6 +103,7 @@ struct VerifyReport {
   uint64_t tensors_pruned = 0;        // pruning alone: tensors equal to the pruned source
   uint64_t tensors_decoded = 0;       // FP8 SRC weights DST stores decoded (BF16), equal to
                                       // the decoded source
+  uint64_t static_scales_checked = 0;  // --stats: scales equal to the statistics' values
   uint64_t bytes_compared = 0;        // source bytes compared or dequantized against (SRC only)
   bool ok() const { return problems.empty(); }
 };
@@ -97,6 +111,9 @@ struct VerifyReport {
 // Errors (as a Status) only when DST cannot be examined at all (missing folder, I/O failure);
 // a malformed or inconsistent checkpoint is reported as problems in the report.
 Result<VerifyReport> Verify(const VerifyOptions& options);
+
+// The --stats check alone (Verify runs it when options.stats is set); problems go to report.
+Status CheckStaticScales(const VerifyOptions& options, VerifyReport& report);
 
 // The SQNR threshold (dB) below which a quantized tensor is an error, for a threshold family
 // ("fp8", "int2".."int8", "nvfp4", "mxfp4") and whether scales are per channel (coarser than

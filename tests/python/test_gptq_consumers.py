@@ -1,11 +1,12 @@
 """quench's GPTQ outputs as compressed-tensors reads them: data/tiny-llama with a statistics
 folder written here (numpy: Hessians of correlated activations with outlier channels, in the
-format of docs/statistics-format.md), converted with --algorithm gptq (W4A16 and W4A16_ASYM,
-groups of 64) and with RTN. compressed-tensors' model-free dequantizer must accept the output
+format of docs/statistics-format.md), converted with --algorithm gptq (W4A16 and W4A16_ASYM with
+groups of 64; FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16) and with RTN. compressed-tensors' model-free dequantizer must accept the output
 and give back every weight, and on every weight with statistics the proxy loss tr(dW H dW^T)
 of its dequantized GPTQ weights must be below that of its dequantized RTN weights; weights
 without statistics (layer 1's down_proj) must dequantize exactly as RTN's."""
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -68,7 +69,8 @@ def write_stats(folder, weights):
     return {w: hs[c["site"]] for w, c in consumers.items()}
 
 
-@pytest.mark.parametrize("scheme", ["W4A16", "W4A16_ASYM"])
+@pytest.mark.parametrize("scheme", ["W4A16", "W4A16_ASYM", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16",
+                                    "MXFP4A16"])
 def test_gptq_output_dequantizes_and_beats_rtn(tmp_path, scheme):
     src = C.load_tensors(C.TINY_LLAMA)
     hs = write_stats(tmp_path / "stats", {k: v.float().numpy() for k, v in src.items()})
@@ -76,8 +78,10 @@ def test_gptq_output_dequantizes_and_beats_rtn(tmp_path, scheme):
     for algo in ("gptq", "rtn"):
         dst = tmp_path / algo
         extra = ["--stats", str(tmp_path / "stats"), "--algorithm", "gptq"] if algo == "gptq" else []
+        # Integer groups of 64 (128 does not divide down_proj's 704 inputs).
+        group = ["--group-size", "64"] if scheme.startswith("W4") else []
         subprocess.run([str(C.QUENCH), "convert", str(C.TINY_LLAMA), str(dst), "--scheme", scheme,
-                        "--group-size", "64", "-q", *extra], check=True)
+                        *group, "-q", *extra], check=True)
         out = C.load_tensors(dst)
         outs[algo] = CompressedTensorsDequantizer(str(dst), dtype=torch.float32).validate(dict(out))
         assert set(outs[algo]) == set(src)
@@ -88,3 +92,33 @@ def test_gptq_output_dequantizes_and_beats_rtn(tmp_path, scheme):
         assert loss["gptq"] < loss["rtn"], (name, loss)
     d1 = "model.layers.1.mlp.down_proj.weight"
     assert torch.equal(outs["gptq"][d1], outs["rtn"][d1])
+
+
+def test_actorder_group_is_refused_by_the_loaders(tmp_path):
+    """`--actorder group` (weight_g_idx) cannot make a loadable checkpoint: compressed-tensors
+    0.19.0's QuantizationArgs refuses actorder 'group' in its field validator, so parsing the
+    config (what transformers' loader and every compressed-tensors entry point do) fails with
+    this message; quench refuses the option with the same words."""
+    from compressed_tensors.quantization import QuantizationConfig
+    from transformers import AutoModelForCausalLM
+
+    src = C.load_tensors(C.TINY_LLAMA)
+    write_stats(tmp_path / "stats", {k: v.float().numpy() for k, v in src.items()})
+    dst = tmp_path / "out"
+    subprocess.run([str(C.QUENCH), "convert", str(C.TINY_LLAMA), str(dst), "--scheme", "W4A16",
+                    "--group-size", "64", "-q", "--stats", str(tmp_path / "stats"),
+                    "--algorithm", "gptq"], check=True)
+    cfg = json.loads((dst / "config.json").read_text())
+    for group in cfg["quantization_config"]["config_groups"].values():
+        group["weights"]["actorder"] = "group"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    message = "actorder='group' has been removed. Consider using actorder='weight' or actorder=None instead."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QuantizationConfig.model_validate(cfg["quantization_config"])
+    with pytest.raises(ValueError, match="actorder='group' has been removed"):
+        AutoModelForCausalLM.from_pretrained(str(dst))
+    r = subprocess.run([str(C.QUENCH), "convert", str(C.TINY_LLAMA), str(tmp_path / "g"),
+                        "--scheme", "W4A16", "--group-size", "64", "--stats",
+                        str(tmp_path / "stats"), "--algorithm", "gptq", "--actorder", "group"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "actorder 'group' has been removed" in r.stderr

@@ -1,0 +1,241 @@
+// ModelOpt NVFP4 checkpoints (NVIDIA TensorRT Model Optimizer): per quantized Linear X,
+// X.weight U8 [out, in/2] (two FP4 E2M1 codes a byte, low nibble first), X.weight_scale
+// F8_E4M3 [out, in/16], X.weight_scale_2 F32 (one per tensor: the value is
+// code * weight_scale * weight_scale_2) and X.input_scale F32; modules in exclude_modules are
+// stored unquantized. Described by hf_quant_config.json and/or config.json's
+// quantization_config (quant_method "modelopt", quant_algo "NVFP4").
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "format/source_packed.h"
+#include "format/source_quant.h"
+
+namespace quench {
+namespace {
+
+constexpr uint64_t kGroup = 16;  // NVFP4: one E4M3 scale per 16 inputs
+
+std::string Shape(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// "*" and "?" globs (ModelOpt matches exclude_modules with fnmatch) as a "re:" entry; other
+// names verbatim, as a user passes them to the reference converter.
+std::string IgnoreEntry(const std::string& e) {
+  if (e.find_first_of("*?") == std::string::npos) return e;
+  std::string re = "re:";
+  for (char c : e) {
+    if (c == '*') re += ".*";
+    else if (c == '?') re += ".";
+    else re += PythonReEscape(std::string(1, c));
+  }
+  return re;
+}
+
+bool Glob(const char* p, const char* s) {
+  if (*p == 0) return *s == 0;
+  if (*p == '*') return Glob(p + 1, s) || (*s != 0 && Glob(p, s + 1));
+  if (*s != 0 && (*p == '?' || *p == *s)) return Glob(p + 1, s + 1);
+  return false;
+}
+
+Result<float> ReadScalar(const ModelFolder& folder, size_t shard, const TensorInfo& t) {
+  const std::string at = folder.shards[shard].rel_name + ": tensor '" + t.name + "'";
+  if (t.dtype != DType::kF32 || t.numel() != 1) {
+    return Error(ErrorCode::kInvalidInput, at + " is " + std::string(DTypeName(t.dtype)) + " " +
+                                               Shape(t.shape) + "; ModelOpt writes one F32 value");
+  }
+  std::ifstream f(folder.shards[shard].path, std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(folder.shards[shard].header.data_start + t.begin));
+  float v = 0.f;
+  if (!f.read(reinterpret_cast<char*>(&v), 4)) {
+    return Error(ErrorCode::kIo, at + ": cannot read its value");
+  }
+  if (!std::isfinite(v) || !(v > 0.f)) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + " is " + std::to_string(v) +
+                     "; a ModelOpt per-tensor scale must be finite and positive");
+  }
+  return v;
+}
+
+}  // namespace
+
+Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found,
+                                                    bool* file_only) {
+  *found = false;
+  std::optional<JsonValue> from_config, from_file;
+  if (folder.config) {
+    if (const JsonValue* q = folder.config->Find("quantization_config");
+        q != nullptr && q->is_object()) {
+      const JsonValue* m = q->Find("quant_method");
+      if (m != nullptr && m->is_string() && m->as_string() == "modelopt") from_config = *q;
+    }
+  }
+  for (const std::string& f : folder.other_files) {
+    if (f != "hf_quant_config.json") continue;
+    QUENCH_ASSIGN_OR_RETURN(JsonValue j, ReadJsonFile((folder.root / f).string()));
+    const JsonValue* q = j.Find("quantization");
+    if (q == nullptr || !q->is_object()) {
+      return Error(ErrorCode::kInvalidInput,
+                   "hf_quant_config.json: no \"quantization\" object (ModelOpt's layout)");
+    }
+    from_file = *q;
+  }
+  if (!from_config && !from_file) return std::optional<JsonValue>();
+  if (folder.config && !from_config && folder.config->Find("quantization_config") != nullptr &&
+      !folder.config->Find("quantization_config")->is_null()) {
+    // config.json names another method: hf_quant_config.json is a leftover (compressed-
+    // tensors' converters copy it into their compressed-tensors output), config.json decides.
+    return std::optional<JsonValue>();
+  }
+  if (from_config && from_file) {
+    const JsonValue* a = from_config->Find("quant_algo");
+    const JsonValue* b = from_file->Find("quant_algo");
+    const std::string sa = a && a->is_string() ? a->as_string() : "";
+    const std::string sb = b && b->is_string() ? b->as_string() : "";
+    if (sa != sb) {
+      return Error(ErrorCode::kInvalidInput, "config.json's quant_algo '" + sa +
+                                                 "' contradicts hf_quant_config.json's '" + sb + "'");
+    }
+  }
+  *found = true;
+  *file_only = !from_config;
+  return from_file ? from_file : from_config;
+}
+
+Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::string& where,
+                      bool file_only, SourceQuantization* out) {
+  out->format = SourceFormat::kModelOptNvfp4;
+  const JsonValue* algo = q.Find("quant_algo");
+  const std::string a = algo && algo->is_string() ? algo->as_string() : "";
+  if (a != "NVFP4") {
+    return Error(ErrorCode::kUnsupported,
+                 where + ": ModelOpt quant_algo '" + (a.empty() ? "(none)" : a) +
+                     "': only NVFP4 checkpoints are read");
+  }
+  if (const JsonValue* g = q.Find("group_size"); g && g->is_int() && g->as_int() != 16) {
+    return Error(ErrorCode::kInvalidInput, where + ": group_size " + std::to_string(g->as_int()) +
+                                               "; NVFP4 has one scale per 16 inputs");
+  }
+  if (const JsonValue* kv = q.Find("kv_cache_quant_algo"); kv && !kv->is_null()) {
+    return Error(ErrorCode::kUnsupported,
+                 where + ": kv_cache_quant_algo is set; ModelOpt KV-cache scales are not read yet");
+  }
+  std::vector<std::string> exclude;
+  if (const JsonValue* e = q.Find("exclude_modules"); e && e->is_array()) {
+    for (const JsonValue& v : e->as_array()) {
+      if (v.is_string()) exclude.push_back(v.as_string());
+    }
+  }
+  for (const std::string& e : exclude) out->repack_ignore.push_back(IgnoreEntry(e));
+  out->own_scheme = "NVFP4";
+  out->group_size = kGroup;
+  struct Located {
+    size_t shard;
+    const TensorInfo* info;
+  };
+  std::map<std::string, Located> found;
+  for (size_t si = 0; si < folder.shards.size(); ++si) {
+    for (const TensorInfo& t : folder.shards[si].header.tensors) found.emplace(t.name, Located{si, &t});
+  }
+  auto ref = [&](const Located& l) {
+    return SourceTensorRef{l.shard, l.info->name, l.info->dtype, l.info->shape,
+                           folder.shards[l.shard].header.data_start + l.info->begin,
+                           l.info->nbytes()};
+  };
+  std::set<std::string> used;
+  for (const auto& [name, loc] : found) {
+    if (name.ends_with(".k_scale") || name.ends_with(".v_scale")) {
+      return Error(ErrorCode::kUnsupported, folder.shards[loc.shard].rel_name + ": tensor '" +
+                                                name + "': ModelOpt KV-cache scales are not read yet");
+    }
+    if (!name.ends_with(".weight_scale")) continue;
+    const std::string module = name.substr(0, name.size() - 13);
+    const std::string sat = folder.shards[loc.shard].rel_name + ": tensor '" + name + "'";
+    for (const std::string& e : exclude) {
+      if (Glob(e.c_str(), module.c_str())) {
+        return Error(ErrorCode::kInvalidInput,
+                     sat + ": its module is in exclude_modules ('" + e +
+                         "') yet stored quantized (the tensors contradict the config)");
+      }
+    }
+    auto w_it = found.find(module + ".weight");
+    if (w_it == found.end()) {
+      return Error(ErrorCode::kInvalidInput, sat + " has no '" + module + ".weight' beside it");
+    }
+    const TensorInfo& w = *w_it->second.info;
+    const std::string wat = folder.shards[w_it->second.shard].rel_name + ": tensor '" + w.name + "'";
+    if (w.dtype != DType::kU8 || w.shape.size() != 2 || w.shape[0] == 0 || w.shape[1] == 0) {
+      return Error(ErrorCode::kInvalidInput,
+                   wat + " is " + std::string(DTypeName(w.dtype)) + " " + Shape(w.shape) +
+                       "; a ModelOpt NVFP4 weight is U8 [out, in / 2] (two FP4 codes a byte)");
+    }
+    const uint64_t rows = w.shape[0], cols = w.shape[1] * 2;
+    const TensorInfo& s = *loc.info;
+    if (s.dtype != DType::kF8E4M3) {
+      return Error(ErrorCode::kInvalidInput, sat + " has dtype " + std::string(DTypeName(s.dtype)) +
+                                                 "; NVFP4's weight_scale is F8_E4M3");
+    }
+    if (cols % kGroup != 0 || s.shape != std::vector<uint64_t>{rows, cols / kGroup}) {
+      return Error(ErrorCode::kInvalidInput,
+                   sat + " has shape " + Shape(s.shape) + "; expected " +
+                       Shape({rows, (cols + kGroup - 1) / kGroup}) + " (weight " +
+                       Shape(w.shape) + ": " + std::to_string(cols) + " inputs in groups of 16)");
+    }
+    PackedSourceWeight pw;
+    pw.source_name = w.name;
+    pw.rows = rows;
+    pw.cols = cols;
+    pw.group = kGroup;
+    pw.codes = ref(w_it->second);
+    pw.scales = ref(loc);
+    auto s2 = found.find(module + ".weight_scale_2");
+    if (s2 == found.end()) {
+      return Error(ErrorCode::kInvalidInput,
+                   wat + " has no '" + module + ".weight_scale_2' in any shard (its per-tensor "
+                         "scale); it cannot be decoded");
+    }
+    QUENCH_ASSIGN_OR_RETURN(pw.weight_scale_2, ReadScalar(folder, s2->second.shard, *s2->second.info));
+    used.insert(name);
+    used.insert(s2->first);
+    out->packed_aux.push_back(name);
+    out->packed_aux.push_back(s2->first);
+    if (auto is = found.find(module + ".input_scale"); is != found.end()) {
+      QUENCH_ASSIGN_OR_RETURN(float v, ReadScalar(folder, is->second.shard, *is->second.info));
+      pw.input_scale = v;
+      used.insert(is->first);
+      out->packed_aux.push_back(is->first);
+    }
+    out->packed.emplace(w.name, std::move(pw));
+  }
+  for (const auto& [name, loc] : found) {
+    const bool qparam = name.ends_with(".weight_scale_2") || name.ends_with(".input_scale");
+    const bool packed_weight = loc.info->dtype == DType::kU8 && name.ends_with(".weight");
+    if ((qparam && !used.contains(name)) || (packed_weight && !out->packed.contains(name))) {
+      return Error(ErrorCode::kInvalidInput,
+                   folder.shards[loc.shard].rel_name + ": tensor '" + name +
+                       "' has no NVFP4 weight and weight_scale to go with it (the tensors "
+                       "contradict the ModelOpt NVFP4 config)");
+    }
+  }
+  if (out->packed.empty()) {
+    if (file_only) {  // a dequantized output with the converters' leftover file
+      *out = SourceQuantization{};
+      return Status::Ok();
+    }
+    return Error(ErrorCode::kInvalidInput, where + ": quant_algo NVFP4 but no tensor is an "
+                                                   "NVFP4 weight with a weight_scale");
+  }
+  out->description = "ModelOpt NVFP4 (FP4 E2M1, E4M3 scale per 16, F32 weight_scale_2), " +
+                     std::to_string(out->packed.size()) +
+                     " weights (lossless repack: --scheme NVFP4 or NVFP4A16)";
+  return Status::Ok();
+}
+
+}  // namespace quench

@@ -1,0 +1,201 @@
+#include "pipeline/source_decode_packed.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "schemes/float_formats.h"
+
+namespace quench {
+namespace {
+
+constexpr int kAwq = 1;
+// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (AutoAWQConverter's
+// AWQ_REVERSE_ORDER undoes it).
+constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
+
+Status BadScale(const Plan& plan, const PlannedTensor& t, float v, uint64_t row, uint64_t col) {
+  const PlannedSourceScale& s = *t.source_scale;
+  return Error(ErrorCode::kInvalidInput,
+               plan.shards[s.shard].rel_name + ": tensor '" + s.name + "' holds " +
+                   (std::isnan(v) ? "a NaN" : std::isinf(v) ? "an infinite" : "a negative") +
+                   " scale at [" + std::to_string(row) + ", " + std::to_string(col) + "]; '" +
+                   t.name + "' cannot be decoded (a scale must be finite and not negative)");
+}
+
+bool GoodScale(float v) { return v >= 0.f && !std::isinf(v); }  // NaN fails v >= 0
+
+// AWQ: the words, scales and zero points rows [r0, r1) need, read and checked.
+struct AwqRows {
+  uint64_t c0 = 0, words = 0, groups = 0;
+  std::vector<uint32_t> codes;   // [in, words]
+  std::vector<uint16_t> scales;  // [groups, r1 - r0] F16 bits
+  std::vector<uint32_t> zeros;   // [groups, words] (empty: symmetric)
+};
+
+Status ReadAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+               uint64_t r1, AwqRows* a) {
+  const PlannedSourceScale& s = *t.source_scale;
+  const uint64_t rows = t.shape[0], cols = t.shape[1], wpr = rows / 8;  // words per qweight row
+  a->c0 = r0 / 8;
+  a->words = (r1 + 7) / 8 - a->c0;
+  a->groups = cols / s.group;
+  QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
+  a->codes.resize(cols * a->words);
+  for (uint64_t i = 0; i < cols; ++i) {
+    std::memcpy(&a->codes[i * a->words], map->data() + t.src_offset + (i * wpr + a->c0) * 4,
+                a->words * 4);
+  }
+  const uint64_t n = r1 - r0;
+  a->scales.resize(a->groups * n);
+  for (uint64_t g = 0; g < a->groups; ++g) {
+    QUENCH_RETURN_IF_ERROR(maps.Read(s.shard, s.offset + (g * rows + r0) * 2, n * 2,
+                                     reinterpret_cast<uint8_t*>(&a->scales[g * n])));
+    for (uint64_t k = 0; k < n; ++k) {
+      const float v = F16ToF32(a->scales[g * n + k]);
+      if (!GoodScale(v)) return BadScale(plan, t, v, g, r0 + k);
+    }
+  }
+  if (s.zeros) {
+    a->zeros.resize(a->groups * a->words);
+    for (uint64_t g = 0; g < a->groups; ++g) {
+      QUENCH_RETURN_IF_ERROR(maps.Read(s.zeros->first, s.zeros->second + (g * wpr + a->c0) * 4,
+                                       a->words * 4,
+                                       reinterpret_cast<uint8_t*>(&a->zeros[g * a->words])));
+    }
+  }
+  return Status::Ok();
+}
+
+uint32_t AwqCode(const std::vector<uint32_t>& words, uint64_t row_words, uint64_t i,
+                 uint64_t c, uint64_t m) {
+  return (words[i * row_words + c] >> (4 * kAwqNibble[m])) & 0xF;
+}
+
+Status DecodeAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                 uint64_t r1, uint16_t* out, bool* finite) {
+  AwqRows a;
+  QUENCH_RETURN_IF_ERROR(ReadAwq(plan, t, maps, r0, r1, &a));
+  const uint64_t cols = t.shape[1], g = t.source_scale->group, n = r1 - r0;
+  for (uint64_t o = r0; o < r1; ++o) {
+    const uint64_t c = o / 8 - a.c0, m = o % 8;
+    const int shift = 4 * kAwqNibble[m];
+    uint16_t* row = out + (o - r0) * cols;
+    for (uint64_t gi = 0; gi < a.groups; ++gi) {
+      const int z = a.zeros.empty() ? 8 : static_cast<int>(AwqCode(a.zeros, a.words, gi, c, m));
+      const float s = F16ToF32(a.scales[gi * n + (o - r0)]);
+      // compressed-tensors' _dequantize in the scale's dtype (F16): (q - z) and the product
+      // rounded to F16 (exact in F32 first: 5 bits times 11), then .to(bfloat16). One value
+      // per code, so the group's 16 are computed once.
+      uint16_t lut[16];
+      for (int q = 0; q < 16; ++q) {
+        const float v = F16ToF32(F32ToF16(static_cast<float>(q - z) * s));
+        if (!std::isfinite(v)) *finite = false;
+        lut[q] = F32ToBF16(v);
+      }
+      const uint32_t* words = a.codes.data() + gi * g * a.words + c;
+      for (uint64_t k = 0; k < g; ++k) row[gi * g + k] = lut[(words[k * a.words] >> shift) & 0xF];
+    }
+  }
+  return Status::Ok();
+}
+
+Status DecodeModelOpt(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                      uint64_t r1, uint16_t* out, bool* finite) {
+  const PlannedSourceScale& s = *t.source_scale;
+  const uint64_t cols = t.shape[1], g = cols / 16, n = r1 - r0;
+  QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
+  const uint8_t* codes = map->data() + t.src_offset + r0 * (cols / 2);
+  std::vector<uint8_t> sc(n * g);
+  QUENCH_RETURN_IF_ERROR(maps.Read(s.shard, s.offset + r0 * g, sc.size(), sc.data()));
+  // The converter's weight_global_scale is 1 / weight_scale_2 (F32, 0-dim); the dequantizer
+  // divides the E4M3 scale (as bf16) by it, in bf16 since a 0-dim tensor does not promote.
+  const float gs = 1.0f / s.weight_scale_2;
+  std::vector<float> scale(n * g);
+  for (uint64_t k = 0; k < n * g; ++k) {
+    const uint8_t b = sc[k];
+    if ((b & 0x7F) == 0x7F || (b & 0x80 && b != 0x80)) {
+      return BadScale(plan, t, (b & 0x7F) == 0x7F ? NAN : -1.f, r0 + k / g, k % g);
+    }
+    scale[k] = BF16ToF32(F32ToBF16(E4M3ToF32(b) / gs));
+  }
+  for (uint64_t r = 0; r < n; ++r) {
+    for (uint64_t i = 0; i < cols; ++i) {
+      const uint8_t byte = codes[r * (cols / 2) + i / 2];
+      const uint8_t code = i % 2 == 0 ? byte & 0xF : byte >> 4;  // low nibble first
+      const float e = (code & 8) ? -kE2M1[code & 7] : kE2M1[code & 7];
+      const float v = e * scale[r * g + i / 16];
+      if (!std::isfinite(v)) *finite = false;
+      out[r * cols + i] = F32ToBF16(v);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                        uint64_t r1, uint8_t* out, bool* finite) {
+  *finite = true;
+  if (r1 <= r0) return Status::Ok();
+  uint16_t* o = reinterpret_cast<uint16_t*>(out);
+  return t.source_scale->packed_kind == kAwq ? DecodeAwq(plan, t, maps, r0, r1, o, finite)
+                                             : DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
+}
+
+Status PackedRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                        uint64_t r1, float* amax, bool* finite) {
+  *amax = 0.f;
+  std::vector<uint16_t> rows((r1 - r0) * t.shape[1]);
+  QUENCH_RETURN_IF_ERROR(DecodePackedRows(plan, t, maps, r0, r1,
+                                          reinterpret_cast<uint8_t*>(rows.data()), finite));
+  for (uint16_t h : rows) *amax = std::max(*amax, std::fabs(BF16ToF32(h)));
+  return Status::Ok();
+}
+
+Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                     uint64_t r1, const ChunkOutputs& outs) {
+  if (r1 <= r0) return Status::Ok();
+  AwqRows a;
+  QUENCH_RETURN_IF_ERROR(ReadAwq(plan, t, maps, r0, r1, &a));
+  const uint64_t cols = t.shape[1], n = r1 - r0;
+  const PlannedShard& ps = plan.shards[t.shard];
+  for (size_t j = 0; j < t.kernel_outputs; ++j) {
+    const std::string& name = ps.outputs[t.outputs[j]].name;
+    uint8_t* dst = outs.out[j];
+    if (name.ends_with(".weight_packed")) {
+      // Input 8j + k of output o at nibble k of word (o, j) (pack_to_int32, offset-binary).
+      for (uint64_t o = r0; o < r1; ++o) {
+        const uint64_t c = o / 8 - a.c0, m = o % 8;
+        for (uint64_t w = 0; w < cols / 8; ++w) {
+          uint32_t word = 0;
+          for (uint64_t k = 0; k < 8; ++k) word |= AwqCode(a.codes, a.words, 8 * w + k, c, m) << (4 * k);
+          std::memcpy(dst + ((o - r0) * (cols / 8) + w) * 4, &word, 4);
+        }
+      }
+    } else if (name.ends_with(".weight_scale")) {
+      for (uint64_t o = 0; o < n; ++o) {
+        for (uint64_t gi = 0; gi < a.groups; ++gi) {
+          std::memcpy(dst + (o * a.groups + gi) * 2, &a.scales[gi * n + o], 2);
+        }
+      }
+    } else if (name.ends_with(".weight_zero_point")) {
+      // Packed along the outputs: word (R, g) holds outputs 8R..8R+7 of group g.
+      for (uint64_t R = r0 / 8; R < (r1 + 7) / 8; ++R) {
+        for (uint64_t gi = 0; gi < a.groups; ++gi) {
+          uint32_t word = 0;
+          for (uint64_t k = 0; k < 8 && 8 * R + k < r1; ++k) {
+            word |= AwqCode(a.zeros, a.words, gi, R - a.c0, k) << (4 * k);
+          }
+          std::memcpy(dst + ((R - r0 / 8) * a.groups + gi) * 4, &word, 4);
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace quench

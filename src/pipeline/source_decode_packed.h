@@ -1,0 +1,38 @@
+// AutoAWQ GEMM and ModelOpt NVFP4 weights (format/source_packed.h) read where the pipeline and
+// the pre-pass read a weight's rows: decoded to BF16 for any other scheme, or (AWQ) repacked
+// into the compressed-tensors pack-quantized outputs of the source's own scheme, unchanged.
+// Only the rows asked for are read, with their scales and zero points.
+#ifndef QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
+#define QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
+
+#include <cstdint>
+
+#include "pipeline/pipeline.h"
+#include "quench/plan.h"
+#include "schemes/chunk.h"
+
+namespace quench {
+
+// Rows [r0, r1) of `t` decoded to BF16 into `out`, as compressed-tensors dequantizes the
+// converter's repack of the same weight (CompressedTensorsDequantizer, dtype bfloat16):
+//   AWQ:     bf16(f16((q - z) * scale))                 (pack-quantized, computed in F16)
+//   ModelOpt: bf16(e2m1 * bf16(e4m3 / (1 / weight_scale_2)))  (0-dim F32 global scale)
+// A scale that is NaN, infinite or negative is kInvalidInput naming the tensor and element;
+// *finite is false when a decoded value is not finite.
+Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                        uint64_t r1, uint8_t* out, bool* finite);
+
+// The largest |x| of rows [r0, r1) decoded (the NVFP4 pre-pass).
+Status PackedRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                        uint64_t r1, float* amax, bool* finite);
+
+// AWQ repack (source_scale->repack): the W4A16(_ASYM) kernel outputs of rows [r0, r1) (r0 a
+// multiple of 8) from the stored codes, scales and zero points, as the reference's
+// AutoAWQConverter writes them: weight_packed [out, in/8] I32, weight_scale [out, in/g] F16,
+// weight_zero_point [out/8, in/g] I32 (the raw 4-bit codes, in output order).
+Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                     uint64_t r1, const ChunkOutputs& outs);
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
