@@ -101,6 +101,74 @@ def main():
     fp8_case("fp8_unknown_quant_method", "quant_method 'gptq'", [one[0]], code="unsupported",
              config=json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
 
+    # compressed-tensors sources: x is a 4 x 64 weight. W4A16-like group: int4 symmetric,
+    # groups of 32, packed as 4 x 8 I32 words with weight_shape [4, 64] and a [4, 2] scale.
+    def ct_config(weights=None, fmt="pack-quantized", targets=("Linear",), ignore=(),
+                  inputs=None):
+        wargs = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                 "group_size": 32, "dynamic": False, "actorder": None}
+        wargs.update(weights or {})
+        return json.dumps({"quantization_config": {
+            "quant_method": "compressed-tensors", "format": fmt, "ignore": list(ignore),
+            "config_groups": {"group_0": {"targets": list(targets), "weights": wargs,
+                                          "input_activations": inputs, "format": fmt}}}})
+
+    packed = ("x.weight_packed", [4, 8], "I32", b"\x11" * 128)
+    wshape = ("x.weight_shape", [2], "I64", struct.pack("<2q", 4, 64))
+
+    def bf16s(*v):
+        return b"".join(struct.pack("<f", x)[2:] for x in v)
+
+    scale = ("x.weight_scale", [4, 2], "BF16", bf16s(*([0.5] * 8)))
+
+    def ct_case(name, message, tensors, config=None, code="invalid-input"):
+        fp8_case(name, message, tensors, code=code, config=config or ct_config())
+
+    ct_case("ct_scale_missing", "'x.weight_packed' has no scale 'x.weight_scale'",
+            [packed, wshape])
+    ct_case("ct_scale_wrong_shape", "'x.weight_scale' has shape [4, 1]; its weight [4, 64]",
+            [packed, wshape, ("x.weight_scale", [4, 1], "BF16", bf16s(1, 1, 1, 1))])
+    ct_case("ct_scale_wrong_dtype", "'x.weight_scale' is I32 [4, 2]; pack-quantized scales are",
+            [packed, wshape, ("x.weight_scale", [4, 2], "I32", b"\0" * 32)])
+    ct_case("ct_packed_wrong_shape", "'x.weight_packed' is I32 [4, 8]; its group",
+            [packed, ("x.weight_shape", [2], "I64", struct.pack("<2q", 4, 96)), scale])
+    ct_case("ct_weight_shape_missing", "'x.weight_packed' has no 'x.weight_shape'",
+            [packed, scale])
+    ct_case("ct_zero_point_missing", "has no zero point 'x.weight_zero_point'",
+            [packed, wshape, scale], config=ct_config({"symmetric": False}))
+    ct_case("ct_zero_point_unexpected", "'x.weight_zero_point' is present but its group's "
+            "weights are symmetric",
+            [packed, wshape, scale, ("x.weight_zero_point", [1, 2], "I32", b"\0" * 8)])
+    ct_case("ct_module_not_targeted", "module 'x' holds quantized tensors but no config group "
+            "targets it", [packed, wshape, scale], config=ct_config(targets=["re:.*proj$"]))
+    ct_case("ct_module_ignored", "module 'x' holds quantized tensors but the config's ignore "
+            "list names it", [packed, wshape, scale], config=ct_config(ignore=["x"]))
+    ct_case("ct_format_contradicts_weights", "format 'float-quantized' contradicts its weights",
+            [packed, wshape, scale], config=ct_config(fmt="float-quantized"))
+    ct_case("ct_fp8_weight_not_fp8", "'x.weight' is BF16 [4, 64]; its group (float-quantized",
+            [("x.weight", [4, 64]), ("x.weight_scale", [4, 1], "BF16", bf16s(1, 1, 1, 1))],
+            config=ct_config({"num_bits": 8, "type": "float", "strategy": "channel",
+                              "group_size": None}, fmt="float-quantized",
+                             inputs={"num_bits": 8, "type": "float", "strategy": "token",
+                                     "dynamic": True, "symmetric": True}))
+    ct_case("ct_nvfp4_without_global_scale", "has no 'x.weight_global_scale'",
+            [("x.weight_packed", [4, 32], "U8", b"\x22" * 128),
+             ("x.weight_scale", [4, 4], "F8_E4M3", b"\x38" * 16)],
+            config=ct_config({"num_bits": 4, "type": "float", "strategy": "tensor_group",
+                              "group_size": 16}, fmt="nvfp4-pack-quantized"))
+    ct_case("ct_scale_nan", "'x.weight_scale' holds a NaN scale at [1, 0]",
+            [packed, wshape, ("x.weight_scale", [4, 2], "BF16",
+                              bf16s(1, 1, float("nan"), 1, 1, 1, 1, 1))])
+    ct_case("ct_scale_negative", "'x.weight_scale' holds a negative scale at [2, 1]",
+            [packed, wshape, ("x.weight_scale", [4, 2], "BF16",
+                              bf16s(1, 1, 1, 1, 1, -1, 1, 1))])
+    ct_case("ct_g_idx_out_of_range", "'x.weight_g_idx' holds 2 at [63], outside the 2 scale",
+            [packed, wshape, scale,
+             ("x.weight_g_idx", [64], "I32", struct.pack("<64i", *([0] * 63 + [2])))])
+    ct_case("ct_3d_weight", "only 2-D compressed-tensors weights can be decoded",
+            [("x.weight_packed", [2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
+            code="unsupported")
+
     # AutoAWQ GEMM: x is a [16 out, 32 in] weight in one group of 32: qweight [32, 2] I32,
     # qzeros [1, 2] I32, scales [1, 16] F16 (1.0 = 0x3C00).
     def awq_config(**over):

@@ -131,6 +131,11 @@ TEST_SUITE("sources") {
     REQUIRE_FALSE(q.ok());
     CHECK(q.status().code() == ErrorCode::kUnsupported);
     CHECK(q.status().message().find("quant_method 'gptq'") != std::string::npos);
+    // The refusal names every method quench does read.
+    for (const char* m : {"'fp8'", "'awq'", "'modelopt'", "'compressed-tensors'"}) {
+      CAPTURE(m);
+      CHECK(q.status().message().find(m) != std::string::npos);
+    }
     TempDir dir2;
     auto b = Detect(dir2, R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128]}})",
                     {{"w.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});

@@ -346,12 +346,12 @@ TEST_SUITE("sources") {
     auto j = ParseJson("inspect", json.out);
     REQUIRE(j.ok());
     CHECK(j->Find("source_format")->as_string() == "FP8 E4M3, 128x128 block scales (F32), 7 weights");
-    // A converted checkpoint is not a source quench decodes.
+    // A converted checkpoint is a compressed-tensors source (tests/test_sources_ct.cc).
     const RunResult out =
         RunQuench({"inspect", (DataDir() / "golden/fp8src/W4A16").string(), "--json"});
     auto k = ParseJson("inspect", out.out);
     REQUIRE(k.ok());
-    CHECK(k->Find("source_format")->is_null());
+    CHECK(k->Find("source_format")->as_string().starts_with("compressed-tensors pack-quantized"));
   }
 
   TEST_CASE("a plain source with --scheme BF16 is a usage error") {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -86,6 +87,8 @@ struct PlannedSourceScale {
   uint64_t block_rows = 0;    // weight rows and columns one scale covers
   uint64_t block_cols = 0;
   uint64_t scale_cols = 0;    // scales per tile row: ceil(cols / block_cols)
+  // A compressed-tensors source (src/format/source_ct.h): the tensors that decode the weight.
+  std::shared_ptr<const struct CtWeight> ct;
   // AutoAWQ (kind 1) and ModelOpt NVFP4 (kind 2) sources (src/pipeline/source_decode_packed.h):
   // the scale above is AWQ's `scales` / ModelOpt's `weight_scale`; the codes are the planned
   // tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and

@@ -318,6 +318,21 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
   constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
   const std::optional<uint64_t> hidden = HiddenSize(folder);
   ExpertSplit result;
+  // FP8 stacks' scales split with their weights need the weights' rows and the block rows.
+  std::map<std::string, uint64_t> stack_rows;
+  for (const Shard& shard : folder.shards) {
+    for (const TensorInfo& t : shard.header.tensors) {
+      if (t.shape.size() == 3) stack_rows[t.name] = t.shape[1];
+    }
+  }
+  uint64_t block_rows = 0;
+  if (const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr) {
+    const JsonValue* b = q->is_object() ? q->Find("weight_block_size") : nullptr;
+    if (b != nullptr && b->is_array() && !b->as_array().empty() && b->as_array()[0].is_int() &&
+        b->as_array()[0].as_int() > 0) {
+      block_rows = b->as_array()[0].as_uint();
+    }
+  }
   for (Shard& shard : folder.shards) {
     std::vector<TensorInfo> out;
     out.reserve(shard.header.tensors.size());
@@ -345,6 +360,21 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
         continue;
       }
       const uint64_t parts = gate_up ? 2 : 1;
+      // An FP8 stack's block scales ("..._scale_inv", [E, rows/br, cols/bc]) split with it:
+      // each piece is that expert's (gate or up) tile rows, named as its weight's scale.
+      constexpr std::string_view kScaleInv = "_scale_inv";
+      const bool scale_inv = t.name.ends_with(kScaleInv);
+      const auto weight_rows =
+          scale_inv ? stack_rows.find(t.name.substr(0, t.name.size() - kScaleInv.size()))
+                    : stack_rows.end();
+      if (scale_inv && parts == 2 &&
+          (a % 2 != 0 || weight_rows == stack_rows.end() || block_rows == 0 ||
+           (weight_rows->second / 2) % block_rows != 0)) {
+        return Error(ErrorCode::kUnsupported,
+                     shard.rel_name + ": tensor '" + t.name + "' has shape " +
+                         ShapeString(t.shape) + "; the gate and up halves of a fused FP8 "
+                         "stack must each be whole blocks of weight_block_size rows to be split");
+      }
       if (a % parts != 0) {
         return Error(ErrorCode::kInvalidInput,
                      shard.rel_name + ": tensor '" + t.name + "' has shape " +
@@ -359,8 +389,11 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
           TensorInfo piece;
           const std::string part = std::to_string(e) + "." +
                                    (gate_up ? (p == 0 ? "gate_proj" : "up_proj") : "down_proj");
-          piece.name = ReplaceAll(t.name, gate_up ? kGateUp : kDown, part);
+          const std::string base =
+              scale_inv ? t.name.substr(0, t.name.size() - kScaleInv.size()) : t.name;
+          piece.name = ReplaceAll(base, gate_up ? kGateUp : kDown, part);
           if (!piece.name.ends_with(".weight")) piece.name += ".weight";
+          if (scale_inv) piece.name += kScaleInv;
           piece.dtype = t.dtype;
           piece.shape = {rows, b};
           piece.begin = begin;

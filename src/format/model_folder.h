@@ -56,7 +56,10 @@ Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root);
 // tensors NAME.replace("gate_up_proj", "<e>.gate_proj") (rows 0..I-1 of expert e) and
 // "<e>.up_proj" (rows I..2I-1); one containing "down_proj", [E, H, I], becomes "<e>.down_proj";
 // ".weight" is appended when missing. Every piece is a contiguous byte range of the original,
-// so only the headers in `folder` are rewritten (names, shapes, offsets).
+// so only the headers in `folder` are rewritten (names, shapes, offsets). An FP8 stack's block
+// scales "NAME_scale_inv" ([E, rows/br, cols/bc]) split the same way into each piece's
+// "<piece>.weight_scale_inv"; gate and up halves must each be whole blocks of the config's
+// weight_block_size rows (kUnsupported otherwise).
 // Deliberate difference: a tensor stored [E, in, out] (Llama 4 and gpt-oss keep gate_up_proj
 // as [E, H, 2I] and down_proj as [E, I, H]; told apart with config.json's hidden_size) is
 // left whole, since splitting its dimension 1 would cut the hidden dimension, not the

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "format/source_ct.h"
+
 namespace quench {
 namespace {
 
@@ -168,12 +170,17 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
     QUENCH_RETURN_IF_ERROR(DetectAwq(folder, *q, where, &out));
     return out;
   }
+  if (m == "compressed-tensors") {
+    SourceQuantization out;
+    QUENCH_RETURN_IF_ERROR(DetectCompressedTensors(folder, *q, where, &out));
+    return out;
+  }
   return Error(ErrorCode::kUnsupported,
                where + ": the source is quantized (quantization_config.quant_method '" +
                    (m.empty() ? std::string("(none)") : m) +
                    "'); quench reads BF16, F16 and F32 checkpoints, FP8 ones "
-                   "(quant_method 'fp8'), AutoAWQ ('awq') and ModelOpt NVFP4 ('modelopt'), "
-                   "and cannot decode this one yet");
+                   "(quant_method 'fp8'), AutoAWQ ('awq'), ModelOpt NVFP4 ('modelopt') and "
+                   "compressed-tensors ('compressed-tensors'), and cannot decode this one yet");
 }
 
 float SourceScaleToF32(DType dtype, const uint8_t* p) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,9 @@
 
 namespace quench {
 
-enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4 };
+enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4, kCompressedTensors };
+
+struct CtWeight;  // format/source_ct.h
 
 // Where one quantized weight's scale lives, and the tile each scale covers.
 struct SourceScale {
@@ -28,6 +31,8 @@ struct SourceScale {
   uint64_t nbytes = 0;
   uint64_t block_rows = 0;      // rows and columns of the weight one scale covers
   uint64_t block_cols = 0;
+  // compressed-tensors sources (format/source_ct.h): everything that decodes the weight.
+  std::shared_ptr<const CtWeight> ct;
 };
 
 struct SourceQuantization {
@@ -38,6 +43,11 @@ struct SourceQuantization {
   // Per quantized weight (by name, "X.weight"): its scale.
   std::map<std::string, SourceScale> scales;
   size_t scale_tensors = 0;  // the scale tensors, consumed by decoding (not written)
+  // compressed-tensors: stored code tensors named otherwise than their weight
+  // ("X.weight_packed" -> "X.weight"), and the other tensors decoding reads or drops (zero
+  // points, g_idx, global scales, weight_shape, activation and KV-cache scales): not written.
+  std::map<std::string, std::string> renamed;
+  std::vector<std::string> consumed;
   // AutoAWQ and ModelOpt NVFP4 (format/source_packed.h): per packed weight, by the name of
   // the weight it stands for ("X.weight"); the tensors read with them (not written); the
   // scheme whose output is their lossless repack, its group size, and the ignore list the

@@ -242,8 +242,7 @@ class ShardPipeline {
     // What the chunk may still take: input bytes, and (quantizing) bytes of its buffer.
     uint64_t in_left = 0, out_left = 0;
     if (!take_copy) {
-      const uint64_t cols = t.shape[1];
-      const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
+      const uint64_t row_bytes = SourceRowBytes(t);
       // A decoded source row takes more room in its staging buffer (BF16) than in the input
       // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
       const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
@@ -726,7 +725,7 @@ class ShardPipeline {
     }
     const uint64_t tile_rows =
         std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
-    const uint64_t in_row = t.shape[1] * DTypeBits(t.dtype) / 8;
+    const uint64_t in_row = SourceRowBytes(t);
     thread_local std::vector<uint8_t> tile;
     for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
       const uint64_t r1 = std::min(p.end, r + tile_rows);
@@ -882,7 +881,9 @@ class ShardPipeline {
   Status DecodedPieceFailure(const PlannedTensor& t, const Piece& p, const uint8_t* codes,
                              const std::string& where) const {
     const uint64_t rows = p.end - p.begin, cols = t.shape[1];
-    for (uint64_t i = 0; t.source_scale->packed_kind == 0 && i < rows * cols; ++i) {
+    // E4M3 codes only: packed integer or FP4 bytes have no NaN.
+    const bool e4m3 = t.source_scale->packed_kind == 0 && t.dtype == DType::kF8E4M3;
+    for (uint64_t i = 0; e4m3 && i < rows * cols; ++i) {
       if ((codes[i] & 0x7F) == 0x7F) {
         return Error(ErrorCode::kNonFinite,
                      where + " holds a NaN E4M3 code (row " + std::to_string(p.begin + i / cols) +
@@ -1029,7 +1030,7 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
     const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
     const uint64_t rows = std::min<uint64_t>(t.shape[0], align);
-    const uint64_t in = rows * t.shape[1] * DTypeBits(t.dtype) / 8 + DirectIoAlignment();
+    const uint64_t in = rows * SourceRowBytes(t) + DirectIoAlignment();
     // A source-quantized tensor written decoded (or pruned alone) is staged whole, decoded, in
     // the chunk's buffer; quantized, it is decoded through a per-thread tile (below).
     const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize

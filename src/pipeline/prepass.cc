@@ -144,7 +144,7 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
     const uint64_t rows = t.shape[0], cols = t.shape[1];
-    const uint64_t row_bytes = cols * DTypeBits(t.dtype) / 8;
+    const uint64_t row_bytes = SourceRowBytes(t);
     // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
     // decoded model's, as the reference computes it), found from its codes and scales without
     // decoding them (fp8::SourceAbsMax).

@@ -8,6 +8,7 @@
 
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "format/source_ct.h"
 
 namespace quench {
 namespace fs = std::filesystem;
@@ -65,6 +66,21 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       std::memcpy(&b[0], &t.source_scale->weight_scale_2, 4);
       std::memcpy(&b[1], &t.source_scale->input_scale, 4);
       d += '|' + std::to_string(b[0]) + '|' + std::to_string(b[1]) + '|';
+    }
+  }
+  // A compressed-tensors weight's zero points, g_idx and global scale may live elsewhere too.
+  if (t.source_scale && t.source_scale->ct) {
+    const CtWeight& w = *t.source_scale->ct;
+    for (const CtTensor* x : {&w.zero_point, &w.g_idx, &w.global_scale}) {
+      if (!x->present) continue;
+      const PlannedShard& xs = plan.shards[x->shard];
+      d += "ct ";
+      d += xs.rel_name;
+      d += '|';
+      num(xs.src_size);
+      d += '|';
+      num(xs.src_header_hash);
+      d += '|';
     }
   }
   if (t.prune) {

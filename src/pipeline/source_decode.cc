@@ -1,11 +1,15 @@
 #include "pipeline/source_decode.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "format/source_quant.h"
 #include "pipeline/source_decode_packed.h"
+#include "schemes/ct_decode.h"
+#include "schemes/float_formats.h"
 #include "schemes/fp8.h"
 
 namespace quench {
@@ -52,6 +56,19 @@ Status ReadScales(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
   return Status::Ok();
 }
 
+// A compressed-tensors weight (source_decode_ct.h): its tensors read through `maps`.
+Status DecodeCtRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                    const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out, bool* finite) {
+  auto read = [&](const CtTensor& x, uint64_t off, uint64_t len, uint8_t* dst) {
+    return maps.Read(x.shard, x.offset + off, len, dst);
+  };
+  Status st = DecodeCtWeightRows(*t.source_scale->ct, read, t.name, codes, r0, r1, out, finite);
+  if (!st.ok() && st.code() == ErrorCode::kInvalidInput) {
+    return Error(st.code(), plan.shards[t.shard].rel_name + ": " + st.message());
+  }
+  return st;
+}
+
 }  // namespace
 
 Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
@@ -61,6 +78,7 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   if (t.source_scale->packed_kind != 0) return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
   *finite = true;
   if (r1 <= r0) return Status::Ok();
+  if (t.source_scale->ct) return DecodeCtRows(plan, t, maps, codes, r0, r1, out, finite);
   std::vector<float> scales;
   fp8::SourceChunk in;
   QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
@@ -75,6 +93,17 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   *finite = true;
   *amax = 0.f;
   if (r1 <= r0) return Status::Ok();
+  if (t.source_scale->ct) {
+    // Decoded, then the largest |x|: the global scale is the decoded model's.
+    std::vector<uint8_t> dec((r1 - r0) * t.shape[1] * 2);
+    QUENCH_RETURN_IF_ERROR(DecodeCtRows(plan, t, maps, codes, r0, r1, dec.data(), finite));
+    for (size_t i = 0; i < dec.size(); i += 2) {
+      uint16_t h;
+      std::memcpy(&h, &dec[i], 2);
+      *amax = std::max(*amax, std::fabs(BF16ToF32(h)));
+    }
+    return Status::Ok();
+  }
   std::vector<float> scales;
   fp8::SourceChunk in;
   QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));

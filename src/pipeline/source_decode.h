@@ -17,6 +17,12 @@ inline uint64_t ComputeRowBytes(const PlannedTensor& t) {
   return t.shape[1] * (DTypeBits(t.compute_dtype) / 8);
 }
 
+// Bytes of one row of `t` as stored in the source (a packed source's words, not DTypeBits of
+// its dtype times columns).
+inline uint64_t SourceRowBytes(const PlannedTensor& t) {
+  return t.shape[0] == 0 ? 0 : t.src_bytes / t.shape[0];
+}
+
 // Decodes rows [r0, r1) of `t` (which has a source_scale) from `codes`, the E4M3 codes of
 // those rows, into `out` ((r1 - r0) * cols BF16 values). A scale that is NaN, infinite or
 // negative is bad input (kInvalidInput, naming the scale tensor and its element): a scale is

@@ -10,6 +10,7 @@
 
 #include "format/name_table.h"
 #include "format/quant_config.h"
+#include "format/source_ct.h"
 #include "format/source_quant.h"
 #include "plan/fused_sets.h"
 #include "plan/groups.h"
@@ -176,6 +177,9 @@ class Planner {
   // `first_tensor` on) to its outputs.
   void LayOutShard(const Shard& shard, size_t first_tensor, std::vector<TensorSpec> specs,
                    const std::vector<size_t>& specs_per_tensor);
+  // A compressed-tensors source's stored weight (X.weight_packed, or X.weight of codes) as the
+  // weight it decodes to: its name and shape, in *storage; any other tensor as it is.
+  const TensorInfo* LogicalTensor(const TensorInfo& t, TensorInfo* storage) const;
   // The source scale of an FP8 weight, or nullopt.
   std::optional<PlannedSourceScale> SourceScaleOf(const TensorInfo& t) const;
   // Repacking an AutoAWQ or ModelOpt NVFP4 source into its own scheme (repack_ != 0): plans
@@ -269,6 +273,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   p.source_ = std::move(source);
   p.repack_ = repack;
   for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
+  for (const std::string& n : p.source_.consumed) p.consumed_.insert(n);
   for (const auto& [weight, pw] : p.source_.packed) p.packed_by_source_.emplace(pw.source_name, weight);
   // Read with their weights (ModelOpt's repack writes them itself, but NVFP4A16's has no
   // input scale).
@@ -322,7 +327,19 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
   const SourceScale& s = it->second;
   return PlannedSourceScale{s.name,       s.shard,      s.offset,
                             s.nbytes,     s.dtype,      s.block_rows,
-                            s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols};
+                            s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols,
+                            s.ct};
+}
+
+const TensorInfo* Planner::LogicalTensor(const TensorInfo& t, TensorInfo* storage) const {
+  if (source_.format != SourceFormat::kCompressedTensors) return &t;
+  auto r = source_.renamed.find(t.name);
+  auto it = source_.scales.find(r != source_.renamed.end() ? r->second : t.name);
+  if (it == source_.scales.end() || it->second.ct == nullptr) return &t;
+  *storage = t;
+  storage->name = it->first;
+  storage->shape = {it->second.ct->rows, it->second.ct->cols};
+  return storage;
 }
 
 const TensorInfo* Planner::PackedView(const TensorInfo& t, TensorInfo* view) const {
@@ -538,9 +555,11 @@ void Planner::PlanShard(size_t si) {
     const TensorInfo* source_t = t;
     t = PackedView(*t, &view);
     PlannedTensor& pt = plan_.tensors.emplace_back();  // reserved: never moved
-    pt.name = t->name;
+    TensorInfo logical;  // a compressed-tensors source's weight as decoded (source_ct.h)
+    const TensorInfo* lt = LogicalTensor(*t, &logical);
+    pt.name = lt->name;
     pt.dtype = t->dtype;
-    pt.shape = t->shape;
+    pt.shape = lt->shape;
     pt.shard = si;
     pt.src_offset = shard.header.data_start + t->begin;
     pt.src_bytes = t->nbytes();
@@ -551,7 +570,7 @@ void Planner::PlanShard(size_t si) {
     }
     const size_t before = specs.size();
     if (!PlanRepacked(*source_t, plan_.tensors.size() - 1, pt, specs)) {
-      PlanTensor(*t, shard.rel_name, pt, specs);
+      PlanTensor(*lt, shard.rel_name, pt, specs);
     }
     AppendKvScales(pt, specs);
     specs_per_tensor.push_back(specs.size() - before);
@@ -650,9 +669,14 @@ void Planner::AddSelectionNotes() {
                           "compressed-tensors dequantizes the converter's repack) before it is "
                           "quantized or written");
   } else if (source_.format != SourceFormat::kPlain) {
-    plan_.notes.push_back("source: " + source_.description + "; each is decoded to BF16 (" +
-                          "RNE of the FP8 value times its scale, as compressed-tensors' "
-                          "FP8BlockDequantizer) before it is quantized or written");
+    plan_.notes.push_back(
+        "source: " + source_.description + "; each is decoded to BF16 (" +
+        (source_.format == SourceFormat::kFp8
+             ? "RNE of the FP8 value times its scale, as compressed-tensors' "
+               "FP8BlockDequantizer"
+             : "as compressed-tensors' CompressedTensorsDequantizer: code minus zero point "
+               "times scale in the scale's dtype, g_idx applied") +
+        ") before it is quantized or written");
   }
   if (vector_weights_ > 0) {
     plan_.notes.push_back("left unquantized: " + std::to_string(vector_weights_) +

@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 
+#include "format/source_ct.h"
 #include "schemes/float_formats.h"
 #include "verify/messages.h"
 #include "verify/pruned_rows.h"
@@ -113,7 +114,9 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   // Bytes of a source row as stored (an FP8 source's E4M3 codes: decoded chunk by chunk into
   // `decoded`, rows [dec_begin, dec_end), which the walk then compares against).
   const uint64_t row_src_bytes =
-      v.x ? v.in * DTypeBits(v.xscale ? DType::kF8E4M3 : v.xdt) / 8 : 0;
+      !v.x ? 0
+      : v.xscale && v.xscale->ct ? v.xscale->ct->code_row_bytes
+                                 : v.in * DTypeBits(v.xscale ? DType::kF8E4M3 : v.xdt) / 8;
   std::vector<uint8_t> decoded;
   uint64_t dec_begin = 0, dec_end = 0;
   const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, v.in * 4));

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "format/source_ct.h"
 #include "schemes/fp8.h"
 #include "verify/messages.h"
 #include "verify/verifier.h"
@@ -21,6 +22,7 @@ const SourceScale* Verifier::SourceScaleOf(const std::string& weight) const {
 bool Verifier::DecodeSourceRows(const std::string& weight, const SourceScale& sc,
                                 const uint8_t* codes, uint64_t cols, uint64_t r0, uint64_t r1,
                                 uint8_t* out) {
+  if (sc.ct) return DecodeCtSourceRows(weight, sc, codes, r0, r1, out);
   const uint64_t scale_cols = (cols + sc.block_cols - 1) / sc.block_cols;
   const uint64_t tr0 = r0 / sc.block_rows, tr1 = (r1 - 1) / sc.block_rows + 1;
   const uint64_t esize = DTypeBits(sc.dtype) / 8;
@@ -68,6 +70,7 @@ void Verifier::CheckDecodedTensor(const Shard& s, const TensorInfo& t, const Sou
     return;
   }
   const uint64_t rows = t.shape[0], cols = t.shape[1];
+  const uint64_t rb = sc.ct ? sc.ct->code_row_bytes : cols;  // bytes of a stored row
   const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, 2 * cols));
   uint64_t so, doff;
   const MappedFile *sm, *dm;
@@ -77,7 +80,7 @@ void Verifier::CheckDecodedTensor(const Shard& s, const TensorInfo& t, const Sou
   for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
     const uint64_t r1 = std::min(rows, r0 + rows_per_chunk);
     want.resize((r1 - r0) * cols * 2);
-    if (!DecodeSourceRows(t.name, sc, sp + r0 * cols, cols, r0, r1, want.data())) return;
+    if (!DecodeSourceRows(t.name, sc, sp + r0 * rb, cols, r0, r1, want.data())) return;
     const uint8_t* got = dp + r0 * cols * 2;
     if (std::memcmp(want.data(), got, want.size()) != 0) {
       uint64_t i = 0;
@@ -87,7 +90,7 @@ void Verifier::CheckDecodedTensor(const Shard& s, const TensorInfo& t, const Sou
                   std::to_string(r0 + i / (2 * cols)) + " (of " + std::to_string(rows) + ")");
       return;
     }
-    sm->Release(so + r0 * cols, (r1 - r0) * cols);
+    sm->Release(so + r0 * rb, (r1 - r0) * rb);
     dm->Release(doff + r0 * cols * 2, (r1 - r0) * cols * 2);
   }
   rep_.bytes_compared += t.nbytes();

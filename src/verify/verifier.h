@@ -117,6 +117,12 @@ class Verifier {
                         uint64_t cols, uint64_t r0, uint64_t r1, uint8_t* out);
   void CheckDecodedTensor(const Shard& s, const TensorInfo& t, const SourceScale& sc,
                           const TensorInfo& d);
+  // source_ct_rows.cc: a compressed-tensors SRC. Its headers are rewritten as the weights
+  // they decode to (X.weight_packed -> X.weight of the decoded shape; the tensors decoding
+  // consumes dropped), so the checks above see the source the conversion read.
+  void LogicalCtSource();
+  bool DecodeCtSourceRows(const std::string& weight, const SourceScale& sc,
+                          const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out);
 
   const VerifyOptions& opt_;
   VerifyReport& rep_;

@@ -32,6 +32,7 @@ Status Verifier::OpenSource() {
   if (!q.ok()) return Error(q.status().code(), "SRC " + q.status().message());
   src_quant_ = std::move(q).value();
   for (const auto& [weight, sc] : src_quant_.scales) scale_of_weight_[sc.name] = weight;
+  if (src_quant_.format == SourceFormat::kCompressedTensors) LogicalCtSource();
   if (pruning() && !src_quant_.scales.empty()) {
     return Error(ErrorCode::kUnsupported,
                  "SRC is " + src_quant_.description +

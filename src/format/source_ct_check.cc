@@ -1,0 +1,196 @@
+// The tensors of one compressed-tensors weight checked against its group's format, the
+// layouts compressed-tensors 0.19.0's compressors write (docs/reference-notes.md, "quantized
+// sources: compressed-tensors"), and its description for notes, --dry-run and inspect.
+#include <string>
+
+#include "format/source_ct.h"
+
+namespace quench {
+namespace {
+
+std::string Shape(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+Status Bad(const ModelFolder& folder, const CtTensor& t, const std::string& what) {
+  return Error(ErrorCode::kInvalidInput,
+               folder.shards[t.shard].rel_name + ": tensor '" + t.name + "' " + what);
+}
+
+std::string Is(const CtTensor& t) {
+  return "is " + std::string(DTypeName(t.dtype)) + " " + Shape(t.shape);
+}
+
+bool IsFloatScale(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
+
+}  // namespace
+
+Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
+  const std::string fmt(CtFormatName(w.format));
+  const CtTensor& c = w.codes;
+  if (c.shape.size() != 2) {
+    return Error(ErrorCode::kUnsupported,
+                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " + Shape(c.shape) +
+                     ": only 2-D compressed-tensors weights can be decoded so far");
+  }
+  // The stored codes: dtype and the decoded shape.
+  switch (w.format) {
+    case CtFormat::kPack: {
+      const uint64_t words = CeilDiv(w.cols * static_cast<uint64_t>(w.num_bits), 32);
+      if (c.dtype != DType::kI32 || c.shape[0] != w.rows || c.shape[1] != words) {
+        return Bad(folder, c, Is(c) + "; its group (" + fmt + ", " +
+                                  std::to_string(w.num_bits) + "-bit) and weight_shape " +
+                                  Shape({w.rows, w.cols}) + " need I32 " +
+                                  Shape({w.rows, words}));
+      }
+      break;
+    }
+    case CtFormat::kNvfp4:
+    case CtFormat::kMxfp4:
+      if (c.dtype != DType::kU8) {
+        return Bad(folder, c, Is(c) + "; its group (" + fmt + ") stores U8, two FP4 codes a byte");
+      }
+      w.rows = c.shape[0];
+      w.cols = c.shape[1] * 2;
+      break;
+    default: {
+      const DType want = w.is_float ? DType::kF8E4M3 : DType::kI8;
+      if (c.dtype != want) {
+        return Bad(folder, c, Is(c) + "; its group (" + fmt + ", " +
+                                  (w.is_float ? "float" : "int") + std::to_string(w.num_bits) +
+                                  ") stores " + std::string(DTypeName(want)));
+      }
+      if (w.is_float && w.num_bits != 8) {
+        return Bad(folder, c, "is F8_E4M3 but its group declares " +
+                                  std::to_string(w.num_bits) + "-bit float weights");
+      }
+      w.rows = c.shape[0];
+      w.cols = c.shape[1];
+    }
+  }
+  w.code_row_bytes = c.shape[1] * (DTypeBits(c.dtype) / 8);
+  // The scale: dtype by format, shape by strategy.
+  const CtTensor& s = w.scale;
+  if (!s.present) {
+    return Bad(folder, c, "has no scale '" + c.name.substr(0, c.name.rfind('.')) +
+                              ".weight_scale'; without it its values are meaningless");
+  }
+  const bool mx = w.format == CtFormat::kMxfp4 || w.format == CtFormat::kMxfp8;
+  if (mx ? s.dtype != DType::kU8
+         : w.format == CtFormat::kNvfp4 ? s.dtype != DType::kF8E4M3 : !IsFloatScale(s.dtype)) {
+    return Bad(folder, s, Is(s) + "; " + fmt + " scales are " +
+                              (mx ? "U8 (E8M0 exponents)"
+                                  : w.format == CtFormat::kNvfp4 ? "F8_E4M3" : "BF16, F16 or F32"));
+  }
+  std::vector<uint64_t> want;
+  switch (w.strategy) {
+    case CtStrategy::kTensor:
+      w.scale_cols = 1;
+      w.scale_row_span = w.rows;
+      if (s.shape.size() > 2 || (s.shape.size() > 0 && s.shape[0] != 1) ||
+          (s.shape.size() == 2 && s.shape[1] != 1)) {
+        want = {1};
+      }
+      break;
+    case CtStrategy::kChannel:
+      w.scale_cols = 1;
+      want = {w.rows, 1};
+      break;
+    case CtStrategy::kGroup:
+    case CtStrategy::kTensorGroup:
+      if (w.cols % w.group_size != 0) {
+        return Error(ErrorCode::kUnsupported,
+                     folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' has " +
+                         std::to_string(w.cols) + " columns, not a multiple of its group size " +
+                         std::to_string(w.group_size) + " (compressed-tensors cannot decode it)");
+      }
+      w.scale_cols = w.cols / w.group_size;
+      want = {w.rows, w.scale_cols};
+      break;
+    case CtStrategy::kBlock:
+      w.scale_cols = CeilDiv(w.cols, w.block_cols);
+      w.scale_row_span = w.block_rows;
+      want = {CeilDiv(w.rows, w.block_rows), w.scale_cols};
+      break;
+  }
+  if (!want.empty() && s.shape != want) {
+    return Bad(folder, s, "has shape " + Shape(s.shape) + "; its weight " +
+                              Shape({w.rows, w.cols}) + " (" + fmt + ") needs " + Shape(want));
+  }
+  // Zero points: present exactly when asymmetric.
+  const CtTensor& z = w.zero_point;
+  if (w.symmetric && z.present) {
+    return Bad(folder, z, "is present but its group's weights are symmetric");
+  }
+  if (!w.symmetric) {
+    if (w.format == CtFormat::kNvfp4 || w.format == CtFormat::kMxfp4 || w.is_float) {
+      return Error(ErrorCode::kUnsupported, folder.shards[c.shard].rel_name + ": tensor '" +
+                                                c.name + "': asymmetric float weights cannot "
+                                                "be decoded");
+    }
+    if (!z.present) {
+      return Bad(folder, c, "has no zero point '" + c.name.substr(0, c.name.rfind('.')) +
+                                ".weight_zero_point' though its group is asymmetric");
+    }
+    const bool packed_zp = w.format == CtFormat::kPack && (w.strategy == CtStrategy::kGroup ||
+                                                           w.strategy == CtStrategy::kChannel);
+    if (packed_zp) {
+      // pack_to_int32(zp, num_bits, packed_dim=0): rows packed into int32 words per column.
+      const std::vector<uint64_t> zw = {CeilDiv(w.rows * static_cast<uint64_t>(w.num_bits), 32),
+                                        w.scale_cols};
+      if (z.dtype != DType::kI32 || z.shape != zw) {
+        return Bad(folder, z, Is(z) + "; packed zero points of " + Shape({w.rows, w.cols}) +
+                                  " are I32 " + Shape(zw));
+      }
+    } else if ((z.dtype != DType::kI8 && z.dtype != DType::kI32 && !IsFloatScale(z.dtype)) ||
+               z.nbytes / (DTypeBits(z.dtype) / 8) != s.nbytes / (DTypeBits(s.dtype) / 8)) {
+      return Bad(folder, z, Is(z) + "; a zero point per scale " + Shape(s.shape) + " is needed");
+    }
+  }
+  // Activation order: one group index per column.
+  const CtTensor& gi = w.g_idx;
+  if (gi.present) {
+    if (w.strategy != CtStrategy::kGroup) {
+      return Bad(folder, gi, "is present but its group's strategy is not group");
+    }
+    if (gi.dtype != DType::kI32 || gi.shape != std::vector<uint64_t>{w.cols}) {
+      return Bad(folder, gi, Is(gi) + "; a g_idx is I32 [" + std::to_string(w.cols) + "]");
+    }
+  }
+  // NVFP4's global scale: one F32.
+  const CtTensor& gs = w.global_scale;
+  if (w.format == CtFormat::kNvfp4) {
+    if (!gs.present) {
+      return Bad(folder, c, "has no '" + c.name.substr(0, c.name.rfind('.')) +
+                                ".weight_global_scale' (NVFP4 stores one)");
+    }
+    if (gs.dtype != DType::kF32 || gs.shape != std::vector<uint64_t>{1}) {
+      return Bad(folder, gs, Is(gs) + "; a global scale is F32 [1]");
+    }
+  } else if (gs.present) {
+    return Bad(folder, gs, "is present but its group is " + fmt + ", which has none");
+  }
+  return Status::Ok();
+}
+
+std::string DescribeCtGroup(const CtWeight& w, size_t weights) {
+  std::string d = std::string(CtFormatName(w.format)) + " (" + (w.is_float ? "float" : "int") +
+                  std::to_string(w.num_bits) + ", ";
+  switch (w.strategy) {
+    case CtStrategy::kTensor: d += "per tensor"; break;
+    case CtStrategy::kChannel: d += "per channel"; break;
+    case CtStrategy::kGroup: d += "group " + std::to_string(w.group_size); break;
+    case CtStrategy::kTensorGroup: d += "group " + std::to_string(w.group_size) + " + global"; break;
+    case CtStrategy::kBlock:
+      d += std::to_string(w.block_rows) + "x" + std::to_string(w.block_cols) + " block";
+      break;
+  }
+  d += w.symmetric ? ", symmetric" : ", zero points";
+  return d + ", config group " + w.group + "): " + std::to_string(weights) + " weights";
+}
+
+}  // namespace quench

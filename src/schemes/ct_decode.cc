@@ -1,0 +1,256 @@
+#include "schemes/ct_decode.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "schemes/float_formats.h"
+
+namespace quench {
+namespace {
+
+// The arithmetic dtype of a product: _dequantize computes x_q.to(scale.dtype) * scale.
+enum class Domain { kBF16, kF16, kF32 };
+
+// E2M1 magnitudes (compressed-tensors' kE2M1ToFloat); bit 3 is the sign.
+constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
+
+// Unsigned `b`-bit field at bit `pos` of a run of little-endian int32 words (`nwords` long).
+uint32_t Field(const uint8_t* words, uint64_t nwords, uint64_t pos, int b) {
+  const uint64_t wi = pos / 32, off = pos % 32;
+  uint32_t lo = 0, hi = 0;
+  std::memcpy(&lo, words + 4 * wi, 4);
+  if (off + static_cast<uint64_t>(b) > 32 && wi + 1 < nwords) std::memcpy(&hi, words + 4 * (wi + 1), 4);
+  const uint64_t both = uint64_t{lo} | (uint64_t{hi} << 32);
+  return static_cast<uint32_t>((both >> off) & ((1ull << b) - 1));
+}
+
+float RoundTo(Domain d, float v) {
+  switch (d) {
+    case Domain::kBF16: return BF16ToF32(F32ToBF16(v));
+    case Domain::kF16: return F16ToF32(F32ToF16(v));
+    case Domain::kF32: return v;
+  }
+  return v;
+}
+
+// RNE f32 -> bf16 bits, NaN to 0x7FC0 (float_formats.h's F32ToBF16, inlined for the loop).
+inline uint16_t Bf16Rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One row of stored codes as the values x_q.to(dtype) holds.
+void DecodeCodes(const CtWeight& w, const uint8_t* row, uint64_t words, int b, float* q) {
+  const uint64_t cols = w.cols;
+  switch (w.format) {
+    case CtFormat::kPack:
+      if (b == 4) {  // the bit stream's nibbles in byte order (little-endian words)
+        for (uint64_t c = 0; c < cols; ++c) {
+          q[c] = static_cast<float>(static_cast<int>((row[c / 2] >> (4 * (c & 1))) & 0xF) - 8);
+        }
+      } else if (b == 8) {
+        for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int>(row[c]) - 128);
+      } else {
+        for (uint64_t c = 0; c < cols; ++c) {
+          q[c] = static_cast<float>(static_cast<int32_t>(Field(row, words, c * b, b)) - (1 << (b - 1)));
+        }
+      }
+      return;
+    case CtFormat::kNvfp4:
+    case CtFormat::kMxfp4:
+      for (uint64_t c = 0; c < cols; ++c) {
+        const uint8_t nib = (c & 1) ? row[c / 2] >> 4 : row[c / 2] & 0x0F;
+        q[c] = (nib & 8) ? -kE2M1[nib & 7] : kE2M1[nib & 7];
+      }
+      return;
+    default:
+      if (w.is_float) {
+        static const std::vector<float> kE4M3 = [] {
+          std::vector<float> t(256);
+          for (int i = 0; i < 256; ++i) t[i] = E4M3ToF32(static_cast<uint8_t>(i));
+          return t;
+        }();
+        for (uint64_t c = 0; c < cols; ++c) q[c] = kE4M3[row[c]];
+      } else {
+        for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int8_t>(row[c]));
+      }
+  }
+}
+
+std::string At(uint64_t flat, uint64_t cols) {
+  return "[" + std::to_string(flat / cols) + ", " + std::to_string(flat % cols) + "]";
+}
+
+}  // namespace
+
+Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::string& weight,
+                          const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
+                          bool* finite) {
+  *finite = true;
+  if (r1 <= r0) return Status::Ok();
+  const uint64_t cols = w.cols, sc = w.scale_cols;
+  auto bad = [&](const CtTensor& t, const std::string& what) {
+    return Error(ErrorCode::kInvalidInput, "tensor '" + t.name + "' " + what + "; '" + weight +
+                                               "' cannot be decoded");
+  };
+  // Scale rows of rows [r0, r1), as the values the products use.
+  const uint64_t sr0 = r0 / w.scale_row_span, sr1 = (r1 - 1) / w.scale_row_span + 1;
+  const uint64_t n_scales = (sr1 - sr0) * sc;
+  const uint64_t es = DTypeBits(w.scale.dtype) / 8;
+  std::vector<uint8_t> raw(n_scales * es);
+  QUENCH_RETURN_IF_ERROR(read(w.scale, sr0 * sc * es, raw.size(), raw.data()));
+  float gs = 1.f;
+  if (w.format == CtFormat::kNvfp4) {
+    QUENCH_RETURN_IF_ERROR(read(w.global_scale, 0, 4, reinterpret_cast<uint8_t*>(&gs)));
+    if (!(gs > 0.f) || std::isinf(gs)) {
+      return bad(w.global_scale, "holds " + std::to_string(gs) +
+                                     " (a global scale must be finite and positive)");
+    }
+  }
+  Domain dom = Domain::kF32;
+  std::vector<float> scales(n_scales);
+  for (uint64_t i = 0; i < n_scales; ++i) {
+    const uint8_t* p = raw.data() + i * es;
+    float s = 0.f;
+    switch (w.format) {
+      case CtFormat::kNvfp4:
+        // scale.to(bf16) is exact; / global_scale promotes to f32 (a [1] tensor).
+        s = E4M3ToF32(p[0]);
+        if (std::isnan(s) || std::signbit(s)) {
+          return bad(w.scale, "holds a " + std::string(std::isnan(s) ? "NaN" : "negative") +
+                                  " scale at " + At((sr0 * sc) + i, sc));
+        }
+        s = s / gs;
+        dom = Domain::kF32;
+        break;
+      case CtFormat::kMxfp4:
+      case CtFormat::kMxfp8:
+        // decompress_mx_scale: 2.0 ** (e - 127) in bf16 (every such power is a bf16 value);
+        // 0xFF is E8M0's NaN (the reference computes 2^128 = Inf from it).
+        if (p[0] == 0xFF) return bad(w.scale, "holds the E8M0 NaN 0xFF at " + At(sr0 * sc + i, sc));
+        s = std::ldexp(1.f, static_cast<int>(p[0]) - 127);
+        dom = Domain::kBF16;
+        break;
+      default:
+        s = ElementToF32(p, w.scale.dtype, 0);
+        dom = w.scale.dtype == DType::kBF16 ? Domain::kBF16
+              : w.scale.dtype == DType::kF16 ? Domain::kF16 : Domain::kF32;
+        if (!std::isfinite(s) || s < 0.f) {
+          return bad(w.scale, "holds a " +
+                                  std::string(std::isnan(s) ? "NaN" : std::isinf(s) ? "infinite"
+                                                                                     : "negative") +
+                                  " scale at " + At(sr0 * sc + i, sc) +
+                                  " (a scale must be finite and not negative)");
+        }
+    }
+    scales[i] = s;
+  }
+  // Zero points of the same rows (quotient units), one per scale.
+  std::vector<float> zps;
+  if (!w.symmetric) {
+    zps.resize((r1 - r0) * sc);
+    const bool packed = w.zero_point.dtype == DType::kI32 && w.format == CtFormat::kPack &&
+                        w.strategy != CtStrategy::kTensor;
+    if (packed) {
+      // pack_to_int32(zp, bits, packed_dim=0): column g's rows are a bit stream down word
+      // rows; row r's field starts at bit r * bits.
+      const int b = w.num_bits;
+      const uint64_t total_words = w.zero_point.shape[0];
+      const uint64_t wr0 = r0 * b / 32, wr1 = std::min(total_words, (r1 * b + 31) / 32);
+      std::vector<uint8_t> zw((wr1 - wr0) * sc * 4);
+      QUENCH_RETURN_IF_ERROR(read(w.zero_point, wr0 * sc * 4, zw.size(), zw.data()));
+      std::vector<uint8_t> col((wr1 - wr0) * 4);
+      for (uint64_t g = 0; g < sc; ++g) {
+        for (uint64_t k = 0; k < wr1 - wr0; ++k) std::memcpy(&col[4 * k], &zw[4 * (k * sc + g)], 4);
+        for (uint64_t r = r0; r < r1; ++r) {
+          const uint32_t u = Field(col.data(), wr1 - wr0, r * b - wr0 * 32, b);
+          zps[(r - r0) * sc + g] = static_cast<float>(static_cast<int32_t>(u) - (1 << (b - 1)));
+        }
+      }
+    } else {
+      const uint64_t zs = DTypeBits(w.zero_point.dtype) / 8;
+      std::vector<uint8_t> zr(n_scales * zs);
+      QUENCH_RETURN_IF_ERROR(read(w.zero_point, sr0 * sc * zs, zr.size(), zr.data()));
+      for (uint64_t r = r0; r < r1; ++r) {
+        for (uint64_t g = 0; g < sc; ++g) {
+          const uint64_t i = (r / w.scale_row_span - sr0) * sc + g;
+          float z = 0.f;
+          if (w.zero_point.dtype == DType::kI8) {
+            z = static_cast<float>(static_cast<int8_t>(zr[i]));
+          } else if (w.zero_point.dtype == DType::kI32) {
+            int32_t v;
+            std::memcpy(&v, &zr[i * 4], 4);
+            z = static_cast<float>(v);
+          } else {
+            z = ElementToF32(zr.data(), w.zero_point.dtype, i);
+          }
+          zps[(r - r0) * sc + g] = z;
+        }
+      }
+    }
+  }
+  // Activation order: column c's scale is g_idx[c]'s, not c / group_size's.
+  std::vector<int32_t> gidx;
+  if (w.g_idx.present) {
+    gidx.resize(cols);
+    QUENCH_RETURN_IF_ERROR(read(w.g_idx, 0, cols * 4, reinterpret_cast<uint8_t*>(gidx.data())));
+    for (uint64_t c = 0; c < cols; ++c) {
+      if (gidx[c] < 0 || static_cast<uint64_t>(gidx[c]) >= sc) {
+        return bad(w.g_idx, "holds " + std::to_string(gidx[c]) + " at [" + std::to_string(c) +
+                                "], outside the " + std::to_string(sc) + " scale columns");
+      }
+    }
+  }
+  // Each column's scale column (strategy, or g_idx under activation order).
+  thread_local std::vector<uint32_t> gcol;
+  thread_local std::vector<float> q;
+  gcol.resize(cols);
+  q.resize(cols);
+  for (uint64_t c = 0; c < cols; ++c) {
+    switch (w.strategy) {
+      case CtStrategy::kTensor:
+      case CtStrategy::kChannel: gcol[c] = 0; break;
+      case CtStrategy::kGroup:
+      case CtStrategy::kTensorGroup:
+        gcol[c] = static_cast<uint32_t>(gidx.empty() ? c / w.group_size : gidx[c]);
+        break;
+      case CtStrategy::kBlock: gcol[c] = static_cast<uint32_t>(c / w.block_cols); break;
+    }
+  }
+  const int b = w.num_bits;
+  const uint64_t words = w.code_row_bytes / 4;
+  bool all_finite = true;
+  for (uint64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = codes + (r - r0) * w.code_row_bytes;
+    DecodeCodes(w, row, words, b, q.data());
+    const float* srow = scales.data() + (r / w.scale_row_span - sr0) * sc;
+    uint8_t* o = out + (r - r0) * cols * 2;
+    if (zps.empty() && dom != Domain::kF16) {
+      // x_q.to(dtype) * scale rounded once to the scale's dtype, then to BF16: for BF16 and
+      // F32 scales that is one RNE to BF16 of the f32 product (the BF16 one is exact in f32).
+      for (uint64_t c = 0; c < cols; ++c) {
+        const uint16_t h = Bf16Rne(q[c] * srow[gcol[c]]);
+        all_finite &= (h & 0x7F80u) != 0x7F80u;
+        std::memcpy(o + 2 * c, &h, 2);
+      }
+      continue;
+    }
+    const float* zrow = zps.empty() ? nullptr : zps.data() + (r - r0) * sc;
+    for (uint64_t c = 0; c < cols; ++c) {
+      // x_q.to(scale dtype) is exact for every code; (q - zp) is exact for in-range points.
+      float a = q[c];
+      if (zrow != nullptr) a = RoundTo(dom, a - zrow[gcol[c]]);
+      const uint16_t h = F32ToBF16(RoundTo(dom, a * srow[gcol[c]]));
+      all_finite &= (h & 0x7F80u) != 0x7F80u;
+      std::memcpy(o + 2 * c, &h, 2);
+    }
+  }
+  *finite = all_finite;
+  return Status::Ok();
+}
+
+}  // namespace quench
