@@ -74,19 +74,9 @@ template <typename Item>
 class WriteQueue {
  public:
   // `write` writes one item and disposes of it (from any writer thread); `limit` bounds the
-  // bytes queued or being written. The bound starts at `start_limit` (if smaller) and rises
-  // by `step` each time a writer finds nothing to write after the first item: a deep queue
-  // only helps where the disk would otherwise idle (the workers' slow stretches), and every
-  // buffer it holds beyond those the workers recycle is fresh memory, whose first touch
-  // costs a fault and zeroing per page (bench/README.md, "FP8 kernel by reciprocal, and where
-  // its time goes"). When the disk is the slower side, the writers never run dry and the
-  // queue stays shallow.
-  WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Item>)> write,
-             uint64_t start_limit = UINT64_MAX, uint64_t step = 0)
-      : limit_(limit),
-        current_limit_(std::min(limit, start_limit)),
-        step_(step),
-        write_(std::move(write)) {
+  // bytes queued or being written.
+  WriteQueue(uint64_t limit, int threads, std::function<void(std::unique_ptr<Item>)> write)
+      : limit_(limit), write_(std::move(write)) {
     // Each writer holds at most one item in flight: reserved here, so a writer thread never
     // allocates (an allocation failure there could only end in std::terminate).
     in_flight_.reserve(static_cast<size_t>(threads));
@@ -101,7 +91,7 @@ class WriteQueue {
 
   void Submit(std::unique_ptr<Item> c, uint64_t bytes) {
     std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return pending_ == 0 || pending_ + bytes <= current_limit_; });
+    changed_.wait(lock, [&] { return pending_ == 0 || pending_ + bytes <= limit_; });
     pending_ += bytes;
     jobs_.push_back(Job{next_seq_++, std::move(c), bytes, nullptr});
     changed_.notify_all();
@@ -137,10 +127,6 @@ class WriteQueue {
       Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        if (jobs_.empty() && !stop_ && wrote_any_ && current_limit_ < limit_) {
-          current_limit_ = std::min(limit_, current_limit_ + step_);
-          changed_.notify_all();  // a worker may be waiting under the old bound
-        }
         changed_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
         if (jobs_.empty()) return;  // stop_ and nothing left
         job = std::move(jobs_.front());
@@ -158,7 +144,6 @@ class WriteQueue {
       if (job.item) write_(std::move(job.item));
       if (job.after) job.after();
       std::lock_guard<std::mutex> lock(mu_);
-      wrote_any_ = wrote_any_ || job.item != nullptr;
       if (!job.after) {
         in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), job.seq));
       }
@@ -168,9 +153,6 @@ class WriteQueue {
   }
 
   const uint64_t limit_;
-  uint64_t current_limit_;  // the bound now, between start_limit and limit_ (under mu_)
-  const uint64_t step_;
-  bool wrote_any_ = false;  // under mu_
   std::function<void(std::unique_ptr<Item>)> write_;
   std::mutex mu_;
   std::condition_variable changed_;  // queue, in-flight set or pending bytes changed

@@ -93,11 +93,9 @@ class ShardPipeline {
                            static_cast<size_t>(sizing_.threads));
     try {
       writer_ = std::make_unique<WriteQueue<Chunk>>(
-          sizing_.write_queue_bytes, kWriterThreads,
-          [this](std::unique_ptr<Chunk> c) {
+          sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {
             Contained(plan_.src.native(), [&] { WriteChunk(std::move(c)); });
-          },
-          kMinWriteQueueChunks * sizing_.chunk_bytes, sizing_.chunk_bytes);
+          });
     } catch (const std::system_error& e) {  // no memory for a thread's stack, or no threads
       return Error(ErrorCode::kIo, std::string("cannot start the writer threads (") + e.what() +
                                        "); free memory or lower --memory-limit");
