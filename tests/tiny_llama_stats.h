@@ -1,7 +1,7 @@
 // Statistics for data/tiny-llama written in place (Hessians of synthetic, correlated
 // activations with outlier channels, one site per distinct input, as docs/statistics-format.md
 // defines; layer 1's down_proj left without statistics): shared by the float GPTQ conversion
-// tests (the same construction as tests/test_gptq_convert.cc's).
+// tests and tests/test_gptq_convert.cc.
 #ifndef QUENCH_TESTS_TINY_LLAMA_STATS_H_
 #define QUENCH_TESTS_TINY_LLAMA_STATS_H_
 
