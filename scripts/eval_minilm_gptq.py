@@ -48,6 +48,11 @@ def decode(folder):
     q = cfg["quantization_config"]
     (grp,) = q["config_groups"].values()
     bits = grp["weights"]["num_bits"]
+    # Only symmetric pack-quantized ints are decoded here; anything else would be scored
+    # wrongly (zero points ignored, or int-quantized weights left undecoded), so refuse it.
+    if q.get("format") != "pack-quantized" or not grp["weights"].get("symmetric", True):
+        sys.exit(f"{folder}: only symmetric pack-quantized weights are decoded here "
+                 f"(format {q.get('format')}); score it with scripts/eval_minilm_static.py")
     weights = {}
     for name in t:
         if not name.endswith(".weight_packed"):
