@@ -8,15 +8,10 @@
 
 #include "format/source_packed.h"
 #include "format/source_quant.h"
+#include "quench/tensor.h"
 
 namespace quench {
 namespace {
-
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 SourceTensorRef Ref(const ModelFolder& folder, size_t shard, const TensorInfo& t) {
   return SourceTensorRef{shard, t.name, t.dtype, t.shape,
@@ -91,13 +86,13 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
     const TensorInfo& qw = *loc.info;
     if (qw.dtype != DType::kI32 || qw.shape.size() != 2 || qw.shape[0] == 0 || qw.shape[1] == 0) {
       return Error(ErrorCode::kInvalidInput,
-                   at + " is " + std::string(DTypeName(qw.dtype)) + " " + Shape(qw.shape) +
+                   at + " is " + std::string(DTypeName(qw.dtype)) + " " + ShapeString(qw.shape) +
                        "; an AutoAWQ GEMM qweight is I32 [in_features, out_features / 8]");
     }
     const uint64_t in = qw.shape[0], outf = qw.shape[1] * 8, g = out->group_size;
     if (in % g != 0) {
       return Error(ErrorCode::kInvalidInput,
-                   at + " " + Shape(qw.shape) + " has " + std::to_string(in) +
+                   at + " " + ShapeString(qw.shape) + " has " + std::to_string(in) +
                        " inputs, not a multiple of the config's group_size " + std::to_string(g));
     }
     PackedSourceWeight w;
@@ -123,8 +118,8 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
       }
       if (t.shape != shape) {
         return Error(ErrorCode::kInvalidInput,
-                     tat + " has shape " + Shape(t.shape) + "; expected " + Shape(shape) +
-                         " (qweight " + Shape(qw.shape) + ", group_size " + std::to_string(g) +
+                     tat + " has shape " + ShapeString(t.shape) + "; expected " + ShapeString(shape) +
+                         " (qweight " + ShapeString(qw.shape) + ", group_size " + std::to_string(g) +
                          " in the config)");
       }
       used.insert(t.name);

@@ -10,15 +10,10 @@
 #include <set>
 
 #include "format/source_quant.h"
+#include "quench/tensor.h"
 
 namespace quench {
 namespace {
-
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
@@ -204,7 +199,7 @@ Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTenso
   if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{2}) {
     return Error(ErrorCode::kInvalidInput,
                  where + " must hold the weight's two dimensions (I64 or I32 [2]), not " +
-                     std::string(DTypeName(t.dtype)) + " " + Shape(t.shape));
+                     std::string(DTypeName(t.dtype)) + " " + ShapeString(t.shape));
   }
   std::vector<uint8_t> raw(t.nbytes);
   const int fd = ::open(folder.shards[t.shard].path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -4,15 +4,10 @@
 #include <string>
 
 #include "format/source_ct.h"
+#include "quench/tensor.h"
 
 namespace quench {
 namespace {
-
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
@@ -22,7 +17,7 @@ Status Bad(const ModelFolder& folder, const CtTensor& t, const std::string& what
 }
 
 std::string Is(const CtTensor& t) {
-  return "is " + std::string(DTypeName(t.dtype)) + " " + Shape(t.shape);
+  return "is " + std::string(DTypeName(t.dtype)) + " " + ShapeString(t.shape);
 }
 
 bool IsFloatScale(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
@@ -34,7 +29,7 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
   const CtTensor& c = w.codes;
   if (c.shape.size() != 2) {
     return Error(ErrorCode::kUnsupported,
-                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " + Shape(c.shape) +
+                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " + ShapeString(c.shape) +
                      ": only 2-D compressed-tensors weights can be decoded so far");
   }
   // The stored codes: dtype and the decoded shape.
@@ -44,8 +39,8 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
       if (c.dtype != DType::kI32 || c.shape[0] != w.rows || c.shape[1] != words) {
         return Bad(folder, c, Is(c) + "; its group (" + fmt + ", " +
                                   std::to_string(w.num_bits) + "-bit) and weight_shape " +
-                                  Shape({w.rows, w.cols}) + " need I32 " +
-                                  Shape({w.rows, words}));
+                                  ShapeString({w.rows, w.cols}) + " need I32 " +
+                                  ShapeString({w.rows, words}));
       }
       break;
     }
@@ -118,8 +113,8 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
       break;
   }
   if (!want.empty() && s.shape != want) {
-    return Bad(folder, s, "has shape " + Shape(s.shape) + "; its weight " +
-                              Shape({w.rows, w.cols}) + " (" + fmt + ") needs " + Shape(want));
+    return Bad(folder, s, "has shape " + ShapeString(s.shape) + "; its weight " +
+                              ShapeString({w.rows, w.cols}) + " (" + fmt + ") needs " + ShapeString(want));
   }
   // Zero points: present exactly when asymmetric.
   const CtTensor& z = w.zero_point;
@@ -143,12 +138,12 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
       const std::vector<uint64_t> zw = {CeilDiv(w.rows * static_cast<uint64_t>(w.num_bits), 32),
                                         w.scale_cols};
       if (z.dtype != DType::kI32 || z.shape != zw) {
-        return Bad(folder, z, Is(z) + "; packed zero points of " + Shape({w.rows, w.cols}) +
-                                  " are I32 " + Shape(zw));
+        return Bad(folder, z, Is(z) + "; packed zero points of " + ShapeString({w.rows, w.cols}) +
+                                  " are I32 " + ShapeString(zw));
       }
     } else if ((z.dtype != DType::kI8 && z.dtype != DType::kI32 && !IsFloatScale(z.dtype)) ||
                z.nbytes / (DTypeBits(z.dtype) / 8) != s.nbytes / (DTypeBits(s.dtype) / 8)) {
-      return Bad(folder, z, Is(z) + "; a zero point per scale " + Shape(s.shape) + " is needed");
+      return Bad(folder, z, Is(z) + "; a zero point per scale " + ShapeString(s.shape) + " is needed");
     }
   }
   // Activation order: one group index per column.

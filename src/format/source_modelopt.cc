@@ -12,17 +12,12 @@
 
 #include "format/source_packed.h"
 #include "format/source_quant.h"
+#include "quench/tensor.h"
 
 namespace quench {
 namespace {
 
 constexpr uint64_t kGroup = 16;  // NVFP4: one E4M3 scale per 16 inputs
-
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // "*" and "?" globs (ModelOpt matches exclude_modules with fnmatch) as a "re:" entry; other
 // names verbatim, as a user passes them to the reference converter.
@@ -48,7 +43,7 @@ Result<float> ReadScalar(const ModelFolder& folder, size_t shard, const TensorIn
   const std::string at = folder.shards[shard].rel_name + ": tensor '" + t.name + "'";
   if (t.dtype != DType::kF32 || t.numel() != 1) {
     return Error(ErrorCode::kInvalidInput, at + " is " + std::string(DTypeName(t.dtype)) + " " +
-                                               Shape(t.shape) + "; ModelOpt writes one F32 value");
+                                               ShapeString(t.shape) + "; ModelOpt writes one F32 value");
   }
   std::ifstream f(folder.shards[shard].path, std::ios::binary);
   f.seekg(static_cast<std::streamoff>(folder.shards[shard].header.data_start + t.begin));
@@ -173,7 +168,7 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
     const std::string wat = folder.shards[w_it->second.shard].rel_name + ": tensor '" + w.name + "'";
     if (w.dtype != DType::kU8 || w.shape.size() != 2 || w.shape[0] == 0 || w.shape[1] == 0) {
       return Error(ErrorCode::kInvalidInput,
-                   wat + " is " + std::string(DTypeName(w.dtype)) + " " + Shape(w.shape) +
+                   wat + " is " + std::string(DTypeName(w.dtype)) + " " + ShapeString(w.shape) +
                        "; a ModelOpt NVFP4 weight is U8 [out, in / 2] (two FP4 codes a byte)");
     }
     const uint64_t rows = w.shape[0], cols = w.shape[1] * 2;
@@ -184,9 +179,9 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
     }
     if (cols % kGroup != 0 || s.shape != std::vector<uint64_t>{rows, cols / kGroup}) {
       return Error(ErrorCode::kInvalidInput,
-                   sat + " has shape " + Shape(s.shape) + "; expected " +
-                       Shape({rows, (cols + kGroup - 1) / kGroup}) + " (weight " +
-                       Shape(w.shape) + ": " + std::to_string(cols) + " inputs in groups of 16)");
+                   sat + " has shape " + ShapeString(s.shape) + "; expected " +
+                       ShapeString({rows, (cols + kGroup - 1) / kGroup}) + " (weight " +
+                       ShapeString(w.shape) + ": " + std::to_string(cols) + " inputs in groups of 16)");
     }
     PackedSourceWeight pw;
     pw.source_name = w.name;

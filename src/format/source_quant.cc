@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "format/source_ct.h"
+#include "quench/tensor.h"
 
 namespace quench {
 namespace {
@@ -14,12 +15,6 @@ struct Located {
   size_t shard;
   const TensorInfo* info;
 };
-
-std::string Shape(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
@@ -53,7 +48,7 @@ Status PairScale(const ModelFolder& folder, const Located& w, const Located& s,
   if (wt.shape.size() != 2) {
     return Error(ErrorCode::kUnsupported,
                  folder.shards[w.shard].rel_name + ": tensor '" + wt.name + "' " +
-                     Shape(wt.shape) + ": only 2-D FP8 weights can be decoded so far");
+                     ShapeString(wt.shape) + ": only 2-D FP8 weights can be decoded so far");
   }
   SourceScale sc;
   sc.shard = s.shard;
@@ -75,12 +70,12 @@ Status PairScale(const ModelFolder& folder, const Located& w, const Located& s,
   } else {
     std::string want = "one element";
     if (out->block_rows != 0) {
-      want = Shape({CeilDiv(rows, out->block_rows), CeilDiv(cols, out->block_cols)}) +
-             " (weight " + Shape(wt.shape) + " in " + std::to_string(out->block_rows) + "x" +
+      want = ShapeString({CeilDiv(rows, out->block_rows), CeilDiv(cols, out->block_cols)}) +
+             " (weight " + ShapeString(wt.shape) + " in " + std::to_string(out->block_rows) + "x" +
              std::to_string(out->block_cols) + " blocks) or one element";
     }
     return Error(ErrorCode::kInvalidInput,
-                 where + " has shape " + Shape(st.shape) + "; expected " + want);
+                 where + " has shape " + ShapeString(st.shape) + "; expected " + want);
   }
   out->scales.emplace(wt.name, std::move(sc));
   return Status::Ok();
