@@ -20,68 +20,14 @@
 #include "format/safetensors.h"
 #include "quench/scheme.h"
 #include "schemes/float_formats.h"
+#include "golden_file.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
-struct File {
-  SafetensorsHeader header;
-  std::string bytes;
-  std::string Meta(const std::string& key) const {
-    for (const auto& [k, v] : header.metadata) {
-      if (k == key) return v;
-    }
-    FAIL("no metadata key " << key);
-    return "";
-  }
-  bool Has(const std::string& name) const {
-    for (const auto& t : header.tensors) {
-      if (t.name == name) return true;
-    }
-    return false;
-  }
-  std::vector<float> Tensor(const std::string& name) const {
-    for (const auto& t : header.tensors) {
-      if (t.name != name) continue;
-      std::vector<float> v((t.end - t.begin) / 4);
-      std::memcpy(v.data(), bytes.data() + header.data_start + t.begin, t.end - t.begin);
-      return v;
-    }
-    FAIL("no tensor " << name);
-    return {};
-  }
-  std::vector<uint64_t> Shape(const std::string& name) const {
-    for (const auto& t : header.tensors) {
-      if (t.name == name) return t.shape;
-    }
-    return {};
-  }
-};
-
-File Load(const fs::path& p) {
-  File f;
-  auto h = ReadSafetensorsHeader(p);
-  REQUIRE_MESSAGE(h.ok(), h.status().ToString());
-  f.header = *h;
-  f.bytes = ReadBytes(p);
-  return f;
-}
-
-double ProxyLoss(const std::vector<float>& w, const std::vector<float>& q,
-                 const std::vector<float>& h, size_t rows, size_t n) {
-  double total = 0;
-  std::vector<double> d(n);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < n; ++j) d[j] = double(w[r * n + j]) - double(q[r * n + j]);
-    for (size_t i = 0; i < n; ++i) {
-      double s = 0;
-      for (size_t j = 0; j < n; ++j) s += double(h[i * n + j]) * d[j];
-      total += d[i] * s;
-    }
-  }
-  return total;
-}
+using File = GoldenFile;
+File Load(const fs::path& p) { return LoadGolden(p); }
 
 // The scheme's weight args, as the preset table has them.
 calib::GptqFloat FormatOf(const std::string& scheme) {
