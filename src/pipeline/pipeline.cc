@@ -724,6 +724,21 @@ class ShardPipeline {
     const uint64_t tile_rows =
         std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
     const uint64_t in_row = SourceRowBytes(t);
+    if (!t.prune && errors_ == nullptr) {
+      // FP8-block codes straight to int4 / NVFP4 outputs by table (fp8_source_quant.h).
+      bool handled = false, finite = true;
+      if (Status st = QuantizeSourceRows(plan_, t, maps_, c->map->data() + p.src_offset, p.begin,
+                                         p.end, t.scheme->kernel, in.params, outs, &handled,
+                                         &finite);
+          !st.ok()) {
+        Fail(st);
+        return;
+      }
+      if (handled) {
+        if (!finite) p.finite = false;
+        return;
+      }
+    }
     thread_local std::vector<uint8_t> tile;
     for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
       const uint64_t r1 = std::min(p.end, r + tile_rows);

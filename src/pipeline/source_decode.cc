@@ -10,7 +10,10 @@
 #include "pipeline/source_decode_packed.h"
 #include "schemes/ct_decode.h"
 #include "schemes/float_formats.h"
+#include "schemes/fp4.h"
 #include "schemes/fp8.h"
+#include "schemes/fp8_source_quant.h"
+#include "schemes/int.h"
 
 namespace quench {
 
@@ -83,6 +86,30 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   fp8::SourceChunk in;
   QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
   *finite = fp8::DequantizeSource(in, out);
+  return Status::Ok();
+}
+
+Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, uint64_t r0, uint64_t r1, ChunkKernel kernel,
+                          const KernelParams& params, const ChunkOutputs& outs, bool* handled,
+                          bool* finite) {
+  *handled = false;
+  *finite = true;
+  const bool int4 = kernel == &intq::QuantizePacked && params.bits == 4 && params.symmetric &&
+                    params.group_size > 0;
+  const bool nvfp4 = kernel == &fp4::QuantizeNvfp4;
+  if (t.source_scale->packed_kind != 0 || t.source_scale->ct || r1 <= r0 || !(int4 || nvfp4) ||
+      t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
+    return Status::Ok();
+  }
+  std::vector<float> scales;
+  fp8::SourceChunk in;
+  QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
+  const fp8::FusedResult res =
+      int4 ? fp8::QuantizeSourceInt4(in, static_cast<size_t>(params.group_size), outs)
+           : fp8::QuantizeSourceNvfp4(in, params.global_scale, outs);
+  *handled = res != fp8::FusedResult::kNotHandled;
+  *finite = res != fp8::FusedResult::kNotFinite;
   return Status::Ok();
 }
 

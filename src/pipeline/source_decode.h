@@ -9,6 +9,7 @@
 
 #include "pipeline/pipeline.h"
 #include "quench/plan.h"
+#include "schemes/chunk.h"
 
 namespace quench {
 
@@ -31,6 +32,17 @@ inline uint64_t SourceRowBytes(const PlannedTensor& t) {
 Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite);
+
+// Rows [r0, r1) of an FP8-block source weight quantized straight to the outputs of its
+// scheme's kernel (`outs`, for exactly those rows) when fp8_source_quant.h handles the scheme
+// (symmetric int4 groups, NVFP4) and shape: *handled then says so and *finite is set as
+// DecodeSourceRows sets it; the bytes are those of decoding and running `kernel` on `params`.
+// Otherwise *handled is false and nothing is written. Scales are checked as DecodeSourceRows
+// checks them.
+Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, uint64_t r0, uint64_t r1, ChunkKernel kernel,
+                          const KernelParams& params, const ChunkOutputs& outs, bool* handled,
+                          bool* finite);
 
 // The largest |x| of rows [r0, r1) of `t` decoded, computed without decoding them
 // (fp8::SourceAbsMax): the NVFP4 pre-pass's need. Scales are checked as DecodeSourceRows

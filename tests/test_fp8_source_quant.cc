@@ -1,0 +1,186 @@
+// The fused FP8-block source kernels (src/schemes/fp8_source_quant.h) against the definition:
+// DequantizeSourceScalar (decode) followed by the scheme's scalar reference, byte for byte,
+// for every code magnitude under every group maximum, both signs, every group size and block
+// shape they handle, chunks that start inside a band and span several, and the scales that
+// need care (+0, subnormal, tiny, E8M0 powers of two, overflowing products), plus NaN codes.
+// On a CPU without AVX-512 VBMI the kernels must decline (kNotHandled) every call.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "schemes/fp4.h"
+#include "schemes/fp8.h"
+#include "schemes/fp8_source_quant.h"
+#include "schemes/int.h"
+
+namespace quench::fp8 {
+using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+
+namespace {
+
+struct Case {
+  size_t rows, cols, block_rows, block_cols, first_row;
+};
+
+// Codes where every group (of `group` columns) has a chosen largest magnitude mc, cycling
+// through 0..126 group by group, its other codes below it with random signs; one element of
+// each group is mc itself. `nan_at` (if < size) becomes a NaN code.
+std::vector<uint8_t> MakeCodes(const Case& c, size_t group, uint32_t seed, size_t nan_at) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> codes(c.rows * c.cols);
+  size_t k = seed % 127;
+  for (size_t r = 0; r < c.rows; ++r) {
+    for (size_t g0 = 0; g0 < c.cols; g0 += group, ++k) {
+      const uint32_t mc = static_cast<uint32_t>(k % 127);
+      for (size_t i = 0; i < group; ++i) {
+        const uint32_t m = mc == 0 ? 0 : rng() % (mc + 1);
+        codes[r * c.cols + g0 + i] = static_cast<uint8_t>(m | ((rng() & 1) << 7));
+      }
+      codes[r * c.cols + g0 + rng() % group] = static_cast<uint8_t>(mc | ((rng() & 1) << 7));
+    }
+  }
+  if (nan_at < codes.size()) codes[nan_at] = (nan_at & 1) ? 0xFF : 0x7F;
+  return codes;
+}
+
+// One scale per tile (row-major, the tile rows of the chunk), drawn from `pool` in turn.
+std::vector<float> MakeScales(const Case& c, const std::vector<float>& pool, size_t offset) {
+  const size_t first = c.first_row / c.block_rows;
+  const size_t last = (c.first_row + c.rows - 1) / c.block_rows;
+  const size_t scale_cols = (c.cols + c.block_cols - 1) / c.block_cols;
+  std::vector<float> s((last - first + 1) * scale_cols);
+  for (size_t i = 0; i < s.size(); ++i) s[i] = pool[(i + offset) % pool.size()];
+  return s;
+}
+
+SourceChunk Chunk(const Case& c, const std::vector<uint8_t>& codes,
+                  const std::vector<float>& scales) {
+  SourceChunk in;
+  in.codes = codes.data();
+  in.rows = c.rows;
+  in.cols = c.cols;
+  in.first_row = c.first_row;
+  in.scales = scales.data();
+  in.scale_cols = (c.cols + c.block_cols - 1) / c.block_cols;
+  in.block_rows = c.block_rows;
+  in.block_cols = c.block_cols;
+  return in;
+}
+
+// Decode with the scalar definition, then the scheme's scalar reference. False when the
+// decode refuses the chunk (NaN code, product not finite).
+bool Reference(const SourceChunk& in, bool nvfp4, size_t group, float gs,
+               std::vector<uint8_t>* packed, std::vector<uint8_t>* scales) {
+  std::vector<uint8_t> dec(2 * in.rows * in.cols);
+  if (!DequantizeSourceScalar(in, dec.data())) return false;
+  WeightChunk w;
+  w.data = dec.data();
+  w.dtype = DType::kBF16;
+  w.rows = in.rows;
+  w.cols = in.cols;
+  w.params.bits = 4;
+  w.params.group_size = static_cast<int>(group);
+  w.params.symmetric = true;
+  w.params.global_scale = gs;
+  ChunkOutputs out;
+  out.out[0] = packed->data();
+  out.out[1] = scales->data();
+  REQUIRE((nvfp4 ? fp4::QuantizeNvfp4Scalar(w, out) : intq::QuantizePackedScalar(w, out)));
+  return true;
+}
+
+// Runs the fused kernel and the reference on one chunk; returns the elements compared.
+size_t Check(const Case& c, bool nvfp4, size_t group, float gs, const std::vector<float>& pool,
+             uint32_t seed, size_t nan_at) {
+  const std::vector<uint8_t> codes = MakeCodes(c, nvfp4 ? 64 : group, seed, nan_at);
+  const std::vector<float> scales = MakeScales(c, pool, seed);
+  const SourceChunk in = Chunk(c, codes, scales);
+  const size_t n_groups = c.cols / group;
+  const size_t scale_bytes = c.rows * n_groups * (nvfp4 ? 1 : 2);
+  std::vector<uint8_t> want_p(c.rows * c.cols / 2 + kGuardBytes, kGuard);
+  std::vector<uint8_t> want_s(scale_bytes + kGuardBytes, kGuard);
+  const bool ok = Reference(in, nvfp4, group, gs, &want_p, &want_s);
+  std::vector<uint8_t> got_p(want_p.size(), kGuard), got_s(want_s.size(), kGuard);
+  ChunkOutputs out;
+  out.out[0] = got_p.data();
+  out.out[1] = got_s.data();
+  const FusedResult res =
+      nvfp4 ? QuantizeSourceNvfp4(in, gs, out) : QuantizeSourceInt4(in, group, out);
+  CAPTURE(c.rows);
+  CAPTURE(c.cols);
+  CAPTURE(c.block_rows);
+  CAPTURE(c.block_cols);
+  CAPTURE(c.first_row);
+  CAPTURE(group);
+  CAPTURE(seed);
+  if (!FusedSourceAvailable()) {
+    REQUIRE(res == FusedResult::kNotHandled);
+    return 0;
+  }
+  REQUIRE(res == (ok ? FusedResult::kOk : FusedResult::kNotFinite));
+  if (!ok) return 0;
+  REQUIRE(got_p == want_p);  // guard bytes included: no overrun
+  REQUIRE(got_s == want_s);
+  return c.rows * c.cols;
+}
+
+// Scales: zero, subnormal, tiny, ordinary, E8M0-style powers of two, near bf16's edges.
+const std::vector<float> kScales = {
+    0.0f,      std::ldexp(1.0f, -140), 6.0e-39f,  std::ldexp(1.0f, -127), 0.000337f,
+    0.0021f,   1.0f,                   3.1415927f, std::ldexp(1.0f, -9),  std::ldexp(1.0f, 30),
+    1.7e-5f,   0.0125f,                std::ldexp(1.0f, 100), 123.456f};
+
+}  // namespace
+
+TEST_SUITE("fp8_source_quant") {
+
+TEST_CASE("int4 groups from FP8 blocks: every code under every group maximum") {
+  const std::vector<Case> cases = {
+      {300, 512, 128, 128, 0},    // several bands, four block columns
+      {200, 384, 128, 128, 77},   // starts inside a band
+      {130, 320, 128, 128, 0},    // a partial last block column (64 wide)
+      {64, 256, 64, 256, 5},      // wide blocks, short bands
+      {40, 640, 1u << 20, 640, 0},  // one per-tensor scale: a block is the whole row
+  };
+  size_t checked = 0;
+  for (const Case& c : cases) {
+    for (size_t group : {64, 128}) {
+      if (c.block_cols % group != 0 || c.cols % group != 0) continue;
+      for (uint32_t seed = 1; seed <= 6; ++seed) checked += Check(c, false, group, 0, kScales, seed, ~size_t{0});
+    }
+  }
+  MESSAGE(checked << " int4 elements checked");
+}
+
+TEST_CASE("int4 from FP8 blocks: NaN codes and overflowing products are refused") {
+  const Case c{256, 256, 128, 128, 0};
+  // A NaN code anywhere (both encodings), and a scale that overflows bf16 for big codes.
+  for (size_t at : {size_t{0}, size_t{1}, size_t{256 * 256 - 1}, size_t{129 * 256 + 17}}) {
+    Check(c, false, 128, 0, kScales, 3, at);
+  }
+  Check(c, false, 128, 0, {1.0f, std::ldexp(1.0f, 125)}, 2, ~size_t{0});
+}
+
+TEST_CASE("int4 from FP8 blocks: shapes and scales it does not handle are declined") {
+  const Case c{16, 256, 128, 128, 0};
+  const std::vector<uint8_t> codes = MakeCodes(c, 32, 1, ~size_t{0});
+  std::vector<uint8_t> p(c.rows * c.cols), s(c.rows * c.cols);
+  ChunkOutputs out;
+  out.out[0] = p.data();
+  out.out[1] = s.data();
+  std::vector<float> scales = {1.0f, 2.0f};
+  CHECK(QuantizeSourceInt4(Chunk(c, codes, scales), 32, out) == FusedResult::kNotHandled);
+  CHECK(QuantizeSourceInt4(Chunk({16, 256, 128, 96, 0}, codes, {1, 1, 1}), 64, out) ==
+        FusedResult::kNotHandled);
+  scales[1] = -0.0f;  // products would flip signs: decoded the usual way
+  CHECK(QuantizeSourceInt4(Chunk(c, codes, scales), 128, out) == FusedResult::kNotHandled);
+}
+
+}  // TEST_SUITE
+
+}  // namespace quench::fp8
