@@ -97,7 +97,7 @@ bool Reference(const SourceChunk& in, bool nvfp4, size_t group, float gs,
 // Runs the fused kernel and the reference on one chunk; returns the elements compared.
 size_t Check(const Case& c, bool nvfp4, size_t group, float gs, const std::vector<float>& pool,
              uint32_t seed, size_t nan_at) {
-  const std::vector<uint8_t> codes = MakeCodes(c, nvfp4 ? 64 : group, seed, nan_at);
+  const std::vector<uint8_t> codes = MakeCodes(c, group, seed, nan_at);
   const std::vector<float> scales = MakeScales(c, pool, seed);
   const SourceChunk in = Chunk(c, codes, scales);
   const size_t n_groups = c.cols / group;
@@ -179,6 +179,55 @@ TEST_CASE("int4 from FP8 blocks: shapes and scales it does not handle are declin
         FusedResult::kNotHandled);
   scales[1] = -0.0f;  // products would flip signs: decoded the usual way
   CHECK(QuantizeSourceInt4(Chunk(c, codes, scales), 128, out) == FusedResult::kNotHandled);
+}
+
+TEST_CASE("NVFP4 from FP8 blocks: every code under every group maximum and global scale") {
+  const std::vector<Case> cases = {
+      {300, 512, 128, 128, 0},      // several bands, four block columns
+      {200, 384, 128, 128, 77},     // starts inside a band
+      {130, 320, 128, 128, 0},      // a partial last block column (64 wide)
+      {64, 256, 64, 16, 5},         // narrow blocks: four per vector of codes
+      {40, 640, 1u << 20, 640, 0},  // one per-tensor scale
+  };
+  // Global scales as the pre-pass makes them (2688 / amax in bf16) and extremes that
+  // saturate the group scale codes or drive them to the zero guard.
+  const std::vector<float> gss = {fp4::Nvfp4GlobalScale(3.7f, DType::kBF16),
+                                  fp4::Nvfp4GlobalScale(0.02f, DType::kBF16),
+                                  fp4::Nvfp4GlobalScale(1e-30f, DType::kBF16), 1.0f, 1e-20f,
+                                  1e20f};
+  size_t checked = 0;
+  for (const Case& c : cases) {
+    for (size_t i = 0; i < gss.size(); ++i) {
+      for (uint32_t seed = 1; seed <= 3; ++seed) {
+        checked += Check(c, true, 16, gss[i], kScales, seed + 7 * i, ~size_t{0});
+      }
+    }
+  }
+  MESSAGE(checked << " NVFP4 elements checked");
+}
+
+TEST_CASE("NVFP4 from FP8 blocks: NaN codes and overflowing products are refused") {
+  const Case c{256, 256, 128, 128, 0};
+  const float gs = fp4::Nvfp4GlobalScale(2.0f, DType::kBF16);
+  for (size_t at : {size_t{0}, size_t{1}, size_t{256 * 256 - 1}, size_t{129 * 256 + 17}}) {
+    Check(c, true, 16, gs, kScales, 3, at);
+  }
+  Check(c, true, 16, gs, {1.0f, std::ldexp(1.0f, 125)}, 2, ~size_t{0});
+}
+
+TEST_CASE("NVFP4 from FP8 blocks: shapes and scales it does not handle are declined") {
+  const Case c{16, 256, 128, 128, 0};
+  const std::vector<uint8_t> codes = MakeCodes(c, 16, 1, ~size_t{0});
+  std::vector<uint8_t> p(c.rows * c.cols), s(c.rows * c.cols);
+  ChunkOutputs out;
+  out.out[0] = p.data();
+  out.out[1] = s.data();
+  CHECK(QuantizeSourceNvfp4(Chunk({16, 240, 128, 240, 0}, codes, {1.0f}), 1.0f, out) ==
+        FusedResult::kNotHandled);  // 240 columns: not whole vectors of 64
+  CHECK(QuantizeSourceNvfp4(Chunk({16, 256, 128, 8, 0}, codes, std::vector<float>(32, 1.0f)),
+                            1.0f, out) == FusedResult::kNotHandled);  // groups across blocks
+  CHECK(QuantizeSourceNvfp4(Chunk(c, codes, {1.0f, -0.0f}), 1.0f, out) ==
+        FusedResult::kNotHandled);
 }
 
 }  // TEST_SUITE

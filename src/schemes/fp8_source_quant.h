@@ -40,8 +40,8 @@ FusedResult QuantizeSourceInt4(const SourceChunk& in, size_t group, const ChunkO
 
 // NVFP4 (group 16, E4M3 group scales, the fused set's f32 global scale): out[0] = packed
 // nibbles (cols / 2 bytes a row), out[1] = E4M3 scale codes [rows, cols / 16]. Handled when
-// block_cols is a multiple of 64 (or the whole row, a multiple of 64) and no scale has its
-// sign bit set.
+// cols is a multiple of 64, block_cols of 16, the global scale is finite and > 0, and no
+// scale has its sign bit set.
 FusedResult QuantizeSourceNvfp4(const SourceChunk& in, float global_scale,
                                 const ChunkOutputs& out);
 
