@@ -405,6 +405,44 @@ bool DequantizeByTable(const SourceChunk& in, uint8_t* out) {
 }
 #endif
 
+// SourceAbsMax (below, the scalar version has the argument): per tile row, the largest code
+// magnitude of each column over the band's rows, elementwise in vectors (one max per code
+// byte), then per block column the largest of those, times its scale.
+bool SourceAbsMaxKernel(const SourceChunk& in, float* amax) {
+  const hn::ScalableTag<uint8_t> d8;
+  const size_t lanes = hn::Lanes(d8);
+  const size_t first_tile_row = in.first_row / in.block_rows;
+  auto top = hwy::AllocateAligned<uint8_t>(in.cols + lanes);
+  if (!top) throw std::bad_alloc();
+  const auto low7 = hn::Set(d8, uint8_t{0x7F});
+  float best = 0.f;
+  for (size_t r = 0; r < in.rows;) {
+    const size_t tile_row = (in.first_row + r) / in.block_rows;
+    const size_t end = std::min(in.rows, (tile_row + 1) * in.block_rows - in.first_row);
+    std::fill(top.get(), top.get() + in.cols, uint8_t{0});
+    for (; r < end; ++r) {
+      const uint8_t* codes = in.codes + r * in.cols;
+      size_t c = 0;
+      for (; c + lanes <= in.cols; c += lanes) {
+        hn::Store(hn::Max(hn::Load(d8, top.get() + c), hn::And(hn::LoadU(d8, codes + c), low7)),
+                  d8, top.get() + c);
+      }
+      for (; c < in.cols; ++c) top[c] = std::max<uint8_t>(top[c], codes[c] & 0x7F);
+    }
+    const float* scales = in.scales + (tile_row - first_tile_row) * in.scale_cols;
+    for (size_t j = 0, c0 = 0; c0 < in.cols; c0 += in.block_cols, ++j) {
+      const size_t c1 = std::min(in.cols, c0 + in.block_cols);
+      const uint8_t m = *std::max_element(top.get() + c0, top.get() + c1);
+      if (m == 0x7F) return false;  // a NaN code (the largest magnitude bits there are)
+      const float y = BF16ToF32(F32ToBF16(E4M3ToF32(m) * scales[j]));
+      if (!std::isfinite(y)) return false;
+      best = std::max(best, std::fabs(y));
+    }
+  }
+  *amax = best;
+  return true;
+}
+
 bool DequantizeSourceKernel(const SourceChunk& in, uint8_t* out) {
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
   return DequantizeByTable(in, out);
@@ -435,6 +473,7 @@ HWY_EXPORT(QuantizeChannelKernel);
 HWY_EXPORT(QuantizeBlockKernel);
 HWY_EXPORT(QuantizeTensorKernel);
 HWY_EXPORT(DequantizeSourceKernel);
+HWY_EXPORT(SourceAbsMaxKernel);
 
 bool QuantizeChannel(const WeightChunk& in, const ChunkOutputs& out) {
   return HWY_DYNAMIC_DISPATCH(QuantizeChannelKernel)(in, out);
@@ -563,6 +602,10 @@ bool DequantizeSourceScalar(const SourceChunk& in, uint8_t* out) {
 }
 
 bool SourceAbsMax(const SourceChunk& in, float* amax) {
+  return HWY_DYNAMIC_DISPATCH(SourceAbsMaxKernel)(in, amax);
+}
+
+bool SourceAbsMaxScalar(const SourceChunk& in, float* amax) {
   const size_t first_tile_row = in.first_row / in.block_rows;
   std::vector<uint8_t> top(in.scale_cols);
   float best = 0.f;

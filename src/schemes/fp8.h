@@ -58,7 +58,10 @@ bool DequantizeSource(const SourceChunk& in, uint8_t* out);
 // |code| (E4M3 magnitudes are ordered like their 7 low bits), so a tile's largest |x| is its
 // largest code's. One byte max per element instead of a decode (the NVFP4 pre-pass's need).
 // False exactly when DequantizeSource is (a NaN code, or a product not finite in bf16).
+// SourceAbsMax is the Highway kernel (a vector byte max per code), SourceAbsMaxScalar the
+// same rule one byte at a time.
 bool SourceAbsMax(const SourceChunk& in, float* amax);
+bool SourceAbsMaxScalar(const SourceChunk& in, float* amax);
 
 }  // namespace quench::fp8
 
