@@ -41,6 +41,7 @@
 #include "hwy/highway.h"
 #include "schemes/rounding-inl.h"
 
+#include "schemes/fp8_shared.h"  // ReciprocalIsExact, with its proof
 #include "schemes/int_shared.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -229,10 +230,13 @@ HWY_INLINE void ComputeParamsRow(const float* mn_in, const float* mx_in, size_t 
 // to an integer, ties to the even one (the constant is even, so the parity of the sum is
 // that of round(v)); the sum's mantissa is then 2^22 + offset + round(v), whose low byte is
 // (round(v) + offset) mod 256: the int8 value (offset 0) or the packing's u (2^(b-1)).
-template <DType D, bool kSym>
+// kByRecip: `scale` holds RN_f32(1 / scale) and the quotient is x times it, which gives the
+// division's RNE_D(x / scale) for bf16 x and a scale that fp8::internal::ReciprocalIsExact
+// accepts (fp8_shared.h has the proof; every later step is a function of that bf16 value).
+template <DType D, bool kSym, bool kByRecip = false>
 HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> QuantizeLanes(DF df, VF x, VF scale, VF zp, VF lo,
                                                            VF hi, VF magic) {
-  VF v = rd::RoundToDType<D>(df, hn::Div(x, scale));
+  VF v = rd::RoundToDType<D>(df, kByRecip ? hn::Mul(x, scale) : hn::Div(x, scale));
   if constexpr (!kSym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
   v = hn::Min(hn::Max(v, lo), hi);
   return hn::BitCast(hn::RebindToUnsigned<DF>(), hn::Add(v, magic));
@@ -277,6 +281,34 @@ HWY_INLINE void QuantizeRun(const uint8_t* src, size_t n, const internal::GroupP
     store(QuantizeLanes<D, kSym>(df, rd::LoadF32<D>(df, in_buf), scale, zp, lo, hi, magic),
           out_buf);
     std::memcpy(dst + i, out_buf, n - i);
+  }
+}
+
+// bf16, 4 bits, packed: quantizes n elements at src (n a multiple of 2 * Lanes(df)) with
+// one group's parameters straight into n / 2 packed bytes at dst. Each u32 lane holds an
+// (even, odd) pair of elements, so the two codes u = q + 8 of a lane form one output byte
+// (even in the low nibble, pack_to_int32's order) with no pass through a row of u bytes.
+// The low byte of QuantizeLanes's result is u (< 16, the bits above it are the magic sum's).
+template <bool kSym, bool kByRecip>
+HWY_INLINE void QuantizePairs4(const uint8_t* src, size_t n, float by,
+                               const internal::GroupParams& p, uint8_t* dst) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<uint8_t, DF> d8;
+  const size_t lanes = hn::Lanes(df);
+  const VF vby = hn::Set(df, by);
+  const VF zp = hn::Set(df, static_cast<float>(p.zp));
+  const VF lo = hn::Set(df, -8.0f);
+  const VF hi = hn::Set(df, 7.0f);
+  const VF magic = hn::Set(df, 12582912.0f + 8.0f);  // 1.5 * 2^23 plus the offset 8
+  const auto high_half = hn::Set(du, 0xFFFF0000u);
+  for (size_t i = 0; i < n; i += 2 * lanes) {
+    const auto pair = hn::LoadU(du, reinterpret_cast<const uint32_t*>(src + 2 * i));
+    const VF even = hn::BitCast(df, hn::ShiftLeft<16>(pair));
+    const VF odd = hn::BitCast(df, hn::And(pair, high_half));
+    const auto ue = QuantizeLanes<DType::kBF16, kSym, kByRecip>(df, even, vby, zp, lo, hi, magic);
+    const auto uo = QuantizeLanes<DType::kBF16, kSym, kByRecip>(df, odd, vby, zp, lo, hi, magic);
+    hn::StoreU(hn::TruncateTo(d8, hn::Or(ue, hn::ShiftLeft<4>(uo))), d8, dst + i / 2);
   }
 }
 
@@ -357,6 +389,10 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
   // Pack straight into the output when the stream is exactly the row's words and the stores
   // stay inside it (B = 2, 4 write only their own bytes); else into a scratch row.
   const bool direct = packed_bytes == out_row_bytes && (l.bits == 2 || l.bits == 4);
+  // bf16 int4 in whole vectors of pairs: quantized and packed in one step (QuantizePairs4).
+  // A group that is a multiple of 8 columns makes the row exactly cols / 2 bytes of words.
+  const bool pairs4 = D == DType::kBF16 && packed && l.bits == 4 &&
+                      l.group % (2 * hn::Lanes(DF())) == 0 && l.group % 8 == 0;
   hwy::AlignedFreeUniquePtr<uint8_t[]> ubuf, pbuf;
   if (via_buffer) {
     ubuf = hwy::AllocateAligned<uint8_t>(n8);
@@ -409,6 +445,20 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
     }
     // Pass 2: quantize the row (still in L1 / L2) group by group.
     const uint8_t* next_row = r + 1 < in.rows ? row + row_bytes : nullptr;
+    if (pairs4) {
+      uint8_t* dst = out.out[0] + r * out_row_bytes;
+      for (size_t g = 0; g < l.n_groups; ++g) {
+        if (next_row != nullptr) rd::PrefetchBytes(next_row + g * group_bytes, group_bytes);
+        const internal::GroupParams gp{scale[g], zp[g]};
+        uint8_t* gdst = dst + g * l.group / 2;
+        if (fp8::internal::ReciprocalIsExact(scale[g], DType::kBF16)) {
+          QuantizePairs4<kSym, true>(row + g * group_bytes, l.group, 1.0f / scale[g], gp, gdst);
+        } else {
+          QuantizePairs4<kSym, false>(row + g * group_bytes, l.group, scale[g], gp, gdst);
+        }
+      }
+      continue;
+    }
     for (size_t g = 0; g < l.n_groups; ++g) {
       if (next_row != nullptr) rd::PrefetchBytes(next_row + g * group_bytes, group_bytes);
       QuantizeRun<D, kSym>(row + g * group_bytes, l.group, internal::GroupParams{scale[g], zp[g]},

@@ -1,0 +1,126 @@
+// The bf16 int4 fast path of the int kernels (src/schemes/int.cc, QuantizePairs4): a group's
+// pairs quantized and packed in one step, and RNE_bf16(x / scale) taken as x * RN(1 / scale)
+// where fp8::internal::ReciprocalIsExact allows it (fp8_shared.h has the proof). Checked
+// against the scalar definition (which divides) on every compiled target: every finite bf16
+// x whose magnitude fits under a group's amax, for every bf16 scale significand at exponents
+// spanning the reciprocal path's range and at the subnormal scales that keep the division,
+// symmetric and asymmetric, group sizes 32 and 128.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "schemes/float_formats.h"
+#include "schemes/int.h"
+
+namespace quench::intq {
+using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+
+namespace {
+
+// Rows of `group` bf16 elements: element 0 of each group is `amax` (it fixes the symmetric
+// scale), element 1 is -amax / 3 (a negative minimum for the asymmetric scale), the rest run
+// through every finite bf16 pattern with |x| <= amax, in order.
+std::vector<uint8_t> RowsUnder(float amax, size_t group, size_t* rows) {
+  std::vector<uint16_t> xs;
+  for (uint32_t b = 0; b < 0x10000u; ++b) {
+    const float x = BF16ToF32(static_cast<uint16_t>(b));
+    if (std::isfinite(x) && std::fabs(x) <= amax) xs.push_back(static_cast<uint16_t>(b));
+  }
+  const size_t per_group = group - 2;
+  const size_t groups = (xs.size() + per_group - 1) / per_group;
+  std::vector<uint16_t> elems;
+  for (size_t g = 0; g < groups; ++g) {
+    elems.push_back(F32ToBF16(amax));
+    elems.push_back(F32ToBF16(-amax / 3.0f));
+    for (size_t i = 0; i < per_group; ++i) elems.push_back(xs[(g * per_group + i) % xs.size()]);
+  }
+  // Four groups a row (the row's later groups reuse the scale of the same amax).
+  while (elems.size() % (4 * group) != 0) {
+    elems.insert(elems.end(), elems.begin(), elems.begin() + static_cast<long>(group));
+  }
+  *rows = elems.size() / (4 * group);
+  std::vector<uint8_t> bytes(elems.size() * 2);
+  std::memcpy(bytes.data(), elems.data(), bytes.size());
+  return bytes;
+}
+
+size_t CompareOnTargets(const std::vector<uint8_t>& data, size_t rows, size_t group, bool sym) {
+  WeightChunk in;
+  in.data = data.data();
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = 4 * group;
+  in.params.bits = 4;
+  in.params.group_size = static_cast<int>(group);
+  in.params.symmetric = sym;
+  const size_t words = rows * in.cols / 2, scales = rows * 4 * 2, zps = (rows + 7) / 8 * 4 * 4;
+  std::vector<uint8_t> w0(words + kGuardBytes, kGuard), s0(scales + kGuardBytes, kGuard),
+      z0(zps + kGuardBytes, kGuard);
+  ChunkOutputs want;
+  want.out[0] = w0.data();
+  want.out[1] = s0.data();
+  want.out[2] = z0.data();
+  REQUIRE(QuantizePackedScalar(in, want));
+  size_t checked = 0;
+  ForEachTarget([&](const std::string& target) {
+    std::vector<uint8_t> w1(w0.size(), kGuard), s1(s0.size(), kGuard), z1(z0.size(), kGuard);
+    ChunkOutputs got;
+    got.out[0] = w1.data();
+    got.out[1] = s1.data();
+    got.out[2] = z1.data();
+    CAPTURE(target);
+    REQUIRE(QuantizePacked(in, got));
+    REQUIRE(w1 == w0);
+    REQUIRE(s1 == s0);
+    if (!sym) REQUIRE(z1 == z0);
+    checked += rows * in.cols;
+  });
+  return checked;
+}
+
+}  // namespace
+
+TEST_SUITE("int_fast_paths") {
+
+TEST_CASE("bf16 int4: every x under every scale significand equals the definition") {
+  size_t checked = 0;
+  for (int e : {-125, -40, 0, 37, 120}) {
+    for (uint32_t m = 0; m < 128; m += (e == 0 ? 1 : 3)) {
+      // An amax whose symmetric scale RNE_bf16(amax / 7.5) has significand 1 + m / 128.
+      const float target = std::ldexp(1.0f + static_cast<float>(m) / 128.0f, e);
+      const float amax = BF16ToF32(F32ToBF16(target * 7.5f));
+      if (!std::isfinite(amax)) continue;
+      CAPTURE(e);
+      CAPTURE(m);
+      size_t rows = 0;
+      const size_t group = (m % 2 == 0) ? 128 : 32;
+      const std::vector<uint8_t> data = RowsUnder(amax, group, &rows);
+      checked += CompareOnTargets(data, rows, group, /*sym=*/true);
+      if (m % 4 == 0) checked += CompareOnTargets(data, rows, group, /*sym=*/false);
+    }
+  }
+  MESSAGE(checked << " (element, target) pairs checked");
+}
+
+TEST_CASE("bf16 int4: scales below bf16's normal range keep the division") {
+  size_t checked = 0;
+  // amax / 7.5 subnormal in bf16 (the reciprocal would overflow or lose bits), and the
+  // smallest normal scale.
+  for (float amax : {std::ldexp(1.0f, -130), std::ldexp(1.5f, -128), std::ldexp(1.0f, -133),
+                     std::ldexp(1.0f, -126) * 7.5f, std::ldexp(1.0f, -125)}) {
+    size_t rows = 0;
+    const std::vector<uint8_t> data = RowsUnder(BF16ToF32(F32ToBF16(amax)), 128, &rows);
+    checked += CompareOnTargets(data, rows, 128, true);
+    checked += CompareOnTargets(data, rows, 128, false);
+  }
+  MESSAGE(checked << " (element, target) pairs checked");
+}
+
+}  // TEST_SUITE
+
+}  // namespace quench::intq
