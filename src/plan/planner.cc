@@ -149,7 +149,8 @@ class Planner {
   // (0: one per core) when the checkpoint has enough tensors for that to pay.
   void PlanShards(int threads);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
-  // index, config.json and the other files.
+  // index, config.json and the other files. The index, which depends on the shards' layouts
+  // alone, is built on another thread meanwhile where PlanShards found that worth it.
   Plan Finish() &&;
 
  private:
@@ -216,7 +217,9 @@ class Planner {
   const TensorInfo* PackedView(const TensorInfo& t, TensorInfo* view) const;
   void AddSelectionNotes();
   void PlanConfigIgnore();
-  void PlanFiles();
+  // The index file's bytes: every output tensor's shard, and their total size.
+  std::string IndexJson() const;
+  void PlanFiles(std::string index_json);
 
   const ModelFolder& folder_;
   Plan plan_;
@@ -243,6 +246,7 @@ class Planner {
   // Targeted modules left unquantized (1-D weights, expert stacks kept whole): added to the
   // written ignore list (CoverWithIgnore).
   std::vector<std::string> left_whole_;
+  size_t finish_threads_ = 1;  // Finish's: 2 where PlanShards planned on several
 };
 
 Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_options) {
@@ -763,14 +767,7 @@ void Planner::PlanConfigIgnore() {
 
 // Other files: copied unchanged, except the index and config which are regenerated. They are
 // published in this order, config last.
-void Planner::PlanFiles() {
-  for (const std::string& f : folder_.other_files) {
-    if ((folder_.index_rel && f == *folder_.index_rel) ||
-        (folder_.config_rel && f == *folder_.config_rel)) {
-      continue;
-    }
-    plan_.files.push_back({f, folder_.root / f, {}});
-  }
+std::string Planner::IndexJson() const {
   uint64_t total_size = 0;
   size_t outputs = 0;
   for (const PlannedShard& ps : plan_.shards) outputs += ps.outputs.size();
@@ -782,10 +779,21 @@ void Planner::PlanFiles() {
       weight_map.emplace_back(o.name, ps.rel_name);
     }
   }
+  return BuildIndexJson(std::move(weight_map), total_size);
+}
+
+void Planner::PlanFiles(std::string index_json) {
+  for (const std::string& f : folder_.other_files) {
+    if ((folder_.index_rel && f == *folder_.index_rel) ||
+        (folder_.config_rel && f == *folder_.config_rel)) {
+      continue;
+    }
+    plan_.files.push_back({f, folder_.root / f, {}});
+  }
   // Written even for a single-file model, under the source index's name or the default one
   // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
   plan_.files.push_back({folder_.index_rel.value_or("model.safetensors.index.json"), {},
-                         BuildIndexJson(std::move(weight_map), total_size)});
+                         std::move(index_json)});
   if (!folder_.config) {
     plan_.notes.push_back("warning: no config.json or params.json in the source; the "
                           "quantization_config is not written anywhere");
@@ -871,6 +879,7 @@ void Planner::PlanShards(int threads) {
   plan_.shards.reserve(n);
   // Shards are planned at once where there are enough tensors for threads to pay.
   constexpr size_t kTensorsPerThread = 4096;
+  finish_threads_ = WorkThreads(threads, 2, tensors, kTensorsPerThread);
   ForEachIndex(n, WorkThreads(threads, n, tensors, kTensorsPerThread),
                [&](size_t si) { PlanShard(si, work[si]); });
   for (ShardWork& w : work) MergeShard(w);
@@ -893,11 +902,19 @@ void Planner::MergeShard(ShardWork& w) {
 }
 
 Plan Planner::Finish() && {
-  PlanFusedSets(plan_);
-  CheckFusedConsistency(plan_);
-  AddSelectionNotes();
-  PlanConfigIgnore();
-  PlanFiles();
+  // The index reads the shards' outputs only; the steps before PlanFiles never touch them.
+  std::string index_json;
+  ForEachIndex(2, finish_threads_, [&](size_t i) {
+    if (i == 1) {
+      index_json = IndexJson();
+      return;
+    }
+    PlanFusedSets(plan_);
+    CheckFusedConsistency(plan_);
+    AddSelectionNotes();
+    PlanConfigIgnore();
+  });
+  PlanFiles(std::move(index_json));
   return std::move(plan_);
 }
 
