@@ -765,8 +765,6 @@ void Planner::PlanConfigIgnore() {
   }
 }
 
-// Other files: copied unchanged, except the index and config which are regenerated. They are
-// published in this order, config last.
 std::string Planner::IndexJson() const {
   uint64_t total_size = 0;
   size_t outputs = 0;
@@ -782,6 +780,8 @@ std::string Planner::IndexJson() const {
   return BuildIndexJson(std::move(weight_map), total_size);
 }
 
+// Other files: copied unchanged, except the index (`index_json`) and config which are
+// regenerated. They are published in this order, config last.
 void Planner::PlanFiles(std::string index_json) {
   for (const std::string& f : folder_.other_files) {
     if ((folder_.index_rel && f == *folder_.index_rel) ||
