@@ -258,7 +258,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                               : algos.sparsegpt ? "sparsegpt"
                               : algos.smoothing.empty() ? "rtn"
                                                         : algos.smoothing;
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, calib::StageOptions(options, primary)));
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, calib::StageOptions(options, primary),
+                                               options.threads));
   if (experts) {
     const PlannedExpertPrune& e = *experts;
     plan.notes.push_back(

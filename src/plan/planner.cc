@@ -9,6 +9,7 @@
 #include <set>
 
 #include "format/name_table.h"
+#include "format/parallel.h"
 #include "format/quant_config.h"
 #include "format/source_ct.h"
 #include "format/source_quant.h"
@@ -144,39 +145,63 @@ class Planner {
  public:
   static Result<Planner> Make(const ModelFolder& folder, const PlanOptions& options);
 
-  // Room for every tensor and shard of the folder, so planned tensors are never moved.
-  void Reserve() {
-    size_t n = 0;
-    for (const Shard& s : folder_.shards) n += s.header.tensors.size();
-    plan_.tensors.reserve(n);
-    plan_.shards.reserve(folder_.shards.size());
-  }
-  // Plans every tensor of shard `si` and lays out its output file.
-  void PlanShard(size_t si);
+  // Plans every shard's tensors and lays out its output file, on up to `threads` threads
+  // (0: one per core) when the checkpoint has enough tensors for that to pay.
+  void PlanShards(int threads);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
-  // index, config.json and the other files.
+  // index, config.json and the other files. The index, which depends on the shards' layouts
+  // alone, is built on another thread meanwhile where PlanShards found that worth it.
   Plan Finish() &&;
 
  private:
   Planner(const ModelFolder& folder, TargetResolver resolver)
       : folder_(folder), resolver_(std::move(resolver)) {}
 
+  // Per output of the quantized tensors of the shard being planned, and per KV-cache scale,
+  // in plan order: its slab layout and source, as the scheme gave them (so LayOutShard does
+  // not ask again).
+  struct Slab {
+    uint64_t rows_per_slab, bytes_per_slab;
+    SchemeOutput::Source source;
+  };
+  // What planning one shard makes and counts. Shards are planned independently of each other
+  // (in parallel where that pays) into one of these each, and merged into the plan in shard
+  // order (MergeShard), so that the plan is the same whatever the number of threads.
+  struct ShardWork {
+    size_t first_tensor = 0;  // where the shard's planned tensors start in plan_.tensors
+    PlannedTensor* tensors = nullptr;  // &plan_.tensors[first_tensor], theirs alone to write
+    PlannedShard shard;
+    std::vector<Status> errors;
+    std::vector<size_t> target_hits, ignore_hits, group_tensors;
+    std::vector<std::vector<std::string>> default_hits;  // per default pattern: modules it took
+    std::vector<std::string> left_whole;
+    size_t vector_weights = 0, kv_layers = 0;
+    uint64_t bytes_in = 0;
+    std::vector<Slab> slabs;
+    std::map<size_t, std::string> constants;  // tensor index -> its one output's bytes
+  };
+  // Plans every tensor of shard `si` (into plan_.tensors from w.first_tensor on) and lays out
+  // its output file. Reads the planner's settings only, writes only `w` and its own tensors.
+  void PlanShard(size_t si, ShardWork& w) const;
+  // Adds a planned shard's output, errors and counts to the plan.
+  void MergeShard(ShardWork& w);
   // The selection rule for one tensor; the group it resolves to and the default-ignore
   // pattern that took it, where those apply.
-  Selection Select(std::string_view name, int* group, int* default_hit);
+  Selection Select(std::string_view name, int* group, int* default_hit, ShardWork& w) const;
   // Why `t`, targeted for quantizing (or pruning), cannot be; empty if it can.
   std::string QuantizeProblem(const std::string& where, const TensorInfo& t, DType dtype,
                               const SchemeInfo* scheme, const SchemeParams& params) const;
   // Plans one tensor into `pt`; appends the output tensors it writes to `specs`.
   void PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
-                  std::vector<TensorSpec>& specs);
+                  std::vector<TensorSpec>& specs, ShardWork& w) const;
   // --kv-cache fp8: an attention's k_scale and v_scale ([1], the attention's dtype, from
   // activation statistics) planned beside its k_proj weight, in that weight's shard.
-  void AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs);
-  // Lays out one output shard from its tensors' specs; links each planned tensor (from
-  // `first_tensor` on) to its outputs.
-  void LayOutShard(const Shard& shard, size_t first_tensor, std::vector<TensorSpec> specs,
-                   const std::vector<size_t>& specs_per_tensor);
+  void AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs,
+                      ShardWork& w) const;
+  // Lays out one output shard (w.shard) from its tensors' specs; links each planned tensor
+  // (from w.first_tensor on) to its outputs.
+  void LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
+                   const std::vector<size_t>& specs_per_tensor, ShardWork& w) const;
   // A compressed-tensors source's stored weight (X.weight_packed, or X.weight of codes) as the
   // weight it decodes to: its name and shape, in *storage; any other tensor as it is.
   const TensorInfo* LogicalTensor(const TensorInfo& t, TensorInfo* storage) const;
@@ -186,20 +211,21 @@ class Planner {
   // every tensor but AWQ's packed weights (ModelOpt's renamed, its per-tensor scales
   // inverted, everything else copied); false leaves `t` to PlanTensor.
   bool PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
-                    std::vector<TensorSpec>& specs);
+                    std::vector<TensorSpec>& specs, ShardWork& w) const;
   // A packed weight's source tensor seen as the weight it stands for ("X.qweight" ->
   // "X.weight" [out, in], 4-bit codes): what the planner and pipeline then read.
   const TensorInfo* PackedView(const TensorInfo& t, TensorInfo* view) const;
   void AddSelectionNotes();
   void PlanConfigIgnore();
-  void PlanFiles();
+  // The index file's bytes: every output tensor's shard, and their total size.
+  std::string IndexJson() const;
+  void PlanFiles(std::string index_json);
 
   const ModelFolder& folder_;
   Plan plan_;
   SourceQuantization source_;
   int repack_ = 0;  // 1: AutoAWQ -> its own pack-quantized scheme; 2: ModelOpt -> NVFP4(A16)
   std::map<std::string, std::string> packed_by_source_;  // source tensor -> weight name
-  std::map<size_t, std::string> constants_;  // tensor index -> its one output's bytes
   std::set<std::string_view> consumed_;  // the source's scale tensors: read, not written
   bool decode_only_ = false;             // --scheme BF16
   bool pruning_ = false;
@@ -220,14 +246,7 @@ class Planner {
   // Targeted modules left unquantized (1-D weights, expert stacks kept whole): added to the
   // written ignore list (CoverWithIgnore).
   std::vector<std::string> left_whole_;
-  // Per output of the quantized tensors of the shard being planned, and per KV-cache scale,
-  // in plan order: its slab layout and source, as the scheme gave them (so LayOutShard does
-  // not ask again).
-  struct Slab {
-    uint64_t rows_per_slab, bytes_per_slab;
-    SchemeOutput::Source source;
-  };
-  std::vector<Slab> slabs_;
+  size_t finish_threads_ = 1;  // Finish's: 2 where PlanShards planned on several
 };
 
 Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_options) {
@@ -355,7 +374,7 @@ const TensorInfo* Planner::PackedView(const TensorInfo& t, TensorInfo* view) con
 }
 
 bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
-                           std::vector<TensorSpec>& specs) {
+                           std::vector<TensorSpec>& specs, ShardWork& w) const {
   if (repack_ == 0) return false;
   if (repack_ == 1 && packed_by_source_.contains(t.name)) return false;  // PlanTensor repacks
   pt.action = TensorAction::kCopy;
@@ -366,7 +385,7 @@ bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
     const float r = 1.0f / v;
     std::string bytes(4, '\0');
     std::memcpy(bytes.data(), &r, 4);
-    constants_[index] = std::move(bytes);
+    w.constants[index] = std::move(bytes);
     pt.src_bytes = 0;  // not read: its value was read while planning
     pt.why = "inverted (ModelOpt's per-tensor scale)";
     specs.push_back({std::string(module) + suffix, DType::kF32, {}, 4});
@@ -393,13 +412,14 @@ bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
   return true;
 }
 
-Selection Planner::Select(std::string_view name, int* group, int* default_hit) {
+Selection Planner::Select(std::string_view name, int* group, int* default_hit,
+                          ShardWork& w) const {
   auto [module, param] = SplitModuleParam(name);
   if (module.ends_with("norm")) return Selection::kNorm;
   if (param != "weight") return Selection::kNotWeight;
-  if ((*group = resolver_.Resolve(module)) < 0) return Selection::kNotTargeted;
+  if ((*group = resolver_.Resolve(module, w.target_hits)) < 0) return Selection::kNotTargeted;
   if (int ig = ignore_m_.FirstMatch(module); ig >= 0) {
-    ++ignore_hits_[static_cast<size_t>(ig)];
+    ++w.ignore_hits[static_cast<size_t>(ig)];
     return Selection::kIgnored;
   }
   if ((*default_hit = defaults_.FirstMatch(module)) >= 0) return Selection::kDefaultIgnored;
@@ -434,7 +454,7 @@ std::string Planner::QuantizeProblem(const std::string& where, const TensorInfo&
 }
 
 void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, PlannedTensor& pt,
-                         std::vector<TensorSpec>& specs) {
+                         std::vector<TensorSpec>& specs, ShardWork& w) const {
   pt.source_scale = SourceScaleOf(t);
   pt.compute_dtype = pt.source_scale ? DType::kBF16 : t.dtype;
   // Left as it is: copied, or for a source-quantized weight written decoded.
@@ -450,7 +470,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     specs.push_back({t.name, pt.compute_dtype, t.shape, t.numel() * 2});
   };
   int group = -1, default_hit = -1;
-  const Selection s = Select(t.name, &group, &default_hit);
+  const Selection s = Select(t.name, &group, &default_hit, w);
   switch (s) {
     case Selection::kNorm: return copy("norm");
     case Selection::kNotWeight: return copy("not a .weight");
@@ -458,7 +478,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     case Selection::kIgnored: return copy("ignored");
     case Selection::kDefaultIgnored: {
       const std::string_view module = SplitModuleParam(t.name).first;
-      default_hits_[static_cast<size_t>(default_hit)].emplace_back(module);
+      w.default_hits[static_cast<size_t>(default_hit)].emplace_back(module);
       return copy("default ignore " + default_patterns_[static_cast<size_t>(default_hit)]);
     }
     case Selection::kQuantize: break;
@@ -467,18 +487,18 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
     // A 1-D ".weight" is a normalisation scale (BERT's LayerNorm, which the "norm" suffix
     // rule misses because of its capital N). model_free_ptq aborts on it; copying it is what
     // the user wants and changes no output the reference writes.
-    ++vector_weights_;
-    left_whole_.emplace_back(SplitModuleParam(t.name).first);
+    ++w.vector_weights;
+    w.left_whole.emplace_back(SplitModuleParam(t.name).first);
     return copy("not a matrix");
   }
-  PlannedGroup& g = plan_.groups[static_cast<size_t>(group)];
+  const PlannedGroup& g = plan_.groups[static_cast<size_t>(group)];
   if (g.scheme == nullptr && !pruning_) {  // decoding alone, or expert pruning alone
     return copy(decode_only_ ? "--scheme BF16" : "--scheme none");
   }
   if (!pt.src_ranges.empty()) {
     // A router or expert stack sliced to the kept experts is gathered from several ranges of
     // its source; only the copy path reads such pieces.
-    plan_.errors.push_back(Error(
+    w.errors.push_back(Error(
         ErrorCode::kUnsupported,
         rel_name + ": tensor '" + t.name + "' is sliced to the kept experts (--prune-experts) "
         "and can only be copied, not " + (g.scheme ? "quantized" : "pruned") +
@@ -490,13 +510,13 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   const std::string problem = QuantizeProblem(rel_name + ": tensor '" + t.name + "'", t,
                                               pt.compute_dtype, g.scheme, g.params);
   if (!problem.empty()) {
-    plan_.errors.push_back(Error(ErrorCode::kUnsupported, problem));
+    w.errors.push_back(Error(ErrorCode::kUnsupported, problem));
     return copy("error");
   }
   if (pruning_ && plan_.prune.per_tensor && pt.source_scale) {
     // The per-tensor threshold's pre-pass walks a whole tensor's stored values; a quantized
     // source's are decoded chunk by chunk only.
-    plan_.errors.push_back(Error(
+    w.errors.push_back(Error(
         ErrorCode::kUnsupported,
         rel_name + ": tensor '" + t.name + "' is stored quantized (" + std::string(DTypeName(t.dtype)) +
             "); --prune-granularity tensor cannot read decoded weights yet (use row pruning)"));
@@ -504,7 +524,7 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   }
   pt.prune = pruning_;
   pt.group = group;
-  ++g.tensors;
+  ++w.group_tensors[static_cast<size_t>(group)];
   if (g.scheme == nullptr) {  // --scheme none: prune in place, keep name and shape
     pt.action = TensorAction::kPrune;
     specs.push_back({t.name, pt.compute_dtype, t.shape,
@@ -520,12 +540,13 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
   for (SchemeOutput& o :
        WeightOutputs(*g.scheme, pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
-    slabs_.push_back({o.rows_per_slab, o.bytes_per_slab, o.source});
+    w.slabs.push_back({o.rows_per_slab, o.bytes_per_slab, o.source});
     specs.push_back({std::string(module) + "." + o.suffix, o.dtype, std::move(o.shape), o.nbytes});
   }
 }
 
-void Planner::AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs) {
+void Planner::AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& specs,
+                             ShardWork& w) const {
   if (kv_cache_.empty() || pt.shape.size() != 2) return;
   auto [module, param] = SplitModuleParam(pt.name);
   if (param != "weight" || !module.ends_with(".k_proj")) return;
@@ -534,12 +555,12 @@ void Planner::AppendKvScales(const PlannedTensor& pt, std::vector<TensorSpec>& s
   specs.push_back({attn + ".k_scale", pt.compute_dtype, {1}, bytes});
   specs.push_back({attn + ".v_scale", pt.compute_dtype, {1}, bytes});
   // Their values come from the statistics (the pipeline's static outputs).
-  slabs_.push_back({0, bytes, SchemeOutput::Source::kStatic});
-  slabs_.push_back({0, bytes, SchemeOutput::Source::kStatic});
-  ++kv_layers_;
+  w.slabs.push_back({0, bytes, SchemeOutput::Source::kStatic});
+  w.slabs.push_back({0, bytes, SchemeOutput::Source::kStatic});
+  ++w.kv_layers;
 }
 
-void Planner::PlanShard(size_t si) {
+void Planner::PlanShard(size_t si, ShardWork& w) const {
   const Shard& shard = folder_.shards[si];
   // Visit tensors in file order so that reading is sequential.
   std::vector<const TensorInfo*> order;
@@ -548,13 +569,13 @@ void Planner::PlanShard(size_t si) {
             [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
   std::vector<TensorSpec> specs;
   std::vector<size_t> specs_per_tensor;
-  const size_t first_tensor = plan_.tensors.size();
+  size_t index = w.first_tensor;
   for (const TensorInfo* t : order) {
     if (consumed_.contains(t->name)) continue;  // read with its weight, not written
     TensorInfo view;
     const TensorInfo* source_t = t;
     t = PackedView(*t, &view);
-    PlannedTensor& pt = plan_.tensors.emplace_back();  // reserved: never moved
+    PlannedTensor& pt = w.tensors[index - w.first_tensor];
     TensorInfo logical;  // a compressed-tensors source's weight as decoded (source_ct.h)
     const TensorInfo* lt = LogicalTensor(*t, &logical);
     pt.name = lt->name;
@@ -569,26 +590,26 @@ void Planner::PlanShard(size_t si) {
       }
     }
     const size_t before = specs.size();
-    if (!PlanRepacked(*source_t, plan_.tensors.size() - 1, pt, specs)) {
-      PlanTensor(*lt, shard.rel_name, pt, specs);
+    if (!PlanRepacked(*source_t, index, pt, specs, w)) {
+      PlanTensor(*lt, shard.rel_name, pt, specs, w);
     }
-    AppendKvScales(pt, specs);
+    AppendKvScales(pt, specs, w);
     specs_per_tensor.push_back(specs.size() - before);
-    plan_.bytes_in += t->nbytes();
+    w.bytes_in += t->nbytes();
+    ++index;
   }
-  LayOutShard(shard, first_tensor, std::move(specs), specs_per_tensor);
-  for (auto& [ti, bytes] : constants_) {
-    PlannedOutput& o = plan_.shards.back().outputs[plan_.tensors[ti].outputs.at(0)];
+  LayOutShard(shard, std::move(specs), specs_per_tensor, w);
+  for (auto& [ti, bytes] : w.constants) {
+    PlannedOutput& o = w.shard.outputs[w.tensors[ti - w.first_tensor].outputs.at(0)];
     o.source = SchemeOutput::Source::kStatic;
     o.constant = std::move(bytes);
   }
-  constants_.clear();
+  w.constants.clear();
 }
 
-void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
-                          std::vector<TensorSpec> specs,
-                          const std::vector<size_t>& specs_per_tensor) {
-  PlannedShard ps;
+void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
+                          const std::vector<size_t>& specs_per_tensor, ShardWork& w) const {
+  PlannedShard& ps = w.shard;
   ps.rel_name = shard.rel_name;
   ps.src_path = shard.path;
   ps.src_size = shard.file_size;
@@ -607,7 +628,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
   }
   std::sort(repeated.begin(), repeated.end());
   for (std::string_view name : repeated) {
-    plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
+    w.errors.push_back(Error(ErrorCode::kInvalidInput,
                                  shard.rel_name + ": output tensor '" + std::string(name) +
                                      "' would be written twice (the source already has a "
                                      "tensor of that name); add its module to --ignore"));
@@ -626,7 +647,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
   }
   size_t next_spec = 0, next_slab = 0;
   for (size_t k = 0; k < specs_per_tensor.size(); ++k) {
-    PlannedTensor& pt = plan_.tensors[first_tensor + k];
+    PlannedTensor& pt = w.tensors[k];
     const bool quantized = pt.action == TensorAction::kQuantize;
     pt.outputs.reserve(specs_per_tensor[k]);
     // The tensor's own outputs (the scheme's, each with its slab; or the tensor copied, with
@@ -634,7 +655,7 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
       const size_t oi = layout.position[next_spec++];
       if (quantized || j >= 1) {
-        const Slab& slab = slabs_[next_slab++];
+        const Slab& slab = w.slabs[next_slab++];
         PlannedOutput& po = ps.outputs[oi];
         po.rows_per_slab = slab.rows_per_slab;
         po.bytes_per_slab = slab.bytes_per_slab;
@@ -649,11 +670,9 @@ void Planner::LayOutShard(const Shard& shard, size_t first_tensor,
       pt.outputs.push_back(oi);
     }
   }
-  slabs_.clear();
+  w.slabs.clear();
   ps.header = std::move(layout.header);
   ps.file_size = layout.file_size;
-  plan_.bytes_out += ps.file_size;
-  plan_.shards.push_back(std::move(ps));
 }
 
 // Notes on what selection left alone, and warnings for entries that select nothing (almost
@@ -746,16 +765,7 @@ void Planner::PlanConfigIgnore() {
   }
 }
 
-// Other files: copied unchanged, except the index and config which are regenerated. They are
-// published in this order, config last.
-void Planner::PlanFiles() {
-  for (const std::string& f : folder_.other_files) {
-    if ((folder_.index_rel && f == *folder_.index_rel) ||
-        (folder_.config_rel && f == *folder_.config_rel)) {
-      continue;
-    }
-    plan_.files.push_back({f, folder_.root / f, {}});
-  }
+std::string Planner::IndexJson() const {
   uint64_t total_size = 0;
   size_t outputs = 0;
   for (const PlannedShard& ps : plan_.shards) outputs += ps.outputs.size();
@@ -767,10 +777,23 @@ void Planner::PlanFiles() {
       weight_map.emplace_back(o.name, ps.rel_name);
     }
   }
+  return BuildIndexJson(std::move(weight_map), total_size);
+}
+
+// Other files: copied unchanged, except the index (`index_json`) and config which are
+// regenerated. They are published in this order, config last.
+void Planner::PlanFiles(std::string index_json) {
+  for (const std::string& f : folder_.other_files) {
+    if ((folder_.index_rel && f == *folder_.index_rel) ||
+        (folder_.config_rel && f == *folder_.config_rel)) {
+      continue;
+    }
+    plan_.files.push_back({f, folder_.root / f, {}});
+  }
   // Written even for a single-file model, under the source index's name or the default one
   // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
   plan_.files.push_back({folder_.index_rel.value_or("model.safetensors.index.json"), {},
-                         BuildIndexJson(std::move(weight_map), total_size)});
+                         std::move(index_json)});
   if (!folder_.config) {
     plan_.notes.push_back("warning: no config.json or params.json in the source; the "
                           "quantization_config is not written anywhere");
@@ -836,12 +859,62 @@ void Planner::PlanFiles() {
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
 }
 
+void Planner::PlanShards(int threads) {
+  const size_t n = folder_.shards.size();
+  std::vector<ShardWork> work(n);
+  size_t tensors = 0;
+  for (size_t si = 0; si < n; ++si) {
+    ShardWork& w = work[si];
+    w.first_tensor = tensors;
+    for (const TensorInfo& t : folder_.shards[si].header.tensors) {
+      tensors += !consumed_.contains(t.name);  // as PlanShard skips them
+    }
+    w.target_hits.assign(resolver_.entries().size(), 0);
+    w.ignore_hits.assign(ignore_.size(), 0);
+    w.group_tensors.assign(plan_.groups.size(), 0);
+    w.default_hits.resize(default_patterns_.size());
+  }
+  plan_.tensors.resize(tensors);
+  for (ShardWork& w : work) w.tensors = plan_.tensors.data() + w.first_tensor;
+  plan_.shards.reserve(n);
+  // Shards are planned at once where there are enough tensors for threads to pay.
+  constexpr size_t kTensorsPerThread = 4096;
+  finish_threads_ = WorkThreads(threads, 2, tensors, kTensorsPerThread);
+  ForEachIndex(n, WorkThreads(threads, n, tensors, kTensorsPerThread),
+               [&](size_t si) { PlanShard(si, work[si]); });
+  for (ShardWork& w : work) MergeShard(w);
+}
+
+void Planner::MergeShard(ShardWork& w) {
+  for (Status& e : w.errors) plan_.errors.push_back(std::move(e));
+  resolver_.AddHits(w.target_hits);
+  for (size_t i = 0; i < ignore_hits_.size(); ++i) ignore_hits_[i] += w.ignore_hits[i];
+  for (size_t g = 0; g < plan_.groups.size(); ++g) plan_.groups[g].tensors += w.group_tensors[g];
+  for (size_t i = 0; i < default_hits_.size(); ++i) {
+    for (std::string& m : w.default_hits[i]) default_hits_[i].push_back(std::move(m));
+  }
+  for (std::string& m : w.left_whole) left_whole_.push_back(std::move(m));
+  vector_weights_ += w.vector_weights;
+  kv_layers_ += w.kv_layers;
+  plan_.bytes_in += w.bytes_in;
+  plan_.bytes_out += w.shard.file_size;
+  plan_.shards.push_back(std::move(w.shard));
+}
+
 Plan Planner::Finish() && {
-  PlanFusedSets(plan_);
-  CheckFusedConsistency(plan_);
-  AddSelectionNotes();
-  PlanConfigIgnore();
-  PlanFiles();
+  // The index reads the shards' outputs only; the steps before PlanFiles never touch them.
+  std::string index_json;
+  ForEachIndex(2, finish_threads_, [&](size_t i) {
+    if (i == 1) {
+      index_json = IndexJson();
+      return;
+    }
+    PlanFusedSets(plan_);
+    CheckFusedConsistency(plan_);
+    AddSelectionNotes();
+    PlanConfigIgnore();
+  });
+  PlanFiles(std::move(index_json));
   return std::move(plan_);
 }
 
@@ -849,10 +922,9 @@ Plan Planner::Finish() && {
 
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
-Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options) {
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
-  planner.Reserve();
-  for (size_t si = 0; si < folder.shards.size(); ++si) planner.PlanShard(si);
+  planner.PlanShards(threads);
   return std::move(planner).Finish();
 }
 

@@ -20,7 +20,9 @@ struct DefaultIgnore {
 };
 std::span<const DefaultIgnore> DefaultIgnores();
 
-Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options);
+// Shards are planned on up to `threads` threads (0: one per core; the plan is the same for
+// any number).
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads = 0);
 
 struct PlannedPrune;
 namespace prune { struct PruneSpec; }

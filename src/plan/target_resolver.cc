@@ -32,16 +32,16 @@ Result<TargetResolver> TargetResolver::Build(const std::vector<PlannedGroup>& gr
   return r;
 }
 
-int TargetResolver::Resolve(std::string_view module) {
+int TargetResolver::Resolve(std::string_view module, std::vector<size_t>& hits) const {
   for (size_t i = 0; i < entries_.size(); ++i) {
     if (!is_class_[i] && names_.EntryMatches(i, module)) {
-      ++hits_[i];
+      ++hits[i];
       return group_[i];
     }
   }
   for (size_t i = 0; i < entries_.size(); ++i) {
     if (is_class_[i]) {
-      ++hits_[i];
+      ++hits[i];
       return group_[i];
     }
   }

@@ -23,7 +23,13 @@ class TargetResolver {
   static Result<TargetResolver> Build(const std::vector<PlannedGroup>& groups);
 
   // Group index for `module`, or -1; counts which entry selected it.
-  int Resolve(std::string_view module);
+  int Resolve(std::string_view module) { return Resolve(module, hits_); }
+  // The same, counting in `hits` (one per entry) instead: for threads resolving at once.
+  int Resolve(std::string_view module, std::vector<size_t>& hits) const;
+  // Adds counts made with the overload above.
+  void AddHits(const std::vector<size_t>& hits) {
+    for (size_t i = 0; i < hits_.size(); ++i) hits_[i] += hits[i];
+  }
 
   const std::vector<std::string>& entries() const { return entries_; }
   const std::vector<size_t>& hits() const { return hits_; }

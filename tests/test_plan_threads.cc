@@ -1,0 +1,154 @@
+// Planning a checkpoint of many tensors on several threads (shards' headers read and shards
+// planned at once) gives the plan of one thread: the same dry-run listing, notes, errors in
+// source order, report and output bytes.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+using quench::DType;
+
+namespace {
+
+// A shard of `tensors` (small BF16 values), laid out as safetensors writes it.
+void WriteShardFast(const fs::path& file, const std::vector<qt::RawTensor>& tensors) {
+  std::vector<quench::TensorSpec> specs;
+  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape, t.bytes.size()});
+  auto layout = quench::LayOutSafetensors(specs);
+  std::string out = layout.header;
+  out.resize(layout.file_size);
+  // LayOutSafetensors lists tensors by name; `position` maps each spec to its place there.
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& ti = layout.tensors[layout.position[i]];
+    std::memcpy(out.data() + layout.data_start + ti.begin, tensors[i].bytes.data(),
+                tensors[i].bytes.size());
+  }
+  qt::WriteBytes(file, out);
+}
+
+std::string Values(size_t n, size_t seed) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    v[i] = 0.01f * static_cast<float>((seed * 131 + i * 7919) % 199) - 1.0f;
+  }
+  return qt::Bf16Bytes(v);
+}
+
+constexpr int kShards = 4;
+constexpr int kLayersPerShard = 8;
+constexpr int kExperts = 128;  // 3 projections each: 3,072 expert weights per shard
+
+// Four shards of a MoE-shaped checkpoint, 12,500 tensors: per layer 128 experts x 3
+// projections of [2, 16], a router gate (default-ignored), a norm; shard 1 and shard 3 each
+// hold one 3-D ".weight" (a planning error), shard 2 a 1-D "LayerNorm.weight" (copied,
+// noted).
+void WriteCheckpoint(const fs::path& dir, bool with_errors) {
+  for (int s = 0; s < kShards; ++s) {
+    std::vector<qt::RawTensor> ts;
+    for (int l = s * kLayersPerShard; l < (s + 1) * kLayersPerShard; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      ts.push_back({p + "post_attention_layernorm.weight", DType::kBF16, {16}, Values(16, l)});
+      ts.push_back({p + "mlp.gate.weight", DType::kBF16, {kExperts, 16}, Values(kExperts * 16, l)});
+      for (int e = 0; e < kExperts; ++e) {
+        for (const char* m : {"gate_proj", "up_proj", "down_proj"}) {
+          ts.push_back({p + "mlp.experts." + std::to_string(e) + "." + m + ".weight",
+                        DType::kBF16, {2, 16}, Values(32, l * 1000 + e)});
+        }
+      }
+    }
+    if (with_errors && (s == 1 || s == 3)) {
+      ts.push_back({"model.layers." + std::to_string(s * kLayersPerShard) + ".mlp.stack.weight",
+                    DType::kBF16, {2, 2, 16}, Values(64, s)});
+    }
+    if (s == 2) {
+      ts.push_back({"model.layers.16.attention.LayerNorm.weight", DType::kBF16, {16}, Values(16, 9)});
+    }
+    WriteShardFast(dir / ("model-0000" + std::to_string(s + 1) + "-of-0000" +
+                          std::to_string(kShards) + ".safetensors"),
+                   ts);
+  }
+  qt::WriteBytes(dir / "config.json", R"({"model_type": "llama", "hidden_size": 16})");
+}
+
+qt::RunResult Run(const fs::path& src, const fs::path& out, int threads,
+                  const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"convert", src.string(), out.string(), "--scheme",
+                                   "FP8_DYNAMIC", "--threads", std::to_string(threads),
+                                   "--ignore", "re:model\\.layers\\.2[0-3]\\..*",
+                                   "--ignore", "model.nowhere.proj"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return qt::RunQuench(args);
+}
+
+// The report without what differs from run to run (times, memory, the command line).
+std::string StableReport(const fs::path& file) {
+  auto r = quench::ReadJsonFile(file.string());
+  REQUIRE(r.ok());
+  quench::JsonValue::Object kept;
+  for (const auto& [key, value] : r->as_object()) {
+    if (key.find("seconds") == std::string::npos && key.find("rss") == std::string::npos &&
+        key != "command" && key != "started" && key != "finished") {
+      kept.emplace_back(key, value);
+    }
+  }
+  return quench::DumpPythonJson(quench::JsonValue(std::move(kept)));
+}
+
+}  // namespace
+
+TEST_SUITE("plan_threads") {
+  TEST_CASE("a plan made on several threads is the plan of one: listing, notes, errors") {
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "src", /*with_errors=*/true);
+    qt::RunResult one = Run(tmp / "src", tmp / "out", 1,
+                            {"--dry-run", "--report", (tmp / "one.json").string()});
+    qt::RunResult four = Run(tmp / "src", tmp / "out", 4,
+                             {"--dry-run", "--report", (tmp / "four.json").string()});
+    // Both 3-D weights are refused, shard 1's before shard 3's (source order), and nothing
+    // is written.
+    CHECK(one.exit_code == 3);
+    const size_t first = one.err.find("model.layers.8.mlp.stack.weight");
+    const size_t second = one.err.find("model.layers.24.mlp.stack.weight");
+    CHECK(first != std::string::npos);
+    CHECK(second != std::string::npos);
+    CHECK(first < second);
+    CHECK(one.err.find("2 error(s)") != std::string::npos);
+    // The notes gather what every shard selected: the routers of the 28 layers not ignored,
+    // the 1-D weight of shard 2, the ignore entry that matched nothing.
+    CHECK(one.err.find("(28 in all)") != std::string::npos);
+    CHECK(one.err.find("1 targeted .weight tensor(s) with fewer than 2 dimensions") !=
+          std::string::npos);
+    CHECK(one.err.find("'model.nowhere.proj' matches no targeted weight") != std::string::npos);
+    // 32 layers x 384 expert weights, less the 4 layers (20-23) ignored.
+    CHECK(one.out.find(": " + std::to_string(28 * 3 * kExperts) + " tensors") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "out"));
+    CHECK(four.exit_code == one.exit_code);
+    CHECK(four.out == one.out);
+    CHECK(four.err == one.err);
+    CHECK(StableReport(tmp / "four.json") == StableReport(tmp / "one.json"));
+  }
+
+  TEST_CASE("a conversion planned on several threads writes the same bytes") {
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "src", /*with_errors=*/false);
+    qt::RunResult one = Run(tmp / "src", tmp / "out", 1, {"-q"});
+    REQUIRE(one.exit_code == 0);
+    fs::rename(tmp / "out", tmp / "out1");
+    qt::RunResult four = Run(tmp / "src", tmp / "out", 4, {"-q"});
+    REQUIRE(four.exit_code == 0);
+    fs::rename(tmp / "out", tmp / "out4");
+    const std::vector<std::string> files = qt::ListFiles(tmp / "out1");
+    CHECK(files.size() == kShards + 2);  // the shards, the index, config.json
+    CHECK(qt::ListFiles(tmp / "out4") == files);
+    for (const std::string& f : files) {
+      CAPTURE(f);
+      CHECK(qt::ReadBytes(tmp / "out4" / f) == qt::ReadBytes(tmp / "out1" / f));
+    }
+  }
+}
