@@ -18,6 +18,10 @@
 #include <cstring>
 #include <type_traits>
 
+// No a * b + c may become one fused operation: the definition rounds every product (the
+// loss's acc + (e * e) * h is fused into an FMA on AVX2 otherwise; tests/test_awq_kernel.cc).
+#pragma GCC optimize("fp-contract=off")
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/calib/awq_kernel.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -94,11 +98,14 @@ HWY_INLINE bool Row(D64 d64, const uint16_t* w, const double* s, const double* i
       if (!(gp.scale >= 0x1p-90f && gp.scale <= 0x1p90f)) return false;
       const auto scale = hn::Set(df, gp.scale);
       const auto zp = hn::Set(df, static_cast<float>(gp.zp));
+      // v - zp as v + (-zp) with -zp = +0 when zp is 0: the definition's (int)q - zp is an
+      // integer, +0 where v rounded to -0.
+      const auto neg_zp = hn::Set(df, static_cast<float>(-gp.zp));
       for (size_t c = c0; c < c1; c += N) {
         auto v = rd::RoundToDType<DType::kBF16>(df, hn::Div(hn::LoadU(df, ws + c), scale));
         if (!symmetric) v = rd::RoundToDType<DType::kBF16>(df, hn::Add(v, zp));
         v = hn::Round(hn::Min(hn::Max(v, qmin), qmax));
-        const auto deq = rd::RoundToDType<DType::kBF16>(df, hn::Mul(hn::Sub(v, zp), scale));
+        const auto deq = rd::RoundToDType<DType::kBF16>(df, hn::Mul(hn::Add(v, neg_zp), scale));
         // deq / s as deq * (1 / s), within 4 f64 ulps of the quotient: the same f32 unless
         // the quotient lies that close to a midpoint of two f32 values (low 29 bits of the
         // f64 near 2^28), where the exact quotient decides (about once in 2^24 lanes).
