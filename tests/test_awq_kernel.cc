@@ -12,8 +12,10 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "calib/awq.h"
 #include "calib/awq_kernel.h"
 #include "kernel_test_util.h"
 
@@ -199,6 +201,65 @@ TEST_CASE("AWQ's BF16 row kernel declines rows it cannot take, and the search's 
   CHECK_FALSE(calib::AwqKernelScales(s.data(), s.size()));
   s[5] = std::nan("");
   CHECK_FALSE(calib::AwqKernelScales(s.data(), s.size()));
+}
+
+
+TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses") {
+  // Layers of random BF16 weights (1024+ rows: enough blocks for the sampled leader and the
+  // batches), activations over two decades; every duo setting, int4 and int8. The pruned
+  // search must give the full search's choice, scales, chosen loss and RTN's loss; each
+  // candidate it stopped must be one whose full loss exceeds the chosen one.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  int pruned_any = 0;
+  for (const auto& [bits, group, duo] :
+       {std::tuple{4, 64, calib::DuoScaling::kTrue}, std::tuple{4, 0, calib::DuoScaling::kFalse},
+        std::tuple{8, 128, calib::DuoScaling::kBoth}, std::tuple{4, 128, calib::DuoScaling::kTrue}}) {
+    const size_t cols = 256;
+    std::vector<std::vector<uint16_t>> data;
+    std::vector<calib::AwqLayer> layers;
+    for (size_t rows : {size_t{1024}, size_t{520}}) {
+      std::vector<uint16_t> w = Row(rng, rows * cols, 0.02f);
+      data.push_back(std::move(w));
+      calib::AwqLayer l;
+      l.data = reinterpret_cast<const uint8_t*>(data.back().data());
+      l.rows = rows;
+      l.cols = cols;
+      l.q.bits = bits;
+      l.q.group_size = group;
+      l.q.symmetric = bits == 4;
+      layers.push_back(l);
+    }
+    std::vector<float> x_mean(cols);
+    std::vector<double> h(cols);
+    for (size_t c = 0; c < cols; ++c) {
+      x_mean[c] = static_cast<float>(std::exp(2.3 * u(rng)));
+      h[c] = double(x_mean[c]) * x_mean[c] * 64.0;
+    }
+    auto full = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, false);
+    auto pruned = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, true);
+    REQUIRE(full.ok());
+    REQUIRE(pruned.ok());
+    CAPTURE(bits);
+    CAPTURE(group);
+    CHECK(pruned->ratio == full->ratio);
+    CHECK(pruned->duo == full->duo);
+    CHECK(pruned->scales == full->scales);
+    CHECK(std::bit_cast<uint64_t>(pruned->loss) == std::bit_cast<uint64_t>(full->loss));
+    CHECK(std::bit_cast<uint64_t>(pruned->loss_rtn) == std::bit_cast<uint64_t>(full->loss_rtn));
+    REQUIRE(pruned->losses.size() == full->losses.size());
+    for (size_t g = 0; g < full->losses.size(); ++g) {
+      if (std::isinf(pruned->losses[g])) {
+        ++pruned_any;
+        CHECK(full->losses[g] > full->loss);
+      } else {
+        CHECK(std::bit_cast<uint64_t>(pruned->losses[g]) ==
+              std::bit_cast<uint64_t>(full->losses[g]));
+      }
+    }
+  }
+  MESSAGE(pruned_any << " candidates stopped early");
+  CHECK(pruned_any > 0);  // the test exercises pruning
 }
 
 }  // namespace

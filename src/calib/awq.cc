@@ -184,6 +184,113 @@ std::vector<std::pair<double, bool>> AwqGrid(int n_grid, DuoScaling duo) {
 
 namespace {
 
+// The diagonal proxy's sums, sum over layers, then rows (in that order, one running sum, as
+// the definition adds them), of each row's term, per candidate. The rows are cut into blocks
+// of kBlock; blocks run in parallel, every candidate of a batch on a block while its rows
+// are in cache (the weight is read from memory once per batch, not once per candidate).
+//
+// `prune`: candidates that cannot win are not finished (their sum is +Inf). Every term is
+// >= 0, so a candidate's sum over some blocks is a lower bound of its whole sum (up to the
+// rounding of sums in a different order: below rows x 2^-53 relative, far below the margin
+// kMargin). A sample of the blocks (every kSample-th) runs for every candidate; the one
+// lowest there (the leader) and the first (ratio 0, RTN, whose loss the report gives) run to
+// the end; the others run batch by batch and stop once their partial sum exceeds the
+// leader's whole sum by kMargin. The minimum's candidate (the first of equal ones) is never
+// stopped, so the choice, the chosen loss and RTN's are those of the full search.
+std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers, const std::vector<Cand>& cands,
+                                 const std::vector<double>& h, bool prune) {
+  constexpr uint64_t kBlock = 16, kSample = 8, kBatches = 8;
+  constexpr double kMargin = 1e-6;
+  const size_t count = cands.size();
+  struct Block {
+    size_t layer;
+    uint64_t r0, r1;
+  };
+  std::vector<Block> blocks;
+  std::vector<std::vector<double>> terms(layers.size());  // [layer][g * rows + r]
+  std::vector<iq::Layout> lays(layers.size());
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const AwqLayer& l = layers[li];
+    if (!l.quantized) continue;
+    lays[li] = LayoutOf(l);
+    terms[li].assign(count * l.rows, 0.0);
+    for (uint64_t r0 = 0; r0 < l.rows; r0 += kBlock) {
+      blocks.push_back({li, r0, std::min(l.rows, r0 + kBlock)});
+    }
+  }
+  // Runs candidates `gs` on blocks `bs` (indices into `blocks`), adding each candidate's
+  // terms there to partial[g] (any order: a bound, not the loss).
+  std::vector<double> partial(count, 0.0);
+  auto run = [&](const std::vector<uint64_t>& bs, const std::vector<size_t>& gs) {
+    tbb::parallel_for(size_t{0}, bs.size(), [&](size_t i) {
+      thread_local RowScratch t;
+      const Block& b = blocks[bs[i]];
+      const AwqLayer& l = layers[b.layer];
+      const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
+      t.Size(l.cols);
+      for (size_t g : gs) {
+        for (uint64_t r = b.r0; r < b.r1; ++r) {
+          terms[b.layer][g * l.rows + r] = LossRow(l, lays[b.layer], r, cands[g], h, bf16, t);
+        }
+      }
+    });
+    for (size_t g : gs) {
+      for (uint64_t bi : bs) {
+        const Block& b = blocks[bi];
+        const uint64_t rows = layers[b.layer].rows;
+        for (uint64_t r = b.r0; r < b.r1; ++r) partial[g] += terms[b.layer][g * rows + r];
+      }
+    }
+  };
+  // The definition's sum of a finished candidate.
+  auto sum = [&](size_t g) {
+    double v = 0;
+    for (size_t li = 0; li < layers.size(); ++li) {
+      if (!layers[li].quantized) continue;
+      const uint64_t rows = layers[li].rows;
+      for (uint64_t r = 0; r < rows; ++r) v += terms[li][g * rows + r];
+    }
+    return v;
+  };
+  std::vector<size_t> all(count);
+  for (size_t g = 0; g < count; ++g) all[g] = g;
+  std::vector<uint64_t> every(blocks.size());
+  for (uint64_t i = 0; i < blocks.size(); ++i) every[i] = i;
+  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
+  if (!prune || count <= 2 || blocks.size() < kSample * kBatches) {
+    run(every, all);
+    for (size_t g = 0; g < count; ++g) sums[g] = sum(g);
+    return sums;
+  }
+  std::vector<uint64_t> sample, rest;
+  for (uint64_t i = 0; i < blocks.size(); ++i) (i % kSample == 0 ? sample : rest).push_back(i);
+  run(sample, all);
+  size_t leader = 0;
+  for (size_t g = 1; g < count; ++g) {
+    if (partial[g] < partial[leader]) leader = g;
+  }
+  std::vector<size_t> first = {0};
+  if (leader != 0) first.push_back(leader);
+  run(rest, first);
+  for (size_t g : first) sums[g] = sum(g);
+  const double bound = sums[leader] * (1 + kMargin);
+  std::vector<size_t> live;
+  for (size_t g = 1; g < count; ++g) {
+    if (g != leader && !(partial[g] > bound)) live.push_back(g);
+  }
+  for (uint64_t k = 0; k < kBatches && !live.empty(); ++k) {
+    const uint64_t b0 = rest.size() * k / kBatches, b1 = rest.size() * (k + 1) / kBatches;
+    run(std::vector<uint64_t>(rest.begin() + b0, rest.begin() + b1), live);
+    std::erase_if(live, [&](size_t g) { return partial[g] > bound; });
+  }
+  for (size_t g : live) sums[g] = sum(g);
+  return sums;
+}
+
+}  // namespace
+
+namespace {
+
 // One BF16 row's terms of _compute_layer_means, as the loop in AwqWeightMeans adds them, in
 // loops without calls or branches (compiled per ISA, chosen at load time): |W| is the bits
 // without the sign, the group max an integer max of those (finite bf16 patterns order like
@@ -250,7 +357,7 @@ std::vector<double> AwqWeightMeans(const std::vector<AwqLayer>& layers) {
 
 Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vector<float>& x_mean,
                             const std::vector<double>& h, bool full, double tokens, int n_grid,
-                            DuoScaling duo) {
+                            DuoScaling duo, bool prune) {
   const size_t n = x_mean.size();
   const std::vector<double> w_mean =
       duo == DuoScaling::kFalse ? std::vector<double>(n, 1.0) : AwqWeightMeans(layers);
@@ -277,31 +384,11 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
   }
   // Each candidate's loss, summed over layers, then rows, in order (whatever the threads).
   std::vector<double> sums(count, 0.0);
+  if (!full) sums = DiagonalSums(layers, cands, h, prune);
   for (const AwqLayer& l : layers) {
-    if (!l.quantized) continue;
+    if (!l.quantized || !full) continue;
     const iq::Layout lay = LayoutOf(l);
     const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
-    if (!full) {
-      // Blocks of rows in parallel, every candidate run on a block while its rows are in
-      // cache (the weight is read from memory once, not once per candidate); the row terms
-      // are then added in row order, as one running sum over the rows would add them.
-      constexpr uint64_t kBlock = 16;
-      std::vector<double> terms(count * l.rows);
-      tbb::parallel_for(uint64_t{0}, (l.rows + kBlock - 1) / kBlock, [&](uint64_t b) {
-        thread_local RowScratch t;
-        t.Size(l.cols);
-        const uint64_t r1 = std::min(l.rows, (b + 1) * kBlock);
-        for (size_t g = 0; g < count; ++g) {
-          for (uint64_t r = b * kBlock; r < r1; ++r) {
-            terms[g * l.rows + r] = LossRow(l, lay, r, cands[g], h, bf16, t);
-          }
-        }
-      });
-      for (size_t g = 0; g < count; ++g) {
-        for (uint64_t r = 0; r < l.rows; ++r) sums[g] += terms[g * l.rows + r];
-      }
-      continue;
-    }
     // A block of rows at a time (about 1M elements: 8 MB of dW), so that memory stays that
     // small whatever the layer's size.
     const uint64_t block = std::max<uint64_t>(1, (uint64_t{1} << 20) / l.cols);

@@ -445,7 +445,8 @@ class SmoothRunImpl : public SmoothRun {
       QUENCH_ASSIGN_OR_RETURN(h, Field(stats, m, "sum_x2", n));
     }
     QUENCH_ASSIGN_OR_RETURN(DuoScaling duo, ParseDuoScaling(o.awq_duo_scaling));
-    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo);
+    // Pruned: the report gives only the chosen loss and RTN's, which pruning keeps.
+    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo, /*prune=*/true);
     if (!r.ok()) {
       return Error(r.status().code(), r.status().message() + " (mapping of " + m.smooth + ")");
     }
