@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "calib/awq.h"
-#include "calib/awq_kernel.h"
+#include "schemes/int_scaled_error.h"
 #include "kernel_test_util.h"
 
 namespace quench::testing {
@@ -52,7 +52,8 @@ std::vector<uint16_t> Row(std::mt19937& rng, size_t cols, float mag) {
 }
 
 // Compares kernel and definition on one row and candidate; returns whether the kernel ran.
-bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s, const std::vector<double>& h,
+bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s,
+           const std::vector<double>& h,
            const Case& k, const std::string& what) {
   const size_t cols = w.size();
   WeightChunk in;
@@ -69,14 +70,14 @@ bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s, const s
   std::vector<float> wf(cols), ws(cols);
   for (size_t c = 0; c < cols; ++c) wf[c] = Bf16Value(w[c]);
   std::vector<double> want(cols), got(cols, -7.0), sq(cols);
-  calib::AwqErrorRowScalar(wf.data(), s.data(), lay, in.params, DType::kBF16, ws.data(),
+  intq::ScaledErrorRowScalar(wf.data(), s.data(), lay, in.params, DType::kBF16, ws.data(),
                            want.data());
   for (size_t c = 0; c < cols; ++c) sq[c] = want[c] * want[c];
-  const double want_loss = calib::AwqDot4(sq.data(), h.data(), cols);
-  const bool ran = calib::AwqBf16RowError(w.data(), s.data(), inv.data(), lay, k.symmetric,
+  const double want_loss = intq::ScaledDot4(sq.data(), h.data(), cols);
+  const bool ran = intq::Bf16ScaledRowError(w.data(), s.data(), inv.data(), lay, k.symmetric,
                                           ws.data(), got.data());
   double loss = -7.0;
-  const bool ran_loss = calib::AwqBf16RowLoss(w.data(), s.data(), inv.data(), h.data(), lay,
+  const bool ran_loss = intq::Bf16ScaledRowLoss(w.data(), s.data(), inv.data(), h.data(), lay,
                                               k.symmetric, ws.data(), &loss);
   CAPTURE(what);
   CHECK(ran == ran_loss);
@@ -196,11 +197,11 @@ TEST_CASE("AWQ's BF16 row kernel declines rows it cannot take, and the search's 
     CHECK_FALSE(Check(tiny, s, h, k, "tiny group"));
   });
   std::vector<double> s(8, 1.0);
-  CHECK(calib::AwqKernelScales(s.data(), s.size()));
+  CHECK(intq::ScaledKernelScales(s.data(), s.size()));
   s[5] = 0x1p21;
-  CHECK_FALSE(calib::AwqKernelScales(s.data(), s.size()));
+  CHECK_FALSE(intq::ScaledKernelScales(s.data(), s.size()));
   s[5] = std::nan("");
-  CHECK_FALSE(calib::AwqKernelScales(s.data(), s.size()));
+  CHECK_FALSE(intq::ScaledKernelScales(s.data(), s.size()));
 }
 
 
@@ -214,7 +215,8 @@ TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses"
   int pruned_any = 0;
   for (const auto& [bits, group, duo] :
        {std::tuple{4, 64, calib::DuoScaling::kTrue}, std::tuple{4, 0, calib::DuoScaling::kFalse},
-        std::tuple{8, 128, calib::DuoScaling::kBoth}, std::tuple{4, 128, calib::DuoScaling::kTrue}}) {
+        std::tuple{8, 128, calib::DuoScaling::kBoth},
+        std::tuple{4, 128, calib::DuoScaling::kTrue}}) {
     const size_t cols = 256;
     std::vector<std::vector<uint16_t>> data;
     std::vector<calib::AwqLayer> layers;

@@ -9,7 +9,7 @@
 
 #include <tbb/parallel_for.h>
 
-#include "calib/awq_kernel.h"
+#include "schemes/int_scaled_error.h"
 #include "calib/blas.h"
 #include "calib/smoothquant.h"
 #include "schemes/int_shared.h"
@@ -93,7 +93,7 @@ iq::Layout LayoutOf(const AwqLayer& l) {
 }
 
 // One grid point: its scales, their reciprocals (the kernel's) and whether the kernel
-// takes them (AwqKernelScales).
+// takes them (ScaledKernelScales).
 struct Cand {
   std::vector<double> s, inv;
   bool kernel = false;
@@ -117,29 +117,29 @@ struct RowScratch {
 void ErrorRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c, bool bf16,
               RowScratch& t, double* out) {
   if (bf16 && c.kernel &&
-      AwqBf16RowError(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
+      intq::Bf16ScaledRowError(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
                       c.inv.data(), lay, l.q.symmetric, t.ws.data(), out)) {
     return;
   }
   LoadRow(l, r, t.w.data());
-  AwqErrorRowScalar(t.w.data(), c.s.data(), lay, l.q, l.dtype, t.ws.data(), out);
+  intq::ScaledErrorRowScalar(t.w.data(), c.s.data(), lay, l.q, l.dtype, t.ws.data(), out);
 }
 
-// The diagonal proxy's term of row r: sum_c h[c] dW[c]^2 (AwqDot4's order).
+// The diagonal proxy's term of row r: sum_c h[c] dW[c]^2 (ScaledDot4's order).
 double LossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
                const std::vector<double>& h, bool bf16, RowScratch& t) {
   double loss;
   if (bf16 && c.kernel &&
-      AwqBf16RowLoss(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
+      intq::Bf16ScaledRowLoss(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
                      c.inv.data(), h.data(), lay, l.q.symmetric, t.ws.data(), &loss)) {
     return loss;
   }
   ErrorRow(l, lay, r, c, false, t, t.dw.data());
   for (uint64_t i = 0; i < l.cols; ++i) t.hd[i] = t.dw[i] * t.dw[i];
-  return AwqDot4(t.hd.data(), h.data(), l.cols);
+  return intq::ScaledDot4(t.hd.data(), h.data(), l.cols);
 }
 
-// sum a[i] * b[i] in f64 over four partial sums, as AwqDot4 (the full-Hessian trace's P .* E).
+// sum a[i] * b[i] in f64 over four partial sums, as ScaledDot4 (the full-Hessian trace's P .* E).
 double Dot(const float* a, const double* b, size_t n) {
   double acc[4] = {0, 0, 0, 0};
   size_t i = 0;
@@ -197,7 +197,8 @@ namespace {
 // the end; the others run batch by batch and stop once their partial sum exceeds the
 // leader's whole sum by kMargin. The minimum's candidate (the first of equal ones) is never
 // stopped, so the choice, the chosen loss and RTN's are those of the full search.
-std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers, const std::vector<Cand>& cands,
+std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands,
                                  const std::vector<double>& h, bool prune) {
   constexpr uint64_t kBlock = 16, kSample = 8, kBatches = 8;
   constexpr double kMargin = 1e-6;
@@ -378,7 +379,7 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
   for (size_t g = 0; g < count; ++g) {
     Cand& c = cands[g];
     c.s = Candidate(x_mean, w_mean, grid[g].first, grid[g].second);
-    c.kernel = AwqKernelScales(c.s.data(), n);
+    c.kernel = intq::ScaledKernelScales(c.s.data(), n);
     c.inv.resize(n);
     for (size_t j = 0; j < n; ++j) c.inv[j] = 1.0 / c.s[j];
   }

@@ -87,7 +87,9 @@ bool ColumnAbsMax(const uint8_t* rows, DType dtype, uint64_t nrows, uint64_t col
         return v >= 0.f && (std::bit_cast<uint32_t>(v) & 0xFFFFu) == 0;
       })) {
     std::vector<uint16_t> m(cols);
-    for (uint64_t c = 0; c < cols; ++c) m[c] = static_cast<uint16_t>(std::bit_cast<uint32_t>(acc[c]) >> 16);
+    for (uint64_t c = 0; c < cols; ++c) {
+      m[c] = static_cast<uint16_t>(std::bit_cast<uint32_t>(acc[c]) >> 16);
+    }
     ColumnAbsMaxBf16(reinterpret_cast<const uint16_t*>(rows), nrows, cols, m.data());
     for (uint64_t c = 0; c < cols; ++c) {
       if (m[c] >= 0x7F80) return false;

@@ -1,5 +1,6 @@
-// AWQ's per-row error and loss: the scalar definition and the BF16 Highway kernel (see
-// awq_kernel.h), compiled once per target through Highway's foreach_target skeleton.
+// The quantization error under column scales (AWQ's per-row error and loss): the scalar
+// definition and the BF16 Highway kernel (see int_scaled_error.h), compiled once per target
+// through Highway's foreach_target skeleton.
 //
 // The definition, per row and candidate s (f64 per column), as the reference computes it in
 // torch for a BF16 weight (RNE(y): y rounded to BF16, ties to even):
@@ -9,9 +10,9 @@
 //   deq     = RNE((v - zp) * scale)                  _dequantize
 //   back    = RNE(f32(deq / s[c]))                   / scales, promoted to f64, back to BF16
 //   dW[c]   = w[c] - back                            (f64)
-//   loss    = sum_c h[c] * dW[c]^2 in f64, as AwqDot4 orders it.
+//   loss    = sum_c h[c] * dW[c]^2 in f64, as ScaledDot4 orders it.
 // Every product or quotient of an f32 and an f64 is taken in f64 and rounded to f32 once.
-#include "calib/awq_kernel.h"
+#include "schemes/int_scaled_error.h"
 
 #include <bit>
 #include <cmath>
@@ -23,32 +24,33 @@
 #pragma GCC optimize("fp-contract=off")
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "src/calib/awq_kernel.cc"
+#define HWY_TARGET_INCLUDE "src/schemes/int_scaled_error.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "schemes/rounding-inl.h"
 
 HWY_BEFORE_NAMESPACE();
-namespace quench::calib {
+namespace quench::intq {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 namespace rd = quench::HWY_NAMESPACE::rounding;
-namespace iq = intq::internal;
+namespace iq = internal;
 
 // One row, vectors of N = 4 or 8 f64 lanes (AVX2, AVX-512) and as many f32 lanes (half a
 // register on AVX-512, which Zen 4 executes at full rate). Without NaN selects: with finite
-// weights, scales s in [2^-20, 2^20] (the caller's precondition: AwqKernelScales) and group
-// scales in [2^-90, 2^90] (checked per group), no operation below can produce a NaN (no 0/0, inf - inf
-// or 0 * inf before the loss), so RNE's bit arithmetic is exact on every lane.
+// weights, scales s in [2^-20, 2^20] (the caller's precondition: ScaledKernelScales) and
+// group scales in [2^-90, 2^90] (checked per group), no operation below can produce a NaN
+// (no 0/0, inf - inf or 0 * inf before the loss), so RNE's bit arithmetic is exact on every
+// lane.
 #if HWY_TARGET == HWY_SCALAR
 template <bool kLoss, class D64>
-HWY_INLINE bool Row(D64, const uint16_t*, const double*, const double*, const double*,
+HWY_INLINE bool ScaledRow(D64, const uint16_t*, const double*, const double*, const double*,
                     const iq::Layout&, bool, float*, double*) {
   return false;  // one lane: the scalar definition
 }
 #else
 template <bool kLoss, class D64>
-HWY_INLINE bool Row(D64 d64, const uint16_t* w, const double* s, const double* inv,
+HWY_INLINE bool ScaledRow(D64 d64, const uint16_t* w, const double* s, const double* inv,
                     const double* h, const iq::Layout& lay, bool symmetric, float* ws,
                     double* out) {
   constexpr size_t N = hn::MaxLanes(D64());
@@ -58,7 +60,7 @@ HWY_INLINE bool Row(D64 d64, const uint16_t* w, const double* s, const double* i
     const hn::Rebind<float, D64> df;
     const hn::Rebind<uint32_t, D64> du;
     const hn::Rebind<uint16_t, D64> d16;
-    // AwqDot4's four partial sums: lane k sums columns c = k mod 4, in column order.
+    // ScaledDot4's four partial sums: lane k sums columns c = k mod 4, in column order.
     using DA = std::conditional_t<N == 8, hn::Half<D64>, D64>;
     const DA da;
     auto acc = hn::Zero(da);
@@ -79,7 +81,8 @@ HWY_INLINE bool Row(D64 d64, const uint16_t* w, const double* s, const double* i
       auto mn = hn::Set(df, HUGE_VALF), mx = hn::Set(df, -HUGE_VALF);
       auto big = hn::Zero(du);
       for (size_t c = c0; c < c1; c += N) {
-        const auto p = hn::DemoteTo(df, hn::Mul(hn::PromoteTo(d64, load_w(c)), hn::LoadU(d64, s + c)));
+        const auto p =
+            hn::DemoteTo(df, hn::Mul(hn::PromoteTo(d64, load_w(c)), hn::LoadU(d64, s + c)));
         big = hn::Max(big, hn::And(hn::BitCast(du, p), abs_mask));
         const auto r = rd::RoundToDType<DType::kBF16>(df, p);
         hn::StoreU(r, df, ws + c);
@@ -140,29 +143,30 @@ HWY_INLINE bool Row(D64 d64, const uint16_t* w, const double* s, const double* i
 }
 #endif  // HWY_TARGET == HWY_SCALAR
 
-bool RowLossKernel(const uint16_t* w, const double* s, const double* inv, const double* h,
+bool ScaledRowLossKernel(const uint16_t* w, const double* s, const double* inv, const double* h,
                    const iq::Layout& lay, bool symmetric, float* ws, double* loss) {
-  return Row<true>(hn::ScalableTag<double>(), w, s, inv, h, lay, symmetric, ws, loss);
+  return ScaledRow<true>(hn::ScalableTag<double>(), w, s, inv, h, lay, symmetric, ws, loss);
 }
 
-bool RowErrorKernel(const uint16_t* w, const double* s, const double* inv, const iq::Layout& lay,
+bool ScaledRowErrorKernel(const uint16_t* w, const double* s, const double* inv,
+                          const iq::Layout& lay,
                     bool symmetric, float* ws, double* dw) {
-  return Row<false>(hn::ScalableTag<double>(), w, s, inv, nullptr, lay, symmetric, ws, dw);
+  return ScaledRow<false>(hn::ScalableTag<double>(), w, s, inv, nullptr, lay, symmetric, ws, dw);
 }
 
 }  // namespace HWY_NAMESPACE
-}  // namespace quench::calib
+}  // namespace quench::intq
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-namespace quench::calib {
+namespace quench::intq {
 
-HWY_EXPORT(RowLossKernel);
-HWY_EXPORT(RowErrorKernel);
+HWY_EXPORT(ScaledRowLossKernel);
+HWY_EXPORT(ScaledRowErrorKernel);
 
-namespace iq = intq::internal;
+namespace iq = internal;
 
-void AwqErrorRowScalar(const float* w, const double* s, const iq::Layout& lay,
+void ScaledErrorRowScalar(const float* w, const double* s, const iq::Layout& lay,
                        const KernelParams& q, DType d, float* ws, double* out) {
   const size_t cols = lay.group * lay.n_groups;
   for (size_t c = 0; c < cols; ++c) {
@@ -187,7 +191,7 @@ void AwqErrorRowScalar(const float* w, const double* s, const iq::Layout& lay,
   }
 }
 
-double AwqDot4(const double* a, const double* b, size_t n) {
+double ScaledDot4(const double* a, const double* b, size_t n) {
   double acc[4] = {0, 0, 0, 0};
   size_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -197,22 +201,23 @@ double AwqDot4(const double* a, const double* b, size_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-bool AwqKernelScales(const double* s, size_t n) {
+bool ScaledKernelScales(const double* s, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     if (!(s[i] >= 0x1p-20 && s[i] <= 0x1p20)) return false;
   }
   return true;
 }
 
-bool AwqBf16RowLoss(const uint16_t* w, const double* s, const double* inv, const double* h,
+bool Bf16ScaledRowLoss(const uint16_t* w, const double* s, const double* inv, const double* h,
                     const iq::Layout& lay, bool symmetric, float* ws, double* loss) {
-  return HWY_DYNAMIC_DISPATCH(RowLossKernel)(w, s, inv, h, lay, symmetric, ws, loss);
+  return HWY_DYNAMIC_DISPATCH(ScaledRowLossKernel)(w, s, inv, h, lay, symmetric, ws, loss);
 }
 
-bool AwqBf16RowError(const uint16_t* w, const double* s, const double* inv, const iq::Layout& lay,
+bool Bf16ScaledRowError(const uint16_t* w, const double* s, const double* inv,
+                        const iq::Layout& lay,
                      bool symmetric, float* ws, double* dw) {
-  return HWY_DYNAMIC_DISPATCH(RowErrorKernel)(w, s, inv, lay, symmetric, ws, dw);
+  return HWY_DYNAMIC_DISPATCH(ScaledRowErrorKernel)(w, s, inv, lay, symmetric, ws, dw);
 }
 
-}  // namespace quench::calib
+}  // namespace quench::intq
 #endif  // HWY_ONCE
