@@ -7,6 +7,9 @@
 #include <cstring>
 #include <limits>
 
+#include <tbb/parallel_for.h>
+
+#include "schemes/int_scaled_error.h"
 #include "calib/blas.h"
 #include "calib/smoothquant.h"
 #include "schemes/int_shared.h"
@@ -78,32 +81,66 @@ void LoadRow(const AwqLayer& l, uint64_t r, float* out) {
   }
 }
 
-// min and max of v[0, n) in four independent lanes (one serial chain stalls on each compare).
-// The same values as one pass: min and max are exact, and a -0 against a +0 (which one a lane
-// keeps may differ) gives the same scale and zero point, ComputeParams taking min(mn, 0) and
-// max(mx, 0) first.
-void GroupMinMax(const float* v, size_t n, float* mn_out, float* mx_out) {
-  float mn[4] = {v[0], v[0], v[0], v[0]}, mx[4] = {v[0], v[0], v[0], v[0]};
-  size_t c = 0;
-  for (; c + 4 <= n; c += 4) {
-    for (int k = 0; k < 4; ++k) {
-      mn[k] = std::min(mn[k], v[c + k]);
-      mx[k] = std::max(mx[k], v[c + k]);
-    }
-  }
-  for (; c < n; ++c) {
-    mn[0] = std::min(mn[0], v[c]);
-    mx[0] = std::max(mx[0], v[c]);
-  }
-  *mn_out = std::min(std::min(mn[0], mn[1]), std::min(mn[2], mn[3]));
-  *mx_out = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+iq::Layout LayoutOf(const AwqLayer& l) {
+  WeightChunk in;
+  in.dtype = l.dtype;
+  in.rows = l.rows;
+  in.cols = l.cols;
+  in.params = l.q;
+  iq::Layout lay;
+  iq::MakeLayout(in, &lay);  // checked at planning
+  return lay;
 }
 
-// sum a[i] * b[i] in f64 over four partial sums (one chain of dependent adds is the loss's
-// bottleneck otherwise). The order differs from one running sum by rounding only; equal
-// candidates (the same dW) still give equal losses, so ties fall as before.
-template <typename A>
-double Dot(const A* a, const double* b, size_t n) {
+// One grid point: its scales, their reciprocals (the kernel's) and whether the kernel
+// takes them (ScaledKernelScales).
+struct Cand {
+  std::vector<double> s, inv;
+  bool kernel = false;
+};
+
+// Per thread: the row's f32 values, W s, and one row of dW.
+struct RowScratch {
+  std::vector<float> w, ws;
+  std::vector<double> dw, hd;
+  void Size(size_t n) {
+    if (w.size() < n) {
+      w.resize(n);
+      ws.resize(n);
+      dw.resize(n);
+      hd.resize(n);
+    }
+  }
+};
+
+// Row r of dW for candidate s: the BF16 kernel where it applies, else the definition.
+void ErrorRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c, bool bf16,
+              RowScratch& t, double* out) {
+  if (bf16 && c.kernel &&
+      intq::Bf16ScaledRowError(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
+                      c.inv.data(), lay, l.q.symmetric, t.ws.data(), out)) {
+    return;
+  }
+  LoadRow(l, r, t.w.data());
+  intq::ScaledErrorRowScalar(t.w.data(), c.s.data(), lay, l.q, l.dtype, t.ws.data(), out);
+}
+
+// The diagonal proxy's term of row r: sum_c h[c] dW[c]^2 (ScaledDot4's order).
+double LossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
+               const std::vector<double>& h, bool bf16, RowScratch& t) {
+  double loss;
+  if (bf16 && c.kernel &&
+      intq::Bf16ScaledRowLoss(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
+                     c.inv.data(), h.data(), lay, l.q.symmetric, t.ws.data(), &loss)) {
+    return loss;
+  }
+  ErrorRow(l, lay, r, c, false, t, t.dw.data());
+  for (uint64_t i = 0; i < l.cols; ++i) t.hd[i] = t.dw[i] * t.dw[i];
+  return intq::ScaledDot4(t.hd.data(), h.data(), l.cols);
+}
+
+// sum a[i] * b[i] in f64 over four partial sums, as ScaledDot4 (the full-Hessian trace's P .* E).
+double Dot(const float* a, const double* b, size_t n) {
   double acc[4] = {0, 0, 0, 0};
   size_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -113,88 +150,7 @@ double Dot(const A* a, const double* b, size_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// iq::RoundToDType without branches, so that the loops below vectorise: BF16 rounds to
-// nearest even by the same bit arithmetic, NaN kept as it is (a select, not a branch).
-inline float RoundBf16(float f) {
-  const uint32_t bits = std::bit_cast<uint32_t>(f);
-  const float r = std::bit_cast<float>((bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u);
-  return f != f ? f : r;
-}
-
-// One row of dW for BF16 weights (the common case), as WeightErrorRow below computes it for
-// every dtype, in loops without calls or branches: compiled for AVX-512, AVX2 and the baseline,
-// chosen at load time (target_clones). Only IEEE operations the reference makes, none fused
-// (no a * b + c appears: every product is rounded before anything is added).
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void Bf16ErrorRow(const float* w, const double* s, size_t cols, const iq::Layout& lay,
-                  bool symmetric, float* ws, double* out) {
-  for (size_t c = 0; c < cols; ++c) ws[c] = RoundBf16(static_cast<float>(double(w[c]) * s[c]));
-  const float qmin = static_cast<float>(lay.qmin), qmax = static_cast<float>(lay.qmax);
-  for (size_t g = 0; g < lay.n_groups; ++g) {
-    const size_t c0 = g * lay.group, n = lay.group;
-    float mn, mx;
-    GroupMinMax(ws + c0, n, &mn, &mx);
-    const iq::GroupParams p = iq::ComputeParams(mn, mx, lay, symmetric, DType::kBF16);
-    const float zp = static_cast<float>(p.zp), scale = p.scale;
-    for (size_t c = c0; c < c0 + n; ++c) {
-      // iq::QuantizeValue, then _dequantize and the division by the scales.
-      float v = RoundBf16(ws[c] / scale);
-      if (!symmetric) v = RoundBf16(v + zp);
-      v = std::rint(std::min(std::max(v, qmin), qmax));
-      const float deq = RoundBf16((v - zp) * scale);
-      const float back = RoundBf16(static_cast<float>(double(deq) / s[c]));
-      out[c] = double(w[c]) - double(back);
-    }
-  }
-}
-
-// One row of dW, any dtype: every rounding to D is iq::RoundToDType (the same value as
-// RoundTo), once per operation the reference rounds.
-void WeightErrorRow(const float* w, const double* s, size_t cols, const iq::Layout& lay,
-                    const KernelParams& q, DType d, float* ws, double* out) {
-  for (size_t c = 0; c < cols; ++c) {
-    // weight.data.copy_(orig * scales): the product in the scales' dtype, stored in D.
-    ws[c] = iq::RoundToDType(static_cast<float>(double(w[c]) * s[c]), d);
-  }
-  for (size_t g = 0; g < lay.n_groups; ++g) {
-    const size_t c0 = g * lay.group, c1 = c0 + lay.group;
-    float mn, mx;
-    GroupMinMax(ws + c0, c1 - c0, &mn, &mx);
-    const iq::GroupParams p = iq::ComputeParams(mn, mx, lay, q.symmetric, d);
-    for (size_t c = c0; c < c1; ++c) {
-      const int qv = iq::QuantizeValue(ws[c], p, lay, q.symmetric, d);
-      // _dequantize: (q - zp) * scale in D; then / scales, promoted, and .to(D).
-      const float deq = iq::RoundToDType(static_cast<float>(qv - p.zp) * p.scale, d);
-      const float back = iq::RoundToDType(static_cast<float>(double(deq) / s[c]), d);
-      out[c] = double(w[c]) - double(back);
-    }
-  }
-}
-
-// dW = W - Q(W s)/s for rows [r0, r0 + rows) of a layer, with the memoryless min-max observer
-// on W s (rows are quantized independently).
-void WeightError(const AwqLayer& l, uint64_t r0, uint64_t rows, const std::vector<double>& s,
-                 std::vector<double>* dw) {
-  const DType d = l.dtype;
-  WeightChunk in;
-  in.dtype = d;
-  in.rows = l.rows;
-  in.cols = l.cols;
-  in.params = l.q;
-  iq::Layout lay;
-  iq::MakeLayout(in, &lay);  // checked at planning
-  dw->resize(rows * l.cols);
-  std::vector<float> w(l.cols), ws(l.cols);
-  for (uint64_t r = 0; r < rows; ++r) {
-    LoadRow(l, r0 + r, w.data());
-    double* out = dw->data() + r * l.cols;
-    if (d == DType::kBF16) {
-      Bf16ErrorRow(w.data(), s.data(), l.cols, lay, l.q.symmetric, ws.data(), out);
-    } else {
-      WeightErrorRow(w.data(), s.data(), l.cols, lay, l.q, d, ws.data(), out);
-    }
-  }
-}
+bool Aligned2(const AwqLayer& l) { return reinterpret_cast<uintptr_t>(l.data) % 2 == 0; }
 
 }  // namespace
 
@@ -226,15 +182,161 @@ std::vector<std::pair<double, bool>> AwqGrid(int n_grid, DuoScaling duo) {
   return g;
 }
 
+namespace {
+
+// The diagonal proxy's sums, sum over layers, then rows (in that order, one running sum, as
+// the definition adds them), of each row's term, per candidate. The rows are cut into blocks
+// of kBlock; blocks run in parallel, every candidate of a batch on a block while its rows
+// are in cache (the weight is read from memory once per batch, not once per candidate).
+//
+// `prune`: candidates that cannot win are not finished (their sum is +Inf). Every term is
+// >= 0, so a candidate's sum over some blocks is a lower bound of its whole sum (up to the
+// rounding of sums in a different order: below rows x 2^-53 relative, far below the margin
+// kMargin). A sample of the blocks (every kSample-th) runs for every candidate; the one
+// lowest there (the leader) and the first (ratio 0, RTN, whose loss the report gives) run to
+// the end; the others run batch by batch and stop once their partial sum exceeds the
+// leader's whole sum by kMargin. The minimum's candidate (the first of equal ones) is never
+// stopped, so the choice, the chosen loss and RTN's are those of the full search.
+std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands,
+                                 const std::vector<double>& h, bool prune) {
+  constexpr uint64_t kBlock = 16, kSample = 8, kBatches = 8;
+  constexpr double kMargin = 1e-6;
+  const size_t count = cands.size();
+  struct Block {
+    size_t layer;
+    uint64_t r0, r1;
+  };
+  std::vector<Block> blocks;
+  std::vector<std::vector<double>> terms(layers.size());  // [layer][g * rows + r]
+  std::vector<iq::Layout> lays(layers.size());
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const AwqLayer& l = layers[li];
+    if (!l.quantized) continue;
+    lays[li] = LayoutOf(l);
+    terms[li].assign(count * l.rows, 0.0);
+    for (uint64_t r0 = 0; r0 < l.rows; r0 += kBlock) {
+      blocks.push_back({li, r0, std::min(l.rows, r0 + kBlock)});
+    }
+  }
+  // Runs candidates `gs` on blocks `bs` (indices into `blocks`), adding each candidate's
+  // terms there to partial[g] (any order: a bound, not the loss).
+  std::vector<double> partial(count, 0.0);
+  auto run = [&](const std::vector<uint64_t>& bs, const std::vector<size_t>& gs) {
+    tbb::parallel_for(size_t{0}, bs.size(), [&](size_t i) {
+      thread_local RowScratch t;
+      const Block& b = blocks[bs[i]];
+      const AwqLayer& l = layers[b.layer];
+      const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
+      t.Size(l.cols);
+      for (size_t g : gs) {
+        for (uint64_t r = b.r0; r < b.r1; ++r) {
+          terms[b.layer][g * l.rows + r] = LossRow(l, lays[b.layer], r, cands[g], h, bf16, t);
+        }
+      }
+    });
+    for (size_t g : gs) {
+      for (uint64_t bi : bs) {
+        const Block& b = blocks[bi];
+        const uint64_t rows = layers[b.layer].rows;
+        for (uint64_t r = b.r0; r < b.r1; ++r) partial[g] += terms[b.layer][g * rows + r];
+      }
+    }
+  };
+  // The definition's sum of a finished candidate.
+  auto sum = [&](size_t g) {
+    double v = 0;
+    for (size_t li = 0; li < layers.size(); ++li) {
+      if (!layers[li].quantized) continue;
+      const uint64_t rows = layers[li].rows;
+      for (uint64_t r = 0; r < rows; ++r) v += terms[li][g * rows + r];
+    }
+    return v;
+  };
+  std::vector<size_t> all(count);
+  for (size_t g = 0; g < count; ++g) all[g] = g;
+  std::vector<uint64_t> every(blocks.size());
+  for (uint64_t i = 0; i < blocks.size(); ++i) every[i] = i;
+  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
+  if (!prune || count <= 2 || blocks.size() < kSample * kBatches) {
+    run(every, all);
+    for (size_t g = 0; g < count; ++g) sums[g] = sum(g);
+    return sums;
+  }
+  std::vector<uint64_t> sample, rest;
+  for (uint64_t i = 0; i < blocks.size(); ++i) (i % kSample == 0 ? sample : rest).push_back(i);
+  run(sample, all);
+  size_t leader = 0;
+  for (size_t g = 1; g < count; ++g) {
+    if (partial[g] < partial[leader]) leader = g;
+  }
+  std::vector<size_t> first = {0};
+  if (leader != 0) first.push_back(leader);
+  run(rest, first);
+  for (size_t g : first) sums[g] = sum(g);
+  const double bound = sums[leader] * (1 + kMargin);
+  std::vector<size_t> live;
+  for (size_t g = 1; g < count; ++g) {
+    if (g != leader && !(partial[g] > bound)) live.push_back(g);
+  }
+  for (uint64_t k = 0; k < kBatches && !live.empty(); ++k) {
+    const uint64_t b0 = rest.size() * k / kBatches, b1 = rest.size() * (k + 1) / kBatches;
+    run(std::vector<uint64_t>(rest.begin() + b0, rest.begin() + b1), live);
+    std::erase_if(live, [&](size_t g) { return partial[g] > bound; });
+  }
+  for (size_t g : live) sums[g] = sum(g);
+  return sums;
+}
+
+}  // namespace
+
+namespace {
+
+// One BF16 row's terms of _compute_layer_means, as the loop in AwqWeightMeans adds them, in
+// loops without calls or branches (compiled per ISA, chosen at load time): |W| is the bits
+// without the sign, the group max an integer max of those (finite bf16 patterns order like
+// their magnitudes), each quotient RNE'd to BF16 by the same bit arithmetic as RoundTo (no
+// NaN can arise: |w| finite, den >= 1e-6). False, before anything is added, for a row
+// holding Inf or NaN (the caller then runs the general loop, which keeps torch's NaN rules).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+bool MeansRowBf16(const uint16_t* w, uint64_t cols, uint64_t group, float* den, double* sum) {
+  for (uint64_t c0 = 0, g = 0; c0 < cols; c0 += group, ++g) {
+    uint16_t m = 0;
+    for (uint64_t c = c0; c < c0 + group; ++c) m = std::max<uint16_t>(m, w[c] & 0x7FFF);
+    if (m >= 0x7F80) return false;
+    // weight.div_(amax + 1e-6): the sum in D (a Python scalar keeps D), the quotient too.
+    den[g] = RoundTo(DType::kBF16,
+                     static_cast<float>(double(std::bit_cast<float>(uint32_t{m} << 16)) + 1e-6));
+  }
+  for (uint64_t c0 = 0, g = 0; c0 < cols; c0 += group, ++g) {
+    const float d = den[g];
+    for (uint64_t c = c0; c < c0 + group; ++c) {
+      const float q = std::bit_cast<float>(uint32_t(w[c] & 0x7FFF) << 16) / d;
+      const uint32_t bits = std::bit_cast<uint32_t>(q);
+      sum[c] += double(std::bit_cast<float>((bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u));
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 std::vector<double> AwqWeightMeans(const std::vector<AwqLayer>& layers) {
   const uint64_t n = layers.empty() ? 0 : layers.front().cols;
   std::vector<double> sum(n, 0.0);
+  std::vector<float> den;
   double count = 0;
   for (const AwqLayer& l : layers) {
     if (!l.quantized) continue;  // no quantization_scheme: skipped, as the reference does
     const DType d = l.dtype;
     const uint64_t chunk = l.q.group_size > 0 ? uint64_t(l.q.group_size) : l.cols;
+    den.resize(l.cols / chunk);
     for (uint64_t r = 0; r < l.rows; ++r) {
+      if (d == DType::kBF16 && Aligned2(l) &&
+          MeansRowBf16(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, l.cols, chunk,
+                       den.data(), sum.data())) {
+        continue;
+      }
       for (uint64_t c0 = 0; c0 < l.cols; c0 += chunk) {
         float amax = 0;
         for (uint64_t c = c0; c < c0 + chunk; ++c) {
@@ -256,7 +358,7 @@ std::vector<double> AwqWeightMeans(const std::vector<AwqLayer>& layers) {
 
 Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vector<float>& x_mean,
                             const std::vector<double>& h, bool full, double tokens, int n_grid,
-                            DuoScaling duo) {
+                            DuoScaling duo, bool prune) {
   const size_t n = x_mean.size();
   const std::vector<double> w_mean =
       duo == DuoScaling::kFalse ? std::vector<double>(n, 1.0) : AwqWeightMeans(layers);
@@ -271,44 +373,55 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
     QUENCH_ASSIGN_OR_RETURN(blas, LoadBlas());
     hf.assign(h.begin(), h.end());
   }
-  AwqResult best;
-  double best_loss = std::numeric_limits<double>::infinity();
-  std::vector<double> dw, hd(n);
-  for (const auto& [ratio, use_duo] : AwqGrid(n_grid, duo)) {
-    std::vector<double> s = Candidate(x_mean, w_mean, ratio, use_duo);
-    double loss = 0;
-    for (const AwqLayer& l : layers) {
-      if (!l.quantized) continue;
-      // A block of rows at a time (about 1M elements: 8 MB of dW), so that memory stays
-      // that small whatever the layer's size (a whole 11008 x 4096 dW was 360 MB per
-      // mapping searched at once).
-      const uint64_t block = std::max<uint64_t>(1, (uint64_t{1} << 20) / l.cols);
+  const std::vector<std::pair<double, bool>> grid = AwqGrid(n_grid, duo);
+  const size_t count = grid.size();
+  std::vector<Cand> cands(count);
+  for (size_t g = 0; g < count; ++g) {
+    Cand& c = cands[g];
+    c.s = Candidate(x_mean, w_mean, grid[g].first, grid[g].second);
+    c.kernel = intq::ScaledKernelScales(c.s.data(), n);
+    c.inv.resize(n);
+    for (size_t j = 0; j < n; ++j) c.inv[j] = 1.0 / c.s[j];
+  }
+  // Each candidate's loss, summed over layers, then rows, in order (whatever the threads).
+  std::vector<double> sums(count, 0.0);
+  if (!full) sums = DiagonalSums(layers, cands, h, prune);
+  for (const AwqLayer& l : layers) {
+    if (!l.quantized || !full) continue;
+    const iq::Layout lay = LayoutOf(l);
+    const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
+    // A block of rows at a time (about 1M elements: 8 MB of dW), so that memory stays that
+    // small whatever the layer's size.
+    const uint64_t block = std::max<uint64_t>(1, (uint64_t{1} << 20) / l.cols);
+    std::vector<double> dw;
+    for (size_t g = 0; g < count; ++g) {
       for (uint64_t r0 = 0; r0 < l.rows; r0 += block) {
         const uint64_t rows = std::min(block, l.rows - r0);
-        WeightError(l, r0, rows, s, &dw);
-        if (full) {
-          ef.assign(dw.begin(), dw.end());
-          pf.resize(dw.size());
-          const int m = static_cast<int>(rows), k = static_cast<int>(n);
-          blas->sgemm_nn(m, k, k, 1.f, ef.data(), k, hf.data(), k, 0.f, pf.data(), k);
-          loss += Dot(pf.data(), dw.data(), dw.size());
-        } else {
-          for (uint64_t r = 0; r < rows; ++r) {
-            const double* e = dw.data() + r * n;
-            for (size_t i = 0; i < n; ++i) hd[i] = e[i] * e[i];
-            loss += Dot(hd.data(), h.data(), n);
-          }
-        }
+        dw.resize(rows * n);
+        tbb::parallel_for(uint64_t{0}, rows, [&](uint64_t i) {
+          thread_local RowScratch t;
+          t.Size(l.cols);
+          ErrorRow(l, lay, r0 + i, cands[g], bf16, t, dw.data() + i * n);
+        });
+        ef.assign(dw.begin(), dw.end());
+        pf.resize(dw.size());
+        const int m = static_cast<int>(rows), k = static_cast<int>(n);
+        blas->sgemm_nn(m, k, k, 1.f, ef.data(), k, hf.data(), k, 0.f, pf.data(), k);
+        sums[g] += Dot(pf.data(), dw.data(), dw.size());
       }
     }
-    loss /= tokens * outputs;  // mse_loss(reduction="sum") / num_elements
+  }
+  AwqResult best;
+  double best_loss = std::numeric_limits<double>::infinity();
+  for (size_t g = 0; g < count; ++g) {
+    const double loss = sums[g] / (tokens * outputs);  // mse_loss(reduction="sum") / numel
     best.losses.push_back(loss);
-    if (best.losses.size() == 1) best.loss_rtn = loss;
+    if (g == 0) best.loss_rtn = loss;
     if (loss < best_loss) {  // strictly smaller: the first of equal losses wins
       best_loss = loss;
-      best.ratio = ratio;
-      best.duo = use_duo;
-      best.scales = std::move(s);
+      best.ratio = grid[g].first;
+      best.duo = grid[g].second;
+      best.scales = cands[g].s;
     }
   }
   if (best.ratio < 0) {

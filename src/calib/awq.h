@@ -46,10 +46,12 @@ struct AwqResult {
 
 // x_mean: per channel mean |x| (sum_abs / count, as f32). hessian: n*n row-major (full) or n
 // (diagonal); tokens: the count the loss is normalised by. False result (kNonFinite) when no
-// candidate has a finite loss, as the reference raises.
+// candidate has a finite loss, as the reference raises. `prune` (diagonal proxy only): stop
+// computing candidates proven worse than another (their `losses` entry is +Inf); the
+// choice, its scales and loss, and loss_rtn are those of the full search (awq.cc).
 Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vector<float>& x_mean,
                             const std::vector<double>& hessian, bool full, double tokens,
-                            int n_grid, DuoScaling duo);
+                            int n_grid, DuoScaling duo, bool prune = false);
 
 // _compute_layer_means: per input channel, the mean over all balance layers' rows of |W|
 // normalised by its group's (channel's) max |W| + 1e-6, in f64.

@@ -64,7 +64,39 @@ inline void Store(uint8_t* p, DType d, uint64_t k, float v) {
 }  // namespace
 
 
+namespace {
+
+// ColumnAbsMax for BF16 rows: an integer max of the bits without the sign, per column
+// (finite bf16 patterns order like their magnitudes), in a loop without branches, compiled
+// per ISA. `m` holds each column's max pattern; a column at or past 0x7F80 saw Inf or NaN.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void ColumnAbsMaxBf16(const uint16_t* rows, uint64_t nrows, uint64_t cols, uint16_t* m) {
+  for (uint64_t r = 0; r < nrows; ++r) {
+    const uint16_t* p = rows + r * cols;
+    for (uint64_t c = 0; c < cols; ++c) m[c] = std::max<uint16_t>(m[c], p[c] & 0x7FFF);
+  }
+}
+
+}  // namespace
+
 bool ColumnAbsMax(const uint8_t* rows, DType dtype, uint64_t nrows, uint64_t cols, float* acc) {
+  // BF16 with every running max a BF16 value (as they are when all layers are BF16): the
+  // same maxima from the bit patterns.
+  if (dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(rows) % 2 == 0 &&
+      std::all_of(acc, acc + cols, [](float v) {
+        return v >= 0.f && (std::bit_cast<uint32_t>(v) & 0xFFFFu) == 0;
+      })) {
+    std::vector<uint16_t> m(cols);
+    for (uint64_t c = 0; c < cols; ++c) {
+      m[c] = static_cast<uint16_t>(std::bit_cast<uint32_t>(acc[c]) >> 16);
+    }
+    ColumnAbsMaxBf16(reinterpret_cast<const uint16_t*>(rows), nrows, cols, m.data());
+    for (uint64_t c = 0; c < cols; ++c) {
+      if (m[c] >= 0x7F80) return false;
+      acc[c] = std::bit_cast<float>(uint32_t{m[c]} << 16);
+    }
+    return true;
+  }
   for (uint64_t r = 0; r < nrows; ++r) {
     for (uint64_t c = 0; c < cols; ++c) {
       const float v = std::fabs(Load(rows, dtype, r * cols + c));
@@ -115,35 +147,94 @@ namespace {
 
 // The common case, a BF16 balance weight times the column scales, as the loop below computes
 // it but a row segment at a time without calls or branches, so that it vectorises (compiled
-// for AVX-512, AVX2 and the baseline, chosen at load time). No product is added to anything,
-// so nothing can be fused.
+// for AVX-512, AVX2 and the baseline, chosen at load time), from `src` to `dst` (the same
+// or disjoint). No product is added to anything, so nothing can be fused.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void MulColsBf16(const double* s, uint64_t n, uint16_t* p) {
+void MulColsBf16(const double* s, uint64_t n, const uint16_t* src, uint16_t* dst) {
   for (uint64_t c = 0; c < n; ++c) {
-    const float v = std::bit_cast<float>(uint32_t{p[c]} << 16);
+    const float v = std::bit_cast<float>(uint32_t{src[c]} << 16);
     const float r = static_cast<float>(double(v) * s[c]);
     const uint32_t bits = std::bit_cast<uint32_t>(r);
     const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-    p[c] = r != r ? uint16_t{0x7FC0} : rounded;  // NaN as c10 stores it
+    dst[c] = r != r ? uint16_t{0x7FC0} : rounded;  // NaN as c10 stores it
+  }
+}
+
+// MulColsBf16 for f32-valued scales (SmoothOp::s32): the f32 product is the f64 product
+// rounded to f32 (see smoothquant.h), without a conversion to f64 and back per element.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void MulColsBf16F32(const float* s, uint64_t n, const uint16_t* src, uint16_t* dst) {
+  for (uint64_t c = 0; c < n; ++c) {
+    const float r = std::bit_cast<float>(uint32_t{src[c]} << 16) * s[c];
+    const uint32_t bits = std::bit_cast<uint32_t>(r);
+    const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    dst[c] = r != r ? uint16_t{0x7FC0} : rounded;  // NaN as c10 stores it
+  }
+}
+
+// A BF16 row segment divided by one scale (kDivRows), as the loop below computes it.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void DivRowBf16(double s, uint64_t n, const uint16_t* src, uint16_t* dst) {
+  for (uint64_t c = 0; c < n; ++c) {
+    const float v = std::bit_cast<float>(uint32_t{src[c]} << 16);
+    const float r = static_cast<float>(double(v) / s);
+    const uint32_t bits = std::bit_cast<uint32_t>(r);
+    const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    dst[c] = r != r ? uint16_t{0x7FC0} : rounded;
   }
 }
 
 }  // namespace
 
+std::shared_ptr<const std::vector<float>> F32Scales(const std::vector<double>& s) {
+  std::vector<float> f(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    f[i] = static_cast<float>(s[i]);
+    if (!(double(f[i]) == s[i])) return nullptr;  // not an f32 value (or NaN)
+  }
+  return std::make_shared<const std::vector<float>>(std::move(f));
+}
+
 void ApplySmoothOps(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols,
                     uint64_t first, uint64_t count, uint8_t* data) {
-  if (ops.size() == 1 && ops[0].kind == SmoothOp::kMulCols && dtype == DType::kBF16 &&
-      reinterpret_cast<uintptr_t>(data) % 2 == 0) {
-    const double* s = ops[0].s->data();
+  ApplySmoothOpsFrom(ops, dtype, cols, first, count, data, data);
+}
+
+void ApplySmoothOpsFrom(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols,
+                        uint64_t first, uint64_t count, const uint8_t* src, uint8_t* data) {
+  // BF16 with column products and row quotients only (every balance weight; v_proj and
+  // up_proj under AWQ, balanced by one mapping and smoothing the next): op by op over each
+  // row segment, the first op reading `src`. The same values as the element loop below,
+  // which applies the ops to one element after another (each op rounds to BF16, a NaN
+  // stored as 0x7FC0 stays NaN).
+  const bool rows_cols = std::all_of(ops.begin(), ops.end(), [](const SmoothOp& op) {
+    return op.kind == SmoothOp::kMulCols || op.kind == SmoothOp::kDivRows;
+  });
+  if (rows_cols && !ops.empty() && dtype == DType::kBF16 &&
+      reinterpret_cast<uintptr_t>(data) % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 2 == 0) {
+    const uint16_t* in = reinterpret_cast<const uint16_t*>(src);
     uint16_t* p = reinterpret_cast<uint16_t*>(data);
-    for (uint64_t k = 0, col = first % cols; k < count;) {
+    for (uint64_t k = 0, row = first / cols, col = first % cols; k < count; ++row) {
       const uint64_t n = std::min(cols - col, count - k);
-      MulColsBf16(s + col, n, p + k);
+      const uint16_t* from = in + k;
+      for (const SmoothOp& op : ops) {
+        if (op.kind == SmoothOp::kMulCols && op.s32) {
+          MulColsBf16F32(op.s32->data() + col, n, from, p + k);
+        } else if (op.kind == SmoothOp::kMulCols) {
+          MulColsBf16(op.s->data() + col, n, from, p + k);
+        } else if (row >= op.row_offset) {
+          DivRowBf16((*op.s)[row - op.row_offset], n, from, p + k);
+        } else if (from != p + k) {
+          std::memcpy(p + k, from, n * 2);
+        }
+        from = p + k;
+      }
       k += n;
       col = 0;
     }
     return;
   }
+  if (src != data) std::memcpy(data, src, count * (DTypeBits(dtype) / 8));
   // Row and column kept as counters: a division per element cost more than the transform.
   uint64_t row = first / cols, col = first % cols;
   for (uint64_t k = 0; k < count; ++k) {

@@ -51,12 +51,24 @@ struct SmoothOp {
   enum Kind { kMulCols, kDivRows, kDivElems } kind = kMulCols;
   std::shared_ptr<const std::vector<double>> s;
   uint64_t row_offset = 0;  // kDivRows: rows before it are left alone
+  // The same scales as f32, where every one is an f32 value (SmoothQuant's, AWQ's without
+  // duo scaling; F32Scales): a BF16 weight's column product is then one f32 multiply, which
+  // rounds the exact product (8 + 24 significant bits, exact in f64) once, as the f64
+  // product rounded to f32 does. Null otherwise.
+  std::shared_ptr<const std::vector<float>> s32;
 };
+
+// `s` as f32 values, or null when one of them is not an f32 value.
+std::shared_ptr<const std::vector<float>> F32Scales(const std::vector<double>& s);
 
 // Applies `ops` in order to elements [first, first + count) of a tensor of `dtype` with
 // `cols` columns (1 for 1-D tensors), in place; `data` points at element `first`.
 void ApplySmoothOps(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols,
                     uint64_t first, uint64_t count, uint8_t* data);
+// The same from `src` into `data` (count elements each): one pass over the bytes where the
+// pipeline would copy the rows first and then transform them.
+void ApplySmoothOpsFrom(const std::vector<SmoothOp>& ops, DType dtype, uint64_t cols,
+                        uint64_t first, uint64_t count, const uint8_t* src, uint8_t* data);
 
 }  // namespace quench::calib
 

@@ -347,12 +347,13 @@ class SmoothRunImpl : public SmoothRun {
           maps_.at(t.shard)->Release(t.src_offset, t.src_bytes);
         }
         auto shared = std::make_shared<const std::vector<double>>(std::move(scales[mi - b0]));
+        const auto shared32 = F32Scales(*shared);
         // Balance layers' columns are multiplied; the smooth layer's weight (a norm's
         // elements, a linear's last n rows) and bias divided.
         for (size_t k = 0; k < m.tensors.size(); ++k) {
           const size_t t = m.tensors[k];
           const PlannedTensor& pt = plan_.tensors[t];
-          SmoothOp op{SmoothOp::kMulCols, shared, 0};
+          SmoothOp op{SmoothOp::kMulCols, shared, 0, shared32};
           if (k >= m.balance.size()) {
             op.kind = pt.shape.size() == 2 ? SmoothOp::kDivRows : SmoothOp::kDivElems;
             if (pt.shape.size() == 2) op.row_offset = pt.shape[0] - shared->size();
@@ -444,7 +445,8 @@ class SmoothRunImpl : public SmoothRun {
       QUENCH_ASSIGN_OR_RETURN(h, Field(stats, m, "sum_x2", n));
     }
     QUENCH_ASSIGN_OR_RETURN(DuoScaling duo, ParseDuoScaling(o.awq_duo_scaling));
-    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo);
+    // Pruned: the report gives only the chosen loss and RTN's, which pruning keeps.
+    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo, /*prune=*/true);
     if (!r.ok()) {
       return Error(r.status().code(), r.status().message() + " (mapping of " + m.smooth + ")");
     }
@@ -467,8 +469,9 @@ class SmoothRunImpl : public SmoothRun {
   const uint8_t* TransformRows(size_t t, uint64_t row0, const WeightChunk& in) override {
     thread_local std::vector<uint8_t> rows;
     const uint64_t bytes = in.rows * in.cols * (DTypeBits(in.dtype) / 8);
-    rows.assign(in.data, in.data + bytes);
-    ApplySmoothOps(ops_[t], in.dtype, in.cols, row0 * in.cols, in.rows * in.cols, rows.data());
+    rows.resize(bytes);
+    ApplySmoothOpsFrom(ops_[t], in.dtype, in.cols, row0 * in.cols, in.rows * in.cols, in.data,
+                       rows.data());
     return rows.data();
   }
   bool RewritesCopy(size_t t) const override {

@@ -1,0 +1,268 @@
+// AWQ's BF16 row kernel (src/calib/awq_kernel.cc) against its scalar definition, on every
+// Highway target compiled in: each row of dW and each row's diagonal loss term bit for bit,
+// for int4/int8, symmetric and asymmetric, group and channel layouts, scales as duo scaling
+// makes them (any f64) and as f32 values, weights of every magnitude with zeros and ties,
+// and scales chosen so that deq / s falls next to a midpoint of two f32 values, where the
+// kernel's reciprocal must defer to the exact quotient. Rows the kernel declines (Inf or NaN
+// weights, extreme group scales) must be declined, never answered differently.
+#include <doctest/doctest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "calib/awq.h"
+#include "schemes/int_scaled_error.h"
+#include "kernel_test_util.h"
+
+namespace quench::testing {
+namespace {
+
+namespace iq = intq::internal;
+
+uint16_t Bf16Bits(float f) { return F32ToBF16(f); }
+float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+
+struct Case {
+  int bits;
+  size_t group;  // 0: channel
+  bool symmetric;
+};
+
+// A row of `cols` bf16 weights: normal-ish values of scale `mag`, some zeros and exact
+// repeats (ties in min/max), a few outliers.
+std::vector<uint16_t> Row(std::mt19937& rng, size_t cols, float mag) {
+  std::normal_distribution<float> nd(0.f, mag);
+  std::uniform_int_distribution<int> pick(0, 99);
+  std::vector<uint16_t> w(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    const int k = pick(rng);
+    float v = nd(rng);
+    if (k < 5) v = 0.f;
+    if (k == 5) v = -0.f;
+    if (k == 6) v = 40.f * mag;
+    if (k == 7 && c > 0) v = Bf16Value(w[c - 1]);
+    w[c] = Bf16Bits(v);
+  }
+  return w;
+}
+
+// Compares kernel and definition on one row and candidate; returns whether the kernel ran.
+bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s,
+           const std::vector<double>& h,
+           const Case& k, const std::string& what) {
+  const size_t cols = w.size();
+  WeightChunk in;
+  in.dtype = DType::kBF16;
+  in.rows = 1;
+  in.cols = cols;
+  in.params.bits = k.bits;
+  in.params.group_size = static_cast<int>(k.group);
+  in.params.symmetric = k.symmetric;
+  iq::Layout lay;
+  REQUIRE(iq::MakeLayout(in, &lay));
+  std::vector<double> inv(cols);
+  for (size_t c = 0; c < cols; ++c) inv[c] = 1.0 / s[c];
+  std::vector<float> wf(cols), ws(cols);
+  for (size_t c = 0; c < cols; ++c) wf[c] = Bf16Value(w[c]);
+  std::vector<double> want(cols), got(cols, -7.0), sq(cols);
+  intq::ScaledErrorRowScalar(wf.data(), s.data(), lay, in.params, DType::kBF16, ws.data(),
+                           want.data());
+  for (size_t c = 0; c < cols; ++c) sq[c] = want[c] * want[c];
+  const double want_loss = intq::ScaledDot4(sq.data(), h.data(), cols);
+  const bool ran = intq::Bf16ScaledRowError(w.data(), s.data(), inv.data(), lay, k.symmetric,
+                                          ws.data(), got.data());
+  double loss = -7.0;
+  const bool ran_loss = intq::Bf16ScaledRowLoss(w.data(), s.data(), inv.data(), h.data(), lay,
+                                              k.symmetric, ws.data(), &loss);
+  CAPTURE(what);
+  CHECK(ran == ran_loss);
+  if (ran) {
+    size_t differ = 0, first = cols;
+    for (size_t c = 0; c < cols; ++c) {
+      if (std::bit_cast<uint64_t>(got[c]) != std::bit_cast<uint64_t>(want[c])) {
+        ++differ;
+        if (first == cols) first = c;
+      }
+    }
+    CHECK_MESSAGE(differ == 0, differ << " of " << cols << " dW differ, first at column "
+                                      << first << ": " << (first < cols ? got[first] : 0.0)
+                                      << " vs " << (first < cols ? want[first] : 0.0));
+  }
+  if (ran_loss) {
+    CHECK(std::bit_cast<uint64_t>(loss) == std::bit_cast<uint64_t>(want_loss));
+  }
+  return ran;
+}
+
+TEST_CASE("AWQ's BF16 row kernel equals the scalar definition bit for bit on every target") {
+  const Case cases[] = {{4, 128, true}, {4, 128, false}, {4, 64, true}, {4, 32, false},
+                        {8, 128, true}, {8, 0, false},   {4, 0, true},  {3, 16, true}};
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(20);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    size_t ran = 0, rows = 0;
+    for (const Case& k : cases) {
+      for (size_t cols : {size_t{256}, size_t{1024}}) {
+        for (float mag : {0.02f, 1.0f, 3e-5f, 2e4f}) {
+          const std::vector<uint16_t> w = Row(rng, cols, mag);
+          std::vector<double> h(cols);
+          for (double& x : h) x = std::exp(3.0 * u(rng));
+          // Duo scaling's f64 scales over two decades; the same as f32 values; all ones (RTN).
+          std::vector<double> duo(cols), f32(cols), ones(cols, 1.0);
+          for (size_t c = 0; c < cols; ++c) {
+            duo[c] = std::exp(2.3 * u(rng));
+            f32[c] = static_cast<float>(duo[c]);
+          }
+          for (const auto* s : {&duo, &f32, &ones}) {
+            const std::string what = target + " bits " + std::to_string(k.bits) + " group " +
+                                     std::to_string(k.group) + (k.symmetric ? " sym" : " asym") +
+                                     " cols " + std::to_string(cols) + " mag " +
+                                     std::to_string(mag);
+            ran += Check(w, *s, h, k, what);
+            ++rows;
+          }
+        }
+      }
+    }
+    // Targets with four or more f64 lanes run the kernel on every ordinary row.
+    if (target == "AVX2" || target == "AVX3" || target == "AVX3_DL" || target == "AVX3_ZEN4") {
+      CHECK_MESSAGE(ran == rows, target << ": the kernel ran on " << ran << " of " << rows);
+    }
+  });
+  MESSAGE("targets: " << targets.size());
+}
+
+TEST_CASE("AWQ's BF16 row kernel defers to the exact quotient next to an f32 midpoint") {
+  // Groups whose weights are small integers and 7.5 (the max, scale 1): deq is the weight
+  // itself (W s rounds to within half a step of W for s this close to 1). Column scales s
+  // just below 1 are searched (independently, in plain f64) such that deq / s and
+  // deq * (1 / s) round to different BF16 values through f32: only the exact division gives
+  // the definition's dW there.
+  std::vector<std::pair<float, double>> tricky;  // (deq, s)
+  for (const float deq : {3.f, 5.f, 6.f, 7.f, -3.f, -5.f, -7.f}) {
+    // Next to the f32 midpoint just above the BF16 midpoint above |deq| (half a BF16 ulp,
+    // then half an f32 ulp): there the f32 is either the BF16 midpoint itself (a tie, to
+    // even) or the next f32 (rounding up), and one f64 ulp of the quotient decides.
+    const double a = std::fabs(deq);
+    const double mid =
+        a + std::ldexp(1.0, std::ilogb(a) - 8) + std::ldexp(1.0, std::ilogb(a) - 24);
+    const double s0 = a / mid;  // in [0.5, 1): f64 ulp 2^-53
+    for (int k = -3000; k <= 3000; ++k) {
+      const double t = s0 + k * 0x1p-53;
+      const float exact = static_cast<float>(deq / t), recip = static_cast<float>(deq * (1.0 / t));
+      if (F32ToBF16(exact) != F32ToBF16(recip)) tricky.emplace_back(deq, t);
+    }
+  }
+  REQUIRE(tricky.size() >= 4);
+  const size_t cols = 256;
+  std::vector<uint16_t> w(cols);
+  std::vector<double> sc(cols, 1.0), h(cols, 1.0);
+  for (size_t c = 0; c < cols; ++c) {
+    w[c] = Bf16Bits(7.5f);
+    if (c % 128 != 0) {
+      const auto& [deq, t] = tricky[c % tricky.size()];
+      w[c] = Bf16Bits(deq);
+      sc[c] = t;
+    }
+  }
+  MESSAGE(tricky.size() << " column scales whose quotient the reciprocal would misround");
+  ForEachTarget([&](const std::string& target) {
+    const bool wide = target == "AVX2" || target == "AVX3" || target == "AVX3_DL" ||
+                      target == "AVX3_ZEN4";
+    CHECK(Check(w, sc, h, Case{4, 128, true}, target + " midpoint") == wide);
+  });
+}
+
+TEST_CASE("AWQ's BF16 row kernel declines rows it cannot take, and the search's scales") {
+  ForEachTarget([&](const std::string& target) {
+    CAPTURE(target);
+    const size_t cols = 256;
+    std::mt19937 rng(3);
+    std::vector<uint16_t> w = Row(rng, cols, 0.02f);
+    std::vector<double> s(cols, 1.0), h(cols, 1.0);
+    const Case k{4, 128, true};
+    for (uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC0}, uint16_t{0x7FFF}}) {
+      std::vector<uint16_t> v = w;
+      v[131] = bad;  // Inf, -Inf, NaN, a NaN whose RNE bit arithmetic would wrap
+      CHECK_FALSE(Check(v, s, h, k, "non-finite"));
+    }
+    // A group whose scale is below 2^-90 (tiny weights): declined.
+    std::vector<uint16_t> tiny = w;
+    for (size_t c = 0; c < 128; ++c) tiny[c] = Bf16Bits(std::ldexp(float(c % 7) - 3.f, -100));
+    CHECK_FALSE(Check(tiny, s, h, k, "tiny group"));
+  });
+  std::vector<double> s(8, 1.0);
+  CHECK(intq::ScaledKernelScales(s.data(), s.size()));
+  s[5] = 0x1p21;
+  CHECK_FALSE(intq::ScaledKernelScales(s.data(), s.size()));
+  s[5] = std::nan("");
+  CHECK_FALSE(intq::ScaledKernelScales(s.data(), s.size()));
+}
+
+
+TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses") {
+  // Layers of random BF16 weights (1024+ rows: enough blocks for the sampled leader and the
+  // batches), activations over two decades; every duo setting, int4 and int8. The pruned
+  // search must give the full search's choice, scales, chosen loss and RTN's loss; each
+  // candidate it stopped must be one whose full loss exceeds the chosen one.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  int pruned_any = 0;
+  for (const auto& [bits, group, duo] :
+       {std::tuple{4, 64, calib::DuoScaling::kTrue}, std::tuple{4, 0, calib::DuoScaling::kFalse},
+        std::tuple{8, 128, calib::DuoScaling::kBoth},
+        std::tuple{4, 128, calib::DuoScaling::kTrue}}) {
+    const size_t cols = 256;
+    std::vector<std::vector<uint16_t>> data;
+    std::vector<calib::AwqLayer> layers;
+    for (size_t rows : {size_t{1024}, size_t{520}}) {
+      std::vector<uint16_t> w = Row(rng, rows * cols, 0.02f);
+      data.push_back(std::move(w));
+      calib::AwqLayer l;
+      l.data = reinterpret_cast<const uint8_t*>(data.back().data());
+      l.rows = rows;
+      l.cols = cols;
+      l.q.bits = bits;
+      l.q.group_size = group;
+      l.q.symmetric = bits == 4;
+      layers.push_back(l);
+    }
+    std::vector<float> x_mean(cols);
+    std::vector<double> h(cols);
+    for (size_t c = 0; c < cols; ++c) {
+      x_mean[c] = static_cast<float>(std::exp(2.3 * u(rng)));
+      h[c] = double(x_mean[c]) * x_mean[c] * 64.0;
+    }
+    auto full = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, false);
+    auto pruned = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, true);
+    REQUIRE(full.ok());
+    REQUIRE(pruned.ok());
+    CAPTURE(bits);
+    CAPTURE(group);
+    CHECK(pruned->ratio == full->ratio);
+    CHECK(pruned->duo == full->duo);
+    CHECK(pruned->scales == full->scales);
+    CHECK(std::bit_cast<uint64_t>(pruned->loss) == std::bit_cast<uint64_t>(full->loss));
+    CHECK(std::bit_cast<uint64_t>(pruned->loss_rtn) == std::bit_cast<uint64_t>(full->loss_rtn));
+    REQUIRE(pruned->losses.size() == full->losses.size());
+    for (size_t g = 0; g < full->losses.size(); ++g) {
+      if (std::isinf(pruned->losses[g])) {
+        ++pruned_any;
+        CHECK(full->losses[g] > full->loss);
+      } else {
+        CHECK(std::bit_cast<uint64_t>(pruned->losses[g]) ==
+              std::bit_cast<uint64_t>(full->losses[g]));
+      }
+    }
+  }
+  MESSAGE(pruned_any << " candidates stopped early");
+  CHECK(pruned_any > 0);  // the test exercises pruning
+}
+
+}  // namespace
+}  // namespace quench::testing
