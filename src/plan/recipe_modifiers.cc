@@ -156,8 +156,9 @@ Result<RecipeCalibration> ReadCalibrations(const Modifiers& m,
                             "): quench's --gptq-block-size and --dampening serve both stages; "
                             "give the same in both");
     }
-    out.block_size = sb;
-    out.dampening = sd;
+    // (Unset in both: left to the flags, as for one modifier.)
+    if (sparse->block_size || gptq->block_size) out.block_size = sb;
+    if (sparse->dampening || gptq->dampening) out.dampening = sd;
   }
   return out;
 }
