@@ -8,7 +8,8 @@ quench's proxy tr(dW H dW^T) / (tokens x out) with H = sum x x^T. Writes data/go
 Each CASE.safetensors holds the balance weight W (its dtype), the activations' statistics as
 quench reads them (sum_abs, hessian = X^T X in f64, count) and the reference's result: the
 chosen scales (f64), every candidate's loss as the reference computed it (`losses`, f64, in
-grid order) and the chosen grid index; metadata: scheme arguments and duo_scaling.
+grid order) and the chosen grid index; metadata: scheme arguments and duo_scaling (true,
+false or both).
 
 Usage: /work/main/.venv-ref/bin/python scripts/make_golden_awq.py [OUT_DIR]
 """
@@ -91,6 +92,13 @@ def main():
                               True, duo))
         cases.append(case(f"down_{dt}_w4asym_g64", rng, dt, 32, 128, 96, 4, 64, False, True))
         cases.append(case(f"o_{dt}_w8chan", rng, dt, 40, 64, 64, 8, 0, True, True))
+    # duo_scaling "both" (0.14.0.1's third option: n_grid / 2 ratios, each without then with
+    # duo scaling), from a generator of its own so that the cases above stay as they were.
+    both = np.random.default_rng(2021)
+    for dt in ("bf16", "f32"):
+        cases.append(case(f"o_{dt}_w4g32_both", both, dt, 48, 64, 128, 4, 32, True, "both"))
+        cases.append(case(f"down_{dt}_w4asym_g64_both", both, dt, 32, 128, 96, 4, 64, False,
+                          "both"))
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump({"generator": "scripts/make_golden_awq.py", "llmcompressor": "0.14.0.1",
                    "torch": torch.__version__, "cases": cases}, f, indent=1)

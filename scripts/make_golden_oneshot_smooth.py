@@ -1,5 +1,6 @@
 """Golden quantization_config of llm-compressor 0.14.0.1's oneshot with an AWQModifier and with
-a SmoothQuantModifier recipe, each followed by a QuantizationModifier, on a tiny random Llama
+a SmoothQuantModifier recipe, each followed by a QuantizationModifier, and with the composed
+recipes (smoothing, then SparseGPT, then GPTQ or a QuantizationModifier), on a tiny random Llama
 (transformers' LlamaConfig, bf16, two layers) calibrated on real sentences
 (tests/python/sentences.txt through a WordLevel tokenizer built from their words: no hub).
 
@@ -9,7 +10,8 @@ refusals.json: the reference's error for an AWQModifier given quantization keys 
 recipe (the YAML loader builds the transform class, whose fields forbid extras; only the
 deprecated Python shim llmcompressor.modifiers.awq.AWQModifier splits them off).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_oneshot_smooth.py [OUT_DIR]
+Usage: /work/main/.venv-ref/bin/python scripts/make_golden_oneshot_smooth.py [OUT_DIR [CASE...]]
+(CASE...: only those cases, and no refusals.)
 """
 import json
 import os
@@ -50,6 +52,74 @@ CASES = {
         "    SmoothQuantModifier:\n"
         "      smoothing_strength: 0.8\n"
         "    QuantizationModifier:\n"
+        "      scheme: W8A8\n"
+        "      targets: Linear\n"
+        "      ignore: [\"lm_head\"]\n"),
+    # Composed recipes (README "Composed calibration"): smoothing, then pruning, then
+    # quantization, as llm-compressor's examples chain them.
+    "awq_gptq_w4a16_asym_g64": (
+        "quant_stage:\n"
+        "  quant_modifiers:\n"
+        "    AWQModifier:\n"
+        "      duo_scaling: true\n"
+        "    GPTQModifier:\n"
+        "      ignore: [\"lm_head\"]\n"
+        "      config_groups:\n"
+        "        group_0:\n"
+        "          targets: [\"Linear\"]\n"
+        "          weights:\n"
+        "            num_bits: 4\n"
+        "            type: int\n"
+        "            symmetric: false\n"
+        "            strategy: group\n"
+        "            group_size: 64\n"),
+    "smoothquant_gptq_w8a8": (
+        "quant_stage:\n"
+        "  quant_modifiers:\n"
+        "    SmoothQuantModifier:\n"
+        "      smoothing_strength: 0.8\n"
+        "    GPTQModifier:\n"
+        "      scheme: W8A8\n"
+        "      targets: Linear\n"
+        "      ignore: [\"lm_head\"]\n"),
+    "smoothquant_sparsegpt24_w8a8": (
+        "sparsity_stage:\n"
+        "  sparsity_modifiers:\n"
+        "    SmoothQuantModifier:\n"
+        "      smoothing_strength: 0.8\n"
+        "    SparseGPTModifier:\n"
+        "      sparsity: 0.5\n"
+        "      mask_structure: \"2:4\"\n"
+        "quant_stage:\n"
+        "  quant_modifiers:\n"
+        "    QuantizationModifier:\n"
+        "      scheme: W8A8\n"
+        "      targets: Linear\n"
+        "      ignore: [\"lm_head\"]\n"),
+    # SparseGPT alone before a QuantizationModifier (what the weights' observer is written as).
+    "sparsegpt24_w8a8": (
+        "sparsity_stage:\n"
+        "  sparsity_modifiers:\n"
+        "    SparseGPTModifier:\n"
+        "      sparsity: 0.5\n"
+        "      mask_structure: \"2:4\"\n"
+        "quant_stage:\n"
+        "  quant_modifiers:\n"
+        "    QuantizationModifier:\n"
+        "      scheme: W8A8\n"
+        "      targets: Linear\n"
+        "      ignore: [\"lm_head\"]\n"),
+    "smoothquant_sparsegpt24_gptq_w8a8": (
+        "sparsity_stage:\n"
+        "  sparsity_modifiers:\n"
+        "    SmoothQuantModifier:\n"
+        "      smoothing_strength: 0.8\n"
+        "    SparseGPTModifier:\n"
+        "      sparsity: 0.5\n"
+        "      mask_structure: \"2:4\"\n"
+        "quant_stage:\n"
+        "  quant_modifiers:\n"
+        "    GPTQModifier:\n"
         "      scheme: W8A8\n"
         "      targets: Linear\n"
         "      ignore: [\"lm_head\"]\n"),
@@ -98,7 +168,10 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         base, tok, ds, n = tiny_model_and_data(tmp)
+        only = sys.argv[2:]
         for name, recipe in CASES.items():
+            if only and name not in only:
+                continue
             path = os.path.join(OUT, name + ".yaml")
             with open(path, "w") as f:
                 f.write(recipe)
@@ -113,7 +186,7 @@ def main():
                 json.dump(q, f, indent=2, sort_keys=True)
                 f.write("\n")
         refused = {}
-        for name, recipe in REFUSED.items():
+        for name, recipe in ({} if only else REFUSED).items():
             path = os.path.join(tmp, name + ".yaml")
             with open(path, "w") as f:
                 f.write(recipe)
@@ -127,9 +200,10 @@ def main():
                 refused[name] = {"recipe": recipe, "error_type": type(e).__name__,
                                  "extra_forbidden": "extra_forbidden" in msg or
                                  "Extra inputs are not permitted" in msg}
-        with open(os.path.join(OUT, "refusals.json"), "w") as f:
-            json.dump(refused, f, indent=2, sort_keys=True)
-            f.write("\n")
+        if not only:
+            with open(os.path.join(OUT, "refusals.json"), "w") as f:
+                json.dump(refused, f, indent=2, sort_keys=True)
+                f.write("\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 // scripts/make_golden_awq.py running llm-compressor 0.14.0.1's AWQModifier._compute_best_scale
 // on mappings whose parent is the balance layer itself, v_proj -> o_proj and up -> down, where
 // its loss is the layer's output MSE, which quench's full-Hessian proxy computes exactly): the
-// chosen grid point (ratio and duo) is the reference's on every case, and the chosen scales
+// chosen grid point (ratio and duo) is the reference's on every case (duo_scaling true, false and
+// "both", whose grid alternates the two), and the chosen scales
 // equal its own within two f32 ulps. The losses are printed beside the reference's: quench's
 // is the exact f64 trace, the reference's an MSE of outputs rounded to the model's dtype, whose
 // rounding noise is up to 16% of an int8 weight's small error in BF16 (0.5% in F32).
@@ -73,7 +74,7 @@ TEST_CASE("AWQ's grid search chooses the reference's ratio and scales on every g
   auto manifest = ReadJsonFile((dir / "manifest.json").string());
   REQUIRE(manifest.ok());
   const auto& cases = manifest->Find("cases")->as_array();
-  REQUIRE(cases.size() == 8);
+  REQUIRE(cases.size() == 12);  // 8 with duo_scaling true or false, 4 with "both"
   for (const auto& c : cases) {
     const std::string name = c.as_string();
     CAPTURE(name);

@@ -22,153 +22,12 @@
 #include "format/safetensors.h"
 #include "pipeline/resume.h"
 #include "quench/convert.h"
+#include "compose_stats.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
-const fs::path kSq = DataDir() / "golden" / "smoothquant";
-const fs::path kScales = DataDir() / "golden" / "compose" / "tiny_llama_sq_scales.safetensors";
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
-
-// Tensor `name` of safetensors file `file` as doubles (F32, F64 or I64).
-std::vector<double> ReadValues(const fs::path& file, const std::string& name) {
-  auto h = ReadSafetensorsHeader(file);
-  REQUIRE(h.ok());
-  const std::string bytes = ReadBytes(file);
-  for (const auto& t : h->tensors) {
-    if (t.name != name) continue;
-    const char* p = bytes.data() + h->data_start + t.begin;
-    const size_t esz = t.dtype == DType::kF32 ? 4 : 8;
-    std::vector<double> v((t.end - t.begin) / esz);
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (t.dtype == DType::kF32) {
-        float f;
-        std::memcpy(&f, p + 4 * i, 4);
-        v[i] = f;
-      } else if (t.dtype == DType::kF64) {
-        std::memcpy(&v[i], p + 8 * i, 8);
-      } else {
-        int64_t k;
-        std::memcpy(&k, p + 8 * i, 8);
-        v[i] = double(k);
-      }
-    }
-    return v;
-  }
-  FAIL("no tensor " << name << " in " << file);
-  return {};
-}
-
-struct Site {
-  std::string name;
-  size_t n;
-  std::vector<std::string> members;  // module names
-  std::vector<uint64_t> rows;
-  std::string smooth;                // the norm smoothing this site's input ("": none)
-};
-
-std::vector<Site> TinyLlamaSites() {
-  std::vector<Site> s;
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    s.push_back({p + "self_attn.q_proj", 256,
-                 {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"},
-                 {256, 128, 128}, p + "input_layernorm"});
-    s.push_back({p + "self_attn.o_proj", 256, {p + "self_attn.o_proj"}, {256}, ""});
-    s.push_back({p + "mlp.gate_proj", 256, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {704, 704},
-                 p + "post_attention_layernorm"});
-    s.push_back({p + "mlp.down_proj", 704, {p + "mlp.down_proj"}, {256}, ""});
-  }
-  return s;
-}
-
-// Full sum of x x^T over correlated synthetic tokens with outlier channels (what makes GPTQ
-// differ from rounding to nearest).
-std::vector<double> MakeHessian(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g;
-  std::uniform_real_distribution<double> u(0.1, 1.0);
-  const size_t tokens = 320, k = n / 2;
-  std::vector<double> mix(k * n), scale(n), h(n * n, 0.0), x(n), z(k);
-  for (double& m : mix) m = g(rng) / std::sqrt(double(k));
-  for (size_t j = 0; j < n; ++j) scale[j] = u(rng) * (j % 37 == 5 ? 20.0 : 1.0);
-  for (size_t t = 0; t < tokens; ++t) {
-    for (double& v : z) v = g(rng);
-    for (size_t j = 0; j < n; ++j) {
-      double s = 0;
-      for (size_t i = 0; i < k; ++i) s += z[i] * mix[i * n + j];
-      x[j] = s * scale[j];
-    }
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = i; j < n; ++j) h[i * n + j] += x[i] * x[j];
-    }
-  }
-  return h;
-}
-
-// data/golden/smoothquant/stats (count, sum_x2, sum_abs, min, max: what the reference's
-// smoothing was computed from) with a full Hessian per site. `smoothed`: every site a norm
-// smooths is the smoothed model's, from the reference's scales s: H_ij / (s_i s_j),
-// sum_x2_c / s_c^2, sum_abs_c / s_c, min_c / s_c, max_c / s_c.
-void WriteStats(const fs::path& dir, bool smoothed) {
-  fs::create_directories(dir);
-  const fs::path golden = kSq / "stats" / "stats-00001.safetensors";
-  std::string weights, sites, consumers;
-  std::vector<RawTensor> arrays;
-  uint32_t seed = 7;
-  for (const Site& s : TinyLlamaSites()) {
-    std::vector<double> sc(s.n, 1.0);
-    if (smoothed && !s.smooth.empty()) sc = ReadValues(kScales, s.smooth + ".scales");
-    const std::vector<double> h = MakeHessian(s.n, seed++);
-    std::vector<double> packed;
-    for (size_t i = 0; i < s.n; ++i) {
-      for (size_t j = i; j < s.n; ++j) packed.push_back(h[i * s.n + j] / (sc[i] * sc[j]));
-    }
-    std::vector<double> x2 = ReadValues(golden, s.name + ".sum_x2");
-    std::vector<double> abs = ReadValues(golden, s.name + ".sum_abs");
-    std::vector<double> mn = ReadValues(golden, s.name + ".min");
-    std::vector<double> mx = ReadValues(golden, s.name + ".max");
-    std::vector<float> fmn(s.n), fmx(s.n);
-    for (size_t c = 0; c < s.n; ++c) {
-      x2[c] /= sc[c] * sc[c];
-      abs[c] /= sc[c];
-      fmn[c] = float(mn[c] / sc[c]);
-      fmx[c] = float(mx[c] / sc[c]);
-    }
-    arrays.push_back({s.name + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{256})});
-    arrays.push_back({s.name + ".sum_x2", DType::kF64, {s.n}, Bytes(x2)});
-    arrays.push_back({s.name + ".sum_abs", DType::kF64, {s.n}, Bytes(abs)});
-    arrays.push_back({s.name + ".min", DType::kF32, {s.n}, Bytes(fmn)});
-    arrays.push_back({s.name + ".max", DType::kF32, {s.n}, Bytes(fmx)});
-    arrays.push_back({s.name + ".hessian", DType::kF64, {packed.size()}, Bytes(packed)});
-    sites += std::string(sites.empty() ? "" : ", ") + "\"" + s.name +
-             "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": " +
-             std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
-             "\"sum_abs\", \"min\", \"max\", \"hessian\"]}";
-    for (size_t k = 0; k < s.members.size(); ++k) {
-      const std::string w = s.members[k] + ".weight";
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
-                 std::to_string(s.rows[k]) + ", " + std::to_string(s.n) + "]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   s.name + "\"}";
-    }
-  }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": )"
-             R"(["LlamaForCausalLM"], "model_type": "llama", "weights": {)" + weights +
-             R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-             R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": "full"}, )"
-             R"("files": ["stats-00001.safetensors"], "sites": {)" + sites +
-             R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
-}
 
 // `a` (the composed run) against `b` (the later stage alone on the reference-smoothed
 // checkpoint): every shard byte for byte, and config.json. `smoothing_config`: `b` ran without
@@ -286,20 +145,24 @@ TEST_CASE("pruning after SmoothQuant prunes the smoothed weights: magnitude prun
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CheckSameOutput(tmp / ("sq" + spec), tmp / ("ref" + spec), /*smoothing_config=*/true);
   }
-  // SparseGPT N:M after smoothing: SparseGPT of the smoothed checkpoint with the smoothed
-  // model's Hessians; then GPTQ as well.
-  for (const std::string algo : {"sparsegpt", "sparsegpt,gptq"}) {
-    CAPTURE(algo);
-    const std::vector<std::string> a = {"--scheme", "W4A16", "--group-size", "64", "--prune",
-                                        "2:4", "--algorithm"};
-    std::vector<std::string> ra = a, qa = a;
-    ra.insert(ra.end(), {algo, "--stats", st.smoothed()});
-    qa.insert(qa.end(), {"smoothquant," + algo, "--stats", st.plain()});
-    auto ref = Convert(kSq / "tiny-llama-smoothed", tmp / ("ref" + algo), ra);
-    REQUIRE_MESSAGE(ref.exit_code == 0, ref.err);
-    auto r = Convert(DataDir() / "tiny-llama", tmp / ("sq" + algo), qa);
-    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-    CheckSameOutput(tmp / ("sq" + algo), tmp / ("ref" + algo));
+  // SparseGPT after smoothing (N:M row by row; unstructured on the whole smoothed weight):
+  // SparseGPT of the smoothed checkpoint with the smoothed model's Hessians; then GPTQ too.
+  for (const std::string spec : {"2:4", "unstructured:0.5"}) {
+    for (const std::string algo : {"sparsegpt", "sparsegpt,gptq"}) {
+      CAPTURE(spec);
+      CAPTURE(algo);
+      const std::vector<std::string> a = {"--scheme", "W4A16", "--group-size", "64", "--prune",
+                                          spec, "--algorithm"};
+      std::vector<std::string> ra = a, qa = a;
+      ra.insert(ra.end(), {algo, "--stats", st.smoothed()});
+      qa.insert(qa.end(), {"smoothquant," + algo, "--stats", st.plain()});
+      const std::string name = algo + spec.substr(0, 2);
+      auto ref = Convert(kSq / "tiny-llama-smoothed", tmp / ("ref" + name), ra);
+      REQUIRE_MESSAGE(ref.exit_code == 0, ref.err);
+      auto r = Convert(DataDir() / "tiny-llama", tmp / ("sq" + name), qa);
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CheckSameOutput(tmp / ("sq" + name), tmp / ("ref" + name));
+    }
   }
 }
 
@@ -441,8 +304,6 @@ TEST_CASE("--algorithm lists: syntax errors and the combinations still refused")
       {{"--scheme", "W4A16", "--algorithm", "rtn,gptq"}, 2, "leave it out of a list"},
       {{"--scheme", "W4A16", "--algorithm", "gptq,gptq"}, 2, "names gptq twice"},
       {{"--scheme", "W4A16", "--algorithm", "gptq,foo"}, 2, "unknown --algorithm 'foo'"},
-      {{"--scheme", "W4A16", "--algorithm", "smoothquant,sparsegpt", "--prune",
-        "unstructured:0.5"}, 3, "unstructured SparseGPT reads each weight whole"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> a = c.args;

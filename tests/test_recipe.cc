@@ -165,8 +165,9 @@ quant_stage:
         {"kv.json", R"({"config_groups": {"g": "FP8_DYNAMIC"}, "kv_cache_scheme": {"num_bits": 8, "type": "float"}})",
          "kv_cache_scheme needs k/v scales"},
         {"logeq.yaml", "stage:\n  mods:\n    LogarithmicEqualizationModifier:\n      mappings: []\n", "LogarithmicEqualizationModifier needs calibration"},
-        {"gptq_sgpt.yaml", "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: '2:4'\n    GPTQModifier:\n      scheme: W4A16\n",
-         "one calibration algorithm per conversion"},
+        // SparseGPT then GPTQ compose (tests/test_recipe_compose.cc), but share one dampening.
+        {"gptq_sgpt.yaml", "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: '2:4'\n      dampening_frac: 0.1\n    GPTQModifier:\n      scheme: W4A16\n",
+         "SparseGPTModifier and GPTQModifier use different dampening_frac (0.100000 and 0.010000)"},
         {"sgpt_alone.yaml", "SparseGPTModifier:\n  sparsity: 0.5\n  mask_structure: '2:4'\n",
          "without a QuantizationModifier"},
         {"static.json", R"({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}, "input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": false}}}})",

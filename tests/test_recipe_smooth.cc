@@ -262,12 +262,10 @@ TEST_CASE("a recipe's mapping whose members are missing, ignored or split is ref
       {"unknown_field", "AWQModifier:\n  n_grids: 4\n" + quant, "AWQModifier has no field 'n_grids'"},
       {"duo", "AWQModifier:\n  duo_scaling: sometimes\n" + quant,
        "AWQModifier.duo_scaling must be true, false or \"both\""},
-      // Combinations the planners refuse today say so.
-      {"awq_gptq",
-       "AWQModifier: {}\nGPTQModifier:\n  scheme: W4A16\n",
-       "AWQModifier with GPTQModifier in one run is not built"},
-      {"sq_gptq", "SmoothQuantModifier: {}\nGPTQModifier:\n  scheme: W8A8\n",
-       "SmoothQuantModifier with GPTQModifier in one run is not built"},
+      // Two smoothings are refused as --algorithm awq,smoothquant is (smoothing composed with
+      // SparseGPT and GPTQ: tests/test_recipe_compose.cc).
+      {"awq_sq", "AWQModifier: {}\nSmoothQuantModifier: {}\nGPTQModifier:\n  scheme: W4A16\n",
+       "AWQModifier with SmoothQuantModifier: one smoothing per run"},
       {"awq_alone", "AWQModifier:\n  n_grid: 4\n", "quench smooths the layers it quantizes"},
       {"awq_twice", "AWQModifier:\n  scheme: W4A16\nQuantizationModifier:\n  scheme: W4A16\n",
        "both quantize; give one"},

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "calib/act_scales.h"
+#include "calib/kv_cache.h"
 
 namespace quench::calib {
 
@@ -83,6 +84,9 @@ Status ApplySmoothingToPlan(Plan& plan, const ConvertOptions& options, const Col
     wanda_smoothed |= t.prune_scale >= 0;
   }
   if (static_smoothed) QUENCH_RETURN_IF_ERROR(PlanActScales(plan, options, &s));
+  // FP8 KV cache: the v_scale of attentions whose value projection was smoothed, from the
+  // ranges divided by its scales (kv_cache.h); a no-op otherwise.
+  QUENCH_RETURN_IF_ERROR(PlanKvScales(plan, options, &s));
   if (wanda_smoothed) {
     // Wanda's column scales are per site; a smoothed weight gets its own copy divided by s
     // (sqrt(E[(x/s)^2]) = sqrt(E[x^2]) / s), rounded to f32 as the planned scales are.

@@ -47,7 +47,8 @@ void AppendFingerprint(const std::string& stage, const std::string& fingerprint,
                        std::string* combined);
 
 // Smoothing's effect on the statistics-derived values planned before the scales were known:
-// static activation scales are recomputed from the smoothed ranges, and Wanda's column scales
+// static activation scales are recomputed from the smoothed ranges, FP8 KV-cache v_scale of a
+// smoothed value projection from its ranges divided by the scales, and Wanda's column scales
 // divided by s (its metric |W s| * sqrt(E[x^2]) / s then equals the unsmoothed one, as the
 // reference's Wanda on the smoothed model computes). Reads no weight.
 Status ApplySmoothingToPlan(Plan& plan, const ConvertOptions& options, const ColumnScales& s);

@@ -35,12 +35,16 @@ class GptqRun : public ChunkCalibration {
   // Smoothing before this stage (src/calib/composite.h): per plan tensor, the factors its
   // columns were multiplied by (null: none); its Hessian is then diag(1/s) H diag(1/s).
   void SetColumnScales(ColumnScales s) { column_scales_ = std::move(s); }
+  // The smoothing stage itself, whose TransformRows gives a weight's smoothed rows: SparseGPT
+  // reads an unstructured weight whole from the source and smooths it so.
+  void SetRowTransform(ChunkCalibration* smooth) { smooth_ = smooth; }
 
  protected:
   const std::vector<double>* ColumnScalesOf(size_t t) const {
     return t < column_scales_.size() ? column_scales_[t].get() : nullptr;
   }
   ColumnScales column_scales_;
+  ChunkCalibration* smooth_ = nullptr;
 };
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options);
 

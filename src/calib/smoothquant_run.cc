@@ -19,6 +19,7 @@
 #include "format/file_io.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "plan/expert_prune.h"
 #include "plan/matcher.h"
 
 namespace quench::calib {
@@ -128,8 +129,11 @@ Status CheckMapping(const Plan& plan, const std::map<std::string, size_t>& index
     }
     out->tensors.push_back(bias->second);
   }
-  // The statistics of the balance layers' shared input.
-  const auto c = stats.consumers().find(m.balance.front() + ".weight");
+  // The statistics of the balance layers' shared input, named as in the source (expert
+  // pruning renumbers the survivors).
+  const std::string first_weight = m.balance.front() + ".weight";
+  const auto c = stats.consumers().find(
+      plan.expert_prune ? SourceExpertName(*plan.expert_prune, first_weight) : first_weight);
   if (c == stats.consumers().end()) {
     return refuse("the statistics have no site for " + m.balance.front() +
                   ".weight (the collector did not reach it)");
@@ -190,11 +194,9 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
     QUENCH_RETURN_IF_ERROR(ParseDuoScaling(options.awq_duo_scaling).status());
     if (options.awq_n_grid < 2) return Error(ErrorCode::kUsage, "--awq-n-grid must be >= 2");
   }
-  // Mappings are resolved on the checkpoint's module names, which expert pruning renumbers.
-  if (plan.expert_prune) {
-    return Error(ErrorCode::kUnsupported,
-                 "--algorithm " + options.algorithm + " with --prune-experts is not built yet");
-  }
+  // With expert pruning the mappings resolve on the pruned model's modules (the survivors,
+  // renumbered: pruned experts have no mapping, fused sets are the survivors'); statistics
+  // are looked up under the source's names (CheckMapping).
   if (options.stats.empty()) {
     return Error(ErrorCode::kUsage,
                  "--algorithm " + options.algorithm + " needs --stats STATS (collect them with "

@@ -8,7 +8,8 @@
 // N:M masks depend on one row only, so N:M runs on the pipeline's row chunks in parallel. An
 // unstructured mask is chosen per block of columns over all rows (sparsify_weight's threshold
 // over the block), so an unstructured weight is sparsified whole when its first chunk is
-// prepared (the serial input stage), and its chunks copy their rows from the result.
+// prepared (the serial input stage), and its chunks copy their rows from the result. After a
+// smoothing stage the whole weight is smoothed first (the smoothing's own row transform).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,9 +107,11 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
     if (!sites.Assign(plan, stats, options.stats, "SparseGPT", t)) continue;
     // Unstructured: the whole weight in f32 while it is sparsified, and two results in its
     // dtype (one in use by chunks in flight, the next prepared).
+    // After smoothing, one more copy in its dtype: the smoothed source rows.
     if (sopt.prune_n == 0) {
       const uint64_t elems = t.shape[0] * t.shape[1];
-      largest_w = std::max(largest_w, elems * (4 + 2 * DTypeBytes(t.dtype)));
+      const uint64_t copies = plan.smoothing.empty() ? 2 : 3;
+      largest_w = std::max(largest_w, elems * (4 + copies * DTypeBytes(t.dtype)));
     }
   }
   plan.calib_bytes = 3 * sites.largest + largest_w;
@@ -230,8 +233,19 @@ class SparseGptRunImpl : public GptqRun {
                                                  "' runs past the end of the file");
     }
     p->whole.resize(pt.src_bytes);
+    const uint8_t* src = map.data() + pt.src_offset;
+    if (smooth_ != nullptr && smooth_->Transforms(t)) {
+      // Smoothing first (src/calib/composite.h): the whole weight's smoothed rows (a copy in
+      // its dtype, counted in PlanSparseGpt's budget).
+      WeightChunk in;
+      in.data = src;
+      in.dtype = pt.dtype;
+      in.rows = pt.shape[0];
+      in.cols = pt.shape[1];
+      src = smooth_->TransformRows(t, 0, in);
+    }
     double loss = 0;
-    const bool ok = SparsifyRows(*p->factor, map.data() + pt.src_offset, pt.dtype, pt.shape[0],
+    const bool ok = SparsifyRows(*p->factor, src, pt.dtype, pt.shape[0],
                                  pt.shape[1], opt_, reinterpret_cast<uint8_t*>(p->whole.data()),
                                  &p->pruned, &loss);
     map.Release(pt.src_offset, pt.src_bytes);

@@ -284,12 +284,6 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   };
   if (algos.Any() || !options.stats.empty()) {
     if (!algos.smoothing.empty()) {
-      if (algos.sparsegpt && plan.prune.kind == PlannedPrune::kUnstructured) {
-        return Error(ErrorCode::kUnsupported,
-                     "--algorithm " + options.algorithm + ": unstructured SparseGPT reads each "
-                     "weight whole from the source, before smoothing (not built yet); use N:M "
-                     "(e.g. --prune 2:4) or magnitude/Wanda pruning");
-      }
       QUENCH_RETURN_IF_ERROR(stage(algos.smoothing, calib::PlanSmoothQuant));
     }
     if (algos.sparsegpt) QUENCH_RETURN_IF_ERROR(stage("sparsegpt", calib::PlanGptq));
@@ -480,7 +474,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   if (smooth) {
     const calib::ColumnScales scales = smooth->InputScales();
-    if (sparse) sparse->SetColumnScales(scales);
+    if (sparse) {
+      sparse->SetColumnScales(scales);
+      sparse->SetRowTransform(smooth.get());  // unstructured: the whole weight smoothed
+    }
     if (gptq) gptq->SetColumnScales(scales);
     if (Status s = calib::ApplySmoothingToPlan(plan, options, scales); !s.ok()) return cleanup(s);
   }

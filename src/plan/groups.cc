@@ -77,8 +77,13 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                       "(a recipe's input_activations say dynamic: false)");
     }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
+    // options.algorithm is the recipe's list, or one stage of it (a composed run plans with
+    // its quantizing stage's options: src/calib/composite.h).
+    const std::string listed = "," + recipe.calibration.algorithm + ",";
     if (!recipe.calibration.algorithm.empty() &&
-        options.algorithm != recipe.calibration.algorithm) {
+        options.algorithm != recipe.calibration.algorithm &&
+        (options.algorithm.find(',') != std::string::npos ||
+         listed.find("," + options.algorithm + ",") == std::string::npos)) {
       // Convert and DryRun apply it (ApplyRecipeCalibration); a caller that did not is told.
       return Error(ErrorCode::kUsage, options.recipe.string() + ": its " +
                                           recipe.calibration.modifier + " needs --algorithm " +

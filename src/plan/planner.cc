@@ -309,9 +309,11 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   p.oneshot_ = p.gptq_;
   for (const PlannedGroup& g : p.plan_.groups) p.oneshot_ |= g.params.static_input;
   p.oneshot_ |= !p.kv_cache_.empty();
-  // So are AWQ and SmoothQuant runs (data/golden/oneshot-smooth: oneshot with AWQModifier or
-  // SmoothQuantModifier before the QuantizationModifier).
-  p.oneshot_ |= options.algorithm == "awq" || options.algorithm == "smoothquant";
+  // So are AWQ, SmoothQuant and SparseGPT runs (data/golden/oneshot-smooth: oneshot with
+  // AWQModifier, SmoothQuantModifier or SparseGPTModifier before the QuantizationModifier; a
+  // composed run plans with its last stage's algorithm: src/calib/composite.h).
+  p.oneshot_ |= options.algorithm == "awq" || options.algorithm == "smoothquant" ||
+                options.algorithm == "sparsegpt";
   if (p.gptq_ && options.actorder != "none") p.actorder_ = options.actorder;
   p.oneshot_ = p.oneshot_ && repack == 0;  // the converters write the scheme's own args
   if (p.decode_only_ && p.source_.format == SourceFormat::kPlain) {

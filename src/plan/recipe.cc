@@ -407,15 +407,8 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
   }
   if (r.groups.empty()) return Bad(label, "no config group or scheme");
   QUENCH_RETURN_IF_ERROR(m.combination);
-  if (m.gptq != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadGptqModifier(*m.gptq, label));
-  } else if (m.sparsegpt != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSparseGptModifier(*m.sparsegpt, r.ignore, label));
-  } else if (m.awq != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadAwqModifier(*m.awq, label));
-  } else if (m.smoothquant != nullptr) {
-    QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadSmoothQuantModifier(*m.smoothquant, label));
-  }
+  // Every calibrated modifier, composed as --algorithm's comma list (recipe_modifiers.h).
+  QUENCH_ASSIGN_OR_RETURN(r.calibration, ReadCalibrations(m, r.ignore, label));
   if (m.experts_mod != nullptr) {
     QUENCH_RETURN_IF_ERROR(ReadExpertPruning(m.experts, *m.experts_mod, label, r.calibration));
   }

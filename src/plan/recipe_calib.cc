@@ -19,6 +19,18 @@ Status Bad(const std::string& label, const std::string& what) {
 
 bool Given(const JsonValue* v) { return v != nullptr && !v->is_null(); }
 
+// A comma list's names, sorted ("gptq,awq" -> {"awq", "gptq"}).
+std::vector<std::string> SortedList(const std::string& list) {
+  std::vector<std::string> names;
+  for (size_t b = 0; b <= list.size();) {
+    const size_t e = std::min(list.find(',', b), list.size());
+    names.push_back(list.substr(b, e - b));
+    b = e + 1;
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 Result<std::optional<int>> BlockSize(const JsonValue& mod, const std::string& label) {
   const JsonValue* v = mod.Find("block_size");
   if (!Given(v)) return std::optional<int>();
@@ -152,8 +164,11 @@ Status ApplyRecipeCalibration(PlanOptions& o) {
   }
   if (c.algorithm.empty()) return Status::Ok();
   const std::string& m = c.modifier;
-  QUENCH_RETURN_IF_ERROR(take(std::optional<std::string>(c.algorithm), o.algorithm,
-                              defaults.algorithm, m, "--algorithm " + o.algorithm));
+  // --algorithm may list the recipe's stages in any order (they run in pipeline order).
+  if (o.algorithm != defaults.algorithm && SortedList(o.algorithm) != SortedList(c.algorithm)) {
+    return conflict(m, "--algorithm " + o.algorithm);
+  }
+  o.algorithm = c.algorithm;
   if (!c.prune.empty()) {
     QUENCH_RETURN_IF_ERROR(take(std::optional<std::string>(c.prune), o.prune, defaults.prune, m,
                                 "--prune " + o.prune));

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "plan/recipe_calib.h"
 #include "plan/recipe_smooth.h"
 
 namespace quench {
@@ -66,29 +67,19 @@ Result<Modifiers> PickModifiers(const JsonValue& doc, const std::string& label) 
     m.experts_mod = get(e);
   }
   const JsonValue* awq_quant = m.awq != nullptr && HasQuantizationKeys(*m.awq) ? m.awq : nullptr;
-  std::vector<std::string> quantizing, calibrations;
+  std::vector<std::string> quantizing;
   if (quant != nullptr) quantizing.push_back("QuantizationModifier");
   if (m.gptq != nullptr) quantizing.push_back("GPTQModifier");
   if (awq_quant != nullptr) quantizing.push_back("AWQModifier (with a scheme of its own)");
-  const std::pair<const JsonValue*, const char*> calibrated[] = {
-      {m.sparsegpt, "SparseGPTModifier"}, {m.awq, "AWQModifier"},
-      {m.smoothquant, "SmoothQuantModifier"}, {m.gptq, "GPTQModifier"}};
-  for (const auto& [p, name] : calibrated) {
-    if (p != nullptr) calibrations.push_back(name);
-  }
   // The combinations are checked once the quantizing modifier's groups are read (their
   // errors come first, as when only the first modifier was read).
   if (quantizing.size() > 1) {
     m.combination = Bad(label, quantizing[0] + " and " + quantizing[1] + " both quantize; give one");
-  } else if (m.gptq != nullptr && m.sparsegpt != nullptr) {
-    m.combination = Bad(label, "SparseGPTModifier then GPTQModifier in one run is not built: "
-                               "quench runs one calibration algorithm per conversion (with a "
-                               "QuantizationModifier, SparseGPT's sparse weights are rounded "
-                               "to nearest, as llm-compressor does)");
-  } else if (calibrations.size() > 1) {
-    m.combination = Bad(label, calibrations[0] + " with " + calibrations[1] + " in one run is "
-                               "not built: quench runs one calibration algorithm per conversion "
-                               "today (run them as separate recipes, or drop one)");
+  } else if (m.awq != nullptr && m.smoothquant != nullptr) {
+    // As --algorithm awq,smoothquant: both rescale the same channels from the same statistics.
+    m.combination = Bad(label, "AWQModifier with SmoothQuantModifier: one smoothing per run "
+                               "(each rescales the same channels from the same statistics); "
+                               "give one");
   }
   m.quantizing = quant != nullptr ? quant : m.gptq != nullptr ? m.gptq : awq_quant;
   if (m.quantizing == nullptr) {
@@ -110,6 +101,66 @@ Result<Modifiers> PickModifiers(const JsonValue& doc, const std::string& label) 
     return Bad(label, why);
   }
   return m;
+}
+
+Result<RecipeCalibration> ReadCalibrations(const Modifiers& m,
+                                           const std::vector<std::string>& quant_ignore,
+                                           const std::string& label) {
+  // In pipeline order (src/calib/composite.h): smoothing, pruning, quantization.
+  std::vector<RecipeCalibration> stages;
+  if (m.awq != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(RecipeCalibration c, ReadAwqModifier(*m.awq, label));
+    stages.push_back(std::move(c));
+  } else if (m.smoothquant != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(RecipeCalibration c, ReadSmoothQuantModifier(*m.smoothquant, label));
+    stages.push_back(std::move(c));
+  }
+  const RecipeCalibration* sparse = nullptr;
+  const RecipeCalibration* gptq = nullptr;
+  if (m.sparsegpt != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(RecipeCalibration c,
+                            ReadSparseGptModifier(*m.sparsegpt, quant_ignore, label));
+    stages.push_back(std::move(c));
+  }
+  if (m.gptq != nullptr) {
+    QUENCH_ASSIGN_OR_RETURN(RecipeCalibration c, ReadGptqModifier(*m.gptq, label));
+    stages.push_back(std::move(c));
+  }
+  RecipeCalibration out;
+  for (const RecipeCalibration& c : stages) {
+    if (c.algorithm == "sparsegpt") sparse = &c;
+    if (c.algorithm == "gptq") gptq = &c;
+    out.modifier += (out.modifier.empty() ? "" : " and ") + c.modifier;
+    out.algorithm += (out.algorithm.empty() ? "" : ",") + c.algorithm;
+    if (!c.prune.empty()) out.prune = c.prune;
+    if (c.block_size) out.block_size = c.block_size;
+    if (c.dampening) out.dampening = c.dampening;
+    if (c.actorder) out.actorder = c.actorder;
+    if (c.smoothing_strength) out.smoothing_strength = c.smoothing_strength;
+    if (c.duo_scaling) out.duo_scaling = c.duo_scaling;
+    if (c.n_grid) out.n_grid = c.n_grid;
+    if (!c.mappings.empty()) out.mappings = c.mappings;
+    if (!c.smoothing_ignore.empty()) out.smoothing_ignore = c.smoothing_ignore;
+    out.notes.insert(out.notes.end(), c.notes.begin(), c.notes.end());
+  }
+  if (sparse != nullptr && gptq != nullptr) {
+    // One --gptq-block-size and --dampening serve both stages; each modifier's value is its
+    // own or llm-compressor 0.14.0.1's default (block_size 128, dampening_frac 0.01 for both).
+    const int sb = sparse->block_size.value_or(128), gb = gptq->block_size.value_or(128);
+    const double sd = sparse->dampening.value_or(0.01), gd = gptq->dampening.value_or(0.01);
+    if (sb != gb || sd != gd) {
+      return Bad(label, "SparseGPTModifier and GPTQModifier use different " +
+                            std::string(sb != gb ? "block_size" : "dampening_frac") + " (" +
+                            (sb != gb ? std::to_string(sb) + " and " + std::to_string(gb)
+                                      : std::to_string(sd) + " and " + std::to_string(gd)) +
+                            "): quench's --gptq-block-size and --dampening serve both stages; "
+                            "give the same in both");
+    }
+    // (Unset in both: left to the flags, as for one modifier.)
+    if (sparse->block_size || gptq->block_size) out.block_size = sb;
+    if (sparse->dampening || gptq->dampening) out.dampening = sd;
+  }
+  return out;
 }
 
 }  // namespace quench
