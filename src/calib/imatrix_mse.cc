@@ -7,6 +7,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "calib/imatrix_mse_kernel.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {
@@ -84,64 +85,6 @@ bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp
          (imp.empty() || imp.size() == in.cols);
 }
 
-// |d|^norm as torch computes pow_ on an f32 tensor: exponent 3 and 2 are products.
-inline float PowNorm(float d, double norm) {
-  if (norm == 3.0) return d * d * d;
-  if (norm == 2.0) return d * d;
-  return std::pow(d, static_cast<float>(norm));
-}
-
-// Step i's shrunk range: p = 1 - i / grid in double; p * tensor multiplies in f32 (the
-// scalar cast to f32) and rounds to D.
-inline void StepRange(float m0, float M0, int i, const ImatrixOptions& o, DType d, float* mn,
-                      float* mx) {
-  const float p = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
-  *mn = RoundToDType(p * m0, d);
-  *mx = RoundToDType(p * M0, d);
-}
-
-// calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
-inline float Pos(float mn, float mx) {
-  return std::max(std::fabs(std::min(mn, 0.f)), std::fabs(std::max(mx, 0.f)));
-}
-
-// The FP4 scale of a step during the search (imatrix_mse.h): NVFP4 without scale_dtype or
-// global scale, RNE_D(pos / (bit_range / 2)) with the zero guard finfo(D).eps; MXFP4's E8M0.
-inline float SearchScale(float pos, ImatrixFormat f, DType d) {
-  if (f == ImatrixFormat::kMxfp4) return fp4::Mxfp4GroupScale(pos, d);
-  const float s = RoundToDType(pos / 6.0f, d);
-  return s == 0.f ? intq::internal::ScaleEps(d) : s;
-}
-
-// One group's error at step range (mn, mx): fake_quantize in D, then
-// sum |q - w|^norm * imp (accumulated in double).
-double GroupError(const float* x, const float* imp, size_t n, float mn, float mx,
-                  ImatrixFormat f, const Geometry& g, bool sym, DType d, double norm) {
-  double err = 0;
-  if (f == ImatrixFormat::kInt) {
-    // compressed-tensors _quantize_dequantize: x / s, + zp, clamp, round, (q - zp) * s.
-    const GroupParams p = intq::internal::ComputeParams(mn, mx, g.l, sym, d);
-    for (size_t j = 0; j < n; ++j) {
-      const int q = intq::internal::QuantizeValue(x[j], p, g.l, sym, d);
-      const float dq = RoundToDType(static_cast<float>(sym ? q : q - p.zp) * p.scale, d);
-      float e = PowNorm(std::fabs(dq - x[j]), norm);
-      if (imp != nullptr) e *= imp[j];
-      err += e;
-    }
-    return err;
-  }
-  // FP4: x / s in D, clamp to +-6 and cast_to_fp4 (exact in D), times s in D.
-  const float s = SearchScale(Pos(mn, mx), f, d);
-  for (size_t j = 0; j < n; ++j) {
-    const float q = fp4::RoundToE2M1(RoundToDType(x[j] / s, d));
-    const float dq = RoundToDType(q * s, d);
-    float e = PowNorm(std::fabs(dq - x[j]), norm);
-    if (imp != nullptr) e *= imp[j];
-    err += e;
-  }
-  return err;
-}
-
 // Row r of `in` as f32 into x; false on NaN/Inf.
 bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
   for (size_t c = 0; c < in.cols; ++c) {
@@ -164,8 +107,9 @@ bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps
     for (size_t k = 0; k < g.n_groups; ++k) {
       const float* xg = x.data() + k * g.group;
       const size_t i = r * g.n_groups + k;
-      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group),
-                steps[i], o, in.dtype, &(*mn)[i], &(*mx)[i]);
+      internal::StepRange(*std::min_element(xg, xg + g.group),
+                          *std::max_element(xg, xg + g.group), steps[i], o.grid, in.dtype,
+                          &(*mn)[i], &(*mx)[i]);
     }
   }
   return true;
@@ -178,62 +122,76 @@ size_t GroupColumns(const WeightChunk& in, ImatrixFormat f) {
   return MakeGeometry(in, f, &g) ? g.group : 0;
 }
 
-bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
-                const ImatrixOptions& o, uint32_t* masks) {
+namespace {
+
+// Steps i0..i1 over the rows, in blocks of about 64K weights (their f32 copies stay in
+// cache across the steps), through the kernel or the scalar definition.
+bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+              const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+              uint32_t* improved, bool scalar) {
   Geometry g;
-  if (!Valid(in, f, imp, o, &g)) return false;
-  const int last = LastStep(o);
-  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
-  std::vector<float> x(in.cols);
-  for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
-      const float m0 = *std::min_element(xg, xg + g.group);
-      const float M0 = *std::max_element(xg, xg + g.group);
-      double best = FLT_MAX;  // best_error starts at finfo(f32).max
-      uint32_t mask = 0;
-      for (int i = 0; i <= last; ++i) {
-        float mn, mx;
-        StepRange(m0, M0, i, o, in.dtype, &mn, &mx);
-        const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
-        if (err < best) {  // strict: the earliest of equal errors stays
-          best = err;
-          mask |= 1u << i;
-        }
-      }
-      masks[r * g.n_groups + k] = mask;
+  if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+  internal::Block b;
+  b.format = f;
+  b.dtype = in.dtype;
+  b.layout = g.l;
+  b.symmetric = f != ImatrixFormat::kInt || in.params.symmetric;
+  b.norm = o.norm;
+  b.grid = o.grid;
+  b.cols = in.cols;
+  b.group = g.group;
+  b.imp = imp.empty() ? nullptr : imp.data();
+  b.i0 = i0;
+  b.i1 = i1;
+  b.improved = improved;
+  const size_t block_rows = std::max<size_t>(1, (size_t{1} << 16) / in.cols);
+  // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
+  thread_local std::vector<float> x;
+  x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
+  for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
+    const size_t n = std::min(block_rows, in.rows - r0);
+    for (size_t i = 0; i < n * in.cols; ++i) {
+      x[i] = ElementToF32(in.data, in.dtype, r0 * in.cols + i);
+      if (!std::isfinite(x[i])) return false;
     }
+    b.x = x.data();
+    b.rows = n;
+    b.best = best + r0 * g.n_groups;
+    b.masks = masks + r0 * g.n_groups;
+    if (!(scalar ? internal::SearchBlockScalar(b) : internal::SearchBlock(b))) return false;
   }
   return true;
 }
 
+}  // namespace
+
+bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                 const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                 uint32_t* improved) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false);
+}
+
+bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                       const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                       uint32_t* improved) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/true);
+}
+
+bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, uint32_t* masks) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g)) return false;
+  std::vector<double> best(in.rows * g.n_groups, FLT_MAX);  // finfo(f32).max
+  std::fill_n(masks, in.rows * g.n_groups, 0u);
+  uint32_t improved = 0;
+  return SearchSteps(in, f, imp, o, 0, LastStep(o), best.data(), masks, &improved);
+}
+
 bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                 const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved) {
-  Geometry g;
-  if (!Valid(in, f, imp, o, &g) || i < 0 || i > LastStep(o)) return false;
-  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
-  std::vector<float> x(in.cols);
-  bool any = false;
-  for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
-      float mn, mx;
-      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group), i, o,
-                in.dtype, &mn, &mx);
-      const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
-      const size_t j = r * g.n_groups + k;
-      if (err < best[j]) {
-        best[j] = err;
-        masks[j] |= 1u << i;
-        any = true;
-      }
-    }
-  }
-  *improved = any;
+  uint32_t bits = 0;
+  if (!SearchSteps(in, f, imp, o, i, i, best, masks, &bits)) return false;
+  *improved = bits != 0;
   return true;
 }
 
@@ -243,7 +201,7 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
   if (!MakeGeometry(in, f, &g)) return false;
   std::vector<float> mn, mx;
   if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
-  for (size_t i = 0; i < mn.size(); ++i) pos[i] = Pos(mn[i], mx[i]);
+  for (size_t i = 0; i < mn.size(); ++i) pos[i] = internal::Pos(mn[i], mx[i]);
   return true;
 }
 
