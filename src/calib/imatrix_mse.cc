@@ -8,6 +8,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "calib/imatrix_mse_kernel.h"
+#include "calib/imatrix_mse_rows.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {
@@ -87,29 +88,35 @@ bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp
 
 // Row r of `in` as f32 into x; false on NaN/Inf.
 bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
-  for (size_t c = 0; c < in.cols; ++c) {
-    x[c] = ElementToF32(in.data, in.dtype, r * in.cols + c);
-    if (!std::isfinite(x[c])) return false;
+  const size_t esz = DTypeBits(in.dtype) / 8;
+  return internal::ToF32(in.data + r * in.cols * esz, in.dtype, in.cols, x.data());
+}
+
+// Row r's chosen ranges (mn, mx per group) from each group's min and max (amin / amax,
+// times expand = 1.0, a no-op in D) and its chosen step; x, m0, M0 are scratch.
+bool RowRanges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
+               const Geometry& g, size_t r, std::vector<float>& x, std::vector<float>& m0,
+               std::vector<float>& M0, float* mn, float* mx) {
+  if (!LoadRow(in, r, x)) return false;
+  internal::GroupMinMax(x.data(), g.n_groups, g.group, m0.data(), M0.data());
+  for (size_t k = 0; k < g.n_groups; ++k) {
+    internal::StepRange(m0[k], M0[k], steps[r * g.n_groups + k], o.grid, in.dtype, &mn[k],
+                        &mx[k]);
   }
   return true;
 }
 
-// Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
-// (amin / amax, times expand = 1.0, a no-op in D) and its chosen step.
+// Per group (rows x groups) its chosen range (mn, mx).
 bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
             const Geometry& g, std::vector<float>* mn,
             std::vector<float>* mx) {
-  std::vector<float> x(in.cols);
+  std::vector<float> x(in.cols), m0(g.n_groups), M0(g.n_groups);
   mn->resize(in.rows * g.n_groups);
   mx->resize(in.rows * g.n_groups);
   for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const size_t i = r * g.n_groups + k;
-      internal::StepRange(*std::min_element(xg, xg + g.group),
-                          *std::max_element(xg, xg + g.group), steps[i], o.grid, in.dtype,
-                          &(*mn)[i], &(*mx)[i]);
+    if (!RowRanges(in, o, steps, g, r, x, m0, M0, mn->data() + r * g.n_groups,
+                   mx->data() + r * g.n_groups)) {
+      return false;
     }
   }
   return true;
@@ -150,9 +157,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
-    for (size_t i = 0; i < n * in.cols; ++i) {
-      x[i] = ElementToF32(in.data, in.dtype, r0 * in.cols + i);
-      if (!std::isfinite(x[i])) return false;
+    const size_t esz = DTypeBits(in.dtype) / 8;
+    if (!internal::ToF32(in.data + r0 * in.cols * esz, in.dtype, n * in.cols, x.data())) {
+      return false;
     }
     b.x = x.data();
     b.rows = n;
@@ -261,33 +268,41 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
                        bool packed, const ChunkOutputs& out) {
   Geometry g;
   if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
-  std::vector<float> mn, mx;
-  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   const Layout& l = g.l;
   const size_t rows = in.rows, n = in.cols, ng = g.n_groups;
   const bool sym = in.params.symmetric;
   const size_t ssz = DTypeBits(in.dtype) / 8;
+  std::vector<float> x(n), m0(ng), M0(ng), mn(ng), mx(ng);
   std::vector<GroupParams> params(ng);
   std::vector<int8_t> codes(n);
   std::vector<int8_t> zps(rows * ng);
   std::vector<uint8_t> u(n);
   const size_t row_bytes = l.words_per_row * 4;
   for (size_t r = 0; r < rows; ++r) {
+    if (!RowRanges(in, o, steps, g, r, x, m0, M0, mn.data(), mx.data())) return false;
     for (size_t k = 0; k < ng; ++k) {
-      params[k] = intq::internal::ComputeParams(mn[r * ng + k], mx[r * ng + k], l, sym,
-                                                in.dtype);
+      // get_qparams: calculate_qparams on the chosen min and max; the compressor then
+      // quantizes the weight with them, as round to nearest does with min-max ones.
+      params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
       intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
       zps[r * ng + k] = static_cast<int8_t>(params[k].zp);
     }
-    for (size_t c = 0; c < n; ++c) {
-      const float v = ElementToF32(in.data, in.dtype, r * n + c);
-      codes[c] = static_cast<int8_t>(
-          intq::internal::QuantizeValue(v, params[c / l.group], l, sym, in.dtype));
-    }
+    internal::IntCodes(x.data(), n, l.group, params.data(), l, sym, in.dtype, codes.data());
     if (packed) {
       // pack_to_int32: u = q + 2^(b-1), dense along the row.
-      for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + (1 << (l.bits - 1)));
-      intq::internal::PackRowScalar(u.data(), n, l.bits, out.out[0] + r * row_bytes);
+      uint8_t* dst = out.out[0] + r * row_bytes;
+      const uint8_t off = static_cast<uint8_t>(1 << (l.bits - 1));
+      if (l.bits == 4 && n % 8 == 0) {
+        // Element i in bits 4i..4i+3 of the little-endian word stream: byte i / 2, the even
+        // element in the low nibble; n % 8 == 0 fills whole words.
+        for (size_t c = 0; c < n; c += 2) {
+          dst[c / 2] = static_cast<uint8_t>(((codes[c] + off) & 0xF) |
+                                            (((codes[c + 1] + off) & 0xF) << 4));
+        }
+      } else {
+        for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + off);
+        intq::internal::PackRowScalar(u.data(), n, l.bits, dst);
+      }
     } else {
       std::copy_n(reinterpret_cast<const uint8_t*>(codes.data()), n, out.out[0] + r * n);
     }

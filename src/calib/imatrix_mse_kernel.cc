@@ -16,7 +16,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <numeric>
+#include <numeric>  // std::gcd
 #include <vector>
 
 #include "schemes/fp4.h"
@@ -145,26 +145,26 @@ HWY_INLINE bool SumTile(const float* x, const float* im, size_t len, VF s, VF zp
   return true;
 }
 
-// The block's groups in tiles of L (lane l of tile t: group t * L + l), element-major, and
-// for the bound up to K elements per group among those of largest |x|^3 * imp. Buffers are
-// kept per thread and reused: fresh pages for every block cost more than the search.
+// The block's groups in tiles of L (lane l of tile t: group t * L + l), element-major; the
+// importance tiles (their pattern repeats every `period` tiles, as the groups' columns do);
+// each group's min and max; and for the bound, the term of each group's element of largest
+// |x|^3 * imp (x and imp of that element). Buffers are kept per thread and reused: fresh
+// pages for every block cost more than the search.
 struct Tiles {
-  size_t n = 0, groups = 0, L = 0, tiles = 0, k = 0;
+  size_t n = 0, groups = 0, L = 0, tiles = 0, period = 0;
   float* x = nullptr;
   float* imp = nullptr;
   float* kx = nullptr;
   float* kimp = nullptr;
   float* m0 = nullptr;
   float* M0 = nullptr;
+  const float* Imp(size_t tile) const { return imp + (tile % period) * n * L; }
 };
-
-// K: the bound's elements per group.
-inline size_t BoundCount(size_t n) { return std::min(n, std::clamp<size_t>(n / 8, 4, 16)); }
 
 // A per-thread aligned buffer of at least n floats.
 float* Scratch(int which, size_t n) {
-  thread_local hwy::AlignedFreeUniquePtr<float[]> buf[8];
-  thread_local size_t size[8] = {};
+  thread_local hwy::AlignedFreeUniquePtr<float[]> buf[6];
+  thread_local size_t size[6] = {};
   if (size[which] < n) {
     buf[which] = hwy::AllocateAligned<float>(n);
     size[which] = n;
@@ -175,76 +175,55 @@ float* Scratch(int which, size_t n) {
 void MakeTiles(const Block& b, Tiles* t) {
   const DF df;
   t->n = b.group;
-  t->groups = b.rows * (b.cols / b.group);
+  const size_t ng = b.cols / b.group;
+  t->groups = b.rows * ng;
   t->L = hn::Lanes(df);
   t->tiles = (t->groups + t->L - 1) / t->L;
-  t->k = BoundCount(t->n);
-  const size_t n = t->n, L = t->L, k = t->k, ng = b.cols / b.group;
-  t->x = Scratch(0, t->tiles * n * L);
-  t->imp = Scratch(1, t->tiles * n * L);
-  t->kx = Scratch(2, t->tiles * k * L);
-  t->kimp = Scratch(3, t->tiles * k * L);
-  t->m0 = Scratch(4, t->groups);
-  t->M0 = Scratch(5, t->groups);
-  float* key = Scratch(6, n);
-  // Padding lanes: x 0 and imp 1, a zero term that no search step reads.
-  if (t->tiles * L > t->groups) {
-    const size_t last = (t->tiles - 1) * L;
-    for (size_t j = 0; j < n; ++j) {
-      std::fill_n(t->x + last * n + j * L, L, 0.0f);
-      std::fill_n(t->imp + last * n + j * L, L, 1.0f);
-    }
+  const size_t n = t->n, L = t->L, T = t->tiles;
+  t->period = std::min(T, ng / std::gcd(ng, L));
+  t->x = Scratch(0, T * n * L);
+  t->imp = Scratch(1, t->period * n * L);
+  t->kx = Scratch(2, T * L);
+  t->kimp = Scratch(3, T * L);
+  t->m0 = Scratch(4, T * L);
+  t->M0 = Scratch(5, T * L);
+  // The transposition (padding lanes: x 0, a zero term whatever the scale and importance).
+  if (T * L > t->groups) {
+    for (size_t j = 0; j < n; ++j) std::fill_n(t->x + ((T - 1) * n + j) * L, L, 0.0f);
   }
   for (size_t g = 0; g < t->groups; ++g) {
     const float* xg = b.x + g * n;
-    const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * n;
-    const size_t tile = g / L, l = g % L;
-    float* xt = t->x + tile * n * L + l;
-    float* it = t->imp + tile * n * L + l;
-    float mn = xg[0], mx = xg[0], top = 0.0f;
-    for (size_t j = 0; j < n; ++j) {
-      const float v = xg[j];
-      const float w = ig == nullptr ? 1.0f : ig[j];
-      xt[j * L] = v;
-      it[j * L] = w;
-      mn = std::min(mn, v);
-      mx = std::max(mx, v);
-      // A heuristic only (any subset gives a valid bound): overflow to Inf is harmless.
-      const float a = std::fabs(v);
-      key[j] = a * a * a * w;
-      top = std::max(top, key[j]);
-    }
-    t->m0[g] = mn;
-    t->M0[g] = mx;
-    // The bound's elements: those with key >= top / 64, or / 8, or / 2, whichever admits
-    // at most K (then the first K in element order); unused slots add 0 (x = 0).
-    size_t c64 = 0, c8 = 0;
-    for (size_t j = 0; j < n; ++j) {
-      c64 += key[j] >= top * 0.015625f;
-      c8 += key[j] >= top * 0.125f;
-    }
-    const float th = c64 <= k ? top * 0.015625f : c8 <= k ? top * 0.125f : top * 0.5f;
-    float* kxt = t->kx + tile * k * L + l;
-    float* kit = t->kimp + tile * k * L + l;
-    size_t r = 0;
-    for (size_t j = 0; j < n && r < k; ++j) {
-      if (key[j] >= th) {
-        kxt[r * L] = xg[j];
-        kit[r * L] = ig == nullptr ? 1.0f : ig[j];
-        ++r;
-      }
-    }
-    for (; r < k; ++r) {
-      kxt[r * L] = 0.0f;
-      kit[r * L] = 1.0f;
-    }
+    float* xt = t->x + (g / L) * n * L + g % L;
+    for (size_t j = 0; j < n; ++j) xt[j * L] = xg[j];
   }
-  // Padding lanes of the bound tiles.
-  for (size_t g = t->groups; g < t->tiles * L; ++g) {
-    for (size_t r = 0; r < k; ++r) {
-      t->kx[(g / L) * k * L + r * L + g % L] = 0.0f;
-      t->kimp[(g / L) * k * L + r * L + g % L] = 1.0f;
+  for (size_t g = 0; g < t->period * L; ++g) {
+    const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * n;
+    float* it = t->imp + (g / L) * n * L + g % L;
+    for (size_t j = 0; j < n; ++j) it[j * L] = ig == nullptr ? 1.0f : ig[j];
+  }
+  // Lane-wise over each tile: min, max, and the element of largest key = |x|^3 * imp (a
+  // heuristic only: any element gives a valid bound, and Inf or NaN keys merely lose).
+  for (size_t tile = 0; tile < T; ++tile) {
+    const float* xt = t->x + tile * n * L;
+    const float* it = t->Imp(tile);
+    auto mn = hn::Load(df, xt), mx = mn;
+    auto top = hn::Set(df, -1.0f), kx = hn::Zero(df), kimp = hn::Set(df, 1.0f);
+    for (size_t j = 0; j < n; ++j) {
+      const auto v = hn::Load(df, xt + j * L);
+      const auto w = hn::Load(df, it + j * L);
+      mn = hn::Min(mn, v);
+      mx = hn::Max(mx, v);
+      const auto a = hn::Abs(v);
+      const auto key = hn::Mul(hn::Mul(hn::Mul(a, a), a), w);
+      const auto more = hn::Gt(key, top);
+      top = hn::IfThenElse(more, key, top);
+      kx = hn::IfThenElse(more, v, kx);
+      kimp = hn::IfThenElse(more, w, kimp);
     }
+    hn::Store(mn, df, t->m0 + tile * L);
+    hn::Store(mx, df, t->M0 + tile * L);
+    hn::Store(kx, df, t->kx + tile * L);
+    hn::Store(kimp, df, t->kimp + tile * L);
   }
 }
 
@@ -256,15 +235,14 @@ HWY_INLINE bool TileErrors(const Tiles& t, size_t tile, const float* s_arr, cons
                            VF lo, VF hi, double* bound, double* out) {
   const DF df;
   const DD dd;
-  const size_t L = t.L, n = t.n, k = t.k;
+  const size_t L = t.L, n = t.n, k = 1;
   const VF s = hn::Load(df, s_arr);
   const VF zp = hn::Load(df, zp_arr);
   // Partial bound: any f64 sum of some of the terms, times the margin, is at most the
   // definition's sum (imatrix_mse_kernel.h).
   const double margin = 1.0 - static_cast<double>(n + k + 4) * 0x1p-52;
   Acc kb = Zero2();
-  SumTile<D, M, N>(t.kx + tile * k * L, t.kimp + tile * k * L, k, s, zp, lo, hi,
-                   margin, bound, kb);
+  SumTile<D, M, N>(t.kx + tile * L, t.kimp + tile * L, k, s, zp, lo, hi, margin, bound, kb);
   if (AllAtLeast(kb, margin, bound)) return false;
   {
     const VD m = hn::Set(dd, margin);
@@ -280,7 +258,7 @@ HWY_INLINE bool TileErrors(const Tiles& t, size_t tile, const float* s_arr, cons
   // The definition's sums, in element order per lane, stopped once every lane reached its
   // bound (the partial sums never decrease).
   Acc acc = Zero2();
-  const bool complete = SumTile<D, M, N>(t.x + tile * n * L, t.imp + tile * n * L,
+  const bool complete = SumTile<D, M, N>(t.x + tile * n * L, t.Imp(tile),
                                          n, s, zp, lo, hi, 1.0, bound, acc);
   StoreAcc(acc, out);
   return complete;
