@@ -265,22 +265,74 @@ HWY_INLINE bool TileErrors(const Tiles& t, size_t tile, const float* s_arr, cons
 }
 
 // Per-tile parameter arrays for step i (lanes past the block's groups: scale 1, zp 0);
-// groups whose scale is not finite are left to the scalar definition (flag set).
+// groups whose scale is not finite are left to the scalar definition (flag set). Int and
+// NVFP4 compute ParamsOf lane-wise (the same operations; a zero may differ in sign where
+// the scalar std::min / std::max keep their first argument, which no parameter sees: a
+// zero range gives scale 0 -> eps and zp 0 either way, and is otherwise added to, or
+// divided by, a nonzero value); MXFP4's E8M0 scale stays scalar.
+template <DType D, int M>
 void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint8_t* scalar) {
   const size_t padded = t.tiles * t.L;
-  for (size_t g = 0; g < padded; ++g) {
-    if (g >= t.groups) {
-      s[g] = 1.0f;
-      zp[g] = 0.0f;
-      scalar[g] = 0;
-      continue;
+  if (M == kFp4 && b.format == ImatrixFormat::kMxfp4) {
+    for (size_t g = 0; g < padded; ++g) {
+      if (g >= t.groups) {
+        s[g] = 1.0f;
+        zp[g] = 0.0f;
+        scalar[g] = 0;
+        continue;
+      }
+      float mn, mx;
+      StepRange(t.m0[g], t.M0[g], i, b.grid, b.dtype, &mn, &mx);
+      const StepParams p = ParamsOf(b, mn, mx);
+      s[g] = p.scale;
+      zp[g] = p.zp;
+      scalar[g] = std::isfinite(p.scale) ? 0 : 1;
     }
-    float mn, mx;
-    StepRange(t.m0[g], t.M0[g], i, b.grid, b.dtype, &mn, &mx);
-    const StepParams p = ParamsOf(b, mn, mx);
-    s[g] = p.scale;
-    zp[g] = p.zp;
-    scalar[g] = std::isfinite(p.scale) ? 0 : 1;
+    return;
+  }
+  const DF df;
+  const float p = static_cast<float>(1.0 - static_cast<double>(i) / b.grid);
+  const auto vp = hn::Set(df, p);
+  const auto zero = hn::Zero(df);
+  const auto eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
+  const float range = static_cast<float>(b.layout.qmax - b.layout.qmin);
+  const auto qmin = hn::Set(df, static_cast<float>(b.layout.qmin));
+  const auto qmax = hn::Set(df, static_cast<float>(b.layout.qmax));
+  for (size_t g = 0; g < padded; g += t.L) {
+    const auto mn = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.m0 + g)));
+    const auto mx = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.M0 + g)));
+    hn::Vec<DF> scale, z = zero;
+    if constexpr (M == kFp4) {
+      // NVFP4: RNE_D(pos / 6), zero guard eps.
+      const auto pos = hn::Max(hn::Abs(hn::Min(mn, zero)), hn::Abs(hn::Max(mx, zero)));
+      scale = rd::RoundToDType<D>(df, hn::Div(pos, hn::Set(df, 6.0f)));
+    } else {
+      const auto lo = hn::Min(mn, zero), hi = hn::Max(mx, zero);
+      if constexpr (M == kIntSym) {
+        // calculate_qparams, symmetric: RNE_D(max(-mn, mx) / (bit_range / 2)).
+        scale = rd::RoundToDType<D>(
+            df, hn::Div(hn::Max(hn::Neg(lo), hi), hn::Set(df, range / 2.0f)));
+      } else {
+        // Asymmetric: RNE_D(RNE_D(mx - mn) / bit_range); zp = RNE_D(qmin - RNE_D(mn / s))
+        // with the unguarded scale, clamped unless NaN, rounded (NaN -> 0).
+        scale = rd::RoundToDType<D>(
+            df, hn::Div(rd::RoundToDType<D>(df, hn::Sub(hi, lo)), hn::Set(df, range)));
+        const auto q = rd::RoundToDType<D>(
+            df, hn::Sub(qmin, rd::RoundToDType<D>(df, hn::Div(lo, scale))));
+        const auto clamped = RoundInt(df, hn::Min(hn::Max(q, qmin), qmax));
+        z = hn::IfThenZeroElse(hn::IsNaN(q), clamped);
+      }
+    }
+    scale = hn::IfThenElse(hn::Eq(scale, zero), eps, scale);
+    hn::Store(scale, df, s + g);
+    hn::Store(z, df, zp + g);
+    for (size_t l = 0; l < t.L; ++l) {
+      scalar[g + l] = g + l < t.groups && !std::isfinite(s[g + l]);
+      if (g + l >= t.groups) {
+        s[g + l] = 1.0f;
+        zp[g + l] = 0.0f;
+      }
+    }
   }
 }
 
@@ -297,7 +349,7 @@ void SearchTiles(const Block& b) {
   const VF lo = hn::Set(df, static_cast<float>(b.layout.qmin));
   const VF hi = hn::Set(df, static_cast<float>(b.layout.qmax));
   for (int i = b.i0; i <= b.i1; ++i) {
-    StepArrays(b, t, i, s.get(), zp.get(), scalar.data());
+    StepArrays<D, M>(b, t, i, s.get(), zp.get(), scalar.data());
     bool any = false;
     for (size_t tile = 0; tile < t.tiles; ++tile) {
       bool live = false;
