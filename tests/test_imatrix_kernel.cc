@@ -20,6 +20,7 @@
 #include "kernel_test_util.h"
 #include "quench/dtype.h"
 #include "schemes/float_formats.h"
+#include "schemes/fp4.h"
 #include "schemes/int_shared.h"
 
 namespace quench::testing {
@@ -318,6 +319,55 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
             }
           }
         }
+      }
+    }
+  });
+}
+
+TEST_CASE("FP4 quantization with given ranges: the kernels equal the references") {
+  ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+      for (bool nv : {true, false}) {
+        CAPTURE(target);
+        CAPTURE(DTypeLabel(d));
+        CAPTURE(nv);
+        const size_t rows = 7, cols = nv ? 272 : 288;  // a tail of pairs past the vectors
+        std::vector<float> v, imp;
+        RandomValues(rng, rows, cols, &v, &imp);
+        Case c{d, nv ? ImatrixFormat::kNvfp4 : ImatrixFormat::kMxfp4};
+        Weights w = Make(c, rows, cols, v, imp);
+        w.in.params.global_scale = nv ? 1234.5f : 0.f;
+        const size_t group = nv ? fp4::kNvfp4Group : fp4::kMxGroup, ng = cols / group;
+        // Ranges of D: 0, or the group's max |x| times 0.3 .. 1.5 (clipped or widened).
+        std::vector<float> ranges(rows * ng);
+        for (size_t g = 0; g < rows * ng; ++g) {
+          float m = 0.f;
+          for (size_t j = 0; j < group; ++j) {
+            m = std::max(m, std::fabs(ElementToF32(w.in.data, d, g * group + j)));
+          }
+          const float f = u(rng) < 0.1f ? 0.f : 0.3f + 1.2f * u(rng);
+          std::vector<uint8_t> e(ElemBytes(d));
+          PutElem(e.data(), d, m * f);
+          ranges[g] = ElementToF32(e.data(), d, 0);
+        }
+        std::vector<uint8_t> q_k(rows * cols / 2), q_s(rows * cols / 2);
+        std::vector<uint8_t> s_k(rows * ng), s_s(rows * ng);
+        ChunkOutputs ok, os;
+        ok.out[0] = q_k.data();
+        ok.out[1] = s_k.data();
+        os.out[0] = q_s.data();
+        os.out[1] = s_s.data();
+        if (nv) {
+          REQUIRE(fp4::QuantizeNvfp4Ranges(w.in, ranges.data(), ok));
+          REQUIRE(fp4::QuantizeNvfp4RangesScalar(w.in, ranges.data(), os));
+        } else {
+          REQUIRE(fp4::QuantizeMxfp4Ranges(w.in, ranges.data(), ok));
+          REQUIRE(fp4::QuantizeMxfp4RangesScalar(w.in, ranges.data(), os));
+        }
+        CHECK(q_k == q_s);
+        CHECK(s_k == s_s);
       }
     }
   });
