@@ -326,13 +326,14 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
     scale = hn::IfThenElse(hn::Eq(scale, zero), eps, scale);
     hn::Store(scale, df, s + g);
     hn::Store(z, df, zp + g);
-    for (size_t l = 0; l < t.L; ++l) {
-      scalar[g + l] = g + l < t.groups && !std::isfinite(s[g + l]);
-      if (g + l >= t.groups) {
-        s[g + l] = 1.0f;
-        zp[g + l] = 0.0f;
-      }
-    }
+    // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite.
+    for (size_t l = 0; M == kIntAsym && l < t.L; ++l) scalar[g + l] = !std::isfinite(s[g + l]);
+  }
+  if (M != kIntAsym) std::fill_n(scalar, padded, uint8_t{0});
+  for (size_t g = t.groups; g < padded; ++g) {
+    s[g] = 1.0f;
+    zp[g] = 0.0f;
+    scalar[g] = 0;
   }
 }
 
@@ -351,15 +352,22 @@ void SearchTiles(const Block& b) {
   for (int i = b.i0; i <= b.i1; ++i) {
     StepArrays<D, M>(b, t, i, s.get(), zp.get(), scalar.data());
     bool any = false;
+    const bool none_scalar =
+        M != kIntAsym || std::find(scalar.begin(), scalar.end(), 1) == scalar.end();
     for (size_t tile = 0; tile < t.tiles; ++tile) {
-      bool live = false;
-      for (size_t l = 0; l < L; ++l) {
-        const size_t g = tile * L + l;
-        const bool on = g < t.groups && !scalar[g];
-        bound[l] = on ? b.best[g] : -1.0;
-        live = live || on;
+      if (none_scalar && (tile + 1) * L <= t.groups) {
+        // Every lane a group of the block (the common case: no per-lane checks).
+        std::copy_n(b.best + tile * L, L, bound.data());
+      } else {
+        bool live = false;
+        for (size_t l = 0; l < L; ++l) {
+          const size_t g = tile * L + l;
+          const bool on = g < t.groups && !scalar[g];
+          bound[l] = on ? b.best[g] : -1.0;
+          live = live || on;
+        }
+        if (!live) continue;
       }
-      if (!live) continue;
       if (!TileErrors<D, M, N>(t, tile, s.get() + tile * L, zp.get() + tile * L, lo, hi,
                                bound.data(), err.data())) {
         continue;
@@ -374,7 +382,7 @@ void SearchTiles(const Block& b) {
       }
     }
     // Non-finite scales (a range overflowing D): the scalar definition.
-    for (size_t g = 0; g < t.groups; ++g) {
+    for (size_t g = 0; g < t.groups && !none_scalar; ++g) {
       if (!scalar[g]) continue;
       const size_t ng = b.cols / b.group;
       const double e = GroupErrorScalar(b, b.x + g * t.n,

@@ -13,6 +13,9 @@
 //   e_j = |dq_j - x_j|^norm * imp_j, in f32 (norm 3: (d * d) * d; 2: d * d; else powf)
 //   err = ((0 + e_0) + e_1) + ... + e_{n-1}, each + in f64 (the e_j widened exactly)
 //   err < best (strict) -> best = err, bit i of the group's mask set, bit i of *improved set.
+// (torch sums err in f32 in its own vectorised order, which depends on the CPU; the f64 sum
+// in element order is quench's fixed stand-in since the observer was built, and the golden
+// tests against the reference's bytes pin that it chooses the same steps.)
 //
 // How the kernels keep those bytes while doing less work:
 //  - lanes run across groups (lane l of a tile is one group, its elements down the tile), so
@@ -20,11 +23,14 @@
 //    scalar sums bit for bit whatever the vector width;
 //  - the terms are non-negative, so the partial sums never decrease: a group whose partial
 //    sum reached its best cannot improve, and a tile stops once every lane has (exact);
-//  - before a tile's full pass, the terms of each group's K elements of largest
-//    |x|^3 * imp (the ones clipping hurts) are added up: the sequential f64 sum of all n
-//    terms is at least (1 - (n + K) 2^-53) times any f64 sum of some of them, so a group
-//    whose partial bound times 1 - (n + K + 4) 2^-52 is already >= best cannot improve
-//    either (exact: the margin covers every rounding of both sums and of the product);
+//  - before a tile's full pass, each group's term of its element of largest |x|^3 * imp (the
+//    one clipping hurts most) is computed: the sequential f64 sum of all n terms is at least
+//    (1 - (n + K) 2^-53) times any f64 sum of K of them (here K = 1, where it is at least
+//    the term itself), so a group whose bound times 1 - (n + K + 4) 2^-52 is already >= best
+//    cannot improve either (exact: the margin covers every rounding of both sums and of the
+//    product), and a tile all of whose groups are ruled out is skipped;
+//  - the step parameters are computed lane-wise (int, NVFP4) with calculate_qparams'
+//    operations, and each block's rows are transposed into tiles once for all its steps;
 //  - f32 arithmetic is compiled without contraction (no FMA), as the definition rounds each
 //    product and difference.
 #ifndef QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_
