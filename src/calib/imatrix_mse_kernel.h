@@ -1,6 +1,7 @@
 // The imatrix_mse search's inner loop: per group of a block of rows, its error at every grid
 // step of a range, against its best so far. Two implementations of one definition:
-//   SearchBlockScalar: the definition, group by group, step by step (GroupErrorScalar).
+//   SearchBlockScalar: the definition, group by group, step by step (GroupErrorScalar;
+//     src/calib/imatrix_mse_scalar.cc).
 //   SearchBlock: Highway kernels (src/calib/imatrix_mse_kernel.cc, dynamic dispatch), equal to
 //     the scalar definition bit for bit on every target.
 //
