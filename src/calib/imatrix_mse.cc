@@ -151,7 +151,8 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   b.i0 = i0;
   b.i1 = i1;
   b.improved = improved;
-  const size_t block_rows = std::max<size_t>(1, (size_t{1} << 16) / in.cols);
+  // At least 16 rows: one group per row (the channel strategy) still fills 16 lanes.
+  const size_t block_rows = std::max<size_t>(16, (size_t{1} << 16) / in.cols);
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));

@@ -318,7 +318,9 @@ class ImatrixRunImpl : public ImatrixRun {
     std::vector<double> best(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
-    const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(cols, 1));
+    // About 64K weights, and at least 16 rows (SearchSteps' own block: whole-row groups fill
+    // its 16 lanes).
+    const size_t block = std::max<size_t>(16, (size_t(1) << 16) / std::max<size_t>(cols, 1));
     const std::vector<float>& imp = imp_;
     // Row-block-major: every step of a block while its rows are in cache (the kernel keeps
     // their f32 tiles across the steps); the union of the steps at which some group improved
