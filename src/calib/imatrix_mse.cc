@@ -7,6 +7,8 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "calib/imatrix_mse_kernel.h"
+#include "calib/imatrix_mse_rows.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {
@@ -84,88 +86,37 @@ bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp
          (imp.empty() || imp.size() == in.cols);
 }
 
-// |d|^norm as torch computes pow_ on an f32 tensor: exponent 3 and 2 are products.
-inline float PowNorm(float d, double norm) {
-  if (norm == 3.0) return d * d * d;
-  if (norm == 2.0) return d * d;
-  return std::pow(d, static_cast<float>(norm));
-}
-
-// Step i's shrunk range: p = 1 - i / grid in double; p * tensor multiplies in f32 (the
-// scalar cast to f32) and rounds to D.
-inline void StepRange(float m0, float M0, int i, const ImatrixOptions& o, DType d, float* mn,
-                      float* mx) {
-  const float p = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
-  *mn = RoundToDType(p * m0, d);
-  *mx = RoundToDType(p * M0, d);
-}
-
-// calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
-inline float Pos(float mn, float mx) {
-  return std::max(std::fabs(std::min(mn, 0.f)), std::fabs(std::max(mx, 0.f)));
-}
-
-// The FP4 scale of a step during the search (imatrix_mse.h): NVFP4 without scale_dtype or
-// global scale, RNE_D(pos / (bit_range / 2)) with the zero guard finfo(D).eps; MXFP4's E8M0.
-inline float SearchScale(float pos, ImatrixFormat f, DType d) {
-  if (f == ImatrixFormat::kMxfp4) return fp4::Mxfp4GroupScale(pos, d);
-  const float s = RoundToDType(pos / 6.0f, d);
-  return s == 0.f ? intq::internal::ScaleEps(d) : s;
-}
-
-// One group's error at step range (mn, mx): fake_quantize in D, then
-// sum |q - w|^norm * imp (accumulated in double).
-double GroupError(const float* x, const float* imp, size_t n, float mn, float mx,
-                  ImatrixFormat f, const Geometry& g, bool sym, DType d, double norm) {
-  double err = 0;
-  if (f == ImatrixFormat::kInt) {
-    // compressed-tensors _quantize_dequantize: x / s, + zp, clamp, round, (q - zp) * s.
-    const GroupParams p = intq::internal::ComputeParams(mn, mx, g.l, sym, d);
-    for (size_t j = 0; j < n; ++j) {
-      const int q = intq::internal::QuantizeValue(x[j], p, g.l, sym, d);
-      const float dq = RoundToDType(static_cast<float>(sym ? q : q - p.zp) * p.scale, d);
-      float e = PowNorm(std::fabs(dq - x[j]), norm);
-      if (imp != nullptr) e *= imp[j];
-      err += e;
-    }
-    return err;
-  }
-  // FP4: x / s in D, clamp to +-6 and cast_to_fp4 (exact in D), times s in D.
-  const float s = SearchScale(Pos(mn, mx), f, d);
-  for (size_t j = 0; j < n; ++j) {
-    const float q = fp4::RoundToE2M1(RoundToDType(x[j] / s, d));
-    const float dq = RoundToDType(q * s, d);
-    float e = PowNorm(std::fabs(dq - x[j]), norm);
-    if (imp != nullptr) e *= imp[j];
-    err += e;
-  }
-  return err;
-}
-
 // Row r of `in` as f32 into x; false on NaN/Inf.
 bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
-  for (size_t c = 0; c < in.cols; ++c) {
-    x[c] = ElementToF32(in.data, in.dtype, r * in.cols + c);
-    if (!std::isfinite(x[c])) return false;
+  const size_t esz = DTypeBits(in.dtype) / 8;
+  return internal::ToF32(in.data + r * in.cols * esz, in.dtype, in.cols, x.data());
+}
+
+// Row r's chosen ranges (mn, mx per group) from each group's min and max (amin / amax,
+// times expand = 1.0, a no-op in D) and its chosen step; x, m0, M0 are scratch.
+bool RowRanges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
+               const Geometry& g, size_t r, std::vector<float>& x, std::vector<float>& m0,
+               std::vector<float>& M0, float* mn, float* mx) {
+  if (!LoadRow(in, r, x)) return false;
+  internal::GroupMinMax(x.data(), g.n_groups, g.group, m0.data(), M0.data());
+  for (size_t k = 0; k < g.n_groups; ++k) {
+    internal::StepRange(m0[k], M0[k], steps[r * g.n_groups + k], o.grid, in.dtype, &mn[k],
+                        &mx[k]);
   }
   return true;
 }
 
-// Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
-// (amin / amax, times expand = 1.0, a no-op in D) and its chosen step.
+// Per group (rows x groups) its chosen range (mn, mx).
 bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
             const Geometry& g, std::vector<float>* mn,
             std::vector<float>* mx) {
-  std::vector<float> x(in.cols);
+  std::vector<float> x(in.cols), m0(g.n_groups), M0(g.n_groups);
   mn->resize(in.rows * g.n_groups);
   mx->resize(in.rows * g.n_groups);
   for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const size_t i = r * g.n_groups + k;
-      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group),
-                steps[i], o, in.dtype, &(*mn)[i], &(*mx)[i]);
+    if (!RowRanges(in, o, steps, g, r, x, m0, M0, mn->data() + r * g.n_groups,
+                   mx->data() + r * g.n_groups)) {
+      return false;
     }
   }
   return true;
@@ -178,62 +129,77 @@ size_t GroupColumns(const WeightChunk& in, ImatrixFormat f) {
   return MakeGeometry(in, f, &g) ? g.group : 0;
 }
 
-bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
-                const ImatrixOptions& o, uint32_t* masks) {
+namespace {
+
+// Steps i0..i1 over the rows, in blocks of about 64K weights (their f32 copies stay in
+// cache across the steps), through the kernel or the scalar definition.
+bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+              const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+              uint32_t* improved, bool scalar) {
   Geometry g;
-  if (!Valid(in, f, imp, o, &g)) return false;
-  const int last = LastStep(o);
-  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
-  std::vector<float> x(in.cols);
-  for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
-      const float m0 = *std::min_element(xg, xg + g.group);
-      const float M0 = *std::max_element(xg, xg + g.group);
-      double best = FLT_MAX;  // best_error starts at finfo(f32).max
-      uint32_t mask = 0;
-      for (int i = 0; i <= last; ++i) {
-        float mn, mx;
-        StepRange(m0, M0, i, o, in.dtype, &mn, &mx);
-        const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
-        if (err < best) {  // strict: the earliest of equal errors stays
-          best = err;
-          mask |= 1u << i;
-        }
-      }
-      masks[r * g.n_groups + k] = mask;
+  if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+  internal::Block b;
+  b.format = f;
+  b.dtype = in.dtype;
+  b.layout = g.l;
+  b.symmetric = f != ImatrixFormat::kInt || in.params.symmetric;
+  b.norm = o.norm;
+  b.grid = o.grid;
+  b.cols = in.cols;
+  b.group = g.group;
+  b.imp = imp.empty() ? nullptr : imp.data();
+  b.i0 = i0;
+  b.i1 = i1;
+  b.improved = improved;
+  // At least 16 rows: one group per row (the channel strategy) still fills 16 lanes.
+  const size_t block_rows = std::max<size_t>(16, (size_t{1} << 16) / in.cols);
+  // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
+  thread_local std::vector<float> x;
+  x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
+  for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
+    const size_t n = std::min(block_rows, in.rows - r0);
+    const size_t esz = DTypeBits(in.dtype) / 8;
+    if (!internal::ToF32(in.data + r0 * in.cols * esz, in.dtype, n * in.cols, x.data())) {
+      return false;
     }
+    b.x = x.data();
+    b.rows = n;
+    b.best = best + r0 * g.n_groups;
+    b.masks = masks + r0 * g.n_groups;
+    if (!(scalar ? internal::SearchBlockScalar(b) : internal::SearchBlock(b))) return false;
   }
   return true;
 }
 
+}  // namespace
+
+bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                 const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                 uint32_t* improved) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false);
+}
+
+bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                       const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                       uint32_t* improved) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/true);
+}
+
+bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                const ImatrixOptions& o, uint32_t* masks) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g)) return false;
+  std::vector<double> best(in.rows * g.n_groups, FLT_MAX);  // finfo(f32).max
+  std::fill_n(masks, in.rows * g.n_groups, 0u);
+  uint32_t improved = 0;
+  return SearchSteps(in, f, imp, o, 0, LastStep(o), best.data(), masks, &improved);
+}
+
 bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                 const ImatrixOptions& o, int i, double* best, uint32_t* masks, bool* improved) {
-  Geometry g;
-  if (!Valid(in, f, imp, o, &g) || i < 0 || i > LastStep(o)) return false;
-  const bool sym = f != ImatrixFormat::kInt || in.params.symmetric;
-  std::vector<float> x(in.cols);
-  bool any = false;
-  for (size_t r = 0; r < in.rows; ++r) {
-    if (!LoadRow(in, r, x)) return false;
-    for (size_t k = 0; k < g.n_groups; ++k) {
-      const float* xg = x.data() + k * g.group;
-      const float* ig = imp.empty() ? nullptr : imp.data() + k * g.group;
-      float mn, mx;
-      StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group), i, o,
-                in.dtype, &mn, &mx);
-      const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
-      const size_t j = r * g.n_groups + k;
-      if (err < best[j]) {
-        best[j] = err;
-        masks[j] |= 1u << i;
-        any = true;
-      }
-    }
-  }
-  *improved = any;
+  uint32_t bits = 0;
+  if (!SearchSteps(in, f, imp, o, i, i, best, masks, &bits)) return false;
+  *improved = bits != 0;
   return true;
 }
 
@@ -243,7 +209,7 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
   if (!MakeGeometry(in, f, &g)) return false;
   std::vector<float> mn, mx;
   if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
-  for (size_t i = 0; i < mn.size(); ++i) pos[i] = Pos(mn[i], mx[i]);
+  for (size_t i = 0; i < mn.size(); ++i) pos[i] = internal::Pos(mn[i], mx[i]);
   return true;
 }
 
@@ -303,33 +269,41 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
                        bool packed, const ChunkOutputs& out) {
   Geometry g;
   if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
-  std::vector<float> mn, mx;
-  if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   const Layout& l = g.l;
   const size_t rows = in.rows, n = in.cols, ng = g.n_groups;
   const bool sym = in.params.symmetric;
   const size_t ssz = DTypeBits(in.dtype) / 8;
+  std::vector<float> x(n), m0(ng), M0(ng), mn(ng), mx(ng);
   std::vector<GroupParams> params(ng);
   std::vector<int8_t> codes(n);
   std::vector<int8_t> zps(rows * ng);
   std::vector<uint8_t> u(n);
   const size_t row_bytes = l.words_per_row * 4;
   for (size_t r = 0; r < rows; ++r) {
+    if (!RowRanges(in, o, steps, g, r, x, m0, M0, mn.data(), mx.data())) return false;
     for (size_t k = 0; k < ng; ++k) {
-      params[k] = intq::internal::ComputeParams(mn[r * ng + k], mx[r * ng + k], l, sym,
-                                                in.dtype);
+      // get_qparams: calculate_qparams on the chosen min and max; the compressor then
+      // quantizes the weight with them, as round to nearest does with min-max ones.
+      params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
       intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
       zps[r * ng + k] = static_cast<int8_t>(params[k].zp);
     }
-    for (size_t c = 0; c < n; ++c) {
-      const float v = ElementToF32(in.data, in.dtype, r * n + c);
-      codes[c] = static_cast<int8_t>(
-          intq::internal::QuantizeValue(v, params[c / l.group], l, sym, in.dtype));
-    }
+    internal::IntCodes(x.data(), n, l.group, params.data(), l, sym, in.dtype, codes.data());
     if (packed) {
       // pack_to_int32: u = q + 2^(b-1), dense along the row.
-      for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + (1 << (l.bits - 1)));
-      intq::internal::PackRowScalar(u.data(), n, l.bits, out.out[0] + r * row_bytes);
+      uint8_t* dst = out.out[0] + r * row_bytes;
+      const uint8_t off = static_cast<uint8_t>(1 << (l.bits - 1));
+      if (l.bits == 4 && n % 8 == 0) {
+        // Element i in bits 4i..4i+3 of the little-endian word stream: byte i / 2, the even
+        // element in the low nibble; n % 8 == 0 fills whole words.
+        for (size_t c = 0; c < n; c += 2) {
+          dst[c / 2] = static_cast<uint8_t>(((codes[c] + off) & 0xF) |
+                                            (((codes[c + 1] + off) & 0xF) << 4));
+        }
+      } else {
+        for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + off);
+        intq::internal::PackRowScalar(u.data(), n, l.bits, dst);
+      }
     } else {
       std::copy_n(reinterpret_cast<const uint8_t*>(codes.data()), n, out.out[0] + r * n);
     }

@@ -78,6 +78,18 @@ size_t GroupColumns(const WeightChunk& in, ImatrixFormat f);
 bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                 const ImatrixOptions& o, uint32_t* masks);
 
+// Steps i0..i1 of the search over the rows: each group's error at each step against its best
+// so far (`best`, rows x groups, FLT_MAX before step 0), updating best and setting bit i of
+// the mask of every group that improved at step i, and of *improved. SearchSteps runs the
+// Highway kernels (calib/imatrix_mse_kernel.h), SearchStepsScalar the scalar definition:
+// the same results bit for bit. False on NaN/Inf or bad parameters.
+bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                 const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                 uint32_t* improved);
+bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+                       const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+                       uint32_t* improved);
+
 // One step of the search over the rows, step-major (the pipeline's whole-tensor pass, which
 // so runs steps 0..stop only): each group's error at step i against its best so far
 // (`best`, rows x groups, FLT_MAX before step 0), updating best and setting bit i of the

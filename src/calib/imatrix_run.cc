@@ -317,41 +317,38 @@ class ImatrixRunImpl : public ImatrixRun {
     std::vector<uint32_t> masks(rows * ng, 0u);
     std::vector<double> best(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
     std::atomic<bool> finite{true};
-    const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(cols, 1));
+    std::atomic<uint32_t> improved{0};
+    // About 64K weights, and at least 16 rows (SearchSteps' own block: whole-row groups fill
+    // its 16 lanes).
+    const size_t block = std::max<size_t>(16, (size_t(1) << 16) / std::max<size_t>(cols, 1));
     const std::vector<float>& imp = imp_;
-    // Step-major: every group's error at step i, then the reference's patience rule over the
-    // whole tensor decides whether step i + 1 runs; so exactly steps 0..stop are searched.
+    // Row-block-major: every step of a block while its rows are in cache (the kernel keeps
+    // their f32 tiles across the steps); the union of the steps at which some group improved
+    // then gives the reference's patience stop over the whole tensor, and each group keeps
+    // its last improvement at or before it (ChosenStep): what the reference's step-major
+    // search over steps 0..stop keeps.
     const int last = LastStep(opt_);
-    int stop = last, no_improve = 0;
-    for (int i = 0; i <= last && finite; ++i) {
-      std::atomic<bool> improved{false};
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
-                        [&](const tbb::blocked_range<size_t>& r) {
-        const size_t n = r.end() - r.begin();
-        const uint8_t* src = base + r.begin() * cols * esz;
-        std::vector<uint8_t> pruned;
-        if (pt.prune) {
-          pruned.resize(n * cols * esz);
-          if (!PruneRows(pt, src, r.begin(), n, pruned.data())) {
-            finite = false;
-            return;
-          }
-          src = pruned.data();
-        }
-        bool any = false;
-        if (!StepUpdate(chunk_of(src, n), f, imp, opt_, i, best.data() + r.begin() * ng,
-                        masks.data() + r.begin() * ng, &any)) {
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                      [&](const tbb::blocked_range<size_t>& r) {
+      const size_t n = r.end() - r.begin();
+      const uint8_t* src = base + r.begin() * cols * esz;
+      std::vector<uint8_t> pruned;
+      if (pt.prune) {
+        pruned.resize(n * cols * esz);
+        if (!PruneRows(pt, src, r.begin(), n, pruned.data())) {
           finite = false;
+          return;
         }
-        if (any) improved = true;
-      });
-      if (improved) {
-        no_improve = 0;
-      } else if (++no_improve, opt_.patience > 0 && no_improve >= opt_.patience) {
-        stop = i;  // the reference breaks after this step's (empty) update
-        break;
+        src = pruned.data();
       }
-    }
+      uint32_t bits = 0;
+      if (!SearchSteps(chunk_of(src, n), f, imp, opt_, 0, last, best.data() + r.begin() * ng,
+                       masks.data() + r.begin() * ng, &bits)) {
+        finite = false;
+      }
+      improved.fetch_or(bits);
+    });
+    const int stop = StopStep(improved.load(), opt_);
     map_->Release(pt.src_offset, pt.src_bytes);
     auto steps = std::make_shared<std::vector<uint8_t>>();
     if (!finite) {

@@ -347,7 +347,7 @@ constexpr int Log2(size_t n = kN) {
 // NVFP4 and MXFP4: pass 3 packs FP4 nibbles from (even, odd) element pairs, one pair per
 // f32 lane, Lanes(df) pairs (one or more groups, or part of one) per step.
 template <DType D, size_t kGroup, bool kNv>
-bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out) {
+bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges = nullptr) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   constexpr size_t kPairsPerGroup = kGroup / 2;
   const hn::CappedTag<float, 16> df;
@@ -364,6 +364,16 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out) {
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
+    if (ranges != nullptr) {
+      // Given ranges (values of D, >= 0: imatrix_mse's chosen ones) in place of the
+      // groups' max |x|, as D's bit patterns.
+      for (size_t g = 0; g < n_groups; ++g) {
+        const float v = ranges[r * n_groups + g];
+        s.amax[g] = D == DType::kF32 ? F32ToBits(v)
+                    : D == DType::kBF16 ? F32ToBits(v) >> 16
+                                        : F32ToF16(v);
+      }
+    }
     if constexpr (kNv) {
       Nvfp4Scales<D>(s.amax.get(), n_groups, in.params.global_scale, s.codes.get(),
                      s.factor.get());
@@ -463,6 +473,24 @@ bool Mxfp4Kernel(const WeightChunk& in, const ChunkOutputs& out) {
   }
 }
 
+bool Nvfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  switch (in.dtype) {
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, ranges);
+    case DType::kF16: return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, ranges);
+    case DType::kF32: return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, ranges);
+    default: return false;
+  }
+}
+
+bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  switch (in.dtype) {
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, ranges);
+    case DType::kF16: return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, ranges);
+    case DType::kF32: return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, ranges);
+    default: return false;
+  }
+}
+
 bool Mxfp8Kernel(const WeightChunk& in, const ChunkOutputs& out) {
   switch (in.dtype) {
     case DType::kBF16: return Mxfp8Impl<DType::kBF16>(in, out);
@@ -491,6 +519,8 @@ namespace quench::fp4 {
 HWY_EXPORT(Nvfp4Kernel);
 HWY_EXPORT(Mxfp4Kernel);
 HWY_EXPORT(Mxfp8Kernel);
+HWY_EXPORT(Nvfp4RangesKernel);
+HWY_EXPORT(Mxfp4RangesKernel);
 HWY_EXPORT(AbsMaxKernel);
 
 namespace {
@@ -596,12 +626,20 @@ bool QuantizeMxfp8Scalar(const WeightChunk& in, const ChunkOutputs& out) {
   return QuantizeMxScalar(in, nullptr, out, /*fp4=*/false);
 }
 
-bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
   return Nvfp4Scalar(in, ranges, out);
 }
 
-bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
   return QuantizeMxScalar(in, ranges, out, /*fp4=*/true);
+}
+
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  return Valid(in, kNvfp4Group) && HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out);
+}
+
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+  return Valid(in, kMxGroup) && HWY_DYNAMIC_DISPATCH(Mxfp4RangesKernel)(in, ranges, out);
 }
 
 float Mxfp4GroupScale(float amax, DType dtype) {

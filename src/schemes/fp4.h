@@ -34,6 +34,11 @@ bool QuantizeMxfp8(const WeightChunk& in, const ChunkOutputs& out);
 // dtype, >= 0) in place of the group's max |x|: the imatrix_mse observer's chosen ranges
 // (src/calib/imatrix_mse.h), which calculate_qparams turns into scales as it does min-max
 // ones. False on NaN or Inf in the rows.
+// The *Scalar forms are the references; the others the Highway kernels (same bytes).
+bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges,
+                               const ChunkOutputs& out);
+bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges,
+                               const ChunkOutputs& out);
 bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
 bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
 // The scale (a value of the dtype, as f32; may be +inf) MXFP4 quantizes a group of range

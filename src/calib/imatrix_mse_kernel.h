@@ -1,0 +1,100 @@
+// The imatrix_mse search's inner loop: per group of a block of rows, its error at every grid
+// step of a range, against its best so far. Two implementations of one definition:
+//   SearchBlockScalar: the definition, group by group, step by step (GroupErrorScalar;
+//     src/calib/imatrix_mse_scalar.cc).
+//   SearchBlock: Highway kernels (src/calib/imatrix_mse_kernel.cc, dynamic dispatch), equal to
+//     the scalar definition bit for bit on every target.
+//
+// The definition (imatrix_mse.h has where each rule comes from): per group, with m0, M0 its
+// min and max and step i's range mn = RNE_D(p_i * m0), mx = RNE_D(p_i * M0):
+//   int:  scale, zp = calculate_qparams(mn, mx);  q = round(clamp(RNE_D(RNE_D(x / s) + zp)))
+//         (no + zp when symmetric);  dq = RNE_D((q - zp) * s)
+//   FP4:  s = the search scale of pos = max(|min(mn, 0)|, max(mx, 0));
+//         dq = RNE_D(E2M1(RNE_D(x / s)) * s)
+//   e_j = |dq_j - x_j|^norm * imp_j, in f32 (norm 3: (d * d) * d; 2: d * d; else powf)
+//   err = ((0 + e_0) + e_1) + ... + e_{n-1}, each + in f64 (the e_j widened exactly)
+//   err < best (strict) -> best = err, bit i of the group's mask set, bit i of *improved set.
+// (torch sums err in f32 in its own vectorised order, which depends on the CPU; the f64 sum
+// in element order is quench's fixed stand-in since the observer was built, and the golden
+// tests against the reference's bytes pin that it chooses the same steps.)
+//
+// How the kernels keep those bytes while doing less work:
+//  - lanes run across groups (lane l of a tile is one group, its elements down the tile), so
+//    each lane adds its group's terms in the definition's order, in f64: the sums are the
+//    scalar sums bit for bit whatever the vector width;
+//  - the terms are non-negative, so the partial sums never decrease: a group whose partial
+//    sum reached its best cannot improve, and a tile stops once every lane has (exact);
+//  - before a tile's full pass, each group's term of its element of largest |x|^3 * imp (the
+//    one clipping hurts most) is computed: the sequential f64 sum of all n terms is at least
+//    (1 - (n + K) 2^-53) times any f64 sum of K of them (here K = 1, where it is at least
+//    the term itself), so a group whose bound times 1 - (n + K + 4) 2^-52 is already >= best
+//    cannot improve either (exact: the margin covers every rounding of both sums and of the
+//    product), and a tile all of whose groups are ruled out is skipped;
+//  - the step parameters are computed lane-wise (int, NVFP4) with calculate_qparams'
+//    operations, and each block's rows are transposed into tiles once for all its steps;
+//  - f32 arithmetic is compiled without contraction (no FMA), as the definition rounds each
+//    product and difference.
+#ifndef QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_
+#define QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "calib/imatrix_mse.h"
+#include "quench/dtype.h"
+#include "schemes/int_shared.h"
+
+namespace quench::calib::internal {
+
+// One block of rows in f32 (finite values), searched over steps i0..i1.
+struct Block {
+  ImatrixFormat format = ImatrixFormat::kInt;
+  DType dtype = DType::kBF16;
+  intq::internal::Layout layout{};  // kInt: bits, qmin, qmax (group and n_groups unused)
+  bool symmetric = true;            // kInt only (FP4 is symmetric)
+  double norm = 3.0;
+  int grid = 20;                    // p_i = 1 - i / grid
+  const float* x = nullptr;         // rows x cols
+  size_t rows = 0, cols = 0, group = 0;
+  const float* imp = nullptr;       // cols values, or nullptr (every weight counts 1)
+  int i0 = 0, i1 = 0;
+  double* best = nullptr;           // rows x (cols / group), FLT_MAX before step 0
+  uint32_t* masks = nullptr;        // rows x (cols / group)
+  uint32_t* improved = nullptr;     // |= bit i when some group improved at step i
+};
+
+// Step i's range (mn, mx) of a group with min m0 and max M0: p = 1 - i / grid in double,
+// p * tensor multiplies in f32 (the scalar cast to f32) and rounds to D.
+inline void StepRange(float m0, float M0, int i, int grid, DType d, float* mn, float* mx) {
+  const float p = static_cast<float>(1.0 - static_cast<double>(i) / grid);
+  *mn = intq::internal::RoundToDType(p * m0, d);
+  *mx = intq::internal::RoundToDType(p * M0, d);
+}
+
+// calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
+float Pos(float mn, float mx);
+
+// The scale (and zero point, int) a group's step range gives during the search.
+struct StepParams {
+  float scale;
+  float zp;  // 0 for symmetric and FP4
+};
+StepParams ParamsOf(const Block& b, float mn, float mx);
+
+// One group's error (the definition) with the given parameters.
+double GroupErrorScalar(const Block& b, const float* x, const float* imp, size_t n,
+                        StepParams p);
+
+// The definition, and the kernel (dynamic dispatch); both return false on bad parameters.
+bool SearchBlockScalar(const Block& b);
+bool SearchBlock(const Block& b);
+
+// The kernel's per-group error for given parameters (one per group of the block's rows):
+// err[g] equals GroupErrorScalar whenever that is below bound[g]; otherwise it is some value
+// >= bound[g] (the kernel stopped early). For the kernel test.
+void GroupErrorsKernel(const Block& b, const StepParams* params, const double* bound,
+                       double* err);
+
+}  // namespace quench::calib::internal
+
+#endif  // QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_

@@ -1,0 +1,158 @@
+// Row helpers of the imatrix_mse observer (see imatrix_mse_rows.h), compiled once per
+// Highway target through foreach_target.
+
+// As in imatrix_mse_kernel.cc: the definition rounds every product and difference, so
+// GCC's contraction into FMAs is off for this file.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "calib/imatrix_mse_rows.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "schemes/float_formats.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_rows.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "schemes/rounding-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace quench::calib::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace rd = quench::HWY_NAMESPACE::rounding;
+
+using DF = hn::ScalableTag<float>;
+
+template <DType D>
+bool ToF32Impl(const uint8_t* src, size_t n, float* dst) {
+  // Inf and NaN are found on the raw patterns (the f16 widening is exact for finite values
+  // only), then the values are widened.
+  using T = typename rd::Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  const auto m = rd::AbsBitsMax<D>(src, n, hn::Zero(dt));
+  if (rd::ReduceMax(dt, m) >= rd::Traits<D>::kInfBits) return false;
+  const DF df;
+  const size_t L = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + L <= n; i += L) hn::StoreU(rd::LoadF32<D>(df, src + i * sizeof(T)), df, dst + i);
+  for (; i < n; ++i) dst[i] = ElementToF32(src, D, i);
+  return true;
+}
+
+bool ToF32Kernel(const uint8_t* src, DType d, size_t n, float* dst) {
+  switch (d) {
+    case DType::kBF16: return ToF32Impl<DType::kBF16>(src, n, dst);
+    case DType::kF16: return ToF32Impl<DType::kF16>(src, n, dst);
+    default: return ToF32Impl<DType::kF32>(src, n, dst);
+  }
+}
+
+void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {
+  const DF df;
+  const size_t L = hn::Lanes(df);
+  if (group % L != 0) {
+    for (size_t g = 0; g < n_groups; ++g) {
+      const float* xg = x + g * group;
+      mn[g] = *std::min_element(xg, xg + group);
+      mx[g] = *std::max_element(xg, xg + group);
+    }
+    return;
+  }
+  for (size_t g = 0; g < n_groups; ++g) {
+    const float* xg = x + g * group;
+    auto lo = hn::LoadU(df, xg);
+    auto hi = lo;
+    for (size_t j = L; j < group; j += L) {
+      const auto v = hn::LoadU(df, xg + j);
+      lo = hn::Min(lo, v);
+      hi = hn::Max(hi, v);
+    }
+    mn[g] = hn::GetLane(hn::MinOfLanes(df, lo));
+    mx[g] = hn::GetLane(hn::MaxOfLanes(df, hi));
+  }
+}
+
+// QuantizeValue on Lanes(df) values: RNE_D(x / s), + zp in D (asymmetric), clamp, round
+// half to even (1.5 * 2^23 added and taken away: exact for |v| <= 2^22, as in
+// imatrix_mse_kernel.cc), then the integer.
+template <DType D, bool kSym>
+void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+                  const intq::internal::Layout& l, int8_t* codes) {
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<int8_t, DF> d8;
+  const size_t L = hn::Lanes(df);
+  const auto lo = hn::Set(df, static_cast<float>(l.qmin));
+  const auto hi = hn::Set(df, static_cast<float>(l.qmax));
+  const auto magic = hn::Set(df, 12582912.0f);
+  for (size_t g = 0; g * group < n; ++g) {
+    const auto s = hn::Set(df, p[g].scale);
+    const auto zp = hn::Set(df, static_cast<float>(p[g].zp));
+    for (size_t j = g * group; j < (g + 1) * group; j += L) {
+      auto v = rd::RoundToDType<D>(df, hn::Div(hn::LoadU(df, x + j), s));
+      if constexpr (!kSym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
+      v = hn::Sub(hn::Add(hn::Min(hn::Max(v, lo), hi), magic), magic);
+      hn::StoreU(hn::DemoteTo(d8, hn::ConvertTo(di, v)), d8, codes + j);
+    }
+  }
+}
+
+void IntCodesKernel(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+                    const intq::internal::Layout& l, bool symmetric, DType d, int8_t* codes) {
+  const DF df;
+  if (group % hn::Lanes(df) != 0) {
+    for (size_t c = 0; c < n; ++c) {
+      codes[c] = static_cast<int8_t>(
+          intq::internal::QuantizeValue(x[c], p[c / group], l, symmetric, d));
+    }
+    return;
+  }
+  auto run = [&](auto d_tag) {
+    constexpr DType D = decltype(d_tag)::value;
+    if (symmetric) {
+      IntCodesImpl<D, true>(x, n, group, p, l, codes);
+    } else {
+      IntCodesImpl<D, false>(x, n, group, p, l, codes);
+    }
+  };
+  switch (d) {
+    case DType::kBF16: run(std::integral_constant<DType, DType::kBF16>()); break;
+    case DType::kF16: run(std::integral_constant<DType, DType::kF16>()); break;
+    default: run(std::integral_constant<DType, DType::kF32>()); break;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::calib::internal
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace quench::calib::internal {
+
+HWY_EXPORT(ToF32Kernel);
+HWY_EXPORT(GroupMinMaxKernel);
+HWY_EXPORT(IntCodesKernel);
+
+bool ToF32(const uint8_t* src, DType d, size_t n, float* dst) {
+  if (n == 0) return true;
+  return HWY_DYNAMIC_DISPATCH(ToF32Kernel)(src, d, n, dst);
+}
+
+void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {
+  HWY_DYNAMIC_DISPATCH(GroupMinMaxKernel)(x, n_groups, group, mn, mx);
+}
+
+void IntCodes(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+              const intq::internal::Layout& l, bool symmetric, DType d, int8_t* codes) {
+  HWY_DYNAMIC_DISPATCH(IntCodesKernel)(x, n, group, p, l, symmetric, d, codes);
+}
+
+}  // namespace quench::calib::internal
+#endif  // HWY_ONCE

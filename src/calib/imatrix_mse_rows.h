@@ -1,0 +1,33 @@
+// Row helpers of the imatrix_mse observer around its search (src/calib/imatrix_mse_rows.cc,
+// Highway kernels with dynamic dispatch): weights as f32, each group's min and max, and the
+// int codes of the chosen parameters. Each equals its scalar form (ElementToF32, min_element
+// / max_element up to the sign of a zero, intq::internal::QuantizeValue) value for value.
+#ifndef QUENCH_CALIB_IMATRIX_MSE_ROWS_H_
+#define QUENCH_CALIB_IMATRIX_MSE_ROWS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quench/dtype.h"
+#include "schemes/int_shared.h"
+
+namespace quench::calib::internal {
+
+// n elements of dtype d (bf16, f16, f32) at src as f32 into dst; false if any is NaN or
+// Inf (dst then undefined).
+bool ToF32(const uint8_t* src, DType d, size_t n, float* dst);
+
+// Per group of `group` consecutive values of x (n_groups of them): its min and max. A zero
+// may come back with either sign where the group holds both (no parameter depends on it:
+// calculate_qparams clamps with 0 first, and every use of the range is a product with it,
+// a difference with 0, or an absolute value).
+void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx);
+
+// The codes of n values x in groups of `group` with per-group parameters p:
+// codes[c] = QuantizeValue(x[c], p[c / group], l, symmetric, d).
+void IntCodes(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+              const intq::internal::Layout& l, bool symmetric, DType d, int8_t* codes);
+
+}  // namespace quench::calib::internal
+
+#endif  // QUENCH_CALIB_IMATRIX_MSE_ROWS_H_

@@ -1,0 +1,377 @@
+// The imatrix_mse search kernels (src/calib/imatrix_mse_kernel.h, imatrix_mse_rows.h)
+// against the scalar definition, on every Highway target this CPU runs: the same best
+// errors (bit for bit), improvement masks and improved steps, on random weights and on
+// adversarial ones (ties between steps and between groups, constant and all-zero groups,
+// signed zeros, near-overflow ranges that the scalar path takes, subnormals, zero and huge
+// importance), and per group errors compared against bounds at the definition's value and
+// one ulp either side of it (where a best step changes at the last ulp).
+#include <doctest/doctest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_kernel.h"
+#include "calib/imatrix_mse_rows.h"
+#include "kernel_test_util.h"
+#include "quench/dtype.h"
+#include "schemes/float_formats.h"
+#include "schemes/fp4.h"
+#include "schemes/int_shared.h"
+
+namespace quench::testing {
+namespace {
+
+using calib::ImatrixFormat;
+
+struct Case {
+  DType dtype;
+  ImatrixFormat format;
+  int bits = 4;
+  int group = 128;  // int only (0: one group per row)
+  bool symmetric = true;
+  double norm = 3.0;
+  bool uniform = false;
+};
+
+std::string Label(const Case& c) {
+  const char* f = c.format == ImatrixFormat::kInt     ? "int"
+                  : c.format == ImatrixFormat::kNvfp4 ? "nvfp4"
+                                                      : "mxfp4";
+  return std::string(DTypeLabel(c.dtype)) + " " + f + " b" + std::to_string(c.bits) + " g" +
+         std::to_string(c.group) + (c.symmetric ? " sym" : " asym") + " norm " +
+         std::to_string(c.norm) + (c.uniform ? " uniform" : "");
+}
+
+// Weights of the case's dtype: rows x cols raw bytes from f32 values (rounded to D).
+struct Weights {
+  std::vector<uint8_t> raw;
+  std::vector<float> imp;
+  WeightChunk in;
+};
+
+Weights Make(const Case& c, size_t rows, size_t cols, const std::vector<float>& values,
+             const std::vector<float>& imp) {
+  Weights w;
+  w.raw.resize(rows * cols * ElemBytes(c.dtype));
+  for (size_t i = 0; i < rows * cols; ++i) PutElem(&w.raw[i * ElemBytes(c.dtype)], c.dtype, values[i]);
+  w.imp = c.uniform ? std::vector<float>() : imp;
+  w.in.data = w.raw.data();
+  w.in.dtype = c.dtype;
+  w.in.rows = rows;
+  w.in.cols = cols;
+  w.in.params.bits = c.bits;
+  w.in.params.group_size = c.group;
+  w.in.params.symmetric = c.symmetric;
+  return w;
+}
+
+// Runs every step (0..last) with the kernel and the definition and compares all results.
+void CompareSearch(const Case& c, const Weights& w) {
+  calib::ImatrixOptions o;
+  o.norm = c.norm;
+  const size_t gc = calib::GroupColumns(w.in, c.format);
+  REQUIRE(gc > 0);
+  const size_t groups = w.in.rows * (w.in.cols / gc);
+  std::vector<double> best_k(groups, FLT_MAX), best_s(groups, FLT_MAX);
+  std::vector<uint32_t> masks_k(groups, 0u), masks_s(groups, 0u);
+  uint32_t imp_k = 0, imp_s = 0;
+  const int last = calib::LastStep(o);
+  REQUIRE(calib::SearchStepsScalar(w.in, c.format, w.imp, o, 0, last, best_s.data(),
+                                   masks_s.data(), &imp_s));
+  // In two ranges of steps, as a caller may run them.
+  REQUIRE(calib::SearchSteps(w.in, c.format, w.imp, o, 0, 6, best_k.data(), masks_k.data(),
+                             &imp_k));
+  REQUIRE(calib::SearchSteps(w.in, c.format, w.imp, o, 7, last, best_k.data(), masks_k.data(),
+                             &imp_k));
+  CHECK(imp_k == imp_s);
+  size_t diff = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    if (std::memcmp(&best_k[g], &best_s[g], sizeof(double)) != 0 || masks_k[g] != masks_s[g]) {
+      if (diff++ < 3) {
+        MESSAGE("group " << g << ": kernel " << best_k[g] << " mask " << masks_k[g]
+                         << ", scalar " << best_s[g] << " mask " << masks_s[g]);
+      }
+    }
+  }
+  CHECK(diff == 0);
+}
+
+// Per group errors: the kernel's against the definition's with bounds at the value and one
+// ulp (of f64) either side, +Inf and 0.
+void CompareErrors(const Case& c, const Weights& w, int step) {
+  calib::ImatrixOptions o;
+  o.norm = c.norm;
+  const size_t gc = calib::GroupColumns(w.in, c.format);
+  const size_t groups = w.in.rows * (w.in.cols / gc);
+  std::vector<float> x(w.in.rows * w.in.cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = ElementToF32(w.in.data, c.dtype, i);
+  calib::internal::Block b;
+  b.format = c.format;
+  b.dtype = c.dtype;
+  REQUIRE(intq::internal::MakeLayout(w.in, &b.layout));
+  b.symmetric = c.format != ImatrixFormat::kInt || c.symmetric;
+  b.norm = c.norm;
+  b.grid = o.grid;
+  b.x = x.data();
+  b.rows = w.in.rows;
+  b.cols = w.in.cols;
+  b.group = gc;
+  b.imp = w.imp.empty() ? nullptr : w.imp.data();
+  std::vector<calib::internal::StepParams> params(groups);
+  std::vector<double> want(groups);
+  const size_t ng = w.in.cols / gc;
+  for (size_t g = 0; g < groups; ++g) {
+    const float* xg = x.data() + g * gc;
+    float mn, mx;
+    calib::internal::StepRange(*std::min_element(xg, xg + gc), *std::max_element(xg, xg + gc),
+                               step, o.grid, c.dtype, &mn, &mx);
+    params[g] = calib::internal::ParamsOf(b, mn, mx);
+    want[g] = calib::internal::GroupErrorScalar(b, xg, b.imp == nullptr ? nullptr : b.imp + (g % ng) * gc,
+                                                gc, params[g]);
+  }
+  for (int which = 0; which < 5; ++which) {
+    std::vector<double> bound(groups), got(groups);
+    for (size_t g = 0; g < groups; ++g) {
+      bound[g] = which == 0   ? HUGE_VAL
+                 : which == 1 ? want[g]
+                 : which == 2 ? std::nextafter(want[g], HUGE_VAL)
+                 : which == 3 ? std::nextafter(want[g], -HUGE_VAL)
+                              : 0.0;
+    }
+    calib::internal::GroupErrorsKernel(b, params.data(), bound.data(), got.data());
+    size_t diff = 0;
+    for (size_t g = 0; g < groups; ++g) {
+      const bool below = want[g] < bound[g];
+      const bool ok = below ? std::memcmp(&got[g], &want[g], sizeof(double)) == 0
+                            : !(got[g] < bound[g]);
+      if (!ok && diff++ < 3) {
+        MESSAGE("bound kind " << which << " group " << g << ": want " << want[g] << " got "
+                              << got[g] << " bound " << bound[g]);
+      }
+    }
+    CHECK(diff == 0);
+  }
+}
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+    cases.push_back({d, ImatrixFormat::kInt, 4, 128, true});
+    cases.push_back({d, ImatrixFormat::kInt, 4, 32, false});
+    cases.push_back({d, ImatrixFormat::kInt, 8, 0, true});     // channel
+    cases.push_back({d, ImatrixFormat::kInt, 2, 8, false});    // groups narrower than a vector
+    cases.push_back({d, ImatrixFormat::kInt, 4, 16, true, 2.0});
+    cases.push_back({d, ImatrixFormat::kInt, 4, 16, true, 3.0, true});
+    cases.push_back({d, ImatrixFormat::kInt, 3, 32, false, 2.5});  // powf: the definition
+    cases.push_back({d, ImatrixFormat::kNvfp4});
+    cases.push_back({d, ImatrixFormat::kNvfp4, 4, 128, true, 2.0, true});
+    cases.push_back({d, ImatrixFormat::kMxfp4});
+  }
+  return cases;
+}
+
+// Random weights: per row a scale over four decades, heavy-tailed values (a few outliers per
+// group), some exact duplicates; importance log-uniform over four decades with zeros.
+void RandomValues(std::mt19937& rng, size_t rows, size_t cols, std::vector<float>* v,
+                  std::vector<float>* imp) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  v->resize(rows * cols);
+  for (size_t r = 0; r < rows; ++r) {
+    const float scale = std::pow(10.f, -3.f + 4.f * u(rng));
+    for (size_t c = 0; c < cols; ++c) {
+      float x = normal(rng) * scale;
+      if (u(rng) < 0.02f) x *= 8.f;
+      if (c > 0 && u(rng) < 0.05f) x = (*v)[r * cols + c - 1];
+      (*v)[r * cols + c] = x;
+    }
+  }
+  imp->resize(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    (*imp)[c] = u(rng) < 0.05f ? 0.f : std::pow(10.f, -2.f + 4.f * u(rng));
+  }
+}
+
+// Adversarial rows (cols = 128): constant groups, all zeros, signed zeros at the extremes,
+// one nonzero, identical groups side by side, values at the dtype's limits (whose int
+// ranges overflow D: the scalar path), subnormals, halves and E2M1 midpoints of a scale.
+void AdversarialValues(DType d, size_t cols, std::vector<float>* v, std::vector<float>* imp) {
+  const float big = DTypeMax(d);
+  const float tiny = d == DType::kF16 ? 6e-8f : d == DType::kBF16 ? 1e-38f : 1e-40f;
+  std::vector<std::vector<float>> rows;
+  rows.push_back(std::vector<float>(cols, 0.f));
+  rows.push_back(std::vector<float>(cols, 0.75f));
+  rows.push_back(std::vector<float>(cols, -3.f));
+  std::vector<float> r(cols, 0.f);
+  for (size_t c = 0; c < cols; c += 2) r[c] = -0.f;
+  rows.push_back(r);
+  r.assign(cols, 0.f);
+  r[5] = 1.f;
+  r[cols - 1] = -0.f;
+  rows.push_back(r);
+  for (size_t c = 0; c < cols; ++c) r[c] = (c % 16) * 0.25f - 2.f;  // identical groups
+  rows.push_back(r);
+  for (size_t c = 0; c < cols; ++c) r[c] = (c % 2 ? big : -big) * (c % 3 ? 1.f : 0.5f);
+  rows.push_back(r);
+  for (size_t c = 0; c < cols; ++c) r[c] = tiny * static_cast<float>(c % 7) * (c % 2 ? 1 : -1);
+  rows.push_back(r);
+  for (size_t c = 0; c < cols; ++c) r[c] = 0.5f + 0.25f * static_cast<float>(c % 24);
+  rows.push_back(r);
+  for (size_t c = 0; c < cols; ++c) r[c] = (c % 8 == 0 ? 6.f : 0.f) + 0.25f * (c % 5);
+  rows.push_back(r);
+  v->clear();
+  for (const auto& row : rows) v->insert(v->end(), row.begin(), row.end());
+  imp->assign(cols, 1.f);
+  for (size_t c = 0; c < cols; ++c) {
+    (*imp)[c] = c % 11 == 0 ? 0.f : c % 13 == 0 ? 1e30f : c % 17 == 0 ? -0.f : 1.f + c % 3;
+  }
+}
+
+TEST_CASE("imatrix_mse kernel equals the scalar definition on random weights, every target") {
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(18);
+    for (const Case& c : Cases()) {
+      for (size_t cols : {size_t{128}, size_t{384}}) {
+        const size_t rows = cols == 128 ? 37 : 5;  // tiles that end mid-row and padded lanes
+        std::vector<float> v, imp;
+        RandomValues(rng, rows, cols, &v, &imp);
+        const Weights w = Make(c, rows, cols, v, imp);
+        CAPTURE(target);
+        CAPTURE(Label(c));
+        CAPTURE(cols);
+        CompareSearch(c, w);
+        CompareErrors(c, w, 0);
+        CompareErrors(c, w, 9);
+      }
+    }
+  });
+  MESSAGE("targets: " << targets.size());
+  CHECK(!targets.empty());
+}
+
+TEST_CASE("imatrix_mse kernel equals the scalar definition on adversarial weights") {
+  ForEachTarget([&](const std::string& target) {
+    for (const Case& c : Cases()) {
+      std::vector<float> v, imp;
+      AdversarialValues(c.dtype, 128, &v, &imp);
+      const Weights w = Make(c, v.size() / 128, 128, v, imp);
+      CAPTURE(target);
+      CAPTURE(Label(c));
+      CompareSearch(c, w);
+      for (int step : {0, 1, 10, 19}) CompareErrors(c, w, step);
+    }
+  });
+}
+
+TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
+  ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(7);
+    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+      CAPTURE(target);
+      CAPTURE(DTypeLabel(d));
+      const size_t n = 1000;  // not a multiple of any vector
+      std::vector<float> v, imp;
+      RandomValues(rng, 1, n, &v, &imp);
+      std::vector<uint8_t> raw(n * ElemBytes(d));
+      for (size_t i = 0; i < n; ++i) PutElem(&raw[i * ElemBytes(d)], d, v[i]);
+      std::vector<float> x(n);
+      REQUIRE(calib::internal::ToF32(raw.data(), d, n, x.data()));
+      for (size_t i = 0; i < n; ++i) REQUIRE(F32ToBits(x[i]) == F32ToBits(ElementToF32(raw.data(), d, i)));
+      // Inf and NaN anywhere (also in the scalar tail) are refused.
+      for (size_t at : {size_t{3}, n - 1}) {
+        std::vector<uint8_t> bad = raw;
+        PutElem(&bad[at * ElemBytes(d)], d, INFINITY);
+        CHECK_FALSE(calib::internal::ToF32(bad.data(), d, n, x.data()));
+        PutElem(&bad[at * ElemBytes(d)], d, NAN);
+        CHECK_FALSE(calib::internal::ToF32(bad.data(), d, n, x.data()));
+      }
+      REQUIRE(calib::internal::ToF32(raw.data(), d, 992, x.data()));
+      for (size_t group : {size_t{8}, size_t{16}, size_t{32}, size_t{992}}) {
+        const size_t ng = 992 / group;
+        std::vector<float> mn(ng), mx(ng);
+        calib::internal::GroupMinMax(x.data(), ng, group, mn.data(), mx.data());
+        for (size_t g = 0; g < ng; ++g) {
+          CHECK(mn[g] == *std::min_element(x.begin() + g * group, x.begin() + (g + 1) * group));
+          CHECK(mx[g] == *std::max_element(x.begin() + g * group, x.begin() + (g + 1) * group));
+        }
+        for (bool sym : {true, false}) {
+          for (int bits : {2, 4, 8}) {
+            WeightChunk in;
+            in.dtype = d;
+            in.cols = 992;
+            in.params.bits = bits;
+            in.params.group_size = static_cast<int>(group);
+            intq::internal::Layout l;
+            REQUIRE(intq::internal::MakeLayout(in, &l));
+            std::vector<intq::internal::GroupParams> p(ng);
+            for (size_t g = 0; g < ng; ++g) {
+              p[g] = intq::internal::ComputeParams(mn[g] * 0.7f, mx[g] * 0.6f, l, sym, d);
+            }
+            std::vector<int8_t> codes(992);
+            calib::internal::IntCodes(x.data(), 992, group, p.data(), l, sym, d, codes.data());
+            for (size_t i = 0; i < 992; ++i) {
+              REQUIRE(codes[i] == intq::internal::QuantizeValue(x[i], p[i / group], l, sym, d));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+TEST_CASE("FP4 quantization with given ranges: the kernels equal the references") {
+  ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+      for (bool nv : {true, false}) {
+        CAPTURE(target);
+        CAPTURE(DTypeLabel(d));
+        CAPTURE(nv);
+        const size_t rows = 7, cols = nv ? 272 : 288;  // a tail of pairs past the vectors
+        std::vector<float> v, imp;
+        RandomValues(rng, rows, cols, &v, &imp);
+        Case c{d, nv ? ImatrixFormat::kNvfp4 : ImatrixFormat::kMxfp4};
+        Weights w = Make(c, rows, cols, v, imp);
+        w.in.params.global_scale = nv ? 1234.5f : 0.f;
+        const size_t group = nv ? fp4::kNvfp4Group : fp4::kMxGroup, ng = cols / group;
+        // Ranges of D: 0, or the group's max |x| times 0.3 .. 1.5 (clipped or widened).
+        std::vector<float> ranges(rows * ng);
+        for (size_t g = 0; g < rows * ng; ++g) {
+          float m = 0.f;
+          for (size_t j = 0; j < group; ++j) {
+            m = std::max(m, std::fabs(ElementToF32(w.in.data, d, g * group + j)));
+          }
+          const float f = u(rng) < 0.1f ? 0.f : 0.3f + 1.2f * u(rng);
+          std::vector<uint8_t> e(ElemBytes(d));
+          PutElem(e.data(), d, m * f);
+          ranges[g] = ElementToF32(e.data(), d, 0);
+        }
+        std::vector<uint8_t> q_k(rows * cols / 2), q_s(rows * cols / 2);
+        std::vector<uint8_t> s_k(rows * ng), s_s(rows * ng);
+        ChunkOutputs ok, os;
+        ok.out[0] = q_k.data();
+        ok.out[1] = s_k.data();
+        os.out[0] = q_s.data();
+        os.out[1] = s_s.data();
+        if (nv) {
+          REQUIRE(fp4::QuantizeNvfp4Ranges(w.in, ranges.data(), ok));
+          REQUIRE(fp4::QuantizeNvfp4RangesScalar(w.in, ranges.data(), os));
+        } else {
+          REQUIRE(fp4::QuantizeMxfp4Ranges(w.in, ranges.data(), ok));
+          REQUIRE(fp4::QuantizeMxfp4RangesScalar(w.in, ranges.data(), os));
+        }
+        CHECK(q_k == q_s);
+        CHECK(s_k == s_s);
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace quench::testing
