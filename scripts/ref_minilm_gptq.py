@@ -11,9 +11,14 @@ the module (`2/num_samples * sum x x^T`, float32; safetensors, key = module name
 comparison with a statistics folder (`--compare STATS`: per site, the largest difference
 relative to the Hessian's largest element, the Hessian taken as quench normalises it).
 
+`--stats-from HESSIANS LIKE_STATS OUT_STATS` (no oneshot) writes a statistics folder equal to
+LIKE_STATS but with each site's Hessian replaced by the saved one of the site's module, scaled
+back to a sum (`H * sequences / 2`): quench's GPTQ on the reference's own Hessians.
+
 Usage (reference venv): python scripts/ref_minilm_gptq.py MODEL_DIR CALIB_TXT OUT_DIR
        [--samples 256] [--seq-len 128] [--pipeline sequential|basic] [--hessians FILE]
        [--compare STATS]
+       python scripts/ref_minilm_gptq.py --stats-from HESSIANS LIKE_STATS OUT_STATS
 """
 import argparse
 import json
@@ -55,7 +60,28 @@ def compare(hessians: dict, stats: str) -> None:
         print(f"{mod}: max |H_stats - H_ref| / max |H_ref| = {np.abs(h - ref).max() / np.abs(ref).max():.3e}")
 
 
+def stats_from(hessians_file: str, like: str, out: str) -> None:
+    from safetensors.numpy import load_file, save_file
+    saved = load_file(hessians_file)
+    man = json.load(open(os.path.join(like, "manifest.json")))
+    arr = {}
+    for f in man["files"]:
+        arr.update(load_file(os.path.join(like, f)))
+    seqs = man["collection"]["sequences"]
+    for site, info in man["sites"].items():
+        if "hessian" not in info["fields"]:
+            continue
+        h = saved[site].astype(np.float64) * (seqs / 2.0)
+        arr[f"{site}.hessian"] = h[np.triu_indices(h.shape[0])]
+    os.makedirs(out, exist_ok=True)
+    save_file(arr, os.path.join(out, man["files"][0]))
+    man["collection"]["dataset"] += f" (Hessians: {os.path.basename(hessians_file)})"
+    json.dump(man, open(os.path.join(out, "manifest.json"), "w"), indent=2)
+
+
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--stats-from":
+        return stats_from(*sys.argv[2:])
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("calib")
