@@ -7,18 +7,20 @@ first N, truncated to L tokens, one unpadded sequence per batch), with `--pipeli
 scripts/eval_minilm_gptq.py decodes it as it decodes quench's outputs.
 
 --hessians FILE also saves every module's Hessian as the modifier holds it when it quantizes
-the module (`2/num_samples * sum x x^T`, float32; safetensors, key = module name), for
-comparison with a statistics folder (`--compare STATS`: per site, the largest difference
-relative to the Hessian's largest element, the Hessian taken as quench normalises it).
+the module (`2 * sum x x^T`, float32, divided by the sample count only in `prepare_batch`;
+safetensors, key = module name), for comparison with a statistics folder (`--compare STATS`,
+or offline `--compare-from HESSIANS STATS`: per weight, the largest difference relative to the
+Hessian's largest element, both as `2/sequences * sum x x^T`, quench's normalisation).
 
 `--stats-from HESSIANS LIKE_STATS OUT_STATS` (no oneshot) writes a statistics folder equal to
 LIKE_STATS but with each site's Hessian replaced by the saved one of the site's module, scaled
-back to a sum (`H * sequences / 2`): quench's GPTQ on the reference's own Hessians.
+back to a sum (`H / 2`): quench's GPTQ on the reference's own Hessians.
 
 Usage (reference venv): python scripts/ref_minilm_gptq.py MODEL_DIR CALIB_TXT OUT_DIR
        [--samples 256] [--seq-len 128] [--pipeline sequential|basic] [--hessians FILE]
        [--compare STATS]
        python scripts/ref_minilm_gptq.py --stats-from HESSIANS LIKE_STATS OUT_STATS
+       python scripts/ref_minilm_gptq.py --compare-from HESSIANS STATS
 """
 import argparse
 import json
@@ -56,7 +58,7 @@ def compare(hessians: dict, stats: str) -> None:
         h = np.zeros((n, n))
         h[np.triu_indices(n)] = arr[f"{site}.hessian"]
         h = (h + np.triu(h, 1).T) * (2.0 / seqs)  # quench's normalisation (gptq_run.cc)
-        ref = hessians[mod].astype(np.float64)
+        ref = hessians[mod].astype(np.float64) / seqs  # one sample per batch: num_samples
         print(f"{mod}: max |H_stats - H_ref| / max |H_ref| = {np.abs(h - ref).max() / np.abs(ref).max():.3e}")
 
 
@@ -71,7 +73,7 @@ def stats_from(hessians_file: str, like: str, out: str) -> None:
     for site, info in man["sites"].items():
         if "hessian" not in info["fields"]:
             continue
-        h = saved[site].astype(np.float64) * (seqs / 2.0)
+        h = saved[site].astype(np.float64) / 2.0
         arr[f"{site}.hessian"] = h[np.triu_indices(h.shape[0])]
     os.makedirs(out, exist_ok=True)
     save_file(arr, os.path.join(out, man["files"][0]))
@@ -82,6 +84,9 @@ def stats_from(hessians_file: str, like: str, out: str) -> None:
 def main():
     if len(sys.argv) == 5 and sys.argv[1] == "--stats-from":
         return stats_from(*sys.argv[2:])
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare-from":
+        from safetensors.numpy import load_file
+        return compare(load_file(sys.argv[2]), sys.argv[3])
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("calib")
