@@ -179,8 +179,11 @@ def check_quench_args(quench_args: list[str]) -> None:
                              "(each layer's run gets the statistics collected so far)")
         if a in ("--dry-run", "--resume", "--worker") or a.startswith("--worker="):
             raise SystemExit(f"--sequential: {a} makes no sense in quench's per-layer runs")
-    joined = " ".join(quench_args)
-    if "smoothquant" in joined or "awq" in joined:
+    algos = [v for i, a in enumerate(quench_args)
+             for v in ([a.split("=", 1)[1]] if a.startswith("--algorithm=") else
+                       [quench_args[i + 1]] if a == "--algorithm" and i + 1 < len(quench_args) else [])]
+    if any(x in ("smoothquant", "awq") for v in algos for x in v.split(",")):
+        # (a recipe's smoothing modifiers are not looked for: give smoothing as flags to refuse it)
         raise SystemExit("--sequential: smoothing (smoothquant, awq) also rewrites norms and "
                          "other unquantized tensors, which the per-layer runs do not carry over")
 

@@ -164,5 +164,9 @@ def test_stages_of_a_causal_lm(tiny_llama_dir):
     assert set(stage) == set(sequential.hooked_modules(model))
     with pytest.raises(SystemExit, match="without --stats"):
         sequential.check_quench_args(["--scheme", "W4A16", "--stats", "x"])
+    for algo in (["--algorithm", "awq,gptq"], ["--algorithm=smoothquant"]):
+        with pytest.raises(SystemExit, match="smoothing"):
+            sequential.check_quench_args(["--scheme", "W4A16", *algo])
+    sequential.check_quench_args(["--recipe", "awq-free.yaml", "--algorithm", "gptq"])
     with pytest.raises(SystemExit):
         collect_stats.parse_args([tiny_llama_dir, "--text", "t", "-o", "o", "--sequential"])
