@@ -245,7 +245,8 @@ class Collector:
     tensor still alive) shares that module's site. Once assigned, a module keeps its role."""
 
     def __init__(self, model: nn.Module, device, moe: str, hessian: str, hessian_experts: str | None = None,
-                 reap: bool = False):
+                 reap: bool = False, modules: set[str] | None = None):
+        """`modules`: hook only these module names (the sequential mode's one layer); None: all."""
         self.model, self.device, self.moe = model, device, moe
         self.reap: dict[str, Reap] | None = {} if reap else None  # MoE block module name -> Reap
         self.hessian = hessian
@@ -261,6 +262,8 @@ class Collector:
         self.unaligned: set[str] = set()
         self.top_k = None
         for name, mod in model.named_modules():
+            if modules is not None and name not in modules:
+                continue
             if is_fused_experts(mod):
                 self.expert_modules[name] = mod
                 self.handles.append(mod.register_forward_pre_hook(self._experts_hook(name), with_kwargs=True))
@@ -720,7 +723,32 @@ def parse_args(argv=None):
                    "(router weight times expert output norm, over its routed tokens) for "
                    "quench convert --prune-experts F --expert-metric reap")
     p.add_argument("--dataset", help="dataset description for the manifest (default: the text file's name)")
+    p.add_argument("--sequential", action="store_true",
+                   help="layer by layer, each layer's sites recorded with the earlier layers quantized by "
+                        "`quench convert MODEL_DIR OUT <arguments after -->` (llm-compressor's sequential "
+                        "pipeline); see collector/README.md")
+    p.add_argument("--quench", help="--sequential: the quench binary (default: $QUENCH_BIN, else the "
+                   "repository's build/quench, else quench on PATH)")
+    if argv is None:
+        argv = sys.argv[1:]
+    argv = list(argv)
+    quench_args = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, quench_args = argv[:cut], argv[cut + 1:]
     args = p.parse_args(argv)
+    args.quench_args = quench_args
+    if args.sequential:
+        if not quench_args:
+            p.error("--sequential needs quench's convert options after --, e.g. -- --scheme W4A16 "
+                    "--algorithm gptq")
+        if args.kv_cache or args.reap:
+            p.error("--sequential records weight sites only (no --kv-cache, --reap)")
+        if args.quench is None:
+            built = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "quench")
+            args.quench = os.environ.get("QUENCH_BIN") or (built if os.access(built, os.X_OK) else "quench")
+    elif quench_args or args.quench:
+        p.error("--quench and options after -- go with --sequential")
     if args.hessian_experts is None:
         args.hessian_experts = args.hessian
     for opt in ("hessian", "hessian_experts"):
@@ -748,20 +776,34 @@ def main(argv=None) -> int:
     model, config = load_model(args.model_dir, device, args.dtype)
     hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
     inv = checkpoint_inventory(args.model_dir, hidden)
-    col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian, args.hessian_experts,
-                                     args.exclude_bos, args.reap, args.kv_cache)
+    bos = bos_first(tok, seqs) and not args.exclude_bos
+
+    def make_info(tokens, sequences):
+        return {
+            "collector": COLLECTOR,
+            "dataset": args.dataset or os.path.basename(args.text),
+            "samples": len(samples), "seq_len": args.seq_len, "tokens": tokens, "sequences": sequences,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "device": device,
+            "bos_counted": bos, "padding_excluded": True,
+            "moe": args.moe, "hessian": args.hessian,
+            "torch": version("torch"), "transformers": version("transformers"),
+        }
+    if args.sequential:
+        import sequential
+        quench_version = sequential.quench_version(args.quench)  # before any work
+        col, tokens, sequences, stages = sequential.collect_sequential(
+            model, args.model_dir, inv, batches, device, args, args.quench_args, make_info)
+    else:
+        col, tokens, sequences = collect(model, batches, device, args.moe, args.hessian, args.hessian_experts,
+                                         args.exclude_bos, args.reap, args.kv_cache)
     if args.reap and not col.reap:
         raise SystemExit("--reap: the model ran no fused experts module (no MoE layer to score)")
-    bos = bos_first(tok, seqs) and not args.exclude_bos
-    info = {
-        "collector": COLLECTOR,
-        "dataset": args.dataset or os.path.basename(args.text),
-        "samples": len(samples), "seq_len": args.seq_len, "tokens": tokens, "sequences": sequences,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "device": device,
-        "bos_counted": bos, "padding_excluded": True,
-        "moe": args.moe, "hessian": args.hessian,
-        "torch": version("torch"), "transformers": version("transformers"),
-    }
+    info = make_info(tokens, sequences)
+    if args.sequential:
+        info["pipeline"] = "sequential"
+        info["quench_args"] = list(args.quench_args)
+        info["quench"] = quench_version
+        info["stages"] = stages
     if args.kv_cache:
         info["kv_cache"] = True
     if any(site.experts is not None for site in col.sites.values()):

@@ -267,4 +267,44 @@ Result<std::vector<double>> Statistics::ReadField(const std::string& site,
   return out;
 }
 
+std::string SequentialStatsNote(const fs::path& dir, const std::string& scheme,
+                                const std::string& algorithm, const std::string& recipe) {
+  auto m = ReadJsonFile((dir / "manifest.json").string());
+  if (!m.ok() || !m->is_object()) return "";
+  const JsonValue* c = m->Find("collection");
+  const std::string* pipeline = c != nullptr ? StringAt(*c, "pipeline") : nullptr;
+  const JsonValue* args = c != nullptr ? c->Find("quench_args") : nullptr;
+  if (pipeline == nullptr || *pipeline != "sequential" || args == nullptr || !args->is_array()) {
+    return "";
+  }
+  // The recorded values of the options that decide the weights the next layers saw; quench's
+  // own defaults where an option was not given.
+  std::map<std::string, std::string> recorded = {{"--scheme", ""}, {"--recipe", ""},
+                                                 {"--algorithm", "rtn"}};
+  std::string text;
+  const auto& list = args->as_array();
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (!list[i].is_string()) return "";
+    const std::string& a = list[i].as_string();
+    text += (i ? " " : "") + a;
+    const size_t eq = a.find('=');
+    const std::string key = a.substr(0, eq);
+    if (!recorded.contains(key)) continue;
+    if (eq != std::string::npos) {
+      recorded[key] = a.substr(eq + 1);
+    } else if (i + 1 < list.size() && list[i + 1].is_string()) {
+      recorded[key] = list[i + 1].as_string();
+    }
+  }
+  if (recorded["--scheme"] == scheme && recorded["--algorithm"] == algorithm &&
+      fs::path(recorded["--recipe"]).filename() == fs::path(recipe).filename()) {
+    return "";
+  }
+  return dir.string() + ": statistics collected sequentially with earlier layers quantized by "
+         "quench convert " + text + "; this conversion (" +
+         (recipe.empty() ? "--scheme " + scheme : "--recipe " + recipe) + " --algorithm " +
+         algorithm + ") quantizes them otherwise, so later layers' statistics were measured on "
+         "other weights than it writes";
+}
+
 }  // namespace quench::calib

@@ -100,6 +100,14 @@ class Statistics {
 Status MergeStatistics(const std::vector<std::filesystem::path>& inputs,
                        const std::filesystem::path& out);
 
+// Statistics from `collect-stats --sequential` (manifest `collection.pipeline` "sequential")
+// hold each layer's Hessians measured with the earlier layers quantized by `quench convert
+// <collection.quench_args>`, so they fit that conversion only. Returns a warning when a
+// conversion's --scheme, --recipe or --algorithm differ from the recorded ones; "" otherwise,
+// and for plain statistics or a manifest it cannot read (Statistics::Open reports those).
+std::string SequentialStatsNote(const std::filesystem::path& dir, const std::string& scheme,
+                                const std::string& algorithm, const std::string& recipe);
+
 }  // namespace quench::calib
 
 #endif  // QUENCH_CALIB_STATS_H_

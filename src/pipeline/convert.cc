@@ -16,6 +16,7 @@
 #include "calib/kv_cache.h"
 #include "calib/imatrix_run.h"
 #include "calib/smoothquant_run.h"
+#include "calib/stats.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "pipeline/memory_budget.h"
@@ -294,6 +295,11 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
     }
     QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
     QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
+  }
+  if (!options.stats.empty()) {  // sequential statistics fit one scheme and algorithm
+    std::string seq = calib::SequentialStatsNote(options.stats, options.scheme, options.algorithm,
+                                                 options.recipe.string());
+    if (!seq.empty()) plan.notes.push_back(std::move(seq));
   }
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   plan.calib_fingerprint.clear();
