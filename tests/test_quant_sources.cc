@@ -195,6 +195,41 @@ TEST_SUITE("quant_sources") {
       CHECK(v.out.find("OK: ") != std::string::npos);
     }
   }
+
+  TEST_CASE("verify holds a lossless repack to the source exactly: one flipped code bit is found") {
+    // The reference converters' repacks (AutoAWQ: F16 scales, zero scales, the converter's
+    // ignore list without the embedding) verify clean; flipping the lowest bit of one 4-bit
+    // code moves that element one grid step, which the error bound alone allows, so only the
+    // lossless rule (every element dequantized as compressed-tensors does = the decoded
+    // source) finds it.
+    for (const std::string c : {"awqsrc/W4A16_ASYM", "mosrc/NVFP4"}) {
+      CAPTURE(c);
+      const fs::path src = DataDir() / "golden" / c.substr(0, c.find('/')) / "src";
+      auto ok = RunQuench({"verify", (DataDir() / "golden" / c).string(), src.string()});
+      CHECK(ok.exit_code == 0);
+      CHECK(ok.out.find("OK: ") != std::string::npos);
+      TempDir tmp;
+      fs::copy(DataDir() / "golden" / c, tmp / "dst", fs::copy_options::recursive);
+      const std::string name = "model.layers.0.mlp.up_proj.weight_packed";
+      {
+        auto all = LoadAll(tmp / "dst");
+        auto [l, t] = FindTensor(all, name);
+        REQUIRE(t != nullptr);
+        std::string bytes = l->bytes;
+        // Byte 20 of row 0: AWQ's I32 word 5 (inputs 40..47), NVFP4's inputs 40 and 41; bit 0
+        // is input 40's lowest code bit in both.
+        bytes[l->shard.header.data_start + t->begin + 20] ^= 1;
+        WriteBytes(l->shard.path, bytes);
+      }
+      auto bad = RunQuench({"verify", (tmp / "dst").string(), src.string()});
+      CHECK(bad.exit_code == 3);
+      CHECK(bad.out.find("tensor '" + name + "': lossless: 1 element(s) do not dequantize to "
+                         "the decoded source's value, as a lossless repack of it must; first "
+                         "[0, 40]") != std::string::npos);
+      CHECK(bad.out.find("error-bound") == std::string::npos);
+      CHECK(bad.out.find("INVALID: ") != std::string::npos);
+    }
+  }
 }
 
 }  // namespace

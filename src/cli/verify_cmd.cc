@@ -173,7 +173,10 @@ int RunVerify(const std::vector<std::string>& args) {
     auto d = DecodePackedSource(*o.src);
     if (!d.ok()) return ReportError("verify: " + d.status().ToString(), ExitCodeFor(d.status().code()));
     decoded = std::move(d).value();
-    if (!decoded->dir.empty()) o.src = decoded->dir;
+    if (!decoded->dir.empty()) {
+      o.src = decoded->dir;
+      o.packed_source = decoded->packed;
+    }
   }
   auto r = Verify(o);
   if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
