@@ -6,6 +6,7 @@ or Kimi-K2-shaped with many small expert tensors.
     make_bench_checkpoint.py OUT_DIR --layout kimi [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout fp8 --size-gb 2 [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout moe [--moe-layers 10] [--shard-gb 1] [--seed N]
+    make_bench_checkpoint.py OUT_DIR --layout awq|modelopt|ct --size-gb 2 [--shard-gb 1]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -20,6 +21,19 @@ checkpoint twice that size, every 2-D projection stored as random finite E4M3 co
 multipliers (2^-12..2^-6, stored right after its weight by name order), embeddings, norms and
 lm_head BF16, config.json with `quantization_config: {quant_method: fp8, weight_block_size:
 [128, 128]}`.
+
+--layout awq, modelopt and ct are 4-bit sources of about SIZE_GB (the Llama shapes of a BF16
+checkpoint 3.2 times that size; embeddings, norms and lm_head in the model's float dtype):
+  awq       AutoAWQ GEMM, group 128 with zero points: random I32 `qweight` [in, out/8] and
+            `qzeros` [in/128, out/8], F16 `scales` [in/128, out] (2^-12..2^-6), F16 model;
+  modelopt  ModelOpt NVFP4: random U8 `weight` [out, in/2], F8_E4M3 `weight_scale` [out, in/16]
+            (codes 1..0x7E), F32 0-dim `weight_scale_2` (one per fused q/k/v, gate/up set) and
+            `input_scale`; hf_quant_config.json and config.json's quantization_config, with
+            lm_head and embed_tokens in exclude_modules; BF16 model;
+  ct        compressed-tensors pack-quantized W4A16 (group 128, symmetric): random I32
+            `weight_packed` [out, in/8], BF16 `weight_scale` [out, in/128], I64 `weight_shape`;
+            BF16 model.
+Every code pattern is valid in these formats, so random words are real checkpoints to decode.
 
 --layout kimi keeps Kimi K2's tensor count rather than its size: 61 layers of 384 routed experts
 (gate/up/down, 70,272 tensors) plus attention, norms and the router gate, 70,702 tensors in all;
@@ -108,7 +122,7 @@ def kimi_tensor_list(s):
 
 
 def nbytes(shape, dtype="BF16"):
-    n = {"BF16": 2, "F32": 4, "F8_E4M3": 1}[dtype]
+    n = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "I32": 4, "U8": 1, "I64": 8}[dtype]
     for d in shape:
         n *= d
     return n
@@ -127,13 +141,48 @@ def fp8_tensor_list(tensors):
     return out
 
 
+def packed_tensor_list(tensors, layout):
+    """(name, shape, dtype) of a 4-bit source (--layout awq|modelopt|ct): every 2-D projection
+    replaced by the format's tensors; the rest in the model's float dtype."""
+    out = []
+    float_dtype = "F16" if layout == "awq" else "BF16"
+    for name, shape in tensors:
+        if not (len(shape) == 2 and "layers." in name):
+            out.append((name, shape, float_dtype))
+            continue
+        m, (rows, cols) = name[:-len(".weight")], shape
+        if layout == "awq":
+            out += [(m + ".qweight", (cols, rows // 8), "I32"),
+                    (m + ".qzeros", (cols // 128, rows // 8), "I32"),
+                    (m + ".scales", (cols // 128, rows), "F16")]
+        elif layout == "modelopt":
+            out += [(m + ".weight", (rows, cols // 2), "U8"),
+                    (m + ".weight_scale", (rows, cols // 16), "F8_E4M3"),
+                    (m + ".weight_scale_2", (), "F32"), (m + ".input_scale", (), "F32")]
+        else:
+            out += [(m + ".weight_packed", (rows, cols // 8), "I32"),
+                    (m + ".weight_scale", (rows, cols // 128), "BF16"),
+                    (m + ".weight_shape", (2,), "I64")]
+    return out
+
+
+def fused_set(name):
+    """The fused set a projection's ModelOpt weight_scale_2 is shared in (q/k/v, gate/up)."""
+    m = name.rsplit(".", 1)[0]
+    for a, b in (("k_proj", "q_proj"), ("v_proj", "q_proj"), ("up_proj", "gate_proj")):
+        if m.endswith(a):
+            return m[:-len(a)] + b
+    return m
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
-    ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8"), default="llama")
+    ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8", "awq", "modelopt", "ct"),
+                    default="llama")
     # --layout moe: layers of 64 1-MiB experts x 3 (about 0.2 GB each): 10 makes 2.17 GB;
     # more make a run long enough that fixed costs no longer weigh on the ratio.
     ap.add_argument("--moe-layers", type=int, default=MOE["layers"])
@@ -153,18 +202,28 @@ def main():
         # Projections take one byte a weight instead of two: the shapes of twice the size.
         s = shapes_for(int(2 * a.size_gb * 1e9))
         tensors = tensor_list(s)
+    elif a.layout in ("awq", "modelopt", "ct"):
+        # About half a byte a weight: the shapes of a BF16 checkpoint 3.2 times the size.
+        s = shapes_for(int(3.2 * a.size_gb * 1e9))
+        tensors = tensor_list(s)
     else:
         s = shapes_for(int(a.size_gb * 1e9))
         tensors = tensor_list(s)
-    tensors = fp8_tensor_list(tensors) if a.layout == "fp8" else [
-        (name, shape, "BF16") for name, shape in tensors]
+    if a.layout == "fp8":
+        tensors = fp8_tensor_list(tensors)
+    elif a.layout in ("awq", "modelopt", "ct"):
+        tensors = packed_tensor_list(tensors, a.layout)
+    else:
+        tensors = [(name, shape, "BF16") for name, shape in tensors]
 
     # Greedy sharding in module order (transformers' shard_checkpoint).
     limit = int(a.shard_gb * 1e9)
     shards, cur, cur_size = [], [], 0
     for name, shape, dtype in tensors:
         b = nbytes(shape, dtype)
-        if cur and cur_size + b > limit and not name.endswith("_scale_inv"):
+        aux = name.endswith(("_scale_inv", ".qzeros", ".scales", ".weight_scale",
+                             ".weight_scale_2", ".input_scale", ".weight_shape"))
+        if cur and cur_size + b > limit and not aux:
             shards.append(cur)
             cur, cur_size = [], 0
         cur.append((name, shape, dtype))
@@ -180,6 +239,14 @@ def main():
     def norm_vec(k):
         v = np.float32(1.0) + rng.standard_normal(k, dtype=np.float32) * np.float32(0.05)
         return (v.view(np.uint32) >> 16).astype("<u2").tobytes()
+
+    ws2 = {}  # ModelOpt: one weight_scale_2 per fused set
+
+    def f16_scales(k, dtype):
+        e = rng.uniform(-12.0, -6.0, k).astype(np.float32)
+        v = np.exp2(e)
+        return v.astype("<f2").tobytes() if dtype == "F16" else \
+            (v.view(np.uint32) >> 16).astype("<u2").tobytes()
 
     weight_map, total = {}, 0
     for k, shard in enumerate(shards, 1):
@@ -199,6 +266,33 @@ def main():
             f.write(hj)
             for name, shape, dtype in names:
                 elems = nbytes(shape, dtype) // nbytes((), dtype)
+                if dtype == "I64":  # weight_shape: the unpacked [out, in]
+                    rows, words = next(sh for n2, sh, _ in names
+                                       if n2 == name[:-len("_shape")] + "_packed")
+                    f.write(struct.pack("<2q", rows, words * 8))
+                    continue
+                if dtype in ("I32", "U8") or (dtype == "F8_E4M3" and a.layout == "modelopt"):
+                    done = 0
+                    while done < elems * nbytes((), dtype):
+                        m = min(CHUNK, elems * nbytes((), dtype) - done)
+                        c = rng.integers(0, 256, m, dtype=np.uint8)
+                        if dtype == "F8_E4M3":  # positive, not zero or NaN: 1..0x7E
+                            c = (c % 0x7E) + 1
+                        f.write(c.tobytes())
+                        done += m
+                    continue
+                if name.endswith((".scales", ".weight_scale")):
+                    f.write(f16_scales(elems, dtype))
+                    continue
+                if name.endswith(".weight_scale_2"):
+                    key = fused_set(name)
+                    if key not in ws2:
+                        ws2[key] = float(rng.uniform(1e-4, 1e-3))
+                    f.write(struct.pack("<f", ws2[key]))
+                    continue
+                if name.endswith(".input_scale"):
+                    f.write(struct.pack("<f", float(rng.uniform(1e-3, 1e-2))))
+                    continue
                 if dtype == "F32":
                     e = rng.uniform(-12.0, -6.0, elems).astype(np.float32)
                     f.write(np.exp2(e).astype("<f4").tobytes())
@@ -253,6 +347,29 @@ def main():
     if a.layout == "fp8":
         config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
                                          "quant_method": "fp8", "weight_block_size": [128, 128]}
+    if a.layout == "awq":
+        config["torch_dtype"] = "float16"
+        config["quantization_config"] = {"bits": 4, "group_size": 128, "quant_method": "awq",
+                                         "version": "gemm", "zero_point": True}
+    if a.layout == "modelopt":
+        exclude = ["lm_head", "model.embed_tokens"]
+        config["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4",
+                                         "group_size": 16, "exclude_modules": exclude,
+                                         "kv_cache_quant_algo": None}
+        write_json("hf_quant_config.json", {
+            "producer": {"name": "modelopt", "version": "0.29.0"},
+            "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None,
+                             "group_size": 16, "exclude_modules": exclude}})
+    if a.layout == "ct":
+        w = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+             "group_size": 128, "dynamic": False, "actorder": None, "observer": "minmax",
+             "observer_kwargs": {}, "block_structure": None}
+        config["quantization_config"] = {
+            "quant_method": "compressed-tensors", "format": "pack-quantized",
+            "quantization_status": "compressed", "ignore": ["lm_head"], "kv_cache_scheme": None,
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": w,
+                                          "input_activations": None, "output_activations": None,
+                                          "format": "pack-quantized"}}}
     write_json("config.json", config)
     os.replace(out, final)
     print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "

@@ -26,6 +26,12 @@ Writes (relative to <repo>/data/golden):
                        targets=["Linear"]): the lossless repack
   mosrc/BF16/          CompressedTensorsDequantizer(dtype=bfloat16) of that repack
   mosrc/W8A8/         model_free_ptq(BF16/, W8A8)
+  mokvsrc/src/         mosrc's layout (another seed) with an FP8 KV cache as ModelOpt exports
+                       it: kv_cache_quant_algo "FP8", F32 0-dim k_proj.k_scale / v_proj.v_scale
+                       per attention layer
+  mokvsrc/NVFP4/       ModelOptNvfp4Converter(..., kv_cache_scheme=KV_SCHEME): the repack,
+                       k/v scales cast to BF16 under their names, kv_cache_scheme in the config
+  mokvsrc/BF16/        CompressedTensorsDequantizer of that repack (k/v scales dropped)
   quant_sources_manifest.json  the cases and the reference versions
 
 Each reference run happens in a fresh subprocess. Deterministic.
@@ -41,6 +47,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(os.path.dirname(HERE), "data", "golden")
 DEFAULT_IGNORE = ["lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$"]
 MO_EXCLUDE = ["lm_head", "model.embed_tokens", "model.layers.1.mlp.down_proj"]
+# ModelOpt's kv_cache_quant_algo "FP8" as compressed-tensors arguments: FP8 E4M3 per tensor,
+# static (the ones quench writes for --kv-cache fp8, observer aside: a conversion observes
+# nothing, so the argument's default is kept).
+KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+             "symmetric": True}
 
 WORKER = r"""
 import json, sys, torch
@@ -53,6 +64,12 @@ if kind == "awq":
 elif kind == "modelopt":
     convert_checkpoint(src, dst, converter=ModelOptNvfp4Converter(
         ignore=json.loads(arg), targets=["Linear"]), device="cpu")
+elif kind == "modelopt_kv":
+    from compressed_tensors.quantization import QuantizationArgs
+    a = json.loads(arg)
+    convert_checkpoint(src, dst, converter=ModelOptNvfp4Converter(
+        ignore=a["ignore"], targets=["Linear"],
+        kv_cache_scheme=QuantizationArgs(**a["kv"])), device="cpu")
 elif kind == "dequant":
     class Dequantizer(CompressedTensorsDequantizer):
         # compressed-tensors 0.19.0's dequantizer refuses an NVFP4 (W4A4) checkpoint: it
@@ -166,7 +183,7 @@ def write_awq(dirpath, seed=701, group=32):
     save(torch, dirpath, tensors, shard_of, config("float16", qc))
 
 
-def write_modelopt(dirpath, seed=702):
+def write_modelopt(dirpath, seed=702, kv=False):
     import torch
     g = torch.Generator().manual_seed(seed)
     tensors, layer_of, ws2 = {}, {}, {}
@@ -195,14 +212,22 @@ def write_modelopt(dirpath, seed=702):
         tensors[name + ".input_scale"] = (torch.rand((), generator=g) * 0.01 + 1e-3).float()
         for suffix in ("weight", "weight_scale", "weight_scale_2", "input_scale"):
             layer_of[f"{name}.{suffix}"] = layer
+        if kv and name.endswith(("k_proj", "v_proj")):
+            # ModelOpt's export: <attn>.k_proj.k_scale and <attn>.v_proj.v_scale, F32 0-dim.
+            kname = name + (".k_scale" if name.endswith("k_proj") else ".v_scale")
+            tensors[kname] = (torch.rand((), generator=g) * 0.05 + 1e-3).float()
+            layer_of[kname] = layer
     shard_of = dict(layer_of)
     shard_of["model.layers.0.self_attn.o_proj.weight_scale_2"] = 1
     shard_of["model.layers.0.self_attn.o_proj.input_scale"] = 1
+    # (A k_scale in another shard than its k_proj stops the reference: its validate runs file
+    # by file and calls it an orphan; docs/reference-notes.md 19.)
+    kv_algo = "FP8" if kv else None
     hf_quant = {"producer": {"name": "modelopt", "version": "0.29.0"},
-                "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None,
+                "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": kv_algo,
                                  "group_size": 16, "exclude_modules": MO_EXCLUDE}}
     qc = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16,
-          "exclude_modules": MO_EXCLUDE, "kv_cache_quant_algo": None,
+          "exclude_modules": MO_EXCLUDE, "kv_cache_quant_algo": kv_algo,
           "producer": {"name": "modelopt", "version": "0.29.0"}}
     save(torch, dirpath, tensors, shard_of, config("bfloat16", qc),
          {"hf_quant_config.json": hf_quant})
@@ -249,6 +274,21 @@ def main():
                           "via": via, "ignore": ignore if scheme == requant else [],
                           "versions": versions})
             print(f"{name}/{scheme} ok")
+    # ModelOpt NVFP4 with an FP8 KV cache: the repack and the dequantized model.
+    cdir = os.path.join(GOLDEN, "mokvsrc")
+    if os.path.exists(cdir):
+        shutil.rmtree(cdir)
+    src = os.path.join(cdir, "src")
+    write_modelopt(src, seed=703, kv=True)
+    run("modelopt_kv", src, os.path.join(cdir, "NVFP4"),
+        json.dumps({"ignore": MO_EXCLUDE, "kv": KV_SCHEME}))
+    run("dequant", os.path.join(cdir, "NVFP4"), os.path.join(cdir, "BF16"))
+    for scheme, via in (("NVFP4", "modelopt converter with kv_cache_scheme"),
+                        ("BF16", "CompressedTensorsDequantizer of NVFP4/")):
+        cases.append({"name": f"mokvsrc/{scheme}", "source": "golden/mokvsrc/src",
+                      "scheme": scheme, "expected": f"golden/mokvsrc/{scheme}", "via": via,
+                      "ignore": [], "versions": versions})
+        print(f"mokvsrc/{scheme} ok")
     with open(os.path.join(GOLDEN, "quant_sources_manifest.json"), "w") as f:
         f.write(json.dumps({"cases": cases}, indent=2, sort_keys=True) + "\n")
 

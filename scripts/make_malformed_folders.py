@@ -165,7 +165,9 @@ def main():
     ct_case("ct_g_idx_out_of_range", "'x.weight_g_idx' holds 2 at [63], outside the 2 scale",
             [packed, wshape, scale,
              ("x.weight_g_idx", [64], "I32", struct.pack("<64i", *([0] * 63 + [2])))])
-    ct_case("ct_3d_weight", "only 2-D compressed-tensors weights can be decoded",
+    ct_case("ct_3d_weight", "'x.weight_packed' [2, 4, 8]: a 3-D compressed-tensors weight "
+            "(E experts' 2-D weights stacked, as compressed-tensors 0.19.0 packs them) is not "
+            "decoded yet",
             [("x.weight_packed", [2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
             code="unsupported")
 
@@ -214,11 +216,12 @@ def main():
 
     # ModelOpt NVFP4: x is [16 out, 32 in]: weight U8 [16, 16], weight_scale F8_E4M3 [16, 2]
     # (0x38 = 1.0), weight_scale_2 and input_scale F32 scalars; hf_quant_config.json.
-    def mo_files(tensors, algo="NVFP4", exclude=(), config_algo=None):
+    def mo_files(tensors, algo="NVFP4", exclude=(), config_algo=None, kv=None):
         files = {"model.safetensors": tensors,
                  "hf_quant_config.json": json.dumps({"producer": {"name": "modelopt"},
                                                      "quantization": {
                                                          "quant_algo": algo, "group_size": 16,
+                                                         "kv_cache_quant_algo": kv,
                                                          "exclude_modules": list(exclude)}})}
         if config_algo is not None:
             files["config.json"] = json.dumps({"quantization_config": {
@@ -256,6 +259,17 @@ def main():
             tensors=[mw, ms, ms2, mis], algo="FP8")
     mo_case("modelopt_configs_disagree", "config.json's quant_algo 'FP8' contradicts "
             "hf_quant_config.json's 'NVFP4'", tensors=[mw, ms, ms2, mis], config_algo="FP8")
+    # FP8 KV-cache scales (ModelOpt: F32 0-dim k_scale under k_proj, v_scale under v_proj).
+    mo_case("modelopt_kv_scale_without_algo", "'x.k_scale' is a KV-cache scale but the "
+            "config's kv_cache_quant_algo is not FP8",
+            tensors=[mw, ms, ms2, mis, ("x.k_scale", [], "F32", f32(0.05))])
+    mo_case("modelopt_kv_scale_nan", "'x.k_scale' is nan; a ModelOpt per-tensor scale must be "
+            "finite and positive",
+            tensors=[mw, ms, ms2, mis, ("x.k_scale", [], "F32", f32(float("nan")))], kv="FP8")
+    mo_case("modelopt_kv_scale_orphan", "'y.v_scale' has no NVFP4 weight 'y.weight' to go "
+            "with it", tensors=[mw, ms, ms2, mis, ("y.v_scale", [], "F32", f32(0.05))], kv="FP8")
+    mo_case("modelopt_kv_algo_int8", "kv_cache_quant_algo 'INT8': only FP8 KV-cache scales",
+            code="unsupported", tensors=[mw, ms, ms2, mis], kv="INT8")
     with open(os.path.join(ROOT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=2, sort_keys=True)
         f.write("\n")

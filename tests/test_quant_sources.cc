@@ -5,7 +5,10 @@
 //   - <src>/BF16: CompressedTensorsDequantizer(dtype=bfloat16) of that repack (the decoded
 //     model, quench --scheme BF16);
 //   - <src>/FP8_DYNAMIC, W8A8: model_free_ptq of that BF16 checkpoint (quench decoding chunk
-//     by chunk inside the pipeline and quantizing again).
+//     by chunk inside the pipeline and quantizing again);
+//   - mokvsrc: ModelOpt NVFP4 with an FP8 KV cache (k_proj.k_scale, v_proj.v_scale): the
+//     converter given kv_cache_scheme (scales cast to BF16, kv_cache_scheme written), and its
+//     dequantized model (KV scales dropped).
 #include <doctest/doctest.h>
 
 #include <string>
@@ -70,7 +73,7 @@ std::string Bytes(const Loaded& l, const TensorInfo& t) {
 TEST_SUITE("quant_sources") {
   TEST_CASE("AutoAWQ and ModelOpt NVFP4: repack, decode and requantize equal the reference") {
     const std::vector<GoldenCase> cases = Cases();
-    REQUIRE(cases.size() == 6);
+    REQUIRE(cases.size() == 8);
     for (const GoldenCase& g : cases) {
       // The default chunks, and chunks of a few rows (each weight decoded or repacked in
       // many pieces, scales read with their rows).
@@ -158,6 +161,9 @@ TEST_SUITE("quant_sources") {
     CHECK(i.exit_code == 0);
     CHECK(i.out.find("AutoAWQ GEMM int4, group 32, zero points, F16 scales, 13 weights") !=
           std::string::npos);
+    auto kv = RunQuench({"inspect", (DataDir() / "golden" / "mokvsrc" / "src").string()});
+    CHECK(kv.exit_code == 0);
+    CHECK(kv.out.find("13 weights, FP8 KV cache (4 k/v scales)") != std::string::npos);
     auto d = RunQuench({"convert", (DataDir() / "golden" / "mosrc" / "src").string(),
                         (tmp / "out").string(), "--scheme", "NVFP4", "--dry-run"});
     CHECK(d.exit_code == 0);
@@ -186,13 +192,49 @@ TEST_SUITE("quant_sources") {
   }
   TEST_CASE("verify DST SRC compares against the decoded source") {
     // SRC decoded by the pipeline into a temporary folder first (cli/verify_packed_source.h).
-    for (const std::string c : {"mosrc/NVFP4", "mosrc/W8A8", "awqsrc/FP8_DYNAMIC"}) {
+    for (const std::string c : {"mosrc/NVFP4", "mosrc/W8A8", "awqsrc/FP8_DYNAMIC",
+                                "mokvsrc/NVFP4"}) {
       CAPTURE(c);
       const std::string src = c.substr(0, c.find('/'));
       auto v = RunQuench({"verify", (DataDir() / "golden" / c).string(),
                           (DataDir() / "golden" / src / "src").string()});
       CHECK(v.exit_code == 0);
       CHECK(v.out.find("OK: ") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("verify holds a lossless repack to the source exactly: one flipped code bit is found") {
+    // The reference converters' repacks (AutoAWQ: F16 scales, zero scales, the converter's
+    // ignore list without the embedding) verify clean; flipping the lowest bit of one 4-bit
+    // code moves that element one grid step, which the error bound alone allows, so only the
+    // lossless rule (every element dequantized as compressed-tensors does = the decoded
+    // source) finds it.
+    for (const std::string c : {"awqsrc/W4A16_ASYM", "mosrc/NVFP4"}) {
+      CAPTURE(c);
+      const fs::path src = DataDir() / "golden" / c.substr(0, c.find('/')) / "src";
+      auto ok = RunQuench({"verify", (DataDir() / "golden" / c).string(), src.string()});
+      CHECK(ok.exit_code == 0);
+      CHECK(ok.out.find("OK: ") != std::string::npos);
+      TempDir tmp;
+      fs::copy(DataDir() / "golden" / c, tmp / "dst", fs::copy_options::recursive);
+      const std::string name = "model.layers.0.mlp.up_proj.weight_packed";
+      {
+        auto all = LoadAll(tmp / "dst");
+        auto [l, t] = FindTensor(all, name);
+        REQUIRE(t != nullptr);
+        std::string bytes = l->bytes;
+        // Byte 20 of row 0: AWQ's I32 word 5 (inputs 40..47), NVFP4's inputs 40 and 41; bit 0
+        // is input 40's lowest code bit in both.
+        bytes[l->shard.header.data_start + t->begin + 20] ^= 1;
+        WriteBytes(l->shard.path, bytes);
+      }
+      auto bad = RunQuench({"verify", (tmp / "dst").string(), src.string()});
+      CHECK(bad.exit_code == 3);
+      CHECK(bad.out.find("tensor '" + name + "': lossless: 1 element(s) do not dequantize to "
+                         "the decoded source's value, as a lossless repack of it must; first "
+                         "[0, 40]") != std::string::npos);
+      CHECK(bad.out.find("error-bound") == std::string::npos);
+      CHECK(bad.out.find("INVALID: ") != std::string::npos);
     }
   }
 }

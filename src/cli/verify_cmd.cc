@@ -32,6 +32,10 @@ const char kVerifyHelp[] =
     "    the format's threshold (fp8 24 dB, int8 30, int4 11 (9 per channel), nvfp4 14,\n"
     "    mxfp4 11), and every element within one grid step of its code (plus the rounding\n"
     "    of the quotient in the weight dtype).\n"
+    "  - an AutoAWQ or ModelOpt NVFP4 SRC is decoded to BF16 first (a temporary folder);\n"
+    "    modules DST stores in the source's own format are its lossless repack: scales in\n"
+    "    the source's dtype (AWQ: F16) and every element dequantized equal to the decoded\n"
+    "    source bit for bit (rule lossless).\n"
     "With --prune SPEC (what DST was converted with; the checkpoint does not record it):\n"
     "  - with SRC, quantized tensors are compared with the source pruned by SPEC, and every\n"
     "    element zero there must dequantize to exactly 0; a checkpoint without\n"
@@ -173,7 +177,10 @@ int RunVerify(const std::vector<std::string>& args) {
     auto d = DecodePackedSource(*o.src);
     if (!d.ok()) return ReportError("verify: " + d.status().ToString(), ExitCodeFor(d.status().code()));
     decoded = std::move(d).value();
-    if (!decoded->dir.empty()) o.src = decoded->dir;
+    if (!decoded->dir.empty()) {
+      o.src = decoded->dir;
+      o.packed_source = decoded->packed;
+    }
   }
   auto r = Verify(o);
   if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));

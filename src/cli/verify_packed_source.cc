@@ -6,6 +6,7 @@
 
 #include "format/model_folder.h"
 #include "format/source_quant.h"
+#include "plan/matcher.h"
 #include "quench/convert.h"
 
 namespace quench {
@@ -15,6 +16,7 @@ TempDecoded& TempDecoded::operator=(TempDecoded&& o) noexcept {
     std::error_code ec;
     if (!dir.empty()) std::filesystem::remove_all(dir.parent_path(), ec);
     dir = std::move(o.dir);
+    packed = std::move(o.packed);
     o.dir.clear();
   }
   return *this;
@@ -51,6 +53,30 @@ Result<TempDecoded> DecodePackedSource(const std::filesystem::path& src) {
   // The converters copy hf_quant_config.json; the decoded folder is no ModelOpt checkpoint.
   std::filesystem::remove(o.dst / "hf_quant_config.json", ec);
   out.dir = o.dst;
+  VerifyOptions::PackedSource ps;
+  if (q->format == SourceFormat::kAwq) {
+    // AutoAWQ models are F16 and so are their scales, which the repack keeps.
+    ps.format = "pack-quantized";
+    ps.symmetric = q->own_scheme == "W4A16";
+    ps.weight_dtype = DType::kF16;
+  } else {
+    ps.format = "nvfp4-pack-quantized";
+  }
+  ps.bits = 4;
+  ps.group_size = q->group_size;
+  // The Linear layers: the packed ones and the ones the source's config left unquantized
+  // (modules_to_not_convert, exclude_modules, lm_head: the converters' ignore list).
+  for (const auto& [weight, p] : q->packed) ps.modules.insert(weight.substr(0, weight.size() - 7));
+  auto skipped = NameMatcher::Compile(q->repack_ignore, "the source's unquantized modules");
+  if (!skipped.ok()) return skipped.status();
+  for (const Shard& s : folder->shards) {
+    for (const TensorInfo& t : s.header.tensors) {
+      if (t.shape.size() != 2 || !t.name.ends_with(".weight")) continue;
+      const std::string module = t.name.substr(0, t.name.size() - 7);
+      if (skipped->Matches(module)) ps.modules.insert(module);
+    }
+  }
+  out.packed = std::move(ps);
   return out;
 }
 

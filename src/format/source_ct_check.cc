@@ -28,9 +28,15 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
   const std::string fmt(CtFormatName(w.format));
   const CtTensor& c = w.codes;
   if (c.shape.size() != 2) {
+    // compressed-tensors 0.19.0 packs and decompresses an N-D weight as its 2-D slices
+    // stacked (pack_to_int32 / unpack_from_int32 per slice; scales [E, out, groups]); quench's
+    // decoders and plans are per 2-D weight, so such a stack is refused, not misread.
     return Error(ErrorCode::kUnsupported,
-                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " + ShapeString(c.shape) +
-                     ": only 2-D compressed-tensors weights can be decoded so far");
+                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " +
+                     ShapeString(c.shape) + ": a " + std::to_string(c.shape.size()) +
+                     "-D compressed-tensors weight (E experts' 2-D weights stacked, as "
+                     "compressed-tensors 0.19.0 packs them) is not decoded yet; only 2-D "
+                     "compressed-tensors weights are");
   }
   // The stored codes: dtype and the decoded shape.
   switch (w.format) {

@@ -112,15 +112,21 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
   if (a != "NVFP4") {
     return Error(ErrorCode::kUnsupported,
                  where + ": ModelOpt quant_algo '" + (a.empty() ? "(none)" : a) +
-                     "': only NVFP4 checkpoints are read");
+                     "': only NVFP4 checkpoints are read (compressed-tensors 0.19.0 has no "
+                     "converter for ModelOpt's other formats to be exact against)");
   }
   if (const JsonValue* g = q.Find("group_size"); g && g->is_int() && g->as_int() != 16) {
     return Error(ErrorCode::kInvalidInput, where + ": group_size " + std::to_string(g->as_int()) +
                                                "; NVFP4 has one scale per 16 inputs");
   }
   if (const JsonValue* kv = q.Find("kv_cache_quant_algo"); kv && !kv->is_null()) {
-    return Error(ErrorCode::kUnsupported,
-                 where + ": kv_cache_quant_algo is set; ModelOpt KV-cache scales are not read yet");
+    if (!kv->is_string() || kv->as_string() != "FP8") {
+      return Error(ErrorCode::kUnsupported,
+                   where + ": kv_cache_quant_algo " +
+                       (kv->is_string() ? "'" + kv->as_string() + "'" : std::string("(not a string)")) +
+                       ": only FP8 KV-cache scales (k_scale / v_scale per attention) are read");
+    }
+    out->kv_cache_fp8 = true;
   }
   std::vector<std::string> exclude;
   if (const JsonValue* e = q.Find("exclude_modules"); e && e->is_array()) {
@@ -146,10 +152,6 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
   };
   std::set<std::string> used;
   for (const auto& [name, loc] : found) {
-    if (name.ends_with(".k_scale") || name.ends_with(".v_scale")) {
-      return Error(ErrorCode::kUnsupported, folder.shards[loc.shard].rel_name + ": tensor '" +
-                                                name + "': ModelOpt KV-cache scales are not read yet");
-    }
     if (!name.ends_with(".weight_scale")) continue;
     const std::string module = name.substr(0, name.size() - 13);
     const std::string sat = folder.shards[loc.shard].rel_name + ": tensor '" + name + "'";
@@ -209,6 +211,26 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
     }
     out->packed.emplace(w.name, std::move(pw));
   }
+  // FP8 KV-cache scales: ModelOpt exports <attn>.k_proj.k_scale and <attn>.v_proj.v_scale;
+  // the converter keeps them beside the NVFP4 weight they hang under (else they are orphans).
+  for (const auto& [name, loc] : found) {
+    if (!name.ends_with(".k_scale") && !name.ends_with(".v_scale")) continue;
+    const std::string at = folder.shards[loc.shard].rel_name + ": tensor '" + name + "'";
+    if (!out->kv_cache_fp8) {
+      return Error(ErrorCode::kInvalidInput,
+                   at + " is a KV-cache scale but the config's kv_cache_quant_algo is not FP8 "
+                        "(the tensors contradict the config)");
+    }
+    const std::string module = name.substr(0, name.size() - 8);
+    if (!out->packed.contains(module + ".weight")) {
+      return Error(ErrorCode::kInvalidInput,
+                   at + " has no NVFP4 weight '" + module + ".weight' to go with it (ModelOpt "
+                        "stores k_scale under k_proj and v_scale under v_proj)");
+    }
+    QUENCH_ASSIGN_OR_RETURN(float v, ReadScalar(folder, loc.shard, *loc.info));
+    out->kv_scales.emplace(name, v);
+    out->packed_aux.push_back(name);
+  }
   for (const auto& [name, loc] : found) {
     const bool qparam = name.ends_with(".weight_scale_2") || name.ends_with(".input_scale");
     const bool packed_weight = loc.info->dtype == DType::kU8 && name.ends_with(".weight");
@@ -228,8 +250,11 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
                                                    "NVFP4 weight with a weight_scale");
   }
   out->description = "ModelOpt NVFP4 (FP4 E2M1, E4M3 scale per 16, F32 weight_scale_2), " +
-                     std::to_string(out->packed.size()) +
-                     " weights (lossless repack: --scheme NVFP4 or NVFP4A16)";
+                     std::to_string(out->packed.size()) + " weights" +
+                     (out->kv_cache_fp8 ? ", FP8 KV cache (" + std::to_string(out->kv_scales.size()) +
+                                              " k/v scales)"
+                                        : "") +
+                     " (lossless repack: --scheme NVFP4 or NVFP4A16)";
   return Status::Ok();
 }
 

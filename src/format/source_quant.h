@@ -57,6 +57,12 @@ struct SourceQuantization {
   std::string own_scheme;
   uint64_t group_size = 0;
   std::vector<std::string> repack_ignore;
+  // ModelOpt kv_cache_quant_algo "FP8": each attention's F32 k_scale / v_scale (stored under
+  // k_proj / v_proj) by tensor name, with its value (also in packed_aux). The repack writes
+  // them as BF16 and a kv_cache_scheme, as ModelOptNvfp4Converter(kv_cache_scheme=...) does;
+  // any other scheme drops them, as the dequantizer does.
+  bool kv_cache_fp8 = false;
+  std::map<std::string, float> kv_scales;
 };
 
 // Reads `folder.config`'s quantization_config and pairs every quantized weight with its

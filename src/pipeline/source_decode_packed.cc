@@ -114,22 +114,39 @@ Status DecodeModelOpt(const Plan& plan, const PlannedTensor& t, SourceMaps& maps
   // The converter's weight_global_scale is 1 / weight_scale_2 (F32, 0-dim); the dequantizer
   // divides the E4M3 scale (as bf16) by it, in bf16 since a 0-dim tensor does not promote.
   const float gs = 1.0f / s.weight_scale_2;
-  std::vector<float> scale(n * g);
   for (uint64_t k = 0; k < n * g; ++k) {
     const uint8_t b = sc[k];
     if ((b & 0x7F) == 0x7F || (b & 0x80 && b != 0x80)) {
       return BadScale(plan, t, (b & 0x7F) == 0x7F ? NAN : -1.f, r0 + k / g, k % g);
     }
-    scale[k] = BF16ToF32(F32ToBF16(E4M3ToF32(b) / gs));
   }
+  // A group's 16 inputs take one of 16 values (code x its scale): computed once per group
+  // as bf16(e2m1 * bf16(e4m3 / gs)), then each byte's two codes are two lookups. The values
+  // are the definition's, element for element (tests/test_quant_sources.cc: the reference's
+  // bytes, E4M3 subnormal and largest scales included, in whole and 1-row chunks).
+  uint16_t lut[16];
   for (uint64_t r = 0; r < n; ++r) {
-    for (uint64_t i = 0; i < cols; ++i) {
-      const uint8_t byte = codes[r * (cols / 2) + i / 2];
-      const uint8_t code = i % 2 == 0 ? byte & 0xF : byte >> 4;  // low nibble first
-      const float e = (code & 8) ? -kE2M1[code & 7] : kE2M1[code & 7];
-      const float v = e * scale[r * g + i / 16];
-      if (!std::isfinite(v)) *finite = false;
-      out[r * cols + i] = F32ToBF16(v);
+    const uint8_t* row_codes = codes + r * (cols / 2);
+    uint16_t* row = out + r * cols;
+    for (uint64_t gi = 0; gi < g; ++gi) {
+      const float scale = BF16ToF32(F32ToBF16(E4M3ToF32(sc[r * g + gi]) / gs));
+      bool all_finite = true;
+      for (int c = 0; c < 16; ++c) {
+        const float v = ((c & 8) ? -kE2M1[c & 7] : kE2M1[c & 7]) * scale;
+        all_finite &= std::isfinite(v);
+        lut[c] = F32ToBF16(v);
+      }
+      const uint8_t* bytes = row_codes + gi * 8;
+      uint16_t* o = row + gi * 16;
+      for (int k = 0; k < 8; ++k) {  // low nibble first
+        o[2 * k] = lut[bytes[k] & 0xF];
+        o[2 * k + 1] = lut[bytes[k] >> 4];
+      }
+      if (!all_finite) {  // only the values used count (BF16 exponent all ones: Inf or NaN)
+        for (int k = 0; k < 16; ++k) {
+          if ((o[k] & 0x7F80) == 0x7F80) *finite = false;
+        }
+      }
     }
   }
   return Status::Ok();

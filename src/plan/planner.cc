@@ -18,6 +18,7 @@
 #include "plan/ignore_cover.h"
 #include "plan/matcher.h"
 #include "plan/target_resolver.h"
+#include "schemes/float_formats.h"
 #include "schemes/prune.h"
 
 namespace quench {
@@ -41,6 +42,12 @@ constexpr QuantArgsDesc kKvCacheFp8 = {
     .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
     .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false,
     .observer = "static_minmax", .scale_dtype = "", .zp_dtype = ""};
+// A ModelOpt FP8 KV cache repacked: the same arguments, observing nothing (observer null, as
+// ModelOptNvfp4Converter writes the QuantizationArgs it is given; data/golden/mokvsrc).
+constexpr QuantArgsDesc kKvCacheFp8Repack = {
+    .num_bits = 8, .type = "float", .symmetric = true, .group_size = std::nullopt,
+    .strategy = "tensor", .block_structure = std::nullopt, .dynamic = false,
+    .observer = "", .scale_dtype = "", .zp_dtype = ""};
 
 // compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
 // module names ending in "norm" are never quantized; only the "weight" parameter is; then the
@@ -406,6 +413,15 @@ bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
     }
     if (pk != source_.packed.end() && t.name.ends_with(".input_scale")) {
       inverted(".input_global_scale", *pk->second.input_scale);
+      return true;
+    }
+    if (auto kv = source_.kv_scales.find(t.name); kv != source_.kv_scales.end()) {
+      // The converter's k/v scale: .to(kv_cache_scheme.scale_dtype or bfloat16), 0-dim kept.
+      const uint16_t h = F32ToBF16(kv->second);
+      constants_[index] = std::string(reinterpret_cast<const char*>(&h), 2);
+      pt.src_bytes = 0;  // its value was read while planning
+      pt.why = "cast to BF16 (ModelOpt's FP8 KV-cache scale)";
+      specs.push_back({t.name, DType::kBF16, {}, 2});
       return true;
     }
     if (pk != source_.packed.end()) pt.why = "NVFP4 scale (kept)";
@@ -840,8 +856,10 @@ void Planner::PlanFiles(std::string index_json) {
                                  "--kv-cache fp8: no attention k_proj weight in this checkpoint "
                                  "(fused qkv_proj and MLA attention are not supported yet)"));
   }
-  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore,
-                                        kv_cache_.empty() ? nullptr : &kKvCacheFp8);
+  const QuantArgsDesc* kv = !kv_cache_.empty() ? &kKvCacheFp8
+                            : repack_ == 2 && source_.kv_cache_fp8 ? &kKvCacheFp8Repack
+                                                                   : nullptr;
+  JsonValue q = BuildQuantizationConfig(cg, plan_.config_ignore, kv);
   // llm-compressor 0.14.0.1 writes an empty sparsity_config for pruned models (its writer
   // drops the structure; docs/reference-notes.md section 15). A populated dense 2:4 config
   // would send vLLM down its removed 2:4-kernel path, so quench writes the same {} and records

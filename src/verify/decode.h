@@ -40,6 +40,9 @@ struct ModuleView {
   // An FP8 source weight: x holds its E4M3 codes, decoded to BF16 rows by the walk.
   const SourceScale* xscale = nullptr;
   double qmin = 0, qmax = 0;        // grid ends in the quotient domain
+  // The lossless repack of a packed SRC (VerifyOptions::packed_source): every element must
+  // dequantize to the decoded source exactly.
+  bool lossless = false;
 };
 
 // One decoded row, per column.
@@ -50,6 +53,10 @@ struct RowBuffers {
 
 // Decodes row r into the quotient domain: q (grid value), gap, effective scale and zero point.
 void DecodeRow(const ModuleView& v, uint64_t r, RowBuffers& b);
+
+// Column c of a decoded row dequantized as compressed-tensors does, rounded to BF16 (int codes
+// with their scale and zero point, and NVFP4; verify/lossless.cc).
+uint16_t CtDequantizedBF16(const ModuleView& v, const RowBuffers& b, uint64_t c);
 
 }  // namespace quench::verify
 

@@ -29,6 +29,8 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
   // Scales are in the weight's dtype as the kernels saw it: BF16 for a decoded FP8 source.
   std::optional<DType> wdt;
   if (st) wdt = SourceScaleOf(wname) ? DType::kBF16 : st->dtype;
+  // A lossless repack keeps the packed source's scales (AutoAWQ's F16).
+  if (IsLosslessRepack(module, g)) wdt = opt_.packed_source->weight_dtype;
   if (have_shape) exp = ExpectedTensors(g, out, in, wdt);
   if (have_shape && g.group_size && in % g.group_size != 0) {
     Problem(file, module, "shape", "input dimension " + std::to_string(in) +
@@ -244,6 +246,7 @@ bool Verifier::DescribeModule(const std::string& module, const Group& g,
     }
     v->x = src_->Data(wname);
     v->xdt = st->dtype;
+    v->lossless = IsLosslessRepack(module, g) && st->dtype == DType::kBF16;
   }
   return true;
 }

@@ -4,6 +4,7 @@
 // structure of the dequantized zeros.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 
@@ -31,6 +32,9 @@ struct WalkTally {
   // --prune without SRC: groups or rows short of zeros, and zeros in the whole tensor.
   uint64_t sparse_short = 0, zeros_total = 0;
   std::string sparse_text;
+  // A lossless repack: elements whose dequantized value differs from the decoded source.
+  uint64_t lossless_diff = 0;
+  std::string lossless_text;
 };
 
 namespace {
@@ -100,6 +104,16 @@ void TallyRow(const ModuleView& v, const RowBuffers& b, uint64_t r, const uint8_
     if (v.zp && (b.zp[c] < v.qmin || b.zp[c] > v.qmax)) ++t.bad_zp;
     if (xrow == nullptr) continue;
     TallyAgainstSource(b, r, c, LoadFloat(xrow, v.xdt, c), pruned, v, u, t);
+    if (v.lossless) {
+      uint16_t x;
+      std::memcpy(&x, xrow + 2 * c, 2);
+      const uint16_t d = CtDequantizedBF16(v, b, c);
+      if (d != x && t.lossless_diff++ == 0) {
+        t.lossless_text = "[" + std::to_string(r) + ", " + std::to_string(c) +
+                          "] dequantizes to " + Fmt("%.6g", BF16ToF32(d)) + ", the source to " +
+                          Fmt("%.6g", BF16ToF32(x));
+      }
+    }
   }
 }
 
@@ -199,7 +213,8 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
   ReportAgainstSource(v, file, qname, row_src_bytes, t);
 }
 
-// Scales: finite and > 0 (E8M0: not the NaN exponent 255; E4M3: not a NaN code). False (with
+// Scales: finite and > 0, or 0 in a lossless repack (E8M0: not the NaN exponent 255; E4M3: not
+// a NaN code). False (with
 // the problem reported) when any is not, as nothing dequantizes meaningfully then.
 bool Verifier::CheckScales(const ModuleView& v) {
   const Group& g = *v.g;
@@ -217,7 +232,8 @@ bool Verifier::CheckScales(const ModuleView& v) {
     } else {
       s = LoadFloat(v.scale, v.sdt, i);
     }
-    if (!(std::isfinite(s) && s > 0)) {
+    // A lossless repack keeps the source's scales, zero included (its group decodes to zeros).
+    if (!(std::isfinite(s) && (s > 0 || (v.lossless && s == 0)))) {
       if (bad++ == 0) {
         first = i;
         first_val = s;
@@ -299,6 +315,11 @@ void Verifier::ReportAgainstSource(const ModuleView& v, const std::string& file,
   tq.worst_bound_ratio = t.worst;
   tq.bound_violations = t.violations;
   rep_.quality.push_back(tq);
+  if (t.lossless_diff) {
+    Problem(file, qname, "lossless",
+            std::to_string(t.lossless_diff) + " element(s) do not dequantize to the decoded "
+                "source's value, as a lossless repack of it must; first " + t.lossless_text);
+  }
   if (t.violations) {
     Problem(file, qname, "error-bound",
             std::to_string(t.violations) + " element(s) farther from the source than " +

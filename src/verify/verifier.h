@@ -23,6 +23,8 @@
 //   error-bound        elements whose dequantized value is farther from the source than the
 //                      format's grid allows (one grid step plus quotient rounding)
 //   sqnr               the tensor's SQNR against the source is below its format's threshold
+//   lossless           (SRC AutoAWQ or ModelOpt NVFP4, DST in its own format) an element does
+//                      not dequantize to the decoded source exactly, as a repack must
 //   pruned             (--prune) an element zero in the pruned source does not dequantize to
 //                      exactly 0, or the source holds NaN/Inf so it cannot be pruned
 //   sparsity           (--prune, no SRC; or --algorithm sparsegpt) the dequantized zeros lack
@@ -117,6 +119,10 @@ class Verifier {
                         uint64_t cols, uint64_t r0, uint64_t r1, uint8_t* out);
   void CheckDecodedTensor(const Shard& s, const TensorInfo& t, const SourceScale& sc,
                           const TensorInfo& d);
+  // lossless.cc: the lossless repack of an AutoAWQ or ModelOpt NVFP4 SRC.
+  bool LinearTargetSelects(std::string_view module) const;
+  bool IsLosslessRepack(const std::string& module, const Group& g) const;
+
   // source_ct_rows.cc: a compressed-tensors SRC. Its headers are rewritten as the weights
   // they decode to (X.weight_packed -> X.weight of the decoded shape; the tensors decoding
   // consumes dropped), so the checks above see the source the conversion read.

@@ -130,7 +130,7 @@ const Group* Verifier::GroupFor(std::string_view module) const {
   if (EndsWith(module, "norm")) return nullptr;
   if (ignore_.Matches(module)) return nullptr;
   for (const Group& g : groups_) {
-    if (g.all || g.targets.Matches(module)) return &g;
+    if ((g.all && LinearTargetSelects(module)) || g.targets.Matches(module)) return &g;
   }
   return nullptr;
 }

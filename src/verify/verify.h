@@ -31,11 +31,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "format/json.h"
+#include "quench/dtype.h"
 #include "quench/status.h"
 #include "schemes/prune.h"
 
@@ -66,6 +68,24 @@ struct VerifyOptions {
   // int(rows * width * F) zeros), with or without SRC (verify/zero_structure.h).
   bool prune_updates = false;
   uint64_t prune_block = 128;
+  // SRC was an AutoAWQ or ModelOpt NVFP4 checkpoint (the CLI gives `src` as it decoded to
+  // BF16, src/cli/verify_packed_source.h). A module DST stores in the source's own format
+  // (`format`, `bits`, `group_size`, `symmetric`) is its lossless repack: its scales are
+  // expected in `weight_dtype` (the dtype AutoAWQ's F16 scales stand for), and every element
+  // must dequantize, as compressed-tensors dequantizes it, to the decoded source bit for bit
+  // (rule "lossless"; the error bound alone allows one grid step), zero scales included (the
+  // source's). Only the source's `modules` (the Linear layers it quantized or its config
+  // left out) are selected by a "Linear" target: its other float weights (embeddings) are not
+  // Linear, as the converters' ignore lists assume.
+  struct PackedSource {
+    std::string format;  // compressed-tensors format name: "pack-quantized", "nvfp4-pack-quantized"
+    int bits = 4;
+    uint64_t group_size = 0;
+    bool symmetric = true;
+    DType weight_dtype = DType::kBF16;
+    std::set<std::string> modules;
+  };
+  std::optional<PackedSource> packed_source;
 };
 
 // One thing wrong. `rule` is a short stable identifier (listed in verifier.h).
