@@ -418,7 +418,7 @@ bool Planner::PlanRepacked(const TensorInfo& t, size_t index, PlannedTensor& pt,
     if (auto kv = source_.kv_scales.find(t.name); kv != source_.kv_scales.end()) {
       // The converter's k/v scale: .to(kv_cache_scheme.scale_dtype or bfloat16), 0-dim kept.
       const uint16_t h = F32ToBF16(kv->second);
-      constants_[index] = std::string(reinterpret_cast<const char*>(&h), 2);
+      w.constants[index] = std::string(reinterpret_cast<const char*>(&h), 2);
       pt.src_bytes = 0;  // its value was read while planning
       pt.why = "cast to BF16 (ModelOpt's FP8 KV-cache scale)";
       specs.push_back({t.name, DType::kBF16, {}, 2});
