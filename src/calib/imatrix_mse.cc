@@ -80,8 +80,8 @@ bool MakeGeometry(const WeightChunk& in, ImatrixFormat f, Geometry* g) {
 
 bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
            const ImatrixOptions& o, Geometry* g) {
-  return MakeGeometry(in, f, g) && o.grid > 0 && o.norm > 0 && LastStep(o) < 32 &&
-         (imp.empty() || imp.size() == in.cols);
+  return MakeGeometry(in, f, g) && o.grid > 0 && o.norm > 0 && o.expand > 0 &&
+         LastStep(o) < 32 && (imp.empty() || imp.size() == in.cols);
 }
 
 // |d|^norm as torch computes pow_ on an f32 tensor: exponent 3 and 2 are products.
@@ -91,13 +91,15 @@ inline float PowNorm(float d, double norm) {
   return std::pow(d, static_cast<float>(norm));
 }
 
-// Step i's shrunk range: p = 1 - i / grid in double; p * tensor multiplies in f32 (the
-// scalar cast to f32) and rounds to D.
+// Step i's shrunk range: min_val = amin * expand, then p = 1 - i / grid in double; each
+// tensor-times-scalar product multiplies in f32 (the scalar cast to f32) and rounds to D
+// (expand 1.0 leaves the value as it is).
 inline void StepRange(float m0, float M0, int i, const ImatrixOptions& o, DType d, float* mn,
                       float* mx) {
+  const float e = static_cast<float>(o.expand);
   const float p = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
-  *mn = RoundToDType(p * m0, d);
-  *mx = RoundToDType(p * M0, d);
+  *mn = RoundToDType(p * RoundToDType(m0 * e, d), d);
+  *mx = RoundToDType(p * RoundToDType(M0 * e, d), d);
 }
 
 // calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
@@ -152,7 +154,7 @@ bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
 }
 
 // Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
-// (amin / amax, times expand = 1.0, a no-op in D) and its chosen step.
+// (amin / amax, times expand) and its chosen step.
 bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
             const Geometry& g, std::vector<float>* mn,
             std::vector<float>* mx) {

@@ -16,6 +16,7 @@
 #include "plan/groups.h"
 #include "plan/ignore_cover.h"
 #include "plan/matcher.h"
+#include "plan/observer_kwargs.h"
 #include "plan/target_resolver.h"
 #include "schemes/prune.h"
 
@@ -791,6 +792,15 @@ void Planner::PlanFiles() {
                     : !g.observer.empty() ? g.observer
                     : oneshot_            ? std::string("memoryless_minmax")
                                           : std::string()});
+      if (!g.observer_kwargs.empty() && !gptq_) {
+        // The observer's settings, as llm-compressor writes the args it ran with.
+        Result<JsonValue> kw = ObserverKwargsFromText(g.observer_kwargs);
+        if (kw.ok()) {
+          cg.back().weights_observer_kwargs = std::move(*kw);
+        } else {
+          plan_.errors.push_back(kw.status());
+        }
+      }
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {
