@@ -238,7 +238,8 @@ TEST_CASE("A recipe's observer: imatrix_mse, asymmetric, with Wanda 2:4 before i
 TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.json as the reference's") {
   // The weights args compressed-tensors dumps for the same observer_kwargs:
   // data/golden/imatrix-kwargs (scripts/make_golden_imatrix_kwargs.py).
-  auto golden = ReadJsonFile((DataDir() / "golden" / "imatrix-kwargs" / "manifest.json").string());
+  auto golden =
+      ReadJsonFile((DataDir() / "golden" / "imatrix-kwargs" / "manifest.json").string());
   REQUIRE(golden.ok());
   auto reference_args = [&](const std::string& name) {
     for (const auto& c : golden->Find("cases")->as_array()) {
@@ -262,7 +263,7 @@ TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.jso
   REQUIRE(cfg.ok());
   const JsonValue* w =
       cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights");
-  CHECK(DumpPythonJson(*w->Find("observer_kwargs")) == R"({"norm": 2.4})");
+  CHECK(DumpPythonJson(*w->Find("observer_kwargs")) == "{\n  \"norm\": 2.4\n}");
   // Asymmetric, group 64, grid 30 and maxshrink 0.9 from a recipe: every weight arg as the
   // reference writes it.
   WriteBytes(tmp / "recipe.json",
@@ -279,7 +280,8 @@ TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.jso
   CheckAgainst(tmp / "recipe", sites, nullptr, 64, false, grid);
   cfg = ReadJsonFile((tmp / "recipe" / "config.json").string());
   REQUIRE(cfg.ok());
-  CHECK(DumpPythonJson(*cfg->Find("quantization_config")->Find("config_groups")->Find("group_0")->Find("weights")) ==
+  const JsonValue* groups = cfg->Find("quantization_config")->Find("config_groups");
+  CHECK(DumpPythonJson(*groups->Find("group_0")->Find("weights")) ==
         reference_args("w4asym_g64_bf16_grid30"));
   // The settings change the bytes: the default search chooses otherwise somewhere.
   r = RunQuench({"convert", src, (tmp / "default").string(), "--scheme", "W4A16",
@@ -293,8 +295,9 @@ TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.jso
                  "norm=2.4", "-q"});
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("the min-max observer takes none") != std::string::npos);
-  r = RunQuench({"convert", src, (tmp / "y").string(), "--recipe", (tmp / "recipe.json").string(),
-                 "--observer-arg", "norm=2.4", "--stats", (tmp / "stats").string(), "-q"});
+  r = RunQuench({"convert", src, (tmp / "y").string(), "--recipe",
+                 (tmp / "recipe.json").string(), "--observer-arg", "norm=2.4", "--stats",
+                 (tmp / "stats").string(), "-q"});
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("a recipe gives each group's weights.observer_kwargs") != std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "x"));

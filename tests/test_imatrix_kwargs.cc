@@ -91,7 +91,9 @@ void CheckInt(const GoldenFile& f, const calib::ImatrixOptions& o) {
         scale_diff += std::memcmp(enc, want_scale.data() + (r0 * ng + i) * ssz, ssz) != 0;
         zp_diff += got.zero_points[i] != want_zp[r0 * ng + i];
       }
-      for (size_t i = 0; i < c.rows * cols; ++i) code_diff += got.codes[i] != want_codes[r0 * cols + i];
+      for (size_t i = 0; i < c.rows * cols; ++i) {
+        code_diff += got.codes[i] != want_codes[r0 * cols + i];
+      }
     }
     CHECK(scale_diff == 0);
     CHECK(zp_diff == 0);
@@ -160,9 +162,11 @@ TEST_CASE("imatrix_mse with observer_kwargs: the reference observer's scales and
   for (const auto& c : manifest->Find("cases")->as_array()) {
     const std::string name = c.Find("name")->as_string();
     CAPTURE(name);
-    const GoldenFile f = LoadGolden(DataDir() / "golden" / "imatrix-kwargs" / (name + ".safetensors"));
+    const GoldenFile f =
+        LoadGolden(DataDir() / "golden" / "imatrix-kwargs" / (name + ".safetensors"));
     // The kwargs as a recipe would give them, through the recipe / CLI parser.
-    auto o = calib::ImatrixOptionsFromKwargs(ObserverKwargsText(*c.Find("weights_args")->Find("observer_kwargs")));
+    const JsonValue* kw = c.Find("weights_args")->Find("observer_kwargs");
+    auto o = calib::ImatrixOptionsFromKwargs(ObserverKwargsText(*kw));
     REQUIRE_MESSAGE(o.ok(), o.status().ToString());
     CHECK(!(o->grid == 20 && o->maxshrink == 0.95 && o->norm == 3.0 && o->patience == 5 &&
             o->expand == 1.0));  // every case departs from the defaults

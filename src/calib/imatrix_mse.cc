@@ -144,6 +144,13 @@ double GroupError(const float* x, const float* imp, size_t n, float mn, float mx
   return err;
 }
 
+// The error as the reference compares it: its sum is an f32 tensor (best_error is f32), so
+// two steps whose sums round to the same f32 tie and the earlier stays. The f64 sum rounded
+// once to f32 stands for torch's f32 sum: without it, exact FP4 representations at two
+// steps (an outlier at 4 s and at 6 s', the rest rounding to 0) differ by ~1e-15 in f64 and
+// the later step won, where the reference keeps the earlier (MiniLM, expand 1.8).
+inline double ErrorF32(double err) { return static_cast<float>(err); }
+
 // Row r of `in` as f32 into x; false on NaN/Inf.
 bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
   for (size_t c = 0; c < in.cols; ++c) {
@@ -199,7 +206,8 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
       for (int i = 0; i <= last; ++i) {
         float mn, mx;
         StepRange(m0, M0, i, o, in.dtype, &mn, &mx);
-        const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
+        const double err =
+            ErrorF32(GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm));
         if (err < best) {  // strict: the earliest of equal errors stays
           best = err;
           mask |= 1u << i;
@@ -226,7 +234,7 @@ bool StepUpdate(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
       float mn, mx;
       StepRange(*std::min_element(xg, xg + g.group), *std::max_element(xg, xg + g.group), i, o,
                 in.dtype, &mn, &mx);
-      const double err = GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm);
+      const double err = ErrorF32(GroupError(xg, ig, g.group, mn, mx, f, g, sym, in.dtype, o.norm));
       const size_t j = r * g.n_groups + k;
       if (err < best[j]) {
         best[j] = err;
