@@ -50,6 +50,7 @@ struct ImatrixOptions {
   double maxshrink = 0.95;  // "maxshrink"
   double norm = 3.0;        // "norm"
   int patience = 5;         // "patience" (0: never stop early)
+  double expand = 1.0;      // "expand": each group's min and max times this, before the grid
 };
 
 // The number of the last grid step (shrink_steps = max(1, int(maxshrink * grid))).
