@@ -122,7 +122,7 @@ struct Expected {
   std::string packed, scale, zp;
 };
 Expected Compute(const std::string& src, size_t rows, size_t cols, const Site& site,
-                 const char* prune, int group, bool sym) {
+                 const char* prune, int group, bool sym, const calib::ImatrixOptions& o) {
   Expected e;
   e.rows = src;
   if (prune != nullptr) {
@@ -144,7 +144,6 @@ Expected Compute(const std::string& src, size_t rows, size_t cols, const Site& s
   in.params.symmetric = sym;
   const std::vector<float> imp = calib::NormalizedImportance(site.sum_x2, 512);
   REQUIRE_FALSE(imp.empty());
-  calib::ImatrixOptions o;
   uint32_t steps = 0;
   REQUIRE(calib::AnyImproved(in, imp, o, &steps));
   const size_t ng = group > 0 ? cols / size_t(group) : 1;
@@ -160,7 +159,8 @@ Expected Compute(const std::string& src, size_t rows, size_t cols, const Site& s
 }
 
 void CheckAgainst(const fs::path& out_dir, const std::vector<Site>& sites, const char* prune,
-                  int group, bool sym) {
+                  int group, bool sym,
+                  const calib::ImatrixOptions& o = calib::ImatrixOptions()) {
   auto sources = LoadAll(DataDir() / "tiny-llama");
   auto out = LoadAll(out_dir);
   size_t weights = 0;
@@ -170,7 +170,7 @@ void CheckAgainst(const fs::path& out_dir, const std::vector<Site>& sites, const
       const std::string m = c.substr(0, c.size() - 7);
       auto [sl, st] = FindTensor(sources, c);
       const std::string src(reinterpret_cast<const char*>(sl->Data(*st)), st->end - st->begin);
-      const Expected e = Compute(src, st->shape[0], st->shape[1], s, prune, group, sym);
+      const Expected e = Compute(src, st->shape[0], st->shape[1], s, prune, group, sym, o);
       if (group == 0) {
         CHECK(TensorBytes(out, c) == e.rows);
       } else {
@@ -233,6 +233,75 @@ TEST_CASE("A recipe's observer: imatrix_mse, asymmetric, with Wanda 2:4 before i
                       "--prune-metric", "wanda", "--stats", (tmp / "stats").string(), "-q"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   CheckAgainst(tmp / "o", sites, "2:4", 64, false);
+}
+
+TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.json as the reference's") {
+  // The weights args compressed-tensors dumps for the same observer_kwargs:
+  // data/golden/imatrix-kwargs (scripts/make_golden_imatrix_kwargs.py).
+  auto golden =
+      ReadJsonFile((DataDir() / "golden" / "imatrix-kwargs" / "manifest.json").string());
+  REQUIRE(golden.ok());
+  auto reference_args = [&](const std::string& name) {
+    for (const auto& c : golden->Find("cases")->as_array()) {
+      if (c.Find("name")->as_string() == name) return DumpPythonJson(*c.Find("weights_args"));
+    }
+    FAIL("no golden case " << name);
+    return std::string();
+  };
+  TempDir tmp;
+  const std::vector<Site> sites = TinyLlamaSites();
+  WriteStats(tmp / "stats", sites);
+  const std::string src = (DataDir() / "tiny-llama").string();
+  auto r = RunQuench({"convert", src, (tmp / "flags").string(), "--scheme", "W4A16",
+                      "--group-size", "64", "--observer", "imatrix_mse", "--observer-arg",
+                      "norm=2.4", "--stats", (tmp / "stats").string(), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  calib::ImatrixOptions norm;
+  norm.norm = 2.4;
+  CheckAgainst(tmp / "flags", sites, nullptr, 64, true, norm);
+  auto cfg = ReadJsonFile((tmp / "flags" / "config.json").string());
+  REQUIRE(cfg.ok());
+  const JsonValue* w =
+      cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights");
+  CHECK(DumpPythonJson(*w->Find("observer_kwargs")) == "{\n  \"norm\": 2.4\n}");
+  // Asymmetric, group 64, grid 30 and maxshrink 0.9 from a recipe: every weight arg as the
+  // reference writes it.
+  WriteBytes(tmp / "recipe.json",
+             R"({"config_groups": {"group_0": {"targets": ["Linear"], "weights": )"
+             R"({"num_bits": 4, "type": "int", "symmetric": false, "strategy": "group", )"
+             R"("group_size": 64, "observer": "imatrix_mse", )"
+             R"("observer_kwargs": {"grid": 30, "maxshrink": 0.9}}}}, "ignore": ["lm_head"]})");
+  r = RunQuench({"convert", src, (tmp / "recipe").string(), "--recipe",
+                 (tmp / "recipe.json").string(), "--stats", (tmp / "stats").string(), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  calib::ImatrixOptions grid;
+  grid.grid = 30;
+  grid.maxshrink = 0.9;
+  CheckAgainst(tmp / "recipe", sites, nullptr, 64, false, grid);
+  cfg = ReadJsonFile((tmp / "recipe" / "config.json").string());
+  REQUIRE(cfg.ok());
+  const JsonValue* groups = cfg->Find("quantization_config")->Find("config_groups");
+  CHECK(DumpPythonJson(*groups->Find("group_0")->Find("weights")) ==
+        reference_args("w4asym_g64_bf16_grid30"));
+  // The settings change the bytes: the default search chooses otherwise somewhere.
+  r = RunQuench({"convert", src, (tmp / "default").string(), "--scheme", "W4A16",
+                 "--group-size", "64", "--observer", "imatrix_mse", "--stats",
+                 (tmp / "stats").string(), "-q"});
+  REQUIRE(r.exit_code == 0);
+  const std::string sc = "model.layers.0.mlp.down_proj.weight_scale";
+  CHECK(TensorBytes(LoadAll(tmp / "flags"), sc) != TensorBytes(LoadAll(tmp / "default"), sc));
+  // Refusals: settings for the min-max observer, and with a recipe (which has its own).
+  r = RunQuench({"convert", src, (tmp / "x").string(), "--scheme", "W4A16", "--observer-arg",
+                 "norm=2.4", "-q"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("the min-max observer takes none") != std::string::npos);
+  r = RunQuench({"convert", src, (tmp / "y").string(), "--recipe",
+                 (tmp / "recipe.json").string(), "--observer-arg", "norm=2.4", "--stats",
+                 (tmp / "stats").string(), "-q"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("a recipe gives each group's weights.observer_kwargs") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp / "x"));
+  CHECK_FALSE(fs::exists(tmp / "y"));
 }
 
 TEST_CASE("Wanda alone (--scheme none): the verified selection, unlike magnitude's") {

@@ -4,9 +4,12 @@
 // adversarial ones (ties between steps and between groups, constant and all-zero groups,
 // signed zeros, near-overflow ranges that the scalar path takes, subnormals, zero and huge
 // importance), and per group errors compared against bounds at the definition's value and
-// one ulp either side of it (where a best step changes at the last ulp).
+// one ulp either side of it (where a best step changes at the last ulp); with expand != 1
+// (each group's min and max widened or narrowed before the grid, up to 31 steps) and the f32
+// tie rule (errors equal once rounded to f32: the earlier step stays).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -36,7 +39,19 @@ struct Case {
   bool symmetric = true;
   double norm = 3.0;
   bool uniform = false;
+  double expand = 1.0;  // observer_kwargs: expand, grid, maxshrink
+  int grid = 20;
+  double maxshrink = 0.95;
 };
+
+calib::ImatrixOptions OptionsOf(const Case& c) {
+  calib::ImatrixOptions o;
+  o.norm = c.norm;
+  o.expand = c.expand;
+  o.grid = c.grid;
+  o.maxshrink = c.maxshrink;
+  return o;
+}
 
 std::string Label(const Case& c) {
   const char* f = c.format == ImatrixFormat::kInt     ? "int"
@@ -44,7 +59,9 @@ std::string Label(const Case& c) {
                                                       : "mxfp4";
   return std::string(DTypeLabel(c.dtype)) + " " + f + " b" + std::to_string(c.bits) + " g" +
          std::to_string(c.group) + (c.symmetric ? " sym" : " asym") + " norm " +
-         std::to_string(c.norm) + (c.uniform ? " uniform" : "");
+         std::to_string(c.norm) + (c.uniform ? " uniform" : "") + " expand " +
+         std::to_string(c.expand) + " grid " + std::to_string(c.grid) + " maxshrink " +
+         std::to_string(c.maxshrink);
 }
 
 // Weights of the case's dtype: rows x cols raw bytes from f32 values (rounded to D).
@@ -72,8 +89,7 @@ Weights Make(const Case& c, size_t rows, size_t cols, const std::vector<float>& 
 
 // Runs every step (0..last) with the kernel and the definition and compares all results.
 void CompareSearch(const Case& c, const Weights& w) {
-  calib::ImatrixOptions o;
-  o.norm = c.norm;
+  const calib::ImatrixOptions o = OptionsOf(c);
   const size_t gc = calib::GroupColumns(w.in, c.format);
   REQUIRE(gc > 0);
   const size_t groups = w.in.rows * (w.in.cols / gc);
@@ -104,8 +120,7 @@ void CompareSearch(const Case& c, const Weights& w) {
 // Per group errors: the kernel's against the definition's with bounds at the value and one
 // ulp (of f64) either side, +Inf and 0.
 void CompareErrors(const Case& c, const Weights& w, int step) {
-  calib::ImatrixOptions o;
-  o.norm = c.norm;
+  const calib::ImatrixOptions o = OptionsOf(c);
   const size_t gc = calib::GroupColumns(w.in, c.format);
   const size_t groups = w.in.rows * (w.in.cols / gc);
   std::vector<float> x(w.in.rows * w.in.cols);
@@ -117,6 +132,7 @@ void CompareErrors(const Case& c, const Weights& w, int step) {
   b.symmetric = c.format != ImatrixFormat::kInt || c.symmetric;
   b.norm = c.norm;
   b.grid = o.grid;
+  b.expand = o.expand;
   b.x = x.data();
   b.rows = w.in.rows;
   b.cols = w.in.cols;
@@ -129,7 +145,7 @@ void CompareErrors(const Case& c, const Weights& w, int step) {
     const float* xg = x.data() + g * gc;
     float mn, mx;
     calib::internal::StepRange(*std::min_element(xg, xg + gc), *std::max_element(xg, xg + gc),
-                               step, o.grid, c.dtype, &mn, &mx);
+                               step, o.grid, o.expand, c.dtype, &mn, &mx);
     params[g] = calib::internal::ParamsOf(b, mn, mx);
     want[g] = calib::internal::GroupErrorScalar(b, xg, b.imp == nullptr ? nullptr : b.imp + (g % ng) * gc,
                                                 gc, params[g]);
@@ -171,6 +187,13 @@ std::vector<Case> Cases() {
     cases.push_back({d, ImatrixFormat::kNvfp4});
     cases.push_back({d, ImatrixFormat::kNvfp4, 4, 128, true, 2.0, true});
     cases.push_back({d, ImatrixFormat::kMxfp4});
+    // observer_kwargs: widened and narrowed ranges, the recommended NVFP4 setting (31 steps).
+    cases.push_back({d, ImatrixFormat::kInt, 4, 32, false, 3.0, false, 1.25});
+    cases.push_back({d, ImatrixFormat::kInt, 8, 0, true, 2.0, false, 1.5, 30, 0.9});
+    cases.push_back({d, ImatrixFormat::kInt, 4, 16, true, 3.0, false, 0.85});
+    cases.push_back({d, ImatrixFormat::kNvfp4, 4, 128, true, 2.4, false, 1.8, 54, 0.5556});
+    cases.push_back({d, ImatrixFormat::kNvfp4, 4, 128, true, 3.0, true, 1.25});
+    cases.push_back({d, ImatrixFormat::kMxfp4, 4, 128, true, 3.0, false, 1.5, 31, 1.0});
   }
   return cases;
 }
@@ -246,7 +269,7 @@ TEST_CASE("imatrix_mse kernel equals the scalar definition on random weights, ev
         CAPTURE(cols);
         CompareSearch(c, w);
         CompareErrors(c, w, 0);
-        CompareErrors(c, w, 9);
+        CompareErrors(c, w, std::min(9, calib::LastStep(OptionsOf(c))));
       }
     }
   });
@@ -263,7 +286,101 @@ TEST_CASE("imatrix_mse kernel equals the scalar definition on adversarial weight
       CAPTURE(target);
       CAPTURE(Label(c));
       CompareSearch(c, w);
-      for (int step : {0, 1, 10, 19}) CompareErrors(c, w, step);
+      for (int step : {0, 1, 10, 19}) {
+        CompareErrors(c, w, std::min(step, calib::LastStep(OptionsOf(c))));
+      }
+    }
+  });
+}
+
+// Groups whose errors at different steps differ in f64 but round to the same f32: one
+// element that every step rounds to 0 with a large importance (a constant term C of about
+// 1), the group's maximum with importance 0 (it sets the range only), and one element with a
+// tiny importance whose error changes with the step (about 1e-10 against C's f32 ulp of
+// 1.2e-7). The reference sums and compares in f32, so the earliest step stays; an f64
+// comparison would move to later ones. The expected masks are computed here from the
+// definition's per-step errors (GroupErrorScalar) with the rule f32(err) < best.
+TEST_CASE("imatrix_mse f32 tie rule: kernel and definition keep the earlier step") {
+  ForEachTarget([&](const std::string& target) {
+    for (DType d : {DType::kBF16, DType::kF32}) {
+      for (const Case& c : {Case{d, ImatrixFormat::kInt, 4, 16, true},
+                            Case{d, ImatrixFormat::kNvfp4, 4, 128, true, 3.0, false, 1.8, 54,
+                                 0.5556}}) {
+        CAPTURE(target);
+        CAPTURE(Label(c));
+        const size_t rows = 40, cols = 32, gc = 16;
+        std::vector<float> v(rows * cols, 0.f), imp(cols, 1.f);
+        for (size_t r = 0; r < rows; ++r) {
+          for (size_t k = 0; k < cols / gc; ++k) {
+            float* g = v.data() + r * cols + k * gc;
+            g[0] = 1.f;
+            g[1] = 0.01f;
+            g[2] = 0.3f + 0.011f * static_cast<float>(r) + 0.17f * static_cast<float>(k);
+          }
+        }
+        for (size_t k = 0; k < cols / gc; ++k) {
+          imp[k * gc] = 0.f;
+          imp[k * gc + 1] = 1e6f;
+          imp[k * gc + 2] = 1e-6f;
+        }
+        const Weights w = Make(c, rows, cols, v, imp);
+        const calib::ImatrixOptions o = OptionsOf(c);
+        REQUIRE(calib::GroupColumns(w.in, c.format) == gc);
+        const size_t groups = rows * cols / gc;
+        const int last = calib::LastStep(o);
+        // Expected masks: the f32 rule, and (to show the data has ties) the f64 one.
+        calib::internal::Block b;
+        b.format = c.format;
+        b.dtype = d;
+        if (c.format == ImatrixFormat::kInt) REQUIRE(intq::internal::MakeLayout(w.in, &b.layout));
+        b.symmetric = true;
+        b.norm = c.norm;
+        std::vector<float> x(rows * cols);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = ElementToF32(w.in.data, d, i);
+        std::vector<uint32_t> want(groups, 0u);
+        size_t f64_differs = 0;
+        for (size_t g = 0; g < groups; ++g) {
+          const float* xg = x.data() + g * gc;
+          const float* ig = imp.data() + (g % (cols / gc)) * gc;
+          double best32 = FLT_MAX, best64 = FLT_MAX;
+          uint32_t mask64 = 0;
+          for (int i = 0; i <= last; ++i) {
+            float mn, mx;
+            calib::internal::StepRange(*std::min_element(xg, xg + gc),
+                                       *std::max_element(xg, xg + gc), i, o.grid, o.expand, d,
+                                       &mn, &mx);
+            const double e =
+                calib::internal::GroupErrorScalar(b, xg, ig, gc, calib::internal::ParamsOf(b, mn, mx));
+            if (static_cast<float>(e) < best32) {
+              best32 = static_cast<float>(e);
+              want[g] |= 1u << i;
+            }
+            if (e < best64) {
+              best64 = e;
+              mask64 |= 1u << i;
+            }
+          }
+          f64_differs += mask64 != want[g];
+        }
+        CHECK(f64_differs > 0);
+        for (bool scalar : {true, false}) {
+          std::vector<double> best(groups, FLT_MAX);
+          std::vector<uint32_t> masks(groups, 0u);
+          uint32_t improved = 0;
+          REQUIRE((scalar ? calib::SearchStepsScalar : calib::SearchSteps)(
+              w.in, c.format, w.imp, o, 0, last, best.data(), masks.data(), &improved));
+          size_t diff = 0;
+          for (size_t g = 0; g < groups; ++g) {
+            if (masks[g] != want[g] && diff++ < 3) {
+              MESSAGE("scalar " << scalar << " group " << g << ": mask " << masks[g]
+                                << " want " << want[g]);
+            }
+            // best is the rounded error: an f32 value.
+            CHECK(best[g] == static_cast<double>(static_cast<float>(best[g])));
+          }
+          CHECK(diff == 0);
+        }
+      }
     }
   });
 }

@@ -54,6 +54,9 @@ struct PlanOptions {
   // importance-weighted clipping search from --stats; src/calib/imatrix_mse.h). Recipes set
   // it per group (weights.observer).
   std::string observer = "minmax";
+  // --observer-arg KEY=VALUE: the imatrix_mse observer's observer_kwargs (maxshrink,
+  // patience, grid, norm, expand, strict; src/plan/observer_kwargs.h) for flag-made groups.
+  std::vector<std::string> observer_args;
   std::string prune_metric = "magnitude";  // --prune-metric: "magnitude" or "wanda" (--stats)
   double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
   std::string awq_duo_scaling = "true";  // AWQ: "true", "false" or "both"
@@ -231,6 +234,8 @@ struct PlannedGroup {
   std::vector<std::string> targets;
   size_t tensors = 0;  // how many tensors it quantizes
   std::string observer;  // weights' observer: empty (min-max) or "imatrix_mse"
+  // Its observer_kwargs as config.json writes them (Python JSON text; "" for {}).
+  std::string observer_kwargs;
 };
 
 struct PlannedShard {

@@ -82,8 +82,9 @@ bool MakeGeometry(const WeightChunk& in, ImatrixFormat f, Geometry* g) {
 
 bool Valid(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
            const ImatrixOptions& o, Geometry* g) {
-  return MakeGeometry(in, f, g) && o.grid > 0 && o.norm > 0 && LastStep(o) < 32 &&
-         (imp.empty() || imp.size() == in.cols);
+  // LastStep < 32: each group's improving steps are one bit each of a 32-bit mask.
+  return MakeGeometry(in, f, g) && o.grid > 0 && o.norm > 0 && o.expand > 0 &&
+         LastStep(o) < 32 && (imp.empty() || imp.size() == in.cols);
 }
 
 // Row r of `in` as f32 into x; false on NaN/Inf.
@@ -93,20 +94,21 @@ bool LoadRow(const WeightChunk& in, size_t r, std::vector<float>& x) {
 }
 
 // Row r's chosen ranges (mn, mx per group) from each group's min and max (amin / amax,
-// times expand = 1.0, a no-op in D) and its chosen step; x, m0, M0 are scratch.
+// times expand) and its chosen step; x, m0, M0 are scratch.
 bool RowRanges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
                const Geometry& g, size_t r, std::vector<float>& x, std::vector<float>& m0,
                std::vector<float>& M0, float* mn, float* mx) {
   if (!LoadRow(in, r, x)) return false;
   internal::GroupMinMax(x.data(), g.n_groups, g.group, m0.data(), M0.data());
   for (size_t k = 0; k < g.n_groups; ++k) {
-    internal::StepRange(m0[k], M0[k], steps[r * g.n_groups + k], o.grid, in.dtype, &mn[k],
-                        &mx[k]);
+    internal::StepRange(m0[k], M0[k], steps[r * g.n_groups + k], o.grid, o.expand,
+                        in.dtype, &mn[k], &mx[k]);
   }
   return true;
 }
 
-// Per group (rows x groups) its chosen range (mn, mx).
+// Per group (rows x groups) its chosen range (mn, mx), from each group's min and max
+// (amin / amax, times expand) and its chosen step.
 bool Ranges(const WeightChunk& in, const ImatrixOptions& o, const uint8_t* steps,
             const Geometry& g, std::vector<float>* mn,
             std::vector<float>* mx) {
@@ -145,6 +147,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   b.symmetric = f != ImatrixFormat::kInt || in.params.symmetric;
   b.norm = o.norm;
   b.grid = o.grid;
+  b.expand = o.expand;
   b.cols = in.cols;
   b.group = g.group;
   b.imp = imp.empty() ? nullptr : imp.data();

@@ -5,11 +5,12 @@
 // Per group (a row's group_size columns; the whole row for the channel strategy), with the
 // group's min and max m0, M0 (values of the weight dtype D):
 //   for i = 0 .. max(1, int(maxshrink * grid)):        (0 .. 19 with the defaults)
-//     p = 1 - i / grid;  mn = RNE_D(p * m0); mx = RNE_D(p * M0)
+//     p = 1 - i / grid;  mn = RNE_D(p * RNE_D(m0 * expand)); mx likewise with M0
 //     scale, zp = calculate_qparams(mn, mx)             (intq::internal::ComputeParams)
 //     q = fake_quantize(w, scale, zp) in D              (x/s, +zp, clamp, round; (q-zp)*s)
 //     err = sum_j |q_j - w_j|^norm * imp_j              (norm 3; |d|^3 as d*d*d in f32)
-//     a group whose err is below its best so far keeps (mn, mx)   (strict: earliest wins)
+//     a group whose f32(err) is below its best so far keeps (mn, mx)
+//                                  (strict, in f32 as the reference's best_error: earliest wins)
 //   the search stops after `patience` (5) steps in a row in which NO group of the whole
 //   tensor improved.
 // FP4 (ImatrixFormat::kNvfp4: groups of 16; kMxfp4: groups of 32, symmetric) runs the same
@@ -50,6 +51,7 @@ struct ImatrixOptions {
   double maxshrink = 0.95;  // "maxshrink"
   double norm = 3.0;        // "norm"
   int patience = 5;         // "patience" (0: never stop early)
+  double expand = 1.0;      // "expand": each group's min and max times this, before the grid
 };
 
 // The number of the last grid step (shrink_steps = max(1, int(maxshrink * grid))).

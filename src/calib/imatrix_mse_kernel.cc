@@ -223,6 +223,13 @@ void MakeTiles(const Block& b, Tiles* t) {
     hn::Store(kx, df, t->kx + tile * L);
     hn::Store(kimp, df, t->kimp + tile * L);
   }
+  // min_val = amin * expand, once for all steps (StepRange; 1.0 is the identity on D values).
+  if (b.expand != 1.0) {
+    for (size_t g = 0; g < T * L; ++g) {
+      t->m0[g] = Expanded(t->m0[g], b.expand, b.dtype);
+      t->M0[g] = Expanded(t->M0[g], b.expand, b.dtype);
+    }
+  }
 }
 
 // The errors of one tile's groups with parameters s, zp: out[l] = the definition's sum when
@@ -280,7 +287,7 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
         continue;
       }
       float mn, mx;
-      StepRange(t.m0[g], t.M0[g], i, b.grid, b.dtype, &mn, &mx);
+      StepRange(t.m0[g], t.M0[g], i, b.grid, /*expand=*/1.0, b.dtype, &mn, &mx);  // expanded
       const StepParams p = ParamsOf(b, mn, mx);
       s[g] = p.scale;
       zp[g] = p.zp;
@@ -372,8 +379,9 @@ void SearchTiles(const Block& b) {
       }
       for (size_t l = 0; l < L; ++l) {
         const size_t g = tile * L + l;
-        if (err[l] < bound[l]) {  // only live lanes: the others' bound is -1
-          b.best[g] = err[l];
+        // Only live lanes: the others' bound is -1. Compared and kept rounded to f32 (ErrorF32).
+        if (ErrorF32(err[l]) < bound[l]) {
+          b.best[g] = ErrorF32(err[l]);
           b.masks[g] |= 1u << i;
           any = true;
         }
@@ -383,9 +391,9 @@ void SearchTiles(const Block& b) {
     for (size_t g = 0; g < t.groups && !none_scalar; ++g) {
       if (!scalar[g]) continue;
       const size_t ng = b.cols / b.group;
-      const double e = GroupErrorScalar(b, b.x + g * t.n,
-                                        b.imp == nullptr ? nullptr : b.imp + (g % ng) * t.n,
-                                        t.n, {s[g], zp[g]});
+      const double e = ErrorF32(GroupErrorScalar(
+          b, b.x + g * t.n, b.imp == nullptr ? nullptr : b.imp + (g % ng) * t.n, t.n,
+          {s[g], zp[g]}));
       if (e < b.best[g]) {
         b.best[g] = e;
         b.masks[g] |= 1u << i;

@@ -6,14 +6,17 @@
 //     the scalar definition bit for bit on every target.
 //
 // The definition (imatrix_mse.h has where each rule comes from): per group, with m0, M0 its
-// min and max and step i's range mn = RNE_D(p_i * m0), mx = RNE_D(p_i * M0):
+// min and max, e = f32(expand), and step i's range mn = RNE_D(p_i * RNE_D(m0 * e)),
+// mx = RNE_D(p_i * RNE_D(M0 * e)):
 //   int:  scale, zp = calculate_qparams(mn, mx);  q = round(clamp(RNE_D(RNE_D(x / s) + zp)))
 //         (no + zp when symmetric);  dq = RNE_D((q - zp) * s)
 //   FP4:  s = the search scale of pos = max(|min(mn, 0)|, max(mx, 0));
 //         dq = RNE_D(E2M1(RNE_D(x / s)) * s)
 //   e_j = |dq_j - x_j|^norm * imp_j, in f32 (norm 3: (d * d) * d; 2: d * d; else powf)
 //   err = ((0 + e_0) + e_1) + ... + e_{n-1}, each + in f64 (the e_j widened exactly)
-//   err < best (strict) -> best = err, bit i of the group's mask set, bit i of *improved set.
+//   f32(err) < best (strict) -> best = f32(err), bit i of the group's mask set, bit i of
+//   *improved set (ErrorF32: the reference's best_error is f32, so sums that round to the
+//   same f32 tie and the earlier step stays).
 // (torch sums err in f32 in its own vectorised order, which depends on the CPU; the f64 sum
 // in element order is quench's fixed stand-in since the observer was built, and the golden
 // tests against the reference's bytes pin that it chooses the same steps.)
@@ -23,7 +26,9 @@
 //    each lane adds its group's terms in the definition's order, in f64: the sums are the
 //    scalar sums bit for bit whatever the vector width;
 //  - the terms are non-negative, so the partial sums never decrease: a group whose partial
-//    sum reached its best cannot improve, and a tile stops once every lane has (exact);
+//    sum reached its best cannot improve, and a tile stops once every lane has (exact; best
+//    is an f32 value and rounding to f32 is monotone, so err >= best gives f32(err) >= best:
+//    the skips below rule out only groups whose rounded error does not improve either);
 //  - before a tile's full pass, each group's term of its element of largest |x|^3 * imp (the
 //    one clipping hurts most) is computed: the sequential f64 sum of all n terms is at least
 //    (1 - (n + K) 2^-53) times any f64 sum of K of them (here K = 1, where it is at least
@@ -31,7 +36,8 @@
 //    cannot improve either (exact: the margin covers every rounding of both sums and of the
 //    product), and a tile all of whose groups are ruled out is skipped;
 //  - the step parameters are computed lane-wise (int, NVFP4) with calculate_qparams'
-//    operations, and each block's rows are transposed into tiles once for all its steps;
+//    operations, and each block's rows are transposed into tiles once for all its steps
+//    (with each group's min and max already times expand, rounded to D);
 //  - f32 arithmetic is compiled without contraction (no FMA), as the definition rounds each
 //    product and difference.
 #ifndef QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_
@@ -54,22 +60,37 @@ struct Block {
   bool symmetric = true;            // kInt only (FP4 is symmetric)
   double norm = 3.0;
   int grid = 20;                    // p_i = 1 - i / grid
+  double expand = 1.0;              // each group's min and max times this before the grid
   const float* x = nullptr;         // rows x cols
   size_t rows = 0, cols = 0, group = 0;
   const float* imp = nullptr;       // cols values, or nullptr (every weight counts 1)
   int i0 = 0, i1 = 0;
-  double* best = nullptr;           // rows x (cols / group), FLT_MAX before step 0
+  double* best = nullptr;           // rows x (cols / group), f32 values; FLT_MAX before step 0
   uint32_t* masks = nullptr;        // rows x (cols / group)
   uint32_t* improved = nullptr;     // |= bit i when some group improved at step i
 };
 
-// Step i's range (mn, mx) of a group with min m0 and max M0: p = 1 - i / grid in double,
-// p * tensor multiplies in f32 (the scalar cast to f32) and rounds to D.
-inline void StepRange(float m0, float M0, int i, int grid, DType d, float* mn, float* mx) {
-  const float p = static_cast<float>(1.0 - static_cast<double>(i) / grid);
-  *mn = intq::internal::RoundToDType(p * m0, d);
-  *mx = intq::internal::RoundToDType(p * M0, d);
+// min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),
+// rounded to D (expand 1.0 leaves a D value as it is).
+inline float Expanded(float v, double expand, DType d) {
+  return intq::internal::RoundToDType(v * static_cast<float>(expand), d);
 }
+
+// Step i's range (mn, mx) of a group with min m0 and max M0: each times expand (Expanded),
+// then p = 1 - i / grid in double, p * tensor multiplied in f32 and rounded to D.
+inline void StepRange(float m0, float M0, int i, int grid, double expand, DType d, float* mn,
+                      float* mx) {
+  const float p = static_cast<float>(1.0 - static_cast<double>(i) / grid);
+  *mn = intq::internal::RoundToDType(p * Expanded(m0, expand, d), d);
+  *mx = intq::internal::RoundToDType(p * Expanded(M0, expand, d), d);
+}
+
+// The error as the reference compares it: its sum is an f32 tensor (best_error is f32), so
+// two steps whose sums round to the same f32 tie and the earlier stays. The f64 sum rounded
+// once to f32 stands for torch's f32 sum: without it, exact FP4 representations at two
+// steps (an outlier at 4 s and at 6 s', the rest rounding to 0) differ by ~1e-15 in f64 and
+// the later step won, where the reference keeps the earlier (MiniLM, expand 1.8).
+inline double ErrorF32(double err) { return static_cast<float>(err); }
 
 // calculate_qparams' max_val_pos: max(|min(mn, 0)|, |max(mx, 0)|).
 float Pos(float mn, float mx);

@@ -82,8 +82,8 @@ bool SearchBlockScalar(const Block& b) {
     const float M0 = *std::max_element(xg, xg + b.group);
     for (int i = b.i0; i <= b.i1; ++i) {
       float mn, mx;
-      StepRange(m0, M0, i, b.grid, b.dtype, &mn, &mx);
-      const double err = GroupErrorScalar(b, xg, ig, b.group, ParamsOf(b, mn, mx));
+      StepRange(m0, M0, i, b.grid, b.expand, b.dtype, &mn, &mx);
+      const double err = ErrorF32(GroupErrorScalar(b, xg, ig, b.group, ParamsOf(b, mn, mx)));
       if (err < b.best[g]) {  // strict: the earliest of equal errors stays
         b.best[g] = err;
         b.masks[g] |= 1u << i;

@@ -22,6 +22,7 @@
 #include "calib/weight_stats.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "plan/observer_kwargs.h"
 #include "plan/planner.h"
 #include "schemes/fp4.h"
 #include "schemes/prune.h"
@@ -73,6 +74,18 @@ std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s) {
 }
 
 }  // namespace
+
+Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text) {
+  QUENCH_ASSIGN_OR_RETURN(JsonValue kw, ObserverKwargsFromText(kwargs_text));
+  QUENCH_ASSIGN_OR_RETURN(ObserverSettings s, ParseObserverKwargs("imatrix_mse", kw, ""));
+  ImatrixOptions o;
+  o.grid = s.grid;
+  o.maxshrink = s.maxshrink;
+  o.norm = s.norm;
+  o.patience = s.patience;
+  o.expand = s.expand;
+  return o;
+}
 
 Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
   const bool wanda = options.prune_metric == "wanda";
@@ -159,7 +172,17 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
         t.imatrix_site = c->site;
         t.imatrix_expert = c->expert;
         ++observed;
-        if (NormalizedImportance(v.sum_x2, v.count).empty()) {
+        QUENCH_ASSIGN_OR_RETURN(JsonValue kw, ObserverKwargsFromText(
+                                                  plan.groups[static_cast<size_t>(t.group)]
+                                                      .observer_kwargs));
+        QUENCH_ASSIGN_OR_RETURN(ObserverSettings set, ParseObserverKwargs("imatrix_mse", kw, ""));
+        if (NormalizedImportance(v.sum_x2, v.count).empty() && set.strict) {
+          // observer_kwargs strict: the reference raises instead of falling back.
+          plan.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                      "site " + c->site + " gives no usable importance for '" +
+                                          t.name + "' (no tokens or all zero) and the "
+                                          "imatrix_mse observer is strict"));
+        } else if (NormalizedImportance(v.sum_x2, v.count).empty()) {
           // The reference's fallback for unusable importance (no tokens, all zero).
           t.calib_note = "site " + c->site + " gives no usable importance (no tokens or all "
                          "zero); unweighted search, as llm-compressor falls back";
@@ -197,6 +220,12 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
   plan.calib_fingerprint = "imatrix_mse grid " + std::to_string(o.grid) + " shrink " +
                            std::to_string(o.maxshrink) + " norm " + std::to_string(o.norm) +
                            " patience " + std::to_string(o.patience) + " stats " + hash;
+  // Each group's observer_kwargs (they change the bytes; the defaults above otherwise).
+  for (const PlannedGroup& g : plan.groups) {
+    if (g.observer == "imatrix_mse" && !g.observer_kwargs.empty()) {
+      plan.calib_fingerprint += " " + g.key + " " + g.observer_kwargs;
+    }
+  }
   return Status::Ok();
 }
 
@@ -204,8 +233,9 @@ namespace {
 
 class ImatrixRunImpl : public ImatrixRun {
  public:
-  ImatrixRunImpl(const Plan& plan, Statistics stats)
-      : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)) {}
+  ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts)
+      : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)),
+        group_opts_(std::move(opts)) {}
 
   bool Takes(size_t t) const override { return !plan_.tensors[t].imatrix_site.empty(); }
 
@@ -251,7 +281,7 @@ class ImatrixRunImpl : public ImatrixRun {
     // kernel refuses it.
     if (GroupColumns(in, f) == 0 || steps->size() < (in.row0 + in.rows) * ng) return false;
     const bool packed = pt.scheme->format == "pack-quantized";
-    return QuantizeChosen(in, f, opt_, steps->data() + in.row0 * ng, packed, out);
+    return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
 
   void Done(size_t t) override {
@@ -261,6 +291,11 @@ class ImatrixRunImpl : public ImatrixRun {
 
  private:
   static constexpr uint64_t kKeepBytes = uint64_t{256} << 20;
+
+  // The settings of tensor t's group.
+  const ImatrixOptions& Opt(size_t t) const {
+    return group_opts_[static_cast<size_t>(plan_.tensors[t].group)];
+  }
 
   // A tensor's search: per group the chosen step; for FP4 the largest chosen range.
   struct Searched {
@@ -286,6 +321,7 @@ class ImatrixRunImpl : public ImatrixRun {
   // pipeline (or the pre-pass) to report as it reports it for any chunk.
   Result<Searched> SearchTensor(size_t ti) {
     const PlannedTensor& pt = plan_.tensors[ti];
+    const ImatrixOptions& opt = Opt(ti);  // the settings of this tensor's group
     QUENCH_RETURN_IF_ERROR(LoadImportance(pt));
     const PlannedShard& ps = plan_.shards[pt.shard];
     if (!map_ || map_path_ != ps.src_path) {
@@ -327,7 +363,7 @@ class ImatrixRunImpl : public ImatrixRun {
     // then gives the reference's patience stop over the whole tensor, and each group keeps
     // its last improvement at or before it (ChosenStep): what the reference's step-major
     // search over steps 0..stop keeps.
-    const int last = LastStep(opt_);
+    const int last = LastStep(opt);
     tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
                       [&](const tbb::blocked_range<size_t>& r) {
       const size_t n = r.end() - r.begin();
@@ -342,13 +378,13 @@ class ImatrixRunImpl : public ImatrixRun {
         src = pruned.data();
       }
       uint32_t bits = 0;
-      if (!SearchSteps(chunk_of(src, n), f, imp, opt_, 0, last, best.data() + r.begin() * ng,
+      if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data() + r.begin() * ng,
                        masks.data() + r.begin() * ng, &bits)) {
         finite = false;
       }
       improved.fetch_or(bits);
     });
-    const int stop = StopStep(improved.load(), opt_);
+    const int stop = StopStep(improved.load(), opt);
     map_->Release(pt.src_offset, pt.src_bytes);
     auto steps = std::make_shared<std::vector<uint8_t>>();
     if (!finite) {
@@ -373,7 +409,7 @@ class ImatrixRunImpl : public ImatrixRun {
           }
           src = pruned.data();
         }
-        if (!ChosenRanges(chunk_of(src, 1), f, opt_, steps->data() + r * ng, pos.data())) {
+        if (!ChosenRanges(chunk_of(src, 1), f, opt, steps->data() + r * ng, pos.data())) {
           out.finite = false;
           break;
         }
@@ -407,7 +443,7 @@ class ImatrixRunImpl : public ImatrixRun {
   const Plan& plan_;
   Statistics stats_;
   const prune::PruneSpec spec_;
-  const ImatrixOptions opt_;
+  const std::vector<ImatrixOptions> group_opts_;  // per plan group
   std::string imp_key_;
   std::vector<float> imp_;  // input stage only
   std::unique_ptr<MappedFile> map_;
@@ -426,7 +462,17 @@ Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
                                [](const PlannedTensor& t) { return !t.imatrix_site.empty(); });
   if (!any || options.algorithm != "rtn") return std::unique_ptr<ImatrixRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  return std::unique_ptr<ImatrixRun>(new ImatrixRunImpl(plan, std::move(stats)));
+  std::vector<ImatrixOptions> opts;
+  for (const PlannedGroup& g : plan.groups) {
+    if (g.observer != "imatrix_mse") {
+      opts.emplace_back();
+      continue;
+    }
+    QUENCH_ASSIGN_OR_RETURN(ImatrixOptions o, ImatrixOptionsFromKwargs(g.observer_kwargs));
+    opts.push_back(o);
+  }
+  return std::unique_ptr<ImatrixRun>(
+      new ImatrixRunImpl(plan, std::move(stats), std::move(opts)));
 }
 
 }  // namespace quench::calib

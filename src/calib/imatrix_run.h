@@ -7,7 +7,9 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
+#include "calib/imatrix_mse.h"
 #include "calib/seam.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
@@ -21,6 +23,10 @@ namespace quench::calib {
 // Wanda prunes with its column scale. Missing sites, other models' statistics and schemes the
 // observer does not cover go to plan.errors. Reads no weight. A no-op when neither is asked.
 Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options);
+
+// The search options of a group's observer_kwargs (PlannedGroup::observer_kwargs text, "" for
+// the defaults), checked as src/plan/observer_kwargs.h checks them.
+Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text);
 
 // The seam for a planned run (nullptr when no weight takes imatrix_mse). Prepare maps the
 // weight's rows (pruned as the pipeline prunes them) and runs the search over the whole

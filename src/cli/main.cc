@@ -144,7 +144,10 @@ std::string ConvertHelp() {
        "  --awq-n-grid N        AWQ: grid points (default 20)\n"
        "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
        "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
-       "                        as llm-compressor's imatrix_mse observer (integer schemes)\n"
+       "                        as llm-compressor's imatrix_mse observer (integer, FP4 schemes)\n"
+       "  --observer-arg K=V    imatrix_mse's observer_kwargs, repeatable: grid (20),\n"
+       "                        maxshrink (0.95), norm (3.0), patience (5), expand (1.0),\n"
+       "                        strict (false); written to config.json as llm-compressor does\n"
        "  --gptq-block-size N   GPTQ, SparseGPT: columns per lazy-update block (default 128)\n"
        "  --dampening F         GPTQ, SparseGPT: F x mean(diag H) added to H's diagonal\n"
        "                        (default 0.01)\n"
@@ -500,6 +503,9 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--observer") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.observer = v;
+    } else if (flag == "--observer-arg") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.observer_args.push_back(v);
     } else if (flag == "--prune-metric") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.prune_metric = v;

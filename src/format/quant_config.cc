@@ -86,6 +86,9 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
     JsonValue weights = QuantArgsJson(EffectiveWeights(*g.scheme, g.params));
     if (!g.actorder.empty()) weights.Set("actorder", JsonValue(g.actorder));
     if (!g.weights_observer.empty()) weights.Set("observer", JsonValue(g.weights_observer));
+    if (g.weights_observer_kwargs.is_object()) {
+      weights.Set("observer_kwargs", g.weights_observer_kwargs);
+    }
     grp.Set("weights", std::move(weights));
     const std::optional<QuantArgsDesc> act = EffectiveInputActivations(*g.scheme, g.params);
     grp.Set("input_activations", act ? QuantArgsJson(*act) : JsonValue());

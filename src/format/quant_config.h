@@ -28,6 +28,8 @@ struct ConfigGroup {
   // scheme table's, null for model_free).
   std::string actorder;
   std::string weights_observer;
+  // The weights' observer_kwargs (empty: {}), written as given.
+  JsonValue weights_observer_kwargs;
 };
 
 JsonValue QuantArgsJson(const QuantArgsDesc& a);

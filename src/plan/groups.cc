@@ -1,5 +1,6 @@
 #include "plan/groups.h"
 
+#include "plan/observer_kwargs.h"
 #include "plan/planner.h"
 #include "plan/recipe.h"
 #include "schemes/prune.h"
@@ -76,6 +77,10 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                       "--symmetric/--asymmetric or --static-activations "
                                       "(a recipe's input_activations say dynamic: false)");
     }
+    if (!options.observer_args.empty()) {
+      return Error(ErrorCode::kUsage, "--observer-arg sets the flag-made group's observer; a "
+                                      "recipe gives each group's weights.observer_kwargs");
+    }
     QUENCH_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(options.recipe));
     // options.algorithm is the recipe's list, or one stage of it (a composed run plans with
     // its quantizing stage's options: src/calib/composite.h).
@@ -90,7 +95,8 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
                                           recipe.calibration.algorithm);
     }
     for (RecipeGroup& g : recipe.groups) {
-      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0, g.observer});
+      groups.push_back({g.key, g.scheme, g.params, std::move(g.targets), 0, g.observer,
+                        g.observer_kwargs});
     }
     ignore = std::move(recipe.ignore);
     kv_cache = recipe.kv_cache;
@@ -118,8 +124,13 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
     QUENCH_ASSIGN_OR_RETURN(const SchemeParams params, ResolveParams(*scheme, options));
     std::vector<std::string> targets = options.targets;
     if (targets.empty()) targets.push_back("Linear");
+    // --observer-arg: the observer's settings, checked as llm-compressor checks them.
+    QUENCH_ASSIGN_OR_RETURN(JsonValue kwargs, ObserverKwargsFromArgs(options.observer_args));
+    QUENCH_RETURN_IF_ERROR(
+        ParseObserverKwargs(options.observer, kwargs, "--observer-arg: ").status());
     groups.push_back({options.scheme, scheme, params, targets, 0,
-                      options.observer == "minmax" ? "" : options.observer});
+                      options.observer == "minmax" ? "" : options.observer,
+                      ObserverKwargsText(kwargs)});
   }
   // Static activation scales come from activation statistics; without them, say which and
   // how to collect them.

@@ -17,6 +17,7 @@
 #include "plan/groups.h"
 #include "plan/ignore_cover.h"
 #include "plan/matcher.h"
+#include "plan/observer_kwargs.h"
 #include "plan/target_resolver.h"
 #include "schemes/float_formats.h"
 #include "schemes/prune.h"
@@ -832,6 +833,15 @@ void Planner::PlanFiles(std::string index_json) {
                     : !g.observer.empty() ? g.observer
                     : oneshot_            ? std::string("memoryless_minmax")
                                           : std::string()});
+      if (!g.observer_kwargs.empty() && !gptq_) {
+        // The observer's settings, as llm-compressor writes the args it ran with.
+        Result<JsonValue> kw = ObserverKwargsFromText(g.observer_kwargs);
+        if (kw.ok()) {
+          cg.back().weights_observer_kwargs = std::move(*kw);
+        } else {
+          plan_.errors.push_back(kw.status());
+        }
+      }
     }
   }
   if (cg.empty() && !quantized_source && !folder_.config_changed) {

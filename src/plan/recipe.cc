@@ -13,6 +13,7 @@
 
 #include "format/file_io.h"
 #include "format/quant_config.h"
+#include "plan/observer_kwargs.h"
 #include "plan/recipe_calib.h"
 #include "plan/recipe_experts.h"
 #include "plan/recipe_modifiers.h"
@@ -303,6 +304,12 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
     rg.scheme = &s;
     rg.params = p;
     if (obs == "imatrix_mse") rg.observer = obs;  // src/calib/imatrix_run.h plans it
+    if (const JsonValue* kw = w->Find("observer_kwargs"); kw != nullptr) {
+      const Result<ObserverSettings> checked =
+          ParseObserverKwargs(rg.observer, *kw, "group '" + key + "': weights.");
+      if (!checked.ok()) return Bad(label, checked.status().message());
+      rg.observer_kwargs = ObserverKwargsText(*kw);
+    }
     return rg;
   }
   return Bad(label, "group '" + key + "': no data-free scheme matches these weights/" +

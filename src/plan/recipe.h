@@ -30,6 +30,7 @@ struct RecipeGroup {
   SchemeParams params;
   std::vector<std::string> targets;
   std::string observer;              // weights.observer: empty (min-max) or "imatrix_mse"
+  std::string observer_kwargs;       // weights.observer_kwargs (plan/observer_kwargs.h text)
 };
 
 // What a recipe's calibrated modifiers (GPTQModifier, SparseGPTModifier: plan/recipe_calib.h;
