@@ -104,6 +104,34 @@ inline std::vector<double> MakeHessian(size_t n, uint32_t seed) {
   return h;
 }
 
+// `w` (a consumer weight of `rows` x `n`) into the manifest's "weights" and "consumers" lists,
+// consumed at `site`.
+inline void AddConsumer(std::string& weights, std::string& consumers, const std::string& w,
+                        size_t rows, size_t n, const std::string& site) {
+  weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
+             std::to_string(rows) + ", " + std::to_string(n) + "]";
+  consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
+               site + "\"}";
+}
+
+// A statistics directory as the collector writes it (manifest.json and the one file
+// stats-00001.safetensors holding `arrays`): `weights`, `sites` and `consumers` are the JSON
+// members of those objects, `hessian` the collection's Hessian kind.
+inline void WriteStatsDir(const fs::path& dir, const std::string& architecture,
+                          const std::string& model_type, const std::string& hessian,
+                          const std::string& weights, const std::string& sites,
+                          const std::string& consumers, const std::vector<RawTensor>& arrays) {
+  WriteBytes(dir / "manifest.json",
+             R"({"format": "quench-stats", "version": 1, "model": {"architectures": [")" +
+                 architecture + R"("], "model_type": ")" + model_type + R"(", "weights": {)" +
+                 weights +
+                 R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
+                 R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": ")" + hessian +
+                 R"("}, "files": ["stats-00001.safetensors"], "sites": {)" + sites +
+                 R"(}, "consumers": {)" + consumers + "}}");
+  WriteShard(dir / "stats-00001.safetensors", arrays);
+}
+
 // data/golden/smoothquant/stats (count, sum_x2, sum_abs, min, max: what the reference's
 // smoothing was computed from) with a full Hessian per site. `smoothed`: every site a norm
 // smooths is the smoothed model's, from the reference's scales s: H_ij / (s_i s_j),
@@ -144,21 +172,10 @@ inline void WriteStats(const fs::path& dir, bool smoothed) {
              std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
              "\"sum_abs\", \"min\", \"max\", \"hessian\"]}";
     for (size_t k = 0; k < s.members.size(); ++k) {
-      const std::string w = s.members[k] + ".weight";
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
-                 std::to_string(s.rows[k]) + ", " + std::to_string(s.n) + "]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   s.name + "\"}";
+      AddConsumer(weights, consumers, s.members[k] + ".weight", s.rows[k], s.n, s.name);
     }
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": )"
-             R"(["LlamaForCausalLM"], "model_type": "llama", "weights": {)" + weights +
-             R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-             R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": "full"}, )"
-             R"("files": ["stats-00001.safetensors"], "sites": {)" + sites +
-             R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsDir(dir, "LlamaForCausalLM", "llama", "full", weights, sites, consumers, arrays);
 }
 
 }  // namespace quench::testing
