@@ -30,16 +30,11 @@ import sys
 import time
 
 import numpy as np
-import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.gptq import GPTQModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import load_calibration  # the collector's own sampling
 
 
 def compare(hessians: dict, stats: str) -> None:
@@ -97,10 +92,7 @@ def main():
     p.add_argument("--hessians")
     p.add_argument("--compare")
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     scheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128))

@@ -15,20 +15,14 @@ Usage (reference venv): python scripts/ref_minilm_imatrix.py MODEL_DIR CALIB_TXT
 import argparse
 import os
 import shutil
-import sys
 import time
 
-import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import load_calibration  # the collector's own sampling
 
 
 def main():
@@ -41,10 +35,7 @@ def main():
     p.add_argument("--observer", default="imatrix_mse")
     p.add_argument("--scheme", default="W4A16")
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     if a.scheme == "W4A16":
         scheme = QuantizationScheme(
             targets=["Linear"],

@@ -25,20 +25,15 @@ Usage (reference venv): python scripts/ref_minilm_smooth_static.py MODEL_DIR CAL
 import argparse
 import os
 import shutil
-import sys
 import time
 
 import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import load_calibration  # the collector's own sampling
 
 MAPPING = [[["re:.*attention\\.output\\.dense$"], "re:.*attention\\.self\\.value$"]]
 
@@ -84,10 +79,7 @@ def main():
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     smooth = SmoothQuantModifier(smoothing_strength=a.alpha, mappings=MAPPING)
     stages = []
     if a.no_smooth:

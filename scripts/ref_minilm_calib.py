@@ -1,0 +1,24 @@
+"""The calibration input of the scripts/ref_minilm_*.py reference runs on all-MiniLM-L6-v2: the
+samples collect-stats reads (the text's paragraphs, first N, truncated to L tokens, through the
+collector's own sampling) as the Dataset oneshot takes, and the float32 model. A module, not a
+script: those scripts import it from their own folder.
+"""
+import os
+import sys
+
+import torch
+from datasets import Dataset
+from transformers import AutoModel, AutoTokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "collector"))
+from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+
+
+def load_calibration(model_dir, calib, samples, seq_len):
+    """(tokenizer, token sequences, their Dataset, float32 model in eval mode)."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    seqs = tokenize(tok, read_samples(calib)[:samples], seq_len)
+    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return tok, seqs, ds, model
