@@ -3,6 +3,7 @@ samples collect-stats reads (the text's paragraphs, first N, truncated to L toke
 collector's own sampling) as the Dataset oneshot takes, and the float32 model. A module, not a
 script: those scripts import it from their own folder.
 """
+import argparse
 import os
 import sys
 
@@ -22,3 +23,18 @@ def load_calibration(model_dir, calib, samples, seq_len):
     ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     return tok, seqs, ds, model
+
+
+def calib_argparser():
+    """The arguments every reference run takes: MODEL (folder), CALIB (text), OUT (folder)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("calib")
+    p.add_argument("out")
+    return p
+
+
+def add_sampling_args(p):
+    """--samples (first N paragraphs) and --seq-len (tokens each), collect-stats' defaults."""
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=128)

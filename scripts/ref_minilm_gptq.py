@@ -34,7 +34,8 @@ from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from llmcompressor import oneshot
 from llmcompressor.modifiers.gptq import GPTQModifier
 
-from ref_minilm_calib import load_calibration  # the collector's own sampling
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration)
 
 
 def compare(hessians: dict, stats: str) -> None:
@@ -82,12 +83,8 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--compare-from":
         from safetensors.numpy import load_file
         return compare(load_file(sys.argv[2]), sys.argv[3])
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = calib_argparser()
+    add_sampling_args(p)
     p.add_argument("--pipeline", default="sequential", choices=["sequential", "basic"])
     p.add_argument("--hessians")
     p.add_argument("--compare")

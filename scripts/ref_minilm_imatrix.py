@@ -22,16 +22,13 @@ from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 
-from ref_minilm_calib import load_calibration  # the collector's own sampling
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration)
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = calib_argparser()
+    add_sampling_args(p)
     p.add_argument("--observer", default="imatrix_mse")
     p.add_argument("--scheme", default="W4A16")
     a = p.parse_args()

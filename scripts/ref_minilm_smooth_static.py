@@ -33,7 +33,8 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
-from ref_minilm_calib import load_calibration  # the collector's own sampling
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration)
 
 MAPPING = [[["re:.*attention\\.output\\.dense$"], "re:.*attention\\.self\\.value$"]]
 
@@ -68,16 +69,12 @@ def dense_input_max(model, tok, seqs):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
+    p = calib_argparser()
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--no-smooth", action="store_true")
     p.add_argument("--two-stage", action="store_true")
     p.add_argument("--report", action="store_true")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    add_sampling_args(p)
     a = p.parse_args()
     tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     smooth = SmoothQuantModifier(smoothing_strength=a.alpha, mappings=MAPPING)
