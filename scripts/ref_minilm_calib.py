@@ -5,6 +5,7 @@ script: those scripts import it from their own folder.
 """
 import argparse
 import os
+import shutil
 import sys
 
 import torch
@@ -38,3 +39,12 @@ def add_sampling_args(p):
     """--samples (first N paragraphs) and --seq-len (tokens each), collect-stats' defaults."""
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
+
+
+def save_compressed(model, tok, out):
+    """The oneshot result into `out` (replaced) as compressed-tensors writes it, with the
+    tokenizer, so that scripts/eval_minilm_*.py score it as they score quench's outputs."""
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    model.save_pretrained(out, save_compressed=True)
+    tok.save_pretrained(out)

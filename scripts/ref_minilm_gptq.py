@@ -22,10 +22,8 @@ Usage (reference venv): python scripts/ref_minilm_gptq.py MODEL_DIR CALIB_TXT OU
        python scripts/ref_minilm_gptq.py --stats-from HESSIANS LIKE_STATS OUT_STATS
        python scripts/ref_minilm_gptq.py --compare-from HESSIANS STATS
 """
-import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -35,7 +33,7 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.gptq import GPTQModifier
 
 from ref_minilm_calib import (  # the collector's own sampling
-    add_sampling_args, calib_argparser, load_calibration)
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 
 def compare(hessians: dict, stats: str) -> None:
@@ -107,10 +105,7 @@ def main():
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
             processor=tok, max_seq_length=a.seq_len, pipeline=a.pipeline, batch_size=1)
     took = time.time() - t0
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     print(f"oneshot GPTQ W4A16 ({a.pipeline}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
     if a.hessians:
         from safetensors.numpy import save_file

@@ -12,9 +12,6 @@ preset's own activation observer).
 Usage (reference venv): python scripts/ref_minilm_imatrix.py MODEL_DIR CALIB_TXT OUT_DIR
        [--samples 256] [--seq-len 128] [--observer imatrix_mse] [--scheme W4A16]
 """
-import argparse
-import os
-import shutil
 import time
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -23,7 +20,7 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 
 from ref_minilm_calib import (  # the collector's own sampling
-    add_sampling_args, calib_argparser, load_calibration)
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 
 def main():
@@ -46,10 +43,7 @@ def main():
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
             processor=tok, max_seq_length=a.seq_len, pipeline="basic", batch_size=1)
     took = time.time() - t0
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     print(f"oneshot ({a.scheme}, {a.observer}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
 
 

@@ -22,9 +22,6 @@ scale was observed on.
 Usage (reference venv): python scripts/ref_minilm_smooth_static.py MODEL_DIR CALIB_TXT OUT_DIR
        [--alpha 0.5] [--no-smooth] [--two-stage] [--samples 256] [--seq-len 128]
 """
-import argparse
-import os
-import shutil
 import time
 
 import torch
@@ -34,7 +31,7 @@ from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
 from ref_minilm_calib import (  # the collector's own sampling
-    add_sampling_args, calib_argparser, load_calibration)
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 MAPPING = [[["re:.*attention\\.output\\.dense$"], "re:.*attention\\.self\\.value$"]]
 
@@ -100,10 +97,7 @@ def main():
             if name in mx:
                 print(f"{name}: input_scale {m.input_scale.item():.6g}, "
                       f"max|x|/127 on the saved model {mx[name] / 127:.6g}")
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     what = "no smoothing" if a.no_smooth else f"SmoothQuant alpha {a.alpha}" + (
         ", two oneshots" if a.two_stage else "")
     print(f"oneshot W8A8 static ({what}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
