@@ -563,6 +563,17 @@ def last_hidden(out):
     return out[0]
 
 
+def begin_batch(col, ids, mask, device, exclude_bos):
+    """Moves a batch to `device` and begins it in collector `col`, each sequence's first token
+    left uncounted with `exclude_bos`; returns (ids, mask, count_mask)."""
+    ids, mask = ids.to(device), mask.to(device)
+    count_mask = mask.clone()
+    if exclude_bos:
+        count_mask[:, 0] = 0
+    col.begin(count_mask)
+    return ids, mask, count_mask
+
+
 def collect(model, batches, device, moe="all", hessian="none", hessian_experts=None, exclude_bos=False,
             reap=False, kv=False):
     """Runs every batch with hooks; returns (collector, tokens counted, sequences). With `kv`,
@@ -575,11 +586,7 @@ def collect(model, batches, device, moe="all", hessian="none", hessian_experts=N
     try:
         with torch.inference_mode():
             for ids, mask in batches:
-                ids, mask = ids.to(device), mask.to(device)
-                count_mask = mask.clone()
-                if exclude_bos:
-                    count_mask[:, 0] = 0
-                col.begin(count_mask)
+                ids, mask, count_mask = begin_batch(col, ids, mask, device, exclude_bos)
                 out = forward(body, ids, mask, recording_cache(model, col) if kv else None)
                 if head is not None:
                     h = last_hidden(out)

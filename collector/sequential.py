@@ -214,11 +214,8 @@ def collect_sequential(model, model_dir, inv, batches, device, args, quench_args
             try:
                 with torch.inference_mode():
                     for ids, mask in batches:
-                        ids, mask = ids.to(device), mask.to(device)
-                        count_mask = mask.clone()
-                        if args.exclude_bos:
-                            count_mask[:, 0] = 0
-                        col.begin(count_mask)
+                        ids, mask, count_mask = cs.begin_batch(col, ids, mask, device,
+                                                               args.exclude_bos)
                         try:
                             out = cs.forward(body, ids, mask)
                             if head_hook is not None:

@@ -25,104 +25,62 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "data", "golden",
                                                          "oneshot-smooth")
 
+QUANT_STAGE = "quant_stage:\n  quant_modifiers:\n"
+SPARSITY_STAGE = "sparsity_stage:\n  sparsity_modifiers:\n"
+SMOOTHQUANT = "    SmoothQuantModifier:\n      smoothing_strength: 0.8\n"
+SPARSEGPT24 = "    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: \"2:4\"\n"
+
+
+def quantize(modifier, scheme):
+    """`modifier` (QuantizationModifier or GPTQModifier) entry quantizing every Linear but
+    lm_head: scheme "W8A8" (the preset) or "W4A16_ASYM_G64" (asymmetric int4 in groups of 64:
+    the quench test's tiny-llama has 704 inputs to down_proj, which 128 does not divide)."""
+    if scheme == "W8A8":
+        return (f"    {modifier}:\n"
+                "      scheme: W8A8\n"
+                "      targets: Linear\n"
+                "      ignore: [\"lm_head\"]\n")
+    assert scheme == "W4A16_ASYM_G64", scheme
+    return (f"    {modifier}:\n"
+            "      ignore: [\"lm_head\"]\n"
+            "      config_groups:\n"
+            "        group_0:\n"
+            "          targets: [\"Linear\"]\n"
+            "          weights:\n"
+            "            num_bits: 4\n"
+            "            type: int\n"
+            "            symmetric: false\n"
+            "            strategy: group\n"
+            "            group_size: 64\n")
+
+
 CASES = {
-    # AWQ's usual recipe: asymmetric int4 in groups (64: the quench test's tiny-llama has 704
-    # inputs to down_proj, which 128 does not divide).
+    # AWQ's usual recipe: asymmetric int4 in groups of 64.
     "awq_w4a16_asym_g64": (
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
+        QUANT_STAGE +
         "    AWQModifier:\n"
         "      duo_scaling: true\n"
-        "      n_grid: 20\n"
-        "    QuantizationModifier:\n"
-        "      ignore: [\"lm_head\"]\n"
-        "      config_groups:\n"
-        "        group_0:\n"
-        "          targets: [\"Linear\"]\n"
-        "          weights:\n"
-        "            num_bits: 4\n"
-        "            type: int\n"
-        "            symmetric: false\n"
-        "            strategy: group\n"
-        "            group_size: 64\n"),
+        "      n_grid: 20\n" +
+        quantize("QuantizationModifier", "W4A16_ASYM_G64")),
     # SmoothQuant's usual recipe: W8A8 (int8 channel weights, dynamic per-token activations).
-    "smoothquant_w8a8": (
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        "    SmoothQuantModifier:\n"
-        "      smoothing_strength: 0.8\n"
-        "    QuantizationModifier:\n"
-        "      scheme: W8A8\n"
-        "      targets: Linear\n"
-        "      ignore: [\"lm_head\"]\n"),
+    "smoothquant_w8a8": QUANT_STAGE + SMOOTHQUANT + quantize("QuantizationModifier", "W8A8"),
     # Composed recipes (README "Composed calibration"): smoothing, then pruning, then
     # quantization, as llm-compressor's examples chain them.
     "awq_gptq_w4a16_asym_g64": (
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
+        QUANT_STAGE +
         "    AWQModifier:\n"
-        "      duo_scaling: true\n"
-        "    GPTQModifier:\n"
-        "      ignore: [\"lm_head\"]\n"
-        "      config_groups:\n"
-        "        group_0:\n"
-        "          targets: [\"Linear\"]\n"
-        "          weights:\n"
-        "            num_bits: 4\n"
-        "            type: int\n"
-        "            symmetric: false\n"
-        "            strategy: group\n"
-        "            group_size: 64\n"),
-    "smoothquant_gptq_w8a8": (
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        "    SmoothQuantModifier:\n"
-        "      smoothing_strength: 0.8\n"
-        "    GPTQModifier:\n"
-        "      scheme: W8A8\n"
-        "      targets: Linear\n"
-        "      ignore: [\"lm_head\"]\n"),
+        "      duo_scaling: true\n" +
+        quantize("GPTQModifier", "W4A16_ASYM_G64")),
+    "smoothquant_gptq_w8a8": QUANT_STAGE + SMOOTHQUANT + quantize("GPTQModifier", "W8A8"),
     "smoothquant_sparsegpt24_w8a8": (
-        "sparsity_stage:\n"
-        "  sparsity_modifiers:\n"
-        "    SmoothQuantModifier:\n"
-        "      smoothing_strength: 0.8\n"
-        "    SparseGPTModifier:\n"
-        "      sparsity: 0.5\n"
-        "      mask_structure: \"2:4\"\n"
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        "    QuantizationModifier:\n"
-        "      scheme: W8A8\n"
-        "      targets: Linear\n"
-        "      ignore: [\"lm_head\"]\n"),
+        SPARSITY_STAGE + SMOOTHQUANT + SPARSEGPT24 +
+        QUANT_STAGE + quantize("QuantizationModifier", "W8A8")),
     # SparseGPT alone before a QuantizationModifier (what the weights' observer is written as).
     "sparsegpt24_w8a8": (
-        "sparsity_stage:\n"
-        "  sparsity_modifiers:\n"
-        "    SparseGPTModifier:\n"
-        "      sparsity: 0.5\n"
-        "      mask_structure: \"2:4\"\n"
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        "    QuantizationModifier:\n"
-        "      scheme: W8A8\n"
-        "      targets: Linear\n"
-        "      ignore: [\"lm_head\"]\n"),
+        SPARSITY_STAGE + SPARSEGPT24 + QUANT_STAGE + quantize("QuantizationModifier", "W8A8")),
     "smoothquant_sparsegpt24_gptq_w8a8": (
-        "sparsity_stage:\n"
-        "  sparsity_modifiers:\n"
-        "    SmoothQuantModifier:\n"
-        "      smoothing_strength: 0.8\n"
-        "    SparseGPTModifier:\n"
-        "      sparsity: 0.5\n"
-        "      mask_structure: \"2:4\"\n"
-        "quant_stage:\n"
-        "  quant_modifiers:\n"
-        "    GPTQModifier:\n"
-        "      scheme: W8A8\n"
-        "      targets: Linear\n"
-        "      ignore: [\"lm_head\"]\n"),
+        SPARSITY_STAGE + SMOOTHQUANT + SPARSEGPT24 +
+        QUANT_STAGE + quantize("GPTQModifier", "W8A8")),
 }
 
 REFUSED = {

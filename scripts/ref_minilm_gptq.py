@@ -22,24 +22,18 @@ Usage (reference venv): python scripts/ref_minilm_gptq.py MODEL_DIR CALIB_TXT OU
        python scripts/ref_minilm_gptq.py --stats-from HESSIANS LIKE_STATS OUT_STATS
        python scripts/ref_minilm_gptq.py --compare-from HESSIANS STATS
 """
-import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 import numpy as np
-import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.gptq import GPTQModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 
 def compare(hessians: dict, stats: str) -> None:
@@ -87,20 +81,13 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--compare-from":
         from safetensors.numpy import load_file
         return compare(load_file(sys.argv[2]), sys.argv[3])
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = calib_argparser()
+    add_sampling_args(p)
     p.add_argument("--pipeline", default="sequential", choices=["sequential", "basic"])
     p.add_argument("--hessians")
     p.add_argument("--compare")
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     scheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128))
@@ -118,10 +105,7 @@ def main():
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
             processor=tok, max_seq_length=a.seq_len, pipeline=a.pipeline, batch_size=1)
     took = time.time() - t0
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     print(f"oneshot GPTQ W4A16 ({a.pipeline}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
     if a.hessians:
         from safetensors.numpy import save_file

@@ -12,39 +12,24 @@ preset's own activation observer).
 Usage (reference venv): python scripts/ref_minilm_imatrix.py MODEL_DIR CALIB_TXT OUT_DIR
        [--samples 256] [--seq-len 128] [--observer imatrix_mse] [--scheme W4A16]
 """
-import argparse
-import os
-import shutil
-import sys
 import time
 
-import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = calib_argparser()
+    add_sampling_args(p)
     p.add_argument("--observer", default="imatrix_mse")
     p.add_argument("--scheme", default="W4A16")
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     if a.scheme == "W4A16":
         scheme = QuantizationScheme(
             targets=["Linear"],
@@ -58,10 +43,7 @@ def main():
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=len(seqs),
             processor=tok, max_seq_length=a.seq_len, pipeline="basic", batch_size=1)
     took = time.time() - t0
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     print(f"oneshot ({a.scheme}, {a.observer}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")
 
 

@@ -22,23 +22,16 @@ scale was observed on.
 Usage (reference venv): python scripts/ref_minilm_smooth_static.py MODEL_DIR CALIB_TXT OUT_DIR
        [--alpha 0.5] [--no-smooth] [--two-stage] [--samples 256] [--seq-len 128]
 """
-import argparse
-import os
-import shutil
-import sys
 import time
 
 import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
-from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "collector"))
-from collect_stats import read_samples, tokenize  # noqa: E402  (the collector's own sampling)
+from ref_minilm_calib import (  # the collector's own sampling
+    add_sampling_args, calib_argparser, load_calibration, save_compressed)
 
 MAPPING = [[["re:.*attention\\.output\\.dense$"], "re:.*attention\\.self\\.value$"]]
 
@@ -73,21 +66,14 @@ def dense_input_max(model, tok, seqs):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("calib")
-    p.add_argument("out")
+    p = calib_argparser()
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--no-smooth", action="store_true")
     p.add_argument("--two-stage", action="store_true")
     p.add_argument("--report", action="store_true")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=128)
+    add_sampling_args(p)
     a = p.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.model)
-    seqs = tokenize(tok, read_samples(a.calib)[: a.samples], a.seq_len)
-    ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
-    model = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok, seqs, ds, model = load_calibration(a.model, a.calib, a.samples, a.seq_len)
     smooth = SmoothQuantModifier(smoothing_strength=a.alpha, mappings=MAPPING)
     stages = []
     if a.no_smooth:
@@ -111,10 +97,7 @@ def main():
             if name in mx:
                 print(f"{name}: input_scale {m.input_scale.item():.6g}, "
                       f"max|x|/127 on the saved model {mx[name] / 127:.6g}")
-    if os.path.exists(a.out):
-        shutil.rmtree(a.out)
-    model.save_pretrained(a.out, save_compressed=True)
-    tok.save_pretrained(a.out)
+    save_compressed(model, tok, a.out)
     what = "no smoothing" if a.no_smooth else f"SmoothQuant alpha {a.alpha}" + (
         ", two oneshots" if a.two_stage else "")
     print(f"oneshot W8A8 static ({what}, {len(seqs)} samples) took {took:.1f} s -> {a.out}")

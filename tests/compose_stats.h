@@ -15,18 +15,12 @@
 
 #include "format/safetensors.h"
 #include "test_util.h"
+#include "tiny_llama_stats.h"
 
 namespace quench::testing {
 
 inline const fs::path kSq = DataDir() / "golden" / "smoothquant";
 inline const fs::path kScales = DataDir() / "golden" / "compose" / "tiny_llama_sq_scales.safetensors";
-
-template <class T>
-inline std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 // Tensor `name` of safetensors file `file` as doubles (F32, F64 or I64).
 inline std::vector<double> ReadValues(const fs::path& file, const std::string& name) {
@@ -57,7 +51,7 @@ inline std::vector<double> ReadValues(const fs::path& file, const std::string& n
   return {};
 }
 
-struct Site {
+struct SqSite {
   std::string name;
   size_t n;
   std::vector<std::string> members;  // module names
@@ -65,8 +59,8 @@ struct Site {
   std::string smooth;                // the norm smoothing this site's input ("": none)
 };
 
-inline std::vector<Site> TinyLlamaSites() {
-  std::vector<Site> s;
+inline std::vector<SqSite> TinyLlamaSqSites() {
+  std::vector<SqSite> s;
   for (int l = 0; l < 2; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     s.push_back({p + "self_attn.q_proj", 256,
@@ -80,28 +74,36 @@ inline std::vector<Site> TinyLlamaSites() {
   return s;
 }
 
-// Full sum of x x^T over correlated synthetic tokens with outlier channels (what makes GPTQ
-// differ from rounding to nearest).
-inline std::vector<double> MakeHessian(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g;
-  std::uniform_real_distribution<double> u(0.1, 1.0);
-  const size_t tokens = 320, k = n / 2;
-  std::vector<double> mix(k * n), scale(n), h(n * n, 0.0), x(n), z(k);
-  for (double& m : mix) m = g(rng) / std::sqrt(double(k));
-  for (size_t j = 0; j < n; ++j) scale[j] = u(rng) * (j % 37 == 5 ? 20.0 : 1.0);
-  for (size_t t = 0; t < tokens; ++t) {
-    for (double& v : z) v = g(rng);
-    for (size_t j = 0; j < n; ++j) {
-      double s = 0;
-      for (size_t i = 0; i < k; ++i) s += z[i] * mix[i * n + j];
-      x[j] = s * scale[j];
-    }
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = i; j < n; ++j) h[i * n + j] += x[i] * x[j];
-    }
-  }
-  return h;
+// Tokens summed into each synthetic Hessian here (MakeHessian of tiny_llama_stats.h, whose
+// upper triangle WriteStats packs and tests/test_compose.cc's proxy loss reads).
+inline constexpr size_t kComposeTokens = 320;
+
+// `w` (a consumer weight of `rows` x `n`) into the manifest's "weights" and "consumers" lists,
+// consumed at `site`.
+inline void AddConsumer(std::string& weights, std::string& consumers, const std::string& w,
+                        size_t rows, size_t n, const std::string& site) {
+  weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
+             std::to_string(rows) + ", " + std::to_string(n) + "]";
+  consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
+               site + "\"}";
+}
+
+// A statistics directory as the collector writes it (manifest.json and the one file
+// stats-00001.safetensors holding `arrays`): `weights`, `sites` and `consumers` are the JSON
+// members of those objects, `hessian` the collection's Hessian kind.
+inline void WriteStatsDir(const fs::path& dir, const std::string& architecture,
+                          const std::string& model_type, const std::string& hessian,
+                          const std::string& weights, const std::string& sites,
+                          const std::string& consumers, const std::vector<RawTensor>& arrays) {
+  WriteBytes(dir / "manifest.json",
+             R"({"format": "quench-stats", "version": 1, "model": {"architectures": [")" +
+                 architecture + R"("], "model_type": ")" + model_type + R"(", "weights": {)" +
+                 weights +
+                 R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
+                 R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": ")" + hessian +
+                 R"("}, "files": ["stats-00001.safetensors"], "sites": {)" + sites +
+                 R"(}, "consumers": {)" + consumers + "}}");
+  WriteShard(dir / "stats-00001.safetensors", arrays);
 }
 
 // data/golden/smoothquant/stats (count, sum_x2, sum_abs, min, max: what the reference's
@@ -114,10 +116,10 @@ inline void WriteStats(const fs::path& dir, bool smoothed) {
   std::string weights, sites, consumers;
   std::vector<RawTensor> arrays;
   uint32_t seed = 7;
-  for (const Site& s : TinyLlamaSites()) {
+  for (const SqSite& s : TinyLlamaSqSites()) {
     std::vector<double> sc(s.n, 1.0);
     if (smoothed && !s.smooth.empty()) sc = ReadValues(kScales, s.smooth + ".scales");
-    const std::vector<double> h = MakeHessian(s.n, seed++);
+    const std::vector<double> h = MakeHessian(s.n, seed++, kComposeTokens);
     std::vector<double> packed;
     for (size_t i = 0; i < s.n; ++i) {
       for (size_t j = i; j < s.n; ++j) packed.push_back(h[i * s.n + j] / (sc[i] * sc[j]));
@@ -144,21 +146,10 @@ inline void WriteStats(const fs::path& dir, bool smoothed) {
              std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
              "\"sum_abs\", \"min\", \"max\", \"hessian\"]}";
     for (size_t k = 0; k < s.members.size(); ++k) {
-      const std::string w = s.members[k] + ".weight";
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
-                 std::to_string(s.rows[k]) + ", " + std::to_string(s.n) + "]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   s.name + "\"}";
+      AddConsumer(weights, consumers, s.members[k] + ".weight", s.rows[k], s.n, s.name);
     }
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": )"
-             R"(["LlamaForCausalLM"], "model_type": "llama", "weights": {)" + weights +
-             R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-             R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": "full"}, )"
-             R"("files": ["stats-00001.safetensors"], "sites": {)" + sites +
-             R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsDir(dir, "LlamaForCausalLM", "llama", "full", weights, sites, consumers, arrays);
 }
 
 }  // namespace quench::testing

@@ -263,8 +263,8 @@ TEST_CASE("pruning then GPTQ: pruned weights stay exactly zero, the mask is the 
     auto so = LoadAll(sparse), ro = LoadAll(rtn), go = LoadAll(gptq);
     uint32_t seed = 7;
     size_t weights = 0;
-    for (const Site& s : TinyLlamaSites()) {
-      const std::vector<double> h = MakeHessian(s.n, seed++);
+    for (const SqSite& s : TinyLlamaSqSites()) {
+      const std::vector<double> h = MakeHessian(s.n, seed++, kComposeTokens);
       for (size_t k = 0; k < s.members.size(); ++k) {
         const std::string& m = s.members[k];
         CAPTURE(m);

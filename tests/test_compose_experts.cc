@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "compose_stats.h"
 #include "format/json.h"
 #include "test_util.h"
 
@@ -23,13 +24,6 @@ const fs::path kXprune = DataDir() / "golden" / "xprune-2d";
 // expert_prune_manifest.json's "retained" for xprune-2d/E0.5 (the reference's choice).
 const std::vector<std::vector<uint32_t>> kKept = {{0, 2, 3, 4}, {0, 4, 6, 7}};
 constexpr size_t kN = 128, kExperts = 8;
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 // One channel set of statistics (E of them for a per-expert site), deterministic in `seed`.
 struct Fields {
@@ -119,14 +113,8 @@ void WriteMoeStats(const fs::path& dir, const std::vector<std::vector<uint32_t>>
       consumer(x + "down_proj.weight", p + "mlp.experts.down_proj", int(e), 128);
     }
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": )"
-             R"(["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "weights": {)" + weights +
-             R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-             R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": "none"}, )"
-             R"("files": ["stats-00001.safetensors"], "sites": {)" + sites +
-             R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsDir(dir, "Qwen3MoeForCausalLM", "qwen3_moe", "none", weights, sites, consumers,
+                arrays);
 }
 
 TEST_CASE("AWQ and SmoothQuant with --prune-experts smooth the surviving experts as the same "

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "compose_stats.h"
 #include "format/json.h"
 #include "test_util.h"
 
@@ -21,13 +22,6 @@ namespace quench::testing {
 namespace {
 
 constexpr size_t kHidden = 64, kInter = 128, kVocab = 32;
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 std::vector<float> Random(size_t n, std::mt19937& rng, float scale) {
   std::normal_distribution<float> g;
@@ -118,20 +112,10 @@ Ranges WriteStats(const fs::path& dir) {
     for (const std::string& c : s.consumers) {
       const std::string w = module + c + ".weight";
       const size_t rows = c == "gate_proj" || c == "up_proj" ? kInter : kHidden;
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
-                 std::to_string(rows) + ", " + std::to_string(s.n) + "]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   s.name + "\"}";
+      AddConsumer(weights, consumers, w, rows, s.n, s.name);
     }
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": )"
-             R"(["LlamaForCausalLM"], "model_type": "llama", "weights": {)" + weights +
-             R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-             R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": "none"}, )"
-             R"("files": ["stats-00001.safetensors"], "sites": {)" + site_json +
-             R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsDir(dir, "LlamaForCausalLM", "llama", "none", weights, site_json, consumers, arrays);
   return v;
 }
 

@@ -11,67 +11,11 @@
 
 #include "compose_stats.h"
 #include "format/json.h"
+#include "recipe_test_util.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
-
-const fs::path kOneshot = DataDir() / "golden" / "oneshot-smooth";
-
-std::string TinyLlama() { return (DataDir() / "tiny-llama").string(); }
-
-RunResult Quench(std::vector<std::string> args) {
-  args.push_back("-q");
-  return RunQuench(args);
-}
-
-JsonValue QuantConfig(const fs::path& dir) {
-  auto c = ReadJsonFile((dir / "config.json").string());
-  REQUIRE(c.ok());
-  REQUIRE(c->Find("quantization_config") != nullptr);
-  return *c->Find("quantization_config");
-}
-
-// Key for key as oneshot wrote it; the one config group compared by value (quench names a
-// preset's group after the preset, model_free's rule) and quench's default ignore of the
-// embeddings after the recipe's entries (oneshot matches modules: an Embedding is no Linear).
-void CheckOneshotConfig(const fs::path& out, const std::string& golden) {
-  auto ref = ReadJsonFile((kOneshot / golden).string());
-  REQUIRE(ref.ok());
-  const JsonValue q = QuantConfig(out);
-  for (const auto& [key, value] : ref->as_object()) {
-    CAPTURE(key);
-    REQUIRE(q.Find(key) != nullptr);
-    if (key == "config_groups") {
-      REQUIRE(q.Find(key)->as_object().size() == 1);
-      REQUIRE(value.as_object().size() == 1);
-      CHECK(DumpCompactJson(q.Find(key)->as_object()[0].second) ==
-            DumpCompactJson(value.as_object()[0].second));
-    } else if (key == "ignore") {
-      std::vector<std::string> want;
-      for (const JsonValue& e : value.as_array()) want.push_back(e.as_string());
-      want.push_back("re:.*embed_tokens$");
-      std::vector<std::string> got;
-      for (const JsonValue& e : q.Find(key)->as_array()) got.push_back(e.as_string());
-      CHECK(got == want);
-    } else {
-      CHECK(DumpCompactJson(*q.Find(key)) == DumpCompactJson(value));
-    }
-  }
-  CHECK(q.as_object().size() == ref->as_object().size());
-}
-
-void CheckSameShards(const fs::path& a, const fs::path& b) {
-  int shards = 0;
-  for (const auto& e : fs::directory_iterator(b)) {
-    if (e.path().extension() != ".safetensors") continue;
-    CAPTURE(e.path().filename().string());
-    CHECK(ReadBytes(a / e.path().filename()) == ReadBytes(e.path()));
-    ++shards;
-  }
-  CHECK(shards > 0);
-  CHECK(ListFiles(a) == ListFiles(b));
-}
 
 struct Case {
   const char* golden;              // data/golden/oneshot-smooth/NAME.yaml and NAME.json

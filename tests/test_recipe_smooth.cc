@@ -12,40 +12,13 @@
 #include "format/json.h"
 #include "pipeline/resume.h"
 #include "quench/convert.h"
+#include "recipe_test_util.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
 const fs::path kSmoothStats = DataDir() / "golden" / "smoothquant" / "stats";
-const fs::path kOneshot = DataDir() / "golden" / "oneshot-smooth";
-
-std::string TinyLlama() { return (DataDir() / "tiny-llama").string(); }
-
-RunResult Quench(std::vector<std::string> args) {
-  args.push_back("-q");
-  return RunQuench(args);
-}
-
-// Every safetensors file byte for byte (headers included) and the same file set.
-void CheckSameShards(const fs::path& a, const fs::path& b) {
-  int shards = 0;
-  for (const auto& e : fs::directory_iterator(b)) {
-    if (e.path().extension() != ".safetensors") continue;
-    CAPTURE(e.path().filename().string());
-    CHECK(ReadBytes(a / e.path().filename()) == ReadBytes(e.path()));
-    ++shards;
-  }
-  CHECK(shards > 0);
-  CHECK(ListFiles(a) == ListFiles(b));
-}
-
-JsonValue QuantConfig(const fs::path& dir) {
-  auto c = ReadJsonFile((dir / "config.json").string());
-  REQUIRE(c.ok());
-  REQUIRE(c->Find("quantization_config") != nullptr);
-  return *c->Find("quantization_config");
-}
 
 // quantization_config of `a` and `b` equal, the one config group compared by value (a recipe
 // names it as it likes, flags after the preset).
@@ -282,36 +255,6 @@ TEST_CASE("a recipe's mapping whose members are missing, ignored or split is ref
     CHECK(r.err.find(c.message) != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "o"));
   }
-}
-
-// Key for key, as oneshot wrote it for the same recipe; the config group compared by value
-// where quench names it after the preset (SmoothQuant's `scheme: W8A8`; model_free's rule).
-void CheckOneshotConfig(const fs::path& out, const std::string& golden) {
-  auto ref = ReadJsonFile((kOneshot / golden).string());
-  REQUIRE(ref.ok());
-  const JsonValue q = QuantConfig(out);
-  for (const auto& [key, value] : ref->as_object()) {
-    CAPTURE(key);
-    REQUIRE(q.Find(key) != nullptr);
-    if (key == "config_groups") {
-      REQUIRE(q.Find(key)->as_object().size() == 1);
-      REQUIRE(value.as_object().size() == 1);
-      CHECK(DumpCompactJson(q.Find(key)->as_object()[0].second) ==
-            DumpCompactJson(value.as_object()[0].second));
-    } else if (key == "ignore") {
-      // The recipe's entries, then quench's default ignore of embeddings (which oneshot,
-      // matching modules, needs not name: an Embedding is not a Linear).
-      std::vector<std::string> want;
-      for (const JsonValue& e : value.as_array()) want.push_back(e.as_string());
-      want.push_back("re:.*embed_tokens$");
-      std::vector<std::string> got;
-      for (const JsonValue& e : q.Find(key)->as_array()) got.push_back(e.as_string());
-      CHECK(got == want);
-    } else {
-      CHECK(DumpCompactJson(*q.Find(key)) == DumpCompactJson(value));
-    }
-  }
-  CHECK(q.as_object().size() == ref->as_object().size());
 }
 
 TEST_CASE("AWQ's and SmoothQuant's quantization_config are llm-compressor oneshot's") {

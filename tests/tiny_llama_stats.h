@@ -30,12 +30,12 @@ struct Site {
 };
 
 // Correlated activations: a random mix of a lower-dimensional signal, channel scales over a
-// decade, a few outlier channels (what makes GPTQ differ from RTN).
-inline std::vector<double> MakeHessian(size_t n, uint32_t seed) {
+// decade, a few outlier channels (what makes GPTQ differ from RTN), summed over `tokens`.
+inline std::vector<double> MakeHessian(size_t n, uint32_t seed, size_t tokens = 512) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> g;
   std::uniform_real_distribution<double> u(0.1, 1.0);
-  const size_t tokens = 512, k = n / 2;
+  const size_t k = n / 2;
   std::vector<double> mix(k * n), scale(n);
   for (double& m : mix) m = g(rng) / std::sqrt(double(k));
   for (size_t j = 0; j < n; ++j) scale[j] = u(rng) * (j % 37 == 5 ? 20.0 : 1.0);
