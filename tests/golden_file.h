@@ -1,6 +1,7 @@
 // A golden safetensors file written by a scripts/make_golden_*.py generator (metadata strings
 // and tensors read back as written), and the proxy loss tr(dW H dW^T) the GPTQ-family golden
-// tests compare with the reference's: shared by test_gptq, test_gptq_float and test_sparsegpt.
+// tests compare with the reference's: shared by the golden suites (GPTQ, SparseGPT, imatrix,
+// AWQ, SmoothQuant).
 #ifndef QUENCH_TESTS_GOLDEN_FILE_H_
 #define QUENCH_TESTS_GOLDEN_FILE_H_
 
@@ -31,6 +32,23 @@ struct GoldenFile {
     FAIL("no metadata key " << key);
     return "";
   }
+  const TensorInfo* Find(const std::string& name) const {
+    for (const auto& t : header.tensors) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+  const TensorInfo& Info(const std::string& name) const {
+    const TensorInfo* t = Find(name);
+    REQUIRE_MESSAGE(t != nullptr, "no tensor " << name);
+    return *t;
+  }
+  // The tensor's stored bytes, as written.
+  std::string Raw(const std::string& name) const {
+    const TensorInfo& t = Info(name);
+    return bytes.substr(header.data_start + t.begin, t.end - t.begin);
+  }
+  std::vector<float> F32(const std::string& name) const { return Tensor<float>(name); }
   bool Has(const std::string& name) const {
     for (const auto& t : header.tensors) {
       if (t.name == name) return true;

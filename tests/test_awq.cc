@@ -18,48 +18,14 @@
 #include "calib/awq.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "golden_file.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
-struct File {
-  SafetensorsHeader header;
-  std::string bytes;
-  std::string Meta(const std::string& key) const {
-    for (const auto& [k, v] : header.metadata) {
-      if (k == key) return v;
-    }
-    FAIL("no metadata key " << key);
-    return "";
-  }
-  const TensorInfo* Find(const std::string& name) const {
-    for (const auto& t : header.tensors) {
-      if (t.name == name) return &t;
-    }
-    return nullptr;
-  }
-  std::string Raw(const std::string& name) const {
-    const TensorInfo* t = Find(name);
-    REQUIRE_MESSAGE(t != nullptr, "no tensor " << name);
-    return bytes.substr(header.data_start + t->begin, t->end - t->begin);
-  }
-  std::vector<float> F32(const std::string& name) const {
-    const std::string r = Raw(name);
-    std::vector<float> v(r.size() / 4);
-    std::memcpy(v.data(), r.data(), r.size());
-    return v;
-  }
-};
-
-File Load(const fs::path& p) {
-  File f;
-  auto h = ReadSafetensorsHeader(p);
-  REQUIRE_MESSAGE(h.ok(), h.status().ToString());
-  f.header = *h;
-  f.bytes = ReadBytes(p);
-  return f;
-}
+using File = GoldenFile;
+File Load(const fs::path& p) { return LoadGolden(p); }
 
 template <class T>
 std::vector<T> As(const File& f, const std::string& name) {

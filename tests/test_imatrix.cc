@@ -19,49 +19,14 @@
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 #include "schemes/prune.h"
+#include "golden_file.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
-struct File {
-  SafetensorsHeader header;
-  std::string bytes;
-  std::string Meta(const std::string& key) const {
-    for (const auto& [k, v] : header.metadata) {
-      if (k == key) return v;
-    }
-    FAIL("no metadata key " << key);
-    return "";
-  }
-  const TensorInfo& Info(const std::string& name) const {
-    for (const auto& t : header.tensors) {
-      if (t.name == name) return t;
-    }
-    FAIL("no tensor " << name);
-    return header.tensors.front();
-  }
-  std::string Raw(const std::string& name) const {
-    const TensorInfo& t = Info(name);
-    return bytes.substr(header.data_start + t.begin, t.end - t.begin);
-  }
-  template <class T>
-  std::vector<T> Tensor(const std::string& name) const {
-    const std::string r = Raw(name);
-    std::vector<T> v(r.size() / sizeof(T));
-    std::memcpy(v.data(), r.data(), r.size());
-    return v;
-  }
-};
-
-File Load(const fs::path& p) {
-  File f;
-  auto h = ReadSafetensorsHeader(p);
-  REQUIRE_MESSAGE(h.ok(), h.status().ToString());
-  f.header = *h;
-  f.bytes = ReadBytes(p);
-  return f;
-}
+using File = GoldenFile;
+File Load(const fs::path& p) { return LoadGolden(p); }
 
 DType ParseDType(const std::string& s) {
   return s == "F32" ? DType::kF32 : s == "F16" ? DType::kF16 : DType::kBF16;
