@@ -20,6 +20,7 @@
 #include "schemes/int_shared.h"
 #include "schemes/prune.h"
 #include "golden_file.h"
+#include "imatrix_golden.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -27,10 +28,6 @@ namespace {
 
 using File = GoldenFile;
 File Load(const fs::path& p) { return LoadGolden(p); }
-
-DType ParseDType(const std::string& s) {
-  return s == "F32" ? DType::kF32 : s == "F16" ? DType::kF16 : DType::kBF16;
-}
 
 std::vector<std::string> Cases(const char* folder) {
   auto manifest = ReadJsonFile((DataDir() / "golden" / folder / "manifest.json").string());
@@ -71,37 +68,7 @@ TEST_CASE("imatrix_mse scales, zero points and codes equal the reference observe
     REQUIRE(calib::AnyImproved(in, imp, opt, &steps));
     const int stop = calib::StopStep(steps, opt);
 
-    // The reference's scale (dtype D) and zero point (int8), row-major [rows, n_groups].
-    const std::string want_scale = f.Raw("scale");
-    const std::vector<int8_t> want_zp = f.Tensor<int8_t>("zero_point");
-    const std::vector<int8_t> want_codes = f.Tensor<int8_t>("codes");
-    const size_t ng = want_zp.size() / rows;
-    const size_t ssz = DTypeBits(dt) / 8;
-
-    // Whole tensor, and in chunks of 7 rows (each searched alone up to the common stop).
-    for (size_t chunk : {rows, size_t(7)}) {
-      CAPTURE(chunk);
-      size_t scale_diff = 0, zp_diff = 0, code_diff = 0;
-      for (size_t r0 = 0; r0 < rows; r0 += chunk) {
-        WeightChunk c = in;
-        c.rows = std::min(chunk, rows - r0);
-        c.data = in.data + r0 * cols * ssz;
-        calib::ImatrixRows got;
-        REQUIRE(calib::Search(c, imp, opt, stop, &got));
-        for (size_t i = 0; i < c.rows * ng; ++i) {
-          uint8_t enc[4];
-          intq::internal::StoreScale(enc, got.scales[i], dt);
-          if (std::memcmp(enc, want_scale.data() + (r0 * ng + i) * ssz, ssz) != 0) ++scale_diff;
-          if (got.zero_points[i] != want_zp[r0 * ng + i]) ++zp_diff;
-        }
-        for (size_t i = 0; i < c.rows * cols; ++i) {
-          if (got.codes[i] != want_codes[r0 * cols + i]) ++code_diff;
-        }
-      }
-      CHECK(scale_diff == 0);
-      CHECK(zp_diff == 0);
-      CHECK(code_diff == 0);
-    }
+    CheckIntSearch(f, in, imp, opt, stop, 7);
   }
 }
 

@@ -21,6 +21,7 @@
 #include "quench/dtype.h"
 #include "schemes/fp4.h"
 #include "golden_file.h"
+#include "imatrix_golden.h"
 #include "test_util.h"
 
 namespace quench::testing {
@@ -28,10 +29,6 @@ namespace {
 
 using File = GoldenFile;
 File Load(const fs::path& p) { return LoadGolden(p); }
-
-DType ParseDType(const std::string& s) {
-  return s == "F32" ? DType::kF32 : s == "F16" ? DType::kF16 : DType::kBF16;
-}
 
 // One member's weight and its search.
 struct Member {

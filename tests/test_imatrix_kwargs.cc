@@ -17,6 +17,7 @@
 #include "calib/imatrix_run.h"
 #include "format/json.h"
 #include "golden_file.h"
+#include "imatrix_golden.h"
 #include "plan/observer_kwargs.h"
 #include "quench/dtype.h"
 #include "schemes/fp4.h"
@@ -26,10 +27,6 @@
 namespace quench::testing {
 namespace {
 
-DType ParseDType(const std::string& s) {
-  return s == "F32" ? DType::kF32 : s == "F16" ? DType::kF16 : DType::kBF16;
-}
-
 WeightChunk Chunk(const std::string& w, DType dt, const std::vector<uint64_t>& shape) {
   WeightChunk in;
   in.data = reinterpret_cast<const uint8_t*>(w.data());
@@ -37,11 +34,6 @@ WeightChunk Chunk(const std::string& w, DType dt, const std::vector<uint64_t>& s
   in.rows = shape[0];
   in.cols = shape[1];
   return in;
-}
-
-std::string Raw(const GoldenFile& f, const std::string& name) {
-  const std::vector<uint8_t> v = f.Tensor<uint8_t>(name);
-  return std::string(v.begin(), v.end());
 }
 
 // Per group the chosen step of the whole-tensor search (masks, the patience stop).
@@ -60,7 +52,7 @@ std::vector<uint8_t> ChosenSteps(const WeightChunk& in, calib::ImatrixFormat fmt
 
 void CheckInt(const GoldenFile& f, const calib::ImatrixOptions& o) {
   const DType dt = ParseDType(f.Meta("dtype"));
-  const std::string w = Raw(f, "w");
+  const std::string w = f.Raw("w");
   WeightChunk in = Chunk(w, dt, f.Shape("w"));
   in.params.bits = std::stoi(f.Meta("num_bits"));
   in.params.group_size = std::max(0, std::stoi(f.Meta("group_size")));
@@ -71,34 +63,7 @@ void CheckInt(const GoldenFile& f, const calib::ImatrixOptions& o) {
   uint32_t steps = 0;
   REQUIRE(calib::AnyImproved(in, imp, o, &steps));
   const int stop = calib::StopStep(steps, o);
-  const std::string want_scale = Raw(f, "scale");
-  const std::vector<int8_t> want_zp = f.Tensor<int8_t>("zero_point");
-  const std::vector<int8_t> want_codes = f.Tensor<int8_t>("codes");
-  const size_t rows = in.rows, cols = in.cols, ng = want_zp.size() / rows;
-  const size_t ssz = DTypeBits(dt) / 8;
-  for (size_t chunk : {rows, size_t(5)}) {
-    CAPTURE(chunk);
-    size_t scale_diff = 0, zp_diff = 0, code_diff = 0;
-    for (size_t r0 = 0; r0 < rows; r0 += chunk) {
-      WeightChunk c = in;
-      c.rows = std::min(chunk, rows - r0);
-      c.data = in.data + r0 * cols * ssz;
-      calib::ImatrixRows got;
-      REQUIRE(calib::Search(c, imp, o, stop, &got));
-      for (size_t i = 0; i < c.rows * ng; ++i) {
-        uint8_t enc[4];
-        intq::internal::StoreScale(enc, got.scales[i], dt);
-        scale_diff += std::memcmp(enc, want_scale.data() + (r0 * ng + i) * ssz, ssz) != 0;
-        zp_diff += got.zero_points[i] != want_zp[r0 * ng + i];
-      }
-      for (size_t i = 0; i < c.rows * cols; ++i) {
-        code_diff += got.codes[i] != want_codes[r0 * cols + i];
-      }
-    }
-    CHECK(scale_diff == 0);
-    CHECK(zp_diff == 0);
-    CHECK(code_diff == 0);
-  }
+  CheckIntSearch(f, in, imp, o, stop, 5);
 }
 
 void CheckFp4(const GoldenFile& f, const calib::ImatrixOptions& o) {
@@ -113,7 +78,7 @@ void CheckFp4(const GoldenFile& f, const calib::ImatrixOptions& o) {
   float searched = 0.f;  // the fused set's largest chosen range: its global scale
   for (size_t m = 0; m < n; ++m) {
     const std::string k = std::to_string(m);
-    ws[m] = Raw(f, "w" + k);
+    ws[m] = f.Raw("w" + k);
     ins[m] = Chunk(ws[m], dt, f.Shape("w" + k));
     const std::vector<float> sum = f.Tensor<float>("imp_sum" + k);
     const std::vector<float> imp =
@@ -131,7 +96,7 @@ void CheckFp4(const GoldenFile& f, const calib::ImatrixOptions& o) {
     if (nv) CHECK(f.Tensor<float>("global_scale" + k).at(0) == gs);
     const size_t rows = ins[m].rows, cols = ins[m].cols, ng = cols / gsize;
     const size_t esz = DTypeBits(dt) / 8;
-    const std::string want_packed = Raw(f, "packed" + k), want_scale = Raw(f, "scale" + k);
+    const std::string want_packed = f.Raw("packed" + k), want_scale = f.Raw("scale" + k);
     for (size_t chunk : {rows, size_t(7)}) {
       CAPTURE(chunk);
       std::string packed(rows * cols / 2, '\0'), scales(rows * ng, '\0');
