@@ -19,7 +19,9 @@
 #define QUENCH_FP8_BF16_X86 1
 #include <immintrin.h>
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*().
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define QUENCH_AVX512BF16                                                                 \
   __attribute__((target("avx2,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi," \
                         "avx512bf16")))
@@ -60,6 +62,7 @@ namespace {
 
 constexpr size_t kMaxBatchRows = 16;          // one f32 vector of scales
 constexpr size_t kBatchBytes = size_t{64} << 10;  // pass 2 rereads the batch from L2
+constexpr size_t kPrefetchRowBytes = 2048;        // rows this long ask for the next batch
 
 QUENCH_AVX512BF16 inline __mmask32 Mask32(size_t n) {
   return n >= 32 ? ~__mmask32{0} : _bzhi_u32(~0u, static_cast<uint32_t>(n));
@@ -141,12 +144,20 @@ QUENCH_AVX512BF16 inline __m512i OrderIndex() {
   return _mm512_load_si512(idx);
 }
 
+// Quantizes the n elements at src into dst; asks for the same stretch of `ahead` (the row
+// the next batch's pass 1 reads first, or null) as it goes, so that pass 1 finds it in cache
+// instead of waiting on memory with nothing to overlap.
 template <bool kByReciprocal>
-QUENCH_AVX512BF16 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar, uint8_t* dst) {
+QUENCH_AVX512BF16 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar, uint8_t* dst,
+                                   const uint8_t* ahead) {
   const __m512 by = _mm512_set1_ps(by_scalar);
   const __m512i order = OrderIndex();
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    if (ahead != nullptr) {  // the two cache lines of the next batch's row these 64 match
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + 2 * i), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + 2 * i + 64), _MM_HINT_T0);
+    }
     const __m512i c0 = Quantize32<kByReciprocal>(_mm512_loadu_si512(src + 2 * i), by);
     const __m512i c1 = Quantize32<kByReciprocal>(_mm512_loadu_si512(src + 2 * i + 64), by);
     _mm512_storeu_si512(dst + i, _mm512_permutex2var_epi8(c0, order, c1));
@@ -154,6 +165,11 @@ QUENCH_AVX512BF16 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar
   if (i < n) {
     // Lanes past the row read as +0 (code 0) and are not stored.
     const size_t left = n - i;
+    if (ahead != nullptr) {
+      for (size_t b = 2 * i; b < 2 * n; b += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+      }
+    }
     const __m512i c0 =
         Quantize32<kByReciprocal>(_mm512_maskz_loadu_epi16(Mask32(left), src + 2 * i), by);
     const __m512i c1 = Quantize32<kByReciprocal>(
@@ -200,10 +216,15 @@ QUENCH_AVX512BF16 bool ChannelBf16(const WeightChunk& in, const ChunkOutputs& ou
     for (size_t k = 0; k < nr; ++k) {
       const uint8_t* row = in.data + (r0 + k) * row_bytes;
       uint8_t* dst = out.out[0] + (r0 + k) * in.cols;
+      // Short rows (Kimi's 256-byte ones) are left to the hardware prefetcher: asking for
+      // them measured slower (bench/README.md).
+      const uint8_t* ahead = row_bytes >= kPrefetchRowBytes && r0 + batch + k < in.rows
+                                 ? row + batch * row_bytes
+                                 : nullptr;
       if (internal::ReciprocalIsExact(scale[k], DType::kBF16)) {
-        QuantizeRow<true>(row, in.cols, recip[k], dst);
+        QuantizeRow<true>(row, in.cols, recip[k], dst, ahead);
       } else {
-        QuantizeRow<false>(row, in.cols, scale[k], dst);
+        QuantizeRow<false>(row, in.cols, scale[k], dst, ahead);
       }
     }
   }
