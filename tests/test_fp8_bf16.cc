@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernel_test_util.h"
@@ -129,6 +130,43 @@ TEST_CASE("row widths, batches of rows, zero rows, subnormal and saturating valu
       ExpectSame(data, rows, cols);
     }
   }
+}
+
+TEST_CASE("QuantizeChannel: the AVX-512 targets take this kernel, and with it off their Highway code") {
+  // Both paths through the dispatcher on every target, so that the Highway AVX3 kernel this
+  // kernel displaces stays checked against the definition too.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<uint32_t> bits(0, 0xFFFF);
+  const size_t rows = 37;
+  const size_t cols = 1000;
+  std::vector<uint16_t> data(rows * cols);
+  for (auto& h : data) {
+    h = static_cast<uint16_t>(bits(rng));
+    if ((h & 0x7F80u) == 0x7F80u) h &= 0xBFFFu;
+  }
+  const Run want = Quantize(data, rows, cols, false);
+  REQUIRE(want.ok);
+  for (bool enabled : {true, false}) {
+    internal::SetFp8Bf16Enabled(enabled);
+    ForEachTarget([&](const std::string& target) {
+      WeightChunk in;
+      in.data = reinterpret_cast<const uint8_t*>(data.data());
+      in.dtype = DType::kBF16;
+      in.rows = rows;
+      in.cols = cols;
+      std::vector<uint8_t> codes(rows * cols + kGuardBytes, kGuard);
+      std::vector<uint8_t> scales(rows * 2 + kGuardBytes, kGuard);
+      ChunkOutputs out;
+      out.out[0] = codes.data();
+      out.out[1] = scales.data();
+      CAPTURE(target);
+      CAPTURE(enabled);
+      REQUIRE(QuantizeChannel(in, out));
+      CHECK(codes == want.codes);
+      CHECK(scales == want.scales);
+    });
+  }
+  internal::SetFp8Bf16Enabled(true);
 }
 
 TEST_CASE("NaN and Inf anywhere are refused") {
