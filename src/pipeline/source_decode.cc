@@ -138,4 +138,21 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   return Status::Ok();
 }
 
+bool IsFp8BlockSource(const PlannedTensor& t) {
+  return t.source_scale.has_value() && t.source_scale->packed_kind == 0 && !t.source_scale->ct;
+}
+
+Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, float* amax, bool* finite) {
+  *finite = true;
+  *amax = 0.f;
+  if (t.shape[0] == 0) return Status::Ok();
+  // Every scale of the weight (1/16384 of its codes for 128x128 blocks, 4 bytes each).
+  std::vector<float> scales;
+  fp8::SourceChunk in;
+  QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, 0, t.shape[0], &scales, &in));
+  *finite = fp8::SearchSourceAbsMax(in, amax, nullptr);
+  return Status::Ok();
+}
+
 }  // namespace quench

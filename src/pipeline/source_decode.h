@@ -51,6 +51,16 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                         const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
                         bool* finite);
 
+// True for an FP8 (block or per-tensor scale) source weight, the layout SearchSourceAbsMax reads.
+bool IsFp8BlockSource(const PlannedTensor& t);
+
+// The largest |x| of the whole FP8 source weight `t` decoded (codes: all its rows), reading
+// only the blocks that can hold it (fp8::SearchSourceAbsMax): the NVFP4 global scale without
+// a second pass over the codes. Scales are checked as DecodeSourceRows checks them (all of
+// them); *finite is false when a block read holds a NaN code or overflows bf16.
+Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, float* amax, bool* finite);
+
 }  // namespace quench
 
 #endif  // QUENCH_PIPELINE_SOURCE_DECODE_H_
