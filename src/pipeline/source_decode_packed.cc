@@ -6,15 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "schemes/awq_repack.h"
 #include "schemes/float_formats.h"
 
 namespace quench {
 namespace {
 
 constexpr int kAwq = 1;
-// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (AutoAWQConverter's
-// AWQ_REVERSE_ORDER undoes it).
-constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 
 Status BadScale(const Plan& plan, const PlannedTensor& t, float v, uint64_t row, uint64_t col) {
@@ -184,15 +183,9 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
     const std::string& name = ps.outputs[t.outputs[j]].name;
     uint8_t* dst = outs.out[j];
     if (name.ends_with(".weight_packed")) {
-      // Input 8j + k of output o at nibble k of word (o, j) (pack_to_int32, offset-binary).
-      for (uint64_t o = r0; o < r1; ++o) {
-        const uint64_t c = o / 8 - a.c0, m = o % 8;
-        for (uint64_t w = 0; w < cols / 8; ++w) {
-          uint32_t word = 0;
-          for (uint64_t k = 0; k < 8; ++k) word |= AwqCode(a.codes, a.words, 8 * w + k, c, m) << (4 * k);
-          std::memcpy(dst + ((o - r0) * (cols / 8) + w) * 4, &word, 4);
-        }
-      }
+      // Input 8j + k of output o at nibble k of word (o, j) (pack_to_int32, offset-binary):
+      // 8x8 nibble transposes (schemes/awq_repack.h).
+      RepackAwqWords(a.codes.data(), cols, a.words, r0 - 8 * a.c0, r1 - 8 * a.c0, dst);
     } else if (name.ends_with(".weight_scale")) {
       for (uint64_t o = 0; o < n; ++o) {
         for (uint64_t gi = 0; gi < a.groups; ++gi) {
