@@ -180,3 +180,28 @@ TEST_CASE("a NaN code in a block it skips is left to the decode (the pipeline re
 
 }  // namespace
 }  // namespace quench::fp8
+
+namespace quench::fp8 {
+namespace {
+
+TEST_CASE("rows read are reported in steps of at most 128 rows, up to where the search stopped") {
+  // A per-tensor scale: one block, the whole weight. Without a 448 code every row is read.
+  Weight w = MakeWeight(300, 64, 300, 64, 4, [](size_t) { return 0x60u; });
+  w.scales = {0.5f};
+  std::vector<std::pair<size_t, size_t>> seen;
+  float got = 0.f;
+  REQUIRE(SearchSourceAbsMax(w.Chunk(), &got, nullptr,
+                             [&](size_t r0, size_t r1) { seen.emplace_back(r0, r1); }));
+  CHECK(seen == std::vector<std::pair<size_t, size_t>>{{0, 128}, {128, 256}, {256, 300}});
+  // With 448 in row 5 the search stops after it.
+  for (uint8_t& c : w.codes) c &= 0x80 | 0x3F;
+  w.codes[5 * 64 + 9] = 0xFE;
+  seen.clear();
+  REQUIRE(SearchSourceAbsMax(w.Chunk(), &got, nullptr,
+                             [&](size_t r0, size_t r1) { seen.emplace_back(r0, r1); }));
+  CHECK(seen == std::vector<std::pair<size_t, size_t>>{{0, 6}});
+  CHECK(got == BF16ToF32(F32ToBF16(448.f * 0.5f)));
+}
+
+}  // namespace
+}  // namespace quench::fp8

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "format/file_io.h"
 #include "pipeline/source_decode.h"
@@ -151,12 +153,29 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
     if (IsFp8BlockSource(t)) {
-      // Only the blocks that can hold the largest |x| (fp8_source_amax.cc's proof); the
-      // pages touched are released unless the pipeline reads them next.
+      // Only the blocks that can hold the largest |x| (fp8_source_amax.cc's proof). The
+      // rows read are released once they add up to a chunk (a search may read many blocks,
+      // or a per-tensor scale's whole weight); the last ones stay mapped when the pipeline
+      // reads this member next.
+      const uint64_t row_bytes = SourceRowBytes(t);
+      std::vector<std::pair<uint64_t, uint64_t>> pending;
+      uint64_t pending_bytes = 0;
+      auto flush = [&] {
+        for (const auto& [r0, r1] : pending) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+        pending.clear();
+        pending_bytes = 0;
+      };
+      auto rows_read = [&](uint64_t r0, uint64_t r1) {
+        if (r1 <= r0) return;
+        pending.emplace_back(r0, r1);
+        pending_bytes += (r1 - r0) * row_bytes;
+        if (pending_bytes >= sizing_.chunk_bytes) flush();
+      };
       float amax = 0.f;
       bool ok = true;
-      QUENCH_RETURN_IF_ERROR(SearchSourceAbsMax(plan_, t, maps_, m.data() + t.src_offset, &amax, &ok));
-      if (release) m.Release(t.src_offset, t.src_bytes);
+      QUENCH_RETURN_IF_ERROR(
+          SearchSourceAbsMax(plan_, t, maps_, m.data() + t.src_offset, &amax, &ok, rows_read));
+      if (release) flush();
       if (!ok) return NonFinite(t);
       a = std::max(a, amax);
       continue;

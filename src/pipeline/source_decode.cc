@@ -147,7 +147,8 @@ bool IsFp8BlockSource(const PlannedTensor& t) {
 }
 
 Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
-                          const uint8_t* codes, float* amax, bool* finite) {
+                          const uint8_t* codes, float* amax, bool* finite,
+                          const std::function<void(uint64_t r0, uint64_t r1)>& rows_read) {
   *finite = true;
   *amax = 0.f;
   if (t.shape[0] == 0) return Status::Ok();
@@ -155,7 +156,7 @@ Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& 
   std::vector<float> scales;
   fp8::SourceChunk in;
   QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, 0, t.shape[0], &scales, &in));
-  *finite = fp8::SearchSourceAbsMax(in, amax, nullptr);
+  *finite = fp8::SearchSourceAbsMax(in, amax, nullptr, rows_read);
   return Status::Ok();
 }
 

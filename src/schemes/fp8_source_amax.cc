@@ -45,7 +45,8 @@ float DecodedMagnitude(uint32_t m, float s) {
 
 }  // namespace
 
-bool SearchSourceAbsMax(const SourceChunk& in, float* amax, size_t* blocks_read) {
+bool SearchSourceAbsMax(const SourceChunk& in, float* amax, size_t* blocks_read,
+                        const RowsRead& rows_read) {
   const size_t scale_rows = in.rows == 0 ? 0 : (in.rows - 1) / in.block_rows + 1;
   const size_t n = scale_rows * in.scale_cols;
   std::vector<uint32_t> order(n);
@@ -65,12 +66,21 @@ bool SearchSourceAbsMax(const SourceChunk& in, float* amax, size_t* blocks_read)
     const size_t r1 = std::min(in.rows, r0 + in.block_rows);
     const size_t c0 = k % in.scale_cols * in.block_cols;
     const size_t c1 = std::min(in.cols, c0 + in.block_cols);
+    // Rows in steps of at most kStepRows, each reported read (a per-tensor scale's block is
+    // the whole weight: the caller releases its pages as they are done).
+    constexpr size_t kStepRows = 128;
     uint32_t mc = 0;
-    for (size_t r = r0; r < r1 && mc < 0x7E; ++r) {
-      const uint8_t* row = in.codes + r * in.cols;
-      uint8_t m = 0;
-      for (size_t c = c0; c < c1; ++c) m = std::max<uint8_t>(m, row[c] & 0x7F);
-      mc = std::max<uint32_t>(mc, m);
+    for (size_t s0 = r0; s0 < r1 && mc < 0x7E;) {
+      const size_t s1 = std::min(r1, s0 + kStepRows);
+      size_t r = s0;
+      for (; r < s1 && mc < 0x7E; ++r) {
+        const uint8_t* row = in.codes + r * in.cols;
+        uint8_t m = 0;
+        for (size_t c = c0; c < c1; ++c) m = std::max<uint8_t>(m, row[c] & 0x7F);
+        mc = std::max<uint32_t>(mc, m);
+      }
+      if (rows_read) rows_read(s0, r);
+      s0 = r;
     }
     if (mc == 0x7F) return false;  // a NaN code
     const float a = DecodedMagnitude(mc, s);
