@@ -333,7 +333,36 @@ TEST_SUITE("sources") {
       CHECK(r.exit_code == 3);
       CHECK(r.err.find(c.message) != std::string::npos);
       CHECK_FALSE(fs::exists(tmp / "out"));
+      // NVFP4A16: the global-scale search reads this block (its only one) and stops there.
+      const RunResult n = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                     "--scheme", "NVFP4A16"});
+      CHECK(n.exit_code == 3);
+      CHECK(n.err.find("'model.layers.0.mlp.up_proj.weight' contains NaN or Inf") !=
+            std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "out"));
     }
+  }
+
+  TEST_CASE("NVFP4A16: a NaN code in a block the global-scale search skips stops the run at its row") {
+    // 2x2 blocks, each holding 448; the NaN sits in the smallest-scale block, which the
+    // search for the largest |x| never reads (fp8_source_amax.cc), so the pipeline's decode
+    // finds it and names its place; nothing is left.
+    TempDir tmp;
+    std::string codes(256 * 256, '\x38');
+    for (size_t b = 0; b < 4; ++b) codes[(b / 2 * 128 + 3) * 256 + b % 2 * 128 + 9] = '\x7E';
+    codes[5 * 256 + 7] = '\xFF';
+    const float s[4] = {1.f, 2.f, 3.f, 4.f};
+    std::string scale(16, '\0');
+    std::memcpy(scale.data(), s, 16);
+    WriteBytes(tmp / "src/config.json", kFp8Config);
+    WriteShard(tmp / "src/model.safetensors",
+               {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {256, 256}, codes},
+                {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {2, 2}, scale}});
+    const RunResult r = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                   "--scheme", "NVFP4A16"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("holds a NaN E4M3 code (row 5, column 7)") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "out"));
   }
 
   TEST_CASE("inspect says what an FP8 source's weights are stored as") {
