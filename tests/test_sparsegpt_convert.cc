@@ -16,19 +16,13 @@
 #include "format/safetensors.h"
 #include "pipeline/resume.h"
 #include "quench/convert.h"
+#include "stats_folder.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
 const fs::path kGolden = DataDir() / "golden" / "sparsegpt";
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 std::vector<float> ReadF32(const fs::path& file, const std::string& name) {
   auto h = ReadSafetensorsHeader(file);
@@ -47,7 +41,6 @@ std::vector<float> ReadF32(const fs::path& file, const std::string& name) {
 // Layer 0's attention and MLP input sites, both with h256 (the reference's normalised H:
 // quench multiplies the stored sum by 2 / sequences, so the sum stored is h * sequences / 2).
 void WriteStats(const fs::path& dir) {
-  fs::create_directories(dir);
   const std::vector<float> h = ReadF32(kGolden / "h256.safetensors", "h");
   const size_t n = 256;
   const double sequences = 4;
@@ -62,41 +55,16 @@ void WriteStats(const fs::path& dir) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> sites = {
       {p + "self_attn.q_proj", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
       {p + "mlp.gate_proj", {"mlp.gate_proj", "mlp.up_proj"}}};
-  std::string weights, site_json, consumers;
-  std::vector<RawTensor> arrays;
+  StatsParts parts;
   for (const auto& [site, mods] : sites) {
     for (const std::string& m : mods) {
-      const std::string w = p + m + ".weight";
-      const std::string rows = m.find("gate") != std::string::npos || m.find("up") != std::string::npos
-                                   ? "704" : m.find("q_proj") != std::string::npos ? "256" : "128";
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" + rows + ", 256]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   site + "\"}";
+      const size_t rows = m.find("gate") != std::string::npos || m.find("up") != std::string::npos
+                              ? 704 : m.find("q_proj") != std::string::npos ? 256 : 128;
+      parts.AddConsumer(p + m + ".weight", rows, 256, site);
     }
-    site_json += std::string(site_json.empty() ? "" : ", ") + "\"" + site +
-                 "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": 256, \"experts\": "
-                 "null, \"fields\": [\"count\", \"sum_x2\", \"sum_abs\", \"min\", \"max\", "
-                 "\"hessian\"]}";
-    arrays.push_back({site + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{512})});
-    arrays.push_back({site + ".sum_x2", DType::kF64, {n}, Bytes(x2)});
-    arrays.push_back({site + ".sum_abs", DType::kF64, {n}, Bytes(abs)});
-    arrays.push_back({site + ".min", DType::kF32, {n}, Bytes(mn)});
-    arrays.push_back({site + ".max", DType::kF32, {n}, Bytes(mx)});
-    arrays.push_back({site + ".hessian", DType::kF64, {packed.size()}, Bytes(packed)});
+    parts.AddSite(site, 512, x2, abs, mn, mx, &packed);
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"model_type": "llama", )"
-             R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
-             R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "all", )"
-             R"("hessian": "full"}, "files": ["stats-00001.safetensors"], "sites": {)" +
-                 site_json + R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
-}
-
-std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+  WriteStatsFolder(dir, kTinyLlamaModel, TinyLlamaCollection("full"), parts);
 }
 
 std::vector<float> Bf16Values(const std::string& b) {

@@ -235,6 +235,23 @@ inline std::pair<const Loaded*, const quench::TensorInfo*> FindTensor(
   return {nullptr, nullptr};
 }
 
+// The bytes of tensor `name` in any shard of `all`.
+inline std::string TensorBytes(const std::map<std::string, Loaded>& all, const std::string& name) {
+  auto [l, t] = FindTensor(all, name);
+  REQUIRE_MESSAGE(t != nullptr, name);
+  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+}
+
+// BF16 tensor `name` of any shard of `all`, decoded.
+inline std::vector<double> Bf16Weight(const std::map<std::string, Loaded>& all,
+                                      const std::string& name) {
+  auto [l, t] = FindTensor(all, name);
+  REQUIRE_MESSAGE(t != nullptr, name);
+  std::vector<double> v((t->end - t->begin) / 2);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = DecodeBF16(l->Data(*t) + 2 * i);
+  return v;
+}
+
 
 }  // namespace quench::testing
 
