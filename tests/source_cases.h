@@ -1,0 +1,79 @@
+// What the source-conversion suites (tests/test_quant_sources.cc, tests/test_sources_run.cc,
+// tests/test_sources_ct.cc) share: their golden manifests' cases, a conversion with the
+// reference's ignore list as given, and the comparison of a whole output folder.
+#ifndef QUENCH_TESTS_SOURCE_CASES_H_
+#define QUENCH_TESTS_SOURCE_CASES_H_
+
+#include <doctest/doctest.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "quench/convert.h"
+#include "test_util.h"
+
+namespace quench::testing {
+
+struct GoldenCase {
+  std::string name, scheme;
+  fs::path source, expected;
+  std::vector<std::string> ignore;
+};
+
+// The cases of data/golden/`manifest`; `completed_only`: only those with an "expected" output
+// (the ones the reference completed).
+inline std::vector<GoldenCase> GoldenCases(const std::string& manifest,
+                                           bool completed_only = false) {
+  auto m = ReadJsonFile((DataDir() / "golden" / manifest).string());
+  REQUIRE(m.ok());
+  std::vector<GoldenCase> out;
+  for (const JsonValue& c : m->Find("cases")->as_array()) {
+    if (completed_only && c.Find("expected") == nullptr) continue;
+    GoldenCase g;
+    g.name = c.Find("name")->as_string();
+    g.scheme = c.Find("scheme")->as_string();
+    g.source = DataDir() / c.Find("source")->as_string();
+    g.expected = DataDir() / c.Find("expected")->as_string();
+    for (const JsonValue& i : c.Find("ignore")->as_array()) g.ignore.push_back(i.as_string());
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+inline Result<ConvertSummary> ConvertSource(const fs::path& src, const fs::path& dst,
+                                            const std::string& scheme,
+                                            const std::vector<std::string>& ignore,
+                                            uint64_t chunk_bytes = 0,
+                                            std::optional<int> group_size = std::nullopt) {
+  ConvertOptions o;
+  o.src = src;
+  o.dst = dst;
+  o.scheme = scheme;
+  o.ignore = ignore;
+  o.default_ignore = false;  // the reference's ignore list, as given
+  o.chunk_bytes = chunk_bytes;
+  o.group_size = group_size;
+  return Convert(o);
+}
+
+// Every file of `want` equals the same file of `got`, and `got` has no other
+// (`safetensors_only`: of the .safetensors files).
+inline void CheckSameFiles(const fs::path& want, const fs::path& got,
+                           bool safetensors_only = false) {
+  std::vector<std::string> files = ListFiles(want), out = ListFiles(got);
+  if (safetensors_only) {
+    std::erase_if(files, [](const std::string& f) { return !f.ends_with(".safetensors"); });
+    std::erase_if(out, [](const std::string& f) { return !f.ends_with(".safetensors"); });
+  }
+  CHECK(files == out);
+  for (const std::string& f : files) {
+    CAPTURE(f);
+    CHECK(ReadBytes(got / f) == ReadBytes(want / f));
+  }
+}
+
+}  // namespace quench::testing
+
+#endif  // QUENCH_TESTS_SOURCE_CASES_H_
