@@ -172,12 +172,7 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
   WriteStats(tmp / "stats", TinyLlamaSites());
   const std::string src = (DataDir() / "tiny-llama").string(), stats = (tmp / "stats").string();
   const std::string dst = (tmp / "o").string();
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--algorithm", "gptq"}, 2, "needs --stats"},
       {{"--algorithm", "gptq", "--stats", stats, "--actorder", "group"}, 2, "has been removed"},
       {{"--algorithm", "gptq", "--stats", stats, "--dampening", "-1"}, 2, "--dampening"},
@@ -187,15 +182,7 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
        "too small for GPTQ"},
       // (GPTQ with --prune composes: tests/test_compose.cc.)
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"}, cases, dst);
   // Float weights are GPTQ's too (tests/test_gptq_float_convert.cc converts them).
   auto r = RunQuench({"convert", src, dst, "--scheme", "NVFP4A16", "--algorithm", "gptq",
                       "--stats", stats, "--dry-run"});

@@ -377,12 +377,7 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
   WriteStats(tmp / "other", TinyLlamaSites(), /*shape_bump=*/1);
   const std::string src = (DataDir() / "tiny-llama").string(), dst = (tmp / "o").string();
   const std::string stats = (tmp / "stats").string();
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse"}, 2,
        "needs --stats"},
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "mse", "--stats", stats}, 2,
@@ -403,15 +398,7 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
       {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "wanda", "--stats",
         (tmp / "other").string()}, 3, "another model's statistics"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst}, cases, dst);
 }
 
 }  // namespace

@@ -230,12 +230,7 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
   CHECK(dry.out.find("magnitude 2:4: no statistics for this weight") != std::string::npos);
   CHECK(dry.err.find("SparseGPT (2:4) from") != std::string::npos);
   CHECK(dry.err.find("5 weights; 9 pruned by magnitude") != std::string::npos);
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--algorithm", "sparsegpt", "--stats", stats}, 2, "needs --prune"},
       {{"--algorithm", "sparsegpt", "--prune", "2:4"}, 2, "needs --stats"},
       {{"--algorithm", "sparsegpt", "--stats", stats, "--prune", "unstructured:0.5",
@@ -246,15 +241,7 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
        2, "too small for SparseGPT"},
       // (GPTQ after pruning composes: tests/test_compose.cc.)
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"}, cases, dst);
   // NVFP4's global scale would come from the dense weights: refused, not silently wrong.
   auto r = RunQuench({"convert", src, dst, "--scheme", "NVFP4A16", "--prune", "2:4",
                       "--algorithm", "sparsegpt", "--stats", stats});
@@ -344,12 +331,7 @@ TEST_CASE("SparseGPTModifier and GPTQModifier recipes run as the flags that say 
   CHECK(DumpCompactJson(*c3->Find("quantization_config")) ==
         DumpCompactJson(*cf3->Find("quantization_config")));
   // The flags may repeat the recipe, not contradict it; the statistics are still needed.
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--prune", "unstructured:0.5"},
        2, "give one or the other"},
       {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--dampening", "0.1"},
@@ -358,15 +340,7 @@ TEST_CASE("SparseGPTModifier and GPTQModifier recipes run as the flags that say 
        2, "give one or the other"},
       {{"--recipe", (tmp / "sgpt.yaml").string()}, 2, "needs --stats"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, (tmp / "o").string()};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(tmp / "o"));
-  }
+  CheckRefusals({"convert", src, (tmp / "o").string()}, cases, tmp / "o");
 }
 
 }  // namespace

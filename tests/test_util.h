@@ -125,6 +125,29 @@ inline RunResult RunQuench(const std::vector<std::string>& args) {
   return RunCommand(argv);
 }
 
+// A command line the CLI refuses: the arguments after the common ones, the exit code and a
+// part of the message.
+struct Refusal {
+  std::vector<std::string> args;
+  int exit_code;
+  const char* message;
+};
+
+// Runs quench with `common` then each case's arguments: the case's exit code, its message on
+// stderr, and nothing written at `dst`.
+inline void CheckRefusals(const std::vector<std::string>& common,
+                          const std::vector<Refusal>& cases, const fs::path& dst) {
+  for (const Refusal& c : cases) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    CAPTURE(r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK_FALSE(fs::exists(dst));
+  }
+}
+
 // ---- Independent decoders, written from the format definitions (not the code under test).
 
 // bfloat16: the high half of an IEEE binary32.
