@@ -56,6 +56,24 @@ def observe(w, qargs):
     return qp["scale"], qp["zero_point"]
 
 
+def write_manifest(out, generator, function, cases, **more):
+    """manifest.json of a generator of llm-compressor `function`'s golden cases."""
+    manifest = {
+        "generator": "scripts/" + generator,
+        "reference": "llmcompressor 0.14.0.1 " + function + ", compressed-tensors 0.19.0, "
+                     "torch " + torch.__version__,
+        "cases": cases, **more,
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def print_total(out, cases):
+    total = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
+    print(f"{len(cases)} cases, {total} bytes in {out}")
+
+
 def run_case(name, w, hname, args, blocksize, percdamp, dtype=torch.float32):
     h = HESSIANS[hname]
     qargs = QuantizationArgs(**args)
@@ -206,18 +224,10 @@ def main():
             msg = str(e)
             key = f"actorder='{ao}' has been removed"
             refused.append({"actorder": ao, "message": key if key in msg else msg})
-    manifest = {
-        "generator": "scripts/make_golden_gptq.py",
-        "reference": "llmcompressor 0.14.0.1 modifiers/gptq/gptq_quantize.py::quantize_weight, "
-                     "compressed-tensors 0.19.0, torch " + torch.__version__,
-        "cases": cases, "refused": refused,
-    }
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_manifest(OUT, "make_golden_gptq.py",
+                   "modifiers/gptq/gptq_quantize.py::quantize_weight", cases, refused=refused)
     oneshot_configs()
-    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
-    print(f"{len(cases)} cases, {total} bytes in {OUT}")
+    print_total(OUT, cases)
 
 
 if __name__ == "__main__":
