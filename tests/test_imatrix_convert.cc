@@ -21,6 +21,7 @@
 #include "format/json.h"
 #include "format/safetensors.h"
 #include "quench/convert.h"
+#include "imatrix_golden.h"
 #include "schemes/prune.h"
 #include "stats_folder.h"
 #include "test_util.h"
@@ -282,39 +283,22 @@ TEST_CASE("MiniLM W4A16 with imatrix_mse: llm-compressor oneshot's own observer'
   // data/golden/imatrix-minilm: statistics from scripts/collect-stats and hashes of what
   // llm-compressor's oneshot wrote with observer imatrix_mse on the same samples
   // (scripts/make_golden_imatrix_minilm.py).
-  const char* dir = std::getenv("QUENCH_MINILM_DIR");
-  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
-                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
-                  "fetches the checkpoint with scripts/fetch_minilm.sh");
-  const fs::path golden = DataDir() / "golden" / "imatrix-minilm";
-  auto expected = ReadJsonFile((golden / "expected.json").string());
-  REQUIRE(expected.ok());
   TempDir tmp;
-  ConvertOptions o;
-  o.src = dir;
-  o.dst = tmp / "out";
-  o.scheme = "W4A16";
-  o.observer = "imatrix_mse";
-  o.stats = golden / "stats";
-  auto r = Convert(o);
-  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-  auto out = LoadAll(o.dst);
+  const MiniLmImatrix m = ConvertMiniLmImatrix(tmp, "W4A16", "expected.json");
   size_t equal = 0;
-  const auto& want = expected->Find("tensors")->as_object();
+  const auto& want = m.expected.Find("tensors")->as_object();
   for (const auto& [name, w] : want) {
     CAPTURE(name);
-    char hash[17];
-    std::snprintf(hash, sizeof hash, "%016llx",
-                  static_cast<unsigned long long>(Fnv1a64(TensorBytes(out, name))));
-    CHECK(std::string(hash) == w.Find("fnv1a64")->as_string());
-    equal += std::string(hash) == w.Find("fnv1a64")->as_string();
+    const std::string hash = TensorFnv1a64(m.out, name);
+    CHECK(hash == w.Find("fnv1a64")->as_string());
+    equal += hash == w.Find("fnv1a64")->as_string();
   }
   CHECK(want.size() == 111);  // 37 Linear weights x (packed, scale, shape)
   MESSAGE("MiniLM imatrix_mse: " << equal << " of " << want.size() << " tensors equal");
-  auto cfg = ReadJsonFile((o.dst / "config.json").string());
+  auto cfg = ReadJsonFile((m.dst / "config.json").string());
   REQUIRE(cfg.ok());
   CHECK(DumpPythonJson(*cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights")) ==
-        DumpPythonJson(*expected->Find("weights_args")));
+        DumpPythonJson(*m.expected.Find("weights_args")));
 }
 
 TEST_CASE("imatrix_mse reads only the statistics of the sites in use") {

@@ -118,6 +118,15 @@ inline RunResult RunCommand(const std::vector<std::string>& argv,
   return r;
 }
 
+// The all-MiniLM-L6-v2 checkpoint scripts/test fetches, named by QUENCH_MINILM_DIR.
+inline fs::path MiniLmDir() {
+  const char* dir = std::getenv("QUENCH_MINILM_DIR");
+  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
+                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
+                  "fetches the checkpoint with scripts/fetch_minilm.sh");
+  return dir;
+}
+
 // Runs the quench binary with `args`.
 inline RunResult RunQuench(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {QuenchBin().string()};
@@ -263,6 +272,16 @@ inline std::string TensorBytes(const std::map<std::string, Loaded>& all, const s
   auto [l, t] = FindTensor(all, name);
   REQUIRE_MESSAGE(t != nullptr, name);
   return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+}
+
+// FNV-1a 64 of tensor `name`'s bytes in any shard of `all`, as 16 hex digits (the hashes the
+// golden generators record).
+inline std::string TensorFnv1a64(const std::map<std::string, Loaded>& all,
+                                 const std::string& name) {
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(quench::Fnv1a64(TensorBytes(all, name))));
+  return hash;
 }
 
 // BF16 tensor `name` of any shard of `all`, decoded.
