@@ -1,6 +1,6 @@
 // What the source-conversion suites (tests/test_quant_sources.cc, tests/test_sources_run.cc,
-// tests/test_sources_ct.cc) share: their golden manifests' cases, a conversion with the
-// reference's ignore list as given, and the comparison of a whole output folder.
+// tests/test_sources_ct.cc) share: their golden manifests' cases and a conversion with the
+// reference's ignore list as given.
 #ifndef QUENCH_TESTS_SOURCE_CASES_H_
 #define QUENCH_TESTS_SOURCE_CASES_H_
 
@@ -56,22 +56,6 @@ inline Result<ConvertSummary> ConvertSource(const fs::path& src, const fs::path&
   o.chunk_bytes = chunk_bytes;
   o.group_size = group_size;
   return Convert(o);
-}
-
-// Every file of `want` equals the same file of `got`, and `got` has no other
-// (`safetensors_only`: of the .safetensors files).
-inline void CheckSameFiles(const fs::path& want, const fs::path& got,
-                           bool safetensors_only = false) {
-  std::vector<std::string> files = ListFiles(want), out = ListFiles(got);
-  if (safetensors_only) {
-    std::erase_if(files, [](const std::string& f) { return !f.ends_with(".safetensors"); });
-    std::erase_if(out, [](const std::string& f) { return !f.ends_with(".safetensors"); });
-  }
-  CHECK(files == out);
-  for (const std::string& f : files) {
-    CAPTURE(f);
-    CHECK(ReadBytes(got / f) == ReadBytes(want / f));
-  }
 }
 
 }  // namespace quench::testing

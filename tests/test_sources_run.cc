@@ -164,7 +164,7 @@ TEST_SUITE("sources") {
       auto b = ConvertSource(tmp / "decoded", tmp / (std::string("bf16-") + scheme), scheme, {});
       REQUIRE_MESSAGE(b.ok(), b.status().ToString());
       CheckSameFiles(tmp / (std::string("bf16-") + scheme), tmp / (std::string("fp8-") + scheme),
-                     /*safetensors_only=*/true);
+                     SafetensorsOnly);
     }
   }
 
@@ -186,7 +186,8 @@ TEST_SUITE("sources") {
       auto b = Convert(o);
       REQUIRE_MESSAGE(b.ok(), b.status().ToString());
       CHECK(a->zeroed == b->zeroed);
-      CheckSameFiles(tmp / (std::string("b") + spec[0]), tmp / (std::string("a") + spec[0]), true);
+      CheckSameFiles(tmp / (std::string("b") + spec[0]), tmp / (std::string("a") + spec[0]),
+                     SafetensorsOnly);
     }
     ConvertOptions o;
     o.src = tmp / "src";

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -77,6 +78,34 @@ inline std::vector<std::string> ListFiles(const fs::path& root) {
   std::sort(out.begin(), out.end());
   return out;
 }
+
+// Every file of `want` is in `got` with the same bytes (a difference names its first byte), and
+// `got` has no other; `keep`, when given, picks the files compared on both sides. Returns how
+// many files were compared.
+inline size_t CheckSameFiles(const fs::path& want, const fs::path& got,
+                             const std::function<bool(const std::string&)>& keep = {}) {
+  std::vector<std::string> names = ListFiles(want), got_names = ListFiles(got);
+  if (keep) {
+    std::erase_if(names, [&](const std::string& f) { return !keep(f); });
+    std::erase_if(got_names, [&](const std::string& f) { return !keep(f); });
+  }
+  CHECK(got_names == names);
+  for (const std::string& f : names) {
+    CAPTURE(f);
+    const std::string a = ReadBytes(got / f), b = ReadBytes(want / f);
+    CHECK(a.size() == b.size());
+    if (a != b) {
+      size_t at = 0;
+      while (at < a.size() && at < b.size() && a[at] == b[at]) ++at;
+      FAIL_CHECK("first difference at byte " << at);
+    }
+  }
+  return names.size();
+}
+
+// Filters for CheckSameFiles.
+inline bool SafetensorsOnly(const std::string& f) { return f.ends_with(".safetensors"); }
+inline bool WeightsOnly(const std::string& f) { return f != "config.json"; }
 
 struct RunResult {
   int exit_code = -1;
