@@ -1,6 +1,6 @@
 // What the source-conversion suites (tests/test_quant_sources.cc, tests/test_sources_run.cc,
-// tests/test_sources_ct.cc) share: their golden manifests' cases and a conversion with the
-// reference's ignore list as given.
+// tests/test_sources_ct.cc, tests/test_expert_prune_sources.cc) share: their golden manifests'
+// cases, a conversion with the reference's ignore list as given, and verify DST SRC.
 #ifndef QUENCH_TESTS_SOURCE_CASES_H_
 #define QUENCH_TESTS_SOURCE_CASES_H_
 
@@ -13,6 +13,7 @@
 #include "format/json.h"
 #include "quench/convert.h"
 #include "test_util.h"
+#include "verify/verify.h"
 
 namespace quench::testing {
 
@@ -56,6 +57,20 @@ inline Result<ConvertSummary> ConvertSource(const fs::path& src, const fs::path&
   o.chunk_bytes = chunk_bytes;
   o.group_size = group_size;
   return Convert(o);
+}
+
+// quench verify `dst` `src`: it runs and finds no problem (the problems listed when it does);
+// the report, for the counts.
+inline VerifyReport VerifyClean(const fs::path& dst, const fs::path& src) {
+  VerifyOptions v;
+  v.dst = dst;
+  v.src = src;
+  auto r = Verify(v);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  std::string problems;
+  for (const auto& p : r->problems) problems += p.ToString() + "\n";
+  CHECK_MESSAGE(r->ok(), problems);
+  return *r;
 }
 
 }  // namespace quench::testing

@@ -158,15 +158,8 @@ TEST_CASE("verify DST SRC compares against the decoded compressed-tensors source
     TempDir tmp;
     auto c = Run(k, tmp / "out");
     REQUIRE_MESSAGE(c.ok(), c.status().message());
-    VerifyOptions v;
-    v.dst = tmp / "out";
-    v.src = k.source;
-    auto r = Verify(v);
-    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    std::string problems;
-    for (const auto& p : r->problems) problems += p.ToString() + "\n";
-    CHECK_MESSAGE(r->ok(), problems);
-    CHECK(r->tensors_decoded + r->modules_quantized > 0);
+    const auto r = VerifyClean(tmp / "out", k.source);
+    CHECK(r.tensors_decoded + r.modules_quantized > 0);
   }
   // The g_idx source: its output verifies, and a decoded weight one bit off is caught by row.
   TempDir tmp;

@@ -226,16 +226,9 @@ TEST_SUITE("sources") {
   TEST_CASE("verify compares an FP8 source's conversions against the decoded source") {
     for (const GoldenCase& c : ReferenceCases()) {
       CAPTURE(c.name);
-      VerifyOptions v;
-      v.dst = c.expected;
-      v.src = c.source;
-      auto r = Verify(v);
-      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      std::string problems;
-      for (const auto& p : r->problems) problems += p.ToString() + "\n";
-      CHECK_MESSAGE(r->ok(), problems);
-      CHECK(r->tensors_decoded + r->modules_quantized == 7);
-      if (c.scheme != "BF16") CHECK(r->quality.size() == r->modules_quantized);
+      const auto r = VerifyClean(c.expected, c.source);
+      CHECK(r.tensors_decoded + r.modules_quantized == 7);
+      if (c.scheme != "BF16") CHECK(r.quality.size() == r.modules_quantized);
     }
     // A decoded weight one bit off is caught, named by its row.
     TempDir tmp;
