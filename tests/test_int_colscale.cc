@@ -79,7 +79,7 @@ Outputs Run(const Config& cfg, bool kernel, DType d, const uint8_t* data, size_t
 
 // Factors as SmoothQuant makes them: f32 values over many binades (2^-12 .. 2^12), its floor
 // 1e-5, exact 1 and powers of two; `huge` adds factors that overflow the dtype's largest
-// elements.
+// elements, and an infinite one.
 std::vector<float> Factors(size_t cols, std::mt19937& rng, bool huge) {
   std::uniform_real_distribution<float> mant(1.0f, 2.0f);
   std::vector<float> s(cols);
@@ -91,7 +91,11 @@ std::vector<float> Factors(size_t cols, std::mt19937& rng, bool huge) {
       default: s[c] = std::ldexp(mant(rng), static_cast<int>(rng() % 25) - 12); break;
     }
   }
-  if (huge) s[rng() % cols] = 3e38f;
+  if (huge) {
+    s[rng() % cols] = 3e38f;
+    // An infinite factor: Inf products, and NaN ones (0 * Inf) where its column holds a zero.
+    if (cols > 1) s[rng() % cols] = INFINITY;
+  }
   return s;
 }
 

@@ -375,29 +375,30 @@ HWY_INLINE void PackRowBits(int bits, const uint8_t* u, size_t n8, uint8_t* dst)
 // Smoothing's column factors (WeightChunk::col_scale) folded into one row: dst[c] =
 // RNE_D(x[c] * s[c]) (the f32 product, rounded to D) as raw D elements, so that the passes
 // below read the smoothed row from L1 as they read a source row. False when a product is
-// NaN or rounds to Inf (the chunk is refused, as the definition refuses it); only finite
-// values are stored (Highway's f16 demotion without F16C saturates instead of giving Inf).
+// NaN or rounds to Inf (the chunk is refused, as the definition refuses it). BF16 and F32
+// store such a product as NaN or Inf, which the observation pass then refuses as it refuses
+// a source row's; F16 checks here, because Highway's f16 demotion without F16C saturates
+// instead of giving Inf.
 template <DType D>
 HWY_INLINE bool ScaleRow(const uint8_t* src, const float* s, size_t n, uint8_t* dst) {
   using T = typename Traits<D>::T;
   constexpr size_t kEsz = sizeof(T);
   const DF df;
   const size_t lanes = hn::Lanes(df);
-  auto bad = hn::Zero(df);  // lanes that saw a non-finite product: all bits set
+  auto bad = hn::Zero(df);  // F16: lanes that saw a non-finite product, all bits set
   auto one = [&](const uint8_t* from, const float* sc, uint8_t* to) {
     const VF p = hn::Mul(rd::LoadF32<D>(df, from), hn::LoadU(df, sc));
-    // RoundToDType is defined for non-NaN lanes; a NaN lane is flagged below either way.
-    const VF v = rd::RoundToDType<D>(df, p);
-    bad = hn::Or(bad, hn::VecFromMask(df, hn::Not(hn::IsFinite(v))));
-    bad = hn::Or(bad, hn::VecFromMask(df, hn::IsNaN(p)));
+    // RoundToDType is defined for non-NaN lanes: a NaN product is kept as it is.
+    const VF v = hn::IfThenElse(hn::IsNaN(p), p, rd::RoundToDType<D>(df, p));
     if constexpr (D == DType::kBF16) {
-      // v is a bf16 value: its upper half, exactly.
+      // v is a bf16 value (or NaN): its upper half, exactly.
       const hn::RebindToUnsigned<DF> du;
       const hn::Rebind<uint16_t, DF> d16;
       hn::StoreU(hn::TruncateTo(d16, hn::ShiftRight<16>(hn::BitCast(du, v))), d16,
                  reinterpret_cast<uint16_t*>(to));
     } else if constexpr (D == DType::kF16) {
       // v is a finite binary16 value (other lanes flagged): the demotion is exact.
+      bad = hn::Or(bad, hn::VecFromMask(df, hn::Not(hn::IsFinite(v))));
       const hn::Rebind<hwy::float16_t, DF> d16;
       hn::StoreU(hn::DemoteTo(d16, v), d16, reinterpret_cast<hwy::float16_t*>(to));
     } else {
