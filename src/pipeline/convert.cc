@@ -481,15 +481,17 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   PipelineSizing sizing = SizePipeline(
       chunk_budget, options.threads,
       (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smoothing ? 1 : 0),
-      std::max(largest_set, algos.smoothing == "smoothquant" ? calib::SmoothBalanceBytes(plan) : 0));
+      std::max(largest_set,
+               algos.smoothing == "smoothquant" ? calib::SmoothBalanceBytes(plan) : 0));
   SourceMaps maps(plan);
   if (smoothing) {
     // Smoothing's pre-pass reads the balance weights for their scales here, before any
     // tensor streams; later stages then see the smoothed model's statistics. What it leaves
-    // mapped for the pipeline is taken from the pre-passes' share of the budget.
+    // mapped for the pipeline is taken from the pre-passes' share of the budget; nothing
+    // when shards may be skipped (--resume, workers: which ones is known only later).
     calib::SmoothSource source;
     source.map = [&maps](size_t shard) { return maps.Get(shard); };
-    source.keep_bytes = sizing.prepass_keep_bytes;
+    source.keep_bytes = options.resume || worker ? 0 : sizing.prepass_keep_bytes;
     QUENCH_ASSIGN_OR_RETURN(smooth, calib::MakeSmoothRun(
                                         plan, calib::StageOptions(options, algos.smoothing),
                                         source));
