@@ -170,7 +170,7 @@ TEST_CASE("AVX-512 BF16 int4 kernel: the chunks it takes") {
   CHECK(Int4Bf16Handles(Int4Chunk(data.data(), 4, 192, 0, true)) == avail);  // channel
   CHECK_FALSE(Int4Bf16Handles(Int4Chunk(data.data(), 4, 192, 32, true)));
   CHECK_FALSE(Int4Bf16Handles(Int4Chunk(data.data(), 4, 96, 0, true)));
-  CHECK_FALSE(Int4Bf16Handles(Int4Chunk(data.data(), 4, 128, 128, false)));
+  CHECK(Int4Bf16Handles(Int4Chunk(data.data(), 4, 128, 128, false)) == avail);  // asymmetric
   CHECK_FALSE(Int4Bf16Handles(Int4Chunk(data.data(), 4, 128, 128, true, DType::kF16)));
   WeightChunk eight = Int4Chunk(data.data(), 4, 128, 128, true);
   eight.params.bits = 8;
@@ -180,7 +180,7 @@ TEST_CASE("AVX-512 BF16 int4 kernel: the chunks it takes") {
   intq::internal::SetInt4Bf16Enabled(true);
 }
 
-TEST_CASE("AVX-512 BF16 int4 kernel: rows of many groups equal the definition") {
+TEST_CASE("AVX-512 BF16 int4 kernel: symmetric and asymmetric rows of many groups equal the definition") {
   if (!Int4Bf16Available()) {
     MESSAGE("this CPU has no AVX-512 BF16: the kernel cannot run here (the Highway kernels "
             "take these chunks, compared above)");
@@ -192,33 +192,40 @@ TEST_CASE("AVX-512 BF16 int4 kernel: rows of many groups equal the definition") 
   const size_t shapes[][3] = {{5, 37 * 128, 128}, {33, 128, 128}, {7, 192, 0},
                               {9, 64 * 5, 64},    {3, 256 * 3, 256}, {64, 1024, 128}};
   for (const auto& sh : shapes) {
-    const size_t rows = sh[0], cols = sh[1];
-    const int group = static_cast<int>(sh[2]);
-    const size_t gcols = group > 0 ? static_cast<size_t>(group) : cols;
-    const std::vector<uint8_t> bytes = MixedRows(rng, rows, cols, gcols);
-    const WeightChunk in = Int4Chunk(bytes.data() + 1, rows, cols, group, true);  // unaligned
-    REQUIRE(Int4Bf16Handles(in));
-    const size_t n_groups = cols / gcols;
-    std::vector<uint8_t> w0(rows * cols / 2 + kGuardBytes, kGuard),
-        s0(rows * n_groups * 2 + kGuardBytes, kGuard);
-    ChunkOutputs want;
-    want.out[0] = w0.data();
-    want.out[1] = s0.data();
-    REQUIRE(QuantizePackedScalar(in, want));
-    std::vector<uint8_t> w1(w0.size(), kGuard), s1(s0.size(), kGuard);
-    ChunkOutputs got;
-    got.out[0] = w1.data();
-    got.out[1] = s1.data();
-    CAPTURE(rows);
-    CAPTURE(cols);
-    CAPTURE(group);
-    REQUIRE(QuantizeInt4Bf16(in, got));
-    CHECK(w1 == w0);  // the guard bytes too: no overrun
-    CHECK(s1 == s0);
+    for (bool sym : {true, false}) {
+      const size_t rows = sh[0], cols = sh[1];
+      const int group = static_cast<int>(sh[2]);
+      const size_t gcols = group > 0 ? static_cast<size_t>(group) : cols;
+      const std::vector<uint8_t> bytes = MixedRows(rng, rows, cols, gcols);
+      const WeightChunk in = Int4Chunk(bytes.data() + 1, rows, cols, group, sym);  // unaligned
+      REQUIRE(Int4Bf16Handles(in));
+      const size_t n_groups = cols / gcols;
+      const size_t zp_bytes = sym ? 0 : (rows * 4 + 31) / 32 * n_groups * 4;
+      std::vector<uint8_t> w0(rows * cols / 2 + kGuardBytes, kGuard),
+          s0(rows * n_groups * 2 + kGuardBytes, kGuard), z0(zp_bytes + kGuardBytes, kGuard);
+      ChunkOutputs want;
+      want.out[0] = w0.data();
+      want.out[1] = s0.data();
+      want.out[2] = z0.data();
+      REQUIRE(QuantizePackedScalar(in, want));
+      std::vector<uint8_t> w1(w0.size(), kGuard), s1(s0.size(), kGuard), z1(z0.size(), kGuard);
+      ChunkOutputs got;
+      got.out[0] = w1.data();
+      got.out[1] = s1.data();
+      got.out[2] = z1.data();
+      CAPTURE(rows);
+      CAPTURE(cols);
+      CAPTURE(group);
+      CAPTURE(sym);
+      REQUIRE(QuantizeInt4Bf16(in, got));
+      CHECK(w1 == w0);  // the guard bytes too: no overrun
+      CHECK(s1 == s0);
+      CHECK(z1 == z0);
+    }
   }
 }
 
-TEST_CASE("AVX-512 BF16 int4 kernel: NaN or Inf in any group refuses the chunk") {
+TEST_CASE("AVX-512 BF16 int4 kernel: NaN or Inf in any group refuses the chunk, symmetric or not") {
   if (!Int4Bf16Available()) {
     MESSAGE("this CPU has no AVX-512 BF16: the kernel cannot run here");
     return;
@@ -229,15 +236,19 @@ TEST_CASE("AVX-512 BF16 int4 kernel: NaN or Inf in any group refuses the chunk")
     for (size_t pos : {size_t{0}, size_t{127}, size_t{500}, rows * cols - 1}) {
       std::vector<uint8_t> bytes = MixedRows(rng, rows, cols, 128);
       std::memcpy(bytes.data() + 1 + pos * 2, &bad, 2);
-      const WeightChunk in = Int4Chunk(bytes.data() + 1, rows, cols, 128, true);
-      std::vector<uint8_t> w(rows * cols / 2), s(rows * 3 * 2);
-      ChunkOutputs out;
-      out.out[0] = w.data();
-      out.out[1] = s.data();
-      CAPTURE(bad);
-      CAPTURE(pos);
-      CHECK_FALSE(QuantizePackedScalar(in, out));
-      CHECK_FALSE(QuantizeInt4Bf16(in, out));
+      for (bool sym : {true, false}) {
+        const WeightChunk in = Int4Chunk(bytes.data() + 1, rows, cols, 128, sym);
+        std::vector<uint8_t> w(rows * cols / 2), s(rows * 3 * 2), z(3 * 4);
+        ChunkOutputs out;
+        out.out[0] = w.data();
+        out.out[1] = s.data();
+        out.out[2] = z.data();
+        CAPTURE(bad);
+        CAPTURE(pos);
+        CAPTURE(sym);
+        CHECK_FALSE(QuantizePackedScalar(in, out));
+        CHECK_FALSE(QuantizeInt4Bf16(in, out));
+      }
     }
   }
 }

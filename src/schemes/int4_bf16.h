@@ -1,4 +1,4 @@
-// BF16 weights -> symmetric int4 groups, packed (W4A16's pack-quantized), on CPUs with
+// BF16 weights -> int4 groups, packed (W4A16 / W4A16_ASYM's pack-quantized), on CPUs with
 // AVX-512 BF16 (AMD Zen 4, Intel Sapphire Rapids and later): the same bytes as the scalar
 // definition in int.cc, at about half the CPU of the Highway kernel (bench/README.md,
 // "int4 from bf16 with AVX-512 BF16").
@@ -19,6 +19,9 @@
 //    far below 1), so v >= -7.53125 and round(v) >= -8 without a lower clamp; above,
 //    round(v) <= 8, so u = min(round(v) + 8, 15) clamps exactly (7 is an integer: clamping v
 //    to 7 before rounding and the rounded value after are the same).
+// Asymmetric groups add RNE_bf16(v + zp) (a VDPBF16PS with acc = zp, then a second
+// VCVTNE2PS2BF16) before the integer rounding, and clamp to [-8, 7] on the codes;
+// int4_bf16.cc's QuantizeGroupAsym says why those steps are the definition's.
 // tests/test_int_fast_paths.cc runs every finite bf16 x under every scale of several binades
 // through this kernel and the definition; tests/test_int_kernels.cc runs its patterns too.
 #ifndef QUENCH_SCHEMES_INT4_BF16_H_
@@ -31,13 +34,14 @@ namespace quench::intq {
 // True when this CPU has AVX-512 F/BW/VL/DQ, VBMI and BF16.
 bool Int4Bf16Available();
 
-// True when the kernel handles the chunk: bf16, 4 bits, symmetric, a group size (or a whole
-// row: channel strategy) that is a multiple of 64, and Int4Bf16Available() and the switch
-// below on.
+// True when the kernel handles the chunk: bf16, 4 bits, symmetric or not, a group size (or a
+// whole row: channel strategy) that is a multiple of 64, and Int4Bf16Available() and the
+// switch below on.
 bool Int4Bf16Handles(const WeightChunk& in);
 
 // Quantizes and packs a chunk Int4Bf16Handles accepts: out[0] the rows' int32 words (cols / 2
-// bytes a row), out[1] bf16 scales [rows, n_groups]. False when the chunk holds NaN or Inf.
+// bytes a row), out[1] bf16 scales [rows, n_groups], out[2] (asymmetric) the zero points
+// packed down dim 0 (int.h). False when the chunk holds NaN or Inf.
 bool QuantizeInt4Bf16(const WeightChunk& in, const ChunkOutputs& out);
 
 namespace internal {
