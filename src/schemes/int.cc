@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "schemes/float_formats.h"
+#include "schemes/int4_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/int.cc"
@@ -546,6 +547,12 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
 
 template <bool kPacked>
 bool QuantizeKernel(const WeightChunk& in, const ChunkOutputs& out) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  // bf16 symmetric int4 on CPUs with AVX-512 BF16: about half this target's CPU
+  // (int4_bf16.h). Taken from the AVX-512 targets only, so that tests running the lesser
+  // targets still run their Highway code.
+  if (kPacked && Int4Bf16Handles(in)) return QuantizeInt4Bf16(in, out);
+#endif
   const bool sym = in.params.symmetric;
   switch (in.dtype) {
     case DType::kBF16:
