@@ -68,6 +68,9 @@ struct Block {
   double* best = nullptr;           // rows x (cols / group), f32 values; FLT_MAX before step 0
   uint32_t* masks = nullptr;        // rows x (cols / group)
   uint32_t* improved = nullptr;     // |= bit i when some group improved at step i
+  // False: the caller reads only masks and improved; best then ends as a lower bound of each
+  // group's best error (the certified search skips the definition's sums it does not need).
+  bool exact_best = true;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),

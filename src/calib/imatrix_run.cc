@@ -379,7 +379,7 @@ class ImatrixRunImpl : public ImatrixRun {
       }
       uint32_t bits = 0;
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data() + r.begin() * ng,
-                       masks.data() + r.begin() * ng, &bits)) {
+                       masks.data() + r.begin() * ng, &bits, /*exact_best=*/false)) {
         finite = false;
       }
       improved.fetch_or(bits);
