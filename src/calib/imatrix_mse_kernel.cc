@@ -626,7 +626,8 @@ struct SearchF {
   // the per-group work (parameters, the sum across lanes, the decision) dominant.
   static void Run(const Block& b) {
     const size_t L = hn::Lanes(DF());
-    if (b.group % L == 0 && b.group / L >= 4) {
+    // (At most 2^20 elements: the bound's factors hold while (n - 1) 2^-24 stays well below 1.)
+    if (b.group % L == 0 && b.group / L >= 4 && b.group <= (size_t{1} << 20)) {
       SearchCertified<D, M, N>(b);
     } else {
       SearchTiles<D, M, N>(b);
