@@ -1,6 +1,7 @@
 // AWQ's bound kernel (src/schemes/int_scaled_bound.h) against the scalar definition
-// (ScaledErrorRowScalar, ScaledDot4), on every Highway target compiled in: dW equal to the
-// f32 rounding of the definition's f64 dW bit for bit, and the row loss within the stated
+// (ScaledErrorRowScalar, ScaledDot4), on every Highway target compiled in: W s and the
+// definition's f64 dW (from the kernel's BF16 back values) bit for bit, the exact row term
+// from them bit for bit, and the f32 row loss within the stated
 // bound of the definition's, for int4/int8, symmetric and asymmetric, group and channel
 // layouts, duo (f64) and f32 scales, weights of every magnitude with zeros and ties; on
 // columns built so that the f32 shortcut of W s or of deq / s would round to another BF16
@@ -45,7 +46,7 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
   in.params.symmetric = k.symmetric;
   iq::Layout lay;
   REQUIRE(iq::MakeLayout(in, &lay));
-  std::vector<float> s32(cols), inv32(cols), h32(cols), ws(cols), e(cols, -7.f);
+  std::vector<float> s32(cols), inv32(cols), h32(cols), ws(cols), back(cols, -7.f);
   double hmax = 0;
   for (size_t c = 0; c < cols; ++c) {
     s32[c] = static_cast<float>(s[c]);
@@ -64,11 +65,12 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
   REQUIRE(intq::BoundRowOk(w.data(), cols));
   const bool ran = intq::Bf16ScaledRowLossBound(w.data(), s.data(), s32.data(), inv32.data(),
                                                 h32.data(), lay, k.symmetric, ws.data(),
-                                                e.data(), &approx);
+                                                back.data(), &approx);
   if (ran) {
     size_t differ = 0, first = cols;
     for (size_t c = 0; c < cols; ++c) {
-      if (std::bit_cast<uint32_t>(e[c]) != std::bit_cast<uint32_t>(static_cast<float>(want[c]))) {
+      const double e = double(w[c]) - double(back[c]);  // the definition's dW from back
+      if (std::bit_cast<uint64_t>(e) != std::bit_cast<uint64_t>(want[c])) {
         ++differ;
         if (first == cols) first = c;
       }
@@ -80,6 +82,8 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
       ws_differ += std::bit_cast<uint32_t>(ws[c]) != std::bit_cast<uint32_t>(want_ws[c]);
     }
     CHECK(ws_differ == 0);
+    const double exact = intq::ScaledLossFromBack(w.data(), back.data(), h.data(), cols);
+    CHECK(std::bit_cast<uint64_t>(exact) == std::bit_cast<uint64_t>(want_loss));
     const double err = std::fabs(double(approx) - want_loss);
     CHECK(err <= intq::ScaledBoundRel(cols) * double(approx) + intq::ScaledBoundAbs(cols, hmax));
   }

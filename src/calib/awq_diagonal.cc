@@ -1,16 +1,17 @@
 // AWQ's diagonal-proxy search (awq_internal.h's DiagonalSums): every candidate's loss sum,
 // or, pruned, the sums of exactly those candidates that can still be the search's choice.
 //
-// Pruned search, certified: first every candidate's loss on every row by the bound kernel
+// Pruned search, certified: every candidate's loss on every row by the bound kernel
 // (src/schemes/int_scaled_bound.h: the definition's codes and dW, the sum in f32 lanes,
 // within a proven relative and absolute bound of the definition's f64 term; rows it declines
-// are taken by the definition). Summing gives each candidate an interval [lo, hi] that holds
-// its exact loss. A candidate whose lo exceeds the smallest hi is strictly worse than some
-// candidate, so neither the minimum nor a tie with it: it is left at +Inf. The others
-// (usually the winner alone) and the first candidate (ratio 0, RTN, whose loss the report
-// gives) are then evaluated by the definition, in its order. So the choice (the first of the
-// smallest exact losses), its loss and RTN's are those of the exhaustive search; the bound
-// pass costs about a fifth of an exact pass per candidate (bench/README.md).
+// are taken by the definition). Summing gives each candidate an interval that holds its
+// exact loss. A candidate whose lower end exceeds the smallest upper end is strictly worse
+// than some candidate, so neither the minimum nor a tie with it: it is left at +Inf. The
+// others and the first candidate (ratio 0, RTN, whose loss the report gives) are evaluated
+// by the definition (ScaledLossFromBack on the kernel's exact BF16 values, in the
+// definition's order). So the choice (the first of the smallest exact losses), its loss and
+// RTN's are those of the exhaustive search. The likely winner (lowest on a sample of the
+// blocks) runs exactly from the start, so it usually needs no second pass.
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -51,6 +52,25 @@ struct CandF32 {
   std::vector<float> s32, inv32;
 };
 
+// A block's rows as f32 (exact BF16 values) and which rows the bound kernel may take.
+struct BlockRows {
+  std::vector<float> w, ws, back;
+  std::vector<char> ok;
+  void Load(const AwqLayer& l, const Block& b) {
+    const uint64_t rows = b.r1 - b.r0, cols = l.cols;
+    w.resize(rows * cols);
+    ws.resize(cols);
+    back.resize(cols);
+    ok.assign(rows, 0);
+    if (l.dtype != DType::kBF16 || !Aligned2(l)) return;
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(l.data) + b.r0 * cols;
+    for (uint64_t k = 0; k < rows * cols; ++k) {
+      w[k] = std::bit_cast<float>(uint32_t{src[k]} << 16);
+    }
+    for (uint64_t r = 0; r < rows; ++r) ok[r] = intq::BoundRowOk(&w[r * cols], cols);
+  }
+};
+
 }  // namespace
 
 std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
@@ -66,19 +86,52 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   }
   const uint64_t total_rows = offset.back();
   std::vector<double> terms(count * total_rows, 0.0);  // [g * total_rows + row]
-  // The definition's terms of candidates `gs`, then their sums in its order.
-  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
-  auto exact = [&](const std::vector<size_t>& gs) {
-    tbb::parallel_for(size_t{0}, blocks.size(), [&](size_t i) {
-      const Block& b = blocks[i];
+  // f32 copies for the bound kernel (empty where it does not take the candidate's scales).
+  std::vector<float> h32(h.begin(), h.end());
+  std::vector<CandF32> f32(count);
+  for (size_t g = 0; g < count; ++g) {
+    if (!cands[g].kernel) continue;
+    f32[g].s32.assign(cands[g].s.begin(), cands[g].s.end());
+    f32[g].inv32.assign(cands[g].inv.begin(), cands[g].inv.end());
+  }
+  // Runs candidates `gs` on every block: the definition's term of each row (`exact`: from
+  // the bound kernel's exact BF16 back values, ScaledLossFromBack) or its f32 bound
+  // approximation; rows the kernel does not take get the definition's term either way. The
+  // unpruned search (the tests' reference) takes every term from the exact row kernel.
+  auto run = [&](const std::vector<size_t>& gs, const std::vector<char>& exact_g,
+                 const std::vector<size_t>& ids) {
+    tbb::parallel_for(size_t{0}, ids.size(), [&](size_t i) {
+      const Block& b = blocks[ids[i]];
       const AwqLayer& l = layers[b.layer];
+      const uint64_t cols = l.cols;
+      thread_local BlockRows t;
+      t.Load(l, b);
       for (size_t g : gs) {
-        for (uint64_t r = b.r0; r < b.r1; ++r) {
-          terms[g * total_rows + offset[b.layer] + r] =
-              ExactLossRow(l, lays[b.layer], r, cands[g], h);
+        const Cand& c = cands[g];
+        const bool exact = exact_g[g];
+        for (uint64_t r = 0; r < b.r1 - b.r0; ++r) {
+          float a;
+          double& term = terms[g * total_rows + offset[b.layer] + b.r0 + r];
+          const float* w = &t.w[r * cols];
+          if (prune && t.ok[r] && c.kernel &&
+              intq::Bf16ScaledRowLossBound(w, c.s.data(), f32[g].s32.data(),
+                                           f32[g].inv32.data(), h32.data(), lays[b.layer],
+                                           l.q.symmetric, t.ws.data(),
+                                           exact ? t.back.data() : nullptr, &a)) {
+            term = exact ? intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols) : a;
+          } else {
+            term = ExactLossRow(l, lays[b.layer], b.r0 + r, c, h);
+          }
         }
       }
     });
+  };
+  // The definition's sums of candidates `gs`, in its order.
+  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
+  std::vector<size_t> every(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) every[i] = i;
+  const std::vector<char> all_exact(count, 1);
+  auto sum = [&](const std::vector<size_t>& gs) {
     for (size_t g : gs) {
       double v = 0;
       for (uint64_t r = 0; r < total_rows; ++r) v += terms[g * total_rows + r];
@@ -89,50 +142,34 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   for (size_t g = 0; g < count; ++g) all[g] = g;
   const uint64_t n = layers.empty() ? 0 : layers.front().cols;
   if (!prune || count <= 1 || n == 0) {
-    exact(all);
+    run(all, all_exact, every);
+    sum(all);
     return sums;
   }
-  std::vector<float> h32(h.begin(), h.end());
   double hmax = 0;
   for (float v : h32) hmax = std::max(hmax, double(std::fabs(v)));
-  std::vector<CandF32> f32(count);
+  // Every candidate bounded on a sample of the blocks (every 16th); the lowest there (the
+  // likely winner) and the first (RTN, whose loss the report gives) then run exactly on
+  // every block, the others bounded on the rest: the exact terms serve as their own bounds,
+  // so the winner usually needs no second pass.
+  std::vector<size_t> sample, rest;
+  for (size_t i = 0; i < blocks.size(); ++i) (i % 16 == 0 ? sample : rest).push_back(i);
+  run(all, std::vector<char>(count, 0), sample);
+  size_t leader = 0;
+  std::vector<double> part(count, 0.0);
   for (size_t g = 0; g < count; ++g) {
-    if (!cands[g].kernel) continue;
-    f32[g].s32.assign(cands[g].s.begin(), cands[g].s.end());
-    f32[g].inv32.assign(cands[g].inv.begin(), cands[g].inv.end());
+    for (size_t i : sample) {
+      const Block& b = blocks[i];
+      for (uint64_t r = b.r0; r < b.r1; ++r) part[g] += terms[g * total_rows + offset[b.layer] + r];
+    }
+    if (part[g] < part[leader]) leader = g;
   }
-  tbb::parallel_for(size_t{0}, blocks.size(), [&](size_t i) {
-    const Block& b = blocks[i];
-    const AwqLayer& l = layers[b.layer];
-    const uint64_t rows = b.r1 - b.r0, cols = l.cols;
-    thread_local std::vector<float> w, ws;
-    thread_local std::vector<char> ok;
-    w.resize(rows * cols);
-    ws.resize(cols);
-    ok.assign(rows, 0);
-    if (l.dtype == DType::kBF16 && Aligned2(l)) {
-      const uint16_t* src = reinterpret_cast<const uint16_t*>(l.data) + b.r0 * cols;
-      for (uint64_t k = 0; k < rows * cols; ++k) {
-        w[k] = std::bit_cast<float>(uint32_t{src[k]} << 16);
-      }
-      for (uint64_t r = 0; r < rows; ++r) ok[r] = intq::BoundRowOk(&w[r * cols], cols);
-    }
-    for (size_t g = 0; g < count; ++g) {
-      const Cand& c = cands[g];
-      for (uint64_t r = 0; r < rows; ++r) {
-        float a;
-        double& t = terms[g * total_rows + offset[b.layer] + b.r0 + r];
-        if (ok[r] && c.kernel &&
-            intq::Bf16ScaledRowLossBound(&w[r * cols], c.s.data(), f32[g].s32.data(),
-                                         f32[g].inv32.data(), h32.data(), lays[b.layer],
-                                         l.q.symmetric, ws.data(), nullptr, &a)) {
-          t = a;
-        } else {
-          t = ExactLossRow(l, lays[b.layer], b.r0 + r, c, h);  // the definition: no error
-        }
-      }
-    }
-  });
+  std::vector<char> exact_g(count, 0);
+  exact_g[0] = exact_g[leader] = 1;
+  std::vector<size_t> first = {0};
+  if (leader != 0) first.push_back(leader);
+  run(first, exact_g, sample);
+  run(all, exact_g, rest);
   // Each candidate's interval. Per row |approx - exact| <= rel * approx + abs; the sum of
   // the approximations in f64 and the definition's own row sum add at most total_rows
   // 2^-53 relative each, well inside the factor 2 on rel (ScaledBoundRel >= 2^-28).
@@ -152,11 +189,13 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
     }
     min_hi = std::min(min_hi, hi[g]);
   }
-  std::vector<size_t> finish = {0};
+  std::vector<size_t> finish = first, more;
   for (size_t g = 1; g < count; ++g) {
-    if (!(lo[g] > min_hi)) finish.push_back(g);
+    if (g != leader && !(lo[g] > min_hi)) more.push_back(g);
   }
-  exact(finish);
+  run(more, all_exact, every);
+  finish.insert(finish.end(), more.begin(), more.end());
+  sum(finish);
   return sums;
 }
 

@@ -15,7 +15,9 @@
 // checked in [2^-90, 2^90], so deq / s in {0} U [2^-110, 2^118], always normal. ws / scale
 // may leave the normal range, but only where |q| < 0.5 or |q| > 2^99, where both round and
 // clamp to the same code. deq = (v - zp) scale is exact in f32 (8-bit by 8-bit) as in the
-// definition; dW = fl32(w - back) is the f32 rounding of the definition's exact f64 dW.
+// definition (for codes of at most 4 bits on 16 lanes, read from a per-group table of the
+// 16 values); back = RNE(deq / s) is then the definition's BF16 value, and fl32(w - back)
+// the f32 rounding of its exact f64 dW.
 #include "schemes/int_scaled_bound.h"
 
 #include <cmath>
@@ -37,13 +39,28 @@ namespace hn = hwy::HWY_NAMESPACE;
 namespace rd = quench::HWY_NAMESPACE::rounding;
 namespace iq = internal;
 
+// dW of lanes [c, c + N) by the definition (ScaledErrorRowScalar's loop), from the exact ws.
+HWY_INLINE void ExactLanes(size_t c, size_t N, const double* s, const float* ws, const iq::GroupParams& gp, const iq::Layout& lay,
+                           bool symmetric, float* back) {
+  for (size_t i = 0; i < N; ++i) {
+    const int qv = iq::QuantizeValue(ws[c + i], gp, lay, symmetric, DType::kBF16);
+    const float deq =
+        iq::RoundToDType(static_cast<float>(qv - gp.zp) * gp.scale, DType::kBF16);
+    back[i] = iq::RoundToDType(static_cast<float>(double(deq) / s[c + i]), DType::kBF16);
+  }
+}
+
 template <bool kSym, class DF>
 HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s32,
                          const float* inv32, const float* h32, const iq::Layout& lay,
-                         float* ws, float* e_out, float* approx) {
+                         float* ws, float* back_out, float* approx) {
   const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
   const size_t N = hn::Lanes(df);
   if (N < 4 || lay.group % N != 0) return false;
+  // Codes of at most 4 bits on 16 lanes: deq from a per-group table of the 16 codes
+  // (each entry the definition's RNE((v - zp) * scale)) instead of per lane.
+  const bool table = N == 16 && lay.qmax - lay.qmin < 16;
   HWY_ALIGN float tmp[hn::MaxLanes(df)];
   // A lane within 8 patterns of a BF16 midpoint: (bits + 8 - 0x8000) mod 2^16 <= 16.
   const auto win_bias = hn::Set(du, 8u - 0x8000u);
@@ -54,6 +71,7 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
   };
   const auto qmin = hn::Set(df, static_cast<float>(lay.qmin));
   const auto qmax = hn::Set(df, static_cast<float>(lay.qmax));
+  const auto qmin_i = hn::Set(di, lay.qmin);
   auto acc = hn::Zero(df);
   const size_t group = lay.group;
   for (size_t g = 0; g < lay.n_groups; ++g) {
@@ -72,33 +90,42 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
     }
     const float fmn = hn::GetLane(hn::MinOfLanes(df, mn));
     const float fmx = hn::GetLane(hn::MaxOfLanes(df, mx));
-    if (!(fmn >= -HUGE_VALF && fmx <= HUGE_VALF && fmn > -HUGE_VALF && fmx < HUGE_VALF)) {
-      return false;  // an infinite product: the definition decides
-    }
+    if (!(fmn > -HUGE_VALF && fmx < HUGE_VALF)) return false;  // an infinite product
     const iq::GroupParams gp = iq::ComputeParams(fmn, fmx, lay, kSym, DType::kBF16);
     if (!(gp.scale >= 0x1p-90f && gp.scale <= 0x1p90f)) return false;
     const auto inv_scale = hn::Set(df, 1.0f / gp.scale);
     const auto scale = hn::Set(df, gp.scale);
     const auto zp = hn::Set(df, static_cast<float>(gp.zp));
     const auto neg_zp = hn::Set(df, static_cast<float>(-gp.zp));  // +0 when zp is 0
+    // table[j] = RNE((qmin + j - zp) * scale): (int)q - zp is an integer, exact in f32.
+    const auto deq_table = rd::RoundToDType<DType::kBF16>(
+        df, hn::Mul(hn::ConvertTo(df, hn::Sub(hn::Add(hn::Iota(di, 0), qmin_i),
+                                              hn::Set(di, gp.zp))),
+                    scale));
     for (size_t c = c0; c < c1; c += N) {
-      auto q = hn::Mul(hn::LoadU(df, ws + c), inv_scale);
-      if (HWY_UNLIKELY(!hn::AllFalse(du, near(q)))) {
-        for (size_t i = 0; i < N; ++i) tmp[i] = ws[c + i] / gp.scale;
-        q = hn::Load(df, tmp);
-      }
+      // Lanes next to a midpoint (of ws / scale or of deq / s) are redone by the definition.
+      const auto q = hn::Mul(hn::LoadU(df, ws + c), inv_scale);
+      auto m = near(q);
       auto v = rd::RoundToDType<DType::kBF16>(df, q);
       if constexpr (!kSym) v = rd::RoundToDType<DType::kBF16>(df, hn::Add(v, zp));
-      v = hn::Round(hn::Min(hn::Max(v, qmin), qmax));
-      const auto deq = rd::RoundToDType<DType::kBF16>(df, hn::Mul(hn::Add(v, neg_zp), scale));
-      auto b = hn::Mul(deq, hn::LoadU(df, inv32 + c));
-      if (HWY_UNLIKELY(!hn::AllFalse(du, near(b)))) {
-        hn::Store(deq, df, tmp);
-        for (size_t i = 0; i < N; ++i) tmp[i] = static_cast<float>(double(tmp[i]) / s[c + i]);
-        b = hn::Load(df, tmp);
+      v = hn::Min(hn::Max(v, qmin), qmax);
+      hn::Vec<DF> deq;
+      if (table) {
+        // Round half to even (NearestInt), as RoundHalfEven; v is clamped, so in range.
+        const auto idx = hn::Sub(hn::NearestInt(v), qmin_i);
+        deq = hn::TableLookupLanes(deq_table, hn::IndicesFromVec(df, idx));
+      } else {
+        deq = rd::RoundToDType<DType::kBF16>(df, hn::Mul(hn::Add(hn::Round(v), neg_zp), scale));
       }
-      const auto e = hn::Sub(hn::LoadU(df, w + c), rd::RoundToDType<DType::kBF16>(df, b));
-      if (e_out != nullptr) hn::StoreU(e, df, e_out + c);
+      const auto b = hn::Mul(deq, hn::LoadU(df, inv32 + c));
+      m = hn::Or(m, near(b));
+      auto back = rd::RoundToDType<DType::kBF16>(df, b);
+      if (HWY_UNLIKELY(!hn::AllFalse(du, m))) {
+        ExactLanes(c, N, s, ws, gp, lay, kSym, tmp);
+        back = hn::Load(df, tmp);
+      }
+      if (back_out != nullptr) hn::StoreU(back, df, back_out + c);
+      const auto e = hn::Sub(hn::LoadU(df, w + c), back);
       acc = hn::MulAdd(hn::Mul(e, e), hn::LoadU(df, h32 + c), acc);
     }
   }
@@ -108,10 +135,10 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
 
 bool RowLossBoundKernel(const float* w, const double* s, const float* s32, const float* inv32,
                         const float* h32, const iq::Layout& lay, bool symmetric, float* ws,
-                        float* e_out, float* approx) {
+                        float* back_out, float* approx) {
   const hn::ScalableTag<float> df;
-  return symmetric ? BoundRow<true>(df, w, s, s32, inv32, h32, lay, ws, e_out, approx)
-                   : BoundRow<false>(df, w, s, s32, inv32, h32, lay, ws, e_out, approx);
+  return symmetric ? BoundRow<true>(df, w, s, s32, inv32, h32, lay, ws, back_out, approx)
+                   : BoundRow<false>(df, w, s, s32, inv32, h32, lay, ws, back_out, approx);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -138,9 +165,26 @@ bool BoundRowOk(const float* w, size_t n) {
 
 bool Bf16ScaledRowLossBound(const float* w, const double* s, const float* s32,
                             const float* inv32, const float* h32, const internal::Layout& lay,
-                            bool symmetric, float* ws, float* e_out, float* approx) {
+                            bool symmetric, float* ws, float* back_out, float* approx) {
   return HWY_DYNAMIC_DISPATCH(RowLossBoundKernel)(w, s, s32, inv32, h32, lay, symmetric, ws,
-                                                  e_out, approx);
+                                                  back_out, approx);
+}
+
+double ScaledLossFromBack(const float* w, const float* back, const double* h, size_t cols) {
+  // ScaledErrorRowScalar's dW = w - back in f64, squared, then ScaledDot4 with h.
+  double acc[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= cols; i += 4) {
+    for (int k = 0; k < 4; ++k) {
+      const double e = double(w[i + k]) - double(back[i + k]);
+      acc[k] += (e * e) * h[i + k];
+    }
+  }
+  for (; i < cols; ++i) {
+    const double e = double(w[i]) - double(back[i]);
+    acc[0] += (e * e) * h[i];
+  }
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 // Terms h32 * fl(dW^2) with dW, dW^2, h32 and the product each rounded (FMA or not): within
