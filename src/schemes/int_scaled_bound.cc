@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 // Exactness of dW relies on each product being rounded on its own (no fused a * b + c).
 #pragma GCC optimize("fp-contract=off")
@@ -72,8 +73,15 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
   const auto qmin = hn::Set(df, static_cast<float>(lay.qmin));
   const auto qmax = hn::Set(df, static_cast<float>(lay.qmax));
   const auto qmin_i = hn::Set(di, lay.qmin);
-  auto acc = hn::Zero(df);
   const size_t group = lay.group;
+  // Pass 1 over the whole row, then pass 2: the group parameters (a reduction, then scalar
+  // arithmetic with two divisions) are off the vector loops' critical path.
+  thread_local std::vector<iq::GroupParams> params;
+  thread_local std::vector<float> tables;  // per group, the 16 deq values (table)
+  thread_local std::vector<float> inv_scales;
+  params.resize(lay.n_groups);
+  inv_scales.resize(lay.n_groups);
+  if (table) tables.resize(lay.n_groups * N);
   for (size_t g = 0; g < lay.n_groups; ++g) {
     const size_t c0 = g * group, c1 = c0 + group;
     auto mn = hn::Set(df, HUGE_VALF), mx = hn::Set(df, -HUGE_VALF);
@@ -93,15 +101,26 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
     if (!(fmn > -HUGE_VALF && fmx < HUGE_VALF)) return false;  // an infinite product
     const iq::GroupParams gp = iq::ComputeParams(fmn, fmx, lay, kSym, DType::kBF16);
     if (!(gp.scale >= 0x1p-90f && gp.scale <= 0x1p90f)) return false;
-    const auto inv_scale = hn::Set(df, 1.0f / gp.scale);
+    params[g] = gp;
+    inv_scales[g] = 1.0f / gp.scale;
+    if (table) {
+      // table[j] = RNE((qmin + j - zp) * scale): (int)q - zp is an integer, exact in f32.
+      hn::StoreU(rd::RoundToDType<DType::kBF16>(
+                     df, hn::Mul(hn::ConvertTo(df, hn::Sub(hn::Add(hn::Iota(di, 0), qmin_i),
+                                                           hn::Set(di, gp.zp))),
+                                 hn::Set(df, gp.scale))),
+                 df, &tables[g * N]);
+    }
+  }
+  auto acc = hn::Zero(df);
+  for (size_t g = 0; g < lay.n_groups; ++g) {
+    const size_t c0 = g * group, c1 = c0 + group;
+    const iq::GroupParams& gp = params[g];
+    const auto inv_scale = hn::Set(df, inv_scales[g]);
     const auto scale = hn::Set(df, gp.scale);
     const auto zp = hn::Set(df, static_cast<float>(gp.zp));
     const auto neg_zp = hn::Set(df, static_cast<float>(-gp.zp));  // +0 when zp is 0
-    // table[j] = RNE((qmin + j - zp) * scale): (int)q - zp is an integer, exact in f32.
-    const auto deq_table = rd::RoundToDType<DType::kBF16>(
-        df, hn::Mul(hn::ConvertTo(df, hn::Sub(hn::Add(hn::Iota(di, 0), qmin_i),
-                                              hn::Set(di, gp.zp))),
-                    scale));
+    const auto deq_table = table ? hn::LoadU(df, &tables[g * N]) : scale;
     for (size_t c = c0; c < c1; c += N) {
       // Lanes next to a midpoint (of ws / scale or of deq / s) are redone by the definition.
       const auto q = hn::Mul(hn::LoadU(df, ws + c), inv_scale);
