@@ -164,38 +164,60 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
     }
     if (part[g] < part[leader]) leader = g;
   }
-  std::vector<char> exact_g(count, 0);
-  exact_g[0] = exact_g[leader] = 1;
   std::vector<size_t> first = {0};
   if (leader != 0) first.push_back(leader);
-  run(first, exact_g, sample);
-  run(all, exact_g, rest);
-  // Each candidate's interval. Per row |approx - exact| <= rel * approx + abs; the sum of
-  // the approximations in f64 and the definition's own row sum add at most total_rows
-  // 2^-53 relative each, well inside the factor 2 on rel (ScaledBoundRel >= 2^-28).
+  run(first, all_exact, every);
+  sum(first);
+  // Per row |approx - exact| <= rel * approx + abs; the sums of approximations in f64 and
+  // the definition's own sums add at most total_rows 2^-53 relative each, well inside the
+  // factor 2 on rel (ScaledBoundRel >= 2^-28).
   const double rel = 2 * intq::ScaledBoundRel(n);
-  const double abs = 2 * double(total_rows) * intq::ScaledBoundAbs(n, hmax);
-  std::vector<double> lo(count), hi(count);
-  double min_hi = std::numeric_limits<double>::infinity();
-  for (size_t g = 0; g < count; ++g) {
-    double v = 0;
-    for (uint64_t r = 0; r < total_rows; ++r) v += terms[g * total_rows + r];
-    if (std::isfinite(v)) {
-      lo[g] = v * (1 - rel) - abs;
-      hi[g] = v * (1 + rel) + abs;
+  const double abs_row = 2 * intq::ScaledBoundAbs(n, hmax);
+  // The others bounded on the rest, a batch of blocks at a time (batch k: every kBatches-th
+  // block from k, so each batch spans every layer); a candidate whose partial sum's lower
+  // bound already exceeds the leader's exact loss (every term is >= 0) is worse than the
+  // leader and stops there.
+  constexpr size_t kBatches = 8;
+  std::vector<size_t> live;
+  for (size_t g = 1; g < count; ++g) {
+    if (g != leader) live.push_back(g);
+  }
+  uint64_t rows_done = 0;
+  for (size_t i : sample) rows_done += blocks[i].r1 - blocks[i].r0;
+  const std::vector<char> none_exact(count, 0);
+  for (size_t k = 0; k < kBatches && !live.empty(); ++k) {
+    std::vector<size_t> batch;
+    for (size_t j = k; j < rest.size(); j += kBatches) batch.push_back(rest[j]);
+    run(live, none_exact, batch);
+    for (size_t i : batch) rows_done += blocks[i].r1 - blocks[i].r0;
+    std::erase_if(live, [&](size_t g) {
+      for (size_t i : batch) {
+        const Block& b = blocks[i];
+        for (uint64_t r = b.r0; r < b.r1; ++r) part[g] += terms[g * total_rows + offset[b.layer] + r];
+      }
+      return std::isfinite(part[g]) &&
+             part[g] * (1 - rel) - double(rows_done) * abs_row > sums[leader];
+    });
+  }
+  // Each survivor's interval; those whose lower end does not exceed the smallest upper end
+  // (the leader's exact loss included) are evaluated by the definition.
+  const double abs = double(total_rows) * abs_row;
+  double min_hi = sums[leader];
+  std::vector<double> lo(count);
+  for (size_t g : live) {
+    if (std::isfinite(part[g])) {
+      lo[g] = part[g] * (1 - rel) - abs;
+      min_hi = std::min(min_hi, part[g] * (1 + rel) + abs);
     } else {  // an f32 overflow or a NaN: no bound; the definition decides
       lo[g] = -std::numeric_limits<double>::infinity();
-      hi[g] = std::numeric_limits<double>::infinity();
     }
-    min_hi = std::min(min_hi, hi[g]);
   }
-  std::vector<size_t> finish = first, more;
-  for (size_t g = 1; g < count; ++g) {
-    if (g != leader && !(lo[g] > min_hi)) more.push_back(g);
+  std::vector<size_t> more;
+  for (size_t g : live) {
+    if (!(lo[g] > min_hi)) more.push_back(g);
   }
   run(more, all_exact, every);
-  finish.insert(finish.end(), more.begin(), more.end());
-  sum(finish);
+  sum(more);
   return sums;
 }
 
