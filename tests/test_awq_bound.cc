@@ -209,6 +209,16 @@ TEST_CASE("AWQ's bound kernel declines rows it cannot take") {
   CHECK_FALSE(intq::BoundRowOk(bad.data(), bad.size()));
   bad[7] = -0.f;
   CHECK(intq::BoundRowOk(bad.data(), bad.size()));
+  // The loader converts exactly and agrees with BoundRowOk.
+  for (float v : {0x1p-90f, 0x1p-80f, 0x1p80f, 0x1.02p80f, HUGE_VALF, -0.f, 1.f}) {
+    bad[7] = v;
+    std::vector<uint16_t> bits(bad.size());
+    for (size_t i = 0; i < bad.size(); ++i) bits[i] = F32ToBF16(bad[i]);
+    std::vector<float> out(bad.size());
+    const bool ok = intq::LoadBf16RowBound(bits.data(), bits.size(), out.data());
+    CHECK(ok == intq::BoundRowOk(out.data(), out.size()));
+    for (size_t i = 0; i < bad.size(); ++i) CHECK(std::bit_cast<uint32_t>(out[i]) == uint32_t{bits[i]} << 16);
+  }
 }
 
 TEST_CASE("AWQ's certified search keeps the first of tied candidates") {

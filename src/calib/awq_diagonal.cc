@@ -13,7 +13,6 @@
 // RTN's are those of the exhaustive search. The likely winner (lowest on a sample of the
 // blocks) runs exactly from the start, so it usually needs no second pass.
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -64,10 +63,9 @@ struct BlockRows {
     ok.assign(rows, 0);
     if (l.dtype != DType::kBF16 || !Aligned2(l)) return;
     const uint16_t* src = reinterpret_cast<const uint16_t*>(l.data) + b.r0 * cols;
-    for (uint64_t k = 0; k < rows * cols; ++k) {
-      w[k] = std::bit_cast<float>(uint32_t{src[k]} << 16);
+    for (uint64_t r = 0; r < rows; ++r) {
+      ok[r] = intq::LoadBf16RowBound(src + r * cols, cols, &w[r * cols]);
     }
-    for (uint64_t r = 0; r < rows; ++r) ok[r] = intq::BoundRowOk(&w[r * cols], cols);
   }
 };
 

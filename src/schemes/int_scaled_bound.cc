@@ -169,6 +169,20 @@ namespace quench::intq {
 
 HWY_EXPORT(RowLossBoundKernel);
 
+// Compiled per ISA (chosen at load time): the search calls these on every row it loads.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+bool LoadBf16RowBound(const uint16_t* src, size_t n, float* w) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t b = uint32_t{src[i]} << 16;
+    std::memcpy(&w[i], &b, 4);
+    const uint32_t a = b & 0x7FFFFFFFu;
+    bad |= uint32_t(a - (47u << 23) > (160u << 23)) & uint32_t(a != 0);  // as BoundRowOk
+  }
+  return bad == 0;
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 bool BoundRowOk(const float* w, size_t n) {
   uint32_t bad = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -189,6 +203,7 @@ bool Bf16ScaledRowLossBound(const float* w, const double* s, const float* s32,
                                                   back_out, approx);
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 double ScaledLossFromBack(const float* w, const float* back, const double* h, size_t cols) {
   // ScaledErrorRowScalar's dW = w - back in f64, squared, then ScaledDot4 with h.
   double acc[4] = {0, 0, 0, 0};

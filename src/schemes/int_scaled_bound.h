@@ -26,6 +26,9 @@ namespace quench::intq {
 // (finite), so that with scales in [2^-20, 2^20] no product is subnormal or overflows.
 bool BoundRowOk(const float* w, size_t n);
 
+// A row of n BF16 values (raw bits) as f32 into w; returns BoundRowOk(w, n).
+bool LoadBf16RowBound(const uint16_t* src, size_t n, float* w);
+
 // One row: w (f32 values of BF16 weights, BoundRowOk), s the candidate's scales (f64, in
 // [2^-20, 2^20]: ScaledKernelScales), s32 = float(s), inv32 = float(1 / s), h32 = float(h).
 // *approx: the row's loss in f32 (see above). back_out (may be null): the definition's
