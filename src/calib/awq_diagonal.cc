@@ -171,11 +171,21 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   // factor 2 on rel (ScaledBoundRel >= 2^-28).
   const double rel = 2 * intq::ScaledBoundRel(n);
   const double abs_row = 2 * intq::ScaledBoundAbs(n, hmax);
-  // The others bounded on the rest, a batch of blocks at a time (batch k: every kBatches-th
-  // block from k, so each batch spans every layer); a candidate whose partial sum's lower
-  // bound already exceeds the leader's exact loss (every term is >= 0) is worse than the
-  // leader and stops there.
-  constexpr size_t kBatches = 8;
+  // The others bounded on the rest, a batch of blocks at a time, densest first (by the
+  // leader's exact loss per element: every candidate's partial sum then grows fastest); a
+  // candidate whose partial sum's lower bound already exceeds the leader's exact loss (every
+  // term is >= 0) is worse than the leader and stops there. Up to 32 batches, at least 8
+  // blocks each (the stop is checked between batches).
+  std::vector<double> density(blocks.size(), 0.0);
+  for (size_t i : rest) {
+    const Block& b = blocks[i];
+    double v = 0;
+    for (uint64_t r = b.r0; r < b.r1; ++r) v += terms[leader * total_rows + offset[b.layer] + r];
+    density[i] = v / double((b.r1 - b.r0) * layers[b.layer].cols);
+  }
+  std::stable_sort(rest.begin(), rest.end(),
+                   [&](size_t a, size_t b) { return density[a] > density[b]; });
+  const size_t batches = std::clamp<size_t>(rest.size() / 8, 1, 32);
   std::vector<size_t> live;
   for (size_t g = 1; g < count; ++g) {
     if (g != leader) live.push_back(g);
@@ -183,9 +193,9 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   uint64_t rows_done = 0;
   for (size_t i : sample) rows_done += blocks[i].r1 - blocks[i].r0;
   const std::vector<char> none_exact(count, 0);
-  for (size_t k = 0; k < kBatches && !live.empty(); ++k) {
-    std::vector<size_t> batch;
-    for (size_t j = k; j < rest.size(); j += kBatches) batch.push_back(rest[j]);
+  for (size_t k = 0; k < batches && !live.empty(); ++k) {
+    const std::vector<size_t> batch(rest.begin() + rest.size() * k / batches,
+                                    rest.begin() + rest.size() * (k + 1) / batches);
     run(live, none_exact, batch);
     for (size_t i : batch) rows_done += blocks[i].r1 - blocks[i].r0;
     std::erase_if(live, [&](size_t g) {
