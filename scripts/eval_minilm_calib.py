@@ -11,13 +11,10 @@ import glob
 import os
 import sys
 
-import numpy as np
-import torch
 from safetensors.numpy import load_file
-from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eval_minilm_gptq import decode, embed, samples  # noqa: E402
+from eval_minilm_gptq import decode, score  # noqa: E402
 
 
 def weights_of(folder):
@@ -33,21 +30,7 @@ def weights_of(folder):
 
 
 def main():
-    model_dir, eval_txt, outs = sys.argv[1], sys.argv[2], sys.argv[3:]
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    sents = samples(eval_txt)
-    base = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ref = embed(base, tok, sents)
-    for folder in outs:
-        model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-        sd = model.state_dict()
-        for name, w in weights_of(folder).items():
-            sd[name] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        model.load_state_dict(sd)
-        cos = (embed(model, tok, sents) * ref).sum(-1)
-        print(f"{folder}: {len(sents)} sentences, mean cos {cos.mean():.6f}, "
-              f"min {cos.min():.6f}, gap 1-mean {1 - cos.mean():.6f}")
-
+    score(sys.argv[1], sys.argv[2], sys.argv[3:], weights_of)
 
 if __name__ == "__main__":
     main()

@@ -17,24 +17,8 @@ import torch
 from safetensors.numpy import load_file
 from transformers import AutoModel, AutoTokenizer
 
-
-def samples(path, n=256):
-    text = open(path, encoding="utf-8").read()
-    parts = [p.strip() for p in text.split("\n\n") if p.strip()]
-    return parts[:n]
-
-
-def embed(model, tok, sents):
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(sents), 32):
-            b = tok(sents[i:i + 32], padding=True, truncation=True, max_length=128,
-                    return_tensors="pt")
-            h = model(**b).last_hidden_state
-            m = b["attention_mask"].unsqueeze(-1).float()
-            e = (h * m).sum(1) / m.sum(1)
-            out.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(out)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_minilm_static import embed, samples  # noqa: E402
 
 
 def decode(folder):
@@ -69,8 +53,9 @@ def decode(folder):
     return weights
 
 
-def main():
-    model_dir, eval_txt, outs = sys.argv[1], sys.argv[2], sys.argv[3:]
+def score(model_dir, eval_txt, outs, weights_of):
+    """Prints, for each output folder, the cosine similarity of MiniLM's mean-pooled
+    embeddings with the weights `weights_of(folder)` gives to the unquantized model's."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     sents = samples(eval_txt)
     base = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -78,13 +63,16 @@ def main():
     for folder in outs:
         model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
         sd = model.state_dict()
-        for name, w in decode(folder).items():
-            sd[name] = torch.from_numpy(w.astype(np.float32))
+        for name, w in weights_of(folder).items():
+            sd[name] = torch.from_numpy(np.asarray(w, dtype=np.float32))
         model.load_state_dict(sd)
         cos = (embed(model, tok, sents) * ref).sum(-1)
         print(f"{folder}: {len(sents)} sentences, mean cos {cos.mean():.6f}, "
               f"min {cos.min():.6f}, gap 1-mean {1 - cos.mean():.6f}")
 
+
+def main():
+    score(sys.argv[1], sys.argv[2], sys.argv[3:], decode)
 
 if __name__ == "__main__":
     main()

@@ -369,23 +369,33 @@ def write_case_single(dirpath, tensors, cfg):
     write_json_hf(os.path.join(dirpath, "config.json"), cfg)
 
 
-def write_case_sharded(dirpath, tensors, cfg):
+def write_shards(dirpath, tensors, shard_of, n):
+    """`tensors` in n shards model-0000<i>-of-0000<n>.safetensors (shard_of(name) -> i) and
+    their model.safetensors.index.json, as save_pretrained writes them."""
     from safetensors.torch import save_file
 
-    os.makedirs(dirpath)
-    shards = {1: {}, 2: {}}
+    shards = {i: {} for i in range(1, n + 1)}
     for k, v in tensors.items():
-        first = k.startswith("model.embed_tokens") or k.startswith("model.layers.0.")
-        shards[1 if first else 2][k] = v
+        shards[shard_of(k)][k] = v
     weight_map, total = {}, 0
     for i, sh in shards.items():
-        name = f"model-0000{i}-of-00002.safetensors"
+        name = f"model-0000{i}-of-0000{n}.safetensors"
         save_file(sh, os.path.join(dirpath, name), metadata={"format": "pt"})
         for k, v in sh.items():
             weight_map[k] = name
             total += v.nbytes
     write_json_hf(os.path.join(dirpath, "model.safetensors.index.json"),
                   {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def shard_of_layer0(k):
+    """The embeddings and layer 0 in the first of two shards, the rest in the second."""
+    return 1 if k.startswith("model.embed_tokens") or k.startswith("model.layers.0.") else 2
+
+
+def write_case_sharded(dirpath, tensors, cfg):
+    os.makedirs(dirpath)
+    write_shards(dirpath, tensors, shard_of_layer0, 2)
     write_json_hf(os.path.join(dirpath, "config.json"), cfg)
     write_json_hf(os.path.join(dirpath, "generation_config.json"), {"bos_token_id": 1, "eos_token_id": 2})
     with open(os.path.join(dirpath, "tokenizer.json"), "w") as f:
@@ -681,21 +691,8 @@ def shard_of_split3(k):
 
 
 def write_quant_sharded(dirpath, tensors, cfg, shard_of, n):
-    from safetensors.torch import save_file
-
     os.makedirs(dirpath)
-    shards = {i: {} for i in range(1, n + 1)}
-    for k, v in tensors.items():
-        shards[shard_of(k)][k] = v
-    weight_map, total = {}, 0
-    for i, sh in shards.items():
-        name = f"model-0000{i}-of-0000{n}.safetensors"
-        save_file(sh, os.path.join(dirpath, name), metadata={"format": "pt"})
-        for k, v in sh.items():
-            weight_map[k] = name
-            total += v.nbytes
-    write_json_hf(os.path.join(dirpath, "model.safetensors.index.json"),
-                  {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_shards(dirpath, tensors, shard_of, n)
     write_json_hf(os.path.join(dirpath, "config.json"), cfg)
 
 

@@ -81,24 +81,13 @@ def qparams_cases():
 
 
 def oneshot_cases():
-    """QuantizationModifier through oneshot on a tiny random Llama (hidden 128, one layer,
-    bf16, a WordLevel tokenizer built in place, no hub), saved compressed."""
+    """QuantizationModifier through oneshot on make_golden_gptq's tiny random Llama, saved
+    compressed."""
     import tempfile
-    from datasets import Dataset
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from safetensors import safe_open
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
-                      max_position_embeddings=64)
-    tk = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(64)}, unk_token="w0"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0", pad_token="w1")
-    ids = torch.randint(0, 64, (8, 16))
-    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 16] * 8})
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_golden_gptq import oneshot_config, tiny_llama
 
     def static_int(symmetric):
         return {"group_0": {
@@ -123,23 +112,13 @@ def oneshot_cases():
     }
     only = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
-        base = os.path.join(tmp, "base")
-        LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
-        tok.save_pretrained(base)
+        model_data = tiny_llama(tmp)
         for name, kw in cases.items():
             if only and name not in only:
                 continue
-            model = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
             mod = QuantizationModifier(targets="Linear", ignore=["lm_head"], **kw)
-            oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=8,
-                    processor=tok, max_seq_length=16)
             out = os.path.join(tmp, name)
-            model.save_pretrained(out, save_compressed=True)
-            with open(os.path.join(out, "config.json")) as f:
-                q = json.load(f)["quantization_config"]
-            with open(os.path.join(OUT, f"oneshot_{name}.json"), "w") as f:
-                json.dump(q, f, indent=2, sort_keys=True)
-                f.write("\n")
+            oneshot_config(model_data, mod, out, os.path.join(OUT, f"oneshot_{name}.json"))
             tensors = {}
             for fn in sorted(os.listdir(out)):
                 if not fn.endswith(".safetensors"):

@@ -49,7 +49,7 @@ REPO = os.path.dirname(HERE)
 GOLDEN = os.path.join(REPO, "data", "golden")
 sys.path.insert(0, HERE)
 
-from make_golden import bf16_randn, versions, write_json_hf  # noqa: E402
+from make_golden import bf16_randn, versions, write_json_hf, write_shards  # noqa: E402
 
 DEFAULT_IGNORE = ["lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$"]
 H = 128  # hidden size
@@ -238,18 +238,7 @@ def write_source(dirpath, tensors, cfg, shard_of=None):
     if shard_of is None:
         save_file(tensors, os.path.join(dirpath, "model.safetensors"), metadata={"format": "pt"})
     else:
-        shards = {1: {}, 2: {}}
-        for k, v in tensors.items():
-            shards[shard_of(k)][k] = v
-        weight_map, total = {}, 0
-        for i, sh in shards.items():
-            name = f"model-0000{i}-of-00002.safetensors"
-            save_file(sh, os.path.join(dirpath, name), metadata={"format": "pt"})
-            for k, v in sh.items():
-                weight_map[k] = name
-                total += v.nbytes
-        write_json_hf(os.path.join(dirpath, "model.safetensors.index.json"),
-                      {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_shards(dirpath, tensors, shard_of, 2)
     write_json_hf(os.path.join(dirpath, "config.json"), cfg)
 
 

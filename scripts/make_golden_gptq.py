@@ -56,6 +56,24 @@ def observe(w, qargs):
     return qp["scale"], qp["zero_point"]
 
 
+def write_manifest(out, generator, function, cases, **more):
+    """manifest.json of a generator of llm-compressor `function`'s golden cases."""
+    manifest = {
+        "generator": "scripts/" + generator,
+        "reference": "llmcompressor 0.14.0.1 " + function + ", compressed-tensors 0.19.0, "
+                     "torch " + torch.__version__,
+        "cases": cases, **more,
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def print_total(out, cases):
+    total = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
+    print(f"{len(cases)} cases, {total} bytes in {out}")
+
+
 def run_case(name, w, hname, args, blocksize, percdamp, dtype=torch.float32):
     h = HESSIANS[hname]
     qargs = QuantizationArgs(**args)
@@ -100,13 +118,11 @@ def add_hessian(name, h):
     return name
 
 
-def oneshot_configs():
-    """GPTQModifier through oneshot on a tiny random Llama (hidden 128, one layer, bf16, a
-    WordLevel tokenizer built in place, no hub), saved compressed; keeps quantization_config."""
-    import tempfile
+def tiny_llama(tmp):
+    """A tiny random Llama (hidden 128, one layer, bf16, a WordLevel tokenizer built in place,
+    no hub) saved in tmp/base, its tokenizer, and 8 random sequences of 16 tokens to calibrate
+    on. Seeded: the same model and data every run."""
     from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     torch.manual_seed(0)
@@ -118,22 +134,39 @@ def oneshot_configs():
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0", pad_token="w1")
     ids = torch.randint(0, 64, (8, 16))
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 16] * 8})
+    base = os.path.join(tmp, "base")
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
+    tok.save_pretrained(base)
+    return base, tok, ds
+
+
+def oneshot_config(model_data, modifier, out, config_json):
+    """oneshot with `modifier` on tiny_llama's (base, tokenizer, data), the model saved
+    compressed in `out` and its quantization_config written to `config_json`."""
+    from llmcompressor import oneshot
+    from transformers import LlamaForCausalLM
+    base, tok, ds = model_data
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    oneshot(model=model, dataset=ds, recipe=[modifier], num_calibration_samples=8,
+            processor=tok, max_seq_length=16)
+    model.save_pretrained(out, save_compressed=True)
+    with open(os.path.join(out, "config.json")) as f:
+        q = json.load(f)["quantization_config"]
+    with open(config_json, "w") as f:
+        json.dump(q, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def oneshot_configs():
+    """GPTQModifier through oneshot on tiny_llama; keeps quantization_config."""
+    import tempfile
+    from llmcompressor.modifiers.gptq import GPTQModifier
     with tempfile.TemporaryDirectory() as tmp:
-        base = os.path.join(tmp, "base")
-        LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
-        tok.save_pretrained(base)
+        model_data = tiny_llama(tmp)
         for name, kw in (("static", {}), ("none", {"actorder": None})):
-            model = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
             mod = GPTQModifier(scheme="W4A16", targets="Linear", ignore=["lm_head"], **kw)
-            oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=8,
-                    processor=tok, max_seq_length=16)
-            out = os.path.join(tmp, name)
-            model.save_pretrained(out, save_compressed=True)
-            with open(os.path.join(out, "config.json")) as f:
-                q = json.load(f)["quantization_config"]
-            with open(os.path.join(OUT, f"oneshot_W4A16_{name}.json"), "w") as f:
-                json.dump(q, f, indent=2, sort_keys=True)
-                f.write("\n")
+            oneshot_config(model_data, mod, os.path.join(tmp, name),
+                           os.path.join(OUT, f"oneshot_W4A16_{name}.json"))
 
 
 def main():
@@ -206,18 +239,10 @@ def main():
             msg = str(e)
             key = f"actorder='{ao}' has been removed"
             refused.append({"actorder": ao, "message": key if key in msg else msg})
-    manifest = {
-        "generator": "scripts/make_golden_gptq.py",
-        "reference": "llmcompressor 0.14.0.1 modifiers/gptq/gptq_quantize.py::quantize_weight, "
-                     "compressed-tensors 0.19.0, torch " + torch.__version__,
-        "cases": cases, "refused": refused,
-    }
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_manifest(OUT, "make_golden_gptq.py",
+                   "modifiers/gptq/gptq_quantize.py::quantize_weight", cases, refused=refused)
     oneshot_configs()
-    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
-    print(f"{len(cases)} cases, {total} bytes in {OUT}")
+    print_total(OUT, cases)
 
 
 if __name__ == "__main__":

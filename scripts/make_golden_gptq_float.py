@@ -17,7 +17,6 @@ observer's get_global_scale over the set (generate_gparam of the set's largest |
 
 Usage: /work/main/.venv-ref/bin/python scripts/make_golden_gptq_float.py [OUT_DIR]
 """
-import json
 import os
 import sys
 
@@ -29,6 +28,9 @@ from compressed_tensors.quantization.utils import calculate_qparams, generate_gp
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.observers import Observer
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_golden_gptq import print_total, write_manifest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "data", "golden", "gptq-float")
@@ -149,18 +151,9 @@ def main():
                           dtype=torch.float32))
     cases.append(run_case("mxfp8_static_bf16", "MXFP8A16", weights(32, 256), "h256",
                           "static", 128))
-    manifest = {
-        "generator": "scripts/make_golden_gptq_float.py",
-        "reference": "llmcompressor 0.14.0.1 modifiers/gptq/gptq_quantize.py::quantize_weight, "
-                     "compressed-tensors 0.19.0, torch " + torch.__version__,
-        "cases": cases,
-    }
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
-    print(f"{len(cases)} cases, {total} bytes in {OUT}")
-
+    write_manifest(OUT, "make_golden_gptq_float.py",
+                   "modifiers/gptq/gptq_quantize.py::quantize_weight", cases)
+    print_total(OUT, cases)
 
 if __name__ == "__main__":
     main()

@@ -49,25 +49,42 @@ def importance(rng, cols, zeros=0):
     return torch.from_numpy(s.astype(np.float32)), 4096
 
 
-def run_case(name, w, imp, args, dtype):
-    qargs = QuantizationArgs(**args, observer="imatrix_mse")
-    wt = torch.from_numpy(w).to(dtype)
-    obs = Observer.load_from_registry("imatrix_mse", base_name="weight", args=qargs)
-    obs._imatrix_sum = imp[0].clone()
-    obs._imatrix_count = torch.tensor(imp[1], dtype=torch.int64)
-    obs(wt)
+def int_args(bits, group, sym=True):
+    """compressed-tensors' arguments of an int weight, group (group > 0) or channel."""
+    a = {"num_bits": bits, "type": "int", "symmetric": sym,
+         "strategy": "group" if group > 0 else "channel"}
+    if group > 0:
+        a["group_size"] = group
+    return a
+
+
+def observer(args, imp_sum, count):
+    """An imatrix_mse observer holding the importance its hook would have accumulated."""
+    obs = Observer.load_from_registry("imatrix_mse", base_name="weight",
+                                      args=args.model_copy(deep=True))
+    obs._imatrix_sum = imp_sum.clone()
+    obs._imatrix_count = torch.tensor(count, dtype=torch.int64)
+    return obs
+
+
+def observe_int(args, w, imp_sum, count):
+    """The tensors of one int case: the observer's get_qparams on weight `w` (scale in its
+    dtype, zero_point int8) and the codes compressed-tensors' quantize() writes with them."""
+    obs = observer(args, imp_sum, count)
+    obs(w)
     qp = obs.get_qparams()
     scale, zp = qp["scale"], qp["zero_point"]
-    codes = quantize(x=wt, scale=scale, zero_point=zp if not qargs.symmetric else None,
-                     args=qargs, dtype=torch.int8)
-    tensors = {
-        "w": wt.contiguous(),
-        "imatrix_sum": imp[0].contiguous(),
-        "imatrix_count": torch.tensor([imp[1]], dtype=torch.int64),
-        "scale": scale.contiguous(),
-        "zero_point": zp.to(torch.int8).contiguous(),
-        "codes": codes.to(torch.int8).contiguous(),
-    }
+    codes = quantize(x=w, scale=scale, zero_point=zp if not args.symmetric else None, args=args,
+                     dtype=torch.int8)
+    return {"w": w.contiguous(), "imatrix_sum": imp_sum.contiguous(),
+            "imatrix_count": torch.tensor([count], dtype=torch.int64),
+            "scale": scale.contiguous(), "zero_point": zp.to(torch.int8).contiguous(),
+            "codes": codes.to(torch.int8).contiguous()}
+
+
+def run_case(name, w, imp, args, dtype):
+    qargs = QuantizationArgs(**args, observer="imatrix_mse")
+    tensors = observe_int(qargs, torch.from_numpy(w).to(dtype), imp[0], imp[1])
     meta = {"num_bits": str(args["num_bits"]), "symmetric": str(args["symmetric"]).lower(),
             "group_size": str(args.get("group_size") or -1), "dtype": DTYPES[dtype]}
     save_file(tensors, os.path.join(OUT, name + ".safetensors"), metadata=meta)
@@ -77,13 +94,6 @@ def run_case(name, w, imp, args, dtype):
 def main():
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(18)
-
-    def int_args(bits, group, sym=True):
-        a = {"num_bits": bits, "type": "int", "symmetric": sym,
-             "strategy": "group" if group > 0 else "channel"}
-        if group > 0:
-            a["group_size"] = group
-        return a
 
     cases = []
     # W4A16 (int4 symmetric, group 128) in bf16, f16 and f32.

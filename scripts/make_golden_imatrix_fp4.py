@@ -26,47 +26,30 @@ from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
 from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
 from compressed_tensors.quantization import QuantizationScheme
 from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
-from llmcompressor.observers import Observer
 from llmcompressor.observers.fusion import FusionHandler
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_golden_imatrix import DTYPES, observer, weights  # noqa: E402
+from make_golden_imatrix import importance as imatrix_importance  # noqa: E402
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "golden", "imatrix-fp4")
 
-DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
-
-def weights(rng, rows, cols):
-    """Gaussian rows with a few large outliers per row, so clipping the range pays."""
-    w = rng.standard_normal((rows, cols)) * 0.05
-    for r in range(rows):
-        idx = rng.choice(cols, size=3, replace=False)
-        w[r, idx] *= rng.uniform(3, 8, size=3)
-    return w.astype(np.float32)
-
 
 def importance(rng, cols, zeros=0):
     """Per-channel sum of x^2 over 4096 tokens (as scripts/make_golden_imatrix.py)."""
-    s = np.exp(rng.uniform(-4.0, 2.0, size=cols)) * 4096
-    s[rng.choice(cols, size=4, replace=False)] *= 400.0
-    if zeros:
-        s[rng.choice(cols, size=zeros, replace=False)] = 0.0
-    return torch.from_numpy(s.astype(np.float32))
+    return imatrix_importance(rng, cols, zeros)[0]
 
 
-def run_case(name, preset, members, dtype, count=4096):
-    """members: list of (weight ndarray, importance sum tensor)."""
-    scheme = preset_name_to_scheme(preset, ["Linear"])
-    args = scheme.weights.model_copy(update={"observer": "imatrix_mse"})
+def observe_fp4(preset, args, members, dtype, count):
+    """The tensors of one case: members are (weight ndarray, importance sum) pairs, observed
+    with `args` (fused with FusionHandler.fuse when more than one) and compressed as `preset`."""
     observers, modules = [], []
     for w, imp in members:
         mod = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
         mod.weight.data = torch.from_numpy(w).to(dtype)
-        obs = Observer.load_from_registry("imatrix_mse", base_name="weight",
-                                          args=args.model_copy(deep=True))
-        obs._imatrix_sum = imp.clone()
-        obs._imatrix_count = torch.tensor(count, dtype=torch.int64)
-        observers.append(obs)
+        observers.append(observer(args, imp, count))
         modules.append(mod)
     if len(members) > 1:
         FusionHandler.fuse(zip(observers, modules))
@@ -86,6 +69,14 @@ def run_case(name, preset, members, dtype, count=4096):
         tensors[f"scale{m}"] = out["weight_scale"].view(torch.uint8).contiguous()
         if qp["global_scale"] is not None:
             tensors[f"global_scale{m}"] = qp["global_scale"].float().contiguous()
+    return tensors
+
+
+def run_case(name, preset, members, dtype, count=4096):
+    """members: list of (weight ndarray, importance sum tensor)."""
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    args = scheme.weights.model_copy(update={"observer": "imatrix_mse"})
+    tensors = observe_fp4(preset, args, members, dtype, count)
     meta = {"preset": preset, "members": str(len(members)), "dtype": DTYPES[dtype]}
     save_file(tensors, os.path.join(OUT, name + ".safetensors"), metadata=meta)
     return {"name": name, **meta}

@@ -25,53 +25,27 @@ import sys
 
 import numpy as np
 import torch
-from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
-from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
-from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from compressed_tensors.quantization.lifecycle.forward import quantize
+from compressed_tensors.quantization import QuantizationArgs
 from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
-from llmcompressor.observers import Observer
-from llmcompressor.observers.fusion import FusionHandler
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_golden_imatrix import importance, weights  # noqa: E402
+from make_golden_imatrix import DTYPES, importance, int_args, observe_int, weights  # noqa: E402
+from make_golden_imatrix_fp4 import observe_fp4  # noqa: E402
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "golden",
     "imatrix-kwargs")
 
-DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
-
-def observer(args, imp_sum, count):
-    obs = Observer.load_from_registry("imatrix_mse", base_name="weight",
-                                      args=args.model_copy(deep=True))
-    obs._imatrix_sum = imp_sum.clone()
-    obs._imatrix_count = torch.tensor(count, dtype=torch.int64)
-    return obs
-
 
 def int_case(name, rng, rows, cols, bits, group, sym, dtype, kwargs, zero_imp=False):
-    a = {"num_bits": bits, "type": "int", "symmetric": sym,
-         "strategy": "group" if group > 0 else "channel"}
-    if group > 0:
-        a["group_size"] = group
-    args = QuantizationArgs(**a, observer="imatrix_mse", observer_kwargs=kwargs)
+    args = QuantizationArgs(**int_args(bits, group, sym), observer="imatrix_mse",
+                            observer_kwargs=kwargs)
     w = torch.from_numpy(weights(rng, rows, cols)).to(dtype)
     imp, count = importance(rng, cols)
     if zero_imp:
         imp = torch.zeros(cols)
-    obs = observer(args, imp, count)
-    obs(w)
-    qp = obs.get_qparams()
-    scale, zp = qp["scale"], qp["zero_point"]
-    codes = quantize(x=w, scale=scale, zero_point=zp if not sym else None, args=args,
-                     dtype=torch.int8)
-    tensors = {"w": w.contiguous(), "imatrix_sum": imp.contiguous(),
-               "imatrix_count": torch.tensor([count], dtype=torch.int64),
-               "scale": scale.contiguous(), "zero_point": zp.to(torch.int8).contiguous(),
-               "codes": codes.to(torch.int8).contiguous()}
+    tensors = observe_int(args, w, imp, count)
     meta = {"kind": "int", "kwargs": json.dumps(kwargs, sort_keys=True),
             "num_bits": str(bits), "symmetric": str(sym).lower(), "group_size": str(group),
             "dtype": DTYPES[dtype]}
@@ -84,30 +58,9 @@ def fp4_case(name, rng, preset, shapes, dtype, kwargs, count=4096):
     args = scheme.weights.model_copy(update={"observer": "imatrix_mse",
                                              "observer_kwargs": kwargs})
     imp, _ = importance(rng, shapes[0][1])
-    observers, modules = [], []
-    for i, (rows, cols) in enumerate(shapes):
-        mod = torch.nn.Linear(cols, rows, bias=False)
-        mod.weight.data = torch.from_numpy(weights(rng, rows, cols) * (1 + 0.5 * i)).to(dtype)
-        observers.append(observer(args, imp, count))
-        modules.append(mod)
-    if len(shapes) > 1:
-        FusionHandler.fuse(zip(observers, modules))
-    for obs, mod in zip(observers, modules):
-        obs(mod.weight)
-    compressor = NVFP4PackedCompressor if preset.startswith("NVFP4") else MXFP4PackedCompressor
-    tensors = {"imp_count": torch.tensor([count], dtype=torch.int64)}
-    for m, (obs, mod) in enumerate(zip(observers, modules)):
-        qp = obs.get_qparams()
-        sd = {"weight": mod.weight.data, "weight_scale": qp["scale"]}
-        if qp["global_scale"] is not None:
-            sd["weight_global_scale"] = qp["global_scale"]
-        out = compressor.compress(sd, QuantizationScheme(targets=["Linear"], weights=args))
-        tensors[f"w{m}"] = mod.weight.data.contiguous()
-        tensors[f"imp_sum{m}"] = imp.clone().contiguous()
-        tensors[f"packed{m}"] = out["weight_packed"].contiguous()
-        tensors[f"scale{m}"] = out["weight_scale"].view(torch.uint8).contiguous()
-        if qp["global_scale"] is not None:
-            tensors[f"global_scale{m}"] = qp["global_scale"].float().contiguous()
+    members = [(weights(rng, rows, cols) * (1 + 0.5 * i), imp)
+               for i, (rows, cols) in enumerate(shapes)]
+    tensors = observe_fp4(preset, args, members, dtype, count)
     meta = {"kind": "fp4", "kwargs": json.dumps(kwargs, sort_keys=True), "preset": preset,
             "members": str(len(shapes)), "dtype": DTYPES[dtype]}
     save_file(tensors, os.path.join(OUT, name + ".safetensors"), metadata=meta)

@@ -36,7 +36,8 @@ from safetensors.numpy import load_file
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_golden_gptq import activations, hessian_from, observe  # noqa: E402
+from make_golden_gptq import (activations, hessian_from, observe, print_total,  # noqa: E402
+                              write_manifest)
 
 HESSIANS = {}
 OUT = None
@@ -190,18 +191,9 @@ def main():
         assert wt.dtype == torch.bfloat16
         cases.append(run_case(f"tiny_{proj.split('.')[1]}_{tag}", wt.to(torch.float32).numpy(),
                               h256, structure, dtype=torch.bfloat16))
-    manifest = {
-        "generator": "scripts/make_golden_sparsegpt.py",
-        "reference": "llmcompressor 0.14.0.1 modifiers/pruning/sparsegpt/sgpt_sparsify.py::"
-                     "sparsify_weight, compressed-tensors 0.19.0, torch " + torch.__version__,
-        "cases": cases,
-    }
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
-    print(f"{len(cases)} cases, {total} bytes in {OUT}")
-
+    write_manifest(OUT, "make_golden_sparsegpt.py",
+                   "modifiers/pruning/sparsegpt/sgpt_sparsify.py::sparsify_weight", cases)
+    print_total(OUT, cases)
 
 if __name__ == "__main__":
     main()

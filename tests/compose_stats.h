@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "format/safetensors.h"
+#include "stats_folder.h"
 #include "test_util.h"
 #include "tiny_llama_stats.h"
 
@@ -78,16 +79,6 @@ inline std::vector<SqSite> TinyLlamaSqSites() {
 // upper triangle WriteStats packs and tests/test_compose.cc's proxy loss reads).
 inline constexpr size_t kComposeTokens = 320;
 
-// `w` (a consumer weight of `rows` x `n`) into the manifest's "weights" and "consumers" lists,
-// consumed at `site`.
-inline void AddConsumer(std::string& weights, std::string& consumers, const std::string& w,
-                        size_t rows, size_t n, const std::string& site) {
-  weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" +
-             std::to_string(rows) + ", " + std::to_string(n) + "]";
-  consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-               site + "\"}";
-}
-
 // A statistics directory as the collector writes it (manifest.json and the one file
 // stats-00001.safetensors holding `arrays`): `weights`, `sites` and `consumers` are the JSON
 // members of those objects, `hessian` the collection's Hessian kind.
@@ -95,15 +86,12 @@ inline void WriteStatsDir(const fs::path& dir, const std::string& architecture,
                           const std::string& model_type, const std::string& hessian,
                           const std::string& weights, const std::string& sites,
                           const std::string& consumers, const std::vector<RawTensor>& arrays) {
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"architectures": [")" +
-                 architecture + R"("], "model_type": ")" + model_type + R"(", "weights": {)" +
-                 weights +
-                 R"(}}, "collection": {"dataset": "synthetic", "samples": 4, "seq_len": 64, )"
-                 R"("tokens": 256, "sequences": 4, "moe": "all", "hessian": ")" + hessian +
-                 R"("}, "files": ["stats-00001.safetensors"], "sites": {)" + sites +
-                 R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsFolder(dir,
+                   R"("architectures": [")" + architecture + R"("], "model_type": ")" +
+                       model_type + R"(", )",
+                   R"("dataset": "synthetic", "samples": 4, "seq_len": 64, "tokens": 256, )"
+                   R"("sequences": 4, "moe": "all", "hessian": ")" + hessian + "\"",
+                   {weights, sites, consumers, arrays});
 }
 
 // data/golden/smoothquant/stats (count, sum_x2, sum_abs, min, max: what the reference's
@@ -111,10 +99,8 @@ inline void WriteStatsDir(const fs::path& dir, const std::string& architecture,
 // smooths is the smoothed model's, from the reference's scales s: H_ij / (s_i s_j),
 // sum_x2_c / s_c^2, sum_abs_c / s_c, min_c / s_c, max_c / s_c.
 inline void WriteStats(const fs::path& dir, bool smoothed) {
-  fs::create_directories(dir);
   const fs::path golden = kSq / "stats" / "stats-00001.safetensors";
-  std::string weights, sites, consumers;
-  std::vector<RawTensor> arrays;
+  StatsParts parts;
   uint32_t seed = 7;
   for (const SqSite& s : TinyLlamaSqSites()) {
     std::vector<double> sc(s.n, 1.0);
@@ -135,21 +121,13 @@ inline void WriteStats(const fs::path& dir, bool smoothed) {
       fmn[c] = float(mn[c] / sc[c]);
       fmx[c] = float(mx[c] / sc[c]);
     }
-    arrays.push_back({s.name + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{256})});
-    arrays.push_back({s.name + ".sum_x2", DType::kF64, {s.n}, Bytes(x2)});
-    arrays.push_back({s.name + ".sum_abs", DType::kF64, {s.n}, Bytes(abs)});
-    arrays.push_back({s.name + ".min", DType::kF32, {s.n}, Bytes(fmn)});
-    arrays.push_back({s.name + ".max", DType::kF32, {s.n}, Bytes(fmx)});
-    arrays.push_back({s.name + ".hessian", DType::kF64, {packed.size()}, Bytes(packed)});
-    sites += std::string(sites.empty() ? "" : ", ") + "\"" + s.name +
-             "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": " +
-             std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
-             "\"sum_abs\", \"min\", \"max\", \"hessian\"]}";
+    parts.AddSite(s.name, 256, x2, abs, fmn, fmx, &packed);
     for (size_t k = 0; k < s.members.size(); ++k) {
-      AddConsumer(weights, consumers, s.members[k] + ".weight", s.rows[k], s.n, s.name);
+      parts.AddConsumer(s.members[k] + ".weight", s.rows[k], s.n, s.name);
     }
   }
-  WriteStatsDir(dir, "LlamaForCausalLM", "llama", "full", weights, sites, consumers, arrays);
+  WriteStatsDir(dir, "LlamaForCausalLM", "llama", "full", parts.weights, parts.sites,
+                parts.consumers, parts.arrays);
 }
 
 }  // namespace quench::testing

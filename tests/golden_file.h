@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "format/json.h"
 #include "format/safetensors.h"
 #include "test_util.h"
 
@@ -81,6 +82,21 @@ inline GoldenFile LoadGolden(const fs::path& p) {
   f.header = *h;
   f.bytes = ReadBytes(p);
   return f;
+}
+
+// The "cases" of golden folder `dir`'s manifest.json.
+inline JsonValue::Array ManifestCases(const fs::path& dir) {
+  auto manifest = ReadJsonFile((dir / "manifest.json").string());
+  REQUIRE(manifest.ok());
+  return manifest->Find("cases")->as_array();
+}
+
+// A weight's bytes from its values as a generator stores them: f32, or bf16 values (exact in
+// f32).
+inline std::string WeightBytes(const std::vector<float>& w, DType dtype) {
+  return dtype == DType::kF32
+             ? std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4)
+             : Bf16Bytes(w);
 }
 
 // tr(dW H dW^T) in f64, dW = W - dequantized (or pruned) weights; W is rows x n, H is n x n.

@@ -1,6 +1,7 @@
-// What the imatrix_mse golden suites (test_imatrix, test_imatrix_kwargs) share: the dtype
-// names the generators write, and the comparison of an integer search with the reference
-// observer's scale, zero point and codes, whole and in row chunks.
+// What the imatrix_mse golden suites (test_imatrix, test_imatrix_kwargs, test_imatrix_fp4,
+// test_imatrix_convert) share: the dtype names the generators write, the comparison of an
+// integer search with the reference observer's scale, zero point and codes, whole and in row
+// chunks, and MiniLM converted with the observer on the golden statistics.
 #ifndef QUENCH_TESTS_IMATRIX_GOLDEN_H_
 #define QUENCH_TESTS_IMATRIX_GOLDEN_H_
 
@@ -12,7 +13,9 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "format/json.h"
 #include "golden_file.h"
+#include "quench/convert.h"
 #include "quench/dtype.h"
 #include "schemes/int_shared.h"
 
@@ -56,6 +59,31 @@ inline void CheckIntSearch(const GoldenFile& f, const WeightChunk& in,
     CHECK(zp_diff == 0);
     CHECK(code_diff == 0);
   }
+}
+
+// all-MiniLM-L6-v2 converted with `scheme` and the imatrix_mse observer on the statistics in
+// data/golden/imatrix-minilm, and that folder's `expected` file: hashes of what
+// llm-compressor's oneshot wrote with the same observer on the same samples
+// (scripts/make_golden_imatrix_minilm.py).
+struct MiniLmImatrix {
+  JsonValue expected;
+  fs::path dst;
+  std::map<std::string, Loaded> out;
+};
+inline MiniLmImatrix ConvertMiniLmImatrix(const TempDir& tmp, const std::string& scheme,
+                                          const std::string& expected) {
+  const fs::path golden = DataDir() / "golden" / "imatrix-minilm";
+  auto want = ReadJsonFile((golden / expected).string());
+  REQUIRE(want.ok());
+  ConvertOptions o;
+  o.src = MiniLmDir();
+  o.dst = tmp / "out";
+  o.scheme = scheme;
+  o.observer = "imatrix_mse";
+  o.stats = golden / "stats";
+  auto r = Convert(o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  return {*want, o.dst, LoadAll(o.dst)};
 }
 
 }  // namespace quench::testing

@@ -37,9 +37,7 @@ std::vector<T> As(const File& f, const std::string& name) {
 
 TEST_CASE("AWQ's grid search chooses the reference's ratio and scales on every golden case") {
   const fs::path dir = DataDir() / "golden" / "awq";
-  auto manifest = ReadJsonFile((dir / "manifest.json").string());
-  REQUIRE(manifest.ok());
-  const auto& cases = manifest->Find("cases")->as_array();
+  const JsonValue::Array cases = ManifestCases(dir);
   REQUIRE(cases.size() == 12);  // 8 with duo_scaling true or false, 4 with "both"
   for (const auto& c : cases) {
     const std::string name = c.as_string();

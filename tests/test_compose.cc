@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "format/safetensors.h"
-#include "pipeline/resume.h"
+#include "plan_fingerprint.h"
 #include "quench/convert.h"
 #include "compose_stats.h"
 #include "test_util.h"
@@ -202,16 +202,8 @@ void DecodeW4(const std::map<std::string, Loaded>& out, const std::string& m, si
   }
 }
 
-std::vector<double> Bf16Weight(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  std::vector<double> v((t->end - t->begin) / 2);
-  for (size_t i = 0; i < v.size(); ++i) v[i] = DecodeBF16(l->Data(*t) + 2 * i);
-  return v;
-}
-
-// tr(dW H dW^T) for W [rows, n].
-double ProxyLoss(const std::vector<double>& w, const std::vector<double>& q,
+// tr(dW H dW^T) for W [rows, n], from H's upper triangle.
+double ProxyLossUpper(const std::vector<double>& w, const std::vector<double>& q,
                  const std::vector<double>& upper, size_t rows, size_t n) {
   double total = 0;
   std::vector<double> d(n);
@@ -282,7 +274,7 @@ TEST_CASE("pruning then GPTQ: pruned weights stay exactly zero, the mask is the 
         }
         CHECK(zeros >= rows * n / 2);  // 2:4
         CHECK(kept_zero == zeros);
-        CHECK(ProxyLoss(w, gd, h, rows, n) < ProxyLoss(w, rd, h, rows, n));
+        CHECK(ProxyLossUpper(w, gd, h, rows, n) < ProxyLossUpper(w, rd, h, rows, n));
         ++weights;
       }
     }
@@ -330,10 +322,7 @@ TEST_CASE("the resume fingerprint of a composed run holds every stage's settings
     o.smoothing_strength = alpha;
     o.dampening = dampening;
     o.prune = prune;
-    auto plan = MakePlan(o);
-    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
-    REQUIRE(plan->errors.empty());
-    return ShardFingerprint(*plan, 0);
+    return FirstShardFingerprint(o);
   };
   const std::string base = fingerprint("smoothquant,gptq", 0.5, 0.01, "");
   CHECK(base == fingerprint("gptq,smoothquant", 0.5, 0.01, ""));

@@ -44,25 +44,6 @@ quench::ConvertOptions OptionsFor(const quench::JsonValue& c, const fs::path& ds
   return o;
 }
 
-// Every file of `want` (and no other, except config.json when `weights_only`) in `got`,
-// byte for byte.
-void CompareFolders(const fs::path& got, const fs::path& want, bool weights_only = false) {
-  const auto names = qt::ListFiles(want);
-  auto got_names = qt::ListFiles(got);
-  if (weights_only) std::erase(got_names, std::string("config.json"));
-  CHECK(got_names == names);
-  for (const std::string& f : names) {
-    CAPTURE(f);
-    const std::string a = qt::ReadBytes(got / f), b = qt::ReadBytes(want / f);
-    CHECK(a.size() == b.size());
-    if (a != b) {
-      size_t at = 0;
-      while (at < a.size() && at < b.size() && a[at] == b[at]) ++at;
-      FAIL_CHECK("first difference at byte " << at);
-    }
-  }
-}
-
 // A tiny MoE folder: `layers` of one router each ([experts, 8] BF16) with 2-D experts
 // `experts.<i>.w.weight` [4, 8], plus whatever `extra` adds; config.json from `config`.
 fs::path WriteMoe(const qt::TempDir& tmp, const std::vector<RawTensor>& extra,
@@ -120,7 +101,8 @@ TEST_SUITE("expert_prune") {
       // keeps the unpruned expert count, which is not compared.
       const auto* compare = c.Find("compare");
       const bool weights_only = compare != nullptr && compare->as_string() == "weights";
-      CompareFolders(o.dst, qt::DataDir() / c.Find("expected")->as_string(), weights_only);
+      qt::CheckSameFiles(qt::DataDir() / c.Find("expected")->as_string(), o.dst,
+                         [&](const std::string& f) { return !weights_only || qt::WeightsOnly(f); });
       if (weights_only) {
         CHECK(qt::ReadBytes(o.dst / "config.json").find("\"num_experts\": 2") != std::string::npos);
       }
@@ -254,7 +236,7 @@ TEST_SUITE("expert_prune") {
     o.report = tmp / "r.json";
     auto r = quench::Convert(o);
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    CompareFolders(o.dst, qt::DataDir() / c.Find("expected")->as_string());
+    qt::CheckSameFiles(qt::DataDir() / c.Find("expected")->as_string(), o.dst);
     uint64_t source_bytes = 0;
     for (const auto& entry : fs::directory_iterator(src)) {
       if (entry.path().extension() != ".safetensors") continue;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "quench/convert.h"
+#include "source_cases.h"
 #include "test_util.h"
 #include "verify/verify.h"
 
@@ -203,16 +204,9 @@ TEST_SUITE("expert_prune_sources") {
       auto rw = Run(src, whole, scheme, std::nullopt);
       REQUIRE_MESSAGE(rw.ok(), rw.status().ToString());
       CheckKeptEqualUnpruned(pruned, whole);
-      quench::VerifyOptions v;
-      v.dst = pruned;
-      v.src = src;
-      auto r = quench::Verify(v);
-      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      std::string problems;
-      for (const auto& p : r->problems) problems += p.ToString() + "\n";
-      CHECK_MESSAGE(r->ok(), problems);
+      const auto r = qt::VerifyClean(pruned, src);
       // q_proj, 2 kept experts x 3 and the shared experts' 3: decoded or quantized.
-      CHECK(r->tensors_decoded + r->modules_quantized == 10);
+      CHECK(r.tensors_decoded + r.modules_quantized == 10);
     }
   }
 
@@ -261,15 +255,8 @@ TEST_SUITE("expert_prune_sources") {
     auto whole = Run(src, tmp / "bf16", "BF16", std::nullopt);
     REQUIRE_MESSAGE(whole.ok(), whole.status().ToString());
     CheckKeptEqualUnpruned(tmp / "none", tmp / "bf16");
-    quench::VerifyOptions v;
-    v.dst = tmp / "none";
-    v.src = src;
-    auto r = quench::Verify(v);
-    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    std::string problems;
-    for (const auto& p : r->problems) problems += p.ToString() + "\n";
-    CHECK_MESSAGE(r->ok(), problems);
-    CHECK(r->tensors_decoded == 10);
+    const auto r = qt::VerifyClean(tmp / "none", src);
+    CHECK(r.tensors_decoded == 10);
   }
 
   TEST_CASE("an FP8 source pruned by REAP saliency: the saliency's survivors, and verify passes") {
@@ -284,15 +271,8 @@ TEST_SUITE("expert_prune_sources") {
       auto rw = Run(src, tmp / ("w-" + scheme_name), scheme, std::nullopt);
       REQUIRE_MESSAGE(rw.ok(), rw.status().ToString());
       CheckKeptEqualUnpruned(tmp / ("p-" + scheme_name), tmp / ("w-" + scheme_name), kReapKept);
-      quench::VerifyOptions v;
-      v.dst = tmp / ("p-" + scheme_name);
-      v.src = src;
-      auto r = quench::Verify(v);
-      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      std::string problems;
-      for (const auto& p : r->problems) problems += p.ToString() + "\n";
-      CHECK_MESSAGE(r->ok(), problems);
-      CHECK(r->tensors_decoded + r->modules_quantized == 10);
+      const auto r = qt::VerifyClean(tmp / ("p-" + scheme_name), src);
+      CHECK(r.tensors_decoded + r.modules_quantized == 10);
     }
   }
 }

@@ -34,22 +34,6 @@ std::map<std::string, std::string> TensorContents(const fs::path& dir) {
   return out;
 }
 
-void CompareFiles(const fs::path& got, const fs::path& want, size_t* compared) {
-  const auto names = qt::ListFiles(want);
-  CHECK(qt::ListFiles(got) == names);
-  for (const std::string& f : names) {
-    CAPTURE(f);
-    const std::string a = qt::ReadBytes(got / f), b = qt::ReadBytes(want / f);
-    CHECK(a.size() == b.size());
-    if (a != b) {
-      size_t at = 0;
-      while (at < a.size() && at < b.size() && a[at] == b[at]) ++at;
-      FAIL_CHECK("first difference at byte " << at);
-    }
-    ++*compared;
-  }
-}
-
 }  // namespace
 
 TEST_SUITE("golden") {
@@ -97,7 +81,7 @@ TEST_SUITE("golden") {
         ++by_tensor;
         continue;
       }
-      CompareFiles(o.dst, expected, &files_compared);
+      files_compared += qt::CheckSameFiles(expected, o.dst);
     }
     MESSAGE("files compared: " << files_compared << "; cases compared by tensor: " << by_tensor
                                << "; cases matching another case: " << same_as);

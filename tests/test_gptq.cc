@@ -25,9 +25,7 @@ File Load(const fs::path& p) { return LoadGolden(p); }
 
 TEST_CASE("GPTQ equals the reference's quantize_weight on every golden case") {
   const fs::path dir = DataDir() / "golden" / "gptq";
-  auto manifest = ReadJsonFile((dir / "manifest.json").string());
-  REQUIRE(manifest.ok());
-  const auto& cases = manifest->Find("cases")->as_array();
+  const JsonValue::Array cases = ManifestCases(dir);
   REQUIRE(cases.size() >= 15);
   for (const JsonValue& c : cases) {
     const std::string name = c.Find("name")->as_string();
@@ -52,9 +50,7 @@ TEST_CASE("GPTQ equals the reference's quantize_weight on every golden case") {
 
     // The weight as the reference saw it: f32, or bf16 values (exact in f32).
     const DType dtype = f.Meta("dtype") == "BF16" ? DType::kBF16 : DType::kF32;
-    std::string raw = dtype == DType::kF32 ? std::string(reinterpret_cast<const char*>(w.data()),
-                                                         w.size() * 4)
-                                           : Bf16Bytes(w);
+    std::string raw = WeightBytes(w, dtype);
     WeightChunk in;
     in.data = reinterpret_cast<const uint8_t*>(raw.data());
     in.dtype = dtype;

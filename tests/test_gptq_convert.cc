@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "format/json.h"
-#include "pipeline/resume.h"
+#include "plan_fingerprint.h"
 #include "quench/convert.h"
 #include "test_util.h"
 #include "tiny_llama_stats.h"
@@ -48,63 +48,24 @@ std::vector<double> Dequant(const std::map<std::string, Loaded>& out, const std:
   return w;
 }
 
-double ProxyLoss(const std::vector<double>& src, const std::vector<double>& q,
-                 const std::vector<double>& h, size_t rows, size_t n) {
-  double total = 0;
-  std::vector<double> d(n);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < n; ++j) d[j] = src[r * n + j] - q[r * n + j];
-    for (size_t i = 0; i < n; ++i) {
-      double s = 0;
-      for (size_t j = 0; j < n; ++j) s += h[i * n + j] * d[j];
-      total += d[i] * s;
-    }
-  }
-  return total;
-}
-
-std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
-}
-
 TEST_CASE("GPTQ on tiny-llama beats RTN on every layer, with RTN's scales and format") {
   TempDir tmp;
   const std::vector<Site> sites = TinyLlamaSites();
   WriteStats(tmp / "stats", sites);
-  const fs::path src = DataDir() / "tiny-llama";
-  auto sources = LoadAll(src);
   for (const char* scheme : {"W4A16", "W8A8"}) {
     CAPTURE(scheme);
     const bool packed = std::string(scheme) == "W4A16";
-    const fs::path g = tmp / (std::string("gptq-") + scheme), r = tmp / (std::string("rtn-") + scheme);
     // tiny-llama's down_proj has 704 inputs: groups of 64 (W4A16's 128 does not divide it).
     const std::string gs = packed ? "64" : "-1";
-    auto rg = RunQuench({"convert", src.string(), g.string(), "--scheme", scheme, "--group-size",
-                         gs, "--stats", (tmp / "stats").string(), "--algorithm", "gptq", "-q",
-                         "--report", (tmp / "report.json").string()});
-    REQUIRE_MESSAGE(rg.exit_code == 0, rg.err);
-    auto rr = RunQuench({"convert", src.string(), r.string(), "--scheme", scheme, "--group-size",
-                         gs, "-q"});
-    REQUIRE_MESSAGE(rr.exit_code == 0, rr.err);
-    auto gout = LoadAll(g), rout = LoadAll(r);
-    for (const Site& s : sites) {
-      for (const std::string& c : s.consumers) {
-        CAPTURE(c);
-        const std::string m = c.substr(0, c.size() - 7);  // drop ".weight"
-        auto [sl, st] = FindTensor(sources, c);
-        const size_t rows = st->shape[0], cols = st->shape[1];
-        std::vector<double> w(rows * cols);
-        for (size_t i = 0; i < w.size(); ++i) w[i] = DecodeBF16(sl->Data(*st) + 2 * i);
-        const double lg = ProxyLoss(w, Dequant(gout, m, packed, rows, cols), s.h, rows, cols);
-        const double lr = ProxyLoss(w, Dequant(rout, m, packed, rows, cols), s.h, rows, cols);
-        MESSAGE(std::string(scheme) << " " << m << ": proxy loss GPTQ/RTN " << lg / lr);
-        CHECK(lg < lr);
-        // Scales come from the observer before the sweep: RTN's, byte for byte.
-        CHECK(TensorBytes(gout, m + ".weight_scale") == TensorBytes(rout, m + ".weight_scale"));
-      }
-    }
+    auto dequant = [&](const Outputs& out, const std::string& m, size_t rows, size_t cols) {
+      return Dequant(out, m, packed, rows, cols);
+    };
+    // Scales come from the observer before the sweep: RTN's, byte for byte.
+    auto same_scales = [](const Outputs& gout, const Outputs& rout, const std::string& m) {
+      CHECK(TensorBytes(gout, m + ".weight_scale") == TensorBytes(rout, m + ".weight_scale"));
+    };
+    const auto [gout, rout, g] = CheckGptqBeatsRtn(tmp, sites, scheme, {"--group-size", gs},
+                                                   tmp / "report.json", dequant, same_scales);
     // No statistics for layer 1's down_proj: rounded to nearest, RTN's bytes.
     const std::string d1 = "model.layers.1.mlp.down_proj.weight";
     CHECK(TensorBytes(gout, d1 + (packed ? std::string("_packed") : std::string(""))) ==
@@ -182,10 +143,7 @@ TEST_CASE("--resume does not keep a shard made with other GPTQ settings or with 
     if (algorithm == "gptq") o.stats = tmp / "stats";
     o.actorder = actorder;
     o.dampening = dampening;
-    auto plan = MakePlan(o);
-    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
-    REQUIRE(plan->errors.empty());
-    return ShardFingerprint(*plan, 0);
+    return FirstShardFingerprint(o);
   };
   const std::string base = fingerprint("gptq", "static", 0.01);
   CHECK(base == fingerprint("gptq", "static", 0.01));
@@ -211,12 +169,7 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
   WriteStats(tmp / "stats", TinyLlamaSites());
   const std::string src = (DataDir() / "tiny-llama").string(), stats = (tmp / "stats").string();
   const std::string dst = (tmp / "o").string();
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--algorithm", "gptq"}, 2, "needs --stats"},
       {{"--algorithm", "gptq", "--stats", stats, "--actorder", "group"}, 2, "has been removed"},
       {{"--algorithm", "gptq", "--stats", stats, "--dampening", "-1"}, 2, "--dampening"},
@@ -226,15 +179,7 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
        "too small for GPTQ"},
       // (GPTQ with --prune composes: tests/test_compose.cc.)
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"}, cases, dst);
   // Float weights are GPTQ's too (tests/test_gptq_float_convert.cc converts them).
   auto r = RunQuench({"convert", src, dst, "--scheme", "NVFP4A16", "--algorithm", "gptq",
                       "--stats", stats, "--dry-run"});

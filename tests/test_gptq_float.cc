@@ -100,9 +100,7 @@ Case LoadCase(const fs::path& dir, const std::string& name) {
 
 TEST_CASE("GPTQ on float weights equals the reference's quantize_weight on every golden case") {
   const fs::path dir = DataDir() / "golden" / "gptq-float";
-  auto manifest = ReadJsonFile((dir / "manifest.json").string());
-  REQUIRE(manifest.ok());
-  const auto& cases = manifest->Find("cases")->as_array();
+  const JsonValue::Array cases = ManifestCases(dir);
   REQUIRE(cases.size() >= 14);
   for (const JsonValue& jc : cases) {
     const std::string name = jc.Find("name")->as_string();

@@ -34,12 +34,6 @@ const uint8_t* Data(const std::map<std::string, Loaded>& out, const std::string&
   return l->Data(*t);
 }
 
-std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
-  const TensorInfo* t = nullptr;
-  const uint8_t* p = Data(out, name, &t);
-  return std::string(reinterpret_cast<const char*>(p), t->end - t->begin);
-}
-
 // Module m's dequantized weight from the compressed-tensors layouts (bf16 scales for FP8).
 std::vector<double> Dequant(const std::map<std::string, Loaded>& out, const std::string& m,
                             const std::string& scheme, size_t rows, size_t cols) {
@@ -73,59 +67,27 @@ std::vector<double> Dequant(const std::map<std::string, Loaded>& out, const std:
   return w;
 }
 
-double ProxyLoss(const std::vector<double>& src, const std::vector<double>& q,
-                 const std::vector<double>& h, size_t rows, size_t n) {
-  double total = 0;
-  std::vector<double> d(n);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < n; ++j) d[j] = src[r * n + j] - q[r * n + j];
-    for (size_t i = 0; i < n; ++i) {
-      double s = 0;
-      for (size_t j = 0; j < n; ++j) s += h[i * n + j] * d[j];
-      total += d[i] * s;
-    }
-  }
-  return total;
-}
-
 TEST_CASE("Float GPTQ on tiny-llama beats RTN on every layer, with RTN's scales and format") {
   TempDir tmp;
   const std::vector<Site> sites = TinyLlamaSites();
   WriteStats(tmp / "stats", sites);
-  const fs::path src = DataDir() / "tiny-llama";
-  auto sources = LoadAll(src);
   for (const std::string scheme :
        {"FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16", "MXFP4", "MXFP8A16"}) {
     CAPTURE(scheme);
-    const fs::path g = tmp / ("gptq-" + scheme), r = tmp / ("rtn-" + scheme);
     const fs::path report = tmp / ("report-" + scheme + ".json");
-    auto rg = RunQuench({"convert", src.string(), g.string(), "--scheme", scheme, "--stats",
-                         (tmp / "stats").string(), "--algorithm", "gptq", "-q", "--report",
-                         report.string()});
-    REQUIRE_MESSAGE(rg.exit_code == 0, rg.err);
-    auto rr = RunQuench({"convert", src.string(), r.string(), "--scheme", scheme, "-q"});
-    REQUIRE_MESSAGE(rr.exit_code == 0, rr.err);
-    auto gout = LoadAll(g), rout = LoadAll(r);
-    const bool fp4 = scheme.find("FP4") != std::string::npos;
-    for (const Site& s : sites) {
-      for (const std::string& c : s.consumers) {
-        CAPTURE(c);
-        const std::string m = c.substr(0, c.size() - 7);  // drop ".weight"
-        auto [sl, st] = FindTensor(sources, c);
-        const size_t rows = st->shape[0], cols = st->shape[1];
-        std::vector<double> w(rows * cols);
-        for (size_t i = 0; i < w.size(); ++i) w[i] = DecodeBF16(sl->Data(*st) + 2 * i);
-        const double lg = ProxyLoss(w, Dequant(gout, m, scheme, rows, cols), s.h, rows, cols);
-        const double lr = ProxyLoss(w, Dequant(rout, m, scheme, rows, cols), s.h, rows, cols);
-        MESSAGE(scheme << " " << m << ": proxy loss GPTQ/RTN " << lg / lr);
-        CHECK(lg < lr);
-        CHECK(TensorBytes(gout, m + ".weight_scale") == TensorBytes(rout, m + ".weight_scale"));
-        if (scheme.rfind("NVFP4", 0) == 0) {
-          CHECK(TensorBytes(gout, m + ".weight_global_scale") ==
-                TensorBytes(rout, m + ".weight_global_scale"));
-        }
+    auto dequant = [&](const Outputs& out, const std::string& m, size_t rows, size_t cols) {
+      return Dequant(out, m, scheme, rows, cols);
+    };
+    auto same_scales = [&](const Outputs& gout, const Outputs& rout, const std::string& m) {
+      CHECK(TensorBytes(gout, m + ".weight_scale") == TensorBytes(rout, m + ".weight_scale"));
+      if (scheme.rfind("NVFP4", 0) == 0) {
+        CHECK(TensorBytes(gout, m + ".weight_global_scale") ==
+              TensorBytes(rout, m + ".weight_global_scale"));
       }
-    }
+    };
+    const auto [gout, rout, g] =
+        CheckGptqBeatsRtn(tmp, sites, scheme, {}, report, dequant, same_scales);
+    const bool fp4 = scheme.find("FP4") != std::string::npos;
     const std::string d1 = "model.layers.1.mlp.down_proj.weight";
     CHECK(TensorBytes(gout, d1 + (fp4 ? "_packed" : "")) ==
           TensorBytes(rout, d1 + (fp4 ? "_packed" : "")));

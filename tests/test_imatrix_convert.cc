@@ -21,18 +21,13 @@
 #include "format/json.h"
 #include "format/safetensors.h"
 #include "quench/convert.h"
+#include "imatrix_golden.h"
 #include "schemes/prune.h"
+#include "stats_folder.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 struct Site {
   std::string name;
@@ -53,66 +48,25 @@ std::vector<double> SumX2(size_t n, uint32_t seed) {
 std::vector<Site> TinyLlamaSites(const std::string& skip = "") {
   std::vector<Site> sites;
   uint32_t seed = 18;
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<Site> layer = {
-        {p + "self_attn.q_proj", 256,
-         {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"}, {}},
-        {p + "self_attn.o_proj", 256, {p + "self_attn.o_proj.weight"}, {}},
-        {p + "mlp.gate_proj", 256, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {}},
-        {p + "mlp.down_proj", 704, {p + "mlp.down_proj.weight"}, {}}};
-    for (Site& s : layer) {
-      s.sum_x2 = SumX2(s.n, seed++);
-      if (s.consumers.front() != skip) sites.push_back(std::move(s));
-    }
+  for (const SiteShape& s : TinyLlamaSiteShapes()) {
+    std::vector<double> sum_x2 = SumX2(s.n, seed++);
+    if (s.consumers.front() != skip) sites.push_back({s.name, s.n, s.consumers, std::move(sum_x2)});
   }
   return sites;
 }
 
 void WriteStats(const fs::path& dir, const std::vector<Site>& sites, size_t shape_bump = 0) {
-  fs::create_directories(dir);
   auto folder = LoadModelFolder(DataDir() / "tiny-llama");
   REQUIRE(folder.ok());
-  std::string weights, site_json, consumers;
-  std::vector<RawTensor> arrays;
+  StatsParts parts;
   for (const Site& s : sites) {
-    for (const std::string& c : s.consumers) {
-      for (const auto& sh : folder->shards) {
-        for (const auto& t : sh.header.tensors) {
-          if (t.name != c) continue;
-          weights += std::string(weights.empty() ? "" : ", ") + "\"" + c + "\": [" +
-                     std::to_string(t.shape[0] + shape_bump) + ", " + std::to_string(t.shape[1]) + "]";
-        }
-      }
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + c + "\": {\"site\": \"" +
-                   s.name + "\"}";
-    }
-    site_json += std::string(site_json.empty() ? "" : ", ") + "\"" + s.name +
-                 "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": " +
-                 std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
-                 "\"sum_abs\", \"min\", \"max\"]}";
+    for (const std::string& c : s.consumers) parts.AddModelConsumer(*folder, c, s.name, shape_bump);
     std::vector<double> abs(s.n);
     for (size_t i = 0; i < s.n; ++i) abs[i] = std::sqrt(s.sum_x2[i]);
-    std::vector<float> mn(s.n, -1.f), mx(s.n, 1.f);
-    arrays.push_back({s.name + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{512})});
-    arrays.push_back({s.name + ".sum_x2", DType::kF64, {s.n}, Bytes(s.sum_x2)});
-    arrays.push_back({s.name + ".sum_abs", DType::kF64, {s.n}, Bytes(abs)});
-    arrays.push_back({s.name + ".min", DType::kF32, {s.n}, Bytes(mn)});
-    arrays.push_back({s.name + ".max", DType::kF32, {s.n}, Bytes(mx)});
+    parts.AddSite(s.name, 512, s.sum_x2, abs, std::vector<float>(s.n, -1.f),
+                  std::vector<float>(s.n, 1.f));
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"model_type": "llama", )"
-             R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
-             R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "all", )"
-             R"("hessian": "none"}, "files": ["stats-00001.safetensors"], "sites": {)" +
-                 site_json + R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
-}
-
-std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+  WriteStatsFolder(dir, kTinyLlamaModel, TinyLlamaCollection("none"), parts);
 }
 
 // What the verified algorithms give for one whole source weight: Wanda-pruned rows (if
@@ -329,39 +283,22 @@ TEST_CASE("MiniLM W4A16 with imatrix_mse: llm-compressor oneshot's own observer'
   // data/golden/imatrix-minilm: statistics from scripts/collect-stats and hashes of what
   // llm-compressor's oneshot wrote with observer imatrix_mse on the same samples
   // (scripts/make_golden_imatrix_minilm.py).
-  const char* dir = std::getenv("QUENCH_MINILM_DIR");
-  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
-                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
-                  "fetches the checkpoint with scripts/fetch_minilm.sh");
-  const fs::path golden = DataDir() / "golden" / "imatrix-minilm";
-  auto expected = ReadJsonFile((golden / "expected.json").string());
-  REQUIRE(expected.ok());
   TempDir tmp;
-  ConvertOptions o;
-  o.src = dir;
-  o.dst = tmp / "out";
-  o.scheme = "W4A16";
-  o.observer = "imatrix_mse";
-  o.stats = golden / "stats";
-  auto r = Convert(o);
-  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-  auto out = LoadAll(o.dst);
+  const MiniLmImatrix m = ConvertMiniLmImatrix(tmp, "W4A16", "expected.json");
   size_t equal = 0;
-  const auto& want = expected->Find("tensors")->as_object();
+  const auto& want = m.expected.Find("tensors")->as_object();
   for (const auto& [name, w] : want) {
     CAPTURE(name);
-    char hash[17];
-    std::snprintf(hash, sizeof hash, "%016llx",
-                  static_cast<unsigned long long>(Fnv1a64(TensorBytes(out, name))));
-    CHECK(std::string(hash) == w.Find("fnv1a64")->as_string());
-    equal += std::string(hash) == w.Find("fnv1a64")->as_string();
+    const std::string hash = TensorFnv1a64(m.out, name);
+    CHECK(hash == w.Find("fnv1a64")->as_string());
+    equal += hash == w.Find("fnv1a64")->as_string();
   }
   CHECK(want.size() == 111);  // 37 Linear weights x (packed, scale, shape)
   MESSAGE("MiniLM imatrix_mse: " << equal << " of " << want.size() << " tensors equal");
-  auto cfg = ReadJsonFile((o.dst / "config.json").string());
+  auto cfg = ReadJsonFile((m.dst / "config.json").string());
   REQUIRE(cfg.ok());
   CHECK(DumpPythonJson(*cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights")) ==
-        DumpPythonJson(*expected->Find("weights_args")));
+        DumpPythonJson(*m.expected.Find("weights_args")));
 }
 
 TEST_CASE("imatrix_mse reads only the statistics of the sites in use") {
@@ -424,12 +361,7 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
   WriteStats(tmp / "other", TinyLlamaSites(), /*shape_bump=*/1);
   const std::string src = (DataDir() / "tiny-llama").string(), dst = (tmp / "o").string();
   const std::string stats = (tmp / "stats").string();
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "imatrix_mse"}, 2,
        "needs --stats"},
       {{"--scheme", "W4A16", "--group-size", "64", "--observer", "mse", "--stats", stats}, 2,
@@ -450,15 +382,7 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
       {{"--scheme", "none", "--prune", "2:4", "--prune-metric", "wanda", "--stats",
         (tmp / "other").string()}, 3, "another model's statistics"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst}, cases, dst);
 }
 
 }  // namespace

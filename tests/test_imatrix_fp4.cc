@@ -156,16 +156,6 @@ TEST_CASE("imatrix_mse FP4 search refuses NaN and shapes the format cannot take"
   CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kNvfp4, {}, opt, masks.data()));
 }
 
-std::string Hash(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(Fnv1a64(std::string_view(
-                    reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin))));
-  return hash;
-}
-
 TEST_CASE("MiniLM NVFP4A16 with imatrix_mse: llm-compressor oneshot's own observer's bytes") {
   // data/golden/imatrix-minilm/expected-nvfp4a16.json: hashes (and global scale values) of
   // what oneshot wrote with observer imatrix_mse on the samples the statistics came from
@@ -174,33 +164,19 @@ TEST_CASE("MiniLM NVFP4A16 with imatrix_mse: llm-compressor oneshot's own observ
   // the set's global scale must be generate_gparam of the largest searched range, i.e. the
   // smallest of the reference's three, and the member whose own scale that is must match
   // byte for byte. Every other tensor must match byte for byte.
-  const char* dir = std::getenv("QUENCH_MINILM_DIR");
-  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
-                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
-                  "fetches the checkpoint with scripts/fetch_minilm.sh");
-  const fs::path golden = DataDir() / "golden" / "imatrix-minilm";
-  auto expected = ReadJsonFile((golden / "expected-nvfp4a16.json").string());
-  REQUIRE(expected.ok());
   TempDir tmp;
-  ConvertOptions o;
-  o.src = dir;
-  o.dst = tmp / "out";
-  o.scheme = "NVFP4A16";
-  o.observer = "imatrix_mse";
-  o.stats = golden / "stats";
-  auto r = Convert(o);
-  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-  auto out = LoadAll(o.dst);
-  const auto& want = expected->Find("tensors")->as_object();
+  const MiniLmImatrix m = ConvertMiniLmImatrix(tmp, "NVFP4A16", "expected-nvfp4a16.json");
+  const auto& out = m.out;
+  const auto& want = m.expected.Find("tensors")->as_object();
   CHECK(want.size() == 111);  // 37 Linear weights x (packed, scale, global scale)
-  const JsonValue& tensors = *expected->Find("tensors");
+  const JsonValue& tensors = *m.expected.Find("tensors");
   auto want_hash = [&](const std::string& n) { return tensors.Find(n)->Find("fnv1a64")->as_string(); };
   size_t equal = 0, qkv_sets = 0;
   for (const auto& [name, w] : want) {
     CAPTURE(name);
     if (name.find(".attention.self.") != std::string::npos) continue;
-    CHECK(Hash(out, name) == w.Find("fnv1a64")->as_string());
-    equal += Hash(out, name) == w.Find("fnv1a64")->as_string();
+    CHECK(TensorFnv1a64(out, name) == w.Find("fnv1a64")->as_string());
+    equal += TensorFnv1a64(out, name) == w.Find("fnv1a64")->as_string();
   }
   for (int layer = 0; layer < 6; ++layer) {
     const std::string p = "encoder.layer." + std::to_string(layer) + ".attention.self.";
@@ -220,7 +196,7 @@ TEST_CASE("MiniLM NVFP4A16 with imatrix_mse: llm-compressor oneshot's own observ
       CHECK(got == smallest);
     }
     for (const char* suffix : {".weight_packed", ".weight_scale", ".weight_global_scale"}) {
-      CHECK(Hash(out, p + owner + suffix) == want_hash(p + owner + suffix));
+      CHECK(TensorFnv1a64(out, p + owner + suffix) == want_hash(p + owner + suffix));
     }
     ++qkv_sets;
   }

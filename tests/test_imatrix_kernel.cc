@@ -105,6 +105,23 @@ void CompareSearch(const Case& c, const Weights& w) {
   REQUIRE(calib::SearchSteps(w.in, c.format, w.imp, o, 7, last, best_k.data(), masks_k.data(),
                              &imp_k));
   CHECK(imp_k == imp_s);
+  // As the conversion runs it (exact_best false): the same masks and improved steps; best is
+  // then only a lower bound of the definition's.
+  std::vector<double> best_l(groups, FLT_MAX);
+  std::vector<uint32_t> masks_l(groups, 0u);
+  uint32_t imp_l = 0;
+  REQUIRE(calib::SearchSteps(w.in, c.format, w.imp, o, 0, last, best_l.data(), masks_l.data(),
+                             &imp_l, /*exact_best=*/false));
+  CHECK(imp_l == imp_s);
+  size_t diff_l = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    if ((masks_l[g] != masks_s[g] || !(best_l[g] <= best_s[g])) && diff_l++ < 3) {
+      MESSAGE("exact_best false, group " << g << ": mask " << masks_l[g] << " best "
+                                         << best_l[g] << ", scalar " << masks_s[g] << " "
+                                         << best_s[g]);
+    }
+  }
+  CHECK(diff_l == 0);
   size_t diff = 0;
   for (size_t g = 0; g < groups; ++g) {
     if (std::memcmp(&best_k[g], &best_s[g], sizeof(double)) != 0 || masks_k[g] != masks_s[g]) {
@@ -367,8 +384,10 @@ TEST_CASE("imatrix_mse f32 tie rule: kernel and definition keep the earlier step
           std::vector<double> best(groups, FLT_MAX);
           std::vector<uint32_t> masks(groups, 0u);
           uint32_t improved = 0;
-          REQUIRE((scalar ? calib::SearchStepsScalar : calib::SearchSteps)(
-              w.in, c.format, w.imp, o, 0, last, best.data(), masks.data(), &improved));
+          REQUIRE(scalar ? calib::SearchStepsScalar(w.in, c.format, w.imp, o, 0, last,
+                                                    best.data(), masks.data(), &improved)
+                         : calib::SearchSteps(w.in, c.format, w.imp, o, 0, last, best.data(),
+                                              masks.data(), &improved));
           size_t diff = 0;
           for (size_t g = 0; g < groups; ++g) {
             if (masks[g] != want[g] && diff++ < 3) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernel_test_util.h"
+#include "int_paths.h"
 #include "hwy/targets.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
@@ -222,7 +223,7 @@ void CheckShape(const Config& cfg, size_t rows, size_t cols, std::mt19937& rng,
         CAPTURE(cols);
         CAPTURE(offset);
         REQUIRE(want.ok);
-        targets.merge(ForEachTarget([&](const std::string& target) {
+        targets.merge(ForEachIntPath([&](const std::string& target) {
           const Outputs got = Run(cfg, true, in);
           CAPTURE(target);
           REQUIRE(got.ok);
@@ -465,7 +466,7 @@ TEST_CASE("NaN or Inf anywhere makes the kernels refuse the chunk") {
           CAPTURE(bad);
           CAPTURE(pos);
           CHECK_FALSE(Run(cfg, false, in).ok);
-          ForEachTarget([&](const std::string& target) {
+          ForEachIntPath([&](const std::string& target) {
             CAPTURE(target);
             CHECK_FALSE(Run(cfg, true, in).ok);
           });

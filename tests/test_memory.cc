@@ -82,6 +82,23 @@ void WriteBigFp8Checkpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
                  R"("fmt": "e4m3", "weight_block_size": [128, 128]}})");
 }
 
+// tmp/src converted to tmp/out with each of `schemes` under --memory-limit 64M: the peak RSS
+// stays below the limit and the output shard is larger than `min_bytes`.
+void ConvertsUnder64M(const qt::TempDir& tmp, std::initializer_list<const char*> schemes,
+                      uint64_t min_bytes) {
+  const long limit_kib = 64 * 1024;
+  for (const char* scheme : schemes) {
+    CAPTURE(scheme);
+    auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                            "--scheme", scheme, "--memory-limit", "64M", "-q", "--overwrite"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    MESSAGE(std::string(scheme) << " peak RSS " << r.max_rss_kib << " KiB, limit " << limit_kib
+                                << " KiB");
+    CHECK(r.max_rss_kib < limit_kib);
+    CHECK(fs::file_size(tmp / "out/model.safetensors") > min_bytes);
+  }
+}
+
 }  // namespace
 
 TEST_SUITE("memory") {
@@ -91,34 +108,16 @@ TEST_SUITE("memory") {
     // through pooled staging buffers of a chunk each, counted by the budget (NVFP4A16 decodes
     // in its pre-pass too).
     WriteBigFp8Checkpoint(tmp / "src", 8192, 16384);
-    const long limit_kib = 64 * 1024;
-    for (const char* scheme : {"BF16", "W4A16", "NVFP4A16"}) {
-      CAPTURE(scheme);
-      auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
-                              "--scheme", scheme, "--memory-limit", "64M", "-q", "--overwrite"});
-      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      MESSAGE(std::string(scheme) << " peak RSS " << r.max_rss_kib << " KiB, limit " << limit_kib << " KiB");
-      CHECK(r.max_rss_kib < limit_kib);
-      CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 4);
-    }
+    ConvertsUnder64M(tmp, {"BF16", "W4A16", "NVFP4A16"}, 8192ull * 16384 / 4);
   }
 
   TEST_CASE("a tensor 4x the memory limit converts under the limit") {
     qt::TempDir tmp;
     // 8192 x 16384 BF16 = 256 MiB; the limit is 64 MiB.
     WriteBigCheckpoint(tmp / "src", 8192, 16384);
-    const long limit_kib = 64 * 1024;
     // NVFP4A16 reads the tensor twice (global scale first); with this limit the pre-pass must
     // release its pages instead of keeping them for the pipeline.
-    for (const char* scheme : {"FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16"}) {
-      CAPTURE(scheme);
-      auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
-                              "--scheme", scheme, "--memory-limit", "64M", "-q", "--overwrite"});
-      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      MESSAGE(std::string(scheme) << " peak RSS " << r.max_rss_kib << " KiB, limit " << limit_kib << " KiB");
-      CHECK(r.max_rss_kib < limit_kib);
-      CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 2);
-    }
+    ConvertsUnder64M(tmp, {"FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16"}, 8192ull * 16384 / 2);
   }
 
   TEST_CASE("NVFP4 pages kept between pre-pass and pipeline stay within the limit") {

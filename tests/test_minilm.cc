@@ -33,10 +33,7 @@ std::string Sha256(const fs::path& p) {
 
 TEST_SUITE("minilm") {
   TEST_CASE("all-MiniLM-L6-v2 converts to the reference's exact files") {
-    const char* dir = std::getenv("QUENCH_MINILM_DIR");
-    REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
-                    "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
-                    "fetches the checkpoint with scripts/fetch_minilm.sh");
+    const fs::path dir = qt::MiniLmDir();
     auto expected = quench::ReadJsonFile((qt::DataDir() / "golden/minilm/expected.json").string());
     REQUIRE(expected.ok());
     CHECK(Sha256(fs::path(dir) / "model.safetensors") ==
@@ -71,8 +68,7 @@ TEST_SUITE("minilm") {
   // definition over the three (compressed-tensors generate_gparam: gs = fp32(fp32(1/A) *
   // 2688), A the largest |w| of the set; the weights are F32, so every step is F32).
   TEST_CASE("NVFP4: query/key/value share one global scale, that of the three together") {
-    const char* dir = std::getenv("QUENCH_MINILM_DIR");
-    REQUIRE_MESSAGE((dir != nullptr && *dir != 0), "QUENCH_MINILM_DIR is not set");
+    const fs::path dir = qt::MiniLmDir();
     quench::ConvertOptions o;
     o.src = dir;
     o.scheme = "NVFP4A16";

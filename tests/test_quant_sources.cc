@@ -16,55 +16,13 @@
 
 #include "format/json.h"
 #include "quench/convert.h"
+#include "source_cases.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
-struct GoldenCase {
-  std::string name, scheme;
-  fs::path source, expected;
-  std::vector<std::string> ignore;
-};
-
-std::vector<GoldenCase> Cases() {
-  auto manifest = ReadJsonFile((DataDir() / "golden" / "quant_sources_manifest.json").string());
-  REQUIRE(manifest.ok());
-  std::vector<GoldenCase> out;
-  for (const JsonValue& c : manifest->Find("cases")->as_array()) {
-    GoldenCase g;
-    g.name = c.Find("name")->as_string();
-    g.scheme = c.Find("scheme")->as_string();
-    g.source = DataDir() / c.Find("source")->as_string();
-    g.expected = DataDir() / c.Find("expected")->as_string();
-    for (const JsonValue& i : c.Find("ignore")->as_array()) g.ignore.push_back(i.as_string());
-    out.push_back(std::move(g));
-  }
-  return out;
-}
-
-Result<ConvertSummary> Run(const fs::path& src, const fs::path& dst, const std::string& scheme,
-                           const std::vector<std::string>& ignore, uint64_t chunk_bytes = 0,
-                           std::optional<int> group_size = std::nullopt) {
-  ConvertOptions o;
-  o.src = src;
-  o.dst = dst;
-  o.scheme = scheme;
-  o.ignore = ignore;
-  o.default_ignore = false;  // the reference's ignore list, as given
-  o.chunk_bytes = chunk_bytes;
-  o.group_size = group_size;
-  return Convert(o);
-}
-
-void CheckSameFiles(const fs::path& want, const fs::path& got) {
-  const std::vector<std::string> files = ListFiles(want), out = ListFiles(got);
-  CHECK(files == out);
-  for (const std::string& f : files) {
-    CAPTURE(f);
-    CHECK(ReadBytes(got / f) == ReadBytes(want / f));
-  }
-}
+std::vector<GoldenCase> Cases() { return GoldenCases("quant_sources_manifest.json"); }
 
 std::string Bytes(const Loaded& l, const TensorInfo& t) {
   return std::string(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
@@ -81,7 +39,7 @@ TEST_SUITE("quant_sources") {
         CAPTURE(g.name);
         CAPTURE(chunk);
         TempDir tmp;
-        auto r = Run(g.source, tmp / "out", g.scheme, g.ignore, chunk);
+        auto r = ConvertSource(g.source, tmp / "out", g.scheme, g.ignore, chunk);
         REQUIRE_MESSAGE(r.ok(), r.status().message());
         CheckSameFiles(g.expected, tmp / "out");
       }
@@ -91,7 +49,7 @@ TEST_SUITE("quant_sources") {
   TEST_CASE("ModelOpt NVFP4 -> NVFP4A16: the same repack without the activation scales") {
     TempDir tmp;
     const fs::path want = DataDir() / "golden" / "mosrc" / "NVFP4";
-    auto r = Run(DataDir() / "golden" / "mosrc" / "src", tmp / "out", "NVFP4A16", {});
+    auto r = ConvertSource(DataDir() / "golden" / "mosrc" / "src", tmp / "out", "NVFP4A16", {});
     REQUIRE_MESSAGE(r.ok(), r.status().message());
     const auto w = LoadAll(want), got = LoadAll(tmp / "out");
     size_t n_want = 0, n_got = 0;
@@ -135,9 +93,10 @@ TEST_SUITE("quant_sources") {
     CAPTURE(c.scheme);
     TempDir tmp;
     const fs::path src = DataDir() / "golden" / c.src / "src";
-    auto r = Run(src, tmp / "a", c.scheme, {}, 1, c.group);
+    auto r = ConvertSource(src, tmp / "a", c.scheme, {}, 1, c.group);
     REQUIRE_MESSAGE(r.ok(), r.status().message());
-    auto p = Run(DataDir() / "golden" / c.src / "BF16", tmp / "b", c.scheme, {}, 0, c.group);
+    auto p = ConvertSource(DataDir() / "golden" / c.src / "BF16", tmp / "b", c.scheme, {}, 0,
+                           c.group);
     REQUIRE_MESSAGE(p.ok(), p.status().message());
     const auto a = LoadAll(tmp / "a"), b = LoadAll(tmp / "b");
     size_t n = 0;

@@ -67,15 +67,6 @@ quench::ConvertOptions ReapOptions(const quench::JsonValue& reap_case, const fs:
   return o;
 }
 
-void CompareFolders(const fs::path& got, const fs::path& want) {
-  const auto names = qt::ListFiles(want);
-  CHECK(qt::ListFiles(got) == names);
-  for (const std::string& f : names) {
-    CAPTURE(f);
-    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
-  }
-}
-
 // A copy of statistics folder `from` with its manifest edited by `edit`.
 fs::path EditedStats(const qt::TempDir& tmp, const fs::path& from,
                      const std::function<void(quench::JsonValue&)>& edit) {
@@ -155,8 +146,9 @@ TEST_SUITE("reap") {
       o.chunk_bytes = 1024;
       auto r = quench::Convert(o);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      CompareFolders(o.dst, qt::DataDir() / MagnitudeCase(c.Find("name")->as_string())
-                                                  .Find("expected")->as_string());
+      qt::CheckSameFiles(
+          qt::DataDir() / MagnitudeCase(c.Find("name")->as_string()).Find("expected")->as_string(),
+          o.dst);
       auto report = quench::ReadJsonFile(o.report.string());
       REQUIRE(report.ok());
       const auto* ep = report->Find("expert_pruning");
@@ -395,12 +387,12 @@ TEST_SUITE("reap") {
     auto r = quench::Convert(again);
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     CHECK(r->shards_resumed == 0);  // both shards hold layer 1's experts or a router
-    CompareFolders(tmp / "out", want);
+    qt::CheckSameFiles(want, tmp / "out");
     killed_run(golden_stats);
     auto r2 = quench::Convert(again);
     REQUIRE(r2.ok());
     CHECK(r2->shards_resumed == 2);
-    CompareFolders(tmp / "out", want);
+    qt::CheckSameFiles(want, tmp / "out");
   }
 
   TEST_CASE("SourceExpertName: a survivor's name maps back to the source expert it was") {

@@ -30,9 +30,7 @@ DType DTypeOf(const std::string& s) {
 
 TEST_CASE("SmoothQuant scales and smoothed tensors equal the reference's on every golden case") {
   const fs::path dir = DataDir() / "golden" / "smoothquant";
-  auto manifest = ReadJsonFile((dir / "manifest.json").string());
-  REQUIRE(manifest.ok());
-  const auto& cases = manifest->Find("cases")->as_array();
+  const JsonValue::Array cases = ManifestCases(dir);
   REQUIRE(cases.size() == 12);
   for (const auto& c : cases) {
     const std::string name = c.as_string();

@@ -14,7 +14,7 @@
 
 #include "calib/mappings.h"
 #include "format/json.h"
-#include "pipeline/resume.h"
+#include "plan_fingerprint.h"
 #include "quench/convert.h"
 #include "test_util.h"
 
@@ -98,12 +98,7 @@ TEST_CASE("SmoothQuant's refusals at planning") {
     manifest.erase(at, std::string(",\n    \"min\",\n    \"max\"").size());
   }
   WriteBytes(nominmax / "manifest.json", manifest);
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  std::vector<Refusal> cases = {
       {{"--algorithm", "smoothquant"}, 2, "needs --stats"},
       {{"--algorithm", "smoothquant", "--stats", stats, "--smoothing-strength", "1.5"}, 2,
        "--smoothing-strength"},
@@ -122,18 +117,13 @@ TEST_CASE("SmoothQuant's refusals at planning") {
       {{"--algorithm", "smoothquant", "--stats", stats, "--observer", "imatrix_mse"}, 3,
        "the imatrix_mse observer with --algorithm smoothquant is not built yet"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst};
+  // W8A8 unless a case names its scheme.
+  for (Refusal& c : cases) {
     if (std::find(c.args.begin(), c.args.end(), "--scheme") == c.args.end()) {
-      args.insert(args.end(), {"--scheme", "W8A8"});
+      c.args.insert(c.args.begin(), {"--scheme", "W8A8"});
     }
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
   }
+  CheckRefusals({"convert", src, dst}, cases, dst);
 }
 
 TEST_CASE("--resume does not keep a shard smoothed otherwise") {
@@ -145,10 +135,7 @@ TEST_CASE("--resume does not keep a shard smoothed otherwise") {
     o.algorithm = algorithm;
     if (algorithm == "smoothquant") o.stats = kGolden / "stats";
     o.smoothing_strength = alpha;
-    auto plan = MakePlan(o);
-    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
-    REQUIRE(plan->errors.empty());
-    return ShardFingerprint(*plan, 0);
+    return FirstShardFingerprint(o);
   };
   const std::string base = fingerprint("smoothquant", 0.5);
   CHECK(base == fingerprint("smoothquant", 0.5));
@@ -278,27 +265,14 @@ TEST_CASE("AWQ's refusals") {
   TempDir tmp;
   const std::string src = (DataDir() / "tiny-llama").string(), dst = (tmp / "o").string();
   const std::string stats = (kGolden / "stats").string();
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq"}, 2, "needs --stats"},
       {{"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq", "--stats", stats,
         "--awq-duo-scaling", "maybe"}, 2, "--awq-duo-scaling must be true, false or both"},
       {{"--scheme", "FP8_DYNAMIC", "--algorithm", "awq", "--stats", stats}, 3,
        "AWQ's search quantizes with the integer schemes so far"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst}, cases, dst);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "format/safetensors.h"
 #include "format/model_folder.h"
 #include "quench/convert.h"
+#include "source_cases.h"
 #include "test_util.h"
 #include "verify/verify.h"
 
@@ -66,14 +67,7 @@ std::string Hex(uint64_t v) {
 }
 
 Result<ConvertSummary> Run(const CtCase& k, const fs::path& dst, uint64_t chunk_bytes = 0) {
-  ConvertOptions o;
-  o.src = k.source;
-  o.dst = dst;
-  o.scheme = k.scheme;
-  o.ignore = k.ignore;
-  o.default_ignore = false;  // the reference's ignore list, as given
-  o.chunk_bytes = chunk_bytes;
-  return Convert(o);
+  return ConvertSource(k.source, dst, k.scheme, k.ignore, chunk_bytes);
 }
 
 // Every expected tensor is in `got` with its dtype, shape and bytes, and there is no other.
@@ -164,15 +158,8 @@ TEST_CASE("verify DST SRC compares against the decoded compressed-tensors source
     TempDir tmp;
     auto c = Run(k, tmp / "out");
     REQUIRE_MESSAGE(c.ok(), c.status().message());
-    VerifyOptions v;
-    v.dst = tmp / "out";
-    v.src = k.source;
-    auto r = Verify(v);
-    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    std::string problems;
-    for (const auto& p : r->problems) problems += p.ToString() + "\n";
-    CHECK_MESSAGE(r->ok(), problems);
-    CHECK(r->tensors_decoded + r->modules_quantized > 0);
+    const auto r = VerifyClean(tmp / "out", k.source);
+    CHECK(r.tensors_decoded + r.modules_quantized > 0);
   }
   // The g_idx source: its output verifies, and a decoded weight one bit off is caught by row.
   TempDir tmp;

@@ -23,61 +23,15 @@
 #include "pipeline/resume.h"
 #include "quench/convert.h"
 #include "schemes/fp8.h"
+#include "source_cases.h"
 #include "test_util.h"
 #include "verify/verify.h"
 
 namespace quench::testing {
 namespace {
 
-struct GoldenCase {
-  std::string name, scheme;
-  fs::path source, expected;
-  std::vector<std::string> ignore;
-};
-
 // The fp8_manifest.json cases the reference completed.
-std::vector<GoldenCase> ReferenceCases() {
-  auto manifest = ReadJsonFile((DataDir() / "golden" / "fp8_manifest.json").string());
-  REQUIRE(manifest.ok());
-  std::vector<GoldenCase> out;
-  for (const JsonValue& c : manifest->Find("cases")->as_array()) {
-    if (c.Find("expected") == nullptr) continue;
-    GoldenCase g;
-    g.name = c.Find("name")->as_string();
-    g.scheme = c.Find("scheme")->as_string();
-    g.source = DataDir() / c.Find("source")->as_string();
-    g.expected = DataDir() / c.Find("expected")->as_string();
-    for (const JsonValue& i : c.Find("ignore")->as_array()) g.ignore.push_back(i.as_string());
-    out.push_back(std::move(g));
-  }
-  return out;
-}
-
-Result<ConvertSummary> Run(const fs::path& src, const fs::path& dst, const std::string& scheme,
-                           const std::vector<std::string>& ignore, uint64_t chunk_bytes = 0) {
-  ConvertOptions o;
-  o.src = src;
-  o.dst = dst;
-  o.scheme = scheme;
-  o.ignore = ignore;
-  o.default_ignore = false;  // the reference's ignore list, as given
-  o.chunk_bytes = chunk_bytes;
-  return Convert(o);
-}
-
-// Every file of `want` equals the same file of `got`, and `got` has no other.
-void CheckSameFiles(const fs::path& want, const fs::path& got, bool safetensors_only = false) {
-  std::vector<std::string> files = ListFiles(want), out = ListFiles(got);
-  if (safetensors_only) {
-    std::erase_if(files, [](const std::string& f) { return !f.ends_with(".safetensors"); });
-    std::erase_if(out, [](const std::string& f) { return !f.ends_with(".safetensors"); });
-  }
-  CHECK(files == out);
-  for (const std::string& f : files) {
-    CAPTURE(f);
-    CHECK(ReadBytes(got / f) == ReadBytes(want / f));
-  }
-}
+std::vector<GoldenCase> ReferenceCases() { return GoldenCases("fp8_manifest.json", true); }
 
 // Every tensor of `want` is in `got` with the same dtype, shape and bytes, and no other.
 void CheckSameTensors(const fs::path& want, const fs::path& got) {
@@ -158,7 +112,7 @@ TEST_SUITE("sources") {
     for (const GoldenCase& c : cases) {
       CAPTURE(c.name);
       TempDir tmp;
-      auto r = Run(c.source, tmp / "out", c.scheme, c.ignore);
+      auto r = ConvertSource(c.source, tmp / "out", c.scheme, c.ignore);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       CHECK(r->tensors_decoded + r->tensors_quantized >= 7);
       CheckSameFiles(c.expected, tmp / "out");
@@ -171,7 +125,8 @@ TEST_SUITE("sources") {
     for (const GoldenCase& c : ReferenceCases()) {
       CAPTURE(c.name);
       TempDir tmp;
-      auto r = Run(DataDir() / "golden/fp8src-split/src", tmp / "out", c.scheme, c.ignore);
+      auto r = ConvertSource(DataDir() / "golden/fp8src-split/src", tmp / "out", c.scheme,
+                             c.ignore);
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       CheckSameFiles(c.expected, tmp / "out");
     }
@@ -180,12 +135,13 @@ TEST_SUITE("sources") {
   TEST_CASE("E8M0 scales: decoded and NVFP4A16 outputs equal the independent computation") {
     const fs::path dir = DataDir() / "golden/fp8src-e8m0";
     TempDir tmp;
-    auto bf16 = Run(dir / "src", tmp / "bf16", "BF16", {});
+    auto bf16 = ConvertSource(dir / "src", tmp / "bf16", "BF16", {});
     REQUIRE_MESSAGE(bf16.ok(), bf16.status().ToString());
     CHECK(bf16->tensors_decoded == 7);
     CheckSameTensors(dir / "decoded", tmp / "bf16");
-    auto nv = Run(dir / "src", tmp / "nvfp4", "NVFP4A16",
-                  {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$", "re:.*down_proj$"});
+    auto nv = ConvertSource(
+        dir / "src", tmp / "nvfp4", "NVFP4A16",
+        {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$", "re:.*down_proj$"});
     REQUIRE_MESSAGE(nv.ok(), nv.status().ToString());
     CheckSameFiles(dir / "NVFP4A16", tmp / "nvfp4");
   }
@@ -193,7 +149,7 @@ TEST_SUITE("sources") {
   TEST_CASE("weights larger than a chunk decode in chunks that cut blocks, as one decode") {
     TempDir tmp;
     WriteLargeFp8(tmp / "src", tmp / "decoded");
-    auto whole = Run(tmp / "src", tmp / "bf16", "BF16", {}, kSmallChunk);
+    auto whole = ConvertSource(tmp / "src", tmp / "bf16", "BF16", {}, kSmallChunk);
     REQUIRE_MESSAGE(whole.ok(), whole.status().ToString());
     CHECK(whole->chunk_bytes < 1000 * 384 * 2 / 2);  // at least three chunks per weight
     CHECK((whole->chunk_bytes / (384 * 2)) % 128 != 0);  // chunks end inside a block row
@@ -202,12 +158,13 @@ TEST_SUITE("sources") {
     // shared global scale from decoded values in the pre-pass; W4A16; FP8_BLOCK).
     for (const char* scheme : {"NVFP4A16", "W4A16", "FP8_BLOCK"}) {
       CAPTURE(scheme);
-      auto a = Run(tmp / "src", tmp / (std::string("fp8-") + scheme), scheme, {}, kSmallChunk);
+      auto a = ConvertSource(tmp / "src", tmp / (std::string("fp8-") + scheme), scheme, {},
+                             kSmallChunk);
       REQUIRE_MESSAGE(a.ok(), a.status().ToString());
-      auto b = Run(tmp / "decoded", tmp / (std::string("bf16-") + scheme), scheme, {});
+      auto b = ConvertSource(tmp / "decoded", tmp / (std::string("bf16-") + scheme), scheme, {});
       REQUIRE_MESSAGE(b.ok(), b.status().ToString());
       CheckSameFiles(tmp / (std::string("bf16-") + scheme), tmp / (std::string("fp8-") + scheme),
-                     /*safetensors_only=*/true);
+                     SafetensorsOnly);
     }
   }
 
@@ -229,7 +186,8 @@ TEST_SUITE("sources") {
       auto b = Convert(o);
       REQUIRE_MESSAGE(b.ok(), b.status().ToString());
       CHECK(a->zeroed == b->zeroed);
-      CheckSameFiles(tmp / (std::string("b") + spec[0]), tmp / (std::string("a") + spec[0]), true);
+      CheckSameFiles(tmp / (std::string("b") + spec[0]), tmp / (std::string("a") + spec[0]),
+                     SafetensorsOnly);
     }
     ConvertOptions o;
     o.src = tmp / "src";
@@ -268,16 +226,9 @@ TEST_SUITE("sources") {
   TEST_CASE("verify compares an FP8 source's conversions against the decoded source") {
     for (const GoldenCase& c : ReferenceCases()) {
       CAPTURE(c.name);
-      VerifyOptions v;
-      v.dst = c.expected;
-      v.src = c.source;
-      auto r = Verify(v);
-      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-      std::string problems;
-      for (const auto& p : r->problems) problems += p.ToString() + "\n";
-      CHECK_MESSAGE(r->ok(), problems);
-      CHECK(r->tensors_decoded + r->modules_quantized == 7);
-      if (c.scheme != "BF16") CHECK(r->quality.size() == r->modules_quantized);
+      const auto r = VerifyClean(c.expected, c.source);
+      CHECK(r.tensors_decoded + r.modules_quantized == 7);
+      if (c.scheme != "BF16") CHECK(r.quality.size() == r.modules_quantized);
     }
     // A decoded weight one bit off is caught, named by its row.
     TempDir tmp;
@@ -333,7 +284,36 @@ TEST_SUITE("sources") {
       CHECK(r.exit_code == 3);
       CHECK(r.err.find(c.message) != std::string::npos);
       CHECK_FALSE(fs::exists(tmp / "out"));
+      // NVFP4A16: the global-scale search reads this block (its only one) and stops there.
+      const RunResult n = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                     "--scheme", "NVFP4A16"});
+      CHECK(n.exit_code == 3);
+      CHECK(n.err.find("'model.layers.0.mlp.up_proj.weight' contains NaN or Inf") !=
+            std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "out"));
     }
+  }
+
+  TEST_CASE("NVFP4A16: a NaN code in a block the global-scale search skips stops the run at its row") {
+    // 2x2 blocks, each holding 448; the NaN sits in the smallest-scale block, which the
+    // search for the largest |x| never reads (fp8_source_amax.cc), so the pipeline's decode
+    // finds it and names its place; nothing is left.
+    TempDir tmp;
+    std::string codes(256 * 256, '\x38');
+    for (size_t b = 0; b < 4; ++b) codes[(b / 2 * 128 + 3) * 256 + b % 2 * 128 + 9] = '\x7E';
+    codes[5 * 256 + 7] = '\xFF';
+    const float s[4] = {1.f, 2.f, 3.f, 4.f};
+    std::string scale(16, '\0');
+    std::memcpy(scale.data(), s, 16);
+    WriteBytes(tmp / "src/config.json", kFp8Config);
+    WriteShard(tmp / "src/model.safetensors",
+               {{"model.layers.0.mlp.up_proj.weight", DType::kF8E4M3, {256, 256}, codes},
+                {"model.layers.0.mlp.up_proj.weight_scale_inv", DType::kF32, {2, 2}, scale}});
+    const RunResult r = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                   "--scheme", "NVFP4A16"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("holds a NaN E4M3 code (row 5, column 7)") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "out"));
   }
 
   TEST_CASE("inspect says what an FP8 source's weights are stored as") {

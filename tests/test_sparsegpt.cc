@@ -28,12 +28,6 @@ namespace {
 using File = GoldenFile;
 File Load(const fs::path& p) { return LoadGolden(p); }
 
-std::string Raw(const std::vector<float>& w, DType dtype) {
-  return dtype == DType::kF32
-             ? std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4)
-             : Bf16Bytes(w);
-}
-
 std::vector<float> Values(const std::string& raw, DType dtype, size_t count) {
   std::vector<float> v(count);
   for (size_t i = 0; i < count; ++i) {
@@ -58,9 +52,7 @@ calib::SparseGptOptions Options(const File& f) {
 
 TEST_CASE("SparseGPT equals the reference's sparsify_weight on every golden case") {
   const fs::path dir = DataDir() / "golden" / "sparsegpt";
-  auto manifest = ReadJsonFile((dir / "manifest.json").string());
-  REQUIRE(manifest.ok());
-  const auto& cases = manifest->Find("cases")->as_array();
+  const JsonValue::Array cases = ManifestCases(dir);
   REQUIRE(cases.size() >= 17);
   for (const JsonValue& c : cases) {
     const std::string name = c.Find("name")->as_string();
@@ -77,7 +69,7 @@ TEST_CASE("SparseGPT equals the reference's sparsify_weight on every golden case
     CHECK(factor->rtn_fallback == (f.Meta("hessian") == "h128_indefinite"));
 
     const DType dtype = f.Meta("dtype") == "BF16" ? DType::kBF16 : DType::kF32;
-    const std::string raw = Raw(w, dtype);
+    const std::string raw = WeightBytes(w, dtype);
     std::string out(raw.size(), '\0');
     uint64_t pruned = 0;
     double loss = 0;
@@ -179,7 +171,7 @@ TEST_CASE("N:M SparseGPT on row chunks gives the rows of the whole weight") {
   const calib::SparseGptOptions opt = Options(f);
   auto factor = calib::FactorHessian(hf.Tensor<float>("h"), n, calib::FactorOptions(opt));
   REQUIRE(factor.ok());
-  const std::string raw = Raw(f.Tensor<float>("w"), DType::kBF16);
+  const std::string raw = WeightBytes(f.Tensor<float>("w"), DType::kBF16);
   auto run = [&](size_t r0, size_t r1) {
     std::string out((r1 - r0) * n * 2, '\0');
     REQUIRE(calib::SparsifyRows(*factor, reinterpret_cast<const uint8_t*>(raw.data()) + r0 * n * 2,

@@ -14,21 +14,15 @@
 
 #include "format/json.h"
 #include "format/safetensors.h"
-#include "pipeline/resume.h"
+#include "plan_fingerprint.h"
 #include "quench/convert.h"
+#include "stats_folder.h"
 #include "test_util.h"
 
 namespace quench::testing {
 namespace {
 
 const fs::path kGolden = DataDir() / "golden" / "sparsegpt";
-
-template <class T>
-std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 std::vector<float> ReadF32(const fs::path& file, const std::string& name) {
   auto h = ReadSafetensorsHeader(file);
@@ -47,7 +41,6 @@ std::vector<float> ReadF32(const fs::path& file, const std::string& name) {
 // Layer 0's attention and MLP input sites, both with h256 (the reference's normalised H:
 // quench multiplies the stored sum by 2 / sequences, so the sum stored is h * sequences / 2).
 void WriteStats(const fs::path& dir) {
-  fs::create_directories(dir);
   const std::vector<float> h = ReadF32(kGolden / "h256.safetensors", "h");
   const size_t n = 256;
   const double sequences = 4;
@@ -62,41 +55,16 @@ void WriteStats(const fs::path& dir) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> sites = {
       {p + "self_attn.q_proj", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
       {p + "mlp.gate_proj", {"mlp.gate_proj", "mlp.up_proj"}}};
-  std::string weights, site_json, consumers;
-  std::vector<RawTensor> arrays;
+  StatsParts parts;
   for (const auto& [site, mods] : sites) {
     for (const std::string& m : mods) {
-      const std::string w = p + m + ".weight";
-      const std::string rows = m.find("gate") != std::string::npos || m.find("up") != std::string::npos
-                                   ? "704" : m.find("q_proj") != std::string::npos ? "256" : "128";
-      weights += std::string(weights.empty() ? "" : ", ") + "\"" + w + "\": [" + rows + ", 256]";
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + w + "\": {\"site\": \"" +
-                   site + "\"}";
+      const size_t rows = m.find("gate") != std::string::npos || m.find("up") != std::string::npos
+                              ? 704 : m.find("q_proj") != std::string::npos ? 256 : 128;
+      parts.AddConsumer(p + m + ".weight", rows, 256, site);
     }
-    site_json += std::string(site_json.empty() ? "" : ", ") + "\"" + site +
-                 "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": 256, \"experts\": "
-                 "null, \"fields\": [\"count\", \"sum_x2\", \"sum_abs\", \"min\", \"max\", "
-                 "\"hessian\"]}";
-    arrays.push_back({site + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{512})});
-    arrays.push_back({site + ".sum_x2", DType::kF64, {n}, Bytes(x2)});
-    arrays.push_back({site + ".sum_abs", DType::kF64, {n}, Bytes(abs)});
-    arrays.push_back({site + ".min", DType::kF32, {n}, Bytes(mn)});
-    arrays.push_back({site + ".max", DType::kF32, {n}, Bytes(mx)});
-    arrays.push_back({site + ".hessian", DType::kF64, {packed.size()}, Bytes(packed)});
+    parts.AddSite(site, 512, x2, abs, mn, mx, &packed);
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"model_type": "llama", )"
-             R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
-             R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "all", )"
-             R"("hessian": "full"}, "files": ["stats-00001.safetensors"], "sites": {)" +
-                 site_json + R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
-}
-
-std::string TensorBytes(const std::map<std::string, Loaded>& out, const std::string& name) {
-  auto [l, t] = FindTensor(out, name);
-  REQUIRE_MESSAGE(t != nullptr, name);
-  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+  WriteStatsFolder(dir, kTinyLlamaModel, TinyLlamaCollection("full"), parts);
 }
 
 std::vector<float> Bf16Values(const std::string& b) {
@@ -236,11 +204,8 @@ TEST_CASE("--resume does not keep a shard made with other SparseGPT settings or 
     o.algorithm = algorithm;
     if (algorithm == "sparsegpt") o.stats = tmp / "stats";
     o.dampening = damp;
-    auto plan = MakePlan(o);
-    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
-    REQUIRE(plan->errors.empty());
     // Layer 0 lives in the first shard.
-    return ShardFingerprint(*plan, 0);
+    return FirstShardFingerprint(o);
   };
   const std::string base = fingerprint("sparsegpt", "2:4", 0.01);
   CHECK(base == fingerprint("sparsegpt", "2:4", 0.01));
@@ -262,12 +227,7 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
   CHECK(dry.out.find("magnitude 2:4: no statistics for this weight") != std::string::npos);
   CHECK(dry.err.find("SparseGPT (2:4) from") != std::string::npos);
   CHECK(dry.err.find("5 weights; 9 pruned by magnitude") != std::string::npos);
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--algorithm", "sparsegpt", "--stats", stats}, 2, "needs --prune"},
       {{"--algorithm", "sparsegpt", "--prune", "2:4"}, 2, "needs --stats"},
       {{"--algorithm", "sparsegpt", "--stats", stats, "--prune", "unstructured:0.5",
@@ -278,15 +238,7 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
        2, "too small for SparseGPT"},
       // (GPTQ after pruning composes: tests/test_compose.cc.)
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(dst));
-  }
+  CheckRefusals({"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"}, cases, dst);
   // NVFP4's global scale would come from the dense weights: refused, not silently wrong.
   auto r = RunQuench({"convert", src, dst, "--scheme", "NVFP4A16", "--prune", "2:4",
                       "--algorithm", "sparsegpt", "--stats", stats});
@@ -376,12 +328,7 @@ TEST_CASE("SparseGPTModifier and GPTQModifier recipes run as the flags that say 
   CHECK(DumpCompactJson(*c3->Find("quantization_config")) ==
         DumpCompactJson(*cf3->Find("quantization_config")));
   // The flags may repeat the recipe, not contradict it; the statistics are still needed.
-  struct Case {
-    std::vector<std::string> args;
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<Refusal> cases = {
       {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--prune", "unstructured:0.5"},
        2, "give one or the other"},
       {{"--recipe", (tmp / "sgpt.yaml").string(), "--stats", stats, "--dampening", "0.1"},
@@ -390,15 +337,7 @@ TEST_CASE("SparseGPTModifier and GPTQModifier recipes run as the flags that say 
        2, "give one or the other"},
       {{"--recipe", (tmp / "sgpt.yaml").string()}, 2, "needs --stats"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = {"convert", src, (tmp / "o").string()};
-    args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = RunQuench(args);
-    CAPTURE(r.err);
-    CHECK(r.exit_code == c.exit_code);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK_FALSE(fs::exists(tmp / "o"));
-  }
+  CheckRefusals({"convert", src, (tmp / "o").string()}, cases, tmp / "o");
 }
 
 }  // namespace

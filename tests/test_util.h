@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -78,6 +79,34 @@ inline std::vector<std::string> ListFiles(const fs::path& root) {
   return out;
 }
 
+// Every file of `want` is in `got` with the same bytes (a difference names its first byte), and
+// `got` has no other; `keep`, when given, picks the files compared on both sides. Returns how
+// many files were compared.
+inline size_t CheckSameFiles(const fs::path& want, const fs::path& got,
+                             const std::function<bool(const std::string&)>& keep = {}) {
+  std::vector<std::string> names = ListFiles(want), got_names = ListFiles(got);
+  if (keep) {
+    std::erase_if(names, [&](const std::string& f) { return !keep(f); });
+    std::erase_if(got_names, [&](const std::string& f) { return !keep(f); });
+  }
+  CHECK(got_names == names);
+  for (const std::string& f : names) {
+    CAPTURE(f);
+    const std::string a = ReadBytes(got / f), b = ReadBytes(want / f);
+    CHECK(a.size() == b.size());
+    if (a != b) {
+      size_t at = 0;
+      while (at < a.size() && at < b.size() && a[at] == b[at]) ++at;
+      FAIL_CHECK("first difference at byte " << at);
+    }
+  }
+  return names.size();
+}
+
+// Filters for CheckSameFiles.
+inline bool SafetensorsOnly(const std::string& f) { return f.ends_with(".safetensors"); }
+inline bool WeightsOnly(const std::string& f) { return f != "config.json"; }
+
 struct RunResult {
   int exit_code = -1;
   std::string out;   // stdout
@@ -118,11 +147,43 @@ inline RunResult RunCommand(const std::vector<std::string>& argv,
   return r;
 }
 
+// The all-MiniLM-L6-v2 checkpoint scripts/test fetches, named by QUENCH_MINILM_DIR.
+inline fs::path MiniLmDir() {
+  const char* dir = std::getenv("QUENCH_MINILM_DIR");
+  REQUIRE_MESSAGE((dir != nullptr && *dir != 0),
+                  "QUENCH_MINILM_DIR is not set: run the suite with scripts/test, which "
+                  "fetches the checkpoint with scripts/fetch_minilm.sh");
+  return dir;
+}
+
 // Runs the quench binary with `args`.
 inline RunResult RunQuench(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {QuenchBin().string()};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunCommand(argv);
+}
+
+// A command line the CLI refuses: the arguments after the common ones, the exit code and a
+// part of the message.
+struct Refusal {
+  std::vector<std::string> args;
+  int exit_code;
+  const char* message;
+};
+
+// Runs quench with `common` then each case's arguments: the case's exit code, its message on
+// stderr, and nothing written at `dst`.
+inline void CheckRefusals(const std::vector<std::string>& common,
+                          const std::vector<Refusal>& cases, const fs::path& dst) {
+  for (const Refusal& c : cases) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = RunQuench(args);
+    CAPTURE(r.err);
+    CHECK(r.exit_code == c.exit_code);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK_FALSE(fs::exists(dst));
+  }
 }
 
 // ---- Independent decoders, written from the format definitions (not the code under test).
@@ -233,6 +294,33 @@ inline std::pair<const Loaded*, const quench::TensorInfo*> FindTensor(
     if (const auto* t = l.Find(name)) return {&l, t};
   }
   return {nullptr, nullptr};
+}
+
+// The bytes of tensor `name` in any shard of `all`.
+inline std::string TensorBytes(const std::map<std::string, Loaded>& all, const std::string& name) {
+  auto [l, t] = FindTensor(all, name);
+  REQUIRE_MESSAGE(t != nullptr, name);
+  return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->end - t->begin);
+}
+
+// FNV-1a 64 of tensor `name`'s bytes in any shard of `all`, as 16 hex digits (the hashes the
+// golden generators record).
+inline std::string TensorFnv1a64(const std::map<std::string, Loaded>& all,
+                                 const std::string& name) {
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(quench::Fnv1a64(TensorBytes(all, name))));
+  return hash;
+}
+
+// BF16 tensor `name` of any shard of `all`, decoded.
+inline std::vector<double> Bf16Weight(const std::map<std::string, Loaded>& all,
+                                      const std::string& name) {
+  auto [l, t] = FindTensor(all, name);
+  REQUIRE_MESSAGE(t != nullptr, name);
+  std::vector<double> v((t->end - t->begin) / 2);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = DecodeBF16(l->Data(*t) + 2 * i);
+  return v;
 }
 
 

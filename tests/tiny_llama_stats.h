@@ -1,26 +1,24 @@
 // Statistics for data/tiny-llama written in place (Hessians of synthetic, correlated
 // activations with outlier channels, one site per distinct input, as docs/statistics-format.md
-// defines; layer 1's down_proj left without statistics): shared by the float GPTQ conversion
-// tests and tests/test_gptq_convert.cc.
+// defines; layer 1's down_proj left without statistics) and the GPTQ-against-RTN comparison
+// the GPTQ conversion tests (tests/test_gptq_convert.cc, tests/test_gptq_float_convert.cc) share.
 #ifndef QUENCH_TESTS_TINY_LLAMA_STATS_H_
 #define QUENCH_TESTS_TINY_LLAMA_STATS_H_
 
+#include <doctest/doctest.h>
+
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "stats_folder.h"
 #include "test_util.h"
 
 namespace quench::testing {
-
-template <class T>
-inline std::string Bytes(const std::vector<T>& v) {
-  std::string s(v.size() * sizeof(T), '\0');
-  std::memcpy(s.data(), v.data(), s.size());
-  return s;
-}
 
 struct Site {
   std::string name;
@@ -58,66 +56,96 @@ inline std::vector<double> MakeHessian(size_t n, uint32_t seed, size_t tokens = 
 inline std::vector<Site> TinyLlamaSites() {
   std::vector<Site> sites;
   uint32_t seed = 19;
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    sites.push_back({p + "self_attn.q_proj", 256,
-                     {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
-                      p + "self_attn.v_proj.weight"}, MakeHessian(256, seed++)});
-    sites.push_back({p + "self_attn.o_proj", 256, {p + "self_attn.o_proj.weight"},
-                     MakeHessian(256, seed++)});
-    sites.push_back({p + "mlp.gate_proj", 256,
-                     {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, MakeHessian(256, seed++)});
-    if (l == 0) {
-      sites.push_back({p + "mlp.down_proj", 704, {p + "mlp.down_proj.weight"},
-                       MakeHessian(704, seed++)});
-    }
+  for (const SiteShape& s : TinyLlamaSiteShapes()) {
+    if (s.name == "model.layers.1.mlp.down_proj") continue;
+    sites.push_back({s.name, s.n, s.consumers, MakeHessian(s.n, seed++)});
   }
   return sites;
 }
 
 inline void WriteStats(const fs::path& dir, const std::vector<Site>& sites) {
-  fs::create_directories(dir);
   auto folder = LoadModelFolder(DataDir() / "tiny-llama");
   REQUIRE(folder.ok());
-  std::string weights, site_json, consumers;
-  std::vector<RawTensor> arrays;
+  StatsParts parts;
   for (const Site& s : sites) {
-    for (const std::string& c : s.consumers) {
-      for (const auto& sh : folder->shards) {
-        for (const auto& t : sh.header.tensors) {
-          if (t.name != c) continue;
-          weights += std::string(weights.empty() ? "" : ", ") + "\"" + c + "\": [" +
-                     std::to_string(t.shape[0]) + ", " + std::to_string(t.shape[1]) + "]";
-        }
-      }
-      consumers += std::string(consumers.empty() ? "" : ", ") + "\"" + c + "\": {\"site\": \"" +
-                   s.name + "\"}";
-    }
-    site_json += std::string(site_json.empty() ? "" : ", ") + "\"" + s.name +
-                 "\": {\"file\": \"stats-00001.safetensors\", \"in_features\": " +
-                 std::to_string(s.n) + ", \"experts\": null, \"fields\": [\"count\", \"sum_x2\", "
-                 "\"sum_abs\", \"min\", \"max\", \"hessian\"]}";
+    for (const std::string& c : s.consumers) parts.AddModelConsumer(*folder, c, s.name);
     std::vector<double> packed, x2(s.n), abs(s.n);
-    std::vector<float> mn(s.n, -1.f), mx(s.n, 1.f);
     for (size_t i = 0; i < s.n; ++i) {
       x2[i] = s.h[i * s.n + i];
       abs[i] = std::sqrt(x2[i]);
       for (size_t j = i; j < s.n; ++j) packed.push_back(s.h[i * s.n + j]);
     }
-    arrays.push_back({s.name + ".count", DType::kI64, {}, Bytes(std::vector<int64_t>{512})});
-    arrays.push_back({s.name + ".sum_x2", DType::kF64, {s.n}, Bytes(x2)});
-    arrays.push_back({s.name + ".sum_abs", DType::kF64, {s.n}, Bytes(abs)});
-    arrays.push_back({s.name + ".min", DType::kF32, {s.n}, Bytes(mn)});
-    arrays.push_back({s.name + ".max", DType::kF32, {s.n}, Bytes(mx)});
-    arrays.push_back({s.name + ".hessian", DType::kF64, {packed.size()}, Bytes(packed)});
+    parts.AddSite(s.name, 512, x2, abs, std::vector<float>(s.n, -1.f),
+                  std::vector<float>(s.n, 1.f), &packed);
   }
-  WriteBytes(dir / "manifest.json",
-             R"({"format": "quench-stats", "version": 1, "model": {"model_type": "llama", )"
-             R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
-             R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "all", )"
-             R"("hessian": "full"}, "files": ["stats-00001.safetensors"], "sites": {)" +
-                 site_json + R"(}, "consumers": {)" + consumers + "}}");
-  WriteShard(dir / "stats-00001.safetensors", arrays);
+  WriteStatsFolder(dir, kTinyLlamaModel, TinyLlamaCollection("full"), parts);
+}
+
+// tr(dW H dW^T) for dW = src - q (rows x n) and the full n x n H.
+inline double ProxyLoss(const std::vector<double>& src, const std::vector<double>& q,
+                        const std::vector<double>& h, size_t rows, size_t n) {
+  double total = 0;
+  std::vector<double> d(n);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t j = 0; j < n; ++j) d[j] = src[r * n + j] - q[r * n + j];
+    for (size_t i = 0; i < n; ++i) {
+      double s = 0;
+      for (size_t j = 0; j < n; ++j) s += h[i * n + j] * d[j];
+      total += d[i] * s;
+    }
+  }
+  return total;
+}
+
+using Outputs = std::map<std::string, Loaded>;
+
+// Module `m`'s dequantized weight (rows x cols) in an output, from the format's definition.
+using Dequantizer = std::function<std::vector<double>(const Outputs& out, const std::string& m,
+                                                      size_t rows, size_t cols)>;
+
+// data/tiny-llama converted with `scheme` (and `extra` arguments) twice, into tmp/gptq-SCHEME
+// with --algorithm gptq on the statistics in tmp/stats (report in `report`) and into
+// tmp/rtn-SCHEME rounded to nearest; for every weight with statistics in `sites` GPTQ's proxy
+// loss is below RTN's, and `each(gptq, rtn, module)` runs the scheme's own checks.
+struct GptqRtn {
+  Outputs gptq, rtn;
+  fs::path gptq_dir;
+};
+inline GptqRtn CheckGptqBeatsRtn(
+    const TempDir& tmp, const std::vector<Site>& sites, const std::string& scheme,
+    const std::vector<std::string>& extra, const fs::path& report, const Dequantizer& dequant,
+    const std::function<void(const Outputs&, const Outputs&, const std::string&)>& each) {
+  const fs::path src = DataDir() / "tiny-llama";
+  const fs::path g = tmp / ("gptq-" + scheme), r = tmp / ("rtn-" + scheme);
+  std::vector<std::string> ga = {"convert", src.string(), g.string(), "--scheme", scheme};
+  std::vector<std::string> ra = ga;
+  ra[2] = r.string();
+  ga.insert(ga.end(), extra.begin(), extra.end());
+  ga.insert(ga.end(), {"--stats", (tmp / "stats").string(), "--algorithm", "gptq", "-q",
+                       "--report", report.string()});
+  ra.insert(ra.end(), extra.begin(), extra.end());
+  ra.push_back("-q");
+  auto rg = RunQuench(ga);
+  REQUIRE_MESSAGE(rg.exit_code == 0, rg.err);
+  auto rr = RunQuench(ra);
+  REQUIRE_MESSAGE(rr.exit_code == 0, rr.err);
+  GptqRtn out{LoadAll(g), LoadAll(r), g};
+  const Outputs sources = LoadAll(src);
+  for (const Site& s : sites) {
+    for (const std::string& c : s.consumers) {
+      CAPTURE(c);
+      const std::string m = c.substr(0, c.size() - 7);  // drop ".weight"
+      const TensorInfo* st = FindTensor(sources, c).second;
+      const size_t rows = st->shape[0], cols = st->shape[1];
+      const std::vector<double> w = Bf16Weight(sources, c);
+      const double lg = ProxyLoss(w, dequant(out.gptq, m, rows, cols), s.h, rows, cols);
+      const double lr = ProxyLoss(w, dequant(out.rtn, m, rows, cols), s.h, rows, cols);
+      MESSAGE(scheme << " " << m << ": proxy loss GPTQ/RTN " << lg / lr);
+      CHECK(lg < lr);
+      each(out.gptq, out.rtn, m);
+    }
+  }
+  return out;
 }
 
 }  // namespace quench::testing

@@ -78,6 +78,8 @@ struct SchemeInfo {
   // group schemes check divisibility in CheckShape.
   ChunkKernel kernel = nullptr;         // Highway, dispatched
   ChunkKernel scalar_kernel = nullptr;  // the scalar definition
+  // Both kernels honour WeightChunk::col_scale (the int kernels); others must not get one.
+  bool column_scales = false;
   // Output tensors for a [rows, cols] weight of dtype `wdtype`: first those the kernel writes,
   // in its ChunkOutputs slot order, then constant ones.
   std::vector<SchemeOutput> (*outputs)(DType wdtype, uint64_t rows, uint64_t cols,

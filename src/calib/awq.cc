@@ -9,15 +9,15 @@
 
 #include <tbb/parallel_for.h>
 
-#include "schemes/int_scaled_error.h"
+#include "calib/awq_internal.h"
 #include "calib/blas.h"
+#include "schemes/int_scaled_error.h"
 #include "calib/smoothquant.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {
+namespace awq_internal {
 namespace {
-
-namespace iq = intq::internal;
 
 // A torch f64 or f32 value as the next torch op of dtype `d` sees it: f64 values are
 // converted to f32 first (c10's BFloat16/Half take a float), then rounded to d.
@@ -81,6 +81,10 @@ void LoadRow(const AwqLayer& l, uint64_t r, float* out) {
   }
 }
 
+}  // namespace
+
+bool Aligned2(const AwqLayer& l) { return reinterpret_cast<uintptr_t>(l.data) % 2 == 0; }
+
 iq::Layout LayoutOf(const AwqLayer& l) {
   WeightChunk in;
   in.dtype = l.dtype;
@@ -92,12 +96,7 @@ iq::Layout LayoutOf(const AwqLayer& l) {
   return lay;
 }
 
-// One grid point: its scales, their reciprocals (the kernel's) and whether the kernel
-// takes them (ScaledKernelScales).
-struct Cand {
-  std::vector<double> s, inv;
-  bool kernel = false;
-};
+namespace {
 
 // Per thread: the row's f32 values, W s, and one row of dW.
 struct RowScratch {
@@ -125,9 +124,13 @@ void ErrorRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& 
   intq::ScaledErrorRowScalar(t.w.data(), c.s.data(), lay, l.q, l.dtype, t.ws.data(), out);
 }
 
-// The diagonal proxy's term of row r: sum_c h[c] dW[c]^2 (ScaledDot4's order).
-double LossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
-               const std::vector<double>& h, bool bf16, RowScratch& t) {
+}  // namespace
+
+double ExactLossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
+                    const std::vector<double>& h) {
+  thread_local RowScratch t;
+  t.Size(l.cols);
+  const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
   double loss;
   if (bf16 && c.kernel &&
       intq::Bf16ScaledRowLoss(reinterpret_cast<const uint16_t*>(l.data) + r * l.cols, c.s.data(),
@@ -138,6 +141,8 @@ double LossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand&
   for (uint64_t i = 0; i < l.cols; ++i) t.hd[i] = t.dw[i] * t.dw[i];
   return intq::ScaledDot4(t.hd.data(), h.data(), l.cols);
 }
+
+namespace {
 
 // sum a[i] * b[i] in f64 over four partial sums, as ScaledDot4 (the full-Hessian trace's P .* E).
 double Dot(const float* a, const double* b, size_t n) {
@@ -150,9 +155,19 @@ double Dot(const float* a, const double* b, size_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-bool Aligned2(const AwqLayer& l) { return reinterpret_cast<uintptr_t>(l.data) % 2 == 0; }
-
 }  // namespace
+}  // namespace awq_internal
+
+namespace iq = intq::internal;
+using awq_internal::Aligned2;
+using awq_internal::Cand;
+using awq_internal::Candidate;
+using awq_internal::DiagonalSums;
+using awq_internal::Dot;
+using awq_internal::ErrorRow;
+using awq_internal::LayoutOf;
+using awq_internal::RowScratch;
+using awq_internal::ToDType;
 
 Result<DuoScaling> ParseDuoScaling(const std::string& t) {
   if (t == "true") return DuoScaling::kTrue;
@@ -181,114 +196,6 @@ std::vector<std::pair<double, bool>> AwqGrid(int n_grid, DuoScaling duo) {
   }
   return g;
 }
-
-namespace {
-
-// The diagonal proxy's sums, sum over layers, then rows (in that order, one running sum, as
-// the definition adds them), of each row's term, per candidate. The rows are cut into blocks
-// of kBlock; blocks run in parallel, every candidate of a batch on a block while its rows
-// are in cache (the weight is read from memory once per batch, not once per candidate).
-//
-// `prune`: candidates that cannot win are not finished (their sum is +Inf). Every term is
-// >= 0, so a candidate's sum over some blocks is a lower bound of its whole sum (up to the
-// rounding of sums in a different order: below rows x 2^-53 relative, far below the margin
-// kMargin). A sample of the blocks (every kSample-th) runs for every candidate; the one
-// lowest there (the leader) and the first (ratio 0, RTN, whose loss the report gives) run to
-// the end; the others run batch by batch and stop once their partial sum exceeds the
-// leader's whole sum by kMargin. The minimum's candidate (the first of equal ones) is never
-// stopped, so the choice, the chosen loss and RTN's are those of the full search.
-std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
-                                 const std::vector<Cand>& cands,
-                                 const std::vector<double>& h, bool prune) {
-  constexpr uint64_t kBlock = 16, kSample = 8, kBatches = 8;
-  constexpr double kMargin = 1e-6;
-  const size_t count = cands.size();
-  struct Block {
-    size_t layer;
-    uint64_t r0, r1;
-  };
-  std::vector<Block> blocks;
-  std::vector<std::vector<double>> terms(layers.size());  // [layer][g * rows + r]
-  std::vector<iq::Layout> lays(layers.size());
-  for (size_t li = 0; li < layers.size(); ++li) {
-    const AwqLayer& l = layers[li];
-    if (!l.quantized) continue;
-    lays[li] = LayoutOf(l);
-    terms[li].assign(count * l.rows, 0.0);
-    for (uint64_t r0 = 0; r0 < l.rows; r0 += kBlock) {
-      blocks.push_back({li, r0, std::min(l.rows, r0 + kBlock)});
-    }
-  }
-  // Runs candidates `gs` on blocks `bs` (indices into `blocks`), adding each candidate's
-  // terms there to partial[g] (any order: a bound, not the loss).
-  std::vector<double> partial(count, 0.0);
-  auto run = [&](const std::vector<uint64_t>& bs, const std::vector<size_t>& gs) {
-    tbb::parallel_for(size_t{0}, bs.size(), [&](size_t i) {
-      thread_local RowScratch t;
-      const Block& b = blocks[bs[i]];
-      const AwqLayer& l = layers[b.layer];
-      const bool bf16 = l.dtype == DType::kBF16 && Aligned2(l);
-      t.Size(l.cols);
-      for (size_t g : gs) {
-        for (uint64_t r = b.r0; r < b.r1; ++r) {
-          terms[b.layer][g * l.rows + r] = LossRow(l, lays[b.layer], r, cands[g], h, bf16, t);
-        }
-      }
-    });
-    for (size_t g : gs) {
-      for (uint64_t bi : bs) {
-        const Block& b = blocks[bi];
-        const uint64_t rows = layers[b.layer].rows;
-        for (uint64_t r = b.r0; r < b.r1; ++r) partial[g] += terms[b.layer][g * rows + r];
-      }
-    }
-  };
-  // The definition's sum of a finished candidate.
-  auto sum = [&](size_t g) {
-    double v = 0;
-    for (size_t li = 0; li < layers.size(); ++li) {
-      if (!layers[li].quantized) continue;
-      const uint64_t rows = layers[li].rows;
-      for (uint64_t r = 0; r < rows; ++r) v += terms[li][g * rows + r];
-    }
-    return v;
-  };
-  std::vector<size_t> all(count);
-  for (size_t g = 0; g < count; ++g) all[g] = g;
-  std::vector<uint64_t> every(blocks.size());
-  for (uint64_t i = 0; i < blocks.size(); ++i) every[i] = i;
-  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
-  if (!prune || count <= 2 || blocks.size() < kSample * kBatches) {
-    run(every, all);
-    for (size_t g = 0; g < count; ++g) sums[g] = sum(g);
-    return sums;
-  }
-  std::vector<uint64_t> sample, rest;
-  for (uint64_t i = 0; i < blocks.size(); ++i) (i % kSample == 0 ? sample : rest).push_back(i);
-  run(sample, all);
-  size_t leader = 0;
-  for (size_t g = 1; g < count; ++g) {
-    if (partial[g] < partial[leader]) leader = g;
-  }
-  std::vector<size_t> first = {0};
-  if (leader != 0) first.push_back(leader);
-  run(rest, first);
-  for (size_t g : first) sums[g] = sum(g);
-  const double bound = sums[leader] * (1 + kMargin);
-  std::vector<size_t> live;
-  for (size_t g = 1; g < count; ++g) {
-    if (g != leader && !(partial[g] > bound)) live.push_back(g);
-  }
-  for (uint64_t k = 0; k < kBatches && !live.empty(); ++k) {
-    const uint64_t b0 = rest.size() * k / kBatches, b1 = rest.size() * (k + 1) / kBatches;
-    run(std::vector<uint64_t>(rest.begin() + b0, rest.begin() + b1), live);
-    std::erase_if(live, [&](size_t g) { return partial[g] > bound; });
-  }
-  for (size_t g : live) sums[g] = sum(g);
-  return sums;
-}
-
-}  // namespace
 
 namespace {
 

@@ -76,6 +76,9 @@ class CompositeCalibration : public ChunkCalibration {
   const uint8_t* TransformRows(size_t t, uint64_t row0, const WeightChunk& in) override {
     return smooth_->TransformRows(t, row0, in);
   }
+  const float* ColumnFactors(size_t t) const override {
+    return smooth_ != nullptr ? smooth_->ColumnFactors(t) : nullptr;
+  }
   bool RewritesCopy(size_t t) const override {
     return smooth_ != nullptr && smooth_->RewritesCopy(t);
   }

@@ -137,7 +137,7 @@ namespace {
 // cache across the steps), through the kernel or the scalar definition.
 bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
               const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-              uint32_t* improved, bool scalar) {
+              uint32_t* improved, bool scalar, bool exact_best = true) {
   Geometry g;
   if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
   internal::Block b;
@@ -154,6 +154,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   b.i0 = i0;
   b.i1 = i1;
   b.improved = improved;
+  b.exact_best = exact_best;
   // At least 16 rows: one group per row (the channel strategy) still fills 16 lanes.
   const size_t block_rows = std::max<size_t>(16, (size_t{1} << 16) / in.cols);
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
@@ -178,8 +179,8 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
 
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved) {
-  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false);
+                 uint32_t* improved, bool exact_best) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best);
 }
 
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,

@@ -84,10 +84,12 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // so far (`best`, rows x groups, FLT_MAX before step 0), updating best and setting bit i of
 // the mask of every group that improved at step i, and of *improved. SearchSteps runs the
 // Highway kernels (calib/imatrix_mse_kernel.h), SearchStepsScalar the scalar definition:
-// the same results bit for bit. False on NaN/Inf or bad parameters.
+// the same results bit for bit. False on NaN/Inf or bad parameters. exact_best false: the
+// caller reads masks and improved only, and best ends as a lower bound of each group's best
+// error (the kernel then skips the definition's sums it does not need to decide a step).
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved);
+                 uint32_t* improved, bool exact_best = true);
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                        const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                        uint32_t* improved);

@@ -3,7 +3,10 @@
 //   SearchBlockScalar: the definition, group by group, step by step (GroupErrorScalar;
 //     src/calib/imatrix_mse_scalar.cc).
 //   SearchBlock: Highway kernels (src/calib/imatrix_mse_kernel.cc, dynamic dispatch), equal to
-//     the scalar definition bit for bit on every target.
+//     the scalar definition bit for bit on every target: groups of 4+ vectors by the certified
+//     search (SearchCertified: per group, f32 sums with a rigorous bound on the definition's
+//     value, the definition's own sums only for near ties; masks and improved always the
+//     definition's, best too when Block::exact_best), narrower ones in tiles as below.
 //
 // The definition (imatrix_mse.h has where each rule comes from): per group, with m0, M0 its
 // min and max, e = f32(expand), and step i's range mn = RNE_D(p_i * RNE_D(m0 * e)),
@@ -68,6 +71,9 @@ struct Block {
   double* best = nullptr;           // rows x (cols / group), f32 values; FLT_MAX before step 0
   uint32_t* masks = nullptr;        // rows x (cols / group)
   uint32_t* improved = nullptr;     // |= bit i when some group improved at step i
+  // False: the caller reads only masks and improved; best then ends as a lower bound of each
+  // group's best error (the certified search skips the definition's sums it does not need).
+  bool exact_best = true;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),

@@ -379,7 +379,7 @@ class ImatrixRunImpl : public ImatrixRun {
       }
       uint32_t bits = 0;
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data() + r.begin() * ng,
-                       masks.data() + r.begin() * ng, &bits)) {
+                       masks.data() + r.begin() * ng, &bits, /*exact_best=*/false)) {
         finite = false;
       }
       improved.fetch_or(bits);
@@ -396,25 +396,34 @@ class ImatrixRunImpl : public ImatrixRun {
     for (size_t i = 0; i < masks.size(); ++i) (*steps)[i] = ChosenStep(masks[i], stop);
     if (f == ImatrixFormat::kNvfp4) {
       // The largest chosen range, for the global scale. Pruning keeps each row's largest
-      // magnitudes, but a group's range may change with it: read the rows as searched.
-      std::vector<float> pos(ng);
-      for (size_t r = 0; r < rows; ++r) {
-        const uint8_t* src = base + r * cols * esz;
+      // magnitudes, but a group's range may change with it: read the rows as searched. Row
+      // blocks in parallel (this ran on the input stage's thread alone: ~3% of an NVFP4A16
+      // conversion's CPU); the maximum is the same in any order.
+      std::atomic<bool> ranges_ok{true};
+      std::mutex amax_mu;
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& rr) {
+        std::vector<float> pos(rr.size() * ng);
+        const uint8_t* src = base + rr.begin() * cols * esz;
         std::vector<uint8_t> pruned;
         if (pt.prune) {
-          pruned.resize(cols * esz);
-          if (!PruneRows(pt, src, r, 1, pruned.data())) {
-            out.finite = false;
-            break;
+          pruned.resize(rr.size() * cols * esz);
+          if (!PruneRows(pt, src, rr.begin(), rr.size(), pruned.data())) {
+            ranges_ok = false;
+            return;
           }
           src = pruned.data();
         }
-        if (!ChosenRanges(chunk_of(src, 1), f, opt, steps->data() + r * ng, pos.data())) {
-          out.finite = false;
-          break;
+        if (!ChosenRanges(chunk_of(src, rr.size()), f, opt, steps->data() + rr.begin() * ng,
+                          pos.data())) {
+          ranges_ok = false;
+          return;
         }
-        for (float p : pos) out.amax = std::max(out.amax, p);
-      }
+        const float m = pos.empty() ? 0.f : *std::max_element(pos.begin(), pos.end());
+        std::lock_guard<std::mutex> lock(amax_mu);
+        out.amax = std::max(out.amax, m);
+      });
+      if (!ranges_ok) out.finite = false;
       map_->Release(pt.src_offset, pt.src_bytes);
     }
     out.steps = steps;

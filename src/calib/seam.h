@@ -55,6 +55,10 @@ class ChunkCalibration {
                                        const WeightChunk& in) {
     return in.data;
   }
+  // Column factors the scheme's kernel may fold into quantized tensor `tensor`'s rows
+  // (WeightChunk::col_scale) in place of TransformRows, when its transform is exactly one
+  // product of each column by an f32 factor; null otherwise. Valid for the whole run.
+  virtual const float* ColumnFactors(size_t /*tensor*/) const { return nullptr; }
   // Whether copied tensor `tensor`'s bytes are rewritten; its pieces then hold whole elements.
   virtual bool RewritesCopy(size_t /*tensor*/) const { return false; }
   // Parallel stage: bytes [begin, begin + len) of the tensor, rewritten in place.

@@ -2,11 +2,14 @@
 #include "calib/smoothquant_run.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <string>
 #include <vector>
@@ -305,8 +308,8 @@ class SmoothRunImpl : public SmoothRun {
 
   // The pre-pass: per mapping, the scales from the balance weights (mapped, released after)
   // and the statistics; then each rewritten tensor's transforms, in mapping order.
-  Status Compute(const Statistics& stats, const ConvertOptions& o) {
-    const bool awq = o.algorithm == "awq";
+  Status Compute(const Statistics& stats, const ConvertOptions& o, const SmoothSource& source) {
+    if (o.algorithm != "awq") return ComputeSmoothQuant(stats, o, source);
     const size_t count = plan_.smoothing.size();
     // Mappings are searched in parallel, a batch of one per core at a time, so that only that
     // many mappings' balance weights are resident (their pages are released after the batch).
@@ -338,8 +341,7 @@ class SmoothRunImpl : public SmoothRun {
       std::vector<Status> status(b1 - b0);
       tbb::parallel_for(b0, b1, [&](size_t mi) {
         const PlannedSmoothing& m = plan_.smoothing[mi];
-        status[mi - b0] = awq ? Awq(stats, o, m, layers[mi - b0], &results_[mi], &scales[mi - b0])
-                              : SmoothQuant(stats, o, m, layers[mi - b0], &scales[mi - b0]);
+        status[mi - b0] = Awq(stats, o, m, layers[mi - b0], &results_[mi], &scales[mi - b0]);
       });
       for (size_t mi = b0; mi < b1; ++mi) {
         QUENCH_RETURN_IF_ERROR(status[mi - b0]);
@@ -348,27 +350,109 @@ class SmoothRunImpl : public SmoothRun {
           const PlannedTensor& t = plan_.tensors[m.tensors[k]];
           maps_.at(t.shard)->Release(t.src_offset, t.src_bytes);
         }
-        auto shared = std::make_shared<const std::vector<double>>(std::move(scales[mi - b0]));
-        const auto shared32 = F32Scales(*shared);
-        // Balance layers' columns are multiplied; the smooth layer's weight (a norm's
-        // elements, a linear's last n rows) and bias divided.
-        for (size_t k = 0; k < m.tensors.size(); ++k) {
-          const size_t t = m.tensors[k];
-          const PlannedTensor& pt = plan_.tensors[t];
-          SmoothOp op{SmoothOp::kMulCols, shared, 0, shared32};
-          if (k >= m.balance.size()) {
-            op.kind = pt.shape.size() == 2 ? SmoothOp::kDivRows : SmoothOp::kDivElems;
-            if (pt.shape.size() == 2) op.row_offset = pt.shape[0] - shared->size();
-          }
-          ops_[t].push_back(op);
-        }
-        const auto [lo, hi] = std::minmax_element(shared->begin(), shared->end());
-        results_[mi].min_scale = *lo;
-        results_[mi].max_scale = *hi;
+        Fold(mi, std::move(scales[mi - b0]));
       }
     }
     return Status::Ok();
   }
+
+  // SmoothQuant's pre-pass, mapping after mapping (the scales need only each balance
+  // column's max |W|): every balance weight read once, in row blocks on all cores (a max is
+  // the same in any order), through the pipeline's mappings when given, its pages left
+  // mapped for the pipeline while they fit source.keep_bytes (else released block by block).
+  Status ComputeSmoothQuant(const Statistics& stats, const ConvertOptions& o,
+                            const SmoothSource& source) {
+    // Row blocks of about 4 MiB: enough blocks to spread a mapping's read over the cores,
+    // few enough that each block's max vector (one per column) costs nothing.
+    constexpr uint64_t kBlockBytes = 4ull << 20;
+    std::optional<tbb::global_control> gc;
+    if (o.threads > 0) {
+      gc.emplace(tbb::global_control::max_allowed_parallelism, static_cast<size_t>(o.threads));
+    }
+    for (size_t mi = 0; mi < plan_.smoothing.size(); ++mi) {
+      const PlannedSmoothing& m = plan_.smoothing[mi];
+      struct Block {
+        const MappedFile* map;
+        const PlannedTensor* t;
+        uint64_t r0, r1;
+      };
+      std::vector<Block> blocks;
+      uint64_t bytes = 0;
+      bool keepable = source.map != nullptr;
+      for (size_t k = 0; k < m.balance.size(); ++k) {
+        const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+        bytes += t.src_bytes;
+        keepable &= !plan_.shards[t.shard].already_done;
+      }
+      const bool keep = keepable && kept_ + bytes <= source.keep_bytes;
+      for (size_t k = 0; k < m.balance.size(); ++k) {
+        const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+        const MappedFile* map = nullptr;
+        if (source.map) {
+          QUENCH_ASSIGN_OR_RETURN(map, source.map(t.shard));
+        } else {
+          QUENCH_ASSIGN_OR_RETURN(map, Map(t.shard));
+        }
+        // Ask for the whole mapping's pages first: a cold read is then one deep queue.
+        map->Prefetch(t.src_offset, t.src_bytes);
+        const uint64_t row_bytes = t.shape[1] * (DTypeBits(t.dtype) / 8);
+        const uint64_t rows = std::max<uint64_t>(1, kBlockBytes / std::max<uint64_t>(1, row_bytes));
+        for (uint64_t r0 = 0; r0 < t.shape[0]; r0 += rows) {
+          blocks.push_back(Block{map, &t, r0, std::min(t.shape[0], r0 + rows)});
+        }
+      }
+      if (keep) kept_ += bytes;
+      const uint64_t n = plan_.tensors[m.tensors.front()].shape[1];
+      std::vector<std::vector<float>> part(blocks.size());
+      std::atomic<bool> finite{true};
+      tbb::parallel_for(size_t{0}, blocks.size(), [&](size_t b) {
+        const Block& bl = blocks[b];
+        const uint64_t row_bytes = n * (DTypeBits(bl.t->dtype) / 8);
+        const uint64_t off = bl.t->src_offset + bl.r0 * row_bytes;
+        part[b].assign(n, 0.f);
+        if (!ColumnAbsMax(bl.map->data() + off, bl.t->dtype, bl.r1 - bl.r0, n, part[b].data())) {
+          finite = false;
+        }
+        if (!keep) bl.map->Release(off, (bl.r1 - bl.r0) * row_bytes);
+      });
+      if (!finite) {
+        return Error(ErrorCode::kNonFinite, "SmoothQuant: a balance weight of " + m.smooth +
+                                                "'s mapping holds NaN or Inf");
+      }
+      std::vector<float> absmax(n, 0.f);
+      for (const std::vector<float>& p : part) {
+        for (uint64_t j = 0; j < n; ++j) absmax[j] = std::max(absmax[j], p[j]);
+      }
+      std::vector<double> scales;
+      QUENCH_RETURN_IF_ERROR(SmoothQuant(stats, o, m, absmax, &scales));
+      Fold(mi, std::move(scales));
+    }
+    return Status::Ok();
+  }
+
+  // Mapping mi's scales folded into its tensors' transforms: the balance layers' columns
+  // multiplied; the smooth layer's weight (a norm's elements, a linear's last n rows) and
+  // bias divided.
+  void Fold(size_t mi, std::vector<double> scales) {
+    const PlannedSmoothing& m = plan_.smoothing[mi];
+    auto shared = std::make_shared<const std::vector<double>>(std::move(scales));
+    const auto shared32 = F32Scales(*shared);
+    for (size_t k = 0; k < m.tensors.size(); ++k) {
+      const size_t t = m.tensors[k];
+      const PlannedTensor& pt = plan_.tensors[t];
+      SmoothOp op{SmoothOp::kMulCols, shared, 0, shared32};
+      if (k >= m.balance.size()) {
+        op.kind = pt.shape.size() == 2 ? SmoothOp::kDivRows : SmoothOp::kDivElems;
+        if (pt.shape.size() == 2) op.row_offset = pt.shape[0] - shared->size();
+      }
+      ops_[t].push_back(op);
+    }
+    const auto [lo, hi] = std::minmax_element(shared->begin(), shared->end());
+    results_[mi].min_scale = *lo;
+    results_[mi].max_scale = *hi;
+  }
+
+  uint64_t KeptBytes() const override { return kept_; }
 
   Result<const MappedFile*> Map(size_t shard) {
     auto& map = maps_[shard];
@@ -396,16 +480,10 @@ class SmoothRunImpl : public SmoothRun {
     return std::vector<double>(v.begin() + e * per_expert, v.begin() + (e + 1) * per_expert);
   }
 
+  // The mapping's scales from its balance columns' max |W| and the statistics' ranges.
   Status SmoothQuant(const Statistics& stats, const ConvertOptions& o, const PlannedSmoothing& m,
-                     const std::vector<AwqLayer>& layers, std::vector<double>* out) {
-    const uint64_t n = layers.front().cols;
-    std::vector<float> absmax(n, 0.f);
-    for (const AwqLayer& l : layers) {
-      if (!ColumnAbsMax(l.data, l.dtype, l.rows, n, absmax.data())) {
-        return Error(ErrorCode::kNonFinite, "SmoothQuant: a balance weight of " + m.smooth +
-                                                "'s mapping holds NaN or Inf");
-      }
-    }
+                     const std::vector<float>& absmax, std::vector<double>* out) {
+    const uint64_t n = absmax.size();
     QUENCH_ASSIGN_OR_RETURN(std::vector<double> mn, Field(stats, m, "min", n));
     QUENCH_ASSIGN_OR_RETURN(std::vector<double> mx, Field(stats, m, "max", n));
     std::vector<float> fmn(mn.begin(), mn.end()), fmx(mx.begin(), mx.end());
@@ -416,8 +494,8 @@ class SmoothRunImpl : public SmoothRun {
                          " (min/max not finite); SmoothQuant needs every channel's range");
       }
     }
-    const std::vector<float> s =
-        SmoothQuantScales(layers.front().dtype, o.smoothing_strength, fmn, fmx, absmax);
+    const std::vector<float> s = SmoothQuantScales(plan_.tensors[m.tensors.front()].dtype,
+                                                   o.smoothing_strength, fmn, fmx, absmax);
     out->assign(s.begin(), s.end());
     return Status::Ok();
   }
@@ -476,6 +554,16 @@ class SmoothRunImpl : public SmoothRun {
                        rows.data());
     return rows.data();
   }
+  // A balance layer of one mapping only, its factors f32 values (SmoothQuant's always are):
+  // the kernel multiplies as ApplySmoothOpsFrom's f32 path does (src/schemes/int.cc).
+  const float* ColumnFactors(size_t t) const override {
+    const std::vector<SmoothOp>& ops = ops_[t];
+    if (ops.size() != 1 || ops[0].kind != SmoothOp::kMulCols || !ops[0].s32 ||
+        plan_.tensors[t].action != TensorAction::kQuantize) {
+      return nullptr;
+    }
+    return ops[0].s32->data();
+  }
   bool RewritesCopy(size_t t) const override {
     return !ops_[t].empty() && plan_.tensors[t].action == TensorAction::kCopy;
   }
@@ -518,16 +606,26 @@ class SmoothRunImpl : public SmoothRun {
   std::vector<std::vector<SmoothOp>> ops_;  // per plan tensor, in mapping order
   std::vector<PlannedSmoothing> results_;  // per mapping: scale range, AWQ's choice
   std::map<size_t, std::shared_ptr<MappedFile>> maps_;  // source shards, for the pre-pass
+  uint64_t kept_ = 0;  // balance bytes left mapped for the pipeline
   std::mutex stats_mu_;
 };
 
 }  // namespace
 
-Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options) {
+uint64_t SmoothBalanceBytes(const Plan& plan) {
+  uint64_t bytes = 0;
+  for (const PlannedSmoothing& m : plan.smoothing) {
+    for (size_t k = 0; k < m.balance.size(); ++k) bytes += plan.tensors[m.tensors[k]].src_bytes;
+  }
+  return bytes;
+}
+
+Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options,
+                                                 const SmoothSource& source) {
   if (plan.smoothing.empty()) return std::unique_ptr<SmoothRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   auto run = std::make_unique<SmoothRunImpl>(plan);
-  QUENCH_RETURN_IF_ERROR(run->Compute(stats, options));
+  QUENCH_RETURN_IF_ERROR(run->Compute(stats, options, source));
   return std::unique_ptr<SmoothRun>(std::move(run));
 }
 

@@ -4,10 +4,12 @@
 #ifndef QUENCH_CALIB_SMOOTHQUANT_RUN_H_
 #define QUENCH_CALIB_SMOOTHQUANT_RUN_H_
 
+#include <functional>
 #include <memory>
 
 #include "calib/act_scales.h"  // ColumnScales
 #include "calib/seam.h"
+#include "format/file_io.h"
 #include "quench/convert.h"
 #include "quench/plan.h"
 #include "quench/status.h"
@@ -33,8 +35,24 @@ class SmoothRun : public ChunkCalibration {
   // divided by them), or null where no mapping balances it: what later stages need to see
   // the smoothed model's statistics (src/calib/composite.h).
   virtual ColumnScales InputScales() const = 0;
+  // Balance weights' bytes the pre-pass left mapped for the pipeline (SmoothSource).
+  virtual uint64_t KeptBytes() const = 0;
 };
-Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options);
+// Where SmoothQuant's pre-pass reads the balance weights. `map`: the source shards' mappings
+// the pipeline reads next (null: the pre-pass maps them itself and releases every page). A
+// mapping's balance weights are left mapped for the pipeline while the kept ones fit
+// `keep_bytes`, so that its read of them neither faults again nor misses the cache (as the
+// NVFP4 pre-pass keeps a fused set); past the budget, or for shards this run does not
+// write, their pages are released as they are read.
+struct SmoothSource {
+  std::function<Result<const MappedFile*>(size_t shard)> map;
+  uint64_t keep_bytes = 0;
+};
+Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options,
+                                                 const SmoothSource& source = {});
+// Input bytes of every balance weight of the plan's mappings (what SmoothQuant's pre-pass
+// would keep mapped to read them once).
+uint64_t SmoothBalanceBytes(const Plan& plan);
 
 }  // namespace quench::calib
 

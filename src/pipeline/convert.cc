@@ -472,11 +472,30 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
                           calib::MakeImatrixRun(plan, options));
-  if (!algos.smoothing.empty()) {
+  // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
+  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
+  const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
+                                    ? options.memory_limit - plan.calib_bytes
+                                    : options.memory_limit / 2;
+  const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();
+  PipelineSizing sizing = SizePipeline(
+      chunk_budget, options.threads,
+      (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smoothing ? 1 : 0),
+      std::max(largest_set,
+               algos.smoothing == "smoothquant" ? calib::SmoothBalanceBytes(plan) : 0));
+  SourceMaps maps(plan);
+  if (smoothing) {
     // Smoothing's pre-pass reads the balance weights for their scales here, before any
-    // tensor streams; later stages then see the smoothed model's statistics.
+    // tensor streams; later stages then see the smoothed model's statistics. What it leaves
+    // mapped for the pipeline is taken from the pre-passes' share of the budget; nothing
+    // when shards may be skipped (--resume, workers: which ones is known only later).
+    calib::SmoothSource source;
+    source.map = [&maps](size_t shard) { return maps.Get(shard); };
+    source.keep_bytes = options.resume || worker ? 0 : sizing.prepass_keep_bytes;
     QUENCH_ASSIGN_OR_RETURN(smooth, calib::MakeSmoothRun(
-                                        plan, calib::StageOptions(options, algos.smoothing)));
+                                        plan, calib::StageOptions(options, algos.smoothing),
+                                        source));
+    sizing.prepass_keep_bytes -= std::min(sizing.prepass_keep_bytes, smooth->KeptBytes());
   }
   if (smooth) {
     const calib::ColumnScales scales = smooth->InputScales();
@@ -494,19 +513,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                                               quantizer);
   }
   ChunkCalibration* calib = composite.get();
-  // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
-  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
-  const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
-                                    ? options.memory_limit - plan.calib_bytes
-                                    : options.memory_limit / 2;
-  PipelineSizing sizing = SizePipeline(chunk_budget, options.threads,
-                                       (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smooth ? 1 : 0),
-                                       largest_set);
   if (options.chunk_bytes != 0) sizing.chunk_bytes = std::min(sizing.chunk_bytes, options.chunk_bytes);
   sizing.write_mode = options.direct_io ? WriteMode::kDirect : WriteMode::kBuffered;
   static std::atomic<bool> no_cancel{false};
   const std::atomic<bool>* cancel = callbacks.cancel ? callbacks.cancel : &no_cancel;
-  SourceMaps maps(plan);
   if (Status s = RunPrunePrePass(plan, sizing, maps, cancel); !s.ok()) return cleanup(s);
   GlobalScales global_scales(plan, sizing, maps, cancel);
   if (imatrix) global_scales.SetMemberAbsMax([&](size_t t) { return imatrix->SearchedAbsMax(t); });

@@ -691,13 +691,22 @@ class ShardPipeline {
         QuantizeDecoded(c, p, t, in, outs);
         continue;
       }
-      // Smoothing's scales folded into the rows first (calib::PlanSmoothQuant refuses
-      // decoded weights; pruned ones were smoothed before pruning, in Prune).
-      if (calib_ != nullptr && calib_->Transforms(p.tensor) && !t.prune) {
-        in.data = calib_->TransformRows(p.tensor, p.begin, in);
-      }
       // GPTQ never takes a decoded source's weight (calib::PlanGptq rounds those to nearest).
       const bool calibrated = calib_ != nullptr && calib_->Takes(p.tensor);
+      // Smoothing's scales folded into the rows first (calib::PlanSmoothQuant refuses
+      // decoded weights; pruned ones were smoothed before pruning, in Prune): by the kernel
+      // itself where it can (column factors, no smoothed copy of the rows; the error report
+      // compares against `in`'s rows, so it takes the copy).
+      if (calib_ != nullptr && calib_->Transforms(p.tensor) && !t.prune) {
+        const float* f = t.scheme->column_scales && !calibrated && errors_ == nullptr
+                             ? calib_->ColumnFactors(p.tensor)
+                             : nullptr;
+        if (f != nullptr) {
+          in.col_scale = f;
+        } else {
+          in.data = calib_->TransformRows(p.tensor, p.begin, in);
+        }
+      }
       if (!(calibrated ? calib_->Quantize(p.tensor, in, outs) : t.scheme->kernel(in, outs))) {
         p.finite = false;
       } else if (errors_ != nullptr) {

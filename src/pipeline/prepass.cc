@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "format/file_io.h"
 #include "pipeline/source_decode.h"
@@ -115,6 +117,13 @@ Status GlobalScales::All() {
   return Status::Ok();
 }
 
+Status GlobalScales::NonFinite(const PlannedTensor& t) const {
+  return Error(ErrorCode::kNonFinite,
+               plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
+                   "' contains NaN or Inf; refusing to quantize it (fix the checkpoint or "
+                   "add it to --ignore)");
+}
+
 // Largest |x| over the set's members (each read once in row chunks in parallel), then the
 // set's weight_global_scale. Pages are released after use except those of members in
 // `keep_shard`, which the pipeline reads next. Pruning never changes the largest |x|: every
@@ -125,7 +134,7 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
   // requests rather than member after member.
   for (size_t ti : set) {
     const PlannedTensor& t = plan_.tensors[ti];
-    if (t.src_bytes == 0) continue;
+    if (t.src_bytes == 0 || IsFp8BlockSource(t)) continue;  // FP8: a few blocks read, below
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
     map->Prefetch(t.src_offset, t.src_bytes);
   }
@@ -143,11 +152,39 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
     const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
+    if (IsFp8BlockSource(t)) {
+      // Only the blocks that can hold the largest |x| (fp8_source_amax.cc's proof). The
+      // rows read are released once they add up to a chunk (a search may read many blocks,
+      // or a per-tensor scale's whole weight); the last ones stay mapped when the pipeline
+      // reads this member next.
+      const uint64_t row_bytes = SourceRowBytes(t);
+      std::vector<std::pair<uint64_t, uint64_t>> pending;
+      uint64_t pending_bytes = 0;
+      auto flush = [&] {
+        for (const auto& [r0, r1] : pending) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+        pending.clear();
+        pending_bytes = 0;
+      };
+      auto rows_read = [&](uint64_t r0, uint64_t r1) {
+        if (r1 <= r0) return;
+        pending.emplace_back(r0, r1);
+        pending_bytes += (r1 - r0) * row_bytes;
+        if (pending_bytes >= sizing_.chunk_bytes) flush();
+      };
+      float amax = 0.f;
+      bool ok = true;
+      QUENCH_RETURN_IF_ERROR(
+          SearchSourceAbsMax(plan_, t, maps_, m.data() + t.src_offset, &amax, &ok, rows_read));
+      if (release) flush();
+      if (!ok) return NonFinite(t);
+      a = std::max(a, amax);
+      continue;
+    }
     const uint64_t rows = t.shape[0], cols = t.shape[1];
     const uint64_t row_bytes = SourceRowBytes(t);
     // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
-    // decoded model's, as the reference computes it), found from its codes and scales without
-    // decoding them (fp8::SourceAbsMax).
+    // decoded model's, as the reference computes it): compressed-tensors, AutoAWQ and
+    // ModelOpt sources decode their rows here (FP8 sources took the search above).
     const bool decode = t.source_scale.has_value();
     const uint64_t chunk_rows =
         std::max<uint64_t>(1, sizing_.chunk_bytes / std::max(row_bytes, ComputeRowBytes(t)));
@@ -183,12 +220,7 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
     }
     QUENCH_RETURN_IF_ERROR(error);
-    if (!finite) {
-      return Error(ErrorCode::kNonFinite,
-                   plan_.shards[t.shard].rel_name + ": tensor '" + t.name +
-                       "' contains NaN or Inf; refusing to quantize it (fix the checkpoint or "
-                       "add it to --ignore)");
-    }
+    if (!finite) return NonFinite(t);
     a = std::max(a, *std::max_element(part.begin(), part.end()));
   }
   // NVFP4's weight_global_scale (F32), or the scheme's own per-tensor value (FP8's

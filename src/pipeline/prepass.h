@@ -43,6 +43,7 @@ class GlobalScales {
  private:
   // keep_shard: the shard whose members' pages are left mapped, or -1.
   Status ComputeSet(size_t k, int64_t keep_shard);
+  Status NonFinite(const PlannedTensor& t) const;
   struct Kept {
     size_t last_tensor;  // the set's last member in the kept shard, in plan order
     uint64_t bytes;

@@ -124,17 +124,39 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
     // Decoded, then the largest |x|: the global scale is the decoded model's.
     std::vector<uint8_t> dec((r1 - r0) * t.shape[1] * 2);
     QUENCH_RETURN_IF_ERROR(DecodeCtRows(plan, t, maps, codes, r0, r1, dec.data(), finite));
+    // Magnitudes compare as their bits (bf16 without NaN: a NaN makes *finite false and the
+    // caller refuses the tensor), so the max is an integer max the compiler vectorises.
+    uint16_t top = 0;
     for (size_t i = 0; i < dec.size(); i += 2) {
       uint16_t h;
       std::memcpy(&h, &dec[i], 2);
-      *amax = std::max(*amax, std::fabs(BF16ToF32(h)));
+      top = std::max<uint16_t>(top, h & 0x7FFF);
     }
+    *amax = BF16ToF32(top);
     return Status::Ok();
   }
   std::vector<float> scales;
   fp8::SourceChunk in;
   QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, r0, r1, &scales, &in));
   *finite = fp8::SourceAbsMax(in, amax);
+  return Status::Ok();
+}
+
+bool IsFp8BlockSource(const PlannedTensor& t) {
+  return t.source_scale.has_value() && t.source_scale->packed_kind == 0 && !t.source_scale->ct;
+}
+
+Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, float* amax, bool* finite,
+                          const std::function<void(uint64_t r0, uint64_t r1)>& rows_read) {
+  *finite = true;
+  *amax = 0.f;
+  if (t.shape[0] == 0) return Status::Ok();
+  // Every scale of the weight (1/16384 of its codes for 128x128 blocks, 4 bytes each).
+  std::vector<float> scales;
+  fp8::SourceChunk in;
+  QUENCH_RETURN_IF_ERROR(ReadScales(plan, t, maps, codes, 0, t.shape[0], &scales, &in));
+  *finite = fp8::SearchSourceAbsMax(in, amax, nullptr, rows_read);
   return Status::Ok();
 }
 

@@ -6,6 +6,7 @@
 #define QUENCH_PIPELINE_SOURCE_DECODE_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "pipeline/pipeline.h"
 #include "quench/plan.h"
@@ -50,6 +51,18 @@ Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& 
 Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
                         bool* finite);
+
+// True for an FP8 (block or per-tensor scale) source weight, the layout SearchSourceAbsMax reads.
+bool IsFp8BlockSource(const PlannedTensor& t);
+
+// The largest |x| of the whole FP8 source weight `t` decoded (codes: all its rows), reading
+// only the blocks that can hold it (fp8::SearchSourceAbsMax): the NVFP4 global scale without
+// a second pass over the codes. Scales are checked as DecodeSourceRows checks them (all of
+// them); *finite is false when a block read holds a NaN code or overflows bf16. rows_read:
+// called after each step of rows read (fp8::SearchSourceAbsMax).
+Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
+                          const uint8_t* codes, float* amax, bool* finite,
+                          const std::function<void(uint64_t r0, uint64_t r1)>& rows_read);
 
 }  // namespace quench
 

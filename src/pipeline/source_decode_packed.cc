@@ -6,15 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "schemes/awq_repack.h"
 #include "schemes/float_formats.h"
+#include "schemes/nibble_lookup.h"
 
 namespace quench {
 namespace {
 
 constexpr int kAwq = 1;
-// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (AutoAWQConverter's
-// AWQ_REVERSE_ORDER undoes it).
-constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 
 Status BadScale(const Plan& plan, const PlannedTensor& t, float v, uint64_t row, uint64_t col) {
@@ -80,25 +80,31 @@ Status DecodeAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uin
   AwqRows a;
   QUENCH_RETURN_IF_ERROR(ReadAwq(plan, t, maps, r0, r1, &a));
   const uint64_t cols = t.shape[1], g = t.source_scale->group, n = r1 - r0;
+  // The rows' codes as pack_to_int32 words, output-major (the repack's 8x8 nibble
+  // transposes), then each row through its groups' 16-entry tables (nibble_lookup.h).
+  thread_local std::vector<uint8_t> packed;
+  thread_local std::vector<uint8_t> tables;
+  packed.resize(n * cols / 2);
+  tables.resize(32 * a.groups);
+  RepackAwqWords(a.codes.data(), cols, a.words, r0 - 8 * a.c0, r1 - 8 * a.c0, packed.data());
   for (uint64_t o = r0; o < r1; ++o) {
     const uint64_t c = o / 8 - a.c0, m = o % 8;
-    const int shift = 4 * kAwqNibble[m];
-    uint16_t* row = out + (o - r0) * cols;
     for (uint64_t gi = 0; gi < a.groups; ++gi) {
       const int z = a.zeros.empty() ? 8 : static_cast<int>(AwqCode(a.zeros, a.words, gi, c, m));
       const float s = F16ToF32(a.scales[gi * n + (o - r0)]);
       // compressed-tensors' _dequantize in the scale's dtype (F16): (q - z) and the product
       // rounded to F16 (exact in F32 first: 5 bits times 11), then .to(bfloat16). One value
       // per code, so the group's 16 are computed once.
-      uint16_t lut[16];
       for (int q = 0; q < 16; ++q) {
         const float v = F16ToF32(F32ToF16(static_cast<float>(q - z) * s));
         if (!std::isfinite(v)) *finite = false;
-        lut[q] = F32ToBF16(v);
+        const uint16_t h = F32ToBF16(v);
+        tables[32 * gi + q] = static_cast<uint8_t>(h);
+        tables[32 * gi + 16 + q] = static_cast<uint8_t>(h >> 8);
       }
-      const uint32_t* words = a.codes.data() + gi * g * a.words + c;
-      for (uint64_t k = 0; k < g; ++k) row[gi * g + k] = lut[(words[k * a.words] >> shift) & 0xF];
     }
+    LookupNibbles(packed.data() + (o - r0) * (cols / 2), cols, g, tables.data(),
+                  reinterpret_cast<uint8_t*>(out + (o - r0) * cols));
   }
   return Status::Ok();
 }
@@ -169,7 +175,10 @@ Status PackedRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   std::vector<uint16_t> rows((r1 - r0) * t.shape[1]);
   QUENCH_RETURN_IF_ERROR(DecodePackedRows(plan, t, maps, r0, r1,
                                           reinterpret_cast<uint8_t*>(rows.data()), finite));
-  for (uint16_t h : rows) *amax = std::max(*amax, std::fabs(BF16ToF32(h)));
+  // Magnitudes compare as their bits (a NaN makes *finite false and the caller refuses).
+  uint16_t top = 0;
+  for (uint16_t h : rows) top = std::max<uint16_t>(top, h & 0x7FFF);
+  *amax = BF16ToF32(top);
   return Status::Ok();
 }
 
@@ -184,15 +193,9 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
     const std::string& name = ps.outputs[t.outputs[j]].name;
     uint8_t* dst = outs.out[j];
     if (name.ends_with(".weight_packed")) {
-      // Input 8j + k of output o at nibble k of word (o, j) (pack_to_int32, offset-binary).
-      for (uint64_t o = r0; o < r1; ++o) {
-        const uint64_t c = o / 8 - a.c0, m = o % 8;
-        for (uint64_t w = 0; w < cols / 8; ++w) {
-          uint32_t word = 0;
-          for (uint64_t k = 0; k < 8; ++k) word |= AwqCode(a.codes, a.words, 8 * w + k, c, m) << (4 * k);
-          std::memcpy(dst + ((o - r0) * (cols / 8) + w) * 4, &word, 4);
-        }
-      }
+      // Input 8j + k of output o at nibble k of word (o, j) (pack_to_int32, offset-binary):
+      // 8x8 nibble transposes (schemes/awq_repack.h).
+      RepackAwqWords(a.codes.data(), cols, a.words, r0 - 8 * a.c0, r1 - 8 * a.c0, dst);
     } else if (name.ends_with(".weight_scale")) {
       for (uint64_t o = 0; o < n; ++o) {
         for (uint64_t gi = 0; gi < a.groups; ++gi) {

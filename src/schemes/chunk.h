@@ -29,6 +29,11 @@ struct WeightChunk {
   // The chunk's first row in its tensor: kernels ignore it; a calibration that keeps
   // per-row results of a whole-tensor pass (imatrix_mse's chosen steps) finds them with it.
   uint64_t row0 = 0;
+  // Column factors folded in as the rows are read (smoothing's balance weights): the kernel
+  // quantizes RNE_D(x * col_scale[c]) (one f32 product, rounded to the dtype) in place of
+  // each element x of column c, so that no smoothed copy of the rows is written first.
+  // Null: the rows as they are. Only kernels of schemes marked `column_scales` read it.
+  const float* col_scale = nullptr;
 };
 
 // Where a kernel writes: out[i] is the start of output tensor i's bytes for this chunk's rows

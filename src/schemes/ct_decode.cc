@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "schemes/float_formats.h"
+#include "schemes/nibble_lookup.h"
 
 namespace quench {
 namespace {
@@ -85,11 +86,11 @@ std::string At(uint64_t flat, uint64_t cols) {
   return "[" + std::to_string(flat / cols) + ", " + std::to_string(flat % cols) + "]";
 }
 
-}  // namespace
-
-Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::string& weight,
-                          const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
-                          bool* finite) {
+// tables: int4 pack-quantized rows without g_idx go through 16-entry tables per scale
+// column (nibble_lookup.h) built by the same Value() as the per-element loop.
+Status DecodeRows(const CtWeight& w, const CtReader& read, const std::string& weight,
+                  const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out, bool* finite,
+                  bool tables) {
   *finite = true;
   if (r1 <= r0) return Status::Ok();
   const uint64_t cols = w.cols, sc = w.scale_cols;
@@ -223,34 +224,75 @@ Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::st
   }
   const int b = w.num_bits;
   const uint64_t words = w.code_row_bytes / 4;
+  // The decoded value of code value q under scale s and zero point *z (null: none).
+  const bool plain = zps.empty() && dom != Domain::kF16;
+  auto value = [&](float q, float s, const float* z) -> uint16_t {
+    // x_q.to(dtype) * scale rounded once to the scale's dtype, then to BF16: for BF16 and
+    // F32 scales that is one RNE to BF16 of the f32 product (the BF16 one is exact in f32).
+    if (plain) return Bf16Rne(q * s);
+    // x_q.to(scale dtype) is exact for every code; (q - zp) is exact for in-range points.
+    float a = q;
+    if (z != nullptr) a = RoundTo(dom, a - *z);
+    return F32ToBF16(RoundTo(dom, a * s));
+  };
+  // Runs of columns sharing a scale column, for the tables (no g_idx: run c / run is c's).
+  uint64_t run = 0;
+  if (tables && w.format == CtFormat::kPack && b == 4 && gidx.empty() && cols % 2 == 0) {
+    run = w.strategy == CtStrategy::kGroup || w.strategy == CtStrategy::kTensorGroup
+              ? w.group_size
+          : w.strategy == CtStrategy::kBlock ? w.block_cols
+                                             : cols;
+    if (run == 0 || run % 2 != 0 || (cols + run - 1) / run > sc) run = 0;
+  }
+  thread_local std::vector<uint8_t> tabs;
+  if (run != 0) tabs.resize(32 * ((cols + run - 1) / run));
   bool all_finite = true;
   for (uint64_t r = r0; r < r1; ++r) {
     const uint8_t* row = codes + (r - r0) * w.code_row_bytes;
-    DecodeCodes(w, row, words, b, q.data());
     const float* srow = scales.data() + (r / w.scale_row_span - sr0) * sc;
-    uint8_t* o = out + (r - r0) * cols * 2;
-    if (zps.empty() && dom != Domain::kF16) {
-      // x_q.to(dtype) * scale rounded once to the scale's dtype, then to BF16: for BF16 and
-      // F32 scales that is one RNE to BF16 of the f32 product (the BF16 one is exact in f32).
-      for (uint64_t c = 0; c < cols; ++c) {
-        const uint16_t h = Bf16Rne(q[c] * srow[gcol[c]]);
-        all_finite &= (h & 0x7F80u) != 0x7F80u;
-        std::memcpy(o + 2 * c, &h, 2);
-      }
-      continue;
-    }
     const float* zrow = zps.empty() ? nullptr : zps.data() + (r - r0) * sc;
+    uint8_t* o = out + (r - r0) * cols * 2;
+    if (run != 0) {
+      // Each run's 16 results, as the loop below computes them; a row with a non-finite
+      // entry anywhere goes through that loop (*finite counts only the codes present).
+      bool entries_finite = true;
+      for (uint64_t k = 0; k < tabs.size() / 32; ++k) {
+        for (uint32_t n = 0; n < 16; ++n) {
+          const uint16_t h = value(static_cast<float>(static_cast<int>(n) - 8), srow[k],
+                                   zrow != nullptr ? zrow + k : nullptr);
+          entries_finite &= (h & 0x7F80u) != 0x7F80u;
+          tabs[32 * k + n] = static_cast<uint8_t>(h);
+          tabs[32 * k + 16 + n] = static_cast<uint8_t>(h >> 8);
+        }
+      }
+      if (entries_finite) {
+        LookupNibbles(row, cols, run, tabs.data(), o);
+        continue;
+      }
+    }
+    DecodeCodes(w, row, words, b, q.data());
     for (uint64_t c = 0; c < cols; ++c) {
-      // x_q.to(scale dtype) is exact for every code; (q - zp) is exact for in-range points.
-      float a = q[c];
-      if (zrow != nullptr) a = RoundTo(dom, a - zrow[gcol[c]]);
-      const uint16_t h = F32ToBF16(RoundTo(dom, a * srow[gcol[c]]));
+      const uint16_t h = value(q[c], srow[gcol[c]], zrow != nullptr ? zrow + gcol[c] : nullptr);
       all_finite &= (h & 0x7F80u) != 0x7F80u;
       std::memcpy(o + 2 * c, &h, 2);
     }
   }
   *finite = all_finite;
   return Status::Ok();
+}
+
+}  // namespace
+
+Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::string& weight,
+                          const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
+                          bool* finite) {
+  return DecodeRows(w, read, weight, codes, r0, r1, out, finite, /*tables=*/true);
+}
+
+Status DecodeCtWeightRowsScalar(const CtWeight& w, const CtReader& read,
+                                const std::string& weight, const uint8_t* codes, uint64_t r0,
+                                uint64_t r1, uint8_t* out, bool* finite) {
+  return DecodeRows(w, read, weight, codes, r0, r1, out, finite, /*tables=*/false);
 }
 
 }  // namespace quench

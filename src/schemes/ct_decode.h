@@ -29,6 +29,11 @@ using CtReader = std::function<Status(const CtTensor& t, uint64_t offset, uint64
 Status DecodeCtWeightRows(const CtWeight& w, const CtReader& read, const std::string& weight,
                           const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                           bool* finite);
+// The same, every element by the definition's arithmetic (no tables): what the table path
+// must equal bit for bit (tests/test_ct_decode_kernel.cc).
+Status DecodeCtWeightRowsScalar(const CtWeight& w, const CtReader& read,
+                                const std::string& weight, const uint8_t* codes, uint64_t r0,
+                                uint64_t r1, uint8_t* out, bool* finite);
 
 }  // namespace quench
 

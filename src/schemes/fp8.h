@@ -10,6 +10,8 @@
 #ifndef QUENCH_SCHEMES_FP8_H_
 #define QUENCH_SCHEMES_FP8_H_
 
+#include <functional>
+
 #include "schemes/chunk.h"
 
 namespace quench::fp8 {
@@ -62,6 +64,18 @@ bool DequantizeSource(const SourceChunk& in, uint8_t* out);
 // same rule one byte at a time.
 bool SourceAbsMax(const SourceChunk& in, float* amax);
 bool SourceAbsMaxScalar(const SourceChunk& in, float* amax);
+
+// The largest |x| of a whole weight (in.first_row 0, in.rows all its rows, in.scales all its
+// scales), reading only the blocks that can hold it: blocks by scale descending, stopping
+// when RNE_bf16(448 * s) of the next is no larger than the largest found (the proof is in
+// fp8_source_amax.cc). Equal to the largest |x| of DequantizeSourceScalar's output whenever
+// that succeeds. False when a block it reads holds a NaN code or a product not finite in
+// bf16; blocks it skips are not checked. *blocks_read (if not null): how many it read.
+// rows_read (if set) is called with [r0, r1) after each step of at most 128 rows of a block
+// is read, so that the caller can release those pages within its memory budget.
+using RowsRead = std::function<void(size_t r0, size_t r1)>;
+bool SearchSourceAbsMax(const SourceChunk& in, float* amax, size_t* blocks_read,
+                        const RowsRead& rows_read = {});
 
 }  // namespace quench::fp8
 

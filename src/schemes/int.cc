@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "schemes/float_formats.h"
+#include "schemes/int4_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/int.cc"
@@ -372,6 +373,54 @@ HWY_INLINE void PackRowBits(int bits, const uint8_t* u, size_t n8, uint8_t* dst)
   }
 }
 
+// Smoothing's column factors (WeightChunk::col_scale) folded into one row: dst[c] =
+// RNE_D(x[c] * s[c]) (the f32 product, rounded to D) as raw D elements, so that the passes
+// below read the smoothed row from L1 as they read a source row. False when a product is
+// NaN or rounds to Inf (the chunk is refused, as the definition refuses it). BF16 and F32
+// store such a product as NaN or Inf, which the observation pass then refuses as it refuses
+// a source row's; F16 checks here, because Highway's f16 demotion without F16C saturates
+// instead of giving Inf.
+template <DType D>
+HWY_INLINE bool ScaleRow(const uint8_t* src, const float* s, size_t n, uint8_t* dst) {
+  using T = typename Traits<D>::T;
+  constexpr size_t kEsz = sizeof(T);
+  const DF df;
+  const size_t lanes = hn::Lanes(df);
+  auto bad = hn::Zero(df);  // F16: lanes that saw a non-finite product, all bits set
+  auto one = [&](const uint8_t* from, const float* sc, uint8_t* to) {
+    const VF p = hn::Mul(rd::LoadF32<D>(df, from), hn::LoadU(df, sc));
+    // RoundToDType is defined for non-NaN lanes: a NaN product is kept as it is.
+    const VF v = hn::IfThenElse(hn::IsNaN(p), p, rd::RoundToDType<D>(df, p));
+    if constexpr (D == DType::kBF16) {
+      // v is a bf16 value (or NaN): its upper half, exactly.
+      const hn::RebindToUnsigned<DF> du;
+      const hn::Rebind<uint16_t, DF> d16;
+      hn::StoreU(hn::TruncateTo(d16, hn::ShiftRight<16>(hn::BitCast(du, v))), d16,
+                 reinterpret_cast<uint16_t*>(to));
+    } else if constexpr (D == DType::kF16) {
+      // v is a finite binary16 value (other lanes flagged): the demotion is exact.
+      bad = hn::Or(bad, hn::VecFromMask(df, hn::Not(hn::IsFinite(v))));
+      const hn::Rebind<hwy::float16_t, DF> d16;
+      hn::StoreU(hn::DemoteTo(d16, v), d16, reinterpret_cast<hwy::float16_t*>(to));
+    } else {
+      hn::StoreU(v, df, reinterpret_cast<float*>(to));
+    }
+  };
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes) one(src + i * kEsz, s + i, dst + i * kEsz);
+  if (i < n) {
+    // Tail: zero-padded copies of the elements and factors, only the real lanes kept.
+    HWY_ALIGN uint8_t in_buf[HWY_MAX_BYTES] = {};
+    HWY_ALIGN float s_buf[HWY_MAX_BYTES / sizeof(float)] = {};
+    HWY_ALIGN uint8_t out_buf[HWY_MAX_BYTES];
+    std::memcpy(in_buf, src + i * kEsz, (n - i) * kEsz);
+    std::memcpy(s_buf, s + i, (n - i) * sizeof(float));
+    one(in_buf, s_buf, out_buf);
+    std::memcpy(dst + i * kEsz, out_buf, (n - i) * kEsz);
+  }
+  return hn::AllFalse(df, hn::MaskFromVec(bad));
+}
+
 template <DType D, bool kSym>
 bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
   internal::Layout l;
@@ -413,8 +462,20 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
   std::vector<int8_t> zps;  // [rows, n_groups], packed asymmetric only
   if (!kSym && packed) zps.resize(in.rows * l.n_groups);
   const size_t group_bytes = l.group * kEsz;
+  // With column factors, each row is smoothed into `srow` first (ScaleRow) and quantized
+  // from there; the next source row is still the one prefetched.
+  hwy::AlignedFreeUniquePtr<uint8_t[]> srow;
+  if (in.col_scale != nullptr) {
+    srow = hwy::AllocateAligned<uint8_t>(row_bytes);
+    if (!srow) throw std::bad_alloc();
+  }
   for (size_t r = 0; r < in.rows; ++r) {
-    const uint8_t* row = in.data + r * row_bytes;
+    const uint8_t* src_row = in.data + r * row_bytes;
+    const uint8_t* row = src_row;
+    if (in.col_scale != nullptr) {
+      if (!ScaleRow<D>(src_row, in.col_scale, cols, srow.get())) return false;
+      row = srow.get();
+    }
     uint8_t* qrow = packed ? (via_buffer ? ubuf.get() : out.out[0] + r * out_row_bytes)
                            : out.out[0] + r * cols;
     // Pass 1: every group's observation, then all the row's parameters in vectors.
@@ -444,7 +505,7 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
       internal::StoreScale(out.out[1] + (r * l.n_groups + g) * kEsz, scale[g], D);
     }
     // Pass 2: quantize the row (still in L1 / L2) group by group.
-    const uint8_t* next_row = r + 1 < in.rows ? row + row_bytes : nullptr;
+    const uint8_t* next_row = r + 1 < in.rows ? src_row + row_bytes : nullptr;
     if (pairs4) {
       uint8_t* dst = out.out[0] + r * out_row_bytes;
       for (size_t g = 0; g < l.n_groups; ++g) {
@@ -486,6 +547,12 @@ bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& out, bool packed) {
 
 template <bool kPacked>
 bool QuantizeKernel(const WeightChunk& in, const ChunkOutputs& out) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  // bf16 symmetric int4 on CPUs with AVX-512 BF16: about half this target's CPU
+  // (int4_bf16.h). Taken from the AVX-512 targets only, so that tests running the lesser
+  // targets still run their Highway code.
+  if (kPacked && Int4Bf16Handles(in)) return QuantizeInt4Bf16(in, out);
+#endif
   const bool sym = in.params.symmetric;
   switch (in.dtype) {
     case DType::kBF16:
@@ -528,9 +595,13 @@ bool QuantizePacked(const WeightChunk& in, const ChunkOutputs& out) {
 
 namespace {
 
-// Element (r, c) of the chunk as an exact f32.
+// Element (r, c) of the chunk as an exact f32; with column factors, the smoothed element
+// RNE_D(x * col_scale[c]) (the f32 product, as calib::ApplySmoothOps computes it for f32
+// factors, then rounded to the dtype).
 float ElementAt(const WeightChunk& in, size_t r, size_t c) {
-  return ElementToF32(in.data, in.dtype, r * in.cols + c);
+  const float x = ElementToF32(in.data, in.dtype, r * in.cols + c);
+  if (in.col_scale == nullptr) return x;
+  return internal::RoundToDType(x * in.col_scale[c], in.dtype);  // NaN stays NaN
 }
 
 // The definition, element by element (see the top of this file).

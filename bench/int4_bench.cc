@@ -1,0 +1,88 @@
+// The int4 kernels' CPU per weight (bench/README.md, "int4 from bf16 with AVX-512 BF16"):
+// QuantizePacked on BF16 weights [rows, cols] (default 512 x 1024, the pruned-MoE bench's
+// 1 MiB experts), group 128, with the AVX-512 BF16 kernel (src/schemes/int4_bf16.*) switched
+// off (the best Highway target) and on, interleaved, on one thread. "hot": one tensor again
+// and again (in L2); "cold": N different tensors (N MiB, past the L2 and, for N >= 64, the
+// L3). Thread CPU time, best of 15 rounds, so other jobs on a shared machine matter less.
+//
+//   quench-int4-bench [N=64] [SYMMETRIC=1] [ROWS=512] [COLS=1024]
+//   -> "highway: hot H cold C | bf16: hot H cold C ns/weight" (bf16: "-" on CPUs without it)
+#include <time.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "schemes/float_formats.h"
+#include "schemes/int.h"
+#include "schemes/int4_bf16.h"
+
+namespace {
+
+double ThreadCpu() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace quench;  // NOLINT
+  const size_t ntens = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 64;
+  const bool sym = argc > 2 ? std::atoi(argv[2]) != 0 : true;
+  const size_t rows = argc > 3 ? std::strtoul(argv[3], nullptr, 10) : 512;
+  const size_t cols = argc > 4 ? std::strtoul(argv[4], nullptr, 10) : 1024;
+  const size_t n = rows * cols;
+  if (ntens == 0 || cols % 128 != 0 || rows == 0) {
+    std::fprintf(stderr, "usage: quench-int4-bench [N] [SYMMETRIC] [ROWS] [COLS %% 128 == 0]\n");
+    return 2;
+  }
+  // N(0, 0.02) weights; the other tensors differ from the first in their low mantissa bits.
+  std::vector<uint16_t> data(n * ntens);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  for (size_t i = 0; i < n; ++i) data[i] = F32ToBF16(nd(rng));
+  for (size_t i = n; i < n * ntens; ++i) data[i] = data[i % n] ^ static_cast<uint16_t>(i / n & 7);
+  std::vector<uint8_t> w(n / 2), s(n / 128 * 2), z((rows + 7) / 8 * (cols / 128) * 4);
+  ChunkOutputs out;
+  out.out[0] = w.data();
+  out.out[1] = s.data();
+  out.out[2] = z.data();
+  WeightChunk in;
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = cols;
+  in.params.bits = 4;
+  in.params.group_size = 128;
+  in.params.symmetric = sym;
+  const bool bf16 = intq::Int4Bf16Available();
+  double best[2][2] = {{1e9, 1e9}, {1e9, 1e9}};  // [path][hot, cold], ns a weight
+  for (int round = 0; round < 15; ++round) {
+    for (int path = 0; path < (bf16 ? 2 : 1); ++path) {
+      intq::internal::SetInt4Bf16Enabled(path == 1);
+      for (int cold = 0; cold < 2; ++cold) {
+        const size_t runs = cold ? ntens : 64;
+        const double t0 = ThreadCpu();
+        for (size_t t = 0; t < runs; ++t) {
+          in.data = reinterpret_cast<const uint8_t*>(&data[(cold ? t : 0) * n]);
+          if (!intq::QuantizePacked(in, out)) return 1;
+        }
+        const double ns = (ThreadCpu() - t0) / static_cast<double>(n * runs) * 1e9;
+        best[path][cold] = std::min(best[path][cold], ns);
+      }
+    }
+  }
+  intq::internal::SetInt4Bf16Enabled(true);
+  std::printf("%s, %zu x %zu: highway: hot %.3f cold %.3f | bf16: ", sym ? "symmetric" : "asymmetric",
+              rows, cols, best[0][0], best[0][1]);
+  if (bf16) {
+    std::printf("hot %.3f cold %.3f ns/weight\n", best[1][0], best[1][1]);
+  } else {
+    std::printf("- (no AVX-512 BF16 here) ns/weight\n");
+  }
+  return 0;
+}

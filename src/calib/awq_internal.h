@@ -1,0 +1,39 @@
+// AWQ's search internals shared by awq.cc (candidates, the full-Hessian proxy) and
+// awq_diagonal.cc (the diagonal proxy's search).
+#ifndef QUENCH_CALIB_AWQ_INTERNAL_H_
+#define QUENCH_CALIB_AWQ_INTERNAL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "calib/awq.h"
+#include "schemes/int_shared.h"
+
+namespace quench::calib::awq_internal {
+
+namespace iq = intq::internal;
+
+// One grid point: its scales, their reciprocals (the kernels') and whether the kernels take
+// them (ScaledKernelScales).
+struct Cand {
+  std::vector<double> s, inv;
+  bool kernel = false;
+};
+
+bool Aligned2(const AwqLayer& l);
+iq::Layout LayoutOf(const AwqLayer& l);
+
+// The definition's diagonal term of row r: sum_c h[c] dW[c]^2 (ScaledDot4's order), by the
+// exact BF16 kernel where it applies.
+double ExactLossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
+                    const std::vector<double>& h);
+
+// Each candidate's diagonal loss sum (over layers, then rows, as the definition adds them).
+// `prune`: candidates proven unable to win are not finished (+Inf); see awq_diagonal.cc.
+std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands, const std::vector<double>& h,
+                                 bool prune);
+
+}  // namespace quench::calib::awq_internal
+
+#endif  // QUENCH_CALIB_AWQ_INTERNAL_H_
