@@ -32,6 +32,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp8.h"
+#include "schemes/fp8_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/fp8.cc"
@@ -203,6 +204,12 @@ bool BlockImpl(const WeightChunk& in, const ChunkOutputs& out) {
 }
 
 bool QuantizeChannelKernel(const WeightChunk& in, const ChunkOutputs& out) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  // bf16 on CPUs with AVX-512 BF16: a fraction of this target's CPU (fp8_bf16.h). Taken
+  // from the AVX-512 targets only, so that tests running the lesser targets still run their
+  // Highway code.
+  if (Fp8Bf16Handles(in)) return QuantizeChannelBf16(in, out);
+#endif
   switch (in.dtype) {
     case DType::kBF16: return ChannelImpl<DType::kBF16>(in, out);
     case DType::kF16: return ChannelImpl<DType::kF16>(in, out);
