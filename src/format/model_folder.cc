@@ -425,18 +425,18 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
         out.push_back(std::move(t));
         continue;
       }
-      const uint64_t experts = t.shape[0], a = t.shape[1];
-      uint64_t b = t.shape[2];
-      if (!ct_module.empty()) {  // the decoded columns of stored codes
-        if (ct_param == "weight_packed" && t.dtype == DType::kU8) b *= 2;  // two FP4 a byte
+      const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
+      uint64_t cols = b;  // the decoded columns (compressed-tensors codes may be packed)
+      if (!ct_module.empty()) {
+        if (ct_param == "weight_packed" && t.dtype == DType::kU8) cols = 2 * b;  // two FP4 a byte
         if (t.dtype == DType::kI32) {
           auto sh = ct_shapes.find(ct_module);
-          b = sh == ct_shapes.end() ? 0 : StackColumns(*sh->second.first, *sh->second.second);
+          cols = sh == ct_shapes.end() ? 0 : StackColumns(*sh->second.first, *sh->second.second);
         }
       }
       // [E, in, out]: the hidden size sits where the output dimension should be.
-      const bool transposed = hidden && (gate_up ? (a == *hidden && b != *hidden)
-                                                 : (b == *hidden && a != *hidden));
+      const bool transposed = hidden && (gate_up ? (a == *hidden && cols != *hidden)
+                                                 : (cols == *hidden && a != *hidden));
       if (transposed) {
         result.kept_whole.push_back(shard.rel_name + ": " + t.name);
         folder.kept_whole.push_back(t.name);
