@@ -314,5 +314,41 @@ TEST_CASE("a 3-D stack model_free_ptq does not split decodes whole; targeted, it
   CheckSameTensors(tmp / "out", tmp / "ig");
 }
 
+TEST_CASE("a square packed stack is split per expert, its weight_shape in another shard") {
+  // gate_up_proj [2 experts, 64 rows, 64 columns] with hidden_size 64: told from the [E, in,
+  // out] layout by the decoded columns, which only weight_shape holds (the codes are packed);
+  // weight_shape lives in the first shard, the codes in the second.
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  fs::create_directories(src);
+  const std::string m = "model.layers.0.mlp.experts.gate_up_proj";
+  std::string shape(24, '\0');
+  const int64_t dims[3] = {2, 64, 64};
+  std::memcpy(shape.data(), dims, 24);
+  WriteShard(src / "model-00001-of-00002.safetensors",
+             {{m + ".weight_shape", DType::kI64, {3}, shape},
+              {m + ".weight_scale", DType::kBF16, {2, 64, 2}, Bf16Bytes(std::vector<float>(256, 0.5f))}});
+  WriteShard(src / "model-00002-of-00002.safetensors",
+             {{m + ".weight_packed", DType::kI32, {2, 64, 8}, std::string(4096, '\x11')}});
+  WriteBytes(src / "model.safetensors.index.json",
+             R"({"metadata": {}, "weight_map": {")" + m + R"(.weight_shape": "model-00001-of-00002.safetensors", ")" +
+                 m + R"(.weight_scale": "model-00001-of-00002.safetensors", ")" + m +
+                 R"(.weight_packed": "model-00002-of-00002.safetensors"}})");
+  WriteBytes(src / "config.json", R"({"hidden_size": 64, "quantization_config": {"quant_method": "compressed-tensors",
+    "format": "pack-quantized", "ignore": [], "config_groups": {"group_0": {"targets": ["Linear"],
+    "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
+    "group_size": 32}}}}})");
+  auto r = Run(src, tmp / "out", "FP8_DYNAMIC", {});
+  REQUIRE_MESSAGE(r.ok(), r.status().message());
+  const auto g = LoadAll(tmp / "out");
+  for (const char* piece : {"0.gate_proj", "0.up_proj", "1.gate_proj", "1.up_proj"}) {
+    CAPTURE(piece);
+    auto [gl, gt] = FindTensor(g, "model.layers.0.mlp.experts." + std::string(piece) + ".weight");
+    REQUIRE(gt != nullptr);
+    CHECK(gt->shape == std::vector<uint64_t>{32, 64});
+    CHECK(gt->dtype == DType::kF8E4M3);
+  }
+}
+
 }  // namespace
 }  // namespace quench::testing

@@ -380,7 +380,7 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
   // compressed-tensors stacks: modules with a weight_scale, and their weight_shape tensors.
   const bool ct = IsCompressedTensors(folder);
   std::set<std::string> ct_modules;
-  std::map<std::string, std::pair<const Shard*, const TensorInfo*>> ct_shapes;
+  std::map<std::string, uint64_t> ct_cols;  // a stack's decoded columns, from weight_shape
   if (ct) {
     for (const Shard& shard : folder.shards) {
       for (const TensorInfo& t : shard.header.tensors) {
@@ -388,7 +388,7 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
         if (dot == std::string::npos) continue;
         const std::string_view param = std::string_view(t.name).substr(dot + 1);
         if (param == "weight_scale") ct_modules.insert(t.name.substr(0, dot));
-        if (param == "weight_shape") ct_shapes[t.name.substr(0, dot)] = {&shard, &t};
+        if (param == "weight_shape") ct_cols[t.name.substr(0, dot)] = StackColumns(shard, t);
       }
     }
   }
@@ -430,8 +430,8 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
       if (!ct_module.empty()) {
         if (ct_param == "weight_packed" && t.dtype == DType::kU8) cols = 2 * b;  // two FP4 a byte
         if (t.dtype == DType::kI32) {
-          auto sh = ct_shapes.find(ct_module);
-          cols = sh == ct_shapes.end() ? 0 : StackColumns(*sh->second.first, *sh->second.second);
+          auto sh = ct_cols.find(ct_module);
+          cols = sh == ct_cols.end() ? 0 : sh->second;
         }
       }
       // [E, in, out]: the hidden size sits where the output dimension should be.
