@@ -165,10 +165,28 @@ def main():
     ct_case("ct_g_idx_out_of_range", "'x.weight_g_idx' holds 2 at [63], outside the 2 scale",
             [packed, wshape, scale,
              ("x.weight_g_idx", [64], "I32", struct.pack("<64i", *([0] * 63 + [2])))])
-    ct_case("ct_3d_weight", "'x.weight_packed' [2, 4, 8]: a 3-D compressed-tensors weight "
-            "(E experts' 2-D weights stacked, as compressed-tensors 0.19.0 packs them) is not "
-            "decoded yet",
-            [("x.weight_packed", [2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
+    # 3-D stacks (fused experts; compressed-tensors stores each expert's 2-D weight as a
+    # slice of every tensor): x is 2 experts of [4, 64].
+    packed3 = ("x.weight_packed", [2, 4, 8], "I32", b"\x11" * 256)
+    wshape3 = ("x.weight_shape", [3], "I64", struct.pack("<3q", 2, 4, 64))
+    ct_case("ct3d_scale_wrong_shape", "'x.weight_scale' has shape [4, 1]; its weight [4, 64] "
+            "(pack-quantized) needs [4, 2] (in each expert's slice of the 2-expert stack "
+            "x.weight_packed [2, 4, 8])",
+            [packed3, wshape3, ("x.weight_scale", [2, 4, 1], "BF16", bf16s(*([1] * 8)))])
+    ct_case("ct3d_scale_wrong_experts", "'x.weight_scale' is BF16 [3, 4, 2]; its weight "
+            "'x.weight_packed' [2, 4, 8] is a stack of 2 experts, so it needs a leading "
+            "dimension of 2",
+            [packed3, wshape3, ("x.weight_scale", [3, 4, 2], "BF16", bf16s(*([1] * 24)))])
+    ct_case("ct3d_scale_wrong_dtype", "'x.weight_scale' is I32 [4, 2]; pack-quantized scales "
+            "are BF16, F16 or F32 (in each expert's slice",
+            [packed3, wshape3, ("x.weight_scale", [2, 4, 2], "I32", b"\0" * 64)])
+    ct_case("ct3d_weight_shape_experts", "'x.weight_shape' says 3 experts but "
+            "'x.weight_packed' [2, 4, 8] stacks 2",
+            [packed3, ("x.weight_shape", [3], "I64", struct.pack("<3q", 3, 4, 64)),
+             ("x.weight_scale", [2, 4, 2], "BF16", bf16s(*([1] * 16)))])
+    ct_case("ct_4d_weight", "'x.weight_packed' [1, 2, 4, 8]: a 4-D compressed-tensors weight; "
+            "quench decodes 2-D weights and 3-D stacks of them",
+            [("x.weight_packed", [1, 2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
             code="unsupported")
 
     # AutoAWQ GEMM: x is a [16 out, 32 in] weight in one group of 32: qweight [32, 2] I32,

@@ -51,7 +51,29 @@ struct CtWeight {
   uint64_t scale_cols = 1;              // scales per scale row
   // Rows of the weight one row of `scale` covers (block: block_rows, tensor: rows, else 1).
   uint64_t scale_row_span = 1;
+  // A stack of 2-D weights [experts, rows, cols] (fused MoE experts): compressed-tensors
+  // 0.19.0 packs and scales each expert's slice as its own 2-D weight, so every tensor above
+  // carries a leading experts dimension and rows, cols, code_row_bytes, scale_cols and
+  // scale_row_span are one expert's. 0 for a 2-D weight. (src/schemes/ct_stack.h slices it.)
+  uint64_t experts = 0;
 };
+
+// Expert `e` of a stack (stack.experts > e) as a 2-D weight: each present tensor narrowed to
+// its e-th slice (offset + e * nbytes / experts, leading dimension dropped; the slice of a
+// [E] tensor is [1]). What compressed-tensors 0.19.0 compresses per slice decodes per slice.
+inline CtWeight CtExpertSlice(const CtWeight& stack, uint64_t e) {
+  CtWeight w = stack;
+  w.experts = 0;
+  for (CtTensor* t : {&w.codes, &w.scale, &w.zero_point, &w.g_idx, &w.global_scale}) {
+    if (!t->present || t->shape.empty()) continue;
+    const uint64_t slice = t->nbytes / stack.experts;
+    t->offset += e * slice;
+    t->nbytes = slice;
+    t->shape.erase(t->shape.begin());
+    if (t->shape.empty()) t->shape = {1};
+  }
+  return w;
+}
 
 }  // namespace quench
 

@@ -92,6 +92,12 @@ struct PlannedSourceScale {
   uint64_t scale_cols = 0;    // scales per tile row: ceil(cols / block_cols)
   // A compressed-tensors source (src/format/source_ct.h): the tensors that decode the weight.
   std::shared_ptr<const struct CtWeight> ct;
+  // A piece of a 3-D compressed-tensors stack planned as its own weight (one expert's gate,
+  // up or down rows, as model_free_ptq splits fused experts): the expert and the piece's
+  // first row in that expert's weight. -1: the whole weight (a stack decoded whole is planned
+  // [experts * rows, cols]).
+  int64_t ct_expert = -1;
+  uint64_t ct_row0 = 0;
   // AutoAWQ (kind 1) and ModelOpt NVFP4 (kind 2) sources (src/pipeline/source_decode_packed.h):
   // the scale above is AWQ's `scales` / ModelOpt's `weight_scale`; the codes are the planned
   // tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and

@@ -326,7 +326,37 @@ std::optional<uint64_t> HiddenSize(const ModelFolder& folder) {
   return std::nullopt;
 }
 
+// The last value of an I64 / I32 [3] weight_shape (a stack's decoded columns), or 0.
+uint64_t StackColumns(const Shard& shard, const TensorInfo& t) {
+  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{3}) {
+    return 0;
+  }
+  const uint64_t es = DTypeBits(t.dtype) / 8;
+  uint8_t raw[8] = {};
+  const int fd = ::open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
+  const ssize_t got = fd < 0 ? -1
+                             : ::pread(fd, raw, es, static_cast<off_t>(shard.header.data_start +
+                                                                       t.begin + 2 * es));
+  if (fd >= 0) ::close(fd);
+  if (got != static_cast<ssize_t>(es)) return 0;
+  int64_t v = 0;
+  if (es == 8) {
+    std::memcpy(&v, raw, 8);
+  } else {
+    int32_t v32;
+    std::memcpy(&v32, raw, 4);
+    v = v32;
+  }
+  return v > 0 ? static_cast<uint64_t>(v) : 0;
+}
+
 }  // namespace
+
+bool IsCompressedTensors(const ModelFolder& folder) {
+  const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
+  const JsonValue* m = q != nullptr && q->is_object() ? q->Find("quant_method") : nullptr;
+  return m != nullptr && m->is_string() && m->as_string() == "compressed-tensors";
+}
 
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
   constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
@@ -347,12 +377,44 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
       block_rows = b->as_array()[0].as_uint();
     }
   }
-  for (Shard& shard : folder.shards) {
+  // compressed-tensors stacks: modules with a weight_scale, and their weight_shape tensors.
+  const bool ct = IsCompressedTensors(folder);
+  std::set<std::string> ct_modules;
+  std::map<std::string, uint64_t> ct_cols;  // a stack's decoded columns, from weight_shape
+  if (ct) {
+    for (const Shard& shard : folder.shards) {
+      for (const TensorInfo& t : shard.header.tensors) {
+        const size_t dot = t.name.rfind('.');
+        if (dot == std::string::npos) continue;
+        const std::string_view param = std::string_view(t.name).substr(dot + 1);
+        if (param == "weight_scale") ct_modules.insert(t.name.substr(0, dot));
+        if (param == "weight_shape") ct_cols[t.name.substr(0, dot)] = StackColumns(shard, t);
+      }
+    }
+  }
+  for (size_t si = 0; si < folder.shards.size(); ++si) {
+    Shard& shard = folder.shards[si];
     std::vector<TensorInfo> out;
     out.reserve(shard.header.tensors.size());
     for (TensorInfo& t : shard.header.tensors) {
       const bool gate_up = t.name.find(kGateUp) != std::string::npos;
       const bool down = t.name.find(kDown) != std::string::npos;
+      // A compressed-tensors module's tensors: its codes are split as a stack's pieces below;
+      // the rest (scales, zero points, g_idx, global scale, weight_shape) stay whole.
+      std::string ct_module, ct_param;
+      if (ct && t.shape.size() == 3) {
+        const size_t dot = t.name.rfind('.');
+        if (dot != std::string::npos && ct_modules.contains(t.name.substr(0, dot))) {
+          ct_module = t.name.substr(0, dot);
+          ct_param = t.name.substr(dot + 1);
+          const bool codes = ct_param == "weight_packed" ||
+                             (ct_param == "weight" && !IsQuantizableFloat(t.dtype));
+          if (!codes) {
+            out.push_back(std::move(t));
+            continue;
+          }
+        }
+      }
       if (gate_up && down) {
         return Error(ErrorCode::kInvalidInput,
                      shard.rel_name + ": tensor '" + t.name + "' names both gate_up_proj and "
@@ -364,9 +426,17 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
         continue;
       }
       const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
+      uint64_t cols = b;  // the decoded columns (compressed-tensors codes may be packed)
+      if (!ct_module.empty()) {
+        if (ct_param == "weight_packed" && t.dtype == DType::kU8) cols = 2 * b;  // two FP4 a byte
+        if (t.dtype == DType::kI32) {
+          auto sh = ct_cols.find(ct_module);
+          cols = sh == ct_cols.end() ? 0 : sh->second;
+        }
+      }
       // [E, in, out]: the hidden size sits where the output dimension should be.
-      const bool transposed = hidden && (gate_up ? (a == *hidden && b != *hidden)
-                                                 : (b == *hidden && a != *hidden));
+      const bool transposed = hidden && (gate_up ? (a == *hidden && cols != *hidden)
+                                                 : (cols == *hidden && a != *hidden));
       if (transposed) {
         result.kept_whole.push_back(shard.rel_name + ": " + t.name);
         folder.kept_whole.push_back(t.name);
@@ -404,10 +474,16 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
           const std::string part = std::to_string(e) + "." +
                                    (gate_up ? (p == 0 ? "gate_proj" : "up_proj") : "down_proj");
           const std::string base =
-              scale_inv ? t.name.substr(0, t.name.size() - kScaleInv.size()) : t.name;
+              scale_inv ? t.name.substr(0, t.name.size() - kScaleInv.size())
+              : !ct_module.empty() ? ct_module + ".weight"
+                                   : t.name;
           piece.name = ReplaceAll(base, gate_up ? kGateUp : kDown, part);
           if (!piece.name.ends_with(".weight")) piece.name += ".weight";
           if (scale_inv) piece.name += kScaleInv;
+          if (ct_param == "weight_packed") piece.name += "_packed";
+          if (!ct_module.empty()) {
+            folder.ct_pieces[piece.name] = ModelFolder::CtPiece{si, t, e, p * rows};
+          }
           piece.dtype = t.dtype;
           piece.shape = {rows, b};
           piece.begin = begin;

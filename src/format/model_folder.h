@@ -39,6 +39,18 @@ struct ModelFolder {
   // their TensorInfo's begin is the first range's and nbytes() the total.
   std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> gathered;
   bool config_changed = false;  // `config` was edited (expert count): written, not copied
+  // Pieces SplitFusedExperts cut from a compressed-tensors expert stack's stored codes
+  // ("...experts.gate_up_proj.weight_packed" [E, 2I, words] -> "...experts.<e>.gate_proj.
+  // weight_packed" [I, words]), by piece name: the stack's codes tensor as it was, and the
+  // piece's expert and first row. The stack's scales and other tensors stay whole; the
+  // source detection (format/source_ct.h) decodes each piece from them.
+  struct CtPiece {
+    size_t shard = 0;
+    TensorInfo stack;
+    uint64_t expert = 0;
+    uint64_t row0 = 0;
+  };
+  std::map<std::string, CtPiece> ct_pieces;
 };
 
 // Lists `root` recursively (skipping entries whose relative path starts with ".cache" or
@@ -60,6 +72,12 @@ Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root);
 // scales "NAME_scale_inv" ([E, rows/br, cols/bc]) split the same way into each piece's
 // "<piece>.weight_scale_inv"; gate and up halves must each be whole blocks of the config's
 // weight_block_size rows (kUnsupported otherwise).
+// A compressed-tensors stack (quant_method "compressed-tensors": a 3-D weight_packed, or 3-D
+// I8 / F8_E4M3 / U8 weight codes, of a module with a weight_scale) is split the same way,
+// its codes only, each piece recorded in `ct_pieces`; its weight_scale, zero points, g_idx,
+// global scale and weight_shape stay whole (compressed-tensors' 3-D layout: one 2-D slice per
+// expert; the decoder reads each piece's expert slice). [E, in, out] is told by the decoded
+// columns (weight_shape's last value for packed codes).
 // Deliberate difference: a tensor stored [E, in, out] (Llama 4 and gpt-oss keep gate_up_proj
 // as [E, H, 2I] and down_proj as [E, I, H]; told apart with config.json's hidden_size) is
 // left whole, since splitting its dimension 1 would cut the hidden dimension, not the
@@ -70,6 +88,11 @@ struct ExpertSplit {
   std::vector<std::string> kept_whole;  // [E, in, out] tensors left as they are
 };
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder);
+
+// config.json's quantization_config says quant_method "compressed-tensors". Decoding such a
+// folder alone (--scheme BF16) splits nothing: compressed-tensors' convert_checkpoint with
+// its dequantizer writes every tensor under its own name and shape, stacks decoded whole.
+bool IsCompressedTensors(const ModelFolder& folder);
 
 // One `.safetensors` file on its own (for `quench inspect FILE`).
 Result<Shard> LoadShard(const std::filesystem::path& file, std::string rel_name);

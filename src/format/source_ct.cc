@@ -194,11 +194,14 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
 }
 
 // Reads the few bytes of a weight_shape tensor (a shape is metadata, read at planning).
-Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTensor& t) {
+// `dims`: 2, or 3 for a stack of experts' weights.
+Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTensor& t,
+                                        uint64_t dims) {
   const std::string where = folder.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
-  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{2}) {
+  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{dims}) {
     return Error(ErrorCode::kInvalidInput,
-                 where + " must hold the weight's two dimensions (I64 or I32 [2]), not " +
+                 where + " must hold the weight's " + (dims == 2 ? "two" : "three") +
+                     " dimensions (I64 or I32 [" + std::to_string(dims) + "]), not " +
                      std::string(DTypeName(t.dtype)) + " " + ShapeString(t.shape));
   }
   std::vector<uint8_t> raw(t.nbytes);
@@ -210,7 +213,7 @@ Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTenso
                                      " bytes");
   }
   std::vector<uint64_t> out;
-  for (int i = 0; i < 2; ++i) {
+  for (uint64_t i = 0; i < dims; ++i) {
     int64_t v = 0;
     if (t.dtype == DType::kI64) {
       std::memcpy(&v, raw.data() + 8 * i, 8);
@@ -273,12 +276,22 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
                              t.dtype, t.shape};
     }
   }
+  // Stacks SplitFusedExperts cut into per-expert pieces: their codes as they were, and the
+  // pieces of each (decoded from the stack's slices).
+  std::map<std::string, std::vector<std::pair<std::string, const ModelFolder::CtPiece*>>> pieces_of;
+  for (const auto& [piece, cp] : folder.ct_pieces) {
+    const Shard& sh = folder.shards[cp.shard];
+    all[cp.stack.name] = CtTensor{true, cp.stack.name, cp.shard, sh.header.data_start + cp.stack.begin,
+                                  cp.stack.nbytes(), cp.stack.dtype, cp.stack.shape};
+    pieces_of[cp.stack.name].emplace_back(piece, &cp);
+  }
   auto find = [&](const std::string& n) { auto it = all.find(n); return it == all.end() ? CtTensor{} : it->second; };
   static constexpr std::string_view kDropped[] = {
       "input_scale", "input_zero_point", "input_global_scale", "output_scale",
       "output_zero_point", "output_global_scale", "k_scale", "v_scale"};
   std::set<std::string> modules;
   for (const auto& [name, t] : all) {
+    if (folder.ct_pieces.contains(name)) continue;  // its stack's module stands for it
     auto [module, param] = ModuleParam(name);
     if (param == "weight_packed" || param == "weight_scale") modules.emplace(module);
     if (param == "weight" && !IsQuantizableFloat(t.dtype) && t.shape.size() >= 2) {
@@ -288,7 +301,7 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
       if (param == d) out->consumed.push_back(name);  // activation / KV-cache parameters
     }
   }
-  std::map<std::string, size_t> per_group;
+  std::map<std::string, size_t> per_group, stacks;  // weights (3-D stacks) per config group
   for (const std::string& m : modules) {
     const std::string rel =
         folder.shards[find(m + ".weight_scale").present ? find(m + ".weight_scale").shard
@@ -330,16 +343,22 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
                      rel + ": tensor '" + w->codes.name + "' has no '" + m +
                          ".weight_shape' (pack-quantized stores the unpacked shape)");
       }
-      QUENCH_ASSIGN_OR_RETURN(std::vector<uint64_t> s, ReadShape(folder, shape));
-      w->rows = s[0];
-      w->cols = s[1];
+      const uint64_t dims = w->codes.shape.size() == 3 ? 3 : 2;
+      QUENCH_ASSIGN_OR_RETURN(std::vector<uint64_t> s, ReadShape(folder, shape, dims));
+      if (dims == 3 && s[0] != w->codes.shape[0]) {
+        return Error(ErrorCode::kInvalidInput,
+                     rel + ": tensor '" + shape.name + "' says " + std::to_string(s[0]) +
+                         " experts but '" + w->codes.name + "' " + ShapeString(w->codes.shape) +
+                         " stacks " + std::to_string(w->codes.shape[0]));
+      }
+      w->rows = s[dims - 2];
+      w->cols = s[dims - 1];
     }
     QUENCH_RETURN_IF_ERROR(CheckCtWeight(folder, *w));
     const CtWeight& cw = *w;
     for (const CtTensor* x : {&cw.scale, &cw.zero_point, &cw.g_idx, &cw.global_scale, &shape}) {
       if (x->present) out->consumed.push_back(x->name);
     }
-    if (w->codes.name != m + ".weight") out->renamed.emplace(w->codes.name, m + ".weight");
     SourceScale sc;
     sc.shard = w->scale.shard;
     sc.name = w->scale.name;
@@ -351,14 +370,33 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
     sc.block_cols = CeilDiv(w->cols, w->scale_cols);
     sc.ct = w;
     ++per_group[g->name];
+    if (w->experts > 0) ++stacks[g->name];
+    if (auto pc = pieces_of.find(w->codes.name); pc != pieces_of.end()) {
+      // Split per expert: each piece is a weight of its own, decoded from its expert's slice.
+      for (const auto& [piece, cp] : pc->second) {
+        const std::string weight = piece.ends_with("_packed")
+                                       ? piece.substr(0, piece.size() - 7) : piece;
+        if (piece != weight) out->renamed.emplace(piece, weight);
+        SourceScale ps = sc;
+        ps.ct_expert = static_cast<int64_t>(cp->expert);
+        ps.ct_row0 = cp->row0;
+        out->scales.emplace(weight, std::move(ps));
+      }
+      continue;
+    }
+    if (w->codes.name != m + ".weight") out->renamed.emplace(w->codes.name, m + ".weight");
     out->scales.emplace(m + ".weight", std::move(sc));
   }
   // A scale tensor is consumed with its weight; count them as the FP8 path does.
-  out->scale_tensors = out->scales.size();
+  out->scale_tensors = 0;
+  for (const auto& [_, n] : per_group) out->scale_tensors += n;
   std::string desc;
   for (const Group& g : parsed) {
     if (!per_group.contains(g.name)) continue;
     desc += (desc.empty() ? "" : "; ") + DescribeCtGroup(g.proto, per_group[g.name]);
+    if (stacks[g.name] > 0) {
+      desc += " (" + std::to_string(stacks[g.name]) + " of them 3-D expert stacks, decoded per expert)";
+    }
   }
   out->description = (per_group.size() > 1 ? "compressed-tensors mixed-precision: "
                                            : "compressed-tensors ") +

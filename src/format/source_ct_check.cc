@@ -22,21 +22,61 @@ std::string Is(const CtTensor& t) {
 
 bool IsFloatScale(DType d) { return d == DType::kBF16 || d == DType::kF16 || d == DType::kF32; }
 
+Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w);
+
+// A 3-D weight: compressed-tensors 0.19.0 compresses a stack [E, rows, cols] (fused MoE
+// experts) as E 2-D weights, each tensor stacked along a new first dimension (pack_to_int32
+// per slice; docs/reference-notes.md 19). Every tensor must have that leading E, and each
+// expert's slices must be a valid 2-D weight of the group (checked on expert 0's: the others
+// have the same shapes and dtypes).
+Status CheckCtStack(const ModelFolder& folder, CtWeight& w) {
+  const CtTensor& c = w.codes;
+  const uint64_t experts = c.shape[0];
+  if (experts == 0) return Bad(folder, c, Is(c) + "; a stack of no experts holds nothing");
+  for (const CtTensor* x : {&w.scale, &w.zero_point, &w.g_idx, &w.global_scale}) {
+    if (!x->present) continue;
+    const uint64_t es = DTypeBits(x->dtype) / 8;
+    if (x->shape.empty() || x->shape[0] != experts || es == 0 ||
+        x->nbytes % (experts * es) != 0) {
+      return Bad(folder, *x, Is(*x) + "; its weight '" + c.name + "' " + ShapeString(c.shape) +
+                                 " is a stack of " + std::to_string(experts) +
+                                 " experts, so it needs a leading dimension of " +
+                                 std::to_string(experts) + " (one slice per expert)");
+    }
+  }
+  w.experts = experts;
+  CtWeight slice = CtExpertSlice(w, 0);
+  Status st = CheckCtWeight2d(folder, slice);
+  if (!st.ok()) {
+    return Error(st.code(), st.message() + " (in each expert's slice of the " +
+                                std::to_string(experts) + "-expert stack " + c.name + " " +
+                                ShapeString(c.shape) + ")");
+  }
+  // The derived sizes are one expert's; the tensors keep the stack's.
+  w.rows = slice.rows;
+  w.cols = slice.cols;
+  w.code_row_bytes = slice.code_row_bytes;
+  w.scale_cols = slice.scale_cols;
+  w.scale_row_span = slice.scale_row_span;
+  return Status::Ok();
+}
+
 }  // namespace
 
-Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
+Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) { return CheckCtWeight2d(folder, w); }
+
+namespace {
+
+Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
   const std::string fmt(CtFormatName(w.format));
   const CtTensor& c = w.codes;
+  if (c.shape.size() == 3 && w.experts == 0) return CheckCtStack(folder, w);
   if (c.shape.size() != 2) {
-    // compressed-tensors 0.19.0 packs and decompresses an N-D weight as its 2-D slices
-    // stacked (pack_to_int32 / unpack_from_int32 per slice; scales [E, out, groups]); quench's
-    // decoders and plans are per 2-D weight, so such a stack is refused, not misread.
     return Error(ErrorCode::kUnsupported,
                  folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " +
                      ShapeString(c.shape) + ": a " + std::to_string(c.shape.size()) +
-                     "-D compressed-tensors weight (E experts' 2-D weights stacked, as "
-                     "compressed-tensors 0.19.0 packs them) is not decoded yet; only 2-D "
-                     "compressed-tensors weights are");
+                     "-D compressed-tensors weight; quench decodes 2-D weights and 3-D stacks "
+                     "of them (fused experts)");
   }
   // The stored codes: dtype and the decoded shape.
   switch (w.format) {
@@ -177,6 +217,8 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) {
   }
   return Status::Ok();
 }
+
+}  // namespace
 
 std::string DescribeCtGroup(const CtWeight& w, size_t weights) {
   std::string d = std::string(CtFormatName(w.format)) + " (" + (w.is_float ? "float" : "int") +

@@ -33,6 +33,9 @@ struct SourceScale {
   uint64_t block_cols = 0;
   // compressed-tensors sources (format/source_ct.h): everything that decodes the weight.
   std::shared_ptr<const CtWeight> ct;
+  // A piece of a 3-D stack (PlannedSourceScale's ct_expert, ct_row0).
+  int64_t ct_expert = -1;
+  uint64_t ct_row0 = 0;
 };
 
 struct SourceQuantization {

@@ -27,6 +27,7 @@
 #include "pipeline/workers.h"
 #include "calib/reap.h"
 #include "plan/expert_prune.h"
+#include "plan/groups.h"
 #include "plan/recipe_calib.h"
 #include "plan/planner.h"
 
@@ -241,7 +242,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                             options.recipe.empty() &&
                             (options.scheme == "none" || options.scheme == "NONE");
   ExpertSplit split;
-  if (!experts_only) {
+  if (!experts_only && !(IsDecodeOnly(options) && IsCompressedTensors(folder))) {
     QUENCH_ASSIGN_OR_RETURN(split, SplitFusedExperts(folder));
   }
   std::optional<PlannedExpertPrune> experts;

@@ -82,6 +82,14 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       num(xs.src_header_hash);
       d += '|';
     }
+    // A piece of a 3-D stack: which expert's rows (its codes' range is src_offset already).
+    if (w.experts > 0) {
+      d += "stack ";
+      num(w.experts);
+      d += '|' + std::to_string(t.source_scale->ct_expert) + '|';
+      num(t.source_scale->ct_row0);
+      d += '|';
+    }
   }
   if (t.prune) {
     d += "prune ";

@@ -9,6 +9,7 @@
 #include "format/source_quant.h"
 #include "pipeline/source_decode_packed.h"
 #include "schemes/ct_decode.h"
+#include "schemes/ct_stack.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/fp8.h"
@@ -59,13 +60,16 @@ Status ReadScales(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
   return Status::Ok();
 }
 
-// A compressed-tensors weight (source_decode_ct.h): its tensors read through `maps`.
+// A compressed-tensors weight (schemes/ct_decode.h): its tensors read through `maps`.
 Status DecodeCtRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                     const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out, bool* finite) {
   auto read = [&](const CtTensor& x, uint64_t off, uint64_t len, uint8_t* dst) {
     return maps.Read(x.shard, x.offset + off, len, dst);
   };
-  Status st = DecodeCtWeightRows(*t.source_scale->ct, read, t.name, codes, r0, r1, out, finite);
+  // 2-D weights, pieces of 3-D stacks and whole stacks: schemes/ct_stack.h.
+  const PlannedSourceScale& s = *t.source_scale;
+  Status st = DecodeCtStackRows(*s.ct, s.ct_expert, s.ct_row0, read, t.name, codes, r0, r1, out,
+                                finite);
   if (!st.ok() && st.code() == ErrorCode::kInvalidInput) {
     return Error(st.code(), plan.shards[t.shard].rel_name + ": " + st.message());
   }

@@ -354,10 +354,13 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
   auto it = source_.scales.find(t.name);
   if (it == source_.scales.end()) return std::nullopt;
   const SourceScale& s = it->second;
-  return PlannedSourceScale{s.name,       s.shard,      s.offset,
-                            s.nbytes,     s.dtype,      s.block_rows,
-                            s.block_cols, (t.shape[1] + s.block_cols - 1) / s.block_cols,
-                            s.ct};
+  PlannedSourceScale p{s.name,       s.shard,      s.offset,
+                       s.nbytes,     s.dtype,      s.block_rows,
+                       s.block_cols, (t.shape.back() + s.block_cols - 1) / s.block_cols,
+                       s.ct};
+  p.ct_expert = s.ct_expert;
+  p.ct_row0 = s.ct_row0;
+  return p;
 }
 
 const TensorInfo* Planner::LogicalTensor(const TensorInfo& t, TensorInfo* storage) const {
@@ -367,7 +370,12 @@ const TensorInfo* Planner::LogicalTensor(const TensorInfo& t, TensorInfo* storag
   if (it == source_.scales.end() || it->second.ct == nullptr) return &t;
   *storage = t;
   storage->name = it->first;
-  storage->shape = {it->second.ct->rows, it->second.ct->cols};
+  const CtWeight& w = *it->second.ct;
+  // A 3-D stack decodes to [experts, rows, cols]; a piece of one has the piece's rows (its
+  // codes' rows).
+  storage->shape = it->second.ct_expert >= 0 ? std::vector<uint64_t>{t.shape[0], w.cols}
+                   : w.experts > 0           ? std::vector<uint64_t>{w.experts, w.rows, w.cols}
+                                             : std::vector<uint64_t>{w.rows, w.cols};
   return storage;
 }
 
@@ -611,6 +619,11 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
     const size_t before = specs.size();
     if (!PlanRepacked(*source_t, index, pt, specs, w)) {
       PlanTensor(*lt, shard.rel_name, pt, specs, w);
+    }
+    if (pt.source_scale && pt.source_scale->ct && pt.shape.size() == 3) {
+      // A 3-D compressed-tensors stack (written decoded, 3-D): the pipeline reads it as
+      // experts * rows rows, chunk by chunk (schemes/ct_stack.h decodes across experts).
+      pt.shape = {pt.shape[0] * pt.shape[1], pt.shape[2]};
     }
     AppendKvScales(pt, specs, w);
     specs_per_tensor.push_back(specs.size() - before);

@@ -7,6 +7,7 @@
 
 #include "format/source_ct.h"
 #include "schemes/ct_decode.h"
+#include "schemes/ct_stack.h"
 #include "verify/verifier.h"
 
 namespace quench::verify {
@@ -21,7 +22,12 @@ void Verifier::LogicalCtSource() {
       const std::string name = r != src_quant_.renamed.end() ? r->second : t.name;
       if (auto it = src_quant_.scales.find(name); it != src_quant_.scales.end() && it->second.ct) {
         t.name = name;
-        t.shape = {it->second.ct->rows, it->second.ct->cols};
+        const CtWeight& w = *it->second.ct;
+        // As the planner sees it (plan/planner.cc LogicalTensor): a piece of a 3-D stack has
+        // its codes' rows; a stack decoded whole is 3-D.
+        t.shape = it->second.ct_expert >= 0 ? std::vector<uint64_t>{t.shape[0], w.cols}
+                  : w.experts > 0           ? std::vector<uint64_t>{w.experts, w.rows, w.cols}
+                                            : std::vector<uint64_t>{w.rows, w.cols};
       }
       kept.push_back(std::move(t));
     }
@@ -37,7 +43,8 @@ bool Verifier::DecodeCtSourceRows(const std::string& weight, const SourceScale& 
     return Status::Ok();
   };
   bool finite = true;
-  Status st = DecodeCtWeightRows(*sc.ct, read, weight, codes, r0, r1, out, &finite);
+  Status st = DecodeCtStackRows(*sc.ct, sc.ct_expert, sc.ct_row0, read, weight, codes, r0, r1,
+                                out, &finite);
   if (!st.ok()) {
     Problem("SRC:" + src_->folder.shards[sc.ct->codes.shard].rel_name, weight, "scale",
             st.message());

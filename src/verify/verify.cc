@@ -26,8 +26,17 @@ Status Verifier::OpenSource() {
   }
   src_.emplace();
   src_->folder = std::move(sf).value();
-  auto split = SplitFusedExperts(src_->folder);
-  if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+  // A compressed-tensors SRC written decoded (--scheme BF16: DST has no quantization_config)
+  // keeps every tensor's name and shape, its expert stacks whole, as convert_checkpoint does.
+  bool decoded_whole = false;
+  if (IsCompressedTensors(src_->folder)) {
+    auto dc = ReadJsonFile((opt_.dst / "config.json").string());
+    decoded_whole = dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
+  }
+  if (!decoded_whole) {
+    auto split = SplitFusedExperts(src_->folder);
+    if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+  }
   auto q = DetectSourceQuantization(src_->folder);
   if (!q.ok()) return Error(q.status().code(), "SRC " + q.status().message());
   src_quant_ = std::move(q).value();
