@@ -174,30 +174,43 @@ QUENCH_AVX512BF16 inline __m512i PairIndex() {
   return _mm512_load_si512(idx);
 }
 
+// Asks for the 128 bytes of block i (elements i .. i + 63) of the next row (null: none).
+QUENCH_AVX512BF16 inline void PrefetchBlock(const uint8_t* next, size_t i) {
+  if (next != nullptr) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
+  }
+}
+
+// 32 bf16 elements at p widened to f32 by interleaving zero words (elements {0-3, 8-11,
+// 16-19, 24-27} in yp, the rest in yq), times the multiplier (or divided by the scale),
+// rounded to bf16 and re-paired by one VCVTNE2PS2BF16: words yp's 16, then yq's 16.
+template <bool kRecip>
+QUENCH_AVX512BF16 inline __m512bh Quotients(const uint8_t* p, __m512 by) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i x = _mm512_loadu_si512(p);
+  const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
+  const __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
+  const __m512 yp = kRecip ? _mm512_mul_ps(lo, by) : _mm512_div_ps(lo, by);
+  const __m512 yq = kRecip ? _mm512_mul_ps(hi, by) : _mm512_div_ps(hi, by);
+  return _mm512_cvtne2ps_pbh(yq, yp);
+}
+
 // Quantizes n elements (a multiple of 64) at src with one group's multiplier into n / 2
 // packed bytes at dst; next: the same span of the next row, prefetched.
 template <bool kRecip>
 QUENCH_AVX512BF16 inline void QuantizeGroup(const uint8_t* src, size_t n, __m512 by,
                                             __m512i idx, const uint8_t* next, uint8_t* dst) {
-  const __m512i zero = _mm512_setzero_si512();
   const __m512 magic = _mm512_set1_ps(12582920.0f);  // 1.5 * 2^23 + 8
   // bf16 pairs (1, 0) and (0, 1): the even (low) or the odd element of each pair times 1.
   const __m512bh pick_even = (__m512bh)_mm512_set1_epi32(0x00003F80);
   const __m512bh pick_odd = (__m512bh)_mm512_set1_epi32(0x3F800000);
   const __m256i fifteen = _mm256_set1_epi8(15);
   for (size_t i = 0; i < n; i += kBlock) {
-    if (next != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
-    }
+    PrefetchBlock(next, i);
     __m512i even[2], odd[2];
     for (int h = 0; h < 2; ++h) {
-      const __m512i x = _mm512_loadu_si512(src + 2 * i + 64 * h);
-      const __m512 p = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
-      const __m512 q = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
-      const __m512 yp = kRecip ? _mm512_mul_ps(p, by) : _mm512_div_ps(p, by);
-      const __m512 yq = kRecip ? _mm512_mul_ps(q, by) : _mm512_div_ps(q, by);
-      const __m512bh v = _mm512_cvtne2ps_pbh(yq, yp);  // words: yp's 16, then yq's 16
+      const __m512bh v = Quotients<kRecip>(src + 2 * i + 64 * h, by);
       even[h] = _mm512_castps_si512(_mm512_dpbf16_ps(magic, v, pick_even));
       odd[h] = _mm512_castps_si512(_mm512_dpbf16_ps(magic, v, pick_odd));
     }
@@ -246,18 +259,10 @@ QUENCH_AVX512BF16 inline void QuantizeGroupAsym(const uint8_t* src, size_t n, __
   const __m512bh pick_odd = (__m512bh)_mm512_set1_epi32(0x3F800000);
   const __mmask64 byte1 = 0x2222222222222222ull;  // byte 1 of every dword
   for (size_t i = 0; i < n; i += kBlock) {
-    if (next != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
-    }
+    PrefetchBlock(next, i);
     __m512i merged[2];
     for (int h = 0; h < 2; ++h) {
-      const __m512i x = _mm512_loadu_si512(src + 2 * i + 64 * h);
-      const __m512 p = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
-      const __m512 q = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
-      const __m512 yp = kRecip ? _mm512_mul_ps(p, by) : _mm512_div_ps(p, by);
-      const __m512 yq = kRecip ? _mm512_mul_ps(q, by) : _mm512_div_ps(q, by);
-      const __m512bh v1 = _mm512_cvtne2ps_pbh(yq, yp);
+      const __m512bh v1 = Quotients<kRecip>(src + 2 * i + 64 * h, by);
       const __m512 se = _mm512_dpbf16_ps(zp, v1, pick_even);
       const __m512 so = _mm512_dpbf16_ps(zp, v1, pick_odd);
       const __m512bh v = _mm512_cvtne2ps_pbh(so, se);  // words: se's 16, then so's 16
