@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "schemes/chunk.h"
+
 namespace quench::testing {
 
 inline float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
@@ -22,6 +24,18 @@ struct AwqCase {
   size_t group;  // 0: channel
   bool symmetric;
 };
+
+// One BF16 row of `cols` columns quantized as `k` (no data: the kernels take the row apart).
+inline WeightChunk AwqRowChunk(const AwqCase& k, size_t cols) {
+  WeightChunk in;
+  in.dtype = DType::kBF16;
+  in.rows = 1;
+  in.cols = cols;
+  in.params.bits = k.bits;
+  in.params.group_size = static_cast<int>(k.group);
+  in.params.symmetric = k.symmetric;
+  return in;
+}
 
 // int4/int8 (and int3), symmetric and asymmetric, groups of 16 to 128 and channels.
 inline constexpr AwqCase kAwqCases[] = {{4, 128, true}, {4, 128, false}, {4, 64, true},

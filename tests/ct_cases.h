@@ -8,11 +8,13 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "format/json.h"
+#include "format/model_folder.h"
 #include "format/safetensors.h"
 #include "source_cases.h"
 #include "test_util.h"
@@ -86,6 +88,27 @@ inline void CheckConfig(const fs::path& want, const fs::path& got) {
   REQUIRE(w.ok());
   REQUIRE(g.ok());
   CHECK(DumpCompactJson(*g) == DumpCompactJson(*w));
+}
+
+// Flips bit 0 of one byte of tensor `name` in the output folder `dir`, at `offset(t)` bytes
+// into the shard's data (t: the tensor's header entry; the caller may check it there).
+inline void FlipTensorBit(const fs::path& dir, const std::string& name,
+                          const std::function<uint64_t(const TensorInfo&)>& offset) {
+  auto folder = LoadModelFolder(dir);
+  REQUIRE(folder.ok());
+  const Shard* s = nullptr;
+  const TensorInfo* t = nullptr;
+  for (const Shard& sh : folder->shards) {
+    for (const TensorInfo& ti : sh.header.tensors) {
+      if (ti.name == name) s = &sh, t = &ti;
+    }
+  }
+  REQUIRE(t != nullptr);
+  const uint64_t at = s->header.data_start + offset(*t);
+  std::string bytes = ReadBytes(s->path);
+  bytes[at] ^= 1;
+  fs::remove(s->path);
+  WriteBytes(s->path, bytes);
 }
 
 }  // namespace quench::testing

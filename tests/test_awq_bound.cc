@@ -32,13 +32,7 @@ using Case = AwqCase;
 bool Check(const std::vector<float>& w, const std::vector<double>& s,
            const std::vector<double>& h, const Case& k, const std::string& what) {
   const size_t cols = w.size();
-  WeightChunk in;
-  in.dtype = DType::kBF16;
-  in.rows = 1;
-  in.cols = cols;
-  in.params.bits = k.bits;
-  in.params.group_size = static_cast<int>(k.group);
-  in.params.symmetric = k.symmetric;
+  const WeightChunk in = AwqRowChunk(k, cols);
   iq::Layout lay;
   REQUIRE(iq::MakeLayout(in, &lay));
   std::vector<float> s32(cols), inv32(cols), h32(cols), ws(cols), back(cols, -7.f);

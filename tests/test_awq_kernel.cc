@@ -51,13 +51,7 @@ bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s,
            const std::vector<double>& h,
            const Case& k, const std::string& what) {
   const size_t cols = w.size();
-  WeightChunk in;
-  in.dtype = DType::kBF16;
-  in.rows = 1;
-  in.cols = cols;
-  in.params.bits = k.bits;
-  in.params.group_size = static_cast<int>(k.group);
-  in.params.symmetric = k.symmetric;
+  const WeightChunk in = AwqRowChunk(k, cols);
   iq::Layout lay;
   REQUIRE(iq::MakeLayout(in, &lay));
   std::vector<double> inv(cols);

@@ -127,21 +127,11 @@ TEST_CASE("verify DST SRC compares against the decoded 3-D source") {
   TempDir tmp;
   const fs::path src = DataDir() / "golden" / "ct3dsrc" / "W4A16";
   REQUIRE(ConvertSource(src, tmp / "out", "BF16", {}).ok());
-  auto folder = LoadModelFolder(tmp / "out");
-  REQUIRE(folder.ok());
-  const Shard* s = nullptr;
-  const TensorInfo* t = nullptr;
-  for (const Shard& sh : folder->shards) {
-    for (const TensorInfo& ti : sh.header.tensors) {
-      if (ti.name == "model.layers.0.mlp.experts.down_proj.weight") s = &sh, t = &ti;
-    }
-  }
-  REQUIRE(t != nullptr);
-  REQUIRE(t->shape.size() == 3);
-  std::string bytes = ReadBytes(s->path);
-  bytes[s->header.data_start + t->end - 7] ^= 1;  // expert 3's last row
-  fs::remove(s->path);
-  WriteBytes(s->path, bytes);
+  FlipTensorBit(tmp / "out", "model.layers.0.mlp.experts.down_proj.weight",
+                [](const TensorInfo& t) {
+                  REQUIRE(t.shape.size() == 3);
+                  return t.end - 7;  // expert 3's last row
+                });
   VerifyOptions v;
   v.dst = tmp / "out";
   v.src = src;
