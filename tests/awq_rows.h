@@ -14,10 +14,29 @@
 #include <vector>
 
 #include "schemes/chunk.h"
+#include "schemes/float_formats.h"
 
 namespace quench::testing {
 
 inline float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+
+// A row of `cols` bf16 weights: normal-ish values of scale `mag`, some zeros and exact
+// repeats (ties in min/max), a few outliers.
+inline std::vector<uint16_t> AwqRow(std::mt19937& rng, size_t cols, float mag) {
+  std::normal_distribution<float> nd(0.f, mag);
+  std::uniform_int_distribution<int> pick(0, 99);
+  std::vector<uint16_t> w(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    const int k = pick(rng);
+    float v = nd(rng);
+    if (k < 5) v = 0.f;
+    if (k == 5) v = -0.f;
+    if (k == 6) v = 40.f * mag;
+    if (k == 7 && c > 0) v = Bf16Value(w[c - 1]);
+    w[c] = F32ToBF16(v);
+  }
+  return w;
+}
 
 struct AwqCase {
   int bits;

@@ -81,17 +81,11 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
 
 // A row of bf16 weights of scale `mag`: zeros, repeats (ties in min/max), outliers.
 std::vector<float> Row(std::mt19937& rng, size_t cols, float mag) {
-  std::normal_distribution<float> nd(0.f, mag);
-  std::uniform_int_distribution<int> pick(0, 99);
+  const std::vector<uint16_t> bits = AwqRow(rng, cols, mag);
   std::vector<float> w(cols);
   for (size_t c = 0; c < cols; ++c) {
-    const int k = pick(rng);
-    float v = nd(rng);
-    if (k < 5) v = 0.f;
-    if (k == 5) v = -0.f;
-    if (k == 6) v = 40.f * mag;
-    if (k == 7 && c > 0) v = w[c - 1];
-    w[c] = Bf16Value(F32ToBF16(v));
+    w[c] = Bf16Value(bits[c]);
+    // Below BoundRowOk's 2^-80 as 0 (a repeat of such a value becomes 0 as well).
     if (w[c] != 0.f && std::fabs(w[c]) < 0x1p-80f) w[c] = 0.f;
   }
   return w;

@@ -28,22 +28,8 @@ namespace iq = intq::internal;
 uint16_t Bf16Bits(float f) { return F32ToBF16(f); }
 using Case = AwqCase;
 
-// A row of `cols` bf16 weights: normal-ish values of scale `mag`, some zeros and exact
-// repeats (ties in min/max), a few outliers.
 std::vector<uint16_t> Row(std::mt19937& rng, size_t cols, float mag) {
-  std::normal_distribution<float> nd(0.f, mag);
-  std::uniform_int_distribution<int> pick(0, 99);
-  std::vector<uint16_t> w(cols);
-  for (size_t c = 0; c < cols; ++c) {
-    const int k = pick(rng);
-    float v = nd(rng);
-    if (k < 5) v = 0.f;
-    if (k == 5) v = -0.f;
-    if (k == 6) v = 40.f * mag;
-    if (k == 7 && c > 0) v = Bf16Value(w[c - 1]);
-    w[c] = Bf16Bits(v);
-  }
-  return w;
+  return AwqRow(rng, cols, mag);
 }
 
 // Compares kernel and definition on one row and candidate; returns whether the kernel ran.
