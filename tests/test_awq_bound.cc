@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "calib/awq.h"
+#include "awq_rows.h"
 #include "kernel_test_util.h"
 #include "schemes/int_scaled_bound.h"
 #include "schemes/int_scaled_error.h"
@@ -25,25 +26,13 @@ namespace {
 
 namespace iq = intq::internal;
 
-float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
-
-struct Case {
-  int bits;
-  size_t group;  // 0: channel
-  bool symmetric;
-};
+using Case = AwqCase;
 
 // Kernel against the definition on one row and candidate; returns whether the kernel ran.
 bool Check(const std::vector<float>& w, const std::vector<double>& s,
            const std::vector<double>& h, const Case& k, const std::string& what) {
   const size_t cols = w.size();
-  WeightChunk in;
-  in.dtype = DType::kBF16;
-  in.rows = 1;
-  in.cols = cols;
-  in.params.bits = k.bits;
-  in.params.group_size = static_cast<int>(k.group);
-  in.params.symmetric = k.symmetric;
+  const WeightChunk in = AwqRowChunk(k, cols);
   iq::Layout lay;
   REQUIRE(iq::MakeLayout(in, &lay));
   std::vector<float> s32(cols), inv32(cols), h32(cols), ws(cols), back(cols, -7.f);
@@ -92,17 +81,11 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
 
 // A row of bf16 weights of scale `mag`: zeros, repeats (ties in min/max), outliers.
 std::vector<float> Row(std::mt19937& rng, size_t cols, float mag) {
-  std::normal_distribution<float> nd(0.f, mag);
-  std::uniform_int_distribution<int> pick(0, 99);
+  const std::vector<uint16_t> bits = AwqRow(rng, cols, mag);
   std::vector<float> w(cols);
   for (size_t c = 0; c < cols; ++c) {
-    const int k = pick(rng);
-    float v = nd(rng);
-    if (k < 5) v = 0.f;
-    if (k == 5) v = -0.f;
-    if (k == 6) v = 40.f * mag;
-    if (k == 7 && c > 0) v = w[c - 1];
-    w[c] = Bf16Value(F32ToBF16(v));
+    w[c] = Bf16Value(bits[c]);
+    // Below BoundRowOk's 2^-80 as 0 (a repeat of such a value becomes 0 as well).
     if (w[c] != 0.f && std::fabs(w[c]) < 0x1p-80f) w[c] = 0.f;
   }
   return w;
@@ -112,33 +95,8 @@ std::vector<float> Row(std::mt19937& rng, size_t cols, float mag) {
 bool Wide(const std::string& t) { return t != "SCALAR"; }
 
 TEST_CASE("AWQ's bound kernel gives the definition's dW and a loss within its bound") {
-  const Case cases[] = {{4, 128, true}, {4, 128, false}, {4, 64, true}, {4, 32, false},
-                        {8, 128, true}, {8, 0, false},   {4, 0, true},  {3, 16, true}};
   const auto targets = ForEachTarget([&](const std::string& target) {
-    std::mt19937 rng(21);
-    std::uniform_real_distribution<double> u(-1.0, 1.0);
-    size_t ran = 0, rows = 0;
-    for (const Case& k : cases) {
-      for (size_t cols : {size_t{256}, size_t{1024}}) {
-        for (float mag : {0.02f, 1.0f, 3e-5f, 2e4f}) {
-          const std::vector<float> w = Row(rng, cols, mag);
-          std::vector<double> h(cols);
-          for (double& x : h) x = std::exp(3.0 * u(rng));
-          std::vector<double> duo(cols), f32(cols), ones(cols, 1.0);
-          for (size_t c = 0; c < cols; ++c) {
-            duo[c] = std::exp(2.3 * u(rng));
-            f32[c] = static_cast<float>(duo[c]);
-          }
-          for (const auto* s : {&duo, &f32, &ones}) {
-            ran += Check(w, *s, h, k,
-                         target + " bits " + std::to_string(k.bits) + " group " +
-                             std::to_string(k.group) + (k.symmetric ? " sym" : " asym") +
-                             " cols " + std::to_string(cols) + " mag " + std::to_string(mag));
-            ++rows;
-          }
-        }
-      }
-    }
+    const auto [ran, rows] = SweepAwqRows(21, target, Row, Check);
     if (Wide(target)) CHECK_MESSAGE(ran == rows, target << ": ran on " << ran << " of " << rows);
   });
   MESSAGE("targets: " << targets.size());

@@ -17,6 +17,7 @@
 
 #include "calib/awq.h"
 #include "schemes/int_scaled_error.h"
+#include "awq_rows.h"
 #include "kernel_test_util.h"
 
 namespace quench::testing {
@@ -25,30 +26,10 @@ namespace {
 namespace iq = intq::internal;
 
 uint16_t Bf16Bits(float f) { return F32ToBF16(f); }
-float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+using Case = AwqCase;
 
-struct Case {
-  int bits;
-  size_t group;  // 0: channel
-  bool symmetric;
-};
-
-// A row of `cols` bf16 weights: normal-ish values of scale `mag`, some zeros and exact
-// repeats (ties in min/max), a few outliers.
 std::vector<uint16_t> Row(std::mt19937& rng, size_t cols, float mag) {
-  std::normal_distribution<float> nd(0.f, mag);
-  std::uniform_int_distribution<int> pick(0, 99);
-  std::vector<uint16_t> w(cols);
-  for (size_t c = 0; c < cols; ++c) {
-    const int k = pick(rng);
-    float v = nd(rng);
-    if (k < 5) v = 0.f;
-    if (k == 5) v = -0.f;
-    if (k == 6) v = 40.f * mag;
-    if (k == 7 && c > 0) v = Bf16Value(w[c - 1]);
-    w[c] = Bf16Bits(v);
-  }
-  return w;
+  return AwqRow(rng, cols, mag);
 }
 
 // Compares kernel and definition on one row and candidate; returns whether the kernel ran.
@@ -56,13 +37,7 @@ bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s,
            const std::vector<double>& h,
            const Case& k, const std::string& what) {
   const size_t cols = w.size();
-  WeightChunk in;
-  in.dtype = DType::kBF16;
-  in.rows = 1;
-  in.cols = cols;
-  in.params.bits = k.bits;
-  in.params.group_size = static_cast<int>(k.group);
-  in.params.symmetric = k.symmetric;
+  const WeightChunk in = AwqRowChunk(k, cols);
   iq::Layout lay;
   REQUIRE(iq::MakeLayout(in, &lay));
   std::vector<double> inv(cols);
@@ -100,35 +75,8 @@ bool Check(const std::vector<uint16_t>& w, const std::vector<double>& s,
 }
 
 TEST_CASE("AWQ's BF16 row kernel equals the scalar definition bit for bit on every target") {
-  const Case cases[] = {{4, 128, true}, {4, 128, false}, {4, 64, true}, {4, 32, false},
-                        {8, 128, true}, {8, 0, false},   {4, 0, true},  {3, 16, true}};
   const auto targets = ForEachTarget([&](const std::string& target) {
-    std::mt19937 rng(20);
-    std::uniform_real_distribution<double> u(-1.0, 1.0);
-    size_t ran = 0, rows = 0;
-    for (const Case& k : cases) {
-      for (size_t cols : {size_t{256}, size_t{1024}}) {
-        for (float mag : {0.02f, 1.0f, 3e-5f, 2e4f}) {
-          const std::vector<uint16_t> w = Row(rng, cols, mag);
-          std::vector<double> h(cols);
-          for (double& x : h) x = std::exp(3.0 * u(rng));
-          // Duo scaling's f64 scales over two decades; the same as f32 values; all ones (RTN).
-          std::vector<double> duo(cols), f32(cols), ones(cols, 1.0);
-          for (size_t c = 0; c < cols; ++c) {
-            duo[c] = std::exp(2.3 * u(rng));
-            f32[c] = static_cast<float>(duo[c]);
-          }
-          for (const auto* s : {&duo, &f32, &ones}) {
-            const std::string what = target + " bits " + std::to_string(k.bits) + " group " +
-                                     std::to_string(k.group) + (k.symmetric ? " sym" : " asym") +
-                                     " cols " + std::to_string(cols) + " mag " +
-                                     std::to_string(mag);
-            ran += Check(w, *s, h, k, what);
-            ++rows;
-          }
-        }
-      }
-    }
+    const auto [ran, rows] = SweepAwqRows(20, target, Row, Check);
     // Targets with four or more f64 lanes run the kernel on every ordinary row.
     if (target == "AVX2" || target == "AVX3" || target == "AVX3_DL" || target == "AVX3_ZEN4") {
       CHECK_MESSAGE(ran == rows, target << ": the kernel ran on " << ran << " of " << rows);

@@ -18,63 +18,24 @@
 #include <vector>
 
 #include "calib/smoothquant.h"
+#include "int_kernel_run.h"
 #include "kernel_test_util.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 
 namespace quench::intq {
 using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+using namespace testing_int;      // NOLINT: Config, Outputs, MakeChunk, Run
 
 namespace {
-
-struct Config {
-  int bits;
-  int group_size;  // 0: channel
-  bool symmetric;
-  bool packed;
-};
-
-size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
-
-struct Outputs {
-  std::vector<uint8_t> values, scales, zps;
-  bool ok = false;
-  bool operator==(const Outputs& o) const {
-    return ok == o.ok && (!ok || (values == o.values && scales == o.scales && zps == o.zps));
-  }
-};
 
 // Runs the kernel (or the scalar definition) on `rows` x `cols` elements at `data`, with the
 // column factors `s` (or none), into guard-filled outputs sized as int.h lays them out.
 Outputs Run(const Config& cfg, bool kernel, DType d, const uint8_t* data, size_t rows,
             size_t cols, const float* s) {
-  WeightChunk in;
-  in.data = data;
-  in.dtype = d;
-  in.rows = rows;
-  in.cols = cols;
-  in.params.bits = cfg.bits;
-  in.params.group_size = cfg.group_size;
-  in.params.symmetric = cfg.symmetric;
+  WeightChunk in = MakeChunk(data, d, rows, cols, cfg);
   in.col_scale = s;
-  const size_t n_groups = cfg.group_size > 0 ? cols / cfg.group_size : 1;
-  Outputs o;
-  o.values.assign((cfg.packed ? rows * CeilDiv(cols * cfg.bits, 32) * 4 : rows * cols) +
-                      kGuardBytes, kGuard);
-  o.scales.assign(rows * n_groups * ElemBytes(d) + kGuardBytes, kGuard);
-  o.zps.assign((cfg.symmetric ? 0
-                : cfg.packed  ? CeilDiv(rows * cfg.bits, 32) * n_groups * 4
-                              : rows * n_groups) + kGuardBytes, kGuard);
-  ChunkOutputs out;
-  out.out[0] = o.values.data();
-  out.out[1] = o.scales.data();
-  out.out[2] = o.zps.data();
-  if (cfg.packed) {
-    o.ok = kernel ? QuantizePacked(in, out) : QuantizePackedScalar(in, out);
-  } else {
-    o.ok = kernel ? QuantizeUnpacked(in, out) : QuantizeUnpackedScalar(in, out);
-  }
-  return o;
+  return testing_int::Run(cfg, kernel, in);
 }
 
 // Factors as SmoothQuant makes them: f32 values over many binades (2^-12 .. 2^12), its floor

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "int_kernel_run.h"
 #include "kernel_test_util.h"
 #include "int_paths.h"
 #include "hwy/targets.h"
@@ -23,15 +24,9 @@
 
 namespace quench::intq {
 using namespace quench::testing;  // NOLINT: shared kernel-test helpers
+using namespace testing_int;      // NOLINT: Config, OutputSizes, MakeChunk, Run
 
 namespace {
-
-
-size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
-
-
-
-
 
 // Raw finite bit pattern of dtype d drawn uniformly over all finite patterns.
 uint32_t RandomFiniteBits(std::mt19937& rng, DType d) {
@@ -83,13 +78,6 @@ const char* PatternName(Pattern p) {
   }
   return "?";
 }
-
-struct Config {
-  int bits;
-  int group_size;  // 0: channel
-  bool symmetric;
-  bool packed;
-};
 
 // Fills rows x cols elements of dtype d at p (p may be unaligned), group by group.
 void Fill(uint8_t* p, DType d, size_t rows, size_t cols, const Config& cfg, Pattern pattern,
@@ -146,59 +134,6 @@ void Fill(uint8_t* p, DType d, size_t rows, size_t cols, const Config& cfg, Patt
       }
     }
   }
-}
-
-struct Sizes {
-  size_t values, scales, zps;
-};
-
-// Byte sizes of a chunk's outputs (int.h): unpacked int8 values or packed int32 words;
-// scales [rows, n_groups] in D; zero points int8 [rows, n_groups] or packed down dim 0.
-Sizes OutputSizes(const Config& cfg, DType d, size_t rows, size_t cols) {
-  const size_t n_groups = cfg.group_size > 0 ? cols / cfg.group_size : 1;
-  Sizes s;
-  s.values = cfg.packed ? rows * CeilDiv(cols * cfg.bits, 32) * 4 : rows * cols;
-  s.scales = rows * n_groups * ElemBytes(d);
-  s.zps = cfg.symmetric ? 0
-          : cfg.packed  ? CeilDiv(rows * cfg.bits, 32) * n_groups * 4
-                        : rows * n_groups;
-  return s;
-}
-
-struct Outputs {
-  std::vector<uint8_t> values, scales, zps;
-  bool ok = false;
-};
-
-WeightChunk MakeChunk(const uint8_t* data, DType d, size_t rows, size_t cols,
-                      const Config& cfg) {
-  WeightChunk in;
-  in.data = data;
-  in.dtype = d;
-  in.rows = rows;
-  in.cols = cols;
-  in.params.bits = cfg.bits;
-  in.params.group_size = cfg.group_size;
-  in.params.symmetric = cfg.symmetric;
-  return in;
-}
-
-Outputs Run(const Config& cfg, bool kernel, const WeightChunk& in) {
-  const Sizes s = OutputSizes(cfg, in.dtype, in.rows, in.cols);
-  Outputs o;
-  o.values.assign(s.values + kGuardBytes, kGuard);
-  o.scales.assign(s.scales + kGuardBytes, kGuard);
-  o.zps.assign(s.zps + kGuardBytes, kGuard);
-  ChunkOutputs out;
-  out.out[0] = o.values.data();
-  out.out[1] = o.scales.data();
-  out.out[2] = o.zps.data();
-  if (cfg.packed) {
-    o.ok = kernel ? QuantizePacked(in, out) : QuantizePackedScalar(in, out);
-  } else {
-    o.ok = kernel ? QuantizeUnpacked(in, out) : QuantizeUnpackedScalar(in, out);
-  }
-  return o;
 }
 
 // Compares the kernel on every target against the scalar reference on one shape, for every

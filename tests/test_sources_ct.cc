@@ -19,82 +19,20 @@
 #include "format/json.h"
 #include "format/safetensors.h"
 #include "format/model_folder.h"
+#include "ct_cases.h"
 #include "quench/convert.h"
-#include "source_cases.h"
 #include "test_util.h"
 #include "verify/verify.h"
 
 namespace quench::testing {
 namespace {
 
-struct CtCase {
-  std::string name, scheme;
-  fs::path source;
-  std::vector<std::string> ignore;
-  const JsonValue* tensors = nullptr;
-  fs::path config;
-};
+const JsonValue& Manifest() { return CtManifest("ct_manifest.json"); }
 
-const JsonValue& Manifest() {
-  static const JsonValue m = [] {
-    auto r = ReadJsonFile((DataDir() / "golden" / "ct_manifest.json").string());
-    REQUIRE(r.ok());
-    return *r;
-  }();
-  return m;
-}
-
-std::vector<CtCase> Cases() {
-  std::vector<CtCase> out;
-  for (const JsonValue& c : Manifest().Find("cases")->as_array()) {
-    if (c.Find("expected_tensors") == nullptr) continue;
-    CtCase k;
-    k.name = c.Find("name")->as_string();
-    k.scheme = c.Find("scheme")->as_string();
-    k.source = DataDir() / c.Find("source")->as_string();
-    for (const JsonValue& i : c.Find("ignore")->as_array()) k.ignore.push_back(i.as_string());
-    k.tensors = c.Find("expected_tensors");
-    k.config = DataDir() / c.Find("expected_config")->as_string();
-    out.push_back(std::move(k));
-  }
-  return out;
-}
-
-std::string Hex(uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
-  return b;
-}
+std::vector<CtCase> Cases() { return CtCases("ct_manifest.json"); }
 
 Result<ConvertSummary> Run(const CtCase& k, const fs::path& dst, uint64_t chunk_bytes = 0) {
   return ConvertSource(k.source, dst, k.scheme, k.ignore, chunk_bytes);
-}
-
-// Every expected tensor is in `got` with its dtype, shape and bytes, and there is no other.
-void CheckTensors(const JsonValue& want, const fs::path& got) {
-  const auto g = LoadAll(got);
-  size_t n_got = 0;
-  for (const auto& [_, l] : g) n_got += l.shard.header.tensors.size();
-  CHECK(n_got == want.as_object().size());
-  for (const auto& [name, w] : want.as_object()) {
-    CAPTURE(name);
-    auto [gl, gt] = FindTensor(g, name);
-    REQUIRE(gt != nullptr);
-    CHECK(DTypeName(gt->dtype) == w.Find("dtype")->as_string());
-    std::vector<uint64_t> shape;
-    for (const JsonValue& d : w.Find("shape")->as_array()) shape.push_back(d.as_uint());
-    CHECK(gt->shape == shape);
-    const std::string_view bytes(reinterpret_cast<const char*>(gl->Data(*gt)), gt->nbytes());
-    CHECK(Hex(Fnv1a64(bytes)) == w.Find("fnv1a64")->as_string());
-  }
-}
-
-void CheckConfig(const fs::path& want, const fs::path& got) {
-  auto w = ReadJsonFile(want.string());
-  auto g = ReadJsonFile(got.string());
-  REQUIRE(w.ok());
-  REQUIRE(g.ok());
-  CHECK(DumpCompactJson(*g) == DumpCompactJson(*w));
 }
 
 TEST_CASE("compressed-tensors sources: every format decodes and converts as the reference") {
@@ -169,26 +107,14 @@ TEST_CASE("verify DST SRC compares against the decoded compressed-tensors source
   o.dst = tmp / "out";
   o.scheme = "BF16";
   REQUIRE(Convert(o).ok());
-  auto folder = LoadModelFolder(tmp / "out");
-  REQUIRE(folder.ok());
-  const Shard* s = nullptr;
-  const TensorInfo* t = nullptr;
-  for (const Shard& sh : folder->shards) {
-    for (const TensorInfo& ti : sh.header.tensors) {
-      if (ti.name == "model.layers.1.self_attn.o_proj.weight") s = &sh, t = &ti;
-    }
-  }
-  REQUIRE(t != nullptr);
   VerifyOptions v;
   v.dst = tmp / "out";
   v.src = src;
   auto good = Verify(v);
   REQUIRE(good.ok());
   CHECK(good->ok());
-  std::string bytes = ReadBytes(s->path);
-  bytes[s->header.data_start + t->begin + 2 * 256 * 7 + 3] ^= 1;  // row 7
-  fs::remove(s->path);
-  WriteBytes(s->path, bytes);
+  FlipTensorBit(tmp / "out", "model.layers.1.self_attn.o_proj.weight",
+                [](const TensorInfo& t) { return t.begin + 2 * 256 * 7 + 3; });  // row 7
   auto r = Verify(v);
   REQUIRE(r.ok());
   REQUIRE(r->problems.size() == 1);

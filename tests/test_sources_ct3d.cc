@@ -19,6 +19,7 @@
 #include "format/json.h"
 #include "format/model_folder.h"
 #include "format/safetensors.h"
+#include "ct_cases.h"
 #include "quench/convert.h"
 #include "test_util.h"
 #include "verify/verify.h"
@@ -26,82 +27,9 @@
 namespace quench::testing {
 namespace {
 
-struct Case {
-  std::string name, scheme;
-  fs::path source;
-  std::vector<std::string> ignore;
-  const JsonValue* tensors = nullptr;
-  fs::path config;
-};
+const JsonValue& Manifest() { return CtManifest("ct3d_manifest.json"); }
 
-const JsonValue& Manifest() {
-  static const JsonValue m = [] {
-    auto r = ReadJsonFile((DataDir() / "golden" / "ct3d_manifest.json").string());
-    REQUIRE(r.ok());
-    return *r;
-  }();
-  return m;
-}
-
-std::vector<Case> Cases() {
-  std::vector<Case> out;
-  for (const JsonValue& c : Manifest().Find("cases")->as_array()) {
-    if (c.Find("expected_tensors") == nullptr) continue;
-    Case k;
-    k.name = c.Find("name")->as_string();
-    k.scheme = c.Find("scheme")->as_string();
-    k.source = DataDir() / c.Find("source")->as_string();
-    for (const JsonValue& i : c.Find("ignore")->as_array()) k.ignore.push_back(i.as_string());
-    k.tensors = c.Find("expected_tensors");
-    k.config = DataDir() / c.Find("expected_config")->as_string();
-    out.push_back(std::move(k));
-  }
-  return out;
-}
-
-std::string Hex(uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
-Result<ConvertSummary> Run(const fs::path& src, const fs::path& dst, const std::string& scheme,
-                           const std::vector<std::string>& ignore, uint64_t chunk_bytes = 0) {
-  ConvertOptions o;
-  o.src = src;
-  o.dst = dst;
-  o.scheme = scheme;
-  o.ignore = ignore;
-  o.default_ignore = false;  // the reference's ignore list, as given
-  o.chunk_bytes = chunk_bytes;
-  return Convert(o);
-}
-
-void CheckTensors(const JsonValue& want, const fs::path& got) {
-  const auto g = LoadAll(got);
-  size_t n_got = 0;
-  for (const auto& [_, l] : g) n_got += l.shard.header.tensors.size();
-  CHECK(n_got == want.as_object().size());
-  for (const auto& [name, w] : want.as_object()) {
-    CAPTURE(name);
-    auto [gl, gt] = FindTensor(g, name);
-    REQUIRE(gt != nullptr);
-    CHECK(DTypeName(gt->dtype) == w.Find("dtype")->as_string());
-    std::vector<uint64_t> shape;
-    for (const JsonValue& d : w.Find("shape")->as_array()) shape.push_back(d.as_uint());
-    CHECK(gt->shape == shape);
-    const std::string_view bytes(reinterpret_cast<const char*>(gl->Data(*gt)), gt->nbytes());
-    CHECK(Hex(Fnv1a64(bytes)) == w.Find("fnv1a64")->as_string());
-  }
-}
-
-void CheckConfig(const fs::path& want, const fs::path& got) {
-  auto w = ReadJsonFile(want.string());
-  auto g = ReadJsonFile(got.string());
-  REQUIRE(w.ok());
-  REQUIRE(g.ok());
-  CHECK(DumpCompactJson(*g) == DumpCompactJson(*w));
-}
+std::vector<CtCase> Cases() { return CtCases("ct3d_manifest.json"); }
 
 // Every tensor of `a` is in `b` with the same dtype, shape and bytes, and no other.
 void CheckSameTensors(const fs::path& a, const fs::path& b) {
@@ -125,13 +53,13 @@ void CheckSameTensors(const fs::path& a, const fs::path& b) {
 }
 
 TEST_CASE("3-D compressed-tensors sources: every format decodes and converts as the reference") {
-  const std::vector<Case> cases = Cases();
+  const std::vector<CtCase> cases = Cases();
   REQUIRE(cases.size() >= 11);
   size_t stacks = 0;
-  for (const Case& k : cases) {
+  for (const CtCase& k : cases) {
     CAPTURE(k.name);
     TempDir tmp;
-    auto r = Run(k.source, tmp / "out", k.scheme, k.ignore);
+    auto r = ConvertSource(k.source, tmp / "out", k.scheme, k.ignore);
     REQUIRE_MESSAGE(r.ok(), r.status().message());
     CheckTensors(*k.tensors, tmp / "out");
     CheckConfig(k.config, tmp / "out" / "config.json");
@@ -145,7 +73,7 @@ TEST_CASE("3-D compressed-tensors sources: every format decodes and converts as 
 }
 
 TEST_CASE("3-D compressed-tensors sources: small chunks, inside and across experts, change no byte") {
-  for (const Case& k : Cases()) {
+  for (const CtCase& k : Cases()) {
     if (k.name != "W4A16_ASYM/BF16" && k.name != "FP8_BLOCK/BF16" && k.name != "NVFP4A16/BF16" &&
         k.name != "W4A16/MXFP4A16" && k.name != "MXFP4A16/BF16") {
       continue;
@@ -154,7 +82,7 @@ TEST_CASE("3-D compressed-tensors sources: small chunks, inside and across exper
     for (uint64_t rows : {3, 200}) {  // 128 columns: boundaries inside and across experts
       CAPTURE(rows);
       TempDir tmp;
-      auto r = Run(k.source, tmp / "out", k.scheme, k.ignore, rows * 128 * 2);
+      auto r = ConvertSource(k.source, tmp / "out", k.scheme, k.ignore, rows * 128 * 2);
       REQUIRE_MESSAGE(r.ok(), r.status().message());
       CheckTensors(*k.tensors, tmp / "out");
     }
@@ -187,40 +115,23 @@ TEST_CASE("3-D compressed-tensors sources: where the reference fails, its exact 
 }
 
 TEST_CASE("verify DST SRC compares against the decoded 3-D source") {
-  for (const Case& k : Cases()) {
+  for (const CtCase& k : Cases()) {
     CAPTURE(k.name);
     TempDir tmp;
-    auto c = Run(k.source, tmp / "out", k.scheme, k.ignore);
+    auto c = ConvertSource(k.source, tmp / "out", k.scheme, k.ignore);
     REQUIRE_MESSAGE(c.ok(), c.status().message());
-    VerifyOptions v;
-    v.dst = tmp / "out";
-    v.src = k.source;
-    auto r = Verify(v);
-    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    std::string problems;
-    for (const auto& p : r->problems) problems += p.ToString() + "\n";
-    CHECK_MESSAGE(r->ok(), problems);
-    CHECK(r->tensors_decoded + r->modules_quantized > 0);
+    const VerifyReport r = VerifyClean(tmp / "out", k.source);
+    CHECK(r.tensors_decoded + r.modules_quantized > 0);
   }
   // A decoded stack one bit off in its last expert is caught.
   TempDir tmp;
   const fs::path src = DataDir() / "golden" / "ct3dsrc" / "W4A16";
-  REQUIRE(Run(src, tmp / "out", "BF16", {}).ok());
-  auto folder = LoadModelFolder(tmp / "out");
-  REQUIRE(folder.ok());
-  const Shard* s = nullptr;
-  const TensorInfo* t = nullptr;
-  for (const Shard& sh : folder->shards) {
-    for (const TensorInfo& ti : sh.header.tensors) {
-      if (ti.name == "model.layers.0.mlp.experts.down_proj.weight") s = &sh, t = &ti;
-    }
-  }
-  REQUIRE(t != nullptr);
-  REQUIRE(t->shape.size() == 3);
-  std::string bytes = ReadBytes(s->path);
-  bytes[s->header.data_start + t->end - 7] ^= 1;  // expert 3's last row
-  fs::remove(s->path);
-  WriteBytes(s->path, bytes);
+  REQUIRE(ConvertSource(src, tmp / "out", "BF16", {}).ok());
+  FlipTensorBit(tmp / "out", "model.layers.0.mlp.experts.down_proj.weight",
+                [](const TensorInfo& t) {
+                  REQUIRE(t.shape.size() == 3);
+                  return t.end - 7;  // expert 3's last row
+                });
   VerifyOptions v;
   v.dst = tmp / "out";
   v.src = src;
@@ -239,15 +150,15 @@ TEST_CASE("3-D compressed-tensors sources: one pass equals decoding to BF16 and 
     const fs::path src = DataDir() / "golden" / "ct3dsrc" / source;
     const std::vector<std::string> ignore = {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$"};
     TempDir tmp;
-    auto one = Run(src, tmp / "one", target, ignore);
+    auto one = ConvertSource(src, tmp / "one", target, ignore);
     REQUIRE_MESSAGE(one.ok(), one.status().message());
-    REQUIRE(Run(src, tmp / "bf16", "BF16", {}).ok());
-    auto two = Run(tmp / "bf16", tmp / "two", target, ignore);
+    REQUIRE(ConvertSource(src, tmp / "bf16", "BF16", {}).ok());
+    auto two = ConvertSource(tmp / "bf16", tmp / "two", target, ignore);
     REQUIRE_MESSAGE(two.ok(), two.status().message());
     CheckSameTensors(tmp / "one", tmp / "two");
     // And back: the one-pass output decodes as the two-pass output does.
-    REQUIRE(Run(tmp / "one", tmp / "one-bf16", "BF16", {}).ok());
-    REQUIRE(Run(tmp / "two", tmp / "two-bf16", "BF16", {}).ok());
+    REQUIRE(ConvertSource(tmp / "one", tmp / "one-bf16", "BF16", {}).ok());
+    REQUIRE(ConvertSource(tmp / "two", tmp / "two-bf16", "BF16", {}).ok());
     CheckSameTensors(tmp / "one-bf16", tmp / "two-bf16");
   }
 }
@@ -293,7 +204,7 @@ TEST_CASE("a 3-D stack model_free_ptq does not split decodes whole; targeted, it
     "format": "pack-quantized", "ignore": [], "config_groups": {"group_0": {"targets": ["Linear"],
     "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
     "group_size": 32}}}}})");
-  auto r = Run(src, tmp / "out", "BF16", {});
+  auto r = ConvertSource(src, tmp / "out", "BF16", {});
   REQUIRE_MESSAGE(r.ok(), r.status().message());
   const auto g = LoadAll(tmp / "out");
   auto [gl, gt] = FindTensor(g, "x.weight");
@@ -304,12 +215,12 @@ TEST_CASE("a 3-D stack model_free_ptq does not split decodes whole; targeted, it
     CAPTURE(i);
     CHECK(DecodeBF16(gl->Data(*gt) + 2 * i) == (i < 256 ? -3.5 : -14.0));
   }
-  auto q = Run(src, tmp / "q", "W4A16", {});
+  auto q = ConvertSource(src, tmp / "q", "W4A16", {});
   REQUIRE_FALSE(q.ok());
   CHECK(q.status().message().find("'x.weight' is targeted for W4A16 but has shape [2, 4, 64]") !=
         std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "q"));
-  auto ig = Run(src, tmp / "ig", "W4A16", {"x"});
+  auto ig = ConvertSource(src, tmp / "ig", "W4A16", {"x"});
   REQUIRE_MESSAGE(ig.ok(), ig.status().message());
   CheckSameTensors(tmp / "out", tmp / "ig");
 }
@@ -338,7 +249,7 @@ TEST_CASE("a square packed stack is split per expert, its weight_shape in anothe
     "format": "pack-quantized", "ignore": [], "config_groups": {"group_0": {"targets": ["Linear"],
     "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
     "group_size": 32}}}}})");
-  auto r = Run(src, tmp / "out", "FP8_DYNAMIC", {});
+  auto r = ConvertSource(src, tmp / "out", "FP8_DYNAMIC", {});
   REQUIRE_MESSAGE(r.ok(), r.status().message());
   const auto g = LoadAll(tmp / "out");
   for (const char* piece : {"0.gate_proj", "0.up_proj", "1.gate_proj", "1.up_proj"}) {

@@ -9,55 +9,29 @@
 #include "schemes/fp8_bf16.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
+#include "schemes/avx512bf16.h"  // QUENCH_AVX512BF16, Available, Switch
 #include "schemes/fp8_shared.h"  // ReciprocalIsExact (with its proof), ScaleEps, kE4M3Max
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define QUENCH_FP8_BF16_X86 1
-#include <immintrin.h>
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*().
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#define QUENCH_AVX512BF16                                                                 \
-  __attribute__((target("avx2,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi," \
-                        "avx512bf16")))
-#endif
 
 namespace quench::fp8 {
 namespace {
 
-std::atomic<bool> g_enabled{true};
+avx512bf16::Switch g_enabled;
 
 }  // namespace
 
-void internal::SetFp8Bf16Enabled(bool enabled) {
-  g_enabled.store(enabled, std::memory_order_relaxed);
-}
+void internal::SetFp8Bf16Enabled(bool enabled) { g_enabled.Set(enabled); }
 
-bool Fp8Bf16Available() {
-#ifdef QUENCH_FP8_BF16_X86
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
-                         __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512vbmi") &&
-                         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("bmi2");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool Fp8Bf16Available() { return avx512bf16::Available(); }
 
 bool Fp8Bf16Handles(const WeightChunk& in) {
-  return g_enabled.load(std::memory_order_relaxed) && Fp8Bf16Available() &&
+  return g_enabled.on() && Fp8Bf16Available() &&
          in.dtype == DType::kBF16;
 }
 
-#ifdef QUENCH_FP8_BF16_X86
+#ifdef QUENCH_AVX512BF16_X86
 namespace {
 
 constexpr size_t kMaxBatchRows = 16;          // one f32 vector of scales

@@ -26,7 +26,7 @@
 
 namespace quench::fp8 {
 
-// True when this CPU has AVX-512 F/BW/VL/DQ, VBMI and BF16.
+// True when this CPU runs the kernel (avx512bf16.h's Available: AVX-512 F/BW/VL/DQ, VBMI, BF16).
 bool Fp8Bf16Available();
 
 // True when the kernel handles the chunk: bf16, Fp8Bf16Available() and the switch below on.

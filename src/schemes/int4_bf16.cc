@@ -11,7 +11,6 @@
 // groups take the row's min and max instead and one more rounding (QuantizeGroupAsym).
 #include "schemes/int4_bf16.h"
 
-#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -19,46 +18,23 @@
 #include <new>
 #include <vector>
 
+#include "schemes/avx512bf16.h"  // QUENCH_AVX512BF16, Available, Switch
 #include "schemes/fp8_shared.h"  // ReciprocalIsExact, with its proof
 #include "schemes/int_shared.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define QUENCH_INT4_BF16_X86 1
-#include <immintrin.h>
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*().
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#define QUENCH_AVX512BF16                                                                 \
-  __attribute__((target("avx2,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi," \
-                        "avx512bf16")))
-#endif
 
 namespace quench::intq {
 namespace {
 
-std::atomic<bool> g_enabled{true};
+avx512bf16::Switch g_enabled;
 
 }  // namespace
 
-void internal::SetInt4Bf16Enabled(bool enabled) {
-  g_enabled.store(enabled, std::memory_order_relaxed);
-}
+void internal::SetInt4Bf16Enabled(bool enabled) { g_enabled.Set(enabled); }
 
-bool Int4Bf16Available() {
-#ifdef QUENCH_INT4_BF16_X86
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
-                         __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512vbmi") &&
-                         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("bmi2");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool Int4Bf16Available() { return avx512bf16::Available(); }
 
 bool Int4Bf16Handles(const WeightChunk& in) {
-  if (!g_enabled.load(std::memory_order_relaxed) || !Int4Bf16Available()) return false;
+  if (!g_enabled.on() || !Int4Bf16Available()) return false;
   if (in.dtype != DType::kBF16 || in.params.bits != 4) return false;
   // Smoothing's column factors (WeightChunk::col_scale) go through int.cc's ScaleRow first.
   if (in.col_scale != nullptr) return false;
@@ -66,7 +42,7 @@ bool Int4Bf16Handles(const WeightChunk& in) {
   return internal::MakeLayout(in, &l) && l.group % 64 == 0;
 }
 
-#ifdef QUENCH_INT4_BF16_X86
+#ifdef QUENCH_AVX512BF16_X86
 namespace {
 
 constexpr size_t kBlock = 64;  // elements a step of pass 2 (32 output bytes)
@@ -92,6 +68,27 @@ QUENCH_AVX512BF16 inline __m512 RoundBf16(__m512 v) {
       _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
 }
 
+// Stores 16 groups' scales from lanes s (each a bf16 value >= +0): the zero guard (0 ->
+// eps(bf16) = 2^-7), the first min(left, 16) scales' bf16 bits to `scales`, and per group the
+// multiplier (1 / scale where ReciprocalIsExact holds, else the scale to divide by) to `by`
+// and whether it is a reciprocal to `recip` (16 each). Returns the mask of the stored lanes.
+QUENCH_AVX512BF16 inline __mmask16 StoreScales(__m512 s, size_t left, uint8_t* scales,
+                                               float* by, uint8_t* recip) {
+  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_EQ_OQ), s,
+                           _mm512_set1_ps(0.0078125f));
+  const __m512i bits = _mm512_castps_si512(s);
+  // ReciprocalIsExact: positive, normal, below 2^126 (the low half is 0 for a bf16 value).
+  const __mmask16 exact = _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32(0x00800000)) &
+                          _mm512_cmplt_epu32_mask(bits, _mm512_set1_epi32(0x7E800000));
+  const __m512 m = _mm512_mask_div_ps(s, exact, _mm512_set1_ps(1.0f), s);
+  const __mmask16 keep = static_cast<__mmask16>((1u << (left < 16 ? left : 16)) - 1u);
+  _mm512_mask_cvtepi32_storeu_epi16(scales, keep, _mm512_srli_epi32(bits, 16));
+  _mm512_storeu_ps(by, m);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(recip),
+                   _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(exact, 1)));
+  return keep;
+}
+
 // The row's parameters from its groups' abs-max bits (amax[0 .. n), padded to 16 lanes),
 // 16 groups at a time, as internal::ComputeParams computes them for symmetric 4 bits:
 // scale = RNE_bf16(amax / 7.5), 0 -> eps(bf16) = 2^-7. Writes the scales' bf16 bits to
@@ -99,25 +96,11 @@ QUENCH_AVX512BF16 inline __m512 RoundBf16(__m512 v) {
 // holds, else the scale to divide by) and whether it is a reciprocal.
 QUENCH_AVX512BF16 inline void RowParams(const uint32_t* amax, size_t n, uint8_t* scales,
                                         float* by, uint8_t* recip) {
-  const __m512 zero = _mm512_setzero_ps();
   for (size_t g = 0; g < n; g += 16) {
     const __m512 a = _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_loadu_si512(amax + g), 16));  // a bf16 value, >= +0
-    __m512 s = RoundBf16(_mm512_div_ps(a, _mm512_set1_ps(7.5f)));
-    s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, zero, _CMP_EQ_OQ), s,
-                             _mm512_set1_ps(0.0078125f));
-    const __m512i bits = _mm512_castps_si512(s);
-    // ReciprocalIsExact: positive, normal, below 2^126 (the low half is 0 for a bf16 value).
-    const __mmask16 exact =
-        _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32(0x00800000)) &
-        _mm512_cmplt_epu32_mask(bits, _mm512_set1_epi32(0x7E800000));
-    const __m512 m = _mm512_mask_div_ps(s, exact, _mm512_set1_ps(1.0f), s);
-    const size_t left = n - g < 16 ? n - g : 16;
-    const __mmask16 keep = static_cast<__mmask16>((1u << left) - 1u);
-    _mm512_mask_cvtepi32_storeu_epi16(scales + 2 * g, keep, _mm512_srli_epi32(bits, 16));
-    _mm512_storeu_ps(by + g, m);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(recip + g),
-                     _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(exact, 1)));
+    const __m512 s = RoundBf16(_mm512_div_ps(a, _mm512_set1_ps(7.5f)));
+    StoreScales(s, n - g, scales + 2 * g, by + g, recip + g);
   }
 }
 
@@ -171,21 +154,9 @@ QUENCH_AVX512BF16 inline void RowParamsAsym(const float* mn_in, const float* mx_
     zp = _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(zp, qmin), qmax),
                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     zp = _mm512_mask_mov_ps(zp, is_nan, zero);  // NaN lanes: whatever min / max made of them
-    s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, zero, _CMP_EQ_OQ), s,
-                             _mm512_set1_ps(0.0078125f));
-    const __m512i bits = _mm512_castps_si512(s);
-    const __mmask16 exact =
-        _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32(0x00800000)) &
-        _mm512_cmplt_epu32_mask(bits, _mm512_set1_epi32(0x7E800000));
-    const __m512 m = _mm512_mask_div_ps(s, exact, _mm512_set1_ps(1.0f), s);
-    const size_t left = n - g < 16 ? n - g : 16;
-    const __mmask16 keep = static_cast<__mmask16>((1u << left) - 1u);
-    _mm512_mask_cvtepi32_storeu_epi16(scales + 2 * g, keep, _mm512_srli_epi32(bits, 16));
+    const __mmask16 keep = StoreScales(s, n - g, scales + 2 * g, by + g, recip + g);
     _mm512_mask_cvtepi32_storeu_epi8(zps + g, keep, _mm512_cvtps_epi32(zp));
-    _mm512_storeu_ps(by + g, m);
     _mm512_storeu_ps(zpf + g, zp);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(recip + g),
-                     _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(exact, 1)));
   }
 }
 
@@ -203,30 +174,43 @@ QUENCH_AVX512BF16 inline __m512i PairIndex() {
   return _mm512_load_si512(idx);
 }
 
+// Asks for the 128 bytes of block i (elements i .. i + 63) of the next row (null: none).
+QUENCH_AVX512BF16 inline void PrefetchBlock(const uint8_t* next, size_t i) {
+  if (next != nullptr) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
+  }
+}
+
+// 32 bf16 elements at p widened to f32 by interleaving zero words (elements {0-3, 8-11,
+// 16-19, 24-27} in yp, the rest in yq), times the multiplier (or divided by the scale),
+// rounded to bf16 and re-paired by one VCVTNE2PS2BF16: words yp's 16, then yq's 16.
+template <bool kRecip>
+QUENCH_AVX512BF16 inline __m512bh Quotients(const uint8_t* p, __m512 by) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i x = _mm512_loadu_si512(p);
+  const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
+  const __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
+  const __m512 yp = kRecip ? _mm512_mul_ps(lo, by) : _mm512_div_ps(lo, by);
+  const __m512 yq = kRecip ? _mm512_mul_ps(hi, by) : _mm512_div_ps(hi, by);
+  return _mm512_cvtne2ps_pbh(yq, yp);
+}
+
 // Quantizes n elements (a multiple of 64) at src with one group's multiplier into n / 2
 // packed bytes at dst; next: the same span of the next row, prefetched.
 template <bool kRecip>
 QUENCH_AVX512BF16 inline void QuantizeGroup(const uint8_t* src, size_t n, __m512 by,
                                             __m512i idx, const uint8_t* next, uint8_t* dst) {
-  const __m512i zero = _mm512_setzero_si512();
   const __m512 magic = _mm512_set1_ps(12582920.0f);  // 1.5 * 2^23 + 8
   // bf16 pairs (1, 0) and (0, 1): the even (low) or the odd element of each pair times 1.
   const __m512bh pick_even = (__m512bh)_mm512_set1_epi32(0x00003F80);
   const __m512bh pick_odd = (__m512bh)_mm512_set1_epi32(0x3F800000);
   const __m256i fifteen = _mm256_set1_epi8(15);
   for (size_t i = 0; i < n; i += kBlock) {
-    if (next != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
-    }
+    PrefetchBlock(next, i);
     __m512i even[2], odd[2];
     for (int h = 0; h < 2; ++h) {
-      const __m512i x = _mm512_loadu_si512(src + 2 * i + 64 * h);
-      const __m512 p = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
-      const __m512 q = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
-      const __m512 yp = kRecip ? _mm512_mul_ps(p, by) : _mm512_div_ps(p, by);
-      const __m512 yq = kRecip ? _mm512_mul_ps(q, by) : _mm512_div_ps(q, by);
-      const __m512bh v = _mm512_cvtne2ps_pbh(yq, yp);  // words: yp's 16, then yq's 16
+      const __m512bh v = Quotients<kRecip>(src + 2 * i + 64 * h, by);
       even[h] = _mm512_castps_si512(_mm512_dpbf16_ps(magic, v, pick_even));
       odd[h] = _mm512_castps_si512(_mm512_dpbf16_ps(magic, v, pick_odd));
     }
@@ -275,18 +259,10 @@ QUENCH_AVX512BF16 inline void QuantizeGroupAsym(const uint8_t* src, size_t n, __
   const __m512bh pick_odd = (__m512bh)_mm512_set1_epi32(0x3F800000);
   const __mmask64 byte1 = 0x2222222222222222ull;  // byte 1 of every dword
   for (size_t i = 0; i < n; i += kBlock) {
-    if (next != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(next + 2 * i + 64), _MM_HINT_T0);
-    }
+    PrefetchBlock(next, i);
     __m512i merged[2];
     for (int h = 0; h < 2; ++h) {
-      const __m512i x = _mm512_loadu_si512(src + 2 * i + 64 * h);
-      const __m512 p = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x));
-      const __m512 q = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x));
-      const __m512 yp = kRecip ? _mm512_mul_ps(p, by) : _mm512_div_ps(p, by);
-      const __m512 yq = kRecip ? _mm512_mul_ps(q, by) : _mm512_div_ps(q, by);
-      const __m512bh v1 = _mm512_cvtne2ps_pbh(yq, yp);
+      const __m512bh v1 = Quotients<kRecip>(src + 2 * i + 64 * h, by);
       const __m512 se = _mm512_dpbf16_ps(zp, v1, pick_even);
       const __m512 so = _mm512_dpbf16_ps(zp, v1, pick_odd);
       const __m512bh v = _mm512_cvtne2ps_pbh(so, se);  // words: se's 16, then so's 16
@@ -360,10 +336,10 @@ QUENCH_AVX512BF16 bool Impl(const WeightChunk& in, const ChunkOutputs& out) {
 }
 
 }  // namespace
-#endif  // QUENCH_INT4_BF16_X86
+#endif  // QUENCH_AVX512BF16_X86
 
 bool QuantizeInt4Bf16(const WeightChunk& in, const ChunkOutputs& out) {
-#ifdef QUENCH_INT4_BF16_X86
+#ifdef QUENCH_AVX512BF16_X86
   return Impl(in, out);
 #else
   (void)in;

@@ -31,7 +31,7 @@
 
 namespace quench::intq {
 
-// True when this CPU has AVX-512 F/BW/VL/DQ, VBMI and BF16.
+// True when this CPU runs the kernel (avx512bf16.h's Available: AVX-512 F/BW/VL/DQ, VBMI, BF16).
 bool Int4Bf16Available();
 
 // True when the kernel handles the chunk: bf16, 4 bits, symmetric or not, a group size (or a

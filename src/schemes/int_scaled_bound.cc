@@ -31,14 +31,11 @@
 #define HWY_TARGET_INCLUDE "src/schemes/int_scaled_bound.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "schemes/rounding-inl.h"
+#include "schemes/int_scaled-inl.h"  // hn, rd, iq; GroupParamsInRange
 
 HWY_BEFORE_NAMESPACE();
 namespace quench::intq {
 namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-namespace rd = quench::HWY_NAMESPACE::rounding;
-namespace iq = internal;
 
 // dW of lanes [c, c + N) by the definition (ScaledErrorRowScalar's loop), from the exact ws.
 HWY_INLINE void ExactLanes(size_t c, size_t N, const double* s, const float* ws, const iq::GroupParams& gp, const iq::Layout& lay,
@@ -99,8 +96,8 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
     const float fmn = hn::GetLane(hn::MinOfLanes(df, mn));
     const float fmx = hn::GetLane(hn::MaxOfLanes(df, mx));
     if (!(fmn > -HUGE_VALF && fmx < HUGE_VALF)) return false;  // an infinite product
-    const iq::GroupParams gp = iq::ComputeParams(fmn, fmx, lay, kSym, DType::kBF16);
-    if (!(gp.scale >= 0x1p-90f && gp.scale <= 0x1p90f)) return false;
+    iq::GroupParams gp;
+    if (!GroupParamsInRange(fmn, fmx, lay, kSym, &gp)) return false;
     params[g] = gp;
     inv_scales[g] = 1.0f / gp.scale;
     if (table) {

@@ -27,14 +27,11 @@
 #define HWY_TARGET_INCLUDE "src/schemes/int_scaled_error.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "schemes/rounding-inl.h"
+#include "schemes/int_scaled-inl.h"  // hn, rd, iq; GroupParamsInRange
 
 HWY_BEFORE_NAMESPACE();
 namespace quench::intq {
 namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-namespace rd = quench::HWY_NAMESPACE::rounding;
-namespace iq = internal;
 
 // One row, vectors of N = 4 or 8 f64 lanes (AVX2, AVX-512) and as many f32 lanes (half a
 // register on AVX-512, which Zen 4 executes at full rate). Without NaN selects: with finite
@@ -93,12 +90,11 @@ HWY_INLINE bool ScaledRow(D64 d64, const uint16_t* w, const double* s, const dou
       if (hn::GetLane(hn::MaxOfLanes(du, big)) >= 0x7F800000u) return false;
       // min and max are exact whatever the order (a -0 against a +0 gives the same scale and
       // zero point: calculate_qparams takes min(mn, 0) and max(mx, 0) first).
-      const iq::GroupParams gp =
-          iq::ComputeParams(hn::GetLane(hn::MinOfLanes(df, mn)),
-                            hn::GetLane(hn::MaxOfLanes(df, mx)), lay, symmetric, DType::kBF16);
-      // Group scales in [2^-90, 2^90] and s in [2^-20, 2^20] keep deq / s a normal f32 (or
-      // 0), where the midpoint test below is exact.
-      if (!(gp.scale >= 0x1p-90f && gp.scale <= 0x1p90f)) return false;
+      iq::GroupParams gp;
+      if (!GroupParamsInRange(hn::GetLane(hn::MinOfLanes(df, mn)),
+                              hn::GetLane(hn::MaxOfLanes(df, mx)), lay, symmetric, &gp)) {
+        return false;
+      }
       const auto scale = hn::Set(df, gp.scale);
       const auto zp = hn::Set(df, static_cast<float>(gp.zp));
       // v - zp as v + (-zp) with -zp = +0 when zp is 0: the definition's (int)q - zp is an
