@@ -286,7 +286,10 @@ void AppendField(std::string& out, const char* s, size_t width, bool left) {
 int PrintDryRun(const ConvertOptions& o) {
   auto plan = DryRun(o);
   if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
-  const Plan& p = *plan;
+  // Left for the process's exit to release (the dry run is the last thing the process does):
+  // freeing an MoE checkpoint's plan, 10^5 small allocations, one by one was 6% of a
+  // 70k-tensor dry run.
+  const Plan& p = *new Plan(std::move(*plan));
   size_t width = 6;
   for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
   std::printf("plan: %s -> %s\n", p.src.c_str(), o.dst.c_str());
