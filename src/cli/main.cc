@@ -273,10 +273,23 @@ void PrintExpertPrune(const PlannedExpertPrune& e) {
   }
 }
 
+// Appends `s` (up to its NUL, as printf's %s) padded with spaces to `width` bytes, on the
+// right (left-aligned, "%-*s") or on the left ("%*s").
+void AppendField(std::string& out, const char* s, size_t width, bool left) {
+  const std::string_view v(s);
+  const size_t pad = v.size() < width ? width - v.size() : 0;
+  if (!left) out.append(pad, ' ');
+  out += v;
+  if (left) out.append(pad, ' ');
+}
+
 int PrintDryRun(const ConvertOptions& o) {
   auto plan = DryRun(o);
   if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
-  const Plan& p = *plan;
+  // Left for the process's exit to release (the dry run is the last thing the process does):
+  // freeing an MoE checkpoint's plan, 10^5 small allocations, one by one was 6% of a
+  // 70k-tensor dry run.
+  const Plan& p = *new Plan(std::move(*plan));
   size_t width = 6;
   for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
   std::printf("plan: %s -> %s\n", p.src.c_str(), o.dst.c_str());
@@ -296,6 +309,8 @@ int PrintDryRun(const ConvertOptions& o) {
   std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
               "scheme", "bytes in", "bytes out", "note");
   uint64_t quantized = 0;
+  std::string rows;  // the table's rows, written a MiB at a time (one printf per row was a
+                     // tenth of a dry run of 70k tensors)
   for (const PlannedTensor& t : p.tensors) {
     uint64_t out = 0;
     for (size_t oi : t.outputs) out += p.shards[t.shard].outputs[oi].nbytes;
@@ -338,15 +353,30 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "magnitude " + p.prune.text + ": " + t.calib_note;
     }
     if (t.smoothed) note = "smoothed" + std::string(note.empty() ? "" : "; " + note);
-    std::printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", static_cast<int>(width), t.name.c_str(),
-                q                                     ? "quantize"
-                : t.action == TensorAction::kPrune    ? "prune"
-                : t.action == TensorAction::kDecode   ? "decode"
-                                                      : "copy",
-                q ? std::string(t.scheme->name).c_str() : "-",
-                static_cast<unsigned long long>(t.src_bytes), static_cast<unsigned long long>(out),
-                note.c_str());
+    // printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", ...), written into one buffer.
+    AppendField(rows, t.name.c_str(), width, true);
+    rows += "  ";
+    AppendField(rows,
+                q                                   ? "quantize"
+                : t.action == TensorAction::kPrune  ? "prune"
+                : t.action == TensorAction::kDecode ? "decode"
+                                                    : "copy",
+                8, true);
+    rows += ' ';
+    AppendField(rows, q ? std::string(t.scheme->name).c_str() : "-", 12, true);
+    rows += ' ';
+    AppendField(rows, std::to_string(t.src_bytes).c_str(), 12, false);
+    rows += ' ';
+    AppendField(rows, std::to_string(out).c_str(), 12, false);
+    rows += "  ";
+    rows += note.c_str();
+    rows += '\n';
+    if (rows.size() >= (1u << 20)) {
+      std::fwrite(rows.data(), 1, rows.size(), stdout);
+      rows.clear();
+    }
   }
+  std::fwrite(rows.data(), 1, rows.size(), stdout);
   std::printf("\noutput shards:\n");
   for (const PlannedShard& ps : p.shards) {
     std::printf("  %-40s %14llu bytes (%s)\n", ps.rel_name.c_str(),

@@ -65,16 +65,29 @@ Status CheckIndexEntry(const ModelFolder& m, const NameTable& holder, const std:
   return Status::Ok();
 }
 
-// Checks the index on simdjson's DOM: a JsonValue tree would copy every name of an index that
-// names 10^5 tensors. Read as Python reads JSON: a repeated key keeps its first position and
-// its last value.
-Status CheckIndex(const ModelFolder& m, const NameTable& holder) {
-  const std::string& label = *m.index_rel;
-  const std::string path = (m.root / label).string();
+// The index file read and parsed into simdjson's DOM (a JsonValue tree would copy every name
+// of an index that names 10^5 tensors). Done beside the shards' headers, since it needs
+// nothing from them; what it found is reported only after them, as before.
+struct IndexDom {
   simdjson::padded_string text;
   simdjson::dom::parser parser;
   simdjson::dom::element root;
-  if (simdjson::padded_string::load(path).get(text) || parser.parse(text).get(root)) {
+  bool parsed = false;
+};
+
+void ParseIndex(const ModelFolder& m, IndexDom& d) {
+  const std::string path = (m.root / *m.index_rel).string();
+  d.parsed =
+      !simdjson::padded_string::load(path).get(d.text) && !d.parser.parse(d.text).get(d.root);
+}
+
+// Checks the parsed index. Read as Python reads JSON: a repeated key keeps its first position
+// and its last value.
+Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom& d) {
+  const std::string& label = *m.index_rel;
+  const std::string path = (m.root / label).string();
+  const simdjson::dom::element root = d.root;
+  if (!d.parsed) {
     // The messages every JSON file quench reads gets (ReadJsonFile reads it again).
     Result<JsonValue> again = ReadJsonFile(path);
     if (!again.ok()) return again.status();
@@ -261,17 +274,20 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   // Each shard's header is read and parsed on its own, on one thread per core (tens of
   // thousands of tensors take a while to parse; a thread costs a fraction of a millisecond);
   // a failure is reported for the first failing shard in name order, as one by one.
+  // The index is parsed as one more job (its own file, checked after the shards).
   std::vector<Status> failed(shard_names.size());
   m.shards.resize(shard_names.size());
-  ForEachIndex(shard_names.size(),
-               WorkThreads(0, shard_names.size(), shard_names.size(), 1), [&](size_t i) {
-                 Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
-                 if (s.ok()) {
-                   m.shards[i] = std::move(*s);
-                 } else {
-                   failed[i] = s.status();
-                 }
-               });
+  IndexDom index;
+  const size_t jobs = shard_names.size() + (m.index_rel ? 1 : 0);
+  ForEachIndex(jobs, WorkThreads(0, jobs, jobs, 1), [&](size_t i) {
+    if (i == shard_names.size()) return ParseIndex(m, index);
+    Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
+    if (s.ok()) {
+      m.shards[i] = std::move(*s);
+    } else {
+      failed[i] = s.status();
+    }
+  });
   for (const Status& st : failed) {
     if (!st.ok()) return st;
   }
@@ -290,7 +306,7 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
       }
     }
   }
-  if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder));
+  if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder, index));
   for (const char* name : {"config.json", "params.json"}) {
     if (std::find(m.other_files.begin(), m.other_files.end(), name) != m.other_files.end()) {
       m.config_rel = name;

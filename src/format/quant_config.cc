@@ -141,12 +141,23 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
     out += "{}";
   } else {
     out += "{\n";
+    // Consecutive entries mostly name the same shard, through the same view: its escaped
+    // text is kept and reused while the view is the same.
+    std::string_view last_shard;
+    std::string shard_json;
     for (size_t i = 0; i < items.size(); ++i) {
       if (i > 0) out += ",\n";
       out += "    ";
       AppendJsonStringPython(out, items[i]->first);
       out += ": ";
-      AppendJsonStringPython(out, items[i]->second);
+      const std::string_view shard = items[i]->second;
+      if (shard.data() != last_shard.data() || shard.size() != last_shard.size() ||
+          shard_json.empty()) {
+        shard_json.clear();
+        AppendJsonStringPython(shard_json, shard);
+        last_shard = shard;
+      }
+      out += shard_json;
     }
     out += "\n  }";
   }

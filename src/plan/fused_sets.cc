@@ -79,24 +79,48 @@ const std::vector<size_t>& KindOf() {
   return kind;
 }
 
+// Every member of the table, in table order, as (its leaf, its context, its row), split once:
+// FusedSetKey runs per module (tens of thousands in an MoE checkpoint) and compares leaves
+// only; the first member whose leaf and context fit wins, as a scan of the table finds.
+struct Member {
+  std::string_view leaf, context;
+  size_t kind;
+};
+
+const std::vector<Member>& Members() {
+  static const std::vector<Member> members = [] {
+    std::vector<Member> out;
+    for (size_t k = 0; k < kKinds; ++k) {
+      for (std::string_view member : kFusedSetKinds[k].members) {
+        if (member.empty()) continue;
+        auto [context, leaf] = SplitLast(member);
+        out.push_back({leaf, context, k});
+      }
+    }
+    return out;
+  }();
+  return members;
+}
+
 }  // namespace
 
 std::span<const FusedSetKind> FusedSetKinds() { return kFusedSetKinds; }
 
 std::string FusedSetKey(std::string_view module) {
   auto [parent, leaf] = SplitModuleParam(module);
-  for (size_t k = 0; k < kKinds; ++k) {
-    for (std::string_view member : kFusedSetKinds[k].members) {
-      if (member.empty()) continue;
-      auto [context, member_leaf] = SplitLast(member);
-      if (leaf != member_leaf) continue;
-      if (!context.empty() && parent != context &&
-          !(parent.ends_with(context) && parent.size() > context.size() &&
-            parent[parent.size() - context.size() - 1] == '.')) {
-        continue;
-      }
-      return std::string(parent) + "|" + std::string(kFusedSetKinds[KindOf()[k]].fused);
+  for (const Member& m : Members()) {
+    if (leaf != m.leaf) continue;
+    if (!m.context.empty() && parent != m.context &&
+        !(parent.ends_with(m.context) && parent.size() > m.context.size() &&
+          parent[parent.size() - m.context.size() - 1] == '.')) {
+      continue;
     }
+    std::string key;
+    const std::string_view fused = kFusedSetKinds[KindOf()[m.kind]].fused;
+    key.reserve(parent.size() + 1 + fused.size());
+    key.append(parent).push_back('|');
+    key.append(fused);
+    return key;
   }
   return {};
 }
