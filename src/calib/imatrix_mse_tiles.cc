@@ -190,35 +190,34 @@ HWY_INLINE bool TileErrors(const Tiles& t, size_t tile, const float* s_arr, cons
   return complete;
 }
 
-// What both tile passes open with: the block in tiles, per-lane scale and zero-point
-// buffers for every padded group (aligned: TileErrors loads whole vectors), and one tile's
-// bounds and errors.
+// What both tile passes open with: the block in tiles, and per-lane scale and zero-point
+// buffers for every padded group (aligned: TileErrors loads whole vectors).
 struct TilePass {
   Tiles t;
   size_t padded = 0;
   hwy::AlignedFreeUniquePtr<float[]> s, zp;
-  std::vector<double> bound, err;
   explicit TilePass(const Block& b) {
     MakeTiles(b, &t);
     padded = t.tiles * t.L;
     s = hwy::AllocateAligned<float>(padded);
     zp = hwy::AllocateAligned<float>(padded);
-    bound.resize(t.L);
-    err.resize(t.L);
   }
 };
 
 template <DType D, int M, int N>
 void SearchTiles(const Block& b) {
   const DF df;
-  TilePass pass(b);
-  auto& [t, padded, s, zp, bound, err] = pass;
-  const size_t L = t.L;
+  const TilePass pass(b);
+  const Tiles& t = pass.t;
+  const size_t L = t.L, padded = pass.padded;
+  float* const s = pass.s.get();
+  float* const zp = pass.zp.get();
+  std::vector<double> bound(L), err(L);
   std::vector<uint8_t> scalar(padded);
   const VF lo = hn::Set(df, static_cast<float>(b.layout.qmin));
   const VF hi = hn::Set(df, static_cast<float>(b.layout.qmax));
   for (int i = b.i0; i <= b.i1; ++i) {
-    StepArrays<D, M>(b, t, i, s.get(), zp.get(), scalar.data());
+    StepArrays<D, M>(b, t, i, s, zp, scalar.data());
     bool any = false;
     const bool none_scalar =
         M != kIntAsym || std::find(scalar.begin(), scalar.end(), 1) == scalar.end();
@@ -236,7 +235,7 @@ void SearchTiles(const Block& b) {
         }
         if (!live) continue;
       }
-      if (!TileErrors<D, M, N>(t, tile, s.get() + tile * L, zp.get() + tile * L, lo, hi,
+      if (!TileErrors<D, M, N>(t, tile, s + tile * L, zp + tile * L, lo, hi,
                                bound.data(), err.data())) {
         continue;
       }
@@ -271,9 +270,12 @@ template <DType D, int M, int N>
 void ErrorsTiles(const Block& b, const StepParams* params, const double* bound_in,
                  double* err_out) {
   const DF df;
-  TilePass pass(b);
-  auto& [t, padded, s, zp, bound, err] = pass;
-  const size_t L = t.L;
+  const TilePass pass(b);
+  const Tiles& t = pass.t;
+  const size_t L = t.L, padded = pass.padded;
+  float* const s = pass.s.get();
+  float* const zp = pass.zp.get();
+  std::vector<double> bound(L), err(L);
   for (size_t g = 0; g < padded; ++g) {
     s[g] = g < t.groups ? params[g].scale : 1.0f;
     zp[g] = g < t.groups ? params[g].zp : 0.0f;
@@ -285,7 +287,7 @@ void ErrorsTiles(const Block& b, const StepParams* params, const double* bound_i
       const size_t g = tile * L + l;
       bound[l] = g < t.groups ? bound_in[g] : -1.0;
     }
-    const bool complete = TileErrors<D, M, N>(t, tile, s.get() + tile * L, zp.get() + tile * L,
+    const bool complete = TileErrors<D, M, N>(t, tile, s + tile * L, zp + tile * L,
                                               lo, hi, bound.data(), err.data());
     for (size_t l = 0; l < L && tile * L + l < t.groups; ++l) {
       const size_t g = tile * L + l;
