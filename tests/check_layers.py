@@ -18,7 +18,7 @@ ALLOWED = {
     "src/plan": {"quench", "format", "schemes", "plan"},
     "src/pipeline": {"quench", "format", "schemes", "plan", "pipeline", "calib"},
     "src/verify": {"quench", "format", "schemes", "plan", "verify"},
-    # calib: its Highway kernels (imatrix_mse_kernel.cc, imatrix_mse_rows.cc) as the schemes'.
+    # calib: its Highway kernels (imatrix_mse_*.cc, imatrix_mse-inl.h) as the schemes'.
     "src/calib": {"quench", "format", "schemes", "plan", "calib", "hwy"},
     "src/cli": {"quench", "format", "schemes", "plan", "pipeline", "verify", "calib", "cli"},
 }

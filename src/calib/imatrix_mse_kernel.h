@@ -2,11 +2,13 @@
 // step of a range, against its best so far. Two implementations of one definition:
 //   SearchBlockScalar: the definition, group by group, step by step (GroupErrorScalar;
 //     src/calib/imatrix_mse_scalar.cc).
-//   SearchBlock: Highway kernels (src/calib/imatrix_mse_kernel.cc, dynamic dispatch), equal to
-//     the scalar definition bit for bit on every target: groups of 4+ vectors by the certified
-//     search (SearchCertified: per group, f32 sums with a rigorous bound on the definition's
+//   SearchBlock: Highway kernels (dynamic dispatch in src/calib/imatrix_mse_kernel.cc; shared
+//     per-target pieces in imatrix_mse-inl.h), equal to the scalar definition bit for bit on
+//     every target: groups of 4+ vectors by the certified search (imatrix_mse_certified.cc,
+//     SearchCertified: per group, f32 sums with a rigorous bound on the definition's
 //     value, the definition's own sums only for near ties; masks and improved always the
-//     definition's, best too when Block::exact_best), narrower ones in tiles as below.
+//     definition's, best too when Block::exact_best), narrower ones in tiles as below
+//     (imatrix_mse_tiles.cc).
 //
 // The definition (imatrix_mse.h has where each rule comes from): per group, with m0, M0 its
 // min and max, e = f32(expand), and step i's range mn = RNE_D(p_i * RNE_D(m0 * e)),

@@ -1,7 +1,7 @@
 // Row helpers of the imatrix_mse observer (see imatrix_mse_rows.h), compiled once per
 // Highway target through foreach_target.
 
-// As in imatrix_mse_kernel.cc: the definition rounds every product and difference, so
+// As in the imatrix_mse kernels: the definition rounds every product and difference, so
 // GCC's contraction into FMAs is off for this file.
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -80,8 +80,8 @@ void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn,
 }
 
 // QuantizeValue on Lanes(df) values: RNE_D(x / s), + zp in D (asymmetric), clamp, round
-// half to even (1.5 * 2^23 added and taken away: exact for |v| <= 2^22, as in
-// imatrix_mse_kernel.cc), then the integer.
+// half to even (1.5 * 2^23 added and taken away: exact for |v| <= 2^22, as RoundInt in
+// imatrix_mse-inl.h), then the integer.
 template <DType D, bool kSym>
 void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
                   const intq::internal::Layout& l, int8_t* codes) {

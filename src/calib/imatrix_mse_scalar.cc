@@ -1,6 +1,7 @@
 // The imatrix_mse search's scalar definition (see imatrix_mse_kernel.h): the step
 // parameters, one group's error, and the search of a block group by group, step by step.
-// The Highway kernels (imatrix_mse_kernel.cc) must equal it bit for bit.
+// The Highway kernels (imatrix_mse_kernel.cc and the files it dispatches to) must equal it
+// bit for bit.
 
 // The definition rounds every f32 product and difference: no contraction into FMAs (GCC
 // contracts in C++ mode wherever the target has them, e.g. with -march=native).

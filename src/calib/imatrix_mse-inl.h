@@ -1,0 +1,236 @@
+// Per-target pieces the imatrix_mse kernels share (see imatrix_mse_kernel.h): one element's
+// term, the block's groups in tiles, each step's per-group parameters, and the dispatch over
+// dtype, mode and norm; and the per-target entry points of the two searches, each compiled in
+// its own file (imatrix_mse_tiles.cc, imatrix_mse_certified.cc; imatrix_mse_kernel.cc
+// dispatches between them).
+//
+// Highway "-inl.h" convention: include after hwy/highway.h, once per target (the toggled
+// include guard below), from inside a file compiled through foreach_target.
+
+// The definition rounds every f32 product and difference: no contraction into FMAs here
+// either (each including file switches it off too, before its first include).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#if defined(QUENCH_CALIB_IMATRIX_MSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QUENCH_CALIB_IMATRIX_MSE_INL_H_
+#undef QUENCH_CALIB_IMATRIX_MSE_INL_H_
+#else
+#define QUENCH_CALIB_IMATRIX_MSE_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>  // std::integral_constant
+
+#include "calib/imatrix_mse_kernel.h"
+#include "hwy/aligned_allocator.h"
+#include "hwy/highway.h"
+#include "schemes/rounding-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace quench::calib::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace rd = quench::HWY_NAMESPACE::rounding;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+#if HWY_TARGET == HWY_SCALAR
+using DD = hn::Rebind<double, DF>;  // one lane: one f64 accumulator
+#else
+using DH = hn::Half<DF>;
+using DD = hn::Repartition<double, DF>;  // half the lanes: two f64 accumulators
+#endif
+using VD = hn::Vec<DD>;
+
+enum Mode { kIntSym = 0, kIntAsym = 1, kFp4 = 2 };
+
+// Round half to even of |v| <= 2^22: adding 1.5 * 2^23 leaves an f32 whose ulp is 1, so the
+// FPU's RNE addition rounds v to an integer, and subtracting it back is exact. Equal to
+// torch.round / rint there (the sign of a zero result aside, which no error sees: dq is a
+// product with it, and |dq - x| drops the sign). Used on every target: Highway's scalar
+// Round adds 0.5, which rounds 0.49999997 up.
+HWY_INLINE VF RoundInt(DF df, VF v) {
+  const VF magic = hn::Set(df, 12582912.0f);
+  return hn::Sub(hn::Add(v, magic), magic);
+}
+
+// One element's term e = |dq - x|^norm * imp (the definition in imatrix_mse_kernel.h).
+template <DType D, int M, int N>
+HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
+  VF v = rd::RoundToDType<D>(df, hn::Div(x, s));
+  VF dq;
+  if constexpr (M == kFp4) {
+    // cast_to_fp4 of clamp(v, -6, 6): E2M1 rounds |v| to nearest even on a grid of 0.5
+    // below 2, 1 below 4, 2 up to 6 (the table's <= / < thresholds are exactly those ties).
+    const VF a = hn::Min(hn::Abs(v), hn::Set(df, 6.0f));
+    const VF inv = hn::IfThenElse(
+        hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 2.0f),
+        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 1.0f), hn::Set(df, 0.5f)));
+    const VF step = hn::IfThenElse(
+        hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0.5f),
+        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 1.0f), hn::Set(df, 2.0f)));
+    // Powers of two: both products are exact.
+    const VF r = hn::Mul(RoundInt(df, hn::Mul(a, inv)), step);
+    dq = rd::RoundToDType<D>(df, hn::Mul(hn::CopySign(r, v), s));
+  } else {
+    if constexpr (M == kIntAsym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
+    const VF q = RoundInt(df, hn::Min(hn::Max(v, lo), hi));
+    dq = rd::RoundToDType<D>(df, hn::Mul(M == kIntAsym ? hn::Sub(q, zp) : q, s));
+  }
+  const VF d = hn::Abs(hn::Sub(dq, x));
+  VF e = hn::Mul(d, d);
+  if constexpr (N == 3) e = hn::Mul(e, d);
+  return hn::Mul(e, im);
+}
+
+// The block's groups in tiles of L (lane l of tile t: group t * L + l), element-major; the
+// importance tiles (their pattern repeats every `period` tiles, as the groups' columns do);
+// each group's min and max; and for the bound, the term of each group's element of largest
+// |x|^3 * imp (x and imp of that element). Buffers are kept per thread and reused: fresh
+// pages for every block cost more than the search.
+struct Tiles {
+  size_t n = 0, groups = 0, L = 0, tiles = 0, period = 0;
+  float* x = nullptr;
+  float* imp = nullptr;
+  float* kx = nullptr;
+  float* kimp = nullptr;
+  float* m0 = nullptr;
+  float* M0 = nullptr;
+  const float* Imp(size_t tile) const { return imp + (tile % period) * n * L; }
+};
+
+// A per-thread aligned buffer of at least n floats (one set per target, shared by the
+// searches: inline, so every file including this one has the same buffers).
+inline float* Scratch(int which, size_t n) {
+  thread_local hwy::AlignedFreeUniquePtr<float[]> buf[8];
+  thread_local size_t size[8] = {};
+  if (size[which] < n) {
+    buf[which] = hwy::AllocateAligned<float>(n);
+    size[which] = n;
+  }
+  return buf[which].get();
+}
+
+// Per-tile parameter arrays for step i (lanes past the block's groups: scale 1, zp 0);
+// groups whose scale is not finite are left to the scalar definition (flag set). Int and
+// NVFP4 compute ParamsOf lane-wise (the same operations; a zero may differ in sign where
+// the scalar std::min / std::max keep their first argument, which no parameter sees: a
+// zero range gives scale 0 -> eps and zp 0 either way, and is otherwise added to, or
+// divided by, a nonzero value); MXFP4's E8M0 scale stays scalar.
+template <DType D, int M>
+void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint8_t* scalar) {
+  const size_t padded = t.tiles * t.L;
+  if (M == kFp4 && b.format == ImatrixFormat::kMxfp4) {
+    for (size_t g = 0; g < padded; ++g) {
+      if (g >= t.groups) {
+        s[g] = 1.0f;
+        zp[g] = 0.0f;
+        scalar[g] = 0;
+        continue;
+      }
+      float mn, mx;
+      StepRange(t.m0[g], t.M0[g], i, b.grid, /*expand=*/1.0, b.dtype, &mn, &mx);  // expanded
+      const StepParams p = ParamsOf(b, mn, mx);
+      s[g] = p.scale;
+      zp[g] = p.zp;
+      scalar[g] = std::isfinite(p.scale) ? 0 : 1;
+    }
+    return;
+  }
+  const DF df;
+  const float p = static_cast<float>(1.0 - static_cast<double>(i) / b.grid);
+  const auto vp = hn::Set(df, p);
+  const auto zero = hn::Zero(df);
+  const auto eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
+  const float range = static_cast<float>(b.layout.qmax - b.layout.qmin);
+  const auto qmin = hn::Set(df, static_cast<float>(b.layout.qmin));
+  const auto qmax = hn::Set(df, static_cast<float>(b.layout.qmax));
+  for (size_t g = 0; g < padded; g += t.L) {
+    const auto mn = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.m0 + g)));
+    const auto mx = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.M0 + g)));
+    hn::Vec<DF> scale, z = zero;
+    if constexpr (M == kFp4) {
+      // NVFP4: RNE_D(pos / 6), zero guard eps.
+      const auto pos = hn::Max(hn::Abs(hn::Min(mn, zero)), hn::Abs(hn::Max(mx, zero)));
+      scale = rd::RoundToDType<D>(df, hn::Div(pos, hn::Set(df, 6.0f)));
+    } else {
+      const auto lo = hn::Min(mn, zero), hi = hn::Max(mx, zero);
+      if constexpr (M == kIntSym) {
+        // calculate_qparams, symmetric: RNE_D(max(-mn, mx) / (bit_range / 2)).
+        scale = rd::RoundToDType<D>(
+            df, hn::Div(hn::Max(hn::Neg(lo), hi), hn::Set(df, range / 2.0f)));
+      } else {
+        // Asymmetric: RNE_D(RNE_D(mx - mn) / bit_range); zp = RNE_D(qmin - RNE_D(mn / s))
+        // with the unguarded scale, clamped unless NaN, rounded (NaN -> 0).
+        scale = rd::RoundToDType<D>(
+            df, hn::Div(rd::RoundToDType<D>(df, hn::Sub(hi, lo)), hn::Set(df, range)));
+        const auto q = rd::RoundToDType<D>(
+            df, hn::Sub(qmin, rd::RoundToDType<D>(df, hn::Div(lo, scale))));
+        const auto clamped = RoundInt(df, hn::Min(hn::Max(q, qmin), qmax));
+        z = hn::IfThenZeroElse(hn::IsNaN(q), clamped);
+      }
+    }
+    scale = hn::IfThenElse(hn::Eq(scale, zero), eps, scale);
+    hn::Store(scale, df, s + g);
+    hn::Store(z, df, zp + g);
+    // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite.
+    for (size_t l = 0; M == kIntAsym && l < t.L; ++l) scalar[g + l] = !std::isfinite(s[g + l]);
+  }
+  if (M != kIntAsym) std::fill_n(scalar, padded, uint8_t{0});
+  for (size_t g = t.groups; g < padded; ++g) {
+    s[g] = 1.0f;
+    zp[g] = 0.0f;
+    scalar[g] = 0;
+  }
+}
+
+// Dispatch over dtype, mode and norm (the kernels take norm 2 and 3; others go scalar).
+template <template <DType, int, int> class F, class... Args>
+bool Dispatch(const Block& b, Args... args) {
+  const int mode = b.format != ImatrixFormat::kInt ? kFp4 : b.symmetric ? kIntSym : kIntAsym;
+  const int norm = b.norm == 3.0 ? 3 : b.norm == 2.0 ? 2 : 0;
+  if (norm == 0) return false;
+  auto by_norm = [&](auto d_tag, auto m_tag) {
+    constexpr DType D = decltype(d_tag)::value;
+    constexpr int M = decltype(m_tag)::value;
+    if (norm == 3) {
+      F<D, M, 3>::Run(b, args...);
+    } else {
+      F<D, M, 2>::Run(b, args...);
+    }
+  };
+  auto by_mode = [&](auto d_tag) {
+    if (mode == kFp4) {
+      by_norm(d_tag, std::integral_constant<int, kFp4>());
+    } else if (mode == kIntSym) {
+      by_norm(d_tag, std::integral_constant<int, kIntSym>());
+    } else {
+      by_norm(d_tag, std::integral_constant<int, kIntAsym>());
+    }
+  };
+  switch (b.dtype) {
+    case DType::kBF16: by_mode(std::integral_constant<DType, DType::kBF16>()); break;
+    case DType::kF16: by_mode(std::integral_constant<DType, DType::kF16>()); break;
+    case DType::kF32: by_mode(std::integral_constant<DType, DType::kF32>()); break;
+    default: return false;
+  }
+  return true;
+}
+
+// The per-target entry points (false on parameters the kernels do not take).
+bool SearchTilesKernel(const Block& b);      // imatrix_mse_tiles.cc
+bool ErrorsTilesKernel(const Block& b, const StepParams* params, const double* bound,
+                       double* err);        // imatrix_mse_tiles.cc (GroupErrorsKernel)
+bool SearchCertifiedKernel(const Block& b);  // imatrix_mse_certified.cc
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::calib::internal
+HWY_AFTER_NAMESPACE();
+
+#endif  // QUENCH_CALIB_IMATRIX_MSE_INL_H_
