@@ -6,6 +6,8 @@
 
 #include <atomic>
 
+#include "schemes/cpu_x86.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QUENCH_AVX512BF16_X86 1
 #include <immintrin.h>
@@ -23,13 +25,7 @@ namespace quench::avx512bf16 {
 // True when this CPU has AVX-512 F/BW/VL/DQ, VBMI and BF16 (and BMI2, for _bzhi).
 inline bool Available() {
 #ifdef QUENCH_AVX512BF16_X86
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
-                         __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512vbmi") &&
-                         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("bmi2");
-  return ok;
+  return cpu::HasAvx512Bf16();
 #else
   return false;
 #endif

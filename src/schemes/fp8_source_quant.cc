@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "schemes/cpu_x86.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp8_shared.h"
 #include "schemes/fp8_source_tables.h"
@@ -29,12 +30,7 @@ namespace quench::fp8 {
 
 bool FusedSourceAvailable() {
 #ifdef QUENCH_FUSED_X86
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
-                         __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2");
-  return ok;
+  return cpu::HasAvx512Vbmi();
 #else
   return false;
 #endif

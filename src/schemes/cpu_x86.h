@@ -1,0 +1,35 @@
+// The x86 CPU features the hand-written AVX-512 kernels need, checked once at run time:
+// fp8_source_quant.cc / fp8_source_nvfp4.cc (VBMI tables) and the AVX-512 BF16 kernels
+// (avx512bf16.h) share the same base set.
+#ifndef QUENCH_SCHEMES_CPU_X86_H_
+#define QUENCH_SCHEMES_CPU_X86_H_
+
+namespace quench::cpu {
+
+// True when this CPU has AVX-512 F/BW/VL/DQ and VBMI, and BMI2 (for _bzhi).
+inline bool HasAvx512Vbmi() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// HasAvx512Vbmi() and AVX-512 BF16.
+inline bool HasAvx512Bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = HasAvx512Vbmi() && __builtin_cpu_supports("avx512bf16");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace quench::cpu
+
+#endif  // QUENCH_SCHEMES_CPU_X86_H_
