@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "schemes/float_formats.h"
+#include "schemes/fp4_bounds.h"
 #include "schemes/fp4_shared.h"
 #include "schemes/fp8_source_quant.h"
 #include "schemes/fp8_source_tables.h"
@@ -17,130 +18,192 @@ namespace quench::fp8 {
 namespace fused {
 namespace {
 
-// ---- NVFP4 ----
+// A slot's table (column j, largest magnitude mc): byte m (m <= mc) is the nibble of -x(m),
+// idx(m) | 8 * [x(m) / eff > 0]; the nibble of +x(m) is its low three bits (fp4_bounds.h,
+// item 1). Beside it, inside the slot, the group's E4M3 scale code and the slot's stamp.
+constexpr size_t kScaleByte = 128;
+constexpr size_t kStampByte = 132;
 
-// The table of (column j, mc) for the global scale gs: byte m = nibble(+x(m)) |
-// nibble(-x(m)) << 4; the group's E4M3 scale code to *scale. False when x(mc) is not finite.
-QUENCH_VBMI bool BuildNvfp4(const uint16_t* dec, uint32_t mc, float gs, uint8_t* table,
-                            uint16_t* scale) {
-  if ((dec[mc] & 0x7FFFu) >= 0x7F80u) return false;
-  const uint8_t code = fp4::internal::Nvfp4ScaleCode(BF16ToF32(dec[mc]), gs, DType::kBF16);
-  *scale = code;
-  // _quantize: eff = scale / global_scale (f32), then v = x / eff (f32, IEEE division).
-  const __m512 eff = _mm512_set1_ps(E4M3ToF32(code) / gs);
-  const __m512 magic = _mm512_set1_ps(4194304.0f);  // 2^22
-  // Only the entries a group with this mc can look up (m <= mc) are built.
-  for (size_t m = 0; m <= mc; m += 16) {
-    const __m512 v = _mm512_div_ps(LoadDecoded(dec + m), eff);  // >= +0
-    // Fp4Nibble's E2M1 index of min(v, 6), as fp4.cc's Fp4Codes computes it: below 1,
-    // v + 2^22 rounds v to a multiple of 0.5 (ties to even: 0.25 -> 0, 0.75 -> 1); from 1
-    // up, RNE to one mantissa bit, and (bits >> 22) - (252 << 22 >> 22) is the index
-    // (1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4 in the 1-bit mantissa sense).
-    const __m512 a = _mm512_min_ps(v, _mm512_set1_ps(6.0f));
-    const __m512i sub = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(a, magic)),
-                                         _mm512_castps_si512(magic));
-    const __m512i bits = _mm512_castps_si512(a);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 22), _mm512_set1_epi32(1));
-    const __m512i normal = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x1FFFFF - (252 << 22))), lsb),
-        22);
-    const __m512i idx = _mm512_mask_blend_epi32(
-        _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.0f), _CMP_LT_OQ), normal, sub);
-    // -x(m) / eff is -v exactly: the sign nibble bit iff -v < 0, i.e. v > 0.
-    const __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
-    const __m512i neg = _mm512_mask_or_epi32(idx, pos, idx, _mm512_set1_epi32(8));
-    const __m512i both = _mm512_or_si512(idx, _mm512_slli_epi32(neg, 4));
-    _mm_store_si128(reinterpret_cast<__m128i*>(table + m), _mm512_cvtepi32_epi8(both));
+// What the builds of one call share: the band's decode tables, the global scale, and the
+// bounds of each group scale code met so far (fp4_bounds.h; eff depends on the code and gs
+// only).
+struct Nvfp4Builds {
+  Band band;
+  float gs;
+  uint8_t have[kMags] = {};
+  alignas(16) uint16_t bounds[kMags][8];
+
+  const uint16_t* Bounds(uint8_t code) {
+    if (!have[code]) {
+      // _quantize: eff = scale / global_scale (f32).
+      fp4::internal::Nvfp4Bounds(E4M3ToF32(code) / gs, bounds[code]);
+      have[code] = 1;
+    }
+    return bounds[code];
   }
+};
+
+// 32 entries from 32 decoded magnitudes d (bf16 bits): idx | 8 * sign as 16-bit lanes, by
+// the bounds b (fp4_bounds.h). d >= +0 and every bound is <= 0x7F81, so d - bound is exact in
+// int16 and its sign bit says d < bound.
+QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
+  __m512i below = _mm512_srai_epi16(_mm512_sub_epi16(d, b[1]), 15);  // -[d < b1]
+  for (int k = 2; k < 8; ++k) {
+    below = _mm512_add_epi16(below, _mm512_srai_epi16(_mm512_sub_epi16(d, b[k]), 15));
+  }
+  // (7 - #below) | (8 if d >= b0) = 15 + below - 8 * [d < b0].
+  const __m512i neg0 = _mm512_and_si512(_mm512_srai_epi16(_mm512_sub_epi16(d, b[0]), 15),
+                                        _mm512_set1_epi16(8));
+  return _mm512_cvtepi16_epi8(
+      _mm512_sub_epi16(_mm512_add_epi16(below, _mm512_set1_epi16(15)), neg0));
+}
+
+// Fills the table at `table` for mc from the column's decode table `dec` (entries m <= mc:
+// the only ones a group with this mc looks up). False when x(mc) is not finite. Each entry
+// compares x(m)'s bf16 bits with the eight bounds at which the definition's
+// Fp4Nibble(+-x / eff) changes (fp4_bounds.h proves the two equal), so no entry divides.
+QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, const uint16_t* dec, uint32_t mc,
+                            uint8_t* table) {
+  if ((dec[mc] & 0x7FFFu) >= 0x7F80u) return false;
+  const uint8_t code =
+      fp4::internal::Nvfp4ScaleCode(BF16ToF32(dec[mc]), ctx.gs, DType::kBF16);
+  const uint16_t* bound = ctx.Bounds(code);
+  __m512i b[8];
+  for (int k = 0; k < 8; ++k) b[k] = _mm512_set1_epi16(static_cast<int16_t>(bound[k]));
+  // Usually only the top 64 entries need the bounds: x(m) is non-decreasing in m and x(0) =
+  // +0 < bound[0], so when x(1) >= bound[0] and x(w - 1) < bound[1] every entry 0 < m < w is
+  // 8 (index 0, sign set) and entry 0 is 0. (w = mc - 63 >= 1; the fill covers [0, 64).)
+  if (mc >= 64 && dec[1] >= bound[0] && dec[mc - 64] < bound[1]) {
+    const size_t w = mc - 63;
+    _mm512_store_si512(table, _mm512_mask_blend_epi8(~1ull, _mm512_setzero_si512(),
+                                                     _mm512_set1_epi8(8)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + w),
+                        Entries32(_mm512_loadu_si512(dec + w), b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + w + 32),
+                        Entries32(_mm512_loadu_si512(dec + w + 32), b));
+  } else {
+    for (size_t m = 0; m <= mc; m += 32) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(table + m),
+                         Entries32(_mm512_load_si512(dec + m), b));
+    }
+  }
+  table[kScaleByte] = code;
   return true;
 }
 
-// Builds the NVFP4 table of `slot` (column j, largest magnitude mc) and stamps it; kept out
-// of line so that the lookup loop stays small. False when x(mc) is not finite.
-[[gnu::noinline]] QUENCH_VBMI bool BuildNvfp4Slot(Band& band, size_t j, uint32_t mc, float gs,
-                                                  size_t slot) {
-  Workspace& ws = band.ws;
-  if (!BuildNvfp4(band.Decode(j), mc, gs, ws.tables.get() + slot * kTableBytes,
-                  &ws.slot_scale[slot])) {
-    return false;
-  }
-  ws.slot_stamp[slot] = ws.epoch;
+// Builds the table at `table` (slot j * 128 + mc of the workspace) and stamps it; kept out of
+// line so that the lookup loop stays small. False for the NaN code (mc = 0x7F) or x(mc) not
+// finite.
+[[gnu::noinline]] QUENCH_VBMI bool BuildSlot(Nvfp4Builds& ctx, uint8_t* table) {
+  Workspace& ws = ctx.band.ws;
+  const size_t slot = static_cast<size_t>(table - ws.tables) / kTableBytes;
+  const uint32_t mc = static_cast<uint32_t>(slot % kMags);
+  if (mc == 0x7F || !BuildNvfp4(ctx, ctx.band.Decode(slot / kMags), mc, table)) return false;
+  std::memcpy(table + kStampByte, &ws.epoch, 4);
   return true;
+}
+
+// The packed nibbles of 64 codes whose four groups of 16 use tables t[0..3]: each group's
+// lanes through its own table (a zero-masked two-table byte permute, the index's bit 7
+// ignored), then the sign: the table byte is the nibble of -x; for a positive code its bit 3
+// is cleared (y = r & ((code >> 4) | 7), the code's bit 7 landing on bit 3). Even element in
+// the low nibble: y_even + 16 * y_odd per 16-bit lane, whose low byte is kept.
+QUENCH_VBMI inline __m256i Lookup4(__m512i v, const uint8_t* const* t) {
+  __m512i res = _mm512_permutex2var_epi8(_mm512_load_si512(t[0]), v,
+                                         _mm512_load_si512(t[0] + 64));
+  for (int k = 1; k < 4; ++k) {
+    const __m512i rk = _mm512_permutex2var_epi8(_mm512_load_si512(t[k]), v,
+                                                _mm512_load_si512(t[k] + 64));
+    res = _mm512_mask_blend_epi8(0xFFFFull << (16 * k), res, rk);
+  }
+  const __m512i y = _mm512_ternarylogic_epi64(res, _mm512_srli_epi16(v, 4),
+                                              _mm512_set1_epi8(0x07), 0xE0);  // a & (b | c)
+  const __m512i w = _mm512_maddubs_epi16(y, _mm512_set1_epi16(0x1001));  // bytes (1, 16)
+  return _mm512_cvtepi16_epi8(w);
 }
 
 QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOutputs& out) {
-  Workspace& ws = ThreadWorkspace();
+  Workspace& ws = ThreadWorkspace(TableKind::kNvfp4);
   ws.Reserve(in.scale_cols);
   constexpr size_t kGroup = 16;
   const size_t n_groups = in.cols / kGroup;
+  const size_t units = (in.cols + 127) / 128;  // 128 codes (two vectors, 8 groups) a unit
   const size_t first_band = in.first_row / in.block_rows;
-  Band band{ws, in};
+  Nvfp4Builds ctx{Band{ws, in}, gs};
   size_t cur = ~size_t{0};
-  // Byte 16k of a vector to byte k: the four groups' maxima after the in-lane reduction.
-  const __m512i gather = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                          0x30201000);
-  const __m512i low7 = _mm512_set1_epi8(0x7F), low4 = _mm512_set1_epi8(0x0F);
+  // base[8u + p]: the mc = 0 table of the column of the group whose maximum the reduction
+  // below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2 a3 b3 (a: the first vector's
+  // four, b: the second's). A last unit of 64 codes reduces its vector with itself (b = a).
   const std::vector<uint32_t> col_of = BlockColumns(in, kGroup);
-  std::vector<uint32_t> col_base(col_of.size());  // first slot of each group's column
-  for (size_t g = 0; g < col_of.size(); ++g) col_base[g] = col_of[g] * kMags;
-  // Raw views of the workspace for the inner loop (the compiler cannot keep a vector's data
-  // pointer in a register across the stores).
-  const uint32_t* stamp = ws.slot_stamp.data();
-  const uint16_t* slot_scale = ws.slot_scale.data();
-  const uint8_t* tab = ws.tables.get();
+  std::vector<uintptr_t> base(units * 8);
+  for (size_t u = 0; u < units; ++u) {
+    const bool full = (u + 1) * 128 <= in.cols;
+    for (size_t p = 0; p < 8; ++p) {
+      const size_t g = u * 8 + (p % 2 == 0 || !full ? p / 2 : 4 + p / 2);
+      base[u * 8 + p] = reinterpret_cast<uintptr_t>(ws.tables + col_of[g] * kMags * kTableBytes);
+    }
+  }
+  const __m512i low7 = _mm512_set1_epi8(0x7F);
+  const __m512i low8 = _mm512_set1_epi64(0xFF);
+  // The row's tables, in base's order; filled a row ahead of their use so that the stamp
+  // checks do not wait on the vector reduction that computes them.
+  std::vector<const uint8_t*> tabs(units * 8);
   uint32_t epoch = 0;
   for (size_t r = 0; r < in.rows; ++r) {
     const size_t b = (in.first_row + r) / in.block_rows;
     if (b != cur) {
       ws.NextEpoch();
       epoch = ws.epoch;
-      band.scale_row = in.scales + (b - first_band) * in.scale_cols;
+      ctx.band.scale_row = in.scales + (b - first_band) * in.scale_cols;
       cur = b;
     }
     const uint8_t* codes = in.codes + r * in.cols;
     uint8_t* packed = out.out[0] + r * (in.cols / 2);
     uint8_t* scales = out.out[1] + r * n_groups;
-    for (size_t c0 = 0; c0 < in.cols; c0 += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes + c0) + 2048, _MM_HINT_T0);
-      // The four groups' largest magnitudes: max within each 16-byte lane, then gathered.
-      __m512i m = _mm512_and_si512(_mm512_loadu_si512(codes + c0), low7);
-      m = _mm512_max_epu8(m, _mm512_bsrli_epi128(m, 8));
-      m = _mm512_max_epu8(m, _mm512_bsrli_epi128(m, 4));
-      m = _mm512_max_epu8(m, _mm512_bsrli_epi128(m, 2));
-      m = _mm512_max_epu8(m, _mm512_bsrli_epi128(m, 1));
-      const uint32_t maxima = static_cast<uint32_t>(
-          _mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi8(gather, m))));
-      // The groups' tables, built where missing. No vector is live across a build (a call
-      // clobbers every vector register, so one would be spilled and reloaded each step).
-      const uint8_t* tables[4];
-      uint32_t codes4 = 0;
-      for (size_t k = 0; k < 4; ++k) {
-        const uint32_t mc = (maxima >> (8 * k)) & 0xFFu;
-        const size_t slot = col_base[c0 / kGroup + k] + mc;
-        if (stamp[slot] != epoch) {
-          if (mc == 0x7F) return FusedResult::kNotFinite;  // a NaN code (never built)
-          if (!BuildNvfp4Slot(band, col_of[c0 / kGroup + k], mc, gs, slot)) {
-            return FusedResult::kNotFinite;
-          }
-        }
-        tables[k] = tab + slot * kTableBytes;
-        codes4 |= static_cast<uint32_t>(slot_scale[slot]) << (8 * k);
+    // 1. Each group's table: its column's base + mc * 256, mc its largest magnitude: the
+    // two vectors' 8-byte halves interleaved and maxed, then the max within each qword
+    // (32, 16, 8 bits), left in its low byte.
+    for (size_t u = 0; u < units; ++u) {
+      const size_t c0 = u * 128;
+      const __m512i a = _mm512_and_si512(_mm512_loadu_si512(codes + c0), low7);
+      const __m512i bv = c0 + 128 <= in.cols
+                             ? _mm512_and_si512(_mm512_loadu_si512(codes + c0 + 64), low7)
+                             : a;
+      __m512i m = _mm512_max_epu8(_mm512_unpacklo_epi64(a, bv), _mm512_unpackhi_epi64(a, bv));
+      m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 32));
+      m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 16));
+      m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 8));
+      _mm512_storeu_si512(tabs.data() + u * 8,
+                          _mm512_add_epi64(_mm512_slli_epi64(_mm512_and_si512(m, low8), 8),
+                                           _mm512_loadu_si512(base.data() + u * 8)));
+    }
+    // 2. Tables not built in this band are built now (no call in the lookup loop below, so
+    // its vectors stay in registers).
+    for (size_t i = 0; i < tabs.size(); ++i) {
+      uint32_t stamp;
+      std::memcpy(&stamp, tabs[i] + kStampByte, 4);
+      if (stamp != epoch && !BuildSlot(ctx, const_cast<uint8_t*>(tabs[i]))) {
+        return FusedResult::kNotFinite;
       }
-      const __m512i v = _mm512_loadu_si512(codes + c0);
-      // Each group's 16 lanes through its own table.
-      __m512i res = _mm512_permutex2var_epi8(_mm512_load_si512(tables[0]), v,
-                                             _mm512_load_si512(tables[0] + 64));
-      for (size_t k = 1; k < 4; ++k) {
-        const __m512i rk = _mm512_permutex2var_epi8(_mm512_load_si512(tables[k]), v,
-                                                    _mm512_load_si512(tables[k] + 64));
-        res = _mm512_mask_blend_epi8(0xFFFFull << (16 * k), res, rk);
+    }
+    // 3. The lookups and the scale codes.
+    for (size_t u = 0; u < units; ++u) {
+      const size_t c0 = u * 128;
+      const uint8_t* const* t = tabs.data() + u * 8;
+      // The next row's codes, for step 1 (which is too quick to wait for memory).
+      _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0 + 64), _MM_HINT_T0);
+      const uint8_t* ta[4] = {t[0], t[2], t[4], t[6]};
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2),
+                          Lookup4(_mm512_loadu_si512(codes + c0), ta));
+      uint8_t* sc = scales + c0 / kGroup;
+      for (size_t k = 0; k < 4; ++k) sc[k] = ta[k][kScaleByte];
+      if (c0 + 128 <= in.cols) {
+        const uint8_t* tb[4] = {t[1], t[3], t[5], t[7]};
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2 + 32),
+                            Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
+        for (size_t k = 0; k < 4; ++k) sc[4 + k] = tb[k][kScaleByte];
       }
-      // The nibble for the code's sign: the high one for negative codes.
-      const __m512i nib = _mm512_mask_blend_epi8(
-          _mm512_movepi8_mask(v), _mm512_and_si512(res, low4),
-          _mm512_and_si512(_mm512_srli_epi16(res, 4), low4));
-      StorePacked(nib, packed + c0 / 2);
-      std::memcpy(scales + c0 / kGroup, &codes4, 4);
     }
   }
   return FusedResult::kOk;

@@ -1,0 +1,94 @@
+// The fused FP8-block source -> NVFP4 / int4 kernels' CPU per weight (bench/README.md, "FP8
+// source -> NVFP4: tables by thresholds"): fp8::QuantizeSourceNvfp4 and QuantizeSourceInt4 on
+// chunks laid out as the bench checkpoint's (`make_bench_checkpoint.py --layout fp8`: random
+// finite E4M3 codes, 128x128 block multipliers in 2^-12..2^-6), one thread. "hot": one chunk
+// again and again (in L2); "cold": N different chunks (N x ROWS x COLS bytes, past the L3 for
+// the defaults). Thread CPU time, best of REPEATS rounds, so other jobs on a shared machine
+// matter less.
+//
+//   quench-fp8-source-bench [N=32] [ROWS=256] [COLS=4096] [REPEATS=15]
+//   -> "nvfp4: hot H cold C | int4 g128: hot H cold C ns/weight"
+#include <time.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "quench/dtype.h"
+#include "schemes/fp4.h"
+#include "schemes/fp8.h"
+#include "schemes/fp8_source_quant.h"
+
+namespace {
+
+double ThreadCpu() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace quench;  // NOLINT
+  const size_t ntens = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 32;
+  const size_t rows = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 256;
+  const size_t cols = argc > 3 ? std::strtoul(argv[3], nullptr, 10) : 4096;
+  const int repeats = argc > 4 ? std::atoi(argv[4]) : 15;
+  if (ntens == 0 || rows == 0 || cols % 128 != 0 || repeats <= 0) {
+    std::fprintf(stderr, "usage: quench-fp8-source-bench [N] [ROWS] [COLS %% 128 == 0] [REPEATS]\n");
+    return 2;
+  }
+  if (!fp8::FusedSourceAvailable()) {
+    std::printf("no AVX-512 VBMI: the fused kernels decline every chunk\n");
+    return 0;
+  }
+  const size_t n = rows * cols;
+  const size_t bands = (rows + 127) / 128, scale_cols = cols / 128;
+  std::mt19937 rng(7);
+  std::vector<uint8_t> codes(n * ntens);
+  for (auto& c : codes) {
+    c = static_cast<uint8_t>(rng());
+    if ((c & 0x7F) == 0x7F) c ^= 1;  // NaN codes replaced by their neighbours
+  }
+  std::uniform_real_distribution<float> sdist(std::ldexp(1.0f, -12), std::ldexp(1.0f, -6));
+  std::vector<float> scales(bands * scale_cols * ntens);
+  float smax = 0.f;
+  for (auto& s : scales) smax = std::max(smax, s = sdist(rng));
+  const float gs = fp4::Nvfp4GlobalScale(448.0f * smax, DType::kBF16);
+  std::vector<uint8_t> packed(n / 2 * ntens), gscales(n / 8 * ntens);
+
+  auto run = [&](size_t copies, bool nvfp4) {
+    double best = 1e30;
+    for (int rep = 0; rep < repeats; ++rep) {
+      const double t0 = ThreadCpu();
+      for (size_t k = 0; k < copies; ++k) {
+        fp8::SourceChunk in;
+        in.codes = codes.data() + k * n;
+        in.rows = rows;
+        in.cols = cols;
+        in.scales = scales.data() + k * bands * scale_cols;
+        in.scale_cols = scale_cols;
+        ChunkOutputs out;
+        const size_t ko = std::getenv("HOTOUT") ? 0 : k;
+        out.out[0] = packed.data() + ko * n / 2;
+        out.out[1] = gscales.data() + ko * n / 8;
+        const fp8::FusedResult r =
+            nvfp4 ? fp8::QuantizeSourceNvfp4(in, gs, out) : fp8::QuantizeSourceInt4(in, 128, out);
+        if (r != fp8::FusedResult::kOk) std::abort();
+      }
+      best = std::min(best, (ThreadCpu() - t0) * 1e9 / static_cast<double>(n * copies));
+    }
+    return best;
+  };
+  const double nh = std::getenv("COLDONLY") ? 0 : run(1, true), nc = run(ntens, true);
+  if (std::getenv("COLDONLY")) { std::printf("nvfp4 cold %.3f\n", nc); return 0; }
+  const double ih = run(1, false), ic = run(ntens, false);
+  std::printf("nvfp4: hot %.3f cold %.3f | int4 g128: hot %.3f cold %.3f ns/weight\n", nh, nc,
+              ih, ic);
+  return 0;
+}
