@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -201,6 +202,58 @@ TEST_CASE("NVFP4 from FP8 blocks: every code under every group maximum and globa
       for (uint32_t seed = 1; seed <= 3; ++seed) {
         checked += Check(c, true, 16, gss[i], kScales, seed + 7 * i, ~size_t{0});
       }
+    }
+  }
+  MESSAGE(checked << " NVFP4 elements checked");
+}
+
+TEST_CASE("NVFP4 from FP8 blocks: every code under every maximum, block scales across binades") {
+  // One band of 127 rows and four 128-column blocks sharing one scale: row r holds groups
+  // whose largest magnitude is r, led by +-r, the other 15 codes running through all 2(r + 1)
+  // codes of magnitude <= r in turn, so every (maximum, code) pair meets the kernel's tables
+  // (both the top-64 window and the full build) under each scale and global scale.
+  const Case c{127, 512, 128, 128, 0};
+  std::vector<uint8_t> codes(c.rows * c.cols);
+  for (size_t r = 0; r < c.rows; ++r) {
+    size_t k = 0;
+    for (size_t g0 = 0; g0 < c.cols; g0 += 16) {
+      codes[r * c.cols + g0] = static_cast<uint8_t>(r | ((g0 / 16) % 2) << 7);
+      for (size_t i = 1; i < 16; ++i, ++k) {
+        const size_t m = (k / 2) % (r + 1);
+        codes[r * c.cols + g0 + i] = static_cast<uint8_t>(m | (k % 2) << 7);
+      }
+    }
+  }
+  std::vector<float> scales = {0.0f, std::numeric_limits<float>::denorm_min(), 3e-42f,
+                               std::ldexp(1.0f, -130), std::ldexp(1.0f, 20),
+                               std::ldexp(1.0f, 118)};
+  for (int e = -126; e <= 100; e += 9) scales.push_back(std::ldexp(1.37f, e));
+  const std::vector<float> gss = {fp4::Nvfp4GlobalScale(3.7f, DType::kBF16), 1.0f, 1e-20f,
+                                  1e20f, std::numeric_limits<float>::denorm_min()};
+  size_t checked = 0;
+  for (float s : scales) {
+    const std::vector<float> sc(4, s);
+    const SourceChunk in = Chunk(c, codes, sc);
+    for (float gs : gss) {
+      std::vector<uint8_t> want_p(c.rows * c.cols / 2 + kGuardBytes, kGuard);
+      std::vector<uint8_t> want_s(c.rows * c.cols / 16 + kGuardBytes, kGuard);
+      const bool ok = Reference(in, true, 16, gs, &want_p, &want_s);
+      std::vector<uint8_t> got_p(want_p.size(), kGuard), got_s(want_s.size(), kGuard);
+      ChunkOutputs out;
+      out.out[0] = got_p.data();
+      out.out[1] = got_s.data();
+      const FusedResult res = QuantizeSourceNvfp4(in, gs, out);
+      CAPTURE(s);
+      CAPTURE(gs);
+      if (!FusedSourceAvailable()) {
+        REQUIRE(res == FusedResult::kNotHandled);
+        continue;
+      }
+      REQUIRE(res == (ok ? FusedResult::kOk : FusedResult::kNotFinite));
+      if (!ok) continue;
+      REQUIRE(got_p == want_p);
+      REQUIRE(got_s == want_s);
+      checked += c.rows * c.cols;
     }
   }
   MESSAGE(checked << " NVFP4 elements checked");

@@ -26,12 +26,13 @@
 //     values are f32 values (likewise RU), and for non-negative values the order of bf16 bit
 //     patterns, read as unsigned integers, is the order of the values.
 // So predicate k holds iff bits(x) >= bound[k], with bound = bits(RD_bf16(P)) + 1 for the
-// strict predicates and bits(RU_bf16(P)) for the others; a bound of 0x7F80 or 0x7F81 is met
-// by no finite x. tests/test_fp4_bounds.cc compares the bounds with Fp4Nibble(+-x / eff) for
+// strict predicates and bits(RU_bf16(P)) for the others; a bound of 0x7F80 (the largest
+// there is) is met by no finite x. tests/test_fp4_bounds.cc compares the bounds with Fp4Nibble(+-x / eff) for
 // every finite bf16 x under divisors across all binades and around every decision point.
 #ifndef QUENCH_SCHEMES_FP4_BOUNDS_H_
 #define QUENCH_SCHEMES_FP4_BOUNDS_H_
 
+#include <algorithm>
 #include <cstdint>
 
 #include "schemes/float_formats.h"
@@ -39,7 +40,7 @@
 namespace quench::fp4::internal {
 
 // bound[0]: v > 0 (the sign of -x's nibble); bound[1..7]: the index steps of item 1, in
-// increasing order (bounds are non-decreasing).
+// increasing order; the bounds are non-decreasing and at most 0x7F80.
 inline void Nvfp4Bounds(float eff, uint16_t bound[8]) {
   // mu+(t) for the strict predicates, mu-(t) for the others (item 2); ulp(t) = 2^(e - 23)
   // for t in [2^e, 2^(e+1)), so a half ulp is 2^(e - 24).
@@ -60,7 +61,9 @@ inline void Nvfp4Bounds(float eff, uint16_t bound[8]) {
     uint32_t b = F32ToBits(f);
     if (kStrict[k]) {
       if (static_cast<double>(f) > p) --b;    // RD_f32: f > p > 0, so f > 0 (inf -> max)
-      bound[k] = static_cast<uint16_t>((b >> 16) + 1);  // RD_bf16 truncates, + 1
+      // RD_bf16 truncates; + 1. P = +inf (eff = +inf) gives 0x7F81, kept at 0x7F80: both
+      // are met by no finite x, and the bounds stay non-decreasing.
+      bound[k] = static_cast<uint16_t>(std::min((b >> 16) + 1, 0x7F80u));
     } else {
       if (static_cast<double>(f) < p) ++b;    // RU_f32: f < p, f finite (max -> inf)
       bound[k] = static_cast<uint16_t>((b + 0xFFFFu) >> 16);  // RU_bf16

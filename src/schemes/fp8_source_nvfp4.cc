@@ -44,7 +44,7 @@ struct Nvfp4Builds {
 };
 
 // 32 entries from 32 decoded magnitudes d (bf16 bits): idx | 8 * sign as 16-bit lanes, by
-// the bounds b (fp4_bounds.h). d >= +0 and every bound is <= 0x7F81, so d - bound is exact in
+// the bounds b (fp4_bounds.h). d >= +0 and every bound is <= 0x7F80, so d - bound is exact in
 // int16 and its sign bit says d < bound.
 QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
   __m512i below = _mm512_srai_epi16(_mm512_sub_epi16(d, b[1]), 15);  // -[d < b1]
