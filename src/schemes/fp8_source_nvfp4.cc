@@ -131,23 +131,27 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
   const size_t first_band = in.first_row / in.block_rows;
   Nvfp4Builds ctx{Band{ws, in}, gs};
   size_t cur = ~size_t{0};
-  // base[8u + p]: the mc = 0 table of the column of the group whose maximum the reduction
-  // below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2 a3 b3 (a: the first vector's
-  // four, b: the second's). A last unit of 64 codes reduces its vector with itself (b = a).
+  // base[8u + p]: the offset in ws.tables of the mc = 0 table of the column of the group
+  // whose maximum the reduction below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2
+  // a3 b3 (a: the first vector's four, b: the second's). A last unit of 64 codes reduces its
+  // vector with itself (b = a).
   const std::vector<uint32_t> col_of = BlockColumns(in, kGroup);
-  std::vector<uintptr_t> base(units * 8);
+  std::vector<uint64_t> base(units * 8);
   for (size_t u = 0; u < units; ++u) {
     const bool full = (u + 1) * 128 <= in.cols;
     for (size_t p = 0; p < 8; ++p) {
       const size_t g = u * 8 + (p % 2 == 0 || !full ? p / 2 : 4 + p / 2);
-      base[u * 8 + p] = reinterpret_cast<uintptr_t>(ws.tables + col_of[g] * kMags * kTableBytes);
+      base[u * 8 + p] = col_of[g] * kMags * kTableBytes;
     }
   }
   const __m512i low7 = _mm512_set1_epi8(0x7F);
   const __m512i low8 = _mm512_set1_epi64(0xFF);
-  // The row's tables, in base's order; filled a row ahead of their use so that the stamp
-  // checks do not wait on the vector reduction that computes them.
-  std::vector<const uint8_t*> tabs(units * 8);
+  // Scale bytes a0 b0 a1 b1 a2 b2 a3 b3 -> a0 a1 a2 a3 b0 b1 b2 b3 (group order).
+  const __m128i order = _mm_set_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 5, 3, 1, 6, 4, 2, 0);
+  const uint8_t* tab = ws.tables;
+  // The row's table offsets, in base's order, and the units whose tables are not all built.
+  std::vector<uint64_t> offs(units * 8);
+  std::vector<uint32_t> pending(units);
   uint32_t epoch = 0;
   for (size_t r = 0; r < in.rows; ++r) {
     const size_t b = (in.first_row + r) / in.block_rows;
@@ -157,59 +161,74 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
       ctx.band.scale_row = in.scales + (b - first_band) * in.scale_cols;
       cur = b;
     }
+    const __m512i vepoch = _mm512_set1_epi64(epoch);
     const uint8_t* codes = in.codes + r * in.cols;
     uint8_t* packed = out.out[0] + r * (in.cols / 2);
     uint8_t* scales = out.out[1] + r * n_groups;
+    size_t n_pending = 0;
     // 1. Each group's table: its column's base + mc * 256, mc its largest magnitude: the
     // two vectors' 8-byte halves interleaved and maxed, then the max within each qword
-    // (32, 16, 8 bits), left in its low byte.
+    // (32, 16, 8 bits), left in its low byte. The eight tables' scale bytes and stamps in
+    // one gather (bytes 128..135 of each): the scale codes are stored when all are built.
     for (size_t u = 0; u < units; ++u) {
       const size_t c0 = u * 128;
+      const bool full = c0 + 128 <= in.cols;
       const __m512i a = _mm512_and_si512(_mm512_loadu_si512(codes + c0), low7);
-      const __m512i bv = c0 + 128 <= in.cols
-                             ? _mm512_and_si512(_mm512_loadu_si512(codes + c0 + 64), low7)
-                             : a;
+      const __m512i bv = full ? _mm512_and_si512(_mm512_loadu_si512(codes + c0 + 64), low7) : a;
       __m512i m = _mm512_max_epu8(_mm512_unpacklo_epi64(a, bv), _mm512_unpackhi_epi64(a, bv));
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 32));
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 16));
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 8));
-      _mm512_storeu_si512(tabs.data() + u * 8,
-                          _mm512_add_epi64(_mm512_slli_epi64(_mm512_and_si512(m, low8), 8),
-                                           _mm512_loadu_si512(base.data() + u * 8)));
-    }
-    // 2. Tables not built in this band are built now (no call in the lookup loop below, so
-    // its vectors stay in registers).
-    for (size_t i = 0; i < tabs.size(); ++i) {
-      uint32_t stamp;
-      std::memcpy(&stamp, tabs[i] + kStampByte, 4);
-      if (stamp != epoch && !BuildSlot(ctx, const_cast<uint8_t*>(tabs[i]))) {
-        return FusedResult::kNotFinite;
+      const __m512i off = _mm512_add_epi64(_mm512_slli_epi64(_mm512_and_si512(m, low8), 8),
+                                           _mm512_loadu_si512(base.data() + u * 8));
+      _mm512_storeu_si512(offs.data() + u * 8, off);
+      const __m512i info = _mm512_i64gather_epi64(off, tab + kScaleByte, 1);
+      if (_mm512_cmpeq_epi64_mask(_mm512_srli_epi64(info, 32), vepoch) == 0xFF) {
+        const __m128i sc = _mm_shuffle_epi8(_mm512_cvtepi64_epi8(info), order);
+        if (full) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(scales + c0 / kGroup), sc);
+        } else {
+          const uint32_t four = static_cast<uint32_t>(_mm_cvtsi128_si32(sc));
+          std::memcpy(scales + c0 / kGroup, &four, 4);
+        }
+      } else {
+        pending[n_pending++] = static_cast<uint32_t>(u);
       }
     }
-    // 3. The lookups and the scale codes.
+    // 2. Tables not built in this band are built now (no call in the lookup loop below, so
+    // its vectors stay in registers), and their units' scale codes stored.
+    for (size_t i = 0; i < n_pending; ++i) {
+      const size_t u = pending[i];
+      uint8_t* t[8];
+      for (size_t p = 0; p < 8; ++p) {
+        t[p] = ws.tables + offs[u * 8 + p];
+        uint32_t stamp;
+        std::memcpy(&stamp, t[p] + kStampByte, 4);
+        if (stamp != epoch && !BuildSlot(ctx, t[p])) return FusedResult::kNotFinite;
+      }
+      uint8_t* sc = scales + u * 128 / kGroup;
+      const bool full = (u + 1) * 128 <= in.cols;
+      for (size_t k = 0; k < (full ? 8u : 4u); ++k) sc[k] = t[k < 4 ? 2 * k : 2 * (k - 4) + 1][kScaleByte];
+    }
+    // 3. The lookups.
     for (size_t u = 0; u < units; ++u) {
       const size_t c0 = u * 128;
-      const uint8_t* const* t = tabs.data() + u * 8;
+      const uint64_t* o = offs.data() + u * 8;
       // The next row's codes, for step 1 (which is too quick to wait for memory).
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0 + 64), _MM_HINT_T0);
-      const uint8_t* ta[4] = {t[0], t[2], t[4], t[6]};
+      const uint8_t* ta[4] = {tab + o[0], tab + o[2], tab + o[4], tab + o[6]};
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2),
                           Lookup4(_mm512_loadu_si512(codes + c0), ta));
-      uint8_t* sc = scales + c0 / kGroup;
-      for (size_t k = 0; k < 4; ++k) sc[k] = ta[k][kScaleByte];
       if (c0 + 128 <= in.cols) {
-        const uint8_t* tb[4] = {t[1], t[3], t[5], t[7]};
+        const uint8_t* tb[4] = {tab + o[1], tab + o[3], tab + o[5], tab + o[7]};
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2 + 32),
                             Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
-        for (size_t k = 0; k < 4; ++k) sc[4 + k] = tb[k][kScaleByte];
       }
     }
   }
   return FusedResult::kOk;
 }
-
-// True when no scale of the chunk has its sign bit set (-0: the one non-negative scale whose
 
 }  // namespace
 }  // namespace fused

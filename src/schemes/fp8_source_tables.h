@@ -183,6 +183,7 @@ QUENCH_VBMI inline void StorePacked(__m512i u, uint8_t* dst) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi16_epi8(w));
 }
 
+// True when no scale of the chunk has its sign bit set (-0: the one non-negative scale whose
 // products flip signs; the caller refused negative ones).
 inline bool ScalesUnsigned(const SourceChunk& in) {
   const size_t bands = in.rows == 0 ? 0
