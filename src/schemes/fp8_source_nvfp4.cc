@@ -183,17 +183,17 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
                                            _mm512_loadu_si512(base.data() + u * 8));
       _mm512_storeu_si512(offs.data() + u * 8, off);
       const __m512i info = _mm512_i64gather_epi64(off, tab + kScaleByte, 1);
-      if (_mm512_cmpeq_epi64_mask(_mm512_srli_epi64(info, 32), vepoch) == 0xFF) {
-        const __m128i sc = _mm_shuffle_epi8(_mm512_cvtepi64_epi8(info), order);
-        if (full) {
-          _mm_storel_epi64(reinterpret_cast<__m128i*>(scales + c0 / kGroup), sc);
-        } else {
-          const uint32_t four = static_cast<uint32_t>(_mm_cvtsi128_si32(sc));
-          std::memcpy(scales + c0 / kGroup, &four, 4);
-        }
+      // Stored whether or not all are built (step 2 rewrites them for a pending unit); no
+      // branch waits for the gather.
+      const __m128i sc = _mm_shuffle_epi8(_mm512_cvtepi64_epi8(info), order);
+      if (full) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(scales + c0 / kGroup), sc);
       } else {
-        pending[n_pending++] = static_cast<uint32_t>(u);
+        const uint32_t four = static_cast<uint32_t>(_mm_cvtsi128_si32(sc));
+        std::memcpy(scales + c0 / kGroup, &four, 4);
       }
+      pending[n_pending] = static_cast<uint32_t>(u);
+      n_pending += _mm512_cmpeq_epi64_mask(_mm512_srli_epi64(info, 32), vepoch) != 0xFF;
     }
     // 2. Tables not built in this band are built now (no call in the lookup loop below, so
     // its vectors stay in registers), and their units' scale codes stored.
