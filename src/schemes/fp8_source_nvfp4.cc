@@ -20,9 +20,8 @@ namespace {
 
 // A slot's table (column j, largest magnitude mc): byte m (m <= mc) is the nibble of -x(m),
 // idx(m) | 8 * [x(m) / eff > 0]; the nibble of +x(m) is its low three bits (fp4_bounds.h,
-// item 1). Beside it, inside the slot, the group's E4M3 scale code and the slot's stamp.
-constexpr size_t kScaleByte = 128;
-constexpr size_t kStampByte = 132;
+// item 1). The group's E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0
+// there says the slot is not built in this band.
 
 // What the builds of one call share: the band's decode tables, the global scale, and the
 // bounds of each group scale code met so far (fp4_bounds.h; eff depends on the code and gs
@@ -63,7 +62,7 @@ QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
 // compares x(m)'s bf16 bits with the eight bounds at which the definition's
 // Fp4Nibble(+-x / eff) changes (fp4_bounds.h proves the two equal), so no entry divides.
 QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, const uint16_t* dec, uint32_t mc,
-                            uint8_t* table) {
+                            uint8_t* table, uint8_t* scale) {
   if ((dec[mc] & 0x7FFFu) >= 0x7F80u) return false;
   const uint8_t code =
       fp4::internal::Nvfp4ScaleCode(BF16ToF32(dec[mc]), ctx.gs, DType::kBF16);
@@ -87,20 +86,18 @@ QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, const uint16_t* dec, uint32_t mc,
                          Entries32(_mm512_load_si512(dec + m), b));
     }
   }
-  table[kScaleByte] = code;
+  *scale = code;
   return true;
 }
 
-// Builds the table at `table` (slot j * 128 + mc of the workspace) and stamps it; kept out of
-// line so that the lookup loop stays small. False for the NaN code (mc = 0x7F) or x(mc) not
-// finite.
-[[gnu::noinline]] QUENCH_VBMI bool BuildSlot(Nvfp4Builds& ctx, uint8_t* table) {
+// Builds the table of `slot` (j * 128 + mc) and its scale code; kept out of line so that the
+// loops stay small. False for the NaN code (mc = 0x7F) or x(mc) not finite.
+[[gnu::noinline]] QUENCH_VBMI bool BuildSlot(Nvfp4Builds& ctx, size_t slot) {
   Workspace& ws = ctx.band.ws;
-  const size_t slot = static_cast<size_t>(table - ws.tables) / kTableBytes;
   const uint32_t mc = static_cast<uint32_t>(slot % kMags);
-  if (mc == 0x7F || !BuildNvfp4(ctx, ctx.band.Decode(slot / kMags), mc, table)) return false;
-  std::memcpy(table + kStampByte, &ws.epoch, 4);
-  return true;
+  return mc != 0x7F && BuildNvfp4(ctx, ctx.band.Decode(slot / kMags), mc,
+                                  ws.tables.get() + slot * kTableBytes,
+                                  ws.col_scale.get() + slot);
 }
 
 // The packed nibbles of 64 codes whose four groups of 16 use tables t[0..3]: each group's
@@ -123,53 +120,57 @@ QUENCH_VBMI inline __m256i Lookup4(__m512i v, const uint8_t* const* t) {
 }
 
 QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOutputs& out) {
-  Workspace& ws = ThreadWorkspace(TableKind::kNvfp4);
+  Workspace& ws = ThreadWorkspace();
   ws.Reserve(in.scale_cols);
   constexpr size_t kGroup = 16;
   const size_t n_groups = in.cols / kGroup;
   const size_t units = (in.cols + 127) / 128;  // 128 codes (two vectors, 8 groups) a unit
+  // Whether every unit lies in one block column (blocks a multiple of 128 wide; a last unit
+  // of 64 codes then lies in the last column too).
+  const bool one_col = in.block_cols % 128 == 0;
   const size_t first_band = in.first_row / in.block_rows;
   Nvfp4Builds ctx{Band{ws, in}, gs};
   size_t cur = ~size_t{0};
-  // base[8u + p]: the offset in ws.tables of the mc = 0 table of the column of the group
-  // whose maximum the reduction below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2
-  // a3 b3 (a: the first vector's four, b: the second's). A last unit of 64 codes reduces its
-  // vector with itself (b = a).
+  // base[8u + p]: the slot (j * 128) of mc = 0 in the column of the group whose maximum the
+  // reduction below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2 a3 b3 (a: the first
+  // vector's four, b: the second's). A last unit of 64 codes reduces its vector with itself
+  // (b = a).
   const std::vector<uint32_t> col_of = BlockColumns(in, kGroup);
   std::vector<uint64_t> base(units * 8);
   for (size_t u = 0; u < units; ++u) {
     const bool full = (u + 1) * 128 <= in.cols;
     for (size_t p = 0; p < 8; ++p) {
       const size_t g = u * 8 + (p % 2 == 0 || !full ? p / 2 : 4 + p / 2);
-      base[u * 8 + p] = col_of[g] * kMags * kTableBytes;
+      base[u * 8 + p] = col_of[g] * kMags;
     }
   }
   const __m512i low7 = _mm512_set1_epi8(0x7F);
   const __m512i low8 = _mm512_set1_epi64(0xFF);
   // Scale bytes a0 b0 a1 b1 a2 b2 a3 b3 -> a0 a1 a2 a3 b0 b1 b2 b3 (group order).
   const __m128i order = _mm_set_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 5, 3, 1, 6, 4, 2, 0);
-  const uint8_t* tab = ws.tables;
-  // The row's table offsets, in base's order, and the units whose tables are not all built.
-  std::vector<uint64_t> offs(units * 8);
+  constexpr uint8_t kPos[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // group k of a unit -> qword
+  const uint8_t* tab = ws.tables.get();
+  uint8_t* col_scale = ws.col_scale.get();
+  // The row's slots, in base's order, and the units whose tables are not all built.
+  std::vector<uint64_t> slots(units * 8);
   std::vector<uint32_t> pending(units);
-  uint32_t epoch = 0;
   for (size_t r = 0; r < in.rows; ++r) {
     const size_t b = (in.first_row + r) / in.block_rows;
     if (b != cur) {
-      ws.NextEpoch();
-      epoch = ws.epoch;
+      ws.NextEpoch();  // the decode tables
+      std::memset(col_scale, 0, in.scale_cols * kMags);
       ctx.band.scale_row = in.scales + (b - first_band) * in.scale_cols;
       cur = b;
     }
-    const __m512i vepoch = _mm512_set1_epi64(epoch);
     const uint8_t* codes = in.codes + r * in.cols;
     uint8_t* packed = out.out[0] + r * (in.cols / 2);
     uint8_t* scales = out.out[1] + r * n_groups;
     size_t n_pending = 0;
-    // 1. Each group's table: its column's base + mc * 256, mc its largest magnitude: the
-    // two vectors' 8-byte halves interleaved and maxed, then the max within each qword
-    // (32, 16, 8 bits), left in its low byte. The eight tables' scale bytes and stamps in
-    // one gather (bytes 128..135 of each): the scale codes are stored when all are built.
+    // 1. Each group's slot: its column's base + mc, mc its largest magnitude: the two
+    // vectors' 8-byte halves interleaved and maxed, then the max within each qword (32, 16,
+    // 8 bits), left in its low byte. With the unit in one column, the column's 128 scale
+    // bytes are a table the maxima look up (0: not built); they are stored either way and
+    // rewritten by step 2 for a pending unit, so no branch waits on them.
     for (size_t u = 0; u < units; ++u) {
       const size_t c0 = u * 128;
       const bool full = c0 + 128 <= in.cols;
@@ -179,49 +180,51 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 32));
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 16));
       m = _mm512_max_epu8(m, _mm512_srli_epi64(m, 8));
-      const __m512i off = _mm512_add_epi64(_mm512_slli_epi64(_mm512_and_si512(m, low8), 8),
-                                           _mm512_loadu_si512(base.data() + u * 8));
-      _mm512_storeu_si512(offs.data() + u * 8, off);
-      const __m512i info = _mm512_i64gather_epi64(off, tab + kScaleByte, 1);
-      // Stored whether or not all are built (step 2 rewrites them for a pending unit); no
-      // branch waits for the gather.
-      const __m128i sc = _mm_shuffle_epi8(_mm512_cvtepi64_epi8(info), order);
-      if (full) {
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(scales + c0 / kGroup), sc);
+      m = _mm512_and_si512(m, low8);
+      _mm512_storeu_si512(slots.data() + u * 8,
+                          _mm512_add_epi64(m, _mm512_loadu_si512(base.data() + u * 8)));
+      if (one_col) {
+        const uint8_t* cs = col_scale + base[u * 8];
+        const __m512i sc = _mm512_permutex2var_epi8(_mm512_load_si512(cs), m,
+                                                    _mm512_load_si512(cs + 64));
+        const __m128i sc8 = _mm_shuffle_epi8(_mm512_cvtepi64_epi8(sc), order);
+        if (full) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(scales + c0 / kGroup), sc8);
+        } else {
+          const uint32_t four = static_cast<uint32_t>(_mm_cvtsi128_si32(sc8));
+          std::memcpy(scales + c0 / kGroup, &four, 4);
+        }
+        pending[n_pending] = static_cast<uint32_t>(u);
+        n_pending += _mm512_testn_epi64_mask(sc, low8) != 0;
       } else {
-        const uint32_t four = static_cast<uint32_t>(_mm_cvtsi128_si32(sc));
-        std::memcpy(scales + c0 / kGroup, &four, 4);
+        pending[n_pending++] = static_cast<uint32_t>(u);
       }
-      pending[n_pending] = static_cast<uint32_t>(u);
-      n_pending += _mm512_cmpeq_epi64_mask(_mm512_srli_epi64(info, 32), vepoch) != 0xFF;
     }
     // 2. Tables not built in this band are built now (no call in the lookup loop below, so
-    // its vectors stay in registers), and their units' scale codes stored.
+    // its vectors stay in registers), and the pending units' scale codes stored.
     for (size_t i = 0; i < n_pending; ++i) {
       const size_t u = pending[i];
-      uint8_t* t[8];
+      const uint64_t* sl = slots.data() + u * 8;
       for (size_t p = 0; p < 8; ++p) {
-        t[p] = ws.tables + offs[u * 8 + p];
-        uint32_t stamp;
-        std::memcpy(&stamp, t[p] + kStampByte, 4);
-        if (stamp != epoch && !BuildSlot(ctx, t[p])) return FusedResult::kNotFinite;
+        if (col_scale[sl[p]] == 0 && !BuildSlot(ctx, sl[p])) return FusedResult::kNotFinite;
       }
-      uint8_t* sc = scales + u * 128 / kGroup;
-      const bool full = (u + 1) * 128 <= in.cols;
-      for (size_t k = 0; k < (full ? 8u : 4u); ++k) sc[k] = t[k < 4 ? 2 * k : 2 * (k - 4) + 1][kScaleByte];
+      const size_t n = (u + 1) * 128 <= in.cols ? 8 : 4;
+      for (size_t k = 0; k < n; ++k) scales[u * 8 + k] = col_scale[sl[kPos[k]]];
     }
     // 3. The lookups.
     for (size_t u = 0; u < units; ++u) {
       const size_t c0 = u * 128;
-      const uint64_t* o = offs.data() + u * 8;
+      const uint64_t* sl = slots.data() + u * 8;
       // The next row's codes, for step 1 (which is too quick to wait for memory).
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0 + 64), _MM_HINT_T0);
-      const uint8_t* ta[4] = {tab + o[0], tab + o[2], tab + o[4], tab + o[6]};
+      const uint8_t* ta[4] = {tab + sl[0] * kTableBytes, tab + sl[2] * kTableBytes,
+                              tab + sl[4] * kTableBytes, tab + sl[6] * kTableBytes};
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2),
                           Lookup4(_mm512_loadu_si512(codes + c0), ta));
       if (c0 + 128 <= in.cols) {
-        const uint8_t* tb[4] = {tab + o[1], tab + o[3], tab + o[5], tab + o[7]};
+        const uint8_t* tb[4] = {tab + sl[1] * kTableBytes, tab + sl[3] * kTableBytes,
+                                tab + sl[5] * kTableBytes, tab + sl[7] * kTableBytes};
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2 + 32),
                             Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
       }

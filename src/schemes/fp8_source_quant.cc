@@ -76,7 +76,7 @@ QUENCH_VBMI bool BuildInt4(const uint16_t* dec, uint32_t mc, uint8_t* table, uin
 }
 
 QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const ChunkOutputs& out) {
-  Workspace& ws = ThreadWorkspace(TableKind::kInt4);
+  Workspace& ws = ThreadWorkspace();
   ws.Reserve(in.scale_cols);
   const size_t n_groups = in.cols / group;
   const size_t first_band = in.first_row / in.block_rows;
@@ -101,7 +101,7 @@ QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
       if (mc == 0x7F) return FusedResult::kNotFinite;  // a NaN code
       const size_t j = col_of[g];
       const size_t slot = j * kMags + mc;
-      uint8_t* table = ws.tables + slot * kTableBytes;
+      uint8_t* table = ws.tables.get() + slot * kTableBytes;
       if (ws.slot_stamp[slot] != ws.epoch) {
         if (!BuildInt4(band.Decode(j), mc, table, &ws.slot_scale[slot])) {
           return FusedResult::kNotFinite;

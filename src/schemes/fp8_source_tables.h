@@ -33,14 +33,15 @@ constexpr size_t kTableBytes = 256;  // per (block column, mc): results of +m, t
 
 // Per-thread tables, reused across calls: for each block column of the current band its
 // decode table (bf16 bits of x(m)), and for each (column, mc) the scheme's table and the
-// group's scale byte(s). A stamp (the band's epoch) says what is built. The table memory is
-// zeroed by calloc (fresh pages for large sizes, never written before use), so only the slots
-// a band uses are ever faulted in, and stamps kept inside the tables (NVFP4) start at 0.
+// group's scale byte(s). A stamp (the band's epoch) says what is built; the table memory is
+// allocated untouched, so only the slots a band uses are ever faulted in. NVFP4 keeps its
+// scale codes per column instead (col_scale: 128 bytes a column, 0 = not built in the band;
+// fp8_source_nvfp4.cc).
 struct Workspace {
   size_t cols_cap = 0;
-  uint8_t* tables = nullptr;  // 64-byte aligned view of tables_mem
-  std::unique_ptr<void, decltype(&std::free)> tables_mem{nullptr, &std::free};
+  std::unique_ptr<uint8_t, decltype(&std::free)> tables{nullptr, &std::free};
   std::unique_ptr<uint8_t, decltype(&std::free)> decode{nullptr, &std::free};
+  std::unique_ptr<uint8_t, decltype(&std::free)> col_scale{nullptr, &std::free};
   std::vector<uint32_t> slot_stamp;
   std::vector<uint16_t> slot_scale;
   std::vector<uint32_t> col_stamp;
@@ -48,10 +49,18 @@ struct Workspace {
 
   void Reserve(size_t scale_cols) {
     if (scale_cols <= cols_cap) return;
-    AllocTables(scale_cols);
+    void* t = std::aligned_alloc(64, scale_cols * kMags * kTableBytes);
     void* d = std::aligned_alloc(64, scale_cols * kMags * 2);
-    if (d == nullptr) throw std::bad_alloc();
+    void* c = std::aligned_alloc(64, scale_cols * kMags);
+    if (t == nullptr || d == nullptr || c == nullptr) {
+      std::free(t);
+      std::free(d);
+      std::free(c);
+      throw std::bad_alloc();
+    }
+    tables.reset(static_cast<uint8_t*>(t));
     decode.reset(static_cast<uint8_t*>(d));
+    col_scale.reset(static_cast<uint8_t*>(c));
     slot_stamp.assign(scale_cols * kMags, 0u);
     slot_scale.assign(scale_cols * kMags, 0u);
     col_stamp.assign(scale_cols, 0u);
@@ -63,29 +72,14 @@ struct Workspace {
     if (++epoch == 0) {
       std::fill(slot_stamp.begin(), slot_stamp.end(), 0u);
       std::fill(col_stamp.begin(), col_stamp.end(), 0u);
-      AllocTables(cols_cap);  // zero the stamps inside the tables too
       epoch = 1;
     }
   }
-
- private:
-  void AllocTables(size_t scale_cols) {
-    tables_mem.reset();
-    tables = nullptr;
-    void* t = std::calloc(scale_cols * kMags * kTableBytes + 64, 1);
-    if (t == nullptr) throw std::bad_alloc();
-    tables_mem.reset(t);
-    const uintptr_t a = reinterpret_cast<uintptr_t>(t);
-    tables = reinterpret_cast<uint8_t*>((a + 63) & ~uintptr_t{63});
-  }
 };
 
-// One workspace per thread and table layout: int4's tables fill all 256 bytes of a slot,
-// NVFP4's keep their scale and stamp inside the slot (fp8_source_nvfp4.cc).
-enum class TableKind { kInt4, kNvfp4 };
-inline Workspace& ThreadWorkspace(TableKind kind) {
-  thread_local Workspace int4_ws, nvfp4_ws;
-  return kind == TableKind::kInt4 ? int4_ws : nvfp4_ws;
+inline Workspace& ThreadWorkspace() {
+  thread_local Workspace ws;
+  return ws;
 }
 
 // f32 values of the 128 E4M3 magnitudes (the NaN code's entry is never read as a result).
