@@ -23,15 +23,57 @@ namespace {
 // item 1). The group's E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0
 // there says the slot is not built in this band.
 
-// What the builds of one call share: the band's decode tables, the global scale, and the
-// bounds of each group scale code met so far (fp4_bounds.h; eff depends on the code and gs
-// only).
+// Nvfp4ScaleCode(x, gs, bf16) (fp4_shared.h) of 16 lanes x >= +0 (finite lanes only; the
+// others give codes nobody reads), by the same operations: t = RNE_bf16(x / 6), u =
+// min(gs * t, 448) (u >= +0, so the lower clamp is idle), then F32ToE4M3 (float_formats.cc)
+// of u: below 2^-6 the FPU's RNE of u + 2^14 places the subnormal code in the low bits, from
+// 2^-6 up the exponent is rebiased and 20 mantissa bits dropped with ties to even (u <= 448
+// never reaches the NaN code), and a code of 0 becomes 0.125's (0x20, the zero guard).
+QUENCH_VBMI inline __m128i ScaleCodes16(__m512 x, __m512 gs) {
+  const __m512 t = RoundBf16(_mm512_div_ps(x, _mm512_set1_ps(6.0f)));
+  const __m512 u = _mm512_min_ps(_mm512_mul_ps(gs, t), _mm512_set1_ps(448.0f));
+  const __m512i bits = _mm512_castps_si512(u);
+  const __m512i sub = _mm512_sub_epi32(
+      _mm512_castps_si512(_mm512_add_ps(u, _mm512_set1_ps(16384.0f))),
+      _mm512_set1_epi32(141 << 23));
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 20), _mm512_set1_epi32(1));
+  const __m512i normal = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(static_cast<int>(
+                                                  (uint32_t{7} - 127u) * (1u << 23) + 0x7FFFFu))),
+                       odd),
+      20);
+  __m512i code = _mm512_mask_blend_epi32(
+      _mm512_cmplt_epu32_mask(bits, _mm512_set1_epi32(121 << 23)), normal, sub);
+  code = _mm512_and_si512(code, _mm512_set1_epi32(0xFF));
+  code = _mm512_mask_mov_epi32(code, _mm512_testn_epi32_mask(code, code),
+                               _mm512_set1_epi32(fp4::internal::kE4M3Eighth));
+  return _mm512_cvtepi32_epi8(code);
+}
+
+// What the builds of one call share: the band's decode tables, the global scale, each
+// column's 128 group scale codes (one per mc, computed with its first build in the band),
+// and the bounds of each group scale code met so far (fp4_bounds.h; eff depends on the code
+// and gs only).
 struct Nvfp4Builds {
   Band band;
   float gs;
+  std::vector<uint32_t> code_epoch;  // per column: the band whose codes `codes` holds
+  std::vector<uint8_t> codes;        // per column: Nvfp4ScaleCode(x(mc)) for mc < 128
   uint8_t have[kMags] = {};
   alignas(16) uint16_t bounds[kMags][8];
 
+  QUENCH_VBMI const uint8_t* Codes(size_t j, const uint16_t* dec) {
+    uint8_t* c = codes.data() + j * kMags;
+    if (code_epoch[j] != band.ws.epoch) {
+      const __m512 vgs = _mm512_set1_ps(gs);
+      for (size_t m = 0; m < kMags; m += 16) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(c + m),
+                         ScaleCodes16(LoadDecoded(dec + m), vgs));
+      }
+      code_epoch[j] = band.ws.epoch;
+    }
+    return c;
+  }
   const uint16_t* Bounds(uint8_t code) {
     if (!have[code]) {
       // _quantize: eff = scale / global_scale (f32).
@@ -61,11 +103,10 @@ QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
 // the only ones a group with this mc looks up). False when x(mc) is not finite. Each entry
 // compares x(m)'s bf16 bits with the eight bounds at which the definition's
 // Fp4Nibble(+-x / eff) changes (fp4_bounds.h proves the two equal), so no entry divides.
-QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, const uint16_t* dec, uint32_t mc,
+QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, size_t j, const uint16_t* dec, uint32_t mc,
                             uint8_t* table, uint8_t* scale) {
   if ((dec[mc] & 0x7FFFu) >= 0x7F80u) return false;
-  const uint8_t code =
-      fp4::internal::Nvfp4ScaleCode(BF16ToF32(dec[mc]), ctx.gs, DType::kBF16);
+  const uint8_t code = ctx.Codes(j, dec)[mc];
   const uint16_t* bound = ctx.Bounds(code);
   __m512i b[8];
   for (int k = 0; k < 8; ++k) b[k] = _mm512_set1_epi16(static_cast<int16_t>(bound[k]));
@@ -95,7 +136,7 @@ QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, const uint16_t* dec, uint32_t mc,
 [[gnu::noinline]] QUENCH_VBMI bool BuildSlot(Nvfp4Builds& ctx, size_t slot) {
   Workspace& ws = ctx.band.ws;
   const uint32_t mc = static_cast<uint32_t>(slot % kMags);
-  return mc != 0x7F && BuildNvfp4(ctx, ctx.band.Decode(slot / kMags), mc,
+  return mc != 0x7F && BuildNvfp4(ctx, slot / kMags, ctx.band.Decode(slot / kMags), mc,
                                   ws.tables.get() + slot * kTableBytes,
                                   ws.col_scale.get() + slot);
 }
@@ -129,7 +170,8 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
   // of 64 codes then lies in the last column too).
   const bool one_col = in.block_cols % 128 == 0;
   const size_t first_band = in.first_row / in.block_rows;
-  Nvfp4Builds ctx{Band{ws, in}, gs};
+  Nvfp4Builds ctx{Band{ws, in}, gs, std::vector<uint32_t>(in.scale_cols, 0u),
+                  std::vector<uint8_t>(in.scale_cols * kMags)};
   size_t cur = ~size_t{0};
   // base[8u + p]: the slot (j * 128) of mc = 0 in the column of the group whose maximum the
   // reduction below leaves in qword p of unit u: groups a0 b0 a1 b1 a2 b2 a3 b3 (a: the first
