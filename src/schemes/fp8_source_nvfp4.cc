@@ -1,6 +1,12 @@
 // FP8-block source -> NVFP4 in one pass by per-(block, largest code) tables (the int4 kernel,
 // the shared machinery and why this is exact: fp8_source_quant.cc / .h). Groups of 16 are a
 // quarter of a 64-code vector, so each vector takes four tables, one per group's 16 lanes.
+// A table's entries are not divided out: each compares x(m)'s bf16 bits with the eight
+// bounds at which Fp4Nibble(+-x / eff) changes (fp4_bounds.h proves them equal to the
+// division), and only the top 64 entries need that when the rest are provably index 0. A row
+// goes in three steps: the groups' slots (and, per block column, their scale codes by one
+// byte permute), the builds of slots new in the band, then the lookups with no call in the
+// loop (bench/README.md, "FP8 source -> NVFP4: tables by bounds").
 
 #include <cmath>
 #include <cstdint>

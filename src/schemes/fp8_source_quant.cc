@@ -9,7 +9,8 @@
 //   int4:  scale = calculate_qparams(amax_g) (int_shared.h ComputeParams),
 //          u = round_half_even(clamp(RNE_bf16(x / scale), -8, 7)) + 8, packed two a byte;
 //   NVFP4: s = Nvfp4ScaleCode(amax_g, gs), eff = f32(e4m3(s) / gs),
-//          nibble = E2M1(x / eff) (fp4_shared.h Fp4Nibble).
+//          nibble = E2M1(x / eff) (fp4_shared.h Fp4Nibble), the entries taken by comparing
+//          x with the division's decision bounds (fp4_bounds.h proves the two equal).
 // A negative code decodes to -x(c & 0x7F) exactly (the product's and RNE's symmetry, with the
 // scale's sign bit clear), so each table holds the results of the 128 magnitudes with either
 // sign. tests/test_fp8_source_quant.cc compares every code, group, block width and awkward
