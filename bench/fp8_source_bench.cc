@@ -1,12 +1,12 @@
 // The fused FP8-block source -> NVFP4 / int4 kernels' CPU per weight (bench/README.md, "FP8
-// source -> NVFP4: tables by thresholds"): fp8::QuantizeSourceNvfp4 and QuantizeSourceInt4 on
+// source -> NVFP4: tables by bounds"): fp8::QuantizeSourceNvfp4 and QuantizeSourceInt4 on
 // chunks laid out as the bench checkpoint's (`make_bench_checkpoint.py --layout fp8`: random
 // finite E4M3 codes, 128x128 block multipliers in 2^-12..2^-6), one thread. "hot": one chunk
-// again and again (in L2); "cold": N different chunks (N x ROWS x COLS bytes, past the L3 for
-// the defaults). Thread CPU time, best of REPEATS rounds, so other jobs on a shared machine
+// again and again (in L2); "cold": N different chunks (N x ROWS x COLS bytes of codes, past the
+// 32 MiB L3 for the defaults). Thread CPU time, best of REPEATS rounds, so other jobs on a shared machine
 // matter less.
 //
-//   quench-fp8-source-bench [N=32] [ROWS=256] [COLS=4096] [REPEATS=15]
+//   quench-fp8-source-bench [N=64] [ROWS=256] [COLS=4096] [REPEATS=15]
 //   -> "nvfp4: hot H cold C | int4 g128: hot H cold C ns/weight"
 #include <time.h>
 
@@ -35,7 +35,7 @@ double ThreadCpu() {
 
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
-  const size_t ntens = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 32;
+  const size_t ntens = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 64;
   const size_t rows = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 256;
   const size_t cols = argc > 3 ? std::strtoul(argv[3], nullptr, 10) : 4096;
   const int repeats = argc > 4 ? std::atoi(argv[4]) : 15;
@@ -74,9 +74,8 @@ int main(int argc, char** argv) {
         in.scales = scales.data() + k * bands * scale_cols;
         in.scale_cols = scale_cols;
         ChunkOutputs out;
-        const size_t ko = std::getenv("HOTOUT") ? 0 : k;
-        out.out[0] = packed.data() + ko * n / 2;
-        out.out[1] = gscales.data() + ko * n / 8;
+        out.out[0] = packed.data() + k * n / 2;
+        out.out[1] = gscales.data() + k * n / 8;
         const fp8::FusedResult r =
             nvfp4 ? fp8::QuantizeSourceNvfp4(in, gs, out) : fp8::QuantizeSourceInt4(in, 128, out);
         if (r != fp8::FusedResult::kOk) std::abort();
@@ -85,8 +84,7 @@ int main(int argc, char** argv) {
     }
     return best;
   };
-  const double nh = std::getenv("COLDONLY") ? 0 : run(1, true), nc = run(ntens, true);
-  if (std::getenv("COLDONLY")) { std::printf("nvfp4 cold %.3f\n", nc); return 0; }
+  const double nh = run(1, true), nc = run(ntens, true);
   const double ih = run(1, false), ic = run(ntens, false);
   std::printf("nvfp4: hot %.3f cold %.3f | int4 g128: hot %.3f cold %.3f ns/weight\n", nh, nc,
               ih, ic);
