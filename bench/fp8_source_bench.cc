@@ -2,9 +2,9 @@
 // source -> NVFP4: tables by bounds"): fp8::QuantizeSourceNvfp4 and QuantizeSourceInt4 on
 // chunks laid out as the bench checkpoint's (`make_bench_checkpoint.py --layout fp8`: random
 // finite E4M3 codes, 128x128 block multipliers in 2^-12..2^-6), one thread. "hot": one chunk
-// again and again (in L2); "cold": N different chunks (N x ROWS x COLS bytes of codes, past the
-// 32 MiB L3 for the defaults). Thread CPU time, best of REPEATS rounds, so other jobs on a shared machine
-// matter less.
+// again and again (in L2); "cold": N different chunks (N x ROWS x COLS bytes of codes, past
+// the 32 MiB L3 for the defaults). Thread CPU time, best of REPEATS rounds, so other jobs on a
+// shared machine matter less.
 //
 //   quench-fp8-source-bench [N=64] [ROWS=256] [COLS=4096] [REPEATS=15]
 //   -> "nvfp4: hot H cold C | int4 g128: hot H cold C ns/weight"
