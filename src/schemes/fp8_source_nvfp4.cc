@@ -24,9 +24,10 @@ namespace quench::fp8 {
 namespace fused {
 namespace {
 
-// A slot's table (column j, largest magnitude mc): byte m (m <= mc) is the nibble of -x(m),
-// idx(m) | 8 * [x(m) / eff > 0]; the nibble of +x(m) is its low three bits (fp4_bounds.h,
-// item 1). The group's E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0
+// A slot's table (column j, largest magnitude mc): 64 bytes, entry m (m <= mc) in the low
+// nibble of byte m / 2 for even m, the high one for odd m: the nibble of -x(m), idx(m) | 8 *
+// [x(m) / eff > 0]; the nibble of +x(m) is its low three bits (fp4_bounds.h, item 1). One
+// cache line a table, and one single-source byte permute a group. The group's E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0
 // there says the slot is not built in this band.
 
 // Nvfp4ScaleCode(x, gs, bf16) (fp4_shared.h) of 16 lanes x >= +0 (finite lanes only; the
@@ -90,10 +91,10 @@ struct Nvfp4Builds {
   }
 };
 
-// 32 entries from 32 decoded magnitudes d (bf16 bits): idx | 8 * sign as 16-bit lanes, by
-// the bounds b (fp4_bounds.h). d >= +0 and every bound is <= 0x7F80, so d - bound is exact in
+// 32 entries from 32 decoded magnitudes d (bf16 bits): idx | 8 * sign by the bounds b
+// (fp4_bounds.h), two a byte. d >= +0 and every bound is <= 0x7F80, so d - bound is exact in
 // int16 and its sign bit says d < bound.
-QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
+QUENCH_VBMI inline __m128i Entries32(__m512i d, const __m512i* b) {
   __m512i below = _mm512_srai_epi16(_mm512_sub_epi16(d, b[1]), 15);  // -[d < b1]
   for (int k = 2; k < 8; ++k) {
     below = _mm512_add_epi16(below, _mm512_srai_epi16(_mm512_sub_epi16(d, b[k]), 15));
@@ -101,8 +102,9 @@ QUENCH_VBMI inline __m256i Entries32(__m512i d, const __m512i* b) {
   // (7 - #below) | (8 if d >= b0) = 15 + below - 8 * [d < b0].
   const __m512i neg0 = _mm512_and_si512(_mm512_srai_epi16(_mm512_sub_epi16(d, b[0]), 15),
                                         _mm512_set1_epi16(8));
-  return _mm512_cvtepi16_epi8(
-      _mm512_sub_epi16(_mm512_add_epi16(below, _mm512_set1_epi16(15)), neg0));
+  const __m512i e = _mm512_sub_epi16(_mm512_add_epi16(below, _mm512_set1_epi16(15)), neg0);
+  // Entries 2i and 2i + 1 (one 32-bit lane) into one byte, the even one in the low nibble.
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(e, _mm512_srli_epi32(e, 12)));
 }
 
 // Fills the table at `table` for mc from the column's decode table `dec` (entries m <= mc:
@@ -118,19 +120,21 @@ QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, size_t j, const uint16_t* dec, uin
   for (int k = 0; k < 8; ++k) b[k] = _mm512_set1_epi16(static_cast<int16_t>(bound[k]));
   // Usually only the top 64 entries need the bounds: x(m) is non-decreasing in m and x(0) =
   // +0 < bound[0], so when x(1) >= bound[0] and x(w - 1) < bound[1] every entry 0 < m < w is
-  // 8 (index 0, sign set) and entry 0 is 0. (w = mc - 63 >= 1; the fill covers [0, 64).)
-  if (mc >= 64 && dec[1] >= bound[0] && dec[mc - 64] < bound[1]) {
-    const size_t w = mc - 63;
-    _mm512_store_si512(table, _mm512_mask_blend_epi8(~1ull, _mm512_setzero_si512(),
-                                                     _mm512_set1_epi8(8)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + w),
-                        Entries32(_mm512_loadu_si512(dec + w), b));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + w + 32),
-                        Entries32(_mm512_loadu_si512(dec + w + 32), b));
+  // 8 (index 0, sign set) and entry 0 is 0. w is mc - 63 rounded up to even (entries pair
+  // up in bytes; an entry past mc is never looked up); 2 <= w <= 64, the fill covers [0, 64).
+  const size_t w = (mc - 62) & ~size_t{1};
+  if (mc >= 64 && dec[1] >= bound[0] && dec[w - 1] < bound[1]) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(table),
+                       _mm256_mask_blend_epi8(~1u, _mm256_set1_epi8(static_cast<char>(0x80)),
+                                              _mm256_set1_epi8(static_cast<char>(0x88))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(table + w / 2),
+                     Entries32(_mm512_loadu_si512(dec + w), b));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(table + w / 2 + 16),
+                     Entries32(_mm512_loadu_si512(dec + w + 32), b));
   } else {
     for (size_t m = 0; m <= mc; m += 32) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(table + m),
-                         Entries32(_mm512_load_si512(dec + m), b));
+      _mm_store_si128(reinterpret_cast<__m128i*>(table + m / 2),
+                      Entries32(_mm512_load_si512(dec + m), b));
     }
   }
   *scale = code;
@@ -148,19 +152,24 @@ QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, size_t j, const uint16_t* dec, uin
 }
 
 // The packed nibbles of 64 codes whose four groups of 16 use tables t[0..3]: each group's
-// lanes through its own table (a zero-masked two-table byte permute, the index's bit 7
-// ignored), then the sign: the table byte is the nibble of -x; for a positive code its bit 3
-// is cleared (y = r & ((code >> 4) | 7), the code's bit 7 landing on bit 3). Even element in
-// the low nibble: y_even + 16 * y_odd per 16-bit lane, whose low byte is kept.
+// lanes through its own table (a 64-byte permute indexed by (code & 0x7F) / 2; the index's
+// bits 6 and 7 are ignored), the code's nibble of that byte, then the sign: the entry is the
+// nibble of -x; for a positive code its bit 3 is cleared (y = e & ((code >> 4) | 7), the
+// code's bit 7 landing on bit 3). Even element in the low nibble: y_even + 16 * y_odd per
+// 16-bit lane, whose low byte is kept.
 QUENCH_VBMI inline __m256i Lookup4(__m512i v, const uint8_t* const* t) {
-  __m512i res = _mm512_permutex2var_epi8(_mm512_load_si512(t[0]), v,
-                                         _mm512_load_si512(t[0] + 64));
+  const __m512i idx = _mm512_srli_epi16(v, 1);  // byte (code & 0x7F) / 2 in the low 6 bits
+  __m512i res = _mm512_permutexvar_epi8(idx, _mm512_load_si512(t[0]));
   for (int k = 1; k < 4; ++k) {
-    const __m512i rk = _mm512_permutex2var_epi8(_mm512_load_si512(t[k]), v,
-                                                _mm512_load_si512(t[k] + 64));
+    const __m512i rk = _mm512_permutexvar_epi8(idx, _mm512_load_si512(t[k]));
     res = _mm512_mask_blend_epi8(0xFFFFull << (16 * k), res, rk);
   }
-  const __m512i y = _mm512_ternarylogic_epi64(res, _mm512_srli_epi16(v, 4),
+  // An odd code's entry is the high nibble.
+  const __m512i nib = _mm512_and_si512(
+      _mm512_mask_blend_epi8(_mm512_test_epi8_mask(v, _mm512_set1_epi8(1)), res,
+                             _mm512_srli_epi16(res, 4)),
+      _mm512_set1_epi8(0x0F));
+  const __m512i y = _mm512_ternarylogic_epi64(nib, _mm512_srli_epi16(v, 4),
                                               _mm512_set1_epi8(0x07), 0xE0);  // a & (b | c)
   const __m512i w = _mm512_maddubs_epi16(y, _mm512_set1_epi16(0x1001));  // bytes (1, 16)
   return _mm512_cvtepi16_epi8(w);
