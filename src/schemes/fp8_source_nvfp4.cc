@@ -27,8 +27,12 @@ namespace {
 // A slot's table (column j, largest magnitude mc): 64 bytes, entry m (m <= mc) in the low
 // nibble of byte m / 2 for even m, the high one for odd m: the nibble of -x(m), idx(m) | 8 *
 // [x(m) / eff > 0]; the nibble of +x(m) is its low three bits (fp4_bounds.h, item 1). One
-// cache line a table, and one single-source byte permute a group. The group's E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0
-// there says the slot is not built in this band.
+// cache line a table, and one single-source byte permute a group. Slots lie kNvfp4Table
+// apart in the workspace's table memory (sized for int4's 256-byte tables). The group's
+// E4M3 scale code is ws.col_scale[slot]: never 0 (the zero guard), so 0 there says the slot
+// is not built in this band.
+constexpr size_t kNvfp4Table = 64;
+static_assert(kNvfp4Table <= kTableBytes);
 
 // Nvfp4ScaleCode(x, gs, bf16) (fp4_shared.h) of 16 lanes x >= +0 (finite lanes only; the
 // others give codes nobody reads), by the same operations: t = RNE_bf16(x / 6), u =
@@ -147,7 +151,7 @@ QUENCH_VBMI bool BuildNvfp4(Nvfp4Builds& ctx, size_t j, const uint16_t* dec, uin
   Workspace& ws = ctx.band.ws;
   const uint32_t mc = static_cast<uint32_t>(slot % kMags);
   return mc != 0x7F && BuildNvfp4(ctx, slot / kMags, ctx.band.Decode(slot / kMags), mc,
-                                  ws.tables.get() + slot * kTableBytes,
+                                  ws.tables.get() + slot * kNvfp4Table,
                                   ws.col_scale.get() + slot);
 }
 
@@ -275,13 +279,13 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
       // The next row's codes, for step 1 (which is too quick to wait for memory).
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0 + 64), _MM_HINT_T0);
-      const uint8_t* ta[4] = {tab + sl[0] * kTableBytes, tab + sl[2] * kTableBytes,
-                              tab + sl[4] * kTableBytes, tab + sl[6] * kTableBytes};
+      const uint8_t* ta[4] = {tab + sl[0] * kNvfp4Table, tab + sl[2] * kNvfp4Table,
+                              tab + sl[4] * kNvfp4Table, tab + sl[6] * kNvfp4Table};
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2),
                           Lookup4(_mm512_loadu_si512(codes + c0), ta));
       if (c0 + 128 <= in.cols) {
-        const uint8_t* tb[4] = {tab + sl[1] * kTableBytes, tab + sl[3] * kTableBytes,
-                                tab + sl[5] * kTableBytes, tab + sl[7] * kTableBytes};
+        const uint8_t* tb[4] = {tab + sl[1] * kNvfp4Table, tab + sl[3] * kNvfp4Table,
+                                tab + sl[5] * kNvfp4Table, tab + sl[7] * kNvfp4Table};
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2 + 32),
                             Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
       }
