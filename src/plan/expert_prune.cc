@@ -23,6 +23,9 @@ constexpr std::string_view kCountKeys[] = {"num_experts", "num_local_experts", "
 // The routing floor (utils/moe.py get_num_experts_per_tok).
 constexpr std::string_view kTopKKeys[] = {"top_k_experts", "num_experts_per_tok"};
 
+// PruneExpertsKept's role of a tensor read whole with a compressed stack (MoeLayer::ct_whole).
+constexpr int64_t kWhole = -2;
+
 std::string Fraction(double f) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", f);
@@ -80,6 +83,7 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
   }
   std::vector<MoeLayer> layers;
   std::vector<Status> problems;
+  const bool ct = IsCompressedTensors(folder);
   for (const auto& [prefix, names] : under) {
     MoeLayer layer;
     layer.prefix = prefix;
@@ -141,6 +145,30 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
       const std::string rest = name.substr(prefix.size() + kExperts.size());
       const std::string first = rest.substr(0, rest.find('.'));
       if (!AllDigits(first) || first.size() == rest.size()) {
+        if (ct) {
+          // A compressed-tensors stack: its codes, or a tensor decoding reads with them.
+          const size_t dot = name.rfind('.');
+          const std::string module = name.substr(0, dot), param = name.substr(dot + 1);
+          if (all.contains(module + ".weight_scale")) {
+            const TensorInfo& t = *all.at(name).info;
+            const bool codes = param == "weight_packed" ||
+                               (param == "weight" && !IsQuantizableFloat(t.dtype));
+            if (codes) {
+              layer.ct_codes.push_back(name);
+              stack(name);
+            } else if (param == "weight_shape") {  // [experts, rows, cols]: read, not sliced
+              layer.ct_whole.push_back(name);
+            } else {
+              const size_t before = layer.sliced.size();
+              stack(name);  // checks the leading experts dimension
+              if (layer.sliced.size() > before) {
+                layer.sliced.pop_back();
+                layer.ct_whole.push_back(name);
+              }
+            }
+            continue;
+          }
+        }
         stack(name);
         continue;
       }
@@ -324,6 +352,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     new_index[l].assign(layer.experts, -1);
     for (size_t i = 0; i < pl.kept.size(); ++i) new_index[l][pl.kept[i]] = static_cast<int64_t>(i);
     for (const std::string& n : layer.sliced) role[n] = {l, -1};
+    for (const std::string& n : layer.ct_whole) role[n] = {l, kWhole};
     for (const auto& [n, i] : layer.per_expert) role[n] = {l, i};
     out.layers.push_back(std::move(pl));
   }
@@ -337,6 +366,9 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                      std::to_string(*per_token) + "; each token needs that many experts");
   }
   folder.config_changed = true;
+  std::map<std::string, ModelFolder::CtPiece> pieces;  // ct_pieces under the kept names
+  std::set<std::string_view> ct_codes;
+  for (const MoeLayer& layer : layers) ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
   for (Shard& shard : folder.shards) {
     std::vector<TensorInfo> tensors;
     tensors.reserve(shard.header.tensors.size());
@@ -349,6 +381,12 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       const auto [l, index] = it->second;
       const MoeLayer& layer = layers[l];
       const std::vector<int64_t>& to = new_index[l];
+      if (index == kWhole) {  // read with a compressed stack at the kept experts' slices
+        if (t.shape.size() > 1) out.bytes_removed += (layer.experts - kept) * (t.nbytes() / layer.experts);
+        tensors.push_back(std::move(t));
+        continue;
+      }
+      auto piece = folder.ct_pieces.find(t.name);
       if (index >= 0) {  // one expert's tensor: gone, or renumbered densely
         if (to[static_cast<size_t>(index)] < 0) {
           ++out.tensors_removed;
@@ -357,11 +395,15 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
         }
         const size_t at = layer.prefix.size() + kExperts.size();
         const size_t end = t.name.find('.', at);
-        t.name = t.name.substr(0, at) + std::to_string(to[static_cast<size_t>(index)]) +
-                 t.name.substr(end);
+        const std::string name = t.name.substr(0, at) +
+                                 std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
+        // A piece of a split compressed stack still decodes from its source expert's slice.
+        if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
+        t.name = name;
         tensors.push_back(std::move(t));
         continue;
       }
+      if (ct_codes.contains(t.name)) folder.ct_kept[t.name] = {t, out.layers[l].kept};
       // Sliced along dimension 0: the kept experts' rows, as (begin, length) runs.
       const uint64_t row = t.nbytes() / layer.experts;
       std::vector<std::pair<uint64_t, uint64_t>> runs;
@@ -382,6 +424,11 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     }
     shard.header.tensors = std::move(tensors);
   }
+  // Pieces of other (unpruned) stacks keep their names; pruned experts' pieces are gone.
+  for (auto& [name, cp] : folder.ct_pieces) {
+    if (!role.contains(name)) pieces.emplace(name, std::move(cp));
+  }
+  folder.ct_pieces = std::move(pieces);
   return out;
 }
 
