@@ -23,6 +23,17 @@ constexpr std::string_view kCountKeys[] = {"num_experts", "num_local_experts", "
 // The routing floor (utils/moe.py get_num_experts_per_tok).
 constexpr std::string_view kTopKKeys[] = {"top_k_experts", "num_experts_per_tok"};
 
+// Routers stored quantized are refused rather than decoded for scoring: the reference's
+// MagnitudeExpertPruner scores whatever the router tensor holds (packed int32 words, FP8 or
+// int8 codes without their scales), so its choice is not defined for them, and a decoded
+// score would pick experts no reference run picks. Every MoE release quench knows keeps its
+// routers unquantized (vLLM loads them so; quench's default ignore list keeps them so).
+std::string QuantizedRouter(const std::string& what) {
+  return "router '" + what + "' is stored quantized; expert pruning scores unquantized "
+         "routers only (the reference's MagnitudeExpertPruner would score the stored codes, "
+         "not the router); decode the checkpoint first (quench convert SRC TMP --scheme BF16)";
+}
+
 // PruneExpertsKept's role of a tensor read whole with a compressed stack (MoeLayer::ct_whole).
 constexpr int64_t kWhole = -2;
 
@@ -100,6 +111,17 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
       module = prefix + "." + std::string(r) + ".";
     }
     if (layer.router.empty()) {
+      std::string quantized;  // a router stored packed (compressed-tensors, AutoAWQ)
+      for (std::string_view r : kRouterModules) {
+        for (const char* param : {".weight_packed", ".qweight"}) {
+          const std::string cand = prefix + "." + std::string(r) + param;
+          if (all.contains(cand)) quantized = cand;
+        }
+      }
+      if (!quantized.empty()) {
+        problems.push_back(Error(ErrorCode::kUnsupported, QuantizedRouter(quantized)));
+        continue;
+      }
       problems.push_back(Error(
           ErrorCode::kInvalidInput,
           "expert tensors " + FirstNames(names) + " have no router beside them (looked for '" +
@@ -110,6 +132,13 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
     const Located r = all.at(layer.router);
     layer.shard = r.shard;
     layer.router_info = *r.info;
+    if (r.info->shape.size() == 2 && (r.info->dtype == DType::kF8E4M3 ||
+                                      r.info->dtype == DType::kI8 || r.info->dtype == DType::kU8)) {
+      problems.push_back(Error(ErrorCode::kUnsupported,
+                               QuantizedRouter(layer.router + "' (" +
+                                               std::string(DTypeName(r.info->dtype)) + ")")));
+      continue;
+    }
     if (r.info->shape.size() != 2 || r.info->shape[0] == 0 ||
         !IsQuantizableFloat(r.info->dtype)) {
       problems.push_back(Error(ErrorCode::kInvalidInput,
