@@ -14,7 +14,9 @@
 #include <vector>
 
 #include "ct_cases.h"
+#include "pipeline/resume.h"
 #include "plan/expert_prune.h"
+#include "quench/ct_weight.h"
 #include "quench/convert.h"
 #include "test_util.h"
 #include "verify/verify.h"
@@ -164,6 +166,41 @@ TEST_SUITE("expert_prune_ct3d") {
       // Split per expert, the pruned experts' pieces (2 layers x 2 experts x 3) are gone.
       CHECK(plan->expert_prune->tensors_removed == (k.scheme == "BF16" ? 0u : 12u));
       CHECK(!fs::exists(tmp / "out"));
+      const RunResult d = RunQuench({"convert", k.source.string(), (tmp / "out").string(),
+                                     "--scheme", k.scheme, "--prune-experts", "0.5", "--dry-run"});
+      CAPTURE(d.err);
+      CHECK(d.exit_code == 0);
+      CHECK(d.out.find("model.layers.0.mlp.gate.weight: keeps 2 of 4 experts: 2,3") !=
+            std::string::npos);
+      CHECK(d.out.find("model.layers.1.mlp.gate.weight: keeps 2 of 4 experts: 0,2") !=
+            std::string::npos);
+      CHECK(!fs::exists(tmp / "out"));
+    }
+  }
+
+  TEST_CASE("the resume fingerprint holds the kept experts whose scale slices a stack reads") {
+    for (const CtCase& k : CtCases(kManifest)) {
+      if (k.name != "W4A16_ASYM/BF16") continue;
+      TempDir tmp;
+      ConvertOptions o;
+      o.src = k.source;
+      o.dst = tmp / "out";
+      o.scheme = k.scheme;
+      o.prune_experts = 0.5;
+      auto plan = MakePlan(o);
+      REQUIRE(plan.ok());
+      const std::string before = ShardFingerprint(*plan, 0);
+      size_t stacks = 0;
+      for (PlannedTensor& t : plan->tensors) {
+        if (!t.source_scale || !t.source_scale->ct || t.source_scale->ct->kept.empty()) continue;
+        // Another kept set, the codes' ranges unchanged: other scales, other bytes.
+        auto w = std::make_shared<CtWeight>(*t.source_scale->ct);
+        w->kept = {0, 1};
+        t.source_scale->ct = w;
+        ++stacks;
+      }
+      CHECK(stacks == 4);  // two layers' gate_up and down stacks
+      CHECK(ShardFingerprint(*plan, 0) != before);
     }
   }
 
