@@ -11,9 +11,11 @@
 
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ct_cases.h"
+#include "format/json.h"
 #include "pipeline/resume.h"
 #include "plan/expert_prune.h"
 #include "quench/ct_weight.h"
@@ -202,6 +204,88 @@ TEST_SUITE("expert_prune_ct3d") {
       CHECK(stacks == 4);  // two layers' gate_up and down stacks
       CHECK(ShardFingerprint(*plan, 0) != before);
     }
+  }
+
+  TEST_CASE("a stack with g_idx (activation order) pruned: each kept expert decodes as 2-D") {
+    // Four 2-D pack-quantized weights with g_idx of data/golden/ctsrc/gidx (k_proj and v_proj
+    // of layers 0 and 1, [128, 256]) stacked as compressed-tensors stores a 3-D weight, under a
+    // router whose rows have L1 norms in the ratio 3 : 1 : 4 : 2: 0.5 keeps experts 0 and 2.
+    // Expected: the kept experts' 2-D decodes (checked here against the golden manifest's).
+    const fs::path gidx = DataDir() / "golden" / "ctsrc" / "gidx";
+    TempDir tmp;
+    REQUIRE(ConvertSource(gidx, tmp / "flat", "BF16", {}).ok());
+    bool tied = false;
+    for (const CtCase& k : CtCases("ct_manifest.json")) {
+      if (k.name != "ctsrc/gidx/BF16") continue;
+      CheckTensors(*k.tensors, tmp / "flat");
+      tied = true;
+    }
+    REQUIRE(tied);
+    const std::vector<std::string> modules = {
+        "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj",
+        "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"};
+    const auto src = LoadAll(gidx);
+    auto bytes = [](const std::map<std::string, Loaded>& all, const std::string& name) {
+      auto [l, t] = FindTensor(all, name);
+      REQUIRE(t != nullptr);
+      return std::string(reinterpret_cast<const char*>(l->Data(*t)), t->nbytes());
+    };
+    const std::string stack = "model.layers.0.mlp.experts.down_proj";
+    std::vector<RawTensor> t;
+    for (const auto& [param, dtype, shape] :
+         std::vector<std::tuple<std::string, DType, std::vector<uint64_t>>>{
+             {"weight_packed", DType::kI32, {4, 128, 32}},
+             {"weight_scale", DType::kBF16, {4, 128, 2}},
+             {"weight_g_idx", DType::kI32, {4, 256}}}) {
+      std::string b;
+      for (const std::string& m : modules) b += bytes(src, m + "." + param);
+      t.push_back({stack + "." + param, dtype, shape, b});
+    }
+    std::string shape(24, '\0');
+    for (int i = 0; i < 3; ++i) shape[8 * i] = static_cast<char>(std::vector<int>{4, 128, 0}[i]);
+    shape[16] = 0, shape[17] = 1;  // 256, little-endian
+    t.push_back({stack + ".weight_shape", DType::kI64, {3}, shape});
+    std::vector<float> router(4 * 128);
+    const float mag[4] = {3, 1, 4, 2};
+    for (size_t i = 0; i < router.size(); ++i) router[i] = (i % 2 ? -1.0f : 1.0f) * mag[i / 128];
+    t.push_back({"model.layers.0.mlp.gate.weight", DType::kBF16, {4, 128}, Bf16Bytes(router)});
+    fs::create_directories(tmp / "src");
+    WriteShard(tmp / "src" / "model.safetensors", t);
+    auto cfg = ReadJsonFile((gidx / "config.json").string());
+    REQUIRE(cfg.ok());
+    JsonValue q = *cfg->Find("quantization_config");
+    JsonValue ignore = JsonValue::MakeArray();
+    ignore.Push("re:.*mlp\\.gate$");
+    q.Set("ignore", ignore);
+    JsonValue c = JsonValue::MakeObject();
+    c.Set("hidden_size", JsonValue(128));
+    c.Set("num_experts", JsonValue(4));
+    c.Set("num_experts_per_tok", JsonValue(1));
+    c.Set("quantization_config", q);
+    WriteBytes(tmp / "src" / "config.json", DumpCompactJson(c));
+    ConvertOptions o;
+    o.src = tmp / "src";
+    o.dst = tmp / "out";
+    o.scheme = "BF16";
+    o.prune_experts = 0.5;
+    o.chunk_bytes = 100 * 256 * 2;  // chunks inside and across the kept experts
+    auto r = Convert(o);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    const auto out = LoadAll(tmp / "out");
+    const auto flat = LoadAll(tmp / "flat");
+    auto [ol, ot] = FindTensor(out, stack + ".weight");
+    REQUIRE(ot != nullptr);
+    CHECK(ot->shape == std::vector<uint64_t>{2, 128, 256});
+    CHECK(bytes(out, stack + ".weight") ==
+          bytes(flat, modules[0] + ".weight") + bytes(flat, modules[2] + ".weight"));
+    VerifyClean(tmp / "out", tmp / "src");
+    // Split per expert (W4A16): verify against the source.
+    o.dst = tmp / "w4";
+    o.scheme = "W4A16";
+    auto w = Convert(o);
+    REQUIRE_MESSAGE(w.ok(), w.status().ToString());
+    CHECK(w->tensors_quantized == 2);
+    VerifyClean(tmp / "w4", tmp / "src");
   }
 
   TEST_CASE("verify DST SRC passes on every pruned output and finds a changed kept expert") {
