@@ -103,6 +103,69 @@ TEST_SUITE("expert_prune_kinds") {
     }
   }
 
+  TEST_CASE("pruning alone (--scheme none) writes the decoded survivors of every kind") {
+    for (const CtCase& k0 : CtCases(kManifest)) {
+      CtCase k = k0;
+      k.scheme = "none";
+      CAPTURE(k.name);
+      TempDir tmp;
+      auto r = Convert(Options(k, tmp / "out"));
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      CHECK(r->tensors_decoded == 12);  // 2 layers x 2 kept experts x 3 projections
+      // Where the reference's expected output is the decoded model, the same bytes (fused
+      // FP8 stacks split per expert, as --scheme BF16 writes them).
+      if (k0.scheme == "BF16") {
+        CheckTensors(*k0.tensors, tmp / "out");
+        VerifyCli(tmp / "out", k.source);
+        continue;
+      }
+      // AutoAWQ, ModelOpt: each tensor is the unpruned decode's (--scheme BF16, golden-tested
+      // in test_quant_sources) of its source expert; routers are its kept rows. (verify of a
+      // decoded AutoAWQ or ModelOpt output needs a quantization_config, pruned or not.)
+      k.scheme = "BF16";
+      ConvertOptions whole = Options(k, tmp / "whole");
+      whole.prune_experts.reset();
+      REQUIRE(Convert(whole).ok());
+      std::map<std::string, std::vector<uint32_t>> kept;
+      for (const JsonValue& c : CtManifest(kManifest).Find("cases")->as_array()) {
+        if (c.Find("name")->as_string() != k0.name) continue;
+        for (const auto& [router, ks] : c.Find("retained")->as_object()) {
+          for (const JsonValue& e : ks.as_array()) kept[router].push_back(static_cast<uint32_t>(e.as_uint()));
+        }
+      }
+      const auto got = LoadAll(tmp / "out"), all = LoadAll(tmp / "whole");
+      size_t n = 0;
+      for (const auto& [_, l] : got) {
+        for (const TensorInfo& t : l.shard.header.tensors) {
+          CAPTURE(t.name);
+          ++n;
+          const std::string layer = t.name.substr(0, t.name.find(".mlp.") + 5);
+          const std::vector<uint32_t>& ks = kept[layer + "gate.weight"];
+          std::string src = t.name;
+          const size_t at = t.name.find(".experts.");
+          if (at != std::string::npos) {
+            const size_t from = at + 9, to = t.name.find('.', from);
+            src = t.name.substr(0, from) + std::to_string(ks.at(std::stoul(t.name.substr(from, to - from)))) +
+                  t.name.substr(to);
+          }
+          auto [wl, wt] = FindTensor(all, src);
+          REQUIRE(wt != nullptr);
+          const std::string a(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
+          const std::string b(reinterpret_cast<const char*>(wl->Data(*wt)), wt->nbytes());
+          if (t.name.ends_with(".mlp.gate.weight")) {
+            const uint64_t row = wt->nbytes() / 4;
+            std::string want;
+            for (uint32_t e : ks) want += b.substr(e * row, row);
+            CHECK(a == want);
+          } else {
+            CHECK(a == b);
+          }
+        }
+      }
+      CHECK(n == 17);  // 12 kept expert weights, 2 routers, embeddings, head, norm
+    }
+  }
+
   TEST_CASE("pruned with another scheme: W4A16 from every kind, and verify passes") {
     for (const CtCase& k0 : CtCases(kManifest)) {
       CtCase k = k0;
