@@ -19,6 +19,7 @@ namespace qt = quench::testing;
 namespace fs = std::filesystem;
 using quench::DType;
 using quench::DTypeBits;
+using quench::DTypeName;
 using qt::RawTensor;
 
 namespace {
@@ -202,8 +203,12 @@ TEST_SUITE("expert_prune_checks") {
         const quench::Status s = PlanStatus(Write(tmp, t, config), 0.5);
         CHECK(s.code() == quench::ErrorCode::kUnsupported);
         CHECK(s.message().find("router 'model.layers.0.mlp." + name) != std::string::npos);
-        CHECK(s.message().find("is stored quantized; expert pruning scores unquantized routers "
-                               "only") != std::string::npos);
+        CHECK(s.message().find(dtype == DType::kI32 ? "is stored quantized (packed)"
+                                                    : "is stored quantized (" +
+                                                          std::string(DTypeName(dtype)) + ")") !=
+              std::string::npos);
+        CHECK(s.message().find("expert pruning scores unquantized routers only") !=
+              std::string::npos);
       }
     }
     SUBCASE("a 1-D router") {
