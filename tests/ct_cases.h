@@ -35,7 +35,7 @@ inline const JsonValue& CtManifest(const std::string& manifest) {
   auto it = cache.find(manifest);
   if (it == cache.end()) {
     auto r = ReadJsonFile((DataDir() / "golden" / manifest).string());
-    REQUIRE(r.ok());
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     it = cache.emplace(manifest, std::move(*r)).first;
   }
   return it->second;

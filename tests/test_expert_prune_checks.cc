@@ -18,6 +18,8 @@
 namespace qt = quench::testing;
 namespace fs = std::filesystem;
 using quench::DType;
+using quench::DTypeBits;
+using quench::DTypeName;
 using qt::RawTensor;
 
 namespace {
@@ -184,6 +186,30 @@ TEST_SUITE("expert_prune_checks") {
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
       CHECK(s.message().find("router 'model.layers.0.mlp.gate.weight' has shape [8, 8] and dtype I32") !=
             std::string::npos);
+    }
+    SUBCASE("a router stored quantized: FP8 or int8 codes, or packed words") {
+      // Refused, not decoded for scoring (src/plan/expert_prune.cc QuantizedRouter): the
+      // reference scores the stored tensor, so its choice is not defined for such routers.
+      for (const auto& [name, dtype] :
+           std::vector<std::pair<std::string, DType>>{{"gate.weight", DType::kF8E4M3},
+                                                      {"gate.weight", DType::kI8},
+                                                      {"gate.weight_packed", DType::kI32},
+                                                      {"gate.qweight", DType::kI32}}) {
+        CAPTURE(name);
+        qt::TempDir tmp;
+        std::vector<RawTensor> t = MoeTensors({8});
+        const uint64_t bytes = DTypeBits(dtype) / 8;
+        t.front() = {"model.layers.0.mlp." + name, dtype, {8, 8}, std::string(64 * bytes, '\1')};
+        const quench::Status s = PlanStatus(Write(tmp, t, config), 0.5);
+        CHECK(s.code() == quench::ErrorCode::kUnsupported);
+        CHECK(s.message().find("router 'model.layers.0.mlp." + name) != std::string::npos);
+        CHECK(s.message().find(dtype == DType::kI32 ? "is stored quantized (packed)"
+                                                    : "is stored quantized (" +
+                                                          std::string(DTypeName(dtype)) + ")") !=
+              std::string::npos);
+        CHECK(s.message().find("expert pruning scores unquantized routers only") !=
+              std::string::npos);
+      }
     }
     SUBCASE("a 1-D router") {
       qt::TempDir tmp;

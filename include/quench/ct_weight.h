@@ -56,18 +56,25 @@ struct CtWeight {
   // carries a leading experts dimension and rows, cols, code_row_bytes, scale_cols and
   // scale_row_span are one expert's. 0 for a 2-D weight. (src/schemes/ct_stack.h slices it.)
   uint64_t experts = 0;
+  // A stack sliced by expert pruning (src/plan/expert_prune.h): its expert e is the source's
+  // expert kept[e] (ascending, experts of them); the tensors above stay the source's whole
+  // stacks, so each is read at the kept experts' slices only. Empty: expert e is slice e.
+  std::vector<uint32_t> kept;
 };
 
 // Expert `e` of a stack (stack.experts > e) as a 2-D weight: each present tensor narrowed to
-// its e-th slice (offset + e * nbytes / experts, leading dimension dropped; the slice of a
-// [E] tensor is [1]). What compressed-tensors 0.19.0 compresses per slice decodes per slice.
+// its slice of source expert s = kept[e] (or e): offset + s * nbytes / stored experts (its
+// leading dimension), that dimension dropped; the slice of a [E] tensor is [1]. What
+// compressed-tensors 0.19.0 compresses per slice decodes per slice.
 inline CtWeight CtExpertSlice(const CtWeight& stack, uint64_t e) {
   CtWeight w = stack;
   w.experts = 0;
+  w.kept.clear();
+  const uint64_t s = stack.kept.empty() ? e : stack.kept[e];
   for (CtTensor* t : {&w.codes, &w.scale, &w.zero_point, &w.g_idx, &w.global_scale}) {
-    if (!t->present || t->shape.empty()) continue;
-    const uint64_t slice = t->nbytes / stack.experts;
-    t->offset += e * slice;
+    if (!t->present || t->shape.empty() || t->shape[0] == 0) continue;
+    const uint64_t slice = t->nbytes / t->shape[0];
+    t->offset += s * slice;
     t->nbytes = slice;
     t->shape.erase(t->shape.begin());
     if (t->shape.empty()) t->shape = {1};

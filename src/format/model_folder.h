@@ -51,6 +51,16 @@ struct ModelFolder {
     uint64_t row0 = 0;
   };
   std::map<std::string, CtPiece> ct_pieces;
+  // A compressed-tensors stack's codes sliced by expert pruning and left 3-D (decoded whole,
+  // --scheme BF16 or none), by name: the codes tensor as it was and the source experts kept
+  // (ascending). The stack's other tensors (scales, zero points, g_idx, global scales,
+  // weight_shape) keep every expert; decoding reads the kept experts' slices of them
+  // (CtWeight::kept).
+  struct CtKept {
+    TensorInfo stack;
+    std::vector<uint32_t> kept;
+  };
+  std::map<std::string, CtKept> ct_kept;
 };
 
 // Lists `root` recursively (skipping entries whose relative path starts with ".cache" or

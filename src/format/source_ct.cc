@@ -285,6 +285,15 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
                                   cp.stack.nbytes(), cp.stack.dtype, cp.stack.shape};
     pieces_of[cp.stack.name].emplace_back(piece, &cp);
   }
+  // Stacks expert pruning sliced and left 3-D: checked as the source stored them; decoded at
+  // the kept experts' slices (CtWeight::kept).
+  for (const auto& [name, ck] : folder.ct_kept) {
+    auto it = all.find(name);
+    if (it == all.end()) continue;
+    it->second.offset = folder.shards[it->second.shard].header.data_start + ck.stack.begin;
+    it->second.nbytes = ck.stack.nbytes();
+    it->second.shape = ck.stack.shape;
+  }
   auto find = [&](const std::string& n) { auto it = all.find(n); return it == all.end() ? CtTensor{} : it->second; };
   static constexpr std::string_view kDropped[] = {
       "input_scale", "input_zero_point", "input_global_scale", "output_scale",
@@ -355,6 +364,10 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
       w->cols = s[dims - 1];
     }
     QUENCH_RETURN_IF_ERROR(CheckCtWeight(folder, *w));
+    if (auto k = folder.ct_kept.find(w->codes.name); k != folder.ct_kept.end() && w->experts > 0) {
+      w->kept = k->second.kept;
+      w->experts = w->kept.size();
+    }
     const CtWeight& cw = *w;
     for (const CtTensor* x : {&cw.scale, &cw.zero_point, &cw.g_idx, &cw.global_scale, &shape}) {
       if (x->present) out->consumed.push_back(x->name);

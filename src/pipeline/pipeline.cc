@@ -250,6 +250,13 @@ class ShardPipeline {
       if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
       first.end = std::min(t.shape[0], cur.pos + rows);
       first.src_offset = t.src_offset + first.begin * row_bytes;
+      if (!t.src_ranges.empty() && row_bytes > 0) {
+        // A gathered tensor (a compressed expert stack sliced to the kept experts, decoded
+        // whole): one range, whole rows, at a time.
+        const auto [at, run] = SourceAt(t, first.begin * row_bytes);
+        first.end = std::min(first.end, first.begin + std::max<uint64_t>(1, run / row_bytes));
+        first.src_offset = at;
+      }
       first.src_len = (first.end - first.begin) * row_bytes;
       in_left = Minus(sizing_.chunk_bytes,
                       (first.end - first.begin) * work_row + DirectIoAlignment());

@@ -89,6 +89,10 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       d += '|' + std::to_string(t.source_scale->ct_expert) + '|';
       num(t.source_scale->ct_row0);
       d += '|';
+      for (uint32_t k : w.kept) {  // expert pruning: the source slices of scales read
+        num(k);
+        d += ',';
+      }
     }
   }
   if (t.prune) {

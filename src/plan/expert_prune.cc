@@ -7,15 +7,12 @@
 #include <set>
 #include <unordered_map>
 
+#include "plan/expert_names.h"
 #include "schemes/float_formats.h"
 
 namespace quench {
 namespace {
 
-constexpr std::string_view kExperts = ".experts.";
-// Router module names, as data: `<P>.<name>.weight` with experts under `<P>.experts.`
-// (Qwen2/3-MoE, DeepSeek, Mixtral: gate; gpt-oss, Llama 4: router).
-constexpr std::string_view kRouterModules[] = {"gate", "router"};
 // config.json's expert count, in the order compressed-tensors looks for it
 // (utils/moe.py NUM_EXPERTS_CONFIG_KEYS); each at the top level, then in text_config.
 constexpr std::string_view kCountKeys[] = {"num_experts", "num_local_experts", "moe_num_experts",
@@ -23,28 +20,13 @@ constexpr std::string_view kCountKeys[] = {"num_experts", "num_local_experts", "
 // The routing floor (utils/moe.py get_num_experts_per_tok).
 constexpr std::string_view kTopKKeys[] = {"top_k_experts", "num_experts_per_tok"};
 
+// PruneExpertsKept's role of a tensor read whole with a compressed stack (MoeLayer::ct_whole).
+constexpr int64_t kWhole = -2;
+
 std::string Fraction(double f) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", f);
   return buf;
-}
-
-bool AllDigits(std::string_view s) {
-  return !s.empty() && s.size() <= 9 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-struct Located {
-  size_t shard;
-  const TensorInfo* info;
-};
-
-std::string FirstNames(const std::vector<std::string>& names) {
-  std::string s;
-  for (size_t i = 0; i < names.size() && i < 3; ++i) s += (i ? "', '" : "'") + names[i];
-  s += "'";
-  if (names.size() > 3) s += " (" + std::to_string(names.size()) + " in all)";
-  return s;
 }
 
 // Python truthiness of a config value that should be an int (`a.get(k) or b.get(k)`).
@@ -65,113 +47,6 @@ float RoundToOdd(double d) {
 }
 
 }  // namespace
-
-Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
-  std::map<std::string, Located> all;
-  for (size_t s = 0; s < folder.shards.size(); ++s) {
-    for (const TensorInfo& t : folder.shards[s].header.tensors) all.emplace(t.name, Located{s, &t});
-  }
-  // Prefixes P with tensors under P.experts., and those tensors.
-  std::map<std::string, std::vector<std::string>> under;
-  for (const auto& [name, loc] : all) {
-    if (const size_t at = name.find(kExperts); at != std::string::npos) {
-      under[name.substr(0, at)].push_back(name);
-    }
-  }
-  std::vector<MoeLayer> layers;
-  std::vector<Status> problems;
-  for (const auto& [prefix, names] : under) {
-    MoeLayer layer;
-    layer.prefix = prefix;
-    std::string module;
-    for (std::string_view r : kRouterModules) {
-      const std::string cand = prefix + "." + std::string(r) + ".weight";
-      if (!all.contains(cand)) continue;
-      if (!layer.router.empty()) {
-        problems.push_back(Error(ErrorCode::kInvalidInput,
-                                 "MoE layer '" + prefix + "' has two routers, '" + layer.router +
-                                     "' and '" + cand + "'; expert pruning cannot tell which"));
-      }
-      layer.router = cand;
-      module = prefix + "." + std::string(r) + ".";
-    }
-    if (layer.router.empty()) {
-      problems.push_back(Error(
-          ErrorCode::kInvalidInput,
-          "expert tensors " + FirstNames(names) + " have no router beside them (looked for '" +
-              prefix + ".gate.weight' and '" + prefix + ".router.weight'); expert pruning "
-              "cannot score their experts"));
-      continue;
-    }
-    const Located r = all.at(layer.router);
-    layer.shard = r.shard;
-    layer.router_info = *r.info;
-    if (r.info->shape.size() != 2 || r.info->shape[0] == 0 ||
-        !IsQuantizableFloat(r.info->dtype)) {
-      problems.push_back(Error(ErrorCode::kInvalidInput,
-                               "router '" + layer.router + "' has shape " +
-                                   ShapeString(r.info->shape) + " and dtype " +
-                                   std::string(DTypeName(r.info->dtype)) +
-                                   "; expert pruning scores 2-D [experts, hidden] BF16, F16 or "
-                                   "F32 routers"));
-      continue;
-    }
-    const uint64_t e = layer.experts = r.info->shape[0];
-    auto stack = [&](const std::string& name) {
-      const TensorInfo& t = *all.at(name).info;
-      if (t.shape.empty() || t.shape[0] != e) {
-        problems.push_back(Error(ErrorCode::kInvalidInput,
-                                 "tensor '" + name + "' of MoE layer '" + prefix + "' has shape " +
-                                     ShapeString(t.shape) + ", not " + std::to_string(e) +
-                                     " experts in its first dimension (the router's rows); "
-                                     "expert pruning cannot tell how to slice it"));
-        return;
-      }
-      layer.sliced.push_back(name);
-    };
-    layer.sliced.push_back(layer.router);
-    for (auto it = all.lower_bound(module); it != all.end() && it->first.starts_with(module); ++it) {
-      if (it->first != layer.router) stack(it->first);
-    }
-    // MiniMax keeps its bias beside the router module rather than in it.
-    if (const std::string bias = prefix + ".e_score_correction_bias"; all.contains(bias)) {
-      stack(bias);
-    }
-    for (const std::string& name : names) {
-      const std::string rest = name.substr(prefix.size() + kExperts.size());
-      const std::string first = rest.substr(0, rest.find('.'));
-      if (!AllDigits(first) || first.size() == rest.size()) {
-        stack(name);
-        continue;
-      }
-      const uint64_t index = std::stoull(first);
-      if (index >= e) {
-        problems.push_back(Error(ErrorCode::kInvalidInput,
-                                 "tensor '" + name + "' is expert " + first + " but its router '" +
-                                     layer.router + "' has " + std::to_string(e) + " rows"));
-        continue;
-      }
-      layer.per_expert.emplace_back(name, static_cast<uint32_t>(index));
-    }
-    layers.push_back(std::move(layer));
-  }
-  if (!problems.empty()) {
-    Status first = problems.front();
-    std::string msg = first.message();
-    if (problems.size() > 1) msg += " (and " + std::to_string(problems.size() - 1) + " more)";
-    return Error(first.code(), msg);
-  }
-  if (layers.empty()) {
-    return Error(ErrorCode::kInvalidInput,
-                 folder.root.string() + ": --prune-experts found no MoE layer (a router "
-                 "'<P>.gate.weight' or '<P>.router.weight' with experts under '<P>.experts.')");
-  }
-  // In file order: the order a reader of the dry run expects (layer 2 before layer 10).
-  std::sort(layers.begin(), layers.end(), [](const MoeLayer& a, const MoeLayer& b) {
-    return std::tie(a.shard, a.router_info.begin) < std::tie(b.shard, b.router_info.begin);
-  });
-  return layers;
-}
 
 Result<std::vector<float>> RouterScores(const uint8_t* data, DType dtype, uint64_t rows,
                                         uint64_t cols, const std::string& name) {
@@ -324,6 +199,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     new_index[l].assign(layer.experts, -1);
     for (size_t i = 0; i < pl.kept.size(); ++i) new_index[l][pl.kept[i]] = static_cast<int64_t>(i);
     for (const std::string& n : layer.sliced) role[n] = {l, -1};
+    for (const std::string& n : layer.ct_whole) role[n] = {l, kWhole};
     for (const auto& [n, i] : layer.per_expert) role[n] = {l, i};
     out.layers.push_back(std::move(pl));
   }
@@ -337,6 +213,9 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                      std::to_string(*per_token) + "; each token needs that many experts");
   }
   folder.config_changed = true;
+  std::map<std::string, ModelFolder::CtPiece> pieces;  // ct_pieces under the kept names
+  std::set<std::string_view> ct_codes;
+  for (const MoeLayer& layer : layers) ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
   for (Shard& shard : folder.shards) {
     std::vector<TensorInfo> tensors;
     tensors.reserve(shard.header.tensors.size());
@@ -349,6 +228,12 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       const auto [l, index] = it->second;
       const MoeLayer& layer = layers[l];
       const std::vector<int64_t>& to = new_index[l];
+      if (index == kWhole) {  // read with a compressed stack at the kept experts' slices
+        if (t.shape.size() > 1) out.bytes_removed += (layer.experts - kept) * (t.nbytes() / layer.experts);
+        tensors.push_back(std::move(t));
+        continue;
+      }
+      auto piece = folder.ct_pieces.find(t.name);
       if (index >= 0) {  // one expert's tensor: gone, or renumbered densely
         if (to[static_cast<size_t>(index)] < 0) {
           ++out.tensors_removed;
@@ -357,11 +242,15 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
         }
         const size_t at = layer.prefix.size() + kExperts.size();
         const size_t end = t.name.find('.', at);
-        t.name = t.name.substr(0, at) + std::to_string(to[static_cast<size_t>(index)]) +
-                 t.name.substr(end);
+        const std::string name = t.name.substr(0, at) +
+                                 std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
+        // A piece of a split compressed stack still decodes from its source expert's slice.
+        if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
+        t.name = name;
         tensors.push_back(std::move(t));
         continue;
       }
+      if (ct_codes.contains(t.name)) folder.ct_kept[t.name] = {t, out.layers[l].kept};
       // Sliced along dimension 0: the kept experts' rows, as (begin, length) runs.
       const uint64_t row = t.nbytes() / layer.experts;
       std::vector<std::pair<uint64_t, uint64_t>> runs;
@@ -382,6 +271,11 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     }
     shard.header.tensors = std::move(tensors);
   }
+  // Pieces of other (unpruned) stacks keep their names; pruned experts' pieces are gone.
+  for (auto& [name, cp] : folder.ct_pieces) {
+    if (!role.contains(name)) pieces.emplace(name, std::move(cp));
+  }
+  folder.ct_pieces = std::move(pieces);
   return out;
 }
 

@@ -38,11 +38,19 @@ struct MoeLayer {
   std::vector<std::string> sliced;
   // Per-expert tensors (`experts.<i>.<rest>`) and their expert index i.
   std::vector<std::pair<std::string, uint32_t>> per_expert;
+  // compressed-tensors 3-D stacks (quench/ct_weight.h): the codes of a stack decoded whole
+  // (also in `sliced`; recorded in ModelFolder::ct_kept when sliced), and every other tensor
+  // of such a stack or of one SplitFusedExperts cut into per-expert pieces (scales, zero
+  // points, g_idx, global scales, weight_shape): left whole, read at the kept experts' slices.
+  std::vector<std::string> ct_codes;
+  std::vector<std::string> ct_whole;
 };
 
 // Headers only. A router is a 2-D tensor `<P>.gate.weight` or `<P>.router.weight` with tensors
 // under `<P>.experts.`; shared experts (`shared_expert(s).*`) are not under it and are never
-// pruned. Refused (kInvalidInput), naming the tensors: tensors under an `experts.` segment with
+// pruned. A compressed-tensors stack `<P>.experts.<m>.weight_packed` (or I8 / F8 `.weight`)
+// with its `weight_scale` etc. is one expert stack: its codes sliced, the rest left whole.
+// Refused (kInvalidInput), naming the tensors: tensors under an `experts.` segment with
 // no router beside them, an expert index >= E, an expert stack or router-module tensor whose
 // first dimension is not E, a checkpoint with no MoE layer at all.
 Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder);

@@ -60,7 +60,7 @@ enum class Selection { kQuantize, kNotWeight, kNorm, kNotTargeted, kIgnored, kDe
 // W4A16(_ASYM) at its group size (no --group-size, or the same), 2 ModelOpt NVFP4 -> NVFP4 or
 // NVFP4A16; only with flags alone (no recipe, pruning, statistics or other overrides).
 int RepackMode(const SourceQuantization& s, const PlanOptions& o) {
-  if (s.packed.empty() || !o.recipe.empty() || !o.prune.empty() || o.prune_experts ||
+  if (s.packed.empty() || !o.recipe.empty() || !o.prune.empty() ||
       !o.stats.empty() || !o.targets.empty() || !o.ignore.empty() || o.static_activations ||
       !o.kv_cache.empty() || o.observer != "minmax") {
     return 0;

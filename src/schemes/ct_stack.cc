@@ -5,8 +5,10 @@
 namespace quench {
 namespace {
 
-Status NameExpert(Status st, uint64_t e) {
+// Names the source's expert (a stack sliced by expert pruning numbers its experts anew).
+Status NameExpert(Status st, const CtWeight& w, uint64_t e) {
   if (st.ok() || st.code() != ErrorCode::kInvalidInput) return st;
+  if (!w.kept.empty()) e = w.kept[e];
   return Error(st.code(), st.message() + " (expert " + std::to_string(e) + " of the stack)");
 }
 
@@ -24,7 +26,7 @@ Status DecodeCtStackRows(const CtWeight& w, int64_t expert, uint64_t row0, const
     const uint64_t e = static_cast<uint64_t>(expert);
     return NameExpert(DecodeCtWeightRows(CtExpertSlice(w, e), read, weight, codes, row0 + r0,
                                          row0 + r1, out, finite),
-                      e);
+                      w, e);
   }
   // Across experts: expert e holds stack rows [e * rows, (e + 1) * rows).
   for (uint64_t r = r0; r < r1;) {
@@ -34,7 +36,7 @@ Status DecodeCtStackRows(const CtWeight& w, int64_t expert, uint64_t row0, const
     QUENCH_RETURN_IF_ERROR(NameExpert(
         DecodeCtWeightRows(CtExpertSlice(w, e), read, weight, codes + (r - r0) * w.code_row_bytes,
                            local, local + n, out + (r - r0) * w.cols * 2, &f),
-        e));
+        w, e));
     *finite = *finite && f;
     r += n;
   }

@@ -6,8 +6,11 @@
 // survivors renumbered, router-module tensors and expert stacks sliced), and every check
 // that follows compares DST with the source of the same expert.
 #include <cstring>
+#include <map>
+#include <memory>
 
 #include "format/source_quant.h"
+#include "quench/ct_weight.h"
 #include "plan/expert_prune.h"
 #include "verify/verifier.h"
 
@@ -19,6 +22,32 @@ namespace {
 constexpr uint64_t kMaxGathered = 256ull << 20;
 
 }  // namespace
+
+// A compressed-tensors SRC: its headers are already the decoded weights' (LogicalCtSource),
+// so the weights' decoders are renamed as the headers were rather than detected again. A
+// piece of a split stack keeps its source expert; a stack decoded whole reads the kept
+// experts' slices (CtWeight::kept), as the conversion's detection sets them up.
+void Verifier::RenameCtScales(const PlannedExpertPrune& prune) {
+  std::map<std::string, SourceScale> scales;
+  for (const Shard& s : src_->folder.shards) {
+    for (const TensorInfo& t : s.header.tensors) {
+      auto it = src_quant_.scales.find(SourceExpertName(prune, t.name));
+      if (it == src_quant_.scales.end()) continue;
+      SourceScale sc = it->second;
+      if (sc.ct && sc.ct->experts > 0 && sc.ct_expert < 0 && t.shape[0] < sc.ct->experts) {
+        for (const PlannedExpertLayer& l : prune.layers) {
+          if (!t.name.starts_with(l.prefix + ".experts.")) continue;
+          auto w = std::make_shared<CtWeight>(*sc.ct);
+          w->kept = l.kept;
+          w->experts = l.kept.size();
+          sc.ct = std::move(w);
+        }
+      }
+      scales.emplace(t.name, std::move(sc));
+    }
+  }
+  src_quant_.scales = std::move(scales);
+}
 
 Status Verifier::MatchPrunedExperts() {
   auto found = FindMoeLayers(src_->folder);
@@ -95,7 +124,9 @@ Status Verifier::MatchPrunedExperts() {
   // on the pruned headers, as the converter pairs them (MakePlan prunes, then BuildPlan
   // detects): a kept expert's weight and its weight_scale_inv are renamed alike, a pruned
   // one's are both gone.
-  if (!src_quant_.scales.empty()) {
+  if (src_quant_.format == SourceFormat::kCompressedTensors) {
+    RenameCtScales(*plan);
+  } else if (!src_quant_.scales.empty()) {
     auto q = DetectSourceQuantization(src_->folder);
     if (!q.ok()) return Error(q.status().code(), "SRC (expert-pruned) " + q.status().message());
     src_quant_ = std::move(q).value();

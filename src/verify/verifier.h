@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "plan/matcher.h"
+#include "quench/plan.h"
 #include "quench/status.h"
 #include "verify/checkpoint.h"
 #include "verify/config_groups.h"
@@ -70,6 +71,7 @@ class Verifier {
   Result<bool> OpenDestination();
   // expert_match.cc: SRC as expert pruning would leave it, when DST's routers have fewer rows.
   Status MatchPrunedExperts();
+  void RenameCtScales(const PlannedExpertPrune& prune);
   void CheckPruneOnly();
   bool LoadConfig();
   const Group* GroupFor(std::string_view module) const;
