@@ -107,11 +107,18 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
         r = rd::RoundToDType<DType::kBF16>(df, hn::Load(df, tmp));
       }
       hn::StoreU(r, df, ws + c);
-      mn = hn::Min(mn, r);
-      mx = hn::Max(mx, r);
+      if constexpr (kSym) {
+        mx = hn::Max(mx, hn::Abs(r));
+      } else {
+        mn = hn::Min(mn, r);
+        mx = hn::Max(mx, r);
+      }
     }
-    const float fmn = hn::GetLane(hn::MinOfLanes(df, mn));
+    // Symmetric: the definition's scale depends on max(-min(mn, 0), max(mx, 0)) alone,
+    // which is max |ws| over the group (an all-zero group: +0 either way); so one reduction
+    // of |ws|, passed on as [-amax, amax].
     const float fmx = hn::GetLane(hn::MaxOfLanes(df, mx));
+    const float fmn = kSym ? -fmx : hn::GetLane(hn::MinOfLanes(df, mn));
     if (!(fmn > -HUGE_VALF && fmx < HUGE_VALF)) return false;  // an infinite product
     iq::GroupParams gp;
     if (!GroupParamsInRange(fmn, fmx, lay, kSym, &gp)) return false;
