@@ -6,14 +6,15 @@
 // search bounds candidates on tiles: a range of rows times a slab of whole groups. On a
 // tile the bound kernel (src/schemes/int_scaled_bound.h: the definition's codes and dW, the
 // sum in f32 lanes) gives each row's slab sum within a proven relative and absolute bound
-// of its exact value; slabs it declines are summed from the definition's dW in f64. Every
-// candidate runs on a sample of the rows (every 16th tile row band, every slab); the lowest
-// there (the likely winner) and the first (ratio 0, RTN, whose loss the report gives) are
-// then evaluated by the definition on every row (ScaledLossFromBack on the kernel's exact
-// BF16 values, in the definition's order). Each other candidate takes its remaining tiles
-// densest first by its own sampled loss per element of the tile's (layer, slab): the loss
-// mass is uneven across columns (sum_x2 varies by decades), so the partial sum passes the
-// leader's exact loss after fewer elements than in row order. A candidate whose partial
+// of its exact value; slabs it declines are summed from the definition's dW in f64 (within
+// cols 2^-53 of the exact sum, far inside the bound). Every candidate runs on a sample of
+// the rows (every 16th band of tile rows, every slab); the lowest there (the likely winner)
+// and the first (ratio 0, RTN, whose loss the report gives) are then evaluated by the
+// definition on every row (ScaledLossFromBack on the kernel's exact BF16 values, in the
+// definition's order). The others take the remaining tiles densest first by the leader's
+// sampled loss per element of the tile's (layer, slab): the loss mass is uneven across
+// columns (sum_x2 varies by decades), so a partial sum passes the leader's exact loss
+// after fewer elements than in row order. A candidate whose partial
 // sum's lower bound exceeds the leader's exact loss is strictly worse (every term >= 0),
 // so neither the minimum nor a tie with it: it is left at +Inf. Candidates never stopped
 // have an interval over all tiles; those whose lower end does not exceed the smallest upper
@@ -269,29 +270,29 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
     }
   }
   run(sample_work);
-  // Per candidate: its sampled sum (the leader is the lowest) and loss per element per slab.
+  // Per candidate its sampled sum (the leader is the lowest there).
   std::vector<double> part(count, 0.0);
   std::vector<uint64_t> terms_done(count, 0);  // rows x slabs summed into part
-  std::vector<double> density(count * slabs, 0.0), slab_elems(slabs, 0.0);
   size_t leader = 0;
   for (size_t g = 0; g < count; ++g) {
     for (size_t i = 0; i < tiles.size(); ++i) {
-      const Tile& t = tiles[i];
-      if (!t.sample) continue;
-      const double v = bound[g * tiles.size() + i];
-      part[g] += v;
-      terms_done[g] += t.r1 - t.r0;
-      density[g * slabs + t.slab] += v;
-      if (g == 0) slab_elems[t.slab] += double((t.r1 - t.r0) * (t.c1 - t.c0));
+      if (!tiles[i].sample) continue;
+      part[g] += bound[g * tiles.size() + i];
+      terms_done[g] += tiles[i].r1 - tiles[i].r0;
     }
     if (part[g] < part[leader]) leader = g;
   }
-  for (size_t g = 0; g < count; ++g) {
-    for (size_t k = 0; k < slabs; ++k) {
-      double& d = density[g * slabs + k];
-      d /= std::max(1.0, slab_elems[k]);
-      if (std::isnan(d)) d = std::numeric_limits<double>::infinity();  // a total order to sort by
-    }
+  // The leader's sampled loss per element of each (layer, slab).
+  std::vector<double> density(slabs, 0.0), slab_elems(slabs, 0.0);
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const Tile& t = tiles[i];
+    if (!t.sample) continue;
+    density[t.slab] += bound[leader * tiles.size() + i];
+    slab_elems[t.slab] += double((t.r1 - t.r0) * (t.c1 - t.c0));
+  }
+  for (size_t k = 0; k < slabs; ++k) {
+    density[k] /= std::max(1.0, slab_elems[k]);
+    if (std::isnan(density[k])) density[k] = std::numeric_limits<double>::infinity();  // to sort by
   }
   std::vector<size_t> first = {0};
   if (leader != 0) first.push_back(leader);
@@ -313,7 +314,7 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
     if (g != leader) live.push_back(g);
   }
   std::stable_sort(rest.begin(), rest.end(), [&](size_t a, size_t b) {
-    return density[leader * slabs + tiles[a].slab] > density[leader * slabs + tiles[b].slab];
+    return density[tiles[a].slab] > density[tiles[b].slab];
   });
   const size_t batches = std::clamp<size_t>(rest.size() / 8, 1, 32);
   for (size_t k = 0; k < batches && !live.empty(); ++k) {
