@@ -306,7 +306,8 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   const double abs_term = 2 * intq::ScaledBoundAbs(n, hmax);
   // The others on the remaining tiles, densest first by the leader's sampled density (the
   // columns' share of the loss mass varies little between the candidates that take long to
-  // stop, the leader's neighbours), a 32nd of the tiles at a time, every live candidate on
+  // stop, the leader's neighbours), a 64th of the tiles at a time (a stopped candidate
+  // overshoots by half of one on average), every live candidate on
   // the same tiles (each loaded once); a candidate stops once its partial sum's lower bound
   // exceeds the leader's exact loss.
   std::vector<size_t> live;
@@ -316,7 +317,7 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   std::stable_sort(rest.begin(), rest.end(), [&](size_t a, size_t b) {
     return density[tiles[a].slab] > density[tiles[b].slab];
   });
-  const size_t batches = std::clamp<size_t>(rest.size() / 8, 1, 32);
+  const size_t batches = std::clamp<size_t>(rest.size() / 8, 1, 64);
   for (size_t k = 0; k < batches && !live.empty(); ++k) {
     const size_t i0 = rest.size() * k / batches, i1 = rest.size() * (k + 1) / batches;
     std::vector<std::pair<size_t, std::vector<size_t>>> work;
