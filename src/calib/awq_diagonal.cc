@@ -95,13 +95,14 @@ struct CandF32 {
 
 // A block's rows as f32 (exact BF16 values) and which rows the bound kernel may take.
 struct BlockRows {
-  std::vector<float> w, ws, back;
+  std::vector<float> w, ws, back, back2;
   std::vector<char> ok;
   void Load(const AwqLayer& l, const Block& b) {
     const uint64_t rows = b.r1 - b.r0, cols = l.cols;
     w.resize(rows * cols);
     ws.resize(cols);
     back.resize(cols);
+    back2.resize(cols);
     ok.assign(rows, 0);
     if (l.dtype != DType::kBF16 || !Aligned2(l)) return;
     const uint16_t* src = reinterpret_cast<const uint16_t*>(l.data) + b.r0 * cols;
@@ -178,20 +179,40 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
       const uint64_t cols = l.cols;
       thread_local BlockRows t;
       if (prune) t.Load(l, b);
-      for (size_t g : gs) {
+      // The definition's BF16 back values of row r under candidate g, where the kernel takes it.
+      auto back = [&](size_t g, uint64_t r, float* out) {
+        float a;
         const Cand& c = cands[g];
+        return prune && t.ok[r] && c.kernel &&
+               intq::Bf16ScaledRowLossBound(&t.w[r * cols], c.s.data(), f32[g].s32.data(),
+                                            f32[g].inv32.data(), h32.data(), lays[b.layer],
+                                            l.q.symmetric, t.ws.data(), out, &a);
+      };
+      // Two candidates at a time: their f64 sums interleaved (each in its own order: eight
+      // chains of dependent additions instead of four).
+      for (size_t k = 0; k < gs.size(); k += 2) {
+        const size_t g1 = gs[k], g2 = k + 1 < gs.size() ? gs[k + 1] : gs.size();
         for (uint64_t r = 0; r < b.r1 - b.r0; ++r) {
-          float a;
-          double& term = terms[g * total_rows + offset[b.layer] + b.r0 + r];
           const float* w = &t.w[r * cols];
-          if (prune && t.ok[r] && c.kernel &&
-              intq::Bf16ScaledRowLossBound(w, c.s.data(), f32[g].s32.data(), f32[g].inv32.data(),
-                                           h32.data(), lays[b.layer], l.q.symmetric,
-                                           t.ws.data(), t.back.data(), &a)) {
-            term = intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols);
-          } else {
-            term = ExactLossRow(l, lays[b.layer], b.r0 + r, c, h);
+          const uint64_t row = offset[b.layer] + b.r0 + r;
+          double& term1 = terms[g1 * total_rows + row];
+          const bool took1 = back(g1, r, t.back.data());
+          if (g2 == gs.size()) {
+            term1 = took1 ? intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols)
+                          : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g1], h);
+            continue;
           }
+          double& term2 = terms[g2 * total_rows + row];
+          const bool took2 = back(g2, r, t.back2.data());
+          if (took1 && took2) {
+            intq::ScaledLossFromBack2(w, t.back.data(), t.back2.data(), h.data(), cols, &term1,
+                                      &term2);
+            continue;
+          }
+          term1 = took1 ? intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols)
+                        : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g1], h);
+          term2 = took2 ? intq::ScaledLossFromBack(w, t.back2.data(), h.data(), cols)
+                        : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g2], h);
         }
       }
     });

@@ -291,6 +291,38 @@ double ScaledLossFromBack(const float* w, const float* back, const double* h, si
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+// Lane k of a 4-wide f64 vector is ScaledLossFromBack's acc[k] (columns k mod 4, in order).
+typedef double F64x4 __attribute__((vector_size(32)));
+typedef float F32x4 __attribute__((vector_size(16)));
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void ScaledLossFromBack2(const float* w, const float* back_a, const float* back_b,
+                         const double* h, size_t cols, double* a, double* b) {
+  F64x4 acc_a = {0, 0, 0, 0}, acc_b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= cols; i += 4) {
+    F32x4 wf, af, bf;
+    F64x4 hv;
+    std::memcpy(&wf, w + i, sizeof wf);
+    std::memcpy(&af, back_a + i, sizeof af);
+    std::memcpy(&bf, back_b + i, sizeof bf);
+    std::memcpy(&hv, h + i, sizeof hv);
+    const F64x4 wd = __builtin_convertvector(wf, F64x4);
+    const F64x4 ea = wd - __builtin_convertvector(af, F64x4);
+    const F64x4 eb = wd - __builtin_convertvector(bf, F64x4);
+    acc_a += (ea * ea) * hv;
+    acc_b += (eb * eb) * hv;
+  }
+  for (; i < cols; ++i) {
+    const double ea = double(w[i]) - double(back_a[i]);
+    const double eb = double(w[i]) - double(back_b[i]);
+    acc_a[0] += (ea * ea) * h[i];
+    acc_b[0] += (eb * eb) * h[i];
+  }
+  *a = (acc_a[0] + acc_a[1]) + (acc_a[2] + acc_a[3]);
+  *b = (acc_b[0] + acc_b[1]) + (acc_b[2] + acc_b[3]);
+}
+
 // Terms h32 * fl(dW^2) with dW, dW^2, h32 and the product each rounded (FMA or not): within
 // 5.01 u of h dW^2. Summed in N >= 4 lanes of at most cols / 4 terms, then a reduction of
 // at most 16 lanes: at most cols / 4 + 16 additions on any path, so the sum is within (cols / 4 + 23) u (1 + 1e-3) of the exact sum of h dW^2 (all

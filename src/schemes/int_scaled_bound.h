@@ -51,6 +51,11 @@ void Bf16ScaledRowsLossBound(const float* w, size_t rows, const char* ok, const 
 // ScaledDot4(dW * dW, h), bit for bit ScaledErrorRowScalar's and ScaledDot4's.
 double ScaledLossFromBack(const float* w, const float* back, const double* h, size_t cols);
 
+// ScaledLossFromBack of one row under two candidates (back values back_a, back_b) into *a
+// and *b, each bit for bit the single call's; the two sums interleaved.
+void ScaledLossFromBack2(const float* w, const float* back_a, const float* back_b,
+                         const double* h, size_t cols, double* a, double* b);
+
 // |approx - loss| <= ScaledBoundRel(cols) * approx + ScaledBoundAbs(cols, hmax), for the
 // definition's loss of a row the kernel took (hmax: the largest h32).
 double ScaledBoundRel(size_t cols);
