@@ -8,7 +8,8 @@
 // binade boundary (ulps halve below a power of two). RNE to BF16 maps p and y to the same
 // value unless a BF16 midpoint (an f32 whose low 16 bits are 0x8000) lies between them, so a
 // lane whose pattern is more than 8 from every midpoint pattern is exact; the others are
-// recomputed by the definition. The same holds for ws / scale (as ws * fl32(1 / scale):
+// recomputed by the definition. (So the kernel rounds those lanes half up, by adding 0x8000
+// to the pattern: that differs from RNE only on an exact tie, which is a near lane.) The same holds for ws / scale (as ws * fl32(1 / scale):
 // two roundings of the reciprocal and product against one of the quotient) and for deq / s
 // (deq * fl32(1 / s) against fl32(deq / s in f64)). Ranges: |w| in {0} U [2^-80, 2^80]
 // (BoundRowOk), s in [2^-20, 2^20], so W s in {0} U [2^-100, 2^100]; group scales are
