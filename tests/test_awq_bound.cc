@@ -6,7 +6,8 @@
 // layouts, duo (f64) and f32 scales, weights of every magnitude with zeros and ties; on
 // columns built so that the f32 shortcut of W s or of deq / s would round to another BF16
 // value than the definition (the kernel must recompute those lanes); and the search built on
-// it choosing as the exhaustive search when every candidate ties.
+// it choosing as the exhaustive search when every candidate ties; the two-candidate f64 sum
+// (ScaledLossFromBack2) against two single ones.
 #include <doctest/doctest.h>
 
 #include <bit>
@@ -73,6 +74,16 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
     CHECK(ws_differ == 0);
     const double exact = intq::ScaledLossFromBack(w.data(), back.data(), h.data(), cols);
     CHECK(std::bit_cast<uint64_t>(exact) == std::bit_cast<uint64_t>(want_loss));
+    // The two-candidate form: each sum bit for bit the single one's (a second back row: this
+    // one rotated by a column).
+    std::vector<float> back2(cols);
+    for (size_t c = 0; c < cols; ++c) back2[c] = back[(c + 1) % cols];
+    double pair_a = -1, pair_b = -1;
+    intq::ScaledLossFromBack2(w.data(), back.data(), back2.data(), h.data(), cols, &pair_a,
+                              &pair_b);
+    CHECK(std::bit_cast<uint64_t>(pair_a) == std::bit_cast<uint64_t>(want_loss));
+    CHECK(std::bit_cast<uint64_t>(pair_b) ==
+          std::bit_cast<uint64_t>(intq::ScaledLossFromBack(w.data(), back2.data(), h.data(), cols)));
     const double err = std::fabs(double(approx) - want_loss);
     CHECK(err <= intq::ScaledBoundRel(cols) * double(approx) + intq::ScaledBoundAbs(cols, hmax));
   }

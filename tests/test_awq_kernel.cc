@@ -153,13 +153,50 @@ TEST_CASE("AWQ's BF16 row kernel declines rows it cannot take, and the search's 
 }
 
 
-TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses") {
-  // Layers of random BF16 weights (1024+ rows: enough blocks for the sampled leader and the
-  // batches), activations over two decades; every duo setting, int4 and int8. The pruned
-  // search must give the full search's choice, scales, chosen loss and RTN's loss; each
-  // candidate it stopped must be one whose full loss exceeds the chosen one.
-  std::mt19937 rng(11);
+// The pruned search against the full one on the same layers: the same choice, scales,
+// chosen loss and RTN's loss; each candidate it stopped one whose full loss exceeds the
+// chosen one, each it finished with the full search's loss. Returns how many it stopped.
+int CheckPrunedAsFull(const std::vector<calib::AwqLayer>& layers, const std::vector<float>& x_mean,
+                      const std::vector<double>& h, calib::DuoScaling duo) {
+  auto full = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, false);
+  auto pruned = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, true);
+  REQUIRE(full.ok());
+  REQUIRE(pruned.ok());
+  CHECK(pruned->ratio == full->ratio);
+  CHECK(pruned->duo == full->duo);
+  CHECK(pruned->scales == full->scales);
+  CHECK(std::bit_cast<uint64_t>(pruned->loss) == std::bit_cast<uint64_t>(full->loss));
+  CHECK(std::bit_cast<uint64_t>(pruned->loss_rtn) == std::bit_cast<uint64_t>(full->loss_rtn));
+  REQUIRE(pruned->losses.size() == full->losses.size());
+  int stopped = 0;
+  for (size_t g = 0; g < full->losses.size(); ++g) {
+    if (std::isinf(pruned->losses[g])) {
+      ++stopped;
+      CHECK(full->losses[g] > full->loss);
+    } else {
+      CHECK(std::bit_cast<uint64_t>(pruned->losses[g]) ==
+            std::bit_cast<uint64_t>(full->losses[g]));
+    }
+  }
+  return stopped;
+}
+
+// Activation means over two decades, sum_x2 to match.
+void Activations(std::mt19937& rng, size_t cols, std::vector<float>* x_mean,
+                 std::vector<double>* h) {
   std::uniform_real_distribution<double> u(-1.0, 1.0);
+  x_mean->resize(cols);
+  h->resize(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    (*x_mean)[c] = static_cast<float>(std::exp(2.3 * u(rng)));
+    (*h)[c] = double((*x_mean)[c]) * (*x_mean)[c] * 64.0;
+  }
+}
+
+TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses") {
+  // Layers of random BF16 weights (1024+ rows: enough tiles for the sample, the leader and
+  // the batches), activations over two decades; every duo setting, int4 and int8.
+  std::mt19937 rng(11);
   int pruned_any = 0;
   for (const auto& [bits, group, duo] :
        {std::tuple{4, 64, calib::DuoScaling::kTrue}, std::tuple{4, 0, calib::DuoScaling::kFalse},
@@ -180,36 +217,62 @@ TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses"
       l.q.symmetric = bits == 4;
       layers.push_back(l);
     }
-    std::vector<float> x_mean(cols);
-    std::vector<double> h(cols);
-    for (size_t c = 0; c < cols; ++c) {
-      x_mean[c] = static_cast<float>(std::exp(2.3 * u(rng)));
-      h[c] = double(x_mean[c]) * x_mean[c] * 64.0;
-    }
-    auto full = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, false);
-    auto pruned = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, duo, true);
-    REQUIRE(full.ok());
-    REQUIRE(pruned.ok());
+    std::vector<float> x_mean;
+    std::vector<double> h;
+    Activations(rng, cols, &x_mean, &h);
     CAPTURE(bits);
     CAPTURE(group);
-    CHECK(pruned->ratio == full->ratio);
-    CHECK(pruned->duo == full->duo);
-    CHECK(pruned->scales == full->scales);
-    CHECK(std::bit_cast<uint64_t>(pruned->loss) == std::bit_cast<uint64_t>(full->loss));
-    CHECK(std::bit_cast<uint64_t>(pruned->loss_rtn) == std::bit_cast<uint64_t>(full->loss_rtn));
-    REQUIRE(pruned->losses.size() == full->losses.size());
-    for (size_t g = 0; g < full->losses.size(); ++g) {
-      if (std::isinf(pruned->losses[g])) {
-        ++pruned_any;
-        CHECK(full->losses[g] > full->loss);
-      } else {
-        CHECK(std::bit_cast<uint64_t>(pruned->losses[g]) ==
-              std::bit_cast<uint64_t>(full->losses[g]));
-      }
-    }
+    pruned_any += CheckPrunedAsFull(layers, x_mean, h, duo);
   }
   MESSAGE(pruned_any << " candidates stopped early");
   CHECK(pruned_any > 0);  // the test exercises pruning
+}
+
+TEST_CASE("AWQ's pruned search chooses as the full search where the bound kernel cannot go") {
+  // The tiles' fallback (the definition's dW on a slab): F32 and F16 layers, BF16 rows with
+  // values past 2^80 (outside the bound kernel's range), and 5 groups of 64 columns, so that
+  // the last slab of each row is one group where the others are four. The first 64 rows (the
+  // search's sample band at this width) are zero: every candidate ties there, so the leader
+  // it guesses is the first (RTN), not the choice, which must then survive on its bounds.
+  std::mt19937 rng(23);
+  const size_t cols = 320, rows = 600;
+  std::vector<uint16_t> bf = Row(rng, rows * cols, 0.02f), f16(rows * cols);
+  const std::vector<uint16_t> other = Row(rng, rows * cols, 0.02f);
+  std::vector<float> f32(rows * cols);
+  for (size_t i = 0; i < rows * cols; ++i) {
+    f32[i] = Bf16Value(other[i]);
+    f16[i] = F32ToF16(Bf16Value(bf[(i + cols / 2) % (rows * cols)]));
+  }
+  // Below 2^-80: rows the bound kernel declines (their error is negligible).
+  for (size_t r = 64; r < rows; r += 37) bf[r * cols + (r % cols)] = F32ToBF16(0x1p-90f);
+  for (size_t i = 0; i < 64 * cols; ++i) bf[i] = f16[i] = 0, f32[i] = 0.f;
+  int pruned_any = 0;
+  for (bool sym : {true, false}) {
+    std::vector<calib::AwqLayer> layers;
+    for (auto [data, dtype] : {std::pair{static_cast<const void*>(bf.data()), DType::kBF16},
+                               std::pair{static_cast<const void*>(f32.data()), DType::kF32},
+                               std::pair{static_cast<const void*>(f16.data()), DType::kF16}}) {
+      calib::AwqLayer l;
+      l.data = static_cast<const uint8_t*>(data);
+      l.dtype = dtype;
+      l.rows = rows;
+      l.cols = cols;
+      l.q.bits = 4;
+      l.q.group_size = 64;
+      l.q.symmetric = sym;
+      layers.push_back(l);
+    }
+    std::vector<float> x_mean;
+    std::vector<double> h;
+    Activations(rng, cols, &x_mean, &h);
+    CAPTURE(sym);
+    pruned_any += CheckPrunedAsFull(layers, x_mean, h, calib::DuoScaling::kTrue);
+    auto full = calib::AwqSearch(layers, x_mean, h, false, 64.0, 20, calib::DuoScaling::kTrue);
+    REQUIRE(full.ok());
+    CHECK(full->ratio > 0);  // not RTN, the guessed leader
+  }
+  MESSAGE(pruned_any << " candidates stopped early");
+  CHECK(pruned_any > 0);
 }
 
 }  // namespace

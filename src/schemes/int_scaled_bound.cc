@@ -8,7 +8,8 @@
 // binade boundary (ulps halve below a power of two). RNE to BF16 maps p and y to the same
 // value unless a BF16 midpoint (an f32 whose low 16 bits are 0x8000) lies between them, so a
 // lane whose pattern is more than 8 from every midpoint pattern is exact; the others are
-// recomputed by the definition. The same holds for ws / scale (as ws * fl32(1 / scale):
+// recomputed by the definition. (So the kernel rounds those lanes half up, by adding 0x8000
+// to the pattern: that differs from RNE only on an exact tie, which is a near lane.) The same holds for ws / scale (as ws * fl32(1 / scale):
 // two roundings of the reciprocal and product against one of the quotient) and for deq / s
 // (deq * fl32(1 / s) against fl32(deq / s in f64)). Ranges: |w| in {0} U [2^-80, 2^80]
 // (BoundRowOk), s in [2^-20, 2^20], so W s in {0} U [2^-100, 2^100]; group scales are
@@ -48,17 +49,28 @@ HWY_INLINE void ExactLanes(size_t c, size_t N, const double* s, const float* ws,
   }
 }
 
-template <bool kSym, class DF>
+// Per-group scratch of a row: its parameters, 1 / scale, and (table) the 16 deq values.
+struct GroupScratch {
+  std::vector<iq::GroupParams> params;
+  std::vector<float> tables, inv_scales;
+  void Size(size_t n_groups, size_t lanes) {
+    if (params.size() < n_groups) params.resize(n_groups);
+    if (inv_scales.size() < n_groups) inv_scales.resize(n_groups);
+    if (tables.size() < n_groups * lanes) tables.resize(n_groups * lanes);
+  }
+};
+
+// kTable: codes of at most 4 bits on 16 lanes: deq from a per-group table of the 16 codes
+// (each entry the definition's RNE((v - zp) * scale)) instead of per lane.
+template <bool kSym, bool kTable, class DF>
 HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s32,
                          const float* inv32, const float* h32, const iq::Layout& lay,
-                         float* ws, float* back_out, float* approx) {
+                         GroupScratch& scratch, float* ws, float* back_out, float* approx) {
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
   const size_t N = hn::Lanes(df);
   if (N < 4 || lay.group % N != 0) return false;
-  // Codes of at most 4 bits on 16 lanes: deq from a per-group table of the 16 codes
-  // (each entry the definition's RNE((v - zp) * scale)) instead of per lane.
-  const bool table = N == 16 && lay.qmax - lay.qmin < 16;
+  constexpr bool table = kTable;
   HWY_ALIGN float tmp[hn::MaxLanes(df)];
   // A lane within 8 patterns of a BF16 midpoint: (bits + 8 - 0x8000) mod 2^16 <= 16.
   const auto win_bias = hn::Set(du, 8u - 0x8000u);
@@ -67,44 +79,58 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
   auto near = [&](hn::Vec<DF> v) {
     return hn::Lt(hn::And(hn::Add(hn::BitCast(du, v), win_bias), low16), win);
   };
+  // RNE to BF16 of a lane that is not near a midpoint: no tie (low 16 bits 0x8000) is
+  // farther than 8 patterns from one, so rounding half up is RNE there (2 integer operations
+  // instead of 5); values rounded so are used only where no lane of their vector is near.
+  const auto half = hn::Set(du, 0x8000u);
+  const auto high16 = hn::Set(du, 0xFFFF0000u);
+  auto half_up = [&](hn::Vec<DF> v) {
+    return hn::BitCast(df, hn::And(hn::Add(hn::BitCast(du, v), half), high16));
+  };
   const auto qmin = hn::Set(df, static_cast<float>(lay.qmin));
   const auto qmax = hn::Set(df, static_cast<float>(lay.qmax));
   const auto qmin_i = hn::Set(di, lay.qmin);
   const size_t group = lay.group;
   // Pass 1 over the whole row, then pass 2: the group parameters (a reduction, then scalar
   // arithmetic with two divisions) are off the vector loops' critical path.
-  thread_local std::vector<iq::GroupParams> params;
-  thread_local std::vector<float> tables;  // per group, the 16 deq values (table)
-  thread_local std::vector<float> inv_scales;
-  params.resize(lay.n_groups);
-  inv_scales.resize(lay.n_groups);
-  if (table) tables.resize(lay.n_groups * N);
+  scratch.Size(lay.n_groups, N);
+  iq::GroupParams* params = scratch.params.data();
+  float* tables = scratch.tables.data();  // per group, the 16 deq values (table)
+  float* inv_scales = scratch.inv_scales.data();
   for (size_t g = 0; g < lay.n_groups; ++g) {
     const size_t c0 = g * group, c1 = c0 + group;
     auto mn = hn::Set(df, HUGE_VALF), mx = hn::Set(df, -HUGE_VALF);
     for (size_t c = c0; c < c1; c += N) {
-      auto p = hn::Mul(hn::LoadU(df, w + c), hn::LoadU(df, s32 + c));
+      const auto p = hn::Mul(hn::LoadU(df, w + c), hn::LoadU(df, s32 + c));
+      auto r = half_up(p);
       if (HWY_UNLIKELY(!hn::AllFalse(du, near(p)))) {
         for (size_t i = 0; i < N; ++i) tmp[i] = static_cast<float>(double(w[c + i]) * s[c + i]);
-        p = hn::Load(df, tmp);
+        r = rd::RoundToDType<DType::kBF16>(df, hn::Load(df, tmp));
       }
-      const auto r = rd::RoundToDType<DType::kBF16>(df, p);
       hn::StoreU(r, df, ws + c);
-      mn = hn::Min(mn, r);
-      mx = hn::Max(mx, r);
+      if constexpr (kSym) {
+        mx = hn::Max(mx, hn::Abs(r));
+      } else {
+        mn = hn::Min(mn, r);
+        mx = hn::Max(mx, r);
+      }
     }
-    const float fmn = hn::GetLane(hn::MinOfLanes(df, mn));
+    // Symmetric: the definition's scale depends on max(-min(mn, 0), max(mx, 0)) alone,
+    // which is max |ws| over the group (an all-zero group: +0 either way); so one reduction
+    // of |ws|, passed on as [-amax, amax].
     const float fmx = hn::GetLane(hn::MaxOfLanes(df, mx));
+    const float fmn = kSym ? -fmx : hn::GetLane(hn::MinOfLanes(df, mn));
     if (!(fmn > -HUGE_VALF && fmx < HUGE_VALF)) return false;  // an infinite product
     iq::GroupParams gp;
     if (!GroupParamsInRange(fmn, fmx, lay, kSym, &gp)) return false;
     params[g] = gp;
     inv_scales[g] = 1.0f / gp.scale;
     if (table) {
-      // table[j] = RNE((qmin + j - zp) * scale): (int)q - zp is an integer, exact in f32.
+      // table[c mod 16] = RNE((c - zp) * scale) for the codes c in [qmin, qmin + 15]
+      // (c = qmin + ((j - qmin) mod 16) at entry j): (int)q - zp is an integer, exact in f32.
+      const auto code = hn::Add(hn::And(hn::Sub(hn::Iota(di, 0), qmin_i), hn::Set(di, 15)), qmin_i);
       hn::StoreU(rd::RoundToDType<DType::kBF16>(
-                     df, hn::Mul(hn::ConvertTo(df, hn::Sub(hn::Add(hn::Iota(di, 0), qmin_i),
-                                                           hn::Set(di, gp.zp))),
+                     df, hn::Mul(hn::ConvertTo(df, hn::Sub(code, hn::Set(di, gp.zp))),
                                  hn::Set(df, gp.scale))),
                  df, &tables[g * N]);
     }
@@ -122,20 +148,24 @@ HWY_INLINE bool BoundRow(DF df, const float* w, const double* s, const float* s3
       // Lanes next to a midpoint (of ws / scale or of deq / s) are redone by the definition.
       const auto q = hn::Mul(hn::LoadU(df, ws + c), inv_scale);
       auto m = near(q);
-      auto v = rd::RoundToDType<DType::kBF16>(df, q);
+      auto v = half_up(q);
       if constexpr (!kSym) v = rd::RoundToDType<DType::kBF16>(df, hn::Add(v, zp));
       v = hn::Min(hn::Max(v, qmin), qmax);
       hn::Vec<DF> deq;
-      if (table) {
-        // Round half to even (NearestInt), as RoundHalfEven; v is clamped, so in range.
-        const auto idx = hn::Sub(hn::NearestInt(v), qmin_i);
+      if constexpr (kTable) {
+        // The code round_half_even(v) mod 16 as the low bits of v + 1.5 * 2^23: |v| <= 128
+        // (clamped), so the sum is exact up to its rounding to an integer, which is to
+        // nearest, ties to even (1.5 * 2^23 is even); its pattern is 0x4B400000 + code, and
+        // 0x4B400000 is a multiple of 16.
+        const auto k = hn::BitCast(di, hn::Add(v, hn::Set(df, 12582912.0f)));
+        const auto idx = hn::And(k, hn::Set(di, 15));
         deq = hn::TableLookupLanes(deq_table, hn::IndicesFromVec(df, idx));
       } else {
         deq = rd::RoundToDType<DType::kBF16>(df, hn::Mul(hn::Add(hn::Round(v), neg_zp), scale));
       }
       const auto b = hn::Mul(deq, hn::LoadU(df, inv32 + c));
       m = hn::Or(m, near(b));
-      auto back = rd::RoundToDType<DType::kBF16>(df, b);
+      auto back = half_up(b);
       if (HWY_UNLIKELY(!hn::AllFalse(du, m))) {
         ExactLanes(c, N, s, ws, gp, lay, kSym, tmp);
         back = hn::Load(df, tmp);
@@ -153,8 +183,43 @@ bool RowLossBoundKernel(const float* w, const double* s, const float* s32, const
                         const float* h32, const iq::Layout& lay, bool symmetric, float* ws,
                         float* back_out, float* approx) {
   const hn::ScalableTag<float> df;
-  return symmetric ? BoundRow<true>(df, w, s, s32, inv32, h32, lay, ws, back_out, approx)
-                   : BoundRow<false>(df, w, s, s32, inv32, h32, lay, ws, back_out, approx);
+  thread_local GroupScratch scratch;
+  if (hn::Lanes(df) == 16 && lay.qmax - lay.qmin < 16) {
+    return symmetric
+               ? BoundRow<true, true>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx)
+               : BoundRow<false, true>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx);
+  }
+  return symmetric
+             ? BoundRow<true, false>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx)
+             : BoundRow<false, false>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx);
+}
+
+// Rows one after another (a tile of narrow rows: one call, one scratch).
+template <bool kSym, bool kTable>
+HWY_INLINE void BoundRows(const float* w, size_t rows, const char* ok, const double* s,
+                          const float* s32, const float* inv32, const float* h32,
+                          const iq::Layout& lay, float* ws, float* approx, char* taken) {
+  const hn::ScalableTag<float> df;
+  thread_local GroupScratch scratch;
+  const size_t cols = lay.group * lay.n_groups;
+  for (size_t r = 0; r < rows; ++r) {
+    taken[r] = ok[r] && BoundRow<kSym, kTable>(df, w + r * cols, s, s32, inv32, h32, lay, scratch, ws,
+                                       nullptr, &approx[r]);
+  }
+}
+
+void RowsLossBoundKernel(const float* w, size_t rows, const char* ok, const double* s,
+                         const float* s32, const float* inv32, const float* h32,
+                         const iq::Layout& lay, bool symmetric, float* ws, float* approx,
+                         char* taken) {
+  const bool table = hn::Lanes(hn::ScalableTag<float>()) == 16 && lay.qmax - lay.qmin < 16;
+  if (symmetric) {
+    table ? BoundRows<true, true>(w, rows, ok, s, s32, inv32, h32, lay, ws, approx, taken)
+          : BoundRows<true, false>(w, rows, ok, s, s32, inv32, h32, lay, ws, approx, taken);
+  } else {
+    table ? BoundRows<false, true>(w, rows, ok, s, s32, inv32, h32, lay, ws, approx, taken)
+          : BoundRows<false, false>(w, rows, ok, s, s32, inv32, h32, lay, ws, approx, taken);
+  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -165,6 +230,7 @@ HWY_AFTER_NAMESPACE();
 namespace quench::intq {
 
 HWY_EXPORT(RowLossBoundKernel);
+HWY_EXPORT(RowsLossBoundKernel);
 
 // Compiled per ISA (chosen at load time): the search calls these on every row it loads.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -200,6 +266,14 @@ bool Bf16ScaledRowLossBound(const float* w, const double* s, const float* s32,
                                                   back_out, approx);
 }
 
+void Bf16ScaledRowsLossBound(const float* w, size_t rows, const char* ok, const double* s,
+                             const float* s32, const float* inv32, const float* h32,
+                             const internal::Layout& lay, bool symmetric, float* ws,
+                             float* approx, char* taken) {
+  HWY_DYNAMIC_DISPATCH(RowsLossBoundKernel)(w, rows, ok, s, s32, inv32, h32, lay, symmetric, ws,
+                                            approx, taken);
+}
+
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 double ScaledLossFromBack(const float* w, const float* back, const double* h, size_t cols) {
   // ScaledErrorRowScalar's dW = w - back in f64, squared, then ScaledDot4 with h.
@@ -216,6 +290,38 @@ double ScaledLossFromBack(const float* w, const float* back, const double* h, si
     acc[0] += (e * e) * h[i];
   }
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// Lane k of a 4-wide f64 vector is ScaledLossFromBack's acc[k] (columns k mod 4, in order).
+typedef double F64x4 __attribute__((vector_size(32)));
+typedef float F32x4 __attribute__((vector_size(16)));
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void ScaledLossFromBack2(const float* w, const float* back_a, const float* back_b,
+                         const double* h, size_t cols, double* a, double* b) {
+  F64x4 acc_a = {0, 0, 0, 0}, acc_b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= cols; i += 4) {
+    F32x4 wf, af, bf;
+    F64x4 hv;
+    std::memcpy(&wf, w + i, sizeof wf);
+    std::memcpy(&af, back_a + i, sizeof af);
+    std::memcpy(&bf, back_b + i, sizeof bf);
+    std::memcpy(&hv, h + i, sizeof hv);
+    const F64x4 wd = __builtin_convertvector(wf, F64x4);
+    const F64x4 ea = wd - __builtin_convertvector(af, F64x4);
+    const F64x4 eb = wd - __builtin_convertvector(bf, F64x4);
+    acc_a += (ea * ea) * hv;
+    acc_b += (eb * eb) * hv;
+  }
+  for (; i < cols; ++i) {
+    const double ea = double(w[i]) - double(back_a[i]);
+    const double eb = double(w[i]) - double(back_b[i]);
+    acc_a[0] += (ea * ea) * h[i];
+    acc_b[0] += (eb * eb) * h[i];
+  }
+  *a = (acc_a[0] + acc_a[1]) + (acc_a[2] + acc_a[3]);
+  *b = (acc_b[0] + acc_b[1]) + (acc_b[2] + acc_b[3]);
 }
 
 // Terms h32 * fl(dW^2) with dW, dW^2, h32 and the product each rounded (FMA or not): within

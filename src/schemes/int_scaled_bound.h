@@ -39,9 +39,22 @@ bool Bf16ScaledRowLossBound(const float* w, const double* s, const float* s32,
                             const float* inv32, const float* h32, const internal::Layout& lay,
                             bool symmetric, float* ws, float* back_out, float* approx);
 
+// Bf16ScaledRowLossBound on `rows` consecutive rows of w (each lay.group * lay.n_groups
+// wide), without back values: approx[r] and taken[r] (false where the kernel declines the
+// row, or ok[r] is false: the caller takes that row by the definition).
+void Bf16ScaledRowsLossBound(const float* w, size_t rows, const char* ok, const double* s,
+                             const float* s32, const float* inv32, const float* h32,
+                             const internal::Layout& lay, bool symmetric, float* ws,
+                             float* approx, char* taken);
+
 // The definition's row term from the kernel's back values: dW = w - back in f64, then
 // ScaledDot4(dW * dW, h), bit for bit ScaledErrorRowScalar's and ScaledDot4's.
 double ScaledLossFromBack(const float* w, const float* back, const double* h, size_t cols);
+
+// ScaledLossFromBack of one row under two candidates (back values back_a, back_b) into *a
+// and *b, each bit for bit the single call's; the two sums interleaved.
+void ScaledLossFromBack2(const float* w, const float* back_a, const float* back_b,
+                         const double* h, size_t cols, double* a, double* b);
 
 // |approx - loss| <= ScaledBoundRel(cols) * approx + ScaledBoundAbs(cols, hmax), for the
 // definition's loss of a row the kernel took (hmax: the largest h32).
