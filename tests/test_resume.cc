@@ -45,7 +45,7 @@ std::map<std::string, std::pair<ino_t, long long>> Identities(const fs::path& ro
 
 // The markers a run writes as each shard completes (what a run killed between publishing
 // config.json and removing its markers leaves behind), for the FP8_DYNAMIC plan of kTiny.
-void WriteMarkers(const fs::path& dst, const std::string& scheme) {
+void WriteMarkers(const fs::path& dst, const std::string& scheme, bool durable = true) {
   quench::ConvertOptions o;
   o.src = kTiny;
   o.dst = dst;
@@ -56,7 +56,7 @@ void WriteMarkers(const fs::path& dst, const std::string& scheme) {
   plan->dst = dst;
   for (size_t k = 0; k < plan->shards.size(); ++k) {
     REQUIRE(quench::WriteResumeMarker(quench::ResumeMarkerPath(dst, plan->shards[k].rel_name),
-                                      quench::ShardFingerprint(*plan, k))
+                                      quench::ShardFingerprint(*plan, k), durable)
                 .ok());
   }
 }
@@ -64,6 +64,36 @@ void WriteMarkers(const fs::path& dst, const std::string& scheme) {
 }  // namespace
 
 TEST_SUITE("resume") {
+  TEST_CASE("a marker written without fsync (a single run's) vouches for its shard like a durable one") {
+    // An interrupted single run: its shards complete, config.json and the index not yet
+    // published, markers as such a run writes them (no fsync), one over a stale marker.
+    qt::TempDir tmp;
+    const fs::path dst = tmp / "out";
+    REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
+    fs::remove(dst / "config.json");
+    fs::remove(dst / "model.safetensors.index.json");
+    fs::create_directories(dst / ".quench-resume");
+    std::vector<std::string> shards;
+    for (const std::string& f : qt::ListFiles(dst)) {
+      if (qt::SafetensorsOnly(f)) shards.push_back(f);
+    }
+    REQUIRE(shards.size() == 2);
+    qt::WriteBytes(dst / ".quench-resume" / (shards.front() + ".json"), "{\"stale\": true}\n");
+    WriteMarkers(dst, "FP8_DYNAMIC", /*durable=*/false);
+    for (const auto& e : fs::directory_iterator(dst / ".quench-resume")) {
+      CHECK_FALSE(e.path().string().ends_with(".quench-tmp"));  // renamed into place
+    }
+    const auto before = Identities(dst);
+    const qt::RunResult r = qt::RunQuench(Convert(dst, "FP8_DYNAMIC", true));
+    REQUIRE(r.exit_code == 0);
+    CHECK(Contains(r.err, std::to_string(shards.size()) + " of " + std::to_string(shards.size()) +
+                              " output shards are complete"));
+    const auto after = Identities(dst);
+    for (const std::string& f : shards) CHECK(after.at(f) == before.at(f));  // kept, not redone
+    CHECK(fs::exists(dst / "config.json"));
+    CHECK_FALSE(fs::exists(dst / ".quench-resume"));
+  }
+
   TEST_CASE("--resume on a finished folder leaves every file as it is") {
     qt::TempDir tmp;
     const fs::path dst = tmp / "out";

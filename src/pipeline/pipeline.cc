@@ -851,7 +851,9 @@ class ShardPipeline {
       // The commit waits on its own thread; one that cannot start (no memory for its stack,
       // e.g. under `ulimit -v`) is an exhausted resource: the shard stays unpublished.
       try {
-        commits_.push_back(std::async(std::launch::async, [&plan = plan_, k, f, all_ok, marker] {
+        const bool durable = sizing_.durable_markers;
+        commits_.push_back(std::async(std::launch::async, [&plan = plan_, k, f, all_ok, marker,
+                                                           durable] {
           if (!all_ok.get()) return Status::Ok();
           std::string fingerprint;
           try {
@@ -862,7 +864,7 @@ class ShardPipeline {
                                              "; free memory or lower --memory-limit");
           }
           QUENCH_RETURN_IF_ERROR(f->Commit());
-          return WriteResumeMarker(marker, fingerprint);
+          return WriteResumeMarker(marker, fingerprint, durable);
         }));
       } catch (const std::system_error& e) {
         Fail(Error(ErrorCode::kIo, "out of memory: cannot start a thread to commit " +

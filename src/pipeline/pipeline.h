@@ -36,6 +36,9 @@ struct PipelineSizing {
   uint64_t write_queue_bytes = 0;
   // How output shards are written (ConvertOptions::direct_io).
   WriteMode write_mode = WriteMode::kDirect;
+  // Whether resume markers are fsynced (WriteResumeMarker): a worker's are; a single run's,
+  // removed when it publishes the folder, are not.
+  bool durable_markers = true;
 };
 
 // The source shards' mappings, opened on first use and shared by the pre-passes and the

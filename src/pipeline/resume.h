@@ -29,8 +29,15 @@ size_t ShardMarkerBytes(const Plan& plan, size_t s);
 // version. Workers of one conversion must agree on it.
 std::string PlanFingerprint(const Plan& plan);
 
-// Writes `fingerprint` to `marker` atomically, creating its folder.
-Status WriteResumeMarker(const std::filesystem::path& marker, const std::string& fingerprint);
+// Writes `fingerprint` to `marker` atomically (a temporary name, then rename), creating its
+// folder. `durable`: fsynced before the rename, as a worker's markers must be (its part
+// vouches for them). A marker written without fsync may be lost or left empty by a crash;
+// its shard then does not match and --resume converts it again: slower, never wrong. Single
+// runs write them so because the run removes them when it publishes the folder, and unlinking
+// a file that was never written back frees no disk block: removing fsynced markers was most
+// of a short run's tail (bench/README.md, "the run's tail").
+Status WriteResumeMarker(const std::filesystem::path& marker, const std::string& fingerprint,
+                         bool durable = true);
 
 // --resume: sets PlannedShard::already_done for every shard that is complete and matches
 // (plan.dst resolved, the pre-pass run), removes the interrupted run's temporary files, and
