@@ -89,6 +89,41 @@ HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
   return hn::Mul(e, im);
 }
 
+// Whether this target takes int codes through a table of their dequantized values: one
+// vector holds the 16 codes of a 4-bit (or narrower) range.
+constexpr bool kTableTarget = hn::MaxLanes(DF()) == 16;
+
+// Step parameters s, zp as a table of dq = RNE_D((q - zp) * s) (RNE_D(q * s) symmetric),
+// lane l holding the code q of [qmin, qmax] with q = l mod 16 (ranges of at most 16 codes;
+// the lanes of no code hold some value never read). The products Term would form, code by
+// code, so TermTable's dq equals Term's bit for bit.
+template <DType D, int M>
+HWY_INLINE VF CodeTable(DF df, const Block& b, VF s, VF zp) {
+  const hn::RebindToSigned<DF> di;
+  const auto l = hn::Iota(di, 0);
+  const auto qmin = hn::Set(di, b.layout.qmin);
+  // q = qmin + ((l - qmin) mod 16)
+  const auto q = hn::ConvertTo(df, hn::Add(qmin, hn::And(hn::Sub(l, qmin), hn::Set(di, 15))));
+  return rd::RoundToDType<D>(df, hn::Mul(M == kIntAsym ? hn::Sub(q, zp) : q, s));
+}
+
+// Term for int codes through CodeTable (kTableTarget only): the clamped quotient plus
+// 1.5 * 2^23 is RoundInt's first addition, whose low bits hold the code (mod 16 is all the
+// table lookup reads); dq is then the table's entry instead of a product and a rounding.
+template <DType D, int M, int N>
+HWY_INLINE VF TermTable(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi, VF table) {
+  const hn::RebindToSigned<DF> di;
+  VF v = rd::RoundToDType<D>(df, hn::Div(x, s));
+  if constexpr (M == kIntAsym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
+  const VF biased = hn::Add(hn::Min(hn::Max(v, lo), hi), hn::Set(df, 12582912.0f));
+  const auto idx = hn::And(hn::BitCast(di, biased), hn::Set(di, 15));
+  const VF dq = hn::TableLookupLanes(table, hn::IndicesFromVec(df, idx));
+  const VF d = hn::Abs(hn::Sub(dq, x));
+  VF e = hn::Mul(d, d);
+  if constexpr (N == 3) e = hn::Mul(e, d);
+  return hn::Mul(e, im);
+}
+
 // The block's groups in tiles of L (lane l of tile t: group t * L + l), element-major; the
 // importance tiles (their pattern repeats every `period` tiles, as the groups' columns do);
 // each group's min and max; and for the bound, the term of each group's element of largest
