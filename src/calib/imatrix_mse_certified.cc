@@ -157,9 +157,13 @@ void SearchCertified(const Block& b) {
     // groups); MXFP4's E8M0 scale scalar.
     if (M == kFp4 && mxfp4) {
       for (size_t k = 0; k < kp; ++k) {
+        if (k >= steps) {  // padding lanes (never read)
+          S[k] = 1.0f;
+          Z[k] = 0.0f;
+          continue;
+        }
         float smn, smx;
-        StepRange(m0, M0, b.i0 + static_cast<int>(std::min(k, steps - 1)), b.grid, 1.0, b.dtype,
-                  &smn, &smx);
+        StepRange(m0, M0, b.i0 + static_cast<int>(k), b.grid, 1.0, b.dtype, &smn, &smx);
         const StepParams sp = ParamsOf(b, smn, smx);
         S[k] = sp.scale;
         Z[k] = sp.zp;
