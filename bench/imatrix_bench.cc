@@ -8,6 +8,7 @@
 //   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
 #include <time.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cstdio>
@@ -84,7 +85,8 @@ int main(int argc, char** argv) {
       for (uint32_t m : masks) pop += static_cast<uint64_t>(__builtin_popcount(m));
     }
     std::printf("%s: %.3f ns/weight, %llu improving steps over %zu groups\n",
-                f == calib::ImatrixFormat::kInt ? "int4 g128" : "nvfp4", best_t * 1e9 / (rows * cols),
+                f == calib::ImatrixFormat::kInt ? "int4 g128" : "nvfp4",
+                best_t * 1e9 / static_cast<double>(rows * cols),
                 static_cast<unsigned long long>(pop), groups);
   }
   return 0;

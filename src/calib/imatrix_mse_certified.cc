@@ -103,8 +103,8 @@ void SearchCertified(const Block& b) {
   HWY_ALIGN float P[kMaxSteps], S[kMaxSteps], Z[kMaxSteps], TOP[kMaxSteps];
   uint8_t SC[kMaxSteps] = {};
   for (size_t k = 0; k < kp; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
-    P[k] = k < steps ? static_cast<float>(1.0 - static_cast<double>(b.i0 + static_cast<int>(k)) / b.grid)
-                     : 1.0f;
+    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
+    P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
   }
   thread_local std::vector<float> ones;
   if (b.imp == nullptr && ones.size() < n) ones.assign(n, 1.0f);
@@ -135,7 +135,7 @@ void SearchCertified(const Block& b) {
       si = hn::IfThenElse(more, iv, si);
       at = hn::IfThenElse(more, hn::Set(df, static_cast<float>(v)), at);
     }
-    const float* xo = xg;  // the order phase B sums in
+    const float* xo = xg;  // the order the steps' sums take
     const float* io = im;
     if (nv > 1) {
       hn::Store(sx, df, xs);
@@ -197,9 +197,8 @@ void SearchCertified(const Block& b) {
     bool exact = true;  // blo == bhi == the definition's best
     size_t bk = SIZE_MAX;  // the step of the best (SIZE_MAX: from before this call)
     uint32_t mask = 0;
-    // Step k's decision; p: its full f32 sum when have_p (else summed here, stopped early
-    // when a partial sum rules the step out).
-    // acc0 (nv > 1): the step's first vector of terms, already summed lane-wise.
+    // Step k's decision; p: its full f32 sum when have_p (else summed here; acc0, when given:
+    // the step's first vector of terms, already computed).
     auto step = [&](size_t k, bool have_p, double p, const float* acc0) {
       const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
       if (!SC[k]) {
