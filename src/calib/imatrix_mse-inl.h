@@ -89,6 +89,41 @@ HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
   return hn::Mul(e, im);
 }
 
+// Whether this target takes int codes through a table of their dequantized values: one
+// vector holds the 16 codes of a 4-bit (or narrower) range.
+constexpr bool kTableTarget = hn::MaxLanes(DF()) == 16;
+
+// Step parameters s, zp as a table of dq = RNE_D((q - zp) * s) (RNE_D(q * s) symmetric),
+// lane l holding the code q of [qmin, qmax] with q = l mod 16 (ranges of at most 16 codes;
+// the lanes of no code hold some value never read). The products Term would form, code by
+// code, so TermTable's dq equals Term's bit for bit.
+template <DType D, int M>
+HWY_INLINE VF CodeTable(DF df, const Block& b, VF s, VF zp) {
+  const hn::RebindToSigned<DF> di;
+  const auto l = hn::Iota(di, 0);
+  const auto qmin = hn::Set(di, b.layout.qmin);
+  // q = qmin + ((l - qmin) mod 16)
+  const auto q = hn::ConvertTo(df, hn::Add(qmin, hn::And(hn::Sub(l, qmin), hn::Set(di, 15))));
+  return rd::RoundToDType<D>(df, hn::Mul(M == kIntAsym ? hn::Sub(q, zp) : q, s));
+}
+
+// Term for int codes through CodeTable (kTableTarget only): the clamped quotient plus
+// 1.5 * 2^23 is RoundInt's first addition, whose low bits hold the code (mod 16 is all the
+// table lookup reads); dq is then the table's entry instead of a product and a rounding.
+template <DType D, int M, int N>
+HWY_INLINE VF TermTable(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi, VF table) {
+  const hn::RebindToSigned<DF> di;
+  VF v = rd::RoundToDType<D>(df, hn::Div(x, s));
+  if constexpr (M == kIntAsym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
+  const VF biased = hn::Add(hn::Min(hn::Max(v, lo), hi), hn::Set(df, 12582912.0f));
+  const auto idx = hn::And(hn::BitCast(di, biased), hn::Set(di, 15));
+  const VF dq = hn::TableLookupLanes(table, hn::IndicesFromVec(df, idx));
+  const VF d = hn::Abs(hn::Sub(dq, x));
+  VF e = hn::Mul(d, d);
+  if constexpr (N == 3) e = hn::Mul(e, d);
+  return hn::Mul(e, im);
+}
+
 // The block's groups in tiles of L (lane l of tile t: group t * L + l), element-major; the
 // importance tiles (their pattern repeats every `period` tiles, as the groups' columns do);
 // each group's min and max; and for the bound, the term of each group's element of largest
@@ -117,12 +152,49 @@ inline float* Scratch(int which, size_t n) {
   return buf[which].get();
 }
 
+// Step parameters lane-wise (int, NVFP4), from each lane's p * min and p * max (f32
+// products, rounded to D here): calculate_qparams' operations as ParamsOf does them (a zero
+// may differ in sign where the scalar std::min / std::max keep their first argument, which no
+// parameter sees: a zero range gives scale 0 -> eps and zp 0 either way, and is otherwise
+// added to, or divided by, a nonzero value). Zero scales become finfo(D).eps.
+template <DType D, int M>
+HWY_INLINE void ParamsVec(const Block& b, VF pm0, VF pM0, VF* scale_out, VF* zp_out) {
+  const DF df;
+  const auto zero = hn::Zero(df);
+  const auto mn = rd::RoundToDType<D>(df, pm0);
+  const auto mx = rd::RoundToDType<D>(df, pM0);
+  const float range = static_cast<float>(b.layout.qmax - b.layout.qmin);
+  VF scale, z = zero;
+  if constexpr (M == kFp4) {
+    // NVFP4: RNE_D(pos / 6), zero guard eps.
+    const auto pos = hn::Max(hn::Abs(hn::Min(mn, zero)), hn::Abs(hn::Max(mx, zero)));
+    scale = rd::RoundToDType<D>(df, hn::Div(pos, hn::Set(df, 6.0f)));
+  } else {
+    const auto lo = hn::Min(mn, zero), hi = hn::Max(mx, zero);
+    if constexpr (M == kIntSym) {
+      // calculate_qparams, symmetric: RNE_D(max(-mn, mx) / (bit_range / 2)).
+      scale = rd::RoundToDType<D>(df, hn::Div(hn::Max(hn::Neg(lo), hi), hn::Set(df, range / 2.0f)));
+    } else {
+      // Asymmetric: RNE_D(RNE_D(mx - mn) / bit_range); zp = RNE_D(qmin - RNE_D(mn / s))
+      // with the unguarded scale, clamped unless NaN, rounded (NaN -> 0).
+      const auto qmin = hn::Set(df, static_cast<float>(b.layout.qmin));
+      const auto qmax = hn::Set(df, static_cast<float>(b.layout.qmax));
+      scale = rd::RoundToDType<D>(df, hn::Div(rd::RoundToDType<D>(df, hn::Sub(hi, lo)),
+                                              hn::Set(df, range)));
+      const auto q =
+          rd::RoundToDType<D>(df, hn::Sub(qmin, rd::RoundToDType<D>(df, hn::Div(lo, scale))));
+      const auto clamped = RoundInt(df, hn::Min(hn::Max(q, qmin), qmax));
+      z = hn::IfThenZeroElse(hn::IsNaN(q), clamped);
+    }
+  }
+  *scale_out = hn::IfThenElse(hn::Eq(scale, zero), hn::Set(df, intq::internal::ScaleEps(b.dtype)),
+                              scale);
+  *zp_out = z;
+}
+
 // Per-tile parameter arrays for step i (lanes past the block's groups: scale 1, zp 0);
 // groups whose scale is not finite are left to the scalar definition (flag set). Int and
-// NVFP4 compute ParamsOf lane-wise (the same operations; a zero may differ in sign where
-// the scalar std::min / std::max keep their first argument, which no parameter sees: a
-// zero range gives scale 0 -> eps and zp 0 either way, and is otherwise added to, or
-// divided by, a nonzero value); MXFP4's E8M0 scale stays scalar.
+// NVFP4 lane-wise (ParamsVec); MXFP4's E8M0 scale stays scalar.
 template <DType D, int M>
 void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint8_t* scalar) {
   const size_t padded = t.tiles * t.L;
@@ -146,37 +218,10 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
   const DF df;
   const float p = static_cast<float>(1.0 - static_cast<double>(i) / b.grid);
   const auto vp = hn::Set(df, p);
-  const auto zero = hn::Zero(df);
-  const auto eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
-  const float range = static_cast<float>(b.layout.qmax - b.layout.qmin);
-  const auto qmin = hn::Set(df, static_cast<float>(b.layout.qmin));
-  const auto qmax = hn::Set(df, static_cast<float>(b.layout.qmax));
   for (size_t g = 0; g < padded; g += t.L) {
-    const auto mn = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.m0 + g)));
-    const auto mx = rd::RoundToDType<D>(df, hn::Mul(vp, hn::Load(df, t.M0 + g)));
-    hn::Vec<DF> scale, z = zero;
-    if constexpr (M == kFp4) {
-      // NVFP4: RNE_D(pos / 6), zero guard eps.
-      const auto pos = hn::Max(hn::Abs(hn::Min(mn, zero)), hn::Abs(hn::Max(mx, zero)));
-      scale = rd::RoundToDType<D>(df, hn::Div(pos, hn::Set(df, 6.0f)));
-    } else {
-      const auto lo = hn::Min(mn, zero), hi = hn::Max(mx, zero);
-      if constexpr (M == kIntSym) {
-        // calculate_qparams, symmetric: RNE_D(max(-mn, mx) / (bit_range / 2)).
-        scale = rd::RoundToDType<D>(
-            df, hn::Div(hn::Max(hn::Neg(lo), hi), hn::Set(df, range / 2.0f)));
-      } else {
-        // Asymmetric: RNE_D(RNE_D(mx - mn) / bit_range); zp = RNE_D(qmin - RNE_D(mn / s))
-        // with the unguarded scale, clamped unless NaN, rounded (NaN -> 0).
-        scale = rd::RoundToDType<D>(
-            df, hn::Div(rd::RoundToDType<D>(df, hn::Sub(hi, lo)), hn::Set(df, range)));
-        const auto q = rd::RoundToDType<D>(
-            df, hn::Sub(qmin, rd::RoundToDType<D>(df, hn::Div(lo, scale))));
-        const auto clamped = RoundInt(df, hn::Min(hn::Max(q, qmin), qmax));
-        z = hn::IfThenZeroElse(hn::IsNaN(q), clamped);
-      }
-    }
-    scale = hn::IfThenElse(hn::Eq(scale, zero), eps, scale);
+    hn::Vec<DF> scale, z;
+    ParamsVec<D, M>(b, hn::Mul(vp, hn::Load(df, t.m0 + g)), hn::Mul(vp, hn::Load(df, t.M0 + g)),
+                    &scale, &z);
     hn::Store(scale, df, s + g);
     hn::Store(z, df, zp + g);
     // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite.

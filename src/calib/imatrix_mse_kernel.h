@@ -4,9 +4,10 @@
 //     src/calib/imatrix_mse_scalar.cc).
 //   SearchBlock: Highway kernels (dynamic dispatch in src/calib/imatrix_mse_kernel.cc; shared
 //     per-target pieces in imatrix_mse-inl.h), equal to the scalar definition bit for bit on
-//     every target: groups of 4+ vectors by the certified search (imatrix_mse_certified.cc,
-//     SearchCertified: per group, f32 sums with a rigorous bound on the definition's
-//     value, the definition's own sums only for near ties; masks and improved always the
+//     every target: groups of whole vectors by the certified search
+//     (imatrix_mse_certified.cc, SearchCertified: per group, f32 sums with a rigorous bound
+//     on the definition's value, most steps ruled out by one term or one vector of terms,
+//     the definition's own sums only for near ties; masks and improved always the
 //     definition's, best too when Block::exact_best), narrower ones in tiles as below
 //     (imatrix_mse_tiles.cc).
 //

@@ -1,0 +1,93 @@
+// The imatrix_mse search's CPU per weight (bench/README.md, "imatrix_mse"): SearchSteps over
+// all steps (exact_best false, as the conversion runs it) on one thread, for int4 g128
+// (W4A16) and NVFP4 groups, on raw rows dumped from a checkpoint: ROWS x COLS bf16 values
+// (little-endian) and COLS f64 sums of x^2 (a statistics site's sum_x2) with its token count.
+// Thread CPU time, best of R rounds; prints the popcount of the masks (the improving steps)
+// so that two builds can be checked to decide the same.
+//
+//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
+#include <time.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "calib/imatrix_mse.h"
+
+namespace {
+
+double ThreadCpu() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+template <class T>
+bool ReadAll(const char* path, std::vector<T>* v) {
+  FILE* f = std::fopen(path, "rb");
+  if (f == nullptr) return false;
+  const size_t got = std::fread(v->data(), sizeof(T), v->size(), f);
+  std::fclose(f);
+  return got == v->size();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace quench;  // NOLINT
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS]\n");
+    return 2;
+  }
+  const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);
+  const double count = std::strtod(argv[5], nullptr);
+  const int rounds = argc > 6 ? std::atoi(argv[6]) : 5;
+  std::vector<uint16_t> w(rows * cols);
+  std::vector<double> sum_x2(cols);
+  if (!ReadAll(argv[1], &w) || !ReadAll(argv[2], &sum_x2)) {
+    std::fprintf(stderr, "cannot read the inputs\n");
+    return 2;
+  }
+  const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
+  const calib::ImatrixOptions o;
+  for (calib::ImatrixFormat f : {calib::ImatrixFormat::kInt, calib::ImatrixFormat::kNvfp4}) {
+    WeightChunk in;
+    in.data = reinterpret_cast<const uint8_t*>(w.data());
+    in.dtype = DType::kBF16;
+    in.rows = rows;
+    in.cols = cols;
+    in.params.bits = 4;
+    in.params.group_size = 128;
+    in.params.symmetric = true;
+    const size_t groups = rows * cols / calib::GroupColumns(in, f);
+    // Blocks of 16 rows, as the conversion's row blocks of ~64K weights.
+    const size_t block = 16;
+    double best_t = 1e30;
+    uint64_t pop = 0;
+    for (int r = 0; r < rounds; ++r) {
+      std::vector<double> best(groups, FLT_MAX);
+      std::vector<uint32_t> masks(groups, 0u);
+      const size_t gpr = groups / rows;
+      const double t0 = ThreadCpu();
+      for (size_t r0 = 0; r0 < rows; r0 += block) {
+        WeightChunk c = in;
+        c.data = in.data + r0 * cols * 2;
+        c.rows = std::min(block, rows - r0);
+        uint32_t bits = 0;
+        calib::SearchSteps(c, f, imp, o, 0, calib::LastStep(o), best.data() + r0 * gpr,
+                           masks.data() + r0 * gpr, &bits, /*exact_best=*/false);
+      }
+      best_t = std::min(best_t, ThreadCpu() - t0);
+      pop = 0;
+      for (uint32_t m : masks) pop += static_cast<uint64_t>(__builtin_popcount(m));
+    }
+    std::printf("%s: %.3f ns/weight, %llu improving steps over %zu groups\n",
+                f == calib::ImatrixFormat::kInt ? "int4 g128" : "nvfp4",
+                best_t * 1e9 / static_cast<double>(rows * cols),
+                static_cast<unsigned long long>(pop), groups);
+  }
+  return 0;
+}
