@@ -565,7 +565,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     gptq->Finish(plan);
     if (callbacks.note) {
       for (const PlannedTensor& t : plan.tensors) {
-        if (!t.calib_site.empty() && !t.calib_note.empty()) callbacks.note(t.name + ": " + t.calib_note);
+        if (t.calib && !t.calib->site.empty() && !t.calib->note.empty()) {
+          callbacks.note(t.name + ": " + t.calib->note);
+        }
       }
     }
   }
@@ -592,10 +594,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
+  if (!errors.empty() || pruning) plan.results.resize(plan.tensors.size());
   for (size_t i = 0; i < errors.size(); ++i) {
-    plan.tensors[i].error_signal = errors[i].signal;
-    plan.tensors[i].error_noise = errors[i].noise;
-    plan.tensors[i].error_count = errors[i].count;
+    plan.results[i].error_signal = errors[i].signal;
+    plan.results[i].error_noise = errors[i].noise;
+    plan.results[i].error_count = errors[i].count;
   }
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
@@ -603,7 +606,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     ++sum.pruned_tensors;
     sum.pruned_elements += t.shape[0] * t.shape[1];
     sum.zeroed += zeroed[i];
-    plan.tensors[i].prune_zeroed = zeroed[i];
+    plan.results[i].prune_zeroed = zeroed[i];
   }
   sum.tokens = sizing.tokens;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

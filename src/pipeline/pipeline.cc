@@ -525,12 +525,13 @@ class ShardPipeline {
         // SparseGPT's mask and updates instead of magnitude pruning (src/calib/sparsegpt_run.cc).
         p.finite = calib_->Prune(p.tensor, src, rows_copy, p.begin, rows, &p.zeroed);
       } else if (plan_.prune.per_tensor) {
+        const PlannedPruneThreshold& pth = *t.prune_threshold;  // from the pre-pass
         prune::TensorThreshold th;
-        th.magnitude = t.prune_magnitude;
-        th.prune_equal = t.prune_equal;
-        th.pruned = t.prune_total;
+        th.magnitude = pth.magnitude;
+        th.prune_equal = pth.equal;
+        th.pruned = pth.total;
         p.finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
-                                          t.prune_equal_before[p.begin], &p.zeroed);
+                                          pth.equal_before[p.begin], &p.zeroed);
       } else {
         p.finite = PruneRowsOf(t, src, rows_copy, t.dtype, rows, &p.zeroed);
       }
