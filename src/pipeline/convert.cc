@@ -19,6 +19,7 @@
 #include "calib/stats.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
+#include "format/parallel.h"
 #include "pipeline/memory_budget.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
@@ -326,6 +327,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                          "); their files are not carried over, as model_free_ptq does");
   }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
+  ReleaseInBackground(std::move(folder));  // the plan holds what it needs of the headers
   return plan;
 }
 
@@ -369,8 +371,13 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
         options.report,
         DumpPythonJson(BuildReport(options, plan, r.ok() ? &r.value() : nullptr, outcome,
                                    /*dry_run=*/false)) + "\n");
-    if (r.ok() && !w.ok()) return w;
+    if (r.ok() && !w.ok()) {
+      ReleaseInBackground(std::move(plan));
+      return w;
+    }
   }
+  // After the last write: the caller need not wait for the plan's ~10^5 entries to be freed.
+  ReleaseInBackground(std::move(plan));
   return r;
 }
 
