@@ -327,7 +327,6 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                          "); their files are not carried over, as model_free_ptq does");
   }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
-  ReleaseInBackground(std::move(folder));  // the plan holds what it needs of the headers
   return plan;
 }
 
