@@ -7,6 +7,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <set>
 #include <system_error>
 
@@ -25,6 +26,7 @@
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
 #include "pipeline/resume.h"
+#include "pipeline/staged_files.h"
 #include "pipeline/workers.h"
 #include "calib/reap.h"
 #include "plan/expert_prune.h"
@@ -414,7 +416,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   // resume markers, so that --resume can finish it; the folder has no config.json, so it does
   // not look like a finished checkpoint.
   std::vector<fs::path> published;
+  std::optional<StagedFiles> staged;  // the written files, while the shards stream
   auto cleanup = [&](Status s) -> Status {
+    if (staged) staged->Abandon();
     if (s.code() == ErrorCode::kInterrupted) {
       size_t complete = 0;
       for (const PlannedShard& ps : plan.shards) {
@@ -547,6 +551,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
       return cleanup(s);
     }
   }
+  // The index and config.json written (not yet published) before the shards stream.
+  if (!worker && !finished_before) staged.emplace(plan);
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
   Status st = finished_before
@@ -639,12 +645,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   // Other files, then the index, then config.json: the folder is a loadable checkpoint only
   // once its config is in place.
   for (size_t i = 0; !finished_before && i < plan.files.size(); ++i) {
-    const PlannedFile& f = plan.files[i];
-    const fs::path to = plan.dst / f.rel_name;
-    fs::create_directories(to.parent_path(), ec);
-    st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
+    st = staged->Publish(i);
     if (!st.ok()) return cleanup(st);
-    published.push_back(to);
+    published.push_back(plan.dst / plan.files[i].rel_name);
   }
   fs::remove_all(plan.dst / kResumeDir, ec);
   fs::remove_all(plan.dst / kPartsDir, ec);  // an earlier split run's parts vouch for nothing now
