@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "quench/boxed.h"
 #include "quench/dtype.h"
 #include "quench/scheme.h"
 #include "quench/status.h"
@@ -155,10 +156,46 @@ struct PlannedExpertPrune {
   uint64_t bytes_removed = 0;       // source bytes not read (removed tensors and sliced rows)
 };
 
+// Per-tensor pruning's threshold, from the pre-pass (--prune-granularity tensor): threshold
+// magnitude bits, how many elements equal to it are pruned (the first ones in row-major
+// order), the total pruned, and per row the count of threshold-equal elements before it.
+struct PlannedPruneThreshold {
+  uint32_t magnitude = 0;
+  uint64_t equal = 0;
+  uint64_t total = 0;
+  std::vector<uint64_t> equal_before;
+};
+
+// A weight's calibration from activation statistics (src/calib/). GPTQ: the statistics site
+// whose Hessian its sweep uses (and, for a per-expert site, the expert); empty where the
+// weight is rounded to nearest. `note` says why a weight GPTQ was asked for is not (no
+// Hessian for its site, ...), or, after the run, that its Hessian could not be factored;
+// `loss` is GPTQ's loss after the run. (GPTQ and SparseGPT of one composed run read the same
+// Hessian site.) The imatrix_mse observer: the site whose E[x^2] weights its search (and
+// expert); empty where the observer is not used. Kept apart from `site` so that algorithms
+// compose.
+struct PlannedCalibration {
+  std::string site;
+  std::optional<uint64_t> expert;
+  std::string note;
+  double loss = 0;
+  std::string imatrix_site;
+  std::optional<uint64_t> imatrix_expert;
+};
+
+// One source tensor and what happens to it. An MoE checkpoint has ~10^5 of these, so what few
+// tensors use (a quantized source's description, per-tensor pruning thresholds, calibration)
+// is boxed (quench/boxed.h): one pointer here, allocated only where set.
 struct PlannedTensor {
   std::string name;
-  DType dtype = DType::kBF16;
   std::vector<uint64_t> shape;
+  DType dtype = DType::kBF16;
+  TensorAction action = TensorAction::kCopy;
+  DType compute_dtype = DType::kBF16;  // what kernels read: dtype, or BF16 when decoded
+  bool prune = false;                  // magnitude pruning before quantizing (or alone)
+  // Rewritten by smoothing (SmoothQuant): its elements are scaled before they are quantized or
+  // copied (Plan::smoothing says by which mappings).
+  bool smoothed = false;
   size_t shard = 0;             // source and output shard index (same relative name)
   uint64_t src_offset = 0;      // absolute offset in the source file
   uint64_t src_bytes = 0;
@@ -167,50 +204,30 @@ struct PlannedTensor {
   // output order; src_offset is the first's and src_bytes their sum. Such tensors are only
   // copied, a piece at a time, so nothing else of the source tensor is read.
   std::vector<std::pair<uint64_t, uint64_t>> src_ranges;
-  TensorAction action = TensorAction::kCopy;
   // Set for a weight stored quantized in the source: kernels then see its rows decoded, in
   // `compute_dtype` (BF16), instead of `dtype`.
-  std::optional<PlannedSourceScale> source_scale;
-  DType compute_dtype = DType::kBF16;  // what kernels read: dtype, or BF16 when decoded
+  Boxed<PlannedSourceScale> source_scale;
   const SchemeInfo* scheme = nullptr;  // when quantized
   SchemeParams params;                 // the preset's parameters with the user's overrides
   int group = -1;                      // index into Plan::groups when quantized
   int fused_set = -1;                  // index into Plan::fused_sets (NVFP4 global scale)
   float global_scale = 0.f;            // NVFP4: set by the pre-pass
-  size_t kernel_outputs = 0;           // leading entries of `outputs` the kernel writes
-  bool prune = false;                  // magnitude pruning before quantizing (or alone)
-  // Per-tensor pruning, from the pre-pass: threshold magnitude bits, how many elements equal
-  // to it are pruned (the first ones in row-major order), the total pruned, and per row the
-  // count of threshold-equal elements before it.
-  uint32_t prune_magnitude = 0;
-  uint64_t prune_equal = 0;
-  uint64_t prune_total = 0;
-  std::vector<uint64_t> prune_equal_before;
-  uint64_t prune_zeroed = 0;           // after the run: positions pruning zeroed
-  // After a run with --report: sums over the sampled rows of x^2 and (x - dequantized)^2.
-  double error_signal = 0, error_noise = 0;
-  uint64_t error_count = 0;
-  // GPTQ: the statistics site whose Hessian this weight's sweep uses (and, for a per-expert
-  // site, the expert); empty where the weight is rounded to nearest. `calib_note` says why a
-  // weight GPTQ was asked for is not (no Hessian for its site, ...), or, after the run, that
-  // its Hessian could not be factored; `calib_loss` is GPTQ's loss after the run.
-  // (GPTQ and SparseGPT of one composed run read the same Hessian site.)
-  std::string calib_site;
-  std::optional<uint64_t> calib_expert;
-  std::string calib_note;
-  double calib_loss = 0;
-  // The imatrix_mse observer: the site whose E[x^2] weights its search (and expert); empty
-  // where the observer is not used. Kept apart from calib_site so that algorithms compose.
-  std::string imatrix_site;
-  std::optional<uint64_t> imatrix_expert;
   // Wanda (--prune-metric wanda): index into Plan::prune_scales of this weight's per-column
   // sqrt(E[x^2]) (-1: magnitude pruning).
   int prune_scale = -1;
-  // Rewritten by smoothing (SmoothQuant): its elements are scaled before they are quantized or
-  // copied (Plan::smoothing says by which mappings).
-  bool smoothed = false;
+  size_t kernel_outputs = 0;           // leading entries of `outputs` the kernel writes
+  Boxed<PlannedPruneThreshold> prune_threshold;  // per-tensor pruning, from the pre-pass
+  Boxed<PlannedCalibration> calib;     // set where calibration planned something for it
   std::vector<size_t> outputs;  // indices into the shard's outputs, in the scheme's slot order
   std::string why;              // for copies: the rule that left it alone
+};
+
+// What a run measured of one tensor (Plan::results).
+struct TensorResult {
+  // With --report: sums over the sampled rows of x^2 and (x - dequantized)^2.
+  double error_signal = 0, error_noise = 0;
+  uint64_t error_count = 0;
+  uint64_t prune_zeroed = 0;  // positions pruning zeroed
 };
 
 // One smoothing mapping (SmoothQuant or AWQ) as planned (src/calib/smoothquant_run.h): the
@@ -292,6 +309,9 @@ struct Plan {
   // stage's ("smoothquant{...} gptq{...}", src/calib/composite.h).
   std::string calib_fingerprint;
   std::vector<PlannedSmoothing> smoothing;  // in mapping order
+  // After a run: per tensor, indexed as `tensors` (empty before, and when nothing was
+  // measured: no --report and no pruning).
+  std::vector<TensorResult> results;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
 };

@@ -72,7 +72,7 @@ std::string Bytes(uint64_t b) {
 
 namespace {
 
-// Weight t's site (set in t.calib_site) and "", or why it has none; an error for statistics
+// Weight t's site (set in t.calib->site) and "", or why it has none; an error for statistics
 // that are not this model's.
 Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
                                       const std::filesystem::path& stats_path, PlannedTensor& t) {
@@ -94,8 +94,9 @@ Result<std::string> AssignHessianSite(const Plan& plan, const Statistics& stats,
   QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site.name, "count"));
   const size_t e = ws.consumer->expert.value_or(0);
   if (e >= count.size() || count[e] <= 0) return "site " + site.name + " saw no tokens";
-  t.calib_site = site.name;
-  t.calib_expert = ws.consumer->expert;
+  PlannedCalibration& c = t.calib.get_or_make();
+  c.site = site.name;
+  c.expert = ws.consumer->expert;
   return std::string();
 }
 
@@ -105,7 +106,7 @@ bool HessianSites::Assign(Plan& plan, const Statistics& stats,
                           const std::filesystem::path& stats_path, const std::string& algorithm,
                           PlannedTensor& t) {
   auto note = [&](const std::string& why) {
-    t.calib_note = why;
+    t.calib.get_or_make().note = why;
     ++fallback;
     ++reasons[why.substr(0, why.find(" ("))];
     return false;
@@ -123,7 +124,7 @@ bool HessianSites::Assign(Plan& plan, const Statistics& stats,
   ++taken;
   if (FactorBytes(t.shape[1]) > largest) {
     largest = FactorBytes(t.shape[1]);
-    largest_site = t.calib_site;
+    largest_site = t.calib.value_or_default().site;
   }
   return true;
 }
@@ -146,24 +147,27 @@ Result<std::string> StatsHash(const std::filesystem::path& stats_path) {
 std::string FactorKey(const PlannedTensor& pt, const std::vector<double>* column_scales) {
   char scales[24];
   std::snprintf(scales, sizeof scales, "@%p", static_cast<const void*>(column_scales));
-  return pt.calib_site + (pt.calib_expert ? "#" + std::to_string(*pt.calib_expert) : "") +
+  const PlannedCalibration& c = pt.calib.value_or_default();
+  return c.site + (c.expert ? "#" + std::to_string(*c.expert) : "") +
          (column_scales != nullptr ? scales : "");
 }
 
 Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& pt,
                                        const std::vector<double>* column_scales) {
   const size_t n = pt.shape[1];
+  const PlannedCalibration& calib = pt.calib.value_or_default();
+  const std::string& site = calib.site;
   const size_t packed = n * (n + 1) / 2;
   if (column_scales != nullptr && column_scales->size() != n) {
     return Error(ErrorCode::kInternal, "smoothing scales do not match the width of " + pt.name);
   }
-  QUENCH_ASSIGN_OR_RETURN(auto bytes, stats.FieldBytes(pt.calib_site, "hessian"));
-  const size_t e = pt.calib_expert.value_or(0);
+  QUENCH_ASSIGN_OR_RETURN(auto bytes, stats.FieldBytes(site, "hessian"));
+  const size_t e = calib.expert.value_or(0);
   if (bytes.second < (e + 1) * packed * 8) {
-    return Error(ErrorCode::kInvalidInput, "statistics: hessian of site " + pt.calib_site +
+    return Error(ErrorCode::kInvalidInput, "statistics: hessian of site " + site +
                                                " is shorter than its shape");
   }
-  QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(pt.calib_site, "count"));
+  QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(site, "count"));
   const double scale = HessianScale(stats, count[e]);
   const uint8_t* src = bytes.first + e * packed * 8;
   std::vector<float> h(n * n);
@@ -173,7 +177,7 @@ Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& p
       double v;
       std::memcpy(&v, src + k * 8, 8);
       if (!std::isfinite(v)) {
-        return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + pt.calib_site +
+        return Error(ErrorCode::kNonFinite, "statistics: hessian of site " + site +
                                                 " holds NaN or Inf");
       }
       // Smoothed: (x / s)(x / s)^T summed is the recorded sum divided by s_i s_j (in f64,
@@ -275,7 +279,7 @@ class GptqRunImpl : public GptqRun {
 
   // (A pruned-only weight of a composed run may hold the Hessian site SparseGPT uses.)
   bool Takes(size_t t) const override {
-    return !plan_.tensors[t].calib_site.empty() &&
+    return !plan_.tensors[t].calib.value_or_default().site.empty() &&
            plan_.tensors[t].action == TensorAction::kQuantize;
   }
 
@@ -289,7 +293,7 @@ class GptqRunImpl : public GptqRun {
       current_key_ = key;
     }
     if (current_->rtn_fallback) {
-      fallback_[t] = "the Hessian of site " + pt.calib_site + " could not be factored (" +
+      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site + " could not be factored (" +
                      current_->why + "); rounded to nearest, as llm-compressor falls back";
     }
     std::lock_guard<std::mutex> lock(mu_);
@@ -325,8 +329,8 @@ class GptqRunImpl : public GptqRun {
 
   void Finish(Plan& plan) override {
     for (size_t t = 0; t < plan.tensors.size(); ++t) {
-      plan.tensors[t].calib_loss = loss_[t];
-      if (!fallback_[t].empty()) plan.tensors[t].calib_note = fallback_[t];
+      plan.tensors[t].calib.get_or_make().loss = loss_[t];
+      if (!fallback_[t].empty()) plan.tensors[t].calib.get_or_make().note = fallback_[t];
     }
   }
 
@@ -352,7 +356,7 @@ class GptqRunImpl : public GptqRun {
 
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return !t.calib_site.empty() && t.action == TensorAction::kQuantize;
+    return !t.calib.value_or_default().site.empty() && t.action == TensorAction::kQuantize;
   });
   if (!any || options.algorithm != "gptq") return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));

@@ -60,8 +60,8 @@ struct HessianSites {
   std::map<std::string, size_t> reasons;  // a fallback's reason (up to " (") -> weights
   uint64_t largest = 0;                    // FactorBytes of the widest weight taken
   std::string largest_site;
-  // Sets t.calib_site (and calib_expert) to the site whose Hessian t uses and returns true;
-  // or records in t.calib_note why it has none (a decoded FP8 source, not reached, no full
+  // Sets t.calib->site (and expert) to the site whose Hessian t uses and returns true;
+  // or records in t.calib->note why it has none (a decoded FP8 source, not reached, no full
   // Hessian, no tokens) and returns false. Statistics that are not this model's go to
   // plan.errors. With expert pruning, survivors are found under their source names.
   // `algorithm` names the algorithm in the decoded-source note.

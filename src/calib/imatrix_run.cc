@@ -169,8 +169,9 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                                     "not built yet ('" + t.name + "')"));
       } else if (const StatsConsumer* c = site_of(t); c != nullptr) {
         QUENCH_ASSIGN_OR_RETURN(SiteValues v, ReadSite(stats, c->site, c->expert, t.shape[1]));
-        t.imatrix_site = c->site;
-        t.imatrix_expert = c->expert;
+        PlannedCalibration& calib = t.calib.get_or_make();
+        calib.imatrix_site = c->site;
+        calib.imatrix_expert = c->expert;
         ++observed;
         QUENCH_ASSIGN_OR_RETURN(JsonValue kw, ObserverKwargsFromText(
                                                   plan.groups[static_cast<size_t>(t.group)]
@@ -184,8 +185,8 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
                                           "imatrix_mse observer is strict"));
         } else if (NormalizedImportance(v.sum_x2, v.count).empty()) {
           // The reference's fallback for unusable importance (no tokens, all zero).
-          t.calib_note = "site " + c->site + " gives no usable importance (no tokens or all "
-                         "zero); unweighted search, as llm-compressor falls back";
+          calib.note = "site " + c->site + " gives no usable importance (no tokens or all "
+                       "zero); unweighted search, as llm-compressor falls back";
           ++uniform;
         }
       }
@@ -237,7 +238,7 @@ class ImatrixRunImpl : public ImatrixRun {
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)),
         group_opts_(std::move(opts)) {}
 
-  bool Takes(size_t t) const override { return !plan_.tensors[t].imatrix_site.empty(); }
+  bool Takes(size_t t) const override { return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty(); }
 
   Result<std::optional<float>> SearchedAbsMax(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
@@ -306,10 +307,11 @@ class ImatrixRunImpl : public ImatrixRun {
 
   // The importance of the tensor's site (the last one read is kept: q/k/v share theirs).
   Status LoadImportance(const PlannedTensor& pt) {
-    const std::string key = Key(pt.imatrix_site, pt.imatrix_expert);
+    const PlannedCalibration& calib = pt.calib.value_or_default();
+    const std::string key = Key(calib.imatrix_site, calib.imatrix_expert);
     if (key == imp_key_) return Status::Ok();
     QUENCH_ASSIGN_OR_RETURN(SiteValues v,
-                            ReadSite(stats_, pt.imatrix_site, pt.imatrix_expert, pt.shape[1]));
+                            ReadSite(stats_, calib.imatrix_site, calib.imatrix_expert, pt.shape[1]));
     imp_ = NormalizedImportance(v.sum_x2, v.count);
     imp_key_ = key;
     return Status::Ok();
@@ -439,11 +441,12 @@ class ImatrixRunImpl : public ImatrixRun {
                             plan_.prune_scales[pt.prune_scale].data(), nullptr);
     }
     if (plan_.prune.per_tensor) {
+      const PlannedPruneThreshold& pth = *pt.prune_threshold;  // from the pre-pass
       prune::TensorThreshold th;
-      th.magnitude = pt.prune_magnitude;
-      th.prune_equal = pt.prune_equal;
-      th.pruned = pt.prune_total;
-      return prune::PruneRowsTensor(src, dst, pt.dtype, n, cols, th, pt.prune_equal_before[r0],
+      th.magnitude = pth.magnitude;
+      th.prune_equal = pth.equal;
+      th.pruned = pth.total;
+      return prune::PruneRowsTensor(src, dst, pt.dtype, n, cols, th, pth.equal_before[r0],
                                     nullptr);
     }
     return prune::PruneRows(src, dst, pt.dtype, n, cols, spec_, nullptr);
@@ -468,7 +471,7 @@ class ImatrixRunImpl : public ImatrixRun {
 Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
                                                    const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                               [](const PlannedTensor& t) { return !t.imatrix_site.empty(); });
+                               [](const PlannedTensor& t) { return !t.calib.value_or_default().imatrix_site.empty(); });
   if (!any || options.algorithm != "rtn") return std::unique_ptr<ImatrixRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   std::vector<ImatrixOptions> opts;

@@ -19,7 +19,7 @@ namespace quench::calib {
 
 // Checks --observer and --prune-metric (usage errors are returned), opens the statistics
 // (headers and manifest; sum_x2 and count of the sites in use) and marks every weight whose
-// group asks for imatrix_mse with its site (PlannedTensor::imatrix_site), and every weight
+// group asks for imatrix_mse with its site (PlannedCalibration::imatrix_site), and every weight
 // Wanda prunes with its column scale. Missing sites, other models' statistics and schemes the
 // observer does not cover go to plan.errors. Reads no weight. A no-op when neither is asked.
 Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options);

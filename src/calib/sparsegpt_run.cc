@@ -154,7 +154,7 @@ class SparseGptRunImpl : public GptqRun {
 
   // (A weight only GPTQ prunes-not of a composed run may hold a Hessian site too.)
   bool Takes(size_t t) const override {
-    return !plan_.tensors[t].calib_site.empty() && plan_.tensors[t].prune;
+    return !plan_.tensors[t].calib.value_or_default().site.empty() && plan_.tensors[t].prune;
   }
 
   Status Prepare(size_t t) override {
@@ -169,7 +169,7 @@ class SparseGptRunImpl : public GptqRun {
       current_key_ = key;
     }
     if (current_->rtn_fallback) {
-      fallback_[t] = "the Hessian of site " + pt.calib_site + " could not be factored (" +
+      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site + " could not be factored (" +
                      current_->why + "); pruned with H^-1 = I (by magnitude, no updates), as "
                      "llm-compressor falls back";
     }
@@ -217,8 +217,8 @@ class SparseGptRunImpl : public GptqRun {
 
   void Finish(Plan& plan) override {
     for (size_t t = 0; t < plan.tensors.size(); ++t) {
-      plan.tensors[t].calib_loss = loss_[t];
-      if (!fallback_[t].empty()) plan.tensors[t].calib_note = fallback_[t];
+      plan.tensors[t].calib.get_or_make().loss = loss_[t];
+      if (!fallback_[t].empty()) plan.tensors[t].calib.get_or_make().note = fallback_[t];
     }
   }
 
@@ -273,7 +273,7 @@ class SparseGptRunImpl : public GptqRun {
 
 Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const ConvertOptions& options) {
   const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return !t.calib_site.empty() && t.prune;
+    return !t.calib.value_or_default().site.empty() && t.prune;
   });
   if (!any) return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(SparseGptOptions sopt, ResolveOptions(plan, options));

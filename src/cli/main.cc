@@ -328,9 +328,10 @@ int PrintDryRun(const ConvertOptions& o) {
       note = "global scale shared by " +
              std::to_string(p.fused_sets[static_cast<size_t>(t.fused_set)].size()) + " tensors";
     }
-    // calib_site is GPTQ's or SparseGPT's Hessian (both, composed), imatrix_site the
+    // calib.site is GPTQ's or SparseGPT's Hessian (both, composed), calib.imatrix_site the
     // imatrix_mse observer's E[x^2].
-    const bool imx = !t.imatrix_site.empty();
+    const PlannedCalibration& calib = t.calib.value_or_default();
+    const bool imx = !calib.imatrix_site.empty();
     // Which stages ran, from the fingerprint each stage left (src/calib/composite.h); a
     // recipe's modifiers set them as the flags do.
     const bool sgpt = p.calib_fingerprint.find("sparsegpt{") != std::string::npos;
@@ -338,19 +339,19 @@ int PrintDryRun(const ConvertOptions& o) {
     if (q && imx) {
       note = (t.prune ? "pruned " + p.prune.text + (t.prune_scale >= 0 ? " (wanda); " : "; ")
                       : std::string()) +
-             "imatrix_mse, E[x^2] of " + t.imatrix_site;
-    } else if (q && gptq && !t.calib_site.empty()) {
+             "imatrix_mse, E[x^2] of " + calib.imatrix_site;
+    } else if (q && gptq && !calib.site.empty()) {
       note = (t.prune ? (sgpt ? "SparseGPT " : "pruned ") + p.prune.text +
                             (t.prune_scale >= 0 ? " (wanda); " : "; ")
                       : std::string()) +
-             "GPTQ, Hessian of " + t.calib_site;
+             "GPTQ, Hessian of " + calib.site;
     }
-    if (q && !t.calib_note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + t.calib_note;
-    if (sgpt && !gptq && t.prune && !t.calib_site.empty()) {
-      note = "SparseGPT " + p.prune.text + ", Hessian of " + t.calib_site;
+    if (q && !calib.note.empty()) note = (imx ? "imatrix_mse: " : "RTN: ") + calib.note;
+    if (sgpt && !gptq && t.prune && !calib.site.empty()) {
+      note = "SparseGPT " + p.prune.text + ", Hessian of " + calib.site;
     }
-    if (!imx && t.prune && !t.calib_note.empty()) {
-      note = "magnitude " + p.prune.text + ": " + t.calib_note;
+    if (!imx && t.prune && !calib.note.empty()) {
+      note = "magnitude " + p.prune.text + ": " + calib.note;
     }
     if (t.smoothed) note = "smoothed" + std::string(note.empty() ? "" : "; " + note);
     // printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", ...), written into one buffer.

@@ -9,9 +9,12 @@
 #include <atomic>
 #include <cstddef>
 #include <exception>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace quench {
@@ -55,6 +58,23 @@ void ForEachIndex(size_t n, size_t threads, Fn&& fn) {
   work();
   for (std::thread& h : helpers) h.join();
   if (failure) std::rethrow_exception(failure);
+}
+
+// Destroys `value` on a thread of its own, so that the caller does not wait for it: a plan of
+// ~10^5 tensors is a few hundred thousand small allocations, freed one by one after a
+// conversion's last write. Where no thread can be started (or the move's allocation fails) it
+// is destroyed on the calling thread as usual. A process that exits meanwhile ends the thread
+// with it; the thread touches nothing but `value`.
+template <class T>
+void ReleaseInBackground(T&& value) {
+  static_assert(!std::is_lvalue_reference_v<T>, "pass ownership: ReleaseInBackground(std::move(x))");
+  try {
+    auto owned = std::make_unique<T>(std::move(value));
+    // On failure the thread's copy of the lambda, and with it `owned`, is destroyed here.
+    std::thread([owned = std::move(owned)]() mutable { owned.reset(); }).detach();
+  } catch (const std::system_error&) {
+  } catch (const std::bad_alloc&) {
+  }
 }
 
 }  // namespace quench

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <numeric>
 #include <string>
@@ -32,6 +33,13 @@
 
 namespace quench {
 namespace {
+
+// Appends v in decimal (std::to_string's digits, without a temporary string).
+void AppendDecimal(std::string& out, uint64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
 
 // Renders a name for a one-line message: printable ASCII and UTF-8 as is, control bytes as
 // \xNN, so a name holding '\n' cannot split the message.
@@ -454,8 +462,11 @@ SafetensorsLayout LayOutSafetensors(
   for (size_t k = 0; k < order.size(); ++k) layout.position[order[k]] = k;
   size_t bytes = 2;  // room for the JSON: each entry's name and about 80 bytes of fields
   for (const TensorSpec& t : tensors) bytes += t.name.size() + 80;
-  std::string json;
-  json.reserve(bytes);
+  // The JSON is written in place after the 8 bytes of its length, which are filled in last
+  // (a shard of tens of thousands of tensors has megabytes of header, not copied again).
+  std::string& json = layout.header;
+  json.reserve(8 + bytes);
+  json.assign(8, '\0');
   json += "{";
   bool first = true;
   // `__metadata__` first; the crate serialises whatever map it is given (an empty one as {}),
@@ -485,12 +496,12 @@ SafetensorsLayout LayOutSafetensors(
     json += "\",\"shape\":[";
     for (size_t i = 0; i < t.shape.size(); ++i) {
       if (i > 0) json.push_back(',');
-      json += std::to_string(t.shape[i]);
+      AppendDecimal(json, t.shape[i]);
     }
     json += "],\"data_offsets\":[";
-    json += std::to_string(offset);
+    AppendDecimal(json, offset);
     json.push_back(',');
-    json += std::to_string(offset + t.nbytes);
+    AppendDecimal(json, offset + t.nbytes);
     json += "]}";
 
     TensorInfo info;
@@ -504,12 +515,10 @@ SafetensorsLayout LayOutSafetensors(
   }
   json.push_back('}');
   // "Force alignment to 8 bytes": extra = (8 - len % 8) % 8 spaces, and N counts them.
-  json.append((8 - json.size() % 8) % 8, ' ');
+  json.append((8 - (json.size() - 8) % 8) % 8, ' ');
 
-  const uint64_t n = json.size();
-  layout.header.reserve(8 + json.size());
-  for (int i = 0; i < 8; ++i) layout.header.push_back(static_cast<char>((n >> (8 * i)) & 0xFF));
-  layout.header += json;
+  const uint64_t n = json.size() - 8;
+  for (int i = 0; i < 8; ++i) json[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   layout.data_start = layout.header.size();
   layout.file_size = layout.data_start + offset;
   return layout;

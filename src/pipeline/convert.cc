@@ -7,6 +7,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <set>
 #include <system_error>
 
@@ -19,11 +20,13 @@
 #include "calib/stats.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
+#include "format/parallel.h"
 #include "pipeline/memory_budget.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
 #include "pipeline/resume.h"
+#include "pipeline/staged_files.h"
 #include "pipeline/workers.h"
 #include "calib/reap.h"
 #include "plan/expert_prune.h"
@@ -374,8 +377,13 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
         options.report,
         DumpPythonJson(BuildReport(options, plan, r.ok() ? &r.value() : nullptr, outcome,
                                    /*dry_run=*/false)) + "\n");
-    if (r.ok() && !w.ok()) return w;
+    if (r.ok() && !w.ok()) {
+      ReleaseInBackground(std::move(plan));
+      return w;
+    }
   }
+  // After the last write: the caller need not wait for the plan's ~10^5 entries to be freed.
+  ReleaseInBackground(std::move(plan));
   return r;
 }
 
@@ -413,7 +421,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   // resume markers, so that --resume can finish it; the folder has no config.json, so it does
   // not look like a finished checkpoint.
   std::vector<fs::path> published;
+  std::optional<StagedFiles> staged;  // the written files, while the shards stream
   auto cleanup = [&](Status s) -> Status {
+    if (staged) staged->Abandon();
     if (s.code() == ErrorCode::kInterrupted) {
       size_t complete = 0;
       for (const PlannedShard& ps : plan.shards) {
@@ -547,6 +557,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
       return cleanup(s);
     }
   }
+  // The index and config.json written (not yet published) before the shards stream.
+  if (!worker && !finished_before) staged.emplace(plan);
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
   Status st = finished_before
@@ -571,7 +583,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     gptq->Finish(plan);
     if (callbacks.note) {
       for (const PlannedTensor& t : plan.tensors) {
-        if (!t.calib_site.empty() && !t.calib_note.empty()) callbacks.note(t.name + ": " + t.calib_note);
+        if (t.calib && !t.calib->site.empty() && !t.calib->note.empty()) {
+          callbacks.note(t.name + ": " + t.calib->note);
+        }
       }
     }
   }
@@ -598,10 +612,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   }
   sum.chunk_bytes = sizing.chunk_bytes;
   sum.shards_resumed = resumed;
+  if (!errors.empty() || pruning) plan.results.resize(plan.tensors.size());
   for (size_t i = 0; i < errors.size(); ++i) {
-    plan.tensors[i].error_signal = errors[i].signal;
-    plan.tensors[i].error_noise = errors[i].noise;
-    plan.tensors[i].error_count = errors[i].count;
+    plan.results[i].error_signal = errors[i].signal;
+    plan.results[i].error_noise = errors[i].noise;
+    plan.results[i].error_count = errors[i].count;
   }
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
@@ -609,7 +624,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     ++sum.pruned_tensors;
     sum.pruned_elements += t.shape[0] * t.shape[1];
     sum.zeroed += zeroed[i];
-    plan.tensors[i].prune_zeroed = zeroed[i];
+    plan.results[i].prune_zeroed = zeroed[i];
   }
   sum.tokens = sizing.tokens;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -636,12 +651,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   // Other files, then the index, then config.json: the folder is a loadable checkpoint only
   // once its config is in place.
   for (size_t i = 0; !finished_before && i < plan.files.size(); ++i) {
-    const PlannedFile& f = plan.files[i];
-    const fs::path to = plan.dst / f.rel_name;
-    fs::create_directories(to.parent_path(), ec);
-    st = f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
+    st = staged->Publish(i);
     if (!st.ok()) return cleanup(st);
-    published.push_back(to);
+    published.push_back(plan.dst / plan.files[i].rel_name);
   }
   fs::remove_all(plan.dst / kResumeDir, ec);
   fs::remove_all(plan.dst / kPartsDir, ec);  // an earlier split run's parts vouch for nothing now

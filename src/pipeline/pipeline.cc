@@ -532,12 +532,13 @@ class ShardPipeline {
         // SparseGPT's mask and updates instead of magnitude pruning (src/calib/sparsegpt_run.cc).
         p.finite = calib_->Prune(p.tensor, src, rows_copy, p.begin, rows, &p.zeroed);
       } else if (plan_.prune.per_tensor) {
+        const PlannedPruneThreshold& pth = *t.prune_threshold;  // from the pre-pass
         prune::TensorThreshold th;
-        th.magnitude = t.prune_magnitude;
-        th.prune_equal = t.prune_equal;
-        th.pruned = t.prune_total;
+        th.magnitude = pth.magnitude;
+        th.prune_equal = pth.equal;
+        th.pruned = pth.total;
         p.finite = prune::PruneRowsTensor(src, rows_copy, t.dtype, rows, cols, th,
-                                          t.prune_equal_before[p.begin], &p.zeroed);
+                                          pth.equal_before[p.begin], &p.zeroed);
       } else {
         p.finite = PruneRowsOf(t, src, rows_copy, t.dtype, rows, &p.zeroed);
       }
@@ -845,8 +846,9 @@ class ShardPipeline {
       // After the shard is durable under its final name, its resume marker records what it
       // was made from; a shard without a matching marker is redone by --resume. The
       // fingerprint (a walk over the plan's tensors) is made on the commit's thread, not in
-      // this serial stage: what it reads of the plan (this shard's tensors, their global
-      // scales) is final once the shard's last chunk is here, and the plan outlives Run.
+      // this serial stage, while the writer still writes the shard's last chunks: what it
+      // reads of the plan (this shard's tensors, their global scales) is final once the
+      // shard's last chunk is here, and the plan outlives Run.
       const std::filesystem::path marker = ResumeMarkerPath(plan_.dst, plan_.shards[k].rel_name);
       // The commit waits on its own thread; one that cannot start (no memory for its stack,
       // e.g. under `ulimit -v`) is an exhausted resource: the shard stays unpublished.
@@ -854,15 +856,16 @@ class ShardPipeline {
         const bool durable = sizing_.durable_markers;
         commits_.push_back(std::async(std::launch::async, [&plan = plan_, k, f, all_ok, marker,
                                                            durable] {
-          if (!all_ok.get()) return Status::Ok();
           std::string fingerprint;
           try {
             fingerprint = ShardFingerprint(plan, k);
           } catch (const std::bad_alloc&) {
+            if (!all_ok.get()) return Status::Ok();  // the write's own error comes first
             return Error(ErrorCode::kIo, "out of memory: cannot make the resume marker of " +
                                              plan.shards[k].rel_name +
                                              "; free memory or lower --memory-limit");
           }
+          if (!all_ok.get()) return Status::Ok();
           QUENCH_RETURN_IF_ERROR(f->Commit());
           return WriteResumeMarker(marker, fingerprint, durable);
         }));

@@ -52,15 +52,16 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
       case prune::ThresholdWalk::kStopped:
         return Error(ErrorCode::kInterrupted, "interrupted during the pre-pass");
     }
-    t.prune_magnitude = th.magnitude;
-    t.prune_equal = th.prune_equal;
-    t.prune_total = th.pruned;
-    t.prune_equal_before.assign(rows + 1, 0);
+    PlannedPruneThreshold& pth = t.prune_threshold.emplace();
+    pth.magnitude = th.magnitude;
+    pth.equal = th.prune_equal;
+    pth.total = th.pruned;
+    pth.equal_before.assign(rows + 1, 0);
     for (uint64_t r = 0; r < rows; r += chunk_rows) {
       const uint64_t n = std::min(chunk_rows, rows - r);
       for (uint64_t i = 0; i < n; ++i) {
-        t.prune_equal_before[r + i + 1] =
-            t.prune_equal_before[r + i] + prune::CountEqual(rows_at(r + i), t.dtype, 1, cols, th.magnitude);
+        pth.equal_before[r + i + 1] =
+            pth.equal_before[r + i] + prune::CountEqual(rows_at(r + i), t.dtype, 1, cols, th.magnitude);
       }
       m.Release(t.src_offset + r * row_bytes, n * row_bytes);
     }

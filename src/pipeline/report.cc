@@ -16,6 +16,8 @@ JsonValue Strings(const std::vector<std::string>& v) {
   return a;
 }
 
+const TensorResult kNoResult;              // before a run
+
 JsonValue Shape(const std::vector<uint64_t>& shape) {
   JsonValue a = JsonValue::MakeArray();
   for (uint64_t d : shape) a.Push(JsonValue(d));
@@ -54,7 +56,10 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
 
   JsonValue tensors = JsonValue::MakeArray();
   uint64_t quantized = 0, copied = 0, decoded = 0, q_in = 0, q_out = 0;
-  for (const PlannedTensor& t : plan.tensors) {
+  for (size_t ti = 0; ti < plan.tensors.size(); ++ti) {
+    const PlannedTensor& t = plan.tensors[ti];
+    const TensorResult& result = plan.results.empty() ? kNoResult : plan.results[ti];
+    const PlannedCalibration& cal = t.calib.value_or_default();
     const PlannedShard& ps = plan.shards[t.shard];
     JsonValue o = JsonValue::MakeObject();
     o.Set("name", JsonValue(t.name));
@@ -86,34 +91,35 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       q_out += out_bytes;
       o.Set("action", JsonValue("quantize"));
       o.Set("scheme", JsonValue(t.scheme->name));
-      if (t.error_count > 0) {
+      if (result.error_count > 0) {
         // Against the (pruned, if pruning) input the kernel saw; rows sampled 1 in 8 for
         // tensors of 1024 rows or more.
         JsonValue err = JsonValue::MakeObject();
-        err.Set("sampled_elements", JsonValue(t.error_count));
-        err.Set("relative_rmse", JsonValue(t.error_signal > 0 ? std::sqrt(t.error_noise / t.error_signal) : 0.0));
-        err.Set("sqnr_db", t.error_noise > 0 && t.error_signal > 0
-                               ? JsonValue(10 * std::log10(t.error_signal / t.error_noise))
+        const double signal = result.error_signal, noise = result.error_noise;
+        err.Set("sampled_elements", JsonValue(result.error_count));
+        err.Set("relative_rmse", JsonValue(signal > 0 ? std::sqrt(noise / signal) : 0.0));
+        err.Set("sqnr_db", noise > 0 && signal > 0
+                               ? JsonValue(10 * std::log10(signal / noise))
                                : JsonValue());  // exact (or all zero): no finite SQNR
         o.Set("error", std::move(err));
       }
       o.Set("group", JsonValue(plan.groups[static_cast<size_t>(t.group)].key));
       if (calib::HasAlgorithm(options.algorithm, "gptq")) {
         // Which weights GPTQ took, from which site, and why the others were rounded to nearest.
-        const bool gptq = !t.calib_site.empty() && t.calib_note.empty();
+        const bool gptq = !cal.site.empty() && cal.note.empty();
         o.Set("algorithm", JsonValue(gptq ? "gptq" : "rtn"));
-        if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
-        if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
-        if (gptq && summary != nullptr) o.Set("gptq_loss", JsonValue(t.calib_loss));
-      } else if (!t.imatrix_site.empty()) {  // the imatrix_mse observer (src/calib/imatrix_run.h)
+        if (!cal.site.empty()) o.Set("stats_site", JsonValue(cal.site));
+        if (!cal.note.empty()) o.Set("calibration_note", JsonValue(cal.note));
+        if (gptq && summary != nullptr) o.Set("gptq_loss", JsonValue(cal.loss));
+      } else if (!cal.imatrix_site.empty()) {  // the imatrix_mse observer (src/calib/imatrix_run.h)
         o.Set("observer", JsonValue("imatrix_mse"));
-        o.Set("stats_site", JsonValue(t.imatrix_site));
-        if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
+        o.Set("stats_site", JsonValue(cal.imatrix_site));
+        if (!cal.note.empty()) o.Set("calibration_note", JsonValue(cal.note));
       }
       if (t.fused_set >= 0 && plan.fused_sets[static_cast<size_t>(t.fused_set)].size() > 1) {
         JsonValue with = JsonValue::MakeArray();
         for (size_t k : plan.fused_sets[static_cast<size_t>(t.fused_set)]) {
-          if (k != static_cast<size_t>(&t - plan.tensors.data())) with.Push(JsonValue(plan.tensors[k].name));
+          if (k != ti) with.Push(JsonValue(plan.tensors[k].name));
         }
         o.Set("fused_with", std::move(with));
       }
@@ -134,17 +140,17 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
       if (calib::HasAlgorithm(options.algorithm, "sparsegpt")) {
         // Which weights SparseGPT took, from which site, and why the others were pruned by
         // magnitude.
-        const bool sgpt = !t.calib_site.empty();  // a failed factor: H^-1 = I, noted
+        const bool sgpt = !cal.site.empty();  // a failed factor: H^-1 = I, noted
         o.Set("prune_algorithm", JsonValue(sgpt ? "sparsegpt" : "magnitude"));
-        if (!t.calib_site.empty()) o.Set("stats_site", JsonValue(t.calib_site));
-        if (!t.calib_note.empty()) o.Set("calibration_note", JsonValue(t.calib_note));
-        // (Composed with GPTQ, calib_loss is GPTQ's: reported as gptq_loss above.)
+        if (!cal.site.empty()) o.Set("stats_site", JsonValue(cal.site));
+        if (!cal.note.empty()) o.Set("calibration_note", JsonValue(cal.note));
+        // (Composed with GPTQ, cal.loss is GPTQ's: reported as gptq_loss above.)
         if (sgpt && summary != nullptr && !calib::HasAlgorithm(options.algorithm, "gptq")) {
-          o.Set("sparsegpt_loss", JsonValue(t.calib_loss));
+          o.Set("sparsegpt_loss", JsonValue(cal.loss));
         }
       }
       if (summary != nullptr) {
-        o.Set("sparsity", JsonValue(n ? static_cast<double>(t.prune_zeroed) / static_cast<double>(n) : 0.0));
+        o.Set("sparsity", JsonValue(n ? static_cast<double>(result.prune_zeroed) / static_cast<double>(n) : 0.0));
       }
     }
     o.Set("outputs", std::move(outs));

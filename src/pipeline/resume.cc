@@ -140,14 +140,14 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
   }
   // A GPTQ (or imatrix_mse) weight depends on its statistics site and the run's settings and
   // statistics.
-  if (!t.calib_site.empty()) {
-    d += "|gptq " + t.calib_site + "#" +
-         (t.calib_expert ? std::to_string(*t.calib_expert) : std::string()) + "|" +
-         plan.calib_fingerprint;
+  const PlannedCalibration& c = t.calib.value_or_default();
+  if (!c.site.empty()) {
+    d += "|gptq " + c.site + "#" + (c.expert ? std::to_string(*c.expert) : std::string()) +
+         "|" + plan.calib_fingerprint;
   }
-  if (!t.imatrix_site.empty()) {
-    d += "|imatrix " + t.imatrix_site + "#" +
-         (t.imatrix_expert ? std::to_string(*t.imatrix_expert) : std::string()) + "|" +
+  if (!c.imatrix_site.empty()) {
+    d += "|imatrix " + c.imatrix_site + "#" +
+         (c.imatrix_expert ? std::to_string(*c.imatrix_expert) : std::string()) + "|" +
          plan.calib_fingerprint;
   }
   // A smoothed tensor depends on the smoothing's settings and statistics.

@@ -1,0 +1,35 @@
+#include "pipeline/staged_files.h"
+
+#include <system_error>
+
+namespace quench {
+namespace fs = std::filesystem;
+
+StagedFiles::StagedFiles(const Plan& plan) : plan_(plan) {
+  files_.resize(plan.files.size());
+  for (size_t i = 0; i < plan.files.size(); ++i) {
+    const PlannedFile& f = plan.files[i];
+    if (!f.copy_from.empty()) continue;
+    const fs::path to = plan.dst / f.rel_name;
+    std::error_code ec;
+    fs::create_directories(to.parent_path(), ec);
+    Result<std::unique_ptr<OutputFile>> out = OutputFile::Create(to, f.contents.size());
+    if (!out.ok() || !(*out)->WriteAt(0, f.contents.data(), f.contents.size()).ok()) return;
+    files_[i] = std::move(*out);
+  }
+}
+
+Status StagedFiles::Publish(size_t i) {
+  const PlannedFile& f = plan_.files[i];
+  if (i < files_.size() && files_[i] != nullptr) {
+    Status s = files_[i]->Commit();
+    files_[i].reset();
+    return s;
+  }
+  const fs::path to = plan_.dst / f.rel_name;
+  std::error_code ec;
+  fs::create_directories(to.parent_path(), ec);
+  return f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
+}
+
+}  // namespace quench

@@ -1,0 +1,41 @@
+// The files a conversion writes from the plan's contents (the index, config.json) written
+// under their temporary names before the shards stream, their writeback started: publishing
+// them after the last shard is then an fsync (of pages already on their way to the disk) and
+// a rename each. A 70k-tensor index is 13 MB; written and flushed after the shards, the disk
+// time was on the critical path. (No thread of its own: under an address-space limit a
+// thread's stack and malloc arena are what the pipeline's buffers need.)
+#ifndef QUENCH_PIPELINE_STAGED_FILES_H_
+#define QUENCH_PIPELINE_STAGED_FILES_H_
+
+#include <memory>
+#include <vector>
+
+#include "format/file_io.h"
+#include "quench/plan.h"
+#include "quench/status.h"
+
+namespace quench {
+
+class StagedFiles {
+ public:
+  // Writes every plan.files entry that has contents (not a copy) under plan.dst, to its
+  // temporary name. One that cannot be is left to Publish, which then reports the error.
+  // `plan` must outlive this object and its files must not change.
+  explicit StagedFiles(const Plan& plan);
+  StagedFiles(const StagedFiles&) = delete;
+  StagedFiles& operator=(const StagedFiles&) = delete;
+
+  // Publishes plan.files[i] under plan.dst: the staged file fsynced and renamed, or (a copy,
+  // or not staged) written or copied atomically now.
+  Status Publish(size_t i);
+  // Removes the temporary files not published yet (also on destruction).
+  void Abandon() { files_.clear(); }
+
+ private:
+  const Plan& plan_;
+  std::vector<std::unique_ptr<OutputFile>> files_;  // per plan.files entry; null: not staged
+};
+
+}  // namespace quench
+
+#endif  // QUENCH_PIPELINE_STAGED_FILES_H_
