@@ -223,7 +223,7 @@ int RunVerify(const std::vector<std::string>& args) {
   if (rep.src) {
     std::printf(", %llu copied tensors unchanged", static_cast<unsigned long long>(rep.tensors_copied));
     if (rep.tensors_decoded > 0) {
-      std::printf(", %llu decoded from the FP8 source",
+      std::printf(", %llu decoded from the quantized source",
                   static_cast<unsigned long long>(rep.tensors_decoded));
     }
     if (o.prune.kind != prune::PruneSpec::kNone && rep.modules_quantized == 0) {
