@@ -11,10 +11,13 @@
 //     dequantized model (KV scales dropped).
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "format/json.h"
+#include "format/quant_config.h"
 #include "quench/convert.h"
 #include "source_cases.h"
 #include "test_util.h"
@@ -26,6 +29,29 @@ std::vector<GoldenCase> Cases() { return GoldenCases("quant_sources_manifest.jso
 
 std::string Bytes(const Loaded& l, const TensorInfo& t) {
   return std::string(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
+}
+
+// Rewrites the folder `dir` with `edit` applied to its tensors (rel shard name -> tensors),
+// and a consistent index, so that only the planted fault is wrong.
+void EditFolder(const fs::path& dir,
+                const std::function<void(std::map<std::string, std::vector<RawTensor>>&)>& edit) {
+  std::map<std::string, std::vector<RawTensor>> shards;
+  for (const auto& [rel, l] : LoadAll(dir)) {
+    for (const TensorInfo& t : l.shard.header.tensors) {
+      shards[rel].push_back({t.name, t.dtype, t.shape, Bytes(l, t)});
+    }
+  }
+  edit(shards);
+  std::vector<std::pair<std::string, std::string>> wm;
+  uint64_t total = 0;
+  for (const auto& [rel, v] : shards) {
+    WriteShard(dir / rel, v);
+    for (const RawTensor& t : v) {
+      wm.push_back({t.name, rel});
+      total += t.bytes.size();
+    }
+  }
+  WriteBytes(dir / "model.safetensors.index.json", BuildIndexJson({wm.begin(), wm.end()}, total));
 }
 
 TEST_SUITE("quant_sources") {
@@ -194,6 +220,75 @@ TEST_SUITE("quant_sources") {
                          "[0, 40]") != std::string::npos);
       CHECK(bad.out.find("error-bound") == std::string::npos);
       CHECK(bad.out.find("INVALID: ") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("verify: a packed source written decoded is compared weight by weight, bit for bit") {
+    // DST without quantization_config (--scheme BF16, or --scheme none --prune): each of the
+    // 13 packed weights must equal the source decoded, the 8 other tensors be copied, nothing
+    // missing or extra. The reference's dequantized models (golden BF16/) and quench's own.
+    for (const std::string c : {"awqsrc", "mosrc", "mokvsrc"}) {
+      CAPTURE(c);
+      const fs::path src = DataDir() / "golden" / c / "src";
+      auto ref = RunQuench({"verify", (DataDir() / "golden" / c / "BF16").string(), src.string()});
+      CHECK(ref.exit_code == 0);
+      CHECK(ref.out.find("OK: 2 shard(s), 21 tensors, 0 quantized modules, 8 copied tensors "
+                         "unchanged, 13 decoded from the quantized source") != std::string::npos);
+      TempDir tmp;
+      auto conv = RunQuench({"convert", src.string(), (tmp / "bf16").string(), "--scheme", "BF16",
+                             "-q"});
+      REQUIRE(conv.exit_code == 0);
+      auto own = RunQuench({"verify", (tmp / "bf16").string(), src.string()});
+      CHECK(own.exit_code == 0);
+      CHECK(own.out.find("13 decoded from the quantized source") != std::string::npos);
+      auto pc = RunQuench({"convert", src.string(), (tmp / "pruned").string(), "--scheme", "none",
+                           "--prune", "2:4", "-q"});
+      REQUIRE(pc.exit_code == 0);
+      auto pruned = RunQuench({"verify", (tmp / "pruned").string(), src.string(), "--prune", "2:4"});
+      CHECK(pruned.exit_code == 0);
+      CHECK(pruned.out.find("OK: ") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("verify: a decoded weight one bit off, a tensor missing or extra is reported") {
+    const std::string w = "model.layers.0.mlp.up_proj.weight";
+    for (const std::string c : {"awqsrc", "mosrc", "mokvsrc"}) {
+      CAPTURE(c);
+      const fs::path src = DataDir() / "golden" / c / "src";
+      auto run = [&](const std::function<void(std::map<std::string, std::vector<RawTensor>>&)>& e) {
+        TempDir tmp;
+        fs::copy(DataDir() / "golden" / c / "BF16", tmp / "dst", fs::copy_options::recursive);
+        EditFolder(tmp / "dst", e);
+        auto r = RunQuench({"verify", (tmp / "dst").string(), src.string()});
+        CHECK(r.exit_code == 3);
+        CHECK(r.out.find("INVALID: ") != std::string::npos);
+        return r.out;
+      };
+      // The lowest mantissa bit of element 10 (BF16): one ulp.
+      const std::string flipped = run([&](auto& shards) {
+        for (auto& [_, v] : shards) {
+          for (RawTensor& t : v) {
+            if (t.name == w) t.bytes[20] ^= 1;
+          }
+        }
+      });
+      CHECK(flipped.find("tensor '" + w + "': changed: differs from the packed source decoded to "
+                         "BF16, first at byte 20 of ") != std::string::npos);
+      const std::string missing = run([&](auto& shards) {
+        for (auto& [_, v] : shards) {
+          std::erase_if(v, [&](const RawTensor& t) { return t.name == w; });
+        }
+      });
+      CHECK(missing.find("tensor '" + w + "': missing: source tensor absent from DST") !=
+            std::string::npos);
+      // A tensor decoding consumes, left behind: AWQ's qweight; ModelOpt's weight_scale.
+      const std::string left = c == "awqsrc" ? "model.layers.0.mlp.up_proj.qweight"
+                                             : "model.layers.0.mlp.up_proj.weight_scale";
+      const std::string extra = run([&](auto& shards) {
+        shards.begin()->second.push_back({left, DType::kF32, {1}, std::string(4, '\0')});
+      });
+      CHECK(extra.find("tensor '" + left + "': extra: not in the source and not written by "
+                       "quantization") != std::string::npos);
     }
   }
 }

@@ -35,7 +35,8 @@ const char kVerifyHelp[] =
     "  - an AutoAWQ or ModelOpt NVFP4 SRC is decoded to BF16 first (a temporary folder);\n"
     "    modules DST stores in the source's own format are its lossless repack: scales in\n"
     "    the source's dtype (AWQ: F16) and every element dequantized equal to the decoded\n"
-    "    source bit for bit (rule lossless).\n"
+    "    source bit for bit (rule lossless); a DST written decoded (no quantization_config)\n"
+    "    must hold every packed weight as the decoded source, bit for bit.\n"
     "With --prune SPEC (what DST was converted with; the checkpoint does not record it):\n"
     "  - with SRC, quantized tensors are compared with the source pruned by SPEC, and every\n"
     "    element zero there must dequantize to exactly 0; a checkpoint without\n"
@@ -223,7 +224,7 @@ int RunVerify(const std::vector<std::string>& args) {
   if (rep.src) {
     std::printf(", %llu copied tensors unchanged", static_cast<unsigned long long>(rep.tensors_copied));
     if (rep.tensors_decoded > 0) {
-      std::printf(", %llu decoded from the FP8 source",
+      std::printf(", %llu decoded from the quantized source",
                   static_cast<unsigned long long>(rep.tensors_decoded));
     }
     if (o.prune.kind != prune::PruneSpec::kNone && rep.modules_quantized == 0) {

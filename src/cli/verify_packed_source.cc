@@ -66,7 +66,10 @@ Result<TempDecoded> DecodePackedSource(const std::filesystem::path& src) {
   ps.group_size = q->group_size;
   // The Linear layers: the packed ones and the ones the source's config left unquantized
   // (modules_to_not_convert, exclude_modules, lm_head: the converters' ignore list).
-  for (const auto& [weight, p] : q->packed) ps.modules.insert(weight.substr(0, weight.size() - 7));
+  for (const auto& [weight, p] : q->packed) {
+    ps.modules.insert(weight.substr(0, weight.size() - 7));
+    ps.decoded.insert(weight);
+  }
   auto skipped = NameMatcher::Compile(q->repack_ignore, "the source's unquantized modules");
   if (!skipped.ok()) return skipped.status();
   for (const Shard& s : folder->shards) {

@@ -169,6 +169,9 @@ void Verifier::CheckSourceTensor(const Shard& s, const TensorInfo& t) {
     if (diff_at != n) break;
   }
   rep_.bytes_compared += n;
+  // An AutoAWQ or ModelOpt NVFP4 weight: SRC here is that source decoded (the CLI's temporary
+  // folder), so DST written decoded holds this tensor bit for bit.
+  const bool decoded = opt_.packed_source && opt_.packed_source->decoded.contains(t.name);
   if (diff_at != n && prune_only_) {
     std::string why;
     if (EqualsPrunedSource(t, sp, dp, &why)) {
@@ -180,8 +183,11 @@ void Verifier::CheckSourceTensor(const Shard& s, const TensorInfo& t) {
   }
   if (diff_at != n) {
     Problem(f, t.name, "changed",
-            "copied tensor differs from the source, first at byte " + std::to_string(diff_at) +
-                " of " + std::to_string(n));
+            std::string(decoded ? "differs from the packed source decoded to BF16"
+                                : "copied tensor differs from the source") +
+                ", first at byte " + std::to_string(diff_at) + " of " + std::to_string(n));
+  } else if (decoded) {
+    ++rep_.tensors_decoded;
   } else {
     ++rep_.tensors_copied;
   }

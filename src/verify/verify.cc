@@ -192,10 +192,11 @@ Status Verifier::Run() {
     CheckPruneOnly();
     return Status::Ok();
   }
-  if (src_ && !src_quant_.scales.empty() && dst_.folder.config &&
+  if (src_ && (!src_quant_.scales.empty() || opt_.packed_source) && dst_.folder.config &&
       dst_.folder.config->Find("quantization_config") == nullptr) {
-    // An FP8 source written decoded (--scheme BF16): no quantization_config, and every
-    // tensor is the source's, its FP8 weights decoded.
+    // A quantized source written decoded (--scheme BF16 or none): no quantization_config, and
+    // every tensor is the source's, its quantized weights decoded (FP8 and compressed-tensors
+    // here; AutoAWQ and ModelOpt NVFP4 by the CLI first, VerifyOptions::packed_source).
     CheckSource();
     return Status::Ok();
   }

@@ -84,6 +84,9 @@ struct VerifyOptions {
     bool symmetric = true;
     DType weight_dtype = DType::kBF16;
     std::set<std::string> modules;
+    // The weights ("X.weight") the source stores packed: in `src` they are decoded, so a DST
+    // written decoded (no quantization_config) must hold each bit for bit.
+    std::set<std::string> decoded;
   };
   std::optional<PackedSource> packed_source;
 };
