@@ -120,8 +120,9 @@ TEST_SUITE("expert_prune_kinds") {
         continue;
       }
       // AutoAWQ, ModelOpt: each tensor is the unpruned decode's (--scheme BF16, golden-tested
-      // in test_quant_sources) of its source expert; routers are its kept rows. (verify of a
-      // decoded AutoAWQ or ModelOpt output needs a quantization_config, pruned or not.)
+      // in test_quant_sources) of its source expert; routers are its kept rows. verify holds
+      // the pruned decode to the source decoded and pruned the same way.
+      VerifyCli(tmp / "out", k.source);
       k.scheme = "BF16";
       ConvertOptions whole = Options(k, tmp / "whole");
       whole.prune_experts.reset();
