@@ -3,7 +3,6 @@
 // Kimi-shaped short rows (128 columns) and Llama-shaped long rows, the chunk hot in cache
 // (as in the pipeline, whose reads bring it in) and cold (a fresh chunk each call).
 //   quench-fp8-bench [repeats]
-#include <time.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -13,14 +12,9 @@
 
 #include "schemes/fp8.h"
 #include "schemes/fp8_bf16.h"
+#include "thread_cpu.h"
 
 namespace {
-
-double ThreadSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
 
 // Best of `repeats` of quantizing `copies` chunks of rows x cols one after another.
 double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool avx512bf16) {
@@ -38,7 +32,7 @@ double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool av
   std::vector<uint8_t> scales(rows * 2 * copies);
   double best = 1e30;
   for (int rep = 0; rep < repeats; ++rep) {
-    const double t0 = ThreadSeconds();
+    const double t0 = ThreadCpu();
     for (size_t k = 0; k < copies; ++k) {
       quench::WeightChunk in;
       in.data = reinterpret_cast<const uint8_t*>(data.data() + k * rows * cols);
@@ -50,7 +44,7 @@ double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool av
       out.out[1] = scales.data() + k * rows * 2;
       if (!quench::fp8::QuantizeChannel(in, out)) std::abort();
     }
-    best = std::min(best, (ThreadSeconds() - t0) * 1e9 / static_cast<double>(data.size()));
+    best = std::min(best, (ThreadCpu() - t0) * 1e9 / static_cast<double>(data.size()));
   }
   return best;
 }

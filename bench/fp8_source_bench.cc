@@ -8,7 +8,6 @@
 //
 //   quench-fp8-source-bench [N=64] [ROWS=256] [COLS=4096] [REPEATS=15]
 //   -> "nvfp4: hot H cold C | int4 g128: hot H cold C ns/weight"
-#include <time.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,16 +21,7 @@
 #include "schemes/fp4.h"
 #include "schemes/fp8.h"
 #include "schemes/fp8_source_quant.h"
-
-namespace {
-
-double ThreadCpu() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-}  // namespace
+#include "thread_cpu.h"
 
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT

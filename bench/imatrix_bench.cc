@@ -6,7 +6,6 @@
 // so that two builds can be checked to decide the same.
 //
 //   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
-#include <time.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -16,14 +15,10 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "thread_cpu.h"
 
 namespace {
 
-double ThreadCpu() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
 
 template <class T>
 bool ReadAll(const char* path, std::vector<T>* v) {

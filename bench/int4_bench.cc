@@ -7,7 +7,6 @@
 //
 //   quench-int4-bench [N=64] [SYMMETRIC=1] [ROWS=512] [COLS=1024]
 //   -> "highway: hot H cold C | bf16: hot H cold C ns/weight" (bf16: "-" on CPUs without it)
-#include <time.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -19,16 +18,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 #include "schemes/int4_bf16.h"
-
-namespace {
-
-double ThreadCpu() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-}  // namespace
+#include "thread_cpu.h"
 
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
