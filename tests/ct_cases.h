@@ -59,6 +59,21 @@ inline std::vector<CtCase> CtCases(const std::string& manifest) {
   return out;
 }
 
+// The case's conversion with half of every MoE layer's experts pruned, the reference's ignore
+// list as given (the expert-pruning golden cases).
+inline ConvertOptions PrunedCaseOptions(const CtCase& k, const fs::path& dst,
+                                        uint64_t chunk_bytes = 0) {
+  ConvertOptions o;
+  o.src = k.source;
+  o.dst = dst;
+  o.scheme = k.scheme;
+  o.ignore = k.ignore;
+  o.default_ignore = false;
+  o.chunk_bytes = chunk_bytes;
+  o.prune_experts = 0.5;
+  return o;
+}
+
 // Every expected tensor is in `got` with its dtype, shape and bytes, and there is no other.
 inline void CheckTensors(const JsonValue& want, const fs::path& got) {
   const auto g = LoadAll(got);

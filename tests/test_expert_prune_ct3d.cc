@@ -28,21 +28,8 @@ namespace {
 
 constexpr const char* kManifest = "prune_ct3d_manifest.json";
 
-// The case's conversion with half the experts pruned, the reference's ignore list as given.
-ConvertOptions PruneOptions(const CtCase& k, const fs::path& dst, uint64_t chunk_bytes = 0) {
-  ConvertOptions o;
-  o.src = k.source;
-  o.dst = dst;
-  o.scheme = k.scheme;
-  o.ignore = k.ignore;
-  o.default_ignore = false;
-  o.chunk_bytes = chunk_bytes;
-  o.prune_experts = 0.5;
-  return o;
-}
-
 Result<ConvertSummary> Prune(const CtCase& k, const fs::path& dst, uint64_t chunk_bytes = 0) {
-  return Convert(PruneOptions(k, dst, chunk_bytes));
+  return Convert(PrunedCaseOptions(k, dst, chunk_bytes));
 }
 
 }  // namespace
@@ -82,7 +69,7 @@ TEST_SUITE("expert_prune_ct3d") {
     for (const CtCase& k : CtCases(kManifest)) {
       CAPTURE(k.name);
       TempDir tmp;
-      auto plan = MakePlan(PruneOptions(k, tmp / "out"));
+      auto plan = MakePlan(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
       REQUIRE(plan->expert_prune.has_value());
       std::map<std::string, std::vector<uint32_t>> got;
@@ -143,7 +130,7 @@ TEST_SUITE("expert_prune_ct3d") {
       if (k.name != "W4A16_ASYM/BF16" && k.name != "W4A16_ASYM/W4A16") continue;
       CAPTURE(k.name);
       TempDir tmp;
-      auto plan = MakePlan(PruneOptions(k, tmp / "out"));
+      auto plan = MakePlan(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
       // Half of every expert stack tensor of both layers (codes, scales, zero points) is not
       // read, and nothing else: the routers' and the bias's pruned rows too.

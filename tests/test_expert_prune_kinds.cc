@@ -24,17 +24,6 @@ namespace {
 
 constexpr const char* kManifest = "prune_sources_manifest.json";
 
-ConvertOptions Options(const CtCase& k, const fs::path& dst) {
-  ConvertOptions o;
-  o.src = k.source;
-  o.dst = dst;
-  o.scheme = k.scheme;
-  o.ignore = k.ignore;
-  o.default_ignore = false;
-  o.prune_experts = 0.5;
-  return o;
-}
-
 }  // namespace
 
 TEST_SUITE("expert_prune_kinds") {
@@ -47,7 +36,7 @@ TEST_SUITE("expert_prune_kinds") {
     for (const CtCase& k : cases) {
       CAPTURE(k.name);
       TempDir tmp;
-      auto r = Convert(Options(k, tmp / "out"));
+      auto r = Convert(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       CheckTensors(*k.tensors, tmp / "out");
       CheckConfig(k.config, tmp / "out" / "config.json");
@@ -62,7 +51,7 @@ TEST_SUITE("expert_prune_kinds") {
       k.source = DataDir() / c.Find("source")->as_string();
       k.scheme = c.Find("scheme")->as_string();
       TempDir tmp;
-      auto plan = MakePlan(Options(k, tmp / "out"));
+      auto plan = MakePlan(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
       std::map<std::string, std::vector<uint32_t>> got, want;
       for (const PlannedExpertLayer& l : plan->expert_prune->layers) got[l.router] = l.kept;
@@ -98,7 +87,7 @@ TEST_SUITE("expert_prune_kinds") {
     for (const CtCase& k : CtCases(kManifest)) {
       CAPTURE(k.name);
       TempDir tmp;
-      REQUIRE(Convert(Options(k, tmp / "out")).ok());
+      REQUIRE(Convert(PrunedCaseOptions(k, tmp / "out")).ok());
       VerifyCli(tmp / "out", k.source);
     }
   }
@@ -109,7 +98,7 @@ TEST_SUITE("expert_prune_kinds") {
       k.scheme = "none";
       CAPTURE(k.name);
       TempDir tmp;
-      auto r = Convert(Options(k, tmp / "out"));
+      auto r = Convert(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       CHECK(r->tensors_decoded == 12);  // 2 layers x 2 kept experts x 3 projections
       // Where the reference's expected output is the decoded model, the same bytes (fused
@@ -124,7 +113,7 @@ TEST_SUITE("expert_prune_kinds") {
       // the pruned decode to the source decoded and pruned the same way.
       VerifyCli(tmp / "out", k.source);
       k.scheme = "BF16";
-      ConvertOptions whole = Options(k, tmp / "whole");
+      ConvertOptions whole = PrunedCaseOptions(k, tmp / "whole");
       whole.prune_experts.reset();
       REQUIRE(Convert(whole).ok());
       std::map<std::string, std::vector<uint32_t>> kept;
@@ -174,7 +163,7 @@ TEST_SUITE("expert_prune_kinds") {
       k.ignore = {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$"};
       CAPTURE(k.name);
       TempDir tmp;
-      auto r = Convert(Options(k, tmp / "out"));
+      auto r = Convert(PrunedCaseOptions(k, tmp / "out"));
       REQUIRE_MESSAGE(r.ok(), r.status().ToString());
       // 2 layers x 2 kept experts x 3 projections, renumbered 0 and 1.
       CHECK(r->tensors_quantized == 12);
