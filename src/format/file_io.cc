@@ -354,6 +354,32 @@ Status WriteFileAtomic(const fs::path& path, std::string_view bytes) {
   return f->Commit();
 }
 
+Status WriteFileReplacing(const fs::path& path, std::string_view bytes) {
+  const fs::path tmp = TmpName(path);
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return IoError(tmp, "cannot create", errno);
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    const ssize_t w = write(fd, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : ENOSPC;
+      close(fd);
+      unlink(tmp.c_str());
+      return IoError(tmp, "write failed", err);
+    }
+    p += w;
+    left -= static_cast<size_t>(w);
+  }
+  if (close(fd) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    unlink(tmp.c_str());
+    return IoError(path, "cannot write", err);
+  }
+  return Status::Ok();
+}
+
 Status CopyFileAtomic(const fs::path& from, const fs::path& to) {
   int in = open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) return IoError(from, "cannot open for reading", errno);

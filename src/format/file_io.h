@@ -127,6 +127,11 @@ class OutputFile {
 
 // Writes `bytes` to `path` via a temporary file, fsync and rename.
 Status WriteFileAtomic(const std::filesystem::path& path, std::string_view bytes);
+// Writes `bytes` to `path` via a temporary file and rename, without fsync and without
+// starting writeback: a crash may lose the file or leave it empty, so only for files whose
+// loss costs time, not data (a single run's resume markers). Unlinking such a file before
+// writeback frees no disk block.
+Status WriteFileReplacing(const std::filesystem::path& path, std::string_view bytes);
 // Copies a file byte for byte (copy_file_range) via a temporary name and rename.
 Status CopyFileAtomic(const std::filesystem::path& from, const std::filesystem::path& to);
 Result<std::string> ReadFileToString(const std::filesystem::path& path);

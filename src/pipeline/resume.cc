@@ -1,9 +1,5 @@
 #include "pipeline/resume.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -222,33 +218,9 @@ std::string PlanFingerprint(const Plan& plan) {
 Status WriteResumeMarker(const fs::path& marker, const std::string& fingerprint, bool durable) {
   std::error_code ec;
   fs::create_directories(marker.parent_path(), ec);
-  if (durable) return WriteFileAtomic(marker, fingerprint);
-  // Plain write and rename: no fsync, and no sync_file_range either (OutputFile starts
-  // writeback at once, which allocates the block the unlink later frees).
-  fs::path tmp = marker;
-  tmp += ".quench-tmp";
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Error(ErrorCode::kIo, tmp.string() + ": cannot create: " + ErrnoMessage(errno));
-  const char* p = fingerprint.data();
-  size_t left = fingerprint.size();
-  while (left > 0) {
-    const ssize_t w = write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = w < 0 ? errno : ENOSPC;
-      close(fd);
-      unlink(tmp.c_str());
-      return Error(ErrorCode::kIo, tmp.string() + ": write failed: " + ErrnoMessage(err));
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (close(fd) != 0 || rename(tmp.c_str(), marker.c_str()) != 0) {
-    const int err = errno;
-    unlink(tmp.c_str());
-    return Error(ErrorCode::kIo, marker.string() + ": cannot write: " + ErrnoMessage(err));
-  }
-  return Status::Ok();
+  // Without fsync (WriteFileReplacing starts no writeback either: OutputFile would, which
+  // allocates the block the run's final unlink then frees).
+  return durable ? WriteFileAtomic(marker, fingerprint) : WriteFileReplacing(marker, fingerprint);
 }
 
 namespace {
