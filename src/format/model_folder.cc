@@ -368,10 +368,14 @@ uint64_t StackColumns(const Shard& shard, const TensorInfo& t) {
 
 }  // namespace
 
-bool IsCompressedTensors(const ModelFolder& folder) {
+std::string ConfigQuantMethod(const ModelFolder& folder) {
   const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
   const JsonValue* m = q != nullptr && q->is_object() ? q->Find("quant_method") : nullptr;
-  return m != nullptr && m->is_string() && m->as_string() == "compressed-tensors";
+  return m != nullptr && m->is_string() ? m->as_string() : std::string();
+}
+
+bool IsCompressedTensors(const ModelFolder& folder) {
+  return ConfigQuantMethod(folder) == "compressed-tensors";
 }
 
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {

@@ -99,6 +99,10 @@ struct ExpertSplit {
 };
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder);
 
+// config.json's quantization_config.quant_method ("fp8", "awq", "compressed-tensors", ...);
+// empty when the folder has none.
+std::string ConfigQuantMethod(const ModelFolder& folder);
+
 // config.json's quantization_config says quant_method "compressed-tensors". Decoding such a
 // folder alone (--scheme BF16) splits nothing: compressed-tensors' convert_checkpoint with
 // its dequantizer writes every tensor under its own name and shape, stacks decoded whole.

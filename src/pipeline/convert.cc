@@ -246,9 +246,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                             (options.scheme == "none" || options.scheme == "NONE");
   // (An FP8-block source decodes 2-D weights only: its stacks are split even then, and the
   // output is what --scheme BF16 writes.)
-  const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
-  const JsonValue* method = q != nullptr ? q->Find("quant_method") : nullptr;
-  const bool fp8 = method != nullptr && method->is_string() && method->as_string() == "fp8";
+  const bool fp8 = ConfigQuantMethod(folder) == "fp8";
   ExpertSplit split;
   if ((!experts_only || fp8) && !(IsDecodeOnly(options) && IsCompressedTensors(folder))) {
     QUENCH_ASSIGN_OR_RETURN(split, SplitFusedExperts(folder));
