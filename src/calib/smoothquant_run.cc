@@ -195,6 +195,7 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
   }
   if (awq) {
     QUENCH_RETURN_IF_ERROR(ParseDuoScaling(options.awq_duo_scaling).status());
+    QUENCH_RETURN_IF_ERROR(ParseAwqSearch(options.awq_search).status());
     if (options.awq_n_grid < 2) return Error(ErrorCode::kUsage, "--awq-n-grid must be >= 2");
   }
   // With expert pruning the mappings resolve on the pruned model's modules (the survivors,
@@ -268,7 +269,7 @@ Status PlanSmoothQuant(Plan& plan, const ConvertOptions& options) {
   std::snprintf(alpha, sizeof alpha, "%.17g", a);
   std::string settings =
       awq ? "duo_scaling " + options.awq_duo_scaling + ", n_grid " +
-                std::to_string(options.awq_n_grid)
+                std::to_string(options.awq_n_grid) + ", search " + options.awq_search
           : "alpha " + std::string(alpha);
   // The recipe's mappings and ignore change which tensors are rewritten: part of the
   // settings, so of the resume fingerprint.
@@ -525,8 +526,10 @@ class SmoothRunImpl : public SmoothRun {
       QUENCH_ASSIGN_OR_RETURN(h, Field(stats, m, "sum_x2", n));
     }
     QUENCH_ASSIGN_OR_RETURN(DuoScaling duo, ParseDuoScaling(o.awq_duo_scaling));
+    QUENCH_ASSIGN_OR_RETURN(AwqSearchKind search, ParseAwqSearch(o.awq_search));
     // Pruned: the report gives only the chosen loss and RTN's, which pruning keeps.
-    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo, /*prune=*/true);
+    auto r = AwqSearch(layers, x_mean, h, full, count[0], o.awq_n_grid, duo, /*prune=*/true,
+                       search);
     if (!r.ok()) {
       return Error(r.status().code(), r.status().message() + " (mapping of " + m.smooth + ")");
     }
@@ -534,6 +537,9 @@ class SmoothRunImpl : public SmoothRun {
     result->duo = r->duo;
     result->loss = r->loss;
     result->loss_rtn = r->loss_rtn;
+    result->search = r->search == AwqSearchKind::kScreened ? "screened" : "exact";
+    result->rtn_exact = r->rtn_exact;
+    result->finalists = r->finalists;
     *out = std::move(r->scales);
     return Status::Ok();
   }
@@ -598,6 +604,9 @@ class SmoothRunImpl : public SmoothRun {
       p.duo = r.duo;
       p.loss = r.loss;
       p.loss_rtn = r.loss_rtn;
+      p.search = r.search;
+      p.rtn_exact = r.rtn_exact;
+      p.finalists = r.finalists;
     }
   }
 

@@ -142,6 +142,9 @@ std::string ConvertHelp() {
        "  --smoothing-strength A  SmoothQuant: alpha in [0, 1] (default 0.5)\n"
        "  --awq-duo-scaling D   AWQ: true (default), false or both, as AWQModifier.duo_scaling\n"
        "  --awq-n-grid N        AWQ: grid points (default 20)\n"
+       "  --awq-search S        AWQ: screened (default: grid points dropped on estimates from\n"
+       "                        nested row samples, the survivors' exact losses decide) or\n"
+       "                        exact (every loss that can decide, certified)\n"
        "  --observer O          minmax (default) or imatrix_mse: each group's clipping range\n"
        "                        searched to minimise the error weighted by E[x^2] from --stats,\n"
        "                        as llm-compressor's imatrix_mse observer (integer, FP4 schemes)\n"
@@ -570,6 +573,9 @@ int RunConvert(const std::vector<std::string>& args) {
     } else if (flag == "--awq-duo-scaling") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       o.awq_duo_scaling = v;
+    } else if (flag == "--awq-search") {
+      if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
+      o.awq_search = v;
     } else if (flag == "--awq-n-grid") {
       if (!TakeValue(args, i, v, err)) return ReportError(err, 2);
       char* end = nullptr;
