@@ -7,7 +7,7 @@
 // estimate too, provided it is deterministic (same bytes on every run, thread count and SIMD
 // target) and says so (the report names the search). A certified exact argmin costs ~5-6.5 ns
 // per balance-weight element here (bench/README.md "AWQ search on column slabs"), about 4x
-// what the 4x-of-RTN target leaves for the search; this costs ~1-1.5.
+// what the 4x-of-RTN target leaves for the search; this costs ~1.7 (measured).
 //
 // The screen: successive elimination on nested row samples. A candidate's loss is a sum of
 // per-row terms (the definition's f64 term of one output row of one balance layer: every
@@ -21,7 +21,8 @@
 // replacement: N^2 (1 - n/N) s^2 / n, summed over layers). Paired differences vary far less
 // than the terms themselves (the candidates quantize the same rows), so close candidates
 // separate on few rows. A stage where some layer would have fewer than kMinRows sampled rows
-// only computes (it drops nothing): the variance estimate needs rows. The last stage (k = 1)
+// is skipped (the next, finer stage takes its rows): the variance estimate needs rows. So
+// layers of under 64 rows are evaluated exactly on every candidate. The last stage (k = 1)
 // completes every survivor's terms; their sums are the definition's, in its order (layers,
 // then rows). The caller chooses among the survivors exactly as the exhaustive search does
 // (smallest exact loss, the first of ties), so the choice is the exhaustive search's whenever
@@ -43,9 +44,9 @@
 namespace quench::calib::awq_internal {
 namespace {
 
-// Measured on the bench checkpoints (bench/README.md "AWQ screened search"): with stages
-// 64/16/4/2 and z = 4 the exhaustive argmin survived on all 20 mappings x 4 sample offsets,
-// with one survivor at the end in 78 of 80.
+// Chosen from the bench checkpoints' exact per-row terms (bench/README.md "AWQ screened
+// search"): with stages 64/16/4/2 and z = 4 the exhaustive argmin survived on all 20 mappings
+// x 4 sample offsets, alone at the end in all 80, at ~1.7 row evaluations per row.
 constexpr uint64_t kStages[] = {64, 16, 4, 2, 1};
 constexpr double kScreenZ = 4.0;
 constexpr uint64_t kMinRows = 32;
