@@ -15,7 +15,11 @@
 
 #include "calib/awq.h"
 #include "awq_rows.h"
+#include "format/json.h"
 #include "kernel_test_util.h"
+#include "plan_fingerprint.h"
+#include "quench/convert.h"
+#include "test_util.h"
 
 namespace quench::testing {
 namespace {
@@ -164,6 +168,47 @@ TEST_CASE("AWQ's screened search is the same on every thread count and target, i
   CHECK(first.loss >= exact->loss);  // never below the exhaustive minimum
   MESSAGE("screened " << first.ratio << " / exact " << exact->ratio << ", loss ratio "
                       << first.loss / exact->loss);
+}
+
+TEST_CASE("--awq-search: in the resume fingerprint, named in the report, refused when unknown") {
+  const fs::path src = DataDir() / "tiny-llama", stats = DataDir() / "golden" / "smoothquant" / "stats";
+  auto fingerprint = [&](const std::string& search) {
+    ConvertOptions o;
+    o.src = src;
+    o.dst = DataDir() / "unused";
+    o.scheme = "W4A16";
+    o.group_size = 64;
+    o.algorithm = "awq";
+    o.stats = stats;
+    o.awq_search = search;
+    return FirstShardFingerprint(o);
+  };
+  // The searches may choose differently, so a shard made by one is not resumed by the other.
+  CHECK(fingerprint("screened") == fingerprint("screened"));
+  CHECK(fingerprint("screened") != fingerprint("exact"));
+  TempDir tmp;
+  for (const std::string search : {"screened", "exact"}) {
+    CAPTURE(search);
+    const fs::path out = tmp / search, report = tmp / (search + ".json");
+    auto r = RunQuench({"convert", src.string(), out.string(), "--scheme", "W4A16",
+                        "--group-size", "64", "--algorithm", "awq", "--stats", stats.string(),
+                        "--awq-search", search, "--report", report.string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.err.find(search + " search)") != std::string::npos);  // the notes name it
+    auto json = ReadJsonFile(report.string());
+    REQUIRE(json.ok());
+    for (const auto& m : json->Find("smoothing")->as_array()) {
+      CHECK(m.Find("search")->as_string() == search);
+      CHECK(m.Find("proxy_loss")->is_double());
+      // The exact search always has RTN's exact loss; the screened one says whether it has.
+      if (search == "exact") CHECK(m.Find("proxy_loss_rtn_exact")->as_bool());
+      CHECK((m.Find("finalists") != nullptr) == (search == "screened"));
+    }
+  }
+  CheckRefusals({"convert", src.string(), (tmp / "no").string(), "--scheme", "W4A16",
+                 "--group-size", "64", "--algorithm", "awq", "--stats", stats.string()},
+                {{{"--awq-search", "maybe"}, 2, "--awq-search must be exact or screened"}},
+                tmp / "no");
 }
 
 }  // namespace
