@@ -26,6 +26,7 @@
 
 namespace quench::cli {
 namespace {
+
 std::atomic<bool> g_cancel{false};
 
 void OnSignal(int) { g_cancel.store(true); }

@@ -8,6 +8,7 @@
 #include "quench/scheme.h"
 
 namespace quench::cli {
+
 std::string ConvertHelp() {
   std::string s =
       "usage: quench convert SRC DST --scheme NAME [options]\n"

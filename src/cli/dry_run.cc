@@ -14,6 +14,7 @@
 
 namespace quench::cli {
 namespace {
+
 std::string Bytes(uint64_t b) {
   char buf[32];
   if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));

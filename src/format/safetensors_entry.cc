@@ -8,6 +8,7 @@
 #include <string>
 
 namespace quench::safetensors_internal {
+
 // Renders a name for a one-line message: printable ASCII and UTF-8 as is, control bytes as
 // \xNN, so a name holding '\n' cannot split the message.
 std::string Printable(std::string_view s) {

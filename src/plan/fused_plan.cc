@@ -15,6 +15,7 @@
 #include "plan/matcher.h"
 
 namespace quench {
+
 void PlanFusedSets(Plan& plan) {
   std::map<std::string, size_t> set_of;  // FusedSetKey -> fused set
   for (size_t i = 0; i < plan.tensors.size(); ++i) {

@@ -13,6 +13,7 @@
 #include "plan/planner_state.h"
 
 namespace quench::planner_internal {
+
 // The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
 // reproduces (static_minmax: the keys' and values' global range over the collected tokens).
 constexpr QuantArgsDesc kKvCacheFp8 = {

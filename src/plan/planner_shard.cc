@@ -11,6 +11,7 @@
 #include "plan/planner_state.h"
 
 namespace quench::planner_internal {
+
 Selection Planner::Select(std::string_view name, int* group, int* default_hit,
                           ShardWork& w) const {
   auto [module, param] = SplitModuleParam(name);

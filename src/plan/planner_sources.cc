@@ -11,6 +11,7 @@
 #include "schemes/float_formats.h"
 
 namespace quench::planner_internal {
+
 int RepackMode(const SourceQuantization& s, const PlanOptions& o) {
   if (s.packed.empty() || !o.recipe.empty() || !o.prune.empty() ||
       !o.stats.empty() || !o.targets.empty() || !o.ignore.empty() || o.static_activations ||

@@ -27,6 +27,7 @@
 #include "schemes/prune.h"
 
 namespace quench::planner_internal {
+
 // compressed-tensors utils/match.py::match_quantizable_tensors as model_free applies it:
 // module names ending in "norm" are never quantized; only the "weight" parameter is; then the
 // targets, then the ignore list (and quench's default ignores).

@@ -12,6 +12,7 @@
 #include "quench/dtype.h"
 
 namespace quench::prune::internal {
+
 // First non-finite magnitude pattern.
 inline uint32_t InfMagnitude(DType d) {
   return d == DType::kBF16 ? 0x7F80u : d == DType::kF16 ? 0x7C00u : 0x7F800000u;

@@ -10,6 +10,7 @@
 
 namespace quench::prune {
 namespace {
+
 Status Usage(std::string_view text, const std::string& why) {
   return Error(ErrorCode::kUsage,
                "--prune '" + std::string(text) + "': " + why +
