@@ -492,6 +492,16 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
             for (size_t i = 0; i < 992; ++i) {
               REQUIRE(codes[i] == intq::internal::QuantizeValue(x[i], p[i / group], l, sym, d));
             }
+            if (bits == 4) {
+              // Packed as pack_to_int32 lays them out: u = q + 8, element i in the nibble
+              // 4i..4i+3 of the little-endian byte stream.
+              std::vector<uint8_t> packed(496, 0xA5);
+              calib::internal::IntCodesPacked4(x.data(), 992, group, p.data(), l, sym, d,
+                                               packed.data());
+              for (size_t i = 0; i < 992; ++i) {
+                REQUIRE(((packed[i / 2] >> (4 * (i % 2))) & 15) == codes[i] + 8);
+              }
+            }
           }
         }
       }
