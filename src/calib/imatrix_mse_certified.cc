@@ -107,10 +107,13 @@ HWY_INLINE VF Key(VF x, VF im) {
 //  - the group reordered so that its first vector holds each lane's element of largest
 //    key; the live steps' first vectors together (independent sums that overlap), which rule
 //    out most of the rest;
-//  - the remaining steps in order, from their second vector on, summed to the end (a
-//    further partial check measured slower: a branch that is mostly not taken).
-// On the bench's int4 g128 groups: 35.8 vectors of terms per group, of which the improving
-// steps' full sums are 22; 3.0 against 5.0 ns per weight (quench-imatrix-bench).
+//  - the remaining steps, from their second vector on, summed to the end, all of them before
+//    any decision (a further partial check measured slower; a decision between two sums, a
+//    branch the predictor cannot learn, threw away the work in flight), then decided in
+//    step order.
+// On the bench's int4 g128 groups: 43.7 vectors of terms per group, of which the improving
+// steps' full sums are 21.8; 2.65 against 5.0 ns per weight before the certified search
+// (quench-imatrix-bench; bench/README.md "imatrix_mse: where the search's time goes").
 template <DType D, int M, int N, bool Tab>
 void SearchCertified(const Block& b) {
   using StepTerm = StepTermT<D, M, N, Tab>;
