@@ -209,8 +209,9 @@ HWY_INLINE bool RowGroupAmax(const uint8_t* row, size_t n_groups, uint32_t* amax
   return row_max < Traits<D>::kInfBits;
 }
 
-// Pass 2 for NVFP4: scale codes (to `codes`) and eff = f32(s / gs) (to `eff`) for n groups;
-// the arrays hold a whole number of vectors (padding lanes are computed and ignored).
+// Pass 2 for NVFP4: scale codes (to `codes`) and eff = f32(s / gs) (to `eff`; null: not
+// wanted, pass 3 by decision bounds needs the codes only) for n groups; the arrays hold a
+// whole number of vectors (padding lanes are computed and ignored).
 template <DType D>
 HWY_INLINE void Nvfp4Scales(const uint32_t* amax, size_t n, float gs, uint8_t* codes,
                             float* eff) {
@@ -237,7 +238,7 @@ HWY_INLINE void Nvfp4Scales(const uint32_t* amax, size_t n, float gs, uint8_t* c
     const auto s = hn::IfThenElse(hn::RebindMask(df, hn::Lt(code, hn::Set(du, 8u))),
                                   subnormal, normal);
     // _quantize: scale / global_scale, one f32 division.
-    hn::Store(hn::Div(s, vgs), df, eff + i);
+    if (eff != nullptr) hn::Store(hn::Div(s, vgs), df, eff + i);
     hn::Store(hn::TruncateTo(d8, code), d8, codes + i);
   }
 }
@@ -385,7 +386,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     }
     if constexpr (kNv) {
       Nvfp4Scales<D>(s.amax.get(), n_groups, in.params.global_scale, s.codes.get(),
-                     s.factor.get());
+                     bounds != nullptr ? nullptr : s.factor.get());
     } else {
       MxScales<D, internal::kMxFp4Offset>(s.amax.get(), n_groups, s.codes.get(),
                                           s.factor.get());
