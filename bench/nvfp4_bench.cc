@@ -1,5 +1,5 @@
 // The NVFP4 kernel's and the global-scale pre-pass's CPU per weight (bench/README.md,
-// "NVFP4 from bf16 by decision bounds"): QuantizeNvfp4 and AbsMax on BF16 weights
+// "W4A16 and NVFP4A16 beyond FP8_DYNAMIC"): QuantizeNvfp4 and AbsMax on BF16 weights
 // [rows, cols] (default 32 x 4096, a Llama row block), with the AVX-512 BF16 kernel
 // (src/schemes/nvfp4_bf16.*) switched off (the best Highway target) and on, interleaved, on
 // one thread. "hot": one tensor again and again (in L2); "cold": N different tensors of the

@@ -1,6 +1,6 @@
 // BF16 weights -> NVFP4 nibbles by comparisons, on CPUs with AVX-512 (the AVX-512 BF16 set
 // of avx512bf16.h): the same bytes as fp4.cc's definition, at less CPU than its Highway
-// kernel (bench/README.md, "NVFP4 from bf16 by decision bounds").
+// kernel (bench/README.md, "W4A16 and NVFP4A16 beyond FP8_DYNAMIC").
 //
 // Why it is exact: the definition packs Fp4Nibble(x / eff) per element, eff = f32(s / gs) for
 // the group's E4M3 scale code s. fp4_bounds.h proves that for a bf16 x this nibble is a
