@@ -284,9 +284,10 @@ class ShardPipeline {
       in_left = Minus(copy_bytes, lead + first.src_len);
     }
     cur.pos = first.end;
-    const bool whole = first.begin == 0 && first.end == Extent(t);
     c->src_len = first.src_len;
     c->pieces.push_back(first);
+    if (take_copy) in_left = AddGatheredRuns(*c, cur, t, in_left);
+    const bool whole = first.begin == 0 && cur.pos == Extent(t);
     // Whole small tensors after a whole one join its chunk while they fit.
     if (whole) {
       if (Status st = AddSmallTensors(*c, cur, t, in_left, out_left); !st.ok()) {
@@ -375,6 +376,31 @@ class ShardPipeline {
       c.src_len += p.src_len;
       cur.pos = p.end;
     }
+  }
+
+  // A copied tensor gathered from several source ranges (a router sliced to the kept
+  // experts: one range per run of kept rows, 2-12 KiB each) gets its next whole ranges as
+  // further pieces of the chunk its first range opened, while they fit in `in_left` input
+  // bytes; returns what is left. They are dense in the output, so the chunk still writes one
+  // run. A chunk per range cost each a pooled buffer, a huge page zeroed for a few KiB, a
+  // slot in the writers' queue and 4 KiB direct writes of the blocks the ranges shared
+  // (bench/README.md, "Routers sliced in one chunk").
+  uint64_t AddGatheredRuns(Chunk& c, Cursor& cur, const PlannedTensor& t, uint64_t in_left) {
+    while (t.src_ranges.size() > 1 && cur.pos < t.src_bytes) {
+      const auto [at, run] = SourceAt(t, cur.pos);
+      if (run > in_left) break;
+      Piece p;
+      p.tensor = cur.tensor;
+      p.begin = cur.pos;
+      p.end = cur.pos + run;
+      p.src_offset = at;
+      p.src_len = run;
+      c.pieces.push_back(p);
+      c.src_len += run;
+      in_left -= run;
+      cur.pos = p.end;
+    }
+    return in_left;
   }
 
   // Whether the cursor passes over tensor i: not its kind, or in a shard done before.
