@@ -3,15 +3,21 @@
 // top_k_experts, top level or text_config; equal to the experts kept is allowed), the expert
 // count written where it was found, shared experts (Qwen2-MoE's `shared_expert` and its
 // `shared_expert_gate`) copied untouched, and the refusals that name the tensors (two
-// routers, a router that is not a 2-D float matrix, layers that would keep different counts).
+// routers, a router that is not a 2-D float matrix, layers that would keep different counts),
+// and BF16 router scores on rows of every magnitude span (RouterScores' eight-lane sum).
 // Expected values: from the fixtures' construction (tensor bytes written here, kept experts
-// by router-row L1 norm, Python's round for the kept count).
+// by router-row L1 norm, Python's round for the kept count); scores from RouterScores'
+// definition computed here (a sequential double sum, rounded once to BF16 from its bits).
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "format/json.h"
+#include "plan/expert_prune.h"
 #include "quench/convert.h"
 #include "test_util.h"
 
@@ -23,6 +29,19 @@ using quench::DTypeName;
 using qt::RawTensor;
 
 namespace {
+
+// A double rounded once to the nearest BF16 (ties to even), from its bits: a BF16 keeps 7 of
+// the double's 52 fraction bits (values in the float normal range, as here).
+float Bf16Nearest(double d) {
+  uint64_t b;
+  std::memcpy(&b, &d, 8);
+  const uint64_t rem = b & ((1ull << 45) - 1), half = 1ull << 44;
+  b >>= 45;
+  if (rem > half || (rem == half && (b & 1))) ++b;
+  b <<= 45;
+  std::memcpy(&d, &b, 8);
+  return static_cast<float>(d);
+}
 
 // `layers` MoE layers, layer l with experts[l] experts: router [E, 8] BF16 whose row e has
 // L1 norm 8 * (e + 1) (so the last experts are kept), experts `experts.<e>.w.weight` [4, 8].
@@ -237,5 +256,72 @@ TEST_SUITE("expert_prune_checks") {
                              "layer 'model.layers.0.mlp' has shape [5], not 8 experts") !=
             std::string::npos);
     }
+  }
+  TEST_CASE("BF16 router scores: the sequential double sum of |w| rounded once, on any span") {
+    // Rows of 7,171 columns (not a multiple of the eight lanes): narrow spans (the fast sum
+    // is exact), subnormals beside normal values and spans past 2^53 (the sequential way),
+    // zeros, and sums each side of the 2^(L + 53) bound.
+    std::mt19937 rng(21);
+    const uint64_t cols = 7171;
+    std::vector<std::vector<float>> rows;
+    auto random_row = [&](int lo_exp, int hi_exp, double zero_share) {
+      std::uniform_int_distribution<int> e(lo_exp, hi_exp), m(0, 127), sign(0, 1);
+      std::uniform_real_distribution<double> u(0, 1);
+      std::vector<float> r(cols);
+      for (float& x : r) {
+        x = u(rng) < zero_share ? 0.0f
+                                : static_cast<float>((sign(rng) ? -1 : 1) *
+                                                     std::ldexp(128 + m(rng), e(rng) - 7));
+      }
+      return r;
+    };
+    for (int i = 0; i < 40; ++i) rows.push_back(random_row(-12, -3, 0.0));  // typical routers
+    for (int i = 0; i < 10; ++i) rows.push_back(random_row(-40, 0, 0.1));   // 40 binades
+    for (int i = 0; i < 10; ++i) rows.push_back(random_row(-120, 20, 0.0)); // past 2^53
+    rows.push_back(std::vector<float>(cols, 0.0f));
+    std::vector<float> sub = random_row(-8, -2, 0.0);
+    sub[5] = std::ldexp(3.0f, -133);  // a BF16 subnormal
+    rows.push_back(sub);
+    // A tie between two BF16 values (1 + 2^-8) and 7,169 weights of 2^-60: one chain of
+    // additions loses each of them (the tie rounds to even, 1.0); eight chains would keep
+    // ~2^-47 of them and round up. RouterScores must take this row the sequential way.
+    std::vector<float> tie(cols, std::ldexp(1.0f, -60));
+    tie[0] = 1.0f;
+    tie[1] = std::ldexp(1.0f, -8);
+    rows.push_back(tie);
+    // Sums just below and at 2^(L + 53): L = -7 for 1.0 (lsb 2^-7); 2^46 is 2^53 lsbs.
+    for (const double top : {std::ldexp(1.0, 45) * 1.9921875, std::ldexp(1.0, 46)}) {
+      std::vector<float> r(cols, 0.0f);
+      r[0] = 1.0f;
+      r[1] = static_cast<float>(top);
+      r[cols - 1] = 1.0f;
+      rows.push_back(r);
+    }
+    std::string bytes;
+    for (const auto& r : rows) bytes += qt::Bf16Bytes(r);
+    auto got = quench::RouterScores(reinterpret_cast<const uint8_t*>(bytes.data()), DType::kBF16,
+                                    rows.size(), cols, "router");
+    REQUIRE(got.ok());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      CAPTURE(i);
+      double sum = 0;
+      for (uint64_t c = 0; c < cols; ++c) {
+        uint16_t h;
+        std::memcpy(&h, bytes.data() + 2 * (i * cols + c), 2);
+        uint32_t f32 = static_cast<uint32_t>(h & 0x7FFF) << 16;
+        float v;
+        std::memcpy(&v, &f32, 4);
+        sum += v;
+      }
+      CHECK(got.value()[i] == Bf16Nearest(sum));
+    }
+    // A NaN in the tail lanes is refused, naming its row, as before.
+    std::vector<float> bad = random_row(-8, -2, 0.0);
+    bad[cols - 2] = std::nanf("");
+    const std::string b = qt::Bf16Bytes(rows[0]) + qt::Bf16Bytes(bad);
+    auto refused = quench::RouterScores(reinterpret_cast<const uint8_t*>(b.data()), DType::kBF16,
+                                        2, cols, "router");
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.status().message().find("non-finite weight at row 1") != std::string::npos);
   }
 }
