@@ -10,6 +10,7 @@
 // definition computed here (a sequential double sum, rounded once to BF16 from its bits).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -257,6 +258,28 @@ TEST_SUITE("expert_prune_checks") {
             std::string::npos);
     }
   }
+  TEST_CASE("renumbered experts are planned in name order, the order their outputs are written in") {
+    // 12 experts, the last 6 kept (router rows' norms grow with the index): source experts 10
+    // and 11 come before 6..9 in the file (names sorted as text) but become experts 4 and 5.
+    qt::TempDir tmp;
+    const fs::path src = Write(tmp, MoeTensors({12}), R"({"num_experts": 12, "num_experts_per_tok": 1})");
+    quench::ConvertOptions o;
+    o.src = src;
+    o.dst = tmp / "dst";
+    o.scheme = "FP8_DYNAMIC";
+    o.prune_experts = 0.5;
+    auto plan = quench::DryRun(o);
+    REQUIRE_MESSAGE(plan.ok(), plan.status().ToString());
+    std::vector<std::string> names;
+    for (const auto& t : plan->tensors) names.push_back(t.name);
+    CHECK(std::is_sorted(names.begin(), names.end()));
+    CHECK(std::count_if(names.begin(), names.end(), [](const std::string& n) {
+            return n.find(".experts.") != std::string::npos;
+          }) == 6);
+    CHECK(std::find(names.begin(), names.end(), "model.layers.0.mlp.experts.5.w.weight") !=
+          names.end());
+  }
+
   TEST_CASE("BF16 router scores: the sequential double sum of |w| rounded once, on any span") {
     // Rows of 7,171 columns (not a multiple of the eight lanes): narrow spans (the fast sum
     // is exact), subnormals beside normal values and spans past 2^53 (the sequential way),

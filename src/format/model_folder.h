@@ -39,6 +39,9 @@ struct ModelFolder {
   // their TensorInfo's begin is the first range's and nbytes() the total.
   std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> gathered;
   bool config_changed = false;  // `config` was edited (expert count): written, not copied
+  // Expert pruning renumbered kept experts (src/plan/expert_prune.h), so that a shard's file
+  // order (by old name) is no longer its tensors' name order, which outputs are written in.
+  bool experts_renumbered = false;
   // Pieces SplitFusedExperts cut from a compressed-tensors expert stack's stored codes
   // ("...experts.gate_up_proj.weight_packed" [E, 2I, words] -> "...experts.<e>.gate_proj.
   // weight_packed" [I, words]), by piece name: the stack's codes tensor as it was, and the

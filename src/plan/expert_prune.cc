@@ -296,6 +296,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                                  std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
         // A piece of a split compressed stack still decodes from its source expert's slice.
         if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
+        if (name != t.name) folder.experts_renumbered = true;
         t.name = name;
         tensors.push_back(std::move(t));
         continue;

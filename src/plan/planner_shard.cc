@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "format/name_table.h"
+#include "format/sorted_runs.h"
 #include "plan/planner_state.h"
 
 namespace quench::planner_internal {
@@ -171,6 +172,22 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
   for (const TensorInfo& t : shard.header.tensors) order.push_back(&t);
   std::sort(order.begin(), order.end(),
             [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+  if (folder_.experts_renumbered) {
+    // Kept experts renumbered densely (expert 10 of the source may now be 5) sit in file order
+    // by their old names, while outputs are laid out by new name within a dtype, as the
+    // source was: planned in file order, a chunk of experts scattered its outputs into many
+    // runs, each with partial blocks at both ends written alone (bench/README.md, "Experts
+    // renumbered: planned in output order"). Each run of one dtype is planned in name order
+    // instead; a kept expert's tensors are still read whole, each a contiguous range.
+    for (auto run = order.begin(); run != order.end();) {
+      const DType dtype = (*run)->dtype;
+      auto end = std::find_if(run, order.end(),
+                              [&](const TensorInfo* t) { return t->dtype != dtype; });
+      SortByRuns(run, end,
+                 [](const TensorInfo* a, const TensorInfo* b) { return a->name < b->name; });
+      run = end;
+    }
+  }
   std::vector<TensorSpec> specs;
   std::vector<size_t> specs_per_tensor;
   size_t index = w.first_tensor;
