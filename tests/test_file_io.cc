@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -23,7 +24,8 @@
 
 // Fault injection: this executable's pwrite64 takes precedence over libc's for every call in
 // it, OutputFile's included (meson builds with _FILE_OFFSET_BITS=64, under which glibc's
-// headers send pwrite calls to pwrite64; the static_assert below keeps that true). While g_direct_writes_left is non-negative, writes on an O_DIRECT descriptor
+// headers send pwrite and pwritev calls to pwrite64 and pwritev64; the static_assert below
+// keeps that true). While g_direct_writes_left is non-negative, writes on an O_DIRECT descriptor
 // succeed that many times and then fail with EINVAL, as a file system that accepts O_DIRECT
 // at open but not the alignment of a write would.
 static_assert(sizeof(off_t) == 8, "pwrite must resolve to pwrite64");
@@ -43,6 +45,22 @@ extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
     }
   }
   return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, buf, n, off));
+}
+
+// The same for pwritev64 (OutputFile writes a completed block with its neighbours in one
+// request): a refused call counts as one refused direct write.
+extern "C" ssize_t pwritev64(int fd, const struct iovec* iov, int n, off_t off) {
+  const bool direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0;
+  if (direct) ++g_direct_calls;
+  if (g_direct_writes_left.load() >= 0 && direct) {
+    if (g_direct_writes_left.fetch_sub(1) <= 0) {
+      g_direct_writes_left.store(0);
+      ++g_refused;
+      errno = EINVAL;
+      return -1;
+    }
+  }
+  return static_cast<ssize_t>(syscall(SYS_pwritev, fd, iov, n, off, 0));
 }
 
 namespace quench {

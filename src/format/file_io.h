@@ -4,6 +4,8 @@
 #ifndef QUENCH_FORMAT_FILE_IO_H_
 #define QUENCH_FORMAT_FILE_IO_H_
 
+#include <sys/uio.h>
+
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -106,11 +108,14 @@ class OutputFile {
     uint64_t filled = 0;
     std::vector<std::pair<uint64_t, uint64_t>> pieces;  // (offset in block, length) given
   };
-  Status Gather(uint64_t offset, const uint8_t* p, uint64_t len);
+  // Adds bytes to their block; moves the block into `whole` once every byte of it is there.
+  Status Gather(uint64_t offset, const uint8_t* p, uint64_t len, PartialBlock* whole);
   Status FlushPartialBlocks();
   Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
   // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().
   Status WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len);
+  // The same from aligned memory in `n` pieces, contiguous in the file (one request).
+  Status WriteDirectV(uint64_t offset, struct iovec* iov, int n);
   void FreeStaging();
 
   int fd_ = -1;
