@@ -116,7 +116,9 @@ TEST_CASE("awq means: random layers, summed over rows") {
   for (int group : {0, 32, 128}) {
     const uint64_t rows = 97, cols = 384;
     std::vector<uint16_t> w(rows * cols);
-    for (uint16_t& v : w) v = static_cast<uint16_t>(std::bit_cast<uint32_t>(RneBf16(n(rng))) >> 16);
+    for (uint16_t& v : w) {
+      v = static_cast<uint16_t>(std::bit_cast<uint32_t>(RneBf16(n(rng))) >> 16);
+    }
     // Some rows with an outlier column, some with tiny or zero elements.
     for (uint64_t r = 0; r < rows; r += 5) w[r * cols + r % cols] = 0x4100;
     for (uint64_t r = 2; r < rows; r += 7) w[r * cols + (r * 3) % cols] = 0x0003;

@@ -33,7 +33,8 @@ class SmoothRunImpl : public SmoothRun {
       : plan_(plan), ops_(plan.tensors.size()), results_(plan.smoothing.size()) {}
 
   // The pre-pass: per mapping, the scales from the balance weights (mapped, kept for the
-  // pipeline or released after) and the statistics; then each rewritten tensor's transforms, in mapping order.
+  // pipeline or released after) and the statistics; then each rewritten tensor's
+  // transforms, in mapping order.
   Status Compute(const Statistics& stats, const ConvertOptions& o, const SmoothSource& source) {
     if (o.algorithm != "awq") return ComputeSmoothQuant(stats, o, source);
     const size_t count = plan_.smoothing.size();
