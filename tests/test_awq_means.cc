@@ -101,7 +101,8 @@ TEST_CASE("awq means: groups the reciprocal does not cover, zeros and subnormals
   // division), zeros.
   w[128] = static_cast<uint16_t>((127 - 110) << 7);
   for (int k = 129; k < 256; k += 2) w[k] = static_cast<uint16_t>(k - 128);
-  // Group 2: all zeros. Group 3: max 3.0, one element near 2^-98 (quotient about 2^-99.5: covered), the rest random.
+  // Group 2: all zeros. Group 3: max 3.0, one element near 2^-98 (quotient about 2^-99.5:
+  // covered), the rest random.
   std::mt19937 rng(7);
   w[384] = 0x4040;
   w[385] = static_cast<uint16_t>((127 - 98) << 7 | 5);
