@@ -1,10 +1,10 @@
 // AWQ's weight means (AwqWeightMeans, _compute_layer_means) on BF16 layers against the
 // definition computed here element by element: per row and group, amax = max |w|,
 // den = RNE_bf16(f32(amax + 1e-6)), each term RNE_bf16(|w| / den) with the IEEE f32
-// division, summed in f64 row after row and divided by the rows. The kernel takes the
-// quotient from den's reciprocal where the reciprocal lemma holds and divides elsewhere;
-// these cases cover every pair of mantissas in both binades a quotient can take, groups whose
-// smallest nonzero element forces the division, zeros and subnormals.
+// division, summed in f64 row after row and divided by the rows. The cases cover every pair
+// of mantissas in both binades a quotient can take, groups with quotients below 2^-100
+// (where a reciprocal in place of the division would no longer be provably exact: see
+// bench/README.md, "AWQ pre-pass and smoothing overhead"), zeros and subnormals.
 #include <doctest/doctest.h>
 
 #include <bit>
@@ -94,15 +94,15 @@ TEST_CASE("awq means: every mantissa pair, as one-row layers") {
 
 TEST_CASE("awq means: groups the reciprocal does not cover, zeros and subnormals") {
   std::vector<uint16_t> w(512, 0);
-  // Group 0: max 1.0 with subnormal and tiny elements (|w| / den < 2^-100: division).
+  // Group 0: max 1.0 with subnormal elements (quotients below 2^-100).
   w[0] = 0x3F80;
   for (int k = 1; k < 128; ++k) w[k] = static_cast<uint16_t>(k);               // subnormals
-  // Group 1: max 2^-110 (den about 1e-6; its subnormals' quotients are below 2^-100:
-  // division), zeros.
+  // Group 1: max 2^-110 (den about 1e-6; its subnormals' quotients are below
+  // 2^-100), zeros.
   w[128] = static_cast<uint16_t>((127 - 110) << 7);
   for (int k = 129; k < 256; k += 2) w[k] = static_cast<uint16_t>(k - 128);
-  // Group 2: all zeros. Group 3: max 3.0, one element near 2^-98 (quotient about 2^-99.5:
-  // covered), the rest random.
+  // Group 2: all zeros. Group 3: max 3.0, one element near 2^-98 (quotient about
+  // 2^-99.5, just above), the rest random.
   std::mt19937 rng(7);
   w[384] = 0x4040;
   w[385] = static_cast<uint16_t>((127 - 98) << 7 | 5);
