@@ -92,7 +92,7 @@ TEST_CASE("awq means: every mantissa pair, as one-row layers") {
   }
 }
 
-TEST_CASE("awq means: groups the reciprocal does not cover, zeros and subnormals") {
+TEST_CASE("awq means: quotients below 2^-100, zeros and subnormals") {
   std::vector<uint16_t> w(512, 0);
   // Group 0: max 1.0 with subnormal elements (quotients below 2^-100).
   w[0] = 0x3F80;
