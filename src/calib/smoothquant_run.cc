@@ -32,8 +32,9 @@ class SmoothRunImpl : public SmoothRun {
   explicit SmoothRunImpl(const Plan& plan)
       : plan_(plan), ops_(plan.tensors.size()), results_(plan.smoothing.size()) {}
 
-  // The pre-pass: per mapping, the scales from the balance weights (mapped, released after)
-  // and the statistics; then each rewritten tensor's transforms, in mapping order.
+  // The pre-pass: per mapping, the scales from the balance weights (mapped, kept for the
+  // pipeline or released after) and the statistics; then each rewritten tensor's
+  // transforms, in mapping order.
   Status Compute(const Statistics& stats, const ConvertOptions& o, const SmoothSource& source) {
     if (o.algorithm != "awq") return ComputeSmoothQuant(stats, o, source);
     const size_t count = plan_.smoothing.size();
@@ -44,11 +45,32 @@ class SmoothRunImpl : public SmoothRun {
     for (size_t b0 = 0; b0 < count; b0 += batch) {
       const size_t b1 = std::min(count, b0 + batch);
       std::vector<std::vector<AwqLayer>> layers(b1 - b0);
+      std::vector<std::vector<const MappedFile*>> maps(b1 - b0);
+      std::vector<char> keep(b1 - b0, 0);
       for (size_t mi = b0; mi < b1; ++mi) {
         const PlannedSmoothing& m = plan_.smoothing[mi];
+        // As SmoothQuant's pre-pass: through the pipeline's mappings when given, the pages
+        // left mapped while they fit source.keep_bytes, so that the pipeline reads them
+        // without a second round of faults (and this pass without an unmap).
+        uint64_t bytes = 0;
+        bool keepable = source.map != nullptr;
         for (size_t k = 0; k < m.balance.size(); ++k) {
           const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-          QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(t.shard));
+          bytes += t.src_bytes;
+          keepable &= !plan_.shards[t.shard].already_done;
+        }
+        keep[mi - b0] = keepable && kept_ + bytes <= source.keep_bytes;
+        if (keep[mi - b0]) kept_ += bytes;
+        for (size_t k = 0; k < m.balance.size(); ++k) {
+          const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+          const MappedFile* map = nullptr;
+          if (source.map) {
+            QUENCH_ASSIGN_OR_RETURN(map, source.map(t.shard));
+          } else {
+            QUENCH_ASSIGN_OR_RETURN(map, Map(t.shard));
+          }
+          map->Prefetch(t.src_offset, t.src_bytes);
+          maps[mi - b0].push_back(map);
           AwqLayer l;
           l.data = map->data() + t.src_offset;
           l.dtype = t.dtype;
@@ -72,9 +94,9 @@ class SmoothRunImpl : public SmoothRun {
       for (size_t mi = b0; mi < b1; ++mi) {
         QUENCH_RETURN_IF_ERROR(status[mi - b0]);
         const PlannedSmoothing& m = plan_.smoothing[mi];
-        for (size_t k = 0; k < m.balance.size(); ++k) {
+        for (size_t k = 0; k < m.balance.size() && !keep[mi - b0]; ++k) {
           const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-          maps_.at(t.shard)->Release(t.src_offset, t.src_bytes);
+          maps[mi - b0][k]->Release(t.src_offset, t.src_bytes);
         }
         Fold(mi, std::move(scales[mi - b0]));
       }

@@ -51,7 +51,7 @@ struct SmoothSource {
 };
 Result<std::unique_ptr<SmoothRun>> MakeSmoothRun(const Plan& plan, const ConvertOptions& options,
                                                  const SmoothSource& source = {});
-// Input bytes of every balance weight of the plan's mappings (what SmoothQuant's pre-pass
+// Input bytes of every balance weight of the plan's mappings (what the smoothing pre-pass
 // would keep mapped to read them once).
 uint64_t SmoothBalanceBytes(const Plan& plan);
 

@@ -495,8 +495,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
   PipelineSizing sizing = SizePipeline(
       chunk_budget, options.threads,
       (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smoothing ? 1 : 0),
-      std::max(largest_set,
-               algos.smoothing == "smoothquant" ? calib::SmoothBalanceBytes(plan) : 0));
+      std::max(largest_set, smoothing ? calib::SmoothBalanceBytes(plan) : 0));
   SourceMaps maps(plan);
   if (smoothing) {
     // Smoothing's pre-pass reads the balance weights for their scales here, before any

@@ -737,6 +737,9 @@ class ShardPipeline {
                              : nullptr;
         if (f != nullptr) {
           in.col_scale = f;
+        } else if (!calibrated && errors_ == nullptr) {
+          QuantizeTransformed(p, t, in, outs);
+          continue;
         } else {
           in.data = calib_->TransformRows(p.tensor, p.begin, in);
         }
@@ -752,6 +755,45 @@ class ShardPipeline {
     }
   }
 
+  // Rows per tile for a kernel fed tile by tile: about kDecodeTileBytes of compute rows, whole
+  // output slabs (so each tile's outputs start at a slab, as a smaller chunk's would).
+  uint64_t TileRows(const PlannedTensor& t) const {
+    const PlannedShard& ps = plan_.shards[t.shard];
+    uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
+    for (size_t j = 0; j < t.kernel_outputs; ++j) {
+      align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
+    }
+    return std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+  }
+
+  // A piece whose rows smoothing transforms (TransformRows), a tile at a time, each tile
+  // quantized at once from the cache into its place in the outputs: transforming the whole
+  // piece first wrote and read back two bytes a weight through memory (bench/README.md,
+  // "AWQ pre-pass and smoothing overhead"). The kernel sees what a smaller chunk would show
+  // it, and the transform is element-wise: the bytes are the same.
+  void QuantizeTransformed(Piece& p, const PlannedTensor& t, const WeightChunk& in,
+                           const ChunkOutputs& outs) {
+    const PlannedShard& ps = plan_.shards[t.shard];
+    const uint64_t tile_rows = TileRows(t);
+    const uint64_t row_bytes = in.cols * (DTypeBits(in.dtype) / 8);
+    for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
+      WeightChunk sub = in;
+      sub.data = in.data + (r - p.begin) * row_bytes;
+      sub.rows = std::min(p.end, r + tile_rows) - r;
+      sub.row0 = r;
+      sub.data = calib_->TransformRows(p.tensor, r, sub);
+      ChunkOutputs so;
+      for (size_t j = 0; j < t.kernel_outputs; ++j) {
+        const PlannedOutput& o = ps.outputs[t.outputs[j]];
+        so.out[j] = outs.out[j] + (r - p.begin) / o.rows_per_slab * o.bytes_per_slab;
+      }
+      if (!t.scheme->kernel(sub, so)) {
+        p.finite = false;
+        return;
+      }
+    }
+  }
+
   // A piece of a source-quantized tensor: its rows decoded (and pruned) a tile at a time into a
   // small per-thread buffer that stays in cache, each tile quantized at once into its place in
   // the chunk's outputs. Decoding the whole piece first wrote and read back two bytes a weight
@@ -760,12 +802,7 @@ class ShardPipeline {
   void QuantizeDecoded(Chunk* c, Piece& p, const PlannedTensor& t, const WeightChunk& in,
                        const ChunkOutputs& outs) {
     const PlannedShard& ps = plan_.shards[t.shard];
-    uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
-    for (size_t j = 0; j < t.kernel_outputs; ++j) {
-      align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
-    }
-    const uint64_t tile_rows =
-        std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+    const uint64_t tile_rows = TileRows(t);
     const uint64_t in_row = SourceRowBytes(t);
     if (!t.prune && errors_ == nullptr) {
       // FP8-block codes straight to int4 / NVFP4 outputs by table (fp8_source_quant.h).
