@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +25,17 @@ const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 // enough that a request's fixed cost is small (larger requests wrote no faster on the
 // development VM), small enough to sit in the memory budget's reserve.
 constexpr uint64_t kDirectStagingBytes = 4ull << 20;
+// A direct write with fewer whole blocks than this is held (PendingRuns) and joined with its
+// neighbours in the file, and held runs go out once they have this many: on the development
+// VM's virtio disk every request costs about 0.1 ms beyond its bytes, so the hundreds of
+// writes of a few kilobytes that a checkpoint of many small tensors gives cost more disk time
+// than their bytes (bench/README.md "Small writes combined").
+constexpr uint64_t kDirectRunBytes = 1ull << 20;
+// Held bytes beyond which every held run's whole blocks go out as they are: what a file may
+// hold (the pipeline's memory reserve counts it, pipeline.cc kReserve). Once only partial
+// blocks are left above half of it, the bound doubles, so that a file of scattered pieces is
+// not scanned again on every write.
+constexpr uint64_t kPendingLimitBytes = 4ull << 20;
 
 Status IoError(const fs::path& path, std::string_view what, int err) {
   return Error(ErrorCode::kIo,
@@ -139,6 +151,8 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
   auto f = std::make_unique<OutputFile>();
   f->final_path_ = final_path;
   f->tmp_path_ = TmpName(final_path);
+  f->size_ = size;
+  f->pending_limit_ = kPendingLimitBytes;
   f->fd_ = open(f->tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (f->fd_ < 0) return IoError(f->tmp_path_, "cannot create", errno);
   if (mode == WriteMode::kDirect) {
@@ -164,66 +178,126 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
 Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
   const auto* p = static_cast<const uint8_t*>(data);
   if (!direct()) return WriteBuffered(offset, p, len);
-  // Split into an unaligned head, whole aligned blocks, and an unaligned tail. Every interior
-  // block belongs to this write alone and goes to the disk at once; the head's and tail's
-  // blocks are shared with neighbouring writes, so their bytes are gathered until the block is
-  // whole. (Writing them through the page cache instead made each wait for the inode lock
-  // that concurrent direct writes hold.)
+  if (len == 0) return Status::Ok();
+  // Whole aligned blocks go to the disk now when there are enough of them; the rest of the
+  // write (its unaligned ends, or all of a small write) is held until its neighbours arrive,
+  // and then goes out with them: with the direct part of a neighbour's write (one request of
+  // both), or as a run of held bytes.
   const uint64_t a = DirectIoAlignment();
   const uint64_t end = offset + len;
   const uint64_t mid_begin = std::min(end, (offset + a - 1) / a * a);
   const uint64_t mid_end = std::max(mid_begin, end / a * a);
-  if (offset < mid_begin) QUENCH_RETURN_IF_ERROR(Gather(offset, p, mid_begin - offset));
-  if (mid_begin < mid_end) {
-    QUENCH_RETURN_IF_ERROR(WriteDirect(mid_begin, p + (mid_begin - offset), mid_end - mid_begin));
+  const bool direct_now = mid_end - mid_begin >= kDirectRunBytes;
+  std::vector<AlignedBytes> ready;
+  AlignedBytes before, after;
+  {
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    const bool held = direct_now ? pending_.Add(offset, p, mid_begin - offset) &&
+                                       pending_.Add(mid_end, p + (mid_end - offset), end - mid_end)
+                                 : pending_.Add(offset, p, len);
+    if (!held) {
+      return Error(ErrorCode::kInternal, tmp_path_.string() + ": bytes at " +
+                                             std::to_string(offset) + " written twice");
+    }
+    if (direct_now) {
+      const auto [b0, b1] = pending_.RunAt(mid_begin);  // held bytes ending where it starts
+      if (b1 == mid_begin && b0 < b1) before = pending_.Take(pending_.AlignUp(b0), mid_begin);
+      const auto [a0, a1] = pending_.RunAt(mid_end);  // and starting where it ends
+      if (a0 == mid_end && a0 < a1) after = pending_.Take(mid_end, pending_.AlignDown(a1));
+      const uint64_t lo = before ? before.offset : mid_begin;
+      const uint64_t hi = after ? after.offset + after.len : mid_end;
+      direct_starts_.insert(lo);
+      direct_ends_.insert(hi);
+      // What is held beside it may now have direct writes on both sides.
+      TakeReady(lo, &ready);
+      TakeReady(hi, &ready);
+    } else {
+      TakeReady(offset, &ready);
+    }
+    if (pending_.bytes() > pending_limit_) TakeAllBlocks(&ready);
   }
-  if (mid_end < end) {
-    QUENCH_RETURN_IF_ERROR(Gather(mid_end, p + (mid_end - offset), end - mid_end));
+  for (AlignedBytes& b : ready) {
+    QUENCH_RETURN_IF_ERROR(WriteDirect(b.offset, b.data.get(), b.len));
   }
+  if (!direct_now) return Status::Ok();
+  return WriteJoined(before, mid_begin, p + (mid_begin - offset), mid_end - mid_begin, after);
+}
+
+void OutputFile::TakeReady(uint64_t offset, std::vector<AlignedBytes>* ready) {
+  const auto [s, e] = pending_.RunAt(offset);
+  const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
+  if (hi <= lo) return;
+  // A run can grow no more where a direct write (or the file) begins or ends next to it.
+  const bool closed = (s == 0 || direct_ends_.count(s) > 0) &&
+                      (e == size_ || direct_starts_.count(e) > 0);
+  if (hi - lo < kDirectRunBytes && !closed) return;
+  AlignedBytes b = pending_.Take(lo, hi);
+  if (!b) return;  // no memory for the copy now: it stays held, and goes out at Commit
+  direct_starts_.insert(lo);
+  direct_ends_.insert(hi);
+  ready->push_back(std::move(b));
+}
+
+void OutputFile::TakeAllBlocks(std::vector<AlignedBytes>* ready) {
+  for (const auto& [s, e] : pending_.Runs()) {
+    const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
+    if (hi <= lo) continue;
+    AlignedBytes b = pending_.Take(lo, hi);
+    if (!b) continue;
+    direct_starts_.insert(lo);
+    direct_ends_.insert(hi);
+    ready->push_back(std::move(b));
+  }
+  if (pending_.bytes() > pending_limit_ / 2) pending_limit_ = 2 * pending_.bytes();
+}
+
+Status OutputFile::WriteJoined(AlignedBytes& before, uint64_t offset, const uint8_t* mid,
+                               uint64_t len, AlignedBytes& after) {
+  const uint64_t a = DirectIoAlignment();
+  if ((before || after) && reinterpret_cast<uintptr_t>(mid) % a == 0) {
+    iovec iov[3];
+    int n = 0;
+    if (before) iov[n++] = {before.data.get(), before.len};
+    iov[n++] = {const_cast<uint8_t*>(mid), len};
+    if (after) iov[n++] = {after.data.get(), after.len};
+    const uint64_t start = before ? before.offset : offset;
+    const uint64_t total = before.len + len + after.len;
+    ssize_t w;
+    do {
+      w = pwritev(dfd_, iov, n, static_cast<off_t>(start));
+    } while (w < 0 && errno == EINTR);
+    if (w >= 0 && static_cast<uint64_t>(w) == total) return Status::Ok();
+    // Short, refused or failed: each part's unwritten bytes once more on their own, where a
+    // short write is retried and a refusal falls back to buffered writes (WriteDirect).
+    uint64_t done = w > 0 ? static_cast<uint64_t>(w) : 0;
+    const auto rest = [&](uint64_t at, const uint8_t* p, uint64_t n_bytes) -> Status {
+      const uint64_t skip = std::min(done, n_bytes);
+      done -= skip;
+      return skip < n_bytes ? WriteDirect(at + skip, p + skip, n_bytes - skip) : Status::Ok();
+    };
+    if (before) QUENCH_RETURN_IF_ERROR(rest(before.offset, before.data.get(), before.len));
+    QUENCH_RETURN_IF_ERROR(rest(offset, mid, len));
+    if (after) QUENCH_RETURN_IF_ERROR(rest(after.offset, after.data.get(), after.len));
+    return Status::Ok();
+  }
+  if (before) QUENCH_RETURN_IF_ERROR(WriteDirect(before.offset, before.data.get(), before.len));
+  QUENCH_RETURN_IF_ERROR(WriteDirect(offset, mid, len));
+  if (after) QUENCH_RETURN_IF_ERROR(WriteDirect(after.offset, after.data.get(), after.len));
   return Status::Ok();
 }
 
-Status OutputFile::Gather(uint64_t offset, const uint8_t* p, uint64_t len) {
-  const uint64_t a = DirectIoAlignment();
-  const uint64_t block = offset / a;
-  PartialBlock whole;
-  {
-    std::lock_guard<std::mutex> lock(partial_mu_);
-    PartialBlock& pb = partial_[block];
-    if (pb.data == nullptr) {
-      void* mem = nullptr;
-      if (posix_memalign(&mem, a, a) != 0) {
-        return Error(ErrorCode::kIo, tmp_path_.string() + ": out of memory for a block buffer");
-      }
-      pb.data.reset(static_cast<uint8_t*>(mem));
-    }
-    std::memcpy(pb.data.get() + offset % a, p, len);
-    pb.pieces.emplace_back(offset % a, len);
-    pb.filled += len;
-    // Each byte is written once, so a block whose every byte has arrived is complete. The
-    // file's last block, if short, waits for Commit (a direct write is a whole block).
-    if (pb.filled < a) return Status::Ok();
-    whole = std::move(pb);
-    partial_.erase(block);
-  }
-  return WriteDirect(block * a, whole.data.get(), a);
-}
-
-// Writes the gathered pieces of incomplete blocks (exactly the bytes given, no padding) through
-// the page cache: at Commit, for the file's short last block and any block with bytes no write
-// covered; and when direct writes stop, so that later buffered writes of the same blocks mix
-// with them safely.
+// Writes what is held through the page cache (exactly the bytes given, no padding): at
+// Commit, the file's short last block and any block with bytes no write covered; and when
+// direct writes stop, so that later buffered writes of the same blocks mix with them safely.
 Status OutputFile::FlushPartialBlocks() {
-  std::unordered_map<uint64_t, PartialBlock> pending;
+  std::vector<std::pair<uint64_t, std::string>> held;
   {
-    std::lock_guard<std::mutex> lock(partial_mu_);
-    pending.swap(partial_);
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    held = pending_.TakeAll();
   }
-  const uint64_t a = DirectIoAlignment();
-  for (auto& [block, pb] : pending) {
-    for (const auto& [at, n] : pb.pieces) {
-      QUENCH_RETURN_IF_ERROR(WriteBuffered(block * a + at, pb.data.get() + at, n));
-    }
+  for (const auto& [at, bytes] : held) {
+    QUENCH_RETURN_IF_ERROR(
+        WriteBuffered(at, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
   }
   return Status::Ok();
 }
@@ -305,6 +379,18 @@ void OutputFile::FreeStaging() {
 }
 
 Status OutputFile::Commit() {
+  if (direct()) {
+    // Whole blocks still held (runs never joined to a direct write) go out directly; only
+    // partial blocks are left for the page cache.
+    std::vector<AlignedBytes> ready;
+    {
+      std::lock_guard<std::mutex> lock(pending_mu_);
+      TakeAllBlocks(&ready);
+    }
+    for (AlignedBytes& b : ready) {
+      QUENCH_RETURN_IF_ERROR(WriteDirect(b.offset, b.data.get(), b.len));
+    }
+  }
   FreeStaging();
   direct_ok_.store(false);
   QUENCH_RETURN_IF_ERROR(FlushPartialBlocks());
@@ -331,8 +417,8 @@ void OutputFile::Abandon() {
   FreeStaging();
   direct_ok_.store(false);
   {
-    std::lock_guard<std::mutex> lock(partial_mu_);
-    partial_.clear();
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    pending_.TakeAll();
   }
   if (dfd_ >= 0) {
     close(dfd_);
