@@ -274,19 +274,30 @@ TEST_SUITE("file_io") {
     CHECK(held.Add(0, bytes(0), 50));
     CHECK(held.Add(400, bytes(400), 20000 - 400));
     CHECK(held.Runs() == Runs{{0, 20000}});
-    AlignedBytes mid = held.Take(4096, 12288);
-    REQUIRE(mid.len == 8192);
-    CHECK(mid.offset == 4096);
-    CHECK(reinterpret_cast<uintptr_t>(mid.data.get()) % 4096 == 0);
-    CHECK(std::memcmp(mid.data.get(), bytes(4096), 8192) == 0);
+    // Pieces [0, 50) [50, 100) ... [400, 20000): the taken range cuts the last one twice.
+    const std::vector<HeldPiece> mid = held.Take(4096, 12288);
+    REQUIRE(mid.size() == 1);
+    CHECK(mid[0].at == 4096);
+    CHECK(mid[0].bytes == src.substr(4096, 8192));
     CHECK(held.Runs() == Runs{{0, 4096}, {12288, 20000}});
     CHECK(held.bytes() == 20000 - 8192);
-    CHECK_FALSE(held.Take(4096, 8192));  // no longer held
-    const auto all = held.TakeAll();
-    REQUIRE(all.size() == 2);
-    CHECK(all[0].second == src.substr(0, 4096));
-    CHECK(all[1].first == 12288);
-    CHECK(all[1].second == src.substr(12288));
+    CHECK(held.Take(4096, 8192).empty());  // no longer held
+    CHECK(held.Take(0, 12288).empty());    // not one run
+    // A range over several pieces comes out in file order, and copies back to back.
+    const std::vector<HeldPiece> head = held.Take(100, 300);
+    REQUIRE(head.size() == 3);
+    std::string joined(200, '\0');
+    CopyPieces(head, reinterpret_cast<uint8_t*>(joined.data()));
+    CHECK(joined == src.substr(100, 200));
+    CHECK(held.Runs() == Runs{{0, 100}, {300, 4096}, {12288, 20000}});
+    uint64_t covered = 0;
+    for (const HeldPiece& q : held.TakeAll()) {  // each piece its source's bytes
+      CHECK(q.bytes == src.substr(q.at, q.bytes.size()));
+      CHECK_FALSE((q.at < 300 && q.at + q.bytes.size() > 100));    // none of the taken ranges
+      CHECK_FALSE((q.at < 12288 && q.at + q.bytes.size() > 4096));
+      covered += q.bytes.size();
+    }
+    CHECK(covered == 20000 - 8192 - 200);
     CHECK(held.empty());
     CHECK(held.bytes() == 0);
   }

@@ -25,11 +25,13 @@ const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 // enough that a request's fixed cost is small (larger requests wrote no faster on the
 // development VM), small enough to sit in the memory budget's reserve.
 constexpr uint64_t kDirectStagingBytes = 4ull << 20;
-// A direct write with fewer whole blocks than this is held (PendingRuns) and joined with its
-// neighbours in the file, and held runs go out once they have this many: on the development
-// VM's virtio disk every request costs about 0.1 ms beyond its bytes, so the hundreds of
-// writes of a few kilobytes that a checkpoint of many small tensors gives cost more disk time
-// than their bytes (bench/README.md "Small writes combined").
+// A direct write with fewer whole blocks than kHoldBelowBytes is held (PendingRuns) and joined
+// with its neighbours in the file, and held runs go out once they have kDirectRunBytes of
+// whole blocks: on the development VM's virtio disk every request costs about 0.1 ms beyond
+// its bytes, so the hundreds of writes of a few kilobytes that a checkpoint of many small
+// tensors gives cost more disk time than their bytes (bench/README.md "Small writes
+// joined"). Larger writes go out at once, as they come (a pipeline's chunk outputs).
+constexpr uint64_t kHoldBelowBytes = 256ull << 10;
 constexpr uint64_t kDirectRunBytes = 1ull << 20;
 // Held bytes beyond which every held run's whole blocks go out as they are: what a file may
 // hold (the pipeline's memory reserve counts it, pipeline.cc kReserve). Once only partial
@@ -187,9 +189,9 @@ Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
   const uint64_t end = offset + len;
   const uint64_t mid_begin = std::min(end, (offset + a - 1) / a * a);
   const uint64_t mid_end = std::max(mid_begin, end / a * a);
-  const bool direct_now = mid_end - mid_begin >= kDirectRunBytes;
-  std::vector<AlignedBytes> ready;
-  AlignedBytes before, after;
+  const bool direct_now = mid_end - mid_begin >= kHoldBelowBytes;
+  std::vector<Held> ready;
+  Held before, after;
   {
     std::lock_guard<std::mutex> lock(pending_mu_);
     const bool held = direct_now ? pending_.Add(offset, p, mid_begin - offset) &&
@@ -201,11 +203,11 @@ Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
     }
     if (direct_now) {
       const auto [b0, b1] = pending_.RunAt(mid_begin);  // held bytes ending where it starts
-      if (b1 == mid_begin && b0 < b1) before = pending_.Take(pending_.AlignUp(b0), mid_begin);
+      if (b1 == mid_begin && b0 < b1) before = TakeHeld(pending_.AlignUp(b0), mid_begin);
       const auto [a0, a1] = pending_.RunAt(mid_end);  // and starting where it ends
-      if (a0 == mid_end && a0 < a1) after = pending_.Take(mid_end, pending_.AlignDown(a1));
-      const uint64_t lo = before ? before.offset : mid_begin;
-      const uint64_t hi = after ? after.offset + after.len : mid_end;
+      if (a0 == mid_end && a0 < a1) after = TakeHeld(mid_end, pending_.AlignDown(a1));
+      const uint64_t lo = before.len > 0 ? before.at : mid_begin;
+      const uint64_t hi = after.len > 0 ? after.at + after.len : mid_end;
       direct_starts_.insert(lo);
       direct_ends_.insert(hi);
       // What is held beside it may now have direct writes on both sides.
@@ -216,14 +218,23 @@ Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
     }
     if (pending_.bytes() > pending_limit_) TakeAllBlocks(&ready);
   }
-  for (AlignedBytes& b : ready) {
-    QUENCH_RETURN_IF_ERROR(WriteDirect(b.offset, b.data.get(), b.len));
-  }
+  for (const Held& h : ready) QUENCH_RETURN_IF_ERROR(WriteHeld(h));
   if (!direct_now) return Status::Ok();
   return WriteJoined(before, mid_begin, p + (mid_begin - offset), mid_end - mid_begin, after);
 }
 
-void OutputFile::TakeReady(uint64_t offset, std::vector<AlignedBytes>* ready) {
+OutputFile::Held OutputFile::TakeHeld(uint64_t from, uint64_t to) {
+  Held h;
+  h.pieces = pending_.Take(from, to);
+  if (h.pieces.empty()) return h;
+  h.at = from;
+  h.len = to - from;
+  direct_starts_.insert(from);
+  direct_ends_.insert(to);
+  return h;
+}
+
+void OutputFile::TakeReady(uint64_t offset, std::vector<Held>* ready) {
   const auto [s, e] = pending_.RunAt(offset);
   const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
   if (hi <= lo) return;
@@ -231,73 +242,104 @@ void OutputFile::TakeReady(uint64_t offset, std::vector<AlignedBytes>* ready) {
   const bool closed = (s == 0 || direct_ends_.count(s) > 0) &&
                       (e == size_ || direct_starts_.count(e) > 0);
   if (hi - lo < kDirectRunBytes && !closed) return;
-  AlignedBytes b = pending_.Take(lo, hi);
-  if (!b) return;  // no memory for the copy now: it stays held, and goes out at Commit
-  direct_starts_.insert(lo);
-  direct_ends_.insert(hi);
-  ready->push_back(std::move(b));
+  Held h = TakeHeld(lo, hi);
+  if (h.len > 0) ready->push_back(std::move(h));
 }
 
-void OutputFile::TakeAllBlocks(std::vector<AlignedBytes>* ready) {
+void OutputFile::TakeAllBlocks(std::vector<Held>* ready) {
   for (const auto& [s, e] : pending_.Runs()) {
     const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
     if (hi <= lo) continue;
-    AlignedBytes b = pending_.Take(lo, hi);
-    if (!b) continue;
-    direct_starts_.insert(lo);
-    direct_ends_.insert(hi);
-    ready->push_back(std::move(b));
+    Held h = TakeHeld(lo, hi);
+    if (h.len > 0) ready->push_back(std::move(h));
   }
   if (pending_.bytes() > pending_limit_ / 2) pending_limit_ = 2 * pending_.bytes();
 }
 
-Status OutputFile::WriteJoined(AlignedBytes& before, uint64_t offset, const uint8_t* mid,
-                               uint64_t len, AlignedBytes& after) {
-  const uint64_t a = DirectIoAlignment();
-  if ((before || after) && reinterpret_cast<uintptr_t>(mid) % a == 0) {
-    iovec iov[3];
-    int n = 0;
-    if (before) iov[n++] = {before.data.get(), before.len};
-    iov[n++] = {const_cast<uint8_t*>(mid), len};
-    if (after) iov[n++] = {after.data.get(), after.len};
-    const uint64_t start = before ? before.offset : offset;
-    const uint64_t total = before.len + len + after.len;
-    ssize_t w;
-    do {
-      w = pwritev(dfd_, iov, n, static_cast<off_t>(start));
-    } while (w < 0 && errno == EINTR);
-    if (w >= 0 && static_cast<uint64_t>(w) == total) return Status::Ok();
-    // Short, refused or failed: each part's unwritten bytes once more on their own, where a
-    // short write is retried and a refusal falls back to buffered writes (WriteDirect).
-    uint64_t done = w > 0 ? static_cast<uint64_t>(w) : 0;
-    const auto rest = [&](uint64_t at, const uint8_t* p, uint64_t n_bytes) -> Status {
-      const uint64_t skip = std::min(done, n_bytes);
-      done -= skip;
-      return skip < n_bytes ? WriteDirect(at + skip, p + skip, n_bytes - skip) : Status::Ok();
-    };
-    if (before) QUENCH_RETURN_IF_ERROR(rest(before.offset, before.data.get(), before.len));
-    QUENCH_RETURN_IF_ERROR(rest(offset, mid, len));
-    if (after) QUENCH_RETURN_IF_ERROR(rest(after.offset, after.data.get(), after.len));
-    return Status::Ok();
+Status OutputFile::WriteHeld(const Held& h) {
+  std::lock_guard<std::mutex> lock(staging_mu_);
+  if (staging_ == nullptr) {
+    void* mem = nullptr;
+    if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
+      return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
+                                       std::to_string(kDirectStagingBytes >> 20) +
+                                       " MiB direct-I/O staging buffer");
+    }
+    staging_ = static_cast<uint8_t*>(mem);
   }
-  if (before) QUENCH_RETURN_IF_ERROR(WriteDirect(before.offset, before.data.get(), before.len));
-  QUENCH_RETURN_IF_ERROR(WriteDirect(offset, mid, len));
-  if (after) QUENCH_RETURN_IF_ERROR(WriteDirect(after.offset, after.data.get(), after.len));
-  return Status::Ok();
+  // The pieces, back to back, a staging buffer at a time (a held run is rarely longer).
+  uint64_t at = h.at, filled = 0;
+  for (const HeldPiece& q : h.pieces) {
+    for (uint64_t done = 0; done < q.bytes.size();) {
+      const uint64_t n = std::min<uint64_t>(q.bytes.size() - done, kDirectStagingBytes - filled);
+      std::memcpy(staging_ + filled, q.bytes.data() + done, n);
+      filled += n;
+      done += n;
+      if (filled == kDirectStagingBytes) {
+        QUENCH_RETURN_IF_ERROR(WriteDirect(at, staging_, filled));  // aligned: no lock taken
+        at += filled;
+        filled = 0;
+      }
+    }
+  }
+  return filled > 0 ? WriteDirect(at, staging_, filled) : Status::Ok();
+}
+
+Status OutputFile::WriteJoined(const Held& before, uint64_t offset, const uint8_t* mid,
+                               uint64_t len, const Held& after) {
+  const uint64_t a = DirectIoAlignment();
+  using Bytes = std::unique_ptr<uint8_t, decltype(&std::free)>;
+  const auto copy = [a](const Held& h) {
+    void* mem = nullptr;
+    if (h.len == 0 || posix_memalign(&mem, a, h.len) != 0) return Bytes(nullptr, &std::free);
+    CopyPieces(h.pieces, static_cast<uint8_t*>(mem));
+    return Bytes(static_cast<uint8_t*>(mem), &std::free);
+  };
+  const Bytes b = copy(before), e = copy(after);
+  const bool joined = (before.len > 0 || after.len > 0) && (before.len == 0 || b) &&
+                      (after.len == 0 || e) && reinterpret_cast<uintptr_t>(mid) % a == 0;
+  if (!joined) {
+    if (before.len > 0) QUENCH_RETURN_IF_ERROR(WriteHeld(before));
+    QUENCH_RETURN_IF_ERROR(WriteDirect(offset, mid, len));
+    return after.len > 0 ? WriteHeld(after) : Status::Ok();
+  }
+  iovec iov[3];
+  int n = 0;
+  if (b) iov[n++] = {b.get(), before.len};
+  iov[n++] = {const_cast<uint8_t*>(mid), len};
+  if (e) iov[n++] = {e.get(), after.len};
+  const uint64_t start = b ? before.at : offset;
+  const uint64_t total = before.len + len + after.len;
+  ssize_t w;
+  do {
+    w = pwritev(dfd_, iov, n, static_cast<off_t>(start));
+  } while (w < 0 && errno == EINTR);
+  if (w >= 0 && static_cast<uint64_t>(w) == total) return Status::Ok();
+  // Short, refused or failed: each part's unwritten bytes once more on their own, where a
+  // short write is retried and a refusal falls back to buffered writes (WriteDirect).
+  uint64_t done = w > 0 ? static_cast<uint64_t>(w) : 0;
+  const auto rest = [&](uint64_t at, const uint8_t* p, uint64_t n_bytes) -> Status {
+    const uint64_t skip = std::min(done, n_bytes);
+    done -= skip;
+    return skip < n_bytes ? WriteDirect(at + skip, p + skip, n_bytes - skip) : Status::Ok();
+  };
+  if (b) QUENCH_RETURN_IF_ERROR(rest(before.at, b.get(), before.len));
+  QUENCH_RETURN_IF_ERROR(rest(offset, mid, len));
+  return e ? rest(after.at, e.get(), after.len) : Status::Ok();
 }
 
 // Writes what is held through the page cache (exactly the bytes given, no padding): at
 // Commit, the file's short last block and any block with bytes no write covered; and when
 // direct writes stop, so that later buffered writes of the same blocks mix with them safely.
 Status OutputFile::FlushPartialBlocks() {
-  std::vector<std::pair<uint64_t, std::string>> held;
+  std::vector<HeldPiece> held;
   {
     std::lock_guard<std::mutex> lock(pending_mu_);
     held = pending_.TakeAll();
   }
-  for (const auto& [at, bytes] : held) {
+  for (const HeldPiece& q : held) {
     QUENCH_RETURN_IF_ERROR(
-        WriteBuffered(at, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+        WriteBuffered(q.at, reinterpret_cast<const uint8_t*>(q.bytes.data()), q.bytes.size()));
   }
   return Status::Ok();
 }
@@ -382,14 +424,12 @@ Status OutputFile::Commit() {
   if (direct()) {
     // Whole blocks still held (runs never joined to a direct write) go out directly; only
     // partial blocks are left for the page cache.
-    std::vector<AlignedBytes> ready;
+    std::vector<Held> ready;
     {
       std::lock_guard<std::mutex> lock(pending_mu_);
       TakeAllBlocks(&ready);
     }
-    for (AlignedBytes& b : ready) {
-      QUENCH_RETURN_IF_ERROR(WriteDirect(b.offset, b.data.get(), b.len));
-    }
+    for (const Held& h : ready) QUENCH_RETURN_IF_ERROR(WriteHeld(h));
   }
   FreeStaging();
   direct_ok_.store(false);

@@ -98,15 +98,23 @@ class OutputFile {
   const std::filesystem::path& final_path() const { return final_path_; }
 
  private:
+  // Held bytes taken out to be written: [at, at + len), whole blocks.
+  struct Held {
+    uint64_t at = 0, len = 0;
+    std::vector<HeldPiece> pieces;
+  };
   // Take out the whole blocks of held runs that are ready to go to the disk: the run at
   // `offset` (holding it or ending there) once it holds kDirectRunBytes of them or can grow
   // no more (TakeReady); every run (TakeAllBlocks). Callers hold pending_mu_.
-  void TakeReady(uint64_t offset, std::vector<AlignedBytes>* ready);
-  void TakeAllBlocks(std::vector<AlignedBytes>* ready);
+  void TakeReady(uint64_t offset, std::vector<Held>* ready);
+  void TakeAllBlocks(std::vector<Held>* ready);
+  Held TakeHeld(uint64_t from, uint64_t to);
+  // Writes held bytes directly, through the staging buffer.
+  Status WriteHeld(const Held& h);
   // `mid` (whole blocks at `offset`) with the held blocks just before and after it, as one
   // request where the memory allows.
-  Status WriteJoined(AlignedBytes& before, uint64_t offset, const uint8_t* mid, uint64_t len,
-                     AlignedBytes& after);
+  Status WriteJoined(const Held& before, uint64_t offset, const uint8_t* mid, uint64_t len,
+                     const Held& after);
   Status FlushPartialBlocks();
   Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
   // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().

@@ -1,30 +1,25 @@
 // Bytes of a direct-written output file that are not written yet: small writes, and the
 // unaligned ends of large ones, kept as runs of adjacent bytes so that they reach the disk in
 // a few large requests instead of one request each (a checkpoint of many small tensors gives
-// its writer hundreds of writes of a few kilobytes; bench/README.md "Small writes combined").
-// Not thread-safe: OutputFile holds its lock around every call.
+// its writer hundreds of writes of a few kilobytes; bench/README.md "Small writes joined").
+// Each write's bytes are kept as given (one allocation of its own size, never grown or moved),
+// so that what is held costs its bytes and no more. Not thread-safe: OutputFile holds its lock
+// around every call.
 #ifndef QUENCH_FORMAT_PENDING_RUNS_H_
 #define QUENCH_FORMAT_PENDING_RUNS_H_
 
 #include <cstdint>
-#include <cstdlib>
 #include <map>
-#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace quench {
 
-// Bytes taken out of PendingRuns, in memory aligned for a direct write.
-struct AlignedBytes {
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  uint64_t offset = 0;  // file offset of the first byte
-  uint64_t len = 0;
-  std::unique_ptr<uint8_t, Free> data;
-  explicit operator bool() const { return len > 0; }
+// Bytes at a file offset.
+struct HeldPiece {
+  uint64_t at = 0;
+  std::string bytes;
 };
 
 class PendingRuns {
@@ -40,13 +35,13 @@ class PendingRuns {
   // {offset, offset} when there is none.
   std::pair<uint64_t, uint64_t> RunAt(uint64_t offset) const;
 
-  // Takes bytes [from, to) out of the run that holds them (one run, both ends multiples of
-  // the block), leaving the run's bytes before and after as runs of their own. Null (len 0)
-  // when from == to or the aligned copy cannot be allocated (then nothing is taken).
-  AlignedBytes Take(uint64_t from, uint64_t to);
+  // Takes bytes [from, to) out of the run that holds them all, in file order, leaving the
+  // run's bytes before and after as runs of their own. Empty if from >= to or no one run
+  // holds them all (then nothing is taken).
+  std::vector<HeldPiece> Take(uint64_t from, uint64_t to);
 
-  // Takes every run out whole (unaligned), in file order.
-  std::vector<std::pair<uint64_t, std::string>> TakeAll();
+  // Takes every run out, in file order.
+  std::vector<HeldPiece> TakeAll();
 
   // Every run, as [begin, end), in file order.
   std::vector<std::pair<uint64_t, uint64_t>> Runs() const;
@@ -58,10 +53,17 @@ class PendingRuns {
   uint64_t AlignDown(uint64_t x) const { return x / block_ * block_; }
 
  private:
+  struct Run {
+    uint64_t end = 0;
+    std::vector<HeldPiece> pieces;  // in file order, back to back from the run's start
+  };
   const uint64_t block_;
-  std::map<uint64_t, std::string> runs_;  // by first byte's offset; never adjacent, never empty
+  std::map<uint64_t, Run> runs_;  // by first byte's offset; never adjacent, never empty
   uint64_t bytes_ = 0;
 };
+
+// Copies `pieces` (back to back in the file) into `dst`.
+void CopyPieces(const std::vector<HeldPiece>& pieces, uint8_t* dst);
 
 }  // namespace quench
 
