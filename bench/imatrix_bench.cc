@@ -5,13 +5,14 @@
 // Thread CPU time, best of R rounds; prints the popcount of the masks (the improving steps)
 // so that two builds can be checked to decide the same.
 //
-//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
+//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5] [int|nvfp4]
 
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "calib/imatrix_mse.h"
@@ -34,12 +35,13 @@ bool ReadAll(const char* path, std::vector<T>* v) {
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
   if (argc < 6) {
-    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS]\n");
+    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4]\n");
     return 2;
   }
   const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);
   const double count = std::strtod(argv[5], nullptr);
   const int rounds = argc > 6 ? std::atoi(argv[6]) : 5;
+  const std::string only = argc > 7 ? argv[7] : "";  // one format only
   std::vector<uint16_t> w(rows * cols);
   std::vector<double> sum_x2(cols);
   if (!ReadAll(argv[1], &w) || !ReadAll(argv[2], &sum_x2)) {
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;
   for (calib::ImatrixFormat f : {calib::ImatrixFormat::kInt, calib::ImatrixFormat::kNvfp4}) {
+    if (!only.empty() && only != (f == calib::ImatrixFormat::kInt ? "int" : "nvfp4")) continue;
     WeightChunk in;
     in.data = reinterpret_cast<const uint8_t*>(w.data());
     in.dtype = DType::kBF16;

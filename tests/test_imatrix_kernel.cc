@@ -294,6 +294,45 @@ TEST_CASE("imatrix_mse kernel equals the scalar definition on random weights, ev
   CHECK(!targets.empty());
 }
 
+// The bf16 kernels' quotient from the scale's reciprocal (imatrix_mse-inl.h QuotientBf16):
+// RNE_bf16(x * f32(1 / s)) equals the definition's RNE_bf16(x / s) for every bf16 x and every
+// bf16 scale mantissa, at the ends of the range the kernels take (2^-100 .. 2^100) and in
+// between, wherever |x / s| is in [2^-120, 2^20]; outside it the int code (round half to even
+// of the value clamped to [-8, 7]) and the E2M1 value agree. The same IEEE f32 operations as
+// the vector lanes (no contraction in this test: products rounded one at a time).
+TEST_CASE("imatrix_mse bf16 quotient from the scale's reciprocal equals the division") {
+  using intq::internal::RoundToDType;
+  auto code = [](float v) { return std::nearbyint(std::min(std::max(v, -8.0f), 7.0f)); };
+  size_t checked = 0, mismatched = 0;
+  for (int e : {-100, -60, -7, -3, 0, 5, 40, 99}) {
+    for (uint32_t b = 128; b < 256; ++b) {
+      const float s = std::ldexp(static_cast<float>(b) / 128.0f, e);  // a bf16 value
+      volatile float one = 1.0f;
+      const float r = one / s;
+      for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+        const float x = BF16ToF32(static_cast<uint16_t>(bits));
+        if (!std::isfinite(x)) continue;
+        volatile float xv = x;
+        const float quot = xv / s;
+        const float prod = xv * r;
+        const float vq = RoundToDType(quot, DType::kBF16);
+        const float vp = RoundToDType(prod, DType::kBF16);
+        const float a = std::fabs(quot);
+        ++checked;
+        if (a >= 0x1p-120f && a <= 0x1p20f) {
+          if (vq != vp) ++mismatched;
+        } else if (code(vq) != code(vp) ||
+                   fp4::RoundToE2M1(std::min(std::max(vq, -6.0f), 6.0f)) !=
+                       fp4::RoundToE2M1(std::min(std::max(vp, -6.0f), 6.0f))) {
+          ++mismatched;
+        }
+      }
+    }
+  }
+  MESSAGE("pairs checked: " << checked);
+  CHECK(mismatched == 0);
+}
+
 TEST_CASE("imatrix_mse kernel equals the scalar definition on adversarial weights") {
   ForEachTarget([&](const std::string& target) {
     for (const Case& c : Cases()) {
@@ -452,6 +491,16 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
             calib::internal::IntCodes(x.data(), 992, group, p.data(), l, sym, d, codes.data());
             for (size_t i = 0; i < 992; ++i) {
               REQUIRE(codes[i] == intq::internal::QuantizeValue(x[i], p[i / group], l, sym, d));
+            }
+            if (bits == 4) {
+              // Packed as pack_to_int32 lays them out: u = q + 8, element i in the nibble
+              // 4i..4i+3 of the little-endian byte stream.
+              std::vector<uint8_t> packed(496, 0xA5);
+              calib::internal::IntCodesPacked4(x.data(), 992, group, p.data(), l, sym, d,
+                                               packed.data());
+              for (size_t i = 0; i < 992; ++i) {
+                REQUIRE(((packed[i / 2] >> (4 * (i % 2))) & 15) == codes[i] + 8);
+              }
             }
           }
         }

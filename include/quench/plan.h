@@ -62,6 +62,10 @@ struct PlanOptions {
   double smoothing_strength = 0.5;     // SmoothQuant: alpha, in [0, 1]
   std::string awq_duo_scaling = "true";  // AWQ: "true", "false" or "both"
   int awq_n_grid = 20;                   // AWQ: grid points
+  // AWQ: "screened" (candidates dropped on row-sample estimates, the survivors' exact losses
+  // decide) or "exact" (src/calib/awq.h AwqSearchKind); changes bytes where the choice
+  // differs, so it is in the settings and the resume fingerprint.
+  std::string awq_search = "screened";
   // Smoothing mappings a recipe gives (AWQModifier / SmoothQuantModifier `mappings`): the
   // smooth layer's target and the balance layers' ("re:" regexes or names). Empty: the
   // registry's for config.json's architecture (src/calib/mappings.h).
@@ -247,6 +251,11 @@ struct PlannedSmoothing {
   double ratio = -1;
   bool duo = false;
   double loss = 0, loss_rtn = 0;
+  // The search that ran for this mapping ("exact" or "screened"), whether loss_rtn is exact
+  // (screened: RTN dropped on an estimate gives its estimate) and the screen's survivors.
+  std::string search;
+  bool rtn_exact = true;
+  size_t finalists = 0;
 };
 
 // A config group as applied: written to quantization_config.config_groups under `key`.

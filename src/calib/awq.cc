@@ -176,6 +176,12 @@ Result<DuoScaling> ParseDuoScaling(const std::string& t) {
   return Error(ErrorCode::kUsage, "--awq-duo-scaling must be true, false or both, not '" + t + "'");
 }
 
+Result<AwqSearchKind> ParseAwqSearch(const std::string& t) {
+  if (t == "exact") return AwqSearchKind::kExact;
+  if (t == "screened") return AwqSearchKind::kScreened;
+  return Error(ErrorCode::kUsage, "--awq-search must be exact or screened, not '" + t + "'");
+}
+
 std::vector<std::pair<double, bool>> AwqGrid(int n_grid, DuoScaling duo) {
   std::vector<std::pair<double, bool>> g;
   switch (duo) {
@@ -265,7 +271,7 @@ std::vector<double> AwqWeightMeans(const std::vector<AwqLayer>& layers) {
 
 Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vector<float>& x_mean,
                             const std::vector<double>& h, bool full, double tokens, int n_grid,
-                            DuoScaling duo, bool prune) {
+                            DuoScaling duo, bool prune, AwqSearchKind search) {
   const size_t n = x_mean.size();
   const std::vector<double> w_mean =
       duo == DuoScaling::kFalse ? std::vector<double>(n, 1.0) : AwqWeightMeans(layers);
@@ -292,7 +298,13 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
   }
   // Each candidate's loss, summed over layers, then rows, in order (whatever the threads).
   std::vector<double> sums(count, 0.0);
-  if (!full) sums = DiagonalSums(layers, cands, h, prune);
+  const bool screened = !full && search == AwqSearchKind::kScreened;
+  awq_internal::ScreenInfo screen;
+  if (screened) {
+    sums = awq_internal::ScreenedSums(layers, cands, h, &screen);
+  } else if (!full) {
+    sums = DiagonalSums(layers, cands, h, prune);
+  }
   for (const AwqLayer& l : layers) {
     if (!l.quantized || !full) continue;
     const iq::Layout lay = LayoutOf(l);
@@ -319,11 +331,19 @@ Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vect
     }
   }
   AwqResult best;
+  if (screened) {
+    best.search = AwqSearchKind::kScreened;
+    best.rtn_exact = count > 0 && screen.exact[0];
+    best.finalists = screen.finalists;
+  }
   double best_loss = std::numeric_limits<double>::infinity();
   for (size_t g = 0; g < count; ++g) {
     const double loss = sums[g] / (tokens * outputs);  // mse_loss(reduction="sum") / numel
-    best.losses.push_back(loss);
-    if (g == 0) best.loss_rtn = loss;
+    // Screened: a dropped candidate's entry is its estimate (never chosen: only exact sums
+    // take part in the choice below).
+    best.losses.push_back(screened && !screen.exact[g] ? screen.estimate[g] / (tokens * outputs)
+                                                       : loss);
+    if (g == 0) best.loss_rtn = best.losses.back();
     if (loss < best_loss) {  // strictly smaller: the first of equal losses wins
       best_loss = loss;
       best.ratio = grid[g].first;

@@ -22,6 +22,14 @@ namespace quench::calib {
 enum class DuoScaling { kFalse, kTrue, kBoth };
 Result<DuoScaling> ParseDuoScaling(const std::string& text);  // "true", "false", "both"
 
+// How the grid's losses are found. kExact: every candidate's exact proxy loss that can decide
+// the choice (certified pruning when `prune`). kScreened (diagonal proxy only; the full
+// Hessian's search stays exact): candidates dropped on estimates from nested row samples,
+// the survivors' exact losses decide (awq_screen.cc): deterministic, the exhaustive choice
+// whenever its argmin survives the screen.
+enum class AwqSearchKind { kExact, kScreened };
+Result<AwqSearchKind> ParseAwqSearch(const std::string& text);  // "exact", "screened"
+
 // The grid (_get_grid_search_params): (ratio, duo) pairs in the reference's order.
 std::vector<std::pair<double, bool>> AwqGrid(int n_grid, DuoScaling duo);
 
@@ -42,6 +50,12 @@ struct AwqResult {
   double loss = 0;             // the chosen candidate's proxy loss
   double loss_rtn = 0;         // the first candidate's (ratio 0: scales 1, i.e. RTN)
   std::vector<double> losses;  // every candidate's, in grid order
+  // The search that ran (kScreened only where screening applied: the diagonal proxy), and
+  // whether loss_rtn is exact (false: RTN was dropped by the screen; loss_rtn is its
+  // estimate on the row sample).
+  AwqSearchKind search = AwqSearchKind::kExact;
+  bool rtn_exact = true;
+  size_t finalists = 0;  // screened: candidates whose loss was computed on every row
 };
 
 // x_mean: per channel mean |x| (sum_abs / count, as f32). hessian: n*n row-major (full) or n
@@ -49,9 +63,12 @@ struct AwqResult {
 // candidate has a finite loss, as the reference raises. `prune` (diagonal proxy only): stop
 // computing candidates proven worse than another (their `losses` entry is +Inf); the
 // choice, its scales and loss, and loss_rtn are those of the full search (awq.cc).
+// `search` kScreened (diagonal proxy): see AwqSearchKind; `losses` holds the survivors'
+// exact losses and the dropped candidates' last estimates.
 Result<AwqResult> AwqSearch(const std::vector<AwqLayer>& layers, const std::vector<float>& x_mean,
                             const std::vector<double>& hessian, bool full, double tokens,
-                            int n_grid, DuoScaling duo, bool prune = false);
+                            int n_grid, DuoScaling duo, bool prune = false,
+                            AwqSearchKind search = AwqSearchKind::kExact);
 
 // _compute_layer_means: per input channel, the mean over all balance layers' rows of |W|
 // normalised by its group's (channel's) max |W| + 1e-6, in f64.

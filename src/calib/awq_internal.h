@@ -34,6 +34,20 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
                                  const std::vector<Cand>& cands, const std::vector<double>& h,
                                  bool prune);
 
+// The screened search's by-products: per candidate its last estimate of the loss sum (the
+// exact sum where `exact`), and how many candidates were evaluated on every row.
+struct ScreenInfo {
+  std::vector<double> estimate;
+  std::vector<char> exact;
+  size_t finalists = 0;
+};
+
+// Each candidate's diagonal loss sum where it survives the screen (+Inf where it was
+// dropped by an estimate on a row sample); see awq_screen.cc.
+std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands, const std::vector<double>& h,
+                                 ScreenInfo* info);
+
 }  // namespace quench::calib::awq_internal
 
 #endif  // QUENCH_CALIB_AWQ_INTERNAL_H_

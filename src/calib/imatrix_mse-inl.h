@@ -60,10 +60,37 @@ HWY_INLINE VF RoundInt(DF df, VF v) {
   return hn::Sub(hn::Add(v, magic), magic);
 }
 
-// One element's term e = |dq - x|^norm * imp (the definition in imatrix_mse_kernel.h).
+// The quotient the definition rounds first, RNE_D(x / s).
+template <DType D>
+HWY_INLINE VF Quotient(DF df, VF x, VF s) {
+  return rd::RoundToDType<D>(df, hn::Div(x, s));
+}
+
+// The same quotient for D = bf16 from r = f32(1 / s): RNE_bf16(x * r) == RNE_bf16(x / s) for
+// bf16 values x and s with 2^-100 <= s <= 2^100 (the callers send other scales to the scalar
+// definition). Proof: y = x / s = (a / b) 2^E with integer mantissas 1 <= a <= 255 and
+// 128 <= b <= 255 (s normal). RNE_bf16 of two nearby reals differs only if a bf16 midpoint
+// M = m 2^F (m an odd integer in [257, 511]) lies between them or on one. If E >= F,
+// a 2^E - b m 2^F is a multiple of 2^F and not 0 (else the odd part of a would be the odd
+// part of b times m >= 257 > 255), so |y - M| >= 2^F / b > 2^-17 M; if E < F, M >= 257 2^F
+// > 128 y. f32(1 / s) is within 2^-24 of 1 / s, x * r within 2^-24 of that product, and
+// f32(x / s) within 2^-24 of y (all normal wherever the result depends on the value: for
+// |y| < 2^-120 every path gives the code 0 or E2M1's 0, for |y| > 2^20 both clamp), so
+// f32(x * r), f32(x / s) and y lie within 2^-22 relative of one another with no midpoint
+// between them: the same bf16 value, so the same code, dq and term. A multiply instead of a
+// division: the division's latency was most of a term's dependency chain.
+// tests/test_imatrix_kernel checks every pair of mantissas.
+HWY_INLINE VF QuotientBf16(DF df, VF x, VF r) {
+  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(x, r));
+}
+
+// Scales for which QuotientBf16 holds.
+inline bool ReciprocalScale(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
+
+// One element's term e = |dq - x|^norm * imp (the definition in imatrix_mse_kernel.h), from
+// the rounded quotient v = Quotient(x, s).
 template <DType D, int M, int N>
-HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
-  VF v = rd::RoundToDType<D>(df, hn::Div(x, s));
+HWY_INLINE VF TermOf(DF df, VF v, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
   VF dq;
   if constexpr (M == kFp4) {
     // cast_to_fp4 of clamp(v, -6, 6): E2M1 rounds |v| to nearest even on a grid of 0.5
@@ -89,6 +116,11 @@ HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
   return hn::Mul(e, im);
 }
 
+template <DType D, int M, int N>
+HWY_INLINE VF Term(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
+  return TermOf<D, M, N>(df, Quotient<D>(df, x, s), x, im, s, zp, lo, hi);
+}
+
 // Whether this target takes int codes through a table of their dequantized values: one
 // vector holds the 16 codes of a 4-bit (or narrower) range.
 constexpr bool kTableTarget = hn::MaxLanes(DF()) == 16;
@@ -107,13 +139,13 @@ HWY_INLINE VF CodeTable(DF df, const Block& b, VF s, VF zp) {
   return rd::RoundToDType<D>(df, hn::Mul(M == kIntAsym ? hn::Sub(q, zp) : q, s));
 }
 
-// Term for int codes through CodeTable (kTableTarget only): the clamped quotient plus
-// 1.5 * 2^23 is RoundInt's first addition, whose low bits hold the code (mod 16 is all the
-// table lookup reads); dq is then the table's entry instead of a product and a rounding.
+// Term for int codes through CodeTable (kTableTarget only), from the rounded quotient v:
+// the clamped quotient plus 1.5 * 2^23 is RoundInt's first addition, whose low bits hold the
+// code (mod 16 is all the table lookup reads); dq is then the table's entry instead of a
+// product and a rounding.
 template <DType D, int M, int N>
-HWY_INLINE VF TermTable(DF df, VF x, VF im, VF s, VF zp, VF lo, VF hi, VF table) {
+HWY_INLINE VF TermTableOf(DF df, VF v, VF x, VF im, VF zp, VF lo, VF hi, VF table) {
   const hn::RebindToSigned<DF> di;
-  VF v = rd::RoundToDType<D>(df, hn::Div(x, s));
   if constexpr (M == kIntAsym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
   const VF biased = hn::Add(hn::Min(hn::Max(v, lo), hi), hn::Set(df, 12582912.0f));
   const auto idx = hn::And(hn::BitCast(di, biased), hn::Set(di, 15));

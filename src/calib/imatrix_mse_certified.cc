@@ -33,18 +33,36 @@ namespace hn = hwy::HWY_NAMESPACE;
 // 0 (every term 0: the definition's sum is 0 too), or far from f32's subnormals and overflow.
 HWY_INLINE bool Certifiable(double p) { return p == 0.0 || (p >= 0x1p-100 && p <= 0x1p100); }
 
-// One step's terms, Term or (Tab) TermTable with the step's code table.
+// One step's terms, Term or (Tab) TermTable with the step's code table; for bf16 the
+// quotient from the scale's reciprocal (QuotientBf16: steps whose scale it does not cover
+// go to the scalar definition, SC).
 template <DType D, int M, int N, bool Tab>
 struct StepTermT {
-  VF s, zp, lo, hi, table;
-  StepTermT(DF df, const Block& b, float s_, float zp_, VF lo_, VF hi_)
-      : s(hn::Set(df, s_)), zp(hn::Set(df, zp_)), lo(lo_), hi(hi_) {
+  VF s, r, zp, lo, hi, table;
+  StepTermT(DF df, const Block& b, float s_, float r_, float zp_, VF lo_, VF hi_)
+      : s(hn::Set(df, s_)), r(hn::Set(df, r_)), zp(hn::Set(df, zp_)), lo(lo_), hi(hi_) {
     if constexpr (Tab) table = CodeTable<D, M>(df, b, s, zp);
+  }
+  // The same step again, from what Save stored (the table to rebuild no more): kSaved floats,
+  // vector-aligned, the table first.
+  static constexpr size_t kSaved = (hn::MaxLanes(DF()) + 3 + hn::MaxLanes(DF()) - 1) /
+                                   hn::MaxLanes(DF()) * hn::MaxLanes(DF());
+  StepTermT(DF df, const float* saved, VF lo_, VF hi_)
+      : s(hn::Set(df, saved[hn::Lanes(df)])), r(hn::Set(df, saved[hn::Lanes(df) + 1])),
+        zp(hn::Set(df, saved[hn::Lanes(df) + 2])), lo(lo_), hi(hi_) {
+    if constexpr (Tab) table = hn::Load(df, saved);
+  }
+  void Save(DF df, float* saved) const {
+    if constexpr (Tab) hn::Store(table, df, saved);
+    saved[hn::Lanes(df)] = hn::GetLane(s);
+    saved[hn::Lanes(df) + 1] = hn::GetLane(r);
+    saved[hn::Lanes(df) + 2] = hn::GetLane(zp);
   }
   HWY_INLINE VF operator()(VF x, VF im) const {
     const DF df;
-    if constexpr (Tab) return TermTable<D, M, N>(df, x, im, s, zp, lo, hi, table);
-    return Term<D, M, N>(df, x, im, s, zp, lo, hi);
+    const VF v = D == DType::kBF16 ? QuotientBf16(df, x, r) : Quotient<D>(df, x, s);
+    if constexpr (Tab) return TermTableOf<D, M, N>(df, v, x, im, zp, lo, hi, table);
+    return TermOf<D, M, N>(df, v, x, im, s, zp, lo, hi);
   }
 };
 
@@ -52,11 +70,12 @@ struct StepTermT {
 constexpr size_t kMaxSteps = 64;
 
 // The element's weight in the ordering heuristic: |x|^3 * imp (clipping and rounding errors
-// grow with |x| and count with imp); NaN (0 * Inf) as -1. Any order gives a valid bound.
-HWY_INLINE VF Key(DF df, VF x, VF im) {
+// grow with |x| and count with imp). Any order and any element give a valid bound, so a NaN
+// key (0 * Inf) needs no care: it never compares greater, and a lane or element it leaves
+// chosen is as valid as any other.
+HWY_INLINE VF Key(VF x, VF im) {
   const VF a = hn::Abs(x);
-  const VF k = hn::Mul(hn::Mul(hn::Mul(a, a), a), im);
-  return hn::IfThenElse(hn::IsNaN(k), hn::Set(df, -1.0f), k);
+  return hn::Mul(hn::Mul(hn::Mul(a, a), a), im);
 }
 
 // The certified search (imatrix_mse_kernel.h): per group, lanes along its elements, the same
@@ -88,10 +107,13 @@ HWY_INLINE VF Key(DF df, VF x, VF im) {
 //  - the group reordered so that its first vector holds each lane's element of largest
 //    key; the live steps' first vectors together (independent sums that overlap), which rule
 //    out most of the rest;
-//  - the remaining steps in order, from their second vector on, summed to the end (a
-//    further partial check measured slower: a branch that is mostly not taken).
-// On the bench's int4 g128 groups: 35.8 vectors of terms per group, of which the improving
-// steps' full sums are 22; 3.0 against 5.0 ns per weight (quench-imatrix-bench).
+//  - the remaining steps, from their second vector on, summed to the end, all of them before
+//    any decision (a further partial check measured slower; a decision between two sums, a
+//    branch the predictor cannot learn, threw away the work in flight), then decided in
+//    step order.
+// On the bench's int4 g128 groups: 43.7 vectors of terms per group, of which the improving
+// steps' full sums are 21.8; 2.65 against 5.0 ns per weight before the certified search
+// (quench-imatrix-bench; bench/README.md "imatrix_mse: where the search's time goes").
 template <DType D, int M, int N, bool Tab>
 void SearchCertified(const Block& b) {
   using StepTerm = StepTermT<D, M, N, Tab>;
@@ -100,8 +122,9 @@ void SearchCertified(const Block& b) {
   const size_t ng = b.cols / n, groups = b.rows * ng;
   const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
   const size_t kp = (steps + L - 1) / L * L;
-  HWY_ALIGN float P[kMaxSteps], S[kMaxSteps], Z[kMaxSteps], TOP[kMaxSteps];
+  HWY_ALIGN float P[kMaxSteps], S[kMaxSteps], R[kMaxSteps], Z[kMaxSteps], TOP[kMaxSteps];
   uint8_t SC[kMaxSteps] = {};
+  bool sc_set = false;  // some SC[k] may be set (cleared before a group that needs none)
   for (size_t k = 0; k < kp; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
     const double i = static_cast<double>(b.i0) + static_cast<double>(k);
     P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
@@ -123,12 +146,12 @@ void SearchCertified(const Block& b) {
     const float* im = ig == nullptr ? ones.data() : ig;
     // Min, max, and per lane the element of largest key (its vector in `at`).
     const VF x0 = hn::LoadU(df, xg), i0 = hn::LoadU(df, im);
-    VF mn = x0, mx = x0, top = Key(df, x0, i0), sx = x0, si = i0, at = hn::Zero(df);
+    VF mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0, at = hn::Zero(df);
     for (size_t v = 1; v < nv; ++v) {
       const VF xv = hn::LoadU(df, xg + v * L), iv = hn::LoadU(df, im + v * L);
       mn = hn::Min(mn, xv);
       mx = hn::Max(mx, xv);
-      const VF kv = Key(df, xv, iv);
+      const VF kv = Key(xv, iv);
       const auto more = hn::Gt(kv, top);
       top = hn::IfThenElse(more, kv, top);
       sx = hn::IfThenElse(more, xv, sx);
@@ -166,19 +189,38 @@ void SearchCertified(const Block& b) {
         StepRange(m0, M0, b.i0 + static_cast<int>(k), b.grid, 1.0, b.dtype, &smn, &smx);
         const StepParams sp = ParamsOf(b, smn, smx);
         S[k] = sp.scale;
+        R[k] = 1.0f / sp.scale;
         Z[k] = sp.zp;
-        SC[k] = std::isfinite(sp.scale) ? 0 : 1;
+        SC[k] = !std::isfinite(sp.scale) || (D == DType::kBF16 && !ReciprocalScale(sp.scale));
       }
     } else {
+      auto recip_ok = hn::Eq(hn::Zero(df), hn::Zero(df));
       for (size_t k = 0; k < kp; k += L) {
         const VF vp = hn::Load(df, P + k);
         VF vs, vz;
         ParamsVec<D, M>(b, hn::Mul(vp, hn::Set(df, m0)), hn::Mul(vp, hn::Set(df, M0)), &vs, &vz);
         hn::Store(vs, df, S + k);
+        hn::Store(hn::Div(hn::Set(df, 1.0f), vs), df, R + k);
         hn::Store(vz, df, Z + k);
+        if constexpr (D == DType::kBF16) {
+          recip_ok = hn::And(recip_ok, hn::And(hn::Ge(vs, hn::Set(df, 0x1p-100f)),
+                                               hn::Le(vs, hn::Set(df, 0x1p100f))));
+        }
       }
-      // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite.
-      for (size_t k = 0; M == kIntAsym && k < steps; ++k) SC[k] = !std::isfinite(S[k]);
+      // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite. bf16
+      // terms take the quotient from the scale's reciprocal where QuotientBf16 holds: every
+      // step but in groups of absurd magnitude, so checked lane-wise first.
+      const bool all_recip = D != DType::kBF16 || hn::AllTrue(df, recip_ok);
+      if (M == kIntAsym || !all_recip) {
+        for (size_t k = 0; k < steps; ++k) {
+          SC[k] = (M == kIntAsym && !std::isfinite(S[k])) ||
+                  (D == DType::kBF16 && !ReciprocalScale(S[k]));
+        }
+        sc_set = true;
+      } else if (sc_set) {
+        std::fill_n(SC, kMaxSteps, uint8_t{0});
+        sc_set = false;
+      }
     }
     // The group's element of largest key (a lane of the first reordered vector): its term
     // at every step.
@@ -207,7 +249,7 @@ void SearchCertified(const Block& b) {
         }
         if (TOP[k] >= bhi) return;  // one term at or above the best already
         if (!have_p) {
-          const StepTerm st(df, b, S[k], Z[k], qlo, qhi);
+          const StepTerm st(df, b, S[k], R[k], Z[k], qlo, qhi);
           VF acc = acc0 != nullptr ? hn::Load(df, acc0) : hn::Zero(df);
           for (size_t v = acc0 != nullptr ? 1 : 0; v < nv; ++v) {
             acc = hn::Add(acc, st(hn::LoadU(df, xo + v * L), hn::LoadU(df, io + v * L)));
@@ -253,7 +295,7 @@ void SearchCertified(const Block& b) {
       for (uint32_t m = live; m != 0; m &= m - 1) {
         const size_t k = static_cast<size_t>(__builtin_ctz(m));
         if (SC[k]) continue;
-        const StepTerm st(df, b, S[k], Z[k], qlo, qhi);
+        const StepTerm st(df, b, S[k], R[k], Z[k], qlo, qhi);
         PS[k] = hn::GetLane(hn::SumOfLanes(df, st(hn::LoadU(df, xg), hn::LoadU(df, im))));
       }
       for (uint32_t m = live; m != 0; m &= m - 1) {
@@ -264,6 +306,7 @@ void SearchCertified(const Block& b) {
       // The live steps' first vectors (each lane's element of largest key) together, then
       // the steps those do not rule out, in step order, from their second vector on.
       HWY_ALIGN float acc0[kMaxSteps * hn::MaxLanes(DF())];
+      HWY_ALIGN float saved[kMaxSteps * StepTerm::kSaved];  // StepTerm::Save per step
       uint32_t live2 = 0;
       for (uint32_t m = live; m != 0; m &= m - 1) {
         const size_t k = static_cast<size_t>(__builtin_ctz(m));
@@ -271,15 +314,31 @@ void SearchCertified(const Block& b) {
           live2 |= 1u << k;
           continue;
         }
-        const StepTerm st(df, b, S[k], Z[k], qlo, qhi);
+        const StepTerm st(df, b, S[k], R[k], Z[k], qlo, qhi);
+        st.Save(df, saved + k * StepTerm::kSaved);
         const VF a = st(hn::LoadU(df, xo), hn::LoadU(df, io));
         hn::Store(a, df, acc0 + k * L);
         const double pc = hn::GetLane(hn::SumOfLanes(df, a));
         live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= bhi)) << k;
       }
+      // Their sums to the end, all before any decision: a decision is a data-dependent
+      // branch, and one mispredicted between two sums threw away the work in flight (a step
+      // a later best would rule out by its one term is summed needlessly: 0.1 per group on
+      // the bench, against 4 summed).
+      double PS[kMaxSteps];
       for (uint32_t m = live2; m != 0; m &= m - 1) {
         const size_t k = static_cast<size_t>(__builtin_ctz(m));
-        step(k, false, 0.0, SC[k] ? nullptr : acc0 + k * L);
+        if (SC[k]) continue;
+        const StepTerm st(df, saved + k * StepTerm::kSaved, qlo, qhi);
+        VF acc = hn::Load(df, acc0 + k * L);
+        for (size_t v = 1; v < nv; ++v) {
+          acc = hn::Add(acc, st(hn::LoadU(df, xo + v * L), hn::LoadU(df, io + v * L)));
+        }
+        PS[k] = hn::GetLane(hn::SumOfLanes(df, acc));
+      }
+      for (uint32_t m = live2; m != 0; m &= m - 1) {
+        const size_t k = static_cast<size_t>(__builtin_ctz(m));
+        step(k, !SC[k], PS[k], nullptr);
       }
     }
     if (b.exact_best && !exact) blo = exact_of(bk);

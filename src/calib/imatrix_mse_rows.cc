@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "schemes/float_formats.h"
 
@@ -81,10 +82,18 @@ void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn,
 
 // QuantizeValue on Lanes(df) values: RNE_D(x / s), + zp in D (asymmetric), clamp, round
 // half to even (1.5 * 2^23 added and taken away: exact for |v| <= 2^22, as RoundInt in
-// imatrix_mse-inl.h), then the integer.
-template <DType D, bool kSym>
+// imatrix_mse-inl.h), then the integer. bf16 values x and scale (the chosen scales are
+// values of D) with 2^-100 <= s <= 2^100: RNE_bf16(x * f32(1 / s)) instead of the division,
+// the same value (QuotientBf16 in imatrix_mse-inl.h has the proof): the division was most of
+// this pass.
+// kPacked4 (4-bit codes, an even number of lanes): u = q + 8 written packed instead, element
+// c in bits 4c..4c+3 of the little-endian byte stream (pack_to_int32's order): the rounded
+// value plus 1.5 * 2^23 holds q mod 16 in its low bits, q + 8 = (q mod 16) ^ 8 on [-8, 7],
+// and each 64-bit pair of lanes folds its odd nibble next to its even one (a narrowing, a
+// sign fix-up and a byte loop per row cost more than the codes).
+template <DType D, bool kSym, bool kPacked4 = false>
 void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
-                  const intq::internal::Layout& l, int8_t* codes) {
+                  const intq::internal::Layout& l, int8_t* codes, uint8_t* packed = nullptr) {
   const DF df;
   const hn::RebindToSigned<DF> di;
   const hn::Rebind<int8_t, DF> d8;
@@ -95,11 +104,25 @@ void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::
   for (size_t g = 0; g * group < n; ++g) {
     const auto s = hn::Set(df, p[g].scale);
     const auto zp = hn::Set(df, static_cast<float>(p[g].zp));
+    const bool recip = D == DType::kBF16 && p[g].scale >= 0x1p-100f && p[g].scale <= 0x1p100f;
+    const auto r = hn::Set(df, 1.0f / p[g].scale);
     for (size_t j = g * group; j < (g + 1) * group; j += L) {
-      auto v = rd::RoundToDType<D>(df, hn::Div(hn::LoadU(df, x + j), s));
+      const auto xv = hn::LoadU(df, x + j);
+      auto v = rd::RoundToDType<D>(df, recip ? hn::Mul(xv, r) : hn::Div(xv, s));
       if constexpr (!kSym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));
-      v = hn::Sub(hn::Add(hn::Min(hn::Max(v, lo), hi), magic), magic);
-      hn::StoreU(hn::DemoteTo(d8, hn::ConvertTo(di, v)), d8, codes + j);
+      if constexpr (kPacked4) {
+#if HWY_TARGET != HWY_SCALAR  // (one lane: no 64-bit pairs; IntCodesPacked4Kernel declines)
+        const hn::RebindToUnsigned<DF> du;
+        const hn::Repartition<uint64_t, DF> d64;
+        const hn::Rebind<uint8_t, decltype(d64)> du8;
+        const auto biased = hn::BitCast(du, hn::Add(hn::Min(hn::Max(v, lo), hi), magic));
+        const auto u = hn::BitCast(d64, hn::Xor(hn::And(biased, hn::Set(du, 15u)), hn::Set(du, 8u)));
+        hn::StoreU(hn::TruncateTo(du8, hn::Or(u, hn::ShiftRight<28>(u))), du8, packed + j / 2);
+#endif
+      } else {
+        v = hn::Sub(hn::Add(hn::Min(hn::Max(v, lo), hi), magic), magic);
+        hn::StoreU(hn::DemoteTo(d8, hn::ConvertTo(di, v)), d8, codes + j);
+      }
     }
   }
 }
@@ -129,6 +152,27 @@ void IntCodesKernel(const float* x, size_t n, size_t group, const intq::internal
   }
 }
 
+bool IntCodesPacked4Kernel(const float* x, size_t n, size_t group,
+                           const intq::internal::GroupParams* p, const intq::internal::Layout& l,
+                           bool symmetric, DType d, uint8_t* packed) {
+  const DF df;
+  if (hn::Lanes(df) < 2 || group % hn::Lanes(df) != 0 || l.bits != 4) return false;
+  auto run = [&](auto d_tag) {
+    constexpr DType D = decltype(d_tag)::value;
+    if (symmetric) {
+      IntCodesImpl<D, true, true>(x, n, group, p, l, nullptr, packed);
+    } else {
+      IntCodesImpl<D, false, true>(x, n, group, p, l, nullptr, packed);
+    }
+  };
+  switch (d) {
+    case DType::kBF16: run(std::integral_constant<DType, DType::kBF16>()); break;
+    case DType::kF16: run(std::integral_constant<DType, DType::kF16>()); break;
+    default: run(std::integral_constant<DType, DType::kF32>()); break;
+  }
+  return true;
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal
 HWY_AFTER_NAMESPACE();
@@ -139,6 +183,7 @@ namespace quench::calib::internal {
 HWY_EXPORT(ToF32Kernel);
 HWY_EXPORT(GroupMinMaxKernel);
 HWY_EXPORT(IntCodesKernel);
+HWY_EXPORT(IntCodesPacked4Kernel);
 
 bool ToF32(const uint8_t* src, DType d, size_t n, float* dst) {
   if (n == 0) return true;
@@ -152,6 +197,19 @@ void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float
 void IntCodes(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
               const intq::internal::Layout& l, bool symmetric, DType d, int8_t* codes) {
   HWY_DYNAMIC_DISPATCH(IntCodesKernel)(x, n, group, p, l, symmetric, d, codes);
+}
+
+void IntCodesPacked4(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+                     const intq::internal::Layout& l, bool symmetric, DType d, uint8_t* packed) {
+  if (HWY_DYNAMIC_DISPATCH(IntCodesPacked4Kernel)(x, n, group, p, l, symmetric, d, packed)) {
+    return;
+  }
+  // Narrow targets and groups of part vectors: the codes, then byte by byte.
+  std::vector<int8_t> codes(n);
+  IntCodes(x, n, group, p, l, symmetric, d, codes.data());
+  for (size_t c = 0; c < n; c += 2) {
+    packed[c / 2] = static_cast<uint8_t>(((codes[c] + 8) & 15) | (((codes[c + 1] + 8) & 15) << 4));
+  }
 }
 
 }  // namespace quench::calib::internal

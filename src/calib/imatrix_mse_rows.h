@@ -23,10 +23,17 @@ bool ToF32(const uint8_t* src, DType d, size_t n, float* dst);
 // a difference with 0, or an absolute value).
 void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx);
 
-// The codes of n values x in groups of `group` with per-group parameters p:
+// The codes of n values x of dtype d (as ToF32 gives them) in groups of `group` with
+// per-group parameters p (scales: values of d, as calculate_qparams gives them):
 // codes[c] = QuantizeValue(x[c], p[c / group], l, symmetric, d).
 void IntCodes(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
               const intq::internal::Layout& l, bool symmetric, DType d, int8_t* codes);
+
+// The same codes of 4 bits (l.bits == 4, n even) written packed as pack_to_int32 lays them
+// out: u = code + 8, element c in bits 4c..4c+3 of the little-endian byte stream (n / 2
+// bytes).
+void IntCodesPacked4(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
+                     const intq::internal::Layout& l, bool symmetric, DType d, uint8_t* packed);
 
 }  // namespace quench::calib::internal
 

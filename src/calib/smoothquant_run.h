@@ -1,6 +1,7 @@
-// SmoothQuant in a conversion: planning (which mappings apply, which tensors they rewrite,
-// why one is refused) and the calibration seam's transforms, whose scales a pre-pass over the
-// balance weights computes before any tensor streams.
+// SmoothQuant (and AWQ) in a conversion: planning (smoothquant_plan.cc: which mappings
+// apply, which tensors they rewrite, why one is refused) and the calibration seam's
+// transforms (smoothquant_run.cc), whose scales a pre-pass over the balance weights computes
+// before any tensor streams.
 #ifndef QUENCH_CALIB_SMOOTHQUANT_RUN_H_
 #define QUENCH_CALIB_SMOOTHQUANT_RUN_H_
 

@@ -1,6 +1,7 @@
 // A small JSON value tree for config.json, index files and recipes, parsed with simdjson and
 // written the way Python's `json.dump(obj, f, indent=2, sort_keys=True)` writes it, because
-// the reference rewrites config.json and the index that way and we match its bytes.
+// the reference rewrites config.json and the index that way and we match its bytes. The
+// tree and parser are in json.cc, the writers in json_write.cc.
 #ifndef QUENCH_FORMAT_JSON_H_
 #define QUENCH_FORMAT_JSON_H_
 

@@ -1,3 +1,8 @@
+// The inventory of a model folder (model_folder.h): the folder listed recursively with every
+// entry carried over faithfully (unreadable, looping, dangling or special entries refused),
+// every shard's header read (on a few threads), the index parsed beside them and checked
+// against the shards, config.json read, and the config's quantization method. The split of
+// fused 3-D expert stacks is in fused_experts.cc.
 #include "format/model_folder.h"
 
 #include <fcntl.h>
@@ -321,53 +326,6 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   return m;
 }
 
-namespace {
-
-// Python's str.replace: every non-overlapping occurrence, left to right.
-std::string ReplaceAll(std::string s, std::string_view from, std::string_view to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
-  }
-  return s;
-}
-
-// hidden_size from config.json (top level, or text_config for multimodal configs).
-std::optional<uint64_t> HiddenSize(const ModelFolder& folder) {
-  if (!folder.config) return std::nullopt;
-  for (const JsonValue* c : {&*folder.config, folder.config->Find("text_config")}) {
-    if (c == nullptr || !c->is_object()) continue;
-    const JsonValue* h = c->Find("hidden_size");
-    if (h != nullptr && h->is_int() && h->as_int() > 0) return static_cast<uint64_t>(h->as_int());
-  }
-  return std::nullopt;
-}
-
-// The last value of an I64 / I32 [3] weight_shape (a stack's decoded columns), or 0.
-uint64_t StackColumns(const Shard& shard, const TensorInfo& t) {
-  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{3}) {
-    return 0;
-  }
-  const uint64_t es = DTypeBits(t.dtype) / 8;
-  uint8_t raw[8] = {};
-  const int fd = ::open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
-  const ssize_t got = fd < 0 ? -1
-                             : ::pread(fd, raw, es, static_cast<off_t>(shard.header.data_start +
-                                                                       t.begin + 2 * es));
-  if (fd >= 0) ::close(fd);
-  if (got != static_cast<ssize_t>(es)) return 0;
-  int64_t v = 0;
-  if (es == 8) {
-    std::memcpy(&v, raw, 8);
-  } else {
-    int32_t v32;
-    std::memcpy(&v32, raw, 4);
-    v = v32;
-  }
-  return v > 0 ? static_cast<uint64_t>(v) : 0;
-}
-
-}  // namespace
-
 std::string ConfigQuantMethod(const ModelFolder& folder) {
   const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
   const JsonValue* m = q != nullptr && q->is_object() ? q->Find("quant_method") : nullptr;
@@ -376,148 +334,6 @@ std::string ConfigQuantMethod(const ModelFolder& folder) {
 
 bool IsCompressedTensors(const ModelFolder& folder) {
   return ConfigQuantMethod(folder) == "compressed-tensors";
-}
-
-Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
-  constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
-  const std::optional<uint64_t> hidden = HiddenSize(folder);
-  ExpertSplit result;
-  // FP8 stacks' scales split with their weights need the weights' rows and the block rows.
-  std::map<std::string, uint64_t> stack_rows;
-  for (const Shard& shard : folder.shards) {
-    for (const TensorInfo& t : shard.header.tensors) {
-      if (t.shape.size() == 3) stack_rows[t.name] = t.shape[1];
-    }
-  }
-  uint64_t block_rows = 0;
-  if (const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr) {
-    const JsonValue* b = q->is_object() ? q->Find("weight_block_size") : nullptr;
-    if (b != nullptr && b->is_array() && !b->as_array().empty() && b->as_array()[0].is_int() &&
-        b->as_array()[0].as_int() > 0) {
-      block_rows = b->as_array()[0].as_uint();
-    }
-  }
-  // compressed-tensors stacks: modules with a weight_scale, and their weight_shape tensors.
-  const bool ct = IsCompressedTensors(folder);
-  std::set<std::string> ct_modules;
-  std::map<std::string, uint64_t> ct_cols;  // a stack's decoded columns, from weight_shape
-  if (ct) {
-    for (const Shard& shard : folder.shards) {
-      for (const TensorInfo& t : shard.header.tensors) {
-        const size_t dot = t.name.rfind('.');
-        if (dot == std::string::npos) continue;
-        const std::string_view param = std::string_view(t.name).substr(dot + 1);
-        if (param == "weight_scale") ct_modules.insert(t.name.substr(0, dot));
-        if (param == "weight_shape") ct_cols[t.name.substr(0, dot)] = StackColumns(shard, t);
-      }
-    }
-  }
-  for (size_t si = 0; si < folder.shards.size(); ++si) {
-    Shard& shard = folder.shards[si];
-    std::vector<TensorInfo> out;
-    out.reserve(shard.header.tensors.size());
-    for (TensorInfo& t : shard.header.tensors) {
-      const bool gate_up = t.name.find(kGateUp) != std::string::npos;
-      const bool down = t.name.find(kDown) != std::string::npos;
-      // A compressed-tensors module's tensors: its codes are split as a stack's pieces below;
-      // the rest (scales, zero points, g_idx, global scale, weight_shape) stay whole.
-      std::string ct_module, ct_param;
-      if (ct && t.shape.size() == 3) {
-        const size_t dot = t.name.rfind('.');
-        if (dot != std::string::npos && ct_modules.contains(t.name.substr(0, dot))) {
-          ct_module = t.name.substr(0, dot);
-          ct_param = t.name.substr(dot + 1);
-          const bool codes = ct_param == "weight_packed" ||
-                             (ct_param == "weight" && !IsQuantizableFloat(t.dtype));
-          if (!codes) {
-            out.push_back(std::move(t));
-            continue;
-          }
-        }
-      }
-      if (gate_up && down) {
-        return Error(ErrorCode::kInvalidInput,
-                     shard.rel_name + ": tensor '" + t.name + "' names both gate_up_proj and "
-                     "down_proj; model_free_ptq refuses such a checkpoint (rename the tensor)");
-      }
-      const uint64_t elem_bits = DTypeBits(t.dtype);
-      if ((!gate_up && !down) || t.shape.size() != 3 || elem_bits % 8 != 0) {
-        out.push_back(std::move(t));
-        continue;
-      }
-      const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
-      uint64_t cols = b;  // the decoded columns (compressed-tensors codes may be packed)
-      if (!ct_module.empty()) {
-        if (ct_param == "weight_packed" && t.dtype == DType::kU8) cols = 2 * b;  // two FP4 a byte
-        if (t.dtype == DType::kI32) {
-          auto sh = ct_cols.find(ct_module);
-          cols = sh == ct_cols.end() ? 0 : sh->second;
-        }
-      }
-      // [E, in, out]: the hidden size sits where the output dimension should be.
-      const bool transposed = hidden && (gate_up ? (a == *hidden && cols != *hidden)
-                                                 : (cols == *hidden && a != *hidden));
-      if (transposed) {
-        result.kept_whole.push_back(shard.rel_name + ": " + t.name);
-        folder.kept_whole.push_back(t.name);
-        out.push_back(std::move(t));
-        continue;
-      }
-      const uint64_t parts = gate_up ? 2 : 1;
-      // An FP8 stack's block scales ("..._scale_inv", [E, rows/br, cols/bc]) split with it:
-      // each piece is that expert's (gate or up) tile rows, named as its weight's scale.
-      constexpr std::string_view kScaleInv = "_scale_inv";
-      const bool scale_inv = t.name.ends_with(kScaleInv);
-      const auto weight_rows =
-          scale_inv ? stack_rows.find(t.name.substr(0, t.name.size() - kScaleInv.size()))
-                    : stack_rows.end();
-      if (scale_inv && parts == 2 &&
-          (a % 2 != 0 || weight_rows == stack_rows.end() || block_rows == 0 ||
-           (weight_rows->second / 2) % block_rows != 0)) {
-        return Error(ErrorCode::kUnsupported,
-                     shard.rel_name + ": tensor '" + t.name + "' has shape " +
-                         ShapeString(t.shape) + "; the gate and up halves of a fused FP8 "
-                         "stack must each be whole blocks of weight_block_size rows to be split");
-      }
-      if (a % parts != 0) {
-        return Error(ErrorCode::kInvalidInput,
-                     shard.rel_name + ": tensor '" + t.name + "' has shape " +
-                         ShapeString(t.shape) + "; a fused gate_up_proj needs an even second "
-                         "dimension (gate rows, then up rows)");
-      }
-      const uint64_t rows = a / parts;
-      const uint64_t piece_bytes = rows * b * (elem_bits / 8);
-      uint64_t begin = t.begin;
-      for (uint64_t e = 0; e < experts; ++e) {
-        for (uint64_t p = 0; p < parts; ++p) {
-          TensorInfo piece;
-          const std::string part = std::to_string(e) + "." +
-                                   (gate_up ? (p == 0 ? "gate_proj" : "up_proj") : "down_proj");
-          const std::string base =
-              scale_inv ? t.name.substr(0, t.name.size() - kScaleInv.size())
-              : !ct_module.empty() ? ct_module + ".weight"
-                                   : t.name;
-          piece.name = ReplaceAll(base, gate_up ? kGateUp : kDown, part);
-          if (!piece.name.ends_with(".weight")) piece.name += ".weight";
-          if (scale_inv) piece.name += kScaleInv;
-          if (ct_param == "weight_packed") piece.name += "_packed";
-          if (!ct_module.empty()) {
-            folder.ct_pieces[piece.name] = ModelFolder::CtPiece{si, t, e, p * rows};
-          }
-          piece.dtype = t.dtype;
-          piece.shape = {rows, b};
-          piece.begin = begin;
-          piece.end = begin + piece_bytes;
-          begin = piece.end;
-          out.push_back(std::move(piece));
-          ++result.pieces;
-        }
-      }
-      ++result.tensors_split;
-    }
-    shard.header.tensors = std::move(out);
-  }
-  return result;
 }
 
 }  // namespace quench

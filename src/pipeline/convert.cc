@@ -569,9 +569,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     smooth->Finish(plan);
     if (callbacks.note && algos.smoothing == "awq") {
       for (const PlannedSmoothing& m : plan.smoothing) {
-        char line[160];
-        std::snprintf(line, sizeof line, ": ratio %.4f%s, proxy loss %.4g (RTN %.4g, %s)",
-                      m.ratio, m.duo ? " (duo)" : "", m.loss, m.loss_rtn, m.loss_kind.c_str());
+        char line[200];
+        std::snprintf(line, sizeof line, ": ratio %.4f%s, proxy loss %.4g (RTN %s%.4g, %s, %s search)",
+                      m.ratio, m.duo ? " (duo)" : "", m.loss, m.rtn_exact ? "" : "~", m.loss_rtn,
+                      m.loss_kind.c_str(), m.search.c_str());
         callbacks.note("AWQ " + m.smooth + line);
       }
     }

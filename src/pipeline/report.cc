@@ -201,7 +201,12 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
           e.Set("ratio", JsonValue(m.ratio));
           e.Set("duo_scaling", JsonValue(m.duo));
           e.Set("proxy_loss", JsonValue(m.loss));
+          // RTN's loss is exact unless the screen dropped RTN: then its estimate on the row
+          // sample, and proxy_loss_rtn_exact says so.
           e.Set("proxy_loss_rtn", JsonValue(m.loss_rtn));
+          e.Set("proxy_loss_rtn_exact", JsonValue(m.rtn_exact));
+          e.Set("search", JsonValue(m.search));
+          if (m.search == "screened") e.Set("finalists", JsonValue(uint64_t{m.finalists}));
         }
       }
       sm.Push(std::move(e));

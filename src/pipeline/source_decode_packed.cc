@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "schemes/awq_repack.h"
+#include "schemes/awq_table.h"
 #include "schemes/float_formats.h"
 #include "schemes/nibble_lookup.h"
 
@@ -91,17 +92,9 @@ Status DecodeAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uin
     const uint64_t c = o / 8 - a.c0, m = o % 8;
     for (uint64_t gi = 0; gi < a.groups; ++gi) {
       const int z = a.zeros.empty() ? 8 : static_cast<int>(AwqCode(a.zeros, a.words, gi, c, m));
-      const float s = F16ToF32(a.scales[gi * n + (o - r0)]);
-      // compressed-tensors' _dequantize in the scale's dtype (F16): (q - z) and the product
-      // rounded to F16 (exact in F32 first: 5 bits times 11), then .to(bfloat16). One value
-      // per code, so the group's 16 are computed once.
-      for (int q = 0; q < 16; ++q) {
-        const float v = F16ToF32(F32ToF16(static_cast<float>(q - z) * s));
-        if (!std::isfinite(v)) *finite = false;
-        const uint16_t h = F32ToBF16(v);
-        tables[32 * gi + q] = static_cast<uint8_t>(h);
-        tables[32 * gi + 16 + q] = static_cast<uint8_t>(h >> 8);
-      }
+      // compressed-tensors' _dequantize in the scale's dtype (F16), one value per code, so
+      // the group's 16 are computed once (awq_table.h).
+      if (!AwqGroupTable(a.scales[gi * n + (o - r0)], z, &tables[32 * gi])) *finite = false;
     }
     LookupNibbles(packed.data() + (o - r0) * (cols / 2), cols, g, tables.data(),
                   reinterpret_cast<uint8_t*>(out + (o - r0) * cols));

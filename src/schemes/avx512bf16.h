@@ -1,6 +1,7 @@
-// What the AVX-512 BF16 kernels (fp8_bf16.cc, int4_bf16.cc) share: the target attribute
-// their functions compile under, the CPU check that gates them and the on/off switch tests
-// use to run the Highway kernels on the same chunks. Include from those kernel files only.
+// What the AVX-512 BF16 kernels (fp8_bf16.cc, int4_bf16.cc, nvfp4_bf16.cc, awq_table.cc)
+// share: the target attribute their functions compile under, the CPU check that gates them
+// and the on/off switch tests use to run the Highway kernels on the same chunks. Include
+// from those kernel files only.
 #ifndef QUENCH_SCHEMES_AVX512BF16_H_
 #define QUENCH_SCHEMES_AVX512BF16_H_
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "schemes/byte_decode.h"
 #include "schemes/float_formats.h"
 #include "schemes/nibble_lookup.h"
 
@@ -246,12 +247,33 @@ Status DecodeRows(const CtWeight& w, const CtReader& read, const std::string& we
   }
   thread_local std::vector<uint8_t> tabs;
   if (run != 0) tabs.resize(32 * ((cols + run - 1) / run));
+  // Byte codes (int8, 8-bit packed, E4M3) with plain products: ScaleBytes, the loop's
+  // arithmetic in vectors over runs of columns that share a scale (no g_idx).
+  uint64_t byte_run = 0;
+  ByteCode kind = ByteCode::kInt8;
+  const bool byte_codes = (w.format == CtFormat::kPack && b == 8) ||
+                          (w.format != CtFormat::kPack && w.format != CtFormat::kNvfp4 &&
+                           w.format != CtFormat::kMxfp4);
+  if (tables && plain && gidx.empty() && byte_codes) {
+    kind = w.format == CtFormat::kPack ? ByteCode::kOffset128
+           : w.is_float                ? ByteCode::kE4M3
+                                       : ByteCode::kInt8;
+    byte_run = w.strategy == CtStrategy::kGroup || w.strategy == CtStrategy::kTensorGroup
+                   ? w.group_size
+               : w.strategy == CtStrategy::kBlock ? w.block_cols
+                                                  : cols;
+    if (byte_run == 0 || (cols + byte_run - 1) / byte_run > sc) byte_run = 0;
+  }
   bool all_finite = true;
   for (uint64_t r = r0; r < r1; ++r) {
     const uint8_t* row = codes + (r - r0) * w.code_row_bytes;
     const float* srow = scales.data() + (r / w.scale_row_span - sr0) * sc;
     const float* zrow = zps.empty() ? nullptr : zps.data() + (r - r0) * sc;
     uint8_t* o = out + (r - r0) * cols * 2;
+    if (byte_run != 0) {
+      all_finite &= ScaleBytes(row, cols, byte_run, srow, kind, o);
+      continue;
+    }
     if (run != 0) {
       // Each run's 16 results, as the loop below computes them; a row with a non-finite
       // entry anywhere goes through that loop (*finite counts only the codes present).

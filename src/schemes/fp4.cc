@@ -35,6 +35,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "schemes/nvfp4_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/fp4.cc"
@@ -208,8 +209,9 @@ HWY_INLINE bool RowGroupAmax(const uint8_t* row, size_t n_groups, uint32_t* amax
   return row_max < Traits<D>::kInfBits;
 }
 
-// Pass 2 for NVFP4: scale codes (to `codes`) and eff = f32(s / gs) (to `eff`) for n groups;
-// the arrays hold a whole number of vectors (padding lanes are computed and ignored).
+// Pass 2 for NVFP4: scale codes (to `codes`) and eff = f32(s / gs) (to `eff`; null: not
+// wanted, pass 3 by decision bounds needs the codes only) for n groups; the arrays hold a
+// whole number of vectors (padding lanes are computed and ignored).
 template <DType D>
 HWY_INLINE void Nvfp4Scales(const uint32_t* amax, size_t n, float gs, uint8_t* codes,
                             float* eff) {
@@ -236,7 +238,7 @@ HWY_INLINE void Nvfp4Scales(const uint32_t* amax, size_t n, float gs, uint8_t* c
     const auto s = hn::IfThenElse(hn::RebindMask(df, hn::Lt(code, hn::Set(du, 8u))),
                                   subnormal, normal);
     // _quantize: scale / global_scale, one f32 division.
-    hn::Store(hn::Div(s, vgs), df, eff + i);
+    if (eff != nullptr) hn::Store(hn::Div(s, vgs), df, eff + i);
     hn::Store(hn::TruncateTo(d8, code), d8, codes + i);
   }
 }
@@ -361,6 +363,14 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
   const size_t n_pairs = in.cols / 2;
   Scratch s(n_groups);
   if (!s.ok()) throw std::bad_alloc();  // the caller reports it; false means NaN/Inf
+  // BF16 NVFP4 on AVX-512: pass 3 by decision bounds (nvfp4_bf16.h). Taken from the
+  // AVX-512 targets only, so that tests running the lesser targets still run the code below.
+  const uint16_t* bounds = nullptr;
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  if (D == DType::kBF16 && kNv && Nvfp4Bf16Available()) {
+    bounds = Nvfp4Bf16Table(in.params.global_scale);
+  }
+#endif
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
@@ -376,7 +386,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     }
     if constexpr (kNv) {
       Nvfp4Scales<D>(s.amax.get(), n_groups, in.params.global_scale, s.codes.get(),
-                     s.factor.get());
+                     bounds != nullptr ? nullptr : s.factor.get());
     } else {
       MxScales<D, internal::kMxFp4Offset>(s.amax.get(), n_groups, s.codes.get(),
                                           s.factor.get());
@@ -385,6 +395,10 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     // The next row's input is asked for alongside this row's, a step's bytes per step.
     // (Asking for the whole row at once here stalled on the full line-fill buffers.)
     const uint8_t* next_row = r + 1 < in.rows ? row + in.cols * kEsz : nullptr;
+    if (bounds != nullptr) {
+      Nvfp4Bf16PackRow(row, n_groups, s.codes.get(), bounds, next_row, out.out[0] + r * n_pairs);
+      continue;
+    }
     uint8_t* dst = out.out[0] + r * n_pairs;
     size_t i = 0;
     for (; i + lanes <= n_pairs; i += lanes) {

@@ -1,21 +1,21 @@
-// Magnitude pruning (see prune.h for the rules). Scalar code written so the compiler can keep
-// it branch-free: pruning is memory-bound, a row is in L1/L2 while it is worked on. The 16-bit
-// N:4 case, the common one (2:4 for sparse tensor cores), also has a Highway kernel beside its
-// scalar SWAR reference (PruneN4Swar): the same 64-bit word arithmetic on every lane of a
-// vector, compiled once per target through Highway's foreach_target skeleton.
+// Magnitude pruning per row (see prune.h for the rules): unstructured rows by a two-level
+// counting select, N:M by ranking within each group. Scalar code written so the compiler can
+// keep it branch-free: pruning is memory-bound, a row is in L1/L2 while it is worked on. The
+// 16-bit N:4 case, the common one (2:4 for sparse tensor cores), also has a Highway kernel
+// beside its scalar SWAR reference (PruneN4Swar): the same 64-bit word arithmetic on every
+// lane of a vector, compiled once per target through Highway's foreach_target skeleton. The
+// spec's parsing is in prune_spec.cc, per-tensor pruning in prune_tensor.cc.
 #include "schemes/prune.h"
 
 #include <algorithm>
-#include <charconv>
-#include <cmath>
 #include <cstring>
-#include <functional>
-#include <string>
+#include <vector>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/prune.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "schemes/prune_elements.h"
 
 // The SWAR constants, shared by the reference and the kernels (compiled once).
 #ifndef QUENCH_SCHEMES_PRUNE_SHARED_
@@ -114,73 +114,9 @@ HWY_EXPORT(PruneN4Kernel);
 
 namespace {
 
-Status Usage(std::string_view text, const std::string& why) {
-  return Error(ErrorCode::kUsage,
-               "--prune '" + std::string(text) + "': " + why +
-                   " (expected unstructured:FRACTION with 0 <= FRACTION < 1, or N:M with "
-                   "1 <= N <= M <= 16)");
-}
-
-bool ParseInt(std::string_view s, int* out) {
-  if (s.empty() || s.size() > 6) return false;
-  for (char c : s)
-    if (c < '0' || c > '9') return false;
-  auto r = std::from_chars(s.data(), s.data() + s.size(), *out);
-  return r.ec == std::errc() && r.ptr == s.data() + s.size();
-}
-
-// ---- element access ----
-
-inline uint16_t Load16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t Load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-// First non-finite magnitude pattern.
-inline uint32_t InfMagnitude(DType d) {
-  return d == DType::kBF16 ? 0x7F80u : d == DType::kF16 ? 0x7C00u : 0x7F800000u;
-}
-
-inline size_t ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
-
-// The final select, shared by every unstructured path: `out` gets `x` with the elements
-// |x| < t zeroed, and those with |x| == t among the first `split` elements (out == x allowed).
-// Branch-free with signed compares (magnitudes < 2^(bits-1)), so it vectorizes on plain SSE2.
-template <typename T, typename S>
-void ZeroBelow(const T* x, T* out, size_t n, T t, size_t split) {
-  constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
-  const S ts = static_cast<S>(t);
-  split = std::min(split, n);
-  for (size_t c = 0; c < split; ++c) {
-    const S a = static_cast<S>(x[c] & kMag);
-    out[c] = x[c] & static_cast<T>(-static_cast<T>(a > ts));
-  }
-  for (size_t c = split; c < n; ++c) {
-    const S a = static_cast<S>(x[c] & kMag);
-    out[c] = x[c] & static_cast<T>(-static_cast<T>(a >= ts));
-  }
-}
-
-// The `split` for ZeroBelow that prunes exactly the first `need` elements equal to t: one past
-// the need-th of them (n when there are no more than `need`; `equal`, if known, skips the scan
-// in that case).
-template <typename T>
-size_t EqualSplit(const T* x, size_t n, T t, uint64_t need, uint64_t equal = UINT64_MAX) {
-  constexpr T kMag = static_cast<T>(static_cast<T>(~T{0}) >> 1);
-  if (need == 0) return 0;
-  if (need >= equal) return n;
-  uint64_t seen = 0;
-  for (size_t c = 0; c < n; ++c)
-    if ((x[c] & kMag) == t && ++seen == need) return c + 1;
-  return n;
-}
-
+using internal::ElemBytes;
+using internal::InfMagnitude;
+using internal::ZeroBelow;
 // ---- per-row unstructured: two-level counting select ----
 
 // Prunes the k smallest (|x|, column) keys of one row. False on NaN/Inf. Level 1 counts the
@@ -359,92 +295,6 @@ bool PruneNM32(const uint32_t* row, uint32_t* out, size_t cols, int n, int m) {
 
 // ---------------------------------------------------------------------------------------------
 
-Result<PruneSpec> ParsePruneSpec(std::string_view text) {
-  PruneSpec spec;
-  if (text == "none") return spec;
-  const size_t colon = text.find(':');
-  if (colon == std::string_view::npos) return Usage(text, "missing ':'");
-  const std::string_view head = text.substr(0, colon), tail = text.substr(colon + 1);
-  if (head == "unstructured") {
-    double f = 0;
-    if (tail.empty() || tail.find_first_not_of("0123456789.eE+-") != std::string_view::npos)
-      return Usage(text, "the fraction is not a number");
-    auto r = std::from_chars(tail.data(), tail.data() + tail.size(), f);
-    if (r.ec != std::errc() || r.ptr != tail.data() + tail.size() || !std::isfinite(f))
-      return Usage(text, "the fraction is not a number");
-    if (!(f >= 0.0 && f < 1.0)) return Usage(text, "the fraction must be in [0, 1)");
-    spec.kind = PruneSpec::kUnstructured;
-    spec.fraction = f;
-    return spec;
-  }
-  int n = 0, m = 0;
-  if (!ParseInt(head, &n) || !ParseInt(tail, &m))
-    return Usage(text, "not 'unstructured:FRACTION' nor N:M with integer N and M");
-  if (n < 1 || m < 1) return Usage(text, "N and M must be at least 1");
-  if (m > kMaxGroup) return Usage(text, "M must be at most 16");
-  if (n > m) return Usage(text, "N must not exceed M");
-  spec.kind = PruneSpec::kNM;
-  spec.n = n;
-  spec.m = m;
-  return spec;
-}
-
-Status ApplyGranularity(std::string_view text, PruneSpec* spec) {
-  if (text == "row") {
-    spec->per_tensor = false;
-    return Status::Ok();
-  }
-  if (text == "tensor") {
-    if (spec->kind == PruneSpec::kNM)
-      return Error(ErrorCode::kUsage,
-                   "--prune-granularity tensor applies to unstructured pruning only, not N:M");
-    spec->per_tensor = true;
-    return Status::Ok();
-  }
-  return Error(ErrorCode::kUsage, "--prune-granularity '" + std::string(text) +
-                                      "': expected 'row' or 'tensor'");
-}
-
-Status CheckShape(const PruneSpec& spec, uint64_t rows, uint64_t cols) {
-  (void)rows;
-  if (spec.kind == PruneSpec::kNM && cols % static_cast<uint64_t>(spec.m) != 0)
-    return Error(ErrorCode::kUnsupported,
-                 std::to_string(spec.n) + ":" + std::to_string(spec.m) + " pruning needs the " +
-                     "column count to be a multiple of " + std::to_string(spec.m) + ", got " +
-                     std::to_string(cols));
-  return Status::Ok();
-}
-
-std::string SparsityStructure(const PruneSpec& spec) {
-  switch (spec.kind) {
-    case PruneSpec::kUnstructured:
-      return "unstructured";
-    case PruneSpec::kNM:
-      return std::to_string(spec.n) + ":" + std::to_string(spec.m);
-    default:
-      return "";
-  }
-}
-
-uint64_t PruneCount(double fraction, uint64_t n) {
-  if (!(fraction > 0.0)) return 0;
-  const double p = std::floor(fraction * static_cast<double>(n));
-  if (p >= static_cast<double>(n)) return n;
-  return static_cast<uint64_t>(p);
-}
-
-uint64_t PrunedElements(const PruneSpec& spec, uint64_t rows, uint64_t cols) {
-  switch (spec.kind) {
-    case PruneSpec::kUnstructured:
-      return spec.per_tensor ? PruneCount(spec.fraction, rows * cols)
-                             : rows * PruneCount(spec.fraction, cols);
-    case PruneSpec::kNM:
-      return rows * (cols / spec.m) * static_cast<uint64_t>(spec.m - spec.n);
-    default:
-      return 0;
-  }
-}
-
 bool PruneN4Scalar(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_elems, int n) {
   if (dtype == DType::kF32 || n_elems % 4 != 0 || n < 1 || n > 4) return false;
   return PruneN4Swar(src, dst, n_elems, n, static_cast<uint16_t>(InfMagnitude(dtype)));
@@ -525,154 +375,6 @@ bool PruneRows(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, siz
     if (zeroed) *zeroed += per_row;
   }
   return true;
-}
-
-// ---- per tensor ----
-
-MagnitudeHistogram::MagnitudeHistogram(DType d)
-    : dtype(d), bins(d == DType::kF32 ? (size_t{1} << 16) : (size_t{1} << 15), 0) {}
-
-bool AccumulateHistogram(MagnitudeHistogram* h, const uint8_t* rows, size_t n_rows,
-                         size_t cols) {
-  const size_t n = n_rows * cols;
-  uint64_t* bins = h->bins.data();
-  if (h->dtype != DType::kF32) {
-    const uint32_t inf = InfMagnitude(h->dtype);
-    uint32_t max_mag = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t a = Load16(rows + 2 * i) & 0x7FFFu;
-      max_mag = std::max(max_mag, a);
-      ++bins[a];
-    }
-    h->total += n;
-    return max_mag < inf;
-  }
-  uint32_t max_mag = 0;
-  if (h->pass == 0) {
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t a = Load32(rows + 4 * i) & 0x7FFFFFFFu;
-      max_mag = std::max(max_mag, a);
-      ++bins[a >> 15];
-    }
-  } else {
-    // Only elements in the coarse bin count; the rest land in a dummy slot past the end.
-    const uint32_t cb = h->coarse_bin;
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t a = Load32(rows + 4 * i) & 0x7FFFFFFFu;
-      max_mag = std::max(max_mag, a);
-      if ((a >> 15) == cb) ++bins[a & 0x7FFFu];
-    }
-  }
-  h->total += n;
-  return max_mag < 0x7F800000u;
-}
-
-TensorThreshold FindThreshold(MagnitudeHistogram* h, uint64_t k) {
-  TensorThreshold t;
-  k = std::min(k, h->total);  // every pass sees the whole tensor
-  t.pruned = k;
-  if (k == 0) return t;  // T = 0, prune_equal = 0: nothing is below 0
-  uint64_t below = h->pass == 0 ? 0 : h->below_coarse;
-  size_t b = 0;
-  for (;; ++b) {
-    if (below + h->bins[b] >= k) break;
-    below += h->bins[b];
-  }
-  if (h->dtype == DType::kF32 && h->pass == 0) {
-    h->pass = 1;
-    h->coarse_bin = static_cast<uint32_t>(b);
-    h->below_coarse = below;
-    h->total = 0;
-    h->bins.assign(size_t{1} << 15, 0);
-    t.complete = false;
-    return t;
-  }
-  t.magnitude = h->dtype == DType::kF32 ? (h->coarse_bin << 15) | static_cast<uint32_t>(b)
-                                        : static_cast<uint32_t>(b);
-  t.prune_equal = k - below;
-  return t;
-}
-
-ThresholdWalk FindTensorThreshold(const uint8_t* x, DType dtype, uint64_t rows, uint64_t cols,
-                                  uint64_t k, uint64_t chunk_rows,
-                                  const std::function<bool(uint64_t, uint64_t)>& after_chunk,
-                                  TensorThreshold* out) {
-  chunk_rows = std::max<uint64_t>(chunk_rows, 1);
-  const uint64_t row_bytes = cols * ElemBytes(dtype);
-  MagnitudeHistogram h(dtype);
-  for (;;) {
-    for (uint64_t r = 0; r < rows; r += chunk_rows) {
-      const uint64_t n = std::min(chunk_rows, rows - r);
-      if (!AccumulateHistogram(&h, x + r * row_bytes, n, cols)) return ThresholdWalk::kNonFinite;
-      if (after_chunk && !after_chunk(r, n)) return ThresholdWalk::kStopped;
-    }
-    const TensorThreshold t = FindThreshold(&h, k);
-    if (t.complete) {
-      *out = t;
-      return ThresholdWalk::kComplete;
-    }
-  }
-}
-
-uint64_t CountEqual(const uint8_t* rows, DType dtype, size_t n_rows, size_t cols,
-                    uint32_t magnitude) {
-  const size_t n = n_rows * cols;
-  uint64_t count = 0;
-  if (dtype == DType::kF32) {
-    for (size_t i = 0; i < n; ++i) count += (Load32(rows + 4 * i) & 0x7FFFFFFFu) == magnitude;
-  } else {
-    for (size_t i = 0; i < n; ++i) count += (Load16(rows + 2 * i) & 0x7FFFu) == magnitude;
-  }
-  return count;
-}
-
-bool PruneRowsTensor(const uint8_t* src, uint8_t* dst, DType dtype, size_t n_rows, size_t cols,
-                     const TensorThreshold& t, uint64_t equal_before, uint64_t* zeroed) {
-  const size_t n = n_rows * cols;
-  // Equal-to-T elements of this chunk that are still to be pruned (the first ones).
-  const uint64_t need = t.prune_equal > equal_before ? t.prune_equal - equal_before : 0;
-  const size_t elem = ElemBytes(dtype);
-  const bool aligned = reinterpret_cast<uintptr_t>(src) % elem == 0 &&
-                       reinterpret_cast<uintptr_t>(dst) % elem == 0;
-  std::vector<uint8_t> bounce;
-  const uint8_t* in = src;
-  uint8_t* out = dst;
-  if (!aligned) {
-    bounce.assign(src, src + n * elem);
-    in = out = bounce.data();
-  }
-  uint64_t pruned = 0;
-  bool ok;
-  if (dtype == DType::kF32) {
-    const uint32_t* x = reinterpret_cast<const uint32_t*>(in);
-    const uint32_t tm = t.magnitude;
-    uint32_t max_mag = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t a = x[i] & 0x7FFFFFFFu;
-      max_mag = std::max(max_mag, a);
-      pruned += a < tm;
-    }
-    ok = max_mag < 0x7F800000u;
-    const size_t split = EqualSplit<uint32_t>(x, n, tm, need);
-    for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFFFFFu) == tm;
-    ZeroBelow<uint32_t, int32_t>(x, reinterpret_cast<uint32_t*>(out), n, tm, split);
-  } else {
-    const uint16_t* x = reinterpret_cast<const uint16_t*>(in);
-    const uint16_t tm = static_cast<uint16_t>(t.magnitude);
-    int16_t max_mag = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const int16_t a = static_cast<int16_t>(x[i] & 0x7FFF);
-      max_mag = std::max(max_mag, a);
-      pruned += a < static_cast<int16_t>(tm);
-    }
-    ok = static_cast<uint32_t>(max_mag) < InfMagnitude(dtype);
-    const size_t split = EqualSplit<uint16_t>(x, n, tm, need);
-    for (size_t i = 0; i < split; ++i) pruned += (x[i] & 0x7FFFu) == tm;
-    ZeroBelow<uint16_t, int16_t>(x, reinterpret_cast<uint16_t*>(out), n, tm, split);
-  }
-  if (!aligned) std::memcpy(dst, out, n * elem);
-  if (zeroed) *zeroed += pruned;
-  return ok;
 }
 
 }  // namespace quench::prune

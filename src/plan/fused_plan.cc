@@ -1,0 +1,87 @@
+// The plan's fused sets: NVFP4's shared global scale and the consistency of each set vLLM
+// fuses (declared in plan/fused_plan.h). Moved out of planner.cc: they read only the
+// planned tensors, not the planner's state.
+#include "plan/fused_plan.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "format/name_table.h"
+#include "plan/fused_sets.h"
+#include "plan/matcher.h"
+
+namespace quench {
+
+void PlanFusedSets(Plan& plan) {
+  std::map<std::string, size_t> set_of;  // FusedSetKey -> fused set
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    PlannedTensor& t = plan.tensors[i];
+    if (t.action != TensorAction::kQuantize || !t.scheme->needs_global_scale) continue;
+    if (t.source_scale && t.source_scale->repack) continue;  // the source's own scales
+    // FP8's per-tensor weight scales are each tensor's own (vLLM requantizes a fused set to
+    // its largest); NVFP4's global scale is the set's.
+    const std::string key = t.scheme->fuse_global_scale
+                                ? FusedSetKey(SplitModuleParam(t.name).first)
+                                : std::string();
+    size_t set = plan.fused_sets.size();  // not fusable: a set of its own
+    if (!key.empty()) set = set_of.emplace(key, set).first->second;
+    if (set == plan.fused_sets.size()) plan.fused_sets.emplace_back();
+    plan.fused_sets[set].push_back(i);
+    t.fused_set = static_cast<int>(set);
+  }
+}
+
+// vLLM runs each fused set (q/k/v, gate/up, ...) as one matrix, so its members must all get
+// the same scheme or all stay unquantized; anything else cannot be loaded.
+void CheckFusedConsistency(Plan& plan) {
+  // Sets found with a table of their keys (a std::map of 10^5 keys cost a tenth of planning an
+  // MoE checkpoint); problems reported in key order.
+  std::deque<std::string> keys;  // stable storage for the table's views
+  std::vector<std::vector<size_t>> sets;
+  NameTable set_of(plan.tensors.size());
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    auto [module, param] = SplitModuleParam(t.name);
+    if (param != "weight" || t.shape.size() != 2) continue;
+    std::string key = FusedSetKey(module);
+    if (key.empty()) continue;
+    const std::optional<uint32_t> set = set_of.Find(key);
+    if (set) {
+      sets[*set].push_back(i);
+      continue;
+    }
+    keys.push_back(std::move(key));
+    set_of.Insert(keys.back(), static_cast<uint32_t>(sets.size()));
+    sets.push_back({i});
+  }
+  std::vector<std::pair<std::string_view, size_t>> mixed;  // key, first differing member
+  for (size_t k = 0; k < sets.size(); ++k) {
+    const PlannedTensor& first = plan.tensors[sets[k].front()];
+    for (size_t i : sets[k]) {
+      if (plan.tensors[i].group != first.group) {
+        mixed.emplace_back(keys[k], i);
+        break;
+      }
+    }
+  }
+  std::sort(mixed.begin(), mixed.end());
+  for (const auto& [key, i] : mixed) {
+    const PlannedTensor& first = plan.tensors[sets[*set_of.Find(key)].front()];
+    const PlannedTensor& t = plan.tensors[i];
+    auto describe = [&](const PlannedTensor& x) {
+      return x.group >= 0 ? "group '" + plan.groups[static_cast<size_t>(x.group)].key + "'"
+                          : "unquantized (" + x.why + ")";
+    };
+    plan.errors.push_back(Error(
+        ErrorCode::kUsage,
+        "fused set of '" + first.name + "': '" + first.name + "' is " + describe(first) +
+            " but '" + t.name + "' is " + describe(t) +
+            "; vLLM runs these as one matrix, so give them the same scheme (or ignore all)"));
+  }
+}
+
+}  // namespace quench
