@@ -59,9 +59,11 @@ enum class WriteMode {
   // Through the page cache: pwrite, writeback started at once (sync_file_range).
   kBuffered,
   // Whole aligned blocks with O_DIRECT, straight from the caller's memory when it is aligned
-  // (else through an aligned staging buffer); the unaligned ends of a write go through the
-  // page cache. Falls back to kBuffered where the file system refuses O_DIRECT (tmpfs, some
-  // network and FUSE file systems).
+  // (else through an aligned staging buffer); small writes and the unaligned ends of larger
+  // ones are held and joined with their neighbours (PendingRuns), and only blocks no write
+  // completes (the file's short last block) go through the page cache, at Commit. Falls back
+  // to kBuffered where the file system refuses O_DIRECT (tmpfs, some network and FUSE file
+  // systems).
   kDirect,
 };
 
