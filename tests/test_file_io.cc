@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "format/file_io.h"
+#include "format/pending_runs.h"
 #include "tests/test_util.h"
 
 // Fault injection: this executable's pwrite64 takes precedence over libc's for every call in
@@ -47,9 +48,9 @@ extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
   return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, buf, n, off));
 }
 
-// The same for pwritev64 (OutputFile writes a completed block with its neighbours in one
-// request): a refused call counts as one refused direct write.
-extern "C" ssize_t pwritev64(int fd, const struct iovec* iov, int n, off_t off) {
+// The same for pwritev64 (OutputFile joins held blocks to a direct write with it): one call,
+// counted and refused like a pwrite.
+extern "C" ssize_t pwritev64(int fd, const struct iovec* iov, int iovcnt, off_t off) {
   const bool direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0;
   if (direct) ++g_direct_calls;
   if (g_direct_writes_left.load() >= 0 && direct) {
@@ -60,7 +61,8 @@ extern "C" ssize_t pwritev64(int fd, const struct iovec* iov, int n, off_t off) 
       return -1;
     }
   }
-  return static_cast<ssize_t>(syscall(SYS_pwritev, fd, iov, n, off, 0));
+  // On 64-bit targets the whole offset goes in the low word (the kernel's pos_from_hilo).
+  return static_cast<ssize_t>(syscall(SYS_pwritev, fd, iov, iovcnt, off, 0L));
 }
 
 namespace quench {
@@ -73,18 +75,21 @@ struct Range {
   uint64_t offset, len;
 };
 
-// Cuts [0, size) into disjoint ranges of 1 byte to ~600 KiB, shuffled: small pieces that share
-// blocks, pieces inside one block, and large ones with whole blocks in the middle.
+// Cuts [0, size) into disjoint ranges of 1 byte to 3 MiB, shuffled: small pieces that share
+// blocks, pieces inside one block, pieces OutputFile holds back to join with their neighbours
+// (under 1 MiB of whole blocks), and large ones written directly (with the held blocks
+// beside them joined on).
 std::vector<Range> CutIntoRanges(uint64_t size, std::mt19937_64& rng) {
   std::vector<Range> ranges;
-  std::uniform_int_distribution<int> kind(0, 3);
+  std::uniform_int_distribution<int> kind(0, 4);
   for (uint64_t at = 0; at < size;) {
     uint64_t len;
     switch (kind(rng)) {
       case 0: len = 1 + rng() % 64; break;
       case 1: len = 1 + rng() % 5000; break;
       case 2: len = 4096 * (1 + rng() % 8); break;
-      default: len = 1 + rng() % (600 << 10); break;
+      case 3: len = 1 + rng() % (600 << 10); break;
+      default: len = 1 + rng() % (3 << 20); break;
     }
     len = std::min(len, size - at);
     ranges.push_back({at, len});
@@ -209,7 +214,7 @@ TEST_SUITE("file_io") {
   TEST_CASE("a direct write refused with EINVAL falls back to buffered, no byte lost") {
     TempDir dir;
     std::mt19937_64 rng(19);
-    const uint64_t size = (3 << 20) + 777;
+    const uint64_t size = (12 << 20) + 777;
     const std::string image = RandomImage(size, rng);
     const std::vector<Range> ranges = CutIntoRanges(size, rng);
     // A first pass with nothing refused counts the direct writes (-1); then the refusal comes
@@ -243,6 +248,96 @@ TEST_SUITE("file_io") {
         CHECK(ReadBytes(path) == image);
       }
     }
+  }
+
+  TEST_CASE("held runs join adjacent pieces, refuse overlaps and split where blocks are taken") {
+    std::mt19937_64 rng(3);
+    const std::string src = RandomImage(20000, rng);
+    const auto bytes = [&](uint64_t at) {
+      return reinterpret_cast<const uint8_t*>(src.data()) + at;
+    };
+    using Runs = std::vector<std::pair<uint64_t, uint64_t>>;
+    PendingRuns held(4096);
+    CHECK(held.Add(100, bytes(100), 50));
+    CHECK(held.Add(150, bytes(150), 50));  // after a run
+    CHECK(held.Add(50, bytes(50), 50));    // before one
+    CHECK(held.Add(300, bytes(300), 100));
+    CHECK(held.Runs() == Runs{{50, 200}, {300, 400}});
+    CHECK(held.Add(200, bytes(200), 100));  // between two: one run
+    CHECK(held.Runs() == Runs{{50, 400}});
+    CHECK_FALSE(held.Add(120, bytes(120), 10));  // inside a run
+    CHECK_FALSE(held.Add(20, bytes(20), 31));    // into a run's start
+    CHECK_FALSE(held.Add(399, bytes(399), 5));   // over a run's end
+    CHECK(held.bytes() == 350);
+    CHECK(held.RunAt(400) == std::pair<uint64_t, uint64_t>{50, 400});  // ending there
+    CHECK(held.RunAt(60) == std::pair<uint64_t, uint64_t>{50, 400});
+    CHECK(held.RunAt(401) == std::pair<uint64_t, uint64_t>{401, 401});
+    CHECK(held.Add(0, bytes(0), 50));
+    CHECK(held.Add(400, bytes(400), 20000 - 400));
+    CHECK(held.Runs() == Runs{{0, 20000}});
+    // Pieces [0, 50) [50, 100) ... [400, 20000): the taken range cuts the last one twice.
+    const std::vector<HeldPiece> mid = held.Take(4096, 12288);
+    REQUIRE(mid.size() == 1);
+    CHECK(mid[0].at == 4096);
+    CHECK(mid[0].bytes == src.substr(4096, 8192));
+    CHECK(held.Runs() == Runs{{0, 4096}, {12288, 20000}});
+    CHECK(held.bytes() == 20000 - 8192);
+    CHECK(held.Take(4096, 8192).empty());  // no longer held
+    CHECK(held.Take(0, 12288).empty());    // not one run
+    // A range over several pieces comes out in file order, and copies back to back.
+    const std::vector<HeldPiece> head = held.Take(100, 300);
+    REQUIRE(head.size() == 3);
+    std::string joined(200, '\0');
+    CopyPieces(head, reinterpret_cast<uint8_t*>(joined.data()));
+    CHECK(joined == src.substr(100, 200));
+    CHECK(held.Runs() == Runs{{0, 100}, {300, 4096}, {12288, 20000}});
+    uint64_t covered = 0;
+    for (const HeldPiece& q : held.TakeAll()) {  // each piece its source's bytes
+      CHECK(q.bytes == src.substr(q.at, q.bytes.size()));
+      CHECK_FALSE((q.at < 300 && q.at + q.bytes.size() > 100));    // none of the taken ranges
+      CHECK_FALSE((q.at < 12288 && q.at + q.bytes.size() > 4096));
+      covered += q.bytes.size();
+    }
+    CHECK(covered == 20000 - 8192 - 200);
+    CHECK(held.empty());
+    CHECK(held.bytes() == 0);
+  }
+
+  TEST_CASE("small writes reach the disk joined; held blocks go out with the write beside them") {
+    TempDir dir;
+    std::mt19937_64 rng(11);
+    // 1,000 pieces of 1-12 KiB in file order, as a shard of small tensors gives: a request
+    // each before; now a request per MiB of them (plus the last, short block at Commit).
+    const uint64_t size = (6 << 20) + 100;
+    const std::string image = RandomImage(size, rng);
+    g_direct_calls = 0;
+    auto f = OutputFile::Create(dir.path() / "small.bin", size, WriteMode::kDirect);
+    REQUIRE(f.ok());
+    const bool direct = (*f)->direct();
+    for (uint64_t at = 0; at < size;) {
+      const uint64_t len = std::min<uint64_t>(size - at, 1024 + rng() % (11 << 10));
+      REQUIRE((*f)->WriteAt(at, image.data() + at, len).ok());
+      at += len;
+    }
+    REQUIRE((*f)->Commit().ok());
+    CHECK(ReadBytes(dir.path() / "small.bin") == image);
+    if (direct) CHECK(g_direct_calls.load() <= 7);
+
+    // A small write held, then a large one right after it: the held bytes and the large
+    // write's unaligned head make whole blocks, which go out in the large write's request.
+    g_direct_calls = 0;
+    auto g = OutputFile::Create(dir.path() / "joined.bin", 3 << 20, WriteMode::kDirect);
+    REQUIRE(g.ok());
+    std::vector<uint8_t> aligned_copy((3 << 20) + 8192);
+    uint8_t* base = aligned_copy.data() +
+                    (4096 - reinterpret_cast<uintptr_t>(aligned_copy.data()) % 4096);
+    std::memcpy(base, image.data(), 3 << 20);  // at addresses like its file offsets
+    REQUIRE((*g)->WriteAt(0, base, 5000).ok());
+    CHECK(g_direct_calls.load() == 0);
+    REQUIRE((*g)->WriteAt(5000, base + 5000, (3 << 20) - 5000).ok());
+    if ((*g)->direct()) CHECK(g_direct_calls.load() == 1);
+    REQUIRE((*g)->Commit().ok());
+    CHECK(ReadBytes(dir.path() / "joined.bin") == image.substr(0, 3 << 20));
   }
 
   TEST_CASE("a file never committed leaves neither name behind") {

@@ -25,6 +25,19 @@ const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 // enough that a request's fixed cost is small (larger requests wrote no faster on the
 // development VM), small enough to sit in the memory budget's reserve.
 constexpr uint64_t kDirectStagingBytes = 4ull << 20;
+// A direct write with fewer whole blocks than kHoldBelowBytes is held (PendingRuns) and joined
+// with its neighbours in the file, and held runs go out once they have kDirectRunBytes of
+// whole blocks: on the development VM's virtio disk every request costs about 0.1 ms beyond
+// its bytes, so the hundreds of writes of a few kilobytes that a checkpoint of many small
+// tensors gives cost more disk time than their bytes (bench/README.md "Small writes
+// joined"). Larger writes go out at once, as they come (a pipeline's chunk outputs).
+constexpr uint64_t kHoldBelowBytes = 256ull << 10;
+constexpr uint64_t kDirectRunBytes = 1ull << 20;
+// Held bytes beyond which every held run's whole blocks go out as they are: what a file may
+// hold (the pipeline's memory reserve counts it, pipeline.cc kReserve). Once only partial
+// blocks are left above half of it, the bound doubles, so that a file of scattered pieces is
+// not scanned again on every write.
+constexpr uint64_t kPendingLimitBytes = 4ull << 20;
 
 Status IoError(const fs::path& path, std::string_view what, int err) {
   return Error(ErrorCode::kIo,
@@ -140,6 +153,8 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
   auto f = std::make_unique<OutputFile>();
   f->final_path_ = final_path;
   f->tmp_path_ = TmpName(final_path);
+  f->size_ = size;
+  f->pending_limit_ = kPendingLimitBytes;
   f->fd_ = open(f->tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (f->fd_ < 0) return IoError(f->tmp_path_, "cannot create", errno);
   if (mode == WriteMode::kDirect) {
@@ -165,116 +180,166 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
 Status OutputFile::WriteAt(uint64_t offset, const void* data, uint64_t len) {
   const auto* p = static_cast<const uint8_t*>(data);
   if (!direct()) return WriteBuffered(offset, p, len);
-  // Split into an unaligned head, whole aligned blocks, and an unaligned tail. Every interior
-  // block belongs to this write alone and goes to the disk at once; the head's and tail's
-  // blocks are shared with neighbouring writes, so their bytes are gathered until the block is
-  // whole. (Writing them through the page cache instead made each wait for the inode lock
-  // that concurrent direct writes hold.)
+  if (len == 0) return Status::Ok();
+  // Whole aligned blocks go to the disk now when there are enough of them; the rest of the
+  // write (its unaligned ends, or all of a small write) is held until its neighbours arrive,
+  // and then goes out with them: with the direct part of a neighbour's write (one request of
+  // both), or as a run of held bytes.
   const uint64_t a = DirectIoAlignment();
   const uint64_t end = offset + len;
   const uint64_t mid_begin = std::min(end, (offset + a - 1) / a * a);
   const uint64_t mid_end = std::max(mid_begin, end / a * a);
-  const uint64_t head_block = offset / a * a;  // mid_begin - a, unless the write is in one block
-  PartialBlock head, tail;  // blocks this write completes
-  if (offset < mid_begin) QUENCH_RETURN_IF_ERROR(Gather(offset, p, mid_begin - offset, &head));
-  if (mid_end < end) {
-    QUENCH_RETURN_IF_ERROR(Gather(mid_end, p + (mid_end - offset), end - mid_end, &tail));
-  }
-  const uint8_t* mid = p + (mid_begin - offset);
-  const uint64_t mid_len = mid_end - mid_begin;
-  // A block this write completes is next to its interior blocks in the file: they go out as
-  // one request (pwritev) when the interior is aligned in memory, as the pipeline places it.
-  // Written alone, each completed block was a 4 KiB direct write of its own, two or three per
-  // chunk of a conversion, each waiting for the disk behind the larger ones (bench/README.md,
-  // "Completed blocks with their neighbours").
-  if (mid_len <= (1u << 30) && reinterpret_cast<uintptr_t>(mid) % a == 0) {
-    struct iovec iov[3];
-    int n = 0;
-    if (head.data) iov[n++] = {head.data.get(), a};
-    if (mid_len > 0) iov[n++] = {const_cast<uint8_t*>(mid), mid_len};
-    if (tail.data) iov[n++] = {tail.data.get(), a};
-    if (n == 0) return Status::Ok();
-    return WriteDirectV(head.data ? head_block : mid_begin, iov, n);
-  }
-  if (head.data) QUENCH_RETURN_IF_ERROR(WriteDirect(head_block, head.data.get(), a));
-  if (mid_len > 0) QUENCH_RETURN_IF_ERROR(WriteDirect(mid_begin, mid, mid_len));
-  if (tail.data) QUENCH_RETURN_IF_ERROR(WriteDirect(mid_end, tail.data.get(), a));
-  return Status::Ok();
-}
-
-Status OutputFile::Gather(uint64_t offset, const uint8_t* p, uint64_t len, PartialBlock* whole) {
-  const uint64_t a = DirectIoAlignment();
-  const uint64_t block = offset / a;
-  std::lock_guard<std::mutex> lock(partial_mu_);
-  PartialBlock& pb = partial_[block];
-  if (pb.data == nullptr) {
-    void* mem = nullptr;
-    if (posix_memalign(&mem, a, a) != 0) {
-      return Error(ErrorCode::kIo, tmp_path_.string() + ": out of memory for a block buffer");
-    }
-    pb.data.reset(static_cast<uint8_t*>(mem));
-  }
-  std::memcpy(pb.data.get() + offset % a, p, len);
-  pb.pieces.emplace_back(offset % a, len);
-  pb.filled += len;
-  // Each byte is written once, so a block whose every byte has arrived is complete: the
-  // caller writes it. The file's last block, if short, waits for Commit (a direct write is a
-  // whole block).
-  if (pb.filled < a) return Status::Ok();
-  *whole = std::move(pb);
-  partial_.erase(block);
-  return Status::Ok();
-}
-
-// Whole aligned blocks from aligned memory, `iov` contiguous in the file from `offset`. A
-// refusal (EINVAL) switches the file to buffered writes, as WriteDirect's does.
-Status OutputFile::WriteDirectV(uint64_t offset, struct iovec* iov, int n) {
-  while (n > 0) {
-    ssize_t w = pwritev(dfd_, iov, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno == EINVAL) {
-      direct_ok_.store(false);
-      QUENCH_RETURN_IF_ERROR(FlushPartialBlocks());
-      for (int i = 0; i < n; ++i) {
-        QUENCH_RETURN_IF_ERROR(
-            WriteBuffered(offset, static_cast<const uint8_t*>(iov[i].iov_base), iov[i].iov_len));
-        offset += iov[i].iov_len;
-      }
-      return Status::Ok();
-    }
-    if (w < 0) return IoError(tmp_path_, "write failed", errno);
-    if (w == 0) return IoError(tmp_path_, "write failed", ENOSPC);
-    // A short direct write ends on a block boundary; the rest is retried from there.
-    auto done = static_cast<uint64_t>(w);
-    offset += done;
-    while (n > 0 && done >= iov[0].iov_len) {
-      done -= iov[0].iov_len;
-      ++iov;
-      --n;
-    }
-    if (n > 0) {
-      iov[0].iov_base = static_cast<uint8_t*>(iov[0].iov_base) + done;
-      iov[0].iov_len -= done;
-    }
-  }
-  return Status::Ok();
-}
-
-// Writes the gathered pieces of incomplete blocks (exactly the bytes given, no padding) through
-// the page cache: at Commit, for the file's short last block and any block with bytes no write
-// covered; and when direct writes stop, so that later buffered writes of the same blocks mix
-// with them safely.
-Status OutputFile::FlushPartialBlocks() {
-  std::unordered_map<uint64_t, PartialBlock> pending;
+  const bool direct_now = mid_end - mid_begin >= kHoldBelowBytes;
+  std::vector<Held> ready;
+  Held before, after;
   {
-    std::lock_guard<std::mutex> lock(partial_mu_);
-    pending.swap(partial_);
-  }
-  const uint64_t a = DirectIoAlignment();
-  for (auto& [block, pb] : pending) {
-    for (const auto& [at, n] : pb.pieces) {
-      QUENCH_RETURN_IF_ERROR(WriteBuffered(block * a + at, pb.data.get() + at, n));
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    const bool held = direct_now ? pending_.Add(offset, p, mid_begin - offset) &&
+                                       pending_.Add(mid_end, p + (mid_end - offset), end - mid_end)
+                                 : pending_.Add(offset, p, len);
+    if (!held) {
+      return Error(ErrorCode::kInternal, tmp_path_.string() + ": bytes at " +
+                                             std::to_string(offset) + " written twice");
     }
+    if (direct_now) {
+      const auto [b0, b1] = pending_.RunAt(mid_begin);  // held bytes ending where it starts
+      if (b1 == mid_begin && b0 < b1) before = TakeHeld(pending_.AlignUp(b0), mid_begin);
+      const auto [a0, a1] = pending_.RunAt(mid_end);  // and starting where it ends
+      if (a0 == mid_end && a0 < a1) after = TakeHeld(mid_end, pending_.AlignDown(a1));
+      const uint64_t lo = before.len > 0 ? before.at : mid_begin;
+      const uint64_t hi = after.len > 0 ? after.at + after.len : mid_end;
+      direct_starts_.insert(lo);
+      direct_ends_.insert(hi);
+      // What is held beside it may now have direct writes on both sides.
+      TakeReady(lo, &ready);
+      TakeReady(hi, &ready);
+    } else {
+      TakeReady(offset, &ready);
+    }
+    if (pending_.bytes() > pending_limit_) TakeAllBlocks(&ready);
+  }
+  for (const Held& h : ready) QUENCH_RETURN_IF_ERROR(WriteHeld(h));
+  if (!direct_now) return Status::Ok();
+  return WriteJoined(before, mid_begin, p + (mid_begin - offset), mid_end - mid_begin, after);
+}
+
+OutputFile::Held OutputFile::TakeHeld(uint64_t from, uint64_t to) {
+  Held h;
+  h.pieces = pending_.Take(from, to);
+  if (h.pieces.empty()) return h;
+  h.at = from;
+  h.len = to - from;
+  direct_starts_.insert(from);
+  direct_ends_.insert(to);
+  return h;
+}
+
+void OutputFile::TakeReady(uint64_t offset, std::vector<Held>* ready) {
+  const auto [s, e] = pending_.RunAt(offset);
+  const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
+  if (hi <= lo) return;
+  // A run can grow no more where a direct write (or the file) begins or ends next to it.
+  const bool closed = (s == 0 || direct_ends_.count(s) > 0) &&
+                      (e == size_ || direct_starts_.count(e) > 0);
+  if (hi - lo < kDirectRunBytes && !closed) return;
+  Held h = TakeHeld(lo, hi);
+  if (h.len > 0) ready->push_back(std::move(h));
+}
+
+void OutputFile::TakeAllBlocks(std::vector<Held>* ready) {
+  for (const auto& [s, e] : pending_.Runs()) {
+    const uint64_t lo = pending_.AlignUp(s), hi = pending_.AlignDown(e);
+    if (hi <= lo) continue;
+    Held h = TakeHeld(lo, hi);
+    if (h.len > 0) ready->push_back(std::move(h));
+  }
+  if (pending_.bytes() > pending_limit_ / 2) pending_limit_ = 2 * pending_.bytes();
+}
+
+Status OutputFile::WriteHeld(const Held& h) {
+  std::lock_guard<std::mutex> lock(staging_mu_);
+  if (staging_ == nullptr) {
+    void* mem = nullptr;
+    if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
+      return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
+                                       std::to_string(kDirectStagingBytes >> 20) +
+                                       " MiB direct-I/O staging buffer");
+    }
+    staging_ = static_cast<uint8_t*>(mem);
+  }
+  // The pieces, back to back, a staging buffer at a time (a held run is rarely longer).
+  uint64_t at = h.at, filled = 0;
+  for (const HeldPiece& q : h.pieces) {
+    for (uint64_t done = 0; done < q.bytes.size();) {
+      const uint64_t n = std::min<uint64_t>(q.bytes.size() - done, kDirectStagingBytes - filled);
+      std::memcpy(staging_ + filled, q.bytes.data() + done, n);
+      filled += n;
+      done += n;
+      if (filled == kDirectStagingBytes) {
+        QUENCH_RETURN_IF_ERROR(WriteDirect(at, staging_, filled));  // aligned: no lock taken
+        at += filled;
+        filled = 0;
+      }
+    }
+  }
+  return filled > 0 ? WriteDirect(at, staging_, filled) : Status::Ok();
+}
+
+Status OutputFile::WriteJoined(const Held& before, uint64_t offset, const uint8_t* mid,
+                               uint64_t len, const Held& after) {
+  const uint64_t a = DirectIoAlignment();
+  using Bytes = std::unique_ptr<uint8_t, decltype(&std::free)>;
+  const auto copy = [a](const Held& h) {
+    void* mem = nullptr;
+    if (h.len == 0 || posix_memalign(&mem, a, h.len) != 0) return Bytes(nullptr, &std::free);
+    CopyPieces(h.pieces, static_cast<uint8_t*>(mem));
+    return Bytes(static_cast<uint8_t*>(mem), &std::free);
+  };
+  const Bytes b = copy(before), e = copy(after);
+  const bool joined = (before.len > 0 || after.len > 0) && (before.len == 0 || b) &&
+                      (after.len == 0 || e) && reinterpret_cast<uintptr_t>(mid) % a == 0;
+  if (!joined) {
+    if (before.len > 0) QUENCH_RETURN_IF_ERROR(WriteHeld(before));
+    QUENCH_RETURN_IF_ERROR(WriteDirect(offset, mid, len));
+    return after.len > 0 ? WriteHeld(after) : Status::Ok();
+  }
+  iovec iov[3];
+  int n = 0;
+  if (b) iov[n++] = {b.get(), before.len};
+  iov[n++] = {const_cast<uint8_t*>(mid), len};
+  if (e) iov[n++] = {e.get(), after.len};
+  const uint64_t start = b ? before.at : offset;
+  const uint64_t total = before.len + len + after.len;
+  ssize_t w;
+  do {
+    w = pwritev(dfd_, iov, n, static_cast<off_t>(start));
+  } while (w < 0 && errno == EINTR);
+  if (w >= 0 && static_cast<uint64_t>(w) == total) return Status::Ok();
+  // Short, refused or failed: each part's unwritten bytes once more on their own, where a
+  // short write is retried and a refusal falls back to buffered writes (WriteDirect).
+  uint64_t done = w > 0 ? static_cast<uint64_t>(w) : 0;
+  const auto rest = [&](uint64_t at, const uint8_t* p, uint64_t n_bytes) -> Status {
+    const uint64_t skip = std::min(done, n_bytes);
+    done -= skip;
+    return skip < n_bytes ? WriteDirect(at + skip, p + skip, n_bytes - skip) : Status::Ok();
+  };
+  if (b) QUENCH_RETURN_IF_ERROR(rest(before.at, b.get(), before.len));
+  QUENCH_RETURN_IF_ERROR(rest(offset, mid, len));
+  return e ? rest(after.at, e.get(), after.len) : Status::Ok();
+}
+
+// Writes what is held through the page cache (exactly the bytes given, no padding): at
+// Commit, the file's short last block and any block with bytes no write covered; and when
+// direct writes stop, so that later buffered writes of the same blocks mix with them safely.
+Status OutputFile::FlushPartialBlocks() {
+  std::vector<HeldPiece> held;
+  {
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    held = pending_.TakeAll();
+  }
+  for (const HeldPiece& q : held) {
+    QUENCH_RETURN_IF_ERROR(
+        WriteBuffered(q.at, reinterpret_cast<const uint8_t*>(q.bytes.data()), q.bytes.size()));
   }
   return Status::Ok();
 }
@@ -356,6 +421,16 @@ void OutputFile::FreeStaging() {
 }
 
 Status OutputFile::Commit() {
+  if (direct()) {
+    // Whole blocks still held (runs never joined to a direct write) go out directly; only
+    // partial blocks are left for the page cache.
+    std::vector<Held> ready;
+    {
+      std::lock_guard<std::mutex> lock(pending_mu_);
+      TakeAllBlocks(&ready);
+    }
+    for (const Held& h : ready) QUENCH_RETURN_IF_ERROR(WriteHeld(h));
+  }
   FreeStaging();
   direct_ok_.store(false);
   QUENCH_RETURN_IF_ERROR(FlushPartialBlocks());
@@ -382,8 +457,8 @@ void OutputFile::Abandon() {
   FreeStaging();
   direct_ok_.store(false);
   {
-    std::lock_guard<std::mutex> lock(partial_mu_);
-    partial_.clear();
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    pending_.TakeAll();
   }
   if (dfd_ >= 0) {
     close(dfd_);

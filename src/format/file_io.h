@@ -4,8 +4,6 @@
 #ifndef QUENCH_FORMAT_FILE_IO_H_
 #define QUENCH_FORMAT_FILE_IO_H_
 
-#include <sys/uio.h>
-
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -14,10 +12,11 @@
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "format/pending_runs.h"
 #include "quench/status.h"
 
 namespace quench {
@@ -60,9 +59,11 @@ enum class WriteMode {
   // Through the page cache: pwrite, writeback started at once (sync_file_range).
   kBuffered,
   // Whole aligned blocks with O_DIRECT, straight from the caller's memory when it is aligned
-  // (else through an aligned staging buffer); the unaligned ends of a write go through the
-  // page cache. Falls back to kBuffered where the file system refuses O_DIRECT (tmpfs, some
-  // network and FUSE file systems).
+  // (else through an aligned staging buffer); small writes and the unaligned ends of larger
+  // ones are held and joined with their neighbours (PendingRuns), and only blocks no write
+  // completes (the file's short last block) go through the page cache, at Commit. Falls back
+  // to kBuffered where the file system refuses O_DIRECT (tmpfs, some network and FUSE file
+  // systems).
   kDirect,
 };
 
@@ -99,30 +100,38 @@ class OutputFile {
   const std::filesystem::path& final_path() const { return final_path_; }
 
  private:
-  // Bytes of one block that other writes share: kept until the block is whole.
-  struct PartialBlock {
-    struct Free {
-      void operator()(uint8_t* p) const { std::free(p); }
-    };
-    std::unique_ptr<uint8_t, Free> data;  // one aligned block
-    uint64_t filled = 0;
-    std::vector<std::pair<uint64_t, uint64_t>> pieces;  // (offset in block, length) given
+  // Held bytes taken out to be written: [at, at + len), whole blocks.
+  struct Held {
+    uint64_t at = 0, len = 0;
+    std::vector<HeldPiece> pieces;
   };
-  // Adds bytes to their block; moves the block into `whole` once every byte of it is there.
-  Status Gather(uint64_t offset, const uint8_t* p, uint64_t len, PartialBlock* whole);
+  // Take out the whole blocks of held runs that are ready to go to the disk: the run at
+  // `offset` (holding it or ending there) once it holds kDirectRunBytes of them or can grow
+  // no more (TakeReady); every run (TakeAllBlocks). Callers hold pending_mu_.
+  void TakeReady(uint64_t offset, std::vector<Held>* ready);
+  void TakeAllBlocks(std::vector<Held>* ready);
+  Held TakeHeld(uint64_t from, uint64_t to);
+  // Writes held bytes directly, through the staging buffer.
+  Status WriteHeld(const Held& h);
+  // `mid` (whole blocks at `offset`) with the held blocks just before and after it, as one
+  // request where the memory allows.
+  Status WriteJoined(const Held& before, uint64_t offset, const uint8_t* mid, uint64_t len,
+                     const Held& after);
   Status FlushPartialBlocks();
   Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
   // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().
   Status WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len);
-  // The same from aligned memory in `n` pieces, contiguous in the file (one request).
-  Status WriteDirectV(uint64_t offset, struct iovec* iov, int n);
   void FreeStaging();
 
   int fd_ = -1;
   int dfd_ = -1;  // the same file opened with O_DIRECT, or -1
   std::atomic<bool> direct_ok_{false};  // dfd_ is open and has not refused a write
-  std::mutex partial_mu_;
-  std::unordered_map<uint64_t, PartialBlock> partial_;  // by block index
+  uint64_t size_ = 0;
+  std::mutex pending_mu_;  // guards the four members below
+  PendingRuns pending_{DirectIoAlignment()};  // bytes not written yet (direct mode)
+  // Where direct writes began and ended: a held run between two of them can grow no more.
+  std::unordered_set<uint64_t> direct_starts_, direct_ends_;
+  uint64_t pending_limit_ = 0;  // held bytes that make every held whole block go out
   std::mutex staging_mu_;  // guards staging_ (unaligned direct writes take turns)
   uint8_t* staging_ = nullptr;  // aligned, kDirectStagingBytes, allocated on first need
   std::filesystem::path final_path_;

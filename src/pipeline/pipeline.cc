@@ -36,8 +36,9 @@ namespace quench {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-// Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and the 4 MiB
-// staging buffer of a direct-written output file (two while one shard is being committed).
+// Resident memory not used by chunks: code, TBB, the plan, headers, stacks, and per
+// direct-written output file (two while one shard is being committed) its 4 MiB staging
+// buffer and up to 4 MiB of small writes held to be joined (format/file_io.cc).
 constexpr uint64_t kReserve = 32 * kMiB;
 // What the process holds before any chunk: measured 8 MiB (ru_maxrss of a conversion of
 // data/tiny-llama under --memory-limit 1M), plus the two 4 MiB staging buffers of
