@@ -96,6 +96,16 @@ iq::Layout LayoutOf(const AwqLayer& l) {
   return lay;
 }
 
+void RowLayouts(const std::vector<AwqLayer>& layers, std::vector<iq::Layout>* lays,
+                std::vector<uint64_t>* offset) {
+  lays->assign(layers.size(), iq::Layout{});
+  offset->assign(layers.size() + 1, 0);
+  for (size_t li = 0; li < layers.size(); ++li) {
+    if (layers[li].quantized) (*lays)[li] = LayoutOf(layers[li]);
+    (*offset)[li + 1] = (*offset)[li] + (layers[li].quantized ? layers[li].rows : 0);
+  }
+}
+
 namespace {
 
 // Per thread: the row's f32 values, W s, and one row of dW.

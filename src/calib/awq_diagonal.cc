@@ -153,12 +153,9 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
                                  bool prune) {
   const size_t count = cands.size();
   const std::vector<Block> blocks = MakeBlocks(layers);
-  std::vector<iq::Layout> lays(layers.size());
-  std::vector<uint64_t> offset(layers.size() + 1, 0);  // row offsets into per-candidate arrays
-  for (size_t li = 0; li < layers.size(); ++li) {
-    if (layers[li].quantized) lays[li] = LayoutOf(layers[li]);
-    offset[li + 1] = offset[li] + (layers[li].quantized ? layers[li].rows : 0);
-  }
+  std::vector<iq::Layout> lays;
+  std::vector<uint64_t> offset;  // row offsets into per-candidate arrays
+  RowLayouts(layers, &lays, &offset);
   const uint64_t total_rows = offset.back();
   std::vector<double> terms(count * total_rows, 0.0);  // [g * total_rows + row]
   // f32 copies for the bound kernel (empty where it does not take the candidate's scales).

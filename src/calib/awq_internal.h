@@ -23,6 +23,11 @@ struct Cand {
 bool Aligned2(const AwqLayer& l);
 iq::Layout LayoutOf(const AwqLayer& l);
 
+// Every quantized layer's layout, and each layer's first row in the candidates' per-row
+// arrays (`offset`, one past the last layer holding the total); unquantized layers have none.
+void RowLayouts(const std::vector<AwqLayer>& layers, std::vector<iq::Layout>* lays,
+                std::vector<uint64_t>* offset);
+
 // The definition's diagonal term of row r: sum_c h[c] dW[c]^2 (ScaledDot4's order), by the
 // exact BF16 kernel where it applies.
 double ExactLossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,

@@ -70,12 +70,9 @@ std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
                                  const std::vector<Cand>& cands, const std::vector<double>& h,
                                  ScreenInfo* info) {
   const size_t count = cands.size();
-  std::vector<iq::Layout> lays(layers.size());
-  std::vector<uint64_t> offset(layers.size() + 1, 0);
-  for (size_t li = 0; li < layers.size(); ++li) {
-    if (layers[li].quantized) lays[li] = LayoutOf(layers[li]);
-    offset[li + 1] = offset[li] + (layers[li].quantized ? layers[li].rows : 0);
-  }
+  std::vector<iq::Layout> lays;
+  std::vector<uint64_t> offset;
+  RowLayouts(layers, &lays, &offset);
   const uint64_t total_rows = offset.back();
   std::vector<double> terms(count * total_rows, 0.0);  // [g * total_rows + row]
   std::vector<float> h32(h.begin(), h.end());

@@ -63,12 +63,7 @@ class SmoothRunImpl : public SmoothRun {
         if (keep[mi - b0]) kept_ += bytes;
         for (size_t k = 0; k < m.balance.size(); ++k) {
           const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-          const MappedFile* map = nullptr;
-          if (source.map) {
-            QUENCH_ASSIGN_OR_RETURN(map, source.map(t.shard));
-          } else {
-            QUENCH_ASSIGN_OR_RETURN(map, Map(t.shard));
-          }
+          QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(source, t.shard));
           map->Prefetch(t.src_offset, t.src_bytes);
           maps[mi - b0].push_back(map);
           AwqLayer l;
@@ -135,12 +130,7 @@ class SmoothRunImpl : public SmoothRun {
       const bool keep = keepable && kept_ + bytes <= source.keep_bytes;
       for (size_t k = 0; k < m.balance.size(); ++k) {
         const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-        const MappedFile* map = nullptr;
-        if (source.map) {
-          QUENCH_ASSIGN_OR_RETURN(map, source.map(t.shard));
-        } else {
-          QUENCH_ASSIGN_OR_RETURN(map, Map(t.shard));
-        }
+        QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(source, t.shard));
         // Ask for the whole mapping's pages first: a cold read is then one deep queue.
         map->Prefetch(t.src_offset, t.src_bytes);
         const uint64_t row_bytes = t.shape[1] * (DTypeBits(t.dtype) / 8);
@@ -201,6 +191,13 @@ class SmoothRunImpl : public SmoothRun {
   }
 
   uint64_t KeptBytes() const override { return kept_; }
+
+  // The pipeline's own mapping of a shard where it lends one (pages kept for the conversion),
+  // else one of the pre-pass's.
+  Result<const MappedFile*> Map(const SmoothSource& source, size_t shard) {
+    if (source.map) return source.map(shard);
+    return Map(shard);
+  }
 
   Result<const MappedFile*> Map(size_t shard) {
     auto& map = maps_[shard];
