@@ -34,7 +34,8 @@ std::atomic<long> g_direct_writes_left{-1};
 std::atomic<long> g_refused{0};
 std::atomic<long> g_direct_calls{0};  // pwrite calls on O_DIRECT descriptors
 
-extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
+// Counts a call on `fd` and says whether to refuse it (errno set to EINVAL).
+static bool RefuseDirect(int fd) {
   const bool direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0;
   if (direct) ++g_direct_calls;
   if (g_direct_writes_left.load() >= 0 && direct) {
@@ -42,25 +43,21 @@ extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
       g_direct_writes_left.store(0);
       ++g_refused;
       errno = EINVAL;
-      return -1;
+      return true;
     }
   }
+  return false;
+}
+
+extern "C" ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
+  if (RefuseDirect(fd)) return -1;
   return static_cast<ssize_t>(syscall(SYS_pwrite64, fd, buf, n, off));
 }
 
 // The same for pwritev64 (OutputFile joins held blocks to a direct write with it): one call,
 // counted and refused like a pwrite.
 extern "C" ssize_t pwritev64(int fd, const struct iovec* iov, int iovcnt, off_t off) {
-  const bool direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0;
-  if (direct) ++g_direct_calls;
-  if (g_direct_writes_left.load() >= 0 && direct) {
-    if (g_direct_writes_left.fetch_sub(1) <= 0) {
-      g_direct_writes_left.store(0);
-      ++g_refused;
-      errno = EINVAL;
-      return -1;
-    }
-  }
+  if (RefuseDirect(fd)) return -1;
   // On 64-bit targets the whole offset goes in the low word (the kernel's pos_from_hilo).
   return static_cast<ssize_t>(syscall(SYS_pwritev, fd, iov, iovcnt, off, 0L));
 }

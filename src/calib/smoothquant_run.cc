@@ -52,15 +52,7 @@ class SmoothRunImpl : public SmoothRun {
         // As SmoothQuant's pre-pass: through the pipeline's mappings when given, the pages
         // left mapped while they fit source.keep_bytes, so that the pipeline reads them
         // without a second round of faults (and this pass without an unmap).
-        uint64_t bytes = 0;
-        bool keepable = source.map != nullptr;
-        for (size_t k = 0; k < m.balance.size(); ++k) {
-          const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-          bytes += t.src_bytes;
-          keepable &= !plan_.shards[t.shard].already_done;
-        }
-        keep[mi - b0] = keepable && kept_ + bytes <= source.keep_bytes;
-        if (keep[mi - b0]) kept_ += bytes;
+        keep[mi - b0] = KeepPages(m, source);
         for (size_t k = 0; k < m.balance.size(); ++k) {
           const PlannedTensor& t = plan_.tensors[m.tensors[k]];
           QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(source, t.shard));
@@ -120,14 +112,7 @@ class SmoothRunImpl : public SmoothRun {
         uint64_t r0, r1;
       };
       std::vector<Block> blocks;
-      uint64_t bytes = 0;
-      bool keepable = source.map != nullptr;
-      for (size_t k = 0; k < m.balance.size(); ++k) {
-        const PlannedTensor& t = plan_.tensors[m.tensors[k]];
-        bytes += t.src_bytes;
-        keepable &= !plan_.shards[t.shard].already_done;
-      }
-      const bool keep = keepable && kept_ + bytes <= source.keep_bytes;
+      const bool keep = KeepPages(m, source);
       for (size_t k = 0; k < m.balance.size(); ++k) {
         const PlannedTensor& t = plan_.tensors[m.tensors[k]];
         QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, Map(source, t.shard));
@@ -139,7 +124,6 @@ class SmoothRunImpl : public SmoothRun {
           blocks.push_back(Block{map, &t, r0, std::min(t.shape[0], r0 + rows)});
         }
       }
-      if (keep) kept_ += bytes;
       const uint64_t n = plan_.tensors[m.tensors.front()].shape[1];
       std::vector<std::vector<float>> part(blocks.size());
       std::atomic<bool> finite{true};
@@ -191,6 +175,22 @@ class SmoothRunImpl : public SmoothRun {
   }
 
   uint64_t KeptBytes() const override { return kept_; }
+
+  // Whether a mapping's balance weights stay mapped for the pipeline after the pre-pass
+  // (counted in kept_): only through the pipeline's own mappings, only for shards it will
+  // write, and only while everything kept fits source.keep_bytes.
+  bool KeepPages(const PlannedSmoothing& m, const SmoothSource& source) {
+    uint64_t bytes = 0;
+    bool keepable = source.map != nullptr;
+    for (size_t k = 0; k < m.balance.size(); ++k) {
+      const PlannedTensor& t = plan_.tensors[m.tensors[k]];
+      bytes += t.src_bytes;
+      keepable &= !plan_.shards[t.shard].already_done;
+    }
+    if (!keepable || kept_ + bytes > source.keep_bytes) return false;
+    kept_ += bytes;
+    return true;
+  }
 
   // The pipeline's own mapping of a shard where it lends one (pages kept for the conversion),
   // else one of the pre-pass's.

@@ -258,15 +258,7 @@ void OutputFile::TakeAllBlocks(std::vector<Held>* ready) {
 
 Status OutputFile::WriteHeld(const Held& h) {
   std::lock_guard<std::mutex> lock(staging_mu_);
-  if (staging_ == nullptr) {
-    void* mem = nullptr;
-    if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
-      return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
-                                       std::to_string(kDirectStagingBytes >> 20) +
-                                       " MiB direct-I/O staging buffer");
-    }
-    staging_ = static_cast<uint8_t*>(mem);
-  }
+  QUENCH_RETURN_IF_ERROR(EnsureStaging());
   // The pieces, back to back, a staging buffer at a time (a held run is rarely longer).
   uint64_t at = h.at, filled = 0;
   for (const HeldPiece& q : h.pieces) {
@@ -350,15 +342,7 @@ Status OutputFile::WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len) 
   std::unique_lock<std::mutex> staging_lock(staging_mu_, std::defer_lock);
   if (!aligned) {
     staging_lock.lock();
-    if (staging_ == nullptr) {
-      void* mem = nullptr;
-      if (posix_memalign(&mem, a, kDirectStagingBytes) != 0) {
-        return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
-                                         std::to_string(kDirectStagingBytes >> 20) +
-                                         " MiB direct-I/O staging buffer");
-      }
-      staging_ = static_cast<uint8_t*>(mem);
-    }
+    QUENCH_RETURN_IF_ERROR(EnsureStaging());
   }
   while (len > 0) {
     const uint64_t n = std::min<uint64_t>(len, aligned ? (1u << 30) : kDirectStagingBytes);
@@ -411,6 +395,18 @@ Status OutputFile::WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len
     sync_file_range(fd_, static_cast<off_t>(start), static_cast<off_t>(total),
                     SYNC_FILE_RANGE_WRITE);
   }
+  return Status::Ok();
+}
+
+Status OutputFile::EnsureStaging() {
+  if (staging_ != nullptr) return Status::Ok();
+  void* mem = nullptr;
+  if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
+    return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
+                                     std::to_string(kDirectStagingBytes >> 20) +
+                                     " MiB direct-I/O staging buffer");
+  }
+  staging_ = static_cast<uint8_t*>(mem);
   return Status::Ok();
 }
 

@@ -121,6 +121,8 @@ class OutputFile {
   Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
   // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().
   Status WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len);
+  // Allocates staging_ on first need; callers hold staging_mu_.
+  Status EnsureStaging();
   void FreeStaging();
 
   int fd_ = -1;
