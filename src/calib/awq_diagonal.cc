@@ -148,6 +148,21 @@ struct TileRows {
 
 }  // namespace
 
+void PairTerms(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const float* w,
+               const std::vector<Cand>& cands, const std::vector<double>& h, size_t g1,
+               bool took1, const float* back1, double* term1, size_t g2, bool took2,
+               const float* back2, double* term2) {
+  if (term2 != nullptr && took1 && took2) {
+    intq::ScaledLossFromBack2(w, back1, back2, h.data(), l.cols, term1, term2);
+    return;
+  }
+  *term1 = took1 ? intq::ScaledLossFromBack(w, back1, h.data(), l.cols)
+                 : ExactLossRow(l, lay, r, cands[g1], h);
+  if (term2 == nullptr) return;
+  *term2 = took2 ? intq::ScaledLossFromBack(w, back2, h.data(), l.cols)
+                 : ExactLossRow(l, lay, r, cands[g2], h);
+}
+
 std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
                                  const std::vector<Cand>& cands, const std::vector<double>& h,
                                  bool prune) {
@@ -190,26 +205,13 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
       for (size_t k = 0; k < gs.size(); k += 2) {
         const size_t g1 = gs[k], g2 = k + 1 < gs.size() ? gs[k + 1] : gs.size();
         for (uint64_t r = 0; r < b.r1 - b.r0; ++r) {
-          const float* w = &t.w[r * cols];
           const uint64_t row = offset[b.layer] + b.r0 + r;
-          double& term1 = terms[g1 * total_rows + row];
+          const bool pair = g2 != gs.size();
           const bool took1 = back(g1, r, t.back.data());
-          if (g2 == gs.size()) {
-            term1 = took1 ? intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols)
-                          : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g1], h);
-            continue;
-          }
-          double& term2 = terms[g2 * total_rows + row];
-          const bool took2 = back(g2, r, t.back2.data());
-          if (took1 && took2) {
-            intq::ScaledLossFromBack2(w, t.back.data(), t.back2.data(), h.data(), cols, &term1,
-                                      &term2);
-            continue;
-          }
-          term1 = took1 ? intq::ScaledLossFromBack(w, t.back.data(), h.data(), cols)
-                        : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g1], h);
-          term2 = took2 ? intq::ScaledLossFromBack(w, t.back2.data(), h.data(), cols)
-                        : ExactLossRow(l, lays[b.layer], b.r0 + r, cands[g2], h);
+          const bool took2 = pair && back(g2, r, t.back2.data());
+          PairTerms(l, lays[b.layer], b.r0 + r, &t.w[r * cols], cands, h, g1, took1,
+                    t.back.data(), &terms[g1 * total_rows + row], g2, took2, t.back2.data(),
+                    pair ? &terms[g2 * total_rows + row] : nullptr);
         }
       }
     });

@@ -33,6 +33,15 @@ void RowLayouts(const std::vector<AwqLayer>& layers, std::vector<iq::Layout>* la
 double ExactLossRow(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const Cand& c,
                     const std::vector<double>& h);
 
+// The definition's terms of row `r` of `l` (its f32 copy `w`) under candidate g1 and, where
+// `term2` is not null, g2: from the exact BF16 back values the bound kernel left in back1 /
+// back2 where it took the row (took1 / took2; ScaledLossFromBack, the two f64 sums
+// interleaved by ScaledLossFromBack2 when it took both), by ExactLossRow where it did not.
+void PairTerms(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const float* w,
+               const std::vector<Cand>& cands, const std::vector<double>& h, size_t g1,
+               bool took1, const float* back1, double* term1, size_t g2, bool took2,
+               const float* back2, double* term2);
+
 // Each candidate's diagonal loss sum (over layers, then rows, as the definition adds them).
 // `prune`: candidates proven unable to win are not finished (+Inf); see awq_diagonal.cc.
 std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,

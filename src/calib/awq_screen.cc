@@ -104,28 +104,15 @@ std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
                                             inv32[g].data(), h32.data(), lay, l.q.symmetric,
                                             t.ws.data(), out, &a);
       };
-      auto one = [&](size_t g, bool took, const float* b) {
-        return took ? intq::ScaledLossFromBack(t.w.data(), b, h.data(), cols)
-                    : ExactLossRow(l, lay, r, cands[g], h);
-      };
       for (size_t k = 0; k < gs.size(); k += 2) {  // two at a time, sums interleaved
         const size_t g1 = gs[k];
-        double& term1 = terms[g1 * total_rows + row];
+        const bool pair = k + 1 < gs.size();
+        const size_t g2 = pair ? gs[k + 1] : g1;
         const bool took1 = back(g1, t.back.data());
-        if (k + 1 == gs.size()) {
-          term1 = one(g1, took1, t.back.data());
-          continue;
-        }
-        const size_t g2 = gs[k + 1];
-        double& term2 = terms[g2 * total_rows + row];
-        const bool took2 = back(g2, t.back2.data());
-        if (took1 && took2) {
-          intq::ScaledLossFromBack2(t.w.data(), t.back.data(), t.back2.data(), h.data(), cols,
-                                    &term1, &term2);
-        } else {
-          term1 = one(g1, took1, t.back.data());
-          term2 = one(g2, took2, t.back2.data());
-        }
+        const bool took2 = pair && back(g2, t.back2.data());
+        PairTerms(l, lay, r, t.w.data(), cands, h, g1, took1, t.back.data(),
+                  &terms[g1 * total_rows + row], g2, took2, t.back2.data(),
+                  pair ? &terms[g2 * total_rows + row] : nullptr);
       }
     });
   };
