@@ -283,6 +283,55 @@ TEST_CASE("NVFP4 from FP8 blocks: shapes and scales it does not handle are decli
         FusedResult::kNotHandled);
 }
 
+TEST_CASE("fused FP8-source kernels: packed output at every alignment, nothing outside it") {
+  // The packed nibbles are stored as one stream of aligned lines (StreamOut in
+  // fp8_source_tables.h), whatever the output's start: each of 64 start offsets in a buffer
+  // with guard bytes on both sides, against the reference at the same place. Shapes with
+  // one 32-byte piece, rows of one and of three pieces, and several bands.
+  const std::vector<Case> cases = {
+      {1, 64, 128, 64, 0}, {3, 192, 128, 64, 0}, {5, 64, 128, 64, 0}, {140, 384, 128, 128, 0}};
+  const float gs = fp4::Nvfp4GlobalScale(2.0f, DType::kBF16);
+  size_t checked = 0;
+  for (const Case& c : cases) {
+    for (const bool nvfp4 : {false, true}) {
+      const size_t group = nvfp4 ? 16 : 64;
+      const std::vector<uint8_t> codes = MakeCodes(c, group, 5, ~size_t{0});
+      const std::vector<float> scales = MakeScales(c, kScales, 4);
+      const SourceChunk in = Chunk(c, codes, scales);
+      const size_t bytes = c.rows * c.cols / 2;
+      const size_t scale_bytes = c.rows * c.cols / group * (nvfp4 ? 1 : 2);
+      std::vector<uint8_t> want(bytes), want_s(scale_bytes);
+      REQUIRE(Reference(in, nvfp4, group, gs, &want, &want_s));
+      for (size_t at = 0; at < 64; ++at) {
+        alignas(64) static uint8_t buf[64 + 140 * 384 / 2 + 64];
+        std::memset(buf, kGuard, sizeof(buf));
+        std::vector<uint8_t> got_s(scale_bytes);
+        ChunkOutputs out;
+        out.out[0] = buf + at;
+        out.out[1] = got_s.data();
+        const FusedResult res =
+            nvfp4 ? QuantizeSourceNvfp4(in, gs, out) : QuantizeSourceInt4(in, group, out);
+        CAPTURE(c.rows);
+        CAPTURE(c.cols);
+        CAPTURE(nvfp4);
+        CAPTURE(at);
+        if (!FusedSourceAvailable()) {
+          REQUIRE(res == FusedResult::kNotHandled);
+          continue;
+        }
+        REQUIRE(res == FusedResult::kOk);
+        REQUIRE(std::memcmp(buf + at, want.data(), bytes) == 0);
+        REQUIRE(got_s == want_s);
+        for (size_t i = 0; i < sizeof(buf); ++i) {
+          if (i < at || i >= at + bytes) REQUIRE(buf[i] == kGuard);
+        }
+        checked += c.rows * c.cols;
+      }
+    }
+  }
+  MESSAGE(checked << " elements checked at 64 output offsets");
+}
+
 }  // TEST_SUITE
 
 }  // namespace quench::fp8

@@ -215,6 +215,7 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
   // The row's slots, in base's order, and the units whose tables are not all built.
   std::vector<uint64_t> slots(units * 8);
   std::vector<uint32_t> pending(units);
+  StreamOut stream(out.out[0]);
   for (size_t r = 0; r < in.rows; ++r) {
     const size_t b = (in.first_row + r) / in.block_rows;
     if (b != cur) {
@@ -267,7 +268,10 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
       const size_t u = pending[i];
       const uint64_t* sl = slots.data() + u * 8;
       for (size_t p = 0; p < 8; ++p) {
-        if (col_scale[sl[p]] == 0 && !BuildSlot(ctx, sl[p])) return FusedResult::kNotFinite;
+        if (col_scale[sl[p]] == 0 && !BuildSlot(ctx, sl[p])) {
+          stream.Finish();
+          return FusedResult::kNotFinite;
+        }
       }
       const size_t n = (u + 1) * 128 <= in.cols ? 8 : 4;
       for (size_t k = 0; k < n; ++k) scales[u * 8 + k] = col_scale[sl[kPos[k]]];
@@ -281,16 +285,15 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
       _mm_prefetch(reinterpret_cast<const char*>(codes + in.cols + c0 + 64), _MM_HINT_T0);
       const uint8_t* ta[4] = {tab + sl[0] * kNvfp4Table, tab + sl[2] * kNvfp4Table,
                               tab + sl[4] * kNvfp4Table, tab + sl[6] * kNvfp4Table};
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2),
-                          Lookup4(_mm512_loadu_si512(codes + c0), ta));
+      stream.Put(packed + c0 / 2, Lookup4(_mm512_loadu_si512(codes + c0), ta));
       if (c0 + 128 <= in.cols) {
         const uint8_t* tb[4] = {tab + sl[1] * kNvfp4Table, tab + sl[3] * kNvfp4Table,
                                 tab + sl[5] * kNvfp4Table, tab + sl[7] * kNvfp4Table};
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + c0 / 2 + 32),
-                            Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
+        stream.Put(packed + c0 / 2 + 32, Lookup4(_mm512_loadu_si512(codes + c0 + 64), tb));
       }
     }
   }
+  stream.Finish();
   return FusedResult::kOk;
 }
 

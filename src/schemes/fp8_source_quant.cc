@@ -83,6 +83,7 @@ QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
   const size_t first_band = in.first_row / in.block_rows;
   const std::vector<uint32_t> col_of = BlockColumns(in, group);
   Band band{ws, in};
+  StreamOut stream(out.out[0]);
   size_t cur = ~size_t{0};
   for (size_t r = 0; r < in.rows; ++r) {
     const size_t b = (in.first_row + r) / in.block_rows;
@@ -99,22 +100,28 @@ QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
       _mm_prefetch(reinterpret_cast<const char*>(gc) + 2048, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(gc) + 2048 + 64, _MM_HINT_T0);
       const uint32_t mc = MaxMagnitude(gc, group);
-      if (mc == 0x7F) return FusedResult::kNotFinite;  // a NaN code
+      if (mc == 0x7F) {  // a NaN code
+        stream.Finish();
+        return FusedResult::kNotFinite;
+      }
       const size_t j = col_of[g];
       const size_t slot = j * kMags + mc;
       uint8_t* table = ws.tables.get() + slot * kTableBytes;
       if (ws.slot_stamp[slot] != ws.epoch) {
         if (!BuildInt4(band.Decode(j), mc, table, &ws.slot_scale[slot])) {
+          stream.Finish();
           return FusedResult::kNotFinite;
         }
         ws.slot_stamp[slot] = ws.epoch;
       }
       for (size_t i = 0; i < group; i += 64) {
-        StorePacked(Lookup64(table, _mm512_loadu_si512(gc + i)), packed + (g * group + i) / 2);
+        stream.Put(packed + (g * group + i) / 2,
+                   Packed(Lookup64(table, _mm512_loadu_si512(gc + i))));
       }
       std::memcpy(scales + 2 * g, &ws.slot_scale[slot], 2);
     }
   }
+  stream.Finish();
   return FusedResult::kOk;
 }
 

@@ -171,11 +171,59 @@ QUENCH_VBMI inline __m512i Lookup64(const uint8_t* table, __m512i codes) {
   return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), pos, neg);
 }
 
-// 64 nibbles (one per byte, < 16) packed two a byte, even element low: 32 bytes at dst.
-QUENCH_VBMI inline void StorePacked(__m512i u, uint8_t* dst) {
-  const __m512i w = _mm512_or_si512(u, _mm512_srli_epi16(u, 4));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi16_epi8(w));
+// 64 nibbles (one per byte, < 16) packed two a byte, even element low: 32 bytes.
+QUENCH_VBMI inline __m256i Packed(__m512i u) {
+  return _mm512_cvtepi16_epi8(_mm512_or_si512(u, _mm512_srli_epi16(u, 4)));
 }
+
+// The packed outputs of a chunk: one stream of bytes written in address order, 32 at a time
+// (each row's outputs follow the previous row's). They go to a pooled buffer that is written
+// to the file from memory, so they are stored non-temporally: an ordinary store to a line
+// not in the cache first reads the line from memory (a read for ownership) and then leaves
+// it in the cache, where it evicts codes and tables; a streaming store of a whole aligned
+// line does neither. The stream's start need not be aligned (a tensor's data lies where the
+// file's layout puts it), so each aligned line is the previous piece's last k bytes and the
+// current piece's first 32 - k (k = start mod 32, one byte permute). The line holding the
+// first piece's start is shared with bytes before the stream, and the last line with bytes
+// after it: those pieces are also stored ordinarily (unaligned, only the stream's own bytes;
+// the same values twice where they overlap the streamed line). Finish() orders the
+// streaming stores before whatever hands the buffer on (they are weakly ordered).
+class StreamOut {
+ public:
+  QUENCH_VBMI explicit StreamOut(const uint8_t* start)
+      : k_(reinterpret_cast<uintptr_t>(start) & 31) {
+    // Byte i of the aligned line = byte (32 - k + i) of prev:cur (prev bytes 0-31, cur 32-63).
+    alignas(32) uint8_t idx[32];
+    for (size_t i = 0; i < 32; ++i) idx[i] = static_cast<uint8_t>(32 - k_ + i);
+    idx_ = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx));
+  }
+  // The 32 bytes at p, the stream's next piece.
+  QUENCH_VBMI void Put(uint8_t* p, __m256i v) {
+    if (k_ == 0) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+      return;
+    }
+    if (last_ == nullptr) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+    } else {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p - k_),
+                          _mm256_permutex2var_epi8(prev_, idx_, v));
+    }
+    prev_ = v;
+    last_ = p;
+  }
+  // After the last Put: the last piece's bytes past the last streamed line, and the fence.
+  QUENCH_VBMI void Finish() {
+    if (last_ != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(last_), prev_);
+    _mm_sfence();
+  }
+
+ private:
+  size_t k_;
+  __m256i idx_;
+  __m256i prev_ = _mm256_setzero_si256();
+  uint8_t* last_ = nullptr;
+};
 
 // True when no scale of the chunk has its sign bit set (-0: the one non-negative scale whose
 // products flip signs; the caller refused negative ones).
