@@ -34,7 +34,9 @@
 
 #include "calib/imatrix_mse_int_bf16.h"
 
+#include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -199,225 +201,290 @@ QUENCH_AVX512BF16 inline __m512 TopTerms(const Consts& c, __m512 x, __m512 im, _
 // (imatrix_mse_certified.cc Certifiable).
 inline bool Certifiable(double p) { return p == 0.0 || (p >= 0x1p-100 && p <= 0x1p100); }
 
-// imatrix_mse_certified.cc's SearchCertified<bf16, kIntSym, N, table>, its steps in the same
-// order with the same decisions, on the terms above. Per group: min, max and each lane's
-// element of largest key in one pass; the group stored reordered (each lane's element of
-// largest key in the first vector) for the quotients and in PairOrder for the differences;
-// every step's scale and reciprocal (lanes across steps); the one-term bound at every step;
-// step 0 summed; the steps the one term leaves decided by their first 32 terms, the rest
-// summed to the end, all before any decision, then decided in step order.
+// Groups prepared at a time before their decisions (Search): their buffers stay in L1.
+constexpr size_t kBatch = 8;
+
+// One group as Prepare leaves it for Decide: its x reordered (each lane's element of largest
+// key in the first vector) for the quotients (qa) and in PairOrder (xe) with its importance
+// (ie); every step's scale S and reciprocal R, the steps only the definition takes (sc), the
+// term of the element of largest key at every step (TOP), and step 0's f32 sum (p0, when
+// summed).
+struct Prepared {
+  alignas(64) float S[kSteps];
+  alignas(64) float R[kSteps];
+  alignas(64) float TOP[kSteps];
+  float* qa;
+  float* xe;
+  float* ie;
+  uint32_t sc;
+  double p0;
+};
+
+// The search's fixed inputs and constants.
+struct Ctx {
+  const Block* b;
+  Consts c;
+  size_t n, nv, np, ng;
+  uint32_t step_bits;
+  double lo_f, hi_f;
+  alignas(64) float P[kSteps];
+  const float* ones;
+};
+
+// The steps' table and first-terms sum of step k (scale s, reciprocal r) over pairs p0..np.
 template <int N>
-QUENCH_AVX512BF16 void Search(const Block& b) {
-  const Consts c = MakeConsts(b);
-  const size_t n = b.group, nv = n / 16, np = n / 32;
-  const size_t ng = b.cols / n, groups = b.rows * ng;
-  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
-  const uint32_t step_bits = steps == 32 ? ~0u : (1u << steps) - 1u;
-  alignas(64) float P[kSteps], S[kSteps], R[kSteps], TOP[kSteps], TBL[kSteps * 16];
-  alignas(64) float top_x[16], top_i[16];
-  for (size_t k = 0; k < kSteps; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
-    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
-    P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
+QUENCH_AVX512BF16 inline __m512 SumPairs(const Ctx& x, const Prepared& g, __m512 table,
+                                         __m512 r, size_t p0, __m512 acc) {
+  for (size_t p = p0; p < x.np; ++p) {
+    acc = _mm512_add_ps(acc, PairTerms<N>(x.c, g.qa + 32 * p, g.xe + 32 * p, g.ie + 32 * p,
+                                          r, table));
   }
-  thread_local std::vector<float> ones, qa, xe, ie;
-  if (b.imp == nullptr && ones.size() < n) ones.assign(n, 1.0f);
-  if (qa.size() < n) {
-    qa.resize(n);
-    xe.resize(n);
-    ie.resize(n);
-  }
-  const double m = static_cast<double>(n + 2) * 0x1p-23;
-  const double lo_f = 1.0 - m, hi_f = 1.0 + m;
+  return acc;
+}
+
+// Group gi's prelude, with no data-dependent branch but the step-0 guard (so that the
+// groups of a batch overlap): min, max and each lane's element of largest key in one pass;
+// the group reordered and in PairOrder; every step's parameters (lanes across steps, the
+// operations of imatrix_mse-inl.h ParamsVec); the one-term bound at every step; step 0's sum.
+template <int N>
+QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const size_t nv = x.nv;
+  const float* xg = b.x + gi * x.n;
+  const float* im = b.imp == nullptr ? x.ones : b.imp + (gi % x.ng) * x.n;
   const __m512 zero = _mm512_setzero_ps();
-  const __m512 qlo = _mm512_set1_ps(static_cast<float>(b.layout.qmin));
-  const __m512 qhi = _mm512_set1_ps(static_cast<float>(b.layout.qmax));
-  // calculate_qparams, symmetric: RNE_bf16(max(-mn, mx) / (bit_range / 2)), 0 -> eps(bf16).
-  const __m512 half_range =
-      _mm512_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
-  const __m512 eps = _mm512_set1_ps(intq::internal::ScaleEps(DType::kBF16));
-  // PairOrder: lane i of the even / odd rounding holds element 2i / 2i + 1 of the pair.
   const __m512i pick_e =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i pick_o = _mm512_add_epi32(pick_e, _mm512_set1_epi32(1));
+  // Min, max, and per lane the element of largest key (its vector in `at`).
+  const __m512 x0 = _mm512_loadu_ps(xg), i0 = _mm512_loadu_ps(im);
+  __m512 mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0;
+  __m512i at = _mm512_setzero_si512();
+  for (size_t v = 1; v < nv; ++v) {
+    const __m512 xv = _mm512_loadu_ps(xg + v * 16), iv = _mm512_loadu_ps(im + v * 16);
+    mn = _mm512_min_ps(mn, xv);
+    mx = _mm512_max_ps(mx, xv);
+    const __m512 kv = Key(xv, iv);
+    const __mmask16 more = _mm512_cmp_ps_mask(kv, top, _CMP_GT_OQ);
+    top = _mm512_mask_mov_ps(top, more, kv);
+    sx = _mm512_mask_mov_ps(sx, more, xv);
+    si = _mm512_mask_mov_ps(si, more, iv);
+    at = _mm512_mask_mov_epi32(at, more, _mm512_set1_epi32(static_cast<int>(v)));
+  }
+  // The group reordered (vector 0: each lane's element of largest key, which moves to
+  // vector `at`), its x to qa, and x and importance in PairOrder to xe, ie.
+  for (size_t p = 0; p < x.np; ++p) {
+    __m512 xab[2], iab[2];
+    for (size_t h = 0; h < 2; ++h) {
+      const size_t v = 2 * p + h;
+      if (v == 0) {
+        xab[h] = sx;
+        iab[h] = si;
+      } else {
+        const __mmask16 moved =
+            _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(static_cast<int>(v)));
+        xab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(xg + v * 16), moved, x0);
+        iab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(im + v * 16), moved, i0);
+      }
+    }
+    _mm512_store_ps(out->qa + 32 * p, xab[0]);
+    _mm512_store_ps(out->qa + 32 * p + 16, xab[1]);
+    _mm512_store_ps(out->xe + 32 * p, _mm512_permutex2var_ps(xab[0], pick_e, xab[1]));
+    _mm512_store_ps(out->xe + 32 * p + 16, _mm512_permutex2var_ps(xab[0], pick_o, xab[1]));
+    _mm512_store_ps(out->ie + 32 * p, _mm512_permutex2var_ps(iab[0], pick_e, iab[1]));
+    _mm512_store_ps(out->ie + 32 * p + 16, _mm512_permutex2var_ps(iab[0], pick_o, iab[1]));
+  }
+  float m0 = _mm512_reduce_min_ps(mn), M0 = _mm512_reduce_max_ps(mx);
+  if (b.expand != 1.0) {  // as MakeTiles
+    m0 = Expanded(m0, b.expand, b.dtype);
+    M0 = Expanded(M0, b.expand, b.dtype);
+  }
+  // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
+  // (bit_range / 2)), 0 -> eps(bf16); the steps whose scale QuotientBf16 does not cover
+  // (groups of absurd magnitude) only by the definition (sc).
+  const __m512 half_range =
+      _mm512_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  __mmask16 recip_ok[2];
+  for (size_t h = 0; h < 2; ++h) {
+    const __m512 vp = _mm512_load_ps(x.P + 16 * h);
+    const __m512 lo = _mm512_min_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(m0))), zero);
+    const __m512 hi = _mm512_max_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(M0))), zero);
+    __m512 s =
+        RoundBf16(_mm512_div_ps(_mm512_max_ps(_mm512_sub_ps(zero, lo), hi), half_range));
+    s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(s, zero, _CMP_EQ_OQ),
+                           _mm512_set1_ps(intq::internal::ScaleEps(DType::kBF16)));
+    _mm512_store_ps(out->S + 16 * h, s);
+    _mm512_store_ps(out->R + 16 * h, _mm512_div_ps(_mm512_set1_ps(1.0f), s));
+    recip_ok[h] = _mm512_cmp_ps_mask(s, _mm512_set1_ps(0x1p-100f), _CMP_GE_OQ) &
+                  _mm512_cmp_ps_mask(s, _mm512_set1_ps(0x1p100f), _CMP_LE_OQ);
+  }
+  out->sc = ~(static_cast<uint32_t>(recip_ok[0]) | static_cast<uint32_t>(recip_ok[1]) << 16) &
+            x.step_bits;
+  // The group's element of largest key (a lane of the first reordered vector): its term at
+  // every step.
+  const __mmask16 at_top =
+      _mm512_cmp_ps_mask(top, _mm512_set1_ps(_mm512_reduce_max_ps(top)), _CMP_EQ_OQ);
+  const int lane = at_top == 0 ? 0 : __builtin_ctz(at_top);
+  const __m512 tx = _mm512_set1_ps(out->qa[lane]);  // qa's first vector is sx
+  alignas(64) float top_i[16];
+  _mm512_store_ps(top_i, si);
+  const __m512 tim = _mm512_set1_ps(top_i[lane]);
+  const __m512 qlo = _mm512_set1_ps(static_cast<float>(b.layout.qmin));
+  const __m512 qhi = _mm512_set1_ps(static_cast<float>(b.layout.qmax));
+  for (size_t h = 0; h < 2; ++h) {
+    _mm512_store_ps(out->TOP + 16 * h,
+                    TopTerms<N>(x.c, tx, tim, _mm512_load_ps(out->S + 16 * h),
+                                _mm512_load_ps(out->R + 16 * h), qlo, qhi));
+  }
+  // Step 0's sum (its decision comes first in Decide).
+  out->p0 = 0.0;
+  if (!(out->sc & 1u) && !(out->TOP[0] >= b.best[gi])) {
+    out->p0 = LaneSum(SumPairs<N>(x, *out, Table(x.c, out->S[0]), _mm512_set1_ps(out->R[0]), 0,
+                                  zero));
+  }
+}
+
+// Group gi's decisions (imatrix_mse_certified.cc's SearchCertified<bf16, kIntSym, N, table>,
+// its steps in the same order with the same decisions): step 0; the steps its best leaves by
+// their one term, decided by their first 32 terms; the rest summed to the end, all before any
+// decision, then decided in step order.
+template <int N>
+QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
+  const Block& b = *x.b;
+  const float* xg = b.x + gi * x.n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + (gi % x.ng) * x.n;
+  const double lo_f = x.lo_f, hi_f = x.hi_f;
+  const uint32_t sc = g.sc;
+  alignas(64) float TBL[kSteps * 16];
+  auto exact_of = [&](size_t k) {
+    return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {g.S[k], 0.0f}));
+  };
+  double blo = b.best[gi], bhi = blo;
+  bool exact = true;     // blo == bhi == the definition's best
+  size_t bk = SIZE_MAX;  // the step of the best (SIZE_MAX: from before this call)
+  uint32_t mask = 0;
+  // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
+  auto step = [&](size_t k, double p) {
+    const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
+    if (!(sc >> k & 1u)) {
+      if (bk != SIZE_MAX && g.S[k] == g.S[bk]) {
+        return;  // the best step's parameters: the same error, and the earlier stays
+      }
+      if (g.TOP[k] >= bhi) return;  // one term at or above the best already
+      if (Certifiable(p)) {
+        if (p * lo_f >= bhi) return;
+        if (p * hi_f < blo) {
+          blo = p * lo_f;
+          bhi = p * hi_f;
+          exact = p == 0.0;
+          bk = k;
+          mask |= bit;
+          return;
+        }
+      }
+    }
+    // A near tie, a sum outside the bound's range, or a scale only the definition takes.
+    if (!exact) {
+      blo = bhi = exact_of(bk);
+      exact = true;
+    }
+    const double e = exact_of(k);
+    if (e < blo) {
+      blo = bhi = e;
+      bk = k;
+      mask |= bit;
+    }
+  };
+  step(0, g.p0);
+  // The steps that may still improve: one term below the best after the first step (the
+  // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
+  // definition takes.
+  const __m512 tb = _mm512_set1_ps(CeilF32(bhi));
+  const uint32_t ruled =
+      static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(g.TOP), tb, _CMP_GE_OQ)) |
+      static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(g.TOP + 16), tb, _CMP_GE_OQ))
+          << 16;
+  const uint32_t live = ((~ruled | sc) & x.step_bits) & ~1u;
+  // Their first 32 terms together, then the steps those do not rule out summed to the end,
+  // all before any decision, then decided in step order.
+  alignas(64) float acc0[kSteps * 16];
+  uint32_t live2 = 0;
+  for (uint32_t lm = live; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    if (sc >> k & 1u) {
+      live2 |= 1u << k;
+      continue;
+    }
+    const __m512 t = Table(x.c, g.S[k]);
+    _mm512_store_ps(TBL + 16 * k, t);
+    const __m512 a = PairTerms<N>(x.c, g.qa, g.xe, g.ie, _mm512_set1_ps(g.R[k]), t);
+    _mm512_store_ps(acc0 + 16 * k, a);
+    const double pc = LaneSum(a);
+    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= bhi)) << k;
+  }
+  double PS[kSteps];
+  for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    PS[k] = LaneSum(SumPairs<N>(x, g, _mm512_load_ps(TBL + 16 * k), _mm512_set1_ps(g.R[k]), 1,
+                                _mm512_load_ps(acc0 + 16 * k)));
+  }
+  for (uint32_t lm = live2; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    step(k, sc >> k & 1u ? 0.0 : PS[k]);
+  }
+  if (b.exact_best && !exact) blo = exact_of(bk);
+  b.best[gi] = blo;
+  b.masks[gi] |= mask;
+  return mask;
+}
+
+// The search over the block's groups, kBatch at a time: every group of a batch prepared
+// (independent, branch-free work that overlaps), then each decided.
+template <int N>
+QUENCH_AVX512BF16 void Search(const Block& b) {
+  Ctx x;
+  x.b = &b;
+  x.c = MakeConsts(b);
+  x.n = b.group;
+  x.nv = x.n / 16;
+  x.np = x.n / 32;
+  x.ng = b.cols / x.n;
+  const size_t groups = b.rows * x.ng;
+  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
+  x.step_bits = steps == 32 ? ~0u : (1u << steps) - 1u;
+  const double m = static_cast<double>(x.n + 2) * 0x1p-23;  // the bound's margin
+  x.lo_f = 1.0 - m;
+  x.hi_f = 1.0 + m;
+  for (size_t k = 0; k < kSteps; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
+    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
+    x.P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
+  }
+  // Per thread and reused (fresh pages per block cost more than the search).
+  thread_local std::vector<float> ones;
+  struct Buffer {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (b.imp == nullptr && ones.size() < x.n) ones.assign(x.n, 1.0f);
+  x.ones = ones.data();
+  if (buf.n < x.n) {  // 3 * kBatch * n floats: a multiple of 64 bytes (n % 32 == 0)
+    std::free(buf.p);
+    buf.p = static_cast<float*>(std::aligned_alloc(64, 3 * kBatch * x.n * sizeof(float)));
+    buf.n = x.n;
+  }
+  Prepared prep[kBatch];
+  for (size_t j = 0; j < kBatch; ++j) {
+    prep[j].qa = buf.p + 3 * j * x.n;
+    prep[j].xe = prep[j].qa + x.n;
+    prep[j].ie = prep[j].xe + x.n;
+  }
   uint32_t any = 0;
-  for (size_t g = 0; g < groups; ++g) {
-    const float* xg = b.x + g * n;
-    const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * n;
-    const float* im = ig == nullptr ? ones.data() : ig;
-    // Min, max, and per lane the element of largest key (its vector in `at`).
-    const __m512 x0 = _mm512_loadu_ps(xg), i0 = _mm512_loadu_ps(im);
-    __m512 mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0;
-    __m512i at = _mm512_setzero_si512();
-    for (size_t v = 1; v < nv; ++v) {
-      const __m512 xv = _mm512_loadu_ps(xg + v * 16), iv = _mm512_loadu_ps(im + v * 16);
-      mn = _mm512_min_ps(mn, xv);
-      mx = _mm512_max_ps(mx, xv);
-      const __m512 kv = Key(xv, iv);
-      const __mmask16 more = _mm512_cmp_ps_mask(kv, top, _CMP_GT_OQ);
-      top = _mm512_mask_mov_ps(top, more, kv);
-      sx = _mm512_mask_mov_ps(sx, more, xv);
-      si = _mm512_mask_mov_ps(si, more, iv);
-      at = _mm512_mask_mov_epi32(at, more, _mm512_set1_epi32(static_cast<int>(v)));
-    }
-    // The group reordered (vector 0: each lane's element of largest key, which moves to
-    // vector `at`), its x to qa, and x and importance in PairOrder to xe, ie.
-    for (size_t p = 0; p < np; ++p) {
-      __m512 xab[2], iab[2];
-      for (size_t h = 0; h < 2; ++h) {
-        const size_t v = 2 * p + h;
-        if (v == 0) {
-          xab[h] = sx;
-          iab[h] = si;
-        } else {
-          const __mmask16 moved =
-              _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(static_cast<int>(v)));
-          xab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(xg + v * 16), moved, x0);
-          iab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(im + v * 16), moved, i0);
-        }
-      }
-      float* a = qa.data() + 32 * p;
-      _mm512_storeu_ps(a, xab[0]);
-      _mm512_storeu_ps(a + 16, xab[1]);
-      _mm512_storeu_ps(xe.data() + 32 * p, _mm512_permutex2var_ps(xab[0], pick_e, xab[1]));
-      _mm512_storeu_ps(xe.data() + 32 * p + 16, _mm512_permutex2var_ps(xab[0], pick_o, xab[1]));
-      _mm512_storeu_ps(ie.data() + 32 * p, _mm512_permutex2var_ps(iab[0], pick_e, iab[1]));
-      _mm512_storeu_ps(ie.data() + 32 * p + 16, _mm512_permutex2var_ps(iab[0], pick_o, iab[1]));
-    }
-    float m0 = _mm512_reduce_min_ps(mn), M0 = _mm512_reduce_max_ps(mx);
-    if (b.expand != 1.0) {  // as MakeTiles
-      m0 = Expanded(m0, b.expand, b.dtype);
-      M0 = Expanded(M0, b.expand, b.dtype);
-    }
-    // Every step's parameters, lanes across steps (imatrix_mse-inl.h ParamsVec's operations);
-    // the steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by
-    // the definition (sc).
-    __mmask16 recip_ok[2];
-    for (size_t h = 0; h < 2; ++h) {
-      const __m512 vp = _mm512_load_ps(P + 16 * h);
-      const __m512 lo = _mm512_min_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(m0))), zero);
-      const __m512 hi = _mm512_max_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(M0))), zero);
-      __m512 s = RoundBf16(
-          _mm512_div_ps(_mm512_max_ps(_mm512_sub_ps(zero, lo), hi), half_range));
-      s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(s, zero, _CMP_EQ_OQ), eps);
-      _mm512_store_ps(S + 16 * h, s);
-      _mm512_store_ps(R + 16 * h, _mm512_div_ps(_mm512_set1_ps(1.0f), s));
-      recip_ok[h] = _mm512_cmp_ps_mask(s, _mm512_set1_ps(0x1p-100f), _CMP_GE_OQ) &
-                    _mm512_cmp_ps_mask(s, _mm512_set1_ps(0x1p100f), _CMP_LE_OQ);
-    }
-    const uint32_t sc =
-        ~(static_cast<uint32_t>(recip_ok[0]) | static_cast<uint32_t>(recip_ok[1]) << 16) &
-        step_bits;
-    // The group's element of largest key (a lane of the first reordered vector): its term
-    // at every step.
-    const __mmask16 at_top =
-        _mm512_cmp_ps_mask(top, _mm512_set1_ps(_mm512_reduce_max_ps(top)), _CMP_EQ_OQ);
-    const int lane = at_top == 0 ? 0 : __builtin_ctz(at_top);
-    _mm512_store_ps(top_x, sx);
-    _mm512_store_ps(top_i, si);
-    const __m512 tx = _mm512_set1_ps(top_x[lane]), ti = _mm512_set1_ps(top_i[lane]);
-    for (size_t h = 0; h < 2; ++h) {
-      _mm512_store_ps(TOP + 16 * h, TopTerms<N>(c, tx, ti, _mm512_load_ps(S + 16 * h),
-                                                _mm512_load_ps(R + 16 * h), qlo, qhi));
-    }
-    auto exact_of = [&](size_t k) {
-      return ErrorF32(GroupErrorScalar(b, xg, ig, n, {S[k], 0.0f}));
-    };
-    // Step k's first 32 terms, and the rest of its sum from acc.
-    auto table_of = [&](size_t k) {
-      const __m512 t = Table(c, S[k]);
-      _mm512_store_ps(TBL + 16 * k, t);
-      return t;
-    };
-    auto sum_from = [&](size_t k, size_t p0, __m512 acc) {
-      const __m512 t = _mm512_load_ps(TBL + 16 * k), r = _mm512_set1_ps(R[k]);
-      for (size_t p = p0; p < np; ++p) {
-        acc = _mm512_add_ps(acc, PairTerms<N>(c, qa.data() + 32 * p, xe.data() + 32 * p,
-                                              ie.data() + 32 * p, r, t));
-      }
-      return acc;
-    };
-    double blo = b.best[g], bhi = blo;
-    bool exact = true;     // blo == bhi == the definition's best
-    size_t bk = SIZE_MAX;  // the step of the best (SIZE_MAX: from before this call)
-    uint32_t mask = 0;
-    // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
-    auto step = [&](size_t k, double p) {
-      const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
-      if (!(sc >> k & 1u)) {
-        if (bk != SIZE_MAX && S[k] == S[bk]) {
-          return;  // the best step's parameters: the same error, and the earlier stays
-        }
-        if (TOP[k] >= bhi) return;  // one term at or above the best already
-        if (Certifiable(p)) {
-          if (p * lo_f >= bhi) return;
-          if (p * hi_f < blo) {
-            blo = p * lo_f;
-            bhi = p * hi_f;
-            exact = p == 0.0;
-            bk = k;
-            mask |= bit;
-            return;
-          }
-        }
-      }
-      // A near tie, a sum outside the bound's range, or a scale only the definition takes.
-      if (!exact) {
-        blo = bhi = exact_of(bk);
-        exact = true;
-      }
-      const double e = exact_of(k);
-      if (e < blo) {
-        blo = bhi = e;
-        bk = k;
-        mask |= bit;
-      }
-    };
-    {
-      double p0 = 0.0;
-      if (!(sc & 1u) && !(TOP[0] >= bhi)) {
-        table_of(0);
-        p0 = LaneSum(sum_from(0, 0, zero));
-      }
-      step(0, p0);
-    }
-    // The steps that may still improve: one term below the best after the first step (the
-    // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
-    // definition takes.
-    const __m512 tb = _mm512_set1_ps(CeilF32(bhi));
-    const uint32_t ruled =
-        static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(TOP), tb, _CMP_GE_OQ)) |
-        static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(TOP + 16), tb, _CMP_GE_OQ))
-            << 16;
-    const uint32_t live = ((~ruled | sc) & step_bits) & ~1u;
-    // Their first 32 terms together, then the steps those do not rule out summed to the
-    // end, all before any decision, then decided in step order.
-    alignas(64) float acc0[kSteps * 16];
-    uint32_t live2 = 0;
-    for (uint32_t lm = live; lm != 0; lm &= lm - 1) {
-      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-      if (sc >> k & 1u) {
-        live2 |= 1u << k;
-        continue;
-      }
-      const __m512 a = PairTerms<N>(c, qa.data(), xe.data(), ie.data(),
-                                    _mm512_set1_ps(R[k]), table_of(k));
-      _mm512_store_ps(acc0 + 16 * k, a);
-      const double pc = LaneSum(a);
-      live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= bhi)) << k;
-    }
-    double PS[kSteps];
-    for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
-      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-      PS[k] = LaneSum(sum_from(k, 1, _mm512_load_ps(acc0 + 16 * k)));
-    }
-    for (uint32_t lm = live2; lm != 0; lm &= lm - 1) {
-      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-      step(k, sc >> k & 1u ? 0.0 : PS[k]);
-    }
-    if (b.exact_best && !exact) blo = exact_of(bk);
-    b.best[g] = blo;
-    b.masks[g] |= mask;
-    any |= mask;
+  for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
+    const size_t nb = std::min(kBatch, groups - g0);
+    for (size_t j = 0; j < nb; ++j) Prepare<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
 }
