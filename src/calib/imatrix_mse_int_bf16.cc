@@ -35,6 +35,7 @@
 #include "calib/imatrix_mse_int_bf16.h"
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cstdlib>
 #include <cmath>
@@ -61,6 +62,8 @@ constexpr size_t kSteps = 32;
 }  // namespace
 
 void SetIntBf16Enabled(bool enabled) { g_enabled.Set(enabled); }
+
+bool IntBf16Enabled() { return g_enabled.on(); }
 
 bool IntBf16Handles(const Block& b) {
   if (!g_enabled.on() || !avx512bf16::Available()) return false;
@@ -168,10 +171,12 @@ QUENCH_AVX512BF16 inline double LaneSum(__m512 v) {
   return static_cast<double>(_mm512_reduce_add_ps(v));
 }
 
-// The smallest f32 >= d (d not NaN): t >= d exactly when f32 t >= it.
+// The smallest f32 >= d for d >= 0 (an error bound): t >= d exactly when f32 t >= it. The
+// next f32 up from a nonnegative f is the next bit pattern (+0 to the least subnormal, the
+// largest finite to +Inf).
 inline float CeilF32(double d) {
   float f = static_cast<float>(d);
-  if (static_cast<double>(f) < d) f = std::nextafter(f, HUGE_VALF);
+  if (static_cast<double>(f) < d) f = std::bit_cast<float>(std::bit_cast<uint32_t>(f) + 1u);
   return f;
 }
 

@@ -26,9 +26,23 @@ void SearchIntBf16(const Block& b);
 bool IntBf16Terms(const Block& b, float scale, const float* x, const float* imp, size_t n,
                   float* terms);
 
-// Whether SearchBlock may use this kernel (default true); tests turn it off to run the
-// Highway kernels on the same blocks. Not for concurrent use with conversions.
+// The chosen quantization's row helpers for bf16 rows, packed symmetric int4
+// (imatrix_mse_int_bf16_codes.cc): true when they take groups of `group` elements in rows of
+// n (this CPU has AVX-512 BF16, the switch below is on, group % 64 == 0).
+bool IntBf16CodesHandle(size_t group, size_t n);
+// Each group's min and max of a raw bf16 row (n_groups groups of `group` elements), as
+// GroupMinMax gives them for the row in f32; false when the row holds an Inf or NaN.
+bool IntBf16RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn, float* mx);
+// A raw bf16 row's codes with each group's symmetric 4-bit parameters, packed as
+// IntCodesPacked4 packs them (u = q + 8, element i in bits 4i..4i+3 of the byte stream).
+void IntBf16Codes4(const uint8_t* row, size_t n, size_t group,
+                   const intq::internal::GroupParams* p, uint8_t* dst);
+
+// Whether SearchBlock and QuantizeChosen may use these kernels (default true); tests turn it
+// off to run the Highway kernels on the same blocks and rows. Not for concurrent use with
+// conversions.
 void SetIntBf16Enabled(bool enabled);
+bool IntBf16Enabled();
 
 }  // namespace quench::calib::internal
 
