@@ -15,6 +15,8 @@
 
 #include <cstddef>
 
+#include "calib/imatrix_mse_int_bf16.h"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_kernel.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -53,6 +55,12 @@ bool SearchBlock(const Block& b) {
   if (b.rows == 0) return true;
   // Other norms (powf): the definition itself.
   if (b.norm != 3.0 && b.norm != 2.0) return SearchBlockScalar(b);
+  // Symmetric int codes of bf16 weights (W4A16) on CPUs with AVX-512 BF16: the same search
+  // on cheaper terms (imatrix_mse_int_bf16.h).
+  if (IntBf16Handles(b)) {
+    SearchIntBf16(b);
+    return true;
+  }
   return HWY_DYNAMIC_DISPATCH(SearchBlockKernel)(b);
 }
 
