@@ -154,10 +154,11 @@ void SearchFp4Groups(const Block& b) {
   for (size_t g0 = 0; g0 < groups; g0 += L) {
     const size_t cnt = std::min(L, groups - g0);
     // Lane l: group g0 + l (padding lanes repeat the last group; nothing of theirs is kept).
-    for (size_t l = 0; l < L; ++l) {
+    for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
       const size_t g = std::min(g0 + l, groups - 1);
       gx[l] = static_cast<int32_t>(g * kN);
-      gi[l] = static_cast<int32_t>((g % ng) * kN);
+      gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
+      if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
     }
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
@@ -292,12 +293,13 @@ void SearchFp4Groups(const Block& b) {
     }
     // The live pairs of the later steps, their sums L at a time.
     VF vecs[kMaxL];
-    uint16_t pk[kMaxL], pl[kMaxL];
+    uint16_t at[kMaxL];  // pair p's sum goes to PS[at[p]]
     size_t np = 0;
+    uint32_t live_steps = 0;
     auto flush = [&]() {
       for (size_t p = np; p < L; ++p) vecs[p] = zero;
       hn::Store(SumsOfLanes(df, vecs, L), df, sums);
-      for (size_t p = 0; p < np; ++p) PS[pk[p] * L + pl[p]] = sums[p];
+      for (size_t p = 0; p < np; ++p) PS[at[p]] = sums[p];
       np = 0;
     };
     for (size_t k = 1; k < steps; ++k) {
@@ -310,11 +312,12 @@ void SearchFp4Groups(const Block& b) {
       hn::StoreMaskBits(df, live, bits);
       uint64_t lb;
       std::memcpy(&lb, bits, 8);
+      live_steps |= static_cast<uint32_t>(lb != 0) << k;
       for (; lb != 0; lb &= lb - 1) {
         const size_t l = static_cast<size_t>(__builtin_ctzll(lb));
         const size_t g = g0 + l;
         const float* xg = b.x + g * kN;
-        const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
+        const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[k * L + l]), rr = hn::Set(df, R[k * L + l]);
         VF acc = Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg)),
                                ig == nullptr ? one : hn::LoadU(df, ig), ss, rr);
@@ -323,13 +326,13 @@ void SearchFp4Groups(const Block& b) {
                                            ig == nullptr ? one : hn::LoadU(df, ig + v * L), ss, rr));
         }
         vecs[np] = acc;
-        pk[np] = static_cast<uint16_t>(k);
-        pl[np] = static_cast<uint16_t>(l);
+        at[np] = static_cast<uint16_t>(k * L + l);
         if (++np == L) flush();
       }
     }
     if (np != 0) flush();
-    for (size_t k = 1; k < steps; ++k) {
+    for (uint32_t ls = live_steps; ls != 0; ls &= ls - 1) {  // a step no lane sums: no change
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       decide(k, hn::Load(df, PS + k * L), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
     }
     hn::Store(blo, df, st_lo);
