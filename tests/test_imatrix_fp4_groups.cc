@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_kernel.h"
 #include "kernel_test_util.h"
 #include "quench/dtype.h"
 #include "schemes/chunk.h"
@@ -103,6 +104,25 @@ Quantized QuantizeSteps(const Data& w, const calib::ImatrixOptions& o,
   for (size_t g = 0; g < groups; ++g) steps[g] = calib::ChosenStep(masks[g], stop);
   std::vector<float> pos(groups);
   REQUIRE(calib::ChosenRanges(w.in, ImatrixFormat::kNvfp4, o, steps.data(), pos.data()));
+  // Each chosen range as the definition states it: the group's min and max, StepRange, Pos.
+  size_t pos_diff = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    float x[16];
+    for (size_t j = 0; j < 16; ++j) {
+      const uint8_t* e = w.in.data + (g * 16 + j) * ElemBytes(w.in.dtype);
+      uint32_t bits = 0;
+      std::memcpy(&bits, e, ElemBytes(w.in.dtype));
+      x[j] = w.in.dtype == DType::kF32    ? BitsToF32(bits)
+             : w.in.dtype == DType::kBF16 ? BF16ToF32(static_cast<uint16_t>(bits))
+                                          : F16ToF32(static_cast<uint16_t>(bits));
+    }
+    float mn, mx;
+    calib::internal::StepRange(*std::min_element(x, x + 16), *std::max_element(x, x + 16),
+                               steps[g], o.grid, o.expand, w.in.dtype, &mn, &mx);
+    const float want = calib::internal::Pos(mn, mx);
+    pos_diff += std::memcmp(&want, &pos[g], sizeof(float)) != 0;
+  }
+  CHECK(pos_diff == 0);
   Quantized q;
   q.global_scale =
       fp4::Nvfp4GlobalScale(*std::max_element(pos.begin(), pos.end()), w.in.dtype);

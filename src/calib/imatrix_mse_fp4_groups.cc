@@ -186,7 +186,7 @@ void SearchFp4Groups(const Block& b) {
       mx = rd::RoundToDType<D>(df, hn::Mul(mx, e));
     }
     // Every step's scale, reciprocal and one term. The search scale's pos =
-    // max(|min(mn, 0)|, max(mx, 0)) is RNE_D(p * max(|m0|, |M0|)) for p >= 0 (expand > 0
+    // max(|min(mn, 0)|, max(mx, 0)) is RNE_D(p * max(|m0|, |M0|)) for p > 0 (expand > 0
     // keeps m0 <= M0, RNE_D is monotone and symmetric); bf16's RNE(pos / 6) is
     // RNE(pos * f32(1 / 6)) (QuotientBf16 with s = 6, wherever the scale is at least 2^-100:
     // smaller ones go to the definition below).
@@ -196,7 +196,7 @@ void SearchFp4Groups(const Block& b) {
     for (size_t k = 0; k < steps; ++k) {
       const VF vp = hn::Set(df, P[k]);
       VF vs, vz;
-      if (P[k] >= 0.0f) {
+      if (P[k] > 0.0f) {
         const VF pos = rd::RoundToDType<D>(df, hn::Mul(vp, amax));
         vs = rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
                                                        : hn::Div(pos, hn::Set(df, 6.0f)));
