@@ -291,46 +291,46 @@ void SearchFp4Groups(const Block& b) {
       }
       decide(0, hn::Add(a0, a1), valid);
     }
-    // The live pairs of the later steps, their sums L at a time.
-    VF vecs[kMaxL];
-    uint16_t at[kMaxL];  // pair p's sum goes to PS[at[p]]
+    // The live pairs of the later steps, listed branch-free (each pair as k * L + l, the
+    // index of its step's parameters; L is a power of two), then their sums L at a time.
+    HWY_ALIGN int32_t at[kSteps * kMaxL + kMaxL];
     size_t np = 0;
     uint32_t live_steps = 0;
-    auto flush = [&]() {
-      for (size_t p = np; p < L; ++p) vecs[p] = zero;
-      hn::Store(SumsOfLanes(df, vecs, L), df, sums);
-      for (size_t p = 0; p < np; ++p) PS[at[p]] = sums[p];
-      np = 0;
-    };
     for (size_t k = 1; k < steps; ++k) {
       const VF vs = hn::Load(df, S + k * L);
       const MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(hn::Load(df, TOP + k * L), bhi)),
                                  valid);
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
-      uint8_t bits[8] = {};
-      hn::StoreMaskBits(df, live, bits);
-      uint64_t lb;
-      std::memcpy(&lb, bits, 8);
-      live_steps |= static_cast<uint32_t>(lb != 0) << k;
-      for (; lb != 0; lb &= lb - 1) {
-        const size_t l = static_cast<size_t>(__builtin_ctzll(lb));
-        const size_t g = g0 + l;
-        const float* xg = b.x + g * kN;
+      const size_t before = np;
+      // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
+      const auto live_i = hn::RebindMask(di, live);
+      hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(k * L))),
+                              live_i),
+                 di, at + np);
+      np += hn::CountTrue(di, live_i);
+      live_steps |= static_cast<uint32_t>(np != before) << k;
+    }
+    VF vecs[kMaxL];
+    for (size_t p0 = 0; p0 < np; p0 += L) {
+      const size_t nq = std::min(L, np - p0);
+      for (size_t q = nq; q < L; ++q) vecs[q] = zero;
+      for (size_t q = 0; q < nq; ++q) {
+        const size_t idx = static_cast<size_t>(at[p0 + q]), l = idx & (L - 1);
+        const float* xg = b.x + gx[l];
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
-        const VF ss = hn::Set(df, S[k * L + l]), rr = hn::Set(df, R[k * L + l]);
+        const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
         VF acc = Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg)),
                                ig == nullptr ? one : hn::LoadU(df, ig), ss, rr);
         for (size_t v = 1; v < nv; ++v) {
           acc = hn::Add(acc, Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg + v * L)),
                                            ig == nullptr ? one : hn::LoadU(df, ig + v * L), ss, rr));
         }
-        vecs[np] = acc;
-        at[np] = static_cast<uint16_t>(k * L + l);
-        if (++np == L) flush();
+        vecs[q] = acc;
       }
+      hn::Store(SumsOfLanes(df, vecs, L), df, sums);
+      for (size_t q = 0; q < nq; ++q) PS[at[p0 + q]] = sums[q];
     }
-    if (np != 0) flush();
     for (uint32_t ls = live_steps; ls != 0; ls &= ls - 1) {  // a step no lane sums: no change
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       decide(k, hn::Load(df, PS + k * L), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
