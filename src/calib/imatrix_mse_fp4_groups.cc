@@ -361,7 +361,11 @@ struct SearchFp4GroupsF {
   }
 };
 
-bool SearchFp4GroupsKernel(const Block& b) { return Dispatch<SearchFp4GroupsF>(b); }
+bool SearchFp4GroupsKernel(const Block& b) {
+  // The gathers' offsets are int32: a larger block takes the certified search.
+  if (b.rows * b.cols > size_t{INT32_MAX}) return SearchCertifiedKernel(b);
+  return Dispatch<SearchFp4GroupsF>(b);
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal
