@@ -305,6 +305,7 @@ bool SearchTilesKernel(const Block& b);      // imatrix_mse_tiles.cc
 bool ErrorsTilesKernel(const Block& b, const StepParams* params, const double* bound,
                        double* err);        // imatrix_mse_tiles.cc (GroupErrorsKernel)
 bool SearchCertifiedKernel(const Block& b);  // imatrix_mse_certified.cc
+bool SearchFp4GroupsKernel(const Block& b);  // imatrix_mse_fp4_groups.cc (NVFP4's 16)
 
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal

@@ -214,6 +214,36 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
                   const uint8_t* steps, float* pos) {
   Geometry g;
   if (!MakeGeometry(in, f, &g)) return false;
+  if (o.expand > 0 && o.grid > 0 && LastStep(o) < 32) {
+    // Pos(StepRange(m0, M0, i)) without the range: for p = 1 - i / grid > 0 and expand > 0,
+    // m0 <= M0 gives mn <= mx, so pos = max(|mn|, |mx|), and RNE_D is monotone and
+    // symmetric: pos = RNE_D(p * RNE_D(max(|m0|, |M0|) * expand)) (Expanded, then the
+    // product in f32 rounded to D). Other steps: the definition.
+    float p[32];
+    for (int i = 0; i <= LastStep(o); ++i) {
+      p[i] = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
+    }
+    std::vector<float> x(in.cols), m0(g.n_groups), M0(g.n_groups);
+    for (size_t r = 0; r < in.rows; ++r) {
+      if (!LoadRow(in, r, x)) return false;
+      internal::GroupMinMax(x.data(), g.n_groups, g.group, m0.data(), M0.data());
+      const uint8_t* st = steps + r * g.n_groups;
+      float* out = pos + r * g.n_groups;
+      for (size_t k = 0; k < g.n_groups; ++k) {
+        const int i = std::min<int>(st[k], LastStep(o));
+        if (st[k] <= LastStep(o) && p[i] > 0.0f) {
+          const float a = internal::Expanded(std::max(std::fabs(m0[k]), std::fabs(M0[k])),
+                                             o.expand, in.dtype);
+          out[k] = intq::internal::RoundToDType(p[i] * a, in.dtype);
+        } else {
+          float mn, mx;
+          internal::StepRange(m0[k], M0[k], st[k], o.grid, o.expand, in.dtype, &mn, &mx);
+          out[k] = internal::Pos(mn, mx);
+        }
+      }
+    }
+    return true;
+  }
   std::vector<float> mn, mx;
   if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   for (size_t i = 0; i < mn.size(); ++i) pos[i] = internal::Pos(mn[i], mx[i]);

@@ -28,11 +28,16 @@ namespace quench::calib::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Groups of whole vectors: the certified search per group (NVFP4's 16 elements too: 9.5
-// against the tiles' 10.4 ns per weight on the bench, once one term per step rules most
-// steps out); narrower ones (small int groups) in tiles of groups.
+// NVFP4's groups of 16: lanes across groups (imatrix_mse_fp4_groups.cc); other groups of
+// whole vectors: the certified search per group; narrower ones (small int groups) in tiles
+// of groups.
 bool SearchBlockKernel(const Block& b) {
   const size_t L = hn::Lanes(DF());
+  // (Where a vector holds at most one group; at most 32 steps, LastStep's bound.)
+  if (b.format == ImatrixFormat::kNvfp4 && b.group == 16 && L > 1 && 16 % L == 0 &&
+      b.i1 - b.i0 < 32) {
+    return SearchFp4GroupsKernel(b);
+  }
   // (At most 2^20 elements: the bound's factors hold while (n - 1) 2^-24 stays well below 1.)
   if (b.group % L == 0 && b.group <= (size_t{1} << 20)) {
     return SearchCertifiedKernel(b);

@@ -8,8 +8,9 @@
 //     (imatrix_mse_certified.cc, SearchCertified: per group, f32 sums with a rigorous bound
 //     on the definition's value, most steps ruled out by one term or one vector of terms,
 //     the definition's own sums only for near ties; masks and improved always the
-//     definition's, best too when Block::exact_best), narrower ones in tiles as below
-//     (imatrix_mse_tiles.cc).
+//     definition's, best too when Block::exact_best; NVFP4's groups of 16 the same
+//     decisions with lanes across groups, imatrix_mse_fp4_groups.cc), narrower ones in tiles
+//     as below (imatrix_mse_tiles.cc).
 //
 // The definition (imatrix_mse.h has where each rule comes from): per group, with m0, M0 its
 // min and max, e = f32(expand), and step i's range mn = RNE_D(p_i * RNE_D(m0 * e)),

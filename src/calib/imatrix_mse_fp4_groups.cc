@@ -1,0 +1,372 @@
+// The imatrix_mse search for NVFP4's groups of 16 (see imatrix_mse_kernel.h), lanes across
+// groups: a tile of L groups (one per lane) runs everything but the few steps that may
+// improve with no sum across lanes, and those steps' sums (one vector per (group, step)
+// pair, lanes along the group) share one transposition tree per L pairs. Compiled once per
+// target through foreach_target.
+//
+// The decisions are the certified search's (imatrix_mse_certified.cc), lane-wise:
+//  - per group its min and max, and its element of largest |x|^3 * imp (any element gives a
+//    valid one-term bound: E >= t exactly for each term t, imatrix_mse_certified.cc);
+//  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and that
+//    element's term, all lanes at once;
+//  - the first step's sum, each lane adding its group's 16 terms in f32;
+//  - the later steps whose one term is below the best after the first step (and whose scale
+//    differs from the best step's: equal parameters give an equal error, not an improvement)
+//    are the live (group, step) pairs; their f32 sums, L pairs per transposition tree;
+//  - then step by step, lane-wise: rejected when not live, when its scale is the best step's,
+//    when its one term t >= bhi or when lo >= bhi; an improvement when hi < blo; otherwise
+//    (a near tie, or a sum outside the bound's range) the definition's sums of this step and
+//    of the best step compared exactly for that lane (ErrorF32, the earlier kept), as
+//    SearchCertified does.
+// The bound in f32: with P a group's f32 sum of its n f32 terms (any order), the definition's
+// value E lies in [P (1 - m), P (1 + m)], m = (n + 2) 2^-23 (imatrix_mse_certified.cc), for
+// P = 0 or 2^-100 <= P <= 2^100. Here lo = f32(P (1 - 2m)) and hi = f32(P (1 + 2m)) (both
+// factors exact in f32): each product's rounding is at most 2^-24 relative and the result
+// normal, so lo <= P (1 - 2m)(1 + 2^-24) <= P (1 - m) <= E and hi >= P (1 + 2m)(1 - 2^-24)
+// >= P (1 + m) >= E. A group keeps [blo, bhi] around its best as SearchCertified does; the
+// masks and improved bits are the definition's, best too when Block::exact_best.
+// bf16 quotients from the scale's reciprocal (QuotientBf16); a tile in which some step's
+// scale is outside its range goes group by group to the scalar definition.
+
+// The definition rounds every f32 product and difference; GCC contracts a * b - c into an
+// FMA in C++ mode wherever the target has one (the AVX2 / AVX-512 targets), so contraction
+// is switched off for this whole file.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_fp4_groups.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "calib/imatrix_mse-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace quench::calib::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace {
+
+constexpr size_t kN = 16;           // NVFP4's group
+constexpr size_t kSteps = 32;       // LastStep < 32
+constexpr size_t kMaxL = hn::MaxLanes(DF());
+using MF = hn::Mask<DF>;
+
+// One element's term at a step with scale s (r = f32(1 / s), read for bf16 only), from
+// ax = |x|: the definition's TermOf (imatrix_mse-inl.h) on magnitudes. The quotient x / s has
+// x's sign (s > 0) and RNE_D, the clamp to 6, E2M1's grid and the product with s are
+// symmetric, so dq = sign(x) RNE_D(E2M1(min(RNE_D(|x| / s), 6)) s) and |dq - x| equals
+// |RNE_D(...) - |x|| bit for bit (a zero x gives 0 either way). E2M1's grid by an addition:
+// a + C rounds a onto multiples of C's ulp (RNE; ties to an even multiple), which is 0.5, 1
+// and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
+// ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
+template <DType D, int N>
+HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
+  const VF q = D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
+  const VF a = hn::Min(q, hn::Set(df, 6.0f));
+  const VF c = hn::IfThenElse(
+      hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
+      hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f), hn::Set(df, 0x1p24f)));
+  const VF g = hn::Sub(hn::Add(a, c), c);
+  const VF dq = rd::RoundToDType<D>(df, hn::Mul(g, s));
+  const VF d = hn::Abs(hn::Sub(dq, ax));
+  VF e = hn::Mul(d, d);
+  if constexpr (N == 3) e = hn::Mul(e, d);
+  return hn::Mul(e, im);
+}
+
+// |x|^3 * imp: the ordering heuristic of the one-term bound (imatrix_mse_certified.cc Key).
+HWY_INLINE VF KeyOf(VF x, VF im) {
+  const VF a = hn::Abs(x);
+  return hn::Mul(hn::Mul(hn::Mul(a, a), a), im);
+}
+
+// Lane i of the result: the sum of v[i]'s lanes (in some order), for L vectors v[0..L-1]
+// (a transposition tree: each level adds the even and odd lanes of two vectors, halving the
+// count; v is overwritten).
+HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
+#if HWY_TARGET != HWY_SCALAR
+  for (size_t c = L; c > 1; c /= 2) {
+    for (size_t i = 0; i < c / 2; ++i) {
+      v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]),
+                     hn::ConcatOdd(df, v[2 * i + 1], v[2 * i]));
+    }
+  }
+#else
+  (void)df;
+  (void)L;
+#endif
+  return v[0];
+}
+
+// Whether the bound holds for an f32 sum P (imatrix_mse_certified.cc Certifiable).
+HWY_INLINE MF CertifiableF(DF df, VF p) {
+  return hn::Or(hn::Eq(p, hn::Zero(df)),
+                hn::And(hn::Ge(p, hn::Set(df, 0x1p-100f)), hn::Le(p, hn::Set(df, 0x1p100f))));
+}
+
+template <DType D, int N>
+void SearchFp4Groups(const Block& b) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  using VU = hn::Vec<decltype(du)>;
+  const size_t L = hn::Lanes(df), nv = kN / L;
+  const size_t ng = b.cols / kN, groups = b.rows * ng;
+  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
+  float P[kSteps];
+  for (size_t k = 0; k < steps; ++k) {  // p = 1 - i / grid
+    P[k] = static_cast<float>(1.0 - (static_cast<double>(b.i0) + static_cast<double>(k)) / b.grid);
+  }
+  const double m = static_cast<double>(kN + 2) * 0x1p-23;
+  const VF lo_c = hn::Set(df, static_cast<float>(1.0 - 2.0 * m));
+  const VF hi_c = hn::Set(df, static_cast<float>(1.0 + 2.0 * m));
+  const VF zero = hn::Zero(df), one = hn::Set(df, 1.0f);
+  // The importance transposed per tile (lane l: the tile's group l), when the tiles' columns
+  // repeat every row (ng a multiple of L); otherwise gathered per tile.
+  const size_t period = b.imp != nullptr && ng % L == 0 ? ng / L : 0;
+  float* const timp = period != 0 ? Scratch(6, ng * kN) : nullptr;
+  for (size_t t = 0; t < period; ++t) {
+    for (size_t j = 0; j < kN; ++j) {
+      for (size_t l = 0; l < L; ++l) timp[(t * kN + j) * L + l] = b.imp[(t * L + l) * kN + j];
+    }
+  }
+  auto exact_of = [&](size_t g, float s) {
+    const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
+    return static_cast<float>(ErrorF32(GroupErrorScalar(b, b.x + g * kN, ig, kN, {s, 0.f})));
+  };
+  HWY_ALIGN float S[kSteps * kMaxL], R[kSteps * kMaxL], TOP[kSteps * kMaxL];
+  HWY_ALIGN float PS[kSteps * kMaxL], LIVE[kSteps * kMaxL];
+  HWY_ALIGN float st_lo[kMaxL], st_hi[kMaxL], st_s[kMaxL], st_x[kMaxL];
+  HWY_ALIGN uint32_t st_m[kMaxL];
+  HWY_ALIGN int32_t gx[kMaxL] = {}, gi[kMaxL] = {};
+  HWY_ALIGN float sums[kMaxL];
+  uint32_t any = 0;
+  for (size_t g0 = 0; g0 < groups; g0 += L) {
+    const size_t cnt = std::min(L, groups - g0);
+    // Lane l: group g0 + l (padding lanes repeat the last group; nothing of theirs is kept).
+    for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
+      const size_t g = std::min(g0 + l, groups - 1);
+      gx[l] = static_cast<int32_t>(g * kN);
+      gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
+      if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
+    }
+    const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
+    const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
+    VF X[kN], I[kN];
+    for (size_t j = 0; j < kN; ++j) {
+      X[j] = hn::GatherIndex(df, b.x + j, vgx);
+      I[j] = b.imp == nullptr ? one
+             : ti != nullptr  ? hn::Load(df, ti + j * L)
+                              : hn::GatherIndex(df, b.imp + j, vgi);
+    }
+    // Min, max, and each group's element of largest key.
+    VF mn = X[0], mx = X[0], top = KeyOf(X[0], I[0]), tx = X[0], tim = I[0];
+    for (size_t j = 1; j < kN; ++j) {
+      mn = hn::Min(mn, X[j]);
+      mx = hn::Max(mx, X[j]);
+      const VF kv = KeyOf(X[j], I[j]);
+      const MF more = hn::Gt(kv, top);
+      top = hn::IfThenElse(more, kv, top);
+      tx = hn::IfThenElse(more, X[j], tx);
+      tim = hn::IfThenElse(more, I[j], tim);
+    }
+    if (b.expand != 1.0) {  // Expanded: the product in f32, rounded to D
+      const VF e = hn::Set(df, static_cast<float>(b.expand));
+      mn = rd::RoundToDType<D>(df, hn::Mul(mn, e));
+      mx = rd::RoundToDType<D>(df, hn::Mul(mx, e));
+    }
+    // Every step's scale, reciprocal and one term. The search scale's pos =
+    // max(|min(mn, 0)|, max(mx, 0)) is RNE_D(p * max(|m0|, |M0|)) for p > 0 (expand > 0
+    // keeps m0 <= M0, RNE_D is monotone and symmetric); bf16's RNE(pos / 6) is
+    // RNE(pos * f32(1 / 6)) (QuotientBf16 with s = 6, wherever the scale is at least 2^-100:
+    // smaller ones go to the definition below).
+    const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
+    const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
+    MF recip_ok = hn::Eq(zero, zero);
+    for (size_t k = 0; k < steps; ++k) {
+      const VF vp = hn::Set(df, P[k]);
+      VF vs, vz;
+      if (P[k] > 0.0f) {
+        const VF pos = rd::RoundToDType<D>(df, hn::Mul(vp, amax));
+        vs = rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
+                                                       : hn::Div(pos, hn::Set(df, 6.0f)));
+        vs = hn::IfThenElse(hn::Eq(vs, zero), eps, vs);
+      } else {
+        ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
+      }
+      const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;  // bf16 only
+      if constexpr (D == DType::kBF16) {
+        recip_ok = hn::And(recip_ok, hn::And(hn::Ge(vs, hn::Set(df, 0x1p-100f)),
+                                             hn::Le(vs, hn::Set(df, 0x1p100f))));
+      }
+      hn::Store(vs, df, S + k * L);
+      hn::Store(vr, df, R + k * L);
+      hn::Store(Fp4Term<D, N>(df, hn::Abs(tx), tim, vs, vr), df, TOP + k * L);
+    }
+    if (D == DType::kBF16 && !hn::AllTrue(df, recip_ok)) {
+      // Scales outside QuotientBf16's range (groups of absurd magnitude): the definition.
+      for (size_t g = g0; g < g0 + cnt; ++g) {
+        Block one_group = b;
+        one_group.x = b.x + g * kN;
+        one_group.rows = 1;
+        one_group.cols = kN;
+        one_group.imp = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
+        one_group.best = b.best + g;
+        one_group.masks = b.masks + g;
+        one_group.improved = &any;
+        SearchBlockScalar(one_group);
+      }
+      continue;
+    }
+    // Each group's best: an interval [blo, bhi] (exact: blo == bhi == the definition's
+    // best), the best step's scale (NaN: from before this call), its improvements.
+    for (size_t l = 0; l < L; ++l) st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+    VF blo = hn::Load(df, st_lo), bhi = blo, sbest = hn::Set(df, NAN);
+    MF exact = hn::Eq(zero, zero);
+    VU mask = hn::Zero(du);
+    const MF valid = hn::FirstN(df, cnt);
+    // Step k's decision from the f32 sums p of the lanes in `cand`.
+    auto decide = [&](size_t k, VF p, MF cand) {
+      const VF vs = hn::Load(df, S + k * L), t = hn::Load(df, TOP + k * L);
+      const MF skip = hn::Or(hn::Not(cand), hn::Or(hn::Eq(vs, sbest), hn::Ge(t, bhi)));
+      const MF cert = CertifiableF(df, p);
+      const VF lo = hn::Mul(p, lo_c), hi = hn::Mul(p, hi_c);
+      const MF reject = hn::Or(skip, hn::And(cert, hn::Ge(lo, bhi)));
+      const MF improve = hn::AndNot(reject, hn::And(cert, hn::Lt(hi, blo)));
+      const MF tie = hn::AndNot(reject, hn::Not(improve));
+      const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
+      blo = hn::IfThenElse(improve, lo, blo);
+      bhi = hn::IfThenElse(improve, hi, bhi);
+      sbest = hn::IfThenElse(improve, vs, sbest);
+      exact = hn::Or(hn::And(improve, hn::Eq(p, zero)), hn::AndNot(improve, exact));
+      mask = hn::IfThenElse(hn::RebindMask(du, improve), hn::Or(mask, hn::Set(du, bit)), mask);
+      if (HWY_LIKELY(hn::AllFalse(df, tie))) return;
+      // Near ties: the definition's sums, lane by lane.
+      hn::Store(blo, df, st_lo);
+      hn::Store(bhi, df, st_hi);
+      hn::Store(sbest, df, st_s);
+      hn::Store(hn::VecFromMask(df, exact), df, st_x);
+      hn::Store(mask, du, st_m);
+      HWY_ALIGN uint32_t tv[kMaxL];
+      hn::Store(hn::VecFromMask(du, hn::RebindMask(du, tie)), du, tv);
+      for (size_t l = 0; l < L; ++l) {
+        if (tv[l] == 0) continue;
+        const size_t g = g0 + l;
+        uint32_t xb;
+        std::memcpy(&xb, &st_x[l], 4);
+        if (xb == 0) {
+          st_lo[l] = st_hi[l] = exact_of(g, st_s[l]);
+          std::memset(&st_x[l], 0xFF, 4);
+        }
+        const float e = exact_of(g, S[k * L + l]);
+        if (e < st_lo[l]) {
+          st_lo[l] = st_hi[l] = e;
+          st_s[l] = S[k * L + l];
+          st_m[l] |= bit;
+        }
+      }
+      blo = hn::Load(df, st_lo);
+      bhi = hn::Load(df, st_hi);
+      sbest = hn::Load(df, st_s);
+      exact = hn::MaskFromVec(hn::Load(df, st_x));
+      mask = hn::Load(du, st_m);
+    };
+    // The first step: each lane sums its group's terms (two chains).
+    {
+      const VF s0 = hn::Load(df, S), r0 = hn::Load(df, R);
+      VF a0 = zero, a1 = zero;
+      for (size_t j = 0; j < kN; j += 2) {
+        a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], s0, r0));
+        a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0));
+      }
+      decide(0, hn::Add(a0, a1), valid);
+    }
+    // The live pairs of the later steps, listed branch-free (each pair as k * L + l, the
+    // index of its step's parameters; L is a power of two), then their sums L at a time.
+    HWY_ALIGN int32_t at[kSteps * kMaxL + kMaxL];
+    size_t np = 0;
+    uint32_t live_steps = 0;
+    for (size_t k = 1; k < steps; ++k) {
+      const VF vs = hn::Load(df, S + k * L);
+      const MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(hn::Load(df, TOP + k * L), bhi)),
+                                 valid);
+      hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
+      hn::Store(zero, df, PS + k * L);
+      const size_t before = np;
+      // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
+      const auto live_i = hn::RebindMask(di, live);
+      hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(k * L))),
+                              live_i),
+                 di, at + np);
+      np += hn::CountTrue(di, live_i);
+      live_steps |= static_cast<uint32_t>(np != before) << k;
+    }
+    VF vecs[kMaxL];
+    for (size_t p0 = 0; p0 < np; p0 += L) {
+      const size_t nq = std::min(L, np - p0);
+      for (size_t q = nq; q < L; ++q) vecs[q] = zero;
+      for (size_t q = 0; q < nq; ++q) {
+        const size_t idx = static_cast<size_t>(at[p0 + q]), l = idx & (L - 1);
+        const float* xg = b.x + gx[l];
+        const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
+        const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
+        VF acc = Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg)),
+                               ig == nullptr ? one : hn::LoadU(df, ig), ss, rr);
+        for (size_t v = 1; v < nv; ++v) {
+          acc = hn::Add(acc, Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg + v * L)),
+                                           ig == nullptr ? one : hn::LoadU(df, ig + v * L), ss, rr));
+        }
+        vecs[q] = acc;
+      }
+      hn::Store(SumsOfLanes(df, vecs, L), df, sums);
+      for (size_t q = 0; q < nq; ++q) PS[at[p0 + q]] = sums[q];
+    }
+    for (uint32_t ls = live_steps; ls != 0; ls &= ls - 1) {  // a step no lane sums: no change
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
+      decide(k, hn::Load(df, PS + k * L), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
+    }
+    hn::Store(blo, df, st_lo);
+    hn::Store(sbest, df, st_s);
+    hn::Store(hn::VecFromMask(df, exact), df, st_x);
+    hn::Store(mask, du, st_m);
+    for (size_t l = 0; l < cnt; ++l) {
+      uint32_t xb;
+      std::memcpy(&xb, &st_x[l], 4);
+      float best = st_lo[l];
+      if (b.exact_best && xb == 0) best = exact_of(g0 + l, st_s[l]);
+      b.best[g0 + l] = best;
+      b.masks[g0 + l] |= st_m[l];
+      any |= st_m[l];
+    }
+  }
+  *b.improved |= any;
+}
+
+}  // namespace
+
+template <DType D, int M, int N>
+struct SearchFp4GroupsF {
+  static void Run(const Block& b) {
+    if constexpr (M == kFp4) SearchFp4Groups<D, N>(b);
+  }
+};
+
+bool SearchFp4GroupsKernel(const Block& b) {
+  // The gathers' offsets are int32: a larger block takes the certified search.
+  if (b.rows * b.cols > size_t{INT32_MAX}) return SearchCertifiedKernel(b);
+  return Dispatch<SearchFp4GroupsF>(b);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quench::calib::internal
+HWY_AFTER_NAMESPACE();
