@@ -402,9 +402,11 @@ Status OutputFile::EnsureStaging() {
   if (staging_ != nullptr) return Status::Ok();
   void* mem = nullptr;
   if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
-    return Error(ErrorCode::kIo, tmp_path_.string() + ": cannot allocate a " +
+    // Worded as every other allocation failure of a run ("out of memory: ..."), so that a
+    // caller (and test_memory's address-space sweep) knows it for one.
+    return Error(ErrorCode::kIo, "out of memory: cannot allocate a " +
                                      std::to_string(kDirectStagingBytes >> 20) +
-                                     " MiB direct-I/O staging buffer");
+                                     " MiB direct-I/O staging buffer for " + tmp_path_.string());
   }
   staging_ = static_cast<uint8_t*>(mem);
   return Status::Ok();
