@@ -165,11 +165,9 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
     out += "{}";
   } else {
     out += "{\n";
-    // Consecutive entries mostly name the same shard, through the same view: its escaped
-    // text is kept and reused while the view is the same.
     // Where every name needs no escape (in practice, always), the entries are copied into
-    // text sized once: `    "name": "shard"`, joined by ",\n" (a handful of appends per
-    // entry was most of the index's time for 10^5 entries). At the first name that needs
+    // text sized once: `    "name": "shard"`, joined by ",\n" (not a handful of appends for
+    // each of 10^5 entries; bench/README.md, branch kimi-plan). At the first name that needs
     // one, the text is cut back and written by the general loop below instead.
     size_t exact = 0;
     for (const auto& [name, shard] : weight_map) exact += name.size() + shard.size() + 12;
@@ -194,6 +192,8 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
       *p++ = '"';
     }
     out.resize(plain ? static_cast<size_t>(p - out.data()) : at);
+    // Consecutive entries mostly name the same shard, through the same view: its escaped
+    // text is kept and reused while the view is the same.
     std::string_view last_shard;
     std::string shard_json;
     for (size_t i = 0; i < items.size() && !plain; ++i) {

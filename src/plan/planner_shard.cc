@@ -13,12 +13,12 @@
 namespace quench::planner_internal {
 namespace {
 
-// The names that repeat in a layout's tensors, each as often as it repeats (a name written
-// three times: twice), in name order. The layout lists its tensors sorted by dtype and then
+// The names that repeat in a shard's outputs, each as often as it repeats (a name written
+// three times: twice), in name order. The outputs are in file order, sorted by dtype and then
 // by name, so a name repeated within one dtype sits next to itself, and the dtypes' runs,
 // merged by name, bring together a name repeated across dtypes: a pass over the names in
-// order, comparing each with the one before. (A table of every name cost a cache miss per
-// name: a fifth of laying out a shard of 60k outputs.)
+// order, comparing each with the one before (a table of every name costs a random access
+// per name).
 std::vector<std::string_view> RepeatedNames(const std::vector<PlannedOutput>& tensors) {
   std::vector<std::pair<size_t, size_t>> runs;  // [begin, end) of each dtype's run
   for (size_t i = 0; i < tensors.size(); ++i) {
