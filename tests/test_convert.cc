@@ -512,6 +512,20 @@ TEST_SUITE("convert") {
       CHECK(r.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
       CHECK_FALSE(fs::exists(tmp / "o"));
     }
+    SUBCASE("an output name the source already uses in another dtype is refused too") {
+      // The source's a.proj.weight_scale is F32 (copied as F32); the quantized weight's scale
+      // is BF16: one name in two dtypes, which the file cannot hold either.
+      const std::string ones = Bf16Bytes(std::vector<float>(32 * 16, 1.f));
+      WriteShard(tmp / "dup2/model.safetensors",
+                 {{"a.proj.weight", DType::kBF16, {32, 16}, ones},
+                  {"a.proj.weight_scale", DType::kF32, {32, 1}, std::string(32 * 4, '\0')}});
+      qt::WriteBytes(tmp / "dup2/config.json", "{}");
+      auto dry = convert({(tmp / "dup2").string(), (tmp / "o").string(), "--scheme",
+                          "FP8_DYNAMIC", "--dry-run"});
+      CHECK(dry.exit_code == 3);  // invalid input
+      CHECK(dry.err.find("'a.proj.weight_scale' would be written twice") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
     SUBCASE("non-finite weights are refused, naming the tensor") {
       std::vector<float> v(32 * 16, 0.5f);
       v[100] = std::nanf("");

@@ -175,6 +175,25 @@ TEST_SUITE("json") {
           "{\n  \"metadata\": {\n    \"total_size\": 0\n  },\n  \"weight_map\": {}\n}");
   }
 
+  TEST_CASE("the index: names copied as they are, and a name needing an escape after them") {
+    // BuildIndexJson copies entries needing no escape straight into its text, and starts over
+    // with the general writer at the first that needs one (here the last, DEL: \u007f).
+    // Expected strings from CPython 3 json.dumps(indent=2, sort_keys=True) of the same dicts.
+    const std::string_view s1 = "model-00001.safetensors", s2 = "model-00002.safetensors";
+    CHECK(quench::BuildIndexJson({{"m.b.weight", s2}, {"m.a.weight", s1},
+                                  {"m.a.weight_scale", s1}},
+                                 7) ==
+          "{\n  \"metadata\": {\n    \"total_size\": 7\n  },\n  \"weight_map\": {\n"
+          "    \"m.a.weight\": \"model-00001.safetensors\",\n"
+          "    \"m.a.weight_scale\": \"model-00001.safetensors\",\n"
+          "    \"m.b.weight\": \"model-00002.safetensors\"\n  }\n}");
+    CHECK(quench::BuildIndexJson({{"m.b.weight", s2}, {"m.a.weight", s1}, {"z\x7f", s1}}, 7) ==
+          "{\n  \"metadata\": {\n    \"total_size\": 7\n  },\n  \"weight_map\": {\n"
+          "    \"m.a.weight\": \"model-00001.safetensors\",\n"
+          "    \"m.b.weight\": \"model-00002.safetensors\",\n"
+          "    \"z\\u007f\": \"model-00001.safetensors\"\n  }\n}");
+  }
+
   TEST_CASE("duplicate keys: last value, first position") {
     Result<JsonValue> v = ParseJson("t", R"({"a":1,"b":2,"a":3})");
     REQUIRE(v.ok());

@@ -145,12 +145,54 @@ TEST_SUITE("malformed") {
     CHECK(r.status().code() == ErrorCode::kInvalidInput);
     CHECK(r.status().message().find("not valid JSON") != std::string::npos);
 
-    std::filesystem::remove(dir / "model.safetensors.index.json");
+    // An index in name order is checked in one walk beside the shards' sorted names; one in
+    // any other order (valid all the same) by the name table, with the same outcomes.
+    CHECK(load_with_index(R"("z.weight": "b.safetensors", "y.weight": "a.safetensors",
+                             "x.weight": "a.safetensors")")
+              .ok());
+    r = load_with_index(R"("x.weight": "a.safetensors", "y.weight": "a.safetensors",
+                           "z.weight": "a.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "model.safetensors.index.json: tensor 'z.weight' is mapped "
+                                  "to 'a.safetensors', which does not hold it");
+    r = load_with_index(R"("w.weight": "a.safetensors", "x.weight": "a.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "model.safetensors.index.json: tensor 'w.weight' is mapped "
+                                  "to 'a.safetensors', which does not hold it");
+
     testing::WriteShard(dir / "c.safetensors", {{"y.weight", DType::kBF16, {2}, two}});
+    // A tensor in two shards is named whether or not the index (in name order) maps it.
+    r = load_with_index(R"("x.weight": "a.safetensors", "y.weight": "a.safetensors",
+                           "z.weight": "b.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "tensor 'y.weight' appears in both a.safetensors and "
+                                  "c.safetensors");
+    std::filesystem::remove(dir / "model.safetensors.index.json");
     r = LoadModelFolder(dir.path());
     REQUIRE(!r.ok());
     CHECK(r.status().message() == "tensor 'y.weight' appears in both a.safetensors and "
                                   "c.safetensors");
+  }
+
+  TEST_CASE("folder checks: a shard listing its names by dtype, then name") {
+    // The writer lists F32 before BF16, so the shard's names are not in name order.
+    testing::TempDir dir;
+    testing::WriteShard(dir / "m-1.safetensors", {{"b.w", DType::kF32, {1}, std::string(4, '\0')},
+                                                  {"a.w", DType::kBF16, {1}, std::string(2, '\0')},
+                                                  {"c.w", DType::kF32, {1}, std::string(4, '\0')}});
+    testing::WriteShard(dir / "m-2.safetensors", {{"d.w", DType::kBF16, {1}, std::string(2, '\0')}});
+    auto load_with_index = [&](const std::string& weight_map) {
+      testing::WriteBytes(dir / "model.safetensors.index.json",
+                          "{\"weight_map\": {" + weight_map + "}}");
+      return LoadModelFolder(dir.path());
+    };
+    CHECK(load_with_index(R"("a.w": "m-1.safetensors", "b.w": "m-1.safetensors",
+                             "c.w": "m-1.safetensors", "d.w": "m-2.safetensors")")
+              .ok());
+    Result<ModelFolder> r = load_with_index(R"("a.w": "m-1.safetensors", "b.w": "m-3.safetensors")");
+    REQUIRE(!r.ok());
+    CHECK(r.status().message() == "model.safetensors.index.json: tensor 'b.w' is mapped to "
+                                  "'m-3.safetensors', which does not exist");
   }
 }
 

@@ -310,6 +310,68 @@ TEST_SUITE("safetensors") {
     }
   }
 
+  TEST_CASE("PlaceSafetensors places every spec where LayOutSafetensors lays it out") {
+    // Random dtypes and names (some needing escapes, some too long for one entry's buffer):
+    // the same header bytes, the order LayOutSafetensors' positions give, and each spec's
+    // offset.
+    std::mt19937 rng(11);
+    const DType dtypes[] = {DType::kBF16, DType::kF8E4M3, DType::kF32, DType::kI64};
+    for (int trial = 0; trial < 50; ++trial) {
+      std::vector<TensorSpec> specs;
+      const size_t n = rng() % 60;
+      for (size_t i = 0; i < n; ++i) {
+        std::string name = "m." + std::to_string(rng() % 1000) + "." + std::to_string(i);
+        if (rng() % 8 == 0) name += "\"q\\\n";
+        if (rng() % 16 == 0) name += std::string(600, 'x');
+        const uint64_t rows = 1 + rng() % 5;
+        specs.push_back({name, dtypes[rng() % 4], {rows, 3}, rows * 3});
+      }
+      const SafetensorsPlacement place = PlaceSafetensors(specs);
+      const SafetensorsLayout layout = LayOutSafetensors(specs);
+      CHECK(place.header == layout.header);
+      CHECK(place.data_start == layout.data_start);
+      CHECK(place.file_size == layout.file_size);
+      REQUIRE(place.order.size() == n);
+      REQUIRE(place.begin.size() == n);
+      for (size_t k = 0; k < n; ++k) CHECK(layout.position[place.order[k]] == k);
+      for (size_t i = 0; i < n; ++i) CHECK(place.begin[i] == layout.tensors[layout.position[i]].begin);
+    }
+  }
+
+  TEST_CASE("a name longer than one entry's buffer is written as the crate writes it") {
+    // serde_json's compact text of {NAME: {dtype, shape, data_offsets}}, padded with spaces
+    // to a multiple of 8 (the format's definition).
+    const std::string name(700, 'n');
+    const std::string json = "{\"" + name +
+                             R"(":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
+    const std::string want = Le64(json.size() + (8 - json.size() % 8) % 8) + json +
+                             std::string((8 - json.size() % 8) % 8, ' ');
+    CHECK(LayOutSafetensors({{name, DType::kU8, {1}, 1}}).header == want);
+  }
+
+  TEST_CASE("reader: a repeated name is found whether the names come sorted or not") {
+    const std::string e = R"(:{"dtype":"U8","shape":[1],"data_offsets":)";
+    // Sorted until the repeat ...
+    Result<SafetensorsHeader> sorted =
+        ParseImage("{\"a\"" + e + "[0,1]},\"b\"" + e + "[1,2]},\"b\"" + e + "[2,3]}}", 3);
+    REQUIRE(!sorted.ok());
+    CHECK(sorted.status().message() == "test.safetensors: tensor 'b': duplicate tensor name");
+    // ... and after names that stopped increasing.
+    Result<SafetensorsHeader> unsorted =
+        ParseImage("{\"c\"" + e + "[0,1]},\"a\"" + e + "[1,2]},\"d\"" + e + "[2,3]},\"c\"" +
+                       e + "[3,4]}}",
+                   4);
+    REQUIRE(!unsorted.ok());
+    CHECK(unsorted.status().message() == "test.safetensors: tensor 'c': duplicate tensor name");
+    // Out of order without a repeat is valid; the tensors keep the header's order.
+    Result<SafetensorsHeader> fine =
+        ParseImage("{\"c\"" + e + "[1,2]},\"a\"" + e + "[0,1]},\"d\"" + e + "[2,3]}}", 3);
+    REQUIRE_MESSAGE(fine.ok(), fine.status().ToString());
+    REQUIRE(fine->tensors.size() == 3);
+    CHECK(fine->tensors[0].name == "c");
+    CHECK(fine->tensors[1].name == "a");
+  }
+
   TEST_CASE("NameTable finds what an unordered_map finds, across growth") {
     std::vector<std::string> names;
     for (int i = 0; i < 5000; ++i) names.push_back("model.layers." + std::to_string(i % 1700) + ".w");

@@ -5,8 +5,11 @@
 #include "cli/dry_run.h"
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <cstdio>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/cli.h"
@@ -48,14 +51,20 @@ void PrintExpertPrune(const PlannedExpertPrune& e) {
   }
 }
 
-// Appends `s` (up to its NUL, as printf's %s) padded with spaces to `width` bytes, on the
-// right (left-aligned, "%-*s") or on the left ("%*s").
-void AppendField(std::string& out, const char* s, size_t width, bool left) {
-  const std::string_view v(s);
+// Appends `s` up to its first NUL (as printf's %s prints a string's c_str()) padded with
+// spaces to `width` bytes, on the right (left-aligned, "%-*s") or on the left ("%*s").
+void AppendField(std::string& out, std::string_view s, size_t width, bool left) {
+  const std::string_view v = s.substr(0, s.find('\0'));
   const size_t pad = v.size() < width ? width - v.size() : 0;
   if (!left) out.append(pad, ' ');
   out += v;
   if (left) out.append(pad, ' ');
+}
+
+// A number's decimal digits (std::to_string's), in `buf`.
+std::string_view Decimal(uint64_t v, std::array<char, 24>& buf) {
+  return {buf.data(), static_cast<size_t>(std::to_chars(buf.data(), buf.data() + buf.size(), v).ptr -
+                                          buf.data())};
 }
 
 // The dry run's note on one tensor: why it is left alone, or how it is quantized, pruned or
@@ -167,7 +176,7 @@ int PrintDryRun(const ConvertOptions& o) {
     quantized += q;
     const std::string note = DryRunNote(p, t);
     // printf("%-*s  %-8s %-12s %12llu %12llu  %s\n", ...), written into one buffer.
-    AppendField(rows, t.name.c_str(), width, true);
+    AppendField(rows, t.name, width, true);
     rows += "  ";
     AppendField(rows,
                 q                                   ? "quantize"
@@ -176,13 +185,14 @@ int PrintDryRun(const ConvertOptions& o) {
                                                     : "copy",
                 8, true);
     rows += ' ';
-    AppendField(rows, q ? std::string(t.scheme->name).c_str() : "-", 12, true);
+    AppendField(rows, q ? t.scheme->name : "-", 12, true);
     rows += ' ';
-    AppendField(rows, std::to_string(t.src_bytes).c_str(), 12, false);
+    std::array<char, 24> digits;
+    AppendField(rows, Decimal(t.src_bytes, digits), 12, false);
     rows += ' ';
-    AppendField(rows, std::to_string(out).c_str(), 12, false);
+    AppendField(rows, Decimal(out, digits), 12, false);
     rows += "  ";
-    rows += note.c_str();
+    rows += std::string_view(note).substr(0, note.find('\0'));
     rows += '\n';
     if (rows.size() >= (1u << 20)) {
       std::fwrite(rows.data(), 1, rows.size(), stdout);

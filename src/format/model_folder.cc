@@ -21,6 +21,7 @@
 #include "format/file_io.h"
 #include "format/name_table.h"
 #include "format/parallel.h"
+#include "format/sorted_runs.h"
 
 namespace quench {
 namespace fs = std::filesystem;
@@ -138,6 +139,68 @@ Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom&
   return Status::Ok();
 }
 
+// Every shard's tensor names, sorted by name, each with its shard's index: a name held by two
+// shards then sits next to itself, and an index listing its entries in name order (as
+// transformers writes it) is checked in one walk beside them. Each shard lists its names
+// sorted or in a few sorted runs (by dtype, then name), so the sort is mostly merges.
+// Returns false, leaving the checks to the name table (which names the first problem as the
+// messages always have), when a name is held twice or the index is not in strict name order
+// or has any entry the table's check would refuse.
+bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
+  std::vector<std::pair<std::string_view, uint32_t>> held;
+  held.reserve(tensors);
+  for (size_t si = 0; si < m.shards.size(); ++si) {
+    for (const TensorInfo& t : m.shards[si].header.tensors) {
+      held.emplace_back(t.name, static_cast<uint32_t>(si));
+    }
+  }
+  SortByRuns(held.begin(), held.end(),
+             [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 1; i < held.size(); ++i) {
+    if (held[i].first == held[i - 1].first) return false;
+  }
+  if (d == nullptr) return true;
+  if (!d->parsed) return false;
+  simdjson::dom::object index;
+  std::optional<simdjson::dom::element> wm;
+  if (d->root.get_object().get(index)) return false;
+  for (simdjson::dom::key_value_pair field : index) {
+    if (field.key == "weight_map") wm = field.value;  // the last one, as CheckIndex reads it
+  }
+  simdjson::dom::object entries;
+  if (!wm || wm->get_object().get(entries)) return false;
+  const std::string dir = fs::path(*m.index_rel).parent_path().generic_string();
+  std::string_view previous;
+  bool first = true;
+  size_t j = 0;  // the first held name not before the entry's
+  LastShard last;
+  for (simdjson::dom::key_value_pair field : entries) {
+    const std::string_view tensor = field.key;
+    if (!first && !(previous < tensor)) return false;
+    first = false;
+    previous = tensor;
+    std::string_view file;
+    if (field.value.get_string().get(file)) return false;
+    while (j < held.size() && held[j].first < tensor) ++j;
+    if (j == held.size() || held[j].first != tensor) return false;
+    const uint32_t holder = held[j].second;
+    if (last.file.data() != nullptr && file == last.file) {
+      if (holder != last.shard) return false;
+      continue;
+    }
+    // As CheckIndexEntry resolves the name: relative to the index's folder.
+    const std::string rel = dir.empty() ? std::string(file) : dir + "/" + std::string(file);
+    auto it = std::lower_bound(m.shards.begin(), m.shards.end(), rel,
+                               [](const Shard& s, const std::string& r) { return s.rel_name < r; });
+    if (it == m.shards.end() || it->rel_name != rel ||
+        holder != static_cast<uint32_t>(it - m.shards.begin())) {
+      return false;
+    }
+    last = {file, holder};
+  }
+  return true;
+}
+
 }  // namespace
 
 Result<Shard> LoadShard(const fs::path& file, std::string rel_name) {
@@ -248,6 +311,22 @@ Status ListFolder(const fs::path& root, const std::string& root_label, ModelFold
   return Status::Ok();
 }
 
+// config.json (or params.json), the last step of loading a folder.
+Result<ModelFolder> ReadConfig(ModelFolder m) {
+  for (const char* name : {"config.json", "params.json"}) {
+    if (std::find(m.other_files.begin(), m.other_files.end(), name) != m.other_files.end()) {
+      m.config_rel = name;
+      QUENCH_ASSIGN_OR_RETURN(JsonValue cfg, ReadJsonFile((m.root / name).string()));
+      if (!cfg.is_object()) {
+        return Error(ErrorCode::kInvalidInput, std::string(name) + ": not a JSON object");
+      }
+      m.config = std::move(cfg);
+      break;
+    }
+  }
+  return m;
+}
+
 }  // namespace
 
 Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
@@ -299,6 +378,9 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   // A tensor name must be unique across the checkpoint, or the index cannot map it.
   size_t tensors = 0;
   for (const Shard& s : m.shards) tensors += s.header.tensors.size();
+  if (SortedChecksPass(m, tensors, m.index_rel ? &index : nullptr)) {
+    return ReadConfig(std::move(m));
+  }
   NameTable holder(tensors);  // tensor name -> index of its shard
   for (size_t si = 0; si < m.shards.size(); ++si) {
     const Shard& s = m.shards[si];
@@ -312,18 +394,7 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
     }
   }
   if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder, index));
-  for (const char* name : {"config.json", "params.json"}) {
-    if (std::find(m.other_files.begin(), m.other_files.end(), name) != m.other_files.end()) {
-      m.config_rel = name;
-      QUENCH_ASSIGN_OR_RETURN(JsonValue cfg, ReadJsonFile((m.root / name).string()));
-      if (!cfg.is_object()) {
-        return Error(ErrorCode::kInvalidInput, std::string(name) + ": not a JSON object");
-      }
-      m.config = std::move(cfg);
-      break;
-    }
-  }
-  return m;
+  return ReadConfig(std::move(m));
 }
 
 std::string ConfigQuantMethod(const ModelFolder& folder) {

@@ -1,6 +1,7 @@
 #include "format/quant_config.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,29 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
   return q;
 }
 
+namespace {
+
+// Whether Python's ensure_ascii encoder writes `s` as it is (AppendJsonStringPython's rule:
+// printable ASCII, ' '..'~', other than '"' and '\\').
+// Every byte is tested, without an early exit, so that the loop runs on vectors.
+bool PlainAscii(std::string_view s) {
+  unsigned bad = 0;
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    bad |= static_cast<unsigned>(c < 0x20) | static_cast<unsigned>(c > 0x7E) |
+           static_cast<unsigned>(c == '"') | static_cast<unsigned>(c == '\\');
+  }
+  return bad == 0;
+}
+
+// Copies `s` to `p`, returning the end.
+char* Put(char* p, std::string_view s) {
+  std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+}  // namespace
+
 std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_view>> weight_map,
                            uint64_t total_size) {
   // DumpPythonJson's layout for this one shape, written directly: a JsonValue tree would copy
@@ -141,11 +165,38 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
     out += "{}";
   } else {
     out += "{\n";
+    // Where every name needs no escape (in practice, always), the entries are copied into
+    // text sized once: `    "name": "shard"`, joined by ",\n" (not a handful of appends for
+    // each of 10^5 entries; bench/README.md, branch kimi-plan). At the first name that needs
+    // one, the text is cut back and written by the general loop below instead.
+    size_t exact = 0;
+    for (const auto& [name, shard] : weight_map) exact += name.size() + shard.size() + 12;
+    const size_t at = out.size();
+    out.resize(at + exact);
+    char* p = out.data() + at;
+    bool plain = true;
+    std::string_view checked_shard;  // consecutive entries share their shard's view
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto& [name, shard] = *items[i];
+      if (i == 0 || shard.data() != checked_shard.data() ||
+          shard.size() != checked_shard.size()) {
+        plain = PlainAscii(shard);
+        checked_shard = shard;
+      }
+      plain = plain && PlainAscii(name);
+      if (!plain) break;
+      p = Put(p, i > 0 ? ",\n    \"" : "    \"");
+      p = Put(p, name);
+      p = Put(p, "\": \"");
+      p = Put(p, shard);
+      *p++ = '"';
+    }
+    out.resize(plain ? static_cast<size_t>(p - out.data()) : at);
     // Consecutive entries mostly name the same shard, through the same view: its escaped
     // text is kept and reused while the view is the same.
     std::string_view last_shard;
     std::string shard_json;
-    for (size_t i = 0; i < items.size(); ++i) {
+    for (size_t i = 0; i < items.size() && !plain; ++i) {
       if (i > 0) out += ",\n";
       out += "    ";
       AppendJsonStringPython(out, items[i]->first);

@@ -24,6 +24,7 @@
 #include <cerrno>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "format/json.h"
@@ -75,11 +76,19 @@ Result<uint64_t> CheckTiling(std::string_view label, const SafetensorsHeader& he
                              uint64_t data_len) {
   std::vector<size_t> order(header.tensors.size());
   std::iota(order.begin(), order.end(), size_t{0});
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+  const auto by_offsets = [&](size_t a, size_t b) {
     const TensorInfo& x = header.tensors[a];
     const TensorInfo& y = header.tensors[b];
     return x.begin != y.begin ? x.begin < y.begin : x.end < y.end;
-  });
+  };
+  // Writers list the tensors in offset order (the crate's `prepare()` does): checked in one
+  // pass before anything is sorted. Only a strictly increasing order is kept as it is, the
+  // one order std::sort gives whatever it does with ties.
+  if (std::adjacent_find(order.begin(), order.end(), [&](size_t a, size_t b) {
+        return !by_offsets(a, b);
+      }) != order.end()) {
+    std::sort(order.begin(), order.end(), by_offsets);
+  }
   uint64_t covered = 0;
   const TensorInfo* prev = nullptr;
   for (size_t i : order) {
@@ -133,7 +142,11 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
 
   simdjson::dom::object obj = root.get_object().value_unsafe();
   header.tensors.reserve(obj.size());
-  NameTable seen(obj.size());
+  // A repeated name: while the names come in increasing order (as writers list them, within
+  // a dtype) none can repeat, and each is compared with the one before; from the first that
+  // does not, every name goes into a table (a random access per name).
+  std::optional<NameTable> seen;
+  std::string_view last_name;
   bool seen_metadata = false;
   for (simdjson::dom::key_value_pair field : obj) {
     const std::string_view name = field.key;
@@ -149,9 +162,15 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
                                     "') exceeds quench's limit of " +
                                     std::to_string(kMaxTensorNameBytes) + " bytes");
     }
-    if (!seen.Insert(name, 0).second) {
+    if (!seen && !header.tensors.empty() && !(last_name < name)) {
+      seen.emplace(obj.size());
+      // (Views of the names kept so far: `tensors` was reserved whole and does not move.)
+      for (const TensorInfo& t : header.tensors) seen->Insert(t.name, 0);
+    }
+    if (seen && !seen->Insert(name, 0).second) {
       return TensorError(label, name, "duplicate tensor name");
     }
+    last_name = name;
     TensorInfo info;
     info.name = std::string(name);
     QUENCH_RETURN_IF_ERROR(ParseTensorEntry(label, name, field.value, info));

@@ -77,6 +77,21 @@ struct SafetensorsLayout {
   uint64_t file_size = 0;
 };
 
+// Where LayOutSafetensors puts each tensor, without copying the tensors: for a caller that
+// keeps its specs (the planner, with 10^5 of them).
+struct SafetensorsPlacement {
+  std::string header;            // as SafetensorsLayout::header
+  std::vector<size_t> order;     // the specs' indices in file order
+  std::vector<uint64_t> begin;   // per spec as given: its offset in the data section
+  uint64_t data_start = 0;
+  uint64_t file_size = 0;
+};
+
+// LayOutSafetensors' order, offsets and header for `tensors` (the same bytes).
+SafetensorsPlacement PlaceSafetensors(
+    const std::vector<TensorSpec>& tensors,
+    const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
 // Sorts like safetensors' `prepare()` (dtype descending by DTypeSortRank, then name ascending
 // byte-wise), assigns contiguous offsets, and serialises the header exactly as the crate does
 // (`serde_json::to_string`: no spaces; field order dtype, shape, data_offsets; `__metadata__`

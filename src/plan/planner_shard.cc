@@ -7,11 +7,44 @@
 #include <string>
 #include <vector>
 
-#include "format/name_table.h"
 #include "format/sorted_runs.h"
 #include "plan/planner_state.h"
 
 namespace quench::planner_internal {
+namespace {
+
+// The names that repeat in a shard's outputs, each as often as it repeats (a name written
+// three times: twice), in name order. The outputs are in file order, sorted by dtype and then
+// by name, so a name repeated within one dtype sits next to itself, and the dtypes' runs,
+// merged by name, bring together a name repeated across dtypes: a pass over the names in
+// order, comparing each with the one before (a table of every name costs a random access
+// per name).
+std::vector<std::string_view> RepeatedNames(const std::vector<PlannedOutput>& tensors) {
+  std::vector<std::pair<size_t, size_t>> runs;  // [begin, end) of each dtype's run
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (i == 0 || tensors[i].dtype != tensors[i - 1].dtype) runs.emplace_back(i, i);
+    runs.back().second = i + 1;
+  }
+  std::vector<std::string_view> repeated;
+  const std::string* previous = nullptr;
+  while (true) {
+    // The run whose next name comes first (a few dtypes: a scan of the runs).
+    std::pair<size_t, size_t>* next = nullptr;
+    for (auto& r : runs) {
+      if (r.first < r.second &&
+          (next == nullptr || tensors[r.first].name < tensors[next->first].name)) {
+        next = &r;
+      }
+    }
+    if (next == nullptr) break;
+    const std::string& name = tensors[next->first++].name;
+    if (previous != nullptr && *previous == name) repeated.emplace_back(name);
+    previous = &name;
+  }
+  return repeated;
+}
+
+}  // namespace
 
 Selection Planner::Select(std::string_view name, int* group, int* default_hit,
                           ShardWork& w) const {
@@ -169,9 +202,19 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
   const Shard& shard = folder_.shards[si];
   // Visit tensors in file order so that reading is sequential.
   std::vector<const TensorInfo*> order;
+  order.reserve(shard.header.tensors.size());
   for (const TensorInfo& t : shard.header.tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+  const auto by_offset = [](const TensorInfo* a, const TensorInfo* b) {
+    return a->begin < b->begin;
+  };
+  // Headers mostly list tensors in file order already: checked in one pass first (strictly
+  // increasing, the one order std::sort gives whatever it does with ties).
+  if (std::adjacent_find(order.begin(), order.end(),
+                         [&](const TensorInfo* a, const TensorInfo* b) {
+                           return !by_offset(a, b);
+                         }) != order.end()) {
+    std::sort(order.begin(), order.end(), by_offset);
+  }
   if (folder_.experts_renumbered) {
     // Kept experts renumbered densely (expert 10 of the source may now be 5) sit in file order
     // by their old names, while outputs are laid out by new name within a dtype, as the
@@ -240,36 +283,30 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
   ps.src_path = shard.path;
   ps.src_size = shard.file_size;
   ps.src_header_hash = shard.header.header_hash;
-  // specs are in plan order (each tensor's outputs in slot order); position maps them to
-  // the layout.
-  SafetensorsLayout layout = LayOutSafetensors(std::move(specs));
-  // An output name written twice: found with a table of the names (sorting them all cost a
-  // tenth of planning 70k tensors), reported in name order.
-  std::vector<std::string_view> repeated;
-  {
-    NameTable names(layout.tensors.size());
-    for (const TensorInfo& ti : layout.tensors) {
-      if (!names.Insert(ti.name, 0).second) repeated.emplace_back(ti.name);
-    }
+  // specs are in plan order (each tensor's outputs in slot order); the outputs are made from
+  // them in file order, and `position` maps each spec to its output.
+  SafetensorsPlacement place = PlaceSafetensors(specs);
+  std::vector<size_t> position(specs.size());
+  ps.outputs.resize(specs.size());
+  for (size_t k = 0; k < place.order.size(); ++k) {
+    const size_t i = place.order[k];
+    position[i] = k;
+    TensorSpec& t = specs[i];
+    PlannedOutput& po = ps.outputs[k];
+    po.dtype = t.dtype;
+    po.file_offset = place.data_start + place.begin[i];
+    po.nbytes = t.nbytes;
+    po.bytes_per_slab = po.nbytes;
+    po.rows_per_slab = 0;
+    po.name = std::move(t.name);
+    po.shape = std::move(t.shape);
   }
-  std::sort(repeated.begin(), repeated.end());
-  for (std::string_view name : repeated) {
+  // An output name written twice, reported in name order.
+  for (std::string_view name : RepeatedNames(ps.outputs)) {
     w.errors.push_back(Error(ErrorCode::kInvalidInput,
                                  shard.rel_name + ": output tensor '" + std::string(name) +
                                      "' would be written twice (the source already has a "
                                      "tensor of that name); add its module to --ignore"));
-  }
-  ps.outputs.reserve(layout.tensors.size());
-  for (TensorInfo& ti : layout.tensors) {
-    PlannedOutput po;
-    po.dtype = ti.dtype;
-    po.file_offset = layout.data_start + ti.begin;
-    po.nbytes = ti.nbytes();
-    po.bytes_per_slab = po.nbytes;
-    po.rows_per_slab = 0;
-    po.name = std::move(ti.name);
-    po.shape = std::move(ti.shape);
-    ps.outputs.push_back(std::move(po));
   }
   size_t next_spec = 0, next_slab = 0;
   for (size_t k = 0; k < specs_per_tensor.size(); ++k) {
@@ -279,7 +316,7 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
     // The tensor's own outputs (the scheme's, each with its slab; or the tensor copied, with
     // none), then any KV-cache scales planned beside it (AppendKvScales: a slab each).
     for (size_t j = 0; j < specs_per_tensor[k]; ++j) {
-      const size_t oi = layout.position[next_spec++];
+      const size_t oi = position[next_spec++];
       if (quantized || j >= 1) {
         const Slab& slab = w.slabs[next_slab++];
         PlannedOutput& po = ps.outputs[oi];
@@ -297,8 +334,8 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
     }
   }
   w.slabs.clear();
-  ps.header = std::move(layout.header);
-  ps.file_size = layout.file_size;
+  ps.header = std::move(place.header);
+  ps.file_size = place.file_size;
 }
 
 }  // namespace quench::planner_internal
