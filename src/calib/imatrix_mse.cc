@@ -164,16 +164,24 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
+  const bool raw_ok = !scalar && group_absmax == nullptr && internal::IntBf16Handles(b);
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
-    if (!internal::ToF32(in.data + r0 * in.cols * esz, in.dtype, n * in.cols, x.data())) {
+    const uint8_t* src = in.data + r0 * in.cols * esz;
+    b.raw = nullptr;
+    b.x = x.data();
+    if (raw_ok) {
+      // The AVX-512 BF16 int kernel reads the bf16 rows itself: no f32 copy.
+      if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
+      b.raw = src;
+      b.x = nullptr;
+    } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {
       return false;
     }
     if (group_absmax != nullptr) {
       internal::GroupAbsMax(x.data(), n * g.n_groups, g.group, group_absmax + r0 * g.n_groups);
     }
-    b.x = x.data();
     b.rows = n;
     b.best = best + r0 * g.n_groups;
     b.masks = masks + r0 * g.n_groups;

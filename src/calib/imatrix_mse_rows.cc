@@ -55,6 +55,21 @@ bool ToF32Kernel(const uint8_t* src, DType d, size_t n, float* dst) {
   }
 }
 
+template <DType D>
+bool AllFiniteImpl(const uint8_t* src, size_t n) {
+  using T = typename rd::Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  return rd::ReduceMax(dt, rd::AbsBitsMax<D>(src, n, hn::Zero(dt))) < rd::Traits<D>::kInfBits;
+}
+
+bool AllFiniteKernel(const uint8_t* src, DType d, size_t n) {
+  switch (d) {
+    case DType::kBF16: return AllFiniteImpl<DType::kBF16>(src, n);
+    case DType::kF16: return AllFiniteImpl<DType::kF16>(src, n);
+    default: return AllFiniteImpl<DType::kF32>(src, n);
+  }
+}
+
 void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {
   const DF df;
   const size_t L = hn::Lanes(df);
@@ -279,6 +294,7 @@ namespace quench::calib::internal {
 
 HWY_EXPORT(ToF32Kernel);
 HWY_EXPORT(GroupMinMaxKernel);
+HWY_EXPORT(AllFiniteKernel);
 HWY_EXPORT(GroupAbsMaxKernel);
 HWY_EXPORT(ChosenPosKernel);
 HWY_EXPORT(IntCodesKernel);
@@ -287,6 +303,10 @@ HWY_EXPORT(IntCodesPacked4Kernel);
 bool ToF32(const uint8_t* src, DType d, size_t n, float* dst) {
   if (n == 0) return true;
   return HWY_DYNAMIC_DISPATCH(ToF32Kernel)(src, d, n, dst);
+}
+
+bool AllFinite(const uint8_t* src, DType d, size_t n) {
+  return n == 0 || HWY_DYNAMIC_DISPATCH(AllFiniteKernel)(src, d, n);
 }
 
 void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {

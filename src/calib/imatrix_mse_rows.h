@@ -17,6 +17,9 @@ namespace quench::calib::internal {
 // Inf (dst then undefined).
 bool ToF32(const uint8_t* src, DType d, size_t n, float* dst);
 
+// Whether the n elements of dtype d at src are all finite (ToF32's check, without the copy).
+bool AllFinite(const uint8_t* src, DType d, size_t n);
+
 // Per group of `group` consecutive values of x (n_groups of them): its min and max. A zero
 // may come back with either sign where the group holds both (no parameter depends on it:
 // calculate_qparams clamps with 0 first, and every use of the range is a product with it,
