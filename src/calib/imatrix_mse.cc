@@ -140,7 +140,8 @@ namespace {
 // cache across the steps), through the kernel or the scalar definition.
 bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
               const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-              uint32_t* improved, bool scalar, bool exact_best = true) {
+              uint32_t* improved, bool scalar, bool exact_best = true,
+              float* group_absmax = nullptr) {
   Geometry g;
   if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
   internal::Block b;
@@ -163,13 +164,24 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
+  const bool raw_ok = !scalar && group_absmax == nullptr && internal::IntBf16Handles(b);
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
-    if (!internal::ToF32(in.data + r0 * in.cols * esz, in.dtype, n * in.cols, x.data())) {
+    const uint8_t* src = in.data + r0 * in.cols * esz;
+    b.raw = nullptr;
+    b.x = x.data();
+    if (raw_ok) {
+      // The AVX-512 BF16 int kernel reads the bf16 rows itself: no f32 copy.
+      if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
+      b.raw = src;
+      b.x = nullptr;
+    } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {
       return false;
     }
-    b.x = x.data();
+    if (group_absmax != nullptr) {
+      internal::GroupAbsMax(x.data(), n * g.n_groups, g.group, group_absmax + r0 * g.n_groups);
+    }
     b.rows = n;
     b.best = best + r0 * g.n_groups;
     b.masks = masks + r0 * g.n_groups;
@@ -182,8 +194,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
 
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved, bool exact_best) {
-  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best);
+                 uint32_t* improved, bool exact_best, float* group_absmax) {
+  return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best,
+                  group_absmax);
 }
 
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
@@ -223,6 +236,7 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
     for (int i = 0; i <= LastStep(o); ++i) {
       p[i] = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
     }
+    const int last = LastStep(o);
     std::vector<float> x(in.cols), m0(g.n_groups), M0(g.n_groups);
     for (size_t r = 0; r < in.rows; ++r) {
       if (!LoadRow(in, r, x)) return false;
@@ -230,8 +244,8 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
       const uint8_t* st = steps + r * g.n_groups;
       float* out = pos + r * g.n_groups;
       for (size_t k = 0; k < g.n_groups; ++k) {
-        const int i = std::min<int>(st[k], LastStep(o));
-        if (st[k] <= LastStep(o) && p[i] > 0.0f) {
+        const int i = std::min<int>(st[k], last);
+        if (st[k] <= last && p[i] > 0.0f) {
           const float a = internal::Expanded(std::max(std::fabs(m0[k]), std::fabs(M0[k])),
                                              o.expand, in.dtype);
           out[k] = intq::internal::RoundToDType(p[i] * a, in.dtype);
@@ -248,6 +262,22 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
   if (!Ranges(in, o, steps, g, &mn, &mx)) return false;
   for (size_t i = 0; i < mn.size(); ++i) pos[i] = internal::Pos(mn[i], mx[i]);
   return true;
+}
+
+bool ChosenPosApplies(const ImatrixOptions& o) {
+  return o.expand > 0 && o.grid > 0 && LastStep(o) < 32 && LastStep(o) < o.grid;
+}
+
+float ChosenPos(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                const ImatrixOptions& o, DType d, uint8_t* pos) {
+  // ChosenRanges' fast path: p_i > 0 for every step here (ChosenPosApplies), so
+  // pos = RNE_D(p_i * Expanded(max(|m0|, |M0|))).
+  float p[32];
+  for (int i = 0; i <= LastStep(o); ++i) {
+    p[i] = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
+  }
+  return internal::ChosenPosRow(absmax, masks, n, std::min(stop, LastStep(o)), p, o.expand, d,
+                                pos);
 }
 
 bool AnyImproved(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,

@@ -87,9 +87,11 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // the same results bit for bit. False on NaN/Inf or bad parameters. exact_best false: the
 // caller reads masks and improved only, and best ends as a lower bound of each group's best
 // error (the kernel then skips the definition's sums it does not need to decide a step).
+// group_absmax, when given (rows x groups): each group's largest magnitude
+// max(|m0|, |M0|), read off the block's f32 copy while it is in cache (for ChosenPos).
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved, bool exact_best = true);
+                 uint32_t* improved, bool exact_best = true, float* group_absmax = nullptr);
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                        const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                        uint32_t* improved);
@@ -113,6 +115,18 @@ inline uint8_t ChosenStep(uint32_t mask, int stop) {
 // into `pos` (rows x groups). False on NaN/Inf or bad parameters.
 bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
                   const uint8_t* steps, float* pos);
+
+// Whether ChosenPos gives FP4's chosen ranges with these settings: every step's
+// p = 1 - i / grid is > 0 (i <= LastStep(o) < grid; maxshrink 1 reaches p = 0).
+bool ChosenPosApplies(const ImatrixOptions& o);
+
+// ChosenRanges from each group's largest magnitude instead of the rows, where
+// ChosenPosApplies(o): per group (n of them) with a = absmax[k] = max(|m0|, |M0|) and the
+// step i = ChosenStep(masks[k], stop), pos = RNE_D(p_i RNE_D(a expand)), the value
+// ChosenRanges gives (its comment has the proof), written in D's encoding (DTypeBits(d) / 8
+// bytes each) at `pos`; returns the largest (0 for n = 0).
+float ChosenPos(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                const ImatrixOptions& o, DType d, uint8_t* pos);
 
 // The rows quantized with each group's chosen step (steps: rows x groups), written as the
 // scheme's kernel writes them: int (src/schemes/int.h, `packed` or not), NVFP4 (with

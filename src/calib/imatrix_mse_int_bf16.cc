@@ -255,18 +255,27 @@ template <int N>
 QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
-  const float* xg = b.x + gi * x.n;
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
+  const uint16_t* rg = b.raw == nullptr ? nullptr
+                                        : reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
+  // Vector v of the group: from the f32 copy, or the bf16 rows widened (a bf16 value is the
+  // upper half of its f32 bits).
+  auto load_x = [&](size_t v) {
+    if (rg == nullptr) return _mm512_loadu_ps(xg + v * 16);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rg + v * 16));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
   const float* im = b.imp == nullptr ? x.ones : b.imp + (gi % x.ng) * x.n;
   const __m512 zero = _mm512_setzero_ps();
   const __m512i pick_e =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i pick_o = _mm512_add_epi32(pick_e, _mm512_set1_epi32(1));
   // Min, max, and per lane the element of largest key (its vector in `at`).
-  const __m512 x0 = _mm512_loadu_ps(xg), i0 = _mm512_loadu_ps(im);
+  const __m512 x0 = load_x(0), i0 = _mm512_loadu_ps(im);
   __m512 mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0;
   __m512i at = _mm512_setzero_si512();
   for (size_t v = 1; v < nv; ++v) {
-    const __m512 xv = _mm512_loadu_ps(xg + v * 16), iv = _mm512_loadu_ps(im + v * 16);
+    const __m512 xv = load_x(v), iv = _mm512_loadu_ps(im + v * 16);
     mn = _mm512_min_ps(mn, xv);
     mx = _mm512_max_ps(mx, xv);
     const __m512 kv = Key(xv, iv);
@@ -288,7 +297,7 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
       } else {
         const __mmask16 moved =
             _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(static_cast<int>(v)));
-        xab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(xg + v * 16), moved, x0);
+        xab[h] = _mm512_mask_mov_ps(load_x(v), moved, x0);
         iab[h] = _mm512_mask_mov_ps(_mm512_loadu_ps(im + v * 16), moved, i0);
       }
     }
@@ -356,12 +365,21 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
 template <int N>
 QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
   const Block& b = *x.b;
-  const float* xg = b.x + gi * x.n;
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
   const float* ig = b.imp == nullptr ? nullptr : b.imp + (gi % x.ng) * x.n;
   const double lo_f = x.lo_f, hi_f = x.hi_f;
   const uint32_t sc = g.sc;
   alignas(64) float TBL[kSteps * 16];
+  // The definition's sum, in element order; from bf16 rows the group is widened into a
+  // per-thread buffer the first time a decision needs it (near ties are rare).
+  thread_local std::vector<float> wide;
   auto exact_of = [&](size_t k) {
+    if (xg == nullptr) {
+      wide.resize(x.n);
+      const uint16_t* rg = reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
+      for (size_t j = 0; j < x.n; ++j) wide[j] = BF16ToF32(rg[j]);
+      xg = wide.data();
+    }
     return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {g.S[k], 0.0f}));
   };
   double blo = b.best[gi], bhi = blo;

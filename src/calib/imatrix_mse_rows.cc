@@ -55,6 +55,21 @@ bool ToF32Kernel(const uint8_t* src, DType d, size_t n, float* dst) {
   }
 }
 
+template <DType D>
+bool AllFiniteImpl(const uint8_t* src, size_t n) {
+  using T = typename rd::Traits<D>::T;
+  const hn::ScalableTag<T> dt;
+  return rd::ReduceMax(dt, rd::AbsBitsMax<D>(src, n, hn::Zero(dt))) < rd::Traits<D>::kInfBits;
+}
+
+bool AllFiniteKernel(const uint8_t* src, DType d, size_t n) {
+  switch (d) {
+    case DType::kBF16: return AllFiniteImpl<DType::kBF16>(src, n);
+    case DType::kF16: return AllFiniteImpl<DType::kF16>(src, n);
+    default: return AllFiniteImpl<DType::kF32>(src, n);
+  }
+}
+
 void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {
   const DF df;
   const size_t L = hn::Lanes(df);
@@ -77,6 +92,103 @@ void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn,
     }
     mn[g] = hn::GetLane(hn::MinOfLanes(df, lo));
     mx[g] = hn::GetLane(hn::MaxOfLanes(df, hi));
+  }
+}
+
+// Whole tiles of L groups (L = Lanes): each group's vector of lane-wise maxima of |x|, then
+// a tree that halves the vectors at each level, max(ConcatOdd(b, a), ConcatEven(b, a))
+// (the lower half from a's adjacent pairs, the upper from b's), so that after log2(L)
+// levels lane j holds group j's maximum: one vector per L groups instead of one reduction
+// per group. The rest of the groups (and one-lane targets) reduce group by group.
+void GroupAbsMaxKernel(const float* x, size_t n_groups, size_t group, float* amax) {
+  const DF df;
+  const size_t L = hn::Lanes(df);
+  if (group % L != 0) {
+    for (size_t g = 0; g < n_groups; ++g) {
+      float m = 0.f;
+      for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(x[g * group + j]));
+      amax[g] = m;
+    }
+    return;
+  }
+  auto group_vec = [&](size_t g) {
+    const float* xg = x + g * group;
+    auto m = hn::Abs(hn::LoadU(df, xg));
+    for (size_t j = L; j < group; j += L) m = hn::Max(m, hn::Abs(hn::LoadU(df, xg + j)));
+    return m;
+  };
+  size_t g = 0;
+#if HWY_TARGET != HWY_SCALAR
+  HWY_ALIGN float buf[hn::MaxLanes(df) * hn::MaxLanes(df)];
+  for (; g + L <= n_groups; g += L) {
+    for (size_t k = 0; k < L; ++k) hn::Store(group_vec(g + k), df, buf + k * L);
+    for (size_t n = L; n > 1; n /= 2) {
+      for (size_t k = 0; k < n / 2; ++k) {
+        const auto a = hn::Load(df, buf + 2 * k * L), b = hn::Load(df, buf + (2 * k + 1) * L);
+        hn::Store(hn::Max(hn::ConcatOdd(df, b, a), hn::ConcatEven(df, b, a)), df, buf + k * L);
+      }
+    }
+    hn::StoreU(hn::Load(df, buf), df, amax + g);
+  }
+#endif
+  for (; g < n_groups; ++g) amax[g] = hn::GetLane(hn::MaxOfLanes(df, group_vec(g)));
+}
+
+// ChosenPosRow lane-wise: each lane's step factor chosen by walking the steps' bits (the
+// highest set bit at or below stop wins, as ChosenStep's), the two roundings to D as
+// RoundToDType, and bf16 / f32 encoded in the vector (the bf16 values exact, so the upper
+// half of the f32 bits); f16 and the tail through the scalar rule.
+template <DType D>
+float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                    const float* p, float e, uint8_t* out) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const size_t L = hn::Lanes(df);
+  const uint32_t low = stop >= 31 ? ~0u : (2u << stop) - 1u;
+  auto scalar = [&](size_t k) {
+    const uint32_t m = masks[k] & low;
+    const int i = m == 0 ? 0 : 31 - __builtin_clz(m);
+    const float a = intq::internal::RoundToDType(absmax[k] * e, D);
+    const float pos = intq::internal::RoundToDType(p[i] * a, D);
+    intq::internal::StoreScale(out + k * (DTypeBits(D) / 8), pos, D);
+    return pos;
+  };
+  float best = 0.f;
+  size_t k = 0;
+  if constexpr (D != DType::kF16) {
+    auto mx = hn::Zero(df);
+    for (; k + L <= n; k += L) {
+      const auto m = hn::And(hn::LoadU(du, masks + k), hn::Set(du, low));
+      auto pv = hn::Set(df, p[0]);
+      for (int i = 1; i <= stop; ++i) {
+        const auto bit = hn::TestBit(m, hn::Set(du, 1u << i));
+        pv = hn::IfThenElse(hn::RebindMask(df, bit), hn::Set(df, p[i]), pv);
+      }
+      const auto a = rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, absmax + k), hn::Set(df, e)));
+      const auto pos = rd::RoundToDType<D>(df, hn::Mul(pv, a));
+      mx = hn::Max(mx, pos);
+      if constexpr (D == DType::kBF16) {
+        // pos >= 0: the bf16 pattern is below 0x8000, so the signed demotion keeps it.
+        const hn::RebindToSigned<DF> di;
+        const hn::Rebind<uint16_t, DF> d16;
+        const auto bits = hn::BitCast(di, hn::ShiftRight<16>(hn::BitCast(du, pos)));
+        hn::StoreU(hn::DemoteTo(d16, bits), d16, reinterpret_cast<uint16_t*>(out) + k);
+      } else {
+        hn::StoreU(pos, df, reinterpret_cast<float*>(out) + k);
+      }
+    }
+    best = hn::GetLane(hn::MaxOfLanes(df, mx));
+  }
+  for (; k < n; ++k) best = std::max(best, scalar(k));
+  return best;
+}
+
+float ChosenPosKernel(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                      const float* p, float e, DType d, uint8_t* out) {
+  switch (d) {
+    case DType::kBF16: return ChosenPosImpl<DType::kBF16>(absmax, masks, n, stop, p, e, out);
+    case DType::kF16: return ChosenPosImpl<DType::kF16>(absmax, masks, n, stop, p, e, out);
+    default: return ChosenPosImpl<DType::kF32>(absmax, masks, n, stop, p, e, out);
   }
 }
 
@@ -182,6 +294,9 @@ namespace quench::calib::internal {
 
 HWY_EXPORT(ToF32Kernel);
 HWY_EXPORT(GroupMinMaxKernel);
+HWY_EXPORT(AllFiniteKernel);
+HWY_EXPORT(GroupAbsMaxKernel);
+HWY_EXPORT(ChosenPosKernel);
 HWY_EXPORT(IntCodesKernel);
 HWY_EXPORT(IntCodesPacked4Kernel);
 
@@ -190,8 +305,22 @@ bool ToF32(const uint8_t* src, DType d, size_t n, float* dst) {
   return HWY_DYNAMIC_DISPATCH(ToF32Kernel)(src, d, n, dst);
 }
 
+bool AllFinite(const uint8_t* src, DType d, size_t n) {
+  return n == 0 || HWY_DYNAMIC_DISPATCH(AllFiniteKernel)(src, d, n);
+}
+
 void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx) {
   HWY_DYNAMIC_DISPATCH(GroupMinMaxKernel)(x, n_groups, group, mn, mx);
+}
+
+void GroupAbsMax(const float* x, size_t n_groups, size_t group, float* amax) {
+  HWY_DYNAMIC_DISPATCH(GroupAbsMaxKernel)(x, n_groups, group, amax);
+}
+
+float ChosenPosRow(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                   const float* p, double expand, DType d, uint8_t* out) {
+  return HWY_DYNAMIC_DISPATCH(ChosenPosKernel)(absmax, masks, n, stop, p,
+                                               static_cast<float>(expand), d, out);
 }
 
 void IntCodes(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,

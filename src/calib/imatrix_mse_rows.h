@@ -17,11 +17,27 @@ namespace quench::calib::internal {
 // Inf (dst then undefined).
 bool ToF32(const uint8_t* src, DType d, size_t n, float* dst);
 
+// Whether the n elements of dtype d at src are all finite (ToF32's check, without the copy).
+bool AllFinite(const uint8_t* src, DType d, size_t n);
+
 // Per group of `group` consecutive values of x (n_groups of them): its min and max. A zero
 // may come back with either sign where the group holds both (no parameter depends on it:
 // calculate_qparams clamps with 0 first, and every use of the range is a product with it,
 // a difference with 0, or an absolute value).
 void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float* mx);
+
+// Per group of `group` consecutive values of x (n_groups of them): its largest magnitude
+// max |x_j|, which is max(|min|, |max|) of GroupMinMax's pair (FP4's chosen ranges need
+// only that).
+void GroupAbsMax(const float* x, size_t n_groups, size_t group, float* amax);
+
+// FP4's chosen ranges from each group's largest magnitude (calib::ChosenPos has the rule):
+// per group k of n, with i the highest set bit of masks[k] at or below `stop` (0 if none),
+// pos = RNE_D(p[i] * RNE_D(absmax[k] * f32(expand))), written in D's encoding
+// (DTypeBits(d) / 8 bytes each) at `out`; returns the largest pos (0 for n = 0). p: the
+// steps' f32 factors, stop + 1 of them (stop < 32).
+float ChosenPosRow(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                   const float* p, double expand, DType d, uint8_t* out);
 
 // The codes of n values x of dtype d (as ToF32 gives them) in groups of `group` with
 // per-group parameters p (scales: values of d, as calculate_qparams gives them):

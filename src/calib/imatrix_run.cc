@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_rows.h"
 #include "calib/stats.h"
 #include "calib/wanda.h"
 #include "calib/weight_stats.h"
@@ -281,6 +282,18 @@ class ImatrixRunImpl : public ImatrixRun {
     // A tensor with NaN/Inf was not searched (empty steps): the chunk is refused as any
     // kernel refuses it.
     if (GroupColumns(in, f) == 0 || steps->size() < (in.row0 + in.rows) * ng) return false;
+    if (PosKept(f, Opt(t))) {
+      // The chosen ranges kept by the search, in D's encoding (finite values).
+      const size_t esz = DTypeBits(in.dtype) / 8;
+      if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
+      std::vector<float> pos(in.rows * ng);
+      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, pos.size(),
+                           pos.data())) {
+        return false;
+      }
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out)
+                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out);
+    }
     const bool packed = pt.scheme->format == "pack-quantized";
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
@@ -298,7 +311,14 @@ class ImatrixRunImpl : public ImatrixRun {
     return group_opts_[static_cast<size_t>(plan_.tensors[t].group)];
   }
 
-  // A tensor's search: per group the chosen step; for FP4 the largest chosen range.
+  // Whether a tensor's search keeps per group its chosen range pos (FP4 where ChosenPos
+  // applies: D's encoding, DTypeBits / 8 bytes a group) rather than its chosen step (a byte).
+  static bool PosKept(ImatrixFormat f, const ImatrixOptions& o) {
+    return f != ImatrixFormat::kInt && ChosenPosApplies(o);
+  }
+
+  // A tensor's search: per group the chosen step or range (PosKept); for FP4 the largest
+  // chosen range.
   struct Searched {
     std::shared_ptr<const std::vector<uint8_t>> steps;
     float amax = 0.f;
@@ -352,8 +372,17 @@ class ImatrixRunImpl : public ImatrixRun {
       return Error(ErrorCode::kInternal, "imatrix_mse: '" + pt.name + "' has no group layout");
     }
     const size_t ng = cols / gs;
-    std::vector<uint32_t> masks(rows * ng, 0u);
-    std::vector<double> best(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
+    // The per-group buffers are the run's, reused from tensor to tensor: fresh ones each time
+    // were fresh pages to fault in and clear (16 bytes a group: NVFP4's is 16 weights).
+    std::vector<uint32_t>& masks = masks_;
+    std::vector<double>& best = best_;
+    masks.assign(rows * ng, 0u);
+    best.assign(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
+    // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
+    // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
+    const bool by_absmax = PosKept(f, opt);
+    std::vector<float>& absmax = absmax_;
+    absmax.resize(by_absmax ? rows * ng : 0);
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
     // About 64K weights, and at least 16 rows (SearchSteps' own block: whole-row groups fill
@@ -381,7 +410,8 @@ class ImatrixRunImpl : public ImatrixRun {
       }
       uint32_t bits = 0;
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data() + r.begin() * ng,
-                       masks.data() + r.begin() * ng, &bits, /*exact_best=*/false)) {
+                       masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
+                       by_absmax ? absmax.data() + r.begin() * ng : nullptr)) {
         finite = false;
       }
       improved.fetch_or(bits);
@@ -391,6 +421,23 @@ class ImatrixRunImpl : public ImatrixRun {
     auto steps = std::make_shared<std::vector<uint8_t>>();
     if (!finite) {
       out.finite = false;
+      out.steps = steps;
+      return out;
+    }
+    if (by_absmax) {
+      // Per group its chosen pos, a value of D kept in D's encoding (Quantize widens a
+      // chunk's), and the largest for the global scale; row blocks in parallel (the maximum
+      // is the same in any order).
+      steps->resize(masks.size() * esz);
+      std::mutex amax_mu;
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& rr) {
+        const size_t k0 = rr.begin() * ng;
+        const float m = ChosenPos(absmax.data() + k0, masks.data() + k0, rr.size() * ng, stop,
+                                  opt, pt.dtype, steps->data() + k0 * esz);
+        std::lock_guard<std::mutex> lock(amax_mu);
+        out.amax = std::max(out.amax, m);
+      });
       out.steps = steps;
       return out;
     }
@@ -458,6 +505,10 @@ class ImatrixRunImpl : public ImatrixRun {
   const std::vector<ImatrixOptions> group_opts_;  // per plan group
   std::string imp_key_;
   std::vector<float> imp_;  // input stage only
+  // SearchTensor's per-group scratch (input stage only): masks, best errors, largest |x|.
+  std::vector<uint32_t> masks_;
+  std::vector<double> best_;
+  std::vector<float> absmax_;
   std::unique_ptr<MappedFile> map_;
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
