@@ -23,15 +23,12 @@
 #include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 #include "calib/imatrix_mse-inl.h"
+#include "calib/imatrix_mse_decide.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace quench::calib::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// Whether an f32 sum P of nonnegative f32 terms is in the range where the bound below holds:
-// 0 (every term 0: the definition's sum is 0 too), or far from f32's subnormals and overflow.
-HWY_INLINE bool Certifiable(double p) { return p == 0.0 || (p >= 0x1p-100 && p <= 0x1p100); }
 
 // One step's terms, Term or (Tab) TermTable with the step's code table; for bf16 the
 // quotient from the scale's reciprocal (QuotientBf16: steps whose scale it does not cover
@@ -235,19 +232,17 @@ void SearchCertified(const Block& b) {
     auto exact_of = [&](size_t k) {
       return ErrorF32(GroupErrorScalar(b, xg, ig, n, {S[k], Z[k]}));
     };
-    double blo = b.best[g], bhi = blo;
-    bool exact = true;  // blo == bhi == the definition's best
-    size_t bk = SIZE_MAX;  // the step of the best (SIZE_MAX: from before this call)
-    uint32_t mask = 0;
+    CertifiedBest best;
+    best.blo = best.bhi = b.best[g];
     // Step k's decision; p: its full f32 sum when have_p (else summed here; acc0, when given:
     // the step's first vector of terms, already computed).
     auto step = [&](size_t k, bool have_p, double p, const float* acc0) {
       const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
       if (!SC[k]) {
-        if (bk != SIZE_MAX && S[k] == S[bk] && Z[k] == Z[bk]) {
+        if (best.bk != SIZE_MAX && S[k] == S[best.bk] && Z[k] == Z[best.bk]) {
           return;  // the best step's parameters: the same error, and the earlier stays
         }
-        if (TOP[k] >= bhi) return;  // one term at or above the best already
+        if (TOP[k] >= best.bhi) return;  // one term at or above the best already
         if (!have_p) {
           const StepTerm st(df, b, S[k], R[k], Z[k], qlo, qhi);
           VF acc = acc0 != nullptr ? hn::Load(df, acc0) : hn::Zero(df);
@@ -256,29 +251,8 @@ void SearchCertified(const Block& b) {
           }
           p = hn::GetLane(hn::SumOfLanes(df, acc));
         }
-        if (Certifiable(p)) {
-          if (p * lo_f >= bhi) return;
-          if (p * hi_f < blo) {
-            blo = p * lo_f;
-            bhi = p * hi_f;
-            exact = p == 0.0;
-            bk = k;
-            mask |= bit;
-            return;
-          }
-        }
       }
-      // A near tie, a sum outside the bound's range, or a scale only the definition takes.
-      if (!exact) {
-        blo = bhi = exact_of(bk);
-        exact = true;
-      }
-      const double e = exact_of(k);
-      if (e < blo) {
-        blo = bhi = e;
-        bk = k;
-        mask |= bit;
-      }
+      DecideStep(best, k, bit, !SC[k], p, lo_f, hi_f, exact_of);
     };
     step(0, false, 0.0, nullptr);
     // The steps that may still improve: one term below the best after the first step (the
@@ -286,7 +260,7 @@ void SearchCertified(const Block& b) {
     // after this filter, not each in turn, spares a mispredicted branch per step.
     uint32_t live = 0;
     for (size_t k = 1; k < steps; ++k) {
-      live |= static_cast<uint32_t>(!(TOP[k] >= bhi) || SC[k]) << k;
+      live |= static_cast<uint32_t>(!(TOP[k] >= best.bhi) || SC[k]) << k;
     }
     if (nv == 1) {
       // One vector per step: the live steps' sums together (independent work that
@@ -319,7 +293,7 @@ void SearchCertified(const Block& b) {
         const VF a = st(hn::LoadU(df, xo), hn::LoadU(df, io));
         hn::Store(a, df, acc0 + k * L);
         const double pc = hn::GetLane(hn::SumOfLanes(df, a));
-        live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= bhi)) << k;
+        live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= best.bhi)) << k;
       }
       // Their sums to the end, all before any decision: a decision is a data-dependent
       // branch, and one mispredicted between two sums threw away the work in flight (a step
@@ -341,10 +315,10 @@ void SearchCertified(const Block& b) {
         step(k, !SC[k], PS[k], nullptr);
       }
     }
-    if (b.exact_best && !exact) blo = exact_of(bk);
-    b.best[g] = blo;
-    b.masks[g] |= mask;
-    any |= mask;
+    if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
+    b.best[g] = best.blo;
+    b.masks[g] |= best.mask;
+    any |= best.mask;
   }
   *b.improved |= any;
 }

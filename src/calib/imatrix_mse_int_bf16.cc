@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "calib/imatrix_mse_decide.h"
 #include "schemes/avx512bf16.h"  // QUENCH_AVX512BF16, Available, Switch
 #include "schemes/int_shared.h"
 
@@ -201,10 +202,6 @@ QUENCH_AVX512BF16 inline __m512 TopTerms(const Consts& c, __m512 x, __m512 im, _
   if constexpr (N == 3) e = _mm512_mul_ps(e, d);
   return _mm512_mul_ps(e, im);
 }
-
-// Whether an f32 sum P of nonnegative f32 terms is in the range where the bound holds
-// (imatrix_mse_certified.cc Certifiable).
-inline bool Certifiable(double p) { return p == 0.0 || (p >= 0x1p-100 && p <= 0x1p100); }
 
 // Groups prepared at a time before their decisions (Search): their buffers stay in L1.
 constexpr size_t kBatch = 8;
@@ -382,47 +379,26 @@ QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared
     }
     return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {g.S[k], 0.0f}));
   };
-  double blo = b.best[gi], bhi = blo;
-  bool exact = true;     // blo == bhi == the definition's best
-  size_t bk = SIZE_MAX;  // the step of the best (SIZE_MAX: from before this call)
-  uint32_t mask = 0;
+  CertifiedBest best;
+  best.blo = best.bhi = b.best[gi];
   // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
   auto step = [&](size_t k, double p) {
     const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
-    if (!(sc >> k & 1u)) {
-      if (bk != SIZE_MAX && g.S[k] == g.S[bk]) {
+    const bool certify = !(sc >> k & 1u);
+    if (certify) {
+      if (best.bk != SIZE_MAX && g.S[k] == g.S[best.bk]) {
         return;  // the best step's parameters: the same error, and the earlier stays
       }
-      if (g.TOP[k] >= bhi) return;  // one term at or above the best already
-      if (Certifiable(p)) {
-        if (p * lo_f >= bhi) return;
-        if (p * hi_f < blo) {
-          blo = p * lo_f;
-          bhi = p * hi_f;
-          exact = p == 0.0;
-          bk = k;
-          mask |= bit;
-          return;
-        }
-      }
+      if (g.TOP[k] >= best.bhi) return;  // one term at or above the best already
     }
-    // A near tie, a sum outside the bound's range, or a scale only the definition takes.
-    if (!exact) {
-      blo = bhi = exact_of(bk);
-      exact = true;
-    }
-    const double e = exact_of(k);
-    if (e < blo) {
-      blo = bhi = e;
-      bk = k;
-      mask |= bit;
-    }
+    DecideStep(best, k, bit, certify, p, lo_f, hi_f, exact_of);
   };
+
   step(0, g.p0);
   // The steps that may still improve: one term below the best after the first step (the
   // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
   // definition takes.
-  const __m512 tb = _mm512_set1_ps(CeilF32(bhi));
+  const __m512 tb = _mm512_set1_ps(CeilF32(best.bhi));
   const uint32_t ruled =
       static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(g.TOP), tb, _CMP_GE_OQ)) |
       static_cast<uint32_t>(_mm512_cmp_ps_mask(_mm512_load_ps(g.TOP + 16), tb, _CMP_GE_OQ))
@@ -443,7 +419,7 @@ QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared
     const __m512 a = PairTerms<N>(x.c, g.qa, g.xe, g.ie, _mm512_set1_ps(g.R[k]), t);
     _mm512_store_ps(acc0 + 16 * k, a);
     const double pc = LaneSum(a);
-    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= bhi)) << k;
+    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= best.bhi)) << k;
   }
   double PS[kSteps];
   for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
@@ -455,10 +431,10 @@ QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared
     const size_t k = static_cast<size_t>(__builtin_ctz(lm));
     step(k, sc >> k & 1u ? 0.0 : PS[k]);
   }
-  if (b.exact_best && !exact) blo = exact_of(bk);
-  b.best[gi] = blo;
-  b.masks[gi] |= mask;
-  return mask;
+  if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
+  b.best[gi] = best.blo;
+  b.masks[gi] |= best.mask;
+  return best.mask;
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
