@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ct_fixture.h"
 #include "kernel_test_util.h"
 #include "quench/ct_weight.h"
 #include "schemes/ct_decode.h"
@@ -47,19 +48,7 @@ TEST_CASE("LookupNibbles equals its scalar definition on every target") {
   CHECK(!targets.empty());
 }
 
-// An in-memory pack-quantized int4 weight: codes, scales (shard 0), packed zero points
-// (shard 1).
-struct Fixture {
-  CtWeight w;
-  std::vector<uint8_t> codes, scales, zeros;
-
-  Status Read(const CtTensor& t, uint64_t off, uint64_t len, uint8_t* dst) const {
-    const std::vector<uint8_t>& src = t.shard == 0 ? scales : zeros;
-    REQUIRE(t.offset + off + len <= src.size());
-    std::memcpy(dst, src.data() + t.offset + off, len);
-    return Status::Ok();
-  }
-};
+using Fixture = CtFixture;
 
 Fixture Make(std::mt19937& rng, uint64_t rows, uint64_t cols, CtStrategy strategy,
              uint64_t group, DType sdt, bool symmetric, float scale_mag, bool huge) {
@@ -68,23 +57,10 @@ Fixture Make(std::mt19937& rng, uint64_t rows, uint64_t cols, CtStrategy strateg
   w.format = CtFormat::kPack;
   w.num_bits = 4;
   w.symmetric = symmetric;
-  w.strategy = strategy;
   w.rows = rows;
   w.cols = cols;
   w.code_row_bytes = (cols * 4 + 31) / 32 * 4;
-  uint64_t scale_rows = rows;
-  switch (strategy) {
-    case CtStrategy::kGroup: w.group_size = group; w.scale_cols = (cols + group - 1) / group; break;
-    case CtStrategy::kBlock:
-      w.block_rows = group;
-      w.block_cols = group;
-      w.scale_cols = (cols + group - 1) / group;
-      w.scale_row_span = group;
-      scale_rows = (rows + group - 1) / group;
-      break;
-    case CtStrategy::kTensor: w.scale_row_span = rows; scale_rows = 1; break;
-    default: break;
-  }
+  const uint64_t scale_rows = SetScaleLayout(w, strategy, group);
   f.codes.resize(rows * w.code_row_bytes);
   for (uint8_t& b : f.codes) b = static_cast<uint8_t>(rng());
   const size_t es = DTypeBits(sdt) / 8;
