@@ -1,6 +1,7 @@
 // What the AWQ row-kernel suites (tests/test_awq_kernel.cc, the exact kernel;
-// tests/test_awq_bound.cc, the bound kernel) share: the quantization layouts they run and the
-// sweep of random rows, importances and candidate scales they compare on.
+// tests/test_awq_bound.cc, the bound kernel; tests/test_awq_screen.cc, the screened search)
+// share: the quantization layouts they run, the activation statistics, and the sweep of
+// random rows, importances and candidate scales they compare on.
 #ifndef QUENCH_TESTS_AWQ_ROWS_H_
 #define QUENCH_TESTS_AWQ_ROWS_H_
 
@@ -19,6 +20,19 @@
 namespace quench::testing {
 
 inline float Bf16Value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+
+// Activation means over two decades, sum_x2 to match (64 tokens of exactly the mean each):
+// the statistics the AWQ searches take.
+inline void Activations(std::mt19937& rng, size_t cols, std::vector<float>* x_mean,
+                        std::vector<double>* h) {
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  x_mean->resize(cols);
+  h->resize(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    (*x_mean)[c] = static_cast<float>(std::exp(2.3 * u(rng)));
+    (*h)[c] = double((*x_mean)[c]) * (*x_mean)[c] * 64.0;
+  }
+}
 
 // A row of `cols` bf16 weights: normal-ish values of scale `mag`, some zeros and exact
 // repeats (ties in min/max), a few outliers.

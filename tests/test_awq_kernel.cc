@@ -181,18 +181,6 @@ int CheckPrunedAsFull(const std::vector<calib::AwqLayer>& layers, const std::vec
   return stopped;
 }
 
-// Activation means over two decades, sum_x2 to match.
-void Activations(std::mt19937& rng, size_t cols, std::vector<float>* x_mean,
-                 std::vector<double>* h) {
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  x_mean->resize(cols);
-  h->resize(cols);
-  for (size_t c = 0; c < cols; ++c) {
-    (*x_mean)[c] = static_cast<float>(std::exp(2.3 * u(rng)));
-    (*h)[c] = double((*x_mean)[c]) * (*x_mean)[c] * 64.0;
-  }
-}
-
 TEST_CASE("AWQ's pruned search chooses as the full search, with the same losses") {
   // Layers of random BF16 weights (1024+ rows: enough tiles for the sample, the leader and
   // the batches), activations over two decades; every duo setting, int4 and int8.

@@ -37,18 +37,6 @@ calib::AwqLayer Layer(const std::vector<uint16_t>& w, uint64_t rows, uint64_t co
   return l;
 }
 
-// Activation means over two decades, sum_x2 to match (as test_awq_kernel's).
-void Activations(std::mt19937& rng, size_t cols, std::vector<float>* x_mean,
-                 std::vector<double>* h) {
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  x_mean->resize(cols);
-  h->resize(cols);
-  for (size_t c = 0; c < cols; ++c) {
-    (*x_mean)[c] = static_cast<float>(std::exp(2.3 * u(rng)));
-    (*h)[c] = double((*x_mean)[c]) * (*x_mean)[c] * 64.0;
-  }
-}
-
 uint64_t Bits(double v) { return std::bit_cast<uint64_t>(v); }
 
 // The screened result equals the exact one: choice, scales, chosen loss bit for bit.
