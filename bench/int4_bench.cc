@@ -12,12 +12,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <vector>
 
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 #include "schemes/int4_bf16.h"
+#include "bf16_tensors.h"
 #include "thread_cpu.h"
 
 int main(int argc, char** argv) {
@@ -31,12 +31,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: quench-int4-bench [N] [SYMMETRIC] [ROWS] [COLS %% 128 == 0]\n");
     return 2;
   }
-  // N(0, 0.02) weights; the other tensors differ from the first in their low mantissa bits.
-  std::vector<uint16_t> data(n * ntens);
-  std::mt19937 rng(1);
-  std::normal_distribution<float> nd(0.f, 0.02f);
-  for (size_t i = 0; i < n; ++i) data[i] = F32ToBF16(nd(rng));
-  for (size_t i = n; i < n * ntens; ++i) data[i] = data[i % n] ^ static_cast<uint16_t>(i / n & 7);
+  const std::vector<uint16_t> data = SyntheticBf16Tensors(n, ntens);
   std::vector<uint8_t> w(n / 2), s(n / 128 * 2), z((rows + 7) / 8 * (cols / 128) * 4);
   ChunkOutputs out;
   out.out[0] = w.data();

@@ -12,12 +12,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <vector>
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/nvfp4_bf16.h"
+#include "bf16_tensors.h"
 #include "thread_cpu.h"
 
 int main(int argc, char** argv) {
@@ -30,12 +30,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: quench-nvfp4-bench [N] [ROWS] [COLS %% 16 == 0]\n");
     return 2;
   }
-  // N(0, 0.02) weights; the other tensors differ from the first in their low mantissa bits.
-  std::vector<uint16_t> data(n * ntens);
-  std::mt19937 rng(1);
-  std::normal_distribution<float> nd(0.f, 0.02f);
-  for (size_t i = 0; i < n; ++i) data[i] = F32ToBF16(nd(rng));
-  for (size_t i = n; i < n * ntens; ++i) data[i] = data[i % n] ^ static_cast<uint16_t>(i / n & 7);
+  const std::vector<uint16_t> data = SyntheticBf16Tensors(n, ntens);
   std::vector<uint8_t> w(n / 2), s(n / 16);
   ChunkOutputs out;
   out.out[0] = w.data();
