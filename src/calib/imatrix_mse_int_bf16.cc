@@ -78,15 +78,7 @@ bool IntBf16Handles(const Block& b) {
 #ifdef QUENCH_AVX512BF16_X86
 namespace {
 
-// RNE_bf16 of non-NaN f32 lanes, as f32 (rounding-inl.h's RoundToDType for bf16: c10's
-// round_to_nearest_even, valid for every non-NaN pattern).
-QUENCH_AVX512BF16 inline __m512 RoundBf16(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
-  return _mm512_castsi512_ps(
-      _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using avx512bf16::RoundBf16;
 
 // The constants of a block's terms.
 struct Consts {

@@ -1,6 +1,7 @@
 // What the AVX-512 BF16 kernels (fp8_bf16.cc, int4_bf16.cc, nvfp4_bf16.cc, awq_table.cc)
-// share: the target attribute their functions compile under, the CPU check that gates them
-// and the on/off switch tests use to run the Highway kernels on the same chunks. Include
+// share: the target attribute their functions compile under, the CPU check that gates them,
+// the on/off switch tests use to run the Highway kernels on the same chunks, and bf16's
+// rounding of f32 lanes. Include
 // from those kernel files only.
 #ifndef QUENCH_SCHEMES_AVX512BF16_H_
 #define QUENCH_SCHEMES_AVX512BF16_H_
@@ -42,6 +43,18 @@ class Switch {
  private:
   std::atomic<bool> on_{true};
 };
+
+#ifdef QUENCH_AVX512BF16_X86
+// RNE_bf16 of non-NaN f32 lanes, as f32 (int_shared.h's RoundToDType for bf16: c10's
+// round_to_nearest_even, valid for every non-NaN pattern).
+QUENCH_AVX512BF16 inline __m512 RoundBf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+#endif
 
 }  // namespace quench::avx512bf16
 

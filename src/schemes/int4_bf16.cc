@@ -59,14 +59,7 @@ QUENCH_AVX512BF16 inline uint32_t GroupAbsMax(const uint8_t* p, size_t n) {
   return _mm512_reduce_max_epu32(_mm512_max_epu32(lo, _mm512_srli_epi32(acc, 16)));
 }
 
-// RNE_bf16 of non-NaN f32 lanes, as f32 (int_shared.h's RoundToDType for bf16).
-QUENCH_AVX512BF16 inline __m512 RoundBf16(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
-  return _mm512_castsi512_ps(
-      _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using avx512bf16::RoundBf16;
 
 // Stores 16 groups' scales from lanes s (each a bf16 value >= +0): the zero guard (0 ->
 // eps(bf16) = 2^-7), the first min(left, 16) scales' bf16 bits to `scales`, and per group the
