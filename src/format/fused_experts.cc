@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -245,6 +246,17 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
   ExpertSplit result;
   for (size_t si = 0; si < folder.shards.size(); ++si) {
     Shard& shard = folder.shards[si];
+    // A shard without 3-D tensors keeps every tensor as it is (SplitTensor splits only
+    // stacks), unless a name holds both stack names, which SplitTensor refuses: then, or with
+    // any 3-D tensor, the loop below. (Its tensors are then not moved into a new vector.)
+    if (std::none_of(shard.header.tensors.begin(), shard.header.tensors.end(),
+                     [](const TensorInfo& t) {
+                       return t.shape.size() == 3 ||
+                              (t.name.find(kGateUp) != std::string::npos &&
+                               t.name.find(kDown) != std::string::npos);
+                     })) {
+      continue;
+    }
     std::vector<TensorInfo> out;
     out.reserve(shard.header.tensors.size());
     for (TensorInfo& t : shard.header.tensors) {

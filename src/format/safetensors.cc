@@ -1,5 +1,6 @@
 // safetensors header reading with strict validation (writing, byte-identical to the Rust
-// crate's `prepare()`, is in safetensors_layout.cc; one tensor's entry in safetensors_entry.cc).
+// crate's `prepare()`, is in safetensors_layout.cc; one tensor's entry in safetensors_entry.cc;
+// the On-Demand walk that reads writers' headers without a DOM in safetensors_ondemand.cc).
 //
 // Reader rules follow the crate's `SafeTensors::read_metadata` / `Metadata::validate` and the
 // serde derives behind them, checked against safetensors 0.8.0:
@@ -36,6 +37,8 @@ namespace {
 
 using safetensors_internal::HeaderError;
 using safetensors_internal::OffsetsString;
+using safetensors_internal::ParseHeaderDom;
+using safetensors_internal::ParseHeaderOnDemand;
 using safetensors_internal::ParseTensorEntry;
 using safetensors_internal::Printable;
 using safetensors_internal::TensorError;
@@ -116,18 +119,11 @@ Result<uint64_t> CheckTiling(std::string_view label, const SafetensorsHeader& he
   return covered;
 }
 
-Result<SafetensorsHeader> ParsePadded(std::string_view label,
-                                      const simdjson::padded_string& json, uint64_t file_size) {
-  SafetensorsHeader header;
-  header.header_len = json.size();
-  header.data_start = 8 + json.size();
-  if (file_size < header.data_start) {
-    return HeaderError(label, "header length " + std::to_string(json.size()) +
-                                  " runs past the end of the file (" +
-                                  std::to_string(file_size) + " bytes)");
-  }
-  const uint64_t data_len = file_size - header.data_start;
+}  // namespace
 
+Status safetensors_internal::ParseHeaderDom(std::string_view label,
+                                            const simdjson::padded_string& json,
+                                            uint64_t data_len, SafetensorsHeader& header) {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   if (simdjson::error_code err = parser.parse(json).get(root)) {
@@ -181,7 +177,30 @@ Result<SafetensorsHeader> ParsePadded(std::string_view label,
     }
     header.tensors.push_back(std::move(info));
   }
+  return Status::Ok();
+}
 
+namespace {
+
+Result<SafetensorsHeader> ParsePadded(std::string_view label,
+                                      const simdjson::padded_string& json, uint64_t file_size) {
+  SafetensorsHeader header;
+  header.header_len = json.size();
+  header.data_start = 8 + json.size();
+  if (file_size < header.data_start) {
+    return HeaderError(label, "header length " + std::to_string(json.size()) +
+                                  " runs past the end of the file (" +
+                                  std::to_string(file_size) + " bytes)");
+  }
+  const uint64_t data_len = file_size - header.data_start;
+  // The On-Demand walk reads the headers writers write; the DOM reader reads the rest and
+  // words every message.
+  if (!ParseHeaderOnDemand(json, data_len, header)) {
+    header.metadata.clear();
+    header.has_metadata = false;
+    header.tensors = {};
+    QUENCH_RETURN_IF_ERROR(ParseHeaderDom(label, json, data_len, header));
+  }
   QUENCH_ASSIGN_OR_RETURN(header.data_size, CheckTiling(label, header, data_len));
   return header;
 }

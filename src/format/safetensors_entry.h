@@ -33,6 +33,18 @@ const char* TypeName(simdjson::dom::element_type t);
 Status ParseTensorEntry(std::string_view label, std::string_view name,
                         simdjson::dom::element value, TensorInfo& info);
 
+// The header's tensors and metadata read with simdjson's DOM into `header` (whose header_len
+// and data_start are set), every rule checked but the tiling; an error names `label`.
+Status ParseHeaderDom(std::string_view label, const simdjson::padded_string& json,
+                      uint64_t data_len, SafetensorsHeader& header);
+
+// The same with simdjson's On-Demand front end (safetensors_ondemand.cc), for headers the DOM
+// reader accepts: true with the same tensors and metadata, or false (header left partly
+// filled) where it finds anything it does not read exactly as the DOM reader does, or that the
+// DOM reader refuses; the caller then reads the header with ParseHeaderDom.
+bool ParseHeaderOnDemand(const simdjson::padded_string& json, uint64_t data_len,
+                         SafetensorsHeader& header);
+
 }  // namespace quench::safetensors_internal
 
 #endif  // QUENCH_FORMAT_SAFETENSORS_ENTRY_H_

@@ -179,7 +179,10 @@ void Planner::PlanTensor(const TensorInfo& t, const std::string& rel_name, Plann
        WeightOutputs(*g.scheme, pt.compute_dtype, t.shape[0], t.shape[1], g.params)) {
     if (o.source == SchemeOutput::Source::kKernel) ++pt.kernel_outputs;
     w.slabs.push_back({o.rows_per_slab, o.bytes_per_slab, o.source});
-    specs.push_back({std::string(module) + "." + o.suffix, o.dtype, std::move(o.shape), o.nbytes});
+    std::string name;
+    name.reserve(module.size() + 1 + o.suffix.size());
+    name.append(module).append(1, '.').append(o.suffix);
+    specs.push_back({std::move(name), o.dtype, std::move(o.shape), o.nbytes});
   }
 }
 
@@ -231,8 +234,12 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
       run = end;
     }
   }
+  // Sized once: a tensor has at most a few outputs (a quantized weight up to four, a copy
+  // one), and capacity never written to costs no memory.
   std::vector<TensorSpec> specs;
+  specs.reserve(4 * order.size());
   std::vector<size_t> specs_per_tensor;
+  specs_per_tensor.reserve(order.size());
   size_t index = w.first_tensor;
   for (const TensorInfo* t : order) {
     if (consumed_.contains(t->name)) continue;  // read with its weight, not written

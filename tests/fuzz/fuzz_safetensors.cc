@@ -1,7 +1,8 @@
 // The safetensors header reader (length prefix, size checks, strict validation) on whole
 // files, and the header writer. Properties: reading never crashes; an accepted header's
 // tensors tile the data section exactly; laid out again by LayOutSafetensors, the same tensors
-// give a header that the reader accepts with the same names, dtypes and shapes.
+// give a header that the reader accepts with the same names, dtypes and shapes; where the
+// On-Demand walk accepts a header, the DOM reader accepts it and reads the same.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "format/safetensors.h"
+#include "format/safetensors_entry.h"
 #include "fuzz_util.h"
 
 namespace {
@@ -25,10 +27,37 @@ int MemFd() {
   return fd;
 }
 
+// The On-Demand walk against the DOM reader on the file's header bytes.
+void CompareReaders(const uint8_t* data, size_t size) {
+  using quench::fuzz::Require;
+  namespace st = quench::safetensors_internal;
+  if (size < 8) return;
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+  if (n > size - 8 || n > quench::kMaxHeaderBytes) return;
+  const simdjson::padded_string json(reinterpret_cast<const char*>(data) + 8, n);
+  const uint64_t data_len = size - 8 - n;
+  quench::SafetensorsHeader fast, dom;
+  if (!st::ParseHeaderOnDemand(json, data_len, fast)) return;
+  Require(st::ParseHeaderDom("fuzz", json, data_len, dom).ok(),
+          "the On-Demand walk accepted a header the DOM reader refuses");
+  Require(fast.tensors.size() == dom.tensors.size() && fast.metadata == dom.metadata &&
+              fast.has_metadata == dom.has_metadata,
+          "the readers differ in tensors or metadata");
+  for (size_t i = 0; i < fast.tensors.size(); ++i) {
+    const quench::TensorInfo& a = fast.tensors[i];
+    const quench::TensorInfo& b = dom.tensors[i];
+    Require(a.name == b.name && a.dtype == b.dtype && a.shape == b.shape &&
+                a.begin == b.begin && a.end == b.end,
+            "the readers read a tensor differently");
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using quench::fuzz::Require;
+  CompareReaders(data, size);
   const int fd = MemFd();
   if (fd < 0 || ftruncate(fd, 0) != 0) return 0;
   if (size > 0 && pwrite(fd, data, size, 0) != static_cast<ssize_t>(size)) return 0;
