@@ -112,13 +112,13 @@ HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
 
 // A lower bound of a group's error E (the definition's f32 value) from the terms t1, t2 of
 // two of its elements: max(t1, f32(f32(t1 + t2) * (1 - 2^-20))) where 2^-100 <= f32(t1 + t2)
-// <= 2^100, t1 otherwise. t1 alone is one (imatrix_mse_certified.cc). For the sum: the definition's S is
+// <= 2^100, t1 otherwise (t1 alone is one: imatrix_mse_certified.cc). The definition's S is
 // an f64 sum of its n = 16 nonnegative f32 terms in order, every partial sum 0 or f64-normal,
 // so S >= (sum of all terms)(1 - 2^-53)^15 >= (t1 + t2)(1 - 15 2^-53). With y = f32(t1 + t2)
-// in that range (normal, far from overflow), y <= (t1 + t2)(1 + 2^-24) and the product rounds to at most
-// y (1 - 2^-20)(1 + 2^-24), so the bound is at most (t1 + t2)(1 + 2^-24)^2 (1 - 2^-20)
-// < (t1 + t2)(1 - 2^-21) <= S; it is an f32 value, so E = f32(S) >= it too (rounding is
-// monotone).
+// in that range (normal, far from overflow), y <= (t1 + t2)(1 + 2^-24) and the product rounds
+// to at most y (1 - 2^-20)(1 + 2^-24), so the bound is at most
+// (t1 + t2)(1 + 2^-24)^2 (1 - 2^-20) < (t1 + t2)(1 - 2^-21) <= S; it is an f32 value, so
+// E = f32(S) >= it too (rounding is monotone).
 HWY_INLINE VF TwoTermBound(DF df, VF t1, VF t2) {
   const VF y = hn::Add(t1, t2);
   const VF b = hn::Max(t1, hn::Mul(y, hn::Set(df, 1.0f - 0x1p-20f)));
