@@ -3,7 +3,8 @@
 // this CPU runs: per group the improvement masks and best errors (bit for bit), and from
 // them the chosen steps, the NVFP4 global scale of the chosen ranges, the E4M3 group scales
 // and the packed E2M1 codes, byte for byte. Groups of every kind the search meets: all
-// zeros, all equal, one nonzero, signed zeros, E2M1 midpoints of a scale, identical groups
+// zeros, all equal, one nonzero, two nonzero (the two-term bound equal to the error but for
+// its margin), signed zeros, E2M1 midpoints of a scale, identical groups
 // side by side (ties between lanes), heavy tails, values near the dtype's largest and
 // smallest (the latter outside the bf16 reciprocal's range: the scalar path), and groups
 // whose outlier sits in a column of importance 0, so that their best step is the last.
@@ -53,6 +54,7 @@ void FillGroup(std::mt19937& rng, DType d, int kind, const float* prev, size_t o
       case 8: x = prev[j]; break;  // identical to the group before
       case 9: x = j == outlier_col ? 40.f * scale : x; break;  // best step: the last
       case 10: x = -std::fabs(x); break;
+      case 11: x = j == 3 ? x : j == 12 ? -2.75f * x : 0.f; break;  // two terms: E = t1 + t2
       default: x = (j > 0 && u(rng) < 0.3f) ? g[j - 1] : x; break;  // duplicates
     }
     g[j] = x;
@@ -73,7 +75,7 @@ Data MakeData(std::mt19937& rng, DType d, size_t rows, size_t ng, bool uniform) 
   std::vector<float> v(rows * cols);
   for (size_t g = 0; g < rows * ng; ++g) {
     float* p = v.data() + g * 16;
-    FillGroup(rng, d, static_cast<int>((g * 7 + g / 12) % 12), g > 0 ? p - 16 : p, 9, p);
+    FillGroup(rng, d, static_cast<int>((g * 7 + g / 13) % 13), g > 0 ? p - 16 : p, 9, p);
   }
   Data w;
   w.raw.resize(v.size() * ElemBytes(d));

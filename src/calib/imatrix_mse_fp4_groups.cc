@@ -5,16 +5,18 @@
 // target through foreach_target.
 //
 // The decisions are the certified search's (imatrix_mse_certified.cc), lane-wise:
-//  - per group its min and max, and its element of largest |x|^3 * imp (any element gives a
-//    valid one-term bound: E >= t exactly for each term t, imatrix_mse_certified.cc);
-//  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and that
-//    element's term, all lanes at once;
+//  - per group its min and max, and its elements of largest and second largest |x|^3 * imp
+//    (any element gives a valid one-term bound: E >= t exactly for each term t,
+//    imatrix_mse_certified.cc; two give TwoTermBound's);
+//  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and the
+//    first element's term, all lanes at once;
 //  - the first step's sum, each lane adding its group's 16 terms in f32;
 //  - the later steps whose one term is below the best after the first step (and whose scale
-//    differs from the best step's: equal parameters give an equal error, not an improvement)
-//    are the live (group, step) pairs; their f32 sums, L pairs per transposition tree;
+//    differs from the best step's: equal parameters give an equal error, not an improvement),
+//    and then their two-term bound too (computed only for steps with such a lane), are the
+//    live (group, step) pairs; their f32 sums, L pairs per transposition tree;
 //  - then step by step, lane-wise: rejected when not live, when its scale is the best step's,
-//    when its one term t >= bhi or when lo >= bhi; an improvement when hi < blo; otherwise
+//    when its bound t >= bhi or when lo >= bhi; an improvement when hi < blo; otherwise
 //    (a near tie, or a sum outside the bound's range) the definition's sums of this step and
 //    of the best step compared exactly for that lane (ErrorF32, the earlier kept), as
 //    SearchCertified does.
@@ -108,6 +110,22 @@ HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
   return v[0];
 }
 
+// A lower bound of a group's error E (the definition's f32 value) from the terms t1, t2 of
+// two of its elements: max(t1, f32(f32(t1 + t2) * (1 - 2^-20))) where 2^-100 <= f32(t1 + t2)
+// <= 2^100, t1 otherwise (t1 alone is one: imatrix_mse_certified.cc). The definition's S is
+// an f64 sum of its n = 16 nonnegative f32 terms in order, every partial sum 0 or f64-normal,
+// so S >= (sum of all terms)(1 - 2^-53)^15 >= (t1 + t2)(1 - 15 2^-53). With y = f32(t1 + t2)
+// in that range (normal, far from overflow), y <= (t1 + t2)(1 + 2^-24) and the product rounds
+// to at most y (1 - 2^-20)(1 + 2^-24), so the bound is at most
+// (t1 + t2)(1 + 2^-24)^2 (1 - 2^-20) < (t1 + t2)(1 - 2^-21) <= S; it is an f32 value, so
+// E = f32(S) >= it too (rounding is monotone).
+HWY_INLINE VF TwoTermBound(DF df, VF t1, VF t2) {
+  const VF y = hn::Add(t1, t2);
+  const VF b = hn::Max(t1, hn::Mul(y, hn::Set(df, 1.0f - 0x1p-20f)));
+  return hn::IfThenElse(
+      hn::And(hn::Ge(y, hn::Set(df, 0x1p-100f)), hn::Le(y, hn::Set(df, 0x1p100f))), b, t1);
+}
+
 // Whether the bound holds for an f32 sum P (imatrix_mse_certified.cc Certifiable).
 HWY_INLINE MF CertifiableF(DF df, VF p) {
   return hn::Or(hn::Eq(p, hn::Zero(df)),
@@ -169,17 +187,23 @@ void SearchFp4Groups(const Block& b) {
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
     }
-    // Min, max, and each group's element of largest key.
+    // Min, max, and each group's elements of largest and second largest key (another
+    // element: the second is taken at j = 1 at the latest, keys being >= 0 > -1).
     VF mn = X[0], mx = X[0], top = KeyOf(X[0], I[0]), tx = X[0], tim = I[0];
+    VF top2 = hn::Set(df, -1.0f), tx2 = zero, tim2 = zero;
     for (size_t j = 1; j < kN; ++j) {
       mn = hn::Min(mn, X[j]);
       mx = hn::Max(mx, X[j]);
       const VF kv = KeyOf(X[j], I[j]);
-      const MF more = hn::Gt(kv, top);
+      const MF more = hn::Gt(kv, top), more2 = hn::Gt(kv, top2);
+      top2 = hn::IfThenElse(more, top, hn::IfThenElse(more2, kv, top2));
+      tx2 = hn::IfThenElse(more, tx, hn::IfThenElse(more2, X[j], tx2));
+      tim2 = hn::IfThenElse(more, tim, hn::IfThenElse(more2, I[j], tim2));
       top = hn::IfThenElse(more, kv, top);
       tx = hn::IfThenElse(more, X[j], tx);
       tim = hn::IfThenElse(more, I[j], tim);
     }
+    const VF atx2 = hn::Abs(tx2);
     if (b.expand != 1.0) {  // Expanded: the product in f32, rounded to D
       const VF e = hn::Set(df, static_cast<float>(b.expand));
       mn = rd::RoundToDType<D>(df, hn::Mul(mn, e));
@@ -192,7 +216,7 @@ void SearchFp4Groups(const Block& b) {
     // smaller ones go to the definition below).
     const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
     const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
-    MF recip_ok = hn::Eq(zero, zero);
+    VF smin = hn::Set(df, 0x1p100f), smax = hn::Set(df, 0x1p-100f);  // every step's scales
     for (size_t k = 0; k < steps; ++k) {
       const VF vp = hn::Set(df, P[k]);
       VF vs, vz;
@@ -206,14 +230,15 @@ void SearchFp4Groups(const Block& b) {
       }
       const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;  // bf16 only
       if constexpr (D == DType::kBF16) {
-        recip_ok = hn::And(recip_ok, hn::And(hn::Ge(vs, hn::Set(df, 0x1p-100f)),
-                                             hn::Le(vs, hn::Set(df, 0x1p100f))));
+        smin = hn::Min(smin, vs);
+        smax = hn::Max(smax, vs);
       }
       hn::Store(vs, df, S + k * L);
       hn::Store(vr, df, R + k * L);
       hn::Store(Fp4Term<D, N>(df, hn::Abs(tx), tim, vs, vr), df, TOP + k * L);
     }
-    if (D == DType::kBF16 && !hn::AllTrue(df, recip_ok)) {
+    if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
+                                                      hn::Le(smax, hn::Set(df, 0x1p100f))))) {
       // Scales outside QuotientBf16's range (groups of absurd magnitude): the definition.
       for (size_t g = g0; g < g0 + cnt; ++g) {
         Block one_group = b;
@@ -298,8 +323,15 @@ void SearchFp4Groups(const Block& b) {
     uint32_t live_steps = 0;
     for (size_t k = 1; k < steps; ++k) {
       const VF vs = hn::Load(df, S + k * L);
-      const MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(hn::Load(df, TOP + k * L), bhi)),
-                                 valid);
+      VF t = hn::Load(df, TOP + k * L);
+      MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(t, bhi)), valid);
+      if (!hn::AllFalse(df, live)) {
+        // The two-term bound (TwoTermBound) for the lanes the one term leaves; TOP keeps it
+        // for the decision.
+        t = TwoTermBound(df, t, Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
+        hn::Store(t, df, TOP + k * L);
+        live = hn::AndNot(hn::Ge(t, bhi), live);
+      }
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
       const size_t before = np;
