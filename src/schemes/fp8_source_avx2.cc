@@ -75,19 +75,23 @@ QUENCH_AVX2 void ThresholdsOfCounts(const __m256i* v, int8_t* t) {
 }
 
 // t[k] = #{m < 128 : dec[m] < bound[k]} - 1, k < 8: the NVFP4 thresholds (entry 127 is
-// 0x7FFF and every bound at most 0x7F80, so it never counts; all values fit int16).
+// 0x7FFF and every bound at most 0x7F80, so it never counts; all values fit int16). dec is
+// sorted, so the count is 16 times the number of runs of 16 whose last entry is below the
+// bound, plus the entries below it in the next run.
 QUENCH_AVX2 void ThresholdsOfBounds(const uint16_t* dec, const uint16_t* bound, int8_t* t) {
-  __m256i d[8];
-  for (int i = 0; i < 8; ++i) {
-    d[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + 16 * i));
-  }
+  const __m128i lasts = _mm_setr_epi16(
+      static_cast<int16_t>(dec[15]), static_cast<int16_t>(dec[31]),
+      static_cast<int16_t>(dec[47]), static_cast<int16_t>(dec[63]),
+      static_cast<int16_t>(dec[79]), static_cast<int16_t>(dec[95]),
+      static_cast<int16_t>(dec[111]), static_cast<int16_t>(dec[127]));
   for (int k = 0; k < 8; ++k) {
-    const __m256i b = _mm256_set1_epi16(static_cast<int16_t>(bound[k]));
-    __m256i n = _mm256_setzero_si256();
-    for (int i = 0; i < 8; ++i) n = _mm256_sub_epi16(n, _mm256_cmpgt_epi16(b, d[i]));
-    const __m256i s = _mm256_sad_epu8(n, _mm256_setzero_si256());  // lanes <= 8: high bytes 0
-    const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    t[k] = static_cast<int8_t>(_mm_cvtsi128_si32(h) + _mm_extract_epi32(h, 2) - 1);
+    const int16_t bk = static_cast<int16_t>(bound[k]);
+    const unsigned runs =
+        _mm_popcnt_u32(_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_set1_epi16(bk), lasts))) / 2;
+    const __m256i run = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + 16 * runs));
+    const unsigned below =
+        _mm_popcnt_u32(_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_set1_epi16(bk), run))) / 2;
+    t[k] = static_cast<int8_t>(16 * runs + below - 1);
   }
 }
 
@@ -311,8 +315,22 @@ struct Nvfp4Builds {
 
 // The nibbles of 32 codes v (two groups: one per 128-bit half) under thresholds t (eight
 // bytes T[k] - 1 in each half, its group's).
+// kAt[k]: the byte index k in every lane, for At (kept in memory: the loop's registers are
+// full, and a shuffle takes its index from memory as cheaply).
+struct alignas(32) AtIndex {
+  int8_t k[8][32];
+};
+constexpr AtIndex MakeAtIndex() {
+  AtIndex a{};
+  for (int k = 0; k < 8; ++k) {
+    for (int i = 0; i < 32; ++i) a.k[k][i] = static_cast<int8_t>(k);
+  }
+  return a;
+}
+constexpr AtIndex kAt = MakeAtIndex();
+
 QUENCH_AVX2 inline __m256i At(__m256i t, int k) {  // byte k of each half, in all its bytes
-  return _mm256_shuffle_epi8(t, _mm256_set1_epi8(static_cast<char>(k)));
+  return _mm256_shuffle_epi8(t, _mm256_load_si256(reinterpret_cast<const __m256i*>(kAt.k[k])));
 }
 QUENCH_AVX2 inline __m256i Nibbles32(__m256i v, __m256i t) {
   const __m256i m = _mm256_and_si256(v, _mm256_set1_epi8(0x7F));
@@ -351,6 +369,7 @@ QUENCH_AVX2 FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
   const __m256i low7 = _mm256_set1_epi8(0x7F), low8 = _mm256_set1_epi64x(0xFF);
   const int8_t* thr = reinterpret_cast<const int8_t*>(ws.tables.get());
   uint8_t* col_scale = ws.col_scale.get();
+  std::vector<uint64_t> slots(units * 4);  // the row's, in base's order
   StreamOut stream(out.out[0]);
   size_t cur = ~size_t{0};
   for (size_t r = 0; r < in.rows; ++r) {
@@ -364,31 +383,45 @@ QUENCH_AVX2 FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
     const uint8_t* codes = in.codes + r * in.cols;
     uint8_t* packed = out.out[0] + r * (in.cols / 2);
     uint8_t* scales = out.out[1] + r * n_groups;
+    // 1. Each group's slot, its column's base + mc: the two vectors' 8-byte halves
+    // interleaved and maxed, then the max within each qword, left in its low byte (qwords
+    // g0, g2 | g1, g3).
     for (size_t u = 0; u < units; ++u) {
       const uint8_t* uc = codes + u * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(uc) + 2048, _MM_HINT_T0);
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc + 32));
-      // Each group's largest magnitude, left in the low byte of qwords (g0, g2 | g1, g3): the
-      // two vectors' 8-byte halves interleaved and maxed, then the max within each qword.
-      const __m256i m0 = _mm256_and_si256(v0, low7), m1 = _mm256_and_si256(v1, low7);
+      const __m256i m0 =
+          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc)), low7);
+      const __m256i m1 =
+          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc + 32)), low7);
       __m256i mx = _mm256_max_epu8(_mm256_unpacklo_epi64(m0, m1), _mm256_unpackhi_epi64(m0, m1));
       mx = _mm256_max_epu8(mx, _mm256_srli_epi64(mx, 32));
       mx = _mm256_max_epu8(mx, _mm256_srli_epi64(mx, 16));
       mx = _mm256_max_epu8(mx, _mm256_srli_epi64(mx, 8));
-      alignas(32) uint64_t sl[4];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(sl),
-                         _mm256_add_epi64(_mm256_and_si256(mx, low8),
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                              base.data() + u * 4))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(slots.data() + u * 4),
+                          _mm256_add_epi64(_mm256_and_si256(mx, low8),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                               base.data() + u * 4))));
+    }
+    // 2. Tables not built in this band are built now (no call in the loop below, so its
+    // vectors stay in registers), and the groups' scale codes stored.
+    for (size_t u = 0; u < units; ++u) {
+      const uint64_t* sl = slots.data() + u * 4;
       for (size_t p = 0; p < 4; ++p) {
         if (col_scale[sl[p]] == 0 && !BuildNvfp4(ctx, sl[p])) {
           stream.Finish();
           return FusedResult::kNotFinite;
         }
+        scales[u * 4 + kGroupOf[p]] = col_scale[sl[p]];
       }
-      for (size_t p = 0; p < 4; ++p) scales[u * 4 + kGroupOf[p]] = col_scale[sl[p]];
-      // Groups 0 and 1 (codes 0-31) take qwords 0 and 2; groups 2 and 3 qwords 1 and 3.
+    }
+    // 3. The nibbles: groups 0 and 1 (codes 0-31) take qwords 0 and 2, groups 2 and 3
+    // qwords 1 and 3.
+    for (size_t u = 0; u < units; ++u) {
+      const uint8_t* uc = codes + u * 64;
+      const uint64_t* sl = slots.data() + u * 4;
+      // The next row's codes, for step 1 (which is too quick to wait for memory).
+      _mm_prefetch(reinterpret_cast<const char*>(uc + in.cols), _MM_HINT_T0);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(uc + 32));
       stream.Put(packed + u * 32, Pack64(Nibbles32(v0, TwoSlots(thr, sl[0], sl[2])),
                                          Nibbles32(v1, TwoSlots(thr, sl[1], sl[3]))));
     }
