@@ -282,14 +282,68 @@ QUENCH_AVX2 FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
 
 // ---- NVFP4 ----
 
-// What the builds of one call share: the band's scale row, the global scale, and the bounds
+// Nvfp4ScaleCode(x, gs, bf16) (fp4_shared.h) of 8 lanes x >= +0, as fused::ScaleCodes16
+// computes it in 16 (finite lanes only; the others give codes nobody reads): t =
+// RNE_bf16(x / 6), u = min(gs * t, 448) (u >= +0, so the lower clamp is idle), then
+// F32ToE4M3 (float_formats.cc) of u: below 2^-6 the FPU's RNE of u + 2^14 places the subnormal
+// code in the low bits, from 2^-6 up the exponent is rebiased and 20 mantissa bits dropped
+// with ties to even (u <= 448 never reaches the NaN code), and a code of 0 becomes 0.125's
+// (0x20, the zero guard). The eight codes are left in bytes 0-3 and 16-19.
+QUENCH_AVX2 inline __m256i ScaleCodes8(__m256 x, __m256 gs) {
+  const __m256i q = _mm256_castps_si256(_mm256_div_ps(x, _mm256_set1_ps(6.0f)));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
+  const __m256 t = _mm256_castsi256_ps(
+      _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
+                       _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  const __m256 u = _mm256_min_ps(_mm256_mul_ps(gs, t), _mm256_set1_ps(448.0f));
+  const __m256i bits = _mm256_castps_si256(u);
+  const __m256i sub = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(u, _mm256_set1_ps(16384.0f))),
+      _mm256_set1_epi32(141 << 23));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 20), _mm256_set1_epi32(1));
+  const __m256i normal = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(static_cast<int>(
+                                                  (uint32_t{7} - 127u) * (1u << 23) + 0x7FFFFu))),
+                       odd),
+      20);
+  // bits < 121 << 23 (both non-negative as int32): the subnormal codes.
+  __m256i code = _mm256_blendv_epi8(normal, sub,
+                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(121 << 23), bits));
+  code = _mm256_and_si256(code, _mm256_set1_epi32(0xFF));
+  code = _mm256_blendv_epi8(code, _mm256_set1_epi32(fp4::internal::kE4M3Eighth),
+                            _mm256_cmpeq_epi32(code, _mm256_setzero_si256()));
+  const __m256i w = _mm256_packus_epi32(code, code);
+  return _mm256_packus_epi16(w, w);
+}
+
+// What the builds of one call share: the band's scale row, the global scale, each column's
+// 128 group scale codes (one per mc, made with its first build in the band), and the bounds
 // of each group scale code met so far (eff depends on the code and gs only).
 struct Nvfp4Builds {
   fused::Workspace& ws;
-  const float* scale_row = nullptr;
+  const float* scale_row;
   float gs;
+  std::vector<uint32_t> code_epoch;  // per column: the band whose codes `codes` holds
+  std::vector<uint8_t> codes;        // per column: Nvfp4ScaleCode(x(mc)) for mc < 128
   uint8_t have[kMags] = {};
   alignas(16) uint16_t bounds[kMags][8];
+
+  QUENCH_AVX2 const uint8_t* Codes(size_t j, const uint16_t* dec) {
+    uint8_t* c = codes.data() + j * kMags;
+    if (code_epoch[j] != ws.epoch) {
+      const __m256 vgs = _mm256_set1_ps(gs);
+      for (size_t m = 0; m < kMags; m += 8) {
+        const __m128i w = _mm_load_si128(reinterpret_cast<const __m128i*>(dec + m));
+        const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
+        const __m256i b = ScaleCodes8(x, vgs);
+        const int32_t lo4 = _mm256_extract_epi32(b, 0), hi4 = _mm256_extract_epi32(b, 4);
+        std::memcpy(c + m, &lo4, 4);
+        std::memcpy(c + m + 4, &hi4, 4);
+      }
+      code_epoch[j] = ws.epoch;
+    }
+    return c;
+  }
 };
 
 // The thresholds of `slot` (j * 128 + mc) and its scale code (ws.col_scale[slot], never 0:
@@ -298,10 +352,11 @@ struct Nvfp4Builds {
 [[gnu::noinline]] QUENCH_AVX2 bool BuildNvfp4(Nvfp4Builds& ctx, size_t slot) {
   const uint32_t mc = static_cast<uint32_t>(slot % kMags);
   if (mc == 0x7F) return false;
-  const uint16_t* dec = Decode(ctx.ws, ctx.scale_row, slot / kMags);
+  const size_t j = slot / kMags;
+  const uint16_t* dec = Decode(ctx.ws, ctx.scale_row, j);
   if (dec[mc] >= 0x7F80u) return false;
-  // The group's amax is x(mc): the definition's scale code of it.
-  const uint8_t code = fp4::internal::Nvfp4ScaleCode(BF16ToF32(dec[mc]), ctx.gs, DType::kBF16);
+  // The group's amax is x(mc).
+  const uint8_t code = ctx.Codes(j, dec)[mc];
   if (!ctx.have[code]) {
     // _quantize: eff = scale / global_scale (f32).
     fp4::internal::Nvfp4Bounds(E4M3ToF32(code) / ctx.gs, ctx.bounds[code]);
@@ -313,8 +368,6 @@ struct Nvfp4Builds {
   return true;
 }
 
-// The nibbles of 32 codes v (two groups: one per 128-bit half) under thresholds t (eight
-// bytes T[k] - 1 in each half, its group's).
 // kAt[k]: the byte index k in every lane, for At (kept in memory: the loop's registers are
 // full, and a shuffle takes its index from memory as cheaply).
 struct alignas(32) AtIndex {
@@ -332,6 +385,8 @@ constexpr AtIndex kAt = MakeAtIndex();
 QUENCH_AVX2 inline __m256i At(__m256i t, int k) {  // byte k of each half, in all its bytes
   return _mm256_shuffle_epi8(t, _mm256_load_si256(reinterpret_cast<const __m256i*>(kAt.k[k])));
 }
+// The nibbles of 32 codes v (two groups: one per 128-bit half) under thresholds t (eight
+// bytes T[k] - 1 in each half, its group's).
 QUENCH_AVX2 inline __m256i Nibbles32(__m256i v, __m256i t) {
   const __m256i m = _mm256_and_si256(v, _mm256_set1_epi8(0x7F));
   const __m256i ge0 = _mm256_cmpgt_epi8(m, At(t, 0));
@@ -357,7 +412,8 @@ QUENCH_AVX2 FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
   const size_t n_groups = in.cols / kGroup;
   const size_t units = in.cols / 64;  // 64 codes (two vectors, four groups) a unit
   const size_t first_band = in.first_row / in.block_rows;
-  Nvfp4Builds ctx{ws, nullptr, gs};
+  Nvfp4Builds ctx{ws, nullptr, gs, std::vector<uint32_t>(in.scale_cols, 0u),
+                  std::vector<uint8_t>(in.scale_cols * kMags)};
   // base[4u + p]: the slot (j * 128) of mc = 0 in the column of the group whose maximum the
   // reduction below leaves in qword p of unit u: groups 0, 2, 1, 3 of the unit.
   const std::vector<uint32_t> col_of = fused::BlockColumns(in, kGroup);
