@@ -216,6 +216,7 @@ QUENCH_AVX2 FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
   int8_t* thr = reinterpret_cast<int8_t*>(ws.tables.get());
   const __m256i low7 = _mm256_set1_epi8(0x7F), eight = _mm256_set1_epi8(8);
   const __m256i minus7 = _mm256_set1_epi8(-7);
+  std::vector<uint32_t> slots(n_groups);  // the row's: j * 128 + mc
   StreamOut stream(out.out[0]);
   const float* scale_row = nullptr;
   size_t cur = ~size_t{0};
@@ -229,10 +230,9 @@ QUENCH_AVX2 FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
     const uint8_t* codes = in.codes + r * in.cols;
     uint8_t* packed = out.out[0] + r * (in.cols / 2);
     uint8_t* scales = out.out[1] + r * n_groups * 2;
+    // 1. Each group's slot (column j, largest magnitude mc).
     for (size_t g = 0; g < n_groups; ++g) {
       const uint8_t* gc = codes + g * group;
-      _mm_prefetch(reinterpret_cast<const char*>(gc) + 2048, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(gc) + 2048 + 64, _MM_HINT_T0);
       __m256i mx = _mm256_setzero_si256();
       for (size_t i = 0; i < group; i += 32) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gc + i));
@@ -243,23 +243,34 @@ QUENCH_AVX2 FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
       q = _mm_max_epu8(q, _mm_srli_si128(q, 4));
       q = _mm_max_epu8(q, _mm_srli_si128(q, 2));
       q = _mm_max_epu8(q, _mm_srli_si128(q, 1));
-      const uint32_t mc = static_cast<uint32_t>(_mm_cvtsi128_si32(q)) & 0xFFu;
-      if (mc == 0x7F) {  // a NaN code
-        stream.Finish();
-        return FusedResult::kNotFinite;
-      }
-      const size_t slot = col_of[g] * kMags + mc;
-      int8_t* t = thr + slot * kThr;
+      slots[g] = col_of[g] * static_cast<uint32_t>(kMags) +
+                 (static_cast<uint32_t>(_mm_cvtsi128_si32(q)) & 0xFFu);
+    }
+    // 2. Thresholds not built in this band are built now (no call in the loop below), and
+    // the groups' scales stored.
+    for (size_t g = 0; g < n_groups; ++g) {
+      const uint32_t slot = slots[g];
+      const uint32_t mc = slot % kMags;
       if (ws.slot_stamp[slot] != ws.epoch) {
-        if (!BuildInt4(Decode(ws, scale_row, col_of[g]), mc, t, &ws.slot_scale[slot])) {
+        if (mc == 0x7F ||  // a NaN code
+            !BuildInt4(Decode(ws, scale_row, col_of[g]), mc, thr + size_t{slot} * kThr,
+                       &ws.slot_scale[slot])) {
           stream.Finish();
           return FusedResult::kNotFinite;
         }
         ws.slot_stamp[slot] = ws.epoch;
       }
+      std::memcpy(scales + 2 * g, &ws.slot_scale[slot], 2);
+    }
+    // 3. The nibbles.
+    for (size_t g = 0; g < n_groups; ++g) {
+      const uint8_t* gc = codes + g * group;
+      const int8_t* t = thr + size_t{slots[g]} * kThr;
       __m256i tk[8];
       for (int k = 0; k < 8; ++k) tk[k] = _mm256_set1_epi8(t[k]);
       for (size_t i = 0; i < group; i += 64) {
+        // The next row's codes, for step 1 (which is too quick to wait for memory).
+        _mm_prefetch(reinterpret_cast<const char*>(gc + i + in.cols), _MM_HINT_T0);
         __m256i u[2];
         for (int h = 0; h < 2; ++h) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gc + i + 32 * h));
@@ -273,7 +284,6 @@ QUENCH_AVX2 FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
         }
         stream.Put(packed + (g * group + i) / 2, Pack64(u[0], u[1]));
       }
-      std::memcpy(scales + 2 * g, &ws.slot_scale[slot], 2);
     }
   }
   stream.Finish();
