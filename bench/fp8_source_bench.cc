@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!fp8::FusedSourceAvailable()) {
-    std::printf("no AVX-512 VBMI: the fused kernels decline every chunk\n");
+    std::printf("neither AVX-512 VBMI nor AVX2: the fused kernels decline every chunk\n");
     return 0;
   }
   const size_t n = rows * cols;

@@ -1,5 +1,5 @@
 // The x86 CPU features the hand-written AVX-512 kernels need, checked once at run time:
-// fp8_source_quant.cc / fp8_source_nvfp4.cc (VBMI tables) and the AVX-512 BF16 kernels
+// fp8_source_quant.cc / fp8_source_nvfp4.cc (VBMI tables; AVX2 thresholds otherwise) and the AVX-512 BF16 kernels
 // (avx512bf16.h) share the same base set.
 #ifndef QUENCH_SCHEMES_CPU_X86_H_
 #define QUENCH_SCHEMES_CPU_X86_H_
@@ -14,6 +14,18 @@ inline bool HasAvx512Vbmi() {
                          __builtin_cpu_supports("avx512vl") &&
                          __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// True when this CPU has AVX2 (the fused FP8-source kernels' fallback without VBMI,
+// fp8_source_avx2.cc).
+inline bool HasAvx2() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2") &&
+                         __builtin_cpu_supports("popcnt");
   return ok;
 #else
   return false;

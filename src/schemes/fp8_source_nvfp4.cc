@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "schemes/cpu_x86.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4_bounds.h"
 #include "schemes/fp4_shared.h"
@@ -304,7 +305,8 @@ QUENCH_VBMI FusedResult Nvfp4Impl(const SourceChunk& in, float gs, const ChunkOu
 FusedResult QuantizeSourceNvfp4(const SourceChunk& in, float global_scale,
                                 const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
-  if (!FusedSourceAvailable() || in.cols % 64 != 0 || in.block_cols % 16 != 0 ||
+  if (!cpu::HasAvx512Vbmi()) return internal::QuantizeSourceNvfp4Avx2(in, global_scale, out);
+  if (in.cols % 64 != 0 || in.block_cols % 16 != 0 ||
       in.block_rows == 0 || !(global_scale > 0.f) || !std::isfinite(global_scale) ||
       !fused::ScalesUnsigned(in)) {
     return FusedResult::kNotHandled;

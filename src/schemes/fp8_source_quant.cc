@@ -31,7 +31,7 @@ namespace quench::fp8 {
 
 bool FusedSourceAvailable() {
 #ifdef QUENCH_FUSED_X86
-  return cpu::HasAvx512Vbmi();
+  return cpu::HasAvx512Vbmi() || internal::Avx2FusedAvailable();
 #else
   return false;
 #endif
@@ -131,7 +131,8 @@ QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
 
 FusedResult QuantizeSourceInt4(const SourceChunk& in, size_t group, const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
-  if (!FusedSourceAvailable() || group == 0 || group % 64 != 0 || in.block_cols % group != 0 ||
+  if (!cpu::HasAvx512Vbmi()) return internal::QuantizeSourceInt4Avx2(in, group, out);
+  if (group == 0 || group % 64 != 0 || in.block_cols % group != 0 ||
       in.cols % group != 0 || in.block_rows == 0 || !fused::ScalesUnsigned(in)) {
     return FusedResult::kNotHandled;
   }

@@ -10,9 +10,10 @@
 // The chunk then costs a byte max and a table lookup per weight instead of a decode, a
 // division and the roundings (bench/README.md, "FP8 sources: fused").
 //
-// The lookups need AVX-512 VBMI (64 byte-table lookups per instruction); on other CPUs, and
-// for shapes or schemes outside what is handled here, the calls return kNotHandled and the
-// caller decodes and runs the scheme's kernel as before.
+// The lookups need AVX-512 VBMI (64 byte-table lookups per instruction); AVX2 CPUs without it
+// take per-group thresholds on the code instead (fp8_source_avx2.cc, same bytes). On other
+// CPUs, and for shapes or schemes outside what is handled here, the calls return kNotHandled
+// and the caller decodes and runs the scheme's kernel as before.
 #ifndef QUENCH_SCHEMES_FP8_SOURCE_QUANT_H_
 #define QUENCH_SCHEMES_FP8_SOURCE_QUANT_H_
 
@@ -29,7 +30,7 @@ enum class FusedResult {
   kNotFinite,   // a NaN code or a product not finite in bf16 (as DequantizeSource's false)
 };
 
-// True when this CPU runs the fused kernels (AVX-512 BW + VBMI).
+// True when this CPU runs the fused kernels (AVX-512 BW + VBMI, or AVX2).
 bool FusedSourceAvailable();
 
 // Symmetric int4 groups, packed (W4A16's pack-quantized with a group size): out[0] = the
@@ -44,6 +45,17 @@ FusedResult QuantizeSourceInt4(const SourceChunk& in, size_t group, const ChunkO
 // scale has its sign bit set.
 FusedResult QuantizeSourceNvfp4(const SourceChunk& in, float global_scale,
                                 const ChunkOutputs& out);
+
+namespace internal {
+
+// The AVX2 kernels alone (what the calls above run on a CPU without VBMI), for tests on any
+// AVX2 CPU: the same contract, kNotHandled without AVX2.
+bool Avx2FusedAvailable();
+FusedResult QuantizeSourceInt4Avx2(const SourceChunk& in, size_t group, const ChunkOutputs& out);
+FusedResult QuantizeSourceNvfp4Avx2(const SourceChunk& in, float global_scale,
+                                    const ChunkOutputs& out);
+
+}  // namespace internal
 
 }  // namespace quench::fp8
 
