@@ -13,6 +13,8 @@
 #include <memory>
 #include <system_error>
 
+#include "format/page_cache.h"
+
 namespace quench {
 namespace fs = std::filesystem;
 
@@ -132,6 +134,11 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t len) const {
   if (data_ == nullptr || len == 0) return;
   const uint64_t begin = offset / kPage * kPage;
   const uint64_t end = std::min(size_, offset + len);
+  // Asking for pages that are already cached is not free: MADV_WILLNEED looks up every page
+  // of the range (up to the device's read-ahead size per call), where cachestat walks its
+  // folios (bench/README.md, "Start, input hints and the AVX2 int4 kernel"). A warm run
+  // asks for nothing; a range with any page missing is asked for as before.
+  if (RangeCached(fd_, begin, end - begin)) return;
   madvise(data_ + begin, end - begin, MADV_WILLNEED);
 }
 
