@@ -180,10 +180,7 @@ bool Avx2FusedAvailable() {
 
 FusedResult QuantizeSourceInt4Avx2(const SourceChunk& in, size_t group, const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
-  if (!Avx2FusedAvailable() || group == 0 || group % 64 != 0 || in.block_cols % group != 0 ||
-      in.cols % group != 0 || in.block_rows == 0 || !fused::ScalesUnsigned(in)) {
-    return FusedResult::kNotHandled;
-  }
+  if (!Avx2FusedAvailable() || !fused::Int4Accepts(in, group)) return FusedResult::kNotHandled;
   if (in.rows == 0) return FusedResult::kOk;
   return avx2::Int4Impl(in, group, out);
 #else

@@ -255,9 +255,7 @@ namespace internal {
 FusedResult QuantizeSourceNvfp4Avx2(const SourceChunk& in, float global_scale,
                                     const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
-  if (!Avx2FusedAvailable() || in.cols % 64 != 0 || in.block_cols % 16 != 0 ||
-      in.block_rows == 0 || !(global_scale > 0.f) || !std::isfinite(global_scale) ||
-      !fused::ScalesUnsigned(in)) {
+  if (!Avx2FusedAvailable() || !fused::Nvfp4Accepts(in, global_scale)) {
     return FusedResult::kNotHandled;
   }
   if (in.rows == 0) return FusedResult::kOk;

@@ -306,11 +306,7 @@ FusedResult QuantizeSourceNvfp4(const SourceChunk& in, float global_scale,
                                 const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
   if (!cpu::HasAvx512Vbmi()) return internal::QuantizeSourceNvfp4Avx2(in, global_scale, out);
-  if (in.cols % 64 != 0 || in.block_cols % 16 != 0 ||
-      in.block_rows == 0 || !(global_scale > 0.f) || !std::isfinite(global_scale) ||
-      !fused::ScalesUnsigned(in)) {
-    return FusedResult::kNotHandled;
-  }
+  if (!fused::Nvfp4Accepts(in, global_scale)) return FusedResult::kNotHandled;
   if (in.rows == 0) return FusedResult::kOk;
   return fused::Nvfp4Impl(in, global_scale, out);
 #else

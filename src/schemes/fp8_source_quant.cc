@@ -132,10 +132,7 @@ QUENCH_VBMI FusedResult Int4Impl(const SourceChunk& in, size_t group, const Chun
 FusedResult QuantizeSourceInt4(const SourceChunk& in, size_t group, const ChunkOutputs& out) {
 #ifdef QUENCH_FUSED_X86
   if (!cpu::HasAvx512Vbmi()) return internal::QuantizeSourceInt4Avx2(in, group, out);
-  if (group == 0 || group % 64 != 0 || in.block_cols % group != 0 ||
-      in.cols % group != 0 || in.block_rows == 0 || !fused::ScalesUnsigned(in)) {
-    return FusedResult::kNotHandled;
-  }
+  if (!fused::Int4Accepts(in, group)) return FusedResult::kNotHandled;
   if (in.rows == 0) return FusedResult::kOk;
   return fused::Int4Impl(in, group, out);
 #else

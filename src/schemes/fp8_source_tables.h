@@ -237,6 +237,20 @@ inline bool ScalesUnsigned(const SourceChunk& in) {
   return true;
 }
 
+// The chunks both fused int4 kernels (VBMI and AVX2) take: groups of 64-element multiples that
+// tile the source blocks, and unsigned scales.
+inline bool Int4Accepts(const SourceChunk& in, size_t group) {
+  return group != 0 && group % 64 == 0 && in.block_cols % group == 0 && in.cols % group == 0 &&
+         in.block_rows != 0 && ScalesUnsigned(in);
+}
+
+// The chunks both fused NVFP4 kernels take: rows of whole 64-element lines, blocks of whole
+// 16-element groups, a positive finite global scale, and unsigned scales.
+inline bool Nvfp4Accepts(const SourceChunk& in, float global_scale) {
+  return in.cols % 64 == 0 && in.block_cols % 16 == 0 && in.block_rows != 0 &&
+         global_scale > 0.f && std::isfinite(global_scale) && ScalesUnsigned(in);
+}
+
 
 }  // namespace quench::fp8::fused
 #endif  // QUENCH_FUSED_X86
