@@ -3,8 +3,8 @@
 // bf16 x (both signs, subnormals, zeros) under the scale of rows whose amax has every bf16
 // significand at exponents across the whole range, including subnormal amax and scales (the
 // division fallback, ReciprocalIsExact false), amax that rounds the scale to 0 (eps), scales
-// >= 2^126 (division), zero rows, row widths around the 16/32-element steps, many-row chunks,
-// and refusal of NaN and Inf. On a CPU without AVX2 and FMA the kernel is never dispatched;
+// >= 2^126 (division), every finite amax, short rows (batched) and long ones, zero rows, row
+// widths around the 16/32-element steps, many-row chunks, and refusal of NaN and Inf. On a CPU without AVX2 and FMA the kernel is never dispatched;
 // this checks that it says so.
 #include <doctest/doctest.h>
 
@@ -100,9 +100,39 @@ TEST_CASE("every finite bf16 x under every amax significand, many binades") {
       CAPTURE(amax);
       ExpectSame(data, 2, row.size());
       checked += data.size();
+      // The same values in short rows (the batched path): each row amax (sign alternating)
+      // and the next 127 values, the last one zero-padded.
+      constexpr size_t kShort = 128;
+      std::vector<uint16_t> short_rows;
+      for (size_t i = 0, r = 0; i < data.size(); i += kShort - 1, ++r) {
+        short_rows.push_back(static_cast<uint16_t>(amax_bits | ((r & 1) << 15)));
+        for (size_t j = 0; j < kShort - 1; ++j) {
+          short_rows.push_back(i + j < data.size() ? data[i + j] : 0);
+        }
+      }
+      ExpectSame(short_rows, short_rows.size() / kShort, kShort);
     }
   }
   MESSAGE(checked << " (x, scale) pairs checked");
+}
+
+TEST_CASE("every finite amax, in short and long rows") {
+  if (!Fp8Bf16Avx2Available()) return;
+  // Row k: amax = the k-th finite positive bf16 pattern (sign alternating), then values at
+  // and below it: the scale of every amax, by both the batched and the per-row path.
+  for (size_t cols : {24, 600}) {
+    std::vector<uint16_t> data;
+    size_t rows = 0;
+    for (uint32_t a = 0; a < 0x7F80u; ++a, ++rows) {
+      data.push_back(static_cast<uint16_t>(a | ((a & 1) << 15)));
+      for (size_t j = 1; j < cols; ++j) {
+        const uint32_t x = a * (cols - j) / cols;  // below amax, down to 0
+        data.push_back(static_cast<uint16_t>(x | ((j % 3 == 0) << 15)));
+      }
+    }
+    CAPTURE(cols);
+    ExpectSame(data, rows, cols);
+  }
 }
 
 TEST_CASE("row widths, batches of rows, zero rows, subnormal and saturating values") {

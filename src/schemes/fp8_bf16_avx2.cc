@@ -53,6 +53,8 @@ namespace {
 
 constexpr size_t kStep = 32;                   // elements per main-loop step
 constexpr size_t kPrefetchRowBytes = 2048;     // rows this long ask for the next row
+constexpr size_t kBatchRowBytes = 1024;        // rows up to this long go in batches
+constexpr size_t kBatchRows = 8;               // one f32 vector of scales
 
 // The largest abs bit pattern of the n bf16 elements at p: for finite values it orders like
 // |x|; >= 0x7F80 means an Inf or NaN.
@@ -161,8 +163,59 @@ QUENCH_FP8_AVX2 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar, 
   }
 }
 
+// Scales of 8 rows from their amax bit patterns (finite): RNE_bf16(amax / 448) by the f32
+// division and c10's integer RNE (fp8_shared.h's ScaleFromAmax), 0 replaced by eps(bf16).
+QUENCH_FP8_AVX2 inline __m256 Scales8(const uint32_t* amax_bits) {
+  const __m256 amax = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(amax_bits)), 16));
+  const __m256i q =
+      _mm256_castps_si256(_mm256_div_ps(amax, _mm256_set1_ps(internal::kE4M3Max)));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_and_si256(
+      _mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
+      _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  const __m256i zero = _mm256_cmpeq_epi32(rounded, _mm256_setzero_si256());
+  return _mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                          _mm256_set1_ps(internal::ScaleEps(DType::kBF16)),
+                          _mm256_castsi256_ps(zero));
+}
+
+// Quantizes one row with its scale (and its reciprocal, used where ReciprocalIsExact).
+QUENCH_FP8_AVX2 inline void QuantizeRowWith(const uint8_t* row, size_t cols, float scale,
+                                            float recip, uint8_t* dst, const uint8_t* ahead) {
+  if (internal::ReciprocalIsExact(scale, DType::kBF16)) {
+    QuantizeRow<true>(row, cols, recip, dst, ahead);
+  } else {
+    QuantizeRow<false>(row, cols, scale, dst, ahead);
+  }
+}
+
 QUENCH_FP8_AVX2 bool ChannelBf16Avx2(const WeightChunk& in, const ChunkOutputs& out) {
   const size_t row_bytes = in.cols * 2;
+  if (row_bytes <= kBatchRowBytes) {
+    // Short rows (Kimi's 256-byte ones) in batches of 8: one vector of scales and
+    // reciprocals instead of two scalar divisions per row.
+    alignas(32) uint32_t amax[kBatchRows];
+    alignas(32) float scale[kBatchRows];
+    alignas(32) float recip[kBatchRows];
+    for (size_t r0 = 0; r0 < in.rows; r0 += kBatchRows) {
+      const size_t nr = std::min(kBatchRows, in.rows - r0);
+      for (size_t k = 0; k < kBatchRows; ++k) {
+        amax[k] = k < nr ? RowAbsMax(in.data + (r0 + k) * row_bytes, in.cols) : 0;
+        if (amax[k] >= 0x7F80u) return false;  // Inf or NaN in the row
+      }
+      const __m256 s = Scales8(amax);
+      _mm256_store_ps(scale, s);
+      _mm256_store_ps(recip, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
+      for (size_t k = 0; k < nr; ++k) {
+        const size_t r = r0 + k;
+        internal::StoreScale(out.out[1] + r * 2, scale[k], DType::kBF16);
+        QuantizeRowWith(in.data + r * row_bytes, in.cols, scale[k], recip[k],
+                        out.out[0] + r * in.cols, nullptr);
+      }
+    }
+    return true;
+  }
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * row_bytes;
     const uint32_t amax_bits = RowAbsMax(row, in.cols);
@@ -170,15 +223,10 @@ QUENCH_FP8_AVX2 bool ChannelBf16Avx2(const WeightChunk& in, const ChunkOutputs& 
     const float scale =
         internal::ScaleFromAmax(BF16ToF32(static_cast<uint16_t>(amax_bits)), DType::kBF16);
     internal::StoreScale(out.out[1] + r * 2, scale, DType::kBF16);
-    // Short rows (Kimi's 256-byte ones) are left to the hardware prefetcher.
+    // Long rows ask for the next one as they go.
     const uint8_t* ahead =
         row_bytes >= kPrefetchRowBytes && r + 1 < in.rows ? row + row_bytes : nullptr;
-    uint8_t* dst = out.out[0] + r * in.cols;
-    if (internal::ReciprocalIsExact(scale, DType::kBF16)) {
-      QuantizeRow<true>(row, in.cols, 1.0f / scale, dst, ahead);
-    } else {
-      QuantizeRow<false>(row, in.cols, scale, dst, ahead);
-    }
+    QuantizeRowWith(row, in.cols, scale, 1.0f / scale, out.out[0] + r * in.cols, ahead);
   }
   return true;
 }
