@@ -109,24 +109,27 @@ QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by) {
   const __m256i v = _mm256_blend_epi16(_mm256_srli_epi32(re, 16), ro, 0xAA);
   const __m256i f = _mm256_and_si256(v, _mm256_set1_epi16(0x7FFF));
   // Normal: f - (120 << 7) rebiases the exponent; + 7 + the lowest kept bit is RNE on the 4
-  // dropped bits (f >= 121 << 7 where this is kept, so nothing wraps there).
+  // dropped bits. The subtraction saturates, so |v| <= 2^-10 (f <= 0x3A80, code 0) gives 0.
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(f, 4), _mm256_set1_epi16(1));
-  const __m256i biased = _mm256_add_epi16(
-      _mm256_add_epi16(f, _mm256_set1_epi16(static_cast<int16_t>(7 - (120 << 7)))), lsb);
-  const __m256i normal =
-      _mm256_min_epu16(_mm256_srli_epi16(biased, 4), _mm256_set1_epi16(0x7E));
-  // Subnormal: the low 16 bits of 1.5 * 2^23 + v * 2^9 are +-RNE(|v| * 2^9).
-  const __m256 magic = _mm256_set1_ps(12582912.0f);
-  const __m256 p9 = _mm256_set1_ps(512.0f);
-  const __m256 se =
-      _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(re, hi_mask)), p9, magic);
-  const __m256 so =
-      _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(ro, hi_mask)), p9, magic);
-  const __m256i sub = _mm256_abs_epi16(_mm256_blend_epi16(
-      _mm256_castps_si256(se), _mm256_slli_epi32(_mm256_castps_si256(so), 16), 0xAA));
-  // f < 121 << 7 (|v| < 2^-6), a signed compare since f <= 0x7FFF.
-  const __m256i is_sub = _mm256_cmpgt_epi16(_mm256_set1_epi16(121 << 7), f);
-  const __m256i code = _mm256_blendv_epi8(normal, sub, is_sub);
+  const __m256i biased =
+      _mm256_subs_epu16(_mm256_add_epi16(f, lsb), _mm256_set1_epi16((120 << 7) - 7));
+  __m256i code = _mm256_min_epu16(_mm256_srli_epi16(biased, 4), _mm256_set1_epi16(0x7E));
+  // 2^-10 < |v| < 2^-6 (0x3A80 < f < 121 << 7; signed compares since f <= 0x7FFF): e4m3
+  // subnormal codes 1..8, rare in weights, so computed only when a lane needs them.
+  const __m256i above = _mm256_cmpgt_epi16(f, _mm256_set1_epi16(0x3A80));
+  const __m256i below = _mm256_cmpgt_epi16(_mm256_set1_epi16(121 << 7), f);
+  if (!_mm256_testz_si256(above, below)) [[unlikely]] {
+    // The low 16 bits of 1.5 * 2^23 + v * 2^9 are +-RNE(|v| * 2^9).
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 p9 = _mm256_set1_ps(512.0f);
+    const __m256 se =
+        _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(re, hi_mask)), p9, magic);
+    const __m256 so =
+        _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(ro, hi_mask)), p9, magic);
+    const __m256i sub = _mm256_abs_epi16(_mm256_blend_epi16(
+        _mm256_castps_si256(se), _mm256_slli_epi32(_mm256_castps_si256(so), 16), 0xAA));
+    code = _mm256_blendv_epi8(code, sub, _mm256_and_si256(above, below));
+  }
   return _mm256_or_si256(code,
                          _mm256_and_si256(_mm256_srli_epi16(v, 8), _mm256_set1_epi16(0x80)));
 }

@@ -14,7 +14,9 @@
 //    saturating to 0x7E (as the clamp to 448 does); below 2^-6 the code is RNE(|v| * 2^9),
 //    taken as the low bits of the f32 sum 1.5 * 2^23 + v * 2^9 (one FMA on the bf16 value as
 //    f32: the product is exact, the sum has an ulp of 1 there and rounds to nearest even; a
-//    negative v leaves -code, whose absolute value is taken); the sign goes to bit 7.
+//    negative v leaves -code, whose absolute value is taken), computed only for vectors with
+//    a lane in (2^-10, 2^-6): below, the code is 0, which the normal step's saturating
+//    subtraction gives; the sign goes to bit 7.
 // tests/test_fp8_bf16_avx2.cc runs every finite bf16 x under scales of every significand and
 // many binades through this kernel and the scalar definition, plus row shapes, zero rows and
 // NaN/Inf refusal.
