@@ -1,7 +1,9 @@
 // Thread CPU per weight of the FP8_DYNAMIC per-channel kernel on bf16 (bench/README.md, "FP8
 // channel kernel with AVX-512 BF16"): the Highway kernel against the AVX-512 BF16 one, on
 // Kimi-shaped short rows (128 columns) and Llama-shaped long rows, the chunk hot in cache
-// (as in the pipeline, whose reads bring it in) and cold (a fresh chunk each call).
+// (as in the pipeline, whose reads bring it in) and cold (a fresh chunk each call). The
+// hand-written kernel is the AVX-512 BF16 one where the CPU has it, else the AVX2 one
+// (fp8_bf16_avx2.h); "highway" turns both off.
 //   quench-fp8-bench [repeats]
 
 #include <cstdint>
@@ -12,13 +14,15 @@
 
 #include "schemes/fp8.h"
 #include "schemes/fp8_bf16.h"
+#include "schemes/fp8_bf16_avx2.h"
 #include "thread_cpu.h"
 
 namespace {
 
 // Best of `repeats` of quantizing `copies` chunks of rows x cols one after another.
-double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool avx512bf16) {
-  quench::fp8::internal::SetFp8Bf16Enabled(avx512bf16);
+double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool hand_written) {
+  quench::fp8::internal::SetFp8Bf16Enabled(hand_written);
+  quench::fp8::internal::SetFp8Bf16Avx2Enabled(hand_written);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   std::vector<uint16_t> data(rows * cols * copies);
@@ -53,7 +57,8 @@ double NsPerWeight(size_t rows, size_t cols, size_t copies, int repeats, bool av
 
 int main(int argc, char** argv) {
   const int repeats = argc > 1 ? std::atoi(argv[1]) : 20;
-  std::printf("AVX-512 BF16 available: %d\n", quench::fp8::Fp8Bf16Available());
+  std::printf("AVX-512 BF16 available: %d, AVX2 kernel available: %d\n",
+              quench::fp8::Fp8Bf16Available(), quench::fp8::Fp8Bf16Avx2Available());
   struct Shape {
     const char* name;
     size_t rows, cols, copies;
@@ -65,9 +70,9 @@ int main(int argc, char** argv) {
   };
   for (const Shape& s : shapes) {
     const double hwy = NsPerWeight(s.rows, s.cols, s.copies, repeats, false);
-    const double bf16 = NsPerWeight(s.rows, s.cols, s.copies, repeats, true);
-    std::printf("%-30s highway %.3f ns/weight  avx512bf16 %.3f ns/weight  (%.2fx)\n", s.name,
-                hwy, bf16, hwy / bf16);
+    const double hand = NsPerWeight(s.rows, s.cols, s.copies, repeats, true);
+    std::printf("%-30s highway %.3f ns/weight  hand-written %.3f ns/weight  (%.2fx)\n", s.name,
+                hwy, hand, hwy / hand);
   }
   return 0;
 }

@@ -33,6 +33,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/fp8.h"
 #include "schemes/fp8_bf16.h"
+#include "schemes/fp8_bf16_avx2.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/fp8.cc"
@@ -209,6 +210,10 @@ bool QuantizeChannelKernel(const WeightChunk& in, const ChunkOutputs& out) {
   // from the AVX-512 targets only, so that tests running the lesser targets still run their
   // Highway code.
   if (Fp8Bf16Handles(in)) return QuantizeChannelBf16(in, out);
+#elif HWY_TARGET == HWY_AVX2
+  // bf16 on the AVX2 target: e4m3 on 16-bit lanes (fp8_bf16_avx2.h), taken from this target
+  // only for the same reason.
+  if (Fp8Bf16Avx2Handles(in)) return QuantizeChannelBf16Avx2(in, out);
 #endif
   switch (in.dtype) {
     case DType::kBF16: return ChannelImpl<DType::kBF16>(in, out);
