@@ -146,16 +146,26 @@ QUENCH_AVX2 inline __m256i At(__m256i t, int k) {  // byte k of each half, in al
   return _mm256_shuffle_epi8(t, _mm256_load_si256(reinterpret_cast<const __m256i*>(kAt.k[k])));
 }
 // The nibbles of 32 codes v (two groups: one per 128-bit half) under thresholds t (eight
-// bytes T[k] - 1 in each half, its group's).
+// bytes T[k] - 1 in each half, its group's). The index #{k in 1..7 : m >= T[k]} is found by a
+// three-step binary search rather than seven compares: the thresholds are non-decreasing in
+// k (so are the bounds), so the index is at least p + s iff m >= T[p + s], and each step
+// compares every byte with the threshold at its own position (a shuffle by a per-byte index).
 QUENCH_AVX2 inline __m256i Nibbles32(__m256i v, __m256i t) {
   const __m256i m = _mm256_and_si256(v, _mm256_set1_epi8(0x7F));
   const __m256i ge0 = _mm256_cmpgt_epi8(m, At(t, 0));
-  __m256i acc = _mm256_cmpgt_epi8(m, At(t, 1));  // -idx after the loop
-  for (int k = 2; k < 8; ++k) acc = _mm256_add_epi8(acc, _mm256_cmpgt_epi8(m, At(t, k)));
-  // 8 where the code is negative and m >= T[0] (bit 7 of ge0 & v), minus -idx.
+  __m256i pos = _mm256_and_si256(_mm256_cmpgt_epi8(m, At(t, 4)), _mm256_set1_epi8(4));
+  pos = _mm256_or_si256(
+      pos, _mm256_and_si256(
+               _mm256_cmpgt_epi8(
+                   m, _mm256_shuffle_epi8(t, _mm256_or_si256(pos, _mm256_set1_epi8(2)))),
+               _mm256_set1_epi8(2)));
+  // pos - (-1) where m >= T[pos + 1].
+  pos = _mm256_sub_epi8(
+      pos, _mm256_cmpgt_epi8(m, _mm256_shuffle_epi8(t, _mm256_add_epi8(pos, _mm256_set1_epi8(1)))));
+  // 8 where the code is negative and m >= T[0] (bit 7 of ge0 & v).
   const __m256i sign8 = _mm256_blendv_epi8(_mm256_setzero_si256(), _mm256_set1_epi8(8),
                                            _mm256_and_si256(ge0, v));
-  return _mm256_sub_epi8(sign8, acc);
+  return _mm256_or_si256(sign8, pos);
 }
 
 // The thresholds of slots a (low half) and c (high half).
