@@ -24,19 +24,22 @@ namespace {
 // sorted, so the count is 16 times the number of runs of 16 whose last entry is below the
 // bound, plus the entries below it in the next run.
 QUENCH_AVX2 void ThresholdsOfBounds(const uint16_t* dec, const uint16_t* bound, int8_t* t) {
-  const __m128i lasts = _mm_setr_epi16(
-      static_cast<int16_t>(dec[15]), static_cast<int16_t>(dec[31]),
-      static_cast<int16_t>(dec[47]), static_cast<int16_t>(dec[63]),
-      static_cast<int16_t>(dec[79]), static_cast<int16_t>(dec[95]),
-      static_cast<int16_t>(dec[111]), static_cast<int16_t>(dec[127]));
+  // All eight bounds' run counts at once, each run's last entry against the eight bounds
+  // (one vector instead of a broadcast, compare and popcount per bound on each one's path).
+  const __m128i bk = _mm_load_si128(reinterpret_cast<const __m128i*>(bound));
+  __m128i runs = _mm_setzero_si128();
+  for (int i = 0; i < 8; ++i) {
+    const __m128i last = _mm_set1_epi16(static_cast<int16_t>(dec[16 * i + 15]));
+    runs = _mm_sub_epi16(runs, _mm_cmpgt_epi16(bk, last));
+  }
+  alignas(16) uint16_t first[8];  // 16 * runs: the first entry of each bound's run
+  _mm_store_si128(reinterpret_cast<__m128i*>(first), _mm_slli_epi16(runs, 4));
   for (int k = 0; k < 8; ++k) {
-    const int16_t bk = static_cast<int16_t>(bound[k]);
-    const unsigned runs =
-        _mm_popcnt_u32(_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_set1_epi16(bk), lasts))) / 2;
-    const __m256i run = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + 16 * runs));
+    const __m256i run = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + first[k]));
+    const __m256i bound_k = _mm256_set1_epi16(static_cast<int16_t>(bound[k]));
     const unsigned below =
-        _mm_popcnt_u32(_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_set1_epi16(bk), run))) / 2;
-    t[k] = static_cast<int8_t>(16 * runs + below - 1);
+        _mm_popcnt_u32(_mm256_movemask_epi8(_mm256_cmpgt_epi16(bound_k, run))) / 2;
+    t[k] = static_cast<int8_t>(first[k] + below - 1);
   }
 }
 
