@@ -24,19 +24,22 @@ namespace {
 // sorted, so the count is 16 times the number of runs of 16 whose last entry is below the
 // bound, plus the entries below it in the next run.
 QUENCH_AVX2 void ThresholdsOfBounds(const uint16_t* dec, const uint16_t* bound, int8_t* t) {
-  const __m128i lasts = _mm_setr_epi16(
-      static_cast<int16_t>(dec[15]), static_cast<int16_t>(dec[31]),
-      static_cast<int16_t>(dec[47]), static_cast<int16_t>(dec[63]),
-      static_cast<int16_t>(dec[79]), static_cast<int16_t>(dec[95]),
-      static_cast<int16_t>(dec[111]), static_cast<int16_t>(dec[127]));
+  // All eight bounds' run counts at once, each run's last entry against the eight bounds
+  // (one vector instead of a broadcast, compare and popcount per bound on each one's path).
+  const __m128i bk = _mm_load_si128(reinterpret_cast<const __m128i*>(bound));
+  __m128i runs = _mm_setzero_si128();
+  for (int i = 0; i < 8; ++i) {
+    const __m128i last = _mm_set1_epi16(static_cast<int16_t>(dec[16 * i + 15]));
+    runs = _mm_sub_epi16(runs, _mm_cmpgt_epi16(bk, last));
+  }
+  alignas(16) uint16_t first[8];  // 16 * runs: the first entry of each bound's run
+  _mm_store_si128(reinterpret_cast<__m128i*>(first), _mm_slli_epi16(runs, 4));
   for (int k = 0; k < 8; ++k) {
-    const int16_t bk = static_cast<int16_t>(bound[k]);
-    const unsigned runs =
-        _mm_popcnt_u32(_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_set1_epi16(bk), lasts))) / 2;
-    const __m256i run = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + 16 * runs));
+    const __m256i run = _mm256_load_si256(reinterpret_cast<const __m256i*>(dec + first[k]));
+    const __m256i bound_k = _mm256_set1_epi16(static_cast<int16_t>(bound[k]));
     const unsigned below =
-        _mm_popcnt_u32(_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_set1_epi16(bk), run))) / 2;
-    t[k] = static_cast<int8_t>(16 * runs + below - 1);
+        _mm_popcnt_u32(_mm256_movemask_epi8(_mm256_cmpgt_epi16(bound_k, run))) / 2;
+    t[k] = static_cast<int8_t>(first[k] + below - 1);
   }
 }
 
@@ -146,16 +149,26 @@ QUENCH_AVX2 inline __m256i At(__m256i t, int k) {  // byte k of each half, in al
   return _mm256_shuffle_epi8(t, _mm256_load_si256(reinterpret_cast<const __m256i*>(kAt.k[k])));
 }
 // The nibbles of 32 codes v (two groups: one per 128-bit half) under thresholds t (eight
-// bytes T[k] - 1 in each half, its group's).
+// bytes T[k] - 1 in each half, its group's). The index #{k in 1..7 : m >= T[k]} is found by a
+// three-step binary search rather than seven compares: the thresholds are non-decreasing in
+// k (so are the bounds), so the index is at least p + s iff m >= T[p + s], and each step
+// compares every byte with the threshold at its own position (a shuffle by a per-byte index).
 QUENCH_AVX2 inline __m256i Nibbles32(__m256i v, __m256i t) {
   const __m256i m = _mm256_and_si256(v, _mm256_set1_epi8(0x7F));
   const __m256i ge0 = _mm256_cmpgt_epi8(m, At(t, 0));
-  __m256i acc = _mm256_cmpgt_epi8(m, At(t, 1));  // -idx after the loop
-  for (int k = 2; k < 8; ++k) acc = _mm256_add_epi8(acc, _mm256_cmpgt_epi8(m, At(t, k)));
-  // 8 where the code is negative and m >= T[0] (bit 7 of ge0 & v), minus -idx.
+  __m256i pos = _mm256_and_si256(_mm256_cmpgt_epi8(m, At(t, 4)), _mm256_set1_epi8(4));
+  pos = _mm256_or_si256(
+      pos, _mm256_and_si256(
+               _mm256_cmpgt_epi8(
+                   m, _mm256_shuffle_epi8(t, _mm256_or_si256(pos, _mm256_set1_epi8(2)))),
+               _mm256_set1_epi8(2)));
+  // pos - (-1) where m >= T[pos + 1].
+  pos = _mm256_sub_epi8(
+      pos, _mm256_cmpgt_epi8(m, _mm256_shuffle_epi8(t, _mm256_add_epi8(pos, _mm256_set1_epi8(1)))));
+  // 8 where the code is negative and m >= T[0] (bit 7 of ge0 & v).
   const __m256i sign8 = _mm256_blendv_epi8(_mm256_setzero_si256(), _mm256_set1_epi8(8),
                                            _mm256_and_si256(ge0, v));
-  return _mm256_sub_epi8(sign8, acc);
+  return _mm256_or_si256(sign8, pos);
 }
 
 // The thresholds of slots a (low half) and c (high half).
