@@ -9,6 +9,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_rows.h"
@@ -164,7 +165,8 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  const bool raw_ok = !scalar && group_absmax == nullptr && internal::IntBf16Handles(b);
+  const bool raw_ok = !scalar && group_absmax == nullptr &&
+                      (internal::IntBf16Handles(b) || internal::IntAvx2Handles(b));
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
@@ -172,7 +174,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.raw = nullptr;
     b.x = x.data();
     if (raw_ok) {
-      // The AVX-512 BF16 int kernel reads the bf16 rows itself: no f32 copy.
+      // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
       if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
       b.raw = src;
       b.x = nullptr;
