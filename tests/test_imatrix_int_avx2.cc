@@ -314,6 +314,91 @@ TEST_CASE("imatrix_mse int avx2 kernel equals the definition on adversarial grou
   }
 }
 
+// The chosen quantization's row helpers (IntAvx2RowMinMax, IntAvx2Codes4) against the
+// definition: each group's min and max (min_element / max_element of the f32 values, up to
+// the sign of a zero), and every packed code u = QuantizeValue(x, scale) + 8 computed here
+// element by element, on every finite bf16 x (rows of 1024) and on random rows, under scales
+// that clip hard (the imatrix steps shrink the range), scales outside 2^-100 .. 2^100 (the
+// division path), and the zero guard eps.
+TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) {
+    CHECK(!calib::internal::IntAvx2CodesHandle(128, 1024));
+    return;
+  }
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  std::mt19937 rng(3);
+  std::shuffle(xs.begin(), xs.end(), rng);
+  std::vector<float> rnd, imp;
+  RandomRows(rng, 64, 1024, &rnd, &imp);
+  xs.insert(xs.end(), rnd.begin(), rnd.end());
+  const size_t n = 1024;
+  xs.resize(xs.size() / n * n);
+  std::vector<uint8_t> raw(xs.size() * 2);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  intq::internal::Layout l{4, -8, 7, 128, 8, 128};
+  std::uniform_int_distribution<int> exp_of(-140, 140);
+  size_t checked = 0, bad_codes = 0, bad_ranges = 0;
+  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
+    REQUIRE(calib::internal::IntAvx2CodesHandle(group, n));
+    const size_t ng = n / group;
+    std::vector<float> mn(ng), mx(ng);
+    std::vector<intq::internal::GroupParams> p(ng);
+    std::vector<uint8_t> got(n / 2), want(n / 2);
+    for (size_t r = 0; r < xs.size() / n; ++r) {
+      const float* x = xs.data() + r * n;
+      REQUIRE(calib::internal::IntAvx2RowMinMax(raw.data() + r * n * 2, ng, group, mn.data(),
+                                                mx.data()));
+      for (size_t k = 0; k < ng; ++k) {
+        const float lo = *std::min_element(x + k * group, x + (k + 1) * group);
+        const float hi = *std::max_element(x + k * group, x + (k + 1) * group);
+        if (!(mn[k] == lo && mx[k] == hi)) ++bad_ranges;
+        // A bf16 scale: the group's own (amax / 7.5), that times 2^-4 .. 2^-1 (clipping), a
+        // random power of two times a random mantissa, or eps.
+        const int kind = static_cast<int>((r + k) % 4);
+        float s = Bf16(std::max(std::fabs(lo), std::fabs(hi)) / 7.5f);
+        if (kind == 1) s = Bf16(s * std::ldexp(1.f, -1 - static_cast<int>(r % 4)));
+        if (kind == 2) s = Bf16(std::ldexp(1.f + static_cast<float>(r % 128) / 128.f, exp_of(rng)));
+        if (kind == 3 || s == 0.f || !std::isfinite(s)) s = 0.0078125f;
+        p[k] = {s, 0};
+      }
+      calib::internal::IntAvx2Codes4(raw.data() + r * n * 2, n, group, p.data(), got.data());
+      for (size_t c = 0; c < n; c += 2) {
+        const auto u = [&](size_t i) {
+          return static_cast<uint8_t>(
+              intq::internal::QuantizeValue(x[i], p[i / group], l, true, DType::kBF16) + 8);
+        };
+        want[c / 2] = static_cast<uint8_t>(u(c) | u(c + 1) << 4);
+      }
+      for (size_t i = 0; i < n / 2; ++i) {
+        ++checked;
+        if (got[i] != want[i] && bad_codes++ < 3) {
+          MESSAGE("row " << r << " byte " << i << ": got " << int(got[i]) << " want "
+                         << int(want[i]) << " scale " << p[2 * i / group].scale);
+        }
+      }
+    }
+  }
+  MESSAGE("code bytes checked: " << checked);
+  CHECK(bad_codes == 0);
+  CHECK(bad_ranges == 0);
+  // An Inf or NaN in a row: refused.
+  std::vector<uint8_t> row(2 * n, 0);
+  const uint16_t inf = 0x7F80, nan = 0xFFC1;
+  std::memcpy(&row[2 * 700], &inf, 2);
+  float a[16], b[16];
+  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+  std::memcpy(&row[2 * 700], &nan, 2);
+  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+}
+
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
 // SearchBlock's dispatch) with the kernel and with it switched off (the Highway kernels, on
 // rows converted to f32): the same masks.

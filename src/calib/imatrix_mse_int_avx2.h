@@ -8,8 +8,10 @@
 #define QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "calib/imatrix_mse_kernel.h"
+#include "schemes/int_shared.h"
 
 namespace quench::calib::internal {
 
@@ -31,8 +33,22 @@ void SearchIntAvx2(const Block& b);
 bool IntAvx2Terms(const Block& b, float scale, const float* x, const float* imp, size_t n,
                   float* terms);
 
-// Whether SearchBlock may use this kernel (default true); tests turn it off to run the
-// Highway kernels on the same blocks. Not for concurrent use with conversions.
+// The chosen quantization's row helpers for bf16 rows, packed symmetric int4, on the same
+// CPUs: true when they take groups of `group` elements in rows of n (IntAvx2Available(), the
+// switch below on, IntBf16CodesHandle false, group % 64 == 0, n % group == 0).
+bool IntAvx2CodesHandle(size_t group, size_t n);
+// Each group's min and max of a raw bf16 row (n_groups groups of `group` elements), as
+// GroupMinMax gives them for the row in f32 (up to the sign of a zero); false when the row
+// holds an Inf or NaN.
+bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn, float* mx);
+// A raw bf16 row's codes with each group's symmetric 4-bit parameters, packed as
+// IntCodesPacked4 packs them (u = q + 8, element i in bits 4i..4i+3 of the byte stream).
+void IntAvx2Codes4(const uint8_t* row, size_t n, size_t group,
+                   const intq::internal::GroupParams* p, uint8_t* dst);
+
+// Whether SearchBlock and QuantizeChosen may use these kernels (default true); tests turn it
+// off to run the Highway kernels on the same blocks and rows. Not for concurrent use with
+// conversions.
 void SetIntAvx2Enabled(bool enabled);
 bool IntAvx2Enabled();
 
