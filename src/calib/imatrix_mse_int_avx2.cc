@@ -567,14 +567,16 @@ QUENCH_IMX_AVX2 inline bool MinMax(const uint8_t* p, size_t n, float* mn, float*
     lo = _mm256_min_epi16(lo, k);
     hi = _mm256_max_epi16(hi, k);
   }
-  alignas(32) int16_t l16[16], h16[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(l16), lo);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(h16), hi);
-  int32_t kmin = l16[0], kmax = h16[0];
-  for (int i = 1; i < 16; ++i) {
-    kmin = std::min<int32_t>(kmin, l16[i]);
-    kmax = std::max<int32_t>(kmax, h16[i]);
-  }
+  // Across lanes by PHMINPOSUW: x ^ 0x8000 orders signed keys as unsigned ones, and
+  // x ^ 0x7FFF (its complement) reverses that order for the max.
+  const __m128i l8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+  const __m128i h8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+  const int32_t kmin = static_cast<int16_t>(
+      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(l8, _mm_set1_epi16(-0x8000))), 0) ^
+      0x8000);
+  const int32_t kmax = static_cast<int16_t>(
+      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(h8, _mm_set1_epi16(0x7FFF))), 0) ^
+      0x7FFF);
   if (kmax >= 0x7F80 || kmin <= -1 - 0x7F80) return false;  // beyond +-Inf's keys
   auto value = [](int32_t k) {
     const uint32_t bits =
