@@ -3,7 +3,9 @@
 // (W4A16) and NVFP4 groups, on raw rows dumped from a checkpoint: ROWS x COLS bf16 values
 // (little-endian) and COLS f64 sums of x^2 (a statistics site's sum_x2) with its token count.
 // Thread CPU time, best of R rounds; prints the popcount of the masks (the improving steps)
-// so that two builds can be checked to decide the same.
+// so that two builds can be checked to decide the same. QUENCH_BENCH_NO_AVX2=1 in the
+// environment switches the AVX2 int kernel off (imatrix_mse_int_avx2.h: the Highway kernel on
+// f32 copies, as before it), for an A/B run with one binary.
 //
 //   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5] [int|nvfp4]
 
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_int_avx2.h"
 #include "thread_cpu.h"
 
 namespace {
@@ -48,6 +51,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cannot read the inputs\n");
     return 2;
   }
+  const char* no_avx2 = std::getenv("QUENCH_BENCH_NO_AVX2");
+  if (no_avx2 != nullptr && std::string(no_avx2) == "1") calib::internal::SetIntAvx2Enabled(false);
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;
   for (calib::ImatrixFormat f : {calib::ImatrixFormat::kInt, calib::ImatrixFormat::kNvfp4}) {

@@ -9,6 +9,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_rows.h"
@@ -164,7 +165,8 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  const bool raw_ok = !scalar && group_absmax == nullptr && internal::IntBf16Handles(b);
+  const bool raw_ok = !scalar && group_absmax == nullptr &&
+                      (internal::IntBf16Handles(b) || internal::IntAvx2Handles(b));
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
@@ -172,7 +174,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.raw = nullptr;
     b.x = x.data();
     if (raw_ok) {
-      // The AVX-512 BF16 int kernel reads the bf16 rows itself: no f32 copy.
+      // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
       if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
       b.raw = src;
       b.x = nullptr;
@@ -348,19 +350,28 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
   const size_t row_bytes = l.words_per_row * 4;
   // Packed symmetric int4 of bf16 rows with AVX-512 BF16: min, max and codes from the raw
   // row (imatrix_mse_int_bf16.h), the same bytes without the f32 copy.
-  const bool bf16_codes = packed && sym && l.bits == 4 && in.dtype == DType::kBF16 &&
-                          internal::IntBf16CodesHandle(l.group, n);
+  // The same on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
+  const bool bf16_int4 = packed && sym && l.bits == 4 && in.dtype == DType::kBF16;
+  const bool bf16_codes = bf16_int4 && internal::IntBf16CodesHandle(l.group, n);
+  const bool avx2_codes = bf16_int4 && !bf16_codes && internal::IntAvx2CodesHandle(l.group, n);
   for (size_t r = 0; r < rows; ++r) {
-    if (bf16_codes) {
+    if (bf16_codes || avx2_codes) {
       const uint8_t* row = in.data + r * n * 2;
-      if (!internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())) return false;
+      if (!(bf16_codes ? internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())
+                       : internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data()))) {
+        return false;
+      }
       for (size_t k = 0; k < ng; ++k) {
         internal::StepRange(m0[k], M0[k], steps[r * ng + k], o.grid, o.expand, in.dtype, &mn[k],
                             &mx[k]);
         params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
         intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
       }
-      internal::IntBf16Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);
+      if (bf16_codes) {
+        internal::IntBf16Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);
+      } else {
+        internal::IntAvx2Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);
+      }
       continue;
     }
     if (!RowRanges(in, o, steps, g, r, x, m0, M0, mn.data(), mx.data())) return false;

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 
+#include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -64,6 +65,11 @@ bool SearchBlock(const Block& b) {
   // on cheaper terms (imatrix_mse_int_bf16.h).
   if (IntBf16Handles(b)) {
     SearchIntBf16(b);
+    return true;
+  }
+  // The same blocks on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
+  if (IntAvx2Handles(b)) {
+    SearchIntAvx2(b);
     return true;
   }
   return HWY_DYNAMIC_DISPATCH(SearchBlockKernel)(b);

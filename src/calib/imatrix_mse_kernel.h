@@ -69,8 +69,8 @@ struct Block {
   int grid = 20;                    // p_i = 1 - i / grid
   double expand = 1.0;              // each group's min and max times this before the grid
   const float* x = nullptr;         // rows x cols
-  // Instead of x, for blocks IntBf16Handles takes: the rows' bf16 encoding (finite values),
-  // read and widened by that kernel itself (no f32 copy of the block).
+  // Instead of x, for blocks IntBf16Handles or IntAvx2Handles takes: the rows' bf16 encoding
+  // (finite values), read and widened by that kernel itself (no f32 copy of the block).
   const uint8_t* raw = nullptr;
   size_t rows = 0, cols = 0, group = 0;
   const float* imp = nullptr;       // cols values, or nullptr (every weight counts 1)

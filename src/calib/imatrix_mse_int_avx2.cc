@@ -1,0 +1,587 @@
+// The imatrix_mse certified search for symmetric int codes of bf16 weights on AVX2
+// (imatrix_mse_int_avx2.h). The search is imatrix_mse_certified.cc's, step for step and
+// decision for decision (its comment has the bound and why each rule is exact), in the
+// batched shape of the AVX-512 BF16 kernel (imatrix_mse_int_bf16.cc); what differs is how a
+// vector of terms is computed. Per 8 elements, from each element's |x| and its clamp bound h
+// (qmax for x >= 0, -qmin for x < 0), both stored once per group:
+//  - by symmetry the term of x is the term of |x| with the bound h: RNE_bf16, the clamp and
+//    round half to even are odd functions, r > 0, so q(x) = -q(|x|) for x < 0, clamped at -qmin
+//    instead of qmax; dq = RNE_bf16(q * s) is odd in q; |dq - x| = |T[|q|] - |x||;
+//  - t = |x| * r with r = f32(1 / s): RNE_bf16(t) is the definition's RNE_bf16(x / s)
+//    (QuotientBf16 in imatrix_mse-inl.h has the proof for 2^-100 <= s <= 2^100; other steps go
+//    to the definition);
+//  - c = min(t, h) before the bf16 rounding: RNE_bf16 is monotone and h is a bf16 value, so
+//    min(RNE_bf16(t), h) = RNE_bf16(min(t, h)) (the definition clamps after it);
+//  - RNE_bf16(c) as (c + C) - C with C = 1.5 * 2^(e + 16) for c's exponent e (C's bits: c's
+//    exponent field plus 16, mantissa 0x400000): c + C lies in [2^(e+16), 2^(e+17)), whose
+//    f32 ulp 2^(e-7) is bf16's ulp on c's binade [2^e, 2^(e+1)), and C is an even multiple
+//    of it, so the FPU's RNE addition rounds c to bf16 ties to even (a carry to 2^(e+1) stays
+//    in the sum's binade), and subtracting C is exact. For c < 2^-126 (exponent field 0) the
+//    sum rounds c to some value below 2^-120, whose code is 0 like the definition's;
+//  - round half to even by adding 1.5 * 2^23 (imatrix_mse-inl.h RoundInt): 0 <= v <= 8, so
+//    the sum's low 4 bits are |q|;
+//  - dq from the step's table T[j] = RNE_bf16(j * s), j = 0..7, by VPERMPS on the low 3 bits
+//    of |q|; |q| = 8 (4-bit codes, x < 0) selects RNE_bf16(8 s) by bit 3 (shifted to the sign
+//    bit for VBLENDVPS);
+//  - e = ((d * d) * |d|) * imp (norm 3) or (d * d) * imp with d = T[|q|] - |x|, the
+//    definition's f32 products one at a time (d * d = |d| * |d|; no contraction, switched off
+//    below, and no FMA in the target).
+// 16 vector operations per 8 elements for norm 3 (14 for norm 2) against about 22 in the
+// Highway AVX2 kernel, which computes dq by a product and a second bf16 rounding.
+
+// The definition rounds every product and difference: no contraction into FMAs.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "calib/imatrix_mse_int_avx2.h"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "calib/imatrix_mse_decide.h"
+#include "calib/imatrix_mse_int_bf16.h"
+#include "schemes/cpu_x86.h"
+#include "schemes/float_formats.h"
+#include "schemes/int_shared.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QUENCH_IMX_AVX2_X86 1
+#include <immintrin.h>
+// No FMA in the target: nothing can contract the definition's products.
+#define QUENCH_IMX_AVX2 __attribute__((target("avx2,bmi,bmi2")))
+#endif
+
+namespace quench::calib::internal {
+namespace {
+
+std::atomic<bool> g_enabled{true};  // relaxed: tests flip it between searches only
+
+// Steps a group's search takes at most (four vectors of step lanes; LastStep < 32).
+constexpr size_t kSteps = 32;
+
+}  // namespace
+
+void SetIntAvx2Enabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
+
+bool IntAvx2Enabled() { return g_enabled.load(std::memory_order_relaxed); }
+
+bool IntAvx2Available() {
+#ifdef QUENCH_IMX_AVX2_X86
+  return cpu::HasAvx2();
+#else
+  return false;
+#endif
+}
+
+bool IntAvx2Handles(const Block& b) {
+  if (!IntAvx2Enabled() || !IntAvx2Available() || IntBf16Handles(b)) return false;
+  return b.format == ImatrixFormat::kInt && b.dtype == DType::kBF16 && b.symmetric &&
+         (b.norm == 3.0 || b.norm == 2.0) && b.layout.qmin < 0 && b.layout.qmax > 0 &&
+         b.layout.qmin >= -8 && b.layout.qmax <= 7 && b.group % 32 == 0 &&
+         b.group <= (size_t{1} << 20) && b.i0 >= 0 && b.i1 < static_cast<int>(kSteps) &&
+         b.i0 <= b.i1;
+}
+
+#ifdef QUENCH_IMX_AVX2_X86
+namespace {
+
+// RNE_bf16 of non-NaN f32 lanes, as f32 (int_shared.h's RoundToDType for bf16: c10's
+// round_to_nearest_even).
+QUENCH_IMX_AVX2 inline __m256 RoundBf16(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+  return _mm256_castsi256_ps(
+      _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// Sum, min and max of a vector's lanes (the sum in any order: the certified bound covers
+// every order).
+QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return static_cast<double>(_mm_cvtss_f32(s));
+}
+
+QUENCH_IMX_AVX2 inline float LaneMin(__m256 v) {
+  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_min_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+QUENCH_IMX_AVX2 inline float LaneMax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The constants of a block's terms.
+struct Consts {
+  __m256 magic;    // 1.5 * 2^23
+  __m256i expo;    // f32's exponent field
+  __m256i cbias;   // 16 added to the exponent, mantissa 0x400000 (C = 1.5 * 2^(e + 16))
+  __m256 absmask;  // all but the sign bit
+  __m256 codes;    // lane j: j, as f32 (the table's codes |q|)
+  __m256 hpos, hneg;  // the clamp bounds qmax (x >= 0) and -qmin (x < 0)
+  float top_code;     // -qmin, the code of RNE_bf16(top_code * s) (T8)
+};
+
+QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
+  Consts c;
+  c.magic = _mm256_set1_ps(12582912.0f);
+  c.expo = _mm256_set1_epi32(0x7F800000);
+  c.cbias = _mm256_set1_epi32(0x08400000);
+  c.absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  c.codes = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  c.hpos = _mm256_set1_ps(static_cast<float>(b.layout.qmax));
+  c.hneg = _mm256_set1_ps(static_cast<float>(-b.layout.qmin));
+  c.top_code = static_cast<float>(-b.layout.qmin);
+  return c;
+}
+
+// A step's table: lanes j = 0..7 hold RNE_bf16(j * s), t8 (every lane) RNE_bf16(-qmin * s)
+// (the products imatrix_mse-inl.h CodeTable forms, code by code).
+struct Table {
+  __m256 t, t8;
+};
+
+QUENCH_IMX_AVX2 inline Table MakeTable(const Consts& c, float s) {
+  const __m256 vs = _mm256_set1_ps(s);
+  return {RoundBf16(_mm256_mul_ps(c.codes, vs)),
+          RoundBf16(_mm256_mul_ps(_mm256_set1_ps(c.top_code), vs))};
+}
+
+// The terms of 8 elements from their |x| (xa), clamp bounds (hv) and importance (im) at the
+// step with reciprocal r and table tab (the file comment has why each operation is the
+// definition's). W: 4-bit codes (-qmin = 8, which the table's 3-bit index does not reach).
+template <int N, bool W>
+QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m256 im,
+                                     __m256 r, const Table& tab) {
+  const __m256 cl = _mm256_min_ps(_mm256_mul_ps(xa, r), hv);
+  const __m256 big = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(cl), c.expo), c.cbias));
+  const __m256 v = _mm256_sub_ps(_mm256_add_ps(cl, big), big);
+  const __m256i q = _mm256_castps_si256(_mm256_add_ps(v, c.magic));
+  __m256 dq = _mm256_permutevar8x32_ps(tab.t, q);
+  if constexpr (W) {
+    dq = _mm256_blendv_ps(dq, tab.t8, _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
+  }
+  const __m256 d = _mm256_sub_ps(dq, xa);
+  __m256 e = _mm256_mul_ps(d, d);
+  if constexpr (N == 3) e = _mm256_mul_ps(e, _mm256_and_ps(d, c.absmask));
+  return _mm256_mul_ps(e, im);
+}
+
+// The smallest f32 >= d for d >= 0 (an error bound): t >= d exactly when f32 t >= it.
+inline float CeilF32(double d) {
+  float f = static_cast<float>(d);
+  if (static_cast<double>(f) < d) f = std::bit_cast<float>(std::bit_cast<uint32_t>(f) + 1u);
+  return f;
+}
+
+// The element's weight in the ordering heuristic, x^8 * imp (imatrix_mse_certified.cc Key;
+// any key gives a valid bound).
+QUENCH_IMX_AVX2 inline __m256 Key(__m256 x, __m256 im) {
+  const __m256 x2 = _mm256_mul_ps(x, x), x4 = _mm256_mul_ps(x2, x2);
+  return _mm256_mul_ps(_mm256_mul_ps(x4, x4), im);
+}
+
+// One element's term (|x|, its bound h and imp in every lane) at 8 steps (lanes: their
+// scales s and reciprocals r), as the definition computes it (by the symmetry above): v =
+// RNE_bf16(|x| * r), min(v, h) rounded half to even by 1.5 * 2^23, dq = RNE_bf16(q * s).
+template <int N>
+QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m256 im,
+                                       __m256 s, __m256 r) {
+  const __m256 v = RoundBf16(_mm256_mul_ps(xa, r));
+  const __m256 q = _mm256_sub_ps(_mm256_add_ps(_mm256_min_ps(v, h), c.magic), c.magic);
+  const __m256 d =
+      _mm256_and_ps(_mm256_sub_ps(RoundBf16(_mm256_mul_ps(q, s)), xa), c.absmask);
+  __m256 e = _mm256_mul_ps(d, d);
+  if constexpr (N == 3) e = _mm256_mul_ps(e, d);
+  return _mm256_mul_ps(e, im);
+}
+
+// Groups prepared at a time before their decisions (Search): their buffers stay in L1.
+constexpr size_t kBatch = 8;
+// Vectors at the group's front that receive, per position (mod 8 kTopVecs), the element of
+// largest key, and vectors of terms in a live step's first check: one and two (16 elements;
+// on the bench's q_proj, 1 / 2 measured as 1 / 1 and faster than 1 / 3, 2 / 2, 2 / 4 and 4 / 4).
+constexpr size_t kTopVecs = 1;
+constexpr size_t kFirstVecs = 2;
+
+// One group as Prepare leaves it for Decide: its |x|, clamp bounds and importance reordered
+// (each of the first kTopVecs * 8 positions holding the element of largest key among the
+// elements at that position mod 8 kTopVecs); every step's scale S and reciprocal R, the
+// steps only the definition takes (sc), the term of the element of largest key at every step
+// (TOP), and step 0's f32 sum (p0, when summed).
+struct Prepared {
+  alignas(32) float S[kSteps];
+  alignas(32) float R[kSteps];
+  alignas(32) float TOP[kSteps];
+  float* xa;
+  float* hv;
+  float* ie;
+  uint32_t sc;
+  double p0;
+};
+
+// The search's fixed inputs and constants.
+struct Ctx {
+  const Block* b;
+  Consts c;
+  size_t n, nv, ng;
+  uint32_t step_bits;
+  double lo_f, hi_f;
+  alignas(32) float P[kSteps];
+  const float* ones;
+};
+
+// A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
+// accumulators: any order is covered by the bound).
+template <int N, bool W>
+QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Table& tab,
+                                      __m256 r, size_t v0, __m256 acc) {
+  __m256 acc1 = _mm256_setzero_ps();
+  size_t v = v0;
+  for (; v + 2 <= x.nv; v += 2) {
+    const size_t o = 8 * v;
+    acc = _mm256_add_ps(acc, Terms8<N, W>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.hv + o),
+                                          _mm256_load_ps(g.ie + o), r, tab));
+    acc1 = _mm256_add_ps(
+        acc1, Terms8<N, W>(x.c, _mm256_load_ps(g.xa + o + 8), _mm256_load_ps(g.hv + o + 8),
+                           _mm256_load_ps(g.ie + o + 8), r, tab));
+  }
+  for (; v < x.nv; ++v) {
+    const size_t o = 8 * v;
+    acc = _mm256_add_ps(acc, Terms8<N, W>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.hv + o),
+                                          _mm256_load_ps(g.ie + o), r, tab));
+  }
+  return _mm256_add_ps(acc, acc1);
+}
+
+// Group gi's prelude, with no data-dependent branch but the step-0 guard (so that the
+// groups of a batch overlap): min, max and each position's element of largest key in one
+// pass; the group reordered as |x|, bounds and importance; every step's parameters (lanes
+// across steps, the operations of imatrix_mse-inl.h ParamsVec); the one-term bound at every
+// step; step 0's sum.
+template <int N, bool W>
+QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const size_t nv = x.nv;
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
+  const uint16_t* rg = b.raw == nullptr ? nullptr
+                                        : reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
+  // Vector v of the group: from the f32 copy, or the bf16 rows widened (a bf16 value is the
+  // upper half of its f32 bits).
+  auto load_x = [&](size_t v) {
+    if (rg == nullptr) return _mm256_loadu_ps(xg + v * 8);
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  };
+  const float* im = b.imp == nullptr ? x.ones : b.imp + (gi % x.ng) * x.n;
+  const __m256 zero = _mm256_setzero_ps();
+  const Consts& c = x.c;
+  // Min, max, and per position (mod 8 kTopVecs) the element of largest key (its unit of
+  // kTopVecs vectors in `at`).
+  __m256 x0[kTopVecs], i0[kTopVecs], top[kTopVecs], sx[kTopVecs], si[kTopVecs];
+  __m256i at[kTopVecs];
+  __m256 mn = load_x(0), mx = mn;
+  for (size_t h = 0; h < kTopVecs; ++h) {
+    x0[h] = load_x(h);
+    i0[h] = _mm256_loadu_ps(im + 8 * h);
+    mn = _mm256_min_ps(mn, x0[h]);
+    mx = _mm256_max_ps(mx, x0[h]);
+    top[h] = Key(x0[h], i0[h]);
+    sx[h] = x0[h];
+    si[h] = i0[h];
+    at[h] = _mm256_setzero_si256();
+  }
+  for (size_t v = kTopVecs; v < nv; ++v) {
+    const size_t h = v % kTopVecs;
+    const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
+    mn = _mm256_min_ps(mn, xv);
+    mx = _mm256_max_ps(mx, xv);
+    const __m256 kv = Key(xv, iv);
+    const __m256 more = _mm256_cmp_ps(kv, top[h], _CMP_GT_OQ);
+    top[h] = _mm256_blendv_ps(top[h], kv, more);
+    sx[h] = _mm256_blendv_ps(sx[h], xv, more);
+    si[h] = _mm256_blendv_ps(si[h], iv, more);
+    at[h] = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(at[h]),
+        _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(v / kTopVecs))), more));
+  }
+  // The group reordered (unit 0: each position's element of largest key, which moves to unit
+  // `at`) as |x|, the clamp bound of x's sign, and importance.
+  for (size_t v = 0; v < nv; ++v) {
+    const size_t h = v % kTopVecs, u = v / kTopVecs;
+    __m256 xr, ir;
+    if (u == 0) {
+      xr = sx[h];
+      ir = si[h];
+    } else {
+      const __m256 moved = _mm256_castsi256_ps(
+          _mm256_cmpeq_epi32(at[h], _mm256_set1_epi32(static_cast<int>(u))));
+      xr = _mm256_blendv_ps(load_x(v), x0[h], moved);
+      ir = _mm256_blendv_ps(_mm256_loadu_ps(im + v * 8), i0[h], moved);
+    }
+    _mm256_store_ps(out->xa + 8 * v, _mm256_and_ps(xr, c.absmask));
+    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xr));
+    _mm256_store_ps(out->ie + 8 * v, ir);
+  }
+  float m0 = LaneMin(mn), M0 = LaneMax(mx);
+  if (b.expand != 1.0) {  // as MakeTiles
+    m0 = Expanded(m0, b.expand, b.dtype);
+    M0 = Expanded(M0, b.expand, b.dtype);
+  }
+  // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
+  // (bit_range / 2)), 0 -> eps(bf16); the steps whose scale QuotientBf16 does not cover
+  // (groups of absurd magnitude) only by the definition (sc).
+  const __m256 half_range =
+      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  uint32_t recip_ok = 0;
+  for (size_t h = 0; h < kSteps / 8; ++h) {
+    const __m256 vp = _mm256_load_ps(x.P + 8 * h);
+    const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(m0))), zero);
+    const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(M0))), zero);
+    __m256 s = RoundBf16(_mm256_div_ps(_mm256_max_ps(_mm256_sub_ps(zero, lo), hi), half_range));
+    s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
+                         _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    _mm256_store_ps(out->S + 8 * h, s);
+    _mm256_store_ps(out->R + 8 * h, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                                    _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
+    recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
+  }
+  out->sc = ~recip_ok & x.step_bits;
+  // The group's element of largest key (a position of the first reordered unit): its term
+  // at every step.
+  float tmax = LaneMax(top[0]);
+  for (size_t h = 1; h < kTopVecs; ++h) tmax = std::max(tmax, LaneMax(top[h]));
+  const __m256 vt = _mm256_set1_ps(tmax);
+  uint32_t at_top = 0;
+  for (size_t h = 0; h < kTopVecs; ++h) {
+    at_top |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(top[h], vt, _CMP_EQ_OQ)))
+              << (8 * h);
+  }
+  const int lane = at_top == 0 ? 0 : __builtin_ctz(at_top);
+  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
+  const __m256 th = _mm256_set1_ps(out->hv[lane]);
+  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  for (size_t h = 0; h < kSteps / 8; ++h) {
+    _mm256_store_ps(out->TOP + 8 * h,
+                    TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
+                                _mm256_load_ps(out->R + 8 * h)));
+  }
+  // Step 0's sum (its decision comes first in Decide).
+  out->p0 = 0.0;
+  if (!(out->sc & 1u) && !(out->TOP[0] >= b.best[gi])) {
+    out->p0 = LaneSum(SumVecs<N, W>(x, *out, MakeTable(c, out->S[0]),
+                                    _mm256_set1_ps(out->R[0]), 0, zero));
+  }
+}
+
+// Group gi's decisions (imatrix_mse_certified.cc's SearchCertified<bf16, kIntSym, N, table>,
+// its steps in the same order with the same decisions): step 0; the steps its best leaves by
+// their one term, decided by their first kFirstVecs vectors of terms; the rest summed to the
+// end, all before any decision, then decided in step order.
+template <int N, bool W>
+QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
+  const Block& b = *x.b;
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + (gi % x.ng) * x.n;
+  const double lo_f = x.lo_f, hi_f = x.hi_f;
+  const uint32_t sc = g.sc;
+  // The definition's sum, in element order; from bf16 rows the group is widened into a
+  // per-thread buffer the first time a decision needs it (near ties are rare).
+  thread_local std::vector<float> wide;
+  auto exact_of = [&](size_t k) {
+    if (xg == nullptr) {
+      wide.resize(x.n);
+      const uint16_t* rg = reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
+      for (size_t j = 0; j < x.n; ++j) wide[j] = BF16ToF32(rg[j]);
+      xg = wide.data();
+    }
+    return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {g.S[k], 0.0f}));
+  };
+  CertifiedBest best;
+  best.blo = best.bhi = b.best[gi];
+  // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
+  auto step = [&](size_t k, double p) {
+    const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
+    const bool certify = !(sc >> k & 1u);
+    if (certify) {
+      if (best.bk != SIZE_MAX && g.S[k] == g.S[best.bk]) {
+        return;  // the best step's parameters: the same error, and the earlier stays
+      }
+      if (g.TOP[k] >= best.bhi) return;  // one term at or above the best already
+    }
+    DecideStep(best, k, bit, certify, p, lo_f, hi_f, exact_of);
+  };
+
+  step(0, g.p0);
+  // The steps that may still improve: one term below the best after the first step (the
+  // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
+  // definition takes.
+  const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
+  uint32_t ruled = 0;
+  for (size_t h = 0; h < kSteps / 8; ++h) {
+    ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
+                 _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
+             << (8 * h);
+  }
+  const uint32_t live = ((~ruled | sc) & x.step_bits) & ~1u;
+  // Their first kFirstVecs vectors of terms together, then the steps those do not rule out
+  // summed to the end, all before any decision, then decided in step order.
+  Table tbl[kSteps];
+  alignas(32) float acc0[kSteps * 8];
+  uint32_t live2 = 0;
+  for (uint32_t lm = live; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    if (sc >> k & 1u) {
+      live2 |= 1u << k;
+      continue;
+    }
+    tbl[k] = MakeTable(x.c, g.S[k]);
+    const __m256 r = _mm256_set1_ps(g.R[k]);
+    __m256 a = Terms8<N, W>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.hv),
+                            _mm256_load_ps(g.ie), r, tbl[k]);
+    for (size_t v = 1; v < kFirstVecs; ++v) {
+      a = _mm256_add_ps(a, Terms8<N, W>(x.c, _mm256_load_ps(g.xa + 8 * v),
+                                        _mm256_load_ps(g.hv + 8 * v),
+                                        _mm256_load_ps(g.ie + 8 * v), r, tbl[k]));
+    }
+    _mm256_store_ps(acc0 + 8 * k, a);
+    const double pc = LaneSum(a);
+    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= best.bhi)) << k;
+  }
+  double PS[kSteps];
+  for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    PS[k] = LaneSum(SumVecs<N, W>(x, g, tbl[k], _mm256_set1_ps(g.R[k]), kFirstVecs,
+                                  _mm256_load_ps(acc0 + 8 * k)));
+  }
+  for (uint32_t lm = live2; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    step(k, sc >> k & 1u ? 0.0 : PS[k]);
+  }
+  if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
+  b.best[gi] = best.blo;
+  b.masks[gi] |= best.mask;
+  return best.mask;
+}
+
+// The search over the block's groups, kBatch at a time: every group of a batch prepared
+// (independent, branch-free work that overlaps), then each decided.
+template <int N, bool W>
+QUENCH_IMX_AVX2 void Search(const Block& b) {
+  Ctx x;
+  x.b = &b;
+  x.c = MakeConsts(b);
+  x.n = b.group;
+  x.nv = x.n / 8;
+  x.ng = b.cols / x.n;
+  const size_t groups = b.rows * x.ng;
+  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
+  x.step_bits = steps == 32 ? ~0u : (1u << steps) - 1u;
+  const double m = static_cast<double>(x.n + 2) * 0x1p-23;  // the bound's margin
+  x.lo_f = 1.0 - m;
+  x.hi_f = 1.0 + m;
+  for (size_t k = 0; k < kSteps; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
+    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
+    x.P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
+  }
+  // Per thread and reused (fresh pages per block cost more than the search).
+  thread_local std::vector<float> ones;
+  struct Buffer {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (b.imp == nullptr && ones.size() < x.n) ones.assign(x.n, 1.0f);
+  x.ones = ones.data();
+  if (buf.n < x.n) {  // 3 * kBatch * n floats: a multiple of 32 bytes (n % 32 == 0)
+    std::free(buf.p);
+    buf.p = static_cast<float*>(std::aligned_alloc(32, 3 * kBatch * x.n * sizeof(float)));
+    buf.n = x.n;
+  }
+  Prepared prep[kBatch];
+  for (size_t j = 0; j < kBatch; ++j) {
+    prep[j].xa = buf.p + 3 * j * x.n;
+    prep[j].hv = prep[j].xa + x.n;
+    prep[j].ie = prep[j].hv + x.n;
+  }
+  uint32_t any = 0;
+  for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
+    const size_t nb = std::min(kBatch, groups - g0);
+    for (size_t j = 0; j < nb; ++j) Prepare<N, W>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
+  }
+  *b.improved |= any;
+}
+
+template <int N, bool W>
+QUENCH_IMX_AVX2 void Terms(const Block& b, float scale, const float* x, const float* imp,
+                           size_t n, float* terms) {
+  const Consts c = MakeConsts(b);
+  const Table tab = MakeTable(c, scale);
+  const __m256 r = _mm256_set1_ps(1.0f / scale);
+  for (size_t j = 0; j < n; j += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + j);
+    _mm256_storeu_ps(terms + j,
+                     Terms8<N, W>(c, _mm256_and_ps(xv, c.absmask),
+                                  _mm256_blendv_ps(c.hpos, c.hneg, xv),
+                                  _mm256_loadu_ps(imp + j), r, tab));
+  }
+}
+
+}  // namespace
+#endif  // QUENCH_IMX_AVX2_X86
+
+bool IntAvx2Terms(const Block& b, float scale, const float* x, const float* imp, size_t n,
+                  float* terms) {
+  if (!IntAvx2Handles(b) || n % 8 != 0 || !(scale >= 0x1p-100f && scale <= 0x1p100f)) {
+    return false;
+  }
+#ifdef QUENCH_IMX_AVX2_X86
+  const bool w = b.layout.qmin == -8;
+  if (b.norm == 3.0) {
+    w ? Terms<3, true>(b, scale, x, imp, n, terms) : Terms<3, false>(b, scale, x, imp, n, terms);
+  } else {
+    w ? Terms<2, true>(b, scale, x, imp, n, terms) : Terms<2, false>(b, scale, x, imp, n, terms);
+  }
+  return true;
+#else
+  (void)x;
+  (void)imp;
+  (void)terms;
+  return false;
+#endif
+}
+
+void SearchIntAvx2(const Block& b) {
+#ifdef QUENCH_IMX_AVX2_X86
+  const bool w = b.layout.qmin == -8;
+  if (b.norm == 3.0) {
+    w ? Search<3, true>(b) : Search<3, false>(b);
+  } else {
+    w ? Search<2, true>(b) : Search<2, false>(b);
+  }
+#else
+  (void)b;
+#endif
+}
+
+}  // namespace quench::calib::internal

@@ -1,0 +1,157 @@
+// The chosen quantization's row helpers for bf16 rows on AVX2 (imatrix_mse_int_avx2.h):
+// packed symmetric int4 codes and each group's min and max, read from the raw bf16 row (no
+// f32 copy), as imatrix_mse_int_bf16_codes.cc does with AVX-512 BF16.
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_bf16.h"
+#include "schemes/int_shared.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QUENCH_IMX_AVX2_X86 1
+#include <immintrin.h>
+#define QUENCH_IMX_AVX2 __attribute__((target("avx2,bmi,bmi2")))
+#endif
+
+namespace quench::calib::internal {
+
+#ifdef QUENCH_IMX_AVX2_X86
+namespace {
+// The chosen quantization's rows (IntAvx2Codes4, IntAvx2RowMinMax): each group's min and max
+// from 16-bit keys of the raw row, and its codes with the search's operations on signed
+// quotients (imatrix_mse_int_avx2.cc says why each is the definition's): c = clamp(t, -8, 7)
+// before the bf16 rounding, RNE_bf16(c) by (c + C) - C with C of c's sign and exponent (the
+// rounding is odd, so that argument holds for c < 0), then + 1.5 * 2^23 + 8, whose low 4 bits
+// are u = q + 8.
+
+// The key of each 16-bit lane's bf16 pattern: signed, ordered like the values.
+QUENCH_IMX_AVX2 inline __m256i Key(__m256i x) {
+  return _mm256_xor_si256(x, _mm256_and_si256(_mm256_srai_epi16(x, 15),
+                                              _mm256_set1_epi16(0x7FFF)));
+}
+
+// The min and max of n bf16 elements at p (n a multiple of 16) as f32 values; false for an
+// Inf or NaN. Bit patterns become signed keys that order like the values (the magnitude bits
+// flipped under a set sign bit, imatrix_mse_int_bf16_codes.cc's MinMax).
+QUENCH_IMX_AVX2 inline bool MinMax(const uint8_t* p, size_t n, float* mn, float* mx) {
+  __m256i lo = Key(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), hi = lo;
+  for (size_t i = 32; i < 2 * n; i += 32) {
+    const __m256i k = Key(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    lo = _mm256_min_epi16(lo, k);
+    hi = _mm256_max_epi16(hi, k);
+  }
+  // Across lanes by PHMINPOSUW: x ^ 0x8000 orders signed keys as unsigned ones, and
+  // x ^ 0x7FFF (its complement) reverses that order for the max.
+  const __m128i l8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+  const __m128i h8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+  const int32_t kmin = static_cast<int16_t>(
+      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(l8, _mm_set1_epi16(-0x8000))), 0) ^
+      0x8000);
+  const int32_t kmax = static_cast<int16_t>(
+      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(h8, _mm_set1_epi16(0x7FFF))), 0) ^
+      0x7FFF);
+  if (kmax >= 0x7F80 || kmin <= -1 - 0x7F80) return false;  // beyond +-Inf's keys
+  auto value = [](int32_t k) {
+    const uint32_t bits =
+        k >= 0 ? static_cast<uint32_t>(k) : 0x8000u | static_cast<uint32_t>(-1 - k);
+    return std::bit_cast<float>(bits << 16);
+  };
+  *mn = value(kmin);
+  *mx = value(kmax);
+  return true;
+}
+
+// u = q + 8 of 8 f32 values x (lanes' low 4 bits; the rest of each lane holds 1.5 * 2^23's
+// bits) at scale s: times r = f32(1 / s) (kRecip) or divided by s.
+template <bool kRecip>
+QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by) {
+  const __m256 t = kRecip ? _mm256_mul_ps(x, by) : _mm256_div_ps(x, by);
+  const __m256 c = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-8.0f)), _mm256_set1_ps(7.0f));
+  const __m256 big = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(c),
+                                        _mm256_set1_epi32(static_cast<int>(0xFF800000u))),
+                       _mm256_set1_epi32(0x08400000)));
+  const __m256 v = _mm256_sub_ps(_mm256_add_ps(c, big), big);
+  return _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582920.0f)));  // 1.5 * 2^23 + 8
+}
+
+// One group's n elements (a multiple of 64) at src into n / 2 packed bytes at dst: per 16
+// elements, the even ones shifted into f32's high half and the odd ones masked, their codes
+// joined per 32-bit lane into the byte of the pair (the even element in the low nibble,
+// pack_to_int32's order); four such vectors packed to 32 bytes and put in order.
+template <bool kRecip>
+QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, uint8_t* dst) {
+  const __m256i nib = _mm256_set1_epi32(15);
+  const __m256i hi_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (size_t i = 0; i < n; i += 64) {
+    __m256i w[4];
+    for (int h = 0; h < 4; ++h) {
+      const __m256i x =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i + 32 * h));
+      const __m256i e = Codes8<kRecip>(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), by);
+      const __m256i o = Codes8<kRecip>(_mm256_castsi256_ps(_mm256_and_si256(x, hi_half)), by);
+      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib),
+                             _mm256_slli_epi32(_mm256_and_si256(o, nib), 4));
+    }
+    const __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(w[0], w[1]),
+                                          _mm256_packus_epi32(w[2], w[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i / 2),
+                        _mm256_permutevar8x32_epi32(b, order));
+  }
+}
+
+QUENCH_IMX_AVX2 bool MinMaxImpl(const uint8_t* row, size_t n_groups, size_t group, float* mn,
+                                float* mx) {
+  for (size_t g = 0; g < n_groups; ++g) {
+    if (!MinMax(row + 2 * g * group, group, &mn[g], &mx[g])) return false;
+  }
+  return true;
+}
+
+QUENCH_IMX_AVX2 void CodesImpl(const uint8_t* row, size_t n, size_t group,
+                               const intq::internal::GroupParams* p, uint8_t* dst) {
+  for (size_t g = 0; g * group < n; ++g) {
+    const float s = p[g].scale;
+    const uint8_t* src = row + 2 * g * group;
+    uint8_t* out = dst + g * group / 2;
+    // RNE_bf16(x * f32(1 / s)) == RNE_bf16(x / s) for bf16 x and s in [2^-100, 2^100]
+    // (imatrix_mse-inl.h QuotientBf16; the chosen scales are bf16 values).
+    if (s >= 0x1p-100f && s <= 0x1p100f) {
+      Group<true>(src, group, _mm256_set1_ps(1.0f / s), out);
+    } else {
+      Group<false>(src, group, _mm256_set1_ps(s), out);
+    }
+  }
+}
+
+}  // namespace
+#endif  // QUENCH_IMX_AVX2_X86
+
+bool IntAvx2CodesHandle(size_t group, size_t n) {
+  return IntAvx2Enabled() && IntAvx2Available() && !IntBf16CodesHandle(group, n) &&
+         group % 64 == 0 && n % group == 0;
+}
+
+bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn,
+                      float* mx) {
+#ifdef QUENCH_IMX_AVX2_X86
+  return MinMaxImpl(row, n_groups, group, mn, mx);
+#else
+  (void)row, (void)n_groups, (void)group, (void)mn, (void)mx;
+  return false;
+#endif
+}
+
+void IntAvx2Codes4(const uint8_t* row, size_t n, size_t group,
+                   const intq::internal::GroupParams* p, uint8_t* dst) {
+#ifdef QUENCH_IMX_AVX2_X86
+  CodesImpl(row, n, group, p, dst);
+#else
+  (void)row, (void)n, (void)group, (void)p, (void)dst;
+#endif
+}
+
+}  // namespace quench::calib::internal

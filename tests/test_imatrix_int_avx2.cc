@@ -1,0 +1,435 @@
+// The AVX2 imatrix_mse search for symmetric int codes of bf16 weights
+// (src/calib/imatrix_mse_int_avx2.h) against the scalar definition
+// (src/calib/imatrix_mse_scalar.cc) and the Highway kernel: every term of every finite bf16 x
+// at scales across the range the kernel takes, and the search's masks, improved steps and best
+// errors (bit for bit) on random and adversarial groups (the cases of
+// test_imatrix_int_bf16.cc), from f32 blocks and from raw bf16 rows, for 2-4 bit codes, norms
+// 2 and 3, several group sizes, step ranges, expand and grid settings. The AVX-512 BF16 kernel
+// is switched off while these run (it takes the same blocks where the CPU has it). On a CPU
+// without AVX2 the kernel must decline every block.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_bf16.h"
+#include "calib/imatrix_mse_kernel.h"
+#include "schemes/float_formats.h"
+#include "schemes/int_shared.h"
+
+namespace quench::testing {
+namespace {
+
+using calib::internal::Block;
+using intq::internal::RoundToDType;
+
+float Bf16(float v) { return RoundToDType(v, DType::kBF16); }
+
+// The AVX-512 BF16 kernel off for a test's duration (this kernel declines its blocks).
+struct NoBf16Kernel {
+  NoBf16Kernel() { calib::internal::SetIntBf16Enabled(false); }
+  ~NoBf16Kernel() { calib::internal::SetIntBf16Enabled(true); }
+};
+
+struct Setting {
+  int bits = 4;
+  double norm = 3.0;
+  double expand = 1.0;
+  int grid = 20;
+  int last = 19;  // steps 0..last
+};
+
+Block MakeBlock(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
+                size_t cols, size_t group) {
+  Block b;
+  b.format = calib::ImatrixFormat::kInt;
+  b.dtype = DType::kBF16;
+  b.layout.bits = s.bits;
+  b.layout.qmin = -(1 << (s.bits - 1));
+  b.layout.qmax = (1 << (s.bits - 1)) - 1;
+  b.layout.group = group;
+  b.layout.n_groups = cols / group;
+  b.symmetric = true;
+  b.norm = s.norm;
+  b.grid = s.grid;
+  b.expand = s.expand;
+  b.x = x.data();
+  b.rows = x.size() / cols;
+  b.cols = cols;
+  b.group = group;
+  b.imp = imp == nullptr ? nullptr : imp->data();
+  return b;
+}
+
+// The kernel (steps in two ranges, as a caller may run them; exact_best true and false; from
+// f32 and from bf16 rows) against the definition over steps 0..last, and against the Highway
+// kernel (this one switched off): the same masks and improved steps, the same best errors bit
+// for bit (exact_best), or a lower bound of them (exact_best false).
+void Compare(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
+             size_t cols, size_t group) {
+  Block b = MakeBlock(s, x, imp, cols, group);
+  const size_t groups = b.rows * (cols / group);
+  std::vector<uint8_t> raw(x.size() * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = F32ToBF16(x[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  std::vector<double> best_s(groups, FLT_MAX);
+  std::vector<uint32_t> masks_s(groups, 0u);
+  uint32_t imp_s = 0;
+  b.i0 = 0;
+  b.i1 = s.last;
+  b.best = best_s.data();
+  b.masks = masks_s.data();
+  b.improved = &imp_s;
+  REQUIRE(calib::internal::SearchBlockScalar(b));
+  // The Highway kernel on the same block.
+  std::vector<double> best_h(groups, FLT_MAX);
+  std::vector<uint32_t> masks_h(groups, 0u);
+  uint32_t imp_h = 0;
+  b.best = best_h.data();
+  b.masks = masks_h.data();
+  b.improved = &imp_h;
+  calib::internal::SetIntAvx2Enabled(false);
+  const bool hwy_ok = calib::internal::SearchBlock(b);
+  calib::internal::SetIntAvx2Enabled(true);
+  REQUIRE(hwy_ok);
+  for (const bool from_raw : {false, true}) {
+    CAPTURE(from_raw);
+    b.x = from_raw ? nullptr : x.data();
+    b.raw = from_raw ? raw.data() : nullptr;
+    std::vector<double> best_k(groups, FLT_MAX), best_l(groups, FLT_MAX);
+    std::vector<uint32_t> masks_k(groups, 0u), masks_l(groups, 0u);
+    uint32_t imp_k = 0, imp_l = 0;
+    const int split = std::min(6, s.last);
+    for (int part = 0; part < 2; ++part) {
+      b.i0 = part == 0 ? 0 : split + 1;
+      b.i1 = part == 0 ? split : s.last;
+      if (b.i0 > b.i1) continue;
+      b.best = best_k.data();
+      b.masks = masks_k.data();
+      b.improved = &imp_k;
+      b.exact_best = true;
+      REQUIRE(calib::internal::IntAvx2Handles(b));
+      calib::internal::SearchIntAvx2(b);
+    }
+    b.i0 = 0;
+    b.i1 = s.last;
+    b.best = best_l.data();
+    b.masks = masks_l.data();
+    b.improved = &imp_l;
+    b.exact_best = false;
+    calib::internal::SearchIntAvx2(b);
+    b.exact_best = true;
+    CHECK(imp_k == imp_s);
+    CHECK(imp_l == imp_s);
+    CHECK(imp_h == imp_s);
+    size_t diff = 0, diff_l = 0, diff_h = 0;
+    for (size_t g = 0; g < groups; ++g) {
+      if (std::memcmp(&best_k[g], &best_s[g], sizeof(double)) != 0 ||
+          masks_k[g] != masks_s[g]) {
+        if (diff++ < 3) {
+          MESSAGE("group " << g << ": kernel " << best_k[g] << " mask " << masks_k[g]
+                           << ", definition " << best_s[g] << " mask " << masks_s[g]);
+        }
+      }
+      if (std::memcmp(&best_k[g], &best_h[g], sizeof(double)) != 0 ||
+          masks_k[g] != masks_h[g]) {
+        ++diff_h;
+      }
+      if ((masks_l[g] != masks_s[g] || !(best_l[g] <= best_s[g])) && diff_l++ < 3) {
+        MESSAGE("exact_best false, group " << g << ": mask " << masks_l[g] << " best "
+                                           << best_l[g] << ", definition " << masks_s[g]);
+      }
+    }
+    CHECK(diff == 0);
+    CHECK(diff_l == 0);
+    CHECK(diff_h == 0);
+  }
+}
+
+// Random rows: per row a magnitude over six decades, normal values with outliers, exact
+// duplicates, values on the row's code midpoints; importance log-uniform with zeros.
+void RandomRows(std::mt19937& rng, size_t rows, size_t cols, std::vector<float>* x,
+                std::vector<float>* imp) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  x->resize(rows * cols);
+  for (size_t r = 0; r < rows; ++r) {
+    const float mag = std::pow(10.f, -4.f + 6.f * u(rng));
+    const float step = Bf16(mag / 2.f);
+    for (size_t c = 0; c < cols; ++c) {
+      float v = normal(rng) * mag;
+      const float w = u(rng);
+      if (w < 0.02f) v *= 8.f;
+      else if (w < 0.07f && c > 0) v = (*x)[r * cols + c - 1];
+      else if (w < 0.12f) v = step * (std::floor(normal(rng) * 4.f) + 0.5f);  // midpoints
+      (*x)[r * cols + c] = Bf16(v);
+    }
+  }
+  imp->resize(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    (*imp)[c] = u(rng) < 0.05f ? 0.f : Bf16(std::pow(10.f, -3.f + 5.f * u(rng)));
+  }
+}
+
+std::vector<Setting> Settings() {
+  return {{4, 3.0, 1.0, 20, 19}, {4, 2.0, 1.0, 20, 19}, {3, 3.0, 1.0, 20, 19},
+          {2, 3.0, 1.0, 20, 19}, {4, 3.0, 1.25, 20, 19}, {4, 3.0, 0.85, 20, 19},
+          {4, 2.0, 1.5, 30, 26},  {4, 3.0, 1.0, 32, 31}};
+}
+
+// Adversarial groups of 128: all zeros, signed zeros, constants, one nonzero, identical groups
+// side by side, values on every code midpoint of a step (ties for the rounding), subnormals
+// and values whose quotients are subnormal, magnitudes whose scales leave 2^-100 .. 2^100
+// (the definition's path) or sit at its ends, the bf16 maximum, and importance with zeros,
+// signed zeros and 1e30 (terms that overflow to Inf, and 0 * Inf keys).
+void AdversarialRows(std::vector<float>* x, std::vector<float>* imp) {
+  const size_t n = 128;
+  std::vector<std::vector<float>> rows;
+  auto add = [&](auto f) {
+    std::vector<float> r(n);
+    for (size_t c = 0; c < n; ++c) r[c] = Bf16(f(c));
+    rows.push_back(r);
+  };
+  add([](size_t) { return 0.f; });
+  add([](size_t c) { return c % 2 ? 0.f : -0.f; });
+  add([](size_t) { return 0.75f; });
+  add([](size_t) { return -3.f; });
+  add([](size_t c) { return c == 5 ? 1.f : 0.f; });
+  add([](size_t c) { return static_cast<float>(c % 16) * 0.25f - 2.f; });
+  add([](size_t c) { return (static_cast<float>(c % 16) - 7.5f) * 0.5f; });  // midpoints
+  add([](size_t c) { return (static_cast<float>(c % 17) - 8.f) * 0.25f + 0.125f; });
+  add([](size_t c) { return 1e-38f * static_cast<float>(c % 7) * (c % 2 ? 1.f : -1.f); });
+  add([](size_t c) { return c == 0 ? 1.f : 1e-39f * static_cast<float>(c % 5); });
+  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, -97) * (c % 2 ? 1.f : -1.f); });
+  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, 102) * (c % 3 ? 1.f : -1.f); });
+  add([](size_t c) { return std::ldexp(static_cast<float>(c % 15) - 7.f, 99); });
+  add([](size_t c) { return (c % 2 ? 3.3895314e38f : -3.3895314e38f) * (c % 3 ? 1.f : 0.5f); });
+  add([](size_t c) { return (c % 8 == 0 ? 6.f : 0.f) + 0.25f * static_cast<float>(c % 5); });
+  x->clear();
+  for (const auto& r : rows) x->insert(x->end(), r.begin(), r.end());
+  imp->assign(n, 1.f);
+  for (size_t c = 0; c < n; ++c) {
+    (*imp)[c] = c % 11 == 0 ? 0.f : c % 13 == 0 ? 1e30f : c % 17 == 0 ? -0.f : 1.f + c % 3;
+  }
+}
+
+TEST_CASE("imatrix_mse int avx2 kernel: every term of every bf16 x equals the definition's") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) {
+    std::vector<float> x(32, 1.f);
+    Block b = MakeBlock(Setting{}, x, nullptr, 32, 32);
+    b.i1 = 19;
+    CHECK(!calib::internal::IntAvx2Handles(b));
+    return;
+  }
+  // Every finite bf16 pattern, with importance 1 and a bf16 importance varying by element.
+  std::vector<float> xs, ones, imp;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  while (xs.size() % 32 != 0) xs.push_back(0.f);
+  ones.assign(xs.size(), 1.f);
+  for (size_t i = 0; i < xs.size(); ++i) imp.push_back(Bf16(0.5f + static_cast<float>(i % 37)));
+  size_t checked = 0, mismatched = 0;
+  for (const Setting& s : {Setting{4, 3.0}, Setting{4, 2.0}, Setting{3, 3.0}, Setting{2, 3.0},
+                           Setting{3, 2.0}}) {
+    Block b = MakeBlock(s, xs, &imp, xs.size(), 32);
+    b.i1 = 19;
+    REQUIRE(calib::internal::IntAvx2Handles(b));
+    std::vector<float> got(xs.size());
+    for (int e : {-100, -40, -7, -1, 0, 3, 30, 99}) {
+      for (uint32_t m = 128; m < 256; m += (e == 0 || e == -7 ? 1 : 9)) {
+        const float scale = std::ldexp(static_cast<float>(m) / 128.0f, e);
+        for (const std::vector<float>* w : {&ones, &imp}) {
+          REQUIRE(calib::internal::IntAvx2Terms(b, scale, xs.data(), w->data(), xs.size(),
+                                                got.data()));
+          const intq::internal::GroupParams p{scale, 0};
+          for (size_t i = 0; i < xs.size(); ++i) {
+            // The definition (imatrix_mse_scalar.cc GroupErrorScalar's term).
+            const int q = intq::internal::QuantizeValue(xs[i], p, b.layout, true, DType::kBF16);
+            const float dq = RoundToDType(static_cast<float>(q) * scale, DType::kBF16);
+            const float d = std::fabs(dq - xs[i]);
+            const float want = (s.norm == 3.0 ? d * d * d : d * d) * (*w)[i];
+            ++checked;
+            if (std::memcmp(&want, &got[i], 4) != 0 && mismatched++ < 3) {
+              MESSAGE("bits " << s.bits << " scale " << scale << " x " << xs[i] << ": want "
+                              << want << " got " << got[i]);
+            }
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("terms checked: " << checked);
+  CHECK(mismatched == 0);
+}
+
+TEST_CASE("imatrix_mse int avx2 kernel equals the definition on random groups") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;  // the case above checks that it declines
+  std::mt19937 rng(18);
+  for (const Setting& s : Settings()) {
+    for (size_t group : {size_t{32}, size_t{128}, size_t{256}}) {
+      const size_t cols = group == 256 ? 512 : 384, rows = group == 32 ? 40 : 24;
+      std::vector<float> x, imp;
+      RandomRows(rng, rows, cols, &x, &imp);
+      CAPTURE(s.bits);
+      CAPTURE(s.norm);
+      CAPTURE(s.expand);
+      CAPTURE(s.grid);
+      CAPTURE(group);
+      Compare(s, x, &imp, cols, group);
+      Compare(s, x, nullptr, cols, group);  // every weight counts 1
+    }
+    // One group per row (the channel strategy's shape).
+    std::vector<float> x, imp;
+    RandomRows(rng, 16, 1024, &x, &imp);
+    Compare(s, x, &imp, 1024, 1024);
+  }
+}
+
+TEST_CASE("imatrix_mse int avx2 kernel equals the definition on adversarial groups") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;
+  std::vector<float> x, imp;
+  AdversarialRows(&x, &imp);
+  for (const Setting& s : Settings()) {
+    CAPTURE(s.bits);
+    CAPTURE(s.norm);
+    CAPTURE(s.expand);
+    CAPTURE(s.grid);
+    Compare(s, x, &imp, 128, 128);
+    Compare(s, x, nullptr, 128, 128);
+    Compare(s, x, &imp, 128, 32);
+  }
+}
+
+// The chosen quantization's row helpers (IntAvx2RowMinMax, IntAvx2Codes4) against the
+// definition: each group's min and max (min_element / max_element of the f32 values, up to
+// the sign of a zero), and every packed code u = QuantizeValue(x, scale) + 8 computed here
+// element by element, on every finite bf16 x (rows of 1024) and on random rows, under scales
+// that clip hard (the imatrix steps shrink the range), scales outside 2^-100 .. 2^100 (the
+// division path), and the zero guard eps.
+TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) {
+    CHECK(!calib::internal::IntAvx2CodesHandle(128, 1024));
+    return;
+  }
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  std::mt19937 rng(3);
+  std::shuffle(xs.begin(), xs.end(), rng);
+  std::vector<float> rnd, imp;
+  RandomRows(rng, 64, 1024, &rnd, &imp);
+  xs.insert(xs.end(), rnd.begin(), rnd.end());
+  const size_t n = 1024;
+  xs.resize(xs.size() / n * n);
+  std::vector<uint8_t> raw(xs.size() * 2);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  intq::internal::Layout l{4, -8, 7, 128, 8, 128};
+  std::uniform_int_distribution<int> exp_of(-140, 140);
+  size_t checked = 0, bad_codes = 0, bad_ranges = 0;
+  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
+    REQUIRE(calib::internal::IntAvx2CodesHandle(group, n));
+    const size_t ng = n / group;
+    std::vector<float> mn(ng), mx(ng);
+    std::vector<intq::internal::GroupParams> p(ng);
+    std::vector<uint8_t> got(n / 2), want(n / 2);
+    for (size_t r = 0; r < xs.size() / n; ++r) {
+      const float* x = xs.data() + r * n;
+      REQUIRE(calib::internal::IntAvx2RowMinMax(raw.data() + r * n * 2, ng, group, mn.data(),
+                                                mx.data()));
+      for (size_t k = 0; k < ng; ++k) {
+        const float lo = *std::min_element(x + k * group, x + (k + 1) * group);
+        const float hi = *std::max_element(x + k * group, x + (k + 1) * group);
+        if (!(mn[k] == lo && mx[k] == hi)) ++bad_ranges;
+        // A bf16 scale: the group's own (amax / 7.5), that times 2^-4 .. 2^-1 (clipping), a
+        // random power of two times a random mantissa, or eps.
+        const int kind = static_cast<int>((r + k) % 4);
+        float s = Bf16(std::max(std::fabs(lo), std::fabs(hi)) / 7.5f);
+        if (kind == 1) s = Bf16(s * std::ldexp(1.f, -1 - static_cast<int>(r % 4)));
+        if (kind == 2) s = Bf16(std::ldexp(1.f + static_cast<float>(r % 128) / 128.f, exp_of(rng)));
+        if (kind == 3 || s == 0.f || !std::isfinite(s)) s = 0.0078125f;
+        p[k] = {s, 0};
+      }
+      calib::internal::IntAvx2Codes4(raw.data() + r * n * 2, n, group, p.data(), got.data());
+      for (size_t c = 0; c < n; c += 2) {
+        const auto u = [&](size_t i) {
+          return static_cast<uint8_t>(
+              intq::internal::QuantizeValue(x[i], p[i / group], l, true, DType::kBF16) + 8);
+        };
+        want[c / 2] = static_cast<uint8_t>(u(c) | u(c + 1) << 4);
+      }
+      for (size_t i = 0; i < n / 2; ++i) {
+        ++checked;
+        if (got[i] != want[i] && bad_codes++ < 3) {
+          MESSAGE("row " << r << " byte " << i << ": got " << int(got[i]) << " want "
+                         << int(want[i]) << " scale " << p[2 * i / group].scale);
+        }
+      }
+    }
+  }
+  MESSAGE("code bytes checked: " << checked);
+  CHECK(bad_codes == 0);
+  CHECK(bad_ranges == 0);
+  // An Inf or NaN in a row: refused.
+  std::vector<uint8_t> row(2 * n, 0);
+  const uint16_t inf = 0x7F80, nan = 0xFFC1;
+  std::memcpy(&row[2 * 700], &inf, 2);
+  float a[16], b[16];
+  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+  std::memcpy(&row[2 * 700], &nan, 2);
+  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+}
+
+// The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
+// SearchBlock's dispatch) with the kernel and with it switched off (the Highway kernels, on
+// rows converted to f32): the same masks.
+TEST_CASE("imatrix_mse int avx2 kernel: SearchSteps with and without it agree") {
+  NoBf16Kernel off;
+  std::mt19937 rng(7);
+  const size_t rows = 70, cols = 512;
+  std::vector<float> x, imp;
+  RandomRows(rng, rows, cols, &x, &imp);
+  std::vector<uint8_t> raw(rows * cols * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = F32ToBF16(x[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  WeightChunk in;
+  in.data = raw.data();
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = cols;
+  in.params.bits = 4;
+  in.params.group_size = 128;
+  in.params.symmetric = true;
+  calib::ImatrixOptions o;
+  std::vector<uint32_t> on(rows * 4), off_masks(rows * 4);
+  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, on.data()));
+  calib::internal::SetIntAvx2Enabled(false);
+  const bool ok = calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, off_masks.data());
+  calib::internal::SetIntAvx2Enabled(true);
+  REQUIRE(ok);
+  CHECK(on == off_masks);
+}
+
+}  // namespace
+}  // namespace quench::testing
