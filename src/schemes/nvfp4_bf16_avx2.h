@@ -6,8 +6,13 @@
 //  - pass 1, each group's amax: the largest abs bf16 bit pattern of its 16 elements (for
 //    finite values the patterns order as the magnitudes), a 16-bit unsigned max;
 //  - pass 2, the scale code Nvfp4ScaleCode(amax, gs, bf16) (fp4_shared.h) in f32 lanes: t =
-//    RNE_bf16(amax / 6) by the f32 division and c10's integer RNE, u = gs * t (one f32
-//    product), clamp to 448 (gs > 0 here, so u >= +0 and the lower clamp is idle), then
+//    RNE_bf16(amax / 6) by c10's integer RNE of the f32 product amax * c, c = RN(1/6) =
+//    (1 + 2^-25) / 6, in place of the f32 quotient q = amax / 6. Both round to the same bf16
+//    value: amax = m * 2^e with m < 256, so if 3 divides m, q is an f32 value and amax * c =
+//    q + q * 2^-25 (under half of q's ulp) rounds back to q; otherwise q is at least 2^e / 48
+//    from every bf16 rounding boundary (a multiple of 2^e / 16 in q's binade, q < 2^(e+6)),
+//    while both f32 results lie within 2^(e-16) of q. The test runs every finite amax. Then
+//    u = gs * t (one f32 product), clamp to 448 (gs > 0 here, so u >= +0 and the lower clamp is idle), then
 //    F32ToE4M3 (float_formats.cc) of u: below 2^-6 the FPU's RNE of u + 2^14 leaves the
 //    subnormal code in the low bits; from 2^-6 up the exponent is rebiased and the 20 dropped
 //    mantissa bits rounded to nearest even (u <= 448 never reaches the NaN code); a code of 0
