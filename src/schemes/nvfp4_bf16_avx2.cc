@@ -102,23 +102,24 @@ QUENCH_NVFP4_AVX2 inline __m256i Entry(int k) {
 // group's bounds minus one in both 128-bit lanes of b.
 QUENCH_NVFP4_AVX2 inline __m256i GroupNibbles(__m256i x, __m256i b) {
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi16(0x7FFF));
-  // Index bit 2: bound 4. o holds 2 * (index so far) in both bytes of each lane, so that
-  // Entry(k) + o is the shuffle index of bound k + (index so far).
+  // Index bit 2: bound 4.
   const __m256i m4 = _mm256_cmpgt_epi16(a, _mm256_shuffle_epi8(b, Entry(4)));
-  __m256i o = _mm256_and_si256(m4, _mm256_set1_epi16(0x0808));
-  // Bit 1: bound 2 + index so far (2 or 6).
+  // Bit 1: bound 2 or 6, the shuffle index picked by a blend on m4.
   const __m256i m2 =
-      _mm256_cmpgt_epi16(a, _mm256_shuffle_epi8(b, _mm256_add_epi16(o, Entry(2))));
-  o = _mm256_add_epi16(o, _mm256_and_si256(m2, _mm256_set1_epi16(0x0404)));
-  // Bit 0: bound 1 + index so far (1, 3, 5 or 7); index = o's high byte / 2 - m1.
-  const __m256i m1 =
-      _mm256_cmpgt_epi16(a, _mm256_shuffle_epi8(b, _mm256_add_epi16(o, Entry(1))));
-  const __m256i idx = _mm256_sub_epi16(_mm256_srli_epi16(o, 9), m1);
+      _mm256_cmpgt_epi16(a, _mm256_shuffle_epi8(b, _mm256_blendv_epi8(Entry(2), Entry(6), m4)));
+  // Bit 0: bound p = 1 + 4 * [m4] + 2 * [m2] (Entry(p) = Entry(1 or 5) + 0x0404 * [m2]).
+  const __m256i i3 = _mm256_add_epi16(_mm256_blendv_epi8(Entry(1), Entry(5), m4),
+                                      _mm256_and_si256(m2, _mm256_set1_epi16(0x0404)));
+  const __m256i m1 = _mm256_cmpgt_epi16(a, _mm256_shuffle_epi8(b, i3));
   // Sign: x negative and |x| >= bound 0; x ^ 0x8000 is |x| for negative x and a negative
   // int16 (below every bound minus one, which is >= 0) for positive x.
   const __m256i m0 = _mm256_cmpgt_epi16(_mm256_xor_si256(x, _mm256_set1_epi16(-0x8000)),
                                         _mm256_shuffle_epi8(b, Entry(0)));
-  return _mm256_or_si256(idx, _mm256_and_si256(m0, _mm256_set1_epi16(8)));
+  // Index = p - 1 + [m1] (Entry(p) >> 9 = p; m1 is -1 where met), plus 8 for the sign: the
+  // -1 and the 8 come as one blend (7 or -1).
+  return _mm256_add_epi16(
+      _mm256_sub_epi16(_mm256_srli_epi16(i3, 9), m1),
+      _mm256_blendv_epi8(_mm256_set1_epi16(-1), _mm256_set1_epi16(7), m0));
 }
 
 // One group's bounds minus one, in both 128-bit lanes.
