@@ -1,13 +1,14 @@
 // The NVFP4 kernel's and the global-scale pre-pass's CPU per weight (bench/README.md,
 // "W4A16 and NVFP4A16 beyond FP8_DYNAMIC"): QuantizeNvfp4 and AbsMax on BF16 weights
-// [rows, cols] (default 32 x 4096, a Llama row block), with the AVX-512 BF16 kernel
-// (src/schemes/nvfp4_bf16.*) switched off (the best Highway target) and on, interleaved, on
-// one thread. "hot": one tensor again and again (in L2); "cold": N different tensors of the
-// same shape (N x 256 KiB, past the L2 and, for N >= 256, the L3). Thread CPU time, best of 15
-// rounds.
+// [rows, cols] (default 32 x 4096, a Llama row block), with the AVX-512 BF16 pass and the
+// AVX2 kernel (src/schemes/nvfp4_bf16.*, nvfp4_bf16_avx2.*) switched off (the best Highway
+// target) and on (whichever this CPU runs), interleaved, on one thread. "hot": one tensor
+// again and again (in L2); "cold": N different tensors of the same shape (N x 256 KiB, past
+// the L2 and, for N >= 256, the L3). Thread CPU time, best of 15 rounds.
 //
 //   quench-nvfp4-bench [N=512] [ROWS=32] [COLS=4096]
 //   -> "highway: hot H cold C | bf16: hot H cold C | amax: hot H cold C ns/weight"
+//      ("bf16" is "avx2" on CPUs without AVX-512 BF16)
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/nvfp4_bf16.h"
+#include "schemes/nvfp4_bf16_avx2.h"
 #include "bf16_tensors.h"
 #include "thread_cpu.h"
 
@@ -40,12 +42,14 @@ int main(int argc, char** argv) {
   in.rows = rows;
   in.cols = cols;
   in.params.global_scale = fp4::Nvfp4GlobalScale(0.1f, DType::kBF16);
-  const bool bf16 = fp4::Nvfp4Bf16Available();
+  const bool avx512 = fp4::Nvfp4Bf16Available();
+  const bool bf16 = avx512 || fp4::Nvfp4Bf16Avx2Available();
   double best[3][2] = {{1e9, 1e9}, {1e9, 1e9}, {1e9, 1e9}};  // [path][hot, cold], ns a weight
   for (int round = 0; round < 15; ++round) {
     for (int path = 0; path < 3; ++path) {
       if (path == 1 && !bf16) continue;
       fp4::internal::SetNvfp4Bf16Enabled(path == 1);
+      fp4::internal::SetNvfp4Bf16Avx2Enabled(path == 1);
       for (int cold = 0; cold < 2; ++cold) {
         const size_t runs = cold ? ntens : 64;
         const double t0 = ThreadCpu();
@@ -61,12 +65,13 @@ int main(int argc, char** argv) {
     }
   }
   fp4::internal::SetNvfp4Bf16Enabled(true);
-  std::printf("%zu x %zu: highway: hot %.3f cold %.3f | bf16: ", rows, cols, best[0][0],
-              best[0][1]);
+  fp4::internal::SetNvfp4Bf16Avx2Enabled(true);
+  std::printf("%zu x %zu: highway: hot %.3f cold %.3f | %s: ", rows, cols, best[0][0],
+              best[0][1], avx512 || !bf16 ? "bf16" : "avx2");
   if (bf16) {
     std::printf("hot %.3f cold %.3f", best[1][0], best[1][1]);
   } else {
-    std::printf("- (no AVX-512 BF16 here)");
+    std::printf("- (no AVX-512 BF16 or AVX2 here)");
   }
   std::printf(" | amax: hot %.3f cold %.3f ns/weight\n", best[2][0], best[2][1]);
   return 0;
