@@ -8,7 +8,7 @@
 //
 //   quench-int4-bench [N=64] [SYMMETRIC=1] [ROWS=512] [COLS=1024]
 //   -> "highway: hot H cold C | avx2: hot H cold C | bf16: hot H cold C ns/weight" ("-" for a
-//      kernel this CPU lacks or that does not take the chunk: the AVX2 one is symmetric only)
+//      kernel this CPU does not run)
 
 #include <algorithm>
 #include <cstdint>

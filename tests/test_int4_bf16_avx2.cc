@@ -1,5 +1,6 @@
 // The AVX2 int4 kernel (src/schemes/int4_bf16_avx2.cc) against the scalar definition
-// (QuantizePackedScalar, which divides and rounds in plain C++), bit for bit: every finite
+// (QuantizePackedScalar, which divides and rounds in plain C++), bit for bit, symmetric and
+// asymmetric (scales, packed words and packed zero points): every finite
 // bf16 x (both signs, subnormals, zeros) under the scale of groups whose amax has every bf16
 // significand at exponents across the whole range (subnormal amax and scales: the division,
 // ReciprocalIsExact false; amax whose scale rounds to 0: eps; scales >= 2^126: the division
@@ -16,6 +17,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "int_paths.h"
@@ -33,9 +35,10 @@ struct Run {
   bool ok;
   std::vector<uint8_t> words;
   std::vector<uint8_t> scales;
+  std::vector<uint8_t> zps;  // packed zero points (asymmetric; guard bytes only otherwise)
 };
 
-WeightChunk Chunk(const uint8_t* data, size_t rows, size_t cols, int group) {
+WeightChunk Chunk(const uint8_t* data, size_t rows, size_t cols, int group, bool sym = true) {
   WeightChunk in;
   in.data = data;
   in.dtype = DType::kBF16;
@@ -43,7 +46,7 @@ WeightChunk Chunk(const uint8_t* data, size_t rows, size_t cols, int group) {
   in.cols = cols;
   in.params.bits = 4;
   in.params.group_size = group;
-  in.params.symmetric = true;
+  in.params.symmetric = sym;
   return in;
 }
 
@@ -54,11 +57,12 @@ Run Quantize(const WeightChunk& in, Path path) {
   Run r;
   r.words.assign(in.rows * in.cols / 2 + kGuardBytes, kGuard);
   r.scales.assign(in.rows * n_groups * 2 + kGuardBytes, kGuard);
-  std::vector<uint8_t> zps(kGuardBytes, kGuard);  // symmetric: never written
+  const size_t zp_bytes = in.params.symmetric ? 0 : (in.rows * 4 + 31) / 32 * n_groups * 4;
+  r.zps.assign(zp_bytes + kGuardBytes, kGuard);
   ChunkOutputs out;
   out.out[0] = r.words.data();
   out.out[1] = r.scales.data();
-  out.out[2] = zps.data();
+  out.out[2] = r.zps.data();
   switch (path) {
     case Path::kScalar: r.ok = QuantizePackedScalar(in, out); break;
     case Path::kKernel: r.ok = QuantizeInt4Bf16Avx2(in, out); break;
@@ -69,10 +73,11 @@ Run Quantize(const WeightChunk& in, Path path) {
 
 // The kernel against the definition on `data` (bf16 patterns) as rows x cols, groups of
 // `group` (0: the whole row), from an unaligned copy.
-void ExpectSame(const std::vector<uint16_t>& data, size_t rows, size_t cols, int group) {
+void ExpectSame(const std::vector<uint16_t>& data, size_t rows, size_t cols, int group,
+                bool sym) {
   std::vector<uint8_t> bytes(data.size() * 2 + 1);
   std::memcpy(bytes.data() + 1, data.data(), data.size() * 2);
-  const WeightChunk in = Chunk(bytes.data() + 1, rows, cols, group);
+  const WeightChunk in = Chunk(bytes.data() + 1, rows, cols, group, sym);
   REQUIRE(Int4Bf16Avx2Handles(in));
   const Run want = Quantize(in, Path::kScalar);
   const Run got = Quantize(in, Path::kKernel);
@@ -80,6 +85,7 @@ void ExpectSame(const std::vector<uint16_t>& data, size_t rows, size_t cols, int
   if (!want.ok) return;
   REQUIRE(got.scales == want.scales);  // the guard bytes too: no overrun
   REQUIRE(got.words == want.words);
+  REQUIRE(got.zps == want.zps);
 }
 
 // Groups of `group` elements: amax (sign alternating from group to group), then the values
@@ -133,9 +139,8 @@ TEST_CASE("the chunks it takes") {
   CHECK_FALSE(Int4Bf16Avx2Handles(Chunk(data.data(), 4, 192, 16)));
   CHECK_FALSE(Int4Bf16Avx2Handles(Chunk(data.data(), 4, 80, 0)));
   CHECK_FALSE(Int4Bf16Avx2Handles(Chunk(data.data(), 4, 192, 48)));
-  WeightChunk asym = Chunk(data.data(), 4, 128, 128);
-  asym.params.symmetric = false;
-  CHECK_FALSE(Int4Bf16Avx2Handles(asym));
+  CHECK(Int4Bf16Avx2Handles(Chunk(data.data(), 4, 128, 128, /*sym=*/false)) == avail);
+  CHECK(Int4Bf16Avx2Handles(Chunk(data.data(), 4, 192, 0, /*sym=*/false)) == avail);
   WeightChunk f16 = Chunk(data.data(), 4, 128, 128);
   f16.dtype = DType::kF16;
   CHECK_FALSE(Int4Bf16Avx2Handles(f16));
@@ -177,11 +182,17 @@ TEST_CASE("every finite bf16 x under every amax significand, many binades") {
       CAPTURE(amax_bits);
       // Groups of 128, rows of 8 (whole blocks), and groups of 32, rows of 3 (the 32-element
       // step and a partial block).
+      // Asymmetric: the same groups (amax of either sign, the rest of both signs: many
+      // ranges and zero points), every fourth significand.
       const std::vector<uint16_t> g128 = Groups(amax_bits, xs, 128, 1024);
-      ExpectSame(g128, g128.size() / 1024, 1024, 128);
       const std::vector<uint16_t> g32 = Groups(amax_bits, xs, 32, 96);
-      ExpectSame(g32, g32.size() / 96, 96, 32);
-      checked += g128.size() + g32.size();
+      for (bool sym : {true, false}) {
+        if (!sym && m % 4 != 0) continue;
+        CAPTURE(sym);
+        ExpectSame(g128, g128.size() / 1024, 1024, 128, sym);
+        ExpectSame(g32, g32.size() / 96, 96, 32, sym);
+        checked += g128.size() + g32.size();
+      }
     }
   }
   MESSAGE(checked << " (x, scale) pairs checked");
@@ -201,7 +212,10 @@ TEST_CASE("every finite amax") {
     }
   }
   while (data.size() % kCols != 0) data.push_back(0);
-  ExpectSame(data, data.size() / kCols, kCols, static_cast<int>(kGroup));
+  for (bool sym : {true, false}) {
+    CAPTURE(sym);
+    ExpectSame(data, data.size() / kCols, kCols, static_cast<int>(kGroup), sym);
+  }
 }
 
 TEST_CASE("group sizes, channel rows, widths, zero and subnormal groups") {
@@ -218,17 +232,27 @@ TEST_CASE("group sizes, channel rows, widths, zero and subnormal groups") {
     const size_t cols = sh[0];
     const int group = static_cast<int>(sh[1]);
     for (size_t rows : {1, 3, 17}) {
-      const std::vector<uint16_t> data =
-          MixedRows(rng, rows, cols, group > 0 ? static_cast<size_t>(group) : cols);
-      CAPTURE(rows);
-      CAPTURE(cols);
-      CAPTURE(group);
-      ExpectSame(data, rows, cols, group);
-      // The same rows all zero, and all subnormal.
-      ExpectSame(std::vector<uint16_t>(rows * cols, 0), rows, cols, group);
-      std::vector<uint16_t> sub(data.size());
-      for (size_t i = 0; i < sub.size(); ++i) sub[i] = static_cast<uint16_t>(data[i] & 0x807Fu);
-      ExpectSame(sub, rows, cols, group);
+      for (bool sym : {true, false}) {
+        const std::vector<uint16_t> data =
+            MixedRows(rng, rows, cols, group > 0 ? static_cast<size_t>(group) : cols);
+        CAPTURE(rows);
+        CAPTURE(cols);
+        CAPTURE(group);
+        CAPTURE(sym);
+        ExpectSame(data, rows, cols, group, sym);
+        // The same rows all zero, all subnormal, and all of one sign (zero points at -8
+        // and 7).
+        ExpectSame(std::vector<uint16_t>(rows * cols, 0), rows, cols, group, sym);
+        std::vector<uint16_t> sub(data.size()), pos(data.size()), neg(data.size());
+        for (size_t i = 0; i < sub.size(); ++i) {
+          sub[i] = static_cast<uint16_t>(data[i] & 0x807Fu);
+          pos[i] = static_cast<uint16_t>(data[i] & 0x7FFFu);
+          neg[i] = static_cast<uint16_t>(data[i] | 0x8000u);
+        }
+        ExpectSame(sub, rows, cols, group, sym);
+        ExpectSame(pos, rows, cols, group, sym);
+        ExpectSame(neg, rows, cols, group, sym);
+      }
     }
   }
 }
@@ -243,12 +267,15 @@ TEST_CASE("NaN and Inf in any group are refused") {
                        cols + 1000, rows * cols - 1}) {
       std::vector<uint16_t> data = MixedRows(rng, rows, cols, 128);
       data[pos] = bad;
-      CAPTURE(bad);
-      CAPTURE(pos);
-      ExpectSame(data, rows, cols, 128);
       std::vector<uint8_t> bytes(data.size() * 2);
       std::memcpy(bytes.data(), data.data(), bytes.size());
-      CHECK_FALSE(Quantize(Chunk(bytes.data(), rows, cols, 128), Path::kKernel).ok);
+      for (bool sym : {true, false}) {
+        CAPTURE(bad);
+        CAPTURE(pos);
+        CAPTURE(sym);
+        ExpectSame(data, rows, cols, 128, sym);
+        CHECK_FALSE(Quantize(Chunk(bytes.data(), rows, cols, 128, sym), Path::kKernel).ok);
+      }
     }
   }
 }
@@ -258,12 +285,13 @@ TEST_CASE("QuantizePacked: the AVX2 target takes this kernel, and with it off it
   // kernel off, then the AVX2 target with it on), so that the Highway AVX2 code this kernel
   // displaces stays checked against the definition too.
   std::mt19937 rng(7);
-  for (int group : {128, 32, 0}) {
+  const std::pair<int, bool> cases[] = {{128, true}, {32, true}, {0, true}, {128, false}};
+  for (const auto& [group, sym] : cases) {
     const size_t rows = 37, cols = 1024;
     const std::vector<uint16_t> data =
         MixedRows(rng, rows, cols, group > 0 ? static_cast<size_t>(group) : cols);
     const WeightChunk in =
-        Chunk(reinterpret_cast<const uint8_t*>(data.data()), rows, cols, group);
+        Chunk(reinterpret_cast<const uint8_t*>(data.data()), rows, cols, group, sym);
     const Run want = Quantize(in, Path::kScalar);
     REQUIRE(want.ok);
     const std::set<std::string> paths = ForEachIntPath([&](const std::string& target) {
@@ -273,6 +301,7 @@ TEST_CASE("QuantizePacked: the AVX2 target takes this kernel, and with it off it
       REQUIRE(got.ok);
       CHECK(got.words == want.words);
       CHECK(got.scales == want.scales);
+      CHECK(got.zps == want.zps);
     });
     CHECK(paths.count(kInt4Bf16Avx2Path) == (Int4Bf16Avx2Available() ? 1u : 0u));
   }

@@ -554,7 +554,7 @@ bool QuantizeKernel(const WeightChunk& in, const ChunkOutputs& out) {
   // targets still run their Highway code.
   if (kPacked && Int4Bf16Handles(in)) return QuantizeInt4Bf16(in, out);
 #elif HWY_TARGET == HWY_AVX2
-  // bf16 symmetric int4 on the AVX2 target: codes re-paired into 16-bit lanes
+  // bf16 int4 on the AVX2 target: codes re-paired into 16-bit lanes
   // (int4_bf16_avx2.h), taken from this target only for the same reason.
   if (kPacked && Int4Bf16Avx2Handles(in)) return QuantizeInt4Bf16Avx2(in, out);
 #endif

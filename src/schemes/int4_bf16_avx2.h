@@ -1,4 +1,4 @@
-// BF16 weights -> symmetric int4 groups, packed (W4A16's pack-quantized), on AVX2 CPUs
+// BF16 weights -> int4 groups, packed (W4A16 / W4A16_ASYM's pack-quantized), on AVX2 CPUs
 // without AVX-512 BF16: the same bytes as the scalar definition in int.cc and the Highway
 // kernel, with the rounded quotients re-paired into 16-bit lanes in element order before they
 // are packed (bench/README.md, "int4 groups on AVX2").
@@ -19,6 +19,11 @@
 //    has a relative error of at most 2^-9; an eps scale only gets x far below it), so
 //    round(v) >= -8 needs no lower clamp and u = min(round(v) + 8, 15) is the clamped code
 //    (7 is an integer: clamping v to 7 before rounding and the rounded value after agree).
+// Asymmetric groups take the min and max (as ordered keys, folded with 0), the parameters as
+// int4_bf16.h's RowParamsAsym computes them, and one more step: v = RNE_bf16(RNE_bf16(x /
+// scale) + zp) (the f32 sum, rounded by the same integer rounding); |v| < 24 (int4_bf16.cc's
+// QuantizeGroupAsym), so the magic sum stays in [2^23, 2^24) and its low 16 bits are
+// round(v) + 8 as int16, clamped to [0, 15] on the codes.
 // tests/test_int4_bf16_avx2.cc runs every finite bf16 x under scales of every significand at
 // many binades through this kernel and the definition, plus group shapes, zero and subnormal
 // groups and NaN/Inf refusal.
@@ -32,14 +37,15 @@ namespace quench::intq {
 // True when this CPU runs the kernel (AVX2, FMA, BMI2).
 bool Int4Bf16Avx2Available();
 
-// True when the kernel handles the chunk: bf16, 4 bits, symmetric, no column factors, a group
-// size (or a whole row: channel strategy) that is a multiple of 32, Int4Bf16Avx2Available()
-// and the switch below on.
+// True when the kernel handles the chunk: bf16, 4 bits, symmetric or not, no column factors,
+// a group size (or a whole row: channel strategy) that is a multiple of 32,
+// Int4Bf16Avx2Available() and the switch below on.
 bool Int4Bf16Avx2Handles(const WeightChunk& in);
 
 // Quantizes and packs a chunk Int4Bf16Avx2Handles accepts: out[0] the rows' int32 words
-// (cols / 2 bytes a row), out[1] the bf16 scales [rows, n_groups]. False when the chunk holds
-// NaN or Inf (as QuantizePacked).
+// (cols / 2 bytes a row), out[1] the bf16 scales [rows, n_groups], out[2] (asymmetric) the
+// zero points packed down dim 0 (int.h). False when the chunk holds NaN or Inf (as
+// QuantizePacked).
 bool QuantizeInt4Bf16Avx2(const WeightChunk& in, const ChunkOutputs& out);
 
 namespace internal {
