@@ -20,7 +20,7 @@
 //    round(v) >= -8 needs no lower clamp and u = min(round(v) + 8, 15) is the clamped code
 //    (7 is an integer: clamping v to 7 before rounding and the rounded value after agree).
 // Asymmetric groups take the min and max (as ordered keys, folded with 0), the parameters as
-// int4_bf16.h's RowParamsAsym computes them, and one more step: v = RNE_bf16(RNE_bf16(x /
+// int4_bf16.cc's RowParamsAsym computes them, and one more step: v = RNE_bf16(RNE_bf16(x /
 // scale) + zp) (the f32 sum, rounded by the same integer rounding); |v| < 24 (int4_bf16.cc's
 // QuantizeGroupAsym), so the magic sum stays in [2^23, 2^24) and its low 16 bits are
 // round(v) + 8 as int16, clamped to [0, 15] on the codes.
