@@ -1,12 +1,14 @@
-// The int4 kernels' CPU per weight (bench/README.md, "int4 from bf16 with AVX-512 BF16"):
-// QuantizePacked on BF16 weights [rows, cols] (default 512 x 1024, the pruned-MoE bench's
-// 1 MiB experts), group 128, with the AVX-512 BF16 kernel (src/schemes/int4_bf16.*) switched
-// off (the best Highway target) and on, interleaved, on one thread. "hot": one tensor again
+// The int4 kernels' CPU per weight (bench/README.md, "int4 from bf16 with AVX-512 BF16" and
+// "int4 groups on AVX2"): QuantizePacked on BF16 weights [rows, cols] (default 512 x 1024, the
+// pruned-MoE bench's 1 MiB experts), group 128, with both hand-written kernels
+// (src/schemes/int4_bf16*.{h,cc}) switched off (the best Highway target), with the AVX2 one
+// on, and with the AVX-512 BF16 one on, interleaved, on one thread. "hot": one tensor again
 // and again (in L2); "cold": N different tensors (N MiB, past the L2 and, for N >= 64, the
 // L3). Thread CPU time, best of 15 rounds, so other jobs on a shared machine matter less.
 //
 //   quench-int4-bench [N=64] [SYMMETRIC=1] [ROWS=512] [COLS=1024]
-//   -> "highway: hot H cold C | bf16: hot H cold C ns/weight" (bf16: "-" on CPUs without it)
+//   -> "highway: hot H cold C | avx2: hot H cold C | bf16: hot H cold C ns/weight" ("-" for a
+//      kernel this CPU does not run)
 
 #include <algorithm>
 #include <cstdint>
@@ -14,9 +16,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "hwy/targets.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 #include "schemes/int4_bf16.h"
+#include "schemes/int4_bf16_avx2.h"
 #include "bf16_tensors.h"
 #include "thread_cpu.h"
 
@@ -44,11 +48,22 @@ int main(int argc, char** argv) {
   in.params.bits = 4;
   in.params.group_size = 128;
   in.params.symmetric = sym;
-  const bool bf16 = intq::Int4Bf16Available();
-  double best[2][2] = {{1e9, 1e9}, {1e9, 1e9}};  // [path][hot, cold], ns a weight
+  // Paths: 0 Highway (both kernels off), 1 the AVX2 kernel, 2 the AVX-512 BF16 kernel. The
+  // dispatcher takes the AVX2 kernel from Highway's AVX2 target only, so path 1 needs a CPU
+  // whose best target is AVX2 (as this VM's); elsewhere it reports "-".
+  auto set_path = [](int path) {
+    intq::internal::SetInt4Bf16Enabled(path == 2);
+    intq::internal::SetInt4Bf16Avx2Enabled(path == 1);
+  };
+  const int64_t targets = hwy::SupportedTargets();
+  const bool best_avx2 = (targets & -targets) == HWY_AVX2;  // the lowest bit: the best target
+  const bool have[3] = {true, best_avx2 && intq::Int4Bf16Avx2Handles(in),
+                        intq::Int4Bf16Available()};
+  double best[3][2] = {{1e9, 1e9}, {1e9, 1e9}, {1e9, 1e9}};  // [path][hot, cold], ns a weight
   for (int round = 0; round < 15; ++round) {
-    for (int path = 0; path < (bf16 ? 2 : 1); ++path) {
-      intq::internal::SetInt4Bf16Enabled(path == 1);
+    for (int path = 0; path < 3; ++path) {
+      if (!have[path]) continue;
+      set_path(path);
       for (int cold = 0; cold < 2; ++cold) {
         const size_t runs = cold ? ntens : 64;
         const double t0 = ThreadCpu();
@@ -62,12 +77,17 @@ int main(int argc, char** argv) {
     }
   }
   intq::internal::SetInt4Bf16Enabled(true);
-  std::printf("%s, %zu x %zu: highway: hot %.3f cold %.3f | bf16: ", sym ? "symmetric" : "asymmetric",
-              rows, cols, best[0][0], best[0][1]);
-  if (bf16) {
-    std::printf("hot %.3f cold %.3f ns/weight\n", best[1][0], best[1][1]);
-  } else {
-    std::printf("- (no AVX-512 BF16 here) ns/weight\n");
+  intq::internal::SetInt4Bf16Avx2Enabled(true);
+  std::printf("%s, %zu x %zu:", sym ? "symmetric" : "asymmetric", rows, cols);
+  const char* names[3] = {"highway", "avx2", "bf16"};
+  for (int path = 0; path < 3; ++path) {
+    if (have[path]) {
+      std::printf("%s %s: hot %.3f cold %.3f", path ? " |" : "", names[path], best[path][0],
+                  best[path][1]);
+    } else {
+      std::printf(" | %s: -", names[path]);
+    }
   }
+  std::printf(" ns/weight\n");
   return 0;
 }

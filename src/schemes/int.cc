@@ -34,6 +34,7 @@
 
 #include "schemes/float_formats.h"
 #include "schemes/int4_bf16.h"
+#include "schemes/int4_bf16_avx2.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/schemes/int.cc"
@@ -552,6 +553,10 @@ bool QuantizeKernel(const WeightChunk& in, const ChunkOutputs& out) {
   // (int4_bf16.h). Taken from the AVX-512 targets only, so that tests running the lesser
   // targets still run their Highway code.
   if (kPacked && Int4Bf16Handles(in)) return QuantizeInt4Bf16(in, out);
+#elif HWY_TARGET == HWY_AVX2
+  // bf16 int4 on the AVX2 target: codes re-paired into 16-bit lanes
+  // (int4_bf16_avx2.h), taken from this target only for the same reason.
+  if (kPacked && Int4Bf16Avx2Handles(in)) return QuantizeInt4Bf16Avx2(in, out);
 #endif
   const bool sym = in.params.symmetric;
   switch (in.dtype) {
