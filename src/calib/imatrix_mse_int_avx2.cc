@@ -184,13 +184,6 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// The smallest f32 >= d for d >= 0 (an error bound): t >= d exactly when f32 t >= it.
-inline float CeilF32(double d) {
-  float f = static_cast<float>(d);
-  if (static_cast<double>(f) < d) f = std::bit_cast<float>(std::bit_cast<uint32_t>(f) + 1u);
-  return f;
-}
-
 // The element's weight in the ordering heuristic, x^8 * imp (imatrix_mse_certified.cc Key;
 // any key gives a valid bound).
 QUENCH_IMX_AVX2 inline __m256 Key(__m256 x, __m256 im) {
@@ -493,33 +486,15 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
   x.nv = x.n / 8;
   x.ng = b.cols / x.n;
   const size_t groups = b.rows * x.ng;
-  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
-  x.step_bits = steps == 32 ? ~0u : (1u << steps) - 1u;
-  const double m = static_cast<double>(x.n + 2) * 0x1p-23;  // the bound's margin
-  x.lo_f = 1.0 - m;
-  x.hi_f = 1.0 + m;
-  for (size_t k = 0; k < kSteps; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
-    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
-    x.P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
-  }
-  // Per thread and reused (fresh pages per block cost more than the search).
-  thread_local std::vector<float> ones;
-  struct Buffer {
-    float* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  if (b.imp == nullptr && ones.size() < x.n) ones.assign(x.n, 1.0f);
-  x.ones = ones.data();
-  if (buf.n < x.n) {  // 3 * kBatch * n floats: a multiple of 32 bytes (n % 32 == 0)
-    std::free(buf.p);
-    buf.p = static_cast<float*>(std::aligned_alloc(32, 3 * kBatch * x.n * sizeof(float)));
-    buf.n = x.n;
-  }
+  const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x.n, x.P, kSteps);
+  x.step_bits = st.step_bits;
+  x.lo_f = st.lo_f;
+  x.hi_f = st.hi_f;
+  x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
+  float* const buf = ThreadScratch(3 * kBatch * x.n);
   Prepared prep[kBatch];
   for (size_t j = 0; j < kBatch; ++j) {
-    prep[j].xa = buf.p + 3 * j * x.n;
+    prep[j].xa = buf + 3 * j * x.n;
     prep[j].hv = prep[j].xa + x.n;
     prep[j].ie = prep[j].hv + x.n;
   }

@@ -164,15 +164,6 @@ QUENCH_AVX512BF16 inline double LaneSum(__m512 v) {
   return static_cast<double>(_mm512_reduce_add_ps(v));
 }
 
-// The smallest f32 >= d for d >= 0 (an error bound): t >= d exactly when f32 t >= it. The
-// next f32 up from a nonnegative f is the next bit pattern (+0 to the least subnormal, the
-// largest finite to +Inf).
-inline float CeilF32(double d) {
-  float f = static_cast<float>(d);
-  if (static_cast<double>(f) < d) f = std::bit_cast<float>(std::bit_cast<uint32_t>(f) + 1u);
-  return f;
-}
-
 // The element's weight in the ordering heuristic, |x|^3 * imp (imatrix_mse_certified.cc Key).
 QUENCH_AVX512BF16 inline __m512 Key(__m512 x, __m512 im) {
   const __m512 a = _mm512_abs_ps(x);
@@ -441,33 +432,15 @@ QUENCH_AVX512BF16 void Search(const Block& b) {
   x.np = x.n / 32;
   x.ng = b.cols / x.n;
   const size_t groups = b.rows * x.ng;
-  const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
-  x.step_bits = steps == 32 ? ~0u : (1u << steps) - 1u;
-  const double m = static_cast<double>(x.n + 2) * 0x1p-23;  // the bound's margin
-  x.lo_f = 1.0 - m;
-  x.hi_f = 1.0 + m;
-  for (size_t k = 0; k < kSteps; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
-    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
-    x.P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
-  }
-  // Per thread and reused (fresh pages per block cost more than the search).
-  thread_local std::vector<float> ones;
-  struct Buffer {
-    float* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  if (b.imp == nullptr && ones.size() < x.n) ones.assign(x.n, 1.0f);
-  x.ones = ones.data();
-  if (buf.n < x.n) {  // 3 * kBatch * n floats: a multiple of 64 bytes (n % 32 == 0)
-    std::free(buf.p);
-    buf.p = static_cast<float*>(std::aligned_alloc(64, 3 * kBatch * x.n * sizeof(float)));
-    buf.n = x.n;
-  }
+  const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x.n, x.P, kSteps);
+  x.step_bits = st.step_bits;
+  x.lo_f = st.lo_f;
+  x.hi_f = st.hi_f;
+  x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
+  float* const buf = ThreadScratch(3 * kBatch * x.n);
   Prepared prep[kBatch];
   for (size_t j = 0; j < kBatch; ++j) {
-    prep[j].qa = buf.p + 3 * j * x.n;
+    prep[j].qa = buf + 3 * j * x.n;
     prep[j].xe = prep[j].qa + x.n;
     prep[j].ie = prep[j].xe + x.n;
   }
