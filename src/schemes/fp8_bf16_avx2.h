@@ -17,7 +17,7 @@
 //    negative v leaves -code, whose absolute value is taken), computed only for vectors with
 //    a lane in (2^-10, 2^-6): below, the code is 0, which the normal step's saturating
 //    subtraction gives; the sign goes to bit 7.
-// tests/test_fp8_bf16_avx2.cc runs every finite bf16 x under scales of every significand and
+// tests/test_fp8_bf16.cc runs every finite bf16 x under scales of every significand and
 // many binades through this kernel and the scalar definition, plus row shapes, zero rows and
 // NaN/Inf refusal.
 #ifndef QUENCH_SCHEMES_FP8_BF16_AVX2_H_
