@@ -50,6 +50,12 @@ class BufferPool {
   // largest chunk it ever held.) A new buffer is mapped when none is free.
   Buffer Get(uint64_t size);
   void Put(Buffer b);
+  // Unmaps every free buffer now (the pool stays usable).
+  void Clear() {
+    std::vector<Buffer> gone;
+    std::lock_guard<std::mutex> lock(mu_);
+    gone.swap(free_);
+  }
 
  private:
   // Whether a buffer that has touched `a` bytes suits a chunk of `size` better than one that

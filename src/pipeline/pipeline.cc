@@ -80,6 +80,9 @@ Status ShardPipeline::Run() {
   }
   if (!failed()) FinishShardsBefore(plan_.shards.size());
   writer_->Finish();
+  // Every chunk's buffers are back in the pool: unmapped while the last shard's commit (its
+  // fsync) runs, not after it (up to 35 buffers, ~6 ms of munmap on the main thread).
+  pool_.Clear();
   if (failed()) {
     for (auto& f : commits_) f.wait();
     return first_error_;

@@ -13,7 +13,24 @@ Status ShardPipeline::EnsureOpen(size_t s) {
   const PlannedShard& ps = plan_.shards[s];
   QUENCH_ASSIGN_OR_RETURN(files_[s], OutputFile::Create(plan_.dst / ps.rel_name, ps.file_size,
                                                         sizing_.write_mode));
-  return files_[s]->WriteAt(0, ps.header.data(), ps.header.size());
+  // The header goes to the writers as a chunk of its own (no pooled buffer, so it never
+  // waits for room in their queue): a shard of many tensors has megabytes of it (7 MB for
+  // 29k experts), and written here it held the serial stage that opens the shard, before
+  // the run's first chunk or while the workers ran out of chunks, for its whole direct write.
+  // The writers take items in order, so it is written before the shard's commit (queued
+  // after the shard's last chunk), and OutputFile takes its bytes in any order with the
+  // chunks'.
+  try {
+    auto c = std::make_unique<Chunk>();
+    c->file = files_[s].get();
+    c->writes.push_back(
+        {0, reinterpret_cast<const uint8_t*>(ps.header.data()), ps.header.size()});
+    writer_->Submit(std::move(c), 0);
+  } catch (const std::bad_alloc&) {
+    return Error(ErrorCode::kIo, "out of memory: cannot queue the header of " + ps.rel_name +
+                                     "; free memory or lower --memory-limit");
+  }
+  return Status::Ok();
 }
 
 Status ShardPipeline::WriteConstants(size_t s) {

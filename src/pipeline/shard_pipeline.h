@@ -286,7 +286,7 @@ class ShardPipeline {
   void QuantizeDecoded(Chunk* c, Piece& p, const PlannedTensor& t, const WeightChunk& in,
                        const ChunkOutputs& outs);
 
-  // Creates the shard's temporary file and writes its header.
+  // Creates the shard's temporary file and queues its header for the writer threads.
   Status EnsureOpen(size_t s);
 
   // Writes the shard's constant tensors (weight_shape, weight_global_scale). Called once every

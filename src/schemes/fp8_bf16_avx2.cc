@@ -82,10 +82,11 @@ QUENCH_FP8_AVX2 uint32_t RowAbsMax(const uint8_t* p, size_t n) {
   return best;
 }
 
-// e4m3 codes (low byte of each 16-bit lane) of 16 elements x, by the steps in
-// fp8_bf16_avx2.h.
+// e4m3 codes without the sign (low byte of each 16-bit lane, <= 0x7E) of 16 elements x, by
+// the steps in fp8_bf16_avx2.h; `sign` gets the rounded bf16 values, whose bit 15 is the sign
+// (Pack32 adds it).
 template <bool kByReciprocal>
-QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by) {
+QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by, __m256i* sign) {
   const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
   __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(x, hi_mask));
@@ -96,15 +97,25 @@ QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by) {
     even = _mm256_div_ps(even, by);
     odd = _mm256_div_ps(odd, by);
   }
-  // RNE_bf16 in 32-bit lanes: bits + 0x7FFF + lsb; the bf16 result is the high half.
-  const __m256i one32 = _mm256_set1_epi32(1);
-  const __m256i half = _mm256_set1_epi32(0x7FFF);
+  // RNE_bf16 in 32-bit lanes; the bf16 result is the high half. A product by the reciprocal
+  // is never a bf16 midpoint (ReciprocalIsExact's proof: the quotient is at least a relative
+  // 2^-17 from every midpoint, the product within 2^-23 of the quotient), so rounding half
+  // up (bits + 0x8000) is RNE there; a quotient by division takes c10's bits + 0x7FFF + lsb.
   const __m256i qe = _mm256_castps_si256(even);
   const __m256i qo = _mm256_castps_si256(odd);
-  const __m256i re = _mm256_add_epi32(
-      _mm256_add_epi32(qe, half), _mm256_and_si256(_mm256_srli_epi32(qe, 16), one32));
-  const __m256i ro = _mm256_add_epi32(
-      _mm256_add_epi32(qo, half), _mm256_and_si256(_mm256_srli_epi32(qo, 16), one32));
+  __m256i re, ro;
+  if constexpr (kByReciprocal) {
+    const __m256i half_up = _mm256_set1_epi32(0x8000);
+    re = _mm256_add_epi32(qe, half_up);
+    ro = _mm256_add_epi32(qo, half_up);
+  } else {
+    const __m256i one32 = _mm256_set1_epi32(1);
+    const __m256i half = _mm256_set1_epi32(0x7FFF);
+    re = _mm256_add_epi32(_mm256_add_epi32(qe, half),
+                          _mm256_and_si256(_mm256_srli_epi32(qe, 16), one32));
+    ro = _mm256_add_epi32(_mm256_add_epi32(qo, half),
+                          _mm256_and_si256(_mm256_srli_epi32(qo, 16), one32));
+  }
   // v: the rounded bf16 values in element order (even ones in the low halves).
   const __m256i v = _mm256_blend_epi16(_mm256_srli_epi32(re, 16), ro, 0xAA);
   const __m256i f = _mm256_and_si256(v, _mm256_set1_epi16(0x7FFF));
@@ -130,8 +141,18 @@ QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by) {
         _mm256_castps_si256(se), _mm256_slli_epi32(_mm256_castps_si256(so), 16), 0xAA));
     code = _mm256_blendv_epi8(code, sub, _mm256_and_si256(above, below));
   }
-  return _mm256_or_si256(code,
-                         _mm256_and_si256(_mm256_srli_epi16(v, 8), _mm256_set1_epi16(0x80)));
+  *sign = v;
+  return code;
+}
+
+// 32 e4m3 bytes in element order from two Quantize16 results: the codes (<= 0x7E) packed
+// unsigned, the signs by a signed pack of the bf16 values (a negative lane saturates to a
+// byte with bit 7 set, a positive one to a byte without), one vpor for both vectors.
+QUENCH_FP8_AVX2 inline __m256i Pack32(__m256i c0, __m256i c1, __m256i v0, __m256i v1) {
+  const __m256i signs =
+      _mm256_and_si256(_mm256_packs_epi16(v0, v1), _mm256_set1_epi8(static_cast<char>(0x80)));
+  // packs/packus interleave 128-bit halves (0 lo, 1 lo, 0 hi, 1 hi): 0xD8 restores order.
+  return _mm256_permute4x64_epi64(_mm256_or_si256(_mm256_packus_epi16(c0, c1), signs), 0xD8);
 }
 
 // Quantizes the n elements at src into dst; asks for the same stretch of `ahead` (the next
@@ -143,25 +164,24 @@ QUENCH_FP8_AVX2 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar, 
   size_t i = 0;
   for (; i + kStep <= n; i += kStep) {
     if (ahead != nullptr) _mm_prefetch(reinterpret_cast<const char*>(ahead + 2 * i), _MM_HINT_T0);
+    __m256i v0, v1;
     const __m256i c0 = Quantize16<kByReciprocal>(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)), by);
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)), by, &v0);
     const __m256i c1 = Quantize16<kByReciprocal>(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i + 32)), by);
-    // packus interleaves 128-bit halves (c0 lo, c1 lo, c0 hi, c1 hi): 0xD8 restores order.
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm256_permute4x64_epi64(_mm256_packus_epi16(c0, c1), 0xD8));
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i + 32)), by, &v1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), Pack32(c0, c1, v0, v1));
   }
   if (i < n) {
     // Tail: the same code on a zero-padded copy (zeros give code 0), keeping the real lanes.
     alignas(32) uint8_t in_buf[2 * kStep] = {};
     alignas(32) uint8_t out_buf[kStep];
     std::memcpy(in_buf, src + 2 * i, 2 * (n - i));
-    const __m256i c0 =
-        Quantize16<kByReciprocal>(_mm256_load_si256(reinterpret_cast<__m256i*>(in_buf)), by);
+    __m256i v0, v1;
+    const __m256i c0 = Quantize16<kByReciprocal>(
+        _mm256_load_si256(reinterpret_cast<__m256i*>(in_buf)), by, &v0);
     const __m256i c1 = Quantize16<kByReciprocal>(
-        _mm256_load_si256(reinterpret_cast<__m256i*>(in_buf + 32)), by);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out_buf),
-                       _mm256_permute4x64_epi64(_mm256_packus_epi16(c0, c1), 0xD8));
+        _mm256_load_si256(reinterpret_cast<__m256i*>(in_buf + 32)), by, &v1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out_buf), Pack32(c0, c1, v0, v1));
     std::memcpy(dst + i, out_buf, n - i);
   }
 }

@@ -8,7 +8,9 @@
 //  - x / scale is x * RN(1 / scale) where fp8_shared.h's ReciprocalIsExact proves that gives
 //    the same RNE_bf16 (else the true f32 division);
 //  - RNE_bf16 of the f32 quotient is c10's integer rounding (bits + 0x7FFF + lsb), exact for
-//    every finite pattern, subnormals included;
+//    every finite pattern, subnormals included; of a product by the reciprocal, rounding half
+//    up (bits + 0x8000), since ReciprocalIsExact's proof puts no such product on a midpoint
+//    (and one below 2^-126, where that proof does not reach, gives code 0 either way);
 //  - e4m3 from the bf16 value v in 16-bit lanes: for |v| >= 2^-6 the exponent is rebiased
 //    (127 -> 7) and the 4 dropped mantissa bits rounded to nearest even, codes past 0x7E
 //    saturating to 0x7E (as the clamp to 448 does); below 2^-6 the code is RNE(|v| * 2^9),
@@ -16,7 +18,8 @@
 //    f32: the product is exact, the sum has an ulp of 1 there and rounds to nearest even; a
 //    negative v leaves -code, whose absolute value is taken), computed only for vectors with
 //    a lane in (2^-10, 2^-6): below, the code is 0, which the normal step's saturating
-//    subtraction gives; the sign goes to bit 7.
+//    subtraction gives; the sign goes to bit 7 after the codes of 32 lanes are packed to bytes
+//    (a signed pack of the bf16 values sets bit 7 exactly for the negative ones).
 // tests/test_fp8_bf16.cc runs every finite bf16 x under scales of every significand and
 // many binades through this kernel and the scalar definition, plus row shapes, zero rows and
 // NaN/Inf refusal.
