@@ -21,6 +21,7 @@
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
+#include "imatrix_int_cases.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
@@ -28,22 +29,17 @@ namespace quench::testing {
 namespace {
 
 using calib::internal::Block;
+using imatrix_int::AdversarialRows;
+using imatrix_int::Bf16;
+using imatrix_int::RandomRows;
+using imatrix_int::Setting;
+using imatrix_int::Settings;
 using intq::internal::RoundToDType;
-
-float Bf16(float v) { return RoundToDType(v, DType::kBF16); }
 
 // The AVX-512 BF16 kernel off for a test's duration (this kernel declines its blocks).
 struct NoBf16Kernel {
   NoBf16Kernel() { calib::internal::SetIntBf16Enabled(false); }
   ~NoBf16Kernel() { calib::internal::SetIntBf16Enabled(true); }
-};
-
-struct Setting {
-  int bits = 4;
-  double norm = 3.0;
-  double expand = 1.0;
-  int grid = 20;
-  int last = 19;  // steps 0..last
 };
 
 Block MakeBlock(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
@@ -155,73 +151,6 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
   }
 }
 
-// Random rows: per row a magnitude over six decades, normal values with outliers, exact
-// duplicates, values on the row's code midpoints; importance log-uniform with zeros.
-void RandomRows(std::mt19937& rng, size_t rows, size_t cols, std::vector<float>* x,
-                std::vector<float>* imp) {
-  std::normal_distribution<float> normal(0.f, 1.f);
-  std::uniform_real_distribution<float> u(0.f, 1.f);
-  x->resize(rows * cols);
-  for (size_t r = 0; r < rows; ++r) {
-    const float mag = std::pow(10.f, -4.f + 6.f * u(rng));
-    const float step = Bf16(mag / 2.f);
-    for (size_t c = 0; c < cols; ++c) {
-      float v = normal(rng) * mag;
-      const float w = u(rng);
-      if (w < 0.02f) v *= 8.f;
-      else if (w < 0.07f && c > 0) v = (*x)[r * cols + c - 1];
-      else if (w < 0.12f) v = step * (std::floor(normal(rng) * 4.f) + 0.5f);  // midpoints
-      (*x)[r * cols + c] = Bf16(v);
-    }
-  }
-  imp->resize(cols);
-  for (size_t c = 0; c < cols; ++c) {
-    (*imp)[c] = u(rng) < 0.05f ? 0.f : Bf16(std::pow(10.f, -3.f + 5.f * u(rng)));
-  }
-}
-
-std::vector<Setting> Settings() {
-  return {{4, 3.0, 1.0, 20, 19}, {4, 2.0, 1.0, 20, 19}, {3, 3.0, 1.0, 20, 19},
-          {2, 3.0, 1.0, 20, 19}, {4, 3.0, 1.25, 20, 19}, {4, 3.0, 0.85, 20, 19},
-          {4, 2.0, 1.5, 30, 26},  {4, 3.0, 1.0, 32, 31}};
-}
-
-// Adversarial groups of 128: all zeros, signed zeros, constants, one nonzero, identical groups
-// side by side, values on every code midpoint of a step (ties for the rounding), subnormals
-// and values whose quotients are subnormal, magnitudes whose scales leave 2^-100 .. 2^100
-// (the definition's path) or sit at its ends, the bf16 maximum, and importance with zeros,
-// signed zeros and 1e30 (terms that overflow to Inf, and 0 * Inf keys).
-void AdversarialRows(std::vector<float>* x, std::vector<float>* imp) {
-  const size_t n = 128;
-  std::vector<std::vector<float>> rows;
-  auto add = [&](auto f) {
-    std::vector<float> r(n);
-    for (size_t c = 0; c < n; ++c) r[c] = Bf16(f(c));
-    rows.push_back(r);
-  };
-  add([](size_t) { return 0.f; });
-  add([](size_t c) { return c % 2 ? 0.f : -0.f; });
-  add([](size_t) { return 0.75f; });
-  add([](size_t) { return -3.f; });
-  add([](size_t c) { return c == 5 ? 1.f : 0.f; });
-  add([](size_t c) { return static_cast<float>(c % 16) * 0.25f - 2.f; });
-  add([](size_t c) { return (static_cast<float>(c % 16) - 7.5f) * 0.5f; });  // midpoints
-  add([](size_t c) { return (static_cast<float>(c % 17) - 8.f) * 0.25f + 0.125f; });
-  add([](size_t c) { return 1e-38f * static_cast<float>(c % 7) * (c % 2 ? 1.f : -1.f); });
-  add([](size_t c) { return c == 0 ? 1.f : 1e-39f * static_cast<float>(c % 5); });
-  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, -97) * (c % 2 ? 1.f : -1.f); });
-  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, 102) * (c % 3 ? 1.f : -1.f); });
-  add([](size_t c) { return std::ldexp(static_cast<float>(c % 15) - 7.f, 99); });
-  add([](size_t c) { return (c % 2 ? 3.3895314e38f : -3.3895314e38f) * (c % 3 ? 1.f : 0.5f); });
-  add([](size_t c) { return (c % 8 == 0 ? 6.f : 0.f) + 0.25f * static_cast<float>(c % 5); });
-  x->clear();
-  for (const auto& r : rows) x->insert(x->end(), r.begin(), r.end());
-  imp->assign(n, 1.f);
-  for (size_t c = 0; c < n; ++c) {
-    (*imp)[c] = c % 11 == 0 ? 0.f : c % 13 == 0 ? 1e30f : c % 17 == 0 ? -0.f : 1.f + c % 3;
-  }
-}
-
 TEST_CASE("imatrix_mse int avx2 kernel: every term of every bf16 x equals the definition's") {
   NoBf16Kernel off;
   if (!calib::internal::IntAvx2Available()) {
@@ -314,89 +243,17 @@ TEST_CASE("imatrix_mse int avx2 kernel equals the definition on adversarial grou
   }
 }
 
-// The chosen quantization's row helpers (IntAvx2RowMinMax, IntAvx2Codes4) against the
-// definition: each group's min and max (min_element / max_element of the f32 values, up to
-// the sign of a zero), and every packed code u = QuantizeValue(x, scale) + 8 computed here
-// element by element, on every finite bf16 x (rows of 1024) and on random rows, under scales
-// that clip hard (the imatrix steps shrink the range), scales outside 2^-100 .. 2^100 (the
-// division path), and the zero guard eps.
+// The chosen quantization's row helpers against the definition (imatrix_int_cases.h
+// CheckChosenCodes says what it runs).
 TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
   NoBf16Kernel off;
   if (!calib::internal::IntAvx2Available()) {
     CHECK(!calib::internal::IntAvx2CodesHandle(128, 1024));
     return;
   }
-  std::vector<float> xs;
-  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
-    const float v = BF16ToF32(static_cast<uint16_t>(bits));
-    if (std::isfinite(v)) xs.push_back(v);
-  }
-  std::mt19937 rng(3);
-  std::shuffle(xs.begin(), xs.end(), rng);
-  std::vector<float> rnd, imp;
-  RandomRows(rng, 64, 1024, &rnd, &imp);
-  xs.insert(xs.end(), rnd.begin(), rnd.end());
-  const size_t n = 1024;
-  xs.resize(xs.size() / n * n);
-  std::vector<uint8_t> raw(xs.size() * 2);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const uint16_t h = F32ToBF16(xs[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
-  intq::internal::Layout l{4, -8, 7, 128, 8, 128};
-  std::uniform_int_distribution<int> exp_of(-140, 140);
-  size_t checked = 0, bad_codes = 0, bad_ranges = 0;
-  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
-    REQUIRE(calib::internal::IntAvx2CodesHandle(group, n));
-    const size_t ng = n / group;
-    std::vector<float> mn(ng), mx(ng);
-    std::vector<intq::internal::GroupParams> p(ng);
-    std::vector<uint8_t> got(n / 2), want(n / 2);
-    for (size_t r = 0; r < xs.size() / n; ++r) {
-      const float* x = xs.data() + r * n;
-      REQUIRE(calib::internal::IntAvx2RowMinMax(raw.data() + r * n * 2, ng, group, mn.data(),
-                                                mx.data()));
-      for (size_t k = 0; k < ng; ++k) {
-        const float lo = *std::min_element(x + k * group, x + (k + 1) * group);
-        const float hi = *std::max_element(x + k * group, x + (k + 1) * group);
-        if (!(mn[k] == lo && mx[k] == hi)) ++bad_ranges;
-        // A bf16 scale: the group's own (amax / 7.5), that times 2^-4 .. 2^-1 (clipping), a
-        // random power of two times a random mantissa, or eps.
-        const int kind = static_cast<int>((r + k) % 4);
-        float s = Bf16(std::max(std::fabs(lo), std::fabs(hi)) / 7.5f);
-        if (kind == 1) s = Bf16(s * std::ldexp(1.f, -1 - static_cast<int>(r % 4)));
-        if (kind == 2) s = Bf16(std::ldexp(1.f + static_cast<float>(r % 128) / 128.f, exp_of(rng)));
-        if (kind == 3 || s == 0.f || !std::isfinite(s)) s = 0.0078125f;
-        p[k] = {s, 0};
-      }
-      calib::internal::IntAvx2Codes4(raw.data() + r * n * 2, n, group, p.data(), got.data());
-      for (size_t c = 0; c < n; c += 2) {
-        const auto u = [&](size_t i) {
-          return static_cast<uint8_t>(
-              intq::internal::QuantizeValue(x[i], p[i / group], l, true, DType::kBF16) + 8);
-        };
-        want[c / 2] = static_cast<uint8_t>(u(c) | u(c + 1) << 4);
-      }
-      for (size_t i = 0; i < n / 2; ++i) {
-        ++checked;
-        if (got[i] != want[i] && bad_codes++ < 3) {
-          MESSAGE("row " << r << " byte " << i << ": got " << int(got[i]) << " want "
-                         << int(want[i]) << " scale " << p[2 * i / group].scale);
-        }
-      }
-    }
-  }
-  MESSAGE("code bytes checked: " << checked);
-  CHECK(bad_codes == 0);
-  CHECK(bad_ranges == 0);
-  // An Inf or NaN in a row: refused.
-  std::vector<uint8_t> row(2 * n, 0);
-  const uint16_t inf = 0x7F80, nan = 0xFFC1;
-  std::memcpy(&row[2 * 700], &inf, 2);
-  float a[16], b[16];
-  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
-  std::memcpy(&row[2 * 700], &nan, 2);
-  CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+  imatrix_int::CheckChosenCodes({calib::internal::IntAvx2CodesHandle,
+                                 calib::internal::IntAvx2RowMinMax,
+                                 calib::internal::IntAvx2Codes4});
 }
 
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
