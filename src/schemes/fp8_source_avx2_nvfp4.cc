@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "schemes/e4m3_avx2.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4_bounds.h"
 #include "schemes/fp4_shared.h"
@@ -47,34 +48,15 @@ QUENCH_AVX2 void ThresholdsOfBounds(const uint16_t* dec, const uint16_t* bound, 
 
 // Nvfp4ScaleCode(x, gs, bf16) (fp4_shared.h) of 8 lanes x >= +0, as fused::ScaleCodes16
 // computes it in 16 (finite lanes only; the others give codes nobody reads): t =
-// RNE_bf16(x / 6), u = min(gs * t, 448) (u >= +0, so the lower clamp is idle), then
-// F32ToE4M3 (float_formats.cc) of u: below 2^-6 the FPU's RNE of u + 2^14 places the subnormal
-// code in the low bits, from 2^-6 up the exponent is rebiased and 20 mantissa bits dropped
-// with ties to even (u <= 448 never reaches the NaN code), and a code of 0 becomes 0.125's
-// (0x20, the zero guard). The eight codes are left in bytes 0-3 and 16-19.
+// RNE_bf16(x / 6), then e4m3_avx2.h's GuardedScaleCodes8 (u = min(gs * t, 448), its E4M3 code,
+// the zero guard). The eight codes are left in bytes 0-3 and 16-19.
 QUENCH_AVX2 inline __m256i ScaleCodes8(__m256 x, __m256 gs) {
   const __m256i q = _mm256_castps_si256(_mm256_div_ps(x, _mm256_set1_ps(6.0f)));
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
   const __m256 t = _mm256_castsi256_ps(
       _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
                        _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-  const __m256 u = _mm256_min_ps(_mm256_mul_ps(gs, t), _mm256_set1_ps(448.0f));
-  const __m256i bits = _mm256_castps_si256(u);
-  const __m256i sub = _mm256_sub_epi32(
-      _mm256_castps_si256(_mm256_add_ps(u, _mm256_set1_ps(16384.0f))),
-      _mm256_set1_epi32(141 << 23));
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 20), _mm256_set1_epi32(1));
-  const __m256i normal = _mm256_srli_epi32(
-      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(static_cast<int>(
-                                                  (uint32_t{7} - 127u) * (1u << 23) + 0x7FFFFu))),
-                       odd),
-      20);
-  // bits < 121 << 23 (both non-negative as int32): the subnormal codes.
-  __m256i code = _mm256_blendv_epi8(normal, sub,
-                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(121 << 23), bits));
-  code = _mm256_and_si256(code, _mm256_set1_epi32(0xFF));
-  code = _mm256_blendv_epi8(code, _mm256_set1_epi32(fp4::internal::kE4M3Eighth),
-                            _mm256_cmpeq_epi32(code, _mm256_setzero_si256()));
+  const __m256i code = fp4::avx2::GuardedScaleCodes8(t, gs);
   const __m256i w = _mm256_packus_epi32(code, code);
   return _mm256_packus_epi16(w, w);
 }

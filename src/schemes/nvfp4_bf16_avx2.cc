@@ -24,6 +24,7 @@
 #include <cstring>
 
 #include "schemes/cpu_x86.h"
+#include "schemes/e4m3_avx2.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4_bounds.h"
 #include "schemes/fp4_shared.h"
@@ -185,24 +186,7 @@ QUENCH_NVFP4_AVX2 inline __m256i ScaleCodes8(__m256i amax_bits, __m256 gs) {
   const __m256 t = _mm256_castsi256_ps(
       _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
                        _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-  const __m256 u = _mm256_min_ps(_mm256_mul_ps(gs, t), _mm256_set1_ps(internal::kE4M3Max));
-  const __m256i bits = _mm256_castps_si256(u);
-  const __m256i sub = _mm256_sub_epi32(
-      _mm256_castps_si256(_mm256_add_ps(u, _mm256_set1_ps(16384.0f))),  // 2^14
-      _mm256_set1_epi32(141 << 23));
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 20), _mm256_set1_epi32(1));
-  const __m256i normal = _mm256_srli_epi32(
-      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(static_cast<int>(
-                                                  (uint32_t{7} - 127u) * (1u << 23) + 0x7FFFFu))),
-                       odd),
-      20);
-  // u < 2^-6 (both non-negative as int32): the subnormal codes.
-  __m256i code = _mm256_blendv_epi8(normal, sub,
-                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(121 << 23), bits));
-  code = _mm256_and_si256(code, _mm256_set1_epi32(0xFF));
-  // Zero guard: a code of 0 becomes 0.125's.
-  return _mm256_blendv_epi8(code, _mm256_set1_epi32(internal::kE4M3Eighth),
-                            _mm256_cmpeq_epi32(code, _mm256_setzero_si256()));
+  return avx2::GuardedScaleCodes8(t, gs);
 }
 
 // Passes 1-3 for the 16 groups at src: codes to `codes` (16 bytes), nibbles to dst (128
