@@ -40,6 +40,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -85,6 +86,24 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
   if constexpr (N == 3) e = hn::Mul(e, d);
   return hn::Mul(e, im);
 }
+
+// For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
+// nibble from the lowest (the remaining nibbles are 0). Highway's Compress on AVX2 keeps its
+// own 1 KiB table of this kind as a local constexpr array, which GCC copies onto the stack on
+// every call (a `rep movsq` of 1 KiB per step and tile); this one has static storage.
+constexpr std::array<uint32_t, 256> MakeLaneNibbles() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t m = 0; m < 256; ++m) {
+    uint32_t v = 0, n = 0;
+    for (uint32_t l = 0; l < 8; ++l) {
+      if ((m >> l) & 1) v |= l << (4 * n++);
+    }
+    t[m] = v;
+  }
+  return t;
+}
+alignas(64) constexpr std::array<uint32_t, 256> kLaneNibbles = MakeLaneNibbles();
+alignas(32) constexpr uint32_t kNibbleShifts[8] = {0, 4, 8, 12, 16, 20, 24, 28};
 
 // |x|^3 * imp: the ordering heuristic of the one-term bound (imatrix_mse_certified.cc Key).
 HWY_INLINE VF KeyOf(VF x, VF im) {
@@ -335,11 +354,19 @@ void SearchFp4Groups(const Block& b) {
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
       const size_t before = np;
-      // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
       const auto live_i = hn::RebindMask(di, live);
-      hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(k * L))),
-                              live_i),
-                 di, at + np);
+      const auto base = hn::Set(di, static_cast<int32_t>(k * L));
+      if constexpr (kMaxL == 8) {
+        // The live lanes' indices from kLaneNibbles (lanes past the count: don't care).
+        uint8_t bits = 0;
+        hn::StoreMaskBits(di, live_i, &bits);
+        const VU lanes = hn::And(hn::Shr(hn::Set(du, kLaneNibbles[bits]), hn::Load(du, kNibbleShifts)),
+                                 hn::Set(du, 0xFu));
+        hn::StoreU(hn::Add(hn::BitCast(di, lanes), base), di, at + np);
+      } else {
+        // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
+        hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), base), live_i), di, at + np);
+      }
       np += hn::CountTrue(di, live_i);
       live_steps |= static_cast<uint32_t>(np != before) << k;
     }
