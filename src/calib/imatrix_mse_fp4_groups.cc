@@ -45,6 +45,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_fp4_groups.cc"
@@ -72,19 +73,79 @@ using MF = hn::Mask<DF>;
 // a + C rounds a onto multiples of C's ulp (RNE; ties to an even multiple), which is 0.5, 1
 // and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
 // ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
-template <DType D, int N>
-HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
-  const VF q = D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
+//
+// With 8 lanes the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
+// multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the offset, ties
+// included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
+// g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
+// exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
+// Fp4Index returns a + C'; Fp4Term subtracts C' back to g, Fp4TermTable looks the index up.
+constexpr float kE2M1Grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+alignas(32) constexpr float kCPrime[8] = {0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f,
+                                          0x1p22f,        0x1p22f,        0x1p22f, 0x1p22f};
+
+// Lane i of the result: lane (idx[i] mod 8) of `table` (8 lanes only).
+template <class VI>
+HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
+#if HWY_TARGET == HWY_AVX2
+  (void)df;
+  return VF{_mm256_permutevar8x32_ps(table.raw, idx.raw)};
+#else
+  const hn::RebindToSigned<DF> di;
+  return hn::TableLookupLanes(
+      table, hn::IndicesFromVec(df, hn::And(hn::BitCast(di, idx), hn::Set(di, 7))));
+#endif
+}
+
+// a = min(q, 6) and C' (above, 8 lanes) or C (otherwise); returns a + C' and sets *c.
+HWY_INLINE VF Fp4Round(DF df, VF q, VF* c) {
   const VF a = hn::Min(q, hn::Set(df, 6.0f));
-  const VF c = hn::IfThenElse(
-      hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
-      hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f), hn::Set(df, 0x1p24f)));
-  const VF g = hn::Sub(hn::Add(a, c), c);
-  const VF dq = rd::RoundToDType<D>(df, hn::Mul(g, s));
+  if constexpr (kMaxL == 8) {
+    const hn::RebindToUnsigned<DF> du;
+    const auto e = hn::Max(hn::ShiftRight<23>(hn::BitCast(du, a)), hn::Set(du, 122u));
+    *c = Permute8(df, hn::Load(df, kCPrime), e);
+  } else {
+    *c = hn::IfThenElse(hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
+                        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f),
+                                       hn::Set(df, 0x1p24f)));
+  }
+  return hn::Add(a, *c);
+}
+
+template <DType D>
+HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
+  return D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
+}
+
+template <int N>
+HWY_INLINE VF TermFromDq(VF dq, VF ax, VF im) {
   const VF d = hn::Abs(hn::Sub(dq, ax));
   VF e = hn::Mul(d, d);
   if constexpr (N == 3) e = hn::Mul(e, d);
   return hn::Mul(e, im);
+}
+
+template <DType D, int N>
+HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
+  VF c;
+  const VF g = hn::Sub(Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c), c);
+  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
+}
+
+// A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
+// in every lane (8 lanes only).
+template <DType D>
+HWY_INLINE VF Fp4Table(DF df, VF s) {
+  return rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
+}
+
+// Fp4Term with dq looked up in the step's Fp4Table (8 lanes only; the same products).
+template <DType D, int N>
+HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
+  VF c;
+  const VF y = Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c);
+  const hn::RebindToUnsigned<DF> du;
+  return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
 }
 
 // For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
@@ -379,12 +440,18 @@ void SearchFp4Groups(const Block& b) {
         const float* xg = b.x + gx[l];
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
-        VF acc = Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg)),
-                               ig == nullptr ? one : hn::LoadU(df, ig), ss, rr);
-        for (size_t v = 1; v < nv; ++v) {
-          acc = hn::Add(acc, Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg + v * L)),
-                                           ig == nullptr ? one : hn::LoadU(df, ig + v * L), ss, rr));
-        }
+        const VF table = kMaxL == 8 ? Fp4Table<D>(df, ss) : zero;
+        auto term = [&](size_t v) {
+          const VF ax = hn::Abs(hn::LoadU(df, xg + v * L));
+          const VF im = ig == nullptr ? one : hn::LoadU(df, ig + v * L);
+          if constexpr (kMaxL == 8) {
+            return Fp4TermTable<D, N>(df, ax, im, ss, rr, table);
+          } else {
+            return Fp4Term<D, N>(df, ax, im, ss, rr);
+          }
+        };
+        VF acc = term(0);
+        for (size_t v = 1; v < nv; ++v) acc = hn::Add(acc, term(v));
         vecs[q] = acc;
       }
       hn::Store(SumsOfLanes(df, vecs, L), df, sums);
@@ -419,6 +486,40 @@ struct SearchFp4GroupsF {
     if constexpr (M == kFp4) SearchFp4Groups<D, N>(b);
   }
 };
+
+void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float* imp, size_t n,
+                    float s, float* out) {
+  const DF df;
+  const size_t L = hn::Lanes(df);
+  const VF vs = hn::Set(df, s), vr = hn::Div(hn::Set(df, 1.0f), vs);
+  auto run = [&](auto dc, auto nc) {
+    constexpr DType D = decltype(dc)::value;
+    constexpr int N = decltype(nc)::value;
+    const VF tab = kMaxL == 8 ? Fp4Table<D>(df, vs) : vs;
+    for (size_t i = 0; i + L <= n; i += L) {
+      const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
+      VF t;
+      if constexpr (kMaxL == 8) {
+        t = table ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab) : Fp4Term<D, N>(df, x, im, vs, vr);
+      } else {
+        t = Fp4Term<D, N>(df, x, im, vs, vr);
+      }
+      hn::StoreU(t, df, out + i);
+    }
+  };
+  auto by_norm = [&](auto dc) {
+    if (norm == 3) {
+      run(dc, std::integral_constant<int, 3>());
+    } else {
+      run(dc, std::integral_constant<int, 2>());
+    }
+  };
+  switch (d) {
+    case DType::kBF16: by_norm(std::integral_constant<DType, DType::kBF16>()); break;
+    case DType::kF16: by_norm(std::integral_constant<DType, DType::kF16>()); break;
+    default: by_norm(std::integral_constant<DType, DType::kF32>()); break;
+  }
+}
 
 bool SearchFp4GroupsKernel(const Block& b) {
   // The gathers' offsets are int32: a larger block takes the certified search.
