@@ -354,7 +354,13 @@ void SearchFp4Groups(const Block& b) {
       }
       hn::Store(vs, df, S + k * L);
       hn::Store(vr, df, R + k * L);
-      hn::Store(Fp4Term<D, N>(df, hn::Abs(tx), tim, vs, vr), df, TOP + k * L);
+    }
+    {
+      const VF atx = hn::Abs(tx);
+      for (size_t k = 0; k < steps; ++k) {
+        hn::Store(Fp4Term<D, N>(df, atx, tim, hn::Load(df, S + k * L), hn::Load(df, R + k * L)),
+                  df, TOP + k * L);
+      }
     }
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
