@@ -446,17 +446,24 @@ void SearchFp4Groups(const Block& b) {
     HWY_ALIGN int32_t at[kSteps * kMaxL + kMaxL];
     size_t np = 0;
     uint32_t live_steps = 0;
+    // First the steps the one term leaves some lane (no branch per step: whether a step has
+    // a live lane is hard to predict), then only those steps: the two-term bound
+    // (TwoTermBound; TOP keeps it for the decision) and their live pairs.
+    uint32_t live1 = 0;
     for (size_t k = 1; k < steps; ++k) {
+      const MF live = hn::AndNot(hn::Or(hn::Eq(hn::Load(df, S + k * L), sbest),
+                                        hn::Ge(hn::Load(df, TOP + k * L), bhi)),
+                                 valid);
+      hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
+      live1 |= static_cast<uint32_t>(!hn::AllFalse(df, live)) << k;
+    }
+    for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
-      VF t = hn::Load(df, TOP + k * L);
-      MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(t, bhi)), valid);
-      if (!hn::AllFalse(df, live)) {
-        // The two-term bound (TwoTermBound) for the lanes the one term leaves; TOP keeps it
-        // for the decision.
-        t = TwoTermBound(df, t, Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
-        hn::Store(t, df, TOP + k * L);
-        live = hn::AndNot(hn::Ge(t, bhi), live);
-      }
+      const VF t = TwoTermBound(df, hn::Load(df, TOP + k * L),
+                                Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
+      hn::Store(t, df, TOP + k * L);
+      const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
       const size_t before = np;
