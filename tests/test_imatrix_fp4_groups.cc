@@ -326,7 +326,9 @@ TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16"
   size_t terms = 0;
   {
     std::vector<float> ax;
-    for (uint32_t bits = 0; bits < 0x7F80u; ++bits) ax.push_back(BF16ToF32(static_cast<uint16_t>(bits)));
+    for (uint32_t bits = 0; bits < 0x7F80u; ++bits) {
+      ax.push_back(BF16ToF32(static_cast<uint16_t>(bits)));
+    }
     while (ax.size() % 16 != 0) ax.push_back(0.f);
     std::vector<float> scales;
     for (const int e : {-100, -41, -7, -1, 0, 1, 6, 37, 99}) {
@@ -336,11 +338,15 @@ TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16"
   }
   {
     std::vector<float> ax;
-    for (uint32_t bits = 0; bits < 0x7C00u; ++bits) ax.push_back(F16ToF32(static_cast<uint16_t>(bits)));
+    for (uint32_t bits = 0; bits < 0x7C00u; ++bits) {
+      ax.push_back(F16ToF32(static_cast<uint16_t>(bits)));
+    }
     while (ax.size() % 16 != 0) ax.push_back(0.f);
     std::vector<float> scales;
     for (const int e : {-24, -17, -14, -3, 0, 1, 9, 15}) {
-      for (int m = 0; m < 1024; m += 16) scales.push_back(F16ToF32(F32ToF16(std::ldexp(1.0f + m / 1024.0f, e))));
+      for (int m = 0; m < 1024; m += 16) {
+        scales.push_back(F16ToF32(F32ToF16(std::ldexp(1.0f + m / 1024.0f, e))));
+      }
     }
     CompareTerms(DType::kF16, ax, scales, &terms);
   }

@@ -473,8 +473,9 @@ void SearchFp4Groups(const Block& b) {
         // The live lanes' indices from kLaneNibbles (lanes past the count: don't care).
         uint8_t bits = 0;
         hn::StoreMaskBits(di, live_i, &bits);
-        const VU lanes = hn::And(hn::Shr(hn::Set(du, kLaneNibbles[bits]), hn::Load(du, kNibbleShifts)),
-                                 hn::Set(du, 0xFu));
+        const VU lanes = hn::And(
+            hn::Shr(hn::Set(du, kLaneNibbles[bits]), hn::Load(du, kNibbleShifts)),
+            hn::Set(du, 0xFu));
         hn::StoreU(hn::Add(hn::BitCast(di, lanes), base), di, at + np);
       } else {
         // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
