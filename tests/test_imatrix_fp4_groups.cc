@@ -276,5 +276,95 @@ TEST_CASE("NVFP4 bf16 search scale by the reciprocal of 6 equals the division") 
   CHECK(mismatched == 0);
 }
 
+// Every term the search computes (both forms: lanes across groups, and the live pairs' dq
+// looked up in the step's table) against the definition's f32 term for x = +ax and x = -ax
+// (GroupErrorScalar of one element, norms 3 and 2), on every target: every finite bf16 and
+// f16 magnitude at scales of every mantissa across the exponent range (bf16: the reciprocal's
+// range [2^-100, 2^100]), and random f32 magnitudes; importance cycling over five values.
+void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float>& scales,
+                  size_t* terms) {
+  const float kImp[5] = {1.0f, 0.3f, 1e-3f, 7.5f, 3e5f};
+  std::vector<float> imp(ax.size()), out(ax.size()), want(ax.size() * 2);
+  for (size_t i = 0; i < ax.size(); ++i) imp[i] = kImp[i % 5];
+  calib::internal::Block b;
+  b.format = ImatrixFormat::kNvfp4;
+  b.dtype = d;
+  for (const int norm : {3, 2}) {
+    b.norm = norm;
+    for (const float s : scales) {
+      for (size_t i = 0; i < ax.size(); ++i) {
+        for (const float sign : {1.0f, -1.0f}) {
+          const float x = sign * ax[i];
+          want[2 * i + (sign < 0)] = static_cast<float>(
+              calib::internal::GroupErrorScalar(b, &x, &imp[i], 1, {s, 0.f}));
+        }
+      }
+      ForEachTarget([&](const std::string& target) {
+        for (const bool table : {false, true}) {
+          calib::internal::Fp4TermsForTest(d, norm, table, ax.data(), imp.data(), ax.size(), s,
+                                           out.data());
+          size_t bad = 0;
+          for (size_t i = 0; i < ax.size(); ++i) {
+            for (size_t k = 0; k < 2; ++k) {
+              bad += std::memcmp(&out[i], &want[2 * i + k], 4) != 0;
+              if (bad == 1 && std::memcmp(&out[i], &want[2 * i + k], 4) != 0) {
+                MESSAGE(target << " table " << table << " norm " << norm << " s " << s
+                               << " ax " << ax[i] << ": " << out[i] << " want "
+                               << want[2 * i + k]);
+              }
+            }
+          }
+          *terms += ax.size();
+          REQUIRE(bad == 0);
+        }
+      });
+    }
+  }
+}
+
+TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16") {
+  size_t terms = 0;
+  {
+    std::vector<float> ax;
+    for (uint32_t bits = 0; bits < 0x7F80u; ++bits) {
+      ax.push_back(BF16ToF32(static_cast<uint16_t>(bits)));
+    }
+    while (ax.size() % 16 != 0) ax.push_back(0.f);
+    std::vector<float> scales;
+    for (const int e : {-100, -41, -7, -1, 0, 1, 6, 37, 99}) {
+      for (int m = 0; m < 128; ++m) scales.push_back(std::ldexp(1.0f + m / 128.0f, e));
+    }
+    CompareTerms(DType::kBF16, ax, scales, &terms);
+  }
+  {
+    std::vector<float> ax;
+    for (uint32_t bits = 0; bits < 0x7C00u; ++bits) {
+      ax.push_back(F16ToF32(static_cast<uint16_t>(bits)));
+    }
+    while (ax.size() % 16 != 0) ax.push_back(0.f);
+    std::vector<float> scales;
+    for (const int e : {-24, -17, -14, -3, 0, 1, 9, 15}) {
+      for (int m = 0; m < 1024; m += 16) {
+        scales.push_back(F16ToF32(F32ToF16(std::ldexp(1.0f + m / 1024.0f, e))));
+      }
+    }
+    CompareTerms(DType::kF16, ax, scales, &terms);
+  }
+  {
+    std::mt19937 rng(7);
+    std::vector<float> ax;
+    while (ax.size() < 65536) {
+      const float v = BitsToF32(static_cast<uint32_t>(rng()) & 0x7FFFFFFFu);
+      if (std::isfinite(v)) ax.push_back(v);
+    }
+    std::vector<float> scales;
+    for (const int e : {-120, -30, -1, 0, 3, 40, 110}) {
+      for (int m = 0; m < 8; ++m) scales.push_back(std::ldexp(1.0f + m / 8.0f + 0x1p-20f * m, e));
+    }
+    CompareTerms(DType::kF32, ax, scales, &terms);
+  }
+  MESSAGE("terms compared: " << terms);
+}
+
 }  // namespace
 }  // namespace quench::testing

@@ -40,10 +40,12 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_fp4_groups.cc"
@@ -71,20 +73,124 @@ using MF = hn::Mask<DF>;
 // a + C rounds a onto multiples of C's ulp (RNE; ties to an even multiple), which is 0.5, 1
 // and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
 // ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
-template <DType D, int N>
-HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
-  const VF q = D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
+//
+// With 8 lanes the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
+// multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the offset, ties
+// included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
+// g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
+// exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
+// Fp4Index returns a + C'; Fp4Term subtracts C' back to g, Fp4TermTable looks the index up.
+constexpr float kE2M1Grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+alignas(32) constexpr float kCPrime[8] = {0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f,
+                                          0x1p22f,        0x1p22f,        0x1p22f, 0x1p22f};
+
+// Lane i of the result: lane (idx[i] mod 8) of `table` (8 lanes only).
+template <class VI>
+HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
+#if HWY_TARGET == HWY_AVX2
+  (void)df;
+  return VF{_mm256_permutevar8x32_ps(table.raw, idx.raw)};
+#else
+  const hn::RebindToSigned<DF> di;
+  return hn::TableLookupLanes(
+      table, hn::IndicesFromVec(df, hn::And(hn::BitCast(di, idx), hn::Set(di, 7))));
+#endif
+}
+
+// a = min(q, 6) and C' (above, 8 lanes) or C (otherwise); returns a + C' and sets *c.
+HWY_INLINE VF Fp4Round(DF df, VF q, VF* c) {
   const VF a = hn::Min(q, hn::Set(df, 6.0f));
-  const VF c = hn::IfThenElse(
-      hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
-      hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f), hn::Set(df, 0x1p24f)));
-  const VF g = hn::Sub(hn::Add(a, c), c);
-  const VF dq = rd::RoundToDType<D>(df, hn::Mul(g, s));
+  if constexpr (kMaxL == 8) {
+    const hn::RebindToUnsigned<DF> du;
+    const auto e = hn::Max(hn::ShiftRight<23>(hn::BitCast(du, a)), hn::Set(du, 122u));
+    *c = Permute8(df, hn::Load(df, kCPrime), e);
+  } else {
+    *c = hn::IfThenElse(hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
+                        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f),
+                                       hn::Set(df, 0x1p24f)));
+  }
+  return hn::Add(a, *c);
+}
+
+template <DType D>
+HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
+  return D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
+}
+
+template <int N>
+HWY_INLINE VF TermFromDq(VF dq, VF ax, VF im) {
   const VF d = hn::Abs(hn::Sub(dq, ax));
   VF e = hn::Mul(d, d);
   if constexpr (N == 3) e = hn::Mul(e, d);
   return hn::Mul(e, im);
 }
+
+template <DType D, int N>
+HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
+  VF c;
+  const VF g = hn::Sub(Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c), c);
+  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
+}
+
+// A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
+// in every lane (8 lanes only).
+template <DType D>
+HWY_INLINE VF Fp4Table(DF df, VF s) {
+  return rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
+}
+
+// Fp4Term with dq looked up in the step's Fp4Table (8 lanes only; the same products).
+template <DType D, int N>
+HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
+  VF c;
+  const VF y = Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c);
+  const hn::RebindToUnsigned<DF> du;
+  return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
+}
+
+// For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
+// nibble from the lowest (the remaining nibbles are 0). Highway's Compress on AVX2 keeps its
+// own 1 KiB table of this kind as a local constexpr array, which GCC copies onto the stack on
+// every call (a `rep movsq` of 1 KiB per step and tile); this one has static storage.
+constexpr std::array<uint32_t, 256> MakeLaneNibbles() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t m = 0; m < 256; ++m) {
+    uint32_t v = 0, n = 0;
+    for (uint32_t l = 0; l < 8; ++l) {
+      if ((m >> l) & 1) v |= l << (4 * n++);
+    }
+    t[m] = v;
+  }
+  return t;
+}
+alignas(64) constexpr std::array<uint32_t, 256> kLaneNibbles = MakeLaneNibbles();
+alignas(32) constexpr uint32_t kNibbleShifts[8] = {0, 4, 8, 12, 16, 20, 24, 28};
+
+// Transposes the 8 x 8 matrix whose rows are r[0..7] (8 lanes only): lane l of c[j] is lane
+// j of r[l].
+#if HWY_TARGET != HWY_SCALAR  // (no interleaves there; only 8-lane targets call it)
+HWY_INLINE void Transpose8(DF df, const VF* r, VF* c) {
+  const hn::Repartition<double, DF> dd;
+  VF t[8];
+  for (size_t i = 0; i < 8; i += 2) {
+    t[i] = hn::InterleaveLower(df, r[i], r[i + 1]);      // r_i0 r_i+1,0 r_i1 r_i+1,1 | (4, 5)
+    t[i + 1] = hn::InterleaveUpper(df, r[i], r[i + 1]);  // (2, 3) | (6, 7)
+  }
+  VF u[8];
+  for (size_t h = 0; h < 8; h += 4) {  // rows h..h+3, four at a time
+    const auto a = hn::BitCast(dd, t[h]), b = hn::BitCast(dd, t[h + 1]);
+    const auto e = hn::BitCast(dd, t[h + 2]), f = hn::BitCast(dd, t[h + 3]);
+    u[h] = hn::BitCast(df, hn::InterleaveLower(dd, a, e));      // column 0 | 4
+    u[h + 1] = hn::BitCast(df, hn::InterleaveUpper(dd, a, e));  // 1 | 5
+    u[h + 2] = hn::BitCast(df, hn::InterleaveLower(dd, b, f));  // 2 | 6
+    u[h + 3] = hn::BitCast(df, hn::InterleaveUpper(dd, b, f));  // 3 | 7
+  }
+  for (size_t j = 0; j < 4; ++j) {
+    c[j] = hn::ConcatLowerLower(df, u[4 + j], u[j]);
+    c[j + 4] = hn::ConcatUpperUpper(df, u[4 + j], u[j]);
+  }
+}
+#endif
 
 // |x|^3 * imp: the ordering heuristic of the one-term bound (imatrix_mse_certified.cc Key).
 HWY_INLINE VF KeyOf(VF x, VF im) {
@@ -181,8 +287,21 @@ void SearchFp4Groups(const Block& b) {
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
     VF X[kN], I[kN];
+#if HWY_TARGET != HWY_SCALAR
+    if constexpr (kMaxL == 8) {
+      // A full tile's groups are 8 x 16 consecutive values: two transpositions instead of
+      // 16 gathers (slow on AVX2 CPUs).
+      if (cnt == L) {
+        VF r[8];
+        for (size_t h = 0; h < kN; h += 8) {
+          for (size_t l = 0; l < 8; ++l) r[l] = hn::LoadU(df, b.x + (g0 + l) * kN + h);
+          Transpose8(df, r, X + h);
+        }
+      }
+    }
+#endif
     for (size_t j = 0; j < kN; ++j) {
-      X[j] = hn::GatherIndex(df, b.x + j, vgx);
+      if (kMaxL != 8 || cnt != L) X[j] = hn::GatherIndex(df, b.x + j, vgx);
       I[j] = b.imp == nullptr ? one
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
@@ -235,7 +354,13 @@ void SearchFp4Groups(const Block& b) {
       }
       hn::Store(vs, df, S + k * L);
       hn::Store(vr, df, R + k * L);
-      hn::Store(Fp4Term<D, N>(df, hn::Abs(tx), tim, vs, vr), df, TOP + k * L);
+    }
+    {
+      const VF atx = hn::Abs(tx);
+      for (size_t k = 0; k < steps; ++k) {
+        hn::Store(Fp4Term<D, N>(df, atx, tim, hn::Load(df, S + k * L), hn::Load(df, R + k * L)),
+                  df, TOP + k * L);
+      }
     }
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
@@ -321,25 +446,41 @@ void SearchFp4Groups(const Block& b) {
     HWY_ALIGN int32_t at[kSteps * kMaxL + kMaxL];
     size_t np = 0;
     uint32_t live_steps = 0;
+    // First the steps the one term leaves some lane (no branch per step: whether a step has
+    // a live lane is hard to predict), then only those steps: the two-term bound
+    // (TwoTermBound; TOP keeps it for the decision) and their live pairs.
+    uint32_t live1 = 0;
     for (size_t k = 1; k < steps; ++k) {
+      const MF live = hn::AndNot(hn::Or(hn::Eq(hn::Load(df, S + k * L), sbest),
+                                        hn::Ge(hn::Load(df, TOP + k * L), bhi)),
+                                 valid);
+      hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
+      live1 |= static_cast<uint32_t>(!hn::AllFalse(df, live)) << k;
+    }
+    for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
-      VF t = hn::Load(df, TOP + k * L);
-      MF live = hn::AndNot(hn::Or(hn::Eq(vs, sbest), hn::Ge(t, bhi)), valid);
-      if (!hn::AllFalse(df, live)) {
-        // The two-term bound (TwoTermBound) for the lanes the one term leaves; TOP keeps it
-        // for the decision.
-        t = TwoTermBound(df, t, Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
-        hn::Store(t, df, TOP + k * L);
-        live = hn::AndNot(hn::Ge(t, bhi), live);
-      }
+      const VF t = TwoTermBound(df, hn::Load(df, TOP + k * L),
+                                Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
+      hn::Store(t, df, TOP + k * L);
+      const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
       const size_t before = np;
-      // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
       const auto live_i = hn::RebindMask(di, live);
-      hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(k * L))),
-                              live_i),
-                 di, at + np);
+      const auto base = hn::Set(di, static_cast<int32_t>(k * L));
+      if constexpr (kMaxL == 8) {
+        // The live lanes' indices from kLaneNibbles (lanes past the count: don't care).
+        uint8_t bits = 0;
+        hn::StoreMaskBits(di, live_i, &bits);
+        const VU lanes = hn::And(
+            hn::Shr(hn::Set(du, kLaneNibbles[bits]), hn::Load(du, kNibbleShifts)),
+            hn::Set(du, 0xFu));
+        hn::StoreU(hn::Add(hn::BitCast(di, lanes), base), di, at + np);
+      } else {
+        // (Compress in registers, then a plain store: the memory form is slow on some CPUs.)
+        hn::StoreU(hn::Compress(hn::Add(hn::Iota(di, 0), base), live_i), di, at + np);
+      }
       np += hn::CountTrue(di, live_i);
       live_steps |= static_cast<uint32_t>(np != before) << k;
     }
@@ -352,12 +493,18 @@ void SearchFp4Groups(const Block& b) {
         const float* xg = b.x + gx[l];
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
-        VF acc = Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg)),
-                               ig == nullptr ? one : hn::LoadU(df, ig), ss, rr);
-        for (size_t v = 1; v < nv; ++v) {
-          acc = hn::Add(acc, Fp4Term<D, N>(df, hn::Abs(hn::LoadU(df, xg + v * L)),
-                                           ig == nullptr ? one : hn::LoadU(df, ig + v * L), ss, rr));
-        }
+        const VF table = kMaxL == 8 ? Fp4Table<D>(df, ss) : zero;
+        auto term = [&](size_t v) {
+          const VF ax = hn::Abs(hn::LoadU(df, xg + v * L));
+          const VF im = ig == nullptr ? one : hn::LoadU(df, ig + v * L);
+          if constexpr (kMaxL == 8) {
+            return Fp4TermTable<D, N>(df, ax, im, ss, rr, table);
+          } else {
+            return Fp4Term<D, N>(df, ax, im, ss, rr);
+          }
+        };
+        VF acc = term(0);
+        for (size_t v = 1; v < nv; ++v) acc = hn::Add(acc, term(v));
         vecs[q] = acc;
       }
       hn::Store(SumsOfLanes(df, vecs, L), df, sums);
@@ -392,6 +539,40 @@ struct SearchFp4GroupsF {
     if constexpr (M == kFp4) SearchFp4Groups<D, N>(b);
   }
 };
+
+void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float* imp, size_t n,
+                    float s, float* out) {
+  const DF df;
+  const size_t L = hn::Lanes(df);
+  const VF vs = hn::Set(df, s), vr = hn::Div(hn::Set(df, 1.0f), vs);
+  auto run = [&](auto dc, auto nc) {
+    constexpr DType D = decltype(dc)::value;
+    constexpr int N = decltype(nc)::value;
+    const VF tab = kMaxL == 8 ? Fp4Table<D>(df, vs) : vs;
+    for (size_t i = 0; i + L <= n; i += L) {
+      const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
+      VF t;
+      if constexpr (kMaxL == 8) {
+        t = table ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab) : Fp4Term<D, N>(df, x, im, vs, vr);
+      } else {
+        t = Fp4Term<D, N>(df, x, im, vs, vr);
+      }
+      hn::StoreU(t, df, out + i);
+    }
+  };
+  auto by_norm = [&](auto dc) {
+    if (norm == 3) {
+      run(dc, std::integral_constant<int, 3>());
+    } else {
+      run(dc, std::integral_constant<int, 2>());
+    }
+  };
+  switch (d) {
+    case DType::kBF16: by_norm(std::integral_constant<DType, DType::kBF16>()); break;
+    case DType::kF16: by_norm(std::integral_constant<DType, DType::kF16>()); break;
+    default: by_norm(std::integral_constant<DType, DType::kF32>()); break;
+  }
+}
 
 bool SearchFp4GroupsKernel(const Block& b) {
   // The gathers' offsets are int32: a larger block takes the certified search.

@@ -55,6 +55,12 @@ namespace quench::calib::internal {
 
 HWY_EXPORT(SearchBlockKernel);
 HWY_EXPORT(ErrorsTilesKernel);
+HWY_EXPORT(Fp4TermsKernel);
+
+void Fp4TermsForTest(DType d, int norm, bool table, const float* ax, const float* imp,
+                     size_t n, float s, float* out) {
+  HWY_DYNAMIC_DISPATCH(Fp4TermsKernel)(d, norm, table, ax, imp, n, s, out);
+}
 
 bool SearchBlock(const Block& b) {
   if (b.group == 0 || b.cols % b.group != 0) return false;

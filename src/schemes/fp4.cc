@@ -372,6 +372,14 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     bounds = Nvfp4Bf16Table(in.params.global_scale);
   }
 #endif
+  // BF16 NVFP4 with given ranges (imatrix_mse's chosen quantization) on the AVX2 target:
+  // pass 3 by the AVX2 kernel's decision bounds (nvfp4_bf16_avx2.h), which the whole-chunk
+  // AVX2 path cannot take (it finds each group's max itself).
+  bool avx2_pack = false;
+#if HWY_TARGET == HWY_AVX2
+  avx2_pack = D == DType::kBF16 && kNv && ranges != nullptr && bounds == nullptr &&
+              Nvfp4Bf16Avx2Handles(in);
+#endif
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
@@ -387,7 +395,7 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     }
     if constexpr (kNv) {
       Nvfp4Scales<D>(s.amax.get(), n_groups, in.params.global_scale, s.codes.get(),
-                     bounds != nullptr ? nullptr : s.factor.get());
+                     bounds != nullptr || avx2_pack ? nullptr : s.factor.get());
     } else {
       MxScales<D, internal::kMxFp4Offset>(s.amax.get(), n_groups, s.codes.get(),
                                           s.factor.get());
@@ -396,6 +404,11 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     // The next row's input is asked for alongside this row's, a step's bytes per step.
     // (Asking for the whole row at once here stalled on the full line-fill buffers.)
     const uint8_t* next_row = r + 1 < in.rows ? row + in.cols * kEsz : nullptr;
+    if (avx2_pack) {  // (codes 1..126, as PackGroups asks: Nvfp4ScaleCode's range)
+      internal::Nvfp4Bf16Avx2PackGroups(row, n_groups, s.codes.get(), in.params.global_scale,
+                                        out.out[0] + r * n_pairs);
+      continue;
+    }
     if (bounds != nullptr) {
       Nvfp4Bf16PackRow(row, n_groups, s.codes.get(), bounds, next_row, out.out[0] + r * n_pairs);
       continue;
