@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "nvfp4_nibbles.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/fp4_bounds.h"
@@ -40,23 +41,7 @@ size_t CheckCode(const std::vector<uint16_t>& xs, size_t groups, uint8_t code, f
   Nvfp4Bf16PackRow(reinterpret_cast<const uint8_t*>(xs.data()), groups, codes.data(), table,
                    nullptr, dst.data());
   REQUIRE(dst[groups * 8] == 0xAB);  // nothing written past the row's bytes
-  const float eff = E4M3ToF32(code) / gs;  // the reference's f32 division
-  size_t bad = 0;
-  for (size_t i = 0; i < groups * 16; i += 2) {
-    const uint8_t lo = internal::Fp4Nibble(BF16ToF32(xs[i]) / eff);
-    const uint8_t hi = internal::Fp4Nibble(BF16ToF32(xs[i + 1]) / eff);
-    if (dst[i / 2] != static_cast<uint8_t>(lo | hi << 4)) {
-      if (bad == 0) {
-        CAPTURE(gs);
-        CAPTURE(static_cast<int>(code));
-        CAPTURE(xs[i]);
-        CAPTURE(xs[i + 1]);
-        CHECK(static_cast<int>(dst[i / 2]) == static_cast<int>(lo | hi << 4));
-      }
-      ++bad;
-    }
-  }
-  return bad;
+  return testing::Nvfp4NibbleMismatches(xs, groups, code, gs, dst.data());
 }
 
 }  // namespace
