@@ -14,6 +14,9 @@
 #include <random>
 #include <vector>
 
+#include <initializer_list>
+
+#include "calib/imatrix_mse_kernel.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
@@ -83,8 +86,12 @@ inline void AdversarialRows(std::vector<float>* x, std::vector<float>* imp) {
   add([](size_t c) { return (static_cast<float>(c % 17) - 8.f) * 0.25f + 0.125f; });
   add([](size_t c) { return 1e-38f * static_cast<float>(c % 7) * (c % 2 ? 1.f : -1.f); });
   add([](size_t c) { return c == 0 ? 1.f : 1e-39f * static_cast<float>(c % 5); });
-  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, -97) * (c % 2 ? 1.f : -1.f); });
-  add([](size_t c) { return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, 102) * (c % 3 ? 1.f : -1.f); });
+  add([](size_t c) {
+    return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, -97) * (c % 2 ? 1.f : -1.f);
+  });
+  add([](size_t c) {
+    return std::ldexp(1.f + static_cast<float>(c % 9) / 16.f, 102) * (c % 3 ? 1.f : -1.f);
+  });
   add([](size_t c) { return std::ldexp(static_cast<float>(c % 15) - 7.f, 99); });
   add([](size_t c) { return (c % 2 ? 3.3895314e38f : -3.3895314e38f) * (c % 3 ? 1.f : 0.5f); });
   add([](size_t c) { return (c % 8 == 0 ? 6.f : 0.f) + 0.25f * static_cast<float>(c % 5); });
@@ -94,6 +101,80 @@ inline void AdversarialRows(std::vector<float>* x, std::vector<float>* imp) {
   for (size_t c = 0; c < n; ++c) {
     (*imp)[c] = c % 11 == 0 ? 0.f : c % 13 == 0 ? 1e30f : c % 17 == 0 ? -0.f : 1.f + c % 3;
   }
+}
+
+// A block of the kernels' int search over x (rows of `cols`) with setting s.
+inline calib::internal::Block MakeBlock(const Setting& s, const std::vector<float>& x,
+                                        const std::vector<float>* imp, size_t cols,
+                                        size_t group) {
+  calib::internal::Block b;
+  b.format = calib::ImatrixFormat::kInt;
+  b.dtype = DType::kBF16;
+  b.layout.bits = s.bits;
+  b.layout.qmin = -(1 << (s.bits - 1));
+  b.layout.qmax = (1 << (s.bits - 1)) - 1;
+  b.layout.group = group;
+  b.layout.n_groups = cols / group;
+  b.symmetric = true;
+  b.norm = s.norm;
+  b.grid = s.grid;
+  b.expand = s.expand;
+  b.x = x.data();
+  b.rows = x.size() / cols;
+  b.cols = cols;
+  b.group = group;
+  b.imp = imp == nullptr ? nullptr : imp->data();
+  return b;
+}
+
+// Every term of every finite bf16 x through a kernel's term function (IntBf16Terms,
+// IntAvx2Terms; available on this CPU, so `handles` takes the blocks) against the definition's
+// (imatrix_mse_scalar.cc GroupErrorScalar's term), bit for bit, under scales of many
+// significands at exponents across the range, importance 1 and varying, for each setting.
+inline void CheckEveryTerm(bool (*handles)(const calib::internal::Block&),
+                           bool (*terms)(const calib::internal::Block&, float, const float*,
+                                         const float*, size_t, float*),
+                           std::initializer_list<Setting> settings) {
+  // Every finite bf16 pattern, with importance 1 and a bf16 importance varying by element.
+  std::vector<float> xs, ones, imp;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  while (xs.size() % 32 != 0) xs.push_back(0.f);
+  ones.assign(xs.size(), 1.f);
+  for (size_t i = 0; i < xs.size(); ++i) imp.push_back(Bf16(0.5f + static_cast<float>(i % 37)));
+  size_t checked = 0, mismatched = 0;
+  for (const Setting& s : settings) {
+    calib::internal::Block b = MakeBlock(s, xs, &imp, xs.size(), 32);
+    b.i1 = 19;
+    REQUIRE(handles(b));
+    std::vector<float> got(xs.size());
+    for (int e : {-100, -40, -7, -1, 0, 3, 30, 99}) {
+      for (uint32_t m = 128; m < 256; m += (e == 0 || e == -7 ? 1 : 9)) {
+        const float scale = std::ldexp(static_cast<float>(m) / 128.0f, e);
+        for (const std::vector<float>* w : {&ones, &imp}) {
+          REQUIRE(terms(b, scale, xs.data(), w->data(), xs.size(), got.data()));
+          const intq::internal::GroupParams p{scale, 0};
+          for (size_t i = 0; i < xs.size(); ++i) {
+            // The definition (imatrix_mse_scalar.cc GroupErrorScalar's term).
+            const int q = intq::internal::QuantizeValue(xs[i], p, b.layout, true, DType::kBF16);
+            const float dq =
+                intq::internal::RoundToDType(static_cast<float>(q) * scale, DType::kBF16);
+            const float d = std::fabs(dq - xs[i]);
+            const float want = (s.norm == 3.0 ? d * d * d : d * d) * (*w)[i];
+            ++checked;
+            if (std::memcmp(&want, &got[i], 4) != 0 && mismatched++ < 3) {
+              MESSAGE("bits " << s.bits << " scale " << scale << " x " << xs[i] << ": want "
+                              << want << " got " << got[i]);
+            }
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("terms checked: " << checked);
+  CHECK(mismatched == 0);
 }
 
 // A kernel's chosen-quantization row helpers (imatrix_mse_int_bf16.h, imatrix_mse_int_avx2.h).

@@ -31,32 +31,10 @@ namespace {
 using calib::internal::Block;
 using imatrix_int::AdversarialRows;
 using imatrix_int::Bf16;
+using imatrix_int::MakeBlock;
 using imatrix_int::RandomRows;
 using imatrix_int::Setting;
 using imatrix_int::Settings;
-using intq::internal::RoundToDType;
-
-Block MakeBlock(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
-                size_t cols, size_t group) {
-  Block b;
-  b.format = calib::ImatrixFormat::kInt;
-  b.dtype = DType::kBF16;
-  b.layout.bits = s.bits;
-  b.layout.qmin = -(1 << (s.bits - 1));
-  b.layout.qmax = (1 << (s.bits - 1)) - 1;
-  b.layout.group = group;
-  b.layout.n_groups = cols / group;
-  b.symmetric = true;
-  b.norm = s.norm;
-  b.grid = s.grid;
-  b.expand = s.expand;
-  b.x = x.data();
-  b.rows = x.size() / cols;
-  b.cols = cols;
-  b.group = group;
-  b.imp = imp == nullptr ? nullptr : imp->data();
-  return b;
-}
 
 // The kernel (steps in two ranges, as a caller may run them; exact_best true and false)
 // against the definition over steps 0..last: the same masks and improved steps, the same best
@@ -120,46 +98,8 @@ TEST_CASE("imatrix_mse int bf16 kernel: every term of every bf16 x equals the de
     CHECK(!calib::internal::IntBf16Handles(b));
     return;
   }
-  // Every finite bf16 pattern, with importance 1 and a bf16 importance varying by element.
-  std::vector<float> xs, ones, imp;
-  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
-    const float v = BF16ToF32(static_cast<uint16_t>(bits));
-    if (std::isfinite(v)) xs.push_back(v);
-  }
-  while (xs.size() % 32 != 0) xs.push_back(0.f);
-  ones.assign(xs.size(), 1.f);
-  for (size_t i = 0; i < xs.size(); ++i) imp.push_back(Bf16(0.5f + static_cast<float>(i % 37)));
-  size_t checked = 0, mismatched = 0;
-  for (const Setting& s : {Setting{4, 3.0}, Setting{4, 2.0}, Setting{3, 3.0}, Setting{2, 3.0}}) {
-    Block b = MakeBlock(s, xs, &imp, xs.size(), 32);
-    b.i1 = 19;
-    REQUIRE(calib::internal::IntBf16Handles(b));
-    std::vector<float> got(xs.size());
-    for (int e : {-100, -40, -7, -1, 0, 3, 30, 99}) {
-      for (uint32_t m = 128; m < 256; m += (e == 0 || e == -7 ? 1 : 9)) {
-        const float scale = std::ldexp(static_cast<float>(m) / 128.0f, e);
-        for (const std::vector<float>* w : {&ones, &imp}) {
-          REQUIRE(calib::internal::IntBf16Terms(b, scale, xs.data(), w->data(), xs.size(),
-                                                got.data()));
-          const intq::internal::GroupParams p{scale, 0};
-          for (size_t i = 0; i < xs.size(); ++i) {
-            // The definition (imatrix_mse_scalar.cc GroupErrorScalar's term).
-            const int q = intq::internal::QuantizeValue(xs[i], p, b.layout, true, DType::kBF16);
-            const float dq = RoundToDType(static_cast<float>(q) * scale, DType::kBF16);
-            const float d = std::fabs(dq - xs[i]);
-            const float want = (s.norm == 3.0 ? d * d * d : d * d) * (*w)[i];
-            ++checked;
-            if (std::memcmp(&want, &got[i], 4) != 0 && mismatched++ < 3) {
-              MESSAGE("bits " << s.bits << " scale " << scale << " x " << xs[i] << ": want "
-                              << want << " got " << got[i]);
-            }
-          }
-        }
-      }
-    }
-  }
-  MESSAGE("terms checked: " << checked);
-  CHECK(mismatched == 0);
+  imatrix_int::CheckEveryTerm(calib::internal::IntBf16Handles, calib::internal::IntBf16Terms,
+                              {Setting{4, 3.0}, Setting{4, 2.0}, Setting{3, 3.0}, Setting{2, 3.0}});
 }
 
 TEST_CASE("imatrix_mse int bf16 kernel equals the definition on random groups") {
