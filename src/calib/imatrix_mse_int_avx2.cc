@@ -39,7 +39,6 @@
 #include "calib/imatrix_mse_int_avx2.h"
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cfloat>
 #include <cmath>
@@ -49,6 +48,7 @@
 
 #include "calib/imatrix_mse_decide.h"
 #include "calib/imatrix_mse_int_bf16.h"
+#include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
@@ -63,16 +63,16 @@
 namespace quench::calib::internal {
 namespace {
 
-std::atomic<bool> g_enabled{true};  // relaxed: tests flip it between searches only
+cpu::KernelSwitch g_enabled;
 
 // Steps a group's search takes at most (four vectors of step lanes; LastStep < 32).
 constexpr size_t kSteps = 32;
 
 }  // namespace
 
-void SetIntAvx2Enabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
+void SetIntAvx2Enabled(bool enabled) { g_enabled.Set(enabled); }
 
-bool IntAvx2Enabled() { return g_enabled.load(std::memory_order_relaxed); }
+bool IntAvx2Enabled() { return g_enabled.on(); }
 
 bool IntAvx2Available() {
 #ifdef QUENCH_IMX_AVX2_X86
@@ -94,15 +94,7 @@ bool IntAvx2Handles(const Block& b) {
 #ifdef QUENCH_IMX_AVX2_X86
 namespace {
 
-// RNE_bf16 of non-NaN f32 lanes, as f32 (int_shared.h's RoundToDType for bf16: c10's
-// round_to_nearest_even).
-QUENCH_IMX_AVX2 inline __m256 RoundBf16(__m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
-  return _mm256_castsi256_ps(
-      _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 
 // Sum, min and max of a vector's lanes (the sum in any order: the certified bound covers
 // every order).

@@ -6,8 +6,6 @@
 #ifndef QUENCH_SCHEMES_AVX512BF16_H_
 #define QUENCH_SCHEMES_AVX512BF16_H_
 
-#include <atomic>
-
 #include "schemes/cpu_x86.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -33,16 +31,7 @@ inline bool Available() {
 #endif
 }
 
-// Whether a kernel may be used (default on). Relaxed: tests flip it between conversions,
-// never during one.
-class Switch {
- public:
-  bool on() const { return on_.load(std::memory_order_relaxed); }
-  void Set(bool on) { on_.store(on, std::memory_order_relaxed); }
-
- private:
-  std::atomic<bool> on_{true};
-};
+using Switch = cpu::KernelSwitch;
 
 #ifdef QUENCH_AVX512BF16_X86
 // RNE_bf16 of non-NaN f32 lanes, as f32 (int_shared.h's RoundToDType for bf16: c10's

@@ -1,10 +1,25 @@
-// The x86 CPU features the hand-written AVX-512 kernels need, checked once at run time:
-// fp8_source_quant.cc / fp8_source_nvfp4.cc (VBMI tables; AVX2 thresholds otherwise) and the AVX-512 BF16 kernels
-// (avx512bf16.h) share the same base set.
+// The x86 CPU features the hand-written kernels need, checked once at run time:
+// fp8_source_quant.cc / fp8_source_nvfp4.cc (VBMI tables; AVX2 thresholds otherwise) and the
+// AVX-512 BF16 kernels (avx512bf16.h) share the same base set; the AVX2 kernels (avx2.h) need
+// HasAvx2. Also the switch every hand-written kernel has for tests.
 #ifndef QUENCH_SCHEMES_CPU_X86_H_
 #define QUENCH_SCHEMES_CPU_X86_H_
 
+#include <atomic>
+
 namespace quench::cpu {
+
+// Whether a hand-written kernel may be used (default on); tests turn it off to run the
+// Highway kernels on the same chunks. Relaxed: tests flip it between conversions, never
+// during one.
+class KernelSwitch {
+ public:
+  bool on() const { return on_.load(std::memory_order_relaxed); }
+  void Set(bool on) { on_.store(on, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> on_{true};
+};
 
 // True when this CPU has AVX-512 F/BW/VL/DQ and VBMI, and BMI2 (for _bzhi).
 inline bool HasAvx512Vbmi() {

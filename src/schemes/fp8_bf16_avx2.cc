@@ -9,11 +9,11 @@
 #include "schemes/fp8_bf16_avx2.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+#include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
 #include "schemes/fp8_shared.h"  // ScaleFromAmax, ReciprocalIsExact (with its proof)
 
@@ -26,12 +26,12 @@
 namespace quench::fp8 {
 namespace {
 
-std::atomic<bool> g_enabled{true};  // relaxed: tests flip it between conversions only
+cpu::KernelSwitch g_enabled;
 
 }  // namespace
 
 void internal::SetFp8Bf16Avx2Enabled(bool enabled) {
-  g_enabled.store(enabled, std::memory_order_relaxed);
+  g_enabled.Set(enabled);
 }
 
 bool Fp8Bf16Avx2Available() {
@@ -44,7 +44,7 @@ bool Fp8Bf16Avx2Available() {
 }
 
 bool Fp8Bf16Avx2Handles(const WeightChunk& in) {
-  return in.dtype == DType::kBF16 && g_enabled.load(std::memory_order_relaxed) &&
+  return in.dtype == DType::kBF16 && g_enabled.on() &&
          Fp8Bf16Avx2Available();
 }
 
@@ -109,12 +109,8 @@ QUENCH_FP8_AVX2 inline __m256i Quantize16(__m256i x, __m256 by, __m256i* sign) {
     re = _mm256_add_epi32(qe, half_up);
     ro = _mm256_add_epi32(qo, half_up);
   } else {
-    const __m256i one32 = _mm256_set1_epi32(1);
-    const __m256i half = _mm256_set1_epi32(0x7FFF);
-    re = _mm256_add_epi32(_mm256_add_epi32(qe, half),
-                          _mm256_and_si256(_mm256_srli_epi32(qe, 16), one32));
-    ro = _mm256_add_epi32(_mm256_add_epi32(qo, half),
-                          _mm256_and_si256(_mm256_srli_epi32(qo, 16), one32));
+    re = quench::avx2::RoundBf16Hi(qe);
+    ro = quench::avx2::RoundBf16Hi(qo);
   }
   // v: the rounded bf16 values in element order (even ones in the low halves).
   const __m256i v = _mm256_blend_epi16(_mm256_srli_epi32(re, 16), ro, 0xAA);
@@ -191,12 +187,8 @@ QUENCH_FP8_AVX2 void QuantizeRow(const uint8_t* src, size_t n, float by_scalar, 
 QUENCH_FP8_AVX2 inline __m256 Scales8(const uint32_t* amax_bits) {
   const __m256 amax = _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(amax_bits)), 16));
-  const __m256i q =
-      _mm256_castps_si256(_mm256_div_ps(amax, _mm256_set1_ps(internal::kE4M3Max)));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_and_si256(
-      _mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
-      _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  const __m256i rounded = _mm256_castps_si256(
+      quench::avx2::RoundBf16(_mm256_div_ps(amax, _mm256_set1_ps(internal::kE4M3Max))));
   const __m256i zero = _mm256_cmpeq_epi32(rounded, _mm256_setzero_si256());
   return _mm256_blendv_ps(_mm256_castsi256_ps(rounded),
                           _mm256_set1_ps(internal::ScaleEps(DType::kBF16)),

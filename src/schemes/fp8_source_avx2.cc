@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp8_shared.h"
@@ -49,16 +50,11 @@ QUENCH_AVX2 void ThresholdsOfCounts(const __m256i* v, int8_t* t) {
   const bool recip = internal::ReciprocalIsExact(s, DType::kBF16);
   const __m256 by = _mm256_set1_ps(recip ? 1.0f / s : s);
   const __m256 magic = _mm256_set1_ps(12582912.0f), eight = _mm256_set1_ps(8.0f);
-  const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7FFF);
-  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   alignas(32) int8_t c[kMags];
   for (size_t m = 0; m < kMags; m += 8) {
     const __m128i w = _mm_load_si128(reinterpret_cast<const __m128i*>(dec + m));
     const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
-    const __m256i q = _mm256_castps_si256(recip ? _mm256_mul_ps(x, by) : _mm256_div_ps(x, by));
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), one);
-    const __m256 v = _mm256_castsi256_ps(
-        _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(half, lsb)), hi));
+    const __m256 v = quench::avx2::RoundBf16(recip ? _mm256_mul_ps(x, by) : _mm256_div_ps(x, by));
     __m256i r = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(_mm256_min_ps(v, eight), magic)),
                                  _mm256_castps_si256(magic));
     // Lanes m > mc (never looked up; may be the NaN entry) are 8.

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "schemes/avx2.h"
 #include "schemes/fp8_source_tables.h"
 
 #ifdef QUENCH_FUSED_X86
@@ -41,11 +42,9 @@ constexpr size_t kThr = 16;  // bytes of a slot's thresholds (eight used) in ws.
 QUENCH_AVX2 inline void BuildDecode(float scale, uint16_t* dst) {
   const float* mags = fused::E4M3Magnitudes();
   const __m256 s = _mm256_set1_ps(scale);
-  const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7FFF);
   for (size_t m = 0; m < kMags; m += 8) {
     const __m256i bits = _mm256_castps_si256(_mm256_mul_ps(_mm256_load_ps(mags + m), s));
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
-    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(half, lsb)), 16);
+    const __m256i r = _mm256_srli_epi32(quench::avx2::RoundBf16Hi(bits), 16);
     const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_store_si128(reinterpret_cast<__m128i*>(dst + m), _mm256_castsi256_si128(w));
   }

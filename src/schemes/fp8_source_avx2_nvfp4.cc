@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "schemes/avx2.h"
 #include "schemes/e4m3_avx2.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4_bounds.h"
@@ -51,11 +52,7 @@ QUENCH_AVX2 void ThresholdsOfBounds(const uint16_t* dec, const uint16_t* bound, 
 // RNE_bf16(x / 6), then e4m3_avx2.h's GuardedScaleCodes8 (u = min(gs * t, 448), its E4M3 code,
 // the zero guard). The eight codes are left in bytes 0-3 and 16-19.
 QUENCH_AVX2 inline __m256i ScaleCodes8(__m256 x, __m256 gs) {
-  const __m256i q = _mm256_castps_si256(_mm256_div_ps(x, _mm256_set1_ps(6.0f)));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
-  const __m256 t = _mm256_castsi256_ps(
-      _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
-                       _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  const __m256 t = quench::avx2::RoundBf16(_mm256_div_ps(x, _mm256_set1_ps(6.0f)));
   const __m256i code = fp4::avx2::GuardedScaleCodes8(t, gs);
   const __m256i w = _mm256_packus_epi32(code, code);
   return _mm256_packus_epi16(w, w);

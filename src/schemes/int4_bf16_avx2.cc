@@ -15,12 +15,12 @@
 #include "schemes/int4_bf16_avx2.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
 #include "schemes/int_shared.h"
 
@@ -33,12 +33,12 @@
 namespace quench::intq {
 namespace {
 
-std::atomic<bool> g_enabled{true};  // relaxed: tests flip it between conversions only
+cpu::KernelSwitch g_enabled;
 
 }  // namespace
 
 void internal::SetInt4Bf16Avx2Enabled(bool enabled) {
-  g_enabled.store(enabled, std::memory_order_relaxed);
+  g_enabled.Set(enabled);
 }
 
 bool Int4Bf16Avx2Available() {
@@ -54,7 +54,7 @@ bool Int4Bf16Avx2Handles(const WeightChunk& in) {
   if (in.dtype != DType::kBF16 || in.params.bits != 4) return false;
   // Smoothing's column factors (WeightChunk::col_scale) go through int.cc's ScaleRow first.
   if (in.col_scale != nullptr) return false;
-  if (!g_enabled.load(std::memory_order_relaxed) || !Int4Bf16Avx2Available()) return false;
+  if (!g_enabled.on() || !Int4Bf16Avx2Available()) return false;
   internal::Layout l;
   return internal::MakeLayout(in, &l) && l.group % 32 == 0;
 }
@@ -146,15 +146,7 @@ QUENCH_INT4_AVX2 inline __m256 Bf16x8ToF32(__m128i bits) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
-// RNE_bf16 of 8 f32 lanes by c10's integer rounding (bits + 0x7FFF + lsb, the low half
-// cleared); NaN stays NaN and +-Inf stays +-Inf.
-QUENCH_INT4_AVX2 inline __m256 RoundBf16(__m256 v) {
-  const __m256i q = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
-  return _mm256_castsi256_ps(_mm256_and_si256(
-      _mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
-      _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 
 // The zero guard (a scale of exactly 0 -> eps(bf16) = 2^-7) on 8 scales (bf16 values >= +0);
 // writes their bf16 bits to bits16 (8 lanes).

@@ -17,12 +17,12 @@
 // The last groups of a row (fewer than 16) go through the same code on a zero-padded copy.
 #include "schemes/nvfp4_bf16_avx2.h"
 
-#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+#include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
 #include "schemes/e4m3_avx2.h"
 #include "schemes/float_formats.h"
@@ -38,7 +38,7 @@
 namespace quench::fp4 {
 namespace {
 
-std::atomic<bool> g_enabled{true};  // relaxed: tests flip it between conversions only
+cpu::KernelSwitch g_enabled;
 
 constexpr size_t kGroup = 16;
 constexpr size_t kBlockGroups = 16;                 // groups per block
@@ -74,7 +74,7 @@ const int16_t* TableFor(float gs) {
 }  // namespace
 
 void internal::SetNvfp4Bf16Avx2Enabled(bool enabled) {
-  g_enabled.store(enabled, std::memory_order_relaxed);
+  g_enabled.Set(enabled);
 }
 
 bool Nvfp4Bf16Avx2Available() {
@@ -88,7 +88,7 @@ bool Nvfp4Bf16Avx2Available() {
 bool Nvfp4Bf16Avx2Handles(const WeightChunk& in) {
   const float gs = in.params.global_scale;
   return in.dtype == DType::kBF16 && gs > 0.0f && std::isfinite(gs) &&
-         g_enabled.load(std::memory_order_relaxed) && Nvfp4Bf16Avx2Available();
+         g_enabled.on() && Nvfp4Bf16Avx2Available();
 }
 
 #ifdef QUENCH_NVFP4_AVX2_X86
@@ -181,11 +181,7 @@ QUENCH_NVFP4_AVX2 inline __m256i ScaleCodes8(__m256i amax_bits, __m256 gs) {
   const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(amax_bits, 16));
   // amax * RN(1/6) rounds to bf16 as amax / 6 does (nvfp4_bf16_avx2.h); a division here
   // held each block's pass 3 on its latency.
-  const __m256i q = _mm256_castps_si256(_mm256_mul_ps(x, _mm256_set1_ps(1.0f / 6.0f)));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(q, 16), _mm256_set1_epi32(1));
-  const __m256 t = _mm256_castsi256_ps(
-      _mm256_and_si256(_mm256_add_epi32(q, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)),
-                       _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  const __m256 t = quench::avx2::RoundBf16(_mm256_mul_ps(x, _mm256_set1_ps(1.0f / 6.0f)));
   return avx2::GuardedScaleCodes8(t, gs);
 }
 

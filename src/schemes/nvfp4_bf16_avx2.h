@@ -12,7 +12,8 @@
 //    q + q * 2^-25 (under half of q's ulp) rounds back to q; otherwise q is at least 2^e / 48
 //    from every bf16 rounding boundary (a multiple of 2^e / 16 in q's binade, q < 2^(e+6)),
 //    while both f32 results lie within 2^(e-16) of q. The test runs every finite amax. Then
-//    u = gs * t (one f32 product), clamp to 448 (gs > 0 here, so u >= +0 and the lower clamp is idle), then
+//    u = gs * t (one f32 product), clamp to 448 (gs > 0 here, so u >= +0 and the lower clamp
+//    is idle), then
 //    F32ToE4M3 (float_formats.cc) of u: below 2^-6 the FPU's RNE of u + 2^14 leaves the
 //    subnormal code in the low bits; from 2^-6 up the exponent is rebiased and the 20 dropped
 //    mantissa bits rounded to nearest even (u <= 448 never reaches the NaN code); a code of 0
