@@ -144,6 +144,13 @@ std::string PieceName(const TensorInfo& t, uint64_t e, uint64_t p, bool gate_up,
   return name;
 }
 
+// Whether SplitTensor may do anything but append `t` as it is: a 3-D tensor (a stack, or a
+// compressed-tensors module's codes) or a name holding both stack names (refused).
+bool SplitMayTouch(const TensorInfo& t) {
+  return t.shape.size() == 3 || (t.name.find(kGateUp) != std::string::npos &&
+                                 t.name.find(kDown) != std::string::npos);
+}
+
 // Splits tensor `t` of shard `si` into per-expert pieces appended to `out` (or appends it as
 // it is where it is no fused stack, or one kept whole), counted in `result`.
 Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFacts& f,
@@ -246,15 +253,8 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
   ExpertSplit result;
   for (size_t si = 0; si < folder.shards.size(); ++si) {
     Shard& shard = folder.shards[si];
-    // A shard without 3-D tensors keeps every tensor as it is (SplitTensor splits only
-    // stacks), unless a name holds both stack names, which SplitTensor refuses: then, or with
-    // any 3-D tensor, the loop below. (Its tensors are then not moved into a new vector.)
-    if (std::none_of(shard.header.tensors.begin(), shard.header.tensors.end(),
-                     [](const TensorInfo& t) {
-                       return t.shape.size() == 3 ||
-                              (t.name.find(kGateUp) != std::string::npos &&
-                               t.name.find(kDown) != std::string::npos);
-                     })) {
+    // A shard SplitTensor would leave as it is is not moved into a new vector.
+    if (std::none_of(shard.header.tensors.begin(), shard.header.tensors.end(), SplitMayTouch)) {
       continue;
     }
     std::vector<TensorInfo> out;
