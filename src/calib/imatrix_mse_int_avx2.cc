@@ -227,6 +227,7 @@ struct Ctx {
   const Block* b;
   Consts c;
   size_t n, nv, ng;
+  size_t sv;  // vectors of 8 step lanes that hold the block's steps
   uint32_t step_bits;
   double lo_f, hi_f;
   alignas(32) float P[kSteps];
@@ -336,7 +337,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const __m256 half_range =
       _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
   uint32_t recip_ok = 0;
-  for (size_t h = 0; h < kSteps / 8; ++h) {
+  for (size_t h = 0; h < x.sv; ++h) {
     const __m256 vp = _mm256_load_ps(x.P + 8 * h);
     const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(m0))), zero);
     const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(M0))), zero);
@@ -364,7 +365,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
-  for (size_t h = 0; h < kSteps / 8; ++h) {
+  for (size_t h = 0; h < x.sv; ++h) {
     _mm256_store_ps(out->TOP + 8 * h,
                     TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
                                 _mm256_load_ps(out->R + 8 * h)));
@@ -421,7 +422,7 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
   // definition takes.
   const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
   uint32_t ruled = 0;
-  for (size_t h = 0; h < kSteps / 8; ++h) {
+  for (size_t h = 0; h < x.sv; ++h) {
     ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
                  _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
              << (8 * h);
@@ -480,6 +481,7 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
   const size_t groups = b.rows * x.ng;
   const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x.n, x.P, kSteps);
   x.step_bits = st.step_bits;
+  x.sv = static_cast<size_t>(b.i1 - b.i0 + 8) / 8;
   x.lo_f = st.lo_f;
   x.hi_f = st.hi_f;
   x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
