@@ -196,6 +196,47 @@ TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
                                  calib::internal::IntAvx2Codes4});
 }
 
+// The chosen codes round each quotient x * f32(1 / s) to bf16 half up (no quotient is a
+// midpoint, QuotientBf16's proof): every finite bf16 x under every scale significand at
+// exponents across [2^-100, 2^100], each packed code against QuantizeValue's.
+TEST_CASE("imatrix_mse int avx2 chosen codes: every bf16 x under every scale significand") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;  // the case above checks that it declines
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  const size_t group = 64;
+  while (xs.size() % group != 0) xs.push_back(0.f);
+  const size_t n = xs.size(), ng = n / group;
+  REQUIRE(calib::internal::IntAvx2CodesHandle(group, n));
+  std::vector<uint8_t> raw(n * 2), got(n / 2);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  const intq::internal::Layout l{4, -8, 7, group, ng, n / 8};
+  size_t checked = 0, bad = 0;
+  for (int e : {-100, -7, 0, 5, 99}) {
+    for (uint32_t m = 128; m < 256; ++m) {
+      const float s = std::ldexp(static_cast<float>(m) / 128.0f, e);
+      const std::vector<intq::internal::GroupParams> p(ng, {s, 0});
+      calib::internal::IntAvx2Codes4(raw.data(), n, group, p.data(), got.data());
+      for (size_t i = 0; i < n; ++i) {
+        const int want = intq::internal::QuantizeValue(xs[i], p[0], l, true, DType::kBF16) + 8;
+        ++checked;
+        if ((got[i / 2] >> (4 * (i % 2)) & 15) != want && bad++ < 3) {
+          MESSAGE("scale " << s << " x " << xs[i] << ": got " << (got[i / 2] >> (4 * (i % 2)) & 15)
+                           << " want " << want);
+        }
+      }
+    }
+  }
+  MESSAGE("codes checked: " << checked);
+  CHECK(bad == 0);
+}
+
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
 // SearchBlock's dispatch) with the kernel and with it switched off (the Highway kernels, on
 // rows converted to f32): the same masks.

@@ -12,12 +12,12 @@
 //    to the definition);
 //  - c = min(t, h) before the bf16 rounding: RNE_bf16 is monotone and h is a bf16 value, so
 //    min(RNE_bf16(t), h) = RNE_bf16(min(t, h)) (the definition clamps after it);
-//  - RNE_bf16(c) as (c + C) - C with C = 1.5 * 2^(e + 16) for c's exponent e (C's bits: c's
-//    exponent field plus 16, mantissa 0x400000): c + C lies in [2^(e+16), 2^(e+17)), whose
-//    f32 ulp 2^(e-7) is bf16's ulp on c's binade [2^e, 2^(e+1)), and C is an even multiple
-//    of it, so the FPU's RNE addition rounds c to bf16 ties to even (a carry to 2^(e+1) stays
-//    in the sum's binade), and subtracting C is exact. For c < 2^-126 (exponent field 0) the
-//    sum rounds c to some value below 2^-120, whose code is 0 like the definition's;
+//  - RNE_bf16(c) by rounding c's bits half up: (bits + 0x8000) with the low 16 bits cleared
+//    (a carry into the exponent is the next binade's bf16 value, as RNE's). Half up and half
+//    to even differ only on a midpoint between two bf16 values, and c is never one: the
+//    bounds h are bf16 values, and t is within 2^-22 relative of x / s, which QuotientBf16's
+//    proof puts more than 2^-17 relative from every midpoint (for |x / s| < 2^-120 every
+//    rounding gives the code 0);
 //  - round half to even by adding 1.5 * 2^23 (imatrix_mse-inl.h RoundInt): 0 <= v <= 8, so
 //    the sum's low 4 bits are |q|;
 //  - dq from the step's table T[j] = RNE_bf16(j * s), j = 0..7, by VPERMPS on the low 3 bits
@@ -26,8 +26,9 @@
 //  - e = ((d * d) * |d|) * imp (norm 3) or (d * d) * imp with d = T[|q|] - |x|, the
 //    definition's f32 products one at a time (d * d = |d| * |d|; no contraction, switched off
 //    below, and no FMA in the target).
-// 16 vector operations per 8 elements for norm 3 (14 for norm 2) against about 22 in the
-// Highway AVX2 kernel, which computes dq by a product and a second bf16 rounding.
+// 14 vector operations per 8 elements for norm 3 (12 for norm 2; 2 fewer with 3-bit codes)
+// against about 22 in the Highway AVX2 kernel, which computes dq by a product and a second
+// bf16 rounding.
 
 // The definition rounds every product and difference: no contraction into FMAs.
 #if defined(__clang__)
@@ -122,8 +123,8 @@ QUENCH_IMX_AVX2 inline float LaneMax(__m256 v) {
 // The constants of a block's terms.
 struct Consts {
   __m256 magic;    // 1.5 * 2^23
-  __m256i expo;    // f32's exponent field
-  __m256i cbias;   // 16 added to the exponent, mantissa 0x400000 (C = 1.5 * 2^(e + 16))
+  __m256i half;    // half of bf16's ulp in f32's bits (0x8000)
+  __m256i hi16;    // bf16's bits of an f32 (0xFFFF0000)
   __m256 absmask;  // all but the sign bit
   __m256 codes;    // lane j: j, as f32 (the table's codes |q|)
   __m256 hpos, hneg;  // the clamp bounds qmax (x >= 0) and -qmin (x < 0)
@@ -133,8 +134,8 @@ struct Consts {
 QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
   Consts c;
   c.magic = _mm256_set1_ps(12582912.0f);
-  c.expo = _mm256_set1_epi32(0x7F800000);
-  c.cbias = _mm256_set1_epi32(0x08400000);
+  c.half = _mm256_set1_epi32(0x8000);
+  c.hi16 = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   c.absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   c.codes = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   c.hpos = _mm256_set1_ps(static_cast<float>(b.layout.qmax));
@@ -162,9 +163,8 @@ template <int N, bool W>
 QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m256 im,
                                      __m256 r, const Table& tab) {
   const __m256 cl = _mm256_min_ps(_mm256_mul_ps(xa, r), hv);
-  const __m256 big = _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(cl), c.expo), c.cbias));
-  const __m256 v = _mm256_sub_ps(_mm256_add_ps(cl, big), big);
+  const __m256 v = _mm256_castsi256_ps(
+      _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(cl), c.half), c.hi16));
   const __m256i q = _mm256_castps_si256(_mm256_add_ps(v, c.magic));
   __m256 dq = _mm256_permutevar8x32_ps(tab.t, q);
   if constexpr (W) {

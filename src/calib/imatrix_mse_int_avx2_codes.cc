@@ -22,9 +22,10 @@ namespace {
 // The chosen quantization's rows (IntAvx2Codes4, IntAvx2RowMinMax): each group's min and max
 // from 16-bit keys of the raw row, and its codes with the search's operations on signed
 // quotients (imatrix_mse_int_avx2.cc says why each is the definition's): c = clamp(t, -8, 7)
-// before the bf16 rounding, RNE_bf16(c) by (c + C) - C with C of c's sign and exponent (the
-// rounding is odd, so that argument holds for c < 0), then + 1.5 * 2^23 + 8, whose low 4 bits
-// are u = q + 8.
+// before the bf16 rounding; RNE_bf16(c) by rounding the magnitude's bits half up where t is
+// x * f32(1 / s), never a midpoint, and by (c + C) - C with C of c's sign and exponent where
+// t is x / s for scales outside [2^-100, 2^100] (the rounding is odd, so that argument holds
+// for c < 0); then + 1.5 * 2^23 + 8, whose low 4 bits are u = q + 8.
 
 // The key of each 16-bit lane's bf16 pattern: signed, ordered like the values.
 QUENCH_IMX_AVX2 inline __m256i Key(__m256i x) {
@@ -69,11 +70,21 @@ template <bool kRecip>
 QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by) {
   const __m256 t = kRecip ? _mm256_mul_ps(x, by) : _mm256_div_ps(x, by);
   const __m256 c = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-8.0f)), _mm256_set1_ps(7.0f));
-  const __m256 big = _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(c),
-                                        _mm256_set1_epi32(static_cast<int>(0xFF800000u))),
-                       _mm256_set1_epi32(0x08400000)));
-  const __m256 v = _mm256_sub_ps(_mm256_add_ps(c, big), big);
+  __m256 v;
+  if constexpr (kRecip) {
+    // No quotient x * r is a bf16 midpoint (QuotientBf16's proof), nor are the bounds, so
+    // rounding the magnitude half up (sign-magnitude bits + 0x8000, low half cleared) is
+    // RNE_bf16 (imatrix_mse_int_avx2.cc's term does the same).
+    v = _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_add_epi32(_mm256_castps_si256(c), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  } else {
+    const __m256 big = _mm256_castsi256_ps(
+        _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(c),
+                                          _mm256_set1_epi32(static_cast<int>(0xFF800000u))),
+                         _mm256_set1_epi32(0x08400000)));
+    v = _mm256_sub_ps(_mm256_add_ps(c, big), big);
+  }
   return _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582920.0f)));  // 1.5 * 2^23 + 8
 }
 
