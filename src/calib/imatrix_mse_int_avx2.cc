@@ -145,15 +145,15 @@ QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
 }
 
 // A step's table: lanes j = 0..7 hold RNE_bf16(j * s), t8 (every lane) RNE_bf16(-qmin * s)
-// (the products imatrix_mse-inl.h CodeTable forms, code by code).
+// (the products imatrix_mse-inl.h CodeTable forms, code by code). -qmin is a power of two
+// and s a bf16 value in [2^-100, 2^100] (the steps the kernel certifies), so -qmin * s is
+// exact and already a bf16 value.
 struct Table {
   __m256 t, t8;
 };
 
 QUENCH_IMX_AVX2 inline Table MakeTable(const Consts& c, float s) {
-  const __m256 vs = _mm256_set1_ps(s);
-  return {RoundBf16(_mm256_mul_ps(c.codes, vs)),
-          RoundBf16(_mm256_mul_ps(_mm256_set1_ps(c.top_code), vs))};
+  return {RoundBf16(_mm256_mul_ps(c.codes, _mm256_set1_ps(s))), _mm256_set1_ps(c.top_code * s)};
 }
 
 // The terms of 8 elements from their |x| (xa), clamp bounds (hv) and importance (im) at the
