@@ -176,11 +176,20 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// The element's weight in the ordering heuristic, x^8 * imp (imatrix_mse_certified.cc Key;
-// any key gives a valid bound).
-QUENCH_IMX_AVX2 inline __m256 Key(__m256 x, __m256 im) {
-  const __m256 x2 = _mm256_mul_ps(x, x), x4 = _mm256_mul_ps(x2, x2);
-  return _mm256_mul_ps(_mm256_mul_ps(x4, x4), im);
+// The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
+// (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
+// octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
+// with no product. Any key gives a valid bound: it only picks which elements go first.
+QUENCH_IMX_AVX2 inline __m256i Key(__m256 x, __m256i ik) {
+  return _mm256_add_epi32(
+      _mm256_srli_epi32(_mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7FFFFFFF)),
+                        16),
+      ik);
+}
+
+// An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
+inline int32_t KeyOfImp(float imp) {
+  return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
 }
 
 // One element's term (|x|, its bound h and imp in every lane) at 8 steps (lanes: their
@@ -200,15 +209,14 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m
 
 // Groups prepared at a time before their decisions (Search): their buffers stay in L1.
 constexpr size_t kBatch = 8;
-// Vectors at the group's front that receive, per position (mod 8 kTopVecs), the element of
-// largest key, and vectors of terms in a live step's first check: one and two (16 elements;
-// on the bench's q_proj, 1 / 2 measured as 1 / 1 and faster than 1 / 3, 2 / 2, 2 / 4 and 4 / 4).
-constexpr size_t kTopVecs = 1;
+// Vectors of terms in a live step's first check: two (16 elements: the first vector, which
+// receives each position's element of largest key, and the next; on the bench's q_proj
+// faster than 1 or 3 vectors, and than 2 or 4 vectors of top elements).
 constexpr size_t kFirstVecs = 2;
 
 // One group as Prepare leaves it for Decide: its |x|, clamp bounds and importance reordered
-// (each of the first kTopVecs * 8 positions holding the element of largest key among the
-// elements at that position mod 8 kTopVecs); every step's scale S and reciprocal R, the
+// (each of the first 8 positions holding the element of largest key among the elements at
+// that position mod 8); every step's scale S and reciprocal R, the
 // steps only the definition takes (sc), the term of the element of largest key at every step
 // (TOP), and step 0's f32 sum (p0, when summed).
 struct Prepared {
@@ -232,6 +240,7 @@ struct Ctx {
   double lo_f, hi_f;
   alignas(32) float P[kSteps];
   const float* ones;
+  const int32_t* ik;  // KeyOfImp of each column's importance (1 where there is none)
 };
 
 // A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
@@ -276,55 +285,40 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   };
-  const float* im = b.imp == nullptr ? x.ones : b.imp + (gi % x.ng) * x.n;
+  const size_t col = (gi % x.ng) * x.n;
+  const float* im = b.imp == nullptr ? x.ones : b.imp + col;
+  const int32_t* ik = x.ik + col;
   const __m256 zero = _mm256_setzero_ps();
   const Consts& c = x.c;
-  // Min, max, and per position (mod 8 kTopVecs) the element of largest key (its unit of
-  // kTopVecs vectors in `at`).
-  __m256 x0[kTopVecs], i0[kTopVecs], top[kTopVecs], sx[kTopVecs], si[kTopVecs];
-  __m256i at[kTopVecs];
+  // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
+  // element order; min, max, and per position (mod 8) the element of largest key (its
+  // vector in `at`).
   __m256 mn = load_x(0), mx = mn;
-  for (size_t h = 0; h < kTopVecs; ++h) {
-    x0[h] = load_x(h);
-    i0[h] = _mm256_loadu_ps(im + 8 * h);
-    mn = _mm256_min_ps(mn, x0[h]);
-    mx = _mm256_max_ps(mx, x0[h]);
-    top[h] = Key(x0[h], i0[h]);
-    sx[h] = x0[h];
-    si[h] = i0[h];
-    at[h] = _mm256_setzero_si256();
-  }
-  for (size_t v = kTopVecs; v < nv; ++v) {
-    const size_t h = v % kTopVecs;
+  __m256i top = Key(mn, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+  __m256i at = _mm256_setzero_si256(), vi = at;
+  const __m256i one = _mm256_set1_epi32(1);
+  for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
     mn = _mm256_min_ps(mn, xv);
     mx = _mm256_max_ps(mx, xv);
-    const __m256 kv = Key(xv, iv);
-    const __m256 more = _mm256_cmp_ps(kv, top[h], _CMP_GT_OQ);
-    top[h] = _mm256_blendv_ps(top[h], kv, more);
-    sx[h] = _mm256_blendv_ps(sx[h], xv, more);
-    si[h] = _mm256_blendv_ps(si[h], iv, more);
-    at[h] = _mm256_castps_si256(_mm256_blendv_ps(
-        _mm256_castsi256_ps(at[h]),
-        _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(v / kTopVecs))), more));
+    const __m256i kv =
+        Key(xv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
+    const __m256i more = _mm256_cmpgt_epi32(kv, top);
+    top = _mm256_max_epi32(top, kv);
+    at = _mm256_blendv_epi8(at, vi, more);
+    vi = _mm256_add_epi32(vi, one);
+    _mm256_store_ps(out->xa + 8 * v, _mm256_and_ps(xv, c.absmask));
+    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
+    _mm256_store_ps(out->ie + 8 * v, iv);
   }
-  // The group reordered (unit 0: each position's element of largest key, which moves to unit
-  // `at`) as |x|, the clamp bound of x's sign, and importance.
-  for (size_t v = 0; v < nv; ++v) {
-    const size_t h = v % kTopVecs, u = v / kTopVecs;
-    __m256 xr, ir;
-    if (u == 0) {
-      xr = sx[h];
-      ir = si[h];
-    } else {
-      const __m256 moved = _mm256_castsi256_ps(
-          _mm256_cmpeq_epi32(at[h], _mm256_set1_epi32(static_cast<int>(u))));
-      xr = _mm256_blendv_ps(load_x(v), x0[h], moved);
-      ir = _mm256_blendv_ps(_mm256_loadu_ps(im + v * 8), i0[h], moved);
-    }
-    _mm256_store_ps(out->xa + 8 * v, _mm256_and_ps(xr, c.absmask));
-    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xr));
-    _mm256_store_ps(out->ie + 8 * v, ir);
+  // Each position's element of largest key swapped into the first vector.
+  alignas(32) int32_t at_of[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
+  for (size_t p = 0; p < 8; ++p) {
+    const size_t j = 8 * static_cast<size_t>(at_of[p]) + p;
+    std::swap(out->xa[p], out->xa[j]);
+    std::swap(out->hv[p], out->hv[j]);
+    std::swap(out->ie[p], out->ie[j]);
   }
   float m0 = LaneMin(mn), M0 = LaneMax(mx);
   if (b.expand != 1.0) {  // as MakeTiles
@@ -353,15 +347,12 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   out->sc = ~recip_ok & x.step_bits;
   // The group's element of largest key (a position of the first reordered unit): its term
   // at every step.
-  float tmax = LaneMax(top[0]);
-  for (size_t h = 1; h < kTopVecs; ++h) tmax = std::max(tmax, LaneMax(top[h]));
-  const __m256 vt = _mm256_set1_ps(tmax);
-  uint32_t at_top = 0;
-  for (size_t h = 0; h < kTopVecs; ++h) {
-    at_top |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(top[h], vt, _CMP_EQ_OQ)))
-              << (8 * h);
-  }
-  const int lane = at_top == 0 ? 0 : __builtin_ctz(at_top);
+  __m128i t4 = _mm_max_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+  t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+  t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+  const uint32_t at_top = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(top, _mm256_broadcastd_epi32(t4)))));
+  const int lane = __builtin_ctz(at_top | 0x100u);
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
@@ -485,6 +476,11 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
   x.lo_f = st.lo_f;
   x.hi_f = st.hi_f;
   x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
+  // The importance's part of each column's key (per thread: one block's columns at a time).
+  thread_local std::vector<int32_t> ik;
+  ik.resize(b.cols);
+  for (size_t j = 0; j < b.cols; ++j) ik[j] = KeyOfImp(b.imp == nullptr ? 1.0f : b.imp[j]);
+  x.ik = ik.data();
   float* const buf = ThreadScratch(3 * kBatch * x.n);
   Prepared prep[kBatch];
   for (size_t j = 0; j < kBatch; ++j) {
