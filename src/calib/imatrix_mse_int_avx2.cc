@@ -326,16 +326,17 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     M0 = Expanded(M0, b.expand, b.dtype);
   }
   // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
-  // (bit_range / 2)), 0 -> eps(bf16); the steps whose scale QuotientBf16 does not cover
-  // (groups of absurd magnitude) only by the definition (sc).
+  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p m0), 0) and mx =
+  // max(RNE_bf16(p M0), 0) (StepRange); the steps whose scale QuotientBf16 does not cover
+  // (groups of absurd magnitude) only by the definition (sc). RNE_bf16 is odd and monotone
+  // and p >= 0, so max(-mn, mx) = RNE_bf16(p * max(-m0, M0, 0)): one product per step.
   const __m256 half_range =
       _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  const __m256 amax = _mm256_set1_ps(std::max(std::max(-m0, M0), 0.0f));
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
-    const __m256 vp = _mm256_load_ps(x.P + 8 * h);
-    const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(m0))), zero);
-    const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(M0))), zero);
-    __m256 s = RoundBf16(_mm256_div_ps(_mm256_max_ps(_mm256_sub_ps(zero, lo), hi), half_range));
+    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
+    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
     s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
                          _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
     _mm256_store_ps(out->S + 8 * h, s);
