@@ -237,6 +237,65 @@ TEST_CASE("imatrix_mse int avx2 chosen codes: every bf16 x under every scale sig
   CHECK(bad == 0);
 }
 
+// The chosen scales eight groups at a time against StepRange and ComputeParams group by
+// group (QuantizeIntChosen's scalar code): bf16 mins and maxes of every sign and magnitude
+// (zero, subnormal, near bf16's largest), every step, several grids, expands and bit widths;
+// the scale and its bf16 pattern bit for bit.
+TEST_CASE("imatrix_mse int avx2 chosen scales equal StepRange and ComputeParams") {
+  if (!calib::internal::IntAvx2Available()) return;  // the caller checks IntAvx2CodesHandle
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> exp_of(-133, 127), pick(0, 9);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  auto value = [&]() {
+    switch (pick(rng)) {
+      case 0: return 0.0f;
+      case 1: return Bf16(std::ldexp(mant(rng), -130));  // subnormal
+      case 2: return Bf16(std::ldexp(mant(rng), 126));   // near the largest
+      default: return Bf16(std::ldexp(mant(rng), exp_of(rng) / 4));
+    }
+  };
+  size_t checked = 0, bad = 0;
+  for (int bits : {4, 3, 2}) {
+    const int qmax = (1 << (bits - 1)) - 1;
+    for (const auto& [grid, expand] :
+         std::vector<std::pair<int, double>>{{20, 1.0}, {10, 1.0}, {31, 1.0}, {20, 1.8},
+                                             {20, 0.5}, {25, 1.25}}) {
+      const size_t n = 203;  // 25 vectors of groups and a tail of 3
+      std::vector<float> m0(n), M0(n);
+      std::vector<uint8_t> steps(n), got_b(2 * n), want_b(2 * n);
+      for (size_t k = 0; k < n; ++k) {
+        float a = value(), c = value();
+        if (k % 3 == 0) a = -a;
+        if (k % 3 != 2) c = -c;
+        m0[k] = std::min(a, c);
+        M0[k] = std::max(a, c);
+        steps[k] = static_cast<uint8_t>(k % 32 < static_cast<size_t>(grid) ? k % 32 : k % grid);
+      }
+      const intq::internal::Layout l{bits, -qmax - 1, qmax, 128, n, n * 128 * bits / 32};
+      std::vector<intq::internal::GroupParams> got(n);
+      calib::internal::IntAvx2ChosenScales(m0.data(), M0.data(), steps.data(), n, grid, expand,
+                                           l, got.data(), got_b.data());
+      for (size_t k = 0; k < n; ++k) {
+        float mn, mx;
+        calib::internal::StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+        const intq::internal::GroupParams want =
+            intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+        intq::internal::StoreScale(want_b.data() + 2 * k, want.scale, DType::kBF16);
+        ++checked;
+        if ((std::memcmp(&want.scale, &got[k].scale, 4) != 0 || got[k].zp != 0 ||
+             std::memcmp(&want_b[2 * k], &got_b[2 * k], 2) != 0) &&
+            bad++ < 3) {
+          MESSAGE("m0 " << m0[k] << " M0 " << M0[k] << " step " << int(steps[k]) << " grid "
+                        << grid << " expand " << expand << ": got " << got[k].scale << " want "
+                        << want.scale);
+        }
+      }
+    }
+  }
+  MESSAGE("scales checked: " << checked);
+  CHECK(bad == 0);
+}
+
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
 // SearchBlock's dispatch) with the kernel and with it switched off (the Highway kernels, on
 // rows converted to f32): the same masks.

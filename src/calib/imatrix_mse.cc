@@ -361,11 +361,18 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
                        : internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data()))) {
         return false;
       }
-      for (size_t k = 0; k < ng; ++k) {
-        internal::StepRange(m0[k], M0[k], steps[r * ng + k], o.grid, o.expand, in.dtype, &mn[k],
-                            &mx[k]);
-        params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
-        intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
+      if (bf16_codes) {
+        for (size_t k = 0; k < ng; ++k) {
+          internal::StepRange(m0[k], M0[k], steps[r * ng + k], o.grid, o.expand, in.dtype,
+                              &mn[k], &mx[k]);
+          params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
+          intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale,
+                                     in.dtype);
+        }
+      } else {
+        // The same scales eight groups at a time.
+        internal::IntAvx2ChosenScales(m0.data(), M0.data(), steps + r * ng, ng, o.grid,
+                                      o.expand, l, params.data(), out.out[1] + r * ng * ssz);
       }
       if (bf16_codes) {
         internal::IntBf16Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);

@@ -46,6 +46,15 @@ bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* 
 void IntAvx2Codes4(const uint8_t* row, size_t n, size_t group,
                    const intq::internal::GroupParams* p, uint8_t* dst);
 
+// The chosen scales of n groups of a bf16 row with symmetric codes of layout l, as
+// QuantizeIntChosen computes them group by group (StepRange at the group's step, then
+// ComputeParams' scale, 0 -> eps): group k with min m0[k], max M0[k] and step steps[k] (at most
+// 31) gets p[k] = {scale, 0} and the scale's bf16 pattern at dst + 2 k. Eight groups a vector
+// on the same CPUs as IntAvx2Codes4 (its caller checks IntAvx2CodesHandle).
+void IntAvx2ChosenScales(const float* m0, const float* M0, const uint8_t* steps, size_t n,
+                         int grid, double expand, const intq::internal::Layout& l,
+                         intq::internal::GroupParams* p, uint8_t* dst);
+
 // Whether SearchBlock and QuantizeChosen may use these kernels (default true); tests turn it
 // off to run the Highway kernels on the same blocks and rows. Not for concurrent use with
 // conversions.

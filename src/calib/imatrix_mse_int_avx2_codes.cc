@@ -7,6 +7,8 @@
 
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
+#include "calib/imatrix_mse_kernel.h"
+#include "schemes/avx2.h"
 #include "schemes/int_shared.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -138,8 +140,68 @@ QUENCH_IMX_AVX2 void CodesImpl(const uint8_t* row, size_t n, size_t group,
   }
 }
 
+// Eight groups' chosen scales per vector (IntAvx2ChosenScales), the operations of StepRange
+// and ComputeParams lane by lane: p = f32(1 - i / grid) by a gather from the steps' table,
+// Expanded (RNE_bf16(v * f32(expand)), no change at expand 1 for bf16 values), RNE_bf16(p *
+// v), min(mn, 0) and max(mx, 0), max(-mn, mx) / (bit_range / 2) rounded to bf16, 0 -> eps.
+// Only zeros' signs may differ from the scalar code's, and every zero becomes eps; the groups
+// past the last multiple of 8 by the scalar code itself.
+QUENCH_IMX_AVX2 void ScalesImpl(const float* m0, const float* M0, const uint8_t* steps,
+                                size_t n, int grid, double expand,
+                                const intq::internal::Layout& l,
+                                intq::internal::GroupParams* p, uint8_t* dst) {
+  alignas(32) float table[32];
+  for (int i = 0; i < 32; ++i) {
+    table[i] = static_cast<float>(1.0 - static_cast<double>(i) / grid);
+  }
+  const __m256 e = _mm256_set1_ps(static_cast<float>(expand));
+  const __m256 half_range = _mm256_set1_ps(static_cast<float>(l.qmax - l.qmin) / 2.0f);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 eps = _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16));
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256i idx = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(steps + k)));
+    const __m256 pv = _mm256_i32gather_ps(table, _mm256_and_si256(idx, _mm256_set1_epi32(31)), 4);
+    const __m256 lo = avx2::RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(m0 + k), e));
+    const __m256 hi = avx2::RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(M0 + k), e));
+    const __m256 mn = _mm256_min_ps(avx2::RoundBf16(_mm256_mul_ps(pv, lo)), zero);
+    const __m256 mx = _mm256_max_ps(avx2::RoundBf16(_mm256_mul_ps(pv, hi)), zero);
+    __m256 s = avx2::RoundBf16(_mm256_div_ps(_mm256_max_ps(_mm256_sub_ps(zero, mn), mx),
+                                             half_range));
+    s = _mm256_blendv_ps(s, eps, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    alignas(32) float sv[8];
+    _mm256_store_ps(sv, s);
+    for (size_t j = 0; j < 8; ++j) {
+      p[k + j] = {sv[j], 0};
+      intq::internal::StoreScale(dst + 2 * (k + j), sv[j], DType::kBF16);
+    }
+  }
+  for (; k < n; ++k) {
+    float mn, mx;
+    StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+    p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+    intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
+  }
+}
+
 }  // namespace
 #endif  // QUENCH_IMX_AVX2_X86
+
+void IntAvx2ChosenScales(const float* m0, const float* M0, const uint8_t* steps, size_t n,
+                         int grid, double expand, const intq::internal::Layout& l,
+                         intq::internal::GroupParams* p, uint8_t* dst) {
+#ifdef QUENCH_IMX_AVX2_X86
+  ScalesImpl(m0, M0, steps, n, grid, expand, l, p, dst);
+#else
+  for (size_t k = 0; k < n; ++k) {
+    float mn, mx;
+    StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+    p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+    intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
+  }
+#endif
+}
 
 bool IntAvx2CodesHandle(size_t group, size_t n) {
   return IntAvx2Enabled() && IntAvx2Available() && !IntBf16CodesHandle(group, n) &&
