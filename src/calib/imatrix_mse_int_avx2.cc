@@ -228,6 +228,7 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   double p0;
+  size_t col;  // the group's first column
 };
 
 // The search's fixed inputs and constants.
@@ -285,7 +286,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   };
-  const size_t col = (gi % x.ng) * x.n;
+  const size_t col = out->col;
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
   const int32_t* ik = x.ik + col;
   const __m256 zero = _mm256_setzero_ps();
@@ -378,7 +379,7 @@ template <int N, bool W>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
   const Block& b = *x.b;
   const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
-  const float* ig = b.imp == nullptr ? nullptr : b.imp + (gi % x.ng) * x.n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + g.col;
   const double lo_f = x.lo_f, hi_f = x.hi_f;
   const uint32_t sc = g.sc;
   // The definition's sum, in element order; from bf16 rows the group is widened into a
@@ -490,9 +491,14 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
     prep[j].ie = prep[j].hv + x.n;
   }
   uint32_t any = 0;
+  size_t gc = 0;
   for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
     const size_t nb = std::min(kBatch, groups - g0);
-    for (size_t j = 0; j < nb; ++j) Prepare<N, W>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) {
+      prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
+      gc = gc + 1 == x.ng ? 0 : gc + 1;
+      Prepare<N, W>(x, g0 + j, &prep[j]);
+    }
     for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
