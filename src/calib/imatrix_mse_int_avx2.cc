@@ -120,6 +120,39 @@ QUENCH_IMX_AVX2 inline float LaneMax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
+// p + 8 i is Certifiable and pc lo_f >= bhi (the scalar test of the step's decision, which
+// then cannot improve). Lane sums eight vectors at a time by a tree of horizontal adds (any
+// order: the certified bound covers every order); the vectors up to the next multiple of 8
+// are zeroed first.
+QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, double bhi) {
+  for (size_t i = nl; i % 8 != 0; ++i) _mm256_store_ps(p + 8 * i, _mm256_setzero_ps());
+  const __m256d vlo = _mm256_set1_pd(lo_f), vb = _mm256_set1_pd(bhi);
+  uint32_t ruled = 0;
+  for (size_t i = 0; i < nl; i += 8) {
+    const float* q = p + 8 * i;
+    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+    // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    const __m256 pc = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                    _mm256_permute2f128_ps(q0, q1, 0x31));
+    const __m256 cert = _mm256_or_ps(
+        _mm256_cmp_ps(pc, _mm256_setzero_ps(), _CMP_EQ_OQ),
+        _mm256_and_ps(_mm256_cmp_ps(pc, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                      _mm256_cmp_ps(pc, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ)));
+    const __m256d lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pc)), vlo);
+    const __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pc, 1)), vlo);
+    const uint32_t ge =
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(lo, vb, _CMP_GE_OQ))) |
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(hi, vb, _CMP_GE_OQ))) << 4;
+    ruled |= (ge & static_cast<uint32_t>(_mm256_movemask_ps(cert))) << i;
+  }
+  return ruled;
+}
+
 // The constants of a block's terms.
 struct Consts {
   __m256 magic;    // 1.5 * 2^23
@@ -425,13 +458,13 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
   // summed to the end, all before any decision, then decided in step order.
   Table tbl[kSteps];
   alignas(32) float acc0[kSteps * 8];
-  uint32_t live2 = 0;
-  for (uint32_t lm = live; lm != 0; lm &= lm - 1) {
+  // The live steps' first vectors (in step order also at fc, for their lane sums eight at a
+  // time: FirstRuled).
+  alignas(32) float fc[kSteps * 8];
+  const uint32_t live_c = live & ~sc;
+  size_t nl = 0;
+  for (uint32_t lm = live_c; lm != 0; lm &= lm - 1, ++nl) {
     const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-    if (sc >> k & 1u) {
-      live2 |= 1u << k;
-      continue;
-    }
     tbl[k] = MakeTable(x.c, g.S[k]);
     const __m256 r = _mm256_set1_ps(g.R[k]);
     __m256 a = Terms8<N, W>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.hv),
@@ -442,9 +475,12 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
                                         _mm256_load_ps(g.ie + 8 * v), r, tbl[k]));
     }
     _mm256_store_ps(acc0 + 8 * k, a);
-    const double pc = LaneSum(a);
-    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= best.bhi)) << k;
+    _mm256_store_ps(fc + 8 * nl, a);
   }
+  // Those the first vectors rule out (bit i: the i-th live step); the others deposited back
+  // at their steps' bits (PDEP), with the steps only the definition takes.
+  const uint32_t ruled_c = FirstRuled(fc, nl, lo_f, best.bhi);
+  uint32_t live2 = (live & sc) | _pdep_u32(~ruled_c, live_c);
   double PS[kSteps];
   for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
     const size_t k = static_cast<size_t>(__builtin_ctz(lm));
