@@ -237,10 +237,60 @@ TEST_CASE("imatrix_mse int avx2 chosen codes: every bf16 x under every scale sig
   CHECK(bad == 0);
 }
 
-// The chosen scales eight groups at a time against StepRange and ComputeParams group by
-// group (QuantizeIntChosen's scalar code): bf16 mins and maxes of every sign and magnitude
-// (zero, subnormal, near bf16's largest), every step, several grids, expands and bit widths;
-// the scale and its bf16 pattern bit for bit.
+// Each group's largest magnitude from the raw row against max |x| of its f32 values, on every
+// finite bf16 x (shuffled into rows of 1024) and random rows, for groups of 64, 128 and 1024;
+// a row with an Inf or NaN refused.
+TEST_CASE("imatrix_mse int avx2 row abs max equals max |x|") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  std::mt19937 rng(5);
+  std::shuffle(xs.begin(), xs.end(), rng);
+  std::vector<float> rnd, imp;
+  RandomRows(rng, 64, 1024, &rnd, &imp);
+  xs.insert(xs.end(), rnd.begin(), rnd.end());
+  const size_t n = 1024;
+  xs.resize(xs.size() / n * n);
+  std::vector<uint8_t> raw(xs.size() * 2);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  size_t checked = 0, bad = 0;
+  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
+    const size_t ng = n / group;
+    std::vector<float> got(ng);
+    for (size_t r = 0; r < xs.size() / n; ++r) {
+      REQUIRE(calib::internal::IntAvx2RowAbsMax(raw.data() + r * n * 2, ng, group, got.data()));
+      for (size_t k = 0; k < ng; ++k) {
+        float want = 0.0f;
+        for (size_t i = 0; i < group; ++i) want = std::max(want, std::fabs(xs[r * n + k * group + i]));
+        ++checked;
+        if (std::memcmp(&want, &got[k], 4) != 0 && bad++ < 3) {
+          MESSAGE("row " << r << " group " << k << ": got " << got[k] << " want " << want);
+        }
+      }
+    }
+  }
+  MESSAGE("abs maxes checked: " << checked);
+  CHECK(bad == 0);
+  std::vector<uint8_t> row(2 * n, 0);
+  float a[16];
+  for (const uint16_t bad_bits : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0xFFC1},
+                                  uint16_t{0x7FC0}}) {
+    std::memcpy(&row[2 * 700], &bad_bits, 2);
+    CHECK(!calib::internal::IntAvx2RowAbsMax(row.data(), 8, 128, a));
+  }
+}
+
+// The chosen scales eight groups at a time from each group's largest magnitude against
+// StepRange and ComputeParams on the group's min and max (QuantizeIntChosen's scalar code):
+// bf16 mins and maxes of every sign and magnitude (zero, subnormal, near bf16's largest),
+// every step, several grids, expands and bit widths; the scale and its bf16 pattern bit for
+// bit.
 TEST_CASE("imatrix_mse int avx2 chosen scales equal StepRange and ComputeParams") {
   if (!calib::internal::IntAvx2Available()) return;  // the caller checks IntAvx2CodesHandle
   std::mt19937 rng(11);
@@ -273,8 +323,10 @@ TEST_CASE("imatrix_mse int avx2 chosen scales equal StepRange and ComputeParams"
       }
       const intq::internal::Layout l{bits, -qmax - 1, qmax, 128, n, n * 128 * bits / 32};
       std::vector<intq::internal::GroupParams> got(n);
-      calib::internal::IntAvx2ChosenScales(m0.data(), M0.data(), steps.data(), n, grid, expand,
-                                           l, got.data(), got_b.data());
+      std::vector<float> amax(n);
+      for (size_t k = 0; k < n; ++k) amax[k] = std::max(std::max(-m0[k], M0[k]), 0.0f);
+      calib::internal::IntAvx2ChosenScales(amax.data(), steps.data(), n, grid, expand, l,
+                                           got.data(), got_b.data());
       for (size_t k = 0; k < n; ++k) {
         float mn, mx;
         calib::internal::StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);

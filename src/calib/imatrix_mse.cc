@@ -358,7 +358,7 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
     if (bf16_codes || avx2_codes) {
       const uint8_t* row = in.data + r * n * 2;
       if (!(bf16_codes ? internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())
-                       : internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data()))) {
+                       : internal::IntAvx2RowAbsMax(row, ng, l.group, m0.data()))) {
         return false;
       }
       if (bf16_codes) {
@@ -370,9 +370,9 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
                                      in.dtype);
         }
       } else {
-        // The same scales eight groups at a time.
-        internal::IntAvx2ChosenScales(m0.data(), M0.data(), steps + r * ng, ng, o.grid,
-                                      o.expand, l, params.data(), out.out[1] + r * ng * ssz);
+        // The same scales eight groups at a time, from each group's largest magnitude (in m0).
+        internal::IntAvx2ChosenScales(m0.data(), steps + r * ng, ng, o.grid, o.expand, l,
+                                      params.data(), out.out[1] + r * ng * ssz);
       }
       if (bf16_codes) {
         internal::IntBf16Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);

@@ -1,6 +1,7 @@
 // The chosen quantization's row helpers for bf16 rows on AVX2 (imatrix_mse_int_avx2.h):
 // packed symmetric int4 codes and each group's min and max, read from the raw bf16 row (no
 // f32 copy), as imatrix_mse_int_bf16_codes.cc does with AVX-512 BF16.
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -116,6 +117,32 @@ QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, uint8
   }
 }
 
+// The largest magnitude's bf16 pattern of n bf16 elements at p (n a multiple of 16): the
+// patterns with the sign cleared order like the magnitudes as unsigned 16-bit integers; the
+// lanes' maximum by PHMINPOSUW on the complements.
+QUENCH_IMX_AVX2 inline uint32_t AbsMaxBits(const uint8_t* p, size_t n) {
+  const __m256i mag = _mm256_set1_epi16(0x7FFF);
+  __m256i m = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), mag);
+  for (size_t i = 32; i < 2 * n; i += 32) {
+    m = _mm256_max_epu16(
+        m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), mag));
+  }
+  const __m128i h = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  return 0xFFFFu ^ static_cast<uint32_t>(_mm_extract_epi16(
+                       _mm_minpos_epu16(_mm_xor_si128(h, _mm_set1_epi16(-1))), 0));
+}
+
+QUENCH_IMX_AVX2 bool AbsMaxImpl(const uint8_t* row, size_t n_groups, size_t group,
+                                float* amax) {
+  uint32_t top = 0;
+  for (size_t g = 0; g < n_groups; ++g) {
+    const uint32_t bits = AbsMaxBits(row + 2 * g * group, group);
+    top = std::max(top, bits);
+    amax[g] = std::bit_cast<float>(bits << 16);
+  }
+  return top < 0x7F80u;  // no magnitude at or beyond Inf's pattern (Inf, NaN)
+}
+
 QUENCH_IMX_AVX2 bool MinMaxImpl(const uint8_t* row, size_t n_groups, size_t group, float* mn,
                                 float* mx) {
   for (size_t g = 0; g < n_groups; ++g) {
@@ -141,14 +168,13 @@ QUENCH_IMX_AVX2 void CodesImpl(const uint8_t* row, size_t n, size_t group,
 }
 
 // Eight groups' chosen scales per vector (IntAvx2ChosenScales), the operations of StepRange
-// and ComputeParams lane by lane: p = f32(1 - i / grid) by a gather from the steps' table,
-// Expanded (RNE_bf16(v * f32(expand)), no change at expand 1 for bf16 values), RNE_bf16(p *
-// v), min(mn, 0) and max(mx, 0), max(-mn, mx) / (bit_range / 2) rounded to bf16, 0 -> eps.
-// Only zeros' signs may differ from the scalar code's, and every zero becomes eps; the groups
-// past the last multiple of 8 by the scalar code itself.
-QUENCH_IMX_AVX2 void ScalesImpl(const float* m0, const float* M0, const uint8_t* steps,
-                                size_t n, int grid, double expand,
-                                const intq::internal::Layout& l,
+// and ComputeParams lane by lane on (-amax, amax), which give max(-mn, mx) = RNE_bf16(p *
+// Expanded(amax)): p = f32(1 - i / grid) by a gather from the steps' table, Expanded
+// (RNE_bf16(v * f32(expand)), no change at expand 1 for bf16 values), RNE_bf16(p * v), its
+// quotient by bit_range / 2 rounded to bf16, 0 -> eps; the groups past the last multiple of 8
+// by the scalar code itself.
+QUENCH_IMX_AVX2 void ScalesImpl(const float* amax, const uint8_t* steps, size_t n, int grid,
+                                double expand, const intq::internal::Layout& l,
                                 intq::internal::GroupParams* p, uint8_t* dst) {
   alignas(32) float table[32];
   for (int i = 0; i < 32; ++i) {
@@ -162,13 +188,11 @@ QUENCH_IMX_AVX2 void ScalesImpl(const float* m0, const float* M0, const uint8_t*
   for (; k + 8 <= n; k += 8) {
     const __m256i idx = _mm256_cvtepu8_epi32(
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(steps + k)));
-    const __m256 pv = _mm256_i32gather_ps(table, _mm256_and_si256(idx, _mm256_set1_epi32(31)), 4);
-    const __m256 lo = avx2::RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(m0 + k), e));
-    const __m256 hi = avx2::RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(M0 + k), e));
-    const __m256 mn = _mm256_min_ps(avx2::RoundBf16(_mm256_mul_ps(pv, lo)), zero);
-    const __m256 mx = _mm256_max_ps(avx2::RoundBf16(_mm256_mul_ps(pv, hi)), zero);
-    __m256 s = avx2::RoundBf16(_mm256_div_ps(_mm256_max_ps(_mm256_sub_ps(zero, mn), mx),
-                                             half_range));
+    const __m256 pv =
+        _mm256_i32gather_ps(table, _mm256_and_si256(idx, _mm256_set1_epi32(31)), 4);
+    const __m256 a = avx2::RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(amax + k), e));
+    const __m256 pos = avx2::RoundBf16(_mm256_mul_ps(pv, a));
+    __m256 s = avx2::RoundBf16(_mm256_div_ps(pos, half_range));
     s = _mm256_blendv_ps(s, eps, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
     alignas(32) float sv[8];
     _mm256_store_ps(sv, s);
@@ -179,7 +203,7 @@ QUENCH_IMX_AVX2 void ScalesImpl(const float* m0, const float* M0, const uint8_t*
   }
   for (; k < n; ++k) {
     float mn, mx;
-    StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+    StepRange(-amax[k], amax[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
     p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
     intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
   }
@@ -188,15 +212,15 @@ QUENCH_IMX_AVX2 void ScalesImpl(const float* m0, const float* M0, const uint8_t*
 }  // namespace
 #endif  // QUENCH_IMX_AVX2_X86
 
-void IntAvx2ChosenScales(const float* m0, const float* M0, const uint8_t* steps, size_t n,
-                         int grid, double expand, const intq::internal::Layout& l,
+void IntAvx2ChosenScales(const float* amax, const uint8_t* steps, size_t n, int grid,
+                         double expand, const intq::internal::Layout& l,
                          intq::internal::GroupParams* p, uint8_t* dst) {
 #ifdef QUENCH_IMX_AVX2_X86
-  ScalesImpl(m0, M0, steps, n, grid, expand, l, p, dst);
+  ScalesImpl(amax, steps, n, grid, expand, l, p, dst);
 #else
   for (size_t k = 0; k < n; ++k) {
     float mn, mx;
-    StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+    StepRange(-amax[k], amax[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
     p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
     intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
   }
@@ -214,6 +238,15 @@ bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* 
   return MinMaxImpl(row, n_groups, group, mn, mx);
 #else
   (void)row, (void)n_groups, (void)group, (void)mn, (void)mx;
+  return false;
+#endif
+}
+
+bool IntAvx2RowAbsMax(const uint8_t* row, size_t n_groups, size_t group, float* amax) {
+#ifdef QUENCH_IMX_AVX2_X86
+  return AbsMaxImpl(row, n_groups, group, amax);
+#else
+  (void)row, (void)n_groups, (void)group, (void)amax;
   return false;
 #endif
 }
