@@ -92,7 +92,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
       b.improved = &imp_k;
       b.exact_best = true;
       REQUIRE(calib::internal::IntAvx2Handles(b));
-      calib::internal::SearchIntAvx2(b);
+      REQUIRE(calib::internal::SearchIntAvx2(b));
     }
     b.i0 = 0;
     b.i1 = s.last;
@@ -100,7 +100,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
     b.masks = masks_l.data();
     b.improved = &imp_l;
     b.exact_best = false;
-    calib::internal::SearchIntAvx2(b);
+    REQUIRE(calib::internal::SearchIntAvx2(b));
     b.exact_best = true;
     CHECK(imp_k == imp_s);
     CHECK(imp_l == imp_s);
@@ -378,6 +378,49 @@ TEST_CASE("imatrix_mse int avx2 kernel: SearchSteps with and without it agree") 
   calib::internal::SetIntAvx2Enabled(true);
   REQUIRE(ok);
   CHECK(on == off_masks);
+}
+
+// An Inf or NaN anywhere in the rows: the kernel's own pass refuses the block (SearchSteps
+// runs no AllFinite before it), as SearchSteps does with the kernel switched off.
+TEST_CASE("imatrix_mse int avx2 kernel refuses rows with an Inf or NaN") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(9);
+  const size_t rows = 40, cols = 512;
+  std::vector<float> x, imp;
+  RandomRows(rng, rows, cols, &x, &imp);
+  std::vector<uint8_t> raw(rows * cols * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = F32ToBF16(x[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  WeightChunk in;
+  in.data = raw.data();
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = cols;
+  in.params.bits = 4;
+  in.params.group_size = 128;
+  in.params.symmetric = true;
+  calib::ImatrixOptions o;
+  std::vector<uint32_t> masks(rows * 4);
+  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+  for (const uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC1},
+                             uint16_t{0xFFFF}}) {
+    for (const size_t at : {size_t{0}, size_t{7}, size_t{130}, size_t{9 * cols + 300},
+                            rows * cols - 1}) {
+      CAPTURE(bad);
+      CAPTURE(at);
+      std::vector<uint8_t> r = raw;
+      std::memcpy(&r[2 * at], &bad, 2);
+      in.data = r.data();
+      CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+      calib::internal::SetIntAvx2Enabled(false);
+      const bool off_ok = calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data());
+      calib::internal::SetIntAvx2Enabled(true);
+      CHECK_FALSE(off_ok);
+    }
+  }
 }
 
 }  // namespace

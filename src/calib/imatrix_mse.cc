@@ -175,7 +175,10 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.x = x.data();
     if (raw_ok) {
       // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
-      if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
+      // The AVX2 one refuses an Inf or NaN itself (SearchBlock returns false).
+      if (!internal::IntAvx2Handles(b) && !internal::AllFinite(src, in.dtype, n * in.cols)) {
+        return false;
+      }
       b.raw = src;
       b.x = nullptr;
     } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {

@@ -261,7 +261,8 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   double p0;
-  size_t col;  // the group's first column
+  size_t col;   // the group's first column
+  bool finite;  // no Inf or NaN (else nothing below the first pass is set)
 };
 
 // The search's fixed inputs and constants.
@@ -329,7 +330,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   // vector in `at`).
   __m256 mn = load_x(0), mx = mn;
   __m256i top = Key(mn, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
-  __m256i at = _mm256_setzero_si256(), vi = at;
+  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
@@ -341,10 +342,17 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     top = _mm256_max_epi32(top, kv);
     at = _mm256_blendv_epi8(at, vi, more);
     vi = _mm256_add_epi32(vi, one);
-    _mm256_store_ps(out->xa + 8 * v, _mm256_and_ps(xv, c.absmask));
+    const __m256 xa = _mm256_and_ps(xv, c.absmask);
+    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+    _mm256_store_ps(out->xa + 8 * v, xa);
     _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
     _mm256_store_ps(out->ie + 8 * v, iv);
   }
+  // Inf or NaN: a magnitude's pattern at or above Inf's (the rows are read only here; the
+  // search returns false for the block, as AllFinite would have).
+  out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
+                    _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
+  if (!out->finite) return;
   // Each position's element of largest key swapped into the first vector.
   alignas(32) int32_t at_of[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
@@ -498,9 +506,10 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
-// (independent, branch-free work that overlaps), then each decided.
+// (independent, branch-free work that overlaps), then each decided. False at a group with an
+// Inf or NaN.
 template <int N, bool W>
-QUENCH_IMX_AVX2 void Search(const Block& b) {
+QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
   x.b = &b;
   x.c = MakeConsts(b);
@@ -535,9 +544,13 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
       gc = gc + 1 == x.ng ? 0 : gc + 1;
       Prepare<N, W>(x, g0 + j, &prep[j]);
     }
+    bool finite = true;
+    for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
+    if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
+  return true;
 }
 
 template <int N, bool W>
@@ -579,16 +592,14 @@ bool IntAvx2Terms(const Block& b, float scale, const float* x, const float* imp,
 #endif
 }
 
-void SearchIntAvx2(const Block& b) {
+bool SearchIntAvx2(const Block& b) {
 #ifdef QUENCH_IMX_AVX2_X86
   const bool w = b.layout.qmin == -8;
-  if (b.norm == 3.0) {
-    w ? Search<3, true>(b) : Search<3, false>(b);
-  } else {
-    w ? Search<2, true>(b) : Search<2, false>(b);
-  }
+  if (b.norm == 3.0) return w ? Search<3, true>(b) : Search<3, false>(b);
+  return w ? Search<2, true>(b) : Search<2, false>(b);
 #else
   (void)b;
+  return false;
 #endif
 }
 

@@ -24,8 +24,10 @@ bool IntAvx2Available();
 // multiple of 32 elements (at most 2^20) and at most 32 steps.
 bool IntAvx2Handles(const Block& b);
 
-// The certified search of imatrix_mse_certified.cc on a block IntAvx2Handles accepts.
-void SearchIntAvx2(const Block& b);
+// The certified search of imatrix_mse_certified.cc on a block IntAvx2Handles accepts; false
+// when the block holds an Inf or NaN (checked on the pass that reads the rows: its callers
+// need no AllFinite first), with the masks and bests of the groups before it possibly set.
+bool SearchIntAvx2(const Block& b);
 
 // The kernel's terms |dq - x|^norm * imp of n elements (a multiple of 8) at one scale
 // (2^-100 <= scale <= 2^100), in element order, for the test that compares every bf16 x with
