@@ -301,11 +301,12 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Tab
   return _mm256_add_ps(acc, acc1);
 }
 
-// Group gi's prelude, with no data-dependent branch but the step-0 guard (so that the
-// groups of a batch overlap): min, max and each position's element of largest key in one
-// pass; the group reordered as |x|, bounds and importance; every step's parameters (lanes
-// across steps, the operations of imatrix_mse-inl.h ParamsVec); the one-term bound at every
-// step; step 0's sum.
+// Group gi's prelude, with no data-dependent branch but the finite and step-0 guards (so
+// that the groups of a batch overlap): one pass that stores the group as |x|, bounds and
+// importance and finds min, max, the largest magnitude (Inf or NaN) and each position's
+// element of largest key, which is then swapped into the first vector; every step's
+// parameters (lanes across steps, the operations of imatrix_mse-inl.h ParamsVec); the
+// one-term bound at every step; step 0's sum.
 template <int N, bool W>
 QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
