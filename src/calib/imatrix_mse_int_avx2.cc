@@ -97,8 +97,7 @@ namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 
-// Sum, min and max of a vector's lanes (the sum in any order: the certified bound covers
-// every order).
+// The sum of a vector's lanes (in any order: the certified bound covers every order).
 QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -106,18 +105,11 @@ QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
   return static_cast<double>(_mm_cvtss_f32(s));
 }
 
-QUENCH_IMX_AVX2 inline float LaneMin(__m256 v) {
-  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_min_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-QUENCH_IMX_AVX2 inline float LaneMax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+// The largest of a vector's signed 32-bit lanes, in every lane.
+QUENCH_IMX_AVX2 inline __m256i LaneMaxI32(__m256i v) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  return _mm256_broadcastd_epi32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
 }
 
 // The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
@@ -303,7 +295,7 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Tab
 
 // Group gi's prelude, with no data-dependent branch but the finite and step-0 guards (so
 // that the groups of a batch overlap): one pass that stores the group as |x|, bounds and
-// importance and finds min, max, the largest magnitude (Inf or NaN) and each position's
+// importance and finds the largest magnitude (its range; Inf or NaN) and each position's
 // element of largest key, which is then swapped into the first vector; every step's
 // parameters (lanes across steps, the operations of imatrix_mse-inl.h ParamsVec); the
 // one-term bound at every step; step 0's sum.
@@ -327,16 +319,13 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const __m256 zero = _mm256_setzero_ps();
   const Consts& c = x.c;
   // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
-  // element order; min, max, and per position (mod 8) the element of largest key (its
-  // vector in `at`).
-  __m256 mn = load_x(0), mx = mn;
-  __m256i top = Key(mn, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+  // element order; the largest magnitude pattern (mag), and per position (mod 8) the element
+  // of largest key (its vector in `at`).
+  __m256i top = Key(load_x(0), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
   __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
-    mn = _mm256_min_ps(mn, xv);
-    mx = _mm256_max_ps(mx, xv);
     const __m256i kv =
         Key(xv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
     const __m256i more = _mm256_cmpgt_epi32(kv, top);
@@ -363,19 +352,18 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     std::swap(out->hv[p], out->hv[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
-  float m0 = LaneMin(mn), M0 = LaneMax(mx);
-  if (b.expand != 1.0) {  // as MakeTiles
-    m0 = Expanded(m0, b.expand, b.dtype);
-    M0 = Expanded(M0, b.expand, b.dtype);
-  }
   // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
-  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p m0), 0) and mx =
-  // max(RNE_bf16(p M0), 0) (StepRange); the steps whose scale QuotientBf16 does not cover
-  // (groups of absurd magnitude) only by the definition (sc). RNE_bf16 is odd and monotone
-  // and p >= 0, so max(-mn, mx) = RNE_bf16(p * max(-m0, M0, 0)): one product per step.
+  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
+  // max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
+  // steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by the
+  // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
+  // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
+  // magnitude pattern of the pass (no min or max of the signed values): one product per step.
+  float a = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
   const __m256 half_range =
       _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
-  const __m256 amax = _mm256_set1_ps(std::max(std::max(-m0, M0), 0.0f));
+  const __m256 amax = _mm256_set1_ps(a);
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
     const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
@@ -391,11 +379,8 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   out->sc = ~recip_ok & x.step_bits;
   // The group's element of largest key (a position of the first reordered unit): its term
   // at every step.
-  __m128i t4 = _mm_max_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
-  t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
-  t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
-  const uint32_t at_top = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(
-      _mm256_cmpeq_epi32(top, _mm256_broadcastd_epi32(t4)))));
+  const uint32_t at_top = static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
   const int lane = __builtin_ctz(at_top | 0x100u);
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
