@@ -205,11 +205,8 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
 // (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
 // octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
 // with no product. Any key gives a valid bound: it only picks which elements go first.
-QUENCH_IMX_AVX2 inline __m256i Key(__m256 x, __m256i ik) {
-  return _mm256_add_epi32(
-      _mm256_srli_epi32(_mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7FFFFFFF)),
-                        16),
-      ik);
+QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
+  return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
 }
 
 // An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
@@ -321,18 +318,19 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
   // element order; the largest magnitude pattern (mag), and per position (mod 8) the element
   // of largest key (its vector in `at`).
-  __m256i top = Key(load_x(0), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+  __m256i top = Key(_mm256_and_ps(load_x(0), c.absmask),
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
   __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
+    const __m256 xa = _mm256_and_ps(xv, c.absmask);
     const __m256i kv =
-        Key(xv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
+        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
     const __m256i more = _mm256_cmpgt_epi32(kv, top);
     top = _mm256_max_epi32(top, kv);
     at = _mm256_blendv_epi8(at, vi, more);
     vi = _mm256_add_epi32(vi, one);
-    const __m256 xa = _mm256_and_ps(xv, c.absmask);
     mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
     _mm256_store_ps(out->xa + 8 * v, xa);
     _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
