@@ -92,7 +92,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
       b.improved = &imp_k;
       b.exact_best = true;
       REQUIRE(calib::internal::IntAvx2Handles(b));
-      calib::internal::SearchIntAvx2(b);
+      REQUIRE(calib::internal::SearchIntAvx2(b));
     }
     b.i0 = 0;
     b.i1 = s.last;
@@ -100,7 +100,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
     b.masks = masks_l.data();
     b.improved = &imp_l;
     b.exact_best = false;
-    calib::internal::SearchIntAvx2(b);
+    REQUIRE(calib::internal::SearchIntAvx2(b));
     b.exact_best = true;
     CHECK(imp_k == imp_s);
     CHECK(imp_l == imp_s);
@@ -196,6 +196,158 @@ TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
                                  calib::internal::IntAvx2Codes4});
 }
 
+// The chosen codes round each quotient x * f32(1 / s) to bf16 half up (no quotient is a
+// midpoint, QuotientBf16's proof): every finite bf16 x under every scale significand at
+// exponents across [2^-100, 2^100], each packed code against QuantizeValue's.
+TEST_CASE("imatrix_mse int avx2 chosen codes: every bf16 x under every scale significand") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;  // the case above checks that it declines
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  const size_t group = 64;
+  while (xs.size() % group != 0) xs.push_back(0.f);
+  const size_t n = xs.size(), ng = n / group;
+  REQUIRE(calib::internal::IntAvx2CodesHandle(group, n));
+  std::vector<uint8_t> raw(n * 2), got(n / 2);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  const intq::internal::Layout l{4, -8, 7, group, ng, n / 8};
+  size_t checked = 0, bad = 0;
+  for (int e : {-100, -7, 0, 5, 99}) {
+    for (uint32_t m = 128; m < 256; ++m) {
+      const float s = std::ldexp(static_cast<float>(m) / 128.0f, e);
+      const std::vector<intq::internal::GroupParams> p(ng, {s, 0});
+      calib::internal::IntAvx2Codes4(raw.data(), n, group, p.data(), got.data());
+      for (size_t i = 0; i < n; ++i) {
+        const int want = intq::internal::QuantizeValue(xs[i], p[0], l, true, DType::kBF16) + 8;
+        ++checked;
+        if ((got[i / 2] >> (4 * (i % 2)) & 15) != want && bad++ < 3) {
+          MESSAGE("scale " << s << " x " << xs[i] << ": got " << (got[i / 2] >> (4 * (i % 2)) & 15)
+                           << " want " << want);
+        }
+      }
+    }
+  }
+  MESSAGE("codes checked: " << checked);
+  CHECK(bad == 0);
+}
+
+// Each group's largest magnitude from the raw row against max |x| of its f32 values, on every
+// finite bf16 x (shuffled into rows of 1024) and random rows, for groups of 64, 128 and 1024;
+// a row with an Inf or NaN refused.
+TEST_CASE("imatrix_mse int avx2 row abs max equals max |x|") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  std::mt19937 rng(5);
+  std::shuffle(xs.begin(), xs.end(), rng);
+  std::vector<float> rnd, imp;
+  RandomRows(rng, 64, 1024, &rnd, &imp);
+  xs.insert(xs.end(), rnd.begin(), rnd.end());
+  const size_t n = 1024;
+  xs.resize(xs.size() / n * n);
+  std::vector<uint8_t> raw(xs.size() * 2);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const uint16_t h = F32ToBF16(xs[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  size_t checked = 0, bad = 0;
+  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
+    const size_t ng = n / group;
+    std::vector<float> got(ng);
+    for (size_t r = 0; r < xs.size() / n; ++r) {
+      REQUIRE(calib::internal::IntAvx2RowAbsMax(raw.data() + r * n * 2, ng, group, got.data()));
+      for (size_t k = 0; k < ng; ++k) {
+        float want = 0.0f;
+        for (size_t i = 0; i < group; ++i) want = std::max(want, std::fabs(xs[r * n + k * group + i]));
+        ++checked;
+        if (std::memcmp(&want, &got[k], 4) != 0 && bad++ < 3) {
+          MESSAGE("row " << r << " group " << k << ": got " << got[k] << " want " << want);
+        }
+      }
+    }
+  }
+  MESSAGE("abs maxes checked: " << checked);
+  CHECK(bad == 0);
+  std::vector<uint8_t> row(2 * n, 0);
+  float a[16];
+  for (const uint16_t bad_bits : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0xFFC1},
+                                  uint16_t{0x7FC0}}) {
+    std::memcpy(&row[2 * 700], &bad_bits, 2);
+    CHECK(!calib::internal::IntAvx2RowAbsMax(row.data(), 8, 128, a));
+  }
+}
+
+// The chosen scales eight groups at a time from each group's largest magnitude against
+// StepRange and ComputeParams on the group's min and max (QuantizeIntChosen's scalar code):
+// bf16 mins and maxes of every sign and magnitude (zero, subnormal, near bf16's largest),
+// every step, several grids, expands and bit widths; the scale and its bf16 pattern bit for
+// bit.
+TEST_CASE("imatrix_mse int avx2 chosen scales equal StepRange and ComputeParams") {
+  if (!calib::internal::IntAvx2Available()) return;  // the caller checks IntAvx2CodesHandle
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> exp_of(-133, 127), pick(0, 9);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  auto value = [&]() {
+    switch (pick(rng)) {
+      case 0: return 0.0f;
+      case 1: return Bf16(std::ldexp(mant(rng), -130));  // subnormal
+      case 2: return Bf16(std::ldexp(mant(rng), 126));   // near the largest
+      default: return Bf16(std::ldexp(mant(rng), exp_of(rng) / 4));
+    }
+  };
+  size_t checked = 0, bad = 0;
+  for (int bits : {4, 3, 2}) {
+    const int qmax = (1 << (bits - 1)) - 1;
+    for (const auto& [grid, expand] :
+         std::vector<std::pair<int, double>>{{20, 1.0}, {10, 1.0}, {31, 1.0}, {20, 1.8},
+                                             {20, 0.5}, {25, 1.25}}) {
+      const size_t n = 203;  // 25 vectors of groups and a tail of 3
+      std::vector<float> m0(n), M0(n);
+      std::vector<uint8_t> steps(n), got_b(2 * n), want_b(2 * n);
+      for (size_t k = 0; k < n; ++k) {
+        float a = value(), c = value();
+        if (k % 3 == 0) a = -a;
+        if (k % 3 != 2) c = -c;
+        m0[k] = std::min(a, c);
+        M0[k] = std::max(a, c);
+        steps[k] = static_cast<uint8_t>(k % 32 < static_cast<size_t>(grid) ? k % 32 : k % grid);
+      }
+      const intq::internal::Layout l{bits, -qmax - 1, qmax, 128, n, n * 128 * bits / 32};
+      std::vector<intq::internal::GroupParams> got(n);
+      std::vector<float> amax(n);
+      for (size_t k = 0; k < n; ++k) amax[k] = std::max(std::max(-m0[k], M0[k]), 0.0f);
+      calib::internal::IntAvx2ChosenScales(amax.data(), steps.data(), n, grid, expand, l,
+                                           got.data(), got_b.data());
+      for (size_t k = 0; k < n; ++k) {
+        float mn, mx;
+        calib::internal::StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+        const intq::internal::GroupParams want =
+            intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+        intq::internal::StoreScale(want_b.data() + 2 * k, want.scale, DType::kBF16);
+        ++checked;
+        if ((std::memcmp(&want.scale, &got[k].scale, 4) != 0 || got[k].zp != 0 ||
+             std::memcmp(&want_b[2 * k], &got_b[2 * k], 2) != 0) &&
+            bad++ < 3) {
+          MESSAGE("m0 " << m0[k] << " M0 " << M0[k] << " step " << int(steps[k]) << " grid "
+                        << grid << " expand " << expand << ": got " << got[k].scale << " want "
+                        << want.scale);
+        }
+      }
+    }
+  }
+  MESSAGE("scales checked: " << checked);
+  CHECK(bad == 0);
+}
+
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
 // SearchBlock's dispatch) with the kernel and with it switched off (the Highway kernels, on
 // rows converted to f32): the same masks.
@@ -226,6 +378,49 @@ TEST_CASE("imatrix_mse int avx2 kernel: SearchSteps with and without it agree") 
   calib::internal::SetIntAvx2Enabled(true);
   REQUIRE(ok);
   CHECK(on == off_masks);
+}
+
+// An Inf or NaN anywhere in the rows: the kernel's own pass refuses the block (SearchSteps
+// runs no AllFinite before it), as SearchSteps does with the kernel switched off.
+TEST_CASE("imatrix_mse int avx2 kernel refuses rows with an Inf or NaN") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(9);
+  const size_t rows = 40, cols = 512;
+  std::vector<float> x, imp;
+  RandomRows(rng, rows, cols, &x, &imp);
+  std::vector<uint8_t> raw(rows * cols * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = F32ToBF16(x[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  WeightChunk in;
+  in.data = raw.data();
+  in.dtype = DType::kBF16;
+  in.rows = rows;
+  in.cols = cols;
+  in.params.bits = 4;
+  in.params.group_size = 128;
+  in.params.symmetric = true;
+  calib::ImatrixOptions o;
+  std::vector<uint32_t> masks(rows * 4);
+  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+  for (const uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC1},
+                             uint16_t{0xFFFF}}) {
+    for (const size_t at : {size_t{0}, size_t{7}, size_t{130}, size_t{9 * cols + 300},
+                            rows * cols - 1}) {
+      CAPTURE(bad);
+      CAPTURE(at);
+      std::vector<uint8_t> r = raw;
+      std::memcpy(&r[2 * at], &bad, 2);
+      in.data = r.data();
+      CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+      calib::internal::SetIntAvx2Enabled(false);
+      const bool off_ok = calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data());
+      calib::internal::SetIntAvx2Enabled(true);
+      CHECK_FALSE(off_ok);
+    }
+  }
 }
 
 }  // namespace

@@ -175,7 +175,10 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.x = x.data();
     if (raw_ok) {
       // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
-      if (!internal::AllFinite(src, in.dtype, n * in.cols)) return false;
+      // The AVX2 one refuses an Inf or NaN itself (SearchBlock returns false).
+      if (!internal::IntAvx2Handles(b) && !internal::AllFinite(src, in.dtype, n * in.cols)) {
+        return false;
+      }
       b.raw = src;
       b.x = nullptr;
     } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {
@@ -358,14 +361,21 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
     if (bf16_codes || avx2_codes) {
       const uint8_t* row = in.data + r * n * 2;
       if (!(bf16_codes ? internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())
-                       : internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data()))) {
+                       : internal::IntAvx2RowAbsMax(row, ng, l.group, m0.data()))) {
         return false;
       }
-      for (size_t k = 0; k < ng; ++k) {
-        internal::StepRange(m0[k], M0[k], steps[r * ng + k], o.grid, o.expand, in.dtype, &mn[k],
-                            &mx[k]);
-        params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
-        intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale, in.dtype);
+      if (bf16_codes) {
+        for (size_t k = 0; k < ng; ++k) {
+          internal::StepRange(m0[k], M0[k], steps[r * ng + k], o.grid, o.expand, in.dtype,
+                              &mn[k], &mx[k]);
+          params[k] = intq::internal::ComputeParams(mn[k], mx[k], l, sym, in.dtype);
+          intq::internal::StoreScale(out.out[1] + (r * ng + k) * ssz, params[k].scale,
+                                     in.dtype);
+        }
+      } else {
+        // The same scales eight groups at a time, from each group's largest magnitude (in m0).
+        internal::IntAvx2ChosenScales(m0.data(), steps + r * ng, ng, o.grid, o.expand, l,
+                                      params.data(), out.out[1] + r * ng * ssz);
       }
       if (bf16_codes) {
         internal::IntBf16Codes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);

@@ -12,12 +12,12 @@
 //    to the definition);
 //  - c = min(t, h) before the bf16 rounding: RNE_bf16 is monotone and h is a bf16 value, so
 //    min(RNE_bf16(t), h) = RNE_bf16(min(t, h)) (the definition clamps after it);
-//  - RNE_bf16(c) as (c + C) - C with C = 1.5 * 2^(e + 16) for c's exponent e (C's bits: c's
-//    exponent field plus 16, mantissa 0x400000): c + C lies in [2^(e+16), 2^(e+17)), whose
-//    f32 ulp 2^(e-7) is bf16's ulp on c's binade [2^e, 2^(e+1)), and C is an even multiple
-//    of it, so the FPU's RNE addition rounds c to bf16 ties to even (a carry to 2^(e+1) stays
-//    in the sum's binade), and subtracting C is exact. For c < 2^-126 (exponent field 0) the
-//    sum rounds c to some value below 2^-120, whose code is 0 like the definition's;
+//  - RNE_bf16(c) by rounding c's bits half up: (bits + 0x8000) with the low 16 bits cleared
+//    (a carry into the exponent is the next binade's bf16 value, as RNE's). Half up and half
+//    to even differ only on a midpoint between two bf16 values, and c is never one: the
+//    bounds h are bf16 values, and t is within 2^-22 relative of x / s, which QuotientBf16's
+//    proof puts more than 2^-17 relative from every midpoint (for |x / s| < 2^-120 every
+//    rounding gives the code 0);
 //  - round half to even by adding 1.5 * 2^23 (imatrix_mse-inl.h RoundInt): 0 <= v <= 8, so
 //    the sum's low 4 bits are |q|;
 //  - dq from the step's table T[j] = RNE_bf16(j * s), j = 0..7, by VPERMPS on the low 3 bits
@@ -26,8 +26,9 @@
 //  - e = ((d * d) * |d|) * imp (norm 3) or (d * d) * imp with d = T[|q|] - |x|, the
 //    definition's f32 products one at a time (d * d = |d| * |d|; no contraction, switched off
 //    below, and no FMA in the target).
-// 16 vector operations per 8 elements for norm 3 (14 for norm 2) against about 22 in the
-// Highway AVX2 kernel, which computes dq by a product and a second bf16 rounding.
+// 14 vector operations per 8 elements for norm 3 (12 for norm 2; 2 fewer with 3-bit codes)
+// against about 22 in the Highway AVX2 kernel, which computes dq by a product and a second
+// bf16 rounding.
 
 // The definition rounds every product and difference: no contraction into FMAs.
 #if defined(__clang__)
@@ -96,8 +97,7 @@ namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 
-// Sum, min and max of a vector's lanes (the sum in any order: the certified bound covers
-// every order).
+// The sum of a vector's lanes (in any order: the certified bound covers every order).
 QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -105,25 +105,51 @@ QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
   return static_cast<double>(_mm_cvtss_f32(s));
 }
 
-QUENCH_IMX_AVX2 inline float LaneMin(__m256 v) {
-  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_min_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+// The largest of a vector's signed 32-bit lanes, in every lane.
+QUENCH_IMX_AVX2 inline __m256i LaneMaxI32(__m256i v) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  return _mm256_broadcastd_epi32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
 }
 
-QUENCH_IMX_AVX2 inline float LaneMax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+// The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
+// p + 8 i is Certifiable and pc lo_f >= bhi (the scalar test of the step's decision, which
+// then cannot improve). Lane sums eight vectors at a time by a tree of horizontal adds (any
+// order: the certified bound covers every order); the vectors up to the next multiple of 8
+// are zeroed first.
+QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, double bhi) {
+  for (size_t i = nl; i % 8 != 0; ++i) _mm256_store_ps(p + 8 * i, _mm256_setzero_ps());
+  const __m256d vlo = _mm256_set1_pd(lo_f), vb = _mm256_set1_pd(bhi);
+  uint32_t ruled = 0;
+  for (size_t i = 0; i < nl; i += 8) {
+    const float* q = p + 8 * i;
+    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+    // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    const __m256 pc = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                    _mm256_permute2f128_ps(q0, q1, 0x31));
+    const __m256 cert = _mm256_or_ps(
+        _mm256_cmp_ps(pc, _mm256_setzero_ps(), _CMP_EQ_OQ),
+        _mm256_and_ps(_mm256_cmp_ps(pc, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                      _mm256_cmp_ps(pc, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ)));
+    const __m256d lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pc)), vlo);
+    const __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pc, 1)), vlo);
+    const uint32_t ge =
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(lo, vb, _CMP_GE_OQ))) |
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(hi, vb, _CMP_GE_OQ))) << 4;
+    ruled |= (ge & static_cast<uint32_t>(_mm256_movemask_ps(cert))) << i;
+  }
+  return ruled;
 }
 
 // The constants of a block's terms.
 struct Consts {
   __m256 magic;    // 1.5 * 2^23
-  __m256i expo;    // f32's exponent field
-  __m256i cbias;   // 16 added to the exponent, mantissa 0x400000 (C = 1.5 * 2^(e + 16))
+  __m256i half;    // half of bf16's ulp in f32's bits (0x8000)
+  __m256i hi16;    // bf16's bits of an f32 (0xFFFF0000)
   __m256 absmask;  // all but the sign bit
   __m256 codes;    // lane j: j, as f32 (the table's codes |q|)
   __m256 hpos, hneg;  // the clamp bounds qmax (x >= 0) and -qmin (x < 0)
@@ -133,8 +159,8 @@ struct Consts {
 QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
   Consts c;
   c.magic = _mm256_set1_ps(12582912.0f);
-  c.expo = _mm256_set1_epi32(0x7F800000);
-  c.cbias = _mm256_set1_epi32(0x08400000);
+  c.half = _mm256_set1_epi32(0x8000);
+  c.hi16 = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   c.absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   c.codes = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   c.hpos = _mm256_set1_ps(static_cast<float>(b.layout.qmax));
@@ -144,15 +170,15 @@ QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
 }
 
 // A step's table: lanes j = 0..7 hold RNE_bf16(j * s), t8 (every lane) RNE_bf16(-qmin * s)
-// (the products imatrix_mse-inl.h CodeTable forms, code by code).
+// (the products imatrix_mse-inl.h CodeTable forms, code by code). -qmin is a power of two
+// and s a bf16 value in [2^-100, 2^100] (the steps the kernel certifies), so -qmin * s is
+// exact and already a bf16 value.
 struct Table {
   __m256 t, t8;
 };
 
 QUENCH_IMX_AVX2 inline Table MakeTable(const Consts& c, float s) {
-  const __m256 vs = _mm256_set1_ps(s);
-  return {RoundBf16(_mm256_mul_ps(c.codes, vs)),
-          RoundBf16(_mm256_mul_ps(_mm256_set1_ps(c.top_code), vs))};
+  return {RoundBf16(_mm256_mul_ps(c.codes, _mm256_set1_ps(s))), _mm256_set1_ps(c.top_code * s)};
 }
 
 // The terms of 8 elements from their |x| (xa), clamp bounds (hv) and importance (im) at the
@@ -162,9 +188,8 @@ template <int N, bool W>
 QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m256 im,
                                      __m256 r, const Table& tab) {
   const __m256 cl = _mm256_min_ps(_mm256_mul_ps(xa, r), hv);
-  const __m256 big = _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(cl), c.expo), c.cbias));
-  const __m256 v = _mm256_sub_ps(_mm256_add_ps(cl, big), big);
+  const __m256 v = _mm256_castsi256_ps(
+      _mm256_and_si256(_mm256_add_epi32(_mm256_castps_si256(cl), c.half), c.hi16));
   const __m256i q = _mm256_castps_si256(_mm256_add_ps(v, c.magic));
   __m256 dq = _mm256_permutevar8x32_ps(tab.t, q);
   if constexpr (W) {
@@ -176,11 +201,17 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// The element's weight in the ordering heuristic, x^8 * imp (imatrix_mse_certified.cc Key;
-// any key gives a valid bound).
-QUENCH_IMX_AVX2 inline __m256 Key(__m256 x, __m256 im) {
-  const __m256 x2 = _mm256_mul_ps(x, x), x4 = _mm256_mul_ps(x2, x2);
-  return _mm256_mul_ps(_mm256_mul_ps(x4, x4), im);
+// The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
+// (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
+// octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
+// with no product. Any key gives a valid bound: it only picks which elements go first.
+QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
+  return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
+}
+
+// An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
+inline int32_t KeyOfImp(float imp) {
+  return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
 }
 
 // One element's term (|x|, its bound h and imp in every lane) at 8 steps (lanes: their
@@ -200,15 +231,14 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m
 
 // Groups prepared at a time before their decisions (Search): their buffers stay in L1.
 constexpr size_t kBatch = 8;
-// Vectors at the group's front that receive, per position (mod 8 kTopVecs), the element of
-// largest key, and vectors of terms in a live step's first check: one and two (16 elements;
-// on the bench's q_proj, 1 / 2 measured as 1 / 1 and faster than 1 / 3, 2 / 2, 2 / 4 and 4 / 4).
-constexpr size_t kTopVecs = 1;
+// Vectors of terms in a live step's first check: two (16 elements: the first vector, which
+// receives each position's element of largest key, and the next; on the bench's q_proj
+// faster than 1 or 3 vectors, and than 2 or 4 vectors of top elements).
 constexpr size_t kFirstVecs = 2;
 
 // One group as Prepare leaves it for Decide: its |x|, clamp bounds and importance reordered
-// (each of the first kTopVecs * 8 positions holding the element of largest key among the
-// elements at that position mod 8 kTopVecs); every step's scale S and reciprocal R, the
+// (each of the first 8 positions holding the element of largest key among the elements at
+// that position mod 8); every step's scale S and reciprocal R, the
 // steps only the definition takes (sc), the term of the element of largest key at every step
 // (TOP), and step 0's f32 sum (p0, when summed).
 struct Prepared {
@@ -220,6 +250,8 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   double p0;
+  size_t col;   // the group's first column
+  bool finite;  // no Inf or NaN (else nothing below the first pass is set)
 };
 
 // The search's fixed inputs and constants.
@@ -227,10 +259,12 @@ struct Ctx {
   const Block* b;
   Consts c;
   size_t n, nv, ng;
+  size_t sv;  // vectors of 8 step lanes that hold the block's steps
   uint32_t step_bits;
   double lo_f, hi_f;
   alignas(32) float P[kSteps];
   const float* ones;
+  const int32_t* ik;  // KeyOfImp of each column's importance (1 where there is none)
 };
 
 // A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
@@ -256,11 +290,12 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Tab
   return _mm256_add_ps(acc, acc1);
 }
 
-// Group gi's prelude, with no data-dependent branch but the step-0 guard (so that the
-// groups of a batch overlap): min, max and each position's element of largest key in one
-// pass; the group reordered as |x|, bounds and importance; every step's parameters (lanes
-// across steps, the operations of imatrix_mse-inl.h ParamsVec); the one-term bound at every
-// step; step 0's sum.
+// Group gi's prelude, with no data-dependent branch but the finite and step-0 guards (so
+// that the groups of a batch overlap): one pass that stores the group as |x|, bounds and
+// importance and finds the largest magnitude (its range; Inf or NaN) and each position's
+// element of largest key, which is then swapped into the first vector; every step's
+// parameters (lanes across steps, the operations of imatrix_mse-inl.h ParamsVec); the
+// one-term bound at every step; step 0's sum.
 template <int N, bool W>
 QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
@@ -275,72 +310,62 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   };
-  const float* im = b.imp == nullptr ? x.ones : b.imp + (gi % x.ng) * x.n;
+  const size_t col = out->col;
+  const float* im = b.imp == nullptr ? x.ones : b.imp + col;
+  const int32_t* ik = x.ik + col;
   const __m256 zero = _mm256_setzero_ps();
   const Consts& c = x.c;
-  // Min, max, and per position (mod 8 kTopVecs) the element of largest key (its unit of
-  // kTopVecs vectors in `at`).
-  __m256 x0[kTopVecs], i0[kTopVecs], top[kTopVecs], sx[kTopVecs], si[kTopVecs];
-  __m256i at[kTopVecs];
-  __m256 mn = load_x(0), mx = mn;
-  for (size_t h = 0; h < kTopVecs; ++h) {
-    x0[h] = load_x(h);
-    i0[h] = _mm256_loadu_ps(im + 8 * h);
-    mn = _mm256_min_ps(mn, x0[h]);
-    mx = _mm256_max_ps(mx, x0[h]);
-    top[h] = Key(x0[h], i0[h]);
-    sx[h] = x0[h];
-    si[h] = i0[h];
-    at[h] = _mm256_setzero_si256();
-  }
-  for (size_t v = kTopVecs; v < nv; ++v) {
-    const size_t h = v % kTopVecs;
-    const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
-    mn = _mm256_min_ps(mn, xv);
-    mx = _mm256_max_ps(mx, xv);
-    const __m256 kv = Key(xv, iv);
-    const __m256 more = _mm256_cmp_ps(kv, top[h], _CMP_GT_OQ);
-    top[h] = _mm256_blendv_ps(top[h], kv, more);
-    sx[h] = _mm256_blendv_ps(sx[h], xv, more);
-    si[h] = _mm256_blendv_ps(si[h], iv, more);
-    at[h] = _mm256_castps_si256(_mm256_blendv_ps(
-        _mm256_castsi256_ps(at[h]),
-        _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(v / kTopVecs))), more));
-  }
-  // The group reordered (unit 0: each position's element of largest key, which moves to unit
-  // `at`) as |x|, the clamp bound of x's sign, and importance.
+  // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
+  // element order; the largest magnitude pattern (mag), and per position (mod 8) the element
+  // of largest key (its vector in `at`).
+  __m256i top = Key(_mm256_and_ps(load_x(0), c.absmask),
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
+  const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
-    const size_t h = v % kTopVecs, u = v / kTopVecs;
-    __m256 xr, ir;
-    if (u == 0) {
-      xr = sx[h];
-      ir = si[h];
-    } else {
-      const __m256 moved = _mm256_castsi256_ps(
-          _mm256_cmpeq_epi32(at[h], _mm256_set1_epi32(static_cast<int>(u))));
-      xr = _mm256_blendv_ps(load_x(v), x0[h], moved);
-      ir = _mm256_blendv_ps(_mm256_loadu_ps(im + v * 8), i0[h], moved);
-    }
-    _mm256_store_ps(out->xa + 8 * v, _mm256_and_ps(xr, c.absmask));
-    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xr));
-    _mm256_store_ps(out->ie + 8 * v, ir);
+    const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
+    const __m256 xa = _mm256_and_ps(xv, c.absmask);
+    const __m256i kv =
+        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
+    const __m256i more = _mm256_cmpgt_epi32(kv, top);
+    top = _mm256_max_epi32(top, kv);
+    at = _mm256_blendv_epi8(at, vi, more);
+    vi = _mm256_add_epi32(vi, one);
+    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+    _mm256_store_ps(out->xa + 8 * v, xa);
+    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
+    _mm256_store_ps(out->ie + 8 * v, iv);
   }
-  float m0 = LaneMin(mn), M0 = LaneMax(mx);
-  if (b.expand != 1.0) {  // as MakeTiles
-    m0 = Expanded(m0, b.expand, b.dtype);
-    M0 = Expanded(M0, b.expand, b.dtype);
+  // Inf or NaN: a magnitude's pattern at or above Inf's (the rows are read only here; the
+  // search returns false for the block, as AllFinite would have).
+  out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
+                    _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
+  if (!out->finite) return;
+  // Each position's element of largest key swapped into the first vector.
+  alignas(32) int32_t at_of[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
+  for (size_t p = 0; p < 8; ++p) {
+    const size_t j = 8 * static_cast<size_t>(at_of[p]) + p;
+    std::swap(out->xa[p], out->xa[j]);
+    std::swap(out->hv[p], out->hv[j]);
+    std::swap(out->ie[p], out->ie[j]);
   }
   // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
-  // (bit_range / 2)), 0 -> eps(bf16); the steps whose scale QuotientBf16 does not cover
-  // (groups of absurd magnitude) only by the definition (sc).
+  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
+  // max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
+  // steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by the
+  // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
+  // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
+  // magnitude pattern of the pass (no min or max of the signed values): one product per step.
+  float a = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
   const __m256 half_range =
       _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  const __m256 amax = _mm256_set1_ps(a);
   uint32_t recip_ok = 0;
-  for (size_t h = 0; h < kSteps / 8; ++h) {
-    const __m256 vp = _mm256_load_ps(x.P + 8 * h);
-    const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(m0))), zero);
-    const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(vp, _mm256_set1_ps(M0))), zero);
-    __m256 s = RoundBf16(_mm256_div_ps(_mm256_max_ps(_mm256_sub_ps(zero, lo), hi), half_range));
+  for (size_t h = 0; h < x.sv; ++h) {
+    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
+    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
     s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
                          _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
     _mm256_store_ps(out->S + 8 * h, s);
@@ -352,19 +377,13 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   out->sc = ~recip_ok & x.step_bits;
   // The group's element of largest key (a position of the first reordered unit): its term
   // at every step.
-  float tmax = LaneMax(top[0]);
-  for (size_t h = 1; h < kTopVecs; ++h) tmax = std::max(tmax, LaneMax(top[h]));
-  const __m256 vt = _mm256_set1_ps(tmax);
-  uint32_t at_top = 0;
-  for (size_t h = 0; h < kTopVecs; ++h) {
-    at_top |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(top[h], vt, _CMP_EQ_OQ)))
-              << (8 * h);
-  }
-  const int lane = at_top == 0 ? 0 : __builtin_ctz(at_top);
+  const uint32_t at_top = static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
+  const int lane = __builtin_ctz(at_top | 0x100u);
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
-  for (size_t h = 0; h < kSteps / 8; ++h) {
+  for (size_t h = 0; h < x.sv; ++h) {
     _mm256_store_ps(out->TOP + 8 * h,
                     TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
                                 _mm256_load_ps(out->R + 8 * h)));
@@ -385,7 +404,7 @@ template <int N, bool W>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
   const Block& b = *x.b;
   const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
-  const float* ig = b.imp == nullptr ? nullptr : b.imp + (gi % x.ng) * x.n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + g.col;
   const double lo_f = x.lo_f, hi_f = x.hi_f;
   const uint32_t sc = g.sc;
   // The definition's sum, in element order; from bf16 rows the group is widened into a
@@ -421,7 +440,7 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
   // definition takes.
   const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
   uint32_t ruled = 0;
-  for (size_t h = 0; h < kSteps / 8; ++h) {
+  for (size_t h = 0; h < x.sv; ++h) {
     ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
                  _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
              << (8 * h);
@@ -431,13 +450,13 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
   // summed to the end, all before any decision, then decided in step order.
   Table tbl[kSteps];
   alignas(32) float acc0[kSteps * 8];
-  uint32_t live2 = 0;
-  for (uint32_t lm = live; lm != 0; lm &= lm - 1) {
+  // The live steps' first vectors (in step order also at fc, for their lane sums eight at a
+  // time: FirstRuled).
+  alignas(32) float fc[kSteps * 8];
+  const uint32_t live_c = live & ~sc;
+  size_t nl = 0;
+  for (uint32_t lm = live_c; lm != 0; lm &= lm - 1, ++nl) {
     const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-    if (sc >> k & 1u) {
-      live2 |= 1u << k;
-      continue;
-    }
     tbl[k] = MakeTable(x.c, g.S[k]);
     const __m256 r = _mm256_set1_ps(g.R[k]);
     __m256 a = Terms8<N, W>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.hv),
@@ -448,9 +467,12 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
                                         _mm256_load_ps(g.ie + 8 * v), r, tbl[k]));
     }
     _mm256_store_ps(acc0 + 8 * k, a);
-    const double pc = LaneSum(a);
-    live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * lo_f >= best.bhi)) << k;
+    _mm256_store_ps(fc + 8 * nl, a);
   }
+  // Those the first vectors rule out (bit i: the i-th live step); the others deposited back
+  // at their steps' bits (PDEP), with the steps only the definition takes.
+  const uint32_t ruled_c = FirstRuled(fc, nl, lo_f, best.bhi);
+  uint32_t live2 = (live & sc) | _pdep_u32(~ruled_c, live_c);
   double PS[kSteps];
   for (uint32_t lm = live2 & ~sc; lm != 0; lm &= lm - 1) {
     const size_t k = static_cast<size_t>(__builtin_ctz(lm));
@@ -468,9 +490,10 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
-// (independent, branch-free work that overlaps), then each decided.
+// (independent, branch-free work that overlaps), then each decided. False at a group with an
+// Inf or NaN.
 template <int N, bool W>
-QUENCH_IMX_AVX2 void Search(const Block& b) {
+QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
   x.b = &b;
   x.c = MakeConsts(b);
@@ -480,9 +503,15 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
   const size_t groups = b.rows * x.ng;
   const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x.n, x.P, kSteps);
   x.step_bits = st.step_bits;
+  x.sv = static_cast<size_t>(b.i1 - b.i0 + 8) / 8;
   x.lo_f = st.lo_f;
   x.hi_f = st.hi_f;
   x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
+  // The importance's part of each column's key (per thread: one block's columns at a time).
+  thread_local std::vector<int32_t> ik;
+  ik.resize(b.cols);
+  for (size_t j = 0; j < b.cols; ++j) ik[j] = KeyOfImp(b.imp == nullptr ? 1.0f : b.imp[j]);
+  x.ik = ik.data();
   float* const buf = ThreadScratch(3 * kBatch * x.n);
   Prepared prep[kBatch];
   for (size_t j = 0; j < kBatch; ++j) {
@@ -491,12 +520,21 @@ QUENCH_IMX_AVX2 void Search(const Block& b) {
     prep[j].ie = prep[j].hv + x.n;
   }
   uint32_t any = 0;
+  size_t gc = 0;
   for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
     const size_t nb = std::min(kBatch, groups - g0);
-    for (size_t j = 0; j < nb; ++j) Prepare<N, W>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) {
+      prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
+      gc = gc + 1 == x.ng ? 0 : gc + 1;
+      Prepare<N, W>(x, g0 + j, &prep[j]);
+    }
+    bool finite = true;
+    for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
+    if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
+  return true;
 }
 
 template <int N, bool W>
@@ -538,16 +576,14 @@ bool IntAvx2Terms(const Block& b, float scale, const float* x, const float* imp,
 #endif
 }
 
-void SearchIntAvx2(const Block& b) {
+bool SearchIntAvx2(const Block& b) {
 #ifdef QUENCH_IMX_AVX2_X86
   const bool w = b.layout.qmin == -8;
-  if (b.norm == 3.0) {
-    w ? Search<3, true>(b) : Search<3, false>(b);
-  } else {
-    w ? Search<2, true>(b) : Search<2, false>(b);
-  }
+  if (b.norm == 3.0) return w ? Search<3, true>(b) : Search<3, false>(b);
+  return w ? Search<2, true>(b) : Search<2, false>(b);
 #else
   (void)b;
+  return false;
 #endif
 }
 

@@ -74,10 +74,7 @@ bool SearchBlock(const Block& b) {
     return true;
   }
   // The same blocks on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
-  if (IntAvx2Handles(b)) {
-    SearchIntAvx2(b);
-    return true;
-  }
+  if (IntAvx2Handles(b)) return SearchIntAvx2(b);
   return HWY_DYNAMIC_DISPATCH(SearchBlockKernel)(b);
 }
 
