@@ -191,9 +191,8 @@ TEST_CASE("imatrix_mse int avx2 chosen codes equal the definition") {
     CHECK(!calib::internal::IntAvx2CodesHandle(128, 1024));
     return;
   }
-  imatrix_int::CheckChosenCodes({calib::internal::IntAvx2CodesHandle,
-                                 calib::internal::IntAvx2RowMinMax,
-                                 calib::internal::IntAvx2Codes4});
+  imatrix_int::CheckChosenCodes(
+      {calib::internal::IntAvx2CodesHandle, nullptr, calib::internal::IntAvx2Codes4});
 }
 
 // The chosen codes round each quotient x * f32(1 / s) to bf16 half up (no quotient is a

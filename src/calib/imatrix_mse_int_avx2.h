@@ -39,10 +39,6 @@ bool IntAvx2Terms(const Block& b, float scale, const float* x, const float* imp,
 // CPUs: true when they take groups of `group` elements in rows of n (IntAvx2Available(), the
 // switch below on, IntBf16CodesHandle false, group % 64 == 0, n % group == 0).
 bool IntAvx2CodesHandle(size_t group, size_t n);
-// Each group's min and max of a raw bf16 row (n_groups groups of `group` elements), as
-// GroupMinMax gives them for the row in f32 (up to the sign of a zero); false when the row
-// holds an Inf or NaN.
-bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn, float* mx);
 // Each group's largest magnitude max |x| of a raw bf16 row (0 for a group of zeros), which is
 // all symmetric parameters need of its min m0 and max M0 (max(-m0, M0, 0)); false when the
 // row holds an Inf or NaN. What QuantizeIntChosen reads on these CPUs.

@@ -22,50 +22,13 @@ namespace quench::calib::internal {
 
 #ifdef QUENCH_IMX_AVX2_X86
 namespace {
-// The chosen quantization's rows (IntAvx2Codes4, IntAvx2RowMinMax): each group's min and max
-// from 16-bit keys of the raw row, and its codes with the search's operations on signed
-// quotients (imatrix_mse_int_avx2.cc says why each is the definition's): c = clamp(t, -8, 7)
-// before the bf16 rounding; RNE_bf16(c) by rounding the magnitude's bits half up where t is
-// x * f32(1 / s), never a midpoint, and by (c + C) - C with C of c's sign and exponent where
-// t is x / s for scales outside [2^-100, 2^100] (the rounding is odd, so that argument holds
-// for c < 0); then + 1.5 * 2^23 + 8, whose low 4 bits are u = q + 8.
-
-// The key of each 16-bit lane's bf16 pattern: signed, ordered like the values.
-QUENCH_IMX_AVX2 inline __m256i Key(__m256i x) {
-  return _mm256_xor_si256(x, _mm256_and_si256(_mm256_srai_epi16(x, 15),
-                                              _mm256_set1_epi16(0x7FFF)));
-}
-
-// The min and max of n bf16 elements at p (n a multiple of 16) as f32 values; false for an
-// Inf or NaN. Bit patterns become signed keys that order like the values (the magnitude bits
-// flipped under a set sign bit, imatrix_mse_int_bf16_codes.cc's MinMax).
-QUENCH_IMX_AVX2 inline bool MinMax(const uint8_t* p, size_t n, float* mn, float* mx) {
-  __m256i lo = Key(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), hi = lo;
-  for (size_t i = 32; i < 2 * n; i += 32) {
-    const __m256i k = Key(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-    lo = _mm256_min_epi16(lo, k);
-    hi = _mm256_max_epi16(hi, k);
-  }
-  // Across lanes by PHMINPOSUW: x ^ 0x8000 orders signed keys as unsigned ones, and
-  // x ^ 0x7FFF (its complement) reverses that order for the max.
-  const __m128i l8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
-  const __m128i h8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
-  const int32_t kmin = static_cast<int16_t>(
-      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(l8, _mm_set1_epi16(-0x8000))), 0) ^
-      0x8000);
-  const int32_t kmax = static_cast<int16_t>(
-      _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(h8, _mm_set1_epi16(0x7FFF))), 0) ^
-      0x7FFF);
-  if (kmax >= 0x7F80 || kmin <= -1 - 0x7F80) return false;  // beyond +-Inf's keys
-  auto value = [](int32_t k) {
-    const uint32_t bits =
-        k >= 0 ? static_cast<uint32_t>(k) : 0x8000u | static_cast<uint32_t>(-1 - k);
-    return std::bit_cast<float>(bits << 16);
-  };
-  *mn = value(kmin);
-  *mx = value(kmax);
-  return true;
-}
+// The chosen quantization's rows (IntAvx2RowAbsMax, IntAvx2ChosenScales, IntAvx2Codes4): each
+// group's largest magnitude from the raw row, its scale, and its codes with the search's
+// operations on signed quotients (imatrix_mse_int_avx2.cc says why each is the definition's):
+// c = clamp(t, -8, 7) before the bf16 rounding; RNE_bf16(c) by rounding the magnitude's bits
+// half up where t is x * f32(1 / s), never a midpoint, and by (c + C) - C with C of c's sign
+// and exponent where t is x / s for scales outside [2^-100, 2^100] (the rounding is odd, so
+// that argument holds for c < 0); then + 1.5 * 2^23 + 8, whose low 4 bits are u = q + 8.
 
 // u = q + 8 of 8 f32 values x (lanes' low 4 bits; the rest of each lane holds 1.5 * 2^23's
 // bits) at scale s: times r = f32(1 / s) (kRecip) or divided by s.
@@ -141,14 +104,6 @@ QUENCH_IMX_AVX2 bool AbsMaxImpl(const uint8_t* row, size_t n_groups, size_t grou
     amax[g] = std::bit_cast<float>(bits << 16);
   }
   return top < 0x7F80u;  // no magnitude at or beyond Inf's pattern (Inf, NaN)
-}
-
-QUENCH_IMX_AVX2 bool MinMaxImpl(const uint8_t* row, size_t n_groups, size_t group, float* mn,
-                                float* mx) {
-  for (size_t g = 0; g < n_groups; ++g) {
-    if (!MinMax(row + 2 * g * group, group, &mn[g], &mx[g])) return false;
-  }
-  return true;
 }
 
 QUENCH_IMX_AVX2 void CodesImpl(const uint8_t* row, size_t n, size_t group,
@@ -230,16 +185,6 @@ void IntAvx2ChosenScales(const float* amax, const uint8_t* steps, size_t n, int 
 bool IntAvx2CodesHandle(size_t group, size_t n) {
   return IntAvx2Enabled() && IntAvx2Available() && !IntBf16CodesHandle(group, n) &&
          group % 64 == 0 && n % group == 0;
-}
-
-bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn,
-                      float* mx) {
-#ifdef QUENCH_IMX_AVX2_X86
-  return MinMaxImpl(row, n_groups, group, mn, mx);
-#else
-  (void)row, (void)n_groups, (void)group, (void)mn, (void)mx;
-  return false;
-#endif
 }
 
 bool IntAvx2RowAbsMax(const uint8_t* row, size_t n_groups, size_t group, float* amax) {
