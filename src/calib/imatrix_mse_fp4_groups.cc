@@ -306,23 +306,26 @@ void SearchFp4Groups(const Block& b) {
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
     }
-    // Min, max, and each group's elements of largest and second largest key (another
-    // element: the second is taken at j = 1 at the latest, keys being >= 0 > -1).
-    VF mn = X[0], mx = X[0], top = KeyOf(X[0], I[0]), tx = X[0], tim = I[0];
-    VF top2 = hn::Set(df, -1.0f), tx2 = zero, tim2 = zero;
+    // Min, max, each group's element of largest |x| (the first of equal ones) and its
+    // importance, then its element of largest |x|^3 * imp among those of smaller |x| (none
+    // when every |x| is equal: x = 0 and imp = 0 stand in, whose term 0 is a lower bound of
+    // any element's).
+    VF mn = X[0], mx = X[0], ax1 = hn::Abs(X[0]), im1 = I[0];
     for (size_t j = 1; j < kN; ++j) {
       mn = hn::Min(mn, X[j]);
       mx = hn::Max(mx, X[j]);
-      const VF kv = KeyOf(X[j], I[j]);
-      const MF more = hn::Gt(kv, top), more2 = hn::Gt(kv, top2);
-      top2 = hn::IfThenElse(more, top, hn::IfThenElse(more2, kv, top2));
-      tx2 = hn::IfThenElse(more, tx, hn::IfThenElse(more2, X[j], tx2));
-      tim2 = hn::IfThenElse(more, tim, hn::IfThenElse(more2, I[j], tim2));
-      top = hn::IfThenElse(more, kv, top);
-      tx = hn::IfThenElse(more, X[j], tx);
-      tim = hn::IfThenElse(more, I[j], tim);
+      const VF ax = hn::Abs(X[j]);
+      im1 = hn::IfThenElse(hn::Gt(ax, ax1), I[j], im1);
+      ax1 = hn::Max(ax1, ax);
     }
-    const VF atx2 = hn::Abs(tx2);
+    VF top2 = hn::Set(df, -1.0f), ax2 = zero, im2 = zero;
+    for (size_t j = 0; j < kN; ++j) {
+      const VF ax = hn::Abs(X[j]);
+      const MF more = hn::AndNot(hn::Eq(ax, ax1), hn::Gt(KeyOf(X[j], I[j]), top2));
+      top2 = hn::IfThenElse(more, KeyOf(X[j], I[j]), top2);
+      ax2 = hn::IfThenElse(more, ax, ax2);
+      im2 = hn::IfThenElse(more, I[j], im2);
+    }
     if (b.expand != 1.0) {  // Expanded: the product in f32, rounded to D
       const VF e = hn::Set(df, static_cast<float>(b.expand));
       mn = rd::RoundToDType<D>(df, hn::Mul(mn, e));
@@ -355,12 +358,21 @@ void SearchFp4Groups(const Block& b) {
       hn::Store(vs, df, S + k * L);
       hn::Store(vr, df, R + k * L);
     }
-    {
-      const VF atx = hn::Abs(tx);
-      for (size_t k = 0; k < steps; ++k) {
-        hn::Store(Fp4Term<D, N>(df, atx, tim, hn::Load(df, S + k * L), hn::Load(df, R + k * L)),
-                  df, TOP + k * L);
+    // The one-term bound of every step from the element of largest |x| = a. At a step whose
+    // scale has 6 s <= a (exact: s is a D value of at most 11 significant bits), a / s >= 6,
+    // so RNE_D(a / s) >= 6 clamps to 6 and dq = RNE_D(6 s): its term is TermFromDq of that,
+    // without the quotient and E2M1's rounding. That holds at every step but the first few
+    // unless expand > 1 or the zero guard gave eps; other lanes take Fp4Term.
+    hn::Store(Fp4Term<D, N>(df, ax1, im1, hn::Load(df, S), hn::Load(df, R)), df, TOP);
+    for (size_t k = 1; k < steps; ++k) {
+      const VF vs = hn::Load(df, S + k * L);
+      const VF six_s = hn::Mul(vs, hn::Set(df, 6.0f));
+      VF t = TermFromDq<N>(rd::RoundToDType<D>(df, six_s), ax1, im1);
+      const MF clipped = hn::Le(six_s, ax1);
+      if (HWY_UNLIKELY(!hn::AllTrue(df, clipped))) {
+        t = hn::IfThenElse(clipped, t, Fp4Term<D, N>(df, ax1, im1, vs, hn::Load(df, R + k * L)));
       }
+      hn::Store(t, df, TOP + k * L);
     }
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
@@ -461,7 +473,7 @@ void SearchFp4Groups(const Block& b) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
       const VF t = TwoTermBound(df, hn::Load(df, TOP + k * L),
-                                Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
+                                Fp4Term<D, N>(df, ax2, im2, vs, hn::Load(df, R + k * L)));
       hn::Store(t, df, TOP + k * L);
       const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
