@@ -5,11 +5,12 @@
 // target through foreach_target.
 //
 // The decisions are the certified search's (imatrix_mse_certified.cc), lane-wise:
-//  - per group its min and max, and its elements of largest and second largest |x|^3 * imp
-//    (any element gives a valid one-term bound: E >= t exactly for each term t,
-//    imatrix_mse_certified.cc; two give TwoTermBound's);
+//  - per group its min and max, its element of largest |x| and, among the others, the one
+//    of largest |x|^3 * imp (any element gives a valid one-term bound: E >= t exactly for
+//    each term t, imatrix_mse_certified.cc; two give TwoTermBound's);
 //  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and the
-//    first element's term, all lanes at once;
+//    largest element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes
+//    at once;
 //  - the first step's sum, each lane adding its group's 16 terms in f32;
 //  - the later steps whose one term is below the best after the first step (and whose scale
 //    differs from the best step's: equal parameters give an equal error, not an improvement),
@@ -130,6 +131,24 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
   VF c;
   const VF g = hn::Sub(Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c), c);
   return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
+}
+
+// Fp4Term for a group's element of largest |x| (the one-term bound's), cheaper where its code
+// is E2M1's 6: where 5.5 s <= ax (exact for bf16 and f16 scales, of at most 11 significant
+// bits), ax / s >= 5.5, so RNE_D(ax / s) >= 5.5 (5.5 is a D value), which E2M1 rounds to 6
+// after the clamp, and dq = RNE_D(6 s): no quotient, no E2M1 rounding. That holds at every
+// step unless expand > 1 or the zero guard gave eps; other lanes, and every lane for f32
+// scales (the product rounds), take Fp4Term.
+template <DType D, int N>
+HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s, VF r) {
+  if constexpr (D == DType::kF32) {
+    return Fp4Term<D, N>(df, ax, im, s, r);
+  } else {
+    const VF t = TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
+    const MF six = hn::Le(hn::Mul(s, hn::Set(df, 5.5f)), ax);
+    if (HWY_LIKELY(hn::AllTrue(df, six))) return t;
+    return hn::IfThenElse(six, t, Fp4Term<D, N>(df, ax, im, s, r));
+  }
 }
 
 // A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
@@ -358,21 +377,11 @@ void SearchFp4Groups(const Block& b) {
       hn::Store(vs, df, S + k * L);
       hn::Store(vr, df, R + k * L);
     }
-    // The one-term bound of every step from the element of largest |x| = a. At a step whose
-    // scale has 6 s <= a (exact: s is a D value of at most 11 significant bits), a / s >= 6,
-    // so RNE_D(a / s) >= 6 clamps to 6 and dq = RNE_D(6 s): its term is TermFromDq of that,
-    // without the quotient and E2M1's rounding. That holds at every step but the first few
-    // unless expand > 1 or the zero guard gave eps; other lanes take Fp4Term.
-    hn::Store(Fp4Term<D, N>(df, ax1, im1, hn::Load(df, S), hn::Load(df, R)), df, TOP);
-    for (size_t k = 1; k < steps; ++k) {
-      const VF vs = hn::Load(df, S + k * L);
-      const VF six_s = hn::Mul(vs, hn::Set(df, 6.0f));
-      VF t = TermFromDq<N>(rd::RoundToDType<D>(df, six_s), ax1, im1);
-      const MF clipped = hn::Le(six_s, ax1);
-      if (HWY_UNLIKELY(!hn::AllTrue(df, clipped))) {
-        t = hn::IfThenElse(clipped, t, Fp4Term<D, N>(df, ax1, im1, vs, hn::Load(df, R + k * L)));
-      }
-      hn::Store(t, df, TOP + k * L);
+    // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
+    for (size_t k = 0; k < steps; ++k) {
+      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L),
+                                     hn::Load(df, R + k * L)),
+                df, TOP + k * L);
     }
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
@@ -552,7 +561,7 @@ struct SearchFp4GroupsF {
   }
 };
 
-void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float* imp, size_t n,
+void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out) {
   const DF df;
   const size_t L = hn::Lanes(df);
@@ -564,8 +573,11 @@ void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float*
     for (size_t i = 0; i + L <= n; i += L) {
       const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
       VF t;
-      if constexpr (kMaxL == 8) {
-        t = table ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab) : Fp4Term<D, N>(df, x, im, vs, vr);
+      if (form == 2) {
+        t = Fp4TermLargest<D, N>(df, x, im, vs, vr);
+      } else if constexpr (kMaxL == 8) {
+        t = form == 1 ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab)
+                      : Fp4Term<D, N>(df, x, im, vs, vr);
       } else {
         t = Fp4Term<D, N>(df, x, im, vs, vr);
       }
