@@ -139,15 +139,19 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
 // after the clamp, and dq = RNE_D(6 s): no quotient, no E2M1 rounding. That holds at every
 // step unless expand > 1 or the zero guard gave eps; other lanes, and every lane for f32
 // scales (the product rounds), take Fp4Term.
+// (No reciprocal of s is passed: the search computes it only for the steps it sums.)
 template <DType D, int N>
-HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s, VF r) {
+HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
+  const auto full = [&] {
+    return Fp4Term<D, N>(df, ax, im, s, D == DType::kBF16 ? hn::Div(hn::Set(df, 1.0f), s) : s);
+  };
   if constexpr (D == DType::kF32) {
-    return Fp4Term<D, N>(df, ax, im, s, r);
+    return full();
   } else {
     const VF t = TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
     const MF six = hn::Le(hn::Mul(s, hn::Set(df, 5.5f)), ax);
     if (HWY_LIKELY(hn::AllTrue(df, six))) return t;
-    return hn::IfThenElse(six, t, Fp4Term<D, N>(df, ax, im, s, r));
+    return hn::IfThenElse(six, t, full());
   }
 }
 
@@ -350,7 +354,7 @@ void SearchFp4Groups(const Block& b) {
       mn = rd::RoundToDType<D>(df, hn::Mul(mn, e));
       mx = rd::RoundToDType<D>(df, hn::Mul(mx, e));
     }
-    // Every step's scale, reciprocal and one term. The search scale's pos =
+    // Every step's scale. The search scale's pos =
     // max(|min(mn, 0)|, max(mx, 0)) is RNE_D(p * max(|m0|, |M0|)) for p > 0 (expand > 0
     // keeps m0 <= M0, RNE_D is monotone and symmetric); bf16's RNE(pos / 6) is
     // RNE(pos * f32(1 / 6)) (QuotientBf16 with s = 6, wherever the scale is at least 2^-100:
@@ -369,20 +373,25 @@ void SearchFp4Groups(const Block& b) {
       } else {
         ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
       }
-      const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;  // bf16 only
       if constexpr (D == DType::kBF16) {
         smin = hn::Min(smin, vs);
         smax = hn::Max(smax, vs);
       }
       hn::Store(vs, df, S + k * L);
-      hn::Store(vr, df, R + k * L);
     }
     // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
     for (size_t k = 0; k < steps; ++k) {
-      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L),
-                                     hn::Load(df, R + k * L)),
-                df, TOP + k * L);
+      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
     }
+    // Step k's reciprocal f32(1 / s) (bf16 only; the scale itself otherwise) into R, computed
+    // for the first step and the steps the one-term bound leaves live.
+    auto reciprocal = [&](size_t k) {
+      const VF vs = hn::Load(df, S + k * L);
+      const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;
+      hn::Store(vr, df, R + k * L);
+      return vr;
+    };
+    reciprocal(0);
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
       // Scales outside QuotientBf16's range (groups of absurd magnitude): the definition.
@@ -482,7 +491,7 @@ void SearchFp4Groups(const Block& b) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
       const VF t = TwoTermBound(df, hn::Load(df, TOP + k * L),
-                                Fp4Term<D, N>(df, ax2, im2, vs, hn::Load(df, R + k * L)));
+                                Fp4Term<D, N>(df, ax2, im2, vs, reciprocal(k)));
       hn::Store(t, df, TOP + k * L);
       const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
@@ -574,7 +583,7 @@ void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* i
       const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
       VF t;
       if (form == 2) {
-        t = Fp4TermLargest<D, N>(df, x, im, vs, vr);
+        t = Fp4TermLargest<D, N>(df, x, im, vs);
       } else if constexpr (kMaxL == 8) {
         t = form == 1 ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab)
                       : Fp4Term<D, N>(df, x, im, vs, vr);
