@@ -226,6 +226,24 @@ HWY_INLINE VF KeyOf(VF x, VF im) {
 // count; v is overwritten).
 HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
 #if HWY_TARGET != HWY_SCALAR
+  if constexpr (kMaxL == 8) {
+    // With 8 lanes, shuffles within 128-bit blocks first (no cross-block permute until the
+    // last level): lane l of a[i] sums lanes {l, l + 2} (l mod 4 < 2) of v[2i] or v[2i + 1],
+    // per block; b[h]'s lane l (mod 4) the block's sum of v[4h + l]; the blocks then added.
+    const hn::Repartition<double, DF> dd;
+    VF a[4];
+    for (size_t i = 0; i < 4; ++i) {
+      a[i] = hn::Add(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
+                     hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
+    }
+    VF c[2];
+    for (size_t h = 0; h < 2; ++h) {
+      const auto x = hn::BitCast(dd, a[2 * h]), y = hn::BitCast(dd, a[2 * h + 1]);
+      c[h] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                     hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
+    }
+    return hn::Add(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0]));
+  }
   for (size_t c = L; c > 1; c /= 2) {
     for (size_t i = 0; i < c / 2; ++i) {
       v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]),
