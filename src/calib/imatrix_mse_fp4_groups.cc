@@ -292,6 +292,9 @@ void SearchFp4Groups(const Block& b) {
   for (size_t k = 0; k < steps; ++k) {  // p = 1 - i / grid
     P[k] = static_cast<float>(1.0 - (static_cast<double>(b.i0) + static_cast<double>(k)) / b.grid);
   }
+  // The steps' p positive and non-increasing (so are each lane's scales, but for the guard).
+  bool monotone = steps > 0 && P[0] > 0.0f;
+  for (size_t k = 1; k < steps; ++k) monotone = monotone && P[k] > 0.0f && P[k] <= P[k - 1];
   const double m = static_cast<double>(kN + 2) * 0x1p-23;
   const VF lo_c = hn::Set(df, static_cast<float>(1.0 - 2.0 * m));
   const VF hi_c = hn::Set(df, static_cast<float>(1.0 + 2.0 * m));
@@ -380,22 +383,35 @@ void SearchFp4Groups(const Block& b) {
     const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
     const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
     VF smin = hn::Set(df, 0x1p100f), smax = hn::Set(df, 0x1p-100f);  // every step's scales
-    for (size_t k = 0; k < steps; ++k) {
-      const VF vp = hn::Set(df, P[k]);
-      VF vs, vz;
-      if (P[k] > 0.0f) {
-        const VF pos = rd::RoundToDType<D>(df, hn::Mul(vp, amax));
-        vs = rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
+    auto unguarded = [&](size_t k) {  // RNE_D(pos / 6), for P[k] > 0
+      const VF pos = rd::RoundToDType<D>(df, hn::Mul(hn::Set(df, P[k]), amax));
+      return rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
                                                        : hn::Div(pos, hn::Set(df, 6.0f)));
-        vs = hn::IfThenElse(hn::Eq(vs, zero), eps, vs);
-      } else {
-        ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
-      }
-      if constexpr (D == DType::kBF16) {
+    };
+    // With the steps' p positive and non-increasing, a lane's unguarded scales never
+    // increase (RNE_D is monotone): when the last step's is not 0 in any lane, no step's is,
+    // the zero guard never applies, and the first and last steps' are the largest and
+    // smallest.
+    const VF last = monotone ? unguarded(steps - 1) : zero;
+    if (monotone && hn::AllFalse(df, hn::Eq(last, zero))) {
+      for (size_t k = 0; k + 1 < steps; ++k) hn::Store(unguarded(k), df, S + k * L);
+      hn::Store(last, df, S + (steps - 1) * L);
+      smax = hn::Load(df, S);
+      smin = last;
+    } else {
+      for (size_t k = 0; k < steps; ++k) {
+        const VF vp = hn::Set(df, P[k]);
+        VF vs, vz;
+        if (P[k] > 0.0f) {
+          vs = unguarded(k);
+          vs = hn::IfThenElse(hn::Eq(vs, zero), eps, vs);
+        } else {
+          ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
+        }
         smin = hn::Min(smin, vs);
         smax = hn::Max(smax, vs);
+        hn::Store(vs, df, S + k * L);
       }
-      hn::Store(vs, df, S + k * L);
     }
     // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
     for (size_t k = 0; k < steps; ++k) {
