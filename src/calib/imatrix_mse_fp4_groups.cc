@@ -319,6 +319,7 @@ void SearchFp4Groups(const Block& b) {
   HWY_ALIGN int32_t gx[kMaxL] = {}, gi[kMaxL] = {};
   HWY_ALIGN float sums[kMaxL];
   uint32_t any = 0;
+  VU any_v = hn::Zero(du);  // the full tiles' improvements (lane-wise)
   for (size_t g0 = 0; g0 < groups; g0 += L) {
     const size_t cnt = std::min(L, groups - g0);
     // Lane l: group g0 + l (padding lanes repeat the last group; nothing of theirs is kept).
@@ -578,6 +579,18 @@ void SearchFp4Groups(const Block& b) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       decide(k, hn::Load(df, PS + k * L), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
     }
+#if HWY_TARGET != HWY_SCALAR
+    if (cnt == L && (!b.exact_best || hn::AllTrue(df, exact))) {
+      // A full tile whose bests need no definition's sum: blo (f32 values) widened to f64.
+      const hn::Half<DF> dh;
+      const hn::Rebind<double, decltype(dh)> dd;
+      hn::StoreU(hn::PromoteTo(dd, hn::LowerHalf(dh, blo)), dd, b.best + g0);
+      hn::StoreU(hn::PromoteTo(dd, hn::UpperHalf(dh, blo)), dd, b.best + g0 + L / 2);
+      hn::StoreU(hn::Or(hn::LoadU(du, b.masks + g0), mask), du, b.masks + g0);
+      any_v = hn::Or(any_v, mask);
+      continue;
+    }
+#endif
     hn::Store(blo, df, st_lo);
     hn::Store(sbest, df, st_s);
     hn::Store(hn::VecFromMask(df, exact), df, st_x);
@@ -592,6 +605,9 @@ void SearchFp4Groups(const Block& b) {
       any |= st_m[l];
     }
   }
+  HWY_ALIGN uint32_t any_l[kMaxL];
+  hn::Store(any_v, du, any_l);
+  for (size_t l = 0; l < L; ++l) any |= any_l[l];
   *b.improved |= any;
 }
 
