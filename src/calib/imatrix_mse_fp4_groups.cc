@@ -323,11 +323,17 @@ void SearchFp4Groups(const Block& b) {
   for (size_t g0 = 0; g0 < groups; g0 += L) {
     const size_t cnt = std::min(L, groups - g0);
     // Lane l: group g0 + l (padding lanes repeat the last group; nothing of theirs is kept).
-    for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
-      const size_t g = std::min(g0 + l, groups - 1);
-      gx[l] = static_cast<int32_t>(g * kN);
-      gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
-      if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
+    if (cnt == L && g0 % ng + L <= ng) {  // a full tile within one row
+      const auto iota16 = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kN)));
+      hn::Store(hn::Add(iota16, hn::Set(di, static_cast<int32_t>(g0 * kN))), di, gx);
+      hn::Store(hn::Add(iota16, hn::Set(di, static_cast<int32_t>((g0 % ng) * kN))), di, gi);
+    } else {
+      for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
+        const size_t g = std::min(g0 + l, groups - 1);
+        gx[l] = static_cast<int32_t>(g * kN);
+        gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
+        if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
+      }
     }
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
@@ -445,8 +451,20 @@ void SearchFp4Groups(const Block& b) {
     }
     // Each group's best: an interval [blo, bhi] (exact: blo == bhi == the definition's
     // best), the best step's scale (NaN: from before this call), its improvements.
-    for (size_t l = 0; l < L; ++l) st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
-    VF blo = hn::Load(df, st_lo), bhi = blo, sbest = hn::Set(df, NAN);
+    VF blo;
+#if HWY_TARGET != HWY_SCALAR
+    if (cnt == L) {  // (f32 values: exact)
+      const hn::Half<DF> dh;
+      const hn::Rebind<double, decltype(dh)> dd;
+      blo = hn::Combine(df, hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0 + L / 2)),
+                        hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0)));
+    } else
+#endif
+    {
+      for (size_t l = 0; l < L; ++l) st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+      blo = hn::Load(df, st_lo);
+    }
+    VF bhi = blo, sbest = hn::Set(df, NAN);
     MF exact = hn::Eq(zero, zero);
     VU mask = hn::Zero(du);
     const MF valid = hn::FirstN(df, cnt);
