@@ -276,12 +276,13 @@ TEST_CASE("NVFP4 bf16 search scale by the reciprocal of 6 equals the division") 
   CHECK(mismatched == 0);
 }
 
-// Every term the search computes (its three forms: lanes across groups; the live pairs' dq
-// looked up in the step's table; the one-term bound's, dq = RNE_D(6 s) where 5.5 s <= ax)
-// against the definition's f32 term for x = +ax and x = -ax (GroupErrorScalar of one
-// element, norms 3 and 2), on every target: every finite bf16 and f16 magnitude at scales of
-// every mantissa across the exponent range (bf16: the reciprocal's range [2^-100, 2^100]),
-// and random f32 magnitudes; importance cycling over five values.
+// Every term the search computes (its four forms: lanes across groups; the live pairs' dq
+// looked up in the step's table; the one-term bound's, dq = RNE_D(6 s) where 5.5 s <= ax;
+// the first step's for bf16, dq from s and RNE_bf16(1.5 s)) against the definition's f32
+// term for x = +ax and x = -ax (GroupErrorScalar of one element, norms 3 and 2), on every
+// target: every finite bf16 and f16 magnitude at scales of every mantissa across the
+// exponent range (bf16: the reciprocal's range [2^-100, 2^100]), and random f32 magnitudes;
+// importance cycling over five values.
 void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float>& scales,
                   size_t* terms, size_t* by_six) {
   const float kImp[5] = {1.0f, 0.3f, 1e-3f, 7.5f, 3e5f};
@@ -301,7 +302,7 @@ void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float
         }
       }
       ForEachTarget([&](const std::string& target) {
-        for (const int form : {0, 1, 2}) {
+        for (const int form : {0, 1, 2, 3}) {
           calib::internal::Fp4TermsForTest(d, norm, form, ax.data(), imp.data(), ax.size(), s,
                                            out.data());
           size_t bad = 0;

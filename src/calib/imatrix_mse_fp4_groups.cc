@@ -171,6 +171,29 @@ HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
 }
 
+// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100] (8 lanes
+// only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
+// 0), and RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| <
+// 2^103), so dq = RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15
+// (codes 3, 5, 7: g = 1.5, 3, 6): two lookups, a blend and an exact product instead of the
+// product and its rounding.
+alignas(32) constexpr float kTwoBaseM[8] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
+alignas(32) constexpr float kTwoBaseSel[8] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
+template <int N>
+HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
+  VF c;
+  const VF y = Fp4Round(df, QuotientBf16(df, ax, r), &c);
+  const hn::RebindToUnsigned<DF> du;
+  const auto idx = hn::BitCast(du, y);
+  const VF base = hn::IfNegativeThenElse(Permute8(df, hn::Load(df, kTwoBaseSel), idx), s15, s);
+  return TermFromDq<N>(hn::Mul(Permute8(df, hn::Load(df, kTwoBaseM), idx), base), ax, im);
+}
+
+// RNE_bf16(1.5 s) for Fp4TermTwoBase (the product is exact: s has 8 significant bits).
+HWY_INLINE VF OneAndHalf(DF df, VF s) {
+  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(s, hn::Set(df, 1.5f)));
+}
+
 // For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
 // nibble from the lowest (the remaining nibbles are 0). Highway's Compress on AVX2 keeps its
 // own 1 KiB table of this kind as a local constexpr array, which GCC copies onto the stack on
@@ -518,9 +541,17 @@ void SearchFp4Groups(const Block& b) {
     {
       const VF s0 = hn::Load(df, S), r0 = hn::Load(df, R);
       VF a0 = zero, a1 = zero;
-      for (size_t j = 0; j < kN; j += 2) {
-        a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], s0, r0));
-        a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0));
+      if constexpr (kMaxL == 8 && D == DType::kBF16) {  // (scales in range: checked above)
+        const VF s15 = OneAndHalf(df, s0);
+        for (size_t j = 0; j < kN; j += 2) {
+          a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], s0, r0, s15));
+          a1 = hn::Add(a1, Fp4TermTwoBase<N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0, s15));
+        }
+      } else {
+        for (size_t j = 0; j < kN; j += 2) {
+          a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], s0, r0));
+          a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0));
+        }
       }
       decide(0, hn::Add(a0, a1), valid);
     }
@@ -653,8 +684,13 @@ void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* i
       if (form == 2) {
         t = Fp4TermLargest<D, N>(df, x, im, vs);
       } else if constexpr (kMaxL == 8) {
-        t = form == 1 ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab)
-                      : Fp4Term<D, N>(df, x, im, vs, vr);
+        if (form == 3 && D == DType::kBF16) {
+          t = Fp4TermTwoBase<N>(df, x, im, vs, vr, OneAndHalf(df, vs));
+        } else if (form == 1) {
+          t = Fp4TermTable<D, N>(df, x, im, vs, vr, tab);
+        } else {
+          t = Fp4Term<D, N>(df, x, im, vs, vr);
+        }
       } else {
         t = Fp4Term<D, N>(df, x, im, vs, vr);
       }
