@@ -571,6 +571,8 @@ void SearchFp4Groups(const Block& b) {
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       live1 |= static_cast<uint32_t>(!hn::AllFalse(df, live)) << k;
     }
+    // (Two loops: the bounds' long chains of different steps overlap when no listing
+    // depends on them.)
     for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
@@ -580,8 +582,11 @@ void SearchFp4Groups(const Block& b) {
       const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
+    }
+    for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
+      const auto live_i = hn::RebindMask(di, hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       const size_t before = np;
-      const auto live_i = hn::RebindMask(di, live);
       const auto base = hn::Set(di, static_cast<int32_t>(k * L));
       if constexpr (kMaxL == 8) {
         // The live lanes' indices from kLaneNibbles (lanes past the count: don't care).
