@@ -119,6 +119,28 @@ void GroupAbsMaxKernel(const float* x, size_t n_groups, size_t group, float* ama
   };
   size_t g = 0;
 #if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    // With 8 lanes, maxima within 128-bit blocks first (interleaves, no cross-block permute
+    // until the last level; the maximum is the same in any order): lane l (mod 4) of c[h]
+    // is the block's maximum of group 4h + l.
+    const hn::Repartition<double, DF> dd;
+    for (; g + 8 <= n_groups; g += 8) {
+      hn::Vec<DF> v[8], a[4], c[2];
+      for (size_t k = 0; k < 8; ++k) v[k] = group_vec(g + k);
+      for (size_t i = 0; i < 4; ++i) {
+        a[i] = hn::Max(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
+                       hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
+      }
+      for (size_t h = 0; h < 2; ++h) {
+        const auto x = hn::BitCast(dd, a[2 * h]), y = hn::BitCast(dd, a[2 * h + 1]);
+        c[h] = hn::Max(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                       hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
+      }
+      hn::StoreU(
+          hn::Max(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0])),
+          df, amax + g);
+    }
+  }
   HWY_ALIGN float buf[hn::MaxLanes(df) * hn::MaxLanes(df)];
   for (; g + L <= n_groups; g += L) {
     for (size_t k = 0; k < L; ++k) hn::Store(group_vec(g + k), df, buf + k * L);
