@@ -8,11 +8,12 @@
 //  - per group its min and max, its element of largest |x| and, among the others, the one
 //    of largest |x|^3 * imp (any element gives a valid one-term bound: E >= t exactly for
 //    each term t, imatrix_mse_certified.cc; two give TwoTermBound's);
-//  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and the
-//    largest element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes
-//    at once;
-//  - the first step's sum, each lane adding its group's 16 terms in f32;
-//  - the later steps whose one term is below the best after the first step (and whose scale
+//  - every step's scale (ParamsVec, the operations StepArrays does) and the largest
+//    element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes at
+//    once; reciprocals only for the steps summed;
+//  - the first two steps' sums, each lane adding its group's 16 terms in f32, and their
+//    decisions;
+//  - the later steps whose one term is below the best after those two (and whose scale
 //    differs from the best step's: equal parameters give an equal error, not an improvement),
 //    and then their two-term bound too (computed only for steps with such a lane), are the
 //    live (group, step) pairs; their f32 sums, L pairs per transposition tree;
@@ -537,23 +538,30 @@ void SearchFp4Groups(const Block& b) {
       exact = hn::MaskFromVec(hn::Load(df, st_x));
       mask = hn::Load(du, st_m);
     };
-    // The first step: each lane sums its group's terms (two chains).
+    // The first two steps (where most groups are live and about half improve): each lane
+    // sums its group's terms (two chains per step, the steps independent of each other),
+    // then both decisions; the later steps' filters then compare against the best of both.
+    const size_t full = std::min<size_t>(steps, 2);
     {
-      const VF s0 = hn::Load(df, S), r0 = hn::Load(df, R);
-      VF a0 = zero, a1 = zero;
-      if constexpr (kMaxL == 8 && D == DType::kBF16) {  // (scales in range: checked above)
-        const VF s15 = OneAndHalf(df, s0);
-        for (size_t j = 0; j < kN; j += 2) {
-          a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], s0, r0, s15));
-          a1 = hn::Add(a1, Fp4TermTwoBase<N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0, s15));
+      VF sum[2];
+      for (size_t k = 0; k < full; ++k) {
+        const VF sk = hn::Load(df, S + k * L), rk = k == 0 ? hn::Load(df, R) : reciprocal(k);
+        VF a0 = zero, a1 = zero;
+        if constexpr (kMaxL == 8 && D == DType::kBF16) {  // (scales in range: checked above)
+          const VF s15 = OneAndHalf(df, sk);
+          for (size_t j = 0; j < kN; j += 2) {
+            a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], sk, rk, s15));
+            a1 = hn::Add(a1, Fp4TermTwoBase<N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk, s15));
+          }
+        } else {
+          for (size_t j = 0; j < kN; j += 2) {
+            a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], sk, rk));
+            a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk));
+          }
         }
-      } else {
-        for (size_t j = 0; j < kN; j += 2) {
-          a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], s0, r0));
-          a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0));
-        }
+        sum[k] = hn::Add(a0, a1);
       }
-      decide(0, hn::Add(a0, a1), valid);
+      for (size_t k = 0; k < full; ++k) decide(k, sum[k], valid);
     }
     // The live pairs of the later steps, listed branch-free (each pair as k * L + l, the
     // index of its step's parameters; L is a power of two), then their sums L at a time.
@@ -564,7 +572,7 @@ void SearchFp4Groups(const Block& b) {
     // a live lane is hard to predict), then only those steps: the two-term bound
     // (TwoTermBound; TOP keeps it for the decision) and their live pairs.
     uint32_t live1 = 0;
-    for (size_t k = 1; k < steps; ++k) {
+    for (size_t k = full; k < steps; ++k) {
       const MF live = hn::AndNot(hn::Or(hn::Eq(hn::Load(df, S + k * L), sbest),
                                         hn::Ge(hn::Load(df, TOP + k * L), bhi)),
                                  valid);
