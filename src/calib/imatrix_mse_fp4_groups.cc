@@ -485,7 +485,9 @@ void SearchFp4Groups(const Block& b) {
     } else
 #endif
     {
-      for (size_t l = 0; l < L; ++l) st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+      for (size_t l = 0; l < L; ++l) {
+        st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+      }
       blo = hn::Load(df, st_lo);
     }
     VF bhi = blo, sbest = hn::Set(df, NAN);
