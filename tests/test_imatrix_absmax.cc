@@ -1,13 +1,15 @@
 // FP4 imatrix_mse chosen ranges from the search's per-group largest magnitudes
 // (src/calib/imatrix_run.cc keeps them instead of reading the weights twice more):
 // GroupAbsMax (src/calib/imatrix_mse_rows.cc) against max |x| element by element on every
-// Highway target, and SearchSteps' group_absmax + ChosenPos against the definition's chosen
-// range, pos = max(|min(mn, 0)|, max(mx, 0)) of StepRange(min, max of the group, chosen step)
-// (imatrix_mse.h), for NVFP4 and MXFP4, bf16 / f16 / f32, several grids and expands.
+// Highway target (and ToF32GroupAbsMax, which widens the rows too), and SearchSteps'
+// group_absmax + ChosenPos against the definition's chosen range, pos = max(|min(mn, 0)|,
+// max(mx, 0)) of StepRange(min, max of the group, chosen step) (imatrix_mse.h), for NVFP4
+// and MXFP4, bf16 / f16 / f32, several grids and expands.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,6 +59,62 @@ TEST_CASE("GroupAbsMax is each group's largest |x|, every target") {
     }
   });
   CHECK(!targets.empty());
+}
+
+// ToF32GroupAbsMax (one pass for bf16 groups of 16 on 8-lane targets, two elsewhere): the
+// f32 values element by element, each group's max |x|, and false for an Inf or NaN anywhere.
+TEST_CASE("ToF32GroupAbsMax widens and takes each group's largest |x|, every target") {
+  size_t runs = 0;
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(21);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+      for (size_t group : {size_t{16}, size_t{32}}) {
+        for (size_t ng : {size_t{1}, size_t{8}, size_t{29}, size_t{64}}) {
+          const size_t n = group * ng;
+          std::vector<uint8_t> raw(n * ElemBytes(d));
+          for (size_t i = 0; i < n; ++i) {
+            const int kind = static_cast<int>(i / group % 4);
+            const float v = kind == 0 ? (i % 2 ? -0.f : 0.f)
+                            : kind == 1 ? (i % group == group / 3 ? -40.f : normal(rng))
+                            : kind == 2 ? -std::fabs(normal(rng)) - 1e-3f
+                                        : normal(rng) * 3.f;
+            PutElem(raw.data() + i * ElemBytes(d), d, v);
+          }
+          std::vector<float> x(n, -1.f), amax(ng, -1.f);
+          CAPTURE(target);
+          CAPTURE(DTypeLabel(d));
+          CAPTURE(group);
+          CAPTURE(ng);
+          REQUIRE(calib::internal::ToF32GroupAbsMax(raw.data(), d, ng, group, x.data(),
+                                                    amax.data()));
+          size_t bad = 0;
+          for (size_t g = 0; g < ng; ++g) {
+            float want = 0.f;
+            for (size_t j = 0; j < group; ++j) {
+              const float v = ElementToF32(raw.data(), d, g * group + j);
+              bad += std::memcmp(&v, &x[g * group + j], 4) != 0;
+              want = std::max(want, std::fabs(v));
+            }
+            bad += amax[g] != want;
+          }
+          CHECK(bad == 0);
+          // An Inf or a NaN in the first, a middle or the last element: false.
+          for (const size_t at : {size_t{0}, n / 2 + 3, n - 1}) {
+            for (const float bad_v : {INFINITY, -INFINITY, NAN}) {
+              std::vector<uint8_t> r2 = raw;
+              PutElem(r2.data() + at * ElemBytes(d), d, bad_v);
+              CHECK_FALSE(calib::internal::ToF32GroupAbsMax(r2.data(), d, ng, group, x.data(),
+                                                            amax.data()));
+            }
+          }
+          ++runs;
+        }
+      }
+    }
+  });
+  CHECK(!targets.empty());
+  CHECK(runs == 24 * targets.size());
 }
 
 TEST_CASE("ChosenPos from the search's group maxima equals the definition's chosen range") {

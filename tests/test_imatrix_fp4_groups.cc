@@ -276,13 +276,15 @@ TEST_CASE("NVFP4 bf16 search scale by the reciprocal of 6 equals the division") 
   CHECK(mismatched == 0);
 }
 
-// Every term the search computes (both forms: lanes across groups, and the live pairs' dq
-// looked up in the step's table) against the definition's f32 term for x = +ax and x = -ax
-// (GroupErrorScalar of one element, norms 3 and 2), on every target: every finite bf16 and
-// f16 magnitude at scales of every mantissa across the exponent range (bf16: the reciprocal's
-// range [2^-100, 2^100]), and random f32 magnitudes; importance cycling over five values.
+// Every term the search computes (its four forms: lanes across groups; the live pairs' dq
+// looked up in the step's table; the one-term bound's, dq = RNE_D(6 s) where 5.5 s <= ax;
+// the first step's for bf16, dq from s and RNE_bf16(1.5 s)) against the definition's f32
+// term for x = +ax and x = -ax (GroupErrorScalar of one element, norms 3 and 2), on every
+// target: every finite bf16 and f16 magnitude at scales of every mantissa across the
+// exponent range (bf16: the reciprocal's range [2^-100, 2^100]), and random f32 magnitudes;
+// importance cycling over five values.
 void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float>& scales,
-                  size_t* terms) {
+                  size_t* terms, size_t* by_six) {
   const float kImp[5] = {1.0f, 0.3f, 1e-3f, 7.5f, 3e5f};
   std::vector<float> imp(ax.size()), out(ax.size()), want(ax.size() * 2);
   for (size_t i = 0; i < ax.size(); ++i) imp[i] = kImp[i % 5];
@@ -300,21 +302,26 @@ void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float
         }
       }
       ForEachTarget([&](const std::string& target) {
-        for (const bool table : {false, true}) {
-          calib::internal::Fp4TermsForTest(d, norm, table, ax.data(), imp.data(), ax.size(), s,
+        for (const int form : {0, 1, 2, 3}) {
+          calib::internal::Fp4TermsForTest(d, norm, form, ax.data(), imp.data(), ax.size(), s,
                                            out.data());
           size_t bad = 0;
           for (size_t i = 0; i < ax.size(); ++i) {
             for (size_t k = 0; k < 2; ++k) {
               bad += std::memcmp(&out[i], &want[2 * i + k], 4) != 0;
               if (bad == 1 && std::memcmp(&out[i], &want[2 * i + k], 4) != 0) {
-                MESSAGE(target << " table " << table << " norm " << norm << " s " << s
+                MESSAGE(target << " form " << form << " norm " << norm << " s " << s
                                << " ax " << ax[i] << ": " << out[i] << " want "
                                << want[2 * i + k]);
               }
             }
           }
           *terms += ax.size();
+          if (form == 2) {  // the elements form 2 takes by RNE_D(6 s) (bf16, f16 scales)
+            for (size_t i = 0; i < ax.size(); ++i) {
+              *by_six += d != DType::kF32 && 5.5f * s <= ax[i];
+            }
+          }
           REQUIRE(bad == 0);
         }
       });
@@ -323,7 +330,7 @@ void CompareTerms(DType d, const std::vector<float>& ax, const std::vector<float
 }
 
 TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16") {
-  size_t terms = 0;
+  size_t terms = 0, by_six = 0;
   {
     std::vector<float> ax;
     for (uint32_t bits = 0; bits < 0x7F80u; ++bits) {
@@ -334,7 +341,7 @@ TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16"
     for (const int e : {-100, -41, -7, -1, 0, 1, 6, 37, 99}) {
       for (int m = 0; m < 128; ++m) scales.push_back(std::ldexp(1.0f + m / 128.0f, e));
     }
-    CompareTerms(DType::kBF16, ax, scales, &terms);
+    CompareTerms(DType::kBF16, ax, scales, &terms, &by_six);
   }
   {
     std::vector<float> ax;
@@ -348,7 +355,7 @@ TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16"
         scales.push_back(F16ToF32(F32ToF16(std::ldexp(1.0f + m / 1024.0f, e))));
       }
     }
-    CompareTerms(DType::kF16, ax, scales, &terms);
+    CompareTerms(DType::kF16, ax, scales, &terms, &by_six);
   }
   {
     std::mt19937 rng(7);
@@ -361,9 +368,10 @@ TEST_CASE("NVFP4 search terms equal the definition's, every finite bf16 and f16"
     for (const int e : {-120, -30, -1, 0, 3, 40, 110}) {
       for (int m = 0; m < 8; ++m) scales.push_back(std::ldexp(1.0f + m / 8.0f + 0x1p-20f * m, e));
     }
-    CompareTerms(DType::kF32, ax, scales, &terms);
+    CompareTerms(DType::kF32, ax, scales, &terms, &by_six);
   }
-  MESSAGE("terms compared: " << terms);
+  MESSAGE("terms compared: " << terms << ", of which form 2 took by RNE_D(6 s): " << by_six);
+  CHECK(by_six > terms / 20);
 }
 
 }  // namespace

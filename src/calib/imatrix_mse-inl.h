@@ -306,7 +306,7 @@ bool ErrorsTilesKernel(const Block& b, const StepParams* params, const double* b
                        double* err);        // imatrix_mse_tiles.cc (GroupErrorsKernel)
 bool SearchCertifiedKernel(const Block& b);  // imatrix_mse_certified.cc
 bool SearchFp4GroupsKernel(const Block& b);  // imatrix_mse_fp4_groups.cc (NVFP4's 16)
-void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float* imp, size_t n,
+void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out);  // imatrix_mse_fp4_groups.cc (Fp4TermsForTest)
 
 }  // namespace HWY_NAMESPACE

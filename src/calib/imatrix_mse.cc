@@ -181,11 +181,13 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
       }
       b.raw = src;
       b.x = nullptr;
+    } else if (group_absmax != nullptr) {
+      if (!internal::ToF32GroupAbsMax(src, in.dtype, n * g.n_groups, g.group, x.data(),
+                                      group_absmax + r0 * g.n_groups)) {
+        return false;
+      }
     } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {
       return false;
-    }
-    if (group_absmax != nullptr) {
-      internal::GroupAbsMax(x.data(), n * g.n_groups, g.group, group_absmax + r0 * g.n_groups);
     }
     b.rows = n;
     b.best = best + r0 * g.n_groups;

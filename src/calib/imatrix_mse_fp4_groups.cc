@@ -5,13 +5,15 @@
 // target through foreach_target.
 //
 // The decisions are the certified search's (imatrix_mse_certified.cc), lane-wise:
-//  - per group its min and max, and its elements of largest and second largest |x|^3 * imp
-//    (any element gives a valid one-term bound: E >= t exactly for each term t,
-//    imatrix_mse_certified.cc; two give TwoTermBound's);
-//  - every step's scale and reciprocal (ParamsVec, the operations StepArrays does) and the
-//    first element's term, all lanes at once;
-//  - the first step's sum, each lane adding its group's 16 terms in f32;
-//  - the later steps whose one term is below the best after the first step (and whose scale
+//  - per group its min and max, its element of largest |x| and, among the others, the one
+//    of largest |x|^3 * imp (any element gives a valid one-term bound: E >= t exactly for
+//    each term t, imatrix_mse_certified.cc; two give TwoTermBound's);
+//  - every step's scale (ParamsVec, the operations StepArrays does) and the largest
+//    element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes at
+//    once; reciprocals only for the steps summed;
+//  - the first two steps' sums, each lane adding its group's 16 terms in f32, and their
+//    decisions;
+//  - the later steps whose one term is below the best after those two (and whose scale
 //    differs from the best step's: equal parameters give an equal error, not an improvement),
 //    and then their two-term bound too (computed only for steps with such a lane), are the
 //    live (group, step) pairs; their f32 sums, L pairs per transposition tree;
@@ -132,6 +134,28 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
   return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
 }
 
+// Fp4Term for a group's element of largest |x| (the one-term bound's), cheaper where its code
+// is E2M1's 6: where 5.5 s <= ax (exact for bf16 and f16 scales, of at most 11 significant
+// bits), ax / s >= 5.5, so RNE_D(ax / s) >= 5.5 (5.5 is a D value), which E2M1 rounds to 6
+// after the clamp, and dq = RNE_D(6 s): no quotient, no E2M1 rounding. That holds at every
+// step unless expand > 1 or the zero guard gave eps; other lanes, and every lane for f32
+// scales (the product rounds), take Fp4Term.
+// (No reciprocal of s is passed: the search computes it only for the steps it sums.)
+template <DType D, int N>
+HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
+  const auto full = [&] {
+    return Fp4Term<D, N>(df, ax, im, s, D == DType::kBF16 ? hn::Div(hn::Set(df, 1.0f), s) : s);
+  };
+  if constexpr (D == DType::kF32) {
+    return full();
+  } else {
+    const VF t = TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
+    const MF six = hn::Le(hn::Mul(s, hn::Set(df, 5.5f)), ax);
+    if (HWY_LIKELY(hn::AllTrue(df, six))) return t;
+    return hn::IfThenElse(six, t, full());
+  }
+}
+
 // A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
 // in every lane (8 lanes only).
 template <DType D>
@@ -146,6 +170,29 @@ HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   const VF y = Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c);
   const hn::RebindToUnsigned<DF> du;
   return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
+}
+
+// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100] (8 lanes
+// only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
+// 0), and RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| <
+// 2^103), so dq = RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15
+// (codes 3, 5, 7: g = 1.5, 3, 6): two lookups, a blend and an exact product instead of the
+// product and its rounding.
+alignas(32) constexpr float kTwoBaseM[8] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
+alignas(32) constexpr float kTwoBaseSel[8] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
+template <int N>
+HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
+  VF c;
+  const VF y = Fp4Round(df, QuotientBf16(df, ax, r), &c);
+  const hn::RebindToUnsigned<DF> du;
+  const auto idx = hn::BitCast(du, y);
+  const VF base = hn::IfNegativeThenElse(Permute8(df, hn::Load(df, kTwoBaseSel), idx), s15, s);
+  return TermFromDq<N>(hn::Mul(Permute8(df, hn::Load(df, kTwoBaseM), idx), base), ax, im);
+}
+
+// RNE_bf16(1.5 s) for Fp4TermTwoBase (the product is exact: s has 8 significant bits).
+HWY_INLINE VF OneAndHalf(DF df, VF s) {
+  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(s, hn::Set(df, 1.5f)));
 }
 
 // For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
@@ -203,6 +250,24 @@ HWY_INLINE VF KeyOf(VF x, VF im) {
 // count; v is overwritten).
 HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
 #if HWY_TARGET != HWY_SCALAR
+  if constexpr (kMaxL == 8) {
+    // With 8 lanes, shuffles within 128-bit blocks first (no cross-block permute until the
+    // last level): lane l of a[i] sums lanes {l, l + 2} (l mod 4 < 2) of v[2i] or v[2i + 1],
+    // per block; b[h]'s lane l (mod 4) the block's sum of v[4h + l]; the blocks then added.
+    const hn::Repartition<double, DF> dd;
+    VF a[4];
+    for (size_t i = 0; i < 4; ++i) {
+      a[i] = hn::Add(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
+                     hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
+    }
+    VF c[2];
+    for (size_t h = 0; h < 2; ++h) {
+      const auto x = hn::BitCast(dd, a[2 * h]), y = hn::BitCast(dd, a[2 * h + 1]);
+      c[h] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                     hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
+    }
+    return hn::Add(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0]));
+  }
   for (size_t c = L; c > 1; c /= 2) {
     for (size_t i = 0; i < c / 2; ++i) {
       v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]),
@@ -251,6 +316,9 @@ void SearchFp4Groups(const Block& b) {
   for (size_t k = 0; k < steps; ++k) {  // p = 1 - i / grid
     P[k] = static_cast<float>(1.0 - (static_cast<double>(b.i0) + static_cast<double>(k)) / b.grid);
   }
+  // The steps' p positive and non-increasing (so are each lane's scales, but for the guard).
+  bool monotone = steps > 0 && P[0] > 0.0f;
+  for (size_t k = 1; k < steps; ++k) monotone = monotone && P[k] > 0.0f && P[k] <= P[k - 1];
   const double m = static_cast<double>(kN + 2) * 0x1p-23;
   const VF lo_c = hn::Set(df, static_cast<float>(1.0 - 2.0 * m));
   const VF hi_c = hn::Set(df, static_cast<float>(1.0 + 2.0 * m));
@@ -275,14 +343,21 @@ void SearchFp4Groups(const Block& b) {
   HWY_ALIGN int32_t gx[kMaxL] = {}, gi[kMaxL] = {};
   HWY_ALIGN float sums[kMaxL];
   uint32_t any = 0;
+  VU any_v = hn::Zero(du);  // the full tiles' improvements (lane-wise)
   for (size_t g0 = 0; g0 < groups; g0 += L) {
     const size_t cnt = std::min(L, groups - g0);
     // Lane l: group g0 + l (padding lanes repeat the last group; nothing of theirs is kept).
-    for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
-      const size_t g = std::min(g0 + l, groups - 1);
-      gx[l] = static_cast<int32_t>(g * kN);
-      gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
-      if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
+    if (cnt == L && g0 % ng + L <= ng) {  // a full tile within one row
+      const auto iota16 = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kN)));
+      hn::Store(hn::Add(iota16, hn::Set(di, static_cast<int32_t>(g0 * kN))), di, gx);
+      hn::Store(hn::Add(iota16, hn::Set(di, static_cast<int32_t>((g0 % ng) * kN))), di, gi);
+    } else {
+      for (size_t l = 0, col = (g0 % ng) * kN; l < L; ++l) {
+        const size_t g = std::min(g0 + l, groups - 1);
+        gx[l] = static_cast<int32_t>(g * kN);
+        gi[l] = static_cast<int32_t>(col);  // (g % ng) * kN
+        if (g0 + l + 1 < groups) col = col + kN == b.cols ? 0 : col + kN;
+      }
     }
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
@@ -306,29 +381,32 @@ void SearchFp4Groups(const Block& b) {
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
     }
-    // Min, max, and each group's elements of largest and second largest key (another
-    // element: the second is taken at j = 1 at the latest, keys being >= 0 > -1).
-    VF mn = X[0], mx = X[0], top = KeyOf(X[0], I[0]), tx = X[0], tim = I[0];
-    VF top2 = hn::Set(df, -1.0f), tx2 = zero, tim2 = zero;
+    // Min, max, each group's element of largest |x| (the first of equal ones) and its
+    // importance, then its element of largest |x|^3 * imp among those of smaller |x| (none
+    // when every |x| is equal: x = 0 and imp = 0 stand in, whose term 0 is a lower bound of
+    // any element's).
+    VF mn = X[0], mx = X[0], ax1 = hn::Abs(X[0]), im1 = I[0];
     for (size_t j = 1; j < kN; ++j) {
       mn = hn::Min(mn, X[j]);
       mx = hn::Max(mx, X[j]);
-      const VF kv = KeyOf(X[j], I[j]);
-      const MF more = hn::Gt(kv, top), more2 = hn::Gt(kv, top2);
-      top2 = hn::IfThenElse(more, top, hn::IfThenElse(more2, kv, top2));
-      tx2 = hn::IfThenElse(more, tx, hn::IfThenElse(more2, X[j], tx2));
-      tim2 = hn::IfThenElse(more, tim, hn::IfThenElse(more2, I[j], tim2));
-      top = hn::IfThenElse(more, kv, top);
-      tx = hn::IfThenElse(more, X[j], tx);
-      tim = hn::IfThenElse(more, I[j], tim);
+      const VF ax = hn::Abs(X[j]);
+      im1 = hn::IfThenElse(hn::Gt(ax, ax1), I[j], im1);
+      ax1 = hn::Max(ax1, ax);
     }
-    const VF atx2 = hn::Abs(tx2);
+    VF top2 = hn::Set(df, -1.0f), ax2 = zero, im2 = zero;
+    for (size_t j = 0; j < kN; ++j) {
+      const VF ax = hn::Abs(X[j]);
+      const MF more = hn::AndNot(hn::Eq(ax, ax1), hn::Gt(KeyOf(X[j], I[j]), top2));
+      top2 = hn::IfThenElse(more, KeyOf(X[j], I[j]), top2);
+      ax2 = hn::IfThenElse(more, ax, ax2);
+      im2 = hn::IfThenElse(more, I[j], im2);
+    }
     if (b.expand != 1.0) {  // Expanded: the product in f32, rounded to D
       const VF e = hn::Set(df, static_cast<float>(b.expand));
       mn = rd::RoundToDType<D>(df, hn::Mul(mn, e));
       mx = rd::RoundToDType<D>(df, hn::Mul(mx, e));
     }
-    // Every step's scale, reciprocal and one term. The search scale's pos =
+    // Every step's scale. The search scale's pos =
     // max(|min(mn, 0)|, max(mx, 0)) is RNE_D(p * max(|m0|, |M0|)) for p > 0 (expand > 0
     // keeps m0 <= M0, RNE_D is monotone and symmetric); bf16's RNE(pos / 6) is
     // RNE(pos * f32(1 / 6)) (QuotientBf16 with s = 6, wherever the scale is at least 2^-100:
@@ -336,32 +414,49 @@ void SearchFp4Groups(const Block& b) {
     const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
     const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
     VF smin = hn::Set(df, 0x1p100f), smax = hn::Set(df, 0x1p-100f);  // every step's scales
-    for (size_t k = 0; k < steps; ++k) {
-      const VF vp = hn::Set(df, P[k]);
-      VF vs, vz;
-      if (P[k] > 0.0f) {
-        const VF pos = rd::RoundToDType<D>(df, hn::Mul(vp, amax));
-        vs = rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
+    auto unguarded = [&](size_t k) {  // RNE_D(pos / 6), for P[k] > 0
+      const VF pos = rd::RoundToDType<D>(df, hn::Mul(hn::Set(df, P[k]), amax));
+      return rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
                                                        : hn::Div(pos, hn::Set(df, 6.0f)));
-        vs = hn::IfThenElse(hn::Eq(vs, zero), eps, vs);
-      } else {
-        ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
-      }
-      const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;  // bf16 only
-      if constexpr (D == DType::kBF16) {
+    };
+    // With the steps' p positive and non-increasing, a lane's unguarded scales never
+    // increase (RNE_D is monotone): when the last step's is not 0 in any lane, no step's is,
+    // the zero guard never applies, and the first and last steps' are the largest and
+    // smallest.
+    const VF last = monotone ? unguarded(steps - 1) : zero;
+    if (monotone && hn::AllFalse(df, hn::Eq(last, zero))) {
+      for (size_t k = 0; k + 1 < steps; ++k) hn::Store(unguarded(k), df, S + k * L);
+      hn::Store(last, df, S + (steps - 1) * L);
+      smax = hn::Load(df, S);
+      smin = last;
+    } else {
+      for (size_t k = 0; k < steps; ++k) {
+        const VF vp = hn::Set(df, P[k]);
+        VF vs, vz;
+        if (P[k] > 0.0f) {
+          vs = unguarded(k);
+          vs = hn::IfThenElse(hn::Eq(vs, zero), eps, vs);
+        } else {
+          ParamsVec<D, kFp4>(b, hn::Mul(vp, mn), hn::Mul(vp, mx), &vs, &vz);
+        }
         smin = hn::Min(smin, vs);
         smax = hn::Max(smax, vs);
+        hn::Store(vs, df, S + k * L);
       }
-      hn::Store(vs, df, S + k * L);
+    }
+    // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
+    for (size_t k = 0; k < steps; ++k) {
+      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
+    }
+    // Step k's reciprocal f32(1 / s) (bf16 only; the scale itself otherwise) into R, computed
+    // for the first step and the steps the one-term bound leaves live.
+    auto reciprocal = [&](size_t k) {
+      const VF vs = hn::Load(df, S + k * L);
+      const VF vr = D == DType::kBF16 ? hn::Div(one, vs) : vs;
       hn::Store(vr, df, R + k * L);
-    }
-    {
-      const VF atx = hn::Abs(tx);
-      for (size_t k = 0; k < steps; ++k) {
-        hn::Store(Fp4Term<D, N>(df, atx, tim, hn::Load(df, S + k * L), hn::Load(df, R + k * L)),
-                  df, TOP + k * L);
-      }
-    }
+      return vr;
+    };
+    reciprocal(0);
     if (D == DType::kBF16 && !hn::AllTrue(df, hn::And(hn::Ge(smin, hn::Set(df, 0x1p-100f)),
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
       // Scales outside QuotientBf16's range (groups of absurd magnitude): the definition.
@@ -380,8 +475,22 @@ void SearchFp4Groups(const Block& b) {
     }
     // Each group's best: an interval [blo, bhi] (exact: blo == bhi == the definition's
     // best), the best step's scale (NaN: from before this call), its improvements.
-    for (size_t l = 0; l < L; ++l) st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
-    VF blo = hn::Load(df, st_lo), bhi = blo, sbest = hn::Set(df, NAN);
+    VF blo;
+#if HWY_TARGET != HWY_SCALAR
+    if (cnt == L) {  // (f32 values: exact)
+      const hn::Half<DF> dh;
+      const hn::Rebind<double, decltype(dh)> dd;
+      blo = hn::Combine(df, hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0 + L / 2)),
+                        hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0)));
+    } else
+#endif
+    {
+      for (size_t l = 0; l < L; ++l) {
+        st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+      }
+      blo = hn::Load(df, st_lo);
+    }
+    VF bhi = blo, sbest = hn::Set(df, NAN);
     MF exact = hn::Eq(zero, zero);
     VU mask = hn::Zero(du);
     const MF valid = hn::FirstN(df, cnt);
@@ -431,15 +540,30 @@ void SearchFp4Groups(const Block& b) {
       exact = hn::MaskFromVec(hn::Load(df, st_x));
       mask = hn::Load(du, st_m);
     };
-    // The first step: each lane sums its group's terms (two chains).
+    // The first two steps (where most groups are live and about half improve): each lane
+    // sums its group's terms (two chains per step, the steps independent of each other),
+    // then both decisions; the later steps' filters then compare against the best of both.
+    const size_t full = std::min<size_t>(steps, 2);
     {
-      const VF s0 = hn::Load(df, S), r0 = hn::Load(df, R);
-      VF a0 = zero, a1 = zero;
-      for (size_t j = 0; j < kN; j += 2) {
-        a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], s0, r0));
-        a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], s0, r0));
+      VF sum[2];
+      for (size_t k = 0; k < full; ++k) {
+        const VF sk = hn::Load(df, S + k * L), rk = k == 0 ? hn::Load(df, R) : reciprocal(k);
+        VF a0 = zero, a1 = zero;
+        if constexpr (kMaxL == 8 && D == DType::kBF16) {  // (scales in range: checked above)
+          const VF s15 = OneAndHalf(df, sk);
+          for (size_t j = 0; j < kN; j += 2) {
+            a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], sk, rk, s15));
+            a1 = hn::Add(a1, Fp4TermTwoBase<N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk, s15));
+          }
+        } else {
+          for (size_t j = 0; j < kN; j += 2) {
+            a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], sk, rk));
+            a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk));
+          }
+        }
+        sum[k] = hn::Add(a0, a1);
       }
-      decide(0, hn::Add(a0, a1), valid);
+      for (size_t k = 0; k < full; ++k) decide(k, sum[k], valid);
     }
     // The live pairs of the later steps, listed branch-free (each pair as k * L + l, the
     // index of its step's parameters; L is a power of two), then their sums L at a time.
@@ -450,24 +574,29 @@ void SearchFp4Groups(const Block& b) {
     // a live lane is hard to predict), then only those steps: the two-term bound
     // (TwoTermBound; TOP keeps it for the decision) and their live pairs.
     uint32_t live1 = 0;
-    for (size_t k = 1; k < steps; ++k) {
+    for (size_t k = full; k < steps; ++k) {
       const MF live = hn::AndNot(hn::Or(hn::Eq(hn::Load(df, S + k * L), sbest),
                                         hn::Ge(hn::Load(df, TOP + k * L), bhi)),
                                  valid);
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       live1 |= static_cast<uint32_t>(!hn::AllFalse(df, live)) << k;
     }
+    // (Two loops: the bounds' long chains of different steps overlap when no listing
+    // depends on them.)
     for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       const VF vs = hn::Load(df, S + k * L);
       const VF t = TwoTermBound(df, hn::Load(df, TOP + k * L),
-                                Fp4Term<D, N>(df, atx2, tim2, vs, hn::Load(df, R + k * L)));
+                                Fp4Term<D, N>(df, ax2, im2, vs, reciprocal(k)));
       hn::Store(t, df, TOP + k * L);
       const MF live = hn::AndNot(hn::Ge(t, bhi), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       hn::Store(hn::VecFromMask(df, live), df, LIVE + k * L);
       hn::Store(zero, df, PS + k * L);
+    }
+    for (uint32_t ls = live1; ls != 0; ls &= ls - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(ls));
+      const auto live_i = hn::RebindMask(di, hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
       const size_t before = np;
-      const auto live_i = hn::RebindMask(di, live);
       const auto base = hn::Set(di, static_cast<int32_t>(k * L));
       if constexpr (kMaxL == 8) {
         // The live lanes' indices from kLaneNibbles (lanes past the count: don't care).
@@ -514,6 +643,18 @@ void SearchFp4Groups(const Block& b) {
       const size_t k = static_cast<size_t>(__builtin_ctz(ls));
       decide(k, hn::Load(df, PS + k * L), hn::MaskFromVec(hn::Load(df, LIVE + k * L)));
     }
+#if HWY_TARGET != HWY_SCALAR
+    if (cnt == L && (!b.exact_best || hn::AllTrue(df, exact))) {
+      // A full tile whose bests need no definition's sum: blo (f32 values) widened to f64.
+      const hn::Half<DF> dh;
+      const hn::Rebind<double, decltype(dh)> dd;
+      hn::StoreU(hn::PromoteTo(dd, hn::LowerHalf(dh, blo)), dd, b.best + g0);
+      hn::StoreU(hn::PromoteTo(dd, hn::UpperHalf(dh, blo)), dd, b.best + g0 + L / 2);
+      hn::StoreU(hn::Or(hn::LoadU(du, b.masks + g0), mask), du, b.masks + g0);
+      any_v = hn::Or(any_v, mask);
+      continue;
+    }
+#endif
     hn::Store(blo, df, st_lo);
     hn::Store(sbest, df, st_s);
     hn::Store(hn::VecFromMask(df, exact), df, st_x);
@@ -528,6 +669,9 @@ void SearchFp4Groups(const Block& b) {
       any |= st_m[l];
     }
   }
+  HWY_ALIGN uint32_t any_l[kMaxL];
+  hn::Store(any_v, du, any_l);
+  for (size_t l = 0; l < L; ++l) any |= any_l[l];
   *b.improved |= any;
 }
 
@@ -540,7 +684,7 @@ struct SearchFp4GroupsF {
   }
 };
 
-void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float* imp, size_t n,
+void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out) {
   const DF df;
   const size_t L = hn::Lanes(df);
@@ -552,8 +696,16 @@ void Fp4TermsKernel(DType d, int norm, bool table, const float* ax, const float*
     for (size_t i = 0; i + L <= n; i += L) {
       const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
       VF t;
-      if constexpr (kMaxL == 8) {
-        t = table ? Fp4TermTable<D, N>(df, x, im, vs, vr, tab) : Fp4Term<D, N>(df, x, im, vs, vr);
+      if (form == 2) {
+        t = Fp4TermLargest<D, N>(df, x, im, vs);
+      } else if constexpr (kMaxL == 8) {
+        if (form == 3 && D == DType::kBF16) {
+          t = Fp4TermTwoBase<N>(df, x, im, vs, vr, OneAndHalf(df, vs));
+        } else if (form == 1) {
+          t = Fp4TermTable<D, N>(df, x, im, vs, vr, tab);
+        } else {
+          t = Fp4Term<D, N>(df, x, im, vs, vr);
+        }
       } else {
         t = Fp4Term<D, N>(df, x, im, vs, vr);
       }

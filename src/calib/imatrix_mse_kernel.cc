@@ -57,9 +57,9 @@ HWY_EXPORT(SearchBlockKernel);
 HWY_EXPORT(ErrorsTilesKernel);
 HWY_EXPORT(Fp4TermsKernel);
 
-void Fp4TermsForTest(DType d, int norm, bool table, const float* ax, const float* imp,
+void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* imp,
                      size_t n, float s, float* out) {
-  HWY_DYNAMIC_DISPATCH(Fp4TermsKernel)(d, norm, table, ax, imp, n, s, out);
+  HWY_DYNAMIC_DISPATCH(Fp4TermsKernel)(d, norm, form, ax, imp, n, s, out);
 }
 
 bool SearchBlock(const Block& b) {

@@ -131,10 +131,13 @@ void GroupErrorsKernel(const Block& b, const StepParams* params, const double* b
 
 // For the kernel test: the NVFP4 groups search's terms (imatrix_mse_fp4_groups.cc) of
 // magnitudes ax[i] (f32 values of D) with importance imp[i] at scale s (a D value; bf16: in
-// [2^-100, 2^100]), norm 2 or 3, D bf16, f16 or f32; `table`: the live pairs' form (dq looked
-// up in the step's table; the same as the other form on targets without 8 lanes). n: a
-// multiple of 16; out[i] must equal the definition's term of x = +-ax[i].
-void Fp4TermsForTest(DType d, int norm, bool table, const float* ax, const float* imp,
+// [2^-100, 2^100]), norm 2 or 3, D bf16, f16 or f32; `form` 0: lanes across groups; 1: the
+// live pairs' form (dq looked up in the step's table; the same as form 0 on targets without
+// 8 lanes); 2: the one-term bound's (Fp4TermLargest: dq = RNE_D(6 s) in lanes where
+// 5.5 s <= ax, form 0 in the others); 3: the first step's for bf16 on 8-lane targets
+// (Fp4TermTwoBase: dq from s and RNE(1.5 s); form 0 otherwise). n: a multiple of 16; out[i]
+// must equal the definition's term of x = +-ax[i].
+void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* imp,
                      size_t n, float s, float* out);
 
 }  // namespace quench::calib::internal

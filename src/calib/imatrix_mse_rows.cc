@@ -95,6 +95,28 @@ void GroupMinMaxKernel(const float* x, size_t n_groups, size_t group, float* mn,
   }
 }
 
+// Lane i of the result: the maximum of v[i]'s lanes, for 8 vectors of 8 lanes: maxima
+// within 128-bit blocks first (interleaves, no cross-block permute until the last level; the
+// maximum is the same in any order): lane l (mod 4) of c[h] is the block's maximum of
+// v[4h + l].
+#if HWY_TARGET != HWY_SCALAR
+HWY_INLINE hn::Vec<DF> MaxOfEach8(const hn::Vec<DF>* v) {
+  const DF df;
+  const hn::Repartition<double, DF> dd;
+  hn::Vec<DF> a[4], c[2];
+  for (size_t i = 0; i < 4; ++i) {
+    a[i] = hn::Max(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
+                   hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
+  }
+  for (size_t h = 0; h < 2; ++h) {
+    const auto x = hn::BitCast(dd, a[2 * h]), y = hn::BitCast(dd, a[2 * h + 1]);
+    c[h] = hn::Max(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                   hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
+  }
+  return hn::Max(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0]));
+}
+#endif
+
 // Whole tiles of L groups (L = Lanes): each group's vector of lane-wise maxima of |x|, then
 // a tree that halves the vectors at each level, max(ConcatOdd(b, a), ConcatEven(b, a))
 // (the lower half from a's adjacent pairs, the upper from b's), so that after log2(L)
@@ -119,6 +141,13 @@ void GroupAbsMaxKernel(const float* x, size_t n_groups, size_t group, float* ama
   };
   size_t g = 0;
 #if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    for (; g + 8 <= n_groups; g += 8) {
+      hn::Vec<DF> v[8];
+      for (size_t k = 0; k < 8; ++k) v[k] = group_vec(g + k);
+      hn::StoreU(MaxOfEach8(v), df, amax + g);
+    }
+  }
   HWY_ALIGN float buf[hn::MaxLanes(df) * hn::MaxLanes(df)];
   for (; g + L <= n_groups; g += L) {
     for (size_t k = 0; k < L; ++k) hn::Store(group_vec(g + k), df, buf + k * L);
@@ -132,6 +161,47 @@ void GroupAbsMaxKernel(const float* x, size_t n_groups, size_t group, float* ama
   }
 #endif
   for (; g < n_groups; ++g) amax[g] = hn::GetLane(hn::MaxOfLanes(df, group_vec(g)));
+}
+
+// ToF32 and GroupAbsMax of its result in one pass, for bf16 groups of 16 on 8-lane targets:
+// each group's two vectors widened, stored, and their |x| bit patterns (the sign cleared)
+// kept for the maximum, which is also the Inf / NaN test (0x7F800000 and above; bf16's low
+// 16 bits are 0 after the widening). Nonnegative finite floats order as their bit patterns.
+// Other dtypes, groups and targets: ToF32 then GroupAbsMax.
+bool ToF32GroupAbsMaxKernel(const uint8_t* src, DType d, size_t n_groups, size_t group,
+                            float* dst, float* amax) {
+  const DF df;
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    if (d == DType::kBF16 && group == 16) {
+      const hn::RebindToUnsigned<DF> du;
+      const auto abs_mask = hn::Set(du, 0x7FFFFFFFu);
+      auto all = hn::Zero(du);
+      auto group_vec = [&](size_t g) {
+        const uint8_t* p = src + g * 32;
+        const auto lo = hn::BitCast(du, rd::LoadF32<DType::kBF16>(df, p));
+        const auto hi = hn::BitCast(du, rd::LoadF32<DType::kBF16>(df, p + 16));
+        hn::StoreU(hn::BitCast(df, lo), df, dst + g * 16);
+        hn::StoreU(hn::BitCast(df, hi), df, dst + g * 16 + 8);
+        const auto m = hn::Max(hn::And(lo, abs_mask), hn::And(hi, abs_mask));
+        all = hn::Max(all, m);
+        return hn::BitCast(df, m);
+      };
+      size_t g = 0;
+      for (; g + 8 <= n_groups; g += 8) {
+        hn::Vec<DF> v[8];
+        for (size_t k = 0; k < 8; ++k) v[k] = group_vec(g + k);
+        hn::StoreU(MaxOfEach8(v), df, amax + g);
+      }
+      for (; g < n_groups; ++g) amax[g] = hn::GetLane(hn::MaxOfLanes(df, group_vec(g)));
+      return hn::GetLane(hn::MaxOfLanes(du, all)) < 0x7F800000u;
+    }
+  }
+#endif
+  (void)df;
+  if (!ToF32Kernel(src, d, n_groups * group, dst)) return false;
+  GroupAbsMaxKernel(dst, n_groups, group, amax);
+  return true;
 }
 
 // ChosenPosRow lane-wise: each lane's step factor chosen by walking the steps' bits (the
@@ -296,6 +366,7 @@ HWY_EXPORT(ToF32Kernel);
 HWY_EXPORT(GroupMinMaxKernel);
 HWY_EXPORT(AllFiniteKernel);
 HWY_EXPORT(GroupAbsMaxKernel);
+HWY_EXPORT(ToF32GroupAbsMaxKernel);
 HWY_EXPORT(ChosenPosKernel);
 HWY_EXPORT(IntCodesKernel);
 HWY_EXPORT(IntCodesPacked4Kernel);
@@ -315,6 +386,12 @@ void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float
 
 void GroupAbsMax(const float* x, size_t n_groups, size_t group, float* amax) {
   HWY_DYNAMIC_DISPATCH(GroupAbsMaxKernel)(x, n_groups, group, amax);
+}
+
+bool ToF32GroupAbsMax(const uint8_t* src, DType d, size_t n_groups, size_t group, float* dst,
+                      float* amax) {
+  if (n_groups == 0) return true;
+  return HWY_DYNAMIC_DISPATCH(ToF32GroupAbsMaxKernel)(src, d, n_groups, group, dst, amax);
 }
 
 float ChosenPosRow(const float* absmax, const uint32_t* masks, size_t n, int stop,

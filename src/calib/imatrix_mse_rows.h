@@ -31,6 +31,11 @@ void GroupMinMax(const float* x, size_t n_groups, size_t group, float* mn, float
 // only that).
 void GroupAbsMax(const float* x, size_t n_groups, size_t group, float* amax);
 
+// ToF32 of n_groups * group elements, then GroupAbsMax of the result (one pass where it
+// can); false if any is NaN or Inf (dst and amax then undefined).
+bool ToF32GroupAbsMax(const uint8_t* src, DType d, size_t n_groups, size_t group, float* dst,
+                      float* amax);
+
 // FP4's chosen ranges from each group's largest magnitude (calib::ChosenPos has the rule):
 // per group k of n, with i the highest set bit of masks[k] at or below `stop` (0 if none),
 // pos = RNE_D(p[i] * RNE_D(absmax[k] * f32(expand))), written in D's encoding
