@@ -17,6 +17,7 @@
 #include <initializer_list>
 
 #include "calib/imatrix_mse_kernel.h"
+#include "schemes/chunk.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
@@ -55,6 +56,57 @@ inline void RandomRows(std::mt19937& rng, size_t rows, size_t cols, std::vector<
   for (size_t c = 0; c < cols; ++c) {
     (*imp)[c] = u(rng) < 0.05f ? 0.f : Bf16(std::pow(10.f, -3.f + 5.f * u(rng)));
   }
+}
+
+// The bf16 bytes of values that are bf16 already.
+inline std::vector<uint8_t> RawBf16(const std::vector<float>& x) {
+  std::vector<uint8_t> raw(x.size() * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = F32ToBF16(x[i]);
+    std::memcpy(&raw[2 * i], &h, 2);
+  }
+  return raw;
+}
+
+// Rows of n of every finite bf16 value (shuffled) followed by 64 random rows (RandomRows),
+// as f32 values and as raw bf16 bytes: what the row helpers' checks read.
+struct Bf16Rows {
+  std::vector<float> x;
+  std::vector<uint8_t> raw;
+};
+inline Bf16Rows EveryBf16Rows(std::mt19937& rng, size_t n) {
+  Bf16Rows rows;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) rows.x.push_back(v);
+  }
+  std::shuffle(rows.x.begin(), rows.x.end(), rng);
+  std::vector<float> rnd, imp;
+  RandomRows(rng, 64, n, &rnd, &imp);
+  rows.x.insert(rows.x.end(), rnd.begin(), rnd.end());
+  rows.x.resize(rows.x.size() / n * n);
+  rows.raw = RawBf16(rows.x);
+  return rows;
+}
+
+// A chunk of random bf16 rows (RandomRows) for symmetric int4 in groups of 128, as the
+// conversion hands it to GroupSteps; `in` points into `raw`.
+struct Int4Chunk {
+  std::vector<float> x, imp;
+  std::vector<uint8_t> raw;
+  WeightChunk in;
+};
+inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk* c) {
+  RandomRows(rng, rows, cols, &c->x, &c->imp);
+  c->raw = RawBf16(c->x);
+  c->in = WeightChunk{};
+  c->in.data = c->raw.data();
+  c->in.dtype = DType::kBF16;
+  c->in.rows = rows;
+  c->in.cols = cols;
+  c->in.params.bits = 4;
+  c->in.params.group_size = 128;
+  c->in.params.symmetric = true;
 }
 
 inline std::vector<Setting> Settings() {
@@ -194,23 +246,11 @@ struct ChosenCodesKernel {
 // steps shrink the range), scales outside 2^-100 .. 2^100 (the division path), and the zero
 // guard eps; an Inf or NaN in a row refused.
 inline void CheckChosenCodes(const ChosenCodesKernel& k) {
-  std::vector<float> xs;
-  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
-    const float v = BF16ToF32(static_cast<uint16_t>(bits));
-    if (std::isfinite(v)) xs.push_back(v);
-  }
   std::mt19937 rng(3);
-  std::shuffle(xs.begin(), xs.end(), rng);
-  std::vector<float> rnd, imp;
-  RandomRows(rng, 64, 1024, &rnd, &imp);
-  xs.insert(xs.end(), rnd.begin(), rnd.end());
   const size_t n = 1024;
-  xs.resize(xs.size() / n * n);
-  std::vector<uint8_t> raw(xs.size() * 2);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const uint16_t h = F32ToBF16(xs[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
+  const Bf16Rows rows = EveryBf16Rows(rng, n);
+  const std::vector<float>& xs = rows.x;
+  const std::vector<uint8_t>& raw = rows.raw;
   intq::internal::Layout l{4, -8, 7, 128, 8, 128};
   std::uniform_int_distribution<int> exp_of(-140, 140);
   size_t checked = 0, bad_codes = 0, bad_ranges = 0;

@@ -50,11 +50,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
              size_t cols, size_t group) {
   Block b = MakeBlock(s, x, imp, cols, group);
   const size_t groups = b.rows * (cols / group);
-  std::vector<uint8_t> raw(x.size() * 2);
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t h = F32ToBF16(x[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
+  const std::vector<uint8_t> raw = imatrix_int::RawBf16(x);
   std::vector<double> best_s(groups, FLT_MAX);
   std::vector<uint32_t> masks_s(groups, 0u);
   uint32_t imp_s = 0;
@@ -241,23 +237,11 @@ TEST_CASE("imatrix_mse int avx2 chosen codes: every bf16 x under every scale sig
 // a row with an Inf or NaN refused.
 TEST_CASE("imatrix_mse int avx2 row abs max equals max |x|") {
   if (!calib::internal::IntAvx2Available()) return;
-  std::vector<float> xs;
-  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
-    const float v = BF16ToF32(static_cast<uint16_t>(bits));
-    if (std::isfinite(v)) xs.push_back(v);
-  }
   std::mt19937 rng(5);
-  std::shuffle(xs.begin(), xs.end(), rng);
-  std::vector<float> rnd, imp;
-  RandomRows(rng, 64, 1024, &rnd, &imp);
-  xs.insert(xs.end(), rnd.begin(), rnd.end());
   const size_t n = 1024;
-  xs.resize(xs.size() / n * n);
-  std::vector<uint8_t> raw(xs.size() * 2);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const uint16_t h = F32ToBF16(xs[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
+  const imatrix_int::Bf16Rows rows = imatrix_int::EveryBf16Rows(rng, n);
+  const std::vector<float>& xs = rows.x;
+  const std::vector<uint8_t>& raw = rows.raw;
   size_t checked = 0, bad = 0;
   for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
     const size_t ng = n / group;
@@ -354,21 +338,10 @@ TEST_CASE("imatrix_mse int avx2 kernel: SearchSteps with and without it agree") 
   NoBf16Kernel off;
   std::mt19937 rng(7);
   const size_t rows = 70, cols = 512;
-  std::vector<float> x, imp;
-  RandomRows(rng, rows, cols, &x, &imp);
-  std::vector<uint8_t> raw(rows * cols * 2);
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t h = F32ToBF16(x[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
-  WeightChunk in;
-  in.data = raw.data();
-  in.dtype = DType::kBF16;
-  in.rows = rows;
-  in.cols = cols;
-  in.params.bits = 4;
-  in.params.group_size = 128;
-  in.params.symmetric = true;
+  imatrix_int::Int4Chunk c;
+  imatrix_int::MakeInt4Chunk(rng, rows, cols, &c);
+  const WeightChunk& in = c.in;
+  const std::vector<float>& imp = c.imp;
   calib::ImatrixOptions o;
   std::vector<uint32_t> on(rows * 4), off_masks(rows * 4);
   REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, on.data()));
@@ -386,21 +359,10 @@ TEST_CASE("imatrix_mse int avx2 kernel refuses rows with an Inf or NaN") {
   if (!calib::internal::IntAvx2Available()) return;
   std::mt19937 rng(9);
   const size_t rows = 40, cols = 512;
-  std::vector<float> x, imp;
-  RandomRows(rng, rows, cols, &x, &imp);
-  std::vector<uint8_t> raw(rows * cols * 2);
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t h = F32ToBF16(x[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
-  WeightChunk in;
-  in.data = raw.data();
-  in.dtype = DType::kBF16;
-  in.rows = rows;
-  in.cols = cols;
-  in.params.bits = 4;
-  in.params.group_size = 128;
-  in.params.symmetric = true;
+  imatrix_int::Int4Chunk c;
+  imatrix_int::MakeInt4Chunk(rng, rows, cols, &c);
+  WeightChunk in = c.in;
+  const std::vector<float>& imp = c.imp;
   calib::ImatrixOptions o;
   std::vector<uint32_t> masks(rows * 4);
   REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
@@ -410,7 +372,7 @@ TEST_CASE("imatrix_mse int avx2 kernel refuses rows with an Inf or NaN") {
                             rows * cols - 1}) {
       CAPTURE(bad);
       CAPTURE(at);
-      std::vector<uint8_t> r = raw;
+      std::vector<uint8_t> r = c.raw;
       std::memcpy(&r[2 * at], &bad, 2);
       in.data = r.data();
       CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));

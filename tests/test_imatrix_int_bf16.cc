@@ -158,21 +158,10 @@ TEST_CASE("imatrix_mse int bf16 chosen codes equal the definition") {
 TEST_CASE("imatrix_mse int bf16 kernel: SearchSteps with and without it agree") {
   std::mt19937 rng(7);
   const size_t rows = 70, cols = 512;
-  std::vector<float> x, imp;
-  RandomRows(rng, rows, cols, &x, &imp);
-  std::vector<uint8_t> raw(rows * cols * 2);
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t h = F32ToBF16(x[i]);
-    std::memcpy(&raw[2 * i], &h, 2);
-  }
-  WeightChunk in;
-  in.data = raw.data();
-  in.dtype = DType::kBF16;
-  in.rows = rows;
-  in.cols = cols;
-  in.params.bits = 4;
-  in.params.group_size = 128;
-  in.params.symmetric = true;
+  imatrix_int::Int4Chunk c;
+  imatrix_int::MakeInt4Chunk(rng, rows, cols, &c);
+  const WeightChunk& in = c.in;
+  const std::vector<float>& imp = c.imp;
   calib::ImatrixOptions o;
   std::vector<uint32_t> on(rows * 4), off(rows * 4);
   REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, on.data()));
