@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -329,7 +330,8 @@ Result<ModelFolder> ReadConfig(ModelFolder m) {
 
 }  // namespace
 
-Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
+Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
+                                    const std::function<void(size_t tensors)>& headers_read) {
   ModelFolder m;
   m.root = ResolvePath(root_in);
   std::error_code ec;
@@ -363,6 +365,10 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   m.shards.resize(shard_names.size());
   IndexDom index;
   const size_t jobs = shard_names.size() + (m.index_rel ? 1 : 0);
+  // Shards still to be read (the one that takes this to 0 calls `headers_read`), and whether
+  // any failed.
+  std::atomic<size_t> shards_left{shard_names.size()};
+  std::atomic<bool> any_failed{false};
   ForEachIndex(jobs, WorkThreads(0, jobs, jobs, 1), [&](size_t i) {
     if (i == shard_names.size()) return ParseIndex(m, index);
     Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
@@ -370,6 +376,14 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
       m.shards[i] = std::move(*s);
     } else {
       failed[i] = s.status();
+      any_failed.store(true);
+    }
+    // acq_rel: the last shard's thread sees every other shard's header.
+    if (shards_left.fetch_sub(1, std::memory_order_acq_rel) == 1 && headers_read &&
+        !any_failed.load()) {
+      size_t tensors = 0;
+      for (const Shard& sh : m.shards) tensors += sh.header.tensors.size();
+      headers_read(tensors);
     }
   });
   for (const Status& st : failed) {

@@ -46,8 +46,9 @@ class Planner {
   static Result<Planner> Make(const ModelFolder& folder, const PlanOptions& options);
 
   // Plans every shard's tensors and lays out its output file, on up to `threads` threads
-  // (0: one per core) when the checkpoint has enough tensors for that to pay.
-  void PlanShards(int threads);
+  // (0: one per core) when the checkpoint has enough tensors for that to pay. `storage`:
+  // value-initialised entries for the plan's tensor array (BuildPlan's `tensors`), resized.
+  void PlanShards(int threads, std::vector<PlannedTensor> storage);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
   // index, config.json and the other files. The index, which depends on the shards' layouts
   // alone, is built on another thread meanwhile where PlanShards found that worth it.
