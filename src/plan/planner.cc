@@ -119,8 +119,10 @@ void Planner::PlanShards(int threads, std::vector<PlannedTensor> storage) {
     w.group_tensors.assign(plan_.groups.size(), 0);
     w.default_hits.resize(default_patterns_.size());
   }
-  // Value-initialised entries either way: made here, or (most of them) made already.
-  plan_.tensors = std::move(storage);
+  // Value-initialised entries either way: made here, or (most of them) made already. Made
+  // ones beyond the count (a quantized source's scale tensors, planned with their weights)
+  // would stay allocated for the run: taken only where they are few.
+  if (storage.size() <= tensors + tensors / 8) plan_.tensors = std::move(storage);
   plan_.tensors.resize(tensors);
   for (ShardWork& w : work) w.tensors = plan_.tensors.data() + w.first_tensor;
   plan_.shards.reserve(n);
