@@ -12,7 +12,6 @@
 #include <optional>
 #include <set>
 #include <system_error>
-#include <thread>
 #include <vector>
 
 #include "calib/act_scales.h"
@@ -209,22 +208,7 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
   return static_cast<uint64_t>(value * mult);
 }
 
-namespace {
-
-// MakePlan's work. With `folder_release`, the model folder (the headers of every source
-// tensor: 70k names and shapes on Kimi, ~3 ms of frees) is freed on that thread rather than
-// here on return, so that the memory floor, free-space check and setup after planning go on
-// meanwhile; the caller joins it before any weight is read or buffer mapped. Where no thread
-// can be started it is freed here, as it always was.
-Result<Plan> MakePlan(const ConvertOptions& options, std::jthread* folder_release);
-
-}  // namespace
-
-Result<Plan> MakePlan(const ConvertOptions& options) { return MakePlan(options, nullptr); }
-
-namespace {
-
-Result<Plan> MakePlan(const ConvertOptions& options, std::jthread* folder_release) {
+Result<Plan> MakePlan(const ConvertOptions& options) {
   std::error_code ec;
   // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
   // inventory below, naming the reason.
@@ -367,18 +351,8 @@ Result<Plan> MakePlan(const ConvertOptions& options, std::jthread* folder_releas
                          "); their files are not carried over, as model_free_ptq does");
   }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
-  if (folder_release != nullptr) {
-    try {
-      // The thread frees it (the lambda's copy is destroyed on it); if the thread cannot be
-      // started, the lambda and the folder with it are destroyed here.
-      *folder_release = std::jthread([gone = std::move(folder)]() mutable { gone = {}; });
-    } catch (const std::system_error&) {
-    }
-  }
   return plan;
 }
-
-}  // namespace
 
 Result<Plan> DryRun(const ConvertOptions& requested) {
   std::string budget_note;
@@ -400,8 +374,7 @@ namespace {
 
 Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
-                                      std::chrono::steady_clock::time_point t0,
-                                      std::jthread& folder_release);
+                                      std::chrono::steady_clock::time_point t0);
 
 }  // namespace
 
@@ -411,11 +384,10 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  std::jthread folder_release;  // joined before the pipeline, or on return
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options, &folder_release));
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
-  Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0, folder_release);
+  Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
     Status w = WriteFileAtomic(
@@ -436,8 +408,7 @@ namespace {
 
 Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
-                                      std::chrono::steady_clock::time_point t0,
-                                      std::jthread& folder_release) {
+                                      std::chrono::steady_clock::time_point t0) {
   if (callbacks.note) {
     for (const std::string& n : plan.notes) callbacks.note(n);
   }
@@ -522,9 +493,6 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     for (size_t m : set) bytes += plan.tensors[m].src_bytes;
     largest_set = std::max(largest_set, bytes);
   }
-  // The folder is freed by now (MakePlan): no thread of planning's is left while weights are
-  // read and buffers mapped.
-  if (folder_release.joinable()) folder_release.join();
   // The stages of a composed calibration (src/calib/composite.h), each given its options.
   QUENCH_ASSIGN_OR_RETURN(const calib::Algorithms algos, calib::ParseAlgorithms(options.algorithm));
   std::unique_ptr<calib::GptqRun> sparse, gptq;
