@@ -89,8 +89,9 @@ class Planner {
   // The selection rule for one tensor; the group it resolves to and the default-ignore
   // pattern that took it, where those apply.
   Selection Select(std::string_view name, int* group, int* default_hit, ShardWork& w) const;
-  // Why `t`, targeted for quantizing (or pruning), cannot be; empty if it can.
-  std::string QuantizeProblem(const std::string& where, const TensorInfo& t, DType dtype,
+  // Why `t` (in shard `rel_name`), targeted for quantizing (or pruning), cannot be; empty if
+  // it can.
+  std::string QuantizeProblem(std::string_view rel_name, const TensorInfo& t, DType dtype,
                               const SchemeInfo* scheme, const SchemeParams& params) const;
   // Why `t`, selected for group `g`, cannot be quantized or pruned there (an error naming
   // the tensor and the rule), or OK.
