@@ -171,19 +171,21 @@ bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
   simdjson::dom::object entries;
   if (!wm || wm->get_object().get(entries)) return false;
   const std::string dir = fs::path(*m.index_rel).parent_path().generic_string();
-  std::string_view previous;
-  bool first = true;
   size_t j = 0;  // the first held name not before the entry's
+  size_t matched = held.size();  // the held name the entry before matched (none yet)
   LastShard last;
   for (simdjson::dom::key_value_pair field : entries) {
     const std::string_view tensor = field.key;
-    if (!first && !(previous < tensor)) return false;
-    first = false;
-    previous = tensor;
     std::string_view file;
     if (field.value.get_string().get(file)) return false;
-    while (j < held.size() && held[j].first < tensor) ++j;
-    if (j == held.size() || held[j].first != tensor) return false;
+    int order = 1;  // held[j] against the entry's name
+    while (j < held.size() && (order = held[j].first.compare(tensor)) < 0) ++j;
+    if (j == held.size() || order != 0) return false;
+    // Entries in strict name order: as every entry is a held name and no name is held twice,
+    // that is each matching a later held name than the entry before (one comparison each,
+    // not three).
+    if (matched != held.size() && j <= matched) return false;
+    matched = j;
     const uint32_t holder = held[j].second;
     if (last.file.data() != nullptr && file == last.file) {
       if (holder != last.shard) return false;
