@@ -7,7 +7,10 @@
 #include <vector>
 
 #include "format/json.h"
+#include "format/model_folder.h"
 #include "format/safetensors.h"
+#include "pipeline/resume.h"
+#include "plan/planner.h"
 #include "test_util.h"
 
 namespace qt = quench::testing;
@@ -132,6 +135,48 @@ TEST_SUITE("plan_threads") {
     CHECK(four.out == one.out);
     CHECK(four.err == one.err);
     CHECK(StableReport(tmp / "four.json") == StableReport(tmp / "one.json"));
+  }
+
+  TEST_CASE("the tensor array made from the headers' count gives the plan made without it") {
+    // LoadModelFolder's headers_read gets every shard's tensor count once; BuildPlan given
+    // value-initialised entries of any number (none, too few, exactly, a few too many, twice
+    // as many) makes the plan it makes alone: the same fingerprint (shards, headers, every
+    // tensor's plan, the files' contents), errors and tensor count.
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "src", /*with_errors=*/true);
+    size_t calls = 0, counted = 0;
+    auto folder = quench::LoadModelFolder(tmp / "src", [&](size_t n) {
+      ++calls;
+      counted = n;
+    });
+    REQUIRE(folder.ok());
+    size_t in_headers = 0;
+    for (const quench::Shard& s : folder->shards) in_headers += s.header.tensors.size();
+    CHECK(calls == 1);
+    CHECK(counted == in_headers);
+    CHECK(in_headers == static_cast<size_t>(kShards * kLayersPerShard * (2 + 3 * kExperts) + 3));
+    quench::PlanOptions o;
+    o.dst = tmp / "out";
+    o.scheme = "FP8_DYNAMIC";
+    auto alone = quench::BuildPlan(*folder, o, 2);
+    REQUIRE(alone.ok());
+    const size_t n = alone->tensors.size();
+    for (size_t made : {size_t{0}, n / 2, n, n + n / 8, n + n / 8 + 1, 2 * n}) {
+      CAPTURE(made);
+      auto plan = quench::BuildPlan(*folder, o, 2, std::vector<quench::PlannedTensor>(made));
+      REQUIRE(plan.ok());
+      CHECK(plan->tensors.size() == n);
+      CHECK(quench::PlanFingerprint(*plan) == quench::PlanFingerprint(*alone));
+      REQUIRE(plan->errors.size() == alone->errors.size());
+      for (size_t i = 0; i < plan->errors.size(); ++i) {
+        CHECK(plan->errors[i].message() == alone->errors[i].message());
+      }
+    }
+    // A header that cannot be read: no count.
+    qt::WriteBytes(tmp / "src" / "model-00002-of-00004.safetensors", "not a header");
+    calls = 0;
+    CHECK_FALSE(quench::LoadModelFolder(tmp / "src", [&](size_t) { ++calls; }).ok());
+    CHECK(calls == 0);
   }
 
   TEST_CASE("a conversion planned on several threads writes the same bytes") {

@@ -310,6 +310,39 @@ TEST_SUITE("safetensors") {
     }
   }
 
+  TEST_CASE("SortByRuns on sorted blocks that follow, touch or overlap each other") {
+    // What a merge leaves in place (the first run's elements up to the second's first, the
+    // second's from the first's last on) is found by binary search: blocks whose key ranges
+    // are disjoint, share a boundary key (equal keys across the runs must keep run order) or
+    // overlap in part, each block sorted with repeated keys. std::stable_sort is the oracle.
+    std::mt19937 rng(23);
+    for (int trial = 0; trial < 2000; ++trial) {
+      std::vector<std::pair<int, int>> v;  // (key, original position)
+      const int blocks = 1 + static_cast<int>(rng() % 5);
+      int lo = static_cast<int>(rng() % 20);
+      for (int b = 0; b < blocks; ++b) {
+        const int width = static_cast<int>(rng() % 12);
+        const size_t len = rng() % 30;
+        std::vector<int> keys(len);
+        for (int& k : keys) k = lo + (width > 0 ? static_cast<int>(rng() % (width + 1)) : 0);
+        std::sort(keys.begin(), keys.end());
+        for (int k : keys) v.emplace_back(k, static_cast<int>(v.size()));
+        // The next block starts after this one, at its last key, inside it, or anywhere.
+        switch (rng() % 4) {
+          case 0: lo += width + 1 + static_cast<int>(rng() % 3); break;
+          case 1: lo += width; break;
+          case 2: lo += static_cast<int>(rng() % (width + 1)); break;
+          default: lo = static_cast<int>(rng() % 40); break;
+        }
+      }
+      auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+      std::vector<std::pair<int, int>> want = v;
+      std::stable_sort(want.begin(), want.end(), by_key);
+      SortByRuns(v.begin(), v.end(), by_key);
+      CHECK(v == want);
+    }
+  }
+
   TEST_CASE("PlaceSafetensors places every spec where LayOutSafetensors lays it out") {
     // Random dtypes and names (some needing escapes, some too long for one entry's buffer):
     // the same header bytes, the order LayOutSafetensors' positions give, and each spec's

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -170,19 +171,21 @@ bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
   simdjson::dom::object entries;
   if (!wm || wm->get_object().get(entries)) return false;
   const std::string dir = fs::path(*m.index_rel).parent_path().generic_string();
-  std::string_view previous;
-  bool first = true;
   size_t j = 0;  // the first held name not before the entry's
+  size_t matched = held.size();  // the held name the entry before matched (none yet)
   LastShard last;
   for (simdjson::dom::key_value_pair field : entries) {
     const std::string_view tensor = field.key;
-    if (!first && !(previous < tensor)) return false;
-    first = false;
-    previous = tensor;
     std::string_view file;
     if (field.value.get_string().get(file)) return false;
-    while (j < held.size() && held[j].first < tensor) ++j;
-    if (j == held.size() || held[j].first != tensor) return false;
+    int order = 1;  // held[j] against the entry's name
+    while (j < held.size() && (order = held[j].first.compare(tensor)) < 0) ++j;
+    if (j == held.size() || order != 0) return false;
+    // Entries in strict name order: as every entry is a held name and no name is held twice,
+    // that is each matching a later held name than the entry before (one comparison each,
+    // not three).
+    if (matched != held.size() && j <= matched) return false;
+    matched = j;
     const uint32_t holder = held[j].second;
     if (last.file.data() != nullptr && file == last.file) {
       if (holder != last.shard) return false;
@@ -329,7 +332,8 @@ Result<ModelFolder> ReadConfig(ModelFolder m) {
 
 }  // namespace
 
-Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
+Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
+                                    const std::function<void(size_t tensors)>& headers_read) {
   ModelFolder m;
   m.root = ResolvePath(root_in);
   std::error_code ec;
@@ -363,6 +367,10 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
   m.shards.resize(shard_names.size());
   IndexDom index;
   const size_t jobs = shard_names.size() + (m.index_rel ? 1 : 0);
+  // Shards still to be read (the one that takes this to 0 calls `headers_read`), and whether
+  // any failed.
+  std::atomic<size_t> shards_left{shard_names.size()};
+  std::atomic<bool> any_failed{false};
   ForEachIndex(jobs, WorkThreads(0, jobs, jobs, 1), [&](size_t i) {
     if (i == shard_names.size()) return ParseIndex(m, index);
     Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
@@ -370,6 +378,14 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in) {
       m.shards[i] = std::move(*s);
     } else {
       failed[i] = s.status();
+      any_failed.store(true);
+    }
+    // acq_rel: the last shard's thread sees every other shard's header.
+    if (shards_left.fetch_sub(1, std::memory_order_acq_rel) == 1 && headers_read &&
+        !any_failed.load()) {
+      size_t tensors = 0;
+      for (const Shard& sh : m.shards) tensors += sh.header.tensors.size();
+      headers_read(tensors);
     }
   });
   for (const Status& st : failed) {

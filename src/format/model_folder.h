@@ -4,6 +4,7 @@
 #define QUENCH_FORMAT_MODEL_FOLDER_H_
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -73,7 +74,15 @@ struct ModelFolder {
 // kIo; a symbolic link loop, a dangling link or a special file is kInvalidInput, each naming
 // the path. Links to files are followed; links to folders are not (as the reference's
 // os.walk) and are listed in `linked_folders`.
-Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root);
+//
+// `headers_read`, when given, is called once with the number of tensors in all shards as
+// soon as every shard's header is parsed, on the thread that parsed the last one, while the
+// index may still be parsing on another and before the names and the index are checked: work
+// that needs only that count (the planner's tensor array, made from it) fills what would
+// otherwise be the tail of the parallel reads. It is not called when a header fails to read;
+// the load may still fail after it (a name held twice, a wrong index).
+Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root,
+                                    const std::function<void(size_t tensors)>& headers_read = {});
 
 // model_free_ptq's view of fused 3-D MoE expert tensors (llm-compressor 0.14.0.1
 // `converter.py::split_fused_moe_experts`, applied to every tensor before matching): a 3-D

@@ -39,38 +39,46 @@ void PlanFusedSets(Plan& plan) {
 // the same scheme or all stay unquantized; anything else cannot be loaded.
 void CheckFusedConsistency(Plan& plan) {
   // Sets found with a table of their keys (a std::map of 10^5 keys cost a tenth of planning an
-  // MoE checkpoint); problems reported in key order.
-  std::deque<std::string> keys;  // stable storage for the table's views
-  std::vector<std::vector<size_t>> sets;
+  // MoE checkpoint); problems reported in key order. What a set needs is its first member and
+  // the first later one whose group differs from it (members come in plan order): no member
+  // list, and the key of each module written into one buffer, stored only for a new set.
+  constexpr size_t kNone = ~size_t{0};
+  struct Set {
+    size_t first;          // its first member
+    size_t mixed = kNone;  // its first member of another group than `first`'s
+  };
+  std::deque<std::string> keys;  // per set, stable storage for the table's views
+  std::vector<Set> sets;
   NameTable set_of(plan.tensors.size());
+  std::string module_key;  // the key of the module at hand
+  size_t last = kNone;  // the set of the module before (a gate_proj's up_proj follows it)
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     auto [module, param] = SplitModuleParam(t.name);
     if (param != "weight" || t.shape.size() != 2) continue;
-    std::string key = FusedSetKey(module);
-    if (key.empty()) continue;
-    const std::optional<uint32_t> set = set_of.Find(key);
-    if (set) {
-      sets[*set].push_back(i);
-      continue;
+    if (!FusedSetKeyInto(module, &module_key)) continue;
+    size_t set = kNone;
+    if (last != kNone && keys[last] == module_key) {
+      set = last;
+    } else if (const std::optional<uint32_t> found = set_of.Find(module_key)) {
+      set = *found;
+    } else {
+      set = sets.size();
+      keys.push_back(module_key);
+      set_of.Insert(keys.back(), static_cast<uint32_t>(set));
+      sets.push_back({i});
     }
-    keys.push_back(std::move(key));
-    set_of.Insert(keys.back(), static_cast<uint32_t>(sets.size()));
-    sets.push_back({i});
+    last = set;
+    Set& s = sets[set];
+    if (s.mixed == kNone && t.group != plan.tensors[s.first].group) s.mixed = i;
   }
   std::vector<std::pair<std::string_view, size_t>> mixed;  // key, first differing member
   for (size_t k = 0; k < sets.size(); ++k) {
-    const PlannedTensor& first = plan.tensors[sets[k].front()];
-    for (size_t i : sets[k]) {
-      if (plan.tensors[i].group != first.group) {
-        mixed.emplace_back(keys[k], i);
-        break;
-      }
-    }
+    if (sets[k].mixed != kNone) mixed.emplace_back(keys[k], sets[k].mixed);
   }
   std::sort(mixed.begin(), mixed.end());
   for (const auto& [key, i] : mixed) {
-    const PlannedTensor& first = plan.tensors[sets[*set_of.Find(key)].front()];
+    const PlannedTensor& first = plan.tensors[sets[*set_of.Find(key)].first];
     const PlannedTensor& t = plan.tensors[i];
     auto describe = [&](const PlannedTensor& x) {
       return x.group >= 0 ? "group '" + plan.groups[static_cast<size_t>(x.group)].key + "'"

@@ -106,7 +106,7 @@ const std::vector<Member>& Members() {
 
 std::span<const FusedSetKind> FusedSetKinds() { return kFusedSetKinds; }
 
-std::string FusedSetKey(std::string_view module) {
+bool FusedSetKeyInto(std::string_view module, std::string* key) {
   auto [parent, leaf] = SplitModuleParam(module);
   for (const Member& m : Members()) {
     if (leaf != m.leaf) continue;
@@ -115,14 +115,20 @@ std::string FusedSetKey(std::string_view module) {
           parent[parent.size() - m.context.size() - 1] == '.')) {
       continue;
     }
-    std::string key;
     const std::string_view fused = kFusedSetKinds[KindOf()[m.kind]].fused;
-    key.reserve(parent.size() + 1 + fused.size());
-    key.append(parent).push_back('|');
-    key.append(fused);
-    return key;
+    key->clear();
+    key->reserve(parent.size() + 1 + fused.size());
+    key->append(parent).push_back('|');
+    key->append(fused);
+    return true;
   }
-  return {};
+  return false;
+}
+
+std::string FusedSetKey(std::string_view module) {
+  std::string key;
+  FusedSetKeyInto(module, &key);
+  return key;
 }
 
 }  // namespace quench

@@ -23,6 +23,9 @@ std::span<const FusedSetKind> FusedSetKinds();
 // The fused set `module` (a module name, without ".weight") belongs to, as "PARENT|KIND":
 // modules with equal keys are one fused matrix. Empty when its last name is in no set.
 std::string FusedSetKey(std::string_view module);
+// The same key written into `*key` (replacing its contents, reusing its buffer), or false
+// (and `*key` left as it was) when `module` is in no set: for callers that ask for 10^5 keys.
+bool FusedSetKeyInto(std::string_view module, std::string* key);
 
 }  // namespace quench
 

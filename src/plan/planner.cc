@@ -104,7 +104,7 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   return p;
 }
 
-void Planner::PlanShards(int threads) {
+void Planner::PlanShards(int threads, std::vector<PlannedTensor> storage) {
   const size_t n = folder_.shards.size();
   std::vector<ShardWork> work(n);
   size_t tensors = 0;
@@ -119,6 +119,10 @@ void Planner::PlanShards(int threads) {
     w.group_tensors.assign(plan_.groups.size(), 0);
     w.default_hits.resize(default_patterns_.size());
   }
+  // Value-initialised entries either way: made here, or (most of them) made already. Made
+  // ones beyond the count (a quantized source's scale tensors, planned with their weights)
+  // would stay allocated for the run: taken only where they are few.
+  if (storage.size() <= tensors + tensors / 8) plan_.tensors = std::move(storage);
   plan_.tensors.resize(tensors);
   for (ShardWork& w : work) w.tensors = plan_.tensors.data() + w.first_tensor;
   plan_.shards.reserve(n);
@@ -169,9 +173,10 @@ using planner_internal::Planner;
 
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
-Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads) {
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads,
+                       std::vector<PlannedTensor> tensors) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
-  planner.PlanShards(threads);
+  planner.PlanShards(threads, std::move(tensors));
   return std::move(planner).Finish();
 }
 

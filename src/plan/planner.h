@@ -6,6 +6,7 @@
 
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "format/model_folder.h"
 #include "quench/plan.h"
@@ -21,8 +22,11 @@ struct DefaultIgnore {
 std::span<const DefaultIgnore> DefaultIgnores();
 
 // Shards are planned on up to `threads` threads (0: one per core; the plan is the same for
-// any number).
-Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads = 0);
+// any number). `tensors` may bring the plan's tensor array already made, of value-initialised
+// entries (LoadModelFolder's `headers_read` makes it while the folder is checked): it is
+// resized to the planned count, so any size gives the same plan.
+Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads = 0,
+                       std::vector<PlannedTensor> tensors = {});
 
 struct PlannedPrune;
 namespace prune { struct PruneSpec; }

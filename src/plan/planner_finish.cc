@@ -121,12 +121,29 @@ std::string Planner::IndexJson() const {
   uint64_t total_size = 0;
   size_t outputs = 0;
   for (const PlannedShard& ps : plan_.shards) outputs += ps.outputs.size();
+  // Entries in plan order: source tensors in each shard's file order (by name, as safetensors
+  // writes them), each tensor's outputs after it ("X.weight", "X.weight_scale"): nearly one
+  // sorted run per shard, where the shards' outputs in file order (by dtype, then name) were
+  // a run per dtype whose merge compared every name. Every output is one tensor's, so the
+  // entries are the same; BuildIndexJson's sort is stable and equal names (only possible
+  // in different shards) keep shard order either way.
   std::vector<std::pair<std::string_view, std::string_view>> weight_map;  // tensor -> shard
   weight_map.reserve(outputs);
-  for (const PlannedShard& ps : plan_.shards) {
-    for (const PlannedOutput& o : ps.outputs) {
-      total_size += o.nbytes;
-      weight_map.emplace_back(o.name, ps.rel_name);
+  for (const PlannedTensor& t : plan_.tensors) {
+    const PlannedShard& ps = plan_.shards[t.shard];
+    for (size_t o : t.outputs) {
+      total_size += ps.outputs[o].nbytes;
+      weight_map.emplace_back(ps.outputs[o].name, ps.rel_name);
+    }
+  }
+  if (weight_map.size() != outputs) {  // an output no tensor lists: every shard's, in file order
+    weight_map.clear();
+    total_size = 0;
+    for (const PlannedShard& ps : plan_.shards) {
+      for (const PlannedOutput& o : ps.outputs) {
+        total_size += o.nbytes;
+        weight_map.emplace_back(o.name, ps.rel_name);
+      }
     }
   }
   return BuildIndexJson(std::move(weight_map), total_size);

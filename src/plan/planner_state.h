@@ -46,8 +46,9 @@ class Planner {
   static Result<Planner> Make(const ModelFolder& folder, const PlanOptions& options);
 
   // Plans every shard's tensors and lays out its output file, on up to `threads` threads
-  // (0: one per core) when the checkpoint has enough tensors for that to pay.
-  void PlanShards(int threads);
+  // (0: one per core) when the checkpoint has enough tensors for that to pay. `storage`:
+  // value-initialised entries for the plan's tensor array (BuildPlan's `tensors`), resized.
+  void PlanShards(int threads, std::vector<PlannedTensor> storage);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
   // index, config.json and the other files. The index, which depends on the shards' layouts
   // alone, is built on another thread meanwhile where PlanShards found that worth it.
@@ -88,8 +89,9 @@ class Planner {
   // The selection rule for one tensor; the group it resolves to and the default-ignore
   // pattern that took it, where those apply.
   Selection Select(std::string_view name, int* group, int* default_hit, ShardWork& w) const;
-  // Why `t`, targeted for quantizing (or pruning), cannot be; empty if it can.
-  std::string QuantizeProblem(const std::string& where, const TensorInfo& t, DType dtype,
+  // Why `t` (in shard `rel_name`), targeted for quantizing (or pruning), cannot be; empty if
+  // it can.
+  std::string QuantizeProblem(std::string_view rel_name, const TensorInfo& t, DType dtype,
                               const SchemeInfo* scheme, const SchemeParams& params) const;
   // Why `t`, selected for group `g`, cannot be quantized or pruned there (an error naming
   // the tensor and the rule), or OK.

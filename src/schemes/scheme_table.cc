@@ -5,6 +5,7 @@
 // mxfp4,mxfp8}); the kernels live beside their scalar references in one file per family.
 #include <algorithm>
 #include <cctype>
+#include <utility>
 
 #include "quench/scheme.h"
 #include "schemes/chunk.h"
@@ -35,14 +36,23 @@ std::string CheckGroupDivides(uint64_t rows, uint64_t cols, const SchemeParams& 
   return {};
 }
 
+// A scheme's outputs in order, each moved in once (a braced list is copied into the vector,
+// every shape allocated twice: 10^5 times on a many-expert checkpoint).
+template <class... O>
+std::vector<SchemeOutput> Outputs(O&&... outputs) {
+  std::vector<SchemeOutput> v;
+  v.reserve(sizeof...(outputs));
+  (v.push_back(std::forward<O>(outputs)), ...);
+  return v;
+}
+
 // FP8 per channel: weight F8_E4M3 [rows, cols]; weight_scale in the weight dtype [rows, 1].
 std::vector<SchemeOutput> Fp8ChannelOutputs(DType wd, uint64_t rows, uint64_t cols,
                                             const SchemeParams&) {
   const uint64_t sb = ScaleBytes(wd);
-  return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
-      {"weight_scale", wd, {rows, 1}, rows * sb, 1, sb, Source::kKernel},
-  };
+  return Outputs(SchemeOutput{"weight", DType::kF8E4M3, {rows, cols},
+                              rows * cols, 1, cols, Source::kKernel},
+                 SchemeOutput{"weight_scale", wd, {rows, 1}, rows * sb, 1, sb, Source::kKernel});
 }
 
 // FP8 per tensor (the FP8 preset's weights): weight F8_E4M3 [rows, cols]; one weight_scale
@@ -50,10 +60,9 @@ std::vector<SchemeOutput> Fp8ChannelOutputs(DType wd, uint64_t rows, uint64_t co
 std::vector<SchemeOutput> Fp8TensorOutputs(DType wd, uint64_t rows, uint64_t cols,
                                            const SchemeParams&) {
   const uint64_t sb = ScaleBytes(wd);
-  return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
-      {"weight_scale", wd, {1}, sb, 0, 0, Source::kGlobalScale},
-  };
+  return Outputs(SchemeOutput{"weight", DType::kF8E4M3, {rows, cols},
+                              rows * cols, 1, cols, Source::kKernel},
+                 SchemeOutput{"weight_scale", wd, {1}, sb, 0, 0, Source::kGlobalScale});
 }
 
 // FP8 128x128 blocks: scales [ceil(rows/128), ceil(cols/128)] in the weight dtype; the weight
@@ -62,10 +71,10 @@ std::vector<SchemeOutput> Fp8BlockOutputs(DType wd, uint64_t rows, uint64_t cols
                                           const SchemeParams&) {
   const uint64_t sb = ScaleBytes(wd);
   const uint64_t br = CeilDiv(rows, fp8::kBlock), bc = CeilDiv(cols, fp8::kBlock);
-  return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
-      {"weight_scale", wd, {br, bc}, br * bc * sb, fp8::kBlock, bc * sb, Source::kKernel},
-  };
+  return Outputs(SchemeOutput{"weight", DType::kF8E4M3, {rows, cols},
+                              rows * cols, 1, cols, Source::kKernel},
+                 SchemeOutput{"weight_scale", wd, {br, bc},
+                              br * bc * sb, fp8::kBlock, bc * sb, Source::kKernel});
 }
 
 // int-quantized (naive compressor): int8 weight with no offset, scales [rows, groups] and,
@@ -73,10 +82,9 @@ std::vector<SchemeOutput> Fp8BlockOutputs(DType wd, uint64_t rows, uint64_t cols
 std::vector<SchemeOutput> IntUnpackedOutputs(DType wd, uint64_t rows, uint64_t cols,
                                              const SchemeParams& p) {
   const uint64_t sb = ScaleBytes(wd), g = GroupsPerRow(cols, p);
-  std::vector<SchemeOutput> o = {
-      {"weight", DType::kI8, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
-      {"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel},
-  };
+  std::vector<SchemeOutput> o = Outputs(
+      SchemeOutput{"weight", DType::kI8, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
+      SchemeOutput{"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel});
   if (!p.symmetric) {
     o.push_back({"weight_zero_point", DType::kI8, {rows, g}, rows * g, 1, g, Source::kKernel});
   }
@@ -90,10 +98,10 @@ std::vector<SchemeOutput> IntPackedOutputs(DType wd, uint64_t rows, uint64_t col
   const uint64_t sb = ScaleBytes(wd), g = GroupsPerRow(cols, p);
   const uint64_t b = static_cast<uint64_t>(p.bits);
   const uint64_t words = CeilDiv(cols * b, 32);
-  std::vector<SchemeOutput> o = {
-      {"weight_packed", DType::kI32, {rows, words}, rows * words * 4, 1, words * 4, Source::kKernel},
-      {"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel},
-  };
+  std::vector<SchemeOutput> o = Outputs(
+      SchemeOutput{"weight_packed", DType::kI32, {rows, words},
+                   rows * words * 4, 1, words * 4, Source::kKernel},
+      SchemeOutput{"weight_scale", wd, {rows, g}, rows * g * sb, 1, g * sb, Source::kKernel});
   if (!p.symmetric) {
     const uint64_t zrows = CeilDiv(rows * b, 32);
     o.push_back({"weight_zero_point", DType::kI32, {zrows, g}, zrows * g * 4, intq::kPackRowAlign,
@@ -105,27 +113,28 @@ std::vector<SchemeOutput> IntPackedOutputs(DType wd, uint64_t rows, uint64_t col
 
 std::vector<SchemeOutput> Nvfp4Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
   const uint64_t g = cols / fp4::kNvfp4Group;
-  return {
-      {"weight_packed", DType::kU8, {rows, cols / 2}, rows * (cols / 2), 1, cols / 2, Source::kKernel},
-      {"weight_scale", DType::kF8E4M3, {rows, g}, rows * g, 1, g, Source::kKernel},
-      {"weight_global_scale", DType::kF32, {1}, 4, 0, 0, Source::kGlobalScale},
-  };
+  return Outputs(SchemeOutput{"weight_packed", DType::kU8, {rows, cols / 2},
+                              rows * (cols / 2), 1, cols / 2, Source::kKernel},
+                 SchemeOutput{"weight_scale", DType::kF8E4M3, {rows, g},
+                              rows * g, 1, g, Source::kKernel},
+                 SchemeOutput{"weight_global_scale", DType::kF32, {1},
+                              4, 0, 0, Source::kGlobalScale});
 }
 
 std::vector<SchemeOutput> Mxfp4Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
   const uint64_t g = cols / fp4::kMxGroup;
-  return {
-      {"weight_packed", DType::kU8, {rows, cols / 2}, rows * (cols / 2), 1, cols / 2, Source::kKernel},
-      {"weight_scale", DType::kU8, {rows, g}, rows * g, 1, g, Source::kKernel},
-  };
+  return Outputs(SchemeOutput{"weight_packed", DType::kU8, {rows, cols / 2},
+                              rows * (cols / 2), 1, cols / 2, Source::kKernel},
+                 SchemeOutput{"weight_scale", DType::kU8, {rows, g},
+                              rows * g, 1, g, Source::kKernel});
 }
 
 std::vector<SchemeOutput> Mxfp8Outputs(DType, uint64_t rows, uint64_t cols, const SchemeParams&) {
   const uint64_t g = cols / fp4::kMxGroup;
-  return {
-      {"weight", DType::kF8E4M3, {rows, cols}, rows * cols, 1, cols, Source::kKernel},
-      {"weight_scale", DType::kU8, {rows, g}, rows * g, 1, g, Source::kKernel},
-  };
+  return Outputs(SchemeOutput{"weight", DType::kF8E4M3, {rows, cols},
+                              rows * cols, 1, cols, Source::kKernel},
+                 SchemeOutput{"weight_scale", DType::kU8, {rows, g},
+                              rows * g, 1, g, Source::kKernel});
 }
 
 // QuantArgs builders, to keep the table readable.
