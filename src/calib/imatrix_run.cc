@@ -291,8 +291,12 @@ class ImatrixRunImpl : public ImatrixRun {
                            pos.data())) {
         return false;
       }
-      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out)
-                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out);
+      // These rows were searched as they come here (steps for every one of them; the same
+      // bytes, pruned the same way), and the search refuses a tensor with NaN or Inf: the
+      // kernels need not look for them again.
+      const bool finite = in.dtype == pt.dtype;
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out, finite)
+                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
     }
     const bool packed = pt.scheme->format == "pack-quantized";
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
