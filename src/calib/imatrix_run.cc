@@ -286,8 +286,11 @@ class ImatrixRunImpl : public ImatrixRun {
       // The chosen ranges kept by the search, in D's encoding (finite values).
       const size_t esz = DTypeBits(in.dtype) / 8;
       if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
-      std::vector<float> pos(in.rows * ng);
-      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, pos.size(),
+      // Per thread and reused, and not cleared (ToF32 writes every entry): a fresh zeroed
+      // vector per chunk was a memset and fresh pages of 4 bytes a group.
+      thread_local std::vector<float> pos;
+      pos.resize(std::max(pos.size(), in.rows * ng));
+      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, in.rows * ng,
                            pos.data())) {
         return false;
       }
