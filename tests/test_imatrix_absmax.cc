@@ -193,6 +193,62 @@ TEST_CASE("ChosenPos from the search's group maxima equals the definition's chos
   CHECK(shrunk > checked / 10);  // chosen steps other than 0 are among those checked
 }
 
+TEST_CASE("ChosenPosRow takes the highest step bit at or below stop, every mask form, every target") {
+  // Masks with bits everywhere (bit 31, runs of 24 and more ones, single bits, none): the
+  // step index against a bit-by-bit search, pos against RNE_D of the products.
+  std::vector<uint32_t> masks = {0u, 1u, 2u, 3u, ~0u, 0x80000000u, 0x7FFFFFFFu, 0x00FFFFFFu,
+                                 0x01FFFFFFu, 0xFFFFFF00u, 0xAAAAAAAAu, 0x55555555u};
+  for (int i = 0; i < 32; ++i) {
+    masks.push_back(1u << i);
+    masks.push_back((1u << i) - 1u);
+    masks.push_back(~0u << i);
+  }
+  std::mt19937 rng(77);
+  while (masks.size() % 8 != 5) masks.push_back(rng());  // a tail past the vectors
+  for (int r = 0; r < 64; ++r) masks.push_back(rng() >> (r % 32));
+  while (masks.size() % 8 != 3) masks.push_back(rng());
+  const size_t n = masks.size();
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<float> absmax(n);
+  for (float& a : absmax) a = u(rng) * 4.f;
+  float p[32];
+  for (int i = 0; i < 32; ++i) p[i] = static_cast<float>(1.0 - i / 40.0);
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+      for (int stop : {0, 1, 5, 19, 23, 24, 25, 30, 31}) {
+        CAPTURE(target);
+        CAPTURE(DTypeLabel(d));
+        CAPTURE(stop);
+        const size_t esz = ElemBytes(d);
+        auto rne = [&](float v) {
+          std::vector<uint8_t> b(esz);
+          PutElem(b.data(), d, v);
+          return ElementToF32(b.data(), d, 0);
+        };
+        std::vector<uint8_t> got(n * esz, 0xA5), want(n * esz);
+        const float largest = calib::internal::ChosenPosRow(absmax.data(), masks.data(), n, stop,
+                                                            p, 1.25f, d, got.data());
+        float want_largest = 0.f;
+        for (size_t k = 0; k < n; ++k) {
+          int i = 0;
+          for (int b = stop; b >= 0; --b) {
+            if ((masks[k] >> b) & 1u) {
+              i = b;
+              break;
+            }
+          }
+          const float pos = rne(p[i] * rne(absmax[k] * 1.25f));
+          PutElem(want.data() + k * esz, d, pos);
+          want_largest = std::max(want_largest, pos);
+        }
+        CHECK(got == want);
+        CHECK(largest == want_largest);
+      }
+    }
+  });
+  CHECK(targets.size() >= 1);
+}
+
 TEST_CASE("ChosenPos does not apply where a step's p reaches 0") {
   calib::ImatrixOptions o;
   CHECK(calib::ChosenPosApplies(o));

@@ -13,6 +13,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -553,6 +554,29 @@ TEST_CASE("FP4 quantization with given ranges: the kernels equal the references"
         }
         CHECK(q_k == q_s);
         CHECK(s_k == s_s);
+        // The same with the rows declared finite (pass 1 skipped): the same bytes.
+        std::vector<uint8_t> q_f(rows * cols / 2, 0xA5), s_f(rows * ng, 0xA5);
+        ChunkOutputs of;
+        of.out[0] = q_f.data();
+        of.out[1] = s_f.data();
+        if (nv) {
+          REQUIRE(fp4::QuantizeNvfp4Ranges(w.in, ranges.data(), of, /*finite=*/true));
+        } else {
+          REQUIRE(fp4::QuantizeMxfp4Ranges(w.in, ranges.data(), of, /*finite=*/true));
+        }
+        CHECK(q_f == q_s);
+        CHECK(s_f == s_s);
+        // Not declared finite, a NaN or an Inf anywhere in the rows is refused.
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()}) {
+          std::vector<float> vb = v;
+          vb[(rows - 1) * cols + cols - 3] = bad;
+          Weights wb = Make(c, rows, cols, vb, imp);
+          wb.in.params.global_scale = w.in.params.global_scale;
+          const bool accepted = nv ? fp4::QuantizeNvfp4Ranges(wb.in, ranges.data(), of)
+                                   : fp4::QuantizeMxfp4Ranges(wb.in, ranges.data(), of);
+          CHECK_FALSE(accepted);
+        }
       }
     }
   });

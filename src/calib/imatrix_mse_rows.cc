@@ -204,8 +204,8 @@ bool ToF32GroupAbsMaxKernel(const uint8_t* src, DType d, size_t n_groups, size_t
   return true;
 }
 
-// ChosenPosRow lane-wise: each lane's step factor chosen by walking the steps' bits (the
-// highest set bit at or below stop wins, as ChosenStep's), the two roundings to D as
+// ChosenPosRow lane-wise: each lane's step factor p[i] for the highest of the steps' bits at
+// or below stop (as ChosenStep's; p[0] for none), the two roundings to D as
 // RoundToDType, and bf16 / f32 encoded in the vector (the bf16 values exact, so the upper
 // half of the f32 bits); f16 and the tail through the scalar rule.
 template <DType D>
@@ -213,6 +213,7 @@ float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int st
                     const float* p, float e, uint8_t* out) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
   const size_t L = hn::Lanes(df);
   const uint32_t low = stop >= 31 ? ~0u : (2u << stop) - 1u;
   auto scalar = [&](size_t k) {
@@ -229,17 +230,20 @@ float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int st
     auto mx = hn::Zero(df);
     for (; k + L <= n; k += L) {
       const auto m = hn::And(hn::LoadU(du, masks + k), hn::Set(du, low));
-      auto pv = hn::Set(df, p[0]);
-      for (int i = 1; i <= stop; ++i) {
-        const auto bit = hn::TestBit(m, hn::Set(du, 1u << i));
-        pv = hn::IfThenElse(hn::RebindMask(df, bit), hn::Set(df, p[i]), pv);
-      }
+      // The highest set bit's index i (0 for m = 0) from f32's exponent, then p[i] by a
+      // gather: m & ~(m >> 1) keeps m's highest bit and has no two adjacent set bits, so its
+      // conversion cannot round up into the next power of two; one more shift keeps it below
+      // 2^31 (a positive int32): biased exponent 127 + i - 1, or 0 for m <= 1.
+      const auto sparse = hn::ShiftRight<1>(hn::AndNot(hn::ShiftRight<1>(m), m));
+      const auto fe = hn::ShiftRight<23>(
+          hn::BitCast(du, hn::ConvertTo(df, hn::BitCast(di, sparse))));
+      const auto idx = hn::Max(hn::Sub(hn::BitCast(di, fe), hn::Set(di, 126)), hn::Zero(di));
+      const auto pv = hn::GatherIndex(df, p, idx);
       const auto a = rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, absmax + k), hn::Set(df, e)));
       const auto pos = rd::RoundToDType<D>(df, hn::Mul(pv, a));
       mx = hn::Max(mx, pos);
       if constexpr (D == DType::kBF16) {
         // pos >= 0: the bf16 pattern is below 0x8000, so the signed demotion keeps it.
-        const hn::RebindToSigned<DF> di;
         const hn::Rebind<uint16_t, DF> d16;
         const auto bits = hn::BitCast(di, hn::ShiftRight<16>(hn::BitCast(du, pos)));
         hn::StoreU(hn::DemoteTo(d16, bits), d16, reinterpret_cast<uint16_t*>(out) + k);

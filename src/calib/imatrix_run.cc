@@ -286,13 +286,20 @@ class ImatrixRunImpl : public ImatrixRun {
       // The chosen ranges kept by the search, in D's encoding (finite values).
       const size_t esz = DTypeBits(in.dtype) / 8;
       if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
-      std::vector<float> pos(in.rows * ng);
-      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, pos.size(),
+      // Per thread and reused, and not cleared (ToF32 writes every entry): a fresh zeroed
+      // vector per chunk was a memset and fresh pages of 4 bytes a group.
+      thread_local std::vector<float> pos;
+      pos.resize(std::max(pos.size(), in.rows * ng));
+      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, in.rows * ng,
                            pos.data())) {
         return false;
       }
-      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out)
-                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out);
+      // These rows were searched as they come here (steps for every one of them; the same
+      // bytes, pruned the same way), and the search refuses a tensor with NaN or Inf: the
+      // kernels need not look for them again.
+      const bool finite = in.dtype == pt.dtype;
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out, finite)
+                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
     }
     const bool packed = pt.scheme->format == "pack-quantized";
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
@@ -372,12 +379,12 @@ class ImatrixRunImpl : public ImatrixRun {
       return Error(ErrorCode::kInternal, "imatrix_mse: '" + pt.name + "' has no group layout");
     }
     const size_t ng = cols / gs;
-    // The per-group buffers are the run's, reused from tensor to tensor: fresh ones each time
-    // were fresh pages to fault in and clear (16 bytes a group: NVFP4's is 16 weights).
+    // The per-group masks are the run's, reused from tensor to tensor: fresh ones each time
+    // were fresh pages to fault in and clear. Each row block clears its own masks and sets
+    // its own best errors (a per-thread buffer: nothing reads them after its search) while
+    // they are in cache, on the search's threads, instead of a tensor-wide pass on this one.
     std::vector<uint32_t>& masks = masks_;
-    std::vector<double>& best = best_;
-    masks.assign(rows * ng, 0u);
-    best.assign(rows * ng, FLT_MAX);  // best_error starts at finfo(f32).max
+    masks.resize(rows * ng);
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
     const bool by_absmax = PosKept(f, opt);
@@ -409,7 +416,10 @@ class ImatrixRunImpl : public ImatrixRun {
         src = pruned.data();
       }
       uint32_t bits = 0;
-      if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data() + r.begin() * ng,
+      thread_local std::vector<double> best;
+      best.assign(n * ng, FLT_MAX);  // best_error starts at finfo(f32).max
+      std::fill_n(masks.data() + r.begin() * ng, n * ng, 0u);
+      if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data(),
                        masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
                        by_absmax ? absmax.data() + r.begin() * ng : nullptr)) {
         finite = false;
@@ -505,9 +515,8 @@ class ImatrixRunImpl : public ImatrixRun {
   const std::vector<ImatrixOptions> group_opts_;  // per plan group
   std::string imp_key_;
   std::vector<float> imp_;  // input stage only
-  // SearchTensor's per-group scratch (input stage only): masks, best errors, largest |x|.
+  // SearchTensor's per-group scratch (input stage only): masks, largest |x|.
   std::vector<uint32_t> masks_;
-  std::vector<double> best_;
   std::vector<float> absmax_;
   std::unique_ptr<MappedFile> map_;
   std::filesystem::path map_path_;

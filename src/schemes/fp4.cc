@@ -348,9 +348,12 @@ constexpr int Log2(size_t n = kN) {
 }
 
 // NVFP4 and MXFP4: pass 3 packs FP4 nibbles from (even, odd) element pairs, one pair per
-// f32 lane, Lanes(df) pairs (one or more groups, or part of one) per step.
+// f32 lane, Lanes(df) pairs (one or more groups, or part of one) per step. With ranges
+// given and `finite` (the caller has already refused NaN / Inf in these rows), pass 1 is
+// not needed at all: its maxima are replaced and its check is done, so the rows are read once.
 template <DType D, size_t kGroup, bool kNv>
-bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges = nullptr) {
+bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges = nullptr,
+             bool finite = false) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   constexpr size_t kPairsPerGroup = kGroup / 2;
   const hn::CappedTag<float, 16> df;
@@ -382,7 +385,9 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
 #endif
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
-    if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
+    if (ranges == nullptr || !finite) {
+      if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
+    }
     if (ranges != nullptr) {
       // Given ranges (values of D, >= 0: imatrix_mse's chosen ones) in place of the
       // groups' max |x|, as D's bit patterns.
@@ -507,20 +512,22 @@ bool Mxfp4Kernel(const WeightChunk& in, const ChunkOutputs& out) {
   }
 }
 
-bool Nvfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool Nvfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                       bool finite) {
   switch (in.dtype) {
-    case DType::kBF16: return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, ranges);
-    case DType::kF16: return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, ranges);
-    case DType::kF32: return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, ranges);
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, ranges, finite);
+    case DType::kF16: return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, ranges, finite);
+    case DType::kF32: return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, ranges, finite);
     default: return false;
   }
 }
 
-bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                       bool finite) {
   switch (in.dtype) {
-    case DType::kBF16: return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, ranges);
-    case DType::kF16: return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, ranges);
-    case DType::kF32: return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, ranges);
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, ranges, finite);
+    case DType::kF16: return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, ranges, finite);
+    case DType::kF32: return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, ranges, finite);
     default: return false;
   }
 }
@@ -668,12 +675,16 @@ bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges, const
   return QuantizeMxScalar(in, ranges, out, /*fp4=*/true);
 }
 
-bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
-  return Valid(in, kNvfp4Group) && HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out);
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite) {
+  return Valid(in, kNvfp4Group) &&
+         HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out, finite);
 }
 
-bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
-  return Valid(in, kMxGroup) && HWY_DYNAMIC_DISPATCH(Mxfp4RangesKernel)(in, ranges, out);
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite) {
+  return Valid(in, kMxGroup) &&
+         HWY_DYNAMIC_DISPATCH(Mxfp4RangesKernel)(in, ranges, out, finite);
 }
 
 float Mxfp4GroupScale(float amax, DType dtype) {

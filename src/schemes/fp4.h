@@ -33,14 +33,18 @@ bool QuantizeMxfp8(const WeightChunk& in, const ChunkOutputs& out);
 // The references above with each group's range given (rows x groups values of the weight
 // dtype, >= 0) in place of the group's max |x|: the imatrix_mse observer's chosen ranges
 // (src/calib/imatrix_mse.h), which calculate_qparams turns into scales as it does min-max
-// ones. False on NaN or Inf in the rows.
+// ones. False on NaN or Inf in the rows; with `finite` (the caller has already refused
+// NaN and Inf in these rows, as the imatrix_mse search does) the kernels do not look again,
+// and read the rows once instead of twice.
 // The *Scalar forms are the references; the others the Highway kernels (same bytes).
 bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges,
                                const ChunkOutputs& out);
 bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges,
                                const ChunkOutputs& out);
-bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
-bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out);
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite = false);
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite = false);
 // The scale (a value of the dtype, as f32; may be +inf) MXFP4 quantizes a group of range
 // `amax` with: calculate_qparams' E8M0 exponent, then maybe_convert_from_mx_exp.
 float Mxfp4GroupScale(float amax, DType dtype);
