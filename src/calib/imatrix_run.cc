@@ -316,10 +316,11 @@ class ImatrixRunImpl : public ImatrixRun {
     return group_opts_[static_cast<size_t>(plan_.tensors[t].group)];
   }
 
-  // Whether a tensor's search keeps per group its chosen range pos (FP4 where ChosenPos
-  // applies: D's encoding, DTypeBits / 8 bytes a group) rather than its chosen step (a byte).
+  // Whether a tensor's int codes are packed (pack-quantized: IntScalesKept needs it).
   static bool IsPacked(const PlannedTensor& pt) { return pt.scheme->format == "pack-quantized"; }
 
+  // Whether a tensor's search keeps per group its chosen range pos (FP4 where ChosenPos
+  // applies: D's encoding, DTypeBits / 8 bytes a group) rather than its chosen step (a byte).
   static bool PosKept(ImatrixFormat f, const ImatrixOptions& o) {
     return f != ImatrixFormat::kInt && ChosenPosApplies(o);
   }
