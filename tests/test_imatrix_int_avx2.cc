@@ -352,6 +352,87 @@ TEST_CASE("imatrix_mse int avx2 kernel: SearchSteps with and without it agree") 
   CHECK(on == off_masks);
 }
 
+// The quantize stage from the search's kept largest magnitudes (IntScalesKept: SearchSteps'
+// group_absmax, IntKeptScales, QuantizeIntKept) against QuantizeChosen with every AVX2
+// kernel switched off (the Highway search, the scalar chosen parameters and codes from the
+// rows): the same packed codes and scales, byte for byte; the kept magnitudes are each
+// group's max |x| computed here from the values. Groups of 64 and 128, expand 1 and 1.25,
+// grids 20 and 10.
+TEST_CASE("imatrix_mse int avx2 kernel: chosen scales from the search's kept magnitudes") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;  // IntScalesKept is false there
+  std::mt19937 rng(11);
+  for (const size_t group : {size_t{64}, size_t{128}}) {
+    for (const double expand : {1.0, 1.25}) {
+      for (const int grid : {20, 10}) {
+        CAPTURE(group);
+        CAPTURE(expand);
+        CAPTURE(grid);
+        const size_t rows = 37, cols = 512, ng = cols / group;
+        imatrix_int::Int4Chunk c;
+        imatrix_int::MakeInt4Chunk(rng, rows, cols, &c);
+        c.in.params.group_size = static_cast<int>(group);
+        const WeightChunk& in = c.in;
+        calib::ImatrixOptions o;
+        o.expand = expand;
+        o.grid = grid;
+        REQUIRE(calib::IntScalesKept(in, o, /*packed=*/true));
+        CHECK(!calib::IntScalesKept(in, o, /*packed=*/false));
+        const int last = calib::LastStep(o);
+        std::vector<double> best(rows * ng, FLT_MAX);
+        std::vector<uint32_t> masks(rows * ng, 0u);
+        std::vector<float> absmax(rows * ng, -1.0f);
+        uint32_t bits = 0;
+        REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                                   best.data(), masks.data(), &bits, /*exact_best=*/false,
+                                   absmax.data()));
+        for (size_t k = 0; k < rows * ng; ++k) {
+          float m = 0.0f;
+          for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(c.x[k * group + j]));
+          REQUIRE(absmax[k] == m);
+        }
+        const int stop = calib::StopStep(bits, o);
+        std::vector<uint8_t> scales(rows * ng * 2);
+        calib::IntKeptScales(in, o, absmax.data(), masks.data(), rows * ng, stop,
+                             scales.data());
+        const size_t row_bytes = (cols * 4 + 31) / 32 * 4;
+        std::vector<uint8_t> codes_k(rows * row_bytes), scales_k(rows * ng * 2);
+        ChunkOutputs out_k;
+        out_k.out[0] = codes_k.data();
+        out_k.out[1] = scales_k.data();
+        REQUIRE(calib::QuantizeIntKept(in, scales.data(), out_k));
+        // The reference: every AVX2 kernel off.
+        calib::internal::SetIntAvx2Enabled(false);
+        std::vector<double> best_r(rows * ng, FLT_MAX);
+        std::vector<uint32_t> masks_r(rows * ng, 0u);
+        uint32_t bits_r = 0;
+        const bool searched =
+            calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                               best_r.data(), masks_r.data(), &bits_r, /*exact_best=*/false);
+        std::vector<uint8_t> steps(rows * ng);
+        const int stop_r = calib::StopStep(bits_r, o);
+        for (size_t k = 0; k < steps.size(); ++k) {
+          steps[k] = calib::ChosenStep(masks_r[k], stop_r);
+        }
+        std::vector<uint8_t> codes_r(rows * row_bytes), scales_r(rows * ng * 2);
+        ChunkOutputs out_r;
+        out_r.out[0] = codes_r.data();
+        out_r.out[1] = scales_r.data();
+        const bool quantized = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o,
+                                                     steps.data(), /*packed=*/true, out_r);
+        calib::internal::SetIntAvx2Enabled(true);
+        REQUIRE(searched);
+        REQUIRE(quantized);
+        CHECK(masks == masks_r);
+        CHECK(stop == stop_r);
+        CHECK(scales == scales_r);
+        CHECK(scales_k == scales_r);
+        CHECK(codes_k == codes_r);
+      }
+    }
+  }
+}
+
 // An Inf or NaN anywhere in the rows: the kernel's own pass refuses the block (SearchSteps
 // runs no AllFinite before it), as SearchSteps does with the kernel switched off.
 TEST_CASE("imatrix_mse int avx2 kernel refuses rows with an Inf or NaN") {

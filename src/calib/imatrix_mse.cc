@@ -165,8 +165,12 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  const bool raw_ok = !scalar && group_absmax == nullptr &&
-                      (internal::IntBf16Handles(b) || internal::IntAvx2Handles(b));
+  // With group_absmax, the AVX2 int kernel reads the raw rows and writes it itself
+  // (IntScalesKept); other kernels take an f32 copy made with it.
+  const bool raw_ok =
+      !scalar && (group_absmax == nullptr
+                      ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b)
+                      : b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b));
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
@@ -181,6 +185,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
       }
       b.raw = src;
       b.x = nullptr;
+      b.absmax = group_absmax == nullptr ? nullptr : group_absmax + r0 * g.n_groups;
     } else if (group_absmax != nullptr) {
       if (!internal::ToF32GroupAbsMax(src, in.dtype, n * g.n_groups, g.group, x.data(),
                                       group_absmax + r0 * g.n_groups)) {
@@ -425,6 +430,61 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
 }
 
 }  // namespace
+
+bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed) {
+  Geometry g;
+  if (!packed || !in.params.symmetric || in.dtype != DType::kBF16 ||
+      !MakeGeometry(in, ImatrixFormat::kInt, &g) || g.l.bits != 4 ||
+      internal::IntBf16CodesHandle(g.group, in.cols) ||
+      !internal::IntAvx2CodesHandle(g.group, in.cols)) {
+    return false;
+  }
+  // The block RunSteps gives the kernels (only what IntAvx2Handles reads).
+  internal::Block b;
+  b.format = ImatrixFormat::kInt;
+  b.dtype = in.dtype;
+  b.layout = g.l;
+  b.symmetric = true;
+  b.norm = o.norm;
+  b.grid = o.grid;
+  b.expand = o.expand;
+  b.cols = in.cols;
+  b.group = g.group;
+  b.i0 = 0;
+  b.i1 = LastStep(o);
+  return internal::IntAvx2Handles(b);
+}
+
+void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
+                   const uint32_t* masks, size_t n, int stop, uint8_t* dst) {
+  Geometry g;
+  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return;
+  std::vector<uint8_t> steps(n);
+  for (size_t k = 0; k < n; ++k) steps[k] = ChosenStep(masks[k], std::min(stop, LastStep(o)));
+  std::vector<GroupParams> params(n);
+  internal::IntAvx2ChosenScales(absmax, steps.data(), n, o.grid, o.expand, g.l, params.data(),
+                                dst);
+}
+
+bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOutputs& out) {
+  Geometry g;
+  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
+  const size_t n = in.cols, ng = g.n_groups;
+  const size_t row_bytes = g.l.words_per_row * 4;
+  std::vector<GroupParams> params(ng);
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * n * 2;
+    const uint8_t* s = scales + r * ng * 2;
+    for (size_t k = 0; k < ng; ++k) {
+      uint16_t bits;
+      std::memcpy(&bits, s + 2 * k, 2);
+      params[k] = {BF16ToF32(bits), 0};
+    }
+    std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
+    internal::IntAvx2Codes4(row, n, g.group, params.data(), out.out[0] + r * row_bytes);
+  }
+  return true;
+}
 
 bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
                     const uint8_t* steps, bool packed, const ChunkOutputs& out) {

@@ -134,6 +134,24 @@ float ChosenPos(const float* absmax, const uint32_t* masks, size_t n, int stop,
 bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,
                     const uint8_t* steps, bool packed, const ChunkOutputs& out);
 
+// Whether the search of `in` (its dtype, columns and parameters) keeps each group's largest
+// magnitude for the quantize stage, which then needs no second pass over the rows for the
+// chosen scales: packed symmetric int4 of bf16 where the AVX2 kernels take both the search
+// and the chosen codes (imatrix_mse_int_avx2.h). SearchSteps' group_absmax is then read by
+// IntKeptScales and the result by QuantizeIntKept.
+bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
+
+// Where IntScalesKept(in, o, packed): n groups' chosen scales from their largest magnitudes
+// (absmax, SearchSteps' group_absmax) and masks with the search stopped after `stop`, as
+// QuantizeChosen computes them from the rows (IntAvx2ChosenScales at ChosenStep), in bf16's
+// encoding (2 bytes each) at dst.
+void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
+                   const uint32_t* masks, size_t n, int stop, uint8_t* dst);
+
+// QuantizeChosen's output (packed) for the rows of `in` with their groups' chosen scales from
+// IntKeptScales (scales: rows x groups, bf16's encoding): the same bytes.
+bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOutputs& out);
+
 // The search over steps 0..stop: per group (row-major, rows x n_groups) the chosen scale
 // (a value of D) and zero point, and the codes (rows x cols, no offset).
 struct ImatrixRows {

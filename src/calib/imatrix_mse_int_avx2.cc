@@ -358,6 +358,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
   // magnitude pattern of the pass (no min or max of the signed values): one product per step.
   float a = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  if (b.absmax != nullptr) b.absmax[gi] = a;  // for the quantize stage (IntScalesKept)
   if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
   const __m256 half_range =
       _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);

@@ -81,6 +81,9 @@ struct Block {
   // False: the caller reads only masks and improved; best then ends as a lower bound of each
   // group's best error (the certified search skips the definition's sums it does not need).
   bool exact_best = true;
+  // When set (only for blocks IntAvx2Handles takes): rows x (cols / group), each group's
+  // largest magnitude max |x| (before expand), as the kernel's pass finds it.
+  float* absmax = nullptr;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),

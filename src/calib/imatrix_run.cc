@@ -301,7 +301,12 @@ class ImatrixRunImpl : public ImatrixRun {
       return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out, finite)
                                         : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
     }
-    const bool packed = pt.scheme->format == "pack-quantized";
+    const bool packed = IsPacked(pt);
+    if (f == ImatrixFormat::kInt && IntScalesKept(in, Opt(t), packed)) {
+      // The chosen scales kept by the search (IntKeptScales), 2 bytes a group.
+      if (steps->size() < (in.row0 + in.rows) * ng * 2) return false;
+      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, out);
+    }
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
 
@@ -317,6 +322,9 @@ class ImatrixRunImpl : public ImatrixRun {
   const ImatrixOptions& Opt(size_t t) const {
     return group_opts_[static_cast<size_t>(plan_.tensors[t].group)];
   }
+
+  // Whether a tensor's int codes are packed (pack-quantized: IntScalesKept needs it).
+  static bool IsPacked(const PlannedTensor& pt) { return pt.scheme->format == "pack-quantized"; }
 
   // Whether a tensor's search keeps per group its chosen range pos (FP4 where ChosenPos
   // applies: D's encoding, DTypeBits / 8 bytes a group) rather than its chosen step (a byte).
@@ -388,8 +396,11 @@ class ImatrixRunImpl : public ImatrixRun {
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
     const bool by_absmax = PosKept(f, opt);
+    // Packed int4 on the AVX2 kernels: the same, for each group's chosen scale.
+    const bool int_kept = f == ImatrixFormat::kInt &&
+                          IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
     std::vector<float>& absmax = absmax_;
-    absmax.resize(by_absmax ? rows * ng : 0);
+    absmax.resize(by_absmax || int_kept ? rows * ng : 0);
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
     // About 64K weights, and at least 16 rows (SearchSteps' own block: whole-row groups fill
@@ -421,7 +432,7 @@ class ImatrixRunImpl : public ImatrixRun {
       std::fill_n(masks.data() + r.begin() * ng, n * ng, 0u);
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data(),
                        masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
-                       by_absmax ? absmax.data() + r.begin() * ng : nullptr)) {
+                       by_absmax || int_kept ? absmax.data() + r.begin() * ng : nullptr)) {
         finite = false;
       }
       improved.fetch_or(bits);
@@ -447,6 +458,19 @@ class ImatrixRunImpl : public ImatrixRun {
                                   opt, pt.dtype, steps->data() + k0 * esz);
         std::lock_guard<std::mutex> lock(amax_mu);
         out.amax = std::max(out.amax, m);
+      });
+      out.steps = steps;
+      return out;
+    }
+    if (int_kept) {
+      // Per group its chosen scale in bf16's encoding (Quantize: QuantizeIntKept), row
+      // blocks in parallel.
+      steps->resize(masks.size() * 2);
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& rr) {
+        const size_t k0 = rr.begin() * ng;
+        IntKeptScales(chunk_of(base, 1), opt, absmax.data() + k0, masks.data() + k0,
+                      rr.size() * ng, stop, steps->data() + k0 * 2);
       });
       out.steps = steps;
       return out;
