@@ -137,14 +137,10 @@ size_t GroupColumns(const WeightChunk& in, ImatrixFormat f) {
 
 namespace {
 
-// Steps i0..i1 over the rows, in blocks of about 64K weights (their f32 copies stay in
-// cache across the steps), through the kernel or the scalar definition.
-bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
-              const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-              uint32_t* improved, bool scalar, bool exact_best = true,
-              float* group_absmax = nullptr) {
-  Geometry g;
-  if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+// The kernels' view of a chunk's search for steps i0..i1 (rows, importance and outputs are
+// set by the caller).
+internal::Block StepsBlock(const WeightChunk& in, ImatrixFormat f, const Geometry& g,
+                           const ImatrixOptions& o, int i0, int i1) {
   internal::Block b;
   b.format = f;
   b.dtype = in.dtype;
@@ -155,9 +151,21 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   b.expand = o.expand;
   b.cols = in.cols;
   b.group = g.group;
-  b.imp = imp.empty() ? nullptr : imp.data();
   b.i0 = i0;
   b.i1 = i1;
+  return b;
+}
+
+// Steps i0..i1 over the rows, in blocks of about 64K weights (their f32 copies stay in
+// cache across the steps), through the kernel or the scalar definition.
+bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
+              const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
+              uint32_t* improved, bool scalar, bool exact_best = true,
+              float* group_absmax = nullptr) {
+  Geometry g;
+  if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+  internal::Block b = StepsBlock(in, f, g, o, i0, i1);
+  b.imp = imp.empty() ? nullptr : imp.data();
   b.improved = improved;
   b.exact_best = exact_best;
   // At least 16 rows: one group per row (the channel strategy) still fills 16 lanes.
@@ -439,20 +447,8 @@ bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed) 
       !internal::IntAvx2CodesHandle(g.group, in.cols)) {
     return false;
   }
-  // The block RunSteps gives the kernels (only what IntAvx2Handles reads).
-  internal::Block b;
-  b.format = ImatrixFormat::kInt;
-  b.dtype = in.dtype;
-  b.layout = g.l;
-  b.symmetric = true;
-  b.norm = o.norm;
-  b.grid = o.grid;
-  b.expand = o.expand;
-  b.cols = in.cols;
-  b.group = g.group;
-  b.i0 = 0;
-  b.i1 = LastStep(o);
-  return internal::IntAvx2Handles(b);
+  // The block RunSteps gives the kernels (IntAvx2Handles reads only its settings).
+  return internal::IntAvx2Handles(StepsBlock(in, ImatrixFormat::kInt, g, o, 0, LastStep(o)));
 }
 
 void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
