@@ -340,6 +340,42 @@ TEST_SUITE("file_io") {
     CHECK(ReadBytes(dir.path() / "joined.bin") == image.substr(0, 3 << 20));
   }
 
+  TEST_CASE("Sync writes every byte under the temporary name; Commit then only publishes") {
+    // The staged index and config.json are synced beside the last shard's commit and
+    // renamed later: after Sync the temporary file must hold the whole image (held runs and
+    // the short last block included) with the final name absent, and Commit must publish
+    // exactly that image. A synced file never committed leaves neither name.
+    for (const WriteMode mode : {WriteMode::kBuffered, WriteMode::kDirect}) {
+      CAPTURE(static_cast<int>(mode));
+      TempDir dir;
+      std::mt19937_64 rng(23);
+      const uint64_t size = (2 << 20) + 4096 * 3 + 555;
+      const std::string image = RandomImage(size, rng);
+      auto f = OutputFile::Create(dir.path() / "s.bin", size, mode);
+      REQUIRE(f.ok());
+      // Small pieces out of order (held in direct mode), then the rest in one write.
+      REQUIRE((*f)->WriteAt(100, image.data() + 100, 900).ok());
+      REQUIRE((*f)->WriteAt(0, image.data(), 100).ok());
+      REQUIRE((*f)->WriteAt(size - 555, image.data() + size - 555, 555).ok());
+      REQUIRE((*f)->WriteAt(1000, image.data() + 1000, size - 555 - 1000).ok());
+      REQUIRE((*f)->Sync().ok());
+      REQUIRE((*f)->Sync().ok());  // once done, a no-op
+      CHECK_FALSE(std::filesystem::exists(dir.path() / "s.bin"));
+      CHECK(ReadBytes(dir.path() / "s.bin.quench-tmp") == image);
+      REQUIRE((*f)->Commit().ok());
+      CHECK(ReadBytes(dir.path() / "s.bin") == image);
+      CHECK_FALSE(std::filesystem::exists(dir.path() / "s.bin.quench-tmp"));
+      {
+        auto g = OutputFile::Create(dir.path() / "t.bin", 4096, mode);
+        REQUIRE(g.ok());
+        REQUIRE((*g)->WriteAt(0, image.data(), 4096).ok());
+        REQUIRE((*g)->Sync().ok());
+      }
+      CHECK_FALSE(std::filesystem::exists(dir.path() / "t.bin"));
+      CHECK_FALSE(std::filesystem::exists(dir.path() / "t.bin.quench-tmp"));
+    }
+  }
+
   TEST_CASE("a file never committed leaves neither name behind") {
     TempDir dir;
     {

@@ -80,8 +80,11 @@ TEST_SUITE("map_guard") {
     for (int threads : {1, 2}) {
       CAPTURE(threads);
       const PipelineSizing sizing = SizePipeline(16 << 20, threads);
-      Status st = RunShardPipeline(*plan, sizing, maps, {}, nullptr);
+      int hook_calls = 0;  // the while_committing hook: not run after a failure
+      Status st = RunShardPipeline(*plan, sizing, maps, {}, nullptr, nullptr, nullptr, nullptr,
+                                   nullptr, [&] { ++hook_calls; });
       CHECK(st.code() == ErrorCode::kIo);
+      CHECK(hook_calls == 0);
       CHECK(st.message().find(shard.string() + ": reading the mapped file failed (SIGBUS)") == 0);
       // Nothing looks finished: only temporary files, removed with the run.
       for (const auto& e : fs::directory_iterator(o.dst)) {
@@ -92,6 +95,22 @@ TEST_SUITE("map_guard") {
     // The file restored, --resume in the same DST (temporary files left) finishes the run with
     // the bytes of an uninterrupted one.
     WriteShard(shard, {{"layer.weight", DType::kBF16, {512, 1024}, Bf16Bytes(w)}});
+    {
+      // A run that succeeds runs the while_committing hook once, after the last chunk.
+      ConvertOptions h = o;
+      h.dst = dir / "hooked";
+      auto hp = MakePlan(h);
+      REQUIRE(hp.ok());
+      fs::create_directories(h.dst);
+      hp->dst = h.dst;
+      SourceMaps hmaps(*hp);
+      int hook_calls = 0;
+      Status st = RunShardPipeline(*hp, SizePipeline(16 << 20, 2), hmaps, {}, nullptr, nullptr,
+                                   nullptr, nullptr, nullptr, [&] { ++hook_calls; });
+      REQUIRE_MESSAGE(st.ok(), st.ToString());
+      CHECK(hook_calls == 1);
+      CHECK(fs::exists(h.dst / "model.safetensors"));
+    }
     auto resumed = RunQuench({"convert", o.src.string(), o.dst.string(), "--scheme",
                               "FP8_DYNAMIC", "--resume", "-q"});
     REQUIRE_MESSAGE(resumed.exit_code == 0, resumed.err);

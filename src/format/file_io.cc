@@ -425,7 +425,13 @@ void OutputFile::FreeStaging() {
   staging_ = nullptr;
 }
 
-Status OutputFile::Commit() {
+Status OutputFile::Sync() {
+  if (synced_) return *synced_;
+  synced_ = SyncWritten();
+  return *synced_;
+}
+
+Status OutputFile::SyncWritten() {
   if (direct()) {
     // Whole blocks still held (runs never joined to a direct write) go out directly; only
     // partial blocks are left for the page cache.
@@ -446,6 +452,11 @@ Status OutputFile::Commit() {
   // One fsync covers both descriptors' writes: it flushes the inode's cached pages and the
   // disk's write cache, which direct writes may still sit in.
   if (fsync(fd_) != 0) return IoError(tmp_path_, "fsync failed", errno);
+  return Status::Ok();
+}
+
+Status OutputFile::Commit() {
+  QUENCH_RETURN_IF_ERROR(Sync());
   if (close(fd_) != 0) {
     fd_ = -1;
     return IoError(tmp_path_, "close failed", errno);

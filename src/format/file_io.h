@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -93,7 +94,11 @@ class OutputFile {
   Status WriteAt(uint64_t offset, const void* data, uint64_t len);
   // True while writes use O_DIRECT (false after a fallback).
   bool direct() const { return direct_ok_.load(std::memory_order_relaxed); }
-  // fsync, close, rename to the final name.
+  // Makes every byte written so far durable (the direct writes' last blocks written, fsync)
+  // without publishing the file, so that a later Commit() has only the rename left. No write
+  // may follow; an error is returned here and again by Commit().
+  Status Sync();
+  // fsync (unless Sync() did it), close, rename to the final name.
   Status Commit();
   // Removes the temporary file now.
   void Abandon();
@@ -118,6 +123,8 @@ class OutputFile {
   Status WriteJoined(const Held& before, uint64_t offset, const uint8_t* mid, uint64_t len,
                      const Held& after);
   Status FlushPartialBlocks();
+  // Sync()'s work: the held and partial blocks written, the direct descriptor closed, fsync.
+  Status SyncWritten();
   Status WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len);
   // Writes whole aligned blocks; `offset` and `len` are multiples of DirectIoAlignment().
   Status WriteDirect(uint64_t offset, const uint8_t* p, uint64_t len);
@@ -139,6 +146,7 @@ class OutputFile {
   std::filesystem::path final_path_;
   std::filesystem::path tmp_path_;
   bool committed_ = false;
+  std::optional<Status> synced_;  // what Sync() returned, once it has run
 };
 
 // Writes `bytes` to `path` via a temporary file, fsync and rename.

@@ -17,7 +17,19 @@
 #include <type_traits>
 #include <vector>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 namespace quench {
+
+// Gives the free pages of the process's heap back to the kernel (glibc's malloc_trim(0);
+// nothing elsewhere): they are otherwise freed when the process exits.
+inline void TrimHeap() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
 
 // The number of threads for `n` pieces of work worth `items` units in all: at most `threads`
 // (0: one per core), one per piece, and one per `items_per_thread` units (starting a thread

@@ -582,7 +582,12 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                   : RunShardPipeline(plan, sizing, maps, callbacks, cancel, &zeroed,
                                      options.report.empty() ? nullptr : &errors,
                                      [&](size_t tensor) { return global_scales.ForTensor(tensor); },
-                                     calib);
+                                     calib,
+                                     // The index's and config.json's fsyncs beside the last
+                                     // shard's, rather than after it.
+                                     [&] {
+                                       if (staged) staged->Sync();
+                                     });
   if (smooth) {
     smooth->Finish(plan);
     if (callbacks.note && algos.smoothing == "awq") {

@@ -87,6 +87,7 @@ Status ShardPipeline::Run() {
     for (auto& f : commits_) f.wait();
     return first_error_;
   }
+  if (while_committing_) while_committing_();
   for (auto& f : commits_) {
     Status s = f.get();
     if (!s.ok() && first_error_.ok()) first_error_ = s;
@@ -212,8 +213,10 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
                         const std::function<Status(size_t tensor)>& before_tensor,
-                        ChunkCalibration* calib) {
+                        ChunkCalibration* calib,
+                        const std::function<void()>& while_committing) {
   ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor, calib);
+  p.SetWhileCommitting(while_committing);
   return p.Run();
 }
 

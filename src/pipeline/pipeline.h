@@ -94,13 +94,16 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 // costs a sampled decode) the quantization error per tensor. `before_tensor` (optional) runs
 // in the input stage just before a tensor's first chunk is read (the NVFP4 pre-pass).
 // `calib` (optional: null on the data-free path) quantizes the tensors it takes (GPTQ); its
-// Prepare runs after `before_tensor`.
+// Prepare runs after `before_tensor`. `while_committing` (optional) runs on the calling
+// thread once every chunk is written, while the last shards' commits (fsync, rename, resume
+// marker) wait on the disk; not after a failure.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
                         std::vector<ErrorSums>* errors = nullptr,
                         const std::function<Status(size_t tensor)>& before_tensor = nullptr,
-                        ChunkCalibration* calib = nullptr);
+                        ChunkCalibration* calib = nullptr,
+                        const std::function<void()>& while_committing = nullptr);
 
 }  // namespace quench
 

@@ -81,6 +81,8 @@ class ShardPipeline {
     }
   }
 
+  // Runs `f` once every chunk is written, while the last commits wait (RunShardPipeline).
+  void SetWhileCommitting(std::function<void()> f) { while_committing_ = std::move(f); }
   Status Run();
 
  private:
@@ -325,6 +327,7 @@ class ShardPipeline {
   std::vector<uint64_t>* zeroed_;
   std::vector<ErrorSums>* errors_;
   const std::function<Status(size_t tensor)>& before_tensor_;
+  std::function<void()> while_committing_;  // see RunShardPipeline
   ChunkCalibration* calib_;  // null: data-free
   size_t tensors_prepared_ = 0;  // before_tensor_ has run for tensors below this
   const prune::PruneSpec prune_spec_;

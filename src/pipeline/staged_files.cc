@@ -19,6 +19,12 @@ StagedFiles::StagedFiles(const Plan& plan) : plan_(plan) {
   }
 }
 
+void StagedFiles::Sync() {
+  for (std::unique_ptr<OutputFile>& f : files_) {
+    if (f != nullptr) (void)f->Sync();  // kept by the file; Publish returns it
+  }
+}
+
 Status StagedFiles::Publish(size_t i) {
   const PlannedFile& f = plan_.files[i];
   if (i < files_.size() && files_[i] != nullptr) {

@@ -3,7 +3,8 @@
 // them after the last shard is then an fsync (of pages already on their way to the disk) and
 // a rename each. A 70k-tensor index is 13 MB; written and flushed after the shards, the disk
 // time was on the critical path. (No thread of its own: under an address-space limit a
-// thread's stack and malloc arena are what the pipeline's buffers need.)
+// thread's stack and malloc arena are what the pipeline's buffers need.) Their fsyncs can run
+// early (Sync), beside the last shard's commit, leaving the publication their renames.
 #ifndef QUENCH_PIPELINE_STAGED_FILES_H_
 #define QUENCH_PIPELINE_STAGED_FILES_H_
 
@@ -25,8 +26,12 @@ class StagedFiles {
   StagedFiles(const StagedFiles&) = delete;
   StagedFiles& operator=(const StagedFiles&) = delete;
 
-  // Publishes plan.files[i] under plan.dst: the staged file fsynced and renamed, or (a copy,
-  // or not staged) written or copied atomically now.
+  // Makes the staged files durable (fsync) without publishing them, so that Publish has
+  // only their renames left: for a caller that has the time now (the shards' last commit
+  // waiting on the disk). An error is reported by Publish.
+  void Sync();
+  // Publishes plan.files[i] under plan.dst: the staged file fsynced (unless Sync did it) and
+  // renamed, or (a copy, or not staged) written or copied atomically now.
   Status Publish(size_t i);
   // Removes the temporary files not published yet (also on destruction).
   void Abandon() { files_.clear(); }
