@@ -248,7 +248,7 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
     return;
   }
   const DF df;
-  const float p = static_cast<float>(1.0 - static_cast<double>(i) / b.grid);
+  const float p = StepFactor(i, b.grid);
   const auto vp = hn::Set(df, p);
   for (size_t g = 0; g < padded; g += t.L) {
     hn::Vec<DF> scale, z;

@@ -254,7 +254,7 @@ bool ChosenRanges(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& 
     // product in f32 rounded to D). Other steps: the definition.
     float p[32];
     for (int i = 0; i <= LastStep(o); ++i) {
-      p[i] = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
+      p[i] = internal::StepFactor(i, o.grid);
     }
     const int last = LastStep(o);
     std::vector<float> x(in.cols), m0(g.n_groups), M0(g.n_groups);
@@ -294,7 +294,7 @@ float ChosenPos(const float* absmax, const uint32_t* masks, size_t n, int stop,
   // pos = RNE_D(p_i * Expanded(max(|m0|, |M0|))).
   float p[32];
   for (int i = 0; i <= LastStep(o); ++i) {
-    p[i] = static_cast<float>(1.0 - static_cast<double>(i) / o.grid);
+    p[i] = internal::StepFactor(i, o.grid);
   }
   return internal::ChosenPosRow(absmax, masks, n, std::min(stop, LastStep(o)), p, o.expand, d,
                                 pos);

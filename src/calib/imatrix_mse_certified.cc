@@ -125,8 +125,7 @@ void SearchCertified(const Block& b) {
   uint8_t SC[kMaxSteps] = {};
   bool sc_set = false;  // some SC[k] may be set (cleared before a group that needs none)
   for (size_t k = 0; k < kp; ++k) {  // p = 1 - i / grid (padding lanes: 1, never read)
-    const double i = static_cast<double>(b.i0) + static_cast<double>(k);
-    P[k] = k < steps ? static_cast<float>(1.0 - i / b.grid) : 1.0f;
+    P[k] = k < steps ? StepFactor(b.i0 + static_cast<int>(k), b.grid) : 1.0f;
   }
   thread_local std::vector<float> ones;
   if (b.imp == nullptr && ones.size() < n) ones.assign(n, 1.0f);

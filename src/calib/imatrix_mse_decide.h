@@ -12,6 +12,8 @@
 #include <new>
 #include <vector>
 
+#include "calib/imatrix_mse_kernel.h"
+
 namespace quench::calib::internal {
 
 // Whether an f32 sum P of nonnegative f32 terms is in the range where the bound holds:
@@ -77,8 +79,7 @@ struct BlockSteps {
 inline BlockSteps SetUpSteps(int i0, int i1, int grid, size_t n, float* P, size_t lanes) {
   const size_t steps = static_cast<size_t>(i1 - i0 + 1);
   for (size_t k = 0; k < lanes; ++k) {
-    const double i = static_cast<double>(i0) + static_cast<double>(k);
-    P[k] = k < steps ? static_cast<float>(1.0 - i / grid) : 1.0f;
+    P[k] = k < steps ? StepFactor(i0 + static_cast<int>(k), grid) : 1.0f;
   }
   const double m = static_cast<double>(n + 2) * 0x1p-23;
   return {steps == 32 ? ~0u : (1u << steps) - 1u, 1.0 - m, 1.0 + m};

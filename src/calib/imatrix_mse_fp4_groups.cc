@@ -314,7 +314,7 @@ void SearchFp4Groups(const Block& b) {
   const size_t steps = static_cast<size_t>(b.i1 - b.i0 + 1);
   float P[kSteps];
   for (size_t k = 0; k < steps; ++k) {  // p = 1 - i / grid
-    P[k] = static_cast<float>(1.0 - (static_cast<double>(b.i0) + static_cast<double>(k)) / b.grid);
+    P[k] = StepFactor(b.i0 + static_cast<int>(k), b.grid);
   }
   // The steps' p positive and non-increasing (so are each lane's scales, but for the guard).
   bool monotone = steps > 0 && P[0] > 0.0f;

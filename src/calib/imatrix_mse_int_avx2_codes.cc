@@ -20,6 +20,21 @@
 
 namespace quench::calib::internal {
 
+namespace {
+// IntAvx2ChosenScales' definition for groups k0..n-1: StepRange of (-amax, amax) at the
+// group's step, ComputeParams' symmetric scale (0 -> eps), its bf16 pattern at dst + 2 k.
+void ScalesScalar(const float* amax, const uint8_t* steps, size_t k0, size_t n, int grid,
+                  double expand, const intq::internal::Layout& l,
+                  intq::internal::GroupParams* p, uint8_t* dst) {
+  for (size_t k = k0; k < n; ++k) {
+    float mn, mx;
+    StepRange(-amax[k], amax[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+    p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+    intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
+  }
+}
+}  // namespace
+
 #ifdef QUENCH_IMX_AVX2_X86
 namespace {
 // The chosen quantization's rows (IntAvx2RowAbsMax, IntAvx2ChosenScales, IntAvx2Codes4): each
@@ -132,9 +147,7 @@ QUENCH_IMX_AVX2 void ScalesImpl(const float* amax, const uint8_t* steps, size_t 
                                 double expand, const intq::internal::Layout& l,
                                 intq::internal::GroupParams* p, uint8_t* dst) {
   alignas(32) float table[32];
-  for (int i = 0; i < 32; ++i) {
-    table[i] = static_cast<float>(1.0 - static_cast<double>(i) / grid);
-  }
+  for (int i = 0; i < 32; ++i) table[i] = StepFactor(i, grid);
   const __m256 e = _mm256_set1_ps(static_cast<float>(expand));
   const __m256 half_range = _mm256_set1_ps(static_cast<float>(l.qmax - l.qmin) / 2.0f);
   const __m256 zero = _mm256_setzero_ps();
@@ -156,12 +169,7 @@ QUENCH_IMX_AVX2 void ScalesImpl(const float* amax, const uint8_t* steps, size_t 
       intq::internal::StoreScale(dst + 2 * (k + j), sv[j], DType::kBF16);
     }
   }
-  for (; k < n; ++k) {
-    float mn, mx;
-    StepRange(-amax[k], amax[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
-    p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
-    intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
-  }
+  ScalesScalar(amax, steps, k, n, grid, expand, l, p, dst);
 }
 
 }  // namespace
@@ -173,12 +181,7 @@ void IntAvx2ChosenScales(const float* amax, const uint8_t* steps, size_t n, int 
 #ifdef QUENCH_IMX_AVX2_X86
   ScalesImpl(amax, steps, n, grid, expand, l, p, dst);
 #else
-  for (size_t k = 0; k < n; ++k) {
-    float mn, mx;
-    StepRange(-amax[k], amax[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
-    p[k] = intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
-    intq::internal::StoreScale(dst + 2 * k, p[k].scale, DType::kBF16);
-  }
+  ScalesScalar(amax, steps, 0, n, grid, expand, l, p, dst);
 #endif
 }
 

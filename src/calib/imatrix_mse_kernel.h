@@ -92,11 +92,17 @@ inline float Expanded(float v, double expand, DType d) {
   return intq::internal::RoundToDType(v * static_cast<float>(expand), d);
 }
 
+// Step i's shrink factor p = 1 - i / grid, computed in double and rounded to f32 (the
+// reference's python float, cast to the f32 tensor's type when it multiplies).
+inline float StepFactor(int i, int grid) {
+  return static_cast<float>(1.0 - static_cast<double>(i) / grid);
+}
+
 // Step i's range (mn, mx) of a group with min m0 and max M0: each times expand (Expanded),
-// then p = 1 - i / grid in double, p * tensor multiplied in f32 and rounded to D.
+// then p = StepFactor(i, grid), p * tensor multiplied in f32 and rounded to D.
 inline void StepRange(float m0, float M0, int i, int grid, double expand, DType d, float* mn,
                       float* mx) {
-  const float p = static_cast<float>(1.0 - static_cast<double>(i) / grid);
+  const float p = StepFactor(i, grid);
   *mn = intq::internal::RoundToDType(p * Expanded(m0, expand, d), d);
   *mx = intq::internal::RoundToDType(p * Expanded(M0, expand, d), d);
 }
