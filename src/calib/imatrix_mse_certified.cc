@@ -12,6 +12,7 @@
 #endif
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -175,8 +176,8 @@ void SearchCertified(const Block& b) {
       M0 = Expanded(M0, b.expand, b.dtype);
     }
     // Every step's parameters, lanes across steps (the operations StepArrays does across
-    // groups); MXFP4's E8M0 scale scalar.
-    if (M == kFp4 && mxfp4) {
+    // groups); MXFP4's E8M0 scale of f16 weights scalar.
+    if (M == kFp4 && mxfp4 && D == DType::kF16) {
       for (size_t k = 0; k < kp; ++k) {
         if (k >= steps) {  // padding lanes (never read)
           S[k] = 1.0f;
@@ -195,8 +196,18 @@ void SearchCertified(const Block& b) {
       auto recip_ok = hn::Eq(hn::Zero(df), hn::Zero(df));
       for (size_t k = 0; k < kp; k += L) {
         const VF vp = hn::Load(df, P + k);
+        const VF pm0 = hn::Mul(vp, hn::Set(df, m0)), pM0 = hn::Mul(vp, hn::Set(df, M0));
         VF vs, vz;
-        ParamsVec<D, M>(b, hn::Mul(vp, hn::Set(df, m0)), hn::Mul(vp, hn::Set(df, M0)), &vs, &vz);
+        if constexpr (M == kFp4 && D != DType::kF16) {
+          if (mxfp4) {
+            vs = MxScaleVec<D>(pm0, pM0);
+            vz = hn::Zero(df);
+          } else {
+            ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
+          }
+        } else {
+          ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
+        }
         hn::Store(vs, df, S + k);
         hn::Store(hn::Div(hn::Set(df, 1.0f), vs), df, R + k);
         hn::Store(vz, df, Z + k);
@@ -205,13 +216,14 @@ void SearchCertified(const Block& b) {
                                                hn::Le(vs, hn::Set(df, 0x1p100f))));
         }
       }
-      // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite. bf16
-      // terms take the quotient from the scale's reciprocal where QuotientBf16 holds: every
-      // step but in groups of absurd magnitude, so checked lane-wise first.
+      // Only an asymmetric range (mx - mn) and MXFP4's power of two (2^128) can overflow D;
+      // the other scales are finite. bf16 terms take the quotient from the scale's
+      // reciprocal where QuotientBf16 holds: every step but in groups of absurd magnitude,
+      // so checked lane-wise first.
       const bool all_recip = D != DType::kBF16 || hn::AllTrue(df, recip_ok);
-      if (M == kIntAsym || !all_recip) {
+      if (M == kIntAsym || mxfp4 || !all_recip) {
         for (size_t k = 0; k < steps; ++k) {
-          SC[k] = (M == kIntAsym && !std::isfinite(S[k])) ||
+          SC[k] = ((M == kIntAsym || mxfp4) && !std::isfinite(S[k])) ||
                   (D == DType::kBF16 && !ReciprocalScale(S[k]));
         }
         sc_set = true;
@@ -259,9 +271,15 @@ void SearchCertified(const Block& b) {
     // The steps that may still improve: one term below the best after the first step (the
     // best only decreases), and those only the definition takes. Deciding them in a row
     // after this filter, not each in turn, spares a mispredicted branch per step.
+    // A step with the previous step's parameters (bit for bit) has that step's error, the
+    // definition being a function of the group and (s, zp) alone, and the best is at most
+    // that error by then: never strictly below it, so it never improves (MXFP4's power-of-two
+    // scales repeat over about four steps in a row at the default grid).
     uint32_t live = 0;
     for (size_t k = 1; k < steps; ++k) {
-      live |= static_cast<uint32_t>(!(TOP[k] >= best.bhi) || SC[k]) << k;
+      const bool repeat = std::bit_cast<uint32_t>(S[k]) == std::bit_cast<uint32_t>(S[k - 1]) &&
+                          std::bit_cast<uint32_t>(Z[k]) == std::bit_cast<uint32_t>(Z[k - 1]);
+      live |= static_cast<uint32_t>(!repeat && (!(TOP[k] >= best.bhi) || SC[k])) << k;
     }
     if (nv == 1) {
       // One vector per step: the live steps' sums together (independent work that
