@@ -344,6 +344,55 @@ TEST_CASE("imatrix_mse MXFP4 search scales lane-wise equal the scalar definition
   CHECK(!targets.empty());
 }
 
+// The MXFP4 search's term of bf16 weights at power-of-two scales (imatrix_mse_certified.cc
+// TermMxPow2: no rounding of x / s or of dq, no signs) equals the definition's term
+// (GroupErrorScalar of one element) for every finite bf16 x, at scales 2^j across the range
+// the search takes it ([2^-100, 2^100]: quotients in f32's subnormals and beyond f32's range
+// included), norms 3 and 2, importance cycling over five values.
+TEST_CASE("imatrix_mse MXFP4 term at power-of-two scales equals the definition's, every bf16 x") {
+  std::vector<float> x;
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float v = BF16ToF32(static_cast<uint16_t>(b));
+    if (std::isfinite(v)) x.push_back(v);
+  }
+  while (x.size() % 16 != 0) x.push_back(0.f);
+  const float kImp[5] = {1.0f, 0.3f, 1e-3f, 7.5f, 3e5f};
+  std::vector<float> imp(x.size()), out(x.size()), want(x.size());
+  for (size_t i = 0; i < x.size(); ++i) imp[i] = kImp[i % 5];
+  std::vector<int> exps;
+  for (int j = -100; j <= 100; ++j) {
+    if (j <= -90 || j >= 90 || (j >= -8 && j <= 8) || j % 9 == 0) exps.push_back(j);
+  }
+  calib::internal::Block b;
+  b.format = ImatrixFormat::kMxfp4;
+  b.dtype = DType::kBF16;
+  size_t terms = 0;
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    for (const int norm : {3, 2}) {
+      b.norm = norm;
+      for (const int j : exps) {
+        const float s = std::ldexp(1.0f, j);
+        for (size_t i = 0; i < x.size(); ++i) {
+          want[i] = static_cast<float>(
+              calib::internal::GroupErrorScalar(b, &x[i], &imp[i], 1, {s, 0.f}));
+        }
+        calib::internal::MxTermsForTest(norm, x.data(), imp.data(), x.size(), s, out.data());
+        size_t bad = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+          if (std::memcmp(&out[i], &want[i], 4) != 0 && bad++ < 5) {
+            MESSAGE(target << " norm " << norm << " s 2^" << j << " x " << x[i] << ": "
+                           << out[i] << " want " << want[i]);
+          }
+        }
+        terms += x.size();
+        REQUIRE(bad == 0);
+      }
+    }
+  });
+  MESSAGE("terms checked: " << terms);
+  CHECK(!targets.empty());
+}
+
 // The bf16 kernels' quotient from the scale's reciprocal (imatrix_mse-inl.h QuotientBf16):
 // RNE_bf16(x * f32(1 / s)) equals the definition's RNE_bf16(x / s) for every bf16 x and every
 // bf16 scale mantissa, at the ends of the range the kernels take (2^-100 .. 2^100) and in

@@ -349,6 +349,8 @@ bool SearchTilesKernel(const Block& b);      // imatrix_mse_tiles.cc
 bool ErrorsTilesKernel(const Block& b, const StepParams* params, const double* bound,
                        double* err);        // imatrix_mse_tiles.cc (GroupErrorsKernel)
 bool SearchCertifiedKernel(const Block& b);  // imatrix_mse_certified.cc
+void MxTermsKernel(int norm, const float* x, const float* imp, size_t n, float s,
+                   float* out);  // imatrix_mse_certified.cc (MxTermsForTest)
 bool SearchFp4GroupsKernel(const Block& b);  // imatrix_mse_fp4_groups.cc (NVFP4's 16)
 void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out);  // imatrix_mse_fp4_groups.cc (Fp4TermsForTest)

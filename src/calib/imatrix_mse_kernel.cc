@@ -67,6 +67,7 @@ HWY_EXPORT(SearchBlockKernel);
 HWY_EXPORT(ErrorsTilesKernel);
 HWY_EXPORT(Fp4TermsKernel);
 HWY_EXPORT(MxScalesKernel);
+HWY_EXPORT(MxTermsKernel);
 
 void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* imp,
                      size_t n, float s, float* out) {
@@ -75,6 +76,10 @@ void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* 
 
 void MxScalesForTest(DType d, const float* pm0, const float* pM0, size_t n, float* s) {
   HWY_DYNAMIC_DISPATCH(MxScalesKernel)(d, pm0, pM0, n, s);
+}
+
+void MxTermsForTest(int norm, const float* x, const float* imp, size_t n, float s, float* out) {
+  HWY_DYNAMIC_DISPATCH(MxTermsKernel)(norm, x, imp, n, s, out);
 }
 
 bool SearchBlock(const Block& b) {
