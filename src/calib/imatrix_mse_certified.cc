@@ -247,9 +247,9 @@ void SearchCertified(const Block& b) {
       // Only an asymmetric range (mx - mn) and MXFP4's power of two (2^128) can overflow D;
       // the other scales are finite. bf16 terms take the quotient from the scale's
       // reciprocal where QuotientBf16 holds: every step but in groups of absurd magnitude,
-      // so checked lane-wise first.
+      // so checked lane-wise first (for bf16 that check covers MXFP4's Inf too).
       const bool all_recip = D != DType::kBF16 || hn::AllTrue(df, recip_ok);
-      if (M == kIntAsym || mxfp4 || !all_recip) {
+      if (M == kIntAsym || (mxfp4 && D != DType::kBF16) || !all_recip) {
         for (size_t k = 0; k < steps; ++k) {
           SC[k] = ((M == kIntAsym || mxfp4) && !std::isfinite(S[k])) ||
                   (D == DType::kBF16 && !ReciprocalScale(S[k]));
