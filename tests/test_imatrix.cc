@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,72 @@ TEST_CASE("imatrix_mse scales, zero points and codes equal the reference observe
     const int stop = calib::StopStep(steps, opt);
 
     CheckIntSearch(f, in, imp, opt, stop, 7);
+  }
+}
+
+// pack_to_int32 (compressed-tensors): the codes offset by 2^(b-1), element i in bits
+// b i .. b i + b - 1 of the row's little-endian int32 stream. QuantizeChosen's packed rows
+// equal that packing of its unpacked codes, for every width and both symmetries, with the
+// same scales.
+TEST_CASE("imatrix_mse chosen codes packed as pack_to_int32 packs them, every width") {
+  std::mt19937 rng(8);
+  std::normal_distribution<float> normal(0.f, 0.02f);
+  const size_t rows = 5, cols = 256;
+  std::vector<uint16_t> w(rows * cols);
+  for (auto& v : w) v = F32ToBF16(normal(rng));
+  for (const int bits : {8, 4, 3, 2}) {
+    for (const bool sym : {true, false}) {
+      for (const int group : {128, 0}) {
+        CAPTURE(bits);
+        CAPTURE(sym);
+        CAPTURE(group);
+        WeightChunk in;
+        in.data = reinterpret_cast<const uint8_t*>(w.data());
+        in.dtype = DType::kBF16;
+        in.rows = rows;
+        in.cols = cols;
+        in.params.bits = bits;
+        in.params.group_size = group;
+        in.params.symmetric = sym;
+        const size_t ng = group == 0 ? 1 : cols / group;
+        std::vector<uint8_t> steps(rows * ng);
+        for (auto& st : steps) st = static_cast<uint8_t>(rng() % 20);
+        const size_t words = (cols * bits + 31) / 32;
+        std::vector<uint8_t> packed(rows * words * 4), codes(rows * cols);
+        std::vector<uint8_t> s1(rows * ng * 2), s2(rows * ng * 2), z1(rows * ng * 4), z2(rows * ng);
+        ChunkOutputs po, uo;
+        po.out[0] = packed.data();
+        po.out[1] = s1.data();
+        po.out[2] = z1.data();
+        uo.out[0] = codes.data();
+        uo.out[1] = s2.data();
+        uo.out[2] = z2.data();
+        const calib::ImatrixOptions opt;
+        REQUIRE(calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, opt, steps.data(), true,
+                                      po));
+        REQUIRE(calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, opt, steps.data(), false,
+                                      uo));
+        CHECK(s1 == s2);
+        std::vector<uint8_t> want(rows * words * 4, 0);
+        for (size_t r = 0; r < rows; ++r) {
+          std::vector<uint32_t> stream(words, 0u);
+          for (size_t i = 0; i < cols; ++i) {
+            const uint64_t u = static_cast<uint8_t>(
+                static_cast<int8_t>(codes[r * cols + i]) + (1 << (bits - 1)));
+            const size_t bit = i * bits;
+            const uint64_t placed = u << (bit % 32);
+            stream[bit / 32] |= static_cast<uint32_t>(placed);
+            if ((bit % 32) + bits > 32) stream[bit / 32 + 1] |= static_cast<uint32_t>(placed >> 32);
+          }
+          for (size_t k = 0; k < words; ++k) {
+            for (int byte = 0; byte < 4; ++byte) {
+              want[(r * words + k) * 4 + byte] = static_cast<uint8_t>(stream[k] >> (8 * byte));
+            }
+          }
+        }
+        CHECK(packed == want);
+      }
+    }
   }
 }
 

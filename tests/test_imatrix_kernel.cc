@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -292,6 +293,103 @@ TEST_CASE("imatrix_mse kernel equals the scalar definition on random weights, ev
     }
   });
   MESSAGE("targets: " << targets.size());
+  CHECK(!targets.empty());
+}
+
+// The MXFP4 search's lane-wise E8M0 scales (imatrix_mse-inl.h MxScaleVec) equal the scalar
+// definition's, fp4::Mxfp4GroupScale of Pos(RNE_D(p m0), RNE_D(p M0)), for every finite bf16
+// pattern as the min or the max (the other 0, or the negated neighbour: both signs' largest
+// magnitude), and for f32 at every exponent with the mantissas at round_to_power_2's edges
+// (0.75 rounds up), subnormals, the largest finite (2^128: +Inf) and unrounded f32 products.
+TEST_CASE("imatrix_mse MXFP4 search scales lane-wise equal the scalar definition") {
+  std::vector<float> lo, hi;
+  auto add = [&](float a, float b) {
+    lo.push_back(a);
+    hi.push_back(b);
+  };
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float v = BF16ToF32(static_cast<uint16_t>(b));
+    if (!std::isfinite(v)) continue;
+    add(std::min(v, 0.f), std::max(v, 0.f));
+    add(-std::fabs(v) * 0.999f, std::fabs(v));
+  }
+  std::mt19937 rng(36);
+  for (uint32_t e = 0; e < 255; ++e) {
+    for (uint32_t m : {0u, 1u, 0x10000u, 0x3FFFFFu, 0x400000u, 0x5F7FFFu, 0x5F8000u, 0x5FFFFFu,
+                       0x600000u, 0x7FFFFFu, static_cast<uint32_t>(rng()) & 0x7FFFFFu}) {
+      const float v = std::bit_cast<float>(e << 23 | m);
+      add(-v, v * 0.5f);
+      add(-v * 0.25f, v);
+    }
+  }
+  while (lo.size() % 16 != 0) add(0.f, 0.f);
+  std::vector<float> s(lo.size());
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    for (DType d : {DType::kBF16, DType::kF32}) {
+      calib::internal::MxScalesForTest(d, lo.data(), hi.data(), lo.size(), s.data());
+      size_t bad = 0;
+      for (size_t i = 0; i < lo.size(); ++i) {
+        const float want = fp4::Mxfp4GroupScale(
+            calib::internal::Pos(intq::internal::RoundToDType(lo[i], d),
+                                 intq::internal::RoundToDType(hi[i], d)),
+            d);
+        if (std::bit_cast<uint32_t>(s[i]) != std::bit_cast<uint32_t>(want) && bad++ < 5) {
+          MESSAGE(target << " " << DTypeName(d) << " min " << lo[i] << " max " << hi[i]
+                         << ": " << s[i] << " want " << want);
+        }
+      }
+      CHECK(bad == 0);
+    }
+  });
+  CHECK(!targets.empty());
+}
+
+// The MXFP4 search's term of bf16 weights at power-of-two scales (imatrix_mse_certified.cc
+// TermMxPow2: no rounding of x / s or of dq, no signs) equals the definition's term
+// (GroupErrorScalar of one element) for every finite bf16 x, at scales 2^j across the range
+// the search takes it ([2^-100, 2^100]: quotients in f32's subnormals and beyond f32's range
+// included), norms 3 and 2, importance cycling over five values.
+TEST_CASE("imatrix_mse MXFP4 term at power-of-two scales equals the definition's, every bf16 x") {
+  std::vector<float> x;
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float v = BF16ToF32(static_cast<uint16_t>(b));
+    if (std::isfinite(v)) x.push_back(v);
+  }
+  while (x.size() % 16 != 0) x.push_back(0.f);
+  const float kImp[5] = {1.0f, 0.3f, 1e-3f, 7.5f, 3e5f};
+  std::vector<float> imp(x.size()), out(x.size()), want(x.size());
+  for (size_t i = 0; i < x.size(); ++i) imp[i] = kImp[i % 5];
+  std::vector<int> exps;
+  for (int j = -100; j <= 100; ++j) {
+    if (j <= -90 || j >= 90 || (j >= -8 && j <= 8) || j % 9 == 0) exps.push_back(j);
+  }
+  calib::internal::Block b;
+  b.format = ImatrixFormat::kMxfp4;
+  b.dtype = DType::kBF16;
+  size_t terms = 0;
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    for (const int norm : {3, 2}) {
+      b.norm = norm;
+      for (const int j : exps) {
+        const float s = std::ldexp(1.0f, j);
+        for (size_t i = 0; i < x.size(); ++i) {
+          want[i] = static_cast<float>(
+              calib::internal::GroupErrorScalar(b, &x[i], &imp[i], 1, {s, 0.f}));
+        }
+        calib::internal::MxTermsForTest(norm, x.data(), imp.data(), x.size(), s, out.data());
+        size_t bad = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+          if (std::memcmp(&out[i], &want[i], 4) != 0 && bad++ < 5) {
+            MESSAGE(target << " norm " << norm << " s 2^" << j << " x " << x[i] << ": "
+                           << out[i] << " want " << want[i]);
+          }
+        }
+        terms += x.size();
+        REQUIRE(bad == 0);
+      }
+    }
+  });
+  MESSAGE("terms checked: " << terms);
   CHECK(!targets.empty());
 }
 

@@ -30,6 +30,7 @@
 #include "calib/imatrix_mse_kernel.h"
 #include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
+#include "schemes/fp4_shared.h"
 #include "schemes/rounding-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -224,13 +225,44 @@ HWY_INLINE void ParamsVec(const Block& b, VF pm0, VF pM0, VF* scale_out, VF* zp_
   *zp_out = z;
 }
 
+// MXFP4's search scale lane-wise (fp4::Mxfp4GroupScale, i.e. fp4_shared.h MxScaleFor of
+// pos = max(|min(mn, 0)|, |max(mx, 0)|)) for D = bf16 or f32, from each lane's p * min and
+// p * max (f32 products, rounded to D here, as ParamsVec). Those two D share f32's exponent
+// field, so MxScaleFor's operations on D's pattern are these on f32's:
+//  - round_to_power_2 adds 2^(mant_D - 2) to D's pattern and keeps sign and exponent: pos is a
+//    value of D, and bf16's pattern is the top half of f32's, so both add 2^21 to the f32
+//    pattern; p_exp is the sum's bits 23 and up (pos >= 0 and finite: the blocks searched hold
+//    no Inf or NaN, so p_exp <= 255);
+//  - e = 0 for p_exp = 0, 255 for p_exp = 255, else clamp(p_exp - kMxFp4Offset, 0, 255)
+//    (127 + floor(log2 p) - offset: f32's and bf16's bias is 127);
+//  - scale 2^(e - 127) as an f32 pattern: e << 23 (e = 255: +Inf, as ldexp(1, 128)), and for
+//    e = 0 the subnormal 2^-127 (0x00400000), which both D hold exactly: RNE_D leaves every
+//    one of these, and none is 0 (no zero guard). f16 keeps the scalar ParamsOf.
+template <DType D>
+HWY_INLINE VF MxScaleVec(VF pm0, VF pM0) {
+  static_assert(D != DType::kF16, "f16's exponent field differs: scalar ParamsOf");
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const auto zero = hn::Zero(df);
+  const auto mn = rd::RoundToDType<D>(df, pm0);
+  const auto mx = rd::RoundToDType<D>(df, pM0);
+  const auto pos = hn::Max(hn::Abs(hn::Min(mn, zero)), hn::Abs(hn::Max(mx, zero)));
+  const auto p_exp = hn::ShiftRight<23>(hn::Add(hn::BitCast(di, pos), hn::Set(di, 1 << 21)));
+  const auto i0 = hn::Zero(di), i255 = hn::Set(di, 255);
+  auto e = hn::Min(hn::Max(hn::Sub(p_exp, hn::Set(di, fp4::internal::kMxFp4Offset)), i0), i255);
+  e = hn::IfThenElse(hn::Eq(p_exp, i0), i0, hn::IfThenElse(hn::Eq(p_exp, i255), i255, e));
+  return hn::BitCast(df, hn::IfThenElse(hn::Eq(e, i0), hn::Set(di, 0x00400000),
+                                        hn::ShiftLeft<23>(e)));
+}
+
 // Per-tile parameter arrays for step i (lanes past the block's groups: scale 1, zp 0);
 // groups whose scale is not finite are left to the scalar definition (flag set). Int and
-// NVFP4 lane-wise (ParamsVec); MXFP4's E8M0 scale stays scalar.
+// NVFP4 lane-wise (ParamsVec), MXFP4 too (MxScaleVec) but for f16 weights.
 template <DType D, int M>
 void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint8_t* scalar) {
   const size_t padded = t.tiles * t.L;
-  if (M == kFp4 && b.format == ImatrixFormat::kMxfp4) {
+  const bool mxfp4 = M == kFp4 && b.format == ImatrixFormat::kMxfp4;
+  if (mxfp4 && D == DType::kF16) {
     for (size_t g = 0; g < padded; ++g) {
       if (g >= t.groups) {
         s[g] = 1.0f;
@@ -252,14 +284,26 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
   const auto vp = hn::Set(df, p);
   for (size_t g = 0; g < padded; g += t.L) {
     hn::Vec<DF> scale, z;
-    ParamsVec<D, M>(b, hn::Mul(vp, hn::Load(df, t.m0 + g)), hn::Mul(vp, hn::Load(df, t.M0 + g)),
-                    &scale, &z);
+    const VF pm0 = hn::Mul(vp, hn::Load(df, t.m0 + g)), pM0 = hn::Mul(vp, hn::Load(df, t.M0 + g));
+    if constexpr (M == kFp4 && D != DType::kF16) {
+      if (mxfp4) {
+        scale = MxScaleVec<D>(pm0, pM0);
+        z = hn::Zero(df);
+      } else {
+        ParamsVec<D, M>(b, pm0, pM0, &scale, &z);
+      }
+    } else {
+      ParamsVec<D, M>(b, pm0, pM0, &scale, &z);
+    }
     hn::Store(scale, df, s + g);
     hn::Store(z, df, zp + g);
-    // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite.
-    for (size_t l = 0; M == kIntAsym && l < t.L; ++l) scalar[g + l] = !std::isfinite(s[g + l]);
+    // Only an asymmetric range (mx - mn) and MXFP4's power of two (2^128) can overflow D; the
+    // other scales are finite.
+    for (size_t l = 0; (M == kIntAsym || mxfp4) && l < t.L; ++l) {
+      scalar[g + l] = !std::isfinite(s[g + l]);
+    }
   }
-  if (M != kIntAsym) std::fill_n(scalar, padded, uint8_t{0});
+  if (M != kIntAsym && !mxfp4) std::fill_n(scalar, padded, uint8_t{0});
   for (size_t g = t.groups; g < padded; ++g) {
     s[g] = 1.0f;
     zp[g] = 0.0f;
@@ -305,6 +349,8 @@ bool SearchTilesKernel(const Block& b);      // imatrix_mse_tiles.cc
 bool ErrorsTilesKernel(const Block& b, const StepParams* params, const double* bound,
                        double* err);        // imatrix_mse_tiles.cc (GroupErrorsKernel)
 bool SearchCertifiedKernel(const Block& b);  // imatrix_mse_certified.cc
+void MxTermsKernel(int norm, const float* x, const float* imp, size_t n, float s,
+                   float* out);  // imatrix_mse_certified.cc (MxTermsForTest)
 bool SearchFp4GroupsKernel(const Block& b);  // imatrix_mse_fp4_groups.cc (NVFP4's 16)
 void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out);  // imatrix_mse_fp4_groups.cc (Fp4TermsForTest)

@@ -416,6 +416,11 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
         // element in the low nibble; n % 8 == 0 fills whole words), packed as the codes are
         // made (IntCodesPacked4).
         internal::IntCodesPacked4(x.data(), n, l.group, params.data(), l, sym, in.dtype, dst);
+      } else if (l.bits == 8 && n % 4 == 0) {
+        // 8-bit codes fill each word's bytes in element order (little-endian): the word
+        // stream is the bytes u = q + 128, i.e. q's bits with the top one flipped.
+        internal::IntCodes(x.data(), n, l.group, params.data(), l, sym, in.dtype, codes.data());
+        for (size_t c = 0; c < n; ++c) dst[c] = static_cast<uint8_t>(codes[c]) ^ 0x80u;
       } else {
         internal::IntCodes(x.data(), n, l.group, params.data(), l, sym, in.dtype, codes.data());
         for (size_t c = 0; c < n; ++c) u[c] = static_cast<uint8_t>(codes[c] + off);

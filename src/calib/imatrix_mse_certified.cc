@@ -12,6 +12,7 @@
 #endif
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -30,10 +31,37 @@ namespace quench::calib::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// MXFP4's term of bf16 weights at a power-of-two scale s = 2^j with 2^-100 <= s <= 2^100
+// (every E8M0 scale the search does not send to the definition, SC), from r = 1 / s (exact):
+//  - x / s is x r exactly, a value with x's 8 significant bits, so the definition's RNE_bf16
+//    of it changes nothing, unless the product leaves f32's normal range: below 2^-126 E2M1
+//    gives 0 whether rounded first or not (|v| < 0.25 either way); beyond f32's range both
+//    are +-Inf, clamped to 6;
+//  - an E2M1 value times s is exact (at most 3 significant bits; 0.5 s >= 2^-101, 6 s <
+//    2^103), so the definition's RNE_bf16 of dq changes nothing either;
+//  - dq has x's sign or is 0 (s > 0, and cast_to_fp4 is odd: its magnitude is that of |v|),
+//    so |dq - x| = ||dq| - |x|| exactly, and the term needs no signs.
+// TermOf's E2M1 rounding otherwise; 19 operations per vector against its 30.
+template <int N>
+HWY_INLINE VF TermMxPow2(DF df, VF x, VF im, VF s, VF r) {
+  const VF ax = hn::Abs(x);
+  const VF a = hn::Min(hn::Mul(ax, r), hn::Set(df, 6.0f));
+  const auto lt2 = hn::Lt(a, hn::Set(df, 2.0f)), lt4 = hn::Lt(a, hn::Set(df, 4.0f));
+  const VF inv = hn::IfThenElse(lt2, hn::Set(df, 2.0f),
+                                hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 0.5f)));
+  const VF step = hn::IfThenElse(lt2, hn::Set(df, 0.5f),
+                                 hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 2.0f)));
+  const VF q = hn::Mul(RoundInt(df, hn::Mul(a, inv)), step);  // powers of two: exact
+  const VF d = hn::Abs(hn::Sub(hn::Mul(q, s), ax));
+  VF e = hn::Mul(d, d);
+  if constexpr (N == 3) e = hn::Mul(e, d);
+  return hn::Mul(e, im);
+}
+
 // One step's terms, Term or (Tab) TermTable with the step's code table; for bf16 the
 // quotient from the scale's reciprocal (QuotientBf16: steps whose scale it does not cover
-// go to the scalar definition, SC).
-template <DType D, int M, int N, bool Tab>
+// go to the scalar definition, SC); (Pow2) MXFP4's of bf16 weights, TermMxPow2.
+template <DType D, int M, int N, bool Tab, bool Pow2 = false>
 struct StepTermT {
   VF s, r, zp, lo, hi, table;
   StepTermT(DF df, const Block& b, float s_, float r_, float zp_, VF lo_, VF hi_)
@@ -57,6 +85,7 @@ struct StepTermT {
   }
   HWY_INLINE VF operator()(VF x, VF im) const {
     const DF df;
+    if constexpr (Pow2) return TermMxPow2<N>(df, x, im, s, r);
     const VF v = D == DType::kBF16 ? QuotientBf16(df, x, r) : Quotient<D>(df, x, s);
     if constexpr (Tab) return TermTableOf<D, M, N>(df, v, x, im, zp, lo, hi, table);
     return TermOf<D, M, N>(df, v, x, im, s, zp, lo, hi);
@@ -113,9 +142,9 @@ HWY_INLINE VF Key(VF x, VF im) {
 // On the bench's int4 g128 groups: 43.7 vectors of terms per group, of which the improving
 // steps' full sums are 21.8; 2.65 against 5.0 ns per weight before the certified search
 // (quench-imatrix-bench; bench/README.md "imatrix_mse: where the search's time goes").
-template <DType D, int M, int N, bool Tab>
+template <DType D, int M, int N, bool Tab, bool Pow2 = false>
 void SearchCertified(const Block& b) {
-  using StepTerm = StepTermT<D, M, N, Tab>;
+  using StepTerm = StepTermT<D, M, N, Tab, Pow2>;
   const DF df;
   const size_t L = hn::Lanes(df), n = b.group, nv = n / L;
   const size_t ng = b.cols / n, groups = b.rows * ng;
@@ -175,8 +204,8 @@ void SearchCertified(const Block& b) {
       M0 = Expanded(M0, b.expand, b.dtype);
     }
     // Every step's parameters, lanes across steps (the operations StepArrays does across
-    // groups); MXFP4's E8M0 scale scalar.
-    if (M == kFp4 && mxfp4) {
+    // groups); MXFP4's E8M0 scale of f16 weights scalar.
+    if (M == kFp4 && mxfp4 && D == DType::kF16) {
       for (size_t k = 0; k < kp; ++k) {
         if (k >= steps) {  // padding lanes (never read)
           S[k] = 1.0f;
@@ -195,8 +224,18 @@ void SearchCertified(const Block& b) {
       auto recip_ok = hn::Eq(hn::Zero(df), hn::Zero(df));
       for (size_t k = 0; k < kp; k += L) {
         const VF vp = hn::Load(df, P + k);
+        const VF pm0 = hn::Mul(vp, hn::Set(df, m0)), pM0 = hn::Mul(vp, hn::Set(df, M0));
         VF vs, vz;
-        ParamsVec<D, M>(b, hn::Mul(vp, hn::Set(df, m0)), hn::Mul(vp, hn::Set(df, M0)), &vs, &vz);
+        if constexpr (M == kFp4 && D != DType::kF16) {
+          if (mxfp4) {
+            vs = MxScaleVec<D>(pm0, pM0);
+            vz = hn::Zero(df);
+          } else {
+            ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
+          }
+        } else {
+          ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
+        }
         hn::Store(vs, df, S + k);
         hn::Store(hn::Div(hn::Set(df, 1.0f), vs), df, R + k);
         hn::Store(vz, df, Z + k);
@@ -205,13 +244,14 @@ void SearchCertified(const Block& b) {
                                                hn::Le(vs, hn::Set(df, 0x1p100f))));
         }
       }
-      // Only an asymmetric range (mx - mn) can overflow D; the other scales are finite. bf16
-      // terms take the quotient from the scale's reciprocal where QuotientBf16 holds: every
-      // step but in groups of absurd magnitude, so checked lane-wise first.
+      // Only an asymmetric range (mx - mn) and MXFP4's power of two (2^128) can overflow D;
+      // the other scales are finite. bf16 terms take the quotient from the scale's
+      // reciprocal where QuotientBf16 holds: every step but in groups of absurd magnitude,
+      // so checked lane-wise first (for bf16 that check covers MXFP4's Inf too).
       const bool all_recip = D != DType::kBF16 || hn::AllTrue(df, recip_ok);
-      if (M == kIntAsym || !all_recip) {
+      if (M == kIntAsym || (mxfp4 && D != DType::kBF16) || !all_recip) {
         for (size_t k = 0; k < steps; ++k) {
-          SC[k] = (M == kIntAsym && !std::isfinite(S[k])) ||
+          SC[k] = ((M == kIntAsym || mxfp4) && !std::isfinite(S[k])) ||
                   (D == DType::kBF16 && !ReciprocalScale(S[k]));
         }
         sc_set = true;
@@ -259,9 +299,15 @@ void SearchCertified(const Block& b) {
     // The steps that may still improve: one term below the best after the first step (the
     // best only decreases), and those only the definition takes. Deciding them in a row
     // after this filter, not each in turn, spares a mispredicted branch per step.
+    // A step with the previous step's parameters (bit for bit) has that step's error, the
+    // definition being a function of the group and (s, zp) alone, and the best is at most
+    // that error by then: never strictly below it, so it never improves (MXFP4's power-of-two
+    // scales repeat over about four steps in a row at the default grid).
     uint32_t live = 0;
     for (size_t k = 1; k < steps; ++k) {
-      live |= static_cast<uint32_t>(!(TOP[k] >= best.bhi) || SC[k]) << k;
+      const bool repeat = std::bit_cast<uint32_t>(S[k]) == std::bit_cast<uint32_t>(S[k - 1]) &&
+                          std::bit_cast<uint32_t>(Z[k]) == std::bit_cast<uint32_t>(Z[k - 1]);
+      live |= static_cast<uint32_t>(!repeat && (!(TOP[k] >= best.bhi) || SC[k])) << k;
     }
     if (nv == 1) {
       // One vector per step: the live steps' sums together (independent work that
@@ -331,11 +377,25 @@ struct SearchCertifiedF {
     if constexpr (M != kFp4 && kTableTarget) {
       if (b.layout.qmax - b.layout.qmin < 16) return SearchCertified<D, M, N, true>(b);
     }
+    // MXFP4's power-of-two scales of bf16 weights: TermMxPow2.
+    if constexpr (M == kFp4 && D == DType::kBF16) {
+      if (b.format == ImatrixFormat::kMxfp4) return SearchCertified<D, M, N, false, true>(b);
+    }
     SearchCertified<D, M, N, false>(b);
   }
 };
 
 bool SearchCertifiedKernel(const Block& b) { return Dispatch<SearchCertifiedF>(b); }
+
+void MxTermsKernel(int norm, const float* x, const float* imp, size_t n, float s, float* out) {
+  const DF df;
+  const VF vs = hn::Set(df, s), vr = hn::Set(df, 1.0f / s);
+  for (size_t i = 0; i < n; i += hn::Lanes(df)) {
+    const VF x_ = hn::LoadU(df, x + i), im = hn::LoadU(df, imp + i);
+    hn::StoreU(norm == 3 ? TermMxPow2<3>(df, x_, im, vs, vr) : TermMxPow2<2>(df, x_, im, vs, vr),
+               df, out + i);
+  }
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal

@@ -46,6 +46,16 @@ bool SearchBlockKernel(const Block& b) {
   return SearchTilesKernel(b);
 }
 
+// MxScaleVec over n lanes (n a multiple of the lanes), for MxScalesForTest.
+void MxScalesKernel(DType d, const float* pm0, const float* pM0, size_t n, float* s) {
+  const DF df;
+  for (size_t i = 0; i < n; i += hn::Lanes(df)) {
+    const VF a = hn::LoadU(df, pm0 + i), c = hn::LoadU(df, pM0 + i);
+    hn::StoreU(d == DType::kBF16 ? MxScaleVec<DType::kBF16>(a, c) : MxScaleVec<DType::kF32>(a, c),
+               df, s + i);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal
 HWY_AFTER_NAMESPACE();
@@ -56,10 +66,20 @@ namespace quench::calib::internal {
 HWY_EXPORT(SearchBlockKernel);
 HWY_EXPORT(ErrorsTilesKernel);
 HWY_EXPORT(Fp4TermsKernel);
+HWY_EXPORT(MxScalesKernel);
+HWY_EXPORT(MxTermsKernel);
 
 void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* imp,
                      size_t n, float s, float* out) {
   HWY_DYNAMIC_DISPATCH(Fp4TermsKernel)(d, norm, form, ax, imp, n, s, out);
+}
+
+void MxScalesForTest(DType d, const float* pm0, const float* pM0, size_t n, float* s) {
+  HWY_DYNAMIC_DISPATCH(MxScalesKernel)(d, pm0, pM0, n, s);
+}
+
+void MxTermsForTest(int norm, const float* x, const float* imp, size_t n, float s, float* out) {
+  HWY_DYNAMIC_DISPATCH(MxTermsKernel)(norm, x, imp, n, s, out);
 }
 
 bool SearchBlock(const Block& b) {

@@ -149,6 +149,16 @@ void GroupErrorsKernel(const Block& b, const StepParams* params, const double* b
 void Fp4TermsForTest(DType d, int norm, int form, const float* ax, const float* imp,
                      size_t n, float s, float* out);
 
+// For the kernel test: the MXFP4 search's lane-wise scales (imatrix_mse-inl.h MxScaleVec) of
+// ranges whose f32 products p * min, p * max are pm0[i], pM0[i] (finite), D bf16 or f32; n: a
+// multiple of 16. s[i] must equal fp4::Mxfp4GroupScale(Pos(RNE_D(pm0[i]), RNE_D(pM0[i])), D).
+void MxScalesForTest(DType d, const float* pm0, const float* pM0, size_t n, float* s);
+
+// For the kernel test: the MXFP4 search's terms of bf16 weights (imatrix_mse_certified.cc
+// TermMxPow2) of x[i] (bf16 values) with importance imp[i] at a power-of-two scale s in
+// [2^-100, 2^100], norm 2 or 3; n: a multiple of 16. out[i] must equal the definition's term.
+void MxTermsForTest(int norm, const float* x, const float* imp, size_t n, float s, float* out);
+
 }  // namespace quench::calib::internal
 
 #endif  // QUENCH_CALIB_IMATRIX_MSE_KERNEL_H_
