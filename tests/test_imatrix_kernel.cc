@@ -394,14 +394,20 @@ TEST_CASE("imatrix_mse MXFP4 term at power-of-two scales equals the definition's
 }
 
 // The bf16 kernels' quotient from the scale's reciprocal (imatrix_mse-inl.h QuotientBf16):
-// RNE_bf16(x * f32(1 / s)) equals the definition's RNE_bf16(x / s) for every bf16 x and every
-// bf16 scale mantissa, at the ends of the range the kernels take (2^-100 .. 2^100) and in
-// between, wherever |x / s| is in [2^-120, 2^20]; outside it the int code (round half to even
-// of the value clamped to [-8, 7]) and the E2M1 value agree. The same IEEE f32 operations as
-// the vector lanes (no contraction in this test: products rounded one at a time).
+// x * f32(1 / s) rounded to bf16, to nearest even and (what the kernels do) with its
+// magnitude rounded half up, equals the definition's RNE_bf16(x / s) for every bf16 x and
+// every bf16 scale mantissa, at the ends of the range the kernels take (2^-100 .. 2^100) and
+// in between, wherever |x / s| is in [2^-120, 2^20]; outside it the int codes (round half to
+// even of the value clamped to [-8, 7] and to [-128, 127]) and the E2M1 value agree. The same
+// IEEE f32 operations as the vector lanes (no contraction in this test: products rounded one
+// at a time).
 TEST_CASE("imatrix_mse bf16 quotient from the scale's reciprocal equals the division") {
   using intq::internal::RoundToDType;
   auto code = [](float v) { return std::nearbyint(std::min(std::max(v, -8.0f), 7.0f)); };
+  auto code8 = [](float v) { return std::nearbyint(std::min(std::max(v, -128.0f), 127.0f)); };
+  auto half_up = [](float v) {
+    return std::bit_cast<float>((std::bit_cast<uint32_t>(v) + 0x8000u) & 0xFFFF0000u);
+  };
   size_t checked = 0, mismatched = 0;
   for (int e : {-100, -60, -7, -3, 0, 5, 40, 99}) {
     for (uint32_t b = 128; b < 256; ++b) {
@@ -415,15 +421,16 @@ TEST_CASE("imatrix_mse bf16 quotient from the scale's reciprocal equals the divi
         const float quot = xv / s;
         const float prod = xv * r;
         const float vq = RoundToDType(quot, DType::kBF16);
-        const float vp = RoundToDType(prod, DType::kBF16);
         const float a = std::fabs(quot);
-        ++checked;
-        if (a >= 0x1p-120f && a <= 0x1p20f) {
-          if (vq != vp) ++mismatched;
-        } else if (code(vq) != code(vp) ||
-                   fp4::RoundToE2M1(std::min(std::max(vq, -6.0f), 6.0f)) !=
-                       fp4::RoundToE2M1(std::min(std::max(vp, -6.0f), 6.0f))) {
-          ++mismatched;
+        for (const float vp : {RoundToDType(prod, DType::kBF16), half_up(prod)}) {
+          ++checked;
+          if (a >= 0x1p-120f && a <= 0x1p20f) {
+            if (std::bit_cast<uint32_t>(vq) != std::bit_cast<uint32_t>(vp)) ++mismatched;
+          } else if (code(vq) != code(vp) || code8(vq) != code8(vp) ||
+                     fp4::RoundToE2M1(std::min(std::max(vq, -6.0f), 6.0f)) !=
+                         fp4::RoundToE2M1(std::min(std::max(vp, -6.0f), 6.0f))) {
+            ++mismatched;
+          }
         }
       }
     }

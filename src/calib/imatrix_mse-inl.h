@@ -79,10 +79,15 @@ HWY_INLINE VF Quotient(DF df, VF x, VF s) {
 // |y| < 2^-120 every path gives the code 0 or E2M1's 0, for |y| > 2^20 both clamp), so
 // f32(x * r), f32(x / s) and y lie within 2^-22 relative of one another with no midpoint
 // between them: the same bf16 value, so the same code, dq and term. A multiply instead of a
-// division: the division's latency was most of a term's dependency chain.
+// division: the division's latency was most of a term's dependency chain. And since f32(x * r)
+// is never a midpoint there, rounding its magnitude half up (add 0x8000 to the pattern, drop
+// the low 16 bits: two operations for RNE's five) gives the same value; outside that range
+// the result stays below 2^-120 (code 0) or above 2^20 (clamped), and +-Inf stays +-Inf.
 // tests/test_imatrix_kernel checks every pair of mantissas.
 HWY_INLINE VF QuotientBf16(DF df, VF x, VF r) {
-  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(x, r));
+  const hn::RebindToUnsigned<DF> du;
+  const auto bits = hn::Add(hn::BitCast(du, hn::Mul(x, r)), hn::Set(du, 0x8000u));
+  return hn::BitCast(df, hn::And(bits, hn::Set(du, 0xFFFF0000u)));
 }
 
 // Scales for which QuotientBf16 holds.
