@@ -260,6 +260,20 @@ HWY_INLINE VF MxScaleVec(VF pm0, VF pM0) {
                                         hn::ShiftLeft<23>(e)));
 }
 
+// A step's parameters lane-wise from p * min and p * max: MxScaleVec for MXFP4 (`mxfp4`,
+// not f16), ParamsVec otherwise.
+template <DType D, int M>
+HWY_INLINE void StepParamsVec(const Block& b, bool mxfp4, VF pm0, VF pM0, VF* scale, VF* zp) {
+  if constexpr (M == kFp4 && D != DType::kF16) {
+    if (mxfp4) {
+      *scale = MxScaleVec<D>(pm0, pM0);
+      *zp = hn::Zero(DF());
+      return;
+    }
+  }
+  ParamsVec<D, M>(b, pm0, pM0, scale, zp);
+}
+
 // Per-tile parameter arrays for step i (lanes past the block's groups: scale 1, zp 0);
 // groups whose scale is not finite are left to the scalar definition (flag set). Int and
 // NVFP4 lane-wise (ParamsVec), MXFP4 too (MxScaleVec) but for f16 weights.
@@ -289,17 +303,8 @@ void StepArrays(const Block& b, const Tiles& t, int i, float* s, float* zp, uint
   const auto vp = hn::Set(df, p);
   for (size_t g = 0; g < padded; g += t.L) {
     hn::Vec<DF> scale, z;
-    const VF pm0 = hn::Mul(vp, hn::Load(df, t.m0 + g)), pM0 = hn::Mul(vp, hn::Load(df, t.M0 + g));
-    if constexpr (M == kFp4 && D != DType::kF16) {
-      if (mxfp4) {
-        scale = MxScaleVec<D>(pm0, pM0);
-        z = hn::Zero(df);
-      } else {
-        ParamsVec<D, M>(b, pm0, pM0, &scale, &z);
-      }
-    } else {
-      ParamsVec<D, M>(b, pm0, pM0, &scale, &z);
-    }
+    StepParamsVec<D, M>(b, mxfp4, hn::Mul(vp, hn::Load(df, t.m0 + g)),
+                        hn::Mul(vp, hn::Load(df, t.M0 + g)), &scale, &z);
     hn::Store(scale, df, s + g);
     hn::Store(z, df, zp + g);
     // Only an asymmetric range (mx - mn) and MXFP4's power of two (2^128) can overflow D; the

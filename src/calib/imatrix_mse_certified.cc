@@ -224,18 +224,9 @@ void SearchCertified(const Block& b) {
       auto recip_ok = hn::Eq(hn::Zero(df), hn::Zero(df));
       for (size_t k = 0; k < kp; k += L) {
         const VF vp = hn::Load(df, P + k);
-        const VF pm0 = hn::Mul(vp, hn::Set(df, m0)), pM0 = hn::Mul(vp, hn::Set(df, M0));
         VF vs, vz;
-        if constexpr (M == kFp4 && D != DType::kF16) {
-          if (mxfp4) {
-            vs = MxScaleVec<D>(pm0, pM0);
-            vz = hn::Zero(df);
-          } else {
-            ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
-          }
-        } else {
-          ParamsVec<D, M>(b, pm0, pM0, &vs, &vz);
-        }
+        StepParamsVec<D, M>(b, mxfp4, hn::Mul(vp, hn::Set(df, m0)), hn::Mul(vp, hn::Set(df, M0)),
+                            &vs, &vz);
         hn::Store(vs, df, S + k);
         hn::Store(hn::Div(hn::Set(df, 1.0f), vs), df, R + k);
         hn::Store(vz, df, Z + k);
