@@ -81,7 +81,8 @@ using MF = hn::Mask<DF>;
 // included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
 // g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
 // exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
-// Fp4Index returns a + C'; Fp4Term subtracts C' back to g, Fp4TermTable looks the index up.
+// Fp4Index returns a + C' (Fp4Round, or Fp4RoundBf16 from the product ax r); Fp4Term
+// subtracts C' back to g, Fp4TermTable looks the index up.
 constexpr float kE2M1Grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 alignas(32) constexpr float kCPrime[8] = {0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f,
                                           0x1p22f,        0x1p22f,        0x1p22f, 0x1p22f};
@@ -119,6 +120,58 @@ HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
   return D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
 }
 
+// For bf16 with 8 lanes, Fp4Round(QuotientBf16(ax, r)) by two additions instead of the
+// integer RNE_bf16 (five operations) and one: with y = f32(ax * r) (>= 0, possibly +Inf,
+// never NaN) and a = min(y, 6),
+//  - RNE_bf16(a) = min(RNE_bf16(y), 6): RNE is monotone and 6 a bf16 value, so it commutes
+//    with the minimum (the order Fp4Round takes them in);
+//  - e = max(a's exponent field, 122), as Fp4Round picks C' (lane e mod 8 of kCPrime);
+//  - for a in [2^E, 2^(E + 1)), E = e - 127 in [-5, 2] (a >= 2^-5, so normal): with
+//    C = 2^(E + 16), a + C lies in [2^(E + 16), 2^(E + 16) + 2^(E + 1)), one binade whose f32
+//    ulp 2^(E - 7) is bf16's ulp at a, so the FPU's RNE addition gives C + RNE_bf16(a) exactly:
+//    the sum's significand is 2^23 + RNE_bf16(a) / 2^(E - 7), whose parity is the bf16
+//    mantissa's (ties to even alike; a carry to 2^(E + 1) is bf16's too, and stays below
+//    2^(E + 17));
+//  - adding C' - C (exact in f32: 2^22 - 2^(E + 16) for E <= 0, a multiple of 0.25 in
+//    [2^21, 2^22); 2^23 + 2 - 2^17 (multiple of 0.5 in [2^22, 2^23)) and 2^24 + 8 - 2^18
+//    (integer in [2^23, 2^24)) for E = 1, 2) then rounds the exact real RNE_bf16(a) + C' once:
+//    the value Fp4Round's a + C' has, bit for bit;
+//  - a < 2^-5 (e < 122, zero included) takes e = 122: a + 2^11 <= 2^11 + 2^-5 and adding
+//    2^22 - 2^11 gives 2^22 + (a value <= 2^-5 rounded to a multiple of 0.5) = 2^22 = 0 + C':
+//    E2M1's 0, which RNE_bf16(a) <= 2^-5 < 0.25 also gives.
+// Returns a + C' (Fp4Round's value) and sets *c = C'.
+alignas(32) constexpr float kBf16Magic[8] = {0x1p17f, 0x1p18f, 0x1p11f, 0x1p12f,
+                                             0x1p13f, 0x1p14f, 0x1p15f, 0x1p16f};
+alignas(32) constexpr float kBf16ToE2M1[8] = {
+    0x1p23f + 2.0f - 0x1p17f, 0x1p24f + 8.0f - 0x1p18f, 0x1p22f - 0x1p11f,
+    0x1p22f - 0x1p12f,        0x1p22f - 0x1p13f,        0x1p22f - 0x1p14f,
+    0x1p22f - 0x1p15f,        0x1p22f - 0x1p16f};
+constexpr bool MagicSumsToCPrime() {  // C + (C' - C) == C' in every lane (all exact)
+  for (int i = 0; i < 8; ++i) {
+    if (kBf16Magic[i] + kBf16ToE2M1[i] != kCPrime[i]) return false;
+  }
+  return true;
+}
+static_assert(MagicSumsToCPrime());
+HWY_INLINE VF Fp4RoundBf16(DF df, VF ax, VF r, VF* c) {
+  const hn::RebindToUnsigned<DF> du;
+  const VF a = hn::Min(hn::Mul(ax, r), hn::Set(df, 6.0f));
+  const auto e = hn::Max(hn::ShiftRight<23>(hn::BitCast(du, a)), hn::Set(du, 122u));
+  *c = Permute8(df, hn::Load(df, kCPrime), e);
+  const VF q = hn::Add(a, Permute8(df, hn::Load(df, kBf16Magic), e));  // C + RNE_bf16(a)
+  return hn::Add(q, Permute8(df, hn::Load(df, kBf16ToE2M1), e));
+}
+
+// Fp4Round of the quotient RNE_D(ax / s) (r: as Fp4Quotient takes it): a + C' and *c.
+template <DType D>
+HWY_INLINE VF Fp4Index(DF df, VF ax, VF s, VF r, VF* c) {
+  if constexpr (kMaxL == 8 && D == DType::kBF16) {
+    return Fp4RoundBf16(df, ax, r, c);
+  } else {
+    return Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), c);
+  }
+}
+
 template <int N>
 HWY_INLINE VF TermFromDq(VF dq, VF ax, VF im) {
   const VF d = hn::Abs(hn::Sub(dq, ax));
@@ -130,7 +183,7 @@ HWY_INLINE VF TermFromDq(VF dq, VF ax, VF im) {
 template <DType D, int N>
 HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
   VF c;
-  const VF g = hn::Sub(Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c), c);
+  const VF g = hn::Sub(Fp4Index<D>(df, ax, s, r, &c), c);
   return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
 }
 
@@ -167,7 +220,7 @@ HWY_INLINE VF Fp4Table(DF df, VF s) {
 template <DType D, int N>
 HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   VF c;
-  const VF y = Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c);
+  const VF y = Fp4Index<D>(df, ax, s, r, &c);
   const hn::RebindToUnsigned<DF> du;
   return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
 }
@@ -183,7 +236,7 @@ alignas(32) constexpr float kTwoBaseSel[8] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.
 template <int N>
 HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
   VF c;
-  const VF y = Fp4Round(df, QuotientBf16(df, ax, r), &c);
+  const VF y = Fp4Index<DType::kBF16>(df, ax, s, r, &c);
   const hn::RebindToUnsigned<DF> du;
   const auto idx = hn::BitCast(du, y);
   const VF base = hn::IfNegativeThenElse(Permute8(df, hn::Load(df, kTwoBaseSel), idx), s15, s);
