@@ -194,6 +194,11 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
 // step unless expand > 1 or the zero guard gave eps; other lanes, and every lane for f32
 // scales (the product rounds), take Fp4Term.
 // (No reciprocal of s is passed: the search computes it only for the steps it sums.)
+// Fp4TermSix is that term, for lanes known to have 5.5 s <= ax (D bf16 or f16).
+template <DType D, int N>
+HWY_INLINE VF Fp4TermSix(DF df, VF ax, VF im, VF s) {
+  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
+}
 template <DType D, int N>
 HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
   const auto full = [&] {
@@ -202,7 +207,7 @@ HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
   if constexpr (D == DType::kF32) {
     return full();
   } else {
-    const VF t = TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
+    const VF t = Fp4TermSix<D, N>(df, ax, im, s);
     const MF six = hn::Le(hn::Mul(s, hn::Set(df, 5.5f)), ax);
     if (HWY_LIKELY(hn::AllTrue(df, six))) return t;
     return hn::IfThenElse(six, t, full());
@@ -477,7 +482,8 @@ void SearchFp4Groups(const Block& b) {
     // the zero guard never applies, and the first and last steps' are the largest and
     // smallest.
     const VF last = monotone ? unguarded(steps - 1) : zero;
-    if (monotone && hn::AllFalse(df, hn::Eq(last, zero))) {
+    const bool descending = monotone && hn::AllFalse(df, hn::Eq(last, zero));
+    if (descending) {
       for (size_t k = 0; k + 1 < steps; ++k) hn::Store(unguarded(k), df, S + k * L);
       hn::Store(last, df, S + (steps - 1) * L);
       smax = hn::Load(df, S);
@@ -497,9 +503,25 @@ void SearchFp4Groups(const Block& b) {
         hn::Store(vs, df, S + k * L);
       }
     }
-    // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
-    for (size_t k = 0; k < steps; ++k) {
-      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
+    // Every later step's one-term bound, from the element of largest |x| (Fp4TermLargest).
+    // The first `full` steps are summed for every lane below, where a bound would only skip
+    // the decision of a step that cannot improve: they take 0, which rules nothing out (a
+    // best of 0 rejects every step by the sums too: no error is below 0).
+    const size_t full = std::min<size_t>(steps, 2);
+    for (size_t k = 0; k < full; ++k) hn::Store(zero, df, TOP + k * L);
+    if (D != DType::kF32 && descending && full < steps &&
+        hn::AllTrue(df, hn::Le(hn::Mul(hn::Load(df, S + full * L), hn::Set(df, 5.5f)), ax1))) {
+      // Scales non-increasing over the steps (`descending`), so 5.5 s <= 5.5 S[full] <= ax1
+      // at every later step (the f32 product is monotone in s): Fp4TermLargest's test holds
+      // in every lane of every step, checked once.
+      for (size_t k = full; k < steps; ++k) {
+        hn::Store(Fp4TermSix<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
+      }
+    } else {
+      for (size_t k = full; k < steps; ++k) {
+        hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df,
+                  TOP + k * L);
+      }
     }
     // Step k's reciprocal f32(1 / s) (bf16 only; the scale itself otherwise) into R, computed
     // for the first step and the steps the one-term bound leaves live.
@@ -596,7 +618,6 @@ void SearchFp4Groups(const Block& b) {
     // The first two steps (where most groups are live and about half improve): each lane
     // sums its group's terms (two chains per step, the steps independent of each other),
     // then both decisions; the later steps' filters then compare against the best of both.
-    const size_t full = std::min<size_t>(steps, 2);
     {
       VF sum[2];
       for (size_t k = 0; k < full; ++k) {
