@@ -120,6 +120,29 @@ HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
   return D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
 }
 
+// RNE_D(v) of a product v >= 0 that is +0 or in [2^-126, 2^111) (other values: unspecified)
+// for D = bf16 by two additions: with v in [2^E, 2^(E + 1)), C = 2^(E + 16) (v's exponent
+// field plus 16; 2^-111 for v = 0, which gives 0) has f32 ulp 2^(E - 7), bf16's ulp at v, and
+// v + C lies in [2^(E + 16), 2^(E + 17)) (rounded too: at most C + 2^(E + 1)), so the FPU's RNE
+// addition rounds v onto bf16's grid exactly as c10's RNE does (the sum's significand is 2^23
+// plus the bf16 significand's low bits: the same parity for ties; a carry to 2^(E + 1) is
+// bf16's too), and subtracting C back is exact (both in one binade). Four operations instead
+// of RoundToDType's five. Callers: scales of tiles whose group maxima are 0 or in
+// [2^-100, 2^100], and products g s of E2M1 values with a scale in QuotientBf16's range
+// [2^-100, 2^100] (where a tile's scale is outside it, its values are computed but never
+// used: the tile goes to the definition). Other D: RoundToDType.
+template <DType D>
+HWY_INLINE VF RoundPos(DF df, VF v) {
+  if constexpr (D == DType::kBF16) {
+    const hn::RebindToUnsigned<DF> du;
+    const VF c = hn::BitCast(df, hn::Add(hn::And(hn::BitCast(du, v), hn::Set(du, 0x7F800000u)),
+                                         hn::Set(du, 16u << 23)));
+    return hn::Sub(hn::Add(v, c), c);
+  } else {
+    return rd::RoundToDType<D>(df, v);
+  }
+}
+
 // For bf16 with 8 lanes, Fp4Round(QuotientBf16(ax, r)) by two additions instead of the
 // integer RNE_bf16 (five operations) and one: with y = f32(ax * r) (>= 0, possibly +Inf,
 // never NaN) and a = min(y, 6),
@@ -184,7 +207,7 @@ template <DType D, int N>
 HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
   VF c;
   const VF g = hn::Sub(Fp4Index<D>(df, ax, s, r, &c), c);
-  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
+  return TermFromDq<N>(RoundPos<D>(df, hn::Mul(g, s)), ax, im);
 }
 
 // Fp4Term for a group's element of largest |x| (the one-term bound's), cheaper where its code
@@ -197,7 +220,7 @@ HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
 // Fp4TermSix is that term, for lanes known to have 5.5 s <= ax (D bf16 or f16).
 template <DType D, int N>
 HWY_INLINE VF Fp4TermSix(DF df, VF ax, VF im, VF s) {
-  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
+  return TermFromDq<N>(RoundPos<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
 }
 template <DType D, int N>
 HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
@@ -218,7 +241,7 @@ HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
 // in every lane (8 lanes only).
 template <DType D>
 HWY_INLINE VF Fp4Table(DF df, VF s) {
-  return rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
+  return RoundPos<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
 }
 
 // Fp4Term with dq looked up in the step's Fp4Table (8 lanes only; the same products).
@@ -250,7 +273,7 @@ HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
 
 // RNE_bf16(1.5 s) for Fp4TermTwoBase (the product is exact: s has 8 significant bits).
 HWY_INLINE VF OneAndHalf(DF df, VF s) {
-  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(s, hn::Set(df, 1.5f)));
+  return RoundPos<DType::kBF16>(df, hn::Mul(s, hn::Set(df, 1.5f)));
 }
 
 // For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
@@ -472,19 +495,40 @@ void SearchFp4Groups(const Block& b) {
     const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
     const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
     VF smin = hn::Set(df, 0x1p100f), smax = hn::Set(df, 0x1p-100f);  // every step's scales
-    auto unguarded = [&](size_t k) {  // RNE_D(pos / 6), for P[k] > 0
-      const VF pos = rd::RoundToDType<D>(df, hn::Mul(hn::Set(df, P[k]), amax));
-      return rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
-                                                       : hn::Div(pos, hn::Set(df, 6.0f)));
+    // RNE_D(pos / 6), for P[k] > 0; with `pos_round` true by RoundPos (its domain: below).
+    auto unguarded_by = [&](size_t k, auto pos_round) {
+      const auto rnd = [&](VF v) {
+        if constexpr (decltype(pos_round)::value) {
+          return RoundPos<D>(df, v);
+        } else {
+          return rd::RoundToDType<D>(df, v);
+        }
+      };
+      const VF pos = rnd(hn::Mul(hn::Set(df, P[k]), amax));
+      return rnd(D == DType::kBF16 ? hn::Mul(pos, sixth) : hn::Div(pos, hn::Set(df, 6.0f)));
     };
+    auto unguarded = [&](size_t k) { return unguarded_by(k, std::false_type()); };
     // With the steps' p positive and non-increasing, a lane's unguarded scales never
     // increase (RNE_D is monotone): when the last step's is not 0 in any lane, no step's is,
     // the zero guard never applies, and the first and last steps' are the largest and
     // smallest.
     const VF last = monotone ? unguarded(steps - 1) : zero;
     const bool descending = monotone && hn::AllFalse(df, hn::Eq(last, zero));
-    if (descending) {
+    // bf16 maxima 0 or in [2^-60, 2^60] with every p >= 2^-30 (p non-increasing: the last
+    // is the smallest): each product p amax and its rounding pos is 0 or in [2^-90, 2^60],
+    // pos / 6's product too (>= 2^-93): RoundPos's domain, where it equals RoundToDType.
+    const bool pos_round =
+        D == DType::kBF16 && descending && P[steps - 1] >= 0x1p-30f &&
+        hn::AllTrue(df, hn::Or(hn::Eq(amax, zero), hn::And(hn::Ge(amax, hn::Set(df, 0x1p-60f)),
+                                                           hn::Le(amax, hn::Set(df, 0x1p60f)))));
+    if (pos_round) {
+      for (size_t k = 0; k + 1 < steps; ++k) {
+        hn::Store(unguarded_by(k, std::true_type()), df, S + k * L);
+      }
+    } else if (descending) {
       for (size_t k = 0; k + 1 < steps; ++k) hn::Store(unguarded(k), df, S + k * L);
+    }
+    if (descending) {
       hn::Store(last, df, S + (steps - 1) * L);
       smax = hn::Load(df, S);
       smin = last;
