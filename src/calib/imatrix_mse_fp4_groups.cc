@@ -8,9 +8,9 @@
 //  - per group its min and max, its element of largest |x| and, among the others, the one
 //    of largest |x|^3 * imp (any element gives a valid one-term bound: E >= t exactly for
 //    each term t, imatrix_mse_certified.cc; two give TwoTermBound's);
-//  - every step's scale (ParamsVec, the operations StepArrays does) and the largest
-//    element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes at
-//    once; reciprocals only for the steps summed;
+//  - every step's scale (ParamsVec, the operations StepArrays does) and, for the steps
+//    after the first two, the largest element's term (clipped to 6 s at nearly every step:
+//    Fp4TermLargest), all lanes at once; reciprocals only for the steps summed;
 //  - the first two steps' sums, each lane adding its group's 16 terms in f32, and their
 //    decisions;
 //  - the later steps whose one term is below the best after those two (and whose scale
