@@ -8,9 +8,9 @@
 //  - per group its min and max, its element of largest |x| and, among the others, the one
 //    of largest |x|^3 * imp (any element gives a valid one-term bound: E >= t exactly for
 //    each term t, imatrix_mse_certified.cc; two give TwoTermBound's);
-//  - every step's scale (ParamsVec, the operations StepArrays does) and the largest
-//    element's term (clipped to 6 s at nearly every step: Fp4TermLargest), all lanes at
-//    once; reciprocals only for the steps summed;
+//  - every step's scale (ParamsVec, the operations StepArrays does) and, for the steps
+//    after the first two, the largest element's term (clipped to 6 s at nearly every step:
+//    Fp4TermLargest), all lanes at once; reciprocals only for the steps summed;
 //  - the first two steps' sums, each lane adding its group's 16 terms in f32, and their
 //    decisions;
 //  - the later steps whose one term is below the best after those two (and whose scale
@@ -54,6 +54,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "calib/imatrix_mse-inl.h"
+#include "calib/imatrix_mse_fp4_terms-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace quench::calib::internal {
@@ -64,136 +65,6 @@ namespace {
 
 constexpr size_t kN = 16;           // NVFP4's group
 constexpr size_t kSteps = 32;       // LastStep < 32
-constexpr size_t kMaxL = hn::MaxLanes(DF());
-using MF = hn::Mask<DF>;
-
-// One element's term at a step with scale s (r = f32(1 / s), read for bf16 only), from
-// ax = |x|: the definition's TermOf (imatrix_mse-inl.h) on magnitudes. The quotient x / s has
-// x's sign (s > 0) and RNE_D, the clamp to 6, E2M1's grid and the product with s are
-// symmetric, so dq = sign(x) RNE_D(E2M1(min(RNE_D(|x| / s), 6)) s) and |dq - x| equals
-// |RNE_D(...) - |x|| bit for bit (a zero x gives 0 either way). E2M1's grid by an addition:
-// a + C rounds a onto multiples of C's ulp (RNE; ties to an even multiple), which is 0.5, 1
-// and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
-// ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
-//
-// With 8 lanes the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
-// multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the offset, ties
-// included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
-// g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
-// exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
-// Fp4Index returns a + C'; Fp4Term subtracts C' back to g, Fp4TermTable looks the index up.
-constexpr float kE2M1Grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-alignas(32) constexpr float kCPrime[8] = {0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f,
-                                          0x1p22f,        0x1p22f,        0x1p22f, 0x1p22f};
-
-// Lane i of the result: lane (idx[i] mod 8) of `table` (8 lanes only).
-template <class VI>
-HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
-#if HWY_TARGET == HWY_AVX2
-  (void)df;
-  return VF{_mm256_permutevar8x32_ps(table.raw, idx.raw)};
-#else
-  const hn::RebindToSigned<DF> di;
-  return hn::TableLookupLanes(
-      table, hn::IndicesFromVec(df, hn::And(hn::BitCast(di, idx), hn::Set(di, 7))));
-#endif
-}
-
-// a = min(q, 6) and C' (above, 8 lanes) or C (otherwise); returns a + C' and sets *c.
-HWY_INLINE VF Fp4Round(DF df, VF q, VF* c) {
-  const VF a = hn::Min(q, hn::Set(df, 6.0f));
-  if constexpr (kMaxL == 8) {
-    const hn::RebindToUnsigned<DF> du;
-    const auto e = hn::Max(hn::ShiftRight<23>(hn::BitCast(du, a)), hn::Set(du, 122u));
-    *c = Permute8(df, hn::Load(df, kCPrime), e);
-  } else {
-    *c = hn::IfThenElse(hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0x1p22f),
-                        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 0x1p23f),
-                                       hn::Set(df, 0x1p24f)));
-  }
-  return hn::Add(a, *c);
-}
-
-template <DType D>
-HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
-  return D == DType::kBF16 ? QuotientBf16(df, ax, r) : Quotient<D>(df, ax, s);
-}
-
-template <int N>
-HWY_INLINE VF TermFromDq(VF dq, VF ax, VF im) {
-  const VF d = hn::Abs(hn::Sub(dq, ax));
-  VF e = hn::Mul(d, d);
-  if constexpr (N == 3) e = hn::Mul(e, d);
-  return hn::Mul(e, im);
-}
-
-template <DType D, int N>
-HWY_INLINE VF Fp4Term(DF df, VF ax, VF im, VF s, VF r) {
-  VF c;
-  const VF g = hn::Sub(Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c), c);
-  return TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(g, s)), ax, im);
-}
-
-// Fp4Term for a group's element of largest |x| (the one-term bound's), cheaper where its code
-// is E2M1's 6: where 5.5 s <= ax (exact for bf16 and f16 scales, of at most 11 significant
-// bits), ax / s >= 5.5, so RNE_D(ax / s) >= 5.5 (5.5 is a D value), which E2M1 rounds to 6
-// after the clamp, and dq = RNE_D(6 s): no quotient, no E2M1 rounding. That holds at every
-// step unless expand > 1 or the zero guard gave eps; other lanes, and every lane for f32
-// scales (the product rounds), take Fp4Term.
-// (No reciprocal of s is passed: the search computes it only for the steps it sums.)
-template <DType D, int N>
-HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
-  const auto full = [&] {
-    return Fp4Term<D, N>(df, ax, im, s, D == DType::kBF16 ? hn::Div(hn::Set(df, 1.0f), s) : s);
-  };
-  if constexpr (D == DType::kF32) {
-    return full();
-  } else {
-    const VF t = TermFromDq<N>(rd::RoundToDType<D>(df, hn::Mul(s, hn::Set(df, 6.0f))), ax, im);
-    const MF six = hn::Le(hn::Mul(s, hn::Set(df, 5.5f)), ax);
-    if (HWY_LIKELY(hn::AllTrue(df, six))) return t;
-    return hn::IfThenElse(six, t, full());
-  }
-}
-
-// A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
-// in every lane (8 lanes only).
-template <DType D>
-HWY_INLINE VF Fp4Table(DF df, VF s) {
-  return rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
-}
-
-// Fp4Term with dq looked up in the step's Fp4Table (8 lanes only; the same products).
-template <DType D, int N>
-HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
-  VF c;
-  const VF y = Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), &c);
-  const hn::RebindToUnsigned<DF> du;
-  return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
-}
-
-// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100] (8 lanes
-// only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
-// 0), and RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| <
-// 2^103), so dq = RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15
-// (codes 3, 5, 7: g = 1.5, 3, 6): two lookups, a blend and an exact product instead of the
-// product and its rounding.
-alignas(32) constexpr float kTwoBaseM[8] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
-alignas(32) constexpr float kTwoBaseSel[8] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
-template <int N>
-HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
-  VF c;
-  const VF y = Fp4Round(df, QuotientBf16(df, ax, r), &c);
-  const hn::RebindToUnsigned<DF> du;
-  const auto idx = hn::BitCast(du, y);
-  const VF base = hn::IfNegativeThenElse(Permute8(df, hn::Load(df, kTwoBaseSel), idx), s15, s);
-  return TermFromDq<N>(hn::Mul(Permute8(df, hn::Load(df, kTwoBaseM), idx), base), ax, im);
-}
-
-// RNE_bf16(1.5 s) for Fp4TermTwoBase (the product is exact: s has 8 significant bits).
-HWY_INLINE VF OneAndHalf(DF df, VF s) {
-  return rd::RoundToDType<DType::kBF16>(df, hn::Mul(s, hn::Set(df, 1.5f)));
-}
 
 // For 8 lanes: entry m lists the lanes of the set bits of m in ascending order, one per
 // nibble from the lowest (the remaining nibbles are 0). Highway's Compress on AVX2 keeps its
@@ -414,18 +285,40 @@ void SearchFp4Groups(const Block& b) {
     const VF amax = hn::Max(hn::Abs(mn), hn::Abs(mx));
     const VF sixth = hn::Set(df, 1.0f / 6.0f), eps = hn::Set(df, intq::internal::ScaleEps(b.dtype));
     VF smin = hn::Set(df, 0x1p100f), smax = hn::Set(df, 0x1p-100f);  // every step's scales
-    auto unguarded = [&](size_t k) {  // RNE_D(pos / 6), for P[k] > 0
-      const VF pos = rd::RoundToDType<D>(df, hn::Mul(hn::Set(df, P[k]), amax));
-      return rd::RoundToDType<D>(df, D == DType::kBF16 ? hn::Mul(pos, sixth)
-                                                       : hn::Div(pos, hn::Set(df, 6.0f)));
+    // RNE_D(pos / 6), for P[k] > 0; with `pos_round` true by RoundPos (its domain: below).
+    auto unguarded_by = [&](size_t k, auto pos_round) {
+      const auto rnd = [&](VF v) {
+        if constexpr (decltype(pos_round)::value) {
+          return RoundPos<D>(df, v);
+        } else {
+          return rd::RoundToDType<D>(df, v);
+        }
+      };
+      const VF pos = rnd(hn::Mul(hn::Set(df, P[k]), amax));
+      return rnd(D == DType::kBF16 ? hn::Mul(pos, sixth) : hn::Div(pos, hn::Set(df, 6.0f)));
     };
+    auto unguarded = [&](size_t k) { return unguarded_by(k, std::false_type()); };
     // With the steps' p positive and non-increasing, a lane's unguarded scales never
     // increase (RNE_D is monotone): when the last step's is not 0 in any lane, no step's is,
     // the zero guard never applies, and the first and last steps' are the largest and
     // smallest.
     const VF last = monotone ? unguarded(steps - 1) : zero;
-    if (monotone && hn::AllFalse(df, hn::Eq(last, zero))) {
+    const bool descending = monotone && hn::AllFalse(df, hn::Eq(last, zero));
+    // bf16 maxima 0 or in [2^-60, 2^60] with every p >= 2^-30 (p non-increasing: the last
+    // is the smallest): each product p amax and its rounding pos is 0 or in [2^-90, 2^60],
+    // pos / 6's product too (>= 2^-93): RoundPos's domain, where it equals RoundToDType.
+    const bool pos_round =
+        D == DType::kBF16 && descending && P[steps - 1] >= 0x1p-30f &&
+        hn::AllTrue(df, hn::Or(hn::Eq(amax, zero), hn::And(hn::Ge(amax, hn::Set(df, 0x1p-60f)),
+                                                           hn::Le(amax, hn::Set(df, 0x1p60f)))));
+    if (pos_round) {
+      for (size_t k = 0; k + 1 < steps; ++k) {
+        hn::Store(unguarded_by(k, std::true_type()), df, S + k * L);
+      }
+    } else if (descending) {
       for (size_t k = 0; k + 1 < steps; ++k) hn::Store(unguarded(k), df, S + k * L);
+    }
+    if (descending) {
       hn::Store(last, df, S + (steps - 1) * L);
       smax = hn::Load(df, S);
       smin = last;
@@ -444,9 +337,25 @@ void SearchFp4Groups(const Block& b) {
         hn::Store(vs, df, S + k * L);
       }
     }
-    // Every step's one-term bound, from the element of largest |x| (Fp4TermLargest).
-    for (size_t k = 0; k < steps; ++k) {
-      hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
+    // Every later step's one-term bound, from the element of largest |x| (Fp4TermLargest).
+    // The first `full` steps are summed for every lane below, where a bound would only skip
+    // the decision of a step that cannot improve: they take 0, which rules nothing out (a
+    // best of 0 rejects every step by the sums too: no error is below 0).
+    const size_t full = std::min<size_t>(steps, 2);
+    for (size_t k = 0; k < full; ++k) hn::Store(zero, df, TOP + k * L);
+    if (D != DType::kF32 && descending && full < steps &&
+        hn::AllTrue(df, hn::Le(hn::Mul(hn::Load(df, S + full * L), hn::Set(df, 5.5f)), ax1))) {
+      // Scales non-increasing over the steps (`descending`), so 5.5 s <= 5.5 S[full] <= ax1
+      // at every later step (the f32 product is monotone in s): Fp4TermLargest's test holds
+      // in every lane of every step, checked once.
+      for (size_t k = full; k < steps; ++k) {
+        hn::Store(Fp4TermSix<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df, TOP + k * L);
+      }
+    } else {
+      for (size_t k = full; k < steps; ++k) {
+        hn::Store(Fp4TermLargest<D, N>(df, ax1, im1, hn::Load(df, S + k * L)), df,
+                  TOP + k * L);
+      }
     }
     // Step k's reciprocal f32(1 / s) (bf16 only; the scale itself otherwise) into R, computed
     // for the first step and the steps the one-term bound leaves live.
@@ -543,7 +452,6 @@ void SearchFp4Groups(const Block& b) {
     // The first two steps (where most groups are live and about half improve): each lane
     // sums its group's terms (two chains per step, the steps independent of each other),
     // then both decisions; the later steps' filters then compare against the best of both.
-    const size_t full = std::min<size_t>(steps, 2);
     {
       VF sum[2];
       for (size_t k = 0; k < full; ++k) {
