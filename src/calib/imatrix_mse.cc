@@ -10,6 +10,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_avx2_asym.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_rows.h"
@@ -177,8 +178,11 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // (IntScalesKept); other kernels take an f32 copy made with it.
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
-                      ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b)
+                      ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
+                            internal::IntAvx2AsymHandles(b)
                       : b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b));
+  // The AVX2 int kernels refuse an Inf or NaN themselves (SearchBlock returns false).
+  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b);
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
@@ -187,8 +191,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.x = x.data();
     if (raw_ok) {
       // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
-      // The AVX2 one refuses an Inf or NaN itself (SearchBlock returns false).
-      if (!internal::IntAvx2Handles(b) && !internal::AllFinite(src, in.dtype, n * in.cols)) {
+      if (!checks_finite && !internal::AllFinite(src, in.dtype, n * in.cols)) {
         return false;
       }
       b.raw = src;
