@@ -312,5 +312,220 @@ TEST_CASE("imatrix_mse int avx2 asym kernel refuses rows with an Inf or NaN") {
   }
 }
 
+
+// The chosen codes of every finite bf16 x (rows of 1024, then random shifted rows) at every
+// zero point under each of the scales of every significand at 2^-7 and 2^0 and of some at exponents across
+// [2^-100, 2^100] (x * f32(1 / s)) and outside it (x / s), and the zero guard eps: each packed
+// code against QuantizeValue's (asymmetric) + 8.
+TEST_CASE("imatrix_mse int avx2 asym chosen codes equal the definition") {
+  if (!calib::internal::IntAvx2Available()) {
+    CHECK(!calib::internal::IntAvx2AsymCodesHandle(128, 1024));
+    return;
+  }
+  std::mt19937 rng(23);
+  const size_t n = 1024, group = 64, ng = n / group;
+  imatrix_int::Bf16Rows rows = imatrix_int::EveryBf16Rows(rng, n);
+  std::vector<float> shifted, imp;
+  ShiftedRows(rng, 21, n, &shifted, &imp);
+  rows.x.insert(rows.x.end(), shifted.begin(), shifted.end());
+  rows.raw = imatrix_int::RawBf16(rows.x);
+  REQUIRE(calib::internal::IntAvx2AsymCodesHandle(group, n));
+  const intq::internal::Layout l{4, -8, 7, group, ng, n / 8};
+  std::vector<float> scales = {0.0078125f};
+  for (int e : {-7, 0}) {
+    for (uint32_t m = 128; m < 256; ++m) scales.push_back(std::ldexp(m / 128.0f, e));
+  }
+  for (int e : {-133, -120, -101, -100, -40, 5, 99, 100, 101, 127}) {
+    for (uint32_t m = 128; m < 256; m += 7) scales.push_back(std::ldexp(m / 128.0f, e));
+  }
+  std::vector<intq::internal::GroupParams> p(ng);
+  std::vector<uint8_t> got(n / 2);
+  size_t checked = 0, bad = 0;
+  for (size_t r = 0; r < rows.x.size() / n; ++r) {
+    const float* x = rows.x.data() + r * n;
+    // The rows of every bf16 x under every scale at every zero point; the random ones
+    // under some.
+    for (size_t sz = 0; sz < 16 * scales.size(); sz += (r < 64 ? 1 : 37)) {
+      const size_t si = sz / 16;
+      // Each group its own zero point, every one of [-8, 7] across the row.
+      for (size_t k = 0; k < ng; ++k) p[k] = {scales[si], static_cast<int>((k + sz) % 16) - 8};
+      calib::internal::IntAvx2AsymCodes4(rows.raw.data() + r * n * 2, n, group, p.data(),
+                                         got.data());
+      for (size_t i = 0; i < n; ++i) {
+        const int want =
+            intq::internal::QuantizeValue(x[i], p[i / group], l, false, DType::kBF16) + 8;
+        const int have = got[i / 2] >> (4 * (i % 2)) & 15;
+        ++checked;
+        if (have != want && bad++ < 3) {
+          MESSAGE("scale " << p[i / group].scale << " zp " << p[i / group].zp << " x " << x[i]
+                           << ": got " << have << " want " << want);
+        }
+      }
+    }
+  }
+  MESSAGE("codes checked: " << checked);
+  CHECK(bad == 0);
+}
+
+// Each group's min and max from the raw row against min_element / max_element of its f32
+// values (equal as values: the sign of a zero aside), on every finite bf16 x and shifted
+// random rows, for groups of 64, 128 and 1024; a row with an Inf or NaN refused.
+TEST_CASE("imatrix_mse int avx2 asym row min and max equal the definition's") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(29);
+  const size_t n = 1024;
+  imatrix_int::Bf16Rows rows = imatrix_int::EveryBf16Rows(rng, n);
+  std::vector<float> shifted, imp;
+  ShiftedRows(rng, 21, n, &shifted, &imp);
+  rows.x.insert(rows.x.end(), shifted.begin(), shifted.end());
+  rows.raw = imatrix_int::RawBf16(rows.x);
+  size_t checked = 0, bad = 0;
+  for (size_t group : {size_t{64}, size_t{128}, size_t{1024}}) {
+    const size_t ng = n / group;
+    std::vector<float> mn(ng), mx(ng);
+    for (size_t r = 0; r < rows.x.size() / n; ++r) {
+      REQUIRE(calib::internal::IntAvx2RowMinMax(rows.raw.data() + r * n * 2, ng, group,
+                                                mn.data(), mx.data()));
+      for (size_t k = 0; k < ng; ++k) {
+        const float* x = rows.x.data() + r * n + k * group;
+        ++checked;
+        if ((mn[k] != *std::min_element(x, x + group) ||
+             mx[k] != *std::max_element(x, x + group)) &&
+            bad++ < 3) {
+          MESSAGE("row " << r << " group " << k << ": got " << mn[k] << " " << mx[k]);
+        }
+      }
+    }
+  }
+  MESSAGE("groups checked: " << checked);
+  CHECK(bad == 0);
+  std::vector<uint8_t> row(2 * n, 0);
+  float a[16], b[16];
+  for (const uint16_t bad_bits : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0xFFC1},
+                                  uint16_t{0x7FC0}, uint16_t{0xFFFF}}) {
+    for (const size_t at : {size_t{0}, size_t{700}, n - 1}) {
+      std::memcpy(&row[2 * at], &bad_bits, 2);
+      CHECK(!calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+      std::memset(&row[2 * at], 0, 2);
+    }
+  }
+  CHECK(calib::internal::IntAvx2RowMinMax(row.data(), 8, 128, a, b));
+}
+
+// The chosen parameters eight groups at a time against StepRange and ComputeParams
+// (asymmetric) on the group's min and max: bf16 mins and maxes of every sign and magnitude
+// (zero, subnormal, near bf16's largest: ranges that overflow to Inf), every step, several
+// grids, expands and bit widths; scale, zero point and the scale's bf16 pattern.
+TEST_CASE("imatrix_mse int avx2 asym chosen parameters equal StepRange and ComputeParams") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(31);
+  std::uniform_int_distribution<int> exp_of(-133, 127), pick(0, 9);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  auto value = [&]() {
+    switch (pick(rng)) {
+      case 0: return 0.0f;
+      case 1: return Bf16(std::ldexp(mant(rng), -130));  // subnormal
+      case 2: return Bf16(std::ldexp(mant(rng), 126));   // near the largest
+      default: return Bf16(std::ldexp(mant(rng), exp_of(rng) / 4));
+    }
+  };
+  size_t checked = 0, bad = 0;
+  for (int bits : {4, 3, 2}) {
+    const int qmax = (1 << (bits - 1)) - 1;
+    for (const auto& [grid, expand] :
+         std::vector<std::pair<int, double>>{{20, 1.0}, {10, 1.0}, {31, 1.0}, {20, 1.8},
+                                             {20, 0.5}, {25, 1.25}}) {
+      const size_t n = 403;  // 50 vectors of groups and a tail of 3
+      std::vector<float> m0(n), M0(n);
+      std::vector<uint8_t> steps(n), got_b(2 * n), want_b(2 * n);
+      for (size_t k = 0; k < n; ++k) {
+        float a = value(), c = value();
+        if (k % 3 == 0) a = -a;
+        if (k % 5 != 2) c = -c;
+        m0[k] = std::min(a, c);
+        M0[k] = std::max(a, c);
+        steps[k] = static_cast<uint8_t>(k % 32 < static_cast<size_t>(grid) ? k % 32 : k % grid);
+      }
+      const intq::internal::Layout l{bits, -qmax - 1, qmax, 128, n, n * 128 * bits / 32};
+      std::vector<intq::internal::GroupParams> got(n);
+      calib::internal::IntAvx2AsymChosenParams(m0.data(), M0.data(), steps.data(), n, grid,
+                                               expand, l, got.data(), got_b.data());
+      for (size_t k = 0; k < n; ++k) {
+        float mn, mx;
+        calib::internal::StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+        const intq::internal::GroupParams want =
+            intq::internal::ComputeParams(mn, mx, l, false, DType::kBF16);
+        intq::internal::StoreScale(want_b.data() + 2 * k, want.scale, DType::kBF16);
+        ++checked;
+        if ((std::memcmp(&want.scale, &got[k].scale, 4) != 0 || got[k].zp != want.zp ||
+             std::memcmp(&want_b[2 * k], &got_b[2 * k], 2) != 0) &&
+            bad++ < 3) {
+          MESSAGE("m0 " << m0[k] << " M0 " << M0[k] << " step " << int(steps[k]) << " grid "
+                        << grid << " expand " << expand << ": got " << got[k].scale << " / "
+                        << got[k].zp << " want " << want.scale << " / " << want.zp);
+        }
+      }
+    }
+  }
+  MESSAGE("parameters checked: " << checked);
+  CHECK(bad == 0);
+}
+
+// QuantizeChosen (packed W4A16_ASYM rows) with the AVX2 helpers against the same with every
+// AVX2 kernel switched off (the scalar parameters, the Highway codes from f32 rows): the same
+// packed codes, scales and zero points, byte for byte; an Inf or NaN refused by both. Groups
+// of 64 and 128, expand 1 and 1.25, grids 20 and 10.
+TEST_CASE("imatrix_mse int avx2 asym chosen quantization equals the kernels-off path") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(37);
+  for (const size_t group : {size_t{64}, size_t{128}}) {
+    for (const double expand : {1.0, 1.25}) {
+      for (const int grid : {20, 10}) {
+        CAPTURE(group);
+        CAPTURE(expand);
+        CAPTURE(grid);
+        const size_t rows = 37, cols = 512, ng = cols / group;
+        AsymChunk c;
+        MakeAsymChunk(rng, rows, cols, &c);
+        c.in.params.group_size = static_cast<int>(group);
+        calib::ImatrixOptions o;
+        o.expand = expand;
+        o.grid = grid;
+        std::vector<uint32_t> masks(rows * ng);
+        REQUIRE(calib::GroupSteps(c.in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
+        std::vector<uint8_t> steps(rows * ng);
+        for (size_t k = 0; k < steps.size(); ++k) {
+          steps[k] = calib::ChosenStep(masks[k], calib::LastStep(o));
+        }
+        const size_t row_bytes = cols / 2;
+        auto run = [&](bool kernels, const WeightChunk& in, std::vector<uint8_t>* bytes) {
+          bytes->assign(rows * row_bytes + rows * ng * 2 + rows * ng, 0);
+          ChunkOutputs out;
+          out.out[0] = bytes->data();
+          out.out[1] = out.out[0] + rows * row_bytes;
+          out.out[2] = out.out[1] + rows * ng * 2;
+          calib::internal::SetIntAvx2Enabled(kernels);
+          const bool ok = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o, steps.data(),
+                                                /*packed=*/true, out);
+          calib::internal::SetIntAvx2Enabled(true);
+          return ok;
+        };
+        REQUIRE(calib::internal::IntAvx2AsymCodesHandle(group, cols));
+        std::vector<uint8_t> on, off;
+        REQUIRE(run(true, c.in, &on));
+        REQUIRE(run(false, c.in, &off));
+        CHECK(on == off);
+        WeightChunk bad_in = c.in;
+        std::vector<uint8_t> r = c.raw;
+        const uint16_t nan = 0x7FC1;
+        std::memcpy(&r[2 * (5 * cols + 77)], &nan, 2);
+        bad_in.data = r.data();
+        CHECK(!run(true, bad_in, &on));
+        CHECK(!run(false, bad_in, &off));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace quench::testing

@@ -375,7 +375,20 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
   const bool bf16_int4 = packed && sym && l.bits == 4 && in.dtype == DType::kBF16;
   const bool bf16_codes = bf16_int4 && internal::IntBf16CodesHandle(l.group, n);
   const bool avx2_codes = bf16_int4 && !bf16_codes && internal::IntAvx2CodesHandle(l.group, n);
+  // Packed asymmetric int4 of bf16 rows on AVX2: each group's min and max, its parameters
+  // (eight groups a vector) and its codes from the raw row (imatrix_mse_int_avx2_asym.h).
+  const bool asym_codes = packed && !sym && l.bits == 4 && in.dtype == DType::kBF16 &&
+                          internal::IntAvx2AsymCodesHandle(l.group, n);
   for (size_t r = 0; r < rows; ++r) {
+    if (asym_codes) {
+      const uint8_t* row = in.data + r * n * 2;
+      if (!internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data())) return false;
+      internal::IntAvx2AsymChosenParams(m0.data(), M0.data(), steps + r * ng, ng, o.grid,
+                                        o.expand, l, params.data(), out.out[1] + r * ng * ssz);
+      for (size_t k = 0; k < ng; ++k) zps[r * ng + k] = static_cast<int8_t>(params[k].zp);
+      internal::IntAvx2AsymCodes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);
+      continue;
+    }
     if (bf16_codes || avx2_codes) {
       const uint8_t* row = in.data + r * n * 2;
       if (!(bf16_codes ? internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())

@@ -9,7 +9,10 @@
 
 #include <cstddef>
 
+#include <cstdint>
+
 #include "calib/imatrix_mse_kernel.h"
+#include "schemes/int_shared.h"
 
 namespace quench::calib::internal {
 
@@ -31,6 +34,26 @@ bool SearchIntAvx2Asym(const Block& b);
 // IntAvx2AsymHandles(b) is not (i0, i1 as for a search) or the parameters are outside those.
 bool IntAvx2AsymTerms(const Block& b, float scale, float zp, const float* x, const float* imp,
                       size_t n, float* terms);
+
+// The chosen quantization's row helpers for bf16 rows, packed asymmetric int4, on the same
+// CPUs (imatrix_mse_int_avx2_asym_codes.cc): true when they take groups of `group` elements
+// in rows of n (IntAvx2Available(), IntAvx2Enabled(), group % 64 == 0, n % group == 0).
+bool IntAvx2AsymCodesHandle(size_t group, size_t n);
+// Each group's min and max of a raw bf16 row (the f32 values' min and max, up to the sign of
+// a zero); false when the row holds an Inf or NaN.
+bool IntAvx2RowMinMax(const uint8_t* row, size_t n_groups, size_t group, float* mn,
+                      float* mx);
+// The chosen parameters of n groups of a bf16 row with asymmetric codes of layout l, as
+// StepRange at the group's step, then ComputeParams (asymmetric, scale 0 -> eps), give them:
+// group k with min m0[k], max M0[k] and step steps[k] (at most 31) gets p[k] = {scale, zp}
+// and the scale's bf16 pattern at dst + 2 k. Eight groups a vector.
+void IntAvx2AsymChosenParams(const float* m0, const float* M0, const uint8_t* steps, size_t n,
+                             int grid, double expand, const intq::internal::Layout& l,
+                             intq::internal::GroupParams* p, uint8_t* dst);
+// A raw bf16 row's codes with each group's asymmetric 4-bit parameters, packed as
+// IntCodesPacked4 packs them (u = q + 8, element i in bits 4i..4i+3 of the byte stream).
+void IntAvx2AsymCodes4(const uint8_t* row, size_t n, size_t group,
+                       const intq::internal::GroupParams* p, uint8_t* dst);
 
 }  // namespace quench::calib::internal
 
