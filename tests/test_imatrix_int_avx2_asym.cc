@@ -140,7 +140,8 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
   }
 }
 
-// Every finite bf16 x (importance varying by element) at every zero point of the layout,
+// Every finite bf16 x (importance varying by element) at every zero point of the layout (0
+// also in the form for zero point 0),
 // under scales of many significands at exponents across [2^-100, 2^100] (every significand
 // at 2^0 and 2^-7, where the codes' roundings meet most midpoints), against the definition's
 // term: QuantizeValue's code, dq = RNE_bf16((q - zp) * s), |dq - x|^norm * imp.
@@ -169,9 +170,12 @@ TEST_CASE("imatrix_mse int avx2 asym kernel: every term of every bf16 x equals t
       const uint32_t dm = e == 0 || e == -7 ? (s.bits == 4 ? 1 : 3) : 13;
       for (uint32_t m = 128; m < 256; m += dm) {
         const float scale = std::ldexp(static_cast<float>(m) / 128.0f, e);
-        for (int zp = b.layout.qmin; zp <= b.layout.qmax; ++zp) {
-          REQUIRE(calib::internal::IntAvx2AsymTerms(b, scale, static_cast<float>(zp), xs.data(),
-                                                    imp.data(), xs.size(), got.data()));
+        // Zero point 0 in both forms (the search's sums take the shorter one).
+        for (int zf = b.layout.qmin; zf <= b.layout.qmax + 1; ++zf) {
+          const int zp = zf > b.layout.qmax ? 0 : zf;
+          REQUIRE(calib::internal::IntAvx2AsymTerms(b, scale, static_cast<float>(zp),
+                                                    zf > b.layout.qmax, xs.data(), imp.data(),
+                                                    xs.size(), got.data()));
           const intq::internal::GroupParams p{scale, zp};
           for (size_t i = 0; i < xs.size(); ++i) {
             // The definition (imatrix_mse_scalar.cc GroupErrorScalar's term).

@@ -30,10 +30,11 @@ bool SearchIntAvx2Asym(const Block& b);
 
 // The kernel's terms |dq - x|^norm * imp of n elements (a multiple of 8) at one scale
 // (2^-100 <= scale <= 2^100) and zero point (an integer in [qmin, qmax]), in element order,
-// for the test that compares every bf16 x with the definition's term. False when
+// for the test that compares every bf16 x with the definition's term; zero_form: the form the
+// search's sums take for steps of zero point 0 (zp must then be 0). False when
 // IntAvx2AsymHandles(b) is not (i0, i1 as for a search) or the parameters are outside those.
-bool IntAvx2AsymTerms(const Block& b, float scale, float zp, const float* x, const float* imp,
-                      size_t n, float* terms);
+bool IntAvx2AsymTerms(const Block& b, float scale, float zp, bool zero_form, const float* x,
+                      const float* imp, size_t n, float* terms);
 
 // The chosen quantization's row helpers for bf16 rows, packed asymmetric int4, on the same
 // CPUs (imatrix_mse_int_avx2_asym_codes.cc): true when they take groups of `group` elements
