@@ -81,6 +81,8 @@ bool IntAvx2AsymHandles(const Block& b) {
 namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
+using imx_avx2::AsymConsts;
+using imx_avx2::AsymParams;
 using imx_avx2::FirstRuled;
 using imx_avx2::Key;
 using imx_avx2::KeyOfImp;
@@ -208,6 +210,7 @@ struct Prepared {
 struct Ctx {
   const Block* b;
   Consts c;
+  AsymConsts k;
   size_t n, nv, ng;
   size_t sv;  // vectors of 8 step lanes that hold the block's steps
   uint32_t step_bits;
@@ -299,34 +302,24 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     std::swap(out->xs[p], out->xs[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
-  // Every step's parameters, calculate_qparams asymmetric as ParamsVec computes them: with
-  // mn = RNE_bf16(p m0), mx = RNE_bf16(p M0) (StepRange; m0, M0 the group's min and max
-  // times expand, as MakeTiles), lo = min(mn, 0), hi = max(mx, 0): s = RNE_bf16(RNE_bf16(hi -
-  // lo) / bit_range), zp = RNE_bf16(qmin - RNE_bf16(lo / s)) clamped to [qmin, qmax] and
-  // rounded half to even (NaN -> 0), with the unguarded s; then s = 0 -> eps(bf16). Steps
-  // whose scale QuotientBf16 does not cover (an infinite range, groups of absurd magnitude)
-  // only by the definition (sc).
+  // Every step's parameters (AsymParams: calculate_qparams asymmetric) from mn = RNE_bf16(p
+  // m0), mx = RNE_bf16(p M0) (StepRange; m0, M0 the group's min and max times expand, as
+  // MakeTiles). Steps whose scale QuotientBf16 does not cover (an infinite range, groups of
+  // absurd magnitude) only by the definition (sc).
   float m0 = LaneMin(mn), M0 = LaneMax(mx);
   if (b.expand != 1.0) {
     m0 = Expanded(m0, b.expand, b.dtype);
     M0 = Expanded(M0, b.expand, b.dtype);
   }
   const __m256 vm0 = _mm256_set1_ps(m0), vM0 = _mm256_set1_ps(M0);
-  const __m256 range = _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin));
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
     const __m256 p = _mm256_load_ps(x.P + 8 * h);
-    const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(p, vm0)), zero);
-    const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(p, vM0)), zero);
-    __m256 s = RoundBf16(_mm256_div_ps(RoundBf16(_mm256_sub_ps(hi, lo)), range));
-    const __m256 zq = RoundBf16(_mm256_sub_ps(c.qlo, RoundBf16(_mm256_div_ps(lo, s))));
-    const __m256 zc = _mm256_sub_ps(
-        _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(zq, c.qlo), c.qhi), c.magic), c.magic);
-    const __m256 z = _mm256_andnot_ps(_mm256_cmp_ps(zq, zq, _CMP_UNORD_Q), zc);
-    s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
-                         _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    __m256 s, r, z;
+    AsymParams(x.k, RoundBf16(_mm256_mul_ps(p, vm0)), RoundBf16(_mm256_mul_ps(p, vM0)), &s, &r,
+               &z);
     _mm256_store_ps(out->S + 8 * h, s);
-    _mm256_store_ps(out->R + 8 * h, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
+    _mm256_store_ps(out->R + 8 * h, r);
     _mm256_store_ps(out->Z + 8 * h, z);
     const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
                                     _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
@@ -466,6 +459,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
   x.b = &b;
   x.c = MakeConsts(b);
+  x.k = imx_avx2::MakeAsymConsts(b.layout.qmin, b.layout.qmax);
   x.n = b.group;
   x.nv = x.n / 8;
   x.ng = b.cols / x.n;

@@ -152,13 +152,10 @@ QUENCH_IMX_AVX2 bool MinMaxImpl(const uint8_t* row, size_t n_groups, size_t grou
   return _mm256_testz_si256(over, over) != 0;
 }
 
-// Eight groups' chosen parameters per vector: StepRange and ComputeParams (asymmetric) lane
-// by lane, the operations of imatrix_mse-inl.h ParamsVec: p = f32(1 - i / grid) by a gather
-// from the steps' table, Expanded (RNE_bf16(v * f32(expand))), mn = RNE_bf16(p m0),
-// mx = RNE_bf16(p M0), lo = min(mn, 0), hi = max(mx, 0), s = RNE_bf16(RNE_bf16(hi - lo) /
-// bit_range), zp = RNE_bf16(qmin - RNE_bf16(lo / s)) clamped and rounded half to even (NaN ->
-// 0) with the unguarded s, then s = 0 -> eps; the groups past the last multiple of 8 by the
-// scalar code itself.
+// Eight groups' chosen parameters per vector: StepRange lane by lane (p = f32(1 - i / grid)
+// by a gather from the steps' table, Expanded: RNE_bf16(v * f32(expand)), then RNE_bf16(p
+// v)) and the search's AsymParams (imatrix_mse_int_avx2_shared.h: ComputeParams, asymmetric);
+// the groups past the last multiple of 8 by the scalar code itself.
 QUENCH_IMX_AVX2 void ParamsImpl(const float* m0, const float* M0, const uint8_t* steps,
                                 size_t n, int grid, double expand,
                                 const intq::internal::Layout& l,
@@ -167,37 +164,27 @@ QUENCH_IMX_AVX2 void ParamsImpl(const float* m0, const float* M0, const uint8_t*
   alignas(32) float table[32];
   for (int i = 0; i < 32; ++i) table[i] = StepFactor(i, grid);
   const __m256 e = _mm256_set1_ps(static_cast<float>(expand));
-  const __m256 range = _mm256_set1_ps(static_cast<float>(l.qmax - l.qmin));
-  const __m256 qlo = _mm256_set1_ps(static_cast<float>(l.qmin));
-  const __m256 qhi = _mm256_set1_ps(static_cast<float>(l.qmax));
-  const __m256 magic = _mm256_set1_ps(12582912.0f);
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256 eps = _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16));
-  size_t k = 0;
-  for (; k + 8 <= n; k += 8) {
+  const imx_avx2::AsymConsts k = imx_avx2::MakeAsymConsts(l.qmin, l.qmax);
+  size_t g = 0;
+  for (; g + 8 <= n; g += 8) {
     const __m256i idx = _mm256_cvtepu8_epi32(
-        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(steps + k)));
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(steps + g)));
     const __m256 pv =
         _mm256_i32gather_ps(table, _mm256_and_si256(idx, _mm256_set1_epi32(31)), 4);
-    const __m256 a = RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(m0 + k), e));
-    const __m256 b = RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(M0 + k), e));
-    const __m256 lo = _mm256_min_ps(RoundBf16(_mm256_mul_ps(pv, a)), zero);
-    const __m256 hi = _mm256_max_ps(RoundBf16(_mm256_mul_ps(pv, b)), zero);
-    __m256 s = RoundBf16(_mm256_div_ps(RoundBf16(_mm256_sub_ps(hi, lo)), range));
-    const __m256 zq = RoundBf16(_mm256_sub_ps(qlo, RoundBf16(_mm256_div_ps(lo, s))));
-    const __m256 zc = _mm256_sub_ps(
-        _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(zq, qlo), qhi), magic), magic);
-    const __m256 z = _mm256_andnot_ps(_mm256_cmp_ps(zq, zq, _CMP_UNORD_Q), zc);
-    s = _mm256_blendv_ps(s, eps, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    const __m256 a = RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(m0 + g), e));
+    const __m256 b = RoundBf16(_mm256_mul_ps(_mm256_loadu_ps(M0 + g), e));
+    __m256 s, r, z;
+    imx_avx2::AsymParams(k, RoundBf16(_mm256_mul_ps(pv, a)), RoundBf16(_mm256_mul_ps(pv, b)), &s,
+                         &r, &z);
     alignas(32) float sv[8], zv[8];
     _mm256_store_ps(sv, s);
     _mm256_store_ps(zv, z);
     for (size_t j = 0; j < 8; ++j) {
-      p[k + j] = {sv[j], static_cast<int>(zv[j])};
-      intq::internal::StoreScale(dst + 2 * (k + j), sv[j], DType::kBF16);
+      p[g + j] = {sv[j], static_cast<int>(zv[j])};
+      intq::internal::StoreScale(dst + 2 * (g + j), sv[j], DType::kBF16);
     }
   }
-  ParamsScalar(m0, M0, steps, k, n, grid, expand, l, p, dst);
+  ParamsScalar(m0, M0, steps, g, n, grid, expand, l, p, dst);
 }
 
 }  // namespace

@@ -1,13 +1,18 @@
 // What the AVX2 imatrix_mse int searches share (imatrix_mse_int_avx2.cc for symmetric codes,
 // imatrix_mse_int_avx2_asym.cc for asymmetric ones): the target attribute, the batch and
-// first-check sizes, lane sums, the batched first checks and the ordering key. Only for those
-// two files (x86-64 with GCC or Clang; QUENCH_IMX_AVX2_X86 says whether it is).
+// first-check sizes, lane sums, the batched first checks and the ordering key; and the
+// asymmetric parameters, which the asymmetric search and chosen quantization share
+// (imatrix_mse_int_avx2_asym_codes.cc). Only for those files (x86-64 with GCC or Clang;
+// QUENCH_IMX_AVX2_X86 says whether it is).
 #ifndef QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 #define QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+
+#include "schemes/avx2.h"
+#include "schemes/int_shared.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QUENCH_IMX_AVX2_X86 1
@@ -88,6 +93,42 @@ QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
 // An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
 inline int32_t KeyOfImp(float imp) {
   return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
+}
+
+// calculate_qparams, asymmetric, of bf16 weights, lane by lane (imatrix_mse-inl.h ParamsVec's
+// operations; intq::internal::ComputeParams), from each lane's step range mn, mx (bf16
+// values): lo = min(mn, 0), hi = max(mx, 0); s = RNE_bf16(RNE_bf16(hi - lo) / bit_range);
+// zp = RNE_bf16(qmin - RNE_bf16(lo / s)) with the unguarded s, clamped to [qmin, qmax] unless
+// NaN, rounded half to even (NaN -> 0); then s = 0 -> eps(bf16); and r = f32(1 / s) of the
+// guarded s. A zero's sign may differ from ComputeParams' (std::min / std::max keep their
+// first argument): no parameter sees it (ParamsVec's comment). (Products with reciprocals
+// for the two divisions, by QuotientBf16's proof, measured slower: the divisions overlap
+// other work.)
+struct AsymConsts {
+  __m256 range, qlo, qhi;
+};
+
+QUENCH_IMX_AVX2 inline AsymConsts MakeAsymConsts(int qmin, int qmax) {
+  return {_mm256_set1_ps(static_cast<float>(qmax - qmin)),
+          _mm256_set1_ps(static_cast<float>(qmin)), _mm256_set1_ps(static_cast<float>(qmax))};
+}
+
+QUENCH_IMX_AVX2 inline void AsymParams(const AsymConsts& k, __m256 mn, __m256 mx, __m256* s_out,
+                                       __m256* r_out, __m256* z_out) {
+  using avx2::RoundBf16;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lo = _mm256_min_ps(mn, zero), hi = _mm256_max_ps(mx, zero);
+  const __m256 s = RoundBf16(_mm256_div_ps(RoundBf16(_mm256_sub_ps(hi, lo)), k.range));
+  const __m256 zq = RoundBf16(_mm256_sub_ps(k.qlo, RoundBf16(_mm256_div_ps(lo, s))));
+  const __m256 magic = _mm256_set1_ps(12582912.0f);  // RoundInt: |zq| <= 8 after the clamp
+  const __m256 zc = _mm256_sub_ps(
+      _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(zq, k.qlo), k.qhi), magic), magic);
+  *z_out = _mm256_andnot_ps(_mm256_cmp_ps(zq, zq, _CMP_UNORD_Q), zc);
+  const __m256 guarded =
+      _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
+                       _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+  *s_out = guarded;
+  *r_out = _mm256_div_ps(_mm256_set1_ps(1.0f), guarded);
 }
 
 #endif  // QUENCH_IMX_AVX2_X86
