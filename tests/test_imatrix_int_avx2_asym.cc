@@ -531,5 +531,86 @@ TEST_CASE("imatrix_mse int avx2 asym chosen quantization equals the kernels-off 
   }
 }
 
+
+// The quantize stage from the search's kept mins and maxes (IntRangesKept: SearchSteps'
+// group_minmax, IntKeptParams, QuantizeIntAsymKept) against QuantizeChosen with every AVX2
+// kernel switched off (the Highway search, the scalar parameters and codes from the rows):
+// the same packed codes, scales and zero points, byte for byte; the kept pairs are each
+// group's min and max computed here from the values. Groups of 64 and 128, expand 1 and 1.25,
+// grids 20 and 10; the kept pairs also from the f32 copy (kernels off).
+TEST_CASE("imatrix_mse int avx2 asym kernel: chosen parameters from the search's kept ranges") {
+  if (!calib::internal::IntAvx2Available()) return;  // IntRangesKept is false there
+  std::mt19937 rng(41);
+  for (const size_t group : {size_t{64}, size_t{128}}) {
+    for (const double expand : {1.0, 1.25}) {
+      for (const int grid : {20, 10}) {
+        CAPTURE(group);
+        CAPTURE(expand);
+        CAPTURE(grid);
+        const size_t rows = 40, cols = 512, ng = cols / group, groups = rows * ng;
+        AsymChunk c;
+        MakeAsymChunk(rng, rows, cols, &c);
+        c.in.params.group_size = static_cast<int>(group);
+        const WeightChunk& in = c.in;
+        calib::ImatrixOptions o;
+        o.expand = expand;
+        o.grid = grid;
+        REQUIRE(calib::IntRangesKept(in, o, /*packed=*/true));
+        CHECK(!calib::IntRangesKept(in, o, /*packed=*/false));
+        const int last = calib::LastStep(o);
+        std::vector<double> best(groups, FLT_MAX);
+        std::vector<uint32_t> masks(groups, 0u);
+        std::vector<float> minmax(2 * groups, -1.0f), minmax_off(2 * groups, -1.0f);
+        uint32_t bits = 0;
+        REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                                   best.data(), masks.data(), &bits, /*exact_best=*/false,
+                                   nullptr, minmax.data()));
+        for (size_t k = 0; k < groups; ++k) {
+          const float* x = c.x.data() + k * group;
+          REQUIRE(minmax[2 * k] == *std::min_element(x, x + group));
+          REQUIRE(minmax[2 * k + 1] == *std::max_element(x, x + group));
+        }
+        const int stop = calib::StopStep(bits, o);
+        std::vector<uint8_t> scales(groups * 2);
+        std::vector<int8_t> zps(groups);
+        calib::IntKeptParams(in, o, minmax.data(), masks.data(), groups, stop, scales.data(),
+                             zps.data());
+        const size_t row_bytes = cols / 2;
+        auto outputs = [&](std::vector<uint8_t>* bytes) {
+          bytes->assign(rows * row_bytes + groups * 2 + groups, 0);
+          ChunkOutputs out;
+          out.out[0] = bytes->data();
+          out.out[1] = out.out[0] + rows * row_bytes;
+          out.out[2] = out.out[1] + groups * 2;
+          return out;
+        };
+        std::vector<uint8_t> kept, ref;
+        REQUIRE(calib::QuantizeIntAsymKept(in, scales.data(), zps.data(), outputs(&kept)));
+        // The reference: every AVX2 kernel off.
+        calib::internal::SetIntAvx2Enabled(false);
+        std::vector<double> best_r(groups, FLT_MAX);
+        std::vector<uint32_t> masks_r(groups, 0u);
+        uint32_t bits_r = 0;
+        const bool searched =
+            calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                               best_r.data(), masks_r.data(), &bits_r, /*exact_best=*/false,
+                               nullptr, minmax_off.data());
+        std::vector<uint8_t> steps(groups);
+        const int stop_r = calib::StopStep(bits_r, o);
+        for (size_t k = 0; k < groups; ++k) steps[k] = calib::ChosenStep(masks_r[k], stop_r);
+        const bool quantized = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o,
+                                                     steps.data(), /*packed=*/true, outputs(&ref));
+        calib::internal::SetIntAvx2Enabled(true);
+        REQUIRE(searched);
+        REQUIRE(quantized);
+        CHECK(masks == masks_r);
+        CHECK(stop == stop_r);
+        CHECK(minmax == minmax_off);
+        CHECK(kept == ref);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace quench::testing

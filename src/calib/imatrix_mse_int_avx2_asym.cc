@@ -307,6 +307,10 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   // MakeTiles). Steps whose scale QuotientBf16 does not cover (an infinite range, groups of
   // absurd magnitude) only by the definition (sc).
   float m0 = LaneMin(mn), M0 = LaneMax(mx);
+  if (b.minmax != nullptr) {  // for the quantize stage (IntRangesKept)
+    b.minmax[2 * gi] = m0;
+    b.minmax[2 * gi + 1] = M0;
+  }
   if (b.expand != 1.0) {
     m0 = Expanded(m0, b.expand, b.dtype);
     M0 = Expanded(M0, b.expand, b.dtype);
