@@ -132,6 +132,14 @@ QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
   return c;
 }
 
+// RNE_bf16 of f32 lanes v by (v + M) - M, M = sign(v) 1.5 2^(e + 16) (the file comment has
+// why): for v = 0 and normal v below 2^111 in magnitude (M's exponent stays finite).
+QUENCH_IMX_AVX2 inline __m256 RneBf16M(const Consts& c, __m256 v) {
+  const __m256 m = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(v), c.signexp), c.up16));
+  return _mm256_sub_ps(_mm256_add_ps(v, m), m);
+}
+
 // A step as its terms take it: r = f32(1 / s) and zp in every lane, and the table of dq
 // (lo lane j: the code j's RNE_bf16((j - zp) s), hi lane j: the code j - 8's; j - zp is an
 // exact small integer in f32, the product exact, the file comment says why).
@@ -141,8 +149,9 @@ struct Step {
 
 QUENCH_IMX_AVX2 inline Step MakeStep(const Consts& c, float s, float r, float zp) {
   const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(zp);
-  return {_mm256_set1_ps(r), vz, RoundBf16(_mm256_mul_ps(_mm256_sub_ps(c.codes_lo, vz), vs)),
-          RoundBf16(_mm256_mul_ps(_mm256_sub_ps(c.codes_hi, vz), vs))};
+  // |j - zp| <= 15 times s in [2^-100, 2^100]: 0 or normal below 2^104 (RneBf16M).
+  return {_mm256_set1_ps(r), vz, RneBf16M(c, _mm256_mul_ps(_mm256_sub_ps(c.codes_lo, vz), vs)),
+          RneBf16M(c, _mm256_mul_ps(_mm256_sub_ps(c.codes_hi, vz), vs))};
 }
 
 // The terms of 8 elements x with importance im at step st (the file comment has why each
@@ -158,9 +167,7 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const
     q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(u, c.qlo), c.qhi));
   } else {
     const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(u, st.zp), c.qlo), c.qhi);
-    const __m256 m = _mm256_castsi256_ps(
-        _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(y), c.signexp), c.up16));
-    q = _mm256_cvtps_epi32(_mm256_sub_ps(_mm256_add_ps(y, m), m));
+    q = _mm256_cvtps_epi32(RneBf16M(c, y));
   }
   const __m256 dq = _mm256_blendv_ps(_mm256_permutevar8x32_ps(st.lo, q),
                                      _mm256_permutevar8x32_ps(st.hi, q), _mm256_castsi256_ps(q));
@@ -171,16 +178,18 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const
 }
 
 // One element's term (x and imp in every lane) at 8 steps (lanes: their scales s,
-// reciprocals r and zero points zp), as the definition computes it, each rounding RNE:
-// v = RNE_bf16(RNE_bf16(x * r) + zp), clamped and rounded half to even by 1.5 * 2^23,
-// dq = RNE_bf16((q - zp) * s).
+// reciprocals r and zero points zp), with Terms8's roundings (the quotient half up, the
+// clamp before the second rounding), the code rounded half to even by 1.5 * 2^23 and
+// dq = RNE_bf16((q - zp) * s) by RneBf16M from the exact product. Lanes of steps only the
+// definition takes (sc) hold some value never read.
 template <int N>
 QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 x, __m256 im, __m256 s,
                                        __m256 r, __m256 zp) {
-  const __m256 v = RoundBf16(_mm256_add_ps(RoundBf16(_mm256_mul_ps(x, r)), zp));
-  const __m256 cl = _mm256_min_ps(_mm256_max_ps(v, c.qlo), c.qhi);
-  const __m256 q = _mm256_sub_ps(_mm256_add_ps(cl, c.magic), c.magic);
-  const __m256 dq = RoundBf16(_mm256_mul_ps(_mm256_sub_ps(q, zp), s));
+  const __m256i t = _mm256_castps_si256(_mm256_mul_ps(x, r));
+  const __m256 u = _mm256_castsi256_ps(_mm256_and_si256(_mm256_add_epi32(t, c.half), c.hi16));
+  const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(u, zp), c.qlo), c.qhi);
+  const __m256 q = _mm256_sub_ps(_mm256_add_ps(RneBf16M(c, y), c.magic), c.magic);
+  const __m256 dq = RneBf16M(c, _mm256_mul_ps(_mm256_sub_ps(q, zp), s));
   const __m256 d = _mm256_and_ps(_mm256_sub_ps(dq, x), c.absmask);
   __m256 e = _mm256_mul_ps(d, d);
   if constexpr (N == 3) e = _mm256_mul_ps(e, d);
