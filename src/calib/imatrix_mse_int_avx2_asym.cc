@@ -210,6 +210,8 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   uint32_t z0;  // the steps whose zero point is 0
+  float m0, M0;  // the group's min and max times expand
+  int top;       // the position of its element of largest key
   double p0;
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
@@ -249,14 +251,14 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Ste
   return _mm256_add_ps(acc, acc1);
 }
 
-// Group gi's prelude, with no data-dependent branch but the finite and step-0 guards (so
-// that the groups of a batch overlap): one pass that stores the group's x and importance
-// and finds its min and max, its largest magnitude pattern (Inf or NaN) and each position's
-// element of largest key, which is then swapped into the first vector; every step's
-// parameters (lanes across steps, the operations of imatrix_mse-inl.h ParamsVec); the
-// one-term bound at every step; step 0's sum.
-template <int N>
-QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
+// Group gi's prelude in three parts, each run for every group of a batch before the next
+// (Search), with no data-dependent branch but the finite and step-0 guards, so that the
+// groups' independent work overlaps: the parameters' and one-term bounds' chains of
+// roundings and divisions are long, and run a group at a time they left the core waiting.
+// PreparePass: one pass that stores the group's x and importance and finds its min and max,
+// its largest magnitude pattern (Inf or NaN) and each position's element of largest key,
+// which is then swapped into the first vector.
+QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
   const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
@@ -272,7 +274,6 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const size_t col = out->col;
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
   const int32_t* ik = x.ik + col;
-  const __m256 zero = _mm256_setzero_ps();
   const Consts& c = x.c;
   // One pass: the group stored in element order; its min and max, the largest magnitude
   // pattern (mag), and per position (mod 8) the element of largest key (its vector in `at`).
@@ -311,10 +312,8 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     std::swap(out->xs[p], out->xs[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
-  // Every step's parameters (AsymParams: calculate_qparams asymmetric) from mn = RNE_bf16(p
-  // m0), mx = RNE_bf16(p M0) (StepRange; m0, M0 the group's min and max times expand, as
-  // MakeTiles). Steps whose scale QuotientBf16 does not cover (an infinite range, groups of
-  // absurd magnitude) only by the definition (sc).
+  // The group's min and max times expand (as MakeTiles), and the position of its element of
+  // largest key (in the first reordered vector).
   float m0 = LaneMin(mn), M0 = LaneMax(mx);
   if (b.minmax != nullptr) {  // for the quantize stage (IntRangesKept)
     b.minmax[2 * gi] = m0;
@@ -324,8 +323,23 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     m0 = Expanded(m0, b.expand, b.dtype);
     M0 = Expanded(M0, b.expand, b.dtype);
   }
-  const __m256 vm0 = _mm256_set1_ps(m0), vM0 = _mm256_set1_ps(M0);
-  uint32_t recip_ok = 0;
+  out->m0 = m0;
+  out->M0 = M0;
+  const uint32_t at_top = static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
+  out->top = __builtin_ctz(at_top | 0x100u);
+}
+
+// PrepareSteps: every step's parameters (AsymParams: calculate_qparams asymmetric) from
+// mn = RNE_bf16(p m0), mx = RNE_bf16(p M0) (StepRange), lanes across steps; the steps whose
+// scale QuotientBf16 does not cover (an infinite range, groups of absurd magnitude) only by
+// the definition (sc); the steps of zero point 0 (z0); the one-term bound at every step.
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, Prepared* out) {
+  const Consts& c = x.c;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 vm0 = _mm256_set1_ps(out->m0), vM0 = _mm256_set1_ps(out->M0);
+  uint32_t recip_ok = 0, z0 = 0;
   for (size_t h = 0; h < x.sv; ++h) {
     const __m256 p = _mm256_load_ps(x.P + 8 * h);
     __m256 s, r, z;
@@ -337,35 +351,31 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
                                     _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
     recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
+    z0 |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(z, zero, _CMP_EQ_OQ)))
+          << (8 * h);
   }
   out->sc = ~recip_ok & x.step_bits;
-  // The group's element of largest key (a position of the first reordered vector): its term
-  // at every step.
-  const uint32_t at_top = static_cast<uint32_t>(
-      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
-  const int lane = __builtin_ctz(at_top | 0x100u);
-  const __m256 tx = _mm256_set1_ps(out->xs[lane]);
-  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  out->z0 = z0;
+  const __m256 tx = _mm256_set1_ps(out->xs[out->top]);
+  const __m256 tim = _mm256_set1_ps(out->ie[out->top]);
   for (size_t h = 0; h < x.sv; ++h) {
     _mm256_store_ps(out->TOP + 8 * h,
                     TopTerms<N>(c, tx, tim, _mm256_load_ps(out->S + 8 * h),
                                 _mm256_load_ps(out->R + 8 * h), _mm256_load_ps(out->Z + 8 * h)));
   }
-  // Step 0's sum (its decision comes first in Decide).
+}
+
+// PrepareStep0: step 0's sum (its decision comes first in Decide), unless only the
+// definition takes it or its one term already rules it out.
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
-  if (!(out->sc & 1u) && !(out->TOP[0] >= b.best[gi])) {
-    const Step st = MakeStep(c, out->S[0], out->R[0], out->Z[0]);
+  if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
+    const Step st = MakeStep(x.c, out->S[0], out->R[0], out->Z[0]);
+    const __m256 zero = _mm256_setzero_ps();
     out->p0 = LaneSum(out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
                                         : SumVecs<N, false>(x, *out, st, 0, zero));
   }
-  // The steps whose zero point is 0 (Terms8's Z0).
-  uint32_t z0 = 0;
-  for (size_t h = 0; h < x.sv; ++h) {
-    z0 |= static_cast<uint32_t>(_mm256_movemask_ps(
-              _mm256_cmp_ps(_mm256_load_ps(out->Z + 8 * h), zero, _CMP_EQ_OQ)))
-          << (8 * h);
-  }
-  out->z0 = z0;
 }
 
 // Group gi's decisions (imatrix_mse_certified.cc's SearchCertified<bf16, kIntAsym, N>, its
@@ -501,11 +511,13 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     for (size_t j = 0; j < nb; ++j) {
       prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
       gc = gc + 1 == x.ng ? 0 : gc + 1;
-      Prepare<N>(x, g0 + j, &prep[j]);
+      PreparePass(x, g0 + j, &prep[j]);
     }
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
+    for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
