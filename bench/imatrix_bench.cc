@@ -4,10 +4,11 @@
 // (little-endian) and COLS f64 sums of x^2 (a statistics site's sum_x2) with its token count.
 // Thread CPU time, best of R rounds; prints the popcount of the masks (the improving steps)
 // so that two builds can be checked to decide the same. QUENCH_BENCH_NO_AVX2=1 in the
-// environment switches the AVX2 int kernel off (imatrix_mse_int_avx2.h: the Highway kernel on
-// f32 copies, as before it), for an A/B run with one binary.
+// environment switches the AVX2 int kernels off (imatrix_mse_int_avx2.h and
+// imatrix_mse_int_avx2_asym.h: the Highway kernel on f32 copies, as before them), for an A/B
+// run with one binary. `asym`: int4 g128 with zero points (W4A16_ASYM), run only when named.
 //
-//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5] [int|nvfp4]
+//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5] [int|nvfp4|asym]
 
 #include <algorithm>
 #include <cfloat>
@@ -38,7 +39,7 @@ bool ReadAll(const char* path, std::vector<T>* v) {
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
   if (argc < 6) {
-    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4]\n");
+    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym]\n");
     return 2;
   }
   const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);
@@ -55,8 +56,11 @@ int main(int argc, char** argv) {
   if (no_avx2 != nullptr && std::string(no_avx2) == "1") calib::internal::SetIntAvx2Enabled(false);
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;
-  for (calib::ImatrixFormat f : {calib::ImatrixFormat::kInt, calib::ImatrixFormat::kNvfp4}) {
-    if (!only.empty() && only != (f == calib::ImatrixFormat::kInt ? "int" : "nvfp4")) continue;
+  for (const char* mode : {"int", "nvfp4", "asym"}) {
+    const std::string m = mode;
+    if (only.empty() ? m == "asym" : only != m) continue;
+    const calib::ImatrixFormat f =
+        m == "nvfp4" ? calib::ImatrixFormat::kNvfp4 : calib::ImatrixFormat::kInt;
     WeightChunk in;
     in.data = reinterpret_cast<const uint8_t*>(w.data());
     in.dtype = DType::kBF16;
@@ -64,7 +68,7 @@ int main(int argc, char** argv) {
     in.cols = cols;
     in.params.bits = 4;
     in.params.group_size = 128;
-    in.params.symmetric = true;
+    in.params.symmetric = m != "asym";
     const size_t groups = rows * cols / calib::GroupColumns(in, f);
     // Blocks of 16 rows, as the conversion's row blocks of ~64K weights.
     const size_t block = 16;
@@ -88,7 +92,7 @@ int main(int argc, char** argv) {
       for (uint32_t m : masks) pop += static_cast<uint64_t>(__builtin_popcount(m));
     }
     std::printf("%s: %.3f ns/weight, %llu improving steps over %zu groups\n",
-                f == calib::ImatrixFormat::kInt ? "int4 g128" : "nvfp4",
+                m == "int" ? "int4 g128" : m == "asym" ? "int4 g128 asym" : "nvfp4",
                 best_t * 1e9 / static_cast<double>(rows * cols),
                 static_cast<unsigned long long>(pop), groups);
   }

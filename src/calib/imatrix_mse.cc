@@ -10,6 +10,7 @@
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_avx2_asym.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_rows.h"
@@ -161,7 +162,7 @@ internal::Block StepsBlock(const WeightChunk& in, ImatrixFormat f, const Geometr
 bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
               const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
               uint32_t* improved, bool scalar, bool exact_best = true,
-              float* group_absmax = nullptr) {
+              float* group_absmax = nullptr, float* group_minmax = nullptr) {
   Geometry g;
   if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
   internal::Block b = StepsBlock(in, f, g, o, i0, i1);
@@ -177,8 +178,15 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // (IntScalesKept); other kernels take an f32 copy made with it.
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
-                      ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b)
+                      ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
+                            internal::IntAvx2AsymHandles(b)
                       : b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b));
+  // The AVX2 int kernels refuse an Inf or NaN themselves (SearchBlock returns false).
+  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b);
+  // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
+  // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
+  // asks).
+  const bool minmax_by_kernel = raw_ok && internal::IntAvx2AsymHandles(b);
   for (size_t r0 = 0; r0 < in.rows; r0 += block_rows) {
     const size_t n = std::min(block_rows, in.rows - r0);
     const size_t esz = DTypeBits(in.dtype) / 8;
@@ -187,13 +195,15 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.x = x.data();
     if (raw_ok) {
       // The AVX-512 BF16 and AVX2 int kernels read the bf16 rows themselves: no f32 copy.
-      // The AVX2 one refuses an Inf or NaN itself (SearchBlock returns false).
-      if (!internal::IntAvx2Handles(b) && !internal::AllFinite(src, in.dtype, n * in.cols)) {
+      if (!checks_finite && !internal::AllFinite(src, in.dtype, n * in.cols)) {
         return false;
       }
       b.raw = src;
       b.x = nullptr;
       b.absmax = group_absmax == nullptr ? nullptr : group_absmax + r0 * g.n_groups;
+      b.minmax = group_minmax == nullptr || !minmax_by_kernel
+                     ? nullptr
+                     : group_minmax + 2 * r0 * g.n_groups;
     } else if (group_absmax != nullptr) {
       if (!internal::ToF32GroupAbsMax(src, in.dtype, n * g.n_groups, g.group, x.data(),
                                       group_absmax + r0 * g.n_groups)) {
@@ -201,6 +211,15 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
       }
     } else if (!internal::ToF32(src, in.dtype, n * in.cols, x.data())) {
       return false;
+    }
+    if (group_minmax != nullptr && !raw_ok) {
+      const size_t ng = n * g.n_groups;
+      std::vector<float> lo(ng), hi(ng);
+      internal::GroupMinMax(x.data(), ng, g.group, lo.data(), hi.data());
+      for (size_t k = 0; k < ng; ++k) {
+        group_minmax[2 * (r0 * g.n_groups + k)] = lo[k];
+        group_minmax[2 * (r0 * g.n_groups + k) + 1] = hi[k];
+      }
     }
     b.rows = n;
     b.best = best + r0 * g.n_groups;
@@ -214,9 +233,10 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
 
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved, bool exact_best, float* group_absmax) {
+                 uint32_t* improved, bool exact_best, float* group_absmax,
+                 float* group_minmax) {
   return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best,
-                  group_absmax);
+                  group_absmax, group_minmax);
 }
 
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
@@ -372,7 +392,20 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
   const bool bf16_int4 = packed && sym && l.bits == 4 && in.dtype == DType::kBF16;
   const bool bf16_codes = bf16_int4 && internal::IntBf16CodesHandle(l.group, n);
   const bool avx2_codes = bf16_int4 && !bf16_codes && internal::IntAvx2CodesHandle(l.group, n);
+  // Packed asymmetric int4 of bf16 rows on AVX2: each group's min and max, its parameters
+  // (eight groups a vector) and its codes from the raw row (imatrix_mse_int_avx2_asym.h).
+  const bool asym_codes = packed && !sym && l.bits == 4 && in.dtype == DType::kBF16 &&
+                          internal::IntAvx2AsymCodesHandle(l.group, n);
   for (size_t r = 0; r < rows; ++r) {
+    if (asym_codes) {
+      const uint8_t* row = in.data + r * n * 2;
+      if (!internal::IntAvx2RowMinMax(row, ng, l.group, m0.data(), M0.data())) return false;
+      internal::IntAvx2AsymChosenParams(m0.data(), M0.data(), steps + r * ng, ng, o.grid,
+                                        o.expand, l, params.data(), out.out[1] + r * ng * ssz);
+      for (size_t k = 0; k < ng; ++k) zps[r * ng + k] = static_cast<int8_t>(params[k].zp);
+      internal::IntAvx2AsymCodes4(row, n, l.group, params.data(), out.out[0] + r * row_bytes);
+      continue;
+    }
     if (bf16_codes || avx2_codes) {
       const uint8_t* row = in.data + r * n * 2;
       if (!(bf16_codes ? internal::IntBf16RowMinMax(row, ng, l.group, m0.data(), M0.data())
@@ -484,6 +517,58 @@ bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOu
     std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
     internal::IntAvx2Codes4(row, n, g.group, params.data(), out.out[0] + r * row_bytes);
   }
+  return true;
+}
+
+bool IntRangesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed) {
+  Geometry g;
+  if (!packed || in.params.symmetric || in.dtype != DType::kBF16 ||
+      !MakeGeometry(in, ImatrixFormat::kInt, &g) || g.l.bits != 4 ||
+      !internal::IntAvx2AsymCodesHandle(g.group, in.cols)) {
+    return false;
+  }
+  // The block RunSteps gives the kernels (IntAvx2AsymHandles reads only its settings).
+  return internal::IntAvx2AsymHandles(
+      StepsBlock(in, ImatrixFormat::kInt, g, o, 0, LastStep(o)));
+}
+
+void IntKeptParams(const WeightChunk& in, const ImatrixOptions& o, const float* minmax,
+                   const uint32_t* masks, size_t n, int stop, uint8_t* scales, int8_t* zps) {
+  Geometry g;
+  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return;
+  std::vector<uint8_t> steps(n);
+  std::vector<float> m0(n), M0(n);
+  for (size_t k = 0; k < n; ++k) {
+    steps[k] = ChosenStep(masks[k], std::min(stop, LastStep(o)));
+    m0[k] = minmax[2 * k];
+    M0[k] = minmax[2 * k + 1];
+  }
+  std::vector<GroupParams> params(n);
+  internal::IntAvx2AsymChosenParams(m0.data(), M0.data(), steps.data(), n, o.grid, o.expand,
+                                    g.l, params.data(), scales);
+  for (size_t k = 0; k < n; ++k) zps[k] = static_cast<int8_t>(params[k].zp);
+}
+
+bool QuantizeIntAsymKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
+                         const ChunkOutputs& out) {
+  Geometry g;
+  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
+  const size_t n = in.cols, ng = g.n_groups;
+  const size_t row_bytes = g.l.words_per_row * 4;
+  std::vector<GroupParams> params(ng);
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* s = scales + r * ng * 2;
+    for (size_t k = 0; k < ng; ++k) {
+      uint16_t bits;
+      std::memcpy(&bits, s + 2 * k, 2);
+      params[k] = {BF16ToF32(bits), zps[r * ng + k]};
+    }
+    std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
+    internal::IntAvx2AsymCodes4(in.data + r * n * 2, n, g.group, params.data(),
+                                out.out[0] + r * row_bytes);
+  }
+  // Zero points packed down the columns, as QuantizeIntChosen packs them.
+  intq::internal::PackZeroPoints(zps, in.rows, ng, g.l.bits, out.out[2]);
   return true;
 }
 

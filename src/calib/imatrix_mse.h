@@ -89,9 +89,12 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
 // max(|m0|, |M0|), read off the block's f32 copy while it is in cache (for ChosenPos).
+// group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
+// IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
-                 uint32_t* improved, bool exact_best = true, float* group_absmax = nullptr);
+                 uint32_t* improved, bool exact_best = true, float* group_absmax = nullptr,
+                 float* group_minmax = nullptr);
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                        const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                        uint32_t* improved);
@@ -151,6 +154,17 @@ void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* 
 // QuantizeChosen's output (packed) for the rows of `in` with their groups' chosen scales from
 // IntKeptScales (scales: rows x groups, bf16's encoding): the same bytes.
 bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOutputs& out);
+
+// The same for packed asymmetric int4 of bf16 where the AVX2 kernels take both the search
+// and the chosen codes (imatrix_mse_int_avx2_asym.h): the search keeps each group's min and
+// max (SearchSteps' group_minmax), IntKeptParams turns them into the chosen scales (bf16's
+// encoding, 2 bytes each) and zero points (1 byte each), and QuantizeIntAsymKept writes
+// QuantizeChosen's output from those, with no pass over the rows for the ranges.
+bool IntRangesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
+void IntKeptParams(const WeightChunk& in, const ImatrixOptions& o, const float* minmax,
+                   const uint32_t* masks, size_t n, int stop, uint8_t* scales, int8_t* zps);
+bool QuantizeIntAsymKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
+                         const ChunkOutputs& out);
 
 // The search over steps 0..stop: per group (row-major, rows x n_groups) the chosen scale
 // (a value of D) and zero point, and the codes (rows x cols, no offset).

@@ -16,6 +16,7 @@
 #include <cstddef>
 
 #include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_avx2_asym.h"
 #include "calib/imatrix_mse_int_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -95,6 +96,9 @@ bool SearchBlock(const Block& b) {
   }
   // The same blocks on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
   if (IntAvx2Handles(b)) return SearchIntAvx2(b);
+  // Asymmetric int codes of bf16 weights (W4A16_ASYM) on AVX2 CPUs
+  // (imatrix_mse_int_avx2_asym.h).
+  if (IntAvx2AsymHandles(b)) return SearchIntAvx2Asym(b);
   return HWY_DYNAMIC_DISPATCH(SearchBlockKernel)(b);
 }
 

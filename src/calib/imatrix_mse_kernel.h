@@ -84,6 +84,9 @@ struct Block {
   // When set (only for blocks IntAvx2Handles takes): rows x (cols / group), each group's
   // largest magnitude max |x| (before expand), as the kernel's pass finds it.
   float* absmax = nullptr;
+  // When set (only for blocks IntAvx2AsymHandles takes): rows x (cols / group) pairs, each
+  // group's min and max (before expand), as that kernel's pass finds them.
+  float* minmax = nullptr;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),

@@ -302,6 +302,15 @@ class ImatrixRunImpl : public ImatrixRun {
                                         : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
     }
     const bool packed = IsPacked(pt);
+    if (f == ImatrixFormat::kInt && IntRangesKept(in, Opt(t), packed)) {
+      // The chosen scales and zero points kept by the search (IntKeptParams): all the
+      // tensor's scales (2 bytes a group), then its zero points (1 byte a group).
+      const size_t total = steps->size() / 3;
+      if (steps->size() != total * 3 || total < (in.row0 + in.rows) * ng) return false;
+      return QuantizeIntAsymKept(
+          in, steps->data() + in.row0 * ng * 2,
+          reinterpret_cast<const int8_t*>(steps->data() + total * 2 + in.row0 * ng), out);
+    }
     if (f == ImatrixFormat::kInt && IntScalesKept(in, Opt(t), packed)) {
       // The chosen scales kept by the search (IntKeptScales), 2 bytes a group.
       if (steps->size() < (in.row0 + in.rows) * ng * 2) return false;
@@ -401,6 +410,12 @@ class ImatrixRunImpl : public ImatrixRun {
                           IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
     std::vector<float>& absmax = absmax_;
     absmax.resize(by_absmax || int_kept ? rows * ng : 0);
+    // Packed asymmetric int4 on the AVX2 kernels: each group's min and max, for its chosen
+    // scale and zero point.
+    const bool asym_kept = f == ImatrixFormat::kInt &&
+                           IntRangesKept(chunk_of(base, 1), opt, IsPacked(pt));
+    std::vector<float>& minmax = minmax_;
+    minmax.resize(asym_kept ? 2 * rows * ng : 0);
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
     // About 64K weights, and at least 16 rows (SearchSteps' own block: whole-row groups fill
@@ -432,7 +447,8 @@ class ImatrixRunImpl : public ImatrixRun {
       std::fill_n(masks.data() + r.begin() * ng, n * ng, 0u);
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data(),
                        masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
-                       by_absmax || int_kept ? absmax.data() + r.begin() * ng : nullptr)) {
+                       by_absmax || int_kept ? absmax.data() + r.begin() * ng : nullptr,
+                       asym_kept ? minmax.data() + 2 * r.begin() * ng : nullptr)) {
         finite = false;
       }
       improved.fetch_or(bits);
@@ -458,6 +474,20 @@ class ImatrixRunImpl : public ImatrixRun {
                                   opt, pt.dtype, steps->data() + k0 * esz);
         std::lock_guard<std::mutex> lock(amax_mu);
         out.amax = std::max(out.amax, m);
+      });
+      out.steps = steps;
+      return out;
+    }
+    if (asym_kept) {
+      // Per group its chosen scale in bf16's encoding, then per group its zero point
+      // (Quantize: QuantizeIntAsymKept), row blocks in parallel.
+      steps->resize(masks.size() * 3);
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
+                        [&](const tbb::blocked_range<size_t>& rr) {
+        const size_t k0 = rr.begin() * ng;
+        IntKeptParams(chunk_of(base, 1), opt, minmax.data() + 2 * k0, masks.data() + k0,
+                      rr.size() * ng, stop, steps->data() + k0 * 2,
+                      reinterpret_cast<int8_t*>(steps->data() + masks.size() * 2 + k0));
       });
       out.steps = steps;
       return out;
@@ -542,6 +572,7 @@ class ImatrixRunImpl : public ImatrixRun {
   // SearchTensor's per-group scratch (input stage only): masks, largest |x|.
   std::vector<uint32_t> masks_;
   std::vector<float> absmax_;
+  std::vector<float> minmax_;
   std::unique_ptr<MappedFile> map_;
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared

@@ -1,0 +1,138 @@
+// What the AVX2 imatrix_mse int searches share (imatrix_mse_int_avx2.cc for symmetric codes,
+// imatrix_mse_int_avx2_asym.cc for asymmetric ones): the target attribute, the batch and
+// first-check sizes, lane sums, the batched first checks and the ordering key; and the
+// asymmetric parameters, which the asymmetric search and chosen quantization share
+// (imatrix_mse_int_avx2_asym_codes.cc). Only for those files (x86-64 with GCC or Clang;
+// QUENCH_IMX_AVX2_X86 says whether it is).
+#ifndef QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
+#define QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include "schemes/avx2.h"
+#include "schemes/int_shared.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QUENCH_IMX_AVX2_X86 1
+#include <immintrin.h>
+// No FMA in the target: nothing can contract the definition's products.
+#define QUENCH_IMX_AVX2 __attribute__((target("avx2,bmi,bmi2")))
+#endif
+
+namespace quench::calib::internal::imx_avx2 {
+
+// Steps a group's search takes at most (four vectors of step lanes; LastStep < 32).
+constexpr size_t kSteps = 32;
+// Groups prepared at a time before their decisions (Search): their buffers stay in L1.
+constexpr size_t kBatch = 8;
+// Vectors of terms in a live step's first check: two (16 elements: the first vector, which
+// receives each position's element of largest key, and the next; on the bench's q_proj
+// faster than 1 or 3 vectors, and than 2 or 4 vectors of top elements).
+constexpr size_t kFirstVecs = 2;
+
+#ifdef QUENCH_IMX_AVX2_X86
+
+// The sum of a vector's lanes (in any order: the certified bound covers every order).
+QUENCH_IMX_AVX2 inline double LaneSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return static_cast<double>(_mm_cvtss_f32(s));
+}
+
+// The largest of a vector's signed 32-bit lanes, in every lane.
+QUENCH_IMX_AVX2 inline __m256i LaneMaxI32(__m256i v) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  return _mm256_broadcastd_epi32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
+}
+
+// The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
+// p + 8 i is Certifiable and pc lo_f >= bhi (the scalar test of the step's decision, which
+// then cannot improve). Lane sums eight vectors at a time by a tree of horizontal adds (any
+// order: the certified bound covers every order); the vectors up to the next multiple of 8
+// are zeroed first.
+QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, double bhi) {
+  for (size_t i = nl; i % 8 != 0; ++i) _mm256_store_ps(p + 8 * i, _mm256_setzero_ps());
+  const __m256d vlo = _mm256_set1_pd(lo_f), vb = _mm256_set1_pd(bhi);
+  uint32_t ruled = 0;
+  for (size_t i = 0; i < nl; i += 8) {
+    const float* q = p + 8 * i;
+    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+    // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    const __m256 pc = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                    _mm256_permute2f128_ps(q0, q1, 0x31));
+    const __m256 cert = _mm256_or_ps(
+        _mm256_cmp_ps(pc, _mm256_setzero_ps(), _CMP_EQ_OQ),
+        _mm256_and_ps(_mm256_cmp_ps(pc, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                      _mm256_cmp_ps(pc, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ)));
+    const __m256d lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pc)), vlo);
+    const __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pc, 1)), vlo);
+    const uint32_t ge =
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(lo, vb, _CMP_GE_OQ))) |
+        static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(hi, vb, _CMP_GE_OQ))) << 4;
+    ruled |= (ge & static_cast<uint32_t>(_mm256_movemask_ps(cert))) << i;
+  }
+  return ruled;
+}
+
+// The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
+// (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
+// octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
+// with no product. Any key gives a valid bound: it only picks which elements go first.
+QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
+  return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
+}
+
+// An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
+inline int32_t KeyOfImp(float imp) {
+  return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
+}
+
+// calculate_qparams, asymmetric, of bf16 weights, lane by lane (imatrix_mse-inl.h ParamsVec's
+// operations; intq::internal::ComputeParams), from each lane's step range mn, mx (bf16
+// values): lo = min(mn, 0), hi = max(mx, 0); s = RNE_bf16(RNE_bf16(hi - lo) / bit_range);
+// zp = RNE_bf16(qmin - RNE_bf16(lo / s)) with the unguarded s, clamped to [qmin, qmax] unless
+// NaN, rounded half to even (NaN -> 0); then s = 0 -> eps(bf16); and r = f32(1 / s) of the
+// guarded s. A zero's sign may differ from ComputeParams' (std::min / std::max keep their
+// first argument): no parameter sees it (ParamsVec's comment). (Products with reciprocals
+// for the two divisions, by QuotientBf16's proof, measured slower: the divisions overlap
+// other work.)
+struct AsymConsts {
+  __m256 range, qlo, qhi;
+};
+
+QUENCH_IMX_AVX2 inline AsymConsts MakeAsymConsts(int qmin, int qmax) {
+  return {_mm256_set1_ps(static_cast<float>(qmax - qmin)),
+          _mm256_set1_ps(static_cast<float>(qmin)), _mm256_set1_ps(static_cast<float>(qmax))};
+}
+
+QUENCH_IMX_AVX2 inline void AsymParams(const AsymConsts& k, __m256 mn, __m256 mx, __m256* s_out,
+                                       __m256* r_out, __m256* z_out) {
+  using avx2::RoundBf16;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lo = _mm256_min_ps(mn, zero), hi = _mm256_max_ps(mx, zero);
+  const __m256 s = RoundBf16(_mm256_div_ps(RoundBf16(_mm256_sub_ps(hi, lo)), k.range));
+  const __m256 zq = RoundBf16(_mm256_sub_ps(k.qlo, RoundBf16(_mm256_div_ps(lo, s))));
+  const __m256 magic = _mm256_set1_ps(12582912.0f);  // RoundInt: |zq| <= 8 after the clamp
+  const __m256 zc = _mm256_sub_ps(
+      _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(zq, k.qlo), k.qhi), magic), magic);
+  *z_out = _mm256_andnot_ps(_mm256_cmp_ps(zq, zq, _CMP_UNORD_Q), zc);
+  const __m256 guarded =
+      _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
+                       _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+  *s_out = guarded;
+  *r_out = _mm256_div_ps(_mm256_set1_ps(1.0f), guarded);
+}
+
+#endif  // QUENCH_IMX_AVX2_X86
+
+}  // namespace quench::calib::internal::imx_avx2
+
+#endif  // QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
