@@ -83,7 +83,7 @@ namespace {
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 using imx_avx2::AsymConsts;
 using imx_avx2::AsymParams;
-using imx_avx2::FirstRuled;
+using imx_avx2::DecideGroup;
 using imx_avx2::Key;
 using imx_avx2::KeyOfImp;
 using imx_avx2::kBatch;
@@ -378,100 +378,35 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
   }
 }
 
-// Group gi's decisions (imatrix_mse_certified.cc's SearchCertified<bf16, kIntAsym, N>, its
-// steps in the same order with the same decisions): step 0; the steps its best leaves by
-// their one term, decided by their first kFirstVecs vectors of terms; the rest summed to the
-// end, all before any decision, then decided in step order.
+// Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified<bf16,
+// kIntAsym, N>, its steps in the same order with the same decisions), with the steps whose
+// zero point is 0 summed in a loop of their own (no branch per step).
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& g) {
-  const Block& b = *x.b;
-  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
-  const float* ig = b.imp == nullptr ? nullptr : b.imp + g.col;
-  const double lo_f = x.lo_f, hi_f = x.hi_f;
-  const uint32_t sc = g.sc;
-  // The definition's sum, in element order; from bf16 rows the group is widened into a
-  // per-thread buffer the first time a decision needs it (near ties are rare).
-  thread_local std::vector<float> wide;
-  auto exact_of = [&](size_t k) {
-    if (xg == nullptr) {
-      wide.resize(x.n);
-      const uint16_t* rg = reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
-      for (size_t j = 0; j < x.n; ++j) wide[j] = BF16ToF32(rg[j]);
-      xg = wide.data();
-    }
-    return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {g.S[k], g.Z[k]}));
-  };
-  CertifiedBest best;
-  best.blo = best.bhi = b.best[gi];
-  // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
-  auto step = [&](size_t k, double p) {
-    const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
-    const bool certify = !(sc >> k & 1u);
-    if (certify) {
-      if (best.bk != SIZE_MAX && g.S[k] == g.S[best.bk] && g.Z[k] == g.Z[best.bk]) {
-        return;  // the best step's parameters: the same error, and the earlier stays
-      }
-      if (g.TOP[k] >= best.bhi) return;  // one term at or above the best already
-    }
-    DecideStep(best, k, bit, certify, p, lo_f, hi_f, exact_of);
-  };
-
-  step(0, g.p0);
-  // The steps that may still improve: one term below the best after the first step (the
-  // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
-  // definition takes.
-  const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
-  uint32_t ruled = 0;
-  for (size_t h = 0; h < x.sv; ++h) {
-    ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
-                 _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
-             << (8 * h);
-  }
-  const uint32_t live = ((~ruled | sc) & x.step_bits) & ~1u;
-  // Their first kFirstVecs vectors of terms together, then the steps those do not rule out
-  // summed to the end, all before any decision, then decided in step order.
   Step tbl[kSteps];
-  alignas(32) float acc0[kSteps * 8];
-  // The live steps' first vectors (in step order also at fc, for their lane sums eight at a
-  // time: FirstRuled).
-  alignas(32) float fc[kSteps * 8];
-  const uint32_t live_c = live & ~sc;
-  size_t nl = 0;
-  for (uint32_t lm = live_c; lm != 0; lm &= lm - 1, ++nl) {
-    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+  auto first_vecs = [&](size_t k) {
     tbl[k] = MakeStep(x.c, g.S[k], g.R[k], g.Z[k]);
     __m256 a = Terms8<N>(x.c, _mm256_load_ps(g.xs), _mm256_load_ps(g.ie), tbl[k]);
     for (size_t v = 1; v < kFirstVecs; ++v) {
       a = _mm256_add_ps(a, Terms8<N>(x.c, _mm256_load_ps(g.xs + 8 * v),
                                      _mm256_load_ps(g.ie + 8 * v), tbl[k]));
     }
-    _mm256_store_ps(acc0 + 8 * k, a);
-    _mm256_store_ps(fc + 8 * nl, a);
-  }
-  // Those the first vectors rule out (bit i: the i-th live step); the others deposited back
-  // at their steps' bits (PDEP), with the steps only the definition takes.
-  const uint32_t ruled_c = FirstRuled(fc, nl, lo_f, best.bhi);
-  const uint32_t live2 = (live & sc) | _pdep_u32(~ruled_c, live_c);
-  // (Those with zero point 0 in a loop of their own: no branch per step.)
-  double PS[kSteps];
-  for (uint32_t lm = live2 & ~sc & ~g.z0; lm != 0; lm &= lm - 1) {
-    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-    PS[k] = LaneSum(
-        SumVecs<N, false>(x, g, tbl[k], kFirstVecs, _mm256_load_ps(acc0 + 8 * k)));
-  }
-  for (uint32_t lm = live2 & ~sc & g.z0; lm != 0; lm &= lm - 1) {
-    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-    PS[k] = LaneSum(
-        SumVecs<N, true>(x, g, tbl[k], kFirstVecs, _mm256_load_ps(acc0 + 8 * k)));
-  }
-  for (uint32_t lm = live2; lm != 0; lm &= lm - 1) {
-    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
-    step(k, sc >> k & 1u ? 0.0 : PS[k]);
-  }
-  if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
-  b.best[gi] = best.blo;
-  b.masks[gi] |= best.mask;
-  return best.mask;
+    return a;
+  };
+  auto sum_rest = [&](uint32_t mask, const float* acc0, double* PS) {
+    for (uint32_t lm = mask & ~g.z0; lm != 0; lm &= lm - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+      PS[k] = LaneSum(
+          SumVecs<N, false>(x, g, tbl[k], kFirstVecs, _mm256_load_ps(acc0 + 8 * k)));
+    }
+    for (uint32_t lm = mask & g.z0; lm != 0; lm &= lm - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+      PS[k] = LaneSum(
+          SumVecs<N, true>(x, g, tbl[k], kFirstVecs, _mm256_load_ps(acc0 + 8 * k)));
+    }
+  };
+  return DecideGroup(*x.b, gi, x.n, x.step_bits, x.sv, x.lo_f, x.hi_f,
+                     {g.S, g.Z, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared

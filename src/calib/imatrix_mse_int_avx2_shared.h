@@ -11,7 +11,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <vector>
+
+#include "calib/imatrix_mse_decide.h"
+#include "calib/imatrix_mse_kernel.h"
 #include "schemes/avx2.h"
+#include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -80,6 +85,101 @@ QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, dou
     ruled |= (ge & static_cast<uint32_t>(_mm256_movemask_ps(cert))) << i;
   }
   return ruled;
+}
+
+// A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
+// (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
+// definition takes (sc), step 0's f32 sum p0 and the group's first column.
+struct GroupSteps {
+  const float* S;
+  const float* Z;
+  const float* TOP;
+  uint32_t sc;
+  double p0;
+  size_t col;
+};
+
+// Group gi's decisions (imatrix_mse_certified.cc's SearchCertified, its steps in the same
+// order with the same decisions), for both AVX2 int searches: step 0; the steps its best
+// leaves by their one term, decided by their first kFirstVecs vectors of terms
+// (first_vecs(k): step k's, an __m256 of partial sums); the rest summed to the end
+// (sum_rest(mask, acc0, PS): PS[k] for each step k of mask, from acc0 + 8 k, the first
+// vectors' sums), all before any decision, then decided in step order. n: elements a group;
+// step_bits, sv: the block's steps and vectors of steps; lo_f, hi_f: the bound's factors.
+template <class FirstVecs, class SumRest>
+QUENCH_IMX_AVX2 inline uint32_t DecideGroup(const Block& b, size_t gi, size_t n,
+                                            uint32_t step_bits, size_t sv, double lo_f,
+                                            double hi_f, const GroupSteps& g,
+                                            FirstVecs&& first_vecs, SumRest&& sum_rest) {
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + g.col;
+  const uint32_t sc = g.sc;
+  // The definition's sum, in element order; from bf16 rows the group is widened into a
+  // per-thread buffer the first time a decision needs it (near ties are rare).
+  thread_local std::vector<float> wide;
+  auto exact_of = [&](size_t k) {
+    if (xg == nullptr) {
+      wide.resize(n);
+      const uint16_t* rg = reinterpret_cast<const uint16_t*>(b.raw) + gi * n;
+      for (size_t j = 0; j < n; ++j) wide[j] = BF16ToF32(rg[j]);
+      xg = wide.data();
+    }
+    return ErrorF32(GroupErrorScalar(b, xg, ig, n, {g.S[k], g.Z == nullptr ? 0.0f : g.Z[k]}));
+  };
+  CertifiedBest best;
+  best.blo = best.bhi = b.best[gi];
+  // Step k's decision from its full f32 sum p (imatrix_mse_certified.cc's step).
+  auto step = [&](size_t k, double p) {
+    const uint32_t bit = 1u << (b.i0 + static_cast<int>(k));
+    const bool certify = !(sc >> k & 1u);
+    if (certify) {
+      if (best.bk != SIZE_MAX && g.S[k] == g.S[best.bk] &&
+          (g.Z == nullptr || g.Z[k] == g.Z[best.bk])) {
+        return;  // the best step's parameters: the same error, and the earlier stays
+      }
+      if (g.TOP[k] >= best.bhi) return;  // one term at or above the best already
+    }
+    DecideStep(best, k, bit, certify, p, lo_f, hi_f, exact_of);
+  };
+
+  step(0, g.p0);
+  // The steps that may still improve: one term below the best after the first step (the
+  // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
+  // definition takes.
+  const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
+  uint32_t ruled = 0;
+  for (size_t h = 0; h < sv; ++h) {
+    ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
+                 _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
+             << (8 * h);
+  }
+  const uint32_t live = ((~ruled | sc) & step_bits) & ~1u;
+  alignas(32) float acc0[kSteps * 8];
+  // The live steps' first vectors (in step order also at fc, for their lane sums eight at a
+  // time: FirstRuled).
+  alignas(32) float fc[kSteps * 8];
+  const uint32_t live_c = live & ~sc;
+  size_t nl = 0;
+  for (uint32_t lm = live_c; lm != 0; lm &= lm - 1, ++nl) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    const __m256 a = first_vecs(k);
+    _mm256_store_ps(acc0 + 8 * k, a);
+    _mm256_store_ps(fc + 8 * nl, a);
+  }
+  // Those the first vectors rule out (bit i: the i-th live step); the others deposited back
+  // at their steps' bits (PDEP), with the steps only the definition takes.
+  const uint32_t ruled_c = FirstRuled(fc, nl, lo_f, best.bhi);
+  const uint32_t live2 = (live & sc) | _pdep_u32(~ruled_c, live_c);
+  double PS[kSteps];
+  sum_rest(live2 & ~sc, acc0, PS);
+  for (uint32_t lm = live2; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    step(k, sc >> k & 1u ? 0.0 : PS[k]);
+  }
+  if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
+  b.best[gi] = best.blo;
+  b.masks[gi] |= best.mask;
+  return best.mask;
 }
 
 // The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
