@@ -218,17 +218,9 @@ struct Prepared {
 };
 
 // The search's fixed inputs and constants.
-struct Ctx {
-  const Block* b;
+struct Ctx : imx_avx2::BlockCtx {
   Consts c;
   AsymConsts k;
-  size_t n, nv, ng;
-  size_t sv;  // vectors of 8 step lanes that hold the block's steps
-  uint32_t step_bits;
-  double lo_f, hi_f;
-  alignas(32) float P[kSteps];
-  const float* ones;
-  const int32_t* ik;  // KeyOfImp of each column's importance (1 where there is none)
 };
 
 // A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
@@ -415,24 +407,10 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
 template <int N>
 QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
-  x.b = &b;
+  imx_avx2::SetUpBlock(b, &x);
   x.c = MakeConsts(b);
   x.k = imx_avx2::MakeAsymConsts(b.layout.qmin, b.layout.qmax);
-  x.n = b.group;
-  x.nv = x.n / 8;
-  x.ng = b.cols / x.n;
   const size_t groups = b.rows * x.ng;
-  const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x.n, x.P, kSteps);
-  x.step_bits = st.step_bits;
-  x.sv = static_cast<size_t>(b.i1 - b.i0 + 8) / 8;
-  x.lo_f = st.lo_f;
-  x.hi_f = st.hi_f;
-  x.ones = b.imp == nullptr ? ThreadOnes(x.n) : nullptr;
-  // The importance's part of each column's key (per thread: one block's columns at a time).
-  thread_local std::vector<int32_t> ik;
-  ik.resize(b.cols);
-  for (size_t j = 0; j < b.cols; ++j) ik[j] = KeyOfImp(b.imp == nullptr ? 1.0f : b.imp[j]);
-  x.ik = ik.data();
   float* const buf = ThreadScratch(2 * kBatch * x.n);
   Prepared prep[kBatch];
   for (size_t j = 0; j < kBatch; ++j) {

@@ -87,6 +87,52 @@ QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, dou
   return ruled;
 }
 
+// The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
+// (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
+// octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
+// with no product. Any key gives a valid bound: it only picks which elements go first.
+QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
+  return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
+}
+
+// An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
+inline int32_t KeyOfImp(float imp) {
+  return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
+}
+
+// A block's fixed inputs, as both AVX2 int searches take them (SetUpBlock): n elements a
+// group, nv vectors a group, ng groups a row; the steps (P: their shrink factors, SetUpSteps),
+// sv vectors of 8 step lanes that hold them, their bits; the bound's factors; ones where the
+// site has no importance; ik: KeyOfImp of each column's importance (1 where there is none).
+struct BlockCtx {
+  const Block* b;
+  size_t n, nv, ng;
+  size_t sv;
+  uint32_t step_bits;
+  double lo_f, hi_f;
+  alignas(32) float P[kSteps];
+  const float* ones;
+  const int32_t* ik;
+};
+
+QUENCH_IMX_AVX2 inline void SetUpBlock(const Block& b, BlockCtx* x) {
+  x->b = &b;
+  x->n = b.group;
+  x->nv = x->n / 8;
+  x->ng = b.cols / x->n;
+  const BlockSteps st = SetUpSteps(b.i0, b.i1, b.grid, x->n, x->P, kSteps);
+  x->step_bits = st.step_bits;
+  x->sv = static_cast<size_t>(b.i1 - b.i0 + 8) / 8;
+  x->lo_f = st.lo_f;
+  x->hi_f = st.hi_f;
+  x->ones = b.imp == nullptr ? ThreadOnes(x->n) : nullptr;
+  // Per thread: one block's columns at a time.
+  thread_local std::vector<int32_t> ik;
+  ik.resize(b.cols);
+  for (size_t j = 0; j < b.cols; ++j) ik[j] = KeyOfImp(b.imp == nullptr ? 1.0f : b.imp[j]);
+  x->ik = ik.data();
+}
+
 // A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
 // (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
 // definition takes (sc), step 0's f32 sum p0 and the group's first column.
@@ -180,19 +226,6 @@ QUENCH_IMX_AVX2 inline uint32_t DecideGroup(const Block& b, size_t gi, size_t n,
   b.best[gi] = best.blo;
   b.masks[gi] |= best.mask;
   return best.mask;
-}
-
-// The element's weight in the ordering heuristic, an integer that grows with x^8 * imp
-// (imatrix_mse_certified.cc Key's order, on logarithms): the bf16 pattern of |x| (128 per
-// octave) plus the importance's f32 pattern shifted right by 19 (16 per octave, KeyOfImp),
-// with no product. Any key gives a valid bound: it only picks which elements go first.
-QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
-  return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
-}
-
-// An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
-inline int32_t KeyOfImp(float imp) {
-  return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);
 }
 
 // calculate_qparams, asymmetric, of bf16 weights, lane by lane (imatrix_mse-inl.h ParamsVec's
