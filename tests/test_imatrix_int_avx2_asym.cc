@@ -57,87 +57,11 @@ void ShiftedRows(std::mt19937& rng, size_t rows, size_t cols, std::vector<float>
   }
 }
 
-// The kernel (steps in two ranges, as a caller may run them; exact_best true and false; from
-// f32 and from bf16 rows) against the definition over steps 0..last, and against the Highway
-// kernel (this one switched off): the same masks and improved steps, the same best errors bit
-// for bit (exact_best), or a lower bound of them (exact_best false).
+// The kernel against the definition and the Highway kernel (CompareAvx2Search).
 void Compare(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
              size_t cols, size_t group) {
-  Block b = AsymBlock(s, x, imp, cols, group);
-  const size_t groups = b.rows * (cols / group);
-  const std::vector<uint8_t> raw = imatrix_int::RawBf16(x);
-  std::vector<double> best_s(groups, FLT_MAX);
-  std::vector<uint32_t> masks_s(groups, 0u);
-  uint32_t imp_s = 0;
-  b.i0 = 0;
-  b.i1 = s.last;
-  b.best = best_s.data();
-  b.masks = masks_s.data();
-  b.improved = &imp_s;
-  REQUIRE(calib::internal::SearchBlockScalar(b));
-  // The Highway kernel on the same block.
-  std::vector<double> best_h(groups, FLT_MAX);
-  std::vector<uint32_t> masks_h(groups, 0u);
-  uint32_t imp_h = 0;
-  b.best = best_h.data();
-  b.masks = masks_h.data();
-  b.improved = &imp_h;
-  calib::internal::SetIntAvx2Enabled(false);
-  const bool hwy_ok = calib::internal::SearchBlock(b);
-  calib::internal::SetIntAvx2Enabled(true);
-  REQUIRE(hwy_ok);
-  for (const bool from_raw : {false, true}) {
-    CAPTURE(from_raw);
-    b.x = from_raw ? nullptr : x.data();
-    b.raw = from_raw ? raw.data() : nullptr;
-    std::vector<double> best_k(groups, FLT_MAX), best_l(groups, FLT_MAX);
-    std::vector<uint32_t> masks_k(groups, 0u), masks_l(groups, 0u);
-    uint32_t imp_k = 0, imp_l = 0;
-    const int split = std::min(6, s.last);
-    for (int part = 0; part < 2; ++part) {
-      b.i0 = part == 0 ? 0 : split + 1;
-      b.i1 = part == 0 ? split : s.last;
-      if (b.i0 > b.i1) continue;
-      b.best = best_k.data();
-      b.masks = masks_k.data();
-      b.improved = &imp_k;
-      b.exact_best = true;
-      REQUIRE(calib::internal::IntAvx2AsymHandles(b));
-      REQUIRE(calib::internal::SearchIntAvx2Asym(b));
-    }
-    b.i0 = 0;
-    b.i1 = s.last;
-    b.best = best_l.data();
-    b.masks = masks_l.data();
-    b.improved = &imp_l;
-    b.exact_best = false;
-    REQUIRE(calib::internal::SearchIntAvx2Asym(b));
-    b.exact_best = true;
-    CHECK(imp_k == imp_s);
-    CHECK(imp_l == imp_s);
-    CHECK(imp_h == imp_s);
-    size_t diff = 0, diff_l = 0, diff_h = 0;
-    for (size_t g = 0; g < groups; ++g) {
-      if (std::memcmp(&best_k[g], &best_s[g], sizeof(double)) != 0 ||
-          masks_k[g] != masks_s[g]) {
-        if (diff++ < 3) {
-          MESSAGE("group " << g << ": kernel " << best_k[g] << " mask " << masks_k[g]
-                           << ", definition " << best_s[g] << " mask " << masks_s[g]);
-        }
-      }
-      if (std::memcmp(&best_h[g], &best_s[g], sizeof(double)) != 0 ||
-          masks_h[g] != masks_s[g]) {
-        ++diff_h;
-      }
-      if ((masks_l[g] != masks_s[g] || !(best_l[g] <= best_s[g])) && diff_l++ < 3) {
-        MESSAGE("exact_best false, group " << g << ": mask " << masks_l[g] << " best "
-                                           << best_l[g] << ", definition " << masks_s[g]);
-      }
-    }
-    CHECK(diff == 0);
-    CHECK(diff_l == 0);
-    CHECK(diff_h == 0);
-  }
+  imatrix_int::CompareAvx2Search(AsymBlock(s, x, imp, cols, group), x, s.last,
+                                 calib::internal::IntAvx2AsymHandles, calib::internal::SearchIntAvx2Asym);
 }
 
 // Every finite bf16 x (importance varying by element) at every zero point of the layout (0
