@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <initializer_list>
@@ -155,6 +156,24 @@ inline void AdversarialRows(std::vector<float>* x, std::vector<float>* imp) {
   for (size_t c = 0; c < n; ++c) {
     (*imp)[c] = c % 11 == 0 ? 0.f : c % 13 == 0 ? 1e30f : c % 17 == 0 ? -0.f : 1.f + c % 3;
   }
+}
+
+// A bf16 value for the chosen parameters' tests: 0, a subnormal, one near bf16's largest
+// (ranges that overflow to Inf), or one of any sign-free magnitude.
+inline float RangeValue(std::mt19937& rng) {
+  std::uniform_int_distribution<int> exp_of(-133, 127), pick(0, 9);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  switch (pick(rng)) {
+    case 0: return 0.0f;
+    case 1: return Bf16(std::ldexp(mant(rng), -130));  // subnormal
+    case 2: return Bf16(std::ldexp(mant(rng), 126));   // near the largest
+    default: return Bf16(std::ldexp(mant(rng), exp_of(rng) / 4));
+  }
+}
+
+// The (grid, expand) settings those tests run: defaults, other grids, widened and narrowed.
+inline std::vector<std::pair<int, double>> GridExpands() {
+  return {{20, 1.0}, {10, 1.0}, {31, 1.0}, {20, 1.8}, {20, 0.5}, {25, 1.25}};
 }
 
 // A block of the kernels' int search over x (rows of `cols`) with setting s.

@@ -201,22 +201,11 @@ TEST_CASE("imatrix_mse int avx2 row abs max equals max |x|") {
 TEST_CASE("imatrix_mse int avx2 chosen scales equal StepRange and ComputeParams") {
   if (!calib::internal::IntAvx2Available()) return;  // the caller checks IntAvx2CodesHandle
   std::mt19937 rng(11);
-  std::uniform_int_distribution<int> exp_of(-133, 127), pick(0, 9);
-  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
-  auto value = [&]() {
-    switch (pick(rng)) {
-      case 0: return 0.0f;
-      case 1: return Bf16(std::ldexp(mant(rng), -130));  // subnormal
-      case 2: return Bf16(std::ldexp(mant(rng), 126));   // near the largest
-      default: return Bf16(std::ldexp(mant(rng), exp_of(rng) / 4));
-    }
-  };
+  auto value = [&]() { return imatrix_int::RangeValue(rng); };
   size_t checked = 0, bad = 0;
   for (int bits : {4, 3, 2}) {
     const int qmax = (1 << (bits - 1)) - 1;
-    for (const auto& [grid, expand] :
-         std::vector<std::pair<int, double>>{{20, 1.0}, {10, 1.0}, {31, 1.0}, {20, 1.8},
-                                             {20, 0.5}, {25, 1.25}}) {
+    for (const auto& [grid, expand] : imatrix_int::GridExpands()) {
       const size_t n = 203;  // 25 vectors of groups and a tail of 3
       std::vector<float> m0(n), M0(n);
       std::vector<uint8_t> steps(n), got_b(2 * n), want_b(2 * n);
