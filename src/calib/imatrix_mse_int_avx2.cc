@@ -181,6 +181,8 @@ struct Prepared {
   float* hv;
   float* ie;
   uint32_t sc;
+  float amax;  // the group's largest magnitude
+  int top;     // the position of its element of largest key
   double p0;
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
@@ -214,14 +216,13 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Tab
   return _mm256_add_ps(acc, acc1);
 }
 
-// Group gi's prelude, with no data-dependent branch but the finite and step-0 guards (so
-// that the groups of a batch overlap): one pass that stores the group as |x|, bounds and
+// Group gi's prelude in three parts, each run for every group of a batch before the next
+// (Search), with no data-dependent branch but the finite and step-0 guards, so that the
+// groups' independent work overlaps (the parameters' and bounds' chains of roundings and
+// divisions are long). PreparePass: one pass that stores the group as |x|, bounds and
 // importance and finds the largest magnitude (its range; Inf or NaN) and each position's
-// element of largest key, which is then swapped into the first vector; every step's
-// parameters (lanes across steps, the operations of imatrix_mse-inl.h ParamsVec); the
-// one-term bound at every step; step 0's sum.
-template <int N, bool W>
-QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
+// element of largest key, which is then swapped into the first vector.
+QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
   const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
@@ -237,7 +238,6 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const size_t col = out->col;
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
   const int32_t* ik = x.ik + col;
-  const __m256 zero = _mm256_setzero_ps();
   const Consts& c = x.c;
   // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
   // element order; the largest magnitude pattern (mag), and per position (mod 8) the element
@@ -274,6 +274,20 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     std::swap(out->hv[p], out->hv[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
+  out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  // The group's element of largest key: a position of the first reordered vector.
+  const uint32_t at_top = static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
+  out->top = __builtin_ctz(at_top | 0x100u);
+}
+
+// PrepareSteps: every step's parameters (lanes across steps, the operations of
+// imatrix_mse-inl.h ParamsVec) and the one-term bound at every step.
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const Consts& c = x.c;
+  const __m256 zero = _mm256_setzero_ps();
   // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
   // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
   // max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
@@ -281,7 +295,7 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
   // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
   // magnitude pattern of the pass (no min or max of the signed values): one product per step.
-  float a = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  float a = out->amax;
   if (b.absmax != nullptr) b.absmax[gi] = a;  // for the quantize stage (IntScalesKept)
   if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
   const __m256 half_range =
@@ -300,11 +314,8 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
   }
   out->sc = ~recip_ok & x.step_bits;
-  // The group's element of largest key (a position of the first reordered unit): its term
-  // at every step.
-  const uint32_t at_top = static_cast<uint32_t>(
-      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
-  const int lane = __builtin_ctz(at_top | 0x100u);
+  // The group's element of largest key: its term at every step.
+  const int lane = out->top;
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
@@ -313,11 +324,15 @@ QUENCH_IMX_AVX2 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
                     TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
                                 _mm256_load_ps(out->R + 8 * h)));
   }
-  // Step 0's sum (its decision comes first in Decide).
+}
+
+// PrepareStep0: step 0's sum (its decision comes first in Decide).
+template <int N, bool W>
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
-  if (!(out->sc & 1u) && !(out->TOP[0] >= b.best[gi])) {
-    out->p0 = LaneSum(SumVecs<N, W>(x, *out, MakeTable(c, out->S[0]),
-                                    _mm256_set1_ps(out->R[0]), 0, zero));
+  if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
+    out->p0 = LaneSum(SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[0]),
+                                    _mm256_set1_ps(out->R[0]), 0, _mm256_setzero_ps()));
   }
 }
 
@@ -372,11 +387,13 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     for (size_t j = 0; j < nb; ++j) {
       prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
       gc = gc + 1 == x.ng ? 0 : gc + 1;
-      Prepare<N, W>(x, g0 + j, &prep[j]);
+      PreparePass(x, g0 + j, &prep[j]);
     }
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
+    for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N, W>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
