@@ -40,9 +40,9 @@
 //    FMA in the target).
 // 20 vector operations per 8 elements for norm 3 (the sum's addition included) against ~30
 // in the Highway AVX2 kernel, which rounds with longer sequences and computes dq by a product
-// and a third rounding. Steps whose zero point is 0 (~40% of the summed ones on the bench's
-// q_proj) skip the addition and the second rounding in their full sums (u is a bf16 value
-// already): 15 operations.
+// and a third rounding. Steps whose zero point is 0 (a large share of the summed ones:
+// bench/README.md, branch imx-asym) skip the addition and the second rounding in their full
+// sums (u is a bf16 value already): 15 operations.
 
 // The definition rounds every product and difference: no contraction into FMAs.
 #if defined(__clang__)

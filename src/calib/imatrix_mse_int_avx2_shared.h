@@ -33,8 +33,8 @@ constexpr size_t kSteps = 32;
 // Groups prepared at a time before their decisions (Search): their buffers stay in L1.
 constexpr size_t kBatch = 8;
 // Vectors of terms in a live step's first check: two (16 elements: the first vector, which
-// receives each position's element of largest key, and the next; on the bench's q_proj
-// faster than 1 or 3 vectors, and than 2 or 4 vectors of top elements).
+// receives each position's element of largest key, and the next; chosen by measurement
+// against 1, 3 and 4: bench/README.md's imatrix sections).
 constexpr size_t kFirstVecs = 2;
 
 #ifdef QUENCH_IMX_AVX2_X86
@@ -234,9 +234,8 @@ QUENCH_IMX_AVX2 inline uint32_t DecideGroup(const Block& b, size_t gi, size_t n,
 // zp = RNE_bf16(qmin - RNE_bf16(lo / s)) with the unguarded s, clamped to [qmin, qmax] unless
 // NaN, rounded half to even (NaN -> 0); then s = 0 -> eps(bf16); and r = f32(1 / s) of the
 // guarded s. A zero's sign may differ from ComputeParams' (std::min / std::max keep their
-// first argument): no parameter sees it (ParamsVec's comment). (Products with reciprocals
-// for the two divisions, by QuotientBf16's proof, measured slower: the divisions overlap
-// other work.)
+// first argument): no parameter sees it (ParamsVec's comment). (Why two divisions and not
+// products with reciprocals: bench/README.md, branch imx-asym.)
 struct AsymConsts {
   __m256 range, qlo, qhi;
 };
