@@ -179,6 +179,61 @@ TEST_SUITE("plan_threads") {
     CHECK(calls == 0);
   }
 
+  TEST_CASE("the index made after planning is the plan's own, its length known before") {
+    // BuildPlan given index_file leaves that plan.files entry empty and the rest of the plan
+    // as it is; PlanIndexJson then makes the text BuildPlan makes, and PlanIndexJsonSize
+    // gives its length without it: the 4-shard checkpoint, and one shard whose names need
+    // escapes (a quote, a backslash, a control character, non-ASCII: Python's ensure_ascii).
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "many", /*with_errors=*/false);
+    WriteShardFast(tmp / "odd" / "model.safetensors",
+                   {{"a.\"q\".weight", DType::kBF16, {2, 16}, Values(32, 1)},
+                    {"b.back\\slash.bias", DType::kBF16, {16}, Values(16, 2)},
+                    {"c.tab\t.bias", DType::kBF16, {16}, Values(16, 3)},
+                    {"d.caf\xc3\xa9.weight", DType::kBF16, {2, 16}, Values(32, 4)},
+                    {"e.plain.weight", DType::kBF16, {2, 16}, Values(32, 5)}});
+    qt::WriteBytes(tmp / "odd" / "config.json", R"({"model_type": "llama", "hidden_size": 16})");
+    for (const char* name : {"many", "odd"}) {
+      CAPTURE(name);
+      auto folder = quench::LoadModelFolder(tmp / name);
+      REQUIRE(folder.ok());
+      quench::PlanOptions o;
+      o.dst = tmp / "out";
+      o.scheme = "FP8_DYNAMIC";
+      auto alone = quench::BuildPlan(*folder, o, 2);
+      REQUIRE(alone.ok());
+      size_t index_file = SIZE_MAX;
+      auto late = quench::BuildPlan(*folder, o, 2, {}, &index_file);
+      REQUIRE(late.ok());
+      REQUIRE(index_file < late->files.size());
+      REQUIRE(late->files.size() == alone->files.size());
+      CHECK(late->files[index_file].rel_name == "model.safetensors.index.json");
+      CHECK(late->files[index_file].contents.empty());
+      for (size_t i = 0; i < late->files.size(); ++i) {
+        if (i == index_file) continue;
+        CHECK(late->files[i].rel_name == alone->files[i].rel_name);
+        CHECK(late->files[i].contents == alone->files[i].contents);
+      }
+      const std::string& index = alone->files[index_file].contents;
+      // The text has an entry for every output of every shard.
+      auto parsed = quench::ParseJson("index", index);
+      REQUIRE(parsed.ok());
+      size_t outputs = 0;
+      for (const quench::PlannedShard& ps : alone->shards) outputs += ps.outputs.size();
+      const quench::JsonValue* map = parsed->Find("weight_map");
+      REQUIRE(map != nullptr);
+      CHECK(map->as_object().size() == outputs);
+      CHECK(quench::PlanIndexJson(*late) == index);
+      CHECK(quench::PlanIndexJsonSize(*late) == index.size());
+      if (std::string(name) == "odd") {
+        CHECK(index.find("a.\\\"q\\\".weight") != std::string::npos);
+        CHECK(index.find("d.caf\\u00e9.weight") != std::string::npos);
+      }
+      late->files[index_file].contents = quench::PlanIndexJson(*late);
+      CHECK(quench::PlanFingerprint(*late) == quench::PlanFingerprint(*alone));
+    }
+  }
+
   TEST_CASE("a conversion planned on several threads writes the same bytes") {
     qt::TempDir tmp;
     WriteCheckpoint(tmp / "src", /*with_errors=*/false);

@@ -216,4 +216,21 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
   return out;
 }
 
+uint64_t JsonStringPythonSize(std::string_view s) {
+  if (PlainAscii(s)) return s.size() + 2;
+  std::string escaped;
+  AppendJsonStringPython(escaped, s);
+  return escaped.size();
+}
+
+uint64_t IndexJsonSize(uint64_t entries, uint64_t entry_bytes, uint64_t total_size) {
+  // BuildIndexJson's text: the metadata, then "{}" or "{\n", the entries joined by ",\n",
+  // "\n  }"; then "\n}".
+  const uint64_t head = std::string_view("{\n  \"metadata\": {\n    \"total_size\": ").size() +
+                        std::to_string(total_size).size() +
+                        std::string_view("\n  },\n  \"weight_map\": ").size();
+  const uint64_t map = entries == 0 ? 2 : 2 + entry_bytes + 2 * (entries - 1) + 4;
+  return head + map + 2;
+}
+
 }  // namespace quench

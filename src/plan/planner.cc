@@ -150,12 +150,12 @@ void Planner::MergeShard(ShardWork& w) {
   plan_.shards.push_back(std::move(w.shard));
 }
 
-Plan Planner::Finish() && {
+Plan Planner::Finish(size_t* index_file) && {
   // The index reads the shards' outputs only; the steps before PlanFiles never touch them.
   std::string index_json;
-  ForEachIndex(2, finish_threads_, [&](size_t i) {
+  ForEachIndex(2, index_file != nullptr ? 1 : finish_threads_, [&](size_t i) {
     if (i == 1) {
-      index_json = IndexJson();
+      if (index_file == nullptr) index_json = PlanIndexJson(plan_);
       return;
     }
     PlanFusedSets(plan_);
@@ -163,7 +163,8 @@ Plan Planner::Finish() && {
     AddSelectionNotes();
     PlanConfigIgnore();
   });
-  PlanFiles(std::move(index_json));
+  const size_t index = PlanFiles(std::move(index_json));
+  if (index_file != nullptr) *index_file = index;
   return std::move(plan_);
 }
 
@@ -174,10 +175,10 @@ using planner_internal::Planner;
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads,
-                       std::vector<PlannedTensor> tensors) {
+                       std::vector<PlannedTensor> tensors, size_t* index_file) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
   planner.PlanShards(threads, std::move(tensors));
-  return std::move(planner).Finish();
+  return std::move(planner).Finish(index_file);
 }
 
 }  // namespace quench
