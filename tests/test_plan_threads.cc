@@ -180,9 +180,9 @@ TEST_SUITE("plan_threads") {
   }
 
   TEST_CASE("the index made after planning is the plan's own, its length known before") {
-    // BuildPlan given index_file leaves that plan.files entry empty and the rest of the plan
-    // as it is; PlanIndexJson then makes the text BuildPlan makes, and PlanIndexJsonSize
-    // gives its length without it: the 4-shard checkpoint, and one shard whose names need
+    // BuildPlan given late_index leaves that plan.files entry empty and the rest of the plan
+    // as it is; PlanIndexJson then makes the text BuildPlan makes, and BuildPlan (as
+    // PlanIndexJsonSize) gives its length without it: the 4-shard checkpoint, and one shard whose names need
     // escapes (a quote, a backslash, a control character, non-ASCII: Python's ensure_ascii).
     qt::TempDir tmp;
     WriteCheckpoint(tmp / "many", /*with_errors=*/false);
@@ -202,9 +202,10 @@ TEST_SUITE("plan_threads") {
       o.scheme = "FP8_DYNAMIC";
       auto alone = quench::BuildPlan(*folder, o, 2);
       REQUIRE(alone.ok());
-      size_t index_file = SIZE_MAX;
-      auto late = quench::BuildPlan(*folder, o, 2, {}, &index_file);
+      quench::LateIndex late_index;
+      auto late = quench::BuildPlan(*folder, o, 2, {}, &late_index);
       REQUIRE(late.ok());
+      const size_t index_file = late_index.file;
       REQUIRE(index_file < late->files.size());
       REQUIRE(late->files.size() == alone->files.size());
       CHECK(late->files[index_file].rel_name == "model.safetensors.index.json");
@@ -225,6 +226,7 @@ TEST_SUITE("plan_threads") {
       CHECK(map->as_object().size() == outputs);
       CHECK(quench::PlanIndexJson(*late) == index);
       CHECK(quench::PlanIndexJsonSize(*late) == index.size());
+      CHECK(late_index.size == index.size());
       if (std::string(name) == "odd") {
         CHECK(index.find("a.\\\"q\\\".weight") != std::string::npos);
         CHECK(index.find("d.caf\\u00e9.weight") != std::string::npos);

@@ -77,12 +77,7 @@ constexpr uint64_t kMarkerSlack = 256;
 // for each folder it may create under DST (.quench-resume and subfolders). Shards --resume
 // keeps are on the disk already and not counted.
 // `late`: a file whose contents are made later (the index), and its size.
-struct LateFile {
-  size_t file = SIZE_MAX;  // none
-  uint64_t size = 0;
-};
-
-uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateFile& late) {
+uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateIndex& late) {
   const auto blocks = [block](uint64_t bytes) { return (bytes + block - 1) / block * block; };
   uint64_t total = 0;
   std::set<fs::path> folders;
@@ -110,7 +105,7 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateFile& late)
 }
 
 // Fails early when the destination's file system cannot hold the output.
-Status CheckFreeSpace(const Plan& plan, const LateFile& late = {}) {
+Status CheckFreeSpace(const Plan& plan, const LateIndex& late = {}) {
   struct statvfs sv {};
   if (statvfs(plan.dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
   const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
@@ -220,8 +215,11 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
 
 namespace {
 
-// MakePlan; where `index_file` is given, BuildPlan's (the index's text not made).
-Result<Plan> MakePlanImpl(const ConvertOptions& options, size_t* index_file) {
+// MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
+// `keep_folder` is given, the model folder read is moved there rather than freed (70k tensors'
+// names and shapes: ~3 ms of a core for the caller to spend later).
+Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
+                          std::optional<ModelFolder>* keep_folder) {
   std::error_code ec;
   // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
   // inventory below, naming the reason.
@@ -299,7 +297,7 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, size_t* index_file) {
                               : algos.smoothing.empty() ? "rtn"
                                                         : algos.smoothing;
   QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, calib::StageOptions(options, primary),
-                                               options.threads, std::move(tensors), index_file));
+                                               options.threads, std::move(tensors), late_index));
   if (experts) {
     const PlannedExpertPrune& e = *experts;
     plan.notes.push_back(
@@ -364,12 +362,15 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, size_t* index_file) {
                          "); their files are not carried over, as model_free_ptq does");
   }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
+  if (keep_folder != nullptr) keep_folder->emplace(std::move(folder));
   return plan;
 }
 
 }  // namespace
 
-Result<Plan> MakePlan(const ConvertOptions& options) { return MakePlanImpl(options, nullptr); }
+Result<Plan> MakePlan(const ConvertOptions& options) {
+  return MakePlanImpl(options, nullptr, nullptr);
+}
 
 Result<Plan> DryRun(const ConvertOptions& requested) {
   std::string budget_note;
@@ -377,9 +378,9 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   // Nothing a dry run shows reads the index's text (the file is listed by name), but a
   // worker's share does (the plan's fingerprint).
-  size_t index_file = SIZE_MAX;
-  QUENCH_ASSIGN_OR_RETURN(Plan plan,
-                          MakePlanImpl(options, options.workers > 0 ? nullptr : &index_file));
+  LateIndex late;
+  QUENCH_ASSIGN_OR_RETURN(
+      Plan plan, MakePlanImpl(options, options.workers > 0 ? nullptr : &late, nullptr));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
@@ -393,7 +394,8 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
 
 namespace {
 
-Result<ConvertSummary> ConvertPlanned(Plan& plan, size_t index_file,
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
+                                      std::optional<ModelFolder>& folder,
                                       const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
                                       std::chrono::steady_clock::time_point t0);
@@ -406,16 +408,17 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  // The index's text is made once the first chunk is converting (ConvertPlanned), but where
-  // the run reads it before: --resume (a finished folder's files compared) and workers (the
-  // plan's fingerprint).
-  size_t index_file = SIZE_MAX;
-  QUENCH_ASSIGN_OR_RETURN(
-      Plan plan,
-      MakePlanImpl(options, options.resume || options.workers > 0 ? nullptr : &index_file));
+  // The index's text is made once the first chunk is converting, and the model folder freed
+  // then (ConvertPlanned), but where the run reads the text before: --resume (a finished
+  // folder's files compared) and workers (the plan's fingerprint).
+  const bool index_later = !options.resume && options.workers == 0;
+  LateIndex late;
+  std::optional<ModelFolder> folder;
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, index_later ? &late : nullptr,
+                                                  index_later ? &folder : nullptr));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
-  Result<ConvertSummary> r = ConvertPlanned(plan, index_file, options, callbacks, t0);
+  Result<ConvertSummary> r = ConvertPlanned(plan, late, folder, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
     Status w = WriteFileAtomic(
@@ -434,7 +437,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
 
 namespace {
 
-Result<ConvertSummary> ConvertPlanned(Plan& plan, size_t index_file,
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
+                                      std::optional<ModelFolder>& folder,
                                       const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
                                       std::chrono::steady_clock::time_point t0) {
@@ -510,14 +514,14 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, size_t index_file,
   // shards are complete (below).
   // The index's text (13 MB for 70k tensors, ~25 ms of a core) is made after the first
   // chunk is handed out, on a writer thread (RunShardPipeline's beside_first_chunk), instead
-  // of before any weight is read; the free-space check counts its length, known without it.
-  // It is staged then, and published as before: fsynced with the other staged files, renamed
-  // after the shards. Where no chunk is handed out it is made before the staged files' fsync.
-  LateFile late;
-  if (index_file < plan.files.size()) late = {index_file, PlanIndexJsonSize(plan)};
-  bool index_made = late.file == SIZE_MAX;
+  // of before any weight is read; the free-space check counts its length (BuildPlan's). It is
+  // staged then, and published as before: fsynced with the other staged files, renamed after
+  // the shards. The model folder is freed there too. Where no chunk is handed out, both are
+  // done before the staged files' fsync.
+  bool index_made = late.file >= plan.files.size();
   Status index_status;
   const auto make_index = [&] {
+    folder.reset();
     if (index_made) return;
     index_made = true;
     try {

@@ -150,12 +150,18 @@ void Planner::MergeShard(ShardWork& w) {
   plan_.shards.push_back(std::move(w.shard));
 }
 
-Plan Planner::Finish(size_t* index_file) && {
-  // The index reads the shards' outputs only; the steps before PlanFiles never touch them.
+Plan Planner::Finish(LateIndex* late_index) && {
+  // The index (or, made later, its length) reads the shards' outputs and the tensors' output
+  // lists only; the steps before PlanFiles never touch them.
   std::string index_json;
-  ForEachIndex(2, index_file != nullptr ? 1 : finish_threads_, [&](size_t i) {
+  uint64_t index_size = 0;
+  ForEachIndex(2, finish_threads_, [&](size_t i) {
     if (i == 1) {
-      if (index_file == nullptr) index_json = PlanIndexJson(plan_);
+      if (late_index == nullptr) {
+        index_json = PlanIndexJson(plan_);
+      } else {
+        index_size = PlanIndexJsonSize(plan_);
+      }
       return;
     }
     PlanFusedSets(plan_);
@@ -164,7 +170,7 @@ Plan Planner::Finish(size_t* index_file) && {
     PlanConfigIgnore();
   });
   const size_t index = PlanFiles(std::move(index_json));
-  if (index_file != nullptr) *index_file = index;
+  if (late_index != nullptr) *late_index = {index, index_size};
   return std::move(plan_);
 }
 
@@ -175,10 +181,10 @@ using planner_internal::Planner;
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads,
-                       std::vector<PlannedTensor> tensors, size_t* index_file) {
+                       std::vector<PlannedTensor> tensors, LateIndex* late_index) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
   planner.PlanShards(threads, std::move(tensors));
-  return std::move(planner).Finish(index_file);
+  return std::move(planner).Finish(late_index);
 }
 
 }  // namespace quench

@@ -52,8 +52,8 @@ class Planner {
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
   // index, config.json and the other files. The index, which depends on the shards' layouts
   // alone, is built on another thread meanwhile where PlanShards found that worth it; not at
-  // all where `index_file` is given (BuildPlan's).
-  Plan Finish(size_t* index_file) &&;
+  // all where `late_index` is given (BuildPlan's), only its length.
+  Plan Finish(LateIndex* late_index) &&;
 
  private:
   Planner(const ModelFolder& folder, TargetResolver resolver)
