@@ -3,6 +3,7 @@
 // source order, report and output bytes.
 #include <doctest/doctest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,9 @@
 #include "format/model_folder.h"
 #include "format/safetensors.h"
 #include "pipeline/resume.h"
+#include "plan/fused_plan.h"
+#include "plan/fused_sets.h"
+#include "plan/matcher.h"
 #include "plan/planner.h"
 #include "test_util.h"
 
@@ -233,6 +237,104 @@ TEST_SUITE("plan_threads") {
       }
       late->files[index_file].contents = quench::PlanIndexJson(*late);
       CHECK(quench::PlanFingerprint(*late) == quench::PlanFingerprint(*alone));
+    }
+  }
+
+  TEST_CASE("the fused-set check in parts, merged, reports what one pass reports") {
+    // Modules of fused sets (q/k/v, gate/up of experts) in plan order, some split across
+    // parts, with groups drawn so that sets are uniform, mixed in one part, mixed only across
+    // parts, or start unquantized; plus tensors no set takes. Expected: each set's first
+    // member and its first member of another group, from a map of every set's members
+    // (independent of the table and the parts), reported in key order.
+    quench::Plan plan;
+    plan.groups.resize(2);
+    plan.groups[0].key = "group_0";
+    plan.groups[1].key = "group_1";
+    uint64_t state = 12345;
+    const auto draw = [&state](uint64_t n) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return (state >> 33) % n;
+    };
+    const auto add = [&](const std::string& name, std::vector<uint64_t> shape) {
+      quench::PlannedTensor t;
+      t.name = name;
+      t.shape = std::move(shape);
+      const uint64_t g = draw(8);
+      t.group = g < 6 ? 0 : g == 6 ? 1 : -1;
+      if (t.group < 0) t.why = "ignored";
+      plan.tensors.push_back(std::move(t));
+    };
+    for (int l = 0; l < 6; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        add(p + "self_attn." + m + ".weight", {2, 16});
+      }
+      add(p + "input_layernorm.weight", {16});
+      for (int e = 0; e < 12; ++e) {
+        const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+        add(x + "gate_proj.weight", {2, 16});
+        add(x + "down_proj.weight", {16, 2});
+        add(x + "up_proj.weight", {2, 16});
+        add(x + "up_proj.bias", {2});
+      }
+    }
+    // A layer's k_proj far from its q_proj (a set across the parts) and a 1-D member.
+    add("model.layers.0.self_attn.k_proj.weight", {2, 16});
+    add("model.layers.1.self_attn.v_proj.weight", {16});
+    const size_t n = plan.tensors.size();
+
+    std::map<std::string, std::vector<size_t>> members;
+    for (size_t i = 0; i < n; ++i) {
+      const quench::PlannedTensor& t = plan.tensors[i];
+      const auto [module, param] = quench::SplitModuleParam(t.name);
+      const std::string key = quench::FusedSetKey(module);
+      if (param == "weight" && t.shape.size() == 2 && !key.empty()) members[key].push_back(i);
+    }
+    std::vector<std::string> expected;
+    size_t mixed_sets = 0;
+    for (const auto& [key, m] : members) {
+      for (size_t i : m) {
+        if (plan.tensors[i].group == plan.tensors[m.front()].group) continue;
+        ++mixed_sets;
+        expected.push_back(plan.tensors[m.front()].name + "|" + plan.tensors[i].name);
+        break;
+      }
+    }
+    REQUIRE(mixed_sets > 10);
+    REQUIRE(mixed_sets < members.size());
+    const auto reported = [](const quench::Plan& p) {
+      std::vector<std::string> out;
+      for (const quench::Status& e : p.errors) {
+        // "fused set of 'A': 'A' is ... but 'B' is ..."
+        const std::string& m = e.message();
+        const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
+        const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
+        out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
+      }
+      return out;
+    };
+    quench::Plan whole = plan;
+    quench::CheckFusedConsistency(whole);
+    CHECK(reported(whole) == expected);
+    for (size_t m = 0; m <= n; ++m) {
+      CAPTURE(m);
+      quench::Plan two = plan;
+      quench::FusedSetScan first(two, 0, m);
+      first.Merge(quench::FusedSetScan(two, m, n));
+      first.Report(two);
+      CHECK(reported(two) == expected);
+      REQUIRE(two.errors.size() == whole.errors.size());
+      for (size_t i = 0; i < two.errors.size(); ++i) {
+        CHECK(two.errors[i].message() == whole.errors[i].message());
+      }
+      // Three parts, merged in order.
+      const size_t k = m + (n - m) / 3;
+      quench::Plan three = plan;
+      quench::FusedSetScan a(three, 0, m);
+      a.Merge(quench::FusedSetScan(three, m, k));
+      a.Merge(quench::FusedSetScan(three, k, n));
+      a.Report(three);
+      CHECK(reported(three) == expected);
     }
   }
 

@@ -5,6 +5,8 @@
 // planner_sources.cc, planner_shard.cc and planner_finish.cc.
 #include "plan/planner.h"
 
+#include <optional>
+
 #include "format/parallel.h"
 #include "plan/fused_plan.h"
 #include "plan/groups.h"
@@ -153,22 +155,31 @@ void Planner::MergeShard(ShardWork& w) {
 Plan Planner::Finish(LateIndex* late_index) && {
   // The index (or, made later, its length) reads the shards' outputs and the tensors' output
   // lists only; the steps before PlanFiles never touch them.
+  // Without the index's text the other side has little to do: it takes the second half of
+  // the fused-set check (the two halves merged after), which reads the tensors' names,
+  // shapes and groups, none of which the first side writes.
   std::string index_json;
   uint64_t index_size = 0;
+  const size_t n = plan_.tensors.size();
+  const size_t half = late_index != nullptr ? n / 2 : n;
+  std::optional<FusedSetScan> first_half, second_half;
   ForEachIndex(2, finish_threads_, [&](size_t i) {
     if (i == 1) {
       if (late_index == nullptr) {
         index_json = PlanIndexJson(plan_);
       } else {
         index_size = PlanIndexJsonSize(plan_);
+        second_half.emplace(plan_, half, n);
       }
       return;
     }
     PlanFusedSets(plan_);
-    CheckFusedConsistency(plan_);
+    first_half.emplace(plan_, 0, half);
     AddSelectionNotes();
     PlanConfigIgnore();
   });
+  if (second_half) first_half->Merge(std::move(*second_half));
+  first_half->Report(plan_);
   const size_t index = PlanFiles(std::move(index_json));
   if (late_index != nullptr) *late_index = {index, index_size};
   return std::move(plan_);
