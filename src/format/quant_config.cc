@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "format/parallel.h"
 #include "format/sorted_runs.h"
 #include "quench/dtype.h"
 
@@ -159,6 +160,7 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
   for (const auto& [name, shard] : weight_map) bytes += name.size() + shard.size() + 12;
   std::string out;
   out.reserve(bytes);
+  AdviseHugePages(out.data(), bytes);
   out += "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
          "\n  },\n  \"weight_map\": ";
   if (items.empty()) {

@@ -262,6 +262,8 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   if (!options.prune_experts) {
     make_tensors = [&tensors](size_t n) {
       try {
+        tensors.reserve(n);
+        AdviseHugePages(tensors.data(), n * sizeof(PlannedTensor));
         tensors.resize(n);
       } catch (const std::bad_alloc&) {
         tensors = {};
