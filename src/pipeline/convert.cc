@@ -26,6 +26,7 @@
 #include "format/model_folder.h"
 #include "format/parallel.h"
 #include "pipeline/memory_budget.h"
+#include "pipeline/dry_run.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
@@ -374,15 +375,18 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   return MakePlanImpl(options, nullptr, nullptr);
 }
 
-Result<Plan> DryRun(const ConvertOptions& requested) {
+namespace {
+
+// DryRun; `listing`: DryRunListing's (the index's text not made).
+Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  // Nothing a dry run shows reads the index's text (the file is listed by name), but a
-  // worker's share does (the plan's fingerprint).
+  // A worker's share reads the index's text (the plan's fingerprint).
   LateIndex late;
   QUENCH_ASSIGN_OR_RETURN(
-      Plan plan, MakePlanImpl(options, options.workers > 0 ? nullptr : &late, nullptr));
+      Plan plan,
+      MakePlanImpl(options, listing && options.workers == 0 ? &late : nullptr, nullptr));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
@@ -393,6 +397,12 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
   }
   return plan;
 }
+
+}  // namespace
+
+Result<Plan> DryRun(const ConvertOptions& options) { return DryRunImpl(options, false); }
+
+Result<Plan> DryRunListing(const ConvertOptions& options) { return DryRunImpl(options, true); }
 
 namespace {
 
