@@ -522,8 +522,6 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     }
     return done;
   }
-  // --resume (and a worker, which always resumes its own run) checks once it knows which
-  // shards are complete (below).
   // The index's text (13 MB for 70k tensors, ~25 ms of a core) is made after the first
   // chunk is handed out, on a writer thread (RunShardPipeline's beside_first_chunk), instead
   // of before any weight is read; the free-space check counts its length (BuildPlan's). It is
@@ -546,6 +544,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     }
     if (staged) staged->Stage(late.file);
   };
+  // --resume (and a worker, which always resumes its own run) checks once it knows which
+  // shards are complete (below).
   if (!options.resume && !worker) {
     if (Status s = CheckFreeSpace(plan, late); !s.ok()) return cleanup(s);
   }
