@@ -104,11 +104,25 @@ TEST_SUITE("map_guard") {
       fs::create_directories(h.dst);
       hp->dst = h.dst;
       SourceMaps hmaps(*hp);
-      int hook_calls = 0;
-      Status st = RunShardPipeline(*hp, SizePipeline(16 << 20, 2), hmaps, {}, nullptr, nullptr,
-                                   nullptr, nullptr, nullptr, [&] { ++hook_calls; });
+      // beside_first_chunk runs once, on another thread (a writer's), and is done before
+      // the while_committing hook.
+      int hook_calls = 0, beside_calls = 0, beside_before_hook = 0;
+      std::thread::id beside_thread;
+      Status st = RunShardPipeline(
+          *hp, SizePipeline(16 << 20, 2), hmaps, {}, nullptr, nullptr, nullptr, nullptr, nullptr,
+          [&] {
+            ++hook_calls;
+            beside_before_hook = beside_calls;
+          },
+          [&] {
+            ++beside_calls;
+            beside_thread = std::this_thread::get_id();
+          });
       REQUIRE_MESSAGE(st.ok(), st.ToString());
       CHECK(hook_calls == 1);
+      CHECK(beside_calls == 1);
+      CHECK(beside_before_hook == 1);
+      CHECK(beside_thread != std::this_thread::get_id());
       CHECK(fs::exists(h.dst / "model.safetensors"));
     }
     auto resumed = RunQuench({"convert", o.src.string(), o.dst.string(), "--scheme",

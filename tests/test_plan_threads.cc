@@ -3,6 +3,7 @@
 // source order, report and output bytes.
 #include <doctest/doctest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,9 @@
 #include "format/model_folder.h"
 #include "format/safetensors.h"
 #include "pipeline/resume.h"
+#include "plan/fused_plan.h"
+#include "plan/fused_sets.h"
+#include "plan/matcher.h"
 #include "plan/planner.h"
 #include "test_util.h"
 
@@ -177,6 +181,161 @@ TEST_SUITE("plan_threads") {
     calls = 0;
     CHECK_FALSE(quench::LoadModelFolder(tmp / "src", [&](size_t) { ++calls; }).ok());
     CHECK(calls == 0);
+  }
+
+  TEST_CASE("the index made after planning is the plan's own, its length known before") {
+    // BuildPlan given late_index leaves that plan.files entry empty and the rest of the plan
+    // as it is; PlanIndexJson then makes the text BuildPlan makes, and BuildPlan (as
+    // PlanIndexJsonSize) gives its length without it: the 4-shard checkpoint, and one shard whose names need
+    // escapes (a quote, a backslash, a control character, non-ASCII: Python's ensure_ascii).
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "many", /*with_errors=*/false);
+    WriteShardFast(tmp / "odd" / "model.safetensors",
+                   {{"a.\"q\".weight", DType::kBF16, {2, 16}, Values(32, 1)},
+                    {"b.back\\slash.bias", DType::kBF16, {16}, Values(16, 2)},
+                    {"c.tab\t.bias", DType::kBF16, {16}, Values(16, 3)},
+                    {"d.caf\xc3\xa9.weight", DType::kBF16, {2, 16}, Values(32, 4)},
+                    {"e.plain.weight", DType::kBF16, {2, 16}, Values(32, 5)}});
+    qt::WriteBytes(tmp / "odd" / "config.json", R"({"model_type": "llama", "hidden_size": 16})");
+    for (const char* name : {"many", "odd"}) {
+      CAPTURE(name);
+      auto folder = quench::LoadModelFolder(tmp / name);
+      REQUIRE(folder.ok());
+      quench::PlanOptions o;
+      o.dst = tmp / "out";
+      o.scheme = "FP8_DYNAMIC";
+      auto alone = quench::BuildPlan(*folder, o, 2);
+      REQUIRE(alone.ok());
+      quench::LateIndex late_index;
+      auto late = quench::BuildPlan(*folder, o, 2, {}, &late_index);
+      REQUIRE(late.ok());
+      const size_t index_file = late_index.file;
+      REQUIRE(index_file < late->files.size());
+      REQUIRE(late->files.size() == alone->files.size());
+      CHECK(late->files[index_file].rel_name == "model.safetensors.index.json");
+      CHECK(late->files[index_file].contents.empty());
+      for (size_t i = 0; i < late->files.size(); ++i) {
+        if (i == index_file) continue;
+        CHECK(late->files[i].rel_name == alone->files[i].rel_name);
+        CHECK(late->files[i].contents == alone->files[i].contents);
+      }
+      const std::string& index = alone->files[index_file].contents;
+      // The text has an entry for every output of every shard.
+      auto parsed = quench::ParseJson("index", index);
+      REQUIRE(parsed.ok());
+      size_t outputs = 0;
+      for (const quench::PlannedShard& ps : alone->shards) outputs += ps.outputs.size();
+      const quench::JsonValue* map = parsed->Find("weight_map");
+      REQUIRE(map != nullptr);
+      CHECK(map->as_object().size() == outputs);
+      CHECK(quench::PlanIndexJson(*late) == index);
+      CHECK(quench::PlanIndexJsonSize(*late) == index.size());
+      CHECK(late_index.size == index.size());
+      if (std::string(name) == "odd") {
+        CHECK(index.find("a.\\\"q\\\".weight") != std::string::npos);
+        CHECK(index.find("d.caf\\u00e9.weight") != std::string::npos);
+      }
+      late->files[index_file].contents = quench::PlanIndexJson(*late);
+      CHECK(quench::PlanFingerprint(*late) == quench::PlanFingerprint(*alone));
+    }
+  }
+
+  TEST_CASE("the fused-set check in parts, merged, reports what one pass reports") {
+    // Modules of fused sets (q/k/v, gate/up of experts) in plan order, some split across
+    // parts, with groups drawn so that sets are uniform, mixed in one part, mixed only across
+    // parts, or start unquantized; plus tensors no set takes. Expected: each set's first
+    // member and its first member of another group, from a map of every set's members
+    // (independent of the table and the parts), reported in key order.
+    quench::Plan plan;
+    plan.groups.resize(2);
+    plan.groups[0].key = "group_0";
+    plan.groups[1].key = "group_1";
+    uint64_t state = 12345;
+    const auto draw = [&state](uint64_t n) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return (state >> 33) % n;
+    };
+    const auto add = [&](const std::string& name, std::vector<uint64_t> shape) {
+      quench::PlannedTensor t;
+      t.name = name;
+      t.shape = std::move(shape);
+      const uint64_t g = draw(8);
+      t.group = g < 6 ? 0 : g == 6 ? 1 : -1;
+      if (t.group < 0) t.why = "ignored";
+      plan.tensors.push_back(std::move(t));
+    };
+    for (int l = 0; l < 6; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        add(p + "self_attn." + m + ".weight", {2, 16});
+      }
+      add(p + "input_layernorm.weight", {16});
+      for (int e = 0; e < 12; ++e) {
+        const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+        add(x + "gate_proj.weight", {2, 16});
+        add(x + "down_proj.weight", {16, 2});
+        add(x + "up_proj.weight", {2, 16});
+        add(x + "up_proj.bias", {2});
+      }
+    }
+    // A layer's k_proj far from its q_proj (a set across the parts) and a 1-D member.
+    add("model.layers.0.self_attn.k_proj.weight", {2, 16});
+    add("model.layers.1.self_attn.v_proj.weight", {16});
+    const size_t n = plan.tensors.size();
+
+    std::map<std::string, std::vector<size_t>> members;
+    for (size_t i = 0; i < n; ++i) {
+      const quench::PlannedTensor& t = plan.tensors[i];
+      const auto [module, param] = quench::SplitModuleParam(t.name);
+      const std::string key = quench::FusedSetKey(module);
+      if (param == "weight" && t.shape.size() == 2 && !key.empty()) members[key].push_back(i);
+    }
+    std::vector<std::string> expected;
+    size_t mixed_sets = 0;
+    for (const auto& [key, m] : members) {
+      for (size_t i : m) {
+        if (plan.tensors[i].group == plan.tensors[m.front()].group) continue;
+        ++mixed_sets;
+        expected.push_back(plan.tensors[m.front()].name + "|" + plan.tensors[i].name);
+        break;
+      }
+    }
+    REQUIRE(mixed_sets > 10);
+    REQUIRE(mixed_sets < members.size());
+    const auto reported = [](const quench::Plan& p) {
+      std::vector<std::string> out;
+      for (const quench::Status& e : p.errors) {
+        // "fused set of 'A': 'A' is ... but 'B' is ..."
+        const std::string& m = e.message();
+        const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
+        const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
+        out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
+      }
+      return out;
+    };
+    quench::Plan whole = plan;
+    quench::CheckFusedConsistency(whole);
+    CHECK(reported(whole) == expected);
+    for (size_t m = 0; m <= n; ++m) {
+      CAPTURE(m);
+      quench::Plan two = plan;
+      quench::FusedSetScan first(two, 0, m);
+      first.Merge(quench::FusedSetScan(two, m, n));
+      first.Report(two);
+      CHECK(reported(two) == expected);
+      REQUIRE(two.errors.size() == whole.errors.size());
+      for (size_t i = 0; i < two.errors.size(); ++i) {
+        CHECK(two.errors[i].message() == whole.errors[i].message());
+      }
+      // Three parts, merged in order.
+      const size_t k = m + (n - m) / 3;
+      quench::Plan three = plan;
+      quench::FusedSetScan a(three, 0, m);
+      a.Merge(quench::FusedSetScan(three, m, k));
+      a.Merge(quench::FusedSetScan(three, k, n));
+      a.Report(three);
+      CHECK(reported(three) == expected);
+    }
   }
 
   TEST_CASE("a conversion planned on several threads writes the same bytes") {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "pipeline/dry_run.h"
 #include "pipeline/workers.h"
 
 namespace quench::cli {
@@ -142,7 +143,7 @@ void PrintWorkerShare(const Plan& p, const ConvertOptions& o) {
 
 // --dry-run: the plan as a table on stdout; notes and errors on stderr.
 int PrintDryRun(const ConvertOptions& o) {
-  auto plan = DryRun(o);
+  auto plan = DryRunListing(o);
   if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
   // Left for the process's exit to release (the dry run is the last thing the process does):
   // freeing an MoE checkpoint's plan, 10^5 small allocations, one by one was 6% of a

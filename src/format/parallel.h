@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace quench {
 
@@ -28,6 +32,26 @@ namespace quench {
 inline void TrimHeap() {
 #ifdef __GLIBC__
   malloc_trim(0);
+#endif
+}
+
+// Asks for transparent huge pages under the 2 MiB-aligned part of [p, p + n), a buffer of
+// several MiB about to be written for the first time (planning's large arrays: the plan's
+// tensor array, a shard's outputs and header, a header read). The kernel then faults in 2 MiB
+// at a time instead of 4 KiB (planning a 70k-tensor checkpoint took ~35k page faults, a third
+// of its CPU) and frees them faster at exit. Only where THP is "madvise" or "always"; smaller
+// buffers (every one of a small checkpoint) are left alone, so that a run under a tight
+// --memory-limit keeps the resident set it had.
+inline void AdviseHugePages(const void* p, size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (n < 2 * kHuge) return;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
+  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
 #endif
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "format/parallel.h"
 #include "format/sorted_runs.h"
 #include "quench/dtype.h"
 
@@ -159,6 +160,7 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
   for (const auto& [name, shard] : weight_map) bytes += name.size() + shard.size() + 12;
   std::string out;
   out.reserve(bytes);
+  AdviseHugePages(out.data(), bytes);
   out += "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
          "\n  },\n  \"weight_map\": ";
   if (items.empty()) {
@@ -214,6 +216,23 @@ std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_v
   }
   out += "\n}";
   return out;
+}
+
+uint64_t JsonStringPythonSize(std::string_view s) {
+  if (PlainAscii(s)) return s.size() + 2;
+  std::string escaped;
+  AppendJsonStringPython(escaped, s);
+  return escaped.size();
+}
+
+uint64_t IndexJsonSize(uint64_t entries, uint64_t entry_bytes, uint64_t total_size) {
+  // BuildIndexJson's text: the metadata, then "{}" or "{\n", the entries joined by ",\n",
+  // "\n  }"; then "\n}".
+  const uint64_t head = std::string_view("{\n  \"metadata\": {\n    \"total_size\": ").size() +
+                        std::to_string(total_size).size() +
+                        std::string_view("\n  },\n  \"weight_map\": ").size();
+  const uint64_t map = entries == 0 ? 2 : 2 + entry_bytes + 2 * (entries - 1) + 4;
+  return head + map + 2;
 }
 
 }  // namespace quench

@@ -51,6 +51,15 @@ JsonValue BuildQuantizationConfig(const std::vector<ConfigGroup>& groups,
 // json.dump(indent=2, sort_keys=True); total_size is the sum of tensor bytes (no headers).
 std::string BuildIndexJson(std::vector<std::pair<std::string_view, std::string_view>> weight_map,
                            uint64_t total_size);
+// The length of BuildIndexJson's text without writing it: `entries` entries whose
+// IndexEntrySize()s sum to `entry_bytes`. IndexEntrySize takes the name's and the shard's
+// JsonStringPythonSize (a string's length as AppendJsonStringPython writes it, quotes
+// included).
+uint64_t JsonStringPythonSize(std::string_view s);
+constexpr uint64_t IndexEntrySize(uint64_t name_json, uint64_t shard_json) {
+  return 4 + name_json + 2 + shard_json;  // `    "name": "shard"`
+}
+uint64_t IndexJsonSize(uint64_t entries, uint64_t entry_bytes, uint64_t total_size);
 
 }  // namespace quench
 

@@ -30,6 +30,7 @@
 
 #include "format/json.h"
 #include "format/name_table.h"
+#include "format/parallel.h"
 #include "format/safetensors_entry.h"
 
 namespace quench {
@@ -279,6 +280,7 @@ Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& pat
                                   " is too small to hold a JSON object");
   }
   simdjson::padded_string json(static_cast<size_t>(n));
+  AdviseHugePages(json.data(), static_cast<size_t>(n));
   QUENCH_RETURN_IF_ERROR(PreadFull(fd.get(), json.data(), static_cast<size_t>(n), 8, label));
   QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ParsePadded(label, json, file_size));
   h.header_hash = Fnv1a64(std::string_view(json.data(), static_cast<size_t>(n)));

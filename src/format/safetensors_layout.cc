@@ -10,6 +10,7 @@
 
 #include "format/safetensors.h"
 #include "format/json.h"
+#include "format/parallel.h"
 #include "format/sorted_runs.h"
 namespace quench {
 namespace {
@@ -127,6 +128,7 @@ SafetensorsPlacement PlaceSafetensors(
   // (a shard of tens of thousands of tensors has megabytes of header, not copied again).
   std::string& json = place.header;
   json.reserve(8 + bytes);
+  AdviseHugePages(json.data(), 8 + bytes);
   json.assign(8, '\0');
   json += "{";
   bool first = true;

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <new>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "format/model_folder.h"
 #include "format/parallel.h"
 #include "pipeline/memory_budget.h"
+#include "pipeline/dry_run.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
@@ -75,7 +77,8 @@ constexpr uint64_t kMarkerSlack = 256;
 // index and config.json, all present at once before the markers are removed) and one block
 // for each folder it may create under DST (.quench-resume and subfolders). Shards --resume
 // keeps are on the disk already and not counted.
-uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
+// `late`: a file whose contents are made later (the index), and its size.
+uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateIndex& late) {
   const auto blocks = [block](uint64_t bytes) { return (bytes + block - 1) / block * block; };
   uint64_t total = 0;
   std::set<fs::path> folders;
@@ -89,10 +92,13 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
     add_folders(ps.rel_name);
     add_folders(fs::path(kResumeDir) / (ps.rel_name + ".json"));
   }
-  for (const PlannedFile& f : plan.files) {
+  for (size_t i = 0; i < plan.files.size(); ++i) {
+    const PlannedFile& f = plan.files[i];
     std::error_code ec;
     // A copied file that cannot be examined fails when it is copied; it is counted empty.
-    const uintmax_t size = f.copy_from.empty() ? f.contents.size() : fs::file_size(f.copy_from, ec);
+    const uintmax_t size = i == late.file         ? late.size
+                           : f.copy_from.empty() ? f.contents.size()
+                                                 : fs::file_size(f.copy_from, ec);
     total += blocks(ec ? 0 : static_cast<uint64_t>(size));
     add_folders(f.rel_name);
   }
@@ -100,11 +106,11 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block) {
 }
 
 // Fails early when the destination's file system cannot hold the output.
-Status CheckFreeSpace(const Plan& plan) {
+Status CheckFreeSpace(const Plan& plan, const LateIndex& late = {}) {
   struct statvfs sv {};
   if (statvfs(plan.dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
   const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
-  const uint64_t needed = DiskBytesNeeded(plan, block);
+  const uint64_t needed = DiskBytesNeeded(plan, block, late);
   const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block;
   if (avail < needed) {
     return Error(ErrorCode::kIo, plan.dst.string() + ": needs " + std::to_string(needed) +
@@ -208,7 +214,13 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
   return static_cast<uint64_t>(value * mult);
 }
 
-Result<Plan> MakePlan(const ConvertOptions& options) {
+namespace {
+
+// MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
+// `keep_folder` is given, the model folder read is moved there rather than freed (70k tensors'
+// names and shapes: ~3 ms of a core for the caller to spend later).
+Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
+                          std::optional<ModelFolder>* keep_folder) {
   std::error_code ec;
   // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
   // inventory below, naming the reason.
@@ -251,6 +263,8 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
   if (!options.prune_experts) {
     make_tensors = [&tensors](size_t n) {
       try {
+        tensors.reserve(n);
+        AdviseHugePages(tensors.data(), n * sizeof(PlannedTensor));
         tensors.resize(n);
       } catch (const std::bad_alloc&) {
         tensors = {};
@@ -286,7 +300,7 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                               : algos.smoothing.empty() ? "rtn"
                                                         : algos.smoothing;
   QUENCH_ASSIGN_OR_RETURN(Plan plan, BuildPlan(folder, calib::StageOptions(options, primary),
-                                               options.threads, std::move(tensors)));
+                                               options.threads, std::move(tensors), late_index));
   if (experts) {
     const PlannedExpertPrune& e = *experts;
     plan.notes.push_back(
@@ -351,14 +365,28 @@ Result<Plan> MakePlan(const ConvertOptions& options) {
                          "); their files are not carried over, as model_free_ptq does");
   }
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
+  if (keep_folder != nullptr) keep_folder->emplace(std::move(folder));
   return plan;
 }
 
-Result<Plan> DryRun(const ConvertOptions& requested) {
+}  // namespace
+
+Result<Plan> MakePlan(const ConvertOptions& options) {
+  return MakePlanImpl(options, nullptr, nullptr);
+}
+
+namespace {
+
+// DryRun; `listing`: DryRunListing's (the index's text not made).
+Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
+  // A worker's share reads the index's text (the plan's fingerprint).
+  LateIndex late;
+  QUENCH_ASSIGN_OR_RETURN(
+      Plan plan,
+      MakePlanImpl(options, listing && options.workers == 0 ? &late : nullptr, nullptr));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
@@ -370,9 +398,17 @@ Result<Plan> DryRun(const ConvertOptions& requested) {
   return plan;
 }
 
+}  // namespace
+
+Result<Plan> DryRun(const ConvertOptions& options) { return DryRunImpl(options, false); }
+
+Result<Plan> DryRunListing(const ConvertOptions& options) { return DryRunImpl(options, true); }
+
 namespace {
 
-Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
+                                      std::optional<ModelFolder>& folder,
+                                      const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
                                       std::chrono::steady_clock::time_point t0);
 
@@ -384,10 +420,17 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlan(options));
+  // The index's text is made once the first chunk is converting, and the model folder freed
+  // then (ConvertPlanned), but where the run reads the text before: --resume (a finished
+  // folder's files compared) and workers (the plan's fingerprint).
+  const bool index_later = !options.resume && options.workers == 0;
+  LateIndex late;
+  std::optional<ModelFolder> folder;
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, index_later ? &late : nullptr,
+                                                  index_later ? &folder : nullptr));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
-  Result<ConvertSummary> r = ConvertPlanned(plan, options, callbacks, t0);
+  Result<ConvertSummary> r = ConvertPlanned(plan, late, folder, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
     Status w = WriteFileAtomic(
@@ -406,7 +449,9 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
 
 namespace {
 
-Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
+Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
+                                      std::optional<ModelFolder>& folder,
+                                      const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
                                       std::chrono::steady_clock::time_point t0) {
   if (callbacks.note) {
@@ -477,10 +522,32 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     }
     return done;
   }
+  // The index's text (13 MB for 70k tensors, ~25 ms of a core) is made after the first
+  // chunk is handed out, on a writer thread (RunShardPipeline's beside_first_chunk), instead
+  // of before any weight is read; the free-space check counts its length (BuildPlan's). It is
+  // staged then, and published as before: fsynced with the other staged files, renamed after
+  // the shards. The model folder is freed there too. Where no chunk is handed out, both are
+  // done before the staged files' fsync.
+  bool index_made = late.file >= plan.files.size();
+  Status index_status;
+  const auto make_index = [&] {
+    folder.reset();
+    if (index_made) return;
+    index_made = true;
+    try {
+      plan.files[late.file].contents = PlanIndexJson(plan);
+    } catch (const std::bad_alloc&) {
+      index_status = Error(ErrorCode::kIo, "out of memory: cannot make " +
+                                               plan.files[late.file].rel_name +
+                                               "; free memory or lower --memory-limit");
+      return;
+    }
+    if (staged) staged->Stage(late.file);
+  };
   // --resume (and a worker, which always resumes its own run) checks once it knows which
   // shards are complete (below).
   if (!options.resume && !worker) {
-    if (Status s = CheckFreeSpace(plan); !s.ok()) return cleanup(s);
+    if (Status s = CheckFreeSpace(plan, late); !s.ok()) return cleanup(s);
   }
   for (const PlannedShard& ps : plan.shards) {
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
@@ -574,7 +641,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
     }
   }
   // The index and config.json written (not yet published) before the shards stream.
-  if (!worker && !finished_before) staged.emplace(plan);
+  if (!worker && !finished_before) staged.emplace(plan, late.file);
   std::vector<uint64_t> zeroed;
   std::vector<ErrorSums> errors;
   Status st = finished_before
@@ -586,8 +653,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const ConvertOptions& options,
                                      // The index's and config.json's fsyncs beside the last
                                      // shard's, rather than after it.
                                      [&] {
+                                       make_index();  // where no chunk was handed out
                                        if (staged) staged->Sync();
-                                     });
+                                     },
+                                     make_index);
+  if (st.ok() && !index_status.ok()) st = index_status;
   if (smooth) {
     smooth->Finish(plan);
     if (callbacks.note && algos.smoothing == "awq") {

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "calib/wanda.h"
@@ -107,7 +108,12 @@ void ShardPipeline::RunStages() {
             const std::string& file = t < plan_.tensors.size()
                                           ? plan_.shards[plan_.tensors[t].shard].src_path.native()
                                           : plan_.src.native();
-            if (!Contained(file, [&] { c = Next(fc); })) {
+            if (!Contained(file, [&] {
+                  c = Next(fc);
+                  if (c != nullptr && beside_first_chunk_) {
+                    writer_->After(std::exchange(beside_first_chunk_, nullptr));
+                  }
+                })) {
               fc.stop();
             }
             return c;
@@ -214,9 +220,11 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         std::vector<uint64_t>* zeroed, std::vector<ErrorSums>* errors,
                         const std::function<Status(size_t tensor)>& before_tensor,
                         ChunkCalibration* calib,
-                        const std::function<void()>& while_committing) {
+                        const std::function<void()>& while_committing,
+                        const std::function<void()>& beside_first_chunk) {
   ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor, calib);
   p.SetWhileCommitting(while_committing);
+  p.SetBesideFirstChunk(beside_first_chunk);
   return p.Run();
 }
 

@@ -96,14 +96,18 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 // `calib` (optional: null on the data-free path) quantizes the tensors it takes (GPTQ); its
 // Prepare runs after `before_tensor`. `while_committing` (optional) runs on the calling
 // thread once every chunk is written, while the last shards' commits (fsync, rename, resume
-// marker) wait on the disk; not after a failure.
+// marker) wait on the disk; not after a failure. `beside_first_chunk` (optional) runs once on
+// a writer thread as soon as the input stage has handed out the first chunk (a writer has
+// nothing to write until a chunk is converted; the other writer takes the chunks meanwhile),
+// and is finished before RunShardPipeline returns; not at all where no chunk is handed out.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
                         std::vector<ErrorSums>* errors = nullptr,
                         const std::function<Status(size_t tensor)>& before_tensor = nullptr,
                         ChunkCalibration* calib = nullptr,
-                        const std::function<void()>& while_committing = nullptr);
+                        const std::function<void()>& while_committing = nullptr,
+                        const std::function<void()>& beside_first_chunk = nullptr);
 
 }  // namespace quench
 

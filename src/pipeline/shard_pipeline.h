@@ -83,6 +83,7 @@ class ShardPipeline {
 
   // Runs `f` once every chunk is written, while the last commits wait (RunShardPipeline).
   void SetWhileCommitting(std::function<void()> f) { while_committing_ = std::move(f); }
+  void SetBesideFirstChunk(std::function<void()> f) { beside_first_chunk_ = std::move(f); }
   Status Run();
 
  private:
@@ -328,6 +329,7 @@ class ShardPipeline {
   std::vector<ErrorSums>* errors_;
   const std::function<Status(size_t tensor)>& before_tensor_;
   std::function<void()> while_committing_;  // see RunShardPipeline
+  std::function<void()> beside_first_chunk_;  // see RunShardPipeline; empty once queued
   ChunkCalibration* calib_;  // null: data-free
   size_t tensors_prepared_ = 0;  // before_tensor_ has run for tensors below this
   const prune::PruneSpec prune_spec_;

@@ -8,6 +8,7 @@
 #ifndef QUENCH_PIPELINE_STAGED_FILES_H_
 #define QUENCH_PIPELINE_STAGED_FILES_H_
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -20,12 +21,16 @@ namespace quench {
 class StagedFiles {
  public:
   // Writes every plan.files entry that has contents (not a copy) under plan.dst, to its
-  // temporary name. One that cannot be is left to Publish, which then reports the error.
-  // `plan` must outlive this object and its files must not change.
-  explicit StagedFiles(const Plan& plan);
+  // temporary name, but plan.files[later] (none by default), which Stage writes once its
+  // contents are made. One that cannot be written is left to Publish, which then reports the
+  // error. `plan` must outlive this object and its files must not change once staged.
+  explicit StagedFiles(const Plan& plan, size_t later = SIZE_MAX);
   StagedFiles(const StagedFiles&) = delete;
   StagedFiles& operator=(const StagedFiles&) = delete;
 
+  // Writes plan.files[i] (the constructor's `later`) to its temporary name now. Not beside
+  // any other call.
+  void Stage(size_t i);
   // Makes the staged files durable (fsync) without publishing them, so that Publish has
   // only their renames left: for a caller that has the time now (the shards' last commit
   // waiting on the disk). An error is reported by Publish.
@@ -37,8 +42,12 @@ class StagedFiles {
   void Abandon() { files_.clear(); }
 
  private:
+  // Stages plan.files[i] unless it is a copy; false where it cannot be written.
+  bool Write(size_t i);
+
   const Plan& plan_;
   std::vector<std::unique_ptr<OutputFile>> files_;  // per plan.files entry; null: not staged
+  bool stopped_ = false;  // a file could not be staged: nor are those after it
 };
 
 }  // namespace quench

@@ -4,6 +4,11 @@
 #ifndef QUENCH_PLAN_FUSED_PLAN_H_
 #define QUENCH_PLAN_FUSED_PLAN_H_
 
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "format/name_table.h"
 #include "quench/plan.h"
 
 namespace quench {
@@ -15,6 +20,30 @@ void PlanFusedSets(Plan& plan);
 // the same scheme or all stay unquantized; anything else cannot be loaded. Each mixed set is
 // an error in plan.errors.
 void CheckFusedConsistency(Plan& plan);
+
+// CheckFusedConsistency in parts, for a planner with a second thread: each part scans a range
+// of plan.tensors (reading names, shapes and groups only), the parts are merged in range
+// order, and Report appends the errors CheckFusedConsistency appends.
+class FusedSetScan {
+ public:
+  FusedSetScan(const Plan& plan, size_t begin, size_t end);
+  // `later` scanned the range right after this one's.
+  void Merge(FusedSetScan&& later);
+  void Report(Plan& plan) const;
+
+ private:
+  static constexpr size_t kNone = ~size_t{0};
+  // What a set needs is its first member and the first later one whose group differs from
+  // the first's (members come in plan order).
+  struct Set {
+    size_t first;          // its first member
+    size_t mixed = kNone;  // its first member of another group than `first`'s
+  };
+  const Plan* plan_;
+  std::deque<std::string> keys_;  // per set, stable storage for the table's views
+  std::vector<Set> sets_;
+  NameTable set_of_;
+};
 
 }  // namespace quench
 

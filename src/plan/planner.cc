@@ -5,6 +5,8 @@
 // planner_sources.cc, planner_shard.cc and planner_finish.cc.
 #include "plan/planner.h"
 
+#include <optional>
+
 #include "format/parallel.h"
 #include "plan/fused_plan.h"
 #include "plan/groups.h"
@@ -150,20 +152,36 @@ void Planner::MergeShard(ShardWork& w) {
   plan_.shards.push_back(std::move(w.shard));
 }
 
-Plan Planner::Finish() && {
-  // The index reads the shards' outputs only; the steps before PlanFiles never touch them.
+Plan Planner::Finish(LateIndex* late_index) && {
+  // The index (or, made later, its length) reads the shards' outputs and the tensors' output
+  // lists only; the steps before PlanFiles never touch them.
+  // Without the index's text the other side has little to do: it takes the second half of
+  // the fused-set check (the two halves merged after), which reads the tensors' names,
+  // shapes and groups, none of which the first side writes.
   std::string index_json;
+  uint64_t index_size = 0;
+  const size_t n = plan_.tensors.size();
+  const size_t half = late_index != nullptr ? n / 2 : n;
+  std::optional<FusedSetScan> first_half, second_half;
   ForEachIndex(2, finish_threads_, [&](size_t i) {
     if (i == 1) {
-      index_json = IndexJson();
+      if (late_index == nullptr) {
+        index_json = PlanIndexJson(plan_);
+      } else {
+        index_size = PlanIndexJsonSize(plan_);
+        second_half.emplace(plan_, half, n);
+      }
       return;
     }
     PlanFusedSets(plan_);
-    CheckFusedConsistency(plan_);
+    first_half.emplace(plan_, 0, half);
     AddSelectionNotes();
     PlanConfigIgnore();
   });
-  PlanFiles(std::move(index_json));
+  if (second_half) first_half->Merge(std::move(*second_half));
+  first_half->Report(plan_);
+  const size_t index = PlanFiles(std::move(index_json));
+  if (late_index != nullptr) *late_index = {index, index_size};
   return std::move(plan_);
 }
 
@@ -174,10 +192,10 @@ using planner_internal::Planner;
 std::span<const DefaultIgnore> DefaultIgnores() { return kDefaultIgnores; }
 
 Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads,
-                       std::vector<PlannedTensor> tensors) {
+                       std::vector<PlannedTensor> tensors, LateIndex* late_index) {
   QUENCH_ASSIGN_OR_RETURN(Planner planner, Planner::Make(folder, options));
   planner.PlanShards(threads, std::move(tensors));
-  return std::move(planner).Finish();
+  return std::move(planner).Finish(late_index);
 }
 
 }  // namespace quench

@@ -4,7 +4,9 @@
 #ifndef QUENCH_PLAN_PLANNER_H_
 #define QUENCH_PLAN_PLANNER_H_
 
+#include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -24,9 +26,23 @@ std::span<const DefaultIgnore> DefaultIgnores();
 // Shards are planned on up to `threads` threads (0: one per core; the plan is the same for
 // any number). `tensors` may bring the plan's tensor array already made, of value-initialised
 // entries (LoadModelFolder's `headers_read` makes it while the folder is checked): it is
-// resized to the planned count, so any size gives the same plan.
+// resized to the planned count, so any size gives the same plan. Where `late_index` is given,
+// the index's text is not made: its entry in plan.files is left empty for the caller to fill
+// with PlanIndexJson when it needs it (a conversion, on a thread of its pipeline; a dry run
+// never), and *late_index says which entry and the text's length.
+struct LateIndex {
+  size_t file = SIZE_MAX;  // plan.files[file]
+  uint64_t size = 0;       // PlanIndexJsonSize
+};
 Result<Plan> BuildPlan(const ModelFolder& folder, const PlanOptions& options, int threads = 0,
-                       std::vector<PlannedTensor> tensors = {});
+                       std::vector<PlannedTensor> tensors = {}, LateIndex* late_index = nullptr);
+
+// The index file's bytes (model.safetensors.index.json) of a planned conversion: every output
+// tensor's shard, and their total size. It reads the shards' outputs and the tensors' output
+// lists only (names and sizes, which nothing after BuildPlan changes).
+std::string PlanIndexJson(const Plan& plan);
+// PlanIndexJson(plan).size(), without writing the text (a free-space check before it is).
+uint64_t PlanIndexJsonSize(const Plan& plan);
 
 struct PlannedPrune;
 namespace prune { struct PruneSpec; }

@@ -117,38 +117,6 @@ void Planner::PlanConfigIgnore() {
   }
 }
 
-std::string Planner::IndexJson() const {
-  uint64_t total_size = 0;
-  size_t outputs = 0;
-  for (const PlannedShard& ps : plan_.shards) outputs += ps.outputs.size();
-  // Entries in plan order: source tensors in each shard's file order (by name, as safetensors
-  // writes them), each tensor's outputs after it ("X.weight", "X.weight_scale"): nearly one
-  // sorted run per shard, where the shards' outputs in file order (by dtype, then name) were
-  // a run per dtype whose merge compared every name. Every output is one tensor's, so the
-  // entries are the same; BuildIndexJson's sort is stable and equal names (only possible
-  // in different shards) keep shard order either way.
-  std::vector<std::pair<std::string_view, std::string_view>> weight_map;  // tensor -> shard
-  weight_map.reserve(outputs);
-  for (const PlannedTensor& t : plan_.tensors) {
-    const PlannedShard& ps = plan_.shards[t.shard];
-    for (size_t o : t.outputs) {
-      total_size += ps.outputs[o].nbytes;
-      weight_map.emplace_back(ps.outputs[o].name, ps.rel_name);
-    }
-  }
-  if (weight_map.size() != outputs) {  // an output no tensor lists: every shard's, in file order
-    weight_map.clear();
-    total_size = 0;
-    for (const PlannedShard& ps : plan_.shards) {
-      for (const PlannedOutput& o : ps.outputs) {
-        total_size += o.nbytes;
-        weight_map.emplace_back(o.name, ps.rel_name);
-      }
-    }
-  }
-  return BuildIndexJson(std::move(weight_map), total_size);
-}
-
 // The config groups written to quantization_config: each quantizing group with the observer
 // the reference names for its run. Observer settings that do not parse are plan errors.
 std::vector<ConfigGroup> Planner::ConfigGroups() {
@@ -177,7 +145,7 @@ std::vector<ConfigGroup> Planner::ConfigGroups() {
 
 // Other files: copied unchanged, except the index (`index_json`) and config which are
 // regenerated. They are published in this order, config last.
-void Planner::PlanFiles(std::string index_json) {
+size_t Planner::PlanFiles(std::string index_json) {
   for (const std::string& f : folder_.other_files) {
     if ((folder_.index_rel && f == *folder_.index_rel) ||
         (folder_.config_rel && f == *folder_.config_rel)) {
@@ -187,12 +155,13 @@ void Planner::PlanFiles(std::string index_json) {
   }
   // Written even for a single-file model, under the source index's name or the default one
   // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
+  const size_t index = plan_.files.size();
   plan_.files.push_back({folder_.index_rel.value_or("model.safetensors.index.json"), {},
                          std::move(index_json)});
   if (!folder_.config) {
     plan_.notes.push_back("warning: no config.json or params.json in the source; the "
                           "quantization_config is not written anywhere");
-    return;
+    return index;
   }
   JsonValue cfg = *folder_.config;
   const bool quantized_source = source_.format != SourceFormat::kPlain;
@@ -204,7 +173,7 @@ void Planner::PlanFiles(std::string index_json) {
   if (cg.empty() && !quantized_source && !folder_.config_changed) {
     // Pruning alone: like llm-compressor, no quantization_config; config.json is copied.
     plan_.files.push_back({*folder_.config_rel, folder_.root / *folder_.config_rel, {}});
-    return;
+    return index;
   }
   if (cg.empty()) {
     // Expert pruning alone rewrites the expert count and, as convert_checkpoint, drops any
@@ -216,7 +185,7 @@ void Planner::PlanFiles(std::string index_json) {
       if (key != "quantization_config") kept.emplace_back(key, value);
     }
     plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(JsonValue(std::move(kept)))});
-    return;
+    return index;
   }
   if (!kv_cache_.empty() && kv_layers_ == 0) {
     plan_.errors.push_back(Error(ErrorCode::kUnsupported,
@@ -244,6 +213,73 @@ void Planner::PlanFiles(std::string index_json) {
   }
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
+  return index;
 }
 
 }  // namespace quench::planner_internal
+
+namespace quench {
+
+namespace {
+
+// Every output's (name, shard) in plan order, and their bytes: source tensors in each shard's
+// file order (by name, as safetensors writes them), each tensor's outputs after it
+// ("X.weight", "X.weight_scale"): nearly one sorted run per shard, where the shards' outputs
+// in file order (by dtype, then name) were a run per dtype whose merge compared every name.
+// Every output is one tensor's, so the entries are the same; BuildIndexJson's sort is stable
+// and equal names (only possible in different shards) keep shard order either way.
+template <class Fn>
+uint64_t ForEachIndexEntry(const Plan& plan, Fn&& fn) {
+  uint64_t total_size = 0;
+  size_t outputs = 0, listed = 0;
+  for (const PlannedShard& ps : plan.shards) outputs += ps.outputs.size();
+  for (const PlannedTensor& t : plan.tensors) listed += t.outputs.size();
+  if (listed == outputs) {
+    for (const PlannedTensor& t : plan.tensors) {
+      const PlannedShard& ps = plan.shards[t.shard];
+      for (size_t o : t.outputs) {
+        total_size += ps.outputs[o].nbytes;
+        fn(std::string_view(ps.outputs[o].name), std::string_view(ps.rel_name));
+      }
+    }
+    return total_size;
+  }
+  // An output no tensor lists: every shard's, in file order.
+  for (const PlannedShard& ps : plan.shards) {
+    for (const PlannedOutput& o : ps.outputs) {
+      total_size += o.nbytes;
+      fn(std::string_view(o.name), std::string_view(ps.rel_name));
+    }
+  }
+  return total_size;
+}
+
+}  // namespace
+
+std::string PlanIndexJson(const Plan& plan) {
+  size_t outputs = 0;
+  for (const PlannedShard& ps : plan.shards) outputs += ps.outputs.size();
+  std::vector<std::pair<std::string_view, std::string_view>> weight_map;  // tensor -> shard
+  weight_map.reserve(outputs);
+  const uint64_t total_size = ForEachIndexEntry(
+      plan, [&](std::string_view name, std::string_view shard) { weight_map.emplace_back(name, shard); });
+  return BuildIndexJson(std::move(weight_map), total_size);
+}
+
+uint64_t PlanIndexJsonSize(const Plan& plan) {
+  uint64_t entries = 0, text = 0;
+  std::string_view last_shard;
+  uint64_t last_shard_size = 0;
+  const uint64_t total_size =
+      ForEachIndexEntry(plan, [&](std::string_view name, std::string_view shard) {
+        if (entries == 0 || shard.data() != last_shard.data() || shard.size() != last_shard.size()) {
+          last_shard = shard;
+          last_shard_size = JsonStringPythonSize(shard);
+        }
+        ++entries;
+        text += IndexEntrySize(JsonStringPythonSize(name), last_shard_size);
+      });
+  return IndexJsonSize(entries, text, total_size);
+}
+
+}  // namespace quench

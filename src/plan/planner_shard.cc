@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "format/parallel.h"
 #include "format/sorted_runs.h"
 #include "plan/planner_state.h"
 
@@ -296,6 +297,8 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
   // them in file order, and `position` maps each spec to its output.
   SafetensorsPlacement place = PlaceSafetensors(specs);
   std::vector<size_t> position(specs.size());
+  ps.outputs.reserve(specs.size());
+  AdviseHugePages(ps.outputs.data(), specs.size() * sizeof(PlannedOutput));
   ps.outputs.resize(specs.size());
   for (size_t k = 0; k < place.order.size(); ++k) {
     const size_t i = place.order[k];

@@ -51,8 +51,9 @@ class Planner {
   void PlanShards(int threads, std::vector<PlannedTensor> storage);
   // After the shards: fused sets and their consistency, notes, the written ignore list, the
   // index, config.json and the other files. The index, which depends on the shards' layouts
-  // alone, is built on another thread meanwhile where PlanShards found that worth it.
-  Plan Finish() &&;
+  // alone, is built on another thread meanwhile where PlanShards found that worth it; not at
+  // all where `late_index` is given (BuildPlan's), only its length.
+  Plan Finish(LateIndex* late_index) &&;
 
  private:
   Planner(const ModelFolder& folder, TargetResolver resolver)
@@ -123,11 +124,10 @@ class Planner {
   const TensorInfo* PackedView(const TensorInfo& t, TensorInfo* view) const;
   void AddSelectionNotes();
   void PlanConfigIgnore();
-  // The index file's bytes: every output tensor's shard, and their total size.
-  std::string IndexJson() const;
   // The config groups written to quantization_config (planner_finish.cc).
   std::vector<ConfigGroup> ConfigGroups();
-  void PlanFiles(std::string index_json);
+  // Returns the index's entry in plan_.files.
+  size_t PlanFiles(std::string index_json);
 
   const ModelFolder& folder_;
   Plan plan_;
