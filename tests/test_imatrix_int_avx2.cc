@@ -313,7 +313,7 @@ TEST_CASE("imatrix_mse int avx2 kernel: chosen scales from the search's kept mag
         ChunkOutputs out_k;
         out_k.out[0] = codes_k.data();
         out_k.out[1] = scales_k.data();
-        REQUIRE(calib::QuantizeIntKept(in, scales.data(), out_k));
+        REQUIRE(calib::QuantizeIntKept(in, scales.data(), nullptr, out_k));
         // The reference: every AVX2 kernel off.
         calib::internal::SetIntAvx2Enabled(false);
         std::vector<double> best_r(rows * ng, FLT_MAX);

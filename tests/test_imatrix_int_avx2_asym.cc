@@ -446,7 +446,7 @@ TEST_CASE("imatrix_mse int avx2 asym chosen quantization equals the kernels-off 
 
 
 // The quantize stage from the search's kept mins and maxes (IntRangesKept: SearchSteps'
-// group_minmax, IntKeptParams, QuantizeIntAsymKept) against QuantizeChosen with every AVX2
+// group_minmax, IntKeptParams, QuantizeIntKept) against QuantizeChosen with every AVX2
 // kernel switched off (the Highway search, the scalar parameters and codes from the rows):
 // the same packed codes, scales and zero points, byte for byte; the kept pairs are each
 // group's min and max computed here from the values. Groups of 64 and 128, expand 1 and 1.25,
@@ -498,7 +498,7 @@ TEST_CASE("imatrix_mse int avx2 asym kernel: chosen parameters from the search's
           return out;
         };
         std::vector<uint8_t> kept, ref;
-        REQUIRE(calib::QuantizeIntAsymKept(in, scales.data(), zps.data(), outputs(&kept)));
+        REQUIRE(calib::QuantizeIntKept(in, scales.data(), zps.data(), outputs(&kept)));
         // The reference: every AVX2 kernel off.
         calib::internal::SetIntAvx2Enabled(false);
         std::vector<double> best_r(groups, FLT_MAX);

@@ -500,7 +500,8 @@ void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* 
                                 dst);
 }
 
-bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOutputs& out) {
+bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
+                     const ChunkOutputs& out) {
   Geometry g;
   if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
   const size_t n = in.cols, ng = g.n_groups;
@@ -512,11 +513,18 @@ bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOu
     for (size_t k = 0; k < ng; ++k) {
       uint16_t bits;
       std::memcpy(&bits, s + 2 * k, 2);
-      params[k] = {BF16ToF32(bits), 0};
+      params[k] = {BF16ToF32(bits), zps == nullptr ? 0 : zps[r * ng + k]};
     }
     std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
-    internal::IntAvx2Codes4(row, n, g.group, params.data(), out.out[0] + r * row_bytes);
+    uint8_t* dst = out.out[0] + r * row_bytes;
+    if (zps == nullptr) {
+      internal::IntAvx2Codes4(row, n, g.group, params.data(), dst);
+    } else {
+      internal::IntAvx2AsymCodes4(row, n, g.group, params.data(), dst);
+    }
   }
+  // Zero points packed down the columns, as QuantizeIntChosen packs them.
+  if (zps != nullptr) intq::internal::PackZeroPoints(zps, in.rows, ng, g.l.bits, out.out[2]);
   return true;
 }
 
@@ -547,29 +555,6 @@ void IntKeptParams(const WeightChunk& in, const ImatrixOptions& o, const float* 
   internal::IntAvx2AsymChosenParams(m0.data(), M0.data(), steps.data(), n, o.grid, o.expand,
                                     g.l, params.data(), scales);
   for (size_t k = 0; k < n; ++k) zps[k] = static_cast<int8_t>(params[k].zp);
-}
-
-bool QuantizeIntAsymKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
-                         const ChunkOutputs& out) {
-  Geometry g;
-  if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
-  const size_t n = in.cols, ng = g.n_groups;
-  const size_t row_bytes = g.l.words_per_row * 4;
-  std::vector<GroupParams> params(ng);
-  for (size_t r = 0; r < in.rows; ++r) {
-    const uint8_t* s = scales + r * ng * 2;
-    for (size_t k = 0; k < ng; ++k) {
-      uint16_t bits;
-      std::memcpy(&bits, s + 2 * k, 2);
-      params[k] = {BF16ToF32(bits), zps[r * ng + k]};
-    }
-    std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
-    internal::IntAvx2AsymCodes4(in.data + r * n * 2, n, g.group, params.data(),
-                                out.out[0] + r * row_bytes);
-  }
-  // Zero points packed down the columns, as QuantizeIntChosen packs them.
-  intq::internal::PackZeroPoints(zps, in.rows, ng, g.l.bits, out.out[2]);
-  return true;
 }
 
 bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions& o,

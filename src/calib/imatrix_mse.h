@@ -151,20 +151,20 @@ bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
 void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
                    const uint32_t* masks, size_t n, int stop, uint8_t* dst);
 
-// QuantizeChosen's output (packed) for the rows of `in` with their groups' chosen scales from
-// IntKeptScales (scales: rows x groups, bf16's encoding): the same bytes.
-bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const ChunkOutputs& out);
+// QuantizeChosen's output (packed) for the rows of `in` with their groups' chosen scales
+// (scales: rows x groups, bf16's encoding) and, asymmetric, zero points (zps: rows x groups;
+// nullptr: symmetric), from IntKeptScales or IntKeptParams: the same bytes.
+bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
+                     const ChunkOutputs& out);
 
 // The same for packed asymmetric int4 of bf16 where the AVX2 kernels take both the search
 // and the chosen codes (imatrix_mse_int_avx2_asym.h): the search keeps each group's min and
 // max (SearchSteps' group_minmax), IntKeptParams turns them into the chosen scales (bf16's
-// encoding, 2 bytes each) and zero points (1 byte each), and QuantizeIntAsymKept writes
+// encoding, 2 bytes each) and zero points (1 byte each), and QuantizeIntKept writes
 // QuantizeChosen's output from those, with no pass over the rows for the ranges.
 bool IntRangesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
 void IntKeptParams(const WeightChunk& in, const ImatrixOptions& o, const float* minmax,
                    const uint32_t* masks, size_t n, int stop, uint8_t* scales, int8_t* zps);
-bool QuantizeIntAsymKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
-                         const ChunkOutputs& out);
 
 // The search over steps 0..stop: per group (row-major, rows x n_groups) the chosen scale
 // (a value of D) and zero point, and the codes (rows x cols, no offset).

@@ -307,14 +307,14 @@ class ImatrixRunImpl : public ImatrixRun {
       // tensor's scales (2 bytes a group), then its zero points (1 byte a group).
       const size_t total = steps->size() / 3;
       if (steps->size() != total * 3 || total < (in.row0 + in.rows) * ng) return false;
-      return QuantizeIntAsymKept(
+      return QuantizeIntKept(
           in, steps->data() + in.row0 * ng * 2,
           reinterpret_cast<const int8_t*>(steps->data() + total * 2 + in.row0 * ng), out);
     }
     if (f == ImatrixFormat::kInt && IntScalesKept(in, Opt(t), packed)) {
       // The chosen scales kept by the search (IntKeptScales), 2 bytes a group.
       if (steps->size() < (in.row0 + in.rows) * ng * 2) return false;
-      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, out);
+      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, nullptr, out);
     }
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
@@ -480,7 +480,7 @@ class ImatrixRunImpl : public ImatrixRun {
     }
     if (asym_kept) {
       // Per group its chosen scale in bf16's encoding, then per group its zero point
-      // (Quantize: QuantizeIntAsymKept), row blocks in parallel.
+      // (Quantize: QuantizeIntKept), row blocks in parallel.
       steps->resize(masks.size() * 3);
       tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
                         [&](const tbb::blocked_range<size_t>& rr) {
