@@ -253,16 +253,8 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Ste
 QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
-  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
-  const uint16_t* rg = b.raw == nullptr ? nullptr
-                                        : reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
-  // Vector v of the group: from the f32 copy, or the bf16 rows widened (a bf16 value is the
-  // upper half of its f32 bits).
-  auto load_x = [&](size_t v) {
-    if (rg == nullptr) return _mm256_loadu_ps(xg + v * 8);
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  };
+  const imx_avx2::GroupRows rows(b, gi, x.n);
+  auto load_x = [&](size_t v) { return rows.Load(v); };
   const size_t col = out->col;
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
   const int32_t* ik = x.ik + col;

@@ -133,6 +133,21 @@ QUENCH_IMX_AVX2 inline void SetUpBlock(const Block& b, BlockCtx* x) {
   x->ik = ik.data();
 }
 
+// Group gi's values (n elements a group), eight at a time: from the block's f32 copy, or its
+// bf16 rows widened (a bf16 value is the upper half of its f32 bits).
+struct GroupRows {
+  const float* xg;
+  const uint16_t* rg;
+  GroupRows(const Block& b, size_t gi, size_t n)
+      : xg(b.raw != nullptr ? nullptr : b.x + gi * n),
+        rg(b.raw == nullptr ? nullptr : reinterpret_cast<const uint16_t*>(b.raw) + gi * n) {}
+  QUENCH_IMX_AVX2 __m256 Load(size_t v) const {
+    if (rg == nullptr) return _mm256_loadu_ps(xg + v * 8);
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rg + v * 8));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+};
+
 // A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
 // (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
 // definition takes (sc), step 0's f32 sum p0 and the group's first column.
