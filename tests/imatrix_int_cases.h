@@ -92,15 +92,15 @@ inline Bf16Rows EveryBf16Rows(std::mt19937& rng, size_t n) {
   return rows;
 }
 
-// A chunk of random bf16 rows (RandomRows) for symmetric int4 in groups of 128, as the
+// A chunk of bf16 rows x (and their importance imp) for int4 in groups of 128, as the
 // conversion hands it to GroupSteps; `in` points into `raw`.
 struct Int4Chunk {
   std::vector<float> x, imp;
   std::vector<uint8_t> raw;
   WeightChunk in;
 };
-inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk* c) {
-  RandomRows(rng, rows, cols, &c->x, &c->imp);
+// `in` and `raw` for the rows already in c->x (rows x cols), symmetric or not.
+inline void SetInt4Chunk(size_t rows, size_t cols, bool symmetric, Int4Chunk* c) {
   c->raw = RawBf16(c->x);
   c->in = WeightChunk{};
   c->in.data = c->raw.data();
@@ -109,7 +109,12 @@ inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk
   c->in.cols = cols;
   c->in.params.bits = 4;
   c->in.params.group_size = 128;
-  c->in.params.symmetric = true;
+  c->in.params.symmetric = symmetric;
+}
+// Random rows (RandomRows), symmetric.
+inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk* c) {
+  RandomRows(rng, rows, cols, &c->x, &c->imp);
+  SetInt4Chunk(rows, cols, /*symmetric=*/true, c);
 }
 
 inline std::vector<Setting> Settings() {

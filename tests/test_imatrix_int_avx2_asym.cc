@@ -169,22 +169,10 @@ TEST_CASE("imatrix_mse int avx2 asym kernel equals the definition on adversarial
 }
 
 // A chunk of shifted random rows for W4A16_ASYM in groups of 128, as the conversion hands it.
-struct AsymChunk {
-  std::vector<float> x, imp;
-  std::vector<uint8_t> raw;
-  WeightChunk in;
-};
+using AsymChunk = imatrix_int::Int4Chunk;
 void MakeAsymChunk(std::mt19937& rng, size_t rows, size_t cols, AsymChunk* c) {
   ShiftedRows(rng, rows, cols, &c->x, &c->imp);
-  c->raw = imatrix_int::RawBf16(c->x);
-  c->in = WeightChunk{};
-  c->in.data = c->raw.data();
-  c->in.dtype = DType::kBF16;
-  c->in.rows = rows;
-  c->in.cols = cols;
-  c->in.params.bits = 4;
-  c->in.params.group_size = 128;
-  c->in.params.symmetric = false;
+  imatrix_int::SetInt4Chunk(rows, cols, /*symmetric=*/false, c);
 }
 
 // The whole search as the conversion calls it (SearchSteps: bf16 rows read by the kernel,
