@@ -93,23 +93,26 @@ HWY_INLINE VF QuotientBf16(DF df, VF x, VF r) {
 // Scales for which QuotientBf16 holds.
 inline bool ReciprocalScale(float s) { return s >= 0x1p-100f && s <= 0x1p100f; }
 
+// cast_to_fp4's magnitude of |v| <= 6 (a, clamped): E2M1 rounds it to nearest even on a grid
+// of 0.5 below 2, 1 below 4, 2 up to 6 (the table's <= / < thresholds are exactly those
+// ties). Powers of two: both products are exact.
+HWY_INLINE VF E2M1Magnitude(DF df, VF a) {
+  const auto lt2 = hn::Lt(a, hn::Set(df, 2.0f)), lt4 = hn::Lt(a, hn::Set(df, 4.0f));
+  const VF inv = hn::IfThenElse(lt2, hn::Set(df, 2.0f),
+                                hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 0.5f)));
+  const VF step = hn::IfThenElse(lt2, hn::Set(df, 0.5f),
+                                 hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 2.0f)));
+  return hn::Mul(RoundInt(df, hn::Mul(a, inv)), step);
+}
+
 // One element's term e = |dq - x|^norm * imp (the definition in imatrix_mse_kernel.h), from
 // the rounded quotient v = Quotient(x, s).
 template <DType D, int M, int N>
 HWY_INLINE VF TermOf(DF df, VF v, VF x, VF im, VF s, VF zp, VF lo, VF hi) {
   VF dq;
   if constexpr (M == kFp4) {
-    // cast_to_fp4 of clamp(v, -6, 6): E2M1 rounds |v| to nearest even on a grid of 0.5
-    // below 2, 1 below 4, 2 up to 6 (the table's <= / < thresholds are exactly those ties).
-    const VF a = hn::Min(hn::Abs(v), hn::Set(df, 6.0f));
-    const VF inv = hn::IfThenElse(
-        hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 2.0f),
-        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 1.0f), hn::Set(df, 0.5f)));
-    const VF step = hn::IfThenElse(
-        hn::Lt(a, hn::Set(df, 2.0f)), hn::Set(df, 0.5f),
-        hn::IfThenElse(hn::Lt(a, hn::Set(df, 4.0f)), hn::Set(df, 1.0f), hn::Set(df, 2.0f)));
-    // Powers of two: both products are exact.
-    const VF r = hn::Mul(RoundInt(df, hn::Mul(a, inv)), step);
+    // cast_to_fp4 of clamp(v, -6, 6), signed as v.
+    const VF r = E2M1Magnitude(df, hn::Min(hn::Abs(v), hn::Set(df, 6.0f)));
     dq = rd::RoundToDType<D>(df, hn::Mul(hn::CopySign(r, v), s));
   } else {
     if constexpr (M == kIntAsym) v = rd::RoundToDType<D>(df, hn::Add(v, zp));

@@ -41,17 +41,11 @@ namespace hn = hwy::HWY_NAMESPACE;
 //    2^103), so the definition's RNE_bf16 of dq changes nothing either;
 //  - dq has x's sign or is 0 (s > 0, and cast_to_fp4 is odd: its magnitude is that of |v|),
 //    so |dq - x| = ||dq| - |x|| exactly, and the term needs no signs.
-// TermOf's E2M1 rounding otherwise; 19 operations per vector against its 30.
+// TermOf's E2M1 rounding (E2M1Magnitude) otherwise; 19 operations per vector against its 30.
 template <int N>
 HWY_INLINE VF TermMxPow2(DF df, VF x, VF im, VF s, VF r) {
   const VF ax = hn::Abs(x);
-  const VF a = hn::Min(hn::Mul(ax, r), hn::Set(df, 6.0f));
-  const auto lt2 = hn::Lt(a, hn::Set(df, 2.0f)), lt4 = hn::Lt(a, hn::Set(df, 4.0f));
-  const VF inv = hn::IfThenElse(lt2, hn::Set(df, 2.0f),
-                                hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 0.5f)));
-  const VF step = hn::IfThenElse(lt2, hn::Set(df, 0.5f),
-                                 hn::IfThenElse(lt4, hn::Set(df, 1.0f), hn::Set(df, 2.0f)));
-  const VF q = hn::Mul(RoundInt(df, hn::Mul(a, inv)), step);  // powers of two: exact
+  const VF q = E2M1Magnitude(df, hn::Min(hn::Mul(ax, r), hn::Set(df, 6.0f)));
   const VF d = hn::Abs(hn::Sub(hn::Mul(q, s), ax));
   VF e = hn::Mul(d, d);
   if constexpr (N == 3) e = hn::Mul(e, d);
