@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""MiniLM embedding similarity of quench outputs (README "imatrix_mse and Wanda"), as
-scripts/eval_minilm_gptq.py measures it (mean-pooled embeddings of the evaluation paragraphs,
-cosine to the unquantized model), for pack-quantized integer outputs (decoded from the
-format's definition by eval_minilm_gptq.decode) and for pruned-only outputs (--scheme none:
+"""MiniLM embedding similarity of quench outputs (docs/convert-reference.md "imatrix_mse and
+Wanda"), as scripts/eval_minilm_gptq.py measures it (mean-pooled embeddings of the evaluation
+paragraphs, cosine to the unquantized model), for pack-quantized integer outputs (decoded from
+the format's definition by eval_minilm_gptq.decode) and for pruned-only outputs (--scheme none:
 dense weights, taken as they are).
 
 Usage (collector venv): python scripts/eval_minilm_calib.py MODEL_DIR EVAL_TXT OUT_DIR [...]

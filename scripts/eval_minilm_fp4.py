@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""MiniLM embedding similarity of FP4 outputs (README "imatrix_mse and Wanda", "Static
-activation scales"): NVFP4 (nvfp4-pack-quantized) and MXFP4 (mxfp4-pack-quantized) weights
-decoded from the formats' definitions into the F32 model (transformers' own FP4 load fails on
-the F32 MiniLM upstream: see README, compressed-tensors and transformers), then with
-`input_global_scale` present (NVFP4 W4A4) every quantized Linear's input fake-quantized as
-vLLM's NVFP4 emulation does it (vllm 0.32.0 nvfp4_emulation_utils.ref_nvfp4_quant_dequant,
-copied below: per 16 inputs, scale = e4m3(global_scale * amax / 6), x * (1 / (scale /
-global_scale)) clamped to +-6 and rounded to E2M1, with the stored input_global_scale as
-vLLM's input_global_scale_inv). Prints the mean and min cosine of mean-pooled embeddings of
-the evaluation paragraphs to the unquantized model's, as scripts/eval_minilm_static.py does.
+"""MiniLM embedding similarity of FP4 outputs (docs/convert-reference.md "imatrix_mse and
+Wanda", "Static activation scales"): NVFP4 (nvfp4-pack-quantized) and MXFP4
+(mxfp4-pack-quantized) weights decoded from the formats' definitions into the F32 model
+(transformers' own FP4 load fails on the F32 MiniLM upstream: see docs/convert-reference.md,
+"Consumers in detail"), then with `input_global_scale` present (NVFP4 W4A4) every quantized
+Linear's input fake-quantized as vLLM's NVFP4 emulation does it (vllm 0.32.0
+nvfp4_emulation_utils.ref_nvfp4_quant_dequant, copied below: per 16 inputs, scale =
+e4m3(global_scale * amax / 6), x * (1 / (scale / global_scale)) clamped to +-6 and rounded to
+E2M1, with the stored input_global_scale as vLLM's input_global_scale_inv). Prints the mean and
+min cosine of mean-pooled embeddings of the evaluation paragraphs to the unquantized model's, as
+scripts/eval_minilm_static.py does.
 
 Usage (tests/python venv): python scripts/eval_minilm_fp4.py MODEL_DIR EVAL_TXT OUT_DIR [...]
 """

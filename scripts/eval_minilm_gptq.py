@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""MiniLM embedding similarity of quench outputs (README "GPTQ", bench/README.md): loads
-all-MiniLM-L6-v2 with transformers, replaces every quantized Linear weight by the weight decoded
-from an output folder (pack-quantized int, symmetric; decoded here from the format's
-definition; or, for a prune-only output without quantization_config, the float weights as
-written), and prints the mean and min cosine similarity of mean-pooled sentence embeddings
-to the unquantized model's over the evaluation text (disjoint from the calibration text).
+"""MiniLM embedding similarity of quench outputs (docs/convert-reference.md "GPTQ",
+bench/README.md): loads all-MiniLM-L6-v2 with transformers, replaces every quantized Linear
+weight by the weight decoded from an output folder (pack-quantized int, symmetric; decoded here
+from the format's definition; or, for a prune-only output without quantization_config, the float
+weights as written), and prints the mean and min cosine similarity of mean-pooled sentence
+embeddings to the unquantized model's over the evaluation text (disjoint from the calibration
+text).
 
 Usage (collector venv): python scripts/eval_minilm_gptq.py MODEL_DIR EVAL_TXT OUT_DIR [OUT_DIR...]
 """

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""MiniLM embedding similarity of quench outputs made with smoothing (README "SmoothQuant and
-AWQ", bench/README.md): as scripts/eval_minilm_gptq.py (mean-pooled embeddings' cosine to the
-unquantized model over the evaluation text), but every float tensor of the output replaces the
-model's (smoothing rewrites biases and norms besides the quantized weights), int8 weights
-(W8A8's int-quantized format) are decoded too, and with --act-int8 every quantized Linear's
-input is quantized as vLLM runs W8A8: int8, symmetric, dynamic per token.
+"""MiniLM embedding similarity of quench outputs made with smoothing (docs/convert-reference.md
+"SmoothQuant and AWQ", bench/README.md): as scripts/eval_minilm_gptq.py (mean-pooled embeddings'
+cosine to the unquantized model over the evaluation text), but every float tensor of the output
+replaces the model's (smoothing rewrites biases and norms besides the quantized weights), int8
+weights (W8A8's int-quantized format) are decoded too, and with --act-int8 every quantized
+Linear's input is quantized as vLLM runs W8A8: int8, symmetric, dynamic per token.
 
 Usage (collector venv): python scripts/eval_minilm_smooth.py [--act-int8] MODEL_DIR EVAL_TXT OUT...
 """

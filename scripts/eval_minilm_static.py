@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""MiniLM embedding similarity of quench outputs with quantized activations (README "Static
-activation scales"): loads each output folder with transformers' compressed-tensors support
-(the default load: weights decompressed, activations fake-quantized as the config says:
-per token for dynamic schemes, with the stored input_scale / input_zero_point for static
-ones) and prints the mean and min cosine similarity of mean-pooled sentence embeddings to the
-unquantized model's over the evaluation text (disjoint from the calibration text the
-statistics came from; scripts/calib-text).
+"""MiniLM embedding similarity of quench outputs with quantized activations
+(docs/convert-reference.md "Static activation scales"): loads each output folder with
+transformers' compressed-tensors support (the default load: weights decompressed, activations
+fake-quantized as the config says: per token for dynamic schemes, with the stored input_scale /
+input_zero_point for static ones) and prints the mean and min cosine similarity of mean-pooled
+sentence embeddings to the unquantized model's over the evaluation text (disjoint from the
+calibration text the statistics came from; scripts/calib-text).
 
 Usage (tests/python venv: torch, transformers, compressed-tensors):
   python scripts/eval_minilm_static.py MODEL_DIR EVAL_TXT OUT_DIR [OUT_DIR...]

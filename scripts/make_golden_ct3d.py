@@ -50,7 +50,8 @@ DEFAULT_IGNORE = ["lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$"]
 BF16_MODULES = ["re:.*norm$", "re:.*embed_tokens$", "lm_head", "re:.*mlp\\.gate$"]
 # (source scheme, re-quantization targets)
 SOURCES = [
-    ("W4A16", ["MXFP4A16"]),  # (NVFP4: quench fuses expert gate/up global scales; README)
+    # (NVFP4: quench fuses expert gate/up global scales; docs/convert-reference.md)
+    ("W4A16", ["MXFP4A16"]),
     ("W4A16_ASYM", ["W4A16"]),
     ("W8A8", []),
     ("FP8_DYNAMIC", ["W4A16"]),

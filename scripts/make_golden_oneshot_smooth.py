@@ -64,8 +64,8 @@ CASES = {
         quantize("QuantizationModifier", "W4A16_ASYM_G64")),
     # SmoothQuant's usual recipe: W8A8 (int8 channel weights, dynamic per-token activations).
     "smoothquant_w8a8": QUANT_STAGE + SMOOTHQUANT + quantize("QuantizationModifier", "W8A8"),
-    # Composed recipes (README "Composed calibration"): smoothing, then pruning, then
-    # quantization, as llm-compressor's examples chain them.
+    # Composed recipes (docs/convert-reference.md "Composed calibration"): smoothing, then
+    # pruning, then quantization, as llm-compressor's examples chain them.
     "awq_gptq_w4a16_asym_g64": (
         QUANT_STAGE +
         "    AWQModifier:\n"

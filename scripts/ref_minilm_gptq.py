@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""llm-compressor's own GPTQModifier on all-MiniLM-L6-v2 (README "GPTQ", bench/README.md
-"Sequential statistics"): oneshot with W4A16 (int4 symmetric, group 128; actorder static, the
-modifier's default), calibrated on the same samples collect-stats reads (the text's paragraphs,
-first N, truncated to L tokens, one unpadded sequence per batch), with `--pipeline sequential`
-(oneshot's default for this model) or `basic`; saved compressed (pack-quantized) so that
-scripts/eval_minilm_gptq.py decodes it as it decodes quench's outputs.
+"""llm-compressor's own GPTQModifier on all-MiniLM-L6-v2 (docs/convert-reference.md "GPTQ",
+bench/README.md "Sequential statistics"): oneshot with W4A16 (int4 symmetric, group 128;
+actorder static, the modifier's default), calibrated on the same samples collect-stats reads
+(the text's paragraphs, first N, truncated to L tokens, one unpadded sequence per batch), with
+`--pipeline sequential` (oneshot's default for this model) or `basic`; saved compressed
+(pack-quantized) so that scripts/eval_minilm_gptq.py decodes it as it decodes quench's outputs.
 
 --hessians FILE also saves every module's Hessian as the modifier holds it when it quantizes
 the module (`2 * sum x x^T`, float32, divided by the sample count only in `prepare_batch`;

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""llm-compressor's own imatrix_mse observer on all-MiniLM-L6-v2 (README "imatrix_mse and
-Wanda"): oneshot with a QuantizationModifier whose weights (int4 symmetric, group 128: W4A16)
-use observer "imatrix_mse", calibrated on the same samples collect-stats reads (the text's
-paragraphs, first N, truncated to L tokens), saved compressed (pack-quantized) so that
-scripts/eval_minilm_calib.py decodes it as it decodes quench's outputs.
+"""llm-compressor's own imatrix_mse observer on all-MiniLM-L6-v2 (docs/convert-reference.md
+"imatrix_mse and Wanda"): oneshot with a QuantizationModifier whose weights (int4 symmetric,
+group 128: W4A16) use observer "imatrix_mse", calibrated on the same samples collect-stats reads
+(the text's paragraphs, first N, truncated to L tokens), saved compressed (pack-quantized) so
+that scripts/eval_minilm_calib.py decodes it as it decodes quench's outputs.
 
 --scheme NVFP4A16 (or MXFP4A16, NVFP4) takes compressed-tensors' preset of that name instead,
 with the same observer on its weights (NVFP4's input_global_scale then comes from the

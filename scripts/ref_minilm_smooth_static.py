@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""llm-compressor's own SmoothQuant with static W8A8 on all-MiniLM-L6-v2 (README "Composed
-calibration"): oneshot with an optional SmoothQuantModifier (MiniLM's one exact pair, the
-attention context -> attention.output.dense, written as the reference's mapping
-[[balance], smooth]: value's output is the context's per-channel source) followed by a
-QuantizationModifier whose one group is quench's `--scheme W8A8 --static-activations`
-(int8 channel symmetric weights; int8 per-tensor symmetric static input activations),
-calibrated on the same samples collect-stats reads (first N paragraphs, L tokens), saved
-compressed (int-quantized) so that scripts/eval_minilm_static.py scores it as it scores
+"""llm-compressor's own SmoothQuant with static W8A8 on all-MiniLM-L6-v2
+(docs/convert-reference.md "Composed calibration"): oneshot with an optional SmoothQuantModifier
+(MiniLM's one exact pair, the attention context -> attention.output.dense, written as the
+reference's mapping [[balance], smooth]: value's output is the context's per-channel source)
+followed by a QuantizationModifier whose one group is quench's `--scheme W8A8
+--static-activations` (int8 channel symmetric weights; int8 per-tensor symmetric static input
+activations), calibrated on the same samples collect-stats reads (first N paragraphs, L tokens),
+saved compressed (int-quantized) so that scripts/eval_minilm_static.py scores it as it scores
 quench's outputs.
 
 --two-stage runs the SmoothQuantModifier alone first (no quantization), then the

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """vLLM (CPU build) embeds tests/python/sentences.txt with one model folder as a pooling model and
-saves the embeddings (README "Static activation scales": W8A8 static and FP8 static MiniLM).
+saves the embeddings (docs/convert-reference.md "Static activation scales": W8A8 static and FP8
+static MiniLM).
 Usage (vLLM venv, e.g. scripts/check-vllm's): python scripts/vllm_embed_one.py FOLDER OUT.npy
 """
 import os, sys

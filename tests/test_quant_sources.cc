@@ -164,7 +164,8 @@ TEST_SUITE("quant_sources") {
   }
 
   TEST_CASE("a bad AWQ scale stops the lossless repack too: exit 3, nothing written") {
-    // (ModelOpt's repack copies weight_scale unread, as the reference does: README.)
+    // (ModelOpt's repack copies weight_scale unread, as the reference does:
+    // docs/convert-reference.md.)
     TempDir tmp;
     for (const char* name : {"awq_scale_nan", "awq_scale_negative", "awq_scale_infinite"}) {
       CAPTURE(name);

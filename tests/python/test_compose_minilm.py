@@ -1,4 +1,5 @@
-"""Composed calibration on the real all-MiniLM-L6-v2 (README "Composed calibration").
+"""Composed calibration on the real all-MiniLM-L6-v2 (docs/convert-reference.md
+"Composed calibration").
 
 Statistics as tests/python/test_sparsegpt_minilm.py gathers them (torch hooks over 48
 calibration paragraphs: count, sum_x2, sum_abs, min, max, full Hessian per Linear input);

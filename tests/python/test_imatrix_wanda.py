@@ -3,7 +3,7 @@ outputs (compressed-tensors for W4A16, plain weights for pruned-only folders), w
 statistics collect-stats wrote for it (data/golden/imatrix-minilm/stats): on the six fixed
 sentences, the mean embedding gap (1 - cosine to the unquantized model) of imatrix-weighted
 W4A16 is below round to nearest's, and Wanda 2:4's below magnitude 2:4's, each by a margin
-taken from the measurement (README "imatrix_mse and Wanda")."""
+taken from the measurement (docs/convert-reference.md "imatrix_mse and Wanda")."""
 import subprocess
 
 import pytest
@@ -39,7 +39,8 @@ def gaps(tmp_path_factory):
 
 
 def test_imatrix_closes_part_of_rtns_gap(gaps):
-    # Measured on these sentences: see README; asserted with a margin.
+    # Measured on these sentences: see docs/convert-reference.md, "Parity and tests in detail";
+    # asserted with a margin.
     assert gaps["imatrix"] < 0.9 * gaps["rtn"], gaps
 
 

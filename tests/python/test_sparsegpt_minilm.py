@@ -1,4 +1,5 @@
-"""2:4 SparseGPT beats 2:4 magnitude pruning on the real all-MiniLM-L6-v2 (README "SparseGPT").
+"""2:4 SparseGPT beats 2:4 magnitude pruning on the real all-MiniLM-L6-v2 (docs/convert-reference.md
+"SparseGPT").
 
 Statistics are gathered here with torch hooks (the Hessian sum x x^T of every Linear's input
 over the non-padding tokens of 48 calibration paragraphs, in the format of
