@@ -749,7 +749,8 @@ TEST_SUITE("convert") {
                              "--memory-limit", "--threads", "--overwrite", "--quiet",
                              "--dry-run", "--report", "--group-size", "--asymmetric",
                              "--recipe", "--resume", "--prune", "--prune-granularity",
-                             "FP8_DYNAMIC", "FP8_BLOCK"}) {
+                             "FP8_DYNAMIC", "FP8_BLOCK", "(--scheme NAME | --recipe FILE)",
+                             "from --stats: NVFP4 FP8", "none: with --prune", "BF16:"}) {
       CHECK_MESSAGE(c.out.find(flag) != std::string::npos, flag);
     }
     auto v = qt::RunQuench({"--version"});

@@ -11,7 +11,7 @@ namespace quench::cli {
 
 std::string ConvertHelp() {
   std::string s =
-      "usage: quench convert SRC DST --scheme NAME [options]\n"
+      "usage: quench convert SRC DST (--scheme NAME | --recipe FILE) [options]\n"
       "\n"
       "Reads the checkpoint folder SRC (one or more .safetensors shards, with or without an\n"
       "index; BF16, F16 or F32 weights) and writes a compressed-tensors checkpoint to DST:\n"
@@ -27,16 +27,25 @@ std::string ConvertHelp() {
       "  --scheme NAME         quantization scheme (required; `quench schemes` describes them):\n"
       "                       ";
   int col = 23;
-  for (const SchemeInfo& sc : SchemeTable()) {
-    if (!sc.needs_calibration.empty()) continue;
-    if (col + sc.name.size() + 1 > 92) {
-      s += "\n                       ";
-      col = 23;
+  // The data-free schemes first, then those whose activation scales need --stats.
+  const auto list = [&](bool calibrated) {
+    for (const SchemeInfo& sc : SchemeTable()) {
+      if (sc.needs_calibration.empty() == calibrated) continue;
+      if (col + sc.name.size() + 1 > 92) {
+        s += "\n                       ";
+        col = 23;
+      }
+      s += " " + std::string(sc.name);
+      col += static_cast<int>(sc.name.size()) + 1;
     }
-    s += " " + std::string(sc.name);
-    col += static_cast<int>(sc.name.size()) + 1;
-  }
+  };
+  list(false);
+  s += "\n                        with static activation scales from --stats:";
+  col = 68;
+  list(true);
   s += "\n"
+       "                        none: with --prune or --prune-experts, prune only; BF16:\n"
+       "                        decode a quantized source (FP8, AWQ, NVFP4, compressed-tensors)\n"
        "  --recipe FILE         several schemes in one run, instead of --scheme/--targets:\n"
        "                        a compressed-tensors QuantizationConfig (.json, also a\n"
        "                        config.json) or an llm-compressor YAML recipe with a\n"
@@ -118,8 +127,10 @@ std::string ConvertHelp() {
        "                        it (faster, and the output does not evict the input's cache)\n"
        "  --dry-run             plan only: print every tensor's action, scheme and bytes, every\n"
        "                        output shard, totals, warnings and errors; read no weight and\n"
-       "                        write nothing (except --report); exit 3 if a run would fail\n"
-       "  --report FILE.json    write a JSON account: recipe as resolved, per tensor action,\n"
+       "                        write nothing (except --report); where a run would fail, exit\n"
+       "                        with its first error's code (2 usage or memory budget, 3 input,\n"
+       "                        4 I/O)\n"
+       "  --report FILE         write a JSON account: recipe as resolved, per tensor action,\n"
        "                        scheme, shapes and bytes, shards, totals, time, peak memory\n"
        "  --resume              finish an interrupted run in DST: output shards that were\n"
        "                        completed and synced, and match the source and recipe, are\n"

@@ -26,7 +26,7 @@ const char kMainHelp[] =
     "usage: quench <command> [options]\n"
     "\n"
     "commands:\n"
-    "  convert SRC DST --scheme NAME   quantize a checkpoint folder into DST\n"
+    "  convert SRC DST --scheme NAME   quantize a checkpoint folder into DST (or --recipe FILE)\n"
     "  inspect PATH [--json]           list the tensors of a folder or .safetensors file\n"
     "  verify DST [SRC] [--json]       check a compressed-tensors checkpoint (against SRC)\n"
     "  finalize DST                    publish a folder converted by several workers\n"
