@@ -1,0 +1,391 @@
+// The imatrix_mse certified search for MXFP4 codes of bf16 weights on AVX2
+// (imatrix_mse_mx_avx2.h). The search is imatrix_mse_certified.cc's, step for step and
+// decision for decision (its comment has the bound and why each rule is exact), in the
+// batched shape of the AVX2 int search (imatrix_mse_int_avx2.cc, whose decisions,
+// imatrix_mse_int_avx2_shared.h DecideGroup, it shares); what differs is the step scales and
+// how a vector of terms is computed.
+//
+// Step scales: the definition's s = Mxfp4GroupScale(pos) with pos = max(|min(mn, 0)|,
+// max(mx, 0)), mn = RNE_bf16(p Expanded(m0)), mx likewise with M0. RNE_bf16, Expanded and the
+// products with p >= 0 are odd and monotone, so pos = RNE_bf16(p Expanded(a)) with a =
+// max |x| (imatrix_mse_int_avx2.h IntAvx2ChosenScales has the same argument): one product a
+// step. The E8M0 scale of pos by MxScaleVec's operations (imatrix_mse-inl.h); the steps whose
+// scale is outside [2^-100, 2^100] (groups of zeros or of absurd magnitude) go to the
+// definition. The scale is a power of two there, so r = 1 / s is exact, its pattern
+// (254 << 23) - s's pattern.
+//
+// Repeated scales: a step whose scale equals the previous step's has that step's error (the
+// definition's error is a function of the group and s), and by then the best is at most that
+// error: it never improves (imatrix_mse_certified.cc, the same rule). Its one-term bound TOP
+// is set to +Inf, which DecideGroup reads as "at or above the best": the step is neither
+// summed nor decided. (Over the 20 default steps the E8M0 scale takes about 5 values.)
+//
+// Terms, per 8 elements, from each element's |x| and importance, stored once per group, at a
+// power-of-two scale s in [2^-100, 2^100] (imatrix_mse_certified.cc TermMxPow2 has why the
+// definition's roundings of x / s and of dq change nothing there, and why |dq - x| = ||dq| -
+// |x||):
+//  - a = min(|x| r, 6): |x| r is |x| / s exactly in f32's normal range; below 2^-126 E2M1
+//    gives 0 from either, beyond f32's range both clamp to 6;
+//  - E2M1's magnitude of a (grid 0.5 below 2, 1 below 4, 2 up to 6, ties to even) as
+//    q = (a + C) - C with C = 2^(max(E, 0) + 22), E the exponent of a (a's pattern's exponent
+//    field, at least 1.0's): a + C lies in [C, 2C) (a <= 6 < C), where f32's ulp is
+//    2^(max(E, 0) - 1), the grid's spacing at a; the addition rounds a to that grid to nearest
+//    with ties to an even multiple of the spacing, which is E2M1's tie to an even mantissa
+//    (the multiple's parity is the E2M1 mantissa bit; below 1 the multiple is the code);
+//    a rounded up to 2^(E + 1) is still C + 2^(E + 1) exactly; and (a + C) - C is exact
+//    (Sterbenz). 5 operations against E2M1Magnitude's 9;
+//  - dq = q s exact, d = |dq - |x||, e = ((d d) d) imp or (d d) imp, the definition's f32
+//    products one at a time (no contraction, switched off below, and no FMA in the target).
+// 13 vector operations per 8 elements for norm 3, against 19 (TermMxPow2).
+
+// The definition rounds every product and difference: no contraction into FMAs.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "calib/imatrix_mse_mx_avx2.h"
+
+#include <algorithm>
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "calib/imatrix_mse_decide.h"
+#include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_avx2_shared.h"
+#include "schemes/avx2.h"
+#include "schemes/cpu_x86.h"
+#include "schemes/fp4_shared.h"
+
+namespace quench::calib::internal {
+namespace {
+
+cpu::KernelSwitch g_enabled;
+
+using imx_avx2::kSteps;
+
+}  // namespace
+
+void SetMxAvx2Enabled(bool enabled) { g_enabled.Set(enabled); }
+
+bool MxAvx2Enabled() { return g_enabled.on(); }
+
+bool MxAvx2Handles(const Block& b) {
+  if (!MxAvx2Enabled() || !IntAvx2Available()) return false;
+  return b.format == ImatrixFormat::kMxfp4 && b.dtype == DType::kBF16 &&
+         (b.norm == 3.0 || b.norm == 2.0) && b.group % 32 == 0 && b.group > 0 &&
+         b.group <= (size_t{1} << 20) && b.i0 >= 0 && b.i1 < static_cast<int>(kSteps) &&
+         b.i0 <= b.i1;
+}
+
+#ifdef QUENCH_IMX_AVX2_X86
+namespace {
+
+using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
+using imx_avx2::DecideGroup;
+using imx_avx2::Key;
+using imx_avx2::kBatch;
+using imx_avx2::kFirstVecs;
+using imx_avx2::LaneMaxI32;
+using imx_avx2::LaneSum;
+
+// The constants of a block's terms.
+struct Consts {
+  __m256 six;
+  __m256i expo;    // f32's exponent field
+  __m256i one;     // 1.0's pattern (the smallest exponent field C takes)
+  __m256i c22;     // 22 in the exponent field
+  __m256 absmask;  // all but the sign bit
+};
+
+QUENCH_IMX_AVX2 inline Consts MakeConsts() {
+  return {_mm256_set1_ps(6.0f), _mm256_set1_epi32(0x7F800000), _mm256_set1_epi32(0x3F800000),
+          _mm256_set1_epi32(22 << 23), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))};
+}
+
+// The terms of 8 elements from their |x| (xa) and importance (im) at the power-of-two scale
+// s with reciprocal r, per lane (the file comment has why each operation is the
+// definition's).
+template <int N>
+QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 im, __m256 s,
+                                     __m256 r) {
+  const __m256 a = _mm256_min_ps(_mm256_mul_ps(xa, r), c.six);
+  const __m256 big = _mm256_castsi256_ps(_mm256_add_epi32(
+      _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(a), c.expo), c.one), c.c22));
+  const __m256 q = _mm256_sub_ps(_mm256_add_ps(a, big), big);
+  const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_mul_ps(q, s), xa), c.absmask);
+  __m256 e = _mm256_mul_ps(d, d);
+  if constexpr (N == 3) e = _mm256_mul_ps(e, d);
+  return _mm256_mul_ps(e, im);
+}
+
+// One group as Prepare leaves it for Decide: its |x| and importance in element order, and per
+// position mod 8 the vector of its element of largest key (at; Reorder moves those into the
+// first vector when a step needs its first vectors summed); every step's scale S and reciprocal R, the steps only the definition takes (sc),
+// the term of the element of largest key at every step (TOP; +Inf at a repeated scale), and
+// step 0's f32 sum (p0, when summed).
+struct Prepared {
+  alignas(32) float S[kSteps];
+  alignas(32) float R[kSteps];
+  alignas(32) float TOP[kSteps];
+  float* xa;
+  float* ie;
+  uint32_t sc;
+  float amax;  // the group's largest magnitude
+  int top;     // the index of its element of largest key
+  alignas(32) int32_t at[8];
+  bool reordered;  // Reorder has run
+  double p0;
+  size_t col;   // the group's first column
+  bool finite;  // no Inf or NaN (else nothing below the first pass is set)
+};
+
+struct Ctx : imx_avx2::BlockCtx {
+  Consts c;
+};
+
+// A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
+// accumulators: any order is covered by the bound).
+template <int N>
+QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s, __m256 r,
+                                      size_t v0, __m256 acc) {
+  __m256 acc1 = _mm256_setzero_ps();
+  size_t v = v0;
+  for (; v + 2 <= x.nv; v += 2) {
+    const size_t o = 8 * v;
+    acc = _mm256_add_ps(
+        acc, Terms8<N>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.ie + o), s, r));
+    acc1 = _mm256_add_ps(
+        acc1, Terms8<N>(x.c, _mm256_load_ps(g.xa + o + 8), _mm256_load_ps(g.ie + o + 8), s, r));
+  }
+  for (; v < x.nv; ++v) {
+    const size_t o = 8 * v;
+    acc = _mm256_add_ps(
+        acc, Terms8<N>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.ie + o), s, r));
+  }
+  return _mm256_add_ps(acc, acc1);
+}
+
+// PreparePass: one pass that stores the group as |x| and importance and finds the largest
+// magnitude (its range; Inf or NaN) and each position's element of largest key, which is
+// then swapped into the first vector.
+QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const size_t nv = x.nv;
+  const imx_avx2::GroupRows rows(b, gi, x.n);
+  const size_t col = out->col;
+  const float* im = b.imp == nullptr ? x.ones : b.imp + col;
+  const int32_t* ik = x.ik + col;
+  const Consts& c = x.c;
+  __m256i top = Key(_mm256_and_ps(rows.Load(0), c.absmask),
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
+  const __m256i one = _mm256_set1_epi32(1);
+  for (size_t v = 0; v < nv; ++v) {
+    const __m256 xa = _mm256_and_ps(rows.Load(v), c.absmask);
+    const __m256i kv =
+        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
+    const __m256i more = _mm256_cmpgt_epi32(kv, top);
+    top = _mm256_max_epi32(top, kv);
+    at = _mm256_blendv_epi8(at, vi, more);
+    vi = _mm256_add_epi32(vi, one);
+    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+    _mm256_store_ps(out->xa + 8 * v, xa);
+    _mm256_store_ps(out->ie + 8 * v, _mm256_loadu_ps(im + v * 8));
+  }
+  // Inf or NaN: a magnitude's pattern at or above Inf's.
+  out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
+                    _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
+  if (!out->finite) return;
+  _mm256_store_si256(reinterpret_cast<__m256i*>(out->at), at);
+  out->reordered = false;
+  out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  const uint32_t at_top = static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
+  const int p = __builtin_ctz(at_top | 0x100u) & 7;
+  out->top = 8 * out->at[p] + p;
+}
+
+// Each position's element of largest key swapped into the first vector (once; only groups
+// with a step left after the one-term bounds sum first vectors, and there the order makes
+// those vectors rule out more; step 0's sum, in element order, is as valid in any order).
+inline void Reorder(Prepared* g) {
+  if (g->reordered) return;
+  for (size_t p = 0; p < 8; ++p) {
+    const size_t j = 8 * static_cast<size_t>(g->at[p]) + p;
+    std::swap(g->xa[p], g->xa[j]);
+    std::swap(g->ie[p], g->ie[j]);
+  }
+  g->reordered = true;
+}
+
+// PrepareSteps: every step's scale and reciprocal (lanes across steps; the file comment), the
+// steps only the definition takes, and the one-term bound at every step (+Inf at a step
+// whose scale repeats the previous step's).
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const Consts& c = x.c;
+  float a = out->amax;
+  if (b.absmax != nullptr) b.absmax[gi] = a;  // for the chosen ranges (ChosenPos)
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
+  const __m256 amax = _mm256_set1_ps(a);
+  const __m256i zero = _mm256_setzero_si256(), i255 = _mm256_set1_epi32(255);
+  // The group's element of largest key, for its term at every step.
+  const int lane = out->top;
+  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
+  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  // Each lane's previous step's scale pattern (lane 0: the previous vector's lane 7, -1 for
+  // step 0, which never repeats), by a rotation in registers: a reload of the stored
+  // scales at an offset of one lane would wait on two stores it cannot forward from.
+  const __m256i rot = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+  __m256i prev_rot = _mm256_set1_epi32(-1);
+  uint32_t recip_ok = 0;
+  for (size_t h = 0; h < x.sv; ++h) {
+    // fp4::Mxfp4GroupScale of pos (MxScaleVec's operations).
+    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
+    const __m256i p_exp =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(pos), _mm256_set1_epi32(1 << 21)),
+                          23);
+    __m256i e = _mm256_min_epi32(
+        _mm256_max_epi32(_mm256_sub_epi32(p_exp, _mm256_set1_epi32(fp4::internal::kMxFp4Offset)),
+                         zero),
+        i255);
+    e = _mm256_blendv_epi8(e, zero, _mm256_cmpeq_epi32(p_exp, zero));
+    e = _mm256_blendv_epi8(e, i255, _mm256_cmpeq_epi32(p_exp, i255));
+    const __m256i sb = _mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000),
+                                          _mm256_cmpeq_epi32(e, zero));
+    const __m256 s = _mm256_castsi256_ps(sb);
+    // 1 / s for the powers of two in [2^-100, 2^100] (the other lanes are never read).
+    const __m256 r = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sb));
+    _mm256_store_ps(out->S + 8 * h, s);
+    _mm256_store_ps(out->R + 8 * h, r);
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                                    _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
+    recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
+    // The one-term bound, +Inf where the scale's pattern equals the previous step's.
+    const __m256i cur_rot = _mm256_permutevar8x32_epi32(sb, rot);
+    const __m256i prev = _mm256_blend_epi32(cur_rot, prev_rot, 1);
+    prev_rot = cur_rot;
+    const __m256 t = Terms8<N>(c, tx, tim, s, r);
+    _mm256_store_ps(out->TOP + 8 * h,
+                    _mm256_blendv_ps(t, inf, _mm256_castsi256_ps(_mm256_cmpeq_epi32(sb, prev))));
+  }
+  out->sc = ~recip_ok & x.step_bits;
+}
+
+// PrepareStep0: step 0's sum (its decision comes first in Decide).
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
+  out->p0 = 0.0;
+  if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
+    out->p0 = LaneSum(SumVecs<N>(x, *out, _mm256_set1_ps(out->S[0]), _mm256_set1_ps(out->R[0]), 0,
+                                 _mm256_setzero_ps()));
+  }
+}
+
+// Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified, its steps in
+// the same order with the same decisions).
+template <int N>
+QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
+  const float* S = g.S;
+  auto first_vecs = [&](size_t k) {
+    Reorder(&g);
+    const __m256 s = _mm256_set1_ps(S[k]), r = _mm256_set1_ps(g.R[k]);
+    __m256 a = Terms8<N>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.ie), s, r);
+    for (size_t v = 1; v < kFirstVecs; ++v) {
+      a = _mm256_add_ps(a, Terms8<N>(x.c, _mm256_load_ps(g.xa + 8 * v),
+                                     _mm256_load_ps(g.ie + 8 * v), s, r));
+    }
+    return a;
+  };
+  auto sum_rest = [&](uint32_t mask, const float* acc0, double* PS) {
+    for (uint32_t lm = mask; lm != 0; lm &= lm - 1) {
+      const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+      PS[k] = LaneSum(SumVecs<N>(x, g, _mm256_set1_ps(S[k]), _mm256_set1_ps(g.R[k]), kFirstVecs,
+                                 _mm256_load_ps(acc0 + 8 * k)));
+    }
+  };
+  return DecideGroup(*x.b, gi, x.n, x.step_bits, x.sv, x.lo_f, x.hi_f,
+                     {S, nullptr, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
+}
+
+// The search over the block's groups, kBatch at a time: every group of a batch prepared
+// (independent, branch-free work that overlaps), then each decided. False at a group with an
+// Inf or NaN.
+template <int N>
+QUENCH_IMX_AVX2 bool Search(const Block& b) {
+  Ctx x;
+  imx_avx2::SetUpBlock(b, &x);
+  x.c = MakeConsts();
+  const size_t groups = b.rows * x.ng;
+  float* const buf = ThreadScratch(2 * kBatch * x.n);
+  Prepared prep[kBatch];
+  for (size_t j = 0; j < kBatch; ++j) {
+    prep[j].xa = buf + 2 * j * x.n;
+    prep[j].ie = prep[j].xa + x.n;
+  }
+  uint32_t any = 0;
+  size_t gc = 0;
+  for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
+    const size_t nb = std::min(kBatch, groups - g0);
+    for (size_t j = 0; j < nb; ++j) {
+      prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
+      gc = gc + 1 == x.ng ? 0 : gc + 1;
+      PreparePass(x, g0 + j, &prep[j]);
+    }
+    bool finite = true;
+    for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
+    if (!finite) return false;
+    for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
+  }
+  *b.improved |= any;
+  return true;
+}
+
+template <int N>
+QUENCH_IMX_AVX2 void Terms(float s, const float* x, const float* imp, size_t n, float* terms) {
+  const Consts c = MakeConsts();
+  const __m256 vs = _mm256_set1_ps(s), vr = _mm256_set1_ps(1.0f / s);
+  for (size_t j = 0; j < n; j += 8) {
+    const __m256 xa = _mm256_and_ps(_mm256_loadu_ps(x + j), c.absmask);
+    _mm256_storeu_ps(terms + j, Terms8<N>(c, xa, _mm256_loadu_ps(imp + j), vs, vr));
+  }
+}
+
+}  // namespace
+#endif  // QUENCH_IMX_AVX2_X86
+
+bool MxAvx2Terms(int norm, float s, const float* x, const float* imp, size_t n, float* terms) {
+  if (!MxAvx2Enabled() || !IntAvx2Available() || n % 8 != 0 || (norm != 2 && norm != 3) ||
+      !(s >= 0x1p-100f && s <= 0x1p100f)) {
+    return false;
+  }
+#ifdef QUENCH_IMX_AVX2_X86
+  norm == 3 ? Terms<3>(s, x, imp, n, terms) : Terms<2>(s, x, imp, n, terms);
+  return true;
+#else
+  (void)x;
+  (void)imp;
+  (void)terms;
+  return false;
+#endif
+}
+
+bool SearchMxAvx2(const Block& b) {
+#ifdef QUENCH_IMX_AVX2_X86
+  return b.norm == 3.0 ? Search<3>(b) : Search<2>(b);
+#else
+  (void)b;
+  return false;
+#endif
+}
+
+}  // namespace quench::calib::internal
