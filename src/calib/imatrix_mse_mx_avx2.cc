@@ -293,6 +293,30 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
 // the same order with the same decisions).
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
+  const Block& b = *x.b;
+  // The common case first, with DecideGroup's rules in its order: no step only the definition
+  // takes; step 0 improves by its bound (not ruled out by its one term, its sum Certifiable
+  // and its upper bound below the best); every later step is then ruled out by its one term
+  // (TOP[k] >= bhi exactly when TOP[k] >= CeilF32(bhi)), or repeats a scale (TOP +Inf). The
+  // group's best is then step 0's, known to lie in [p0 lo_f, p0 hi_f]: its lower end where
+  // the caller reads masks only, else (a nonzero sum) DecideGroup computes it exactly.
+  const double bst = b.best[gi], p0 = g.p0;
+  if (g.sc == 0 && !(g.TOP[0] >= bst) && Certifiable(p0) && p0 * x.hi_f < bst &&
+      (!b.exact_best || p0 == 0.0)) {
+    const __m256 tb = _mm256_set1_ps(CeilF32(p0 * x.hi_f));
+    uint32_t ruled = 0;
+    for (size_t h = 0; h < x.sv; ++h) {
+      ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
+                   _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
+               << (8 * h);
+    }
+    if ((~ruled & x.step_bits & ~1u) == 0) {
+      const uint32_t bit = 1u << b.i0;
+      b.best[gi] = p0 * x.lo_f;
+      b.masks[gi] |= bit;
+      return bit;
+    }
+  }
   const float* S = g.S;
   auto first_vecs = [&](size_t k) {
     Reorder(&g);
