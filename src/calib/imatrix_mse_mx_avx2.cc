@@ -139,6 +139,14 @@ struct Prepared {
   int top;     // the index of its element of largest key
   alignas(32) int32_t at[8];
   bool reordered;  // Reorder has run
+  // PrepareFirst: lane j of TJ the one-term bound at scale 2^-j s_0 (s_0: the first step's);
+  // jmask the lanes 1..J of the scales the later steps take (fast: every step's scale is
+  // s_0 2^-j for some j <= J <= 7, all in [2^-100, 2^100]); a: the largest magnitude
+  // expanded.
+  alignas(32) float TJ[8];
+  uint32_t jmask;
+  bool fast;
+  float a;
   double p0;
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
@@ -146,7 +154,24 @@ struct Prepared {
 
 struct Ctx : imx_avx2::BlockCtx {
   Consts c;
+  __m256 p_ends;  // lanes 0 and 1: the first and last steps' factors (the rest 1)
 };
+
+// fp4::Mxfp4GroupScale of each lane's pos (a bf16 value >= 0), as its f32 pattern
+// (imatrix_mse-inl.h MxScaleVec's operations).
+QUENCH_IMX_AVX2 inline __m256i MxScaleBits(__m256 pos) {
+  const __m256i zero = _mm256_setzero_si256(), i255 = _mm256_set1_epi32(255);
+  const __m256i p_exp = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_castps_si256(pos), _mm256_set1_epi32(1 << 21)), 23);
+  __m256i e = _mm256_min_epi32(
+      _mm256_max_epi32(_mm256_sub_epi32(p_exp, _mm256_set1_epi32(fp4::internal::kMxFp4Offset)),
+                       zero),
+      i255);
+  e = _mm256_blendv_epi8(e, zero, _mm256_cmpeq_epi32(p_exp, zero));
+  e = _mm256_blendv_epi8(e, i255, _mm256_cmpeq_epi32(p_exp, i255));
+  return _mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000),
+                            _mm256_cmpeq_epi32(e, zero));
+}
 
 // A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
 // accumulators: any order is covered by the bound).
@@ -230,11 +255,9 @@ template <int N>
 QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const Consts& c = x.c;
-  float a = out->amax;
-  if (b.absmax != nullptr) b.absmax[gi] = a;  // for the chosen ranges (ChosenPos)
-  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
-  const __m256 amax = _mm256_set1_ps(a);
-  const __m256i zero = _mm256_setzero_si256(), i255 = _mm256_set1_epi32(255);
+  (void)b;
+  (void)gi;
+  const __m256 amax = _mm256_set1_ps(out->a);
   // The group's element of largest key, for its term at every step.
   const int lane = out->top;
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
@@ -247,19 +270,8 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   __m256i prev_rot = _mm256_set1_epi32(-1);
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
-    // fp4::Mxfp4GroupScale of pos (MxScaleVec's operations).
-    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
-    const __m256i p_exp =
-        _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(pos), _mm256_set1_epi32(1 << 21)),
-                          23);
-    __m256i e = _mm256_min_epi32(
-        _mm256_max_epi32(_mm256_sub_epi32(p_exp, _mm256_set1_epi32(fp4::internal::kMxFp4Offset)),
-                         zero),
-        i255);
-    e = _mm256_blendv_epi8(e, zero, _mm256_cmpeq_epi32(p_exp, zero));
-    e = _mm256_blendv_epi8(e, i255, _mm256_cmpeq_epi32(p_exp, i255));
-    const __m256i sb = _mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000),
-                                          _mm256_cmpeq_epi32(e, zero));
+    const __m256i sb =
+        MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax)));
     const __m256 s = _mm256_castsi256_ps(sb);
     // 1 / s for the powers of two in [2^-100, 2^100] (the other lanes are never read).
     const __m256 r = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sb));
@@ -279,7 +291,45 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   out->sc = ~recip_ok & x.step_bits;
 }
 
-// PrepareStep0: step 0's sum (its decision comes first in Decide).
+// PrepareFirst: the first and last steps' scales s_0, s_L (the steps between take the
+// powers of two from s_0 down to s_L: the scale is monotone in p); where both are in
+// [2^-100, 2^100] and s_L >= 2^-7 s_0 (fast), the one-term bound at s_0 2^-j for j = 0..7 in
+// one vector (TJ, the terms TOP has at the steps of those scales) and step 0's sum (p0) when
+// that bound leaves it. The other groups are prepared step by step in Decide (PrepareSteps).
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareFirst(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  float a = out->amax;
+  if (b.absmax != nullptr) b.absmax[gi] = a;  // for the chosen ranges (ChosenPos)
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
+  out->a = a;
+  const __m256i sb = MxScaleBits(RoundBf16(_mm256_mul_ps(x.p_ends, _mm256_set1_ps(a))));
+  const uint32_t s0 = static_cast<uint32_t>(_mm256_cvtsi256_si32(sb));
+  const uint32_t sl = static_cast<uint32_t>(_mm256_extract_epi32(sb, 1));
+  const uint32_t lo = std::bit_cast<uint32_t>(0x1p-100f), hi = std::bit_cast<uint32_t>(0x1p100f);
+  const uint32_t span = (s0 - sl) >> 23;  // J (s_L <= s_0, both powers of two in range)
+  out->fast = s0 >= lo && s0 <= hi && sl >= lo && sl <= hi && span <= 7;
+  out->p0 = 0.0;
+  if (!out->fast) return;
+  out->jmask = ((2u << span) - 1u) & ~1u;
+  const __m256i j23 = _mm256_setr_epi32(0, 1 << 23, 2 << 23, 3 << 23, 4 << 23, 5 << 23, 6 << 23,
+                                        7 << 23);
+  // Lanes j > J: patterns below s_L's, possibly not scales at all; never read.
+  const __m256i sj = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(s0)), j23);
+  const __m256 rj =
+      _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sj));
+  const __m256 tj = Terms8<N>(x.c, _mm256_set1_ps(out->xa[out->top]),
+                              _mm256_set1_ps(out->ie[out->top]), _mm256_castsi256_ps(sj), rj);
+  _mm256_store_ps(out->TJ, tj);
+  if (!(_mm256_cvtss_f32(tj) >= b.best[gi])) {
+    const float sv = std::bit_cast<float>(s0);
+    out->p0 = LaneSum(SumVecs<N>(x, *out, _mm256_set1_ps(sv), _mm256_set1_ps(1.0f / sv), 0,
+                                 _mm256_setzero_ps()));
+  }
+}
+
+// PrepareStep0: step 0's sum (its decision comes first in DecideGroup), for the groups
+// PrepareFirst left.
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
@@ -294,29 +344,30 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
   const Block& b = *x.b;
-  // The common case first, with DecideGroup's rules in its order: no step only the definition
-  // takes; step 0 improves by its bound (not ruled out by its one term, its sum Certifiable
-  // and its upper bound below the best); every later step is then ruled out by its one term
-  // (TOP[k] >= bhi exactly when TOP[k] >= CeilF32(bhi)), or repeats a scale (TOP +Inf). The
-  // group's best is then step 0's, known to lie in [p0 lo_f, p0 hi_f]: its lower end where
-  // the caller reads masks only, else (a nonzero sum) DecideGroup computes it exactly.
+  // The common case first, with DecideGroup's rules in its order: step 0 (scale s_0, in
+  // range) improves by its bound (not ruled out by its one term, its sum Certifiable and its
+  // upper bound below the best); every later step's scale is s_0 2^-j for some j <= J
+  // (PrepareFirst): j = 0 repeats step 0's error, which does not improve on itself, and each
+  // j >= 1 is ruled out by its one term (TJ[j] >= bhi exactly when TJ[j] >= CeilF32(bhi)).
+  // The group's best is then step 0's, known to lie in [p0 lo_f, p0 hi_f]: its lower end
+  // where the caller reads masks only, else (a nonzero sum) DecideGroup computes it exactly.
   const double bst = b.best[gi], p0 = g.p0;
-  if (g.sc == 0 && !(g.TOP[0] >= bst) && Certifiable(p0) && p0 * x.hi_f < bst &&
+  if (g.fast && !(g.TJ[0] >= bst) && Certifiable(p0) && p0 * x.hi_f < bst &&
       (!b.exact_best || p0 == 0.0)) {
     const __m256 tb = _mm256_set1_ps(CeilF32(p0 * x.hi_f));
-    uint32_t ruled = 0;
-    for (size_t h = 0; h < x.sv; ++h) {
-      ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
-                   _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
-               << (8 * h);
-    }
-    if ((~ruled & x.step_bits & ~1u) == 0) {
+    const uint32_t ruled = static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(g.TJ), tb, _CMP_GE_OQ)));
+    if ((~ruled & g.jmask) == 0) {
       const uint32_t bit = 1u << b.i0;
       b.best[gi] = p0 * x.lo_f;
       b.masks[gi] |= bit;
       return bit;
     }
   }
+  // Every step's parameters and bounds, and step 0's sum where PrepareFirst did not make it
+  // (fast: the same scale and term, so the same sum).
+  PrepareSteps<N>(x, gi, &g);
+  if (!g.fast) PrepareStep0<N>(x, gi, &g);
   const float* S = g.S;
   auto first_vecs = [&](size_t k) {
     Reorder(&g);
@@ -347,6 +398,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
   imx_avx2::SetUpBlock(b, &x);
   x.c = MakeConsts();
+  x.p_ends = _mm256_setr_ps(x.P[0], x.P[b.i1 - b.i0], 1.f, 1.f, 1.f, 1.f, 1.f, 1.f);
   const size_t groups = b.rows * x.ng;
   float* const buf = ThreadScratch(2 * kBatch * x.n);
   Prepared prep[kBatch];
@@ -366,8 +418,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
-    for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
-    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) PrepareFirst<N>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
