@@ -136,7 +136,7 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   float amax;  // the group's largest magnitude
-  int top;     // the index of its element of largest key
+  float tx, ti;  // its element of largest key: |x| and importance
   alignas(32) int32_t at[8];
   bool reordered;  // Reorder has run
   // PrepareFirst: lane j of TJ the one-term bound at scale 2^-j s_0 (s_0: the first step's);
@@ -195,10 +195,11 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s,
   return _mm256_add_ps(acc, acc1);
 }
 
-// PreparePass: one pass that stores the group as |x| and importance and finds the largest
-// magnitude (its range; Inf or NaN) and each position's element of largest key, which is
-// then swapped into the first vector.
-QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
+// PassCore: one pass that stores the group as |x| and importance, and per lane (position
+// mod 8) the largest magnitude pattern (mag), the largest key (top) and the vector of the
+// element that has it (out->at); out->finite: no Inf or NaN.
+QUENCH_IMX_AVX2 inline void PassCore(const Ctx& x, size_t gi, Prepared* out, __m256i* mag_out,
+                                     __m256i* top_out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
   const imx_avx2::GroupRows rows(b, gi, x.n);
@@ -225,14 +226,25 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   // Inf or NaN: a magnitude's pattern at or above Inf's.
   out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
                     _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
-  if (!out->finite) return;
   _mm256_store_si256(reinterpret_cast<__m256i*>(out->at), at);
   out->reordered = false;
+  *mag_out = mag;
+  *top_out = top;
+}
+
+// PreparePass: PassCore, then the group's largest magnitude and its element of largest key
+// (the first lane of the largest key).
+QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
+  __m256i mag, top;
+  PassCore(x, gi, out, &mag, &top);
+  if (!out->finite) return;
   out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
   const uint32_t at_top = static_cast<uint32_t>(
       _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
   const int p = __builtin_ctz(at_top | 0x100u) & 7;
-  out->top = 8 * out->at[p] + p;
+  const size_t e = 8 * static_cast<size_t>(out->at[p]) + static_cast<size_t>(p);
+  out->tx = out->xa[e];
+  out->ti = out->ie[e];
 }
 
 // Each position's element of largest key swapped into the first vector (once; only groups
@@ -259,9 +271,8 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   (void)gi;
   const __m256 amax = _mm256_set1_ps(out->a);
   // The group's element of largest key, for its term at every step.
-  const int lane = out->top;
-  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
-  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  const __m256 tx = _mm256_set1_ps(out->tx);
+  const __m256 tim = _mm256_set1_ps(out->ti);
   const __m256 inf = _mm256_set1_ps(INFINITY);
   // Each lane's previous step's scale pattern (lane 0: the previous vector's lane 7, -1 for
   // step 0, which never repeats), by a rotation in registers: a reload of the stored
@@ -318,13 +329,15 @@ QUENCH_IMX_AVX2 inline void PrepareFirst(const Ctx& x, size_t gi, Prepared* out)
   const __m256i sj = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(s0)), j23);
   const __m256 rj =
       _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sj));
-  const __m256 tj = Terms8<N>(x.c, _mm256_set1_ps(out->xa[out->top]),
-                              _mm256_set1_ps(out->ie[out->top]), _mm256_castsi256_ps(sj), rj);
+  const __m256 tj = Terms8<N>(x.c, _mm256_set1_ps(out->tx), _mm256_set1_ps(out->ti),
+                              _mm256_castsi256_ps(sj), rj);
   _mm256_store_ps(out->TJ, tj);
   if (!(_mm256_cvtss_f32(tj) >= b.best[gi])) {
-    const float sv = std::bit_cast<float>(s0);
-    out->p0 = LaneSum(SumVecs<N>(x, *out, _mm256_set1_ps(sv), _mm256_set1_ps(1.0f / sv), 0,
-                                 _mm256_setzero_ps()));
+    const __m256i sv = _mm256_set1_epi32(static_cast<int>(s0));
+    out->p0 = LaneSum(SumVecs<N>(
+        x, *out, _mm256_castsi256_ps(sv),
+        _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sv)), 0,
+        _mm256_setzero_ps()));
   }
 }
 
