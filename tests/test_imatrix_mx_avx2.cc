@@ -213,7 +213,8 @@ TEST_CASE("imatrix_mse mx avx2 kernel equals the definition on random groups") {
   std::mt19937 rng(37);
   for (const MxSetting& s : MxSettings()) {
     for (size_t group : {size_t{32}, size_t{64}}) {
-      const size_t cols = 384, rows = group == 32 ? 40 : 24;
+      // 41 x 12 and 25 x 6 groups: full batches of 8 and a last one of 4 or 6.
+      const size_t cols = 384, rows = group == 32 ? 41 : 25;
       std::vector<float> x, imp;
       RandomRows(rng, rows, cols, &x, &imp);
       Compare(s, x, &imp, cols, group);
@@ -231,6 +232,41 @@ TEST_CASE("imatrix_mse mx avx2 kernel equals the definition on adversarial group
     Compare(s, x, nullptr, 128, 32);
     Compare(s, x, &imp, 128, 64);
   }
+}
+
+// Near ties between step 0 and a later step's one-term bound: in each group t = 3.5 (scale
+// 1 at step 0, where it rounds to 4: error 0.5; scale 0.5 from step 1, where it clips to 3:
+// error 0.5 again) and u = 0.75 with a small importance w (error 0.25 at scale 1, 0 at 0.5),
+// the rest 0. Step 1's error is t's term alone, 0.125, just below step 0's 0.125 + w / 64;
+// for w up to about 2^-14 step 0's f32 sum times its bound's lower factor is already below
+// 0.125, so only a bound that keeps the whole interval [p lo_f, p hi_f] decides step 1
+// right. The importance of u's column varies by group (12 groups: a batch of 8 and 4 more).
+TEST_CASE("imatrix_mse mx avx2 kernel: a later step just below step 0's error") {
+  if (!calib::internal::IntAvx2Available()) return;
+  const size_t cols = 128, rows = 3;
+  std::vector<float> x(rows * cols, 0.f), imp(cols, 1.f);
+  const float w[4] = {1e-7f, 1e-6f, 4e-6f, 6.4e-5f};
+  for (size_t g = 0; g < cols / 32; ++g) imp[32 * g + 1] = w[g];
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t g = 0; g < cols / 32; ++g) {
+      x[r * cols + 32 * g] = r == 1 ? -3.5f : 3.5f;
+      x[r * cols + 32 * g + 1] = r == 2 ? -0.75f : 0.75f;
+    }
+  }
+  for (const MxSetting& s : {MxSetting{3.0, 1.0, 20, 19}, MxSetting{2.0, 1.0, 20, 19}}) {
+    Compare(s, x, &imp, cols, 32);
+  }
+  // The case is what it says: step 1 improves in some group (the definition).
+  Block b = MakeMxBlock(MxSetting{}, x, &imp, cols, 32);
+  std::vector<double> best(rows * 4, FLT_MAX);
+  std::vector<uint32_t> masks(rows * 4, 0u);
+  uint32_t improved = 0;
+  b.i1 = 19;
+  b.best = best.data();
+  b.masks = masks.data();
+  b.improved = &improved;
+  REQUIRE(calib::internal::SearchBlockScalar(b));
+  CHECK((improved & 2u) != 0);
 }
 
 // An Inf or NaN anywhere in the rows: the search refuses the block (from raw rows and from

@@ -355,6 +355,9 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
 // Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified, its steps in
 // the same order with the same decisions).
 template <int N>
+QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g);
+
+template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
   const Block& b = *x.b;
   // The common case first, with DecideGroup's rules in its order: step 0 (scale s_0, in
@@ -377,8 +380,14 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
       return bit;
     }
   }
-  // Every step's parameters and bounds, and step 0's sum where PrepareFirst did not make it
-  // (fast: the same scale and term, so the same sum).
+  return DecideSteps<N>(x, gi, g);
+}
+
+// Group gi's decisions by DecideGroup where the common case above (or DecideBatch's) did not
+// decide them: every step's parameters and bounds, and step 0's sum where PrepareFirst did
+// not make it (fast: the same scale and term, so the same sum; in any order).
+template <int N>
+QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g) {
   PrepareSteps<N>(x, gi, &g);
   if (!g.fast) PrepareStep0<N>(x, gi, &g);
   const float* S = g.S;
@@ -403,6 +412,179 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
                      {S, nullptr, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
 }
 
+// Lane j: the largest of vector v[j]'s lanes (signed 32-bit), for 8 vectors at once (a tree
+// of unpacks and maxima).
+QUENCH_IMX_AVX2 inline __m256i MaxAcross8(const __m256i* v) {
+  __m256i t[4];
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm256_max_epi32(_mm256_unpacklo_epi32(v[2 * j], v[2 * j + 1]),
+                            _mm256_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+  }
+  const __m256i u0 = _mm256_max_epi32(_mm256_unpacklo_epi64(t[0], t[1]),
+                                      _mm256_unpackhi_epi64(t[0], t[1]));
+  const __m256i u1 = _mm256_max_epi32(_mm256_unpacklo_epi64(t[2], t[3]),
+                                      _mm256_unpackhi_epi64(t[2], t[3]));
+  return _mm256_max_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                          _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+// Lane j: the f32 sum of vector v[j]'s lanes (in some order: the certified bound covers
+// every order), for 8 vectors at once (a tree of horizontal adds, imx_avx2::FirstRuled's).
+QUENCH_IMX_AVX2 inline __m256 SumAcross8(const __m256* v) {
+  const __m256 h01 = _mm256_hadd_ps(v[0], v[1]), h23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 h45 = _mm256_hadd_ps(v[4], v[5]), h67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
+// A full batch (kBatch groups from g0) prepared and decided with lanes across its groups
+// where the work is per group and scalar in PreparePass, PrepareFirst and Decide: the
+// largest magnitudes, the elements of largest key, the first and last steps' scales, step
+// 0's sums and its bound, and the common decision; the same values and decisions (the
+// element of largest key: the first lane of the largest key, as PreparePass picks it; step
+// 0's sum in another order, which the bound covers). The groups the common decision leaves
+// go to DecideSteps. False at a group with an Inf or NaN.
+template <int N>
+QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float* buf,
+                                  uint32_t* any) {
+  static_assert(kBatch == 8, "lanes across the batch's groups");
+  const Block& b = *x.b;
+  const Consts& c = x.c;
+  __m256i mag[8], key[8];
+  bool finite = true;
+  for (size_t j = 0; j < 8; ++j) {
+    PassCore(x, g0 + j, &prep[j], &mag[j], &key[j]);
+    finite &= prep[j].finite;
+  }
+  if (!finite) return false;
+  // Each group's largest magnitude, and the lane of its largest key (the first on ties:
+  // the key shifted left by 3 with 7 - lane below it).
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i seven = _mm256_set1_epi32(7);
+  const __m256i rl = _mm256_sub_epi32(seven, iota);
+  for (size_t j = 0; j < 8; ++j) key[j] = _mm256_or_si256(_mm256_slli_epi32(key[j], 3), rl);
+  const __m256 amax = _mm256_castsi256_ps(MaxAcross8(mag));
+  const __m256i lane = _mm256_sub_epi32(seven, _mm256_and_si256(MaxAcross8(key), seven));
+  // Its element: at[lane] of the group's Prepared, then that element of its |x| and
+  // importance (group j's at buf + 2 n j, its importance n further).
+  constexpr int kStride = static_cast<int>(sizeof(Prepared) / sizeof(int32_t));
+  static_assert(sizeof(Prepared) % sizeof(int32_t) == 0);
+  const __m256i at = _mm256_i32gather_epi32(
+      prep[0].at, _mm256_add_epi32(_mm256_mullo_epi32(iota, _mm256_set1_epi32(kStride)), lane), 4);
+  const __m256i e = _mm256_add_epi32(
+      _mm256_mullo_epi32(iota, _mm256_set1_epi32(static_cast<int>(2 * x.n))),
+      _mm256_add_epi32(_mm256_slli_epi32(at, 3), lane));
+  const __m256 tx = _mm256_i32gather_ps(buf, e, 4);
+  const __m256 ti = _mm256_i32gather_ps(buf + x.n, e, 4);
+  if (b.absmax != nullptr) _mm256_storeu_ps(b.absmax + g0, amax);  // for ChosenPos
+  // Expanded (RNE_bf16 of the product with f32(expand)), as PrepareFirst.
+  const __m256 a = b.expand == 1.0 ? amax
+                                   : RoundBf16(_mm256_mul_ps(
+                                         amax, _mm256_set1_ps(static_cast<float>(b.expand))));
+  const __m256i s0 = MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_set1_ps(x.P[0]), a)));
+  const __m256i sl =
+      MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_set1_ps(x.P[b.i1 - b.i0]), a)));
+  const __m256i lo = _mm256_set1_epi32(std::bit_cast<int32_t>(0x1p-100f));
+  const __m256i hi = _mm256_set1_epi32(std::bit_cast<int32_t>(0x1p100f));
+  const __m256i span = _mm256_srli_epi32(_mm256_sub_epi32(s0, sl), 23);
+  // In range: lo <= pattern <= hi (positive patterns compare as their values).
+  const __m256i fast = _mm256_andnot_si256(
+      _mm256_or_si256(_mm256_or_si256(_mm256_cmpgt_epi32(lo, s0), _mm256_cmpgt_epi32(s0, hi)),
+                      _mm256_or_si256(_mm256_or_si256(_mm256_cmpgt_epi32(lo, sl),
+                                                      _mm256_cmpgt_epi32(sl, hi)),
+                                      _mm256_cmpgt_epi32(span, seven))),
+      _mm256_set1_epi32(-1));
+  const __m256i jmask = _mm256_andnot_si256(
+      _mm256_set1_epi32(1),
+      _mm256_sub_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(2), span), _mm256_set1_epi32(1)));
+  const __m256i r0 = _mm256_sub_epi32(_mm256_set1_epi32(254 << 23), s0);
+  alignas(32) float txs[8], tis[8], as[8], amaxs[8];
+  alignas(32) int32_t s0s[8], r0s[8], fasts[8], jms[8];
+  _mm256_store_ps(txs, tx);
+  _mm256_store_ps(tis, ti);
+  _mm256_store_ps(as, a);
+  _mm256_store_ps(amaxs, amax);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(s0s), s0);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(r0s), r0);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(fasts), fast);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(jms), jmask);
+  // Step 0's sums (every group: a group whose bound rules step 0 out never reads it) and the
+  // one-term bounds at s_0 2^-j.
+  const __m256i j23 = _mm256_slli_epi32(iota, 23);
+  __m256 acc[8];
+  for (size_t j = 0; j < 8; ++j) {
+    Prepared& g = prep[j];
+    g.amax = amaxs[j];
+    g.a = as[j];
+    g.tx = txs[j];
+    g.ti = tis[j];
+    g.fast = fasts[j] != 0;
+    g.jmask = static_cast<uint32_t>(jms[j]);
+    const __m256i sv = _mm256_set1_epi32(s0s[j]);
+    acc[j] = SumVecs<N>(x, g, _mm256_castsi256_ps(sv), _mm256_castsi256_ps(_mm256_set1_epi32(r0s[j])),
+                        0, _mm256_setzero_ps());
+    const __m256i sj = _mm256_sub_epi32(sv, j23);
+    _mm256_store_ps(g.TJ, Terms8<N>(c, _mm256_set1_ps(g.tx), _mm256_set1_ps(g.ti),
+                                    _mm256_castsi256_ps(sj),
+                                    _mm256_castsi256_ps(_mm256_sub_epi32(
+                                        _mm256_set1_epi32(254 << 23), sj))));
+  }
+  const __m256 p0 = SumAcross8(acc);
+  const __m256 top0 = Terms8<N>(c, tx, ti, _mm256_castsi256_ps(s0), _mm256_castsi256_ps(r0));
+  // The common decision (Decide's), lanes across groups: fast, !(TOP0 >= best), p0
+  // Certifiable, p0 hi_f < best, and (exact_best) p0 == 0; then CeilF32(p0 hi_f).
+  alignas(32) double p0d[8];
+  alignas(32) float ceil[8];
+  uint32_t cand = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(fast)));
+  const __m256 cert = _mm256_or_ps(
+      _mm256_cmp_ps(p0, _mm256_setzero_ps(), _CMP_EQ_OQ),
+      _mm256_and_ps(_mm256_cmp_ps(p0, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                    _mm256_cmp_ps(p0, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ)));
+  cand &= static_cast<uint32_t>(_mm256_movemask_ps(cert));
+  if (b.exact_best) {
+    cand &= static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(p0, _mm256_setzero_ps(), _CMP_EQ_OQ)));
+  }
+  const __m256d vhi = _mm256_set1_pd(x.hi_f);
+  for (int h = 0; h < 2; ++h) {
+    const __m256d pd = _mm256_cvtps_pd(h == 0 ? _mm256_castps256_ps128(p0)
+                                              : _mm256_extractf128_ps(p0, 1));
+    const __m256d td = _mm256_cvtps_pd(h == 0 ? _mm256_castps256_ps128(top0)
+                                              : _mm256_extractf128_ps(top0, 1));
+    const __m256d bd = _mm256_loadu_pd(b.best + g0 + 4 * h);
+    const __m256d phd = _mm256_mul_pd(pd, vhi);
+    const uint32_t ok = static_cast<uint32_t>(_mm256_movemask_pd(_mm256_andnot_pd(
+        _mm256_cmp_pd(td, bd, _CMP_GE_OQ), _mm256_cmp_pd(phd, bd, _CMP_LT_OQ))));
+    cand &= ok << (4 * h) | ~(15u << (4 * h));
+    _mm256_store_pd(p0d + 4 * h, pd);
+    // CeilF32: the nearest f32 (cvtpd_ps rounds to nearest even, as static_cast does), one
+    // pattern up where it is below (the comparison's all-ones 64-bit lanes, narrowed to 32
+    // bits, are -1).
+    const __m128 f = _mm256_cvtpd_ps(phd);
+    const __m256i below =
+        _mm256_castpd_si256(_mm256_cmp_pd(_mm256_cvtps_pd(f), phd, _CMP_LT_OQ));
+    const __m128i below32 = _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(below, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+    _mm_store_ps(ceil + 4 * h, _mm_castsi128_ps(_mm_sub_epi32(_mm_castps_si128(f), below32)));
+  }
+  for (size_t j = 0; j < 8; ++j) {
+    Prepared& g = prep[j];
+    g.p0 = p0d[j];
+    uint32_t bits;
+    const uint32_t ruled = static_cast<uint32_t>(_mm256_movemask_ps(
+        _mm256_cmp_ps(_mm256_load_ps(g.TJ), _mm256_set1_ps(ceil[j]), _CMP_GE_OQ)));
+    if ((cand >> j & 1u) && (~ruled & g.jmask) == 0) {
+      bits = 1u << b.i0;
+      b.best[g0 + j] = p0d[j] * x.lo_f;
+      b.masks[g0 + j] |= bits;
+    } else {
+      bits = DecideSteps<N>(x, g0 + j, g);
+    }
+    *any |= bits;
+  }
+  return true;
+}
+
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
 // (independent, branch-free work that overlaps), then each decided. False at a group with an
 // Inf or NaN.
@@ -423,6 +605,14 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
   size_t gc = 0;
   for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
     const size_t nb = std::min(kBatch, groups - g0);
+    if (nb == kBatch) {
+      for (size_t j = 0; j < nb; ++j) {
+        prep[j].col = gc * x.n;
+        gc = gc + 1 == x.ng ? 0 : gc + 1;
+      }
+      if (!Batch<N>(x, g0, prep, buf, &any)) return false;
+      continue;
+    }
     for (size_t j = 0; j < nb; ++j) {
       prep[j].col = gc * x.n;  // (g0 + j) % ng groups into the row, with no division
       gc = gc + 1 == x.ng ? 0 : gc + 1;
