@@ -53,12 +53,14 @@
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "calib/imatrix_mse_decide.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_shared.h"
 #include "schemes/avx2.h"
 #include "schemes/cpu_x86.h"
+#include "schemes/float_formats.h"
 #include "schemes/fp4_shared.h"
 
 namespace quench::calib::internal {
@@ -145,6 +147,7 @@ struct Prepared {
   // expanded.
   alignas(32) float TJ[8];
   uint32_t jmask;
+  uint32_t s0;  // s_0's pattern (fast)
   bool fast;
   float a;
   double p0;
@@ -323,6 +326,7 @@ QUENCH_IMX_AVX2 inline void PrepareFirst(const Ctx& x, size_t gi, Prepared* out)
   out->p0 = 0.0;
   if (!out->fast) return;
   out->jmask = ((2u << span) - 1u) & ~1u;
+  out->s0 = s0;
   const __m256i j23 = _mm256_setr_epi32(0, 1 << 23, 2 << 23, 3 << 23, 4 << 23, 5 << 23, 6 << 23,
                                         7 << 23);
   // Lanes j > J: patterns below s_L's, possibly not scales at all; never read.
@@ -357,6 +361,113 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g);
 
+// Group gi's decisions where PrepareFirst found it fast but the common decision did not settle
+// it: SearchCertified's (DecideGroup's) rules over its distinct scales s_j = 2^-j s_0 in
+// order, which is step order (the scale is monotone in the step), instead of over its
+// steps. A step whose scale an earlier step had does not improve (the file comment), so the
+// definition's improvements are those of each distinct scale's first step k_j, decided
+// against the best of the scales before it: step 0 (its sum p0); the scales that some step
+// takes and that their one term TJ[j] leaves, by their first kFirstVecs vectors of terms;
+// those these leave summed to the end, then decided in order. The improvements found (bits
+// j) are the steps k_j, the number of steps whose scale is larger.
+template <int N>
+QUENCH_IMX_AVX2 inline uint32_t DecideDistinct(const Ctx& x, size_t gi, Prepared& g) {
+  const Block& b = *x.b;
+  // Per step its offset d_k = log2(s_0 / s_k) (0..J: the group is fast), and the offsets
+  // that occur.
+  alignas(32) int32_t D[kSteps];
+  const __m256 av = _mm256_set1_ps(g.a);
+  const __m256i s0v = _mm256_set1_epi32(static_cast<int>(g.s0));
+  __m256i occv = _mm256_setzero_si256();
+  for (size_t h = 0; h < x.sv; ++h) {
+    const __m256i sb = MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), av)));
+    const __m256i d = _mm256_srli_epi32(_mm256_sub_epi32(s0v, sb), 23);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(D + 8 * h), d);
+    occv = _mm256_or_si256(occv, _mm256_sllv_epi32(_mm256_set1_epi32(1), d));
+  }
+  // (Lanes past the block's steps have p = 1, step 0's offset.)
+  __m128i o = _mm_or_si128(_mm256_castsi256_si128(occv), _mm256_extracti128_si256(occv, 1));
+  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0x4E));
+  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0xB1));
+  const uint32_t occ = static_cast<uint32_t>(_mm_cvtsi128_si32(o)) & 0xFEu;
+  auto scale_of = [&](size_t j) {
+    return std::bit_cast<float>(g.s0 - (static_cast<uint32_t>(j) << 23));
+  };
+  const float* xg = b.raw != nullptr ? nullptr : b.x + gi * x.n;
+  const float* ig = b.imp == nullptr ? nullptr : b.imp + g.col;
+  thread_local std::vector<float> wide;
+  auto exact_of = [&](size_t j) {
+    if (xg == nullptr) {
+      wide.resize(x.n);
+      const uint16_t* rg = reinterpret_cast<const uint16_t*>(b.raw) + gi * x.n;
+      for (size_t i = 0; i < x.n; ++i) wide[i] = BF16ToF32(rg[i]);
+      xg = wide.data();
+    }
+    return ErrorF32(GroupErrorScalar(b, xg, ig, x.n, {scale_of(j), 0.0f}));
+  };
+  CertifiedBest best;
+  best.blo = best.bhi = b.best[gi];
+  auto step = [&](size_t j, double p) {
+    if (g.TJ[j] >= best.bhi) return;  // one term at or above the best already
+    DecideStep(best, j, 1u << j, true, p, x.lo_f, x.hi_f, exact_of);
+  };
+  step(0, g.p0);
+  const uint32_t ruled = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
+      _mm256_load_ps(g.TJ), _mm256_set1_ps(CeilF32(best.bhi)), _CMP_GE_OQ)));
+  const uint32_t live = occ & ~ruled;
+  double PS[8];
+  uint32_t live2 = 0;
+  if (live != 0) {
+    Reorder(&g);
+    __m256 acc0[8];
+    for (uint32_t m = live; m != 0; m &= m - 1) {
+      const size_t j = static_cast<size_t>(__builtin_ctz(m));
+      const __m256i sj = _mm256_set1_epi32(static_cast<int>(std::bit_cast<uint32_t>(scale_of(j))));
+      const __m256 s = _mm256_castsi256_ps(sj);
+      const __m256 r =
+          _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sj));
+      __m256 a = Terms8<N>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.ie), s, r);
+      for (size_t v = 1; v < kFirstVecs; ++v) {
+        a = _mm256_add_ps(a, Terms8<N>(x.c, _mm256_load_ps(g.xa + 8 * v),
+                                       _mm256_load_ps(g.ie + 8 * v), s, r));
+      }
+      acc0[j] = a;
+      const double pc = LaneSum(a);
+      live2 |= static_cast<uint32_t>(!(Certifiable(pc) && pc * x.lo_f >= best.bhi)) << j;
+    }
+    // Their sums to the end, all before any decision (DecideGroup says why).
+    for (uint32_t m = live2; m != 0; m &= m - 1) {
+      const size_t j = static_cast<size_t>(__builtin_ctz(m));
+      const __m256i sj = _mm256_set1_epi32(static_cast<int>(std::bit_cast<uint32_t>(scale_of(j))));
+      PS[j] = LaneSum(SumVecs<N>(
+          x, g, _mm256_castsi256_ps(sj),
+          _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), sj)), kFirstVecs,
+          acc0[j]));
+    }
+    for (uint32_t m = live2; m != 0; m &= m - 1) {
+      const size_t j = static_cast<size_t>(__builtin_ctz(m));
+      step(j, PS[j]);
+    }
+  }
+  if (b.exact_best && !best.exact) best.blo = exact_of(best.bk);
+  b.best[gi] = best.blo;
+  // Scale j's first step: the number of steps with an offset below j.
+  uint32_t mask = 0;
+  for (uint32_t m = best.mask; m != 0; m &= m - 1) {
+    const int j = __builtin_ctz(m);
+    uint32_t before = 0;
+    for (size_t h = 0; h < x.sv; ++h) {
+      before |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(j),
+                    _mm256_load_si256(reinterpret_cast<const __m256i*>(D + 8 * h))))))
+                << (8 * h);
+    }
+    mask |= 1u << (b.i0 + __builtin_popcount(before & x.step_bits));
+  }
+  b.masks[gi] |= mask;
+  return mask;
+}
+
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
   const Block& b = *x.b;
@@ -380,7 +491,7 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
       return bit;
     }
   }
-  return DecideSteps<N>(x, gi, g);
+  return g.fast ? DecideDistinct<N>(x, gi, g) : DecideSteps<N>(x, gi, g);
 }
 
 // Group gi's decisions by DecideGroup where the common case above (or DecideBatch's) did not
@@ -520,6 +631,7 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
     g.ti = tis[j];
     g.fast = fasts[j] != 0;
     g.jmask = static_cast<uint32_t>(jms[j]);
+    g.s0 = static_cast<uint32_t>(s0s[j]);
     const __m256i sv = _mm256_set1_epi32(s0s[j]);
     acc[j] = SumVecs<N>(x, g, _mm256_castsi256_ps(sv), _mm256_castsi256_ps(_mm256_set1_epi32(r0s[j])),
                         0, _mm256_setzero_ps());
@@ -578,7 +690,7 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
       b.best[g0 + j] = p0d[j] * x.lo_f;
       b.masks[g0 + j] |= bits;
     } else {
-      bits = DecideSteps<N>(x, g0 + j, g);
+      bits = g.fast ? DecideDistinct<N>(x, g0 + j, g) : DecideSteps<N>(x, g0 + j, g);
     }
     *any |= bits;
   }
