@@ -251,15 +251,26 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
 }
 
 // Each position's element of largest key swapped into the first vector (once; only groups
-// with a step left after the one-term bounds sum first vectors, and there the order makes
+// with a scale left after the one-term bounds sum first vectors, and there the order makes
 // those vectors rule out more; step 0's sum, in element order, is as valid in any order).
-inline void Reorder(Prepared* g) {
+// In registers: the first vector by a gather, each later vector's lanes whose element moved
+// receive the first vector's; whole-vector stores (a vector load after scalar stores into
+// it waits for them).
+QUENCH_IMX_AVX2 inline void Reorder(size_t nv, Prepared* g) {
   if (g->reordered) return;
-  for (size_t p = 0; p < 8; ++p) {
-    const size_t j = 8 * static_cast<size_t>(g->at[p]) + p;
-    std::swap(g->xa[p], g->xa[j]);
-    std::swap(g->ie[p], g->ie[j]);
+  const __m256i at = _mm256_load_si256(reinterpret_cast<const __m256i*>(g->at));
+  const __m256i idx = _mm256_add_epi32(_mm256_slli_epi32(at, 3),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256 x0 = _mm256_load_ps(g->xa), i0 = _mm256_load_ps(g->ie);
+  const __m256 fx = _mm256_i32gather_ps(g->xa, idx, 4), fi = _mm256_i32gather_ps(g->ie, idx, 4);
+  for (size_t v = 1; v < nv; ++v) {
+    const __m256 moved = _mm256_castsi256_ps(
+        _mm256_cmpeq_epi32(at, _mm256_set1_epi32(static_cast<int>(v))));
+    _mm256_store_ps(g->xa + 8 * v, _mm256_blendv_ps(_mm256_load_ps(g->xa + 8 * v), x0, moved));
+    _mm256_store_ps(g->ie + 8 * v, _mm256_blendv_ps(_mm256_load_ps(g->ie + 8 * v), i0, moved));
   }
+  _mm256_store_ps(g->xa, fx);
+  _mm256_store_ps(g->ie, fi);
   g->reordered = true;
 }
 
@@ -418,7 +429,7 @@ QUENCH_IMX_AVX2 inline uint32_t DecideDistinct(const Ctx& x, size_t gi, Prepared
   double PS[8];
   uint32_t live2 = 0;
   if (live != 0) {
-    Reorder(&g);
+    Reorder(x.nv, &g);
     __m256 acc0[8];
     for (uint32_t m = live; m != 0; m &= m - 1) {
       const size_t j = static_cast<size_t>(__builtin_ctz(m));
@@ -503,7 +514,7 @@ QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g
   if (!g.fast) PrepareStep0<N>(x, gi, &g);
   const float* S = g.S;
   auto first_vecs = [&](size_t k) {
-    Reorder(&g);
+    Reorder(x.nv, &g);
     const __m256 s = _mm256_set1_ps(S[k]), r = _mm256_set1_ps(g.R[k]);
     __m256 a = Terms8<N>(x.c, _mm256_load_ps(g.xa), _mm256_load_ps(g.ie), s, r);
     for (size_t v = 1; v < kFirstVecs; ++v) {
