@@ -372,6 +372,66 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g);
 
+// A fast group's step offsets d_k = log2(s_0 / s_k) (0..J) at D (the block's sv vectors of
+// steps; lanes past its steps have p = 1, step 0's offset), and the offsets that occur (bit
+// j).
+QUENCH_IMX_AVX2 inline uint32_t StepOffsets(const Ctx& x, const Prepared& g, int32_t* D) {
+  const __m256 av = _mm256_set1_ps(g.a);
+  const __m256i s0v = _mm256_set1_epi32(static_cast<int>(g.s0));
+  __m256i occv = _mm256_setzero_si256();
+  for (size_t h = 0; h < x.sv; ++h) {
+    const __m256i sb = MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), av)));
+    const __m256i d = _mm256_srli_epi32(_mm256_sub_epi32(s0v, sb), 23);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(D + 8 * h), d);
+    occv = _mm256_or_si256(occv, _mm256_sllv_epi32(_mm256_set1_epi32(1), d));
+  }
+  __m128i o = _mm_or_si128(_mm256_castsi256_si128(occv), _mm256_extracti128_si256(occv, 1));
+  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0x4E));
+  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(o));
+}
+
+// The first step with offset j (StepOffsets' D): the number of steps with a smaller one.
+QUENCH_IMX_AVX2 inline int FirstStep(const Ctx& x, const int32_t* D, int j) {
+  uint32_t before = 0;
+  for (size_t h = 0; h < x.sv; ++h) {
+    before |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                  _mm256_set1_epi32(j),
+                  _mm256_load_si256(reinterpret_cast<const __m256i*>(D + 8 * h))))))
+              << (8 * h);
+  }
+  return __builtin_popcount(before & x.step_bits);
+}
+
+// DecideDistinct's decisions where step 0 improves by its bound and the one-term bounds leave
+// only scale 1 (s_0 / 2), and the caller reads masks only (!exact_best): its full f32 sum p1
+// decides it by the bound (the scales from 2 on stay ruled out: the best only decreases), or
+// 0 when it cannot (a sum outside the bound's range, a near tie, or an improvement at a scale
+// no step takes), for DecideDistinct.
+template <int N>
+QUENCH_IMX_AVX2 inline uint32_t DecideScale1(const Ctx& x, size_t gi, Prepared& g) {
+  const Block& b = *x.b;
+  const __m256i s1 = _mm256_set1_epi32(static_cast<int>(g.s0 - (1u << 23)));
+  const double p1 = LaneSum(SumVecs<N>(
+      x, g, _mm256_castsi256_ps(s1),
+      _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(254 << 23), s1)), 0,
+      _mm256_setzero_ps()));
+  if (!Certifiable(p1)) return 0;
+  const uint32_t bit0 = 1u << b.i0;
+  if (p1 * x.lo_f >= g.p0 * x.hi_f) {  // not an improvement
+    b.best[gi] = g.p0 * x.lo_f;
+    b.masks[gi] |= bit0;
+    return bit0;
+  }
+  if (!(p1 * x.hi_f < g.p0 * x.lo_f)) return 0;  // a near tie
+  alignas(32) int32_t D[kSteps];
+  if (!(StepOffsets(x, g, D) & 2u)) return 0;
+  const uint32_t bits = bit0 | 1u << (b.i0 + FirstStep(x, D, 1));
+  b.best[gi] = p1 * x.lo_f;
+  b.masks[gi] |= bits;
+  return bits;
+}
+
 // Group gi's decisions where PrepareFirst found it fast but the common decision did not settle
 // it: SearchCertified's (DecideGroup's) rules over its distinct scales s_j = 2^-j s_0 in
 // order, which is step order (the scale is monotone in the step), instead of over its
@@ -384,23 +444,8 @@ QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t DecideDistinct(const Ctx& x, size_t gi, Prepared& g) {
   const Block& b = *x.b;
-  // Per step its offset d_k = log2(s_0 / s_k) (0..J: the group is fast), and the offsets
-  // that occur.
   alignas(32) int32_t D[kSteps];
-  const __m256 av = _mm256_set1_ps(g.a);
-  const __m256i s0v = _mm256_set1_epi32(static_cast<int>(g.s0));
-  __m256i occv = _mm256_setzero_si256();
-  for (size_t h = 0; h < x.sv; ++h) {
-    const __m256i sb = MxScaleBits(RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), av)));
-    const __m256i d = _mm256_srli_epi32(_mm256_sub_epi32(s0v, sb), 23);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(D + 8 * h), d);
-    occv = _mm256_or_si256(occv, _mm256_sllv_epi32(_mm256_set1_epi32(1), d));
-  }
-  // (Lanes past the block's steps have p = 1, step 0's offset.)
-  __m128i o = _mm_or_si128(_mm256_castsi256_si128(occv), _mm256_extracti128_si256(occv, 1));
-  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0x4E));
-  o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0xB1));
-  const uint32_t occ = static_cast<uint32_t>(_mm_cvtsi128_si32(o)) & 0xFEu;
+  const uint32_t occ = StepOffsets(x, g, D) & 0xFEu;
   auto scale_of = [&](size_t j) {
     return std::bit_cast<float>(g.s0 - (static_cast<uint32_t>(j) << 23));
   };
@@ -465,15 +510,7 @@ QUENCH_IMX_AVX2 inline uint32_t DecideDistinct(const Ctx& x, size_t gi, Prepared
   // Scale j's first step: the number of steps with an offset below j.
   uint32_t mask = 0;
   for (uint32_t m = best.mask; m != 0; m &= m - 1) {
-    const int j = __builtin_ctz(m);
-    uint32_t before = 0;
-    for (size_t h = 0; h < x.sv; ++h) {
-      before |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                    _mm256_set1_epi32(j),
-                    _mm256_load_si256(reinterpret_cast<const __m256i*>(D + 8 * h))))))
-                << (8 * h);
-    }
-    mask |= 1u << (b.i0 + __builtin_popcount(before & x.step_bits));
+    mask |= 1u << (b.i0 + FirstStep(x, D, __builtin_ctz(m)));
   }
   b.masks[gi] |= mask;
   return mask;
@@ -701,7 +738,13 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
       b.best[g0 + j] = p0d[j] * x.lo_f;
       b.masks[g0 + j] |= bits;
     } else {
-      bits = g.fast ? DecideDistinct<N>(x, g0 + j, g) : DecideSteps<N>(x, g0 + j, g);
+      bits = 0;
+      if ((cand >> j & 1u) && !b.exact_best && (~ruled & g.jmask) == 2u) {
+        bits = DecideScale1<N>(x, g0 + j, g);
+      }
+      if (bits == 0) {
+        bits = g.fast ? DecideDistinct<N>(x, g0 + j, g) : DecideSteps<N>(x, g0 + j, g);
+      }
     }
     *any |= bits;
   }
