@@ -125,11 +125,13 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 im, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// One group as Prepare leaves it for Decide: its |x| and importance in element order, and per
-// position mod 8 the vector of its element of largest key (at; Reorder moves those into the
-// first vector when a step needs its first vectors summed); every step's scale S and reciprocal R, the steps only the definition takes (sc),
-// the term of the element of largest key at every step (TOP; +Inf at a repeated scale), and
-// step 0's f32 sum (p0, when summed).
+// One group as the batch leaves it for its decisions: its |x| and importance in element
+// order, and per position mod 8 the vector of its element of largest key (at; Reorder moves
+// those into the first vector when a scale needs its first vectors summed); PrepareFirst's
+// (or Batch's) first and last scales and one-term bounds at the distinct scales, and step
+// 0's f32 sum p0; for DecideSteps only (groups that are not fast), every step's scale S and
+// reciprocal R, the steps only the definition takes (sc) and the term of the element of
+// largest key at every step (TOP; +Inf at a repeated scale).
 struct Prepared {
   alignas(32) float S[kSteps];
   alignas(32) float R[kSteps];
@@ -177,20 +179,22 @@ QUENCH_IMX_AVX2 inline __m256i MxScaleBits(__m256 pos) {
 }
 
 // A step's f32 sum of terms over vectors v0..nv of a prepared group, added to acc (two
-// accumulators: any order is covered by the bound).
-template <int N>
-QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s, __m256 r,
-                                      size_t v0, __m256 acc) {
+// accumulators: any order is covered by the bound). NV: nv when known at compile time (4:
+// MXFP4's groups of 32, which the loops then unroll), else 0.
+template <int N, size_t NV>
+QUENCH_IMX_AVX2 inline __m256 SumVecsN(const Ctx& x, const Prepared& g, __m256 s, __m256 r,
+                                       size_t v0, __m256 acc) {
+  const size_t nv = NV != 0 ? NV : x.nv;
   __m256 acc1 = _mm256_setzero_ps();
   size_t v = v0;
-  for (; v + 2 <= x.nv; v += 2) {
+  for (; v + 2 <= nv; v += 2) {
     const size_t o = 8 * v;
     acc = _mm256_add_ps(
         acc, Terms8<N>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.ie + o), s, r));
     acc1 = _mm256_add_ps(
         acc1, Terms8<N>(x.c, _mm256_load_ps(g.xa + o + 8), _mm256_load_ps(g.ie + o + 8), s, r));
   }
-  for (; v < x.nv; ++v) {
+  for (; v < nv; ++v) {
     const size_t o = 8 * v;
     acc = _mm256_add_ps(
         acc, Terms8<N>(x.c, _mm256_load_ps(g.xa + o), _mm256_load_ps(g.ie + o), s, r));
@@ -198,13 +202,20 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s,
   return _mm256_add_ps(acc, acc1);
 }
 
+template <int N>
+QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s, __m256 r,
+                                      size_t v0, __m256 acc) {
+  return x.nv == 4 ? SumVecsN<N, 4>(x, g, s, r, v0, acc) : SumVecsN<N, 0>(x, g, s, r, v0, acc);
+}
+
 // PassCore: one pass that stores the group as |x| and importance, and per lane (position
 // mod 8) the largest magnitude pattern (mag), the largest key (top) and the vector of the
-// element that has it (out->at); out->finite: no Inf or NaN.
-QUENCH_IMX_AVX2 inline void PassCore(const Ctx& x, size_t gi, Prepared* out, __m256i* mag_out,
-                                     __m256i* top_out) {
+// element that has it (out->at); out->finite: no Inf or NaN. NV as for SumVecsN.
+template <size_t NV>
+QUENCH_IMX_AVX2 inline void PassCoreN(const Ctx& x, size_t gi, Prepared* out, __m256i* mag_out,
+                                      __m256i* top_out) {
   const Block& b = *x.b;
-  const size_t nv = x.nv;
+  const size_t nv = NV != 0 ? NV : x.nv;
   const imx_avx2::GroupRows rows(b, gi, x.n);
   const size_t col = out->col;
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
@@ -233,6 +244,12 @@ QUENCH_IMX_AVX2 inline void PassCore(const Ctx& x, size_t gi, Prepared* out, __m
   out->reordered = false;
   *mag_out = mag;
   *top_out = top;
+}
+
+QUENCH_IMX_AVX2 inline void PassCore(const Ctx& x, size_t gi, Prepared* out, __m256i* mag_out,
+                                     __m256i* top_out) {
+  x.nv == 4 ? PassCoreN<4>(x, gi, out, mag_out, top_out)
+            : PassCoreN<0>(x, gi, out, mag_out, top_out);
 }
 
 // PreparePass: PassCore, then the group's largest magnitude and its element of largest key
@@ -603,7 +620,7 @@ QUENCH_IMX_AVX2 inline __m256 SumAcross8(const __m256* v) {
 // element of largest key: the first lane of the largest key, as PreparePass picks it; step
 // 0's sum in another order, which the bound covers). The groups the common decision leaves
 // go to DecideSteps. False at a group with an Inf or NaN.
-template <int N>
+template <int N, size_t NV>
 QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float* buf,
                                   uint32_t* any) {
   static_assert(kBatch == 8, "lanes across the batch's groups");
@@ -612,7 +629,7 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
   __m256i mag[8], key[8];
   bool finite = true;
   for (size_t j = 0; j < 8; ++j) {
-    PassCore(x, g0 + j, &prep[j], &mag[j], &key[j]);
+    PassCoreN<NV>(x, g0 + j, &prep[j], &mag[j], &key[j]);
     finite &= prep[j].finite;
   }
   if (!finite) return false;
@@ -681,8 +698,9 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
     g.jmask = static_cast<uint32_t>(jms[j]);
     g.s0 = static_cast<uint32_t>(s0s[j]);
     const __m256i sv = _mm256_set1_epi32(s0s[j]);
-    acc[j] = SumVecs<N>(x, g, _mm256_castsi256_ps(sv), _mm256_castsi256_ps(_mm256_set1_epi32(r0s[j])),
-                        0, _mm256_setzero_ps());
+    acc[j] = SumVecsN<N, NV>(x, g, _mm256_castsi256_ps(sv),
+                             _mm256_castsi256_ps(_mm256_set1_epi32(r0s[j])), 0,
+                             _mm256_setzero_ps());
     const __m256i sj = _mm256_sub_epi32(sv, j23);
     _mm256_store_ps(g.TJ, Terms8<N>(c, _mm256_set1_ps(g.tx), _mm256_set1_ps(g.ti),
                                     _mm256_castsi256_ps(sj),
@@ -776,7 +794,10 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
         prep[j].col = gc * x.n;
         gc = gc + 1 == x.ng ? 0 : gc + 1;
       }
-      if (!Batch<N>(x, g0, prep, buf, &any)) return false;
+      // (NV 4: MXFP4's groups of 32, the loops unrolled.)
+      const bool ok =
+          x.nv == 4 ? Batch<N, 4>(x, g0, prep, buf, &any) : Batch<N, 0>(x, g0, prep, buf, &any);
+      if (!ok) return false;
       continue;
     }
     for (size_t j = 0; j < nb; ++j) {
