@@ -1,24 +1,37 @@
 // The imatrix_mse certified search for MXFP4 codes of bf16 weights on AVX2
-// (imatrix_mse_mx_avx2.h). The search is imatrix_mse_certified.cc's, step for step and
-// decision for decision (its comment has the bound and why each rule is exact), in the
-// batched shape of the AVX2 int search (imatrix_mse_int_avx2.cc, whose decisions,
-// imatrix_mse_int_avx2_shared.h DecideGroup, it shares); what differs is the step scales and
-// how a vector of terms is computed.
+// (imatrix_mse_mx_avx2.h). The search is imatrix_mse_certified.cc's, decision for decision
+// (its comment has the bound and why each rule is exact), in the batched shape of the AVX2
+// int search (imatrix_mse_int_avx2.cc); what differs is that it decides a group over its few
+// distinct scales rather than over its steps, and how a vector of terms is computed.
 //
 // Step scales: the definition's s = Mxfp4GroupScale(pos) with pos = max(|min(mn, 0)|,
 // max(mx, 0)), mn = RNE_bf16(p Expanded(m0)), mx likewise with M0. RNE_bf16, Expanded and the
 // products with p >= 0 are odd and monotone, so pos = RNE_bf16(p Expanded(a)) with a =
 // max |x| (imatrix_mse_int_avx2.h IntAvx2ChosenScales has the same argument): one product a
-// step. The E8M0 scale of pos by MxScaleVec's operations (imatrix_mse-inl.h); the steps whose
-// scale is outside [2^-100, 2^100] (groups of zeros or of absurd magnitude) go to the
-// definition. The scale is a power of two there, so r = 1 / s is exact, its pattern
-// (254 << 23) - s's pattern.
+// step. The E8M0 scale of pos by MxScaleVec's operations (imatrix_mse-inl.h, MxScaleBits
+// here); the steps whose scale is outside [2^-100, 2^100] (groups of zeros or of absurd
+// magnitude) go to the definition. The scale is a power of two there, so r = 1 / s is
+// exact, its pattern (254 << 23) - s's pattern.
 //
-// Repeated scales: a step whose scale equals the previous step's has that step's error (the
-// definition's error is a function of the group and s), and by then the best is at most that
-// error: it never improves (imatrix_mse_certified.cc, the same rule). Its one-term bound TOP
-// is set to +Inf, which DecideGroup reads as "at or above the best": the step is neither
-// summed nor decided. (Over the 20 default steps the E8M0 scale takes about 5 values.)
+// Distinct scales: s is monotone in p, so over the steps it runs down the powers of two from
+// the first step's s_0 to the last's s_L (about 5 of them over the 20 default steps). A step
+// whose scale an earlier step had has that step's error (the definition's error is a function
+// of the group and s), and by then the best is at most that error: it never improves
+// (imatrix_mse_certified.cc, the same rule). So the steps that can improve are each distinct
+// scale's first step, in the scales' order, and a group where s_0 and s_L are in range and
+// s_L >= 2^-7 s_0 ("fast") is decided over the scales s_j = 2^-j s_0, j = 0..J <= 7: the
+// one-term bound of its element of largest key at every s_j is one vector (TJ), step 0's sum
+// as usual, and an improvement at s_j is a mask bit at its first step k_j (the number of
+// steps with a larger scale).
+//
+// Shape: groups in batches of 8 (Batch), with lanes across the batch's groups where
+// the work is scalar per group (largest magnitudes, elements of largest key, s_0 and s_L,
+// step 0's sums and bounds); then per group, most often (~85% of the bench's groups) the
+// common decision: step 0 improves by its bound and TJ rules out every later scale; else
+// where TJ leaves only s_1, that scale's full sum (DecideScale1); else the general decision
+// over the distinct scales (DecideDistinct: first vectors, then full sums, as DecideGroup);
+// groups that are not fast take every step's parameters and DecideGroup (DecideSteps), where
+// a repeated scale's one-term bound TOP is +Inf (read as "at or above the best").
 //
 // Terms, per 8 elements, from each element's |x| and importance, stored once per group, at a
 // power-of-two scale s in [2^-100, 2^100] (imatrix_mse_certified.cc TermMxPow2 has why the
@@ -373,8 +386,7 @@ QUENCH_IMX_AVX2 inline void PrepareFirst(const Ctx& x, size_t gi, Prepared* out)
   }
 }
 
-// PrepareStep0: step 0's sum (its decision comes first in DecideGroup), for the groups
-// PrepareFirst left.
+// PrepareStep0: step 0's sum (its decision comes first in DecideGroup), for DecideSteps.
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
@@ -384,8 +396,7 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
   }
 }
 
-// Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified, its steps in
-// the same order with the same decisions).
+// (Defined below, after the decisions that fall back to it.)
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g);
 
@@ -533,6 +544,8 @@ QUENCH_IMX_AVX2 inline uint32_t DecideDistinct(const Ctx& x, size_t gi, Prepared
   return mask;
 }
 
+// A group's decisions in a last, partial batch (PreparePass and PrepareFirst prepared it; a
+// full batch's are Batch's, lanes across its groups).
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
   const Block& b = *x.b;
@@ -559,13 +572,13 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, Prepared& g) {
   return g.fast ? DecideDistinct<N>(x, gi, g) : DecideSteps<N>(x, gi, g);
 }
 
-// Group gi's decisions by DecideGroup where the common case above (or DecideBatch's) did not
-// decide them: every step's parameters and bounds, and step 0's sum where PrepareFirst did
-// not make it (fast: the same scale and term, so the same sum; in any order).
+// Group gi's decisions by DecideGroup (imatrix_mse_certified.cc's SearchCertified, its steps
+// in the same order with the same decisions) for groups that are not fast: every step's
+// parameters and bounds, and step 0's sum.
 template <int N>
 QUENCH_IMX_AVX2 inline uint32_t DecideSteps(const Ctx& x, size_t gi, Prepared& g) {
   PrepareSteps<N>(x, gi, &g);
-  if (!g.fast) PrepareStep0<N>(x, gi, &g);
+  PrepareStep0<N>(x, gi, &g);
   const float* S = g.S;
   auto first_vecs = [&](size_t k) {
     Reorder(x.nv, &g);
@@ -769,9 +782,9 @@ QUENCH_IMX_AVX2 inline bool Batch(const Ctx& x, size_t g0, Prepared* prep, float
   return true;
 }
 
-// The search over the block's groups, kBatch at a time: every group of a batch prepared
-// (independent, branch-free work that overlaps), then each decided. False at a group with an
-// Inf or NaN.
+// The search over the block's groups, kBatch at a time: full batches by Batch, a last partial
+// one group by group (PreparePass, PrepareFirst, Decide). False at a group with an Inf or
+// NaN.
 template <int N>
 QUENCH_IMX_AVX2 bool Search(const Block& b) {
   Ctx x;
