@@ -6,9 +6,12 @@
 // so that two builds can be checked to decide the same. QUENCH_BENCH_NO_AVX2=1 in the
 // environment switches the AVX2 int kernels off (imatrix_mse_int_avx2.h and
 // imatrix_mse_int_avx2_asym.h: the Highway kernel on f32 copies, as before them), for an A/B
-// run with one binary. `asym`: int4 g128 with zero points (W4A16_ASYM), run only when named.
+// run with one binary; it also switches off the AVX2 MXFP4 kernel (imatrix_mse_mx_avx2.h).
+// `asym`: int4 g128 with zero points (W4A16_ASYM), and `mxfp4` (MXFP4's groups of 32, each
+// group's largest magnitude kept as the conversion keeps it), run only when named.
 //
-//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5] [int|nvfp4|asym]
+//   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
+//       [int|nvfp4|asym|mxfp4]
 
 #include <algorithm>
 #include <cfloat>
@@ -20,6 +23,7 @@
 
 #include "calib/imatrix_mse.h"
 #include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_mx_avx2.h"
 #include "thread_cpu.h"
 
 namespace {
@@ -39,7 +43,7 @@ bool ReadAll(const char* path, std::vector<T>* v) {
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
   if (argc < 6) {
-    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym]\n");
+    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym|mxfp4]\n");
     return 2;
   }
   const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);
@@ -53,21 +57,25 @@ int main(int argc, char** argv) {
     return 2;
   }
   const char* no_avx2 = std::getenv("QUENCH_BENCH_NO_AVX2");
-  if (no_avx2 != nullptr && std::string(no_avx2) == "1") calib::internal::SetIntAvx2Enabled(false);
+  if (no_avx2 != nullptr && std::string(no_avx2) == "1") {
+    calib::internal::SetIntAvx2Enabled(false);
+    calib::internal::SetMxAvx2Enabled(false);
+  }
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;
-  for (const char* mode : {"int", "nvfp4", "asym"}) {
+  for (const char* mode : {"int", "nvfp4", "asym", "mxfp4"}) {
     const std::string m = mode;
-    if (only.empty() ? m == "asym" : only != m) continue;
-    const calib::ImatrixFormat f =
-        m == "nvfp4" ? calib::ImatrixFormat::kNvfp4 : calib::ImatrixFormat::kInt;
+    if (only.empty() ? m == "asym" || m == "mxfp4" : only != m) continue;
+    const calib::ImatrixFormat f = m == "nvfp4"   ? calib::ImatrixFormat::kNvfp4
+                                   : m == "mxfp4" ? calib::ImatrixFormat::kMxfp4
+                                                  : calib::ImatrixFormat::kInt;
     WeightChunk in;
     in.data = reinterpret_cast<const uint8_t*>(w.data());
     in.dtype = DType::kBF16;
     in.rows = rows;
     in.cols = cols;
     in.params.bits = 4;
-    in.params.group_size = 128;
+    in.params.group_size = m == "mxfp4" ? 32 : 128;
     in.params.symmetric = m != "asym";
     const size_t groups = rows * cols / calib::GroupColumns(in, f);
     // Blocks of 16 rows, as the conversion's row blocks of ~64K weights.
@@ -77,6 +85,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < rounds; ++r) {
       std::vector<double> best(groups, FLT_MAX);
       std::vector<uint32_t> masks(groups, 0u);
+      std::vector<float> absmax(m == "mxfp4" ? groups : 0);
       const size_t gpr = groups / rows;
       const double t0 = ThreadCpu();
       for (size_t r0 = 0; r0 < rows; r0 += block) {
@@ -85,14 +94,17 @@ int main(int argc, char** argv) {
         c.rows = std::min(block, rows - r0);
         uint32_t bits = 0;
         calib::SearchSteps(c, f, imp, o, 0, calib::LastStep(o), best.data() + r0 * gpr,
-                           masks.data() + r0 * gpr, &bits, /*exact_best=*/false);
+                           masks.data() + r0 * gpr, &bits, /*exact_best=*/false,
+                           absmax.empty() ? nullptr : absmax.data() + r0 * gpr);
       }
       best_t = std::min(best_t, ThreadCpu() - t0);
       pop = 0;
       for (uint32_t m : masks) pop += static_cast<uint64_t>(__builtin_popcount(m));
     }
     std::printf("%s: %.3f ns/weight, %llu improving steps over %zu groups\n",
-                m == "int" ? "int4 g128" : m == "asym" ? "int4 g128 asym" : "nvfp4",
+                m == "int"    ? "int4 g128"
+                : m == "asym" ? "int4 g128 asym"
+                              : m.c_str(),
                 best_t * 1e9 / static_cast<double>(rows * cols),
                 static_cast<unsigned long long>(pop), groups);
   }

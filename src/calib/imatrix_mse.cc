@@ -13,6 +13,7 @@
 #include "calib/imatrix_mse_int_avx2_asym.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
+#include "calib/imatrix_mse_mx_avx2.h"
 #include "calib/imatrix_mse_rows.h"
 #include "schemes/int_shared.h"
 
@@ -174,15 +175,19 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int kernel reads the raw rows and writes it itself
-  // (IntScalesKept); other kernels take an f32 copy made with it.
+  // With group_absmax, the AVX2 int and MXFP4 kernels read the raw rows and write it
+  // themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with it.
+  const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
-                            internal::IntAvx2AsymHandles(b)
-                      : b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b));
-  // The AVX2 int kernels refuse an Inf or NaN themselves (SearchBlock returns false).
-  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b);
+                            internal::IntAvx2AsymHandles(b) || mx_avx2
+                      : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
+                            mx_avx2);
+  // The AVX2 int and MXFP4 kernels refuse an Inf or NaN themselves (SearchBlock returns
+  // false).
+  const bool checks_finite =
+      internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) || mx_avx2;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).

@@ -88,7 +88,9 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // caller reads masks and improved only, and best ends as a lower bound of each group's best
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
-// max(|m0|, |M0|), read off the block's f32 copy while it is in cache (for ChosenPos).
+// max(|m0|, |M0|), from the pass of the AVX2 kernels that read the raw bf16 rows (int4,
+// MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
+// IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,

@@ -18,6 +18,7 @@
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
 #include "calib/imatrix_mse_int_bf16.h"
+#include "calib/imatrix_mse_mx_avx2.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/calib/imatrix_mse_kernel.cc"
@@ -99,6 +100,8 @@ bool SearchBlock(const Block& b) {
   // Asymmetric int codes of bf16 weights (W4A16_ASYM) on AVX2 CPUs
   // (imatrix_mse_int_avx2_asym.h).
   if (IntAvx2AsymHandles(b)) return SearchIntAvx2Asym(b);
+  // MXFP4 codes of bf16 weights on AVX2 CPUs (imatrix_mse_mx_avx2.h).
+  if (MxAvx2Handles(b)) return SearchMxAvx2(b);
   return HWY_DYNAMIC_DISPATCH(SearchBlockKernel)(b);
 }
 
