@@ -206,14 +206,15 @@ bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
 
 }  // namespace
 
-Result<Shard> LoadShard(const fs::path& file, std::string rel_name) {
+Result<Shard> LoadShard(const fs::path& file, std::string rel_name, bool header_bytes) {
   Shard s;
   s.rel_name = std::move(rel_name);
   s.path = file;
   std::error_code ec;
   s.file_size = fs::file_size(file, ec);
   if (ec) return Error(ErrorCode::kIo, file.string() + ": cannot stat: " + ec.message());
-  QUENCH_ASSIGN_OR_RETURN(s.header, ReadSafetensorsHeader(file));
+  QUENCH_ASSIGN_OR_RETURN(s.header,
+                          ReadSafetensorsHeader(file, header_bytes ? &s.header_bytes : nullptr));
   return s;
 }
 
@@ -333,7 +334,8 @@ Result<ModelFolder> ReadConfig(ModelFolder m) {
 }  // namespace
 
 Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
-                                    const std::function<void(size_t tensors)>& headers_read) {
+                                    const std::function<void(size_t tensors)>& headers_read,
+                                    bool header_bytes) {
   ModelFolder m;
   m.root = ResolvePath(root_in);
   std::error_code ec;
@@ -373,7 +375,7 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
   std::atomic<bool> any_failed{false};
   ForEachIndex(jobs, WorkThreads(0, jobs, jobs, 1), [&](size_t i) {
     if (i == shard_names.size()) return ParseIndex(m, index);
-    Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
+    Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i], header_bytes);
     if (s.ok()) {
       m.shards[i] = std::move(*s);
     } else {
