@@ -82,10 +82,34 @@ struct IndexDom {
   bool parsed = false;
 };
 
+// The whole file into `text`, as simdjson::padded_string::load reads it (false where it
+// cannot be opened, sized or read), but with pread into a buffer that asks for huge pages:
+// Kimi's 6.4 MB index took ~1,600 page faults to read through load's buffer.
+bool LoadText(const std::string& path, simdjson::padded_string& text) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  bool ok = ::fstat(fd, &st) == 0 && st.st_size >= 0;
+  if (ok) {
+    const size_t n = static_cast<size_t>(st.st_size);
+    simdjson::padded_string buf(n);
+    AdviseHugePages(buf.data(), n);
+    size_t done = 0;
+    while (ok && done < n) {
+      const ssize_t r = ::pread(fd, buf.data() + done, n - done, static_cast<off_t>(done));
+      if (r < 0 && errno == EINTR) continue;
+      ok = r > 0;
+      if (ok) done += static_cast<size_t>(r);
+    }
+    if (ok) text = std::move(buf);
+  }
+  ::close(fd);
+  return ok;
+}
+
 void ParseIndex(const ModelFolder& m, IndexDom& d) {
   const std::string path = (m.root / *m.index_rel).string();
-  d.parsed =
-      !simdjson::padded_string::load(path).get(d.text) && !d.parser.parse(d.text).get(d.root);
+  d.parsed = LoadText(path, d.text) && !d.parser.parse(d.text).get(d.root);
 }
 
 // Checks the parsed index. Read as Python reads JSON: a repeated key keeps its first position
