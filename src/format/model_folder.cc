@@ -83,8 +83,9 @@ struct IndexDom {
 };
 
 // The whole file into `text`, as simdjson::padded_string::load reads it (false where it
-// cannot be opened, sized or read), but with pread into a buffer that asks for huge pages:
-// Kimi's 6.4 MB index took ~1,600 page faults to read through load's buffer.
+// cannot be opened, sized or read), but with pread into a buffer that asks for huge pages
+// (AdviseHugePages), as the shard headers are read: a large index read through load's
+// buffer faulted in every 4 KiB page of it (bench/README.md, kimi-s37).
 bool LoadText(const std::string& path, simdjson::padded_string& text) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;

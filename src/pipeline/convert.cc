@@ -221,8 +221,8 @@ namespace {
 // `keep_folder` is given, the model folder read is moved there rather than freed (70k tensors'
 // names and shapes: ~3 ms of a core for the caller to spend later). With `header_bytes`, the
 // plan's source header hashes are left 0 and the headers' bytes kept in the folder
-// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (HeaderHashes), or
-// never reads the hashes.
+// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
+// for the resume markers), or never reads the hashes.
 Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                           std::optional<ModelFolder>* keep_folder, bool header_bytes = false) {
   std::error_code ec;
@@ -541,9 +541,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   Status index_status;
   // The source header hashes, where planning left them to this run (the folder kept with
   // its headers' bytes): only the shards' resume markers read them, so they are made on the
-  // first commit thread that makes one (RunShardPipeline's before_markers), ~4.5 ms of a
-  // core per 3.5 MB header that the header reads no longer spend before the first write.
-  // The bytes are taken here; the folder itself is freed beside the first chunk.
+  // first commit thread that makes one (RunShardPipeline's before_markers), while later
+  // shards stream, rather than by the header reads before the first write (bench/README.md,
+  // kimi-s37). The bytes are taken here; the folder itself is freed beside the first chunk.
   std::vector<HeaderBytes> header_bytes(plan.shards.size());
   if (folder) {
     auto from = folder->shards.begin();
@@ -564,7 +564,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   const auto hash_headers = [&] {
     std::call_once(hashed, [&] {
       for (size_t k = 0; k < header_bytes.size(); ++k) {
-        if (header_bytes[k].owner) plan.shards[k].src_header_hash = Fnv1a64(header_bytes[k].bytes);
+        if (header_bytes[k].owner) {
+          plan.shards[k].src_header_hash = Fnv1a64(header_bytes[k].bytes);
+        }
       }
       header_bytes = {};
     });
