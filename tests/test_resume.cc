@@ -5,8 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "pipeline/resume.h"
@@ -61,9 +65,76 @@ void WriteMarkers(const fs::path& dst, const std::string& scheme, bool durable =
   }
 }
 
+// FNV-1a 64 of `bytes` (the marker's "source_header_fnv1a64"), written out here.
+std::string Fnv1a64Hex(const std::string& bytes) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 }  // namespace
 
 TEST_SUITE("resume") {
+  TEST_CASE("a single run's marker holds its source header's hash, made after planning") {
+    // A run without --resume hashes the source headers only for its markers, on the first
+    // commit thread: the marker of an interrupted run must be the one a plan made with
+    // --resume (headers hashed as they are read) expects, and name the header's FNV-1a.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src", dst = tmp / "out";
+    fs::create_directories(src);
+    const auto weight = [](const std::string& name, uint64_t rows, uint64_t cols) {
+      std::vector<float> v(rows * cols);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 251) / 64.0f - 1.9f;
+      return qt::RawTensor{name, quench::DType::kBF16, {rows, cols}, qt::Bf16Bytes(v)};
+    };
+    // Shard 1 small; shard 2 large, streamed in 256 KiB chunks, so that the run is still
+    // converting it when shard 1's marker appears and the watcher below cancels it.
+    qt::WriteShard(src / "model-00001-of-00002.safetensors",
+                   {weight("model.layers.0.mlp.down_proj.weight", 64, 256),
+                    weight("model.layers.0.mlp.up_proj.weight", 64, 256)});
+    qt::WriteShard(src / "model-00002-of-00002.safetensors",
+                   {weight("model.layers.1.mlp.down_proj.weight", 8192, 4096)});
+    quench::ConvertOptions o;
+    o.src = src;
+    o.dst = dst;
+    o.scheme = "FP8_DYNAMIC";
+    o.chunk_bytes = 256 << 10;
+    const fs::path marker = quench::ResumeMarkerPath(dst, "model-00001-of-00002.safetensors");
+    std::atomic<bool> cancel{false}, done{false};
+    std::thread watcher([&] {
+      while (!done.load() && !fs::exists(marker)) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+      cancel.store(true);
+    });
+    quench::ConvertCallbacks cb;
+    cb.cancel = &cancel;
+    const auto r = quench::Convert(o, cb);
+    done.store(true);
+    watcher.join();
+    REQUIRE_FALSE(r.ok());
+    REQUIRE(r.status().code() == quench::ErrorCode::kInterrupted);
+    REQUIRE(fs::exists(marker));
+    const std::string got = qt::ReadBytes(marker);
+
+    o.resume = true;
+    auto plan = quench::MakePlan(o);
+    REQUIRE(plan.ok());
+    CHECK(got == quench::ShardFingerprint(*plan, 0));
+    const std::string file = qt::ReadBytes(src / "model-00001-of-00002.safetensors");
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(file[i]);
+    CHECK(Contains(got,
+                   "\"source_header_fnv1a64\": \"" + Fnv1a64Hex(file.substr(8, n)) + "\""));
+    // --resume keeps the shard and converts the rest.
+    const qt::RunResult again = qt::RunQuench({"convert", src.string(), dst.string(), "--scheme",
+                                               "FP8_DYNAMIC", "--resume"});
+    REQUIRE(again.exit_code == 0);
+    CHECK(Contains(again.err, "1 of 2 output shards are complete"));
+  }
+
   TEST_CASE("a marker written without fsync (a single run's) vouches for its shard like a durable one") {
     // An interrupted single run: its shards complete, config.json and the index not yet
     // published, markers as such a run writes them (no fsync), one over a stale marker.

@@ -156,6 +156,51 @@ TEST_SUITE("safetensors") {
     CHECK(h->tensors[1].numel() == 1);
   }
 
+  TEST_CASE("reader: the header's bytes handed over instead of hashed") {
+    // FNV-1a 64 of the header bytes, written out here.
+    const auto fnv = [](std::string_view bytes) {
+      uint64_t h = 14695981039346656037ull;
+      for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+      return h;
+    };
+    TempDir tmp;
+    const auto path = tmp / "model.safetensors";
+    // A header of a few MiB (as a large checkpoint's) and one of a few bytes.
+    std::string big = "{";
+    for (int i = 0; i < 60000; ++i) {
+      big += "\"model.layers." + std::to_string(i) + ".weight\":{\"dtype\":\"U8\",\"shape\":[1],"
+             "\"data_offsets\":[" + std::to_string(i) + "," + std::to_string(i + 1) + "]},";
+    }
+    big.back() = '}';
+    const std::string small = R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})";
+    const std::vector<std::pair<std::string, size_t>> images = {{big, 60000}, {small, 3}};
+    for (const auto& [json, data] : images) {
+      WriteBytes(path, FileImage(json, data));
+      Result<SafetensorsHeader> hashed = ReadSafetensorsHeader(path);
+      REQUIRE_MESSAGE(hashed.ok(), hashed.status().ToString());
+      CHECK(hashed->header_hash == fnv(json));
+      HeaderBytes kept;
+      Result<SafetensorsHeader> h = ReadSafetensorsHeader(path, &kept);
+      REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+      CHECK(h->header_hash == 0);
+      CHECK(kept.owner != nullptr);
+      CHECK(kept.bytes == json);
+      CHECK(h->tensors.size() == hashed->tensors.size());
+      CHECK(h->data_size == hashed->data_size);
+      // The bytes outlive the header and a copy of the handle shares them.
+      HeaderBytes copy = kept;
+      h = Result<SafetensorsHeader>(Error(ErrorCode::kInternal, "gone"));
+      kept = {};
+      CHECK(copy.bytes == json);
+    }
+    // A header that fails to parse hands nothing over.
+    WriteBytes(path, FileImage(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,3]}})", 3));
+    HeaderBytes none;
+    CHECK_FALSE(ReadSafetensorsHeader(path, &none).ok());
+    CHECK(none.owner == nullptr);
+    CHECK(none.bytes.empty());
+  }
+
   TEST_CASE("reader accepts what the crate accepts") {
     // Each of these loads with safetensors 0.8.0's safe_open.
     const std::string e = R"({"dtype":"U8","shape":[2],"data_offsets":[0,2]})";

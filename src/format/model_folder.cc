@@ -82,10 +82,35 @@ struct IndexDom {
   bool parsed = false;
 };
 
+// The whole file into `text`, as simdjson::padded_string::load reads it (false where it
+// cannot be opened, sized or read), but with pread into a buffer that asks for huge pages
+// (AdviseHugePages), as the shard headers are read: a large index read through load's
+// buffer faulted in every 4 KiB page of it (bench/README.md, kimi-s37).
+bool LoadText(const std::string& path, simdjson::padded_string& text) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  bool ok = ::fstat(fd, &st) == 0 && st.st_size >= 0;
+  if (ok) {
+    const size_t n = static_cast<size_t>(st.st_size);
+    simdjson::padded_string buf(n);
+    AdviseHugePages(buf.data(), n);
+    size_t done = 0;
+    while (ok && done < n) {
+      const ssize_t r = ::pread(fd, buf.data() + done, n - done, static_cast<off_t>(done));
+      if (r < 0 && errno == EINTR) continue;
+      ok = r > 0;
+      if (ok) done += static_cast<size_t>(r);
+    }
+    if (ok) text = std::move(buf);
+  }
+  ::close(fd);
+  return ok;
+}
+
 void ParseIndex(const ModelFolder& m, IndexDom& d) {
   const std::string path = (m.root / *m.index_rel).string();
-  d.parsed =
-      !simdjson::padded_string::load(path).get(d.text) && !d.parser.parse(d.text).get(d.root);
+  d.parsed = LoadText(path, d.text) && !d.parser.parse(d.text).get(d.root);
 }
 
 // Checks the parsed index. Read as Python reads JSON: a repeated key keeps its first position
@@ -206,14 +231,15 @@ bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
 
 }  // namespace
 
-Result<Shard> LoadShard(const fs::path& file, std::string rel_name) {
+Result<Shard> LoadShard(const fs::path& file, std::string rel_name, bool header_bytes) {
   Shard s;
   s.rel_name = std::move(rel_name);
   s.path = file;
   std::error_code ec;
   s.file_size = fs::file_size(file, ec);
   if (ec) return Error(ErrorCode::kIo, file.string() + ": cannot stat: " + ec.message());
-  QUENCH_ASSIGN_OR_RETURN(s.header, ReadSafetensorsHeader(file));
+  QUENCH_ASSIGN_OR_RETURN(s.header,
+                          ReadSafetensorsHeader(file, header_bytes ? &s.header_bytes : nullptr));
   return s;
 }
 
@@ -333,7 +359,8 @@ Result<ModelFolder> ReadConfig(ModelFolder m) {
 }  // namespace
 
 Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
-                                    const std::function<void(size_t tensors)>& headers_read) {
+                                    const std::function<void(size_t tensors)>& headers_read,
+                                    bool header_bytes) {
   ModelFolder m;
   m.root = ResolvePath(root_in);
   std::error_code ec;
@@ -373,7 +400,7 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
   std::atomic<bool> any_failed{false};
   ForEachIndex(jobs, WorkThreads(0, jobs, jobs, 1), [&](size_t i) {
     if (i == shard_names.size()) return ParseIndex(m, index);
-    Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i]);
+    Result<Shard> s = LoadShard(m.root / shard_names[i], shard_names[i], header_bytes);
     if (s.ok()) {
       m.shards[i] = std::move(*s);
     } else {

@@ -22,6 +22,9 @@ struct Shard {
   std::filesystem::path path;      // absolute
   uint64_t file_size = 0;
   SafetensorsHeader header;
+  // The header's bytes, where LoadModelFolder was asked for them (`header_bytes`);
+  // header.header_hash is then 0 until the caller hashes them (Fnv1a64).
+  HeaderBytes header_bytes;
 };
 
 struct ModelFolder {
@@ -81,8 +84,13 @@ struct ModelFolder {
 // that needs only that count (the planner's tensor array, made from it) fills what would
 // otherwise be the tail of the parallel reads. It is not called when a header fails to read;
 // the load may still fail after it (a name held twice, a wrong index).
+//
+// With `header_bytes`, every shard's header.header_hash is left 0 and its bytes are kept in
+// Shard::header_bytes instead (ReadSafetensorsHeader's `keep`), for a caller that needs the
+// hash only later, or never (a dry run).
 Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root,
-                                    const std::function<void(size_t tensors)>& headers_read = {});
+                                    const std::function<void(size_t tensors)>& headers_read = {},
+                                    bool header_bytes = false);
 
 // model_free_ptq's view of fused 3-D MoE expert tensors (llm-compressor 0.14.0.1
 // `converter.py::split_fused_moe_experts`, applied to every tensor before matching): a 3-D
@@ -120,8 +128,10 @@ std::string ConfigQuantMethod(const ModelFolder& folder);
 // its dequantizer writes every tensor under its own name and shape, stacks decoded whole.
 bool IsCompressedTensors(const ModelFolder& folder);
 
-// One `.safetensors` file on its own (for `quench inspect FILE`).
-Result<Shard> LoadShard(const std::filesystem::path& file, std::string rel_name);
+// One `.safetensors` file on its own (for `quench inspect FILE`); with `header_bytes`, as
+// LoadModelFolder's.
+Result<Shard> LoadShard(const std::filesystem::path& file, std::string rel_name,
+                        bool header_bytes = false);
 
 }  // namespace quench
 

@@ -246,7 +246,8 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view label, std::st
   return ParsePadded(label, padded, file_size);
 }
 
-Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& path) {
+Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& path,
+                                                HeaderBytes* keep) {
   const std::string label = path.string();
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return Error(ErrorCode::kIo, label + ": cannot open: " + std::strerror(errno));
@@ -283,6 +284,13 @@ Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& pat
   AdviseHugePages(json.data(), static_cast<size_t>(n));
   QUENCH_RETURN_IF_ERROR(PreadFull(fd.get(), json.data(), static_cast<size_t>(n), 8, label));
   QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ParsePadded(label, json, file_size));
+  if (keep != nullptr) {
+    // Moved, not copied: the buffer the bytes were read into.
+    auto owned = std::make_shared<const simdjson::padded_string>(std::move(json));
+    keep->bytes = std::string_view(owned->data(), static_cast<size_t>(n));
+    keep->owner = std::move(owned);
+    return h;
+  }
   h.header_hash = Fnv1a64(std::string_view(json.data(), static_cast<size_t>(n)));
   return h;
 }

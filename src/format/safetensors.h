@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -57,9 +58,20 @@ inline constexpr size_t kMaxTensorNameBytes = 4096;
 Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view label, std::string_view json,
                                                  uint64_t file_size);
 
+// A header's N bytes as read from its file: `bytes` stays valid as long as `owner` lives.
+struct HeaderBytes {
+  std::shared_ptr<const void> owner;
+  std::string_view bytes;
+};
+
 // Opens `path`, reads the 8-byte length and the header with pread (no data is read), checks
 // the length against the file size and kMaxHeaderBytes, then ParseSafetensorsHeader.
-Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& path);
+// With `keep`, header_hash is left 0 and the header's bytes are handed over in *keep
+// instead, for the caller to hash when it needs the value (Fnv1a64(keep->bytes) is
+// header_hash): the hash is one serial multiply per byte, work a conversion need not do
+// before its first write (bench/README.md, kimi-s37).
+Result<SafetensorsHeader> ReadSafetensorsHeader(const std::filesystem::path& path,
+                                                HeaderBytes* keep = nullptr);
 
 // One tensor to be written: offsets are assigned by LayOutSafetensors.
 struct TensorSpec {

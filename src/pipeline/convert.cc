@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <set>
@@ -218,9 +219,12 @@ namespace {
 
 // MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
 // `keep_folder` is given, the model folder read is moved there rather than freed (70k tensors'
-// names and shapes: ~3 ms of a core for the caller to spend later).
+// names and shapes: ~3 ms of a core for the caller to spend later). With `header_bytes`, the
+// plan's source header hashes are left 0 and the headers' bytes kept in the folder
+// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
+// for the resume markers), or never reads the hashes.
 Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
-                          std::optional<ModelFolder>* keep_folder) {
+                          std::optional<ModelFolder>* keep_folder, bool header_bytes = false) {
   std::error_code ec;
   // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
   // inventory below, naming the reason.
@@ -271,7 +275,8 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
       }
     };
   }
-  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(options.src, make_tensors));
+  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder,
+                          LoadModelFolder(options.src, make_tensors, header_bytes));
   // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them;
   // expert pruning alone leaves them whole, as compressed-tensors' convert_checkpoint does.
   const bool experts_only = options.prune_experts && options.prune.empty() &&
@@ -382,11 +387,12 @@ Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
-  // A worker's share reads the index's text (the plan's fingerprint).
+  // A worker's share reads the index's text and the source header hashes (the plan's
+  // fingerprint); the listing and --report read neither.
   LateIndex late;
-  QUENCH_ASSIGN_OR_RETURN(
-      Plan plan,
-      MakePlanImpl(options, listing && options.workers == 0 ? &late : nullptr, nullptr));
+  const bool listing_only = listing && options.workers == 0;
+  QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, listing_only ? &late : nullptr,
+                                                  nullptr, /*header_bytes=*/listing_only));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
   if (!options.report.empty()) {
@@ -422,12 +428,15 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   // The index's text is made once the first chunk is converting, and the model folder freed
   // then (ConvertPlanned), but where the run reads the text before: --resume (a finished
-  // folder's files compared) and workers (the plan's fingerprint).
+  // folder's files compared) and workers (the plan's fingerprint). The same runs read the
+  // source header hashes before the pipeline (markers compared, the plan's fingerprint);
+  // the others need them only for their shards' markers, and hash the headers then.
   const bool index_later = !options.resume && options.workers == 0;
   LateIndex late;
   std::optional<ModelFolder> folder;
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, index_later ? &late : nullptr,
-                                                  index_later ? &folder : nullptr));
+                                                  index_later ? &folder : nullptr,
+                                                  /*header_bytes=*/index_later));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   CheckMemoryFloor(requested, options, &plan);
   Result<ConvertSummary> r = ConvertPlanned(plan, late, folder, options, callbacks, t0);
@@ -530,6 +539,38 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   // done before the staged files' fsync.
   bool index_made = late.file >= plan.files.size();
   Status index_status;
+  // The source header hashes, where planning left them to this run (the folder kept with
+  // its headers' bytes): only the shards' resume markers read them, so they are made on the
+  // first commit thread that makes one (RunShardPipeline's before_markers), while later
+  // shards stream, rather than by the header reads before the first write (bench/README.md,
+  // kimi-s37). The bytes are taken here; the folder itself is freed beside the first chunk.
+  std::vector<HeaderBytes> header_bytes(plan.shards.size());
+  if (folder) {
+    auto from = folder->shards.begin();
+    for (size_t k = 0; k < plan.shards.size(); ++k) {
+      const std::string& name = plan.shards[k].rel_name;
+      auto it = std::find_if(from, folder->shards.end(),
+                             [&](const Shard& s) { return s.rel_name == name; });
+      if (it == folder->shards.end()) {
+        it = std::find_if(folder->shards.begin(), folder->shards.end(),
+                          [&](const Shard& s) { return s.rel_name == name; });
+      }
+      if (it == folder->shards.end()) continue;
+      header_bytes[k] = std::move(it->header_bytes);
+      from = it;
+    }
+  }
+  std::once_flag hashed;
+  const auto hash_headers = [&] {
+    std::call_once(hashed, [&] {
+      for (size_t k = 0; k < header_bytes.size(); ++k) {
+        if (header_bytes[k].owner) {
+          plan.shards[k].src_header_hash = Fnv1a64(header_bytes[k].bytes);
+        }
+      }
+      header_bytes = {};
+    });
+  };
   const auto make_index = [&] {
     folder.reset();
     if (index_made) return;
@@ -656,7 +697,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                                        make_index();  // where no chunk was handed out
                                        if (staged) staged->Sync();
                                      },
-                                     make_index);
+                                     make_index, hash_headers);
   if (st.ok() && !index_status.ok()) st = index_status;
   if (smooth) {
     smooth->Finish(plan);

@@ -221,10 +221,12 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         const std::function<Status(size_t tensor)>& before_tensor,
                         ChunkCalibration* calib,
                         const std::function<void()>& while_committing,
-                        const std::function<void()>& beside_first_chunk) {
+                        const std::function<void()>& beside_first_chunk,
+                        const std::function<void()>& before_markers) {
   ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor, calib);
   p.SetWhileCommitting(while_committing);
   p.SetBesideFirstChunk(beside_first_chunk);
+  p.SetBeforeMarkers(before_markers);
   return p.Run();
 }
 

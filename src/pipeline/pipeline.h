@@ -100,6 +100,9 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 // a writer thread as soon as the input stage has handed out the first chunk (a writer has
 // nothing to write until a chunk is converted; the other writer takes the chunks meanwhile),
 // and is finished before RunShardPipeline returns; not at all where no chunk is handed out.
+// `before_markers` (optional) runs on each shard's commit thread before the shard's resume
+// marker is made (ShardFingerprint reads the plan's source header hashes): the caller's way
+// to fill what only the markers read, late; it must be safe to call from several threads.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
@@ -107,7 +110,8 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         const std::function<Status(size_t tensor)>& before_tensor = nullptr,
                         ChunkCalibration* calib = nullptr,
                         const std::function<void()>& while_committing = nullptr,
-                        const std::function<void()>& beside_first_chunk = nullptr);
+                        const std::function<void()>& beside_first_chunk = nullptr,
+                        const std::function<void()>& before_markers = nullptr);
 
 }  // namespace quench
 

@@ -78,16 +78,18 @@ void ShardPipeline::FinishShardsBefore(size_t s) {
     // fingerprint (a walk over the plan's tensors) is made on the commit's thread, not in
     // this serial stage, while the writer still writes the shard's last chunks: what it
     // reads of the plan (this shard's tensors, their global scales) is final once the
-    // shard's last chunk is here, and the plan outlives Run.
+    // shard's last chunk is here, and the plan outlives Run. What the caller fills in late
+    // for the markers (`before_markers`: the source header hashes) is filled in first.
     const std::filesystem::path marker = ResumeMarkerPath(plan_.dst, plan_.shards[k].rel_name);
     // The commit waits on its own thread; one that cannot start (no memory for its stack,
     // e.g. under `ulimit -v`) is an exhausted resource: the shard stays unpublished.
     try {
       const bool durable = sizing_.durable_markers;
       commits_.push_back(std::async(std::launch::async, [&plan = plan_, k, f, all_ok, marker,
-                                                         durable] {
+                                                         durable, &before = before_markers_] {
         std::string fingerprint;
         try {
+          if (before) before();
           fingerprint = ShardFingerprint(plan, k);
         } catch (const std::bad_alloc&) {
           if (!all_ok.get()) return Status::Ok();  // the write's own error comes first

@@ -84,6 +84,7 @@ class ShardPipeline {
   // Runs `f` once every chunk is written, while the last commits wait (RunShardPipeline).
   void SetWhileCommitting(std::function<void()> f) { while_committing_ = std::move(f); }
   void SetBesideFirstChunk(std::function<void()> f) { beside_first_chunk_ = std::move(f); }
+  void SetBeforeMarkers(std::function<void()> f) { before_markers_ = std::move(f); }
   Status Run();
 
  private:
@@ -330,6 +331,7 @@ class ShardPipeline {
   const std::function<Status(size_t tensor)>& before_tensor_;
   std::function<void()> while_committing_;  // see RunShardPipeline
   std::function<void()> beside_first_chunk_;  // see RunShardPipeline; empty once queued
+  std::function<void()> before_markers_;  // see RunShardPipeline
   ChunkCalibration* calib_;  // null: data-free
   size_t tensors_prepared_ = 0;  // before_tensor_ has run for tensors below this
   const prune::PruneSpec prune_spec_;
