@@ -11,6 +11,7 @@
 #include "schemes/fp4.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_mx_avx2.h"
@@ -178,16 +179,17 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // With group_absmax, the AVX2 int and MXFP4 kernels read the raw rows and write it
   // themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
+  const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
-                            internal::IntAvx2AsymHandles(b) || mx_avx2
+                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2
                       : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
-                            mx_avx2);
+                            mx_avx2 || int8_avx2);
   // The AVX2 int and MXFP4 kernels refuse an Inf or NaN themselves (SearchBlock returns
   // false).
-  const bool checks_finite =
-      internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) || mx_avx2;
+  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) ||
+                             mx_avx2 || int8_avx2;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).
