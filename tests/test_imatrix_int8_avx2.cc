@@ -269,6 +269,197 @@ TEST_CASE("imatrix_mse int8 avx2 kernel: SearchSteps with and without it agree")
   }
 }
 
+// The codes a byte each (Int8Avx2Codes) against QuantizeValue, element by element: every
+// finite bf16 x under every scale significand at exponents across [2^-100, 2^100], scales
+// outside it (QuantizeValue's own path), and the zero guard eps; 8- and 4-bit bounds, packed
+// (u = q + 128) and unpacked (q).
+TEST_CASE("imatrix_mse int8 avx2 codes: every bf16 x under every scale significand") {
+  if (!calib::internal::IntAvx2Available()) {
+    CHECK(!calib::internal::Int8Avx2CodesHandle(128, 1024));
+    return;
+  }
+  std::vector<float> xs;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float v = BF16ToF32(static_cast<uint16_t>(bits));
+    if (std::isfinite(v)) xs.push_back(v);
+  }
+  const size_t group = 64;
+  while (xs.size() % group != 0) xs.push_back(0.f);
+  const size_t n = xs.size(), ng = n / group;
+  REQUIRE(calib::internal::Int8Avx2CodesHandle(group, n));
+  const std::vector<uint8_t> raw = imatrix_int::RawBf16(xs);
+  std::vector<uint8_t> got(n);
+  std::vector<float> scales;
+  for (int e : {-100, -7, 0, 5, 99}) {
+    for (uint32_t m = 128; m < 256; ++m) scales.push_back(std::ldexp(m / 128.0f, e));
+  }
+  for (float s : {0x1p-101f, 0x1.fep-120f, 0x1.02p100f, 0x1p120f,
+                  intq::internal::ScaleEps(DType::kBF16)}) {
+    scales.push_back(s);
+  }
+  size_t checked = 0, bad = 0;
+  for (const int bits : {8, 4}) {
+    const intq::internal::Layout l{bits, -(1 << (bits - 1)), (1 << (bits - 1)) - 1, group, ng,
+                                   n * static_cast<size_t>(bits) / 32};
+    for (const bool flip : {true, false}) {
+      for (const float s : scales) {
+        const std::vector<intq::internal::GroupParams> p(ng, {s, 0});
+        calib::internal::Int8Avx2Codes(raw.data(), n, group, p.data(), l.qmin, l.qmax, flip,
+                                       got.data());
+        for (size_t i = 0; i < n; ++i) {
+          const int q = intq::internal::QuantizeValue(xs[i], p[0], l, true, DType::kBF16);
+          const uint8_t want = static_cast<uint8_t>(flip ? q + 128 : q & 0xFF);
+          ++checked;
+          if (got[i] != want && bad++ < 3) {
+            MESSAGE("bits " << bits << " flip " << flip << " scale " << s << " x " << xs[i]
+                            << ": got " << int(got[i]) << " want " << int(want));
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("codes checked: " << checked);
+  CHECK(bad == 0);
+}
+
+// The chosen scales of 8-bit codes (IntAvx2ChosenScales, which the 8-bit path shares with the
+// int4 one) against StepRange and ComputeParams on the group's min and max.
+TEST_CASE("imatrix_mse int8 avx2: chosen 8-bit scales equal StepRange and ComputeParams") {
+  if (!calib::internal::IntAvx2Available()) return;
+  std::mt19937 rng(12);
+  size_t checked = 0, bad = 0;
+  for (const auto& [grid, expand] : imatrix_int::GridExpands()) {
+    const size_t n = 203;
+    std::vector<float> m0(n), M0(n), amax(n);
+    std::vector<uint8_t> steps(n), got_b(2 * n), want_b(2 * n);
+    for (size_t k = 0; k < n; ++k) {
+      float a = imatrix_int::RangeValue(rng), c = imatrix_int::RangeValue(rng);
+      if (k % 3 == 0) a = -a;
+      if (k % 3 != 2) c = -c;
+      m0[k] = std::min(a, c);
+      M0[k] = std::max(a, c);
+      amax[k] = std::max(std::max(-m0[k], M0[k]), 0.0f);
+      steps[k] = static_cast<uint8_t>(k % 32 < static_cast<size_t>(grid) ? k % 32 : k % grid);
+    }
+    const intq::internal::Layout l{8, -128, 127, 128, n, n * 128 * 8 / 32};
+    std::vector<intq::internal::GroupParams> got(n);
+    calib::internal::IntAvx2ChosenScales(amax.data(), steps.data(), n, grid, expand, l,
+                                         got.data(), got_b.data());
+    for (size_t k = 0; k < n; ++k) {
+      float mn, mx;
+      calib::internal::StepRange(m0[k], M0[k], steps[k], grid, expand, DType::kBF16, &mn, &mx);
+      const intq::internal::GroupParams want =
+          intq::internal::ComputeParams(mn, mx, l, true, DType::kBF16);
+      intq::internal::StoreScale(want_b.data() + 2 * k, want.scale, DType::kBF16);
+      ++checked;
+      if ((std::memcmp(&want.scale, &got[k].scale, 4) != 0 || got[k].zp != 0 ||
+           std::memcmp(&want_b[2 * k], &got_b[2 * k], 2) != 0) &&
+          bad++ < 3) {
+        MESSAGE("m0 " << m0[k] << " M0 " << M0[k] << " step " << int(steps[k]) << ": got "
+                      << got[k].scale << " want " << want.scale);
+      }
+    }
+  }
+  MESSAGE("scales checked: " << checked);
+  CHECK(bad == 0);
+}
+
+// The quantize stage from the search's kept largest magnitudes (IntScalesKept: SearchSteps'
+// group_absmax, IntKeptScales, QuantizeIntKept) against QuantizeChosen with every AVX2 kernel
+// switched off (the Highway search, the scalar chosen parameters and codes from the rows): the
+// same codes and scales, byte for byte, for W8A16 (packed 8-bit, groups of 128), W8A8
+// (unpacked 8-bit, per channel) and W4A8 (unpacked 4-bit, groups of 128); the kept magnitudes
+// are each group's max |x| computed here.
+TEST_CASE("imatrix_mse int8 avx2: chosen codes from the search's kept magnitudes") {
+  NoBf16Kernel off;
+  if (!calib::internal::IntAvx2Available()) return;  // IntScalesKept is false there
+  std::mt19937 rng(13);
+  struct Case {
+    int bits, group;
+    bool packed;
+  };
+  for (const Case cs : {Case{8, 128, true}, Case{8, 0, false}, Case{4, 128, false},
+                        Case{8, 64, false}}) {
+    for (const double expand : {1.0, 1.25}) {
+      for (const int grid : {20, 10}) {
+        CAPTURE(cs.bits);
+        CAPTURE(cs.group);
+        CAPTURE(cs.packed);
+        CAPTURE(expand);
+        CAPTURE(grid);
+        const size_t rows = 37, cols = 512;
+        const size_t group = cs.group == 0 ? cols : static_cast<size_t>(cs.group);
+        const size_t ng = cols / group;
+        imatrix_int::Int4Chunk c;
+        MakeChunk(rng, rows, cols, cs.bits, cs.group, &c);
+        // A row of absurd magnitude (scales outside [2^-100, 2^100]) and a row of zeros.
+        for (size_t j = 0; j < cols; ++j) {
+          c.x[3 * cols + j] = Bf16(c.x[3 * cols + j] * 0x1p110f);
+          c.x[5 * cols + j] = 0.f;
+        }
+        c.raw = imatrix_int::RawBf16(c.x);
+        c.in.data = c.raw.data();
+        const WeightChunk& in = c.in;
+        calib::ImatrixOptions o;
+        o.expand = expand;
+        o.grid = grid;
+        REQUIRE(calib::IntScalesKept(in, o, cs.packed));
+        const int last = calib::LastStep(o);
+        std::vector<double> best(rows * ng, FLT_MAX);
+        std::vector<uint32_t> masks(rows * ng, 0u);
+        std::vector<float> absmax(rows * ng, -1.0f);
+        uint32_t bits = 0;
+        REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                                   best.data(), masks.data(), &bits, /*exact_best=*/false,
+                                   absmax.data()));
+        for (size_t k = 0; k < rows * ng; ++k) {
+          float m = 0.0f;
+          for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(c.x[k * group + j]));
+          REQUIRE(absmax[k] == m);
+        }
+        const int stop = calib::StopStep(bits, o);
+        std::vector<uint8_t> scales(rows * ng * 2);
+        calib::IntKeptScales(in, o, absmax.data(), masks.data(), rows * ng, stop,
+                             scales.data());
+        std::vector<uint8_t> codes_k(rows * cols), scales_k(rows * ng * 2);
+        ChunkOutputs out_k;
+        out_k.out[0] = codes_k.data();
+        out_k.out[1] = scales_k.data();
+        REQUIRE(calib::QuantizeIntKept(in, scales.data(), nullptr, out_k, cs.packed));
+        // The reference: every AVX2 kernel off.
+        calib::internal::SetIntAvx2Enabled(false);
+        std::vector<double> best_r(rows * ng, FLT_MAX);
+        std::vector<uint32_t> masks_r(rows * ng, 0u);
+        uint32_t bits_r = 0;
+        const bool searched =
+            calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
+                               best_r.data(), masks_r.data(), &bits_r, /*exact_best=*/false);
+        std::vector<uint8_t> steps(rows * ng);
+        const int stop_r = calib::StopStep(bits_r, o);
+        for (size_t k = 0; k < steps.size(); ++k) {
+          steps[k] = calib::ChosenStep(masks_r[k], stop_r);
+        }
+        std::vector<uint8_t> codes_r(rows * cols), scales_r(rows * ng * 2);
+        ChunkOutputs out_r;
+        out_r.out[0] = codes_r.data();
+        out_r.out[1] = scales_r.data();
+        const bool quantized = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o,
+                                                     steps.data(), cs.packed, out_r);
+        const bool kept_off = calib::IntScalesKept(in, o, cs.packed);
+        calib::internal::SetIntAvx2Enabled(true);
+        REQUIRE(searched);
+        REQUIRE(quantized);
+        CHECK(!kept_off);
+        CHECK(masks == masks_r);
+        CHECK(stop == stop_r);
+        CHECK(scales == scales_r);
+        CHECK(scales_k == scales_r);
+        CHECK(codes_k == codes_r);
+      }
+    }
+  }
+}
+
 // An Inf or NaN anywhere in the rows: the kernel's own pass refuses the block (SearchSteps
 // runs no AllFinite before it), as SearchSteps does with the kernel switched off.
 TEST_CASE("imatrix_mse int8 avx2 kernel refuses rows with an Inf or NaN") {

@@ -7,8 +7,10 @@
 #define QUENCH_CALIB_IMATRIX_MSE_INT8_AVX2_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "calib/imatrix_mse_kernel.h"
+#include "schemes/int_shared.h"
 
 namespace quench::calib::internal {
 
@@ -29,6 +31,19 @@ bool SearchInt8Avx2(const Block& b);
 // the definition's term. False when Int8Avx2Handles(b) is not.
 bool Int8Avx2Terms(const Block& b, float scale, const float* x, const float* imp, size_t n,
                    float* terms);
+
+// The chosen quantization's codes as bytes, from raw bf16 rows (the quantize stage of W8A16,
+// W8A8, W4A8 with each group's chosen scale kept by the search: IntScalesKept): true when
+// Int8Avx2Codes takes groups of `group` elements in rows of n (IntAvx2Available(), both
+// switches on, group % 32 == 0, n % group == 0).
+bool Int8Avx2CodesHandle(size_t group, size_t n);
+// A raw bf16 row's symmetric codes q = QuantizeValue(x, p[g]) with bounds [qmin, qmax]
+// (qmin >= -128, qmax <= 127) as bytes at dst, one per element: q's two's complement
+// (unpacked int8 codes), or with flip q + 128 (pack_to_int32's 8-bit word stream: u = q + 128
+// in each word's bytes in element order). The row must be finite (the search refused Inf/NaN).
+void Int8Avx2Codes(const uint8_t* row, size_t n, size_t group,
+                   const intq::internal::GroupParams* p, int qmin, int qmax, bool flip,
+                   uint8_t* dst);
 
 // Whether SearchBlock may use this kernel (default true); tests and the bench turn it off to
 // run the Highway kernel on the same blocks. Not for concurrent use with conversions.
