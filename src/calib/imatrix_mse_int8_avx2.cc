@@ -173,6 +173,7 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   float amax;  // the group's largest magnitude
+  float mx, mh, mi;  // an element of largest magnitude: its |x|, bound and importance
   int top;     // the position of its element of largest key
   double p0;
   size_t col;   // the group's first column
@@ -221,7 +222,7 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   const Consts& c = x.c;
   __m256i top = Key(_mm256_and_ps(rows.Load(0), c.absmask),
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
-  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
+  __m256i at = _mm256_setzero_si256(), vi = at, mag = at, at_mag = at;
   const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = rows.Load(v), iv = _mm256_loadu_ps(im + v * 8);
@@ -231,6 +232,7 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
     const __m256i more = _mm256_cmpgt_epi32(kv, top);
     top = _mm256_max_epi32(top, kv);
     at = _mm256_blendv_epi8(at, vi, more);
+    at_mag = _mm256_blendv_epi8(at_mag, vi, _mm256_cmpgt_epi32(_mm256_castps_si256(xa), mag));
     vi = _mm256_add_epi32(vi, one);
     mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
     _mm256_store_ps(out->xa + 8 * v, xa);
@@ -241,6 +243,19 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
                     _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
   if (!out->finite) return;
+  // An element of largest magnitude (the first lane holding it, its vector at_mag): its |x|,
+  // bound and importance, read before the reorder moves elements.
+  const __m256i mag_max = LaneMaxI32(mag);
+  {
+    alignas(32) int32_t at_m[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(at_m), at_mag);
+    const int lane = __builtin_ctz(static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, mag_max)))));
+    const size_t j = 8 * static_cast<size_t>(at_m[lane]) + static_cast<size_t>(lane);
+    out->mx = out->xa[j];
+    out->mh = out->hv[j];
+    out->mi = out->ie[j];
+  }
   alignas(32) int32_t at_of[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
   for (size_t p = 0; p < 8; ++p) {
@@ -249,7 +264,7 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
     std::swap(out->hv[p], out->hv[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
-  out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(LaneMaxI32(mag)));
+  out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(mag_max));
   const uint32_t at_top = static_cast<uint32_t>(
       _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
   out->top = __builtin_ctz(at_top | 0x100u);
@@ -287,10 +302,13 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  const __m256 mx = _mm256_set1_ps(out->mx);
+  const __m256 mh = _mm256_set1_ps(out->mh);
+  const __m256 mi = _mm256_set1_ps(out->mi);
   for (size_t h = 0; h < x.sv; ++h) {
-    _mm256_store_ps(out->TOP + 8 * h,
-                    TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
-                                _mm256_load_ps(out->R + 8 * h)));
+    const __m256 s = _mm256_load_ps(out->S + 8 * h), r = _mm256_load_ps(out->R + 8 * h);
+    _mm256_store_ps(out->TOP + 8 * h, _mm256_max_ps(TopTerms<N>(c, tx, th, tim, s, r),
+                                                    TopTerms<N>(c, mx, mh, mi, s, r)));
   }
 }
 
@@ -330,6 +348,35 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
                      {g.S, nullptr, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
 }
 
+// The common decision (most groups): DecideGroup's for a group whose step 0 improves by its
+// bound and whose later steps its one-term bounds all rule out; 0 (nothing set) for any other
+// group, which Decide then takes. Step 0 is certified (sc's bit clear), its one term is below
+// the best before it (else step(0) returns at once), p0 is Certifiable and p0 hi_f < best, so
+// DecideStep improves it: blo = p0 lo_f, bhi = p0 hi_f. No later step is only the definition's
+// (sc) and each has TOP[k] >= CeilF32(bhi), i.e. TOP[k] >= bhi, so DecideGroup's live set is
+// empty; and without exact_best (or with p0 = 0, exact) the best stays p0 lo_f.
+QUENCH_IMX_AVX2 inline uint32_t DecideCommon(const Ctx& x, size_t gi, const Prepared& g) {
+  const Block& b = *x.b;
+  const double best = b.best[gi];
+  const double p0 = g.p0;
+  if ((g.sc & x.step_bits) != 0 || g.TOP[0] >= best || !Certifiable(p0) ||
+      !(p0 * x.hi_f < best) || (b.exact_best && p0 != 0.0)) {
+    return 0;
+  }
+  const __m256 tb = _mm256_set1_ps(CeilF32(p0 * x.hi_f));
+  uint32_t ruled = 0;
+  for (size_t h = 0; h < x.sv; ++h) {
+    ruled |= static_cast<uint32_t>(_mm256_movemask_ps(
+                 _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
+             << (8 * h);
+  }
+  if (((~ruled & x.step_bits) & ~1u) != 0) return 0;
+  const uint32_t bit = 1u << b.i0;
+  b.best[gi] = p0 * x.lo_f;
+  b.masks[gi] |= bit;
+  return bit;
+}
+
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
 // (independent, branch-free work that overlaps), then each decided. False at a group with an
 // Inf or NaN.
@@ -360,7 +407,10 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
-    for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
+    for (size_t j = 0; j < nb; ++j) {
+      const uint32_t bits = DecideCommon(x, g0 + j, prep[j]);
+      any |= bits != 0 ? bits : Decide<N>(x, g0 + j, prep[j]);
+    }
   }
   *b.improved |= any;
   return true;
