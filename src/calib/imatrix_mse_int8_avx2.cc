@@ -94,7 +94,6 @@ namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 using imx_avx2::DecideGroup;
-using imx_avx2::Key;
 using imx_avx2::kBatch;
 using imx_avx2::kFirstVecs;
 using imx_avx2::LaneMaxI32;
@@ -161,9 +160,9 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m
 
 // One group as Prepare leaves it for Decide (imatrix_mse_int_avx2.cc's Prepared): its |x|,
 // clamp bounds and importance reordered (each of the first 8 positions holding the element of
-// largest key among the elements at that position mod 8); every step's scale S and
-// reciprocal R, the steps only the definition takes (sc), the term of the element of largest
-// key at every step (TOP), and step 0's f32 sum (p0, when summed).
+// largest magnitude among the elements at that position mod 8); every step's scale S and
+// reciprocal R, the steps only the definition takes (sc), the term of an element of largest
+// magnitude at every step (TOP), and step 0's f32 sum (p0, when summed).
 struct Prepared {
   alignas(32) float S[kSteps];
   alignas(32) float R[kSteps];
@@ -173,8 +172,7 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   float amax;  // the group's largest magnitude
-  float mx, mh, mi;  // an element of largest magnitude: its |x|, bound and importance
-  int top;     // the position of its element of largest key
+  int top;     // the position of an element of largest magnitude
   double p0;
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
@@ -211,30 +209,26 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, __m256 s,
 // Group gi's prelude in three parts, each run for every group of a batch before the next
 // (Search), as imatrix_mse_int_avx2.cc's. PreparePass: one pass that stores the group as |x|,
 // bounds and importance and finds the largest magnitude (its range; Inf or NaN) and each
-// position's element of largest key, which is then swapped into the first vector.
+// position's element of largest magnitude, which is then swapped into the first vector.
 QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) {
   const Block& b = *x.b;
   const size_t nv = x.nv;
   const imx_avx2::GroupRows rows(b, gi, x.n);
-  const size_t col = out->col;
-  const float* im = b.imp == nullptr ? x.ones : b.imp + col;
-  const int32_t* ik = x.ik + col;
+  const float* im = b.imp == nullptr ? x.ones : b.imp + out->col;
   const Consts& c = x.c;
-  __m256i top = Key(_mm256_and_ps(rows.Load(0), c.absmask),
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
-  __m256i at = _mm256_setzero_si256(), vi = at, mag = at, at_mag = at;
+  // The ordering key is the magnitude's pattern alone (not imatrix_mse_int_avx2.cc's Key with
+  // the importance): the one-term bound then comes from an element of largest magnitude,
+  // which every step after the first clips, and which rules out more steps of 8-bit codes than
+  // the element of largest |x|^8 imp (bench/README.md, branch imx-w8).
+  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   const __m256i one = _mm256_set1_epi32(1);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = rows.Load(v), iv = _mm256_loadu_ps(im + v * 8);
     const __m256 xa = _mm256_and_ps(xv, c.absmask);
-    const __m256i kv =
-        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
-    const __m256i more = _mm256_cmpgt_epi32(kv, top);
-    top = _mm256_max_epi32(top, kv);
-    at = _mm256_blendv_epi8(at, vi, more);
-    at_mag = _mm256_blendv_epi8(at_mag, vi, _mm256_cmpgt_epi32(_mm256_castps_si256(xa), mag));
+    const __m256i kv = _mm256_castps_si256(xa);
+    at = _mm256_blendv_epi8(at, vi, _mm256_cmpgt_epi32(kv, mag));
+    mag = _mm256_max_epi32(mag, kv);
     vi = _mm256_add_epi32(vi, one);
-    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
     _mm256_store_ps(out->xa + 8 * v, xa);
     _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
     _mm256_store_ps(out->ie + 8 * v, iv);
@@ -243,19 +237,7 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
                     _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
   if (!out->finite) return;
-  // An element of largest magnitude (the first lane holding it, its vector at_mag): its |x|,
-  // bound and importance, read before the reorder moves elements.
-  const __m256i mag_max = LaneMaxI32(mag);
-  {
-    alignas(32) int32_t at_m[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(at_m), at_mag);
-    const int lane = __builtin_ctz(static_cast<uint32_t>(
-        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, mag_max)))));
-    const size_t j = 8 * static_cast<size_t>(at_m[lane]) + static_cast<size_t>(lane);
-    out->mx = out->xa[j];
-    out->mh = out->hv[j];
-    out->mi = out->ie[j];
-  }
+  // Each position's element of largest magnitude swapped into the first vector.
   alignas(32) int32_t at_of[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
   for (size_t p = 0; p < 8; ++p) {
@@ -264,10 +246,12 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
     std::swap(out->hv[p], out->hv[j]);
     std::swap(out->ie[p], out->ie[j]);
   }
+  const __m256i mag_max = LaneMaxI32(mag);
   out->amax = std::bit_cast<float>(_mm256_cvtsi256_si32(mag_max));
-  const uint32_t at_top = static_cast<uint32_t>(
-      _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(top, LaneMaxI32(top)))));
-  out->top = __builtin_ctz(at_top | 0x100u);
+  // An element of largest magnitude: a position of the first reordered vector.
+  out->top = __builtin_ctz(static_cast<uint32_t>(_mm256_movemask_ps(
+                               _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, mag_max)))) |
+                           0x100u);
 }
 
 // PrepareSteps: every step's parameters (lanes across steps, the operations of
@@ -302,13 +286,10 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   const __m256 tx = _mm256_set1_ps(out->xa[lane]);
   const __m256 th = _mm256_set1_ps(out->hv[lane]);
   const __m256 tim = _mm256_set1_ps(out->ie[lane]);
-  const __m256 mx = _mm256_set1_ps(out->mx);
-  const __m256 mh = _mm256_set1_ps(out->mh);
-  const __m256 mi = _mm256_set1_ps(out->mi);
   for (size_t h = 0; h < x.sv; ++h) {
-    const __m256 s = _mm256_load_ps(out->S + 8 * h), r = _mm256_load_ps(out->R + 8 * h);
-    _mm256_store_ps(out->TOP + 8 * h, _mm256_max_ps(TopTerms<N>(c, tx, th, tim, s, r),
-                                                    TopTerms<N>(c, mx, mh, mi, s, r)));
+    _mm256_store_ps(out->TOP + 8 * h,
+                    TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
+                                _mm256_load_ps(out->R + 8 * h)));
   }
 }
 
