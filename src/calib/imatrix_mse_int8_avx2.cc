@@ -172,6 +172,8 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   float amax;  // the group's largest magnitude
+  float top1;  // step 1's one-term bound (PrepareFirst)
+  bool fast;   // PrepareFirst's conditions hold
   int top;     // the position of an element of largest magnitude
   double p0;
   size_t col;   // the group's first column
@@ -293,6 +295,75 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   }
 }
 
+// PrepareFirst: the parameters of steps 0, 1 and the last (L) only, step 0's one-term bound
+// TOP[0] and step 1's (top1), and whether the group is "fast": then every step's scale is in
+// [2^-100, 2^100] (sc = 0) and TOP[k] >= top1 for every step k >= 1, so that top1 alone can
+// rule out every later step (DecideFast); other groups take PrepareSteps. Why:
+//  - the scales are monotone: s_k = RNE_bf16(RNE_bf16(P_k A) / half_range) with P_k decreasing
+//    in k and every operation monotone, so the unguarded s_0 >= s_1 >= s_k >= s_L for k >= 1;
+//    with the unguarded s_L > 0 no guard (0 -> eps) applies, and S_0 <= 2^100, S_L >= 2^-100
+//    put every S_k in range;
+//  - the element of the bound (x = its |x|, bound h, importance) clips at step 1 (q_1 = h) and
+//    dq_1 = RNE_bf16(h S_1) <= x: for k >= 1, S_k <= S_1 gives R_k = f32(1 / S_k) >= R_1 and
+//    RNE_bf16(x R_k) >= RNE_bf16(x R_1), so q_k >= q_1 = h (monotone clamp and roundings) and
+//    q_k = h; dq_k = RNE_bf16(h S_k) <= dq_1 <= x, so d_k = x - dq_k >= d_1 >= 0 and the term
+//    (products of nonnegative f32 values, rounded monotonically) TOP[k] >= TOP[1].
+template <int N>
+QUENCH_IMX_AVX2 inline void PrepareFirst(const Ctx& x, size_t gi, Prepared* out) {
+  const Block& b = *x.b;
+  const Consts& c = x.c;
+  float a = out->amax;
+  if (b.absmax != nullptr) b.absmax[gi] = a;
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
+  const size_t last = static_cast<size_t>(b.i1 - b.i0);
+  const __m256 half_range =
+      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  // Lanes: steps 0, 1 (step 0 again where there is none) and L.
+  const __m256 pv = _mm256_setr_ps(x.P[0], x.P[last >= 1 ? 1 : 0], x.P[last], x.P[0], x.P[0],
+                                   x.P[0], x.P[0], x.P[0]);
+  const __m256 pos = RoundBf16(_mm256_mul_ps(pv, _mm256_set1_ps(a)));
+  const __m256 raw = RoundBf16(_mm256_div_ps(pos, half_range));
+  const __m256 s =
+      _mm256_blendv_ps(raw, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
+                       _mm256_cmp_ps(raw, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), s);
+  alignas(32) float sv[8], rv[8], rawv[8], tv[8];
+  _mm256_store_ps(sv, s);
+  _mm256_store_ps(rv, r);
+  _mm256_store_ps(rawv, raw);
+  const int lane = out->top;
+  const float tx = out->xa[lane], th = out->hv[lane];
+  const __m256 vx = _mm256_set1_ps(tx), vh = _mm256_set1_ps(th);
+  _mm256_store_ps(tv, TopTerms<N>(c, vx, vh, _mm256_set1_ps(out->ie[lane]), s, r));
+  out->S[0] = sv[0];
+  out->R[0] = rv[0];
+  out->TOP[0] = tv[0];
+  out->top1 = tv[1];
+  out->sc = sv[0] >= 0x1p-100f && sv[0] <= 0x1p100f ? 0u : 1u;  // step 0's bit only
+  // Step 1's code and dq for the element of the bound, as TopTerms computes them.
+  const float v1 = _mm256_cvtss_f32(RoundBf16(_mm256_set1_ps(tx * rv[1])));
+  const float q1 = (std::min(v1, th) + 12582912.0f) - 12582912.0f;
+  const float dq1 = _mm256_cvtss_f32(RoundBf16(_mm256_set1_ps(q1 * sv[1])));
+  out->fast = last >= 1 && rawv[2] > 0.0f && sv[2] >= 0x1p-100f && sv[0] <= 0x1p100f &&
+              q1 == th && dq1 <= tx;
+}
+
+// DecideFast: DecideCommon for a fast group (PrepareFirst), top1 standing for every later
+// step's one-term bound (each is at least top1); 0 where it does not decide.
+QUENCH_IMX_AVX2 inline uint32_t DecideFast(const Ctx& x, size_t gi, const Prepared& g) {
+  const Block& b = *x.b;
+  const double best = b.best[gi];
+  const double p0 = g.p0;
+  if (!g.fast || g.TOP[0] >= best || !Certifiable(p0) || !(p0 * x.hi_f < best) ||
+      (b.exact_best && p0 != 0.0) || !(g.top1 >= CeilF32(p0 * x.hi_f))) {
+    return 0;
+  }
+  const uint32_t bit = 1u << b.i0;
+  b.best[gi] = p0 * x.lo_f;
+  b.masks[gi] |= bit;
+  return bit;
+}
+
 // PrepareStep0: step 0's sum (its decision comes first in Decide).
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
@@ -386,11 +457,17 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
-    for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
+    for (size_t j = 0; j < nb; ++j) PrepareFirst<N>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
     for (size_t j = 0; j < nb; ++j) {
-      const uint32_t bits = DecideCommon(x, g0 + j, prep[j]);
-      any |= bits != 0 ? bits : Decide<N>(x, g0 + j, prep[j]);
+      uint32_t bits = DecideFast(x, g0 + j, prep[j]);
+      if (bits == 0) {
+        // Every step's parameters and bounds (step 0's as PrepareFirst left them, p0 too).
+        PrepareSteps<N>(x, g0 + j, &prep[j]);
+        bits = DecideCommon(x, g0 + j, prep[j]);
+        if (bits == 0) bits = Decide<N>(x, g0 + j, prep[j]);
+      }
+      any |= bits;
     }
   }
   *b.improved |= any;
