@@ -176,8 +176,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int and MXFP4 kernels read the raw rows and write it
-  // themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with it.
+  // With group_absmax, the AVX2 int (4- and 8-bit) and MXFP4 kernels read the raw rows and
+  // write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with
+  // it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
   const bool raw_ok =

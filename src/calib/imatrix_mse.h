@@ -89,7 +89,7 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
 // max(|m0|, |M0|), from the pass of the AVX2 kernels that read the raw bf16 rows (int4,
-// MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
+// int8, MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
 // IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
