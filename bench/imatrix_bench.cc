@@ -7,11 +7,13 @@
 // environment switches the AVX2 int kernels off (imatrix_mse_int_avx2.h and
 // imatrix_mse_int_avx2_asym.h: the Highway kernel on f32 copies, as before them), for an A/B
 // run with one binary; it also switches off the AVX2 MXFP4 kernel (imatrix_mse_mx_avx2.h).
-// `asym`: int4 g128 with zero points (W4A16_ASYM), and `mxfp4` (MXFP4's groups of 32, each
-// group's largest magnitude kept as the conversion keeps it), run only when named.
+// `asym`: int4 g128 with zero points (W4A16_ASYM), `mxfp4` (MXFP4's groups of 32, each
+// group's largest magnitude kept as the conversion keeps it), `int8` (int8 g128, W8A16) and
+// `int8ch` (int8 per channel, W8A8's weights), run only when named. QUENCH_BENCH_NO_AVX2=1
+// also switches off the AVX2 int8 kernel (imatrix_mse_int8_avx2.h).
 //
 //   quench-imatrix-bench WEIGHTS.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS=5]
-//       [int|nvfp4|asym|mxfp4]
+//       [int|nvfp4|asym|mxfp4|int8|int8ch]
 
 #include <algorithm>
 #include <cfloat>
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_mx_avx2.h"
 #include "thread_cpu.h"
@@ -43,7 +46,7 @@ bool ReadAll(const char* path, std::vector<T>* v) {
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
   if (argc < 6) {
-    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym|mxfp4]\n");
+    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym|mxfp4|int8|int8ch]\n");
     return 2;
   }
   const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);
@@ -60,12 +63,14 @@ int main(int argc, char** argv) {
   if (no_avx2 != nullptr && std::string(no_avx2) == "1") {
     calib::internal::SetIntAvx2Enabled(false);
     calib::internal::SetMxAvx2Enabled(false);
+    calib::internal::SetInt8Avx2Enabled(false);
   }
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;
-  for (const char* mode : {"int", "nvfp4", "asym", "mxfp4"}) {
+  for (const char* mode : {"int", "nvfp4", "asym", "mxfp4", "int8", "int8ch"}) {
     const std::string m = mode;
-    if (only.empty() ? m == "asym" || m == "mxfp4" : only != m) continue;
+    const bool int8 = m == "int8" || m == "int8ch";
+    if (only.empty() ? m == "asym" || m == "mxfp4" || int8 : only != m) continue;
     const calib::ImatrixFormat f = m == "nvfp4"   ? calib::ImatrixFormat::kNvfp4
                                    : m == "mxfp4" ? calib::ImatrixFormat::kMxfp4
                                                   : calib::ImatrixFormat::kInt;
@@ -74,8 +79,8 @@ int main(int argc, char** argv) {
     in.dtype = DType::kBF16;
     in.rows = rows;
     in.cols = cols;
-    in.params.bits = 4;
-    in.params.group_size = m == "mxfp4" ? 32 : 128;
+    in.params.bits = int8 ? 8 : 4;
+    in.params.group_size = m == "mxfp4" ? 32 : m == "int8ch" ? 0 : 128;  // 0: per channel
     in.params.symmetric = m != "asym";
     const size_t groups = rows * cols / calib::GroupColumns(in, f);
     // Blocks of 16 rows, as the conversion's row blocks of ~64K weights.
@@ -104,6 +109,8 @@ int main(int argc, char** argv) {
     std::printf("%s: %.3f ns/weight, %llu improving steps over %zu groups\n",
                 m == "int"    ? "int4 g128"
                 : m == "asym" ? "int4 g128 asym"
+                : m == "int8" ? "int8 g128"
+                : m == "int8ch" ? "int8 channel"
                               : m.c_str(),
                 best_t * 1e9 / static_cast<double>(rows * cols),
                 static_cast<unsigned long long>(pop), groups);

@@ -11,6 +11,7 @@
 #include "schemes/fp4.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_mx_avx2.h"
@@ -175,19 +176,21 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int and MXFP4 kernels read the raw rows and write it
-  // themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with it.
+  // With group_absmax, the AVX2 int (4- and 8-bit) and MXFP4 kernels read the raw rows and
+  // write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with
+  // it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
+  const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
-                            internal::IntAvx2AsymHandles(b) || mx_avx2
+                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2
                       : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
-                            mx_avx2);
+                            mx_avx2 || int8_avx2);
   // The AVX2 int and MXFP4 kernels refuse an Inf or NaN themselves (SearchBlock returns
   // false).
-  const bool checks_finite =
-      internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) || mx_avx2;
+  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) ||
+                             mx_avx2 || int8_avx2;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).
@@ -484,14 +487,21 @@ bool QuantizeIntChosen(const WeightChunk& in, const ImatrixOptions& o, const uin
 
 bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed) {
   Geometry g;
-  if (!packed || !in.params.symmetric || in.dtype != DType::kBF16 ||
-      !MakeGeometry(in, ImatrixFormat::kInt, &g) || g.l.bits != 4 ||
-      internal::IntBf16CodesHandle(g.group, in.cols) ||
-      !internal::IntAvx2CodesHandle(g.group, in.cols)) {
+  if (!in.params.symmetric || in.dtype != DType::kBF16 ||
+      !MakeGeometry(in, ImatrixFormat::kInt, &g)) {
     return false;
   }
-  // The block RunSteps gives the kernels (IntAvx2Handles reads only its settings).
-  return internal::IntAvx2Handles(StepsBlock(in, ImatrixFormat::kInt, g, o, 0, LastStep(o)));
+  // The block RunSteps gives the kernels (IntAvx2Handles and Int8Avx2Handles read only its
+  // settings).
+  const internal::Block b = StepsBlock(in, ImatrixFormat::kInt, g, o, 0, LastStep(o));
+  if (packed && g.l.bits == 4) {
+    return !internal::IntBf16CodesHandle(g.group, in.cols) &&
+           internal::IntAvx2CodesHandle(g.group, in.cols) && internal::IntAvx2Handles(b);
+  }
+  // Codes a byte each: packed 8-bit (W8A16) or unpacked (W8A8, W4A8), written by
+  // Int8Avx2Codes; the largest magnitudes from either AVX2 search.
+  return (!packed || g.l.bits == 8) && internal::Int8Avx2CodesHandle(g.group, in.cols) &&
+         (internal::IntAvx2Handles(b) || internal::Int8Avx2Handles(b));
 }
 
 void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
@@ -506,11 +516,13 @@ void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* 
 }
 
 bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
-                     const ChunkOutputs& out) {
+                     const ChunkOutputs& out, bool packed) {
   Geometry g;
   if (!MakeGeometry(in, ImatrixFormat::kInt, &g)) return false;
   const size_t n = in.cols, ng = g.n_groups;
-  const size_t row_bytes = g.l.words_per_row * 4;
+  // Codes a byte each (IntScalesKept's 8-bit packed and unpacked cases): n bytes a row.
+  const bool bytes = zps == nullptr && (!packed || g.l.bits == 8);
+  const size_t row_bytes = bytes ? n : g.l.words_per_row * 4;
   std::vector<GroupParams> params(ng);
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * n * 2;
@@ -522,7 +534,9 @@ bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t*
     }
     std::memcpy(out.out[1] + r * ng * 2, s, ng * 2);
     uint8_t* dst = out.out[0] + r * row_bytes;
-    if (zps == nullptr) {
+    if (bytes) {
+      internal::Int8Avx2Codes(row, n, g.group, params.data(), g.l.qmin, g.l.qmax, packed, dst);
+    } else if (zps == nullptr) {
       internal::IntAvx2Codes4(row, n, g.group, params.data(), dst);
     } else {
       internal::IntAvx2AsymCodes4(row, n, g.group, params.data(), dst);

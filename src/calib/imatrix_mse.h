@@ -89,7 +89,7 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
 // max(|m0|, |M0|), from the pass of the AVX2 kernels that read the raw bf16 rows (int4,
-// MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
+// int8, MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
 // IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
@@ -142,7 +142,9 @@ bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions
 // Whether the search of `in` (its dtype, columns and parameters) keeps each group's largest
 // magnitude for the quantize stage, which then needs no second pass over the rows for the
 // chosen scales: packed symmetric int4 of bf16 where the AVX2 kernels take both the search
-// and the chosen codes (imatrix_mse_int_avx2.h). SearchSteps' group_absmax is then read by
+// and the chosen codes (imatrix_mse_int_avx2.h); packed symmetric int8 (W8A16) and unpacked
+// symmetric codes (W8A8, W4A8) of bf16 where an AVX2 search (imatrix_mse_int_avx2.h,
+// imatrix_mse_int8_avx2.h) takes the search and Int8Avx2Codes the codes, a byte each. SearchSteps' group_absmax is then read by
 // IntKeptScales and the result by QuantizeIntKept.
 bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
 
@@ -153,11 +155,12 @@ bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
 void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
                    const uint32_t* masks, size_t n, int stop, uint8_t* dst);
 
-// QuantizeChosen's output (packed) for the rows of `in` with their groups' chosen scales
-// (scales: rows x groups, bf16's encoding) and, asymmetric, zero points (zps: rows x groups;
-// nullptr: symmetric), from IntKeptScales or IntKeptParams: the same bytes.
+// QuantizeChosen's output (packed or not, as IntScalesKept or IntRangesKept took it) for the
+// rows of `in` with their groups' chosen scales (scales: rows x groups, bf16's encoding) and,
+// asymmetric, zero points (zps: rows x groups; nullptr: symmetric), from IntKeptScales or
+// IntKeptParams: the same bytes.
 bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t* zps,
-                     const ChunkOutputs& out);
+                     const ChunkOutputs& out, bool packed = true);
 
 // The same for packed asymmetric int4 of bf16 where the AVX2 kernels take both the search
 // and the chosen codes (imatrix_mse_int_avx2_asym.h): the search keeps each group's min and

@@ -17,6 +17,7 @@
 
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_mx_avx2.h"
 
@@ -97,6 +98,9 @@ bool SearchBlock(const Block& b) {
   }
   // The same blocks on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
   if (IntAvx2Handles(b)) return SearchIntAvx2(b);
+  // Symmetric 5- to 8-bit codes of bf16 weights (W8A16, W8A8) on AVX2 CPUs
+  // (imatrix_mse_int8_avx2.h).
+  if (Int8Avx2Handles(b)) return SearchInt8Avx2(b);
   // Asymmetric int codes of bf16 weights (W4A16_ASYM) on AVX2 CPUs
   // (imatrix_mse_int_avx2_asym.h).
   if (IntAvx2AsymHandles(b)) return SearchIntAvx2Asym(b);

@@ -314,7 +314,7 @@ class ImatrixRunImpl : public ImatrixRun {
     if (f == ImatrixFormat::kInt && IntScalesKept(in, Opt(t), packed)) {
       // The chosen scales kept by the search (IntKeptScales), 2 bytes a group.
       if (steps->size() < (in.row0 + in.rows) * ng * 2) return false;
-      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, nullptr, out);
+      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, nullptr, out, packed);
     }
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
