@@ -238,6 +238,11 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
   __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   const __m256i one = _mm256_set1_epi32(1);
+  // The outputs' pointers held here: the vector stores may alias *out as far as the
+  // compiler knows, which would reload them every vector.
+  float* const oxa = out->xa;
+  float* const ohv = out->hv;
+  float* const oie = out->ie;
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
     const __m256 xa = _mm256_and_ps(xv, c.absmask);
@@ -248,9 +253,9 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
     at = _mm256_blendv_epi8(at, vi, more);
     vi = _mm256_add_epi32(vi, one);
     mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
-    _mm256_store_ps(out->xa + 8 * v, xa);
-    _mm256_store_ps(out->hv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
-    _mm256_store_ps(out->ie + 8 * v, iv);
+    _mm256_store_ps(oxa + 8 * v, xa);
+    _mm256_store_ps(ohv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
+    _mm256_store_ps(oie + 8 * v, iv);
   }
   // Inf or NaN: a magnitude's pattern at or above Inf's (the rows are read only here; the
   // search returns false for the block, as AllFinite would have).

@@ -267,6 +267,10 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
   __m256 mn = x0, mx = x0;
   const __m256i one = _mm256_set1_epi32(1);
+  // The outputs' pointers held here: the vector stores may alias *out as far as the
+  // compiler knows, which would reload them every vector.
+  float* const oxs = out->xs;
+  float* const oie = out->ie;
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
     const __m256 xa = _mm256_and_ps(xv, c.absmask);
@@ -279,8 +283,8 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
     mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
     mn = _mm256_min_ps(mn, xv);
     mx = _mm256_max_ps(mx, xv);
-    _mm256_store_ps(out->xs + 8 * v, xv);
-    _mm256_store_ps(out->ie + 8 * v, iv);
+    _mm256_store_ps(oxs + 8 * v, xv);
+    _mm256_store_ps(oie + 8 * v, iv);
   }
   // Inf or NaN: a magnitude's pattern at or above Inf's (the rows are read only here; the
   // search returns false for the block, as AllFinite would have). min and max are then

@@ -266,15 +266,18 @@ class ImatrixRunImpl : public ImatrixRun {
       QUENCH_ASSIGN_OR_RETURN(s, SearchTensor(t));
     }
     std::lock_guard<std::mutex> lock(mu_);
-    live_[t] = s.steps;
+    live_[t] = {s.steps, s.rows};
     return Status::Ok();
   }
 
   bool Quantize(size_t t, const WeightChunk& in, const ChunkOutputs& out) override {
     std::shared_ptr<const std::vector<uint8_t>> steps;
+    std::shared_ptr<const MappedFile> rows;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      steps = live_.at(t);
+      const Live& l = live_.at(t);
+      steps = l.steps;
+      rows = l.rows;
     }
     const PlannedTensor& pt = plan_.tensors[t];
     const ImatrixFormat f = *FormatOf(*pt.scheme);
@@ -302,26 +305,40 @@ class ImatrixRunImpl : public ImatrixRun {
                                         : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
     }
     const bool packed = IsPacked(pt);
+    // The chunk's rows from the search's mapping, which still holds them (Searched::rows):
+    // the same bytes as the pipeline's, whose pages then need not be faulted in again.
+    WeightChunk kin = in;
+    if (rows != nullptr && in.dtype == pt.dtype && in.cols == pt.shape[1] &&
+        in.row0 + in.rows <= pt.shape[0]) {
+      kin.data = rows->data() + pt.src_offset + in.row0 * in.cols * (DTypeBits(in.dtype) / 8);
+    }
     if (f == ImatrixFormat::kInt && IntRangesKept(in, Opt(t), packed)) {
       // The chosen scales and zero points kept by the search (IntKeptParams): all the
       // tensor's scales (2 bytes a group), then its zero points (1 byte a group).
       const size_t total = steps->size() / 3;
       if (steps->size() != total * 3 || total < (in.row0 + in.rows) * ng) return false;
       return QuantizeIntKept(
-          in, steps->data() + in.row0 * ng * 2,
+          kin, steps->data() + in.row0 * ng * 2,
           reinterpret_cast<const int8_t*>(steps->data() + total * 2 + in.row0 * ng), out);
     }
     if (f == ImatrixFormat::kInt && IntScalesKept(in, Opt(t), packed)) {
       // The chosen scales kept by the search (IntKeptScales), 2 bytes a group.
       if (steps->size() < (in.row0 + in.rows) * ng * 2) return false;
-      return QuantizeIntKept(in, steps->data() + in.row0 * ng * 2, nullptr, out, packed);
+      return QuantizeIntKept(kin, steps->data() + in.row0 * ng * 2, nullptr, out, packed);
     }
     return QuantizeChosen(in, f, Opt(t), steps->data() + in.row0 * ng, packed, out);
   }
 
   void Done(size_t t) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    live_.erase(t);
+    std::shared_ptr<const MappedFile> rows;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = live_.find(t);
+      if (it == live_.end()) return;
+      rows = std::move(it->second.rows);
+      live_.erase(it);
+    }
+    if (rows != nullptr) rows->Release(plan_.tensors[t].src_offset, plan_.tensors[t].src_bytes);
   }
 
  private:
@@ -347,6 +364,14 @@ class ImatrixRunImpl : public ImatrixRun {
     std::shared_ptr<const std::vector<uint8_t>> steps;
     float amax = 0.f;
     bool finite = true;
+    // Where Quantize reads the rows from this mapping (the int kept paths of an unpruned
+    // tensor): the search leaves its pages in, and Done releases them.
+    std::shared_ptr<const MappedFile> rows;
+  };
+  // A prepared tensor's search, until Done.
+  struct Live {
+    std::shared_ptr<const std::vector<uint8_t>> steps;
+    std::shared_ptr<const MappedFile> rows;
   };
 
   // The importance of the tensor's site (the last one read is kept: q/k/v share theirs).
@@ -372,7 +397,7 @@ class ImatrixRunImpl : public ImatrixRun {
     const PlannedShard& ps = plan_.shards[pt.shard];
     if (!map_ || map_path_ != ps.src_path) {
       QUENCH_ASSIGN_OR_RETURN(MappedFile m, MappedFile::Open(ps.src_path));
-      map_ = std::make_unique<MappedFile>(std::move(m));
+      map_ = std::make_shared<MappedFile>(std::move(m));
       map_path_ = ps.src_path;
     }
     const ImatrixFormat f = *FormatOf(*pt.scheme);
@@ -405,7 +430,8 @@ class ImatrixRunImpl : public ImatrixRun {
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
     const bool by_absmax = PosKept(f, opt);
-    // Packed int4 on the AVX2 kernels: the same, for each group's chosen scale.
+    // Symmetric int codes on the AVX2 kernels (int4 packed, int8 and 5-8-bit codes: IntScalesKept):
+    // the same, for each group's chosen scale.
     const bool int_kept = f == ImatrixFormat::kInt &&
                           IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
     std::vector<float>& absmax = absmax_;
@@ -454,7 +480,14 @@ class ImatrixRunImpl : public ImatrixRun {
       improved.fetch_or(bits);
     });
     const int stop = StopStep(improved.load(), opt);
-    map_->Release(pt.src_offset, pt.src_bytes);
+    // The int kept paths of an unpruned tensor quantize its rows from this mapping
+    // (Quantize): its pages stay in until Done (a mapping replaced by the next shard's stays
+    // open while a tensor holds it). Otherwise they go now.
+    if ((int_kept || asym_kept) && !pt.prune && finite) {
+      out.rows = map_;
+    } else {
+      map_->Release(pt.src_offset, pt.src_bytes);
+    }
     auto steps = std::make_shared<std::vector<uint8_t>>();
     if (!finite) {
       out.finite = false;
@@ -573,12 +606,12 @@ class ImatrixRunImpl : public ImatrixRun {
   std::vector<uint32_t> masks_;
   std::vector<float> absmax_;
   std::vector<float> minmax_;
-  std::unique_ptr<MappedFile> map_;
+  std::shared_ptr<MappedFile> map_;
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
   uint64_t kept_bytes_ = 0;
   std::mutex mu_;
-  std::map<size_t, std::shared_ptr<const std::vector<uint8_t>>> live_;
+  std::map<size_t, Live> live_;
 };
 
 }  // namespace

@@ -31,7 +31,9 @@ Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text);
 // The seam for a planned run (nullptr when no weight takes imatrix_mse). Prepare maps the
 // weight's rows (pruned as the pipeline prunes them) and runs the search over the whole
 // tensor once (every step, in parallel row blocks), keeping each group's chosen step under
-// the reference's patience rule; Quantize then quantizes each chunk with those steps.
+// the reference's patience rule; Quantize then quantizes each chunk with those steps (the
+// packed int4 kept paths read the chunk's rows from the search's mapping, whose pages Done
+// then releases).
 class ImatrixRun : public ChunkCalibration {
  public:
   // For the NVFP4 pre-pass (GlobalScales::SetMemberAbsMax): the largest chosen range of a
