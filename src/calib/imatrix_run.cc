@@ -430,8 +430,8 @@ class ImatrixRunImpl : public ImatrixRun {
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
     const bool by_absmax = PosKept(f, opt);
-    // Symmetric int codes on the AVX2 kernels (int4 packed, int8 and 5-8-bit codes: IntScalesKept):
-    // the same, for each group's chosen scale.
+    // Symmetric int codes on the AVX2 kernels (packed int4, and int8 / 5-8-bit codes;
+    // IntScalesKept): the same, for each group's chosen scale.
     const bool int_kept = f == ImatrixFormat::kInt &&
                           IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
     std::vector<float>& absmax = absmax_;
