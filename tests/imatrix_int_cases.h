@@ -18,6 +18,7 @@
 
 #include <initializer_list>
 
+#include "calib/imatrix_mse.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "schemes/chunk.h"
@@ -110,6 +111,38 @@ inline void SetInt4Chunk(size_t rows, size_t cols, bool symmetric, Int4Chunk* c)
   c->in.params.bits = 4;
   c->in.params.group_size = 128;
   c->in.params.symmetric = symmetric;
+}
+// The kept-scales path as the conversion takes it: the search (SearchSteps) of `in` (the
+// bf16 rows of x, `groups` groups of `group`) keeping each group's largest magnitude, which
+// must equal max |x| over the group; then IntKeptScales from those maxima and the masks,
+// stopped where StopStep says: the chosen scales (2 bytes a group), the masks and the stop.
+struct KeptSearch {
+  std::vector<uint8_t> scales;
+  std::vector<uint32_t> masks;
+  int stop = 0;
+};
+inline KeptSearch KeptScalesFromSearch(const WeightChunk& in, const std::vector<float>& imp,
+                                       const calib::ImatrixOptions& o,
+                                       const std::vector<float>& x, size_t groups,
+                                       size_t group) {
+  const int last = calib::LastStep(o);
+  std::vector<double> best(groups, FLT_MAX);
+  std::vector<uint32_t> masks(groups, 0u);
+  std::vector<float> absmax(groups, -1.0f);
+  uint32_t bits = 0;
+  REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, imp, o, 0, last, best.data(),
+                             masks.data(), &bits, /*exact_best=*/false, absmax.data()));
+  for (size_t k = 0; k < groups; ++k) {
+    float m = 0.0f;
+    for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(x[k * group + j]));
+    REQUIRE(absmax[k] == m);
+  }
+  KeptSearch r;
+  r.stop = calib::StopStep(bits, o);
+  r.scales.resize(groups * 2);
+  calib::IntKeptScales(in, o, absmax.data(), masks.data(), groups, r.stop, r.scales.data());
+  r.masks = std::move(masks);
+  return r;
 }
 // Random rows (RandomRows), symmetric.
 inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk* c) {

@@ -404,23 +404,12 @@ TEST_CASE("imatrix_mse int8 avx2: chosen codes from the search's kept magnitudes
         o.expand = expand;
         o.grid = grid;
         REQUIRE(calib::IntScalesKept(in, o, cs.packed));
+        const imatrix_int::KeptSearch kept =
+            imatrix_int::KeptScalesFromSearch(in, c.imp, o, c.x, rows * ng, group);
+        const std::vector<uint8_t>& scales = kept.scales;
+        const std::vector<uint32_t>& masks = kept.masks;
+        const int stop = kept.stop;
         const int last = calib::LastStep(o);
-        std::vector<double> best(rows * ng, FLT_MAX);
-        std::vector<uint32_t> masks(rows * ng, 0u);
-        std::vector<float> absmax(rows * ng, -1.0f);
-        uint32_t bits = 0;
-        REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
-                                   best.data(), masks.data(), &bits, /*exact_best=*/false,
-                                   absmax.data()));
-        for (size_t k = 0; k < rows * ng; ++k) {
-          float m = 0.0f;
-          for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(c.x[k * group + j]));
-          REQUIRE(absmax[k] == m);
-        }
-        const int stop = calib::StopStep(bits, o);
-        std::vector<uint8_t> scales(rows * ng * 2);
-        calib::IntKeptScales(in, o, absmax.data(), masks.data(), rows * ng, stop,
-                             scales.data());
         std::vector<uint8_t> codes_k(rows * cols), scales_k(rows * ng * 2);
         ChunkOutputs out_k;
         out_k.out[0] = codes_k.data();

@@ -292,23 +292,12 @@ TEST_CASE("imatrix_mse int avx2 kernel: chosen scales from the search's kept mag
         REQUIRE(calib::IntScalesKept(in, o, /*packed=*/true));
         // Unpacked int4 (W4A8) is kept too, its codes a byte each (test_imatrix_int8_avx2).
         CHECK(calib::IntScalesKept(in, o, /*packed=*/false));
+        const imatrix_int::KeptSearch kept =
+            imatrix_int::KeptScalesFromSearch(in, c.imp, o, c.x, rows * ng, group);
+        const std::vector<uint8_t>& scales = kept.scales;
+        const std::vector<uint32_t>& masks = kept.masks;
+        const int stop = kept.stop;
         const int last = calib::LastStep(o);
-        std::vector<double> best(rows * ng, FLT_MAX);
-        std::vector<uint32_t> masks(rows * ng, 0u);
-        std::vector<float> absmax(rows * ng, -1.0f);
-        uint32_t bits = 0;
-        REQUIRE(calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
-                                   best.data(), masks.data(), &bits, /*exact_best=*/false,
-                                   absmax.data()));
-        for (size_t k = 0; k < rows * ng; ++k) {
-          float m = 0.0f;
-          for (size_t j = 0; j < group; ++j) m = std::max(m, std::fabs(c.x[k * group + j]));
-          REQUIRE(absmax[k] == m);
-        }
-        const int stop = calib::StopStep(bits, o);
-        std::vector<uint8_t> scales(rows * ng * 2);
-        calib::IntKeptScales(in, o, absmax.data(), masks.data(), rows * ng, stop,
-                             scales.data());
         const size_t row_bytes = (cols * 4 + 31) / 32 * 4;
         std::vector<uint8_t> codes_k(rows * row_bytes), scales_k(rows * ng * 2);
         ChunkOutputs out_k;
