@@ -203,8 +203,8 @@ constexpr size_t kPreSteps = 2;
 // One group as Prepare leaves it for Decide: its x and importance reordered (each of the
 // first 8 positions holding the element of largest key among the elements at that position
 // mod 8); every step's scale S, reciprocal R and zero point Z, the steps only the definition
-// takes (sc), the term of the element of largest key at every step (TOP), and step 0's f32
-// sum (p0, when summed).
+// takes (sc), the term of the element of largest key at every step (TOP), step 0's f32 sum
+// (p0, when summed) and steps 1 .. kPreSteps' (pre, ps).
 struct Prepared {
   alignas(32) float S[kSteps];
   alignas(32) float R[kSteps];
