@@ -196,8 +196,8 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 x, __m256 im, __m
   return _mm256_mul_ps(e, im);
 }
 
-// The steps after step 0 summed in the prelude: steps 1 and 2 are summed in full for ~98% and
-// ~88% of the groups of llama's layer 0 (bench/README.md, branch imx-asym2).
+// The steps after step 0 summed in the prelude: steps 1 and 2 are summed in full for most
+// groups of llama's layer 0 (bench/README.md, branch imx-asym2).
 constexpr size_t kPreSteps = 2;
 
 // One group as Prepare leaves it for Decide: its x and importance reordered (each of the
@@ -217,7 +217,7 @@ struct Prepared {
   float m0, M0;  // the group's min and max times expand
   int top;       // the position of its element of largest key
   double p0;
-  uint32_t pre;             // the steps after 0 summed in the prelude (steps 1 .. kPreSteps)
+  uint32_t pre;              // the steps after 0 summed in the prelude (steps 1 .. kPreSteps)
   double ps[kPreSteps + 1];  // their f32 sums (ps[k]: step k's)
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
