@@ -168,11 +168,15 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m
   return _mm256_mul_ps(e, im);
 }
 
+// The steps after step 0 summed in the prelude: steps 1 and 2 are summed in full for most
+// groups of llama's layer 0 (bench/README.md, branch imx-asym2).
+constexpr size_t kPreSteps = 2;
+
 // One group as Prepare leaves it for Decide: its |x|, clamp bounds and importance reordered
 // (each of the first 8 positions holding the element of largest key among the elements at
 // that position mod 8); every step's scale S and reciprocal R, the
 // steps only the definition takes (sc), the term of the element of largest key at every step
-// (TOP), and step 0's f32 sum (p0, when summed).
+// (TOP), and step 0's f32 sum (p0, when summed), and steps 1 .. kPreSteps' (pre, ps).
 struct Prepared {
   alignas(32) float S[kSteps];
   alignas(32) float R[kSteps];
@@ -184,6 +188,8 @@ struct Prepared {
   float amax;  // the group's largest magnitude
   int top;     // the position of its element of largest key
   double p0;
+  uint32_t pre;              // the steps after 0 summed in the prelude (steps 1 .. kPreSteps)
+  double ps[kPreSteps + 1];  // their f32 sums (ps[k]: step k's)
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
 };
@@ -323,13 +329,25 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
   }
 }
 
-// PrepareStep0: step 0's sum (its decision comes first in Decide).
+// PrepareStep0: step 0's sum (its decision comes first in Decide); then steps 1 .. kPreSteps'
+// sums in order, up to the first step that is not the block's, only the definition's, or
+// ruled out by its one term against the best before step 0 (then also against every later
+// best: the best only decreases), which Decide then takes as any other step. Summed here, in
+// the batch's branch-free work, and decided before the other steps' one-term checks, which
+// are then made against their best (DecideGroup's pre).
 template <int N, bool W>
 QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
   if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
     out->p0 = LaneSum(SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[0]),
                                     _mm256_set1_ps(out->R[0]), 0, _mm256_setzero_ps()));
+  }
+  out->pre = 0;
+  for (size_t k = 1; k <= kPreSteps; ++k) {
+    if (!(x.step_bits >> k & 1u) || (out->sc >> k & 1u) || out->TOP[k] >= x.b->best[gi]) break;
+    out->ps[k] = LaneSum(SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[k]),
+                                       _mm256_set1_ps(out->R[k]), 0, _mm256_setzero_ps()));
+    out->pre |= 1u << k;
   }
 }
 
@@ -358,7 +376,7 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
     }
   };
   return DecideGroup(*x.b, gi, x.n, x.step_bits, x.sv, x.lo_f, x.hi_f,
-                     {g.S, nullptr, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
+                     {g.S, nullptr, g.TOP, g.sc, g.p0, g.col, g.pre, g.ps}, first_vecs, sum_rest);
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared

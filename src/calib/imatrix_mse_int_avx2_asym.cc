@@ -196,11 +196,15 @@ QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 x, __m256 im, __m
   return _mm256_mul_ps(e, im);
 }
 
+// The steps after step 0 summed in the prelude: steps 1 and 2 are summed in full for most
+// groups of llama's layer 0 (bench/README.md, branch imx-asym2).
+constexpr size_t kPreSteps = 2;
+
 // One group as Prepare leaves it for Decide: its x and importance reordered (each of the
 // first 8 positions holding the element of largest key among the elements at that position
 // mod 8); every step's scale S, reciprocal R and zero point Z, the steps only the definition
-// takes (sc), the term of the element of largest key at every step (TOP), and step 0's f32
-// sum (p0, when summed).
+// takes (sc), the term of the element of largest key at every step (TOP), step 0's f32 sum
+// (p0, when summed) and steps 1 .. kPreSteps' (pre, ps).
 struct Prepared {
   alignas(32) float S[kSteps];
   alignas(32) float R[kSteps];
@@ -213,6 +217,8 @@ struct Prepared {
   float m0, M0;  // the group's min and max times expand
   int top;       // the position of its element of largest key
   double p0;
+  uint32_t pre;              // the steps after 0 summed in the prelude (steps 1 .. kPreSteps)
+  double ps[kPreSteps + 1];  // their f32 sums (ps[k]: step k's)
   size_t col;   // the group's first column
   bool finite;  // no Inf or NaN (else nothing below the first pass is set)
 };
@@ -354,7 +360,12 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, Prepared* out) {
 }
 
 // PrepareStep0: step 0's sum (its decision comes first in Decide), unless only the
-// definition takes it or its one term already rules it out.
+// definition takes it or its one term already rules it out; then steps 1 .. kPreSteps' sums
+// in order, up to the first step that is not the block's, only the definition's, or ruled out
+// by its one term against the best before step 0 (then also against every later best: the
+// best only decreases), which Decide then takes as any other step. Summed here, in the
+// batch's branch-free work, and decided before the other steps' one-term checks, which are
+// then made against their best (DecideGroup's pre).
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
   out->p0 = 0.0;
@@ -363,6 +374,15 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out)
     const __m256 zero = _mm256_setzero_ps();
     out->p0 = LaneSum(out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
                                         : SumVecs<N, false>(x, *out, st, 0, zero));
+  }
+  out->pre = 0;
+  for (size_t k = 1; k <= kPreSteps; ++k) {
+    if (!(x.step_bits >> k & 1u) || (out->sc >> k & 1u) || out->TOP[k] >= x.b->best[gi]) break;
+    const Step st = MakeStep(x.c, out->S[k], out->R[k], out->Z[k]);
+    const __m256 zero = _mm256_setzero_ps();
+    out->ps[k] = LaneSum(out->Z[k] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
+                                           : SumVecs<N, false>(x, *out, st, 0, zero));
+    out->pre |= 1u << k;
   }
 }
 
@@ -394,7 +414,7 @@ QUENCH_IMX_AVX2 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared& 
     }
   };
   return DecideGroup(*x.b, gi, x.n, x.step_bits, x.sv, x.lo_f, x.hi_f,
-                     {g.S, g.Z, g.TOP, g.sc, g.p0, g.col}, first_vecs, sum_rest);
+                     {g.S, g.Z, g.TOP, g.sc, g.p0, g.col, g.pre, g.ps}, first_vecs, sum_rest);
 }
 
 // The search over the block's groups, kBatch at a time: every group of a batch prepared

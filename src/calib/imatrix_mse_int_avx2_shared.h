@@ -150,7 +150,9 @@ struct GroupRows {
 
 // A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
 // (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
-// definition takes (sc), step 0's f32 sum p0 and the group's first column.
+// definition takes (sc), step 0's f32 sum p0 and the group's first column; and optionally
+// steps 1 .. j summed already (pre: their bits, none only the definition's; ps[k]: step k's
+// f32 sum, in any order of its terms, which the bound covers).
 struct GroupSteps {
   const float* S;
   const float* Z;
@@ -158,6 +160,8 @@ struct GroupSteps {
   uint32_t sc;
   double p0;
   size_t col;
+  uint32_t pre = 0;
+  const double* ps = nullptr;
 };
 
 // Group gi's decisions (imatrix_mse_certified.cc's SearchCertified, its steps in the same
@@ -203,10 +207,17 @@ QUENCH_IMX_AVX2 inline uint32_t DecideGroup(const Block& b, size_t gi, size_t n,
     DecideStep(best, k, bit, certify, p, lo_f, hi_f, exact_of);
   };
 
+  // Step 0, then the steps summed already (steps 1 .. j, in order): step() is the definition's
+  // decision from a step's f32 sum, whoever summed it.
   step(0, g.p0);
-  // The steps that may still improve: one term below the best after the first step (the
-  // best only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the
-  // definition takes.
+  for (uint32_t lm = g.pre; lm != 0; lm &= lm - 1) {
+    const size_t k = static_cast<size_t>(__builtin_ctz(lm));
+    step(k, g.ps[k]);
+  }
+  const uint32_t pre = g.pre | 1u;
+  // The later steps that may still improve: one term below the best after those (the best
+  // only decreases; t >= bhi exactly when t >= CeilF32(bhi)), and those only the definition
+  // takes.
   const __m256 tb = _mm256_set1_ps(CeilF32(best.bhi));
   uint32_t ruled = 0;
   for (size_t h = 0; h < sv; ++h) {
@@ -214,7 +225,7 @@ QUENCH_IMX_AVX2 inline uint32_t DecideGroup(const Block& b, size_t gi, size_t n,
                  _mm256_cmp_ps(_mm256_load_ps(g.TOP + 8 * h), tb, _CMP_GE_OQ)))
              << (8 * h);
   }
-  const uint32_t live = ((~ruled | sc) & step_bits) & ~1u;
+  const uint32_t live = ((~ruled | sc) & step_bits) & ~pre;
   alignas(32) float acc0[kSteps * 8];
   // The live steps' first vectors (in step order also at fc, for their lane sums eight at a
   // time: FirstRuled).
