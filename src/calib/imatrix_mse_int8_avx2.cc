@@ -143,19 +143,11 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// One element's term (|x|, its bound h and imp in every lane) at 8 steps (lanes: their
-// scales s and reciprocals r), as the definition computes it (by the symmetry above): v =
-// RNE_bf16(|x| * r), min(v, h) rounded half to even by 1.5 * 2^23, dq = RNE_bf16(q * s).
+// One element's term at 8 steps: imx_avx2::SymTopTerms with this block's constants.
 template <int N>
 QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m256 im,
                                        __m256 s, __m256 r) {
-  const __m256 v = RoundBf16(_mm256_mul_ps(xa, r));
-  const __m256 q = _mm256_sub_ps(_mm256_add_ps(_mm256_min_ps(v, h), c.magic), c.magic);
-  const __m256 d =
-      _mm256_and_ps(_mm256_sub_ps(RoundBf16(_mm256_mul_ps(q, s)), xa), c.absmask);
-  __m256 e = _mm256_mul_ps(d, d);
-  if constexpr (N == 3) e = _mm256_mul_ps(e, d);
-  return _mm256_mul_ps(e, im);
+  return imx_avx2::SymTopTerms<N>(c.magic, c.absmask, xa, h, im, s, r);
 }
 
 // One group as Prepare leaves it for Decide (imatrix_mse_int_avx2.cc's Prepared): its |x|,
@@ -256,43 +248,11 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
                            0x100u);
 }
 
-// PrepareSteps: every step's parameters (lanes across steps, the operations of
-// imatrix_mse-inl.h ParamsVec) and the one-term bound at every step. The scale depends on the
-// group only through its largest magnitude (imatrix_mse_int_avx2.cc PrepareSteps has why):
-// one product per step.
+// PrepareSteps: every step's parameters and the one-term bound at every step
+// (imx_avx2::SymPrepareSteps, which has why one product a step gives the scale).
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out) {
-  const Block& b = *x.b;
-  const Consts& c = x.c;
-  const __m256 zero = _mm256_setzero_ps();
-  float a = out->amax;
-  if (b.absmax != nullptr) b.absmax[gi] = a;
-  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
-  const __m256 half_range =
-      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
-  const __m256 amax = _mm256_set1_ps(a);
-  uint32_t recip_ok = 0;
-  for (size_t h = 0; h < x.sv; ++h) {
-    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
-    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
-    s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
-                         _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
-    _mm256_store_ps(out->S + 8 * h, s);
-    _mm256_store_ps(out->R + 8 * h, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
-    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
-                                    _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
-    recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
-  }
-  out->sc = ~recip_ok & x.step_bits;
-  const int lane = out->top;
-  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
-  const __m256 th = _mm256_set1_ps(out->hv[lane]);
-  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
-  for (size_t h = 0; h < x.sv; ++h) {
-    _mm256_store_ps(out->TOP + 8 * h,
-                    TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
-                                _mm256_load_ps(out->R + 8 * h)));
-  }
+  imx_avx2::SymPrepareSteps<N>(x, x.c.magic, x.c.absmask, gi, out);
 }
 
 // PrepareFirst: the parameters of steps 0, 1 and the last (L) only, step 0's one-term bound

@@ -153,19 +153,11 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 xa, __m256 hv, __m2
   return _mm256_mul_ps(e, im);
 }
 
-// One element's term (|x|, its bound h and imp in every lane) at 8 steps (lanes: their
-// scales s and reciprocals r), as the definition computes it (by the symmetry above): v =
-// RNE_bf16(|x| * r), min(v, h) rounded half to even by 1.5 * 2^23, dq = RNE_bf16(q * s).
+// One element's term at 8 steps: imx_avx2::SymTopTerms with this block's constants.
 template <int N>
 QUENCH_IMX_AVX2 inline __m256 TopTerms(const Consts& c, __m256 xa, __m256 h, __m256 im,
                                        __m256 s, __m256 r) {
-  const __m256 v = RoundBf16(_mm256_mul_ps(xa, r));
-  const __m256 q = _mm256_sub_ps(_mm256_add_ps(_mm256_min_ps(v, h), c.magic), c.magic);
-  const __m256 d =
-      _mm256_and_ps(_mm256_sub_ps(RoundBf16(_mm256_mul_ps(q, s)), xa), c.absmask);
-  __m256 e = _mm256_mul_ps(d, d);
-  if constexpr (N == 3) e = _mm256_mul_ps(e, d);
-  return _mm256_mul_ps(e, im);
+  return imx_avx2::SymTopTerms<N>(c.magic, c.absmask, xa, h, im, s, r);
 }
 
 // The steps after step 0 summed in the prelude: steps 1 and 2 are summed in full for most
@@ -284,49 +276,11 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   out->top = __builtin_ctz(at_top | 0x100u);
 }
 
-// PrepareSteps: every step's parameters (lanes across steps, the operations of
-// imatrix_mse-inl.h ParamsVec) and the one-term bound at every step.
+// PrepareSteps: every step's parameters and the one-term bound at every step
+// (imx_avx2::SymPrepareSteps, which has why one product a step gives the scale).
 template <int N>
 QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out) {
-  const Block& b = *x.b;
-  const Consts& c = x.c;
-  const __m256 zero = _mm256_setzero_ps();
-  // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
-  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
-  // max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
-  // steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by the
-  // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
-  // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
-  // magnitude pattern of the pass (no min or max of the signed values): one product per step.
-  float a = out->amax;
-  if (b.absmax != nullptr) b.absmax[gi] = a;  // for the quantize stage (IntScalesKept)
-  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
-  const __m256 half_range =
-      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
-  const __m256 amax = _mm256_set1_ps(a);
-  uint32_t recip_ok = 0;
-  for (size_t h = 0; h < x.sv; ++h) {
-    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
-    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
-    s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
-                         _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
-    _mm256_store_ps(out->S + 8 * h, s);
-    _mm256_store_ps(out->R + 8 * h, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
-    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
-                                    _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
-    recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
-  }
-  out->sc = ~recip_ok & x.step_bits;
-  // The group's element of largest key: its term at every step.
-  const int lane = out->top;
-  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
-  const __m256 th = _mm256_set1_ps(out->hv[lane]);
-  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
-  for (size_t h = 0; h < x.sv; ++h) {
-    _mm256_store_ps(out->TOP + 8 * h,
-                    TopTerms<N>(c, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
-                                _mm256_load_ps(out->R + 8 * h)));
-  }
+  imx_avx2::SymPrepareSteps<N>(x, x.c.magic, x.c.absmask, gi, out);
 }
 
 // PrepareStep0: step 0's sum (its decision comes first in Decide); then steps 1 .. kPreSteps'

@@ -133,6 +133,69 @@ QUENCH_IMX_AVX2 inline void SetUpBlock(const Block& b, BlockCtx* x) {
   x->ik = ik.data();
 }
 
+// The term of one element of a symmetric int search (|x| xa, its clamp bound h and importance
+// im in every lane) at 8 steps (lanes: their scales s and reciprocals r), as the definition
+// computes it: v = RNE_bf16(|x| * r), min(v, h) rounded half to even by adding and subtracting
+// magic (1.5 * 2^23), dq = RNE_bf16(q * s), e = |dq - |x||^N * im (the products one at a time).
+template <int N>
+QUENCH_IMX_AVX2 inline __m256 SymTopTerms(__m256 magic, __m256 absmask, __m256 xa, __m256 h,
+                                          __m256 im, __m256 s, __m256 r) {
+  using avx2::RoundBf16;
+  const __m256 v = RoundBf16(_mm256_mul_ps(xa, r));
+  const __m256 q = _mm256_sub_ps(_mm256_add_ps(_mm256_min_ps(v, h), magic), magic);
+  const __m256 d = _mm256_and_ps(_mm256_sub_ps(RoundBf16(_mm256_mul_ps(q, s)), xa), absmask);
+  __m256 e = _mm256_mul_ps(d, d);
+  if constexpr (N == 3) e = _mm256_mul_ps(e, d);
+  return _mm256_mul_ps(e, im);
+}
+
+// A symmetric int search's group (P: its kernel's Prepared, with amax, top, xa / hv / ie,
+// S, R, TOP and sc) gets every step's parameters (lanes across steps, the operations of
+// imatrix_mse-inl.h ParamsVec) and the one-term bound of its element `top` at every step;
+// the group's largest magnitude goes to b.absmax for the quantize stage (IntScalesKept).
+// Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
+// (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
+// max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
+// steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by the
+// definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
+// max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
+// magnitude pattern of the pass (no min or max of the signed values): one product per step.
+template <int N, class P>
+QUENCH_IMX_AVX2 inline void SymPrepareSteps(const BlockCtx& x, __m256 magic, __m256 absmask,
+                                            size_t gi, P* out) {
+  using avx2::RoundBf16;
+  const Block& b = *x.b;
+  const __m256 zero = _mm256_setzero_ps();
+  float a = out->amax;
+  if (b.absmax != nullptr) b.absmax[gi] = a;
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
+  const __m256 half_range =
+      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  const __m256 amax = _mm256_set1_ps(a);
+  uint32_t recip_ok = 0;
+  for (size_t h = 0; h < x.sv; ++h) {
+    const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
+    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
+    s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
+                         _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    _mm256_store_ps(out->S + 8 * h, s);
+    _mm256_store_ps(out->R + 8 * h, _mm256_div_ps(_mm256_set1_ps(1.0f), s));
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
+                                    _mm256_cmp_ps(s, _mm256_set1_ps(0x1p100f), _CMP_LE_OQ));
+    recip_ok |= static_cast<uint32_t>(_mm256_movemask_ps(ok)) << (8 * h);
+  }
+  out->sc = ~recip_ok & x.step_bits;
+  const int lane = out->top;
+  const __m256 tx = _mm256_set1_ps(out->xa[lane]);
+  const __m256 th = _mm256_set1_ps(out->hv[lane]);
+  const __m256 tim = _mm256_set1_ps(out->ie[lane]);
+  for (size_t h = 0; h < x.sv; ++h) {
+    _mm256_store_ps(out->TOP + 8 * h,
+                    SymTopTerms<N>(magic, absmask, tx, th, tim, _mm256_load_ps(out->S + 8 * h),
+                                   _mm256_load_ps(out->R + 8 * h)));
+  }
+}
+
 // Group gi's values (n elements a group), eight at a time: from the block's f32 copy, or its
 // bf16 rows widened (a bf16 value is the upper half of its f32 bits).
 struct GroupRows {
