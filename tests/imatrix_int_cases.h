@@ -144,6 +144,43 @@ inline KeptSearch KeptScalesFromSearch(const WeightChunk& in, const std::vector<
   r.masks = std::move(masks);
   return r;
 }
+// The same rows by the definition's path, every AVX2 int kernel switched off: SearchSteps,
+// each group's chosen step, QuantizeChosen into code_bytes of codes and 2 bytes of scale a
+// group; kept_off: whether IntScalesKept still claims the rows with the kernels off.
+struct ChosenByDefinition {
+  std::vector<uint32_t> masks;
+  int stop = 0;
+  std::vector<uint8_t> codes, scales;
+  bool kept_off = false;
+};
+inline ChosenByDefinition ChosenWithKernelsOff(const WeightChunk& in,
+                                               const std::vector<float>& imp,
+                                               const calib::ImatrixOptions& o, size_t groups,
+                                               size_t code_bytes, bool packed) {
+  ChosenByDefinition r;
+  calib::internal::SetIntAvx2Enabled(false);
+  std::vector<double> best(groups, FLT_MAX);
+  r.masks.assign(groups, 0u);
+  uint32_t bits = 0;
+  const bool searched =
+      calib::SearchSteps(in, calib::ImatrixFormat::kInt, imp, o, 0, calib::LastStep(o),
+                         best.data(), r.masks.data(), &bits, /*exact_best=*/false);
+  std::vector<uint8_t> steps(groups);
+  r.stop = calib::StopStep(bits, o);
+  for (size_t k = 0; k < groups; ++k) steps[k] = calib::ChosenStep(r.masks[k], r.stop);
+  r.codes.resize(code_bytes);
+  r.scales.resize(groups * 2);
+  ChunkOutputs out;
+  out.out[0] = r.codes.data();
+  out.out[1] = r.scales.data();
+  const bool quantized = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o, steps.data(),
+                                               packed, out);
+  r.kept_off = calib::IntScalesKept(in, o, packed);
+  calib::internal::SetIntAvx2Enabled(true);
+  REQUIRE(searched);
+  REQUIRE(quantized);
+  return r;
+}
 // Random rows (RandomRows), symmetric.
 inline void MakeInt4Chunk(std::mt19937& rng, size_t rows, size_t cols, Int4Chunk* c) {
   RandomRows(rng, rows, cols, &c->x, &c->imp);

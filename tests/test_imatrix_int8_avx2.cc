@@ -409,41 +409,20 @@ TEST_CASE("imatrix_mse int8 avx2: chosen codes from the search's kept magnitudes
         const std::vector<uint8_t>& scales = kept.scales;
         const std::vector<uint32_t>& masks = kept.masks;
         const int stop = kept.stop;
-        const int last = calib::LastStep(o);
         std::vector<uint8_t> codes_k(rows * cols), scales_k(rows * ng * 2);
         ChunkOutputs out_k;
         out_k.out[0] = codes_k.data();
         out_k.out[1] = scales_k.data();
         REQUIRE(calib::QuantizeIntKept(in, scales.data(), nullptr, out_k, cs.packed));
         // The reference: every AVX2 kernel off.
-        calib::internal::SetIntAvx2Enabled(false);
-        std::vector<double> best_r(rows * ng, FLT_MAX);
-        std::vector<uint32_t> masks_r(rows * ng, 0u);
-        uint32_t bits_r = 0;
-        const bool searched =
-            calib::SearchSteps(in, calib::ImatrixFormat::kInt, c.imp, o, 0, last,
-                               best_r.data(), masks_r.data(), &bits_r, /*exact_best=*/false);
-        std::vector<uint8_t> steps(rows * ng);
-        const int stop_r = calib::StopStep(bits_r, o);
-        for (size_t k = 0; k < steps.size(); ++k) {
-          steps[k] = calib::ChosenStep(masks_r[k], stop_r);
-        }
-        std::vector<uint8_t> codes_r(rows * cols), scales_r(rows * ng * 2);
-        ChunkOutputs out_r;
-        out_r.out[0] = codes_r.data();
-        out_r.out[1] = scales_r.data();
-        const bool quantized = calib::QuantizeChosen(in, calib::ImatrixFormat::kInt, o,
-                                                     steps.data(), cs.packed, out_r);
-        const bool kept_off = calib::IntScalesKept(in, o, cs.packed);
-        calib::internal::SetIntAvx2Enabled(true);
-        REQUIRE(searched);
-        REQUIRE(quantized);
-        CHECK(!kept_off);
-        CHECK(masks == masks_r);
-        CHECK(stop == stop_r);
-        CHECK(scales == scales_r);
-        CHECK(scales_k == scales_r);
-        CHECK(codes_k == codes_r);
+        const imatrix_int::ChosenByDefinition ref = imatrix_int::ChosenWithKernelsOff(
+            in, c.imp, o, rows * ng, rows * cols, cs.packed);
+        CHECK(!ref.kept_off);
+        CHECK(masks == ref.masks);
+        CHECK(stop == ref.stop);
+        CHECK(scales == ref.scales);
+        CHECK(scales_k == ref.scales);
+        CHECK(codes_k == ref.codes);
       }
     }
   }
