@@ -19,15 +19,26 @@
 //  - y = u + zp in f32, the definition's addition (its RNE_bf16 follows);
 //  - c = clamp(y, qmin, qmax) before that RNE_bf16: qmin and qmax are bf16 values and RNE_bf16
 //    is monotone, so clamp(RNE_bf16(y)) = RNE_bf16(clamp(y));
-//  - RNE_bf16(c) by adding and subtracting M = sign(c) 1.5 2^(e + 16), e the exponent of c
-//    (c's sign and exponent bits, plus 16 in the exponent field and the top mantissa bit):
-//    |c + M| lies in [2^(e + 16), 2^(e + 17)), whose f32 ulp 2^(e - 7) is bf16's ulp in c's
-//    binade, so the f32 addition rounds c to bf16's grid, ties to even (M is an even multiple
-//    of that ulp, so the sum's last bit is the rounded c's), a carry to 2^(e + 1) as RNE_bf16
-//    carries; the subtraction is exact (Sterbenz). A subnormal c (exponent field 0) is rounded
-//    to a grid of 2^-134 instead of bf16's 2^-133: code 0 either way. Half up would not do
-//    here: y is a bf16 midpoint for some u and zp (u = 0.515625, zp = 4: y = 4.515625,
-//    RNE_bf16 4.5, code 4; half up 4.53125, code 5);
+//  - RNE_bf16(c) (RneBf16M, which the step tables and one-term bounds use) by adding and
+//    subtracting M = sign(c) 1.5 2^(e + 16), e the exponent of c (c's sign and exponent bits,
+//    plus 16 in the exponent field and the top mantissa bit): |c + M| lies in
+//    [2^(e + 16), 2^(e + 17)), whose f32 ulp 2^(e - 7) is bf16's ulp in c's binade, so the f32
+//    addition rounds c to bf16's grid, ties to even (M is an even multiple of that ulp, so the
+//    sum's last bit is the rounded c's), a carry to 2^(e + 1) as RNE_bf16 carries; the
+//    subtraction is exact (Sterbenz). A subnormal c (exponent field 0) is rounded to a grid of
+//    2^-134 instead of bf16's 2^-133: code 0 either way. Half up would not do here: y is a
+//    bf16 midpoint for some u and zp (u = 0.515625, zp = 4: y = 4.515625, RNE_bf16 4.5, code
+//    4; half up 4.53125, code 5);
+//  - in the terms, the code's RNE_bf16(c) is instead f32(c * 65537) - c * 65536, 3 operations
+//    against RneBf16M's 4, equal to it up to values that round to the same code: M' =
+//    c * 2^16 is exact and a multiple of G = 2^(e - 7) (bf16's ulp in c's binade), with M' / G
+//    c's 24-bit significand; f32(c * 65537) = f32(M' + c) rounds to G's grid while
+//    |c| (1 + 2^-16) < 2^(e + 1), ties to even (at a tie c's low 16 bits are 0x8000, so its
+//    significand, M' / G, is even and the sum's parity is the rounded c's), and the
+//    subtraction is exact (Sterbenz): RNE_bf16(c). Above that (c within 2^-16 relative of
+//    2^(e + 1)) the sum rounds to a grid of 2G, near an integer or 0.5 whose code does not
+//    change. tests/test_imatrix_int_avx2_asym.cc checks it for every f32 c in [-8, 7] (the
+//    code from this form against the bits' RNE_bf16 rounded to an integer);
 //  - q = VCVTPS2DQ(RNE_bf16(c)): round half to even in the default rounding mode (which
 //    RoundInt's addition relies on too); -8 <= q <= 7;
 //  - dq from the step's table of the 16 codes T[q mod 16] = RNE_bf16((q - zp) * s), held as two
@@ -38,7 +49,7 @@
 //  - e = ((d * d) * |d|) * imp (norm 3) or (d * d) * imp with d = dq - x, the definition's f32
 //    products one at a time (d * d = |d| * |d|; no contraction, switched off below, and no
 //    FMA in the target).
-// 20 vector operations per 8 elements for norm 3 (the sum's addition included) against ~30
+// 19 vector operations per 8 elements for norm 3 (the sum's addition included) against ~30
 // in the Highway AVX2 kernel, which rounds with longer sequences and computes dq by a product
 // and a third rounding. Steps whose zero point is 0 (a large share of the summed ones:
 // bench/README.md, branch imx-asym) skip the addition and the second rounding in their full
@@ -115,6 +126,7 @@ struct Consts {
   __m256 qlo, qhi;    // the clamp bounds qmin, qmax
   __m256 codes_lo;    // lane j: the code j (the table's first vector)
   __m256 codes_hi;    // lane j: the code j - 8 (its second)
+  __m256 times_65536, times_65537;  // 2^16 and 2^16 + 1 (the code's second rounding)
 };
 
 QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
@@ -129,6 +141,8 @@ QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
   c.qhi = _mm256_set1_ps(static_cast<float>(b.layout.qmax));
   c.codes_lo = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   c.codes_hi = _mm256_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f);
+  c.times_65536 = _mm256_set1_ps(65536.0f);
+  c.times_65537 = _mm256_set1_ps(65537.0f);
   return c;
 }
 
@@ -155,9 +169,9 @@ QUENCH_IMX_AVX2 inline Step MakeStep(const Consts& c, float s, float r, float zp
 }
 
 // The terms of 8 elements x with importance im at step st (the file comment has why each
-// operation is the definition's). Z0: a step whose zero point is 0, where u + zp = u (up to
-// the sign of a zero) is already a bf16 value, so that neither the addition nor the second
-// rounding changes it: 5 operations fewer.
+// operation is the definition's; the code's second rounding in its product form). Z0: a
+// step whose zero point is 0, where u + zp = u (up to the sign of a zero) is already a bf16
+// value, so that neither the addition nor the second rounding changes it: 4 operations fewer.
 template <int N, bool Z0 = false>
 QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const Step& st) {
   const __m256i t = _mm256_castps_si256(_mm256_mul_ps(x, st.r));
@@ -167,7 +181,8 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const
     q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(u, c.qlo), c.qhi));
   } else {
     const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(u, st.zp), c.qlo), c.qhi);
-    q = _mm256_cvtps_epi32(RneBf16M(c, y));
+    q = _mm256_cvtps_epi32(
+        _mm256_sub_ps(_mm256_mul_ps(y, c.times_65537), _mm256_mul_ps(y, c.times_65536)));
   }
   const __m256 dq = _mm256_blendv_ps(_mm256_permutevar8x32_ps(st.lo, q),
                                      _mm256_permutevar8x32_ps(st.hi, q), _mm256_castsi256_ps(q));
