@@ -93,12 +93,13 @@ QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, __m25
           Codes8<kRecip>(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), by, zp, lo, hi);
       const __m256i o =
           Codes8<kRecip>(_mm256_castsi256_ps(_mm256_and_si256(x, hi_half)), by, zp, lo, hi);
-      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib),
-                             _mm256_slli_epi32(_mm256_and_si256(o, nib), 4));
+      // 16 o + (e mod 16), in [-128, 127]: a signed byte whose nibbles are o mod 16 and e mod
+      // 16 (packed below with signed saturation, which leaves it unchanged).
+      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib), _mm256_slli_epi32(o, 4));
     }
     // Each nibble holds q mod 16: q + 8's is that with its top bit flipped.
-    const __m256i b = _mm256_xor_si256(_mm256_packus_epi16(_mm256_packus_epi32(w[0], w[1]),
-                                                           _mm256_packus_epi32(w[2], w[3])),
+    const __m256i b = _mm256_xor_si256(_mm256_packs_epi16(_mm256_packs_epi32(w[0], w[1]),
+                                                          _mm256_packs_epi32(w[2], w[3])),
                                        _mm256_set1_epi8(static_cast<char>(0x88)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i / 2),
                         _mm256_permutevar8x32_epi32(b, order));
