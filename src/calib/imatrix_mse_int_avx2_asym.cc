@@ -380,24 +380,52 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, Prepared* out) {
 // by its one term against the best before step 0 (then also against every later best: the
 // best only decreases), which Decide then takes as any other step. Summed here, in the
 // batch's branch-free work, and decided before the other steps' one-term checks, which are
-// then made against their best (DecideGroup's pre).
+// then made against their best (DecideGroup's pre). Each step's vector of partial sums goes
+// to acc + 8 kBatch k (zero where not summed), lane-summed for the whole batch by PreSums: a
+// lane sum a vector at a time after each sum left the core waiting on the sum's last
+// additions (bench/README.md, branch imx-asym3).
 template <int N>
-QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
-  out->p0 = 0.0;
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out,
+                                         float* acc) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 a = zero;
   if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
     const Step st = MakeStep(x.c, out->S[0], out->R[0], out->Z[0]);
-    const __m256 zero = _mm256_setzero_ps();
-    out->p0 = LaneSum(out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
-                                        : SumVecs<N, false>(x, *out, st, 0, zero));
+    a = out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
+                          : SumVecs<N, false>(x, *out, st, 0, zero);
   }
+  _mm256_store_ps(acc, a);
   out->pre = 0;
-  for (size_t k = 1; k <= kPreSteps; ++k) {
+  size_t k = 1;
+  for (; k <= kPreSteps; ++k) {
     if (!(x.step_bits >> k & 1u) || (out->sc >> k & 1u) || out->TOP[k] >= x.b->best[gi]) break;
     const Step st = MakeStep(x.c, out->S[k], out->R[k], out->Z[k]);
-    const __m256 zero = _mm256_setzero_ps();
-    out->ps[k] = LaneSum(out->Z[k] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
-                                           : SumVecs<N, false>(x, *out, st, 0, zero));
+    _mm256_store_ps(acc + 8 * kBatch * k, out->Z[k] == 0.0f
+                                             ? SumVecs<N, true>(x, *out, st, 0, zero)
+                                             : SumVecs<N, false>(x, *out, st, 0, zero));
     out->pre |= 1u << k;
+  }
+  for (; k <= kPreSteps; ++k) _mm256_store_ps(acc + 8 * kBatch * k, zero);  // not summed
+}
+
+// The lane sums of PrepareStep0's vectors for a batch (acc: step k's of group j at
+// acc + 8 (kBatch k + j), zero where not summed), eight vectors at a time by a tree of
+// horizontal adds (any order: the certified bound covers every order), into p0 and ps.
+QUENCH_IMX_AVX2 inline void PreSums(const float* acc, Prepared* prep) {
+  static_assert(kBatch == 8);
+  for (size_t k = 0; k <= kPreSteps; ++k) {
+    const float* q = acc + 8 * kBatch * k;
+    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                        _mm256_permute2f128_ps(q0, q1, 0x31)));
+    for (size_t j = 0; j < kBatch; ++j) {
+      (k == 0 ? prep[j].p0 : prep[j].ps[k]) = static_cast<double>(sums[j]);
+    }
   }
 }
 
@@ -461,7 +489,14 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, &prep[j]);
-    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
+    alignas(32) float acc[8 * kBatch * (kPreSteps + 1)];
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j], acc + 8 * j);
+    for (size_t j = nb; j < kBatch; ++j) {
+      for (size_t k = 0; k <= kPreSteps; ++k) {
+        _mm256_store_ps(acc + 8 * (kBatch * k + j), _mm256_setzero_ps());
+      }
+    }
+    PreSums(acc, prep);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
