@@ -126,7 +126,7 @@ TEST_CASE("imatrix_mse int avx2 asym kernel: every term of every bf16 x equals t
 // f32(c * 65537) - c * 65536 in place of RNE_bf16(c)) for every f32 c in [-8, 7] (the
 // clamped y of every 2-4 bit layout), against round half to even of RNE_bf16(c) by its bits
 // (round to nearest even at bit 16), both to integers by lrint (half to even): the same code.
-TEST_CASE("imatrix_mse int avx2 asym kernel: the code's product-form rounding, every f32 in [-8, 7]") {
+TEST_CASE("imatrix_mse int avx2 asym kernel: the product-form code rounding, every f32 in [-8, 7]") {
   uint64_t checked = 0, mismatched = 0;
   for (const uint32_t sign : {0u, 0x80000000u}) {
     const uint32_t last = sign != 0 ? 0x41000000u : 0x40E00000u;  // bits of 8 and 7
