@@ -122,6 +122,32 @@ TEST_CASE("imatrix_mse int avx2 asym kernel: every term of every bf16 x equals t
   CHECK(mismatched == 0);
 }
 
+// The terms' form of the code's second rounding (imatrix_mse_int_avx2_asym.cc:
+// f32(c * 65537) - c * 65536 in place of RNE_bf16(c)) for every f32 c in [-8, 7] (the
+// clamped y of every 2-4 bit layout), against round half to even of RNE_bf16(c) by its bits
+// (round to nearest even at bit 16), both to integers by lrint (half to even): the same code.
+TEST_CASE("imatrix_mse int avx2 asym kernel: the product-form code rounding, every f32 in [-8, 7]") {
+  uint64_t checked = 0, mismatched = 0;
+  for (const uint32_t sign : {0u, 0x80000000u}) {
+    const uint32_t last = sign != 0 ? 0x41000000u : 0x40E00000u;  // bits of 8 and 7
+    for (uint32_t m = 0; m <= last; ++m) {
+      const uint32_t bits = sign | m;
+      float c, ref;
+      std::memcpy(&c, &bits, 4);
+      const uint32_t rb = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+      std::memcpy(&ref, &rb, 4);
+      const float p = c * 65537.0f, mm = c * 65536.0f;
+      ++checked;
+      if (std::lrint(p - mm) != std::lrint(ref) && mismatched++ < 3) {
+        MESSAGE("c " << c << ": want " << std::lrint(ref) << " got " << std::lrint(p - mm));
+      }
+    }
+  }
+  MESSAGE("values checked: " << checked);
+  CHECK(checked == 2178940930u);
+  CHECK(mismatched == 0);
+}
+
 TEST_CASE("imatrix_mse int avx2 asym kernel equals the definition on random groups") {
   if (!calib::internal::IntAvx2Available()) return;  // the case above checks that it declines
   std::mt19937 rng(28);

@@ -19,15 +19,26 @@
 //  - y = u + zp in f32, the definition's addition (its RNE_bf16 follows);
 //  - c = clamp(y, qmin, qmax) before that RNE_bf16: qmin and qmax are bf16 values and RNE_bf16
 //    is monotone, so clamp(RNE_bf16(y)) = RNE_bf16(clamp(y));
-//  - RNE_bf16(c) by adding and subtracting M = sign(c) 1.5 2^(e + 16), e the exponent of c
-//    (c's sign and exponent bits, plus 16 in the exponent field and the top mantissa bit):
-//    |c + M| lies in [2^(e + 16), 2^(e + 17)), whose f32 ulp 2^(e - 7) is bf16's ulp in c's
-//    binade, so the f32 addition rounds c to bf16's grid, ties to even (M is an even multiple
-//    of that ulp, so the sum's last bit is the rounded c's), a carry to 2^(e + 1) as RNE_bf16
-//    carries; the subtraction is exact (Sterbenz). A subnormal c (exponent field 0) is rounded
-//    to a grid of 2^-134 instead of bf16's 2^-133: code 0 either way. Half up would not do
-//    here: y is a bf16 midpoint for some u and zp (u = 0.515625, zp = 4: y = 4.515625,
-//    RNE_bf16 4.5, code 4; half up 4.53125, code 5);
+//  - RNE_bf16(c) (RneBf16M, which the step tables and one-term bounds use) by adding and
+//    subtracting M = sign(c) 1.5 2^(e + 16), e the exponent of c (c's sign and exponent bits,
+//    plus 16 in the exponent field and the top mantissa bit): |c + M| lies in
+//    [2^(e + 16), 2^(e + 17)), whose f32 ulp 2^(e - 7) is bf16's ulp in c's binade, so the f32
+//    addition rounds c to bf16's grid, ties to even (M is an even multiple of that ulp, so the
+//    sum's last bit is the rounded c's), a carry to 2^(e + 1) as RNE_bf16 carries; the
+//    subtraction is exact (Sterbenz). A subnormal c (exponent field 0) is rounded to a grid of
+//    2^-134 instead of bf16's 2^-133: code 0 either way. Half up would not do here: y is a
+//    bf16 midpoint for some u and zp (u = 0.515625, zp = 4: y = 4.515625, RNE_bf16 4.5, code
+//    4; half up 4.53125, code 5);
+//  - in the terms, the code's RNE_bf16(c) is instead f32(c * 65537) - c * 65536, 3 operations
+//    against RneBf16M's 4, equal to it up to values that round to the same code: M' =
+//    c * 2^16 is exact and a multiple of G = 2^(e - 7) (bf16's ulp in c's binade), with M' / G
+//    c's 24-bit significand; f32(c * 65537) = f32(M' + c) rounds to G's grid while
+//    |c| (1 + 2^-16) < 2^(e + 1), ties to even (at a tie c's low 16 bits are 0x8000, so its
+//    significand, M' / G, is even and the sum's parity is the rounded c's), and the
+//    subtraction is exact (Sterbenz): RNE_bf16(c). Above that (c within 2^-16 relative of
+//    2^(e + 1)) the sum rounds to a grid of 2G, near an integer or 0.5 whose code does not
+//    change. tests/test_imatrix_int_avx2_asym.cc checks it for every f32 c in [-8, 7] (the
+//    code from this form against the bits' RNE_bf16 rounded to an integer);
 //  - q = VCVTPS2DQ(RNE_bf16(c)): round half to even in the default rounding mode (which
 //    RoundInt's addition relies on too); -8 <= q <= 7;
 //  - dq from the step's table of the 16 codes T[q mod 16] = RNE_bf16((q - zp) * s), held as two
@@ -38,7 +49,7 @@
 //  - e = ((d * d) * |d|) * imp (norm 3) or (d * d) * imp with d = dq - x, the definition's f32
 //    products one at a time (d * d = |d| * |d|; no contraction, switched off below, and no
 //    FMA in the target).
-// 20 vector operations per 8 elements for norm 3 (the sum's addition included) against ~30
+// 19 vector operations per 8 elements for norm 3 (the sum's addition included) against ~30
 // in the Highway AVX2 kernel, which rounds with longer sequences and computes dq by a product
 // and a third rounding. Steps whose zero point is 0 (a large share of the summed ones:
 // bench/README.md, branch imx-asym) skip the addition and the second rounding in their full
@@ -115,6 +126,7 @@ struct Consts {
   __m256 qlo, qhi;    // the clamp bounds qmin, qmax
   __m256 codes_lo;    // lane j: the code j (the table's first vector)
   __m256 codes_hi;    // lane j: the code j - 8 (its second)
+  __m256 times_65536, times_65537;  // 2^16 and 2^16 + 1 (the code's second rounding)
 };
 
 QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
@@ -129,6 +141,8 @@ QUENCH_IMX_AVX2 inline Consts MakeConsts(const Block& b) {
   c.qhi = _mm256_set1_ps(static_cast<float>(b.layout.qmax));
   c.codes_lo = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   c.codes_hi = _mm256_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f);
+  c.times_65536 = _mm256_set1_ps(65536.0f);
+  c.times_65537 = _mm256_set1_ps(65537.0f);
   return c;
 }
 
@@ -155,9 +169,9 @@ QUENCH_IMX_AVX2 inline Step MakeStep(const Consts& c, float s, float r, float zp
 }
 
 // The terms of 8 elements x with importance im at step st (the file comment has why each
-// operation is the definition's). Z0: a step whose zero point is 0, where u + zp = u (up to
-// the sign of a zero) is already a bf16 value, so that neither the addition nor the second
-// rounding changes it: 5 operations fewer.
+// operation is the definition's; the code's second rounding in its product form). Z0: a
+// step whose zero point is 0, where u + zp = u (up to the sign of a zero) is already a bf16
+// value, so that neither the addition nor the second rounding changes it: 4 operations fewer.
 template <int N, bool Z0 = false>
 QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const Step& st) {
   const __m256i t = _mm256_castps_si256(_mm256_mul_ps(x, st.r));
@@ -167,7 +181,8 @@ QUENCH_IMX_AVX2 inline __m256 Terms8(const Consts& c, __m256 x, __m256 im, const
     q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(u, c.qlo), c.qhi));
   } else {
     const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(u, st.zp), c.qlo), c.qhi);
-    q = _mm256_cvtps_epi32(RneBf16M(c, y));
+    q = _mm256_cvtps_epi32(
+        _mm256_sub_ps(_mm256_mul_ps(y, c.times_65537), _mm256_mul_ps(y, c.times_65536)));
   }
   const __m256 dq = _mm256_blendv_ps(_mm256_permutevar8x32_ps(st.lo, q),
                                      _mm256_permutevar8x32_ps(st.hi, q), _mm256_castsi256_ps(q));
@@ -365,24 +380,52 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, Prepared* out) {
 // by its one term against the best before step 0 (then also against every later best: the
 // best only decreases), which Decide then takes as any other step. Summed here, in the
 // batch's branch-free work, and decided before the other steps' one-term checks, which are
-// then made against their best (DecideGroup's pre).
+// then made against their best (DecideGroup's pre). Each step's vector of partial sums goes
+// to acc + 8 kBatch k (zero where not summed), lane-summed for the whole batch by PreSums: a
+// lane sum a vector at a time after each sum left the core waiting on the sum's last
+// additions (bench/README.md, branch imx-asym3).
 template <int N>
-QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
-  out->p0 = 0.0;
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out,
+                                         float* acc) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 a = zero;
   if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
     const Step st = MakeStep(x.c, out->S[0], out->R[0], out->Z[0]);
-    const __m256 zero = _mm256_setzero_ps();
-    out->p0 = LaneSum(out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
-                                        : SumVecs<N, false>(x, *out, st, 0, zero));
+    a = out->Z[0] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
+                          : SumVecs<N, false>(x, *out, st, 0, zero);
   }
+  _mm256_store_ps(acc, a);
   out->pre = 0;
-  for (size_t k = 1; k <= kPreSteps; ++k) {
+  size_t k = 1;
+  for (; k <= kPreSteps; ++k) {
     if (!(x.step_bits >> k & 1u) || (out->sc >> k & 1u) || out->TOP[k] >= x.b->best[gi]) break;
     const Step st = MakeStep(x.c, out->S[k], out->R[k], out->Z[k]);
-    const __m256 zero = _mm256_setzero_ps();
-    out->ps[k] = LaneSum(out->Z[k] == 0.0f ? SumVecs<N, true>(x, *out, st, 0, zero)
-                                           : SumVecs<N, false>(x, *out, st, 0, zero));
+    _mm256_store_ps(acc + 8 * kBatch * k, out->Z[k] == 0.0f
+                                             ? SumVecs<N, true>(x, *out, st, 0, zero)
+                                             : SumVecs<N, false>(x, *out, st, 0, zero));
     out->pre |= 1u << k;
+  }
+  for (; k <= kPreSteps; ++k) _mm256_store_ps(acc + 8 * kBatch * k, zero);  // not summed
+}
+
+// The lane sums of PrepareStep0's vectors for a batch (acc: step k's of group j at
+// acc + 8 (kBatch k + j), zero where not summed), eight vectors at a time by a tree of
+// horizontal adds (any order: the certified bound covers every order), into p0 and ps.
+QUENCH_IMX_AVX2 inline void PreSums(const float* acc, Prepared* prep) {
+  static_assert(kBatch == 8);
+  for (size_t k = 0; k <= kPreSteps; ++k) {
+    const float* q = acc + 8 * kBatch * k;
+    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                        _mm256_permute2f128_ps(q0, q1, 0x31)));
+    for (size_t j = 0; j < kBatch; ++j) {
+      (k == 0 ? prep[j].p0 : prep[j].ps[k]) = static_cast<double>(sums[j]);
+    }
   }
 }
 
@@ -446,7 +489,14 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, &prep[j]);
-    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j]);
+    alignas(32) float acc[8 * kBatch * (kPreSteps + 1)];
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N>(x, g0 + j, &prep[j], acc + 8 * j);
+    for (size_t j = nb; j < kBatch; ++j) {
+      for (size_t k = 0; k <= kPreSteps; ++k) {
+        _mm256_store_ps(acc + 8 * (kBatch * k + j), _mm256_setzero_ps());
+      }
+    }
+    PreSums(acc, prep);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;

@@ -41,15 +41,15 @@ void ParamsScalar(const float* m0, const float* M0, const uint8_t* steps, size_t
 #ifdef QUENCH_IMX_AVX2_X86
 namespace {
 
-// u = q + 8 of 8 f32 values x (lanes' low 4 bits; the rest of each lane holds 1.5 * 2^23's
-// bits) at scale s and zero point zp, with the search's operations
+// The codes q of 8 f32 values x (int32 lanes, -8 <= q <= 7) at scale s and zero point zp,
+// with the search's operations
 // (imatrix_mse_int_avx2_asym.cc says why each is the definition's): t = x * r with
 // r = f32(1 / s) (kRecip) or x / s; clamped to [qmin - zp, qmax - zp] before its bf16
 // rounding (those are bf16 integers, and RNE_bf16(RNE_bf16(t) + zp) is monotone in t and
 // equal to qmin and qmax there, so the definition's clamp after it changes nothing more);
 // RNE_bf16(c) by rounding the magnitude's bits half up where t is x * r, never a midpoint, and
-// by (c + M) - M with M of c's sign and exponent where t is x / s; + zp; RNE_bf16 again by
-// (y + M) - M (y may be a midpoint); + 1.5 * 2^23 + 8, round half to even of |y| <= 8.
+// by (c + M) - M with M of c's sign and exponent where t is x / s; + zp; RNE_bf16 again
+// (y may be a midpoint) in the search's product form, then VCVTPS2DQ (half to even).
 template <bool kRecip>
 QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by, __m256 zp, __m256 lo, __m256 hi) {
   const __m256i signexp = _mm256_set1_epi32(static_cast<int>(0xFF800000u));
@@ -69,8 +69,11 @@ QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by, __m256 zp, __m256 lo,
   } else {
     u = rne(c);
   }
-  const __m256 w = rne(_mm256_add_ps(u, zp));
-  return _mm256_castps_si256(_mm256_add_ps(w, _mm256_set1_ps(12582920.0f)));  // 1.5 * 2^23 + 8
+  // y = u + zp lies in [qmin, qmax] (within [-8, 7]), where the search's product form of the
+  // second rounding gives RNE_bf16(y)'s code (imatrix_mse_int_avx2_asym.cc).
+  const __m256 y = _mm256_add_ps(u, zp);
+  return _mm256_cvtps_epi32(_mm256_sub_ps(_mm256_mul_ps(y, _mm256_set1_ps(65537.0f)),
+                                          _mm256_mul_ps(y, _mm256_set1_ps(65536.0f))));
 }
 
 // One group's n elements (a multiple of 64) at src into n / 2 packed bytes at dst, as
@@ -90,11 +93,14 @@ QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, __m25
           Codes8<kRecip>(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), by, zp, lo, hi);
       const __m256i o =
           Codes8<kRecip>(_mm256_castsi256_ps(_mm256_and_si256(x, hi_half)), by, zp, lo, hi);
-      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib),
-                             _mm256_slli_epi32(_mm256_and_si256(o, nib), 4));
+      // 16 o + (e mod 16), in [-128, 127]: a signed byte whose nibbles are o mod 16 and e mod
+      // 16 (packed below with signed saturation, which leaves it unchanged).
+      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib), _mm256_slli_epi32(o, 4));
     }
-    const __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(w[0], w[1]),
-                                          _mm256_packus_epi32(w[2], w[3]));
+    // Each nibble holds q mod 16: q + 8's is that with its top bit flipped.
+    const __m256i b = _mm256_xor_si256(_mm256_packs_epi16(_mm256_packs_epi32(w[0], w[1]),
+                                                          _mm256_packs_epi32(w[2], w[3])),
+                                       _mm256_set1_epi8(static_cast<char>(0x88)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i / 2),
                         _mm256_permutevar8x32_epi32(b, order));
   }
