@@ -12,6 +12,8 @@
 #include <cstring>
 #include <memory>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 #include "format/page_cache.h"
 
@@ -405,8 +407,49 @@ Status OutputFile::WriteBuffered(uint64_t offset, const uint8_t* p, uint64_t len
   return Status::Ok();
 }
 
+namespace {
+
+// Staging buffers that files no longer need, kept for the next file that needs one. A run's
+// shards are written one after the other, and a buffer freed at one shard's commit and
+// allocated again for the next (4 MiB: malloc maps it, and the freed one is unmapped) came
+// back as fresh pages each time, a fault and a zeroed page for every 4 KiB the held writes
+// touched. A file takes a spare before a new one is allocated, so the buffers in existence
+// (in use or spare) are never more than were in use at once: what the memory budget's
+// reserve counts (pipeline.cc kReserve).
+struct SpareStaging {
+  static constexpr size_t kMax = 2;
+  std::mutex mu;
+  std::vector<uint8_t*> free;
+};
+
+SpareStaging& Spares() {
+  static SpareStaging* s = new SpareStaging;  // never destroyed: files may outlive statics
+  return *s;
+}
+
+}  // namespace
+
+void OutputFile::ReleaseSpareStaging() {
+  std::vector<uint8_t*> gone;
+  {
+    SpareStaging& s = Spares();
+    std::lock_guard<std::mutex> lock(s.mu);
+    gone.swap(s.free);
+  }
+  for (uint8_t* p : gone) std::free(p);
+}
+
 Status OutputFile::EnsureStaging() {
   if (staging_ != nullptr) return Status::Ok();
+  {
+    SpareStaging& s = Spares();
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!s.free.empty()) {
+      staging_ = s.free.back();
+      s.free.pop_back();
+      return Status::Ok();
+    }
+  }
   void* mem = nullptr;
   if (posix_memalign(&mem, DirectIoAlignment(), kDirectStagingBytes) != 0) {
     // Worded as every other allocation failure of a run ("out of memory: ..."), so that a
@@ -421,6 +464,15 @@ Status OutputFile::EnsureStaging() {
 
 void OutputFile::FreeStaging() {
   std::lock_guard<std::mutex> lock(staging_mu_);
+  if (staging_ == nullptr) return;
+  {
+    SpareStaging& s = Spares();
+    std::lock_guard<std::mutex> spare_lock(s.mu);
+    if (s.free.size() < SpareStaging::kMax) {
+      s.free.push_back(std::exchange(staging_, nullptr));
+      return;
+    }
+  }
   std::free(staging_);
   staging_ = nullptr;
 }

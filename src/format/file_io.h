@@ -103,6 +103,9 @@ class OutputFile {
   // Removes the temporary file now.
   void Abandon();
   const std::filesystem::path& final_path() const { return final_path_; }
+  // Frees the staging buffers that files have given back and no file has taken since (they
+  // are kept for the next file that writes unaligned or held bytes directly; at most two).
+  static void ReleaseSpareStaging();
 
  private:
   // Held bytes taken out to be written: [at, at + len), whole blocks.

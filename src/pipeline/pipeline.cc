@@ -86,6 +86,7 @@ Status ShardPipeline::Run() {
   pool_.Clear();
   if (failed()) {
     for (auto& f : commits_) f.wait();
+    OutputFile::ReleaseSpareStaging();
     return first_error_;
   }
   if (while_committing_) while_committing_();
@@ -93,6 +94,9 @@ Status ShardPipeline::Run() {
     Status s = f.get();
     if (!s.ok() && first_error_.ok()) first_error_ = s;
   }
+  // The shards' staging buffers passed from one output file to the next (format/file_io.cc);
+  // with every file committed, the spares are freed.
+  OutputFile::ReleaseSpareStaging();
   return first_error_;
 }
 
