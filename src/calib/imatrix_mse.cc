@@ -176,21 +176,24 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int (4- and 8-bit) and MXFP4 kernels read the raw rows and
-  // write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with
-  // it.
+  // With group_absmax, the AVX2 int (4- and 8-bit), MXFP4 and NVFP4 kernels read the raw
+  // rows and write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy
+  // made with it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
+  // (NVFP4 of bf16 on AVX2: the groups search widens the rows itself.)
+  const bool fp4_raw = !scalar && internal::Fp4GroupsRawHandles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
-                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2
+                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2 ||
+                            fp4_raw
                       : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
-                            mx_avx2 || int8_avx2);
-  // The AVX2 int and MXFP4 kernels refuse an Inf or NaN themselves (SearchBlock returns
-  // false).
+                            mx_avx2 || int8_avx2 || fp4_raw);
+  // The AVX2 int, MXFP4 and NVFP4 kernels refuse an Inf or NaN themselves (SearchBlock
+  // returns false).
   const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) ||
-                             mx_avx2 || int8_avx2;
+                             mx_avx2 || int8_avx2 || fp4_raw;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).
