@@ -257,6 +257,10 @@ void SearchFp4Groups(const Block& b, bool* ok) {
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
     VF X[kN], I[kN];
+    // Lane l's group's values in f32 at tile_x + l * kN (for the live pairs): b.x's, or
+    // raw rows widened into xrow (full tiles) or xt (others, below).
+    HWY_ALIGN float xrow[kMaxL * kN];
+    const float* tile_x = raw ? xrow : b.x + g0 * kN;
 #if HWY_TARGET != HWY_SCALAR
     if constexpr (kMaxL == 8) {
       // A full tile's groups are 8 x 16 consecutive values: two transpositions instead of
@@ -264,7 +268,10 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       if (cnt == L) {
         VF r[8];
         for (size_t h = 0; h < kN; h += 8) {
-          for (size_t l = 0; l < 8; ++l) r[l] = load_x((g0 + l) * kN + h);
+          for (size_t l = 0; l < 8; ++l) {
+            r[l] = load_x((g0 + l) * kN + h);
+            if (raw) hn::Store(r[l], df, xrow + l * kN + h);
+          }
           Transpose8(df, r, X + h);
         }
       }
@@ -280,6 +287,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
         std::memcpy(xt + l * kN, group_x(static_cast<size_t>(gx[l]) / kN, buf), sizeof buf);
       }
       xs = xt;
+      tile_x = xt;
       vgs = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kN)));
     }
     for (size_t j = 0; j < kN; ++j) {
@@ -584,12 +592,12 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       for (size_t q = nq; q < L; ++q) vecs[q] = zero;
       for (size_t q = 0; q < nq; ++q) {
         const size_t idx = static_cast<size_t>(at[p0 + q]), l = idx & (L - 1);
-        const size_t xg = static_cast<size_t>(gx[l]);
+        const float* xg = tile_x + l * kN;
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
         const VF table = kMaxL == 8 ? Fp4Table<D>(df, ss) : zero;
         auto term = [&](size_t v) {
-          const VF ax = hn::Abs(load_x(xg + v * L));
+          const VF ax = hn::Abs(hn::LoadU(df, xg + v * L));
           const VF im = ig == nullptr ? one : hn::LoadU(df, ig + v * L);
           if constexpr (kMaxL == 8) {
             return Fp4TermTable<D, N>(df, ax, im, ss, rr, table);
