@@ -235,9 +235,12 @@ namespace {
 
 class ImatrixRunImpl : public ImatrixRun {
  public:
-  ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts)
+  // keep_rows_bytes: how many source bytes the searches kept ahead (SearchedAbsMax) may
+  // hold mapped for Quantize.
+  ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts,
+                 uint64_t keep_rows_bytes)
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)),
-        group_opts_(std::move(opts)) {}
+        group_opts_(std::move(opts)), keep_rows_bytes_(keep_rows_bytes) {}
 
   bool Takes(size_t t) const override { return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty(); }
 
@@ -252,8 +255,8 @@ class ImatrixRunImpl : public ImatrixRun {
     if (kept_bytes_ + bytes <= kKeepBytes) {
       kept_bytes_ += bytes;
       // Its rows' pages too (Quantize reads them: Searched::rows) while the kept ones stay
-      // within the same budget; otherwise they go now and Quantize reads the pipeline's.
-      if (s.rows != nullptr && kept_rows_bytes_ + pt.src_bytes > kKeepBytes) {
+      // within keep_rows_bytes_; otherwise they go now and Quantize reads the pipeline's.
+      if (s.rows != nullptr && kept_rows_bytes_ + pt.src_bytes > keep_rows_bytes_) {
         s.rows->Release(pt.src_offset, pt.src_bytes);
         s.rows = nullptr;
       }
@@ -621,6 +624,7 @@ class ImatrixRunImpl : public ImatrixRun {
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
   uint64_t kept_bytes_ = 0;
+  const uint64_t keep_rows_bytes_;
   uint64_t kept_rows_bytes_ = 0;  // source bytes whose pages kept_'s searches hold
   std::mutex mu_;
   std::map<size_t, Live> live_;
@@ -643,8 +647,12 @@ Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
     QUENCH_ASSIGN_OR_RETURN(ImatrixOptions o, ImatrixOptionsFromKwargs(g.observer_kwargs));
     opts.push_back(o);
   }
+  // With --resume or as a worker, every global scale is computed before the pipeline starts
+  // (some shards then skipped): the searches kept ahead hold no pages (as the pre-pass and
+  // smoothing keep none then); otherwise up to 256 MiB of them.
+  const uint64_t keep_rows = options.resume || options.workers > 0 ? 0 : uint64_t{256} << 20;
   return std::unique_ptr<ImatrixRun>(
-      new ImatrixRunImpl(plan, std::move(stats), std::move(opts)));
+      new ImatrixRunImpl(plan, std::move(stats), std::move(opts), keep_rows));
 }
 
 }  // namespace quench::calib
