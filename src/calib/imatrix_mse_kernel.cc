@@ -88,8 +88,8 @@ void MxTermsForTest(int norm, const float* x, const float* imp, size_t n, float 
 
 bool Fp4GroupsRawHandles(const Block& b) {
   // SearchBlock then reaches SearchFp4GroupsKernel (norm 2 or 3, groups of 16, at most 32
-  // steps), whose block offsets (at most ~2^16 + 16 cols weights a block: RunSteps) stay
-  // int32.
+  // steps), whose int32 offsets hold: RunSteps' blocks have at most max(16 cols, 2^16 + cols)
+  // weights, below 2^31 for cols <= 2^26.
   return b.format == ImatrixFormat::kNvfp4 && b.dtype == DType::kBF16 && b.group == 16 &&
          (b.norm == 3.0 || b.norm == 2.0) && b.i0 >= 0 && b.i0 <= b.i1 && b.i1 - b.i0 < 32 &&
          b.cols <= (size_t{1} << 26) && HWY_DYNAMIC_DISPATCH(Fp4GroupsRawTarget)();
