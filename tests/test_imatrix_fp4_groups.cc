@@ -184,12 +184,14 @@ size_t Compare(const Data& w, const calib::ImatrixOptions& o) {
   // the kernel writes itself where it reads bf16 rows raw (Fp4GroupsRawHandles), from the
   // f32 copy otherwise. Masks the definition's; max |x_j| (+0 for zeros) by the test's own
   // decoding, bit for bit.
-  std::vector<double> best_a(groups, FLT_MAX);
-  std::vector<uint32_t> masks_a(groups, 0u);
+  // (fresh: best and masks not set by the caller; they start as garbage here.)
+  std::vector<double> best_a(groups, -1.0);
+  std::vector<uint32_t> masks_a(groups, 0xFFFFFFFFu);
   std::vector<float> absmax(groups, -1.f);
   uint32_t any_a = 0;
   REQUIRE(calib::SearchSteps(w.in, ImatrixFormat::kNvfp4, imp, o, 0, last, best_a.data(),
-                             masks_a.data(), &any_a, /*exact_best=*/false, absmax.data()));
+                             masks_a.data(), &any_a, /*exact_best=*/false, absmax.data(),
+                             nullptr, /*fresh=*/true));
   CHECK(any_a == any_s);
   size_t diff_a = 0;
   for (size_t g = 0; g < groups; ++g) {

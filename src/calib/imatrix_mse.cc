@@ -164,9 +164,10 @@ internal::Block StepsBlock(const WeightChunk& in, ImatrixFormat f, const Geometr
 bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
               const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
               uint32_t* improved, bool scalar, bool exact_best = true,
-              float* group_absmax = nullptr, float* group_minmax = nullptr) {
+              float* group_absmax = nullptr, float* group_minmax = nullptr, bool fresh = false) {
   Geometry g;
   if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+  if (fresh && i0 != 0) return false;
   internal::Block b = StepsBlock(in, f, g, o, i0, i1);
   b.imp = imp.empty() ? nullptr : imp.data();
   b.improved = improved;
@@ -235,6 +236,13 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.rows = n;
     b.best = best + r0 * g.n_groups;
     b.masks = masks + r0 * g.n_groups;
+    // fresh: the NVFP4 raw-row kernel takes the starting values itself (Block::fresh); for
+    // the others they are filled here, per block while it is in cache.
+    b.fresh = fresh && fp4_raw;
+    if (fresh && !fp4_raw) {
+      std::fill_n(b.best, n * g.n_groups, static_cast<double>(FLT_MAX));
+      std::fill_n(b.masks, n * g.n_groups, 0u);
+    }
     if (!(scalar ? internal::SearchBlockScalar(b) : internal::SearchBlock(b))) return false;
   }
   return true;
@@ -245,9 +253,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                  uint32_t* improved, bool exact_best, float* group_absmax,
-                 float* group_minmax) {
+                 float* group_minmax, bool fresh) {
   return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best,
-                  group_absmax, group_minmax);
+                  group_absmax, group_minmax, fresh);
 }
 
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,

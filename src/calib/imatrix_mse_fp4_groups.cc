@@ -437,6 +437,11 @@ void SearchFp4Groups(const Block& b, bool* ok) {
         one_group.x = group_x(g, buf);
         one_group.raw = nullptr;
         one_group.absmax = nullptr;
+        one_group.fresh = false;
+        if (b.fresh) {
+          b.best[g] = FLT_MAX;
+          b.masks[g] = 0;
+        }
         one_group.rows = 1;
         one_group.cols = kN;
         one_group.imp = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
@@ -451,7 +456,9 @@ void SearchFp4Groups(const Block& b, bool* ok) {
     // best), the best step's scale (NaN: from before this call), its improvements.
     VF blo;
 #if HWY_TARGET != HWY_SCALAR
-    if (cnt == L) {  // (f32 values: exact)
+    if (b.fresh) {
+      blo = hn::Set(df, FLT_MAX);  // best_error's start (Block::fresh)
+    } else if (cnt == L) {  // (f32 values: exact)
       const hn::Half<DF> dh;
       const hn::Rebind<double, decltype(dh)> dd;
       blo = hn::Combine(df, hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0 + L / 2)),
@@ -460,7 +467,8 @@ void SearchFp4Groups(const Block& b, bool* ok) {
 #endif
     {
       for (size_t l = 0; l < L; ++l) {
-        st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+        st_lo[l] =
+            b.fresh ? FLT_MAX : static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
       }
       blo = hn::Load(df, st_lo);
     }
@@ -623,7 +631,8 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       const hn::Rebind<double, decltype(dh)> dd;
       hn::StoreU(hn::PromoteTo(dd, hn::LowerHalf(dh, blo)), dd, b.best + g0);
       hn::StoreU(hn::PromoteTo(dd, hn::UpperHalf(dh, blo)), dd, b.best + g0 + L / 2);
-      hn::StoreU(hn::Or(hn::LoadU(du, b.masks + g0), mask), du, b.masks + g0);
+      hn::StoreU(b.fresh ? mask : hn::Or(hn::LoadU(du, b.masks + g0), mask), du,
+                 b.masks + g0);
       any_v = hn::Or(any_v, mask);
       continue;
     }
@@ -638,7 +647,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       float best = st_lo[l];
       if (b.exact_best && xb == 0) best = exact_of(g0 + l, st_s[l]);
       b.best[g0 + l] = best;
-      b.masks[g0 + l] |= st_m[l];
+      b.masks[g0 + l] = (b.fresh ? 0u : b.masks[g0 + l]) | st_m[l];
       any |= st_m[l];
     }
   }

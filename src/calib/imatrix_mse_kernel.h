@@ -90,6 +90,9 @@ struct Block {
   // When set (only for blocks IntAvx2AsymHandles takes): rows x (cols / group) pairs, each
   // group's min and max (before expand), as that kernel's pass finds them.
   float* minmax = nullptr;
+  // Only for blocks Fp4GroupsRawHandles takes, with i0 == 0: best and masks hold nothing yet;
+  // the kernel takes each group's best as FLT_MAX and its mask as 0, and writes both.
+  bool fresh = false;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),

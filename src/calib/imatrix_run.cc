@@ -481,13 +481,15 @@ class ImatrixRunImpl : public ImatrixRun {
         src = pruned.data();
       }
       uint32_t bits = 0;
+      // best_error starts at finfo(f32).max and the masks at 0: filled by the search
+      // (`fresh`), per block while in cache.
       thread_local std::vector<double> best;
-      best.assign(n * ng, FLT_MAX);  // best_error starts at finfo(f32).max
-      std::fill_n(masks.data() + r.begin() * ng, n * ng, 0u);
+      best.resize(std::max(best.size(), n * ng));
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data(),
                        masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
                        by_absmax || int_kept ? absmax.data() + r.begin() * ng : nullptr,
-                       asym_kept ? minmax.data() + 2 * r.begin() * ng : nullptr)) {
+                       asym_kept ? minmax.data() + 2 * r.begin() * ng : nullptr,
+                       /*fresh=*/true)) {
         finite = false;
       }
       improved.fetch_or(bits);
