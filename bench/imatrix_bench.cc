@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < rounds; ++r) {
       std::vector<double> best(groups, FLT_MAX);
       std::vector<uint32_t> masks(groups, 0u);
-      std::vector<float> absmax(m == "mxfp4" ? groups : 0);
+      std::vector<float> absmax(m == "mxfp4" || m == "nvfp4" ? groups : 0);
       const size_t gpr = groups / rows;
       const double t0 = ThreadCpu();
       for (size_t r0 = 0; r0 < rows; r0 += block) {

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "calib/imatrix_mse.h"
@@ -93,6 +94,18 @@ Data MakeData(std::mt19937& rng, DType d, size_t rows, size_t ng, bool uniform) 
   return w;
 }
 
+// Group g's 16 values in f32, decoded by the test from the chunk's bytes.
+void GroupValues(const Data& w, size_t g, float* x) {
+  for (size_t j = 0; j < 16; ++j) {
+    const uint8_t* e = w.in.data + (g * 16 + j) * ElemBytes(w.in.dtype);
+    uint32_t bits = 0;
+    std::memcpy(&bits, e, ElemBytes(w.in.dtype));
+    x[j] = w.in.dtype == DType::kF32    ? BitsToF32(bits)
+           : w.in.dtype == DType::kBF16 ? BF16ToF32(static_cast<uint16_t>(bits))
+                                        : F16ToF32(static_cast<uint16_t>(bits));
+  }
+}
+
 // The chosen steps' NVFP4 outputs: global scale, E4M3 scales and packed codes.
 struct Quantized {
   float global_scale = 0.f;
@@ -110,14 +123,7 @@ Quantized QuantizeSteps(const Data& w, const calib::ImatrixOptions& o,
   size_t pos_diff = 0;
   for (size_t g = 0; g < groups; ++g) {
     float x[16];
-    for (size_t j = 0; j < 16; ++j) {
-      const uint8_t* e = w.in.data + (g * 16 + j) * ElemBytes(w.in.dtype);
-      uint32_t bits = 0;
-      std::memcpy(&bits, e, ElemBytes(w.in.dtype));
-      x[j] = w.in.dtype == DType::kF32    ? BitsToF32(bits)
-             : w.in.dtype == DType::kBF16 ? BF16ToF32(static_cast<uint16_t>(bits))
-                                          : F16ToF32(static_cast<uint16_t>(bits));
-    }
+    GroupValues(w, g, x);
     float mn, mx;
     calib::internal::StepRange(*std::min_element(x, x + 16), *std::max_element(x, x + 16),
                                steps[g], o.grid, o.expand, w.in.dtype, &mn, &mx);
@@ -174,6 +180,33 @@ size_t Compare(const Data& w, const calib::ImatrixOptions& o) {
   }
   CHECK(diff == 0);
   CHECK(diff_l == 0);
+  // As the conversion runs it: each group's largest magnitude asked for (ChosenPos), which
+  // the kernel writes itself where it reads bf16 rows raw (Fp4GroupsRawHandles), from the
+  // f32 copy otherwise. Masks the definition's; max |x_j| (+0 for zeros) by the test's own
+  // decoding, bit for bit.
+  // (fresh: best and masks not set by the caller; they start as garbage here.)
+  std::vector<double> best_a(groups, -1.0);
+  std::vector<uint32_t> masks_a(groups, 0xFFFFFFFFu);
+  std::vector<float> absmax(groups, -1.f);
+  uint32_t any_a = 0;
+  REQUIRE(calib::SearchSteps(w.in, ImatrixFormat::kNvfp4, imp, o, 0, last, best_a.data(),
+                             masks_a.data(), &any_a, /*exact_best=*/false, absmax.data(),
+                             nullptr, /*fresh=*/true));
+  CHECK(any_a == any_s);
+  size_t diff_a = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    float x[16];
+    GroupValues(w, g, x);
+    float want = 0.f;
+    for (float v : x) want = std::max(want, std::fabs(v));
+    if ((masks_a[g] != masks_s[g] || std::memcmp(&want, &absmax[g], sizeof(float)) != 0) &&
+        diff_a++ < 3) {
+      MESSAGE("with absmax, group " << g << ": mask " << masks_a[g] << ", scalar "
+                                    << masks_s[g] << "; max |x| " << absmax[g] << ", want "
+                                    << want);
+    }
+  }
+  CHECK(diff_a == 0);
   const int stop = calib::StopStep(any_s, o);
   const Quantized qs = QuantizeSteps(w, o, masks_s, stop);
   const Quantized ql = QuantizeSteps(w, o, masks_l, calib::StopStep(any_l, o));
@@ -257,6 +290,68 @@ TEST_CASE("NVFP4 imatrix_mse across groups: random rows") {
   w.in.rows = rows;
   w.in.cols = cols;
   Compare(w, calib::ImatrixOptions());
+}
+
+// bf16 rows whose groups end mid-tile (the last tile's lanes gathered from fewer groups
+// than lanes; the kernel reads them raw on AVX2): 7 rows of 3 groups, one row of 1 and of
+// 5, each group kind among the rows, on every target.
+TEST_CASE("NVFP4 imatrix_mse across groups: partial tiles of bf16 rows, every target") {
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(2718);
+    for (const auto& [rows, ng] : {std::pair<size_t, size_t>{7, 3}, {1, 1}, {1, 5}, {13, 7}}) {
+      for (bool uniform : {false, true}) {
+        CAPTURE(target);
+        CAPTURE(rows);
+        CAPTURE(ng);
+        CAPTURE(uniform);
+        Data w = MakeData(rng, DType::kBF16, rows, ng, uniform);
+        calib::ImatrixOptions o;
+        Compare(w, o);
+        o.expand = 1.8;
+        o.norm = 2.0;
+        Compare(w, o);
+      }
+    }
+  });
+  CHECK(!targets.empty());
+}
+
+// An Inf or NaN anywhere in bf16 rows is refused (SearchSteps false), as the definition
+// refuses it: the kernel that reads the rows raw checks them itself (no ToF32 before it).
+// Each special value at the first element, inside a full tile, in the last group (a
+// partial tile) and at the last element; with and without the largest magnitudes asked.
+TEST_CASE("NVFP4 imatrix_mse refuses Inf and NaN in bf16 rows, every target") {
+  const auto targets = ForEachTarget([&](const std::string& target) {
+    std::mt19937 rng(99);
+    const size_t rows = 7, ng = 3, groups = rows * ng;  // 21 groups: 2 full tiles and 5
+    const Data clean = MakeData(rng, DType::kBF16, rows, ng, false);
+    for (uint16_t special : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC0},
+                             uint16_t{0xFFC1}, uint16_t{0x7F81}}) {
+      for (size_t at : {size_t{0}, size_t{16 * 9 + 5}, size_t{16 * 20 + 3},
+                        size_t{16 * groups - 1}}) {
+        CAPTURE(target);
+        CAPTURE(special);
+        CAPTURE(at);
+        Data w = clean;
+        w.in.data = w.raw.data();
+        std::memcpy(&w.raw[2 * at], &special, 2);
+        calib::ImatrixOptions o;
+        std::vector<double> best(groups, FLT_MAX);
+        std::vector<uint32_t> masks(groups, 0u);
+        std::vector<float> absmax(groups);
+        uint32_t any = 0;
+        CHECK_FALSE(calib::SearchStepsScalar(w.in, ImatrixFormat::kNvfp4, w.imp, o, 0,
+                                             calib::LastStep(o), best.data(), masks.data(),
+                                             &any));
+        CHECK_FALSE(calib::SearchSteps(w.in, ImatrixFormat::kNvfp4, w.imp, o, 0,
+                                       calib::LastStep(o), best.data(), masks.data(), &any));
+        CHECK_FALSE(calib::SearchSteps(w.in, ImatrixFormat::kNvfp4, w.imp, o, 0,
+                                       calib::LastStep(o), best.data(), masks.data(), &any,
+                                       /*exact_best=*/false, absmax.data()));
+      }
+    }
+  });
+  CHECK(!targets.empty());
 }
 
 // The kernel's bf16 search scale RNE_bf16(pos * f32(1 / 6)) (imatrix_mse_fp4_groups.cc)

@@ -164,9 +164,10 @@ internal::Block StepsBlock(const WeightChunk& in, ImatrixFormat f, const Geometr
 bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
               const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
               uint32_t* improved, bool scalar, bool exact_best = true,
-              float* group_absmax = nullptr, float* group_minmax = nullptr) {
+              float* group_absmax = nullptr, float* group_minmax = nullptr, bool fresh = false) {
   Geometry g;
   if (!Valid(in, f, imp, o, &g) || i0 < 0 || i1 > LastStep(o) || i0 > i1) return false;
+  if (fresh && i0 != 0) return false;
   internal::Block b = StepsBlock(in, f, g, o, i0, i1);
   b.imp = imp.empty() ? nullptr : imp.data();
   b.improved = improved;
@@ -176,21 +177,24 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int (4- and 8-bit) and MXFP4 kernels read the raw rows and
-  // write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy made with
-  // it.
+  // With group_absmax, the AVX2 int (4- and 8-bit), MXFP4 and NVFP4 kernels read the raw
+  // rows and write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy
+  // made with it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
+  // (NVFP4 of bf16 on AVX2: the groups search widens the rows itself.)
+  const bool fp4_raw = !scalar && internal::Fp4GroupsRawHandles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
-                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2
+                            internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2 ||
+                            fp4_raw
                       : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
-                            mx_avx2 || int8_avx2);
-  // The AVX2 int and MXFP4 kernels refuse an Inf or NaN themselves (SearchBlock returns
-  // false).
+                            mx_avx2 || int8_avx2 || fp4_raw);
+  // The AVX2 int, MXFP4 and NVFP4 kernels refuse an Inf or NaN themselves (SearchBlock
+  // returns false).
   const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) ||
-                             mx_avx2 || int8_avx2;
+                             mx_avx2 || int8_avx2 || fp4_raw;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).
@@ -232,6 +236,13 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
     b.rows = n;
     b.best = best + r0 * g.n_groups;
     b.masks = masks + r0 * g.n_groups;
+    // fresh: the NVFP4 raw-row kernel takes the starting values itself (Block::fresh); for
+    // the others they are filled here, per block while it is in cache.
+    b.fresh = fresh && fp4_raw;
+    if (fresh && !fp4_raw) {
+      std::fill_n(b.best, n * g.n_groups, static_cast<double>(FLT_MAX));
+      std::fill_n(b.masks, n * g.n_groups, 0u);
+    }
     if (!(scalar ? internal::SearchBlockScalar(b) : internal::SearchBlock(b))) return false;
   }
   return true;
@@ -242,9 +253,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                  uint32_t* improved, bool exact_best, float* group_absmax,
-                 float* group_minmax) {
+                 float* group_minmax, bool fresh) {
   return RunSteps(in, f, imp, o, i0, i1, best, masks, improved, /*scalar=*/false, exact_best,
-                  group_absmax, group_minmax);
+                  group_absmax, group_minmax, fresh);
 }
 
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,

@@ -93,10 +93,12 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
+// fresh (i0 == 0 only): best and masks are not set yet; the search takes every group's best
+// as FLT_MAX and its mask as 0 (what the caller would have filled), and writes both.
 bool SearchSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                  const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                  uint32_t* improved, bool exact_best = true, float* group_absmax = nullptr,
-                 float* group_minmax = nullptr);
+                 float* group_minmax = nullptr, bool fresh = false);
 bool SearchStepsScalar(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& imp,
                        const ImatrixOptions& o, int i0, int i1, double* best, uint32_t* masks,
                        uint32_t* improved);

@@ -174,8 +174,13 @@ HWY_INLINE MF CertifiableF(DF df, VF p) {
                 hn::And(hn::Ge(p, hn::Set(df, 0x1p-100f)), hn::Le(p, hn::Set(df, 0x1p100f))));
 }
 
+// A block's rows are read from b.x (f32), or for bf16 with b.raw set from their bf16
+// encoding, widened here (exact: f32's upper half; the values ToF32 would have written), so
+// every value the search sees is the same. Then this search also refuses an Inf or NaN
+// (*ok = false; the caller's ToF32 refused them otherwise) and writes each group's largest
+// magnitude to b.absmax when that is set (GroupAbsMax's value: see ax1 below).
 template <DType D, int N>
-void SearchFp4Groups(const Block& b) {
+void SearchFp4Groups(const Block& b, bool* ok) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
@@ -203,9 +208,28 @@ void SearchFp4Groups(const Block& b) {
       for (size_t l = 0; l < L; ++l) timp[(t * kN + j) * L + l] = b.imp[(t * L + l) * kN + j];
     }
   }
+  const bool raw = D == DType::kBF16 && b.raw != nullptr;
+  // The f32 vector of elements e..e + L - 1 of the block (e a multiple of L).
+  auto load_x = [&](size_t e) {
+    if (raw) return rd::LoadF32<DType::kBF16>(df, b.raw + 2 * e);
+    return hn::LoadU(df, b.x + e);
+  };
+  // Group g's 16 values in f32: b.x's, or widened from b.raw into buf.
+  auto group_x = [&](size_t g, float* buf) -> const float* {
+    if (!raw) return b.x + g * kN;
+    for (size_t j = 0; j < kN; ++j) {
+      uint16_t h;
+      std::memcpy(&h, b.raw + 2 * (g * kN + j), 2);
+      const uint32_t u = static_cast<uint32_t>(h) << 16;
+      std::memcpy(&buf[j], &u, 4);
+    }
+    return buf;
+  };
   auto exact_of = [&](size_t g, float s) {
     const float* ig = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
-    return static_cast<float>(ErrorF32(GroupErrorScalar(b, b.x + g * kN, ig, kN, {s, 0.f})));
+    float buf[kN];
+    return static_cast<float>(
+        ErrorF32(GroupErrorScalar(b, group_x(g, buf), ig, kN, {s, 0.f})));
   };
   HWY_ALIGN float S[kSteps * kMaxL], R[kSteps * kMaxL], TOP[kSteps * kMaxL];
   HWY_ALIGN float PS[kSteps * kMaxL], LIVE[kSteps * kMaxL];
@@ -233,6 +257,10 @@ void SearchFp4Groups(const Block& b) {
     const auto vgx = hn::Load(di, gx), vgi = hn::Load(di, gi);
     const float* ti = period != 0 ? timp + ((g0 / L) % period) * kN * L : nullptr;
     VF X[kN], I[kN];
+    // Lane l's group's values in f32 at tile_x + l * kN (for the live pairs): b.x's, or
+    // raw rows widened into xrow (full tiles) or xt (others, below).
+    HWY_ALIGN float xrow[kMaxL * kN];
+    const float* tile_x = raw ? xrow : b.x + g0 * kN;
 #if HWY_TARGET != HWY_SCALAR
     if constexpr (kMaxL == 8) {
       // A full tile's groups are 8 x 16 consecutive values: two transpositions instead of
@@ -240,14 +268,30 @@ void SearchFp4Groups(const Block& b) {
       if (cnt == L) {
         VF r[8];
         for (size_t h = 0; h < kN; h += 8) {
-          for (size_t l = 0; l < 8; ++l) r[l] = hn::LoadU(df, b.x + (g0 + l) * kN + h);
+          for (size_t l = 0; l < 8; ++l) {
+            r[l] = load_x((g0 + l) * kN + h);
+            if (raw) hn::Store(r[l], df, xrow + l * kN + h);
+          }
           Transpose8(df, r, X + h);
         }
       }
     }
 #endif
+    // Raw rows gathered from the tile's groups widened into xt (lane l's group at l * kN).
+    HWY_ALIGN float xt[kMaxL * kN];
+    const float* xs = b.x;
+    auto vgs = vgx;
+    if (raw && (kMaxL != 8 || cnt != L)) {
+      for (size_t l = 0; l < L; ++l) {
+        float buf[kN];
+        std::memcpy(xt + l * kN, group_x(static_cast<size_t>(gx[l]) / kN, buf), sizeof buf);
+      }
+      xs = xt;
+      tile_x = xt;
+      vgs = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kN)));
+    }
     for (size_t j = 0; j < kN; ++j) {
-      if (kMaxL != 8 || cnt != L) X[j] = hn::GatherIndex(df, b.x + j, vgx);
+      if (kMaxL != 8 || cnt != L) X[j] = hn::GatherIndex(df, xs + j, vgs);
       I[j] = b.imp == nullptr ? one
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
@@ -256,13 +300,31 @@ void SearchFp4Groups(const Block& b) {
     // importance, then its element of largest |x|^3 * imp among those of smaller |x| (none
     // when every |x| is equal: x = 0 and imp = 0 stand in, whose term 0 is a lower bound of
     // any element's).
+    // The largest |x| by its bit pattern (sign cleared: nonnegative finite floats, +0 for
+    // any zero, order as their patterns, so it is GroupAbsMax's max |x_j|), whose value
+    // 0x7F800000 or above is also the Inf / NaN test of raw rows.
     VF mn = X[0], mx = X[0], ax1 = hn::Abs(X[0]), im1 = I[0];
+    VU ax1u = hn::BitCast(du, ax1);
     for (size_t j = 1; j < kN; ++j) {
       mn = hn::Min(mn, X[j]);
       mx = hn::Max(mx, X[j]);
       const VF ax = hn::Abs(X[j]);
       im1 = hn::IfThenElse(hn::Gt(ax, ax1), I[j], im1);
-      ax1 = hn::Max(ax1, ax);
+      ax1u = hn::Max(ax1u, hn::BitCast(du, ax));
+      ax1 = hn::BitCast(df, ax1u);
+    }
+    if (raw && !hn::AllTrue(du, hn::Lt(ax1u, hn::Set(du, 0x7F800000u)))) {
+      *ok = false;
+      return;
+    }
+    if (b.absmax != nullptr) {
+      if (cnt == L) {
+        hn::StoreU(ax1, df, b.absmax + g0);
+      } else {
+        HWY_ALIGN float a[kMaxL];
+        hn::Store(ax1, df, a);
+        std::copy_n(a, cnt, b.absmax + g0);
+      }
     }
     VF top2 = hn::Set(df, -1.0f), ax2 = zero, im2 = zero;
     for (size_t j = 0; j < kN; ++j) {
@@ -370,8 +432,16 @@ void SearchFp4Groups(const Block& b) {
                                                       hn::Le(smax, hn::Set(df, 0x1p100f))))) {
       // Scales outside QuotientBf16's range (groups of absurd magnitude): the definition.
       for (size_t g = g0; g < g0 + cnt; ++g) {
+        float buf[kN];
         Block one_group = b;
-        one_group.x = b.x + g * kN;
+        one_group.x = group_x(g, buf);
+        one_group.raw = nullptr;
+        one_group.absmax = nullptr;
+        one_group.fresh = false;
+        if (b.fresh) {
+          b.best[g] = FLT_MAX;
+          b.masks[g] = 0;
+        }
         one_group.rows = 1;
         one_group.cols = kN;
         one_group.imp = b.imp == nullptr ? nullptr : b.imp + (g % ng) * kN;
@@ -386,7 +456,9 @@ void SearchFp4Groups(const Block& b) {
     // best), the best step's scale (NaN: from before this call), its improvements.
     VF blo;
 #if HWY_TARGET != HWY_SCALAR
-    if (cnt == L) {  // (f32 values: exact)
+    if (b.fresh) {
+      blo = hn::Set(df, FLT_MAX);  // best_error's start (Block::fresh)
+    } else if (cnt == L) {  // (f32 values: exact)
       const hn::Half<DF> dh;
       const hn::Rebind<double, decltype(dh)> dd;
       blo = hn::Combine(df, hn::DemoteTo(dh, hn::LoadU(dd, b.best + g0 + L / 2)),
@@ -395,7 +467,8 @@ void SearchFp4Groups(const Block& b) {
 #endif
     {
       for (size_t l = 0; l < L; ++l) {
-        st_lo[l] = static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
+        st_lo[l] =
+            b.fresh ? FLT_MAX : static_cast<float>(b.best[std::min(g0 + l, groups - 1)]);
       }
       blo = hn::Load(df, st_lo);
     }
@@ -527,7 +600,7 @@ void SearchFp4Groups(const Block& b) {
       for (size_t q = nq; q < L; ++q) vecs[q] = zero;
       for (size_t q = 0; q < nq; ++q) {
         const size_t idx = static_cast<size_t>(at[p0 + q]), l = idx & (L - 1);
-        const float* xg = b.x + gx[l];
+        const float* xg = tile_x + l * kN;
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
         const VF table = kMaxL == 8 ? Fp4Table<D>(df, ss) : zero;
@@ -558,7 +631,8 @@ void SearchFp4Groups(const Block& b) {
       const hn::Rebind<double, decltype(dh)> dd;
       hn::StoreU(hn::PromoteTo(dd, hn::LowerHalf(dh, blo)), dd, b.best + g0);
       hn::StoreU(hn::PromoteTo(dd, hn::UpperHalf(dh, blo)), dd, b.best + g0 + L / 2);
-      hn::StoreU(hn::Or(hn::LoadU(du, b.masks + g0), mask), du, b.masks + g0);
+      hn::StoreU(b.fresh ? mask : hn::Or(hn::LoadU(du, b.masks + g0), mask), du,
+                 b.masks + g0);
       any_v = hn::Or(any_v, mask);
       continue;
     }
@@ -573,7 +647,7 @@ void SearchFp4Groups(const Block& b) {
       float best = st_lo[l];
       if (b.exact_best && xb == 0) best = exact_of(g0 + l, st_s[l]);
       b.best[g0 + l] = best;
-      b.masks[g0 + l] |= st_m[l];
+      b.masks[g0 + l] = (b.fresh ? 0u : b.masks[g0 + l]) | st_m[l];
       any |= st_m[l];
     }
   }
@@ -587,8 +661,8 @@ void SearchFp4Groups(const Block& b) {
 
 template <DType D, int M, int N>
 struct SearchFp4GroupsF {
-  static void Run(const Block& b) {
-    if constexpr (M == kFp4) SearchFp4Groups<D, N>(b);
+  static void Run(const Block& b, bool* ok) {
+    if constexpr (M == kFp4) SearchFp4Groups<D, N>(b, ok);
   }
 };
 
@@ -636,9 +710,14 @@ void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* i
 
 bool SearchFp4GroupsKernel(const Block& b) {
   // The gathers' offsets are int32: a larger block takes the certified search.
-  if (b.rows * b.cols > size_t{INT32_MAX}) return SearchCertifiedKernel(b);
-  return Dispatch<SearchFp4GroupsF>(b);
+  if (b.rows * b.cols > size_t{INT32_MAX}) {
+    return b.raw == nullptr && SearchCertifiedKernel(b);
+  }
+  bool ok = true;
+  return Dispatch<SearchFp4GroupsF>(b, &ok) && ok;
 }
+
+bool Fp4GroupsRawTarget() { return kMaxL == 8 && hn::Lanes(DF()) == 8; }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal

@@ -67,6 +67,7 @@ HWY_AFTER_NAMESPACE();
 namespace quench::calib::internal {
 
 HWY_EXPORT(SearchBlockKernel);
+HWY_EXPORT(Fp4GroupsRawTarget);
 HWY_EXPORT(ErrorsTilesKernel);
 HWY_EXPORT(Fp4TermsKernel);
 HWY_EXPORT(MxScalesKernel);
@@ -83,6 +84,15 @@ void MxScalesForTest(DType d, const float* pm0, const float* pM0, size_t n, floa
 
 void MxTermsForTest(int norm, const float* x, const float* imp, size_t n, float s, float* out) {
   HWY_DYNAMIC_DISPATCH(MxTermsKernel)(norm, x, imp, n, s, out);
+}
+
+bool Fp4GroupsRawHandles(const Block& b) {
+  // SearchBlock then reaches SearchFp4GroupsKernel (norm 2 or 3, groups of 16, at most 32
+  // steps), whose int32 offsets hold: RunSteps' blocks have at most max(16 cols, 2^16 + cols)
+  // weights, below 2^31 for cols <= 2^26.
+  return b.format == ImatrixFormat::kNvfp4 && b.dtype == DType::kBF16 && b.group == 16 &&
+         (b.norm == 3.0 || b.norm == 2.0) && b.i0 >= 0 && b.i0 <= b.i1 && b.i1 - b.i0 < 32 &&
+         b.cols <= (size_t{1} << 26) && HWY_DYNAMIC_DISPATCH(Fp4GroupsRawTarget)();
 }
 
 bool SearchBlock(const Block& b) {

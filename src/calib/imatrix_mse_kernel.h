@@ -69,8 +69,10 @@ struct Block {
   int grid = 20;                    // p_i = 1 - i / grid
   double expand = 1.0;              // each group's min and max times this before the grid
   const float* x = nullptr;         // rows x cols
-  // Instead of x, for blocks IntBf16Handles or IntAvx2Handles takes: the rows' bf16 encoding
-  // (finite values), read and widened by that kernel itself (no f32 copy of the block).
+  // Instead of x, for blocks IntBf16Handles, IntAvx2Handles (and the other AVX2 int
+  // kernels), MxAvx2Handles or Fp4GroupsRawHandles takes: the rows' bf16 encoding, read and
+  // widened by that kernel itself (no f32 copy of the block). The AVX2 int, MXFP4 and NVFP4
+  // kernels refuse an Inf or NaN there themselves (SearchBlock false).
   const uint8_t* raw = nullptr;
   size_t rows = 0, cols = 0, group = 0;
   const float* imp = nullptr;       // cols values, or nullptr (every weight counts 1)
@@ -81,12 +83,16 @@ struct Block {
   // False: the caller reads only masks and improved; best then ends as a lower bound of each
   // group's best error (the certified search skips the definition's sums it does not need).
   bool exact_best = true;
-  // When set (only for blocks IntAvx2Handles takes): rows x (cols / group), each group's
-  // largest magnitude max |x| (before expand), as the kernel's pass finds it.
+  // When set (only for blocks read raw by IntAvx2Handles, MxAvx2Handles or
+  // Fp4GroupsRawHandles): rows x (cols / group), each group's largest magnitude max |x|
+  // (before expand), as the kernel's pass finds it.
   float* absmax = nullptr;
   // When set (only for blocks IntAvx2AsymHandles takes): rows x (cols / group) pairs, each
   // group's min and max (before expand), as that kernel's pass finds them.
   float* minmax = nullptr;
+  // Only for blocks Fp4GroupsRawHandles takes, with i0 == 0: best and masks hold nothing yet;
+  // the kernel takes each group's best as FLT_MAX and its mask as 0, and writes both.
+  bool fresh = false;
 };
 
 // min_val = amin * expand: the tensor-times-scalar product in f32 (the scalar cast to f32),
@@ -134,6 +140,10 @@ double GroupErrorScalar(const Block& b, const float* x, const float* imp, size_t
 // The definition, and the kernel (dynamic dispatch); both return false on bad parameters.
 bool SearchBlockScalar(const Block& b);
 bool SearchBlock(const Block& b);
+
+// Whether SearchBlock's NVFP4 search reads this block's rows as bf16 (Block::raw) on this
+// CPU: NVFP4 of bf16, groups of 16, norm 2 or 3, at most 32 steps, an 8-lane target.
+bool Fp4GroupsRawHandles(const Block& b);
 
 // The kernel's per-group error for given parameters (one per group of the block's rows):
 // err[g] equals GroupErrorScalar whenever that is below bound[g]; otherwise it is some value

@@ -235,9 +235,12 @@ namespace {
 
 class ImatrixRunImpl : public ImatrixRun {
  public:
-  ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts)
+  // keep_rows_bytes: how many source bytes the searches kept ahead (SearchedAbsMax) may
+  // hold mapped for Quantize.
+  ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts,
+                 uint64_t keep_rows_bytes)
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)),
-        group_opts_(std::move(opts)) {}
+        group_opts_(std::move(opts)), keep_rows_bytes_(keep_rows_bytes) {}
 
   bool Takes(size_t t) const override { return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty(); }
 
@@ -251,7 +254,16 @@ class ImatrixRunImpl : public ImatrixRun {
     const uint64_t bytes = s.steps->size();
     if (kept_bytes_ + bytes <= kKeepBytes) {
       kept_bytes_ += bytes;
+      // Its rows' pages too (Quantize reads them: Searched::rows) while the kept ones stay
+      // within keep_rows_bytes_; otherwise they go now and Quantize reads the pipeline's.
+      if (s.rows != nullptr && kept_rows_bytes_ + pt.src_bytes > keep_rows_bytes_) {
+        s.rows->Release(pt.src_offset, pt.src_bytes);
+        s.rows = nullptr;
+      }
+      if (s.rows != nullptr) kept_rows_bytes_ += pt.src_bytes;
       kept_[t] = s;
+    } else if (s.rows != nullptr) {
+      s.rows->Release(pt.src_offset, pt.src_bytes);  // searched again by Prepare
     }
     return std::optional<float>(s.amax);
   }
@@ -261,6 +273,7 @@ class ImatrixRunImpl : public ImatrixRun {
     if (auto it = kept_.find(t); it != kept_.end()) {
       s = it->second;
       kept_bytes_ -= s.steps->size();
+      if (s.rows != nullptr) kept_rows_bytes_ -= plan_.tensors[t].src_bytes;
       kept_.erase(it);
     } else {
       QUENCH_ASSIGN_OR_RETURN(s, SearchTensor(t));
@@ -285,6 +298,13 @@ class ImatrixRunImpl : public ImatrixRun {
     // A tensor with NaN/Inf was not searched (empty steps): the chunk is refused as any
     // kernel refuses it.
     if (GroupColumns(in, f) == 0 || steps->size() < (in.row0 + in.rows) * ng) return false;
+    // The chunk's rows from the search's mapping, which still holds them (Searched::rows):
+    // the same bytes as the pipeline's, whose pages then need not be faulted in again.
+    WeightChunk kin = in;
+    if (rows != nullptr && in.dtype == pt.dtype && in.cols == pt.shape[1] &&
+        in.row0 + in.rows <= pt.shape[0]) {
+      kin.data = rows->data() + pt.src_offset + in.row0 * in.cols * (DTypeBits(in.dtype) / 8);
+    }
     if (PosKept(f, Opt(t))) {
       // The chosen ranges kept by the search, in D's encoding (finite values).
       const size_t esz = DTypeBits(in.dtype) / 8;
@@ -301,17 +321,10 @@ class ImatrixRunImpl : public ImatrixRun {
       // bytes, pruned the same way), and the search refuses a tensor with NaN or Inf: the
       // kernels need not look for them again.
       const bool finite = in.dtype == pt.dtype;
-      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out, finite)
-                                        : fp4::QuantizeMxfp4Ranges(in, pos.data(), out, finite);
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(kin, pos.data(), out, finite)
+                                        : fp4::QuantizeMxfp4Ranges(kin, pos.data(), out, finite);
     }
     const bool packed = IsPacked(pt);
-    // The chunk's rows from the search's mapping, which still holds them (Searched::rows):
-    // the same bytes as the pipeline's, whose pages then need not be faulted in again.
-    WeightChunk kin = in;
-    if (rows != nullptr && in.dtype == pt.dtype && in.cols == pt.shape[1] &&
-        in.row0 + in.rows <= pt.shape[0]) {
-      kin.data = rows->data() + pt.src_offset + in.row0 * in.cols * (DTypeBits(in.dtype) / 8);
-    }
     if (f == ImatrixFormat::kInt && IntRangesKept(in, Opt(t), packed)) {
       // The chosen scales and zero points kept by the search (IntKeptParams): all the
       // tensor's scales (2 bytes a group), then its zero points (1 byte a group).
@@ -364,7 +377,7 @@ class ImatrixRunImpl : public ImatrixRun {
     std::shared_ptr<const std::vector<uint8_t>> steps;
     float amax = 0.f;
     bool finite = true;
-    // Where Quantize reads the rows from this mapping (the int kept paths of an unpruned
+    // Where Quantize reads the rows from this mapping (the kept paths of an unpruned
     // tensor): the search leaves its pages in, and Done releases them.
     std::shared_ptr<const MappedFile> rows;
   };
@@ -468,22 +481,25 @@ class ImatrixRunImpl : public ImatrixRun {
         src = pruned.data();
       }
       uint32_t bits = 0;
+      // best_error starts at finfo(f32).max and the masks at 0: filled by the search
+      // (`fresh`), per block while in cache.
       thread_local std::vector<double> best;
-      best.assign(n * ng, FLT_MAX);  // best_error starts at finfo(f32).max
-      std::fill_n(masks.data() + r.begin() * ng, n * ng, 0u);
+      best.resize(std::max(best.size(), n * ng));
       if (!SearchSteps(chunk_of(src, n), f, imp, opt, 0, last, best.data(),
                        masks.data() + r.begin() * ng, &bits, /*exact_best=*/false,
                        by_absmax || int_kept ? absmax.data() + r.begin() * ng : nullptr,
-                       asym_kept ? minmax.data() + 2 * r.begin() * ng : nullptr)) {
+                       asym_kept ? minmax.data() + 2 * r.begin() * ng : nullptr,
+                       /*fresh=*/true)) {
         finite = false;
       }
       improved.fetch_or(bits);
     });
     const int stop = StopStep(improved.load(), opt);
-    // The int kept paths of an unpruned tensor quantize its rows from this mapping
-    // (Quantize): its pages stay in until Done (a mapping replaced by the next shard's stays
-    // open while a tensor holds it). Otherwise they go now.
-    if ((int_kept || asym_kept) && !pt.prune && finite) {
+    // The kept paths (int scales or ranges, FP4 chosen ranges) of an unpruned tensor
+    // quantize its rows from this mapping (Quantize): its pages stay in until Done (a mapping
+    // replaced by the next shard's stays open while a tensor holds it; SearchedAbsMax bounds
+    // how many searched ahead hold theirs). Otherwise they go now.
+    if ((int_kept || asym_kept || by_absmax) && !pt.prune && finite) {
       out.rows = map_;
     } else {
       map_->Release(pt.src_offset, pt.src_bytes);
@@ -610,6 +626,8 @@ class ImatrixRunImpl : public ImatrixRun {
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
   uint64_t kept_bytes_ = 0;
+  const uint64_t keep_rows_bytes_;
+  uint64_t kept_rows_bytes_ = 0;  // source bytes whose pages kept_'s searches hold
   std::mutex mu_;
   std::map<size_t, Live> live_;
 };
@@ -631,8 +649,12 @@ Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
     QUENCH_ASSIGN_OR_RETURN(ImatrixOptions o, ImatrixOptionsFromKwargs(g.observer_kwargs));
     opts.push_back(o);
   }
+  // With --resume or as a worker, every global scale is computed before the pipeline starts
+  // (some shards then skipped): the searches kept ahead hold no pages (as the pre-pass and
+  // smoothing keep none then); otherwise up to 256 MiB of them.
+  const uint64_t keep_rows = options.resume || options.workers > 0 ? 0 : uint64_t{256} << 20;
   return std::unique_ptr<ImatrixRun>(
-      new ImatrixRunImpl(plan, std::move(stats), std::move(opts)));
+      new ImatrixRunImpl(plan, std::move(stats), std::move(opts), keep_rows));
 }
 
 }  // namespace quench::calib
