@@ -236,11 +236,13 @@ namespace {
 class ImatrixRunImpl : public ImatrixRun {
  public:
   // keep_rows_bytes: how many source bytes the searches kept ahead (SearchedAbsMax) may
-  // hold mapped for Quantize.
+  // hold mapped for Quantize. keep_tensor_bytes: the largest tensor whose pages a search
+  // keeps for Quantize at all; a larger one's are released block by block as searched.
   ImatrixRunImpl(const Plan& plan, Statistics stats, std::vector<ImatrixOptions> opts,
-                 uint64_t keep_rows_bytes)
+                 uint64_t keep_rows_bytes, uint64_t keep_tensor_bytes)
       : plan_(plan), stats_(std::move(stats)), spec_(ToPruneSpec(plan.prune)),
-        group_opts_(std::move(opts)), keep_rows_bytes_(keep_rows_bytes) {}
+        group_opts_(std::move(opts)), keep_rows_bytes_(keep_rows_bytes),
+        keep_tensor_bytes_(keep_tensor_bytes) {}
 
   bool Takes(size_t t) const override { return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty(); }
 
@@ -467,6 +469,13 @@ class ImatrixRunImpl : public ImatrixRun {
     // its last improvement at or before it (ChosenStep): what the reference's step-major
     // search over steps 0..stop keeps.
     const int last = LastStep(opt);
+    // The kept paths (int scales or ranges, FP4 chosen ranges) of an unpruned tensor
+    // quantize its rows from this mapping (Quantize), so its pages stay in until Done, where
+    // the tensor fits the memory budget's share (keep_tensor_bytes_); otherwise each block's
+    // rows go as soon as they are searched, so that the search holds a few blocks' pages,
+    // not the tensor's.
+    const bool keep = (int_kept || asym_kept || by_absmax) && !pt.prune &&
+                      pt.src_bytes <= keep_tensor_bytes_;
     tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),
                       [&](const tbb::blocked_range<size_t>& r) {
       const size_t n = r.end() - r.begin();
@@ -493,13 +502,13 @@ class ImatrixRunImpl : public ImatrixRun {
         finite = false;
       }
       improved.fetch_or(bits);
+      if (!keep) map_->Release(pt.src_offset + r.begin() * cols * esz, n * cols * esz);
     });
     const int stop = StopStep(improved.load(), opt);
-    // The kept paths (int scales or ranges, FP4 chosen ranges) of an unpruned tensor
-    // quantize its rows from this mapping (Quantize): its pages stay in until Done (a mapping
-    // replaced by the next shard's stays open while a tensor holds it; SearchedAbsMax bounds
-    // how many searched ahead hold theirs). Otherwise they go now.
-    if ((int_kept || asym_kept || by_absmax) && !pt.prune && finite) {
+    // Kept (above): until Done (a mapping replaced by the next shard's stays open while a
+    // tensor holds it; SearchedAbsMax bounds how many searched ahead hold theirs). Otherwise
+    // what is left goes now.
+    if (keep && finite) {
       out.rows = map_;
     } else {
       map_->Release(pt.src_offset, pt.src_bytes);
@@ -627,6 +636,7 @@ class ImatrixRunImpl : public ImatrixRun {
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared
   uint64_t kept_bytes_ = 0;
   const uint64_t keep_rows_bytes_;
+  const uint64_t keep_tensor_bytes_;
   uint64_t kept_rows_bytes_ = 0;  // source bytes whose pages kept_'s searches hold
   std::mutex mu_;
   std::map<size_t, Live> live_;
@@ -651,10 +661,12 @@ Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
   }
   // With --resume or as a worker, every global scale is computed before the pipeline starts
   // (some shards then skipped): the searches kept ahead hold no pages (as the pre-pass and
-  // smoothing keep none then); otherwise up to 256 MiB of them.
-  const uint64_t keep_rows = options.resume || options.workers > 0 ? 0 : uint64_t{256} << 20;
+  // smoothing keep none then); otherwise an eighth of the memory budget, at most 256 MiB
+  // (the default 2 GiB budget's eighth): a small --memory-limit keeps few or none.
+  const uint64_t share = std::min<uint64_t>(options.memory_limit / 8, uint64_t{256} << 20);
+  const uint64_t keep_rows = options.resume || options.workers > 0 ? 0 : share;
   return std::unique_ptr<ImatrixRun>(
-      new ImatrixRunImpl(plan, std::move(stats), std::move(opts), keep_rows));
+      new ImatrixRunImpl(plan, std::move(stats), std::move(opts), keep_rows, share));
 }
 
 }  // namespace quench::calib
