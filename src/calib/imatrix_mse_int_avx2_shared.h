@@ -54,6 +54,35 @@ QUENCH_IMX_AVX2 inline __m256i LaneMaxI32(__m256i v) {
   return _mm256_broadcastd_epi32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
 }
 
+// The lane sums of the eight vectors at q, q + 8, .., q + 56 (lane j: vector j's) by a tree
+// of horizontal adds (any order: the certified bound covers every order).
+QUENCH_IMX_AVX2 inline __m256 LaneSums8(const float* q) {
+  const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+  const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+  const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+  const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+  // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                       _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
+// The lane sums of a batch's prelude vectors (acc: step k's of group j at
+// acc + 8 (kBatch k + j), zero where not summed), steps 0 .. K, into prep[j].p0 (step 0) and
+// prep[j].ps[k]: once per batch rather than one LaneSum after each sum, which left the core
+// waiting on the sum's last additions (bench/README.md, branch imx-asym3).
+template <size_t K, typename P>
+QUENCH_IMX_AVX2 inline void PreSums(const float* acc, P* prep) {
+  static_assert(kBatch == 8);
+  for (size_t k = 0; k <= K; ++k) {
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, LaneSums8(acc + 8 * kBatch * k));
+    for (size_t j = 0; j < kBatch; ++j) {
+      (k == 0 ? prep[j].p0 : prep[j].ps[k]) = static_cast<double>(sums[j]);
+    }
+  }
+}
+
 // The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
 // p + 8 i is Certifiable and pc lo_f >= bhi (the scalar test of the step's decision, which
 // then cannot improve). Lane sums eight vectors at a time by a tree of horizontal adds (any
@@ -64,15 +93,7 @@ QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, dou
   const __m256d vlo = _mm256_set1_pd(lo_f), vb = _mm256_set1_pd(bhi);
   uint32_t ruled = 0;
   for (size_t i = 0; i < nl; i += 8) {
-    const float* q = p + 8 * i;
-    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
-    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
-    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
-    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
-    // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
-    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-    const __m256 pc = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
-                                    _mm256_permute2f128_ps(q0, q1, 0x31));
+    const __m256 pc = LaneSums8(p + 8 * i);
     const __m256 cert = _mm256_or_ps(
         _mm256_cmp_ps(pc, _mm256_setzero_ps(), _CMP_EQ_OQ),
         _mm256_and_ps(_mm256_cmp_ps(pc, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
