@@ -181,6 +181,13 @@ QUENCH_IMX_AVX2 inline __m256 SymTopTerms(__m256 magic, __m256 absmask, __m256 x
 // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
 // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
 // magnitude pattern of the pass (no min or max of the signed values): one product per step.
+// The quotient by bit_range / 2 (h) as a product by f32(1 / h): h = (qmax - qmin) / 2 is a
+// bf16 value (the int4 and int8 kernels' layouts: 1 .. 7.5, 15.5, 31.5, 63.5, 127.5) and so
+// is the dividend, so QuotientBf16's argument (imatrix_mse-inl.h) puts the quotient away from
+// every bf16 midpoint, and RNE_bf16 of the product is RNE_bf16 of the quotient; checked for
+// every finite bf16 dividend >= 0 and every such h, subnormals included
+// (test_imatrix_int_avx2.cc). A division a vector was ~a quarter of the prelude's
+// parameter work (bench/README.md, branch imx-int4s).
 template <int N, class P>
 QUENCH_IMX_AVX2 inline void SymPrepareSteps(const BlockCtx& x, __m256 magic, __m256 absmask,
                                             size_t gi, P* out) {
@@ -190,13 +197,13 @@ QUENCH_IMX_AVX2 inline void SymPrepareSteps(const BlockCtx& x, __m256 magic, __m
   float a = out->amax;
   if (b.absmax != nullptr) b.absmax[gi] = a;
   if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
-  const __m256 half_range =
-      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  const __m256 inv_half =
+      _mm256_set1_ps(1.0f / (static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f));
   const __m256 amax = _mm256_set1_ps(a);
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
     const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
-    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
+    __m256 s = RoundBf16(_mm256_mul_ps(pos, inv_half));
     s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
                          _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
     _mm256_store_ps(out->S + 8 * h, s);
