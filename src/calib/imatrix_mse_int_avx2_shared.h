@@ -7,6 +7,7 @@
 #ifndef QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 #define QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -238,6 +239,22 @@ struct GroupRows {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
 };
+
+// Groups g .. g + count - 1 of the block's rows (those below `groups`) asked into the cache
+// ahead of their pass: the search reads them once, after a batch's worth of work on the
+// groups before them, and the pass waited on those loads (bench/README.md, branch
+// imx-int4s).
+QUENCH_IMX_AVX2 inline void PrefetchGroups(const Block& b, size_t g, size_t count, size_t n,
+                                           size_t groups) {
+  if (g >= groups) return;
+  const size_t end = std::min(g + count, groups);
+  const char* p = b.raw != nullptr ? reinterpret_cast<const char*>(b.raw + 2 * g * n)
+                                   : reinterpret_cast<const char*>(b.x + g * n);
+  const size_t bytes = (end - g) * n * (b.raw != nullptr ? 2 : 4);
+  // PREFETCHT0 by asm: GCC 12 emitted no instruction for _mm_prefetch / __builtin_prefetch
+  // in these kernels' translation units (checked with -S).
+  for (size_t o = 0; o < bytes; o += 64) asm volatile("prefetcht0 %0" : : "m"(p[o]));
+}
 
 // A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
 // (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
