@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
@@ -61,6 +62,39 @@ TEST_CASE("imatrix_mse int avx2 kernel: every term of every bf16 x equals the de
   imatrix_int::CheckEveryTerm(
       calib::internal::IntAvx2Handles, calib::internal::IntAvx2Terms,
       {Setting{4, 3.0}, Setting{4, 2.0}, Setting{3, 3.0}, Setting{2, 3.0}, Setting{3, 2.0}});
+}
+
+// The symmetric AVX2 searches' parameters (imatrix_mse_int_avx2_shared.h SymPrepareSteps)
+// take RNE_bf16(pos / h) as RNE_bf16(pos * f32(1 / h)) for the half ranges h = (qmax - qmin)
+// / 2 of every layout the int4 and int8 kernels take: checked here for every finite bf16 pos
+// >= 0 (subnormals and 0 included), against the quotient, each rounded to bf16 at bit 16
+// with ties to even.
+TEST_CASE("imatrix_mse int avx2 kernel: the scale's quotient by h as a product, every bf16") {
+  std::vector<float> halves;
+  for (int qmin = -8; qmin <= -1; ++qmin) {
+    for (int qmax = 1; qmax <= 7; ++qmax) halves.push_back(static_cast<float>(qmax - qmin) / 2);
+  }
+  for (int bits = 5; bits <= 8; ++bits) halves.push_back(static_cast<float>((1 << bits) - 1) / 2);
+  auto rne_bits = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  };
+  uint64_t checked = 0, mismatched = 0;
+  for (const float h : halves) {
+    volatile float inv = 1.0f / h;  // f32(1 / h), as the kernel's constant
+    for (uint32_t b = 0; b < 0x7F80u; ++b) {
+      const uint32_t pb = b << 16;
+      float pos;
+      std::memcpy(&pos, &pb, 4);
+      ++checked;
+      if (rne_bits(pos / h) != rne_bits(pos * inv) && mismatched++ < 3) {
+        MESSAGE("pos " << pos << " h " << h);
+      }
+    }
+  }
+  CHECK(checked == uint64_t{0x7F80u} * 60);
+  CHECK(mismatched == 0);
 }
 
 TEST_CASE("imatrix_mse int avx2 kernel equals the definition on random groups") {

@@ -414,6 +414,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
       gc = gc + 1 == x.ng ? 0 : gc + 1;
       PreparePass(x, g0 + j, &prep[j]);
     }
+    imx_avx2::PrefetchGroups(b, g0 + kBatch, kBatch, x.n, groups);
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;

@@ -288,21 +288,28 @@ QUENCH_IMX_AVX2 inline void PrepareSteps(const Ctx& x, size_t gi, Prepared* out)
 // ruled out by its one term against the best before step 0 (then also against every later
 // best: the best only decreases), which Decide then takes as any other step. Summed here, in
 // the batch's branch-free work, and decided before the other steps' one-term checks, which
-// are then made against their best (DecideGroup's pre).
+// are then made against their best (DecideGroup's pre). Each step's vector of partial sums
+// goes to acc + 8 kBatch k (zero where not summed), lane-summed for the whole batch by
+// PreSums: a lane sum after each sum leaves the core waiting on the sum's last additions
+// (bench/README.md, branches imx-asym3 and imx-int4s).
 template <int N, bool W>
-QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out) {
-  out->p0 = 0.0;
+QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out, float* acc) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 a = zero;
   if (!(out->sc & 1u) && !(out->TOP[0] >= x.b->best[gi])) {
-    out->p0 = LaneSum(SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[0]),
-                                    _mm256_set1_ps(out->R[0]), 0, _mm256_setzero_ps()));
+    a = SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[0]), _mm256_set1_ps(out->R[0]), 0, zero);
   }
+  _mm256_store_ps(acc, a);
   out->pre = 0;
-  for (size_t k = 1; k <= kPreSteps; ++k) {
+  size_t k = 1;
+  for (; k <= kPreSteps; ++k) {
     if (!(x.step_bits >> k & 1u) || (out->sc >> k & 1u) || out->TOP[k] >= x.b->best[gi]) break;
-    out->ps[k] = LaneSum(SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[k]),
-                                       _mm256_set1_ps(out->R[k]), 0, _mm256_setzero_ps()));
+    _mm256_store_ps(acc + 8 * kBatch * k,
+                    SumVecs<N, W>(x, *out, MakeTable(x.c, out->S[k]),
+                                  _mm256_set1_ps(out->R[k]), 0, zero));
     out->pre |= 1u << k;
   }
+  for (; k <= kPreSteps; ++k) _mm256_store_ps(acc + 8 * kBatch * k, zero);  // not summed
 }
 
 // Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified<bf16,
@@ -358,11 +365,19 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
       gc = gc + 1 == x.ng ? 0 : gc + 1;
       PreparePass(x, g0 + j, &prep[j]);
     }
+    imx_avx2::PrefetchGroups(b, g0 + kBatch, kBatch, x.n, groups);
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) PrepareSteps<N>(x, g0 + j, &prep[j]);
-    for (size_t j = 0; j < nb; ++j) PrepareStep0<N, W>(x, g0 + j, &prep[j]);
+    alignas(32) float acc[8 * kBatch * (kPreSteps + 1)];
+    for (size_t j = 0; j < nb; ++j) PrepareStep0<N, W>(x, g0 + j, &prep[j], acc + 8 * j);
+    for (size_t j = nb; j < kBatch; ++j) {
+      for (size_t k = 0; k <= kPreSteps; ++k) {
+        _mm256_store_ps(acc + 8 * (kBatch * k + j), _mm256_setzero_ps());
+      }
+    }
+    imx_avx2::PreSums<kPreSteps>(acc, prep);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N, W>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;

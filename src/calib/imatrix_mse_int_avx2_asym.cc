@@ -408,27 +408,6 @@ QUENCH_IMX_AVX2 inline void PrepareStep0(const Ctx& x, size_t gi, Prepared* out,
   for (; k <= kPreSteps; ++k) _mm256_store_ps(acc + 8 * kBatch * k, zero);  // not summed
 }
 
-// The lane sums of PrepareStep0's vectors for a batch (acc: step k's of group j at
-// acc + 8 (kBatch k + j), zero where not summed), eight vectors at a time by a tree of
-// horizontal adds (any order: the certified bound covers every order), into p0 and ps.
-QUENCH_IMX_AVX2 inline void PreSums(const float* acc, Prepared* prep) {
-  static_assert(kBatch == 8);
-  for (size_t k = 0; k <= kPreSteps; ++k) {
-    const float* q = acc + 8 * kBatch * k;
-    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
-    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
-    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
-    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
-    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-    alignas(32) float sums[8];
-    _mm256_store_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
-                                        _mm256_permute2f128_ps(q0, q1, 0x31)));
-    for (size_t j = 0; j < kBatch; ++j) {
-      (k == 0 ? prep[j].p0 : prep[j].ps[k]) = static_cast<double>(sums[j]);
-    }
-  }
-}
-
 // Group gi's decisions (DecideGroup: imatrix_mse_certified.cc's SearchCertified<bf16,
 // kIntAsym, N>, its steps in the same order with the same decisions), with the steps whose
 // zero point is 0 summed in a loop of their own (no branch per step).
@@ -485,6 +464,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
       gc = gc + 1 == x.ng ? 0 : gc + 1;
       PreparePass(x, g0 + j, &prep[j]);
     }
+    imx_avx2::PrefetchGroups(b, g0 + kBatch, kBatch, x.n, groups);
     bool finite = true;
     for (size_t j = 0; j < nb; ++j) finite &= prep[j].finite;
     if (!finite) return false;
@@ -496,7 +476,7 @@ QUENCH_IMX_AVX2 bool Search(const Block& b) {
         _mm256_store_ps(acc + 8 * (kBatch * k + j), _mm256_setzero_ps());
       }
     }
-    PreSums(acc, prep);
+    imx_avx2::PreSums<kPreSteps>(acc, prep);
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;

@@ -43,10 +43,11 @@ namespace {
 // c = clamp(t, -8, 7) before the bf16 rounding; RNE_bf16(c) by rounding the magnitude's bits
 // half up where t is x * f32(1 / s), never a midpoint, and by (c + C) - C with C of c's sign
 // and exponent where t is x / s for scales outside [2^-100, 2^100] (the rounding is odd, so
-// that argument holds for c < 0); then + 1.5 * 2^23 + 8, whose low 4 bits are u = q + 8.
+// that argument holds for c < 0); then the code q by VCVTPS2DQ (round half to even in
+// MXCSR's default mode, the definition's rounding of RNE_bf16(c) to an integer).
 
-// u = q + 8 of 8 f32 values x (lanes' low 4 bits; the rest of each lane holds 1.5 * 2^23's
-// bits) at scale s: times r = f32(1 / s) (kRecip) or divided by s.
+// The codes q (in [-8, 7]) of 8 f32 values x at scale s: times r = f32(1 / s) (kRecip) or
+// divided by s.
 template <bool kRecip>
 QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by) {
   const __m256 t = kRecip ? _mm256_mul_ps(x, by) : _mm256_div_ps(x, by);
@@ -66,13 +67,13 @@ QUENCH_IMX_AVX2 inline __m256i Codes8(__m256 x, __m256 by) {
                          _mm256_set1_epi32(0x08400000)));
     v = _mm256_sub_ps(_mm256_add_ps(c, big), big);
   }
-  return _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582920.0f)));  // 1.5 * 2^23 + 8
+  return _mm256_cvtps_epi32(v);
 }
 
 // One group's n elements (a multiple of 64) at src into n / 2 packed bytes at dst: per 16
 // elements, the even ones shifted into f32's high half and the odd ones masked, their codes
-// joined per 32-bit lane into the byte of the pair (the even element in the low nibble,
-// pack_to_int32's order); four such vectors packed to 32 bytes and put in order.
+// joined per 32-bit lane into the byte of the pair (the even element's u = q + 8 in the low
+// nibble, pack_to_int32's order); four such vectors packed to 32 bytes and put in order.
 template <bool kRecip>
 QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, uint8_t* dst) {
   const __m256i nib = _mm256_set1_epi32(15);
@@ -85,11 +86,14 @@ QUENCH_IMX_AVX2 inline void Group(const uint8_t* src, size_t n, __m256 by, uint8
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i + 32 * h));
       const __m256i e = Codes8<kRecip>(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), by);
       const __m256i o = Codes8<kRecip>(_mm256_castsi256_ps(_mm256_and_si256(x, hi_half)), by);
-      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib),
-                             _mm256_slli_epi32(_mm256_and_si256(o, nib), 4));
+      // 16 o + (e mod 16), in [-128, 127]: a signed byte whose nibbles are o mod 16 and e mod
+      // 16 (packed below with signed saturation, which leaves it unchanged).
+      w[h] = _mm256_or_si256(_mm256_and_si256(e, nib), _mm256_slli_epi32(o, 4));
     }
-    const __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(w[0], w[1]),
-                                          _mm256_packus_epi32(w[2], w[3]));
+    // Each nibble holds q mod 16: u = q + 8's is that with its top bit flipped.
+    const __m256i b = _mm256_xor_si256(_mm256_packs_epi16(_mm256_packs_epi32(w[0], w[1]),
+                                                          _mm256_packs_epi32(w[2], w[3])),
+                                       _mm256_set1_epi8(static_cast<char>(0x88)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i / 2),
                         _mm256_permutevar8x32_epi32(b, order));
   }

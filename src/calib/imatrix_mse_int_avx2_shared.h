@@ -7,6 +7,7 @@
 #ifndef QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 #define QUENCH_CALIB_IMATRIX_MSE_INT_AVX2_SHARED_H_
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +55,35 @@ QUENCH_IMX_AVX2 inline __m256i LaneMaxI32(__m256i v) {
   return _mm256_broadcastd_epi32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
 }
 
+// The lane sums of the eight vectors at q, q + 8, .., q + 56 (lane j: vector j's) by a tree
+// of horizontal adds (any order: the certified bound covers every order).
+QUENCH_IMX_AVX2 inline __m256 LaneSums8(const float* q) {
+  const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
+  const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
+  const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
+  const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
+  // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                       _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
+// The lane sums of a batch's prelude vectors (acc: step k's of group j at
+// acc + 8 (kBatch k + j), zero where not summed), steps 0 .. K, into prep[j].p0 (step 0) and
+// prep[j].ps[k]: once per batch rather than one LaneSum after each sum, which left the core
+// waiting on the sum's last additions (bench/README.md, branch imx-asym3).
+template <size_t K, typename P>
+QUENCH_IMX_AVX2 inline void PreSums(const float* acc, P* prep) {
+  static_assert(kBatch == 8);
+  for (size_t k = 0; k <= K; ++k) {
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, LaneSums8(acc + 8 * kBatch * k));
+    for (size_t j = 0; j < kBatch; ++j) {
+      (k == 0 ? prep[j].p0 : prep[j].ps[k]) = static_cast<double>(sums[j]);
+    }
+  }
+}
+
 // The first check of nl live steps at once: bit i set when the lane sum pc of vector i at
 // p + 8 i is Certifiable and pc lo_f >= bhi (the scalar test of the step's decision, which
 // then cannot improve). Lane sums eight vectors at a time by a tree of horizontal adds (any
@@ -64,15 +94,7 @@ QUENCH_IMX_AVX2 inline uint32_t FirstRuled(float* p, size_t nl, double lo_f, dou
   const __m256d vlo = _mm256_set1_pd(lo_f), vb = _mm256_set1_pd(bhi);
   uint32_t ruled = 0;
   for (size_t i = 0; i < nl; i += 8) {
-    const float* q = p + 8 * i;
-    const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8));
-    const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(q + 16), _mm256_load_ps(q + 24));
-    const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(q + 32), _mm256_load_ps(q + 40));
-    const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(q + 48), _mm256_load_ps(q + 56));
-    // Lane j < 4 of q0: vector j's lanes 0-3, lane 4 + j its lanes 4-7; q1 likewise for 4-7.
-    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-    const __m256 pc = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
-                                    _mm256_permute2f128_ps(q0, q1, 0x31));
+    const __m256 pc = LaneSums8(p + 8 * i);
     const __m256 cert = _mm256_or_ps(
         _mm256_cmp_ps(pc, _mm256_setzero_ps(), _CMP_EQ_OQ),
         _mm256_and_ps(_mm256_cmp_ps(pc, _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ),
@@ -160,6 +182,13 @@ QUENCH_IMX_AVX2 inline __m256 SymTopTerms(__m256 magic, __m256 absmask, __m256 x
 // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone, so
 // max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x|, the largest
 // magnitude pattern of the pass (no min or max of the signed values): one product per step.
+// The quotient by bit_range / 2 (h) as a product by f32(1 / h): h = (qmax - qmin) / 2 is a
+// bf16 value (the int4 and int8 kernels' layouts: 1 .. 7.5, 15.5, 31.5, 63.5, 127.5) and so
+// is the dividend, so QuotientBf16's argument (imatrix_mse-inl.h) puts the quotient away from
+// every bf16 midpoint, and RNE_bf16 of the product is RNE_bf16 of the quotient; checked for
+// every finite bf16 dividend >= 0 and every such h, subnormals included
+// (test_imatrix_int_avx2.cc). A division a vector was ~a quarter of the prelude's
+// parameter work (bench/README.md, branch imx-int4s).
 template <int N, class P>
 QUENCH_IMX_AVX2 inline void SymPrepareSteps(const BlockCtx& x, __m256 magic, __m256 absmask,
                                             size_t gi, P* out) {
@@ -169,13 +198,13 @@ QUENCH_IMX_AVX2 inline void SymPrepareSteps(const BlockCtx& x, __m256 magic, __m
   float a = out->amax;
   if (b.absmax != nullptr) b.absmax[gi] = a;
   if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
-  const __m256 half_range =
-      _mm256_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
+  const __m256 inv_half =
+      _mm256_set1_ps(1.0f / (static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f));
   const __m256 amax = _mm256_set1_ps(a);
   uint32_t recip_ok = 0;
   for (size_t h = 0; h < x.sv; ++h) {
     const __m256 pos = RoundBf16(_mm256_mul_ps(_mm256_load_ps(x.P + 8 * h), amax));
-    __m256 s = RoundBf16(_mm256_div_ps(pos, half_range));
+    __m256 s = RoundBf16(_mm256_mul_ps(pos, inv_half));
     s = _mm256_blendv_ps(s, _mm256_set1_ps(intq::internal::ScaleEps(DType::kBF16)),
                          _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
     _mm256_store_ps(out->S + 8 * h, s);
@@ -210,6 +239,22 @@ struct GroupRows {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
 };
+
+// Groups g .. g + count - 1 of the block's rows (those below `groups`) asked into the cache
+// ahead of their pass: the search reads them once, after a batch's worth of work on the
+// groups before them, and the pass waited on those loads (bench/README.md, branch
+// imx-int4s).
+QUENCH_IMX_AVX2 inline void PrefetchGroups(const Block& b, size_t g, size_t count, size_t n,
+                                           size_t groups) {
+  if (g >= groups) return;
+  const size_t end = std::min(g + count, groups);
+  const char* p = b.raw != nullptr ? reinterpret_cast<const char*>(b.raw + 2 * g * n)
+                                   : reinterpret_cast<const char*>(b.x + g * n);
+  const size_t bytes = (end - g) * n * (b.raw != nullptr ? 2 : 4);
+  // PREFETCHT0 by asm: GCC 12 emitted no instruction for _mm_prefetch / __builtin_prefetch
+  // in these kernels' translation units (checked with -S).
+  for (size_t o = 0; o < bytes; o += 64) asm volatile("prefetcht0 %0" : : "m"(p[o]));
+}
 
 // A prepared group's steps as DecideGroup reads them: each step's scale S and zero point Z
 // (Z nullptr: symmetric, every zero point 0), its one-term bound TOP, the steps only the
