@@ -141,9 +141,9 @@ void Planner::PlanShards(int threads, std::vector<PlannedTensor> storage) {
   finish_threads_ = WorkThreads(threads, 2, tensors, kTensorsPerThread);
   // A thread that finishes a shard with none left to take, while another is still planning
   // one, scans its shard for the fused-set check (Finish's first step) instead of waiting:
-  // Kimi's shards of 29k, 30k and 11k tensors leave one of two threads ~7 ms idle at the end
-  // (bench/README.md, kimi-s38). Which shards are scanned here depends on timing; the parts
-  // are merged in plan order whatever they are, so the errors do not.
+  // shards of unequal size (Kimi's) leave one thread idle at the end (bench/README.md,
+  // kimi-s38). Which shards are scanned here depends on timing; the parts are merged in plan
+  // order whatever they are, so the errors do not.
   std::atomic<size_t> taken{0}, planned{0};
   ForEachIndex(n, WorkThreads(threads, n, tensors, kTensorsPerThread), [&](size_t si) {
     taken.fetch_add(1);

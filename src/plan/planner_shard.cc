@@ -299,8 +299,8 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
   std::vector<size_t> position(specs.size());
   ps.outputs.reserve(specs.size());
   AdviseHugePages(ps.outputs.data(), specs.size() * sizeof(PlannedOutput));
-  // Each output made in place, in file order (not value-initialised first and then
-  // overwritten: one pass over the array, ~19 MB for Kimi's three shards, instead of two).
+  // Each output made in place, in file order, rather than the array value-initialised and
+  // then overwritten: one pass over its memory instead of two.
   for (size_t k = 0; k < place.order.size(); ++k) {
     const size_t i = place.order[k];
     position[i] = k;
