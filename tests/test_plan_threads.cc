@@ -3,8 +3,12 @@
 // source order, report and output bytes.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "format/json.h"
@@ -335,6 +339,77 @@ TEST_SUITE("plan_threads") {
       a.Merge(quench::FusedSetScan(three, k, n));
       a.Report(three);
       CHECK(reported(three) == expected);
+      // The same three parts kept in a vector that grows as each is added (as Finish keeps
+      // them), then merged into the first: the parts are moved, never copied (a copy's table
+      // would point into the original's keys).
+      quench::Plan kept = plan;
+      std::vector<std::optional<quench::FusedSetScan>> parts;
+      parts.emplace_back(std::in_place, kept, 0, m);
+      parts.emplace_back(std::in_place, kept, m, k);
+      parts.emplace_back(std::in_place, kept, k, n);
+      parts.front()->Merge(std::move(*parts[1]));
+      parts.front()->Merge(std::move(*parts[2]));
+      parts.front()->Report(kept);
+      CHECK(reported(kept) == expected);
+    }
+    static_assert(!std::is_copy_constructible_v<quench::FusedSetScan>);
+  }
+
+  TEST_CASE("mixed fused sets in every shard, planned on several threads: one pass's errors") {
+    // A thread left without a shard to plan scans its last shard for the fused-set check
+    // while another still plans (Planner::PlanShards); Finish scans the rest and merges all
+    // in plan order. Which shards are scanned early depends on timing, the errors must not.
+    // The gate_proj of experts 1 and 5 ignored in every layer: each such expert's gate/up
+    // set is mixed, named by its gate_proj (its first member) and its up_proj, in key order
+    // (which is the gate_proj names' order here).
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "src", /*with_errors=*/false);
+    auto folder = quench::LoadModelFolder(tmp / "src");
+    REQUIRE(folder.ok());
+    quench::PlanOptions o;
+    o.dst = tmp / "out";
+    o.scheme = "FP8_DYNAMIC";
+    o.ignore = {"re:.*\\.experts\\.(1|5)\\.gate_proj$"};
+    std::vector<std::string> expected;
+    for (int l = 0; l < kShards * kLayersPerShard; ++l) {
+      for (int e : {1, 5}) {
+        const std::string x = "model.layers." + std::to_string(l) + ".mlp.experts." +
+                              std::to_string(e) + ".";
+        expected.push_back(x + "gate_proj.weight|" + x + "up_proj.weight");
+      }
+    }
+    std::sort(expected.begin(), expected.end());
+    const auto named = [](const quench::Plan& p) {
+      std::vector<std::string> out;
+      for (const quench::Status& e : p.errors) {
+        const std::string& m = e.message();
+        const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
+        const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
+        out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
+      }
+      return out;
+    };
+    auto one = quench::BuildPlan(*folder, o, 1);
+    REQUIRE(one.ok());
+    CHECK(named(*one) == expected);
+    for (int threads : {2, 3, 4}) {
+      for (int round = 0; round < 8; ++round) {
+        CAPTURE(threads);
+        CAPTURE(round);
+        auto plan = quench::BuildPlan(*folder, o, threads);
+        REQUIRE(plan.ok());
+        REQUIRE(plan->errors.size() == one->errors.size());
+        for (size_t i = 0; i < plan->errors.size(); ++i) {
+          CHECK(plan->errors[i].message() == one->errors[i].message());
+        }
+        quench::LateIndex late;
+        auto later = quench::BuildPlan(*folder, o, threads, {}, &late);
+        REQUIRE(later.ok());
+        REQUIRE(later->errors.size() == one->errors.size());
+        for (size_t i = 0; i < later->errors.size(); ++i) {
+          CHECK(later->errors[i].message() == one->errors[i].message());
+        }
+      }
     }
   }
 

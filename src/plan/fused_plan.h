@@ -27,6 +27,13 @@ void CheckFusedConsistency(Plan& plan);
 class FusedSetScan {
  public:
   FusedSetScan(const Plan& plan, size_t begin, size_t end);
+  // Moved, never copied: the table's views point into keys_, whose strings a move keeps in
+  // place and a copy would not. (Not copyable, it is also moved where its move may throw,
+  // e.g. by a growing std::vector, which would otherwise copy.)
+  FusedSetScan(FusedSetScan&&) = default;
+  FusedSetScan& operator=(FusedSetScan&&) = default;
+  FusedSetScan(const FusedSetScan&) = delete;
+  FusedSetScan& operator=(const FusedSetScan&) = delete;
   // `later` scanned the range right after this one's.
   void Merge(FusedSetScan&& later);
   void Report(Plan& plan) const;

@@ -5,7 +5,10 @@
 // planner_sources.cc, planner_shard.cc and planner_finish.cc.
 #include "plan/planner.h"
 
+#include <atomic>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "format/parallel.h"
 #include "plan/fused_plan.h"
@@ -127,12 +130,29 @@ void Planner::PlanShards(int threads, std::vector<PlannedTensor> storage) {
   if (storage.size() <= tensors + tensors / 8) plan_.tensors = std::move(storage);
   plan_.tensors.resize(tensors);
   for (ShardWork& w : work) w.tensors = plan_.tensors.data() + w.first_tensor;
+  shard_ranges_.resize(n);
+  shard_scans_.resize(n);
+  for (size_t si = 0; si < n; ++si) {
+    shard_ranges_[si] = {work[si].first_tensor, si + 1 < n ? work[si + 1].first_tensor : tensors};
+  }
   plan_.shards.reserve(n);
   // Shards are planned at once where there are enough tensors for threads to pay.
   constexpr size_t kTensorsPerThread = 4096;
   finish_threads_ = WorkThreads(threads, 2, tensors, kTensorsPerThread);
-  ForEachIndex(n, WorkThreads(threads, n, tensors, kTensorsPerThread),
-               [&](size_t si) { PlanShard(si, work[si]); });
+  // A thread that finishes a shard with none left to take, while another is still planning
+  // one, scans its shard for the fused-set check (Finish's first step) instead of waiting:
+  // shards of unequal size (Kimi's) leave one thread idle at the end (bench/README.md,
+  // kimi-s38). Which shards are scanned here depends on timing; the parts are merged in plan
+  // order whatever they are, so the errors do not.
+  std::atomic<size_t> taken{0}, planned{0};
+  ForEachIndex(n, WorkThreads(threads, n, tensors, kTensorsPerThread), [&](size_t si) {
+    taken.fetch_add(1);
+    PlanShard(si, work[si]);
+    const size_t done = planned.fetch_add(1) + 1;
+    if (finish_threads_ > 1 && taken.load() == n && done < n) {
+      shard_scans_[si].emplace(plan_, shard_ranges_[si].first, shard_ranges_[si].second);
+    }
+  });
   for (ShardWork& w : work) MergeShard(w);
 }
 
@@ -156,30 +176,77 @@ Plan Planner::Finish(LateIndex* late_index) && {
   // The index (or, made later, its length) reads the shards' outputs and the tensors' output
   // lists only; the steps before PlanFiles never touch them.
   // Without the index's text the other side has little to do: it takes the second half of
-  // the fused-set check (the two halves merged after), which reads the tensors' names,
-  // shapes and groups, none of which the first side writes.
+  // what is left of the fused-set check (the parts merged in plan order after), which reads
+  // the tensors' names, shapes and groups, none of which the first side writes.
+  // The check's parts in plan order: the shards scanned in PlanShards, and the ranges of the
+  // others (neighbours joined), one side's or split between the two by count.
+  struct Part {
+    size_t begin, end;
+    std::optional<FusedSetScan> scan;
+    int side = 0;
+  };
+  std::vector<Part> parts;
+  size_t left = 0;  // tensors not yet scanned
+  for (size_t si = 0; si < shard_ranges_.size(); ++si) {
+    const auto [begin, end] = shard_ranges_[si];
+    if (shard_scans_[si]) {
+      parts.push_back({begin, end, std::move(shard_scans_[si])});
+      continue;
+    }
+    left += end - begin;
+    if (!parts.empty() && !parts.back().scan && parts.back().end == begin) {
+      parts.back().end = end;
+    } else {
+      parts.push_back({begin, end, std::nullopt});
+    }
+  }
+  shard_scans_.clear();
+  if (late_index != nullptr) {
+    // The second side scans from the part holding the middle unscanned tensor on (that part
+    // split there).
+    size_t first_side = left / 2;
+    for (size_t k = 0; k < parts.size(); ++k) {
+      if (parts[k].scan) continue;
+      const size_t count = parts[k].end - parts[k].begin;
+      if (first_side >= count) {
+        first_side -= count;
+        continue;
+      }
+      if (first_side > 0) {
+        const size_t middle = parts[k].begin + first_side;
+        parts.insert(parts.begin() + static_cast<std::ptrdiff_t>(k) + 1,
+                     Part{middle, parts[k].end, std::nullopt});
+        parts[k].end = middle;
+        ++k;
+      }
+      for (; k < parts.size(); ++k) parts[k].side = 1;
+      break;
+    }
+  }
+  const auto scan = [&](int side) {
+    for (Part& p : parts) {
+      if (!p.scan && p.side == side) p.scan.emplace(plan_, p.begin, p.end);
+    }
+  };
   std::string index_json;
   uint64_t index_size = 0;
-  const size_t n = plan_.tensors.size();
-  const size_t half = late_index != nullptr ? n / 2 : n;
-  std::optional<FusedSetScan> first_half, second_half;
   ForEachIndex(2, finish_threads_, [&](size_t i) {
     if (i == 1) {
       if (late_index == nullptr) {
         index_json = PlanIndexJson(plan_);
       } else {
         index_size = PlanIndexJsonSize(plan_);
-        second_half.emplace(plan_, half, n);
+        scan(1);
       }
       return;
     }
     PlanFusedSets(plan_);
-    first_half.emplace(plan_, 0, half);
+    scan(0);
     AddSelectionNotes();
     PlanConfigIgnore();
   });
-  if (second_half) first_half->Merge(std::move(*second_half));
-  first_half->Report(plan_);
+  for (size_t k = 1; k < parts.size(); ++k) parts.front().scan->Merge(std::move(*parts[k].scan));
+  if (!parts.empty()) parts.front().scan->Report(plan_);
   const size_t index = PlanFiles(std::move(index_json));
   if (late_index != nullptr) *late_index = {index, index_size};
   return std::move(plan_);

@@ -299,19 +299,19 @@ void Planner::LayOutShard(const Shard& shard, std::vector<TensorSpec> specs,
   std::vector<size_t> position(specs.size());
   ps.outputs.reserve(specs.size());
   AdviseHugePages(ps.outputs.data(), specs.size() * sizeof(PlannedOutput));
-  ps.outputs.resize(specs.size());
+  // Each output made in place, in file order, rather than the array value-initialised and
+  // then overwritten: one pass over its memory instead of two.
   for (size_t k = 0; k < place.order.size(); ++k) {
     const size_t i = place.order[k];
     position[i] = k;
     TensorSpec& t = specs[i];
-    PlannedOutput& po = ps.outputs[k];
-    po.dtype = t.dtype;
-    po.file_offset = place.data_start + place.begin[i];
-    po.nbytes = t.nbytes;
-    po.bytes_per_slab = po.nbytes;
-    po.rows_per_slab = 0;
-    po.name = std::move(t.name);
-    po.shape = std::move(t.shape);
+    ps.outputs.push_back({.name = std::move(t.name),
+                          .dtype = t.dtype,
+                          .shape = std::move(t.shape),
+                          .file_offset = place.data_start + place.begin[i],
+                          .nbytes = t.nbytes,
+                          .rows_per_slab = 0,
+                          .bytes_per_slab = t.nbytes});
   }
   // An output name written twice, reported in name order.
   for (std::string_view name : RepeatedNames(ps.outputs)) {

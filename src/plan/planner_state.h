@@ -13,12 +13,14 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "format/model_folder.h"
 #include "format/quant_config.h"
 #include "format/safetensors.h"
 #include "format/source_quant.h"
+#include "plan/fused_plan.h"
 #include "plan/matcher.h"
 #include "plan/planner.h"
 #include "plan/target_resolver.h"
@@ -155,6 +157,11 @@ class Planner {
   // written ignore list (CoverWithIgnore).
   std::vector<std::string> left_whole_;
   size_t finish_threads_ = 1;  // Finish's: 2 where PlanShards planned on several
+  // Per shard: its range of plan_.tensors, and its part of the fused-set check where a
+  // thread made it in PlanShards (having planned the shard while another was still being
+  // planned, none left to take); Finish scans the other shards' ranges.
+  std::vector<std::pair<size_t, size_t>> shard_ranges_;
+  std::vector<std::optional<FusedSetScan>> shard_scans_;
 };
 
 }  // namespace quench::planner_internal
