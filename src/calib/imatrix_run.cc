@@ -406,6 +406,20 @@ class ImatrixRunImpl : public ImatrixRun {
   // each group's chosen step. NaN/Inf gives finite = false and no steps, left for the
   // pipeline (or the pre-pass) to report as it reports it for any chunk.
   Result<Searched> SearchTensor(size_t ti) {
+    Result<Searched> r = SearchScratch(ti);
+    // The scratch is reused from tensor to tensor (fresh pages cost a fault and a clear
+    // each), but a tensor over the budget's share (whose pages the search also releases)
+    // gives it back: its chunks are then quantized holding the kept choices alone.
+    if (plan_.tensors[ti].src_bytes > keep_tensor_bytes_) {
+      std::vector<uint32_t>().swap(masks_);
+      std::vector<float>().swap(absmax_);
+      std::vector<float>().swap(minmax_);
+    }
+    return r;
+  }
+
+  // SearchTensor in SearchTensor's scratch (masks_, absmax_, minmax_).
+  Result<Searched> SearchScratch(size_t ti) {
     const PlannedTensor& pt = plan_.tensors[ti];
     const ImatrixOptions& opt = Opt(ti);  // the settings of this tensor's group
     QUENCH_RETURN_IF_ERROR(LoadImportance(pt));
