@@ -135,9 +135,8 @@ TEST_SUITE("memory") {
     qt::WriteStatsFolder(tmp / "stats", "", qt::TinyLlamaCollection("none"), parts);
     // The search reads the whole tensor before its first chunk is quantized; the kept paths
     // would keep its pages for Quantize, which a tensor over the budget's share must not.
-    // (The search's per-group state, ~10 bytes a group, is not in the budget: NVFP4's and
-    // MXFP4's groups of 16 and 32 make it 80 and 40 MB for this tensor; the int schemes'
-    // groups of 128, 10 MB.)
+    // (The search's per-group state, ~10 bytes a group, is in the budget: the int schemes'
+    // groups of 128 make it 10 MiB for this tensor; NVFP4's groups of 16, 80 MiB: next case.)
     const long limit_kib = 64 * 1024;
     for (const std::string scheme : {"W4A16", "W4A16_ASYM"}) {
       CAPTURE(scheme);
@@ -150,6 +149,51 @@ TEST_SUITE("memory") {
       CHECK(r.max_rss_kib < limit_kib);
       CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 4);
     }
+  }
+
+  TEST_CASE("imatrix_mse's per-group state is in the budget: refused with the figure, then "
+            "converted under it") {
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 8192, 16384);  // 256 MiB
+    qt::StatsParts parts;
+    const std::string site = "model.layers.0.mlp.down_proj";
+    parts.AddConsumer(site + ".weight", 8192, 16384, site);
+    std::vector<double> x2(16384), ab(16384, 1.0);
+    for (size_t c = 0; c < x2.size(); ++c) x2[c] = 1.0 + static_cast<double>(c % 7);
+    parts.AddSite(site, 64, x2, ab, std::vector<float>(16384, -1.f),
+                  std::vector<float>(16384, 1.f));
+    qt::WriteStatsFolder(tmp / "stats", "", qt::TinyLlamaCollection("none"), parts);
+    auto run = [&](const std::string& limit) {
+      return qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(), "--scheme",
+                            "NVFP4A16", "--observer", "imatrix_mse", "--stats",
+                            (tmp / "stats").string(), "--memory-limit", limit, "-q",
+                            "--overwrite"});
+    };
+    // NVFP4A16's groups of 16: 8192 x 16384 / 16 = 8 Mi groups, each with its improvement mask
+    // (4 bytes), its largest magnitude (4) and its chosen range in BF16 (2): 80 MiB.
+    const uint64_t state = 8192ull * 16384 / 16 * (4 + 4 + 2);
+    auto r = run("64M");
+    REQUIRE(r.exit_code == 2);
+    CHECK(r.err.find("80 MiB") != std::string::npos);
+    const std::string pass = "pass --memory-limit ";
+    const size_t at = r.err.find(pass);
+    REQUIRE_MESSAGE(at != std::string::npos, r.err);
+    const uint64_t mib = std::stoull(r.err.substr(at + pass.size()));
+    CHECK(mib * (1ull << 20) > state);
+    CHECK(mib * (1ull << 20) < state + (64ull << 20));  // the state plus the pipeline's least
+    // The dry run reports it as it reports other planning errors.
+    auto d = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(), "--scheme",
+                            "NVFP4A16", "--observer", "imatrix_mse", "--stats",
+                            (tmp / "stats").string(), "--memory-limit", "64M", "--dry-run"});
+    CHECK(d.exit_code == 2);
+    CHECK(d.err.find(pass + std::to_string(mib) + "M") != std::string::npos);
+    // Under the figure it names, the run converts, within it.
+    r = run(std::to_string(mib) + "M");
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    MESSAGE("NVFP4A16 imatrix_mse peak RSS " << r.max_rss_kib << " KiB, limit " << mib
+                                             << " MiB");
+    CHECK(static_cast<uint64_t>(r.max_rss_kib) < mib * 1024);
+    CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 2);
   }
 
   TEST_CASE("NVFP4 pages kept between pre-pass and pipeline stay within the limit") {

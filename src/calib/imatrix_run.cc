@@ -23,6 +23,8 @@
 #include "calib/weight_stats.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
+#include "pipeline/memory_budget.h"
+#include "pipeline/pipeline.h"
 #include "plan/observer_kwargs.h"
 #include "plan/planner.h"
 #include "schemes/fp4.h"
@@ -30,6 +32,10 @@
 
 namespace quench::calib {
 namespace {
+
+// The chosen ranges of searches kept ahead for Prepare (ImatrixRunImpl::SearchedAbsMax) stay
+// within this many bytes.
+constexpr uint64_t kKeepBytes = uint64_t{256} << 20;
 
 constexpr const char* kCollect =
     "collect them with scripts/collect-stats MODEL_DIR --text FILE -o STATS";
@@ -72,6 +78,29 @@ std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s) {
   if (s.kernel == fp4::QuantizeNvfp4) return ImatrixFormat::kNvfp4;
   if (s.kernel == fp4::QuantizeMxfp4) return ImatrixFormat::kMxfp4;
   return std::nullopt;
+}
+
+// The search's per-group state for tensor t, by its format: the improvement masks (4 bytes a
+// group, SearchTensor's scratch), each group's largest magnitude (FP4 and symmetric int: 4
+// bytes) or its min and max (asymmetric int: 8), and the kept choice Quantize reads (FP4:
+// the chosen range in the source's encoding; symmetric int: the scale as bf16, 2 bytes;
+// asymmetric int: scale and zero point, 3). The bytes of the kept choice alone in *kept.
+// The paths that keep less (a byte, the chosen step) stay under these figures.
+uint64_t SearchStateBytes(const PlannedTensor& t, uint64_t* kept) {
+  const ImatrixFormat f = *FormatOf(*t.scheme);
+  WeightChunk c;
+  c.dtype = t.dtype;
+  c.rows = 1;
+  c.cols = t.shape[1];
+  c.params.bits = t.params.bits;
+  c.params.group_size = std::max(0, t.params.group_size.value_or(0));
+  c.params.symmetric = t.params.symmetric;
+  const uint64_t gs = GroupColumns(c, f);
+  const uint64_t groups = gs == 0 ? 0 : t.shape[0] * (t.shape[1] / gs);
+  const bool asym = f == ImatrixFormat::kInt && !t.params.symmetric;
+  const uint64_t range = f != ImatrixFormat::kInt ? DTypeBits(t.dtype) / 8 : asym ? 3 : 2;
+  *kept = groups * range;
+  return groups * (4 + (asym ? 8 : 4) + range);
 }
 
 }  // namespace
@@ -154,6 +183,10 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
     return ws.consumer;
   };
   size_t observed = 0, uniform = 0, pruned = 0;
+  // The largest searched tensor's per-group state, and the kept choices of the NVFP4 ones
+  // (the searches its global-scale pre-pass keeps ahead).
+  uint64_t largest_state = 0, largest_kept = 0, ahead_kept = 0;
+  std::string largest_name;
   std::map<std::string, int> scale_index;
   for (PlannedTensor& t : plan.tensors) {
     if (imatrix && t.action == TensorAction::kQuantize &&
@@ -174,6 +207,14 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
         calib.imatrix_site = c->site;
         calib.imatrix_expert = c->expert;
         ++observed;
+        uint64_t kept = 0;
+        const uint64_t state = SearchStateBytes(t, &kept);
+        if (state > largest_state) {
+          largest_state = state;
+          largest_kept = FormatOf(*t.scheme) == ImatrixFormat::kNvfp4 ? kept : 0;
+          largest_name = t.name;
+        }
+        if (FormatOf(*t.scheme) == ImatrixFormat::kNvfp4) ahead_kept += kept;
         QUENCH_ASSIGN_OR_RETURN(JsonValue kw, ObserverKwargsFromText(
                                                   plan.groups[static_cast<size_t>(t.group)]
                                                       .observer_kwargs));
@@ -203,6 +244,31 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
       }
       t.prune_scale = it->second;
       ++pruned;
+    }
+  }
+  if (imatrix && observed > 0) {
+    // Held outside the chunks, as GPTQ's Hessians are (convert.cc takes plan.calib_bytes from
+    // the chunks' budget): the scratch and kept choices of the tensor being searched (SearchTensor
+    // reuses its scratch, sized by the largest), and the kept choices of the NVFP4 searches
+    // kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are refused above,
+    // so nothing else is in calib_bytes. A budget that cannot hold it and the pipeline's
+    // smallest (MinimumMemoryLimit, as convert.cc's check) is refused with the figure to give.
+    const uint64_t ahead = std::min(kKeepBytes, ahead_kept - largest_kept);
+    plan.calib_bytes = std::max(plan.calib_bytes, largest_state + ahead);
+    const MemoryFloor floor = MinimumMemoryLimit(
+        plan, options.threads, (plan.prune.kind != PlannedPrune::kNone ? 3 : 2) + 1);
+    const uint64_t need = plan.calib_bytes + floor.bytes;
+    if (options.memory_limit > 0 && options.memory_limit < need) {
+      const uint64_t mib = (need + (uint64_t{1} << 20) - 1) >> 20;  // passed back as printed
+      plan.errors.push_back(Error(
+          ErrorCode::kUsage,
+          "--memory-limit " + FormatBytes(options.memory_limit) + " is too small for the "
+          "imatrix_mse observer: its search of '" + largest_name + "' keeps " +
+          FormatBytes(largest_state) + " of per-group state (masks, ranges and choices, " +
+          "by its format's groups)" +
+          (ahead > 0 ? ", the searches kept ahead " + FormatBytes(ahead) : std::string()) +
+          ", and the pipeline needs " + FormatBytes(floor.bytes) + "; pass --memory-limit " +
+          std::to_string(mib) + "M or more"));
     }
   }
   if (imatrix) {
@@ -357,8 +423,6 @@ class ImatrixRunImpl : public ImatrixRun {
   }
 
  private:
-  static constexpr uint64_t kKeepBytes = uint64_t{256} << 20;
-
   // The settings of tensor t's group.
   const ImatrixOptions& Opt(size_t t) const {
     return group_opts_[static_cast<size_t>(plan_.tensors[t].group)];
@@ -406,6 +470,20 @@ class ImatrixRunImpl : public ImatrixRun {
   // each group's chosen step. NaN/Inf gives finite = false and no steps, left for the
   // pipeline (or the pre-pass) to report as it reports it for any chunk.
   Result<Searched> SearchTensor(size_t ti) {
+    Result<Searched> r = SearchScratch(ti);
+    // The scratch is reused from tensor to tensor (fresh pages cost a fault and a clear
+    // each), but a tensor over the budget's share (whose pages the search also releases)
+    // gives it back: its chunks are then quantized holding the kept choices alone.
+    if (plan_.tensors[ti].src_bytes > keep_tensor_bytes_) {
+      std::vector<uint32_t>().swap(masks_);
+      std::vector<float>().swap(absmax_);
+      std::vector<float>().swap(minmax_);
+    }
+    return r;
+  }
+
+  // SearchTensor in SearchTensor's scratch (masks_, absmax_, minmax_).
+  Result<Searched> SearchScratch(size_t ti) {
     const PlannedTensor& pt = plan_.tensors[ti];
     const ImatrixOptions& opt = Opt(ti);  // the settings of this tensor's group
     QUENCH_RETURN_IF_ERROR(LoadImportance(pt));

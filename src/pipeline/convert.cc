@@ -348,10 +348,11 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   }
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   plan.calib_fingerprint.clear();
+  plan.calib_bytes = 0;  // the imatrix_mse search's state, set by PlanImatrixWanda
   QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
   calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
   plan.calib_fingerprint = fingerprint;
-  plan.calib_bytes = calib_bytes;
+  plan.calib_bytes += calib_bytes;
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
