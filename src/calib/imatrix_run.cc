@@ -11,6 +11,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -23,8 +24,7 @@
 #include "calib/weight_stats.h"
 #include "format/file_io.h"
 #include "format/safetensors.h"
-#include "pipeline/memory_budget.h"
-#include "pipeline/pipeline.h"
+#include "format/units.h"
 #include "plan/observer_kwargs.h"
 #include "plan/planner.h"
 #include "schemes/fp4.h"
@@ -117,7 +117,8 @@ Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text) 
   return o;
 }
 
-Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
+Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options,
+                        const std::function<uint64_t(int)>& pipeline_floor) {
   const bool wanda = options.prune_metric == "wanda";
   if (!wanda && options.prune_metric != "magnitude") {
     return Error(ErrorCode::kUsage,
@@ -252,12 +253,13 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
     // reuses its scratch, sized by the largest), and the kept choices of the NVFP4 searches
     // kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are refused above,
     // so nothing else is in calib_bytes. A budget that cannot hold it and the pipeline's
-    // smallest (MinimumMemoryLimit, as convert.cc's check) is refused with the figure to give.
+    // smallest (pipeline_floor: the pipeline's MinimumMemoryLimit, as convert.cc's check) is
+    // refused with the figure to give.
     const uint64_t ahead = std::min(kKeepBytes, ahead_kept - largest_kept);
     plan.calib_bytes = std::max(plan.calib_bytes, largest_state + ahead);
-    const MemoryFloor floor = MinimumMemoryLimit(
-        plan, options.threads, (plan.prune.kind != PlannedPrune::kNone ? 3 : 2) + 1);
-    const uint64_t need = plan.calib_bytes + floor.bytes;
+    const uint64_t floor_bytes =
+        pipeline_floor ? pipeline_floor((plan.prune.kind != PlannedPrune::kNone ? 3 : 2) + 1) : 0;
+    const uint64_t need = plan.calib_bytes + floor_bytes;
     if (options.memory_limit > 0 && options.memory_limit < need) {
       const uint64_t mib = (need + (uint64_t{1} << 20) - 1) >> 20;  // passed back as printed
       plan.errors.push_back(Error(
@@ -267,7 +269,7 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
           FormatBytes(largest_state) + " of per-group state (masks, ranges and choices, " +
           "by its format's groups)" +
           (ahead > 0 ? ", the searches kept ahead " + FormatBytes(ahead) : std::string()) +
-          ", and the pipeline needs " + FormatBytes(floor.bytes) + "; pass --memory-limit " +
+          ", and the pipeline needs " + FormatBytes(floor_bytes) + "; pass --memory-limit " +
           std::to_string(mib) + "M or more"));
     }
   }

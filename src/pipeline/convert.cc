@@ -349,7 +349,9 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   plan.calib_fingerprint.clear();
   plan.calib_bytes = 0;  // the imatrix_mse search's state, set by PlanImatrixWanda
-  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
+  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options, [&](int buffers_per_chunk) {
+    return MinimumMemoryLimit(plan, options.threads, buffers_per_chunk).bytes;
+  }));
   calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
   plan.calib_fingerprint = fingerprint;
   plan.calib_bytes += calib_bytes;

@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "format/units.h"  // FormatBytes, which this header declared before
+
 namespace quench {
 
 // The default budget takes this fraction of the cgroup's limit when the full default would
@@ -42,9 +44,6 @@ struct MemoryBudget {
 // given, with a warning when it is above the cgroup's limit.
 MemoryBudget ChooseMemoryBudget(uint64_t requested, uint64_t default_bytes,
                                 const std::optional<CgroupMemoryLimit>& cgroup);
-
-// "768 MiB", "2 GiB", "1.5 GiB", "1000 bytes".
-std::string FormatBytes(uint64_t bytes);
 
 }  // namespace quench
 
