@@ -83,6 +83,19 @@ void WriteBigFp8Checkpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
                  R"("fmt": "e4m3", "weight_block_size": [128, 128]}})");
 }
 
+// tmp/src: WriteBigCheckpoint's 8192 x 16384 BF16 down_proj (256 MiB); tmp/stats: statistics
+// for its one site (every channel's sum of squares 1 + c mod 7).
+void WriteBigCheckpointWithStats(const qt::TempDir& tmp) {
+  WriteBigCheckpoint(tmp / "src", 8192, 16384);
+  qt::StatsParts parts;
+  const std::string site = "model.layers.0.mlp.down_proj";
+  parts.AddConsumer(site + ".weight", 8192, 16384, site);
+  std::vector<double> x2(16384), ab(16384, 1.0);
+  for (size_t c = 0; c < x2.size(); ++c) x2[c] = 1.0 + static_cast<double>(c % 7);
+  parts.AddSite(site, 64, x2, ab, std::vector<float>(16384, -1.f), std::vector<float>(16384, 1.f));
+  qt::WriteStatsFolder(tmp / "stats", "", qt::TinyLlamaCollection("none"), parts);
+}
+
 // tmp/src converted to tmp/out with each of `schemes` under --memory-limit 64M: the peak RSS
 // stays below the limit and the output shard is larger than `min_bytes`.
 void ConvertsUnder64M(const qt::TempDir& tmp, std::initializer_list<const char*> schemes,
@@ -123,16 +136,7 @@ TEST_SUITE("memory") {
 
   TEST_CASE("imatrix_mse on a tensor 4x the memory limit converts under the limit") {
     qt::TempDir tmp;
-    WriteBigCheckpoint(tmp / "src", 8192, 16384);  // 256 MiB
-    // Statistics for its one site (every channel's sum of squares 1 + c mod 7).
-    qt::StatsParts parts;
-    const std::string site = "model.layers.0.mlp.down_proj";
-    parts.AddConsumer(site + ".weight", 8192, 16384, site);
-    std::vector<double> x2(16384), ab(16384, 1.0);
-    for (size_t c = 0; c < x2.size(); ++c) x2[c] = 1.0 + static_cast<double>(c % 7);
-    parts.AddSite(site, 64, x2, ab, std::vector<float>(16384, -1.f),
-                  std::vector<float>(16384, 1.f));
-    qt::WriteStatsFolder(tmp / "stats", "", qt::TinyLlamaCollection("none"), parts);
+    WriteBigCheckpointWithStats(tmp);
     // The search reads the whole tensor before its first chunk is quantized; the kept paths
     // would keep its pages for Quantize, which a tensor over the budget's share must not.
     // (The search's per-group state, ~10 bytes a group, is in the budget: the int schemes'
@@ -154,15 +158,7 @@ TEST_SUITE("memory") {
   TEST_CASE("imatrix_mse's per-group state is in the budget: refused with the figure, then "
             "converted under it") {
     qt::TempDir tmp;
-    WriteBigCheckpoint(tmp / "src", 8192, 16384);  // 256 MiB
-    qt::StatsParts parts;
-    const std::string site = "model.layers.0.mlp.down_proj";
-    parts.AddConsumer(site + ".weight", 8192, 16384, site);
-    std::vector<double> x2(16384), ab(16384, 1.0);
-    for (size_t c = 0; c < x2.size(); ++c) x2[c] = 1.0 + static_cast<double>(c % 7);
-    parts.AddSite(site, 64, x2, ab, std::vector<float>(16384, -1.f),
-                  std::vector<float>(16384, 1.f));
-    qt::WriteStatsFolder(tmp / "stats", "", qt::TinyLlamaCollection("none"), parts);
+    WriteBigCheckpointWithStats(tmp);
     auto run = [&](const std::string& limit) {
       return qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(), "--scheme",
                             "NVFP4A16", "--observer", "imatrix_mse", "--stats",
