@@ -90,7 +90,6 @@ namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 using imx_avx2::DecideGroup;
-using imx_avx2::Key;
 using imx_avx2::KeyOfImp;
 using imx_avx2::kBatch;
 using imx_avx2::kFirstVecs;
@@ -232,10 +231,7 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   // One pass: the group stored as |x|, the clamp bound of x's sign and importance, in
   // element order; the largest magnitude pattern (mag), and per position (mod 8) the element
   // of largest key (its vector in `at`).
-  __m256i top = Key(_mm256_and_ps(load_x(0), c.absmask),
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
-  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
-  const __m256i one = _mm256_set1_epi32(1);
+  imx_avx2::TopKeys tk(_mm256_and_ps(load_x(0), c.absmask), ik);
   // The outputs' pointers held here: the vector stores may alias *out as far as the
   // compiler knows, which would reload them every vector.
   float* const oxa = out->xa;
@@ -244,25 +240,19 @@ QUENCH_IMX_AVX2 inline void PreparePass(const Ctx& x, size_t gi, Prepared* out) 
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xv = load_x(v), iv = _mm256_loadu_ps(im + v * 8);
     const __m256 xa = _mm256_and_ps(xv, c.absmask);
-    const __m256i kv =
-        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
-    const __m256i more = _mm256_cmpgt_epi32(kv, top);
-    top = _mm256_max_epi32(top, kv);
-    at = _mm256_blendv_epi8(at, vi, more);
-    vi = _mm256_add_epi32(vi, one);
-    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+    tk.Add(xa, ik + v * 8);
     _mm256_store_ps(oxa + 8 * v, xa);
     _mm256_store_ps(ohv + 8 * v, _mm256_blendv_ps(c.hpos, c.hneg, xv));
     _mm256_store_ps(oie + 8 * v, iv);
   }
   // Inf or NaN: a magnitude's pattern at or above Inf's (the rows are read only here; the
   // search returns false for the block, as AllFinite would have).
-  out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
-                    _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
+  out->finite = tk.Finite();
   if (!out->finite) return;
+  const __m256i top = tk.top, mag = tk.mag;
   // Each position's element of largest key swapped into the first vector.
   alignas(32) int32_t at_of[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), at);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(at_of), tk.at);
   for (size_t p = 0; p < 8; ++p) {
     const size_t j = 8 * static_cast<size_t>(at_of[p]) + p;
     std::swap(out->xa[p], out->xa[j]);

@@ -117,6 +117,29 @@ QUENCH_IMX_AVX2 inline __m256i Key(__m256 xa, __m256i ik) {  // xa = |x|
   return _mm256_add_epi32(_mm256_srli_epi32(_mm256_castps_si256(xa), 16), ik);
 }
 
+// A group's first pass, per position (mod 8): the largest key so far (top), the vector that
+// holds it (at; the first of equal keys) and the largest magnitude's pattern (mag). Made from
+// the first vector's |x| and importance keys, then given every vector in order from the first
+// (Add); Finite: no Inf or NaN among them (a magnitude's pattern at or above Inf's).
+struct TopKeys {
+  __m256i top, at, vi, mag;
+  QUENCH_IMX_AVX2 TopKeys(__m256 xa0, const int32_t* ik0)
+      : top(Key(xa0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik0)))),
+        at(_mm256_setzero_si256()), vi(at), mag(at) {}
+  QUENCH_IMX_AVX2 void Add(__m256 xa, const int32_t* ik) {
+    const __m256i kv = Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
+    const __m256i more = _mm256_cmpgt_epi32(kv, top);
+    top = _mm256_max_epi32(top, kv);
+    at = _mm256_blendv_epi8(at, vi, more);
+    vi = _mm256_add_epi32(vi, _mm256_set1_epi32(1));
+    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+  }
+  QUENCH_IMX_AVX2 bool Finite() const {
+    return _mm256_movemask_ps(_mm256_castsi256_ps(
+               _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
+  }
+};
+
 // An importance's part of Key (imp >= 0 and finite: at most 0x0FEF, so keys stay positive).
 inline int32_t KeyOfImp(float imp) {
   return static_cast<int32_t>(std::bit_cast<uint32_t>(imp) >> 19);

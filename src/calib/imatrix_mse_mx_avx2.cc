@@ -88,7 +88,6 @@ namespace {
 
 using quench::avx2::RoundBf16;  // c10's RNE_bf16 of f32 lanes
 using imx_avx2::DecideGroup;
-using imx_avx2::Key;
 using imx_avx2::kBatch;
 using imx_avx2::kFirstVecs;
 using imx_avx2::LaneMaxI32;

@@ -41,7 +41,6 @@
 #ifdef QUENCH_IMX_AVX2_X86
 namespace quench::calib::internal::imx_mx {
 
-using imx_avx2::Key;
 using imx_avx2::kSteps;
 using imx_avx2::LaneMaxI32;
 using imx_avx2::LaneSum;
@@ -173,29 +172,18 @@ QUENCH_IMX_AVX2 inline void PassCoreN(const Ctx& x, size_t gi, Prepared* out, __
   const float* im = b.imp == nullptr ? x.ones : b.imp + col;
   const int32_t* ik = x.ik + col;
   const Consts& c = x.c;
-  __m256i top = Key(_mm256_and_ps(rows.Load(0), c.absmask),
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik)));
-  __m256i at = _mm256_setzero_si256(), vi = at, mag = at;
-  const __m256i one = _mm256_set1_epi32(1);
+  imx_avx2::TopKeys tk(_mm256_and_ps(rows.Load(0), c.absmask), ik);
   for (size_t v = 0; v < nv; ++v) {
     const __m256 xa = _mm256_and_ps(rows.Load(v), c.absmask);
-    const __m256i kv =
-        Key(xa, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ik + v * 8)));
-    const __m256i more = _mm256_cmpgt_epi32(kv, top);
-    top = _mm256_max_epi32(top, kv);
-    at = _mm256_blendv_epi8(at, vi, more);
-    vi = _mm256_add_epi32(vi, one);
-    mag = _mm256_max_epi32(mag, _mm256_castps_si256(xa));
+    tk.Add(xa, ik + v * 8);
     _mm256_store_ps(out->xa + 8 * v, xa);
     _mm256_store_ps(out->ie + 8 * v, _mm256_loadu_ps(im + v * 8));
   }
-  // Inf or NaN: a magnitude's pattern at or above Inf's.
-  out->finite = _mm256_movemask_ps(_mm256_castsi256_ps(
-                    _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F7FFFFF)))) == 0;
-  _mm256_store_si256(reinterpret_cast<__m256i*>(out->at), at);
+  out->finite = tk.Finite();
+  _mm256_store_si256(reinterpret_cast<__m256i*>(out->at), tk.at);
   out->reordered = false;
-  *mag_out = mag;
-  *top_out = top;
+  *mag_out = tk.mag;
+  *top_out = tk.top;
 }
 
 QUENCH_IMX_AVX2 inline void PassCore(const Ctx& x, size_t gi, Prepared* out, __m256i* mag_out,
