@@ -111,6 +111,19 @@ std::string StableReport(const fs::path& file) {
   return quench::DumpPythonJson(quench::JsonValue(std::move(kept)));
 }
 
+// Each fused-set error of `p` as "A|B" from its message ("fused set of 'A': 'A' is ... but
+// 'B' is ..."): the set's first member and the member that differs.
+std::vector<std::string> MixedSetsNamed(const quench::Plan& p) {
+  std::vector<std::string> out;
+  for (const quench::Status& e : p.errors) {
+    const std::string& m = e.message();
+    const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
+    const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
+    out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("plan_threads") {
@@ -306,27 +319,16 @@ TEST_SUITE("plan_threads") {
     }
     REQUIRE(mixed_sets > 10);
     REQUIRE(mixed_sets < members.size());
-    const auto reported = [](const quench::Plan& p) {
-      std::vector<std::string> out;
-      for (const quench::Status& e : p.errors) {
-        // "fused set of 'A': 'A' is ... but 'B' is ..."
-        const std::string& m = e.message();
-        const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
-        const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
-        out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
-      }
-      return out;
-    };
     quench::Plan whole = plan;
     quench::CheckFusedConsistency(whole);
-    CHECK(reported(whole) == expected);
+    CHECK(MixedSetsNamed(whole) == expected);
     for (size_t m = 0; m <= n; ++m) {
       CAPTURE(m);
       quench::Plan two = plan;
       quench::FusedSetScan first(two, 0, m);
       first.Merge(quench::FusedSetScan(two, m, n));
       first.Report(two);
-      CHECK(reported(two) == expected);
+      CHECK(MixedSetsNamed(two) == expected);
       REQUIRE(two.errors.size() == whole.errors.size());
       for (size_t i = 0; i < two.errors.size(); ++i) {
         CHECK(two.errors[i].message() == whole.errors[i].message());
@@ -338,7 +340,7 @@ TEST_SUITE("plan_threads") {
       a.Merge(quench::FusedSetScan(three, m, k));
       a.Merge(quench::FusedSetScan(three, k, n));
       a.Report(three);
-      CHECK(reported(three) == expected);
+      CHECK(MixedSetsNamed(three) == expected);
       // The same three parts kept in a vector that grows as each is added (as Finish keeps
       // them), then merged into the first: the parts are moved, never copied (a copy's table
       // would point into the original's keys).
@@ -350,7 +352,7 @@ TEST_SUITE("plan_threads") {
       parts.front()->Merge(std::move(*parts[1]));
       parts.front()->Merge(std::move(*parts[2]));
       parts.front()->Report(kept);
-      CHECK(reported(kept) == expected);
+      CHECK(MixedSetsNamed(kept) == expected);
     }
     static_assert(!std::is_copy_constructible_v<quench::FusedSetScan>);
   }
@@ -379,19 +381,9 @@ TEST_SUITE("plan_threads") {
       }
     }
     std::sort(expected.begin(), expected.end());
-    const auto named = [](const quench::Plan& p) {
-      std::vector<std::string> out;
-      for (const quench::Status& e : p.errors) {
-        const std::string& m = e.message();
-        const size_t a = m.find('\'') + 1, a_end = m.find('\'', a);
-        const size_t b = m.find("but '") + 5, b_end = m.find('\'', b);
-        out.push_back(m.substr(a, a_end - a) + "|" + m.substr(b, b_end - b));
-      }
-      return out;
-    };
     auto one = quench::BuildPlan(*folder, o, 1);
     REQUIRE(one.ok());
-    CHECK(named(*one) == expected);
+    CHECK(MixedSetsNamed(*one) == expected);
     for (int threads : {2, 3, 4}) {
       for (int round = 0; round < 8; ++round) {
         CAPTURE(threads);
