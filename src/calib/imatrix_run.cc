@@ -80,6 +80,20 @@ std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s) {
   return std::nullopt;
 }
 
+// n rows of tensor t at src as the search and the kernels take them (t's dtype, columns and
+// quantization parameters).
+WeightChunk RowsOf(const PlannedTensor& t, const uint8_t* src, size_t n) {
+  WeightChunk c;
+  c.data = src;
+  c.dtype = t.dtype;
+  c.rows = n;
+  c.cols = t.shape[1];
+  c.params.bits = t.params.bits;
+  c.params.group_size = std::max(0, t.params.group_size.value_or(0));
+  c.params.symmetric = t.params.symmetric;
+  return c;
+}
+
 // The search's per-group state for tensor t, by its format: the improvement masks (4 bytes a
 // group, SearchTensor's scratch), each group's largest magnitude (FP4 and symmetric int: 4
 // bytes) or its min and max (asymmetric int: 8), and the kept choice Quantize reads (FP4:
@@ -88,14 +102,7 @@ std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s) {
 // The paths that keep less (a byte, the chosen step) stay under these figures.
 uint64_t SearchStateBytes(const PlannedTensor& t, uint64_t* kept) {
   const ImatrixFormat f = *FormatOf(*t.scheme);
-  WeightChunk c;
-  c.dtype = t.dtype;
-  c.rows = 1;
-  c.cols = t.shape[1];
-  c.params.bits = t.params.bits;
-  c.params.group_size = std::max(0, t.params.group_size.value_or(0));
-  c.params.symmetric = t.params.symmetric;
-  const uint64_t gs = GroupColumns(c, f);
+  const uint64_t gs = GroupColumns(RowsOf(t, nullptr, 1), f);
   const uint64_t groups = gs == 0 ? 0 : t.shape[0] * (t.shape[1] / gs);
   const bool asym = f == ImatrixFormat::kInt && !t.params.symmetric;
   const uint64_t range = f != ImatrixFormat::kInt ? DTypeBits(t.dtype) / 8 : asym ? 3 : 2;
@@ -499,17 +506,7 @@ class ImatrixRunImpl : public ImatrixRun {
     const size_t rows = pt.shape[0], cols = pt.shape[1];
     const size_t esz = DTypeBits(pt.dtype) / 8;
     const uint8_t* base = map_->data() + pt.src_offset;
-    auto chunk_of = [&](const uint8_t* src, size_t n) {
-      WeightChunk c;
-      c.data = src;
-      c.dtype = pt.dtype;
-      c.rows = n;
-      c.cols = cols;
-      c.params.bits = pt.params.bits;
-      c.params.group_size = std::max(0, pt.params.group_size.value_or(0));
-      c.params.symmetric = pt.params.symmetric;
-      return c;
-    };
+    auto chunk_of = [&](const uint8_t* src, size_t n) { return RowsOf(pt, src, n); };
     const size_t gs = GroupColumns(chunk_of(base, 1), f);
     Searched out;
     if (gs == 0) {
