@@ -326,13 +326,26 @@ void SearchFp4Groups(const Block& b, bool* ok) {
         std::copy_n(a, cnt, b.absmax + g0);
       }
     }
-    VF top2 = hn::Set(df, -1.0f), ax2 = zero, im2 = zero;
-    for (size_t j = 0; j < kN; ++j) {
-      const VF ax = hn::Abs(X[j]);
-      const MF more = hn::AndNot(hn::Eq(ax, ax1), hn::Gt(KeyOf(X[j], I[j]), top2));
-      top2 = hn::IfThenElse(more, KeyOf(X[j], I[j]), top2);
-      ax2 = hn::IfThenElse(more, ax, ax2);
-      im2 = hn::IfThenElse(more, I[j], im2);
+    // That second element searched in two halves, the even and the odd j (two chains of 8
+    // dependent selections instead of one of 16), then the larger key of the two (the even
+    // half's on equal keys). Which element of a largest key is taken changes no result: any
+    // element whose |x| is not the largest gives a valid two-term bound with it.
+    VF ax2 = zero, im2 = zero;
+    {
+      VF top[2] = {hn::Set(df, -1.0f), hn::Set(df, -1.0f)}, a2[2] = {zero, zero};
+      VF i2[2] = {zero, zero};
+      for (size_t j = 0; j < kN; j += 2) {
+        for (size_t h = 0; h < 2; ++h) {
+          const VF ax = hn::Abs(X[j + h]), key = KeyOf(X[j + h], I[j + h]);
+          const MF more = hn::AndNot(hn::Eq(ax, ax1), hn::Gt(key, top[h]));
+          top[h] = hn::IfThenElse(more, key, top[h]);
+          a2[h] = hn::IfThenElse(more, ax, a2[h]);
+          i2[h] = hn::IfThenElse(more, I[j + h], i2[h]);
+        }
+      }
+      const MF odd = hn::Gt(top[1], top[0]);
+      ax2 = hn::IfThenElse(odd, a2[1], a2[0]);
+      im2 = hn::IfThenElse(odd, i2[1], i2[0]);
     }
     if (b.expand != 1.0) {  // Expanded: the product in f32, rounded to D
       const VF e = hn::Set(df, static_cast<float>(b.expand));
