@@ -140,7 +140,10 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   s.tokens = 2 * s.threads;
   // Per token: the chunk's resident input pages plus its output buffer (at most the input
   // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
-  const uint64_t usable = memory_limit > 2 * kReserve ? memory_limit - kReserve : memory_limit / 2;
+  // The reserve is half the budget between kBaseline and kReserve: a budget just above
+  // MinimumMemoryLimit (which counts kBaseline) gets chunks no larger than the floor assumed.
+  const uint64_t reserve = std::clamp(memory_limit / 2, kBaseline, kReserve);
+  const uint64_t usable = memory_limit > reserve ? memory_limit - reserve : 0;
   // Capped at 16 MiB even with a large budget: small enough that the pipeline fills and
   // drains quickly on small shards, large enough to amortise per-chunk costs.
   // The writers hold at least kMinWriteQueueChunks more output buffers.
