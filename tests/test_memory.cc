@@ -192,6 +192,41 @@ TEST_SUITE("memory") {
     CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 2);
   }
 
+  TEST_CASE("at exactly the reported floor, every scheme converts under it") {
+    // A 64 MiB weight 16,384 wide: its chunks are the pipeline's smallest, so the floor is the
+    // process's baseline and the chunks in flight, with nothing to spare for what the floor
+    // does not count (per-thread scratch, file pages a read fault maps beyond a chunk, the
+    // NVFP4 pre-pass's reads). The figure is the one a refused run names.
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 2048, 16384);
+    const std::vector<std::vector<std::string>> cases = {
+        {"FP8_DYNAMIC"}, {"W4A16"}, {"NVFP4A16"}, {"W8A8"}, {"MXFP4A16"}, {"FP8_BLOCK"},
+        {"W4A16", "--prune", "2:4"}};
+    for (const std::vector<std::string>& c : cases) {
+      CAPTURE(c.front());
+      CAPTURE(c.size());
+      auto run = [&](const std::string& limit) {
+        std::vector<std::string> a = {"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                      "--scheme"};
+        a.insert(a.end(), c.begin(), c.end());
+        a.insert(a.end(), {"--threads", "2", "--memory-limit", limit, "-q", "--overwrite"});
+        return qt::RunQuench(a);
+      };
+      const qt::RunResult refused = run("1M");
+      REQUIRE(refused.exit_code == 2);
+      const std::string pass = "pass --memory-limit ";
+      const size_t at = refused.err.find(pass);
+      REQUIRE_MESSAGE(at != std::string::npos, refused.err);
+      const uint64_t mib = std::stoull(refused.err.substr(at + pass.size()));
+      CHECK(run(std::to_string(mib - 1) + "M").exit_code == 2);
+      const qt::RunResult ok = run(std::to_string(mib) + "M");
+      REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+      const std::string label = c.size() > 1 ? c.front() + " --prune 2:4" : c.front();
+      MESSAGE(label << " peak RSS " << ok.max_rss_kib << " KiB at its floor, " << mib << " MiB");
+      CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
+    }
+  }
+
   TEST_CASE("NVFP4 pages kept between pre-pass and pipeline stay within the limit") {
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 8192, 16384);  // 256 MiB
