@@ -655,10 +655,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
                           calib::MakeImatrixRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
-  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
-  const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
-                                    ? options.memory_limit - plan.calib_bytes
-                                    : options.memory_limit / 2;
+  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth. The
+  // worker threads' scratch is outside them too (CheckMemoryFloor counts both).
+  const uint64_t beside = plan.calib_bytes + ThreadScratchBytes(plan, options.threads);
+  const uint64_t chunk_budget = options.memory_limit > beside ? options.memory_limit - beside
+                                                              : options.memory_limit / 2;
   const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();
   // As CheckMemoryFloor's (the stages made above are the ones it counts).
   PipelineSizing sizing = SizePipeline(
