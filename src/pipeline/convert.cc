@@ -174,20 +174,19 @@ Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& o
           (t.scheme != nullptr ? " for " + std::string(t.scheme->name) : std::string()) + ", " +
           FormatBytes(f.chunk_bytes) + " of input and output";
   }
+  why = why.empty() ? "" : " (" + why + ")";
   if (plan->calib_bytes > 0) {
-    why = "the pipeline's " + FormatBytes(f.bytes) + (why.empty() ? "" : " (" + why + ")") +
-          " and " + (plan->calib_holds.empty() ? "calibration's state" : plan->calib_holds) +
-          ", " + FormatBytes(plan->calib_bytes) + " in all";
+    why = ": the pipeline's " + FormatBytes(f.bytes) + why + " and " +
+          FormatBytes(plan->calib_bytes) + " held by calibration (" +
+          (plan->calib_holds.empty() ? "its state" : plan->calib_holds) + ")";
   }
   const std::string given = requested.memory_limit != 0
                                 ? "--memory-limit " + FormatBytes(options.memory_limit)
                                 : "the default memory budget, " + FormatBytes(options.memory_limit) + ",";
-  plan->errors.push_back(
-                      Error(ErrorCode::kUsage, given + " is below what this conversion needs: " +
-                                                   std::to_string(mib) + " MiB" +
-                                                   (why.empty() ? "" : " (" + why + ")") +
-                                                   "; pass --memory-limit " + std::to_string(mib) +
-                                                   "M or more (or fewer --threads)"));
+  plan->errors.push_back(Error(ErrorCode::kUsage,
+                               given + " is below what this conversion needs: " +
+                                   std::to_string(mib) + " MiB" + why + "; pass --memory-limit " +
+                                   std::to_string(mib) + "M or more (or fewer --threads)"));
   return Status::Ok();
 }
 
