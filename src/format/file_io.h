@@ -22,8 +22,9 @@
 
 namespace quench {
 
-// The most one read fault of a file mapping makes resident: Linux maps a whole large
-// page-cache folio (up to PMD size, 2 MiB on x86-64) on fault since 6.18, not 4 KiB pages.
+// The most one read fault of a file mapping makes resident: Linux may map a whole large
+// page-cache folio (up to PMD size, 2 MiB on x86-64) on one fault, not only 4 KiB pages
+// (measured on 6.18: a one-byte read adds 2 MiB to RssFile; bench/README.md, memfloor).
 inline constexpr uint64_t kFaultBytes = 2ull << 20;
 
 // A whole file mapped read-only. Pages are faulted in on access; Release() drops them from
