@@ -175,8 +175,10 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
       {{"--algorithm", "gptq", "--stats", stats, "--dampening", "-1"}, 2, "--dampening"},
       {{"--algorithm", "gptq", "--stats", stats, "--gptq-block-size", "0"}, 2, "block-size"},
       {{"--algorithm", "magic"}, 2, "unknown --algorithm"},
-      {{"--algorithm", "gptq", "--stats", stats, "--memory-limit", "32M"}, 2,
-       "too small for GPTQ"},
+      // The one budget check (src/pipeline/convert.cc) names the Hessians it holds: the
+      // largest site has 704 inputs (down_proj), 704 x 704 x 4 bytes = 1.9 MiB, three held.
+      {{"--algorithm", "gptq", "--stats", stats, "--memory-limit", "16M"}, 2,
+       "GPTQ: the largest Hessian (site model.layers.0.mlp.down_proj) 3 x 1.9 MiB"},
       // (GPTQ with --prune composes: tests/test_compose.cc.)
   };
   CheckRefusals({"convert", src, dst, "--scheme", "W4A16", "--group-size", "64"}, cases, dst);
@@ -185,6 +187,44 @@ TEST_CASE("GPTQ's options and budget are checked at planning") {
                       "--stats", stats, "--dry-run"});
   CHECK(r.exit_code == 0);
   CHECK(r.err.find("13 weights; 1 rounded to nearest") != std::string::npos);
+}
+
+TEST_CASE("GPTQ's budget: the pipeline's floor plus three Hessians, refused below and kept at it") {
+  TempDir tmp;
+  WriteStats(tmp / "stats", TinyLlamaSites());
+  const std::string src = (DataDir() / "tiny-llama").string(), stats = (tmp / "stats").string();
+  const std::string dst = (tmp / "o").string();
+  auto run = [&](const std::string& limit, bool gptq) {
+    std::vector<std::string> a = {"convert", src, dst, "--scheme", "W4A16", "--group-size",
+                                  "64", "--memory-limit", limit, "-q", "--overwrite"};
+    if (gptq) a.insert(a.end(), {"--algorithm", "gptq", "--stats", stats});
+    return RunQuench(a);
+  };
+  const std::string pass = "pass --memory-limit ";
+  auto figure = [&](const RunResult& r) -> uint64_t {
+    const size_t at = r.err.find(pass);
+    REQUIRE_MESSAGE(at != std::string::npos, r.err);
+    return std::stoull(r.err.substr(at + pass.size()));
+  };
+  // The data-free run's floor (its chunks alone), and GPTQ's: at least that plus the three
+  // largest Hessians (704 inputs: 704^2 x 4 bytes each), since its chunks take more buffers.
+  const RunResult plain = run("1M", false);
+  REQUIRE(plain.exit_code == 2);
+  const RunResult refused = run("1M", true);
+  REQUIRE(refused.exit_code == 2);
+  CHECK(refused.err.find("the pipeline's ") != std::string::npos);
+  const uint64_t plain_mib = figure(plain), mib = figure(refused);
+  MESSAGE("floor " << plain_mib << " MiB without GPTQ, " << mib << " MiB with it");
+  const uint64_t hessians = 3ull * 704 * 704 * 4;
+  CHECK(mib * (1ull << 20) >= (plain_mib - 1) * (1ull << 20) + hessians);
+  // (The 64 MiB the pipeline was once given, a guess, is far above this floor.)
+  CHECK(mib * (1ull << 20) < hessians + (64ull << 20));
+  // One MiB below is refused; at the figure it converts, under it.
+  CHECK(run(std::to_string(mib - 1) + "M", true).exit_code == 2);
+  const RunResult ok = run(std::to_string(mib) + "M", true);
+  REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+  MESSAGE("GPTQ peak RSS " << ok.max_rss_kib << " KiB under " << mib << " MiB");
+  CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
 }
 
 }  // namespace

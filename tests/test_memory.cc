@@ -192,6 +192,45 @@ TEST_SUITE("memory") {
     CHECK(fs::file_size(tmp / "out/model.safetensors") > 8192ull * 16384 / 2);
   }
 
+  TEST_CASE("at exactly the reported floor, every scheme converts under it") {
+    // A 64 MiB weight 16,384 wide: its chunks are the pipeline's smallest, so the floor is the
+    // process's baseline and the chunks in flight, with nothing to spare for what the floor
+    // does not count (per-thread scratch, file pages a read fault maps beyond a chunk, the
+    // NVFP4 pre-pass's reads). The figure is the one a refused run names.
+    // An FP8-block source of the same shape adds the decoded tiles and, for W4A16 and
+    // NVFP4A16, the fused kernels' per-thread tables (128 block columns' worth).
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 2048, 16384);
+    WriteBigFp8Checkpoint(tmp / "fp8", 2048, 16384);
+    const std::vector<std::vector<std::string>> cases = {
+        {"src", "FP8_DYNAMIC"}, {"src", "W4A16"}, {"src", "NVFP4A16"}, {"src", "W8A8"},
+        {"src", "MXFP4A16"}, {"src", "FP8_BLOCK"}, {"src", "W4A16", "--prune", "2:4"},
+        {"fp8", "W4A16"}, {"fp8", "NVFP4A16"}, {"fp8", "FP8_DYNAMIC"}};
+    for (const std::vector<std::string>& c : cases) {
+      std::string label;
+      for (const std::string& w : c) label += (label.empty() ? "" : " ") + w;
+      CAPTURE(label);
+      auto run = [&](const std::string& limit) {
+        std::vector<std::string> a = {"convert", (tmp / c[0]).string(), (tmp / "out").string(),
+                                      "--scheme"};
+        a.insert(a.end(), c.begin() + 1, c.end());
+        a.insert(a.end(), {"--threads", "2", "--memory-limit", limit, "-q", "--overwrite"});
+        return qt::RunQuench(a);
+      };
+      const qt::RunResult refused = run("1M");
+      REQUIRE(refused.exit_code == 2);
+      const std::string pass = "pass --memory-limit ";
+      const size_t at = refused.err.find(pass);
+      REQUIRE_MESSAGE(at != std::string::npos, refused.err);
+      const uint64_t mib = std::stoull(refused.err.substr(at + pass.size()));
+      CHECK(run(std::to_string(mib - 1) + "M").exit_code == 2);
+      const qt::RunResult ok = run(std::to_string(mib) + "M");
+      REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+      MESSAGE(label << " peak RSS " << ok.max_rss_kib << " KiB at its floor, " << mib << " MiB");
+      CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
+    }
+  }
+
   TEST_CASE("NVFP4 pages kept between pre-pass and pipeline stay within the limit") {
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 8192, 16384);  // 256 MiB

@@ -311,6 +311,10 @@ struct Plan {
   // Memory calibration holds besides the pipeline's chunks (GPTQ: the Hessians being factored
   // and in use), taken from the budget before the chunks are sized.
   uint64_t calib_bytes = 0;
+  // What calib_bytes holds, for the budget's refusal (src/pipeline/convert.cc): each stage's
+  // largest holder, e.g. "GPTQ: the largest Hessian (site X) 3 x 4 MiB"; stages joined by
+  // " and ". Empty when calib_bytes is 0.
+  std::string calib_holds;
   // Wanda: per statistics site (and expert), sqrt(E[x^2]) per input column (src/calib/wanda.h).
   std::vector<std::vector<float>> prune_scales;
   // What else decides calibrated tensors' bytes (GPTQ's options and the statistics' manifest

@@ -15,17 +15,13 @@
 #include "calib/blas.h"
 #include "calib/gptq.h"
 #include "format/file_io.h"
+#include "format/units.h"
 #include "format/safetensors.h"
 #include "calib/stats.h"
 #include "calib/weight_stats.h"
 
 namespace quench::calib {
 namespace {
-
-constexpr uint64_t kMiB = 1ull << 20;
-// What the pipeline needs at the least besides the Hessians (its smallest chunks, the
-// writers' queue, code and stacks): a budget under the Hessians plus this is refused.
-constexpr uint64_t kPipelineFloor = 64 * kMiB;
 
 Result<GptqOptions> ResolveOptions(const PlanOptions& o) {
   GptqOptions g;
@@ -60,12 +56,6 @@ bool FloatFormat(const SchemeInfo& s, GptqFloat* format) {
   }
   if (format != nullptr) *format = f;
   return true;
-}
-
-std::string Bytes(uint64_t b) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f MiB", double(b) / double(kMiB));
-  return buf;
 }
 
 }  // namespace
@@ -246,17 +236,12 @@ Status PlanGptq(Plan& plan, const ConvertOptions& options) {
     sites.Assign(plan, stats, options.stats, "GPTQ", t);
   }
   // One factor in use by chunks in flight, one being built, and the mapped f64 Hessian it is
-  // built from (the same n^2 x 4 bytes packed).
+  // built from (the same n^2 x 4 bytes packed). The budget's check is convert.cc's, with the
+  // pipeline's floor.
   plan.calib_bytes = 3 * sites.largest;
-  if (sites.taken > 0 && options.memory_limit > 0 &&
-      options.memory_limit < plan.calib_bytes + kPipelineFloor) {
-    plan.errors.push_back(Error(
-        ErrorCode::kUsage,
-        "--memory-limit " + Bytes(options.memory_limit) + " is too small for GPTQ: the "
-        "largest Hessian (site " + sites.largest_site + ") takes " + Bytes(sites.largest) +
-        " (n^2 x 4 bytes), three of which are held at once (in use, being factored, mapped), "
-        "plus " + Bytes(kPipelineFloor) + " for the pipeline; give at least " +
-        Bytes(plan.calib_bytes + kPipelineFloor)));
+  if (sites.taken > 0) {
+    plan.calib_holds = "GPTQ: the largest Hessian (site " + sites.largest_site + ") 3 x " +
+                       FormatBytes(sites.largest) + " (in use, being factored, mapped)";
   }
   plan.notes.push_back("GPTQ from " + options.stats.string() + ": " +
                        std::to_string(sites.taken) + " weights" +

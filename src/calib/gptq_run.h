@@ -22,7 +22,8 @@ namespace quench::calib {
 // Checks the GPTQ options (usage errors are returned); opens the statistics (headers and
 // manifest only) and marks every quantized weight with its site, or with the reason it is
 // rounded to nearest; problems with the statistics (another model's, shapes that differ) go
-// to plan.errors; sets plan.calib_bytes and refuses a memory budget that cannot hold it.
+// to plan.errors; sets plan.calib_bytes and plan.calib_holds (the budget is checked against
+// them and the pipeline's floor by convert.cc).
 // Reads no weight. A no-op for --algorithm rtn without --stats.
 Status PlanGptq(Plan& plan, const ConvertOptions& options);
 

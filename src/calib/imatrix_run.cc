@@ -11,7 +11,6 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -124,8 +123,7 @@ Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text) 
   return o;
 }
 
-Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options,
-                        const std::function<uint64_t(int)>& pipeline_floor) {
+Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
   const bool wanda = options.prune_metric == "wanda";
   if (!wanda && options.prune_metric != "magnitude") {
     return Error(ErrorCode::kUsage,
@@ -259,26 +257,15 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options,
     // the chunks' budget): the scratch and kept choices of the tensor being searched (SearchTensor
     // reuses its scratch, sized by the largest), and the kept choices of the NVFP4 searches
     // kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are refused above,
-    // so nothing else is in calib_bytes. A budget that cannot hold it and the pipeline's
-    // smallest (pipeline_floor: the pipeline's MinimumMemoryLimit, as convert.cc's check) is
-    // refused with the figure to give.
+    // so nothing else is in calib_bytes. The budget is checked against it and the pipeline's
+    // floor by convert.cc.
     const uint64_t ahead = std::min(kKeepBytes, ahead_kept - largest_kept);
     plan.calib_bytes = std::max(plan.calib_bytes, largest_state + ahead);
-    const uint64_t floor_bytes =
-        pipeline_floor ? pipeline_floor((plan.prune.kind != PlannedPrune::kNone ? 3 : 2) + 1) : 0;
-    const uint64_t need = plan.calib_bytes + floor_bytes;
-    if (options.memory_limit > 0 && options.memory_limit < need) {
-      const uint64_t mib = (need + (uint64_t{1} << 20) - 1) >> 20;  // passed back as printed
-      plan.errors.push_back(Error(
-          ErrorCode::kUsage,
-          "--memory-limit " + FormatBytes(options.memory_limit) + " is too small for the "
-          "imatrix_mse observer: its search of '" + largest_name + "' keeps " +
-          FormatBytes(largest_state) + " of per-group state (masks, ranges and choices, " +
-          "by its format's groups)" +
-          (ahead > 0 ? ", the searches kept ahead " + FormatBytes(ahead) : std::string()) +
-          ", and the pipeline needs " + FormatBytes(floor_bytes) + "; pass --memory-limit " +
-          std::to_string(mib) + "M or more"));
-    }
+    plan.calib_holds = "the imatrix_mse observer: its search of '" + largest_name + "' keeps " +
+                       FormatBytes(largest_state) + " of per-group state (masks, ranges and "
+                       "choices, by its format's groups)" +
+                       (ahead > 0 ? ", the searches kept ahead " + FormatBytes(ahead)
+                                  : std::string());
   }
   if (imatrix) {
     plan.notes.push_back("imatrix_mse observer from " + options.stats.string() + ": " +

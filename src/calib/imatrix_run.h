@@ -5,7 +5,6 @@
 #ifndef QUENCH_CALIB_IMATRIX_RUN_H_
 #define QUENCH_CALIB_IMATRIX_RUN_H_
 
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,10 +22,9 @@ namespace quench::calib {
 // group asks for imatrix_mse with its site (PlannedCalibration::imatrix_site), and every weight
 // Wanda prunes with its column scale. Missing sites, other models' statistics and schemes the
 // observer does not cover go to plan.errors. Reads no weight. A no-op when neither is asked.
-// pipeline_floor(buffers_per_chunk): the pipeline's smallest budget for this plan (the caller
-// owns the pipeline; calib/ does not include it); empty: no budget check.
-Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options,
-                        const std::function<uint64_t(int)>& pipeline_floor = {});
+// The search's state is left in plan.calib_bytes and plan.calib_holds (the budget is checked
+// against them and the pipeline's floor by convert.cc).
+Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options);
 
 // The search options of a group's observer_kwargs (PlannedGroup::observer_kwargs text, "" for
 // the defaults), checked as src/plan/observer_kwargs.h checks them.

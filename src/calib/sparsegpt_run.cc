@@ -24,18 +24,10 @@
 #include "calib/sparsegpt.h"
 #include "calib/stats.h"
 #include "format/file_io.h"
+#include "format/units.h"
 
 namespace quench::calib {
 namespace {
-
-constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kPipelineFloor = 64 * kMiB;  // as GPTQ's (gptq_run.cc)
-
-std::string Mib(uint64_t b) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f MiB", double(b) / double(kMiB));
-  return buf;
-}
 
 Result<SparseGptOptions> ResolveOptions(const Plan& plan, const PlanOptions& o) {
   SparseGptOptions s;
@@ -114,17 +106,14 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
       largest_w = std::max(largest_w, elems * (4 + copies * DTypeBytes(t.dtype)));
     }
   }
+  // The budget's check is convert.cc's, with the pipeline's floor.
   plan.calib_bytes = 3 * sites.largest + largest_w;
-  if (sites.taken > 0 && options.memory_limit > 0 &&
-      options.memory_limit < plan.calib_bytes + kPipelineFloor) {
-    plan.errors.push_back(Error(
-        ErrorCode::kUsage,
-        "--memory-limit " + Mib(options.memory_limit) + " is too small for SparseGPT: the "
-        "largest Hessian (site " + sites.largest_site + ") takes " + Mib(sites.largest) +
-        " (n^2 x 4 bytes), three of which are held at once" +
-        (largest_w > 0 ? ", an unstructured weight sparsified whole " + Mib(largest_w) : "") +
-        ", plus " + Mib(kPipelineFloor) + " for the pipeline; give at least " +
-        Mib(plan.calib_bytes + kPipelineFloor)));
+  if (sites.taken > 0) {
+    plan.calib_holds = "SparseGPT: the largest Hessian (site " + sites.largest_site + ") 3 x " +
+                       FormatBytes(sites.largest) +
+                       (largest_w > 0 ? ", an unstructured weight sparsified whole " +
+                                            FormatBytes(largest_w)
+                                      : std::string());
   }
   plan.notes.push_back("SparseGPT (" + plan.prune.text + ") from " + options.stats.string() +
                        ": " + std::to_string(sites.taken) + " weights" +

@@ -146,10 +146,11 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t len) const {
 
 void MappedFile::Release(uint64_t offset, uint64_t len) const {
   if (data_ == nullptr || len == 0) return;
-  // Round outwards: a page shared with a neighbouring chunk that is still in flight is simply
-  // faulted in again from the page cache if touched, which is correct, only slower.
-  const uint64_t begin = offset / kPage * kPage;
-  const uint64_t end = std::min(size_, (offset + len + kPage - 1) / kPage * kPage);
+  // Round outwards to whole folios: a page shared with a neighbouring chunk that is still in
+  // flight is simply faulted in again from the page cache if touched, which is correct, only
+  // slower.
+  const uint64_t begin = offset / kFaultBytes * kFaultBytes;
+  const uint64_t end = std::min(size_, (offset + len + kFaultBytes - 1) / kFaultBytes * kFaultBytes);
   if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);
 }
 

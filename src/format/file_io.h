@@ -22,6 +22,11 @@
 
 namespace quench {
 
+// The most one read fault of a file mapping makes resident: Linux may map a whole large
+// page-cache folio (up to PMD size, 2 MiB on x86-64) on one fault, not only 4 KiB pages
+// (measured on 6.18: a one-byte read adds 2 MiB to RssFile; bench/README.md, memfloor).
+inline constexpr uint64_t kFaultBytes = 2ull << 20;
+
 // A whole file mapped read-only. Pages are faulted in on access; Release() drops them from
 // this process's resident set (MADV_DONTNEED) so that streaming stays within the memory budget.
 class MappedFile {
@@ -41,7 +46,10 @@ class MappedFile {
   uint64_t size() const { return size_; }
   // Hints that [offset, offset+len) is needed soon (MADV_WILLNEED).
   void Prefetch(uint64_t offset, uint64_t len) const;
-  // Drops the pages covering [offset, offset+len) from the resident set.
+  // Drops the pages covering [offset, offset+len) from the resident set, rounded outwards to
+  // kFaultBytes: one read fault may map a whole page-cache folio (below), so a neighbour's
+  // fault can map pages of a range already released; rounding outwards drops those too, and
+  // a range still in use is faulted in again from the page cache.
   void Release(uint64_t offset, uint64_t len) const;
   // Copies [offset, offset+len) into `dst` with pread (Open with keep_fd): for bytes only
   // copied, this costs one copy out of the page cache, where reading the mapping costs page

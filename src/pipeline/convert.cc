@@ -133,31 +133,61 @@ ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::string* note
   return o;
 }
 
-// A budget below what the plan's largest chunk needs would be exceeded, not honoured: such a
-// plan is refused, with the figure to pass instead.
-void CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& options,
-                      Plan* plan) {
-  const bool pruning = plan->prune.kind != PlannedPrune::kNone;
-  const MemoryFloor f = MinimumMemoryLimit(*plan, options.threads, pruning ? 3 : 2);
-  if (options.memory_limit >= f.bytes) return;
+// Buffers per chunk the run's pipeline is sized with (SizePipeline): input pages and output
+// buffer (2), a pruning staging copy (3); GPTQ's and SparseGPT's sweep an f32 copy of the
+// rows (twice a BF16 chunk) and their codes, three more; the imatrix_mse observer and
+// smoothing one more each. Read from the plan as the calibration stages are made from it
+// (MakeGptqRun, MakeSparseGptRun and MakeImatrixRun make none where no weight is theirs; an
+// imatrix_mse site is planned with --algorithm rtn only), so that the floor checked at
+// planning and the pipeline run agree.
+int RunBuffersPerChunk(const Plan& plan, const calib::Algorithms& algos) {
+  bool gptq = false, sparse = false, imatrix = false;
+  for (const PlannedTensor& t : plan.tensors) {
+    const PlannedCalibration& c = t.calib.value_or_default();
+    gptq = gptq || (algos.gptq && !c.site.empty() && t.action == TensorAction::kQuantize);
+    sparse = sparse || (algos.sparsegpt && !c.site.empty() && t.prune);
+    imatrix = imatrix || !c.imatrix_site.empty();
+  }
+  const bool pruning = plan.prune.kind != PlannedPrune::kNone;
+  const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();
+  return (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smoothing ? 1 : 0);
+}
+
+// The one memory check: a budget below the pipeline's floor for the run's chunks
+// (MinimumMemoryLimit) plus what calibration holds beside them (plan.calib_bytes, taken from
+// the budget before the chunks are sized: ConvertPlanned) would be exceeded, not honoured.
+// Such a plan is refused, naming what the figure holds and the figure to pass instead.
+Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& options,
+                        Plan* plan) {
+  QUENCH_ASSIGN_OR_RETURN(const calib::Algorithms algos, calib::ParseAlgorithms(options.algorithm));
+  const MemoryFloor f =
+      MinimumMemoryLimit(*plan, options.threads, RunBuffersPerChunk(*plan, algos));
+  const uint64_t need = f.bytes + plan->calib_bytes;
+  if (options.memory_limit >= need) return Status::Ok();
   // Rounded up to whole MiB, so that the figure can be passed back as it is printed.
-  const uint64_t mib = (f.bytes + (1ull << 20) - 1) >> 20;
+  const uint64_t mib = (need + (1ull << 20) - 1) >> 20;
   std::string why;
   if (f.chunk_rows > 0) {
     const PlannedTensor& t = plan->tensors[f.tensor];
-    why = " (" + std::to_string(f.tokens) + " chunks in flight; tensor '" + t.name + "' needs " +
+    why = std::to_string(f.tokens) + " chunks in flight; tensor '" + t.name + "' needs " +
           std::to_string(f.chunk_rows) + " row(s) per chunk" +
           (t.scheme != nullptr ? " for " + std::string(t.scheme->name) : std::string()) + ", " +
-          FormatBytes(f.chunk_bytes) + " of input and output)";
+          FormatBytes(f.chunk_bytes) + " of input and output";
+  }
+  why = why.empty() ? "" : " (" + why + ")";
+  if (plan->calib_bytes > 0) {
+    why = ": the pipeline's " + FormatBytes(f.bytes) + why + " and " +
+          FormatBytes(plan->calib_bytes) + " held by calibration (" +
+          (plan->calib_holds.empty() ? "its state" : plan->calib_holds) + ")";
   }
   const std::string given = requested.memory_limit != 0
                                 ? "--memory-limit " + FormatBytes(options.memory_limit)
                                 : "the default memory budget, " + FormatBytes(options.memory_limit) + ",";
-  plan->errors.push_back(
-                      Error(ErrorCode::kUsage, given + " is below what this conversion needs: " +
-                                                   std::to_string(mib) + " MiB" + why +
-                                                   "; pass --memory-limit " + std::to_string(mib) +
-                                                   "M or more (or fewer --threads)"));
+  plan->errors.push_back(Error(ErrorCode::kUsage,
+                               given + " is below what this conversion needs: " +
+                                   std::to_string(mib) + " MiB" + why + "; pass --memory-limit " +
+                                   std::to_string(mib) + "M or more (or fewer --threads)"));
+  return Status::Ok();
 }
 
 // --prune-experts: the one read before planning. Scoring experts needs the routers' values, so
@@ -320,12 +350,18 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   // Calibration (src/calib) only when asked for: the data-free path never reaches it.
   std::string fingerprint;  // every stage's settings (the resume fingerprint)
   uint64_t calib_bytes = 0;  // every stage's factors are held at once
+  std::string calib_holds;   // and what each stage's are
+  const auto add_holds = [&calib_holds](const std::string& holds) {
+    if (!holds.empty()) calib_holds += (calib_holds.empty() ? "" : " and ") + holds;
+  };
   auto stage = [&](const std::string& algorithm, auto planner) -> Status {
     plan.calib_fingerprint.clear();
     plan.calib_bytes = 0;
+    plan.calib_holds.clear();
     QUENCH_RETURN_IF_ERROR(planner(plan, calib::StageOptions(options, algorithm)));
     calib::AppendFingerprint(algorithm, plan.calib_fingerprint, &fingerprint);
     calib_bytes += plan.calib_bytes;
+    add_holds(plan.calib_holds);
     return Status::Ok();
   };
   if (algos.Any() || !options.stats.empty()) {
@@ -349,12 +385,13 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
   plan.calib_fingerprint.clear();
   plan.calib_bytes = 0;  // the imatrix_mse search's state, set by PlanImatrixWanda
-  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options, [&](int buffers_per_chunk) {
-    return MinimumMemoryLimit(plan, options.threads, buffers_per_chunk).bytes;
-  }));
+  plan.calib_holds.clear();
+  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
   calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
   plan.calib_fingerprint = fingerprint;
   plan.calib_bytes += calib_bytes;
+  add_holds(plan.calib_holds);
+  plan.calib_holds = std::move(calib_holds);
   if (split.tensors_split > 0) {
     plan.notes.push_back("split " + std::to_string(split.tensors_split) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
@@ -397,7 +434,7 @@ Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, listing_only ? &late : nullptr,
                                                   nullptr, /*header_bytes=*/listing_only));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
-  CheckMemoryFloor(requested, options, &plan);
+  QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
@@ -441,7 +478,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                                   index_later ? &folder : nullptr,
                                                   /*header_bytes=*/index_later));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
-  CheckMemoryFloor(requested, options, &plan);
+  QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
   Result<ConvertSummary> r = ConvertPlanned(plan, late, folder, options, callbacks, t0);
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
@@ -617,14 +654,15 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
                           calib::MakeImatrixRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
-  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth.
-  const uint64_t chunk_budget = options.memory_limit > plan.calib_bytes
-                                    ? options.memory_limit - plan.calib_bytes
-                                    : options.memory_limit / 2;
+  // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth. The
+  // worker threads' scratch is outside them too (CheckMemoryFloor counts both).
+  const uint64_t beside = plan.calib_bytes + ThreadScratchBytes(plan, options.threads);
+  const uint64_t chunk_budget = options.memory_limit > beside ? options.memory_limit - beside
+                                                              : options.memory_limit / 2;
   const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();
+  // As CheckMemoryFloor's (the stages made above are the ones it counts).
   PipelineSizing sizing = SizePipeline(
-      chunk_budget, options.threads,
-      (pruning ? 3 : 2) + (gptq || sparse ? 3 : 0) + (imatrix ? 1 : 0) + (smoothing ? 1 : 0),
+      chunk_budget, options.threads, RunBuffersPerChunk(plan, algos),
       std::max(largest_set, smoothing ? calib::SmoothBalanceBytes(plan) : 0));
   SourceMaps maps(plan);
   if (smoothing) {

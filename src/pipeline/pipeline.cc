@@ -32,6 +32,7 @@
 #include "schemes/chunk.h"
 #include "schemes/dequant.h"
 #include "schemes/float_formats.h"
+#include "schemes/fp8_source_quant.h"
 #include "schemes/prune.h"
 
 namespace quench {
@@ -140,7 +141,10 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   s.tokens = 2 * s.threads;
   // Per token: the chunk's resident input pages plus its output buffer (at most the input
   // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
-  const uint64_t usable = memory_limit > 2 * kReserve ? memory_limit - kReserve : memory_limit / 2;
+  // The reserve is half the budget between kBaseline and kReserve: a budget just above
+  // MinimumMemoryLimit (which counts kBaseline) gets chunks no larger than the floor assumed.
+  const uint64_t reserve = std::clamp(memory_limit / 2, kBaseline, kReserve);
+  const uint64_t usable = memory_limit > reserve ? memory_limit - reserve : 0;
   // Capped at 16 MiB even with a large budget: small enough that the pipeline fills and
   // drains quickly on small shards, large enough to amortise per-chunk costs.
   // The writers hold at least kMinWriteQueueChunks more output buffers.
@@ -166,7 +170,6 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   f.tokens = 2 * th;  // as SizePipeline
   // The smallest chunk SizePipeline makes (its clamp), for inputs and outputs alike.
   uint64_t in_unit = kMinChunkBytes, out_unit = kMinChunkBytes;
-  bool decoding = false;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0) continue;
@@ -178,7 +181,6 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
     const uint64_t out = t.source_scale && t.action != TensorAction::kQuantize
                              ? rows * ComputeRowBytes(t) + DirectIoAlignment()
                              : ChunkOutputBytes(plan, t, rows);
-    decoding = decoding || t.source_scale.has_value();
     if (in + out > f.chunk_bytes) {
       f.tensor = i;
       f.chunk_rows = rows;
@@ -191,9 +193,26 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   // writers hold kMinWriteQueueChunks output buffers more.
   const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
   f.bytes = kBaseline + static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
-  // Decoded tiles: one per worker thread (QuantizeDecoded).
-  if (decoding) f.bytes += static_cast<uint64_t>(th) * kDecodeTileBytes;
+  // The worker threads' decoded tiles and fused tables.
+  f.bytes += ThreadScratchBytes(plan, th);
   return f;
+}
+
+uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
+  const int th = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bool decoding = false;
+  uint64_t workspace = 0;
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0 ||
+        !t.source_scale) {
+      continue;
+    }
+    decoding = true;
+    if (FusedSourceTensor(t)) {
+      workspace = std::max(workspace, fp8::FusedWorkspaceBytes(t.source_scale->scale_cols));
+    }
+  }
+  return static_cast<uint64_t>(th) * ((decoding ? kDecodeTileBytes : 0) + workspace);
 }
 
 Result<const MappedFile*> SourceMaps::Get(size_t shard) {

@@ -84,6 +84,12 @@ struct MemoryFloor {
 };
 MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk);
 
+// What the worker threads keep besides the chunks, all of them together: a decoded tile each
+// where a source is decoded (QuantizeDecoded), and the fused FP8-block kernels' tables for the
+// widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it, and the caller
+// of SizePipeline takes it from the budget before the chunks are sized.
+uint64_t ThreadScratchBytes(const Plan& plan, int threads);
+
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
 // --report's error sample: one row in this many is decoded back and compared.

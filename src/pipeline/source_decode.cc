@@ -93,6 +93,18 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   return Status::Ok();
 }
 
+bool FusedSourceTensor(const PlannedTensor& t) {
+  if (!t.source_scale || t.source_scale->packed_kind != 0 || t.source_scale->ct ||
+      t.action != TensorAction::kQuantize || t.prune || t.scheme == nullptr ||
+      t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
+    return false;
+  }
+  // As QuantizeSourceRows decides from the kernel and its parameters.
+  return (t.scheme->kernel == &intq::QuantizePacked && t.params.bits == 4 && t.params.symmetric &&
+          t.params.group_size.value_or(0) > 0) ||
+         t.scheme->kernel == &fp4::QuantizeNvfp4;
+}
+
 Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                           const uint8_t* codes, uint64_t r0, uint64_t r1, ChunkKernel kernel,
                           const KernelParams& params, const ChunkOutputs& outs, bool* handled,

@@ -34,6 +34,12 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite);
 
+// Whether QuantizeSourceRows may handle `t` (an FP8-block source, neither compressed-tensors
+// nor packed, quantized, not pruned, with symmetric int4 groups or NVFP4, on a CPU with the
+// fused kernels):
+// its worker threads then keep the fused kernels' tables (ThreadScratchBytes).
+bool FusedSourceTensor(const PlannedTensor& t);
+
 // Rows [r0, r1) of an FP8-block source weight quantized straight to the outputs of its
 // scheme's kernel (`outs`, for exactly those rows) when fp8_source_quant.h handles the scheme
 // (symmetric int4 groups, NVFP4) and shape: *handled then says so and *finite is set as

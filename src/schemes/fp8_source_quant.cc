@@ -37,6 +37,17 @@ bool FusedSourceAvailable() {
 #endif
 }
 
+uint64_t FusedWorkspaceBytes(uint64_t scale_cols) {
+#ifdef QUENCH_FUSED_X86
+  // Workspace::Reserve: tables, decode (2 bytes), col_scale (1), slot_stamp (4) and
+  // slot_scale (2) per slot; col_stamp (4) per column.
+  return scale_cols * (fused::kMags * (fused::kTableBytes + 2 + 1 + 4 + 2) + 4);
+#else
+  (void)scale_cols;
+  return 0;
+#endif
+}
+
 #ifdef QUENCH_FUSED_X86
 namespace fused {
 namespace {

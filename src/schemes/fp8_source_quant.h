@@ -33,6 +33,13 @@ enum class FusedResult {
 // True when this CPU runs the fused kernels (AVX-512 BW + VBMI, or AVX2).
 bool FusedSourceAvailable();
 
+// What one thread's fused kernels keep between calls for a source `scale_cols` blocks wide
+// (fp8_source_tables.h's Workspace: per block column and code magnitude a 256-byte table, its
+// decode and scale entries and two stamps; a stamp per column), at most: the pages are
+// touched as tables are built. The memory budget counts it once per worker thread. 0 where
+// the fused kernels are not built.
+uint64_t FusedWorkspaceBytes(uint64_t scale_cols);
+
 // Symmetric int4 groups, packed (W4A16's pack-quantized with a group size): out[0] = the
 // rows' int32 words (cols / 2 bytes a row), out[1] = bf16 scales [rows, cols / group].
 // Handled when the group size is a multiple of 64 that divides block_cols and cols, and no
