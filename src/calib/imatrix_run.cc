@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "calib/imatrix_mse.h"
-#include "calib/imatrix_mse_rows.h"
 #include "calib/stats.h"
 #include "calib/wanda.h"
 #include "calib/weight_stats.h"
@@ -415,23 +414,18 @@ class ImatrixRunImpl : public ImatrixRun {
       kin.data = rows->data() + pt.src_offset + in.row0 * in.cols * (DTypeBits(in.dtype) / 8);
     }
     if (PosKept(f, Opt(t))) {
-      // The chosen ranges kept by the search, in D's encoding (finite values).
+      // The chosen ranges kept by the search, in D's encoding (finite values), which the
+      // kernels take as they are (a chunk's ranges were widened to f32 here, and narrowed
+      // back to D's patterns there).
       const size_t esz = DTypeBits(in.dtype) / 8;
       if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
-      // Per thread and reused, and not cleared (ToF32 writes every entry): a fresh zeroed
-      // vector per chunk was a memset and fresh pages of 4 bytes a group.
-      thread_local std::vector<float> pos;
-      pos.resize(std::max(pos.size(), in.rows * ng));
-      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, in.rows * ng,
-                           pos.data())) {
-        return false;
-      }
+      const uint8_t* ranges = steps->data() + in.row0 * ng * esz;
       // These rows were searched as they come here (steps for every one of them; the same
       // bytes, pruned the same way), and the search refuses a tensor with NaN or Inf: the
       // kernels need not look for them again.
       const bool finite = in.dtype == pt.dtype;
-      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(kin, pos.data(), out, finite)
-                                        : fp4::QuantizeMxfp4Ranges(kin, pos.data(), out, finite);
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4RangeBits(kin, ranges, out, finite)
+                                        : fp4::QuantizeMxfp4RangeBits(kin, ranges, out, finite);
     }
     const bool packed = IsPacked(pt);
     if (f == ImatrixFormat::kInt && IntRangesKept(in, Opt(t), packed)) {
