@@ -543,7 +543,10 @@ class ImatrixRunImpl : public ImatrixRun {
     // were fresh pages to fault in and clear. Each row block clears its own masks and sets
     // its own best errors (a per-thread buffer: nothing reads them after its search) while
     // they are in cache, on the search's threads, instead of a tensor-wide pass on this one.
+    // Nothing in the scratch is kept from one tensor to the next: each is emptied before it
+    // is resized, so that growing it for a larger tensor copies none of the last one's.
     NoFillVector<uint32_t>& masks = masks_;
+    masks.clear();
     masks.resize(rows * ng);
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
@@ -553,12 +556,14 @@ class ImatrixRunImpl : public ImatrixRun {
     const bool int_kept = f == ImatrixFormat::kInt &&
                           IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
     NoFillVector<float>& absmax = absmax_;
+    absmax.clear();
     absmax.resize(by_absmax || int_kept ? rows * ng : 0);
     // Packed asymmetric int4 on the AVX2 kernels: each group's min and max, for its chosen
     // scale and zero point.
     const bool asym_kept = f == ImatrixFormat::kInt &&
                            IntRangesKept(chunk_of(base, 1), opt, IsPacked(pt));
     NoFillVector<float>& minmax = minmax_;
+    minmax.clear();
     minmax.resize(asym_kept ? 2 * rows * ng : 0);
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
