@@ -38,8 +38,8 @@ namespace {
 // An allocator whose value-less construct leaves the element uninitialized, so that
 // resize() does not zero-fill what is then written in full: the search's per-group scratch
 // and kept choices (SearchTensor), written by its parallel row blocks, which also take the
-// fresh pages' faults on both threads (filled first, they were a serial pass of 4-11 MB on
-// the input stage's thread per tensor while the other thread waited).
+// fresh pages' faults on both threads. A fill would be a pass over all of them on the input
+// stage's thread alone, with the other thread waiting for the search to start.
 template <typename T>
 struct NoFillAllocator : std::allocator<T> {
   template <typename U>
@@ -415,8 +415,7 @@ class ImatrixRunImpl : public ImatrixRun {
     }
     if (PosKept(f, Opt(t))) {
       // The chosen ranges kept by the search, in D's encoding (finite values), which the
-      // kernels take as they are (a chunk's ranges were widened to f32 here, and narrowed
-      // back to D's patterns there).
+      // kernels take as they are: their pass 2 reads D's patterns, so no f32 copy is made.
       const size_t esz = DTypeBits(in.dtype) / 8;
       if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
       const uint8_t* ranges = steps->data() + in.row0 * ng * esz;
