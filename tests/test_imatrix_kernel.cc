@@ -671,6 +671,32 @@ TEST_CASE("FP4 quantization with given ranges: the kernels equal the references"
         }
         CHECK(q_f == q_s);
         CHECK(s_f == s_s);
+        // The ranges in D's own encoding (as the observer keeps them): the same bytes as the
+        // references', declared finite or not; a NaN or an Inf among them is refused.
+        std::vector<uint8_t> enc(rows * ng * ElemBytes(d));
+        for (size_t g = 0; g < rows * ng; ++g) {
+          PutElem(enc.data() + g * ElemBytes(d), d, ranges[g]);
+        }
+        for (bool finite : {false, true}) {
+          CAPTURE(finite);
+          std::vector<uint8_t> q_b(rows * cols / 2, 0x5A), s_b(rows * ng, 0x5A);
+          ChunkOutputs ob;
+          ob.out[0] = q_b.data();
+          ob.out[1] = s_b.data();
+          REQUIRE((nv ? fp4::QuantizeNvfp4RangeBits(w.in, enc.data(), ob, finite)
+                      : fp4::QuantizeMxfp4RangeBits(w.in, enc.data(), ob, finite)));
+          CHECK(q_b == q_s);
+          CHECK(s_b == s_s);
+          for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::infinity()}) {
+            for (size_t at : {size_t{0}, rows * ng / 2, rows * ng - 1}) {
+              std::vector<uint8_t> eb = enc;
+              PutElem(eb.data() + at * ElemBytes(d), d, bad);
+              CHECK_FALSE((nv ? fp4::QuantizeNvfp4RangeBits(w.in, eb.data(), ob, finite)
+                              : fp4::QuantizeMxfp4RangeBits(w.in, eb.data(), ob, finite)));
+            }
+          }
+        }
         // Not declared finite, a NaN or an Inf anywhere in the rows is refused.
         for (float bad : {std::numeric_limits<float>::quiet_NaN(),
                           std::numeric_limits<float>::infinity()}) {

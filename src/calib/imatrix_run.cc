@@ -12,12 +12,14 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "calib/imatrix_mse.h"
-#include "calib/imatrix_mse_rows.h"
 #include "calib/stats.h"
 #include "calib/wanda.h"
 #include "calib/weight_stats.h"
@@ -31,6 +33,35 @@
 
 namespace quench::calib {
 namespace {
+
+// An allocator whose value-less construct leaves the element uninitialized, so that
+// resize() does not zero-fill what is then written in full: the search's per-group scratch
+// and kept choices (SearchTensor), written by its parallel row blocks, which also take the
+// fresh pages' faults on both threads. A fill would be a pass over all of them on the input
+// stage's thread alone, with the other thread waiting for the search to start.
+template <typename T>
+struct NoFillAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = NoFillAllocator<U>;
+  };
+  NoFillAllocator() = default;
+  template <typename U>
+  NoFillAllocator(const NoFillAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <typename T>
+using NoFillVector = std::vector<T, NoFillAllocator<T>>;
+
+// A tensor's kept choices (SearchTensor): per group its chosen step, range or scale.
+using KeptChoices = NoFillVector<uint8_t>;
 
 // The chosen ranges of searches kept ahead for Prepare (ImatrixRunImpl::SearchedAbsMax) stay
 // within this many bytes.
@@ -348,7 +379,7 @@ class ImatrixRunImpl : public ImatrixRun {
   }
 
   bool Quantize(size_t t, const WeightChunk& in, const ChunkOutputs& out) override {
-    std::shared_ptr<const std::vector<uint8_t>> steps;
+    std::shared_ptr<const KeptChoices> steps;
     std::shared_ptr<const MappedFile> rows;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -370,23 +401,17 @@ class ImatrixRunImpl : public ImatrixRun {
       kin.data = rows->data() + pt.src_offset + in.row0 * in.cols * (DTypeBits(in.dtype) / 8);
     }
     if (PosKept(f, Opt(t))) {
-      // The chosen ranges kept by the search, in D's encoding (finite values).
+      // The chosen ranges kept by the search, in D's encoding (finite values), which the
+      // kernels take as they are: their pass 2 reads D's patterns, so no f32 copy is made.
       const size_t esz = DTypeBits(in.dtype) / 8;
       if (steps->size() < (in.row0 + in.rows) * ng * esz) return false;
-      // Per thread and reused, and not cleared (ToF32 writes every entry): a fresh zeroed
-      // vector per chunk was a memset and fresh pages of 4 bytes a group.
-      thread_local std::vector<float> pos;
-      pos.resize(std::max(pos.size(), in.rows * ng));
-      if (!internal::ToF32(steps->data() + in.row0 * ng * esz, in.dtype, in.rows * ng,
-                           pos.data())) {
-        return false;
-      }
+      const uint8_t* ranges = steps->data() + in.row0 * ng * esz;
       // These rows were searched as they come here (steps for every one of them; the same
       // bytes, pruned the same way), and the search refuses a tensor with NaN or Inf: the
       // kernels need not look for them again.
       const bool finite = in.dtype == pt.dtype;
-      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(kin, pos.data(), out, finite)
-                                        : fp4::QuantizeMxfp4Ranges(kin, pos.data(), out, finite);
+      return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4RangeBits(kin, ranges, out, finite)
+                                        : fp4::QuantizeMxfp4RangeBits(kin, ranges, out, finite);
     }
     const bool packed = IsPacked(pt);
     if (f == ImatrixFormat::kInt && IntRangesKept(in, Opt(t), packed)) {
@@ -436,7 +461,7 @@ class ImatrixRunImpl : public ImatrixRun {
   // A tensor's search: per group the chosen step or range (PosKept); for FP4 the largest
   // chosen range.
   struct Searched {
-    std::shared_ptr<const std::vector<uint8_t>> steps;
+    std::shared_ptr<const KeptChoices> steps;
     float amax = 0.f;
     bool finite = true;
     // Where Quantize reads the rows from this mapping (the kept paths of an unpruned
@@ -445,7 +470,7 @@ class ImatrixRunImpl : public ImatrixRun {
   };
   // A prepared tensor's search, until Done.
   struct Live {
-    std::shared_ptr<const std::vector<uint8_t>> steps;
+    std::shared_ptr<const KeptChoices> steps;
     std::shared_ptr<const MappedFile> rows;
   };
 
@@ -471,9 +496,9 @@ class ImatrixRunImpl : public ImatrixRun {
     // each), but a tensor over the budget's share (whose pages the search also releases)
     // gives it back: its chunks are then quantized holding the kept choices alone.
     if (plan_.tensors[ti].src_bytes > keep_tensor_bytes_) {
-      std::vector<uint32_t>().swap(masks_);
-      std::vector<float>().swap(absmax_);
-      std::vector<float>().swap(minmax_);
+      NoFillVector<uint32_t>().swap(masks_);
+      NoFillVector<float>().swap(absmax_);
+      NoFillVector<float>().swap(minmax_);
     }
     return r;
   }
@@ -504,7 +529,10 @@ class ImatrixRunImpl : public ImatrixRun {
     // were fresh pages to fault in and clear. Each row block clears its own masks and sets
     // its own best errors (a per-thread buffer: nothing reads them after its search) while
     // they are in cache, on the search's threads, instead of a tensor-wide pass on this one.
-    std::vector<uint32_t>& masks = masks_;
+    // Nothing in the scratch is kept from one tensor to the next: each is emptied before it
+    // is resized, so that growing it for a larger tensor copies none of the last one's.
+    NoFillVector<uint32_t>& masks = masks_;
+    masks.clear();
     masks.resize(rows * ng);
     // FP4 with every step's p > 0: each group's largest magnitude from the search's own f32
     // copy, so that the chosen ranges need no second read of the weights (ChosenPos).
@@ -513,13 +541,15 @@ class ImatrixRunImpl : public ImatrixRun {
     // IntScalesKept): the same, for each group's chosen scale.
     const bool int_kept = f == ImatrixFormat::kInt &&
                           IntScalesKept(chunk_of(base, 1), opt, IsPacked(pt));
-    std::vector<float>& absmax = absmax_;
+    NoFillVector<float>& absmax = absmax_;
+    absmax.clear();
     absmax.resize(by_absmax || int_kept ? rows * ng : 0);
     // Packed asymmetric int4 on the AVX2 kernels: each group's min and max, for its chosen
     // scale and zero point.
     const bool asym_kept = f == ImatrixFormat::kInt &&
                            IntRangesKept(chunk_of(base, 1), opt, IsPacked(pt));
-    std::vector<float>& minmax = minmax_;
+    NoFillVector<float>& minmax = minmax_;
+    minmax.clear();
     minmax.resize(asym_kept ? 2 * rows * ng : 0);
     std::atomic<bool> finite{true};
     std::atomic<uint32_t> improved{0};
@@ -577,7 +607,7 @@ class ImatrixRunImpl : public ImatrixRun {
     } else {
       map_->Release(pt.src_offset, pt.src_bytes);
     }
-    auto steps = std::make_shared<std::vector<uint8_t>>();
+    auto steps = std::make_shared<KeptChoices>();
     if (!finite) {
       out.finite = false;
       out.steps = steps;
@@ -692,9 +722,9 @@ class ImatrixRunImpl : public ImatrixRun {
   std::string imp_key_;
   std::vector<float> imp_;  // input stage only
   // SearchTensor's per-group scratch (input stage only): masks, largest |x|.
-  std::vector<uint32_t> masks_;
-  std::vector<float> absmax_;
-  std::vector<float> minmax_;
+  NoFillVector<uint32_t> masks_;
+  NoFillVector<float> absmax_;
+  NoFillVector<float> minmax_;
   std::shared_ptr<MappedFile> map_;
   std::filesystem::path map_path_;
   std::map<size_t, Searched> kept_;  // searched by the pre-pass, not yet prepared

@@ -351,9 +351,11 @@ constexpr int Log2(size_t n = kN) {
 // f32 lane, Lanes(df) pairs (one or more groups, or part of one) per step. With ranges
 // given and `finite` (the caller has already refused NaN / Inf in these rows), pass 1 is
 // not needed at all: its maxima are replaced and its check is done, so the rows are read once.
+// The ranges come as f32 values of D (`ranges`) or in D's own encoding (`range_bits`, whose
+// patterns pass 2 takes as they are; a NaN or Inf among them is refused).
 template <DType D, size_t kGroup, bool kNv>
 bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges = nullptr,
-             bool finite = false) {
+             bool finite = false, const uint8_t* range_bits = nullptr) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   constexpr size_t kPairsPerGroup = kGroup / 2;
   const hn::CappedTag<float, 16> df;
@@ -378,17 +380,31 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
   // BF16 NVFP4 with given ranges (imatrix_mse's chosen quantization) on the AVX2 target:
   // pass 3 by the AVX2 kernel's decision bounds (nvfp4_bf16_avx2.h), which the whole-chunk
   // AVX2 path cannot take (it finds each group's max itself).
+  const bool given = ranges != nullptr || range_bits != nullptr;
   bool avx2_pack = false;
 #if HWY_TARGET == HWY_AVX2
-  avx2_pack = D == DType::kBF16 && kNv && ranges != nullptr && bounds == nullptr &&
+  avx2_pack = D == DType::kBF16 && kNv && given && bounds == nullptr &&
               Nvfp4Bf16Avx2Handles(in);
 #endif
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
-    if (ranges == nullptr || !finite) {
+    if (!given || !finite) {
       if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
     }
-    if (ranges != nullptr) {
+    if (range_bits != nullptr) {
+      // The ranges' patterns as they are (what F32ToBits / F32ToF16 below give back for a
+      // value of D); the largest |pattern| tells a NaN or Inf.
+      using T = typename Traits<D>::T;
+      const uint8_t* src = range_bits + r * n_groups * kEsz;
+      T seen = 0;
+      for (size_t g = 0; g < n_groups; ++g) {
+        T bits;
+        std::memcpy(&bits, src + g * kEsz, kEsz);
+        s.amax[g] = bits;
+        seen = std::max<T>(seen, static_cast<T>(bits & Traits<D>::kAbsMask));
+      }
+      if (seen >= Traits<D>::kInfBits) return false;
+    } else if (ranges != nullptr) {
       // Given ranges (values of D, >= 0: imatrix_mse's chosen ones) in place of the
       // groups' max |x|, as D's bit patterns.
       for (size_t g = 0; g < n_groups; ++g) {
@@ -532,6 +548,32 @@ bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOu
   }
 }
 
+bool Nvfp4RangeBitsKernel(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                          bool finite) {
+  switch (in.dtype) {
+    case DType::kBF16:
+      return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
+    case DType::kF16:
+      return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
+    case DType::kF32:
+      return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
+    default: return false;
+  }
+}
+
+bool Mxfp4RangeBitsKernel(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                          bool finite) {
+  switch (in.dtype) {
+    case DType::kBF16:
+      return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, nullptr, finite, ranges);
+    case DType::kF16:
+      return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, nullptr, finite, ranges);
+    case DType::kF32:
+      return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, nullptr, finite, ranges);
+    default: return false;
+  }
+}
+
 bool Mxfp8Kernel(const WeightChunk& in, const ChunkOutputs& out) {
   switch (in.dtype) {
     case DType::kBF16: return Mxfp8Impl<DType::kBF16>(in, out);
@@ -562,6 +604,8 @@ HWY_EXPORT(Mxfp4Kernel);
 HWY_EXPORT(Mxfp8Kernel);
 HWY_EXPORT(Nvfp4RangesKernel);
 HWY_EXPORT(Mxfp4RangesKernel);
+HWY_EXPORT(Nvfp4RangeBitsKernel);
+HWY_EXPORT(Mxfp4RangeBitsKernel);
 HWY_EXPORT(AbsMaxKernel);
 
 namespace {
@@ -685,6 +729,18 @@ bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const Chunk
                          bool finite) {
   return Valid(in, kMxGroup) &&
          HWY_DYNAMIC_DISPATCH(Mxfp4RangesKernel)(in, ranges, out, finite);
+}
+
+bool QuantizeNvfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                            bool finite) {
+  return Valid(in, kNvfp4Group) &&
+         HWY_DYNAMIC_DISPATCH(Nvfp4RangeBitsKernel)(in, ranges, out, finite);
+}
+
+bool QuantizeMxfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                            bool finite) {
+  return Valid(in, kMxGroup) &&
+         HWY_DYNAMIC_DISPATCH(Mxfp4RangeBitsKernel)(in, ranges, out, finite);
 }
 
 float Mxfp4GroupScale(float amax, DType dtype) {

@@ -45,6 +45,14 @@ bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const Chunk
                          bool finite = false);
 bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
                          bool finite = false);
+// The same with the ranges in the weight dtype's own encoding (rows x groups values of
+// DTypeBits / 8 bytes each), as the imatrix_mse observer keeps them: the kernels take their
+// bit patterns as they are (no widening to f32 and narrowing back), and refuse a NaN or Inf
+// among them as among the rows.
+bool QuantizeNvfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                            bool finite = false);
+bool QuantizeMxfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
+                            bool finite = false);
 // The scale (a value of the dtype, as f32; may be +inf) MXFP4 quantizes a group of range
 // `amax` with: calculate_qparams' E8M0 exponent, then maybe_convert_from_mx_exp.
 float Mxfp4GroupScale(float amax, DType dtype);
