@@ -86,6 +86,70 @@ TEST_SUITE("matcher") {
     CHECK(m->FirstMatch("model.norm") == -1);
   }
 
+  TEST_CASE("the first match is the first entry that matches, whatever the name ends with") {
+    // FirstMatch tries only the entries that could match a name's last byte; the answer must
+    // be the first entry matching by the rule itself (exact equality; std::regex with
+    // re.match's anchoring), computed here without NameMatcher. Entries of every kind: exact
+    // (one empty), regexes with and without a required ending; names ending in each
+    // entry's last byte and in others, the empty name; and a list of more than 64 entries.
+    std::vector<std::string> entries;
+    for (const auto& d : quench::DefaultIgnores()) entries.emplace_back(d.pattern);
+    for (const char* e : {"model.layers.0.mlp.gate_proj", "", "x.q_proj", "re:.*\\.k_proj",
+                          "re:model\\.layers\\.1\\.", "re:.*(up|down)_proj$", "re:.*a$",
+                          "re:.*\\$$", "re:(|x)$", "re:.*", "lm_head"}) {
+      entries.emplace_back(e);
+    }
+    const char* names[] = {
+        "", "lm_head", "model.embed_tokens", "model.layers.0.mlp.gate",
+        "model.layers.0.mlp.gate_proj", "model.layers.1.mlp.experts.3.up_proj",
+        "model.layers.2.mlp.experts.3.down_proj", "model.layers.1.self_attn.k_proj",
+        "x.q_proj", "x.k_proj", "transformer.wte", "wpe", "a", "ba", "x", "x$", "$",
+        "model.layers.3.mlp.shared_expert_gate", "model.layers.3.mlp.router", "norm",
+        "model.layers.4.block_sparse_moe.gate", "embeddings.token_type_embeddings", "\xff",
+    };
+    const auto expected_first = [](const std::vector<std::string>& list, std::string_view n) {
+      for (size_t i = 0; i < list.size(); ++i) {
+        const std::string& e = list[i];
+        if (e.starts_with("re:")) {
+          const std::regex re(e.substr(3), std::regex::ECMAScript);
+          if (std::regex_search(n.begin(), n.end(), re, std::regex_constants::match_continuous)) {
+            return static_cast<int>(i);
+          }
+        } else if (n == e) {
+          return static_cast<int>(i);
+        }
+      }
+      return -1;
+    };
+    std::vector<std::vector<std::string>> lists;
+    for (size_t k = 0; k <= entries.size(); ++k) {  // every prefix, then every suffix
+      lists.emplace_back(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(k));
+      lists.emplace_back(entries.begin() + static_cast<std::ptrdiff_t>(k), entries.end());
+    }
+    std::vector<std::string> many;  // 70 entries: the first 64 can never match these names
+    for (int i = 0; i < 64; ++i) many.push_back("unused." + std::to_string(i));
+    for (const std::string& e : entries) many.push_back(e);
+    lists.push_back(many);
+    for (const auto& list : lists) {
+      CAPTURE(list.size());
+      auto m = NameMatcher::Compile(list, "--ignore");
+      REQUIRE(m.ok());
+      for (const char* n : names) {
+        CAPTURE(n);
+        CHECK(m->FirstMatch(n) == expected_first(list, n));
+      }
+    }
+    // Spot checks of the rule above, worked out by hand.
+    auto all = NameMatcher::Compile(entries, "--ignore");
+    REQUIRE(all.ok());
+    CHECK(all->FirstMatch("model.layers.0.mlp.gate") == 4);        // re:.*mlp\.gate$
+    CHECK(all->FirstMatch("model.layers.0.mlp.gate_proj") == 8);   // exact
+    CHECK(all->FirstMatch("") == 9);                                // the empty exact entry
+    CHECK(all->FirstMatch("model.layers.1.mlp.experts.3.up_proj") == 12);  // re:model\.layers\.1\.
+    CHECK(all->FirstMatch("model.layers.2.mlp.experts.3.up_proj") == 13);  // re:.*(up|down)_proj$
+    CHECK(all->FirstMatch("norm") == 17);                            // re:.*
+  }
+
   TEST_CASE("an invalid regex is a usage error naming the entry") {
     auto m = NameMatcher::Compile({"re:(unclosed"}, "--ignore");
     REQUIRE_FALSE(m.ok());

@@ -200,6 +200,87 @@ TEST_SUITE("plan_threads") {
     CHECK(calls == 0);
   }
 
+  TEST_CASE("a shard's outputs are in its file's order, each tensor's outputs its own") {
+    // The planner plans a shard's outputs in plan order and LayOutShard lists them in file
+    // order, linking each tensor to its own. Each shard's header, parsed back by the reader,
+    // must list exactly the outputs in the order given (name, dtype, shape, offset, size);
+    // each planned tensor's outputs must be its module's, in the scheme's slot order
+    // (FP8_DYNAMIC: weight, weight_scale; W4A16: weight_packed, weight_scale, weight_shape,
+    // the last holding the shape's bytes), each output taken by one tensor; on 1 and 3
+    // threads.
+    qt::TempDir tmp;
+    WriteCheckpoint(tmp / "src", /*with_errors=*/false);
+    auto folder = quench::LoadModelFolder(tmp / "src");
+    REQUIRE(folder.ok());
+    const std::map<std::string, std::vector<std::string>> slots = {
+        {"FP8_DYNAMIC", {"weight", "weight_scale"}},
+        {"W4A16", {"weight_packed", "weight_scale", "weight_shape"}}};
+    for (const auto& [scheme, suffixes] : slots) {
+      for (int threads : {1, 3}) {
+        CAPTURE(scheme);
+        CAPTURE(threads);
+        quench::PlanOptions o;
+        o.dst = tmp / "out";
+        o.scheme = scheme;
+        if (scheme == "W4A16") o.group_size = 16;  // the experts' rows have 16 columns
+        auto plan = quench::BuildPlan(*folder, o, threads);
+        REQUIRE(plan.ok());
+        REQUIRE(plan->errors.empty());
+        std::vector<std::vector<int>> taken(plan->shards.size());
+        for (size_t si = 0; si < plan->shards.size(); ++si) {
+          const quench::PlannedShard& ps = plan->shards[si];
+          taken[si].assign(ps.outputs.size(), 0);
+          auto h = quench::ParseSafetensorsHeader(
+              ps.rel_name, std::string_view(ps.header).substr(8), ps.file_size);
+          REQUIRE(h.ok());
+          std::vector<quench::TensorInfo> listed = h->tensors;
+          std::sort(listed.begin(), listed.end(),
+                    [](const auto& a, const auto& b) { return a.begin < b.begin; });
+          REQUIRE(listed.size() == ps.outputs.size());
+          for (size_t k = 0; k < listed.size(); ++k) {
+            const quench::PlannedOutput& out = ps.outputs[k];
+            CHECK(out.name == listed[k].name);
+            CHECK(out.dtype == listed[k].dtype);
+            CHECK(out.shape == listed[k].shape);
+            CHECK(out.file_offset == h->data_start + listed[k].begin);
+            CHECK(out.nbytes == listed[k].nbytes());
+          }
+        }
+        size_t quantized = 0;
+        for (const quench::PlannedTensor& t : plan->tensors) {
+          const std::string module = t.name.substr(0, t.name.rfind('.'));
+          const std::vector<quench::PlannedOutput>& outs = plan->shards[t.shard].outputs;
+          if (t.action != quench::TensorAction::kQuantize) {
+            REQUIRE(t.outputs.size() == 1);
+            CHECK(outs[t.outputs[0]].name == t.name);
+            ++taken[t.shard][t.outputs[0]];
+            continue;
+          }
+          ++quantized;
+          REQUIRE(t.outputs.size() == suffixes.size());
+          for (size_t j = 0; j < suffixes.size(); ++j) {
+            const quench::PlannedOutput& out = outs[t.outputs[j]];
+            CHECK(out.name == module + "." + suffixes[j]);
+            ++taken[t.shard][t.outputs[j]];
+            if (suffixes[j] == "weight_shape") {
+              std::string bytes;
+              for (uint64_t d : t.shape) {
+                for (int b = 0; b < 8; ++b) bytes.push_back(static_cast<char>(d >> (8 * b)));
+              }
+              CHECK(out.constant == bytes);
+            }
+          }
+        }
+        // Every expert weight of the 32 layers (nothing ignored here; routers and norms are
+        // copied).
+        CHECK(quantized == static_cast<size_t>(kShards * kLayersPerShard * 3 * kExperts));
+        for (const auto& shard : taken) {
+          CHECK(std::all_of(shard.begin(), shard.end(), [](int n) { return n == 1; }));
+        }
+      }
+    }
+  }
+
   TEST_CASE("the index made after planning is the plan's own, its length known before") {
     // BuildPlan given late_index leaves that plan.files entry empty and the rest of the plan
     // as it is; PlanIndexJson then makes the text BuildPlan makes, and BuildPlan (as

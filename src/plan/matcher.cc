@@ -1,6 +1,7 @@
 #include "plan/matcher.h"
 
 #include <algorithm>
+#include <bit>
 #include <cctype>
 
 namespace quench {
@@ -113,6 +114,20 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
     }
     m.compiled_.push_back(std::move(c));
   }
+  m.use_candidates_ = m.compiled_.size() <= 64;
+  for (size_t i = 0; m.use_candidates_ && i < m.compiled_.size(); ++i) {
+    const Entry& c = m.compiled_[i];
+    const uint64_t bit = uint64_t{1} << i;
+    if (c.is_regex && c.suffixes.empty()) {
+      for (uint64_t& mask : m.candidates_) mask |= bit;
+      continue;
+    }
+    // A name matching the entry ends as the exact name, or as one of the required
+    // suffixes (never empty: RequiredSuffixes returns none rather than an empty one).
+    for (const std::string& s : c.is_regex ? c.suffixes : std::vector<std::string>{c.exact}) {
+      m.candidates_[s.empty() ? 256 : static_cast<unsigned char>(s.back())] |= bit;
+    }
+  }
   return m;
 }
 
@@ -132,6 +147,15 @@ bool NameMatcher::EntryMatches(size_t i, std::string_view module) const {
 }
 
 int NameMatcher::FirstMatch(std::string_view module) const {
+  if (use_candidates_) {
+    uint64_t mask =
+        candidates_[module.empty() ? 256 : static_cast<unsigned char>(module.back())];
+    for (; mask != 0; mask &= mask - 1) {
+      const int i = std::countr_zero(mask);
+      if (EntryMatches(static_cast<size_t>(i), module)) return i;
+    }
+    return -1;
+  }
   for (size_t i = 0; i < compiled_.size(); ++i) {
     if (EntryMatches(i, module)) return static_cast<int>(i);
   }
