@@ -1,10 +1,13 @@
 #include "pipeline/buffers.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <new>
+#include <system_error>
+#include <utility>
 
 #include "format/file_io.h"
 
@@ -39,9 +42,21 @@ uint64_t AlignLike(uint64_t at, uint64_t file_offset) {
   return at + (file_offset % a + a - at % a) % a;
 }
 
+uint64_t BufferPool::CapacityFor(uint64_t min_capacity) {
+  const uint64_t a = DirectIoAlignment();
+  return (min_capacity + a - 1) / a * a;
+}
+
 Buffer BufferPool::Get(uint64_t size) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (prefault_ != nullptr) {
+      const uint64_t capacity = CapacityFor(min_capacity_);
+      for (Buffer& b : prefault_->Take()) {
+        if (b.capacity == capacity) free_.push_back(std::move(b));
+      }
+      prefault_ = nullptr;
+    }
     size_t best = free_.size();
     for (size_t i = 0; i < free_.size(); ++i) {
       if (free_[i].capacity < size) continue;
@@ -57,8 +72,7 @@ Buffer BufferPool::Get(uint64_t size) {
     if (!free_.empty()) free_.pop_back();
   }
   Buffer b;
-  const uint64_t a = DirectIoAlignment();
-  const uint64_t capacity = (std::max(size, min_capacity_) + a - 1) / a * a;
+  const uint64_t capacity = CapacityFor(std::max(size, min_capacity_));
   // Aligned to 2 MiB, with every whole 2 MiB stretch asked to be a huge page (MapBuffer): a
   // direct write from physically contiguous memory reaches the disk in fewer, larger requests
   // (a virtio disk takes a bounded number of segments per request, so scattered 4 KiB pages
@@ -68,6 +82,62 @@ Buffer BufferPool::Get(uint64_t size) {
   b.capacity = capacity;
   b.touched = size;
   return b;
+}
+
+BufferPrefault::BufferPrefault(int count, uint64_t capacity, uint64_t touch)
+    : capacity_(capacity) {
+  try {
+    thread_ = std::thread([this, count, touch] { Run(count, touch); });
+  } catch (const std::system_error&) {
+    // No thread: nothing made ahead; the pool maps every buffer itself.
+  }
+}
+
+BufferPrefault::~BufferPrefault() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::vector<Buffer> BufferPrefault::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stop_ = true;
+  return std::exchange(done_, {});
+}
+
+void BufferPrefault::Run(int count, uint64_t touch) {
+  // At the process's own priority: a thread of lower priority preempted inside a page fault
+  // would hold the mapping's lock (on kernels without per-VMA locks, the whole address
+  // space's) while the pipeline's threads wait for it. Its faults are ones the pipeline would
+  // take anyway, so where both cores are busy planning it costs no more than it saves.
+  pthread_setname_np(pthread_self(), "quench-prefault");  // for profiles (perf, top -H)
+  touch = std::min(touch, capacity_);
+  for (int i = 0; i < count; ++i) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) return;
+    }
+    Buffer b;
+    try {
+      b.data = std::unique_ptr<uint8_t, Unmap>(MapBuffer(capacity_), Unmap{capacity_});
+    } catch (const std::bad_alloc&) {
+      return;  // the pool will report it if it cannot map either
+    }
+    b.capacity = capacity_;
+    // A huge page at a time, asking after each whether the pipeline has started.
+    for (uint64_t at = 0; at < touch; at += kHugePage) {
+      volatile uint8_t* p = b.data.get();
+      for (uint64_t q = at; q < std::min(touch, at + kHugePage); q += 4096) p[q] = 0;
+      b.touched = std::min(touch, at + kHugePage);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) return;  // b, touched partly and not handed over, is unmapped here
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return;
+    done_.push_back(std::move(b));
+  }
 }
 
 void BufferPool::Put(Buffer b) {

@@ -37,6 +37,42 @@ struct Buffer {
 // same remainder modulo DirectIoAlignment(), so that OutputFile writes them without a copy.
 uint64_t AlignLike(uint64_t at, uint64_t file_offset);
 
+// Output buffers made before the pipeline starts, on a helper thread started before planning:
+// while one thread plans, the other core idles, and the pages the pool's first chunks would
+// fault in (each zeroed by the kernel) on the critical path are touched there instead
+// (bench/README.md, "Output buffers made while planning"). `count` buffers of `capacity`
+// bytes, one after another, each with its first `touch` bytes touched (a byte per 4 KiB page:
+// one fault per huge page). The caller keeps them within the pool's budget (StartPrefault);
+// the pool takes them at its first Get (BufferPool::SetPrefault).
+class BufferPrefault {
+ public:
+  BufferPrefault(int count, uint64_t capacity, uint64_t touch);
+  // Stops the thread, once it has touched the page it is touching, and unmaps what was not
+  // taken.
+  ~BufferPrefault();
+  BufferPrefault(const BufferPrefault&) = delete;
+  BufferPrefault& operator=(const BufferPrefault&) = delete;
+
+  // Stops making buffers and hands over those whose touch is finished; the one being touched
+  // stays with the thread, which unmaps it. Called once the pipeline needs its first buffer;
+  // later calls return nothing.
+  std::vector<Buffer> Take();
+
+  // Waits until the thread has made every buffer (tests). Not while another thread calls Take.
+  void Wait() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run(int count, uint64_t touch);
+
+  const uint64_t capacity_;
+  std::mutex mu_;
+  std::vector<Buffer> done_;  // touched, not taken
+  bool stop_ = false;
+  std::thread thread_;  // last: started once the members above exist
+};
+
 class BufferPool {
  public:
   // Every buffer holds at least `min_capacity` bytes, so that buffers suit any chunk and are
@@ -50,6 +86,15 @@ class BufferPool {
   // largest chunk it ever held.) A new buffer is mapped when none is free.
   Buffer Get(uint64_t size);
   void Put(Buffer b);
+  // Buffers made ahead (BufferPrefault) are taken on the first Get, so that they are touched
+  // for as long as possible; those not of this pool's capacity (planning sized the chunks
+  // otherwise than the prefault guessed) are unmapped. `prefault` must outlive the pool's use.
+  void SetPrefault(BufferPrefault* prefault) {
+    std::lock_guard<std::mutex> lock(mu_);
+    prefault_ = prefault;
+  }
+  // The capacity of every buffer the pool maps for chunks up to min_capacity.
+  static uint64_t CapacityFor(uint64_t min_capacity);
   // Unmaps every free buffer now (the pool stays usable).
   void Clear() {
     std::vector<Buffer> gone;
@@ -69,6 +114,7 @@ class BufferPool {
   const uint64_t min_capacity_;
   std::mutex mu_;
   std::vector<Buffer> free_;
+  BufferPrefault* prefault_ = nullptr;  // until the first Get takes its buffers
 };
 
 // The writers: threads that write finished items (chunks) while the workers compute the next

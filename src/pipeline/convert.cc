@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "format/file_io.h"
 #include "format/model_folder.h"
 #include "format/parallel.h"
+#include "pipeline/buffers.h"
 #include "pipeline/memory_budget.h"
 #include "pipeline/dry_run.h"
 #include "pipeline/pipeline.h"
@@ -456,7 +458,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                                       std::optional<ModelFolder>& folder,
                                       const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
-                                      std::chrono::steady_clock::time_point t0);
+                                      std::chrono::steady_clock::time_point t0,
+                                      BufferPrefault* prefault);
 
 }  // namespace
 
@@ -466,6 +469,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   std::string budget_note;
   ConvertOptions options = WithMemoryBudget(requested, &budget_note);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
+  // Before planning, while it leaves a core idle: the pipeline's first output buffers.
+  const std::unique_ptr<BufferPrefault> prefault = StartPrefault(options);
   // The index's text is made once the first chunk is converting, and the model folder freed
   // then (ConvertPlanned), but where the run reads the text before: --resume (a finished
   // folder's files compared) and workers (the plan's fingerprint). The same runs read the
@@ -479,7 +484,8 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                                   /*header_bytes=*/index_later));
   if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
   QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
-  Result<ConvertSummary> r = ConvertPlanned(plan, late, folder, options, callbacks, t0);
+  Result<ConvertSummary> r =
+      ConvertPlanned(plan, late, folder, options, callbacks, t0, prefault.get());
   if (!options.report.empty()) {
     const Status outcome = r.ok() ? Status::Ok() : r.status();
     Status w = WriteFileAtomic(
@@ -502,7 +508,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                                       std::optional<ModelFolder>& folder,
                                       const ConvertOptions& options,
                                       const ConvertCallbacks& callbacks,
-                                      std::chrono::steady_clock::time_point t0) {
+                                      std::chrono::steady_clock::time_point t0,
+                                      BufferPrefault* prefault) {
   if (callbacks.note) {
     for (const std::string& n : plan.notes) callbacks.note(n);
   }
@@ -738,7 +745,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                                        make_index();  // where no chunk was handed out
                                        if (staged) staged->Sync();
                                      },
-                                     make_index, hash_headers);
+                                     make_index, hash_headers, prefault);
   if (st.ok() && !index_status.ok()) st = index_status;
   if (smooth) {
     smooth->Finish(plan);

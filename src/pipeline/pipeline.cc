@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -215,6 +216,38 @@ uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
   return static_cast<uint64_t>(th) * ((decoding ? kDecodeTileBytes : 0) + workspace);
 }
 
+uint64_t PoolBufferBytes(uint64_t chunk_bytes) {
+  return chunk_bytes + (ChunkOutputs::kMax + 1) * DirectIoAlignment();
+}
+
+std::unique_ptr<BufferPrefault> StartPrefault(const ConvertOptions& options) {
+  if (options.chunk_bytes != 0 || !options.recipe.empty()) return nullptr;
+  const SchemeInfo* scheme = FindScheme(options.scheme);
+  if (scheme == nullptr || options.memory_limit == 0) return nullptr;
+  const PipelineSizing s = SizePipeline(options.memory_limit, options.threads);
+  // The source's weights: a listing of the folder (no file is opened).
+  std::error_code ec;
+  uint64_t src_bytes = 0;
+  for (std::filesystem::directory_iterator it(options.src, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code size_ec;
+    const uint64_t size = it->is_regular_file(size_ec) && it->path().extension() == ".safetensors"
+                              ? it->file_size(size_ec)
+                              : 0;
+    if (!size_ec) src_bytes += size;
+  }
+  const uint64_t count = std::min<uint64_t>(static_cast<uint64_t>(s.tokens) + kMinWriteQueueChunks,
+                                            src_bytes / s.chunk_bytes);
+  // A chunk of BF16 input written at the preset's bits, in whole huge pages (the pool's
+  // buffers are huge pages: a chunk touches them whole).
+  const uint64_t out = s.chunk_bytes / 16 * static_cast<uint64_t>(scheme->weights.num_bits);
+  const uint64_t touch = (out + kHugePage - 1) / kHugePage * kHugePage;
+  if (count < 2 || count * touch > options.memory_limit / 16) return nullptr;
+  return std::make_unique<BufferPrefault>(static_cast<int>(count),
+                                          BufferPool::CapacityFor(PoolBufferBytes(s.chunk_bytes)),
+                                          touch);
+}
+
 Result<const MappedFile*> SourceMaps::Get(size_t shard) {
   std::lock_guard<std::mutex> lock(mu_);
   if (maps_[shard].data() == nullptr) {
@@ -245,8 +278,10 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         ChunkCalibration* calib,
                         const std::function<void()>& while_committing,
                         const std::function<void()>& beside_first_chunk,
-                        const std::function<void()>& before_markers) {
+                        const std::function<void()>& before_markers,
+                        BufferPrefault* prefault) {
   ShardPipeline p(plan, sizing, maps, callbacks, cancel, zeroed, errors, before_tensor, calib);
+  p.SetPrefault(prefault);
   p.SetWhileCommitting(while_committing);
   p.SetBesideFirstChunk(beside_first_chunk);
   p.SetBeforeMarkers(before_markers);

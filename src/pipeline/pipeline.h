@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -22,6 +23,8 @@
 #include "schemes/dequant.h"
 
 namespace quench {
+
+class BufferPrefault;
 
 struct PipelineSizing {
   uint64_t chunk_bytes = 0;  // target input bytes per chunk
@@ -109,6 +112,8 @@ inline constexpr uint64_t kErrorSampleMinRows = 1024;  // smaller tensors: every
 // `before_markers` (optional) runs on each shard's commit thread before the shard's resume
 // marker is made (ShardFingerprint reads the plan's source header hashes): the caller's way
 // to fill what only the markers read, late; it must be safe to call from several threads.
+// `prefault` (optional): output buffers made ahead while the run was planned (StartPrefault),
+// taken by the pool at its first chunk.
 Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
                         const ConvertCallbacks& callbacks, const std::atomic<bool>* cancel,
                         std::vector<uint64_t>* zeroed = nullptr,
@@ -117,7 +122,22 @@ Status RunShardPipeline(const Plan& plan, const PipelineSizing& sizing, SourceMa
                         ChunkCalibration* calib = nullptr,
                         const std::function<void()>& while_committing = nullptr,
                         const std::function<void()>& beside_first_chunk = nullptr,
-                        const std::function<void()>& before_markers = nullptr);
+                        const std::function<void()>& before_markers = nullptr,
+                        BufferPrefault* prefault = nullptr);
+
+// The pool's buffers for chunks of `chunk_bytes` input: their outputs are at most the input's
+// size (narrower types), plus the padding that places each output like its file offset.
+uint64_t PoolBufferBytes(uint64_t chunk_bytes);
+
+// Output buffers for the pipeline made while `options` is planned (BufferPrefault), or null
+// where none are worth making: a few chunks' buffers (a chunk in flight per token and the
+// writers' smallest queue, as SizePipeline counts them within the budget, fewer where the
+// source has fewer chunks of input), each touched as far as a chunk of the preset's bits
+// writes from BF16 input. Only for a preset scheme, chunks sized from the budget, and a budget
+// of which they take at most a sixteenth; planning's chunk size is guessed from the budget as
+// SizePipeline sizes it with no pruning or calibration (where planning sizes otherwise, the
+// pool unmaps them unused).
+std::unique_ptr<BufferPrefault> StartPrefault(const ConvertOptions& options);
 
 }  // namespace quench
 

@@ -68,9 +68,7 @@ class ShardPipeline {
       : plan_(plan), sizing_(sizing), cb_(cb), cancel_(cancel), maps_(maps),
         files_(plan.shards.size()), zeroed_(zeroed), errors_(errors),
         before_tensor_(before_tensor), calib_(calib), prune_spec_(ToPruneSpec(plan.prune)),
-        // A chunk's outputs are at most its input's size (narrower types), plus the padding
-        // that places each output like its file offset.
-        pool_(sizing.chunk_bytes + (ChunkOutputs::kMax + 1) * DirectIoAlignment()) {
+        pool_(PoolBufferBytes(sizing.chunk_bytes)) {
     if (zeroed_ != nullptr) zeroed_->assign(plan.tensors.size(), 0);
     if (errors_ != nullptr) errors_->assign(plan.tensors.size(), ErrorSums{});
     shard_bytes_.assign(plan.shards.size(), StreamBytes{});
@@ -85,6 +83,7 @@ class ShardPipeline {
   void SetWhileCommitting(std::function<void()> f) { while_committing_ = std::move(f); }
   void SetBesideFirstChunk(std::function<void()> f) { beside_first_chunk_ = std::move(f); }
   void SetBeforeMarkers(std::function<void()> f) { before_markers_ = std::move(f); }
+  void SetPrefault(BufferPrefault* prefault) { pool_.SetPrefault(prefault); }
   Status Run();
 
  private:
