@@ -11,7 +11,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <thread>
 
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
@@ -22,6 +21,7 @@
 #include "calib/smoothquant.h"
 #include "calib/stats.h"
 #include "format/file_io.h"
+#include "format/parallel.h"
 #include "format/safetensors.h"
 
 namespace quench::calib {
@@ -40,8 +40,7 @@ class SmoothRunImpl : public SmoothRun {
     const size_t count = plan_.smoothing.size();
     // Mappings are searched in parallel, a batch of one per core at a time, so that only that
     // many mappings' balance weights are resident (their pages are released after the batch).
-    const size_t batch = std::max<size_t>(
-        1, o.threads > 0 ? size_t(o.threads) : std::thread::hardware_concurrency());
+    const size_t batch = ThreadCount(o.threads);
     for (size_t b0 = 0; b0 < count; b0 += batch) {
       const size_t b1 = std::min(count, b0 + batch);
       std::vector<std::vector<AwqLayer>> layers(b1 - b0);

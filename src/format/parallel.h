@@ -55,13 +55,18 @@ inline void AdviseHugePages(const void* p, size_t n) {
 #endif
 }
 
+// The threads a --threads value asks for: `threads`, or with 0 (or less) one per core; at
+// least one (hardware_concurrency may answer 0).
+inline size_t ThreadCount(int threads) {
+  return threads > 0 ? static_cast<size_t>(threads)
+                     : std::max<size_t>(1, std::thread::hardware_concurrency());
+}
+
 // The number of threads for `n` pieces of work worth `items` units in all: at most `threads`
 // (0: one per core), one per piece, and one per `items_per_thread` units (starting a thread
 // costs about as much as a few thousand small items), never fewer than one.
 inline size_t WorkThreads(int threads, size_t n, size_t items, size_t items_per_thread) {
-  size_t t = threads > 0 ? static_cast<size_t>(threads)
-                         : std::max<size_t>(1, std::thread::hardware_concurrency());
-  return std::max<size_t>(1, std::min({t, n, items / items_per_thread}));
+  return std::max<size_t>(1, std::min({ThreadCount(threads), n, items / items_per_thread}));
 }
 
 // Calls fn(i) for every i in [0, n), on the calling thread and up to `threads` - 1 more, each

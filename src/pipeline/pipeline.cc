@@ -16,13 +16,13 @@
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "calib/wanda.h"
 #include "format/file_io.h"
 #include "format/map_guard.h"
+#include "format/parallel.h"
 #include "pipeline/buffers.h"
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
@@ -138,7 +138,7 @@ void ShardPipeline::RunStages() {
 PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_chunk,
                             uint64_t prepass_wanted_bytes) {
   PipelineSizing s;
-  s.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  s.threads = static_cast<int>(ThreadCount(threads));
   s.tokens = 2 * s.threads;
   // Per token: the chunk's resident input pages plus its output buffer (at most the input
   // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
@@ -167,7 +167,7 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 
 MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk) {
   MemoryFloor f;
-  const int th = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int th = static_cast<int>(ThreadCount(threads));
   f.tokens = 2 * th;  // as SizePipeline
   // The smallest chunk SizePipeline makes (its clamp), for inputs and outputs alike.
   uint64_t in_unit = kMinChunkBytes, out_unit = kMinChunkBytes;
@@ -200,7 +200,7 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
 }
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
-  const int th = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int th = static_cast<int>(ThreadCount(threads));
   bool decoding = false;
   uint64_t workspace = 0;
   for (const PlannedTensor& t : plan.tensors) {
