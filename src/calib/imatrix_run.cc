@@ -288,10 +288,10 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
     // the chunks' budget): the scratch and kept choices of the tensor being searched (SearchTensor
     // reuses its scratch, sized by the largest), and the kept choices of the NVFP4 searches
     // kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are refused above,
-    // so nothing else is in calib_bytes. The budget is checked against it and the pipeline's
-    // floor by convert.cc.
+    // and convert.cc starts this stage's calib_bytes at 0 and adds the other stages' to it;
+    // it checks the budget against the sum and the pipeline's floor.
     const uint64_t ahead = std::min(kKeepBytes, ahead_kept - largest_kept);
-    plan.calib_bytes = std::max(plan.calib_bytes, largest_state + ahead);
+    plan.calib_bytes = largest_state + ahead;
     plan.calib_holds = "the imatrix_mse observer: its search of '" + largest_name + "' keeps " +
                        FormatBytes(largest_state) + " of per-group state (masks, ranges and "
                        "choices, by its format's groups)" +
