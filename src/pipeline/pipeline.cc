@@ -201,19 +201,22 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
   const int th = static_cast<int>(ThreadCount(threads));
-  bool decoding = false;
-  uint64_t workspace = 0;
+  uint64_t tile = 0, workspace = 0;
   for (const PlannedTensor& t : plan.tensors) {
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0 ||
         !t.source_scale) {
       continue;
     }
-    decoding = true;
+    // The largest decode tile (ThreadDecodeTile) a thread is asked for: QuantizeDecoded's
+    // and the NVFP4 pre-pass's, both DecodeTileRows rows (or the tensor's, if fewer).
+    tile = std::max(tile, t.scheme != nullptr
+                              ? std::min(DecodeTileRows(plan, t), t.shape[0]) * ComputeRowBytes(t)
+                              : kDecodeTileBytes);
     if (FusedSourceTensor(t)) {
       workspace = std::max(workspace, fp8::FusedWorkspaceBytes(t.source_scale->scale_cols));
     }
   }
-  return static_cast<uint64_t>(th) * ((decoding ? kDecodeTileBytes : 0) + workspace);
+  return static_cast<uint64_t>(th) * (tile + workspace);
 }
 
 uint64_t PoolBufferBytes(uint64_t chunk_bytes) {

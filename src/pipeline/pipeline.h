@@ -88,7 +88,8 @@ struct MemoryFloor {
 MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk);
 
 // What the worker threads keep besides the chunks, all of them together: a decoded tile each
-// where a source is decoded (QuantizeDecoded), and the fused FP8-block kernels' tables for the
+// where a source is decoded (ThreadDecodeTile: QuantizeDecoded and the NVFP4 pre-pass, the
+// largest DecodeTileRows of the plan's decoded tensors), and the fused FP8-block kernels' tables for the
 // widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it, and the caller
 // of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t ThreadScratchBytes(const Plan& plan, int threads);
