@@ -94,6 +94,16 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
 // of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 
+// Source pages a run maps beyond the chunks' input that MinimumMemoryLimit counts. One read
+// fault maps a whole page-cache folio (kFaultBytes, format/file_io.h), so the chunks in
+// flight, one contiguous stretch of the source (copies, scales and other side tensors are
+// read with pread and map nothing), hold up to a folio beyond each end: two. The NVFP4
+// pre-pass, run on the input stage while chunks are in flight, maps its own chunk per reader
+// and releases it rounded out to folios: one folio per reader (at a small budget its chunks
+// are a fraction of a folio; bench/README.md, memfloor2). MinimumMemoryLimit counts it, and
+// the caller of SizePipeline takes it from the budget before the chunks are sized.
+uint64_t MappedOverhangBytes(const Plan& plan, int threads);
+
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
 // --report's error sample: one row in this many is decoded back and compared.
