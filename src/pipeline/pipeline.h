@@ -76,8 +76,12 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 // The smallest --memory-limit a plan can be converted under. A chunk holds at least one
 // scheme row block of its tensor (FP8_BLOCK: 128 rows) however small the budget, so a wide
 // tensor sets a floor: tokens x (input pages + output buffer [+ pruning staging]) of its
-// largest chunk, the writers' smallest queue, and the process's own resident memory. Every
-// budget at or above it is honoured (tests/test_memory.cc).
+// largest chunk, the writers' smallest queue, the process's own resident memory with a staging
+// buffer per output file open at once, the worker threads' scratch (ThreadScratchBytes) and
+// the source pages mapped beyond the chunks (MappedOverhangBytes). Every budget at or above
+// it is honoured (tests/test_memory.cc), except for what it does not count yet: the plan's
+// own memory (a checkpoint of many tensors) and an AutoAWQ source's codes, which every chunk
+// reads across the whole weight (bench/README.md, memfloor2).
 struct MemoryFloor {
   uint64_t bytes = 0;
   size_t tensor = 0;        // the tensor whose chunk sets it
