@@ -93,9 +93,9 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
 
 // What the worker threads keep besides the chunks, all of them together: a decoded tile each
 // where a source is decoded (ThreadDecodeTile: QuantizeDecoded and the NVFP4 pre-pass, the
-// largest DecodeTileRows of the plan's decoded tensors), and the fused FP8-block kernels' tables for the
-// widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it, and the caller
-// of SizePipeline takes it from the budget before the chunks are sized.
+// largest DecodeTileRows of the plan's decoded tensors), and the fused FP8-block kernels'
+// tables for the widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it,
+// and the caller of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 
 // Source pages a run maps beyond the chunks' input that MinimumMemoryLimit counts. One read
