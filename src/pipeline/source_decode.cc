@@ -162,8 +162,8 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
       const uint64_t e = std::min(r1, r + tile_rows), n = (e - r) * t.shape[1];
       uint8_t* tile = ThreadDecodeTile(n * 2);
       bool ok = true;
-      QUENCH_RETURN_IF_ERROR(DecodeSourceRows(plan, t, maps, packed ? codes : codes + (r - r0) * in_row,
-                                              r, e, tile, &ok));
+      const uint8_t* at = packed ? codes : codes + (r - r0) * in_row;
+      QUENCH_RETURN_IF_ERROR(DecodeSourceRows(plan, t, maps, at, r, e, tile, &ok));
       if (!ok) *finite = false;  // decoding goes on: a bad scale further on is reported first
       // Magnitudes compare as their bits (bf16 without NaN: a NaN makes *finite false and the
       // caller refuses the tensor), so the max is an integer max the compiler vectorises.
