@@ -194,18 +194,29 @@ TEST_SUITE("memory") {
 
   TEST_CASE("at exactly the reported floor, every scheme converts under it") {
     // A 64 MiB weight 16,384 wide: its chunks are the pipeline's smallest, so the floor is the
-    // process's baseline and the chunks in flight, with nothing to spare for what the floor
-    // does not count (per-thread scratch, file pages a read fault maps beyond a chunk, the
-    // NVFP4 pre-pass's reads). The figure is the one a refused run names.
+    // process's baseline, the chunks in flight and what is counted beside them (per-thread
+    // scratch, the file pages a read fault maps beyond the chunks and the NVFP4 pre-pass's
+    // readers), with nothing to spare. The figure is the one a refused run names.
     // An FP8-block source of the same shape adds the decoded tiles and, for W4A16 and
     // NVFP4A16, the fused kernels' per-thread tables (128 block columns' worth).
+    // Compressed-tensors sources of the same weight (quench's own W4A16 and W8A8 outputs:
+    // pack-quantized int4 and int8) are decoded a tile at a time by the pipeline and, for
+    // NVFP4A16, by the pre-pass's parallel readers; FP8_BLOCK decodes 128-row tiles (4 MiB).
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 2048, 16384);
     WriteBigFp8Checkpoint(tmp / "fp8", 2048, 16384);
+    for (const char* scheme : {"W4A16", "W8A8"}) {
+      auto r = qt::RunQuench({"convert", (tmp / "src").string(),
+                              (tmp / (std::string("ct-") + scheme)).string(), "--scheme", scheme,
+                              "-q"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    }
     const std::vector<std::vector<std::string>> cases = {
         {"src", "FP8_DYNAMIC"}, {"src", "W4A16"}, {"src", "NVFP4A16"}, {"src", "W8A8"},
         {"src", "MXFP4A16"}, {"src", "FP8_BLOCK"}, {"src", "W4A16", "--prune", "2:4"},
-        {"fp8", "W4A16"}, {"fp8", "NVFP4A16"}, {"fp8", "FP8_DYNAMIC"}};
+        {"fp8", "W4A16"}, {"fp8", "NVFP4A16"}, {"fp8", "FP8_DYNAMIC"},
+        {"ct-W4A16", "NVFP4A16"}, {"ct-W4A16", "W8A8"}, {"ct-W4A16", "FP8_BLOCK"},
+        {"ct-W8A8", "NVFP4A16"}, {"ct-W8A8", "W4A16"}};
     for (const std::vector<std::string>& c : cases) {
       std::string label;
       for (const std::string& w : c) label += (label.empty() ? "" : " ") + w;

@@ -25,10 +25,6 @@ std::string ErrnoMessage(int err) { return std::strerror(err); }
 namespace {
 
 const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-// Direct writes of unaligned data are copied through a staging buffer of this size: large
-// enough that a request's fixed cost is small (larger requests wrote no faster on the
-// development VM), small enough to sit in the memory budget's reserve.
-constexpr uint64_t kDirectStagingBytes = 4ull << 20;
 // A direct write with fewer whole blocks than kHoldBelowBytes is held (PendingRuns) and joined
 // with its neighbours in the file, and held runs go out once they have kDirectRunBytes of
 // whole blocks: on the development VM's virtio disk every request costs about 0.1 ms beyond

@@ -27,6 +27,12 @@ namespace quench {
 // (measured on 6.18: a one-byte read adds 2 MiB to RssFile; bench/README.md, memfloor).
 inline constexpr uint64_t kFaultBytes = 2ull << 20;
 
+// Direct writes of unaligned data are copied through a staging buffer of this size, one per
+// output file being written: large enough that a request's fixed cost is small (larger
+// requests wrote no faster on the development VM), small enough to sit in the memory
+// budget's reserve (pipeline.cc counts it).
+inline constexpr uint64_t kDirectStagingBytes = 4ull << 20;
+
 // A whole file mapped read-only. Pages are faulted in on access; Release() drops them from
 // this process's resident set (MADV_DONTNEED) so that streaming stays within the memory budget.
 class MappedFile {

@@ -662,8 +662,10 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                           calib::MakeImatrixRun(plan, options));
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth. The
-  // worker threads' scratch is outside them too (CheckMemoryFloor counts both).
-  const uint64_t beside = plan.calib_bytes + ThreadScratchBytes(plan, options.threads);
+  // worker threads' scratch and the source pages mapped beyond the chunks are outside them
+  // too (CheckMemoryFloor counts them all).
+  const uint64_t beside = plan.calib_bytes + ThreadScratchBytes(plan, options.threads) +
+                          MappedOverhangBytes(plan, options.threads);
   const uint64_t chunk_budget = options.memory_limit > beside ? options.memory_limit - beside
                                                               : options.memory_limit / 2;
   const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();

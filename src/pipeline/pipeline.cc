@@ -43,10 +43,20 @@ namespace {
 // direct-written output file (two while one shard is being committed) its 4 MiB staging
 // buffer and up to 4 MiB of small writes held to be joined (format/file_io.cc).
 constexpr uint64_t kReserve = 32 * kMiB;
-// What the process holds before any chunk: measured 8 MiB (ru_maxrss of a conversion of
-// data/tiny-llama under --memory-limit 1M), plus the two 4 MiB staging buffers of
-// direct-written outputs. MinimumMemoryLimit's base.
-constexpr uint64_t kBaseline = 16 * kMiB;
+// What the process holds before any chunk, besides the outputs' staging buffers: measured
+// 8 MiB (ru_maxrss of a conversion of data/tiny-llama under --memory-limit 1M).
+constexpr uint64_t kProcessBytes = 8 * kMiB;
+// Output files written at once: the shard being written and the one being committed.
+constexpr uint64_t kOpenOutputs = 2;
+// The process and the direct-written outputs' staging buffers: SizePipeline's smallest
+// reserve, and MinimumMemoryLimit's base for plans of more than one shard (StagingOutputs).
+constexpr uint64_t kBaseline = kProcessBytes + kOpenOutputs * kDirectStagingBytes;
+
+// Output files a plan may have open at once, each with its staging buffer: one for a plan of
+// one shard (there is no next file while it is committed), else kOpenOutputs.
+uint64_t StagingOutputs(const Plan& plan) {
+  return std::min<uint64_t>(kOpenOutputs, plan.shards.size());
+}
 // SizePipeline's smallest chunk.
 constexpr uint64_t kMinChunkBytes = 256 * 1024;
 // Chunk buffers the writers may hold (queued or being written): at least enough
@@ -143,7 +153,8 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
   // Per token: the chunk's resident input pages plus its output buffer (at most the input
   // size for every scheme, since outputs are narrower than BF16 inputs; F32 copies aside).
   // The reserve is half the budget between kBaseline and kReserve: a budget just above
-  // MinimumMemoryLimit (which counts kBaseline) gets chunks no larger than the floor assumed.
+  // MinimumMemoryLimit (which counts kBaseline or less) gets chunks no larger than the floor
+  // assumed.
   const uint64_t reserve = std::clamp(memory_limit / 2, kBaseline, kReserve);
   const uint64_t usable = memory_limit > reserve ? memory_limit - reserve : 0;
   // Capped at 16 MiB even with a large budget: small enough that the pipeline fills and
@@ -193,27 +204,45 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   // Input pages (and a pruning staging copy of them) and the output buffer per token; the
   // writers hold kMinWriteQueueChunks output buffers more.
   const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
-  f.bytes = kBaseline + static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
-  // The worker threads' decoded tiles and fused tables.
-  f.bytes += ThreadScratchBytes(plan, th);
+  f.bytes = kProcessBytes + StagingOutputs(plan) * kDirectStagingBytes +
+            static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
+  // The worker threads' decoded tiles and fused tables; the file pages mapped beyond them.
+  f.bytes += ThreadScratchBytes(plan, th) + MappedOverhangBytes(plan, th);
   return f;
+}
+
+uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
+  // The pre-pass's readers: a thread each where a member's rows are read in parallel chunks
+  // (BF16 and decoded sources); one where only FP8 sources' blocks are searched.
+  uint64_t readers = 0;
+  for (const std::vector<size_t>& set : plan.fused_sets) {
+    for (size_t m : set) {
+      const PlannedTensor& t = plan.tensors[m];
+      if (t.src_bytes == 0) continue;
+      readers = std::max<uint64_t>(readers, IsFp8BlockSource(t) ? 1 : ThreadCount(threads));
+    }
+  }
+  return (2 + readers) * kFaultBytes;
 }
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
   const int th = static_cast<int>(ThreadCount(threads));
-  bool decoding = false;
-  uint64_t workspace = 0;
+  uint64_t tile = 0, workspace = 0;
   for (const PlannedTensor& t : plan.tensors) {
     if (t.action == TensorAction::kCopy || t.shape.size() != 2 || t.src_bytes == 0 ||
         !t.source_scale) {
       continue;
     }
-    decoding = true;
+    // The largest decode tile (ThreadDecodeTile) a thread is asked for: QuantizeDecoded's
+    // and the NVFP4 pre-pass's, both DecodeTileRows rows (or the tensor's, if fewer).
+    tile = std::max(tile, t.scheme != nullptr
+                              ? std::min(DecodeTileRows(plan, t), t.shape[0]) * ComputeRowBytes(t)
+                              : kDecodeTileBytes);
     if (FusedSourceTensor(t)) {
       workspace = std::max(workspace, fp8::FusedWorkspaceBytes(t.source_scale->scale_cols));
     }
   }
-  return static_cast<uint64_t>(th) * ((decoding ? kDecodeTileBytes : 0) + workspace);
+  return static_cast<uint64_t>(th) * (tile + workspace);
 }
 
 uint64_t PoolBufferBytes(uint64_t chunk_bytes) {

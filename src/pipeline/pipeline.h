@@ -76,8 +76,12 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 // The smallest --memory-limit a plan can be converted under. A chunk holds at least one
 // scheme row block of its tensor (FP8_BLOCK: 128 rows) however small the budget, so a wide
 // tensor sets a floor: tokens x (input pages + output buffer [+ pruning staging]) of its
-// largest chunk, the writers' smallest queue, and the process's own resident memory. Every
-// budget at or above it is honoured (tests/test_memory.cc).
+// largest chunk, the writers' smallest queue, the process's own resident memory with a staging
+// buffer per output file open at once, the worker threads' scratch (ThreadScratchBytes) and
+// the source pages mapped beyond the chunks (MappedOverhangBytes). Every budget at or above
+// it is honoured (tests/test_memory.cc), except for what it does not count yet: the plan's
+// own memory (a checkpoint of many tensors) and an AutoAWQ source's codes, which every chunk
+// reads across the whole weight (bench/README.md, memfloor2).
 struct MemoryFloor {
   uint64_t bytes = 0;
   size_t tensor = 0;        // the tensor whose chunk sets it
@@ -88,10 +92,21 @@ struct MemoryFloor {
 MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk);
 
 // What the worker threads keep besides the chunks, all of them together: a decoded tile each
-// where a source is decoded (QuantizeDecoded), and the fused FP8-block kernels' tables for the
-// widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it, and the caller
-// of SizePipeline takes it from the budget before the chunks are sized.
+// where a source is decoded (ThreadDecodeTile: QuantizeDecoded and the NVFP4 pre-pass, the
+// largest DecodeTileRows of the plan's decoded tensors), and the fused FP8-block kernels'
+// tables for the widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it,
+// and the caller of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t ThreadScratchBytes(const Plan& plan, int threads);
+
+// Source pages a run maps beyond the chunks' input that MinimumMemoryLimit counts. One read
+// fault maps a whole page-cache folio (kFaultBytes, format/file_io.h), so the chunks in
+// flight, one contiguous stretch of the source (copies, scales and other side tensors are
+// read with pread and map nothing), hold up to a folio beyond each end: two. The NVFP4
+// pre-pass, run on the input stage while chunks are in flight, maps its own chunk per reader
+// and releases it rounded out to folios: one folio per reader (at a small budget its chunks
+// are a fraction of a folio; bench/README.md, memfloor2). MinimumMemoryLimit counts it, and
+// the caller of SizePipeline takes it from the budget before the chunks are sized.
+uint64_t MappedOverhangBytes(const Plan& plan, int threads);
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.

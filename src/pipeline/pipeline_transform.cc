@@ -235,15 +235,6 @@ void ShardPipeline::Quantize(Chunk* c, const std::vector<const uint8_t*>& rows_o
   }
 }
 
-uint64_t ShardPipeline::TileRows(const PlannedTensor& t) const {
-  const PlannedShard& ps = plan_.shards[t.shard];
-  uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
-  for (size_t j = 0; j < t.kernel_outputs; ++j) {
-    align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
-  }
-  return std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
-}
-
 void ShardPipeline::QuantizeTransformed(Piece& p, const PlannedTensor& t, const WeightChunk& in,
                                         const ChunkOutputs& outs) {
   const PlannedShard& ps = plan_.shards[t.shard];
@@ -287,23 +278,22 @@ void ShardPipeline::QuantizeDecoded(Chunk* c, Piece& p, const PlannedTensor& t,
       return;
     }
   }
-  thread_local std::vector<uint8_t> tile;
   for (uint64_t r = p.begin; r < p.end; r += tile_rows) {
     const uint64_t r1 = std::min(p.end, r + tile_rows);
-    tile.resize((r1 - r) * ComputeRowBytes(t));
+    uint8_t* tile = ThreadDecodeTile((r1 - r) * ComputeRowBytes(t));
     bool finite = true;
     if (Status st = DecodeSourceRows(plan_, t, maps_,
                                      c->map->data() + p.src_offset + (r - p.begin) * in_row, r,
-                                     r1, tile.data(), &finite);
+                                     r1, tile, &finite);
         !st.ok()) {
       Fail(st);
       return;
     }
     if (finite && t.prune) {
-      finite = PruneRowsOf(t, tile.data(), tile.data(), t.compute_dtype, r1 - r, &p.zeroed);
+      finite = PruneRowsOf(t, tile, tile, t.compute_dtype, r1 - r, &p.zeroed);
     }
     WeightChunk sub = in;
-    sub.data = tile.data();
+    sub.data = tile;
     sub.rows = r1 - r;
     ChunkOutputs so;
     for (size_t j = 0; j < t.kernel_outputs; ++j) {

@@ -187,8 +187,11 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     // decoded model's, as the reference computes it): compressed-tensors, AutoAWQ and
     // ModelOpt sources decode their rows here (FP8 sources took the search above).
     const bool decode = t.source_scale.has_value();
-    const uint64_t chunk_rows =
-        std::max<uint64_t>(1, sizing_.chunk_bytes / std::max(row_bytes, ComputeRowBytes(t)));
+    // A chunk is at most a folio of source (kFaultBytes), so that each reader maps about one
+    // folio at a time whatever the budget (MappedOverhangBytes counts one per reader; chunks
+    // of the pipeline's size, up to 16 MiB each, were counted nowhere).
+    const uint64_t chunk_rows = std::max<uint64_t>(
+        1, std::min(sizing_.chunk_bytes, kFaultBytes) / std::max(row_bytes, ComputeRowBytes(t)));
     const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
     std::vector<float> part(n_chunks, 0.f);
     std::atomic<bool> finite{true};

@@ -53,10 +53,6 @@ constexpr int kWriterThreads = 2;
 // converted (cold runs, bench/README.md); 16 to 256 MiB ahead measured alike. The I/O floor
 // (bench/iofloor.cc) reads ahead by the same amount.
 constexpr uint64_t kReadAheadBytes = 64 * kMiB;
-// Decoded rows of a source-quantized tensor per tile (QuantizeDecoded): small enough to stay
-// in a core's cache between decoding and quantizing. One tile buffer per worker thread, in
-// kReserve.
-constexpr uint64_t kDecodeTileBytes = 256 * 1024;
 
 class ShardPipeline {
  public:
@@ -269,9 +265,8 @@ class ShardPipeline {
   // offset (Placement), and adds the outputs' writes to the chunk.
   void Quantize(Chunk* c, const std::vector<const uint8_t*>& rows_of);
 
-  // Rows per tile for a kernel fed tile by tile: about kDecodeTileBytes of compute rows, whole
-  // output slabs (so each tile's outputs start at a slab, as a smaller chunk's would).
-  uint64_t TileRows(const PlannedTensor& t) const;
+  // Rows per tile for a kernel fed tile by tile (DecodeTileRows).
+  uint64_t TileRows(const PlannedTensor& t) const { return DecodeTileRows(plan_, t); }
 
   // A piece whose rows smoothing transforms (TransformRows), a tile at a time, each tile
   // quantized at once from the cache into its place in the outputs: transforming the whole

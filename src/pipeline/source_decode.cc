@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -129,24 +130,48 @@ Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& 
   return Status::Ok();
 }
 
+uint64_t DecodeTileRows(const Plan& plan, const PlannedTensor& t) {
+  const PlannedShard& ps = plan.shards[t.shard];
+  uint64_t align = std::max<uint64_t>(1, t.scheme->row_align);
+  for (size_t j = 0; j < t.kernel_outputs; ++j) {
+    align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
+  }
+  return std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+}
+
+uint8_t* ThreadDecodeTile(uint64_t bytes) {
+  thread_local std::vector<uint8_t> tile;
+  tile.resize(bytes);
+  return tile.data();
+}
+
 Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
                         bool* finite) {
-  if (t.source_scale->packed_kind != 0) return PackedRowsAbsMax(plan, t, maps, r0, r1, amax, finite);
   *finite = true;
   *amax = 0.f;
   if (r1 <= r0) return Status::Ok();
-  if (t.source_scale->ct) {
-    // Decoded, then the largest |x|: the global scale is the decoded model's.
-    std::vector<uint8_t> dec((r1 - r0) * t.shape[1] * 2);
-    QUENCH_RETURN_IF_ERROR(DecodeCtRows(plan, t, maps, codes, r0, r1, dec.data(), finite));
-    // Magnitudes compare as their bits (bf16 without NaN: a NaN makes *finite false and the
-    // caller refuses the tensor), so the max is an integer max the compiler vectorises.
+  if (t.source_scale->packed_kind != 0 || t.source_scale->ct) {
+    // Decoded a tile at a time, then the largest |x|: the global scale is the decoded
+    // model's. A packed source reads its own codes (DecodeSourceRows); `codes` steps by the
+    // stored rows of the others.
+    const uint64_t tile_rows = DecodeTileRows(plan, t), in_row = SourceRowBytes(t);
+    const bool packed = t.source_scale->packed_kind != 0;
     uint16_t top = 0;
-    for (size_t i = 0; i < dec.size(); i += 2) {
-      uint16_t h;
-      std::memcpy(&h, &dec[i], 2);
-      top = std::max<uint16_t>(top, h & 0x7FFF);
+    for (uint64_t r = r0; r < r1; r += tile_rows) {
+      const uint64_t e = std::min(r1, r + tile_rows), n = (e - r) * t.shape[1];
+      uint8_t* tile = ThreadDecodeTile(n * 2);
+      bool ok = true;
+      const uint8_t* at = packed ? codes : codes + (r - r0) * in_row;
+      QUENCH_RETURN_IF_ERROR(DecodeSourceRows(plan, t, maps, at, r, e, tile, &ok));
+      if (!ok) *finite = false;  // decoding goes on: a bad scale further on is reported first
+      // Magnitudes compare as their bits (bf16 without NaN: a NaN makes *finite false and the
+      // caller refuses the tensor), so the max is an integer max the compiler vectorises.
+      for (uint64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, tile + 2 * i, 2);
+        top = std::max<uint16_t>(top, h & 0x7FFF);
+      }
     }
     *amax = BF16ToF32(top);
     return Status::Ok();

@@ -25,6 +25,23 @@ inline uint64_t SourceRowBytes(const PlannedTensor& t) {
   return t.shape[0] == 0 ? 0 : t.src_bytes / t.shape[0];
 }
 
+// Decoded rows of a source-quantized tensor per tile (QuantizeDecoded, the NVFP4 pre-pass's
+// SourceRowsAbsMax): small enough to stay in a core's cache between decoding and use.
+inline constexpr uint64_t kDecodeTileBytes = 256 * 1024;
+
+// Rows per decoded tile of `t` (which has a scheme): about kDecodeTileBytes of compute rows, in
+// whole scheme row blocks and output slabs (so each tile's outputs start at a slab, as a
+// smaller chunk's would). One block of rows may be more than kDecodeTileBytes: FP8_BLOCK's
+// 128 rows of a 16,384-wide weight are 4 MiB.
+uint64_t DecodeTileRows(const Plan& plan, const PlannedTensor& t);
+
+// The calling thread's decode tile, resized to `bytes`: the one buffer every tile-by-tile
+// decode uses (QuantizeDecoded, SourceRowsAbsMax), so that a thread keeps a single tile, the
+// largest it was asked for (ThreadScratchBytes counts it). Valid until the thread's next
+// call. Its users run no parallel work while they hold it (a TBB thread waiting for parallel
+// work may run another task meanwhile, which could take the tile).
+uint8_t* ThreadDecodeTile(uint64_t bytes);
+
 // Decodes rows [r0, r1) of `t` (which has a source_scale) from `codes`, the E4M3 codes of
 // those rows, into `out` ((r1 - r0) * cols BF16 values). A scale that is NaN, infinite or
 // negative is bad input (kInvalidInput, naming the scale tensor and its element): a scale is
@@ -51,9 +68,11 @@ Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& 
                           const KernelParams& params, const ChunkOutputs& outs, bool* handled,
                           bool* finite);
 
-// The largest |x| of rows [r0, r1) of `t` decoded, computed without decoding them
-// (fp8::SourceAbsMax): the NVFP4 pre-pass's need. Scales are checked as DecodeSourceRows
-// checks them; *finite as DecodeSourceRows sets it.
+// The largest |x| of rows [r0, r1) of `t` decoded: the NVFP4 pre-pass's need. FP8-block
+// sources compute it without decoding (fp8::SourceAbsMax); compressed-tensors and packed
+// sources decode tile by tile (DecodeTileRows) into ThreadDecodeTile, so that a pre-pass
+// chunk costs its thread no more than the pipeline's tile. Scales are checked as
+// DecodeSourceRows checks them; *finite as DecodeSourceRows sets it.
 Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
                         const uint8_t* codes, uint64_t r0, uint64_t r1, float* amax,
                         bool* finite);

@@ -162,19 +162,6 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                                              : DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
 }
 
-Status PackedRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
-                        uint64_t r1, float* amax, bool* finite) {
-  *amax = 0.f;
-  std::vector<uint16_t> rows((r1 - r0) * t.shape[1]);
-  QUENCH_RETURN_IF_ERROR(DecodePackedRows(plan, t, maps, r0, r1,
-                                          reinterpret_cast<uint8_t*>(rows.data()), finite));
-  // Magnitudes compare as their bits (a NaN makes *finite false and the caller refuses).
-  uint16_t top = 0;
-  for (uint16_t h : rows) top = std::max<uint16_t>(top, h & 0x7FFF);
-  *amax = BF16ToF32(top);
-  return Status::Ok();
-}
-
 Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
                      uint64_t r1, const ChunkOutputs& outs) {
   if (r1 <= r0) return Status::Ok();

@@ -22,10 +22,6 @@ namespace quench {
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
                         uint64_t r1, uint8_t* out, bool* finite);
 
-// The largest |x| of rows [r0, r1) decoded (the NVFP4 pre-pass).
-Status PackedRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
-                        uint64_t r1, float* amax, bool* finite);
-
 // AWQ repack (source_scale->repack): the W4A16(_ASYM) kernel outputs of rows [r0, r1) (r0 a
 // multiple of 8) from the stored codes, scales and zero points, as the reference's
 // AutoAWQConverter writes them: weight_packed [out, in/8] I32, weight_scale [out, in/g] F16,
