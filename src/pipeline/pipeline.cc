@@ -206,9 +206,26 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
   f.bytes = kProcessBytes + StagingOutputs(plan) * kDirectStagingBytes +
             static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
-  // The worker threads' decoded tiles and fused tables; the file pages mapped beyond them.
-  f.bytes += ThreadScratchBytes(plan, th) + MappedOverhangBytes(plan, th);
+  // The worker threads' decoded tiles and fused tables; the file pages mapped beyond them;
+  // the plan itself.
+  f.bytes += ThreadScratchBytes(plan, th) + MappedOverhangBytes(plan, th) + PlanResidentBytes(plan);
   return f;
+}
+
+uint64_t PlanResidentBytes(const Plan& plan) {
+  // kProcessBytes was measured with a plan of a few tensors; a checkpoint's own grows with its
+  // tensors and their outputs (entries, names, layouts) and with the texts built from them (the
+  // output headers, the index). Counted above what dry runs of 24k and 70k tensors hold, for
+  // FP8_DYNAMIC (two outputs a weight) and NVFP4A16 (four) alike (bench/README.md, "The
+  // plan's own memory in the --memory-limit floor").
+  constexpr uint64_t kBytesPerTensor = 1024;
+  constexpr uint64_t kBytesPerOutput = 384;
+  uint64_t bytes = plan.tensors.size() * kBytesPerTensor;
+  for (const PlannedShard& ps : plan.shards) {
+    bytes += ps.outputs.size() * kBytesPerOutput + ps.header.size();
+  }
+  for (const PlannedFile& f : plan.files) bytes += f.contents.size();
+  return bytes;
 }
 
 uint64_t MappedOverhangBytes(const Plan& plan, int threads) {

@@ -78,10 +78,10 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 // tensor sets a floor: tokens x (input pages + output buffer [+ pruning staging]) of its
 // largest chunk, the writers' smallest queue, the process's own resident memory with a staging
 // buffer per output file open at once, the worker threads' scratch (ThreadScratchBytes) and
-// the source pages mapped beyond the chunks (MappedOverhangBytes). Every budget at or above
-// it is honoured (tests/test_memory.cc), except for what it does not count yet: the plan's
-// own memory (a checkpoint of many tensors) and an AutoAWQ source's codes, which every chunk
-// reads across the whole weight (bench/README.md, memfloor2).
+// the source pages mapped beyond the chunks (MappedOverhangBytes) and the plan's own memory
+// (PlanResidentBytes). Every budget at or above it is honoured (tests/test_memory.cc), except
+// for what it does not count yet: an AutoAWQ source's codes, which every chunk reads across
+// the whole weight (bench/README.md, memfloor2).
 struct MemoryFloor {
   uint64_t bytes = 0;
   size_t tensor = 0;        // the tensor whose chunk sets it
@@ -107,6 +107,12 @@ uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 // are a fraction of a folio; bench/README.md, memfloor2). MinimumMemoryLimit counts it, and
 // the caller of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t MappedOverhangBytes(const Plan& plan, int threads);
+
+// The plan's resident memory beyond the few tensors the process's own figure includes:
+// planning peaks at about it before the floor is checked and the run keeps it, so that a
+// checkpoint of 10^4-10^5 tensors needs ~10^2 MiB before any chunk. MinimumMemoryLimit counts
+// it, and the caller of SizePipeline takes it from the budget before the chunks are sized.
+uint64_t PlanResidentBytes(const Plan& plan);
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
 // name, fsynced and renamed when its last chunk is written. `cancel` is polled between chunks.
