@@ -185,15 +185,11 @@ QUENCH_NVFP4_AVX2 inline __m256i ScaleCodes8(__m256i amax_bits, __m256 gs) {
   return avx2::GuardedScaleCodes8(t, gs);
 }
 
-// Passes 1-3 for the 16 groups at src: codes to `codes` (16 bytes), nibbles to dst (128
-// bytes). Returns the groups' amax bit patterns (>= 0x7F80: a NaN or Inf among them).
-QUENCH_NVFP4_AVX2 inline __m256i Block(const uint8_t* src, __m256 gs, const int16_t* table,
-                                       uint8_t* codes, uint8_t* dst) {
-  const __m256i y = Max8(src);
-  const __m256i z = Max8(src + 8 * 32);
-  // Word k: group k's amax (lanes: groups 0-7, 8-15).
-  const __m256i amax = _mm256_max_epu16(_mm256_permute2x128_si256(y, z, 0x20),
-                                        _mm256_permute2x128_si256(y, z, 0x31));
+// Passes 2-3 for the 16 groups at src whose amax patterns (< 0x8000; the callers refuse a
+// chunk where one is NaN or Inf) are the words of amax in group order: codes to `codes` (16
+// bytes, each 1..126), nibbles to dst (128 bytes).
+QUENCH_NVFP4_AVX2 inline void PackBlock(const uint8_t* src, __m256i amax, __m256 gs,
+                                        const int16_t* table, uint8_t* codes, uint8_t* dst) {
   const __m256i c0 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(amax)), gs);
   const __m256i c1 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(amax, 1)), gs);
   // Words [0-3, 8-11 | 4-7, 12-15], bytes likewise in each dword; dwords 0, 4, 1, 5 in order.
@@ -204,6 +200,18 @@ QUENCH_NVFP4_AVX2 inline __m256i Block(const uint8_t* src, __m256 gs, const int1
   for (size_t j = 0; j < kBlockGroups; j += 4) {
     Pack4(src + 32 * j, codes + j, table, dst + 8 * j);
   }
+}
+
+// Passes 1-3 for the 16 groups at src: codes to `codes` (16 bytes), nibbles to dst (128
+// bytes). Returns the groups' amax bit patterns (>= 0x7F80: a NaN or Inf among them).
+QUENCH_NVFP4_AVX2 inline __m256i Block(const uint8_t* src, __m256 gs, const int16_t* table,
+                                       uint8_t* codes, uint8_t* dst) {
+  const __m256i y = Max8(src);
+  const __m256i z = Max8(src + 8 * 32);
+  // Word k: group k's amax (lanes: groups 0-7, 8-15).
+  const __m256i amax = _mm256_max_epu16(_mm256_permute2x128_si256(y, z, 0x20),
+                                        _mm256_permute2x128_si256(y, z, 0x31));
+  PackBlock(src, amax, gs, table, codes, dst);
   return amax;
 }
 
@@ -248,6 +256,64 @@ QUENCH_NVFP4_AVX2 bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& o
                             _mm256_set1_epi16(-1)) != 0;
 }
 
+// QuantizeImpl with each group's range given (bf16 patterns, rows x groups at `ranges`) in
+// place of its amax: pass 1 only where the rows are not declared finite, and then only for
+// the NaN / Inf check. The sign bits of the ranges are ignored (ranges are >= 0).
+QUENCH_NVFP4_AVX2 bool QuantizeRangesImpl(const WeightChunk& in, const uint8_t* ranges,
+                                          bool finite, const ChunkOutputs& out) {
+  const size_t n_groups = in.cols / kGroup;
+  const size_t row_bytes = in.cols * 2;
+  const __m256 gs = _mm256_set1_ps(in.params.global_scale);
+  const int16_t* table = TableFor(in.params.global_scale);
+  const __m256i abs = _mm256_set1_epi16(0x7FFF);
+  // The largest |range| pattern, and (not finite) every group's amax pattern.
+  __m256i seen = _mm256_setzero_si256();
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * row_bytes;
+    const uint8_t* range = ranges + r * n_groups * 2;
+    uint8_t* codes = out.out[1] + r * n_groups;
+    uint8_t* dst = out.out[0] + r * n_groups * 8;
+    const uint8_t* next =
+        row_bytes >= kPrefetchRowBytes && r + 1 < in.rows ? row + row_bytes : nullptr;
+    size_t g = 0;
+    for (; g + kBlockGroups <= n_groups; g += kBlockGroups) {
+      if (next != nullptr) {
+        for (size_t b = 0; b < kBlockBytes; b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + 32 * g + b), _MM_HINT_T0);
+        }
+      }
+      const uint8_t* src = row + 32 * g;
+      const __m256i amax = _mm256_and_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(range + 2 * g)), abs);
+      seen = _mm256_max_epu16(seen, amax);
+      if (!finite) seen = _mm256_max_epu16(seen, _mm256_max_epu16(Max8(src), Max8(src + 256)));
+      PackBlock(src, amax, gs, table, codes + g, dst + 8 * g);
+    }
+    if (g < n_groups) {
+      // The last groups: the same code on zero-padded copies (zero groups take code 0x20
+      // and nibbles 0, both ignored), keeping the real groups' bytes.
+      const size_t left = n_groups - g;
+      alignas(32) uint8_t in_buf[kBlockBytes] = {};
+      alignas(32) uint8_t range_buf[kBlockGroups * 2] = {};
+      alignas(32) uint8_t code_buf[kBlockGroups];
+      alignas(32) uint8_t out_buf[kBlockGroups * 8];
+      std::memcpy(in_buf, row + 32 * g, 32 * left);
+      std::memcpy(range_buf, range + 2 * g, 2 * left);
+      const __m256i amax =
+          _mm256_and_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(range_buf)), abs);
+      seen = _mm256_max_epu16(seen, amax);
+      if (!finite) {
+        seen = _mm256_max_epu16(seen, _mm256_max_epu16(Max8(in_buf), Max8(in_buf + 256)));
+      }
+      PackBlock(in_buf, amax, gs, table, code_buf, out_buf);
+      std::memcpy(codes + g, code_buf, left);
+      std::memcpy(dst + 8 * g, out_buf, 8 * left);
+    }
+  }
+  return _mm256_testz_si256(_mm256_cmpgt_epi16(seen, _mm256_set1_epi16(0x7F7F)),
+                            _mm256_set1_epi16(-1)) != 0;
+}
+
 QUENCH_NVFP4_AVX2 void PackGroupsImpl(const uint8_t* row, size_t n_groups, const uint8_t* codes,
                                       float gs, uint8_t* dst) {
   const int16_t* table = TableFor(gs);
@@ -271,12 +337,21 @@ bool QuantizeNvfp4Bf16Avx2(const WeightChunk& in, const ChunkOutputs& out) {
   return QuantizeImpl(in, out);
 }
 
+bool QuantizeNvfp4Bf16Avx2Ranges(const WeightChunk& in, const uint8_t* ranges,
+                                 const ChunkOutputs& out, bool finite) {
+  return QuantizeRangesImpl(in, ranges, finite, out);
+}
+
 void internal::Nvfp4Bf16Avx2PackGroups(const uint8_t* row, size_t n_groups, const uint8_t* codes,
                                        float gs, uint8_t* dst) {
   PackGroupsImpl(row, n_groups, codes, gs, dst);
 }
 #else
 bool QuantizeNvfp4Bf16Avx2(const WeightChunk&, const ChunkOutputs&) { return false; }
+bool QuantizeNvfp4Bf16Avx2Ranges(const WeightChunk&, const uint8_t*, const ChunkOutputs&,
+                                 bool) {
+  return false;
+}
 void internal::Nvfp4Bf16Avx2PackGroups(const uint8_t*, size_t, const uint8_t*, float,
                                        uint8_t*) {}
 #endif
