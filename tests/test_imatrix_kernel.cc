@@ -617,8 +617,8 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
 }
 
 // One chunk (7 rows of `cols`) of D quantized to NVFP4 (nv, global scale gs) or MXFP4 with
-// given ranges by the RangeBits kernels, against the references' bytes; NaN / Inf refused
-// among the ranges and (not declared finite) among the rows.
+// given ranges by the kernels (f32 ranges and RangeBits), against the references' bytes; NaN
+// / Inf refused among the RangeBits ranges and (not declared finite) among the rows.
 void CheckGivenRanges(std::mt19937& rng, DType d, bool nv, size_t cols, float gs) {
   std::uniform_real_distribution<float> u(0.f, 1.f);
   const size_t rows = 7;
@@ -660,6 +660,19 @@ void CheckGivenRanges(std::mt19937& rng, DType d, bool nv, size_t cols, float gs
     return nv ? fp4::QuantizeNvfp4RangeBits(in, r.data(), ob, finite)
               : fp4::QuantizeMxfp4RangeBits(in, r.data(), ob, finite);
   };
+  auto quantize_f32 = [&](const WeightChunk& in, const std::vector<float>& r, bool finite) {
+    std::fill(q_b.begin(), q_b.end(), 0xA5);
+    std::fill(s_b.begin(), s_b.end(), 0xA5);
+    return nv ? fp4::QuantizeNvfp4Ranges(in, r.data(), ob, finite)
+              : fp4::QuantizeMxfp4Ranges(in, r.data(), ob, finite);
+  };
+  // The f32 ranges' kernels (QuantizeChosen's), declared finite or not.
+  for (bool finite : {false, true}) {
+    CAPTURE(finite);
+    REQUIRE(quantize_f32(w.in, ranges, finite));
+    CHECK(q_b == q_s);
+    CHECK(s_b == s_s);
+  }
   for (bool finite : {false, true}) {
     CAPTURE(finite);
     REQUIRE(quantize(w.in, enc, finite));
@@ -684,6 +697,7 @@ void CheckGivenRanges(std::mt19937& rng, DType d, bool nv, size_t cols, float gs
       Weights wb = Make(c, rows, cols, vb, imp);
       wb.in.params.global_scale = gs;
       CHECK_FALSE(quantize(wb.in, enc, /*finite=*/false));
+      CHECK_FALSE(quantize_f32(wb.in, ranges, /*finite=*/false));
     }
   }
 }

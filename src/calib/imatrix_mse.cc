@@ -594,14 +594,8 @@ bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions
   if (!MakeGeometry(in, f, &g)) return false;
   std::vector<float> pos(in.rows * g.n_groups);
   if (!ChosenRanges(in, f, o, steps, pos.data())) return false;
-  // The ranges (values of D) in D's encoding, as the search's kept ones (ChosenPos) are.
-  const size_t esz = DTypeBits(in.dtype) / 8;
-  std::vector<uint8_t> bits(pos.size() * esz);
-  for (size_t k = 0; k < pos.size(); ++k) {
-    intq::internal::StoreScale(bits.data() + k * esz, pos[k], in.dtype);
-  }
-  return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4RangeBits(in, bits.data(), out)
-                                    : fp4::QuantizeMxfp4RangeBits(in, bits.data(), out);
+  return f == ImatrixFormat::kNvfp4 ? fp4::QuantizeNvfp4Ranges(in, pos.data(), out)
+                                    : fp4::QuantizeMxfp4Ranges(in, pos.data(), out);
 }
 
 bool SearchInto(const WeightChunk& in, const std::vector<float>& imp, const ImatrixOptions& o,

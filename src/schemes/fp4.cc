@@ -351,11 +351,11 @@ constexpr int Log2(size_t n = kN) {
 // f32 lane, Lanes(df) pairs (one or more groups, or part of one) per step. With ranges
 // given and `finite` (the caller has already refused NaN / Inf in these rows), pass 1 is
 // not needed at all: its maxima are replaced and its check is done, so the rows are read once.
-// The ranges come in D's own encoding (`range_bits`, whose patterns pass 2 takes as they
-// are; a NaN or Inf among them is refused).
+// The ranges come as f32 values of D (`ranges`) or in D's own encoding (`range_bits`, whose
+// patterns pass 2 takes as they are; a NaN or Inf among them is refused).
 template <DType D, size_t kGroup, bool kNv>
-bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, bool finite = false,
-             const uint8_t* range_bits = nullptr) {
+bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges = nullptr,
+             bool finite = false, const uint8_t* range_bits = nullptr) {
   constexpr size_t kEsz = sizeof(typename Traits<D>::T);
   constexpr size_t kPairsPerGroup = kGroup / 2;
   const hn::CappedTag<float, 16> df;
@@ -377,15 +377,24 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, bool finite = false
     bounds = Nvfp4Bf16Table(in.params.global_scale);
   }
 #endif
-  const bool given = range_bits != nullptr;
+  // BF16 NVFP4 with given f32 ranges (QuantizeChosen) on the AVX2 target: pass 3 by the AVX2
+  // kernel's decision bounds (nvfp4_bf16_avx2.h), which the whole-chunk AVX2 path cannot take
+  // (it finds each group's max itself). (Ranges in bf16's encoding on this target go to
+  // QuantizeNvfp4Bf16Avx2Ranges instead.)
+  const bool given = ranges != nullptr || range_bits != nullptr;
+  bool avx2_pack = false;
+#if HWY_TARGET == HWY_AVX2
+  avx2_pack = D == DType::kBF16 && kNv && given && bounds == nullptr &&
+              Nvfp4Bf16Avx2Handles(in);
+#endif
   for (size_t r = 0; r < in.rows; ++r) {
     const uint8_t* row = in.data + r * in.cols * kEsz;
     if (!given || !finite) {
       if (!RowGroupAmax<D, kGroup>(row, n_groups, s.amax.get())) return false;
     }
     if (range_bits != nullptr) {
-      // The ranges' patterns as they are (pass 2 reads D's patterns); the largest
-      // |pattern| tells a NaN or Inf.
+      // The ranges' patterns as they are (what F32ToBits / F32ToF16 below give back for a
+      // value of D); the largest |pattern| tells a NaN or Inf.
       using T = typename Traits<D>::T;
       const uint8_t* src = range_bits + r * n_groups * kEsz;
       T seen = 0;
@@ -396,10 +405,19 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, bool finite = false
         seen = std::max<T>(seen, static_cast<T>(bits & Traits<D>::kAbsMask));
       }
       if (seen >= Traits<D>::kInfBits) return false;
+    } else if (ranges != nullptr) {
+      // Given ranges (values of D, >= 0: imatrix_mse's chosen ones) in place of the
+      // groups' max |x|, as D's bit patterns.
+      for (size_t g = 0; g < n_groups; ++g) {
+        const float v = ranges[r * n_groups + g];
+        s.amax[g] = D == DType::kF32 ? F32ToBits(v)
+                    : D == DType::kBF16 ? F32ToBits(v) >> 16
+                                        : F32ToF16(v);
+      }
     }
     if constexpr (kNv) {
       Nvfp4Scales<D>(s.amax.get(), n_groups, in.params.global_scale, s.codes.get(),
-                     bounds != nullptr ? nullptr : s.factor.get());
+                     bounds != nullptr || avx2_pack ? nullptr : s.factor.get());
     } else {
       MxScales<D, internal::kMxFp4Offset>(s.amax.get(), n_groups, s.codes.get(),
                                           s.factor.get());
@@ -408,6 +426,11 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, bool finite = false
     // The next row's input is asked for alongside this row's, a step's bytes per step.
     // (Asking for the whole row at once here stalled on the full line-fill buffers.)
     const uint8_t* next_row = r + 1 < in.rows ? row + in.cols * kEsz : nullptr;
+    if (avx2_pack) {  // (codes 1..126, as PackGroups asks: Nvfp4ScaleCode's range)
+      internal::Nvfp4Bf16Avx2PackGroups(row, n_groups, s.codes.get(), in.params.global_scale,
+                                        out.out[0] + r * n_pairs);
+      continue;
+    }
     if (bounds != nullptr) {
       Nvfp4Bf16PackRow(row, n_groups, s.codes.get(), bounds, next_row, out.out[0] + r * n_pairs);
       continue;
@@ -506,21 +529,41 @@ bool Mxfp4Kernel(const WeightChunk& in, const ChunkOutputs& out) {
   }
 }
 
+bool Nvfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                       bool finite) {
+  switch (in.dtype) {
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, ranges, finite);
+    case DType::kF16: return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, ranges, finite);
+    case DType::kF32: return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, ranges, finite);
+    default: return false;
+  }
+}
+
+bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                       bool finite) {
+  switch (in.dtype) {
+    case DType::kBF16: return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, ranges, finite);
+    case DType::kF16: return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, ranges, finite);
+    case DType::kF32: return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, ranges, finite);
+    default: return false;
+  }
+}
+
 bool Nvfp4RangeBitsKernel(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
                           bool finite) {
 #if HWY_TARGET == HWY_AVX2
-  // bf16 on the AVX2 target (imatrix_mse's chosen quantization): pass 2 from the ranges and
-  // pass 3 by decision bounds, a block of 16 groups at a time (nvfp4_bf16_avx2.h). Taken from
-  // this target only, so that tests running the other targets still run Fp4Impl.
+  // bf16 on the AVX2 target (imatrix_mse's kept ranges): pass 2 from the ranges and pass 3 by
+  // decision bounds, a row at a time (nvfp4_bf16_avx2.h). Taken from this target only, so that
+  // tests running the other targets still run Fp4Impl.
   if (Nvfp4Bf16Avx2Handles(in)) return QuantizeNvfp4Bf16Avx2Ranges(in, ranges, out, finite);
 #endif
   switch (in.dtype) {
     case DType::kBF16:
-      return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, finite, ranges);
+      return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
     case DType::kF16:
-      return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, finite, ranges);
+      return Fp4Impl<DType::kF16, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
     case DType::kF32:
-      return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, finite, ranges);
+      return Fp4Impl<DType::kF32, kNvfp4Group, true>(in, out, nullptr, finite, ranges);
     default: return false;
   }
 }
@@ -529,11 +572,11 @@ bool Mxfp4RangeBitsKernel(const WeightChunk& in, const uint8_t* ranges, const Ch
                           bool finite) {
   switch (in.dtype) {
     case DType::kBF16:
-      return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, finite, ranges);
+      return Fp4Impl<DType::kBF16, kMxGroup, false>(in, out, nullptr, finite, ranges);
     case DType::kF16:
-      return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, finite, ranges);
+      return Fp4Impl<DType::kF16, kMxGroup, false>(in, out, nullptr, finite, ranges);
     case DType::kF32:
-      return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, finite, ranges);
+      return Fp4Impl<DType::kF32, kMxGroup, false>(in, out, nullptr, finite, ranges);
     default: return false;
   }
 }
@@ -566,6 +609,8 @@ namespace quench::fp4 {
 HWY_EXPORT(Nvfp4Kernel);
 HWY_EXPORT(Mxfp4Kernel);
 HWY_EXPORT(Mxfp8Kernel);
+HWY_EXPORT(Nvfp4RangesKernel);
+HWY_EXPORT(Mxfp4RangesKernel);
 HWY_EXPORT(Nvfp4RangeBitsKernel);
 HWY_EXPORT(Mxfp4RangeBitsKernel);
 HWY_EXPORT(AbsMaxKernel);
@@ -679,6 +724,18 @@ bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges, const
 
 bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
   return QuantizeMxScalar(in, ranges, out, /*fp4=*/true);
+}
+
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite) {
+  return Valid(in, kNvfp4Group) &&
+         HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out, finite);
+}
+
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite) {
+  return Valid(in, kMxGroup) &&
+         HWY_DYNAMIC_DISPATCH(Mxfp4RangesKernel)(in, ranges, out, finite);
 }
 
 bool QuantizeNvfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,

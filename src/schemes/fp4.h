@@ -33,17 +33,23 @@ bool QuantizeMxfp8(const WeightChunk& in, const ChunkOutputs& out);
 // The references above with each group's range given (rows x groups values of the weight
 // dtype, >= 0) in place of the group's max |x|: the imatrix_mse observer's chosen ranges
 // (src/calib/imatrix_mse.h), which calculate_qparams turns into scales as it does min-max
-// ones. False on NaN or Inf in the rows. These are the references.
+// ones. A range of +inf (QuantizeChosen's, where expand > 1 rounds one up past D's largest
+// value) is taken as the references take it. False on NaN or Inf in the rows; with `finite`
+// (the caller has already refused NaN and Inf in these rows, as the imatrix_mse search does)
+// the kernels do not look again, and read the rows once instead of twice.
+// The *Scalar forms are the references; the others the Highway kernels (same bytes).
 bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges,
                                const ChunkOutputs& out);
 bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges,
                                const ChunkOutputs& out);
-// Their kernels (same bytes), with the ranges in the weight dtype's own encoding (rows x groups
-// values of DTypeBits / 8 bytes each), as the imatrix_mse observer keeps them: the kernels take
-// their bit patterns as they are (no widening to f32 and narrowing back), and refuse a NaN or
-// Inf among them as among the rows. With `finite` (the caller has already refused NaN and Inf
-// in these rows, as the imatrix_mse search does) they do not look at the rows for them, and
-// read the rows once instead of twice.
+bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite = false);
+bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
+                         bool finite = false);
+// The same with the ranges in the weight dtype's own encoding (rows x groups values of
+// DTypeBits / 8 bytes each), as the imatrix_mse observer keeps them: the kernels take their
+// bit patterns as they are (no widening to f32 and narrowing back), and refuse a NaN or Inf
+// among them as among the rows.
 bool QuantizeNvfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
                             bool finite = false);
 bool QuantizeMxfp4RangeBits(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
