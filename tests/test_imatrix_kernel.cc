@@ -26,6 +26,7 @@
 #include "quench/dtype.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
+#include "schemes/nvfp4_bf16_avx2.h"
 #include "schemes/int_shared.h"
 
 namespace quench::testing {
@@ -615,102 +616,124 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
   });
 }
 
+// One chunk (7 rows of `cols`) of D quantized to NVFP4 (nv, global scale gs) or MXFP4 with
+// given ranges by the kernels (f32 ranges and RangeBits), against the references' bytes; NaN
+// / Inf refused among the RangeBits ranges and (not declared finite) among the rows.
+void CheckGivenRanges(std::mt19937& rng, DType d, bool nv, size_t cols, float gs) {
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  const size_t rows = 7;
+  std::vector<float> v, imp;
+  RandomValues(rng, rows, cols, &v, &imp);
+  Case c{d, nv ? ImatrixFormat::kNvfp4 : ImatrixFormat::kMxfp4};
+  Weights w = Make(c, rows, cols, v, imp);
+  w.in.params.global_scale = gs;
+  const size_t group = nv ? fp4::kNvfp4Group : fp4::kMxGroup, ng = cols / group;
+  // Ranges of D: 0, or the group's max |x| times 0.3 .. 1.5 (clipped or widened).
+  std::vector<float> ranges(rows * ng);
+  for (size_t g = 0; g < rows * ng; ++g) {
+    float m = 0.f;
+    for (size_t j = 0; j < group; ++j) {
+      m = std::max(m, std::fabs(ElementToF32(w.in.data, d, g * group + j)));
+    }
+    const float f = u(rng) < 0.1f ? 0.f : 0.3f + 1.2f * u(rng);
+    std::vector<uint8_t> e(ElemBytes(d));
+    PutElem(e.data(), d, m * f);
+    ranges[g] = ElementToF32(e.data(), d, 0);
+  }
+  std::vector<uint8_t> q_s(rows * cols / 2), s_s(rows * ng);
+  ChunkOutputs os;
+  os.out[0] = q_s.data();
+  os.out[1] = s_s.data();
+  REQUIRE((nv ? fp4::QuantizeNvfp4RangesScalar(w.in, ranges.data(), os)
+              : fp4::QuantizeMxfp4RangesScalar(w.in, ranges.data(), os)));
+  // The ranges in D's own encoding (as the observer keeps them): the same bytes as the
+  // references', declared finite or not; a NaN or an Inf among them is refused.
+  std::vector<uint8_t> enc(rows * ng * ElemBytes(d));
+  for (size_t g = 0; g < rows * ng; ++g) PutElem(enc.data() + g * ElemBytes(d), d, ranges[g]);
+  std::vector<uint8_t> q_b(rows * cols / 2), s_b(rows * ng);
+  ChunkOutputs ob;
+  ob.out[0] = q_b.data();
+  ob.out[1] = s_b.data();
+  auto quantize = [&](const WeightChunk& in, const std::vector<uint8_t>& r, bool finite) {
+    std::fill(q_b.begin(), q_b.end(), 0x5A);
+    std::fill(s_b.begin(), s_b.end(), 0x5A);
+    return nv ? fp4::QuantizeNvfp4RangeBits(in, r.data(), ob, finite)
+              : fp4::QuantizeMxfp4RangeBits(in, r.data(), ob, finite);
+  };
+  auto quantize_f32 = [&](const WeightChunk& in, const std::vector<float>& r, bool finite) {
+    std::fill(q_b.begin(), q_b.end(), 0xA5);
+    std::fill(s_b.begin(), s_b.end(), 0xA5);
+    return nv ? fp4::QuantizeNvfp4Ranges(in, r.data(), ob, finite)
+              : fp4::QuantizeMxfp4Ranges(in, r.data(), ob, finite);
+  };
+  // The f32 ranges' kernels (QuantizeChosen's), declared finite or not.
+  for (bool finite : {false, true}) {
+    CAPTURE(finite);
+    REQUIRE(quantize_f32(w.in, ranges, finite));
+    CHECK(q_b == q_s);
+    CHECK(s_b == s_s);
+  }
+  for (bool finite : {false, true}) {
+    CAPTURE(finite);
+    REQUIRE(quantize(w.in, enc, finite));
+    CHECK(q_b == q_s);
+    CHECK(s_b == s_s);
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                      std::numeric_limits<float>::infinity()}) {
+      for (size_t at : {size_t{0}, rows * ng / 2, rows * ng - 1}) {
+        std::vector<uint8_t> eb = enc;
+        PutElem(eb.data() + at * ElemBytes(d), d, bad);
+        CHECK_FALSE(quantize(w.in, eb, finite));
+      }
+    }
+  }
+  // Not declared finite, a NaN or an Inf anywhere in the rows (the first group, a middle
+  // one, the last element) is refused.
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                    std::numeric_limits<float>::infinity()}) {
+    for (size_t at : {size_t{2}, (rows / 2) * cols + cols / 2, rows * cols - 1}) {
+      std::vector<float> vb = v;
+      vb[at] = bad;
+      Weights wb = Make(c, rows, cols, vb, imp);
+      wb.in.params.global_scale = gs;
+      CHECK_FALSE(quantize(wb.in, enc, /*finite=*/false));
+      CHECK_FALSE(quantize_f32(wb.in, ranges, /*finite=*/false));
+    }
+  }
+}
+
 TEST_CASE("FP4 quantization with given ranges: the kernels equal the references") {
-  ForEachTarget([&](const std::string& target) {
-    std::mt19937 rng(11);
-    std::uniform_real_distribution<float> u(0.f, 1.f);
-    for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
-      for (bool nv : {true, false}) {
-        CAPTURE(target);
-        CAPTURE(DTypeLabel(d));
-        CAPTURE(nv);
-        const size_t rows = 7, cols = nv ? 272 : 288;  // a tail of pairs past the vectors
-        std::vector<float> v, imp;
-        RandomValues(rng, rows, cols, &v, &imp);
-        Case c{d, nv ? ImatrixFormat::kNvfp4 : ImatrixFormat::kMxfp4};
-        Weights w = Make(c, rows, cols, v, imp);
-        w.in.params.global_scale = nv ? 1234.5f : 0.f;
-        const size_t group = nv ? fp4::kNvfp4Group : fp4::kMxGroup, ng = cols / group;
-        // Ranges of D: 0, or the group's max |x| times 0.3 .. 1.5 (clipped or widened).
-        std::vector<float> ranges(rows * ng);
-        for (size_t g = 0; g < rows * ng; ++g) {
-          float m = 0.f;
-          for (size_t j = 0; j < group; ++j) {
-            m = std::max(m, std::fabs(ElementToF32(w.in.data, d, g * group + j)));
-          }
-          const float f = u(rng) < 0.1f ? 0.f : 0.3f + 1.2f * u(rng);
-          std::vector<uint8_t> e(ElemBytes(d));
-          PutElem(e.data(), d, m * f);
-          ranges[g] = ElementToF32(e.data(), d, 0);
-        }
-        std::vector<uint8_t> q_k(rows * cols / 2), q_s(rows * cols / 2);
-        std::vector<uint8_t> s_k(rows * ng), s_s(rows * ng);
-        ChunkOutputs ok, os;
-        ok.out[0] = q_k.data();
-        ok.out[1] = s_k.data();
-        os.out[0] = q_s.data();
-        os.out[1] = s_s.data();
-        if (nv) {
-          REQUIRE(fp4::QuantizeNvfp4Ranges(w.in, ranges.data(), ok));
-          REQUIRE(fp4::QuantizeNvfp4RangesScalar(w.in, ranges.data(), os));
-        } else {
-          REQUIRE(fp4::QuantizeMxfp4Ranges(w.in, ranges.data(), ok));
-          REQUIRE(fp4::QuantizeMxfp4RangesScalar(w.in, ranges.data(), os));
-        }
-        CHECK(q_k == q_s);
-        CHECK(s_k == s_s);
-        // The same with the rows declared finite (pass 1 skipped): the same bytes.
-        std::vector<uint8_t> q_f(rows * cols / 2, 0xA5), s_f(rows * ng, 0xA5);
-        ChunkOutputs of;
-        of.out[0] = q_f.data();
-        of.out[1] = s_f.data();
-        if (nv) {
-          REQUIRE(fp4::QuantizeNvfp4Ranges(w.in, ranges.data(), of, /*finite=*/true));
-        } else {
-          REQUIRE(fp4::QuantizeMxfp4Ranges(w.in, ranges.data(), of, /*finite=*/true));
-        }
-        CHECK(q_f == q_s);
-        CHECK(s_f == s_s);
-        // The ranges in D's own encoding (as the observer keeps them): the same bytes as the
-        // references', declared finite or not; a NaN or an Inf among them is refused.
-        std::vector<uint8_t> enc(rows * ng * ElemBytes(d));
-        for (size_t g = 0; g < rows * ng; ++g) {
-          PutElem(enc.data() + g * ElemBytes(d), d, ranges[g]);
-        }
-        for (bool finite : {false, true}) {
-          CAPTURE(finite);
-          std::vector<uint8_t> q_b(rows * cols / 2, 0x5A), s_b(rows * ng, 0x5A);
-          ChunkOutputs ob;
-          ob.out[0] = q_b.data();
-          ob.out[1] = s_b.data();
-          REQUIRE((nv ? fp4::QuantizeNvfp4RangeBits(w.in, enc.data(), ob, finite)
-                      : fp4::QuantizeMxfp4RangeBits(w.in, enc.data(), ob, finite)));
-          CHECK(q_b == q_s);
-          CHECK(s_b == s_s);
-          for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                            std::numeric_limits<float>::infinity()}) {
-            for (size_t at : {size_t{0}, rows * ng / 2, rows * ng - 1}) {
-              std::vector<uint8_t> eb = enc;
-              PutElem(eb.data() + at * ElemBytes(d), d, bad);
-              CHECK_FALSE((nv ? fp4::QuantizeNvfp4RangeBits(w.in, eb.data(), ob, finite)
-                              : fp4::QuantizeMxfp4RangeBits(w.in, eb.data(), ob, finite)));
+  // Every target; bf16 NVFP4 also with its AVX2 kernel (nvfp4_bf16_avx2.h, on the AVX2 target)
+  // off. Widths: one group; a tail of groups past the last block of 16 (NVFP4) or past the
+  // vectors; a whole number of blocks; rows of >= 2 KiB of bf16, which ask for the next row.
+  // Global scales whose scale codes reach the zero guard, the subnormal codes and 448.
+  for (bool avx2_kernel : {true, false}) {
+    fp4::internal::SetNvfp4Bf16Avx2Enabled(avx2_kernel);
+    ForEachTarget([&](const std::string& target) {
+      std::mt19937 rng(11);
+      for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
+        for (bool nv : {true, false}) {
+          if (!avx2_kernel && !(nv && d == DType::kBF16)) continue;  // unchanged by the switch
+          const std::vector<size_t> widths =
+              nv ? std::vector<size_t>{16, 272, 512, 1040} : std::vector<size_t>{288, 1056};
+          const std::vector<float> scales =
+              nv ? std::vector<float>{1234.5f, 0.01f, 3e6f} : std::vector<float>{0.f};
+          for (size_t cols : widths) {
+            for (float gs : scales) {
+              CAPTURE(target);
+              CAPTURE(avx2_kernel);
+              CAPTURE(DTypeLabel(d));
+              CAPTURE(nv);
+              CAPTURE(cols);
+              CAPTURE(gs);
+              CheckGivenRanges(rng, d, nv, cols, gs);
             }
           }
         }
-        // Not declared finite, a NaN or an Inf anywhere in the rows is refused.
-        for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                          std::numeric_limits<float>::infinity()}) {
-          std::vector<float> vb = v;
-          vb[(rows - 1) * cols + cols - 3] = bad;
-          Weights wb = Make(c, rows, cols, vb, imp);
-          wb.in.params.global_scale = w.in.params.global_scale;
-          const bool accepted = nv ? fp4::QuantizeNvfp4Ranges(wb.in, ranges.data(), of)
-                                   : fp4::QuantizeMxfp4Ranges(wb.in, ranges.data(), of);
-          CHECK_FALSE(accepted);
-        }
       }
-    }
-  });
+    });
+  }
+  fp4::internal::SetNvfp4Bf16Avx2Enabled(true);
 }
 
 }  // namespace

@@ -204,13 +204,40 @@ bool ToF32GroupAbsMaxKernel(const uint8_t* src, DType d, size_t n_groups, size_t
   return true;
 }
 
+// p[idx] for each lane's idx (0..8 * kTables - 1) from the vectors t[0..kTables - 1] holding
+// p[0..8 * kTables - 1] (8 lanes a vector): a lookup in each, picked by idx's bits 3 and 4.
+// Where lanes are 8 (AVX2) this takes the place of a gather, which cost more on the AMD cores
+// measured (bench/README.md, "imatrix_mse NVFP4A16: the chosen quantization's passes").
+template <int kTables, class V, class VI>
+HWY_INLINE V LookupFactors(DF df, const V* t, VI idx) {
+  const hn::RebindToSigned<DF> di;
+  const auto lane = hn::IndicesFromVec(df, hn::And(idx, hn::Set(di, 7)));
+  if constexpr (kTables == 1) {
+    return hn::TableLookupLanes(t[0], lane);
+  } else {
+    const auto bit3 = hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, 8)), hn::Zero(di)));
+    const V lo = hn::IfThenElse(bit3, hn::TableLookupLanes(t[1], lane),
+                                hn::TableLookupLanes(t[0], lane));
+    if constexpr (kTables == 2) {
+      return lo;
+    } else {
+      const auto bit4 =
+          hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, 16)), hn::Zero(di)));
+      const V hi = hn::IfThenElse(bit3, hn::TableLookupLanes(t[3], lane),
+                                  hn::TableLookupLanes(t[2], lane));
+      return hn::IfThenElse(bit4, hi, lo);
+    }
+  }
+}
+
 // ChosenPosRow lane-wise: each lane's step factor p[i] for the highest of the steps' bits at
 // or below stop (as ChosenStep's; p[0] for none), the two roundings to D as
 // RoundToDType, and bf16 / f32 encoded in the vector (the bf16 values exact, so the upper
-// half of the f32 bits); f16 and the tail through the scalar rule.
-template <DType D>
-float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int stop,
-                    const float* p, float e, uint8_t* out) {
+// half of the f32 bits); f16 and the tail through the scalar rule. kTables: p[i] by
+// LookupFactors from that many vectors (8 lanes, stop < 8 * kTables), or 0: by a gather.
+template <DType D, int kTables>
+float ChosenPosLanes(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                     const float* p, float e, uint8_t* out) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
@@ -228,17 +255,29 @@ float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int st
   size_t k = 0;
   if constexpr (D != DType::kF16) {
     auto mx = hn::Zero(df);
+    hn::Vec<DF> t[kTables > 0 ? kTables : 1];
+    if constexpr (kTables > 0) {
+      HWY_ALIGN float padded[8 * (kTables > 0 ? kTables : 1)] = {};
+      std::copy(p, p + stop + 1, padded);
+      for (int j = 0; j < kTables; ++j) t[j] = hn::Load(df, padded + 8 * j);
+    }
     for (; k + L <= n; k += L) {
       const auto m = hn::And(hn::LoadU(du, masks + k), hn::Set(du, low));
-      // The highest set bit's index i (0 for m = 0) from f32's exponent, then p[i] by a
-      // gather: m & ~(m >> 1) keeps m's highest bit and has no two adjacent set bits, so its
-      // conversion cannot round up into the next power of two; one more shift keeps it below
-      // 2^31 (a positive int32): biased exponent 127 + i - 1, or 0 for m <= 1.
+      // The highest set bit's index i (0 for m = 0) from f32's exponent, then p[i] by
+      // LookupFactors or a gather: m & ~(m >> 1) keeps m's highest bit and has no two
+      // adjacent set bits, so its conversion cannot round up into the next power of two; one
+      // more shift keeps it below 2^31 (a positive int32): biased exponent 127 + i - 1, or 0
+      // for m <= 1.
       const auto sparse = hn::ShiftRight<1>(hn::AndNot(hn::ShiftRight<1>(m), m));
       const auto fe = hn::ShiftRight<23>(
           hn::BitCast(du, hn::ConvertTo(df, hn::BitCast(di, sparse))));
       const auto idx = hn::Max(hn::Sub(hn::BitCast(di, fe), hn::Set(di, 126)), hn::Zero(di));
-      const auto pv = hn::GatherIndex(df, p, idx);
+      hn::Vec<DF> pv;
+      if constexpr (kTables > 0) {
+        pv = LookupFactors<kTables>(df, t, idx);
+      } else {
+        pv = hn::GatherIndex(df, p, idx);
+      }
       const auto a = rd::RoundToDType<D>(df, hn::Mul(hn::LoadU(df, absmax + k), hn::Set(df, e)));
       const auto pos = rd::RoundToDType<D>(df, hn::Mul(pv, a));
       mx = hn::Max(mx, pos);
@@ -255,6 +294,19 @@ float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int st
   }
   for (; k < n; ++k) best = std::max(best, scalar(k));
   return best;
+}
+
+// ChosenPosLanes with the fewest tables that hold p[0..stop] where lanes are 8 (AVX2), a
+// gather elsewhere.
+template <DType D>
+float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int stop,
+                    const float* p, float e, uint8_t* out) {
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    if (stop < 8) return ChosenPosLanes<D, 1>(absmax, masks, n, stop, p, e, out);
+    if (stop < 16) return ChosenPosLanes<D, 2>(absmax, masks, n, stop, p, e, out);
+    return ChosenPosLanes<D, 4>(absmax, masks, n, stop, p, e, out);
+  }
+  return ChosenPosLanes<D, 0>(absmax, masks, n, stop, p, e, out);
 }
 
 float ChosenPosKernel(const float* absmax, const uint32_t* masks, size_t n, int stop,

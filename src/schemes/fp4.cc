@@ -377,9 +377,10 @@ bool Fp4Impl(const WeightChunk& in, const ChunkOutputs& out, const float* ranges
     bounds = Nvfp4Bf16Table(in.params.global_scale);
   }
 #endif
-  // BF16 NVFP4 with given ranges (imatrix_mse's chosen quantization) on the AVX2 target:
-  // pass 3 by the AVX2 kernel's decision bounds (nvfp4_bf16_avx2.h), which the whole-chunk
-  // AVX2 path cannot take (it finds each group's max itself).
+  // BF16 NVFP4 with given f32 ranges (QuantizeChosen) on the AVX2 target: pass 3 by the AVX2
+  // kernel's decision bounds (nvfp4_bf16_avx2.h), which the whole-chunk AVX2 path cannot take
+  // (it finds each group's max itself). (Ranges in bf16's encoding on this target go to
+  // QuantizeNvfp4Bf16Avx2Ranges instead.)
   const bool given = ranges != nullptr || range_bits != nullptr;
   bool avx2_pack = false;
 #if HWY_TARGET == HWY_AVX2
@@ -550,6 +551,12 @@ bool Mxfp4RangesKernel(const WeightChunk& in, const float* ranges, const ChunkOu
 
 bool Nvfp4RangeBitsKernel(const WeightChunk& in, const uint8_t* ranges, const ChunkOutputs& out,
                           bool finite) {
+#if HWY_TARGET == HWY_AVX2
+  // bf16 on the AVX2 target (imatrix_mse's kept ranges): pass 2 from the ranges and pass 3 by
+  // decision bounds, a row at a time (nvfp4_bf16_avx2.h). Taken from this target only, so that
+  // tests running the other targets still run Fp4Impl.
+  if (Nvfp4Bf16Avx2Handles(in)) return QuantizeNvfp4Bf16Avx2Ranges(in, ranges, out, finite);
+#endif
   switch (in.dtype) {
     case DType::kBF16:
       return Fp4Impl<DType::kBF16, kNvfp4Group, true>(in, out, nullptr, finite, ranges);

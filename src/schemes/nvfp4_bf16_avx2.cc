@@ -185,6 +185,27 @@ QUENCH_NVFP4_AVX2 inline __m256i ScaleCodes8(__m256i amax_bits, __m256 gs) {
   return avx2::GuardedScaleCodes8(t, gs);
 }
 
+// Pass 2 for 16 groups whose amax patterns (< 0x8000; the callers refuse a chunk where one
+// is NaN or Inf) are the words of amax in group order: their codes (each 1..126) to `codes`
+// (16 bytes).
+QUENCH_NVFP4_AVX2 inline void Codes16(__m256i amax, __m256 gs, uint8_t* codes) {
+  const __m256i c0 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(amax)), gs);
+  const __m256i c1 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(amax, 1)), gs);
+  // Words [0-3, 8-11 | 4-7, 12-15], bytes likewise in each dword; dwords 0, 4, 1, 5 in order.
+  const __m256i w = _mm256_packus_epi32(c0, c1);
+  const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w),
+                                                _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm256_castsi256_si128(b));
+}
+
+// Pass 3 for the 16 groups at src under their codes: nibbles to dst (128 bytes).
+QUENCH_NVFP4_AVX2 inline void Pack16(const uint8_t* src, const uint8_t* codes,
+                                     const int16_t* table, uint8_t* dst) {
+  for (size_t j = 0; j < kBlockGroups; j += 4) {
+    Pack4(src + 32 * j, codes + j, table, dst + 8 * j);
+  }
+}
+
 // Passes 1-3 for the 16 groups at src: codes to `codes` (16 bytes), nibbles to dst (128
 // bytes). Returns the groups' amax bit patterns (>= 0x7F80: a NaN or Inf among them).
 QUENCH_NVFP4_AVX2 inline __m256i Block(const uint8_t* src, __m256 gs, const int16_t* table,
@@ -194,16 +215,8 @@ QUENCH_NVFP4_AVX2 inline __m256i Block(const uint8_t* src, __m256 gs, const int1
   // Word k: group k's amax (lanes: groups 0-7, 8-15).
   const __m256i amax = _mm256_max_epu16(_mm256_permute2x128_si256(y, z, 0x20),
                                         _mm256_permute2x128_si256(y, z, 0x31));
-  const __m256i c0 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(amax)), gs);
-  const __m256i c1 = ScaleCodes8(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(amax, 1)), gs);
-  // Words [0-3, 8-11 | 4-7, 12-15], bytes likewise in each dword; dwords 0, 4, 1, 5 in order.
-  const __m256i w = _mm256_packus_epi32(c0, c1);
-  const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w),
-                                                _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm256_castsi256_si128(b));
-  for (size_t j = 0; j < kBlockGroups; j += 4) {
-    Pack4(src + 32 * j, codes + j, table, dst + 8 * j);
-  }
+  Codes16(amax, gs, codes);
+  Pack16(src, codes, table, dst);
   return amax;
 }
 
@@ -248,6 +261,72 @@ QUENCH_NVFP4_AVX2 bool QuantizeImpl(const WeightChunk& in, const ChunkOutputs& o
                             _mm256_set1_epi16(-1)) != 0;
 }
 
+// QuantizeImpl with each group's range given (bf16 patterns, rows x groups at `ranges`) in
+// place of its amax, a row at a time: pass 2 from the row's ranges, then pass 3 (and, where
+// the rows are not declared finite, pass 1 for the NaN / Inf check alone). The sign bits of
+// the ranges are ignored (ranges are >= 0). (Passes 2 and 3 block by block, as QuantizeImpl
+// does them, held each block's pass 3 on its codes.)
+QUENCH_NVFP4_AVX2 bool QuantizeRangesImpl(const WeightChunk& in, const uint8_t* ranges,
+                                          bool finite, const ChunkOutputs& out) {
+  const size_t n_groups = in.cols / kGroup;
+  const size_t row_bytes = in.cols * 2;
+  const size_t full = n_groups / kBlockGroups * kBlockGroups;  // groups in whole blocks
+  const size_t left = n_groups - full;
+  const __m256 gs = _mm256_set1_ps(in.params.global_scale);
+  const int16_t* table = TableFor(in.params.global_scale);
+  const __m256i abs = _mm256_set1_epi16(0x7FFF);
+  // The largest |range| pattern, and (not finite) every group's amax pattern.
+  __m256i seen = _mm256_setzero_si256();
+  for (size_t r = 0; r < in.rows; ++r) {
+    const uint8_t* row = in.data + r * row_bytes;
+    const uint8_t* range = ranges + r * n_groups * 2;
+    uint8_t* codes = out.out[1] + r * n_groups;
+    uint8_t* dst = out.out[0] + r * n_groups * 8;
+    for (size_t g = 0; g < full; g += kBlockGroups) {
+      const __m256i amax = _mm256_and_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(range + 2 * g)), abs);
+      seen = _mm256_max_epu16(seen, amax);
+      Codes16(amax, gs, codes + g);
+    }
+    // The last groups (fewer than a block): zero-padded copies (zero groups take code 0x20
+    // and nibbles 0, both ignored), keeping the real groups' bytes.
+    alignas(32) uint8_t code_buf[kBlockGroups];
+    if (left > 0) {
+      alignas(32) uint8_t range_buf[kBlockGroups * 2] = {};
+      std::memcpy(range_buf, range + 2 * full, 2 * left);
+      const __m256i amax =
+          _mm256_and_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(range_buf)), abs);
+      seen = _mm256_max_epu16(seen, amax);
+      Codes16(amax, gs, code_buf);
+      std::memcpy(codes + full, code_buf, left);
+    }
+    const uint8_t* next =
+        row_bytes >= kPrefetchRowBytes && r + 1 < in.rows ? row + row_bytes : nullptr;
+    for (size_t g = 0; g < full; g += kBlockGroups) {
+      if (next != nullptr) {
+        for (size_t b = 0; b < kBlockBytes; b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + 32 * g + b), _MM_HINT_T0);
+        }
+      }
+      const uint8_t* src = row + 32 * g;
+      if (!finite) seen = _mm256_max_epu16(seen, _mm256_max_epu16(Max8(src), Max8(src + 256)));
+      Pack16(src, codes + g, table, dst + 8 * g);
+    }
+    if (left > 0) {
+      alignas(32) uint8_t in_buf[kBlockBytes] = {};
+      alignas(32) uint8_t out_buf[kBlockGroups * 8];
+      std::memcpy(in_buf, row + 32 * full, 32 * left);
+      if (!finite) {
+        seen = _mm256_max_epu16(seen, _mm256_max_epu16(Max8(in_buf), Max8(in_buf + 256)));
+      }
+      Pack16(in_buf, code_buf, table, out_buf);
+      std::memcpy(dst + 8 * full, out_buf, 8 * left);
+    }
+  }
+  return _mm256_testz_si256(_mm256_cmpgt_epi16(seen, _mm256_set1_epi16(0x7F7F)),
+                            _mm256_set1_epi16(-1)) != 0;
+}
+
 QUENCH_NVFP4_AVX2 void PackGroupsImpl(const uint8_t* row, size_t n_groups, const uint8_t* codes,
                                       float gs, uint8_t* dst) {
   const int16_t* table = TableFor(gs);
@@ -271,12 +350,21 @@ bool QuantizeNvfp4Bf16Avx2(const WeightChunk& in, const ChunkOutputs& out) {
   return QuantizeImpl(in, out);
 }
 
+bool QuantizeNvfp4Bf16Avx2Ranges(const WeightChunk& in, const uint8_t* ranges,
+                                 const ChunkOutputs& out, bool finite) {
+  return QuantizeRangesImpl(in, ranges, finite, out);
+}
+
 void internal::Nvfp4Bf16Avx2PackGroups(const uint8_t* row, size_t n_groups, const uint8_t* codes,
                                        float gs, uint8_t* dst) {
   PackGroupsImpl(row, n_groups, codes, gs, dst);
 }
 #else
 bool QuantizeNvfp4Bf16Avx2(const WeightChunk&, const ChunkOutputs&) { return false; }
+bool QuantizeNvfp4Bf16Avx2Ranges(const WeightChunk&, const uint8_t*, const ChunkOutputs&,
+                                 bool) {
+  return false;
+}
 void internal::Nvfp4Bf16Avx2PackGroups(const uint8_t*, size_t, const uint8_t*, float,
                                        uint8_t*) {}
 #endif

@@ -27,7 +27,8 @@
 //    AVX-512, here with 16 elements (one group) a vector.
 // tests/test_nvfp4_bf16_avx2.cc runs every finite bf16 x under every scale code of several
 // global scales through pass 3, every finite amax through passes 1-2, and whole chunks (tails,
-// zero groups, NaN/Inf refusal) against the scalar definition.
+// zero groups, NaN/Inf refusal) against the scalar definition; tests/test_imatrix_kernel.cc
+// runs the form with given ranges (QuantizeNvfp4Bf16Avx2Ranges) against its reference.
 #ifndef QUENCH_SCHEMES_NVFP4_BF16_AVX2_H_
 #define QUENCH_SCHEMES_NVFP4_BF16_AVX2_H_
 
@@ -49,6 +50,12 @@ bool Nvfp4Bf16Avx2Handles(const WeightChunk& in);
 // out[1] the e4m3 group scale codes (rows x cols / 16). False when the chunk holds NaN or
 // Inf (as QuantizeNvfp4; the outputs are then unspecified).
 bool QuantizeNvfp4Bf16Avx2(const WeightChunk& in, const ChunkOutputs& out);
+
+// The same with each group's range given in place of its amax (QuantizeNvfp4RangeBits, fp4.h:
+// rows x groups bf16 patterns at `ranges`, >= 0): pass 2 from the ranges, then pass 3; the rows
+// are read once. False when a range is NaN or Inf, or (not `finite`) the rows hold one.
+bool QuantizeNvfp4Bf16Avx2Ranges(const WeightChunk& in, const uint8_t* ranges,
+                                 const ChunkOutputs& out, bool finite);
 
 namespace internal {
 
