@@ -7,6 +7,7 @@
 #include "pipeline/shard_pipeline.h"
 
 #include "format/parallel.h"
+#include "pipeline/source_decode_packed.h"
 
 namespace quench {
 
@@ -208,6 +209,12 @@ void ShardPipeline::Write(Chunk* c) {
     len += p.src_len;
   }
   c->map->Release(from, len);
+  // An AutoAWQ weight's chunks each read across the whole weight: its pages go once its last
+  // chunk is here (in order: every chunk of it has been transformed).
+  for (const Piece& p : c->pieces) {
+    const PlannedTensor& t = plan_.tensors[p.tensor];
+    if (p.end == t.shape[0] && ReadsAcrossWeight(t)) c->map->Release(t.src_offset, t.src_bytes);
+  }
   for (const Piece& p : c->pieces) {
     // In order: every chunk of the tensor has been transformed once its last one is here.
     if (calib_ != nullptr && p.end == plan_.tensors[p.tensor].shape[0] &&
