@@ -83,6 +83,45 @@ void WriteBigFp8Checkpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
                  R"("fmt": "e4m3", "weight_block_size": [128, 128]}})");
 }
 
+// Writes a one-weight AutoAWQ GEMM checkpoint (4-bit, group 128, zero points) of a
+// rows (outputs) x cols (inputs) down_proj: qweight [cols, rows/8] I32 packed along the
+// outputs, qzeros [cols/128, rows/8] I32, scales [cols/128, rows] F16, a row at a time.
+void WriteBigAwqCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols) {
+  fs::create_directories(dir);
+  const std::string name = "model.layers.0.mlp.down_proj";
+  const uint64_t words = rows / 8, groups = cols / 128;
+  auto layout = quench::LayOutSafetensors(
+      {{name + ".qweight", quench::DType::kI32, {cols, words}, cols * words * 4},
+       {name + ".qzeros", quench::DType::kI32, {groups, words}, groups * words * 4},
+       {name + ".scales", quench::DType::kF16, {groups, rows}, groups * rows * 2}});
+  int fd = open((dir / "model.safetensors").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, layout.header.data(), layout.header.size()) ==
+          static_cast<ssize_t>(layout.header.size()));
+  for (const auto& ti : layout.tensors) {  // in the layout's order
+    if (ti.name == name + ".scales") {
+      const std::vector<uint16_t> row(rows, 0x211F);  // F16 0.01
+      for (uint64_t g = 0; g < groups; ++g) {
+        REQUIRE(write(fd, row.data(), rows * 2) == static_cast<ssize_t>(rows * 2));
+      }
+      continue;
+    }
+    const bool zeros = ti.name == name + ".qzeros";
+    std::vector<uint32_t> row(words, 0x88888888u);  // zero point 8 for every output
+    uint32_t state = 4242;
+    for (uint64_t i = 0; i < (zeros ? groups : cols); ++i) {
+      if (!zeros) {
+        for (uint32_t& w : row) w = state = state * 1664525u + 1013904223u;
+      }
+      REQUIRE(write(fd, row.data(), words * 4) == static_cast<ssize_t>(words * 4));
+    }
+  }
+  close(fd);
+  qt::WriteBytes(dir / "config.json",
+                 R"({"architectures": ["Test"], "quantization_config": {"quant_method": "awq", )"
+                 R"("bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}})");
+}
+
 // tmp/src: WriteBigCheckpoint's 8192 x 16384 BF16 down_proj (256 MiB); tmp/stats: statistics
 // for its one site (every channel's sum of squares 1 + c mod 7).
 void WriteBigCheckpointWithStats(const qt::TempDir& tmp) {
@@ -229,9 +268,13 @@ TEST_SUITE("memory") {
     // Compressed-tensors sources of the same weight (quench's own W4A16 and W8A8 outputs:
     // pack-quantized int4 and int8) are decoded a tile at a time by the pipeline and, for
     // NVFP4A16, by the pre-pass's parallel readers; FP8_BLOCK decodes 128-row tiles (4 MiB).
+    // An AutoAWQ source (4096 outputs x 16,384 inputs, a 32 MiB qweight packed along the
+    // outputs) is read across the whole weight by every chunk: repacked for W4A16, decoded
+    // for the others.
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 2048, 16384);
     WriteBigFp8Checkpoint(tmp / "fp8", 2048, 16384);
+    WriteBigAwqCheckpoint(tmp / "awq", 4096, 16384);
     for (const char* scheme : {"W4A16", "W8A8"}) {
       auto r = qt::RunQuench({"convert", (tmp / "src").string(),
                               (tmp / (std::string("ct-") + scheme)).string(), "--scheme", scheme,
@@ -243,7 +286,8 @@ TEST_SUITE("memory") {
         {"src", "MXFP4A16"}, {"src", "FP8_BLOCK"}, {"src", "W4A16", "--prune", "2:4"},
         {"fp8", "W4A16"}, {"fp8", "NVFP4A16"}, {"fp8", "FP8_DYNAMIC"},
         {"ct-W4A16", "NVFP4A16"}, {"ct-W4A16", "W8A8"}, {"ct-W4A16", "FP8_BLOCK"},
-        {"ct-W8A8", "NVFP4A16"}, {"ct-W8A8", "W4A16"}};
+        {"ct-W8A8", "NVFP4A16"}, {"ct-W8A8", "W4A16"},
+        {"awq", "W4A16"}, {"awq", "NVFP4A16"}, {"awq", "FP8_DYNAMIC"}};
     for (const std::vector<std::string>& c : cases) {
       std::string label;
       for (const std::string& w : c) label += (label.empty() ? "" : " ") + w;

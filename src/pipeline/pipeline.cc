@@ -239,7 +239,15 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
       readers = std::max<uint64_t>(readers, IsFp8BlockSource(t) ? 1 : ThreadCount(threads));
     }
   }
-  return (2 + readers) * kFaultBytes;
+  // An AutoAWQ weight is mapped whole from its first chunk (or pre-pass scan) until its last
+  // chunk is written (ReadsAcrossWeight): the one whose last chunks are in flight and the one
+  // the input stage has reached (its chunks, or the pre-pass scanning one member at a time).
+  // Weights wholly between them are within the chunks in flight, counted per token.
+  uint64_t across = 0;
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t)) across = std::max(across, t.src_bytes);
+  }
+  return (2 + readers) * kFaultBytes + 2 * across;
 }
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {

@@ -79,9 +79,7 @@ PipelineSizing SizePipeline(uint64_t memory_limit, int threads, int buffers_per_
 // largest chunk, the writers' smallest queue, the process's own resident memory with a staging
 // buffer per output file open at once, the worker threads' scratch (ThreadScratchBytes) and
 // the source pages mapped beyond the chunks (MappedOverhangBytes) and the plan's own memory
-// (PlanResidentBytes). Every budget at or above it is honoured (tests/test_memory.cc), except
-// for what it does not count yet: an AutoAWQ source's codes, which every chunk reads across
-// the whole weight (bench/README.md, memfloor2).
+// (PlanResidentBytes). Every budget at or above it is honoured (tests/test_memory.cc).
 struct MemoryFloor {
   uint64_t bytes = 0;
   size_t tensor = 0;        // the tensor whose chunk sets it
@@ -104,7 +102,9 @@ uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 // read with pread and map nothing), hold up to a folio beyond each end: two. The NVFP4
 // pre-pass, run on the input stage while chunks are in flight, maps its own chunk per reader
 // and releases it rounded out to folios: one folio per reader (at a small budget its chunks
-// are a fraction of a folio; bench/README.md, memfloor2). MinimumMemoryLimit counts it, and
+// are a fraction of a folio; bench/README.md, memfloor2). An AutoAWQ weight, whose rows are
+// read across all of it, stays mapped whole until its last chunk is written: two of the
+// largest (ReadsAcrossWeight). MinimumMemoryLimit counts it, and
 // the caller of SizePipeline takes it from the budget before the chunks are sized.
 uint64_t MappedOverhangBytes(const Plan& plan, int threads);
 

@@ -7,6 +7,7 @@
 #include "pipeline/shard_pipeline.h"
 
 #include "format/parallel.h"
+#include "pipeline/source_decode_packed.h"
 
 namespace quench {
 
@@ -197,9 +198,13 @@ void ShardPipeline::Write(Chunk* c) {
       break;
     }
   }
-  // One release per stretch of input the pieces read back to back.
+  // One release per stretch of input the pieces read back to back. An AutoAWQ weight's
+  // chunks each read across the whole weight, so a row range of it is not this chunk's alone:
+  // its pages go once its last chunk is here (in order: every chunk of it has been
+  // transformed).
   uint64_t from = 0, len = 0;
   for (const Piece& p : c->pieces) {
+    if (ReadsAcrossWeight(plan_.tensors[p.tensor])) continue;
     if (p.src_offset != from + len) {
       c->map->Release(from, len);
       from = p.src_offset;
@@ -208,6 +213,10 @@ void ShardPipeline::Write(Chunk* c) {
     len += p.src_len;
   }
   c->map->Release(from, len);
+  for (const Piece& p : c->pieces) {
+    const PlannedTensor& t = plan_.tensors[p.tensor];
+    if (p.end == t.shape[0] && ReadsAcrossWeight(t)) c->map->Release(t.src_offset, t.src_bytes);
+  }
   for (const Piece& p : c->pieces) {
     // In order: every chunk of the tensor has been transformed once its last one is here.
     if (calib_ != nullptr && p.end == plan_.tensors[p.tensor].shape[0] &&

@@ -11,6 +11,7 @@
 
 #include "format/file_io.h"
 #include "pipeline/source_decode.h"
+#include "pipeline/source_decode_packed.h"
 #include "schemes/chunk.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
@@ -187,6 +188,7 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
     // decoded model's, as the reference computes it): compressed-tensors, AutoAWQ and
     // ModelOpt sources decode their rows here (FP8 sources took the search above).
     const bool decode = t.source_scale.has_value();
+    const bool across = ReadsAcrossWeight(t);
     // A chunk is at most a folio of source (kFaultBytes), so that each reader maps about one
     // folio at a time whatever the budget (MappedOverhangBytes counts one per reader; chunks
     // of the pipeline's size, up to 16 MiB each, were counted nowhere).
@@ -218,8 +220,10 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       } else if (!fp4::AbsMax(in, &part[c])) {
         finite = false;
       }
-      if (release) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+      if (release && !across) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
     });
+    // An AutoAWQ member's chunks each read across the whole weight: released whole.
+    if (release && across) m.Release(t.src_offset, t.src_bytes);
     if (cancel_ != nullptr && cancel_->load()) {
       return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
     }

@@ -162,6 +162,10 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                                              : DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
 }
 
+bool ReadsAcrossWeight(const PlannedTensor& t) {
+  return t.source_scale && t.source_scale->packed_kind == kAwq && t.src_bytes != 0;
+}
+
 Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
                      uint64_t r1, const ChunkOutputs& outs) {
   if (r1 <= r0) return Status::Ok();

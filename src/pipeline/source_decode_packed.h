@@ -29,6 +29,13 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
                      uint64_t r1, const ChunkOutputs& outs);
 
+// True for an AutoAWQ weight: its qweight is [in, out/8], packed along the outputs, so any
+// rows read (a chunk's, a tile's, the pre-pass's) touch every stored row and map folios
+// across the whole weight. The pipeline and the pre-pass release such a weight's pages whole
+// (after its last chunk is written, or after its pre-pass scan) in place of the row ranges
+// they release for the others, and MappedOverhangBytes counts what stays mapped meanwhile.
+bool ReadsAcrossWeight(const PlannedTensor& t);
+
 }  // namespace quench
 
 #endif  // QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
