@@ -177,9 +177,8 @@ Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& o
           FormatBytes(f.chunk_bytes) + " of input and output";
   }
   // The plan's own memory named where it is a visible part (checkpoints of many tensors).
-  const uint64_t plan_bytes = PlanResidentBytes(*plan);
-  if (plan_bytes >= (4ull << 20)) {
-    why += (why.empty() ? "" : "; ") + FormatBytes(plan_bytes) + " of it for the plan of " +
+  if (f.plan_bytes >= (4ull << 20)) {
+    why += (why.empty() ? "" : "; ") + FormatBytes(f.plan_bytes) + " of it for the plan of " +
            std::to_string(plan->tensors.size()) + " tensors";
   }
   why = why.empty() ? "" : " (" + why + ")";
@@ -669,9 +668,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth. The
   // worker threads' scratch, the source pages mapped beyond the chunks and the plan itself
-  // are outside them too (CheckMemoryFloor counts them all).
-  const uint64_t beside = plan.calib_bytes + ThreadScratchBytes(plan, options.threads) +
-                          MappedOverhangBytes(plan, options.threads) + PlanResidentBytes(plan);
+  // are outside them too (BesideChunksBytes; CheckMemoryFloor counts them all).
+  const uint64_t beside = plan.calib_bytes + BesideChunksBytes(plan, options.threads);
   const uint64_t chunk_budget = options.memory_limit > beside ? options.memory_limit - beside
                                                               : options.memory_limit / 2;
   const bool smoothing = !algos.smoothing.empty() && !plan.smoothing.empty();

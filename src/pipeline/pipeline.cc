@@ -207,9 +207,15 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   f.bytes = kProcessBytes + StagingOutputs(plan) * kDirectStagingBytes +
             static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
   // The worker threads' decoded tiles and fused tables; the file pages mapped beyond them;
-  // the plan itself.
-  f.bytes += ThreadScratchBytes(plan, th) + MappedOverhangBytes(plan, th) + PlanResidentBytes(plan);
+  // the plan itself (named apart in the refusal).
+  f.bytes += BesideChunksBytes(plan, th);
+  f.plan_bytes = PlanResidentBytes(plan);
   return f;
+}
+
+uint64_t BesideChunksBytes(const Plan& plan, int threads) {
+  return ThreadScratchBytes(plan, threads) + MappedOverhangBytes(plan, threads) +
+         PlanResidentBytes(plan);
 }
 
 uint64_t PlanResidentBytes(const Plan& plan) {

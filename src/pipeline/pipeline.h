@@ -86,14 +86,20 @@ struct MemoryFloor {
   uint64_t chunk_rows = 0;  // that chunk's rows
   uint64_t chunk_bytes = 0; // its input plus output bytes
   int tokens = 0;
+  uint64_t plan_bytes = 0;  // of `bytes`, the plan's own (PlanResidentBytes)
 };
 MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_chunk);
+
+// What a run holds beside its chunks whatever the budget: the worker threads' scratch, the
+// source pages mapped beyond the chunks and the plan itself (the three below).
+// MinimumMemoryLimit counts it, and the caller of SizePipeline takes it (with calibration's
+// state) from the budget before the chunks are sized.
+uint64_t BesideChunksBytes(const Plan& plan, int threads);
 
 // What the worker threads keep besides the chunks, all of them together: a decoded tile each
 // where a source is decoded (ThreadDecodeTile: QuantizeDecoded and the NVFP4 pre-pass, the
 // largest DecodeTileRows of the plan's decoded tensors), and the fused FP8-block kernels'
-// tables for the widest such source (fp8::FusedWorkspaceBytes). MinimumMemoryLimit counts it,
-// and the caller of SizePipeline takes it from the budget before the chunks are sized.
+// tables for the widest such source (fp8::FusedWorkspaceBytes). Part of BesideChunksBytes.
 uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 
 // Source pages a run maps beyond the chunks' input that MinimumMemoryLimit counts. One read
@@ -104,14 +110,12 @@ uint64_t ThreadScratchBytes(const Plan& plan, int threads);
 // and releases it rounded out to folios: one folio per reader (at a small budget its chunks
 // are a fraction of a folio; bench/README.md, memfloor2). An AutoAWQ weight, whose rows are
 // read across all of it, stays mapped whole until its last chunk is written: two of the
-// largest (ReadsAcrossWeight). MinimumMemoryLimit counts it, and
-// the caller of SizePipeline takes it from the budget before the chunks are sized.
+// largest (ReadsAcrossWeight). Part of BesideChunksBytes.
 uint64_t MappedOverhangBytes(const Plan& plan, int threads);
 
 // The plan's resident memory beyond the few tensors the process's own figure includes:
 // planning peaks at about it before the floor is checked and the run keeps it, so that a
-// checkpoint of 10^4-10^5 tensors needs ~10^2 MiB before any chunk. MinimumMemoryLimit counts
-// it, and the caller of SizePipeline takes it from the budget before the chunks are sized.
+// checkpoint of 10^4-10^5 tensors needs ~10^2 MiB before any chunk. Part of BesideChunksBytes.
 uint64_t PlanResidentBytes(const Plan& plan);
 
 // Writes every shard of `plan` under plan.dst (which must exist): each file under a temporary
