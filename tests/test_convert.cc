@@ -724,7 +724,7 @@ TEST_SUITE("convert") {
     CHECK(text.out.find("F8_E4M3") != std::string::npos);
   }
 
-  TEST_CASE("progress: plain lines when not a terminal, nothing with --quiet") {
+  TEST_CASE("progress: plain lines when not a terminal, nothing with --quiet, dry runs alike") {
     qt::TempDir tmp;
     // The tests' stderr is a file, so the display must use plain lines (no carriage returns),
     // ending with the 100% line and the summary.
@@ -737,6 +737,17 @@ TEST_SUITE("convert") {
     REQUIRE(q.exit_code == 0);
     CHECK(q.err.empty());
     CHECK(q.out.empty());
+    // A dry run prints the same notes as a run (tiny-llama's embeddings and output head are
+    // left unquantized by default), and -q silences them there too: its table on stdout only.
+    auto d = qt::RunQuench({"convert", kTiny.string(), (tmp / "c").string(), "--scheme",
+                            "FP8_DYNAMIC", "--dry-run"});
+    REQUIRE(d.exit_code == 0);
+    CHECK(d.err.find("quench: left unquantized by default") != std::string::npos);
+    auto dq = qt::RunQuench({"convert", kTiny.string(), (tmp / "c").string(), "--scheme",
+                             "FP8_DYNAMIC", "--dry-run", "-q"});
+    REQUIRE(dq.exit_code == 0);
+    CHECK(dq.err.empty());
+    CHECK(dq.out == d.out);
   }
 
   TEST_CASE("help and version describe what exists") {

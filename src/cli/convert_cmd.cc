@@ -376,7 +376,7 @@ int RunConvert(const std::vector<std::string>& args) {
   if (Status rc = ApplyRecipeCalibration(o); !rc.ok()) {
     return ReportError(rc.ToString(), ExitCodeFor(rc.code()));
   }
-  if (f.dry_run) return PrintDryRun(o);
+  if (f.dry_run) return PrintDryRun(o, quiet);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   ProgressPrinter progress(quiet);

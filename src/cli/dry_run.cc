@@ -37,7 +37,12 @@ void PrintExpertPrune(const PlannedExpertPrune& e) {
               e.layers.empty() ? size_t{0} : e.layers.front().kept.size());
   for (const PlannedExpertLayer& l : e.layers) {
     std::string kept;
-    for (uint32_t k : l.kept) kept += (kept.empty() ? "" : ",") + std::to_string(k);
+    for (uint32_t k : l.kept) {
+      // (Appended in two steps: `(cond ? "" : ",") + std::to_string(k)` draws GCC 12's
+      // -Wrestrict false positive.)
+      if (!kept.empty()) kept += ',';
+      kept += std::to_string(k);
+    }
     std::printf("    %s: keeps %zu of %llu experts: %s\n", l.router.c_str(), l.kept.size(),
                 static_cast<unsigned long long>(l.experts), kept.c_str());
     // Every expert's score (and, for REAP, the tokens it was measured on), in expert order.
@@ -46,7 +51,10 @@ void PrintExpertPrune(const PlannedExpertPrune& e) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%s%zu:%.6g", i ? " " : "", i, l.scores[i]);
       scores += buf;
-      if (i < l.tokens.size()) scores += "/" + std::to_string(l.tokens[i]);
+      if (i < l.tokens.size()) {
+        scores += '/';
+        scores += std::to_string(l.tokens[i]);
+      }
     }
     std::printf("      %s: %s\n", l.tokens.empty() ? "scores" : "saliency/tokens", scores.c_str());
   }
@@ -141,8 +149,9 @@ void PrintWorkerShare(const Plan& p, const ConvertOptions& o) {
 
 }  // namespace
 
-// --dry-run: the plan as a table on stdout; notes and errors on stderr.
-int PrintDryRun(const ConvertOptions& o) {
+// --dry-run: the plan as a table on stdout; notes (as a run prints them: not with -q) and
+// errors on stderr.
+int PrintDryRun(const ConvertOptions& o, bool quiet) {
   auto plan = DryRunListing(o);
   if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
   // Left for the process's exit to release (the dry run is the last thing the process does):
@@ -215,7 +224,9 @@ int PrintDryRun(const ConvertOptions& o) {
               Bytes(p.bytes_out).c_str(),
               p.bytes_in ? static_cast<double>(p.bytes_out) / static_cast<double>(p.bytes_in) : 0.0);
   std::printf("not checked without reading weights: NaN/Inf values\n");
-  for (const std::string& n : p.notes) std::fprintf(stderr, "quench: %s\n", n.c_str());
+  if (!quiet) {
+    for (const std::string& n : p.notes) std::fprintf(stderr, "quench: %s\n", n.c_str());
+  }
   for (const Status& e : p.errors) std::fprintf(stderr, "quench: error: %s\n", e.ToString().c_str());
   if (!p.errors.empty()) {
     std::fprintf(stderr, "quench: %zu error(s): a real run would stop before reading weights\n",

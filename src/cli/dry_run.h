@@ -6,9 +6,9 @@
 
 namespace quench::cli {
 
-// The plan as a table on stdout, notes and errors on stderr; the exit code a real run would
-// stop with (0 when the plan has no errors).
-int PrintDryRun(const ConvertOptions& o);
+// The plan as a table on stdout, notes (not with `quiet`) and errors on stderr; the exit code a
+// real run would stop with (0 when the plan has no errors).
+int PrintDryRun(const ConvertOptions& o, bool quiet);
 
 }  // namespace quench::cli
 
