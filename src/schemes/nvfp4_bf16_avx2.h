@@ -63,9 +63,10 @@ namespace internal {
 // to run the Highway kernels on the same chunks. Not for concurrent use with conversions.
 void SetNvfp4Bf16Avx2Enabled(bool enabled);
 
-// Pass 3 alone, for tests: the nibbles of n_groups groups of 16 bf16 elements at `row` under
-// the given scale codes (each 1..126) and global scale gs (finite, > 0), n_groups * 8 bytes
-// to dst. Call only where Nvfp4Bf16Avx2Available().
+// Pass 3 alone (the Highway kernel's given-range path on AVX2, fp4.cc, and tests): the
+// nibbles of n_groups groups of 16 bf16 elements at `row` under the given scale codes (each
+// 1..126) and global scale gs (finite, > 0), n_groups * 8 bytes to dst. Call only where
+// Nvfp4Bf16Avx2Available().
 void Nvfp4Bf16Avx2PackGroups(const uint8_t* row, size_t n_groups, const uint8_t* codes,
                              float gs, uint8_t* dst);
 
