@@ -62,10 +62,13 @@ constexpr uint64_t kMinChunkBytes = 256 * 1024;
 // Chunk buffers the writers may hold (queued or being written): at least enough
 // that the workers need not wait for a write to finish before starting the next chunk, and
 // up to kMaxWriteQueueChunks where the budget allows, so that the disk keeps writing through
-// the workers' uneven stretches (a fused set's NVFP4 pre-pass, copied tensors). The depth
-// was chosen by measurement: bench/README.md, "Figures and their history".
+// the workers' uneven stretches (a fused set's NVFP4 pre-pass, copied tensors). Each queued
+// chunk holds a pooled buffer, so the pool grows to the queue's depth, and each buffer's
+// pages are zeroed on first touch, which on some hosts costs more than the depth saves. The
+// depth was chosen by measurement: bench/README.md, "The writers' queue 16 deep, merged"
+// (and the sections it names).
 constexpr uint64_t kMinWriteQueueChunks = 2;
-constexpr uint64_t kMaxWriteQueueChunks = 32;
+constexpr uint64_t kMaxWriteQueueChunks = 16;
 
 }  // namespace
 

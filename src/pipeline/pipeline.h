@@ -65,7 +65,7 @@ class SourceMaps {
 };
 
 // Chooses chunk size and tokens so that tokens * (input + output buffer), the writers' queue
-// (2 to 32 chunk buffers), the pre-pass's kept pages and a fixed reserve stay under
+// (2 to 16 chunk buffers), the pre-pass's kept pages and a fixed reserve stay under
 // `memory_limit`; 2 tokens per thread, as oneTBB's pipeline guide suggests.
 // `buffers_per_chunk`: input pages plus output buffer (2), plus a pruning staging copy (3).
 // `prepass_wanted_bytes`: what the NVFP4 pre-pass would keep mapped (the largest fused set);
