@@ -178,7 +178,7 @@ bool QuantizeRowsInto(const GptqFactor& f, const WeightChunk& in, const GptqOpti
                       bool packed, const ChunkOutputs& out, double* loss) {
   GptqRows res;
   if (!QuantizeRows(f, in, options, &res)) return false;
-  Layout l;
+  Layout l{};  // (value-initialized: MakeLayout fills it for every chunk QuantizeRows took)
   intq::internal::MakeLayout(in, &l);
   const size_t rows = in.rows, n = in.cols, ng = l.n_groups;
   const size_t ssz = DTypeBits(in.dtype) / 8;

@@ -331,7 +331,8 @@ float ChosenPosKernel(const float* absmax, const uint32_t* masks, size_t n, int 
 // sign fix-up and a byte loop per row cost more than the codes).
 template <DType D, bool kSym, bool kPacked4 = false>
 void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::GroupParams* p,
-                  const intq::internal::Layout& l, int8_t* codes, uint8_t* packed = nullptr) {
+                  const intq::internal::Layout& l, int8_t* codes,
+                  [[maybe_unused]] uint8_t* packed = nullptr) {
   const DF df;
   const hn::RebindToSigned<DF> di;
   const hn::Rebind<int8_t, DF> d8;
