@@ -687,6 +687,37 @@ void CheckGivenRanges(std::mt19937& rng, DType d, bool nv, size_t cols, float gs
       }
     }
   }
+  // Ranges of +inf (QuantizeChosen's where expand > 1 rounds a range up past D's largest
+  // value), which the references take: the f32 ranges' kernels give their bytes too, at this
+  // global scale and (NVFP4) at the one a fused set with an infinite range gets, for the
+  // chunk that holds one and for its siblings (finite ranges at that global scale).
+  std::vector<float> inf_ranges = ranges;
+  for (size_t at : {size_t{0}, rows * ng / 2, rows * ng - 1}) {
+    inf_ranges[at] = std::numeric_limits<float>::infinity();
+  }
+  std::vector<float> scales = {gs};
+  if (nv) scales.push_back(fp4::Nvfp4GlobalScale(std::numeric_limits<float>::infinity(), d));
+  for (const std::vector<float>* rs : {&inf_ranges, &ranges}) {
+    for (float g : scales) {
+      CAPTURE(g);
+      CAPTURE(rs == &inf_ranges);
+      const std::vector<float>& given = *rs;
+      WeightChunk in = w.in;
+      in.params.global_scale = g;
+      std::vector<uint8_t> qi(rows * cols / 2), si(rows * ng);
+      ChunkOutputs oi;
+      oi.out[0] = qi.data();
+      oi.out[1] = si.data();
+      REQUIRE((nv ? fp4::QuantizeNvfp4RangesScalar(in, given.data(), oi)
+                  : fp4::QuantizeMxfp4RangesScalar(in, given.data(), oi)));
+      for (bool finite : {false, true}) {
+        CAPTURE(finite);
+        REQUIRE(quantize_f32(in, given, finite));
+        CHECK(q_b == qi);
+        CHECK(s_b == si);
+      }
+    }
+  }
   // Not declared finite, a NaN or an Inf anywhere in the rows (the first group, a middle
   // one, the last element) is refused.
   for (float bad : {std::numeric_limits<float>::quiet_NaN(),

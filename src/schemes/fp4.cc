@@ -728,8 +728,16 @@ bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges, const
 
 bool QuantizeNvfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,
                          bool finite) {
-  return Valid(in, kNvfp4Group) &&
-         HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out, finite);
+  if (!Valid(in, kNvfp4Group)) return false;
+  // An infinite range (QuantizeChosen's where expand > 1 rounds one up past D's largest
+  // value) is outside what the kernels' scale codes and reciprocals derive from the
+  // reference's divisions (its bytes differ at the global scale 0 such a fused set gets):
+  // such a chunk takes the reference itself, which checks the rows whatever `finite` says.
+  const size_t n = in.rows * (in.cols / kNvfp4Group);
+  if (!std::all_of(ranges, ranges + n, [](float r) { return std::isfinite(r); })) {
+    return QuantizeNvfp4RangesScalar(in, ranges, out);
+  }
+  return HWY_DYNAMIC_DISPATCH(Nvfp4RangesKernel)(in, ranges, out, finite);
 }
 
 bool QuantizeMxfp4Ranges(const WeightChunk& in, const float* ranges, const ChunkOutputs& out,

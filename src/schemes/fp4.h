@@ -34,9 +34,10 @@ bool QuantizeMxfp8(const WeightChunk& in, const ChunkOutputs& out);
 // dtype, >= 0) in place of the group's max |x|: the imatrix_mse observer's chosen ranges
 // (src/calib/imatrix_mse.h), which calculate_qparams turns into scales as it does min-max
 // ones. A range of +inf (QuantizeChosen's, where expand > 1 rounds one up past D's largest
-// value) is taken as the references take it. False on NaN or Inf in the rows; with `finite`
-// (the caller has already refused NaN and Inf in these rows, as the imatrix_mse search does)
-// the kernels do not look again, and read the rows once instead of twice.
+// value) is taken as the references take it (QuantizeNvfp4Ranges gives a chunk with one to
+// its reference). False on NaN or Inf in the rows; with `finite` (the caller has already
+// refused NaN and Inf in these rows, as the imatrix_mse search does) the kernels do not look
+// again, and read the rows once instead of twice.
 // The *Scalar forms are the references; the others the Highway kernels (same bytes).
 bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges,
                                const ChunkOutputs& out);
