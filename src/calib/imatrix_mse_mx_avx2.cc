@@ -26,7 +26,7 @@
 //
 // Shape: groups in batches of 8 (Batch), with lanes across the batch's groups where
 // the work is scalar per group (largest magnitudes, elements of largest key, s_0 and s_L,
-// step 0's sums and bounds); then per group, most often (~85% of the bench's groups) the
+// step 0's sums and bounds); then per group, most often (most of the bench's groups) the
 // common decision: step 0 improves by its bound and TJ rules out every later scale; else
 // where TJ leaves only s_1, that scale's full sum (DecideScale1); else the general decision
 // over the distinct scales (DecideDistinct: first vectors, then full sums, as DecideGroup);

@@ -27,10 +27,10 @@ namespace {
 const uint64_t kPage = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 // A direct write with fewer whole blocks than kHoldBelowBytes is held (PendingRuns) and joined
 // with its neighbours in the file, and held runs go out once they have kDirectRunBytes of
-// whole blocks: on the development VM's virtio disk every request costs about 0.1 ms beyond
-// its bytes, so the hundreds of writes of a few kilobytes that a checkpoint of many small
-// tensors gives cost more disk time than their bytes (bench/README.md "Small writes
-// joined"). Larger writes go out at once, as they come (a pipeline's chunk outputs).
+// whole blocks: every request costs the disk a fixed time beyond its bytes, so the hundreds
+// of writes of a few kilobytes that a checkpoint of many small tensors gives cost more disk
+// time than their bytes (bench/README.md "Small writes joined"). Larger writes go out at
+// once, as they come (a pipeline's chunk outputs).
 constexpr uint64_t kHoldBelowBytes = 256ull << 10;
 constexpr uint64_t kDirectRunBytes = 1ull << 20;
 // Held bytes beyond which every held run's whole blocks go out as they are: what a file may

@@ -255,8 +255,8 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
 namespace {
 
 // MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
-// `keep_folder` is given, the model folder read is moved there rather than freed (70k tensors'
-// names and shapes: ~3 ms of a core for the caller to spend later). With `header_bytes`, the
+// `keep_folder` is given, the model folder read is moved there rather than freed (its names
+// and shapes: a cost the caller spends later, off the critical path). With `header_bytes`, the
 // plan's source header hashes are left 0 and the headers' bytes kept in the folder
 // (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
 // for the resume markers), or never reads the hashes.
@@ -583,7 +583,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     }
     return done;
   }
-  // The index's text (13 MB for 70k tensors, ~25 ms of a core) is made after the first
+  // The index's text (a line per tensor: megabytes for a many-tensor MoE) is made after the first
   // chunk is handed out, on a writer thread (RunShardPipeline's beside_first_chunk), instead
   // of before any weight is read; the free-space check counts its length (BuildPlan's). It is
   // staged then, and published as before: fsynced with the other staged files, renamed after

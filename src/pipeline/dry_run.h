@@ -10,8 +10,8 @@
 namespace quench {
 
 // DryRun without the index's text, which neither the listing nor the report reads: its entry
-// in plan.files is left empty (~20 ms of a core for a 70k-tensor checkpoint, where the
-// planner's second thread takes half the fused-set check instead). With workers, the share
+// in plan.files is left empty (the planner's second thread takes half the fused-set check
+// in that time instead). With workers, the share
 // shown reads it (the plan's fingerprint), and it is made.
 Result<Plan> DryRunListing(const ConvertOptions& options);
 

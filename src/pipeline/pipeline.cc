@@ -97,7 +97,7 @@ Status ShardPipeline::Run() {
   if (!failed()) FinishShardsBefore(plan_.shards.size());
   writer_->Finish();
   // Every chunk's buffers are back in the pool: unmapped while the last shard's commit (its
-  // fsync) runs, not after it (up to 35 buffers, ~6 ms of munmap on the main thread).
+  // fsync) runs, not after it (where their munmap would add to the main thread's end).
   pool_.Clear();
   if (failed()) {
     for (auto& f : commits_) f.wait();

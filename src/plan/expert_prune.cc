@@ -55,9 +55,9 @@ float RoundToOdd(double d) {
 // field (BF16: max(e, 1) - 134). Any sum of some of them, in any order, is then a multiple of
 // 2^L no larger than the row's sum S; when S < 2^(L + 53) each is an integer below 2^53
 // times 2^L, exact in a double, so every addition is exact and the order cannot matter.
-// Otherwise the row goes the sequential way. The eight independent chains run ~4x faster
-// than one chain of dependent additions (Kimi-K2's 60 routers are 165M weights, all read
-// before the first chunk is converted).
+// Otherwise the row goes the sequential way. Eight independent chains instead of one chain
+// of dependent additions, because every router is read before the first chunk is converted
+// (bench/README.md "Router scores in eight exact chains").
 std::optional<double> Bf16RowL1(const uint8_t* row, uint64_t cols) {
   constexpr int kLanes = 8;
   double acc[kLanes] = {};
