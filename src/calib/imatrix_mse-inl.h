@@ -366,7 +366,7 @@ void MxTermsKernel(int norm, const float* x, const float* imp, size_t n, float s
                    float* out);  // imatrix_mse_certified.cc (MxTermsForTest)
 bool SearchFp4GroupsKernel(const Block& b);  // imatrix_mse_fp4_groups.cc (NVFP4's 16)
 // Whether this target's SearchFp4GroupsKernel reads raw bf16 rows (Fp4GroupsRawHandles):
-// the 8-lane targets (AVX2), the ones measured and tested for it.
+// the 8- and 16-lane targets (AVX2, AVX-512), the ones measured and tested for it.
 bool Fp4GroupsRawTarget();  // imatrix_mse_fp4_groups.cc
 void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* imp, size_t n,
                     float s, float* out);  // imatrix_mse_fp4_groups.cc (Fp4TermsForTest)

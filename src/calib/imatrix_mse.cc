@@ -182,7 +182,7 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // made with it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
-  // (NVFP4 of bf16 on AVX2: the groups search widens the rows itself.)
+  // (NVFP4 of bf16 on AVX2 and AVX-512: the groups search widens the rows itself.)
   const bool fp4_raw = !scalar && internal::Fp4GroupsRawHandles(b);
   const bool raw_ok =
       !scalar && (group_absmax == nullptr

@@ -209,8 +209,8 @@ void SearchFp4Groups(const Block& b, bool* ok) {
     }
   }
   const bool raw = D == DType::kBF16 && b.raw != nullptr;
-  // The f32 vector of elements e..e + L - 1 of the block (e a multiple of L; read only by
-  // the 8-lane targets' transposition below).
+  // The f32 vector of elements e..e + L - 1 of the block (e a multiple of L; read by the
+  // 8-lane targets' transposition and the full tiles' widening below).
   [[maybe_unused]] auto load_x = [&](size_t e) {
     if (raw) return rd::LoadF32<DType::kBF16>(df, b.raw + 2 * e);
     return hn::LoadU(df, b.x + e);
@@ -283,9 +283,15 @@ void SearchFp4Groups(const Block& b, bool* ok) {
     const float* xs = b.x;
     auto vgs = vgx;
     if (raw && (kMaxL != 8 || cnt != L)) {
-      for (size_t l = 0; l < L; ++l) {
-        float buf[kN];
-        std::memcpy(xt + l * kN, group_x(static_cast<size_t>(gx[l]) / kN, buf), sizeof buf);
+      if (cnt == L && kN % L == 0) {
+        // A full tile's groups are L x 16 consecutive values (gx[l] = (g0 + l) * kN, rows
+        // or not): widened a vector at a time, in place of ToF32's f32 copy of the block.
+        for (size_t e = 0; e < L * kN; e += L) hn::Store(load_x(g0 * kN + e), df, xt + e);
+      } else {
+        for (size_t l = 0; l < L; ++l) {
+          float buf[kN];
+          std::memcpy(xt + l * kN, group_x(static_cast<size_t>(gx[l]) / kN, buf), sizeof buf);
+        }
       }
       xs = xt;
       tile_x = xt;
@@ -731,7 +737,9 @@ bool SearchFp4GroupsKernel(const Block& b) {
   return Dispatch<SearchFp4GroupsF>(b, &ok) && ok;
 }
 
-bool Fp4GroupsRawTarget() { return kMaxL == 8 && hn::Lanes(DF()) == 8; }
+bool Fp4GroupsRawTarget() {
+  return (kMaxL == 8 && hn::Lanes(DF()) == 8) || (kMaxL == 16 && hn::Lanes(DF()) == 16);
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace quench::calib::internal
