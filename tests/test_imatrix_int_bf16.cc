@@ -62,7 +62,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
     b.improved = &imp_k;
     b.exact_best = true;
     REQUIRE(calib::internal::IntBf16Handles(b));
-    calib::internal::SearchIntBf16(b);
+    CHECK(calib::internal::SearchIntBf16(b));
   }
   b.i0 = 0;
   b.i1 = s.last;
@@ -70,7 +70,7 @@ void Compare(const Setting& s, const std::vector<float>& x, const std::vector<fl
   b.masks = masks_l.data();
   b.improved = &imp_l;
   b.exact_best = false;
-  calib::internal::SearchIntBf16(b);
+  CHECK(calib::internal::SearchIntBf16(b));
   CHECK(imp_k == imp_s);
   CHECK(imp_l == imp_s);
   size_t diff = 0, diff_l = 0;
@@ -170,6 +170,36 @@ TEST_CASE("imatrix_mse int bf16 kernel: SearchSteps with and without it agree") 
   calib::internal::SetIntBf16Enabled(true);
   REQUIRE(ok);
   CHECK(on == off);
+}
+
+// An Inf or NaN anywhere in the rows: the kernel's own first pass refuses the block
+// (SearchSteps runs no AllFinite before it), as SearchSteps does with it switched off.
+TEST_CASE("imatrix_mse int bf16 kernel refuses rows with an Inf or NaN") {
+  std::mt19937 rng(9);
+  const size_t rows = 40, cols = 512;
+  imatrix_int::Int4Chunk c;
+  imatrix_int::MakeInt4Chunk(rng, rows, cols, &c);
+  WeightChunk in = c.in;
+  calib::ImatrixOptions o;
+  std::vector<uint32_t> masks(rows * 4);
+  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
+  for (const uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC1},
+                             uint16_t{0xFFFF}}) {
+    for (const size_t at : {size_t{0}, size_t{7}, size_t{130}, size_t{9 * cols + 300},
+                            rows * cols - 1}) {
+      CAPTURE(bad);
+      CAPTURE(at);
+      std::vector<uint8_t> r = c.raw;
+      std::memcpy(&r[2 * at], &bad, 2);
+      in.data = r.data();
+      CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
+      calib::internal::SetIntBf16Enabled(false);
+      const bool off_ok =
+          calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data());
+      calib::internal::SetIntBf16Enabled(true);
+      CHECK_FALSE(off_ok);
+    }
+  }
 }
 
 }  // namespace

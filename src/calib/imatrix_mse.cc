@@ -191,10 +191,11 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
                             fp4_raw
                       : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
                             mx_avx2 || int8_avx2 || fp4_raw);
-  // The AVX2 int, MXFP4 and NVFP4 kernels refuse an Inf or NaN themselves (SearchBlock
-  // returns false).
-  const bool checks_finite = internal::IntAvx2Handles(b) || internal::IntAvx2AsymHandles(b) ||
-                             mx_avx2 || int8_avx2 || fp4_raw;
+  // The AVX-512 BF16 and AVX2 int, MXFP4 and NVFP4 kernels refuse an Inf or NaN themselves
+  // (SearchBlock returns false).
+  const bool checks_finite = internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
+                             internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2 ||
+                             fp4_raw;
   // group_minmax: from the asymmetric AVX2 kernel's pass where it reads the raw rows, else
   // from the f32 copy below (blocks the symmetric kernels read raw: not filled, no caller
   // asks).

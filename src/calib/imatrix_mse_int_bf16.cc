@@ -203,6 +203,7 @@ struct Prepared {
   float* ie;
   uint32_t sc;
   double p0;
+  bool finite;  // no Inf or NaN (else nothing past the first pass is set)
 };
 
 // The search's fixed inputs and constants.
@@ -254,8 +255,13 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const __m512 x0 = load_x(0), i0 = _mm512_loadu_ps(im);
   __m512 mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0;
   __m512i at = _mm512_setzero_si512();
+  // The largest magnitude's pattern: at or above Inf's for an Inf or NaN. The rows are read
+  // only here, so SearchSteps runs no AllFinite before this kernel.
+  const __m512i abs_bits = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512i amax = _mm512_and_si512(_mm512_castps_si512(x0), abs_bits);
   for (size_t v = 1; v < nv; ++v) {
     const __m512 xv = load_x(v), iv = _mm512_loadu_ps(im + v * 16);
+    amax = _mm512_max_epu32(amax, _mm512_and_si512(_mm512_castps_si512(xv), abs_bits));
     mn = _mm512_min_ps(mn, xv);
     mx = _mm512_max_ps(mx, xv);
     const __m512 kv = Key(xv, iv);
@@ -265,6 +271,8 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     si = _mm512_mask_mov_ps(si, more, iv);
     at = _mm512_mask_mov_epi32(at, more, _mm512_set1_epi32(static_cast<int>(v)));
   }
+  out->finite = _mm512_reduce_max_epu32(amax) < 0x7F800000u;
+  if (!out->finite) return;
   // The group reordered (vector 0: each lane's element of largest key, which moves to
   // vector `at`), its x to qa, and x and importance in PairOrder to xe, ie.
   for (size_t p = 0; p < x.np; ++p) {
@@ -423,7 +431,7 @@ QUENCH_AVX512BF16 inline uint32_t Decide(const Ctx& x, size_t gi, const Prepared
 // The search over the block's groups, kBatch at a time: every group of a batch prepared
 // (independent, branch-free work that overlaps), then each decided.
 template <int N>
-QUENCH_AVX512BF16 void Search(const Block& b) {
+QUENCH_AVX512BF16 bool Search(const Block& b) {
   Ctx x;
   x.b = &b;
   x.c = MakeConsts(b);
@@ -447,10 +455,16 @@ QUENCH_AVX512BF16 void Search(const Block& b) {
   uint32_t any = 0;
   for (size_t g0 = 0; g0 < groups; g0 += kBatch) {
     const size_t nb = std::min(kBatch, groups - g0);
-    for (size_t j = 0; j < nb; ++j) Prepare<N>(x, g0 + j, &prep[j]);
+    bool finite = true;
+    for (size_t j = 0; j < nb; ++j) {
+      Prepare<N>(x, g0 + j, &prep[j]);
+      finite &= prep[j].finite;
+    }
+    if (!finite) return false;
     for (size_t j = 0; j < nb; ++j) any |= Decide<N>(x, g0 + j, prep[j]);
   }
   *b.improved |= any;
+  return true;
 }
 
 template <int N>
@@ -494,15 +508,12 @@ bool IntBf16Terms(const Block& b, float scale, const float* x, const float* imp,
 #endif
 }
 
-void SearchIntBf16(const Block& b) {
+bool SearchIntBf16(const Block& b) {
 #ifdef QUENCH_AVX512BF16_X86
-  if (b.norm == 3.0) {
-    Search<3>(b);
-  } else {
-    Search<2>(b);
-  }
+  return b.norm == 3.0 ? Search<3>(b) : Search<2>(b);
 #else
   (void)b;
+  return false;
 #endif
 }
 

@@ -17,8 +17,10 @@ namespace quench::calib::internal {
 // 2^20) and at most 32 steps.
 bool IntBf16Handles(const Block& b);
 
-// The certified search of imatrix_mse_certified.cc on a block IntBf16Handles accepts.
-void SearchIntBf16(const Block& b);
+// The certified search of imatrix_mse_certified.cc on a block IntBf16Handles accepts. False
+// when the rows hold an Inf or NaN (found in its own pass over them; best and masks then
+// hold nothing to keep), as SearchSteps refuses them.
+bool SearchIntBf16(const Block& b);
 
 // The kernel's terms |dq - x|^norm * imp of n elements (a multiple of 32) at one scale
 // (2^-100 <= scale <= 2^100), in element order, for the test that compares every bf16 x with

@@ -102,10 +102,7 @@ bool SearchBlock(const Block& b) {
   if (b.norm != 3.0 && b.norm != 2.0) return SearchBlockScalar(b);
   // Symmetric int codes of bf16 weights (W4A16) on CPUs with AVX-512 BF16: the same search
   // on cheaper terms (imatrix_mse_int_bf16.h).
-  if (IntBf16Handles(b)) {
-    SearchIntBf16(b);
-    return true;
-  }
+  if (IntBf16Handles(b)) return SearchIntBf16(b);
   // The same blocks on AVX2 CPUs without it (imatrix_mse_int_avx2.h).
   if (IntAvx2Handles(b)) return SearchIntAvx2(b);
   // Symmetric 5- to 8-bit codes of bf16 weights (W8A16, W8A8) on AVX2 CPUs
