@@ -28,7 +28,14 @@ def run_vllm(folder, q, log):
 
 def root_cause(log):
     """vLLM's own message: the last exception line its workers logged, with the lines after it
-    (a 'Reasons:' list), without the generic 'Engine core initialization failed'."""
+    (a 'Reasons:' list), without the generic 'Engine core initialization failed'; or, where a
+    worker died by a C++ exception (std::terminate: the engine then reports only 'cancelled'),
+    that exception's type and message."""
+    text = open(log, errors="replace").read()
+    died = re.search(r"terminate called after throwing an instance of '([^']+)'\s*\n\s*what\(\):"
+                     r"\s+(.*)", text)
+    if died:
+        return f"{died.group(1)} (worker aborted): {died.group(2).strip()}"
     lines = [re.sub(r"^\(\S+ pid=\d+\) ERROR \S+ \S+ \[[^]]*\] ?", "", l.rstrip())
              for l in open(log, errors="replace") if " ERROR " in l]
     hits = [i for i, l in enumerate(lines)

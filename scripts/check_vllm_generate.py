@@ -60,20 +60,30 @@ def base_case(case):
     cases, else the source model."""
     return "reap" if case.startswith("reap") else "bf16"
 
-# vLLM 0.32.0's CPU build has no MoE kernels for quantized experts; its messages, raised by
+# vLLM 0.32.0's CPU build runs int8 and WNA16 MoE experts only on x86 CPUs with AMX tiles
+# (fused_moe/experts/cpu_moe.py CPUExpertsInt8 / CPUExpertsInt4 `_supports_current_device`:
+# torch.cpu._is_amx_tile_supported(), Sapphire Rapids and later). There these folders, whole
+# models with their experts quantized, are compared with transformers as the other cases are
+# (AMX_EXPERTS); elsewhere vLLM refuses them, with the messages of
 # vllm/model_executor/layers/fused_moe/oracle/int8.py (NotImplementedError, followed by the
-# weight and activation keys), fp8.py (ValueError) and int_wna16.py (NotImplementedError).
-# Keyed by folder. The pruned model with static FP8 activation scales from the collector's
-# statistics (one input_scale per expert and projection): whole, vLLM stops before the experts,
-# at the fused qkv_proj, whose per-tensor FP8 weights it requantizes to one scale with
-# scaled_fp8_quant (utils/w8a8_utils.py requantize_with_max_scale), an op its CPU build lacks;
-# with attention left unquantized, at the experts: it reads the experts' input scales (and logs
-# LOGGED: they differ, so it keeps their maximum per layer), then stops at the same op
-# requantizing each expert's gate and up weights to one scale
+# weight and activation keys) and int_wna16.py (NotImplementedError). Per-channel FP8 experts
+# have no CPU backend on either (fp8.py, ValueError). Keyed by folder.
+AMX_EXPERTS = [("qwen3moe", "W8A8", "W8A8"), ("qwen3moe", "W4A16", "W4A16"),
+               ("qwen3moe8", "reap-W8A8", "W8A8"), ("qwen3moe8", "reap-W4A16", "W4A16")]
+NO_AMX_REFUSED = {
+    "qwen3moe-W8A8": "No Int8 MoE backend supports the deployment configuration",
+    "qwen3moe-W4A16": "No WNA16 MoE backend supports the deployment configuration.",
+    "qwen3moe8-reap-W8A8": "No Int8 MoE backend supports the deployment configuration",
+    "qwen3moe8-reap-W4A16": "No WNA16 MoE backend supports the deployment configuration."}
+# Refused on every CPU. The pruned model with static FP8 activation scales from the
+# collector's statistics (one input_scale per expert and projection): whole, vLLM stops
+# before the experts, at the fused qkv_proj, whose per-tensor FP8 weights it requantizes to
+# one scale with scaled_fp8_quant (utils/w8a8_utils.py requantize_with_max_scale), an op its
+# CPU build lacks; with attention left unquantized, at the experts: it reads the experts'
+# input scales (and logs LOGGED: they differ, so it keeps their maximum per layer), then stops
+# at the same op requantizing each expert's gate and up weights to one scale
 # (fp8_utils.py process_fp8_weight_tensor_strategy_moe).
-REFUSED = {"qwen3moe-W8A8": "No Int8 MoE backend supports the deployment configuration",
-           "qwen3moe-FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
-           "qwen3moe-W4A16": "No WNA16 MoE backend supports the deployment configuration.",
+REFUSED = {"qwen3moe-FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
            "qwen3moe8-reap-FP8-static": "RuntimeError: _C::static_scaled_fp8_quant() expected "
                                         "at most 0 argument(s) but received 4 argument(s)",
            "qwen3moe8-reap-FP8-static-experts": "RuntimeError: _C::static_scaled_fp8_quant() "
@@ -82,6 +92,72 @@ REFUSED = {"qwen3moe-W8A8": "No Int8 MoE backend supports the deployment configu
 LOGGED = {"qwen3moe8-reap-FP8-static-experts": "Found input_scales that are not equal for fp8 "
                                                "MoE layer. Using the maximum across experts for "
                                                "each layer."}
+
+
+# Upstream (transformers 5.19.0, compressed-tensors 0.17.0): experts quantized to int8
+# (W8A8: `int-quantized` format, int8 `.weight` tensors) do not load. Its merge of the
+# per-expert weights into `mlp.experts.gate_up_proj` looks for `weight_packed` sources (any
+# non-FP8 scheme: see EXPERTS_NOT_LOADED), finds none ("torch.cat(): expected a non-empty list
+# of Tensors ... Ckpt contains: 0" in its load report) and raises this. Asserted where vLLM
+# runs these folders (AMX CPUs); vLLM's generation is then measured against the unquantized
+# model only (the table's "vLLM vs unquantized"), without a limit.
+HF_REFUSED = {
+    "qwen3moe-W8A8": "RuntimeError: We encountered some issues during automatic conversion of "
+                     "the weights.",
+    "qwen3moe8-reap-W8A8": "RuntimeError: We encountered some issues during automatic "
+                           "conversion of the weights."}
+
+
+# On CPUs with AMX tiles vLLM computes int4 layers with int8 activations by default
+# (VLLM_CPU_INT4_W4A8=1, model_executor/kernels/linear/mixed_precision/cpu.py: use_w4a8, the
+# int4_scaled_mm_cpu kernel): not the function W4A16 defines. There the int4 cases are measured
+# against the function vLLM computes: transformers on the same files with a config that
+# declares int8 per-token dynamic activations for the int4 groups (W4A8's, as quench writes
+# them; w4a8_view), its own BF16-vs-F32 noise giving the limit as for any case. (With
+# VLLM_CPU_INT4_W4A8=0 vLLM 0.32.0's bf16-activation AMX kernel died with SIGILL, exit code
+# -4, on the llama and 4-expert Qwen3-MoE models of this check on a Sapphire Rapids VM:
+# docs/convert-reference.md, Consumers.)
+INT4_SCHEMES = ("W4A16", "W4A16_ASYM")
+W4A8_ACTIVATIONS = {"actorder": None, "block_structure": None, "dynamic": True,
+                    "group_size": None, "num_bits": 8, "observer": None, "observer_kwargs": {},
+                    "scale_dtype": None, "strategy": "token", "symmetric": True, "type": "int",
+                    "zp_dtype": None}
+
+
+def w4a8_view(folder):
+    """FOLDER-as-w4a8: links to `folder`'s files but config.json, whose int4 weight groups
+    without input activations get W4A8_ACTIVATIONS."""
+    dst = folder.rstrip("/") + "-as-w4a8"
+    if os.path.isdir(dst):
+        import shutil
+        shutil.rmtree(dst)
+    os.makedirs(dst)
+    for f in os.listdir(folder):
+        if f != "config.json":
+            os.symlink(os.path.join(os.path.abspath(folder), f), os.path.join(dst, f))
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    for group in cfg["quantization_config"]["config_groups"].values():
+        w = group.get("weights") or {}
+        if w.get("type") == "int" and w.get("num_bits") == 4 and not group.get(
+                "input_activations"):
+            group["input_activations"] = dict(W4A8_ACTIVATIONS)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return dst
+
+
+def amx_tiles():
+    """Whether this CPU has AMX tiles, asked as vLLM's CPU MoE experts ask it."""
+    import torch
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
+def cases(amx):
+    """(the cases compared with transformers, the cases vLLM must refuse) on this CPU."""
+    if amx:
+        return GENERATE + AMX_EXPERTS, REFUSED
+    return GENERATE, {**NO_AMX_REFUSED, **REFUSED}
 
 
 def make_models(out, only):
@@ -254,7 +330,11 @@ def measure(work, only):
     import torch
     path = os.path.join(work, "results.json")
     results = json.load(open(path)) if only and os.path.exists(path) else {}
-    for model, case, scheme in GENERATE:
+    amx = amx_tiles()
+    results["host"] = {"amx_tiles": amx,
+                       "int4_w4a8": amx and os.environ.get("VLLM_CPU_INT4_W4A8", "1") != "0"}
+    compared, refused = cases(amx)
+    for model, case, scheme in compared:
         if only and not any(f"{model}-{case}".startswith(o) for o in only):
             continue
         folder = os.path.join(work, f"{model}-{case}")
@@ -264,19 +344,27 @@ def measure(work, only):
             continue
         with open(folder + ".vllm.json", "w") as f:  # what vLLM generated, for a closer look
             json.dump(seqs, f)
+        src = os.path.join(work, f"{model}-{base_case(case)}")
+        # The function vLLM computes (INT4_SCHEMES above).
+        w4a8 = results["host"]["int4_w4a8"] and scheme in INT4_SCHEMES
+        ref = w4a8_view(folder) if w4a8 else folder
+        unq = None
         try:
-            src = os.path.join(work, f"{model}-{base_case(case)}")
-            hf32, missing = hf_logprobs(folder, seqs, torch.float32, src)
-            hf16, _ = hf_logprobs(folder, seqs, torch.bfloat16, src)
-            unq = hf32 if scheme is None else hf_logprobs(src, seqs, torch.float32, src)[0]
+            if scheme is not None:
+                unq = hf_logprobs(src, seqs, torch.float32, src)[0]
+            hf32, missing = hf_logprobs(ref, seqs, torch.float32, src)
+            hf16, _ = hf_logprobs(ref, seqs, torch.bfloat16, src)
+            unq = hf32 if unq is None else unq
             results[f"{model}-{case}"] = {
                 "vllm": compare_vllm(seqs, hf32), "hf_bf16": compare_hf(hf32, hf16),
                 "vllm_unq": compare_vllm(seqs, unq), "hf_unq": compare_hf(unq, hf32),
-                "hf_experts_missing": missing}
+                "hf_experts_missing": missing, "reference_w4a8": w4a8}
         except Exception as e:  # transformers' failure is the result
             results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
+            if unq is not None:  # vLLM generated: measured against the unquantized model
+                results[f"{model}-{case}"]["vllm_unq"] = compare_vllm(seqs, unq)
         print(json.dumps({f"{model}-{case}": results[f"{model}-{case}"]}), flush=True)
-    for name in REFUSED:
+    for name in refused:
         if only and not any(name.startswith(o) for o in only):
             continue
         status, msg = vllm_generate(os.path.join(work, name))
@@ -327,18 +415,32 @@ def judge(results, only=()):
         return not only or any(name.startswith(o) for o in only)
 
     failures = []
+    # Which cases vLLM runs depends on the CPU the results came from (AMX_EXPERTS).
+    amx = results.get("host", {}).get("amx_tiles", False)
+    compared, refused = cases(amx)
+    print(f"\nCPU with AMX tiles: {'yes' if amx else 'no'}")
     print("\n| model | case | vLLM vs transformers F32 (top-1 agreement, largest logprob "
           "difference) | limit | transformers BF16 vs F32 | vLLM vs unquantized | "
           "transformers quantized vs unquantized | vLLM CPU message |")
     print("|---|---|---|---|---|---|---|---|")
-    for model, case, scheme in GENERATE:
+    for model, case, scheme in compared:
         if not chosen(f"{model}-{case}"):
             continue
         r = results.get(f"{model}-{case}", {"error": "not run"})
+        hf_refused = HF_REFUSED.get(f"{model}-{case}")
+        if hf_refused is not None and "vllm_unq" in r and "vllm" not in r:
+            if f"transformers: {hf_refused}" not in r.get("error", ""):
+                failures.append(f"{model}-{case}: expected transformers to refuse with "
+                                f"'{hf_refused}', got {r.get('error', 'a load')}")
+            print(f"| {model} | {case} (experts quantized) | - | - | - | {fmt(r['vllm_unq'])} "
+                  f"| - | vLLM generated; {r.get('error', '')} |")
+            continue
         if "error" in r:
             failures.append(f"{model}-{case}: failed: {r['error']}")
             print(f"| {model} | {case} | - | - | - | - | - | {r['error']} |")
             continue
+        if hf_refused is not None:
+            failures.append(f"{model}-{case}: transformers loaded it (expected '{hf_refused}')")
         if r["hf_experts_missing"] != (f"{model}-{case}" in EXPERTS_NOT_LOADED):
             failures.append(f"{model}-{case}: transformers' load of the unquantized experts "
                             f"changed (experts missing: {r['hf_experts_missing']})")
@@ -347,9 +449,11 @@ def judge(results, only=()):
         if agree < limit[0] or worst > limit[1]:
             failures.append(f"{model}-{case}: {fmt(r['vllm'])} outside {limit[0]}/{n}, "
                             f"{limit[1]:.4f}")
+        note = ("vLLM's int8 activations (VLLM_CPU_INT4_W4A8); transformers: the same weights "
+                "with W4A8's activations" if r.get("reference_w4a8") else "")
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
-              f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | |")
-    for name, expected in REFUSED.items():
+              f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | {note} |")
+    for name, expected in refused.items():
         if not chosen(name):
             continue
         r = results.get(name, {"error": "not run"})
