@@ -1,5 +1,6 @@
 // What the tests of the hand-written imatrix_mse int kernels share
-// (tests/test_imatrix_int_bf16.cc for AVX-512 BF16, tests/test_imatrix_int_avx2.cc for AVX2):
+// (tests/test_imatrix_int_bf16.cc for AVX-512 BF16, tests/test_imatrix_int_avx2.cc,
+// test_imatrix_int_avx2_asym.cc and test_imatrix_int8_avx2.cc for AVX2):
 // the settings they run, random and adversarial rows, and the check of the chosen
 // quantization's row helpers against the definition.
 #ifndef QUENCH_TESTS_IMATRIX_INT_CASES_H_
@@ -486,6 +487,34 @@ inline void CheckChosenCodes(const ChosenCodesKernel& k) {
   CHECK(!k.row_minmax(row.data(), 8, 128, a, b));
   std::memcpy(&row[2 * 700], &nan, 2);
   CHECK(!k.row_minmax(row.data(), 8, 128, a, b));
+}
+
+// An Inf or NaN (each of `bad`, a bf16 pattern) written at each element index of `at` in a
+// copy of `raw`, the bf16 rows of `in`: GroupSteps refuses the rows with the kernel under test
+// on (its own pass finds them: SearchSteps runs no AllFinite before the hand-written kernels),
+// and with it switched off by `set_enabled(false)` for the call, as the definition refuses them.
+inline void CheckRefusesNonFinite(WeightChunk in, const std::vector<uint8_t>& raw,
+                                  const std::vector<float>& imp,
+                                  std::initializer_list<uint16_t> bad,
+                                  std::initializer_list<size_t> at, void (*set_enabled)(bool)) {
+  calib::ImatrixOptions o;
+  std::vector<uint32_t> masks(in.rows * in.cols);
+  in.data = raw.data();
+  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+  for (const uint16_t b : bad) {
+    for (const size_t i : at) {
+      CAPTURE(b);
+      CAPTURE(i);
+      std::vector<uint8_t> r = raw;
+      std::memcpy(&r[2 * i], &b, 2);
+      in.data = r.data();
+      CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data()));
+      set_enabled(false);
+      const bool off_ok = calib::GroupSteps(in, calib::ImatrixFormat::kInt, imp, o, masks.data());
+      set_enabled(true);
+      CHECK_FALSE(off_ok);
+    }
+  }
 }
 
 }  // namespace quench::testing::imatrix_int

@@ -438,26 +438,10 @@ TEST_CASE("imatrix_mse int8 avx2 kernel refuses rows with an Inf or NaN") {
   for (int group : {128, 0}) {
     imatrix_int::Int4Chunk c;
     MakeChunk(rng, rows, cols, 8, group, &c);
-    WeightChunk in = c.in;
-    calib::ImatrixOptions o;
-    std::vector<uint32_t> masks(rows * 4);
-    REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
-    for (const uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC1}}) {
-      for (const size_t at : {size_t{0}, size_t{130}, size_t{9 * cols + 300}, rows * cols - 1}) {
-        CAPTURE(group);
-        CAPTURE(bad);
-        CAPTURE(at);
-        std::vector<uint8_t> r = c.raw;
-        std::memcpy(&r[2 * at], &bad, 2);
-        in.data = r.data();
-        CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
-        calib::internal::SetInt8Avx2Enabled(false);
-        const bool off_ok =
-            calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data());
-        calib::internal::SetInt8Avx2Enabled(true);
-        CHECK_FALSE(off_ok);
-      }
-    }
+    CAPTURE(group);
+    imatrix_int::CheckRefusesNonFinite(c.in, c.raw, c.imp, {0x7F80, 0xFF80, 0x7FC1},
+                                       {0, 130, 9 * cols + 300, rows * cols - 1},
+                                       calib::internal::SetInt8Avx2Enabled);
   }
 }
 

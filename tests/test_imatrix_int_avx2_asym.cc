@@ -232,26 +232,9 @@ TEST_CASE("imatrix_mse int avx2 asym kernel refuses rows with an Inf or NaN") {
   const size_t rows = 40, cols = 512;
   AsymChunk c;
   MakeAsymChunk(rng, rows, cols, &c);
-  WeightChunk in = c.in;
-  calib::ImatrixOptions o;
-  std::vector<uint32_t> masks(rows * 4);
-  REQUIRE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
-  for (const uint16_t bad : {uint16_t{0x7F80}, uint16_t{0xFF80}, uint16_t{0x7FC1},
-                             uint16_t{0xFFFF}}) {
-    for (const size_t at : {size_t{0}, size_t{7}, size_t{130}, size_t{9 * cols + 300},
-                            rows * cols - 1}) {
-      CAPTURE(bad);
-      CAPTURE(at);
-      std::vector<uint8_t> r = c.raw;
-      std::memcpy(&r[2 * at], &bad, 2);
-      in.data = r.data();
-      CHECK_FALSE(calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data()));
-      calib::internal::SetIntAvx2Enabled(false);
-      const bool off_ok = calib::GroupSteps(in, calib::ImatrixFormat::kInt, c.imp, o, masks.data());
-      calib::internal::SetIntAvx2Enabled(true);
-      CHECK_FALSE(off_ok);
-    }
-  }
+  imatrix_int::CheckRefusesNonFinite(
+      c.in, c.raw, c.imp, {0x7F80, 0xFF80, 0x7FC1, 0xFFFF},
+      {0, 7, 130, 9 * cols + 300, rows * cols - 1}, calib::internal::SetIntAvx2Enabled);
 }
 
 
