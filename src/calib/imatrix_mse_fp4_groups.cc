@@ -210,7 +210,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
   }
   const bool raw = D == DType::kBF16 && b.raw != nullptr;
   // The f32 vector of elements e..e + L - 1 of the block (e a multiple of L; read by the
-  // 8-lane targets' transposition and the full tiles' widening below).
+  // 8-lane targets' transposition and the raw tiles' widening below).
   [[maybe_unused]] auto load_x = [&](size_t e) {
     if (raw) return rd::LoadF32<DType::kBF16>(df, b.raw + 2 * e);
     return hn::LoadU(df, b.x + e);
@@ -283,14 +283,13 @@ void SearchFp4Groups(const Block& b, bool* ok) {
     const float* xs = b.x;
     auto vgs = vgx;
     if (raw && (kMaxL != 8 || cnt != L)) {
-      if (cnt == L && kN % L == 0) {
-        // A full tile's groups are L x 16 consecutive values (gx[l] = (g0 + l) * kN, rows
-        // or not): widened a vector at a time, in place of ToF32's f32 copy of the block.
-        for (size_t e = 0; e < L * kN; e += L) hn::Store(load_x(g0 * kN + e), df, xt + e);
-      } else {
-        for (size_t l = 0; l < L; ++l) {
-          float buf[kN];
-          std::memcpy(xt + l * kN, group_x(static_cast<size_t>(gx[l]) / kN, buf), sizeof buf);
+      // Each lane's group (from element gx[l], a multiple of kN) widened a vector at a time,
+      // in place of ToF32's f32 copy of the block: the targets that read rows raw have 8 or
+      // 16 lanes (Fp4GroupsRawTarget), which divide the group's 16.
+      HWY_DASSERT(kN % L == 0);
+      for (size_t l = 0; l < L; ++l) {
+        for (size_t h = 0; h < kN; h += L) {
+          hn::Store(load_x(static_cast<size_t>(gx[l]) + h), df, xt + l * kN + h);
         }
       }
       xs = xt;
