@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
 import sys
 
 from check_vllm import root_cause
@@ -70,11 +71,10 @@ def base_case(case):
 # have no CPU backend on either (fp8.py, ValueError). Keyed by folder.
 AMX_EXPERTS = [("qwen3moe", "W8A8", "W8A8"), ("qwen3moe", "W4A16", "W4A16"),
                ("qwen3moe8", "reap-W8A8", "W8A8"), ("qwen3moe8", "reap-W4A16", "W4A16")]
-NO_AMX_REFUSED = {
-    "qwen3moe-W8A8": "No Int8 MoE backend supports the deployment configuration",
-    "qwen3moe-W4A16": "No WNA16 MoE backend supports the deployment configuration.",
-    "qwen3moe8-reap-W8A8": "No Int8 MoE backend supports the deployment configuration",
-    "qwen3moe8-reap-W4A16": "No WNA16 MoE backend supports the deployment configuration."}
+NO_AMX_MESSAGE = {"W8A8": "No Int8 MoE backend supports the deployment configuration",
+                  "W4A16": "No WNA16 MoE backend supports the deployment configuration."}
+NO_AMX_REFUSED = {f"{model}-{case}": NO_AMX_MESSAGE[scheme]
+                  for model, case, scheme in AMX_EXPERTS}
 # Refused on every CPU. The pruned model with static FP8 activation scales from the
 # collector's statistics (one input_scale per expert and projection): whole, vLLM stops
 # before the experts, at the fused qkv_proj, whose per-tensor FP8 weights it requantizes to
@@ -101,11 +101,9 @@ LOGGED = {"qwen3moe8-reap-FP8-static-experts": "Found input_scales that are not 
 # of Tensors ... Ckpt contains: 0" in its load report) and raises this. Asserted where vLLM
 # runs these folders (AMX CPUs); vLLM's generation is then measured against the unquantized
 # model only (the table's "vLLM vs unquantized"), without a limit.
-HF_REFUSED = {
-    "qwen3moe-W8A8": "RuntimeError: We encountered some issues during automatic conversion of "
-                     "the weights.",
-    "qwen3moe8-reap-W8A8": "RuntimeError: We encountered some issues during automatic "
-                           "conversion of the weights."}
+HF_REFUSED = {f"{model}-{case}": "RuntimeError: We encountered some issues during automatic "
+                                   "conversion of the weights."
+              for model, case, scheme in AMX_EXPERTS if scheme == "W8A8"}
 
 
 # On CPUs with AMX tiles vLLM computes int4 layers with int8 activations by default
@@ -129,7 +127,6 @@ def w4a8_view(folder):
     without input activations get W4A8_ACTIVATIONS."""
     dst = folder.rstrip("/") + "-as-w4a8"
     if os.path.isdir(dst):
-        import shutil
         shutil.rmtree(dst)
     os.makedirs(dst)
     for f in os.listdir(folder):
