@@ -21,6 +21,7 @@
 
 #include "calib/imatrix_mse.h"
 #include "calib/imatrix_mse_int_avx2.h"
+#include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "schemes/chunk.h"
 #include "schemes/float_formats.h"
@@ -145,7 +146,8 @@ inline KeptSearch KeptScalesFromSearch(const WeightChunk& in, const std::vector<
   r.masks = std::move(masks);
   return r;
 }
-// The same rows by the definition's path, every AVX2 int kernel switched off: SearchSteps,
+// The same rows by the definition's path, every AVX2 and AVX-512 BF16 int kernel switched
+// off (each switch restored after): SearchSteps,
 // each group's chosen step, QuantizeChosen into code_bytes of codes and 2 bytes of scale a
 // group; kept_off: whether IntScalesKept still claims the rows with the kernels off.
 struct ChosenByDefinition {
@@ -159,7 +161,9 @@ inline ChosenByDefinition ChosenWithKernelsOff(const WeightChunk& in,
                                                const calib::ImatrixOptions& o, size_t groups,
                                                size_t code_bytes, bool packed) {
   ChosenByDefinition r;
+  const bool bf16_on = calib::internal::IntBf16Enabled();
   calib::internal::SetIntAvx2Enabled(false);
+  calib::internal::SetIntBf16Enabled(false);
   std::vector<double> best(groups, FLT_MAX);
   r.masks.assign(groups, 0u);
   uint32_t bits = 0;
@@ -178,6 +182,7 @@ inline ChosenByDefinition ChosenWithKernelsOff(const WeightChunk& in,
                                                packed, out);
   r.kept_off = calib::IntScalesKept(in, o, packed);
   calib::internal::SetIntAvx2Enabled(true);
+  calib::internal::SetIntBf16Enabled(bf16_on);
   REQUIRE(searched);
   REQUIRE(quantized);
   return r;

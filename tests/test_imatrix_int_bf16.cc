@@ -172,6 +172,71 @@ TEST_CASE("imatrix_mse int bf16 kernel: SearchSteps with and without it agree") 
   CHECK(on == off);
 }
 
+// The quantize stage from the kernel's kept largest magnitudes (IntScalesKept: SearchSteps'
+// group_absmax written by this kernel's first pass, IntKeptScales, QuantizeIntKept with
+// IntBf16Codes4 for packed int4 and Int8Avx2Codes for W4A8's byte codes) against
+// QuantizeChosen with every int kernel switched off (the Highway search, the scalar chosen
+// parameters and codes from the rows): the same codes and scales, byte for byte; the kept
+// magnitudes equal each group's max |x| computed here. Groups of 64 and 128, expand 1 and
+// 1.25, grids 20 and 10, with a row of absurd magnitude (scales outside [2^-100, 2^100]) and
+// a row of zeros.
+TEST_CASE("imatrix_mse int bf16 kernel: chosen scales from the search's kept magnitudes") {
+  if (!avx512bf16::Available()) {
+    CHECK(!calib::internal::IntBf16CodesHandle(128, 512));
+    return;
+  }
+  std::mt19937 rng(17);
+  for (const bool packed : {true, false}) {
+    for (const size_t group : {size_t{64}, size_t{128}}) {
+      for (const double expand : {1.0, 1.25}) {
+        for (const int grid : {20, 10}) {
+          CAPTURE(packed);
+          CAPTURE(group);
+          CAPTURE(expand);
+          CAPTURE(grid);
+          const size_t rows = 37, cols = 512, ng = cols / group;
+          imatrix_int::Int4Chunk c;
+          RandomRows(rng, rows, cols, &c.x, &c.imp);
+          for (size_t j = 0; j < cols; ++j) {
+            c.x[3 * cols + j] = Bf16(c.x[3 * cols + j] * 0x1p110f);
+            c.x[5 * cols + j] = 0.f;
+          }
+          imatrix_int::SetInt4Chunk(rows, cols, /*symmetric=*/true, &c);
+          c.in.params.group_size = static_cast<int>(group);
+          const WeightChunk& in = c.in;
+          calib::ImatrixOptions o;
+          o.expand = expand;
+          o.grid = grid;
+          // This kernel takes the search (and, packed, the codes).
+          Setting s;
+          s.expand = expand;
+          s.grid = grid;
+          s.last = calib::LastStep(o);
+          REQUIRE(calib::internal::IntBf16Handles(MakeBlock(s, c.x, &c.imp, cols, group)));
+          if (packed) REQUIRE(calib::internal::IntBf16CodesHandle(group, cols));
+          REQUIRE(calib::IntScalesKept(in, o, packed));
+          const imatrix_int::KeptSearch kept =
+              imatrix_int::KeptScalesFromSearch(in, c.imp, o, c.x, rows * ng, group);
+          const size_t row_bytes = packed ? cols / 2 : cols;
+          std::vector<uint8_t> codes_k(rows * row_bytes), scales_k(rows * ng * 2);
+          ChunkOutputs out_k;
+          out_k.out[0] = codes_k.data();
+          out_k.out[1] = scales_k.data();
+          REQUIRE(calib::QuantizeIntKept(in, kept.scales.data(), nullptr, out_k, packed));
+          const imatrix_int::ChosenByDefinition ref = imatrix_int::ChosenWithKernelsOff(
+              in, c.imp, o, rows * ng, rows * row_bytes, packed);
+          CHECK(!ref.kept_off);
+          CHECK(kept.masks == ref.masks);
+          CHECK(kept.stop == ref.stop);
+          CHECK(kept.scales == ref.scales);
+          CHECK(scales_k == ref.scales);
+          CHECK(codes_k == ref.codes);
+        }
+      }
+    }
+  }
+}
+
 // An Inf or NaN anywhere in the rows: the kernel's own first pass refuses the block
 // (SearchSteps runs no AllFinite before it), as SearchSteps does with it switched off.
 TEST_CASE("imatrix_mse int bf16 kernel refuses rows with an Inf or NaN") {

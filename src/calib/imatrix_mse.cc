@@ -177,9 +177,9 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // Per thread and reused: a fresh 256 KiB buffer per block is fresh pages to fault in.
   thread_local std::vector<float> x;
   x.resize(std::max(x.size(), std::min(block_rows, in.rows) * in.cols));
-  // With group_absmax, the AVX2 int (4- and 8-bit), MXFP4 and NVFP4 kernels read the raw
-  // rows and write it themselves (IntScalesKept, ChosenPos); other kernels take an f32 copy
-  // made with it.
+  // With group_absmax, the AVX-512 BF16 int4 and the AVX2 int (4- and 8-bit), MXFP4 and
+  // NVFP4 kernels read the raw rows and write it themselves (IntScalesKept, ChosenPos);
+  // other kernels take an f32 copy made with it.
   const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
   const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
   // (NVFP4 of bf16 on AVX2 and AVX-512: the groups search widens the rows itself.)
@@ -189,7 +189,8 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
                             internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2 ||
                             fp4_raw
-                      : (b.format == ImatrixFormat::kInt && internal::IntAvx2Handles(b)) ||
+                      : (b.format == ImatrixFormat::kInt &&
+                         (internal::IntBf16Handles(b) || internal::IntAvx2Handles(b))) ||
                             mx_avx2 || int8_avx2 || fp4_raw);
   // The AVX-512 BF16 and AVX2 int, MXFP4 and NVFP4 kernels refuse an Inf or NaN themselves
   // (SearchBlock returns false).
@@ -503,17 +504,22 @@ bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed) 
       !MakeGeometry(in, ImatrixFormat::kInt, &g)) {
     return false;
   }
-  // The block RunSteps gives the kernels (IntAvx2Handles and Int8Avx2Handles read only its
-  // settings).
+  // The block RunSteps gives the kernels (IntBf16Handles, IntAvx2Handles and
+  // Int8Avx2Handles read only its settings).
   const internal::Block b = StepsBlock(in, ImatrixFormat::kInt, g, o, 0, LastStep(o));
+  // The largest magnitudes from the AVX-512 BF16 int4 search or either AVX2 search.
+  const bool kept_by_search = internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
+                              internal::Int8Avx2Handles(b);
   if (packed && g.l.bits == 4) {
-    return !internal::IntBf16CodesHandle(g.group, in.cols) &&
-           internal::IntAvx2CodesHandle(g.group, in.cols) && internal::IntAvx2Handles(b);
+    // Packed int4 codes by IntBf16Codes4 or IntAvx2Codes4 (QuantizeIntKept).
+    return (internal::IntBf16CodesHandle(g.group, in.cols) ||
+            internal::IntAvx2CodesHandle(g.group, in.cols)) &&
+           kept_by_search;
   }
   // Codes a byte each: packed 8-bit (W8A16) or unpacked (W8A8, W4A8), written by
-  // Int8Avx2Codes; the largest magnitudes from either AVX2 search.
+  // Int8Avx2Codes.
   return (!packed || g.l.bits == 8) && internal::Int8Avx2CodesHandle(g.group, in.cols) &&
-         (internal::IntAvx2Handles(b) || internal::Int8Avx2Handles(b));
+         kept_by_search;
 }
 
 void IntKeptScales(const WeightChunk& in, const ImatrixOptions& o, const float* absmax,
@@ -549,7 +555,11 @@ bool QuantizeIntKept(const WeightChunk& in, const uint8_t* scales, const int8_t*
     if (bytes) {
       internal::Int8Avx2Codes(row, n, g.group, params.data(), g.l.qmin, g.l.qmax, packed, dst);
     } else if (zps == nullptr) {
-      internal::IntAvx2Codes4(row, n, g.group, params.data(), dst);
+      if (internal::IntBf16CodesHandle(g.group, n)) {
+        internal::IntBf16Codes4(row, n, g.group, params.data(), dst);
+      } else {
+        internal::IntAvx2Codes4(row, n, g.group, params.data(), dst);
+      }
     } else {
       internal::IntAvx2AsymCodes4(row, n, g.group, params.data(), dst);
     }

@@ -88,8 +88,8 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // caller reads masks and improved only, and best ends as a lower bound of each group's best
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
-// max(|m0|, |M0|), from the pass of the AVX2 kernels that read the raw bf16 rows (int4,
-// int8, MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
+// max(|m0|, |M0|), from the pass of the kernels that read the raw bf16 rows (AVX-512 BF16
+// int4; AVX2 int4, int8, MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
 // IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
@@ -143,11 +143,12 @@ bool QuantizeChosen(const WeightChunk& in, ImatrixFormat f, const ImatrixOptions
 
 // Whether the search of `in` (its dtype, columns and parameters) keeps each group's largest
 // magnitude for the quantize stage, which then needs no second pass over the rows for the
-// chosen scales: packed symmetric int4 of bf16 where the AVX2 kernels take both the search
-// and the chosen codes (imatrix_mse_int_avx2.h); packed symmetric int8 (W8A16) and unpacked
-// symmetric codes (W8A8, W4A8) of bf16 where an AVX2 search (imatrix_mse_int_avx2.h,
-// imatrix_mse_int8_avx2.h) takes the search and Int8Avx2Codes the codes, a byte each. SearchSteps' group_absmax is then read by
-// IntKeptScales and the result by QuantizeIntKept.
+// chosen scales: packed symmetric int4 of bf16 where the AVX-512 BF16 or AVX2 int4 search
+// (imatrix_mse_int_bf16.h, imatrix_mse_int_avx2.h) and the same family's codes
+// (IntBf16Codes4, IntAvx2Codes4) take it; packed symmetric int8 (W8A16) and unpacked
+// symmetric codes (W8A8, W4A8) of bf16 where one of those searches or the AVX2 int8 one
+// (imatrix_mse_int8_avx2.h) takes the search and Int8Avx2Codes the codes, a byte each.
+// SearchSteps' group_absmax is then read by IntKeptScales and the result by QuantizeIntKept.
 bool IntScalesKept(const WeightChunk& in, const ImatrixOptions& o, bool packed);
 
 // Where IntScalesKept(in, o, packed): n groups' chosen scales from their largest magnitudes

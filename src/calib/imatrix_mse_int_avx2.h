@@ -55,7 +55,8 @@ void IntAvx2Codes4(const uint8_t* row, size_t n, size_t group,
 // m0 and max M0 only through max(-m0, M0, 0): RNE_bf16, Expanded and the products with
 // p >= 0 are odd and monotone, so max(-min(mn, 0), max(mx, 0)) is that of (-amax, amax) up to
 // the sign of a zero, and a zero becomes eps either way. Eight groups a vector on the same
-// CPUs as IntAvx2Codes4 (its caller checks IntAvx2CodesHandle).
+// CPUs as IntAvx2Codes4, and so on every CPU with IntBf16Codes4 (its caller checks
+// IntAvx2CodesHandle or IntBf16CodesHandle).
 void IntAvx2ChosenScales(const float* amax, const uint8_t* steps, size_t n, int grid,
                          double expand, const intq::internal::Layout& l,
                          intq::internal::GroupParams* p, uint8_t* dst);

@@ -271,8 +271,12 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     si = _mm512_mask_mov_ps(si, more, iv);
     at = _mm512_mask_mov_epi32(at, more, _mm512_set1_epi32(static_cast<int>(v)));
   }
-  out->finite = _mm512_reduce_max_epu32(amax) < 0x7F800000u;
+  const uint32_t amax_bits = _mm512_reduce_max_epu32(amax);
+  out->finite = amax_bits < 0x7F800000u;
   if (!out->finite) return;
+  // The group's largest magnitude for the quantize stage (IntScalesKept): the pattern of
+  // max |x| (the largest magnitude pattern of finite values is that of the largest value).
+  if (b.absmax != nullptr) b.absmax[gi] = std::bit_cast<float>(amax_bits);
   // The group reordered (vector 0: each lane's element of largest key, which moves to
   // vector `at`), its x to qa, and x and importance in PairOrder to xe, ie.
   for (size_t p = 0; p < x.np; ++p) {
