@@ -164,10 +164,12 @@ QUENCH_AVX512BF16 inline double LaneSum(__m512 v) {
   return static_cast<double>(_mm512_reduce_add_ps(v));
 }
 
-// The element's weight in the ordering heuristic, |x|^3 * imp (imatrix_mse_certified.cc Key).
+// The element's weight in the ordering heuristic, x^8 * imp (imatrix_mse_certified.cc Key:
+// the eighth power favours the large |x| that the shrunken steps clip). Any key gives a
+// valid bound: it only picks which elements go first.
 QUENCH_AVX512BF16 inline __m512 Key(__m512 x, __m512 im) {
-  const __m512 a = _mm512_abs_ps(x);
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(a, a), a), im);
+  const __m512 x2 = _mm512_mul_ps(x, x), x4 = _mm512_mul_ps(x2, x2);
+  return _mm512_mul_ps(_mm512_mul_ps(x4, x4), im);
 }
 
 // One element's term (x, imp in every lane) at 16 steps (lanes: their scales s and
@@ -251,9 +253,9 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   const __m512i pick_e =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i pick_o = _mm512_add_epi32(pick_e, _mm512_set1_epi32(1));
-  // Min, max, and per lane the element of largest key (its vector in `at`).
+  // Per lane the element of largest key (its vector in `at`) and the largest magnitude.
   const __m512 x0 = load_x(0), i0 = _mm512_loadu_ps(im);
-  __m512 mn = x0, mx = x0, top = Key(x0, i0), sx = x0, si = i0;
+  __m512 top = Key(x0, i0), sx = x0, si = i0;
   __m512i at = _mm512_setzero_si512();
   // The largest magnitude's pattern: at or above Inf's for an Inf or NaN. The rows are read
   // only here, so SearchSteps runs no AllFinite before this kernel.
@@ -262,8 +264,6 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
   for (size_t v = 1; v < nv; ++v) {
     const __m512 xv = load_x(v), iv = _mm512_loadu_ps(im + v * 16);
     amax = _mm512_max_epu32(amax, _mm512_and_si512(_mm512_castps_si512(xv), abs_bits));
-    mn = _mm512_min_ps(mn, xv);
-    mx = _mm512_max_ps(mx, xv);
     const __m512 kv = Key(xv, iv);
     const __mmask16 more = _mm512_cmp_ps_mask(kv, top, _CMP_GT_OQ);
     top = _mm512_mask_mov_ps(top, more, kv);
@@ -300,23 +300,23 @@ QUENCH_AVX512BF16 inline void Prepare(const Ctx& x, size_t gi, Prepared* out) {
     _mm512_store_ps(out->ie + 32 * p, _mm512_permutex2var_ps(iab[0], pick_e, iab[1]));
     _mm512_store_ps(out->ie + 32 * p + 16, _mm512_permutex2var_ps(iab[0], pick_o, iab[1]));
   }
-  float m0 = _mm512_reduce_min_ps(mn), M0 = _mm512_reduce_max_ps(mx);
-  if (b.expand != 1.0) {  // as MakeTiles
-    m0 = Expanded(m0, b.expand, b.dtype);
-    M0 = Expanded(M0, b.expand, b.dtype);
-  }
   // Every step's parameters: calculate_qparams, symmetric, RNE_bf16(max(-mn, mx) /
-  // (bit_range / 2)), 0 -> eps(bf16); the steps whose scale QuotientBf16 does not cover
-  // (groups of absurd magnitude) only by the definition (sc).
+  // (bit_range / 2)), 0 -> eps(bf16), with mn = min(RNE_bf16(p Expanded(m0)), 0) and mx =
+  // max(RNE_bf16(p Expanded(M0)), 0) (StepRange, m0 and M0 the group's min and max); the
+  // steps whose scale QuotientBf16 does not cover (groups of absurd magnitude) only by the
+  // definition (sc). RNE_bf16, Expanded and the products with p >= 0 are odd and monotone,
+  // so max(-mn, mx) = RNE_bf16(p * Expanded(a)) with a = max(-m0, M0, 0) = max |x| (up to
+  // the sign of a zero, which becomes eps either way), as imatrix_mse_int_avx2_shared.h
+  // SymPrepareSteps takes it: one product a step, no min or max of the signed values.
+  float a = std::bit_cast<float>(amax_bits);
+  if (b.expand != 1.0) a = Expanded(a, b.expand, b.dtype);  // as MakeTiles
   const __m512 half_range =
       _mm512_set1_ps(static_cast<float>(b.layout.qmax - b.layout.qmin) / 2.0f);
   __mmask16 recip_ok[2];
   for (size_t h = 0; h < 2; ++h) {
     const __m512 vp = _mm512_load_ps(x.P + 16 * h);
-    const __m512 lo = _mm512_min_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(m0))), zero);
-    const __m512 hi = _mm512_max_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(M0))), zero);
-    __m512 s =
-        RoundBf16(_mm512_div_ps(_mm512_max_ps(_mm512_sub_ps(zero, lo), hi), half_range));
+    __m512 s = RoundBf16(
+        _mm512_div_ps(RoundBf16(_mm512_mul_ps(vp, _mm512_set1_ps(a))), half_range));
     s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(s, zero, _CMP_EQ_OQ),
                            _mm512_set1_ps(intq::internal::ScaleEps(DType::kBF16)));
     _mm512_store_ps(out->S + 16 * h, s);
