@@ -122,10 +122,40 @@ W4A8_ACTIVATIONS = {"actorder": None, "block_structure": None, "dynamic": True,
                     "zp_dtype": None}
 
 
-def w4a8_view(folder):
-    """FOLDER-as-w4a8: links to `folder`'s files but config.json, whose int4 weight groups
-    without input activations get W4A8_ACTIVATIONS."""
-    dst = folder.rstrip("/") + "-as-w4a8"
+# On CPUs with AMX tiles vLLM 0.32.0 runs FP8 block-quantized linear layers and MoE experts
+# (model_executor/kernels/linear/scaled_mm/cpu.py CPUFp8BlockScaledMMKernel, "FP8 W8A16
+# block-quantized GEMM via AMX BRGEMM", apply_input_quant = False; fused_moe/experts/cpu_moe.py
+# CPUExpertsFp8, "CPU FP8 W8A16 block-quantized modular MoE experts"): weights FP8 blocks,
+# activations bf16, not the FP8 per-group activations FP8_BLOCK declares (its W8A8 forms need
+# AMX-FP8 hardware, which the host record notes: amx_fp8). There these cases are measured
+# against that function: transformers on the same weights with no input activations declared
+# (w8a16_view). transformers 5.19 cannot dequantize FP8 block experts itself (its
+# DecompressExperts multiplies each expert's weight by its weight_scale as one broadcast,
+# which fits per-tensor and per-channel scales, not [out/128, in/128] blocks; asserted,
+# FP8_BLOCK_HF_REFUSED), so the MoE model's reference is a copy with every FP8 weight
+# dequantized here by the format's rule (dequantized_copy). Without AMX tiles vLLM refuses both
+# at their first dense layer (NO_AMX_FP8_BLOCK).
+AMX_FP8_BLOCK = [("llama", "FP8_BLOCK", "FP8_BLOCK"),
+                 ("qwen3moe8", "reap-FP8_BLOCK", "FP8_BLOCK")]
+NO_AMX_FP8_BLOCK = "Failed to find a kernel that can implement the ScaledMM linear layer"
+FP8_BLOCK_HF_REFUSED = {"qwen3moe8-reap-FP8_BLOCK": "We encountered some issues during "
+                                                    "automatic conversion of the weights."}
+# FP4 experts are refused on AMX CPUs too: NVFP4 has no CPU MoE backend, and the
+# compressed-tensors MXFP4 MoE method repacks the experts for Marlin, a GPU op the CPU build
+# lacks (CPUExpertsMxfp4 serves other MXFP4 checkpoints). The pruned model with its experts
+# alone quantized (attention ignored). Run on AMX CPUs only: elsewhere vLLM's message for them
+# has not been seen.
+AMX_FP4_REFUSED = {
+    "qwen3moe8-reap-NVFP4A16-experts": "No NvFp4 MoE backend supports the deployment "
+                                       "configuration.",
+    "qwen3moe8-reap-MXFP4A16-experts": "'_OpNamespace' '_C' object has no attribute "
+                                       "'gptq_marlin_repack'"}
+
+
+def config_view(folder, suffix, edit):
+    """FOLDER-SUFFIX: links to `folder`'s files but config.json, whose quantization config
+    groups `edit` changes in place."""
+    dst = folder.rstrip("/") + suffix
     if os.path.isdir(dst):
         shutil.rmtree(dst)
     os.makedirs(dst)
@@ -135,13 +165,77 @@ def w4a8_view(folder):
     with open(os.path.join(folder, "config.json")) as f:
         cfg = json.load(f)
     for group in cfg["quantization_config"]["config_groups"].values():
+        edit(group)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return dst
+
+
+def w4a8_view(folder):
+    """FOLDER-as-w4a8: int4 weight groups without input activations get W4A8_ACTIVATIONS."""
+    def edit(group):
         w = group.get("weights") or {}
         if w.get("type") == "int" and w.get("num_bits") == 4 and not group.get(
                 "input_activations"):
             group["input_activations"] = dict(W4A8_ACTIVATIONS)
+    return config_view(folder, "-as-w4a8", edit)
+
+
+def w8a16_view(folder):
+    """FOLDER-as-w8a16: FP8 weight groups without input activations."""
+    def edit(group):
+        w = group.get("weights") or {}
+        if w.get("type") == "float" and w.get("num_bits") == 8:
+            group["input_activations"] = None
+    return config_view(folder, "-as-w8a16", edit)
+
+
+def dequantized_copy(folder):
+    """FOLDER-dequantized: an unquantized model (config.json without quantization_config, one
+    F32 safetensors file) whose FP8 block weights are their values by the format's rule
+    (compressed-tensors' dequantize, block strategy: weight_scale[i, j] multiplies the block
+    of rows i*R.. and columns j*C.. with [R, C] the group's block_structure, edge blocks
+    partial), in F32 (an FP8 value times a bf16 scale is exact there); every other tensor as
+    it is."""
+    import torch
+    from safetensors.torch import save_file
+    dst = folder.rstrip("/") + "-dequantized"
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    os.makedirs(dst)
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    blocks = {tuple(g["weights"]["block_structure"])
+              for g in cfg.pop("quantization_config")["config_groups"].values()
+              if (g.get("weights") or {}).get("block_structure")}
+    assert len(blocks) == 1, blocks
+    (rb, cb), = blocks
+    tensors = load_tensors(folder)
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".weight_scale"):
+            continue
+        scale = tensors.get(name + "_scale")
+        if t.dtype == torch.float8_e4m3fn:
+            assert scale is not None, name
+            s = scale.float().repeat_interleave(rb, 0)[:t.shape[0]]
+            s = s.repeat_interleave(cb, 1)[:, :t.shape[1]]
+            out[name] = t.float() * s
+        else:
+            out[name] = t
+    save_file(out, os.path.join(dst, "model.safetensors"))
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     return dst
+
+
+def amx_fp8():
+    """Whether this CPU has AMX-FP8 (vLLM's FP8 W8A8 block kernels then run instead)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_fp8" in f.read().split()
+    except OSError:
+        return False
 
 
 def amx_tiles():
@@ -153,8 +247,9 @@ def amx_tiles():
 def cases(amx):
     """(the cases compared with transformers, the cases vLLM must refuse) on this CPU."""
     if amx:
-        return GENERATE + AMX_EXPERTS, REFUSED
-    return GENERATE, {**NO_AMX_REFUSED, **REFUSED}
+        return GENERATE + AMX_EXPERTS + AMX_FP8_BLOCK, {**REFUSED, **AMX_FP4_REFUSED}
+    no_amx_fp8_block = {f"{model}-{case}": NO_AMX_FP8_BLOCK for model, case, _ in AMX_FP8_BLOCK}
+    return GENERATE, {**NO_AMX_REFUSED, **REFUSED, **no_amx_fp8_block}
 
 
 def make_models(out, only):
@@ -329,7 +424,8 @@ def measure(work, only):
     results = json.load(open(path)) if only and os.path.exists(path) else {}
     amx = amx_tiles()
     results["host"] = {"amx_tiles": amx,
-                       "int4_w4a8": amx and os.environ.get("VLLM_CPU_INT4_W4A8", "1") != "0"}
+                       "int4_w4a8": amx and os.environ.get("VLLM_CPU_INT4_W4A8", "1") != "0",
+                       "amx_fp8": amx and amx_fp8()}
     compared, refused = cases(amx)
     for model, case, scheme in compared:
         if only and not any(f"{model}-{case}".startswith(o) for o in only):
@@ -342,9 +438,23 @@ def measure(work, only):
         with open(folder + ".vllm.json", "w") as f:  # what vLLM generated, for a closer look
             json.dump(seqs, f)
         src = os.path.join(work, f"{model}-{base_case(case)}")
-        # The function vLLM computes (INT4_SCHEMES above).
+        # The function vLLM computes (INT4_SCHEMES, AMX_FP8_BLOCK above).
+        name = f"{model}-{case}"
         w4a8 = results["host"]["int4_w4a8"] and scheme in INT4_SCHEMES
-        ref = w4a8_view(folder) if w4a8 else folder
+        w8a16 = scheme == "FP8_BLOCK" and not results["host"]["amx_fp8"]
+        ref = folder
+        if w4a8:
+            ref = w4a8_view(folder)
+        elif w8a16:
+            ref = dequantized_copy(folder) if name in FP8_BLOCK_HF_REFUSED else w8a16_view(folder)
+        hf_own = None
+        if name in FP8_BLOCK_HF_REFUSED:  # transformers' own read of the folder, asserted
+            try:
+                hf_model(folder, torch.float32, src)
+                hf_own = "loaded"
+            except Exception as e:
+                lines = str(e).strip().splitlines()
+                hf_own = f"{type(e).__name__}: {lines[0] if lines else ''}"
         unq = None
         try:
             if scheme is not None:
@@ -355,7 +465,8 @@ def measure(work, only):
             results[f"{model}-{case}"] = {
                 "vllm": compare_vllm(seqs, hf32), "hf_bf16": compare_hf(hf32, hf16),
                 "vllm_unq": compare_vllm(seqs, unq), "hf_unq": compare_hf(unq, hf32),
-                "hf_experts_missing": missing, "reference_w4a8": w4a8}
+                "hf_experts_missing": missing, "reference_w4a8": w4a8,
+                "reference_w8a16": w8a16, "hf_own": hf_own}
         except Exception as e:  # transformers' failure is the result
             results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
             if unq is not None:  # vLLM generated: measured against the unquantized model
@@ -438,6 +549,10 @@ def judge(results, only=()):
             continue
         if hf_refused is not None:
             failures.append(f"{model}-{case}: transformers loaded it (expected '{hf_refused}')")
+        own_refused = FP8_BLOCK_HF_REFUSED.get(f"{model}-{case}")
+        if own_refused is not None and own_refused not in (r.get("hf_own") or ""):
+            failures.append(f"{model}-{case}: expected transformers to refuse the folder with "
+                            f"'{own_refused}', got {r.get('hf_own')}")
         if r["hf_experts_missing"] != (f"{model}-{case}" in EXPERTS_NOT_LOADED):
             failures.append(f"{model}-{case}: transformers' load of the unquantized experts "
                             f"changed (experts missing: {r['hf_experts_missing']})")
@@ -448,6 +563,12 @@ def judge(results, only=()):
                             f"{limit[1]:.4f}")
         note = ("vLLM's int8 activations (VLLM_CPU_INT4_W4A8); transformers: the same weights "
                 "with W4A8's activations" if r.get("reference_w4a8") else "")
+        if r.get("reference_w8a16"):
+            note = ("vLLM's bf16 activations (AMX FP8 W8A16 kernels); transformers: the same "
+                    "weights with no activation quantization")
+            if own_refused is not None:
+                note += (", dequantized here (transformers' own read: "
+                         f"{r.get('hf_own') or 'not run'})")
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
               f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | {note} |")
     for name, expected in refused.items():
@@ -460,7 +581,8 @@ def judge(results, only=()):
         if name in LOGGED and not r.get("logged"):
             failures.append(f"{name}: vLLM's log lacks '{LOGGED[name]}'")
         model, case = name.split("-", 1)
-        print(f"| {model} | {case} (experts quantized) | - | refused | - | - | - | "
+        label = case if model == "llama" else f"{case} (experts quantized)"
+        print(f"| {model} | {label} | - | refused | - | - | - | "
               f"{r.get('error', 'generated')} |")
     for f in failures:
         print("FAIL:", f)
