@@ -99,11 +99,14 @@ LOGGED = {"qwen3moe8-reap-FP8-static-experts": "Found input_scales that are not 
 # per-expert weights into `mlp.experts.gate_up_proj` looks for `weight_packed` sources (any
 # non-FP8 scheme: see EXPERTS_NOT_LOADED), finds none ("torch.cat(): expected a non-empty list
 # of Tensors ... Ckpt contains: 0" in its load report) and raises this. Asserted where vLLM
-# runs these folders (AMX CPUs); vLLM's generation is then measured against the unquantized
-# model only (the table's "vLLM vs unquantized"), without a limit.
-HF_REFUSED = {f"{model}-{case}": "RuntimeError: We encountered some issues during automatic "
-                                   "conversion of the weights."
+# runs these folders (AMX CPUs), as is its failure on FP8 block experts (AMX_FP8_BLOCK below);
+# there the reference is built by this check instead (dequantized_copy: each quantized weight
+# by the format's rule, and the activations the function vLLM computes quantizes
+# fake-quantized by compressed-tensors' own functions: activation_quant). Keyed by folder.
+HF_REFUSED_MESSAGE = "We encountered some issues during automatic conversion of the weights."
+HF_REFUSED = {f"{model}-{case}": HF_REFUSED_MESSAGE
               for model, case, scheme in AMX_EXPERTS if scheme == "W8A8"}
+HF_REFUSED["qwen3moe8-reap-FP8_BLOCK"] = HF_REFUSED_MESSAGE
 
 
 # On CPUs with AMX tiles vLLM computes int4 layers with int8 activations by default
@@ -132,14 +135,12 @@ W4A8_ACTIVATIONS = {"actorder": None, "block_structure": None, "dynamic": True,
 # (w8a16_view). transformers 5.19 cannot dequantize FP8 block experts itself (its
 # DecompressExperts multiplies each expert's weight by its weight_scale as one broadcast,
 # which fits per-tensor and per-channel scales, not [out/128, in/128] blocks; asserted,
-# FP8_BLOCK_HF_REFUSED), so the MoE model's reference is a copy with every FP8 weight
-# dequantized here by the format's rule (dequantized_copy). Without AMX tiles vLLM refuses both
-# at their first dense layer (NO_AMX_FP8_BLOCK).
+# HF_REFUSED), so the MoE model's reference is a copy with every FP8 weight dequantized here
+# by the format's rule (dequantized_copy). Without AMX tiles vLLM refuses both at their first
+# dense layer (NO_AMX_FP8_BLOCK).
 AMX_FP8_BLOCK = [("llama", "FP8_BLOCK", "FP8_BLOCK"),
                  ("qwen3moe8", "reap-FP8_BLOCK", "FP8_BLOCK")]
 NO_AMX_FP8_BLOCK = "Failed to find a kernel that can implement the ScaledMM linear layer"
-FP8_BLOCK_HF_REFUSED = {"qwen3moe8-reap-FP8_BLOCK": "We encountered some issues during "
-                                                    "automatic conversion of the weights."}
 # FP4 experts are refused on AMX CPUs too: NVFP4 has no CPU MoE backend, and the
 # compressed-tensors MXFP4 MoE method repacks the experts for Marlin, a GPU op the CPU build
 # lacks (CPUExpertsMxfp4 serves other MXFP4 checkpoints). The pruned model with its experts
@@ -192,11 +193,12 @@ def w8a16_view(folder):
 
 def dequantized_copy(folder):
     """FOLDER-dequantized: an unquantized model (config.json without quantization_config, one
-    F32 safetensors file) whose FP8 block weights are their values by the format's rule
-    (compressed-tensors' dequantize, block strategy: weight_scale[i, j] multiplies the block
-    of rows i*R.. and columns j*C.. with [R, C] the group's block_structure, edge blocks
-    partial), in F32 (an FP8 value times a bf16 scale is exact there); every other tensor as
-    it is."""
+    F32 safetensors file) whose quantized weights are their values by the format's rule
+    (compressed-tensors' dequantize): an int8 weight times its per-channel weight_scale; an
+    FP8 weight with block scales, weight_scale[i, j] times its block of rows i*R.. and
+    columns j*C.. ([R, C] its group's block_structure, edge blocks partial). Both products are
+    exact in F32 (8- or 4-bit significands times bf16's 8). Every other tensor as it is.
+    Returns the folder and the quantized weights' module names."""
     import torch
     from safetensors.torch import save_file
     dst = folder.rstrip("/") + "-dequantized"
@@ -208,25 +210,87 @@ def dequantized_copy(folder):
     blocks = {tuple(g["weights"]["block_structure"])
               for g in cfg.pop("quantization_config")["config_groups"].values()
               if (g.get("weights") or {}).get("block_structure")}
-    assert len(blocks) == 1, blocks
-    (rb, cb), = blocks
+    assert len(blocks) <= 1, blocks
     tensors = load_tensors(folder)
-    out = {}
+    out, quantized = {}, []
     for name, t in tensors.items():
         if name.endswith(".weight_scale"):
             continue
         scale = tensors.get(name + "_scale")
         if t.dtype == torch.float8_e4m3fn:
-            assert scale is not None, name
+            (rb, cb), = blocks
             s = scale.float().repeat_interleave(rb, 0)[:t.shape[0]]
             s = s.repeat_interleave(cb, 1)[:, :t.shape[1]]
-            out[name] = t.float() * s
+        elif t.dtype == torch.int8:
+            assert scale is not None and scale.numel() == t.shape[0], name
+            s = scale.float().reshape(-1, 1)
         else:
             out[name] = t
+            continue
+        out[name] = t.float() * s
+        quantized.append(name[:-len(".weight")])
     save_file(out, os.path.join(dst, "model.safetensors"))
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-    return dst
+    return dst, quantized
+
+
+def activation_quant(folder, modules):
+    """A function that installs, on transformers' model of dequantized_copy(folder), the
+    activation quantization FOLDER's config declares (its one group's input_activations) on
+    `modules`: compressed-tensors' own dynamic scales and fake quantization
+    (compute_dynamic_scales_and_zp, fake_quantize, as its forward_quantize runs them) on each
+    Linear's input, and on the inputs of both products of each expert of a layer whose
+    experts are listed (transformers' fused experts hold no Linear modules: their forward is
+    replaced by the same loop over experts with the inputs quantized). None when it declares
+    none."""
+    import types
+    import torch
+    from torch import nn
+    with open(os.path.join(folder, "config.json")) as f:
+        groups = json.load(f)["quantization_config"]["config_groups"]
+    acts = [g["input_activations"] for g in groups.values() if g.get("input_activations")]
+    if not acts:
+        return None
+    assert len(acts) == 1, acts
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+    args = QuantizationArgs(**acts[0])
+
+    def fq(x):  # per token: [batch, tokens, features], as transformers' Linear inputs are
+        y = x.unsqueeze(0) if x.dim() == 2 else x
+        scale, zp = compute_dynamic_scales_and_zp(value=y, args=args, module=None)
+        return fake_quantize(y, scale, zp, args).reshape(x.shape)
+
+    def experts_forward(self, hidden_states, top_k_index, top_k_weights):
+        # transformers 5.19's Qwen3MoeExperts.forward (eager), each product's input quantized.
+        final = torch.zeros_like(hidden_states)
+        mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
+        mask = mask.permute(2, 1, 0)
+        for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            e = e[0]
+            if e == self.num_experts:
+                continue
+            pos, tok = torch.where(mask[e])
+            gate, up = nn.functional.linear(fq(hidden_states[tok]),
+                                            self.gate_up_proj[e]).chunk(2, dim=-1)
+            h = nn.functional.linear(fq(self.act_fn(gate) * up), self.down_proj[e])
+            final.index_add_(0, tok, (h * top_k_weights[tok, pos, None]).to(final.dtype))
+        return final
+
+    def install(model):
+        experts = set()
+        for name in modules:
+            if ".mlp.experts." in name:
+                experts.add(name.split(".mlp.experts.")[0] + ".mlp.experts")
+            else:
+                model.get_submodule(name).register_forward_pre_hook(
+                    lambda m, a: (fq(a[0]),) + tuple(a[1:]))
+        for name in experts:
+            mod = model.get_submodule(name)
+            mod.forward = types.MethodType(experts_forward, mod)
+    return install
 
 
 def amx_fp8():
@@ -350,12 +414,15 @@ def load_tensors(folder):
     return out
 
 
-def hf_model(folder, dtype, src):
-    """transformers' model of `folder` and whether it left the experts out (see above)."""
+def hf_model(folder, dtype, src, prepare=None):
+    """transformers' model of `folder` (`prepare` then installs what it installs on it) and
+    whether it left the experts out (see above)."""
     import torch
     from transformers import AutoModelForCausalLM
     model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
                                                        output_loading_info=True)
+    if prepare is not None:
+        prepare(model)
     missing = set(info["missing_keys"])
     if not missing:
         return model.eval(), False
@@ -372,11 +439,11 @@ def hf_model(folder, dtype, src):
     return model.eval(), True
 
 
-def hf_logprobs(folder, seqs, dtype, src):
+def hf_logprobs(folder, seqs, dtype, src, prepare=None):
     """transformers' log-probabilities [positions, vocab] for each sequence, in F32, and
     whether it left the experts out."""
     import torch
-    model, experts_missing = hf_model(folder, dtype, src)
+    model, experts_missing = hf_model(folder, dtype, src, prepare)
     out = []
     with torch.no_grad():
         for ids, _ in seqs:
@@ -412,6 +479,36 @@ def compare_hf(a, b):
     return agree, n, worst
 
 
+def reference_check(work):
+    """How far the check's own reference (dequantized_copy, activation_quant) is from
+    transformers where transformers reads the folder itself: the Llama W8A8 folder (every
+    Linear's weights and activations), and the REAP-pruned model's W8A8 experts with their
+    quantization switched off in activation_quant's loop, against transformers' own experts
+    forward on the same dequantized weights. Each a compare_hf measure over the prompts'
+    positions; judge asserts that they agree everywhere to 1e-4."""
+    import torch
+    import compressed_tensors.quantization.lifecycle.forward as ct_forward
+    out = {}
+    seqs = [(p + [p[-1]], None) for p in PROMPTS]  # (hf_logprobs scores ids[:-1])
+    folder, src = os.path.join(work, "llama-W8A8"), os.path.join(work, "llama-bf16")
+    ref, quantized = dequantized_copy(folder)
+    own, _ = hf_logprobs(folder, seqs, torch.float32, src)
+    mine, _ = hf_logprobs(ref, seqs, torch.float32, src, activation_quant(folder, quantized))
+    out["dense"] = compare_hf(own, mine)
+    folder, src = os.path.join(work, "qwen3moe8-reap-W8A8"), os.path.join(work, "qwen3moe8-reap")
+    ref, quantized = dequantized_copy(folder)
+    plain, _ = hf_logprobs(ref, seqs, torch.float32, src)
+    fake_quantize = ct_forward.fake_quantize
+    ct_forward.fake_quantize = lambda x, scale, zp, args, **kw: x  # the loop alone
+    try:
+        loop, _ = hf_logprobs(ref, seqs, torch.float32, src, activation_quant(
+            folder, [m for m in quantized if ".mlp.experts." in m]))
+    finally:
+        ct_forward.fake_quantize = fake_quantize
+    out["experts_loop"] = compare_hf(plain, loop)
+    return out
+
+
 def measure(work, only):
     """Every case's measures (agreements, positions, largest difference), saved to
     WORK/results.json: vLLM against transformers F32 on the same folder ("vllm"), transformers
@@ -442,36 +539,45 @@ def measure(work, only):
         name = f"{model}-{case}"
         w4a8 = results["host"]["int4_w4a8"] and scheme in INT4_SCHEMES
         w8a16 = scheme == "FP8_BLOCK" and not results["host"]["amx_fp8"]
-        ref = folder
-        if w4a8:
-            ref = w4a8_view(folder)
-        elif w8a16:
-            ref = dequantized_copy(folder) if name in FP8_BLOCK_HF_REFUSED else w8a16_view(folder)
-        hf_own = None
-        if name in FP8_BLOCK_HF_REFUSED:  # transformers' own read of the folder, asserted
-            try:
+        ref, prepare, hf_own = folder, None, None
+        if name in HF_REFUSED:
+            try:  # transformers' own read of the folder, asserted to fail
                 hf_model(folder, torch.float32, src)
                 hf_own = "loaded"
             except Exception as e:
                 lines = str(e).strip().splitlines()
                 hf_own = f"{type(e).__name__}: {lines[0] if lines else ''}"
+            ref, quantized = dequantized_copy(folder)
+            if not w8a16:  # (vLLM's AMX FP8 W8A16 kernels quantize no activation)
+                prepare = activation_quant(folder, quantized)
+        elif w4a8:
+            ref = w4a8_view(folder)
+        elif w8a16:
+            ref = w8a16_view(folder)
         unq = None
         try:
             if scheme is not None:
                 unq = hf_logprobs(src, seqs, torch.float32, src)[0]
-            hf32, missing = hf_logprobs(ref, seqs, torch.float32, src)
-            hf16, _ = hf_logprobs(ref, seqs, torch.bfloat16, src)
+            hf32, missing = hf_logprobs(ref, seqs, torch.float32, src, prepare)
+            hf16, _ = hf_logprobs(ref, seqs, torch.bfloat16, src, prepare)
             unq = hf32 if unq is None else unq
             results[f"{model}-{case}"] = {
                 "vllm": compare_vllm(seqs, hf32), "hf_bf16": compare_hf(hf32, hf16),
                 "vllm_unq": compare_vllm(seqs, unq), "hf_unq": compare_hf(unq, hf32),
                 "hf_experts_missing": missing, "reference_w4a8": w4a8,
-                "reference_w8a16": w8a16, "hf_own": hf_own}
+                "reference_w8a16": w8a16, "hf_own": hf_own,
+                "reference_dequantized": name in HF_REFUSED}
         except Exception as e:  # transformers' failure is the result
             results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
             if unq is not None:  # vLLM generated: measured against the unquantized model
                 results[f"{model}-{case}"]["vllm_unq"] = compare_vllm(seqs, unq)
         print(json.dumps({f"{model}-{case}": results[f"{model}-{case}"]}), flush=True)
+    if amx and (not only or any(n.startswith(o) for n in HF_REFUSED for o in only)):
+        try:
+            results["reference_check"] = reference_check(work)
+        except Exception as e:
+            results["reference_check"] = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps({"reference_check": results["reference_check"]}), flush=True)
     for name in refused:
         if only and not any(name.startswith(o) for o in only):
             continue
@@ -535,24 +641,14 @@ def judge(results, only=()):
         if not chosen(f"{model}-{case}"):
             continue
         r = results.get(f"{model}-{case}", {"error": "not run"})
-        hf_refused = HF_REFUSED.get(f"{model}-{case}")
-        if hf_refused is not None and "vllm_unq" in r and "vllm" not in r:
-            if f"transformers: {hf_refused}" not in r.get("error", ""):
-                failures.append(f"{model}-{case}: expected transformers to refuse with "
-                                f"'{hf_refused}', got {r.get('error', 'a load')}")
-            print(f"| {model} | {case} (experts quantized) | - | - | - | {fmt(r['vllm_unq'])} "
-                  f"| - | vLLM generated; {r.get('error', '')} |")
-            continue
         if "error" in r:
             failures.append(f"{model}-{case}: failed: {r['error']}")
             print(f"| {model} | {case} | - | - | - | - | - | {r['error']} |")
             continue
-        if hf_refused is not None:
-            failures.append(f"{model}-{case}: transformers loaded it (expected '{hf_refused}')")
-        own_refused = FP8_BLOCK_HF_REFUSED.get(f"{model}-{case}")
-        if own_refused is not None and own_refused not in (r.get("hf_own") or ""):
+        hf_refused = HF_REFUSED.get(f"{model}-{case}")
+        if hf_refused is not None and hf_refused not in (r.get("hf_own") or ""):
             failures.append(f"{model}-{case}: expected transformers to refuse the folder with "
-                            f"'{own_refused}', got {r.get('hf_own')}")
+                            f"'{hf_refused}', got {r.get('hf_own')}")
         if r["hf_experts_missing"] != (f"{model}-{case}" in EXPERTS_NOT_LOADED):
             failures.append(f"{model}-{case}: transformers' load of the unquantized experts "
                             f"changed (experts missing: {r['hf_experts_missing']})")
@@ -566,11 +662,24 @@ def judge(results, only=()):
         if r.get("reference_w8a16"):
             note = ("vLLM's bf16 activations (AMX FP8 W8A16 kernels); transformers: the same "
                     "weights with no activation quantization")
-            if own_refused is not None:
-                note += (", dequantized here (transformers' own read: "
-                         f"{r.get('hf_own') or 'not run'})")
+        if r.get("reference_dequantized"):
+            own = (r.get("hf_own") or "not run").split(" For details")[0]
+            note = ("transformers: the weights dequantized by this check, " +
+                    ("no activation quantization (vLLM's AMX FP8 W8A16 kernels)"
+                     if r.get("reference_w8a16") else "activations quantized as declared") +
+                    f"; its own read of the folder: {own}")
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
               f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | {note} |")
+    if amx and any(chosen(n) for n in HF_REFUSED):
+        rc = results.get("reference_check", {"error": "not run"})
+        for part in ("dense", "experts_loop"):
+            m = rc.get(part)
+            if m is None or m[0] != m[1] or m[2] > 1e-4:
+                failures.append(f"the check's own reference ({part}) is not transformers': "
+                                f"{m if m is not None else rc.get('error')}")
+        print(f"\nThe check's own reference against transformers' (top-1 agreements, largest "
+              f"difference): Llama W8A8 {rc.get('dense')}, the experts loop "
+              f"{rc.get('experts_loop')}\n")
     for name, expected in refused.items():
         if not chosen(name):
             continue
