@@ -119,6 +119,13 @@ HF_REFUSED["qwen3moe8-reap-FP8_BLOCK"] = HF_REFUSED_MESSAGE
 # -4, on the llama and 4-expert Qwen3-MoE models of this check on a Sapphire Rapids VM:
 # docs/convert-reference.md, Consumers.)
 INT4_SCHEMES = ("W4A16", "W4A16_ASYM")
+# transformers' fused experts hold no Linear modules, so a config's input_activations do not
+# reach them (compressed-tensors quantizes a Linear's input): for the folders whose experts are
+# int4, vLLM's CPUExpertsInt4 ("internally uses int8 compute ... INT4_W4A8") is measured against
+# the check's own reference instead (dequantized_copy, activation_quant with W4A8's
+# activations on every quantized layer, experts included).
+INT4_EXPERTS = {f"{model}-{case}" for model, case, scheme in AMX_EXPERTS
+                if scheme in INT4_SCHEMES}
 W4A8_ACTIVATIONS = {"actorder": None, "block_structure": None, "dynamic": True,
                     "group_size": None, "num_bits": 8, "observer": None, "observer_kwargs": {},
                     "scale_dtype": None, "strategy": "token", "symmetric": True, "type": "int",
@@ -194,11 +201,13 @@ def w8a16_view(folder):
 def dequantized_copy(folder):
     """FOLDER-dequantized: an unquantized model (config.json without quantization_config, one
     F32 safetensors file) whose quantized weights are their values by the format's rule
-    (compressed-tensors' dequantize): an int8 weight times its per-channel weight_scale; an
-    FP8 weight with block scales, weight_scale[i, j] times its block of rows i*R.. and
-    columns j*C.. ([R, C] its group's block_structure, edge blocks partial). Both products are
-    exact in F32 (8- or 4-bit significands times bf16's 8). Every other tensor as it is.
-    Returns the folder and the quantized weights' module names."""
+    (compressed-tensors' dequantize): an int8 weight times its per-channel weight_scale; a
+    packed symmetric int4 weight (pack-quantized: element i of a row in bits 4i..4i+3 of its
+    little-endian int32 words as q + 8, weight_shape its [rows, columns]) times its group's
+    weight_scale; an FP8 weight with block scales, weight_scale[i, j] times its block of rows
+    i*R.. and columns j*C.. ([R, C] its group's block_structure, edge blocks partial). The
+    products are exact in F32 (at most 8-bit integers or 4-bit significands times bf16's 8).
+    Every other tensor as it is. Returns the folder and the quantized weights' module names."""
     import torch
     from safetensors.torch import save_file
     dst = folder.rstrip("/") + "-dequantized"
@@ -214,7 +223,19 @@ def dequantized_copy(folder):
     tensors = load_tensors(folder)
     out, quantized = {}, []
     for name, t in tensors.items():
-        if name.endswith(".weight_scale"):
+        if name.endswith((".weight_scale", ".weight_shape")):
+            continue
+        if name.endswith(".weight_packed"):
+            base = name[:-len("_packed")]
+            assert base + "_zero_point" not in tensors, name  # (symmetric only)
+            rows, cols = (int(v) for v in tensors[base + "_shape"])
+            nib = torch.arange(8, dtype=torch.int64) * 4
+            u = (t.to(torch.int64).unsqueeze(-1) >> nib) & 0xF  # [rows, words, 8]
+            q = (u.reshape(rows, -1)[:, :cols] - 8).float()
+            scale = tensors[base + "_scale"].float()
+            g = cols // scale.shape[1]
+            out[base] = q * scale.repeat_interleave(g, 1)[:, :cols]
+            quantized.append(base[:-len(".weight")])
             continue
         scale = tensors.get(name + "_scale")
         if t.dtype == torch.float8_e4m3fn:
@@ -235,9 +256,10 @@ def dequantized_copy(folder):
     return dst, quantized
 
 
-def activation_quant(folder, modules):
+def activation_quant(folder, modules, declared=None):
     """A function that installs, on transformers' model of dequantized_copy(folder), the
-    activation quantization FOLDER's config declares (its one group's input_activations) on
+    activation quantization FOLDER's config declares (its one group's input_activations;
+    `declared`: these instead) on
     `modules`: compressed-tensors' own dynamic scales and fake quantization
     (compute_dynamic_scales_and_zp, fake_quantize, as its forward_quantize runs them) on each
     Linear's input, and on the inputs of both products of each expert of a layer whose
@@ -250,6 +272,7 @@ def activation_quant(folder, modules):
     with open(os.path.join(folder, "config.json")) as f:
         groups = json.load(f)["quantization_config"]["config_groups"]
     acts = [g["input_activations"] for g in groups.values() if g.get("input_activations")]
+    acts = [declared] if declared is not None else acts
     if not acts:
         return None
     assert len(acts) == 1, acts
@@ -482,7 +505,8 @@ def compare_hf(a, b):
 def reference_check(work):
     """How far the check's own reference (dequantized_copy, activation_quant) is from
     transformers where transformers reads the folder itself: the Llama W8A8 folder (every
-    Linear's weights and activations), and the REAP-pruned model's W8A8 experts with their
+    Linear's weights and activations), the Llama W4A16 folder with W4A8's activations
+    (w4a8_view: packed int4 weights), and the REAP-pruned model's W8A8 experts with their
     quantization switched off in activation_quant's loop, against transformers' own experts
     forward on the same dequantized weights. Each a compare_hf measure over the prompts'
     positions; judge asserts that they agree everywhere to 1e-4."""
@@ -495,6 +519,12 @@ def reference_check(work):
     own, _ = hf_logprobs(folder, seqs, torch.float32, src)
     mine, _ = hf_logprobs(ref, seqs, torch.float32, src, activation_quant(folder, quantized))
     out["dense"] = compare_hf(own, mine)
+    folder = os.path.join(work, "llama-W4A16")
+    ref, quantized = dequantized_copy(folder)
+    own, _ = hf_logprobs(w4a8_view(folder), seqs, torch.float32, src)
+    mine, _ = hf_logprobs(ref, seqs, torch.float32, src,
+                          activation_quant(folder, quantized, W4A8_ACTIVATIONS))
+    out["dense_int4"] = compare_hf(own, mine)
     folder, src = os.path.join(work, "qwen3moe8-reap-W8A8"), os.path.join(work, "qwen3moe8-reap")
     ref, quantized = dequantized_copy(folder)
     plain, _ = hf_logprobs(ref, seqs, torch.float32, src)
@@ -540,6 +570,7 @@ def measure(work, only):
         w4a8 = results["host"]["int4_w4a8"] and scheme in INT4_SCHEMES
         w8a16 = scheme == "FP8_BLOCK" and not results["host"]["amx_fp8"]
         ref, prepare, hf_own = folder, None, None
+        own_reference = name in HF_REFUSED or (w4a8 and name in INT4_EXPERTS)
         if name in HF_REFUSED:
             try:  # transformers' own read of the folder, asserted to fail
                 hf_model(folder, torch.float32, src)
@@ -547,9 +578,11 @@ def measure(work, only):
             except Exception as e:
                 lines = str(e).strip().splitlines()
                 hf_own = f"{type(e).__name__}: {lines[0] if lines else ''}"
+        if own_reference:
             ref, quantized = dequantized_copy(folder)
             if not w8a16:  # (vLLM's AMX FP8 W8A16 kernels quantize no activation)
-                prepare = activation_quant(folder, quantized)
+                prepare = activation_quant(folder, quantized,
+                                           W4A8_ACTIVATIONS if w4a8 else None)
         elif w4a8:
             ref = w4a8_view(folder)
         elif w8a16:
@@ -566,13 +599,14 @@ def measure(work, only):
                 "vllm_unq": compare_vllm(seqs, unq), "hf_unq": compare_hf(unq, hf32),
                 "hf_experts_missing": missing, "reference_w4a8": w4a8,
                 "reference_w8a16": w8a16, "hf_own": hf_own,
-                "reference_dequantized": name in HF_REFUSED}
+                "reference_dequantized": own_reference}
         except Exception as e:  # transformers' failure is the result
             results[f"{model}-{case}"] = {"error": f"transformers: {type(e).__name__}: {e}"}
             if unq is not None:  # vLLM generated: measured against the unquantized model
                 results[f"{model}-{case}"]["vllm_unq"] = compare_vllm(seqs, unq)
         print(json.dumps({f"{model}-{case}": results[f"{model}-{case}"]}), flush=True)
-    if amx and (not only or any(n.startswith(o) for n in HF_REFUSED for o in only)):
+    own = set(HF_REFUSED) | (INT4_EXPERTS if results["host"]["int4_w4a8"] else set())
+    if amx and (not only or any(n.startswith(o) for n in own for o in only)):
         try:
             results["reference_check"] = reference_check(work)
         except Exception as e:
@@ -663,23 +697,25 @@ def judge(results, only=()):
             note = ("vLLM's bf16 activations (AMX FP8 W8A16 kernels); transformers: the same "
                     "weights with no activation quantization")
         if r.get("reference_dequantized"):
-            own = (r.get("hf_own") or "not run").split(" For details")[0]
-            note = ("transformers: the weights dequantized by this check, " +
-                    ("no activation quantization (vLLM's AMX FP8 W8A16 kernels)"
-                     if r.get("reference_w8a16") else "activations quantized as declared") +
-                    f"; its own read of the folder: {own}")
+            note = "transformers: the weights dequantized by this check, " + (
+                "no activation quantization (vLLM's AMX FP8 W8A16 kernels)"
+                if r.get("reference_w8a16") else
+                "W4A8's activations on every quantized layer, experts included (vLLM's int8 "
+                "activations)" if r.get("reference_w4a8") else "activations quantized as declared")
+            if r.get("hf_own"):
+                note += f"; its own read of the folder: {r['hf_own'].split(' For details')[0]}"
         print(f"| {model} | {case} | {fmt(r['vllm'])} | >= {limit[0]}/{n}, <= {limit[1]:.4f} "
               f"| {fmt(r['hf_bf16'])} | {fmt(r['vllm_unq'])} | {fmt(r['hf_unq'])} | {note} |")
-    if amx and any(chosen(n) for n in HF_REFUSED):
+    if amx and any(chosen(n) for n in set(HF_REFUSED) | INT4_EXPERTS):
         rc = results.get("reference_check", {"error": "not run"})
-        for part in ("dense", "experts_loop"):
+        for part in ("dense", "dense_int4", "experts_loop"):
             m = rc.get(part)
             if m is None or m[0] != m[1] or m[2] > 1e-4:
                 failures.append(f"the check's own reference ({part}) is not transformers': "
                                 f"{m if m is not None else rc.get('error')}")
         print(f"\nThe check's own reference against transformers' (top-1 agreements, largest "
-              f"difference): Llama W8A8 {rc.get('dense')}, the experts loop "
-              f"{rc.get('experts_loop')}\n")
+              f"difference): Llama W8A8 {rc.get('dense')}, Llama W4A16 as W4A8 "
+              f"{rc.get('dense_int4')}, the experts loop {rc.get('experts_loop')}\n")
     for name, expected in refused.items():
         if not chosen(name):
             continue
