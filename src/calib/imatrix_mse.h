@@ -89,8 +89,8 @@ bool GroupSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>
 // error (the kernel then skips the definition's sums it does not need to decide a step).
 // group_absmax, when given (rows x groups): each group's largest magnitude
 // max(|m0|, |M0|), from the pass of the kernels that read the raw bf16 rows (AVX-512 BF16
-// int4; AVX2 int4, int8, MXFP4) or read off the block's f32 copy while it is in cache (for ChosenPos and
-// IntKeptScales).
+// int4; AVX2 int4, int8, MXFP4) or read off the block's f32 copy while it is in cache (for
+// ChosenPos and IntKeptScales).
 // group_minmax, when given (rows x groups pairs): each group's min m0 and max M0 (for
 // IntKeptParams), from the AVX2 asymmetric kernel's pass or the block's f32 copy.
 // fresh (i0 == 0 only): best and masks are not set yet; the search takes every group's best
