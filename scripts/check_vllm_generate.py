@@ -137,7 +137,8 @@ W4A8_ACTIVATIONS = {"actorder": None, "block_structure": None, "dynamic": True,
 # block-quantized GEMM via AMX BRGEMM", apply_input_quant = False; fused_moe/experts/cpu_moe.py
 # CPUExpertsFp8, "CPU FP8 W8A16 block-quantized modular MoE experts"): weights FP8 blocks,
 # activations bf16, not the FP8 per-group activations FP8_BLOCK declares (its W8A8 forms need
-# AMX-FP8 hardware, which the host record notes: amx_fp8). There these cases are measured
+# AMX-FP8 hardware, which the host record notes: amx_fp8; on such a CPU, not seen yet, the
+# reference keeps the declared activations). There these cases are measured
 # against that function: transformers on the same weights with no input activations declared
 # (w8a16_view). transformers 5.19 cannot dequantize FP8 block experts itself (its
 # DecompressExperts multiplies each expert's weight by its weight_scale as one broadcast,
