@@ -259,14 +259,13 @@ def dequantized_copy(folder):
 
 def activation_quant(folder, modules, declared=None):
     """A function that installs, on transformers' model of dequantized_copy(folder), the
-    activation quantization FOLDER's config declares (its one group's input_activations;
-    `declared`: these instead) on
-    `modules`: compressed-tensors' own dynamic scales and fake quantization
-    (compute_dynamic_scales_and_zp, fake_quantize, as its forward_quantize runs them) on each
-    Linear's input, and on the inputs of both products of each expert of a layer whose
-    experts are listed (transformers' fused experts hold no Linear modules: their forward is
-    replaced by the same loop over experts with the inputs quantized). None when it declares
-    none."""
+    activation quantization FOLDER's config declares (its one group's input_activations, or
+    `declared` instead) on `modules`: compressed-tensors' own dynamic scales and fake
+    quantization (compute_dynamic_scales_and_zp, fake_quantize, as its forward_quantize runs
+    them) on each Linear's input, and on the inputs of both products of each expert of a layer
+    whose experts are listed (transformers' fused experts hold no Linear modules: their
+    forward is replaced by the same loop over experts with the inputs quantized). None when
+    nothing is declared."""
     import types
     import torch
     from torch import nn
