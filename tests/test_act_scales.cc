@@ -301,6 +301,47 @@ TEST_CASE("tiny-llama: config and tensors as oneshot writes them, values from th
   }
 }
 
+// --report on FP8 (one weight scale per tensor): each quantized tensor's SQNR equals an
+// independent dequantization of the written weight (E4M3 code times the tensor's one scale)
+// against the source, every element compared (tiny-llama's weights have fewer than 1024 rows).
+// (The report's decoder read that scale per row, past the one-value tensor: a crash.)
+TEST_CASE("--report with FP8's per-tensor weight scales equals an independent dequantization") {
+  TempDir tmp;
+  const fs::path src = DataDir() / "tiny-llama";
+  WriteStats(tmp / "stats", src, TinyLlamaSites(BF16Pairs(Golden("qparams.json"))));
+  auto r = RunQuench({"convert", src.string(), (tmp / "o").string(), "--scheme", "FP8",
+                      "--stats", (tmp / "stats").string(), "--report",
+                      (tmp / "r.json").string(), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  auto rep = ReadJsonFile((tmp / "r.json").string());
+  REQUIRE(rep.ok());
+  const auto in = LoadAll(src), out = LoadAll(tmp / "o");
+  size_t checked = 0;
+  for (const auto& t : rep->Find("tensors")->as_array()) {
+    if (t.Find("action")->as_string() != "quantize") continue;
+    const std::string name = t.Find("name")->as_string();
+    CAPTURE(name);
+    const std::vector<double> x = Bf16Weight(in, name);
+    auto [ql, q] = FindTensor(out, name);
+    auto [sl, sc] = FindTensor(out, name + "_scale");
+    REQUIRE(q != nullptr);
+    REQUIRE(sc != nullptr);
+    REQUIRE(sc->end - sc->begin == 2);  // one bf16 scale
+    const double scale = DecodeBF16(sl->Data(*sc));
+    double signal = 0, noise = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double d = DecodeE4M3(ql->Data(*q)[i]) * scale - x[i];
+      signal += x[i] * x[i];
+      noise += d * d;
+    }
+    CHECK(t.Find("error")->Find("sampled_elements")->as_uint() == x.size());
+    CHECK(t.Find("error")->Find("sqnr_db")->as_double() ==
+          doctest::Approx(10 * std::log10(signal / noise)).epsilon(1e-9));
+    ++checked;
+  }
+  CHECK(checked >= 7);
+}
+
 TEST_CASE("a recipe with static input_activations takes its scales from --stats") {
   TempDir tmp;
   const fs::path src = DataDir() / "tiny-llama";

@@ -1,15 +1,43 @@
 #include "schemes/dequant.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string_view>
+#include <vector>
 
 #include "schemes/float_formats.h"
 
 namespace quench {
 namespace {
 
-float Input(const WeightChunk& in, uint64_t i) { return ElementToF32(in.data, in.dtype, i); }
+enum class Format { kFloat, kInt, kPacked, kNvfp4, kMxfp4, kMxfp8, kOther };
+
+// Row r of the chunk's input in f32 (ElementToF32's values, the dtype switch taken once).
+void RowToF32(const WeightChunk& in, uint64_t r, float* x) {
+  const uint64_t n = in.cols;
+  if (in.dtype == DType::kBF16) {
+    const uint8_t* p = in.data + 2 * r * n;
+    for (uint64_t c = 0; c < n; ++c) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * c, 2);
+      x[c] = BF16ToF32(h);
+    }
+  } else {
+    for (uint64_t c = 0; c < n; ++c) x[c] = ElementToF32(in.data, in.dtype, r * n + c);
+  }
+}
+
+// E4M3ToF32 of every code, made once.
+const float* E4M3Table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[static_cast<size_t>(c)] = E4M3ToF32(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table.data();
+}
 
 // E2M1 nibble (sign, 2 exponent bits with bias 1, 1 mantissa bit).
 float E2M1(uint8_t n) {
@@ -36,63 +64,110 @@ void AccumulateChunkError(const SchemeInfo& scheme, const WeightChunk& in,
                           const ChunkOutputs& out, uint64_t first_row, uint64_t row_stride,
                           ErrorSums* sums) {
   const std::string_view fmt = scheme.format;
+  const Format f = fmt == "float-quantized"        ? Format::kFloat
+                   : fmt == "int-quantized"        ? Format::kInt
+                   : fmt == "pack-quantized"       ? Format::kPacked
+                   : fmt == "nvfp4-pack-quantized" ? Format::kNvfp4
+                   : fmt == "mxfp4-pack-quantized" ? Format::kMxfp4
+                   : fmt == "mxfp8-quantized"      ? Format::kMxfp8
+                                                   : Format::kOther;
   const uint64_t cols = in.cols;
   const int bits = in.params.bits;
   const uint64_t g = in.params.group_size > 0 ? static_cast<uint64_t>(in.params.group_size) : cols;
   const uint64_t ng = cols / g;
   const bool block = scheme.weights.strategy == "block";
+  // FP8's per-tensor weight scale is the chunk's global_scale (the kernel divides by it; the
+  // weight_scale tensor is written from it after the kernels, so out.out[1] is not set).
+  const bool per_tensor = scheme.weights.strategy == "tensor";
   const uint64_t bc = (cols + 127) / 128;
+  const float* e4m3 = E4M3Table();
+  // Each sampled row decoded to f32, then its elements in order, each with its group's
+  // parameters (taken once per group instead of once per element: the same values).
+  std::vector<float> x(cols);
+  std::vector<double> dq(cols);
   for (uint64_t r = 0; r < in.rows; ++r) {
     if ((first_row + r) % row_stride != 0) continue;
-    for (uint64_t c = 0; c < cols; ++c) {
-      const double x = Input(in, r * cols + c);
-      double dq = 0;
-      if (fmt == "float-quantized") {
-        const double s = ElementToF32(out.out[1], in.dtype, block ? (r / 128) * bc + c / 128 : r);
-        dq = E4M3ToF32(out.out[0][r * cols + c]) * s;
-      } else if (fmt == "int-quantized") {
-        const double s = ElementToF32(out.out[1], in.dtype, r * ng + c / g);
-        const int zp = in.params.symmetric ? 0 : static_cast<int8_t>(out.out[2][r * ng + c / g]);
-        dq = (static_cast<int8_t>(out.out[0][r * cols + c]) - zp) * s;
-      } else if (fmt == "pack-quantized") {
-        const uint64_t words = (cols * static_cast<uint64_t>(bits) + 31) / 32;
-        const double s = ElementToF32(out.out[1], in.dtype, r * ng + c / g);
-        const int offset = 1 << (bits - 1);
-        int zp = 0;
-        if (!in.params.symmetric) {
-          // Packed along dim 0: row r of column (c / g) of the chunk's zero-point slab.
-          const uint8_t* z = out.out[2];
-          const uint64_t bit = r * static_cast<uint64_t>(bits), zr = bit / 32, off = bit % 32;
-          uint32_t lo;
-          std::memcpy(&lo, z + 4 * (zr * ng + c / g), 4);
-          uint64_t acc = lo;
-          if (off + static_cast<uint64_t>(bits) > 32) {
-            uint32_t hi;
-            std::memcpy(&hi, z + 4 * ((zr + 1) * ng + c / g), 4);
-            acc |= static_cast<uint64_t>(hi) << 32;
+    RowToF32(in, r, x.data());
+    switch (f) {
+      case Format::kFloat:  // FP8 E4M3 codes, a scale per tensor, row or 128 x 128 block
+        for (uint64_t c0 = 0; c0 < cols; c0 += 128) {
+          const uint64_t c1 = std::min(cols, c0 + 128);
+          const uint64_t si = block ? (r / 128) * bc + c0 / 128 : r;
+          const double s = per_tensor ? static_cast<double>(in.params.global_scale)
+                                      : ElementToF32(out.out[1], in.dtype, si);
+          for (uint64_t c = c0; c < c1; ++c) dq[c] = e4m3[out.out[0][r * cols + c]] * s;
+        }
+        break;
+      case Format::kInt:  // int8 codes, a scale (and zero point) per group
+        for (uint64_t k = 0; k < ng; ++k) {
+          const double s = ElementToF32(out.out[1], in.dtype, r * ng + k);
+          const int zp = in.params.symmetric ? 0 : static_cast<int8_t>(out.out[2][r * ng + k]);
+          for (uint64_t c = k * g; c < (k + 1) * g; ++c) {
+            dq[c] = (static_cast<int8_t>(out.out[0][r * cols + c]) - zp) * s;
           }
-          zp = static_cast<int>((acc >> off) & ((1u << bits) - 1)) - offset;
         }
-        const int q = static_cast<int>(Field(out.out[0] + 4 * words * r, c, bits)) - offset;
-        dq = (q - zp) * s;
-      } else if (fmt == "nvfp4-pack-quantized") {
-        const double eff = static_cast<double>(E4M3ToF32(out.out[1][r * (cols / 16) + c / 16])) /
-                           static_cast<double>(in.params.global_scale);
-        const uint8_t b = out.out[0][r * (cols / 2) + c / 2];
-        dq = E2M1(c % 2 ? b >> 4 : b & 0xF) * eff;
-      } else if (fmt == "mxfp4-pack-quantized" || fmt == "mxfp8-quantized") {
-        const double s = std::ldexp(1.0, out.out[1][r * (cols / 32) + c / 32] - 127);
-        if (fmt == "mxfp8-quantized") {
-          dq = E4M3ToF32(out.out[0][r * cols + c]) * s;
-        } else {
-          const uint8_t b = out.out[0][r * (cols / 2) + c / 2];
-          dq = E2M1(c % 2 ? b >> 4 : b & 0xF) * s;
+        break;
+      case Format::kPacked: {  // pack_to_int32 codes q + 2^(bits-1), zero points down dim 0
+        const uint64_t words = (cols * static_cast<uint64_t>(bits) + 31) / 32;
+        const int offset = 1 << (bits - 1);
+        for (uint64_t k = 0; k < ng; ++k) {
+          const double s = ElementToF32(out.out[1], in.dtype, r * ng + k);
+          int zp = 0;
+          if (!in.params.symmetric) {
+            // Packed along dim 0: row r of column k of the chunk's zero-point slab.
+            const uint8_t* z = out.out[2];
+            const uint64_t bit = r * static_cast<uint64_t>(bits), zr = bit / 32, off = bit % 32;
+            uint32_t lo;
+            std::memcpy(&lo, z + 4 * (zr * ng + k), 4);
+            uint64_t acc = lo;
+            if (off + static_cast<uint64_t>(bits) > 32) {
+              uint32_t hi;
+              std::memcpy(&hi, z + 4 * ((zr + 1) * ng + k), 4);
+              acc |= static_cast<uint64_t>(hi) << 32;
+            }
+            zp = static_cast<int>((acc >> off) & ((1u << bits) - 1)) - offset;
+          }
+          for (uint64_t c = k * g; c < (k + 1) * g; ++c) {
+            const int q = static_cast<int>(Field(out.out[0] + 4 * words * r, c, bits)) - offset;
+            dq[c] = (q - zp) * s;
+          }
         }
+        break;
       }
-      sums->signal += x * x;
-      sums->noise += (x - dq) * (x - dq);
-      ++sums->count;
+      case Format::kNvfp4:  // E2M1 nibbles, an E4M3 scale per 16, divided by the global scale
+        for (uint64_t c0 = 0; c0 < cols; c0 += 16) {
+          const double eff = static_cast<double>(e4m3[out.out[1][r * (cols / 16) + c0 / 16]]) /
+                             static_cast<double>(in.params.global_scale);
+          for (uint64_t c = c0; c < c0 + 16; ++c) {
+            const uint8_t b = out.out[0][r * (cols / 2) + c / 2];
+            dq[c] = E2M1(c % 2 ? b >> 4 : b & 0xF) * eff;
+          }
+        }
+        break;
+      case Format::kMxfp4:
+      case Format::kMxfp8:  // E2M1 nibbles or E4M3 codes, an E8M0 scale per 32
+        for (uint64_t c0 = 0; c0 < cols; c0 += 32) {
+          const double s = std::ldexp(1.0, out.out[1][r * (cols / 32) + c0 / 32] - 127);
+          for (uint64_t c = c0; c < c0 + 32; ++c) {
+            if (f == Format::kMxfp8) {
+              dq[c] = e4m3[out.out[0][r * cols + c]] * s;
+            } else {
+              const uint8_t b = out.out[0][r * (cols / 2) + c / 2];
+              dq[c] = E2M1(c % 2 ? b >> 4 : b & 0xF) * s;
+            }
+          }
+        }
+        break;
+      case Format::kOther:
+        std::fill(dq.begin(), dq.end(), 0.0);
+        break;
     }
+    for (uint64_t c = 0; c < cols; ++c) {
+      const double v = x[c];
+      sums->signal += v * v;
+      sums->noise += (v - dq[c]) * (v - dq[c]);
+    }
+    sums->count += cols;
   }
 }
 
