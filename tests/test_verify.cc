@@ -202,6 +202,33 @@ TEST_SUITE("verify") {
       CHECK_MESSAGE(Has(RunVerify(e.dir, std::nullopt), "dtype", q + ".weight_scale") == false,
                     "without SRC any float scale dtype is accepted");
     }
+    SUBCASE("a tensor missing from the index's weight_map, and a wrong total_size") {
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));
+      e.Save();
+      // The index again without q's weight_scale, and its total_size one byte off.
+      std::vector<std::pair<std::string, std::string>> wm;
+      uint64_t total = 0;
+      for (const auto& [rel, v] : e.shards) {
+        for (const auto& t : v) {
+          total += t.bytes.size();
+          if (t.name != q + ".weight_scale") {
+            wm.push_back({t.name, fs::path(rel).filename().string()});
+          }
+        }
+      }
+      std::sort(wm.begin(), wm.end());
+      for (const auto& f : fs::directory_iterator(e.dir)) {
+        if (f.path().filename().string().ends_with("safetensors.index.json")) {
+          qt::WriteBytes(f.path(), quench::BuildIndexJson({wm.begin(), wm.end()}, total + 1));
+        }
+      }
+      for (const auto& r : {RunVerify(e.dir, src), RunVerify(e.dir, std::nullopt)}) {
+        CHECK_MESSAGE(Has(r, "index", q + ".weight_scale"), Problems(r));
+        CHECK_MESSAGE(Has(r, "index", ""), Problems(r));  // the total
+        CHECK_FALSE(Has(r, "index", q + ".weight"));
+      }
+    }
     SUBCASE("wrong shape") {
       qt::TempDir tmp;
       Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));

@@ -44,16 +44,43 @@ double ScaleValue(const ModuleView& v, uint64_t idx) {
   return LoadFloat(v.scale, v.sdt, idx);
 }
 
-// Flat index of the scale that covers element [r, c].
-uint64_t ScaleIndex(const ModuleView& v, uint64_t r, uint64_t c) {
-  const Group& g = *v.g;
-  if (g.strategy == "tensor") return 0;
-  if (g.strategy == "block") return (r / g.bh) * v.sshape[1] + c / g.bw;
-  if (g.format == Format::kNvfp4) return r * (v.in / 16) + c / 16;
-  if (g.format == Format::kMxfp4 || g.format == Format::kMxfp8) return r * (v.in / 32) + c / 32;
-  const uint64_t cols = v.sshape.size() == 2 ? v.sshape[1] : 1;
-  if (cols == 1) return r;
-  return r * cols + c / g.group_size;
+// Flat index of the scale that covers element [r, c], for a group whose strategy is known
+// (ScaleLayout, made once per row: the strategy's string compared once, not per element).
+struct ScaleLayout {
+  explicit ScaleLayout(const ModuleView& v)
+      : v(v), tensor(v.g->strategy == "tensor"), block(v.g->strategy == "block"),
+        cols(v.sshape.size() == 2 ? v.sshape[1] : 1) {}
+  uint64_t Index(uint64_t r, uint64_t c) const {
+    const Group& g = *v.g;
+    if (tensor) return 0;
+    if (block) return (r / g.bh) * v.sshape[1] + c / g.bw;
+    if (g.format == Format::kNvfp4) return r * (v.in / 16) + c / 16;
+    if (g.format == Format::kMxfp4 || g.format == Format::kMxfp8) return r * (v.in / 32) + c / 32;
+    if (cols == 1) return r;
+    return r * cols + c / g.group_size;
+  }
+  const ModuleView& v;
+  const bool tensor, block;
+  const uint64_t cols;
+};
+
+// E4M3ToF32 of every code and GapE4M3 of every valid one, made once (the per-element calls
+// were most of verify's time on many small FP8 tensors).
+struct E4M3Tables {
+  double value[256];
+  double gap[256];
+};
+const E4M3Tables& E4M3Table() {
+  static const E4M3Tables t = [] {
+    E4M3Tables x{};
+    for (int c = 0; c < 256; ++c) {
+      const uint8_t code = static_cast<uint8_t>(c);
+      x.value[c] = E4M3ToF32(code);
+      x.gap[c] = (code & 0x7F) == 0x7F ? 0 : GapE4M3(code);
+    }
+    return x;
+  }();
+  return t;
 }
 
 // Unsigned `b`-bit field at bit `pos` of a little-endian int32 word stream.
@@ -94,6 +121,7 @@ double ZeroPoint(const ModuleView& v, uint64_t r, uint64_t sc) {
 
 // E4M3 codes (FP8 and MXFP8 weights); 0x7F / 0xFF are NaN, which no quantizer writes.
 void DecodeE4M3Row(const uint8_t* row, uint64_t in, RowBuffers& b) {
+  const E4M3Tables& t = E4M3Table();
   for (uint64_t c = 0; c < in; ++c) {
     const uint8_t code = row[c];
     if ((code & 0x7F) == 0x7F) {
@@ -101,8 +129,8 @@ void DecodeE4M3Row(const uint8_t* row, uint64_t in, RowBuffers& b) {
       b.q[c] = 0;
       b.gap[c] = 0;
     } else {
-      b.q[c] = E4M3ToF32(code);
-      b.gap[c] = GapE4M3(code);
+      b.q[c] = t.value[code];
+      b.gap[c] = t.gap[code];
     }
   }
 }
@@ -141,10 +169,11 @@ void DecodeE2M1Row(const uint8_t* row, uint64_t in, RowBuffers& b) {
 
 // Scale and zero point of every column of row r (looked up once per scale group).
 void DecodeRowScales(const ModuleView& v, uint64_t r, RowBuffers& b) {
+  const ScaleLayout layout(v);
   uint64_t last_idx = ~0ull;
   double s = 0, z = 0;
   for (uint64_t c = 0; c < v.in; ++c) {
-    const uint64_t idx = ScaleIndex(v, r, c);
+    const uint64_t idx = layout.Index(r, c);
     if (idx != last_idx) {
       s = ScaleValue(v, idx);
       const uint64_t sc = v.sshape.size() == 2 ? idx % v.sshape[1] : 0;

@@ -4,6 +4,8 @@
 // for.
 #include <algorithm>
 #include <cstring>
+#include <string_view>
+#include <unordered_set>
 
 #include "plan/fused_sets.h"
 #include "schemes/float_formats.h"
@@ -28,11 +30,18 @@ void Verifier::CheckIndex() {
     return;
   }
   const JsonValue* wm = idx->Find("weight_map");
+  // The map's names in a hash set: a lookup per tensor in the object's list was quadratic
+  // (47 s for the 141,218 tensors of a Kimi-shaped FP8 checkpoint).
+  std::unordered_set<std::string_view> mapped;
+  if (wm != nullptr && wm->is_object()) {
+    mapped.reserve(wm->as_object().size());
+    for (const auto& kv : wm->as_object()) mapped.insert(kv.first);
+  }
   uint64_t total = 0;
   for (const Shard& s : f.shards) {
     for (const TensorInfo& t : s.header.tensors) {
       total += t.nbytes();
-      if (wm == nullptr || wm->Find(t.name) == nullptr) {
+      if (!mapped.contains(t.name)) {
         Problem(*f.index_rel, t.name, "index", "tensor of " + s.rel_name + " is not in weight_map");
       }
     }
