@@ -21,7 +21,7 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
   const std::string& file = dst_.FileOf(qname).empty() ? dst_.FileOf(wname) : dst_.FileOf(qname);
 
   if (StoredUnquantized(module, g, packed, qt)) return;
-  ++rep_.modules_quantized;
+  CountQuantizedModule();
 
   uint64_t out = 0, in = 0;
   bool have_shape = ResolveWeightShape(module, g, st, qt, &out, &in);
@@ -60,8 +60,8 @@ void Verifier::CheckModule(const std::string& module, const Group& g) {
   for (const Expected& e : exp) names.push_back(module + "." + e.suffix);
   if (!DescribeModule(module, g, qname, st, &v)) return;
   WalkModule(v, file, names);
-  for (const std::string& n : names) dst_.Release(n);
-  if (st) src_->Release(wname);
+  for (const std::string& n : names) ReleaseTensor(dst_, n);
+  if (st) ReleaseTensor(*src_, wname);
 }
 
 // Selected but stored unquantized: the weight kept its float dtype and nothing else was
@@ -148,7 +148,7 @@ bool Verifier::CheckExpectedTensors(const std::string& module, const Group& g,
   for (const Expected& e : exp) {
     const std::string name = module + "." + e.suffix;
     expected_names->insert(name);
-    quant_outputs_.insert(name);
+    AddQuantOutput(name);
     const TensorInfo* t = dst_.Find(name);
     if (t == nullptr) {
       Problem(file, name, "missing",
@@ -188,7 +188,7 @@ void Verifier::CheckUnwrittenQuantTensors(const std::string& module, const Group
     const bool optional = (sfx == "weight_g_idx" && g.g_idx) ||
                           (g.static_inputs && (sfx == "input_scale" || sfx == "input_zero_point" ||
                                                sfx == "input_global_scale"));
-    quant_outputs_.insert(name);
+    AddQuantOutput(name);
     if (!optional) {
       Problem(dst_.FileOf(name), name, "extra",
               "not written by " + g.format_name + " for group '" + g.key + "'");
@@ -215,7 +215,7 @@ bool Verifier::DescribeModule(const std::string& module, const Group& g,
     float gs;
     std::memcpy(&gs, dst_.Data(gname), 4);
     v->gs = gs;
-    global_scales_[module] = gs;
+    SetGlobalScale(module, gs);
     if (!std::isfinite(gs) || gs <= 0) {
       Problem(dst_.FileOf(gname), gname, "scale",
               "weight_global_scale is " + Fmt("%g", gs) + " (must be finite and > 0)");

@@ -296,7 +296,7 @@ void Verifier::ReportAgainstSource(const ModuleView& v, const std::string& file,
                                    const std::string& qname, uint64_t row_src_bytes,
                                    const WalkTally& t) {
   const Group& g = *v.g;
-  rep_.bytes_compared += v.out * row_src_bytes;
+  AddBytesCompared(v.out * row_src_bytes);
   if (t.pruned_nonzero) {
     Problem(file, qname, "pruned",
             std::to_string(t.pruned_nonzero) + " element(s) zero in the source pruned by " +
@@ -314,7 +314,7 @@ void Verifier::ReportAgainstSource(const ModuleView& v, const std::string& file,
   tq.threshold_db = SqnrThresholdDb(tq.kind, g.per_channel()) + opt_.sqnr_margin_db;
   tq.worst_bound_ratio = t.worst;
   tq.bound_violations = t.violations;
-  rep_.quality.push_back(tq);
+  AddQuality(std::move(tq));
   if (t.lossless_diff) {
     Problem(file, qname, "lossless",
             std::to_string(t.lossless_diff) + " element(s) do not dequantize to the decoded "

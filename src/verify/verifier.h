@@ -54,6 +54,37 @@ namespace quench::verify {
 
 struct WalkTally;  // module_walk.cc
 
+// What one selected module's checks add to the report and to the verifier's sets, while the
+// modules are checked on several threads (Run): kept per module and merged in module order,
+// so that the report is the one a single thread makes.
+struct ModuleOutcome {
+  std::vector<VerifyProblem> problems;
+  uint64_t modules_quantized = 0, bytes_compared = 0;
+  std::vector<TensorQuality> quality;
+  std::vector<std::string> quant_outputs;
+  std::vector<std::pair<std::string, float>> global_scales;
+};
+
+// One thread's page releases of whole tensors, held until they add up to kChunkBytes and then
+// made as few madvise calls as the ranges allow (each rounded out to whole folios, as
+// MappedFile::Release rounds, merged where they touch). With several threads every madvise
+// interrupts the others to flush their TLBs: released tensor by tensor, the 70,516 modules of
+// a Kimi-shaped checkpoint made 212k calls and spent more time in those interrupts than the
+// second thread saved.
+class ReleaseBatch {
+ public:
+  void Add(const MappedFile* m, uint64_t offset, uint64_t len);
+  void Flush();
+
+ private:
+  struct Range {
+    const MappedFile* m;
+    uint64_t begin, end;
+  };
+  std::vector<Range> ranges_;
+  uint64_t bytes_ = 0;
+};
+
 class Verifier {
  public:
   Verifier(const VerifyOptions& o, VerifyReport& r) : opt_(o), rep_(r) {}
@@ -61,9 +92,44 @@ class Verifier {
   Status Run();
 
  private:
+  // The outcome the running thread's module checks go to (Run sets it around CheckModule);
+  // null outside them: straight to the report and the sets.
+  static thread_local ModuleOutcome* outcome_;
+  // The running thread's batch of whole-tensor releases (Run sets it with outcome_); null:
+  // released at once.
+  static thread_local ReleaseBatch* releases_;
+  // Releases the pages of tensor `name` of `c` (batched where releases_ is set).
+  void ReleaseTensor(const Checkpoint& c, const std::string& name) const;
+
   void Problem(std::string file, std::string tensor, std::string rule, std::string message) {
-    rep_.problems.push_back({std::move(file), std::move(tensor), std::move(rule), std::move(message)});
+    VerifyProblem p{std::move(file), std::move(tensor), std::move(rule), std::move(message)};
+    (outcome_ ? outcome_->problems : rep_.problems).push_back(std::move(p));
   }
+  void CountQuantizedModule() {
+    ++(outcome_ ? outcome_->modules_quantized : rep_.modules_quantized);
+  }
+  void AddBytesCompared(uint64_t n) {
+    (outcome_ ? outcome_->bytes_compared : rep_.bytes_compared) += n;
+  }
+  void AddQuality(TensorQuality q) {
+    (outcome_ ? outcome_->quality : rep_.quality).push_back(std::move(q));
+  }
+  void AddQuantOutput(const std::string& name) {
+    if (outcome_) {
+      outcome_->quant_outputs.push_back(name);
+    } else {
+      quant_outputs_.insert(name);
+    }
+  }
+  void SetGlobalScale(const std::string& module, float gs) {
+    if (outcome_) {
+      outcome_->global_scales.push_back({module, gs});
+    } else {
+      global_scales_[module] = gs;
+    }
+  }
+  // The selected modules' checks (CheckModule), on the available cores, merged in order.
+  void CheckSelectedModules();
   bool pruning() const { return opt_.prune.kind != prune::PruneSpec::kNone; }
 
   // verify.cc: opening the folders and choosing what to check.

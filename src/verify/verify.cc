@@ -1,11 +1,18 @@
 // quench verify: see verify.h for what is checked and verifier.h for where each check lives.
 // This file runs them: it opens DST (and SRC), reads the quantization_config, selects the
-// modules the config quantizes, and hands each to the checks.
+// modules the config quantizes, and hands each to the checks (modules in parallel, their
+// findings merged in module order).
 #include "verify/verify.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <utility>
+#include <vector>
+
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/parallel_for.h>
 
 #include "verify/verifier.h"
 
@@ -202,11 +209,80 @@ Status Verifier::Run() {
   }
   if (!LoadConfig() && groups_.empty()) return Status::Ok();
   SelectModules();
-  for (const auto& [module, g] : selected_) CheckModule(module, *g);
+  CheckSelectedModules();
   CheckUnselectedModules();
   CheckFusedSets();
   if (src_) CheckSource();
   return Status::Ok();
+}
+
+thread_local ModuleOutcome* Verifier::outcome_ = nullptr;
+thread_local ReleaseBatch* Verifier::releases_ = nullptr;
+
+void ReleaseBatch::Add(const MappedFile* m, uint64_t offset, uint64_t len) {
+  if (m == nullptr || m->data() == nullptr || len == 0) return;
+  const uint64_t begin = offset / kFaultBytes * kFaultBytes;
+  const uint64_t end =
+      std::min(m->size(), (offset + len + kFaultBytes - 1) / kFaultBytes * kFaultBytes);
+  ranges_.push_back({m, begin, end});
+  bytes_ += len;
+  if (bytes_ >= kChunkBytes) Flush();
+}
+
+void ReleaseBatch::Flush() {
+  std::sort(ranges_.begin(), ranges_.end(), [](const Range& a, const Range& b) {
+    return a.m != b.m ? std::less<const MappedFile*>()(a.m, b.m) : a.begin < b.begin;
+  });
+  for (size_t i = 0; i < ranges_.size();) {
+    const MappedFile* m = ranges_[i].m;
+    uint64_t begin = ranges_[i].begin, end = ranges_[i].end;
+    size_t j = i + 1;
+    for (; j < ranges_.size() && ranges_[j].m == m && ranges_[j].begin <= end; ++j) {
+      end = std::max(end, ranges_[j].end);
+    }
+    m->Release(begin, end - begin);
+    i = j;
+  }
+  ranges_.clear();
+  bytes_ = 0;
+}
+
+void Verifier::ReleaseTensor(const Checkpoint& c, const std::string& name) const {
+  const TensorInfo* t = c.Find(name);
+  if (t == nullptr) return;
+  if (releases_ == nullptr) {
+    c.Release(name);
+    return;
+  }
+  uint64_t off;
+  const MappedFile* m;
+  c.Data(name, &off, &m);
+  releases_->Add(m, off, t->nbytes());
+}
+
+void Verifier::CheckSelectedModules() {
+  const std::vector<std::pair<std::string, const Group*>> modules(selected_.begin(),
+                                                                   selected_.end());
+  std::vector<ModuleOutcome> outcomes(modules.size());
+  tbb::enumerable_thread_specific<ReleaseBatch> batches;
+  // Each module's checks read the mapped folders and write only their own outcome (a module
+  // at a time per task: a large one's rows are walked in chunks either way).
+  tbb::parallel_for(size_t{0}, modules.size(), [&](size_t i) {
+    outcome_ = &outcomes[i];
+    releases_ = &batches.local();
+    CheckModule(modules[i].first, *modules[i].second);
+    outcome_ = nullptr;
+    releases_ = nullptr;
+  });
+  for (ReleaseBatch& b : batches) b.Flush();
+  for (ModuleOutcome& o : outcomes) {
+    for (VerifyProblem& p : o.problems) rep_.problems.push_back(std::move(p));
+    rep_.modules_quantized += o.modules_quantized;
+    rep_.bytes_compared += o.bytes_compared;
+    for (TensorQuality& q : o.quality) rep_.quality.push_back(std::move(q));
+    for (const std::string& n : o.quant_outputs) quant_outputs_.insert(n);
+    for (const auto& [m, gs] : o.global_scales) global_scales_[m] = gs;
+  }
 }
 
 }  // namespace verify

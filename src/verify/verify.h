@@ -24,7 +24,9 @@
 // have its structure; a prune-only checkpoint is checked tensor by tensor against SRC.
 //
 // Memory is bounded: files are memory-mapped and every tensor is walked in row chunks whose
-// pages are released after use; no tensor or shard is ever copied into memory.
+// pages are released after use (small tensors' in batches of up to kChunkBytes per thread);
+// no tensor or shard is ever copied into memory. The selected modules are checked on every
+// core, their findings merged in module order (the report is a single thread's).
 #ifndef QUENCH_VERIFY_VERIFY_H_
 #define QUENCH_VERIFY_VERIFY_H_
 
