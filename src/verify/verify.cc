@@ -266,13 +266,14 @@ void Verifier::CheckSelectedModules() {
   std::vector<ModuleOutcome> outcomes(modules.size());
   tbb::enumerable_thread_specific<ReleaseBatch> batches;
   // Each module's checks read the mapped folders and write only their own outcome (a module
-  // at a time per task: a large one's rows are walked in chunks either way).
+  // at a time per task: a large one's rows are walked in chunks either way; nothing they call
+  // runs TBB work, so no task of another module interleaves on the thread).
   tbb::parallel_for(size_t{0}, modules.size(), [&](size_t i) {
-    outcome_ = &outcomes[i];
-    releases_ = &batches.local();
+    struct Scope {  // the thread's sinks, reset however CheckModule leaves
+      Scope(ModuleOutcome* o, ReleaseBatch* b) { outcome_ = o, releases_ = b; }
+      ~Scope() { outcome_ = nullptr, releases_ = nullptr; }
+    } scope(&outcomes[i], &batches.local());
     CheckModule(modules[i].first, *modules[i].second);
-    outcome_ = nullptr;
-    releases_ = nullptr;
   });
   for (ReleaseBatch& b : batches) b.Flush();
   for (ModuleOutcome& o : outcomes) {
