@@ -140,13 +140,19 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t len) const {
   madvise(data_ + begin, end - begin, MADV_WILLNEED);
 }
 
-void MappedFile::Release(uint64_t offset, uint64_t len) const {
-  if (data_ == nullptr || len == 0) return;
+std::pair<uint64_t, uint64_t> MappedFile::ReleaseRange(uint64_t offset, uint64_t len) const {
   // Round outwards to whole folios: a page shared with a neighbouring chunk that is still in
   // flight is simply faulted in again from the page cache if touched, which is correct, only
   // slower.
   const uint64_t begin = offset / kFaultBytes * kFaultBytes;
-  const uint64_t end = std::min(size_, (offset + len + kFaultBytes - 1) / kFaultBytes * kFaultBytes);
+  const uint64_t end =
+      std::min(size_, (offset + len + kFaultBytes - 1) / kFaultBytes * kFaultBytes);
+  return {begin, end};
+}
+
+void MappedFile::Release(uint64_t offset, uint64_t len) const {
+  if (data_ == nullptr || len == 0) return;
+  const auto [begin, end] = ReleaseRange(offset, len);
   if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);
 }
 

@@ -57,6 +57,9 @@ class MappedFile {
   // fault can map pages of a range already released; rounding outwards drops those too, and
   // a range still in use is faulted in again from the page cache.
   void Release(uint64_t offset, uint64_t len) const;
+  // The range Release(offset, len) drops: [first, second), rounded outwards to kFaultBytes
+  // and clipped to the file (for callers that gather releases and merge them).
+  std::pair<uint64_t, uint64_t> ReleaseRange(uint64_t offset, uint64_t len) const;
   // Copies [offset, offset+len) into `dst` with pread (Open with keep_fd): for bytes only
   // copied, this costs one copy out of the page cache, where reading the mapping costs page
   // faults and a copy.

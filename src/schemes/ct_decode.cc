@@ -71,12 +71,8 @@ void DecodeCodes(const CtWeight& w, const uint8_t* row, uint64_t words, int b, f
       return;
     default:
       if (w.is_float) {
-        static const std::vector<float> kE4M3 = [] {
-          std::vector<float> t(256);
-          for (int i = 0; i < 256; ++i) t[i] = E4M3ToF32(static_cast<uint8_t>(i));
-          return t;
-        }();
-        for (uint64_t c = 0; c < cols; ++c) q[c] = kE4M3[row[c]];
+        const float* e4m3 = E4M3Values();
+        for (uint64_t c = 0; c < cols; ++c) q[c] = e4m3[row[c]];
       } else {
         for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int8_t>(row[c]));
       }

@@ -1,7 +1,6 @@
 #include "schemes/dequant.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <string_view>
@@ -27,16 +26,6 @@ void RowToF32(const WeightChunk& in, uint64_t r, float* x) {
   } else {
     for (uint64_t c = 0; c < n; ++c) x[c] = ElementToF32(in.data, in.dtype, r * n + c);
   }
-}
-
-// E4M3ToF32 of every code, made once.
-const float* E4M3Table() {
-  static const std::array<float, 256> table = [] {
-    std::array<float, 256> t{};
-    for (int c = 0; c < 256; ++c) t[static_cast<size_t>(c)] = E4M3ToF32(static_cast<uint8_t>(c));
-    return t;
-  }();
-  return table.data();
 }
 
 // E2M1 nibble (sign, 2 exponent bits with bias 1, 1 mantissa bit).
@@ -80,7 +69,7 @@ void AccumulateChunkError(const SchemeInfo& scheme, const WeightChunk& in,
   // weight_scale tensor is written from it after the kernels, so out.out[1] is not set).
   const bool per_tensor = scheme.weights.strategy == "tensor";
   const uint64_t bc = (cols + 127) / 128;
-  const float* e4m3 = E4M3Table();
+  const float* e4m3 = E4M3Values();
   // Each sampled row decoded to f32, then its elements in order, each with its group's
   // parameters (taken once per group instead of once per element: the same values).
   std::vector<float> x(cols);

@@ -2,6 +2,7 @@
 // matching torch 2.13's c10 conversions bit for bit (checked against torch itself).
 #include "schemes/float_formats.h"
 
+#include <array>
 #include <cstring>
 
 namespace quench {
@@ -76,6 +77,15 @@ float E4M3ToF32(uint8_t code) {
     mag = BitsToF32(((exp + 127u - 7u) << 23) | (mant << 20));  // 1.m * 2^(e-7)
   }
   return negative ? -mag : mag;
+}
+
+const float* E4M3Values() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[static_cast<size_t>(c)] = E4M3ToF32(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table.data();
 }
 
 // c10::detail::fp8e4m3fn_from_fp32_value as shipped in torch 2.13.0

@@ -50,6 +50,9 @@ uint16_t F32ToF16(float f);
 // (0x7E|sign); only NaN gives 0x7F|sign.
 float E4M3ToF32(uint8_t code);
 uint8_t F32ToE4M3(float f);
+// E4M3ToF32 of every code, indexed by the code (256 values, made once): for decoders that
+// take a code per element.
+const float* E4M3Values();
 
 // Element i of a run of weight dtype d (BF16, F16 or F32) at p, as an exact f32; p may be
 // unaligned (a memory-mapped file), so the bits are copied out.

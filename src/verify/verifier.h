@@ -66,8 +66,8 @@ struct ModuleOutcome {
 };
 
 // One thread's page releases of whole tensors, held until they add up to kChunkBytes and then
-// made as few madvise calls as the ranges allow (each rounded out to whole folios, as
-// MappedFile::Release rounds, merged where they touch). With several threads every madvise
+// made as few madvise calls as the ranges allow (each MappedFile::ReleaseRange, merged where
+// they touch). With several threads every madvise
 // interrupts the others to flush their TLBs: released tensor by tensor, the 70,516 modules of
 // a Kimi-shaped checkpoint made 212k calls and spent more time in those interrupts than the
 // second thread saved.

@@ -221,9 +221,7 @@ thread_local ReleaseBatch* Verifier::releases_ = nullptr;
 
 void ReleaseBatch::Add(const MappedFile* m, uint64_t offset, uint64_t len) {
   if (m == nullptr || m->data() == nullptr || len == 0) return;
-  const uint64_t begin = offset / kFaultBytes * kFaultBytes;
-  const uint64_t end =
-      std::min(m->size(), (offset + len + kFaultBytes - 1) / kFaultBytes * kFaultBytes);
+  const auto [begin, end] = m->ReleaseRange(offset, len);
   ranges_.push_back({m, begin, end});
   bytes_ += len;
   if (bytes_ >= kChunkBytes) Flush();
