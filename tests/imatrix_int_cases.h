@@ -522,6 +522,18 @@ inline void CheckRefusesNonFinite(WeightChunk in, const std::vector<uint8_t>& ra
   }
 }
 
+// CheckRefusesNonFinite on 40 random symmetric int4 rows of 512 (MakeInt4Chunk, seed 9):
+// +Inf, -Inf and two NaNs at the first, a middle and the last element and across groups and
+// rows; the kernel under test switched by `set_enabled`.
+inline void CheckInt4RefusesNonFinite(void (*set_enabled)(bool)) {
+  std::mt19937 rng(9);
+  const size_t rows = 40, cols = 512;
+  Int4Chunk c;
+  MakeInt4Chunk(rng, rows, cols, &c);
+  CheckRefusesNonFinite(c.in, c.raw, c.imp, {0x7F80, 0xFF80, 0x7FC1, 0xFFFF},
+                        {0, 7, 130, 9 * cols + 300, rows * cols - 1}, set_enabled);
+}
+
 }  // namespace quench::testing::imatrix_int
 
 #endif  // QUENCH_TESTS_IMATRIX_INT_CASES_H_
