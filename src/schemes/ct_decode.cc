@@ -8,6 +8,7 @@
 #include "schemes/byte_decode.h"
 #include "schemes/float_formats.h"
 #include "schemes/nibble_lookup.h"
+#include "schemes/packed_fields.h"
 
 namespace quench {
 namespace {
@@ -17,16 +18,6 @@ enum class Domain { kBF16, kF16, kF32 };
 
 // E2M1 magnitudes (compressed-tensors' kE2M1ToFloat); bit 3 is the sign.
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
-
-// Unsigned `b`-bit field at bit `pos` of a run of little-endian int32 words (`nwords` long).
-uint32_t Field(const uint8_t* words, uint64_t nwords, uint64_t pos, int b) {
-  const uint64_t wi = pos / 32, off = pos % 32;
-  uint32_t lo = 0, hi = 0;
-  std::memcpy(&lo, words + 4 * wi, 4);
-  if (off + static_cast<uint64_t>(b) > 32 && wi + 1 < nwords) std::memcpy(&hi, words + 4 * (wi + 1), 4);
-  const uint64_t both = uint64_t{lo} | (uint64_t{hi} << 32);
-  return static_cast<uint32_t>((both >> off) & ((1ull << b) - 1));
-}
 
 float RoundTo(Domain d, float v) {
   switch (d) {
@@ -58,7 +49,7 @@ void DecodeCodes(const CtWeight& w, const uint8_t* row, uint64_t words, int b, f
         for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int>(row[c]) - 128);
       } else {
         for (uint64_t c = 0; c < cols; ++c) {
-          q[c] = static_cast<float>(static_cast<int32_t>(Field(row, words, c * b, b)) - (1 << (b - 1)));
+          q[c] = static_cast<float>(static_cast<int32_t>(PackedField(row, words, c * b, b)) - (1 << (b - 1)));
         }
       }
       return;
@@ -161,11 +152,9 @@ Status DecodeRows(const CtWeight& w, const CtReader& read, const std::string& we
       const uint64_t wr0 = r0 * b / 32, wr1 = std::min(total_words, (r1 * b + 31) / 32);
       std::vector<uint8_t> zw((wr1 - wr0) * sc * 4);
       QUENCH_RETURN_IF_ERROR(read(w.zero_point, wr0 * sc * 4, zw.size(), zw.data()));
-      std::vector<uint8_t> col((wr1 - wr0) * 4);
       for (uint64_t g = 0; g < sc; ++g) {
-        for (uint64_t k = 0; k < wr1 - wr0; ++k) std::memcpy(&col[4 * k], &zw[4 * (k * sc + g)], 4);
         for (uint64_t r = r0; r < r1; ++r) {
-          const uint32_t u = Field(col.data(), wr1 - wr0, r * b - wr0 * 32, b);
+          const uint32_t u = PackedColumnField(zw.data(), sc, wr1 - wr0, r * b - wr0 * 32, g, b);
           zps[(r - r0) * sc + g] = static_cast<float>(static_cast<int32_t>(u) - (1 << (b - 1)));
         }
       }

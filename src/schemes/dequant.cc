@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "schemes/float_formats.h"
+#include "schemes/packed_fields.h"
 
 namespace quench {
 namespace {
@@ -32,19 +33,6 @@ void RowToF32(const WeightChunk& in, uint64_t r, float* x) {
 float E2M1(uint8_t n) {
   static constexpr float kMag[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
   return (n & 8) ? -kMag[n & 7] : kMag[n & 7];
-}
-
-uint32_t Field(const uint8_t* words, uint64_t pos, int bits) {
-  const uint64_t bit = pos * static_cast<uint64_t>(bits), w = bit / 32, off = bit % 32;
-  uint32_t lo;
-  std::memcpy(&lo, words + 4 * w, 4);
-  uint64_t acc = lo;
-  if (off + static_cast<uint64_t>(bits) > 32) {
-    uint32_t hi;
-    std::memcpy(&hi, words + 4 * (w + 1), 4);
-    acc |= static_cast<uint64_t>(hi) << 32;
-  }
-  return static_cast<uint32_t>((acc >> off) & ((1u << bits) - 1));
 }
 
 }  // namespace
@@ -98,26 +86,21 @@ void AccumulateChunkError(const SchemeInfo& scheme, const WeightChunk& in,
         break;
       case Format::kPacked: {  // pack_to_int32 codes q + 2^(bits-1), zero points down dim 0
         const uint64_t words = (cols * static_cast<uint64_t>(bits) + 31) / 32;
+        const uint64_t zp_rows = (in.rows * static_cast<uint64_t>(bits) + 31) / 32;
         const int offset = 1 << (bits - 1);
         for (uint64_t k = 0; k < ng; ++k) {
           const double s = ElementToF32(out.out[1], in.dtype, r * ng + k);
-          int zp = 0;
-          if (!in.params.symmetric) {
-            // Packed along dim 0: row r of column k of the chunk's zero-point slab.
-            const uint8_t* z = out.out[2];
-            const uint64_t bit = r * static_cast<uint64_t>(bits), zr = bit / 32, off = bit % 32;
-            uint32_t lo;
-            std::memcpy(&lo, z + 4 * (zr * ng + k), 4);
-            uint64_t acc = lo;
-            if (off + static_cast<uint64_t>(bits) > 32) {
-              uint32_t hi;
-              std::memcpy(&hi, z + 4 * ((zr + 1) * ng + k), 4);
-              acc |= static_cast<uint64_t>(hi) << 32;
-            }
-            zp = static_cast<int>((acc >> off) & ((1u << bits) - 1)) - offset;
-          }
+          // Packed along dim 0: row r of column k of the chunk's zero-point slab.
+          const int zp = in.params.symmetric
+                             ? 0
+                             : static_cast<int>(PackedColumnField(
+                                   out.out[2], ng, zp_rows, r * static_cast<uint64_t>(bits), k,
+                                   bits)) -
+                                   offset;
           for (uint64_t c = k * g; c < (k + 1) * g; ++c) {
-            const int q = static_cast<int>(Field(out.out[0] + 4 * words * r, c, bits)) - offset;
+            const int q = static_cast<int>(PackedField(out.out[0] + 4 * words * r, words,
+                                                       c * static_cast<uint64_t>(bits), bits)) -
+                          offset;
             dq[c] = (q - zp) * s;
           }
         }

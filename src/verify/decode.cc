@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "schemes/float_formats.h"
+#include "schemes/packed_fields.h"
 #include "verify/layouts.h"
 
 namespace quench::verify {
@@ -79,21 +80,6 @@ const double* E4M3Gaps() {
   return gaps.data();
 }
 
-// Unsigned `b`-bit field at bit `pos` of a little-endian int32 word stream.
-uint32_t PackedField(const uint8_t* words, uint64_t nwords, uint64_t pos, int b) {
-  const uint64_t wi = pos / 32, off = pos % 32;
-  uint64_t lo = 0, hi = 0;
-  uint32_t t;
-  std::memcpy(&t, words + 4 * wi, 4);
-  lo = t;
-  if (wi + 1 < nwords) {
-    std::memcpy(&t, words + 4 * (wi + 1), 4);
-    hi = t;
-  }
-  const uint64_t both = lo | (hi << 32);
-  return static_cast<uint32_t>((both >> off) & ((1ull << b) - 1));
-}
-
 // Zero point of row r, scale column sc (quotient units).
 double ZeroPoint(const ModuleView& v, uint64_t r, uint64_t sc) {
   if (v.zp == nullptr) return 0;
@@ -102,12 +88,8 @@ double ZeroPoint(const ModuleView& v, uint64_t r, uint64_t sc) {
   if (g.format == Format::kPack && v.zdt == DType::kI32) {
     // Packed along dim 0: row r's field sits in word row r * b / 32 of column sc.
     const int b = g.bits;
-    const uint64_t pos = r * static_cast<uint64_t>(b);
-    const uint64_t wr = pos / 32, off = pos % 32;
     const uint64_t zrows = CeilDiv(v.out * static_cast<uint64_t>(b), 32);
-    uint64_t lo = static_cast<uint32_t>(LoadInt(v.zp, DType::kI32, wr * cols + sc));
-    uint64_t hi = wr + 1 < zrows ? static_cast<uint32_t>(LoadInt(v.zp, DType::kI32, (wr + 1) * cols + sc)) : 0;
-    const uint64_t u = ((lo | (hi << 32)) >> off) & ((1ull << b) - 1);
+    const uint32_t u = PackedColumnField(v.zp, cols, zrows, r * static_cast<uint64_t>(b), sc, b);
     return static_cast<double>(u) - std::ldexp(1.0, b - 1);
   }
   if (v.zdt == DType::kF8E4M3) return E4M3ToF32(v.zp[sc + (v.sshape.size() == 2 ? r * cols : 0)]);
