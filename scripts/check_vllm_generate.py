@@ -655,10 +655,9 @@ def limits(results, model, case):
     0.90x-1.07x the noise's (README, Consumers). The check tells a wrong reading of the file
     apart where the quantization moves log-probabilities by more than 1.5 x the noise (the
     table's last column: W4A16 and W4A16_ASYM by 0.28-0.40, 10-15x the noise); for W8A8 and
-    FP8_DYNAMIC the
-    whole quantization effect is 1.0-1.8x the noise, so there it shows that vLLM's
-    kernels compute quench's model to bf16 accuracy, and a misread scale (a factor of 2 or
-    more on a layer) would still be far outside."""
+    FP8_DYNAMIC the whole quantization effect is 1.15-1.8x the noise, so there it shows that
+    vLLM's kernels compute quench's model to bf16 accuracy, and a misread scale (a factor of 2
+    or more on a layer) would still be far outside."""
     noise = [results[f"{model}-{case}"]["hf_bf16"]]
     base = f"{model}-{base_case(case)}"
     if base != f"{model}-{case}" and "vllm" in results.get(base, {}):
