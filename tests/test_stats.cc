@@ -3,6 +3,7 @@
 // here from the parts' arrays); `quench stats inspect` reports what each site supports.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -206,6 +207,9 @@ TEST_SUITE("stats") {
                                        (dir / "b").string(), "-o", (dir / "o1").string()});
     CHECK(model.exit_code == 3);
     CHECK(model.err.find("they come from different models") != std::string::npos);
+    // One line, led by the error's category as convert, inspect and finalize print it.
+    CHECK(model.err.starts_with("quench: error: invalid-input: "));
+    CHECK(std::count(model.err.begin(), model.err.end(), '\n') == 1);
     CHECK_FALSE(fs::exists(dir / "o1"));
     const RunResult settings = RunQuench({"stats", "merge", (dir / "a").string(),
                                           (dir / "c").string(), "-o", (dir / "o2").string()});
@@ -235,6 +239,10 @@ TEST_SUITE("stats") {
     const RunResult text = RunQuench({"stats", "inspect", dir.path().string()});
     CHECK(text.exit_code == 0);
     CHECK(text.out.find("0..5 (1 none)") != std::string::npos);
+    const RunResult none = RunQuench({"stats", "inspect", (dir / "absent").string()});
+    CHECK(none.exit_code == 3);
+    CHECK(none.err == "quench: error: invalid-input: " + (dir / "absent").string() +
+                          ": not a statistics folder\n");
   }
 }
 

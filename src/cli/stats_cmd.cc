@@ -56,14 +56,14 @@ std::string Supports(const calib::StatsSite& s) {
 int Inspect(const std::string& dir, bool json) {
   auto stats = calib::Statistics::Open(dir);
   if (!stats.ok()) {
-    return ReportError(stats.status().message(), ExitCodeFor(stats.status().code()));
+    return ReportError(stats.status().ToString(), ExitCodeFor(stats.status().code()));
   }
   std::map<std::string, size_t> readers;
   for (const auto& [w, c] : stats->consumers()) ++readers[c.site];
   JsonValue sites = JsonValue::MakeArray();
   for (const auto& [name, s] : stats->sites()) {
     auto count = stats->ReadField(name, "count");
-    if (!count.ok()) return ReportError(count.status().message(), ExitCodeFor(count.status().code()));
+    if (!count.ok()) return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
     const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
     const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
     const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
@@ -89,8 +89,8 @@ int Inspect(const std::string& dir, bool json) {
   for (const auto& [router, r] : stats->reap()) {
     auto sum = stats->ReadReapSum(r);
     auto count = stats->ReadReapCount(r);
-    if (!sum.ok()) return ReportError(sum.status().message(), ExitCodeFor(sum.status().code()));
-    if (!count.ok()) return ReportError(count.status().message(), ExitCodeFor(count.status().code()));
+    if (!sum.ok()) return ReportError(sum.status().ToString(), ExitCodeFor(sum.status().code()));
+    if (!count.ok()) return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
     double lo = 0, hi = 0;
     uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
     for (size_t e = 0; e < sum->size(); ++e) {
@@ -211,7 +211,7 @@ int ImportImatrix(const std::vector<std::string>& args) {
     return ReportError("stats import-imatrix needs FILE, --model SRC and -o OUT", 2);
   }
   Status st = calib::ImportImatrix(file, model, out, opt);
-  if (!st.ok()) return ReportError(st.message(), ExitCodeFor(st.code()));
+  if (!st.ok()) return ReportError(st.ToString(), ExitCodeFor(st.code()));
   std::fprintf(stderr, "quench: imported %s into %s\n", file.c_str(), out.c_str());
   return 0;
 }
@@ -260,7 +260,7 @@ int RunStats(const std::vector<std::string>& args) {
     }
     if (out.empty()) return ReportError("stats merge needs -o OUT", 2);
     Status st = calib::MergeStatistics(inputs, out);
-    if (!st.ok()) return ReportError(st.message(), ExitCodeFor(st.code()));
+    if (!st.ok()) return ReportError(st.ToString(), ExitCodeFor(st.code()));
     std::fprintf(stderr, "quench: merged %zu statistics folders into %s\n", inputs.size(),
                  out.c_str());
     return 0;
