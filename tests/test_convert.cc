@@ -4,6 +4,7 @@
 // format definitions and independent of the code under test.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -768,5 +769,51 @@ TEST_SUITE("convert") {
     CHECK(v.exit_code == 0);
     CHECK(v.out.find("quench ") == 0);
     CHECK(qt::RunQuench({"frobnicate"}).exit_code == 2);
+  }
+
+  TEST_CASE("every command's error line names its category as its exit code does") {
+    // exit code -> the categories Status::ToString names for it (include/quench/status.h).
+    const auto categories = [](int code) -> std::vector<std::string> {
+      if (code == 2) return {"usage"};
+      if (code == 3) return {"invalid-input", "unsupported", "non-finite"};
+      if (code == 4) return {"io"};
+      return {};
+    };
+    const std::string absent = (qt::TempDir().path() / "absent").string();
+    const std::vector<std::vector<std::string>> runs = {
+        {"frobnicate"},
+        {"convert", "--bogus"},
+        {"convert", kTiny.string(), absent, "--scheme", "W4A16", "--group-size", "abc"},
+        {"convert", kTiny.string(), absent, "--scheme", "NO_SUCH_SCHEME"},
+        {"convert", absent, absent + "-out", "--scheme", "W4A16"},
+        {"inspect", absent},
+        {"verify", absent},
+        {"finalize"},
+        {"stats", "merge", absent},
+        {"stats", "inspect", absent},
+        {"stats", "import-imatrix", absent}};
+    for (const auto& args : runs) {
+      std::string what;
+      for (const std::string& a : args) what += a + " ";
+      CAPTURE(what);
+      const qt::RunResult r = qt::RunQuench(args);
+      CAPTURE(r.err);
+      const std::vector<std::string> names = categories(r.exit_code);
+      REQUIRE_FALSE(names.empty());
+      // One error line (an unknown command's is followed by the help).
+      size_t lines = 0;
+      for (size_t at = 0; (at = r.err.find("quench: error: ", at)) != std::string::npos; ++at) {
+        ++lines;
+      }
+      CHECK(lines == 1);
+      std::string rest = r.err.substr(0, r.err.find('\n'));
+      const std::string lead = "quench: error: ";
+      REQUIRE(rest.starts_with(lead));
+      rest = rest.substr(lead.size());
+      if (rest.starts_with("verify: ")) rest = rest.substr(8);  // verify names itself first
+      bool named = false;
+      for (const std::string& n : names) named = named || rest.starts_with(n + ": ");
+      CHECK(named);
+    }
   }
 }

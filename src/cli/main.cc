@@ -7,6 +7,7 @@
 #include <exception>
 #include <new>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/cli.h"
@@ -15,6 +16,7 @@
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
 #include "format/quant_config.h"
+#include "quench/status.h"
 
 namespace quench::cli {
 namespace {
@@ -42,7 +44,31 @@ const char kMainHelp[] =
 }  // namespace
 
 int ReportError(const std::string& message, int exit_code) {
-  std::fprintf(stderr, "quench: error: %s\n", message.c_str());
+  // Whether `m` starts with "<category>: " for one of Status's categories.
+  const auto categorized = [](std::string_view m) {
+    for (ErrorCode c : {ErrorCode::kUsage, ErrorCode::kInvalidInput, ErrorCode::kUnsupported,
+                        ErrorCode::kNonFinite, ErrorCode::kIo, ErrorCode::kInterrupted,
+                        ErrorCode::kInternal}) {
+      const std::string_view name = ErrorCodeName(c);
+      if (m.size() > name.size() + 1 && m.starts_with(name) && m[name.size()] == ':') return true;
+    }
+    return false;
+  };
+  std::string_view m = message;
+  // verify's messages name the command first ("verify: invalid-input: ...").
+  const std::string_view command = m.starts_with("verify: ") ? "verify: " : "";
+  m.remove_prefix(command.size());
+  const char* category = exit_code == 2     ? "usage"
+                         : exit_code == 3   ? "invalid-input"
+                         : exit_code == 4   ? "io"
+                         : exit_code == 130 ? "interrupted"
+                                            : nullptr;
+  if (category == nullptr || categorized(m)) {
+    std::fprintf(stderr, "quench: error: %s\n", message.c_str());
+  } else {
+    std::fprintf(stderr, "quench: error: %.*s%s: %.*s\n", static_cast<int>(command.size()),
+                 command.data(), category, static_cast<int>(m.size()), m.data());
+  }
   return exit_code;
 }
 
