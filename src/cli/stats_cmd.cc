@@ -63,7 +63,9 @@ int Inspect(const std::string& dir, bool json) {
   JsonValue sites = JsonValue::MakeArray();
   for (const auto& [name, s] : stats->sites()) {
     auto count = stats->ReadField(name, "count");
-    if (!count.ok()) return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+    if (!count.ok()) {
+      return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+    }
     const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
     const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
     const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
@@ -89,8 +91,12 @@ int Inspect(const std::string& dir, bool json) {
   for (const auto& [router, r] : stats->reap()) {
     auto sum = stats->ReadReapSum(r);
     auto count = stats->ReadReapCount(r);
-    if (!sum.ok()) return ReportError(sum.status().ToString(), ExitCodeFor(sum.status().code()));
-    if (!count.ok()) return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+    if (!sum.ok()) {
+      return ReportError(sum.status().ToString(), ExitCodeFor(sum.status().code()));
+    }
+    if (!count.ok()) {
+      return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+    }
     double lo = 0, hi = 0;
     uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
     for (size_t e = 0; e < sum->size(); ++e) {
