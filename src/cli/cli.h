@@ -3,17 +3,23 @@
 #define QUENCH_CLI_CLI_H_
 
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "quench/status.h"
 
 namespace quench::cli {
 
 int RunInspect(const std::vector<std::string>& args);
 int RunSchemes(const std::vector<std::string>& args);
 // Prints "quench: error: CATEGORY: <message>" to stderr (Status::ToString's form) and returns
-// `exit_code`. A message that starts with a category (a Status's ToString, or "verify: "
-// and one) is printed as it is; otherwise the category is the exit code's: usage (2),
-// invalid-input (3), io (4), interrupted (130); 1's messages say "internal error" already.
+// `exit_code`, the category the exit code's: usage (2), invalid-input (3), io (4),
+// interrupted (130); 1's messages say "internal error" themselves. A message that starts
+// "verify: " keeps that first, the category after it.
 int ReportError(const std::string& message, int exit_code);
+// Prints "quench: error: <command>" and `status` as Status::ToString writes it (its category,
+// then its message) and returns ExitCodeFor its code. `status` is not OK.
+int ReportStatus(const Status& status, std::string_view command = {});
 
 }  // namespace quench::cli
 

@@ -374,7 +374,7 @@ int RunConvert(const std::vector<std::string>& args) {
   // A recipe's GPTQModifier or SparseGPTModifier sets the calibration options (Convert applies
   // it too); applied here as well so that the summary lines name them.
   if (Status rc = ApplyRecipeCalibration(o); !rc.ok()) {
-    return ReportError(rc.ToString(), ExitCodeFor(rc.code()));
+    return ReportStatus(rc);
   }
   if (f.dry_run) return PrintDryRun(o, quiet);
   std::signal(SIGINT, OnSignal);
@@ -389,7 +389,7 @@ int RunConvert(const std::vector<std::string>& args) {
   auto result = Convert(o, cb);
   progress.Finish();
   if (!result.ok()) {
-    return ReportError(result.status().ToString(), ExitCodeFor(result.status().code()));
+    return ReportStatus(result.status());
   }
   if (!quiet) PrintSummary(o, *result);
   return 0;

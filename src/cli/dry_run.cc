@@ -153,7 +153,7 @@ void PrintWorkerShare(const Plan& p, const ConvertOptions& o) {
 // errors on stderr.
 int PrintDryRun(const ConvertOptions& o, bool quiet) {
   auto plan = DryRunListing(o);
-  if (!plan.ok()) return ReportError(plan.status().ToString(), ExitCodeFor(plan.status().code()));
+  if (!plan.ok()) return ReportStatus(plan.status());
   // Left for the process's exit to release (the dry run is the last thing the process does):
   // freeing an MoE checkpoint's plan, 10^5 small allocations, one by one was 6% of a
   // 70k-tensor dry run.

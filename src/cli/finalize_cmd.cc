@@ -71,14 +71,14 @@ int RunFinalize(const std::vector<std::string>& args) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };
   auto r = Finalize(dst, workers, cb);
-  if (!r.ok()) return ReportError(r.status().ToString(), ExitCodeFor(r.status().code()));
+  if (!r.ok()) return ReportStatus(r.status());
   if (!r->published) {
     return ReportError("another process is finalizing " + dst + " (" + r->holder +
                        "); its lock is taken over once it is gone (60 s without a heartbeat)", 2);
   }
   if (!report.empty()) {
     if (Status s = WriteFileAtomic(report, r->report_json); !s.ok()) {
-      return ReportError(s.ToString(), ExitCodeFor(s.code()));
+      return ReportStatus(s);
     }
   }
   if (!quiet) {

@@ -187,7 +187,7 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
   if (fs::is_directory(path, ec)) {
     auto folder = LoadModelFolder(path);
     if (!folder.ok()) {
-      *exit_code = ReportError(folder.status().ToString(), ExitCodeFor(folder.status().code()));
+      *exit_code = ReportStatus(folder.status());
       return std::nullopt;
     }
     // A source quench reads decoded (an FP8 checkpoint): said so, with its layout. Anything
@@ -202,7 +202,7 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
   } else if (fs::exists(path, ec)) {
     auto shard = LoadShard(path, fs::path(path).filename().string());
     if (!shard.ok()) {
-      *exit_code = ReportError(shard.status().ToString(), ExitCodeFor(shard.status().code()));
+      *exit_code = ReportStatus(shard.status());
       return std::nullopt;
     }
     in.shards.push_back(std::move(shard).value());
@@ -211,7 +211,7 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
     const Status st = loop ? Error(ErrorCode::kInvalidInput,
                                    path + ": symbolic link loop (" + ec.message() + ")")
                            : Error(ErrorCode::kIo, path + ": cannot stat: " + ec.message());
-    *exit_code = ReportError(st.ToString(), ExitCodeFor(st.code()));
+    *exit_code = ReportStatus(st);
     return std::nullopt;
   } else {
     *exit_code = ReportError(path + ": no such file or folder", 3);
@@ -374,7 +374,7 @@ int RunInspect(const std::vector<std::string>& args) {
   Sparsity sparsity;
   if (a->sparsity) {
     if (Status st = CountSparsity(in->shards, &sparsity); !st.ok()) {
-      return ReportError(st.ToString(), ExitCodeFor(st.code()));
+      return ReportStatus(st);
     }
   }
   const Sparsity* zeros = a->sparsity ? &sparsity : nullptr;

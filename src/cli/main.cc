@@ -44,18 +44,8 @@ const char kMainHelp[] =
 }  // namespace
 
 int ReportError(const std::string& message, int exit_code) {
-  // Whether `m` starts with "<category>: " for one of Status's categories.
-  const auto categorized = [](std::string_view m) {
-    for (ErrorCode c : {ErrorCode::kUsage, ErrorCode::kInvalidInput, ErrorCode::kUnsupported,
-                        ErrorCode::kNonFinite, ErrorCode::kIo, ErrorCode::kInterrupted,
-                        ErrorCode::kInternal}) {
-      const std::string_view name = ErrorCodeName(c);
-      if (m.size() > name.size() + 1 && m.starts_with(name) && m[name.size()] == ':') return true;
-    }
-    return false;
-  };
+  // verify's messages name the command first; the category follows it.
   std::string_view m = message;
-  // verify's messages name the command first ("verify: invalid-input: ...").
   const std::string_view command = m.starts_with("verify: ") ? "verify: " : "";
   m.remove_prefix(command.size());
   const char* category = exit_code == 2     ? "usage"
@@ -63,13 +53,19 @@ int ReportError(const std::string& message, int exit_code) {
                          : exit_code == 4   ? "io"
                          : exit_code == 130 ? "interrupted"
                                             : nullptr;
-  if (category == nullptr || categorized(m)) {
+  if (category == nullptr) {
     std::fprintf(stderr, "quench: error: %s\n", message.c_str());
   } else {
     std::fprintf(stderr, "quench: error: %.*s%s: %.*s\n", static_cast<int>(command.size()),
                  command.data(), category, static_cast<int>(m.size()), m.data());
   }
   return exit_code;
+}
+
+int ReportStatus(const Status& status, std::string_view command) {
+  std::fprintf(stderr, "quench: error: %.*s%s\n", static_cast<int>(command.size()),
+               command.data(), status.ToString().c_str());
+  return ExitCodeFor(status.code());
 }
 
 }  // namespace quench::cli

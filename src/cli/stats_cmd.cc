@@ -56,7 +56,7 @@ std::string Supports(const calib::StatsSite& s) {
 int Inspect(const std::string& dir, bool json) {
   auto stats = calib::Statistics::Open(dir);
   if (!stats.ok()) {
-    return ReportError(stats.status().ToString(), ExitCodeFor(stats.status().code()));
+    return ReportStatus(stats.status());
   }
   std::map<std::string, size_t> readers;
   for (const auto& [w, c] : stats->consumers()) ++readers[c.site];
@@ -64,7 +64,7 @@ int Inspect(const std::string& dir, bool json) {
   for (const auto& [name, s] : stats->sites()) {
     auto count = stats->ReadField(name, "count");
     if (!count.ok()) {
-      return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+      return ReportStatus(count.status());
     }
     const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
     const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
@@ -92,10 +92,10 @@ int Inspect(const std::string& dir, bool json) {
     auto sum = stats->ReadReapSum(r);
     auto count = stats->ReadReapCount(r);
     if (!sum.ok()) {
-      return ReportError(sum.status().ToString(), ExitCodeFor(sum.status().code()));
+      return ReportStatus(sum.status());
     }
     if (!count.ok()) {
-      return ReportError(count.status().ToString(), ExitCodeFor(count.status().code()));
+      return ReportStatus(count.status());
     }
     double lo = 0, hi = 0;
     uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
@@ -217,7 +217,7 @@ int ImportImatrix(const std::vector<std::string>& args) {
     return ReportError("stats import-imatrix needs FILE, --model SRC and -o OUT", 2);
   }
   Status st = calib::ImportImatrix(file, model, out, opt);
-  if (!st.ok()) return ReportError(st.ToString(), ExitCodeFor(st.code()));
+  if (!st.ok()) return ReportStatus(st);
   std::fprintf(stderr, "quench: imported %s into %s\n", file.c_str(), out.c_str());
   return 0;
 }
@@ -266,7 +266,7 @@ int RunStats(const std::vector<std::string>& args) {
     }
     if (out.empty()) return ReportError("stats merge needs -o OUT", 2);
     Status st = calib::MergeStatistics(inputs, out);
-    if (!st.ok()) return ReportError(st.ToString(), ExitCodeFor(st.code()));
+    if (!st.ok()) return ReportStatus(st);
     std::fprintf(stderr, "quench: merged %zu statistics folders into %s\n", inputs.size(),
                  out.c_str());
     return 0;

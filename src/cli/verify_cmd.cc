@@ -177,7 +177,7 @@ int RunVerify(const std::vector<std::string>& args) {
   std::optional<TempDecoded> decoded;
   if (o.src) {
     auto d = DecodePackedSource(*o.src);
-    if (!d.ok()) return ReportError("verify: " + d.status().ToString(), ExitCodeFor(d.status().code()));
+    if (!d.ok()) return ReportStatus(d.status(), "verify: ");
     decoded = std::move(d).value();
     if (!decoded->dir.empty()) {
       o.src = decoded->dir;
@@ -185,7 +185,7 @@ int RunVerify(const std::vector<std::string>& args) {
     }
   }
   auto r = Verify(o);
-  if (!r.ok()) return ReportError("verify: " + r.status().ToString(), ExitCodeFor(r.status().code()));
+  if (!r.ok()) return ReportStatus(r.status(), "verify: ");
   const VerifyReport& rep = *r;
   if (json) {
     std::string out = DumpPythonJson(VerifyReportJson(rep));
