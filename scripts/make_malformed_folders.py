@@ -159,6 +159,9 @@ def main():
     ct_case("ct_scale_nan", "'x.weight_scale' holds a NaN scale at [1, 0]",
             [packed, wshape, ("x.weight_scale", [4, 2], "BF16",
                               bf16s(1, 1, float("nan"), 1, 1, 1, 1, 1))])
+    ct_case("ct_scale_infinite", "'x.weight_scale' holds an infinite scale at [3, 0]",
+            [packed, wshape, ("x.weight_scale", [4, 2], "BF16",
+                              bf16s(1, 1, 1, 1, 1, 1, float("inf"), 1))])
     ct_case("ct_scale_negative", "'x.weight_scale' holds a negative scale at [2, 1]",
             [packed, wshape, ("x.weight_scale", [4, 2], "BF16",
                               bf16s(1, 1, 1, 1, 1, -1, 1, 1))])

@@ -129,9 +129,10 @@ Status DecodeRows(const CtWeight& w, const CtReader& read, const std::string& we
         dom = w.scale.dtype == DType::kBF16 ? Domain::kBF16
               : w.scale.dtype == DType::kF16 ? Domain::kF16 : Domain::kF32;
         if (!std::isfinite(s) || s < 0.f) {
-          return bad(w.scale, "holds a " +
-                                  std::string(std::isnan(s) ? "NaN" : std::isinf(s) ? "infinite"
-                                                                                     : "negative") +
+          return bad(w.scale, "holds " +
+                                  std::string(std::isnan(s)   ? "a NaN"
+                                              : std::isinf(s) ? "an infinite"
+                                                              : "a negative") +
                                   " scale at " + At(sr0 * sc + i, sc) +
                                   " (a scale must be finite and not negative)");
         }
