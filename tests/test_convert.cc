@@ -388,6 +388,61 @@ TEST_SUITE("convert") {
 
   // Parity of the split itself (names, shapes, bytes, index) is in the golden suite
   // (moe3d-bf16); these are the cases where quench refuses or deliberately keeps a tensor.
+  // safetensors allows 0-D tensors (shape [], one element), and checkpoints hold them
+  // (scalar parameters, per-tensor scales). The pipeline once read shape[0] of every piece
+  // it wrote, which a 0-D tensor does not have: every scheme crashed (found by
+  // scripts/fuzz-convert).
+  TEST_CASE("0-D tensors are copied whole, beside quantized weights, with every scheme") {
+    qt::TempDir tmp;
+    std::vector<float> w(64 * 64);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0.02f * static_cast<float>(i % 53) - 0.5f;
+    const float alpha = 1.25f;
+    const int64_t step = 7;
+    std::string alpha_bytes(4, '\0'), step_bytes(8, '\0');
+    std::memcpy(alpha_bytes.data(), &alpha, 4);
+    std::memcpy(step_bytes.data(), &step, 8);
+    const std::vector<qt::RawTensor> scalars = {
+        // Named like a Linear weight: targeted by name, but not a matrix.
+        {"model.layers.0.mlp.scale.weight", DType::kBF16, {}, qt::Bf16Bytes({0.5f})},
+        {"model.layers.0.alpha", DType::kF32, {}, alpha_bytes},
+        {"model.step", DType::kI64, {}, step_bytes}};
+    std::vector<qt::RawTensor> tensors = scalars;
+    tensors.push_back({"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {64, 64},
+                       qt::Bf16Bytes(w)});
+    qt::WriteShard(tmp / "src/model.safetensors", tensors);
+    qt::WriteBytes(tmp / "src/config.json",
+                   "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64}");
+    for (const std::vector<std::string>& scheme :
+         {std::vector<std::string>{"FP8_DYNAMIC"}, {"W8A8"}, {"NVFP4A16"}, {"MXFP4A16"},
+          {"W4A16", "--group-size", "32"}, {"FP8_BLOCK"}}) {
+      CAPTURE(scheme[0]);
+      const fs::path out = tmp / ("out-" + scheme[0]);
+      std::vector<std::string> args = {"convert", (tmp / "src").string(), out.string(), "-q",
+                                       "--report", (tmp / (scheme[0] + ".json")).string(),
+                                       "--scheme"};
+      args.insert(args.end(), scheme.begin(), scheme.end());
+      auto r = qt::RunQuench(args);
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      auto all = qt::LoadAll(out);
+      for (const qt::RawTensor& s : scalars) {
+        CAPTURE(s.name);
+        auto [l, t] = qt::FindTensor(all, s.name);
+        REQUIRE(t != nullptr);
+        CHECK(t->shape.empty());
+        CHECK(t->dtype == s.dtype);
+        CHECK(std::string(reinterpret_cast<const char*>(l->Data(*t)), t->nbytes()) == s.bytes);
+      }
+      CHECK(qt::FindTensor(all, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
+      auto v = qt::RunQuench({"verify", out.string(), (tmp / "src").string()});
+      CHECK_MESSAGE(v.exit_code == 0, v.err);
+      std::vector<std::string> dry = {"convert", (tmp / "src").string(),
+                                      (tmp / "dry").string(), "--dry-run", "--scheme"};
+      dry.insert(dry.end(), scheme.begin(), scheme.end());
+      auto d = qt::RunQuench(dry);
+      CHECK_MESSAGE(d.exit_code == 0, d.err);
+    }
+  }
+
   TEST_CASE("fused 3-D experts: [E, in, out] layout kept whole, bad names refused") {
     qt::TempDir tmp;
     // hidden_size 64, intermediate 48: Llama 4 / gpt-oss keep gate_up_proj as [E, H, 2I] and

@@ -213,14 +213,16 @@ void ShardPipeline::Write(Chunk* c) {
     len += p.src_len;
   }
   c->map->Release(from, len);
+  // (Rows are asked of AutoAWQ and calibrated weights only, which are 2-D: a copied
+  // tensor's piece counts bytes, and a 0-D tensor has no shape[0].)
   for (const Piece& p : c->pieces) {
     const PlannedTensor& t = plan_.tensors[p.tensor];
-    if (p.end == t.shape[0] && ReadsAcrossWeight(t)) c->map->Release(t.src_offset, t.src_bytes);
+    if (ReadsAcrossWeight(t) && p.end == t.shape[0]) c->map->Release(t.src_offset, t.src_bytes);
   }
   for (const Piece& p : c->pieces) {
     // In order: every chunk of the tensor has been transformed once its last one is here.
-    if (calib_ != nullptr && p.end == plan_.tensors[p.tensor].shape[0] &&
-        calib_->Takes(p.tensor)) {
+    if (calib_ != nullptr && calib_->Takes(p.tensor) &&
+        p.end == plan_.tensors[p.tensor].shape[0]) {
       calib_->Done(p.tensor);
     }
     if (zeroed_ != nullptr) (*zeroed_)[p.tensor] += p.zeroed;
