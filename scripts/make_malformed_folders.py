@@ -151,6 +151,16 @@ def main():
                               "group_size": None}, fmt="float-quantized",
                              inputs={"num_bits": 8, "type": "float", "strategy": "token",
                                      "dynamic": True, "symmetric": True}))
+    # An empty weight (found by scripts/fuzz-convert: its scales' span was 0, and planning
+    # divided by it).
+    ct_case("ct_weight_empty", "'x.weight' is F8_E4M3 [4, 0]; its weight [4, 0] holds no "
+            "element to decode",
+            [("x.weight", [4, 0], "F8_E4M3", b""),
+             ("x.weight_scale", [4, 1], "BF16", bf16s(1, 1, 1, 1))],
+            config=ct_config({"num_bits": 8, "type": "float", "strategy": "channel",
+                              "group_size": None}, fmt="float-quantized",
+                             inputs={"num_bits": 8, "type": "float", "strategy": "token",
+                                     "dynamic": True, "symmetric": True}))
     ct_case("ct_nvfp4_without_global_scale", "has no 'x.weight_global_scale'",
             [("x.weight_packed", [4, 32], "U8", b"\x22" * 128),
              ("x.weight_scale", [4, 4], "F8_E4M3", b"\x38" * 16)],

@@ -113,6 +113,11 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
       w.cols = c.shape[1];
     }
   }
+  // An empty weight would make every scale's span 0 (and the decoders divide by it).
+  if (w.rows == 0 || w.cols == 0) {
+    return Bad(folder, c, Is(c) + "; its weight " + ShapeString({w.rows, w.cols}) +
+                              " holds no element to decode");
+  }
   w.code_row_bytes = c.shape[1] * (DTypeBits(c.dtype) / 8);
   // The scale: dtype by format, shape by strategy.
   const CtTensor& s = w.scale;
