@@ -479,6 +479,47 @@ TEST_SUITE("verify") {
     }
   }
 
+  // Expert pruning alone (scheme none: no quantization_config) keeps every survivor's bytes,
+  // fused 3-D stacks whole: verify with SRC compares each tensor with the source as pruned.
+  // The reference's own outputs (compressed-tensors' MagnitudeExpertPruner) must pass; a kept
+  // expert with one byte changed must not. (Verify once refused every such folder for its
+  // missing quantization_config; found by scripts/fuzz-convert --verify.)
+  TEST_CASE("expert pruning alone: the reference's outputs verify against SRC, a changed byte does not") {
+    auto manifest = quench::ReadJsonFile((qt::DataDir() / "golden/expert_prune_manifest.json").string());
+    REQUIRE(manifest.ok());
+    size_t cases = 0;
+    for (const quench::JsonValue& c : manifest->Find("cases")->as_array()) {
+      if (c.Find("scheme")->as_string() != "none") continue;
+      const std::string name = c.Find("name")->as_string();
+      CAPTURE(name);
+      ++cases;
+      const fs::path src = qt::DataDir() / c.Find("source")->as_string();
+      const fs::path expected = qt::DataDir() / c.Find("expected")->as_string();
+      const auto clean = RunVerify(expected, src);
+      CHECK_MESSAGE(clean.ok(), Problems(clean));
+      CHECK(clean.quality.empty());  // nothing quantized
+      // One byte of the first kept expert tensor changed in a copy.
+      qt::TempDir tmp;
+      const fs::path dst = tmp / "dst";
+      fs::copy(expected, dst, fs::copy_options::recursive);
+      std::string changed;
+      for (const auto& [rel, l] : qt::LoadAll(dst)) {
+        for (const quench::TensorInfo& t : l.shard.header.tensors) {
+          if (!changed.empty() || t.name.find(".experts.") == std::string::npos) continue;
+          std::string bytes = qt::ReadBytes(dst / rel);
+          bytes[l.shard.header.data_start + t.begin + 1] ^= 0x10;
+          qt::WriteBytes(dst / rel, bytes);
+          changed = t.name;
+        }
+      }
+      REQUIRE(!changed.empty());
+      const auto bad = RunVerify(dst, src);
+      CHECK(!bad.ok());
+      CHECK(Has(bad, "changed", changed));
+    }
+    CHECK(cases >= 5);
+  }
+
   TEST_CASE("quench verify: exit codes, one line per problem, --json") {
     const fs::path src = qt::DataDir() / "tiny-llama";
     const fs::path good = qt::DataDir() / "golden/tiny-llama/W4A16";

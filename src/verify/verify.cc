@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -19,6 +21,33 @@
 namespace quench {
 namespace verify {
 namespace fs = std::filesystem;
+
+namespace {
+
+// Whether DST holds a tensor of `whole` that `split` replaced (a fused expert stack kept
+// whole). False where DST cannot be read (OpenDestination reports that).
+bool DstHoldsAny(const fs::path& dst, const ModelFolder& whole, const ModelFolder& split) {
+  auto df = LoadModelFolder(dst);
+  if (!df.ok()) return false;
+  std::set<std::string_view> after;
+  for (const Shard& sh : split.shards) {
+    for (const TensorInfo& t : sh.header.tensors) after.insert(t.name);
+  }
+  std::set<std::string_view> stacks;
+  for (const Shard& sh : whole.shards) {
+    for (const TensorInfo& t : sh.header.tensors) {
+      if (!after.contains(t.name)) stacks.insert(t.name);
+    }
+  }
+  for (const Shard& sh : df->shards) {
+    for (const TensorInfo& t : sh.header.tensors) {
+      if (stacks.contains(t.name)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
 
 // Opens SRC: its inventory, with fused 3-D experts named per expert as the converter split
 // them, and its shards mapped.
@@ -33,16 +62,24 @@ Status Verifier::OpenSource() {
   }
   src_.emplace();
   src_->folder = std::move(sf).value();
-  // A compressed-tensors SRC written decoded (--scheme BF16: DST has no quantization_config)
-  // keeps every tensor's name and shape, its expert stacks whole, as convert_checkpoint does.
-  bool decoded_whole = false;
-  if (IsCompressedTensors(src_->folder)) {
-    auto dc = ReadJsonFile((opt_.dst / "config.json").string());
-    decoded_whole = dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
-  }
-  if (!decoded_whole) {
+  // A DST without quantization_config keeps the source's names: a compressed-tensors SRC
+  // written decoded (--scheme BF16) keeps its expert stacks whole, as convert_checkpoint does,
+  // and so does expert pruning alone (--scheme none --prune-experts) of a BF16 SRC, while
+  // pruning's 2-D weights are the split ones: DST's names tell which.
+  auto dc = ReadJsonFile((opt_.dst / "config.json").string());
+  const bool unquantized =
+      dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
+  const bool decoded_whole = unquantized && IsCompressedTensors(src_->folder);
+  if (!unquantized) {
     auto split = SplitFusedExperts(src_->folder);
     if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+  } else if (!decoded_whole) {
+    ModelFolder split_folder = src_->folder;
+    auto split = SplitFusedExperts(split_folder);
+    if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+    if (split->tensors_split == 0 || !DstHoldsAny(opt_.dst, src_->folder, split_folder)) {
+      src_->folder = std::move(split_folder);
+    }
   }
   auto q = DetectSourceQuantization(src_->folder);
   if (!q.ok()) return Error(q.status().code(), "SRC " + q.status().message());
@@ -199,11 +236,11 @@ Status Verifier::Run() {
     CheckPruneOnly();
     return Status::Ok();
   }
-  if (src_ && (!src_quant_.scales.empty() || opt_.packed_source) && dst_.folder.config &&
-      dst_.folder.config->Find("quantization_config") == nullptr) {
-    // A quantized source written decoded (--scheme BF16 or none): no quantization_config, and
-    // every tensor is the source's, its quantized weights decoded (FP8 and compressed-tensors
-    // here; AutoAWQ and ModelOpt NVFP4 by the CLI first, VerifyOptions::packed_source).
+  if (src_ && dst_.folder.config && dst_.folder.config->Find("quantization_config") == nullptr) {
+    // Nothing quantized (--scheme BF16 or none, e.g. experts pruned alone): no
+    // quantization_config, and every tensor is the source's (as expert pruning left it), a
+    // quantized source's weights decoded (FP8 and compressed-tensors here; AutoAWQ and
+    // ModelOpt NVFP4 by the CLI first, VerifyOptions::packed_source).
     CheckSource();
     return Status::Ok();
   }
