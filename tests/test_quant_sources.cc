@@ -224,6 +224,43 @@ TEST_SUITE("quant_sources") {
     }
   }
 
+  // A conversion to the source's own scheme is no repack when it prunes, uses statistics or
+  // selects other modules (RepackMode): the decoded weights are quantized again with scales of
+  // their own. verify once held every same-scheme output to the lossless rule, so a pruned
+  // NVFP4A16 of a ModelOpt source failed with hundreds of "lossless" elements; the repack's
+  // own marks (ModelOpt's global scale, AutoAWQ's F16 scales) now decide (found by
+  // scripts/fuzz-convert --verify).
+  TEST_CASE("verify: a same-scheme conversion that is not a repack is held to the error bound") {
+    struct Case {
+      std::string src;
+      std::vector<std::string> args;
+    };
+    for (const Case& c : {Case{"mosrc", {"--scheme", "NVFP4A16", "--prune", "2:4"}},
+                          Case{"mokvsrc", {"--scheme", "NVFP4A16", "--prune", "unstructured:0.5"}},
+                          Case{"mosrc", {"--scheme", "NVFP4A16", "--ignore", "re:.*down_proj"}},
+                          Case{"awqsrc", {"--scheme", "W4A16_ASYM", "--group-size", "32",
+                                          "--prune", "2:4"}}}) {
+      CAPTURE(c.src);
+      CAPTURE(c.args.back());
+      TempDir tmp;
+      const fs::path src = DataDir() / "golden" / c.src / "src";
+      std::vector<std::string> convert = {"convert", src.string(), (tmp / "dst").string(), "-q"};
+      convert.insert(convert.end(), c.args.begin(), c.args.end());
+      auto r = RunQuench(convert);
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      std::vector<std::string> verify = {"verify", (tmp / "dst").string(), src.string()};
+      // verify needs the pruning spec the conversion used.
+      for (size_t i = 0; i + 1 < c.args.size(); ++i) {
+        if (c.args[i] == "--prune") verify.insert(verify.end(), {"--prune", c.args[i + 1]});
+      }
+      auto v = RunQuench(verify);
+      CAPTURE(v.out);
+      CHECK(v.exit_code == 0);
+      CHECK(v.out.find("lossless") == std::string::npos);
+      CHECK(v.out.find("OK: ") != std::string::npos);
+    }
+  }
+
   TEST_CASE("verify: a packed source written decoded is compared weight by weight, bit for bit") {
     // DST without quantization_config (--scheme BF16, or --scheme none --prune): each of the
     // 13 packed weights must equal the source decoded, the 8 other tensors be copied, nothing

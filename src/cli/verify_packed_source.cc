@@ -69,6 +69,10 @@ Result<TempDecoded> DecodePackedSource(const std::filesystem::path& src) {
   for (const auto& [weight, p] : q->packed) {
     ps.modules.insert(weight.substr(0, weight.size() - 7));
     ps.decoded.insert(weight);
+    // As the repack writes it (compressed-tensors' ModelOptNvfp4Converter: 1 / x in f32).
+    if (q->format != SourceFormat::kAwq) {
+      ps.global_scales[weight.substr(0, weight.size() - 7)] = 1.0f / p.weight_scale_2;
+    }
   }
   auto skipped = NameMatcher::Compile(q->repack_ignore, "the source's unquantized modules");
   if (!skipped.ok()) return skipped.status();

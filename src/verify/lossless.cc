@@ -4,6 +4,7 @@
 // the same way (src/pipeline/source_decode_packed.h). The error bound alone would let a code
 // one grid step off pass; a repack changes no value, so any difference is a problem.
 #include <cmath>
+#include <cstring>
 
 #include "schemes/float_formats.h"
 #include "verify/verifier.h"
@@ -21,9 +22,23 @@ bool Verifier::IsLosslessRepack(const std::string& module, const Group& g) const
   if (!opt_.packed_source || !src_) return false;
   const VerifyOptions::PackedSource& p = *opt_.packed_source;
   if (!p.modules.contains(module) || g.format_name != p.format) return false;
-  if (g.format == Format::kNvfp4) return true;  // 16-input E4M3 groups, as ModelOpt's
+  // Only what the repack wrote: ModelOpt's global scale or AutoAWQ's F16 scales kept (a
+  // conversion that decoded and requantized computes its own).
+  if (g.format == Format::kNvfp4) {  // 16-input E4M3 groups, as ModelOpt's
+    auto want = p.global_scales.find(module);
+    const TensorInfo* gt = dst_.Find(module + ".weight_global_scale");
+    if (want == p.global_scales.end() || gt == nullptr || gt->dtype != DType::kF32 ||
+        gt->nbytes() != 4) {
+      return false;
+    }
+    float got;
+    std::memcpy(&got, dst_.Data(module + ".weight_global_scale"), 4);
+    return std::memcmp(&got, &want->second, 4) == 0;
+  }
+  const TensorInfo* st = dst_.Find(module + ".weight_scale");
   return g.format == Format::kPack && g.bits == p.bits && g.strategy == "group" &&
-         g.group_size == p.group_size && g.symmetric == p.symmetric;
+         g.group_size == p.group_size && g.symmetric == p.symmetric && st != nullptr &&
+         st->dtype == p.weight_dtype;
 }
 
 // compressed-tensors' _dequantize, to BF16: int codes (q - z) * s computed in the scale's

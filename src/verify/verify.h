@@ -32,6 +32,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -89,6 +90,12 @@ struct VerifyOptions {
     // The weights ("X.weight") the source stores packed: in `src` they are decoded, so a DST
     // written decoded (no quantization_config) must hold each bit for bit.
     std::set<std::string> decoded;
+    // ModelOpt NVFP4: per module, the weight_global_scale a repack writes (1 / the source's
+    // weight_scale_2). A DST module holds to the lossless rule only where it has these
+    // (AutoAWQ: its F16 scales): converting with pruning, statistics, an observer or
+    // another selection requantizes the decoded weights instead (src/plan/planner_sources.cc
+    // RepackMode), and those are held to the error bound like any other.
+    std::map<std::string, float> global_scales;
   };
   std::optional<PackedSource> packed_source;
 };
