@@ -520,6 +520,26 @@ TEST_SUITE("verify") {
     CHECK(cases >= 5);
   }
 
+  // A source tensor whose name only looks like a quantized one (a BF16 "X.weight_packed",
+  // with no X.weight) is copied; with SRC, verify sees the copy instead of a module whose
+  // quantized weight is missing (found by scripts/fuzz-convert --verify).
+  TEST_CASE("a copied tensor named like a packed weight is a copy, not a missing module") {
+    qt::TempDir tmp;
+    std::vector<float> w(64 * 64);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0.01f * static_cast<float>(i % 41) - 0.2f;
+    qt::WriteShard(tmp / "src/model.safetensors",
+                   {{"model.layers.0.mlp.up_proj.weight", DType::kBF16, {64, 64}, qt::Bf16Bytes(w)},
+                    {"model.layers.0.mlp.down_proj.weight_packed", DType::kBF16, {64, 64},
+                     qt::Bf16Bytes(w)}});
+    qt::WriteBytes(tmp / "src/config.json", "{\"architectures\": [\"LlamaForCausalLM\"]}");
+    auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "dst").string(), "-q",
+                            "--scheme", "FP8_DYNAMIC"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const auto v = RunVerify(tmp / "dst", tmp / "src");
+    CHECK_MESSAGE(v.ok(), Problems(v));
+    CHECK(v.quality.size() == 1);  // up_proj
+  }
+
   TEST_CASE("quench verify: exit codes, one line per problem, --json") {
     const fs::path src = qt::DataDir() / "tiny-llama";
     const fs::path good = qt::DataDir() / "golden/tiny-llama/W4A16";

@@ -208,7 +208,11 @@ void Verifier::SelectModules() {
   }
   for (const Shard& s : dst_.folder.shards) {
     for (const TensorInfo& t : s.header.tensors) {
-      if (!src_ || !src_->Find(std::string(SplitModuleParam(t.name).first) + ".weight")) consider(t, false);
+      // (Not a tensor SRC holds under the same name: that is a copy, whatever its name says.)
+      if (!src_ || (!src_->Find(std::string(SplitModuleParam(t.name).first) + ".weight") &&
+                    !src_->Find(t.name))) {
+        consider(t, false);
+      }
     }
   }
   for (const auto& [module, two_d] : candidates) {
