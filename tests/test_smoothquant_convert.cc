@@ -9,11 +9,13 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "calib/mappings.h"
 #include "format/json.h"
+#include "format/safetensors.h"
 #include "plan_fingerprint.h"
 #include "quench/convert.h"
 #include "test_util.h"
@@ -124,6 +126,39 @@ TEST_CASE("SmoothQuant's refusals at planning") {
     }
   }
   CheckRefusals({"convert", src, dst}, cases, dst);
+}
+
+// Statistics whose ranges are finite but absurd (3e38) make smoothing scales that overflow the
+// balance weights: a non-finite error naming the weight and the cause, exit 3, nothing left;
+// it was reported as an internal error ("a bug in quench"; found by scripts/fuzz-convert).
+TEST_CASE("smoothing that overflows a weight is a non-finite error, not an internal one") {
+  TempDir tmp;
+  const fs::path stats = tmp / "stats";
+  fs::copy(kGolden / "stats", stats);
+  std::string bytes = ReadBytes(stats / "stats-00001.safetensors");
+  const auto header = ReadSafetensorsHeader(stats / "stats-00001.safetensors");
+  REQUIRE(header.ok());
+  for (const TensorInfo& t : header->tensors) {
+    if (t.name != "model.layers.0.self_attn.q_proj.max" &&
+        t.name != "model.layers.0.self_attn.q_proj.min") {
+      continue;
+    }
+    const float v = t.name.ends_with(".max") ? 3e38f : -3e38f;
+    for (uint64_t i = 0; i < t.nbytes() / 4; ++i) {
+      std::memcpy(bytes.data() + header->data_start + t.begin + 4 * i, &v, 4);
+    }
+  }
+  WriteBytes(stats / "stats-00001.safetensors", bytes);
+  const fs::path dst = tmp / "o";
+  auto r = RunQuench({"convert", (DataDir() / "tiny-llama").string(), dst.string(), "-q",
+                      "--scheme", "W8A8", "--algorithm", "smoothquant", "--stats",
+                      stats.string()});
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("quench: error: non-finite: ") != std::string::npos);
+  CHECK(r.err.find("self_attn.") != std::string::npos);
+  CHECK(r.err.find("once smoothed") != std::string::npos);
+  CHECK(r.err.find("bug") == std::string::npos);
+  CHECK(!fs::exists(dst));
 }
 
 TEST_CASE("--resume does not keep a shard smoothed otherwise") {

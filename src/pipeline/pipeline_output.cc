@@ -148,6 +148,17 @@ Status ShardPipeline::PieceFailure(const Chunk& c, const Piece& p) const {
       }
     }
   }
+  if (t.smoothed) {
+    // Finite as stored, but SmoothQuant / AWQ multiplied its input columns by scales from
+    // the statistics before the kernel saw them (src/calib/smoothquant_run.h).
+    return Error(ErrorCode::kNonFinite,
+                 where + " rows " + std::to_string(p.begin) + ".." +
+                     std::to_string(p.end - 1) + " overflow " +
+                     std::string(DTypeName(t.compute_dtype)) +
+                     " once smoothed: the smoothing scales, from --stats' activation ranges, "
+                     "are too large; check its site's ranges (quench stats inspect) or leave "
+                     "the layer out of the smoothing mappings");
+  }
   return Error(ErrorCode::kInternal,
                where + " rows " + std::to_string(p.begin) + ".." + std::to_string(p.end - 1) +
                    ": the " + std::string(t.scheme != nullptr ? t.scheme->name : "pruning") +
