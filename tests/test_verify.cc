@@ -520,6 +520,32 @@ TEST_SUITE("verify") {
     CHECK(cases >= 5);
   }
 
+  // Routers quantized too (--no-default-ignore): with every expert kept, the router is a
+  // quantized module like any other (it was taken for a pruned router with wrong rows); with
+  // experts pruned, which ones were kept cannot be told from quantized rows, which verify says
+  // (found by scripts/fuzz-convert --verify).
+  TEST_CASE("quantized routers: all experts kept verify; pruned ones are refused with SRC") {
+    const fs::path src = qt::DataDir() / "golden/xprune-2d/src";
+    qt::TempDir tmp;
+    auto r = qt::RunQuench({"convert", src.string(), (tmp / "all").string(), "-q", "--scheme",
+                            "FP8_DYNAMIC", "--no-default-ignore"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const auto all = RunVerify(tmp / "all", src);
+    CHECK_MESSAGE(all.ok(), Problems(all));
+    // One expert of four kept: its router row is one range of the source, which the planner
+    // quantizes like any tensor (several kept rows are refused: only copies gather ranges).
+    const fs::path ct3d = qt::DataDir() / "golden/xprune-ct3d/FP8_BLOCK";
+    r = qt::RunQuench({"convert", ct3d.string(), (tmp / "pruned").string(), "-q", "--scheme",
+                       "MXFP8A16", "--no-default-ignore", "--prune-experts", "0.75"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    auto v = qt::RunQuench({"verify", (tmp / "pruned").string(), ct3d.string()});
+    CHECK(v.exit_code == 3);
+    CHECK(v.err.find("quench: error: verify: unsupported: router 'model.layers.0.mlp.gate.weight' "
+                     "keeps 1 of SRC's 4 experts but is F8_E4M3") != std::string::npos);
+    const auto alone = RunVerify(tmp / "pruned", std::nullopt);
+    CHECK_MESSAGE(alone.ok(), Problems(alone));
+  }
+
   // A source tensor whose name only looks like a quantized one (a BF16 "X.weight_packed",
   // with no X.weight) is copied; with SRC, verify sees the copy instead of a module whose
   // quantized weight is missing (found by scripts/fuzz-convert --verify).

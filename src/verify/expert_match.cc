@@ -59,9 +59,21 @@ Status Verifier::MatchPrunedExperts() {
     const MoeLayer& layer = layers[l];
     const TensorInfo* d = dst_.Find(layer.router);
     const TensorInfo& s = layer.router_info;
-    if (d == nullptr || (d->shape == s.shape && d->dtype == s.dtype)) {
+    // Every expert kept: the router as the source's (or quantized, --no-default-ignore;
+    // checked as a quantized module like any other).
+    if (d == nullptr || d->shape == s.shape) {
       for (uint32_t e = 0; e < layer.experts; ++e) kept[l].push_back(e);
       continue;
+    }
+    if (d->dtype != s.dtype && d->shape.size() == 2 && d->shape[1] == s.shape[1] &&
+        d->shape[0] < s.shape[0]) {
+      return Error(ErrorCode::kUnsupported,
+                   "router '" + layer.router + "' keeps " + std::to_string(d->shape[0]) +
+                       " of SRC's " + std::to_string(s.shape[0]) + " experts but is " +
+                       std::string(DTypeName(d->dtype)) + ", not the source's " +
+                       std::string(DTypeName(s.dtype)) +
+                       " (quantized: --no-default-ignore), so which experts it kept cannot "
+                       "be told from its rows; verify DST without SRC");
     }
     if (d->dtype != s.dtype || d->shape.size() != 2 || d->shape[1] != s.shape[1] ||
         d->shape[0] > s.shape[0]) {
