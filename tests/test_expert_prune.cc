@@ -332,6 +332,15 @@ TEST_SUITE("expert_prune") {
       CHECK(s.code() == quench::ErrorCode::kUnsupported);
       CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") != std::string::npos);
     }
+    SUBCASE("nor where the kept rows are adjacent (one range)") {
+      // One expert of four kept: the router's kept row is one range of the source, which was
+      // once quantized while two or more scattered rows were refused, so that whether a run
+      // worked depended on which experts survived (found by scripts/fuzz-convert).
+      s = PlanStatus(qt::DataDir() / "golden/xprune-ct3d/FP8_BLOCK", 0.75, "MXFP8A16",
+                     /*default_ignore=*/false);
+      CHECK(s.code() == quench::ErrorCode::kUnsupported);
+      CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") != std::string::npos);
+    }
   }
 
   TEST_CASE("NVFP4: each kept expert's gate and up share one global scale, under its new index") {

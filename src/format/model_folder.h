@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,9 @@ struct ModelFolder {
   // relative like TensorInfo's, in order), set by expert pruning (src/plan/expert_prune.h);
   // their TensorInfo's begin is the first range's and nbytes() the total.
   std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> gathered;
+  // Every tensor expert pruning sliced to the kept experts' rows (routers, their biases,
+  // stacks kept whole), gathered or, where the kept rows are adjacent, one range: only copied.
+  std::set<std::string> sliced;
   bool config_changed = false;  // `config` was edited (expert count): written, not copied
   // Expert pruning renumbered kept experts (src/plan/expert_prune.h), so that a shard's file
   // order (by old name) is no longer its tensors' name order, which outputs are written in.

@@ -317,6 +317,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       t.shape[0] = kept;
       t.begin = runs.front().first;
       t.end = t.begin + kept * row;
+      folder.sliced.insert(t.name);
       if (runs.size() > 1) folder.gathered[t.name] = std::move(runs);
       tensors.push_back(std::move(t));
     }

@@ -93,9 +93,10 @@ std::string Planner::QuantizeProblem(std::string_view rel_name, const TensorInfo
 
 Status Planner::TargetedProblem(const TensorInfo& t, const std::string& rel_name,
                                 const PlannedTensor& pt, const PlannedGroup& g) const {
-  if (!pt.src_ranges.empty()) {
+  if (!pt.src_ranges.empty() || folder_.sliced.contains(t.name)) {
     // A router or expert stack sliced to the kept experts is gathered from several ranges of
-    // its source; only the copy path reads such pieces.
+    // its source; only the copy path reads such pieces. (Refused also where the kept rows are
+    // adjacent, one range, so that the run does not depend on which experts were kept.)
     return Error(
         ErrorCode::kUnsupported,
         rel_name + ": tensor '" + t.name + "' is sliced to the kept experts (--prune-experts) "
