@@ -157,6 +157,34 @@ TEST_SUITE("matcher") {
     CHECK(m.status().message().find("re:(unclosed") != std::string::npos);
   }
 
+  // Python's re.compile refuses a quantifier on a quantifier ("multiple repeat at position
+  // N", the positions below are Python 3's) and reads `*+` as possessive; std::regex took both
+  // as nested repeats, and a recipe's `re:.**self_attn\..*` made a run backtrack for minutes
+  // (found by scripts/fuzz-convert).
+  TEST_CASE("a quantifier on a quantifier is refused as Python refuses it") {
+    for (const auto& [pattern, why] : std::vector<std::pair<std::string, std::string>>{
+             {".**self_attn", "multiple repeat at position 2"},
+             {"a{2}*", "multiple repeat at position 4"},
+             {"a{2,3}{2}", "multiple repeat at position 6"},
+             {"x*??", "multiple repeat at position 3"},
+             {"a{,}*", "multiple repeat at position 4"},
+             {"a*+", "possessive quantifier at position 2"}}) {
+      CAPTURE(pattern);
+      auto m = NameMatcher::Compile({"re:" + pattern}, "--ignore");
+      REQUIRE_FALSE(m.ok());
+      CHECK(m.status().code() == quench::ErrorCode::kUsage);
+      CHECK(m.status().message().find("'re:" + pattern + "': invalid regular expression: " +
+                                      why) != std::string::npos);
+    }
+    // Lazy quantifiers, quantified groups, escaped or bracketed quantifier characters and
+    // braces that are no quantifier stay valid, as in Python.
+    for (const std::string pattern : {"a*?b", "x+?", "a{2,3}?", "(a*)*b", "\\*+", "[*+?]+",
+                                      "[]*]+", "a{2}b*", "model\\.layers\\.\\d+\\..*"}) {
+      CAPTURE(pattern);
+      CHECK(NameMatcher::Compile({"re:" + pattern}, "--ignore").ok());
+    }
+  }
+
   TEST_CASE("module/parameter split at the last dot") {
     auto [m, p] = quench::SplitModuleParam("model.layers.0.mlp.down_proj.weight");
     CHECK(m == "model.layers.0.mlp.down_proj");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cctype>
+#include <string>
 
 namespace quench {
 namespace {
@@ -90,6 +91,59 @@ std::vector<std::string> RequiredSuffixes(std::string_view pattern) {
   return {tail};
 }
 
+// The length of a brace quantifier `{m}`, `{m,}` or `{m,n}` starting at p[i] (0 when the
+// brace is a literal, as Python reads one that is not a quantifier).
+size_t BraceQuantifier(std::string_view p, size_t i) {
+  size_t j = i + 1;
+  bool any = false;  // `{}` is a literal; `{,}` is {0,} (Python's sre_parse)
+  while (j < p.size() && std::isdigit(static_cast<unsigned char>(p[j]))) ++j, any = true;
+  if (j < p.size() && p[j] == ',') {
+    ++j;
+    any = true;
+    while (j < p.size() && std::isdigit(static_cast<unsigned char>(p[j]))) ++j;
+  }
+  return j < p.size() && p[j] == '}' && any ? j - i + 1 : 0;
+}
+
+// Python's re refuses a quantifier on a quantifier ("multiple repeat": `.**`, `a{2}*`) and
+// reads `*+` as possessive; libstdc++'s ECMAScript grammar accepts both as nested repeats,
+// whose backtracking can take exponential time on a module name (a recipe's `re:.**x` once
+// hung a run). Returns what is wrong, or "".
+std::string QuantifierProblem(std::string_view p) {
+  bool after_quantifier = false, after_lazy = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    const size_t brace = c == '{' ? BraceQuantifier(p, i) : 0;
+    const bool quantifier = c == '*' || c == '+' || c == '?' || brace > 0;
+    if (quantifier && (after_quantifier || after_lazy)) {
+      if (c == '?' && !after_lazy) {  // lazy: *? +? ?? {m,n}?
+        after_quantifier = false;
+        after_lazy = true;
+        continue;
+      }
+      if (c == '+' && !after_lazy) {
+        return "possessive quantifier at position " + std::to_string(i) +
+               " (Python 3.11's *+, ++, ?+) is not supported";
+      }
+      return "multiple repeat at position " + std::to_string(i);
+    }
+    after_lazy = false;
+    after_quantifier = quantifier;
+    if (brace > 0) i += brace - 1;
+    if (c == '\\') {
+      ++i;
+    } else if (c == '[') {
+      // A class ends at the first ']' after its first member (which may itself be ']').
+      size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') ++j;
+      if (j < p.size() && p[j] == ']') ++j;
+      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+      i = j;
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries,
@@ -100,6 +154,10 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
     Entry c;
     if (e.starts_with("re:")) {
       c.is_regex = true;
+      if (const std::string bad = QuantifierProblem(std::string_view(e).substr(3)); !bad.empty()) {
+        return Error(ErrorCode::kUsage, std::string(what) + " entry '" + e +
+                                            "': invalid regular expression: " + bad);
+      }
       try {
         // ECMAScript grammar covers the Python syntax these patterns use in practice
         // (., *, +, ?, |, groups, (?:), classes, \d \w \s, anchors).
