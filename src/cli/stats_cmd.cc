@@ -55,17 +55,13 @@ std::string Supports(const calib::StatsSite& s) {
 
 int Inspect(const std::string& dir, bool json) {
   auto stats = calib::Statistics::Open(dir);
-  if (!stats.ok()) {
-    return ReportStatus(stats.status());
-  }
+  if (!stats.ok()) return ReportStatus(stats.status());
   std::map<std::string, size_t> readers;
   for (const auto& [w, c] : stats->consumers()) ++readers[c.site];
   JsonValue sites = JsonValue::MakeArray();
   for (const auto& [name, s] : stats->sites()) {
     auto count = stats->ReadField(name, "count");
-    if (!count.ok()) {
-      return ReportStatus(count.status());
-    }
+    if (!count.ok()) return ReportStatus(count.status());
     const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
     const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
     const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
@@ -91,12 +87,8 @@ int Inspect(const std::string& dir, bool json) {
   for (const auto& [router, r] : stats->reap()) {
     auto sum = stats->ReadReapSum(r);
     auto count = stats->ReadReapCount(r);
-    if (!sum.ok()) {
-      return ReportStatus(sum.status());
-    }
-    if (!count.ok()) {
-      return ReportStatus(count.status());
-    }
+    if (!sum.ok()) return ReportStatus(sum.status());
+    if (!count.ok()) return ReportStatus(count.status());
     double lo = 0, hi = 0;
     uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
     for (size_t e = 0; e < sum->size(); ++e) {

@@ -67,12 +67,11 @@ Result<TempDecoded> DecodePackedSource(const std::filesystem::path& src) {
   // The Linear layers: the packed ones and the ones the source's config left unquantized
   // (modules_to_not_convert, exclude_modules, lm_head: the converters' ignore list).
   for (const auto& [weight, p] : q->packed) {
-    ps.modules.insert(weight.substr(0, weight.size() - 7));
+    const std::string module = weight.substr(0, weight.size() - 7);  // less ".weight"
+    ps.modules.insert(module);
     ps.decoded.insert(weight);
     // As the repack writes it (compressed-tensors' ModelOptNvfp4Converter: 1 / x in f32).
-    if (q->format != SourceFormat::kAwq) {
-      ps.global_scales[weight.substr(0, weight.size() - 7)] = 1.0f / p.weight_scale_2;
-    }
+    if (q->format != SourceFormat::kAwq) ps.global_scales[module] = 1.0f / p.weight_scale_2;
   }
   auto skipped = NameMatcher::Compile(q->repack_ignore, "the source's unquantized modules");
   if (!skipped.ok()) return skipped.status();
