@@ -286,6 +286,42 @@ quant_stage:
     CHECK_FALSE(fs::exists(tmp / "other"));
   }
 
+  TEST_CASE("a finalizer killed after publishing: a worker's rerun removes its parts and markers") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    for (int i = 0; i < 2; ++i) {
+      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--no-finalize",
+                                                    "--worker", std::to_string(i) + "/2"}));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    }
+    // Where a finalizer stops once config.json is in place: every published file as the
+    // single run's, the parts and resume markers not yet removed.
+    for (const char* f : {"model.safetensors.index.json", "config.json"}) {
+      fs::copy_file(tmp / "want" / f, out / f);
+    }
+    REQUIRE(fs::exists(out / ".quench-parts"));
+    REQUIRE(fs::exists(out / ".quench-resume"));
+    const fs::path lock = out / ".quench-parts" / "finalize.lock";
+    // While a finalizer elsewhere holds the lock (a fresh heartbeat), it removes them itself.
+    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    const std::vector<std::string> rerun = ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/2"});
+    auto busy = qt::RunQuench(rerun);
+    REQUIRE_MESSAGE(busy.exit_code == 0, busy.err);
+    CHECK(fs::exists(lock));
+    // That finalizer gone (no heartbeat for longer than kStaleSeconds): the rerun finishes
+    // its cleanup, and says what it found.
+    fs::last_write_time(lock, fs::file_time_type::clock::now() -
+                                  std::chrono::seconds(quench::kStaleSeconds + 30));
+    auto r = qt::RunQuench(rerun);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.err.find("already this conversion") != std::string::npos);
+    CHECK_MESSAGE(r.err.find("shard(s) were already done; published") != std::string::npos, r.err);  // not "no shards"
+    CheckSameFolder(out, tmp / "want");
+  }
+
   TEST_CASE("a worker lock held from another machine: refused while its heartbeat is fresh, taken over once stale") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";

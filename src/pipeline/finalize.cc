@@ -54,6 +54,19 @@ Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files) {
 
 }  // namespace
 
+Status RemoveFinalizeLeftovers(const fs::path& dst) {
+  std::error_code ec;
+  if (!fs::is_directory(dst / kPartsDir, ec)) return Status::Ok();
+  std::string holder;
+  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
+                          FsLock::TryAcquire(dst / kPartsDir / "finalize.lock", &holder));
+  if (!lock) return Status::Ok();
+  // Publish's last step; the lock file goes with the folder, as there.
+  fs::remove_all(dst / kResumeDir, ec);
+  fs::remove_all(dst / kPartsDir, ec);
+  return SyncDirectory(dst);
+}
+
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
   const fs::path dir = dst / kPartsDir;
   std::error_code ec;

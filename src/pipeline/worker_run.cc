@@ -1,5 +1,6 @@
 // A worker's side of a conversion split over machines: starting (StartWorker) and, once its
 // part is in, finalizing when it is the last (FinalizeIfLast).
+#include <algorithm>
 #include <system_error>
 
 #include "format/file_io.h"
@@ -61,10 +62,14 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
   // A published folder: this conversion (a rerun after finalize: nothing to do), or another
   // one, which a worker replaces only with --overwrite, unpublishing it first (config.json
   // first) so that the folder is visibly unfinished while the workers run.
+  const std::vector<int> owner = AssignShards(ShardCosts(plan), count);
   if (!plan.files.empty() && fs::exists(plan.dst / plan.files.back().rel_name, ec)) {
     if (IsPublished(plan)) {
+      // A finalizer killed between config.json and its cleanup left parts and markers.
+      QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(plan.dst));
       note("DST is already this conversion, finalized; nothing to do");
       start.finalized = true;
+      start.owned = static_cast<size_t>(std::count(owner.begin(), owner.end(), index));
       return start;
     }
     if (!o.overwrite) {
@@ -84,7 +89,6 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
                      "): two workers were given the same index, or this worker's previous run is "
                      "still alive");
   }
-  const std::vector<int> owner = AssignShards(ShardCosts(plan), count);
   start.mine.assign(plan.shards.size(), false);
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     start.mine[k] = owner[k] == index;

@@ -90,6 +90,12 @@ struct FinalizeResult {
 Result<FinalizeResult> FinalizeParts(const std::filesystem::path& dst, int count,
                                      const ConvertCallbacks& callbacks);
 
+// A published DST whose finalizer was killed after config.json and before its cleanup still
+// holds the parts and resume markers: removes them, as that finalizer's last step would have,
+// unless a finalizer holds finalize.lock now (it removes them itself). Nothing to do without
+// DST/.quench-parts.
+Status RemoveFinalizeLeftovers(const std::filesystem::path& dst);
+
 // Set up a worker's run (worker_run.cc): refuses a DST finished by another conversion (or,
 // with --overwrite, unpublishes it), takes the worker's lock (busy: the same index runs
 // elsewhere, kUsage), marks every shard outside the worker's share already_done, and finds a
