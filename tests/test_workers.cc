@@ -322,6 +322,19 @@ quant_stage:
     CheckSameFolder(out, tmp / "want");
   }
 
+  TEST_CASE("an empty worker lock (a run killed while taking it) holds nothing; a lock is never left empty") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "tiny-llama";
+    const fs::path out = tmp / "out";
+    qt::WriteBytes(quench::WorkerLockPath(out, 0), "");
+    const std::vector<std::string> args =
+        ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", "0/2", "--no-finalize"});
+    auto r = qt::RunQuench(args);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    // The part is in; the lock, released, left nothing behind (nor the file it was made from).
+    CHECK(qt::ListFiles(out / ".quench-parts") == std::vector<std::string>{"part-00000-of-00002.json"});
+  }
+
   TEST_CASE("a worker lock held from another machine: refused while its heartbeat is fresh, taken over once stale") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";

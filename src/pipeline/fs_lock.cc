@@ -58,6 +58,9 @@ std::string Field(const std::string& token, const std::string& key) {
 // Whether the lock described by `token` (with `st` its stat) may be taken over.
 bool IsStale(const fs::path& path, const std::string& token, const struct stat& st,
              const std::string& nonce) {
+  // A lock file without its holder (an earlier quench killed between creating and writing
+  // it; TryAcquire now links it whole) names nobody who could still hold it.
+  if (Field(token, "machine").empty()) return true;
   if (Field(token, "machine") == Machine()) {
     const long pid = std::atol(Field(token, "pid").c_str());
     return pid <= 0 || StartTime(pid) != Field(token, "start");
@@ -109,22 +112,34 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
   std::strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   const std::string token = "machine=" + Machine() + " pid=" + std::to_string(pid) +
                             " start=" + StartTime(pid) + " since=" + since + " nonce=" + nonce;
+  // The lock appears with its contents or not at all: they are written to a file of their
+  // own, which is then linked to `path` (link fails with EEXIST where the lock exists; atomic
+  // on local file systems and NFS). A process killed while taking the lock leaves no empty
+  // lock file, which would read as held by nobody known until it went stale.
+  const fs::path fresh = fs::path(path.string() + ".new-" + nonce);
+  {
+    const int fd = open(fresh.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(errno));
+    }
+    const std::string line = token + "\n";
+    const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+                    fsync(fd) == 0;
+    close(fd);
+    if (!ok) {
+      unlink(fresh.c_str());
+      return Error(ErrorCode::kIo, path.string() + ": cannot write the lock file");
+    }
+  }
   for (int attempt = 0; attempt < 2; ++attempt) {
-    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-      const std::string line = token + "\n";
-      const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
-                      fsync(fd) == 0;
-      close(fd);
-      if (!ok) {
-        std::error_code ec;
-        fs::remove(path, ec);
-        return Error(ErrorCode::kIo, path.string() + ": cannot write the lock file");
-      }
+    if (link(fresh.c_str(), path.c_str()) == 0) {
+      unlink(fresh.c_str());
       return std::unique_ptr<FsLock>(new FsLock(path, token));
     }
     if (errno != EEXIST) {
-      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(errno));
+      const int err = errno;
+      unlink(fresh.c_str());
+      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(err));
     }
     struct stat st {};
     const std::string theirs = FirstLine(path);
@@ -146,6 +161,7 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
     }
     unlink(aside.c_str());
   }
+  unlink(fresh.c_str());
   return std::unique_ptr<FsLock>();
 }
 
