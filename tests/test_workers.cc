@@ -322,6 +322,41 @@ quant_stage:
     CheckSameFolder(out, tmp / "want");
   }
 
+  TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "W4A16"})).exit_code == 0);
+    // Every state a finalizer can be stopped in once config.json is written (it writes the
+    // files, then removes the markers, then the parts, one file after another).
+    enum Left { kAll, kNoMarkers, kSomeParts, kEmptyPartsFolder };
+    for (Left left : {kAll, kNoMarkers, kSomeParts, kEmptyPartsFolder}) {
+      CAPTURE(static_cast<int>(left));
+      const fs::path out = tmp / ("out" + std::to_string(static_cast<int>(left)));
+      for (int i = 0; i < 2; ++i) {
+        auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--no-finalize",
+                                                      "--worker", std::to_string(i) + "/2"}));
+        REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      }
+      for (const char* f : {"model.safetensors.index.json", "config.json"}) {
+        fs::copy_file(tmp / "want" / f, out / f);
+      }
+      if (left != kAll) fs::remove_all(out / ".quench-resume");
+      if (left == kSomeParts) fs::remove(out / ".quench-parts" / "part-00000-of-00002.json");
+      if (left == kEmptyPartsFolder) {
+        for (const std::string& f : qt::ListFiles(out / ".quench-parts")) fs::remove(out / ".quench-parts" / f);
+      }
+      auto r = qt::RunQuench({"finalize", out.string()});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_MESSAGE(r.err.find("is published already; nothing to do") != std::string::npos, r.err);
+      CheckSameFolder(out, tmp / "want");
+      // Once more, on the finished folder: the same answer, nothing changed.
+      auto again = qt::RunQuench({"finalize", out.string()});
+      REQUIRE_MESSAGE(again.exit_code == 0, again.err);
+      CHECK(again.err.find("is published already; nothing to do") != std::string::npos);
+      CheckSameFolder(out, tmp / "want");
+    }
+  }
+
   TEST_CASE("an empty worker lock (a run killed while taking it) holds nothing; a lock is never left empty") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";

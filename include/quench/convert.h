@@ -81,6 +81,7 @@ struct FinalizeSummary {
   int workers = 0;
   uint64_t shards = 0;
   bool published = false;  // false: another process holds the finalize lock (`holder`)
+  bool already_published = false;  // published before: only a stopped finalizer's cleanup done
   std::string holder;
   std::string report_json; // each worker's summary and their totals (finalize --report)
 };

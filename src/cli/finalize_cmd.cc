@@ -81,7 +81,7 @@ int RunFinalize(const std::vector<std::string>& args) {
       return ReportStatus(s);
     }
   }
-  if (!quiet) {
+  if (!quiet && !r->already_published) {  // (the note said so)
     std::fprintf(stderr, "quench: finalized %s: %d workers, %llu shards\n", dst.c_str(),
                  r->workers, static_cast<unsigned long long>(r->shards));
   }

@@ -67,15 +67,47 @@ Status RemoveFinalizeLeftovers(const fs::path& dst) {
   return SyncDirectory(dst);
 }
 
+namespace {
+
+// Whether DST is published already: its config file, which Publish writes last, is in place
+// and, where parts remain to say so, holds what they would write. (A worker replacing another
+// conversion removes that config file before it makes its part.) Then what is left to a
+// finalizer is the cleanup a stopped one did not finish. `summaries`: the parts' own.
+bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
+  std::error_code ec;
+  bool compared = false;
+  for (const auto& [key, path] : ListParts(dst / kPartsDir)) {
+    auto part = ReadPart(path);
+    if (!part.ok() || part->files.empty()) continue;
+    const PlannedFile& config = part->files.back();
+    auto have = ReadFileToString(dst / config.rel_name);
+    auto want = config.copy_from.empty() ? Result<std::string>(config.contents)
+                                         : ReadFileToString(config.copy_from);
+    if (!have.ok() || !want.ok() || *have != *want) return false;
+    summaries->push_back(part->summary);
+    compared = true;
+  }
+  return compared || fs::exists(dst / "config.json", ec) || fs::exists(dst / "params.json", ec);
+}
+
+}  // namespace
+
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
   const fs::path dir = dst / kPartsDir;
   std::error_code ec;
+  FinalizeResult result;
+  if (AlreadyPublished(dst, &result.summaries)) {
+    QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(dst));
+    if (cb.note) cb.note(dst.string() + " is published already; nothing to do");
+    result.published = result.already_published = true;
+    return result;
+  }
+  result.summaries.clear();
   if (!fs::is_directory(dir, ec)) {
     return Error(ErrorCode::kInvalidInput,
                  dst.string() + " holds no worker parts (" + kPartsDir + "/ is missing): it was "
-                 "not written by `quench convert --worker`, or it was finalized already");
+                 "not written by `quench convert --worker`");
   }
-  FinalizeResult result;
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
                           FsLock::TryAcquire(dir / "finalize.lock", &result.holder));
   if (!lock) return result;
@@ -192,6 +224,7 @@ Result<FinalizeSummary> Finalize(const fs::path& dst, int workers, const Convert
   s.workers = r.workers;
   s.shards = r.shards;
   s.published = r.published;
+  s.already_published = r.already_published;
   s.holder = r.holder;
   // Each worker's summary and their totals: bytes add, the slowest worker is the run's time.
   JsonValue report = JsonValue::MakeObject();
@@ -221,6 +254,7 @@ Result<FinalizeSummary> Finalize(const fs::path& dst, int workers, const Convert
   totals.Set("bytes_out", out);
   totals.Set("slowest_worker_seconds", slowest);
   report.Set("published", r.published);
+  report.Set("already_published", r.already_published);
   report.Set("totals", std::move(totals));
   report.Set("workers", std::move(each));
   s.report_json = DumpPythonJson(report) + "\n";

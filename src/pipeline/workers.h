@@ -78,11 +78,14 @@ struct FinalizeResult {
   int workers = 0;
   size_t shards = 0;
   bool published = false;   // false: another process holds finalize.lock (`holder` says who)
+  bool already_published = false;  // DST was published before this call (nothing done but cleanup)
   std::string holder;
   std::vector<JsonValue> summaries;  // each worker's, in worker order
 };
 
-// Checks that parts 0..count-1 are all present (count 0: the one count the parts agree on),
+// On a DST already published (its config file in place: a stopped finalizer's cleanup left
+// to do) removes the parts and markers and returns published and already_published.
+// Otherwise checks that parts 0..count-1 are all present (count 0: the one count the parts agree on),
 // planned with one fingerprint, and that every shard is as its worker left it; then writes the
 // other files, the index and config.json (each atomically, config.json last) and removes the
 // parts and resume markers. A missing, corrupt or mismatched part is named with the worker that
