@@ -435,6 +435,54 @@ TEST_SUITE("memory") {
     }
   }
 
+  TEST_CASE("a second run into the DST a run is writing is refused and leaves the first whole") {
+    qt::TempDir tmp;
+    for (int k = 0; k < 4; ++k) {
+      WriteBigCheckpoint(tmp / "src", 2048, 16384,
+                         "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
+                         "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
+    }
+    auto args = [&](const fs::path& out, std::vector<std::string> extra) {
+      std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string(), "--scheme",
+                                    "FP8_DYNAMIC", "--threads", "1", "-q"};
+      a.insert(a.end(), extra.begin(), extra.end());
+      return a;
+    };
+    REQUIRE(qt::RunQuench(args(tmp / "want", {})).exit_code == 0);
+    const fs::path out = tmp / "out";
+    for (const char* second : {"--resume", "--overwrite"}) {
+      CAPTURE(second);
+      fs::remove_all(out);
+      std::vector<std::string> a = args(out, {});
+      pid_t pid = fork();
+      if (pid == 0) {
+        std::string bin = qt::QuenchBin().string();
+        std::vector<char*> argv = {bin.data()};
+        for (std::string& x : a) argv.push_back(x.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+      }
+      // Once the first run holds DST (its lock file is in place), a retry of the same step.
+      for (int i = 0; i < 20000 && !fs::exists(out / ".quench-run.lock"); ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      auto r = qt::RunQuench(args(out, {second}));
+      int status = 0;
+      waitpid(pid, &status, 0);
+      REQUIRE(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 0);
+      CHECK(r.exit_code == 2);
+      CHECK_MESSAGE(r.err.find("is being written by another quench run (host ") != std::string::npos, r.err);
+      // The first run's output, whole: the files and bytes of an undisturbed run, no lock left.
+      CHECK(qt::ListFiles(out) == qt::ListFiles(tmp / "want"));
+      for (const std::string& f : qt::ListFiles(tmp / "want")) {
+        CAPTURE(f);
+        CHECK(qt::ReadBytes(out / f) == qt::ReadBytes(tmp / "want" / f));
+      }
+    }
+  }
+
   TEST_CASE("--resume redoes a shard whose marker does not match (changed recipe)") {
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 64, 256);

@@ -30,6 +30,7 @@
 #include "pipeline/buffers.h"
 #include "pipeline/memory_budget.h"
 #include "pipeline/dry_run.h"
+#include "pipeline/fs_lock.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/prepass.h"
 #include "pipeline/report.h"
@@ -108,13 +109,16 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateIndex& late
   return total + folders.size() * block;
 }
 
-// Fails early when the destination's file system cannot hold the output.
-Status CheckFreeSpace(const Plan& plan, const LateIndex& late = {}) {
+// Fails early when the destination's file system cannot hold the output. `run_lock`: the
+// run holds DST/.quench-run.lock, a block of the run's that is on the disk already: counted
+// in what it needs and in what was free, so that both figures read as before the run began.
+Status CheckFreeSpace(const Plan& plan, bool run_lock, const LateIndex& late = {}) {
   struct statvfs sv {};
   if (statvfs(plan.dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
   const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
-  const uint64_t needed = DiskBytesNeeded(plan, block, late);
-  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block;
+  const uint64_t held = run_lock ? block : 0;
+  const uint64_t needed = DiskBytesNeeded(plan, block, late) + held;
+  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block + held;
   if (avail < needed) {
     return Error(ErrorCode::kIo, plan.dst.string() + ": needs " + std::to_string(needed) +
                                      " bytes (every file rounded up to the file system's " +
@@ -535,8 +539,20 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   if (ec) return Error(ErrorCode::kIo, options.dst.string() + ": cannot create: " + ec.message());
   plan.dst = ResolvePath(options.dst);
   WorkerStart start;
+  std::unique_ptr<FsLock> run_lock;  // a single run's; a worker holds its own (StartWorker)
   if (worker) {
     QUENCH_ASSIGN_OR_RETURN(start, StartWorker(plan, options, callbacks));
+  } else {
+    std::string holder;
+    auto lock = FsLock::TryAcquire(plan.dst / kRunLock, &holder);
+    if (!lock.ok() || !*lock) {
+      if (created) fs::remove(plan.dst, ec);
+      if (!lock.ok()) return lock.status();
+      return Error(ErrorCode::kUsage,
+                   plan.dst.string() + " is being written by another quench run (" + holder +
+                       "); wait for it to end, or stop it and run again with --resume");
+    }
+    run_lock = std::move(*lock);
   }
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary
@@ -568,6 +584,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     } else {
       fs::remove_all(plan.dst / kResumeDir, ec);
     }
+    run_lock.reset();  // its file removed, so that DST can be
     if (created) fs::remove(plan.dst, ec);  // only succeeds when empty
     return s;
   };
@@ -640,7 +657,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   // --resume (and a worker, which always resumes its own run) checks once it knows which
   // shards are complete (below).
   if (!options.resume && !worker) {
-    if (Status s = CheckFreeSpace(plan, late); !s.ok()) return cleanup(s);
+    if (Status s = CheckFreeSpace(plan, run_lock != nullptr, late); !s.ok()) return cleanup(s);
   }
   for (const PlannedShard& ps : plan.shards) {
     fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
@@ -654,17 +671,25 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     largest_set = std::max(largest_set, bytes);
   }
   // The stages of a composed calibration (src/calib/composite.h), each given its options.
-  QUENCH_ASSIGN_OR_RETURN(const calib::Algorithms algos, calib::ParseAlgorithms(options.algorithm));
+  // (Failures from here on go through cleanup too: DST, if this run made it, is removed.)
+  auto parsed = calib::ParseAlgorithms(options.algorithm);
+  if (!parsed.ok()) return cleanup(parsed.status());
+  const calib::Algorithms algos = *parsed;
   std::unique_ptr<calib::GptqRun> sparse, gptq;
   std::unique_ptr<calib::SmoothRun> smooth;
   if (algos.sparsegpt) {
-    QUENCH_ASSIGN_OR_RETURN(sparse, calib::MakeSparseGptRun(plan, options));
+    auto made = calib::MakeSparseGptRun(plan, options);
+    if (!made.ok()) return cleanup(made.status());
+    sparse = std::move(*made);
   }
   if (algos.gptq) {
-    QUENCH_ASSIGN_OR_RETURN(gptq, calib::MakeGptqRun(plan, calib::StageOptions(options, "gptq")));
+    auto made = calib::MakeGptqRun(plan, calib::StageOptions(options, "gptq"));
+    if (!made.ok()) return cleanup(made.status());
+    gptq = std::move(*made);
   }
-  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<calib::ImatrixRun> imatrix,
-                          calib::MakeImatrixRun(plan, options));
+  auto made_imatrix = calib::MakeImatrixRun(plan, options);
+  if (!made_imatrix.ok()) return cleanup(made_imatrix.status());
+  std::unique_ptr<calib::ImatrixRun> imatrix = std::move(*made_imatrix);
   // GPTQ holds its Hessians outside the chunks (plan.calib_bytes), and each chunk's sweep an
   // f32 copy of its rows (twice a BF16 chunk) and their codes: two more buffers' worth. The
   // worker threads' scratch, the source pages mapped beyond the chunks and the plan itself
@@ -686,9 +711,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     calib::SmoothSource source;
     source.map = [&maps](size_t shard) { return maps.Get(shard); };
     source.keep_bytes = options.resume || worker ? 0 : sizing.prepass_keep_bytes;
-    QUENCH_ASSIGN_OR_RETURN(smooth, calib::MakeSmoothRun(
-                                        plan, calib::StageOptions(options, algos.smoothing),
-                                        source));
+    auto made = calib::MakeSmoothRun(plan, calib::StageOptions(options, algos.smoothing), source);
+    if (!made.ok()) return cleanup(made.status());
+    smooth = std::move(*made);
     sizing.prepass_keep_bytes -= std::min(sizing.prepass_keep_bytes, smooth->KeptBytes());
   }
   if (smooth) {
@@ -726,12 +751,12 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     // as it is, rather than its files rewritten. (A worker never gets here in one.)
     if (!worker && resumed == plan.shards.size() && PlannedFilesInPlace(plan)) {
       fs::remove_all(plan.dst / kResumeDir, ec);
-      if (Status s = SyncDirectory(plan.dst); !s.ok()) return s;
+      if (Status s = SyncDirectory(plan.dst); !s.ok()) return cleanup(s);
       if (callbacks.note) {
         callbacks.note("resume: " + plan.dst.string() + " is already complete; nothing to do");
       }
       finished_before = true;
-    } else if (Status s = CheckFreeSpace(plan); !s.ok()) {
+    } else if (Status s = CheckFreeSpace(plan, run_lock != nullptr); !s.ok()) {
       return cleanup(s);
     }
   }

@@ -76,10 +76,38 @@ bool IsStale(const fs::path& path, const std::string& token, const struct stat& 
   return ok && now.st_mtim.tv_sec - st.st_mtim.tv_sec > kStaleSeconds;
 }
 
+// The files a taker of `path` left beside it when killed: `.new-*` (written, never linked)
+// and `.stale-*` (a stale lock moved aside, never unlinked). Each holds the token of the
+// process that made it (or of the stale holder), so one is removed once that process is
+// gone, as a stale lock is; a contender still at work keeps its file.
+void RemoveLeftovers(const fs::path& path, const std::string& nonce) {
+  const std::string base = path.filename().string();
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(path.parent_path(), ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(base + ".new-") && !name.starts_with(base + ".stale-")) continue;
+    struct stat st {};
+    if (stat(it->path().c_str(), &st) != 0) continue;
+    if (IsStale(it->path(), FirstLine(it->path()), st, nonce)) unlink(it->path().c_str());
+  }
+}
+
 }  // namespace
 
-FsLock::FsLock(fs::path path, std::string token) : path_(std::move(path)), token_(std::move(token)) {
-  heartbeat_ = std::thread([this] { Beat(); });
+FsLock::FsLock(fs::path path, std::string token) : path_(std::move(path)), token_(std::move(token)) {}
+
+bool FsLock::StartHeartbeat() {
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return false;
+  pthread_attr_setstacksize(&attr, 256 * 1024);  // a utimensat call in a loop
+  const auto run = [](void* self) -> void* {
+    static_cast<FsLock*>(self)->Beat();
+    return nullptr;
+  };
+  beating_ = pthread_create(&heartbeat_, &attr, run, this) == 0;
+  pthread_attr_destroy(&attr);
+  return beating_;
 }
 
 FsLock::~FsLock() {
@@ -88,7 +116,7 @@ FsLock::~FsLock() {
     stop_ = true;
   }
   cv_.notify_all();
-  if (heartbeat_.joinable()) heartbeat_.join();
+  if (beating_) pthread_join(heartbeat_, nullptr);
   if (FirstLine(path_) == token_) {
     std::error_code ec;
     fs::remove(path_, ec);
@@ -134,9 +162,17 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (link(fresh.c_str(), path.c_str()) == 0) {
       unlink(fresh.c_str());
-      return std::unique_ptr<FsLock>(new FsLock(path, token));
+      std::unique_ptr<FsLock> lock(new FsLock(path, token));
+      if (!lock->StartHeartbeat()) {
+        lock.reset();  // releases the file
+        return Error(ErrorCode::kIo, path.string() + ": cannot start the lock's heartbeat thread "
+                                     "(out of memory or threads)");
+      }
+      RemoveLeftovers(path, nonce);
+      return lock;
     }
-    if (errno != EEXIST) {
+    // ENOENT: the file to link was removed, as a killed taker's, by the holder (RemoveLeftovers).
+    if (errno != EEXIST && errno != ENOENT) {
       const int err = errno;
       unlink(fresh.c_str());
       return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(err));

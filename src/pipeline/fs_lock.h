@@ -9,12 +9,13 @@
 #ifndef QUENCH_PIPELINE_FS_LOCK_H_
 #define QUENCH_PIPELINE_FS_LOCK_H_
 
+#include <pthread.h>
+
 #include <condition_variable>
 #include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "quench/status.h"
 
@@ -36,6 +37,9 @@ class FsLock {
 
  private:
   FsLock(std::filesystem::path path, std::string token);
+  // Starts the heartbeat thread (a small stack: a run under an address-space limit can
+  // still take its lock); false when no thread can be made.
+  bool StartHeartbeat();
   void Beat();
 
   std::filesystem::path path_;
@@ -43,7 +47,8 @@ class FsLock {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::thread heartbeat_;
+  pthread_t heartbeat_{};
+  bool beating_ = false;
 };
 
 }  // namespace quench

@@ -16,6 +16,10 @@
 namespace quench {
 
 inline constexpr const char* kResumeDir = ".quench-resume";
+// Held (an FsLock) by a single run while it writes DST: a second run into the same DST
+// (a retried pipeline step, --resume or --overwrite while the first is alive) would write the
+// same temporary files and remove each other's.
+inline constexpr const char* kRunLock = ".quench-run.lock";
 
 std::filesystem::path ResumeMarkerPath(const std::filesystem::path& dst, const std::string& rel);
 
