@@ -23,6 +23,20 @@ namespace fs = std::filesystem;
 namespace {
 
 // Writes a one-tensor BF16 checkpoint of rows x cols without holding it in memory.
+// Starts `quench args...` in a child process; returns its pid.
+pid_t SpawnQuench(std::vector<std::string> args) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::string bin = qt::QuenchBin().string();
+    std::vector<char*> argv = {bin.data()};
+    for (std::string& x : args) argv.push_back(x.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
 void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
                         const std::string& name = "model.layers.0.mlp.down_proj.weight",
                         const std::string& file = "model.safetensors") {
@@ -45,6 +59,24 @@ void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
   }
   close(fd);
   qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
+}
+
+// Four shards of one 64 MiB BF16 weight each: a run of them lasts long enough for a kill or a
+// second run to land between shard completions.
+void WriteFourShards(const fs::path& dir) {
+  for (int k = 0; k < 4; ++k) {
+    WriteBigCheckpoint(dir, 2048, 16384, "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
+                       "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
+  }
+}
+
+// Same files, same bytes.
+void CheckSameFolder(const fs::path& got, const fs::path& want) {
+  CHECK(qt::ListFiles(got) == qt::ListFiles(want));
+  for (const std::string& f : qt::ListFiles(want)) {
+    CAPTURE(f);
+    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
+  }
 }
 
 // Writes a one-weight FP8 checkpoint (DeepSeek layout: E4M3 codes, F32 128x128 block
@@ -381,12 +413,7 @@ TEST_SUITE("memory") {
 
   TEST_CASE("kill -9 twice, then --resume: same bytes as an uninterrupted run") {
     qt::TempDir tmp;
-    // Four 64 MiB shards, so that a kill lands between shard completions.
-    for (int k = 0; k < 4; ++k) {
-      WriteBigCheckpoint(tmp / "src", 2048, 16384,
-                         "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
-                         "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
-    }
+    WriteFourShards(tmp / "src");
     const std::vector<std::string> args = {"--scheme", "FP8_DYNAMIC", "--threads", "1", "-q"};
     auto run = [&](const fs::path& out, std::vector<std::string> extra) {
       std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string()};
@@ -399,16 +426,7 @@ TEST_SUITE("memory") {
     const fs::path out = tmp / "out";
     // Starts a run and kills it (SIGKILL: no cleanup at all) once `markers` shards are done.
     auto run_and_kill = [&](size_t markers, std::vector<std::string> extra) {
-      std::vector<std::string> a = run(out, extra);
-      pid_t pid = fork();
-      if (pid == 0) {
-        std::string bin = qt::QuenchBin().string();
-        std::vector<char*> argv = {bin.data()};
-        for (std::string& x : a) argv.push_back(x.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-      }
+      const pid_t pid = SpawnQuench(run(out, extra));
       for (int i = 0; i < 20000; ++i) {
         size_t n = 0;
         if (fs::exists(out / ".quench-resume")) {
@@ -428,20 +446,12 @@ TEST_SUITE("memory") {
     auto last = qt::RunQuench(run(out, {"--resume"}));
     REQUIRE_MESSAGE(last.exit_code == 0, last.err);
     // Same files, same bytes; no markers or temporary files left.
-    CHECK(qt::ListFiles(out) == qt::ListFiles(tmp / "want"));
-    for (const std::string& f : qt::ListFiles(tmp / "want")) {
-      CAPTURE(f);
-      CHECK(qt::ReadBytes(out / f) == qt::ReadBytes(tmp / "want" / f));
-    }
+    CheckSameFolder(out, tmp / "want");
   }
 
   TEST_CASE("a second run into the DST a run is writing is refused and leaves the first whole") {
     qt::TempDir tmp;
-    for (int k = 0; k < 4; ++k) {
-      WriteBigCheckpoint(tmp / "src", 2048, 16384,
-                         "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
-                         "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
-    }
+    WriteFourShards(tmp / "src");
     auto args = [&](const fs::path& out, std::vector<std::string> extra) {
       std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string(), "--scheme",
                                     "FP8_DYNAMIC", "--threads", "1", "-q"};
@@ -453,16 +463,7 @@ TEST_SUITE("memory") {
     for (const char* second : {"--resume", "--overwrite"}) {
       CAPTURE(second);
       fs::remove_all(out);
-      std::vector<std::string> a = args(out, {});
-      pid_t pid = fork();
-      if (pid == 0) {
-        std::string bin = qt::QuenchBin().string();
-        std::vector<char*> argv = {bin.data()};
-        for (std::string& x : a) argv.push_back(x.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-      }
+      const pid_t pid = SpawnQuench(args(out, {}));
       // Once the first run holds DST (its lock file is in place), a retry of the same step.
       for (int i = 0; i < 20000 && !fs::exists(out / ".quench-run.lock"); ++i) {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -475,11 +476,7 @@ TEST_SUITE("memory") {
       CHECK(r.exit_code == 2);
       CHECK_MESSAGE(r.err.find("is being written by another quench run (host ") != std::string::npos, r.err);
       // The first run's output, whole: the files and bytes of an undisturbed run, no lock left.
-      CHECK(qt::ListFiles(out) == qt::ListFiles(tmp / "want"));
-      for (const std::string& f : qt::ListFiles(tmp / "want")) {
-        CAPTURE(f);
-        CHECK(qt::ReadBytes(out / f) == qt::ReadBytes(tmp / "want" / f));
-      }
+      CheckSameFolder(out, tmp / "want");
     }
   }
 

@@ -95,6 +95,22 @@ void WriteBigSource(const fs::path& dir, int shards, uint64_t rows, uint64_t col
   qt::WriteBytes(dir / "config.json", R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})");
 }
 
+// DST as a finalizer leaves it when stopped once config.json is written: two workers' parts
+// (--no-finalize) and every published file as the single run in `want` has it, the parts and
+// resume markers not yet removed.
+void StopFinalizerAfterConfig(const fs::path& src, const fs::path& want, const fs::path& out) {
+  for (int i = 0; i < 2; ++i) {
+    auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--no-finalize",
+                                                  "--worker", std::to_string(i) + "/2"}));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  }
+  for (const char* f : {"model.safetensors.index.json", "config.json"}) {
+    fs::copy_file(want / f, out / f);
+  }
+  REQUIRE(fs::exists(out / ".quench-parts"));
+  REQUIRE(fs::exists(out / ".quench-resume"));
+}
+
 uint64_t Makespan(const std::vector<uint64_t>& costs, const std::vector<int>& owner, int n) {
   std::vector<uint64_t> load(static_cast<size_t>(n), 0);
   for (size_t k = 0; k < costs.size(); ++k) load[static_cast<size_t>(owner[k])] += costs[k];
@@ -292,18 +308,7 @@ quant_stage:
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
     REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
     const fs::path out = tmp / "out";
-    for (int i = 0; i < 2; ++i) {
-      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--no-finalize",
-                                                    "--worker", std::to_string(i) + "/2"}));
-      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-    }
-    // Where a finalizer stops once config.json is in place: every published file as the
-    // single run's, the parts and resume markers not yet removed.
-    for (const char* f : {"model.safetensors.index.json", "config.json"}) {
-      fs::copy_file(tmp / "want" / f, out / f);
-    }
-    REQUIRE(fs::exists(out / ".quench-parts"));
-    REQUIRE(fs::exists(out / ".quench-resume"));
+    StopFinalizerAfterConfig(src, tmp / "want", out);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
     // While a finalizer elsewhere holds the lock (a fresh heartbeat), it removes them itself.
     qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
@@ -332,14 +337,7 @@ quant_stage:
     for (Left left : {kAll, kNoMarkers, kSomeParts, kEmptyPartsFolder}) {
       CAPTURE(static_cast<int>(left));
       const fs::path out = tmp / ("out" + std::to_string(static_cast<int>(left)));
-      for (int i = 0; i < 2; ++i) {
-        auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--no-finalize",
-                                                      "--worker", std::to_string(i) + "/2"}));
-        REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      }
-      for (const char* f : {"model.safetensors.index.json", "config.json"}) {
-        fs::copy_file(tmp / "want" / f, out / f);
-      }
+      StopFinalizerAfterConfig(src, tmp / "want", out);
       if (left != kAll) fs::remove_all(out / ".quench-resume");
       if (left == kSomeParts) fs::remove(out / ".quench-parts" / "part-00000-of-00002.json");
       if (left == kEmptyPartsFolder) {
