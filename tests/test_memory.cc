@@ -449,6 +449,40 @@ TEST_SUITE("memory") {
     CheckSameFolder(out, tmp / "want");
   }
 
+  TEST_CASE("rewriting a finished folder (--overwrite, --resume of another scheme): it stops looking finished first") {
+    qt::TempDir tmp;
+    WriteFourShards(tmp / "src");
+    auto args = [&](const fs::path& out, const std::string& scheme, std::vector<std::string> extra) {
+      std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string(), "--scheme",
+                                    scheme, "--threads", "1", "-q"};
+      a.insert(a.end(), extra.begin(), extra.end());
+      return a;
+    };
+    REQUIRE(qt::RunQuench(args(tmp / "want", "W8A16", {})).exit_code == 0);
+    for (const char* how : {"--overwrite", "--resume"}) {
+      CAPTURE(how);
+      const fs::path out = tmp / "out";
+      fs::remove_all(out);
+      REQUIRE(qt::RunQuench(args(out, "FP8_DYNAMIC", {})).exit_code == 0);
+      // The same folder rewritten as W8A16, killed (no cleanup at all) once a shard is done.
+      const pid_t pid = SpawnQuench(args(out, "W8A16", {how}));
+      for (int i = 0; i < 20000 && !fs::exists(out / ".quench-resume"); ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      for (int i = 0; i < 20000 && fs::is_empty(out / ".quench-resume"); ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      kill(pid, SIGKILL);
+      int status = 0;
+      waitpid(pid, &status, 0);
+      CHECK(WIFSIGNALED(status));  // still running: shards of both schemes in the folder
+      CHECK_FALSE(fs::exists(out / "config.json"));
+      auto r = qt::RunQuench(args(out, "W8A16", {"--resume"}));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CheckSameFolder(out, tmp / "want");
+    }
+  }
+
   TEST_CASE("a second run into the DST a run is writing is refused and leaves the first whole") {
     qt::TempDir tmp;
     WriteFourShards(tmp / "src");

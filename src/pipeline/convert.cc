@@ -760,6 +760,19 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
       return cleanup(s);
     }
   }
+  // A run that rewrites DST's shards first takes away the config file a finished folder holds
+  // (an earlier output under --overwrite, another conversion's under --resume), so that DST
+  // never looks finished while its shards are mixed or, after a failure, gone.
+  if (!worker && !finished_before && !plan.files.empty()) {
+    const fs::path config = plan.dst / plan.files.back().rel_name;
+    if (fs::exists(config, ec)) {
+      if (!fs::remove(config, ec) || ec) {
+        return cleanup(Error(ErrorCode::kIo, config.string() + ": cannot remove the finished "
+                                             "folder's config before rewriting it: " + ec.message()));
+      }
+      if (Status s = SyncDirectory(plan.dst); !s.ok()) return cleanup(s);
+    }
+  }
   // The index and config.json written (not yet published) before the shards stream.
   if (!worker && !finished_before) staged.emplace(plan, late.file);
   std::vector<uint64_t> zeroed;
