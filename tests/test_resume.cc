@@ -268,4 +268,43 @@ TEST_SUITE("resume") {
     REQUIRE(r.exit_code != 98);
     CHECK_MESSAGE(r.exit_code == 0, r.err);
   }
+
+  TEST_CASE("a --resume that fails (a full disk) keeps the earlier run's shards and markers for the next") {
+    // As above: shard 1 and its marker left by an interrupted run; this time the tmpfs is a
+    // page short of the rest, so the first --resume fails its free-space check (exit 4).
+    // After room is made (the tmpfs grown), the next --resume keeps shard 1.
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    qt::TempDir tmp;
+    const fs::path ref = tmp / "ref";
+    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
+    uint64_t need = 0;
+    for (const std::string& f : qt::ListFiles(ref)) {
+      need += (fs::file_size(ref / f) + page - 1) / page * page;
+    }
+    need += 2 * page + page + page;
+    const fs::path left = tmp / "left";
+    fs::create_directories(left);
+    fs::copy_file(ref / "model-00001-of-00002.safetensors",
+                  left / "model-00001-of-00002.safetensors");
+    WriteMarkers(left, "FP8_DYNAMIC");
+    fs::remove(left / ".quench-resume" / "model-00002-of-00002.safetensors.json");
+    const fs::path mnt = tmp / "mnt";
+    fs::create_directories(mnt);
+    const std::string script =
+        "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
+        "cp -a \"$5\" \"$2/out\" || exit 98\n"
+        "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume -q; echo \"first $?\"\n"
+        "test -f \"$2/out/.quench-resume/model-00001-of-00002.safetensors.json\" && echo kept\n"
+        "mount -o remount,size=\"$6\" \"$2\" || exit 97\n"
+        "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume; echo \"second $?\"\n"
+        "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$7\" && echo same\n";
+    auto r = qt::RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(need - page),
+                             mnt.string(), qt::QuenchBin().string(), kTiny.string(),
+                             left.string(), std::to_string(need),
+                             (ref / "model-00002-of-00002.safetensors").string()});
+    REQUIRE_MESSAGE(r.exit_code != 99, "cannot mount a tmpfs: " << r.err);
+    REQUIRE(r.exit_code != 98);
+    CHECK_MESSAGE(r.out == "first 4\nkept\nsecond 0\nsame\n", r.out << r.err);
+    CHECK_MESSAGE(r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos, r.err);
+  }
 }

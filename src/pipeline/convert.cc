@@ -561,6 +561,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   // not look like a finished checkpoint.
   std::vector<fs::path> published;
   std::optional<StagedFiles> staged;  // the written files, while the shards stream
+  bool marked = false;  // MarkCompleteShards has said which shards are complete
   auto cleanup = [&](Status s) -> Status {
     if (staged) staged->Abandon();
     if (s.code() == ErrorCode::kInterrupted) {
@@ -581,6 +582,16 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
       for (const PlannedShard& ps : plan.shards) {
         if (!ps.already_done) fs::remove(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
       }
+    } else if (options.resume) {
+      // Only the markers of shards this run was to write: those of the shards an earlier run
+      // completed (kept, or not yet examined) stay, so that a --resume failing on, say, a
+      // full disk leaves them to the next one.
+      if (marked) {
+        for (const PlannedShard& ps : plan.shards) {
+          if (!ps.already_done) fs::remove(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
+        }
+      }
+      fs::remove(plan.dst / kResumeDir, ec);  // only when empty
     } else {
       fs::remove_all(plan.dst / kResumeDir, ec);
     }
@@ -747,6 +758,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     // always resumes its own earlier run (what a job engine's requeue expects).
     if (Status s = global_scales.All(); !s.ok()) return cleanup(s);
     resumed = MarkCompleteShards(plan, callbacks, /*own_shards_only=*/worker);
+    marked = true;
     // A finished folder (its markers possibly left by a run killed after publishing) is left
     // as it is, rather than its files rewritten. (A worker never gets here in one.)
     if (!worker && resumed == plan.shards.size() && PlannedFilesInPlace(plan)) {
