@@ -160,7 +160,12 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
     }
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (link(fresh.c_str(), path.c_str()) == 0) {
+    const int linked = link(fresh.c_str(), path.c_str());
+    const int link_errno = errno;
+    // NFS can report a link that was made as failed (a lost reply to a retried call): the
+    // file's link count tells.
+    struct stat mine {};
+    if (linked == 0 || (stat(fresh.c_str(), &mine) == 0 && mine.st_nlink == 2)) {
       unlink(fresh.c_str());
       std::unique_ptr<FsLock> lock(new FsLock(path, token));
       if (!lock->StartHeartbeat()) {
@@ -172,10 +177,10 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
       return lock;
     }
     // ENOENT: the file to link was removed, as a killed taker's, by the holder (RemoveLeftovers).
-    if (errno != EEXIST && errno != ENOENT) {
-      const int err = errno;
+    if (link_errno != EEXIST && link_errno != ENOENT) {
       unlink(fresh.c_str());
-      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(err));
+      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " +
+                                       ErrnoMessage(link_errno));
     }
     struct stat st {};
     const std::string theirs = FirstLine(path);
