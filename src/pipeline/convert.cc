@@ -534,7 +534,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   std::error_code ec;
   const bool worker = options.workers > 0;
   // A worker never removes DST: others may be about to write into it.
-  const bool created = !worker && !fs::exists(options.dst, ec);
+  bool created = !worker && !fs::exists(options.dst, ec);
   fs::create_directories(options.dst, ec);
   if (ec) return Error(ErrorCode::kIo, options.dst.string() + ": cannot create: " + ec.message());
   plan.dst = ResolvePath(options.dst);
@@ -545,6 +545,13 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   } else {
     std::string holder;
     auto lock = FsLock::TryAcquire(plan.dst / kRunLock, &holder);
+    // Another run that had made DST, failing, removed it (empty once its lock was gone)
+    // between this run's making sure of DST and taking the lock: made again, as this run's.
+    for (int again = 0; again < 3 && !lock.ok() && !fs::exists(plan.dst, ec); ++again) {
+      fs::create_directories(plan.dst, ec);
+      created = true;
+      lock = FsLock::TryAcquire(plan.dst / kRunLock, &holder);
+    }
     if (!lock.ok() || !*lock) {
       if (created) fs::remove(plan.dst, ec);
       if (!lock.ok()) return lock.status();
