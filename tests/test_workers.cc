@@ -355,6 +355,42 @@ quant_stage:
     }
   }
 
+  TEST_CASE("a single run and workers do not write one DST at once; their leftovers serve a --resume") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "W4A16"})).exit_code == 0);
+    const fs::path out = tmp / "out";
+    // Worker 0 of 2 has done its part; worker 1 is running elsewhere (a fresh heartbeat).
+    auto w0 = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
+    REQUIRE_MESSAGE(w0.exit_code == 0, w0.err);
+    const std::string elsewhere = "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n";
+    const fs::path worker_lock = quench::WorkerLockPath(out, 1);
+    qt::WriteBytes(worker_lock, elsewhere);
+    const std::vector<std::string> single = ConvertArgs(src, out, {"--scheme", "W4A16", "--resume"});
+    auto busy = qt::RunQuench(single);
+    CHECK(busy.exit_code == 2);
+    CHECK_MESSAGE(busy.err.find("is being written by workers (worker-00001.lock: host elsewhere, pid 4242") != std::string::npos, busy.err);
+    CHECK_FALSE(fs::exists(out / ".quench-run.lock"));
+    // The other way: a single run holding DST elsewhere; a worker is refused.
+    qt::WriteBytes(out / ".quench-run.lock", elsewhere);
+    auto refused = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
+    CHECK(refused.exit_code == 2);
+    CHECK_MESSAGE(refused.err.find("is being written by a single quench run (host elsewhere, pid 4242") != std::string::npos, refused.err);
+    // Both holders gone (no heartbeat for longer than kStaleSeconds): a single --resume keeps
+    // worker 0's shards, converts the rest, publishes, and leaves no parts behind.
+    const auto old = fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
+    fs::last_write_time(worker_lock, old);
+    fs::last_write_time(out / ".quench-run.lock", old);
+    auto r = qt::RunQuench(single);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    // As many shards kept as worker 0 said were its share.
+    const size_t at = w0.err.find("worker 0/2: ");
+    REQUIRE(at != std::string::npos);
+    const std::string share = w0.err.substr(at + 12, w0.err.find(" of 3 output shards", at) - at - 12);
+    CHECK_MESSAGE(r.err.find("resume: " + share + " of 3 output shards are complete") != std::string::npos, r.err);
+    CheckSameFolder(out, tmp / "want");
+  }
+
   TEST_CASE("an empty worker lock (a run killed while taking it) holds nothing; a lock is never left empty") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";

@@ -560,6 +560,21 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
                        "); wait for it to end, or stop it and run again with --resume");
     }
     run_lock = std::move(*lock);
+    // Workers writing this DST (a live worker lock; each checks this run's lock after taking
+    // its own) would write the same shards. Their parts and markers, once they are gone, serve
+    // a --resume like its own.
+    for (auto it = fs::directory_iterator(plan.dst / kPartsDir, ec);
+         !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;
+      if (FsLock::IsHeld(it->path(), &holder)) {
+        run_lock.reset();
+        return Error(ErrorCode::kUsage, plan.dst.string() + " is being written by workers (" +
+                                            name + ": " + holder + "); wait for them to end, "
+                                            "or stop them and run again with --resume");
+      }
+    }
+    ec.clear();
   }
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary

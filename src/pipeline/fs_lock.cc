@@ -93,7 +93,26 @@ void RemoveLeftovers(const fs::path& path, const std::string& nonce) {
   }
 }
 
+// Who holds a lock, in words, from its token: "host H, pid P, since T".
+std::string HolderOf(const std::string& token) {
+  const std::string machine = Field(token, "machine");
+  return "host " + machine.substr(0, machine.find('/')) + ", pid " + Field(token, "pid") +
+         ", since " + Field(token, "since");
+}
+
 }  // namespace
+
+bool FsLock::IsHeld(const fs::path& path, std::string* holder) {
+  struct stat st {};
+  const std::string token = FirstLine(path);
+  if (stat(path.c_str(), &st) != 0) return false;
+  char nonce[17];
+  std::random_device rd;
+  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
+  if (IsStale(path, token, st, nonce)) return false;
+  *holder = HolderOf(token);
+  return true;
+}
 
 FsLock::FsLock(fs::path path, std::string token) : path_(std::move(path)), token_(std::move(token)) {}
 
@@ -185,8 +204,7 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
     struct stat st {};
     const std::string theirs = FirstLine(path);
     if (stat(path.c_str(), &st) != 0) continue;  // released meanwhile: try again
-    *holder = "host " + Field(theirs, "machine").substr(0, Field(theirs, "machine").find('/')) +
-              ", pid " + Field(theirs, "pid") + ", since " + Field(theirs, "since");
+    *holder = HolderOf(theirs);
     if (attempt > 0 || !IsStale(path, theirs, st, nonce)) break;
     // Take the stale lock over: move it aside, and check that what moved is the file judged
     // stale (another contender may have replaced it meanwhile; then it goes back).

@@ -35,6 +35,12 @@ class FsLock {
   static Result<std::unique_ptr<FsLock>> TryAcquire(const std::filesystem::path& path,
                                                     std::string* holder);
 
+  // Whether someone holds `path` now (it exists and is not stale), without taking it; sets
+  // `*holder` as TryAcquire does. For a check across two kinds of lock on one folder: each
+  // side takes its own lock first, then checks the other's, so that of two racing at least
+  // one sees the other.
+  static bool IsHeld(const std::filesystem::path& path, std::string* holder);
+
  private:
   FsLock(std::filesystem::path path, std::string token);
   // Starts the heartbeat thread (a small stack: a run under an address-space limit can

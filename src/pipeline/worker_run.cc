@@ -89,6 +89,11 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
                      "): two workers were given the same index, or this worker's previous run is "
                      "still alive");
   }
+  // A single run writing DST (it checks the workers' locks after taking its own).
+  if (FsLock::IsHeld(plan.dst / kRunLock, &holder)) {
+    return Error(ErrorCode::kUsage, plan.dst.string() + " is being written by a single quench "
+                                    "run (" + holder + "); wait for it to end");
+  }
   start.mine.assign(plan.shards.size(), false);
   for (size_t k = 0; k < plan.shards.size(); ++k) {
     start.mine[k] = owner[k] == index;
