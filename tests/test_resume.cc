@@ -76,6 +76,49 @@ std::string Fnv1a64Hex(const std::string& bytes) {
 
 }  // namespace
 
+// An FP8_DYNAMIC run of kTiny, whole in `ref`, and what an interrupted one leaves in
+// `folder`: shard 1 and its marker. `need`: the whole run's footprint on a tmpfs, as the
+// free-space test in test_robustness counts it (files in whole pages, a page per marker, a
+// page for the markers' folder, a page for the run's lock file); `mnt`: an empty folder to
+// mount the tmpfs on.
+struct ShardOneLeft {
+  fs::path ref, folder, mnt;
+  uint64_t page = 0, need = 0;
+};
+ShardOneLeft LeaveShardOne(const fs::path& tmp) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  ShardOneLeft out{tmp / "ref", tmp / "left", tmp / "mnt", page};
+  fs::create_directories(out.mnt);
+  REQUIRE(qt::RunQuench(Convert(out.ref, "FP8_DYNAMIC", false)).exit_code == 0);
+  for (const std::string& f : qt::ListFiles(out.ref)) {
+    out.need += (fs::file_size(out.ref / f) + page - 1) / page * page;
+  }
+  out.need += 2 * page + page + page;
+  fs::create_directories(out.folder);
+  fs::copy_file(out.ref / "model-00001-of-00002.safetensors",
+                out.folder / "model-00001-of-00002.safetensors");
+  WriteMarkers(out.folder, "FP8_DYNAMIC");
+  fs::remove(out.folder / ".quench-resume" / "model-00002-of-00002.safetensors.json");
+  return out;
+}
+
+// Runs the shell `body` in a private mount namespace, with a tmpfs of `size` bytes on
+// left.mnt ($2) holding the leftovers as $2/out; $3 is quench, $4 kTiny, $6 the whole run's
+// shard 2, $7 `extra`. Exit 99: no tmpfs could be mounted; 98: the copy failed.
+qt::RunResult OnTmpfs(const ShardOneLeft& left, uint64_t size, const std::string& body,
+                      const std::string& extra = "") {
+  const std::string script =
+      "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
+      "cp -a \"$5\" \"$2/out\" || exit 98\n" + body;
+  auto r = qt::RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(size),
+                           left.mnt.string(), qt::QuenchBin().string(), kTiny.string(),
+                           left.folder.string(),
+                           (left.ref / "model-00002-of-00002.safetensors").string(), extra});
+  REQUIRE_MESSAGE(r.exit_code != 99, "cannot mount a tmpfs: " << r.err);
+  REQUIRE(r.exit_code != 98);
+  return r;
+}
+
 TEST_SUITE("resume") {
   TEST_CASE("a single run's marker holds its source header's hash, made after planning") {
     // A run without --resume hashes the source headers only for its markers, on the first
@@ -232,40 +275,13 @@ TEST_SUITE("resume") {
   TEST_CASE("--resume's free-space check counts only the shards still to write") {
     // An interrupted run left shard 1 complete (with its marker) on a tmpfs that has room
     // for the rest of the output and no more: the check must not count shard 1 again.
-    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     qt::TempDir tmp;
-    const fs::path ref = tmp / "ref";
-    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
-    // The whole run's footprint, as the free-space test in test_robustness counts it: files
-    // in whole pages, a page per marker, a page for the markers' folder, a page for the run's
-    // lock file.
-    uint64_t need = 0;
-    for (const std::string& f : qt::ListFiles(ref)) {
-      need += (fs::file_size(ref / f) + page - 1) / page * page;
-    }
-    need += 2 * page + page + page;
-    // The interrupted run's leftovers, made here: shard 1 and the markers.
-    const fs::path left = tmp / "left";
-    fs::create_directories(left);
-    fs::copy_file(ref / "model-00001-of-00002.safetensors",
-                  left / "model-00001-of-00002.safetensors");
-    WriteMarkers(left, "FP8_DYNAMIC");
-    fs::remove(left / ".quench-resume" / "model-00002-of-00002.safetensors.json");
-    const fs::path mnt = tmp / "mnt";
-    fs::create_directories(mnt);
-    const std::string script =
-        "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
-        "cp -a \"$5\" \"$2/out\" || exit 98\n"
-        "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume -q; rc=$?\n"
-        "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$6\" || rc=97\n"
-        "exit $rc\n";
+    const ShardOneLeft left = LeaveShardOne(tmp.path());
     // The tmpfs holds exactly the whole output: shard 1 takes its part before the run starts.
-    auto r = qt::RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(need),
-                             mnt.string(), qt::QuenchBin().string(), kTiny.string(),
-                             left.string(),
-                             (ref / "model-00002-of-00002.safetensors").string()});
-    REQUIRE_MESSAGE(r.exit_code != 99, "cannot mount a tmpfs: " << r.err);
-    REQUIRE(r.exit_code != 98);
+    auto r = OnTmpfs(left, left.need,
+                     "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume -q; rc=$?\n"
+                     "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$6\" || rc=97\n"
+                     "exit $rc\n");
     CHECK_MESSAGE(r.exit_code == 0, r.err);
   }
 
@@ -273,37 +289,16 @@ TEST_SUITE("resume") {
     // As above: shard 1 and its marker left by an interrupted run; this time the tmpfs is a
     // page short of the rest, so the first --resume fails its free-space check (exit 4).
     // After room is made (the tmpfs grown), the next --resume keeps shard 1.
-    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     qt::TempDir tmp;
-    const fs::path ref = tmp / "ref";
-    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
-    uint64_t need = 0;
-    for (const std::string& f : qt::ListFiles(ref)) {
-      need += (fs::file_size(ref / f) + page - 1) / page * page;
-    }
-    need += 2 * page + page + page;
-    const fs::path left = tmp / "left";
-    fs::create_directories(left);
-    fs::copy_file(ref / "model-00001-of-00002.safetensors",
-                  left / "model-00001-of-00002.safetensors");
-    WriteMarkers(left, "FP8_DYNAMIC");
-    fs::remove(left / ".quench-resume" / "model-00002-of-00002.safetensors.json");
-    const fs::path mnt = tmp / "mnt";
-    fs::create_directories(mnt);
-    const std::string script =
-        "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
-        "cp -a \"$5\" \"$2/out\" || exit 98\n"
+    const ShardOneLeft left = LeaveShardOne(tmp.path());
+    auto r = OnTmpfs(
+        left, left.need - left.page,
         "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume -q; echo \"first $?\"\n"
         "test -f \"$2/out/.quench-resume/model-00001-of-00002.safetensors.json\" && echo kept\n"
-        "mount -o remount,size=\"$6\" \"$2\" || exit 97\n"
+        "mount -o remount,size=\"$7\" \"$2\" || exit 97\n"
         "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC --resume; echo \"second $?\"\n"
-        "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$7\" && echo same\n";
-    auto r = qt::RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(need - page),
-                             mnt.string(), qt::QuenchBin().string(), kTiny.string(),
-                             left.string(), std::to_string(need),
-                             (ref / "model-00002-of-00002.safetensors").string()});
-    REQUIRE_MESSAGE(r.exit_code != 99, "cannot mount a tmpfs: " << r.err);
-    REQUIRE(r.exit_code != 98);
+        "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$6\" && echo same\n",
+        std::to_string(left.need));
     CHECK_MESSAGE(r.out == "first 4\nkept\nsecond 0\nsame\n", r.out << r.err);
     CHECK_MESSAGE(r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos, r.err);
   }
