@@ -427,6 +427,45 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
 
 }  // namespace
 
+namespace {
+
+// A single run's hold on DST (kRunLock, for the whole run), or why it cannot have it (kUsage):
+// another run holds it, or workers hold theirs. `*created`: set where DST had to be made again.
+Result<std::unique_ptr<FsLock>> TakeRunLock(const fs::path& dst, bool* created) {
+  std::error_code ec;
+  std::string holder;
+  auto lock = FsLock::TryAcquire(dst / kRunLock, &holder);
+  // Another run that had made DST, failing, removed it (empty once its lock was gone) between
+  // this run's making sure of DST and taking the lock: made again, as this run's.
+  for (int again = 0; again < 3 && !lock.ok() && !fs::exists(dst, ec); ++again) {
+    fs::create_directories(dst, ec);
+    *created = true;
+    lock = FsLock::TryAcquire(dst / kRunLock, &holder);
+  }
+  if (!lock.ok()) return lock.status();
+  if (!*lock) {
+    return Error(ErrorCode::kUsage, dst.string() + " is being written by another quench run (" +
+                                        holder + "); wait for it to end, or stop it and run "
+                                        "again with --resume");
+  }
+  // Workers writing this DST (a live worker lock; each checks this run's lock after taking
+  // its own) would write the same shards. Their parts and markers, once they are gone, serve
+  // a --resume like its own.
+  for (auto it = fs::directory_iterator(dst / kPartsDir, ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;
+    if (FsLock::IsHeld(it->path(), &holder)) {
+      return Error(ErrorCode::kUsage, dst.string() + " is being written by workers (" + name +
+                                          ": " + holder + "); wait for them to end, or stop "
+                                          "them and run again with --resume");
+    }
+  }
+  return std::move(*lock);
+}
+
+}  // namespace
+
 Result<Plan> MakePlan(const ConvertOptions& options) {
   return MakePlanImpl(options, nullptr, nullptr);
 }
@@ -543,38 +582,12 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   if (worker) {
     QUENCH_ASSIGN_OR_RETURN(start, StartWorker(plan, options, callbacks));
   } else {
-    std::string holder;
-    auto lock = FsLock::TryAcquire(plan.dst / kRunLock, &holder);
-    // Another run that had made DST, failing, removed it (empty once its lock was gone)
-    // between this run's making sure of DST and taking the lock: made again, as this run's.
-    for (int again = 0; again < 3 && !lock.ok() && !fs::exists(plan.dst, ec); ++again) {
-      fs::create_directories(plan.dst, ec);
-      created = true;
-      lock = FsLock::TryAcquire(plan.dst / kRunLock, &holder);
-    }
-    if (!lock.ok() || !*lock) {
-      if (created) fs::remove(plan.dst, ec);
-      if (!lock.ok()) return lock.status();
-      return Error(ErrorCode::kUsage,
-                   plan.dst.string() + " is being written by another quench run (" + holder +
-                       "); wait for it to end, or stop it and run again with --resume");
+    auto lock = TakeRunLock(plan.dst, &created);
+    if (!lock.ok()) {
+      if (created) fs::remove(plan.dst, ec);  // only when empty
+      return lock.status();
     }
     run_lock = std::move(*lock);
-    // Workers writing this DST (a live worker lock; each checks this run's lock after taking
-    // its own) would write the same shards. Their parts and markers, once they are gone, serve
-    // a --resume like its own.
-    for (auto it = fs::directory_iterator(plan.dst / kPartsDir, ec);
-         !ec && it != fs::directory_iterator(); it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;
-      if (FsLock::IsHeld(it->path(), &holder)) {
-        run_lock.reset();
-        return Error(ErrorCode::kUsage, plan.dst.string() + " is being written by workers (" +
-                                            name + ": " + holder + "); wait for them to end, "
-                                            "or stop them and run again with --resume");
-      }
-    }
-    ec.clear();
   }
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary
@@ -704,7 +717,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     largest_set = std::max(largest_set, bytes);
   }
   // The stages of a composed calibration (src/calib/composite.h), each given its options.
-  // (Failures from here on go through cleanup too: DST, if this run made it, is removed.)
+  // (Its failures go through cleanup, as the checks' above do.)
   auto parsed = calib::ParseAlgorithms(options.algorithm);
   if (!parsed.ok()) return cleanup(parsed.status());
   const calib::Algorithms algos = *parsed;
