@@ -22,13 +22,14 @@ const char kFinalizeHelp[] =
     "The worker that completes the last part does this itself; run it by hand when that\n"
     "worker could not (e.g. it died after its part, or NFS hid the other parts from it).\n"
     "A missing, corrupt or mismatched part is named with the worker that owes it, and\n"
-    "nothing is published.\n"
+    "nothing is published. On a DST published already (config.json in place: a stopped\n"
+    "finalizer left only its cleanup) it finishes that cleanup.\n"
     "\n"
     "  --workers N        the worker count, when DST holds parts of runs with several counts\n"
     "  --report FILE.json each worker's summary (shards, bytes, seconds) and their totals\n"
     "  -q, --quiet        errors only\n"
     "\n"
-    "exit: 0 published, 2 usage (or another process is finalizing DST), 3 a part is missing,\n"
+    "exit: 0 published (now or before), 2 usage (or another process is finalizing DST), 3 a part is missing,\n"
     "corrupt or from another conversion, 4 I/O failure.\n";
 
 }  // namespace
