@@ -448,18 +448,12 @@ Result<std::unique_ptr<FsLock>> TakeRunLock(const fs::path& dst, bool* created) 
                                         holder + "); wait for it to end, or stop it and run "
                                         "again with --resume");
   }
-  // Workers writing this DST (a live worker lock; each checks this run's lock after taking
-  // its own) would write the same shards. Their parts and markers, once they are gone, serve
-  // a --resume like its own.
-  for (auto it = fs::directory_iterator(dst / kPartsDir, ec);
-       !ec && it != fs::directory_iterator(); it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;
-    if (FsLock::IsHeld(it->path(), &holder)) {
-      return Error(ErrorCode::kUsage, dst.string() + " is being written by workers (" + name +
-                                          ": " + holder + "); wait for them to end, or stop "
-                                          "them and run again with --resume");
-    }
+  // Workers writing this DST (each checks this run's lock after taking its own) would write
+  // the same shards. Their parts and markers, once they are gone, serve a --resume like its own.
+  if (std::string who; AnyWorkerRunning(dst, &who)) {
+    return Error(ErrorCode::kUsage, dst.string() + " is being written by workers (" + who +
+                                        "); wait for them to end, or stop them and run again "
+                                        "with --resume");
   }
   return std::move(*lock);
 }
@@ -612,21 +606,17 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
       }
     }
     for (const fs::path& p : published) fs::remove(p, ec);
-    if (worker) {
-      // Only this worker's markers: the others' shards stay vouched for.
-      for (const PlannedShard& ps : plan.shards) {
-        if (!ps.already_done) fs::remove(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
-      }
-    } else if (options.resume) {
-      // Only the markers of shards this run was to write: those of the shards an earlier run
-      // completed (kept, or not yet examined) stay, so that a --resume failing on, say, a
-      // full disk leaves them to the next one.
-      if (marked) {
+    if (worker || options.resume) {
+      // Only the markers of shards this run was to write: the other workers' shards, and
+      // those an earlier run completed (kept, or not yet examined), stay vouched for, so
+      // that a --resume failing on, say, a full disk leaves them to the next one. (A worker
+      // marks the others' shards done at its start.)
+      if (worker || marked) {
         for (const PlannedShard& ps : plan.shards) {
           if (!ps.already_done) fs::remove(ResumeMarkerPath(plan.dst, ps.rel_name), ec);
         }
       }
-      fs::remove(plan.dst / kResumeDir, ec);  // only when empty
+      if (!worker) fs::remove(plan.dst / kResumeDir, ec);  // only when empty
     } else {
       fs::remove_all(plan.dst / kResumeDir, ec);
     }

@@ -36,6 +36,42 @@ std::map<std::pair<int, int>, fs::path> ListParts(const fs::path& dir) {
   return parts;
 }
 
+// Held by whoever publishes DST, in its parts folder.
+constexpr const char* kFinalizeLock = "finalize.lock";
+
+// Whether DST is published already: its config file, which Publish writes last, is in place
+// and, where parts remain to say so, holds what they would write. (A worker replacing another
+// conversion removes that config file before it makes its part.) Then what is left to a
+// finalizer is the cleanup a stopped one did not finish. `summaries`: the parts' own.
+bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
+  std::vector<JsonValue> theirs;
+  for (const auto& [key, path] : ListParts(dst / kPartsDir)) {
+    auto part = ReadPart(path);
+    if (!part.ok() || part->files.empty()) continue;
+    const PlannedFile& config = part->files.back();
+    auto have = ReadFileToString(dst / config.rel_name);
+    auto want = config.copy_from.empty() ? Result<std::string>(config.contents)
+                                         : ReadFileToString(config.copy_from);
+    if (!have.ok() || !want.ok() || *have != *want) return false;
+    theirs.push_back(part->summary);
+  }
+  std::error_code ec;
+  if (theirs.empty() && !fs::exists(dst / "config.json", ec) && !fs::exists(dst / "params.json", ec)) {
+    return false;
+  }
+  *summaries = std::move(theirs);
+  return true;
+}
+
+// A published folder's last step: the resume markers and the parts (finalize.lock with
+// them) removed.
+Status RemoveMarkersAndParts(const fs::path& dst) {
+  std::error_code ec;
+  fs::remove_all(dst / kResumeDir, ec);
+  fs::remove_all(dst / kPartsDir, ec);
+  return SyncDirectory(dst);
+}
+
 // Writes the other files, the index and config.json, in the plan's order (config.json last:
 // a folder without it is visibly unfinished), then removes the markers.
 Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files) {
@@ -47,9 +83,7 @@ Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files) {
                                                : CopyFileAtomic(f.copy_from, to));
   }
   QUENCH_RETURN_IF_ERROR(SyncDirectory(dst));
-  fs::remove_all(dst / kResumeDir, ec);
-  fs::remove_all(dst / kPartsDir, ec);
-  return SyncDirectory(dst);
+  return RemoveMarkersAndParts(dst);
 }
 
 }  // namespace
@@ -59,38 +93,10 @@ Status RemoveFinalizeLeftovers(const fs::path& dst) {
   if (!fs::is_directory(dst / kPartsDir, ec)) return Status::Ok();
   std::string holder;
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
-                          FsLock::TryAcquire(dst / kPartsDir / "finalize.lock", &holder));
+                          FsLock::TryAcquire(dst / kPartsDir / kFinalizeLock, &holder));
   if (!lock) return Status::Ok();
-  // Publish's last step; the lock file goes with the folder, as there.
-  fs::remove_all(dst / kResumeDir, ec);
-  fs::remove_all(dst / kPartsDir, ec);
-  return SyncDirectory(dst);
+  return RemoveMarkersAndParts(dst);  // as Publish ends, the lock file with the parts
 }
-
-namespace {
-
-// Whether DST is published already: its config file, which Publish writes last, is in place
-// and, where parts remain to say so, holds what they would write. (A worker replacing another
-// conversion removes that config file before it makes its part.) Then what is left to a
-// finalizer is the cleanup a stopped one did not finish. `summaries`: the parts' own.
-bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
-  std::error_code ec;
-  bool compared = false;
-  for (const auto& [key, path] : ListParts(dst / kPartsDir)) {
-    auto part = ReadPart(path);
-    if (!part.ok() || part->files.empty()) continue;
-    const PlannedFile& config = part->files.back();
-    auto have = ReadFileToString(dst / config.rel_name);
-    auto want = config.copy_from.empty() ? Result<std::string>(config.contents)
-                                         : ReadFileToString(config.copy_from);
-    if (!have.ok() || !want.ok() || *have != *want) return false;
-    summaries->push_back(part->summary);
-    compared = true;
-  }
-  return compared || fs::exists(dst / "config.json", ec) || fs::exists(dst / "params.json", ec);
-}
-
-}  // namespace
 
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
   const fs::path dir = dst / kPartsDir;
@@ -102,14 +108,13 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
     result.published = result.already_published = true;
     return result;
   }
-  result.summaries.clear();
   if (!fs::is_directory(dir, ec)) {
     return Error(ErrorCode::kInvalidInput,
                  dst.string() + " holds no worker parts (" + kPartsDir + "/ is missing): it was "
                  "not written by `quench convert --worker`");
   }
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
-                          FsLock::TryAcquire(dir / "finalize.lock", &result.holder));
+                          FsLock::TryAcquire(dir / kFinalizeLock, &result.holder));
   if (!lock) return result;
 
   const std::map<std::pair<int, int>, fs::path> all = ListParts(dir);

@@ -80,17 +80,23 @@ bool IsStale(const fs::path& path, const std::string& token, const struct stat& 
 // and `.stale-*` (a stale lock moved aside, never unlinked). Each holds the token of the
 // process that made it (or of the stale holder), so one is removed once that process is
 // gone, as a stale lock is; a contender still at work keeps its file.
-void RemoveLeftovers(const fs::path& path, const std::string& nonce) {
+void RemoveLeftovers(const fs::path& path) {
   const std::string base = path.filename().string();
   std::error_code ec;
   for (auto it = fs::directory_iterator(path.parent_path(), ec);
        !ec && it != fs::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!name.starts_with(base + ".new-") && !name.starts_with(base + ".stale-")) continue;
-    struct stat st {};
-    if (stat(it->path().c_str(), &st) != 0) continue;
-    if (IsStale(it->path(), FirstLine(it->path()), st, nonce)) unlink(it->path().c_str());
+    if (std::string holder; !FsLock::IsHeld(it->path(), &holder)) unlink(it->path().c_str());
   }
+}
+
+// 16 hex digits naming one attempt: in a lock's token, its probe and its aside file.
+std::string Nonce() {
+  std::random_device rd;
+  char nonce[17];
+  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
+  return nonce;
 }
 
 // Who holds a lock, in words, from its token: "host H, pid P, since T".
@@ -106,10 +112,7 @@ bool FsLock::IsHeld(const fs::path& path, std::string* holder) {
   struct stat st {};
   const std::string token = FirstLine(path);
   if (stat(path.c_str(), &st) != 0) return false;
-  char nonce[17];
-  std::random_device rd;
-  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
-  if (IsStale(path, token, st, nonce)) return false;
+  if (IsStale(path, token, st, Nonce())) return false;
   *holder = HolderOf(token);
   return true;
 }
@@ -150,9 +153,7 @@ void FsLock::Beat() {
 }
 
 Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::string* holder) {
-  std::random_device rd;
-  char nonce[17];
-  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
+  const std::string nonce = Nonce();
   const long pid = static_cast<long>(getpid());
   char since[32];
   const std::time_t t = std::time(nullptr);
@@ -193,7 +194,7 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
         return Error(ErrorCode::kIo, path.string() + ": cannot start the lock's heartbeat thread "
                                      "(out of memory or threads)");
       }
-      RemoveLeftovers(path, nonce);
+      RemoveLeftovers(path);
       return lock;
     }
     // ENOENT: the file to link was removed, as a killed taker's, by the holder (RemoveLeftovers).

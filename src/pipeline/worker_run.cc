@@ -1,6 +1,5 @@
 // A worker's side of a conversion split over machines: starting (StartWorker) and, once its
 // part is in, finalizing when it is the last (FinalizeIfLast).
-#include <algorithm>
 #include <system_error>
 
 #include "format/file_io.h"
@@ -59,17 +58,23 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
   const auto note = [&](const std::string& s) {
     if (cb.note) cb.note(WorkerName(index, count) + ": " + s);
   };
+  // The worker's share; the other workers' shards are not this run's to write.
+  const std::vector<int> owner = AssignShards(ShardCosts(plan), count);
+  start.mine.assign(plan.shards.size(), false);
+  for (size_t k = 0; k < plan.shards.size(); ++k) {
+    start.mine[k] = owner[k] == index;
+    if (owner[k] == index) ++start.owned;
+    else plan.shards[k].already_done = true;  // another worker's
+  }
   // A published folder: this conversion (a rerun after finalize: nothing to do), or another
   // one, which a worker replaces only with --overwrite, unpublishing it first (config.json
   // first) so that the folder is visibly unfinished while the workers run.
-  const std::vector<int> owner = AssignShards(ShardCosts(plan), count);
   if (!plan.files.empty() && fs::exists(plan.dst / plan.files.back().rel_name, ec)) {
     if (IsPublished(plan)) {
       // A finalizer killed between config.json and its cleanup left parts and markers.
       QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(plan.dst));
       note("DST is already this conversion, finalized; nothing to do");
       start.finalized = true;
-      start.owned = static_cast<size_t>(std::count(owner.begin(), owner.end(), index));
       return start;
     }
     if (!o.overwrite) {
@@ -93,12 +98,6 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
   if (FsLock::IsHeld(plan.dst / kRunLock, &holder)) {
     return Error(ErrorCode::kUsage, plan.dst.string() + " is being written by a single quench "
                                     "run (" + holder + "); wait for it to end");
-  }
-  start.mine.assign(plan.shards.size(), false);
-  for (size_t k = 0; k < plan.shards.size(); ++k) {
-    start.mine[k] = owner[k] == index;
-    if (owner[k] == index) ++start.owned;
-    else plan.shards[k].already_done = true;  // another worker's
   }
   const fs::path part_path = PartPath(plan.dst, index, count);
   if (fs::exists(part_path, ec)) {

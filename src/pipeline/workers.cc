@@ -133,6 +133,21 @@ fs::path WorkerLockPath(const fs::path& dst, int index) {
   return dst / kPartsDir / ("worker-" + Pad(index) + ".lock");
 }
 
+bool AnyWorkerRunning(const fs::path& dst, std::string* who) {
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dst / kPartsDir, ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;  // WorkerLockPath's
+    std::string holder;
+    if (FsLock::IsHeld(it->path(), &holder)) {
+      *who = name + ": " + holder;
+      return true;
+    }
+  }
+  return false;
+}
+
 Status WritePart(const Plan& plan, int index, int count, const std::string& description,
                  const std::string& launcher, const JsonValue& summary) {
   const std::vector<uint64_t> costs = ShardCosts(plan);

@@ -41,6 +41,9 @@ std::string WorkerName(int index, int count);
 
 std::filesystem::path PartPath(const std::filesystem::path& dst, int index, int count);
 std::filesystem::path WorkerLockPath(const std::filesystem::path& dst, int index);
+// Whether a worker is writing DST now (a worker lock held, not stale): `*who` then says
+// which lock file and its holder ("worker-00001.lock: host H, pid P, since T").
+bool AnyWorkerRunning(const std::filesystem::path& dst, std::string* who);
 
 // A part marker as read back.
 struct PartShard {
