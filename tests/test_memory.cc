@@ -23,20 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 // Writes a one-tensor BF16 checkpoint of rows x cols without holding it in memory.
-// Starts `quench args...` in a child process; returns its pid.
-pid_t SpawnQuench(std::vector<std::string> args) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::string bin = qt::QuenchBin().string();
-    std::vector<char*> argv = {bin.data()};
-    for (std::string& x : args) argv.push_back(x.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
 void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
                         const std::string& name = "model.layers.0.mlp.down_proj.weight",
                         const std::string& file = "model.safetensors") {
@@ -67,15 +53,6 @@ void WriteFourShards(const fs::path& dir) {
   for (int k = 0; k < 4; ++k) {
     WriteBigCheckpoint(dir, 2048, 16384, "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
                        "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
-  }
-}
-
-// Same files, same bytes.
-void CheckSameFolder(const fs::path& got, const fs::path& want) {
-  CHECK(qt::ListFiles(got) == qt::ListFiles(want));
-  for (const std::string& f : qt::ListFiles(want)) {
-    CAPTURE(f);
-    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
   }
 }
 
@@ -392,13 +369,8 @@ TEST_SUITE("memory") {
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 8192, 16384);
     const fs::path out = tmp / "out";
-    pid_t pid = fork();
-    if (pid == 0) {
-      std::string bin = qt::QuenchBin().string(), src = (tmp / "src").string(), dst = out.string();
-      execl(bin.c_str(), bin.c_str(), "convert", src.c_str(), dst.c_str(), "--scheme",
-            "FP8_BLOCK", "--threads", "1", "--memory-limit", "64M", "-q", nullptr);
-      _exit(127);
-    }
+    const pid_t pid = qt::SpawnQuench({"convert", (tmp / "src").string(), out.string(), "--scheme",
+                                       "FP8_BLOCK", "--threads", "1", "--memory-limit", "64M", "-q"});
     // Wait until the run has created its output folder, then interrupt it.
     for (int i = 0; i < 2000 && !fs::exists(out); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -426,7 +398,7 @@ TEST_SUITE("memory") {
     const fs::path out = tmp / "out";
     // Starts a run and kills it (SIGKILL: no cleanup at all) once `markers` shards are done.
     auto run_and_kill = [&](size_t markers, std::vector<std::string> extra) {
-      const pid_t pid = SpawnQuench(run(out, extra));
+      const pid_t pid = qt::SpawnQuench(run(out, extra));
       for (int i = 0; i < 20000; ++i) {
         size_t n = 0;
         if (fs::exists(out / ".quench-resume")) {
@@ -446,7 +418,7 @@ TEST_SUITE("memory") {
     auto last = qt::RunQuench(run(out, {"--resume"}));
     REQUIRE_MESSAGE(last.exit_code == 0, last.err);
     // Same files, same bytes; no markers or temporary files left.
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
   }
 
   TEST_CASE("rewriting a finished folder (--overwrite, --resume of another scheme): it stops looking finished first") {
@@ -465,7 +437,7 @@ TEST_SUITE("memory") {
       fs::remove_all(out);
       REQUIRE(qt::RunQuench(args(out, "FP8_DYNAMIC", {})).exit_code == 0);
       // The same folder rewritten as W8A16, killed (no cleanup at all) once a shard is done.
-      const pid_t pid = SpawnQuench(args(out, "W8A16", {how}));
+      const pid_t pid = qt::SpawnQuench(args(out, "W8A16", {how}));
       for (int i = 0; i < 20000 && !fs::exists(out / ".quench-resume"); ++i) {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
@@ -479,7 +451,7 @@ TEST_SUITE("memory") {
       CHECK_FALSE(fs::exists(out / "config.json"));
       auto r = qt::RunQuench(args(out, "W8A16", {"--resume"}));
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      CheckSameFolder(out, tmp / "want");
+      qt::CheckSameFiles(tmp / "want", out);
     }
   }
 
@@ -497,7 +469,7 @@ TEST_SUITE("memory") {
     for (const char* second : {"--resume", "--overwrite"}) {
       CAPTURE(second);
       fs::remove_all(out);
-      const pid_t pid = SpawnQuench(args(out, {}));
+      const pid_t pid = qt::SpawnQuench(args(out, {}));
       // Once the first run holds DST (its lock file is in place), a retry of the same step.
       for (int i = 0; i < 20000 && !fs::exists(out / ".quench-run.lock"); ++i) {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -510,7 +482,7 @@ TEST_SUITE("memory") {
       CHECK(r.exit_code == 2);
       CHECK_MESSAGE(r.err.find("is being written by another quench run (host ") != std::string::npos, r.err);
       // The first run's output, whole: the files and bytes of an undisturbed run, no lock left.
-      CheckSameFolder(out, tmp / "want");
+      qt::CheckSameFiles(tmp / "want", out);
     }
   }
 

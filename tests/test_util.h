@@ -147,6 +147,30 @@ inline RunResult RunCommand(const std::vector<std::string>& argv,
   return r;
 }
 
+// Starts the quench binary with `args` without waiting for it (waitpid the pid returned);
+// with `io`, its stdout and stderr go to io.out and io.err.
+inline pid_t SpawnQuench(const std::vector<std::string>& args, const fs::path& io = {}) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (!io.empty()) {
+      const std::string out = io.string() + ".out", err = io.string() + ".err";
+      if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) {
+        _exit(126);
+      }
+    }
+    std::string bin = QuenchBin().string();
+    std::vector<std::string> copy = args;
+    std::vector<char*> argv = {bin.data()};
+    for (std::string& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
 // The all-MiniLM-L6-v2 checkpoint scripts/test fetches, named by QUENCH_MINILM_DIR.
 inline fs::path MiniLmDir() {
   const char* dir = std::getenv("QUENCH_MINILM_DIR");

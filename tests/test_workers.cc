@@ -20,25 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Starts `quench args...` (stdout and stderr to files in `io`); returns its pid.
-pid_t Spawn(const std::vector<std::string>& args, const fs::path& io) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::string out = (io.string() + ".out"), err = (io.string() + ".err");
-    if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) _exit(126);
-    std::string bin = qt::QuenchBin().string();
-    std::vector<std::string> copy = args;
-    std::vector<char*> argv = {bin.data()};
-    for (std::string& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
 int Wait(pid_t pid) {
   int status = 0;
   waitpid(pid, &status, 0);
@@ -59,21 +40,12 @@ void RunWorkers(const fs::path& src, const fs::path& dst, const std::vector<std:
   for (int i = 0; i < n; ++i) {
     std::vector<std::string> a = ConvertArgs(src, dst, opts);
     a.insert(a.end(), {"--worker", std::to_string(i) + "/" + std::to_string(n)});
-    pids.push_back(Spawn(a, io / ("w" + std::to_string(i))));
+    pids.push_back(qt::SpawnQuench(a, io / ("w" + std::to_string(i))));
   }
   for (int i = 0; i < n; ++i) {
     const int rc = Wait(pids[static_cast<size_t>(i)]);
     CAPTURE(i);
     CHECK_MESSAGE(rc == 0, qt::ReadBytes(io / ("w" + std::to_string(i) + ".err")));
-  }
-}
-
-// Same files, same bytes.
-void CheckSameFolder(const fs::path& got, const fs::path& want) {
-  REQUIRE(qt::ListFiles(got) == qt::ListFiles(want));
-  for (const std::string& f : qt::ListFiles(want)) {
-    CAPTURE(f);
-    CHECK(qt::ReadBytes(got / f) == qt::ReadBytes(want / f));
   }
 }
 
@@ -195,7 +167,7 @@ quant_stage:
         const fs::path got = tmp / ("got" + std::to_string(c) + "-" + std::to_string(n));
         fs::create_directories(tmp / "io");
         RunWorkers(k.src, got, opts, n, tmp / "io");
-        CheckSameFolder(got, want);
+        qt::CheckSameFiles(want, got);
       }
       ++c;
     }
@@ -219,12 +191,12 @@ quant_stage:
         CHECK(again.err.find("its part is complete") != std::string::npos);
       }
     }
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
     // A worker rerun after publication changes nothing.
     auto late = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", "1/3"}));
     REQUIRE_MESSAGE(late.exit_code == 0, late.err);
     CHECK(late.err.find("already this conversion") != std::string::npos);
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
     // Another conversion into the published folder needs --overwrite.
     auto other = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/3"}));
     CHECK(other.exit_code == 2);
@@ -292,7 +264,7 @@ quant_stage:
       CHECK(r.err.find("worker " + std::to_string(i) + "/2, from Kubernetes indexed job (JOB_COMPLETION_INDEX=" +
                        std::to_string(i) + ", --workers 2)") != std::string::npos);
     }
-    CheckSameFolder(tmp / "out", tmp / "want");
+    qt::CheckSameFiles(tmp / "want", tmp / "out");
     // Two launchers that disagree: refused before anything is written.
     auto conflict = qt::RunCommand({bin, "convert", src.string(), (tmp / "other").string(), "--scheme", "FP8_BLOCK"},
                                    {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
@@ -324,7 +296,7 @@ quant_stage:
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CHECK(r.err.find("already this conversion") != std::string::npos);
     CHECK_MESSAGE(r.err.find("shard(s) were already done; published") != std::string::npos, r.err);  // not "no shards"
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
   }
 
   TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
@@ -346,12 +318,12 @@ quant_stage:
       auto r = qt::RunQuench({"finalize", out.string()});
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
       CHECK_MESSAGE(r.err.find("is published already; nothing to do") != std::string::npos, r.err);
-      CheckSameFolder(out, tmp / "want");
+      qt::CheckSameFiles(tmp / "want", out);
       // Once more, on the finished folder: the same answer, nothing changed.
       auto again = qt::RunQuench({"finalize", out.string()});
       REQUIRE_MESSAGE(again.exit_code == 0, again.err);
       CHECK(again.err.find("is published already; nothing to do") != std::string::npos);
-      CheckSameFolder(out, tmp / "want");
+      qt::CheckSameFiles(tmp / "want", out);
     }
   }
 
@@ -388,7 +360,7 @@ quant_stage:
     REQUIRE(at != std::string::npos);
     const std::string share = w0.err.substr(at + 12, w0.err.find(" of 3 output shards", at) - at - 12);
     CHECK_MESSAGE(r.err.find("resume: " + share + " of 3 output shards are complete") != std::string::npos, r.err);
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
   }
 
   TEST_CASE("an empty worker lock (a run killed while taking it) holds nothing; a lock is never left empty") {
@@ -469,7 +441,7 @@ quant_stage:
     // Rerun with the right scheme: the part is redone and the folder published.
     auto fixed = worker(2, "FP8_DYNAMIC");
     REQUIRE_MESSAGE(fixed.exit_code == 0, fixed.err);
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
 
     // A corrupt part (one byte changed) and a damaged shard (truncated): both named, with the
     // worker that owes them; a rerun of those workers repairs the folder.
@@ -496,7 +468,7 @@ quant_stage:
     CHECK_FALSE(fs::exists(out / "config.json"));
     auto repaired = worker(1, "FP8_DYNAMIC");
     REQUIRE_MESSAGE(repaired.exit_code == 0, repaired.err);
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
 
     // A shard whose header was changed in place, its size and mtime kept: still named.
     fs::remove_all(out);
@@ -532,7 +504,7 @@ quant_stage:
       return a;
     };
     // Worker 0 is killed (SIGKILL: no cleanup) once its first shard is durable.
-    const pid_t pid = Spawn(worker_args(0), tmp / "killed");
+    const pid_t pid = qt::SpawnQuench(worker_args(0), tmp / "killed");
     for (int i = 0; i < 40000; ++i) {
       size_t n = 0;
       std::error_code ec;
@@ -548,7 +520,7 @@ quant_stage:
     CHECK(fs::exists(quench::WorkerLockPath(out, 0)));  // its lock is left behind, stale
     CHECK_FALSE(fs::exists(quench::PartPath(out, 0, 2)));
     // Two workers given index 1 at once: one runs, the other is refused (exit 2) naming it.
-    const pid_t a = Spawn(worker_args(1), tmp / "a");
+    const pid_t a = qt::SpawnQuench(worker_args(1), tmp / "a");
     for (int i = 0; i < 20000 && !fs::exists(quench::WorkerLockPath(out, 1)); ++i) {
       std::this_thread::sleep_for(std::chrono::microseconds(500));
     }
@@ -568,6 +540,6 @@ quant_stage:
     CHECK_MESSAGE((r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos ||
                    r.err.find("resume: 2 of 2 output shards are complete") != std::string::npos),
                   r.err);
-    CheckSameFolder(out, tmp / "want");
+    qt::CheckSameFiles(tmp / "want", out);
   }
 }
