@@ -39,6 +39,15 @@ constexpr uint64_t kDirectRunBytes = 1ull << 20;
 // not scanned again on every write.
 constexpr uint64_t kPendingLimitBytes = 4ull << 20;
 
+// fsync(2), again where a signal interrupted it (FUSE and network file systems return EINTR).
+int FsyncRetrying(int fd) {
+  int rc;
+  do {
+    rc = fsync(fd);
+  } while (rc != 0 && errno == EINTR);
+  return rc;
+}
+
 Status IoError(const fs::path& path, std::string_view what, int err) {
   return Error(ErrorCode::kIo,
                path.string() + ": " + std::string(what) + ": " + ErrnoMessage(err));
@@ -112,20 +121,32 @@ Result<MappedFile> MappedFile::Open(const fs::path& path, bool keep_fd) {
 
 Status MappedFile::ReadInto(uint64_t offset, uint64_t len, uint8_t* dst) const {
   if (fd_ < 0) return Error(ErrorCode::kInternal, "ReadInto on a mapping opened without keep_fd");
+  return ReadAt(fd_, path_, offset, len, dst);
+}
+
+Status ReadAt(int fd, const fs::path& path, uint64_t offset, uint64_t len, uint8_t* dst) {
   while (len > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(len, 1u << 30));
-    ssize_t r = pread(fd_, dst, n, static_cast<off_t>(offset));
+    ssize_t r = pread(fd, dst, n, static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return IoError(path_, "read failed", errno);
+    if (r < 0) return IoError(path, "read failed", errno);
     if (r == 0) {
       return Error(ErrorCode::kIo,
-                   path_.string() + ": read failed: the file is shorter than its header says");
+                   path.string() + ": read failed: the file is shorter than its header says");
     }
     dst += r;
     offset += static_cast<uint64_t>(r);
     len -= static_cast<uint64_t>(r);
   }
   return Status::Ok();
+}
+
+Status ReadFileRange(const fs::path& path, uint64_t offset, uint64_t len, uint8_t* dst) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError(path, "cannot open for reading", errno);
+  Status s = ReadAt(fd, path, offset, len, dst);
+  close(fd);
+  return s;
 }
 
 void MappedFile::Prefetch(uint64_t offset, uint64_t len) const {
@@ -177,7 +198,10 @@ Result<std::unique_ptr<OutputFile>> OutputFile::Create(const fs::path& final_pat
   }
   // Reserve the space up front so that a full disk fails now, not half-way through.
   if (size > 0) {
-    int rc = posix_fallocate(f->fd_, 0, static_cast<off_t>(size));
+    int rc;
+    do {
+      rc = posix_fallocate(f->fd_, 0, static_cast<off_t>(size));
+    } while (rc == EINTR);  // a signal handled meanwhile (Ctrl-C is seen at the next chunk)
     if (rc == EOPNOTSUPP || rc == EINVAL) {
       if (ftruncate(f->fd_, static_cast<off_t>(size)) != 0) {
         return IoError(f->tmp_path_, "cannot size", errno);
@@ -506,7 +530,7 @@ Status OutputFile::SyncWritten() {
   }
   // One fsync covers both descriptors' writes: it flushes the inode's cached pages and the
   // disk's write cache, which direct writes may still sit in.
-  if (fsync(fd_) != 0) return IoError(tmp_path_, "fsync failed", errno);
+  if (FsyncRetrying(fd_) != 0) return IoError(tmp_path_, "fsync failed", errno);
   return Status::Ok();
 }
 
@@ -551,23 +575,28 @@ Status WriteFileAtomic(const fs::path& path, std::string_view bytes) {
   return f->Commit();
 }
 
-Status WriteFileReplacing(const fs::path& path, std::string_view bytes) {
-  const fs::path tmp = TmpName(path);
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError(tmp, "cannot create", errno);
+Status WriteAll(int fd, const fs::path& path, std::string_view bytes) {
   const char* p = bytes.data();
   size_t left = bytes.size();
   while (left > 0) {
     const ssize_t w = write(fd, p, left);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = w < 0 ? errno : ENOSPC;
-      close(fd);
-      unlink(tmp.c_str());
-      return IoError(tmp, "write failed", err);
-    }
+    // write(2) returns 0 for a non-empty buffer only where no space is left.
+    if (w <= 0) return IoError(path, "write failed", w < 0 ? errno : ENOSPC);
     p += w;
     left -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status WriteFileReplacing(const fs::path& path, std::string_view bytes) {
+  const fs::path tmp = TmpName(path);
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return IoError(tmp, "cannot create", errno);
+  if (Status s = WriteAll(fd, tmp, bytes); !s.ok()) {
+    close(fd);
+    unlink(tmp.c_str());
+    return s;
   }
   if (close(fd) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
@@ -634,10 +663,17 @@ Result<std::string> ReadFileToString(const fs::path& path) {
   return s;
 }
 
+Status MakeFolders(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Error(ErrorCode::kIo, dir.string() + ": cannot create: " + ec.message());
+  return Status::Ok();
+}
+
 Status SyncDirectory(const fs::path& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return IoError(dir, "cannot open folder", errno);
-  int rc = fsync(fd);
+  int rc = FsyncRetrying(fd);
   int err = errno;
   close(fd);
   if (rc != 0 && err != EINVAL) return IoError(dir, "fsync of folder failed", err);

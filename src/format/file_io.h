@@ -169,6 +169,16 @@ class OutputFile {
   std::optional<Status> synced_;  // what Sync() returned, once it has run
 };
 
+// Reads exactly [offset, offset+len) of the open file `fd` into `dst`, going on after short
+// reads and EINTR; a file that ends first is an error. `path` names the file in errors.
+Status ReadAt(int fd, const std::filesystem::path& path, uint64_t offset, uint64_t len,
+              uint8_t* dst);
+// ReadAt on `path`, opened for the call.
+Status ReadFileRange(const std::filesystem::path& path, uint64_t offset, uint64_t len,
+                     uint8_t* dst);
+// Writes all of `bytes` to `fd` at its offset, going on after short writes and EINTR;
+// `path` names the file in the error.
+Status WriteAll(int fd, const std::filesystem::path& path, std::string_view bytes);
 // Writes `bytes` to `path` via a temporary file, fsync and rename.
 Status WriteFileAtomic(const std::filesystem::path& path, std::string_view bytes);
 // Writes `bytes` to `path` via a temporary file and rename, without fsync and without
@@ -179,6 +189,8 @@ Status WriteFileReplacing(const std::filesystem::path& path, std::string_view by
 // Copies a file byte for byte (copy_file_range) via a temporary name and rename.
 Status CopyFileAtomic(const std::filesystem::path& from, const std::filesystem::path& to);
 Result<std::string> ReadFileToString(const std::filesystem::path& path);
+// Makes `dir` and its missing parents (std::filesystem::create_directories), naming the error.
+Status MakeFolders(const std::filesystem::path& dir);
 // fsync a directory so that renames in it are durable.
 Status SyncDirectory(const std::filesystem::path& dir);
 

@@ -80,17 +80,22 @@ struct IndexDom {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   bool parsed = false;
+  int read_errno = 0;  // why LoadText failed, where it did
 };
 
 // The whole file into `text`, as simdjson::padded_string::load reads it (false where it
 // cannot be opened, sized or read), but with pread into a buffer that asks for huge pages
 // (AdviseHugePages), as the shard headers are read: a large index read through load's
 // buffer faulted in every 4 KiB page of it (bench/README.md, kimi-s37).
-bool LoadText(const std::string& path, simdjson::padded_string& text) {
+bool LoadText(const std::string& path, simdjson::padded_string& text, int* err) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) {
+    *err = errno;
+    return false;
+  }
   struct stat st;
   bool ok = ::fstat(fd, &st) == 0 && st.st_size >= 0;
+  if (!ok) *err = errno;
   if (ok) {
     const size_t n = static_cast<size_t>(st.st_size);
     simdjson::padded_string buf(n);
@@ -101,6 +106,7 @@ bool LoadText(const std::string& path, simdjson::padded_string& text) {
       if (r < 0 && errno == EINTR) continue;
       ok = r > 0;
       if (ok) done += static_cast<size_t>(r);
+      if (!ok) *err = r < 0 ? errno : 0;  // 0: the file shrank while it was read
     }
     if (ok) text = std::move(buf);
   }
@@ -110,7 +116,7 @@ bool LoadText(const std::string& path, simdjson::padded_string& text) {
 
 void ParseIndex(const ModelFolder& m, IndexDom& d) {
   const std::string path = (m.root / *m.index_rel).string();
-  d.parsed = LoadText(path, d.text) && !d.parser.parse(d.text).get(d.root);
+  d.parsed = LoadText(path, d.text, &d.read_errno) && !d.parser.parse(d.text).get(d.root);
 }
 
 // Checks the parsed index. Read as Python reads JSON: a repeated key keeps its first position
@@ -123,7 +129,9 @@ Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom&
     // The messages every JSON file quench reads gets (ReadJsonFile reads it again).
     Result<JsonValue> again = ReadJsonFile(path);
     if (!again.ok()) return again.status();
-    return Error(ErrorCode::kIo, path + ": cannot read");
+    return Error(ErrorCode::kIo,
+                 path + ": cannot read: " +
+                     (d.read_errno != 0 ? ErrnoMessage(d.read_errno) : "it changed while read"));
   }
   simdjson::dom::object index;
   std::optional<simdjson::dom::element> wm;

@@ -1,14 +1,12 @@
 #include "format/source_ct.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <map>
 #include <memory>
 #include <regex>
 #include <set>
 
+#include "format/file_io.h"  // ReadFileRange
 #include "format/source_quant.h"
 #include "quench/tensor.h"
 
@@ -205,12 +203,10 @@ Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTenso
                      std::string(DTypeName(t.dtype)) + " " + ShapeString(t.shape));
   }
   std::vector<uint8_t> raw(t.nbytes);
-  const int fd = ::open(folder.shards[t.shard].path.c_str(), O_RDONLY | O_CLOEXEC);
-  const ssize_t got = fd < 0 ? -1 : ::pread(fd, raw.data(), raw.size(), static_cast<off_t>(t.offset));
-  if (fd >= 0) ::close(fd);
-  if (got != static_cast<ssize_t>(raw.size())) {
+  if (Status s = ReadFileRange(folder.shards[t.shard].path, t.offset, raw.size(), raw.data());
+      !s.ok()) {
     return Error(ErrorCode::kIo, where + ": cannot read its " + std::to_string(raw.size()) +
-                                     " bytes");
+                                     " bytes: " + s.message());
   }
   std::vector<uint64_t> out;
   for (uint64_t i = 0; i < dims; ++i) {

@@ -6,10 +6,10 @@
 // quantization_config (quant_method "modelopt", quant_algo "NVFP4").
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 
+#include "format/file_io.h"  // ReadFileRange
 #include "format/source_packed.h"
 #include "format/source_quant.h"
 #include "quench/tensor.h"
@@ -45,11 +45,12 @@ Result<float> ReadScalar(const ModelFolder& folder, size_t shard, const TensorIn
     return Error(ErrorCode::kInvalidInput, at + " is " + std::string(DTypeName(t.dtype)) + " " +
                                                ShapeString(t.shape) + "; ModelOpt writes one F32 value");
   }
-  std::ifstream f(folder.shards[shard].path, std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(folder.shards[shard].header.data_start + t.begin));
   float v = 0.f;
-  if (!f.read(reinterpret_cast<char*>(&v), 4)) {
-    return Error(ErrorCode::kIo, at + ": cannot read its value");
+  if (Status s = ReadFileRange(folder.shards[shard].path,
+                               folder.shards[shard].header.data_start + t.begin, 4,
+                               reinterpret_cast<uint8_t*>(&v));
+      !s.ok()) {
+    return Error(ErrorCode::kIo, at + ": cannot read its value: " + s.message());
   }
   if (!std::isfinite(v) || !(v > 0.f)) {
     return Error(ErrorCode::kInvalidInput,
