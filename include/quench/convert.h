@@ -51,6 +51,9 @@ struct Progress {
 
 struct ConvertCallbacks {
   std::function<void(std::string_view line)> note;   // informational lines and warnings
+  // What a finished run could not tidy (a lock or marker file it could not remove): the
+  // output is complete; printed even where notes are not (-q).
+  std::function<void(std::string_view line)> leftover;
   std::function<void(const Progress&)> progress;     // called from one thread, throttled
   const std::atomic<bool>* cancel = nullptr;         // set (e.g. by SIGINT) to stop early
 };

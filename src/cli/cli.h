@@ -20,6 +20,9 @@ int ReportError(const std::string& message, int exit_code);
 // Prints "quench: error: <command>" and `status` as Status::ToString writes it (its category,
 // then its message) and returns ExitCodeFor its code. `status` is not OK.
 int ReportStatus(const Status& status, std::string_view command = {});
+// Prints "quench: warning: <line>" to stderr, with or without -q: what a finished run left
+// behind (ConvertCallbacks::leftover).
+void PrintLeftover(std::string_view line);
 
 }  // namespace quench::cli
 

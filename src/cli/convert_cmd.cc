@@ -385,6 +385,7 @@ int RunConvert(const std::vector<std::string>& args) {
   cb.note = [quiet](std::string_view line) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };
+  cb.leftover = PrintLeftover;
   cb.progress = [&progress](const Progress& p) { progress.Update(p); };
   auto result = Convert(o, cb);
   progress.Finish();

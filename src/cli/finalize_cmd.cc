@@ -71,6 +71,7 @@ int RunFinalize(const std::vector<std::string>& args) {
   cb.note = [quiet](std::string_view line) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };
+  cb.leftover = PrintLeftover;
   auto r = Finalize(dst, workers, cb);
   if (!r.ok()) return ReportStatus(r.status());
   if (!r->published) {

@@ -68,6 +68,10 @@ int ReportStatus(const Status& status, std::string_view command) {
   return ExitCodeFor(status.code());
 }
 
+void PrintLeftover(std::string_view line) {
+  std::fprintf(stderr, "quench: warning: %.*s\n", static_cast<int>(line.size()), line.data());
+}
+
 }  // namespace quench::cli
 
 namespace {

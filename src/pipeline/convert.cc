@@ -450,7 +450,9 @@ Result<std::unique_ptr<FsLock>> TakeRunLock(const fs::path& dst, bool* created) 
   }
   // Workers writing this DST (each checks this run's lock after taking its own) would write
   // the same shards. Their parts and markers, once they are gone, serve a --resume like its own.
-  if (std::string who; AnyWorkerRunning(dst, &who)) {
+  std::string who;
+  QUENCH_ASSIGN_OR_RETURN(const bool workers, AnyWorkerRunning(dst, &who));
+  if (workers) {
     return Error(ErrorCode::kUsage, dst.string() + " is being written by workers (" + who +
                                         "); wait for them to end, or stop them and run again "
                                         "with --resume");
@@ -634,6 +636,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
       QUENCH_ASSIGN_OR_RETURN(done.published, FinalizeIfLast(plan.dst, options.worker_index,
                                                              options.workers, callbacks));
     }
+    ReleaseLock(start.lock, callbacks);
     return done;
   }
   // The index's text (a line per tensor: megabytes for a many-tensor MoE) is made after the first
@@ -696,7 +699,9 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     if (Status s = CheckFreeSpace(plan, run_lock != nullptr, late); !s.ok()) return cleanup(s);
   }
   for (const PlannedShard& ps : plan.shards) {
-    fs::create_directories((plan.dst / ps.rel_name).parent_path(), ec);
+    if (Status s = MakeFolders((plan.dst / ps.rel_name).parent_path()); !s.ok()) {
+      return cleanup(s);
+    }
   }
 
   const bool pruning = plan.prune.kind != PlannedPrune::kNone;
@@ -907,6 +912,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
       QUENCH_ASSIGN_OR_RETURN(sum.published, FinalizeIfLast(plan.dst, options.worker_index,
                                                             options.workers, callbacks));
     }
+    ReleaseLock(start.lock, callbacks);
     return sum;
   }
 
@@ -917,11 +923,11 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     if (!st.ok()) return cleanup(st);
     published.push_back(plan.dst / plan.files[i].rel_name);
   }
-  fs::remove_all(plan.dst / kResumeDir, ec);
-  fs::remove_all(plan.dst / kPartsDir, ec);  // an earlier split run's parts vouch for nothing now
-  st = SyncDirectory(plan.dst);
+  // An earlier split run's parts vouch for nothing now either.
+  st = RemoveMarkersAndParts(plan.dst, callbacks);
   if (!st.ok()) return cleanup(st);
   sum.published = true;
+  ReleaseLock(run_lock, callbacks);
   return sum;
 }
 

@@ -22,7 +22,7 @@ std::string Join(const std::vector<std::string>& v, const std::string& sep) {
 }
 
 // The part files in DST/.quench-parts: (count, index) -> path.
-std::map<std::pair<int, int>, fs::path> ListParts(const fs::path& dir) {
+Result<std::map<std::pair<int, int>, fs::path>> ListParts(const fs::path& dir) {
   static const std::regex kName(R"(part-(\d{5})-of-(\d{5})\.json)");
   std::map<std::pair<int, int>, fs::path> parts;
   std::error_code ec;
@@ -33,6 +33,7 @@ std::map<std::pair<int, int>, fs::path> ListParts(const fs::path& dir) {
       parts[{std::stoi(m[2].str()), std::stoi(m[1].str())}] = it->path();
     }
   }
+  if (ec) return Error(ErrorCode::kIo, dir.string() + ": cannot list the parts: " + ec.message());
   return parts;
 }
 
@@ -45,7 +46,13 @@ constexpr const char* kFinalizeLock = "finalize.lock";
 // finalizer is the cleanup a stopped one did not finish. `summaries`: the parts' own.
 bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
   std::vector<JsonValue> theirs;
-  for (const auto& [key, path] : ListParts(dst / kPartsDir)) {
+  // Unlistable parts (an I/O error; none at all is fine): FinalizeParts lists them again
+  // and reports it.
+  const auto listed = ListParts(dst / kPartsDir);
+  std::error_code ec;
+  if (!listed.ok() && fs::exists(dst / kPartsDir, ec)) return false;
+  const std::map<std::pair<int, int>, fs::path> none;
+  for (const auto& [key, path] : listed.ok() ? *listed : none) {
     auto part = ReadPart(path);
     if (!part.ok() || part->files.empty()) continue;
     const PlannedFile& config = part->files.back();
@@ -55,7 +62,6 @@ bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
     if (!have.ok() || !want.ok() || *have != *want) return false;
     theirs.push_back(part->summary);
   }
-  std::error_code ec;
   if (theirs.empty() && !fs::exists(dst / "config.json", ec) && !fs::exists(dst / "params.json", ec)) {
     return false;
   }
@@ -63,39 +69,51 @@ bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
   return true;
 }
 
-// A published folder's last step: the resume markers and the parts (finalize.lock with
-// them) removed.
-Status RemoveMarkersAndParts(const fs::path& dst) {
-  std::error_code ec;
-  fs::remove_all(dst / kResumeDir, ec);
-  fs::remove_all(dst / kPartsDir, ec);
-  return SyncDirectory(dst);
-}
-
 // Writes the other files, the index and config.json, in the plan's order (config.json last:
 // a folder without it is visibly unfinished), then removes the markers.
-Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files) {
-  std::error_code ec;
+Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files,
+               const ConvertCallbacks& cb) {
   for (const PlannedFile& f : files) {
     const fs::path to = dst / f.rel_name;
-    fs::create_directories(to.parent_path(), ec);
+    QUENCH_RETURN_IF_ERROR(MakeFolders(to.parent_path()));
     QUENCH_RETURN_IF_ERROR(f.copy_from.empty() ? WriteFileAtomic(to, f.contents)
                                                : CopyFileAtomic(f.copy_from, to));
   }
   QUENCH_RETURN_IF_ERROR(SyncDirectory(dst));
-  return RemoveMarkersAndParts(dst);
+  return RemoveMarkersAndParts(dst, cb);
 }
 
 }  // namespace
 
-Status RemoveFinalizeLeftovers(const fs::path& dst) {
+Status RemoveMarkersAndParts(const fs::path& dst, const ConvertCallbacks& cb) {
+  for (const char* dir : {kResumeDir, kPartsDir}) {
+    std::error_code ec;
+    fs::remove_all(dst / dir, ec);
+    if (ec && cb.leftover) {
+      cb.leftover((dst / dir).string() + " could not be removed (" + ec.message() +
+                  "); the folder is complete: remove it by hand, or a rerun of the same "
+                  "command with --resume (a worker: the same worker) removes it");
+    }
+  }
+  return SyncDirectory(dst);
+}
+
+void ReleaseLock(std::unique_ptr<FsLock>& lock, const ConvertCallbacks& cb) {
+  if (lock == nullptr) return;
+  if (Status s = lock->Release(); !s.ok() && cb.leftover) {
+    cb.leftover(s.message() + "; the folder is complete: remove it by hand");
+  }
+  lock.reset();
+}
+
+Status RemoveFinalizeLeftovers(const fs::path& dst, const ConvertCallbacks& cb) {
   std::error_code ec;
   if (!fs::is_directory(dst / kPartsDir, ec)) return Status::Ok();
   std::string holder;
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
                           FsLock::TryAcquire(dst / kPartsDir / kFinalizeLock, &holder));
   if (!lock) return Status::Ok();
-  return RemoveMarkersAndParts(dst);  // as Publish ends, the lock file with the parts
+  return RemoveMarkersAndParts(dst, cb);  // as Publish ends, the lock file with the parts
 }
 
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
@@ -103,7 +121,7 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
   std::error_code ec;
   FinalizeResult result;
   if (AlreadyPublished(dst, &result.summaries)) {
-    QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(dst));
+    QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(dst, cb));
     if (cb.note) cb.note(dst.string() + " is published already; nothing to do");
     result.published = result.already_published = true;
     return result;
@@ -117,7 +135,7 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
                           FsLock::TryAcquire(dir / kFinalizeLock, &result.holder));
   if (!lock) return result;
 
-  const std::map<std::pair<int, int>, fs::path> all = ListParts(dir);
+  QUENCH_ASSIGN_OR_RETURN(const auto all, ListParts(dir));
   std::set<int> counts;
   for (const auto& [key, path] : all) counts.insert(key.first);
   if (count == 0) {
@@ -147,6 +165,10 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
       continue;
     }
     auto part = ReadPart(it->second);
+    if (!part.ok() && part.status().code() == ErrorCode::kIo) {
+      return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " +
+                                       part.status().message() + "; nothing was published");
+    }
     if (!part.ok()) {
       problems.push_back(WorkerName(i, count) + "'s part is corrupt (" + part.status().message() +
                          "): rerun that worker");
@@ -195,6 +217,10 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
       if (wrote != expect) {
         problems.push_back(WorkerName(p.index, count) + " wrote other shards than its share: rerun it");
       } else if (Status s = CheckPartShards(dst, p); !s.ok()) {
+        if (s.code() == ErrorCode::kIo) {
+          return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " + s.message() +
+                                           "; nothing was published");
+        }
         problems.push_back(s.message());
       }
     }
@@ -214,7 +240,7 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
             ref->fingerprint + "), " + std::to_string(result.shards) + " shards; publishing " +
             std::to_string(ref->files.size()) + " files");
   }
-  QUENCH_RETURN_IF_ERROR(Publish(dst, ref->files));
+  QUENCH_RETURN_IF_ERROR(Publish(dst, ref->files, cb));
   result.published = true;
   return result;
 }

@@ -8,8 +8,10 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
+#include <vector>
 
 #include "format/file_io.h"
 
@@ -25,13 +27,54 @@ std::string FirstLine(const fs::path& p) {
   return s;
 }
 
+// A lock file's token (its first line); nullopt with `*err` set where it cannot be read
+// (ENOENT: there is none).
+std::optional<std::string> ReadToken(const fs::path& p, int* err) {
+  const int fd = open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = errno;
+    return std::nullopt;
+  }
+  std::string text;
+  char buf[512];
+  ssize_t r;
+  while ((r = read(fd, buf, sizeof buf)) != 0) {
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;
+    text.append(buf, static_cast<size_t>(r));
+  }
+  if (r < 0) *err = errno;
+  close(fd);
+  if (r < 0) return std::nullopt;
+  return text.substr(0, text.find('\n'));
+}
+
 // The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the PID,
-// it names one process even after the PID is reused. Empty when the process does not exist.
-std::string StartTime(long pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+// it names one process even after the PID is reused. Empty when the process does not exist;
+// nullopt when /proc could not be read (then nobody can tell whether it lives; `*err` says
+// why, where given).
+std::optional<std::string> StartTime(long pid, int* err = nullptr) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ESRCH) return std::string();
+    if (err != nullptr) *err = errno;
+    return std::nullopt;
+  }
+  std::string stat;
+  char buf[1024];
+  ssize_t r;
+  while ((r = read(fd, buf, sizeof buf)) != 0) {
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;
+    stat.append(buf, static_cast<size_t>(r));
+  }
+  const bool gone = r < 0 && errno == ESRCH;  // the process exited while its stat was read
+  if (r < 0 && err != nullptr) *err = errno;
+  close(fd);
+  if (r < 0) return gone ? std::optional<std::string>(std::string()) : std::nullopt;
   const size_t paren = stat.rfind(')');  // the command name may hold spaces
-  if (paren == std::string::npos) return "";
+  if (paren == std::string::npos) return std::string();
   std::istringstream rest(stat.substr(paren + 2));
   std::string field;
   for (int i = 3; i <= 22 && rest >> field; ++i) {
@@ -63,7 +106,9 @@ bool IsStale(const fs::path& path, const std::string& token, const struct stat& 
   if (Field(token, "machine").empty()) return true;
   if (Field(token, "machine") == Machine()) {
     const long pid = std::atol(Field(token, "pid").c_str());
-    return pid <= 0 || StartTime(pid) != Field(token, "start");
+    if (pid <= 0) return true;
+    const std::optional<std::string> start = StartTime(pid);
+    return start.has_value() && *start != Field(token, "start");  // unreadable: held
   }
   // The file system's clock, read from a file written now beside the lock: the holder's
   // heartbeat and this check then use the same clock, whatever the hosts' clocks say.
@@ -110,10 +155,16 @@ std::string HolderOf(const std::string& token) {
 
 bool FsLock::IsHeld(const fs::path& path, std::string* holder) {
   struct stat st {};
-  const std::string token = FirstLine(path);
+  int err = 0;
+  const std::optional<std::string> token = ReadToken(path, &err);
   if (stat(path.c_str(), &st) != 0) return false;
-  if (IsStale(path, token, st, Nonce())) return false;
-  *holder = HolderOf(token);
+  if (!token.has_value()) {
+    // A lock that cannot be read cannot be judged stale: held, by whoever made it.
+    *holder = "unknown: " + path.string() + " cannot be read (" + ErrnoMessage(err) + ")";
+    return true;
+  }
+  if (IsStale(path, *token, st, Nonce())) return false;
+  *holder = HolderOf(*token);
   return true;
 }
 
@@ -132,17 +183,33 @@ bool FsLock::StartHeartbeat() {
   return beating_;
 }
 
-FsLock::~FsLock() {
+FsLock::~FsLock() { (void)Release(); }
+
+Status FsLock::Release() {
+  if (released_) return Status::Ok();
+  released_ = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();
   if (beating_) pthread_join(heartbeat_, nullptr);
-  if (FirstLine(path_) == token_) {
-    std::error_code ec;
-    fs::remove(path_, ec);
+  std::vector<std::string> left;
+  if (!fresh_.empty() && unlink(fresh_.c_str()) != 0 && errno != ENOENT) {
+    left.push_back(fresh_.string() + " (" + ErrnoMessage(errno) + ")");
   }
+  // Only a file that still names this holder: a contender that judged it stale owns it now.
+  int err = 0;
+  const std::optional<std::string> token = ReadToken(path_, &err);
+  if (!token.has_value() && err != ENOENT) {
+    left.push_back(path_.string() + " (cannot read it: " + ErrnoMessage(err) + ")");
+  } else if (token == token_ && unlink(path_.c_str()) != 0 && errno != ENOENT) {
+    left.push_back(path_.string() + " (" + ErrnoMessage(errno) + ")");
+  }
+  if (left.empty()) return Status::Ok();
+  std::string what;
+  for (const std::string& l : left) what += (what.empty() ? "" : ", ") + l;
+  return Error(ErrorCode::kIo, "cannot remove the lock file " + what);
 }
 
 void FsLock::Beat() {
@@ -158,8 +225,16 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
   char since[32];
   const std::time_t t = std::time(nullptr);
   std::strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  // A /proc that fails to read (rather than one that is not mounted: then every start time
+  // reads empty, as before) would put a start time in the token that others cannot match.
+  int err = 0;
+  const std::optional<std::string> start = StartTime(pid, &err);
+  if (!start.has_value()) {
+    return Error(ErrorCode::kIo, path.string() + ": cannot take the lock: /proc/" +
+                                     std::to_string(pid) + "/stat: " + ErrnoMessage(err));
+  }
   const std::string token = "machine=" + Machine() + " pid=" + std::to_string(pid) +
-                            " start=" + StartTime(pid) + " since=" + since + " nonce=" + nonce;
+                            " start=" + *start + " since=" + since + " nonce=" + nonce;
   // The lock appears with its contents or not at all: they are written to a file of their
   // own, which is then linked to `path` (link fails with EEXIST where the lock exists; atomic
   // on local file systems and NFS). A process killed while taking the lock leaves no empty
@@ -172,12 +247,13 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
     }
     // Not fsynced (a disk flush on every run's way to its first write): after a power loss its
     // holder is gone, and a lock left empty is stale at once, one cut short once a minute old.
-    const std::string line = token + "\n";
-    const bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    close(fd);
-    if (!ok) {
+    Status written = WriteAll(fd, fresh, token + "\n");
+    if (close(fd) != 0 && written.ok()) {
+      written = Error(ErrorCode::kIo, fresh.string() + ": close failed: " + ErrnoMessage(errno));
+    }
+    if (!written.ok()) {
       unlink(fresh.c_str());
-      return Error(ErrorCode::kIo, path.string() + ": cannot write the lock file");
+      return written;
     }
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -187,8 +263,9 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
     // file's link count tells.
     struct stat mine {};
     if (linked == 0 || (stat(fresh.c_str(), &mine) == 0 && mine.st_nlink == 2)) {
-      unlink(fresh.c_str());
+      const bool unlinked = unlink(fresh.c_str()) == 0;
       std::unique_ptr<FsLock> lock(new FsLock(path, token));
+      if (!unlinked) lock->fresh_ = fresh;  // tried again at Release
       if (!lock->StartHeartbeat()) {
         lock.reset();  // releases the file
         return Error(ErrorCode::kIo, path.string() + ": cannot start the lock's heartbeat thread "
@@ -204,14 +281,27 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
                                        ErrnoMessage(link_errno));
     }
     struct stat st {};
-    const std::string theirs = FirstLine(path);
+    int read_err = 0;
+    const std::optional<std::string> read = ReadToken(path, &read_err);
+    if (!read.has_value() && read_err != ENOENT) {
+      unlink(fresh.c_str());
+      return Error(ErrorCode::kIo, path.string() + ": cannot read the lock file: " +
+                                       ErrnoMessage(read_err));
+    }
+    const std::string theirs = read.value_or("");
     if (stat(path.c_str(), &st) != 0) continue;  // released meanwhile: try again
     *holder = HolderOf(theirs);
     if (attempt > 0 || !IsStale(path, theirs, st, nonce)) break;
     // Take the stale lock over: move it aside, and check that what moved is the file judged
     // stale (another contender may have replaced it meanwhile; then it goes back).
     const fs::path aside = fs::path(path.string() + ".stale-" + nonce);
-    if (rename(path.c_str(), aside.c_str()) != 0) continue;
+    if (rename(path.c_str(), aside.c_str()) != 0) {
+      if (errno == ENOENT) continue;  // released or taken over meanwhile: try again
+      const int err = errno;
+      unlink(fresh.c_str());
+      return Error(ErrorCode::kIo, path.string() + ": cannot move the stale lock file (" +
+                                       HolderOf(theirs) + ") aside: " + ErrnoMessage(err));
+    }
     struct stat moved {};
     const bool same = stat(aside.c_str(), &moved) == 0 && moved.st_ino == st.st_ino &&
                       moved.st_dev == st.st_dev;

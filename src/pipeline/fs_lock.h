@@ -41,6 +41,11 @@ class FsLock {
   // one sees the other.
   static bool IsHeld(const std::filesystem::path& path, std::string* holder);
 
+  // Stops the heartbeat and removes the lock file (while it still holds this lock's token) and
+  // any file left from taking it; kIo naming what stays where the file system refuses. The
+  // destructor does the same, silently, where this was not called.
+  Status Release();
+
  private:
   FsLock(std::filesystem::path path, std::string token);
   // Starts the heartbeat thread (a small stack: a run under an address-space limit can
@@ -50,6 +55,8 @@ class FsLock {
 
   std::filesystem::path path_;
   std::string token_;  // the lock file's contents: who, and a nonce
+  std::filesystem::path fresh_;  // the file linked to path_, where unlinking it failed
+  bool released_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;

@@ -216,8 +216,7 @@ std::string PlanFingerprint(const Plan& plan) {
 }
 
 Status WriteResumeMarker(const fs::path& marker, const std::string& fingerprint, bool durable) {
-  std::error_code ec;
-  fs::create_directories(marker.parent_path(), ec);
+  QUENCH_RETURN_IF_ERROR(MakeFolders(marker.parent_path()));
   // Without fsync (WriteFileReplacing starts no writeback either: OutputFile would, which
   // allocates the block the run's final unlink then frees).
   return durable ? WriteFileAtomic(marker, fingerprint) : WriteFileReplacing(marker, fingerprint);

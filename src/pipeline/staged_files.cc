@@ -45,8 +45,7 @@ Status StagedFiles::Publish(size_t i) {
     return s;
   }
   const fs::path to = plan_.dst / f.rel_name;
-  std::error_code ec;
-  fs::create_directories(to.parent_path(), ec);
+  QUENCH_RETURN_IF_ERROR(MakeFolders(to.parent_path()));
   return f.copy_from.empty() ? WriteFileAtomic(to, f.contents) : CopyFileAtomic(f.copy_from, to);
 }
 

@@ -72,7 +72,7 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
   if (!plan.files.empty() && fs::exists(plan.dst / plan.files.back().rel_name, ec)) {
     if (IsPublished(plan)) {
       // A finalizer killed between config.json and its cleanup left parts and markers.
-      QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(plan.dst));
+      QUENCH_RETURN_IF_ERROR(RemoveFinalizeLeftovers(plan.dst, cb));
       note("DST is already this conversion, finalized; nothing to do");
       start.finalized = true;
       return start;
@@ -102,8 +102,13 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
   const fs::path part_path = PartPath(plan.dst, index, count);
   if (fs::exists(part_path, ec)) {
     auto part = ReadPart(part_path);
-    if (part.ok() && part->fingerprint == PlanFingerprint(plan) &&
-        CheckPartShards(plan.dst, *part).ok()) {
+    // Unreadable is an I/O error to report; only a part that says otherwise is redone.
+    if (!part.ok() && part.status().code() == ErrorCode::kIo) return part.status();
+    Status shards = part.ok() && part->fingerprint == PlanFingerprint(plan)
+                        ? CheckPartShards(plan.dst, *part)
+                        : Error(ErrorCode::kInvalidInput, "another plan");
+    if (shards.code() == ErrorCode::kIo) return shards;
+    if (shards.ok()) {
       note("its part is complete (" + std::to_string(start.owned) + " shards); nothing to redo");
       start.part_complete = true;
       return start;

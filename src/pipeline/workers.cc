@@ -88,16 +88,6 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
   return true;
 }
 
-// The first `n` bytes of `path` (fewer when shorter; empty when unreadable).
-std::string ReadPrefix(const fs::path& path, uint64_t n) {
-  std::string out(n, '\0');
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return {};
-  out.resize(std::fread(out.data(), 1, out.size(), f));
-  std::fclose(f);
-  return out;
-}
-
 }  // namespace
 
 std::vector<int> AssignShards(const std::vector<uint64_t>& costs, int workers) {
@@ -133,10 +123,12 @@ fs::path WorkerLockPath(const fs::path& dst, int index) {
   return dst / kPartsDir / ("worker-" + Pad(index) + ".lock");
 }
 
-bool AnyWorkerRunning(const fs::path& dst, std::string* who) {
+Result<bool> AnyWorkerRunning(const fs::path& dst, std::string* who) {
   std::error_code ec;
-  for (auto it = fs::directory_iterator(dst / kPartsDir, ec);
-       !ec && it != fs::directory_iterator(); it.increment(ec)) {
+  auto it = fs::directory_iterator(dst / kPartsDir, ec);
+  if (ec == std::errc::no_such_file_or_directory) return false;  // no worker ever ran here
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    if (ec) break;
     const std::string name = it->path().filename().string();
     if (!name.starts_with("worker-") || !name.ends_with(".lock")) continue;  // WorkerLockPath's
     std::string holder;
@@ -144,6 +136,10 @@ bool AnyWorkerRunning(const fs::path& dst, std::string* who) {
       *who = name + ": " + holder;
       return true;
     }
+  }
+  if (ec) {
+    return Error(ErrorCode::kIo,
+                 (dst / kPartsDir).string() + ": cannot list the workers' locks: " + ec.message());
   }
   return false;
 }
@@ -222,13 +218,25 @@ Status CheckPartShards(const fs::path& dst, const PartRecord& part) {
     const fs::path out = dst / s.name;
     std::error_code ec;
     const uint64_t size = fs::file_size(out, ec);
-    auto marker = ReadFileToString(ResumeMarkerPath(dst, s.name));
     std::string why;
     if (ec) why = "is missing";
     else if (size != s.bytes) why = "has " + std::to_string(size) + " bytes, not " + std::to_string(s.bytes);
     else if (MtimeNs(out) != s.mtime_ns) why = "was modified after its worker finished";
-    else if (Hex(Fnv1a64(ReadPrefix(out, s.header_bytes))) != s.header_fnv1a64) why = "has another header";
-    else if (!marker.ok() || *marker != s.marker) why = "has no matching resume marker";
+    if (why.empty()) {
+      // A file that is there but cannot be read is an I/O error, not a worker's debt.
+      std::string header(std::min(s.header_bytes, s.bytes), '\0');
+      QUENCH_RETURN_IF_ERROR(ReadFileRange(out, 0, header.size(),
+                                           reinterpret_cast<uint8_t*>(header.data())));
+      const fs::path marker_path = ResumeMarkerPath(dst, s.name);
+      if (Hex(Fnv1a64(header)) != s.header_fnv1a64) {
+        why = "has another header";
+      } else if (!fs::exists(marker_path, ec)) {
+        why = "has no resume marker";
+      } else {
+        QUENCH_ASSIGN_OR_RETURN(const std::string marker, ReadFileToString(marker_path));
+        if (marker != s.marker) why = "has no matching resume marker";
+      }
+    }
     if (!why.empty()) {
       return Error(ErrorCode::kInvalidInput,
                    s.name + " " + why + "; " + WorkerName(part.index, part.count) +

@@ -42,8 +42,9 @@ std::string WorkerName(int index, int count);
 std::filesystem::path PartPath(const std::filesystem::path& dst, int index, int count);
 std::filesystem::path WorkerLockPath(const std::filesystem::path& dst, int index);
 // Whether a worker is writing DST now (a worker lock held, not stale): `*who` then says
-// which lock file and its holder ("worker-00001.lock: host H, pid P, since T").
-bool AnyWorkerRunning(const std::filesystem::path& dst, std::string* who);
+// which lock file and its holder ("worker-00001.lock: host H, pid P, since T"). kIo where
+// DST's parts folder exists but cannot be listed.
+Result<bool> AnyWorkerRunning(const std::filesystem::path& dst, std::string* who);
 
 // A part marker as read back.
 struct PartShard {
@@ -96,11 +97,20 @@ struct FinalizeResult {
 Result<FinalizeResult> FinalizeParts(const std::filesystem::path& dst, int count,
                                      const ConvertCallbacks& callbacks);
 
+// A published folder's last step: DST's resume markers and worker parts (finalize.lock with
+// them) removed. What cannot be removed goes to callbacks.leftover (the folder is complete and
+// the next run or finalize removes it); kIo only where DST cannot be synced.
+Status RemoveMarkersAndParts(const std::filesystem::path& dst, const ConvertCallbacks& callbacks);
+
+// Releases a lock a run held to its successful end (FsLock::Release); a lock file left behind
+// goes to callbacks.leftover.
+void ReleaseLock(std::unique_ptr<FsLock>& lock, const ConvertCallbacks& callbacks);
+
 // A published DST whose finalizer was killed after config.json and before its cleanup still
 // holds the parts and resume markers: removes them, as that finalizer's last step would have,
 // unless a finalizer holds finalize.lock now (it removes them itself). Nothing to do without
 // DST/.quench-parts.
-Status RemoveFinalizeLeftovers(const std::filesystem::path& dst);
+Status RemoveFinalizeLeftovers(const std::filesystem::path& dst, const ConvertCallbacks& callbacks);
 
 // Set up a worker's run (worker_run.cc): refuses a DST finished by another conversion (or,
 // with --overwrite, unpublishes it), takes the worker's lock (busy: the same index runs
