@@ -1,0 +1,192 @@
+// File system calls that fail, come back short or are interrupted (tests/fault_io.cc, loaded
+// with LD_PRELOAD), one named call at a time: each error is reported as an I/O error (exit 4)
+// naming the errno's text, what a finished run could not tidy is a warning (exit 0, the
+// output complete), and short or interrupted calls change nothing. scripts/fuzz-io draws
+// such faults at random; these are the ones it found, pinned.
+#include <cerrno>
+#include <cstring>
+
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Env = std::vector<std::pair<std::string, std::string>>;
+
+fs::path FaultLib() {
+  const char* lib = std::getenv("QUENCH_FAULT_IO_LIB");
+  REQUIRE_MESSAGE((lib != nullptr && *lib != 0),
+                  "QUENCH_FAULT_IO_LIB is not set: meson sets it to tests/fault_io.cc built");
+  return lib;
+}
+
+// Runs quench with the fault library in `mode` (fail, short, eintr) and `env` added.
+qt::RunResult RunFaulted(const std::vector<std::string>& args, const std::string& mode,
+                         Env env = {}) {
+  env.push_back({"LD_PRELOAD", FaultLib().string()});
+  env.push_back({"QUENCH_FAULT_MODE", mode});
+  std::vector<std::string> argv = {qt::QuenchBin().string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return qt::RunCommand(argv, env);
+}
+
+// Every `call` on a path holding `path` fails with `err` (a file or folder that fails each
+// time it is touched); with `nth`, only the nth such call and the `times` - 1 after it.
+qt::RunResult RunFailing(const std::vector<std::string>& args, const std::string& call,
+                         const std::string& path, int err = EIO, int nth = 1,
+                         int times = 1000) {
+  return RunFaulted(args, "fail",
+                    {{"QUENCH_FAULT_CALL", call}, {"QUENCH_FAULT_PATH", path},
+                     {"QUENCH_FAULT_ERRNO", std::to_string(err)},
+                     {"QUENCH_FAULT_NTH", std::to_string(nth)},
+                     {"QUENCH_FAULT_TIMES", std::to_string(times)}});
+}
+
+// The last line of stderr.
+std::string LastLine(const std::string& err) {
+  std::string s = err;
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s.substr(s.rfind('\n') == std::string::npos ? 0 : s.rfind('\n') + 1);
+}
+
+// An I/O error naming `what` and the errno's text.
+void CheckIoError(const qt::RunResult& r, const std::string& what, int err = EIO) {
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 4);
+  const std::string last = LastLine(r.err);
+  CHECK(last.starts_with("quench: error: io:"));
+  CHECK(last.find(what) != std::string::npos);
+  CHECK(last.find(std::strerror(err)) != std::string::npos);
+}
+
+std::vector<std::string> Convert(const fs::path& src, const fs::path& dst,
+                                 std::vector<std::string> more = {}) {
+  std::vector<std::string> args = {"convert", src.string(), dst.string(), "--scheme",
+                                   "FP8_DYNAMIC", "-q"};
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
+}
+
+fs::path TinyLlama() { return qt::DataDir() / "tiny-llama"; }
+
+}  // namespace
+
+TEST_CASE("short reads and writes, and interrupted calls, write the same bytes") {
+  // Before: the run lock's one write(2) took a short count as a failure ("cannot write the
+  // lock file"), and an fsync or posix_fallocate interrupted by a signal failed the run.
+  qt::TempDir tmp;
+  REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
+  // A compressed-tensors source: its weight_shape tensors are read with pread at planning.
+  const fs::path ct = qt::DataDir() / "golden/ctsrc/W8A16";
+  REQUIRE(qt::RunQuench(Convert(ct, tmp / "want-ct")).exit_code == 0);
+  for (const std::string mode : {"short", "eintr"}) {
+    for (const std::vector<std::string>& how :
+         {std::vector<std::string>{}, {"--no-direct-io"}, {"--threads", "1"}}) {
+      CAPTURE(mode);
+      CAPTURE(how.size());
+      const fs::path dst = tmp / ("got-" + mode + std::to_string(how.size()));
+      auto r = RunFaulted(Convert(TinyLlama(), dst, how), mode);
+      CAPTURE(r.err);
+      REQUIRE(r.exit_code == 0);
+      CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+      const fs::path dst_ct = tmp / ("got-ct-" + mode + std::to_string(how.size()));
+      r = RunFaulted(Convert(ct, dst_ct, how), mode);
+      CAPTURE(r.err);
+      REQUIRE(r.exit_code == 0);
+      CHECK(qt::CheckSameFiles(tmp / "want-ct", dst_ct) > 0);
+    }
+    // Workers, the last one publishing.
+    const fs::path dst = tmp / ("workers-" + mode);
+    for (const char* w : {"0/2", "1/2"}) {
+      auto r = RunFaulted(Convert(TinyLlama(), dst, {"--worker", w}), mode);
+      CAPTURE(r.err);
+      REQUIRE(r.exit_code == 0);
+    }
+    CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+  }
+}
+
+TEST_CASE("a failing read or listing is an I/O error naming its errno, never another category") {
+  qt::TempDir tmp;
+  SUBCASE("the source's index") {
+    // Before: "model.safetensors.index.json: cannot read", without the reason.
+    CheckIoError(RunFailing(Convert(TinyLlama(), tmp / "dst"), "pread", "index.json"),
+                 "model.safetensors.index.json");
+  }
+  SUBCASE("the resume markers' folder cannot be made") {
+    // Before: the mkdir's error was dropped and the marker's create reported "No such file or
+    // directory".
+    CheckIoError(RunFailing(Convert(TinyLlama(), tmp / "dst"), "mkdir", ".quench-resume",
+                            EDQUOT),
+                 ".quench-resume", EDQUOT);
+  }
+  SUBCASE("this process's /proc stat, needed for its lock's token") {
+    // Before: read through an istreambuf_iterator, whose read error escaped as an exception
+    // (exit 1, "internal error: basic_filebuf::underflow").
+    CheckIoError(RunFailing(Convert(TinyLlama(), tmp / "dst"), "open", "/stat"), "/stat");
+  }
+  SUBCASE("finalize: a part that cannot be read, the parts folder that cannot be listed") {
+    // Before: "worker 0/2's part is corrupt ...: rerun that worker" (exit 3), and "no worker
+    // has finished its part yet" (exit 3).
+    const fs::path dst = tmp / "dst";
+    for (const char* w : {"0/2", "1/2"}) {
+      REQUIRE(qt::RunQuench(Convert(TinyLlama(), dst, {"--worker", w, "--no-finalize"}))
+                  .exit_code == 0);
+    }
+    CheckIoError(RunFailing({"finalize", dst.string(), "-q"}, "open", "part-00000-of-00002"),
+                 "part-00000-of-00002.json");
+    CheckIoError(RunFailing({"finalize", dst.string(), "-q"}, "openat", ".quench-parts"),
+                 ".quench-parts");
+    // A resume marker that is there but cannot be read: not "worker 1/2 owes it".
+    CheckIoError(RunFailing({"finalize", dst.string(), "-q"}, "open", ".quench-resume/"),
+                 ".quench-resume");
+    CHECK_FALSE(fs::exists(dst / "config.json"));
+    auto r = qt::RunQuench({"finalize", dst.string(), "-q"});
+    CAPTURE(r.err);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
+    CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+  }
+}
+
+TEST_CASE("what a finished run cannot remove is a warning naming it; the next run tidies") {
+  // Before: the run lock (or its `.new-` file, or the resume markers) stayed in a finished
+  // folder without a word, and exit 0.
+  qt::TempDir tmp;
+  REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
+  struct Case {
+    const char* call;
+    const char* path;
+    int nth, times;   // which of those calls fail
+    const char* left;  // what stays in DST
+  };
+  // The run lock is the second unlink on its path (the first: the `.new-` file it was linked
+  // from); that file's unlink is tried again at the end, so both must fail for it to stay.
+  // remove_all removes the (empty) markers' folder with remove(3).
+  for (const Case& c : {Case{"unlink", ".quench-run.lock", 2, 1, ".quench-run.lock"},
+                        Case{"unlink", ".quench-run.lock.new-", 1, 2, ".quench-run.lock.new-"},
+                        Case{"remove", ".quench-resume", 1, 1, ".quench-resume"}}) {
+    CAPTURE(c.path);
+    const fs::path dst = tmp / (std::string("dst") + c.path);
+    auto r = RunFailing(Convert(TinyLlama(), dst), c.call, c.path, EIO, c.nth, c.times);
+    CAPTURE(r.err);
+    REQUIRE(r.exit_code == 0);
+    // -q keeps notes quiet, not this.
+    CHECK(r.err.find("quench: warning: ") != std::string::npos);
+    CHECK(r.err.find(c.left) != std::string::npos);
+    bool stays = false;
+    for (const auto& e : fs::directory_iterator(dst)) {
+      stays |= e.path().filename().string().starts_with(c.left);
+    }
+    CHECK(stays);
+    CHECK(qt::CheckSameFiles(tmp / "want", dst,
+                             [](const std::string& f) { return !f.starts_with(".quench"); }) > 0);
+    // As the warning says: the same command with --resume removes it.
+    r = qt::RunQuench(Convert(TinyLlama(), dst, {"--resume"}));
+    CAPTURE(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+  }
+}
