@@ -11,7 +11,11 @@
 //                       short: every read and write moves at most half its bytes (a multiple
 //                       of 4 KiB on an O_DIRECT fd, as the kernel's own short writes are);
 //                       eintr: every read, write, fsync and fallocate fails once with EINTR
-//                       before it is let through.
+//                       before it is let through;
+//                       oom: the points are instead the process's anonymous mappings made
+//                       through libc's mmap (quench's buffers; malloc's own are not seen) and
+//                       its pthread_create calls; point QUENCH_FAULT_AT fails with ENOMEM or
+//                       EAGAIN, as where memory or threads run out.
 //   QUENCH_FAULT_AT     the point that fails (mode fail); 0 or unset: none.
 //   QUENCH_FAULT_CALL   instead of a number: the first call of this name (as the log names
 //   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, ...) on a path holding this text fails
@@ -29,6 +33,7 @@
 #endif
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -45,7 +50,7 @@
 
 namespace {
 
-enum class Mode { kFail, kShort, kEintr };
+enum class Mode { kFail, kShort, kEintr, kOom };
 
 struct Config {
   Mode mode = Mode::kFail;
@@ -78,6 +83,7 @@ void LoadConfig() {
   if (const char* m = getenv("QUENCH_FAULT_MODE")) {
     if (strcmp(m, "short") == 0) g_config.mode = Mode::kShort;
     if (strcmp(m, "eintr") == 0) g_config.mode = Mode::kEintr;
+    if (strcmp(m, "oom") == 0) g_config.mode = Mode::kOom;
   }
   if (const char* a = getenv("QUENCH_FAULT_AT")) g_config.at = strtoull(a, nullptr, 10);
   if (const char* e = getenv("QUENCH_FAULT_ERRNO")) g_config.err = atoi(e);
@@ -119,7 +125,7 @@ void FdPath(int fd, char* out, size_t size) {
 // True when this call is the point that fails; counts it either way.
 bool Fails(const char* call, const char* what, int fd = -1) {
   LoadConfig();
-  if (fd >= 0 && fd <= 2) return false;
+  if ((fd >= 0 && fd <= 2) || g_config.mode == Mode::kOom) return false;
   const uint64_t n = g_points.fetch_add(1) + 1;
   if (g_config.mode != Mode::kFail) {
     Log(n);
@@ -139,6 +145,19 @@ bool Fails(const char* call, const char* what, int fd = -1) {
   if (fails) {
     snprintf(g_fault, sizeof(g_fault), "%llu\t%s %s", static_cast<unsigned long long>(n), call,
              what);
+  }
+  Log(n);
+  return fails;
+}
+
+// Mode oom: true when this memory or thread request is the point that fails.
+bool OutOf(const char* what) {
+  LoadConfig();
+  if (g_config.mode != Mode::kOom) return false;
+  const uint64_t n = g_points.fetch_add(1) + 1;
+  const bool fails = n == g_config.at;
+  if (fails) {
+    snprintf(g_fault, sizeof(g_fault), "%llu\t%s", static_cast<unsigned long long>(n), what);
   }
   Log(n);
   return fails;
@@ -377,7 +396,19 @@ void* mmap64(void* addr, size_t len, int prot, int flags, int fd, off_t off) {
     errno = g_config.err == EIO ? ENOMEM : g_config.err;
     return MAP_FAILED;
   }
+  if ((flags & MAP_ANONYMOUS) != 0 && OutOf("mmap anonymous")) {
+    errno = ENOMEM;
+    return MAP_FAILED;
+  }
   return real(addr, len, prot, flags, fd, off);
+}
+
+int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
+                   void* arg) {
+  static auto real = Real<int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*)>(
+      "pthread_create");
+  if (OutOf("pthread_create")) return EAGAIN;
+  return real(thread, attr, start, arg);
 }
 
 ssize_t sendfile(int out, int in, off_t* off, size_t len) {
