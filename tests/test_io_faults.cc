@@ -190,3 +190,20 @@ TEST_CASE("what a finished run cannot remove is a warning naming it; the next ru
     CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
   }
 }
+
+TEST_CASE("a stats merge that fails leaves no output folder, as import-imatrix did") {
+  // Before: merge wrote straight into OUT, so a full disk left OUT holding a partial folder
+  // (no manifest), which the rerun then refused ("exists and is not empty").
+  qt::TempDir tmp;
+  const std::string stats = (qt::DataDir() / "golden/smoothquant/stats").string();
+  const fs::path out = tmp / "merged";
+  CheckIoError(RunFailing({"stats", "merge", stats, stats, "-o", out.string()}, "rename",
+                          "stats-00001.safetensors", ENOSPC),
+               "stats-00001.safetensors", ENOSPC);
+  CHECK(fs::is_empty(tmp.path()));  // nor a temporary folder beside it
+  CHECK_FALSE(fs::exists(out));
+  auto r = qt::RunQuench({"stats", "merge", stats, stats, "-o", out.string()});
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(fs::exists(out / "manifest.json"));
+}

@@ -1,7 +1,6 @@
 // `quench stats import-imatrix`: an importance matrix onto a checkpoint, written as a
 // statistics folder the way `stats merge` writes one (one stats-00001.safetensors, then the
 // manifest), but inside a temporary folder renamed into place at the end.
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -262,26 +261,8 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
   if (!not_reached.as_array().empty()) manifest.Set("not_reached", std::move(not_reached));
 
   // Built beside `out` and renamed over it (or to it) once complete.
-  const fs::path target = fs::absolute(out, ec).lexically_normal();
-  const fs::path parent = target.parent_path();
-  fs::create_directories(parent, ec);
-  const fs::path tmp =
-      parent / ("." + target.filename().string() + ".quench-tmp-" + std::to_string(getpid()));
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) {
-    return Error(ErrorCode::kIo, tmp.string() + ": cannot create (" + ec.message() + ")");
-  }
-  Status st = WriteFolder(tmp, sites, std::move(manifest));
-  if (st.ok()) {
-    fs::rename(tmp, target, ec);
-    if (ec) st = Error(ErrorCode::kIo, target.string() + ": cannot rename into place (" +
-                                           ec.message() + ")");
-  }
-  if (!st.ok()) {
-    fs::remove_all(tmp, ec);
-    return st;
-  }
-  return SyncDirectory(parent);
+  return WriteFolderAtomic(
+      out, [&](const fs::path& tmp) { return WriteFolder(tmp, sites, std::move(manifest)); });
 }
 
 }  // namespace quench::calib

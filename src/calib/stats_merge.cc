@@ -108,30 +108,8 @@ void Combine(const StatsField& f, const std::vector<const uint8_t*>& parts, size
 
 constexpr std::string_view kOutFile = "stats-00001.safetensors";
 
-}  // namespace
-
-Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out) {
-  if (inputs.size() < 2) {
-    return Error(ErrorCode::kUsage, "stats merge needs at least two statistics folders");
-  }
-  std::vector<Statistics> parts;
-  for (const fs::path& in : inputs) {
-    QUENCH_ASSIGN_OR_RETURN(Statistics s, Statistics::Open(in));
-    if (!parts.empty()) {
-      if (std::string why = Difference(parts.front(), s); !why.empty()) {
-        return Error(ErrorCode::kInvalidInput, "cannot merge " + inputs.front().string() +
-                                                   " and " + in.string() + ": " + why);
-      }
-    }
-    parts.push_back(std::move(s));
-  }
-  std::error_code ec;
-  if (fs::exists(out, ec) && !fs::is_empty(out, ec)) {
-    return Error(ErrorCode::kUsage, out.string() + " exists and is not empty");
-  }
-  fs::create_directories(out, ec);
-  if (ec) return Error(ErrorCode::kIo, out.string() + ": " + ec.message());
-
+// The merged statistics of `parts` written into the folder `out` (manifest last).
+Status WriteMerged(const std::vector<Statistics>& parts, const fs::path& out) {
   const Statistics& first = parts.front();
   std::vector<TensorSpec> specs;
   for (const auto& [name, site] : first.sites()) {
@@ -221,6 +199,31 @@ Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out)
   collection.Set("merged_from", std::move(merged_from));
   m.Set("collection", std::move(collection));
   return WriteFileAtomic(out / "manifest.json", DumpPythonJson(m) + "\n");
+}
+
+}  // namespace
+
+Status MergeStatistics(const std::vector<fs::path>& inputs, const fs::path& out) {
+  if (inputs.size() < 2) {
+    return Error(ErrorCode::kUsage, "stats merge needs at least two statistics folders");
+  }
+  std::vector<Statistics> parts;
+  for (const fs::path& in : inputs) {
+    QUENCH_ASSIGN_OR_RETURN(Statistics s, Statistics::Open(in));
+    if (!parts.empty()) {
+      if (std::string why = Difference(parts.front(), s); !why.empty()) {
+        return Error(ErrorCode::kInvalidInput, "cannot merge " + inputs.front().string() +
+                                                   " and " + in.string() + ": " + why);
+      }
+    }
+    parts.push_back(std::move(s));
+  }
+  std::error_code ec;
+  if (fs::exists(out, ec) && !fs::is_empty(out, ec)) {
+    return Error(ErrorCode::kUsage, out.string() + " exists and is not empty");
+  }
+  // Built beside `out` and renamed to it once complete: a failure leaves no folder behind.
+  return WriteFolderAtomic(out, [&](const fs::path& dir) { return WriteMerged(parts, dir); });
 }
 
 }  // namespace quench::calib

@@ -663,6 +663,31 @@ Result<std::string> ReadFileToString(const fs::path& path) {
   return s;
 }
 
+Status WriteFolderAtomic(const fs::path& out, const std::function<Status(const fs::path&)>& write) {
+  std::error_code ec;
+  const fs::path target = fs::absolute(out, ec).lexically_normal();
+  const fs::path parent = target.parent_path();
+  QUENCH_RETURN_IF_ERROR(MakeFolders(parent));
+  const fs::path tmp =
+      parent / ("." + target.filename().string() + ".quench-tmp-" + std::to_string(getpid()));
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) {
+    return Error(ErrorCode::kIo, tmp.string() + ": cannot create: " + ec.message());
+  }
+  Status st = write(tmp);
+  if (st.ok()) {
+    fs::rename(tmp, target, ec);
+    if (ec) {
+      st = Error(ErrorCode::kIo, target.string() + ": cannot rename into place: " + ec.message());
+    }
+  }
+  if (!st.ok()) {
+    fs::remove_all(tmp, ec);
+    return st;
+  }
+  return SyncDirectory(parent);
+}
+
 Status MakeFolders(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -189,6 +190,12 @@ Status WriteFileReplacing(const std::filesystem::path& path, std::string_view by
 // Copies a file byte for byte (copy_file_range) via a temporary name and rename.
 Status CopyFileAtomic(const std::filesystem::path& from, const std::filesystem::path& to);
 Result<std::string> ReadFileToString(const std::filesystem::path& path);
+// Writes a folder whole or not at all: `write` fills a temporary folder beside `out`
+// (".NAME.quench-tmp-PID"), which is renamed to `out` (replacing it where it is an empty
+// folder) and its parent synced; where anything fails, the temporary folder is removed and
+// `out` left as it was.
+Status WriteFolderAtomic(const std::filesystem::path& out,
+                         const std::function<Status(const std::filesystem::path&)>& write);
 // Makes `dir` and its missing parents (std::filesystem::create_directories), naming the error.
 Status MakeFolders(const std::filesystem::path& dir);
 // fsync a directory so that renames in it are durable.
