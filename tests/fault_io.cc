@@ -18,7 +18,8 @@
 //                       EAGAIN, as where memory or threads run out.
 //   QUENCH_FAULT_AT     the point that fails (mode fail); 0 or unset: none.
 //   QUENCH_FAULT_CALL   instead of a number: the first call of this name (as the log names
-//   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, ...) on a path holding this text fails
+//   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, ...) on a path holding this text (ending
+//                       with it, where the text ends in '$') fails
 //   QUENCH_FAULT_NTH    (or the NTH such call, from 1), whatever points come before it;
 //   QUENCH_FAULT_TIMES  that many such calls in a row fail (1 by default; a file that fails
 //                       every time: a large number).
@@ -122,6 +123,16 @@ void FdPath(int fd, char* out, size_t size) {
   }
 }
 
+// Whether `what` holds QUENCH_FAULT_PATH's text or, where that ends in '$', ends with it.
+bool PathMatches(const char* what) {
+  const size_t n = strlen(g_config.path);
+  if (n > 0 && g_config.path[n - 1] == '$') {
+    const size_t w = strlen(what);
+    return w >= n - 1 && strncmp(what + w - (n - 1), g_config.path, n - 1) == 0;
+  }
+  return strstr(what, g_config.path) != nullptr;
+}
+
 // True when this call is the point that fails; counts it either way.
 bool Fails(const char* call, const char* what, int fd = -1) {
   LoadConfig();
@@ -138,7 +149,7 @@ bool Fails(const char* call, const char* what, int fd = -1) {
   }
   bool fails = n == g_config.at;
   if (g_config.call != nullptr && strcmp(call, g_config.call) == 0 && what != nullptr &&
-      strstr(what, g_config.path) != nullptr) {
+      PathMatches(what)) {
     const uint64_t k = g_matches.fetch_add(1) + 1;
     fails = k >= g_config.nth && k - g_config.nth < g_config.times;
   }

@@ -188,7 +188,32 @@ TEST_CASE("what a finished run cannot remove is a warning naming it; the next ru
     CAPTURE(r.err);
     REQUIRE(r.exit_code == 0);
     CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+    for (const auto& e : fs::directory_iterator(dst)) {
+      CHECK_FALSE(e.path().filename().string().starts_with(c.left));
+    }
   }
+}
+
+TEST_CASE("workers: markers finalize cannot remove are a warning, and finalize again removes them") {
+  // Before: no warning, and a second finalize ("published already") left them for good.
+  qt::TempDir tmp;
+  REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
+  const fs::path dst = tmp / "dst";
+  for (const char* w : {"0/2", "1/2"}) {
+    REQUIRE(qt::RunQuench(Convert(TinyLlama(), dst, {"--worker", w, "--no-finalize"}))
+                .exit_code == 0);
+  }
+  auto r = RunFailing({"finalize", dst.string(), "-q"}, "remove", ".quench-resume");
+  CAPTURE(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.err.find("quench: warning: " + (dst / ".quench-resume").string()) !=
+        std::string::npos);
+  CHECK(fs::exists(dst / ".quench-resume"));
+  r = qt::RunQuench({"finalize", dst.string(), "-q"});
+  CAPTURE(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_FALSE(fs::exists(dst / ".quench-resume"));
+  CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
 }
 
 TEST_CASE("a stats merge that fails leaves no output folder, as import-imatrix did") {
@@ -203,6 +228,21 @@ TEST_CASE("a stats merge that fails leaves no output folder, as import-imatrix d
   CHECK(fs::is_empty(tmp.path()));  // nor a temporary folder beside it
   CHECK_FALSE(fs::exists(out));
   auto r = qt::RunQuench({"stats", "merge", stats, stats, "-o", out.string()});
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(fs::exists(out / "manifest.json"));
+}
+
+TEST_CASE("import-imatrix whose last step (syncing OUT's parent) fails leaves no output") {
+  // Before: exit 4 with OUT in place, which the rerun refused.
+  qt::TempDir tmp;
+  const fs::path parent = tmp / "parent", out = parent / "imported";
+  const std::vector<std::string> cmd = {
+      "stats", "import-imatrix", (qt::DataDir() / "imatrix/llama.imatrix.gguf").string(),
+      "--model", TinyLlama().string(), "-o", out.string()};
+  CheckIoError(RunFailing(cmd, "fsync", "/parent$"), "parent");
+  CHECK(fs::is_empty(parent));
+  auto r = qt::RunQuench(cmd);
   CAPTURE(r.err);
   CHECK(r.exit_code == 0);
   CHECK(fs::exists(out / "manifest.json"));

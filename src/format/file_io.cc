@@ -685,7 +685,10 @@ Status WriteFolderAtomic(const fs::path& out, const std::function<Status(const f
     fs::remove_all(tmp, ec);
     return st;
   }
-  return SyncDirectory(parent);
+  // A rename that may not last is no output either: taken back, so that the error stands alone.
+  st = SyncDirectory(parent);
+  if (!st.ok()) fs::remove_all(target, ec);
+  return st;
 }
 
 Status MakeFolders(const fs::path& dir) {

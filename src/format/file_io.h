@@ -192,8 +192,8 @@ Status CopyFileAtomic(const std::filesystem::path& from, const std::filesystem::
 Result<std::string> ReadFileToString(const std::filesystem::path& path);
 // Writes a folder whole or not at all: `write` fills a temporary folder beside `out`
 // (".NAME.quench-tmp-PID"), which is renamed to `out` (replacing it where it is an empty
-// folder) and its parent synced; where anything fails, the temporary folder is removed and
-// `out` left as it was.
+// folder) and its parent synced; where anything fails (the sync included: then `out` is
+// removed again), the temporary folder is removed and nothing is at `out`.
 Status WriteFolderAtomic(const std::filesystem::path& out,
                          const std::function<Status(const std::filesystem::path&)>& write);
 // Makes `dir` and its missing parents (std::filesystem::create_directories), naming the error.

@@ -108,7 +108,12 @@ void ReleaseLock(std::unique_ptr<FsLock>& lock, const ConvertCallbacks& cb) {
 
 Status RemoveFinalizeLeftovers(const fs::path& dst, const ConvertCallbacks& cb) {
   std::error_code ec;
-  if (!fs::is_directory(dst / kPartsDir, ec)) return Status::Ok();
+  if (!fs::is_directory(dst / kPartsDir, ec)) {
+    // Markers alone: a finalizer removed the parts but not them (a failing disk; it warned).
+    // No finalizer works without parts, so no lock is needed to remove them.
+    if (!fs::exists(dst / kResumeDir, ec)) return Status::Ok();
+    return RemoveMarkersAndParts(dst, cb);
+  }
   std::string holder;
   QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
                           FsLock::TryAcquire(dst / kPartsDir / kFinalizeLock, &holder));

@@ -108,8 +108,8 @@ void ReleaseLock(std::unique_ptr<FsLock>& lock, const ConvertCallbacks& callback
 
 // A published DST whose finalizer was killed after config.json and before its cleanup still
 // holds the parts and resume markers: removes them, as that finalizer's last step would have,
-// unless a finalizer holds finalize.lock now (it removes them itself). Nothing to do without
-// DST/.quench-parts.
+// unless a finalizer holds finalize.lock now (it removes them itself). Without
+// DST/.quench-parts, only markers a finalizer could not remove are left to remove.
 Status RemoveFinalizeLeftovers(const std::filesystem::path& dst, const ConvertCallbacks& callbacks);
 
 // Set up a worker's run (worker_run.cc): refuses a DST finished by another conversion (or,
