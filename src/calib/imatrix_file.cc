@@ -206,7 +206,14 @@ Result<Imatrix> ReadLegacy(const fs::path& file, uint64_t chunk) {
 Result<Imatrix> ReadImatrix(const fs::path& file, uint64_t legacy_chunk_size) {
   std::error_code ec;
   if (!fs::is_regular_file(file, ec)) return Bad(file, "not a file");
-  if (LooksLikeGguf(file)) return ReadGguf(file);
+  // The magic read through a mapping, as both readers read the file: a read that fails is
+  // then the mapping's error, not a file taken for the other layout.
+  bool gguf = false;
+  {
+    QUENCH_ASSIGN_OR_RETURN(MappedFile map, MappedFile::Open(file));
+    gguf = map.size() >= 4 && std::memcmp(map.data(), "GGUF", 4) == 0;
+  }
+  if (gguf) return ReadGguf(file);
   return ReadLegacy(file, legacy_chunk_size);
 }
 

@@ -12,7 +12,6 @@
 #include <mutex>
 #include <optional>
 
-#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <string>
 #include <vector>
@@ -23,6 +22,7 @@
 #include "format/file_io.h"
 #include "format/parallel.h"
 #include "format/safetensors.h"
+#include "format/tbb_limit.h"
 
 namespace quench::calib {
 namespace {
@@ -99,10 +99,7 @@ class SmoothRunImpl : public SmoothRun {
     // Row blocks of about 4 MiB: enough blocks to spread a mapping's read over the cores,
     // few enough that each block's max vector (one per column) costs nothing.
     constexpr uint64_t kBlockBytes = 4ull << 20;
-    std::optional<tbb::global_control> gc;
-    if (o.threads > 0) {
-      gc.emplace(tbb::global_control::max_allowed_parallelism, static_cast<size_t>(o.threads));
-    }
+    LimitTbbThreads(static_cast<size_t>(std::max(o.threads, 0)));
     for (size_t mi = 0; mi < plan_.smoothing.size(); ++mi) {
       const PlannedSmoothing& m = plan_.smoothing[mi];
       struct Block {

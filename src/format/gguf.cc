@@ -1,7 +1,6 @@
 #include "format/gguf.h"
 
 #include <cstring>
-#include <fstream>
 
 namespace quench {
 namespace fs = std::filesystem;
@@ -121,12 +120,6 @@ Result<GgufValue> Value(Cursor& c, uint32_t type) {
 }
 
 }  // namespace
-
-bool LooksLikeGguf(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
-}
 
 Result<GgufFile> GgufFile::Open(const fs::path& path) {
   GgufFile g;

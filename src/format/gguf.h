@@ -67,8 +67,6 @@ class GgufFile {
   std::vector<GgufTensor> tensors_;
 };
 
-// True when the file starts with the GGUF magic (false for a shorter or unreadable file).
-bool LooksLikeGguf(const std::filesystem::path& path);
 
 }  // namespace quench
 

@@ -1,6 +1,5 @@
 #include "pipeline/pipeline.h"
 
-#include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 #include "format/file_io.h"
 #include "format/map_guard.h"
 #include "format/parallel.h"
+#include "format/tbb_limit.h"
 #include "pipeline/buffers.h"
 #include "pipeline/chunks.h"
 #include "pipeline/resume.h"
@@ -73,8 +73,7 @@ constexpr uint64_t kMaxWriteQueueChunks = 16;
 }  // namespace
 
 Status ShardPipeline::Run() {
-  tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
-                         static_cast<size_t>(sizing_.threads));
+  LimitTbbThreads(static_cast<size_t>(sizing_.threads));
   try {
     writer_ = std::make_unique<WriteQueue<Chunk>>(
         sizing_.write_queue_bytes, kWriterThreads, [this](std::unique_ptr<Chunk> c) {

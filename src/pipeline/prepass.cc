@@ -1,6 +1,5 @@
 #include "pipeline/prepass.h"
 
-#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "format/file_io.h"
+#include "format/tbb_limit.h"
 #include "pipeline/source_decode.h"
 #include "pipeline/source_decode_packed.h"
 #include "schemes/chunk.h"
@@ -108,8 +108,7 @@ Status GlobalScales::ForTensor(size_t ti) {
 }
 
 Status GlobalScales::All() {
-  tbb::global_control gc(tbb::global_control::max_allowed_parallelism,
-                         static_cast<size_t>(sizing_.threads));
+  LimitTbbThreads(static_cast<size_t>(sizing_.threads));
   for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
     // Only sets with a member this run writes (another worker's shards are already_done).
     bool needed = false;

@@ -9,7 +9,6 @@
 #ifndef QUENCH_PIPELINE_SHARD_PIPELINE_H_
 #define QUENCH_PIPELINE_SHARD_PIPELINE_H_
 
-#include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
 #include <algorithm>

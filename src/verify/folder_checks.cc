@@ -16,18 +16,20 @@
 
 namespace quench::verify {
 
-void Verifier::CheckIndex() {
+Status Verifier::CheckIndex() {
   const ModelFolder& f = dst_.folder;
   if (!f.index_rel) {
     if (f.shards.size() > 1) {
       Problem("", "", "index", "several shards but no *.safetensors.index.json");
     }
-    return;
+    return Status::Ok();
   }
   auto idx = ReadJsonFile((f.root / *f.index_rel).string());
+  // An index the disk fails to give is no problem of the checkpoint: the run fails (exit 4).
+  if (!idx.ok() && idx.status().code() == ErrorCode::kIo) return idx.status();
   if (!idx.ok()) {
     Problem(*f.index_rel, "", "index", idx.status().message());
-    return;
+    return Status::Ok();
   }
   const JsonValue* wm = idx->Find("weight_map");
   // The map's names in a hash set: a lookup per tensor in the object's list was quadratic
@@ -53,6 +55,7 @@ void Verifier::CheckIndex() {
             "metadata.total_size is " + std::to_string(ts->as_uint()) + ", the tensors hold " +
                 std::to_string(total) + " bytes");
   }
+  return Status::Ok();
 }
 
 // Quantization tensors on modules the config does not select (not a source copy): one

@@ -170,7 +170,7 @@ class Verifier {
                            uint64_t row_src_bytes, const WalkTally& t);
 
   // folder_checks.cc: the folder as a whole.
-  void CheckIndex();
+  Status CheckIndex();
   void CheckUnselectedModules();
   void CheckFusedSets();
   void CheckSource();

@@ -25,9 +25,12 @@ namespace fs = std::filesystem;
 namespace {
 
 // Whether DST holds a tensor of `whole` that `split` replaced (a fused expert stack kept
-// whole). False where DST cannot be read (OpenDestination reports that).
-bool DstHoldsAny(const fs::path& dst, const ModelFolder& whole, const ModelFolder& split) {
+// whole). False where DST is malformed (OpenDestination reports that); kIo where it cannot
+// be read.
+Result<bool> DstHoldsAny(const fs::path& dst, const ModelFolder& whole, const ModelFolder& split) {
   auto df = LoadModelFolder(dst);
+  // Unreadable is an I/O error for the run; malformed is OpenDestination's to report.
+  if (!df.ok() && df.status().code() == ErrorCode::kIo) return df.status();
   if (!df.ok()) return false;
   std::set<std::string_view> after;
   for (const Shard& sh : split.shards) {
@@ -67,6 +70,9 @@ Status Verifier::OpenSource() {
   // and so does expert pruning alone (--scheme none --prune-experts) of a BF16 SRC, while
   // pruning's 2-D weights are the split ones: DST's names tell which.
   auto dc = ReadJsonFile((opt_.dst / "config.json").string());
+  if (!dc.ok() && dc.status().code() == ErrorCode::kIo && fs::exists(opt_.dst / "config.json", ec)) {
+    return dc.status();  // there but unreadable: not a DST without a config
+  }
   const bool unquantized =
       dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
   const bool decoded_whole = unquantized && IsCompressedTensors(src_->folder);
@@ -77,7 +83,11 @@ Status Verifier::OpenSource() {
     ModelFolder split_folder = src_->folder;
     auto split = SplitFusedExperts(split_folder);
     if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
-    if (split->tensors_split == 0 || !DstHoldsAny(opt_.dst, src_->folder, split_folder)) {
+    bool holds = false;
+    if (split->tensors_split > 0) {
+      QUENCH_ASSIGN_OR_RETURN(holds, DstHoldsAny(opt_.dst, src_->folder, split_folder));
+    }
+    if (!holds) {
       src_->folder = std::move(split_folder);
     }
   }
@@ -234,7 +244,7 @@ Status Verifier::Run() {
   QUENCH_ASSIGN_OR_RETURN(const bool opened, OpenDestination());
   if (!opened) return Status::Ok();
   if (src_) QUENCH_RETURN_IF_ERROR(MatchPrunedExperts());
-  CheckIndex();
+  QUENCH_RETURN_IF_ERROR(CheckIndex());
   if (pruning() && dst_.folder.config &&
       dst_.folder.config->Find("quantization_config") == nullptr) {
     CheckPruneOnly();
