@@ -17,6 +17,9 @@
 //                       its pthread_create calls; point QUENCH_FAULT_AT fails with ENOMEM or
 //                       EAGAIN, as where memory or threads run out.
 //   QUENCH_FAULT_AT     the point that fails (mode fail); 0 or unset: none.
+//   QUENCH_FAULT_STICKY 1: after point AT, every later call of the same kind on the same file
+//                       fails too (a disk that keeps failing, not a one-off: a retry does not
+//                       get through). The write calls (write, pwrite, pwritev) count as one kind.
 //   QUENCH_FAULT_CALL   instead of a number: the first call of this name (as the log names
 //   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, ...) on a path holding this text (ending
 //                       with it, where the text ends in '$') fails
@@ -48,6 +51,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 
 namespace {
 
@@ -60,6 +65,7 @@ struct Config {
   const char* path = "";       // QUENCH_FAULT_PATH
   uint64_t nth = 1;
   uint64_t times = 1;
+  bool sticky = false;
   int err = EIO;
   int log_fd = -1;
   bool ready = false;
@@ -70,6 +76,18 @@ std::atomic<uint64_t> g_points{0};
 std::atomic<uint64_t> g_eintr_turn{0};
 std::atomic<uint64_t> g_matches{0};
 char g_fault[240];
+// Mode fail with QUENCH_FAULT_STICKY: the kind and path of the call that failed.
+std::mutex g_sticky_mu;
+std::string g_sticky_kind, g_sticky_path;
+
+// Calls of one kind for QUENCH_FAULT_STICKY: a write retried by another write call is the
+// same failing disk.
+std::string Kind(const char* call) {
+  for (const char* w : {"write", "pwrite", "pwritev", "writev"}) {
+    if (strcmp(call, w) == 0) return "write";
+  }
+  return call;
+}
 
 template <typename F>
 F Real(const char* name) {
@@ -92,6 +110,7 @@ void LoadConfig() {
   if (const char* p = getenv("QUENCH_FAULT_PATH")) g_config.path = p;
   if (const char* k = getenv("QUENCH_FAULT_NTH")) g_config.nth = strtoull(k, nullptr, 10);
   if (const char* t = getenv("QUENCH_FAULT_TIMES")) g_config.times = strtoull(t, nullptr, 10);
+  if (const char* k = getenv("QUENCH_FAULT_STICKY")) g_config.sticky = strcmp(k, "1") == 0;
   if (const char* l = getenv("QUENCH_FAULT_LOG")) {
     static OpenFn real_open = Real<OpenFn>("open64");
     g_config.log_fd = real_open(l, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -143,11 +162,20 @@ bool Fails(const char* call, const char* what, int fd = -1) {
     return false;
   }
   char path[200];
-  if (what == nullptr && (g_config.call != nullptr || n == g_config.at)) {
+  if (what == nullptr && (g_config.call != nullptr || n == g_config.at || g_config.sticky)) {
     FdPath(fd, path, sizeof(path));
     what = path;
   }
   bool fails = n == g_config.at;
+  if (g_config.sticky && what != nullptr) {
+    std::lock_guard<std::mutex> lock(g_sticky_mu);
+    if (fails) {
+      g_sticky_kind = Kind(call);
+      g_sticky_path = what;
+    } else if (!g_sticky_kind.empty() && g_sticky_kind == Kind(call) && g_sticky_path == what) {
+      return true;  // the same file failing again; the log keeps the first failure
+    }
+  }
   if (g_config.call != nullptr && strcmp(call, g_config.call) == 0 && what != nullptr &&
       PathMatches(what)) {
     const uint64_t k = g_matches.fetch_add(1) + 1;

@@ -56,7 +56,8 @@ void CheckIoError(const qt::RunResult& r, const std::string& what, int err = EIO
   CAPTURE(r.err);
   CHECK(r.exit_code == 4);
   const std::string last = LastLine(r.err);
-  CHECK(last.starts_with("quench: error: io:"));
+  // verify's errors say which command they come from first (docs/convert-reference.md).
+  CHECK((last.starts_with("quench: error: io:") || last.starts_with("quench: error: verify: io:")));
   CHECK(last.find(what) != std::string::npos);
   CHECK(last.find(std::strerror(err)) != std::string::npos);
 }
@@ -149,6 +150,25 @@ TEST_CASE("a failing read or listing is an I/O error naming its errno, never ano
     REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
     CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
   }
+}
+
+TEST_CASE("verify and import-imatrix: a file the disk fails to give is an I/O error, not a problem") {
+  qt::TempDir tmp;
+  const fs::path dst = tmp / "dst";
+  REQUIRE(qt::RunQuench(Convert(TinyLlama(), dst)).exit_code == 0);
+  // Before: the index's read error became an "index" problem of the checkpoint (exit 3).
+  CheckIoError(RunFailing({"verify", dst.string(), TinyLlama().string(), "-q"}, "read",
+                          "model.safetensors.index.json"),
+               "model.safetensors.index.json");
+  // Before: the GGUF magic was read through an ifstream, and a failing read made the file
+  // "not an importance matrix (GGUF or legacy .dat)" (exit 3). Now it is read through the
+  // file's mapping, as the rest of it is.
+  auto r = RunFailing({"stats", "import-imatrix",
+                       (qt::DataDir() / "imatrix/llama.imatrix.gguf").string(), "--model",
+                       TinyLlama().string(), "-o", (tmp / "imported").string()},
+                      "read", "llama.imatrix.gguf");
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
 }
 
 TEST_CASE("what a finished run cannot remove is a warning naming it; the next run tidies") {
@@ -246,4 +266,36 @@ TEST_CASE("import-imatrix whose last step (syncing OUT's parent) fails leaves no
   CAPTURE(r.err);
   CHECK(r.exit_code == 0);
   CHECK(fs::exists(out / "manifest.json"));
+}
+
+TEST_CASE("each buffer mapping or thread start that fails: exit 4 or the same bytes, never an abort") {
+  // Before: with --threads 1, a oneTBB thread that could not start when the pipeline's
+  // tbb::global_control was destroyed (raising the limit back) threw out of that destructor:
+  // std::terminate, exit 134.
+  qt::TempDir tmp;
+  REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
+  for (const std::vector<std::string>& how :
+       {std::vector<std::string>{"--threads", "1"}, std::vector<std::string>{}}) {
+    const fs::path log = tmp / "fault.log";
+    REQUIRE(RunFaulted(Convert(TinyLlama(), tmp / ("count" + std::to_string(how.size())), how), "oom",
+                       {{"QUENCH_FAULT_LOG", log.string()}})
+                .exit_code == 0);
+    const int points = std::stoi(qt::ReadBytes(log));
+    REQUIRE(points > 5);  // the lock's heartbeat, the writers, the buffers, oneTBB, commits
+    for (int at = 1; at <= points; ++at) {
+      CAPTURE(at);
+      CAPTURE(how.size());
+      const fs::path dst = tmp / ("dst-" + std::to_string(how.size()) + "-" + std::to_string(at));
+      auto r = RunFaulted(Convert(TinyLlama(), dst, how), "oom",
+                          {{"QUENCH_FAULT_AT", std::to_string(at)}});
+      CAPTURE(r.err);
+      REQUIRE((r.exit_code == 0 || r.exit_code == 4));
+      if (r.exit_code == 0) {
+        CHECK(qt::CheckSameFiles(tmp / "want", dst) > 0);
+      } else {
+        CHECK(LastLine(r.err).starts_with("quench: error: io:"));
+        CHECK_FALSE(fs::exists(dst / "config.json"));
+      }
+    }
+  }
 }
