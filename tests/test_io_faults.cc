@@ -160,6 +160,15 @@ TEST_CASE("verify and import-imatrix: a file the disk fails to give is an I/O er
   CheckIoError(RunFailing({"verify", dst.string(), TinyLlama().string(), "-q"}, "read",
                           "model.safetensors.index.json"),
                "model.safetensors.index.json");
+  // Before: a ModelOpt NVFP4 SRC whose first read failed was not decoded before the
+  // comparison (the failure taken for "not packed"), and every packed tensor a problem.
+  const fs::path mo = qt::DataDir() / "golden/mosrc/src";
+  const fs::path mo_dst = tmp / "mo-dst";
+  REQUIRE(qt::RunQuench(Convert(mo, mo_dst)).exit_code == 0);
+  REQUIRE(qt::RunQuench({"verify", mo_dst.string(), mo.string(), "-q"}).exit_code == 0);
+  CheckIoError(RunFailing({"verify", mo_dst.string(), mo.string(), "-q"}, "open",
+                          "mosrc/src/model", EIO, 1, 1),
+               "model");
   // Before: the GGUF magic was read through an ifstream, and a failing read made the file
   // "not an importance matrix (GGUF or legacy .dat)" (exit 3). Now it is read through the
   // file's mapping, as the rest of it is.

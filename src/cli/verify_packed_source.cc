@@ -29,9 +29,13 @@ TempDecoded::~TempDecoded() {
 
 Result<TempDecoded> DecodePackedSource(const std::filesystem::path& src) {
   TempDecoded out;
+  // A malformed SRC is Verify's to report; one that cannot be read fails here, since Verify's
+  // own read of it, succeeding, would compare the packed source undecoded.
   auto folder = LoadModelFolder(src);
-  if (!folder.ok()) return out;  // Verify reports it
+  if (!folder.ok() && folder.status().code() == ErrorCode::kIo) return folder.status();
+  if (!folder.ok()) return out;
   auto q = DetectSourceQuantization(*folder);
+  if (!q.ok() && q.status().code() == ErrorCode::kIo) return q.status();
   if (!q.ok() || q->packed.empty()) return out;
   std::error_code ec;
   const std::filesystem::path base =
