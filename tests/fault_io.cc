@@ -227,43 +227,32 @@ int Failure(int err) {
 
 }  // namespace
 
+// The mode argument open(2) takes where it creates a file.
+mode_t ModeOf(int flags, va_list ap) {
+  return (flags & (O_CREAT | O_TMPFILE)) != 0 ? static_cast<mode_t>(va_arg(ap, int)) : 0;
+}
+
 extern "C" {
 
 int open64(const char* path, int flags, ...) {
   static OpenFn real = Real<OpenFn>("open64");
-  mode_t mode = 0;
-  if ((flags & (O_CREAT | O_TMPFILE)) != 0) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = va_arg(ap, mode_t);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, flags);
+  const mode_t mode = ModeOf(flags, ap);
+  va_end(ap);
   if (Fails("open", path)) return Failure(g_config.err);
   return real(path, flags, mode);
 }
 
-int open(const char* path, int flags, ...) {
-  static OpenFn real = Real<OpenFn>("open");
-  mode_t mode = 0;
-  if ((flags & (O_CREAT | O_TMPFILE)) != 0) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = va_arg(ap, mode_t);
-    va_end(ap);
-  }
-  if (Fails("open", path)) return Failure(g_config.err);
-  return real(path, flags, mode);
-}
+// open and open64 are one function on a 64-bit glibc: one wrapper serves both names.
+int open(const char* path, int flags, ...) __attribute__((alias("open64")));
 
 int openat(int dir, const char* path, int flags, ...) {
   static auto real = Real<int (*)(int, const char*, int, ...)>("openat");
-  mode_t mode = 0;
-  if ((flags & (O_CREAT | O_TMPFILE)) != 0) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = va_arg(ap, mode_t);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, flags);
+  const mode_t mode = ModeOf(flags, ap);
+  va_end(ap);
   if (Fails("openat", path)) return Failure(g_config.err);
   return real(dir, path, flags, mode);
 }

@@ -27,52 +27,43 @@ std::string FirstLine(const fs::path& p) {
   return s;
 }
 
-// A lock file's token (its first line); nullopt with `*err` set where it cannot be read
-// (ENOENT: there is none).
-std::optional<std::string> ReadToken(const fs::path& p, int* err) {
-  const int fd = open(p.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    *err = errno;
-    return std::nullopt;
-  }
-  std::string text;
-  char buf[512];
-  ssize_t r;
-  while ((r = read(fd, buf, sizeof buf)) != 0) {
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) break;
-    text.append(buf, static_cast<size_t>(r));
-  }
-  if (r < 0) *err = errno;
-  close(fd);
-  if (r < 0) return std::nullopt;
-  return text.substr(0, text.find('\n'));
-}
-
-// The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the PID,
-// it names one process even after the PID is reused. Empty when the process does not exist;
-// nullopt when /proc could not be read (then nobody can tell whether it lives; `*err` says
-// why, where given).
-std::optional<std::string> StartTime(long pid, int* err = nullptr) {
-  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+// The whole of a small file (a lock, /proc/PID/stat) into `*text`: 0, or the errno of the
+// open or read that failed.
+int ReadSmallFile(const std::string& path, std::string* text) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT || errno == ESRCH) return std::string();
-    if (err != nullptr) *err = errno;
-    return std::nullopt;
-  }
-  std::string stat;
+  if (fd < 0) return errno;
   char buf[1024];
   ssize_t r;
   while ((r = read(fd, buf, sizeof buf)) != 0) {
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) break;
-    stat.append(buf, static_cast<size_t>(r));
+    text->append(buf, static_cast<size_t>(r));
   }
-  const bool gone = r < 0 && errno == ESRCH;  // the process exited while its stat was read
-  if (r < 0 && err != nullptr) *err = errno;
+  const int err = r < 0 ? errno : 0;
   close(fd);
-  if (r < 0) return gone ? std::optional<std::string>(std::string()) : std::nullopt;
+  return err;
+}
+
+// A lock file's token (its first line); nullopt with `*err` set where it cannot be read
+// (ENOENT: there is none).
+std::optional<std::string> ReadToken(const fs::path& p, int* err) {
+  std::string text;
+  if ((*err = ReadSmallFile(p.string(), &text)) != 0) return std::nullopt;
+  return text.substr(0, text.find('\n'));
+}
+
+// The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the PID,
+// it names one process even after the PID is reused. Empty when the process does not exist
+// (also when it exits while its stat is read); nullopt when /proc could not be read (then
+// nobody can tell whether it lives; `*err` says why, where given).
+std::optional<std::string> StartTime(long pid, int* err = nullptr) {
+  std::string stat;
+  const int e = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat", &stat);
+  if (e == ENOENT || e == ESRCH) return std::string();
+  if (e != 0) {
+    if (err != nullptr) *err = e;
+    return std::nullopt;
+  }
   const size_t paren = stat.rfind(')');  // the command name may hold spaces
   if (paren == std::string::npos) return std::string();
   std::istringstream rest(stat.substr(paren + 2));
