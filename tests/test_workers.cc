@@ -299,6 +299,35 @@ quant_stage:
     qt::CheckSameFiles(tmp / "want", out);
   }
 
+  TEST_CASE("the last worker waits out a finalizer that gives up, then publishes") {
+    // A `quench finalize` started before the last part was in holds finalize.lock, finds the
+    // part missing and gives up (exit 3). Before: the last worker, finding the lock held, said
+    // "another process is finalizing" and exited 0: nobody published (found by
+    // scripts/fuzz-interrupt, finalize beside the last worker).
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    std::vector<std::string> first = ConvertArgs(src, out, opts);
+    first.insert(first.end(), {"--worker", "0/2"});
+    REQUIRE(qt::RunQuench(first).exit_code == 0);
+    // The finalizer, on another machine with a fresh heartbeat: held.
+    const fs::path lock = out / ".quench-parts" / "finalize.lock";
+    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    std::vector<std::string> last = ConvertArgs(src, out, opts);
+    last.insert(last.end(), {"--worker", "1/2"});
+    const pid_t pid = qt::SpawnQuench(last, tmp / "last");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    fs::remove(lock);  // it gave up
+    const int rc = Wait(pid);
+    const std::string err = qt::ReadBytes(tmp / "last.err");
+    CHECK_MESSAGE(rc == 0, err);
+    CHECK(err.find("waiting for it") != std::string::npos);
+    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+  }
+
   TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";

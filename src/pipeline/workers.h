@@ -134,7 +134,10 @@ JsonValue SummaryJson(const ConvertSummary& summary, int index, int count, const
 
 // After a worker's part is written: if every part of `count` is in (each looked up by name,
 // which NFS revalidates, rather than from a cached listing), finalizes; returns whether this
-// process published DST. Another process finalizing already is a note, not an error.
+// process published DST (or found it published). Another process finalizing is waited for (up to kFinalizeWaitSeconds), then
+// looked at again: it may have given up (a `quench finalize` that ran before this part was
+// in), and then this worker publishes.
+inline constexpr int kFinalizeWaitSeconds = 600;
 Result<bool> FinalizeIfLast(const std::filesystem::path& dst, int index, int count,
                             const ConvertCallbacks& callbacks);
 
