@@ -151,7 +151,8 @@ std::string ConvertHelp() {
        "                        path becomes I\n"
        "  --workers N           the number of workers (Kubernetes: spec.completions)\n"
        "  --no-finalize         a worker never publishes DST: `quench finalize DST` does\n"
-       "  -q, --quiet           no progress and no notes; errors only\n";
+       "  -q, --quiet           no progress and no notes: errors, and the warning naming a\n"
+       "                        lock or marker a finished run could not remove\n";
   return s;
 }
 

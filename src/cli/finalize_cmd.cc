@@ -27,7 +27,7 @@ const char kFinalizeHelp[] =
     "\n"
     "  --workers N        the worker count, when DST holds parts of runs with several counts\n"
     "  --report FILE.json each worker's summary (shards, bytes, seconds) and their totals\n"
-    "  -q, --quiet        errors only\n"
+    "  -q, --quiet        errors, and warnings naming files it could not remove\n"
     "\n"
     "exit: 0 published (now or before), 2 usage (or another process is finalizing DST), 3 a part is missing,\n"
     "corrupt or from another conversion, 4 I/O failure.\n";
