@@ -91,8 +91,8 @@ Status RemoveMarkersAndParts(const fs::path& dst, const ConvertCallbacks& cb) {
     fs::remove_all(dst / dir, ec);
     if (ec && cb.leftover) {
       cb.leftover((dst / dir).string() + " could not be removed (" + ec.message() +
-                  "); the folder is complete: remove it by hand, or a rerun of the same "
-                  "command with --resume (a worker: the same worker) removes it");
+                  "); the folder is complete: remove it by hand, or run the same command "
+                  "again (a single run: with --resume) to remove it");
     }
   }
   return SyncDirectory(dst);
