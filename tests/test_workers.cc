@@ -328,6 +328,32 @@ quant_stage:
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
   }
 
+  TEST_CASE("quench finalize waits for another process holding the lock, then publishes") {
+    // Before: exit 2 at once ("another process is finalizing"), also where that process then
+    // gave up; a pipeline's last step failed while the folder was still to publish.
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    for (const char* w : {"0/2", "1/2"}) {
+      std::vector<std::string> a = ConvertArgs(src, out, opts);
+      a.insert(a.end(), {"--worker", w, "--no-finalize"});
+      REQUIRE(qt::RunQuench(a).exit_code == 0);
+    }
+    const fs::path lock = out / ".quench-parts" / "finalize.lock";
+    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    const pid_t pid = qt::SpawnQuench({"finalize", out.string()}, tmp / "fin");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    fs::remove(lock);  // the other process gave up
+    const int rc = Wait(pid);
+    const std::string err = qt::ReadBytes(tmp / "fin.err");
+    CHECK_MESSAGE(rc == 0, err);
+    CHECK(err.find("waiting for it") != std::string::npos);
+    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+  }
+
   TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";

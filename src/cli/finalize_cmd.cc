@@ -7,6 +7,7 @@
 
 #include "cli/cli.h"
 #include "format/file_io.h"
+#include "pipeline/workers.h"  // kFinalizeWaitSeconds
 #include "quench/convert.h"
 
 namespace quench::cli {
@@ -29,8 +30,11 @@ const char kFinalizeHelp[] =
     "  --report FILE.json each worker's summary (shards, bytes, seconds) and their totals\n"
     "  -q, --quiet        errors, and warnings naming files it could not remove\n"
     "\n"
-    "exit: 0 published (now or before), 2 usage (or another process is finalizing DST), 3 a part is missing,\n"
-    "corrupt or from another conversion, 4 I/O failure.\n";
+    "Another process finalizing DST (the last worker) is waited for, up to 10 minutes.\n"
+    "\n"
+    "exit: 0 published (now or before), 2 usage (or another process still finalizing DST\n"
+    "after 10 minutes), 3 a part is missing, corrupt or from another conversion, 4 I/O\n"
+    "failure.\n";
 
 }  // namespace
 
@@ -75,8 +79,10 @@ int RunFinalize(const std::vector<std::string>& args) {
   auto r = Finalize(dst, workers, cb);
   if (!r.ok()) return ReportStatus(r.status());
   if (!r->published) {
-    return ReportError("another process is finalizing " + dst + " (" + r->holder +
-                       "); its lock is taken over once it is gone (60 s without a heartbeat)", 2);
+    return ReportError("another process is still finalizing " + dst + " (" + r->holder +
+                       ") after " + std::to_string(kFinalizeWaitSeconds / 60) +
+                       " minutes; its lock is taken over once it is gone (60 s without a "
+                       "heartbeat)", 2);
   }
   if (!report.empty()) {
     if (Status s = WriteFileAtomic(report, r->report_json); !s.ok()) {

@@ -1,9 +1,11 @@
 // quench finalize: publishes a folder that several workers converted, once every part is in.
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <regex>
 #include <set>
 #include <system_error>
+#include <thread>
 
 #include "format/file_io.h"
 #include "pipeline/fs_lock.h"
@@ -250,12 +252,29 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
   return result;
 }
 
+Result<FinalizeResult> FinalizePartsWaiting(const fs::path& dst, int count,
+                                            const ConvertCallbacks& cb) {
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::seconds(kFinalizeWaitSeconds);
+  bool said = false;
+  for (;;) {
+    QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(dst, count, cb));
+    if (r.published || std::chrono::steady_clock::now() >= until) return r;
+    if (!said && cb.note) {
+      cb.note("another process is finalizing " + dst.string() + " (" + r.holder +
+              "); waiting for it");
+    }
+    said = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace quench
 
 namespace quench {
 
 Result<FinalizeSummary> Finalize(const fs::path& dst, int workers, const ConvertCallbacks& cb) {
-  QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(ResolvePath(dst), workers, cb));
+  QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizePartsWaiting(ResolvePath(dst), workers, cb));
   FinalizeSummary s;
   s.workers = r.workers;
   s.shards = r.shards;

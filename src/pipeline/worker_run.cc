@@ -1,8 +1,6 @@
 // A worker's side of a conversion split over machines: starting (StartWorker) and, once its
 // part is in, finalizing when it is the last (FinalizeIfLast).
-#include <chrono>
 #include <system_error>
-#include <thread>
 
 #include "format/file_io.h"
 #include "pipeline/resume.h"
@@ -138,35 +136,18 @@ Result<bool> FinalizeIfLast(const fs::path& dst, int index, int count, const Con
     }
     return false;
   }
-  // Another process holding finalize.lock publishes, or fails: a `quench finalize` started
-  // before this part was in finds it missing and gives up (exit 3), and nobody would publish.
-  // So the last worker waits for the lock and looks again, as long as its holder works
-  // (a dead holder's lock is taken over: FsLock), up to kFinalizeWaitSeconds.
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(kFinalizeWaitSeconds);
-  bool said = false;
-  for (;;) {
-    auto r = FinalizeParts(dst, count, cb);
-    // Another worker saw every part too and published first, removing the parts meanwhile.
-    if (!r.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
-      if (cb.note) cb.note("another worker published " + dst.string());
-      return false;
-    }
-    if (!r.ok()) return r.status();
-    if (r->published) return true;
-    if (std::chrono::steady_clock::now() >= until) {
-      if (cb.note) {
-        cb.note("another process is still finalizing " + dst.string() + " (" + r->holder +
-                "); if it fails, run `quench finalize " + dst.string() + "`");
-      }
-      return false;
-    }
-    if (!said && cb.note) {
-      cb.note("another process is finalizing " + dst.string() + " (" + r->holder +
-              "); waiting for it");
-    }
-    said = true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto r = FinalizePartsWaiting(dst, count, cb);
+  // Another worker saw every part too and published first, removing the parts meanwhile.
+  if (!r.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
+    if (cb.note) cb.note("another worker published " + dst.string());
+    return false;
   }
+  if (!r.ok()) return r.status();
+  if (!r->published && cb.note) {
+    cb.note("another process is still finalizing " + dst.string() + " (" + r->holder +
+            "); if it fails, run `quench finalize " + dst.string() + "`");
+  }
+  return r->published;
 }
 
 }  // namespace quench

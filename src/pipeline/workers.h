@@ -106,6 +106,14 @@ Status RemoveMarkersAndParts(const std::filesystem::path& dst, const ConvertCall
 // goes to callbacks.leftover.
 void ReleaseLock(std::unique_ptr<FsLock>& lock, const ConvertCallbacks& callbacks);
 
+// FinalizeParts, waiting while another process holds finalize.lock, which publishes or gives
+// up (a `quench finalize` run before the last part was in finds it missing: exit 3, nothing
+// published), and then trying again; up to kFinalizeWaitSeconds (a dead holder's lock is
+// taken over: FsLock). `published` is false only where the wait ran out.
+inline constexpr int kFinalizeWaitSeconds = 600;
+Result<FinalizeResult> FinalizePartsWaiting(const std::filesystem::path& dst, int count,
+                                            const ConvertCallbacks& callbacks);
+
 // A published DST whose finalizer was killed after config.json and before its cleanup still
 // holds the parts and resume markers: removes them, as that finalizer's last step would have,
 // unless a finalizer holds finalize.lock now (it removes them itself). Without
@@ -133,11 +141,8 @@ std::string DescribeOptions(const ConvertOptions& options);
 JsonValue SummaryJson(const ConvertSummary& summary, int index, int count, const std::string& launcher);
 
 // After a worker's part is written: if every part of `count` is in (each looked up by name,
-// which NFS revalidates, rather than from a cached listing), finalizes; returns whether this
-// process published DST (or found it published). Another process finalizing is waited for (up to kFinalizeWaitSeconds), then
-// looked at again: it may have given up (a `quench finalize` that ran before this part was
-// in), and then this worker publishes.
-inline constexpr int kFinalizeWaitSeconds = 600;
+// which NFS revalidates, rather than from a cached listing), finalizes (FinalizePartsWaiting);
+// returns whether this process published DST (or found it published).
 Result<bool> FinalizeIfLast(const std::filesystem::path& dst, int index, int count,
                             const ConvertCallbacks& callbacks);
 
