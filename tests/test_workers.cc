@@ -89,6 +89,23 @@ uint64_t Makespan(const std::vector<uint64_t>& costs, const std::vector<int>& ow
   return *std::max_element(load.begin(), load.end());
 }
 
+// Runs quench with `args` while a finalizer on another machine (a fresh heartbeat) holds
+// DST's finalize.lock, then, after 1.5 s, lets it go without publishing (it gave up, as a
+// finalize run before the last part was in does). DST must not be published meanwhile.
+// Returns the command's exit status and stderr.
+std::pair<int, std::string> BesideAFinalizerThatGivesUp(const fs::path& dst,
+                                                        const std::vector<std::string>& args,
+                                                        const fs::path& io) {
+  const fs::path lock = dst / ".quench-parts" / "finalize.lock";
+  qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+  const pid_t pid = qt::SpawnQuench(args, io);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  CHECK_FALSE(fs::exists(dst / "config.json"));
+  fs::remove(lock);
+  const int rc = Wait(pid);
+  return {rc, qt::ReadBytes(io.string() + ".err")};
+}
+
 }  // namespace
 
 TEST_SUITE("workers") {
@@ -312,17 +329,9 @@ quant_stage:
     std::vector<std::string> first = ConvertArgs(src, out, opts);
     first.insert(first.end(), {"--worker", "0/2"});
     REQUIRE(qt::RunQuench(first).exit_code == 0);
-    // The finalizer, on another machine with a fresh heartbeat: held.
-    const fs::path lock = out / ".quench-parts" / "finalize.lock";
-    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
     std::vector<std::string> last = ConvertArgs(src, out, opts);
     last.insert(last.end(), {"--worker", "1/2"});
-    const pid_t pid = qt::SpawnQuench(last, tmp / "last");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    CHECK_FALSE(fs::exists(out / "config.json"));
-    fs::remove(lock);  // it gave up
-    const int rc = Wait(pid);
-    const std::string err = qt::ReadBytes(tmp / "last.err");
+    const auto [rc, err] = BesideAFinalizerThatGivesUp(out, last, tmp / "last");
     CHECK_MESSAGE(rc == 0, err);
     CHECK(err.find("waiting for it") != std::string::npos);
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
@@ -341,14 +350,8 @@ quant_stage:
       a.insert(a.end(), {"--worker", w, "--no-finalize"});
       REQUIRE(qt::RunQuench(a).exit_code == 0);
     }
-    const fs::path lock = out / ".quench-parts" / "finalize.lock";
-    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
-    const pid_t pid = qt::SpawnQuench({"finalize", out.string()}, tmp / "fin");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    CHECK_FALSE(fs::exists(out / "config.json"));
-    fs::remove(lock);  // the other process gave up
-    const int rc = Wait(pid);
-    const std::string err = qt::ReadBytes(tmp / "fin.err");
+    const auto [rc, err] = BesideAFinalizerThatGivesUp(out, {"finalize", out.string()},
+                                                       tmp / "fin");
     CHECK_MESSAGE(rc == 0, err);
     CHECK(err.find("waiting for it") != std::string::npos);
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
