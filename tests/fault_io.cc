@@ -12,6 +12,8 @@
 //                       of 4 KiB on an O_DIRECT fd, as the kernel's own short writes are);
 //                       eintr: every read, write, fsync and fallocate fails once with EINTR
 //                       before it is let through;
+//                       hang: as fail, but the chosen call blocks for good instead (a
+//                       test kills the process there, once the log names the call);
 //                       oom: the points are instead the process's anonymous mappings made
 //                       through libc's mmap (quench's buffers; malloc's own are not seen) and
 //                       its pthread_create calls; point QUENCH_FAULT_AT fails with ENOMEM or
@@ -56,7 +58,7 @@
 
 namespace {
 
-enum class Mode { kFail, kShort, kEintr, kOom };
+enum class Mode { kFail, kShort, kEintr, kOom, kHang };
 
 struct Config {
   Mode mode = Mode::kFail;
@@ -103,6 +105,7 @@ void LoadConfig() {
     if (strcmp(m, "short") == 0) g_config.mode = Mode::kShort;
     if (strcmp(m, "eintr") == 0) g_config.mode = Mode::kEintr;
     if (strcmp(m, "oom") == 0) g_config.mode = Mode::kOom;
+    if (strcmp(m, "hang") == 0) g_config.mode = Mode::kHang;
   }
   if (const char* a = getenv("QUENCH_FAULT_AT")) g_config.at = strtoull(a, nullptr, 10);
   if (const char* e = getenv("QUENCH_FAULT_ERRNO")) g_config.err = atoi(e);
@@ -157,7 +160,7 @@ bool Fails(const char* call, const char* what, int fd = -1) {
   LoadConfig();
   if ((fd >= 0 && fd <= 2) || g_config.mode == Mode::kOom) return false;
   const uint64_t n = g_points.fetch_add(1) + 1;
-  if (g_config.mode != Mode::kFail) {
+  if (g_config.mode != Mode::kFail && g_config.mode != Mode::kHang) {
     Log(n);
     return false;
   }
@@ -186,6 +189,9 @@ bool Fails(const char* call, const char* what, int fd = -1) {
              what);
   }
   Log(n);
+  // Mode hang: the call that would fail never returns (the log says it was reached), so that
+  // a test can kill the process at that very point.
+  while (fails && g_config.mode == Mode::kHang) pause();
   return fails;
 }
 
