@@ -12,8 +12,9 @@
 //                       of 4 KiB on an O_DIRECT fd, as the kernel's own short writes are);
 //                       eintr: every read, write, fsync and fallocate fails once with EINTR
 //                       before it is let through;
-//                       hang: as fail, but the chosen call blocks for good instead (a
-//                       test kills the process there, once the log names the call);
+//                       hang: as fail, but the chosen call waits instead (a test kills the
+//                       process there, once the log names the call), for good or until the
+//                       file QUENCH_FAULT_RELEASE exists, and then goes on unharmed;
 //                       oom: the points are instead the process's anonymous mappings made
 //                       through libc's mmap (quench's buffers; malloc's own are not seen) and
 //                       its pthread_create calls; point QUENCH_FAULT_AT fails with ENOMEM or
@@ -189,9 +190,14 @@ bool Fails(const char* call, const char* what, int fd = -1) {
              what);
   }
   Log(n);
-  // Mode hang: the call that would fail never returns (the log says it was reached), so that
-  // a test can kill the process at that very point.
-  while (fails && g_config.mode == Mode::kHang) pause();
+  // Mode hang: the call that would fail waits (the log says it was reached), so that a test
+  // can kill the process at that very point, or do something else first: with
+  // QUENCH_FAULT_RELEASE, until that file exists, and then the call goes on as asked.
+  if (fails && g_config.mode == Mode::kHang) {
+    const char* release = getenv("QUENCH_FAULT_RELEASE");
+    while (release == nullptr || access(release, F_OK) != 0) usleep(10000);
+    return false;
+  }
   return fails;
 }
 

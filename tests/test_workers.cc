@@ -357,6 +357,52 @@ quant_stage:
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
   }
 
+  TEST_CASE("quench finalize waiting for the lock while its holder publishes: exit 0") {
+    // Found by fuzz-interrupt (finalize beside the last worker, once the finalize waited): the
+    // holder published and removed the parts, the lock's folder with them, while the waiting
+    // finalize was taking the lock: "cannot create the lock file: No such file or directory"
+    // (exit 4) for a folder just published. fault_io holds that finalize in its second try
+    // (mode hang) while another finalize publishes, then lets it go on.
+    qt::TempDir tmp;
+    REQUIRE(std::getenv("QUENCH_FAULT_IO_LIB") != nullptr);
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    const fs::path out = tmp / "out";
+    for (const char* w : {"0/2", "1/2"}) {
+      std::vector<std::string> a = ConvertArgs(src, out, opts);
+      a.insert(a.end(), {"--worker", w, "--no-finalize"});
+      REQUIRE(qt::RunQuench(a).exit_code == 0);
+    }
+    const fs::path lock = out / ".quench-parts" / "finalize.lock";
+    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    const fs::path log = tmp / "hang.log", go = tmp / "go";
+    const std::vector<std::pair<const char*, std::string>> hang = {
+        {"LD_PRELOAD", std::getenv("QUENCH_FAULT_IO_LIB")}, {"QUENCH_FAULT_MODE", "hang"},
+        {"QUENCH_FAULT_CALL", "open"}, {"QUENCH_FAULT_PATH", "finalize.lock.new-"},
+        {"QUENCH_FAULT_NTH", "2"}, {"QUENCH_FAULT_LOG", log.string()},
+        {"QUENCH_FAULT_RELEASE", go.string()}};
+    for (const auto& [k, v] : hang) setenv(k, v.c_str(), 1);
+    const pid_t waiting = qt::SpawnQuench({"finalize", out.string()}, tmp / "waiting");
+    for (const auto& [k, v] : hang) unsetenv(k);
+    bool held = false;
+    for (int i = 0; i < 1200 && !held; ++i) {
+      held = qt::ReadBytes(log).find("finalize.lock.new-") != std::string::npos;
+      if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    REQUIRE(held);
+    fs::remove(lock);  // the holder is done; another finalize publishes meanwhile
+    auto other = qt::RunQuench({"finalize", out.string(), "-q"});
+    REQUIRE_MESSAGE(other.exit_code == 0, other.err);
+    REQUIRE_FALSE(fs::exists(out / ".quench-parts"));
+    qt::WriteBytes(go, "");
+    const int rc = Wait(waiting);
+    const std::string err = qt::ReadBytes(tmp / "waiting.err");
+    CHECK_MESSAGE(rc == 0, err);
+    CHECK(err.find("published already") != std::string::npos);
+    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+  }
+
   TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";

@@ -258,7 +258,14 @@ Result<FinalizeResult> FinalizePartsWaiting(const fs::path& dst, int count,
       std::chrono::steady_clock::now() + std::chrono::seconds(kFinalizeWaitSeconds);
   bool said = false;
   for (;;) {
-    QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, FinalizeParts(dst, count, cb));
+    auto got = FinalizeParts(dst, count, cb);
+    std::error_code ec;
+    if (!got.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
+      // The holder published and removed the parts (the lock's folder with them) while this
+      // call was taking the lock: the folder is published; FinalizeParts says so.
+      got = FinalizeParts(dst, count, cb);
+    }
+    QUENCH_ASSIGN_OR_RETURN(FinalizeResult r, std::move(got));
     if (r.published || std::chrono::steady_clock::now() >= until) return r;
     if (!said && cb.note) {
       cb.note("another process is finalizing " + dst.string() + " (" + r.holder +
