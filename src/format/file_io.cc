@@ -643,23 +643,28 @@ Status CopyFileAtomic(const fs::path& from, const fs::path& to) {
   return out->Commit();
 }
 
-Result<std::string> ReadFileToString(const fs::path& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return IoError(path, "cannot open for reading", errno);
-  std::string s;
+int ReadWholeFile(const fs::path& path, std::string* text, bool* at_open) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (at_open != nullptr) *at_open = fd < 0;
+  if (fd < 0) return errno;
   char buf[65536];
-  for (;;) {
-    ssize_t r = read(fd, buf, sizeof buf);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      close(fd);
-      return IoError(path, "read failed", err);
-    }
-    if (r == 0) break;
-    s.append(buf, static_cast<size_t>(r));
+  ssize_t r;
+  while ((r = read(fd, buf, sizeof buf)) != 0) {
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;
+    text->append(buf, static_cast<size_t>(r));
   }
+  const int err = r < 0 ? errno : 0;
   close(fd);
+  return err;
+}
+
+Result<std::string> ReadFileToString(const fs::path& path) {
+  std::string s;
+  bool at_open = false;
+  if (const int err = ReadWholeFile(path, &s, &at_open); err != 0) {
+    return IoError(path, at_open ? "cannot open for reading" : "read failed", err);
+  }
   return s;
 }
 

@@ -189,6 +189,10 @@ Status WriteFileAtomic(const std::filesystem::path& path, std::string_view bytes
 Status WriteFileReplacing(const std::filesystem::path& path, std::string_view bytes);
 // Copies a file byte for byte (copy_file_range) via a temporary name and rename.
 Status CopyFileAtomic(const std::filesystem::path& from, const std::filesystem::path& to);
+// The whole file into `*text`: 0, or the errno of the open (then `*at_open` is set, where
+// given) or read that failed; for callers that tell one errno from another (a lock file that
+// is gone from one that cannot be read).
+int ReadWholeFile(const std::filesystem::path& path, std::string* text, bool* at_open = nullptr);
 Result<std::string> ReadFileToString(const std::filesystem::path& path);
 // Writes a folder whole or not at all: `write` fills a temporary folder beside `out`
 // (".NAME.quench-tmp-PID"), which is renamed to `out` (replacing it where it is an empty

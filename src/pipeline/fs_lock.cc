@@ -27,28 +27,11 @@ std::string FirstLine(const fs::path& p) {
   return s;
 }
 
-// The whole of a small file (a lock, /proc/PID/stat) into `*text`: 0, or the errno of the
-// open or read that failed.
-int ReadSmallFile(const std::string& path, std::string* text) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  char buf[1024];
-  ssize_t r;
-  while ((r = read(fd, buf, sizeof buf)) != 0) {
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) break;
-    text->append(buf, static_cast<size_t>(r));
-  }
-  const int err = r < 0 ? errno : 0;
-  close(fd);
-  return err;
-}
-
 // A lock file's token (its first line); nullopt with `*err` set where it cannot be read
 // (ENOENT: there is none).
 std::optional<std::string> ReadToken(const fs::path& p, int* err) {
   std::string text;
-  if ((*err = ReadSmallFile(p.string(), &text)) != 0) return std::nullopt;
+  if ((*err = ReadWholeFile(p, &text)) != 0) return std::nullopt;
   return text.substr(0, text.find('\n'));
 }
 
@@ -58,7 +41,7 @@ std::optional<std::string> ReadToken(const fs::path& p, int* err) {
 // nobody can tell whether it lives; `*err` says why, where given).
 std::optional<std::string> StartTime(long pid, int* err = nullptr) {
   std::string stat;
-  const int e = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat", &stat);
+  const int e = ReadWholeFile("/proc/" + std::to_string(pid) + "/stat", &stat);
   if (e == ENOENT || e == ESRCH) return std::string();
   if (e != 0) {
     if (err != nullptr) *err = e;

@@ -136,18 +136,13 @@ Result<bool> FinalizeIfLast(const fs::path& dst, int index, int count, const Con
     }
     return false;
   }
-  auto r = FinalizePartsWaiting(dst, count, cb);
-  // Another worker saw every part too and published first, removing the parts meanwhile.
-  if (!r.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
-    if (cb.note) cb.note("another worker published " + dst.string());
-    return false;
-  }
-  if (!r.ok()) return r.status();
-  if (!r->published && cb.note) {
-    cb.note("another process is still finalizing " + dst.string() + " (" + r->holder +
+  // (Another worker that published first, removing the parts meanwhile, is seen there.)
+  QUENCH_ASSIGN_OR_RETURN(const FinalizeResult r, FinalizePartsWaiting(dst, count, cb));
+  if (!r.published && cb.note) {
+    cb.note("another process is still finalizing " + dst.string() + " (" + r.holder +
             "); if it fails, run `quench finalize " + dst.string() + "`");
   }
-  return r->published;
+  return r.published;
 }
 
 }  // namespace quench
