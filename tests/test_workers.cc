@@ -89,6 +89,48 @@ uint64_t Makespan(const std::vector<uint64_t>& costs, const std::vector<int>& ow
   return *std::max_element(load.begin(), load.end());
 }
 
+// A lock's contents as a holder on another machine writes them: held while its mtime (the
+// heartbeat) is fresh, stale kStaleSeconds after.
+constexpr const char* kElsewhere =
+    "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n";
+
+// Workers 0..n-1 of `opts` into `dst`, one after another, with --no-finalize: every part in,
+// nothing published.
+void WriteParts(const fs::path& src, const fs::path& dst, const std::vector<std::string>& opts,
+                int n) {
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> a = ConvertArgs(src, dst, opts);
+    a.insert(a.end(), {"--worker", std::to_string(i) + "/" + std::to_string(n), "--no-finalize"});
+    REQUIRE(qt::RunQuench(a).exit_code == 0);
+  }
+}
+
+// Starts quench with `args` (stdout and stderr at io.out / io.err) under the fault library in
+// mode hang: the `nth` call `call` on a path matching `path` waits, for good or until the file
+// `release` exists (empty: for good). Returns once that call is reached (the log names it).
+pid_t SpawnHeldAt(const std::vector<std::string>& args, const fs::path& io, const char* call,
+                  const char* path, int nth, const fs::path& release = {}) {
+  const char* lib = std::getenv("QUENCH_FAULT_IO_LIB");
+  REQUIRE(lib != nullptr);
+  const fs::path log = io.string() + ".fault.log";
+  std::vector<std::pair<const char*, std::string>> env = {
+      {"LD_PRELOAD", lib}, {"QUENCH_FAULT_MODE", "hang"}, {"QUENCH_FAULT_CALL", call},
+      {"QUENCH_FAULT_PATH", path}, {"QUENCH_FAULT_NTH", std::to_string(nth)},
+      {"QUENCH_FAULT_LOG", log.string()}};
+  if (!release.empty()) env.push_back({"QUENCH_FAULT_RELEASE", release.string()});
+  for (const auto& [k, v] : env) setenv(k, v.c_str(), 1);
+  const pid_t pid = qt::SpawnQuench(args, io);
+  for (const auto& [k, v] : env) unsetenv(k);
+  bool held = false;
+  for (int i = 0; i < 1200 && !held; ++i) {  // up to 2 minutes
+    // The log's second line names the call once it is reached.
+    held = qt::ReadBytes(log).find(std::string(call) + " ") != std::string::npos;
+    if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(held);
+  return pid;
+}
+
 // Runs quench with `args` while a finalizer on another machine (a fresh heartbeat) holds
 // DST's finalize.lock, then, after 1.5 s, lets it go without publishing (it gave up, as a
 // finalize run before the last part was in does). DST must not be published meanwhile.
@@ -97,7 +139,7 @@ std::pair<int, std::string> BesideAFinalizerThatGivesUp(const fs::path& dst,
                                                         const std::vector<std::string>& args,
                                                         const fs::path& io) {
   const fs::path lock = dst / ".quench-parts" / "finalize.lock";
-  qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+  qt::WriteBytes(lock, kElsewhere);
   const pid_t pid = qt::SpawnQuench(args, io);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   CHECK_FALSE(fs::exists(dst / "config.json"));
@@ -300,7 +342,7 @@ quant_stage:
     StopFinalizerAfterConfig(src, tmp / "want", out);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
     // While a finalizer elsewhere holds the lock (a fresh heartbeat), it removes them itself.
-    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    qt::WriteBytes(lock, kElsewhere);
     const std::vector<std::string> rerun = ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/2"});
     auto busy = qt::RunQuench(rerun);
     REQUIRE_MESSAGE(busy.exit_code == 0, busy.err);
@@ -345,11 +387,7 @@ quant_stage:
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
     REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
     const fs::path out = tmp / "out";
-    for (const char* w : {"0/2", "1/2"}) {
-      std::vector<std::string> a = ConvertArgs(src, out, opts);
-      a.insert(a.end(), {"--worker", w, "--no-finalize"});
-      REQUIRE(qt::RunQuench(a).exit_code == 0);
-    }
+    WriteParts(src, out, opts, 2);
     const auto [rc, err] = BesideAFinalizerThatGivesUp(out, {"finalize", out.string()},
                                                        tmp / "fin");
     CHECK_MESSAGE(rc == 0, err);
@@ -364,33 +402,16 @@ quant_stage:
     // (exit 4) for a folder just published. fault_io holds that finalize in its second try
     // (mode hang) while another finalize publishes, then lets it go on.
     qt::TempDir tmp;
-    REQUIRE(std::getenv("QUENCH_FAULT_IO_LIB") != nullptr);
     const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
     REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
     const fs::path out = tmp / "out";
-    for (const char* w : {"0/2", "1/2"}) {
-      std::vector<std::string> a = ConvertArgs(src, out, opts);
-      a.insert(a.end(), {"--worker", w, "--no-finalize"});
-      REQUIRE(qt::RunQuench(a).exit_code == 0);
-    }
+    WriteParts(src, out, opts, 2);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
-    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
-    const fs::path log = tmp / "hang.log", go = tmp / "go";
-    const std::vector<std::pair<const char*, std::string>> hang = {
-        {"LD_PRELOAD", std::getenv("QUENCH_FAULT_IO_LIB")}, {"QUENCH_FAULT_MODE", "hang"},
-        {"QUENCH_FAULT_CALL", "open"}, {"QUENCH_FAULT_PATH", "finalize.lock.new-"},
-        {"QUENCH_FAULT_NTH", "2"}, {"QUENCH_FAULT_LOG", log.string()},
-        {"QUENCH_FAULT_RELEASE", go.string()}};
-    for (const auto& [k, v] : hang) setenv(k, v.c_str(), 1);
-    const pid_t waiting = qt::SpawnQuench({"finalize", out.string()}, tmp / "waiting");
-    for (const auto& [k, v] : hang) unsetenv(k);
-    bool held = false;
-    for (int i = 0; i < 1200 && !held; ++i) {
-      held = qt::ReadBytes(log).find("finalize.lock.new-") != std::string::npos;
-      if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    REQUIRE(held);
+    qt::WriteBytes(lock, kElsewhere);
+    const fs::path go = tmp / "go";
+    const pid_t waiting = SpawnHeldAt({"finalize", out.string()}, tmp / "waiting", "open",
+                                      "finalize.lock.new-", 2, go);
     fs::remove(lock);  // the holder is done; another finalize publishes meanwhile
     auto other = qt::RunQuench({"finalize", out.string(), "-q"});
     REQUIRE_MESSAGE(other.exit_code == 0, other.err);
@@ -439,16 +460,15 @@ quant_stage:
     // Worker 0 of 2 has done its part; worker 1 is running elsewhere (a fresh heartbeat).
     auto w0 = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
     REQUIRE_MESSAGE(w0.exit_code == 0, w0.err);
-    const std::string elsewhere = "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n";
     const fs::path worker_lock = quench::WorkerLockPath(out, 1);
-    qt::WriteBytes(worker_lock, elsewhere);
+    qt::WriteBytes(worker_lock, kElsewhere);
     const std::vector<std::string> single = ConvertArgs(src, out, {"--scheme", "W4A16", "--resume"});
     auto busy = qt::RunQuench(single);
     CHECK(busy.exit_code == 2);
     CHECK_MESSAGE(busy.err.find("is being written by workers (worker-00001.lock: host elsewhere, pid 4242") != std::string::npos, busy.err);
     CHECK_FALSE(fs::exists(out / ".quench-run.lock"));
     // The other way: a single run holding DST elsewhere; a worker is refused.
-    qt::WriteBytes(out / ".quench-run.lock", elsewhere);
+    qt::WriteBytes(out / ".quench-run.lock", kElsewhere);
     auto refused = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
     CHECK(refused.exit_code == 2);
     CHECK_MESSAGE(refused.err.find("is being written by a single quench run (host elsewhere, pid 4242") != std::string::npos, refused.err);
@@ -485,7 +505,7 @@ quant_stage:
     const fs::path src = qt::DataDir() / "tiny-llama";
     const fs::path out = tmp / "out";
     const fs::path lock = quench::WorkerLockPath(out, 0);
-    qt::WriteBytes(lock, "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n");
+    qt::WriteBytes(lock, kElsewhere);
     const std::vector<std::string> args = ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", "0/1"});
     auto busy = qt::RunQuench(args);
     CHECK(busy.exit_code == 2);
@@ -611,22 +631,8 @@ quant_stage:
     // fault library (tests/fault_io.cc, mode hang), in the rename that would publish its second
     // shard's marker. (Polling for the first marker and killing raced the worker under load:
     // it could finish its part first.)
-    const fs::path hang_log = tmp / "hang.log";
-    const std::vector<std::pair<const char*, std::string>> hang = {
-        {"LD_PRELOAD", std::getenv("QUENCH_FAULT_IO_LIB")}, {"QUENCH_FAULT_MODE", "hang"},
-        {"QUENCH_FAULT_CALL", "rename"}, {"QUENCH_FAULT_PATH", ".safetensors.json$"},
-        {"QUENCH_FAULT_NTH", "2"}, {"QUENCH_FAULT_LOG", hang_log.string()}};
-    REQUIRE(std::getenv("QUENCH_FAULT_IO_LIB") != nullptr);
-    for (const auto& [k, v] : hang) setenv(k, v.c_str(), 1);
-    const pid_t pid = qt::SpawnQuench(worker_args(0), tmp / "killed");
-    for (const auto& [k, v] : hang) unsetenv(k);
-    bool held = false;
-    for (int i = 0; i < 1200 && !held; ++i) {  // up to 2 minutes
-      const std::string log = qt::ReadBytes(hang_log);
-      held = log.find("rename") != std::string::npos;  // the second line names the held call
-      if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    REQUIRE(held);
+    const pid_t pid =
+        SpawnHeldAt(worker_args(0), tmp / "killed", "rename", ".safetensors.json$", 2);
     kill(pid, SIGKILL);
     CHECK(Wait(pid) == 128 + SIGKILL);
     CHECK(fs::exists(quench::WorkerLockPath(out, 0)));  // its lock is left behind, stale
