@@ -140,6 +140,9 @@ TEST_SUITE("stats") {
     ghost.replace(ghost.find("{\"site\": \"a\"}"), 13, "{\"site\": \"b\"}");
     std::string wrong_shape = Manifest();
     wrong_shape.replace(wrong_shape.find("\"in_features\": 4"), 16, "\"in_features\": 5");
+    // (Found by scripts/fuzz: opened, a merge then wrote the array twice, a file nothing reads.)
+    std::string twice = Manifest();
+    twice.replace(twice.find("\"min\", \"max\"]}}"), 15, "\"min\", \"max\", \"min\"]}}");
     const Case cases[] = {
         {"newer version", Manifest("llama", "all", 2), "version 2; this quench reads version 1"},
         {"unknown field", wrong_field, "site 'a': unknown field 'sum_x3'"},
@@ -150,6 +153,7 @@ TEST_SUITE("stats") {
         {"array of the wrong shape", wrong_shape,
          "array 'a.sum_x2' is F64 [4]; the format needs F64 [5]"},
         {"not a statistics manifest", R"({"format": "other"})", "not a quench statistics manifest"},
+        {"a field listed twice", twice, "site 'e' lists field 'min' twice"},
     };
     for (const Case& c : cases) {
       const std::string what = c.what;
@@ -218,6 +222,47 @@ TEST_SUITE("stats") {
     const RunResult one = RunQuench({"stats", "merge", (dir / "a").string(), "-o",
                                      (dir / "o3").string()});
     CHECK(one.exit_code == 2);
+  }
+
+  TEST_CASE("merge refuses a negative count and counts beyond int64, and leaves nothing") {
+    // Found by scripts/fuzz (fuzz_stats): the counts were added in int64 unchecked, a signed
+    // overflow (undefined behaviour) for parts whose counts sum past 2^63 - 1, and a
+    // negative count merged as if it were tokens.
+    TempDir dir;
+    Part big = MakePart(0);
+    big.count_e = {int64_t{1} << 62, 0};
+    Part negative = MakePart(1);
+    negative.count_a = -4;
+    WritePart(dir / "big", big);
+    WritePart(dir / "neg", negative);
+    WritePart(dir / "ok", MakePart(2));
+    const RunResult overflow = RunQuench({"stats", "merge", (dir / "big").string(),
+                                          (dir / "big").string(), "-o", (dir / "o1").string()});
+    CHECK(overflow.exit_code == 3);
+    CHECK(overflow.err == "quench: error: invalid-input: cannot merge 'e.count': element 0 is a "
+                          "negative count in some part, or the parts' counts add up to more "
+                          "than int64 holds\n");
+    CHECK_FALSE(fs::exists(dir / "o1"));
+    // One part's count of 2^62 is a count; with another of 3 it still fits.
+    const RunResult fits = RunQuench({"stats", "merge", (dir / "big").string(),
+                                      (dir / "ok").string(), "-o", (dir / "o2").string()});
+    REQUIRE(fits.exit_code == 0);
+    auto m = calib::Statistics::Open(dir / "o2");
+    REQUIRE(m.ok());
+    CHECK(*m->ReadField("e", "count") ==
+          std::vector<double>{static_cast<double>((int64_t{1} << 62) + 5), 0});
+    const RunResult neg = RunQuench({"stats", "merge", (dir / "ok").string(),
+                                     (dir / "neg").string(), "-o", (dir / "o3").string()});
+    CHECK(neg.exit_code == 3);
+    CHECK(neg.err.find("cannot merge 'a.count': element 0 is a negative count") !=
+          std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "o3"));
+    // inspect says so too, rather than printing the count as 2^64 - 4 tokens.
+    const RunResult inspect = RunQuench({"stats", "inspect", (dir / "neg").string()});
+    CHECK(inspect.exit_code == 3);
+    CHECK(inspect.err == "quench: error: invalid-input: " + (dir / "neg").string() +
+                             ": site 'a' holds a negative token count; these statistics are "
+                             "damaged\n");
   }
 
   TEST_CASE("stats inspect lists sites, tokens and what each supports") {

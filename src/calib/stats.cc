@@ -1,5 +1,6 @@
 #include "calib/stats.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "format/safetensors.h"
@@ -132,6 +133,10 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
     bool has_count = false;
     for (const JsonValue& fv : fields->as_array()) {
       if (!fv.is_string()) return Bad(dir, "site '" + name + "': fields must be names");
+      if (std::any_of(site.fields.begin(), site.fields.end(),
+                      [&](const StatsField& f) { return f.name == fv.as_string(); })) {
+        return Bad(dir, "site '" + name + "' lists field '" + fv.as_string() + "' twice");
+      }
       auto layout = FieldLayout(fv.as_string(), site.in_features, site.experts);
       if (!layout.ok()) return Bad(dir, "site '" + name + "': " + layout.status().message());
       const std::string array = name + "." + fv.as_string();

@@ -68,25 +68,42 @@ std::string Difference(const Statistics& a, const Statistics& b) {
   return "";
 }
 
-// Element i of every part, added, written to out (counts and F64 sums).
-template <class T>
-void Sum(const std::vector<const uint8_t*>& parts, size_t i, uint8_t* out) {
-  T acc = 0;
+// Element i of every part, added, written to out (F64 sums).
+void SumF64(const std::vector<const uint8_t*>& parts, size_t i, uint8_t* out) {
+  double acc = 0;
   for (const uint8_t* p : parts) {
-    T v;
-    std::memcpy(&v, p + sizeof(T) * i, sizeof(T));
+    double v;
+    std::memcpy(&v, p + 8 * i, 8);
     acc += v;
   }
-  std::memcpy(out, &acc, sizeof(T));
+  std::memcpy(out, &acc, 8);
 }
 
-// Combines n elements of one array over the parts into out.
-void Combine(const StatsField& f, const std::vector<const uint8_t*>& parts, size_t first,
-             size_t n, uint8_t* out) {
+// Element i of every part's counts, added, written to out; false when a count is negative or
+// the sum does not fit int64 (a token count never is or does: the parts are not statistics).
+bool SumCounts(const std::vector<const uint8_t*>& parts, size_t i, uint8_t* out) {
+  int64_t acc = 0;
+  for (const uint8_t* p : parts) {
+    int64_t v;
+    std::memcpy(&v, p + 8 * i, 8);
+    if (v < 0 || __builtin_add_overflow(acc, v, &acc)) return false;
+  }
+  std::memcpy(out, &acc, 8);
+  return true;
+}
+
+// Combines n elements of one array (`name`) over the parts into out.
+Status Combine(const std::string& name, const StatsField& f,
+               const std::vector<const uint8_t*>& parts, size_t first, size_t n, uint8_t* out) {
   const bool is_min = f.name == "min", is_max = f.name == "max";
   for (size_t i = first; i < first + n; ++i) {
     if (f.dtype == DType::kI64) {
-      Sum<int64_t>(parts, i, out + 8 * (i - first));
+      if (!SumCounts(parts, i, out + 8 * (i - first))) {
+        return Error(ErrorCode::kInvalidInput,
+                     "cannot merge '" + name + "': element " + std::to_string(i) +
+                         " is a negative count in some part, or the parts' counts add up to more "
+                         "than int64 holds");
+      }
     } else if (f.dtype == DType::kF32) {
       float acc = 0;
       for (size_t k = 0; k < parts.size(); ++k) {
@@ -101,9 +118,10 @@ void Combine(const StatsField& f, const std::vector<const uint8_t*>& parts, size
       }
       std::memcpy(out + 4 * (i - first), &acc, 4);
     } else {
-      Sum<double>(parts, i, out + 8 * (i - first));
+      SumF64(parts, i, out + 8 * (i - first));
     }
   }
+  return Status::Ok();
 }
 
 constexpr std::string_view kOutFile = "stats-00001.safetensors";
@@ -158,7 +176,7 @@ Status WriteMerged(const std::vector<Statistics>& parts, const fs::path& out) {
     for (size_t i = 0; i < total; i += kPiece) {
       const size_t n = std::min(kPiece, total - i);
       buf.resize(n * esz);
-      Combine(f, bytes, i, n, buf.data());
+      QUENCH_RETURN_IF_ERROR(Combine(t.name, f, bytes, i, n, buf.data()));
       QUENCH_RETURN_IF_ERROR(
           file->WriteAt(layout.data_start + t.begin + i * esz, buf.data(), n * esz));
     }

@@ -53,6 +53,12 @@ std::string Supports(const calib::StatsSite& s) {
   return out;
 }
 
+// A token count read as f64 (counts are int64, not negative here; a sum of them may pass
+// 2^64, which no uint64 holds: the largest f64 below it stands in).
+uint64_t Tokens(double count) {
+  return static_cast<uint64_t>(std::min(count, 18446744073709549568.0));  // 2^64 - 2^11
+}
+
 int Inspect(const std::string& dir, bool json) {
   auto stats = calib::Statistics::Open(dir);
   if (!stats.ok()) return ReportStatus(stats.status());
@@ -65,14 +71,19 @@ int Inspect(const std::string& dir, bool json) {
     const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
     const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
     const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
+    if (*lo < 0) {
+      return ReportStatus(Error(ErrorCode::kInvalidInput,
+                                dir + ": site '" + name + "' holds a negative token count; "
+                                "these statistics are damaged"));
+    }
     JsonValue site = JsonValue::MakeObject();
     site.Set("site", name);
     site.Set("in_features", s.in_features);
     site.Set("experts", s.experts ? JsonValue(*s.experts) : JsonValue());
-    site.Set("tokens", static_cast<uint64_t>(total));
+    site.Set("tokens", Tokens(total));
     if (s.experts) {
-      site.Set("tokens_min", static_cast<uint64_t>(*lo));
-      site.Set("tokens_max", static_cast<uint64_t>(*hi));
+      site.Set("tokens_min", Tokens(*lo));
+      site.Set("tokens_max", Tokens(*hi));
       site.Set("experts_without_tokens", static_cast<uint64_t>(none));
     }
     site.Set("consumers", static_cast<uint64_t>(readers[name]));
