@@ -185,6 +185,31 @@ TEST_SUITE("matcher") {
     }
   }
 
+  // 30,000 nested groups overflowed the stack of libstdc++'s recursive regex compiler
+  // (SIGSEGV, exit 139, for `--ignore 're:((((...a...))))'`).
+  TEST_CASE("groups nested more than 200 deep are refused, not compiled") {
+    const auto nested = [](int depth) {
+      return "re:" + std::string(depth, '(') + "a" + std::string(depth, ')');
+    };
+    CHECK(NameMatcher::Compile({nested(200)}, "--ignore").ok());
+    for (int depth : {201, 30000}) {
+      CAPTURE(depth);
+      auto m = NameMatcher::Compile({nested(depth)}, "--ignore");
+      REQUIRE_FALSE(m.ok());
+      CHECK(m.status().code() == quench::ErrorCode::kUsage);
+      CHECK(m.status().message().find(": invalid regular expression: groups nested more than "
+                                      "200 deep at position 200") != std::string::npos);
+    }
+    // Parentheses escaped or inside a class are no groups.
+    std::string escaped = "re:", classed = "re:";
+    for (int i = 0; i < 250; ++i) {
+      escaped += "\\(";
+      classed += "[(]";
+    }
+    CHECK(NameMatcher::Compile({escaped}, "--ignore").ok());
+    CHECK(NameMatcher::Compile({classed}, "--ignore").ok());
+  }
+
   TEST_CASE("module/parameter split at the last dot") {
     auto [m, p] = quench::SplitModuleParam("model.layers.0.mlp.down_proj.weight");
     CHECK(m == "model.layers.0.mlp.down_proj");

@@ -105,14 +105,27 @@ size_t BraceQuantifier(std::string_view p, size_t i) {
   return j < p.size() && p[j] == '}' && any ? j - i + 1 : 0;
 }
 
+// Groups nested deeper than this are refused: libstdc++ compiles (and matches) a pattern by
+// recursion, a level per group, and 30,000 nested groups overflowed the stack (SIGSEGV).
+// Python's own parser gives up near its recursion limit (1,000) too; a name pattern nests a
+// few levels.
+constexpr int kMaxGroupDepth = 200;
+
 // Python's re refuses a quantifier on a quantifier ("multiple repeat": `.**`, `a{2}*`) and
 // reads `*+` as possessive; libstdc++'s ECMAScript grammar accepts both as nested repeats,
 // whose backtracking can take exponential time on a module name (a recipe's `re:.**x` once
-// hung a run). Returns what is wrong, or "".
-std::string QuantifierProblem(std::string_view p) {
+// hung a run). Groups nested deeper than kMaxGroupDepth are refused too. Returns what is
+// wrong, or "".
+std::string PatternProblem(std::string_view p) {
   bool after_quantifier = false, after_lazy = false;
+  int depth = 0;
   for (size_t i = 0; i < p.size(); ++i) {
     const char c = p[i];
+    if (c == '(' && ++depth > kMaxGroupDepth) {
+      return "groups nested more than " + std::to_string(kMaxGroupDepth) +
+             " deep at position " + std::to_string(i);
+    }
+    if (c == ')') --depth;
     const size_t brace = c == '{' ? BraceQuantifier(p, i) : 0;
     const bool quantifier = c == '*' || c == '+' || c == '?' || brace > 0;
     if (quantifier && (after_quantifier || after_lazy)) {
@@ -154,7 +167,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
     Entry c;
     if (e.starts_with("re:")) {
       c.is_regex = true;
-      if (const std::string bad = QuantifierProblem(std::string_view(e).substr(3)); !bad.empty()) {
+      if (const std::string bad = PatternProblem(std::string_view(e).substr(3)); !bad.empty()) {
         return Error(ErrorCode::kUsage, std::string(what) + " entry '" + e +
                                             "': invalid regular expression: " + bad);
       }
