@@ -338,6 +338,14 @@ TEST_SUITE("robustness") {
       CHECK(Contains(r.err, "--memory-limit must be more than 0"));
       CHECK_FALSE(fs::exists(tmp / "out"));
     }
+    SUBCASE("a --memory-limit beyond 2^64 bytes is too large, not 0") {
+      auto argv = Convert(kTiny, tmp / "out");
+      argv.insert(argv.end(), {"--memory-limit", "99999999999999999999T"});
+      auto r = RunCommand(argv, env);
+      CHECK(r.exit_code == 2);
+      CHECK(r.err == "quench: error: usage: size '99999999999999999999T' is too large\n");
+      CHECK_FALSE(fs::exists(tmp / "out"));
+    }
   }
 
   TEST_CASE("free space: the check counts whole blocks, markers and folders") {

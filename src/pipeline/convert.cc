@@ -253,6 +253,11 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
     return Error(ErrorCode::kUsage, "invalid size unit in '" + std::string(text) +
                                         "' (use K, M, G or T; powers of 1024)");
   }
+  // 2^64 and above is no uint64 (the conversion would be undefined): 99999999999999999999T
+  // once read as 0, "must be more than 0".
+  if (value * mult >= 0x1p64) {
+    return Error(ErrorCode::kUsage, "size '" + std::string(text) + "' is too large");
+  }
   return static_cast<uint64_t>(value * mult);
 }
 
