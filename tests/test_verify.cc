@@ -229,6 +229,29 @@ TEST_SUITE("verify") {
         CHECK_FALSE(Has(r, "index", q + ".weight"));
       }
     }
+    SUBCASE("a config group's strategy 'block' without its block_structure") {
+      // (Divided by the missing block sizes: SIGFPE, found mutating DST configs.) The config
+      // problem, and each module's scale against a shape no stored scale has.
+      qt::TempDir tmp;
+      Editable e(CopyGolden(tmp, "tiny-llama/W4A16"));
+      e.Save();
+      auto cfg = quench::ReadJsonFile((e.dir / "config.json").string());
+      REQUIRE(cfg.ok());
+      quench::JsonValue qc = *cfg->Find("quantization_config");
+      quench::JsonValue groups = *qc.Find("config_groups");
+      for (auto& [key, g] : groups.as_object()) {
+        quench::JsonValue w = *g.Find("weights");
+        w.Set("strategy", std::string("block"));
+        g.Set("weights", std::move(w));
+      }
+      qc.Set("config_groups", std::move(groups));
+      cfg->Set("quantization_config", std::move(qc));
+      qt::WriteBytes(e.dir / "config.json", quench::DumpPythonJson(*cfg));
+      for (const auto& r : {RunVerify(e.dir, src), RunVerify(e.dir, std::nullopt)}) {
+        CHECK_MESSAGE(Has(r, "config", ""), Problems(r));
+        CHECK_MESSAGE(Has(r, "shape", q + ".weight_scale"), Problems(r));
+      }
+    }
     SUBCASE("wrong shape") {
       qt::TempDir tmp;
       Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));

@@ -32,17 +32,21 @@ const std::vector<DType> kFloatDTypes = {DType::kBF16, DType::kF16, DType::kF32}
 // Scale dtype for a source weight dtype (compressed-tensors: weight dtype; others -> F16).
 DType ScaleDTypeFor(DType w) { return IsQuantizableFloat(w) ? w : DType::kF16; }
 
+// A group without the sizes its strategy needs (no group_size, a block_structure missing or
+// holding 0) has been reported as a config problem (CheckStrategy); its modules are still
+// checked, against scale shapes of 0 (or 1) where the size is missing, which no stored scale
+// has, so they report their structure rather than divide by 0.
 uint64_t ScaleCols(const Group& g, uint64_t in) {
   if (g.strategy == "group" || g.strategy == "tensor_group") {
     return g.group_size ? in / g.group_size : 1;
   }
-  if (g.strategy == "block") return CeilDiv(in, g.bw);
+  if (g.strategy == "block") return g.bw ? CeilDiv(in, g.bw) : 0;
   return 1;
 }
 
 std::vector<uint64_t> ScaleShape(const Group& g, uint64_t out, uint64_t in) {
   if (g.strategy == "tensor") return {1};
-  if (g.strategy == "block") return {CeilDiv(out, g.bh), CeilDiv(in, g.bw)};
+  if (g.strategy == "block") return {g.bh ? CeilDiv(out, g.bh) : 0, ScaleCols(g, in)};
   return {out, ScaleCols(g, in)};
 }
 
