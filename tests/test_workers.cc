@@ -12,6 +12,8 @@
 #include <numeric>
 #include <thread>
 
+#include "format/json.h"
+#include "format/safetensors.h"
 #include "pipeline/workers.h"
 #include "test_util.h"
 
@@ -613,6 +615,57 @@ quant_stage:
     CHECK(header.exit_code == 3);
     CHECK_MESSAGE(header.err.find(part0_again->shards[0].name + " has another header; worker 0/3 owes it") !=
                       std::string::npos, header.err);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+  }
+
+  // A part is checked against its checksum, which damage breaks; these keep it whole (a part
+  // no quench writes): finalize indexed one part's shard list by another's (SIGSEGV, found
+  // mutating parts), and took any file name a part gave.
+  TEST_CASE("faults: parts whose checksum holds but whose shard list or file names are wrong") {
+    qt::TempDir tmp;
+    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path out = tmp / "out";
+    // Rewrites worker i's part with `edit` applied to its body and the checksum made anew.
+    auto rewrite = [&](int i, const std::function<void(quench::JsonValue&)>& edit) {
+      const fs::path path = quench::PartPath(out, i, 3);
+      auto part = quench::ParseJson(path.string(), qt::ReadBytes(path));
+      REQUIRE(part.ok());
+      quench::JsonValue body = *part->Find("body");
+      edit(body);
+      char hex[17];
+      std::snprintf(hex, sizeof hex, "%016llx",
+                    static_cast<unsigned long long>(quench::Fnv1a64(quench::DumpPythonJson(body))));
+      part->Set("body", std::move(body));
+      part->Set("body_fnv1a64", std::string(hex));
+      qt::WriteBytes(path, quench::DumpPythonJson(*part) + "\n");
+    };
+    WriteParts(src, out, {"--scheme", "FP8_DYNAMIC"}, 3);
+    rewrite(0, [](quench::JsonValue& b) {
+      quench::JsonValue shards = *b.Find("plan_shards");
+      shards.Push(shards.as_array().front());
+      b.Set("plan_shards", std::move(shards));
+    });
+    auto longer = qt::RunQuench({"finalize", out.string()});
+    CHECK(longer.exit_code == 3);
+    CHECK_MESSAGE(longer.err.find("planned another conversion") != std::string::npos, longer.err);
+    CHECK(longer.err.find("nothing was published") != std::string::npos);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+
+    fs::remove_all(out);
+    WriteParts(src, out, {"--scheme", "FP8_DYNAMIC"}, 3);
+    rewrite(1, [](quench::JsonValue& b) {
+      quench::JsonValue files = *b.Find("files");
+      quench::JsonValue f = files.as_array().front();
+      f.Set("name", std::string("../outside.json"));
+      files.Push(std::move(f));
+      b.Set("files", std::move(files));
+    });
+    auto outside = qt::RunQuench({"finalize", out.string()});
+    CHECK(outside.exit_code == 3);
+    CHECK_MESSAGE(outside.err.find("worker 1/3's part is corrupt (") != std::string::npos,
+                  outside.err);
+    CHECK(outside.err.find("a field of the part is missing or invalid") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "outside.json"));
     CHECK_FALSE(fs::exists(out / "config.json"));
   }
 

@@ -35,7 +35,25 @@ int64_t MtimeNs(const fs::path& p) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
 
-// Reads the fields of a part's body; false when one is missing or of the wrong type.
+// A file name a part may give: a path relative to DST with no empty, "." or ".." component
+// (finalize checks and publishes files by these names; a part naming "../x" would have it
+// reach outside DST).
+bool SafeRelativeName(std::string_view name) {
+  if (name.empty() || name.front() == '/' || name.find('\0') != std::string_view::npos) {
+    return false;
+  }
+  size_t start = 0;
+  while (start <= name.size()) {
+    const size_t end = std::min(name.find('/', start), name.size());
+    const std::string_view part = name.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+// Reads the fields of a part's body; false when one is missing, of the wrong type, or a file
+// name that is not SafeRelativeName.
 bool ParseBody(const JsonValue& b, PartRecord* r) {
   const auto str = [&](const char* k, std::string* out) {
     const JsonValue* v = b.Find(k);
@@ -59,7 +77,9 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
   for (const JsonValue& s : shards->as_array()) {
     const JsonValue* n = s.Find("name");
     const JsonValue* c = s.Find("cost");
-    if (!n || !n->is_string() || !c || !c->is_int()) return false;
+    if (!n || !n->is_string() || !SafeRelativeName(n->as_string()) || !c || !c->is_int()) {
+      return false;
+    }
     r->plan_shards.push_back(n->as_string());
     r->plan_costs.push_back(c->as_uint());
   }
@@ -70,8 +90,9 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
     const JsonValue* mk = s.Find("resume_marker");
     const JsonValue* hb = s.Find("header_bytes");
     const JsonValue* hh = s.Find("header_fnv1a64");
-    if (!n || !n->is_string() || !by || !by->is_int() || !mt || !mt->is_int() || !mk ||
-        !mk->is_string() || !hb || !hb->is_int() || !hh || !hh->is_string()) {
+    if (!n || !n->is_string() || !SafeRelativeName(n->as_string()) || !by || !by->is_int() ||
+        !mt || !mt->is_int() || !mk || !mk->is_string() || !hb || !hb->is_int() || !hh ||
+        !hh->is_string()) {
       return false;
     }
     r->shards.push_back(PartShard{n->as_string(), by->as_uint(), mt->as_int(), mk->as_string(),
@@ -81,7 +102,10 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
     const JsonValue* n = f.Find("name");
     const JsonValue* from = f.Find("copy_from");
     const JsonValue* c = f.Find("contents");
-    if (!n || !n->is_string() || !from || !from->is_string() || !c || !c->is_string()) return false;
+    if (!n || !n->is_string() || !SafeRelativeName(n->as_string()) || !from ||
+        !from->is_string() || !c || !c->is_string()) {
+      return false;
+    }
     r->files.push_back(PlannedFile{n->as_string(), from->as_string(), c->as_string()});
   }
   if (const JsonValue* s = b.Find("summary")) r->summary = *s;
@@ -208,7 +232,8 @@ Result<PartRecord> ReadPart(const fs::path& path) {
   PartRecord r;
   r.path = path;
   if (!ParseBody(*body, &r)) {
-    return Error(ErrorCode::kInvalidInput, path.string() + ": a field of the part is missing");
+    return Error(ErrorCode::kInvalidInput,
+                 path.string() + ": a field of the part is missing or invalid");
   }
   return r;
 }
