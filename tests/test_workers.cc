@@ -667,6 +667,21 @@ quant_stage:
     CHECK(outside.err.find("a field of the part is missing or invalid") != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "outside.json"));
     CHECK_FALSE(fs::exists(out / "config.json"));
+
+    // A file named as the part of a run of 0 workers (or of an index past its count) is no
+    // part: the count once became 0, and finalize went on to publish with nothing checked
+    // (SIGSEGV).
+    const fs::path odd = tmp / "odd";
+    fs::create_directories(odd / ".quench-parts");
+    for (const char* name : {"part-00000-of-00000.json", "part-00004-of-00002.json"}) {
+      CAPTURE(name);
+      qt::WriteBytes(odd / ".quench-parts" / name, "{}\n");
+      auto none = qt::RunQuench({"finalize", odd.string()});
+      CHECK(none.exit_code == 3);
+      CHECK(none.err == "quench: error: invalid-input: " + odd.string() +
+                            ": no worker has finished its part yet\n");
+      CHECK_FALSE(fs::exists(odd / "config.json"));
+    }
   }
 
   TEST_CASE("faults: a worker killed mid-part and rerun; two workers given one index") {

@@ -23,7 +23,9 @@ std::string Join(const std::vector<std::string>& v, const std::string& sep) {
   return s;
 }
 
-// The part files in DST/.quench-parts: (count, index) -> path.
+// The part files in DST/.quench-parts: (count, index) -> path. A name no worker writes (a
+// count of 0, an index not below its count) is no part: "of-00000" once made the count 0 and
+// finalize published nothing with nothing checked (SIGSEGV).
 Result<std::map<std::pair<int, int>, fs::path>> ListParts(const fs::path& dir) {
   static const std::regex kName(R"(part-(\d{5})-of-(\d{5})\.json)");
   std::map<std::pair<int, int>, fs::path> parts;
@@ -32,7 +34,8 @@ Result<std::map<std::pair<int, int>, fs::path>> ListParts(const fs::path& dir) {
     std::smatch m;
     const std::string name = it->path().filename().string();
     if (std::regex_match(name, m, kName)) {
-      parts[{std::stoi(m[2].str()), std::stoi(m[1].str())}] = it->path();
+      const int index = std::stoi(m[1].str()), count = std::stoi(m[2].str());
+      if (count >= 1 && index < count) parts[{count, index}] = it->path();
     }
   }
   if (ec) return Error(ErrorCode::kIo, dir.string() + ": cannot list the parts: " + ec.message());
