@@ -70,13 +70,19 @@ void ResolveFormat(Group& g, const std::function<void(const std::string&)>& bad)
     if (!is_int || g.bits < 1 || g.bits > 8) bad(fn + " needs int weights of 1-8 bits");
   } else if (fn == "nvfp4-pack-quantized") {
     g.format = Format::kNvfp4;
-    if (!is_float || g.bits != 4 || g.group_size != 16) bad(fn + " needs float 4-bit weights, group 16");
+    if (!is_float || g.bits != 4 || g.group_size != 16 || g.strategy != "tensor_group") {
+      bad(fn + " needs float 4-bit weights, strategy tensor_group, group 16");
+    }
   } else if (fn == "mxfp4-pack-quantized") {
     g.format = Format::kMxfp4;
-    if (!is_float || g.bits != 4 || g.group_size != 32) bad(fn + " needs float 4-bit weights, group 32");
+    if (!is_float || g.bits != 4 || g.group_size != 32 || g.strategy != "group") {
+      bad(fn + " needs float 4-bit weights, strategy group, group 32");
+    }
   } else if (fn == "mxfp8-quantized") {
     g.format = Format::kMxfp8;
-    if (!is_float || g.bits != 8 || g.group_size != 32) bad(fn + " needs float 8-bit weights, group 32");
+    if (!is_float || g.bits != 8 || g.group_size != 32 || g.strategy != "group") {
+      bad(fn + " needs float 8-bit weights, strategy group, group 32");
+    }
   } else if (fn == "dense") {
     g.format = Format::kDense;
   } else {
