@@ -267,6 +267,32 @@ TEST_SUITE("verify") {
         }
       }
     }
+    SUBCASE("num_bits beyond any format's, as large as 2^31") {
+      // (Read into an int: 2^31 wrapped to -2^31, and the int grid's ends overflowed, found
+      // by scripts/fuzz-outputs under UBSan.) A config problem; the values are not decoded
+      // against arguments that do not fit the format.
+      for (const uint64_t bits : {uint64_t{16}, uint64_t{1} << 31}) {
+        CAPTURE(bits);
+        qt::TempDir tmp;
+        Editable e(CopyGolden(tmp, "tiny-llama/W8A8"));
+        e.Save();
+        auto cfg = quench::ReadJsonFile((e.dir / "config.json").string());
+        REQUIRE(cfg.ok());
+        quench::JsonValue qc = *cfg->Find("quantization_config");
+        quench::JsonValue groups = *qc.Find("config_groups");
+        for (auto& [key, g] : groups.as_object()) {
+          quench::JsonValue w = *g.Find("weights");
+          w.Set("num_bits", bits);
+          g.Set("weights", std::move(w));
+        }
+        qc.Set("config_groups", std::move(groups));
+        cfg->Set("quantization_config", std::move(qc));
+        qt::WriteBytes(e.dir / "config.json", quench::DumpPythonJson(*cfg));
+        for (const auto& r : {RunVerify(e.dir, src), RunVerify(e.dir, std::nullopt)}) {
+          CHECK_MESSAGE(Has(r, "config", ""), Problems(r));
+        }
+      }
+    }
     SUBCASE("wrong shape") {
       qt::TempDir tmp;
       Editable e(CopyGolden(tmp, "tiny-llama/FP8_DYNAMIC"));

@@ -27,7 +27,10 @@ std::optional<DType> ScaleDTypeFromTorch(std::string_view torch_name) {
 // The "weights" object: bits, type, symmetry, strategy and its sizes, scale dtype, actorder.
 void ReadWeightArgs(const JsonValue& w, Group& g,
                     const std::function<void(const std::string&)>& bad) {
-  if (const JsonValue* v = w.Find("num_bits"); v && v->is_int()) g.bits = static_cast<int>(v->as_int());
+  // (A count no format has, 0, for one outside [0, 64]: as an int it could wrap to any.)
+  if (const JsonValue* v = w.Find("num_bits"); v && v->is_int()) {
+    g.bits = v->as_int() >= 0 && v->as_int() <= 64 ? static_cast<int>(v->as_int()) : 0;
+  }
   if (const JsonValue* v = w.Find("type"); v && v->is_string()) g.type = v->as_string();
   if (const JsonValue* v = w.Find("symmetric"); v && v->is_bool()) g.symmetric = v->as_bool();
   if (const JsonValue* v = w.Find("strategy"); v && v->is_string()) g.strategy = v->as_string();
@@ -45,7 +48,8 @@ void ReadWeightArgs(const JsonValue& w, Group& g,
   if (const JsonValue* v = w.Find("actorder"); v && v->is_string()) g.g_idx = v->as_string() == "group";
 }
 
-// The strategy compressed-tensors infers when none is given, and the sizes a strategy needs.
+// The strategy compressed-tensors infers when none is given, and the sizes a strategy needs
+// (`bad` also marks the group undecodable: ParseConfigGroup).
 void CheckStrategy(Group& g, const std::function<void(const std::string&)>& bad) {
   if (g.strategy.empty()) g.strategy = g.group_size ? "group" : "tensor";
   if (g.strategy == "block" && (g.bh == 0 || g.bw == 0)) bad("strategy block without block_structure");
@@ -123,10 +127,14 @@ std::optional<Group> ParseConfigGroup(const std::string& key, const JsonValue& g
     const JsonValue* d = a->Find("dynamic");
     g.static_inputs = !(d && d->is_bool() && d->as_bool());
   }
-  CheckStrategy(g, bad);
+  const auto undecodable = [&](const std::string& why) {
+    g.decodable = false;
+    bad(why);
+  };
+  CheckStrategy(g, undecodable);
   g.format_name = global_format;
   if (const JsonValue* v = gj.Find("format"); v && v->is_string()) g.format_name = v->as_string();
-  ResolveFormat(g, bad);
+  ResolveFormat(g, undecodable);
   // Targets: "Linear" (or none) selects every module; anything else is matched by name.
   std::vector<std::string> targets;
   if (const JsonValue* t = gj.Find("targets"); t && t->is_array()) {

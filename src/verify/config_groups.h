@@ -32,6 +32,10 @@ struct Group {
   bool g_idx = false;                // actorder "group": weight_g_idx allowed
   bool static_inputs = false;        // input_scale / input_global_scale allowed
   bool all = false;                  // targets contain "Linear"
+  // False when the weights arguments do not fit the format or the strategy lacks its sizes
+  // (each reported as a config problem): the modules' structure is still checked, their
+  // values are not decoded (the decoders take bits of 1-8 and the sizes as given).
+  bool decodable = true;
   NameMatcher targets;
 
   bool per_channel() const { return strategy == "channel" || strategy == "tensor"; }
