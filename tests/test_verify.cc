@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <functional>
 
 #include "format/json.h"
 #include "format/quant_config.h"
@@ -126,6 +127,22 @@ struct Editable {
 
 const char kQ[] = "model.layers.0.self_attn.q_proj";
 
+// Applies `edit` to the weights arguments of every config group in dir/config.json.
+void EditWeightArgs(const fs::path& dir, const std::function<void(quench::JsonValue&)>& edit) {
+  auto cfg = quench::ReadJsonFile((dir / "config.json").string());
+  REQUIRE(cfg.ok());
+  quench::JsonValue qc = *cfg->Find("quantization_config");
+  quench::JsonValue groups = *qc.Find("config_groups");
+  for (auto& [key, g] : groups.as_object()) {
+    quench::JsonValue w = *g.Find("weights");
+    edit(w);
+    g.Set("weights", std::move(w));
+  }
+  qc.Set("config_groups", std::move(groups));
+  cfg->Set("quantization_config", std::move(qc));
+  qt::WriteBytes(dir / "config.json", quench::DumpPythonJson(*cfg));
+}
+
 // The bundled checkpoint converted into tmp/out with `scheme` and pruning `prune`.
 fs::path ConvertPruned(const qt::TempDir& tmp, const std::string& scheme, const std::string& prune,
                        bool per_tensor = false, std::vector<std::string> ignore = {}) {
@@ -241,23 +258,14 @@ TEST_SUITE("verify") {
           qt::TempDir tmp;
           Editable e(CopyGolden(tmp, golden));
           e.Save();
-          auto cfg = quench::ReadJsonFile((e.dir / "config.json").string());
-          REQUIRE(cfg.ok());
-          quench::JsonValue qc = *cfg->Find("quantization_config");
-          quench::JsonValue groups = *qc.Find("config_groups");
-          for (auto& [key, g] : groups.as_object()) {
-            quench::JsonValue w = *g.Find("weights");
+          EditWeightArgs(e.dir, [&](quench::JsonValue& w) {
             w.Set("strategy", std::string("block"));
             if (sized) {
               w.Set("block_structure",
                     quench::JsonValue(quench::JsonValue::Array{quench::JsonValue(uint64_t{1}),
                                                                quench::JsonValue(uint64_t{1})}));
             }
-            g.Set("weights", std::move(w));
-          }
-          qc.Set("config_groups", std::move(groups));
-          cfg->Set("quantization_config", std::move(qc));
-          qt::WriteBytes(e.dir / "config.json", quench::DumpPythonJson(*cfg));
+          });
           // (int4 in blocks of 1 x 1 is a consistent config: only its scales are wrong.)
           const bool int4 = std::string(golden) == "tiny-llama/W4A16";
           for (const auto& r : {RunVerify(e.dir, src), RunVerify(e.dir, std::nullopt)}) {
@@ -276,18 +284,7 @@ TEST_SUITE("verify") {
         qt::TempDir tmp;
         Editable e(CopyGolden(tmp, "tiny-llama/W8A8"));
         e.Save();
-        auto cfg = quench::ReadJsonFile((e.dir / "config.json").string());
-        REQUIRE(cfg.ok());
-        quench::JsonValue qc = *cfg->Find("quantization_config");
-        quench::JsonValue groups = *qc.Find("config_groups");
-        for (auto& [key, g] : groups.as_object()) {
-          quench::JsonValue w = *g.Find("weights");
-          w.Set("num_bits", bits);
-          g.Set("weights", std::move(w));
-        }
-        qc.Set("config_groups", std::move(groups));
-        cfg->Set("quantization_config", std::move(qc));
-        qt::WriteBytes(e.dir / "config.json", quench::DumpPythonJson(*cfg));
+        EditWeightArgs(e.dir, [&](quench::JsonValue& w) { w.Set("num_bits", bits); });
         for (const auto& r : {RunVerify(e.dir, src), RunVerify(e.dir, std::nullopt)}) {
           CHECK_MESSAGE(Has(r, "config", ""), Problems(r));
         }
