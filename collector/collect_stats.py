@@ -677,7 +677,20 @@ def build_manifest(model, config_path, inv, col, args_info) -> dict:
     return manifest
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_stats(out_dir: str, manifest: dict, col: Collector) -> None:
+    """Writes the statistics folder so that it never looks complete when it is not (quench
+    opens a folder by its manifest.json): both files are written and synced in a folder beside
+    them; an earlier manifest.json in OUT is removed before anything of it is replaced (a run
+    killed between the two replaces below once left the old manifest vouching for the new
+    arrays); the arrays are moved in, then the manifest, last."""
     from safetensors.numpy import save_file
     os.makedirs(out_dir, exist_ok=True)
     arrays = {}
@@ -685,17 +698,34 @@ def write_stats(out_dir: str, manifest: dict, col: Collector) -> None:
         arrays.update(s.arrays())
     for r in (col.reap or {}).values():
         arrays.update(r.arrays())
-    tmp = os.path.join(out_dir, "stats-00001.safetensors.tmp")
-    save_file(arrays, tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, os.path.join(out_dir, "stats-00001.safetensors"))
-    tmp = os.path.join(out_dir, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    import shutil
+    import tempfile
+    stage = tempfile.mkdtemp(prefix=".collect-", dir=out_dir)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        data = os.path.join(stage, "stats-00001.safetensors")
+        save_file(arrays, data)
+        with open(data, "rb+") as f:
+            os.fsync(f.fileno())
+        man = os.path.join(stage, "manifest.json")
+        with open(man, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for path in (data, man):
+            os.chmod(path, 0o666 & ~umask)  # as a plain open() makes it (mkstemp's are 0600)
+        old = os.path.join(out_dir, "manifest.json")
+        if os.path.exists(old):
+            os.remove(old)
+            _fsync_dir(out_dir)
+        os.replace(data, os.path.join(out_dir, "stats-00001.safetensors"))
+        _fsync_dir(out_dir)  # the arrays in place before the manifest that names them
+        os.replace(man, old)
+        _fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def version(pkg: str) -> str:

@@ -382,3 +382,39 @@ def test_pack_upper():
     np.testing.assert_array_equal(collect_stats.pack_upper(h), h[np.triu_indices(4)])
     hh = np.stack([h, h + 1])
     assert collect_stats.pack_upper(hh).shape == (2, 10)
+
+
+def test_write_stats_never_leaves_an_old_manifest_over_new_arrays(tmp_path, monkeypatch):
+    """A run killed (here: failing) between moving its arrays in and its manifest leaves OUT
+    without manifest.json, so quench refuses it as unfinished; before, an earlier manifest
+    stayed and vouched for the new arrays. Nothing of the staging folder is left."""
+    from types import SimpleNamespace
+    out = tmp_path / "stats"
+    site = SimpleNamespace(arrays=lambda: {"a.count": np.array(7, dtype=np.int64)})
+    col = SimpleNamespace(sites={"a": site}, reap=None)
+    collect_stats.write_stats(str(out), {"format": "quench-stats", "run": 1}, col)
+    assert json.loads((out / "manifest.json").read_text())["run"] == 1
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("manifest.json"):
+            raise OSError("killed here")
+        return real_replace(src, dst)
+    monkeypatch.setattr(collect_stats.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        collect_stats.write_stats(str(out), {"format": "quench-stats", "run": 2}, col)
+    assert len(calls) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["stats-00001.safetensors"]
+    monkeypatch.setattr(collect_stats.os, "replace", real_replace)
+    collect_stats.write_stats(str(out), {"format": "quench-stats", "run": 3}, col)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "stats-00001.safetensors"]
+    assert json.loads((out / "manifest.json").read_text())["run"] == 3
+    assert oct((out / "manifest.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    u = os.umask(0)
+    os.umask(u)
+    return u
