@@ -668,6 +668,16 @@ quant_stage:
     CHECK_FALSE(fs::exists(tmp / "outside.json"));
     CHECK_FALSE(fs::exists(out / "config.json"));
 
+    // Worker 2^32 of 3 (an int would read it as worker 0, the file's own index).
+    fs::remove_all(out);
+    WriteParts(src, out, {"--scheme", "FP8_DYNAMIC"}, 3);
+    rewrite(0, [](quench::JsonValue& b) { b.Set("worker", uint64_t{1} << 32); });
+    auto wrapped = qt::RunQuench({"finalize", out.string()});
+    CHECK(wrapped.exit_code == 3);
+    CHECK_MESSAGE(wrapped.err.find("worker 0/3's part is corrupt (") != std::string::npos,
+                  wrapped.err);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+
     // A file named as the part of a run of 0 workers (or of an index past its count) is no
     // part: the count once became 0, and finalize went on to publish with nothing checked
     // (SIGSEGV).

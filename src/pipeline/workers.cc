@@ -72,6 +72,11 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
       !str("description", &r->description) || !str("launcher", &r->launcher)) {
     return false;
   }
+  // (As --worker accepts them: an int read of 2^32 would have wrapped to worker 0.)
+  if (idx->as_int() < 0 || cnt->as_int() < 1 || cnt->as_int() > 100000 ||
+      idx->as_int() >= cnt->as_int()) {
+    return false;
+  }
   r->index = static_cast<int>(idx->as_int());
   r->count = static_cast<int>(cnt->as_int());
   for (const JsonValue& s : shards->as_array()) {
