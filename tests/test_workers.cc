@@ -668,15 +668,25 @@ quant_stage:
     CHECK_FALSE(fs::exists(tmp / "outside.json"));
     CHECK_FALSE(fs::exists(out / "config.json"));
 
-    // Worker 2^32 of 3 (an int would read it as worker 0, the file's own index).
-    fs::remove_all(out);
-    WriteParts(src, out, {"--scheme", "FP8_DYNAMIC"}, 3);
-    rewrite(0, [](quench::JsonValue& b) { b.Set("worker", uint64_t{1} << 32); });
-    auto wrapped = qt::RunQuench({"finalize", out.string()});
-    CHECK(wrapped.exit_code == 3);
-    CHECK_MESSAGE(wrapped.err.find("worker 0/3's part is corrupt (") != std::string::npos,
-                  wrapped.err);
-    CHECK_FALSE(fs::exists(out / "config.json"));
+    // Worker 2^32 of 3 (an int would read it as worker 0, the file's own index); a shard's
+    // header_bytes beyond any safetensors header (finalize reads that much of the shard).
+    const std::vector<std::function<void(quench::JsonValue&)>> edits = {
+        [](quench::JsonValue& b) { b.Set("worker", uint64_t{1} << 32); },
+        [](quench::JsonValue& b) {
+          quench::JsonValue shards = *b.Find("shards");
+          shards.as_array().front().Set("header_bytes", uint64_t{1} << 40);
+          b.Set("shards", std::move(shards));
+        }};
+    for (const auto& edit : edits) {
+      fs::remove_all(out);
+      WriteParts(src, out, {"--scheme", "FP8_DYNAMIC"}, 3);
+      rewrite(0, edit);
+      auto refused = qt::RunQuench({"finalize", out.string()});
+      CHECK(refused.exit_code == 3);
+      CHECK_MESSAGE(refused.err.find("worker 0/3's part is corrupt (") != std::string::npos,
+                    refused.err);
+      CHECK_FALSE(fs::exists(out / "config.json"));
+    }
 
     // A file named as the part of a run of 0 workers (or of an index past its count) is no
     // part: the count once became 0, and finalize went on to publish with nothing checked

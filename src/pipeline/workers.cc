@@ -95,9 +95,11 @@ bool ParseBody(const JsonValue& b, PartRecord* r) {
     const JsonValue* mk = s.Find("resume_marker");
     const JsonValue* hb = s.Find("header_bytes");
     const JsonValue* hh = s.Find("header_fnv1a64");
+    // (header_bytes sizes finalize's read of the shard's start: no more than a safetensors
+    // header can be, its 8-byte length and kMaxHeaderBytes.)
     if (!n || !n->is_string() || !SafeRelativeName(n->as_string()) || !by || !by->is_int() ||
-        !mt || !mt->is_int() || !mk || !mk->is_string() || !hb || !hb->is_int() || !hh ||
-        !hh->is_string()) {
+        !mt || !mt->is_int() || !mk || !mk->is_string() || !hb || !hb->is_int() ||
+        hb->as_uint() > 8 + kMaxHeaderBytes || !hh || !hh->is_string()) {
       return false;
     }
     r->shards.push_back(PartShard{n->as_string(), by->as_uint(), mt->as_int(), mk->as_string(),
