@@ -141,6 +141,9 @@ TEST_SUITE("stats") {
     std::string wrong_shape = Manifest();
     wrong_shape.replace(wrong_shape.find("\"in_features\": 4"), 16, "\"in_features\": 5");
     // (Found by scripts/fuzz: opened, a merge then wrote the array twice, a file nothing reads.)
+    std::string absent = Manifest();
+    absent.replace(absent.find("\"files\": [\"stats-00001.safetensors\"]"), 36,
+                   "\"files\": [\"stats-00001.safetensors\", \"block\"]");
     std::string twice = Manifest();
     twice.replace(twice.find("\"min\", \"max\"]}}"), 15, "\"min\", \"max\", \"min\"]}}");
     const Case cases[] = {
@@ -154,6 +157,8 @@ TEST_SUITE("stats") {
          "array 'a.sum_x2' is F64 [4]; the format needs F64 [5]"},
         {"not a statistics manifest", R"({"format": "other"})", "not a quench statistics manifest"},
         {"a field listed twice", twice, "site 'e' lists field 'min' twice"},
+        // (An I/O error, exit 4, before: found by scripts/fuzz-outputs.)
+        {"a listed file missing", absent, "\"files\" lists block, which is not in the folder"},
     };
     for (const Case& c : cases) {
       const std::string what = c.what;

@@ -102,6 +102,11 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
         f.as_string().empty() || f.as_string()[0] == '.') {
       return Bad(dir, "\"files\" must list file names in the folder");
     }
+    // A listed file that is not there is the folder's fault (exit 3), not the disk's.
+    std::error_code exists_ec;
+    if (!fs::exists(dir / f.as_string(), exists_ec) && !exists_ec) {
+      return Bad(dir, "\"files\" lists " + f.as_string() + ", which is not in the folder");
+    }
     QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ReadSafetensorsHeader(dir / f.as_string()));
     s.files_.push_back(f.as_string());
     data_start[f.as_string()] = h.data_start;

@@ -56,7 +56,7 @@ Status CheckStaticScales(const VerifyOptions& options, VerifyReport& report) {
   QUENCH_ASSIGN_OR_RETURN(JsonValue cfg, ReadJsonFile((options.dst / "config.json").string()));
   const JsonValue* q = cfg.Find("quantization_config");
   const JsonValue* groups = q != nullptr ? q->Find("config_groups") : nullptr;
-  if (groups == nullptr || groups->as_object().size() != 1) {
+  if (groups == nullptr || !groups->is_object() || groups->as_object().size() != 1) {
     return Error(ErrorCode::kUnsupported,
                  "verify --stats re-derives the scales of a one-scheme checkpoint (one config "
                  "group named by its preset, as quench convert --scheme writes)");
