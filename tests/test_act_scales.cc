@@ -571,6 +571,18 @@ TEST_CASE("verify --stats: static activation and KV-cache scales equal the stati
     CHECK(v.exit_code == 2);
     CHECK(v.err.find("needs SRC") != std::string::npos);
   }
+  // A damaged config whose config_groups is not an object: the unsupported layout named, not
+  // an internal error (std::get threw: exit 1; found by scripts/fuzz-outputs).
+  const fs::path o = tmp / "o-NVFP4";
+  std::string config = ReadBytes(o / "config.json");
+  const size_t at = config.find("\"config_groups\": {");
+  REQUIRE(at != std::string::npos);
+  config.replace(at, 18, "\"config_groups\": -1, \"x\": {");
+  WriteBytes(o / "config.json", config);
+  auto v = RunQuench({"verify", o.string(), src.string(), "--stats", stats, "-q"});
+  CHECK(v.exit_code == 3);
+  CHECK_MESSAGE(v.err.find("verify --stats re-derives the scales of a one-scheme checkpoint") !=
+                    std::string::npos, v.err);
 }
 
 }  // namespace
