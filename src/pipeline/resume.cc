@@ -266,8 +266,10 @@ bool PlannedFilesInPlace(const Plan& plan) {
   return true;
 }
 
-// A shard is complete when its file has the planned size and its marker (written after the
-// shard was fsynced and renamed) equals the fingerprint of what this run would write.
+// A shard is complete when its marker (written after the shard was fsynced and renamed)
+// equals the fingerprint of what this run would write and its file has the planned size and
+// header bytes (ShardAsPlanned: a file of the same size whose header was changed since, or
+// that another copied over, is converted again, as finalize's header check refuses it).
 uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks, bool own_shards_only) {
   std::error_code ec;
   std::vector<fs::path> stale;
@@ -290,7 +292,6 @@ uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks, bool 
     PlannedShard& ps = plan.shards[k];
     if (ps.already_done) continue;  // another worker's
     ++todo;
-    const fs::path out = plan.dst / ps.rel_name;
     const fs::path marker_path = ResumeMarkerPath(plan.dst, ps.rel_name);
     if (finished && !fs::exists(marker_path, ec) && ShardAsPlanned(plan, ps)) {
       ps.already_done = true;
@@ -299,7 +300,7 @@ uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks, bool 
     }
     auto marker = ReadFileToString(marker_path);
     if (!marker.ok() || *marker != ShardFingerprint(plan, k)) continue;
-    if (fs::file_size(out, ec) != ps.file_size || ec) continue;
+    if (!ShardAsPlanned(plan, ps)) continue;
     ps.already_done = true;
     ++done;
   }
