@@ -255,11 +255,20 @@ TEST_SUITE("resume") {
     }
   }
 
-  TEST_CASE("--resume on a finished folder redoes a shard whose header is not the planned one") {
+  TEST_CASE("--resume redoes a shard whose header is not the planned one") {
     qt::TempDir tmp;
     const fs::path dst = tmp / "out", ref = tmp / "ref";
     REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
     REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
+    SUBCASE("in a finished folder") {}
+    // Found by mutating the leftovers of workers before a single --resume: a shard with its
+    // marker was trusted by its size alone, and kept with another header (as finalize
+    // refuses it).
+    SUBCASE("in an interrupted run's folder, its marker matching") {
+      fs::remove(dst / "config.json");  // as a run interrupted before publishing leaves it
+      fs::remove(dst / "model.safetensors.index.json");
+      WriteMarkers(dst, "FP8_DYNAMIC");
+    }
     const fs::path shard = dst / "model-00001-of-00002.safetensors";
     std::string bytes = qt::ReadBytes(shard);
     const size_t at = bytes.find("\"F8_E4M3\"");
@@ -269,28 +278,7 @@ TEST_SUITE("resume") {
     auto r = qt::RunQuench(Convert(dst, "FP8_DYNAMIC", true));
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CHECK(Contains(r.err, "resume: 1 of 2 output shards are complete"));
-    CHECK(qt::ReadBytes(shard) == qt::ReadBytes(ref / "model-00001-of-00002.safetensors"));
-  }
-
-  // Found by mutating the leftovers of workers before a single --resume: a shard with its
-  // marker was trusted by its size alone, and kept with another header (as finalize refuses).
-  TEST_CASE("--resume on an interrupted run redoes a shard whose marker matches but whose header does not") {
-    qt::TempDir tmp;
-    const fs::path dst = tmp / "out", ref = tmp / "ref";
-    REQUIRE(qt::RunQuench(Convert(ref, "FP8_DYNAMIC", false)).exit_code == 0);
-    REQUIRE(qt::RunQuench(Convert(dst, "FP8_DYNAMIC", false)).exit_code == 0);
-    fs::remove(dst / "config.json");  // as a run interrupted before publishing leaves it
-    fs::remove(dst / "model.safetensors.index.json");
-    WriteMarkers(dst, "FP8_DYNAMIC");
-    const fs::path shard = dst / "model-00001-of-00002.safetensors";
-    std::string bytes = qt::ReadBytes(shard);
-    const size_t at = bytes.find("\"F8_E4M3\"");
-    REQUIRE(at != std::string::npos);
-    bytes.replace(at, 9, "\"F8_E5M2\"");  // same size, another dtype
-    qt::WriteBytes(shard, bytes);
-    auto r = qt::RunQuench(Convert(dst, "FP8_DYNAMIC", true));
-    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-    CHECK(Contains(r.err, "resume: 1 of 2 output shards are complete"));
+    REQUIRE(qt::ListFiles(dst) == qt::ListFiles(ref));
     for (const std::string& f : qt::ListFiles(ref)) {
       CAPTURE(f);
       CHECK(qt::ReadBytes(dst / f) == qt::ReadBytes(ref / f));
