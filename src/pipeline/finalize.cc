@@ -196,11 +196,14 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
   for (const auto& [fp, group] : by_plan) {
     if (ref == nullptr || group.size() > by_plan[ref->fingerprint].size()) ref = group.front();
   }
+  // (The same fingerprint with another shard list is a part no worker of this quench writes:
+  // counted as another conversion, not indexed by ref's list.)
+  const auto same_plan = [&](const PartRecord& p) {
+    return p.fingerprint == ref->fingerprint && p.plan_shards == ref->plan_shards &&
+           p.plan_costs == ref->plan_costs;
+  };
   for (const PartRecord& p : parts) {
-    // (The same fingerprint with another shard list is a part no worker of this quench
-    // writes: counted as another conversion, not indexed by ref's list.)
-    if (p.fingerprint != ref->fingerprint || p.plan_shards != ref->plan_shards ||
-        p.plan_costs != ref->plan_costs) {
+    if (!same_plan(p)) {
       problems.push_back(WorkerName(p.index, count) + " planned another conversion (" +
                          p.description + ", quench " + p.version + ", plan " + p.fingerprint +
                          ") than " + WorkerName(ref->index, count) + " (" + ref->description +
@@ -220,10 +223,7 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
                                        : Join(owed, ", ")) + ")");
     }
     for (const PartRecord& p : parts) {
-      if (p.fingerprint != ref->fingerprint || p.plan_shards != ref->plan_shards ||
-          p.plan_costs != ref->plan_costs) {
-        continue;
-      }
+      if (!same_plan(p)) continue;
       std::vector<std::string> expect;
       for (size_t k = 0; k < owner.size(); ++k) {
         if (owner[k] == p.index) expect.push_back(p.plan_shards[k]);
