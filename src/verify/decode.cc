@@ -48,15 +48,12 @@ double ScaleValue(const ModuleView& v, uint64_t idx) {
 
 // Flat index of the scale that covers element [r, c], for a group whose strategy is known
 // (ScaleLayout, made once per row: the strategy's string compared once, not per element).
-// NVFP4's and MX's layouts are their formats' whatever strategy a config names (the expected
-// tensors are: layouts.cc), so their index never follows one: a config saying "block" for
-// NVFP4 divided by a block size of 0 (SIGFPE), or, given one, read past the scales.
+// Only decodable groups get here (Group::decodable): a block strategy has both sizes, and
+// NVFP4 and MX name their formats' own strategies (a "block" NVFP4 config once divided by a
+// block size of 0 here, or read past the scales).
 struct ScaleLayout {
   explicit ScaleLayout(const ModuleView& v)
-      : v(v), fixed(v.g->format == Format::kNvfp4 || v.g->format == Format::kMxfp4 ||
-                    v.g->format == Format::kMxfp8),
-        tensor(!fixed && v.g->strategy == "tensor"),
-        block(!fixed && v.g->strategy == "block" && v.g->bh != 0 && v.g->bw != 0),
+      : v(v), tensor(v.g->strategy == "tensor"), block(v.g->strategy == "block"),
         cols(v.sshape.size() == 2 ? v.sshape[1] : 1) {}
   uint64_t Index(uint64_t r, uint64_t c) const {
     const Group& g = *v.g;
@@ -68,7 +65,7 @@ struct ScaleLayout {
     return r * cols + c / g.group_size;
   }
   const ModuleView& v;
-  const bool fixed, tensor, block;
+  const bool tensor, block;
   const uint64_t cols;
 };
 
