@@ -96,6 +96,16 @@ uint64_t Makespan(const std::vector<uint64_t>& costs, const std::vector<int>& ow
 constexpr const char* kElsewhere =
     "machine=elsewhere/0000/pid:[1] pid=4242 start=1 since=2026-12-04T00:00:00Z nonce=feed\n";
 
+// The sharded golden source (3 shards, fused sets across them): most cases' SRC.
+fs::path Sharded() { return qt::DataDir() / "golden/qedge-bf16-sharded/src"; }
+
+// A single-machine run of `src` with `opts` into tmp/want: the folder the workers' DST must
+// equal.
+void ConvertWant(const qt::TempDir& tmp, const fs::path& src,
+                 const std::vector<std::string>& opts) {
+  REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+}
+
 // Workers 0..n-1 of `opts` into `dst`, one after another, with --no-finalize: every part in,
 // nothing published.
 void WriteParts(const fs::path& src, const fs::path& dst, const std::vector<std::string>& opts,
@@ -236,9 +246,9 @@ quant_stage:
 
   TEST_CASE("workers run one after another: only the last publishes; reruns are no-ops") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const std::vector<std::string> opts = {"--scheme", "NVFP4A16"};
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    ConvertWant(tmp, src, opts);
     const fs::path out = tmp / "out";
     for (int i = 0; i < 3; ++i) {
       auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", std::to_string(i) + "/3"}));
@@ -266,7 +276,7 @@ quant_stage:
 
   TEST_CASE("--report per worker ({worker} in its name), merged by finalize --report") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const fs::path out = tmp / "out";
     auto same_name = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W8A8", "--worker", "0/2", "--report", (tmp / "r.json").string()}));
     CHECK(same_name.exit_code == 2);
@@ -309,7 +319,7 @@ quant_stage:
   TEST_CASE("launcher variables end to end: Kubernetes indexed job, a refused conflict, relative paths") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "FP8_BLOCK"})).exit_code == 0);
+    ConvertWant(tmp, src, {"--scheme", "FP8_BLOCK"});
     const std::string bin = qt::QuenchBin().string();
     // Each pod has its own working folder and names SRC and DST relative to it.
     fs::create_directories(tmp / "pod0");
@@ -337,9 +347,9 @@ quant_stage:
 
   TEST_CASE("a finalizer killed after publishing: a worker's rerun removes its parts and markers") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    ConvertWant(tmp, src, opts);
     const fs::path out = tmp / "out";
     StopFinalizerAfterConfig(src, tmp / "want", out);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
@@ -360,38 +370,31 @@ quant_stage:
     qt::CheckSameFiles(tmp / "want", out);
   }
 
-  TEST_CASE("the last worker waits out a finalizer that gives up, then publishes") {
+  TEST_CASE("the last worker, or quench finalize, waits out a finalizer that gives up, then publishes") {
+    qt::TempDir tmp;
+    const fs::path src = Sharded();
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    ConvertWant(tmp, src, opts);
+    const fs::path out = tmp / "out";
+    std::vector<std::string> args;  // what runs beside the finalizer that gives up
     // A `quench finalize` started before the last part was in holds finalize.lock, finds the
     // part missing and gives up (exit 3). Before: the last worker, finding the lock held, said
     // "another process is finalizing" and exited 0: nobody published (found by
     // scripts/fuzz-interrupt, finalize beside the last worker).
-    qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
-    const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
-    const fs::path out = tmp / "out";
-    std::vector<std::string> first = ConvertArgs(src, out, opts);
-    first.insert(first.end(), {"--worker", "0/2"});
-    REQUIRE(qt::RunQuench(first).exit_code == 0);
-    std::vector<std::string> last = ConvertArgs(src, out, opts);
-    last.insert(last.end(), {"--worker", "1/2"});
-    const auto [rc, err] = BesideAFinalizerThatGivesUp(out, last, tmp / "last");
-    CHECK_MESSAGE(rc == 0, err);
-    CHECK(err.find("waiting for it") != std::string::npos);
-    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
-  }
-
-  TEST_CASE("quench finalize waits for another process holding the lock, then publishes") {
+    SUBCASE("the last worker") {
+      std::vector<std::string> first = ConvertArgs(src, out, opts);
+      first.insert(first.end(), {"--worker", "0/2"});
+      REQUIRE(qt::RunQuench(first).exit_code == 0);
+      args = ConvertArgs(src, out, opts);
+      args.insert(args.end(), {"--worker", "1/2"});
+    }
     // Before: exit 2 at once ("another process is finalizing"), also where that process then
     // gave up; a pipeline's last step failed while the folder was still to publish.
-    qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
-    const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
-    const fs::path out = tmp / "out";
-    WriteParts(src, out, opts, 2);
-    const auto [rc, err] = BesideAFinalizerThatGivesUp(out, {"finalize", out.string()},
-                                                       tmp / "fin");
+    SUBCASE("quench finalize") {
+      WriteParts(src, out, opts, 2);
+      args = {"finalize", out.string()};
+    }
+    const auto [rc, err] = BesideAFinalizerThatGivesUp(out, args, tmp / "beside");
     CHECK_MESSAGE(rc == 0, err);
     CHECK(err.find("waiting for it") != std::string::npos);
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
@@ -404,9 +407,9 @@ quant_stage:
     // (exit 4) for a folder just published. fault_io holds that finalize in its second try
     // (mode hang) while another finalize publishes, then lets it go on.
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", opts)).exit_code == 0);
+    ConvertWant(tmp, src, opts);
     const fs::path out = tmp / "out";
     WriteParts(src, out, opts, 2);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
@@ -428,8 +431,8 @@ quant_stage:
 
   TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "W4A16"})).exit_code == 0);
+    const fs::path src = Sharded();
+    ConvertWant(tmp, src, {"--scheme", "W4A16"});
     // Every state a finalizer can be stopped in once config.json is written (it writes the
     // files, then removes the markers, then the parts, one file after another).
     enum Left { kAll, kNoMarkers, kSomeParts, kEmptyPartsFolder };
@@ -456,8 +459,8 @@ quant_stage:
 
   TEST_CASE("a single run and workers do not write one DST at once; their leftovers serve a --resume") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "W4A16"})).exit_code == 0);
+    const fs::path src = Sharded();
+    ConvertWant(tmp, src, {"--scheme", "W4A16"});
     const fs::path out = tmp / "out";
     // Worker 0 of 2 has done its part; worker 1 is running elsewhere (a fresh heartbeat).
     auto w0 = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
@@ -523,7 +526,7 @@ quant_stage:
 
   TEST_CASE("--dry-run --worker prints the worker's share and writes nothing") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     std::vector<std::string> shares;
     for (int i = 0; i < 2; ++i) {
       auto r = qt::RunQuench(ConvertArgs(src, tmp / "out", {"--scheme", "W4A16", "--dry-run", "--worker", std::to_string(i) + "/2"}));
@@ -542,9 +545,9 @@ quant_stage:
 
   TEST_CASE("faults: finalize early, another scheme, a corrupt part, a damaged shard") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const fs::path out = tmp / "out";
-    REQUIRE(qt::RunQuench(ConvertArgs(src, tmp / "want", {"--scheme", "FP8_DYNAMIC"})).exit_code == 0);
+    ConvertWant(tmp, src, {"--scheme", "FP8_DYNAMIC"});
     auto worker = [&](int i, const char* scheme) {
       return qt::RunQuench(ConvertArgs(src, out, {"--scheme", scheme, "--worker", std::to_string(i) + "/3"}));
     };
@@ -623,7 +626,7 @@ quant_stage:
   // mutating parts), and took any file name a part gave.
   TEST_CASE("faults: parts whose checksum holds but whose shard list or file names are wrong") {
     qt::TempDir tmp;
-    const fs::path src = qt::DataDir() / "golden/qedge-bf16-sharded/src";
+    const fs::path src = Sharded();
     const fs::path out = tmp / "out";
     // Rewrites worker i's part with `edit` applied to its body and the checksum made anew.
     auto rewrite = [&](int i, const std::function<void(quench::JsonValue&)>& edit) {
