@@ -14,8 +14,10 @@ import inspect
 import json
 import os
 import re
+import shutil
 import struct
 import sys
+import tempfile
 import time
 import weakref
 
@@ -698,8 +700,6 @@ def write_stats(out_dir: str, manifest: dict, col: Collector) -> None:
         arrays.update(s.arrays())
     for r in (col.reap or {}).values():
         arrays.update(r.arrays())
-    import shutil
-    import tempfile
     stage = tempfile.mkdtemp(prefix=".collect-", dir=out_dir)
     try:
         umask = os.umask(0)
