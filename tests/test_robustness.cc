@@ -446,3 +446,60 @@ TEST_SUITE("robustness") {
           std::vector<std::string>{"model.safetensors", "model.safetensors.index.json"});
   }
 }
+
+namespace {
+
+// data/tiny-llama with every tensor in a shard of its own (and its index): a checkpoint of
+// more shards than a small open-file limit allows, as a 1T-parameter release has hundreds.
+size_t SplitTinyPerTensor(const fs::path& dst) {
+  fs::create_directories(dst);
+  fs::copy_file(kTiny / "config.json", dst / "config.json");
+  const auto all = qt::LoadAll(kTiny);
+  std::vector<std::pair<std::string, const quench::TensorInfo*>> tensors;
+  for (const auto& [_, l] : all) {
+    for (const auto& t : l.shard.header.tensors) tensors.push_back({t.name, &t});
+  }
+  const size_t n = tensors.size();
+  std::string map;
+  for (size_t i = 0; i < n; ++i) {
+    char file[64];
+    std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+    const quench::TensorInfo& t = *tensors[i].second;
+    qt::WriteShard(dst / file, {{t.name, t.dtype, t.shape, qt::TensorBytes(all, t.name)}});
+    map += std::string(i == 0 ? "" : ",") + "\"" + t.name + "\":\"" + file + "\"";
+  }
+  qt::WriteBytes(dst / "model.safetensors.index.json",
+                 "{\"metadata\":{},\"weight_map\":{" + map + "}}");
+  return n;
+}
+
+std::vector<std::string> WithOpenFiles(const std::string& limits, std::vector<std::string> argv) {
+  argv.insert(argv.begin(), {"prlimit", "--nofile=" + limits});
+  return argv;
+}
+
+}  // namespace
+
+TEST_SUITE("robustness") {
+  TEST_CASE("open files: the soft limit is raised to the hard one; at the hard one, exit 4 "
+            "naming the limit") {
+    // Every input shard stays open for the run. 16 files cannot hold the 23 shards, the
+    // standard streams, the run's lock and its outputs; the hard limit of 4096 can.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src";
+    REQUIRE(SplitTinyPerTensor(src) > 16);
+    auto plain = RunCommand(Convert(src, tmp / "want"));
+    REQUIRE_MESSAGE(plain.exit_code == 0, plain.err);
+
+    auto raised = RunCommand(WithOpenFiles("16:4096", Convert(src, tmp / "out")));
+    CHECK_MESSAGE(raised.exit_code == 0, raised.err);
+    if (raised.exit_code == 0) CHECK(qt::CheckSameFiles(tmp / "want", tmp / "out") > 0);
+
+    auto capped = RunCommand(WithOpenFiles("16:16", Convert(src, tmp / "capped")));
+    CHECK(capped.exit_code == 4);
+    CHECK_MESSAGE(Contains(capped.err, "Too many open files (the limit is 16 open files"),
+                  capped.err);
+    CHECK_MESSAGE(Contains(capped.err, "raise the hard limit"), capped.err);
+    CHECK_FALSE(fs::exists(tmp / "capped"));
+  }
+}

@@ -15,6 +15,7 @@
 #include "cli/finalize_cmd.h"
 #include "cli/stats_cmd.h"
 #include "cli/verify_cmd.h"
+#include "format/file_io.h"
 #include "format/quant_config.h"
 #include "quench/status.h"
 
@@ -117,6 +118,7 @@ int Dispatch(const std::vector<std::string>& args) {
 // exit 4 for std::bad_alloc (out of memory, as the pipeline reports it), 1 for anything else
 // (a bug).
 int main(int argc, char** argv) {
+  quench::RaiseOpenFileLimit();
   try {
     return Dispatch(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::bad_alloc&) {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -20,7 +21,27 @@
 namespace quench {
 namespace fs = std::filesystem;
 
-std::string ErrnoMessage(int err) { return std::strerror(err); }
+std::string ErrnoMessage(int err) {
+  std::string m = std::strerror(err);
+  struct rlimit rl {};
+  if (err == EMFILE && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    // RaiseOpenFileLimit has taken the soft limit as far as it could: the hard one is left.
+    m += " (the limit is " + std::to_string(rl.rlim_cur) +
+         " open files and quench keeps every input shard open; raise the hard limit: "
+         "`ulimit -Hn` as root, `prlimit --nofile`, or the service's LimitNOFILE)";
+  }
+  return m;
+}
+
+void RaiseOpenFileLimit() {
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0) return;
+  // Linux refuses a soft limit above fs.nr_open (an unlimited hard limit, say): its default.
+  rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t{1} << 20);
+  setrlimit(RLIMIT_NOFILE, &rl);
+}
 
 namespace {
 

@@ -210,7 +210,14 @@ std::filesystem::path ResolvePath(const std::filesystem::path& p);
 // True when `inner` equals `outer` or lies below it (after ResolvePath).
 bool IsSameOrInside(const std::filesystem::path& inner, const std::filesystem::path& outer);
 
+// strerror's text; for EMFILE also the process's open-file limit and how to raise it.
 std::string ErrnoMessage(int err);
+
+// Raises the soft limit on open files to the hard limit (best effort). A run keeps every input
+// shard open to the end (MappedFile with keep_fd: chunks are read with pread), and a
+// many-shard checkpoint (hundreds of shards at 1T parameters) can pass the soft limit of
+// 1024 that most systems set, which exists for select() and means nothing to quench.
+void RaiseOpenFileLimit();
 
 }  // namespace quench
 
