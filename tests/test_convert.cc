@@ -780,6 +780,43 @@ TEST_SUITE("convert") {
     CHECK(text.out.find("F8_E4M3") != std::string::npos);
   }
 
+  TEST_CASE("weights in other formats are copied as the reference copies them, with a note") {
+    // model_free_ptq copies every file but the shards byte for byte, .bin included (warning
+    // that it skips them); Llama's repositories ship original/*.pth, as large as the model.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src";
+    fs::copy(kTiny, src, fs::copy_options::recursive);
+    fs::create_directories(src / "original");
+    std::string pth(2u << 20, '\0');
+    for (size_t i = 0; i < pth.size(); ++i) pth[i] = static_cast<char>(i * 131 % 251);
+    qt::WriteBytes(src / "original/consolidated.00.pth", pth);
+    qt::WriteBytes(src / "pytorch_model.bin", pth.substr(0, 1u << 20));  // the least noted
+    qt::WriteBytes(src / "training_args.bin", pth.substr(0, 4096));  // not weights: no note
+    const std::string note =
+        "quench: copied unchanged, not quantized (weights in a format quench does not read; "
+        "vLLM and transformers load the safetensors shards): original/consolidated.00.pth, "
+        "pytorch_model.bin (3 MiB); leave them out of SRC";
+    for (bool dry : {true, false}) {
+      CAPTURE(dry);
+      std::vector<std::string> argv = {"convert", src.string(), (tmp / "out").string(),
+                                       "--scheme", "FP8_DYNAMIC"};
+      if (dry) argv.push_back("--dry-run");
+      auto r = qt::RunQuench(argv);
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CHECK_MESSAGE(r.err.find(note) != std::string::npos, r.err);
+      CHECK(r.err.find("training_args") == std::string::npos);
+    }
+    for (const char* f : {"original/consolidated.00.pth", "pytorch_model.bin",
+                          "training_args.bin"}) {
+      CHECK_MESSAGE(qt::ReadBytes(tmp / "out" / f) == qt::ReadBytes(src / f), f);
+    }
+    // -q: no note.
+    auto q = qt::RunQuench({"convert", src.string(), (tmp / "q").string(), "--scheme", "FP8_DYNAMIC",
+                            "-q"});
+    REQUIRE(q.exit_code == 0);
+    CHECK(q.err.empty());
+  }
+
   TEST_CASE("progress: plain lines when not a terminal, nothing with --quiet, dry runs alike") {
     qt::TempDir tmp;
     // The tests' stderr is a file, so the display must use plain lines (no carriage returns),

@@ -3,16 +3,37 @@
 // to config.json (the user's entries, the default ignores that took something, and cover for
 // modules left whole), the index's bytes, and the other files with config.json's
 // quantization_config as the reference writes it.
+#include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "format/json.h"
 #include "format/quant_config.h"
+#include "format/units.h"
 #include "plan/ignore_cover.h"
 #include "plan/observer_kwargs.h"
 #include "plan/planner_state.h"
 
 namespace quench::planner_internal {
+namespace {
+
+// The size of `file` when it holds weights in a format quench does not read (PyTorch pickles,
+// TensorFlow, Flax, GGUF): by its extension, and at least 1 MiB so that small pickles of
+// other things (Trainer's training_args.bin) are not taken for weights; else 0.
+uint64_t UnreadWeightsBytes(const std::filesystem::path& file) {
+  constexpr std::string_view kWeightExtensions[] = {".bin",  ".pt", ".pth",    ".ckpt",
+                                                    ".gguf", ".h5", ".msgpack"};
+  const std::string ext = file.extension().string();
+  bool weights = false;
+  for (std::string_view e : kWeightExtensions) weights |= ext == e;
+  if (!weights) return 0;
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(file, ec);
+  return !ec && bytes >= (uintmax_t{1} << 20) ? static_cast<uint64_t>(bytes) : 0;
+}
+
+}  // namespace
 
 // The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
 // reproduces (static_minmax: the keys' and values' global range over the collected tokens).
@@ -146,12 +167,27 @@ std::vector<ConfigGroup> Planner::ConfigGroups() {
 // Other files: copied unchanged, except the index (`index_json`) and config which are
 // regenerated. They are published in this order, config last.
 size_t Planner::PlanFiles(std::string index_json) {
+  std::string unread;  // weights in other formats, copied as the reference copies them
+  uint64_t unread_bytes = 0;
   for (const std::string& f : folder_.other_files) {
     if ((folder_.index_rel && f == *folder_.index_rel) ||
         (folder_.config_rel && f == *folder_.config_rel)) {
       continue;
     }
     plan_.files.push_back({f, folder_.root / f, {}});
+    if (const uint64_t bytes = UnreadWeightsBytes(folder_.root / f)) {
+      unread += (unread.empty() ? "" : ", ") + f;
+      unread_bytes += bytes;
+    }
+  }
+  if (!unread.empty()) {
+    // model_free_ptq copies them too, warning that it skips them (spec 6.7). Hugging Face
+    // repositories ship such copies (Llama's original/*.pth, pytorch_model*.bin): for a big
+    // model they are as large as the model, and nothing that loads DST reads them.
+    plan_.notes.push_back("copied unchanged, not quantized (weights in a format quench does not "
+                          "read; vLLM and transformers load the safetensors shards): " + unread +
+                          " (" + FormatBytes(unread_bytes) + "); leave them out of SRC to "
+                          "save the space and the time");
   }
   // Written even for a single-file model, under the source index's name or the default one
   // (compressed_tensors utils/safetensors_load.py::update_safetensors_index).
