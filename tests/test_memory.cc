@@ -365,22 +365,81 @@ TEST_SUITE("memory") {
     CHECK(r.max_rss_kib < limit_kib);
   }
 
-  TEST_CASE("Ctrl-C stops a run with exit code 130 and leaves no output") {
+  TEST_CASE("Ctrl-C, SIGTERM and SIGHUP stop a run with exit code 130 and leave no output") {
     qt::TempDir tmp;
     WriteBigCheckpoint(tmp / "src", 8192, 16384);
-    const fs::path out = tmp / "out";
-    const pid_t pid = qt::SpawnQuench({"convert", (tmp / "src").string(), out.string(), "--scheme",
-                                       "FP8_BLOCK", "--threads", "1", "--memory-limit", "64M", "-q"});
-    // Wait until the run has created its output folder, then interrupt it.
-    for (int i = 0; i < 2000 && !fs::exists(out); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+      CAPTURE(sig);
+      const fs::path out = tmp / "out";
+      const pid_t pid = qt::SpawnQuench({"convert", (tmp / "src").string(), out.string(),
+                                         "--scheme", "FP8_BLOCK", "--threads", "1",
+                                         "--memory-limit", "64M", "-q"});
+      // Wait until the run has created its output folder, then interrupt it.
+      for (int i = 0; i < 2000 && !fs::exists(out); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      kill(pid, sig);
+      int status = 0;
+      waitpid(pid, &status, 0);
+      REQUIRE(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 130);
+      CHECK_FALSE(fs::exists(out));
     }
-    kill(pid, SIGINT);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    REQUIRE(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 130);
-    CHECK_FALSE(fs::exists(out));
+  }
+
+  TEST_CASE("a run started under nohup ignores SIGHUP; a closed stderr pipe does not stop it") {
+    qt::TempDir tmp;
+    WriteBigCheckpoint(tmp / "src", 8192, 16384);
+    const std::vector<std::string> args = {"convert", (tmp / "src").string(),
+                                           (tmp / "out").string(), "--scheme", "FP8_BLOCK",
+                                           "--threads", "1", "--memory-limit", "64M"};
+    REQUIRE(qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "want").string(),
+                           "--scheme", "FP8_BLOCK", "-q"})
+                .exit_code == 0);
+    // The child as nohup leaves it (SIGHUP ignored) or with stderr a pipe nobody reads (the
+    // read end closed: every write raises SIGPIPE unless ignored), not quiet, so that it
+    // writes progress lines and notes there.
+    for (const bool nohup : {true, false}) {
+      CAPTURE(nohup);
+      fs::remove_all(tmp / "out");
+      int fds[2];
+      REQUIRE(pipe(fds) == 0);
+      std::fflush(stdout);
+      std::fflush(stderr);
+      const pid_t pid = fork();
+      if (pid == 0) {
+        if (nohup) {
+          std::signal(SIGHUP, SIG_IGN);
+        } else {
+          dup2(fds[1], 2);
+        }
+        close(fds[0]);
+        close(fds[1]);
+        const int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        if (nohup) dup2(null, 2);
+        std::string bin = qt::QuenchBin().string();
+        std::vector<std::string> copy = args;
+        std::vector<char*> argv = {bin.data()};
+        for (std::string& a : copy) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+      }
+      close(fds[0]);
+      close(fds[1]);
+      if (nohup) {
+        for (int i = 0; i < 2000 && !fs::exists(tmp / "out"); ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        kill(pid, SIGHUP);
+      }
+      int status = 0;
+      waitpid(pid, &status, 0);
+      REQUIRE_MESSAGE(WIFEXITED(status), "killed by signal " << WTERMSIG(status));
+      CHECK(WEXITSTATUS(status) == 0);
+      CHECK(qt::CheckSameFiles(tmp / "want", tmp / "out") > 0);
+    }
   }
 
   TEST_CASE("kill -9 twice, then --resume: same bytes as an uninterrupted run") {

@@ -1,9 +1,10 @@
 // `quench convert`: parses the flags into ConvertOptions (values checked here, so that a bad
 // one is a usage error before anything is read), resolves the worker slot, then either prints
-// the plan (--dry-run, dry_run.cc) or runs Convert() with a progress line and SIGINT/SIGTERM
-// as cancellation, and prints the run's summary.
+// the plan (--dry-run, dry_run.cc) or runs Convert() with a progress line and SIGINT/SIGTERM/
+// SIGHUP as cancellation, and prints the run's summary.
 #include "cli/convert_cmd.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -379,6 +380,15 @@ int RunConvert(const std::vector<std::string>& args) {
   if (f.dry_run) return PrintDryRun(o, quiet);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  // A terminal that goes away (an ssh session that drops) stops the run as Ctrl-C does, its
+  // complete shards kept for --resume; unless SIGHUP came ignored (nohup), as it then should.
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) {
+    std::signal(SIGHUP, OnSignal);
+  }
+  // Progress and notes go to stderr: a reader of it that ends (`2>&1 | head`, a `tee` killed
+  // with the session) makes the writes fail (EPIPE), not the conversion.
+  std::signal(SIGPIPE, SIG_IGN);
   ProgressPrinter progress(quiet);
   ConvertCallbacks cb;
   cb.cancel = &g_cancel;
