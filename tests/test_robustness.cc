@@ -11,6 +11,7 @@
 // namespace (`unshare -m`) on a tmpfs of an exact size.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "format/json.h"
+#include "format/cgroup.h"
 #include "pipeline/memory_budget.h"
 #include "test_util.h"
 
@@ -237,6 +239,90 @@ TEST_SUITE("robustness") {
       CHECK_FALSE(quench::ReadCgroupMemoryLimit(root.string()).has_value());
       CHECK_FALSE(quench::ReadCgroupMemoryLimit((root / "nothing").string()).has_value());
     }
+  }
+
+  TEST_CASE("cgroup CPU quota: reading v2 and v1 trees") {
+    qt::TempDir tmp;
+    const fs::path root = tmp.path();
+    SUBCASE("v2: the smallest ceil(quota / period) along the path; 'max' is no quota") {
+      qt::WriteBytes(root / "proc/self/cgroup", "0::/kubepods/pod1/ctr\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/cpu.max", "max 100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/pod1/cpu.max", "250000 100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "400000 100000\n");
+      auto l = quench::ReadCgroupCpuLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->cores == 3);  // 2.5 cores: three threads keep the quota busy
+      CHECK(l->file == (root / "sys/fs/cgroup/kubepods/pod1/cpu.max").string());
+      CHECK(l->text == "250000 100000");
+    }
+    SUBCASE("v2: less than a core is one; the mount point's own file counts") {
+      qt::WriteBytes(root / "proc/self/cgroup", "0::/docker/abc\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu.max", "50000 100000\n");
+      auto l = quench::ReadCgroupCpuLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->cores == 1);
+    }
+    SUBCASE("v1: cpu.cfs_quota_us over the period beside it, under the joined mount; -1 none") {
+      qt::WriteBytes(root / "proc/self/cgroup",
+                     "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "600000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us",
+                     "200000\n");
+      auto l = quench::ReadCgroupCpuLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->cores == 3);
+    }
+    SUBCASE("v1 mounted under the controller's own name") {
+      qt::WriteBytes(root / "proc/self/cgroup", "3:cpu,cpuacct:/x\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu/x/cpu.cfs_quota_us", "100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu/x/cpu.cfs_period_us", "100000\n");
+      auto l = quench::ReadCgroupCpuLimit(root.string());
+      REQUIRE(l.has_value());
+      CHECK(l->cores == 1);
+    }
+    SUBCASE("no quota anywhere, malformed values, or nothing readable") {
+      qt::WriteBytes(root / "proc/self/cgroup", "2:cpu:/a\n0::/b\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", "-1\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu/a/cpu.cfs_period_us", "100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/b/cpu.max", "max 100000\n");
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu.max", "200000 0\n");  // no period: ignored
+      CHECK_FALSE(quench::ReadCgroupCpuLimit(root.string()).has_value());
+      qt::WriteBytes(root / "sys/fs/cgroup/cpu.max", "two 100000\n");
+      CHECK_FALSE(quench::ReadCgroupCpuLimit(root.string()).has_value());
+      CHECK_FALSE(quench::ReadCgroupCpuLimit((root / "nothing").string()).has_value());
+    }
+  }
+
+  TEST_CASE("cgroup CPU quota: a run under one sizes its default threads by it, and says so") {
+    // The floor's message counts the chunks in flight, two per thread (SizePipeline): one
+    // thread under a quota of half a core, whatever this machine has.
+    qt::TempDir tmp;
+    const fs::path cg = tmp / "cgroup";
+    qt::WriteBytes(cg / "proc/self/cgroup", "0::/ctr\n");
+    qt::WriteBytes(cg / "sys/fs/cgroup/ctr/cpu.max", "50000 100000\n");
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+    const int cores = CPU_COUNT(&set);  // this process's, as quench's would be
+    const std::vector<std::string> argv = {qt::QuenchBin().string(), "convert", kTiny.string(),
+                                           (tmp / "out").string(), "--scheme", "FP8_DYNAMIC",
+                                           "--dry-run", "--memory-limit", "1K"};
+    auto r = RunCommand(argv, {{"QUENCH_CGROUP_ROOT", cg.string()}});
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(Contains(r.err, "(2 chunks in flight;"), r.err);
+    const std::string note = "quench: threads: 1, this process's cgroup CPU quota (" +
+                             (cg / "sys/fs/cgroup/ctr/cpu.max").string() + ": 50000 100000) on " +
+                             std::to_string(cores) + " cores; --threads sets it";
+    // A quota of one core limits nothing on a machine of one.
+    CHECK_MESSAGE(Contains(r.err, note) == (cores > 1), r.err);
+    // --threads given: as given, no note.
+    std::vector<std::string> given = argv;
+    given.insert(given.end(), {"--threads", "3"});
+    auto g = RunCommand(given, {{"QUENCH_CGROUP_ROOT", cg.string()}});
+    CHECK_MESSAGE(Contains(g.err, "(6 chunks in flight;"), g.err);
+    CHECK_FALSE(Contains(g.err, "cgroup CPU quota"));
   }
 
   TEST_CASE("cgroup memory limit: choosing the budget") {

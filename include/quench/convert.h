@@ -28,7 +28,7 @@ struct ConvertOptions : PlanOptions {
   // budget's size matters: tests use it to cut small tensors into many chunks (the budget no
   // longer can, since a budget below the process's own needs is refused).
   uint64_t chunk_bytes = 0;
-  int threads = 0;                     // 0: every core
+  int threads = 0;                     // 0: a core each (format/cgroup.h AvailableCores)
   bool direct_io = true;               // write weights with O_DIRECT where the file system allows
   bool overwrite = false;              // allow a non-empty existing DST
   bool resume = false;                 // finish an interrupted run in DST, keeping complete shards

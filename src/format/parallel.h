@@ -18,6 +18,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "format/cgroup.h"
+
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -55,11 +57,10 @@ inline void AdviseHugePages(const void* p, size_t n) {
 #endif
 }
 
-// The threads a --threads value asks for: `threads`, or with 0 (or less) one per core; at
-// least one (hardware_concurrency may answer 0).
+// The threads a --threads value asks for: `threads`, or with 0 (or less) one per core the
+// process may use (AvailableCores: its affinity mask and cgroup CPU quota); at least one.
 inline size_t ThreadCount(int threads) {
-  return threads > 0 ? static_cast<size_t>(threads)
-                     : std::max<size_t>(1, std::thread::hardware_concurrency());
+  return threads > 0 ? static_cast<size_t>(threads) : AvailableCores();
 }
 
 // The number of threads for `n` pieces of work worth `items` units in all: at most `threads`

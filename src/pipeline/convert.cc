@@ -129,13 +129,18 @@ Status CheckFreeSpace(const Plan& plan, bool run_lock, const LateIndex& late = {
 }
 
 // The options a run executes with: the memory budget chosen (the default fitted under the
-// cgroup's memory limit), with a note saying how when it matters.
-ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::string* note) {
+// cgroup's memory limit), with a note saying how when it matters, and one line more when a
+// CPU quota sets the default thread count.
+ConvertOptions WithMemoryBudget(const ConvertOptions& options, std::vector<std::string>* notes) {
   ConvertOptions o = options;
   const MemoryBudget budget = ChooseMemoryBudget(options.memory_limit, kDefaultMemoryLimit,
                                                  ReadCgroupMemoryLimit(CgroupPrefix()));
   o.memory_limit = budget.bytes;
-  *note = budget.note;
+  if (!budget.note.empty()) notes->push_back(budget.note);
+  // Without --threads, a CPU quota below the cores the run sees says so (AvailableCores).
+  std::string threads_note;
+  if (options.threads <= 0) AvailableCores(&threads_note);
+  if (!threads_note.empty()) notes->push_back(threads_note);
   return o;
 }
 
@@ -475,8 +480,8 @@ namespace {
 
 // DryRun; `listing`: DryRunListing's (the index's text not made).
 Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
-  std::string budget_note;
-  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  std::vector<std::string> budget_notes;
+  ConvertOptions options = WithMemoryBudget(requested, &budget_notes);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   // A worker's share reads the index's text and the source header hashes (the plan's
   // fingerprint); the listing and --report read neither.
@@ -484,7 +489,7 @@ Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   const bool listing_only = listing && options.workers == 0;
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, listing_only ? &late : nullptr,
                                                   nullptr, /*header_bytes=*/listing_only));
-  if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  plan.notes.insert(plan.notes.begin(), budget_notes.begin(), budget_notes.end());
   QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
@@ -515,8 +520,8 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
 Result<ConvertSummary> Convert(const ConvertOptions& requested,
                                const ConvertCallbacks& callbacks) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::string budget_note;
-  ConvertOptions options = WithMemoryBudget(requested, &budget_note);
+  std::vector<std::string> budget_notes;
+  ConvertOptions options = WithMemoryBudget(requested, &budget_notes);
   QUENCH_RETURN_IF_ERROR(ApplyRecipeCalibration(options));  // a recipe's GPTQ/SparseGPT
   // Before planning, while it leaves a core idle: the pipeline's first output buffers.
   const std::unique_ptr<BufferPrefault> prefault = StartPrefault(options);
@@ -531,7 +536,7 @@ Result<ConvertSummary> Convert(const ConvertOptions& requested,
   QUENCH_ASSIGN_OR_RETURN(Plan plan, MakePlanImpl(options, index_later ? &late : nullptr,
                                                   index_later ? &folder : nullptr,
                                                   /*header_bytes=*/index_later));
-  if (!budget_note.empty()) plan.notes.insert(plan.notes.begin(), budget_note);
+  plan.notes.insert(plan.notes.begin(), budget_notes.begin(), budget_notes.end());
   QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
   Result<ConvertSummary> r =
       ConvertPlanned(plan, late, folder, options, callbacks, t0, prefault.get());

@@ -8,7 +8,8 @@
 #include <optional>
 #include <string>
 
-#include "format/units.h"  // FormatBytes, which this header declared before
+#include "format/cgroup.h"  // CgroupPrefix, which this header declared before
+#include "format/units.h"   // FormatBytes, likewise
 
 namespace quench {
 
@@ -27,12 +28,8 @@ struct CgroupMemoryLimit {
 // `memory.limit_in_bytes`, the smallest along the path from the process's own cgroup (named
 // in /proc/self/cgroup) up to the hierarchy's root, since every ancestor's limit applies too.
 // None when no limit is set ("max", or v1's near-2^63 "unlimited") or nothing can be read.
-// Paths are read under `prefix` ("" for the real /proc and /sys; tests pass a fake tree).
+// Paths are read under `prefix` (format/cgroup.h: CgroupPrefix() in a run).
 std::optional<CgroupMemoryLimit> ReadCgroupMemoryLimit(const std::string& prefix);
-
-// The prefix ReadCgroupMemoryLimit uses in a run: $QUENCH_CGROUP_ROOT when set (tests only:
-// a folder holding proc/self/cgroup and sys/fs/cgroup/...), else "".
-std::string CgroupPrefix();
 
 struct MemoryBudget {
   uint64_t bytes = 0;
