@@ -817,6 +817,82 @@ TEST_SUITE("convert") {
     CHECK(q.err.empty());
   }
 
+  TEST_CASE("a Hugging Face model ID reads the model's snapshot in the local cache") {
+    // The cache as huggingface_hub lays it out: models--ORG--NAME/{blobs,refs/main,
+    // snapshots/REVISION/FILE -> ../../blobs/HASH}.
+    qt::TempDir tmp;
+    const fs::path cache = tmp / "hub", repo = cache / "models--acme--tiny";
+    auto snapshot = [&](const std::string& rev) {
+      fs::create_directories(repo / "snapshots" / rev);
+      for (const std::string& f : qt::ListFiles(kTiny)) {
+        const std::string blob = rev + "-" + std::to_string(std::hash<std::string>()(f));
+        fs::create_directories(repo / "blobs");
+        fs::copy_file(kTiny / f, repo / "blobs" / blob);
+        fs::create_symlink("../../blobs/" + blob, repo / "snapshots" / rev / f);
+      }
+    };
+    snapshot("0123abc");
+    qt::WriteBytes(repo / "refs/main", "0123abc");
+    const std::string bin = qt::QuenchBin().string();
+    const std::vector<std::pair<std::string, std::string>> env = {{"HF_HUB_CACHE", cache.string()}};
+    REQUIRE(qt::RunQuench({"convert", kTiny.string(), (tmp / "want").string(), "--scheme",
+                           "FP8_DYNAMIC", "-q"})
+                .exit_code == 0);
+
+    auto r = qt::RunCommand({bin, "convert", "acme/tiny", (tmp / "out").string(), "--scheme",
+                             "FP8_DYNAMIC"}, env);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.err.find("quench: acme/tiny: the Hugging Face cache's snapshot " +
+                     (repo / "snapshots/0123abc").string() + " (refs/main)\n") == 0);
+    CHECK(qt::CheckSameFiles(tmp / "want", tmp / "out") > 0);
+    auto v = qt::RunCommand({bin, "verify", (tmp / "out").string(), "acme/tiny", "-q"}, env);
+    CHECK_MESSAGE(v.exit_code == 0, v.err);
+    CHECK(v.err.empty());  // -q: no note
+    auto i = qt::RunCommand({bin, "inspect", "acme/tiny", "--json"}, env);
+    CHECK_MESSAGE(i.exit_code == 0, i.err);
+
+    // $HF_HOME/hub when HF_HUB_CACHE is not set; no refs/main: the only snapshot.
+    fs::remove(repo / "refs/main");
+    fs::create_directories(tmp / "home");
+    fs::rename(cache, tmp / "home/hub");
+    auto home = qt::RunCommand({bin, "convert", "acme/tiny", (tmp / "out2").string(), "--scheme",
+                                "FP8_DYNAMIC", "-q"},
+                               {{"HF_HUB_CACHE", ""}, {"HUGGINGFACE_HUB_CACHE", ""},
+                                {"HF_HOME", (tmp / "home").string()}});
+    CHECK_MESSAGE(home.exit_code == 0, home.err);
+    CHECK(qt::CheckSameFiles(tmp / "want", tmp / "out2") > 0);
+    fs::rename(tmp / "home/hub", cache);
+
+    // Two snapshots and no refs/main, an ID the cache lacks: exit 2, saying what to do.
+    snapshot("4567def");
+    auto two = qt::RunCommand({bin, "convert", "acme/tiny", (tmp / "o3").string(), "--scheme",
+                               "FP8_DYNAMIC"}, env);
+    CHECK(two.exit_code == 2);
+    CHECK_MESSAGE(two.err.find("has 2 snapshots and no refs/main naming one; pass the snapshot's "
+                               "folder") != std::string::npos, two.err);
+    auto missing = qt::RunCommand({bin, "convert", "acme/huge", (tmp / "o4").string(),
+                                   "--scheme", "FP8_DYNAMIC"}, env);
+    CHECK(missing.exit_code == 2);
+    CHECK_MESSAGE(missing.err == "quench: error: usage: acme/huge: no such folder; as a Hugging "
+                                 "Face model ID it is not in the cache " + cache.string() +
+                                 "; quench reads local files only: download it first (`hf "
+                                 "download acme/huge`), then pass the ID again or the folder\n",
+                  missing.err);
+    CHECK_FALSE(fs::exists(tmp / "o3"));
+    CHECK_FALSE(fs::exists(tmp / "o4"));
+
+    // A folder of that relative name on this machine comes first.
+    const fs::path cwd = fs::current_path();
+    fs::create_directories(tmp / "work/acme");
+    fs::create_directory_symlink(fs::absolute(kTiny), tmp / "work/acme/huge");
+    fs::current_path(tmp / "work");
+    auto local = qt::RunCommand({bin, "convert", "acme/huge", (tmp / "o5").string(), "--scheme",
+                                 "FP8_DYNAMIC"}, env);
+    fs::current_path(cwd);
+    CHECK_MESSAGE(local.exit_code == 0, local.err);
+    CHECK(local.err.find("Hugging Face") == std::string::npos);
+  }
+
   TEST_CASE("progress: plain lines when not a terminal, nothing with --quiet, dry runs alike") {
     qt::TempDir tmp;
     // The tests' stderr is a file, so the display must use plain lines (no carriage returns),

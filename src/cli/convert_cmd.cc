@@ -21,6 +21,7 @@
 #include "cli/cli.h"
 #include "cli/convert_help.h"
 #include "cli/dry_run.h"
+#include "cli/hub_cache.h"
 #include "cli/worker_env.h"
 #include "plan/recipe_calib.h"
 #include "quench/convert.h"
@@ -349,7 +350,10 @@ int RunConvert(const std::vector<std::string>& args) {
   if (o.scheme.empty() && o.recipe.empty()) {
     return ReportError("convert: --scheme or --recipe is required (see quench schemes)", 2);
   }
-  o.src = positional[0];
+  const HubSource hub = ResolveHubSource(positional[0]);
+  if (!hub.hint.empty()) return ReportError(positional[0] + ": no such folder; " + hub.hint, 2);
+  if (!hub.note.empty() && !quiet) std::fprintf(stderr, "quench: %s\n", hub.note.c_str());
+  o.src = hub.path;
   o.dst = positional[1];
   auto slot = ResolveWorker(f.worker_flag, f.workers_flag, [](const char* name) { return std::getenv(name); });
   if (!slot.ok()) return ReportError(slot.status().message(), 2);

@@ -17,6 +17,8 @@ std::string ConvertHelp() {
       "index; BF16, F16 or F32 weights) and writes a compressed-tensors checkpoint to DST:\n"
       "quantized shards under the same names, the index, config.json with its\n"
       "quantization_config, and every other file copied unchanged. SRC is never written.\n"
+      "SRC may be a Hugging Face model ID (ORG/NAME) that is not a path here: the model's\n"
+      "snapshot in the local Hugging Face cache (quench downloads nothing).\n"
       "\n"
       "A tensor is quantized when it is a 2-D `<module>.weight`, the module name does not end\n"
       "in \"norm\", it matches --targets and matches no --ignore entry (compressed-tensors'\n"

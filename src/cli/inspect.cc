@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "cli/hub_cache.h"
 #include "format/json.h"
 #include "format/file_io.h"
 #include "format/model_folder.h"
@@ -369,7 +370,10 @@ int RunInspect(const std::vector<std::string>& args) {
   int exit_code = 0;
   const std::optional<InspectArgs> a = ParseInspectArgs(args, &exit_code);
   if (!a) return exit_code;
-  const std::optional<Inspected> in = LoadInspected(a->path, &exit_code);
+  const HubSource hub = ResolveHubSource(a->path);
+  if (!hub.hint.empty()) return ReportError(a->path + ": no such file or folder; " + hub.hint, 3);
+  if (!hub.note.empty()) std::fprintf(stderr, "quench: %s\n", hub.note.c_str());
+  const std::optional<Inspected> in = LoadInspected(hub.path, &exit_code);
   if (!in) return exit_code;
   Sparsity sparsity;
   if (a->sparsity) {

@@ -8,6 +8,7 @@
 #include "calib/imatrix.h"
 #include "calib/stats.h"
 #include "cli/cli.h"
+#include "cli/hub_cache.h"
 
 namespace quench::cli {
 namespace {
@@ -219,7 +220,13 @@ int ImportImatrix(const std::vector<std::string>& args) {
   if (file.empty() || model.empty() || out.empty()) {
     return ReportError("stats import-imatrix needs FILE, --model SRC and -o OUT", 2);
   }
-  Status st = calib::ImportImatrix(file, model, out, opt);
+  const HubSource hub = ResolveHubSource(model);
+  if (!hub.hint.empty()) {
+    return ReportError("stats import-imatrix: --model " + model + ": no such folder; " + hub.hint,
+                       2);
+  }
+  if (!hub.note.empty()) std::fprintf(stderr, "quench: %s\n", hub.note.c_str());
+  Status st = calib::ImportImatrix(file, hub.path, out, opt);
   if (!st.ok()) return ReportStatus(st);
   std::fprintf(stderr, "quench: imported %s into %s\n", file.c_str(), out.c_str());
   return 0;

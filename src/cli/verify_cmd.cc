@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/cli.h"
+#include "cli/hub_cache.h"
 #include "format/json.h"
 #include "verify/verify.h"
 #include "cli/verify_packed_source.h"
@@ -141,7 +142,16 @@ int RunVerify(const std::vector<std::string>& args) {
     return ReportError(std::string("verify: expected DST [SRC]\n\n") + kVerifyHelp, 2);
   }
   o.dst = positional[0];
-  if (positional.size() == 2) o.src = positional[1];
+  if (positional.size() == 2) {
+    const HubSource hub = ResolveHubSource(positional[1]);
+    if (!hub.hint.empty()) {
+      return ReportError("verify: " + positional[1] + ": no such folder; " + hub.hint, 2);
+    }
+    if (!hub.note.empty() && !quiet && !json) {
+      std::fprintf(stderr, "quench: %s\n", hub.note.c_str());
+    }
+    o.src = hub.path;
+  }
   if (!prune_text.empty()) {
     auto spec = prune::ParsePruneSpec(prune_text);
     if (!spec.ok()) return ReportError("verify: " + spec.status().message(), 2);
