@@ -817,6 +817,40 @@ TEST_SUITE("convert") {
     CHECK(q.err.empty());
   }
 
+  TEST_CASE("a shard the index does not name is converted with the others, with a note") {
+    // Mistral's repositories ship consolidated.safetensors (the model again, under its own
+    // names) beside the indexed shards; model_free_ptq converts every .safetensors file.
+    qt::TempDir tmp;
+    const fs::path src = tmp / "src";
+    fs::copy(kTiny, src, fs::copy_options::recursive);
+    const auto all = qt::LoadAll(kTiny);
+    std::vector<qt::RawTensor> copy;
+    for (const auto& t : all.at("model-00001-of-00002.safetensors").shard.header.tensors) {
+      copy.push_back({"native." + t.name, t.dtype, t.shape, qt::TensorBytes(all, t.name)});
+    }
+    qt::WriteShard(src / "consolidated.safetensors", copy);
+    auto r = qt::RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme",
+                            "FP8_DYNAMIC"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK_MESSAGE(r.err.find("quench: consolidated.safetensors: model.safetensors.index.json "
+                             "names none of its tensors; converted and indexed with the other "
+                             "shards") != std::string::npos,
+                  r.err);
+    CHECK(fs::exists(tmp / "out/consolidated.safetensors"));
+    auto index = quench::ReadJsonFile((tmp / "out/model.safetensors.index.json").string());
+    REQUIRE(index.ok());
+    CHECK(index->Find("weight_map")->Find("native.model.layers.0.mlp.down_proj.weight")
+              ->as_string() == "consolidated.safetensors");
+    // Every shard indexed, or no index at all: no note.
+    for (const fs::path& folder : {kTiny, qt::DataDir() / "golden/edge-bf16/src"}) {
+      CAPTURE(folder);
+      REQUIRE(fs::exists(folder));
+      auto plain = qt::RunQuench({"convert", folder.string(), (tmp / "plain").string(),
+                                  "--scheme", "FP8_DYNAMIC", "--dry-run"});
+      CHECK(plain.err.find("names none of") == std::string::npos);
+    }
+  }
+
   TEST_CASE("a Hugging Face model ID reads the model's snapshot in the local cache") {
     // The cache as huggingface_hub lays it out: models--ORG--NAME/{blobs,refs/main,
     // snapshots/REVISION/FILE -> ../../blobs/HASH}.

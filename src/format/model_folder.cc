@@ -39,11 +39,16 @@ struct LastShard {
   uint32_t shard = 0;
 };
 
+// Which shards index entries resolved to (by position in m.shards): marked each time an entry
+// names another file than the entry before, so a few times per shard.
+using IndexedShards = std::vector<char>;
+
 // One weight_map entry: `file` must name an existing shard that holds `tensor`. `holder`
 // maps every tensor name to its shard's index in m.shards.
 Status CheckIndexEntry(const ModelFolder& m, const NameTable& holder, const std::string& label,
                        const std::string& dir, std::string_view tensor,
-                       simdjson::dom::element file_value, LastShard& last) {
+                       simdjson::dom::element file_value, LastShard& last,
+                       IndexedShards& indexed) {
   std::string_view file;
   if (file_value.get_string().get(file)) {
     return Error(ErrorCode::kInvalidInput,
@@ -69,6 +74,7 @@ Status CheckIndexEntry(const ModelFolder& m, const NameTable& holder, const std:
                                                "', which does not hold it");
   }
   last = {file, *h};
+  indexed[*h] = 1;
   return Status::Ok();
 }
 
@@ -121,7 +127,8 @@ void ParseIndex(const ModelFolder& m, IndexDom& d) {
 
 // Checks the parsed index. Read as Python reads JSON: a repeated key keeps its first position
 // and its last value.
-Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom& d) {
+Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom& d,
+                  IndexedShards& indexed) {
   const std::string& label = *m.index_rel;
   const std::string path = (m.root / label).string();
   const simdjson::dom::element root = d.root;
@@ -150,7 +157,7 @@ Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom&
   bool all_ok = true;
   LastShard last;
   for (simdjson::dom::key_value_pair field : entries) {
-    if (!CheckIndexEntry(m, holder, label, dir, field.key, field.value, last).ok()) {
+    if (!CheckIndexEntry(m, holder, label, dir, field.key, field.value, last, indexed).ok()) {
       all_ok = false;
       break;
     }
@@ -168,7 +175,7 @@ Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom&
   }
   last = {};
   for (const auto& [tensor, file] : dict) {
-    QUENCH_RETURN_IF_ERROR(CheckIndexEntry(m, holder, label, dir, tensor, file, last));
+    QUENCH_RETURN_IF_ERROR(CheckIndexEntry(m, holder, label, dir, tensor, file, last, indexed));
   }
   return Status::Ok();
 }
@@ -180,7 +187,8 @@ Status CheckIndex(const ModelFolder& m, const NameTable& holder, const IndexDom&
 // Returns false, leaving the checks to the name table (which names the first problem as the
 // messages always have), when a name is held twice or the index is not in strict name order
 // or has any entry the table's check would refuse.
-bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
+bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d,
+                      IndexedShards& indexed) {
   std::vector<std::pair<std::string_view, uint32_t>> held;
   held.reserve(tensors);
   for (size_t si = 0; si < m.shards.size(); ++si) {
@@ -233,6 +241,7 @@ bool SortedChecksPass(const ModelFolder& m, size_t tensors, const IndexDom* d) {
       return false;
     }
     last = {file, holder};
+    indexed[holder] = 1;
   }
   return true;
 }
@@ -429,7 +438,16 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
   // A tensor name must be unique across the checkpoint, or the index cannot map it.
   size_t tensors = 0;
   for (const Shard& s : m.shards) tensors += s.header.tensors.size();
-  if (SortedChecksPass(m, tensors, m.index_rel ? &index : nullptr)) {
+  IndexedShards indexed(m.shards.size(), 0);
+  // The shards an index names no tensor of (after the checks, which passed).
+  auto unindexed = [&] {
+    if (!m.index_rel) return;
+    for (size_t si = 0; si < m.shards.size(); ++si) {
+      if (!indexed[si]) m.unindexed.push_back(m.shards[si].rel_name);
+    }
+  };
+  if (SortedChecksPass(m, tensors, m.index_rel ? &index : nullptr, indexed)) {
+    unindexed();
     return ReadConfig(std::move(m));
   }
   NameTable holder(tensors);  // tensor name -> index of its shard
@@ -444,7 +462,8 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
       }
     }
   }
-  if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder, index));
+  if (m.index_rel) QUENCH_RETURN_IF_ERROR(CheckIndex(m, holder, index, indexed));
+  unindexed();
   return ReadConfig(std::move(m));
 }
 

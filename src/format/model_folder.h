@@ -36,6 +36,10 @@ struct ModelFolder {
   std::optional<JsonValue> config;           // parsed config file
   std::vector<std::string> other_files;      // every other file, relative, sorted
   std::vector<std::string> linked_folders;   // symbolic links to folders: not followed, sorted
+  // Shards the index names no tensor of (Mistral's consolidated.safetensors beside the
+  // Hugging Face shards): read and converted like the others, as model_free_ptq reads every
+  // *.safetensors file; sorted. Empty without an index.
+  std::vector<std::string> unindexed;
   // Tensors SplitFusedExperts left whole ([E, in, out] expert stacks): copied unquantized,
   // so the planner covers their modules with the written ignore list.
   std::vector<std::string> kept_whole;

@@ -167,6 +167,17 @@ std::vector<ConfigGroup> Planner::ConfigGroups() {
 // Other files: copied unchanged, except the index (`index_json`) and config which are
 // regenerated. They are published in this order, config last.
 size_t Planner::PlanFiles(std::string index_json) {
+  if (!folder_.unindexed.empty()) {
+    std::string names;
+    for (const std::string& n : folder_.unindexed) names += (names.empty() ? "" : ", ") + n;
+    plan_.notes.push_back(
+        names + ": " + *folder_.index_rel + " names none of " +
+        (folder_.unindexed.size() == 1 ? "its" : "their") +
+        " tensors; converted and indexed with the other shards, as model_free_ptq converts "
+        "every .safetensors file. If it is another copy of the model (Mistral's "
+        "consolidated.safetensors), leave it out of SRC: it doubles DST, and vLLM reads every "
+        "shard the index lists");
+  }
   std::string unread;  // weights in other formats, copied as the reference copies them
   uint64_t unread_bytes = 0;
   for (const std::string& f : folder_.other_files) {
