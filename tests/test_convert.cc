@@ -5,10 +5,12 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
+#include <set>
 
 #include "format/json.h"
 #include "format/model_folder.h"
@@ -971,6 +973,49 @@ TEST_SUITE("convert") {
     CHECK(v.exit_code == 0);
     CHECK(v.out.find("quench ") == 0);
     CHECK(qt::RunQuench({"frobnicate"}).exit_code == 2);
+  }
+
+  TEST_CASE("README's CLI reference and the commands' help name the same options") {
+    // The options of every command's --help, and those README.md's "CLI reference" names
+    // (from its heading to the next level-2 heading): the same set, so that neither
+    // documents a flag the other lacks.
+    const auto options = [](const std::string& text) {
+      std::set<std::string> out;
+      for (size_t i = text.find("--"); i != std::string::npos; i = text.find("--", i + 2)) {
+        size_t j = i + 2;
+        if (j >= text.size() || text[j] < 'a' || text[j] > 'z') continue;
+        if (i > 0 && (std::isalnum(static_cast<unsigned char>(text[i - 1])) || text[i - 1] == '-')) {
+          continue;  // inside a word or a longer run of dashes
+        }
+        while (j < text.size() && (std::islower(static_cast<unsigned char>(text[j])) ||
+                                   std::isdigit(static_cast<unsigned char>(text[j])) ||
+                                   text[j] == '-')) {
+          ++j;
+        }
+        std::string flag = text.substr(i, j - i);
+        while (flag.back() == '-') flag.pop_back();
+        out.insert(flag);
+      }
+      return out;
+    };
+    std::string help;
+    for (const std::vector<std::string>& cmd : std::vector<std::vector<std::string>>{
+             {"--help"}, {"convert", "--help"}, {"inspect", "--help"}, {"verify", "--help"},
+             {"finalize", "--help"}, {"schemes", "--help"}, {"stats", "--help"}}) {
+      auto r = qt::RunQuench(cmd);
+      REQUIRE_MESSAGE(r.exit_code == 0, cmd[0]);
+      help += r.out;
+    }
+    const std::string readme = qt::ReadBytes(qt::DataDir() / "../README.md");
+    const size_t begin = readme.find("\n## CLI reference\n");
+    REQUIRE(begin != std::string::npos);
+    const size_t end = readme.find("\n## ", begin + 1);
+    REQUIRE(end != std::string::npos);
+    const std::set<std::string> in_help = options(help);
+    const std::set<std::string> in_readme = options(readme.substr(begin, end - begin));
+    REQUIRE(in_help.size() > 40);
+    for (const std::string& f : in_help) CHECK_MESSAGE(in_readme.count(f) == 1, f);
+    for (const std::string& f : in_readme) CHECK_MESSAGE(in_help.count(f) == 1, f);
   }
 
   TEST_CASE("every command's error line names its category as its exit code does") {
