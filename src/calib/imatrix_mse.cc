@@ -5,6 +5,7 @@
 #include <bit>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "schemes/float_formats.h"
@@ -180,12 +181,17 @@ bool RunSteps(const WeightChunk& in, ImatrixFormat f, const std::vector<float>& 
   // With group_absmax, the AVX-512 BF16 int4 and the AVX2 int (4- and 8-bit), MXFP4 and
   // NVFP4 kernels read the raw rows and write it themselves (IntScalesKept, ChosenPos);
   // other kernels take an f32 copy made with it.
-  const bool mx_avx2 = !scalar && internal::MxAvx2Handles(b);
-  const bool int8_avx2 = !scalar && internal::Int8Avx2Handles(b);
+  // The raw kernels read bf16 values as uint16_t, also one at a time (the definition's sums
+  // at near ties): only from 2-byte aligned rows. safetensors does not align tensors, and a
+  // shard whose header has an odd length puts every one at an odd address; such rows take
+  // the f32 copy, which every kernel searches alike (found by scripts/fuzz-io under UBSan).
+  const bool raw_rows = !scalar && reinterpret_cast<uintptr_t>(in.data) % 2 == 0;
+  const bool mx_avx2 = raw_rows && internal::MxAvx2Handles(b);
+  const bool int8_avx2 = raw_rows && internal::Int8Avx2Handles(b);
   // (NVFP4 of bf16 on AVX2 and AVX-512: the groups search widens the rows itself.)
-  const bool fp4_raw = !scalar && internal::Fp4GroupsRawHandles(b);
+  const bool fp4_raw = raw_rows && internal::Fp4GroupsRawHandles(b);
   const bool raw_ok =
-      !scalar && (group_absmax == nullptr
+      raw_rows && (group_absmax == nullptr
                       ? internal::IntBf16Handles(b) || internal::IntAvx2Handles(b) ||
                             internal::IntAvx2AsymHandles(b) || mx_avx2 || int8_avx2 ||
                             fp4_raw
