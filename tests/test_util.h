@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <map>
 #include <cstdlib>
@@ -154,6 +155,9 @@ inline pid_t SpawnQuench(const std::vector<std::string>& args, const fs::path& i
   std::fflush(stderr);
   const pid_t pid = fork();
   if (pid == 0) {
+    // SIGHUP at its default, as in a terminal's processes, whatever the test runner inherited
+    // (nohup ignores it, and quench keeps an ignored SIGHUP ignored).
+    std::signal(SIGHUP, SIG_DFL);
     if (!io.empty()) {
       const std::string out = io.string() + ".out", err = io.string() + ".err";
       if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) {
