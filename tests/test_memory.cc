@@ -404,10 +404,7 @@ TEST_SUITE("memory") {
       fs::remove_all(tmp / "out");
       int fds[2];
       REQUIRE(pipe(fds) == 0);
-      std::fflush(stdout);
-      std::fflush(stderr);
-      const pid_t pid = fork();
-      if (pid == 0) {
+      const pid_t pid = qt::SpawnQuench(args, {}, [&] {
         if (nohup) {
           std::signal(SIGHUP, SIG_IGN);
         } else {
@@ -418,14 +415,7 @@ TEST_SUITE("memory") {
         const int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         if (nohup) dup2(null, 2);
-        std::string bin = qt::QuenchBin().string();
-        std::vector<std::string> copy = args;
-        std::vector<char*> argv = {bin.data()};
-        for (std::string& a : copy) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-      }
+      });
       close(fds[0]);
       close(fds[1]);
       if (nohup) {

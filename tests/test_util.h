@@ -149,8 +149,10 @@ inline RunResult RunCommand(const std::vector<std::string>& argv,
 }
 
 // Starts the quench binary with `args` without waiting for it (waitpid the pid returned);
-// with `io`, its stdout and stderr go to io.out and io.err.
-inline pid_t SpawnQuench(const std::vector<std::string>& args, const fs::path& io = {}) {
+// with `io`, its stdout and stderr go to io.out and io.err; `in_child` runs in the child
+// just before the binary (its signals and descriptors as a case needs them).
+inline pid_t SpawnQuench(const std::vector<std::string>& args, const fs::path& io = {},
+                         const std::function<void()>& in_child = {}) {
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t pid = fork();
@@ -164,6 +166,7 @@ inline pid_t SpawnQuench(const std::vector<std::string>& args, const fs::path& i
         _exit(126);
       }
     }
+    if (in_child) in_child();
     std::string bin = QuenchBin().string();
     std::vector<std::string> copy = args;
     std::vector<char*> argv = {bin.data()};
