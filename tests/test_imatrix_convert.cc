@@ -390,7 +390,7 @@ TEST_CASE("imatrix_mse and Wanda are refused at planning without what they need"
 
 namespace quench::testing {
 
-TEST_CASE("imatrix_mse on tensors at odd addresses (a header of odd length): the same bytes") {
+TEST_CASE("calibration on tensors at odd addresses (a header of odd length): the same bytes") {
   // safetensors aligns nothing: a header padded to an odd length puts every tensor of the
   // shard at an odd file offset, so at an odd address in the mapping. The raw-row kernels
   // read bf16 values as uint16_t, which must be 2-byte aligned (UBSan found the reads under
@@ -411,14 +411,20 @@ TEST_CASE("imatrix_mse on tensors at odd addresses (a header of odd length): the
     WriteBytes(odd / shard, bytes);
   }
   WriteStats(tmp / "stats", TinyLlamaSites());
+  // The other calibrations that read bf16 rows (AWQ, SmoothQuant, Wanda) after them: the
+  // same bytes too (they ran clean under UBSan on such a source).
+  const std::string imatrix = "--observer=imatrix_mse";
   for (const std::vector<std::string>& scheme : std::vector<std::vector<std::string>>{
-           {"W4A16", "--group-size", "64"}, {"W4A16_ASYM", "--group-size", "64"},
-           {"W8A16", "--group-size", "64"}, {"W8A8"}, {"NVFP4A16"}, {"MXFP4A16"}}) {
+           {"W4A16", "--group-size", "64", imatrix}, {"W4A16_ASYM", "--group-size", "64", imatrix},
+           {"W8A16", "--group-size", "64", imatrix}, {"W8A8", imatrix}, {"NVFP4A16", imatrix},
+           {"MXFP4A16", imatrix}, {"W4A16", "--group-size", "64", "--algorithm", "awq"},
+           {"W8A8", "--algorithm", "smoothquant"},
+           {"W4A16", "--group-size", "64", "--prune", "2:4", "--prune-metric", "wanda"}}) {
     CAPTURE(scheme[0]);
+    CAPTURE(scheme.back());
     std::vector<std::string> args = {"--scheme"};
     args.insert(args.end(), scheme.begin(), scheme.end());
-    for (std::string a : {std::string("--observer"), std::string("imatrix_mse"),
-                          std::string("--stats"), (tmp / "stats").string(), std::string("-q")}) {
+    for (std::string a : {std::string("--stats"), (tmp / "stats").string(), std::string("-q")}) {
       args.push_back(a);
     }
     auto run = [&](const fs::path& src, const fs::path& dst) {
