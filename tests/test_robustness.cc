@@ -461,17 +461,31 @@ TEST_SUITE("robustness") {
     fs::create_directories(mnt);
     // quench on a tmpfs of `size` bytes in a private mount namespace; returns its result and
     // the files left on the tmpfs (listed before the namespace, and the mount, go away).
-    auto run_on_tmpfs = [&](uint64_t size) {
+    auto run_on_tmpfs = [&](uint64_t size, const std::string& extra = "-q") {
       const std::string script =
           "mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" || exit 99\n"
-          "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC -q; rc=$?\n"
+          "\"$3\" convert \"$4\" \"$2/out\" --scheme FP8_DYNAMIC $6; rc=$?\n"
           "(cd \"$2\" && find . -type f | sort) > \"$5\"\n"
           "exit $rc\n";
       auto r = RunCommand({"unshare", "-m", "sh", "-c", script, "sh", std::to_string(size),
                            mnt.string(), qt::QuenchBin().string(), kTiny.string(),
-                           (tmp / "left.txt").string()});
+                           (tmp / "left.txt").string(), extra});
       return std::make_pair(r, qt::ReadBytes(tmp / "left.txt"));
     };
+    // A dry run makes the same check (DST not there yet: its folder's file system, the lock
+    // counted as the run would take it), listed with the plan's errors.
+    {
+      auto [r, left] = run_on_tmpfs(need - page, "--dry-run");
+      REQUIRE_MESSAGE(r.exit_code != 99, (std::string("cannot mount a tmpfs: ") + r.err));
+      CHECK(r.exit_code == 4);
+      CHECK_MESSAGE(Contains(r.err, "/out: needs " + std::to_string(need) + " bytes"), r.err);
+      CHECK_MESSAGE(Contains(r.err, "only " + std::to_string(need - page) + " are free"), r.err);
+      CHECK_MESSAGE(Contains(r.err, "1 error(s): a real run would stop"), r.err);
+      CHECK(left.empty());
+      auto [fits, none] = run_on_tmpfs(need, "--dry-run");
+      CHECK_MESSAGE(fits.exit_code == 0, fits.err);
+      CHECK(none.empty());
+    }
     {
       auto [r, left] = run_on_tmpfs(need - page);
       REQUIRE_MESSAGE(r.exit_code != 99, (std::string("cannot mount a tmpfs: ") + r.err));

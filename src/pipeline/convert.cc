@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "calib/act_scales.h"
@@ -112,13 +113,17 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateIndex& late
 // Fails early when the destination's file system cannot hold the output. `run_lock`: the
 // run holds DST/.quench-run.lock, a block of the run's that is on the disk already: counted
 // in what it needs and in what was free, so that both figures read as before the run began.
-Status CheckFreeSpace(const Plan& plan, bool run_lock, const LateIndex& late = {}) {
+// `at`: where to ask (DST, or for a dry run whose DST does not exist yet its nearest existing
+// folder, with the lock counted as the run would take it: `run_lock` false, `lock_to_come`).
+Status CheckFreeSpace(const Plan& plan, bool run_lock, const LateIndex& late = {},
+                      const fs::path& at = {}, bool lock_to_come = false) {
   struct statvfs sv {};
-  if (statvfs(plan.dst.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
+  const fs::path& where = at.empty() ? plan.dst : at;
+  if (statvfs(where.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
   const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
-  const uint64_t held = run_lock ? block : 0;
+  const uint64_t held = run_lock || lock_to_come ? block : 0;
   const uint64_t needed = DiskBytesNeeded(plan, block, late) + held;
-  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block + held;
+  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block + (run_lock ? held : 0);
   if (avail < needed) {
     return Error(ErrorCode::kIo, plan.dst.string() + ": needs " + std::to_string(needed) +
                                      " bytes (every file rounded up to the file system's " +
@@ -491,6 +496,18 @@ Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
                                                   nullptr, /*header_bytes=*/listing_only));
   plan.notes.insert(plan.notes.begin(), budget_notes.begin(), budget_notes.end());
   QUENCH_RETURN_IF_ERROR(CheckMemoryFloor(requested, options, &plan));
+  // The free-space check a real run makes before writing (CheckFreeSpace), where the dry run
+  // can count as it does: not for --resume or a worker, which count only the shards left.
+  if (plan.errors.empty() && !options.resume && options.workers == 0) {
+    std::error_code ec;
+    fs::path at = fs::absolute(options.dst, ec);
+    while (!at.empty() && !fs::exists(at, ec) && at != at.parent_path()) at = at.parent_path();
+    // DST named in the message as the real run names it.
+    const fs::path dst = std::exchange(plan.dst, ResolvePath(options.dst));
+    Status s = CheckFreeSpace(plan, /*run_lock=*/false, late, at, /*lock_to_come=*/true);
+    plan.dst = dst;
+    if (!s.ok()) plan.errors.push_back(std::move(s));
+  }
   if (!options.report.empty()) {
     const Status outcome = plan.errors.empty() ? Status::Ok() : plan.errors.front();
     QUENCH_RETURN_IF_ERROR(WriteFileAtomic(
