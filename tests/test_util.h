@@ -277,6 +277,40 @@ inline void WriteShard(const fs::path& file, const std::vector<RawTensor>& tenso
   WriteBytes(file, out);
 }
 
+// A copy of checkpoint folder `src` at `dst` whose every shard's header is padded with spaces
+// to an odd length (the format allows any padding): every tensor then lies at an odd offset,
+// so at an odd address where the file is mapped.
+inline void CopyWithOddHeaders(const fs::path& src, const fs::path& dst) {
+  fs::copy(src, dst, fs::copy_options::recursive);
+  for (const std::string& f : ListFiles(dst)) {
+    if (!f.ends_with(".safetensors")) continue;
+    std::string bytes = ReadBytes(dst / f);
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    const uint64_t pad = n % 2 == 0 ? 1 : 2;  // odd, and at least one space more
+    bytes.insert(8 + n, std::string(pad, ' '));
+    n += pad;
+    std::memcpy(bytes.data(), &n, 8);
+    REQUIRE(n % 2 == 1);
+    WriteBytes(dst / f, bytes);
+  }
+}
+
+// Converts folders `a` and `b` with the same options `args` (into folders under `work`,
+// removed after) and checks that the two outputs hold the same files with the same bytes.
+inline void CheckSameConversions(const fs::path& a, const fs::path& b,
+                                 const std::vector<std::string>& args, const fs::path& work) {
+  for (const auto& [src, dst] : {std::pair{a, work / "from-a"}, std::pair{b, work / "from-b"}}) {
+    std::vector<std::string> argv = {QuenchBin().string(), "convert", src.string(), dst.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const RunResult r = RunCommand(argv);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  }
+  CHECK(CheckSameFiles(work / "from-a", work / "from-b") > 0);
+  fs::remove_all(work / "from-a");
+  fs::remove_all(work / "from-b");
+}
+
 // BF16 bytes of `v` (truncation: any BF16 is valid input).
 inline std::string Bf16Bytes(const std::vector<float>& v) {
   std::string s(v.size() * 2, '\0');
