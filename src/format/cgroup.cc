@@ -25,19 +25,6 @@ void AlongPath(const std::string& mount, std::string cgroup_path, std::string_vi
   }
 }
 
-// A whole number written in decimal (surrounding spaces and newlines allowed), below 2^62.
-std::optional<uint64_t> ParseCount(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\n')) text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\n')) text.remove_suffix(1);
-  if (text.empty()) return std::nullopt;
-  uint64_t v = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9' || v > (uint64_t{1} << 58)) return std::nullopt;
-    v = v * 10 + static_cast<uint64_t>(c - '0');
-  }
-  return v;
-}
-
 // ceil(quota / period) cores, at least 1; none for a period of 0.
 std::optional<size_t> QuotaCores(uint64_t quota, uint64_t period) {
   if (period == 0) return std::nullopt;
@@ -55,6 +42,17 @@ size_t AffinityCores() {
 }
 
 }  // namespace
+
+std::optional<uint64_t> ParseCgroupNumber(std::string_view text) {
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\n')) text.remove_suffix(1);
+  if (text.empty()) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9' || v > (uint64_t{1} << 58)) return std::nullopt;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return v;
+}
 
 std::optional<std::string> ReadSmallFile(const std::string& path) {
   std::ifstream f(path);
@@ -118,16 +116,16 @@ std::optional<CgroupCpuLimit> ReadCgroupCpuLimit(const std::string& prefix) {
       // "QUOTA PERIOD", the quota "max" when none (the kernel's cgroup-v2 documentation).
       const size_t space = f.text.find(' ');
       if (space == std::string::npos) continue;
-      const auto quota = ParseCount(std::string_view(f.text).substr(0, space));
-      const auto period = ParseCount(std::string_view(f.text).substr(space + 1));
+      const auto quota = ParseCgroupNumber(std::string_view(f.text).substr(0, space));
+      const auto period = ParseCgroupNumber(std::string_view(f.text).substr(space + 1));
       if (quota && period) consider(f, QuotaCores(*quota, *period));
       continue;
     }
     // v1: the quota in microseconds per cpu.cfs_period_us beside it, -1 when none.
     const std::string dir = f.path.substr(0, f.path.rfind('/'));
-    const auto quota = ParseCount(f.text);
+    const auto quota = ParseCgroupNumber(f.text);
     const auto period_text = ReadSmallFile(dir + "/cpu.cfs_period_us");
-    const auto period = period_text ? ParseCount(*period_text) : std::nullopt;
+    const auto period = period_text ? ParseCgroupNumber(*period_text) : std::nullopt;
     if (quota && period) consider(f, QuotaCores(*quota, *period));
   }
   return best;

@@ -7,6 +7,7 @@
 #define QUENCH_FORMAT_CGROUP_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,6 +17,10 @@ namespace quench {
 
 // A file's contents, or none when it cannot be read.
 std::optional<std::string> ReadSmallFile(const std::string& path);
+
+// A limit file's number: decimal digits, then only spaces or newlines; none for anything else
+// ("max", "-1") or above about 2.9 * 10^18 (far beyond any limit a machine has).
+std::optional<uint64_t> ParseCgroupNumber(std::string_view text);
 
 // One limit file found along the process's cgroup path: its path and text.
 struct CgroupFile {

@@ -110,20 +110,28 @@ uint64_t DiskBytesNeeded(const Plan& plan, uint64_t block, const LateIndex& late
   return total + folders.size() * block;
 }
 
-// Fails early when the destination's file system cannot hold the output. `run_lock`: the
-// run holds DST/.quench-run.lock, a block of the run's that is on the disk already: counted
-// in what it needs and in what was free, so that both figures read as before the run began.
-// `at`: where to ask (DST, or for a dry run whose DST does not exist yet its nearest existing
-// folder, with the lock counted as the run would take it: `run_lock` false, `lock_to_come`).
-Status CheckFreeSpace(const Plan& plan, bool run_lock, const LateIndex& late = {},
-                      const fs::path& at = {}, bool lock_to_come = false) {
+// The run's lock file (DST/.quench-run.lock), a block on DST's file system: none (a worker,
+// whose lock is elsewhere), held (a single run: on the disk already), or to come (a dry run,
+// counting as the run will).
+enum class RunLockBlock { kNone, kHeld, kToCome };
+
+// Fails early when the destination's file system cannot hold the output: asked of DST, or of
+// its nearest existing folder where DST is not made yet (a dry run). The lock's block counts
+// in what the run needs; where it is held, also in what was free, so that both figures read
+// as before the run began.
+Status CheckFreeSpace(const Plan& plan, RunLockBlock lock, const LateIndex& late = {}) {
+  std::error_code ec;
+  fs::path at = plan.dst;
+  while (!fs::exists(at, ec) && at.has_relative_path() && at != at.parent_path()) {
+    at = at.parent_path();
+  }
   struct statvfs sv {};
-  const fs::path& where = at.empty() ? plan.dst : at;
-  if (statvfs(where.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
+  if (statvfs(at.c_str(), &sv) != 0) return Status::Ok();  // unknown: let writes decide
   const uint64_t block = sv.f_frsize > 0 ? sv.f_frsize : (sv.f_bsize > 0 ? sv.f_bsize : 4096);
-  const uint64_t held = run_lock || lock_to_come ? block : 0;
-  const uint64_t needed = DiskBytesNeeded(plan, block, late) + held;
-  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block + (run_lock ? held : 0);
+  const uint64_t lock_block = lock == RunLockBlock::kNone ? 0 : block;
+  const uint64_t needed = DiskBytesNeeded(plan, block, late) + lock_block;
+  const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * block +
+                         (lock == RunLockBlock::kHeld ? lock_block : 0);
   if (avail < needed) {
     return Error(ErrorCode::kIo, plan.dst.string() + ": needs " + std::to_string(needed) +
                                      " bytes (every file rounded up to the file system's " +
@@ -499,12 +507,9 @@ Result<Plan> DryRunImpl(const ConvertOptions& requested, bool listing) {
   // The free-space check a real run makes before writing (CheckFreeSpace), where the dry run
   // can count as it does: not for --resume or a worker, which count only the shards left.
   if (plan.errors.empty() && !options.resume && options.workers == 0) {
-    std::error_code ec;
-    fs::path at = fs::absolute(options.dst, ec);
-    while (!at.empty() && !fs::exists(at, ec) && at != at.parent_path()) at = at.parent_path();
-    // DST named in the message as the real run names it.
+    // DST as the real run names it (absolute, resolved), for the check and its message.
     const fs::path dst = std::exchange(plan.dst, ResolvePath(options.dst));
-    Status s = CheckFreeSpace(plan, /*run_lock=*/false, late, at, /*lock_to_come=*/true);
+    Status s = CheckFreeSpace(plan, RunLockBlock::kToCome, late);
     plan.dst = dst;
     if (!s.ok()) plan.errors.push_back(std::move(s));
   }
@@ -612,6 +617,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
     }
     run_lock = std::move(*lock);
   }
+  const RunLockBlock run_lock_block = run_lock ? RunLockBlock::kHeld : RunLockBlock::kNone;
 
   // On failure: remove what this run created, so nothing half-done is left behind (temporary
   // files are removed by their owners). An interrupted run keeps its complete shards and their
@@ -723,7 +729,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
   // --resume (and a worker, which always resumes its own run) checks once it knows which
   // shards are complete (below).
   if (!options.resume && !worker) {
-    if (Status s = CheckFreeSpace(plan, run_lock != nullptr, late); !s.ok()) return cleanup(s);
+    if (Status s = CheckFreeSpace(plan, run_lock_block, late); !s.ok()) return cleanup(s);
   }
   for (const PlannedShard& ps : plan.shards) {
     if (Status s = MakeFolders((plan.dst / ps.rel_name).parent_path()); !s.ok()) {
@@ -825,7 +831,7 @@ Result<ConvertSummary> ConvertPlanned(Plan& plan, const LateIndex& late,
         callbacks.note("resume: " + plan.dst.string() + " is already complete; nothing to do");
       }
       finished_before = true;
-    } else if (Status s = CheckFreeSpace(plan, run_lock != nullptr); !s.ok()) {
+    } else if (Status s = CheckFreeSpace(plan, run_lock_block); !s.ok()) {
       return cleanup(s);
     }
   }

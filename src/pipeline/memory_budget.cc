@@ -15,15 +15,8 @@ constexpr uint64_t kUnlimited = 1ull << 60;
 
 // A limit file's value: a decimal number of bytes, or "max". None: no limit or unreadable.
 std::optional<uint64_t> ParseLimit(std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  if (text.empty() || text == "max") return std::nullopt;
-  uint64_t v = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    if (v > (UINT64_MAX - 9) / 10) return std::nullopt;
-    v = v * 10 + static_cast<uint64_t>(c - '0');
-  }
-  if (v >= kUnlimited) return std::nullopt;
+  const std::optional<uint64_t> v = ParseCgroupNumber(text);  // "max" is none
+  if (!v || *v >= kUnlimited) return std::nullopt;
   return v;
 }
 
