@@ -2,6 +2,7 @@
 // and name (compressed-tensors and vLLM match with re.match), worked out with CPython.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -79,6 +80,53 @@ TEST_SUITE("matcher") {
     }
   }
 
+  TEST_CASE("leading-component regexes give the same answers as the regex alone") {
+    // NameMatcher answers `([^.]+\.)?(A|B)\..*` by the names' first two components, not
+    // by the regex; every answer must still be the regex's own (std::regex with re.match's
+    // anchoring, computed here without NameMatcher). The near misses are not of the form and
+    // go to the regex.
+    const char* patterns[] = {
+        "([^.]+\\.)?(vision_tower|visual|mm_projector)\\..*",
+        "([^.]+\\.)?(vision_tower|visual|mm_projector)\\.",
+        "([^.]+\\.)?(audio_tower)\\..*",
+        "([^.]+\\.)?(visual|vision)\\..*",
+        "([^.]*\\.)?(visual|vision)\\..*",   // `*`: an empty first component may pass
+        "([^.]+\\.)?(vis.al)\\..*",          // a regex inside: not of the form
+        "([^.]+\\.)?(visual|)\\..*",         // an empty alternative: not of the form
+    };
+    const char* names[] = {
+        "visual.blocks.0.attn.qkv", "model.visual.blocks.0.attn.qkv", "thinker.visual.merger",
+        "a.b.visual.x", "visual", "model.visual", "visual.", ".visual.x", "..visual.x",
+        "visualx.y", "model.visualx.y", "xvisual.y", "vision.y", "vision_tower.encoder.fc1",
+        "model.vision_tower", "model.mm_projector.0", "mm_projector", "audio_tower.layers.0.fc1",
+        "model.layers.0.mlp.gate_proj", "", ".", "model.", "vis_al.x", "model.visXal.q",
+        "model..x", "m.audio_tower.x",
+    };
+    for (const char* p : patterns) {
+      CAPTURE(p);
+      auto m = NameMatcher::Compile({std::string("re:") + p}, "--ignore");
+      REQUIRE(m.ok());
+      const std::regex re(p, std::regex::ECMAScript);
+      for (const char* n : names) {
+        CAPTURE(n);
+        const std::string_view name(n);
+        const bool expected = std::regex_search(name.begin(), name.end(), re,
+                                                std::regex_constants::match_continuous);
+        CHECK(m->Matches(name) == expected);
+      }
+    }
+    // And as CPython's re.match answers (worked out by hand from the pattern's meaning).
+    auto m = NameMatcher::Compile({"re:([^.]+\\.)?(vision_tower|visual)\\..*"}, "--ignore");
+    REQUIRE(m.ok());
+    CHECK(m->Matches("visual.blocks.0.attn.qkv"));
+    CHECK(m->Matches("model.visual.blocks.0.attn.qkv"));
+    CHECK(m->Matches("model.vision_tower.encoder.layers.0.self_attn.q_proj"));
+    CHECK_FALSE(m->Matches("a.b.visual.x"));    // a third component is not looked at
+    CHECK_FALSE(m->Matches("model.visual"));    // no dot after it
+    CHECK_FALSE(m->Matches(".visual.x"));       // [^.]+ needs a non-empty first component
+    CHECK_FALSE(m->Matches("model.visualx.y"));
+  }
+
   TEST_CASE("first matching entry wins") {
     auto m = NameMatcher::Compile({"re:.*proj", "model.q_proj"}, "--targets");
     REQUIRE(m.ok());
@@ -106,6 +154,9 @@ TEST_SUITE("matcher") {
         "x.q_proj", "x.k_proj", "transformer.wte", "wpe", "a", "ba", "x", "x$", "$",
         "model.layers.3.mlp.shared_expert_gate", "model.layers.3.mlp.router", "norm",
         "model.layers.4.block_sparse_moe.gate", "embeddings.token_type_embeddings", "\xff",
+        "language_model.lm_head", "model.visual.blocks.0.attn.qkv", "visual.merger.mlp.0",
+        "vision_tower.encoder.layers.0.mlp.fc1", "model.multi_modal_projector.linear_1",
+        "a.b.visual.x", ".visual.x", "visual",
     };
     const auto expected_first = [](const std::vector<std::string>& list, std::string_view n) {
       for (size_t i = 0; i < list.size(); ++i) {
@@ -142,12 +193,19 @@ TEST_SUITE("matcher") {
     // Spot checks of the rule above, worked out by hand.
     auto all = NameMatcher::Compile(entries, "--ignore");
     REQUIRE(all.ok());
-    CHECK(all->FirstMatch("model.layers.0.mlp.gate") == 4);        // re:.*mlp\.gate$
-    CHECK(all->FirstMatch("model.layers.0.mlp.gate_proj") == 8);   // exact
-    CHECK(all->FirstMatch("") == 9);                                // the empty exact entry
-    CHECK(all->FirstMatch("model.layers.1.mlp.experts.3.up_proj") == 12);  // re:model\.layers\.1\.
-    CHECK(all->FirstMatch("model.layers.2.mlp.experts.3.up_proj") == 13);  // re:.*(up|down)_proj$
-    CHECK(all->FirstMatch("norm") == 17);                            // re:.*
+    const auto at = [&](std::string_view e) {
+      return static_cast<int>(std::find(entries.begin(), entries.end(), e) - entries.begin());
+    };
+    const int d = static_cast<int>(quench::DefaultIgnores().size());  // then the list above
+    CHECK(all->FirstMatch("model.layers.0.mlp.gate") == at("re:.*mlp\\.gate$"));
+    CHECK(all->FirstMatch("model.layers.0.mlp.gate_proj") == d);     // exact
+    CHECK(all->FirstMatch("") == d + 1);                              // the empty exact entry
+    CHECK(all->FirstMatch("model.layers.1.mlp.experts.3.up_proj") == d + 4);  // re:model\.layers\.1\.
+    CHECK(all->FirstMatch("model.layers.2.mlp.experts.3.up_proj") == d + 5);  // re:.*(up|down)_proj$
+    CHECK(all->FirstMatch("norm") == d + 9);                          // re:.*
+    CHECK(all->FirstMatch("model.visual.blocks.0.attn.qkv") < d);     // a default: the encoders'
+    CHECK(all->FirstMatch("model.visual.blocks.0.attn.qkv") ==
+          all->FirstMatch("vision_tower.encoder.layers.0.mlp.fc1"));
   }
 
   TEST_CASE("an invalid regex is a usage error naming the entry") {
@@ -219,7 +277,7 @@ TEST_SUITE("matcher") {
     CHECK(p2 == "weight");
   }
 
-  TEST_CASE("default ignores cover heads, embeddings and router gates but not projections") {
+  TEST_CASE("default ignores cover heads, embeddings, router gates and multimodal encoders, not projections") {
     std::vector<std::string> patterns;
     for (const auto& d : quench::DefaultIgnores()) patterns.emplace_back(d.pattern);
     auto m = NameMatcher::Compile(patterns, "default");
@@ -228,13 +286,32 @@ TEST_SUITE("matcher") {
                           "embeddings.position_embeddings", "transformer.wte",
                           "model.layers.0.mlp.gate", "model.layers.1.mlp.shared_expert_gate",
                           "model.layers.2.block_sparse_moe.gate", "model.layers.3.mlp.router",
-                          "language_model.model.layers.0.feed_forward.router"}) {
+                          "language_model.model.layers.0.feed_forward.router",
+                          // multimodal models' output heads, encoders and projectors, in
+                          // the layouts of Llava / Llama 4 / Mllama (older transformers),
+                          // Qwen2.5-VL, Qwen3-VL (transformers 5), Qwen2.5-Omni, Kimi-VL,
+                          // Gemma 3n, Phi-3.5-vision, Idefics3, DeepSeek-VL2
+                          "language_model.lm_head", "thinker.lm_head", "llm.lm_head",
+                          "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj",
+                          "vision_model.model.layers.0.mlp.fc1", "visual.blocks.0.attn.qkv",
+                          "model.visual.merger.linear_fc1", "thinker.visual.blocks.0.mlp.up_proj",
+                          "thinker.audio_tower.layers.0.fc1", "multi_modal_projector.linear_1",
+                          "model.multi_modal_projector.linear_2", "mm_projector.proj.0",
+                          "model.embed_vision.embedding_projection", "model.audio_tower.conv.0",
+                          "model.vision_embed_tokens.img_projection.0",
+                          "model.connector.modality_projection.proj", "vision.blocks.0.attn.qkv",
+                          "projector.layers.0"}) {
       CAPTURE(n);
       CHECK(m->Matches(n));
     }
     for (const char* n : {"model.layers.0.mlp.gate_proj", "model.layers.0.self_attn.q_proj",
                           "model.layers.0.mlp.experts.3.up_proj", "encoder.layer.0.output.dense",
-                          "model.layers.0.mlp.router_proj"}) {
+                          "model.layers.0.mlp.router_proj",
+                          // the language model of a multimodal checkpoint
+                          "language_model.model.layers.0.self_attn.q_proj",
+                          "model.language_model.layers.0.mlp.down_proj",
+                          "thinker.model.layers.0.self_attn.o_proj", "lm_head_proj",
+                          "model.layers.0.visual.proj"}) {
       CAPTURE(n);
       CHECK_FALSE(m->Matches(n));
     }

@@ -23,7 +23,8 @@ std::string ConvertHelp() {
       "A tensor is quantized when it is a 2-D `<module>.weight`, the module name does not end\n"
       "in \"norm\", it matches --targets and matches no --ignore entry (compressed-tensors'\n"
       "rule), and, unless --no-default-ignore, it is not one of the modules vLLM loads\n"
-      "unquantized (output head, embeddings, MoE router gates).\n"
+      "unquantized (output head, embeddings, MoE router gates) or a multimodal model's\n"
+      "vision or audio encoder or projector.\n"
       "\n"
       "options:\n"
       "  --scheme NAME         quantization scheme (required; `quench schemes` describes them):\n"
@@ -57,8 +58,10 @@ std::string ConvertHelp() {
        "  --ignore ENTRY        module to leave unquantized (repeatable), same syntax; written\n"
        "                        verbatim to quantization_config.ignore\n"
        "  --no-default-ignore   quantize exactly what llm-compressor's model_free_ptq would;\n"
-       "                        without it these are also left alone:";
-  for (const DefaultIgnore& d : DefaultIgnores()) s += " " + std::string(d.pattern);
+       "                        without it these are also left alone (one per line):";
+  for (const DefaultIgnore& d : DefaultIgnores()) {
+    s += "\n                          " + std::string(d.pattern);
+  }
   s += "\n"
        "  --group-size N        integer schemes: inputs per scale (a multiple of 8), or -1 for\n"
        "                        one scale per output channel; default: the preset's (128)\n"

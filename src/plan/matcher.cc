@@ -91,6 +91,49 @@ std::vector<std::string> RequiredSuffixes(std::string_view pattern) {
   return {tail};
 }
 
+// The plain names A, B, ... of a pattern `([^.]+\.)?(A|B|...)\..*` (the `.*` optional), each
+// of letters, digits and `_`; empty for any other pattern. Under Python's re.match such a
+// pattern matches a name when the name's first component is one of them and a dot follows,
+// or when its first component is not empty and its second is one of them and a dot
+// follows: `[^.]+\.` can only take a whole first component with its dot, and a name
+// cannot contain a dot.
+std::vector<std::string> LeadingComponents(std::string_view p) {
+  constexpr std::string_view kHead = "([^.]+\\.)?(";
+  if (!p.starts_with(kHead)) return {};
+  p.remove_prefix(kHead.size());
+  if (p.ends_with(".*")) p.remove_suffix(2);
+  constexpr std::string_view kTail = ")\\.";
+  if (!p.ends_with(kTail)) return {};
+  p.remove_suffix(kTail.size());
+  std::vector<std::string> names(1);
+  for (const char c : p) {
+    if (c == '|') {
+      if (names.back().empty()) return {};
+      names.emplace_back();
+    } else if (std::isalnum(static_cast<unsigned char>(c)) || c == '_') {
+      names.back() += c;
+    } else {
+      return {};
+    }
+  }
+  if (names.back().empty()) return {};
+  return names;
+}
+
+// Whether `module`'s first component, or (after a non-empty first) its second, is one of
+// `names` and is followed by a dot: what LeadingComponents' patterns match.
+bool LeadingComponentMatches(const std::vector<std::string>& names, std::string_view module) {
+  const auto named = [&](std::string_view c) {
+    return std::find(names.begin(), names.end(), c) != names.end();
+  };
+  const size_t d0 = module.find('.');
+  if (d0 == std::string_view::npos) return false;
+  if (named(module.substr(0, d0))) return true;
+  if (d0 == 0) return false;
+  const size_t d1 = module.find('.', d0 + 1);
+  return d1 != std::string_view::npos && named(module.substr(d0 + 1, d1 - d0 - 1));
+}
+
 // The length of a brace quantifier `{m}`, `{m,}` or `{m,n}` starting at p[i] (0 when the
 // brace is a literal, as Python reads one that is not a quantifier).
 size_t BraceQuantifier(std::string_view p, size_t i) {
@@ -176,6 +219,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
         // (., *, +, ?, |, groups, (?:), classes, \d \w \s, anchors).
         c.re = std::regex(e.substr(3), std::regex::ECMAScript | std::regex::optimize);
         c.suffixes = RequiredSuffixes(std::string_view(e).substr(3));
+        c.leading = LeadingComponents(std::string_view(e).substr(3));
       } catch (const std::regex_error& err) {
         return Error(ErrorCode::kUsage, std::string(what) + " entry '" + e +
                                             "': invalid regular expression: " + err.what());
@@ -205,6 +249,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
 bool NameMatcher::EntryMatches(size_t i, std::string_view module) const {
   const Entry& e = compiled_[i];
   if (e.is_regex) {
+    if (!e.leading.empty()) return LeadingComponentMatches(e.leading, module);
     if (!e.suffixes.empty() &&
         std::none_of(e.suffixes.begin(), e.suffixes.end(),
                      [&](const std::string& s) { return module.ends_with(s); })) {

@@ -39,6 +39,12 @@ class NameMatcher {
     // names that do not are rejected without running it, which matters on checkpoints with
     // tens of thousands of tensors. Empty: no such test, the regex decides alone.
     std::vector<std::string> suffixes;
+    // A regex of the form `([^.]+\.)?(A|B|...)\..*` (plain names A, B: letters, digits, `_`)
+    // matches exactly the names whose first or second dot-separated component is one of
+    // them, followed by a dot (LeadingComponents); it is answered so, without the regex.
+    // Such patterns (quench's default ignores for vision towers) end in no fixed suffix,
+    // so they are tried on every module.
+    std::vector<std::string> leading;
   };
   std::vector<std::string> entries_;
   std::vector<Entry> compiled_;

@@ -6,6 +6,7 @@
 #include "plan/planner.h"
 
 #include <atomic>
+#include <string_view>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -20,15 +21,31 @@ namespace quench {
 namespace {
 
 // Data, not a chain of name checks: extend this table to cover a new architecture's names.
+constexpr std::string_view kVllm = "vLLM loads it unquantized";
+// Quantized multimodal releases keep their encoders and projectors in BF16 (llm-compressor's
+// multimodal examples ignore `re:.*vision_tower.*` and `re:.*multi_modal_projector.*`; Kimi
+// K2.5's ignore list covers `vision_tower.*` and `mm_projector.*`). The component may come
+// first (older transformers layouts, `vision_tower.`) or second (`model.vision_tower.`,
+// transformers 5, `thinker.visual.`), which NameMatcher answers without the regex.
+constexpr std::string_view kReleases = "quantized multimodal releases keep it unquantized";
 constexpr DefaultIgnore kDefaultIgnores[] = {
-    {"lm_head", "output head"},
-    {"re:.*embed_tokens$", "token embedding"},
-    {"re:.*(word|position|token_type)_embeddings$", "embedding"},
-    {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding"},
-    {"re:.*mlp\\.gate$", "MoE router gate"},
-    {"re:.*block_sparse_moe\\.gate$", "MoE router gate"},
-    {"re:.*(mlp|feed_forward)\\.router$", "MoE router"},  // gpt-oss, Llama 4
-    {"re:.*shared_expert_gate$", "shared-expert gate"},
+    {"lm_head", "output head", kVllm},
+    // The head under a prefix: older multimodal layouts (`language_model.lm_head`: Llava,
+    // Llama 4, Mllama, Mistral 3), MiniCPM-V's `llm.lm_head`. It also covers a bare `lm_head`,
+    // the name transformers 5 and vLLM give the same module after renaming.
+    {"re:(.*\\.)?lm_head$", "output head", kVllm},
+    {"re:.*embed_tokens$", "token embedding", kVllm},
+    {"re:.*(word|position|token_type)_embeddings$", "embedding", kVllm},
+    {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding", kVllm},
+    {"re:.*mlp\\.gate$", "MoE router gate", kVllm},
+    {"re:.*block_sparse_moe\\.gate$", "MoE router gate", kVllm},
+    {"re:.*(mlp|feed_forward)\\.router$", "MoE router", kVllm},  // gpt-oss, Llama 4
+    {"re:.*shared_expert_gate$", "shared-expert gate", kVllm},
+    {"re:([^.]+\\.)?(vision_tower|vision_model|visual|vision|vision_encoder|"
+     "vision_embed_tokens|embed_vision|audio_tower|embed_audio)\\..*",
+     "vision or audio encoder", kReleases},
+    {"re:([^.]+\\.)?(multi_modal_projector|mm_projector|projector|connector)\\..*",
+     "multimodal projector", kReleases},
 };
 
 }  // namespace

@@ -16,10 +16,12 @@
 namespace quench {
 
 // A module name pattern quench leaves unquantized unless --no-default-ignore: things vLLM
-// cannot load quantized from a model_free checkpoint.
+// cannot load quantized from a model_free checkpoint, and the encoders of multimodal models,
+// which quantized releases keep unquantized.
 struct DefaultIgnore {
   std::string_view pattern;  // target/ignore syntax ("re:..." or exact)
   std::string_view what;     // e.g. "output head"
+  std::string_view why;      // e.g. "vLLM loads it unquantized"
 };
 std::span<const DefaultIgnore> DefaultIgnores();
 

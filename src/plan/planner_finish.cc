@@ -113,8 +113,9 @@ void Planner::PlanConfigIgnore() {
     if (default_hits_[i].size() > 3) {
       list += ", ... (" + std::to_string(default_hits_[i].size()) + " in all)";
     }
-    plan_.notes.push_back("left unquantized by default (" + std::string(DefaultIgnores()[i].what) +
-                          "; vLLM loads it unquantized): " + list +
+    const DefaultIgnore& d = DefaultIgnores()[i];
+    plan_.notes.push_back("left unquantized by default (" + std::string(d.what) + "; " +
+                          std::string(d.why) + "): " + list +
                           "  [--no-default-ignore quantizes it]");
   }
   // Then every targeted module left unquantized that no entry covers yet: compressed-tensors

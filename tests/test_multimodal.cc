@@ -1,0 +1,201 @@
+// Multimodal checkpoints: the language model is quantized, the vision and audio encoders, the
+// multimodal projectors and the output head under a prefix are left unquantized by default (as
+// quantized multimodal releases and llm-compressor's multimodal examples leave them), in the
+// name layouts such checkpoints come in. Expected: which modules are a language model's
+// projections (by the layouts' own names), the written ignore entries (the default patterns,
+// each written once it kept something), and, independently of quench's matcher, that every
+// written entry (std::regex, re.match's anchoring) covers exactly the modules left alone.
+#include <doctest/doctest.h>
+
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "format/json.h"
+#include "test_util.h"
+
+namespace qt = quench::testing;
+namespace fs = std::filesystem;
+using quench::DType;
+
+namespace {
+
+// A 2-D BF16 weight of `rows` x `cols` (one W4A16 group of 128 per row) whose values depend on its name (never all equal).
+qt::RawTensor Weight(const std::string& name, uint64_t rows, uint64_t cols) {
+  std::vector<float> v(rows * cols);
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i] = static_cast<float>(static_cast<int>((i * 7 + name.size() * 13) % 29) - 14) / 16.0f;
+  }
+  return {name + ".weight", DType::kBF16, {rows, cols}, qt::Bf16Bytes(v)};
+}
+
+// A checkpoint folder: its modules (2-D weights), the norms' 1-D weights and, where given,
+// a 4-D patch-embedding convolution (which no scheme quantizes: planning refuses it when
+// targeted).
+struct Layout {
+  const char* label;
+  std::vector<std::string> language;  // the language model's projections: quantized
+  std::vector<std::string> kept;      // encoders, projectors, heads, embeddings: not
+  std::vector<std::string> ignore;    // the written ignore list, in order
+  std::string conv;                   // a 4-D weight's module, or ""
+};
+
+constexpr const char* kEncoders =
+    "re:([^.]+\\.)?(vision_tower|vision_model|visual|vision|vision_encoder|"
+    "vision_embed_tokens|embed_vision|audio_tower|embed_audio)\\..*";
+constexpr const char* kProjectors =
+    "re:([^.]+\\.)?(multi_modal_projector|mm_projector|projector|connector)\\..*";
+
+std::vector<Layout> Layouts() {
+  return {
+      // Llava, Llama 4, Mllama, Mistral 3 as the Hub holds them (and as transformers 5 saves
+      // them): the language model under `language_model.`, the head too.
+      {"llava (language_model.*)",
+       {"language_model.model.layers.0.self_attn.q_proj",
+        "language_model.model.layers.0.mlp.up_proj"},
+       {"vision_tower.vision_model.encoder.layers.0.self_attn.q_proj",
+        "vision_tower.vision_model.encoder.layers.0.mlp.fc1", "multi_modal_projector.linear_1",
+        "language_model.lm_head", "language_model.model.embed_tokens"},
+       {"re:(.*\\.)?lm_head$", "re:.*embed_tokens$", kEncoders, kProjectors},
+       "vision_tower.vision_model.embeddings.patch_embedding"},
+      // Qwen3-VL, GLM-4.5V: everything under `model.`, the head at the top.
+      {"qwen3-vl (model.visual.*)",
+       {"model.language_model.layers.0.self_attn.q_proj",
+        "model.language_model.layers.0.mlp.down_proj"},
+       {"model.visual.blocks.0.attn.qkv", "model.visual.merger.linear_fc1", "lm_head",
+        "model.language_model.embed_tokens"},
+       {"lm_head", "re:.*embed_tokens$", kEncoders},
+       ""},
+      // Qwen2.5-Omni's thinker: vision and audio encoders beside a language model.
+      {"qwen2.5-omni (thinker.*)",
+       {"thinker.model.layers.0.self_attn.o_proj", "thinker.model.layers.0.mlp.gate_proj"},
+       {"thinker.visual.blocks.0.mlp.up_proj", "thinker.audio_tower.layers.0.fc1",
+        "thinker.lm_head", "thinker.model.embed_tokens"},
+       {"re:(.*\\.)?lm_head$", "re:.*embed_tokens$", kEncoders},
+       ""},
+      // Kimi-VL / Kimi K2.5: a DeepSeek-V3 language model, `mm_projector`.
+      {"kimi (vision_tower, mm_projector)",
+       {"language_model.model.layers.1.mlp.experts.0.up_proj",
+        "language_model.model.layers.1.self_attn.q_a_proj"},
+       {"vision_tower.encoder.blocks.0.wqkv", "mm_projector.proj.0", "language_model.lm_head",
+        "language_model.model.embed_tokens", "language_model.model.layers.1.mlp.gate"},
+       {"re:(.*\\.)?lm_head$", "re:.*embed_tokens$", "re:.*mlp\\.gate$", kEncoders,
+        kProjectors},
+       ""},
+  };
+}
+
+void WriteLayout(const Layout& l, const fs::path& dir) {
+  fs::create_directories(dir);
+  std::vector<qt::RawTensor> t;
+  for (const auto& m : l.language) t.push_back(Weight(m, 64, 128));
+  for (const auto& m : l.kept) t.push_back(Weight(m, 64, 128));
+  t.push_back(Weight("norm", 1, 64));
+  t.back().shape = {64};  // a 1-D norm weight
+  if (!l.conv.empty()) {
+    std::vector<float> v(64 * 3 * 2 * 2, 0.25f);
+    t.push_back({l.conv + ".weight", DType::kBF16, {64, 3, 2, 2}, qt::Bf16Bytes(v)});
+  }
+  qt::WriteShard(dir / "model.safetensors", t);
+  qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
+}
+
+std::vector<std::string> WrittenIgnore(const fs::path& out) {
+  auto cfg = quench::ReadJsonFile((out / "config.json").string());
+  REQUIRE(cfg.ok());
+  std::vector<std::string> ignore;
+  for (const auto& e : cfg->Find("quantization_config")->Find("ignore")->as_array()) {
+    ignore.push_back(e.as_string());
+  }
+  return ignore;
+}
+
+// Whether any entry matches `module` as compressed-tensors and vLLM match it (exact name, or
+// re.match of the regex), by std::regex, not by quench's matcher.
+bool CoveredBy(const std::vector<std::string>& entries, const std::string& module) {
+  for (const std::string& e : entries) {
+    if (!e.starts_with("re:")) {
+      if (e == module) return true;
+      continue;
+    }
+    const std::regex re(e.substr(3), std::regex::ECMAScript);
+    if (std::regex_search(module.begin(), module.end(), re,
+                          std::regex_constants::match_continuous)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_SUITE("multimodal") {
+  TEST_CASE("encoders, projectors and prefixed heads are left unquantized by default") {
+    for (const Layout& l : Layouts()) {
+      const std::string label = l.label;
+      CAPTURE(label);
+      qt::TempDir tmp;
+      WriteLayout(l, tmp / "src");
+      const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                    "--scheme", "W4A16"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      const auto src = qt::LoadAll(tmp / "src");
+      const auto out = qt::LoadAll(tmp / "out");
+      for (const auto& m : l.language) {
+        CAPTURE(m);
+        CHECK(qt::FindTensor(out, m + ".weight_packed").second != nullptr);
+        CHECK(qt::FindTensor(out, m + ".weight_scale").second != nullptr);
+        CHECK(qt::FindTensor(out, m + ".weight").second == nullptr);
+      }
+      for (const auto& m : l.kept) {
+        CAPTURE(m);
+        CHECK(qt::TensorBytes(out, m + ".weight") == qt::TensorBytes(src, m + ".weight"));
+        CHECK(qt::FindTensor(out, m + ".weight_scale").second == nullptr);
+      }
+      const std::vector<std::string> ignore = WrittenIgnore(tmp / "out");
+      CHECK(ignore == l.ignore);
+      // What the consumers read from that list: every module left alone is covered, and no
+      // quantized one.
+      for (const auto& m : l.kept) CHECK_MESSAGE(CoveredBy(ignore, m), m);
+      for (const auto& m : l.language) CHECK_MESSAGE(!CoveredBy(ignore, m), m);
+      // Each kind is named in a note.
+      CHECK(r.err.find("left unquantized by default (vision or audio encoder; quantized "
+                       "multimodal releases keep it unquantized)") != std::string::npos);
+      CHECK(r.err.find("left unquantized by default (output head; vLLM loads it unquantized)") !=
+            std::string::npos);
+      // And the output verifies against its source.
+      const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
+      CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
+    }
+  }
+
+  TEST_CASE("--no-default-ignore quantizes the encoders and projectors as model_free_ptq does") {
+    const std::vector<Layout> layouts = Layouts();
+    const Layout& qwen = layouts[1];
+    qt::TempDir tmp;
+    WriteLayout(qwen, tmp / "src");
+    const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                  "--scheme", "W4A16", "--no-default-ignore"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const auto out = qt::LoadAll(tmp / "out");
+    for (const char* m : {"model.visual.blocks.0.attn.qkv", "model.visual.merger.linear_fc1",
+                          "model.language_model.layers.0.self_attn.q_proj", "lm_head"}) {
+      CAPTURE(m);
+      CHECK(qt::FindTensor(out, std::string(m) + ".weight_packed").second != nullptr);
+    }
+    CHECK(r.err.find("left unquantized by default") == std::string::npos);
+
+    // The Llava layout's patch embedding is a 4-D weight: targeted, it fails planning, as
+    // model_free_ptq refuses it; left alone by default, the same folder converts (above).
+    const Layout& llava = layouts[0];
+    WriteLayout(llava, tmp / "llava");
+    const auto refused =
+        qt::RunQuench({"convert", (tmp / "llava").string(), (tmp / "llava-out").string(),
+                       "--scheme", "W4A16", "--no-default-ignore"});
+    CHECK(refused.exit_code != 0);
+    CHECK(refused.err.find("vision_tower.vision_model.embeddings.patch_embedding.weight") !=
+          std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "llava-out"));
+  }
+}
