@@ -479,7 +479,8 @@ TEST_SUITE("convert") {
     CHECK(qt::FindTensor(all, "model.layers.0.feed_forward.experts.0.gate_proj.weight").second == nullptr);
     CHECK(qt::FindTensor(all, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
     // The stacks are copied, so the written ignore list covers their module (compressed-tensors
-    // and vLLM read the "Linear" target as every module); q_proj stays quantized.
+    // and vLLM read the "Linear" target as every module); q_proj stays quantized. (lm_head
+    // first: a causal model's head that the checkpoint does not store is written as tied.)
     {
       auto cfg = quench::ReadJsonFile((tmp / "t-out" / "config.json").string());
       REQUIRE(cfg.ok());
@@ -487,7 +488,8 @@ TEST_SUITE("convert") {
       for (const auto& e : cfg->Find("quantization_config")->Find("ignore")->as_array()) {
         ignore.push_back(e.as_string());
       }
-      CHECK(ignore == std::vector<std::string>{"re:model\\.layers\\.[0-9]+\\.feed_forward\\.experts$"});
+      CHECK(ignore == std::vector<std::string>{
+                          "lm_head", "re:model\\.layers\\.[0-9]+\\.feed_forward\\.experts$"});
     }
 
     // model_free_ptq's own refusals: a name with both keys, an odd gate_up_proj dimension.

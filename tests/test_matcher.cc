@@ -57,13 +57,19 @@ TEST_SUITE("matcher") {
         ".*gat[e]$",             ".*\\$$",                  ".*(gate|)$",
         ".*(?:gate|proj)$",      ".*\\bgate$",               ".*(a(b|c))$",
         ".*ga(?=te)te$",         "model\\.layers\\.\\d+\\.mlp\\.gate$", ".*e{2}$",
-        ".*\\\\$",
+        ".*\\\\$",             ".*router\\.(layer|proj)$", ".*(mixer|moe)\\.gate$",
+        "ab*(x|y)$",             "a?(x|y)$",                "(c|ab(x|y))$",
+        "(c|a)b(x|y)$",          ".*ab(?:x|y)$",             ".*\\d(x|y)$",
+        ".*r(oute|oot)r$",
     };
     const char* names[] = {
         "model.layers.0.mlp.gate", "model.layers.0.mlp.gate_proj", "mlp.gate", "gate", "",
         "embeddings.word_embeddings", "transformer.wte", "wpe", "x.tok_embeddings",
         "model.embed_tokens", "a", "abc", "model.layers.1.mlp.gatex", "x$", "x.proj",
         "x.ab", "x.ac", "model.layers.12.mlp.gate", "bee", "x\\",
+        "model.layers.0.ffn.router.layer", "x.router.proj", "model.layers.0.mlp.down_proj",
+        "x.mixer.gate", "x.moe.gate", "x.mlp.gate", "abbbx", "ax", "ay", "x", "y", "c",
+        "aby", "cbx", "x.abx", "x.ab:x", "x.a1x", "x.router", "x.rooter", "x.routr",
     };
     for (const char* p : patterns) {
       CAPTURE(p);
@@ -300,7 +306,24 @@ TEST_SUITE("matcher") {
                           "model.embed_vision.embedding_projection", "model.audio_tower.conv.0",
                           "model.vision_embed_tokens.img_projection.0",
                           "model.connector.modality_projection.proj", "vision.blocks.0.attn.qkv",
-                          "projector.layers.0"}) {
+                          "projector.layers.0",
+                          // routers, convolutions, MTP layers, indexers, heads and
+                          // embeddings under other names (vLLM 0.32.0's model files):
+                          // Nemotron-H, LFM2-MoE, Step3, DBRX, Granite MoE, Gemma 4,
+                          // LongCat-Flash, Qwen3-Next, DeepSeek V3 / V3.2, ChatGLM, InternLM2,
+                          // OPT, CLIP text, Gemma 3n, Mamba
+                          "backbone.layers.1.mixer.gate", "model.layers.0.feed_forward.gate",
+                          "model.layers.3.moe.gate", "transformer.blocks.0.ffn.router.layer",
+                          "model.layers.0.block_sparse_moe.router.layer",
+                          "model.language_model.layers.0.router.proj",
+                          "model.layers.0.mlp.router.classifier", "backbone.layers.0.mixer.conv1d",
+                          "model.layers.0.linear_attn.conv1d", "model.layers.61.eh_proj",
+                          "model.layers.61.shared_head.head", "model.layers.0.self_attn.indexer.wk",
+                          "model.layers.0.self_attn.indexer.weights_proj",
+                          "transformer.output_layer", "output", "model.decoder.embed_positions",
+                          "text_model.embeddings.position_embedding",
+                          "text_model.embeddings.token_embedding",
+                          "model.language_model.embed_tokens_per_layer", "backbone.embeddings"}) {
       CAPTURE(n);
       CHECK(m->Matches(n));
     }
@@ -311,7 +334,13 @@ TEST_SUITE("matcher") {
                           "language_model.model.layers.0.self_attn.q_proj",
                           "model.language_model.layers.0.mlp.down_proj",
                           "thinker.model.layers.0.self_attn.o_proj", "lm_head_proj",
-                          "model.layers.0.visual.proj"}) {
+                          "model.layers.0.visual.proj",
+                          // quantizable neighbours of the names above
+                          "model.layers.0.self_attn.indexer.wq_b", "backbone.layers.0.mixer.in_proj",
+                          "backbone.layers.0.mixer.out_proj", "model.output",
+                          "backbone.layers.1.mixer.experts.0.up_proj",
+                          "model.layers.0.linear_attn.in_proj_qkvz", "model.layers.61.enorm_proj",
+                          "embeddings.word_embeddings.proj", "model.layers.0.mlp.router_gate"}) {
       CAPTURE(n);
       CHECK_FALSE(m->Matches(n));
     }

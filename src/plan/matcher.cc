@@ -50,8 +50,9 @@ std::vector<Token> Tokenize(std::string_view p) {
 }
 
 // The endings one of which every name matched by `pattern` must have, read from a pattern of
-// the form `...LITERAL$` or `...(ALT1|ALT2|...)LITERAL$` (plain characters only in the
-// alternatives) with no `|` outside parentheses; empty when the pattern has another form.
+// the form `...LITERAL$` or `...LITERAL(ALT1|ALT2|...)LITERAL$` (plain characters only in the
+// alternatives; either literal may be empty) with no `|` outside parentheses; empty when the
+// pattern has another form.
 // Python's re.match anchors only the start, so the `$` is what ties the match to the end.
 std::vector<std::string> RequiredSuffixes(std::string_view pattern) {
   const std::vector<Token> t = Tokenize(pattern);
@@ -83,7 +84,13 @@ std::vector<std::string> RequiredSuffixes(std::string_view pattern) {
                        std::none_of(alts.begin(), alts.end(),
                                     [](const std::string& a) { return a.empty(); });
     if (plain) {
-      for (std::string& a : alts) a += tail;
+      // And the plain characters just before the group: `router\.(layer|proj)$` ends in
+      // "router.layer" or "router.proj", not in any "proj".
+      std::string head;
+      for (size_t k = j - 1; k > 0 && t[k - 1].kind == Token::kLiteral; --k) {
+        head.insert(head.begin(), t[k - 1].c);
+      }
+      for (std::string& a : alts) a = head + a + tail;
       return alts;
     }
   }
@@ -120,18 +127,34 @@ std::vector<std::string> LeadingComponents(std::string_view p) {
   return names;
 }
 
+// Bit n set when one of `names` is n characters long (every bit for a name of 64 or more).
+uint64_t NameLengths(const std::vector<std::string>& names) {
+  uint64_t mask = 0;
+  for (const std::string& n : names) mask |= n.size() < 64 ? uint64_t{1} << n.size() : ~uint64_t{0};
+  return mask;
+}
+
 // Whether `module`'s first component, or (after a non-empty first) its second, is one of
-// `names` and is followed by a dot: what LeadingComponents' patterns match.
-bool LeadingComponentMatches(const std::vector<std::string>& names, std::string_view module) {
-  const auto named = [&](std::string_view c) {
+// `names` (whose lengths are `lengths`, NameLengths) and is followed by a dot: what
+// LeadingComponents' patterns match. Tried on every module of a plan, so the components are
+// found by hand (a module name's first components are a few characters) and a length no name
+// has ends the test.
+bool LeadingComponentMatches(const std::vector<std::string>& names, uint64_t lengths,
+                             std::string_view module) {
+  const auto named = [&](size_t begin, size_t end) {
+    const size_t n = end - begin;
+    if (n < 64 && (lengths >> n & 1) == 0) return false;
+    const std::string_view c = module.substr(begin, n);
     return std::find(names.begin(), names.end(), c) != names.end();
   };
-  const size_t d0 = module.find('.');
-  if (d0 == std::string_view::npos) return false;
-  if (named(module.substr(0, d0))) return true;
+  size_t d0 = 0;
+  while (d0 < module.size() && module[d0] != '.') ++d0;
+  if (d0 == module.size()) return false;
+  if (named(0, d0)) return true;
   if (d0 == 0) return false;
-  const size_t d1 = module.find('.', d0 + 1);
-  return d1 != std::string_view::npos && named(module.substr(d0 + 1, d1 - d0 - 1));
+  size_t d1 = d0 + 1;
+  while (d1 < module.size() && module[d1] != '.') ++d1;
+  return d1 < module.size() && named(d0 + 1, d1);
 }
 
 // The length of a brace quantifier `{m}`, `{m,}` or `{m,n}` starting at p[i] (0 when the
@@ -220,6 +243,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
         c.re = std::regex(e.substr(3), std::regex::ECMAScript | std::regex::optimize);
         c.suffixes = RequiredSuffixes(std::string_view(e).substr(3));
         c.leading = LeadingComponents(std::string_view(e).substr(3));
+        c.leading_lengths = NameLengths(c.leading);
       } catch (const std::regex_error& err) {
         return Error(ErrorCode::kUsage, std::string(what) + " entry '" + e +
                                             "': invalid regular expression: " + err.what());
@@ -249,7 +273,7 @@ Result<NameMatcher> NameMatcher::Compile(const std::vector<std::string>& entries
 bool NameMatcher::EntryMatches(size_t i, std::string_view module) const {
   const Entry& e = compiled_[i];
   if (e.is_regex) {
-    if (!e.leading.empty()) return LeadingComponentMatches(e.leading, module);
+    if (!e.leading.empty()) return LeadingComponentMatches(e.leading, e.leading_lengths, module);
     if (!e.suffixes.empty() &&
         std::none_of(e.suffixes.begin(), e.suffixes.end(),
                      [&](const std::string& s) { return module.ends_with(s); })) {

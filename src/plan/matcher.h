@@ -45,6 +45,7 @@ class NameMatcher {
     // Such patterns (quench's default ignores for vision towers) end in no fixed suffix,
     // so they are tried on every module.
     std::vector<std::string> leading;
+    uint64_t leading_lengths = 0;  // bit n: a name in `leading` is n characters long
   };
   std::vector<std::string> entries_;
   std::vector<Entry> compiled_;

@@ -29,6 +29,8 @@ constexpr std::string_view kVllm = "vLLM loads it unquantized";
 // transformers 5, `thinker.visual.`), which NameMatcher answers without the regex.
 constexpr std::string_view kReleases = "quantized multimodal releases keep it unquantized";
 constexpr DefaultIgnore kDefaultIgnores[] = {
+    // The output head's two entries come first: PlanConfigIgnore writes the first for a tied
+    // head when neither took a tensor.
     {"lm_head", "output head", kVllm},
     // The head under a prefix: older multimodal layouts (`language_model.lm_head`: Llava,
     // Llama 4, Mllama, Mistral 3), MiniCPM-V's `llm.lm_head`. It also covers a bare `lm_head`,
@@ -41,6 +43,28 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:.*block_sparse_moe\\.gate$", "MoE router gate", kVllm},
     {"re:.*(mlp|feed_forward)\\.router$", "MoE router", kVllm},  // gpt-oss, Llama 4
     {"re:.*shared_expert_gate$", "shared-expert gate", kVllm},
+    // The other names vLLM 0.32.0's model files build without the quantization config
+    // (GateLinear routers, ParallelLMHead, VocabParallelEmbedding and nn.Embedding, plain
+    // nn.Linear, quant_config=None), as checkpoints name them.
+    {"re:.*(mixer|moe|feed_forward)\\.gate$", "MoE router gate", kVllm},  // Nemotron-H, Step3, LFM2
+    // DBRX and Granite MoE (router.layer), Gemma 4 (router.proj), LongCat-Flash (classifier).
+    {"re:.*router\\.(layer|proj|classifier)$", "MoE router", kVllm},
+    // Mamba mixers' and linear attention's convolutions (Nemotron-H, Qwen3-Next, Jamba,
+    // Granite 4.0-H): [channels, 1, kernel] weights, which no scheme quantizes.
+    {"re:.*conv1d$", "convolution", kVllm},
+    // Multi-token-prediction layers (DeepSeek V3, GLM-4.5): eh_proj is a plain nn.Linear,
+    // shared_head.head a ParallelLMHead (deepseek_mtp.py, glm4_moe_mtp.py).
+    {"re:.*\\.eh_proj$", "MTP input projection", kVllm},
+    {"re:.*shared_head\\.head$", "MTP output head", kVllm},
+    // DeepSeek V3.2's indexer: wk and weights_proj are one unquantized GEMM in vLLM.
+    {"re:.*indexer\\.(wk|weights_proj)$", "sparse-attention indexer key and weights", kVllm},
+    {"re:(.*\\.)?output_layer$", "output head", kVllm},  // ChatGLM, GLM-4
+    {"output", "output head", kVllm},                    // InternLM2
+    // OPT and Whisper (embed_positions), CLIP and SigLIP text towers, Gemma 3n and 4 (per
+    // layer), Mamba and Nemotron-H (backbone.embeddings).
+    {"re:.*(embed_positions|position_embedding|token_embedding|embed_tokens_per_layer)$",
+     "embedding", kVllm},
+    {"re:(.*\\.)?embeddings$", "embedding", kVllm},
     {"re:([^.]+\\.)?(vision_tower|vision_model|visual|vision|vision_encoder|"
      "vision_embed_tokens|embed_vision|audio_tower|embed_audio)\\..*",
      "vision or audio encoder", kReleases},

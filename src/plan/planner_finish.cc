@@ -33,6 +33,21 @@ uint64_t UnreadWeightsBytes(const std::filesystem::path& file) {
   return !ec && bytes >= (uintmax_t{1} << 20) ? static_cast<uint64_t>(bytes) : 0;
 }
 
+// Whether config.json names a model with an output head (a causal or conditional-generation
+// class): transformers then builds `lm_head` whether or not the checkpoint stores it.
+bool HasOutputHead(const ModelFolder& folder) {
+  const JsonValue* a = folder.config ? folder.config->Find("architectures") : nullptr;
+  if (a == nullptr || !a->is_array() || a->as_array().empty() ||
+      !a->as_array().front().is_string()) {
+    return false;
+  }
+  const std::string& name = a->as_array().front().as_string();
+  for (std::string_view end : {"ForCausalLM", "ForConditionalGeneration", "LMHeadModel"}) {
+    if (name.ends_with(end)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 // The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
@@ -103,6 +118,19 @@ void Planner::PlanConfigIgnore() {
     return;
   }
   plan_.config_ignore = ignore_;
+  // A tied output head (Llama 3.2 1B, Qwen2.5 0.5B, OPT: no head tensor, the embedding
+  // serves) is written as if it were there: transformers builds `lm_head` as a Linear, and its
+  // compressed-tensors load would quantize it and fail ("Linear has no attribute `weight`").
+  // vLLM ties the head unquantized either way.
+  const bool tied_head = !default_hits_.empty() && default_hits_[0].empty() &&
+                         default_hits_[1].empty() && !ignore_m_.Matches("lm_head") &&
+                         HasOutputHead(folder_);
+  if (tied_head) {
+    plan_.config_ignore.push_back(default_patterns_[0]);
+    plan_.notes.push_back("written to ignore: lm_head (the checkpoint stores no output head: "
+                          "it is tied to the embedding, which transformers would otherwise "
+                          "look for quantized)");
+  }
   for (size_t i = 0; i < default_hits_.size(); ++i) {
     if (default_hits_[i].empty()) continue;
     plan_.config_ignore.push_back(default_patterns_[i]);

@@ -1,13 +1,17 @@
-// Multimodal checkpoints: the language model is quantized, the vision and audio encoders, the
-// multimodal projectors and the output head under a prefix are left unquantized by default (as
-// quantized multimodal releases and llm-compressor's multimodal examples leave them), in the
-// name layouts such checkpoints come in. Expected: which modules are a language model's
+// quench's default ignores on the architectures they were added for. Multimodal checkpoints:
+// the language model is quantized, the vision and audio encoders, the multimodal projectors and
+// the output head under a prefix are left unquantized by default (as quantized multimodal
+// releases and llm-compressor's multimodal examples leave them), in the name layouts such
+// checkpoints come in. Hybrid and MTP checkpoints: the modules vLLM builds unquantized under
+// other names (routers, convolutions, MTP projections and heads, indexers, embeddings). Expected: which modules are a language model's
 // projections (by the layouts' own names), the written ignore entries (the default patterns,
 // each written once it kept something), and, independently of quench's matcher, that every
 // written entry (std::regex, re.match's anchoring) covers exactly the modules left alone.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <regex>
+#include <utility>
 #include <set>
 #include <string>
 #include <vector>
@@ -39,6 +43,7 @@ struct Layout {
   std::vector<std::string> kept;      // encoders, projectors, heads, embeddings: not
   std::vector<std::string> ignore;    // the written ignore list, in order
   std::string conv;                   // a 4-D weight's module, or ""
+  std::string conv1d;                 // a 3-D [channels, 1, kernel] weight's module, or ""
 };
 
 constexpr const char* kEncoders =
@@ -86,6 +91,30 @@ std::vector<Layout> Layouts() {
   };
 }
 
+// Text models whose unquantized modules go by other names: a Nemotron-H-like hybrid (Mamba
+// mixers with their convolutions, a MoE mixer routed by `mixer.gate`, `backbone.embeddings`)
+// and a DeepSeek-V3.2-like model with its MTP layer (eh_proj, shared_head.head) and indexer.
+std::vector<Layout> TextLayouts() {
+  return {
+      {"nemotron-h (backbone.*)",
+       {"backbone.layers.0.mixer.in_proj", "backbone.layers.0.mixer.out_proj",
+        "backbone.layers.1.mixer.experts.0.up_proj"},
+       {"backbone.layers.1.mixer.gate", "backbone.embeddings", "lm_head"},
+       {"lm_head", "re:.*(mixer|moe|feed_forward)\\.gate$", "re:.*conv1d$",
+        "re:(.*\\.)?embeddings$"},
+       "", "backbone.layers.0.mixer.conv1d"},
+      {"deepseek-v3.2 (mtp, indexer)",
+       {"model.layers.0.self_attn.q_a_proj", "model.layers.0.self_attn.indexer.wq_b",
+        "model.layers.1.mlp.experts.0.down_proj"},
+       {"model.layers.1.mlp.gate", "model.layers.0.self_attn.indexer.wk",
+        "model.layers.0.self_attn.indexer.weights_proj", "model.layers.61.eh_proj",
+        "model.layers.61.shared_head.head", "model.layers.61.embed_tokens", "lm_head"},
+       {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$", "re:.*\\.eh_proj$",
+        "re:.*shared_head\\.head$", "re:.*indexer\\.(wk|weights_proj)$"},
+       ""},
+  };
+}
+
 void WriteLayout(const Layout& l, const fs::path& dir) {
   fs::create_directories(dir);
   std::vector<qt::RawTensor> t;
@@ -96,6 +125,10 @@ void WriteLayout(const Layout& l, const fs::path& dir) {
   if (!l.conv.empty()) {
     std::vector<float> v(64 * 3 * 2 * 2, 0.25f);
     t.push_back({l.conv + ".weight", DType::kBF16, {64, 3, 2, 2}, qt::Bf16Bytes(v)});
+  }
+  if (!l.conv1d.empty()) {
+    std::vector<float> v(64 * 1 * 4, -0.5f);
+    t.push_back({l.conv1d + ".weight", DType::kBF16, {64, 1, 4}, qt::Bf16Bytes(v)});
   }
   qt::WriteShard(dir / "model.safetensors", t);
   qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
@@ -130,7 +163,7 @@ bool CoveredBy(const std::vector<std::string>& entries, const std::string& modul
 
 }  // namespace
 
-TEST_SUITE("multimodal") {
+TEST_SUITE("default ignores") {
   TEST_CASE("encoders, projectors and prefixed heads are left unquantized by default") {
     for (const Layout& l : Layouts()) {
       const std::string label = l.label;
@@ -167,6 +200,83 @@ TEST_SUITE("multimodal") {
       // And the output verifies against its source.
       const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
       CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
+    }
+  }
+
+  TEST_CASE("routers, convolutions, MTP layers and indexers under other names stay unquantized") {
+    for (const Layout& l : TextLayouts()) {
+      const std::string label = l.label;
+      CAPTURE(label);
+      qt::TempDir tmp;
+      WriteLayout(l, tmp / "src");
+      const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                    "--scheme", "W4A16"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      const auto src = qt::LoadAll(tmp / "src");
+      const auto out = qt::LoadAll(tmp / "out");
+      for (const auto& m : l.language) {
+        CAPTURE(m);
+        CHECK(qt::FindTensor(out, m + ".weight_packed").second != nullptr);
+        CHECK(qt::FindTensor(out, m + ".weight").second == nullptr);
+      }
+      std::vector<std::string> kept = l.kept;
+      if (!l.conv1d.empty()) kept.push_back(l.conv1d);
+      for (const auto& m : kept) {
+        CAPTURE(m);
+        CHECK(qt::TensorBytes(out, m + ".weight") == qt::TensorBytes(src, m + ".weight"));
+        CHECK(qt::FindTensor(out, m + ".weight_scale").second == nullptr);
+      }
+      const std::vector<std::string> ignore = WrittenIgnore(tmp / "out");
+      CHECK(ignore == l.ignore);
+      for (const auto& m : kept) CHECK_MESSAGE(CoveredBy(ignore, m), m);
+      for (const auto& m : l.language) CHECK_MESSAGE(!CoveredBy(ignore, m), m);
+      const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
+      CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
+    }
+    // Without the defaults the hybrid's convolution is a targeted 3-D weight: planning refuses
+    // it, as model_free_ptq aborts on it.
+    qt::TempDir tmp;
+    WriteLayout(TextLayouts()[0], tmp / "src");
+    const auto refused = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                        "--scheme", "W4A16", "--no-default-ignore"});
+    CHECK(refused.exit_code != 0);
+    CHECK(refused.err.find("backbone.layers.0.mixer.conv1d.weight") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "out"));
+  }
+
+  TEST_CASE("a tied output head is written to ignore for models that have one") {
+    // No lm_head tensor: the head is the embedding. transformers still builds `lm_head` for a
+    // causal or conditional-generation class and would look for its scales; an encoder
+    // (BertModel) has no head, and its list stays as the reference writes it.
+    Layout tied{"tied",
+                {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"},
+                {"model.embed_tokens"},
+                {},
+                ""};
+    for (const auto& [architecture, expected] :
+         std::vector<std::pair<std::string, std::vector<std::string>>>{
+             {"LlamaForCausalLM", {"lm_head", "re:.*embed_tokens$"}},
+             {"Gemma3ForConditionalGeneration", {"lm_head", "re:.*embed_tokens$"}},
+             {"GPT2LMHeadModel", {"lm_head", "re:.*embed_tokens$"}},
+             {"BertModel", {"re:.*embed_tokens$"}}}) {
+      CAPTURE(architecture);
+      qt::TempDir tmp;
+      WriteLayout(tied, tmp / "src");
+      qt::WriteBytes(tmp / "src" / "config.json",
+                     "{\"architectures\": [\"" + architecture + "\"]}");
+      const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                    "--scheme", "W4A16"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      CHECK(WrittenIgnore(tmp / "out") == expected);
+      CHECK((r.err.find("written to ignore: lm_head") != std::string::npos) ==
+            (expected.front() == "lm_head"));
+      // The user's own entry for it is not repeated.
+      const auto own = qt::RunQuench({"convert", (tmp / "src").string(),
+                                      (tmp / "own").string(), "--scheme", "W4A16", "--ignore",
+                                      "lm_head"});
+      REQUIRE_MESSAGE(own.exit_code == 0, own.err);
+      const std::vector<std::string> list = WrittenIgnore(tmp / "own");
+      CHECK(std::count(list.begin(), list.end(), "lm_head") == 1);
     }
   }
 
