@@ -1,8 +1,9 @@
 """Driver of scripts/check-vllm's generation checks (decoder and MoE loading paths).
 
   check_vllm_generate.py models OUT [NAME...]
-                                      writes OUT/llama-bf16, OUT/qwen3moe-bf16 and
-                                      OUT/qwen3moe8-bf16 (or only the NAMEs): tiny models with
+                                      writes OUT/llama-bf16, OUT/qwen3moe-bf16,
+                                      OUT/qwen3moe8-bf16 and OUT/opt-bf16 (or only the
+                                      NAMEs): tiny models with
                                       random weights (fixed seed) from transformers'
                                       configuration classes, saved as bf16 safetensors (no
                                       tokenizer; qwen3moe8, which scripts/check-vllm
@@ -59,7 +60,10 @@ GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
             # pruned folder, and against the pruned unquantized model ("reap").
             ("qwen3moe8", "reap", None), ("qwen3moe8", "reap-W8A8-attn", "W8A8"),
             ("qwen3moe8", "reap-FP8_DYNAMIC-attn", "FP8_DYNAMIC"),
-            ("qwen3moe8", "reap-W4A16-attn", "W4A16")]
+            ("qwen3moe8", "reap-W4A16-attn", "W4A16"),
+            # OPT: a learned position embedding (`embed_positions`, an nn.Embedding in vLLM)
+            # and the head tied to the token embedding, which quench's defaults leave alone.
+            ("opt", "bf16", None), ("opt", "W8A8", "W8A8"), ("opt", "W4A16", "W4A16")]
 
 
 def base_case(case):
@@ -90,6 +94,9 @@ NO_AMX_REFUSED = {f"{model}-{case}": NO_AMX_MESSAGE[scheme]
 # at the same op requantizing each expert's gate and up weights to one scale
 # (fp8_utils.py process_fp8_weight_tensor_strategy_moe).
 REFUSED = {"qwen3moe-FP8_DYNAMIC": "Unsupported FP8 MoE backend: NONE",
+           # OPT W4A16 with its position embedding quantized (quench before that default):
+           "opt-W4A16-positions": "There is no module or parameter named "
+                                  "'model.decoder.embed_positions.weight_packed'",
            "qwen3moe8-reap-FP8-static": "RuntimeError: _C::static_scaled_fp8_quant() expected "
                                         "at most 0 argument(s) but received 4 argument(s)",
            "qwen3moe8-reap-FP8-static-experts": "RuntimeError: _C::static_scaled_fp8_quant() "
@@ -347,8 +354,8 @@ def cases(amx):
 
 def make_models(out, only):
     import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig,
-                              Qwen3MoeForCausalLM)
+    from transformers import (LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM,
+                              Qwen3MoeConfig, Qwen3MoeForCausalLM)
     common = dict(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, max_position_embeddings=128,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -367,6 +374,10 @@ def make_models(out, only):
         "qwen3moe8": (Qwen3MoeForCausalLM, Qwen3MoeConfig(
             intermediate_size=512, moe_intermediate_size=128, num_experts=8,
             num_experts_per_tok=4, **dict(common, vocab_size=30522))),
+        "opt": (OPTForCausalLM, OPTConfig(
+            vocab_size=512, hidden_size=256, word_embed_proj_dim=256, ffn_dim=512,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     }
     for name, (cls, cfg) in models.items():
         if only and name not in only:
@@ -742,7 +753,7 @@ def judge(results, only=()):
         if name in LOGGED and not r.get("logged"):
             failures.append(f"{name}: vLLM's log lacks '{LOGGED[name]}'")
         model, case = name.split("-", 1)
-        label = case if model == "llama" else f"{case} (experts quantized)"
+        label = f"{case} (experts quantized)" if model.startswith("qwen3moe") else case
         print(f"| {model} | {label} | - | refused | - | - | - | "
               f"{r.get('error', 'generated')} |")
     for f in failures:
