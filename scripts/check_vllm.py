@@ -11,19 +11,48 @@ SENTENCES = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               "tests", "python", "sentences.txt")).read().splitlines()
 
 
-def run_vllm(folder, q, log):
+def engine_child(run, folder, q, log):
+    """In the spawned process: `run(folder)`'s result, or vLLM's own message, put on `q`."""
     # The engine's processes inherit these descriptors: its root-cause messages land in `log`.
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        from vllm import LLM
-        llm = LLM(model=folder, runner="pooling", enforce_eager=True, max_model_len=128)
-        q.put(("ok", [o.outputs.embedding for o in llm.embed(SENTENCES)]))
-        llm.llm_engine.engine_core.shutdown()  # else the engine keeps this process alive
+        q.put(("ok", run(folder)))
     except BaseException as e:  # vLLM's own message is the result
         msg = str(e).strip().splitlines()
         q.put(("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"))
+
+
+def in_engine_process(run, folder, timeout=900):
+    """("ok", run(folder)) or ("error", vLLM's message: root_cause of FOLDER.vllm.log), with
+    `run` (a module-level function that starts a vLLM engine on the folder, returns picklable
+    results and shuts the engine down, else it keeps the process alive) in a process of its
+    own: vLLM's CPU engine does not release its memory."""
+    log = folder.rstrip("/") + ".vllm.log"
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=engine_child, args=(run, folder, q, log))
+    p.start()
+    try:
+        result = q.get(timeout=timeout)
+    except Exception:
+        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
+    p.join(60)
+    if p.is_alive():
+        p.terminate()
+        p.join()
+    if result[0] == "error":
+        result = ("error", root_cause(log) or result[1])
+    return result
+
+
+def embed_run(folder):
+    from vllm import LLM
+    llm = LLM(model=folder, runner="pooling", enforce_eager=True, max_model_len=128)
+    out = [o.outputs.embedding for o in llm.embed(SENTENCES)]
+    llm.llm_engine.engine_core.shutdown()
+    return out
 
 
 def root_cause(log):
@@ -48,21 +77,7 @@ def root_cause(log):
 
 
 def vllm_embed(folder):
-    log = folder.rstrip("/") + ".vllm.log"
-    q = mp.get_context("spawn").Queue()
-    p = mp.get_context("spawn").Process(target=run_vllm, args=(folder, q, log))
-    p.start()
-    try:
-        result = q.get(timeout=900)
-    except Exception:
-        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
-    p.join(60)
-    if p.is_alive():
-        p.terminate()
-        p.join()
-    if result[0] == "error":
-        result = ("error", root_cause(log) or result[1])
-    return result
+    return in_engine_process(embed_run, folder)
 
 
 def transformers_embed(folder):

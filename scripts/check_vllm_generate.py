@@ -26,13 +26,12 @@ vLLM's top-K tokens. The thresholds (AGREE, MAX_DIFF) and why they are what they
 """
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 import shutil
 import sys
 
-from check_vllm import root_cause
+from check_vllm import in_engine_process
 
 SEED = 20261204
 # 640 prompts of 12 token ids (bos, then ids 3..511 drawn with a fixed seed; no tokenizer is
@@ -388,49 +387,33 @@ def make_models(out, only):
         model.to(torch.bfloat16).save_pretrained(os.path.join(out, f"{name}-bf16"))
 
 
-def run_vllm(folder, q, log):
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-        llm = LLM(model=folder, enforce_eager=True, max_model_len=64, skip_tokenizer_init=True,
-                  seed=SEED)
-        sp = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP_K,
-                            prompt_logprobs=TOP_K, detokenize=False, ignore_eos=True)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in PROMPTS], sp)
-        seqs = []
-        for o in outs:
-            ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
-            # Entry i: the distribution of the token after ids[:i+1] (prompt_logprobs[0] is None).
-            steps = list(o.prompt_logprobs[1:]) + list(o.outputs[0].logprobs)
-            seqs.append((ids, [{int(t): (lp.logprob, lp.rank) for t, lp in s.items()}
-                               for s in steps]))
-        q.put(("ok", seqs))
-        llm.llm_engine.engine_core.shutdown()
-    except BaseException as e:
-        msg = str(e).strip().splitlines()
-        q.put(("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"))
+def generate_run(folder):
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    llm = LLM(model=folder, enforce_eager=True, max_model_len=64, skip_tokenizer_init=True,
+              seed=SEED)
+    sp = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP_K,
+                        prompt_logprobs=TOP_K, detokenize=False, ignore_eos=True)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in PROMPTS], sp)
+    llm.llm_engine.engine_core.shutdown()
+    return sequences(outs)
+
+
+def sequences(outs):
+    """(token ids, per position {token: (logprob, rank)}) of each vLLM output: the prompt's
+    positions, then the generated tokens'."""
+    seqs = []
+    for o in outs:
+        ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
+        # Entry i: the distribution of the token after ids[:i+1] (prompt_logprobs[0] is None).
+        steps = list(o.prompt_logprobs[1:]) + list(o.outputs[0].logprobs)
+        seqs.append((ids, [{int(t): (lp.logprob, lp.rank) for t, lp in s.items()}
+                           for s in steps]))
+    return seqs
 
 
 def vllm_generate(folder):
-    log = folder.rstrip("/") + ".vllm.log"
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=run_vllm, args=(folder, q, log))
-    p.start()
-    try:
-        result = q.get(timeout=900)
-    except Exception:
-        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
-    p.join(60)
-    if p.is_alive():
-        p.terminate()
-        p.join()
-    if result[0] == "error":
-        result = ("error", root_cause(log) or result[1])
-    return result
+    return in_engine_process(generate_run, folder)
 
 
 # Upstream (transformers 5.19.0 in vLLM's venv, with compressed-tensors 0.17.0): a compressed

@@ -30,14 +30,13 @@ vision tower's position embedding (an nn.Embedding named `position_embedding`, w
 tower builds unquantized).
 """
 import json
-import multiprocessing as mp
 import os
 import random
 import sys
 
-from check_vllm import root_cause
+from check_vllm import in_engine_process
 from check_vllm_generate import (TOP_K, amx_tiles, compare_hf, compare_vllm, fmt, limits,
-                                 w4a8_view)
+                                 sequences, w4a8_view)
 
 SEED = 20261207
 N_PROMPTS = 48
@@ -90,48 +89,16 @@ def prompts():
     return out
 
 
-def run_vllm(folder, q, log):
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        from vllm import LLM, SamplingParams
-        llm = LLM(model=folder, enforce_eager=True, max_model_len=128, seed=SEED,
-                  limit_mm_per_prompt={"image": 1})
-        sp = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP_K,
-                            prompt_logprobs=TOP_K, ignore_eos=True)
-        outs = llm.generate([{"prompt": t, "multi_modal_data": {"image": im}}
-                             for t, im in prompts()], sp)
-        seqs = []
-        for o in outs:
-            ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
-            steps = list(o.prompt_logprobs[1:]) + list(o.outputs[0].logprobs)
-            seqs.append((ids, [{int(t): (lp.logprob, lp.rank) for t, lp in s.items()}
-                               for s in steps]))
-        q.put(("ok", seqs))
-        llm.llm_engine.engine_core.shutdown()
-    except BaseException as e:
-        msg = str(e).strip().splitlines()
-        q.put(("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"))
-
-
-def vllm_generate(folder):
-    log = folder.rstrip("/") + ".vllm.log"
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=run_vllm, args=(folder, q, log))
-    p.start()
-    try:
-        result = q.get(timeout=900)
-    except Exception:
-        result = ("error", f"no result from the engine process (exit code {p.exitcode})")
-    p.join(60)
-    if p.is_alive():
-        p.terminate()
-        p.join()
-    if result[0] == "error":
-        result = ("error", root_cause(log) or result[1])
-    return result
+def generate_run(folder):
+    from vllm import LLM, SamplingParams
+    llm = LLM(model=folder, enforce_eager=True, max_model_len=128, seed=SEED,
+              limit_mm_per_prompt={"image": 1})
+    sp = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP_K,
+                        prompt_logprobs=TOP_K, ignore_eos=True)
+    outs = llm.generate([{"prompt": t, "multi_modal_data": {"image": im}}
+                         for t, im in prompts()], sp)
+    llm.llm_engine.engine_core.shutdown()
+    return sequences(outs)
 
 
 def hf_logprobs(folder, seqs, dtype):
@@ -164,7 +131,7 @@ def measure(work):
     results = {"host": {"int4_w4a8": w4a8}}
     for case in CASES + list(REFUSED):
         folder = os.path.join(work, f"idefics3-{case}")
-        status, seqs = vllm_generate(folder)
+        status, seqs = in_engine_process(generate_run, folder)
         if status == "error":
             results[f"idefics3-{case}"] = {"error": seqs}
             continue

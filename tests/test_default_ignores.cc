@@ -161,78 +161,62 @@ bool CoveredBy(const std::vector<std::string>& entries, const std::string& modul
   return false;
 }
 
+// Converts layout `l` (W4A16) and checks the output: the language model's projections
+// quantized, every kept module (the conv weights too) copied bit for bit, the written ignore
+// list as expected, covering exactly the modules left alone as the consumers match it, and
+// `quench verify` passing. Returns quench's stderr.
+std::string CheckLayout(const Layout& l) {
+  const std::string label = l.label;
+  CAPTURE(label);
+  qt::TempDir tmp;
+  WriteLayout(l, tmp / "src");
+  const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                "--scheme", "W4A16"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  const auto src = qt::LoadAll(tmp / "src");
+  const auto out = qt::LoadAll(tmp / "out");
+  for (const auto& m : l.language) {
+    CAPTURE(m);
+    CHECK(qt::FindTensor(out, m + ".weight_packed").second != nullptr);
+    CHECK(qt::FindTensor(out, m + ".weight_scale").second != nullptr);
+    CHECK(qt::FindTensor(out, m + ".weight").second == nullptr);
+  }
+  std::vector<std::string> kept = l.kept;
+  for (const std::string& c : {l.conv, l.conv1d}) {
+    if (!c.empty()) kept.push_back(c);
+  }
+  for (const auto& m : kept) {
+    CAPTURE(m);
+    CHECK(qt::TensorBytes(out, m + ".weight") == qt::TensorBytes(src, m + ".weight"));
+    CHECK(qt::FindTensor(out, m + ".weight_scale").second == nullptr);
+  }
+  const std::vector<std::string> ignore = WrittenIgnore(tmp / "out");
+  CHECK(ignore == l.ignore);
+  // What the consumers read from that list: every module left alone is covered, and no
+  // quantized one.
+  for (const auto& m : kept) CHECK_MESSAGE(CoveredBy(ignore, m), m);
+  for (const auto& m : l.language) CHECK_MESSAGE(!CoveredBy(ignore, m), m);
+  const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
+  CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
+  return r.err;
+}
+
 }  // namespace
 
 TEST_SUITE("default ignores") {
   TEST_CASE("encoders, projectors and prefixed heads are left unquantized by default") {
     for (const Layout& l : Layouts()) {
-      const std::string label = l.label;
-      CAPTURE(label);
-      qt::TempDir tmp;
-      WriteLayout(l, tmp / "src");
-      const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
-                                    "--scheme", "W4A16"});
-      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      const auto src = qt::LoadAll(tmp / "src");
-      const auto out = qt::LoadAll(tmp / "out");
-      for (const auto& m : l.language) {
-        CAPTURE(m);
-        CHECK(qt::FindTensor(out, m + ".weight_packed").second != nullptr);
-        CHECK(qt::FindTensor(out, m + ".weight_scale").second != nullptr);
-        CHECK(qt::FindTensor(out, m + ".weight").second == nullptr);
-      }
-      for (const auto& m : l.kept) {
-        CAPTURE(m);
-        CHECK(qt::TensorBytes(out, m + ".weight") == qt::TensorBytes(src, m + ".weight"));
-        CHECK(qt::FindTensor(out, m + ".weight_scale").second == nullptr);
-      }
-      const std::vector<std::string> ignore = WrittenIgnore(tmp / "out");
-      CHECK(ignore == l.ignore);
-      // What the consumers read from that list: every module left alone is covered, and no
-      // quantized one.
-      for (const auto& m : l.kept) CHECK_MESSAGE(CoveredBy(ignore, m), m);
-      for (const auto& m : l.language) CHECK_MESSAGE(!CoveredBy(ignore, m), m);
+      const std::string err = CheckLayout(l);
       // Each kind is named in a note.
-      CHECK(r.err.find("left unquantized by default (vision or audio encoder; quantized "
-                       "multimodal releases keep it unquantized)") != std::string::npos);
-      CHECK(r.err.find("left unquantized by default (output head; vLLM loads it unquantized)") !=
+      CHECK(err.find("left unquantized by default (vision or audio encoder; quantized "
+                     "multimodal releases keep it unquantized)") != std::string::npos);
+      CHECK(err.find("left unquantized by default (output head; vLLM loads it unquantized)") !=
             std::string::npos);
-      // And the output verifies against its source.
-      const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
-      CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
     }
   }
 
   TEST_CASE("routers, convolutions, MTP layers and indexers under other names stay unquantized") {
-    for (const Layout& l : TextLayouts()) {
-      const std::string label = l.label;
-      CAPTURE(label);
-      qt::TempDir tmp;
-      WriteLayout(l, tmp / "src");
-      const auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
-                                    "--scheme", "W4A16"});
-      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      const auto src = qt::LoadAll(tmp / "src");
-      const auto out = qt::LoadAll(tmp / "out");
-      for (const auto& m : l.language) {
-        CAPTURE(m);
-        CHECK(qt::FindTensor(out, m + ".weight_packed").second != nullptr);
-        CHECK(qt::FindTensor(out, m + ".weight").second == nullptr);
-      }
-      std::vector<std::string> kept = l.kept;
-      if (!l.conv1d.empty()) kept.push_back(l.conv1d);
-      for (const auto& m : kept) {
-        CAPTURE(m);
-        CHECK(qt::TensorBytes(out, m + ".weight") == qt::TensorBytes(src, m + ".weight"));
-        CHECK(qt::FindTensor(out, m + ".weight_scale").second == nullptr);
-      }
-      const std::vector<std::string> ignore = WrittenIgnore(tmp / "out");
-      CHECK(ignore == l.ignore);
-      for (const auto& m : kept) CHECK_MESSAGE(CoveredBy(ignore, m), m);
-      for (const auto& m : l.language) CHECK_MESSAGE(!CoveredBy(ignore, m), m);
-      const auto v = qt::RunQuench({"verify", (tmp / "out").string(), (tmp / "src").string()});
-      CHECK_MESSAGE(v.exit_code == 0, std::string(v.out + v.err));
-    }
+    for (const Layout& l : TextLayouts()) CheckLayout(l);
     // Without the defaults the hybrid's convolution is a targeted 3-D weight: planning refuses
     // it, as model_free_ptq aborts on it.
     qt::TempDir tmp;

@@ -14,6 +14,29 @@
 
 using quench::NameMatcher;
 
+namespace {
+
+// Each pattern, compiled by NameMatcher as a "re:" entry, answers every name as the regex
+// alone does (std::regex with Python's re.match anchoring, computed without NameMatcher).
+template <size_t P, size_t N>
+void CheckSameAsRegex(const char* const (&patterns)[P], const char* const (&names)[N]) {
+  for (const char* p : patterns) {
+    CAPTURE(p);
+    auto m = NameMatcher::Compile({std::string("re:") + p}, "--ignore");
+    REQUIRE(m.ok());
+    const std::regex re(p, std::regex::ECMAScript);
+    for (const char* n : names) {
+      CAPTURE(n);
+      const std::string_view name(n);
+      const bool expected = std::regex_search(name.begin(), name.end(), re,
+                                              std::regex_constants::match_continuous);
+      CHECK(m->Matches(name) == expected);
+    }
+  }
+}
+
+}  // namespace
+
 TEST_SUITE("matcher") {
   TEST_CASE("exact entries match whole module names only") {
     auto m = NameMatcher::Compile({"lm_head"}, "--ignore");
@@ -71,19 +94,7 @@ TEST_SUITE("matcher") {
         "x.mixer.gate", "x.moe.gate", "x.mlp.gate", "abbbx", "ax", "ay", "x", "y", "c",
         "aby", "cbx", "x.abx", "x.ab:x", "x.a1x", "x.router", "x.rooter", "x.routr",
     };
-    for (const char* p : patterns) {
-      CAPTURE(p);
-      auto m = NameMatcher::Compile({std::string("re:") + p}, "--ignore");
-      REQUIRE(m.ok());
-      const std::regex re(p, std::regex::ECMAScript);
-      for (const char* n : names) {
-        CAPTURE(n);
-        const std::string_view name(n);
-        const bool expected = std::regex_search(name.begin(), name.end(), re,
-                                                std::regex_constants::match_continuous);
-        CHECK(m->Matches(name) == expected);
-      }
-    }
+    CheckSameAsRegex(patterns, names);
   }
 
   TEST_CASE("leading-component regexes give the same answers as the regex alone") {
@@ -108,19 +119,7 @@ TEST_SUITE("matcher") {
         "model.layers.0.mlp.gate_proj", "", ".", "model.", "vis_al.x", "model.visXal.q",
         "model..x", "m.audio_tower.x",
     };
-    for (const char* p : patterns) {
-      CAPTURE(p);
-      auto m = NameMatcher::Compile({std::string("re:") + p}, "--ignore");
-      REQUIRE(m.ok());
-      const std::regex re(p, std::regex::ECMAScript);
-      for (const char* n : names) {
-        CAPTURE(n);
-        const std::string_view name(n);
-        const bool expected = std::regex_search(name.begin(), name.end(), re,
-                                                std::regex_constants::match_continuous);
-        CHECK(m->Matches(name) == expected);
-      }
-    }
+    CheckSameAsRegex(patterns, names);
     // And as CPython's re.match answers (worked out by hand from the pattern's meaning).
     auto m = NameMatcher::Compile({"re:([^.]+\\.)?(vision_tower|visual)\\..*"}, "--ignore");
     REQUIRE(m.ok());

@@ -36,26 +36,30 @@ MEASURED = {"llava": 0.982534, "qwen2-vl": 0.983906, "qwen3-next": 0.978876,
 RENAMED = {"nemotron-h": ("backbone.", "model.")}
 
 
-def make_llava(folder):
+def save(cls, cfg, folder):
+    """A model of class `cls` with random weights (seed 0), saved as bf16 safetensors."""
     torch.manual_seed(0)
+    cls(cfg).to(torch.bfloat16).save_pretrained(folder)
+
+
+def make_llava(folder):
     vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                               num_attention_heads=4, image_size=32, patch_size=8,
                               projection_dim=128)
     text = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                        max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=500,
-                      projector_hidden_act="gelu", vision_feature_layer=-1,
-                      vision_feature_select_strategy="default")
-    LlavaForConditionalGeneration(cfg).to(torch.bfloat16).save_pretrained(folder)
+    save(LlavaForConditionalGeneration,
+         LlavaConfig(vision_config=vision, text_config=text, image_token_index=500,
+                     projector_hidden_act="gelu", vision_feature_layer=-1,
+                     vision_feature_select_strategy="default"), folder)
     # 32x32 pixels in 8x8 patches: 16 image tokens (the class token dropped).
     ids = torch.tensor([[1, 17, *([500] * 16), 301, 99, 7, 42, 3, 128]])
     return {"input_ids": ids, "pixel_values": torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)}
 
 
 def make_qwen2_vl(folder):
-    torch.manual_seed(0)
-    cfg = Qwen2VLConfig(
+    save(Qwen2VLForConditionalGeneration, Qwen2VLConfig(
         text_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                          max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
@@ -64,8 +68,7 @@ def make_qwen2_vl(folder):
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            in_channels=3),
         image_token_id=500, video_token_id=501, vision_start_token_id=502,
-        vision_end_token_id=503)
-    Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16).save_pretrained(folder)
+        vision_end_token_id=503), folder)
     # One image of 4x4 patches of 14 pixels (2 frames deep), merged 2x2: 4 image tokens.
     ids = torch.tensor([[1, 17, 502, *([500] * 4), 503, 301, 99, 7, 42, 3, 128]])
     pixels = torch.randn(16, 3 * 2 * 14 * 14, dtype=torch.bfloat16)
@@ -75,55 +78,41 @@ def make_qwen2_vl(folder):
 
 
 IDS = torch.tensor([[1, 17, 301, 99, 7, 42, 3, 128, 77, 460, 5, 260]])
+# The text models: class and configuration; each reads IDS.
+TEXT = {
+    "qwen3-next": (Qwen3NextForCausalLM, lambda: Qwen3NextConfig(
+        hidden_size=128, intermediate_size=256, moe_intermediate_size=128,
+        shared_expert_intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, vocab_size=512, num_experts=4,
+        num_experts_per_tok=2, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        full_attention_interval=2, max_position_embeddings=256)),
+    "nemotron-h": (NemotronHForCausalLM, lambda: NemotronHConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        hybrid_override_pattern="M*ME", num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, vocab_size=512, mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=16,
+        n_groups=1, conv_kernel=4, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=128, moe_shared_expert_intermediate_size=128,
+        max_position_embeddings=256)),
+    "opt": (OPTForCausalLM, lambda: OPTConfig(
+        hidden_size=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=512, word_embed_proj_dim=128, max_position_embeddings=256)),
+    # The head tied to the embedding, no lm_head tensor (Llama 3.2 1B and 3B do so).
+    "llama-tied": (LlamaForCausalLM, lambda: LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)),
+}
 
 
-def make_qwen3_next(folder):
-    torch.manual_seed(0)
-    cfg = Qwen3NextConfig(hidden_size=128, intermediate_size=256, moe_intermediate_size=128,
-                          shared_expert_intermediate_size=128, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                          vocab_size=512, num_experts=4, num_experts_per_tok=2,
-                          linear_num_value_heads=4, linear_num_key_heads=2,
-                          linear_key_head_dim=32, linear_value_head_dim=32,
-                          linear_conv_kernel_dim=4, full_attention_interval=2,
-                          max_position_embeddings=256)
-    Qwen3NextForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
-    return {"input_ids": IDS}
+def make_text(name):
+    def make(folder):
+        cls, cfg = TEXT[name]
+        save(cls, cfg(), folder)
+        return {"input_ids": IDS}
+    return make
 
 
-def make_nemotron_h(folder):
-    torch.manual_seed(0)
-    cfg = NemotronHConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                          hybrid_override_pattern="M*ME", num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=32, vocab_size=512,
-                          mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=16, n_groups=1,
-                          conv_kernel=4, n_routed_experts=4, num_experts_per_tok=2,
-                          moe_intermediate_size=128, moe_shared_expert_intermediate_size=128,
-                          max_position_embeddings=256)
-    NemotronHForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
-    return {"input_ids": IDS}
-
-
-def make_llama_tied(folder):
-    """The head tied to the embedding, no lm_head tensor (Llama 3.2 1B and 3B do so)."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
-    return {"input_ids": IDS}
-
-
-def make_opt(folder):
-    torch.manual_seed(0)
-    cfg = OPTConfig(hidden_size=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
-                    vocab_size=512, word_embed_proj_dim=128, max_position_embeddings=256)
-    OPTForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
-    return {"input_ids": IDS}
-
-
-MODELS = {"llava": make_llava, "qwen2-vl": make_qwen2_vl, "qwen3-next": make_qwen3_next,
-          "nemotron-h": make_nemotron_h, "opt": make_opt, "llama-tied": make_llama_tied}
+MODELS = {"llava": make_llava, "qwen2-vl": make_qwen2_vl, **{n: make_text(n) for n in TEXT}}
 MULTIMODAL = ["llava", "qwen2-vl"]
 
 
@@ -181,7 +170,7 @@ def quantized_modules(folder):
     return out
 
 
-@pytest.mark.parametrize("name", ["qwen3-next", "nemotron-h", "opt", "llama-tied"])
+@pytest.mark.parametrize("name", list(TEXT))
 def test_transformers_reads_every_tensor_of_text_models(built, name):
     src, dst, inputs = built[name]
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
