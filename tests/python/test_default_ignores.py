@@ -128,6 +128,16 @@ def built(tmp_path_factory):
     return out
 
 
+def check_logits(name, ref, got, inputs):
+    """The converted model's logits against the unquantized model's, within MEASURED's floor."""
+    with torch.no_grad():
+        a = ref(**inputs).logits.float().flatten()
+        b = got(**inputs).logits.float().flatten()
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    print(f"{name} W4A16 logits cosine {cos:.6f}")
+    assert cos >= 1 - 1.25 * (1 - MEASURED[name])
+
+
 def linears(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
@@ -152,12 +162,7 @@ def test_transformers_quantizes_the_language_model_only(built, name):
     # The written ignore list is what kept them: quench's default patterns.
     ignore = json.loads((dst / "config.json").read_text())["quantization_config"]["ignore"]
     assert any("vision_tower|" in e for e in ignore)
-    with torch.no_grad():
-        a = ref(**inputs).logits.float().flatten()
-        b = got(**inputs).logits.float().flatten()
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
-    print(f"{name} W4A16 logits cosine {cos:.6f}")
-    assert cos >= 1 - 1.25 * (1 - MEASURED[name])
+    check_logits(name, ref, got, inputs)
 
 
 def quantized_modules(folder):
@@ -201,9 +206,4 @@ def test_transformers_reads_every_tensor_of_text_models(built, name):
                         "embed_tokens_per_layer)$"],
                 "llama-tied": ["lm_head", "re:.*embed_tokens$"]}[name]
     assert all(e in ignore for e in expected), ignore
-    with torch.no_grad():
-        a = ref(**inputs).logits.float().flatten()
-        b = got(**inputs).logits.float().flatten()
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
-    print(f"{name} W4A16 logits cosine {cos:.6f}")
-    assert cos >= 1 - 1.25 * (1 - MEASURED[name])
+    check_logits(name, ref, got, inputs)
