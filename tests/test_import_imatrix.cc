@@ -5,6 +5,7 @@
 // the arrays it generated, with GGUF names from gguf's own HF-to-GGUF name table.
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,10 +47,22 @@ std::vector<double> Numbers(const JsonValue& v) {
   return out;
 }
 
-// The folder `out` holds exactly the expected statistics.
-void CheckAgainstExpected(const fs::path& out, const std::string& expected_name) {
+JsonValue Expected(const std::string& expected_name) {
   auto exp = ReadJsonFile((Imx() / "expected" / (expected_name + ".json")).string());
   REQUIRE(exp.ok());
+  return *std::move(exp);
+}
+
+// The folder `out` holds exactly the expected statistics.
+void CheckAgainstExpected(const fs::path& out, const std::string& expected_name);
+void CheckAgainst(const fs::path& out, const JsonValue* exp);
+
+void CheckAgainstExpected(const fs::path& out, const std::string& expected_name) {
+  const JsonValue exp = Expected(expected_name);
+  CheckAgainst(out, &exp);
+}
+
+void CheckAgainst(const fs::path& out, const JsonValue* exp) {
   auto stats = calib::Statistics::Open(out);
   REQUIRE_MESSAGE(stats.ok(), stats.status().message());
   const JsonValue& sites = *exp->Find("sites");
@@ -93,6 +106,49 @@ void CheckAgainstExpected(const fs::path& out, const std::string& expected_name)
   CHECK(c->Find("hessian")->as_string() == "none");
 }
 
+// `exp` with every weight and site name passed through `rename`: the keys of sites,
+// consumers and weights, the consumers' sites and not_reached's entries.
+JsonValue Renamed(const JsonValue& exp, const std::function<std::string(std::string)>& rename) {
+  JsonValue out = JsonValue::MakeObject();
+  for (const char* part : {"sites", "consumers", "weights"}) {
+    JsonValue o = JsonValue::MakeObject();
+    for (const auto& [k, v] : exp.Find(part)->as_object()) {
+      JsonValue x = v;
+      if (std::string(part) == "consumers") x.Set("site", rename(v.Find("site")->as_string()));
+      o.Set(rename(k), std::move(x));
+    }
+    out.Set(part, std::move(o));
+  }
+  JsonValue nr = JsonValue::MakeArray();
+  for (const JsonValue& w : exp.Find("not_reached")->as_array()) nr.Push(rename(w.as_string()));
+  out.Set("not_reached", std::move(nr));
+  return out;
+}
+
+// A copy of data/tiny-llama at `dir` as a multimodal checkpoint holds its language model: every
+// tensor renamed by `rename`, one vision-tower weight beside them, and a config.json whose
+// model_type is `model_type` with tiny-llama's own as its text_config.
+void WriteMultimodalLlama(const fs::path& dir, const std::string& model_type,
+                          const std::function<std::string(std::string)>& rename) {
+  fs::create_directories(dir);
+  std::vector<RawTensor> tensors;
+  for (const auto& [_, l] : LoadAll(DataDir() / "tiny-llama")) {
+    for (const TensorInfo& t : l.shard.header.tensors) {
+      tensors.push_back({rename(t.name), t.dtype, t.shape,
+                         std::string(reinterpret_cast<const char*>(l.Data(t)), t.nbytes())});
+    }
+  }
+  tensors.push_back({"vision_tower.encoder.layers.0.mlp.fc1.weight", DType::kBF16, {16, 16},
+                     std::string(16 * 16 * 2, '\0')});
+  WriteShard(dir / "model.safetensors", tensors);
+  auto text = ReadJsonFile((DataDir() / "tiny-llama" / "config.json").string());
+  REQUIRE(text.ok());
+  JsonValue cfg = JsonValue::MakeObject();
+  cfg.Set("model_type", model_type);
+  cfg.Set("text_config", *text);
+  WriteBytes(dir / "config.json", DumpCompactJson(cfg));
+}
+
 // Nothing named `out`, and no temporary folder left beside it.
 void CheckNothingWritten(const fs::path& parent) {
   CHECK(ListFiles(parent).empty());
@@ -114,6 +170,74 @@ TEST_SUITE("import_imatrix") {
       CHECK(ListFiles(dir.path()) ==
             std::vector<std::string>{"stats/manifest.json", "stats/stats-00001.safetensors"});
     }
+  }
+
+  TEST_CASE("multimodal, Mistral and Kimi K2 checkpoints map onto the architectures they share") {
+    // Kimi K2.5, Llava, Llama 4, Mistral 3 (language_model.model.layers., the head beside
+    // them) and Qwen3-VL (model.language_model.layers., lm_head at the top): llama.cpp
+    // converts the language model, and the imatrix covers it. Expected: the llama fixture's
+    // statistics under the checkpoint's names.
+    struct Layout {
+      const char* model_type;
+      std::function<std::string(std::string)> rename;
+    };
+    const std::vector<Layout> layouts = {
+        {"llava",
+         [](std::string n) {
+           return n == "lm_head" || n.starts_with("lm_head.") ? "language_model." + n
+                  : n.starts_with("model.")                   ? "language_model." + n
+                                                              : n;
+         }},
+        {"qwen3_vl", [](std::string n) {
+           return n.starts_with("model.") ? "model.language_model." + n.substr(6) : n;
+         }}};
+    for (const Layout& l : layouts) {
+      CAPTURE(l.model_type);
+      TempDir dir;
+      WriteMultimodalLlama(dir / "model", l.model_type, l.rename);
+      const fs::path out = dir / "stats";
+      RunResult r = RunQuench({"stats", "import-imatrix", (Imx() / "llama.imatrix.gguf").string(),
+                               "--model", (dir / "model").string(), "-o", out.string()});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      const JsonValue exp = Renamed(Expected("llama"), l.rename);
+      CheckAgainst(out, &exp);
+    }
+    // Mistral's names are Llama's: a "mistral" model_type imports the same statistics.
+    TempDir dir;
+    fs::copy(DataDir() / "tiny-llama", dir / "model");
+    auto cfg = ReadJsonFile((dir / "model" / "config.json").string());
+    REQUIRE(cfg.ok());
+    cfg->Set("model_type", "mistral");
+    WriteBytes(dir / "model" / "config.json", DumpCompactJson(*cfg));
+    RunResult r = RunQuench({"stats", "import-imatrix", (Imx() / "llama.imatrix.gguf").string(),
+                             "--model", (dir / "model").string(), "-o", (dir / "s").string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CheckAgainstExpected(dir / "s", "llama");
+    // Kimi K2 (model_type kimi_k2) is a DeepSeek-V3: the deepseek2 fixture imports onto it.
+    TempDir kimi;
+    fs::copy(Imx() / "tiny-deepseek2", kimi / "model");
+    auto kcfg = ReadJsonFile((kimi / "model" / "config.json").string());
+    REQUIRE(kcfg.ok());
+    kcfg->Set("model_type", "kimi_k2");
+    WriteBytes(kimi / "model" / "config.json", DumpCompactJson(*kcfg));
+    r = RunQuench({"stats", "import-imatrix", (Imx() / "deepseek2.imatrix.gguf").string(),
+                   "--model", (kimi / "model").string(), "-o", (kimi / "s").string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CheckAgainstExpected(kimi / "s", "deepseek2");
+    // A language model of an architecture quench does not map is refused, naming both types.
+    TempDir bad;
+    WriteMultimodalLlama(bad / "model", "llava", [](std::string n) { return n; });
+    auto bcfg = ReadJsonFile((bad / "model" / "config.json").string());
+    REQUIRE(bcfg.ok());
+    JsonValue text = *bcfg->Find("text_config");
+    text.Set("model_type", "gpt2");
+    bcfg->Set("text_config", text);
+    WriteBytes(bad / "model" / "config.json", DumpCompactJson(*bcfg));
+    r = RunQuench({"stats", "import-imatrix", (Imx() / "llama.imatrix.gguf").string(), "--model",
+                   (bad / "model").string(), "-o", (bad / "s").string()});
+    CHECK(r.exit_code != 0);
+    CHECK(r.err.find("is 'llava' with a 'gpt2' language model") != std::string::npos);
+    CHECK_FALSE(fs::exists(bad / "s"));
   }
 
   TEST_CASE("provenance: the imatrix file, its datasets and chunks are in the manifest") {

@@ -63,14 +63,25 @@ struct ImatrixTarget {
   std::string skip_reason;
 };
 
-// Architectures whose names are mapped: llama, qwen2, qwen3, qwen3_moe, mixtral, deepseek_v2,
-// deepseek_v3 (llama.cpp's deepseek2).
+// Architectures whose names are mapped: llama, mistral, qwen2, qwen3, qwen3_moe, mixtral,
+// deepseek_v2, deepseek_v3 and kimi_k2 (llama.cpp's deepseek2).
 bool ImatrixArchitectureKnown(const std::string& model_type);
+
+// Where a checkpoint keeps its language model: the decoder layers' prefix ("model.layers."; a
+// multimodal checkpoint's "language_model.model.layers." or "model.language_model.layers.")
+// and the output head's module ("lm_head", "language_model.lm_head").
+struct LanguageModelNames {
+  std::string layers = "model.layers.";
+  std::string head = "lm_head";
+};
+
 // The target of an imatrix entry name; kInvalidInput for a name the architecture lacks.
-Result<ImatrixTarget> MapImatrixName(const std::string& model_type, const std::string& name);
+Result<ImatrixTarget> MapImatrixName(const std::string& model_type, const std::string& name,
+                                     const LanguageModelNames& names = {});
 // The reverse, for a checkpoint weight: the imatrix name that would carry its statistics
 // (expert index dropped), or "" when none does (norms, embeddings, biases).
-std::string ImatrixNameOf(const std::string& model_type, const std::string& weight);
+std::string ImatrixNameOf(const std::string& model_type, const std::string& weight,
+                          const LanguageModelNames& names = {});
 
 struct ImportOptions {
   uint64_t legacy_chunk_size = 512;  // llama-imatrix's default context (-c 512)

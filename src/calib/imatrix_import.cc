@@ -130,6 +130,66 @@ Status WriteFolder(const fs::path& dir, const std::vector<Site>& sites, JsonValu
   return WriteFileAtomic(dir / "manifest.json", DumpPythonJson(manifest) + "\n");
 }
 
+// The architecture whose names the imatrix is mapped with, and where the checkpoint keeps
+// that language model.
+struct LanguageModel {
+  std::string model_type;
+  LanguageModelNames names;
+};
+
+// config.json's model_type when quench maps it; else, for a multimodal checkpoint (Kimi K2.5,
+// Llava, Mistral 3: llama.cpp converts its language model, the imatrix covers that), the
+// text_config's, with the prefix under which the checkpoint holds that model's layers and the
+// head beside them.
+Result<LanguageModel> FindLanguageModel(const ModelFolder& folder, const fs::path& model_dir,
+                                        const std::map<std::string, std::vector<uint64_t>>& inv) {
+  const JsonValue* type = folder.config ? folder.config->Find("model_type") : nullptr;
+  if (type == nullptr || !type->is_string()) {
+    return Error(ErrorCode::kInvalidInput,
+                 model_dir.string() + ": config.json has no model_type (needed to map names)");
+  }
+  LanguageModel lm{type->as_string(), {}};
+  if (ImatrixArchitectureKnown(lm.model_type)) return lm;
+  const JsonValue* text = folder.config->Find("text_config");
+  const JsonValue* text_type =
+      text != nullptr && text->is_object() ? text->Find("model_type") : nullptr;
+  const std::string known =
+      "import-imatrix maps llama, mistral, qwen2, qwen3, qwen3_moe, mixtral and deepseek_v2/v3 "
+      "names (config.json's model_type, or its text_config's for a multimodal model); ";
+  if (text_type == nullptr || !text_type->is_string() ||
+      !ImatrixArchitectureKnown(text_type->as_string())) {
+    return Error(ErrorCode::kUnsupported, known + model_dir.string() + " is '" +
+                                              lm.model_type + "'" +
+                                              (text_type != nullptr && text_type->is_string()
+                                                   ? " with a '" + text_type->as_string() +
+                                                         "' language model"
+                                                   : std::string()));
+  }
+  lm.model_type = text_type->as_string();
+  const auto has_prefix = [&](const std::string& p) {
+    auto it = inv.lower_bound(p);
+    return it != inv.end() && it->first.starts_with(p);
+  };
+  constexpr std::string_view kLayers[] = {"language_model.model.layers.",
+                                          "model.language_model.layers.",
+                                          "language_model.layers.", "model.layers."};
+  for (std::string_view p : kLayers) {
+    if (has_prefix(std::string(p) + "0.")) {
+      lm.names.layers = p;
+      // The head beside the layers: language_model.lm_head, else lm_head.
+      if (p.starts_with("language_model.") && inv.contains("language_model.lm_head.weight")) {
+        lm.names.head = "language_model.lm_head";
+      }
+      return lm;
+    }
+  }
+  return Error(ErrorCode::kInvalidInput,
+               model_dir.string() + ": a '" + lm.model_type +
+                   "' language model, but no tensor under language_model.model.layers.0., "
+                   "model.language_model.layers.0., language_model.layers.0. or "
+                   "model.layers.0.");
+}
+
 }  // namespace
 
 Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::path& out,
@@ -141,28 +201,20 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
   QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(model_dir));
   QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
   (void)split;
-  const JsonValue* type = folder.config ? folder.config->Find("model_type") : nullptr;
-  if (type == nullptr || !type->is_string()) {
-    return Error(ErrorCode::kInvalidInput,
-                 model_dir.string() + ": config.json has no model_type (needed to map names)");
-  }
-  const std::string model_type = type->as_string();
-  if (!ImatrixArchitectureKnown(model_type)) {
-    return Error(ErrorCode::kUnsupported,
-                 "import-imatrix maps llama, qwen2, qwen3, qwen3_moe, mixtral and deepseek_v2/"
-                 "v3 names; " + model_dir.string() + " is '" + model_type + "'");
-  }
   std::map<std::string, std::vector<uint64_t>> inv;
   for (const Shard& s : folder.shards) {
     for (const TensorInfo& t : s.header.tensors) inv[t.name] = t.shape;
   }
+  QUENCH_ASSIGN_OR_RETURN(const LanguageModel lm, FindLanguageModel(folder, model_dir, inv));
+  const std::string& model_type = lm.model_type;
+  const LanguageModelNames& names = lm.names;
   QUENCH_ASSIGN_OR_RETURN(Imatrix im, ReadImatrix(file, options.legacy_chunk_size));
 
   // Every entry onto its site, all checked before anything is written.
   std::map<std::string, Site> by_group;
   JsonValue skipped = JsonValue::MakeObject();
   for (const ImatrixEntry& e : im.entries) {
-    auto target = MapImatrixName(model_type, e.name);
+    auto target = MapImatrixName(model_type, e.name, names);
     if (!target.ok()) {
       return Error(ErrorCode::kInvalidInput, file.string() + ": " + target.status().message());
     }
@@ -199,7 +251,8 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
   JsonValue::Object consumers(consumer_map.begin(), consumer_map.end());
   JsonValue not_reached = JsonValue::MakeArray();
   for (const auto& [w, shape] : inv) {
-    if (shape.size() == 2 && !consumer_map.contains(w) && !ImatrixNameOf(model_type, w).empty()) {
+    if (shape.size() == 2 && !consumer_map.contains(w) &&
+        !ImatrixNameOf(model_type, w, names).empty()) {
       not_reached.Push(w);
     }
   }

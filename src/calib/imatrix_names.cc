@@ -63,7 +63,11 @@ constexpr Rule kMixtral[] = {
     {"ffn_down_exps", "block_sparse_moe.experts.{E}.w2", "exp_down", "mlp.experts.down_proj", true},
 };
 
-bool IsDeepseek(const std::string& t) { return t == "deepseek_v2" || t == "deepseek_v3"; }
+// Kimi K2 is a DeepSeek-V3 (architectures DeepseekV3ForCausalLM, model_type kimi_k2), and
+// llama.cpp converts it as deepseek2.
+bool IsDeepseek(const std::string& t) {
+  return t == "deepseek_v2" || t == "deepseek_v3" || t == "kimi_k2";
+}
 
 // Calls f(rule, rank) over the architecture's rules, rank being the run order.
 template <class F>
@@ -101,17 +105,19 @@ bool SplitBlock(const std::string& name, std::string& layer, std::string& rest) 
 }  // namespace
 
 bool ImatrixArchitectureKnown(const std::string& t) {
-  return t == "llama" || t == "qwen2" || t == "qwen3" || t == "qwen3_moe" || t == "mixtral" ||
-         IsDeepseek(t);
+  // Mistral's checkpoints use Llama's names, and llama.cpp converts them as llama.
+  return t == "llama" || t == "mistral" || t == "qwen2" || t == "qwen3" || t == "qwen3_moe" ||
+         t == "mixtral" || IsDeepseek(t);
 }
 
-Result<ImatrixTarget> MapImatrixName(const std::string& model_type, const std::string& name) {
+Result<ImatrixTarget> MapImatrixName(const std::string& model_type, const std::string& name,
+                                     const LanguageModelNames& names) {
   if (name == "output.weight") {  // llama-imatrix --process-output
-    return ImatrixTarget{"lm_head.weight", false, "lm_head", 0, "lm_head", ""};
+    return ImatrixTarget{names.head + ".weight", false, names.head, 0, names.head, ""};
   }
   std::string layer, rest;
   if (SplitBlock(name, layer, rest)) {
-    const std::string prefix = "model.layers." + layer + ".";
+    const std::string prefix = names.layers + layer + ".";
     if (IsDeepseek(model_type) && (rest == "attn_k_b" || rest == "attn_v_b")) {
       ImatrixTarget t;
       // llama.cpp's absorbed MLA multiplies each head by its slice of kv_b_proj; that input
@@ -132,13 +138,14 @@ Result<ImatrixTarget> MapImatrixName(const std::string& model_type, const std::s
                    model_type + "'");
 }
 
-std::string ImatrixNameOf(const std::string& model_type, const std::string& weight) {
-  if (weight == "lm_head.weight") return "output.weight";
-  constexpr std::string_view kLayers = "model.layers.";
-  if (!weight.starts_with(kLayers) || !weight.ends_with(".weight")) return "";
-  const size_t dot = weight.find('.', kLayers.size());
+std::string ImatrixNameOf(const std::string& model_type, const std::string& weight,
+                          const LanguageModelNames& names) {
+  if (weight == names.head + ".weight") return "output.weight";
+  const std::string& layers = names.layers;
+  if (!weight.starts_with(layers) || !weight.ends_with(".weight")) return "";
+  const size_t dot = weight.find('.', layers.size());
   if (dot == std::string::npos) return "";
-  const std::string layer = weight.substr(kLayers.size(), dot - kLayers.size());
+  const std::string layer = weight.substr(layers.size(), dot - layers.size());
   std::string rest = weight.substr(dot + 1, weight.size() - dot - 1 - 7);
   // An expert index becomes "{E}".
   if (size_t e = rest.find("experts."); e != std::string::npos) {
