@@ -506,6 +506,41 @@ TEST_SUITE("convert") {
     CHECK(r.exit_code == 3);
     CHECK(r.err.find("needs an even second dimension") != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "odd-out"));
+
+    // A stack whose shape cannot tell its order (gpt-oss: intermediate size = hidden size, so
+    // down_proj is [E, 2880, 2880]; or 2 x intermediate = hidden for gate_up_proj) is stored
+    // as its sibling in the same experts module shows (Llama 4 and gpt-oss keep both [E, in,
+    // out]): kept whole with it, never cut along the wrong dimension.
+    const auto values = [](size_t n) {
+      std::vector<float> x(n);
+      for (size_t i = 0; i < n; ++i) x[i] = 0.01f * static_cast<float>(i % 41) - 0.2f;
+      return qt::Bf16Bytes(x);
+    };
+    const std::string wide = values(2 * 64 * 128), square = values(2 * 64 * 64),
+                      half = values(2 * 32 * 64);
+    for (const auto& stacks : std::vector<std::vector<qt::RawTensor>>{
+             // intermediate 64 = hidden: gate_up [E, 64, 128] shows [E, in, out], down does not
+             {{"model.layers.0.mlp.experts.gate_up_proj", DType::kBF16, {2, 64, 128}, wide},
+              {"model.layers.0.mlp.experts.down_proj", DType::kBF16, {2, 64, 64}, square}},
+             // intermediate 32, 2 x 32 = hidden: down [E, 32, 64] shows it, gate_up does not
+             {{"model.layers.0.mlp.experts.gate_up_proj", DType::kBF16, {2, 64, 64}, square},
+              {"model.layers.0.mlp.experts.down_proj", DType::kBF16, {2, 32, 64}, half}}}) {
+      CAPTURE(stacks[1].shape[1]);
+      qt::TempDir t2;
+      std::vector<qt::RawTensor> all_tensors = stacks;
+      all_tensors.push_back({"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {64, 64}, q});
+      write(t2 / "s", all_tensors);
+      r = qt::RunQuench({"convert", (t2 / "s").string(), (t2 / "o").string(), "--scheme",
+                         "FP8_DYNAMIC", "-q"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      auto got = qt::LoadAll(t2 / "o");
+      for (const qt::RawTensor& stack : stacks) {
+        CAPTURE(stack.name);
+        CHECK(qt::TensorBytes(got, stack.name) == stack.bytes);
+      }
+      CHECK(qt::FindTensor(got, "model.layers.0.mlp.experts.0.down_proj.weight").second == nullptr);
+      CHECK(qt::FindTensor(got, "model.layers.0.mlp.experts.0.gate_proj.weight").second == nullptr);
+    }
   }
 
   TEST_CASE("user errors: clear message, non-zero exit, no output left") {

@@ -63,8 +63,6 @@ uint64_t StackColumns(const Shard& shard, const TensorInfo& t) {
   return v > 0 ? static_cast<uint64_t>(v) : 0;
 }
 
-constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
-
 // What splitting needs to know of the folder's stacks before any is split.
 struct StackFacts {
   std::optional<uint64_t> hidden;  // config.json's hidden_size
@@ -75,7 +73,26 @@ struct StackFacts {
   bool ct = false;
   std::set<std::string> ct_modules;
   std::map<std::string, uint64_t> ct_cols;  // a stack's decoded columns, from weight_shape
+  // Experts modules (the name before gate_up_proj / down_proj) one of whose stacks shows
+  // [E, in, out] by its shape: the other is stored so too, even where its own shape cannot
+  // tell (gpt-oss's down_proj [E, 2880, 2880]: intermediate size = hidden size).
+  std::set<std::string> transposed;
 };
+
+constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
+
+// Whether a stack [E, a, b] decoding to `cols` columns is stored [E, in, out]: the hidden
+// size sits where the output dimension should be (gate_up's rows, down's columns) and not on
+// the other side too, which would leave the order undecided.
+bool ShowsInOut(bool gate_up, uint64_t a, uint64_t cols, const std::optional<uint64_t>& hidden) {
+  return hidden && (gate_up ? (a == *hidden && cols != *hidden)
+                            : (cols == *hidden && a != *hidden));
+}
+
+// The experts module a stack belongs to: its name up to gate_up_proj / down_proj.
+std::string ExpertsModule(const std::string& name, bool gate_up) {
+  return name.substr(0, name.find(gate_up ? kGateUp : kDown));
+}
 
 StackFacts GatherStacks(const ModelFolder& folder) {
   StackFacts f;
@@ -101,6 +118,22 @@ StackFacts GatherStacks(const ModelFolder& folder) {
         const std::string_view param = std::string_view(t.name).substr(dot + 1);
         if (param == "weight_scale") f.ct_modules.insert(t.name.substr(0, dot));
         if (param == "weight_shape") f.ct_cols[t.name.substr(0, dot)] = StackColumns(shard, t);
+      }
+    }
+  }
+  // Plain stacks (not a compressed-tensors module's codes) that show [E, in, out].
+  for (const Shard& shard : folder.shards) {
+    for (const TensorInfo& t : shard.header.tensors) {
+      if (t.shape.size() != 3) continue;
+      const bool gate_up = t.name.find(kGateUp) != std::string::npos;
+      const bool down = t.name.find(kDown) != std::string::npos;
+      if (gate_up == down || DTypeBits(t.dtype) % 8 != 0 ||
+          t.name.ends_with("_scale_inv") ||
+          f.ct_modules.contains(t.name.substr(0, t.name.rfind('.')))) {
+        continue;
+      }
+      if (ShowsInOut(gate_up, t.shape[1], t.shape[2], f.hidden)) {
+        f.transposed.insert(ExpertsModule(t.name, gate_up));
       }
     }
   }
@@ -192,9 +225,10 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
   }
   const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
   const uint64_t cols = DecodedColumns(t, ct_module, ct_param, ct_cols);
-  // [E, in, out]: the hidden size sits where the output dimension should be.
-  const bool transposed = hidden && (gate_up ? (a == *hidden && cols != *hidden)
-                                             : (cols == *hidden && a != *hidden));
+  // [E, in, out]: by its own shape, or its sibling's in the same experts module.
+  const bool transposed =
+      ShowsInOut(gate_up, a, cols, hidden) ||
+      (hidden && ct_module.empty() && f.transposed.contains(ExpertsModule(t.name, gate_up)));
   if (transposed) {
     result.kept_whole.push_back(shard.rel_name + ": " + t.name);
     folder.kept_whole.push_back(t.name);
