@@ -307,7 +307,7 @@ def ignore_for(patterns):
     """model_free_ptq's ignore list: the routers stay unquantized (vLLM loads them so, and quench
     only copies a router sliced to the kept experts)."""
     if patterns == "mixtral":
-        return DEFAULT_IGNORE + ["re:.*block_sparse_moe\\.gate$"]
+        return DEFAULT_IGNORE + ["re:.*(block_sparse_moe|mlp)\\.(gate|router)$"]
     return DEFAULT_IGNORE
 
 

@@ -290,7 +290,8 @@ TEST_SUITE("matcher") {
     for (const char* n : {"lm_head", "model.embed_tokens", "embeddings.word_embeddings",
                           "embeddings.position_embeddings", "transformer.wte",
                           "model.layers.0.mlp.gate", "model.layers.1.mlp.shared_expert_gate",
-                          "model.layers.2.block_sparse_moe.gate", "model.layers.3.mlp.router",
+                          "model.layers.2.block_sparse_moe.gate",
+                          "model.layers.2.block_sparse_moe.router", "model.layers.3.mlp.router",
                           "language_model.model.layers.0.feed_forward.router",
                           // multimodal models' output heads, encoders and projectors, in
                           // the layouts of Llava / Llama 4 / Mllama (older transformers),

@@ -2,12 +2,14 @@
 Llava (CLIP vision tower, projector, Llama; the Hub's `language_model.*` layout) and a tiny
 Qwen2-VL (`visual.*` beside `model.*`). Text models whose unquantized modules go by other names:
 a tiny Qwen3-Next (linear attention with a 3-D conv1d, MoE with shared experts), a tiny
-Nemotron-H (Mamba mixers, attention, a MoE mixer; `backbone.embeddings`) and a tiny OPT
-(learned `embed_positions`). Random weights from transformers' own configuration classes
-(fixed seed, bf16), converted by quench W4A16 with its default ignores (before them the hybrids
-failed planning on their convolutions, and OPT's position embedding was quantized, which
-transformers then left missing and vLLM refuses). transformers (with compressed-tensors) must
-load every tensor (nothing missing, nothing unexpected), quantize exactly the modules quench
+Nemotron-H (Mamba mixers, attention, a MoE mixer; `backbone.embeddings`), a tiny OPT
+(learned `embed_positions`), a tiny PhiMoE (router stored `block_sparse_moe.gate`, loaded as
+`mlp.router`) and a tiny Llama whose head is tied to its embedding. Random weights from
+transformers' own configuration classes (fixed seed, bf16), converted by quench W4A16 with its
+default ignores (before them the hybrids failed planning on their convolutions, OPT's position
+embedding was quantized, which transformers then left missing and vLLM refuses, and
+transformers quantized PhiMoE's router and the tied head). transformers (with
+compressed-tensors) must load every tensor (nothing missing, nothing unexpected), quantize exactly the modules quench
 quantized, keep every other weight bit for bit, and give logits close to the unquantized
 model's. vLLM's CPU build cannot run the multimodal ones (README, "Consumers"); its check is
 scripts/check-vllm multimodal.
@@ -21,6 +23,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, CLI
                           LlamaConfig, LlamaForCausalLM, LlavaConfig,
                           LlavaForConditionalGeneration,
                           NemotronHConfig, NemotronHForCausalLM, OPTConfig, OPTForCausalLM,
+                          PhimoeConfig, PhimoeForCausalLM,
                           Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen3NextConfig,
                           Qwen3NextForCausalLM)
 
@@ -30,7 +33,7 @@ import consumers as C
 # unquantized one, measured on 2026-12-07 (torch 2.13.0+cpu, compressed-tensors 0.19.0,
 # transformers 5.17.0); a test fails below 1 - 1.25 * (1 - measured).
 MEASURED = {"llava": 0.982534, "qwen2-vl": 0.983906, "qwen3-next": 0.978876,
-            "nemotron-h": 0.970362, "opt": 0.979968, "llama-tied": 0.988576}
+            "nemotron-h": 0.970362, "opt": 0.979968, "llama-tied": 0.988576, "phimoe": 0.971321}
 # transformers' names for a checkpoint's modules where it renames them (its conversion
 # mapping): (checkpoint prefix, transformers prefix).
 RENAMED = {"nemotron-h": ("backbone.", "model.")}
@@ -97,6 +100,11 @@ TEXT = {
     "opt": (OPTForCausalLM, lambda: OPTConfig(
         hidden_size=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
         vocab_size=512, word_embed_proj_dim=128, max_position_embeddings=256)),
+    # Mixtral-style names (block_sparse_moe.gate), which transformers 5 renames mlp.router.
+    "phimoe": (PhimoeForCausalLM, lambda: PhimoeConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=256)),
     # The head tied to the embedding, no lm_head tensor (Llama 3.2 1B and 3B do so).
     "llama-tied": (LlamaForCausalLM, lambda: LlamaConfig(
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -204,6 +212,7 @@ def test_transformers_reads_every_tensor_of_text_models(built, name):
                 "nemotron-h": ["re:.*conv1d$", "re:(.*\\.)?embeddings$"],
                 "opt": ["lm_head", "re:.*(embed_positions|position_embedding|token_embedding|"
                         "embed_tokens_per_layer)$"],
-                "llama-tied": ["lm_head", "re:.*embed_tokens$"]}[name]
+                "llama-tied": ["lm_head", "re:.*embed_tokens$"],
+                "phimoe": ["re:.*(block_sparse_moe|mlp)\\.(gate|router)$"]}[name]
     assert all(e in ignore for e in expected), ignore
     check_logits(name, ref, got, inputs)
