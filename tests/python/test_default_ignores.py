@@ -9,9 +9,9 @@ transformers' own configuration classes (fixed seed, bf16), converted by quench 
 default ignores (before them the hybrids failed planning on their convolutions, OPT's position
 embedding was quantized, which transformers then left missing and vLLM refuses, and
 transformers quantized PhiMoE's router and the tied head). transformers (with
-compressed-tensors) must load every tensor (nothing missing, nothing unexpected), quantize exactly the modules quench
-quantized, keep every other weight bit for bit, and give logits close to the unquantized
-model's. vLLM's CPU build cannot run the multimodal ones (README, "Consumers"); its check is
+compressed-tensors) must load every tensor (nothing missing, nothing unexpected), quantize
+exactly the modules quench quantized, keep every other weight bit for bit, and give logits
+close to the unquantized model's. vLLM's CPU build cannot run the multimodal ones (README, "Consumers"); its check is
 scripts/check-vllm multimodal.
 """
 import json
