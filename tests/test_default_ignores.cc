@@ -100,7 +100,7 @@ std::vector<Layout> TextLayouts() {
        {"backbone.layers.0.mixer.in_proj", "backbone.layers.0.mixer.out_proj",
         "backbone.layers.1.mixer.experts.0.up_proj"},
        {"backbone.layers.1.mixer.gate", "backbone.embeddings", "lm_head"},
-       {"lm_head", "re:.*(mixer|moe|feed_forward)\\.gate$", "re:.*conv1d$",
+       {"lm_head", "re:.*(mixer|moe|feed_forward)\\.gate$", "re:.*(conv1d|conv\\.conv)$",
         "re:(.*\\.)?embeddings$"},
        "", "backbone.layers.0.mixer.conv1d"},
       {"deepseek-v3.2 (mtp, indexer)",

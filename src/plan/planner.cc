@@ -54,8 +54,9 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     // DBRX and Granite MoE (router.layer), Gemma 4 (router.proj), LongCat-Flash (classifier).
     {"re:.*router\\.(layer|proj|classifier)$", "MoE router", kVllm},
     // Mamba mixers' and linear attention's convolutions (Nemotron-H, Qwen3-Next, Jamba,
-    // Granite 4.0-H): [channels, 1, kernel] weights, which no scheme quantizes.
-    {"re:.*conv1d$", "convolution", kVllm},
+    // Granite 4.0-H: conv1d; LFM2's short convolutions: conv.conv): [channels, 1, kernel]
+    // weights, which no scheme quantizes.
+    {"re:.*(conv1d|conv\\.conv)$", "convolution", kVllm},
     // Multi-token-prediction layers (DeepSeek V3, GLM-4.5): eh_proj is a plain nn.Linear,
     // shared_head.head a ParallelLMHead (deepseek_mtp.py, glm4_moe_mtp.py).
     {"re:.*\\.eh_proj$", "MTP input projection", kVllm},

@@ -4,7 +4,8 @@ Qwen2-VL (`visual.*` beside `model.*`). Text models whose unquantized modules go
 a tiny Qwen3-Next (linear attention with a 3-D conv1d, MoE with shared experts), a tiny
 Nemotron-H (Mamba mixers, attention, a MoE mixer; `backbone.embeddings`), a tiny OPT
 (learned `embed_positions`), a tiny PhiMoE (router stored `block_sparse_moe.gate`, loaded as
-`mlp.router`) and a tiny Llama whose head is tied to its embedding. Random weights from
+`mlp.router`), a tiny LFM2 (short convolutions `conv.conv`) and a tiny Llama whose head is
+tied to its embedding. Random weights from
 transformers' own configuration classes (fixed seed, bf16), converted by quench W4A16 with its
 default ignores (before them the hybrids failed planning on their convolutions, OPT's position
 embedding was quantized, which transformers then left missing and vLLM refuses, and
@@ -20,7 +21,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, CLIPVisionConfig,
-                          LlamaConfig, LlamaForCausalLM, LlavaConfig,
+                          LlamaConfig, LlamaForCausalLM, Lfm2Config, Lfm2ForCausalLM,
+                          LlavaConfig,
                           LlavaForConditionalGeneration,
                           NemotronHConfig, NemotronHForCausalLM, OPTConfig, OPTForCausalLM,
                           PhimoeConfig, PhimoeForCausalLM,
@@ -33,7 +35,8 @@ import consumers as C
 # unquantized one, measured on 2026-12-07 (torch 2.13.0+cpu, compressed-tensors 0.19.0,
 # transformers 5.17.0); a test fails below 1 - 1.25 * (1 - measured).
 MEASURED = {"llava": 0.982534, "qwen2-vl": 0.983906, "qwen3-next": 0.978876,
-            "nemotron-h": 0.970362, "opt": 0.979968, "llama-tied": 0.988576, "phimoe": 0.971321}
+            "nemotron-h": 0.970362, "opt": 0.979968, "llama-tied": 0.988576, "phimoe": 0.971321,
+            "lfm2": 0.983469}
 # transformers' names for a checkpoint's modules where it renames them (its conversion
 # mapping): (checkpoint prefix, transformers prefix).
 RENAMED = {"nemotron-h": ("backbone.", "model.")}
@@ -105,6 +108,11 @@ TEXT = {
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2,
         max_position_embeddings=256)),
+    # LFM2: short convolutions (conv.conv, [channels, 1, 3]) between attention layers.
+    "lfm2": (Lfm2ForCausalLM, lambda: Lfm2Config(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
+        layer_types=["conv", "full_attention"])),
     # The head tied to the embedding, no lm_head tensor (Llama 3.2 1B and 3B do so).
     "llama-tied": (LlamaForCausalLM, lambda: LlamaConfig(
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -208,11 +216,12 @@ def test_transformers_reads_every_tensor_of_text_models(built, name):
             assert torch.equal(p, ref_params[n]), n
     # What the defaults kept: the convolutions, routers and embeddings, by their names.
     ignore = json.loads((dst / "config.json").read_text())["quantization_config"]["ignore"]
-    expected = {"qwen3-next": ["re:.*conv1d$", "re:.*mlp\\.gate$"],
-                "nemotron-h": ["re:.*conv1d$", "re:(.*\\.)?embeddings$"],
+    expected = {"qwen3-next": ["re:.*(conv1d|conv\\.conv)$", "re:.*mlp\\.gate$"],
+                "nemotron-h": ["re:.*(conv1d|conv\\.conv)$", "re:(.*\\.)?embeddings$"],
                 "opt": ["lm_head", "re:.*(embed_positions|position_embedding|token_embedding|"
                         "embed_tokens_per_layer)$"],
                 "llama-tied": ["lm_head", "re:.*embed_tokens$"],
-                "phimoe": ["re:.*(block_sparse_moe|mlp)\\.(gate|router)$"]}[name]
+                "phimoe": ["re:.*(block_sparse_moe|mlp)\\.(gate|router)$"],
+                "lfm2": ["re:.*(conv1d|conv\\.conv)$"]}[name]
     assert all(e in ignore for e in expected), ignore
     check_logits(name, ref, got, inputs)
