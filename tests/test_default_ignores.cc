@@ -3,10 +3,11 @@
 // the output head under a prefix are left unquantized by default (as quantized multimodal
 // releases and llm-compressor's multimodal examples leave them), in the name layouts such
 // checkpoints come in. Hybrid and MTP checkpoints: the modules vLLM builds unquantized under
-// other names (routers, convolutions, MTP projections and heads, indexers, embeddings). Expected: which modules are a language model's
-// projections (by the layouts' own names), the written ignore entries (the default patterns,
-// each written once it kept something), and, independently of quench's matcher, that every
-// written entry (std::regex, re.match's anchoring) covers exactly the modules left alone.
+// other names (routers, convolutions, MTP projections and heads, indexers, embeddings).
+// Expected: which modules are a language model's projections (by the layouts' own names), the
+// written ignore entries (the default patterns, each written once it kept something), and,
+// independently of quench's matcher, that every written entry (std::regex, re.match's
+// anchoring) covers exactly the modules left alone.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -25,7 +26,8 @@ using quench::DType;
 
 namespace {
 
-// A 2-D BF16 weight of `rows` x `cols` (one W4A16 group of 128 per row) whose values depend on its name (never all equal).
+// A 2-D BF16 weight of `rows` x `cols` (one W4A16 group of 128 per row) whose values depend on
+// its name (never all equal).
 qt::RawTensor Weight(const std::string& name, uint64_t rows, uint64_t cols) {
   std::vector<float> v(rows * cols);
   for (size_t i = 0; i < v.size(); ++i) {

@@ -12,8 +12,8 @@ embedding was quantized, which transformers then left missing and vLLM refuses, 
 transformers quantized PhiMoE's router and the tied head). transformers (with
 compressed-tensors) must load every tensor (nothing missing, nothing unexpected), quantize
 exactly the modules quench quantized, keep every other weight bit for bit, and give logits
-close to the unquantized model's. vLLM's CPU build cannot run the multimodal ones (README, "Consumers"); its check is
-scripts/check-vllm multimodal.
+close to the unquantized model's. vLLM's CPU build cannot run the multimodal ones (README,
+"Consumers"); its check is scripts/check-vllm multimodal.
 """
 import json
 
