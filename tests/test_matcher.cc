@@ -205,8 +205,9 @@ TEST_SUITE("matcher") {
     CHECK(all->FirstMatch("model.layers.0.mlp.gate") == at("re:.*mlp\\.gate$"));
     CHECK(all->FirstMatch("model.layers.0.mlp.gate_proj") == d);     // exact
     CHECK(all->FirstMatch("") == d + 1);                              // the empty exact entry
-    CHECK(all->FirstMatch("model.layers.1.mlp.experts.3.up_proj") == d + 4);  // re:model\.layers\.1\.
-    CHECK(all->FirstMatch("model.layers.2.mlp.experts.3.up_proj") == d + 5);  // re:.*(up|down)_proj$
+    // re:model\.layers\.1\. and re:.*(up|down)_proj$
+    CHECK(all->FirstMatch("model.layers.1.mlp.experts.3.up_proj") == d + 4);
+    CHECK(all->FirstMatch("model.layers.2.mlp.experts.3.up_proj") == d + 5);
     CHECK(all->FirstMatch("norm") == d + 9);                          // re:.*
     CHECK(all->FirstMatch("model.visual.blocks.0.attn.qkv") < d);     // a default: the encoders'
     CHECK(all->FirstMatch("model.visual.blocks.0.attn.qkv") ==
@@ -282,7 +283,7 @@ TEST_SUITE("matcher") {
     CHECK(p2 == "weight");
   }
 
-  TEST_CASE("default ignores cover heads, embeddings, router gates and multimodal encoders, not projections") {
+  TEST_CASE("default ignores cover heads, embeddings, routers and encoders, not projections") {
     std::vector<std::string> patterns;
     for (const auto& d : quench::DefaultIgnores()) patterns.emplace_back(d.pattern);
     auto m = NameMatcher::Compile(patterns, "default");
@@ -337,7 +338,8 @@ TEST_SUITE("matcher") {
                           "thinker.model.layers.0.self_attn.o_proj", "lm_head_proj",
                           "model.layers.0.visual.proj",
                           // quantizable neighbours of the names above
-                          "model.layers.0.self_attn.indexer.wq_b", "backbone.layers.0.mixer.in_proj",
+                          "model.layers.0.self_attn.indexer.wq_b",
+                          "backbone.layers.0.mixer.in_proj",
                           "backbone.layers.0.mixer.out_proj", "model.output",
                           "backbone.layers.1.mixer.experts.0.up_proj",
                           "model.layers.0.linear_attn.in_proj_qkvz", "model.layers.61.enorm_proj",
