@@ -319,6 +319,8 @@ TEST_SUITE("matcher") {
                           "model.language_model.layers.0.router.proj",
                           "model.layers.0.mlp.router.classifier", "backbone.layers.0.mixer.conv1d",
                           "model.layers.0.linear_attn.conv1d", "model.layers.0.conv.conv",
+                          "model.layers.0.mamba.in_proj", "model.layers.0.mamba.x_proj",
+                          "model.layers.0.mamba.dt_proj", "model.layers.0.mamba.out_proj",
                           "model.layers.61.eh_proj",
                           "model.layers.61.shared_head.head", "model.layers.0.self_attn.indexer.wk",
                           "model.layers.0.self_attn.indexer.weights_proj",

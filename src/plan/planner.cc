@@ -57,6 +57,10 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     // Granite 4.0-H: conv1d; LFM2's short convolutions: conv.conv): [channels, 1, kernel]
     // weights, which no scheme quantizes.
     {"re:.*(conv1d|conv\\.conv)$", "convolution", kVllm},
+    // Mamba-1 mixers (Jamba's `mamba.`; mamba_mixer.py passes no quantization config), unlike
+    // Mamba-2's (Nemotron-H, Falcon-H1), whose in_proj and out_proj vLLM quantizes.
+    {"re:.*mamba\\.(in_proj|out_proj)$", "Mamba-1 mixer projection", kVllm},
+    {"re:.*(x_proj|dt_proj)$", "Mamba-1 mixer projection", kVllm},
     // Multi-token-prediction layers (DeepSeek V3, GLM-4.5): eh_proj is a plain nn.Linear,
     // shared_head.head a ParallelLMHead (deepseek_mtp.py, glm4_moe_mtp.py).
     {"re:.*\\.eh_proj$", "MTP input projection", kVllm},
