@@ -122,6 +122,48 @@ TEST_CASE("verify DST SRC compares against the decoded compressed-tensors source
   CHECK(r->problems[0].message.find("first in row 7") != std::string::npos);
 }
 
+TEST_CASE("a quantization_config under text_config (Kimi K2.5, K2.6) is the source's") {
+  // Kimi K2.5 and K2.6 keep their compressed-tensors config in text_config (llm-compressor
+  // reads it with quant_config_key="text_config.quantization_config"). The same source with
+  // its config moved there converts to the same shard bytes, decoded and requantized, and the
+  // output's one quantization_config is at the top level, none left in text_config.
+  const fs::path plain = DataDir() / "golden" / "ctsrc" / "W8A16";
+  TempDir tmp;
+  const fs::path nested = tmp / "nested";
+  fs::copy(plain, nested, fs::copy_options::recursive);
+  auto cfg = ReadJsonFile((plain / "config.json").string());
+  REQUIRE(cfg.ok());
+  JsonValue text = JsonValue::MakeObject();
+  for (const auto& [key, value] : cfg->as_object()) {
+    if (key != "architectures") text.Set(key, value);
+  }
+  JsonValue top = JsonValue::MakeObject();
+  top.Set("architectures", JsonValue(JsonValue::Array{JsonValue("KimiK25ForConditionalGeneration")}));
+  top.Set("model_type", "kimi_k25");
+  top.Set("text_config", std::move(text));
+  WriteBytes(nested / "config.json", DumpCompactJson(top));
+  for (const char* scheme : {"BF16", "W8A8"}) {
+    CAPTURE(scheme);
+    for (const auto& [src, dst] : {std::pair{plain, tmp / "from-plain"},
+                                   std::pair{nested, tmp / "from-nested"}}) {
+      ConvertOptions o;
+      o.src = src;
+      o.dst = dst;
+      o.scheme = scheme;
+      auto r = Convert(o);
+      REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    }
+    CHECK(CheckSameFiles(tmp / "from-plain", tmp / "from-nested", SafetensorsOnly) > 0);
+    auto out = ReadJsonFile((tmp / "from-nested" / "config.json").string());
+    REQUIRE(out.ok());
+    CHECK((out->Find("quantization_config") != nullptr) == (std::string(scheme) != "BF16"));
+    CHECK(out->Find("text_config")->Find("quantization_config") == nullptr);
+    VerifyClean(tmp / "from-nested", nested);
+    fs::remove_all(tmp / "from-plain");
+    fs::remove_all(tmp / "from-nested");
+  }
+}
+
 TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   const fs::path src = DataDir() / "golden" / "tiny-llama" / "W4A16_ASYM";
   TempDir tmp;

@@ -198,7 +198,7 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
     }
     in.shards = std::move(folder->shards);
     if (folder->config) {
-      if (const JsonValue* q = folder->config->Find("quantization_config")) in.qconfig = *q;
+      if (const JsonValue* q = SourceQuantizationConfig(*folder)) in.qconfig = *q;
     }
   } else if (fs::exists(path, ec)) {
     auto shard = LoadShard(path, fs::path(path).filename().string());

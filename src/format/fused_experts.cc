@@ -102,7 +102,7 @@ StackFacts GatherStacks(const ModelFolder& folder) {
       if (t.shape.size() == 3) f.stack_rows[t.name] = t.shape[1];
     }
   }
-  if (const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr) {
+  if (const JsonValue* q = SourceQuantizationConfig(folder)) {
     const JsonValue* b = q->is_object() ? q->Find("weight_block_size") : nullptr;
     if (b != nullptr && b->is_array() && !b->as_array().empty() && b->as_array()[0].is_int() &&
         b->as_array()[0].as_int() > 0) {

@@ -467,8 +467,26 @@ Result<ModelFolder> LoadModelFolder(const fs::path& root_in,
   return ReadConfig(std::move(m));
 }
 
+bool QuantizationConfigInTextConfig(const ModelFolder& folder) {
+  if (!folder.config) return false;
+  const JsonValue* top = folder.config->Find("quantization_config");
+  if (top != nullptr && !top->is_null()) return false;
+  const JsonValue* text = folder.config->Find("text_config");
+  const JsonValue* q = text != nullptr && text->is_object() ? text->Find("quantization_config")
+                                                             : nullptr;
+  return q != nullptr && q->is_object();
+}
+
+const JsonValue* SourceQuantizationConfig(const ModelFolder& folder) {
+  if (!folder.config) return nullptr;
+  const JsonValue* q = QuantizationConfigInTextConfig(folder)
+                           ? folder.config->Find("text_config")->Find("quantization_config")
+                           : folder.config->Find("quantization_config");
+  return q != nullptr && q->is_object() ? q : nullptr;
+}
+
 std::string ConfigQuantMethod(const ModelFolder& folder) {
-  const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
+  const JsonValue* q = SourceQuantizationConfig(folder);
   const JsonValue* m = q != nullptr && q->is_object() ? q->Find("quant_method") : nullptr;
   return m != nullptr && m->is_string() ? m->as_string() : std::string();
 }

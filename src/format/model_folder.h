@@ -127,8 +127,16 @@ struct ExpertSplit {
 };
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder);
 
-// config.json's quantization_config.quant_method ("fp8", "awq", "compressed-tensors", ...);
-// empty when the folder has none.
+// config.json's quantization_config object: the top-level one or, where there is none, its
+// text_config's (Kimi K2.5 and K2.6 keep their compressed-tensors config there, and
+// llm-compressor reads it with quant_config_key="text_config.quantization_config"); nullptr
+// when neither is an object.
+const JsonValue* SourceQuantizationConfig(const ModelFolder& folder);
+// True when SourceQuantizationConfig is text_config's.
+bool QuantizationConfigInTextConfig(const ModelFolder& folder);
+
+// SourceQuantizationConfig's quant_method ("fp8", "awq", "compressed-tensors", ...); empty when
+// the folder has none.
 std::string ConfigQuantMethod(const ModelFolder& folder);
 
 // config.json's quantization_config says quant_method "compressed-tensors". Decoding such a

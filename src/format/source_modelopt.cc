@@ -67,8 +67,7 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
   *found = false;
   std::optional<JsonValue> from_config, from_file;
   if (folder.config) {
-    if (const JsonValue* q = folder.config->Find("quantization_config");
-        q != nullptr && q->is_object()) {
+    if (const JsonValue* q = SourceQuantizationConfig(folder); q != nullptr) {
       const JsonValue* m = q->Find("quant_method");
       if (m != nullptr && m->is_string() && m->as_string() == "modelopt") from_config = *q;
     }
@@ -84,8 +83,7 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
     from_file = *q;
   }
   if (!from_config && !from_file) return std::optional<JsonValue>();
-  if (folder.config && !from_config && folder.config->Find("quantization_config") != nullptr &&
-      !folder.config->Find("quantization_config")->is_null()) {
+  if (folder.config && !from_config && SourceQuantizationConfig(folder) != nullptr) {
     // config.json names another method: hf_quant_config.json is a leftover (compressed-
     // tensors' converters copy it into their compressed-tensors output), config.json decides.
     return std::optional<JsonValue>();

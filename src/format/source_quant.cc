@@ -154,9 +154,12 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
         DetectModelOpt(folder, *mo, "ModelOpt quantization config", file_only, &out));
     return out;
   }
-  const JsonValue* q = folder.config ? folder.config->Find("quantization_config") : nullptr;
+  const JsonValue* top = folder.config ? folder.config->Find("quantization_config") : nullptr;
+  const JsonValue* q = SourceQuantizationConfig(folder);
+  if (q == nullptr && top != nullptr && !top->is_null()) q = top;  // not an object: refused below
   if (q == nullptr || q->is_null()) return SourceQuantization{};
-  const std::string where = folder.config_rel.value_or("config.json");
+  const std::string where = folder.config_rel.value_or("config.json") +
+                            (QuantizationConfigInTextConfig(folder) ? " (text_config)" : "");
   const JsonValue* method = q->Find("quant_method");
   const std::string m = method != nullptr && method->is_string() ? method->as_string() : "";
   if (m == "fp8") return DetectFp8(folder, *q, where);

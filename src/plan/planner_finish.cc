@@ -241,6 +241,16 @@ size_t Planner::PlanFiles(std::string index_json) {
   }
   JsonValue cfg = *folder_.config;
   const bool quantized_source = source_.format != SourceFormat::kPlain;
+  // A source's quantization_config kept in text_config (Kimi K2.5 / K2.6) no longer applies
+  // either: the one written (or none) is at the top level, where vLLM and transformers look
+  // first, and a stale nested one must not remain beside it.
+  if (quantized_source && QuantizationConfigInTextConfig(folder_)) {
+    JsonValue::Object text;
+    for (const auto& [key, value] : cfg.Find("text_config")->as_object()) {
+      if (key != "quantization_config") text.emplace_back(key, value);
+    }
+    cfg.Set("text_config", JsonValue(std::move(text)));
+  }
   if (cfg.Find("quantization_config") != nullptr && !quantized_source) {
     plan_.notes.push_back("warning: " + *folder_.config_rel +
                           " already has a quantization_config; it is replaced");
