@@ -138,7 +138,8 @@ TEST_CASE("a quantization_config under text_config (Kimi K2.5, K2.6) is the sour
     if (key != "architectures") text.Set(key, value);
   }
   JsonValue top = JsonValue::MakeObject();
-  top.Set("architectures", JsonValue(JsonValue::Array{JsonValue("KimiK25ForConditionalGeneration")}));
+  top.Set("architectures",
+          JsonValue(JsonValue::Array{JsonValue("KimiK25ForConditionalGeneration")}));
   top.Set("model_type", "kimi_k25");
   top.Set("text_config", std::move(text));
   WriteBytes(nested / "config.json", DumpCompactJson(top));
