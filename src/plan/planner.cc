@@ -40,12 +40,12 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     {"re:.*(word|position|token_type)_embeddings$", "embedding", kVllm},
     {"re:(.*\\.)?(wte|wpe|tok_embeddings)$", "embedding", kVllm},
     {"re:.*mlp\\.gate$", "MoE router gate", kVllm},
+    {"re:.*(mlp|feed_forward)\\.router$", "MoE router", kVllm},  // gpt-oss, Llama 4
     // Mixtral and PhiMoE store block_sparse_moe.gate; transformers 5 renames the block `mlp`
     // and PhiMoE's router `router` (a Linear), and the written entry must match those names
     // too, or its load quantizes the router ("'PhimoeTopKRouter' object has no attribute
     // 'weight'").
     {"re:.*(block_sparse_moe|mlp)\\.(gate|router)$", "MoE router gate", kVllm},
-    {"re:.*(mlp|feed_forward)\\.router$", "MoE router", kVllm},  // gpt-oss, Llama 4
     {"re:.*shared_expert_gate$", "shared-expert gate", kVllm},
     // The other names vLLM 0.32.0's model files build without the quantization config
     // (GateLinear routers, ParallelLMHead, VocabParallelEmbedding and nn.Embedding, plain
