@@ -75,8 +75,8 @@ def make_model(out, minilm):
 
 
 def prompts():
-    """(text, image) pairs: the image token, then 3-8 words of MiniLM's vocabulary's plain
-    range (ids 2000-29999), and 32x32 random pixels."""
+    """(text, image) pairs: the image token, then 3-8 words `w<number>` (number 2000-29999;
+    MiniLM's tokenizer splits them into pieces), and 32x32 random pixels."""
     import numpy as np
     from PIL import Image
     rng = random.Random(SEED)
@@ -104,7 +104,7 @@ def generate_run(folder):
 def hf_logprobs(folder, seqs, dtype):
     """transformers' log-probabilities [positions, vocab] of each of vLLM's sequences (the
     prompt's ids as vLLM's processor made them, which must be the processor's here too, then
-    the generated ids), with the prompt's image, in F32."""
+    the generated ids), with the prompt's image; the model in `dtype`, the result in F32."""
     import torch
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
     processor = AutoProcessor.from_pretrained(folder)

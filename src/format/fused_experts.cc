@@ -228,7 +228,7 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
   // [E, in, out]: by its own shape, or its sibling's in the same experts module.
   const bool transposed =
       ShowsInOut(gate_up, a, cols, hidden) ||
-      (hidden && ct_module.empty() && f.transposed.contains(ExpertsModule(t.name, gate_up)));
+      (ct_module.empty() && f.transposed.contains(ExpertsModule(t.name, gate_up)));
   if (transposed) {
     result.kept_whole.push_back(shard.rel_name + ": " + t.name);
     folder.kept_whole.push_back(t.name);

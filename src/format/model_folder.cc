@@ -486,8 +486,8 @@ const JsonValue* SourceQuantizationConfig(const ModelFolder& folder) {
 }
 
 std::string ConfigQuantMethod(const ModelFolder& folder) {
-  const JsonValue* q = SourceQuantizationConfig(folder);
-  const JsonValue* m = q != nullptr && q->is_object() ? q->Find("quant_method") : nullptr;
+  const JsonValue* q = SourceQuantizationConfig(folder);  // an object, or none
+  const JsonValue* m = q != nullptr ? q->Find("quant_method") : nullptr;
   return m != nullptr && m->is_string() ? m->as_string() : std::string();
 }
 

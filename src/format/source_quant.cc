@@ -157,7 +157,7 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
   const JsonValue* top = folder.config ? folder.config->Find("quantization_config") : nullptr;
   const JsonValue* q = SourceQuantizationConfig(folder);
   if (q == nullptr && top != nullptr && !top->is_null()) q = top;  // not an object: refused below
-  if (q == nullptr || q->is_null()) return SourceQuantization{};
+  if (q == nullptr) return SourceQuantization{};
   const std::string where = folder.config_rel.value_or("config.json") +
                             (QuantizationConfigInTextConfig(folder) ? " (text_config)" : "");
   const JsonValue* method = q->Find("quant_method");

@@ -48,6 +48,15 @@ bool HasOutputHead(const ModelFolder& folder) {
   return false;
 }
 
+// `object` with its `key` left out, the other keys in their order.
+JsonValue WithoutKey(const JsonValue& object, std::string_view key) {
+  JsonValue::Object kept;
+  for (const auto& [k, value] : object.as_object()) {
+    if (k != key) kept.emplace_back(k, value);
+  }
+  return JsonValue(std::move(kept));
+}
+
 }  // namespace
 
 // The kv_cache_scheme quench writes: FP8 per tensor, static, with the observer whose values it
@@ -245,11 +254,7 @@ size_t Planner::PlanFiles(std::string index_json) {
   // either: the one written (or none) is at the top level, where vLLM and transformers look
   // first, and a stale nested one must not remain beside it.
   if (quantized_source && QuantizationConfigInTextConfig(folder_)) {
-    JsonValue::Object text;
-    for (const auto& [key, value] : cfg.Find("text_config")->as_object()) {
-      if (key != "quantization_config") text.emplace_back(key, value);
-    }
-    cfg.Set("text_config", JsonValue(std::move(text)));
+    cfg.Set("text_config", WithoutKey(*cfg.Find("text_config"), "quantization_config"));
   }
   if (cfg.Find("quantization_config") != nullptr && !quantized_source) {
     plan_.notes.push_back("warning: " + *folder_.config_rel +
@@ -266,11 +271,8 @@ size_t Planner::PlanFiles(std::string index_json) {
     // quantization_config (the pruner's update_config returns None).
     // A quantized source written decoded: its quantization_config no longer applies
     // (compressed-tensors' dequantizers drop it the same way).
-    JsonValue::Object kept;
-    for (const auto& [key, value] : cfg.as_object()) {
-      if (key != "quantization_config") kept.emplace_back(key, value);
-    }
-    plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(JsonValue(std::move(kept)))});
+    plan_.files.push_back(
+        {*folder_.config_rel, {}, DumpPythonJson(WithoutKey(cfg, "quantization_config"))});
     return index;
   }
   if (!kv_cache_.empty() && kv_layers_ == 0) {
@@ -291,11 +293,7 @@ size_t Planner::PlanFiles(std::string index_json) {
   if (repack_ != 0) {
     // The converters' QuantizationConfig has no transform_config (update_config builds it
     // without one).
-    JsonValue::Object kept;
-    for (const auto& [key, value] : q.as_object()) {
-      if (key != "transform_config") kept.emplace_back(key, value);
-    }
-    q = JsonValue(std::move(kept));
+    q = WithoutKey(q, "transform_config");
   }
   cfg.Set("quantization_config", std::move(q));
   plan_.files.push_back({*folder_.config_rel, {}, DumpPythonJson(cfg)});
