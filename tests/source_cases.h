@@ -1,16 +1,20 @@
 // What the source-conversion suites (tests/test_quant_sources.cc, tests/test_sources_run.cc,
-// tests/test_sources_ct.cc, tests/test_expert_prune_sources.cc) share: their golden manifests'
-// cases, a conversion with the reference's ignore list as given, and verify DST SRC.
+// tests/test_sources_ct.cc, tests/test_expert_prune_sources.cc, tests/test_source_mxfp4.cc)
+// share: their golden manifests' cases, a conversion with the reference's ignore list as given,
+// verify DST SRC, and a folder rewritten with a planted fault.
 #ifndef QUENCH_TESTS_SOURCE_CASES_H_
 #define QUENCH_TESTS_SOURCE_CASES_H_
 
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "format/json.h"
+#include "format/quant_config.h"
 #include "quench/convert.h"
 #include "test_util.h"
 #include "verify/verify.h"
@@ -71,6 +75,35 @@ inline VerifyReport VerifyClean(const fs::path& dst, const fs::path& src) {
   for (const auto& p : r->problems) problems += p.ToString() + "\n";
   CHECK_MESSAGE(r->ok(), problems);
   return *r;
+}
+
+// The bytes of tensor `t` of `l`.
+inline std::string Bytes(const Loaded& l, const TensorInfo& t) {
+  return std::string(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
+}
+
+// Rewrites the folder `dir` with `edit` applied to its tensors (rel shard name -> tensors),
+// and a consistent index, so that only the planted fault is wrong.
+inline void EditFolder(
+    const fs::path& dir,
+    const std::function<void(std::map<std::string, std::vector<RawTensor>>&)>& edit) {
+  std::map<std::string, std::vector<RawTensor>> shards;
+  for (const auto& [rel, l] : LoadAll(dir)) {
+    for (const TensorInfo& t : l.shard.header.tensors) {
+      shards[rel].push_back({t.name, t.dtype, t.shape, Bytes(l, t)});
+    }
+  }
+  edit(shards);
+  std::vector<std::pair<std::string, std::string>> wm;
+  uint64_t total = 0;
+  for (const auto& [rel, v] : shards) {
+    WriteShard(dir / rel, v);
+    for (const RawTensor& t : v) {
+      wm.push_back({t.name, rel});
+      total += t.bytes.size();
+    }
+  }
+  WriteBytes(dir / "model.safetensors.index.json", BuildIndexJson({wm.begin(), wm.end()}, total));
 }
 
 }  // namespace quench::testing

@@ -27,33 +27,6 @@ namespace {
 
 std::vector<GoldenCase> Cases() { return GoldenCases("quant_sources_manifest.json"); }
 
-std::string Bytes(const Loaded& l, const TensorInfo& t) {
-  return std::string(reinterpret_cast<const char*>(l.Data(t)), t.nbytes());
-}
-
-// Rewrites the folder `dir` with `edit` applied to its tensors (rel shard name -> tensors),
-// and a consistent index, so that only the planted fault is wrong.
-void EditFolder(const fs::path& dir,
-                const std::function<void(std::map<std::string, std::vector<RawTensor>>&)>& edit) {
-  std::map<std::string, std::vector<RawTensor>> shards;
-  for (const auto& [rel, l] : LoadAll(dir)) {
-    for (const TensorInfo& t : l.shard.header.tensors) {
-      shards[rel].push_back({t.name, t.dtype, t.shape, Bytes(l, t)});
-    }
-  }
-  edit(shards);
-  std::vector<std::pair<std::string, std::string>> wm;
-  uint64_t total = 0;
-  for (const auto& [rel, v] : shards) {
-    WriteShard(dir / rel, v);
-    for (const RawTensor& t : v) {
-      wm.push_back({t.name, rel});
-      total += t.bytes.size();
-    }
-  }
-  WriteBytes(dir / "model.safetensors.index.json", BuildIndexJson({wm.begin(), wm.end()}, total));
-}
-
 TEST_SUITE("quant_sources") {
   TEST_CASE("AutoAWQ and ModelOpt NVFP4: repack, decode and requantize equal the reference") {
     const std::vector<GoldenCase> cases = Cases();

@@ -103,9 +103,9 @@ struct PlannedSourceScale {
   // [experts * rows, cols]).
   int64_t ct_expert = -1;
   uint64_t ct_row0 = 0;
-  // AutoAWQ (kind 1) and ModelOpt NVFP4 (kind 2) sources (src/pipeline/source_decode_packed.h):
-  // the scale above is AWQ's `scales` / ModelOpt's `weight_scale`; the codes are the planned
-  // tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and
+  // AutoAWQ (kind 1), ModelOpt NVFP4 (kind 2) and gpt-oss MXFP4 (kind 3) sources
+  // (src/pipeline/source_decode_packed.h): the scale above is AWQ's `scales` / ModelOpt's
+  // `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and
   // scales unchanged (lossless), not decoded.
   int packed_kind = 0;
   bool repack = false;
@@ -113,6 +113,9 @@ struct PlannedSourceScale {
   std::optional<std::pair<size_t, uint64_t>> zeros;  // AWQ qzeros: shard, absolute offset
   float weight_scale_2 = 0.f;     // ModelOpt per-tensor values
   float input_scale = 0.f;
+  // An MXFP4 stack sliced by expert pruning: each kept expert's codes and scales (absolute
+  // offsets); empty where each is one run.
+  std::vector<uint64_t> codes_at, scales_at;
 };
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).

@@ -177,8 +177,10 @@ std::optional<InspectArgs> ParseInspectArgs(const std::vector<std::string>& args
 struct Inspected {
   std::vector<Shard> shards;
   std::optional<JsonValue> qconfig;
-  // A quantized source quench can decode (FP8 block), as planning describes it; "" otherwise.
+  // A quantized source quench can decode, as planning describes it; "" otherwise. What
+  // convert does with it.
   std::string source;
+  std::string decode = "convert decodes them to BF16 (RNE(code x scale)) before quantizing";
 };
 
 // Reads the headers (and config.json) of PATH. On failure, *exit_code is RunInspect's.
@@ -195,6 +197,10 @@ std::optional<Inspected> LoadInspected(const std::string& path, int* exit_code) 
     // else (plain, or a quantization quench does not read) says nothing more here.
     if (auto q = DetectSourceQuantization(*folder); q.ok() && q->format != SourceFormat::kPlain) {
       in.source = q->description;
+      if (q->format == SourceFormat::kMxfp4) {
+        in.decode = "convert decodes them to BF16 [experts, in, out] (code x 2^(scale - 127), "
+                    "each expert transposed, as transformers' Mxfp4 dequantizer)";
+      }
     }
     in.shards = std::move(folder->shards);
     if (folder->config) {
@@ -354,8 +360,7 @@ void PrintSummary(const Inspected& in, const Totals& totals, const Sparsity* spa
                 static_cast<unsigned long long>(sparsity->weights));
   }
   if (!in.source.empty()) {
-    std::printf("source: %s; convert decodes them to BF16 (RNE(code x scale)) before quantizing\n",
-                in.source.c_str());
+    std::printf("source: %s; %s\n", in.source.c_str(), in.decode.c_str());
   }
   if (in.qconfig) {
     std::printf("quantization_config:\n%s\n", DumpPythonJson(*in.qconfig).c_str());

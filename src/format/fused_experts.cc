@@ -73,6 +73,9 @@ struct StackFacts {
   bool ct = false;
   std::set<std::string> ct_modules;
   std::map<std::string, uint64_t> ct_cols;  // a stack's decoded columns, from weight_shape
+  // gpt-oss MXFP4 (quant_method "mxfp4"): P_blocks / P_scales decode to P [E, in, out]
+  // (format/source_mxfp4.cc), a stack kept whole.
+  bool mxfp4 = false;
   // Experts modules (the name before gate_up_proj / down_proj) one of whose stacks shows
   // [E, in, out] by its shape: the other is stored so too, even where its own shape cannot
   // tell (gpt-oss's down_proj [E, 2880, 2880]: intermediate size = hidden size).
@@ -80,6 +83,7 @@ struct StackFacts {
 };
 
 constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
+constexpr std::string_view kBlocks = "_blocks", kScales = "_scales";  // MXFP4's tensors
 
 // Whether a stack [E, a, b] decoding to `cols` columns is stored [E, in, out]: the hidden
 // size sits where the output dimension should be (gate_up's rows, down's columns) and not on
@@ -110,6 +114,7 @@ StackFacts GatherStacks(const ModelFolder& folder) {
     }
   }
   f.ct = IsCompressedTensors(folder);
+  f.mxfp4 = ConfigQuantMethod(folder) == "mxfp4";
   if (f.ct) {
     for (const Shard& shard : folder.shards) {
       for (const TensorInfo& t : shard.header.tensors) {
@@ -180,8 +185,8 @@ std::string PieceName(const TensorInfo& t, uint64_t e, uint64_t p, bool gate_up,
 // Whether SplitTensor may do anything but append `t` as it is: a 3-D tensor (a stack, or a
 // compressed-tensors module's codes) or a name holding both stack names (refused).
 bool SplitMayTouch(const TensorInfo& t) {
-  return t.shape.size() == 3 || (t.name.find(kGateUp) != std::string::npos &&
-                                 t.name.find(kDown) != std::string::npos);
+  return t.shape.size() == 3 || t.name.ends_with(kBlocks) ||
+         (t.name.find(kGateUp) != std::string::npos && t.name.find(kDown) != std::string::npos);
 }
 
 // Splits tensor `t` of shard `si` into per-expert pieces appended to `out` (or appends it as
@@ -197,6 +202,16 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
   const std::map<std::string, uint64_t>& ct_cols = f.ct_cols;
   const bool gate_up = t.name.find(kGateUp) != std::string::npos;
   const bool down = t.name.find(kDown) != std::string::npos;
+  if (f.mxfp4 && (t.name.ends_with(kBlocks) || t.name.ends_with(kScales))) {
+    // An MXFP4 stack's codes and scales: decoded whole, to [E, in, out], and written so.
+    if (t.name.ends_with(kBlocks) && gate_up != down) {
+      const std::string decoded = t.name.substr(0, t.name.size() - kBlocks.size());
+      result.kept_whole.push_back(shard.rel_name + ": " + decoded);
+      folder.kept_whole.push_back(decoded);
+    }
+    out.push_back(std::move(t));
+    return Status::Ok();
+  }
   // A compressed-tensors module's tensors: its codes are split as a stack's pieces below;
   // the rest (scales, zero points, g_idx, global scale, weight_shape) stay whole.
   std::string ct_module, ct_param;

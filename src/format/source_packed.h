@@ -1,5 +1,6 @@
 // Quantized sources whose weights are 4-bit codes packed with group scales: AutoAWQ GEMM
-// (src/format/source_awq.cc) and ModelOpt NVFP4 (src/format/source_modelopt.cc). Detection
+// (src/format/source_awq.cc), ModelOpt NVFP4 (src/format/source_modelopt.cc) and gpt-oss's
+// MXFP4 expert stacks (src/format/source_mxfp4.cc). Detection
 // pairs every packed weight with the tensors it is decoded from and checks their dtypes and
 // shapes against each other and the config; decoding and the lossless repack are in
 // src/pipeline/source_decode_packed.*.
@@ -33,8 +34,18 @@ struct PackedSourceWeight {
   uint64_t rows = 0;        // the weight it stands for: [out, in]
   uint64_t cols = 0;
   uint64_t group = 0;       // inputs per scale
-  SourceTensorRef codes;    // AWQ qweight I32 [in, out/8]; ModelOpt weight U8 [out, in/2]
-  SourceTensorRef scales;   // AWQ scales F16 [in/g, out]; ModelOpt weight_scale E4M3 [out, in/16]
+  // gpt-oss MXFP4: a stack of this many experts, each [rows, cols] as stored and written
+  // transposed, [experts, cols, rows] (transformers' layout); 0 for a 2-D weight.
+  uint64_t experts = 0;
+  // A stack expert pruning sliced (format/model_folder.h `gathered`): each kept expert's
+  // codes and scales, absolute offsets in their shards; empty where the tensor is one run.
+  std::vector<uint64_t> codes_at, scales_at;
+  // AWQ qweight I32 [in, out/8]; ModelOpt weight U8 [out, in/2]; MXFP4 _blocks U8
+  // [experts, out, in/32, 16].
+  SourceTensorRef codes;
+  // AWQ scales F16 [in/g, out]; ModelOpt weight_scale E4M3 [out, in/16]; MXFP4 _scales U8
+  // [experts, out, in/32].
+  SourceTensorRef scales;
   std::optional<SourceTensorRef> zeros;  // AWQ qzeros I32 [in/g, out/8] (zero_point true)
   // ModelOpt: the per-tensor weight_scale_2 and input_scale values, read while planning
   // (4 bytes each) so that a bad one is refused before any weight is read.
@@ -60,6 +71,11 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
 // say modelopt; refuses the two disagreeing.
 Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, bool* found,
                                                     bool* file_only);
+
+// quant_method "mxfp4" (gpt-oss): fills `out` (format kMxfp4), keyed by the parameter each
+// P_blocks / P_scales pair stands for (P), or refuses the folder naming the tensor.
+Status DetectGptOssMxfp4(const ModelFolder& folder, const std::string& where,
+                         SourceQuantization* out);
 
 // Python's re.escape (3.7+), as the AutoAWQ converter escapes modules_to_not_convert.
 std::string PythonReEscape(const std::string& s);

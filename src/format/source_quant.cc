@@ -168,6 +168,11 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
     QUENCH_RETURN_IF_ERROR(DetectAwq(folder, *q, where, &out));
     return out;
   }
+  if (m == "mxfp4") {
+    SourceQuantization out;
+    QUENCH_RETURN_IF_ERROR(DetectGptOssMxfp4(folder, where, &out));
+    return out;
+  }
   if (m == "compressed-tensors") {
     SourceQuantization out;
     QUENCH_RETURN_IF_ERROR(DetectCompressedTensors(folder, *q, where, &out));
@@ -177,8 +182,8 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
                where + ": the source is quantized (quantization_config.quant_method '" +
                    (m.empty() ? std::string("(none)") : m) +
                    "'); quench reads BF16, F16 and F32 checkpoints, FP8 ones "
-                   "(quant_method 'fp8'), AutoAWQ ('awq'), ModelOpt NVFP4 ('modelopt') and "
-                   "compressed-tensors ('compressed-tensors'), and cannot decode this one yet");
+                   "(quant_method 'fp8'), AutoAWQ ('awq'), ModelOpt NVFP4 ('modelopt'), "
+                   "gpt-oss MXFP4 ('mxfp4') and compressed-tensors ('compressed-tensors'), and cannot decode this one yet");
 }
 
 float SourceScaleToF32(DType dtype, const uint8_t* p) {

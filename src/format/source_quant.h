@@ -17,7 +17,7 @@
 
 namespace quench {
 
-enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4, kCompressedTensors };
+enum class SourceFormat { kPlain, kFp8, kAwq, kModelOptNvfp4, kCompressedTensors, kMxfp4 };
 
 struct CtWeight;  // format/source_ct.h
 

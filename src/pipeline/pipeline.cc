@@ -251,11 +251,18 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
   // chunk is written (ReadsAcrossWeight): the one whose last chunks are in flight and the one
   // the input stage has reached (its chunks, or the pre-pass scanning one member at a time).
   // Weights wholly between them are within the chunks in flight, counted per token.
-  uint64_t across = 0;
+  uint64_t across = 0, expert = 0;
   for (const PlannedTensor& t : plan.tensors) {
     if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t)) across = std::max(across, t.src_bytes);
+    if (t.action != TensorAction::kCopy && Mxfp4ExpertBytes(t) > 0) {
+      expert = std::max(expert, Mxfp4ExpertBytes(t));
+    }
   }
-  return (2 + readers) * kFaultBytes + 2 * across;
+  // A chunk of a gpt-oss MXFP4 stack reads its rows' columns from every stored row of its
+  // expert (or two experts), beyond its own byte range: at most two experts' codes per chunk
+  // in flight, released with the chunks' ranges.
+  const uint64_t tokens = 2 * ThreadCount(threads);  // as SizePipeline
+  return (2 + readers) * kFaultBytes + 2 * across + 2 * tokens * expert;
 }
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {

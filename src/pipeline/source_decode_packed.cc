@@ -8,6 +8,7 @@
 
 #include "schemes/awq_repack.h"
 #include "schemes/awq_table.h"
+#include "schemes/mxfp4_stack.h"
 #include "schemes/float_formats.h"
 #include "schemes/nibble_lookup.h"
 
@@ -15,6 +16,7 @@ namespace quench {
 namespace {
 
 constexpr int kAwq = 1;
+constexpr int kMxfp4 = 3;
 // AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 
@@ -151,6 +153,38 @@ Status DecodeModelOpt(const Plan& plan, const PlannedTensor& t, SourceMaps& maps
   return Status::Ok();
 }
 
+// gpt-oss MXFP4: rows [r0, r1) of the stack written [experts * in, out], each expert's part
+// decoded from that expert's codes and scales alone (schemes/mxfp4_stack.h).
+Status DecodeMxfp4(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                   uint64_t r1, uint16_t* out, bool* finite) {
+  const PlannedSourceScale& s = *t.source_scale;
+  const uint64_t out_features = t.shape[1], in = s.scale_cols * s.group;
+  const uint64_t expert_codes = out_features * in / 2, expert_scales = out_features * s.scale_cols;
+  QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(t.shard));
+  std::vector<uint8_t> scales;
+  for (uint64_t r = r0; r < r1;) {
+    const uint64_t e = r / in, c0 = r % in, c1 = std::min(in, c0 + (r1 - r));
+    scales.resize(expert_scales);
+    // A stack sliced by expert pruning reads each kept expert where it lies.
+    const uint64_t scales_at = s.scales_at.empty() ? s.offset + e * expert_scales : s.scales_at[e];
+    const uint64_t codes_at = s.codes_at.empty() ? t.src_offset + e * expert_codes : s.codes_at[e];
+    QUENCH_RETURN_IF_ERROR(maps.Read(s.shard, scales_at, expert_scales, scales.data()));
+    const Mxfp4Expert x{map->data() + codes_at, scales.data(), out_features, in};
+    if (const int64_t bad = DecodeMxfp4Transposed(x, c0, c1, out + (r - r0) * out_features,
+                                                  finite);
+        bad >= 0) {
+      const uint64_t b = static_cast<uint64_t>(bad);
+      return Error(ErrorCode::kInvalidInput,
+                   plan.shards[s.shard].rel_name + ": tensor '" + s.name +
+                       "' holds the E8M0 NaN 0xFF at [" + std::to_string(e) + ", " +
+                       std::to_string(b / s.scale_cols) + ", " + std::to_string(b % s.scale_cols) +
+                       "]; '" + t.name + "' cannot be decoded (a scale must be finite)");
+    }
+    r += c1 - c0;
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
@@ -158,12 +192,20 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   *finite = true;
   if (r1 <= r0) return Status::Ok();
   uint16_t* o = reinterpret_cast<uint16_t*>(out);
-  return t.source_scale->packed_kind == kAwq ? DecodeAwq(plan, t, maps, r0, r1, o, finite)
-                                             : DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
+  switch (t.source_scale->packed_kind) {
+    case kAwq: return DecodeAwq(plan, t, maps, r0, r1, o, finite);
+    case kMxfp4: return DecodeMxfp4(plan, t, maps, r0, r1, o, finite);
+    default: return DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
+  }
 }
 
 bool ReadsAcrossWeight(const PlannedTensor& t) {
   return t.source_scale && t.source_scale->packed_kind == kAwq && t.src_bytes != 0;
+}
+
+uint64_t Mxfp4ExpertBytes(const PlannedTensor& t) {
+  if (!t.source_scale || t.source_scale->packed_kind != kMxfp4) return 0;
+  return t.shape[1] * t.source_scale->scale_cols * t.source_scale->group / 2;
 }
 
 Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,

@@ -1,4 +1,4 @@
-// AutoAWQ GEMM and ModelOpt NVFP4 weights (format/source_packed.h) read where the pipeline and
+// AutoAWQ GEMM, ModelOpt NVFP4 and gpt-oss MXFP4 weights (format/source_packed.h) read where the pipeline and
 // the pre-pass read a weight's rows: decoded to BF16 for any other scheme, or (AWQ) repacked
 // into the compressed-tensors pack-quantized outputs of the source's own scheme, unchanged.
 // Only the rows asked for are read, with their scales and zero points.
@@ -17,6 +17,8 @@ namespace quench {
 // converter's repack of the same weight (CompressedTensorsDequantizer, dtype bfloat16):
 //   AWQ:     bf16(f16((q - z) * scale))                 (pack-quantized, computed in F16)
 //   ModelOpt: bf16(e2m1 * bf16(e4m3 / (1 / weight_scale_2)))  (0-dim F32 global scale)
+// or, gpt-oss MXFP4, as transformers' convert_moe_packed_tensors: bf16(e2m1 * 2^(e8m0 - 127)),
+// each expert transposed to [in, out] (schemes/mxfp4_stack.h).
 // A scale that is NaN, infinite or negative is kInvalidInput naming the tensor and element;
 // *finite is false when a decoded value is not finite.
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
@@ -35,6 +37,11 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
 // (after its last chunk is written, or after its pre-pass scan) in place of the row ranges
 // they release for the others, and MappedOverhangBytes counts what stays mapped meanwhile.
 bool ReadsAcrossWeight(const PlannedTensor& t);
+
+// A gpt-oss MXFP4 stack's bytes of codes per expert (0 for any other tensor): a chunk's rows
+// of the transposed stack are columns of the stored codes, read from every stored row of
+// their expert, beyond the chunk's own share of the codes (MappedOverhangBytes counts them).
+uint64_t Mxfp4ExpertBytes(const PlannedTensor& t);
 
 }  // namespace quench
 

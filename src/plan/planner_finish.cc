@@ -80,6 +80,10 @@ void Planner::AddSelectionNotes() {
                           std::string(plan_.groups.front().scheme->name) +
                           " (stored codes and scales unchanged, as compressed-tensors' " +
                           (repack_ == 1 ? "AutoAWQConverter" : "ModelOptNvfp4Converter") + ")");
+  } else if (source_.format == SourceFormat::kMxfp4) {
+    plan_.notes.push_back("source: " + source_.description + "; each is decoded to BF16 and "
+                          "written [experts, in, out] (as transformers' Mxfp4 dequantizer, "
+                          "convert_moe_packed_tensors, gives GptOssExperts its parameters)");
   } else if (!source_.packed.empty()) {
     plan_.notes.push_back("source: " + source_.description + "; each is decoded to BF16 (as "
                           "compressed-tensors dequantizes the converter's repack) before it is "

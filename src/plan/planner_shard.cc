@@ -259,7 +259,7 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
     pt.shard = si;
     pt.src_offset = shard.header.data_start + t->begin;
     pt.src_bytes = t->nbytes();
-    if (auto g = folder_.gathered.find(t->name); g != folder_.gathered.end()) {
+    if (auto g = folder_.gathered.find(source_t->name); g != folder_.gathered.end()) {
       for (const auto& [begin, len] : g->second) {
         pt.src_ranges.emplace_back(shard.header.data_start + begin, len);
       }
@@ -268,9 +268,11 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
     if (!PlanRepacked(*source_t, index, pt, specs, w)) {
       PlanTensor(*lt, shard.rel_name, pt, specs, w);
     }
-    if (pt.source_scale && pt.source_scale->ct && pt.shape.size() == 3) {
-      // A 3-D compressed-tensors stack (written decoded, 3-D): the pipeline reads it as
-      // experts * rows rows, chunk by chunk (schemes/ct_stack.h decodes across experts).
+    if (pt.source_scale && (pt.source_scale->ct || pt.source_scale->packed_kind == 3) &&
+        pt.shape.size() == 3) {
+      // A 3-D compressed-tensors or MXFP4 stack (written decoded, 3-D): the pipeline reads it
+      // as experts * rows rows, chunk by chunk (schemes/ct_stack.h and schemes/mxfp4_stack.h
+      // decode across experts).
       pt.shape = {pt.shape[0] * pt.shape[1], pt.shape[2]};
     }
     AppendKvScales(pt, specs, w);

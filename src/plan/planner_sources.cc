@@ -43,12 +43,16 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
     s.block_rows = 1;
     s.block_cols = w.group;
     s.scale_cols = w.cols / w.group;
-    s.packed_kind = source_.format == SourceFormat::kAwq ? 1 : 2;
+    s.packed_kind = source_.format == SourceFormat::kAwq             ? 1
+                    : source_.format == SourceFormat::kModelOptNvfp4 ? 2
+                                                                     : 3;
     s.repack = repack_ == 1;
     s.group = w.group;
     if (w.zeros) s.zeros = std::make_pair(w.zeros->shard, w.zeros->offset);
     s.weight_scale_2 = w.weight_scale_2;
     s.input_scale = w.input_scale.value_or(0.f);
+    s.codes_at = w.codes_at;
+    s.scales_at = w.scales_at;
     return s;
   }
   auto it = source_.scales.find(t.name);
@@ -87,7 +91,9 @@ const TensorInfo* Planner::PackedView(const TensorInfo& t, TensorInfo* view) con
   *view = t;
   view->name = it->second;
   view->dtype = DType::kF4;  // 4-bit codes: rows * cols / 2 bytes, as stored
-  view->shape = {w.rows, w.cols};
+  // A gpt-oss MXFP4 stack is written [experts, in, out], each expert's [out, in] transposed.
+  view->shape = w.experts > 0 ? std::vector<uint64_t>{w.experts, w.cols, w.rows}
+                              : std::vector<uint64_t>{w.rows, w.cols};
   return view;
 }
 
