@@ -455,5 +455,34 @@ TEST_SUITE("matcher") {
     CHECK(m->Matches("m.layers.3.ff.experts"));
     CHECK_FALSE(m->Matches("m.layers.3.ff.experts.0.gate_proj"));
     CHECK_FALSE(m->Matches("m.layers.x.ff.experts"));
+    // Experts modules whose stacks are kept whole: the names under them too, which vLLM asks
+    // about (`<experts>.0.gate_proj`), as a regex of the exact name where an index regex would
+    // cover a quantized module, and not at all under a module with a quantized child.
+    const auto stacks = CoverWithIgnore({"m.layers.0.mlp.experts", "m.layers.1.mlp.experts",
+                                         "m.layers.2.mlp.experts", "ln.1"},
+                                        {"m.layers.2.mlp.experts.gate"},
+                                        {"m.layers.0.mlp.experts", "m.layers.1.mlp.experts",
+                                         "m.layers.2.mlp.experts"});
+    CHECK(stacks == std::vector<std::string>{
+                        "re:m\\.layers\\.0\\.mlp\\.experts(\\..*)?$",
+                        "re:m\\.layers\\.1\\.mlp\\.experts(\\..*)?$", "m.layers.2.mlp.experts",
+                        "re:ln\\.[0-9]+$"});
+    m = NameMatcher::Compile(stacks, "ignore");
+    REQUIRE(m.ok());
+    CHECK(m->Matches("m.layers.1.mlp.experts.0.up_proj"));
+    CHECK_FALSE(m->Matches("m.layers.2.mlp.experts.gate"));
+    const auto whole = CoverWithIgnore({"m.layers.0.mlp.experts", "m.layers.1.mlp.experts"}, {},
+                                       {"m.layers.0.mlp.experts", "m.layers.1.mlp.experts"});
+    REQUIRE(whole ==
+            std::vector<std::string>{"re:m\\.layers\\.[0-9]+\\.mlp\\.experts(\\..*)?$"});
+    m = NameMatcher::Compile(whole, "ignore");
+    REQUIRE(m.ok());
+    for (const char* n : {"m.layers.0.mlp.experts", "m.layers.7.mlp.experts.0.gate_proj",
+                          "m.layers.7.mlp.experts.0.down_proj"}) {
+      CAPTURE(n);
+      CHECK(m->Matches(n));
+    }
+    CHECK_FALSE(m->Matches("m.layers.7.mlp.expertsX"));
+    CHECK_FALSE(m->Matches("m.layers.7.mlp.router"));
   }
 }

@@ -105,8 +105,9 @@ struct PlannedSourceScale {
   uint64_t ct_row0 = 0;
   // AutoAWQ (kind 1), ModelOpt NVFP4 (kind 2) and gpt-oss MXFP4 (kind 3) sources
   // (src/pipeline/source_decode_packed.h): the scale above is AWQ's `scales` / ModelOpt's
-  // `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own bytes. `repack`: written as the source's own scheme from the stored codes and
-  // scales unchanged (lossless), not decoded.
+  // `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own bytes.
+  // `repack`: written as the source's own scheme from the stored codes and scales unchanged
+  // (lossless), not decoded.
   int packed_kind = 0;
   bool repack = false;
   uint64_t group = 0;             // inputs per scale

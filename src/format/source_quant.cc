@@ -183,7 +183,8 @@ Result<SourceQuantization> DetectSourceQuantization(const ModelFolder& folder) {
                    (m.empty() ? std::string("(none)") : m) +
                    "'); quench reads BF16, F16 and F32 checkpoints, FP8 ones "
                    "(quant_method 'fp8'), AutoAWQ ('awq'), ModelOpt NVFP4 ('modelopt'), "
-                   "gpt-oss MXFP4 ('mxfp4') and compressed-tensors ('compressed-tensors'), and cannot decode this one yet");
+                   "gpt-oss MXFP4 ('mxfp4') and compressed-tensors ('compressed-tensors'), "
+                   "and cannot decode this one yet");
 }
 
 float SourceScaleToF32(DType dtype, const uint8_t* p) {

@@ -1,7 +1,8 @@
-// AutoAWQ GEMM, ModelOpt NVFP4 and gpt-oss MXFP4 weights (format/source_packed.h) read where the pipeline and
-// the pre-pass read a weight's rows: decoded to BF16 for any other scheme, or (AWQ) repacked
-// into the compressed-tensors pack-quantized outputs of the source's own scheme, unchanged.
-// Only the rows asked for are read, with their scales and zero points.
+// AutoAWQ GEMM, ModelOpt NVFP4 and gpt-oss MXFP4 weights (format/source_packed.h) read where
+// the pipeline and the pre-pass read a weight's rows: decoded to BF16 for any other scheme, or
+// (AWQ) repacked into the compressed-tensors pack-quantized outputs of the source's own
+// scheme, unchanged. Only the rows asked for are read, with their scales and zero points (an
+// MXFP4 stack's rows are columns of its stored codes: read across their expert's rows).
 #ifndef QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
 #define QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
 

@@ -31,8 +31,9 @@ std::string Shape(std::string_view name) {
   return out;
 }
 
-// Python re syntax for `shape`: "#" parts become [0-9]+, everything else is escaped.
-std::string ShapeRegex(std::string_view shape) {
+// Python re syntax for `shape`: "#" parts become [0-9]+, everything else is escaped; the
+// names under it too where `children`.
+std::string ShapeRegex(std::string_view shape, bool children) {
   std::string re = "re:";
   for (std::string_view p : Parts(shape)) {
     if (re.size() > 3) re += "\\.";
@@ -47,21 +48,37 @@ std::string ShapeRegex(std::string_view shape) {
       re += c;
     }
   }
-  return re + "$";
+  return re + (children ? "(\\..*)?$" : "$");
 }
 
 }  // namespace
 
 std::vector<std::string> CoverWithIgnore(const std::vector<std::string>& unquantized,
-                                         const std::vector<std::string>& quantized) {
+                                         const std::vector<std::string>& quantized,
+                                         const std::set<std::string>& with_children) {
   std::set<std::string> taken;  // shapes a quantized module has
-  for (const std::string& m : quantized) taken.insert(Shape(m));
+  // Names and shapes a quantized module lies under: a module's children are covered only
+  // where none of them is quantized.
+  std::set<std::string> above;
+  for (const std::string& m : quantized) {
+    for (const std::string& name : {m, Shape(m)}) {
+      for (size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+        above.insert(name.substr(0, dot));
+      }
+    }
+    taken.insert(Shape(m));
+  }
   std::vector<std::string> out;
   std::set<std::string> seen;
   for (const std::string& m : unquantized) {
     const std::string shape = Shape(m);
-    const bool indexed = shape != m;
-    std::string entry = indexed && !taken.contains(shape) ? ShapeRegex(shape) : m;
+    const bool indexed = shape != m, children = with_children.contains(m);
+    // (An exact name is no regex; with its children it becomes one, of that name alone.)
+    std::string entry =
+        indexed && !taken.contains(shape) && !(children && above.contains(shape))
+            ? ShapeRegex(shape, children)
+        : children && !above.contains(m) ? ShapeRegex(m, true)
+                                         : m;
     if (seen.insert(entry).second) out.push_back(std::move(entry));
   }
   return out;

@@ -4,6 +4,7 @@
 // modules left whole), the index's bytes, and the other files with config.json's
 // quantization_config as the reference writes it.
 #include <filesystem>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -162,11 +163,13 @@ void Planner::PlanConfigIgnore() {
   // Then every targeted module left unquantized that no entry covers yet: compressed-tensors
   // and transformers read the groups' "Linear" target as every module and would look for its
   // scales. model_free_ptq writes no such entry because it aborts on these modules instead.
+  std::set<std::string> stacks;  // experts modules whose stacks are kept whole
   for (const std::string& name : folder_.kept_whole) {
     const std::string_view module = SplitModuleParam(name).first;
     if (resolver_.Resolve(module) >= 0 && ignore_m_.FirstMatch(module) < 0 &&
         defaults_.FirstMatch(module) < 0) {
       left_whole_.emplace_back(module);
+      stacks.emplace(module);
     }
   }
   if (left_whole_.empty()) return;
@@ -174,7 +177,7 @@ void Planner::PlanConfigIgnore() {
   for (const PlannedTensor& t : plan_.tensors) {
     if (t.action == TensorAction::kQuantize) quantized.emplace_back(SplitModuleParam(t.name).first);
   }
-  for (std::string& entry : CoverWithIgnore(left_whole_, quantized)) {
+  for (std::string& entry : CoverWithIgnore(left_whole_, quantized, stacks)) {
     plan_.notes.push_back("written to ignore (left unquantized, see above): " + entry);
     plan_.config_ignore.push_back(std::move(entry));
   }

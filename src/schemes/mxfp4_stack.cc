@@ -15,6 +15,9 @@ constexpr uint64_t kGroup = 32;
 // Output features decoded together before their columns are written out: the rows of a tile
 // are written as one run of kTile values per input, instead of one value per output row.
 constexpr uint64_t kTile = 16;
+// The smallest E8M0 exponent at which an E2M1 value (6: 1.5 * 2^2) times it passes bf16's
+// largest finite value, about 2^128.
+constexpr uint8_t kFirstOverflow = 253;
 
 // 2^(s - 127) as f32 (s = 0: 2^-127, a subnormal); s < 0xFF.
 float Pow2(uint8_t s) {
@@ -48,16 +51,31 @@ int64_t DecodeMxfp4Transposed(const Mxfp4Expert& x, uint64_t c0, uint64_t c1, ui
         const uint64_t o = o0 + r;
         const uint8_t s = x.scales[o * groups + g];
         if (s == 0xFF) return static_cast<int64_t>(o * groups + g);
-        float lut[16];
+        // The group's 16 values. Each product is exact in f32 (two significant bits times a
+        // power of two, subnormal ones included) and so is its bf16, the f32's high half; it
+        // overflows to Inf only from exponent kFirstOverflow on (6 * 2^126).
+        uint16_t lut[16];
         const float p = Pow2(s);
-        for (int k = 0; k < 16; ++k) lut[k] = kE2M1[k] * p;
+        for (int k = 0; k < 16; ++k) {
+          lut[k] = static_cast<uint16_t>(F32ToBits(kE2M1[k] * p) >> 16);
+        }
         const uint8_t* row = x.blocks + o * (x.cols / 2);
-        for (uint64_t i = i0; i < i1; ++i) {
+        uint16_t* t = tile + r;  // t[(i - i0) * kTile]: input i's value
+        uint64_t i = i0;
+        if (i % 2 == 1) {  // the high nibble of a byte whose low one is not ours
+          t[(i - i0) * kTile] = lut[row[i / 2] >> 4];
+          ++i;
+        }
+        for (; i + 1 < i1; i += 2) {  // the low nibble first
           const uint8_t byte = row[i / 2];
-          const float v = lut[i % 2 == 0 ? byte & 0xF : byte >> 4];
-          const uint16_t h = F32ToBF16(v);
-          all_finite &= (h & 0x7F80) != 0x7F80;
-          tile[(i - i0) * kTile + r] = h;
+          t[(i - i0) * kTile] = lut[byte & 0xF];
+          t[(i + 1 - i0) * kTile] = lut[byte >> 4];
+        }
+        if (i < i1) t[(i - i0) * kTile] = lut[row[i / 2] & 0xF];
+        if (s >= kFirstOverflow) {  // only the values used count
+          for (uint64_t j = i0; j < i1; ++j) {
+            all_finite &= (t[(j - i0) * kTile] & 0x7FFF) != 0x7F80;
+          }
         }
       }
       for (uint64_t i = i0; i < i1; ++i) {
