@@ -2,8 +2,8 @@
 
   check_vllm_generate.py models OUT [NAME...]
                                       writes OUT/llama-bf16, OUT/qwen3moe-bf16,
-                                      OUT/qwen3moe8-bf16 and OUT/opt-bf16 (or only the
-                                      NAMEs): tiny models with
+                                      OUT/qwen3moe8-bf16, OUT/opt-bf16 and OUT/gptoss-mxfp4
+                                      (or only the NAMEs): tiny models with
                                       random weights (fixed seed) from transformers'
                                       configuration classes, saved as bf16 safetensors (no
                                       tokenizer; qwen3moe8, which scripts/check-vllm
@@ -62,7 +62,12 @@ GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
             ("qwen3moe8", "reap-W4A16-attn", "W4A16"),
             # OPT: a learned position embedding (`embed_positions`, an nn.Embedding in vLLM)
             # and the head tied to the token embedding, which quench's defaults leave alone.
-            ("opt", "bf16", None), ("opt", "W8A8", "W8A8"), ("opt", "W4A16", "W4A16")]
+            ("opt", "bf16", None), ("opt", "W8A8", "W8A8"), ("opt", "W4A16", "W4A16"),
+            # gpt-oss stored as OpenAI releases it (MXFP4 expert stacks, gptoss-mxfp4):
+            # decoded by quench (--scheme BF16: the stacks [E, in, out] in BF16), and its
+            # attention quantized (the stacks decoded, unquantized, in `ignore`).
+            ("gptoss", "bf16", None), ("gptoss", "W8A8", "W8A8"),
+            ("gptoss", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("gptoss", "W4A16", "W4A16")]
 
 
 def base_case(case):
@@ -353,8 +358,8 @@ def cases(amx):
 
 def make_models(out, only):
     import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM,
-                              Qwen3MoeConfig, Qwen3MoeForCausalLM)
+    from transformers import (GptOssConfig, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM,
+                              OPTConfig, OPTForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
     common = dict(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, max_position_embeddings=128,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -377,6 +382,12 @@ def make_models(out, only):
             vocab_size=512, hidden_size=256, word_embed_proj_dim=256, ffn_dim=512,
             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+        # 4 experts of width 256, all active (as qwen3moe), one sliding and one full layer;
+        # written as gptoss-mxfp4 (mxfp4_folder).
+        "gptoss": (GptOssForCausalLM, GptOssConfig(
+            intermediate_size=256, num_local_experts=4, num_experts_per_tok=4,
+            sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+            **dict(common, max_position_embeddings=256))),
     }
     for name, (cls, cfg) in models.items():
         if only and name not in only:
@@ -384,7 +395,38 @@ def make_models(out, only):
         torch.manual_seed(SEED)
         cfg.dtype = torch.bfloat16
         model = cls(cfg)
+        if name == "gptoss":
+            mxfp4_folder(model.to(torch.bfloat16), os.path.join(out, "gptoss-mxfp4"))
+            continue
         model.to(torch.bfloat16).save_pretrained(os.path.join(out, f"{name}-bf16"))
+
+
+def mxfp4_folder(model, out):
+    """`model` saved as OpenAI's gpt-oss releases are: each expert stack P ([E, in, out] in
+    transformers) as P_blocks U8 [E, out, in/32, 16] and P_scales U8 [E, out, in/32], random
+    E2M1 codes (fixed seed) under exponents 117..121 (values up to 6 * 2^-6, the size of the
+    random initialisation's), quant_method "mxfp4"; everything else as it is, in BF16."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    rng = np.random.default_rng(SEED)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for k in sorted(sd):
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            e, i, o = sd.pop(k).shape
+            sd[k + "_blocks"] = torch.from_numpy(
+                rng.integers(0, 256, size=(e, o, i // 32, 16), dtype=np.uint8))
+            sd[k + "_scales"] = torch.from_numpy(
+                rng.integers(117, 122, size=(e, o, i // 32), dtype=np.uint8))
+    os.makedirs(out, exist_ok=True)
+    save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["GptOssForCausalLM"]
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+        "lm_head"]}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
 
 
 def generate_run(folder):

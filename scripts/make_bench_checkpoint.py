@@ -7,6 +7,7 @@ or Kimi-K2-shaped with many small expert tensors.
     make_bench_checkpoint.py OUT_DIR --layout fp8 --size-gb 2 [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout moe [--moe-layers 10] [--shard-gb 1] [--seed N]
     make_bench_checkpoint.py OUT_DIR --layout awq|modelopt|ct --size-gb 2 [--shard-gb 1]
+    make_bench_checkpoint.py OUT_DIR --layout gptoss --size-gb 2 [--shard-gb 1] [--seed N]
 
 Shapes are Llama-2-7B's (hidden 4096, intermediate 11008, 32 heads, untied lm_head); the number of
 layers is chosen to reach the size with about 8% of the bytes in embed_tokens + lm_head (as in a
@@ -121,6 +122,36 @@ def kimi_tensor_list(s):
     return out
 
 
+# --layout gptoss: gpt-oss-20b's layer shapes (hidden 2880; 32 experts of intermediate 2880;
+# 64 attention heads of 64, 8 KV heads) with its expert stacks stored MXFP4 as OpenAI releases
+# them, and a small vocabulary. --size-gb is the decoded (BF16) size, about 1.65 GB a layer.
+GPTOSS = dict(hidden=2880, inter=2880, experts=32, heads=64, kv_heads=8, head_dim=64, vocab=1024)
+
+
+def gptoss_tensor_list(s):
+    """(name, shape, dtype) in module order for the gpt-oss MXFP4 layout."""
+    h, i, e, q, kv = s["hidden"], s["inter"], s["experts"], s["heads"] * s["head_dim"], \
+        s["kv_heads"] * s["head_dim"]
+    out = [("model.embed_tokens.weight", (s["vocab"], h), "BF16")]
+    for l in range(s["layers"]):
+        p = f"model.layers.{l}."
+        out += [(p + "input_layernorm.weight", (h,), "BF16")]
+        for m, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            out += [(p + f"self_attn.{m}.weight", (rows, h), "BF16"),
+                    (p + f"self_attn.{m}.bias", (rows,), "BF16")]
+        out += [(p + "self_attn.o_proj.weight", (h, q), "BF16"),
+                (p + "self_attn.o_proj.bias", (h,), "BF16"),
+                (p + "self_attn.sinks", (s["heads"],), "BF16"),
+                (p + "post_attention_layernorm.weight", (h,), "BF16"),
+                (p + "mlp.router.weight", (e, h), "BF16"), (p + "mlp.router.bias", (e,), "BF16")]
+        for m, rows, cols in (("gate_up_proj", 2 * i, h), ("down_proj", h, i)):
+            x = p + "mlp.experts." + m
+            out += [(x + "_blocks", (e, rows, cols // 32, 16), "U8"),
+                    (x + "_scales", (e, rows, cols // 32), "U8"), (x + "_bias", (e, rows), "BF16")]
+    out += [("model.norm.weight", (h,), "BF16"), ("lm_head.weight", (s["vocab"], h), "BF16")]
+    return out
+
+
 def nbytes(shape, dtype="BF16"):
     n = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "I32": 4, "U8": 1, "I64": 8}[dtype]
     for d in shape:
@@ -181,8 +212,8 @@ def main():
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
-    ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8", "awq", "modelopt", "ct"),
-                    default="llama")
+    ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8", "awq", "modelopt", "ct",
+                                         "gptoss"), default="llama")
     # --layout moe: layers of 64 1-MiB experts x 3 (about 0.2 GB each): 10 makes 2.17 GB;
     # more make a run long enough that fixed costs no longer weigh on the ratio.
     ap.add_argument("--moe-layers", type=int, default=MOE["layers"])
@@ -195,7 +226,10 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     t0 = time.time()
-    if a.layout in ("kimi", "moe"):
+    if a.layout == "gptoss":
+        s = dict(GPTOSS, layers=max(1, round(a.size_gb / 1.65)))
+        tensors = gptoss_tensor_list(s)
+    elif a.layout in ("kimi", "moe"):
         s = KIMI if a.layout == "kimi" else dict(MOE, layers=a.moe_layers)
         tensors = kimi_tensor_list(s)
     elif a.layout == "fp8":
@@ -209,7 +243,9 @@ def main():
     else:
         s = shapes_for(int(a.size_gb * 1e9))
         tensors = tensor_list(s)
-    if a.layout == "fp8":
+    if a.layout == "gptoss":
+        pass  # (name, shape, dtype) already
+    elif a.layout == "fp8":
         tensors = fp8_tensor_list(tensors)
     elif a.layout in ("awq", "modelopt", "ct"):
         tensors = packed_tensor_list(tensors, a.layout)
@@ -222,7 +258,7 @@ def main():
     for name, shape, dtype in tensors:
         b = nbytes(shape, dtype)
         aux = name.endswith(("_scale_inv", ".qzeros", ".scales", ".weight_scale",
-                             ".weight_scale_2", ".input_scale", ".weight_shape"))
+                             ".weight_scale_2", ".input_scale", ".weight_shape", "_scales"))
         if cur and cur_size + b > limit and not aux:
             shards.append(cur)
             cur, cur_size = [], 0
@@ -270,6 +306,9 @@ def main():
                     rows, words = next(sh for n2, sh, _ in names
                                        if n2 == name[:-len("_shape")] + "_packed")
                     f.write(struct.pack("<2q", rows, words * 8))
+                    continue
+                if name.endswith("_scales"):  # MXFP4 exponents, values up to 6 * 2^-6
+                    f.write(rng.integers(117, 122, elems, dtype=np.uint8).tobytes())
                     continue
                 if dtype in ("I32", "U8") or (dtype == "F8_E4M3" and a.layout == "modelopt"):
                     done = 0
@@ -370,6 +409,28 @@ def main():
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": w,
                                           "input_activations": None, "output_activations": None,
                                           "format": "pack-quantized"}}}
+    if a.layout == "gptoss":
+        # gpt-oss-20b's config.json with this layout's layers and vocabulary.
+        config = {
+            "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+            "attention_bias": True, "attention_dropout": 0.0, "head_dim": s["head_dim"],
+            "hidden_act": "silu", "hidden_size": s["hidden"], "initializer_range": 0.02,
+            "intermediate_size": s["inter"], "layer_types": [
+                "sliding_attention" if l % 2 == 0 else "full_attention"
+                for l in range(s["layers"])],
+            "max_position_embeddings": 131072, "num_attention_heads": s["heads"],
+            "num_experts_per_tok": 4, "num_hidden_layers": s["layers"],
+            "num_key_value_heads": s["kv_heads"], "num_local_experts": s["experts"],
+            "rms_norm_eps": 1e-05, "rope_scaling": {
+                "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                "truncate": False},
+            "rope_theta": 150000, "sliding_window": 128, "swiglu_limit": 7.0,
+            "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+            "vocab_size": s["vocab"],
+            "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+                "model.layers.*.self_attn", "model.layers.*.mlp.router",
+                "model.embed_tokens", "lm_head"]}}
     write_json("config.json", config)
     os.replace(out, final)
     print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "
