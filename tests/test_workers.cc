@@ -400,6 +400,45 @@ quant_stage:
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
   }
 
+  TEST_CASE("quench finalize stopped by a signal while it waits: exit 130, nothing published") {
+    // Before: it had no handler, so SIGTERM or SIGHUP killed it (exit 143 / 129, no message).
+    qt::TempDir tmp;
+    const fs::path src = Sharded();
+    const std::vector<std::string> opts = {"--scheme", "W4A16"};
+    ConvertWant(tmp, src, opts);
+    const fs::path out = tmp / "out";
+    WriteParts(src, out, opts, 2);
+    const fs::path lock = out / ".quench-parts" / "finalize.lock";
+    for (int sig : {SIGTERM, SIGHUP, SIGINT}) {
+      CAPTURE(sig);
+      qt::WriteBytes(lock, kElsewhere);  // a finalizer elsewhere, alive: this one waits
+      const fs::path io = tmp / ("signal-" + std::to_string(sig));
+      const pid_t pid = qt::SpawnQuench({"finalize", out.string()}, io);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+      kill(pid, sig);
+      const int rc = Wait(pid);
+      const std::string err = qt::ReadBytes(io.string() + ".err");
+      CHECK_MESSAGE(rc == 130, err);
+      CHECK(err.find("quench: error: interrupted: finalize of ") != std::string::npos);
+      CHECK(err.find("nothing was published") != std::string::npos);
+      CHECK_FALSE(fs::exists(out / "config.json"));
+    }
+    // Started under nohup (SIGHUP ignored), SIGHUP does not stop it: it waits on, then
+    // publishes once the other finalizer lets go.
+    qt::WriteBytes(lock, kElsewhere);
+    const pid_t pid = qt::SpawnQuench({"finalize", out.string()}, tmp / "nohup",
+                                      [] { std::signal(SIGHUP, SIG_IGN); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    kill(pid, SIGHUP);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    int status = 0;
+    CHECK(waitpid(pid, &status, WNOHANG) == 0);  // still running
+    fs::remove(lock);
+    const int rc = Wait(pid);
+    CHECK_MESSAGE(rc == 0, qt::ReadBytes((tmp / "nohup").string() + ".err"));
+    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+  }
+
   TEST_CASE("quench finalize waiting for the lock while its holder publishes: exit 0") {
     // Found by fuzz-interrupt (finalize beside the last worker, once the finalize waited): the
     // holder published and removed the parts, the lock's folder with them, while the waiting

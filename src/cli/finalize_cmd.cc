@@ -1,6 +1,10 @@
 // `quench finalize DST [--workers N] [--report FILE] [-q]`.
 #include "cli/finalize_cmd.h"
 
+#include <signal.h>
+
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
@@ -31,10 +35,15 @@ const char kFinalizeHelp[] =
     "  -q, --quiet        errors, and warnings naming files it could not remove\n"
     "\n"
     "Another process finalizing DST (the last worker) is waited for, up to 10 minutes.\n"
+    "Ctrl-C, SIGTERM or SIGHUP (unless started under nohup) stop it before it publishes\n"
+    "(nothing published; run it again); once publishing, it finishes.\n"
     "\n"
     "exit: 0 published (now or before), 2 usage (or another process still finalizing DST\n"
     "after 10 minutes), 3 a part is missing, corrupt or from another conversion, 4 I/O\n"
-    "failure.\n";
+    "failure, 130 interrupted.\n";
+
+std::atomic<bool> g_cancel{false};
+void OnSignal(int) { g_cancel.store(true); }
 
 }  // namespace
 
@@ -71,7 +80,17 @@ int RunFinalize(const std::vector<std::string>& args) {
     }
   }
   if (dst.empty()) return ReportError("finalize: needs DST (see quench finalize --help)", 2);
+  // As convert: a signal stops the run with exit 130 and a message, not a kill midway (the
+  // wait for another finalizer can last 10 minutes); SIGHUP only where it is not ignored.
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) {
+    std::signal(SIGHUP, OnSignal);
+  }
+  std::signal(SIGPIPE, SIG_IGN);
   ConvertCallbacks cb;
+  cb.cancel = &g_cancel;
   cb.note = [quiet](std::string_view line) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };

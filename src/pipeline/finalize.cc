@@ -126,6 +126,20 @@ Status RemoveFinalizeLeftovers(const fs::path& dst, const ConvertCallbacks& cb) 
   return RemoveMarkersAndParts(dst, cb);  // as Publish ends, the lock file with the parts
 }
 
+namespace {
+
+// A signal (callbacks.cancel) stops finalize before it publishes; once it publishes (a few
+// small files, config.json last) it finishes.
+bool Interrupted(const ConvertCallbacks& cb) { return cb.cancel != nullptr && cb.cancel->load(); }
+
+Status InterruptedError(const fs::path& dst) {
+  return Error(ErrorCode::kInterrupted, "finalize of " + dst.string() +
+                                            " interrupted; nothing was published (run quench "
+                                            "finalize again)");
+}
+
+}  // namespace
+
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
   const fs::path dir = dst / kPartsDir;
   std::error_code ec;
@@ -251,6 +265,7 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
     result.shards += p.shards.size();
     result.summaries.push_back(p.summary);
   }
+  if (Interrupted(cb)) return InterruptedError(dst);
   if (cb.note) {
     cb.note("finalize: all " + std::to_string(count) + " parts present, one plan (" +
             ref->fingerprint + "), " + std::to_string(result.shards) + " shards; publishing " +
@@ -267,6 +282,7 @@ Result<FinalizeResult> FinalizePartsWaiting(const fs::path& dst, int count,
       std::chrono::steady_clock::now() + std::chrono::seconds(kFinalizeWaitSeconds);
   bool said = false;
   for (;;) {
+    if (Interrupted(cb)) return InterruptedError(dst);
     auto got = FinalizeParts(dst, count, cb);
     std::error_code ec;
     if (!got.ok() && !fs::exists(dst / kPartsDir, ec) && fs::exists(dst / "config.json", ec)) {
