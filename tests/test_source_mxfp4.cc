@@ -181,6 +181,19 @@ TEST_SUITE("source_mxfp4") {
     CHECK(FindTensor(out, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
     CHECK(FindTensor(out, std::string(kGateUp)).second->dtype == DType::kBF16);
     CheckVerifies(tmp / "a");
+    // The user hears that the experts stay BF16 (4x the source's bytes), except when decoding
+    // is what was asked for.
+    for (const char* scheme : {"FP8_DYNAMIC", "BF16"}) {
+      CAPTURE(scheme);
+      const RunResult r = RunQuench({"convert", Src().string(), (tmp / "dry").string(),
+                                     "--scheme", scheme, "--dry-run"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      const bool told =
+          r.err.find("left unquantized: 4 MXFP4 expert stack(s)") != std::string::npos &&
+          r.err.find("take 4x the source's bytes") != std::string::npos;
+      CHECK(told == (std::string(scheme) != "BF16"));
+      CHECK(r.err.find("they are copied") == std::string::npos);
+    }
   }
 
   TEST_CASE("expert pruning reads and decodes the kept experts' codes and scales") {

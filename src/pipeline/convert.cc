@@ -431,7 +431,18 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
                          std::to_string(split.pieces) + " per-expert weights, as model_free_ptq does");
   }
-  if (!split.kept_whole.empty()) {
+  if (!split.kept_whole.empty() && ConfigQuantMethod(folder) == "mxfp4") {
+    // gpt-oss's MXFP4 stacks (format/source_mxfp4.cc): decoded whole, and with a scheme that
+    // is not BF16 the output's experts outgrow the source's fourfold, which the user should
+    // hear of before a 100 GB run.
+    if (!IsDecodeOnly(options)) {
+      plan.notes.push_back(
+          "left unquantized: " + std::to_string(split.kept_whole.size()) +
+          " MXFP4 expert stack(s) (e.g. " + split.kept_whole.front() + "), decoded to BF16 "
+          "[experts, in, out] (quench does not quantize [experts, in, out] stacks yet): the "
+          "output's experts take 4x the source's bytes");
+    }
+  } else if (!split.kept_whole.empty()) {
     plan.notes.push_back(
         "left unquantized: " + std::to_string(split.kept_whole.size()) +
         " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
