@@ -2,8 +2,8 @@
 
   check_vllm_generate.py models OUT [NAME...]
                                       writes OUT/llama-bf16, OUT/qwen3moe-bf16,
-                                      OUT/qwen3moe8-bf16, OUT/opt-bf16 and OUT/gptoss-mxfp4
-                                      (or only the NAMEs): tiny models with
+                                      OUT/qwen3moe8-bf16, OUT/opt-bf16, OUT/gptoss-mxfp4 and
+                                      OUT/llama4-bf16 (or only the NAMEs): tiny models with
                                       random weights (fixed seed) from transformers'
                                       configuration classes, saved as bf16 safetensors (no
                                       tokenizer; qwen3moe8, which scripts/check-vllm
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 
@@ -67,7 +68,10 @@ GENERATE = [("llama", "bf16", None), ("llama", "W8A8", "W8A8"),
             # decoded by quench (--scheme BF16: the stacks [E, in, out] in BF16), and its
             # attention quantized (the stacks decoded, unquantized, in `ignore`).
             ("gptoss", "bf16", None), ("gptoss", "W8A8", "W8A8"),
-            ("gptoss", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("gptoss", "W4A16", "W4A16")]
+            ("gptoss", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("gptoss", "W4A16", "W4A16"),
+            # Llama 4 (text): its experts stored [E, in, out], kept whole and unquantized.
+            ("llama4", "bf16", None), ("llama4", "W8A8", "W8A8"),
+            ("llama4", "FP8_DYNAMIC", "FP8_DYNAMIC"), ("llama4", "W4A16", "W4A16")]
 
 
 def base_case(case):
@@ -358,8 +362,9 @@ def cases(amx):
 
 def make_models(out, only):
     import torch
-    from transformers import (GptOssConfig, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM,
-                              OPTConfig, OPTForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
+    from transformers import (GptOssConfig, GptOssForCausalLM, Llama4ForCausalLM,
+                              Llama4TextConfig, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                              OPTForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
     common = dict(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, max_position_embeddings=128,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -388,6 +393,12 @@ def make_models(out, only):
             intermediate_size=256, num_local_experts=4, num_experts_per_tok=4,
             sliding_window=16, layer_types=["sliding_attention", "full_attention"],
             **dict(common, max_position_embeddings=256))),
+        # Llama 4's text model: 4 routed experts of width 256 and a shared expert in both
+        # layers; one expert a token, as Llama 4 routes (vLLM's Llama 4 MoE refuses more:
+        # "apply_router_weight_on_input is only implemented for topk=1").
+        "llama4": (Llama4ForCausalLM, Llama4TextConfig(
+            intermediate_size=256, intermediate_size_mlp=512, num_local_experts=4,
+            num_experts_per_tok=1, interleave_moe_layer_step=1, **common)),
     }
     for name, (cls, cfg) in models.items():
         if only and name not in only:
@@ -467,7 +478,17 @@ def vllm_generate(folder):
 # that, then take the experts from the source model after checking that quench's copies of them
 # are the source's bytes.
 EXPERTS_NOT_LOADED = {"qwen3moe-W8A8-attn", "qwen3moe-W4A16-attn", "qwen3moe8-reap-W8A8-attn",
-                      "qwen3moe8-reap-W4A16-attn"}
+                      "qwen3moe8-reap-W4A16-attn", "llama4-W8A8", "llama4-FP8_DYNAMIC",
+                      "llama4-W4A16"}
+# The same reader linearizes Llama 4's experts for a compressed checkpoint (per-expert
+# `feed_forward.experts.<e>.gate_proj/up_proj/down_proj` Linear modules, the layout
+# llm-compressor writes) and so finds nothing where quench keeps the [E, in, out] stacks whole,
+# ignored: it reports the stacks UNEXPECTED and every per-expert weight MISSING. Those cases too
+# take the experts from the source's stacks, cut as llm-compressor's Llama4LinearExperts cuts
+# them (gate = gate_up[e][:, :I].T, up = gate_up[e][:, I:].T, down = down[e].T), after the same
+# check of quench's copies. vLLM reads the stacks whole.
+LINEARIZED = re.compile(r"model\.layers\.(\d+)\.feed_forward\.experts\.(\d+)\."
+                        r"(gate|up|down)_proj\.weight")
 
 
 def load_tensors(folder):
@@ -494,11 +515,23 @@ def hf_model(folder, dtype, src, prepare=None):
     layers = len(model.model.layers)
     merged = {f"model.layers.{i}.mlp.experts.{p}" for i in range(layers)
               for p in ("gate_up_proj", "down_proj")}
-    if missing != merged:
+    linearized = all(LINEARIZED.fullmatch(k) for k in missing)
+    if missing != merged and not linearized:
         raise RuntimeError(f"transformers left {sorted(missing)} uninitialised")
     out, source = load_tensors(folder), load_tensors(src)
-    experts = [k for k in source if ".mlp.experts." in k]
+    experts = [k for k in source if ".mlp.experts." in k or ".feed_forward.experts." in k]
     assert experts and all(torch.equal(out[k], source[k]) for k in experts), folder
+    if linearized:
+        fill = {}
+        for k in missing:
+            layer, e, proj = LINEARIZED.fullmatch(k).groups()
+            p = f"model.layers.{layer}.feed_forward.experts."
+            gate_up, down = source[p + "gate_up_proj"][int(e)], source[p + "down_proj"][int(e)]
+            half = gate_up.shape[1] // 2
+            w = {"gate": gate_up[:, :half], "up": gate_up[:, half:], "down": down}[proj]
+            fill[k] = w.t().contiguous().to(dtype)
+        model.load_state_dict(fill, strict=False)
+        return model.eval(), True
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).state_dict()
     model.load_state_dict({k: ref[k] for k in merged}, strict=False)
     return model.eval(), True
