@@ -8,8 +8,8 @@
 
 #include "schemes/awq_repack.h"
 #include "schemes/awq_table.h"
-#include "schemes/mxfp4_stack.h"
 #include "schemes/float_formats.h"
+#include "schemes/mxfp4_stack.h"
 #include "schemes/nibble_lookup.h"
 
 namespace quench {
