@@ -117,6 +117,16 @@ void WriteParts(const fs::path& src, const fs::path& dst, const std::vector<std:
   }
 }
 
+// Two workers' parts of a W4A16 conversion of Sharded() in tmp/out, waiting to be finalized,
+// and the single-machine run they must equal in tmp/want. Returns tmp/out.
+fs::path PartsToFinalize(const qt::TempDir& tmp) {
+  const fs::path src = Sharded();
+  const std::vector<std::string> opts = {"--scheme", "W4A16"};
+  ConvertWant(tmp, src, opts);
+  WriteParts(src, tmp / "out", opts, 2);
+  return tmp / "out";
+}
+
 // Starts quench with `args` (stdout and stderr at io.out / io.err) under the fault library in
 // mode hang: the `nth` call `call` on a path matching `path` waits, for good or until the file
 // `release` exists (empty: for good). Returns once that call is reached (the log names it).
@@ -403,11 +413,7 @@ quant_stage:
   TEST_CASE("quench finalize stopped by a signal while it waits: exit 130, nothing published") {
     // Before: it had no handler, so SIGTERM or SIGHUP killed it (exit 143 / 129, no message).
     qt::TempDir tmp;
-    const fs::path src = Sharded();
-    const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    ConvertWant(tmp, src, opts);
-    const fs::path out = tmp / "out";
-    WriteParts(src, out, opts, 2);
+    const fs::path out = PartsToFinalize(tmp);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
     for (int sig : {SIGTERM, SIGHUP, SIGINT}) {
       CAPTURE(sig);
@@ -446,11 +452,7 @@ quant_stage:
     // (exit 4) for a folder just published. fault_io holds that finalize in its second try
     // (mode hang) while another finalize publishes, then lets it go on.
     qt::TempDir tmp;
-    const fs::path src = Sharded();
-    const std::vector<std::string> opts = {"--scheme", "W4A16"};
-    ConvertWant(tmp, src, opts);
-    const fs::path out = tmp / "out";
-    WriteParts(src, out, opts, 2);
+    const fs::path out = PartsToFinalize(tmp);
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
     qt::WriteBytes(lock, kElsewhere);
     const fs::path go = tmp / "go";

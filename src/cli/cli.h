@@ -2,6 +2,7 @@
 #ifndef QUENCH_CLI_CLI_H_
 #define QUENCH_CLI_CLI_H_
 
+#include <atomic>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,11 @@ int ReportStatus(const Status& status, std::string_view command = {});
 // Prints "quench: warning: <line>" to stderr, with or without -q: what a finished run left
 // behind (ConvertCallbacks::leftover).
 void PrintLeftover(std::string_view line);
+// Makes SIGINT, SIGTERM and SIGHUP (unless it comes ignored: nohup) set the returned flag
+// instead of killing the process, so that a long command (convert, finalize) stops at its next
+// check with exit 130 and a message; ignores SIGPIPE (a reader of stderr that ends, `2>&1 |
+// head`, makes writes fail, not the command).
+const std::atomic<bool>* StopOnSignals();
 
 }  // namespace quench::cli
 

@@ -4,14 +4,11 @@
 // SIGHUP as cancellation, and prints the run's summary.
 #include "cli/convert_cmd.h"
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -28,10 +25,6 @@
 
 namespace quench::cli {
 namespace {
-
-std::atomic<bool> g_cancel{false};
-
-void OnSignal(int) { g_cancel.store(true); }
 
 bool TakeValue(const std::vector<std::string>& args, size_t& i, std::string& out,
                std::string& err) {
@@ -382,20 +375,10 @@ int RunConvert(const std::vector<std::string>& args) {
     return ReportStatus(rc);
   }
   if (f.dry_run) return PrintDryRun(o, quiet);
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  // A terminal that goes away (an ssh session that drops) stops the run as Ctrl-C does, its
-  // complete shards kept for --resume; unless SIGHUP came ignored (nohup), as it then should.
-  struct sigaction hup {};
-  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) {
-    std::signal(SIGHUP, OnSignal);
-  }
-  // Progress and notes go to stderr: a reader of it that ends (`2>&1 | head`, a `tee` killed
-  // with the session) makes the writes fail (EPIPE), not the conversion.
-  std::signal(SIGPIPE, SIG_IGN);
+  // A signal stops the run with its complete shards kept for --resume.
   ProgressPrinter progress(quiet);
   ConvertCallbacks cb;
-  cb.cancel = &g_cancel;
+  cb.cancel = StopOnSignals();
   cb.note = [quiet](std::string_view line) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };

@@ -1,10 +1,6 @@
 // `quench finalize DST [--workers N] [--report FILE] [-q]`.
 #include "cli/finalize_cmd.h"
 
-#include <signal.h>
-
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
@@ -42,9 +38,6 @@ const char kFinalizeHelp[] =
     "after 10 minutes), 3 a part is missing, corrupt or from another conversion, 4 I/O\n"
     "failure, 130 interrupted.\n";
 
-std::atomic<bool> g_cancel{false};
-void OnSignal(int) { g_cancel.store(true); }
-
 }  // namespace
 
 int RunFinalize(const std::vector<std::string>& args) {
@@ -80,17 +73,10 @@ int RunFinalize(const std::vector<std::string>& args) {
     }
   }
   if (dst.empty()) return ReportError("finalize: needs DST (see quench finalize --help)", 2);
-  // As convert: a signal stops the run with exit 130 and a message, not a kill midway (the
-  // wait for another finalizer can last 10 minutes); SIGHUP only where it is not ignored.
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  struct sigaction hup {};
-  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) {
-    std::signal(SIGHUP, OnSignal);
-  }
-  std::signal(SIGPIPE, SIG_IGN);
+  // As convert: a signal stops it with exit 130 and a message, not a kill midway (the wait for
+  // another finalizer can last 10 minutes).
   ConvertCallbacks cb;
-  cb.cancel = &g_cancel;
+  cb.cancel = StopOnSignals();
   cb.note = [quiet](std::string_view line) {
     if (!quiet) std::fprintf(stderr, "quench: %.*s\n", static_cast<int>(line.size()), line.data());
   };

@@ -3,6 +3,10 @@
 // library. Everything in src/cli/ is argument handling and presentation; the work is in the
 // library's Convert(). Each command is in a file of its own (convert_cmd.cc, inspect.cc,
 // verify_cmd.cc, finalize_cmd.cc, stats_cmd.cc).
+#include <signal.h>
+
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -71,6 +75,27 @@ int ReportStatus(const Status& status, std::string_view command) {
 
 void PrintLeftover(std::string_view line) {
   std::fprintf(stderr, "quench: warning: %.*s\n", static_cast<int>(line.size()), line.data());
+}
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnStopSignal(int) { g_stop.store(true); }
+
+}  // namespace
+
+const std::atomic<bool>* StopOnSignals() {
+  std::signal(SIGINT, OnStopSignal);
+  std::signal(SIGTERM, OnStopSignal);
+  // A terminal that goes away (an ssh session that drops) stops the command as Ctrl-C does;
+  // unless SIGHUP came ignored (nohup), as it then should.
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) {
+    std::signal(SIGHUP, OnStopSignal);
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+  return &g_stop;
 }
 
 }  // namespace quench::cli
