@@ -95,7 +95,8 @@ std::vector<Layout> Layouts() {
 
 // Text models whose unquantized modules go by other names: a Nemotron-H-like hybrid (Mamba
 // mixers with their convolutions, a MoE mixer routed by `mixer.gate`, `backbone.embeddings`)
-// and a DeepSeek-V3.2-like model with its MTP layer (eh_proj, shared_head.head) and indexer.
+// a DeepSeek-V3.2-like model with its MTP layer (eh_proj, shared_head.head) and indexer, and
+// an ERNIE 4.5-like model with its MTP projection (mtp_linear_proj.0).
 std::vector<Layout> TextLayouts() {
   return {
       {"nemotron-h (backbone.*)",
@@ -113,6 +114,12 @@ std::vector<Layout> TextLayouts() {
         "model.layers.61.shared_head.head", "model.layers.61.embed_tokens", "lm_head"},
        {"lm_head", "re:.*embed_tokens$", "re:.*mlp\\.gate$", "re:.*\\.eh_proj$",
         "re:.*shared_head\\.head$", "re:.*indexer\\.(wk|weights_proj)$"},
+       ""},
+      {"ernie-4.5 (mtp)",
+       {"model.layers.0.self_attn.q_proj", "model.layers.1.mlp.experts.0.up_proj",
+        "model.layers.1.mlp.shared_experts.down_proj"},
+       {"model.mtp_linear_proj.0", "model.layers.1.mlp.gate", "lm_head"},
+       {"lm_head", "re:.*mlp\\.gate$", "model.mtp_linear_proj.0"},
        ""},
   };
 }

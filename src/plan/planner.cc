@@ -65,6 +65,10 @@ constexpr DefaultIgnore kDefaultIgnores[] = {
     // shared_head.head a ParallelLMHead (deepseek_mtp.py, glm4_moe_mtp.py).
     {"re:.*\\.eh_proj$", "MTP input projection", kVllm},
     {"re:.*shared_head\\.head$", "MTP output head", kVllm},
+    // ERNIE 4.5's MTP layer: mtp_linear_proj is a plain nn.Linear (ernie_mtp.py). Its one name
+    // in the released checkpoints (one MTP layer), exact: a regex ending in an index would run
+    // on every module of a 70k-tensor checkpoint (NameMatcher's suffix test cannot reject it).
+    {"model.mtp_linear_proj.0", "MTP input projection", kVllm},
     // DeepSeek V3.2's indexer: wk and weights_proj are one unquantized GEMM in vLLM.
     {"re:.*indexer\\.(wk|weights_proj)$", "sparse-attention indexer key and weights", kVllm},
     {"re:(.*\\.)?output_layer$", "output head", kVllm},  // ChatGLM, GLM-4
