@@ -1,6 +1,5 @@
 """Helpers for the consumer suite: quench runs, the format's error bound, embeddings."""
 import json
-import math
 import os
 import subprocess
 from pathlib import Path
