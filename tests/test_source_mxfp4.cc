@@ -311,6 +311,17 @@ TEST_SUITE("source_mxfp4") {
       CHECK(r.err.find(kGateUp) != std::string::npos);
       CHECK_FALSE(fs::exists(tmp / "out" / "config.json"));
     }
+    // With expert pruning the element is named in the source's expert numbering: layer 0
+    // keeps experts 0 and 3 (see the pruning case), so source expert 3 is the second kept one.
+    TempDir tmp;
+    PlantFault(tmp / "src", [&](auto& s) {
+      Find(s, std::string(kGateUp) + "_scales")->bytes[(3 * 128 + 5) * 2] = static_cast<char>(0xFF);
+    });
+    const RunResult r = RunQuench({"convert", (tmp / "src").string(), (tmp / "out").string(),
+                                   "--scheme", "BF16", "--prune-experts", "0.5", "-q"});
+    CAPTURE(r.err);
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("holds the E8M0 NaN 0xFF at [3, 5, 0]") != std::string::npos);
   }
 }
 

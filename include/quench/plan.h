@@ -117,6 +117,7 @@ struct PlannedSourceScale {
   // An MXFP4 stack sliced by expert pruning: each kept expert's codes and scales (absolute
   // offsets); empty where each is one run.
   std::vector<uint64_t> codes_at, scales_at;
+  std::vector<uint32_t> kept;  // the source experts kept, for messages
 };
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).

@@ -50,6 +50,8 @@ struct ModelFolder {
   // Every tensor expert pruning sliced to the kept experts' rows (routers, their biases,
   // stacks kept whole), gathered or, where the kept rows are adjacent, one range: only copied.
   std::set<std::string> sliced;
+  // The same tensors by name: the source experts kept, ascending (messages name those).
+  std::map<std::string, std::vector<uint32_t>> kept_experts;
   bool config_changed = false;  // `config` was edited (expert count): written, not copied
   // Expert pruning renumbered kept experts (src/plan/expert_prune.h), so that a shard's file
   // order (by old name) is no longer its tensors' name order, which outputs are written in.

@@ -108,6 +108,7 @@ Status DetectGptOssMxfp4(const ModelFolder& folder, const std::string& where,
     w.scales = Ref(folder, s->second);
     w.codes_at = ExpertOffsets(folder, loc);
     w.scales_at = ExpertOffsets(folder, s->second);
+    if (auto k = folder.kept_experts.find(name); k != folder.kept_experts.end()) w.kept = k->second;
     out->packed_aux.push_back(st.name);
     out->packed.emplace(param, std::move(w));
   }

@@ -40,6 +40,7 @@ struct PackedSourceWeight {
   // A stack expert pruning sliced (format/model_folder.h `gathered`): each kept expert's
   // codes and scales, absolute offsets in their shards; empty where the tensor is one run.
   std::vector<uint64_t> codes_at, scales_at;
+  std::vector<uint32_t> kept;  // and the source experts kept (messages name them)
   // AWQ qweight I32 [in, out/8]; ModelOpt weight U8 [out, in/2]; MXFP4 _blocks U8
   // [experts, out, in/32, 16].
   SourceTensorRef codes;

@@ -174,9 +174,10 @@ Status DecodeMxfp4(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, u
                                                   finite);
         bad >= 0) {
       const uint64_t b = static_cast<uint64_t>(bad);
+      const uint64_t source_e = s.kept.empty() ? e : s.kept[e];  // (expert pruning renumbers)
       return Error(ErrorCode::kInvalidInput,
                    plan.shards[s.shard].rel_name + ": tensor '" + s.name +
-                       "' holds the E8M0 NaN 0xFF at [" + std::to_string(e) + ", " +
+                       "' holds the E8M0 NaN 0xFF at [" + std::to_string(source_e) + ", " +
                        std::to_string(b / s.scale_cols) + ", " + std::to_string(b % s.scale_cols) +
                        "]; '" + t.name + "' cannot be decoded (a scale must be finite)");
     }

@@ -318,6 +318,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       t.begin = runs.front().first;
       t.end = t.begin + kept * row;
       folder.sliced.insert(t.name);
+      folder.kept_experts[t.name] = out.layers[l].kept;
       if (runs.size() > 1) folder.gathered[t.name] = std::move(runs);
       tensors.push_back(std::move(t));
     }

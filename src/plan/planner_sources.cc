@@ -53,6 +53,7 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
     s.input_scale = w.input_scale.value_or(0.f);
     s.codes_at = w.codes_at;
     s.scales_at = w.scales_at;
+    s.kept = w.kept;
     return s;
   }
   auto it = source_.scales.find(t.name);
