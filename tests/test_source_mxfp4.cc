@@ -179,7 +179,9 @@ TEST_SUITE("source_mxfp4") {
                     "re:model\\.layers\\.[0-9]+\\.mlp\\.experts(\\..*)?$") != ignore.end());
     const auto out = LoadAll(tmp / "a");
     CHECK(FindTensor(out, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
-    CHECK(FindTensor(out, std::string(kGateUp)).second->dtype == DType::kBF16);
+    const TensorInfo* stack = FindTensor(out, std::string(kGateUp)).second;
+    REQUIRE(stack != nullptr);
+    CHECK(stack->dtype == DType::kBF16);
     CheckVerifies(tmp / "a");
     // The user hears that the experts stay BF16 (4x the source's bytes), except when decoding
     // is what was asked for.
