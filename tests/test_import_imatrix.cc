@@ -150,6 +150,23 @@ void WriteMultimodalLlama(const fs::path& dir, const std::string& model_type,
 }
 
 // Nothing named `out`, and no temporary folder left beside it.
+// Imports the `fixture` imatrix (data/imatrix/<fixture>.imatrix.gguf) onto a copy of the model
+// folder `model` whose config.json says model_type `type`, and checks the statistics against
+// that fixture's expected ones.
+void ImportAsModelType(const fs::path& model, const std::string& type, const std::string& fixture) {
+  TempDir dir;
+  fs::copy(model, dir / "model");
+  auto cfg = ReadJsonFile((dir / "model" / "config.json").string());
+  REQUIRE(cfg.ok());
+  cfg->Set("model_type", type);
+  WriteBytes(dir / "model" / "config.json", DumpCompactJson(*cfg));
+  const RunResult r = RunQuench({"stats", "import-imatrix",
+                                 (Imx() / (fixture + ".imatrix.gguf")).string(), "--model",
+                                 (dir / "model").string(), "-o", (dir / "s").string()});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CheckAgainstExpected(dir / "s", fixture);
+}
+
 void CheckNothingWritten(const fs::path& parent) {
   CHECK(ListFiles(parent).empty());
   CHECK(fs::is_empty(parent));
@@ -203,27 +220,9 @@ TEST_SUITE("import_imatrix") {
       CheckAgainst(out, &exp);
     }
     // Mistral's names are Llama's: a "mistral" model_type imports the same statistics.
-    TempDir dir;
-    fs::copy(DataDir() / "tiny-llama", dir / "model");
-    auto cfg = ReadJsonFile((dir / "model" / "config.json").string());
-    REQUIRE(cfg.ok());
-    cfg->Set("model_type", "mistral");
-    WriteBytes(dir / "model" / "config.json", DumpCompactJson(*cfg));
-    RunResult r = RunQuench({"stats", "import-imatrix", (Imx() / "llama.imatrix.gguf").string(),
-                             "--model", (dir / "model").string(), "-o", (dir / "s").string()});
-    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-    CheckAgainstExpected(dir / "s", "llama");
+    ImportAsModelType(DataDir() / "tiny-llama", "mistral", "llama");
     // Kimi K2 (model_type kimi_k2) is a DeepSeek-V3: the deepseek2 fixture imports onto it.
-    TempDir kimi;
-    fs::copy(Imx() / "tiny-deepseek2", kimi / "model");
-    auto kcfg = ReadJsonFile((kimi / "model" / "config.json").string());
-    REQUIRE(kcfg.ok());
-    kcfg->Set("model_type", "kimi_k2");
-    WriteBytes(kimi / "model" / "config.json", DumpCompactJson(*kcfg));
-    r = RunQuench({"stats", "import-imatrix", (Imx() / "deepseek2.imatrix.gguf").string(),
-                   "--model", (kimi / "model").string(), "-o", (kimi / "s").string()});
-    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-    CheckAgainstExpected(kimi / "s", "deepseek2");
+    ImportAsModelType(Imx() / "tiny-deepseek2", "kimi_k2", "deepseek2");
     // A language model of an architecture quench does not map is refused, naming both types.
     TempDir bad;
     WriteMultimodalLlama(bad / "model", "llava", [](std::string n) { return n; });
@@ -233,8 +232,9 @@ TEST_SUITE("import_imatrix") {
     text.Set("model_type", "gpt2");
     bcfg->Set("text_config", text);
     WriteBytes(bad / "model" / "config.json", DumpCompactJson(*bcfg));
-    r = RunQuench({"stats", "import-imatrix", (Imx() / "llama.imatrix.gguf").string(), "--model",
-                   (bad / "model").string(), "-o", (bad / "s").string()});
+    const RunResult r = RunQuench({"stats", "import-imatrix",
+                                   (Imx() / "llama.imatrix.gguf").string(), "--model",
+                                   (bad / "model").string(), "-o", (bad / "s").string()});
     CHECK(r.exit_code != 0);
     CHECK(r.err.find("is 'llava' with a 'gpt2' language model") != std::string::npos);
     CHECK_FALSE(fs::exists(bad / "s"));
