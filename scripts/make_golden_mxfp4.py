@@ -25,7 +25,7 @@ Writes (relative to <repo>/data/golden):
                    each, so the state_dict is what is compared.)
   mxfp4_manifest.json  the cases and the reference versions
 
-The reference runs in a fresh subprocess. Deterministic.
+The reference's decode runs in a fresh subprocess. Deterministic.
 """
 import json
 import os
@@ -38,60 +38,52 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(os.path.dirname(HERE), "data", "golden")
 OUT = os.path.join(GOLDEN, "mxfp4src")
 
-BUILD = r"""
-import json, os, sys
-import torch
-import transformers as T
-from safetensors.torch import save_file
+def build(out):
+    """The MXFP4 checkpoint above, written by make_golden_quant_sources.save (two shards, the
+    index, config.json)."""
+    import numpy as np
+    import torch
+    import transformers as T
+    from make_golden_quant_sources import save
 
-out = sys.argv[1]
-torch.manual_seed(0)
-cfg = T.GptOssConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                     num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
-                     layer_types=["sliding_attention", "full_attention"],
-                     max_position_embeddings=128, tie_word_embeddings=False)
-model = T.GptOssForCausalLM(cfg).to(torch.bfloat16)
-sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-rng = np.random.default_rng(0)
-for k in sorted(sd):
-    if not (k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj")):
-        continue
-    experts, inputs, outputs = sd.pop(k).shape
-    blocks = rng.integers(0, 256, size=(experts, outputs, inputs // 32, 16), dtype=np.uint8)
-    blocks.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)  # every code pair
-    if k == "model.layers.0.mlp.experts.gate_up_proj":
-        n = experts * outputs * (inputs // 32)
-        scales = (np.arange(n) % 253).astype(np.uint8).reshape(experts, outputs, inputs // 32)
-    else:
-        scales = rng.integers(118, 131, size=(experts, outputs, inputs // 32), dtype=np.uint8)
-    sd[k + "_blocks"] = torch.from_numpy(blocks)
-    sd[k + "_scales"] = torch.from_numpy(scales)
-second = lambda k: k.startswith("model.layers.1.") or k in ("lm_head.weight", "model.norm.weight")
-moved = "model.layers.1.mlp.experts.gate_up_proj_scales"
-shards = {"model-00001-of-00002.safetensors": {}, "model-00002-of-00002.safetensors": {}}
-for k, v in sd.items():
-    name = "model-00002-of-00002.safetensors" if second(k) and k != moved else "model-00001-of-00002.safetensors"
-    shards[name][k] = v
-os.makedirs(out, exist_ok=True)
-weight_map, total = {}, 0
-for name, tensors in shards.items():
-    save_file(tensors, os.path.join(out, name), metadata={"format": "pt"})
-    for k, v in tensors.items():
-        weight_map[k] = name
-        total += v.numel() * v.element_size()
-with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-              f, indent=2)
-c = cfg.to_dict()
-for key in ("transformers_version", "_name_or_path"):
-    c.pop(key, None)
-c["architectures"] = ["GptOssForCausalLM"]
-c["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
-    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
-with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(c, f, indent=2, sort_keys=True)
-"""
+    torch.manual_seed(0)
+    cfg = T.GptOssConfig(vocab_size=128, hidden_size=64, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                         sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                         max_position_embeddings=128, tie_word_embeddings=False)
+    model = T.GptOssForCausalLM(cfg).to(torch.bfloat16)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    for k in sorted(sd):
+        if not (k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj")):
+            continue
+        experts, inputs, outputs = sd.pop(k).shape
+        blocks = rng.integers(0, 256, size=(experts, outputs, inputs // 32, 16), dtype=np.uint8)
+        blocks.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)  # every code pair
+        if k == "model.layers.0.mlp.experts.gate_up_proj":
+            n = experts * outputs * (inputs // 32)
+            scales = (np.arange(n) % 253).astype(np.uint8).reshape(experts, outputs,
+                                                                    inputs // 32)
+        else:
+            scales = rng.integers(118, 131, size=(experts, outputs, inputs // 32),
+                                  dtype=np.uint8)
+        sd[k + "_blocks"] = torch.from_numpy(blocks)
+        sd[k + "_scales"] = torch.from_numpy(scales)
+    # Layer 1 and the head in the second shard, layer 1's gate_up_proj scales in the first.
+    moved = "model.layers.1.mlp.experts.gate_up_proj_scales"
+    shard_of = {k: int(k != moved and (k.startswith("model.layers.1.") or
+                                       k in ("lm_head.weight", "model.norm.weight")))
+                for k in sd}
+    c = cfg.to_dict()
+    for key in ("transformers_version", "_name_or_path"):
+        c.pop(key, None)
+    c["architectures"] = ["GptOssForCausalLM"]
+    c["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+        "lm_head"]}
+    save(torch, out, sd, shard_of, c)
+
 
 DECODE = r"""
 import json, os, sys
@@ -129,7 +121,7 @@ def versions():
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     src, bf16 = os.path.join(OUT, "src"), os.path.join(OUT, "BF16")
-    run(BUILD, src)
+    build(src)
     run(DECODE, src, bf16)
     manifest = {"cases": [{
         "name": "mxfp4src/BF16", "scheme": "BF16", "source": "golden/mxfp4src/src",
