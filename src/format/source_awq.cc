@@ -13,17 +13,28 @@
 namespace quench {
 namespace {
 
-SourceTensorRef Ref(const ModelFolder& folder, size_t shard, const TensorInfo& t) {
-  return SourceTensorRef{shard, t.name, t.dtype, t.shape,
-                         folder.shards[shard].header.data_start + t.begin, t.nbytes()};
-}
-
 int64_t IntOr(const JsonValue& q, const char* key, int64_t dflt) {
   const JsonValue* v = q.Find(key);
   return v != nullptr && v->is_int() ? v->as_int() : dflt;
 }
 
 }  // namespace
+
+std::map<std::string, LocatedTensor> TensorsByName(const ModelFolder& folder) {
+  std::map<std::string, LocatedTensor> found;
+  for (size_t si = 0; si < folder.shards.size(); ++si) {
+    for (const TensorInfo& t : folder.shards[si].header.tensors) {
+      found.emplace(t.name, LocatedTensor{si, &t});
+    }
+  }
+  return found;
+}
+
+SourceTensorRef RefOf(const ModelFolder& folder, const LocatedTensor& l) {
+  const TensorInfo& t = *l.info;
+  return SourceTensorRef{l.shard, t.name, t.dtype, t.shape,
+                         folder.shards[l.shard].header.data_start + t.begin, t.nbytes()};
+}
 
 std::string PythonReEscape(const std::string& s) {
   // Python 3.7+: re.escape escapes exactly these characters.
@@ -70,14 +81,7 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
       if (e.is_string()) out->repack_ignore.push_back("re:.*" + PythonReEscape(e.as_string()) + ".*");
     }
   }
-  struct Located {
-    size_t shard;
-    const TensorInfo* info;
-  };
-  std::map<std::string, Located> found;  // every tensor by name
-  for (size_t si = 0; si < folder.shards.size(); ++si) {
-    for (const TensorInfo& t : folder.shards[si].header.tensors) found.emplace(t.name, Located{si, &t});
-  }
+  const std::map<std::string, LocatedTensor> found = TensorsByName(folder);
   std::set<std::string> used;
   for (const auto& [name, loc] : found) {
     if (!name.ends_with(".qweight")) continue;
@@ -100,7 +104,7 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
     w.rows = outf;
     w.cols = in;
     w.group = g;
-    w.codes = Ref(folder, loc.shard, qw);
+    w.codes = RefOf(folder, loc);
     auto need = [&](const std::string& suffix, DType want, std::vector<uint64_t> shape,
                     std::string_view what) -> Result<SourceTensorRef> {
       auto it = found.find(module + "." + suffix);
@@ -123,7 +127,7 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
                          " in the config)");
       }
       used.insert(t.name);
-      return Ref(folder, it->second.shard, t);
+      return RefOf(folder, it->second);
     };
     QUENCH_ASSIGN_OR_RETURN(w.scales, need("scales", DType::kF16, {in / g, outf}, "scales"));
     if (zero_point) {

@@ -136,19 +136,7 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
   for (const std::string& e : exclude) out->repack_ignore.push_back(IgnoreEntry(e));
   out->own_scheme = "NVFP4";
   out->group_size = kGroup;
-  struct Located {
-    size_t shard;
-    const TensorInfo* info;
-  };
-  std::map<std::string, Located> found;
-  for (size_t si = 0; si < folder.shards.size(); ++si) {
-    for (const TensorInfo& t : folder.shards[si].header.tensors) found.emplace(t.name, Located{si, &t});
-  }
-  auto ref = [&](const Located& l) {
-    return SourceTensorRef{l.shard, l.info->name, l.info->dtype, l.info->shape,
-                           folder.shards[l.shard].header.data_start + l.info->begin,
-                           l.info->nbytes()};
-  };
+  const std::map<std::string, LocatedTensor> found = TensorsByName(folder);
   std::set<std::string> used;
   for (const auto& [name, loc] : found) {
     if (!name.ends_with(".weight_scale")) continue;
@@ -189,8 +177,8 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
     pw.rows = rows;
     pw.cols = cols;
     pw.group = kGroup;
-    pw.codes = ref(w_it->second);
-    pw.scales = ref(loc);
+    pw.codes = RefOf(folder, w_it->second);
+    pw.scales = RefOf(folder, loc);
     auto s2 = found.find(module + ".weight_scale_2");
     if (s2 == found.end()) {
       return Error(ErrorCode::kInvalidInput,

@@ -20,24 +20,13 @@ constexpr std::string_view kBlocks = "_blocks";
 constexpr std::string_view kScales = "_scales";
 constexpr uint64_t kGroup = 32;  // the MX block: inputs per E8M0 scale
 
-struct Located {
-  size_t shard;
-  const TensorInfo* info;
-};
-
-SourceTensorRef Ref(const ModelFolder& folder, const Located& l) {
-  const TensorInfo& t = *l.info;
-  return SourceTensorRef{l.shard, t.name, t.dtype, t.shape,
-                         folder.shards[l.shard].header.data_start + t.begin, t.nbytes()};
-}
-
-std::string At(const ModelFolder& folder, const Located& l) {
+std::string At(const ModelFolder& folder, const LocatedTensor& l) {
   return folder.shards[l.shard].rel_name + ": tensor '" + l.info->name + "'";
 }
 
 // Where expert pruning gathered `l` from several runs of its shard (format/model_folder.h
 // `gathered`): each kept expert's absolute offset, in order; empty when it is one run.
-std::vector<uint64_t> ExpertOffsets(const ModelFolder& folder, const Located& l) {
+std::vector<uint64_t> ExpertOffsets(const ModelFolder& folder, const LocatedTensor& l) {
   auto g = folder.gathered.find(l.info->name);
   if (g == folder.gathered.end()) return {};
   const uint64_t per_expert = l.info->nbytes() / l.info->shape[0];
@@ -55,12 +44,7 @@ Status DetectGptOssMxfp4(const ModelFolder& folder, const std::string& where,
                          SourceQuantization* out) {
   out->format = SourceFormat::kMxfp4;
   out->group_size = kGroup;
-  std::map<std::string, Located> found;  // every tensor by name
-  for (size_t si = 0; si < folder.shards.size(); ++si) {
-    for (const TensorInfo& t : folder.shards[si].header.tensors) {
-      found.emplace(t.name, Located{si, &t});
-    }
-  }
+  const std::map<std::string, LocatedTensor> found = TensorsByName(folder);
   std::set<std::string> used;
   for (const auto& [name, loc] : found) {
     if (!name.ends_with(kBlocks)) continue;
@@ -104,8 +88,8 @@ Status DetectGptOssMxfp4(const ModelFolder& folder, const std::string& where,
     w.rows = b.shape[1];
     w.cols = b.shape[2] * kGroup;
     w.group = kGroup;
-    w.codes = Ref(folder, loc);
-    w.scales = Ref(folder, s->second);
+    w.codes = RefOf(folder, loc);
+    w.scales = RefOf(folder, s->second);
     w.codes_at = ExpertOffsets(folder, loc);
     w.scales_at = ExpertOffsets(folder, s->second);
     if (auto k = folder.kept_experts.find(name); k != folder.kept_experts.end()) w.kept = k->second;

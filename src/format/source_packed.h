@@ -8,6 +8,7 @@
 #define QUENCH_FORMAT_SOURCE_PACKED_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -77,6 +78,19 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
 // P_blocks / P_scales pair stands for (P), or refuses the folder naming the tensor.
 Status DetectGptOssMxfp4(const ModelFolder& folder, const std::string& where,
                          SourceQuantization* out);
+
+// A tensor of a folder and the shard it lies in.
+struct LocatedTensor {
+  size_t shard = 0;  // index into ModelFolder::shards
+  const TensorInfo* info = nullptr;
+};
+
+// Every tensor of `folder` by name: the packed detectors pair a weight's tensors by name,
+// wherever their shards.
+std::map<std::string, LocatedTensor> TensorsByName(const ModelFolder& folder);
+
+// `l` as a SourceTensorRef (its absolute offset in its shard).
+SourceTensorRef RefOf(const ModelFolder& folder, const LocatedTensor& l);
 
 // Python's re.escape (3.7+), as the AutoAWQ converter escapes modules_to_not_convert.
 std::string PythonReEscape(const std::string& s);
