@@ -103,7 +103,8 @@ struct PlannedSourceScale {
   // [experts * rows, cols]).
   int64_t ct_expert = -1;
   uint64_t ct_row0 = 0;
-  // AutoAWQ (kind 1), ModelOpt NVFP4 (kind 2) and gpt-oss MXFP4 (kind 3) sources
+  // AutoAWQ (kind 1), ModelOpt NVFP4 (kind 2) and gpt-oss MXFP4 (kind 3) sources, and
+  // linearized BF16 expert stacks (kind 4, below)
   // (src/pipeline/source_decode_packed.h): the scale above is AWQ's `scales` / ModelOpt's
   // `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own bytes.
   // `repack`: written as the source's own scheme from the stored codes and scales unchanged
@@ -118,6 +119,11 @@ struct PlannedSourceScale {
   // offsets); empty where each is one run.
   std::vector<uint64_t> codes_at, scales_at;
   std::vector<uint32_t> kept;  // the source experts kept, for messages
+  // A piece of a BF16 stack stored [E, in, out], linearized (kind 4, format/model_folder.h
+  // `linear_pieces`): `name` is the stack's, `offset` the absolute offset of the expert's
+  // [in, stack_cols] block and `nbytes` its size; the piece is columns [col0, col0 + rows)
+  // of the block, transposed.
+  uint64_t stack_cols = 0, col0 = 0, expert = 0;
 };
 
 // Magnitude pruning as planned (src/schemes/prune.h holds the definition).

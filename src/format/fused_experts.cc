@@ -2,7 +2,7 @@
 // model_folder.h): per expert, gate_up_proj into gate_proj and up_proj, down_proj into its
 // own, each piece a contiguous byte range of the stack so that only headers are rewritten;
 // FP8 block scales split with their weights, compressed-tensors codes split while their
-// scales stay whole, and stacks stored [E, in, out] kept whole.
+// scales stay whole, and stacks stored [E, in, out] kept whole, or linearized for Llama 4.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -80,6 +80,9 @@ struct StackFacts {
   // [E, in, out] by its shape: the other is stored so too, even where its own shape cannot
   // tell (gpt-oss's down_proj [E, 2880, 2880]: intermediate size = hidden size).
   std::set<std::string> transposed;
+  // Of those, the modules with a stack not stored BF16: with `linearize`, kept whole, both
+  // stacks (a module's experts are loaded one way).
+  std::set<std::string> not_bf16;
 };
 
 constexpr std::string_view kGateUp = "gate_up_proj", kDown = "down_proj";
@@ -142,6 +145,15 @@ StackFacts GatherStacks(const ModelFolder& folder) {
       }
     }
   }
+  for (const Shard& shard : folder.shards) {
+    for (const TensorInfo& t : shard.header.tensors) {
+      const bool gate_up = t.name.find(kGateUp) != std::string::npos;
+      if (t.shape.size() == 3 && t.dtype != DType::kBF16 &&
+          f.transposed.contains(ExpertsModule(t.name, gate_up))) {
+        f.not_bf16.insert(ExpertsModule(t.name, gate_up));
+      }
+    }
+  }
   return f;
 }
 
@@ -182,6 +194,38 @@ std::string PieceName(const TensorInfo& t, uint64_t e, uint64_t p, bool gate_up,
   return name;
 }
 
+// A BF16 stack stored [E, in, out] cut as llm-compressor's Llama 4 calibration module cuts it
+// (model_folder.h, SplitFusedExperts): per expert e, gate_up_proj [E, H, 2I] gives
+// "<e>.gate_proj" = [:, :I].T and "<e>.up_proj" = [:, I:].T, each [I, H]; down_proj
+// [E, I, H] gives "<e>.down_proj" = .T, [H, I]. Each piece's TensorInfo holds its share of
+// expert e's block (gate the first half, up the second): the bytes it is read from lie across
+// the whole block, which `linear_pieces` records.
+Status Linearize(ModelFolder& folder, size_t si, TensorInfo& t, bool gate_up,
+                 std::vector<TensorInfo>& out, ExpertSplit& result) {
+  const uint64_t experts = t.shape[0], in = t.shape[1], cols = t.shape[2];
+  const uint64_t parts = gate_up ? 2 : 1, rows = cols / parts;
+  const uint64_t block_bytes = in * cols * 2, piece_bytes = block_bytes / parts;
+  for (uint64_t e = 0; e < experts; ++e) {
+    const uint64_t block = t.begin + e * block_bytes;
+    for (uint64_t p = 0; p < parts; ++p) {
+      TensorInfo piece;
+      piece.name = PieceName(t, e, p, gate_up, "", "");
+      piece.dtype = t.dtype;
+      piece.shape = {rows, in};
+      piece.begin = block + p * piece_bytes;
+      piece.end = piece.begin + piece_bytes;
+      folder.linear_pieces[piece.name] =
+          ModelFolder::LinearPiece{si, t.name, block, in, cols, e, p * rows};
+      out.push_back(std::move(piece));
+      ++result.pieces;
+      ++result.linear_pieces;
+    }
+  }
+  ++result.tensors_split;
+  ++result.linearized;
+  return Status::Ok();
+}
+
 // Whether SplitTensor may do anything but append `t` as it is: a 3-D tensor (a stack, or a
 // compressed-tensors module's codes) or a name holding both stack names (refused).
 bool SplitMayTouch(const TensorInfo& t) {
@@ -192,7 +236,7 @@ bool SplitMayTouch(const TensorInfo& t) {
 // Splits tensor `t` of shard `si` into per-expert pieces appended to `out` (or appends it as
 // it is where it is no fused stack, or one kept whole), counted in `result`.
 Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFacts& f,
-                   std::vector<TensorInfo>& out, ExpertSplit& result) {
+                   bool linearize, std::vector<TensorInfo>& out, ExpertSplit& result) {
   const Shard& shard = folder.shards[si];
   const std::optional<uint64_t>& hidden = f.hidden;
   const std::map<std::string, uint64_t>& stack_rows = f.stack_rows;
@@ -244,7 +288,12 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
   const bool transposed =
       ShowsInOut(gate_up, a, cols, hidden) ||
       (ct_module.empty() && f.transposed.contains(ExpertsModule(t.name, gate_up)));
+  if (transposed && linearize && ct_module.empty() && (!gate_up || b % 2 == 0) &&
+      !f.not_bf16.contains(ExpertsModule(t.name, gate_up))) {
+    return Linearize(folder, si, t, gate_up, out, result);
+  }
   if (transposed) {
+    if (linearize) result.not_bf16.push_back(shard.rel_name + ": " + t.name);
     result.kept_whole.push_back(shard.rel_name + ": " + t.name);
     folder.kept_whole.push_back(t.name);
     out.push_back(std::move(t));
@@ -297,7 +346,20 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
 
 }  // namespace
 
-Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
+bool LinearizesExpertStacks(const ModelFolder& folder) {
+  if (!folder.config || !folder.config->is_object()) return false;
+  for (const JsonValue* c : {&*folder.config, folder.config->Find("text_config")}) {
+    if (c == nullptr || !c->is_object()) continue;
+    const JsonValue* type = c->Find("model_type");
+    if (type != nullptr && type->is_string() &&
+        (type->as_string() == "llama4" || type->as_string() == "llama4_text")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder, ExpertSplitOptions options) {
   const StackFacts facts = GatherStacks(folder);
   ExpertSplit result;
   for (size_t si = 0; si < folder.shards.size(); ++si) {
@@ -309,7 +371,7 @@ Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder) {
     std::vector<TensorInfo> out;
     out.reserve(shard.header.tensors.size());
     for (TensorInfo& t : shard.header.tensors) {
-      QUENCH_RETURN_IF_ERROR(SplitTensor(folder, si, t, facts, out, result));
+      QUENCH_RETURN_IF_ERROR(SplitTensor(folder, si, t, facts, options.linearize, out, result));
     }
     shard.header.tensors = std::move(out);
   }

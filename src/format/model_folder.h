@@ -68,6 +68,22 @@ struct ModelFolder {
     uint64_t row0 = 0;
   };
   std::map<std::string, CtPiece> ct_pieces;
+  // Pieces SplitFusedExperts cut from a BF16 expert stack stored [E, in, out] when asked to
+  // linearize it (Llama 4; ExpertSplitOptions): expert e's gate_proj / up_proj / down_proj
+  // weight [out, in] is columns [col0, col0 + out) of the expert's [in, cols] block,
+  // transposed. By piece name; the piece's TensorInfo holds its share of the block's bytes
+  // (gate the first half, up the second, down all of it) so that sizes and the pages a
+  // chunk releases add up to the stack's, while decoding reads the block's columns
+  // (packed kind 4, src/pipeline/source_decode_packed.h).
+  struct LinearPiece {
+    size_t shard = 0;
+    std::string stack;        // the stack's name, for messages
+    uint64_t block = 0;       // the expert's [in, cols] block: offset relative to data_start
+    uint64_t in = 0, cols = 0;
+    uint64_t expert = 0;      // the source expert, for messages
+    uint64_t col0 = 0;
+  };
+  std::map<std::string, LinearPiece> linear_pieces;
   // A compressed-tensors stack's codes sliced by expert pruning and left 3-D (decoded whole,
   // --scheme BF16 or none), by name: the codes tensor as it was and the source experts kept
   // (ascending). The stack's other tensors (scales, zero points, g_idx, global scales,
@@ -121,13 +137,33 @@ Result<ModelFolder> LoadModelFolder(const std::filesystem::path& root,
 // Deliberate difference: a tensor stored [E, in, out] (Llama 4 and gpt-oss keep gate_up_proj
 // as [E, H, 2I] and down_proj as [E, I, H]; told apart with config.json's hidden_size) is
 // left whole, since splitting its dimension 1 would cut the hidden dimension, not the
-// projections; it is then copied unquantized and listed in `kept_whole`.
+// projections; it is then copied unquantized and listed in `kept_whole`. With `linearize`
+// (a Llama 4 checkpoint converted with a scheme: LinearizesExpertStacks), a BF16 one is cut
+// instead as llm-compressor's Llama 4 calibration module cuts it (modeling/llama4.py,
+// SequentialLlama4TextExperts): expert e's gate_proj.weight = gate_up_proj[e][:, :I].T, its
+// up_proj.weight = gate_up_proj[e][:, I:].T and its down_proj.weight = down_proj[e].T, named
+// as the split above names pieces, recorded in `linear_pieces` (their bytes are no range of
+// the stack) and counted in `linearized`.
+struct ExpertSplitOptions {
+  bool linearize = false;
+};
 struct ExpertSplit {
   size_t tensors_split = 0;             // 3-D tensors replaced by per-expert pieces
   size_t pieces = 0;                    // 2-D tensors they became
+  size_t linearized = 0;                // of those, [E, in, out] stacks cut transposed
+  size_t linear_pieces = 0;             // and the pieces they became
   std::vector<std::string> kept_whole;  // [E, in, out] tensors left as they are
+  // [E, in, out] stacks `linearize` left whole because they, or their experts module's other
+  // stack, are not BF16 (pieces are read as BF16, which would round F32 and F16 values).
+  std::vector<std::string> not_bf16;
 };
-Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder);
+Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder, ExpertSplitOptions options = {});
+
+// Whether the folder is a Llama 4 checkpoint (config.json's model_type, or its text_config's,
+// is llama4 or llama4_text), whose [E, in, out] expert stacks vLLM and transformers read as
+// per-expert gate_proj / up_proj / down_proj weights in a compressed-tensors checkpoint
+// (vLLM's llama4.py expert mapping; transformers 5.19 linearizes them when it loads one).
+bool LinearizesExpertStacks(const ModelFolder& folder);
 
 // config.json's quantization_config object: the top-level one or, where there is none, its
 // text_config's (Kimi K2.5 and K2.6 keep their compressed-tensors config there, and

@@ -349,9 +349,15 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   // (An FP8-block source decodes 2-D weights only: its stacks are split even then, and the
   // output is what --scheme BF16 writes.)
   const bool fp8 = ConfigQuantMethod(folder) == "fp8";
+  // Llama 4's [E, in, out] stacks are cut into per-expert weights where they may be
+  // quantized: the layout llm-compressor writes for Llama 4 and vLLM and transformers read in
+  // a compressed-tensors checkpoint. Decoding alone, or a scheme of none, keeps them whole.
+  const bool none = (options.scheme == "none" || options.scheme == "NONE") && options.recipe.empty();
+  ExpertSplitOptions split_options;
+  split_options.linearize = !IsDecodeOnly(options) && !none && LinearizesExpertStacks(folder);
   ExpertSplit split;
   if ((!experts_only || fp8) && !(IsDecodeOnly(options) && IsCompressedTensors(folder))) {
-    QUENCH_ASSIGN_OR_RETURN(split, SplitFusedExperts(folder));
+    QUENCH_ASSIGN_OR_RETURN(split, SplitFusedExperts(folder, split_options));
   }
   std::optional<PlannedExpertPrune> experts;
   if (options.prune_experts) {
@@ -426,10 +432,25 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
   plan.calib_bytes += calib_bytes;
   add_holds(plan.calib_holds);
   plan.calib_holds = std::move(calib_holds);
-  if (split.tensors_split > 0) {
-    plan.notes.push_back("split " + std::to_string(split.tensors_split) +
+  if (split.tensors_split > split.linearized) {
+    plan.notes.push_back("split " + std::to_string(split.tensors_split - split.linearized) +
                          " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
-                         std::to_string(split.pieces) + " per-expert weights, as model_free_ptq does");
+                         std::to_string(split.pieces - split.linear_pieces) +
+                         " per-expert weights, as model_free_ptq does");
+  }
+  if (split.linearized > 0) {
+    plan.notes.push_back(
+        "linearized " + std::to_string(split.linearized) + " Llama 4 expert stack(s) stored "
+        "[experts, in, out] into " + std::to_string(split.linear_pieces) + " per-expert "
+        "gate_proj / up_proj / down_proj weights (each "
+        "expert's slice transposed), as llm-compressor's Llama 4 calibration module does and as "
+        "vLLM reads them");
+  }
+  if (!split.not_bf16.empty()) {
+    plan.notes.push_back(
+        "left whole and unquantized: " + std::to_string(split.not_bf16.size()) + " Llama 4 "
+        "expert stack(s) of experts modules with a stack not stored BF16 (e.g. " +
+        split.not_bf16.front() + "); quench linearizes BF16 stacks only");
   }
   if (!split.kept_whole.empty() && ConfigQuantMethod(folder) == "mxfp4") {
     // gpt-oss's MXFP4 stacks (format/source_mxfp4.cc): decoded whole, and with a scheme that

@@ -254,13 +254,13 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
   uint64_t across = 0, expert = 0;
   for (const PlannedTensor& t : plan.tensors) {
     if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t)) across = std::max(across, t.src_bytes);
-    if (t.action != TensorAction::kCopy && Mxfp4ExpertBytes(t) > 0) {
-      expert = std::max(expert, Mxfp4ExpertBytes(t));
+    if (t.action != TensorAction::kCopy && StackExpertBytes(t) > 0) {
+      expert = std::max(expert, StackExpertBytes(t));
     }
   }
-  // A chunk of a gpt-oss MXFP4 stack reads its rows' columns from every stored row of its
-  // expert (or two experts), beyond its own byte range: at most two experts' codes per chunk
-  // in flight, released with the chunks' ranges.
+  // A chunk of a gpt-oss MXFP4 stack or of a linearized stack's piece reads its rows' columns
+  // from every stored row of its expert (or two experts), beyond its own byte range: at most
+  // two experts' bytes per chunk in flight, released with the chunks' ranges.
   const uint64_t tokens = 2 * ThreadCount(threads);  // as SizePipeline
   return (2 + readers) * kFaultBytes + 2 * across + 2 * tokens * expert;
 }

@@ -11,12 +11,14 @@
 #include "schemes/float_formats.h"
 #include "schemes/mxfp4_stack.h"
 #include "schemes/nibble_lookup.h"
+#include "schemes/stack_transpose.h"
 
 namespace quench {
 namespace {
 
 constexpr int kAwq = 1;
 constexpr int kMxfp4 = 3;
+constexpr int kLinear = 4;
 // AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 
@@ -186,6 +188,26 @@ Status DecodeMxfp4(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, u
   return Status::Ok();
 }
 
+// A linearized BF16 stack's piece (Llama 4): rows [r0, r1) are columns of its expert's
+// block, copied (schemes/stack_transpose.h). A NaN or Inf is refused as a plain weight's is,
+// naming the stack's element.
+Status DecodeLinear(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
+                    uint64_t r1, uint16_t* out) {
+  const PlannedSourceScale& s = *t.source_scale;
+  const uint64_t in = t.shape[1];
+  QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps.Get(s.shard));
+  const auto* block = reinterpret_cast<const uint16_t*>(map->data() + s.offset);
+  const int64_t bad = TransposeBf16Columns(block, in, s.stack_cols, s.col0, r0, r1, out);
+  if (bad < 0) return Status::Ok();
+  const uint64_t o = r0 + static_cast<uint64_t>(bad) / in, i = static_cast<uint64_t>(bad) % in;
+  return Error(ErrorCode::kNonFinite,
+               plan.shards[t.shard].rel_name + ": tensor '" + t.name + "' contains NaN or Inf "
+               "(row " + std::to_string(o) + ", column " + std::to_string(i) + "; element [" +
+               std::to_string(s.expert) + ", " + std::to_string(i) + ", " +
+               std::to_string(s.col0 + o) + "] of '" + s.name + "'); refusing to quantize it "
+               "(fix the checkpoint or add it to --ignore)");
+}
+
 }  // namespace
 
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
@@ -196,6 +218,7 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   switch (t.source_scale->packed_kind) {
     case kAwq: return DecodeAwq(plan, t, maps, r0, r1, o, finite);
     case kMxfp4: return DecodeMxfp4(plan, t, maps, r0, r1, o, finite);
+    case kLinear: return DecodeLinear(plan, t, maps, r0, r1, o);
     default: return DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
   }
 }
@@ -204,8 +227,10 @@ bool ReadsAcrossWeight(const PlannedTensor& t) {
   return t.source_scale && t.source_scale->packed_kind == kAwq && t.src_bytes != 0;
 }
 
-uint64_t Mxfp4ExpertBytes(const PlannedTensor& t) {
-  if (!t.source_scale || t.source_scale->packed_kind != kMxfp4) return 0;
+uint64_t StackExpertBytes(const PlannedTensor& t) {
+  if (!t.source_scale) return 0;
+  if (t.source_scale->packed_kind == kLinear) return t.source_scale->nbytes;
+  if (t.source_scale->packed_kind != kMxfp4) return 0;
   return t.shape[1] * t.source_scale->scale_cols * t.source_scale->group / 2;
 }
 

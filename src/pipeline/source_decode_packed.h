@@ -19,7 +19,9 @@ namespace quench {
 //   AWQ:     bf16(f16((q - z) * scale))                 (pack-quantized, computed in F16)
 //   ModelOpt: bf16(e2m1 * bf16(e4m3 / (1 / weight_scale_2)))  (0-dim F32 global scale)
 // or, gpt-oss MXFP4, as transformers' convert_moe_packed_tensors: bf16(e2m1 * 2^(e8m0 - 127)),
-// each expert transposed to [in, out] (schemes/mxfp4_stack.h).
+// each expert transposed to [in, out] (schemes/mxfp4_stack.h), or, a linearized BF16 stack's
+// piece (kind 4), its expert's columns copied (schemes/stack_transpose.h; a NaN or Inf is
+// kNonFinite naming the element).
 // A scale that is NaN, infinite or negative is kInvalidInput naming the tensor and element;
 // *finite is false when a decoded value is not finite.
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
@@ -39,10 +41,11 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
 // they release for the others, and MappedOverhangBytes counts what stays mapped meanwhile.
 bool ReadsAcrossWeight(const PlannedTensor& t);
 
-// A gpt-oss MXFP4 stack's bytes of codes per expert (0 for any other tensor): a chunk's rows
-// of the transposed stack are columns of the stored codes, read from every stored row of
-// their expert, beyond the chunk's own share of the codes (MappedOverhangBytes counts them).
-uint64_t Mxfp4ExpertBytes(const PlannedTensor& t);
+// A gpt-oss MXFP4 stack's bytes of codes per expert, or a linearized BF16 stack piece's
+// expert block (0 for any other tensor): a chunk's rows are columns of the stored expert,
+// read from every stored row of it, beyond the chunk's own share of the bytes
+// (MappedOverhangBytes counts them).
+uint64_t StackExpertBytes(const PlannedTensor& t);
 
 }  // namespace quench
 

@@ -264,6 +264,7 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
   }
   folder.config_changed = true;
   std::map<std::string, ModelFolder::CtPiece> pieces;  // ct_pieces under the kept names
+  std::map<std::string, ModelFolder::LinearPiece> linear;  // linear_pieces likewise
   std::set<std::string_view> ct_codes;
   for (const MoeLayer& layer : layers) ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
   for (Shard& shard : folder.shards) {
@@ -296,6 +297,10 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                                  std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
         // A piece of a split compressed stack still decodes from its source expert's slice.
         if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
+        // A linearized stack's piece is still read from its source expert's block.
+        if (auto lp = folder.linear_pieces.find(t.name); lp != folder.linear_pieces.end()) {
+          linear.emplace(name, lp->second);
+        }
         if (name != t.name) folder.experts_renumbered = true;
         t.name = name;
         tensors.push_back(std::move(t));
@@ -329,6 +334,10 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     if (!role.contains(name)) pieces.emplace(name, std::move(cp));
   }
   folder.ct_pieces = std::move(pieces);
+  for (auto& [name, lp] : folder.linear_pieces) {
+    if (!role.contains(name)) linear.emplace(name, std::move(lp));
+  }
+  folder.linear_pieces = std::move(linear);
   return out;
 }
 

@@ -32,6 +32,20 @@ int RepackMode(const SourceQuantization& s, const PlanOptions& o) {
 }
 
 std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) const {
+  if (auto lp = folder_.linear_pieces.find(t.name); lp != folder_.linear_pieces.end()) {
+    const ModelFolder::LinearPiece& l = lp->second;
+    PlannedSourceScale s;
+    s.name = l.stack;
+    s.shard = l.shard;
+    s.offset = folder_.shards[l.shard].header.data_start + l.block;
+    s.nbytes = l.in * l.cols * 2;
+    s.dtype = DType::kBF16;
+    s.packed_kind = 4;
+    s.stack_cols = l.cols;
+    s.col0 = l.col0;
+    s.expert = l.expert;
+    return s;
+  }
   if (auto pk = source_.packed.find(t.name); pk != source_.packed.end() && t.dtype == DType::kF4) {
     const PackedSourceWeight& w = pk->second;
     PlannedSourceScale s;

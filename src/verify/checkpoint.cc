@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "schemes/stack_transpose.h"
+
 namespace quench::verify {
 
 const TensorInfo* Checkpoint::Find(const std::string& name) const {
@@ -25,6 +27,25 @@ const uint8_t* Checkpoint::Data(const std::string& name, uint64_t* file_off,
     return o->second.data();
   }
   const Loc& l = by_name.at(name);
+  if (auto lp = folder.linear_pieces.find(name); lp != folder.linear_pieces.end()) {
+    static const MappedFile kNoMap;
+    if (file_off) *file_off = 0;
+    if (map) *map = &kNoMap;
+    const ModelFolder::LinearPiece& p = lp->second;
+    std::lock_guard<std::mutex> lock(linear->mu);
+    std::vector<uint8_t>& b = linear->bytes[name];
+    if (b.empty()) {
+      // Row o of the piece is column col0 + o of the expert's [in, cols] block (the
+      // definition, one element at a time: verify checks the pipeline's tiled copy).
+      const uint64_t rows = l.info->shape[0];
+      b.resize(rows * p.in * 2);
+      const auto* block = reinterpret_cast<const uint16_t*>(
+          maps[p.shard].data() + folder.shards[p.shard].header.data_start + p.block);
+      TransposeBf16ColumnsScalar(block, p.in, p.cols, p.col0, 0, rows,
+                                 reinterpret_cast<uint16_t*>(b.data()));
+    }
+    return b.data();
+  }
   const uint64_t off = folder.shards[l.shard].header.data_start + l.info->begin;
   if (file_off) *file_off = off;
   if (map) *map = &maps[l.shard];
@@ -36,6 +57,11 @@ void Checkpoint::Release(const std::string& name) const {
   const MappedFile* m;
   const TensorInfo* t = Find(name);
   if (t == nullptr) return;
+  if (folder.linear_pieces.contains(name)) {
+    std::lock_guard<std::mutex> lock(linear->mu);
+    linear->bytes.erase(name);
+    return;
+  }
   Data(name, &off, &m);
   m->Release(off, t->nbytes());
 }

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -30,6 +32,14 @@ struct Checkpoint {
   // from several ranges (a router sliced to the kept experts). Data() returns these, with an
   // empty mapping whose Release does nothing.
   std::unordered_map<std::string, std::vector<uint8_t>> owned;
+  // Pieces of linearized Llama 4 stacks (format/model_folder.h `linear_pieces`): their bytes
+  // are columns of an expert's block, so Data() assembles each on first use and Release()
+  // frees it. Shared by the verify threads, each of which asks for its own module's pieces.
+  struct LinearCache {
+    std::mutex mu;
+    std::unordered_map<std::string, std::vector<uint8_t>> bytes;
+  };
+  std::unique_ptr<LinearCache> linear = std::make_unique<LinearCache>();
 
   // nullptr when the checkpoint has no tensor of that name.
   const TensorInfo* Find(const std::string& name) const;
@@ -39,7 +49,8 @@ struct Checkpoint {
   // The tensor must exist.
   const uint8_t* Data(const std::string& name, uint64_t* file_off = nullptr,
                       const MappedFile** map = nullptr) const;
-  // Releases the pages of the whole tensor (nothing when there is no such tensor).
+  // Releases the pages of the whole tensor (nothing when there is no such tensor); frees an
+  // assembled linearized piece.
   void Release(const std::string& name) const;
 };
 

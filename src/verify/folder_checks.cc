@@ -180,6 +180,7 @@ void Verifier::CheckSourceTensor(const Shard& s, const TensorInfo& t) {
     dm->Release(doff + at, len);
     if (diff_at != n) break;
   }
+  if (src_->folder.linear_pieces.contains(t.name)) src_->Release(t.name);  // assembled: freed
   rep_.bytes_compared += n;
   // An AutoAWQ or ModelOpt NVFP4 weight: SRC here is that source decoded (the CLI's temporary
   // folder), so DST written decoded holds this tensor bit for bit.

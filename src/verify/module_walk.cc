@@ -250,6 +250,8 @@ bool Verifier::CheckScales(const ModuleView& v) {
 
 // Releases the pages of the first `bytes` of the module's source weight.
 void Verifier::ReleaseSourceWeight(const ModuleView& v, uint64_t bytes) const {
+  // A linearized stack's piece is assembled in memory, freed once its module is checked.
+  if (src_->folder.linear_pieces.contains(v.module + ".weight")) return;
   uint64_t off;
   const MappedFile* m;
   src_->Data(v.module + ".weight", &off, &m);

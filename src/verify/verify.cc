@@ -77,8 +77,23 @@ Status Verifier::OpenSource() {
       dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
   const bool decoded_whole = unquantized && IsCompressedTensors(src_->folder);
   if (!unquantized) {
-    auto split = SplitFusedExperts(src_->folder);
+    // A quantized DST of a Llama 4 SRC holds its [E, in, out] stacks linearized, or whole
+    // where an earlier quench wrote it: DST's names tell which.
+    ExpertSplitOptions linear;
+    linear.linearize = LinearizesExpertStacks(src_->folder);
+    ModelFolder split_folder = src_->folder;
+    auto split = SplitFusedExperts(split_folder, linear);
     if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
+    bool whole = false;
+    if (split->linearized > 0) {
+      QUENCH_ASSIGN_OR_RETURN(whole, DstHoldsAny(opt_.dst, src_->folder, split_folder));
+    }
+    if (whole) {
+      auto again = SplitFusedExperts(src_->folder);
+      if (!again.ok()) return Error(again.status().code(), "SRC " + again.status().message());
+    } else {
+      src_->folder = std::move(split_folder);
+    }
   } else if (!decoded_whole) {
     ModelFolder split_folder = src_->folder;
     auto split = SplitFusedExperts(split_folder);
@@ -323,6 +338,8 @@ void Verifier::CheckSelectedModules() {
       ~Scope() { outcome_ = nullptr, releases_ = nullptr; }
     } scope(&outcomes[i], &batches.local());
     CheckModule(modules[i].first, *modules[i].second);
+    const std::string w = modules[i].first + ".weight";
+    if (src_ && src_->folder.linear_pieces.contains(w)) src_->Release(w);  // assembled: freed
   });
   for (ReleaseBatch& b : batches) b.Flush();
   for (ModuleOutcome& o : outcomes) {
