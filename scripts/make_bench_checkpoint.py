@@ -152,6 +152,37 @@ def gptoss_tensor_list(s):
     return out
 
 
+# --layout llama4: Llama 4 Scout's text layers (hidden 5120; experts of width 8192 stored as
+# [E, in, out] stacks, gate_up_proj [E, 5120, 16384] and down_proj [E, 8192, 5120]; a shared
+# expert; 40 heads of 128, 8 KV heads) with 4 experts a layer instead of 16, so that a layer is
+# 1.3 GB, and a small vocabulary. Each expert's stack block is Scout's own (168 MB and 84 MB).
+LLAMA4 = dict(hidden=5120, inter=8192, experts=4, heads=40, kv_heads=8, head_dim=128, vocab=1024)
+
+
+def llama4_tensor_list(s):
+    """(name, shape, dtype) in module order for the Llama 4 layout (the release's names)."""
+    h, i, e = s["hidden"], s["inter"], s["experts"]
+    q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    p0 = "language_model.model."
+    out = [(p0 + "embed_tokens.weight", (s["vocab"], h), "BF16")]
+    for l in range(s["layers"]):
+        p = f"{p0}layers.{l}."
+        out += [(p + "input_layernorm.weight", (h,), "BF16")]
+        out += [(p + f"self_attn.{m}.weight", (rows, h), "BF16")
+                for m, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
+        out += [(p + "self_attn.o_proj.weight", (h, q), "BF16"),
+                (p + "post_attention_layernorm.weight", (h,), "BF16"),
+                (p + "feed_forward.router.weight", (e, h), "BF16"),
+                (p + "feed_forward.experts.gate_up_proj", (e, h, 2 * i), "BF16"),
+                (p + "feed_forward.experts.down_proj", (e, i, h), "BF16")]
+        out += [(p + f"feed_forward.shared_expert.{m}.weight", shape, "BF16")
+                for m, shape in (("gate_proj", (i, h)), ("up_proj", (i, h)),
+                                 ("down_proj", (h, i)))]
+    out += [(p0 + "norm.weight", (h,), "BF16"), ("language_model.lm_head.weight",
+                                                 (s["vocab"], h), "BF16")]
+    return out
+
+
 def nbytes(shape, dtype="BF16"):
     n = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "I32": 4, "U8": 1, "I64": 8}[dtype]
     for d in shape:
@@ -213,7 +244,7 @@ def main():
     ap.add_argument("--shard-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--layout", choices=("llama", "kimi", "moe", "fp8", "awq", "modelopt", "ct",
-                                         "gptoss"), default="llama")
+                                         "gptoss", "llama4"), default="llama")
     # --layout moe: layers of 64 1-MiB experts x 3 (about 0.2 GB each): 10 makes 2.17 GB;
     # more make a run long enough that fixed costs no longer weigh on the ratio.
     ap.add_argument("--moe-layers", type=int, default=MOE["layers"])
@@ -229,6 +260,9 @@ def main():
     if a.layout == "gptoss":
         s = dict(GPTOSS, layers=max(1, round(a.size_gb / 1.65)))
         tensors = gptoss_tensor_list(s)
+    elif a.layout == "llama4":
+        s = dict(LLAMA4, layers=max(1, round(a.size_gb / 1.3)))
+        tensors = llama4_tensor_list(s)
     elif a.layout in ("kimi", "moe"):
         s = KIMI if a.layout == "kimi" else dict(MOE, layers=a.moe_layers)
         tensors = kimi_tensor_list(s)
@@ -243,7 +277,7 @@ def main():
     else:
         s = shapes_for(int(a.size_gb * 1e9))
         tensors = tensor_list(s)
-    if a.layout == "gptoss":
+    if a.layout in ("gptoss", "llama4"):
         pass  # (name, shape, dtype) already
     elif a.layout == "fp8":
         tensors = fp8_tensor_list(tensors)
@@ -431,6 +465,17 @@ def main():
             "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
                 "model.layers.*.self_attn", "model.layers.*.mlp.router",
                 "model.embed_tokens", "lm_head"]}}
+    if a.layout == "llama4":
+        # Llama 4 Scout's config.json (text part) with this layout's layers and experts.
+        text = {"model_type": "llama4_text", "hidden_size": s["hidden"],
+                "intermediate_size": s["inter"], "intermediate_size_mlp": 2 * s["inter"],
+                "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
+                "num_key_value_heads": s["kv_heads"], "head_dim": s["head_dim"],
+                "num_local_experts": s["experts"], "num_experts_per_tok": 1,
+                "interleave_moe_layer_step": 1, "vocab_size": s["vocab"],
+                "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "torch_dtype": "bfloat16"}
+        config = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4",
+                  "text_config": text, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
     write_json("config.json", config)
     os.replace(out, final)
     print(f"generated {total / 1e9:.2f} GB in {n} shard(s) ({s['layers']} layers, hidden "

@@ -99,24 +99,33 @@ const char* kParts[3] = {"gate_proj", "up_proj", "down_proj"};
 TEST_SUITE("llama4_linear") {
   TEST_CASE("the transposed copy gives the definition's rows for any row range and column") {
     std::mt19937 rng(11);
-    const uint64_t in = 37, cols = 70;  // neither a multiple of the 16-row / 256-input tiles
-    std::vector<uint16_t> block(in * cols);
-    for (uint16_t& v : block) v = static_cast<uint16_t>(rng() & 0x3FFF);  // finite
-    for (auto [col0, r0, r1] : std::vector<std::array<uint64_t, 3>>{
-             {0, 0, 35}, {35, 0, 35}, {0, 0, 70}, {3, 5, 6}, {10, 1, 33}, {35, 17, 35}}) {
-      CAPTURE(col0);
-      CAPTURE(r0);
-      CAPTURE(r1);
-      std::vector<uint16_t> got((r1 - r0) * in, 0xDEAD), want((r1 - r0) * in, 0xBEEF);
-      CHECK(TransposeBf16Columns(block.data(), in, cols, col0, r0, r1, got.data()) == -1);
-      CHECK(TransposeBf16ColumnsScalar(block.data(), in, cols, col0, r0, r1, want.data()) == -1);
-      for (uint64_t o = r0; o < r1; ++o) {
-        for (uint64_t i = 0; i < in; ++i) {
-          REQUIRE(want[(o - r0) * in + i] == block[i * cols + col0 + o]);
+    // Shapes smaller than a tile (128 rows by 64 inputs) and spanning several, with the 8 x 8
+    // blocks' remainders on both sides.
+    for (auto [in, cols] : std::vector<std::pair<uint64_t, uint64_t>>{{37, 70}, {203, 610}}) {
+      CAPTURE(in);
+      std::vector<uint16_t> block(in * cols);
+      for (uint16_t& v : block) v = static_cast<uint16_t>(rng() & 0x3FFF);  // finite
+      const uint64_t h = cols / 2;
+      for (auto [col0, r0, r1] : std::vector<std::array<uint64_t, 3>>{
+               {0, 0, h}, {h, 0, h}, {0, 0, cols}, {3, 5, 6}, {10, 1, h - 2}, {h, 17, h},
+               {h, 8, h - 9}}) {
+        CAPTURE(col0);
+        CAPTURE(r0);
+        CAPTURE(r1);
+        std::vector<uint16_t> got((r1 - r0) * in, 0xDEAD), want((r1 - r0) * in, 0xBEEF);
+        CHECK(TransposeBf16Columns(block.data(), in, cols, col0, r0, r1, got.data()) == -1);
+        CHECK(TransposeBf16ColumnsScalar(block.data(), in, cols, col0, r0, r1, want.data()) == -1);
+        for (uint64_t o = r0; o < r1; ++o) {
+          for (uint64_t i = 0; i < in; ++i) {
+            REQUIRE(want[(o - r0) * in + i] == block[i * cols + col0 + o]);
+          }
         }
+        CHECK(got == want);
       }
-      CHECK(got == want);
     }
+    const uint64_t in = 37, cols = 70;
+    std::vector<uint16_t> block(in * cols);
+    for (uint16_t& v : block) v = static_cast<uint16_t>(rng() & 0x3FFF);
     // The first NaN or Inf in the output's order: row 2's at input 30 comes before row 3's
     // at input 1.
     block[30 * cols + 5 + 2] = 0x7FC0;  // NaN: output row 2 of a piece at column 5
@@ -128,6 +137,17 @@ TEST_SUITE("llama4_linear") {
           static_cast<int64_t>(2 * in + 30));
     CHECK(TransposeBf16Columns(block.data(), in, cols, 5, 3, 10, out.data()) ==
           static_cast<int64_t>(0 * in + 1));
+    // Found wherever it lies: in the 8 x 8 blocks, the inputs past them (36 of 37), the rows
+    // past them (9 of 10).
+    block[30 * cols + 5 + 2] = block[1 * cols + 5 + 3] = 0;
+    CHECK(TransposeBf16Columns(block.data(), in, cols, 5, 0, 10, out.data()) == -1);
+    block[36 * cols + 5 + 4] = 0x7F80;  // +Inf: output row 4, input 36
+    CHECK(TransposeBf16Columns(block.data(), in, cols, 5, 0, 10, out.data()) ==
+          static_cast<int64_t>(4 * in + 36));
+    block[36 * cols + 5 + 4] = 0;
+    block[3 * cols + 5 + 9] = 0xFFC1;  // NaN: output row 9, input 3
+    CHECK(TransposeBf16Columns(block.data(), in, cols, 5, 0, 10, out.data()) ==
+          static_cast<int64_t>(9 * in + 3));
   }
 
   TEST_CASE("each scheme equals model_free_ptq on llm-compressor's linearized model") {

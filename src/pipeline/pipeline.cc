@@ -253,7 +253,10 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
   // Weights wholly between them are within the chunks in flight, counted per token.
   uint64_t across = 0, expert = 0;
   for (const PlannedTensor& t : plan.tensors) {
-    if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t)) across = std::max(across, t.src_bytes);
+    // (A linearized piece's block is counted below, with the MXFP4 experts.)
+    if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t) && StackExpertBytes(t) == 0) {
+      across = std::max(across, t.src_bytes);
+    }
     if (t.action != TensorAction::kCopy && StackExpertBytes(t) > 0) {
       expert = std::max(expert, StackExpertBytes(t));
     }

@@ -228,7 +228,10 @@ void ShardPipeline::Write(Chunk* c) {
   // tensor's piece counts bytes, and a 0-D tensor has no shape[0].)
   for (const Piece& p : c->pieces) {
     const PlannedTensor& t = plan_.tensors[p.tensor];
-    if (ReadsAcrossWeight(t) && p.end == t.shape[0]) c->map->Release(t.src_offset, t.src_bytes);
+    if (ReadsAcrossWeight(t) && p.end == t.shape[0]) {
+      const auto [offset, bytes] = AcrossRange(t);
+      c->map->Release(offset, bytes);
+    }
   }
   for (const Piece& p : c->pieces) {
     // In order: every chunk of the tensor has been transformed once its last one is here.

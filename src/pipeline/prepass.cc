@@ -221,8 +221,12 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       }
       if (release && !across) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
     });
-    // An AutoAWQ member's chunks each read across the whole weight: released whole.
-    if (release && across) m.Release(t.src_offset, t.src_bytes);
+    // An AutoAWQ member's (or a linearized piece's) chunks each read across the whole weight
+    // (expert block): released whole.
+    if (release && across) {
+      const auto [offset, bytes] = AcrossRange(t);
+      m.Release(offset, bytes);
+    }
     if (cancel_ != nullptr && cancel_->load()) {
       return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
     }

@@ -136,7 +136,15 @@ uint64_t DecodeTileRows(const Plan& plan, const PlannedTensor& t) {
   for (size_t j = 0; j < t.kernel_outputs; ++j) {
     align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
   }
-  return std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+  const uint64_t rows = std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+  // A linearized stack's piece reads each tile's rows as a run of every stored row of its
+  // expert (schemes/stack_transpose.h): runs of a few values would read each cache line of the
+  // block several times, one stored row (tens of KB) apart. kLinearTileRows make each run
+  // whole cache lines.
+  if (t.source_scale && t.source_scale->packed_kind == 4) {
+    return std::max(rows, (kLinearTileRows + align - 1) / align * align);
+  }
+  return rows;
 }
 
 uint8_t* ThreadDecodeTile(uint64_t bytes) {

@@ -28,6 +28,8 @@ inline uint64_t SourceRowBytes(const PlannedTensor& t) {
 // Decoded rows of a source-quantized tensor per tile (QuantizeDecoded, the NVFP4 pre-pass's
 // SourceRowsAbsMax): small enough to stay in a core's cache between decoding and use.
 inline constexpr uint64_t kDecodeTileBytes = 256 * 1024;
+// The least rows per decoded tile of a linearized stack's piece (DecodeTileRows).
+inline constexpr uint64_t kLinearTileRows = 256;
 
 // Rows per decoded tile of `t` (which has a scheme): about kDecodeTileBytes of compute rows, in
 // whole scheme row blocks and output slabs (so each tile's outputs start at a slab, as a

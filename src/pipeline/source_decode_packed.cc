@@ -224,7 +224,15 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 }
 
 bool ReadsAcrossWeight(const PlannedTensor& t) {
-  return t.source_scale && t.source_scale->packed_kind == kAwq && t.src_bytes != 0;
+  return t.source_scale && t.src_bytes != 0 &&
+         (t.source_scale->packed_kind == kAwq || t.source_scale->packed_kind == kLinear);
+}
+
+std::pair<uint64_t, uint64_t> AcrossRange(const PlannedTensor& t) {
+  if (t.source_scale && t.source_scale->packed_kind == kLinear) {
+    return {t.source_scale->offset, t.source_scale->nbytes};
+  }
+  return {t.src_offset, t.src_bytes};
 }
 
 uint64_t StackExpertBytes(const PlannedTensor& t) {

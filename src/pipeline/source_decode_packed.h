@@ -7,6 +7,7 @@
 #define QUENCH_PIPELINE_SOURCE_DECODE_PACKED_H_
 
 #include <cstdint>
+#include <utility>
 
 #include "pipeline/pipeline.h"
 #include "quench/plan.h"
@@ -39,7 +40,14 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
 // across the whole weight. The pipeline and the pre-pass release such a weight's pages whole
 // (after its last chunk is written, or after its pre-pass scan) in place of the row ranges
 // they release for the others, and MappedOverhangBytes counts what stays mapped meanwhile.
+// A linearized stack's piece (kind 4) likewise reads across its expert's whole block: the
+// block is released once the piece's last chunk is written. (Releasing each chunk's share
+// would drop pages the piece's later chunks read again.)
 bool ReadsAcrossWeight(const PlannedTensor& t);
+
+// What such a tensor releases whole: (absolute offset, bytes): an AutoAWQ weight's own bytes,
+// a linearized piece's expert block.
+std::pair<uint64_t, uint64_t> AcrossRange(const PlannedTensor& t);
 
 // A gpt-oss MXFP4 stack's bytes of codes per expert, or a linearized BF16 stack piece's
 // expert block (0 for any other tensor): a chunk's rows are columns of the stored expert,
