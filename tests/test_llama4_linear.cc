@@ -177,6 +177,51 @@ TEST_SUITE("llama4_linear") {
     CHECK(CheckSameFiles(cases[2].expected, tmp / "out", SafetensorsOnly) == 2);
   }
 
+  TEST_CASE("NVFP4A16: an expert's gate and up share one global scale, as vLLM fuses them") {
+    TempDir tmp;
+    const RunResult r = Convert(Src(), tmp / "out", {"--scheme", "NVFP4A16"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const auto all = LoadAll(tmp / "out"), src = LoadAll(Src());
+    // compressed-tensors' generate_gparam in the weights' dtype (bf16): 1 / amax rounded, then
+    // times 448 * 6 rounded; amax over the expert's whole gate_up slice (both halves), or its
+    // down slice.
+    auto gparam = [](float amax) {
+      return RoundBF16(RoundBF16(1.0f / amax) * 2688.0f);
+    };
+    auto scale = [&](const std::string& name) {
+      const std::string b = TensorBytes(all, name);
+      REQUIRE(b.size() == 4);
+      float v;
+      std::memcpy(&v, b.data(), 4);
+      return v;
+    };
+    for (const std::string layer : {"language_model.model.layers.0.", "language_model.model.layers.1."}) {
+      const std::string experts = layer + "feed_forward.experts.";
+      for (const char* stack : {"gate_up_proj", "down_proj"}) {
+        auto [l, t] = FindTensor(src, experts + stack);
+        REQUIRE(t != nullptr);
+        const std::string bytes = Bytes(*l, *t);
+        const uint64_t per = t->shape[1] * t->shape[2];
+        for (uint64_t e = 0; e < kExperts; ++e) {
+          CAPTURE(e);
+          float amax = 0;
+          for (uint64_t k = 0; k < per; ++k) {
+            amax = std::max<float>(amax, std::fabs(DecodeBF16(
+                reinterpret_cast<const uint8_t*>(bytes.data()) + (e * per + k) * 2)));
+          }
+          const std::string p = experts + std::to_string(e) + ".";
+          if (std::string(stack) == "down_proj") {
+            CHECK(scale(p + "down_proj.weight_global_scale") == gparam(amax));
+          } else {
+            CHECK(scale(p + "gate_proj.weight_global_scale") == gparam(amax));
+            CHECK(scale(p + "up_proj.weight_global_scale") == gparam(amax));
+          }
+        }
+      }
+    }
+    CheckVerifies(tmp / "out");
+  }
+
   TEST_CASE("the user is told; a scheme of none keeps the stacks whole") {
     TempDir tmp;
     RunResult r = RunQuench({"convert", Src().string(), (tmp / "dry").string(), "--scheme",

@@ -43,7 +43,7 @@ def linearized_source():
     return out
 
 
-@pytest.mark.parametrize("scheme", ["W4A16", "FP8_DYNAMIC", "W8A8"])
+@pytest.mark.parametrize("scheme", ["W4A16", "FP8_DYNAMIC", "W8A8", "NVFP4A16"])
 def test_quantized_experts_load_per_expert_within_the_bound(scheme, tmp_path):
     dst = tmp_path / scheme
     subprocess.run([str(C.QUENCH), "convert", SRC, str(dst), "-q", "--scheme", scheme],
