@@ -463,11 +463,18 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
           "[experts, in, out] (quench does not quantize [experts, in, out] stacks yet): the "
           "output's experts take 4x the source's bytes");
     }
-  } else if (!split.kept_whole.empty()) {
+  } else if (split.kept_whole.size() > split.not_bf16.size()) {
+    // (Llama 4 stacks kept whole for their dtype have their own note, above.)
+    std::vector<std::string> others;
+    for (const std::string& k : split.kept_whole) {
+      if (std::find(split.not_bf16.begin(), split.not_bf16.end(), k) == split.not_bf16.end()) {
+        others.push_back(k);
+      }
+    }
     plan.notes.push_back(
-        "left unquantized: " + std::to_string(split.kept_whole.size()) +
+        "left unquantized: " + std::to_string(others.size()) +
         " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
-        split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
+        others.front() + "); model_free_ptq would split them across the hidden "
         "dimension, which vLLM cannot load; they are copied");
   }
   if (!folder.linked_folders.empty()) {
