@@ -293,7 +293,9 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
     return Linearize(folder, si, t, gate_up, out, result);
   }
   if (transposed) {
-    if (linearize) result.not_bf16.push_back(shard.rel_name + ": " + t.name);
+    if (linearize && f.not_bf16.contains(ExpertsModule(t.name, gate_up))) {
+      result.not_bf16.push_back(shard.rel_name + ": " + t.name);
+    }
     result.kept_whole.push_back(shard.rel_name + ": " + t.name);
     folder.kept_whole.push_back(t.name);
     out.push_back(std::move(t));
