@@ -312,6 +312,23 @@ TEST_SUITE("llama4_linear") {
     CHECK(cfg->Find("text_config")->Find("num_local_experts")->as_int() == 2);
   }
 
+  TEST_CASE("2:4 pruning prunes each piece as read; tensor-wide pruning is refused, named") {
+    TempDir tmp;
+    RunResult r = Convert(Src(), tmp / "out", {"--scheme", "W4A16", "--prune", "2:4"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    // verify --prune compares every dequantized piece with SRC's piece pruned by the spec.
+    r = RunQuench({"verify", (tmp / "out").string(), Src().string(), "--prune", "2:4", "-q"});
+    CAPTURE(r.out);
+    CHECK(r.exit_code == 0);
+    r = Convert(Src(), tmp / "tensor", {"--scheme", "W4A16", "--prune", "unstructured:0.5",
+                                        "--prune-granularity", "tensor"});
+    CHECK(r.exit_code == 3);  // invalid or unsupported input
+    CHECK(r.err.find("experts.0.down_proj.weight' is read transposed out of a Llama 4 expert "
+                     "stack; --prune-granularity tensor cannot read decoded weights yet") !=
+          std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "tensor"));
+  }
+
   TEST_CASE("a NaN in a stack is refused naming its element; a non-BF16 stack is kept whole") {
     TempDir tmp;
     fs::copy(Src(), tmp / "nan", fs::copy_options::recursive);

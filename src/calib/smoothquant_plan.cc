@@ -78,7 +78,11 @@ Status CheckBalanceLayers(const Plan& plan, const std::map<std::string, size_t>&
       return refuse(b + " is to be " + std::string(t.scheme->name) +
                     ", whose global scale is computed before smoothing (not built yet)");
     }
-    if (t.source_scale) return refuse(b + " is stored quantized in the source (not built yet)");
+    if (t.source_scale) {
+      return refuse(b + (t.source_scale->packed_kind == 4
+                             ? " is read transposed out of a Llama 4 expert stack (not built yet)"
+                             : " is stored quantized in the source (not built yet)"));
+    }
     if (first == nullptr) {
       first = &t;
       n = t.shape[1];

@@ -108,10 +108,13 @@ Status Planner::TargetedProblem(const TensorInfo& t, const std::string& rel_name
   if (pruning_ && plan_.prune.per_tensor && pt.source_scale) {
     // The per-tensor threshold's pre-pass walks a whole tensor's stored values; a quantized
     // source's are decoded chunk by chunk only.
-    return Error(
-        ErrorCode::kUnsupported,
-        rel_name + ": tensor '" + t.name + "' is stored quantized (" + std::string(DTypeName(t.dtype)) +
-            "); --prune-granularity tensor cannot read decoded weights yet (use row pruning)");
+    const std::string how = pt.source_scale->packed_kind == 4
+                                ? "is read transposed out of a Llama 4 expert stack"
+                                : "is stored quantized (" + std::string(DTypeName(t.dtype)) + ")";
+    return Error(ErrorCode::kUnsupported,
+                 rel_name + ": tensor '" + t.name + "' " + how +
+                     "; --prune-granularity tensor cannot read decoded weights yet (use row "
+                     "pruning)");
   }
   return Status();
 }
