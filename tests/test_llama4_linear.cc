@@ -312,6 +312,24 @@ TEST_SUITE("llama4_linear") {
     CHECK(cfg->Find("text_config")->Find("num_local_experts")->as_int() == 2);
   }
 
+  TEST_CASE("verify reads SRC as DST holds it: stacks linearized, or whole (earlier quench)") {
+    // A DST with the stacks whole, as quench wrote Llama 4 before it linearized them: made here
+    // from a copy of SRC whose config names no model_type (so that they are kept whole).
+    TempDir tmp;
+    fs::copy(Src(), tmp / "src", fs::copy_options::recursive);
+    std::string text = ReadBytes(tmp / "src" / "config.json");
+    for (const char* type : {"\"model_type\": \"llama4_text\"", "\"model_type\": \"llama4\""}) {
+      const size_t at = text.find(type);
+      REQUIRE(at != std::string::npos);
+      text.replace(at, std::strlen(type), "\"model_kind\": 0");
+    }
+    WriteBytes(tmp / "src" / "config.json", text);
+    RunResult r = Convert(tmp / "src", tmp / "whole", {"--scheme", "W4A16"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    REQUIRE(FindTensor(LoadAll(tmp / "whole"), kLayer0 + "gate_up_proj").second != nullptr);
+    CheckVerifies(tmp / "whole");
+  }
+
   TEST_CASE("2:4 pruning prunes each piece as read; tensor-wide pruning is refused, named") {
     TempDir tmp;
     RunResult r = Convert(Src(), tmp / "out", {"--scheme", "W4A16", "--prune", "2:4"});
