@@ -38,29 +38,6 @@ RunResult Convert(const fs::path& src, const fs::path& dst, std::vector<std::str
   return RunQuench(args);
 }
 
-// Every tensor of `want` is in `got` with the same dtype, shape and bytes, and `got` has no
-// other; returns how many were compared.
-size_t CheckSameTensors(const fs::path& want, const fs::path& got) {
-  const auto w = LoadAll(want), g = LoadAll(got);
-  std::set<std::string> want_names, got_names;
-  for (const auto& [_, l] : g) {
-    for (const TensorInfo& t : l.shard.header.tensors) got_names.insert(t.name);
-  }
-  for (const auto& [_, l] : w) {
-    for (const TensorInfo& t : l.shard.header.tensors) {
-      CAPTURE(t.name);
-      want_names.insert(t.name);
-      auto [gl, gt] = FindTensor(g, t.name);
-      REQUIRE(gt != nullptr);
-      CHECK(gt->dtype == t.dtype);
-      CHECK(gt->shape == t.shape);
-      CHECK(Bytes(*gl, *gt) == Bytes(l, t));
-    }
-  }
-  CHECK(got_names == want_names);
-  return want_names.size();
-}
-
 void CheckVerifies(const fs::path& dst) {
   const RunResult r = RunQuench({"verify", dst.string(), Src().string(), "-q"});
   CAPTURE(r.out);
