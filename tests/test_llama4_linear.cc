@@ -324,6 +324,26 @@ TEST_SUITE("llama4_linear") {
     CHECK_FALSE(fs::exists(tmp / "tensor"));
   }
 
+  TEST_CASE("a budget too small for the expert blocks in flight names them") {
+    // One expert of Scout's hidden size / 5: gate_up_proj [1, 1024, 8192], a 16 MiB block that
+    // each chunk of its pieces reads across.
+    TempDir tmp;
+    fs::create_directories(tmp / "src");
+    WriteShard(tmp / "src" / "model.safetensors",
+               {{"model.layers.0.feed_forward.experts.gate_up_proj", DType::kBF16, {1, 1024, 8192},
+                 std::string(1024 * 8192 * 2, '\0')},
+                {"model.layers.0.feed_forward.experts.down_proj", DType::kBF16, {1, 4096, 1024},
+                 std::string(4096 * 1024 * 2, '\0')}});
+    WriteBytes(tmp / "src" / "config.json",
+               "{\"model_type\": \"llama4_text\", \"hidden_size\": 1024}");
+    const RunResult r = Convert(tmp / "src", tmp / "out", {"--scheme", "W4A16", "--threads", "1",
+                                                          "--memory-limit", "32M"});
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("of it for source pages mapped beside the chunks (expert blocks that chunks "
+                     "of MXFP4 or linearized Llama 4 stacks read across") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "out"));
+  }
+
   TEST_CASE("a NaN in a stack is refused naming its element; a non-BF16 stack is kept whole") {
     TempDir tmp;
     fs::copy(Src(), tmp / "nan", fs::copy_options::recursive);

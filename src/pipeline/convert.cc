@@ -198,6 +198,15 @@ Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& o
           (t.scheme != nullptr ? " for " + std::string(t.scheme->name) : std::string()) + ", " +
           FormatBytes(f.chunk_bytes) + " of input and output";
   }
+  // Source pages mapped beyond the chunks, named where they are a visible part: a chunk of a
+  // gpt-oss MXFP4 stack or of a linearized Llama 4 stack reads across its expert's whole
+  // block (168 MB for Llama 4 Scout's gate_up_proj), an AutoAWQ chunk across its weight.
+  if (const uint64_t mapped = MappedOverhangBytes(*plan, options.threads);
+      mapped >= (64ull << 20)) {
+    why += (why.empty() ? "" : "; ") + FormatBytes(mapped) +
+           " of it for source pages mapped beside the chunks (expert blocks that chunks of "
+           "MXFP4 or linearized Llama 4 stacks read across, AutoAWQ weights read whole)";
+  }
   // The plan's own memory named where it is a visible part (checkpoints of many tensors).
   if (f.plan_bytes >= (4ull << 20)) {
     why += (why.empty() ? "" : "; ") + FormatBytes(f.plan_bytes) + " of it for the plan of " +
