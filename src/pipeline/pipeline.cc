@@ -263,7 +263,8 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
   }
   // A chunk of a gpt-oss MXFP4 stack or of a linearized stack's piece reads its rows' columns
   // from every stored row of its expert (or two experts), beyond its own byte range: at most
-  // two experts' bytes per chunk in flight, released with the chunks' ranges.
+  // two experts' bytes per chunk in flight, released with the chunks' ranges (MXFP4) or once
+  // the piece's last chunk is written (a linearized piece's block: AcrossRange).
   const uint64_t tokens = 2 * ThreadCount(threads);  // as SizePipeline
   return (2 + readers) * kFaultBytes + 2 * across + 2 * tokens * expert;
 }
