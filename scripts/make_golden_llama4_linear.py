@@ -13,7 +13,8 @@ split_fused_moe_experts assumes [E, out, in]); llm-compressor's Llama 4 calibrat
 by linearize_moe / load_quantizable_moe) holds them as one MLP per expert instead, whose
 gate_proj, up_proj and down_proj weights are gate_up_proj[e][:, :I].T, gate_up_proj[e][:, I:].T
 and down_proj[e].T (linear_experts.py, ExpertMLPWithGate.copy_from_experts_module): the layout
-of llm-compressor's Llama 4 checkpoints, which vLLM's llama4.py loads. The golden output is model_free_ptq run on that linearized model's state dict.
+of llm-compressor's Llama 4 checkpoints, which vLLM's llama4.py loads. The golden output is
+model_free_ptq run on that linearized model's state dict.
 
 Writes (relative to <repo>/data/golden):
   llama4lin/src/         a tiny Llama4ForConditionalGeneration (transformers' Llama4Config: a
@@ -33,7 +34,8 @@ Writes (relative to <repo>/data/golden):
 
 NVFP4A16 is left out: model_free_ptq fuses `mlp.(gate|up)_proj` only, so on
 `feed_forward.experts.<e>.gate_proj/up_proj` it gives gate and up their own global scales where
-vLLM fuses them and quench shares one (README, deliberate differences). Deterministic.
+vLLM fuses them and quench shares one (README, deliberate differences; tests/test_llama4_linear.cc
+checks the shared scale against compressed-tensors' formula). Deterministic.
 """
 import json
 import os

@@ -1,9 +1,10 @@
 // Llama 4's expert stacks, stored [E, in, out], linearized into per-expert gate_proj / up_proj /
 // down_proj weights and quantized (format/model_folder.h, SplitFusedExperts' `linearize`).
 // Expected outputs come from the reference (scripts/make_golden_llama4_linear.py,
-// data/golden/llama4_linear_manifest.json: llm-compressor's own SequentialLlama4TextMoe
-// linearizes the model, then model_free_ptq quantizes it); the transposed copy is checked
-// against its definition written out here.
+// data/golden/llama4_linear_manifest.json: llm-compressor's own linearize_moe
+// (Llama4LinearExperts) linearizes the model, then model_free_ptq quantizes it); the
+// transposed copy, the pruned experts and NVFP4's shared global scales are checked against
+// their definitions written out here.
 #include <doctest/doctest.h>
 
 #include <algorithm>
