@@ -129,7 +129,9 @@ StackFacts GatherStacks(const ModelFolder& folder) {
       }
     }
   }
-  // Plain stacks (not a compressed-tensors module's codes) that show [E, in, out].
+  // Plain stacks (not a compressed-tensors module's codes) that show [E, in, out], and the
+  // modules with a stack not stored BF16 (kept to those that are transposed below).
+  std::set<std::string> not_bf16;
   for (const Shard& shard : folder.shards) {
     for (const TensorInfo& t : shard.header.tensors) {
       if (t.shape.size() != 3) continue;
@@ -143,16 +145,11 @@ StackFacts GatherStacks(const ModelFolder& folder) {
       if (ShowsInOut(gate_up, t.shape[1], t.shape[2], f.hidden)) {
         f.transposed.insert(ExpertsModule(t.name, gate_up));
       }
+      if (t.dtype != DType::kBF16) not_bf16.insert(ExpertsModule(t.name, gate_up));
     }
   }
-  for (const Shard& shard : folder.shards) {
-    for (const TensorInfo& t : shard.header.tensors) {
-      const bool gate_up = t.name.find(kGateUp) != std::string::npos;
-      if (t.shape.size() == 3 && t.dtype != DType::kBF16 &&
-          f.transposed.contains(ExpertsModule(t.name, gate_up))) {
-        f.not_bf16.insert(ExpertsModule(t.name, gate_up));
-      }
-    }
+  for (const std::string& m : not_bf16) {
+    if (f.transposed.contains(m)) f.not_bf16.insert(m);
   }
   return f;
 }
@@ -293,10 +290,12 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
     return Linearize(folder, si, t, gate_up, out, result);
   }
   if (transposed) {
-    if (linearize && f.not_bf16.contains(ExpertsModule(t.name, gate_up))) {
-      result.not_bf16.push_back(shard.rel_name + ": " + t.name);
-    }
-    result.kept_whole.push_back(shard.rel_name + ": " + t.name);
+    // Told of in one list or the other (convert's notes): kept whole for its dtype where
+    // linearizing was asked for, for its layout otherwise.
+    std::vector<std::string>& told =
+        linearize && f.not_bf16.contains(ExpertsModule(t.name, gate_up)) ? result.not_bf16
+                                                                         : result.kept_whole;
+    told.push_back(shard.rel_name + ": " + t.name);
     folder.kept_whole.push_back(t.name);
     out.push_back(std::move(t));
     return Status::Ok();

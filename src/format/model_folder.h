@@ -152,9 +152,11 @@ struct ExpertSplit {
   size_t pieces = 0;                    // 2-D tensors they became
   size_t linearized = 0;                // of those, [E, in, out] stacks cut transposed
   size_t linear_pieces = 0;             // and the pieces they became
-  std::vector<std::string> kept_whole;  // [E, in, out] tensors left as they are
+  // [E, in, out] tensors left as they are, other than those in `not_bf16`.
+  std::vector<std::string> kept_whole;
   // [E, in, out] stacks `linearize` left whole because they, or their experts module's other
-  // stack, are not BF16 (pieces are read as BF16, which would round F32 and F16 values).
+  // stack, are not BF16 (pieces are read as BF16, which would round F32 and F16 values). Both
+  // lists are in ModelFolder::kept_whole.
   std::vector<std::string> not_bf16;
 };
 Result<ExpertSplit> SplitFusedExperts(ModelFolder& folder, ExpertSplitOptions options = {});

@@ -352,16 +352,14 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                           LoadModelFolder(options.src, make_tensors, header_bytes));
   // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them;
   // expert pruning alone leaves them whole, as compressed-tensors' convert_checkpoint does.
-  const bool experts_only = options.prune_experts && options.prune.empty() &&
-                            options.recipe.empty() &&
-                            (options.scheme == "none" || options.scheme == "NONE");
+  const bool none = (options.scheme == "none" || options.scheme == "NONE") && options.recipe.empty();
+  const bool experts_only = options.prune_experts && options.prune.empty() && none;
   // (An FP8-block source decodes 2-D weights only: its stacks are split even then, and the
   // output is what --scheme BF16 writes.)
   const bool fp8 = ConfigQuantMethod(folder) == "fp8";
   // Llama 4's [E, in, out] stacks are cut into per-expert weights where they may be
   // quantized: the layout llm-compressor writes for Llama 4 and vLLM and transformers read in
   // a compressed-tensors checkpoint. Decoding alone, or a scheme of none, keeps them whole.
-  const bool none = (options.scheme == "none" || options.scheme == "NONE") && options.recipe.empty();
   ExpertSplitOptions split_options;
   split_options.linearize = !IsDecodeOnly(options) && !none && LinearizesExpertStacks(folder);
   ExpertSplit split;
@@ -472,18 +470,11 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
           "[experts, in, out] (quench does not quantize [experts, in, out] stacks yet): the "
           "output's experts take 4x the source's bytes");
     }
-  } else if (split.kept_whole.size() > split.not_bf16.size()) {
-    // (Llama 4 stacks kept whole for their dtype have their own note, above.)
-    std::vector<std::string> others;
-    for (const std::string& k : split.kept_whole) {
-      if (std::find(split.not_bf16.begin(), split.not_bf16.end(), k) == split.not_bf16.end()) {
-        others.push_back(k);
-      }
-    }
+  } else if (!split.kept_whole.empty()) {
     plan.notes.push_back(
-        "left unquantized: " + std::to_string(others.size()) +
+        "left unquantized: " + std::to_string(split.kept_whole.size()) +
         " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
-        others.front() + "); model_free_ptq would split them across the hidden "
+        split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
         "dimension, which vLLM cannot load; they are copied");
   }
   if (!folder.linked_folders.empty()) {
