@@ -76,35 +76,32 @@ Status Verifier::OpenSource() {
   const bool unquantized =
       dc.ok() && dc->is_object() && dc->Find("quantization_config") == nullptr;
   const bool decoded_whole = unquantized && IsCompressedTensors(src_->folder);
-  if (!unquantized) {
-    // A quantized DST of a Llama 4 SRC holds its [E, in, out] stacks linearized, or whole
-    // where an earlier quench wrote it: DST's names tell which.
-    ExpertSplitOptions linear;
-    linear.linearize = LinearizesExpertStacks(src_->folder);
+  // SRC split with `o`, unless DST holds a tensor the split replaced (then left as it is);
+  // whether it was split.
+  auto split_as_dst = [&](ExpertSplitOptions o) -> Result<bool> {
     ModelFolder split_folder = src_->folder;
-    auto split = SplitFusedExperts(split_folder, linear);
-    if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
-    bool whole = false;
-    if (split->linearized > 0) {
-      QUENCH_ASSIGN_OR_RETURN(whole, DstHoldsAny(opt_.dst, src_->folder, split_folder));
-    }
-    if (whole) {
-      auto again = SplitFusedExperts(src_->folder);
-      if (!again.ok()) return Error(again.status().code(), "SRC " + again.status().message());
-    } else {
-      src_->folder = std::move(split_folder);
-    }
-  } else if (!decoded_whole) {
-    ModelFolder split_folder = src_->folder;
-    auto split = SplitFusedExperts(split_folder);
+    auto split = SplitFusedExperts(split_folder, o);
     if (!split.ok()) return Error(split.status().code(), "SRC " + split.status().message());
     bool holds = false;
     if (split->tensors_split > 0) {
       QUENCH_ASSIGN_OR_RETURN(holds, DstHoldsAny(opt_.dst, src_->folder, split_folder));
     }
-    if (!holds) {
-      src_->folder = std::move(split_folder);
+    if (!holds) src_->folder = std::move(split_folder);
+    return !holds;
+  };
+  if (!unquantized) {
+    // A quantized DST of a Llama 4 SRC holds its [E, in, out] stacks linearized, or whole
+    // where an earlier quench wrote it: DST's names tell which.
+    bool split = false;
+    if (LinearizesExpertStacks(src_->folder)) {
+      QUENCH_ASSIGN_OR_RETURN(split, split_as_dst(ExpertSplitOptions{.linearize = true}));
     }
+    if (!split) {
+      auto s = SplitFusedExperts(src_->folder);
+      if (!s.ok()) return Error(s.status().code(), "SRC " + s.status().message());
+    }
+  } else if (!decoded_whole) {
+    QUENCH_RETURN_IF_ERROR(split_as_dst(ExpertSplitOptions{}).status());
   }
   auto q = DetectSourceQuantization(src_->folder);
   if (!q.ok()) return Error(q.status().code(), "SRC " + q.status().message());
