@@ -7,6 +7,8 @@
 // environment switches the AVX2 int kernels off (imatrix_mse_int_avx2.h and
 // imatrix_mse_int_avx2_asym.h: the Highway kernel on f32 copies, as before them), for an A/B
 // run with one binary; it also switches off the AVX2 MXFP4 kernel (imatrix_mse_mx_avx2.h).
+// QUENCH_BENCH_NO_AVX512=1 switches Highway's AVX-512 targets off (the AVX2 kernels then run
+// on an AVX-512 CPU).
 // `asym`: int4 g128 with zero points (W4A16_ASYM), `mxfp4` (MXFP4's groups of 32, each
 // group's largest magnitude kept as the conversion keeps it), `int8` (int8 g128, W8A16) and
 // `int8ch` (int8 per channel, W8A8's weights), run only when named. QUENCH_BENCH_NO_AVX2=1
@@ -23,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "hwy/targets.h"
 #include "calib/imatrix_mse.h"
 #include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_avx2.h"
@@ -64,6 +67,12 @@ int main(int argc, char** argv) {
     calib::internal::SetIntAvx2Enabled(false);
     calib::internal::SetMxAvx2Enabled(false);
     calib::internal::SetInt8Avx2Enabled(false);
+  }
+  // QUENCH_BENCH_NO_AVX512=1: Highway's AVX-512 targets off, so that the AVX2 kernels run on an
+  // AVX-512 CPU (an A/B of the two on one host).
+  const char* no_avx512 = std::getenv("QUENCH_BENCH_NO_AVX512");
+  if (no_avx512 != nullptr && std::string(no_avx512) == "1") {
+    hwy::DisableTargets(HWY_AVX3 | HWY_AVX3_DL);
   }
   const std::vector<float> imp = calib::NormalizedImportance(sum_x2, count);
   const calib::ImatrixOptions o;

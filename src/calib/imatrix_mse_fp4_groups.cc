@@ -110,6 +110,43 @@ HWY_INLINE void Transpose8(DF df, const VF* r, VF* c) {
 }
 #endif
 
+// Transposes the 16 x 16 matrix whose rows are r[0..15] (16 lanes, AVX-512 only): lane l of
+// c[j] is lane j of r[l]. Within each 128-bit block first (the 4 x 4 transposes of rows
+// 4q..4q+3: u[4q + c]'s block k holds column 4k + c of those rows), then the blocks: c[4k + c]
+// gathers block k of u[c], u[4 + c], u[8 + c], u[12 + c] by two block shuffles.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr bool kTransposeTile = true;  // full tiles transposed (8 or 16 lanes)
+HWY_INLINE void Transpose16(DF df, const VF* r, VF* c) {
+  const hn::Repartition<double, DF> dd;
+  VF t[16], u[16];
+  for (size_t i = 0; i < 16; i += 2) {
+    t[i] = hn::InterleaveLower(df, r[i], r[i + 1]);      // per block: r_i0 r_i+1,0 r_i1 r_i+1,1
+    t[i + 1] = hn::InterleaveUpper(df, r[i], r[i + 1]);  // r_i2 r_i+1,2 r_i3 r_i+1,3
+  }
+  for (size_t q = 0; q < 16; q += 4) {
+    const auto a = hn::BitCast(dd, t[q]), b = hn::BitCast(dd, t[q + 1]);
+    const auto e = hn::BitCast(dd, t[q + 2]), f = hn::BitCast(dd, t[q + 3]);
+    u[q] = hn::BitCast(df, hn::InterleaveLower(dd, a, e));      // column 4k of rows q..q+3
+    u[q + 1] = hn::BitCast(df, hn::InterleaveUpper(dd, a, e));  // 4k + 1
+    u[q + 2] = hn::BitCast(df, hn::InterleaveLower(dd, b, f));  // 4k + 2
+    u[q + 3] = hn::BitCast(df, hn::InterleaveUpper(dd, b, f));  // 4k + 3
+  }
+  for (size_t j = 0; j < 4; ++j) {
+    const __m512 a = u[j].raw, b = u[4 + j].raw, e = u[8 + j].raw, f = u[12 + j].raw;
+    const __m512 ab_lo = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0));  // a0 a1 b0 b1
+    const __m512 ab_hi = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2));  // a2 a3 b2 b3
+    const __m512 ef_lo = _mm512_shuffle_f32x4(e, f, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 ef_hi = _mm512_shuffle_f32x4(e, f, _MM_SHUFFLE(3, 2, 3, 2));
+    c[j] = VF{_mm512_shuffle_f32x4(ab_lo, ef_lo, _MM_SHUFFLE(2, 0, 2, 0))};       // block 0
+    c[4 + j] = VF{_mm512_shuffle_f32x4(ab_lo, ef_lo, _MM_SHUFFLE(3, 1, 3, 1))};   // 1
+    c[8 + j] = VF{_mm512_shuffle_f32x4(ab_hi, ef_hi, _MM_SHUFFLE(2, 0, 2, 0))};   // 2
+    c[12 + j] = VF{_mm512_shuffle_f32x4(ab_hi, ef_hi, _MM_SHUFFLE(3, 1, 3, 1))};  // 3
+  }
+}
+#else
+constexpr bool kTransposeTile = kMaxL == 8;
+#endif
+
 // |x|^3 * imp: the ordering heuristic of the one-term bound (imatrix_mse_certified.cc Key).
 HWY_INLINE VF KeyOf(VF x, VF im) {
   const VF a = hn::Abs(x);
@@ -278,11 +315,21 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       }
     }
 #endif
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    if (cnt == L) {  // 16 groups of 16: one 16 x 16 transposition instead of 16 gathers
+      VF r[16];
+      for (size_t l = 0; l < 16; ++l) {
+        r[l] = load_x((g0 + l) * kN);
+        if (raw) hn::Store(r[l], df, xrow + l * kN);
+      }
+      Transpose16(df, r, X);
+    }
+#endif
     // Raw rows gathered from the tile's groups widened into xt (lane l's group at l * kN).
     HWY_ALIGN float xt[kMaxL * kN];
     const float* xs = b.x;
     auto vgs = vgx;
-    if (raw && (kMaxL != 8 || cnt != L)) {
+    if (raw && (!kTransposeTile || cnt != L)) {
       // Each lane's group (from element gx[l], a multiple of kN) widened a vector at a time,
       // in place of ToF32's f32 copy of the block: the targets that read rows raw have 8 or
       // 16 lanes (Fp4GroupsRawTarget), which divide the group's 16.
@@ -297,7 +344,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       vgs = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kN)));
     }
     for (size_t j = 0; j < kN; ++j) {
-      if (kMaxL != 8 || cnt != L) X[j] = hn::GatherIndex(df, xs + j, vgs);
+      if (!kTransposeTile || cnt != L) X[j] = hn::GatherIndex(df, xs + j, vgs);
       I[j] = b.imp == nullptr ? one
              : ti != nullptr  ? hn::Load(df, ti + j * L)
                               : hn::GatherIndex(df, b.imp + j, vgi);
@@ -549,7 +596,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       for (size_t k = 0; k < full; ++k) {
         const VF sk = hn::Load(df, S + k * L), rk = k == 0 ? hn::Load(df, R) : reciprocal(k);
         VF a0 = zero, a1 = zero;
-        if constexpr (kMaxL == 8 && D == DType::kBF16) {  // (scales in range: checked above)
+        if constexpr (kLaneTables && D == DType::kBF16) {  // (scales in range: checked above)
           const VF s15 = OneAndHalf(df, sk);
           for (size_t j = 0; j < kN; j += 2) {
             a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], sk, rk, s15));
@@ -622,11 +669,11 @@ void SearchFp4Groups(const Block& b, bool* ok) {
         const float* xg = tile_x + l * kN;
         const float* ig = b.imp == nullptr ? nullptr : b.imp + gi[l];
         const VF ss = hn::Set(df, S[idx]), rr = hn::Set(df, R[idx]);
-        const VF table = kMaxL == 8 ? Fp4Table<D>(df, ss) : zero;
+        const VF table = kLaneTables ? Fp4Table<D>(df, ss) : zero;
         auto term = [&](size_t v) {
           const VF ax = hn::Abs(hn::LoadU(df, xg + v * L));
           const VF im = ig == nullptr ? one : hn::LoadU(df, ig + v * L);
-          if constexpr (kMaxL == 8) {
+          if constexpr (kLaneTables) {
             return Fp4TermTable<D, N>(df, ax, im, ss, rr, table);
           } else {
             return Fp4Term<D, N>(df, ax, im, ss, rr);
@@ -693,13 +740,13 @@ void Fp4TermsKernel(DType d, int norm, int form, const float* ax, const float* i
   auto run = [&](auto dc, auto nc) {
     constexpr DType D = decltype(dc)::value;
     constexpr int N = decltype(nc)::value;
-    const VF tab = kMaxL == 8 ? Fp4Table<D>(df, vs) : vs;
+    const VF tab = kLaneTables ? Fp4Table<D>(df, vs) : vs;
     for (size_t i = 0; i + L <= n; i += L) {
       const VF x = hn::LoadU(df, ax + i), im = hn::LoadU(df, imp + i);
       VF t;
       if (form == 2) {
         t = Fp4TermLargest<D, N>(df, x, im, vs);
-      } else if constexpr (kMaxL == 8) {
+      } else if constexpr (kLaneTables) {
         if (form == 3 && D == DType::kBF16) {
           t = Fp4TermTwoBase<N>(df, x, im, vs, vr, OneAndHalf(df, vs));
         } else if (form == 1) {

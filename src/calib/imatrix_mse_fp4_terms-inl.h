@@ -29,6 +29,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr size_t kMaxL = hn::MaxLanes(DF());
 using MF = hn::Mask<DF>;
+// Whether vectors have 8 or 16 lanes, where the forms below that look lanes up in 8-entry
+// tables apply (AVX2: one vpermps; AVX-512: the same permute over 16 lanes, each table's
+// 8 entries stored twice so that a 16-lane load reads them).
+constexpr bool kLaneTables = kMaxL == 8 || kMaxL == 16;
 
 // One element's term at a step with scale s (r = f32(1 / s), read for bf16 only), from
 // ax = |x|: the definition's TermOf (imatrix_mse-inl.h) on magnitudes. The quotient x / s has
@@ -39,18 +43,29 @@ using MF = hn::Mask<DF>;
 // and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
 // ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
 //
-// With 8 lanes the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
+// With 8 or 16 lanes (kLaneTables) the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
 // multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the offset, ties
 // included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
 // g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
 // exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
 // Fp4Index returns a + C' (Fp4Round, or Fp4RoundBf16 from the product ax r); Fp4Term
 // subtracts C' back to g, Fp4TermTable looks the index up.
-constexpr float kE2M1Grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-alignas(32) constexpr float kCPrime[8] = {0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f,
-                                          0x1p22f,        0x1p22f,        0x1p22f, 0x1p22f};
+// The lane tables: 8 entries, stored twice (a 16-lane load reads both copies).
+alignas(64) constexpr float kE2M1Grid[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                             0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+alignas(64) constexpr float kCPrime[16] = {
+    0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f,
+    0x1p23f + 2.0f, 0x1p24f + 8.0f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f, 0x1p22f};
+constexpr bool TwoCopies(const float* t) {
+  for (int i = 0; i < 8; ++i) {
+    if (t[i] != t[i + 8]) return false;
+  }
+  return true;
+}
+static_assert(TwoCopies(kE2M1Grid) && TwoCopies(kCPrime));
 
-// Lane i of the result: lane (idx[i] mod 8) of `table` (8 lanes only).
+// Lane i of the result: lane (idx[i] mod 8) of `table` (kLaneTables targets only; a table
+// of 16 lanes holds its 8 entries twice, so lanes 0-7 are the entries).
 template <class VI>
 HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
 #if HWY_TARGET == HWY_AVX2
@@ -63,10 +78,10 @@ HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
 #endif
 }
 
-// a = min(q, 6) and C' (above, 8 lanes) or C (otherwise); returns a + C' and sets *c.
+// a = min(q, 6) and C' (above, kLaneTables) or C (otherwise); returns a + C' and sets *c.
 HWY_INLINE VF Fp4Round(DF df, VF q, VF* c) {
   const VF a = hn::Min(q, hn::Set(df, 6.0f));
-  if constexpr (kMaxL == 8) {
+  if constexpr (kLaneTables) {
     const hn::RebindToUnsigned<DF> du;
     const auto e = hn::Max(hn::ShiftRight<23>(hn::BitCast(du, a)), hn::Set(du, 122u));
     *c = Permute8(df, hn::Load(df, kCPrime), e);
@@ -106,7 +121,7 @@ HWY_INLINE VF RoundPos(DF df, VF v) {
   }
 }
 
-// For bf16 with 8 lanes, Fp4Round(QuotientBf16(ax, r)) by two additions instead of the
+// For bf16 on kLaneTables targets, Fp4Round(QuotientBf16(ax, r)) by two additions instead of the
 // integer RNE_bf16 (five operations) and one: with y = f32(ax * r) (>= 0, possibly +Inf,
 // never NaN) and a = min(y, 6),
 //  - RNE_bf16(a) = min(RNE_bf16(y), 6): RNE is monotone and 6 a bf16 value, so it commutes
@@ -126,9 +141,14 @@ HWY_INLINE VF RoundPos(DF df, VF v) {
 //    2^22 - 2^11 gives 2^22 + (a value <= 2^-5 rounded to a multiple of 0.5) = 2^22 = 0 + C':
 //    E2M1's 0, which RNE_bf16(a) <= 2^-5 < 0.25 also gives.
 // Returns a + C' (Fp4Round's value) and sets *c = C'.
-alignas(32) constexpr float kBf16Magic[8] = {0x1p17f, 0x1p18f, 0x1p11f, 0x1p12f,
-                                             0x1p13f, 0x1p14f, 0x1p15f, 0x1p16f};
-alignas(32) constexpr float kBf16ToE2M1[8] = {
+alignas(64) constexpr float kBf16Magic[16] = {0x1p17f, 0x1p18f, 0x1p11f, 0x1p12f,
+                                              0x1p13f, 0x1p14f, 0x1p15f, 0x1p16f,
+                                              0x1p17f, 0x1p18f, 0x1p11f, 0x1p12f,
+                                              0x1p13f, 0x1p14f, 0x1p15f, 0x1p16f};
+alignas(64) constexpr float kBf16ToE2M1[16] = {
+    0x1p23f + 2.0f - 0x1p17f, 0x1p24f + 8.0f - 0x1p18f, 0x1p22f - 0x1p11f,
+    0x1p22f - 0x1p12f,        0x1p22f - 0x1p13f,        0x1p22f - 0x1p14f,
+    0x1p22f - 0x1p15f,        0x1p22f - 0x1p16f,
     0x1p23f + 2.0f - 0x1p17f, 0x1p24f + 8.0f - 0x1p18f, 0x1p22f - 0x1p11f,
     0x1p22f - 0x1p12f,        0x1p22f - 0x1p13f,        0x1p22f - 0x1p14f,
     0x1p22f - 0x1p15f,        0x1p22f - 0x1p16f};
@@ -138,7 +158,7 @@ constexpr bool MagicSumsToCPrime() {  // C + (C' - C) == C' in every lane (all e
   }
   return true;
 }
-static_assert(MagicSumsToCPrime());
+static_assert(MagicSumsToCPrime() && TwoCopies(kBf16Magic) && TwoCopies(kBf16ToE2M1));
 HWY_INLINE VF Fp4RoundBf16(DF df, VF ax, VF r, VF* c) {
   const hn::RebindToUnsigned<DF> du;
   const VF a = hn::Min(hn::Mul(ax, r), hn::Set(df, 6.0f));
@@ -151,7 +171,7 @@ HWY_INLINE VF Fp4RoundBf16(DF df, VF ax, VF r, VF* c) {
 // Fp4Round of the quotient RNE_D(ax / s) (r: as Fp4Quotient takes it): a + C' and *c.
 template <DType D>
 HWY_INLINE VF Fp4Index(DF df, VF ax, VF s, VF r, VF* c) {
-  if constexpr (kMaxL == 8 && D == DType::kBF16) {
+  if constexpr (kLaneTables && D == DType::kBF16) {
     return Fp4RoundBf16(df, ax, r, c);
   } else {
     return Fp4Round(df, Fp4Quotient<D>(df, ax, s, r), c);
@@ -201,13 +221,13 @@ HWY_INLINE VF Fp4TermLargest(DF df, VF ax, VF im, VF s) {
 }
 
 // A step's dequantized values RNE_D(g s) for E2M1's grid g (kE2M1Grid's order), s the same
-// in every lane (8 lanes only).
+// in every lane (kLaneTables targets only: lanes 0-7 are the grid's 8 values).
 template <DType D>
 HWY_INLINE VF Fp4Table(DF df, VF s) {
   return RoundPos<D>(df, hn::Mul(hn::LoadU(df, kE2M1Grid), s));
 }
 
-// Fp4Term with dq looked up in the step's Fp4Table (8 lanes only; the same products).
+// Fp4Term with dq looked up in the step's Fp4Table (kLaneTables only; the same products).
 template <DType D, int N>
 HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   VF c;
@@ -216,14 +236,17 @@ HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
 }
 
-// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100] (8 lanes
-// only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
+// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100]
+// (kLaneTables only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
 // 0), and RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| <
 // 2^103), so dq = RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15
 // (codes 3, 5, 7: g = 1.5, 3, 6): two lookups, a blend and an exact product instead of the
 // product and its rounding.
-alignas(32) constexpr float kTwoBaseM[8] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
-alignas(32) constexpr float kTwoBaseSel[8] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
+alignas(64) constexpr float kTwoBaseM[16] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f,
+                                             0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
+alignas(64) constexpr float kTwoBaseSel[16] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f,
+                                               0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
+static_assert(TwoCopies(kTwoBaseM) && TwoCopies(kTwoBaseSel));
 template <int N>
 HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
   VF c;
