@@ -216,7 +216,7 @@ TEST_CASE("ChosenPosRow takes the highest step bit at or below stop, every mask 
   const auto targets = ForEachTarget([&](const std::string& target) {
     for (DType d : {DType::kBF16, DType::kF16, DType::kF32}) {
       // (Stops on both sides of 8 and 16: on AVX2 p[i] is looked up in one, two or four
-      // vectors of eight factors.)
+      // vectors of eight factors, on AVX-512 in one or two of sixteen.)
       for (int stop : {0, 1, 5, 7, 8, 12, 15, 16, 19, 23, 24, 25, 30, 31}) {
         CAPTURE(target);
         CAPTURE(DTypeLabel(d));

@@ -204,28 +204,30 @@ bool ToF32GroupAbsMaxKernel(const uint8_t* src, DType d, size_t n_groups, size_t
   return true;
 }
 
-// p[idx] for each lane's idx (0..8 * kTables - 1) from the vectors t[0..kTables - 1] holding
-// p[0..8 * kTables - 1] (8 lanes a vector): a lookup in each, picked by idx's bits 3 and 4.
-// Where lanes are 8 (AVX2) this takes the place of a gather, which cost more on the AMD cores
-// measured (bench/README.md, "imatrix_mse NVFP4A16: the chosen quantization's passes").
+// p[idx] for each lane's idx (0..L * kTables - 1) from the vectors t[0..kTables - 1] holding
+// p[0..L * kTables - 1] (L = 8 or 16 lanes a vector): a lookup in each, picked by idx's bits
+// above the lane's. This takes the place of a gather, which cost more on the AMD cores
+// measured (bench/README.md, "imatrix_mse NVFP4A16: the chosen quantization's passes", and
+// session 54's AVX-512 section).
 template <int kTables, class V, class VI>
 HWY_INLINE V LookupFactors(DF df, const V* t, VI idx) {
+  constexpr int kL = static_cast<int>(hn::MaxLanes(DF()));
   const hn::RebindToSigned<DF> di;
-  const auto lane = hn::IndicesFromVec(df, hn::And(idx, hn::Set(di, 7)));
+  const auto lane = hn::IndicesFromVec(df, hn::And(idx, hn::Set(di, kL - 1)));
   if constexpr (kTables == 1) {
     return hn::TableLookupLanes(t[0], lane);
   } else {
-    const auto bit3 = hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, 8)), hn::Zero(di)));
-    const V lo = hn::IfThenElse(bit3, hn::TableLookupLanes(t[1], lane),
+    const auto second = hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, kL)), hn::Zero(di)));
+    const V lo = hn::IfThenElse(second, hn::TableLookupLanes(t[1], lane),
                                 hn::TableLookupLanes(t[0], lane));
     if constexpr (kTables == 2) {
       return lo;
     } else {
-      const auto bit4 =
-          hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, 16)), hn::Zero(di)));
-      const V hi = hn::IfThenElse(bit3, hn::TableLookupLanes(t[3], lane),
+      const auto upper =
+          hn::RebindMask(df, hn::Ne(hn::And(idx, hn::Set(di, 2 * kL)), hn::Zero(di)));
+      const V hi = hn::IfThenElse(second, hn::TableLookupLanes(t[3], lane),
                                   hn::TableLookupLanes(t[2], lane));
-      return hn::IfThenElse(bit4, hi, lo);
+      return hn::IfThenElse(upper, hi, lo);
     }
   }
 }
@@ -234,7 +236,8 @@ HWY_INLINE V LookupFactors(DF df, const V* t, VI idx) {
 // or below stop (as ChosenStep's; p[0] for none), the two roundings to D as
 // RoundToDType, and bf16 / f32 encoded in the vector (the bf16 values exact, so the upper
 // half of the f32 bits); f16 and the tail through the scalar rule. kTables: p[i] by
-// LookupFactors from that many vectors (8 lanes, stop < 8 * kTables), or 0: by a gather.
+// LookupFactors from that many vectors (L = 8 or 16 lanes, stop < L * kTables), or 0: by a
+// gather.
 template <DType D, int kTables>
 float ChosenPosLanes(const float* absmax, const uint32_t* masks, size_t n, int stop,
                      const float* p, float e, uint8_t* out) {
@@ -257,9 +260,9 @@ float ChosenPosLanes(const float* absmax, const uint32_t* masks, size_t n, int s
     auto mx = hn::Zero(df);
     hn::Vec<DF> t[kTables > 0 ? kTables : 1];
     if constexpr (kTables > 0) {
-      HWY_ALIGN float padded[8 * (kTables > 0 ? kTables : 1)] = {};
+      HWY_ALIGN float padded[hn::MaxLanes(DF()) * (kTables > 0 ? kTables : 1)] = {};
       std::copy(p, p + stop + 1, padded);
-      for (int j = 0; j < kTables; ++j) t[j] = hn::Load(df, padded + 8 * j);
+      for (int j = 0; j < kTables; ++j) t[j] = hn::Load(df, padded + L * j);
     }
     for (; k + L <= n; k += L) {
       const auto m = hn::And(hn::LoadU(du, masks + k), hn::Set(du, low));
@@ -296,8 +299,8 @@ float ChosenPosLanes(const float* absmax, const uint32_t* masks, size_t n, int s
   return best;
 }
 
-// ChosenPosLanes with the fewest tables that hold p[0..stop] where lanes are 8 (AVX2), a
-// gather elsewhere.
+// ChosenPosLanes with the fewest tables that hold p[0..stop] where lanes are 8 (AVX2) or 16
+// (AVX-512), a gather elsewhere (stop < 32: ChosenPos's callers' LastStep).
 template <DType D>
 float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int stop,
                     const float* p, float e, uint8_t* out) {
@@ -305,6 +308,9 @@ float ChosenPosImpl(const float* absmax, const uint32_t* masks, size_t n, int st
     if (stop < 8) return ChosenPosLanes<D, 1>(absmax, masks, n, stop, p, e, out);
     if (stop < 16) return ChosenPosLanes<D, 2>(absmax, masks, n, stop, p, e, out);
     return ChosenPosLanes<D, 4>(absmax, masks, n, stop, p, e, out);
+  } else if constexpr (hn::MaxLanes(DF()) == 16) {
+    if (stop < 16) return ChosenPosLanes<D, 1>(absmax, masks, n, stop, p, e, out);
+    return ChosenPosLanes<D, 2>(absmax, masks, n, stop, p, e, out);
   }
   return ChosenPosLanes<D, 0>(absmax, masks, n, stop, p, e, out);
 }
