@@ -84,6 +84,17 @@ struct PlanOptions {
 // kDecode: a weight stored quantized in the source (FP8), written decoded to BF16.
 enum class TensorAction { kCopy, kQuantize, kPrune, kDecode };
 
+// How a source weight's bytes become its values where they are not plain elements scaled
+// by blocks (PlannedSourceScale::packed_kind). The numbers are part of the resume markers'
+// plan descriptor (src/pipeline/resume.cc): never renumber.
+enum class PackedKind : int {
+  kNone = 0,           // elements (BF16, FP8 with block scales, compressed-tensors)
+  kAwq = 1,            // AutoAWQ qweight / qzeros / scales
+  kModelOptNvfp4 = 2,  // ModelOpt NVFP4 codes and scales
+  kMxfp4 = 3,          // gpt-oss MXFP4 blocks and E8M0 scales
+  kLinear = 4,         // a piece of a Llama 4 BF16 expert stack, read transposed
+};
+
 // Where a source-quantized weight's scale is (an FP8 checkpoint's weight_scale_inv): the
 // weight's rows are decoded to BF16 with it, chunk by chunk, before anything else reads them.
 struct PlannedSourceScale {
@@ -103,13 +114,12 @@ struct PlannedSourceScale {
   // [experts * rows, cols]).
   int64_t ct_expert = -1;
   uint64_t ct_row0 = 0;
-  // AutoAWQ (kind 1), ModelOpt NVFP4 (kind 2) and gpt-oss MXFP4 (kind 3) sources, and
-  // linearized BF16 expert stacks (kind 4, below)
-  // (src/pipeline/source_decode_packed.h): the scale above is AWQ's `scales` / ModelOpt's
-  // `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own bytes.
-  // `repack`: written as the source's own scheme from the stored codes and scales unchanged
-  // (lossless), not decoded.
-  int packed_kind = 0;
+  // AutoAWQ, ModelOpt NVFP4 and gpt-oss MXFP4 sources, and linearized BF16 expert stacks
+  // (below) (src/pipeline/source_decode_packed.h): the scale above is AWQ's `scales` /
+  // ModelOpt's `weight_scale` / MXFP4's `_scales`; the codes are the planned tensor's own
+  // bytes. `repack`: written as the source's own scheme from the stored codes and scales
+  // unchanged (lossless), not decoded.
+  PackedKind packed_kind = PackedKind::kNone;
   bool repack = false;
   uint64_t group = 0;             // inputs per scale
   std::optional<std::pair<size_t, uint64_t>> zeros;  // AWQ qzeros: shard, absolute offset
@@ -119,7 +129,7 @@ struct PlannedSourceScale {
   // offsets); empty where each is one run.
   std::vector<uint64_t> codes_at, scales_at;
   std::vector<uint32_t> kept;  // the source experts kept, for messages
-  // A piece of a BF16 stack stored [E, in, out], linearized (kind 4, format/model_folder.h
+  // A piece of a BF16 stack stored [E, in, out], linearized (kLinear, format/model_folder.h
   // `linear_pieces`): `name` is the stack's, `offset` the absolute offset of the expert's
   // [in, stack_cols] block and `nbytes` its size; the piece is columns [col0, col0 + rows)
   // of the block, transposed.

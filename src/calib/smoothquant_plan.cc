@@ -79,7 +79,7 @@ Status CheckBalanceLayers(const Plan& plan, const std::map<std::string, size_t>&
                     ", whose global scale is computed before smoothing (not built yet)");
     }
     if (t.source_scale) {
-      return refuse(b + (t.source_scale->packed_kind == 4
+      return refuse(b + (t.source_scale->packed_kind == PackedKind::kLinear
                              ? " is read transposed out of a Llama 4 expert stack (not built yet)"
                              : " is stored quantized in the source (not built yet)"));
     }

@@ -74,7 +74,7 @@ struct ModelFolder {
   // transposed. By piece name; the piece's TensorInfo holds its share of the block's bytes
   // (gate the first half, up the second, down all of it) so that sizes and the pages a
   // chunk releases add up to the stack's, while decoding reads the block's columns
-  // (packed kind 4, src/pipeline/source_decode_packed.h).
+  // (PackedKind::kLinear, src/pipeline/source_decode_packed.h).
   struct LinearPiece {
     size_t shard = 0;
     std::string stack;        // the stack's name, for messages

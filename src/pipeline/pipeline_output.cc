@@ -170,7 +170,7 @@ Status ShardPipeline::DecodedPieceFailure(const PlannedTensor& t, const Piece& p
                                           const uint8_t* codes, const std::string& where) const {
   const uint64_t rows = p.end - p.begin, cols = t.shape[1];
   // E4M3 codes only: packed integer or FP4 bytes have no NaN.
-  const bool e4m3 = t.source_scale->packed_kind == 0 && t.dtype == DType::kF8E4M3;
+  const bool e4m3 = t.source_scale->packed_kind == PackedKind::kNone && t.dtype == DType::kF8E4M3;
   for (uint64_t i = 0; e4m3 && i < rows * cols; ++i) {
     if ((codes[i] & 0x7F) == 0x7F) {
       return Error(ErrorCode::kNonFinite,

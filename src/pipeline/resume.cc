@@ -56,10 +56,10 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     d += '|';
     // AutoAWQ / ModelOpt: zero points (possibly in a third shard), the per-tensor scales read
     // while planning, and whether the weight was repacked or decoded.
-    if (t.source_scale->packed_kind != 0) {
+    if (t.source_scale->packed_kind != PackedKind::kNone) {
       const auto& z = t.source_scale->zeros;
       const PlannedShard& zs = plan.shards[z ? z->first : t.source_scale->shard];
-      d += "packed " + std::to_string(t.source_scale->packed_kind) + ' ' +
+      d += "packed " + std::to_string(static_cast<int>(t.source_scale->packed_kind)) + ' ' +
            std::to_string(t.source_scale->repack) + ' ' + zs.rel_name + '|';
       num(zs.src_header_hash);
       uint32_t b[2];

@@ -83,7 +83,7 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite) {
   // AutoAWQ and ModelOpt NVFP4 sources read their own codes (source_decode_packed.h).
-  if (t.source_scale->packed_kind != 0) return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
+  if (t.source_scale->packed_kind != PackedKind::kNone) return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
   *finite = true;
   if (r1 <= r0) return Status::Ok();
   if (t.source_scale->ct) return DecodeCtRows(plan, t, maps, codes, r0, r1, out, finite);
@@ -95,7 +95,7 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 }
 
 bool FusedSourceTensor(const PlannedTensor& t) {
-  if (!t.source_scale || t.source_scale->packed_kind != 0 || t.source_scale->ct ||
+  if (!t.source_scale || t.source_scale->packed_kind != PackedKind::kNone || t.source_scale->ct ||
       t.action != TensorAction::kQuantize || t.prune || t.scheme == nullptr ||
       t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
     return false;
@@ -115,7 +115,7 @@ Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& 
   const bool int4 = kernel == &intq::QuantizePacked && params.bits == 4 && params.symmetric &&
                     params.group_size > 0;
   const bool nvfp4 = kernel == &fp4::QuantizeNvfp4;
-  if (t.source_scale->packed_kind != 0 || t.source_scale->ct || r1 <= r0 || !(int4 || nvfp4) ||
+  if (t.source_scale->packed_kind != PackedKind::kNone || t.source_scale->ct || r1 <= r0 || !(int4 || nvfp4) ||
       t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
     return Status::Ok();
   }
@@ -141,7 +141,7 @@ uint64_t DecodeTileRows(const Plan& plan, const PlannedTensor& t) {
   // expert (schemes/stack_transpose.h): runs of a few values would read each cache line of the
   // block several times, one stored row (tens of KB) apart. kLinearTileRows make each run
   // whole cache lines.
-  if (t.source_scale && t.source_scale->packed_kind == 4) {
+  if (t.source_scale && t.source_scale->packed_kind == PackedKind::kLinear) {
     return std::max(rows, (kLinearTileRows + align - 1) / align * align);
   }
   return rows;
@@ -159,12 +159,12 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   *finite = true;
   *amax = 0.f;
   if (r1 <= r0) return Status::Ok();
-  if (t.source_scale->packed_kind != 0 || t.source_scale->ct) {
+  if (t.source_scale->packed_kind != PackedKind::kNone || t.source_scale->ct) {
     // Decoded a tile at a time, then the largest |x|: the global scale is the decoded
     // model's. A packed source reads its own codes (DecodeSourceRows); `codes` steps by the
     // stored rows of the others.
     const uint64_t tile_rows = DecodeTileRows(plan, t), in_row = SourceRowBytes(t);
-    const bool packed = t.source_scale->packed_kind != 0;
+    const bool packed = t.source_scale->packed_kind != PackedKind::kNone;
     uint16_t top = 0;
     for (uint64_t r = r0; r < r1; r += tile_rows) {
       const uint64_t e = std::min(r1, r + tile_rows), n = (e - r) * t.shape[1];
@@ -192,7 +192,7 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 }
 
 bool IsFp8BlockSource(const PlannedTensor& t) {
-  return t.source_scale.has_value() && t.source_scale->packed_kind == 0 && !t.source_scale->ct;
+  return t.source_scale.has_value() && t.source_scale->packed_kind == PackedKind::kNone && !t.source_scale->ct;
 }
 
 Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,

@@ -16,9 +16,9 @@
 namespace quench {
 namespace {
 
-constexpr int kAwq = 1;
-constexpr int kMxfp4 = 3;
-constexpr int kLinear = 4;
+constexpr PackedKind kAwq = PackedKind::kAwq;
+constexpr PackedKind kMxfp4 = PackedKind::kMxfp4;
+constexpr PackedKind kLinear = PackedKind::kLinear;
 // AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 

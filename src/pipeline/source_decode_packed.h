@@ -21,8 +21,8 @@ namespace quench {
 //   ModelOpt: bf16(e2m1 * bf16(e4m3 / (1 / weight_scale_2)))  (0-dim F32 global scale)
 // or, gpt-oss MXFP4, as transformers' convert_moe_packed_tensors: bf16(e2m1 * 2^(e8m0 - 127)),
 // each expert transposed to [in, out] (schemes/mxfp4_stack.h), or, a linearized BF16 stack's
-// piece (kind 4), its expert's columns copied (schemes/stack_transpose.h; a NaN or Inf is
-// kNonFinite naming the element).
+// piece (PackedKind::kLinear), its expert's columns copied (schemes/stack_transpose.h; a NaN
+// or Inf is kNonFinite naming the element).
 // A scale that is NaN, infinite or negative is kInvalidInput naming the tensor and element;
 // *finite is false when a decoded value is not finite.
 Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint64_t r0,
@@ -40,9 +40,9 @@ Status RepackAwqRows(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,
 // across the whole weight. The pipeline and the pre-pass release such a weight's pages whole
 // (after its last chunk is written, or after its pre-pass scan) in place of the row ranges
 // they release for the others, and MappedOverhangBytes counts what stays mapped meanwhile.
-// A linearized stack's piece (kind 4) likewise reads across its expert's whole block: the
-// block is released once the piece's last chunk is written. (Releasing each chunk's share
-// would drop pages the piece's later chunks read again.)
+// A linearized stack's piece (PackedKind::kLinear) likewise reads across its expert's whole
+// block: the block is released once the piece's last chunk is written. (Releasing each
+// chunk's share would drop pages the piece's later chunks read again.)
 bool ReadsAcrossWeight(const PlannedTensor& t);
 
 // What such a tensor releases whole: (absolute offset, bytes): an AutoAWQ weight's own bytes,

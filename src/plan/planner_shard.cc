@@ -108,7 +108,7 @@ Status Planner::TargetedProblem(const TensorInfo& t, const std::string& rel_name
   if (pruning_ && plan_.prune.per_tensor && pt.source_scale) {
     // The per-tensor threshold's pre-pass walks a whole tensor's stored values; a quantized
     // source's are decoded chunk by chunk only.
-    const std::string how = pt.source_scale->packed_kind == 4
+    const std::string how = pt.source_scale->packed_kind == PackedKind::kLinear
                                 ? "is read transposed out of a Llama 4 expert stack"
                                 : "is stored quantized (" + std::string(DTypeName(t.dtype)) + ")";
     return Error(ErrorCode::kUnsupported,
@@ -271,7 +271,7 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
     if (!PlanRepacked(*source_t, index, pt, specs, w)) {
       PlanTensor(*lt, shard.rel_name, pt, specs, w);
     }
-    if (pt.source_scale && (pt.source_scale->ct || pt.source_scale->packed_kind == 3) &&
+    if (pt.source_scale && (pt.source_scale->ct || pt.source_scale->packed_kind == PackedKind::kMxfp4) &&
         pt.shape.size() == 3) {
       // A 3-D compressed-tensors or MXFP4 stack (written decoded, 3-D): the pipeline reads it
       // as experts * rows rows, chunk by chunk (schemes/ct_stack.h and schemes/mxfp4_stack.h

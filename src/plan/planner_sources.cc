@@ -40,7 +40,7 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
     s.offset = folder_.shards[l.shard].header.data_start + l.block;
     s.nbytes = l.in * l.cols * 2;
     s.dtype = DType::kBF16;
-    s.packed_kind = 4;
+    s.packed_kind = PackedKind::kLinear;
     s.stack_cols = l.cols;
     s.col0 = l.col0;
     s.expert = l.expert;
@@ -57,9 +57,9 @@ std::optional<PlannedSourceScale> Planner::SourceScaleOf(const TensorInfo& t) co
     s.block_rows = 1;
     s.block_cols = w.group;
     s.scale_cols = w.cols / w.group;
-    s.packed_kind = source_.format == SourceFormat::kAwq             ? 1
-                    : source_.format == SourceFormat::kModelOptNvfp4 ? 2
-                                                                     : 3;
+    s.packed_kind = source_.format == SourceFormat::kAwq             ? PackedKind::kAwq
+                    : source_.format == SourceFormat::kModelOptNvfp4 ? PackedKind::kModelOptNvfp4
+                                                                     : PackedKind::kMxfp4;
     s.repack = repack_ == 1;
     s.group = w.group;
     if (w.zeros) s.zeros = std::make_pair(w.zeros->shard, w.zeros->offset);
