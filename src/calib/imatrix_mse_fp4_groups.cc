@@ -176,6 +176,32 @@ HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
     }
     return hn::Add(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0]));
   }
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  if constexpr (kMaxL == 16) {
+    // With 16 lanes likewise: two levels within 128-bit blocks (c[i]'s block k, lane j: the
+    // sum of block k of v[4i + j]), then the blocks' sums by two levels of block shuffles
+    // (block i, lane j of the result: v[4i + j]'s sum). No two-source lane permutes.
+    const hn::Repartition<double, DF> dd;
+    VF a[8];
+    for (size_t i = 0; i < 8; ++i) {
+      a[i] = hn::Add(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
+                     hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
+    }
+    __m512 c[4];
+    for (size_t i = 0; i < 4; ++i) {
+      const auto x = hn::BitCast(dd, a[2 * i]), y = hn::BitCast(dd, a[2 * i + 1]);
+      c[i] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                     hn::BitCast(df, hn::InterleaveUpper(dd, x, y))).raw;
+    }
+    __m512 e[2];
+    for (size_t h = 0; h < 2; ++h) {  // blocks: c0 b0+b2, c0 b1+b3, c1 b0+b2, c1 b1+b3
+      e[h] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * h], c[2 * h + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(c[2 * h], c[2 * h + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    return VF{_mm512_add_ps(_mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)))};
+  }
+#endif
   for (size_t c = L; c > 1; c /= 2) {
     for (size_t i = 0; i < c / 2; ++i) {
       v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]),
