@@ -15,6 +15,7 @@ logs="${QUENCH_BENCH_DIR:-/tmp/quench-bench}/targets"
 mkdir -p "$logs"
 bench=("$root/scripts/bench" --no-reference)
 echo "series start $(date -u '+%F %T') UTC, $(git -C "$root" log --oneline -1 2>/dev/null)"
+"${QUENCH_BUILD_DIR:-$root/build}/quench" --version 2>/dev/null | grep '^kernels:' || true
 run() {
   local name="$1"; shift
   "${bench[@]}" "$@" > "$logs/$name.log" 2>&1

@@ -49,7 +49,9 @@ def quench_version(quench: str) -> str:
     r = subprocess.run([quench, "--version"], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"--sequential: {quench} --version failed (exit {r.returncode}): {r.stderr.strip()}")
-    return r.stdout.strip()
+    # The first line (name and version); the second names the CPU's SIMD paths, which say
+    # nothing of the statistics.
+    return r.stdout.strip().splitlines()[0]
 
 
 def layer_modules(model) -> list[tuple[str, nn.Module]]:

@@ -1011,6 +1011,10 @@ TEST_SUITE("convert") {
     auto v = qt::RunQuench({"--version"});
     CHECK(v.exit_code == 0);
     CHECK(v.out.find("quench ") == 0);
+    // The SIMD paths line: Highway's target (every build compiles at least one) and the
+    // hand-written kernels' checks.
+    CHECK(v.out.find("\nkernels: Highway ") != std::string::npos);
+    CHECK(v.out.find("hand-written AVX-512 BF16 ") != std::string::npos);
     CHECK(qt::RunQuench({"frobnicate"}).exit_code == 2);
   }
 

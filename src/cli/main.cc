@@ -21,6 +21,7 @@
 #include "cli/verify_cmd.h"
 #include "format/file_io.h"
 #include "format/quant_config.h"
+#include "schemes/cpu_x86.h"
 #include "quench/status.h"
 
 namespace quench::cli {
@@ -125,6 +126,9 @@ int Dispatch(const std::vector<std::string>& args) {
   }
   if (cmd == "-V" || cmd == "--version") {
     std::printf("quench %s (compressed-tensors format %s)\n", QUENCH_VERSION, quench::kCompressedTensorsVersion);
+    // Which SIMD paths this CPU takes: benchmarks quote the line so that figures from
+    // different hosts are told apart.
+    std::printf("kernels: %s\n", quench::cpu::KernelPathsLine().c_str());
     return 0;
   }
   if (cmd == "convert") return RunConvert(rest);

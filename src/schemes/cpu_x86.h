@@ -6,6 +6,7 @@
 #define QUENCH_SCHEMES_CPU_X86_H_
 
 #include <atomic>
+#include <string>
 
 namespace quench::cpu {
 
@@ -56,6 +57,11 @@ inline bool HasAvx512Bf16() {
   return false;
 #endif
 }
+
+// "Highway TARGET; hand-written AVX-512 BF16 yes|no, AVX-512 VBMI yes|no, AVX2 yes|no": the
+// SIMD paths this CPU takes (`quench --version`; every path writes the same bytes, their speed
+// differs).
+std::string KernelPathsLine();
 
 }  // namespace quench::cpu
 
