@@ -345,6 +345,53 @@ TEST_SUITE("llama4_linear") {
     CHECK_FALSE(fs::exists(tmp / "out"));
   }
 
+  TEST_CASE("at the floor a refused run names, the expert blocks in flight stay within it") {
+    // Four experts whose gate_up blocks (1024 x 8192 BF16, 16 MiB each) dominate the floor:
+    // counted once per piece with a chunk in flight, plus the piece being read and the NVFP4
+    // pre-pass's member. Refused one MiB below the figure; at the figure, converted with the
+    // process's peak resident memory (mapped source pages included) under it, on 2 and 4
+    // threads, with the pre-pass (NVFP4A16) and without.
+    TempDir tmp;
+    fs::create_directories(tmp / "src");
+    {  // (scoped: the child quench processes are forked from this one, whose resident memory
+       // their peak would otherwise include)
+      std::string gate_up(4ull * 1024 * 8192 * 2, '\0'), down(4ull * 4096 * 1024 * 2, '\0');
+      for (size_t i = 0; i < gate_up.size(); i += 2) gate_up[i + 1] = static_cast<char>(0x3C);
+      for (size_t i = 0; i < down.size(); i += 2) down[i + 1] = static_cast<char>(0x3C);
+      WriteShard(tmp / "src" / "model.safetensors",
+                 {{"model.layers.0.feed_forward.experts.gate_up_proj", DType::kBF16,
+                   {4, 1024, 8192}, gate_up},
+                  {"model.layers.0.feed_forward.experts.down_proj", DType::kBF16, {4, 4096, 1024},
+                   down}});
+    }
+    WriteBytes(tmp / "src" / "config.json",
+               "{\"model_type\": \"llama4_text\", \"hidden_size\": 1024}");
+    for (const std::string scheme : {"W4A16", "NVFP4A16"}) {
+      for (const std::string threads : {"2", "4"}) {
+        CAPTURE(scheme);
+        CAPTURE(threads);
+        auto run = [&](const std::string& limit) {
+          return Convert(tmp / "src", tmp / "out", {"--scheme", scheme, "--threads", threads,
+                                                    "--memory-limit", limit, "--overwrite"});
+        };
+        const RunResult refused = run("1M");
+        REQUIRE(refused.exit_code == 2);
+        const std::string pass = "pass --memory-limit ";
+        const size_t at = refused.err.find(pass);
+        REQUIRE_MESSAGE(at != std::string::npos, refused.err);
+        const uint64_t mib = std::stoull(refused.err.substr(at + pass.size()));
+        // (The blocks alone: 2 threads, 4 chunks in flight, 6 blocks of 16 MiB.)
+        CHECK(mib > (threads == "2" ? 96u : 160u));
+        CHECK(run(std::to_string(mib - 1) + "M").exit_code == 2);
+        const RunResult ok = run(std::to_string(mib) + "M");
+        REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+        MESSAGE(scheme << " threads " << threads << ": peak RSS " << ok.max_rss_kib
+                       << " KiB at its floor, " << mib << " MiB");
+        CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
+      }
+    }
+  }
+
   TEST_CASE("a NaN in a stack is refused naming its element; a non-BF16 stack is kept whole") {
     TempDir tmp;
     fs::copy(Src(), tmp / "nan", fs::copy_options::recursive);

@@ -251,22 +251,27 @@ uint64_t MappedOverhangBytes(const Plan& plan, int threads) {
   // chunk is written (ReadsAcrossWeight): the one whose last chunks are in flight and the one
   // the input stage has reached (its chunks, or the pre-pass scanning one member at a time).
   // Weights wholly between them are within the chunks in flight, counted per token.
-  uint64_t across = 0, expert = 0;
+  uint64_t across = 0, expert = 0, block = 0;
   for (const PlannedTensor& t : plan.tensors) {
-    // (A linearized piece's block is counted below, with the MXFP4 experts.)
-    if (t.action != TensorAction::kCopy && ReadsAcrossWeight(t) && StackExpertBytes(t) == 0) {
-      across = std::max(across, t.src_bytes);
-    }
-    if (t.action != TensorAction::kCopy && StackExpertBytes(t) > 0) {
+    if (t.action == TensorAction::kCopy) continue;
+    const bool linear = t.source_scale && t.source_scale->packed_kind == PackedKind::kLinear;
+    // (A linearized piece's block is counted below, apart.)
+    if (ReadsAcrossWeight(t) && !linear) across = std::max(across, t.src_bytes);
+    if (linear) {
+      block = std::max(block, StackExpertBytes(t));
+    } else {
       expert = std::max(expert, StackExpertBytes(t));
     }
   }
-  // A chunk of a gpt-oss MXFP4 stack or of a linearized stack's piece reads its rows' columns
-  // from every stored row of its expert (or two experts), beyond its own byte range: at most
-  // two experts' bytes per chunk in flight, released with the chunks' ranges (MXFP4) or once
-  // the piece's last chunk is written (a linearized piece's block: AcrossRange).
+  // A chunk of a gpt-oss MXFP4 stack reads its rows' columns from every stored row of its
+  // expert (or two experts), beyond its own byte range, released with the chunks' ranges: at
+  // most two experts' bytes per chunk in flight.
+  // A chunk of a linearized stack's piece reads across its one expert block, which stays
+  // mapped until the piece's last chunk is written (AcrossRange): the blocks of the pieces
+  // with a chunk in flight, of the piece the input stage is in (its chunks so far written, the
+  // next not yet read) and of the NVFP4 pre-pass's member being scanned.
   const uint64_t tokens = 2 * ThreadCount(threads);  // as SizePipeline
-  return (2 + readers) * kFaultBytes + 2 * across + 2 * tokens * expert;
+  return (2 + readers) * kFaultBytes + 2 * across + 2 * tokens * expert + (tokens + 2) * block;
 }
 
 uint64_t ThreadScratchBytes(const Plan& plan, int threads) {
