@@ -109,50 +109,47 @@ HWY_INLINE void Transpose16(DF df, const VF* r, VF* c) {
 constexpr bool kTransposeTile = kMaxL == 8;
 #endif
 
+#if HWY_TARGET != HWY_SCALAR
+// The first two levels of SumsOfLanes' trees, within 128-bit blocks (no cross-block permute):
+// c[i]'s block k, lane j is the sum of block k's lanes of v[4i + j] (n = 8 or 16 vectors,
+// n / 4 results). Each level adds two vectors' interleaved halves.
+HWY_INLINE void BlockSums(DF df, const VF* v, size_t n, VF* c) {
+  const hn::Repartition<double, DF> dd;
+  for (size_t i = 0; i < n / 4; ++i) {
+    VF a[2];  // lane l of a[h] (per block): lanes {l / 2, l / 2 + 2} of v[4i + 2h + l % 2]
+    for (size_t h = 0; h < 2; ++h) {
+      const VF x = v[4 * i + 2 * h], y = v[4 * i + 2 * h + 1];
+      a[h] = hn::Add(hn::InterleaveLower(df, x, y), hn::InterleaveUpper(df, x, y));
+    }
+    const auto x = hn::BitCast(dd, a[0]), y = hn::BitCast(dd, a[1]);
+    c[i] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
+                   hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
+  }
+}
+#endif
+
 // Lane i of the result: the sum of v[i]'s lanes (in some order), for L vectors v[0..L-1]
 // (a transposition tree: each level adds the even and odd lanes of two vectors, halving the
 // count; v is overwritten).
 HWY_INLINE VF SumsOfLanes(DF df, VF* v, size_t L) {
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (kMaxL == 8) {
-    // With 8 lanes, shuffles within 128-bit blocks first (no cross-block permute until the
-    // last level): lane l of a[i] sums lanes {l, l + 2} (l mod 4 < 2) of v[2i] or v[2i + 1],
-    // per block; b[h]'s lane l (mod 4) the block's sum of v[4h + l]; the blocks then added.
-    const hn::Repartition<double, DF> dd;
-    VF a[4];
-    for (size_t i = 0; i < 4; ++i) {
-      a[i] = hn::Add(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
-                     hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
-    }
+    // With 8 lanes: BlockSums, then the two blocks added.
     VF c[2];
-    for (size_t h = 0; h < 2; ++h) {
-      const auto x = hn::BitCast(dd, a[2 * h]), y = hn::BitCast(dd, a[2 * h + 1]);
-      c[h] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
-                     hn::BitCast(df, hn::InterleaveUpper(dd, x, y)));
-    }
+    BlockSums(df, v, 8, c);
     return hn::Add(hn::ConcatLowerLower(df, c[1], c[0]), hn::ConcatUpperUpper(df, c[1], c[0]));
   }
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
   if constexpr (kMaxL == 16) {
-    // With 16 lanes likewise: two levels within 128-bit blocks (c[i]'s block k, lane j: the
-    // sum of block k of v[4i + j]), then the blocks' sums by two levels of block shuffles
-    // (block i, lane j of the result: v[4i + j]'s sum). No two-source lane permutes.
-    const hn::Repartition<double, DF> dd;
-    VF a[8];
-    for (size_t i = 0; i < 8; ++i) {
-      a[i] = hn::Add(hn::InterleaveLower(df, v[2 * i], v[2 * i + 1]),
-                     hn::InterleaveUpper(df, v[2 * i], v[2 * i + 1]));
-    }
-    __m512 c[4];
-    for (size_t i = 0; i < 4; ++i) {
-      const auto x = hn::BitCast(dd, a[2 * i]), y = hn::BitCast(dd, a[2 * i + 1]);
-      c[i] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, x, y)),
-                     hn::BitCast(df, hn::InterleaveUpper(dd, x, y))).raw;
-    }
+    // With 16 lanes: BlockSums, then the blocks' sums by two levels of block shuffles (block
+    // i, lane j of the result: v[4i + j]'s sum). No two-source lane permutes.
+    VF c[4];
+    BlockSums(df, v, 16, c);
     __m512 e[2];
     for (size_t h = 0; h < 2; ++h) {  // blocks: c0 b0+b2, c0 b1+b3, c1 b0+b2, c1 b1+b3
-      e[h] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * h], c[2 * h + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                           _mm512_shuffle_f32x4(c[2 * h], c[2 * h + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+      const __m512 x = c[2 * h].raw, y = c[2 * h + 1].raw;
+      e[h] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
     }
     return VF{_mm512_add_ps(_mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)),
                             _mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)))};
