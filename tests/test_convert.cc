@@ -11,6 +11,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "format/json.h"
 #include "format/model_folder.h"
@@ -1016,6 +1017,53 @@ TEST_SUITE("convert") {
     CHECK(v.out.find("\nkernels: Highway ") != std::string::npos);
     CHECK(v.out.find("hand-written AVX-512 BF16 ") != std::string::npos);
     CHECK(qt::RunQuench({"frobnicate"}).exit_code == 2);
+  }
+
+  TEST_CASE("--version's kernels line says what /proc/cpuinfo's flags allow") {
+    // The hand-written kernels' checks against the kernel's own report of the CPU (an
+    // independent source): AVX-512 BF16 needs AVX-512 F/BW/VL/DQ, VBMI, BF16 and BMI2; VBMI
+    // the same less BF16; AVX2 needs AVX2, BMI2 and POPCNT.
+    const qt::RunResult v = qt::RunQuench({"--version"});
+    REQUIRE(v.exit_code == 0);
+    const size_t at = v.out.find("\nkernels: Highway ");
+    REQUIRE(at != std::string::npos);
+    const std::string line = v.out.substr(at + 1, v.out.find('\n', at + 1) - at - 1);
+    CAPTURE(line);
+#if defined(__linux__) && defined(__x86_64__)
+    const std::string info = qt::ReadBytes("/proc/cpuinfo");
+    const size_t flags_at = info.find("\nflags");
+    REQUIRE(flags_at != std::string::npos);
+    std::set<std::string> flags;
+    {
+      const std::string row = info.substr(flags_at, info.find('\n', flags_at + 1) - flags_at);
+      std::istringstream words(row.substr(row.find(':') + 1));
+      for (std::string w; words >> w;) flags.insert(w);
+    }
+    auto all = [&](std::initializer_list<const char*> names) {
+      for (const char* n : names) {
+        if (flags.count(n) == 0) return false;
+      }
+      return true;
+    };
+    const bool vbmi = all({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "bmi2"});
+    const bool bf16 = vbmi && all({"avx512_bf16"});
+    const bool avx2 = all({"avx2", "bmi2", "popcnt"});
+    auto says = [&](const std::string& name, bool yes) {
+      return line.find(name + (yes ? " yes" : " no")) != std::string::npos;
+    };
+    CHECK(says("AVX-512 BF16", bf16));
+    CHECK(says("AVX-512 VBMI", vbmi));
+    CHECK(says("AVX2", avx2));
+    // Highway's target (hwy/targets.cc, 1.0): AVX2 needs AVX, AVX2, BMI1/2, F16C, FMA, LZCNT
+    // and MOVBE; AVX3 those and AVX-512 F/BW/DQ/VL; else an older target.
+    const bool hwy_avx2 =
+        all({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe"});
+    const bool avx3 = hwy_avx2 && all({"avx512f", "avx512bw", "avx512dq", "avx512vl"});
+    CHECK((line.find("Highway AVX3") != std::string::npos) == avx3);
+    if (!avx3) CHECK((line.find("Highway AVX2") != std::string::npos) == hwy_avx2);
+#else
+    CHECK(line.find("; hand-written AVX-512 BF16 ") != std::string::npos);
+#endif
   }
 
   TEST_CASE("README's CLI reference and the commands' help name the same options") {
