@@ -29,7 +29,9 @@ fs::path Src() { return DataDir() / "golden" / "llama4lin" / "src"; }
 fs::path Golden(const std::string& scheme) { return DataDir() / "golden" / "llama4lin" / scheme; }
 
 constexpr uint64_t kExperts = 4, kHidden = 128, kWidth = 128;  // the generator's model
-const std::string kLayer0 = "language_model.model.layers.0.feed_forward.experts.";
+// The generator's two decoder layers, and layer 0's experts module.
+const std::string kLayers[] = {"language_model.model.layers.0.", "language_model.model.layers.1."};
+const std::string kLayer0 = kLayers[0] + "feed_forward.experts.";
 
 // The conversion with the options a user gives (quench's default ignores apply: the head and
 // the router, the reference's ignore list).
@@ -173,7 +175,7 @@ TEST_SUITE("llama4_linear") {
       std::memcpy(&v, b.data(), 4);
       return v;
     };
-    for (const std::string layer : {"language_model.model.layers.0.", "language_model.model.layers.1."}) {
+    for (const std::string& layer : kLayers) {
       const std::string experts = layer + "feed_forward.experts.";
       for (const char* stack : {"gate_up_proj", "down_proj"}) {
         auto [l, t] = FindTensor(src, experts + stack);
@@ -224,7 +226,7 @@ TEST_SUITE("llama4_linear") {
                                                      "re:.*feed_forward\\.experts\\..*"});
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     const auto all = LoadAll(tmp / "out"), src = LoadAll(Src());
-    for (const std::string layer : {"language_model.model.layers.0.", "language_model.model.layers.1."}) {
+    for (const std::string& layer : kLayers) {
       const std::string experts = layer + "feed_forward.experts.";
       for (uint64_t e = 0; e < kExperts; ++e) {
         for (int part = 0; part < 3; ++part) {
@@ -255,7 +257,7 @@ TEST_SUITE("llama4_linear") {
         Convert(Src(), tmp / "out", {"--scheme", "W4A16", "--prune-experts", "0.5"});
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     const auto all = LoadAll(tmp / "out"), golden = LoadAll(Golden("W4A16"));
-    for (const std::string layer : {"language_model.model.layers.0.", "language_model.model.layers.1."}) {
+    for (const std::string& layer : kLayers) {
       CAPTURE(layer);
       const std::string router = layer + "feed_forward.router.weight";
       const std::string rb = TensorBytes(src, router);

@@ -130,7 +130,7 @@ void SearchFp4Groups(const Block& b, bool* ok) {
   }
   const bool raw = D == DType::kBF16 && b.raw != nullptr;
   // The f32 vector of elements e..e + L - 1 of the block (e a multiple of L; read by the
-  // 8-lane targets' transposition and the raw tiles' widening below).
+  // full tiles' transpositions and the raw tiles' widening below).
   [[maybe_unused]] auto load_x = [&](size_t e) {
     if (raw) return rd::LoadF32<DType::kBF16>(df, b.raw + 2 * e);
     return hn::LoadU(df, b.x + e);

@@ -43,13 +43,14 @@ constexpr bool kLaneTables = kMaxL == 8 || kMaxL == 16;
 // and 2 for C = 2^22, 2^23, 2^24, E2M1's steps below 2, below 4 and up to 6 (the grid and
 // ties TermOf's RoundInt(a / step) * step gives); subtracting C back is exact.
 //
-// With 8 or 16 lanes (kLaneTables) the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each offset an even
-// multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the offset, ties
-// included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 + g for
-// g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
-// exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime.
-// Fp4Index returns a + C' (Fp4Round, or Fp4RoundBf16 from the product ax r); Fp4Term
-// subtracts C' back to g, Fp4TermTable looks the index up.
+// With 8 or 16 lanes (kLaneTables) the constant is C' = 2^22, 2^23 + 2 or 2^24 + 8 instead (each
+// offset an even multiple of the sum's ulp, so the rounding of a + C' is a's rounding plus the
+// offset, ties included): the low 3 bits of a + C' are then E2M1's code index, 2 g for g <= 2, 2 +
+// g for g in {2, 3, 4} and 4 + g / 2 for g in {4, 6} (kE2M1Grid's order), and C' is picked by a's
+// exponent field e (<= 129 after the clamp): lane (max(e, 122) mod 8) of kCPrime. Fp4Index returns
+// a + C' (Fp4Round, or Fp4RoundBf16 from the product ax r); Fp4Term subtracts C' back to g,
+// Fp4TermTable looks the index up.
+//
 // The lane tables: 8 entries, stored twice (a 16-lane load reads both copies).
 alignas(64) constexpr float kE2M1Grid[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                                              0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
@@ -236,12 +237,11 @@ HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
   return TermFromDq<N>(Permute8(df, table, hn::BitCast(du, y)), ax, im);
 }
 
-// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100]
-// (kLaneTables only), given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or
-// 0), and RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| <
-// 2^103), so dq = RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15
-// (codes 3, 5, 7: g = 1.5, 3, 6): two lookups, a blend and an exact product instead of the
-// product and its rounding.
+// Fp4Term with a different s in each lane, for bf16 scales in [2^-100, 2^100] (kLaneTables only),
+// given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or 0), and
+// RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| < 2^103), so dq =
+// RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15 (codes 3, 5, 7: g = 1.5,
+// 3, 6): two lookups, a blend and an exact product instead of the product and its rounding.
 alignas(64) constexpr float kTwoBaseM[16] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f,
                                              0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
 alignas(64) constexpr float kTwoBaseSel[16] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f,

@@ -352,7 +352,8 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                           LoadModelFolder(options.src, make_tensors, header_bytes));
   // Fused 3-D MoE experts become per-expert 2-D weights, named as model_free_ptq names them;
   // expert pruning alone leaves them whole, as compressed-tensors' convert_checkpoint does.
-  const bool none = (options.scheme == "none" || options.scheme == "NONE") && options.recipe.empty();
+  const bool none =
+      (options.scheme == "none" || options.scheme == "NONE") && options.recipe.empty();
   const bool experts_only = options.prune_experts && options.prune.empty() && none;
   // (An FP8-block source decodes 2-D weights only: its stacks are split even then, and the
   // output is what --scheme BF16 writes.)

@@ -83,7 +83,9 @@ Status DecodeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
                         const uint8_t* codes, uint64_t r0, uint64_t r1, uint8_t* out,
                         bool* finite) {
   // AutoAWQ and ModelOpt NVFP4 sources read their own codes (source_decode_packed.h).
-  if (t.source_scale->packed_kind != PackedKind::kNone) return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
+  if (t.source_scale->packed_kind != PackedKind::kNone) {
+    return DecodePackedRows(plan, t, maps, r0, r1, out, finite);
+  }
   *finite = true;
   if (r1 <= r0) return Status::Ok();
   if (t.source_scale->ct) return DecodeCtRows(plan, t, maps, codes, r0, r1, out, finite);
@@ -115,8 +117,8 @@ Status QuantizeSourceRows(const Plan& plan, const PlannedTensor& t, SourceMaps& 
   const bool int4 = kernel == &intq::QuantizePacked && params.bits == 4 && params.symmetric &&
                     params.group_size > 0;
   const bool nvfp4 = kernel == &fp4::QuantizeNvfp4;
-  if (t.source_scale->packed_kind != PackedKind::kNone || t.source_scale->ct || r1 <= r0 || !(int4 || nvfp4) ||
-      t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
+  if (t.source_scale->packed_kind != PackedKind::kNone || t.source_scale->ct || r1 <= r0 ||
+      !(int4 || nvfp4) || t.compute_dtype != DType::kBF16 || !fp8::FusedSourceAvailable()) {
     return Status::Ok();
   }
   std::vector<float> scales;
@@ -136,7 +138,8 @@ uint64_t DecodeTileRows(const Plan& plan, const PlannedTensor& t) {
   for (size_t j = 0; j < t.kernel_outputs; ++j) {
     align = std::lcm(align, std::max<uint64_t>(1, ps.outputs[t.outputs[j]].rows_per_slab));
   }
-  const uint64_t rows = std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
+  const uint64_t rows =
+      std::max<uint64_t>(1, kDecodeTileBytes / ComputeRowBytes(t) / align) * align;
   // A linearized stack's piece reads each tile's rows as a run of every stored row of its
   // expert (schemes/stack_transpose.h): runs of a few values would read each cache line of the
   // block several times, one stored row (tens of KB) apart. kLinearTileRows make each run
@@ -192,7 +195,8 @@ Status SourceRowsAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
 }
 
 bool IsFp8BlockSource(const PlannedTensor& t) {
-  return t.source_scale.has_value() && t.source_scale->packed_kind == PackedKind::kNone && !t.source_scale->ct;
+  return t.source_scale.has_value() && t.source_scale->packed_kind == PackedKind::kNone &&
+         !t.source_scale->ct;
 }
 
 Status SearchSourceAbsMax(const Plan& plan, const PlannedTensor& t, SourceMaps& maps,

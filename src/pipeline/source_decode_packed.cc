@@ -16,10 +16,7 @@
 namespace quench {
 namespace {
 
-constexpr PackedKind kAwq = PackedKind::kAwq;
-constexpr PackedKind kMxfp4 = PackedKind::kMxfp4;
-constexpr PackedKind kLinear = PackedKind::kLinear;
-// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
+// E2M1's magnitudes by a code's low three bits (ModelOpt NVFP4 codes; bit 3 is the sign).
 constexpr float kE2M1[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
 
 Status BadScale(const Plan& plan, const PlannedTensor& t, float v, uint64_t row, uint64_t col) {
@@ -75,6 +72,7 @@ Status ReadAwq(const Plan& plan, const PlannedTensor& t, SourceMaps& maps, uint6
   return Status::Ok();
 }
 
+// AutoAWQ packs outputs 8c + m of a word at nibble kAwqNibble[m] (schemes/awq_repack.h).
 uint32_t AwqCode(const std::vector<uint32_t>& words, uint64_t row_words, uint64_t i,
                  uint64_t c, uint64_t m) {
   return (words[i * row_words + c] >> (4 * kAwqNibble[m])) & 0xF;
@@ -216,20 +214,21 @@ Status DecodePackedRows(const Plan& plan, const PlannedTensor& t, SourceMaps& ma
   if (r1 <= r0) return Status::Ok();
   uint16_t* o = reinterpret_cast<uint16_t*>(out);
   switch (t.source_scale->packed_kind) {
-    case kAwq: return DecodeAwq(plan, t, maps, r0, r1, o, finite);
-    case kMxfp4: return DecodeMxfp4(plan, t, maps, r0, r1, o, finite);
-    case kLinear: return DecodeLinear(plan, t, maps, r0, r1, o);
+    case PackedKind::kAwq: return DecodeAwq(plan, t, maps, r0, r1, o, finite);
+    case PackedKind::kMxfp4: return DecodeMxfp4(plan, t, maps, r0, r1, o, finite);
+    case PackedKind::kLinear: return DecodeLinear(plan, t, maps, r0, r1, o);
     default: return DecodeModelOpt(plan, t, maps, r0, r1, o, finite);
   }
 }
 
 bool ReadsAcrossWeight(const PlannedTensor& t) {
   return t.source_scale && t.src_bytes != 0 &&
-         (t.source_scale->packed_kind == kAwq || t.source_scale->packed_kind == kLinear);
+         (t.source_scale->packed_kind == PackedKind::kAwq ||
+          t.source_scale->packed_kind == PackedKind::kLinear);
 }
 
 std::pair<uint64_t, uint64_t> AcrossRange(const PlannedTensor& t) {
-  if (t.source_scale && t.source_scale->packed_kind == kLinear) {
+  if (t.source_scale && t.source_scale->packed_kind == PackedKind::kLinear) {
     return {t.source_scale->offset, t.source_scale->nbytes};
   }
   return {t.src_offset, t.src_bytes};
@@ -237,8 +236,8 @@ std::pair<uint64_t, uint64_t> AcrossRange(const PlannedTensor& t) {
 
 uint64_t StackExpertBytes(const PlannedTensor& t) {
   if (!t.source_scale) return 0;
-  if (t.source_scale->packed_kind == kLinear) return t.source_scale->nbytes;
-  if (t.source_scale->packed_kind != kMxfp4) return 0;
+  if (t.source_scale->packed_kind == PackedKind::kLinear) return t.source_scale->nbytes;
+  if (t.source_scale->packed_kind != PackedKind::kMxfp4) return 0;
   return t.shape[1] * t.source_scale->scale_cols * t.source_scale->group / 2;
 }
 

@@ -271,7 +271,8 @@ void Planner::PlanShard(size_t si, ShardWork& w) const {
     if (!PlanRepacked(*source_t, index, pt, specs, w)) {
       PlanTensor(*lt, shard.rel_name, pt, specs, w);
     }
-    if (pt.source_scale && (pt.source_scale->ct || pt.source_scale->packed_kind == PackedKind::kMxfp4) &&
+    if (pt.source_scale &&
+        (pt.source_scale->ct || pt.source_scale->packed_kind == PackedKind::kMxfp4) &&
         pt.shape.size() == 3) {
       // A 3-D compressed-tensors or MXFP4 stack (written decoded, 3-D): the pipeline reads it
       // as experts * rows rows, chunk by chunk (schemes/ct_stack.h and schemes/mxfp4_stack.h
