@@ -7,7 +7,6 @@
 
 #include <csignal>
 #include <cstring>
-#include <functional>
 #include <thread>
 
 #include "format/model_folder.h"
@@ -189,26 +188,6 @@ void WriteManyTensorCheckpoint(const fs::path& dir, int layers, int experts) {
   qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Test\"]}");
 }
 
-// The floor contract for one conversion, `run(limit)` being it under --memory-limit `limit`:
-// refused at 1M with the figure it needs ("pass --memory-limit NM or more"), refused one MiB
-// below the figure, and converted at the figure with its peak RSS under it. Returns the
-// refusal's message.
-std::string CheckReportedFloor(const std::function<qt::RunResult(const std::string&)>& run,
-                               const std::string& label) {
-  const qt::RunResult refused = run("1M");
-  REQUIRE(refused.exit_code == 2);
-  const std::string pass = "pass --memory-limit ";
-  const size_t at = refused.err.find(pass);
-  REQUIRE_MESSAGE(at != std::string::npos, refused.err);
-  const uint64_t mib = std::stoull(refused.err.substr(at + pass.size()));
-  CHECK(run(std::to_string(mib - 1) + "M").exit_code == 2);
-  const qt::RunResult ok = run(std::to_string(mib) + "M");
-  REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
-  MESSAGE(label << " peak RSS " << ok.max_rss_kib << " KiB at its floor, " << mib << " MiB");
-  CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
-  return refused.err;
-}
-
 }  // namespace
 
 TEST_SUITE("memory") {
@@ -329,7 +308,7 @@ TEST_SUITE("memory") {
         a.insert(a.end(), {"--threads", "2", "--memory-limit", limit, "-q", "--overwrite"});
         return qt::RunQuench(a);
       };
-      CheckReportedFloor(run, label);
+      qt::CheckReportedFloor(run, label);
     }
   }
 
@@ -346,7 +325,7 @@ TEST_SUITE("memory") {
                               "--scheme", scheme, "--threads", "2", "--memory-limit", limit,
                               "-q", "--overwrite"});
       };
-      const std::string refusal = CheckReportedFloor(run, scheme);
+      const std::string refusal = qt::CheckReportedFloor(run, scheme).refusal;
       CHECK(refusal.find("for the plan of 24000 tensors") != std::string::npos);
     }
   }

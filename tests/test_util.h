@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <cstdint>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -388,6 +389,30 @@ inline std::vector<double> Bf16Weight(const std::map<std::string, Loaded>& all,
   return v;
 }
 
+
+// The --memory-limit floor's contract for one conversion, `run(limit)` being it under
+// --memory-limit `limit`: refused at 1M with the figure it needs ("pass --memory-limit NM or
+// more"), refused one MiB below the figure, and converted at the figure with its peak RSS
+// under it. Returns the refusal's message and the figure (MiB).
+struct ReportedFloor {
+  std::string refusal;
+  uint64_t mib = 0;
+};
+inline ReportedFloor CheckReportedFloor(const std::function<RunResult(const std::string&)>& run,
+                                        const std::string& label) {
+  const RunResult refused = run("1M");
+  REQUIRE(refused.exit_code == 2);
+  const std::string pass = "pass --memory-limit ";
+  const size_t at = refused.err.find(pass);
+  REQUIRE_MESSAGE(at != std::string::npos, refused.err);
+  const uint64_t mib = std::stoull(refused.err.substr(at + pass.size()));
+  CHECK(run(std::to_string(mib - 1) + "M").exit_code == 2);
+  const RunResult ok = run(std::to_string(mib) + "M");
+  REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+  MESSAGE(label << " peak RSS " << ok.max_rss_kib << " KiB at its floor, " << mib << " MiB");
+  CHECK(static_cast<uint64_t>(ok.max_rss_kib) < mib * 1024);
+  return {refused.err, mib};
+}
 
 }  // namespace quench::testing
 
