@@ -7,7 +7,7 @@ set -euo pipefail
 # openmpi-bin, slurmctld, slurmd, slurm-client: the real launchers the workers test starts
 # (scripts/test-launchers: mpirun -np 3, a one-host Slurm with sbatch --array and srun).
 # libopenblas0: GPTQ's Cholesky and block updates (loaded at run time).
-pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev libzstd-dev
+pkgs=(meson ninja-build pkg-config g++ libhwy-dev libsimdjson-dev libtbb-dev
       libyaml-cpp-dev doctest-dev python3 clang-14 libclang-rt-14-dev
       openmpi-bin slurmctld slurmd slurm-client libopenblas0)
 missing=()
