@@ -472,26 +472,41 @@ void SearchFp4Groups(const Block& b, bool* ok) {
       mask = hn::Load(du, st_m);
     };
     // The first two steps (where most groups are live and about half improve): each lane
-    // sums its group's terms (two chains per step, the steps independent of each other),
-    // then both decisions; the later steps' filters then compare against the best of both.
+    // sums its group's terms (two chains per step, both steps in one pass over the
+    // elements: four independent chains), then both decisions; the later steps' filters
+    // then compare against the best of both.
     {
       VF sum[2];
-      for (size_t k = 0; k < full; ++k) {
-        const VF sk = hn::Load(df, S + k * L), rk = k == 0 ? hn::Load(df, R) : reciprocal(k);
-        VF a0 = zero, a1 = zero;
-        if constexpr (kLaneTables && D == DType::kBF16) {  // (scales in range: checked above)
-          const VF s15 = OneAndHalf(df, sk);
-          for (size_t j = 0; j < kN; j += 2) {
-            a0 = hn::Add(a0, Fp4TermTwoBase<N>(df, hn::Abs(X[j]), I[j], sk, rk, s15));
-            a1 = hn::Add(a1, Fp4TermTwoBase<N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk, s15));
+      auto first_steps = [&](auto count) {
+        constexpr size_t K = decltype(count)::value;
+        VF sk[K], rk[K], s15[K], a0[K], a1[K];
+        for (size_t k = 0; k < K; ++k) {
+          sk[k] = hn::Load(df, S + k * L);
+          rk[k] = k == 0 ? hn::Load(df, R) : reciprocal(k);
+          // (scales in range for the two-base form: checked above)
+          s15[k] = kLaneTables && D == DType::kBF16 ? OneAndHalf(df, sk[k]) : zero;
+          a0[k] = a1[k] = zero;
+        }
+        auto term = [&](VF ax, VF im, size_t k) {
+          if constexpr (kLaneTables && D == DType::kBF16) {
+            return Fp4TermTwoBase<N>(df, ax, im, sk[k], rk[k], s15[k]);
+          } else {
+            return Fp4Term<D, N>(df, ax, im, sk[k], rk[k]);
           }
-        } else {
-          for (size_t j = 0; j < kN; j += 2) {
-            a0 = hn::Add(a0, Fp4Term<D, N>(df, hn::Abs(X[j]), I[j], sk, rk));
-            a1 = hn::Add(a1, Fp4Term<D, N>(df, hn::Abs(X[j + 1]), I[j + 1], sk, rk));
+        };
+        for (size_t j = 0; j < kN; j += 2) {
+          const VF x0 = hn::Abs(X[j]), x1 = hn::Abs(X[j + 1]);
+          for (size_t k = 0; k < K; ++k) {
+            a0[k] = hn::Add(a0[k], term(x0, I[j], k));
+            a1[k] = hn::Add(a1[k], term(x1, I[j + 1], k));
           }
         }
-        sum[k] = hn::Add(a0, a1);
+        for (size_t k = 0; k < K; ++k) sum[k] = hn::Add(a0[k], a1[k]);
+      };
+      if (full == 2) {
+        first_steps(std::integral_constant<size_t, 2>());
+      } else {
+        first_steps(std::integral_constant<size_t, 1>());  // (steps >= 1)
       }
       for (size_t k = 0; k < full; ++k) decide(k, sum[k], valid);
     }
