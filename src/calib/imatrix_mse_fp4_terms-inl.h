@@ -247,20 +247,21 @@ HWY_INLINE VF Fp4TermTable(DF df, VF ax, VF im, VF s, VF r, VF table) {
 // given s15 = RNE_bf16(1.5 s): E2M1's g is m * 1 or m * 1.5 with m a power of two (or 0), and
 // RNE_bf16(m y) = m RNE_bf16(y) wherever m y stays normal (here: 2^-101 <= |m y| < 2^103), so dq =
 // RNE_bf16(g s) is m s (codes 0, 1, 2, 4, 6: g = 0, 0.5, 1, 2, 4) or m s15 (codes 3, 5, 7: g = 1.5,
-// 3, 6): two lookups, a blend and an exact product instead of the product and its rounding.
-alignas(64) constexpr float kTwoBaseM[16] = {0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f,
-                                             0.0f, 0.5f, 1.0f, 1.0f, 2.0f, 2.0f, 4.0f, 4.0f};
-alignas(64) constexpr float kTwoBaseSel[16] = {0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f,
-                                               0.0f, 0.0f, 0.0f, -1.0f, 0.0f, -1.0f, 0.0f, -1.0f};
-static_assert(TwoCopies(kTwoBaseM) && TwoCopies(kTwoBaseSel));
+// 3, 6). One lookup gives m, negated for the codes of s15 (kTwoBaseSigned), whose sign then
+// picks s or -s15: dq = (-m)(-s15) = m s15 or m s, exact products either way (m a power of
+// two or 0; a negative times a negative is the positive product): a lookup, a blend and a
+// product instead of the product and its rounding.
+alignas(64) constexpr float kTwoBaseSigned[16] = {0.0f, 0.5f, 1.0f, -1.0f, 2.0f, -2.0f,
+                                                  4.0f, -4.0f, 0.0f, 0.5f, 1.0f, -1.0f,
+                                                  2.0f, -2.0f, 4.0f, -4.0f};
+static_assert(TwoCopies(kTwoBaseSigned));
 template <int N>
 HWY_INLINE VF Fp4TermTwoBase(DF df, VF ax, VF im, VF s, VF r, VF s15) {
   VF c;
   const VF y = Fp4Index<DType::kBF16>(df, ax, s, r, &c);
   const hn::RebindToUnsigned<DF> du;
-  const auto idx = hn::BitCast(du, y);
-  const VF base = hn::IfNegativeThenElse(Permute8(df, hn::Load(df, kTwoBaseSel), idx), s15, s);
-  return TermFromDq<N>(hn::Mul(Permute8(df, hn::Load(df, kTwoBaseM), idx), base), ax, im);
+  const VF m = Permute8(df, hn::Load(df, kTwoBaseSigned), hn::BitCast(du, y));
+  return TermFromDq<N>(hn::Mul(m, hn::IfNegativeThenElse(m, hn::Neg(s15), s)), ax, im);
 }
 
 // RNE_bf16(1.5 s) for Fp4TermTwoBase (the product is exact: s has 8 significant bits).
