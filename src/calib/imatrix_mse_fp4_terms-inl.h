@@ -113,9 +113,9 @@ HWY_INLINE VF Fp4Quotient(DF df, VF ax, VF s, VF r) {
 // plus the bf16 significand's low bits: the same parity for ties; a carry to 2^(E + 1) is
 // bf16's too), and subtracting C back is exact (both in one binade). Four operations instead
 // of RoundToDType's five. Callers: scales of tiles whose group maxima are 0 or in
-// [2^-60, 2^60] (every p >= 2^-30), and products g s of E2M1 values with a scale in QuotientBf16's range
-// [2^-100, 2^100] (where a tile's scale is outside it, its values are computed but never
-// used: the tile goes to the definition). Other D: RoundToDType.
+// [2^-60, 2^60] (every p >= 2^-30), and products g s of E2M1 values with a scale in
+// QuotientBf16's range [2^-100, 2^100] (where a tile's scale is outside it, its values are
+// computed but never used: the tile goes to the definition). Other D: RoundToDType.
 template <DType D>
 HWY_INLINE VF RoundPos(DF df, VF v) {
   if constexpr (D == DType::kBF16) {
