@@ -69,7 +69,7 @@ static_assert(TwoCopies(kE2M1Grid) && TwoCopies(kCPrime));
 // of 16 lanes holds its 8 entries twice, so lanes 0-7 are the entries). VPERMPS reads only
 // an index's low 3 bits (8 lanes) or 4 bits (16 lanes), and lane i + 8 of a 16-lane table
 // is lane i, so the raw index needs no mask (Highway's TableLookupLanes wants indices below
-// the lane count: one AND more per lookup, ~10% of a term's operations).
+// the lane count: an AND more per lookup).
 template <class VI>
 HWY_INLINE VF Permute8(DF df, VF table, VI idx) {
 #if HWY_TARGET == HWY_AVX2
