@@ -67,7 +67,8 @@ struct Tile {
 
 // Slabs of four groups (the last may be narrower; the channel layout: the whole row): the
 // bound kernel's fixed costs per row and group stay small against 512 columns (a slab of
-// one group costs ~25% more per element), the columns' uneven loss still shows.
+// one group costs more per element: bench/README.md, "AWQ search on column slabs"), the
+// columns' uneven loss still shows.
 std::vector<Tile> MakeTiles(const std::vector<AwqLayer>& layers, const std::vector<iq::Layout>& lays,
                             size_t* slabs) {
   std::vector<Tile> tiles;

@@ -662,8 +662,8 @@ class ImatrixRunImpl : public ImatrixRun {
     if (f == ImatrixFormat::kNvfp4) {
       // The largest chosen range, for the global scale. Pruning keeps each row's largest
       // magnitudes, but a group's range may change with it: read the rows as searched. Row
-      // blocks in parallel (this ran on the input stage's thread alone: ~3% of an NVFP4A16
-      // conversion's CPU); the maximum is the same in any order.
+      // blocks in parallel (on the input stage's thread alone it held up the pipeline); the
+      // maximum is the same in any order.
       std::atomic<bool> ranges_ok{true};
       std::mutex amax_mu;
       tbb::parallel_for(tbb::blocked_range<size_t>(0, rows, block),

@@ -1,7 +1,7 @@
 // The largest |x| of a whole FP8-block source weight, found by reading only the blocks that
 // can hold it (fp8.h: SearchSourceAbsMax). The NVFP4 global scale of a fused set needs this
 // before any member is quantized; reading every code for it was a second pass over the
-// weights (12% of an FP8 -> NVFP4A16 conversion's CPU).
+// weights (its cost: bench/README.md, "Quantized sources: global-scale search").
 //
 // Why the search is exact. Let block b have scale s_b >= 0 (DecodeSourceRows' checks: finite,
 // not negative; -0 multiplies like +0 in magnitude) and let x = RNE_bf16(f32(e4m3(c)) * s_b)
