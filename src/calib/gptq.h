@@ -1,6 +1,6 @@
 // GPTQ from a Hessian, as llm-compressor 0.14.0.1 runs it
-// (modifiers/gptq/gptq_quantize.py::quantize_weight, helpers.py; ../shared/spec/
-// calibration-from-statistics.md section 1): integer weights (symmetric or asymmetric, group
+// (modifiers/gptq/gptq_quantize.py::quantize_weight, helpers.py; docs/convert-reference.md,
+// "GPTQ"): integer weights (symmetric or asymmetric, group
 // or channel), scales and zero points from the memoryless min-max observer on the original
 // weight, taken before the sweep and never refitted.
 //

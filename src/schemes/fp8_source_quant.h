@@ -8,7 +8,7 @@
 // quantization parameters decided by (block, mc), and every element's output decided by its
 // code through a 256-entry table built once per (block, mc) with the scheme's own arithmetic.
 // The chunk then costs a byte max and a table lookup per weight instead of a decode, a
-// division and the roundings (bench/README.md, "FP8 sources: fused").
+// division and the roundings (bench/README.md, "Kernels: FP8 sources fused, int4 pairs").
 //
 // The lookups need AVX-512 VBMI (64 byte-table lookups per instruction); AVX2 CPUs without it
 // take per-group thresholds on the code instead (fp8_source_avx2.cc, same bytes). On other
