@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reference's GPTQ on the CPU for bench/README.md ("GPTQ"): llm-compressor 0.14.0.1's
 quantize_weight on a [ROWS, N] BF16 weight (W4A16, group 128, actorder static) with a Hessian of
-random activations. Usage: /work/main/.venv-ref/bin/python scripts/bench_gptq_reference.py ROWS N"""
+random activations. Usage: .venv-ref/bin/python scripts/bench_gptq_reference.py ROWS N"""
 import sys, time, torch
 from compressed_tensors.quantization import QuantizationArgs
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight

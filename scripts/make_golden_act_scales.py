@@ -2,7 +2,7 @@
 """Golden files for static activation scales (issue 18), from the pinned reference
 (compressed-tensors 0.19.0, llm-compressor 0.14.0.1). Run with the reference venv:
 
-    /work/main/.venv-ref/bin/python scripts/make_golden_act_scales.py
+    .venv-ref/bin/python scripts/make_golden_act_scales.py
 
 Writes data/golden/act_scales/:
 - qparams.json: for (min, max) pairs in BF16, F16 and F32, what compressed-tensors'

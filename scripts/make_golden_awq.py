@@ -11,7 +11,7 @@ chosen scales (f64), every candidate's loss as the reference computed it (`losse
 grid order) and the chosen grid index; metadata: scheme arguments and duo_scaling (true,
 false or both).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_awq.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_awq.py [OUT_DIR]
 """
 import json
 import os

@@ -10,7 +10,7 @@ quench: the smoothed model's Hessian diag(1/s) H diag(1/s) and activation ranges
 [min_c / s_c, max_c / s_c].
 
 Writes data/golden/compose/tiny_llama_sq_scales.safetensors: "<norm>.scales" (f32).
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_compose.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_compose.py [OUT_DIR]
 """
 import json
 import os

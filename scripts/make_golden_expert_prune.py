@@ -3,7 +3,7 @@
 
 Run with the reference venv's python (scripts/setup_reference.sh):
 
-    /work/main/.venv-ref/bin/python scripts/make_golden_expert_prune.py
+    .venv-ref/bin/python scripts/make_golden_expert_prune.py
 
 The reference is compressed-tensors 0.19.0's MagnitudeExpertPruner
 (entrypoints/convert/converters/magnitude_expert_pruner.py). Each case runs it:

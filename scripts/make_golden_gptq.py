@@ -13,7 +13,7 @@ reference refuses are listed in manifest.json with its message. oneshot_*.json: 
 quantization_config llm-compressor's oneshot writes for GPTQModifier(scheme="W4A16") on a tiny
 random Llama (the config groups quench's GPTQ output must match).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_gptq.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_gptq.py [OUT_DIR]
 """
 import json
 import os

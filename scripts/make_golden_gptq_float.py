@@ -15,7 +15,7 @@ their scales. As GPTQModifier does, the scales come from
 the memoryless min-max observer before the sweep; an NVFP4 fused set's global scale is the
 observer's get_global_scale over the set (generate_gparam of the set's largest |x|).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_gptq_float.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_gptq_float.py [OUT_DIR]
 """
 import os
 import sys

@@ -11,7 +11,7 @@ compressed-tensors quantize() writes with them (int8, no offset), with the quant
 arguments in its metadata. Case "uniform" has all-zero importance, where the reference falls
 back to the unweighted search.
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_imatrix.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_imatrix.py [OUT_DIR]
 """
 import json
 import os

@@ -14,7 +14,7 @@ global_scale<m>: f32, NVFP4 only). The NVFP4 global scale is the observer's: gen
 of the fused observers' searched ranges. Case "*_uniform" has all-zero importance (the
 reference's unweighted fallback).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_imatrix_fp4.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_imatrix_fp4.py [OUT_DIR]
 """
 import json
 import os

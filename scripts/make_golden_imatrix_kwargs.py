@@ -17,7 +17,7 @@ manifest.json lists the cases with each case's weights args as compressed-tensor
 (QuantizationArgs.model_dump(): what config.json's quantization_config holds, observer_kwargs
 included).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_imatrix_kwargs.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_imatrix_kwargs.py [OUT_DIR]
 """
 import json
 import os

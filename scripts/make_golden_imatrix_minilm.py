@@ -10,11 +10,11 @@ Made with (2-core VM, about 10 minutes):
   M=$(scripts/fetch_minilm.sh); scripts/calib-text /tmp/text
   scripts/collect-stats $M --text /tmp/text/calib.txt --samples 256 --seq-len 128 \
       --hessian none -o /tmp/stats
-  /work/main/.venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt /tmp/ref
+  .venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt /tmp/ref
   python3 scripts/make_golden_imatrix_minilm.py /tmp/ref /tmp/stats
 
 NVFP4A16 (expected-nvfp4a16.json, the same statistics, oneshot about 11 minutes):
-  /work/main/.venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt \
+  .venv-ref/bin/python scripts/ref_minilm_imatrix.py $M /tmp/text/calib.txt \
       /tmp/ref-nvfp4 --scheme NVFP4A16
   python3 scripts/make_golden_imatrix_minilm.py /tmp/ref-nvfp4 --expected expected-nvfp4a16.json
 (weight_global_scale values are recorded too: quench fuses BERT's query/key/value for vLLM,

@@ -10,7 +10,7 @@ refusals.json: the reference's error for an AWQModifier given quantization keys 
 recipe (the YAML loader builds the transform class, whose fields forbid extras; only the
 deprecated Python shim llmcompressor.modifiers.awq.AWQModifier splits them off).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_oneshot_smooth.py [OUT_DIR [CASE...]]
+Usage: .venv-ref/bin/python scripts/make_golden_oneshot_smooth.py [OUT_DIR [CASE...]]
 (CASE...: only those cases, and no refusals.)
 """
 import json

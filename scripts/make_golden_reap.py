@@ -4,7 +4,7 @@
 Run with the reference venv's python (scripts/setup_reference.sh), after
 make_golden_expert_prune.py (whose xprune-* sources and outputs this reuses):
 
-    /work/main/.venv-ref/bin/python scripts/make_golden_reap.py
+    .venv-ref/bin/python scripts/make_golden_reap.py
 
 The reference is llm-compressor 0.14.0.1's REAPPruningModifier (modifiers/pruning/reap/). Its
 choice, given saliency sums and counts, is made by two pieces of its code, both run here:

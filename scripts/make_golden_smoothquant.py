@@ -15,7 +15,7 @@ smoothing makes of data/tiny-llama with them (LlamaForCausalLM mappings: input_l
 q/k/v, post_attention_layernorm -> gate/up, alpha 0.5). quench's smoothquant conversion of
 tiny-llama must equal its RTN conversion of this smoothed checkpoint, byte for byte.
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_smoothquant.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_smoothquant.py [OUT_DIR]
 """
 import hashlib
 import json

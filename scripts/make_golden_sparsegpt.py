@@ -19,7 +19,7 @@ all-MiniLM-L6-v2's layer-0 attention input from a quench statistics file (--mini
 collected with scripts/collect-stats --hessian full), with the real query weight's first rows
 (--minilm-model DIR).
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_sparsegpt.py \
+Usage: .venv-ref/bin/python scripts/make_golden_sparsegpt.py \
            --minilm-model MODEL_DIR --minilm-stats STATS_DIR [OUT_DIR]
 """
 import argparse

@@ -10,7 +10,7 @@ spec ("unstructured:F" or "N:M", where quench's N:M keeps N of M and llm-compres
 mask_structure prunes N, so the reference is called with prune_n = M - N).
 Ties are planted on purpose: zero weights, channels with S = 0, repeated values of S and of W.
 
-Usage: /work/main/.venv-ref/bin/python scripts/make_golden_wanda.py [OUT_DIR]
+Usage: .venv-ref/bin/python scripts/make_golden_wanda.py [OUT_DIR]
 """
 import json
 import os
