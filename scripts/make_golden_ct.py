@@ -192,7 +192,7 @@ def decode_pack(packed, scale, shape, g_idx, bits=4):
     scale's dtype (bf16 here: one rounding), then bf16."""
     import numpy as np
     import torch
-    rows, cols = int(shape[0]), int(shape[1])
+    cols = int(shape[1])
     words = packed.numpy().astype(np.uint32)
     bitpos = np.arange(cols, dtype=np.uint64) * bits
     wi, off = (bitpos // 32).astype(np.int64), (bitpos % 32).astype(np.uint32)
