@@ -11,7 +11,6 @@ output sites per attention layer, `<attention>.k_cache` and `<attention>.v_cache
 = kv_heads * head_dim features; count, sums, min and max like an input site; no consumers),
 with the batch's padding rows removed as for input sites.
 """
-import torch
 
 
 def attention_layers(model) -> dict[int, str]:

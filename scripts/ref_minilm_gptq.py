@@ -63,7 +63,6 @@ def stats_from(hessians_file: str, like: str, out: str) -> None:
     arr = {}
     for f in man["files"]:
         arr.update(load_file(os.path.join(like, f)))
-    seqs = man["collection"]["sequences"]
     for site, info in man["sites"].items():
         if "hessian" not in info["fields"]:
             continue
