@@ -39,9 +39,9 @@ float Nvfp4InputGlobalScale(float min, float max, DType d);
 
 // Planning (reads the statistics' manifest and the min/max/count arrays of the sites in use,
 // no weight): fills every static activation output of the plan (SchemeOutput::kStatic) and
-// adds a note saying how many weights got them from how many sites. Problems with the statistics (a weight without a site, another model's shapes, a
-// site that saw no tokens, no min/max, NaN) go to plan.errors. A no-op when no planned
-// weight has static activations.
+// adds a note saying how many weights got them from how many sites. Problems with the statistics (a
+// weight without a site, another model's shapes, a site that saw no tokens, no min/max, NaN) go to
+// plan.errors. A no-op when no planned weight has static activations.
 //
 // With `smoothed` (per plan tensor, the factors smoothing multiplied its input columns by, or
 // null: src/calib/composite.h), only those tensors' outputs are recomputed, from the smoothed

@@ -3,8 +3,8 @@
 // factorize_hessian, column_scale_window}); the fake quantization is compressed-tensors
 // 0.19.0's (lifecycle/forward_helpers.py::_quantize/_dequantize), the final codes its
 // compressor's, both through the int schemes' definition (src/schemes/int_shared.h).
-// Linear algebra is OpenBLAS's LAPACK (potrf, potri) and SGEMM (calib/blas.h), as torch's CPU build uses a
-// LAPACK/BLAS for the same steps; results agree with the reference to rounding (the golden
+// Linear algebra is OpenBLAS's LAPACK (potrf, potri) and SGEMM (calib/blas.h), as torch's CPU build
+// uses a LAPACK/BLAS for the same steps; results agree with the reference to rounding (the golden
 // tests measure how closely).
 #include "calib/gptq.h"
 

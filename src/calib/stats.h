@@ -94,9 +94,9 @@ class Statistics {
 };
 
 // Combines statistics of the same model collected in parts: counts, sums and Hessians add,
-// min and max reduce, REAP sums and counts add. Refuses parts whose model, sites, fields or collection settings differ.
-// Writes `out` (a new folder) atomically file by file; reads inputs through maps, an array at
-// a time.
+// min and max reduce, REAP sums and counts add. Refuses parts whose model, sites, fields or
+// collection settings differ. Writes `out` (a new folder) atomically file by file; reads inputs
+// through maps, an array at a time.
 Status MergeStatistics(const std::vector<std::filesystem::path>& inputs,
                        const std::filesystem::path& out);
 

@@ -1,6 +1,6 @@
 // Which part of a multi-machine conversion this process is: from --worker I/N, or from the
-// variables the job engine sets (Slurm job arrays and srun steps, Kubernetes indexed jobs, Open MPI,
-// MPICH/Hydra/Cray PMI, torchrun). Pure: the environment is read through a lookup function,
+// variables the job engine sets (Slurm job arrays and srun steps, Kubernetes indexed jobs, Open
+// MPI, MPICH/Hydra/Cray PMI, torchrun). Pure: the environment is read through a lookup function,
 // so the rules are tested with fake environments (tests/test_worker_env.cc).
 #ifndef QUENCH_CLI_WORKER_ENV_H_
 #define QUENCH_CLI_WORKER_ENV_H_

@@ -51,10 +51,11 @@ inline constexpr size_t kMaxTensorNameBytes = 4096;
 // Validates a header: `json` is the N header bytes (padding included); `file_size` is the
 // whole file's size. Rules (each violation names file, tensor and rule in the message):
 // JSON object; `__metadata__` a string->string map; each entry an object with
-// dtype/shape/data_offsets (unknown extra fields are ignored, as the Rust crate does); known dtype; shape of non-negative integers; product * dtype size
-// == end - begin (no overflow); begin <= end; offsets within the data section; tensors tile the
-// data section with no gaps or overlaps, starting at 0 and ending at the file end; no duplicate
-// names; valid UTF-8 names. `label` names the file in messages.
+// dtype/shape/data_offsets (unknown extra fields are ignored, as the Rust crate does); known dtype;
+// shape of non-negative integers; product * dtype size == end - begin (no overflow); begin <= end;
+// offsets within the data section; tensors tile the data section with no gaps or overlaps, starting
+// at 0 and ending at the file end; no duplicate names; valid UTF-8 names. `label` names the file in
+// messages.
 Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view label, std::string_view json,
                                                  uint64_t file_size);
 

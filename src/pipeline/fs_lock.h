@@ -1,9 +1,9 @@
 // A lock held through a shared file system (NFS, Lustre, a mounted bucket), for workers on
 // different machines: the lock file is made by link(2) from a file already holding who took
-// it (atomic on local file systems and NFS, and never seen empty); while held, a thread refreshes its mtime every
-// kHeartbeatSeconds. A lock is stale, and taken over, when its holder ran on this machine and
-// is gone (same host, boot and PID namespace; the process or its start time differ), or when
-// its mtime is more than kStaleSeconds behind the file system's clock (a holder elsewhere that
+// it (atomic on local file systems and NFS, and never seen empty); while held, a thread refreshes
+// its mtime every kHeartbeatSeconds. A lock is stale, and taken over, when its holder ran on this
+// machine and is gone (same host, boot and PID namespace; the process or its start time differ), or
+// when its mtime is more than kStaleSeconds behind the file system's clock (a holder elsewhere that
 // died: the job engine reruns a worker on another node). Takeover renames the stale file away
 // and checks it renamed the file it judged, so two contenders cannot both win.
 #ifndef QUENCH_PIPELINE_FS_LOCK_H_

@@ -89,8 +89,8 @@ struct FinalizeResult {
 
 // On a DST already published (its config file in place: a stopped finalizer's cleanup left
 // to do) removes the parts and markers and returns published and already_published.
-// Otherwise checks that parts 0..count-1 are all present (count 0: the one count the parts agree on),
-// planned with one fingerprint, and that every shard is as its worker left it; then writes the
+// Otherwise checks that parts 0..count-1 are all present (count 0: the one count the parts agree
+// on), planned with one fingerprint, and that every shard is as its worker left it; then writes the
 // other files, the index and config.json (each atomically, config.json last) and removes the
 // parts and resume markers. A missing, corrupt or mismatched part is named with the worker that
 // owes it, and nothing is published (kInvalidInput).

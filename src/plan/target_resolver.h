@@ -12,8 +12,8 @@
 
 namespace quench {
 
-// vLLM's rule (compressed_tensors/utils.py::find_matched_target): vLLM reads config_groups in the order
-// config.json lists them, which is sorted by key because the writer sorts keys, and keeps
+// vLLM's rule (compressed_tensors/utils.py::find_matched_target): vLLM reads config_groups in the
+// order config.json lists them, which is sorted by key because the writer sorts keys, and keeps
 // one entry per target string (a later group redefining a target takes it over). A module
 // takes the first target that equals its name or whose regex matches it; failing that, the
 // first class-name target ("Linear", matched case-insensitively by containment in the layer

@@ -19,8 +19,8 @@ inline constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 
 // codes: [in][words] AWQ words (word c of input i at codes[i * words + c]; c counts output
 // blocks from the chunk's first, 8c + m its output m). Writes, for each output o in
-// [o_begin, o_end) (counted like 8c + m), in / 8 words (little-endian) at out + 4 * (o - o_begin) * (in / 8).
-// in is a multiple of 8; o_end <= 8 * words.
+// [o_begin, o_end) (counted like 8c + m), in / 8 words (little-endian) at out + 4 * (o - o_begin) *
+// (in / 8). in is a multiple of 8; o_end <= 8 * words.
 void RepackAwqWords(const uint32_t* codes, size_t in, size_t words, size_t o_begin,
                     size_t o_end, uint8_t* out);
 void RepackAwqWordsScalar(const uint32_t* codes, size_t in, size_t words, size_t o_begin,

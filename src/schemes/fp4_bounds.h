@@ -27,8 +27,9 @@
 //     patterns, read as unsigned integers, is the order of the values.
 // So predicate k holds iff bits(x) >= bound[k], with bound = bits(RD_bf16(P)) + 1 for the
 // strict predicates and bits(RU_bf16(P)) for the others; a bound of 0x7F80 (the largest
-// there is) is met by no finite x. tests/test_fp4_bounds.cc compares the bounds with Fp4Nibble(+-x / eff) for
-// every finite bf16 x under divisors across all binades and around every decision point.
+// there is) is met by no finite x. tests/test_fp4_bounds.cc compares the bounds with
+// Fp4Nibble(+-x / eff) for every finite bf16 x under divisors across all binades and around every
+// decision point.
 #ifndef QUENCH_SCHEMES_FP4_BOUNDS_H_
 #define QUENCH_SCHEMES_FP4_BOUNDS_H_
 

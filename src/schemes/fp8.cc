@@ -20,7 +20,8 @@
 // code is 0 anyway); and torch 2.13's e4m3 conversion saturates, so the clamp never changes
 // a code. Both steps are still implemented exactly as defined, except that for bf16 the
 // kernels take the quotient as x * RN(1 / scale) where that provably gives the same code
-// (internal::ReciprocalIsExact in fp8_shared.h, with the proof); the scalar reference always divides.
+// (internal::ReciprocalIsExact in fp8_shared.h, with the proof); the scalar reference always
+// divides.
 
 #include <algorithm>
 #include <cmath>

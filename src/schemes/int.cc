@@ -185,8 +185,9 @@ HWY_INLINE float KeyToValue(typename Traits<D>::S key) {
 // groups' observed min and max (asymmetric) or abs max (symmetric; `mx` only), values of D.
 // Lane for lane the same IEEE operations and RNE_D roundings as the scalar function, so a
 // row's groups share vector divisions instead of each running a dependent chain of two
-// scalar divisions and five roundings, the kernel's costliest step. Reads and writes whole vectors: the arrays hold n rounded up to a multiple of
-// Lanes(df) (padding lanes compute parameters nobody reads).
+// scalar divisions and five roundings, the kernel's costliest step. Reads and writes whole vectors:
+// the arrays hold n rounded up to a multiple of Lanes(df) (padding lanes compute parameters nobody
+// reads).
 template <DType D, bool kSym>
 HWY_INLINE void ComputeParamsRow(const float* mn_in, const float* mx_in, size_t n,
                                  const internal::Layout& l, float* scale_out, int32_t* zp_out) {

@@ -9,12 +9,12 @@
 // value unless a BF16 midpoint (an f32 whose low 16 bits are 0x8000) lies between them, so a
 // lane whose pattern is more than 8 from every midpoint pattern is exact; the others are
 // recomputed by the definition. (So the kernel rounds those lanes half up, by adding 0x8000
-// to the pattern: that differs from RNE only on an exact tie, which is a near lane.) The same holds for ws / scale (as ws * fl32(1 / scale):
-// two roundings of the reciprocal and product against one of the quotient) and for deq / s
-// (deq * fl32(1 / s) against fl32(deq / s in f64)). Ranges: |w| in {0} U [2^-80, 2^80]
-// (BoundRowOk), s in [2^-20, 2^20], so W s in {0} U [2^-100, 2^100]; group scales are
-// checked in [2^-90, 2^90], so deq / s in {0} U [2^-110, 2^118], always normal. ws / scale
-// may leave the normal range, but only where |q| < 0.5 or |q| > 2^99, where both round and
+// to the pattern: that differs from RNE only on an exact tie, which is a near lane.) The same holds
+// for ws / scale (as ws * fl32(1 / scale): two roundings of the reciprocal and product against one
+// of the quotient) and for deq / s (deq * fl32(1 / s) against fl32(deq / s in f64)). Ranges: |w| in
+// {0} U [2^-80, 2^80] (BoundRowOk), s in [2^-20, 2^20], so W s in {0} U [2^-100, 2^100]; group
+// scales are checked in [2^-90, 2^90], so deq / s in {0} U [2^-110, 2^118], always normal. ws /
+// scale may leave the normal range, but only where |q| < 0.5 or |q| > 2^99, where both round and
 // clamp to the same code. deq = (v - zp) scale is exact in f32 (8-bit by 8-bit) as in the
 // definition (for codes of at most 4 bits on 16 lanes, read from a per-group table of the
 // 16 values); back = RNE(deq / s) is then the definition's BF16 value, and fl32(w - back)
@@ -326,10 +326,11 @@ void ScaledLossFromBack2(const float* w, const float* back_a, const float* back_
 
 // Terms h32 * fl(dW^2) with dW, dW^2, h32 and the product each rounded (FMA or not): within
 // 5.01 u of h dW^2. Summed in N >= 4 lanes of at most cols / 4 terms, then a reduction of
-// at most 16 lanes: at most cols / 4 + 16 additions on any path, so the sum is within (cols / 4 + 23) u (1 + 1e-3) of the exact sum of h dW^2 (all
-// terms >= 0; standard recursive-summation bound). The definition's f64 sum is within
-// (cols / 4 + 4) 2^-53 of the same exact sum; 2^-28 covers that and the step from the exact
-// sum to the approximate one as the reference of the relative bound.
+// at most 16 lanes: at most cols / 4 + 16 additions on any path, so the sum is within
+// (cols / 4 + 23) u (1 + 1e-3) of the exact sum of h dW^2 (all terms >= 0; standard
+// recursive-summation bound).
+// The definition's f64 sum is within (cols / 4 + 4) 2^-53 of the same exact sum; 2^-28 covers that
+// and the step from the exact sum to the approximate one as the reference of the relative bound.
 double ScaledBoundRel(size_t cols) {
   return (double(cols) / 4.0 + 24.0) * 0x1p-24 * 1.01 + 0x1p-28;
 }

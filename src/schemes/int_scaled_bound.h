@@ -32,9 +32,10 @@ bool LoadBf16RowBound(const uint16_t* src, size_t n, float* w);
 // One row: w (f32 values of BF16 weights, BoundRowOk), s the candidate's scales (f64, in
 // [2^-20, 2^20]: ScaledKernelScales), s32 = float(s), inv32 = float(1 / s), h32 = float(h).
 // *approx: the row's loss in f32 (see above). back_out (may be null): the definition's
-// BF16 value of Q(W s) / s per column (dW = w - back in f64). ws: scratch of the row's width. False where the kernel does not apply (fewer than four f32 lanes, a
-// group width that is not a whole number of vectors, a non-finite product, a group scale
-// outside [2^-90, 2^90]): the caller evaluates that row by the definition.
+// BF16 value of Q(W s) / s per column (dW = w - back in f64). ws: scratch of the row's width. False
+// where the kernel does not apply (fewer than four f32 lanes, a group width that is not a whole
+// number of vectors, a non-finite product, a group scale outside [2^-90, 2^90]): the caller
+// evaluates that row by the definition.
 bool Bf16ScaledRowLossBound(const float* w, const double* s, const float* s32,
                             const float* inv32, const float* h32, const internal::Layout& lay,
                             bool symmetric, float* ws, float* back_out, float* approx);
