@@ -10,13 +10,13 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
-#include <cstring>
-#include <map>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <cstdint>
 #include <functional>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -388,7 +388,6 @@ inline std::vector<double> Bf16Weight(const std::map<std::string, Loaded>& all,
   for (size_t i = 0; i < v.size(); ++i) v[i] = DecodeBF16(l->Data(*t) + 2 * i);
   return v;
 }
-
 
 // The --memory-limit floor's contract for one conversion, `run(limit)` being it under
 // --memory-limit `limit`: refused at 1M with the figure it needs ("pass --memory-limit NM or
