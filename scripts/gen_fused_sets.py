@@ -123,7 +123,12 @@ def render(rows):
         ms = ", ".join(f'"{m}"' for m in padded)
         names = sorted(models)
         who = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        lines.append(f'    {{"{fused}", {{{ms}}}}},  // {who}')
+        entry = f'    {{"{fused}", {{{ms}}}}},'
+        # The models after the entry, or on the line above it where that would pass 100 columns.
+        if len(entry) + len(who) + 4 <= 100:
+            lines.append(f"{entry}  // {who}")
+        else:
+            lines += [f"    // {who}", entry]
     lines.append(END)
     return lines
 

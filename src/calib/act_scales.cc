@@ -170,11 +170,13 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScal
     const size_t e = ws.consumer->expert.value_or(0);
     const size_t n = site.in_features;
     if (e >= count->size() || (*count)[e] <= 0) {
-      plan.errors.push_back(Error(
-          ErrorCode::kInvalidInput,
-          where + "site " + site.name + (ws.consumer->expert ? " expert " + std::to_string(e) : "") +
-              " saw no tokens, so '" + t.name + "' has no input range for its static scale; "
-              "collect with more text (or --moe all), or add it to --ignore"));
+      plan.errors.push_back(
+          Error(ErrorCode::kInvalidInput,
+                where + "site " + site.name +
+                    (ws.consumer->expert ? " expert " + std::to_string(e) : "") +
+                    " saw no tokens, so '" + t.name +
+                    "' has no input range for its static scale; "
+                    "collect with more text (or --moe all), or add it to --ignore"));
       continue;
     }
     Range r{INFINITY, -INFINITY};
@@ -219,7 +221,8 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScal
     PlannedTensor& t = plan.tensors[i];
     if (!range[i]) continue;
     Range r = *range[i];
-    if (t.fused_set >= 0 && t.scheme->fuse_global_scale) r = *set_range[static_cast<size_t>(t.fused_set)];
+    if (t.fused_set >= 0 && t.scheme->fuse_global_scale)
+      r = *set_range[static_cast<size_t>(t.fused_set)];
     const DType d = t.compute_dtype;  // the activations' dtype: the model's
     const QuantArgsDesc& a = *t.scheme->input_activations;
     for (size_t oi : t.outputs) {

@@ -46,7 +46,8 @@ std::vector<Block> MakeBlocks(const std::vector<AwqLayer>& layers) {
   for (size_t li = 0; li < layers.size(); ++li) {
     const AwqLayer& l = layers[li];
     if (!l.quantized) continue;
-    const uint64_t step = std::max<uint64_t>(1, (uint64_t{1} << 16) / std::max<uint64_t>(1, l.cols));
+    const uint64_t step =
+        std::max<uint64_t>(1, (uint64_t{1} << 16) / std::max<uint64_t>(1, l.cols));
     for (uint64_t r0 = 0; r0 < l.rows; r0 += step) {
       blocks.push_back({li, r0, std::min(l.rows, r0 + step)});
     }
@@ -69,8 +70,8 @@ struct Tile {
 // bound kernel's fixed costs per row and group stay small against 512 columns (a slab of
 // one group costs more per element: bench/README.md, "AWQ search on column slabs"), the
 // columns' uneven loss still shows.
-std::vector<Tile> MakeTiles(const std::vector<AwqLayer>& layers, const std::vector<iq::Layout>& lays,
-                            size_t* slabs) {
+std::vector<Tile> MakeTiles(const std::vector<AwqLayer>& layers,
+                            const std::vector<iq::Layout>& lays, size_t* slabs) {
   std::vector<Tile> tiles;
   *slabs = 0;
   for (size_t li = 0; li < layers.size(); ++li) {
@@ -141,7 +142,8 @@ struct TileRows {
         ok[r] = intq::LoadBf16RowBound(reinterpret_cast<const uint16_t*>(l.data) + at, width,
                                        &w[r * width]);
       } else {
-        for (uint64_t c = 0; c < width; ++c) w[r * width + c] = LoadElement(l.data, l.dtype, at + c);
+        for (uint64_t c = 0; c < width; ++c)
+          w[r * width + c] = LoadElement(l.data, l.dtype, at + c);
       }
     }
   }

@@ -31,7 +31,8 @@ Result<Algorithms> ParseAlgorithms(const std::string& text) {
       rtn = true;
     } else if (name == "gptq" || name == "sparsegpt") {
       bool& flag = name == "gptq" ? a.gptq : a.sparsegpt;
-      if (flag) return Error(ErrorCode::kUsage, "--algorithm " + text + " names " + name + " twice");
+      if (flag)
+        return Error(ErrorCode::kUsage, "--algorithm " + text + " names " + name + " twice");
       flag = true;
     } else if (name == "smoothquant" || name == "awq") {
       if (!a.smoothing.empty()) {

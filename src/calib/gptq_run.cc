@@ -189,8 +189,8 @@ Result<std::vector<float>> LoadHessian(Statistics& stats, const PlannedTensor& p
 Status PlanGptq(Plan& plan, const ConvertOptions& options) {
   if (options.algorithm != "rtn" && options.algorithm != "gptq" &&
       options.algorithm != "sparsegpt") {
-    return Error(ErrorCode::kUsage,
-                 "unknown --algorithm '" + options.algorithm + "' (rtn, gptq, sparsegpt, smoothquant, awq)");
+    return Error(ErrorCode::kUsage, "unknown --algorithm '" + options.algorithm +
+                                        "' (rtn, gptq, sparsegpt, smoothquant, awq)");
   }
   if (options.algorithm == "rtn") {
     // Static activation and KV-cache scales (kStatic outputs) read the statistics too.
@@ -278,8 +278,9 @@ class GptqRunImpl : public GptqRun {
       current_key_ = key;
     }
     if (current_->rtn_fallback) {
-      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site + " could not be factored (" +
-                     current_->why + "); rounded to nearest, as llm-compressor falls back";
+      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site +
+                     " could not be factored (" + current_->why +
+                     "); rounded to nearest, as llm-compressor falls back";
     }
     std::lock_guard<std::mutex> lock(mu_);
     live_[t] = current_;
@@ -340,9 +341,10 @@ class GptqRunImpl : public GptqRun {
 }  // namespace
 
 Result<std::unique_ptr<GptqRun>> MakeGptqRun(const Plan& plan, const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return !t.calib.value_or_default().site.empty() && t.action == TensorAction::kQuantize;
-  });
+  const bool any =
+      std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
+        return !t.calib.value_or_default().site.empty() && t.action == TensorAction::kQuantize;
+      });
   if (!any || options.algorithm != "gptq") return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(GptqOptions gopt, ResolveOptions(options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));

@@ -188,7 +188,8 @@ Result<Imatrix> ReadLegacy(const fs::path& file, uint64_t chunk) {
     if (r.Has(4)) {
       const int32_t len = r.I32();
       if (len < 0 || !r.Has(static_cast<uint64_t>(len))) return truncated("the dataset name");
-      im.datasets.emplace_back(reinterpret_cast<const char*>(r.p + r.pos), static_cast<size_t>(len));
+      im.datasets.emplace_back(reinterpret_cast<const char*>(r.p + r.pos),
+                               static_cast<size_t>(len));
       r.pos += static_cast<uint64_t>(len);
     }
   }

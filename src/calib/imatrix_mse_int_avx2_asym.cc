@@ -252,13 +252,15 @@ QUENCH_IMX_AVX2 inline __m256 SumVecs(const Ctx& x, const Prepared& g, const Ste
   size_t v = v0;
   for (; v + 2 <= x.nv; v += 2) {
     const size_t o = 8 * v;
-    acc = _mm256_add_ps(acc, Terms8<N, Z0>(x.c, _mm256_load_ps(g.xs + o), _mm256_load_ps(g.ie + o), st));
+    acc = _mm256_add_ps(acc,
+                        Terms8<N, Z0>(x.c, _mm256_load_ps(g.xs + o), _mm256_load_ps(g.ie + o), st));
     acc1 = _mm256_add_ps(
         acc1, Terms8<N, Z0>(x.c, _mm256_load_ps(g.xs + o + 8), _mm256_load_ps(g.ie + o + 8), st));
   }
   for (; v < x.nv; ++v) {
     const size_t o = 8 * v;
-    acc = _mm256_add_ps(acc, Terms8<N, Z0>(x.c, _mm256_load_ps(g.xs + o), _mm256_load_ps(g.ie + o), st));
+    acc = _mm256_add_ps(acc,
+                        Terms8<N, Z0>(x.c, _mm256_load_ps(g.xs + o), _mm256_load_ps(g.ie + o), st));
   }
   return _mm256_add_ps(acc, acc1);
 }

@@ -361,7 +361,8 @@ void IntCodesImpl(const float* x, size_t n, size_t group, const intq::internal::
         const hn::Repartition<uint64_t, DF> d64;
         const hn::Rebind<uint8_t, decltype(d64)> du8;
         const auto biased = hn::BitCast(du, hn::Add(hn::Min(hn::Max(v, lo), hi), magic));
-        const auto u = hn::BitCast(d64, hn::Xor(hn::And(biased, hn::Set(du, 15u)), hn::Set(du, 8u)));
+        const auto u =
+            hn::BitCast(d64, hn::Xor(hn::And(biased, hn::Set(du, 15u)), hn::Set(du, 8u)));
         hn::StoreU(hn::TruncateTo(du8, hn::Or(u, hn::ShiftRight<28>(u))), du8, packed + j / 2);
 #endif
       } else {

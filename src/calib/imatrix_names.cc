@@ -54,7 +54,8 @@ constexpr Rule kMoe[] = {
 constexpr Rule kShared[] = {
     {"ffn_gate_shexp", "mlp.shared_experts.gate_proj", "moe_in", "mlp.shared_experts.gate_proj"},
     {"ffn_up_shexp", "mlp.shared_experts.up_proj", "moe_in", "mlp.shared_experts.up_proj"},
-    {"ffn_down_shexp", "mlp.shared_experts.down_proj", "shexp_down", "mlp.shared_experts.down_proj"},
+    {"ffn_down_shexp", "mlp.shared_experts.down_proj", "shexp_down",
+     "mlp.shared_experts.down_proj"},
 };
 constexpr Rule kMixtral[] = {
     {"ffn_gate_inp", "block_sparse_moe.gate", "moe_in", "mlp.gate"},
@@ -152,11 +153,13 @@ std::string ImatrixNameOf(const std::string& model_type, const std::string& weig
     const size_t start = e + 8;
     size_t end = start;
     while (end < rest.size() && rest[end] >= '0' && rest[end] <= '9') ++end;
-    if (end > start && end < rest.size() && rest[end] == '.') rest.replace(start, end - start, "{E}");
+    if (end > start && end < rest.size() && rest[end] == '.')
+      rest.replace(start, end - start, "{E}");
   }
   std::string out;
   ForRules(model_type, [&](const Rule& r, int) {
-    if (out.empty() && r.weight == rest) out = "blk." + layer + "." + std::string(r.gguf) + ".weight";
+    if (out.empty() && r.weight == rest)
+      out = "blk." + layer + "." + std::string(r.gguf) + ".weight";
   });
   return out;
 }

@@ -82,7 +82,8 @@ Result<SiteValues> ReadSite(const Statistics& s, const std::string& site,
   QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, s.ReadField(site, "count"));
   const size_t e = expert.value_or(0);
   if (e >= count.size() || sum.size() < (e + 1) * n) {
-    return Error(ErrorCode::kInvalidInput, "statistics: site " + site + " is shorter than its shape");
+    return Error(ErrorCode::kInvalidInput,
+                 "statistics: site " + site + " is shorter than its shape");
   }
   SiteValues v;
   v.sum_x2.assign(sum.begin() + static_cast<ptrdiff_t>(e * n),
@@ -337,7 +338,9 @@ class ImatrixRunImpl : public ImatrixRun {
         group_opts_(std::move(opts)), keep_rows_bytes_(keep_rows_bytes),
         keep_tensor_bytes_(keep_tensor_bytes) {}
 
-  bool Takes(size_t t) const override { return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty(); }
+  bool Takes(size_t t) const override {
+    return !plan_.tensors[t].calib.value_or_default().imatrix_site.empty();
+  }
 
   Result<std::optional<float>> SearchedAbsMax(size_t t) override {
     const PlannedTensor& pt = plan_.tensors[t];
@@ -479,8 +482,8 @@ class ImatrixRunImpl : public ImatrixRun {
     const PlannedCalibration& calib = pt.calib.value_or_default();
     const std::string key = Key(calib.imatrix_site, calib.imatrix_expert);
     if (key == imp_key_) return Status::Ok();
-    QUENCH_ASSIGN_OR_RETURN(SiteValues v,
-                            ReadSite(stats_, calib.imatrix_site, calib.imatrix_expert, pt.shape[1]));
+    QUENCH_ASSIGN_OR_RETURN(
+        SiteValues v, ReadSite(stats_, calib.imatrix_site, calib.imatrix_expert, pt.shape[1]));
     imp_ = NormalizedImportance(v.sum_x2, v.count);
     imp_key_ = key;
     return Status::Ok();
@@ -740,8 +743,9 @@ class ImatrixRunImpl : public ImatrixRun {
 
 Result<std::unique_ptr<ImatrixRun>> MakeImatrixRun(const Plan& plan,
                                                    const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(),
-                               [](const PlannedTensor& t) { return !t.calib.value_or_default().imatrix_site.empty(); });
+  const bool any = std::any_of(
+      plan.tensors.begin(), plan.tensors.end(),
+      [](const PlannedTensor& t) { return !t.calib.value_or_default().imatrix_site.empty(); });
   if (!any || options.algorithm != "rtn") return std::unique_ptr<ImatrixRun>();
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
   std::vector<ImatrixOptions> opts;

@@ -91,8 +91,8 @@ Status CheckBalanceLayers(const Plan& plan, const std::map<std::string, size_t>&
                t.params.group_size != first->params.group_size ||
                t.params.symmetric != first->params.symmetric) {
       return refuse("its balance layers are split across schemes (" + m.balance.front() + ": " +
-                    std::string(first->scheme->name) + ", " + b + ": " + std::string(t.scheme->name) +
-                    ")");
+                    std::string(first->scheme->name) + ", " + b + ": " +
+                    std::string(t.scheme->name) + ")");
     }
     if (t.shape[1] != n) return refuse("balance layers have different input widths");
     if (t.dtype != dtype) return refuse("balance layers have different dtypes");
@@ -214,7 +214,8 @@ bool Incompatible(const Plan& plan, const std::map<std::string, size_t>& index,
       continue;
     }
     const uint64_t in = plan.tensors[bw->second].shape[1];
-    if ((ends(m.smooth, ".v_proj") && out != in) || (ends(m.smooth, ".qkv_proj") && out != 3 * in)) {
+    if ((ends(m.smooth, ".v_proj") && out != in) ||
+        (ends(m.smooth, ".qkv_proj") && out != 3 * in)) {
       return true;
     }
   }
@@ -261,7 +262,8 @@ std::string SmoothSettings(const ConvertOptions& options) {
           : "alpha " + std::string(alpha);
   // The recipe's mappings and ignore change which tensors are rewritten: part of the
   // settings, so of the resume fingerprint.
-  const std::string own = DescribeUserMappings(options.smoothing_mappings, options.smoothing_ignore);
+  const std::string own =
+      DescribeUserMappings(options.smoothing_mappings, options.smoothing_ignore);
   if (!own.empty()) settings += ", " + own;
   return settings;
 }

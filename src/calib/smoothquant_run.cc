@@ -256,7 +256,8 @@ class SmoothRunImpl : public SmoothRun {
     const bool full = m.loss_kind == "full Hessian";
     std::vector<double> h;
     if (full) {
-      QUENCH_ASSIGN_OR_RETURN(std::vector<double> packed, Field(stats, m, "hessian", n * (n + 1) / 2));
+      QUENCH_ASSIGN_OR_RETURN(std::vector<double> packed,
+                              Field(stats, m, "hessian", n * (n + 1) / 2));
       h.assign(n * n, 0.0);
       size_t k = 0;
       for (uint64_t i = 0; i < n; ++i) {

@@ -93,7 +93,8 @@ Status PlanSparseGpt(Plan& plan, const ConvertOptions& options) {
       plan.errors.push_back(Error(ErrorCode::kUnsupported,
                                   "--algorithm sparsegpt with " + std::string(t.scheme->name) +
                                       " (a global scale over the sparse weights) is not built "
-                                      "yet; '" + t.name + "' is to be " + std::string(t.scheme->name)));
+                                      "yet; '" + t.name + "' is to be " +
+                                      std::string(t.scheme->name)));
       continue;
     }
     if (!sites.Assign(plan, stats, options.stats, "SparseGPT", t)) continue;
@@ -158,8 +159,9 @@ class SparseGptRunImpl : public GptqRun {
       current_key_ = key;
     }
     if (current_->rtn_fallback) {
-      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site + " could not be factored (" +
-                     current_->why + "); pruned with H^-1 = I (by magnitude, no updates), as "
+      fallback_[t] = "the Hessian of site " + pt.calib.value_or_default().site +
+                     " could not be factored (" + current_->why +
+                     "); pruned with H^-1 = I (by magnitude, no updates), as "
                      "llm-compressor falls back";
     }
     auto p = std::make_shared<Prepared>();
@@ -261,9 +263,9 @@ class SparseGptRunImpl : public GptqRun {
 }  // namespace
 
 Result<std::unique_ptr<GptqRun>> MakeSparseGptRun(const Plan& plan, const ConvertOptions& options) {
-  const bool any = std::any_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return !t.calib.value_or_default().site.empty() && t.prune;
-  });
+  const bool any = std::any_of(
+      plan.tensors.begin(), plan.tensors.end(),
+      [](const PlannedTensor& t) { return !t.calib.value_or_default().site.empty() && t.prune; });
   if (!any) return std::unique_ptr<GptqRun>();
   QUENCH_ASSIGN_OR_RETURN(SparseGptOptions sopt, ResolveOptions(plan, options));
   QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));

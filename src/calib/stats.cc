@@ -126,9 +126,10 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
     const JsonValue* n = v.Find("in_features");
     const JsonValue* experts = v.Find("experts");
     const JsonValue* fields = v.Find("fields");
-    if (file == nullptr || n == nullptr || !n->is_int() || n->as_int() <= 0 ||
-        fields == nullptr || !fields->is_array() ||
-        (experts != nullptr && !experts->is_null() && (!experts->is_int() || experts->as_int() <= 0))) {
+    if (file == nullptr || n == nullptr || !n->is_int() || n->as_int() <= 0 || fields == nullptr ||
+        !fields->is_array() ||
+        (experts != nullptr && !experts->is_null() &&
+         (!experts->is_int() || experts->as_int() <= 0))) {
       return Bad(dir, "site '" + name + "' needs \"file\", \"in_features\" > 0, \"fields\" and "
                       "\"experts\" (null or > 0)");
     }
@@ -193,8 +194,10 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
       const std::string* file = StringAt(v, "file");
       const std::string* router = StringAt(v, "router");
       const JsonValue* e = v.Find("experts");
-      if (file == nullptr || router == nullptr || e == nullptr || !e->is_int() || e->as_int() <= 0) {
-        return Bad(dir, "reap block '" + block + "' needs \"file\", \"router\" and \"experts\" > 0");
+      if (file == nullptr || router == nullptr || e == nullptr || !e->is_int() ||
+          e->as_int() <= 0) {
+        return Bad(dir,
+                   "reap block '" + block + "' needs \"file\", \"router\" and \"experts\" > 0");
       }
       StatsReap r{block, *router, *file, e->as_uint()};
       for (const auto& [field, dtype] : {std::pair{"reap_sum", DType::kF64},

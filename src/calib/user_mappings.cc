@@ -37,7 +37,8 @@ Result<std::vector<ResolvedMapping>> ResolveUserMappings(
 Result<size_t> DropIgnoredMappings(const std::vector<std::string>& ignore,
                                    std::vector<ResolvedMapping>& resolved) {
   if (ignore.empty()) return size_t{0};
-  QUENCH_ASSIGN_OR_RETURN(NameMatcher m, NameMatcher::Compile(ignore, "SmoothQuantModifier.ignore"));
+  QUENCH_ASSIGN_OR_RETURN(NameMatcher m,
+                          NameMatcher::Compile(ignore, "SmoothQuantModifier.ignore"));
   const size_t before = resolved.size();
   std::erase_if(resolved, [&](const ResolvedMapping& r) {
     return m.Matches(r.smooth) &&

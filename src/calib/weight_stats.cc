@@ -8,7 +8,8 @@ namespace quench::calib {
 
 WeightStats FindWeightStats(const Statistics& stats, const Plan& plan, const PlannedTensor& t) {
   WeightStats out;
-  const std::string name = plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
+  const std::string name =
+      plan.expert_prune ? SourceExpertName(*plan.expert_prune, t.name) : t.name;
   auto it = stats.consumers().find(name);
   if (it == stats.consumers().end()) return out;
   out.consumer = &it->second;

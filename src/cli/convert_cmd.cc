@@ -60,7 +60,8 @@ class ProgressPrinter {
     last_ = now;
     const double frac = static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
     const double rate = secs > 0 ? static_cast<double>(p.bytes_done) / secs / 1e9 : 0;
-    const double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / 1e9 / rate : 0;
+    const double eta =
+        rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / 1e9 / rate : 0;
     std::string cur(p.current.substr(0, 48));
     char eta_text[32] = "--";
     if (p.bytes_done > 0) std::snprintf(eta_text, sizeof eta_text, "%.0fs", eta);
@@ -306,14 +307,17 @@ void PrintSummary(const ConvertOptions& o, const ConvertSummary& s) {
     }
     std::fprintf(stderr, "quench: worker %d/%d: %s; %s\n", o.worker_index, o.workers, did,
                  s.published ? ("published " + o.dst.string()).c_str()
-                 : o.worker_finalize ? "the folder is published once every worker's part is in"
-                                     : "publish the folder with `quench finalize` once every part is in");
+                 : o.worker_finalize
+                     ? "the folder is published once every worker's part is in"
+                     : "publish the folder with `quench finalize` once every part is in");
     return;
   }
   if (s.pruned_tensors > 0) {
-    std::fprintf(stderr, "quench: pruned %llu tensors (%s): %.2f%% of their %llu weights are zero\n",
+    std::fprintf(stderr,
+                 "quench: pruned %llu tensors (%s): %.2f%% of their %llu weights are zero\n",
                  static_cast<unsigned long long>(s.pruned_tensors), o.prune.c_str(),
-                 100.0 * static_cast<double>(s.zeroed) / static_cast<double>(std::max<uint64_t>(s.pruned_elements, 1)),
+                 100.0 * static_cast<double>(s.zeroed) /
+                     static_cast<double>(std::max<uint64_t>(s.pruned_elements, 1)),
                  static_cast<unsigned long long>(s.pruned_elements));
   }
   std::fprintf(stderr,
@@ -348,7 +352,8 @@ int RunConvert(const std::vector<std::string>& args) {
   if (!hub.note.empty() && !quiet) std::fprintf(stderr, "quench: %s\n", hub.note.c_str());
   o.src = hub.path;
   o.dst = positional[1];
-  auto slot = ResolveWorker(f.worker_flag, f.workers_flag, [](const char* name) { return std::getenv(name); });
+  auto slot = ResolveWorker(f.worker_flag, f.workers_flag,
+                            [](const char* name) { return std::getenv(name); });
   if (!slot.ok()) return ReportError(slot.status().message(), 2);
   if (slot->count > 0) {
     o.worker_index = slot->index;

@@ -21,8 +21,10 @@ namespace {
 
 std::string Bytes(uint64_t b) {
   char buf[32];
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));
-  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(b) / (1ull << 20));
+  if (b >= (1ull << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));
+  else if (b >= (1ull << 20))
+    std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(b) / (1ull << 20));
   else if (b >= 1024) std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
   else std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
   return buf;
@@ -72,8 +74,8 @@ void AppendField(std::string& out, std::string_view s, size_t width, bool left) 
 
 // A number's decimal digits (std::to_string's), in `buf`.
 std::string_view Decimal(uint64_t v, std::array<char, 24>& buf) {
-  return {buf.data(), static_cast<size_t>(std::to_chars(buf.data(), buf.data() + buf.size(), v).ptr -
-                                          buf.data())};
+  return {buf.data(), static_cast<size_t>(
+                          std::to_chars(buf.data(), buf.data() + buf.size(), v).ptr - buf.data())};
 }
 
 // The dry run's note on one tensor: why it is left alone, or how it is quantized, pruned or
@@ -134,7 +136,8 @@ void PrintWorkerShare(const Plan& p, const ConvertOptions& o) {
     if (owner[k] != o.worker_index) continue;
     ++mine;
     std::printf("  %-40s %14llu bytes (%s)\n", p.shards[k].rel_name.c_str(),
-                static_cast<unsigned long long>(p.shards[k].file_size), Bytes(p.shards[k].file_size).c_str());
+                static_cast<unsigned long long>(p.shards[k].file_size),
+                Bytes(p.shards[k].file_size).c_str());
   }
   if (mine == 0) std::printf("  (nothing: more workers than output shards)\n");
   const uint64_t most = *std::max_element(load.begin(), load.end());
@@ -219,15 +222,17 @@ int PrintDryRun(const ConvertOptions& o, bool quiet) {
     std::printf("  %-40s %s\n", f.rel_name.c_str(), f.copy_from.empty() ? "(written)" : "(copied)");
   }
   if (o.workers > 0) PrintWorkerShare(p, o);
-  std::printf("\ntotal: %zu tensors, %llu quantized; %s read, %s written (%.3fx)\n",
-              p.tensors.size(), static_cast<unsigned long long>(quantized), Bytes(p.bytes_in).c_str(),
-              Bytes(p.bytes_out).c_str(),
-              p.bytes_in ? static_cast<double>(p.bytes_out) / static_cast<double>(p.bytes_in) : 0.0);
+  std::printf(
+      "\ntotal: %zu tensors, %llu quantized; %s read, %s written (%.3fx)\n", p.tensors.size(),
+      static_cast<unsigned long long>(quantized), Bytes(p.bytes_in).c_str(),
+      Bytes(p.bytes_out).c_str(),
+      p.bytes_in ? static_cast<double>(p.bytes_out) / static_cast<double>(p.bytes_in) : 0.0);
   std::printf("not checked without reading weights: NaN/Inf values\n");
   if (!quiet) {
     for (const std::string& n : p.notes) std::fprintf(stderr, "quench: %s\n", n.c_str());
   }
-  for (const Status& e : p.errors) std::fprintf(stderr, "quench: error: %s\n", e.ToString().c_str());
+  for (const Status& e : p.errors)
+    std::fprintf(stderr, "quench: error: %s\n", e.ToString().c_str());
   if (!p.errors.empty()) {
     std::fprintf(stderr, "quench: %zu error(s): a real run would stop before reading weights\n",
                  p.errors.size());

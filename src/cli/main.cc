@@ -125,7 +125,8 @@ int Dispatch(const std::vector<std::string>& args) {
     return 0;
   }
   if (cmd == "-V" || cmd == "--version") {
-    std::printf("quench %s (compressed-tensors format %s)\n", QUENCH_VERSION, quench::kCompressedTensorsVersion);
+    std::printf("quench %s (compressed-tensors format %s)\n", QUENCH_VERSION,
+                quench::kCompressedTensorsVersion);
     // Which SIMD paths this CPU takes: benchmarks quote the line so that figures from
     // different hosts are told apart.
     std::printf("kernels: %s\n", quench::cpu::KernelPathsLine().c_str());

@@ -177,7 +177,8 @@ int RunVerify(const std::vector<std::string>& args) {
   if (!block_text.empty()) {
     char* end = nullptr;
     const unsigned long b = std::strtoul(block_text.c_str(), &end, 10);
-    if (*end != '\0' || b == 0) return ReportError("verify: --gptq-block-size takes a count > 0", 2);
+    if (*end != '\0' || b == 0)
+      return ReportError("verify: --gptq-block-size takes a count > 0", 2);
     o.prune_block = b;
   }
 
@@ -233,7 +234,8 @@ int RunVerify(const std::vector<std::string>& args) {
               static_cast<unsigned long long>(rep.tensors),
               static_cast<unsigned long long>(rep.modules_quantized));
   if (rep.src) {
-    std::printf(", %llu copied tensors unchanged", static_cast<unsigned long long>(rep.tensors_copied));
+    std::printf(", %llu copied tensors unchanged",
+                static_cast<unsigned long long>(rep.tensors_copied));
     if (rep.tensors_decoded > 0) {
       std::printf(", %llu decoded from the quantized source",
                   static_cast<unsigned long long>(rep.tensors_decoded));
@@ -241,7 +243,8 @@ int RunVerify(const std::vector<std::string>& args) {
     if (o.prune.kind != prune::PruneSpec::kNone && rep.modules_quantized == 0) {
       std::printf(", %llu pruned", static_cast<unsigned long long>(rep.tensors_pruned));
     }
-    std::printf(", %llu source bytes compared", static_cast<unsigned long long>(rep.bytes_compared));
+    std::printf(", %llu source bytes compared",
+                static_cast<unsigned long long>(rep.bytes_compared));
     if (o.stats) {
       std::printf(", %llu static scales equal to the statistics'",
                   static_cast<unsigned long long>(rep.static_scales_checked));

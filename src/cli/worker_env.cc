@@ -31,7 +31,9 @@ struct Reader {
   }
 };
 
-std::string Var(const char* name, long long v) { return std::string(name) + "=" + std::to_string(v); }
+std::string Var(const char* name, long long v) {
+  return std::string(name) + "=" + std::to_string(v);
+}
 
 // index and count checked against each other and kMaxWorkers.
 Result<WorkerSlot> Slot(long long index, long long count, std::string source) {
@@ -51,7 +53,8 @@ Result<std::optional<WorkerSlot>> Pair(const Reader& r, const char* rank, const 
   QUENCH_ASSIGN_OR_RETURN(auto n, r.Int(size));
   if (!i || !n) return std::optional<WorkerSlot>();
   QUENCH_ASSIGN_OR_RETURN(
-      WorkerSlot s, Slot(*i, *n, std::string(launcher) + " (" + Var(rank, *i) + ", " + Var(size, *n) + ")"));
+      WorkerSlot s,
+      Slot(*i, *n, std::string(launcher) + " (" + Var(rank, *i) + ", " + Var(size, *n) + ")"));
   return std::optional<WorkerSlot>(std::move(s));
 }
 

@@ -140,10 +140,10 @@ size_t AvailableCores(std::string* note) {
     const size_t affinity = AffinityCores();
     const std::optional<CgroupCpuLimit> quota = ReadCgroupCpuLimit(CgroupPrefix());
     if (!quota || quota->cores >= affinity) return Cores{affinity, ""};
-    return Cores{quota->cores,
-                 "threads: " + std::to_string(quota->cores) + ", this process's cgroup CPU quota (" +
-                     quota->file + ": " + quota->text + ") on " + std::to_string(affinity) +
-                     " cores; --threads sets it"};
+    return Cores{quota->cores, "threads: " + std::to_string(quota->cores) +
+                                   ", this process's cgroup CPU quota (" + quota->file + ": " +
+                                   quota->text + ") on " + std::to_string(affinity) +
+                                   " cores; --threads sets it"};
   }();
   if (note != nullptr) *note = cores.note;
   return cores.count;

@@ -69,16 +69,46 @@ uint64_t ScalarSize(uint32_t type) {
 
 Result<GgufValue> Scalar(Cursor& c, uint32_t type) {
   switch (type) {
-    case kU8: { QUENCH_ASSIGN_OR_RETURN(uint8_t v, c.Get<uint8_t>("value")); return GgufValue(uint64_t{v}); }
-    case kI8: { QUENCH_ASSIGN_OR_RETURN(int8_t v, c.Get<int8_t>("value")); return GgufValue(int64_t{v}); }
-    case kU16: { QUENCH_ASSIGN_OR_RETURN(uint16_t v, c.Get<uint16_t>("value")); return GgufValue(uint64_t{v}); }
-    case kI16: { QUENCH_ASSIGN_OR_RETURN(int16_t v, c.Get<int16_t>("value")); return GgufValue(int64_t{v}); }
-    case kU32: { QUENCH_ASSIGN_OR_RETURN(uint32_t v, c.Get<uint32_t>("value")); return GgufValue(uint64_t{v}); }
-    case kI32: { QUENCH_ASSIGN_OR_RETURN(int32_t v, c.Get<int32_t>("value")); return GgufValue(int64_t{v}); }
-    case kU64: { QUENCH_ASSIGN_OR_RETURN(uint64_t v, c.Get<uint64_t>("value")); return GgufValue(v); }
-    case kI64: { QUENCH_ASSIGN_OR_RETURN(int64_t v, c.Get<int64_t>("value")); return GgufValue(v); }
-    case kF32: { QUENCH_ASSIGN_OR_RETURN(float v, c.Get<float>("value")); return GgufValue(double{v}); }
-    case kF64: { QUENCH_ASSIGN_OR_RETURN(double v, c.Get<double>("value")); return GgufValue(v); }
+    case kU8: {
+      QUENCH_ASSIGN_OR_RETURN(uint8_t v, c.Get<uint8_t>("value"));
+      return GgufValue(uint64_t{v});
+    }
+    case kI8: {
+      QUENCH_ASSIGN_OR_RETURN(int8_t v, c.Get<int8_t>("value"));
+      return GgufValue(int64_t{v});
+    }
+    case kU16: {
+      QUENCH_ASSIGN_OR_RETURN(uint16_t v, c.Get<uint16_t>("value"));
+      return GgufValue(uint64_t{v});
+    }
+    case kI16: {
+      QUENCH_ASSIGN_OR_RETURN(int16_t v, c.Get<int16_t>("value"));
+      return GgufValue(int64_t{v});
+    }
+    case kU32: {
+      QUENCH_ASSIGN_OR_RETURN(uint32_t v, c.Get<uint32_t>("value"));
+      return GgufValue(uint64_t{v});
+    }
+    case kI32: {
+      QUENCH_ASSIGN_OR_RETURN(int32_t v, c.Get<int32_t>("value"));
+      return GgufValue(int64_t{v});
+    }
+    case kU64: {
+      QUENCH_ASSIGN_OR_RETURN(uint64_t v, c.Get<uint64_t>("value"));
+      return GgufValue(v);
+    }
+    case kI64: {
+      QUENCH_ASSIGN_OR_RETURN(int64_t v, c.Get<int64_t>("value"));
+      return GgufValue(v);
+    }
+    case kF32: {
+      QUENCH_ASSIGN_OR_RETURN(float v, c.Get<float>("value"));
+      return GgufValue(double{v});
+    }
+    case kF64: {
+      QUENCH_ASSIGN_OR_RETURN(double v, c.Get<double>("value"));
+      return GgufValue(v);
+    }
     case kBool: {
       QUENCH_ASSIGN_OR_RETURN(uint8_t v, c.Get<uint8_t>("value"));
       if (v > 1) return c.Fail("bool value " + std::to_string(v));
@@ -182,7 +212,8 @@ Result<GgufFile> GgufFile::Open(const fs::path& path) {
     }
     uint64_t n = 1;
     for (uint64_t d : t.ne) {
-      if (d != 0 && n > (uint64_t{1} << 40) / d) return c.Fail("tensor '" + t.name + "' is too large");
+      if (d != 0 && n > (uint64_t{1} << 40) / d)
+        return c.Fail("tensor '" + t.name + "' is too large");
       n *= d;
     }
     if (t.type == kGgufTypeF32) t.nbytes = n * 4;

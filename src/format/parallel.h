@@ -109,7 +109,8 @@ void ForEachIndex(size_t n, size_t threads, Fn&& fn) {
 // with it; the thread touches nothing but `value`.
 template <class T>
 void ReleaseInBackground(T&& value) {
-  static_assert(!std::is_lvalue_reference_v<T>, "pass ownership: ReleaseInBackground(std::move(x))");
+  static_assert(!std::is_lvalue_reference_v<T>,
+                "pass ownership: ReleaseInBackground(std::move(x))");
   try {
     auto owned = std::make_unique<T>(std::move(value));
     // On failure the thread's copy of the lambda, and with it `owned`, is destroyed here.

@@ -99,7 +99,8 @@ SafetensorsPlacement PlaceSafetensors(
   // layout, so stability does not change the result).
   constexpr size_t kRanks = 256;  // DTypeSortRank of a uint8_t enum
   std::array<size_t, kRanks + 1> start{};
-  for (const TensorSpec& t : tensors) ++start[kRanks - 1 - static_cast<size_t>(DTypeSortRank(t.dtype))];
+  for (const TensorSpec& t : tensors)
+    ++start[kRanks - 1 - static_cast<size_t>(DTypeSortRank(t.dtype))];
   size_t sum = 0;
   for (size_t& s : start) {
     const size_t count = s;
@@ -162,7 +163,8 @@ SafetensorsPlacement PlaceSafetensors(
   json.append((8 - (json.size() - 8) % 8) % 8, ' ');
 
   const uint64_t n = json.size() - 8;
-  for (int i = 0; i < 8; ++i) json[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    json[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   place.data_start = json.size();
   place.file_size = place.data_start + offset;
   return place;

@@ -109,7 +109,8 @@ bool ReadMetadata(od::value& value, SafetensorsHeader& header) {
   for (auto f : entries) {
     od::field field;
     std::string_view key, s;
-    if (std::move(f).get(field) || !PlainKey(field, key) || field.value().get_string().get(s)) return false;
+    if (std::move(f).get(field) || !PlainKey(field, key) || field.value().get_string().get(s))
+      return false;
     // A repeated key replaces the earlier value, keeping the first position (as ParseMetadata).
     auto it = std::find_if(header.metadata.begin(), header.metadata.end(),
                            [&](const auto& kv) { return kv.first == key; });

@@ -78,7 +78,8 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
   out->repack_ignore = {"lm_head"};
   if (const JsonValue* m = q.Find("modules_to_not_convert"); m != nullptr && m->is_array()) {
     for (const JsonValue& e : m->as_array()) {
-      if (e.is_string()) out->repack_ignore.push_back("re:.*" + PythonReEscape(e.as_string()) + ".*");
+      if (e.is_string())
+        out->repack_ignore.push_back("re:.*" + PythonReEscape(e.as_string()) + ".*");
     }
   }
   const std::map<std::string, LocatedTensor> found = TensorsByName(folder);
@@ -114,7 +115,8 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
                          std::string(what) + "); it cannot be decoded");
       }
       const TensorInfo& t = *it->second.info;
-      const std::string tat = folder.shards[it->second.shard].rel_name + ": tensor '" + t.name + "'";
+      const std::string tat =
+          folder.shards[it->second.shard].rel_name + ": tensor '" + t.name + "'";
       if (t.dtype != want) {
         return Error(ErrorCode::kInvalidInput,
                      tat + " has dtype " + std::string(DTypeName(t.dtype)) + "; AutoAWQ's " +
@@ -122,9 +124,9 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
       }
       if (t.shape != shape) {
         return Error(ErrorCode::kInvalidInput,
-                     tat + " has shape " + ShapeString(t.shape) + "; expected " + ShapeString(shape) +
-                         " (qweight " + ShapeString(qw.shape) + ", group_size " + std::to_string(g) +
-                         " in the config)");
+                     tat + " has shape " + ShapeString(t.shape) + "; expected " +
+                         ShapeString(shape) + " (qweight " + ShapeString(qw.shape) +
+                         ", group_size " + std::to_string(g) + " in the config)");
       }
       used.insert(t.name);
       return RefOf(folder, it->second);

@@ -196,7 +196,8 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
 Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTensor& t,
                                         uint64_t dims) {
   const std::string where = folder.shards[t.shard].rel_name + ": tensor '" + t.name + "'";
-  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) || t.shape != std::vector<uint64_t>{dims}) {
+  if ((t.dtype != DType::kI64 && t.dtype != DType::kI32) ||
+      t.shape != std::vector<uint64_t>{dims}) {
     return Error(ErrorCode::kInvalidInput,
                  where + " must hold the weight's " + (dims == 2 ? "two" : "three") +
                      " dimensions (I64 or I32 [" + std::to_string(dims) + "]), not " +
@@ -277,8 +278,9 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
   std::map<std::string, std::vector<std::pair<std::string, const ModelFolder::CtPiece*>>> pieces_of;
   for (const auto& [piece, cp] : folder.ct_pieces) {
     const Shard& sh = folder.shards[cp.shard];
-    all[cp.stack.name] = CtTensor{true, cp.stack.name, cp.shard, sh.header.data_start + cp.stack.begin,
-                                  cp.stack.nbytes(), cp.stack.dtype, cp.stack.shape};
+    all[cp.stack.name] = CtTensor{true, cp.stack.name, cp.shard,
+                                  sh.header.data_start + cp.stack.begin, cp.stack.nbytes(),
+                                  cp.stack.dtype, cp.stack.shape};
     pieces_of[cp.stack.name].emplace_back(piece, &cp);
   }
   // Stacks expert pruning sliced and left 3-D: checked as the source stored them; decoded at
@@ -290,7 +292,10 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
     it->second.nbytes = ck.stack.nbytes();
     it->second.shape = ck.stack.shape;
   }
-  auto find = [&](const std::string& n) { auto it = all.find(n); return it == all.end() ? CtTensor{} : it->second; };
+  auto find = [&](const std::string& n) {
+    auto it = all.find(n);
+    return it == all.end() ? CtTensor{} : it->second;
+  };
   static constexpr std::string_view kDropped[] = {
       "input_scale", "input_zero_point", "input_global_scale", "output_scale",
       "output_zero_point", "output_global_scale", "k_scale", "v_scale"};
@@ -404,7 +409,8 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
     if (!per_group.contains(g.name)) continue;
     desc += (desc.empty() ? "" : "; ") + DescribeCtGroup(g.proto, per_group[g.name]);
     if (stacks[g.name] > 0) {
-      desc += " (" + std::to_string(stacks[g.name]) + " of them 3-D expert stacks, decoded per expert)";
+      desc +=
+          " (" + std::to_string(stacks[g.name]) + " of them 3-D expert stacks, decoded per expert)";
     }
   }
   out->description = (per_group.size() > 1 ? "compressed-tensors mixed-precision: "

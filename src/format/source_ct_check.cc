@@ -164,8 +164,9 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
       break;
   }
   if (!want.empty() && s.shape != want) {
-    return Bad(folder, s, "has shape " + ShapeString(s.shape) + "; its weight " +
-                              ShapeString({w.rows, w.cols}) + " (" + fmt + ") needs " + ShapeString(want));
+    return Bad(folder, s,
+               "has shape " + ShapeString(s.shape) + "; its weight " +
+                   ShapeString({w.rows, w.cols}) + " (" + fmt + ") needs " + ShapeString(want));
   }
   // Zero points: present exactly when asymmetric.
   const CtTensor& z = w.zero_point;
@@ -194,7 +195,8 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
       }
     } else if ((z.dtype != DType::kI8 && z.dtype != DType::kI32 && !IsFloatScale(z.dtype)) ||
                z.nbytes / (DTypeBits(z.dtype) / 8) != s.nbytes / (DTypeBits(s.dtype) / 8)) {
-      return Bad(folder, z, Is(z) + "; a zero point per scale " + ShapeString(s.shape) + " is needed");
+      return Bad(folder, z,
+                 Is(z) + "; a zero point per scale " + ShapeString(s.shape) + " is needed");
     }
   }
   // Activation order: one group index per column.
@@ -232,7 +234,9 @@ std::string DescribeCtGroup(const CtWeight& w, size_t weights) {
     case CtStrategy::kTensor: d += "per tensor"; break;
     case CtStrategy::kChannel: d += "per channel"; break;
     case CtStrategy::kGroup: d += "group " + std::to_string(w.group_size); break;
-    case CtStrategy::kTensorGroup: d += "group " + std::to_string(w.group_size) + " + global"; break;
+    case CtStrategy::kTensorGroup:
+      d += "group " + std::to_string(w.group_size) + " + global";
+      break;
     case CtStrategy::kBlock:
       d += std::to_string(w.block_rows) + "x" + std::to_string(w.block_cols) + " block";
       break;

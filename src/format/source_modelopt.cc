@@ -43,7 +43,8 @@ Result<float> ReadScalar(const ModelFolder& folder, size_t shard, const TensorIn
   const std::string at = folder.shards[shard].rel_name + ": tensor '" + t.name + "'";
   if (t.dtype != DType::kF32 || t.numel() != 1) {
     return Error(ErrorCode::kInvalidInput, at + " is " + std::string(DTypeName(t.dtype)) + " " +
-                                               ShapeString(t.shape) + "; ModelOpt writes one F32 value");
+                                               ShapeString(t.shape) +
+                                               "; ModelOpt writes one F32 value");
   }
   float v = 0.f;
   if (Status s = ReadFileRange(folder.shards[shard].path,
@@ -94,8 +95,9 @@ Result<std::optional<JsonValue>> FindModelOptConfig(const ModelFolder& folder, b
     const std::string sa = a && a->is_string() ? a->as_string() : "";
     const std::string sb = b && b->is_string() ? b->as_string() : "";
     if (sa != sb) {
-      return Error(ErrorCode::kInvalidInput, "config.json's quant_algo '" + sa +
-                                                 "' contradicts hf_quant_config.json's '" + sb + "'");
+      return Error(
+          ErrorCode::kInvalidInput,
+          "config.json's quant_algo '" + sa + "' contradicts hf_quant_config.json's '" + sb + "'");
     }
   }
   *found = true;
@@ -120,10 +122,11 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
   }
   if (const JsonValue* kv = q.Find("kv_cache_quant_algo"); kv && !kv->is_null()) {
     if (!kv->is_string() || kv->as_string() != "FP8") {
-      return Error(ErrorCode::kUnsupported,
-                   where + ": kv_cache_quant_algo " +
-                       (kv->is_string() ? "'" + kv->as_string() + "'" : std::string("(not a string)")) +
-                       ": only FP8 KV-cache scales (k_scale / v_scale per attention) are read");
+      return Error(
+          ErrorCode::kUnsupported,
+          where + ": kv_cache_quant_algo " +
+              (kv->is_string() ? "'" + kv->as_string() + "'" : std::string("(not a string)")) +
+              ": only FP8 KV-cache scales (k_scale / v_scale per attention) are read");
     }
     out->kv_cache_fp8 = true;
   }
@@ -154,7 +157,8 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
       return Error(ErrorCode::kInvalidInput, sat + " has no '" + module + ".weight' beside it");
     }
     const TensorInfo& w = *w_it->second.info;
-    const std::string wat = folder.shards[w_it->second.shard].rel_name + ": tensor '" + w.name + "'";
+    const std::string wat =
+        folder.shards[w_it->second.shard].rel_name + ": tensor '" + w.name + "'";
     if (w.dtype != DType::kU8 || w.shape.size() != 2 || w.shape[0] == 0 || w.shape[1] == 0) {
       return Error(ErrorCode::kInvalidInput,
                    wat + " is " + std::string(DTypeName(w.dtype)) + " " + ShapeString(w.shape) +
@@ -167,10 +171,11 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
                                                  "; NVFP4's weight_scale is F8_E4M3");
     }
     if (cols % kGroup != 0 || s.shape != std::vector<uint64_t>{rows, cols / kGroup}) {
-      return Error(ErrorCode::kInvalidInput,
-                   sat + " has shape " + ShapeString(s.shape) + "; expected " +
-                       ShapeString({rows, (cols + kGroup - 1) / kGroup}) + " (weight " +
-                       ShapeString(w.shape) + ": " + std::to_string(cols) + " inputs in groups of 16)");
+      return Error(ErrorCode::kInvalidInput, sat + " has shape " + ShapeString(s.shape) +
+                                                 "; expected " +
+                                                 ShapeString({rows, (cols + kGroup - 1) / kGroup}) +
+                                                 " (weight " + ShapeString(w.shape) + ": " +
+                                                 std::to_string(cols) + " inputs in groups of 16)");
     }
     PackedSourceWeight pw;
     pw.source_name = w.name;
@@ -185,7 +190,8 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
                    wat + " has no '" + module + ".weight_scale_2' in any shard (its per-tensor "
                          "scale); it cannot be decoded");
     }
-    QUENCH_ASSIGN_OR_RETURN(pw.weight_scale_2, ReadScalar(folder, s2->second.shard, *s2->second.info));
+    QUENCH_ASSIGN_OR_RETURN(pw.weight_scale_2,
+                            ReadScalar(folder, s2->second.shard, *s2->second.info));
     used.insert(name);
     used.insert(s2->first);
     out->packed_aux.push_back(name);
@@ -238,8 +244,8 @@ Status DetectModelOpt(const ModelFolder& folder, const JsonValue& q, const std::
   }
   out->description = "ModelOpt NVFP4 (FP4 E2M1, E4M3 scale per 16, F32 weight_scale_2), " +
                      std::to_string(out->packed.size()) + " weights" +
-                     (out->kv_cache_fp8 ? ", FP8 KV cache (" + std::to_string(out->kv_scales.size()) +
-                                              " k/v scales)"
+                     (out->kv_cache_fp8 ? ", FP8 KV cache (" +
+                                              std::to_string(out->kv_scales.size()) + " k/v scales)"
                                         : "") +
                      " (lossless repack: --scheme NVFP4 or NVFP4A16)";
   return Status::Ok();

@@ -30,7 +30,8 @@ Result<std::map<std::pair<int, int>, fs::path>> ListParts(const fs::path& dir) {
   static const std::regex kName(R"(part-(\d{5})-of-(\d{5})\.json)");
   std::map<std::pair<int, int>, fs::path> parts;
   std::error_code ec;
-  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
     std::smatch m;
     const std::string name = it->path().filename().string();
     if (std::regex_match(name, m, kName)) {
@@ -67,7 +68,8 @@ bool AlreadyPublished(const fs::path& dst, std::vector<JsonValue>* summaries) {
     if (!have.ok() || !want.ok() || *have != *want) return false;
     theirs.push_back(part->summary);
   }
-  if (theirs.empty() && !fs::exists(dst / "config.json", ec) && !fs::exists(dst / "params.json", ec)) {
+  if (theirs.empty() && !fs::exists(dst / "config.json", ec) &&
+      !fs::exists(dst / "params.json", ec)) {
     return false;
   }
   *summaries = std::move(theirs);
@@ -164,7 +166,8 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
   for (const auto& [key, path] : all) counts.insert(key.first);
   if (count == 0) {
     if (counts.empty()) {
-      return Error(ErrorCode::kInvalidInput, dst.string() + ": no worker has finished its part yet");
+      return Error(ErrorCode::kInvalidInput,
+                   dst.string() + ": no worker has finished its part yet");
     }
     if (counts.size() > 1) {
       std::vector<std::string> c;
@@ -245,7 +248,8 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
       std::vector<std::string> wrote;
       for (const PartShard& s : p.shards) wrote.push_back(s.name);
       if (wrote != expect) {
-        problems.push_back(WorkerName(p.index, count) + " wrote other shards than its share: rerun it");
+        problems.push_back(WorkerName(p.index, count) +
+                           " wrote other shards than its share: rerun it");
       } else if (Status s = CheckPartShards(dst, p); !s.ok()) {
         if (s.code() == ErrorCode::kIo) {
           return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " + s.message() +

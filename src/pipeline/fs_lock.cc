@@ -142,7 +142,8 @@ bool FsLock::IsHeld(const fs::path& path, std::string* holder) {
   return true;
 }
 
-FsLock::FsLock(fs::path path, std::string token) : path_(std::move(path)), token_(std::move(token)) {}
+FsLock::FsLock(fs::path path, std::string token)
+    : path_(std::move(path)), token_(std::move(token)) {}
 
 bool FsLock::StartHeartbeat() {
   pthread_attr_t attr;
@@ -217,7 +218,8 @@ Result<std::unique_ptr<FsLock>> FsLock::TryAcquire(const fs::path& path, std::st
   {
     const int fd = open(fresh.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-      return Error(ErrorCode::kIo, path.string() + ": cannot create the lock file: " + ErrnoMessage(errno));
+      return Error(ErrorCode::kIo,
+                   path.string() + ": cannot create the lock file: " + ErrnoMessage(errno));
     }
     // Not fsynced (a disk flush on every run's way to its first write): after a power loss its
     // holder is gone, and a lock left empty is stale at once, one cut short once a minute old.

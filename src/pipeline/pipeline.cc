@@ -205,7 +205,8 @@ MemoryFloor MinimumMemoryLimit(const Plan& plan, int threads, int buffers_per_ch
   }
   // Input pages (and a pruning staging copy of them) and the output buffer per token; the
   // writers hold kMinWriteQueueChunks output buffers more.
-  const uint64_t per_token = in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
+  const uint64_t per_token =
+      in_unit * static_cast<uint64_t>(std::max(1, buffers_per_chunk - 1)) + out_unit;
   f.bytes = kProcessBytes + StagingOutputs(plan) * kDirectStagingBytes +
             static_cast<uint64_t>(f.tokens) * per_token + kMinWriteQueueChunks * out_unit;
   // The worker threads' decoded tiles and fused tables; the file pages mapped beyond them;

@@ -62,7 +62,8 @@ Status PrunePrePass(Plan& plan, const PipelineSizing& sizing, SourceMaps& maps,
       const uint64_t n = std::min(chunk_rows, rows - r);
       for (uint64_t i = 0; i < n; ++i) {
         pth.equal_before[r + i + 1] =
-            pth.equal_before[r + i] + prune::CountEqual(rows_at(r + i), t.dtype, 1, cols, th.magnitude);
+            pth.equal_before[r + i] +
+            prune::CountEqual(rows_at(r + i), t.dtype, 1, cols, th.magnitude);
       }
       m.Release(t.src_offset + r * row_bytes, n * row_bytes);
     }
@@ -112,7 +113,8 @@ Status GlobalScales::All() {
   for (size_t k = 0; k < plan_.fused_sets.size(); ++k) {
     // Only sets with a member this run writes (another worker's shards are already_done).
     bool needed = false;
-    for (size_t m : plan_.fused_sets[k]) needed |= !plan_.shards[plan_.tensors[m].shard].already_done;
+    for (size_t m : plan_.fused_sets[k])
+      needed |= !plan_.shards[plan_.tensors[m].shard].already_done;
     if (!done_[k] && needed) QUENCH_RETURN_IF_ERROR(ComputeSet(k, -1));
   }
   return Status::Ok();
@@ -162,7 +164,8 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       std::vector<std::pair<uint64_t, uint64_t>> pending;
       uint64_t pending_bytes = 0;
       auto flush = [&] {
-        for (const auto& [r0, r1] : pending) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+        for (const auto& [r0, r1] : pending)
+          m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
         pending.clear();
         pending_bytes = 0;
       };

@@ -150,7 +150,9 @@ JsonValue BuildReport(const ConvertOptions& options, const Plan& plan,
         }
       }
       if (summary != nullptr) {
-        o.Set("sparsity", JsonValue(n ? static_cast<double>(result.prune_zeroed) / static_cast<double>(n) : 0.0));
+        o.Set(
+            "sparsity",
+            JsonValue(n ? static_cast<double>(result.prune_zeroed) / static_cast<double>(n) : 0.0));
       }
     }
     o.Set("outputs", std::move(outs));

@@ -305,8 +305,9 @@ uint64_t MarkCompleteShards(Plan& plan, const ConvertCallbacks& callbacks, bool 
     ++done;
   }
   if (callbacks.note) {
-    callbacks.note("resume: " + std::to_string(done) + " of " + std::to_string(todo) +
-                   " output shards are complete and match the source and recipe; converting the rest");
+    callbacks.note(
+        "resume: " + std::to_string(done) + " of " + std::to_string(todo) +
+        " output shards are complete and match the source and recipe; converting the rest");
   }
   return done;
 }

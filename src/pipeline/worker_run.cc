@@ -82,10 +82,14 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& o, const Conve
                    plan.dst.string() + " holds a finished checkpoint of another conversion (" +
                        plan.files.back().rel_name + " differs); pass --overwrite to replace it");
     }
-    for (auto f = plan.files.rbegin(); f != plan.files.rend(); ++f) fs::remove(plan.dst / f->rel_name, ec);
+    for (auto f = plan.files.rbegin(); f != plan.files.rend(); ++f)
+      fs::remove(plan.dst / f->rel_name, ec);
   }
   fs::create_directories(plan.dst / kPartsDir, ec);
-  if (ec) return Error(ErrorCode::kIo, (plan.dst / kPartsDir).string() + ": cannot create: " + ec.message());
+  if (ec) {
+    return Error(ErrorCode::kIo,
+                 (plan.dst / kPartsDir).string() + ": cannot create: " + ec.message());
+  }
   std::string holder;
   QUENCH_ASSIGN_OR_RETURN(start.lock, FsLock::TryAcquire(WorkerLockPath(plan.dst, index), &holder));
   if (!start.lock) {

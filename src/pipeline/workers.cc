@@ -195,7 +195,8 @@ Status WritePart(const Plan& plan, int index, int count, const std::string& desc
     all.Push(std::move(s));
     if (owner[k] != index) continue;
     const fs::path out = plan.dst / ps.rel_name;
-    QUENCH_ASSIGN_OR_RETURN(std::string marker, ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name)));
+    QUENCH_ASSIGN_OR_RETURN(std::string marker,
+                            ReadFileToString(ResumeMarkerPath(plan.dst, ps.rel_name)));
     JsonValue m = JsonValue::MakeObject();
     m.Set("name", ps.rel_name);
     m.Set("bytes", ps.file_size);
@@ -212,7 +213,8 @@ Status WritePart(const Plan& plan, int index, int count, const std::string& desc
     JsonValue v = JsonValue::MakeObject();
     v.Set("name", f.rel_name);
     // Absolute: finalize may run from another folder (on a machine that mounts SRC alike).
-    v.Set("copy_from", f.copy_from.empty() ? std::string() : fs::absolute(f.copy_from).lexically_normal().string());
+    v.Set("copy_from", f.copy_from.empty() ? std::string()
+                                           : fs::absolute(f.copy_from).lexically_normal().string());
     v.Set("contents", f.contents);
     files.Push(std::move(v));
   }
@@ -252,7 +254,8 @@ Status CheckPartShards(const fs::path& dst, const PartRecord& part) {
     const uint64_t size = fs::file_size(out, ec);
     std::string why;
     if (ec) why = "is missing";
-    else if (size != s.bytes) why = "has " + std::to_string(size) + " bytes, not " + std::to_string(s.bytes);
+    else if (size != s.bytes)
+      why = "has " + std::to_string(size) + " bytes, not " + std::to_string(s.bytes);
     else if (MtimeNs(out) != s.mtime_ns) why = "was modified after its worker finished";
     if (why.empty()) {
       // A file that is there but cannot be read is an I/O error, not a worker's debt.

@@ -138,7 +138,8 @@ Result<WorkerStart> StartWorker(Plan& plan, const ConvertOptions& options,
 std::string DescribeOptions(const ConvertOptions& options);
 
 // A worker's summary as recorded in its part (and merged by finalize's report).
-JsonValue SummaryJson(const ConvertSummary& summary, int index, int count, const std::string& launcher);
+JsonValue SummaryJson(const ConvertSummary& summary, int index, int count,
+                      const std::string& launcher);
 
 // After a worker's part is written: if every part of `count` is in (each looked up by name,
 // which NFS revalidates, rather than from a cached listing), finalizes (FinalizePartsWaiting);

@@ -20,7 +20,8 @@ constexpr std::string_view kRouterModules[] = {"gate", "router"};
 // score would pick experts no reference run picks. Every MoE release quench knows keeps its
 // routers unquantized (vLLM loads them so; quench's default ignore list keeps them so).
 std::string QuantizedRouter(const std::string& name, const std::string& how) {
-  return "router '" + name + "' is stored quantized (" + how + "); expert pruning scores unquantized "
+  return "router '" + name + "' is stored quantized (" + how +
+         "); expert pruning scores unquantized "
          "routers only (the reference's MagnitudeExpertPruner would score the stored codes, "
          "not the router); decode the checkpoint first (quench convert SRC TMP --scheme BF16)";
 }
@@ -94,8 +95,9 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
     layer.router_info = *r.info;
     if (r.info->shape.size() == 2 && (r.info->dtype == DType::kF8E4M3 ||
                                       r.info->dtype == DType::kI8 || r.info->dtype == DType::kU8)) {
-      problems.push_back(Error(ErrorCode::kUnsupported,
-                               QuantizedRouter(layer.router, std::string(DTypeName(r.info->dtype)))));
+      problems.push_back(
+          Error(ErrorCode::kUnsupported,
+                QuantizedRouter(layer.router, std::string(DTypeName(r.info->dtype)))));
       continue;
     }
     if (r.info->shape.size() != 2 || r.info->shape[0] == 0 ||
@@ -122,7 +124,8 @@ Result<std::vector<MoeLayer>> FindMoeLayers(const ModelFolder& folder) {
       layer.sliced.push_back(name);
     };
     layer.sliced.push_back(layer.router);
-    for (auto it = all.lower_bound(module); it != all.end() && it->first.starts_with(module); ++it) {
+    for (auto it = all.lower_bound(module); it != all.end() && it->first.starts_with(module);
+         ++it) {
       if (it->first != layer.router) stack(it->first);
     }
     // MiniMax keeps its bias beside the router module rather than in it.

@@ -227,7 +227,8 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
   PlannedExpertPrune out;
   out.fraction = fraction;
   out.metric = metric;
-  std::unordered_map<std::string_view, std::pair<size_t, int64_t>> role;  // name -> (layer, index or -1)
+  // name -> (layer, index or -1)
+  std::unordered_map<std::string_view, std::pair<size_t, int64_t>> role;
   std::vector<std::vector<int64_t>> new_index(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
     const MoeLayer& layer = layers[l];
@@ -266,7 +267,8 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
   std::map<std::string, ModelFolder::CtPiece> pieces;  // ct_pieces under the kept names
   std::map<std::string, ModelFolder::LinearPiece> linear;  // linear_pieces likewise
   std::set<std::string_view> ct_codes;
-  for (const MoeLayer& layer : layers) ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
+  for (const MoeLayer& layer : layers)
+    ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
   for (Shard& shard : folder.shards) {
     std::vector<TensorInfo> tensors;
     tensors.reserve(shard.header.tensors.size());
@@ -280,7 +282,8 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       const MoeLayer& layer = layers[l];
       const std::vector<int64_t>& to = new_index[l];
       if (index == kWhole) {  // read with a compressed stack at the kept experts' slices
-        if (t.shape.size() > 1) out.bytes_removed += (layer.experts - kept) * (t.nbytes() / layer.experts);
+        if (t.shape.size() > 1)
+          out.bytes_removed += (layer.experts - kept) * (t.nbytes() / layer.experts);
         tensors.push_back(std::move(t));
         continue;
       }
@@ -294,7 +297,8 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
         const size_t at = layer.prefix.size() + kExperts.size();
         const size_t end = t.name.find('.', at);
         const std::string name = t.name.substr(0, at) +
-                                 std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
+                                 std::to_string(to[static_cast<size_t>(index)]) +
+                                 t.name.substr(end);
         // A piece of a split compressed stack still decodes from its source expert's slice.
         if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
         // A linearized stack's piece is still read from its source expert's block.
@@ -346,7 +350,8 @@ std::string SourceExpertName(const PlannedExpertPrune& prune, const std::string&
     const std::string head = l.prefix + std::string(kExperts);
     if (!name.starts_with(head)) continue;
     const size_t end = name.find('.', head.size());
-    const std::string index = name.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
+    const std::string index =
+        name.substr(head.size(), end == std::string::npos ? std::string::npos : end - head.size());
     if (end == std::string::npos || !AllDigits(index)) return name;
     const uint64_t i = std::stoull(index);
     if (i >= l.kept.size()) return name;

@@ -138,7 +138,8 @@ Result<ResolvedGroups> ResolveGroups(const PlanOptions& options) {
     if (g.scheme == nullptr || !g.params.static_input || !options.stats.empty()) continue;
     const std::string what =
         !g.scheme->needs_calibration.empty()
-            ? "scheme " + std::string(g.scheme->name) + " " + std::string(g.scheme->needs_calibration)
+            ? "scheme " + std::string(g.scheme->name) + " " +
+                  std::string(g.scheme->needs_calibration)
             : "static input_activations need activation statistics (each layer's input "
               "min/max over calibration data)";
     return Error(ErrorCode::kUsage,

@@ -133,7 +133,8 @@ Result<Planner> Planner::Make(const ModelFolder& folder, const PlanOptions& in_o
   p.repack_ = repack;
   for (const auto& [weight, scale] : p.source_.scales) p.consumed_.insert(scale.name);
   for (const std::string& n : p.source_.consumed) p.consumed_.insert(n);
-  for (const auto& [weight, pw] : p.source_.packed) p.packed_by_source_.emplace(pw.source_name, weight);
+  for (const auto& [weight, pw] : p.source_.packed)
+    p.packed_by_source_.emplace(pw.source_name, weight);
   // Read with their weights (ModelOpt's repack writes them itself, but NVFP4A16's has no
   // input scale).
   for (const std::string& aux : p.source_.packed_aux) {

@@ -353,7 +353,8 @@ std::string PlanIndexJson(const Plan& plan) {
   std::vector<std::pair<std::string_view, std::string_view>> weight_map;  // tensor -> shard
   weight_map.reserve(outputs);
   const uint64_t total_size = ForEachIndexEntry(
-      plan, [&](std::string_view name, std::string_view shard) { weight_map.emplace_back(name, shard); });
+      plan,
+      [&](std::string_view name, std::string_view shard) { weight_map.emplace_back(name, shard); });
   return BuildIndexJson(std::move(weight_map), total_size);
 }
 
@@ -361,15 +362,15 @@ uint64_t PlanIndexJsonSize(const Plan& plan) {
   uint64_t entries = 0, text = 0;
   std::string_view last_shard;
   uint64_t last_shard_size = 0;
-  const uint64_t total_size =
-      ForEachIndexEntry(plan, [&](std::string_view name, std::string_view shard) {
-        if (entries == 0 || shard.data() != last_shard.data() || shard.size() != last_shard.size()) {
-          last_shard = shard;
-          last_shard_size = JsonStringPythonSize(shard);
-        }
-        ++entries;
-        text += IndexEntrySize(JsonStringPythonSize(name), last_shard_size);
-      });
+  const uint64_t total_size = ForEachIndexEntry(plan, [&](std::string_view name,
+                                                          std::string_view shard) {
+    if (entries == 0 || shard.data() != last_shard.data() || shard.size() != last_shard.size()) {
+      last_shard = shard;
+      last_shard_size = JsonStringPythonSize(shard);
+    }
+    ++entries;
+    text += IndexEntrySize(JsonStringPythonSize(name), last_shard_size);
+  });
   return IndexJsonSize(entries, text, total_size);
 }
 

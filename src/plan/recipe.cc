@@ -321,12 +321,14 @@ Result<RecipeGroup> ResolveGroup(const std::string& label, const std::string& ke
   RecipeGroup rg;
   if (group.is_string()) {  // a preset name
     const SchemeInfo* s = FindScheme(group.as_string());
-    if (s == nullptr) return Bad(label, "group '" + key + "': unknown scheme '" + group.as_string() + "'");
+    if (s == nullptr)
+      return Bad(label, "group '" + key + "': unknown scheme '" + group.as_string() + "'");
     rg = {key, s, s->DefaultParams(), {"Linear"}};
   } else if (group.is_object()) {
     if (const JsonValue* preset = group.Find("scheme"); preset != nullptr && preset->is_string()) {
       const SchemeInfo* s = FindScheme(preset->as_string());
-      if (s == nullptr) return Bad(label, "group '" + key + "': unknown scheme '" + preset->as_string() + "'");
+      if (s == nullptr)
+        return Bad(label, "group '" + key + "': unknown scheme '" + preset->as_string() + "'");
       rg = {key, s, s->DefaultParams(), {}};
     } else {
       QUENCH_ASSIGN_OR_RETURN(rg, MatchArgs(label, key, group));
@@ -421,7 +423,8 @@ Result<Recipe> InterpretRecipe(const JsonValue& doc_in, const std::string& label
   }
   for (size_t i = 0; i < r.groups.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
-      if (r.groups[i].key == r.groups[j].key) return Bad(label, "group '" + r.groups[i].key + "' appears twice");
+      if (r.groups[i].key == r.groups[j].key)
+        return Bad(label, "group '" + r.groups[i].key + "' appears twice");
     }
   }
   return r;

@@ -128,7 +128,8 @@ Result<RecipeCalibration> ReadSparseGptModifier(const JsonValue& mod,
     return c;
   }
   const JsonValue* sp = mod.Find("sparsity");
-  if (!Given(sp) || !(sp->is_int() || sp->is_double()) || !(sp->as_double() >= 0 && sp->as_double() < 1)) {
+  if (!Given(sp) || !(sp->is_int() || sp->is_double()) ||
+      !(sp->as_double() >= 0 && sp->as_double() < 1)) {
     return Bad(label, "SparseGPTModifier.sparsity must be one fraction in [0, 1) (per-layer "
                       "lists are not built)");
   }

@@ -74,7 +74,8 @@ Result<Modifiers> PickModifiers(const JsonValue& doc, const std::string& label) 
   // The combinations are checked once the quantizing modifier's groups are read (their
   // errors come first, as when only the first modifier was read).
   if (quantizing.size() > 1) {
-    m.combination = Bad(label, quantizing[0] + " and " + quantizing[1] + " both quantize; give one");
+    m.combination =
+        Bad(label, quantizing[0] + " and " + quantizing[1] + " both quantize; give one");
   } else if (m.awq != nullptr && m.smoothquant != nullptr) {
     // As --algorithm awq,smoothquant: both rescale the same channels from the same statistics.
     m.combination = Bad(label, "AWQModifier with SmoothQuantModifier: one smoothing per run "

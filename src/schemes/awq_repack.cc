@@ -25,7 +25,8 @@ inline uint32_t RepackOne(const uint32_t* codes, size_t words, size_t o, size_t 
   const size_t c = o / 8;
   const int shift = 4 * kAwqNibble[o % 8];
   uint32_t word = 0;
-  for (size_t k = 0; k < 8; ++k) word |= ((codes[(8 * w + k) * words + c] >> shift) & 0xF) << (4 * k);
+  for (size_t k = 0; k < 8; ++k)
+    word |= ((codes[(8 * w + k) * words + c] >> shift) & 0xF) << (4 * k);
   return word;
 }
 

@@ -46,10 +46,12 @@ void DecodeCodes(const CtWeight& w, const uint8_t* row, uint64_t words, int b, f
           q[c] = static_cast<float>(static_cast<int>((row[c / 2] >> (4 * (c & 1))) & 0xF) - 8);
         }
       } else if (b == 8) {
-        for (uint64_t c = 0; c < cols; ++c) q[c] = static_cast<float>(static_cast<int>(row[c]) - 128);
+        for (uint64_t c = 0; c < cols; ++c)
+          q[c] = static_cast<float>(static_cast<int>(row[c]) - 128);
       } else {
         for (uint64_t c = 0; c < cols; ++c) {
-          q[c] = static_cast<float>(static_cast<int32_t>(PackedField(row, words, c * b, b)) - (1 << (b - 1)));
+          q[c] = static_cast<float>(static_cast<int32_t>(PackedField(row, words, c * b, b)) -
+                                    (1 << (b - 1)));
         }
       }
       return;

@@ -718,11 +718,13 @@ bool QuantizeMxfp8Scalar(const WeightChunk& in, const ChunkOutputs& out) {
   return QuantizeMxScalar(in, nullptr, out, /*fp4=*/false);
 }
 
-bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool QuantizeNvfp4RangesScalar(const WeightChunk& in, const float* ranges,
+                               const ChunkOutputs& out) {
   return Nvfp4Scalar(in, ranges, out);
 }
 
-bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges, const ChunkOutputs& out) {
+bool QuantizeMxfp4RangesScalar(const WeightChunk& in, const float* ranges,
+                               const ChunkOutputs& out) {
   return QuantizeMxScalar(in, ranges, out, /*fp4=*/true);
 }
 

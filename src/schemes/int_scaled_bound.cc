@@ -39,8 +39,9 @@ namespace quench::intq {
 namespace HWY_NAMESPACE {
 
 // dW of lanes [c, c + N) by the definition (ScaledErrorRowScalar's loop), from the exact ws.
-HWY_INLINE void ExactLanes(size_t c, size_t N, const double* s, const float* ws, const iq::GroupParams& gp, const iq::Layout& lay,
-                           bool symmetric, float* back) {
+HWY_INLINE void ExactLanes(size_t c, size_t N, const double* s, const float* ws,
+                           const iq::GroupParams& gp, const iq::Layout& lay, bool symmetric,
+                           float* back) {
   for (size_t i = 0; i < N; ++i) {
     const int qv = iq::QuantizeValue(ws[c + i], gp, lay, symmetric, DType::kBF16);
     const float deq =
@@ -187,11 +188,13 @@ bool RowLossBoundKernel(const float* w, const double* s, const float* s32, const
   if (hn::Lanes(df) == 16 && lay.qmax - lay.qmin < 16) {
     return symmetric
                ? BoundRow<true, true>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx)
-               : BoundRow<false, true>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx);
+               : BoundRow<false, true>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out,
+                                       approx);
   }
   return symmetric
              ? BoundRow<true, false>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx)
-             : BoundRow<false, false>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out, approx);
+             : BoundRow<false, false>(df, w, s, s32, inv32, h32, lay, scratch, ws, back_out,
+                                      approx);
 }
 
 // Rows one after another (a tile of narrow rows: one call, one scratch).
@@ -203,8 +206,8 @@ HWY_INLINE void BoundRows(const float* w, size_t rows, const char* ok, const dou
   thread_local GroupScratch scratch;
   const size_t cols = lay.group * lay.n_groups;
   for (size_t r = 0; r < rows; ++r) {
-    taken[r] = ok[r] && BoundRow<kSym, kTable>(df, w + r * cols, s, s32, inv32, h32, lay, scratch, ws,
-                                       nullptr, &approx[r]);
+    taken[r] = ok[r] && BoundRow<kSym, kTable>(df, w + r * cols, s, s32, inv32, h32, lay, scratch,
+                                               ws, nullptr, &approx[r]);
   }
 }
 

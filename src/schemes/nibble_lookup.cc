@@ -41,10 +41,14 @@ void LookupNibblesKernel(const uint8_t* packed, size_t cols, size_t run, const u
       const auto lo = hn::And(v, low4);            // even elements' codes
       const auto hi = hn::ShiftRight<4>(v);        // odd elements'
       // 16-bit values of the even and the odd elements of bytes 0..7 and 8..15.
-      const auto ev_a = hn::ZipLower(d16, hn::TableLookupBytes(tl, lo), hn::TableLookupBytes(th, lo));
-      const auto ev_b = hn::ZipUpper(d16, hn::TableLookupBytes(tl, lo), hn::TableLookupBytes(th, lo));
-      const auto od_a = hn::ZipLower(d16, hn::TableLookupBytes(tl, hi), hn::TableLookupBytes(th, hi));
-      const auto od_b = hn::ZipUpper(d16, hn::TableLookupBytes(tl, hi), hn::TableLookupBytes(th, hi));
+      const auto ev_a =
+          hn::ZipLower(d16, hn::TableLookupBytes(tl, lo), hn::TableLookupBytes(th, lo));
+      const auto ev_b =
+          hn::ZipUpper(d16, hn::TableLookupBytes(tl, lo), hn::TableLookupBytes(th, lo));
+      const auto od_a =
+          hn::ZipLower(d16, hn::TableLookupBytes(tl, hi), hn::TableLookupBytes(th, hi));
+      const auto od_b =
+          hn::ZipUpper(d16, hn::TableLookupBytes(tl, hi), hn::TableLookupBytes(th, hi));
       uint8_t* o = out + 2 * c;
       hn::StoreU(hn::InterleaveLower(d16, ev_a, od_a), d16, reinterpret_cast<uint16_t*>(o));
       hn::StoreU(hn::InterleaveUpper(d16, ev_a, od_a), d16, reinterpret_cast<uint16_t*>(o + 16));

@@ -234,10 +234,11 @@ SchemeInfo Mx(std::string_view name, int bits, bool activations) {
   return {
       .name = name,
       .format = fp4 ? "mxfp4-pack-quantized" : "mxfp8-quantized",
-      .summary = fp4 ? (activations ? "FP4 E2M1 weights, E8M0 scale per 32; MXFP4 dynamic activations"
-                                    : "FP4 E2M1 weights, E8M0 scale per 32; 16-bit activations")
-                     : (activations ? "FP8 E4M3 weights, E8M0 scale per 32; MXFP8 dynamic activations"
-                                    : "FP8 E4M3 weights, E8M0 scale per 32; 16-bit activations"),
+      .summary =
+          fp4 ? (activations ? "FP4 E2M1 weights, E8M0 scale per 32; MXFP4 dynamic activations"
+                             : "FP4 E2M1 weights, E8M0 scale per 32; 16-bit activations")
+              : (activations ? "FP8 E4M3 weights, E8M0 scale per 32; MXFP8 dynamic activations"
+                             : "FP8 E4M3 weights, E8M0 scale per 32; 16-bit activations"),
       .weights_desc = fp4 ? "FP4 E2M1, E8M0 scale per 32" : "FP8 E4M3, E8M0 scale per 32",
       .activations_desc = !activations ? "none (16-bit)"
                           : fp4        ? "MXFP4 dynamic, per group of 32"
@@ -245,8 +246,8 @@ SchemeInfo Mx(std::string_view name, int bits, bool activations) {
       .gpu = fp4 && !activations ? "Blackwell (native MX); older GPUs weight-only via Marlin"
                                  : "Blackwell (native MX)",
       .weights = MxArgs(bits, false),
-      .input_activations = activations ? std::optional<QuantArgsDesc>(MxArgs(bits, true))
-                                       : std::nullopt,
+      .input_activations =
+          activations ? std::optional<QuantArgsDesc>(MxArgs(bits, true)) : std::nullopt,
       .row_align = 1,
       .kernel = fp4 ? fp4::QuantizeMxfp4 : fp4::QuantizeMxfp8,
       .scalar_kernel = fp4 ? fp4::QuantizeMxfp4Scalar : fp4::QuantizeMxfp8Scalar,

@@ -37,7 +37,8 @@ void ReadWeightArgs(const JsonValue& w, Group& g,
   if (const JsonValue* v = w.Find("group_size"); v && v->is_int() && v->as_int() > 0) {
     g.group_size = static_cast<uint64_t>(v->as_int());
   }
-  if (const JsonValue* v = w.Find("block_structure"); v && v->is_array() && v->as_array().size() == 2) {
+  if (const JsonValue* v = w.Find("block_structure");
+      v && v->is_array() && v->as_array().size() == 2) {
     g.bh = v->as_array()[0].is_int() ? static_cast<uint64_t>(v->as_array()[0].as_int()) : 0;
     g.bw = v->as_array()[1].is_int() ? static_cast<uint64_t>(v->as_array()[1].as_int()) : 0;
   }
@@ -45,14 +46,16 @@ void ReadWeightArgs(const JsonValue& w, Group& g,
     g.scale_dtype = ScaleDTypeFromTorch(v->as_string());
     if (!g.scale_dtype) bad("unknown scale_dtype " + v->as_string());
   }
-  if (const JsonValue* v = w.Find("actorder"); v && v->is_string()) g.g_idx = v->as_string() == "group";
+  if (const JsonValue* v = w.Find("actorder"); v && v->is_string())
+    g.g_idx = v->as_string() == "group";
 }
 
 // The strategy compressed-tensors infers when none is given, and the sizes a strategy needs
 // (`bad` also marks the group undecodable: ParseConfigGroup).
 void CheckStrategy(Group& g, const std::function<void(const std::string&)>& bad) {
   if (g.strategy.empty()) g.strategy = g.group_size ? "group" : "tensor";
-  if (g.strategy == "block" && (g.bh == 0 || g.bw == 0)) bad("strategy block without block_structure");
+  if (g.strategy == "block" && (g.bh == 0 || g.bw == 0))
+    bad("strategy block without block_structure");
   if ((g.strategy == "group" || g.strategy == "tensor_group") && g.group_size == 0) {
     bad("strategy " + g.strategy + " without a positive group_size");
   }

@@ -134,7 +134,8 @@ void DecodePackedIntRow(const ModuleView& v, uint64_t r, RowBuffers& b) {
   const uint8_t* row = v.w + r * words * 4;
   const double off = std::ldexp(1.0, bits - 1);
   for (uint64_t c = 0; c < v.in; ++c) {
-    b.q[c] = static_cast<double>(PackedField(row, words, c * static_cast<uint64_t>(bits), bits)) - off;
+    b.q[c] =
+        static_cast<double>(PackedField(row, words, c * static_cast<uint64_t>(bits), bits)) - off;
     b.gap[c] = 1;
   }
 }

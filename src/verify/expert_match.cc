@@ -101,8 +101,9 @@ Status Verifier::MatchPrunedExperts() {
     }
   }
   if (!pruned) return Status::Ok();
-  auto plan = PruneExpertsKept(src_->folder, layers, kept, std::vector<std::vector<double>>(layers.size()),
-                               {}, 0.0, "inferred from the routers");
+  auto plan =
+      PruneExpertsKept(src_->folder, layers, kept, std::vector<std::vector<double>>(layers.size()),
+                       {}, 0.0, "inferred from the routers");
   if (!plan.ok()) {
     Problem(dst_.folder.config_rel.value_or(""), "", "config",
             "DST's routers keep fewer experts than SRC's, but SRC cannot be pruned so: " +

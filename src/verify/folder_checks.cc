@@ -76,14 +76,17 @@ void Verifier::CheckUnselectedModules() {
     }
   }
   for (const auto& [module, names] : unselected) {
-    std::string why = EndsWith(module, "norm")  ? "its name ends in \"norm\""
-                      : ignore_.Matches(module) ? "it matches quantization_config.ignore entry '" +
-                                                      ignore_.entries()[ignore_.FirstMatch(module)] + "'"
-                                                : "no config group targets it";
+    std::string why = EndsWith(module, "norm") ? "its name ends in \"norm\""
+                      : ignore_.Matches(module)
+                          ? "it matches quantization_config.ignore entry '" +
+                                ignore_.entries()[ignore_.FirstMatch(module)] + "'"
+                          : "no config group targets it";
     std::string list;
-    for (const std::string& n : names) list += (list.empty() ? "" : ", ") + std::string(SplitModuleParam(n).second);
-    Problem(dst_.FileOf(names.front()), module, "not-selected",
-            "module is quantized (" + list + ") but quantization_config does not select it: " + why);
+    for (const std::string& n : names)
+      list += (list.empty() ? "" : ", ") + std::string(SplitModuleParam(n).second);
+    Problem(
+        dst_.FileOf(names.front()), module, "not-selected",
+        "module is quantized (" + list + ") but quantization_config does not select it: " + why);
   }
 }
 
@@ -228,7 +231,8 @@ bool Verifier::EqualsPrunedSource(const TensorInfo& t, const uint8_t* sp, const 
     *why = "differs from the source, which holds NaN or Inf and so cannot be pruned to compare";
     return false;
   }
-  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
+  const uint64_t rows_per_chunk =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
   for (uint64_t r = 0; r < rows; ++r) {
     const uint8_t* want = pr.Row(r);
     if (want == nullptr || std::memcmp(want, dp + r * row_bytes, row_bytes) != 0) {
@@ -257,7 +261,8 @@ bool Verifier::HasSparseGptZeros(const TensorInfo& t, const uint8_t* dp, std::st
   dst_.Data(t.name, &doff, &dm);
   ZeroStructure zs(opt_.prune, rows, cols, opt_.prune_block);
   std::vector<uint8_t> zero(cols);
-  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
+  const uint64_t rows_per_chunk =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes));
   for (uint64_t r = 0; r < rows; ++r) {
     for (uint64_t c = 0; c < cols; ++c) zero[c] = LoadFloat(dp + r * row_bytes, t.dtype, c) == 0;
     zs.AddRow(r, zero);

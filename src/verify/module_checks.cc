@@ -168,8 +168,8 @@ bool Verifier::CheckExpectedTensors(const std::string& module, const Group& g,
     const bool scalar = e.shape == std::vector<uint64_t>{1} && t->shape.empty();
     if (t->shape != e.shape && !scalar) {
       Problem(dst_.FileOf(name), name, "shape",
-              "expected " + ShapeString(e.shape) + " for a " + ShapeString({out, in}) + " weight, found " +
-                  ShapeString(t->shape));
+              "expected " + ShapeString(e.shape) + " for a " + ShapeString({out, in}) +
+                  " weight, found " + ShapeString(t->shape));
       ok = false;
     }
   }

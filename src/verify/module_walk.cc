@@ -98,7 +98,8 @@ void TallyRow(const ModuleView& v, const RowBuffers& b, uint64_t r, const uint8_
               bool pruned, double u, WalkTally& t) {
   for (uint64_t c = 0; c < v.in; ++c) {
     if (b.bad_code[c]) {
-      if (t.bad_codes++ == 0) t.bad_code_text = "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+      if (t.bad_codes++ == 0)
+        t.bad_code_text = "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
       continue;
     }
     if (v.zp && (b.zp[c] < v.qmin || b.zp[c] > v.qmax)) ++t.bad_zp;
@@ -133,7 +134,8 @@ void Verifier::WalkModule(ModuleView& v, const std::string& file,
                                  : v.in * DTypeBits(v.xscale ? DType::kF8E4M3 : v.xdt) / 8;
   std::vector<uint8_t> decoded;
   uint64_t dec_begin = 0, dec_end = 0;
-  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, v.in * 4));
+  const uint64_t rows_per_chunk =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, v.in * 4));
   // --prune: against SRC, the source as pruned (a pruned element must dequantize to exactly 0);
   // without SRC, the structure of the dequantized zeros.
   const prune::PruneSpec& ps = opt_.prune;
@@ -286,10 +288,11 @@ void Verifier::ReportZeroStructure(const ModuleView& v, const std::string& file,
     }
   }
   if (t.sparse_short) {
-    Problem(file, qname, "sparsity",
-            "dequantized zeros do not have the structure of --prune " + PruneText(ps) + ": " +
-                t.sparse_text + (t.sparse_short > 1 ? " (and " + std::to_string(t.sparse_short - 1) +
-                                                          " more)" : ""));
+    Problem(
+        file, qname, "sparsity",
+        "dequantized zeros do not have the structure of --prune " + PruneText(ps) + ": " +
+            t.sparse_text +
+            (t.sparse_short > 1 ? " (and " + std::to_string(t.sparse_short - 1) + " more)" : ""));
   }
 }
 

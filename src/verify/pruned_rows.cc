@@ -15,7 +15,8 @@ PrunedRows::PrunedRows(const prune::PruneSpec& spec, const uint8_t* x, DType dt,
 
 bool PrunedRows::Init(const std::function<void(uint64_t)>& walked) {
   if (!spec_.per_tensor) return true;
-  const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes_));
+  const uint64_t chunk_rows =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, row_bytes_));
   return prune::FindTensorThreshold(x_, dt_, rows_, cols_,
                                     prune::PruneCount(spec_.fraction, rows_ * cols_),
                                     chunk_rows,

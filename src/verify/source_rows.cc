@@ -72,7 +72,8 @@ void Verifier::CheckDecodedTensor(const Shard& s, const TensorInfo& t, const Sou
   // A 3-D compressed-tensors stack decoded whole: its rows across experts.
   const uint64_t cols = t.shape.back(), rows = t.numel() / std::max<uint64_t>(1, cols);
   const uint64_t rb = sc.ct ? sc.ct->code_row_bytes : cols;  // bytes of a stored row
-  const uint64_t rows_per_chunk = std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, 2 * cols));
+  const uint64_t rows_per_chunk =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(1, 2 * cols));
   uint64_t so, doff;
   const MappedFile *sm, *dm;
   const uint8_t* sp = src_->Data(t.name, &so, &sm);

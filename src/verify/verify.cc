@@ -70,7 +70,8 @@ Status Verifier::OpenSource() {
   // and so does expert pruning alone (--scheme none --prune-experts) of a BF16 SRC, while
   // pruning's 2-D weights are the split ones: DST's names tell which.
   auto dc = ReadJsonFile((opt_.dst / "config.json").string());
-  if (!dc.ok() && dc.status().code() == ErrorCode::kIo && fs::exists(opt_.dst / "config.json", ec)) {
+  if (!dc.ok() && dc.status().code() == ErrorCode::kIo &&
+      fs::exists(opt_.dst / "config.json", ec)) {
     return dc.status();  // there but unreadable: not a DST without a config
   }
   const bool unquantized =
@@ -168,7 +169,8 @@ bool Verifier::LoadConfig() {
   const JsonValue* kv = q->Find("kv_cache_scheme");
   kv_cache_ = kv != nullptr && kv->is_object();
   std::string global_format;
-  if (const JsonValue* gf = q->Find("format"); gf && gf->is_string()) global_format = gf->as_string();
+  if (const JsonValue* gf = q->Find("format"); gf && gf->is_string())
+    global_format = gf->as_string();
   std::vector<std::string> ignore;
   if (const JsonValue* ig = q->Find("ignore"); ig && ig->is_array()) {
     for (const JsonValue& e : ig->as_array()) {
