@@ -21,7 +21,8 @@
 namespace quench::testing {
 
 inline const fs::path kSq = DataDir() / "golden" / "smoothquant";
-inline const fs::path kScales = DataDir() / "golden" / "compose" / "tiny_llama_sq_scales.safetensors";
+inline const fs::path kScales =
+    DataDir() / "golden" / "compose" / "tiny_llama_sq_scales.safetensors";
 
 // Tensor `name` of safetensors file `file` as doubles (F32, F64 or I64).
 inline std::vector<double> ReadValues(const fs::path& file, const std::string& name) {

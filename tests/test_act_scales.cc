@@ -422,7 +422,8 @@ TEST_CASE("FP8 KV cache: k_scale / v_scale and kv_cache_scheme as oneshot writes
   std::vector<Site> sites;
   for (int l = 0; l < 2; ++l) {
     for (const char* kind : {"k", "v"}) {
-      sites.push_back({"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
+      sites.push_back(
+          {"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
     }
   }
   for (size_t i = 0; i < sites.size(); ++i) {
@@ -530,7 +531,8 @@ TEST_CASE("verify --stats: static activation and KV-cache scales equal the stati
     }
     for (int l = 0; l < 2; ++l) {
       for (const char* kind : {"k", "v"}) {
-        sites.push_back({"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
+        sites.push_back(
+            {"model.layers." + std::to_string(l) + ".self_attn." + kind + "_cache", 128, {}});
       }
     }
     for (size_t i = 0; i < sites.size(); ++i) {

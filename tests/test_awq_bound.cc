@@ -82,8 +82,8 @@ bool Check(const std::vector<float>& w, const std::vector<double>& s,
     intq::ScaledLossFromBack2(w.data(), back.data(), back2.data(), h.data(), cols, &pair_a,
                               &pair_b);
     CHECK(std::bit_cast<uint64_t>(pair_a) == std::bit_cast<uint64_t>(want_loss));
-    CHECK(std::bit_cast<uint64_t>(pair_b) ==
-          std::bit_cast<uint64_t>(intq::ScaledLossFromBack(w.data(), back2.data(), h.data(), cols)));
+    CHECK(std::bit_cast<uint64_t>(pair_b) == std::bit_cast<uint64_t>(intq::ScaledLossFromBack(
+                                                 w.data(), back2.data(), h.data(), cols)));
     const double err = std::fabs(double(approx) - want_loss);
     CHECK(err <= intq::ScaledBoundRel(cols) * double(approx) + intq::ScaledBoundAbs(cols, hmax));
   }
@@ -186,7 +186,8 @@ TEST_CASE("AWQ's bound kernel declines rows it cannot take") {
     std::vector<float> out(bad.size());
     const bool ok = intq::LoadBf16RowBound(bits.data(), bits.size(), out.data());
     CHECK(ok == intq::BoundRowOk(out.data(), out.size()));
-    for (size_t i = 0; i < bad.size(); ++i) CHECK(std::bit_cast<uint32_t>(out[i]) == uint32_t{bits[i]} << 16);
+    for (size_t i = 0; i < bad.size(); ++i)
+      CHECK(std::bit_cast<uint32_t>(out[i]) == uint32_t{bits[i]} << 16);
   }
 }
 

@@ -159,7 +159,8 @@ TEST_CASE("AWQ's screened search is the same on every thread count and target, i
 }
 
 TEST_CASE("--awq-search: in the resume fingerprint, named in the report, refused when unknown") {
-  const fs::path src = DataDir() / "tiny-llama", stats = DataDir() / "golden" / "smoothquant" / "stats";
+  const fs::path src = DataDir() / "tiny-llama",
+                 stats = DataDir() / "golden" / "smoothquant" / "stats";
   auto fingerprint = [&](const std::string& search) {
     ConvertOptions o;
     o.src = src;

@@ -52,7 +52,8 @@ TEST_CASE("ScaleBytes equals its scalar definition on every target") {
             if (pick == 3) s = 0x1.fffffep+127f / 300.f;
           }
           std::vector<uint8_t> want(2 * cols + kGuardBytes, kGuard), got(want);
-          const bool fw = ScaleBytesScalar(codes.data(), cols, run, scales.data(), kind, want.data());
+          const bool fw =
+              ScaleBytesScalar(codes.data(), cols, run, scales.data(), kind, want.data());
           const bool fg = ScaleBytes(codes.data(), cols, run, scales.data(), kind, got.data());
           CHECK(want == got);
           CHECK(fw == fg);

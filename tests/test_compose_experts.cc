@@ -130,10 +130,13 @@ TEST_CASE("AWQ and SmoothQuant with --prune-experts smooth the surviving experts
   const std::vector<Case> cases = {
       // AWQ's Qwen3-MoE mappings: norm -> q/k/v, norm -> router + experts' gate/up, each
       // expert's up -> down (v -> o skipped: grouped-query attention).
-      {"awq", {"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq"},
+      {"awq",
+       {"--scheme", "W4A16", "--group-size", "64", "--algorithm", "awq"},
        "12 mappings of Qwen3MoeForCausalLM, rewriting 36 tensors"},  // 4 up -> down per layer
       // SmoothQuant's: the norm -> q/k/v only (llm-compressor leaves MoE MLPs unsmoothed).
-      {"smoothquant", {"--scheme", "W8A8", "--algorithm", "smoothquant"}, "2 mappings of Qwen3MoeForCausalLM, rewriting 8 tensors"},
+      {"smoothquant",
+       {"--scheme", "W8A8", "--algorithm", "smoothquant"},
+       "2 mappings of Qwen3MoeForCausalLM, rewriting 8 tensors"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);

@@ -107,7 +107,8 @@ TEST_SUITE("convert") {
       // Same file names as the source; nothing temporary left behind.
       CHECK(qt::ListFiles(out) == qt::ListFiles(kTiny));
       for (const std::string& f : qt::ListFiles(kTiny)) {
-        if (f.ends_with(".safetensors") || f == "config.json" || f.ends_with("index.json")) continue;
+        if (f.ends_with(".safetensors") || f == "config.json" || f.ends_with("index.json"))
+          continue;
         CHECK_MESSAGE(qt::ReadBytes(out / f) == qt::ReadBytes(kTiny / f), f);
       }
       auto src = LoadAll(kTiny);
@@ -123,8 +124,9 @@ TEST_SUITE("convert") {
         CHECK(std::memcmp(sl->Data(*st), dl->Data(*dt), st->nbytes()) == 0);
       }
       for (int layer = 0; layer < 2; ++layer) {
-        for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                              "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
+        for (const char* m :
+             {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
           CheckFp8Dequantizes(src, dst,
                               "model.layers." + std::to_string(layer) + "." + m,
                               std::string(scheme) == "FP8_BLOCK");
@@ -460,24 +462,27 @@ TEST_SUITE("convert") {
       qt::WriteBytes(dir / "config.json", "{\"architectures\": [\"Llama4ForCausalLM\"], "
                                           "\"text_config\": {\"hidden_size\": 64}}");
     };
-    write(tmp / "t", {{"model.layers.0.feed_forward.experts.gate_up_proj", DType::kBF16, {2, 64, 96}, gate_up},
-                      {"model.layers.0.feed_forward.experts.down_proj", DType::kBF16, {2, 48, 64}, down},
-                      {"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {64, 64}, q}});
+    write(tmp / "t",
+          {{"model.layers.0.feed_forward.experts.gate_up_proj", DType::kBF16, {2, 64, 96}, gate_up},
+           {"model.layers.0.feed_forward.experts.down_proj", DType::kBF16, {2, 48, 64}, down},
+           {"model.layers.0.self_attn.q_proj.weight", DType::kBF16, {64, 64}, q}});
     auto r = qt::RunQuench({"convert", (tmp / "t").string(), (tmp / "t-out").string(), "--scheme",
                             "FP8_DYNAMIC"});
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CHECK(r.err.find("left unquantized: 2 fused 3-D expert tensor(s) stored [experts, in, out]") !=
           std::string::npos);
     auto all = qt::LoadAll(tmp / "t-out");
-    for (const auto& [name, bytes] : {std::pair{std::string("model.layers.0.feed_forward.experts.gate_up_proj"), gate_up},
-                                      std::pair{std::string("model.layers.0.feed_forward.experts.down_proj"), down}}) {
+    for (const auto& [name, bytes] :
+         {std::pair{std::string("model.layers.0.feed_forward.experts.gate_up_proj"), gate_up},
+          std::pair{std::string("model.layers.0.feed_forward.experts.down_proj"), down}}) {
       CAPTURE(name);
       auto [l, t] = qt::FindTensor(all, name);
       REQUIRE(t != nullptr);
       CHECK(t->shape.size() == 3);
       CHECK(std::string(reinterpret_cast<const char*>(l->Data(*t)), t->nbytes()) == bytes);
     }
-    CHECK(qt::FindTensor(all, "model.layers.0.feed_forward.experts.0.gate_proj.weight").second == nullptr);
+    CHECK(qt::FindTensor(all, "model.layers.0.feed_forward.experts.0.gate_proj.weight").second ==
+          nullptr);
     CHECK(qt::FindTensor(all, "model.layers.0.self_attn.q_proj.weight_scale").second != nullptr);
     // The stacks are copied, so the written ignore list covers their module (compressed-tensors
     // and vLLM read the "Linear" target as every module); q_proj stays quantized. (lm_head
@@ -496,7 +501,8 @@ TEST_SUITE("convert") {
     }
 
     // model_free_ptq's own refusals: a name with both keys, an odd gate_up_proj dimension.
-    write(tmp / "both", {{"model.layers.0.mlp.experts.gate_up_proj.down_proj", DType::kBF16, {64, 64}, q}});
+    write(tmp / "both",
+          {{"model.layers.0.mlp.experts.gate_up_proj.down_proj", DType::kBF16, {64, 64}, q}});
     r = qt::RunQuench({"convert", (tmp / "both").string(), (tmp / "both-out").string(), "--scheme",
                        "FP8_DYNAMIC", "-q"});
     CHECK(r.exit_code == 3);
@@ -595,10 +601,11 @@ TEST_SUITE("convert") {
       // a.proj.weight quantizes to a.proj.weight + a.proj.weight_scale; the source's own
       // a.proj.weight_scale (not a .weight, so copied) would be written a second time.
       const std::string ones = Bf16Bytes(std::vector<float>(32 * 16, 1.f));
-      WriteShard(tmp / "dup/model.safetensors",
-                 {{"a.proj.weight", DType::kBF16, {32, 16}, ones},
-                  {"a.proj.weight_scale", DType::kBF16, {32, 1}, Bf16Bytes(std::vector<float>(32, 1.f))},
-                  {"b.proj.weight", DType::kBF16, {32, 16}, ones}});
+      WriteShard(
+          tmp / "dup/model.safetensors",
+          {{"a.proj.weight", DType::kBF16, {32, 16}, ones},
+           {"a.proj.weight_scale", DType::kBF16, {32, 1}, Bf16Bytes(std::vector<float>(32, 1.f))},
+           {"b.proj.weight", DType::kBF16, {32, 16}, ones}});
       qt::WriteBytes(tmp / "dup/config.json", "{}");
       auto dry = convert({(tmp / "dup").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
                           "--dry-run"});
@@ -627,9 +634,10 @@ TEST_SUITE("convert") {
     SUBCASE("non-finite weights are refused, naming the tensor") {
       std::vector<float> v(32 * 16, 0.5f);
       v[100] = std::nanf("");
-      WriteShard(tmp / "nan/model.safetensors",
-                 {{"a.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(std::vector<float>(32 * 16, 1.f))},
-                  {"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
+      WriteShard(
+          tmp / "nan/model.safetensors",
+          {{"a.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(std::vector<float>(32 * 16, 1.f))},
+           {"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
       qt::WriteBytes(tmp / "nan/config.json", "{}");
       auto r = convert({(tmp / "nan").string(), (tmp / "o").string(), "--scheme", "FP8_BLOCK"});
       CHECK(r.exit_code == 3);
@@ -639,7 +647,8 @@ TEST_SUITE("convert") {
       CHECK_FALSE(fs::exists(tmp / "o"));
       std::vector<float> w(32 * 16, 0.5f);
       w[7] = INFINITY;
-      WriteShard(tmp / "inf/model.safetensors", {{"c.weight", DType::kBF16, {32, 16}, Bf16Bytes(w)}});
+      WriteShard(tmp / "inf/model.safetensors",
+                 {{"c.weight", DType::kBF16, {32, 16}, Bf16Bytes(w)}});
       auto r2 = convert({(tmp / "inf").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
       CHECK(r2.exit_code == 3);
       CHECK(r2.err.find("c.weight") != std::string::npos);
@@ -658,13 +667,15 @@ TEST_SUITE("convert") {
       CHECK(ok.exit_code == 0);
     }
     SUBCASE("1-D weights (BERT-style LayerNorm) are copied, not refused") {
+      const std::string ones = Bf16Bytes(std::vector<float>(16, 1.f));
+      const std::string quarters = Bf16Bytes(std::vector<float>(256, 0.25f));
       WriteShard(tmp / "bert/model.safetensors",
-                 {{"enc.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
-                  {"enc.dense.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))},
-                  {"enc.layer.0.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
-                  {"enc.layer.1.LayerNorm.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
-                  {"enc.layer.0.out.weight", DType::kBF16, {16}, Bf16Bytes(std::vector<float>(16, 1.f))},
-                  {"enc.layer.1.out.weight", DType::kBF16, {16, 16}, Bf16Bytes(std::vector<float>(256, 0.25f))}});
+                 {{"enc.LayerNorm.weight", DType::kBF16, {16}, ones},
+                  {"enc.dense.weight", DType::kBF16, {16, 16}, quarters},
+                  {"enc.layer.0.LayerNorm.weight", DType::kBF16, {16}, ones},
+                  {"enc.layer.1.LayerNorm.weight", DType::kBF16, {16}, ones},
+                  {"enc.layer.0.out.weight", DType::kBF16, {16}, ones},
+                  {"enc.layer.1.out.weight", DType::kBF16, {16, 16}, quarters}});
       qt::WriteBytes(tmp / "bert/config.json", "{\"architectures\": [\"BertModel\"]}");
       auto r = convert({(tmp / "bert").string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"});
       CHECK(r.exit_code == 0);
@@ -683,7 +694,8 @@ TEST_SUITE("convert") {
       for (const auto& e : cfg->Find("quantization_config")->Find("ignore")->as_array()) {
         ignore.push_back(e.as_string());
       }
-      CHECK(ignore == std::vector<std::string>{"enc.LayerNorm", "re:enc\\.layer\\.[0-9]+\\.LayerNorm$",
+      CHECK(ignore == std::vector<std::string>{"enc.LayerNorm",
+                                               "re:enc\\.layer\\.[0-9]+\\.LayerNorm$",
                                                "enc.layer.0.out"});
     }
   }
@@ -757,14 +769,17 @@ TEST_SUITE("convert") {
     CHECK(good.exit_code == 0);
     CHECK_FALSE(fs::exists(out));
     for (const auto& [_, l] : qt::LoadAll(kTiny)) {
-      for (const auto& t : l.shard.header.tensors) CHECK(good.out.find(t.name) != std::string::npos);
+      for (const auto& t : l.shard.header.tensors)
+        CHECK(good.out.find(t.name) != std::string::npos);
     }
     auto real = qt::RunQuench({"convert", kTiny.string(), out.string(), "--scheme", "FP8_BLOCK",
                                "-q", "--report", (tmp / "run.json").string()});
     REQUIRE(real.exit_code == 0);
-    for (const char* shard : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    for (const char* shard :
+         {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
       CHECK(good.out.find(std::string(shard) + " " ) != std::string::npos);
-      CHECK(good.out.find(std::to_string(fs::file_size(out / shard)) + " bytes") != std::string::npos);
+      CHECK(good.out.find(std::to_string(fs::file_size(out / shard)) + " bytes") !=
+            std::string::npos);
     }
     // The run's report accounts for every tensor and byte actually written.
     auto rep = quench::ReadJsonFile((tmp / "run.json").string());
@@ -781,14 +796,16 @@ TEST_SUITE("convert") {
     CHECK(rep->Find("totals")->Find("bytes_out")->as_uint() == files);
     CHECK(rep->Find("peak_rss_bytes")->as_uint() > 0);
     CHECK(rep->Find("wall_seconds")->as_double() > 0);
-    CHECK(rep->Find("recipe")->Find("groups")->as_array()[0].Find("weights")->Find("strategy")->as_string() == "block");
+    const quench::JsonValue& group = rep->Find("recipe")->Find("groups")->as_array()[0];
+    CHECK(group.Find("weights")->Find("strategy")->as_string() == "block");
   }
 
   TEST_CASE("a failed run still writes its report, with the error") {
     qt::TempDir tmp;
     std::vector<float> v(32 * 16, 0.5f);
     v[3] = std::nanf("");
-    WriteShard(tmp / "src/model.safetensors", {{"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
+    WriteShard(tmp / "src/model.safetensors",
+               {{"b.proj.weight", DType::kBF16, {32, 16}, Bf16Bytes(v)}});
     auto r = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "o").string(), "--scheme",
                             "FP8_DYNAMIC", "--report", (tmp / "r.json").string()});
     CHECK(r.exit_code == 3);
@@ -797,8 +814,9 @@ TEST_SUITE("convert") {
     CHECK(rep->Find("status")->as_string() == "non-finite");
     CHECK(rep->Find("error")->as_string().find("b.proj.weight") != std::string::npos);
     // --report inside the source is refused like any write into it.
-    auto in_src = qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "o").string(),
-                                 "--scheme", "FP8_DYNAMIC", "--report", (tmp / "src/r.json").string()});
+    auto in_src =
+        qt::RunQuench({"convert", (tmp / "src").string(), (tmp / "o").string(), "--scheme",
+                       "FP8_DYNAMIC", "--report", (tmp / "src/r.json").string()});
     CHECK(in_src.exit_code == 2);
     CHECK_FALSE(fs::exists(tmp / "src/r.json"));
   }
@@ -853,8 +871,8 @@ TEST_SUITE("convert") {
       CHECK_MESSAGE(qt::ReadBytes(tmp / "out" / f) == qt::ReadBytes(src / f), f);
     }
     // -q: no note.
-    auto q = qt::RunQuench({"convert", src.string(), (tmp / "q").string(), "--scheme", "FP8_DYNAMIC",
-                            "-q"});
+    auto q = qt::RunQuench(
+        {"convert", src.string(), (tmp / "q").string(), "--scheme", "FP8_DYNAMIC", "-q"});
     REQUIRE(q.exit_code == 0);
     CHECK(q.err.empty());
   }
@@ -973,12 +991,14 @@ TEST_SUITE("convert") {
     qt::TempDir tmp;
     // The tests' stderr is a file, so the display must use plain lines (no carriage returns),
     // ending with the 100% line and the summary.
-    auto r = qt::RunQuench({"convert", kTiny.string(), (tmp / "a").string(), "--scheme", "FP8_DYNAMIC"});
+    auto r =
+        qt::RunQuench({"convert", kTiny.string(), (tmp / "a").string(), "--scheme", "FP8_DYNAMIC"});
     REQUIRE(r.exit_code == 0);
     CHECK(r.err.find("100.0%") != std::string::npos);
     CHECK(r.err.find('\r') == std::string::npos);
     CHECK(r.err.find("quench: wrote") != std::string::npos);
-    auto q = qt::RunQuench({"convert", kTiny.string(), (tmp / "b").string(), "--scheme", "FP8_DYNAMIC", "-q"});
+    auto q = qt::RunQuench(
+        {"convert", kTiny.string(), (tmp / "b").string(), "--scheme", "FP8_DYNAMIC", "-q"});
     REQUIRE(q.exit_code == 0);
     CHECK(q.err.empty());
     CHECK(q.out.empty());
@@ -998,7 +1018,8 @@ TEST_SUITE("convert") {
   TEST_CASE("help and version describe what exists") {
     auto h = qt::RunQuench({"--help"});
     CHECK(h.exit_code == 0);
-    for (const char* cmd : {"convert", "inspect", "schemes"}) CHECK(h.out.find(cmd) != std::string::npos);
+    for (const char* cmd : {"convert", "inspect", "schemes"})
+      CHECK(h.out.find(cmd) != std::string::npos);
     auto c = qt::RunQuench({"convert", "--help"});
     CHECK(c.exit_code == 0);
     for (const char* flag : {"--scheme", "--targets", "--ignore", "--no-default-ignore",
@@ -1075,7 +1096,8 @@ TEST_SUITE("convert") {
       for (size_t i = text.find("--"); i != std::string::npos; i = text.find("--", i + 2)) {
         size_t j = i + 2;
         if (j >= text.size() || text[j] < 'a' || text[j] > 'z') continue;
-        if (i > 0 && (std::isalnum(static_cast<unsigned char>(text[i - 1])) || text[i - 1] == '-')) {
+        if (i > 0 &&
+            (std::isalnum(static_cast<unsigned char>(text[i - 1])) || text[i - 1] == '-')) {
           continue;  // inside a word or a longer run of dashes
         }
         while (j < text.size() && (std::islower(static_cast<unsigned char>(text[j])) ||

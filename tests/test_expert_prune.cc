@@ -143,11 +143,13 @@ TEST_SUITE("expert_prune") {
     size_t partial = 0;
     for (const auto& c : cases) {
       std::vector<float> s;
-      for (const auto& v : c.Find("scores")->as_array()) s.push_back(static_cast<float>(v.as_double()));
+      for (const auto& v : c.Find("scores")->as_array())
+        s.push_back(static_cast<float>(v.as_double()));
       const uint64_t k = c.Find("k")->as_uint();
       partial += k * 64 <= s.size();
       std::vector<uint32_t> want;
-      for (const auto& v : c.Find("kept")->as_array()) want.push_back(static_cast<uint32_t>(v.as_int()));
+      for (const auto& v : c.Find("kept")->as_array())
+        want.push_back(static_cast<uint32_t>(v.as_int()));
       CAPTURE(s.size());
       CAPTURE(k);
       CHECK(quench::TopExperts(s, k) == want);
@@ -167,7 +169,8 @@ TEST_SUITE("expert_prune") {
     CHECK(quench::ExpertsKept(60, 0.25) == 45);
   }
 
-  TEST_CASE("--dry-run lists the experts kept per layer and the bytes not read; --report the scores") {
+  TEST_CASE(
+      "--dry-run lists the experts kept per layer and the bytes not read; --report the scores") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "golden/xprune-2d/src";
     auto r = qt::RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme", "none",
@@ -321,7 +324,8 @@ TEST_SUITE("expert_prune") {
       }
       std::vector<float> router(32, 1.0f);
       router[13] = std::numeric_limits<float>::quiet_NaN();
-      all.push_back({"model.layers.0.mlp.gate.weight", DType::kBF16, {4, 8}, qt::Bf16Bytes(router)});
+      all.push_back(
+          {"model.layers.0.mlp.gate.weight", DType::kBF16, {4, 8}, qt::Bf16Bytes(router)});
       qt::WriteShard(src / "model.safetensors", all);
       s = PlanStatus(src, 0.5);
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
@@ -330,7 +334,8 @@ TEST_SUITE("expert_prune") {
     SUBCASE("a sliced router cannot be quantized") {
       s = PlanStatus(golden, 0.5, "FP8_DYNAMIC", /*default_ignore=*/false);
       CHECK(s.code() == quench::ErrorCode::kUnsupported);
-      CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") != std::string::npos);
+      CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") !=
+            std::string::npos);
     }
     SUBCASE("nor where the kept rows are adjacent (one range)") {
       // One expert of four kept: the router's kept row is one range of the source, which was
@@ -339,7 +344,8 @@ TEST_SUITE("expert_prune") {
       s = PlanStatus(qt::DataDir() / "golden/xprune-ct3d/FP8_BLOCK", 0.75, "MXFP8A16",
                      /*default_ignore=*/false);
       CHECK(s.code() == quench::ErrorCode::kUnsupported);
-      CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") != std::string::npos);
+      CHECK(s.message().find("mlp.gate.weight' is sliced to the kept experts") !=
+            std::string::npos);
     }
   }
 
@@ -457,7 +463,8 @@ TEST_SUITE("expert_prune") {
     check(p + "experts.down_proj_bias", 8);
     auto [lr, rt] = qt::FindTensor(got, p + "router.weight");
     REQUIRE(rt != nullptr);
-    for (uint64_t i = 0; i < 24; ++i) CHECK(qt::DecodeBF16(lr->Data(*rt) + 2 * i) == weight[1 + 2 * (i / 8)]);
+    for (uint64_t i = 0; i < 24; ++i)
+      CHECK(qt::DecodeBF16(lr->Data(*rt) + 2 * i) == weight[1 + 2 * (i / 8)]);
     const std::string cfg = qt::ReadBytes(o.dst / "config.json");
     CHECK(cfg.find("\"num_local_experts\": 3") != std::string::npos);
   }
@@ -513,14 +520,16 @@ TEST_SUITE("expert_prune") {
       const uint64_t at = layout.data_start + ti.begin;
       if (ti.name != stack) {
         const std::string b = qt::Bf16Bytes(router);
-        REQUIRE(pwrite(fd, b.data(), b.size(), static_cast<off_t>(at)) == static_cast<ssize_t>(b.size()));
+        REQUIRE(pwrite(fd, b.data(), b.size(), static_cast<off_t>(at)) ==
+                static_cast<ssize_t>(b.size()));
         continue;
       }
       for (int e = 0; e < 8; ++e) {
         const std::string chunk = qt::Bf16Bytes(std::vector<float>(1 << 20, static_cast<float>(e)));
         for (uint64_t off = 0; off < per * 2; off += chunk.size()) {
-          REQUIRE(pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(at + e * per * 2 + off)) ==
-                  static_cast<ssize_t>(chunk.size()));
+          REQUIRE(
+              pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(at + e * per * 2 + off)) ==
+              static_cast<ssize_t>(chunk.size()));
         }
       }
     }

@@ -53,7 +53,8 @@ fs::path WriteMoe(const fs::path& dir) {
   std::mt19937 rng(18);
   std::vector<RawTensor> t;
   for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-    t.push_back({kLayer + "self_attn." + m + ".weight", DType::kBF16, {kN, kN}, RandomBf16(rng, kN * kN)});
+    t.push_back(
+        {kLayer + "self_attn." + m + ".weight", DType::kBF16, {kN, kN}, RandomBf16(rng, kN * kN)});
   }
   // Row magnitudes: experts 1, 3, 4, 6 are the largest.
   const float mag[kExperts] = {1, 5, 2, 6, 7, 3, 8, 4};
@@ -66,7 +67,8 @@ fs::path WriteMoe(const fs::path& dir) {
                    {kN, kN}, RandomBf16(rng, kN * kN)});
     }
   }
-  t.push_back({"model.norm.weight", DType::kBF16, {kN}, qt::Bf16Bytes(std::vector<float>(kN, 1.f))});
+  t.push_back(
+      {"model.norm.weight", DType::kBF16, {kN}, qt::Bf16Bytes(std::vector<float>(kN, 1.f))});
   qt::WriteShard(dir / "model.safetensors", t);
   qt::WriteBytes(dir / "config.json",
                  R"({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", )"
@@ -156,12 +158,15 @@ void WriteStats(const fs::path& dir, uint32_t rotate = 0) {
     arrays.push_back({s.name + ".min", DType::kF32, shape, Bytes(fmn)});
     arrays.push_back({s.name + ".max", DType::kF32, shape, Bytes(fmx)});
   }
-  qt::WriteBytes(dir / "manifest.json",
-                 R"({"format": "quench-stats", "version": 1, "model": {"model_type": "qwen3_moe", )"
-                 R"("weights": {)" + weights + R"(}}, "collection": {"dataset": "synthetic", )"
-                 R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "routed", )"
-                 R"("top_k": 2, "hessian": "none"}, "files": ["stats-00001.safetensors"], "sites": {)" +
-                     site_json + R"(}, "consumers": {)" + consumers + "}}");
+  qt::WriteBytes(
+      dir / "manifest.json",
+      R"({"format": "quench-stats", "version": 1, "model": {"model_type": "qwen3_moe", )"
+      R"("weights": {)" +
+          weights +
+          R"(}}, "collection": {"dataset": "synthetic", )"
+          R"("samples": 4, "seq_len": 128, "tokens": 512, "sequences": 4, "moe": "routed", )"
+          R"("top_k": 2, "hessian": "none"}, "files": ["stats-00001.safetensors"], "sites": {)" +
+          site_json + R"(}, "consumers": {)" + consumers + "}}");
   qt::WriteShard(dir / "stats-00001.safetensors", arrays);
 }
 

@@ -147,7 +147,8 @@ TEST_SUITE("expert_prune_checks") {
     // The survivors are the experts of the largest router rows, renumbered: 4..7 -> 0..3.
     const auto out = qt::LoadAll(tmp / "out");
     for (int e = 0; e < 4; ++e) {
-      auto [l, t] = qt::FindTensor(out, "model.layers.0.mlp.experts." + std::to_string(e) + ".w.weight");
+      auto [l, t] =
+          qt::FindTensor(out, "model.layers.0.mlp.experts." + std::to_string(e) + ".w.weight");
       REQUIRE(t != nullptr);
       CHECK(qt::DecodeBF16(l->Data(*t)) == 4 + e);
     }
@@ -168,8 +169,9 @@ TEST_SUITE("expert_prune_checks") {
          qt::Bf16Bytes(std::vector<float>(8, 2.0f))},
     };
     t.insert(t.end(), shared.begin(), shared.end());
-    const fs::path src =
-        Write(tmp, t, R"({"num_experts": 8, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 4})");
+    const fs::path src = Write(
+        tmp, t,
+        R"({"num_experts": 8, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 4})");
     auto r = Convert(src, tmp / "out", 0.5);
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     const auto out = qt::LoadAll(tmp / "out");
@@ -182,20 +184,25 @@ TEST_SUITE("expert_prune_checks") {
     }
     size_t experts = 0;
     for (const auto& [_, l] : out) {
-      for (const auto& ti : l.shard.header.tensors) experts += ti.name.find(".mlp.experts.") != std::string::npos;
+      for (const auto& ti : l.shard.header.tensors)
+        experts += ti.name.find(".mlp.experts.") != std::string::npos;
     }
     CHECK(experts == 4);
   }
 
-  TEST_CASE("refusals name the tensors: two routers, a router that is not a float matrix, uneven layers") {
+  TEST_CASE(
+      "refusals name the tensors: two routers, a router that is not a float matrix, uneven "
+      "layers") {
     const char* config = R"({"num_experts": 8, "num_experts_per_tok": 1})";
     SUBCASE("a layer with both gate.weight and router.weight") {
       qt::TempDir tmp;
       std::vector<RawTensor> t = MoeTensors({8});
-      t.push_back({"model.layers.0.mlp.router.weight", DType::kBF16, {8, 8}, std::string(128, '\0')});
+      t.push_back(
+          {"model.layers.0.mlp.router.weight", DType::kBF16, {8, 8}, std::string(128, '\0')});
       const quench::Status s = PlanStatus(Write(tmp, t, config), 0.5);
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
-      CHECK(s.message().find("'model.layers.0.mlp.gate.weight' and 'model.layers.0.mlp.router.weight'") !=
+      CHECK(s.message().find(
+                "'model.layers.0.mlp.gate.weight' and 'model.layers.0.mlp.router.weight'") !=
             std::string::npos);
     }
     SUBCASE("a router of integers") {
@@ -204,7 +211,8 @@ TEST_SUITE("expert_prune_checks") {
       t.front() = {"model.layers.0.mlp.gate.weight", DType::kI32, {8, 8}, std::string(256, '\0')};
       const quench::Status s = PlanStatus(Write(tmp, t, config), 0.5);
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
-      CHECK(s.message().find("router 'model.layers.0.mlp.gate.weight' has shape [8, 8] and dtype I32") !=
+      CHECK(s.message().find(
+                "router 'model.layers.0.mlp.gate.weight' has shape [8, 8] and dtype I32") !=
             std::string::npos);
     }
     SUBCASE("a router stored quantized: FP8 or int8 codes, or packed words") {
@@ -237,7 +245,8 @@ TEST_SUITE("expert_prune_checks") {
       t.front() = {"model.layers.0.mlp.gate.weight", DType::kBF16, {8}, std::string(16, '\0')};
       const quench::Status s = PlanStatus(Write(tmp, t, config), 0.5);
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
-      CHECK(s.message().find("router 'model.layers.0.mlp.gate.weight' has shape [8]") != std::string::npos);
+      CHECK(s.message().find("router 'model.layers.0.mlp.gate.weight' has shape [8]") !=
+            std::string::npos);
     }
     SUBCASE("layers of 8 and 6 experts: 0.5 keeps 4 and 3") {
       qt::TempDir tmp;
@@ -258,11 +267,13 @@ TEST_SUITE("expert_prune_checks") {
             std::string::npos);
     }
   }
-  TEST_CASE("renumbered experts are planned in name order, the order their outputs are written in") {
+  TEST_CASE(
+      "renumbered experts are planned in name order, the order their outputs are written in") {
     // 12 experts, the last 6 kept (router rows' norms grow with the index): source experts 10
     // and 11 come before 6..9 in the file (names sorted as text) but become experts 4 and 5.
     qt::TempDir tmp;
-    const fs::path src = Write(tmp, MoeTensors({12}), R"({"num_experts": 12, "num_experts_per_tok": 1})");
+    const fs::path src =
+        Write(tmp, MoeTensors({12}), R"({"num_experts": 12, "num_experts_per_tok": 1})");
     quench::ConvertOptions o;
     o.src = src;
     o.dst = tmp / "dst";

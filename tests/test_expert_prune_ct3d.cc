@@ -63,7 +63,8 @@ TEST_SUITE("expert_prune_ct3d") {
         {"model.layers.0.mlp.gate.weight", {2, 3}}, {"model.layers.1.mlp.gate.weight", {0, 2}}};
     std::map<std::string, std::vector<uint32_t>> ref;
     for (const auto& [router, kept] : m.Find("retained")->as_object()) {
-      for (const JsonValue& e : kept.as_array()) ref[router].push_back(static_cast<uint32_t>(e.as_uint()));
+      for (const JsonValue& e : kept.as_array())
+        ref[router].push_back(static_cast<uint32_t>(e.as_uint()));
     }
     REQUIRE(ref == want);  // layer 1 keeps experts that are not neighbours: gathered slices
     for (const CtCase& k : CtCases(kManifest)) {

@@ -120,7 +120,8 @@ TEST_SUITE("expert_prune_kinds") {
       for (const JsonValue& c : CtManifest(kManifest).Find("cases")->as_array()) {
         if (c.Find("name")->as_string() != k0.name) continue;
         for (const auto& [router, ks] : c.Find("retained")->as_object()) {
-          for (const JsonValue& e : ks.as_array()) kept[router].push_back(static_cast<uint32_t>(e.as_uint()));
+          for (const JsonValue& e : ks.as_array())
+            kept[router].push_back(static_cast<uint32_t>(e.as_uint()));
         }
       }
       const auto got = LoadAll(tmp / "out"), all = LoadAll(tmp / "whole");
@@ -135,7 +136,8 @@ TEST_SUITE("expert_prune_kinds") {
           const size_t at = t.name.find(".experts.");
           if (at != std::string::npos) {
             const size_t from = at + 9, to = t.name.find('.', from);
-            src = t.name.substr(0, from) + std::to_string(ks.at(std::stoul(t.name.substr(from, to - from)))) +
+            src = t.name.substr(0, from) +
+                  std::to_string(ks.at(std::stoul(t.name.substr(from, to - from)))) +
                   t.name.substr(to);
           }
           auto [wl, wt] = FindTensor(all, src);

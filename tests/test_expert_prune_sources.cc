@@ -191,7 +191,8 @@ void CheckKeptEqualUnpruned(const fs::path& pruned, const fs::path& whole,
 }  // namespace
 
 TEST_SUITE("expert_prune_sources") {
-  TEST_CASE("an FP8 source pruned: kept experts equal the unpruned conversion's, and verify passes") {
+  TEST_CASE(
+      "an FP8 source pruned: kept experts equal the unpruned conversion's, and verify passes") {
     qt::TempDir tmp;
     const fs::path src = WriteFp8Moe(tmp / "src");
     for (const char* scheme : {"BF16", "FP8_DYNAMIC", "W4A16", "NVFP4A16"}) {

@@ -543,9 +543,9 @@ TEST_CASE("NVFP4 global scale: reciprocal, then times 2688, each rounded to D") 
 }
 
 TEST_CASE("NVFP4 group scales and values worked by hand") {
-  // gs = 448 (A = 6). -0.25 and -0.1 round to -0 (0x8); -0 itself gives 0x0. Group 0: amax 6 -> t = 1, u = 448 -> 0x7E, eff = 448 / 448 = 1.
-  // Group 1: amax 3 -> t = 0.5, u = 224 = 1.75 * 2^7 -> 0x76, eff = 0.5.
-  // Group 2: zeros -> u = 0 -> guarded to 0.125 (0x20).
+  // gs = 448 (A = 6). -0.25 and -0.1 round to -0 (0x8); -0 itself gives 0x0. Group 0: amax 6 -> t =
+  // 1, u = 448 -> 0x7E, eff = 448 / 448 = 1. Group 1: amax 3 -> t = 0.5, u = 224 = 1.75 * 2^7 ->
+  // 0x76, eff = 0.5. Group 2: zeros -> u = 0 -> guarded to 0.125 (0x20).
   std::vector<float> v(3 * kNvfp4Group, 0.0f);
   const float g0[16] = {6,    -0.25f, 0.75f, -1.25f, 1.75f, 2.5f,   -3.5f, 5.0f,
                         -0.0f, 0.3f,  -0.1f, 4.0f,   -6.0f, 0.26f, 1.0f,  -2.0f};

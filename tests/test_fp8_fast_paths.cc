@@ -1,11 +1,11 @@
 // Two fast paths of the FP8 kernels, each checked against the scalar definition.
 //
 // 1. The FP8 kernels quantize bf16 weights by multiplying with the scale's reciprocal instead of
-// dividing (src/schemes/fp8.cc; internal::ReciprocalIsExact in fp8_shared.h, with its proof). That is only allowed because
-// the codes are the same as with the division the definition states; this checks it
-// exhaustively where the proof says it holds: every finite bf16 x (both signs, subnormals,
-// zeros) against every bf16 scale significand at exponents spanning the reciprocal path's
-// whole range, on every compiled target, against the scalar reference (which divides). It
+// dividing (src/schemes/fp8.cc; internal::ReciprocalIsExact in fp8_shared.h, with its proof). That
+// is only allowed because the codes are the same as with the division the definition states; this
+// checks it exhaustively where the proof says it holds: every finite bf16 x (both signs,
+// subnormals, zeros) against every bf16 scale significand at exponents spanning the reciprocal
+// path's whole range, on every compiled target, against the scalar reference (which divides). It
 // also covers the scales that must keep the division (subnormal, >= 2^126) and the per-row
 // (channel) kernel on rows whose own amax produces each scale significand.
 //

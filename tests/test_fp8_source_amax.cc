@@ -54,8 +54,10 @@ Weight MakeWeight(size_t rows, size_t cols, size_t br, size_t bc, uint32_t seed,
     }
   }
   for (size_t b = 0; b < w.scales.size(); ++b) {
-    const size_t r = (b / w.ScaleCols()) * br + rng() % std::min(br, rows - (b / w.ScaleCols()) * br);
-    const size_t c = (b % w.ScaleCols()) * bc + rng() % std::min(bc, cols - (b % w.ScaleCols()) * bc);
+    const size_t r =
+        (b / w.ScaleCols()) * br + rng() % std::min(br, rows - (b / w.ScaleCols()) * br);
+    const size_t c =
+        (b % w.ScaleCols()) * bc + rng() % std::min(bc, cols - (b % w.ScaleCols()) * bc);
     w.codes[r * cols + c] = static_cast<uint8_t>(top(b) | ((rng() & 1) << 7));
   }
   return w;
@@ -126,7 +128,8 @@ TEST_CASE("random block maxima and scales, tied power-of-two scales: equal to th
 TEST_CASE("the largest-scale blocks hold only small codes or zeros: read past them") {
   // Scales descend with the block index; the codes' maxima ascend, so the largest |x| sits
   // in a block far down the order.
-  Weight w = MakeWeight(512, 512, 128, 128, 3, [](size_t b) { return b == 0 ? 0u : uint32_t(b * 7); });
+  Weight w =
+      MakeWeight(512, 512, 128, 128, 3, [](size_t b) { return b == 0 ? 0u : uint32_t(b * 7); });
   for (size_t b = 0; b < w.scales.size(); ++b) w.scales[b] = std::ldexp(1.f, -int(b) / 4);
   size_t read = 0;
   CheckEqual(w, &read);

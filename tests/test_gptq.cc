@@ -89,9 +89,10 @@ TEST_CASE("GPTQ equals the reference's quantize_weight on every golden case") {
     const double ref_loss = std::stod(f.Meta("loss"));
     const double ref_proxy = ProxyLoss(w, dequant(codes), h, rows, n);
     const double proxy = ProxyLoss(w, dequant(got.codes), h, rows, n);
-    std::printf("gptq %-26s codes equal %.5f  loss %.6g vs %.6g (%.2e)  proxy %.6g vs %.6g (%.2e)\n",
-                name.c_str(), agree, got.loss, ref_loss, std::fabs(got.loss / ref_loss - 1),
-                proxy, ref_proxy, std::fabs(proxy / ref_proxy - 1));
+    std::printf(
+        "gptq %-26s codes equal %.5f  loss %.6g vs %.6g (%.2e)  proxy %.6g vs %.6g (%.2e)\n",
+        name.c_str(), agree, got.loss, ref_loss, std::fabs(got.loss / ref_loss - 1), proxy,
+        ref_proxy, std::fabs(proxy / ref_proxy - 1));
     CHECK(std::fabs(got.loss - ref_loss) <= 1e-3 * std::fabs(ref_loss));
     CHECK(std::fabs(proxy - ref_proxy) <= 1e-3 * std::fabs(ref_proxy));
     // The proxy the generator computed in f64 from the reference's returned weight.

@@ -72,7 +72,8 @@ TEST_CASE("GPTQ on tiny-llama beats RTN on every layer, with RTN's scales and fo
           TensorBytes(rout, d1 + (packed ? std::string("_packed") : std::string(""))));
     auto cfg = ReadJsonFile((g / "config.json").string());
     REQUIRE(cfg.ok());
-    const JsonValue* wq = cfg->Find("quantization_config")->Find("config_groups")->Find(scheme)->Find("weights");
+    const JsonValue* wq =
+        cfg->Find("quantization_config")->Find("config_groups")->Find(scheme)->Find("weights");
     CHECK(wq->Find("actorder")->as_string() == "static");
     auto rep = ReadJsonFile((tmp / "report.json").string());
     REQUIRE(rep.ok());
@@ -232,7 +233,8 @@ TEST_CASE("GPTQ's budget: the pipeline's floor plus three Hessians, refused belo
 
 namespace quench::testing {
 
-TEST_CASE("GPTQ and SparseGPT on tensors at odd addresses (a header of odd length): the same bytes") {
+TEST_CASE(
+    "GPTQ and SparseGPT on tensors at odd addresses (a header of odd length): the same bytes") {
   // safetensors aligns nothing: a header padded to an odd length puts every tensor of its
   // shard at an odd address in the mapping (test_imatrix_convert has the other calibrations).
   TempDir tmp;

@@ -42,9 +42,10 @@ std::vector<double> Dequant(const std::map<std::string, Loaded>& out, const std:
   const uint8_t* q = Data(out, m + (fp4 ? ".weight_packed" : ".weight"));
   const TensorInfo* st = nullptr;
   const uint8_t* s = Data(out, m + ".weight_scale", &st);
-  const double gs = scheme.rfind("NVFP4", 0) == 0
-                        ? double(reinterpret_cast<const float*>(Data(out, m + ".weight_global_scale"))[0])
-                        : 1.0;
+  const double gs =
+      scheme.rfind("NVFP4", 0) == 0
+          ? double(reinterpret_cast<const float*>(Data(out, m + ".weight_global_scale"))[0])
+          : 1.0;
   for (size_t r = 0; r < rows; ++r) {
     for (size_t c = 0; c < cols; ++c) {
       const size_t i = r * cols + c;

@@ -193,7 +193,8 @@ TEST_CASE("ChosenPos from the search's group maxima equals the definition's chos
   CHECK(shrunk > checked / 10);  // chosen steps other than 0 are among those checked
 }
 
-TEST_CASE("ChosenPosRow takes the highest step bit at or below stop, every mask form, every target") {
+TEST_CASE(
+    "ChosenPosRow takes the highest step bit at or below stop, every mask form, every target") {
   // Masks with bits everywhere (bit 31, runs of 24 and more ones, single bits, none): the
   // step index against a bit-by-bit search, pos against RNE_D of the products.
   std::vector<uint32_t> masks = {0u, 1u, 2u, 3u, ~0u, 0x80000000u, 0x7FFFFFFFu, 0x00FFFFFFu,

@@ -189,7 +189,8 @@ TEST_CASE("A recipe's observer: imatrix_mse, asymmetric, with Wanda 2:4 before i
   CheckAgainst(tmp / "o", sites, "2:4", 64, false);
 }
 
-TEST_CASE("observer_kwargs (--observer-arg, a recipe's): that search; config.json as the reference's") {
+TEST_CASE(
+    "observer_kwargs (--observer-arg, a recipe's): that search; config.json as the reference's") {
   // The weights args compressed-tensors dumps for the same observer_kwargs:
   // data/golden/imatrix-kwargs (scripts/make_golden_imatrix_kwargs.py).
   auto golden =
@@ -297,7 +298,8 @@ TEST_CASE("MiniLM W4A16 with imatrix_mse: llm-compressor oneshot's own observer'
   MESSAGE("MiniLM imatrix_mse: " << equal << " of " << want.size() << " tensors equal");
   auto cfg = ReadJsonFile((m.dst / "config.json").string());
   REQUIRE(cfg.ok());
-  CHECK(DumpPythonJson(*cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights")) ==
+  const JsonValue* groups = cfg->Find("quantization_config")->Find("config_groups");
+  CHECK(DumpPythonJson(*groups->Find("W4A16")->Find("weights")) ==
         DumpPythonJson(*m.expected.Find("weights_args")));
 }
 
@@ -316,7 +318,8 @@ TEST_CASE("imatrix_mse reads only the statistics of the sites in use") {
   REQUIRE(header.ok());
   auto range = [&](const std::string& name) {
     for (const auto& t : header->tensors) {
-      if (t.name == name) return std::make_pair(header->data_start + t.begin, header->data_start + t.end);
+      if (t.name == name)
+        return std::make_pair(header->data_start + t.begin, header->data_start + t.end);
     }
     FAIL("no array " << name);
     return std::make_pair(uint64_t{0}, uint64_t{0});

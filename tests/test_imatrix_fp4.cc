@@ -52,7 +52,8 @@ TEST_CASE("imatrix_mse on NVFP4 and MXFP4: codes, scales and global scales equal
     const File f = Load(DataDir() / "golden" / "imatrix-fp4" / (name + ".safetensors"));
     const DType dt = ParseDType(f.Meta("dtype"));
     const bool nv = f.Meta("preset").rfind("NVFP4", 0) == 0;
-    const calib::ImatrixFormat fmt = nv ? calib::ImatrixFormat::kNvfp4 : calib::ImatrixFormat::kMxfp4;
+    const calib::ImatrixFormat fmt =
+        nv ? calib::ImatrixFormat::kNvfp4 : calib::ImatrixFormat::kMxfp4;
     const size_t n = std::stoul(f.Meta("members"));
     const int64_t count = f.Tensor<int64_t>("imp_count")[0];
     const calib::ImatrixOptions opt;
@@ -123,8 +124,10 @@ TEST_CASE("imatrix_mse on NVFP4 and MXFP4: codes, scales and global scales equal
           REQUIRE(calib::QuantizeChosen(c, fmt, opt, mb.steps.data() + r0 * ng, false, out));
         }
         size_t code_diff = 0, scale_diff = 0;
-        for (size_t i = 0; i < packed.size(); ++i) code_diff += packed[i] != uint8_t(want_packed[i]);
-        for (size_t i = 0; i < scales.size(); ++i) scale_diff += scales[i] != uint8_t(want_scale[i]);
+        for (size_t i = 0; i < packed.size(); ++i)
+          code_diff += packed[i] != uint8_t(want_packed[i]);
+        for (size_t i = 0; i < scales.size(); ++i)
+          scale_diff += scales[i] != uint8_t(want_scale[i]);
         CHECK(code_diff == 0);
         CHECK(scale_diff == 0);
       }
@@ -170,7 +173,9 @@ TEST_CASE("MiniLM NVFP4A16 with imatrix_mse: llm-compressor oneshot's own observ
   const auto& want = m.expected.Find("tensors")->as_object();
   CHECK(want.size() == 111);  // 37 Linear weights x (packed, scale, global scale)
   const JsonValue& tensors = *m.expected.Find("tensors");
-  auto want_hash = [&](const std::string& n) { return tensors.Find(n)->Find("fnv1a64")->as_string(); };
+  auto want_hash = [&](const std::string& n) {
+    return tensors.Find(n)->Find("fnv1a64")->as_string();
+  };
   size_t equal = 0, qkv_sets = 0;
   for (const auto& [name, w] : want) {
     CAPTURE(name);

@@ -208,7 +208,8 @@ TEST_CASE("imatrix_mse int avx2 row abs max equals max |x|") {
       REQUIRE(calib::internal::IntAvx2RowAbsMax(raw.data() + r * n * 2, ng, group, got.data()));
       for (size_t k = 0; k < ng; ++k) {
         float want = 0.0f;
-        for (size_t i = 0; i < group; ++i) want = std::max(want, std::fabs(xs[r * n + k * group + i]));
+        for (size_t i = 0; i < group; ++i)
+          want = std::max(want, std::fabs(xs[r * n + k * group + i]));
         ++checked;
         if (std::memcmp(&want, &got[k], 4) != 0 && bad++ < 3) {
           MESSAGE("row " << r << " group " << k << ": got " << got[k] << " want " << want);

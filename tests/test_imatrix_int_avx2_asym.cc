@@ -61,7 +61,8 @@ void ShiftedRows(std::mt19937& rng, size_t rows, size_t cols, std::vector<float>
 void Compare(const Setting& s, const std::vector<float>& x, const std::vector<float>* imp,
              size_t cols, size_t group) {
   imatrix_int::CompareAvx2Search(AsymBlock(s, x, imp, cols, group), x, s.last,
-                                 calib::internal::IntAvx2AsymHandles, calib::internal::SearchIntAvx2Asym);
+                                 calib::internal::IntAvx2AsymHandles,
+                                 calib::internal::SearchIntAvx2Asym);
 }
 
 // Every finite bf16 x (importance varying by element) at every zero point of the layout (0
@@ -126,7 +127,8 @@ TEST_CASE("imatrix_mse int avx2 asym kernel: every term of every bf16 x equals t
 // f32(c * 65537) - c * 65536 in place of RNE_bf16(c)) for every f32 c in [-8, 7] (the
 // clamped y of every 2-4 bit layout), against round half to even of RNE_bf16(c) by its bits
 // (round to nearest even at bit 16), both to integers by lrint (half to even): the same code.
-TEST_CASE("imatrix_mse int avx2 asym kernel: the product-form code rounding, every f32 in [-8, 7]") {
+TEST_CASE(
+    "imatrix_mse int avx2 asym kernel: the product-form code rounding, every f32 in [-8, 7]") {
   uint64_t checked = 0, mismatched = 0;
   for (const uint32_t sign : {0u, 0x80000000u}) {
     const uint32_t last = sign != 0 ? 0x41000000u : 0x40E00000u;  // bits of 8 and 7
@@ -237,11 +239,10 @@ TEST_CASE("imatrix_mse int avx2 asym kernel refuses rows with an Inf or NaN") {
       {0, 7, 130, 9 * cols + 300, rows * cols - 1}, calib::internal::SetIntAvx2Enabled);
 }
 
-
 // The chosen codes of every finite bf16 x (rows of 1024, then random shifted rows) at every
-// zero point under each of the scales of every significand at 2^-7 and 2^0 and of some at exponents across
-// [2^-100, 2^100] (x * f32(1 / s)) and outside it (x / s), and the zero guard eps: each packed
-// code against QuantizeValue's (asymmetric) + 8.
+// zero point under each of the scales of every significand at 2^-7 and 2^0 and of some at exponents
+// across [2^-100, 2^100] (x * f32(1 / s)) and outside it (x / s), and the zero guard eps: each
+// packed code against QuantizeValue's (asymmetric) + 8.
 TEST_CASE("imatrix_mse int avx2 asym chosen codes equal the definition") {
   if (!calib::internal::IntAvx2Available()) {
     CHECK(!calib::internal::IntAvx2AsymCodesHandle(128, 1024));

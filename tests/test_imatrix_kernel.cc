@@ -78,7 +78,8 @@ Weights Make(const Case& c, size_t rows, size_t cols, const std::vector<float>& 
              const std::vector<float>& imp) {
   Weights w;
   w.raw.resize(rows * cols * ElemBytes(c.dtype));
-  for (size_t i = 0; i < rows * cols; ++i) PutElem(&w.raw[i * ElemBytes(c.dtype)], c.dtype, values[i]);
+  for (size_t i = 0; i < rows * cols; ++i)
+    PutElem(&w.raw[i * ElemBytes(c.dtype)], c.dtype, values[i]);
   w.imp = c.uniform ? std::vector<float>() : imp;
   w.in.data = w.raw.data();
   w.in.dtype = c.dtype;
@@ -167,8 +168,8 @@ void CompareErrors(const Case& c, const Weights& w, int step) {
     calib::internal::StepRange(*std::min_element(xg, xg + gc), *std::max_element(xg, xg + gc),
                                step, o.grid, o.expand, c.dtype, &mn, &mx);
     params[g] = calib::internal::ParamsOf(b, mn, mx);
-    want[g] = calib::internal::GroupErrorScalar(b, xg, b.imp == nullptr ? nullptr : b.imp + (g % ng) * gc,
-                                                gc, params[g]);
+    want[g] = calib::internal::GroupErrorScalar(
+        b, xg, b.imp == nullptr ? nullptr : b.imp + (g % ng) * gc, gc, params[g]);
   }
   for (int which = 0; which < 5; ++which) {
     std::vector<double> bound(groups), got(groups);
@@ -512,8 +513,8 @@ TEST_CASE("imatrix_mse f32 tie rule: kernel and definition keep the earlier step
             calib::internal::StepRange(*std::min_element(xg, xg + gc),
                                        *std::max_element(xg, xg + gc), i, o.grid, o.expand, d,
                                        &mn, &mx);
-            const double e =
-                calib::internal::GroupErrorScalar(b, xg, ig, gc, calib::internal::ParamsOf(b, mn, mx));
+            const double e = calib::internal::GroupErrorScalar(
+                b, xg, ig, gc, calib::internal::ParamsOf(b, mn, mx));
             if (static_cast<float>(e) < best32) {
               best32 = static_cast<float>(e);
               want[g] |= 1u << i;
@@ -563,7 +564,8 @@ TEST_CASE("imatrix_mse row helpers equal their scalar forms") {
       for (size_t i = 0; i < n; ++i) PutElem(&raw[i * ElemBytes(d)], d, v[i]);
       std::vector<float> x(n);
       REQUIRE(calib::internal::ToF32(raw.data(), d, n, x.data()));
-      for (size_t i = 0; i < n; ++i) REQUIRE(F32ToBits(x[i]) == F32ToBits(ElementToF32(raw.data(), d, i)));
+      for (size_t i = 0; i < n; ++i)
+        REQUIRE(F32ToBits(x[i]) == F32ToBits(ElementToF32(raw.data(), d, i)));
       // Inf and NaN anywhere (also in the scalar tail) are refused.
       for (size_t at : {size_t{3}, n - 1}) {
         std::vector<uint8_t> bad = raw;

@@ -305,7 +305,8 @@ TEST_SUITE("import_imatrix") {
       CHECK(map(arch, "blk.3.attn_v.weight").rank > map(arch, "blk.3.attn_q.weight").rank);
       CHECK(map(arch, "blk.3.attn_q.weight").site == "model.layers.3.self_attn.q_proj");
       CHECK(map(arch, "blk.3.ffn_up.weight").group == map(arch, "blk.3.ffn_gate.weight").group);
-      CHECK(map(arch, "blk.0.attn_output.weight").weight == "model.layers.0.self_attn.o_proj.weight");
+      CHECK(map(arch, "blk.0.attn_output.weight").weight ==
+            "model.layers.0.self_attn.o_proj.weight");
       CHECK(map(arch, "blk.12.ffn_down.weight").weight == "model.layers.12.mlp.down_proj.weight");
       CHECK(map(arch, "output.weight").weight == "lm_head.weight");
     }
@@ -324,8 +325,10 @@ TEST_SUITE("import_imatrix") {
           "model.layers.0.block_sparse_moe.gate.weight");
     CHECK(map("deepseek_v2", "blk.2.attn_kv_a_mqa.weight").weight ==
           "model.layers.2.self_attn.kv_a_proj_with_mqa.weight");
-    CHECK(map("deepseek_v3", "blk.2.attn_q_b.weight").weight == "model.layers.2.self_attn.q_b_proj.weight");
-    CHECK(map("deepseek_v3", "blk.2.attn_kv_b.weight").weight == "model.layers.2.self_attn.kv_b_proj.weight");
+    CHECK(map("deepseek_v3", "blk.2.attn_q_b.weight").weight ==
+          "model.layers.2.self_attn.q_b_proj.weight");
+    CHECK(map("deepseek_v3", "blk.2.attn_kv_b.weight").weight ==
+          "model.layers.2.self_attn.kv_b_proj.weight");
     // The router and the shared experts read the MoE input.
     CHECK(map("deepseek_v3", "blk.2.ffn_up_shexp.weight").group ==
           map("deepseek_v3", "blk.2.ffn_gate_inp.weight").group);
@@ -349,7 +352,8 @@ TEST_SUITE("import_imatrix") {
     CHECK(calib::ImatrixNameOf("llama", "model.layers.0.input_layernorm.weight").empty());
   }
 
-  TEST_CASE("fused 3-D experts in the checkpoint are named per expert, as the planner splits them") {
+  TEST_CASE(
+      "fused 3-D experts in the checkpoint are named per expert, as the planner splits them") {
     TempDir dir;
     RunResult r = RunQuench({"stats", "import-imatrix", (Imx() / "qwen3moe.imatrix.gguf").string(),
                              "--model", (DataDir() / "golden/xprune-3d/src").string(), "-o",
@@ -372,12 +376,14 @@ TEST_SUITE("import_imatrix") {
         {"truncated.dat", DataDir() / "tiny-llama", "truncated"},
         {"version1.gguf", DataDir() / "tiny-llama", "GGUF version 1"},
         {"wrong-counts.gguf", DataDir() / "tiny-llama", "'blk.0.attn_q.weight': 2 counts for 1"},
-        {"no-counts.gguf", DataDir() / "tiny-llama", "'blk.0.attn_q.weight' has sums but no counts"},
+        {"no-counts.gguf", DataDir() / "tiny-llama",
+         "'blk.0.attn_q.weight' has sums but no counts"},
         {"unknown-tensor.gguf", DataDir() / "tiny-llama", "'blk.0.attn_qkv.weight'"},
         {"missing-layer.gguf", DataDir() / "tiny-llama",
          "'blk.7.attn_q.weight' maps to 'model.layers.7.self_attn.q_proj.weight'"},
         {"wrong-columns.gguf", DataDir() / "tiny-llama",
-         "'blk.0.attn_q.weight' has 100 columns; 'model.layers.0.self_attn.q_proj.weight' reads 256"},
+         "'blk.0.attn_q.weight' has 100 columns; 'model.layers.0.self_attn.q_proj.weight' reads "
+         "256"},
         {"group-counts.gguf", DataDir() / "tiny-llama",
          "'blk.0.attn_q.weight' and 'blk.0.attn_k.weight' read one input"},
         {"nan.gguf", DataDir() / "tiny-llama", "'blk.0.attn_q.weight': sum of squares nan"},
@@ -441,8 +447,9 @@ TEST_SUITE("import_imatrix") {
 
   TEST_CASE("quench stats inspect reads an imported folder and says what it supports") {
     TempDir dir;
-    REQUIRE(calib::ImportImatrix(Imx() / "qwen3moe.imatrix.gguf", DataDir() / "golden/xprune-2d/src",
-                                 dir / "s").ok());
+    REQUIRE(calib::ImportImatrix(Imx() / "qwen3moe.imatrix.gguf",
+                                 DataDir() / "golden/xprune-2d/src", dir / "s")
+                .ok());
     RunResult r = RunQuench({"stats", "inspect", (dir / "s").string()});
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CHECK(r.out.find("model.layers.1.mlp.experts.gate_proj") != std::string::npos);

@@ -180,7 +180,8 @@ TEST_CASE("AVX-512 BF16 int4 kernel: the chunks it takes") {
   intq::internal::SetInt4Bf16Enabled(true);
 }
 
-TEST_CASE("AVX-512 BF16 int4 kernel: symmetric and asymmetric rows of many groups equal the definition") {
+TEST_CASE(
+    "AVX-512 BF16 int4 kernel: symmetric and asymmetric rows of many groups equal the definition") {
   if (!Int4Bf16Available()) {
     MESSAGE("this CPU has no AVX-512 BF16: the kernel cannot run here (the Highway kernels "
             "take these chunks, compared above)");

@@ -152,7 +152,8 @@ TEST_CASE("a failing read or listing is an I/O error naming its errno, never ano
   }
 }
 
-TEST_CASE("verify and import-imatrix: a file the disk fails to give is an I/O error, not a problem") {
+TEST_CASE(
+    "verify and import-imatrix: a file the disk fails to give is an I/O error, not a problem") {
   qt::TempDir tmp;
   const fs::path dst = tmp / "dst";
   REQUIRE(qt::RunQuench(Convert(TinyLlama(), dst)).exit_code == 0);
@@ -223,7 +224,8 @@ TEST_CASE("what a finished run cannot remove is a warning naming it; the next ru
   }
 }
 
-TEST_CASE("workers: markers finalize cannot remove are a warning, and finalize again removes them") {
+TEST_CASE(
+    "workers: markers finalize cannot remove are a warning, and finalize again removes them") {
   // Before: no warning, and a second finalize ("published already") left them for good.
   qt::TempDir tmp;
   REQUIRE(qt::RunQuench(Convert(TinyLlama(), tmp / "want")).exit_code == 0);
@@ -277,7 +279,8 @@ TEST_CASE("import-imatrix whose last step (syncing OUT's parent) fails leaves no
   CHECK(fs::exists(out / "manifest.json"));
 }
 
-TEST_CASE("each buffer mapping or thread start that fails: exit 4 or the same bytes, never an abort") {
+TEST_CASE(
+    "each buffer mapping or thread start that fails: exit 4 or the same bytes, never an abort") {
   // Before: with --threads 1, a oneTBB thread that could not start when the pipeline's
   // tbb::global_control was destroyed (raising the limit back) threw out of that destructor:
   // std::terminate, exit 134.
@@ -286,8 +289,8 @@ TEST_CASE("each buffer mapping or thread start that fails: exit 4 or the same by
   for (const std::vector<std::string>& how :
        {std::vector<std::string>{"--threads", "1"}, std::vector<std::string>{}}) {
     const fs::path log = tmp / "fault.log";
-    REQUIRE(RunFaulted(Convert(TinyLlama(), tmp / ("count" + std::to_string(how.size())), how), "oom",
-                       {{"QUENCH_FAULT_LOG", log.string()}})
+    REQUIRE(RunFaulted(Convert(TinyLlama(), tmp / ("count" + std::to_string(how.size())), how),
+                       "oom", {{"QUENCH_FAULT_LOG", log.string()}})
                 .exit_code == 0);
     const int points = std::stoi(qt::ReadBytes(log));
     REQUIRE(points > 5);  // the lock's heartbeat, the writers, the buffers, oneTBB, commits

@@ -243,8 +243,10 @@ TEST_SUITE("llama4_linear") {
       CHECK(FindTensor(all, experts + "gate_up_proj").second == nullptr);
     }
     // The shared expert is still quantized.
-    CHECK(FindTensor(all, "language_model.model.layers.0.feed_forward.shared_expert.gate_proj.weight_scale")
-              .second != nullptr);
+    CHECK(
+        FindTensor(
+            all, "language_model.model.layers.0.feed_forward.shared_expert.gate_proj.weight_scale")
+            .second != nullptr);
     CheckVerifies(tmp / "out");
   }
 
@@ -398,9 +400,12 @@ TEST_SUITE("llama4_linear") {
     });
     RunResult r = Convert(tmp / "nan", tmp / "nan-out", {"--scheme", "FP8_DYNAMIC"});
     CHECK(r.exit_code != 0);
-    CHECK(r.err.find("tensor 'language_model.model.layers.1.feed_forward.experts.2.up_proj.weight' contains "
-                     "NaN or Inf (row 2, column 7; element [2, 7, 130] of "
-                     "'language_model.model.layers.1.feed_forward.experts.gate_up_proj')") != std::string::npos);
+    CHECK(
+        r.err.find(
+            "tensor 'language_model.model.layers.1.feed_forward.experts.2.up_proj.weight' contains "
+            "NaN or Inf (row 2, column 7; element [2, 7, 130] of "
+            "'language_model.model.layers.1.feed_forward.experts.gate_up_proj')") !=
+        std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "nan-out"));
 
     fs::copy(Src(), tmp / "f32", fs::copy_options::recursive);
@@ -431,8 +436,9 @@ TEST_SUITE("llama4_linear") {
     CHECK(t->dtype == DType::kF32);
     CHECK(FindTensor(all, kLayer0 + "gate_up_proj").second != nullptr);
     CHECK(FindTensor(all, kLayer0 + "0.gate_proj.weight_scale").second == nullptr);
-    CHECK(FindTensor(all, "language_model.model.layers.1.feed_forward.experts.0.gate_proj.weight_scale").second !=
-          nullptr);
+    CHECK(FindTensor(all,
+                     "language_model.model.layers.1.feed_forward.experts.0.gate_proj.weight_scale")
+              .second != nullptr);
   }
 }
 

@@ -180,7 +180,8 @@ TEST_SUITE("malformed") {
     testing::WriteShard(dir / "m-1.safetensors", {{"b.w", DType::kF32, {1}, std::string(4, '\0')},
                                                   {"a.w", DType::kBF16, {1}, std::string(2, '\0')},
                                                   {"c.w", DType::kF32, {1}, std::string(4, '\0')}});
-    testing::WriteShard(dir / "m-2.safetensors", {{"d.w", DType::kBF16, {1}, std::string(2, '\0')}});
+    testing::WriteShard(dir / "m-2.safetensors",
+                        {{"d.w", DType::kBF16, {1}, std::string(2, '\0')}});
     auto load_with_index = [&](const std::string& weight_map) {
       testing::WriteBytes(dir / "model.safetensors.index.json",
                           "{\"weight_map\": {" + weight_map + "}}");
@@ -189,7 +190,8 @@ TEST_SUITE("malformed") {
     CHECK(load_with_index(R"("a.w": "m-1.safetensors", "b.w": "m-1.safetensors",
                              "c.w": "m-1.safetensors", "d.w": "m-2.safetensors")")
               .ok());
-    Result<ModelFolder> r = load_with_index(R"("a.w": "m-1.safetensors", "b.w": "m-3.safetensors")");
+    Result<ModelFolder> r =
+        load_with_index(R"("a.w": "m-1.safetensors", "b.w": "m-3.safetensors")");
     REQUIRE(!r.ok());
     CHECK(r.status().message() == "model.safetensors.index.json: tensor 'b.w' is mapped to "
                                   "'m-3.safetensors', which does not exist");

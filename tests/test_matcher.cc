@@ -424,9 +424,10 @@ TEST_SUITE("matcher") {
     // experts' down projection, fc2.
     CHECK(FusedSetKey("encoder.layer.3.attention.self.query") !=
           FusedSetKey("encoder.layer.4.attention.self.query"));
-    for (const char* n : {"encoder.layer.3.attention.output.dense", "encoder.layer.3.intermediate.dense",
-                          "model.layers.0.mlp.q", "model.layers.1.mlp.experts.5.down_proj",
-                          "vision_tower.blocks.0.mlp.fc2", "model.layers.0.self_attn.o_proj"}) {
+    for (const char* n :
+         {"encoder.layer.3.attention.output.dense", "encoder.layer.3.intermediate.dense",
+          "model.layers.0.mlp.q", "model.layers.1.mlp.experts.5.down_proj",
+          "vision_tower.blocks.0.mlp.fc2", "model.layers.0.self_attn.o_proj"}) {
       CAPTURE(n);
       CHECK(FusedSetKey(n).empty());
     }
@@ -435,13 +436,13 @@ TEST_SUITE("matcher") {
   TEST_CASE("ignore entries for modules left unquantized cover them and no quantized module") {
     using quench::CoverWithIgnore;
     // Checked against Python: re.match(entry[3:], name) for each name below.
-    CHECK(CoverWithIgnore({"embeddings.LayerNorm", "encoder.layer.0.output.LayerNorm",
-                           "encoder.layer.1.output.LayerNorm",
-                           "encoder.layer.0.attention.output.LayerNorm"},
-                          {"encoder.layer.0.output.dense", "encoder.layer.1.output.dense"}) ==
-          std::vector<std::string>{"embeddings.LayerNorm",
-                                   "re:encoder\\.layer\\.[0-9]+\\.output\\.LayerNorm$",
-                                   "re:encoder\\.layer\\.[0-9]+\\.attention\\.output\\.LayerNorm$"});
+    CHECK(CoverWithIgnore(
+              {"embeddings.LayerNorm", "encoder.layer.0.output.LayerNorm",
+               "encoder.layer.1.output.LayerNorm", "encoder.layer.0.attention.output.LayerNorm"},
+              {"encoder.layer.0.output.dense", "encoder.layer.1.output.dense"}) ==
+          std::vector<std::string>{
+              "embeddings.LayerNorm", "re:encoder\\.layer\\.[0-9]+\\.output\\.LayerNorm$",
+              "re:encoder\\.layer\\.[0-9]+\\.attention\\.output\\.LayerNorm$"});
     // A quantized module of the same shape keeps the exact name.
     CHECK(CoverWithIgnore({"h.0.ln"}, {"h.1.ln"}) == std::vector<std::string>{"h.0.ln"});
     CHECK(CoverWithIgnore({}, {"a"}).empty());

@@ -26,7 +26,8 @@ void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
                         const std::string& name = "model.layers.0.mlp.down_proj.weight",
                         const std::string& file = "model.safetensors") {
   fs::create_directories(dir);
-  auto layout = quench::LayOutSafetensors({{name, quench::DType::kBF16, {rows, cols}, rows * cols * 2}});
+  auto layout =
+      quench::LayOutSafetensors({{name, quench::DType::kBF16, {rows, cols}, rows * cols * 2}});
   int fd = open((dir / file).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   REQUIRE(fd >= 0);
   REQUIRE(write(fd, layout.header.data(), layout.header.size()) ==
@@ -50,7 +51,8 @@ void WriteBigCheckpoint(const fs::path& dir, uint64_t rows, uint64_t cols,
 // second run to land between shard completions.
 void WriteFourShards(const fs::path& dir) {
   for (int k = 0; k < 4; ++k) {
-    WriteBigCheckpoint(dir, 2048, 16384, "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
+    WriteBigCheckpoint(dir, 2048, 16384,
+                       "model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
                        "model-0000" + std::to_string(k + 1) + "-of-00004.safetensors");
   }
 }
@@ -181,7 +183,8 @@ void WriteManyTensorCheckpoint(const fs::path& dir, int layers, int experts) {
   uint32_t state = 99;
   while (bytes.size() < layout.file_size) {
     state = state * 1664525u + 1013904223u;
-    const uint16_t v = static_cast<uint16_t>(0x3C00 | ((state >> 9) & 0x7F) | ((state >> 24) & 0x80) << 8);
+    const uint16_t v =
+        static_cast<uint16_t>(0x3C00 | ((state >> 9) & 0x7F) | ((state >> 24) & 0x80) << 8);
     bytes.append(reinterpret_cast<const char*>(&v), 2);
   }
   qt::WriteBytes(dir / "model.safetensors", bytes);
@@ -430,7 +433,8 @@ TEST_SUITE("memory") {
       for (int i = 0; i < 20000; ++i) {
         size_t n = 0;
         if (fs::exists(out / ".quench-resume")) {
-          for (const auto& e : fs::directory_iterator(out / ".quench-resume")) n += e.is_regular_file();
+          for (const auto& e : fs::directory_iterator(out / ".quench-resume"))
+            n += e.is_regular_file();
         }
         if (n >= markers) break;
         std::this_thread::sleep_for(std::chrono::microseconds(500));
@@ -449,10 +453,13 @@ TEST_SUITE("memory") {
     qt::CheckSameFiles(tmp / "want", out);
   }
 
-  TEST_CASE("rewriting a finished folder (--overwrite, --resume of another scheme): it stops looking finished first") {
+  TEST_CASE(
+      "rewriting a finished folder (--overwrite, --resume of another scheme): it stops looking "
+      "finished first") {
     qt::TempDir tmp;
     WriteFourShards(tmp / "src");
-    auto args = [&](const fs::path& out, const std::string& scheme, std::vector<std::string> extra) {
+    auto args = [&](const fs::path& out, const std::string& scheme,
+                    std::vector<std::string> extra) {
       std::vector<std::string> a = {"convert", (tmp / "src").string(), out.string(), "--scheme",
                                     scheme, "--threads", "1", "-q"};
       a.insert(a.end(), extra.begin(), extra.end());
@@ -508,7 +515,8 @@ TEST_SUITE("memory") {
       REQUIRE(WIFEXITED(status));
       CHECK(WEXITSTATUS(status) == 0);
       CHECK(r.exit_code == 2);
-      CHECK_MESSAGE(r.err.find("is being written by another quench run (host ") != std::string::npos, r.err);
+      CHECK_MESSAGE(
+          r.err.find("is being written by another quench run (host ") != std::string::npos, r.err);
       // The first run's output, whole: the files and bytes of an undisturbed run, no lock left.
       qt::CheckSameFiles(tmp / "want", out);
     }
@@ -519,7 +527,9 @@ TEST_SUITE("memory") {
     WriteBigCheckpoint(tmp / "src", 64, 256);
     const fs::path out = tmp / "out";
     // A finished W8A8 run's shard with a forged marker from an FP8 run must not be reused.
-    REQUIRE(qt::RunQuench({"convert", (tmp / "src").string(), out.string(), "--scheme", "W8A8", "-q"}).exit_code == 0);
+    REQUIRE(
+        qt::RunQuench({"convert", (tmp / "src").string(), out.string(), "--scheme", "W8A8", "-q"})
+            .exit_code == 0);
     fs::remove(out / "config.json");
     fs::create_directories(out / ".quench-resume");
     qt::WriteBytes(out / ".quench-resume/model.safetensors.json", "{\"forged\": true}\n");
@@ -535,7 +545,9 @@ TEST_SUITE("memory") {
 }
 
 TEST_SUITE("memory") {
-  TEST_CASE("under an address-space limit every run ends cleanly: converted, or exit 4 and nothing left") {
+  TEST_CASE(
+      "under an address-space limit every run ends cleanly: converted, or exit 4 and nothing "
+      "left") {
     // A 64 MiB weight, converted under `ulimit -v` from too little to enough: each limit must
     // end in success or in an out-of-memory error (planning's allocations, the writer
     // threads' stacks, the source map, the pipeline's buffers: std::bad_alloc and
@@ -589,7 +601,8 @@ TEST_SUITE("memory") {
     CHECK(ok > 0);       // and ones that are enough
   }
 
-  TEST_CASE("a budget below the plan's minimum is refused with the figure; the figure is honoured") {
+  TEST_CASE(
+      "a budget below the plan's minimum is refused with the figure; the figure is honoured") {
     // FP8_BLOCK quantizes 128-row blocks: a chunk of this 65,536-wide weight is at least
     // 16 MiB of input however small the budget, so --memory-limit 16M cannot be honoured.
     qt::TempDir tmp;

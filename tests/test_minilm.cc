@@ -107,7 +107,8 @@ TEST_SUITE("minilm") {
       CHECK(global_scale(p + "key") == want);
       CHECK(global_scale(p + "value") == want);
       // Not fused: the output projection keeps its own.
-      const std::string dense = "encoder.layer." + std::to_string(layer) + ".attention.output.dense";
+      const std::string dense =
+          "encoder.layer." + std::to_string(layer) + ".attention.output.dense";
       CHECK(global_scale(dense) == static_cast<float>(1.0f / amax(dense)) * 2688.0f);
     }
     // The written ignore list covers every copied LayerNorm (1-D weights): checked with

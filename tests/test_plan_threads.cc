@@ -78,7 +78,8 @@ void WriteCheckpoint(const fs::path& dir, bool with_errors) {
                     DType::kBF16, {2, 2, 16}, Values(64, s)});
     }
     if (s == 2) {
-      ts.push_back({"model.layers.16.attention.LayerNorm.weight", DType::kBF16, {16}, Values(16, 9)});
+      ts.push_back(
+          {"model.layers.16.attention.LayerNorm.weight", DType::kBF16, {16}, Values(16, 9)});
     }
     WriteShardFast(dir / ("model-0000" + std::to_string(s + 1) + "-of-0000" +
                           std::to_string(kShards) + ".safetensors"),
@@ -284,8 +285,9 @@ TEST_SUITE("plan_threads") {
   TEST_CASE("the index made after planning is the plan's own, its length known before") {
     // BuildPlan given late_index leaves that plan.files entry empty and the rest of the plan
     // as it is; PlanIndexJson then makes the text BuildPlan makes, and BuildPlan (as
-    // PlanIndexJsonSize) gives its length without it: the 4-shard checkpoint, and one shard whose names need
-    // escapes (a quote, a backslash, a control character, non-ASCII: Python's ensure_ascii).
+    // PlanIndexJsonSize) gives its length without it: the 4-shard checkpoint, and one shard whose
+    // names need escapes (a quote, a backslash, a control character, non-ASCII: Python's
+    // ensure_ascii).
     qt::TempDir tmp;
     WriteCheckpoint(tmp / "many", /*with_errors=*/false);
     WriteShardFast(tmp / "odd" / "model.safetensors",

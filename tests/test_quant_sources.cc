@@ -255,7 +255,8 @@ TEST_SUITE("quant_sources") {
       auto pc = RunQuench({"convert", src.string(), (tmp / "pruned").string(), "--scheme", "none",
                            "--prune", "2:4", "-q"});
       REQUIRE(pc.exit_code == 0);
-      auto pruned = RunQuench({"verify", (tmp / "pruned").string(), src.string(), "--prune", "2:4"});
+      auto pruned =
+          RunQuench({"verify", (tmp / "pruned").string(), src.string(), "--prune", "2:4"});
       CHECK(pruned.exit_code == 0);
       CHECK(pruned.out.find("OK: ") != std::string::npos);
     }

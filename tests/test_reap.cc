@@ -109,8 +109,10 @@ TEST_SUITE("reap") {
         for (const auto& v : c.Find("sums")->as_array()) sums.push_back(v.as_double());
         for (const auto& v : c.Find("counts")->as_array()) counts.push_back(v.as_int());
         std::vector<uint32_t> want;
-        for (const auto& v : c.Find("retained")->as_array()) want.push_back(static_cast<uint32_t>(v.as_uint()));
-        CHECK(quench::calib::ReapKept(quench::calib::ReapSaliency(sums, counts), *drop, routing) == want);
+        for (const auto& v : c.Find("retained")->as_array())
+          want.push_back(static_cast<uint32_t>(v.as_uint()));
+        CHECK(quench::calib::ReapKept(quench::calib::ReapSaliency(sums, counts), *drop, routing) ==
+              want);
       } else {
         // The reference refuses: 0 experts to drop (in all or per group), F outside (0, 1),
         // fewer experts left reachable than top_k.
@@ -123,7 +125,8 @@ TEST_SUITE("reap") {
     CHECK(refused == 6);
   }
 
-  TEST_CASE("torch.topk(largest=False) order among ties, on both sides of its partial_sort switch") {
+  TEST_CASE(
+      "torch.topk(largest=False) order among ties, on both sides of its partial_sort switch") {
     // 128 equal values: k * 64 <= 128 sorts partially, else nth_element; the set is whatever
     // those leave, cross-checked by the golden cases above (128 x drop 1 and 2, 384 x 192).
     std::vector<double> v(10, 1.0);
@@ -229,7 +232,8 @@ TEST_SUITE("reap") {
     {  // statistics without any REAP block
       qt::TempDir tmp;
       quench::ConvertOptions o = ReapOptions(c, tmp / "out");
-      o.stats = EditedStats(tmp, stats, [](quench::JsonValue& m) { m.Set("reap", quench::JsonValue::MakeObject()); });
+      o.stats = EditedStats(
+          tmp, stats, [](quench::JsonValue& m) { m.Set("reap", quench::JsonValue::MakeObject()); });
       const auto s = PlanStatus(o);
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
       CHECK(s.message().find("holds no REAP saliency") != std::string::npos);
@@ -259,8 +263,10 @@ TEST_SUITE("reap") {
   }
 
   TEST_CASE("stats merge adds REAP sums and counts; parts with other REAP blocks are refused") {
-    const fs::path a = qt::DataDir() / Reap().Find("convert")->as_array()[0].Find("statistics")->as_string();
-    const fs::path b = qt::DataDir() / Reap().Find("convert")->as_array()[1].Find("statistics")->as_string();
+    const fs::path a =
+        qt::DataDir() / Reap().Find("convert")->as_array()[0].Find("statistics")->as_string();
+    const fs::path b =
+        qt::DataDir() / Reap().Find("convert")->as_array()[1].Find("statistics")->as_string();
     qt::TempDir tmp;
     REQUIRE(quench::calib::MergeStatistics({a, b}, tmp / "m").ok());
     auto sa = quench::calib::Statistics::Open(a), sb = quench::calib::Statistics::Open(b),

@@ -46,7 +46,9 @@ DType DtypeOf(const Run& r, const std::string& name) {
   return t->dtype;
 }
 
-bool Has(const Run& r, const std::string& name) { return qt::FindTensor(r.out, name).second != nullptr; }
+bool Has(const Run& r, const std::string& name) {
+  return qt::FindTensor(r.out, name).second != nullptr;
+}
 
 }  // namespace
 
@@ -73,7 +75,8 @@ TEST_SUITE("recipe") {
     REQUIRE_MESSAGE(r.result.ok(), r.result.status().ToString());
     for (int l = 0; l < 2; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
-      for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}) {
+      for (const char* m :
+           {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}) {
         CHECK(DtypeOf(r, p + m + ".weight") == DType::kF8E4M3);
       }
       for (const char* m : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
@@ -148,8 +151,8 @@ quant_stage:
     CHECK(r.result.status().message().find("fused set") != std::string::npos);
     CHECK(r.result.status().message().find("q_proj") != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "out"));
-    auto partly = ConvertWithRecipe(tmp, "r2.yaml",
-                                    "QuantizationModifier:\n  scheme: FP8_DYNAMIC\n", {"re:.*up_proj$"});
+    auto partly = ConvertWithRecipe(
+        tmp, "r2.yaml", "QuantizationModifier:\n  scheme: FP8_DYNAMIC\n", {"re:.*up_proj$"});
     REQUIRE_FALSE(partly.result.ok());
     CHECK(partly.result.status().message().find("up_proj") != std::string::npos);
     CHECK(partly.result.status().message().find("gate_proj") != std::string::npos);
@@ -162,19 +165,32 @@ quant_stage:
       const char* message;
     };
     const Case cases[] = {
-        {"kv.json", R"({"config_groups": {"g": "FP8_DYNAMIC"}, "kv_cache_scheme": {"num_bits": 8, "type": "float"}})",
+        {"kv.json",
+         R"({"config_groups": {"g": "FP8_DYNAMIC"}, )"
+         R"("kv_cache_scheme": {"num_bits": 8, "type": "float"}})",
          "kv_cache_scheme needs k/v scales"},
-        {"logeq.yaml", "stage:\n  mods:\n    LogarithmicEqualizationModifier:\n      mappings: []\n", "LogarithmicEqualizationModifier needs calibration"},
+        {"logeq.yaml",
+         "stage:\n  mods:\n    LogarithmicEqualizationModifier:\n      mappings: []\n",
+         "LogarithmicEqualizationModifier needs calibration"},
         // SparseGPT then GPTQ compose (tests/test_recipe_compose.cc), but share one dampening.
-        {"gptq_sgpt.yaml", "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: '2:4'\n      dampening_frac: 0.1\n    GPTQModifier:\n      scheme: W4A16\n",
+        {"gptq_sgpt.yaml",
+         "stage:\n  mods:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: "
+         "'2:4'\n      dampening_frac: 0.1\n    GPTQModifier:\n      scheme: W4A16\n",
          "SparseGPTModifier and GPTQModifier use different dampening_frac (0.100000 and 0.010000)"},
         {"sgpt_alone.yaml", "SparseGPTModifier:\n  sparsity: 0.5\n  mask_structure: '2:4'\n",
          "without a QuantizationModifier"},
-        {"static.json", R"({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}, "input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": false}}}})",
+        {"static.json",
+         R"({"config_groups": {"g": {"targets": ["Linear"], )"
+         R"("weights": {"num_bits": 8, "type": "float", "strategy": "channel"}, )"
+         R"("input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor", )"
+         R"("dynamic": false}}}})",
          "static input_activations need activation statistics"},
-        {"nvfp4.yaml", "QuantizationModifier:\n  scheme: NVFP4\n", "cannot be applied without calibration"},
+        {"nvfp4.yaml", "QuantizationModifier:\n  scheme: NVFP4\n",
+         "cannot be applied without calibration"},
         {"unknown.yaml", "QuantizationModifier:\n  scheme: FP5\n", "unknown scheme 'FP5'"},
-        {"nomatch.json", R"({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 6, "type": "float", "strategy": "channel"}}}})",
+        {"nomatch.json",
+         R"({"config_groups": {"g": {"targets": ["Linear"], )"
+         R"("weights": {"num_bits": 6, "type": "float", "strategy": "channel"}}}})",
          "no data-free scheme matches"},
         {"broken.yaml", "QuantizationModifier: [unclosed\n", "not valid YAML"},
         {"empty.json", "{}", "neither a QuantizationConfig"},
@@ -192,7 +208,9 @@ quant_stage:
 
   TEST_CASE("CLI: --recipe excludes --scheme; entries that match nothing are warned about") {
     qt::TempDir tmp;
-    qt::WriteBytes(tmp / "r.yaml", "QuantizationModifier:\n  scheme: FP8_DYNAMIC\n  targets: [Linear, re:.*nonexistent$]\n  ignore: [lm_head, re:.*typo_proj$]\n");
+    qt::WriteBytes(tmp / "r.yaml",
+                   "QuantizationModifier:\n  scheme: FP8_DYNAMIC\n  targets: [Linear, "
+                   "re:.*nonexistent$]\n  ignore: [lm_head, re:.*typo_proj$]\n");
     auto both = qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--recipe",
                                (tmp / "r.yaml").string(), "--scheme", "W8A8"});
     CHECK(both.exit_code == 2);

@@ -128,13 +128,14 @@ TEST_CASE("SmoothQuantModifier recipes run as the flags that say the same, byte 
   // The golden recipe oneshot ran; the same with the registry's mappings in SmoothQuant's
   // list form ([[balance...], smooth]).
   fs::copy_file(kOneshot / "smoothquant_w8a8.yaml", tmp / "sq.yaml");
-  WriteBytes(tmp / "mapped.yaml",
-             "quant_stage:\n  quant_modifiers:\n    SmoothQuantModifier:\n"
-             "      smoothing_strength: 0.8\n      mappings:\n"
-             "        - [[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], "
-             "\"re:.*input_layernorm\"]\n"
-             "        - [[\"re:.*gate_proj\", \"re:.*up_proj\"], \"re:.*post_attention_layernorm\"]\n" +
-                 quant);
+  WriteBytes(
+      tmp / "mapped.yaml",
+      "quant_stage:\n  quant_modifiers:\n    SmoothQuantModifier:\n"
+      "      smoothing_strength: 0.8\n      mappings:\n"
+      "        - [[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], "
+      "\"re:.*input_layernorm\"]\n"
+      "        - [[\"re:.*gate_proj\", \"re:.*up_proj\"], \"re:.*post_attention_layernorm\"]\n" +
+          quant);
   for (const char* recipe : {"sq.yaml", "mapped.yaml"}) {
     CAPTURE(recipe);
     const fs::path out = tmp / (std::string(recipe) + ".out");
@@ -195,12 +196,13 @@ TEST_CASE("a recipe's mapping whose members are missing, ignored or split is ref
     const char* message;
   };
   const std::vector<Case> cases = {
-      {"missing", awq("    - {smooth_layer: \"re:.*foo_norm$\", balance_layers: [\"re:.*bar$\"]}\n",
-                      quant),
+      {"missing",
+       awq("    - {smooth_layer: \"re:.*foo_norm$\", balance_layers: [\"re:.*bar$\"]}\n", quant),
        "the recipe's mapping [re:.*bar$] <- re:.*foo_norm$ matches no module of the checkpoint"},
       {"member_missing",
        awq("    - {smooth_layer: \"re:.*input_layernorm$\", balance_layers: [\"re:.*q_proj$\", "
-           "\"re:.*qq_proj$\"]}\n", quant),
+           "\"re:.*qq_proj$\"]}\n",
+           quant),
        "has no module for re:.*qq_proj$"},
       {"ignored",
        awq("    - {smooth_layer: \"re:.*up_proj$\", balance_layers: [\"re:.*down_proj$\"]}\n",
@@ -214,15 +216,18 @@ TEST_CASE("a recipe's mapping whose members are missing, ignored or split is ref
            "      balance_layers: [\"re:.*mlp.gate_proj$\", \"re:.*mlp.up_proj$\", "
            "\"re:.*self_attn.o_proj$\"]\n",
            "QuantizationModifier:\n  ignore: [lm_head]\n  config_groups:\n    mlp:\n"
-           "      targets: [\"re:.*mlp.*\"]\n      weights: {num_bits: 4, type: int, group_size: 64}\n"
+           "      targets: [\"re:.*mlp.*\"]\n      weights: {num_bits: 4, type: int, group_size: "
+           "64}\n"
            "    attn:\n      targets: [\"re:.*self_attn.*\"]\n"
            "      weights: {num_bits: 8, type: int, strategy: channel}\n"),
        "its balance layers are split across schemes"},
       // Forms the reference refuses, or reads otherwise than written.
       {"awq_list", awq("    - [\"re:.*v_proj$\", [\"re:.*o_proj$\"]]\n", quant),
        "AWQModifier.mappings[0] must be {smooth_layer: T, balance_layers: [T, ...]}"},
-      {"hook", awq("    - {smooth_layer: \"re:.*v_proj$\", balance_layers: [\"re:.*o_proj$\"], "
-                   "activation_hook_target: mlp}\n", quant),
+      {"hook",
+       awq("    - {smooth_layer: \"re:.*v_proj$\", balance_layers: [\"re:.*o_proj$\"], "
+           "activation_hook_target: mlp}\n",
+           quant),
        "activation_hook_target: quench reads the statistics"},
       {"sq_reversed",
        "SmoothQuantModifier:\n  mappings:\n    - [\"re:.*input_layernorm\", [\"re:.*q_proj\"]]\n"
@@ -232,7 +237,8 @@ TEST_CASE("a recipe's mapping whose members are missing, ignored or split is ref
        "SmoothQuantModifier:\n  mappings:\n    - {smooth_layer: a, balance_layers: [b]}\n"
        "QuantizationModifier:\n  scheme: W8A8\n",
        "SmoothQuantModifier.mappings[0] must be [[balance layer, ...], smooth layer]"},
-      {"unknown_field", "AWQModifier:\n  n_grids: 4\n" + quant, "AWQModifier has no field 'n_grids'"},
+      {"unknown_field", "AWQModifier:\n  n_grids: 4\n" + quant,
+       "AWQModifier has no field 'n_grids'"},
       {"duo", "AWQModifier:\n  duo_scaling: sometimes\n" + quant,
        "AWQModifier.duo_scaling must be true, false or \"both\""},
       // Two smoothings are refused as --algorithm awq,smoothquant is (smoothing composed with
@@ -322,7 +328,8 @@ TEST_CASE("expert-pruning recipe entries run as --prune-experts with --expert-me
     CAPTURE(c.name);
     const fs::path recipe = tmp / (std::string(c.name) + ".yaml");
     WriteBytes(recipe, c.recipe);
-    std::vector<std::string> flags = {"convert", src, (tmp / (std::string(c.name) + ".f")).string()};
+    std::vector<std::string> flags = {"convert", src,
+                                      (tmp / (std::string(c.name) + ".f")).string()};
     flags.insert(flags.end(), c.flags.begin(), c.flags.end());
     auto f = Quench(flags);
     REQUIRE_MESSAGE(f.exit_code == 0, f.err);

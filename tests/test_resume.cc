@@ -189,7 +189,8 @@ TEST_SUITE("resume") {
     CHECK(Contains(again.err, "1 of 2 output shards are complete"));
   }
 
-  TEST_CASE("a marker written without fsync (a single run's) vouches for its shard like a durable one") {
+  TEST_CASE(
+      "a marker written without fsync (a single run's) vouches for its shard like a durable one") {
     // An interrupted single run: its shards complete, config.json and the index not yet
     // published, markers as such a run writes them (no fsync), one over a stale marker.
     qt::TempDir tmp;
@@ -298,7 +299,9 @@ TEST_SUITE("resume") {
     CHECK_MESSAGE(r.exit_code == 0, r.err);
   }
 
-  TEST_CASE("a --resume that fails (a full disk) keeps the earlier run's shards and markers for the next") {
+  TEST_CASE(
+      "a --resume that fails (a full disk) keeps the earlier run's shards and markers for the "
+      "next") {
     // As above: shard 1 and its marker left by an interrupted run; this time the tmpfs is a
     // page short of the rest, so the first --resume fails its free-space check (exit 4).
     // After room is made (the tmpfs grown), the next --resume keeps shard 1.
@@ -313,6 +316,7 @@ TEST_SUITE("resume") {
         "cmp \"$2/out/model-00002-of-00002.safetensors\" \"$6\" && echo same\n",
         std::to_string(left.need));
     CHECK_MESSAGE(r.out == "first 4\nkept\nsecond 0\nsame\n", r.out << r.err);
-    CHECK_MESSAGE(r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos, r.err);
+    CHECK_MESSAGE(r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos,
+                  r.err);
   }
 }

@@ -412,7 +412,8 @@ TEST_SUITE("safetensors") {
       REQUIRE(place.order.size() == n);
       REQUIRE(place.begin.size() == n);
       for (size_t k = 0; k < n; ++k) CHECK(layout.position[place.order[k]] == k);
-      for (size_t i = 0; i < n; ++i) CHECK(place.begin[i] == layout.tensors[layout.position[i]].begin);
+      for (size_t i = 0; i < n; ++i)
+        CHECK(place.begin[i] == layout.tensors[layout.position[i]].begin);
     }
   }
 
@@ -452,7 +453,8 @@ TEST_SUITE("safetensors") {
 
   TEST_CASE("NameTable finds what an unordered_map finds, across growth") {
     std::vector<std::string> names;
-    for (int i = 0; i < 5000; ++i) names.push_back("model.layers." + std::to_string(i % 1700) + ".w");
+    for (int i = 0; i < 5000; ++i)
+      names.push_back("model.layers." + std::to_string(i % 1700) + ".w");
     names.push_back("");
     NameTable table(3);  // sized small, so it grows several times
     std::unordered_map<std::string, uint32_t> oracle;

@@ -27,7 +27,9 @@ const char* kModules[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_p
                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                           "mlp.down_proj"};
 
-uint32_t U32(const uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | static_cast<uint32_t>(p[3]) << 24; }
+uint32_t U32(const uint8_t* p) {
+  return p[0] | p[1] << 8 | p[2] << 16 | static_cast<uint32_t>(p[3]) << 24;
+}
 
 // Value i of a row packed `bits` per value, LSB first, densely across little-endian int32
 // words (compressed-tensors pack_to_int32).
@@ -36,7 +38,8 @@ uint32_t Unpack(const uint8_t* row_words, uint64_t i, int bits) {
   const uint64_t bit = i * static_cast<uint64_t>(bits);
   const uint64_t w = bit / 32, off = bit % 32;
   acc = U32(row_words + 4 * w);
-  if (off + static_cast<uint64_t>(bits) > 32) acc |= static_cast<uint64_t>(U32(row_words + 4 * (w + 1))) << 32;
+  if (off + static_cast<uint64_t>(bits) > 32)
+    acc |= static_cast<uint64_t>(U32(row_words + 4 * (w + 1))) << 32;
   return static_cast<uint32_t>((acc >> off) & ((1u << bits) - 1));
 }
 
@@ -98,7 +101,8 @@ class ModuleView {
       s_ = Get(out, m + ".weight_scale");
       CHECK(s_.info->dtype == DType::kU8);
       CHECK(s_.info->shape == std::vector<uint64_t>{rows, cols / 32});
-      CHECK(q_.info->shape == std::vector<uint64_t>{rows, fmt_ == "mxfp8-quantized" ? cols : cols / 2});
+      CHECK(q_.info->shape ==
+            std::vector<uint64_t>{rows, fmt_ == "mxfp8-quantized" ? cols : cols / 2});
     } else {
       CHECK_MESSAGE(fmt_ == "float-quantized", fmt_);
       q_ = Get(out, m + ".weight"), s_ = Get(out, m + ".weight_scale");
@@ -126,7 +130,8 @@ class ModuleView {
         // Zero points are packed along dim 0: column gi of the [rows, groups] matrix.
         const uint64_t bit = r * bits_, zr = bit / 32, off = bit % 32;
         uint64_t acc = U32(z_.data() + 4 * (zr * ng_ + gi));
-        if (off + bits_ > 32) acc |= static_cast<uint64_t>(U32(z_.data() + 4 * ((zr + 1) * ng_ + gi))) << 32;
+        if (off + bits_ > 32)
+          acc |= static_cast<uint64_t>(U32(z_.data() + 4 * ((zr + 1) * ng_ + gi))) << 32;
         zp = static_cast<int>((acc >> off) & ((1u << bits_) - 1)) - offset;
       }
       // Half a grid step, plus the BF16 roundings of x/s and of x/s + zp.
@@ -199,7 +204,8 @@ std::vector<bool> NmMask(const uint8_t* bf16, uint64_t rows, uint64_t cols, int 
     for (uint64_t c0 = 0; c0 < cols; c0 += static_cast<uint64_t>(m)) {
       std::vector<std::pair<uint16_t, uint64_t>> key;
       for (uint64_t c = c0; c < c0 + static_cast<uint64_t>(m); ++c) {
-        const uint16_t bits = static_cast<uint16_t>((bf16[2 * (r * cols + c)] | bf16[2 * (r * cols + c) + 1] << 8) & 0x7FFF);
+        const uint16_t bits = static_cast<uint16_t>(
+            (bf16[2 * (r * cols + c)] | bf16[2 * (r * cols + c) + 1] << 8) & 0x7FFF);
         key.push_back({bits, c});
       }
       std::sort(key.begin(), key.end());
@@ -264,12 +270,14 @@ TEST_SUITE("schemes") {
 
   TEST_CASE("--report's per-tensor SQNR equals an independent dequantization") {
     auto src = qt::LoadAll(kTiny);
-    for (const char* name : {"FP8_BLOCK", "W8A8", "W4A16_ASYM", "NVFP4A16", "MXFP4A16", "MXFP8A16"}) {
+    for (const char* name :
+         {"FP8_BLOCK", "W8A8", "W4A16_ASYM", "NVFP4A16", "MXFP4A16", "MXFP8A16"}) {
       CAPTURE(name);
       const quench::SchemeInfo& scheme = *quench::FindScheme(name);
       qt::TempDir tmp;
       auto r = qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--scheme", name,
-                              "--ignore", "re:.*down_proj$", "--report", (tmp / "r.json").string(), "-q"});
+                              "--ignore", "re:.*down_proj$", "--report", (tmp / "r.json").string(),
+                              "-q"});
       REQUIRE(r.exit_code == 0);
       auto rep = quench::ReadJsonFile((tmp / "r.json").string());
       REQUIRE(rep.ok());
@@ -400,7 +408,8 @@ TEST_SUITE("schemes") {
       for (const auto& f : j->Find("files")->as_array()) {
         for (const auto& t : f.Find("tensors")->as_array()) {
           const std::string name = t.Find("name")->as_string();
-          if (name.find("q_proj.weight") == std::string::npos || t.Find("sparsity") == nullptr) continue;
+          if (name.find("q_proj.weight") == std::string::npos || t.Find("sparsity") == nullptr)
+            continue;
           // 2:4 zeroes exactly half; quantization may round a few kept values to zero too.
           const double sp = t.Find("sparsity")->as_double();
           CHECK(sp >= 0.5);
@@ -416,7 +425,8 @@ TEST_SUITE("schemes") {
   TEST_CASE("pruning errors surface at planning") {
     qt::TempDir tmp;
     auto run = [&](std::vector<std::string> extra) {
-      std::vector<std::string> a = {"convert", kTiny.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC"};
+      std::vector<std::string> a = {"convert", kTiny.string(), (tmp / "o").string(), "--scheme",
+                                    "FP8_DYNAMIC"};
       a.insert(a.end(), extra.begin(), extra.end());
       return qt::RunQuench(a);
     };
@@ -428,7 +438,8 @@ TEST_SUITE("schemes") {
     auto m = run({"--prune", "3:12"});  // 704 and 256 are not multiples of 12
     CHECK(m.exit_code == 3);
     CHECK(m.err.find("down_proj") != std::string::npos);
-    CHECK(qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--scheme", "none"}).exit_code == 2);
+    CHECK(qt::RunQuench({"convert", kTiny.string(), (tmp / "o").string(), "--scheme", "none"})
+              .exit_code == 2);
     CHECK_FALSE(fs::exists(tmp / "o"));
     // Per-tensor granularity prunes exactly floor(0.3 * n) of each tensor.
     auto t = run({"--prune", "unstructured:0.3", "--prune-granularity", "tensor", "--report",
@@ -450,7 +461,8 @@ TEST_SUITE("schemes") {
     // Deterministic BF16 weights whose largest magnitude is `amax` (at element 0).
     auto weight = [](uint64_t rows, uint64_t cols, float amax) {
       std::vector<float> v(rows * cols);
-      for (size_t i = 0; i < v.size(); ++i) v[i] = amax * 0.25f * static_cast<float>((i * 7919) % 97) / 97.f;
+      for (size_t i = 0; i < v.size(); ++i)
+        v[i] = amax * 0.25f * static_cast<float>((i * 7919) % 97) / 97.f;
       v[0] = -amax;
       return qt::Bf16Bytes(v);
     };
@@ -502,7 +514,8 @@ TEST_SUITE("schemes") {
     // by hand: amax 5.1875 gives 516 (2688/A computed directly gives 520).
     CHECK(ExpectedGlobalScale(5.1875f) == 516.f);
     // Tensors stay in the shard they came from.
-    CHECK(out.at("model-00002-of-00002.safetensors").Find("l.self_attn.k_proj.weight_packed") != nullptr);
+    CHECK(out.at("model-00002-of-00002.safetensors").Find("l.self_attn.k_proj.weight_packed") !=
+          nullptr);
   }
 
   TEST_CASE("planning refuses what cannot be converted, before any weight is read") {
@@ -533,7 +546,8 @@ TEST_SUITE("schemes") {
     CHECK(ok.exit_code == 0);
     auto cfg = quench::ReadJsonFile((tmp / "o/config.json").string());
     REQUIRE(cfg.ok());
-    const auto* w = cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights");
+    const auto* w =
+        cfg->Find("quantization_config")->Find("config_groups")->Find("W4A16")->Find("weights");
     CHECK(w->Find("group_size")->as_int() == 64);
     CHECK(w->Find("symmetric")->as_bool() == false);
     CHECK(w->Find("zp_dtype")->as_string() == "torch.int8");

@@ -100,19 +100,28 @@ TEST_SUITE("sources") {
       const char* message;
     };
     const Case cases[] = {
-        {"weight without scale", {Fp8("x.weight", 4, 4)}, ErrorCode::kInvalidInput,
+        {"weight without scale",
+         {Fp8("x.weight", 4, 4)},
+         ErrorCode::kInvalidInput,
          "FP8 tensor 'x.weight' has no 'x.weight_scale_inv' in any shard"},
-        {"scale of the wrong shape", {Fp8("x.weight", 300, 129), Scale("x.weight_scale_inv", {2, 2})},
-         ErrorCode::kInvalidInput, "'x.weight_scale_inv' has shape [2, 2]; expected [3, 2]"},
+        {"scale of the wrong shape",
+         {Fp8("x.weight", 300, 129), Scale("x.weight_scale_inv", {2, 2})},
+         ErrorCode::kInvalidInput,
+         "'x.weight_scale_inv' has shape [2, 2]; expected [3, 2]"},
         {"scale of the wrong dtype",
          {Fp8("x.weight", 4, 4), Scale("x.weight_scale_inv", {1, 1}, DType::kI32)},
-         ErrorCode::kInvalidInput, "has dtype I32; an FP8 weight's scale must be F32, BF16 or F8_E8M0"},
+         ErrorCode::kInvalidInput,
+         "has dtype I32; an FP8 weight's scale must be F32, BF16 or F8_E8M0"},
         {"scale without weight",
-         {{"x.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}, Scale("x.weight_scale_inv", {1, 1})},
-         ErrorCode::kInvalidInput, "scale 'x.weight_scale_inv' has no FP8 weight 'x.weight'"},
-        {"3-D FP8 experts", {{"e.weight", DType::kF8E4M3, {2, 4, 4}, std::string(32, '\0')},
-                             Scale("e.weight_scale_inv", {2, 1, 1})},
-         ErrorCode::kUnsupported, "only 2-D FP8 weights can be decoded so far"},
+         {{"x.weight", DType::kBF16, {2, 2}, std::string(8, '\0')},
+          Scale("x.weight_scale_inv", {1, 1})},
+         ErrorCode::kInvalidInput,
+         "scale 'x.weight_scale_inv' has no FP8 weight 'x.weight'"},
+        {"3-D FP8 experts",
+         {{"e.weight", DType::kF8E4M3, {2, 4, 4}, std::string(32, '\0')},
+          Scale("e.weight_scale_inv", {2, 1, 1})},
+         ErrorCode::kUnsupported,
+         "only 2-D FP8 weights can be decoded so far"},
     };
     for (const Case& c : cases) {
       CAPTURE(c.what);
@@ -137,8 +146,9 @@ TEST_SUITE("sources") {
       CHECK(q.status().message().find(m) != std::string::npos);
     }
     TempDir dir2;
-    auto b = Detect(dir2, R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128]}})",
-                    {{"w.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});
+    auto b = Detect(
+        dir2, R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128]}})",
+        {{"w.weight", DType::kBF16, {2, 2}, std::string(8, '\0')}});
     REQUIRE_FALSE(b.ok());
     CHECK(b.status().message().find("weight_block_size must be two positive integers") !=
           std::string::npos);
@@ -191,7 +201,8 @@ TEST_SUITE("sources") {
         c.rows = std::min<size_t>(37, in.rows - r0);
         c.codes = in.codes + r0 * in.cols;
         c.scales = scales.data() + (r0 / 128) * in.scale_cols;
-        REQUIRE(fp8::DequantizeSource(c, reinterpret_cast<uint8_t*>(chunked.data()) + 2 * r0 * in.cols));
+        REQUIRE(fp8::DequantizeSource(
+            c, reinterpret_cast<uint8_t*>(chunked.data()) + 2 * r0 * in.cols));
       }
       CHECK(chunked == out);
     }

@@ -82,7 +82,8 @@ TEST_CASE("activation order: the reference refuses it, quench applies g_idx") {
         std::string::npos);
   const JsonValue& want = *gidx->Find("expected_tensors");
   CHECK(want.Find("model.layers.0.self_attn.q_proj.weight_g_idx") == nullptr);
-  for (const char* m : {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"}) {
+  for (const char* m :
+       {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"}) {
     CAPTURE(m);
     CHECK(DumpCompactJson(*want.Find(m)) !=
           DumpCompactJson(*plain->Find("expected_tensors")->Find(m)));
@@ -171,8 +172,9 @@ TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   auto dry = RunQuench({"convert", src.string(), (tmp / "out").string(), "--scheme", "BF16",
                         "--dry-run"});
   CHECK(dry.exit_code == 0);
-  CHECK((dry.out + dry.err).find("compressed-tensors pack-quantized (int4, group 128, zero points") !=
-        std::string::npos);
+  CHECK(
+      (dry.out + dry.err).find("compressed-tensors pack-quantized (int4, group 128, zero points") !=
+      std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "out"));
   auto in = RunQuench({"inspect", src.string()});
   CHECK(in.exit_code == 0);
@@ -181,7 +183,8 @@ TEST_CASE("inspect and --dry-run say what a compressed-tensors source is") {
   auto mi = RunQuench({"convert", mixed.string(), (tmp / "out").string(), "--scheme", "BF16",
                        "--dry-run"});
   CHECK(mi.exit_code == 0);
-  CHECK((mi.out + mi.err).find("compressed-tensors mixed-precision: pack-quantized") != std::string::npos);
+  CHECK((mi.out + mi.err).find("compressed-tensors mixed-precision: pack-quantized") !=
+        std::string::npos);
   CHECK((mi.out + mi.err).find("float-quantized (float8, per channel") != std::string::npos);
 }
 
@@ -217,7 +220,8 @@ TEST_CASE("fused 3-D FP8-block experts decode as the same experts stored one by 
       R"({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", )"
       R"("weight_block_size": [128, 128]}})";
   TempDir tmp;
-  const RawTensor norm{"model.norm.weight", DType::kBF16, {H}, Bf16Bytes(std::vector<float>(H, 1.f))};
+  const RawTensor norm{
+      "model.norm.weight", DType::kBF16, {H}, Bf16Bytes(std::vector<float>(H, 1.f))};
   WriteBytes(tmp / "fused/config.json", cfg);
   WriteShard(tmp / "fused/model.safetensors",
              {{p + "gate_up_proj", DType::kF8E4M3, {E, 2 * I, H}, gu},
@@ -234,7 +238,8 @@ TEST_CASE("fused 3-D FP8-block experts decode as the same experts stored one by 
       split.push_back({m + "_scale_inv", DType::kF32, {1, 2}, gus.substr((e * 2 + h) * 2 * 4, 8)});
     }
     split.push_back({x + "down_proj.weight", DType::kF8E4M3, {H, I}, dn.substr(e * H * I, H * I)});
-    split.push_back({x + "down_proj.weight_scale_inv", DType::kF32, {2, 1}, dns.substr(e * 2 * 4, 8)});
+    split.push_back(
+        {x + "down_proj.weight_scale_inv", DType::kF32, {2, 1}, dns.substr(e * 2 * 4, 8)});
   }
   split.push_back(norm);
   WriteBytes(tmp / "split/config.json", cfg);

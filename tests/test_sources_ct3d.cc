@@ -72,7 +72,8 @@ TEST_CASE("3-D compressed-tensors sources: every format decodes and converts as 
   CHECK(stacks >= 8);  // one BF16 case per source format
 }
 
-TEST_CASE("3-D compressed-tensors sources: small chunks, inside and across experts, change no byte") {
+TEST_CASE(
+    "3-D compressed-tensors sources: small chunks, inside and across experts, change no byte") {
   for (const CtCase& k : Cases()) {
     if (k.name != "W4A16_ASYM/BF16" && k.name != "FP8_BLOCK/BF16" && k.name != "NVFP4A16/BF16" &&
         k.name != "W4A16/MXFP4A16" && k.name != "MXFP4A16/BF16") {
@@ -94,7 +95,8 @@ TEST_CASE("3-D compressed-tensors sources: where the reference fails, its exact 
   // decompressors reshape as if the weight were 2-D); for those the expected BF16 tensors are
   // its decode of the same codes stored per expert (2-D), stacked, and quench must match that.
   const std::map<std::string, std::string> want = {
-      {"FP8_BLOCK/BF16", "RuntimeError: shape '[0, 128, 1, 128]' is invalid for input of size 65536"},
+      {"FP8_BLOCK/BF16",
+       "RuntimeError: shape '[0, 128, 1, 128]' is invalid for input of size 65536"},
       {"NVFP4A16/BF16", "ValueError: too many values to unpack (expected 2)"},
       {"NVFP4A16/FP8_DYNAMIC", "ValueError: too many values to unpack (expected 2)"},
       {"MXFP4A16/BF16", "ValueError: too many values to unpack (expected 2)"},
@@ -236,16 +238,19 @@ TEST_CASE("a square packed stack is split per expert, its weight_shape in anothe
   std::string shape(24, '\0');
   const int64_t dims[3] = {2, 64, 64};
   std::memcpy(shape.data(), dims, 24);
-  WriteShard(src / "model-00001-of-00002.safetensors",
-             {{m + ".weight_shape", DType::kI64, {3}, shape},
-              {m + ".weight_scale", DType::kBF16, {2, 64, 2}, Bf16Bytes(std::vector<float>(256, 0.5f))}});
+  WriteShard(
+      src / "model-00001-of-00002.safetensors",
+      {{m + ".weight_shape", DType::kI64, {3}, shape},
+       {m + ".weight_scale", DType::kBF16, {2, 64, 2}, Bf16Bytes(std::vector<float>(256, 0.5f))}});
   WriteShard(src / "model-00002-of-00002.safetensors",
              {{m + ".weight_packed", DType::kI32, {2, 64, 8}, std::string(4096, '\x11')}});
   WriteBytes(src / "model.safetensors.index.json",
-             R"({"metadata": {}, "weight_map": {")" + m + R"(.weight_shape": "model-00001-of-00002.safetensors", ")" +
-                 m + R"(.weight_scale": "model-00001-of-00002.safetensors", ")" + m +
+             R"({"metadata": {}, "weight_map": {")" + m +
+                 R"(.weight_shape": "model-00001-of-00002.safetensors", ")" + m +
+                 R"(.weight_scale": "model-00001-of-00002.safetensors", ")" + m +
                  R"(.weight_packed": "model-00002-of-00002.safetensors"}})");
-  WriteBytes(src / "config.json", R"({"hidden_size": 64, "quantization_config": {"quant_method": "compressed-tensors",
+  WriteBytes(src / "config.json",
+             R"({"hidden_size": 64, "quantization_config": {"quant_method": "compressed-tensors",
     "format": "pack-quantized", "ignore": [], "config_groups": {"group_0": {"targets": ["Linear"],
     "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
     "group_size": 32}}}}})");

@@ -92,7 +92,8 @@ void WriteLargeFp8(const fs::path& dir, const fs::path& decoded) {
     REQUIRE(fp8::DequantizeSourceScalar(in, reinterpret_cast<uint8_t*>(out.data())));
     dec.push_back({name, DType::kBF16, {rows, cols}, out});
   }
-  const RawTensor norm{"model.norm.weight", DType::kBF16, {cols}, Bf16Bytes(std::vector<float>(cols, 1.f))};
+  const RawTensor norm{
+      "model.norm.weight", DType::kBF16, {cols}, Bf16Bytes(std::vector<float>(cols, 1.f))};
   src.push_back(norm);
   dec.push_back(norm);
   WriteBytes(dir / "config.json", kFp8Config);
@@ -294,7 +295,8 @@ TEST_SUITE("sources") {
     }
   }
 
-  TEST_CASE("NVFP4A16: a NaN code in a block the global-scale search skips stops the run at its row") {
+  TEST_CASE(
+      "NVFP4A16: a NaN code in a block the global-scale search skips stops the run at its row") {
     // 2x2 blocks, each holding 448; the NaN sits in the smallest-scale block, which the
     // search for the largest |x| never reads (fp8_source_amax.cc), so the pipeline's decode
     // finds it and names its place; nothing is left.
@@ -325,7 +327,8 @@ TEST_SUITE("sources") {
         RunQuench({"inspect", (DataDir() / "golden/fp8src/src").string(), "--json"});
     auto j = ParseJson("inspect", json.out);
     REQUIRE(j.ok());
-    CHECK(j->Find("source_format")->as_string() == "FP8 E4M3, 128x128 block scales (F32), 7 weights");
+    CHECK(j->Find("source_format")->as_string() ==
+          "FP8 E4M3, 128x128 block scales (F32), 7 weights");
     // A converted checkpoint is a compressed-tensors source (tests/test_sources_ct.cc).
     const RunResult out =
         RunQuench({"inspect", (DataDir() / "golden/fp8src/W4A16").string(), "--json"});

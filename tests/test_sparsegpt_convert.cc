@@ -127,8 +127,9 @@ TEST_CASE("SparseGPT end to end: the reference's weights, N:M structure, magnitu
       CHECK(zeros >= v.size() / 2);
     }
     // Without statistics: magnitude pruning's bytes.
-    for (const char* t : {"model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight",
-                          "model.layers.1.self_attn.q_proj.weight"}) {
+    for (const char* t :
+         {"model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight",
+          "model.layers.1.self_attn.q_proj.weight"}) {
       CAPTURE(t);
       CHECK(TensorBytes(sout, t) == TensorBytes(mout, t));
     }
@@ -223,7 +224,8 @@ TEST_CASE("SparseGPT's dry run, options and budget are checked at planning") {
                         "--prune", "2:4", "--stats", stats, "--algorithm", "sparsegpt",
                         "--dry-run"});
   REQUIRE_MESSAGE(dry.exit_code == 0, dry.err);
-  CHECK(dry.out.find("SparseGPT 2:4, Hessian of model.layers.0.mlp.gate_proj") != std::string::npos);
+  CHECK(dry.out.find("SparseGPT 2:4, Hessian of model.layers.0.mlp.gate_proj") !=
+        std::string::npos);
   CHECK(dry.out.find("magnitude 2:4: no statistics for this weight") != std::string::npos);
   CHECK(dry.err.find("SparseGPT (2:4) from") != std::string::npos);
   CHECK(dry.err.find("5 weights; 9 pruned by magnitude") != std::string::npos);

@@ -88,7 +88,8 @@ struct Editable {
       const std::string bytes = qt::ReadBytes(s.path);
       auto& v = shards[s.rel_name];
       for (const auto& t : s.header.tensors) {
-        v.push_back({t.name, t.dtype, t.shape, bytes.substr(s.header.data_start + t.begin, t.nbytes())});
+        v.push_back(
+            {t.name, t.dtype, t.shape, bytes.substr(s.header.data_start + t.begin, t.nbytes())});
       }
     }
   }
@@ -120,7 +121,8 @@ struct Editable {
     std::sort(wm.begin(), wm.end());
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string f = e.path().filename().string();
-      if (f.ends_with("safetensors.index.json")) qt::WriteBytes(e.path(), quench::BuildIndexJson({wm.begin(), wm.end()}, total));
+      if (f.ends_with("safetensors.index.json"))
+        qt::WriteBytes(e.path(), quench::BuildIndexJson({wm.begin(), wm.end()}, total));
     }
   }
 };
@@ -251,7 +253,8 @@ TEST_SUITE("verify") {
       // scales were indexed by a block strategy their format does not have.) A config
       // problem where the config is inconsistent, and for W4A16 each module's scale against
       // the shape blocks would give.
-      for (const char* golden : {"tiny-llama/W4A16", "tiny-llama/NVFP4A16", "tiny-llama/MXFP4A16"}) {
+      for (const char* golden :
+           {"tiny-llama/W4A16", "tiny-llama/NVFP4A16", "tiny-llama/MXFP4A16"}) {
         for (const bool sized : {false, true}) {
           CAPTURE(golden);
           CAPTURE(sized);
@@ -310,9 +313,11 @@ TEST_SUITE("verify") {
     SUBCASE("extra tensor") {
       qt::TempDir tmp;
       Editable e(CopyGolden(tmp, "tiny-llama/W4A16"));
-      e.shards.begin()->second.push_back({"model.extra_buffer", DType::kF32, {1}, std::string(4, '\0')});
+      e.shards.begin()->second.push_back(
+          {"model.extra_buffer", DType::kF32, {1}, std::string(4, '\0')});
       // A zero point on a symmetric scheme is extra even without the source.
-      e.shards.begin()->second.push_back({q + ".weight_zero_point", DType::kI32, {1, 1}, std::string(4, '\0')});
+      e.shards.begin()->second.push_back(
+          {q + ".weight_zero_point", DType::kI32, {1, 1}, std::string(4, '\0')});
       e.Save();
       const auto r = RunVerify(e.dir, src);
       CHECK_MESSAGE(Has(r, "extra", "model.extra_buffer"), Problems(r));
@@ -387,8 +392,10 @@ TEST_SUITE("verify") {
         }
         e.Save();
         const auto r = RunVerify(e.dir, src);
-        CHECK_MESSAGE(Has(r, "sqnr", q + (std::string(golden).ends_with("W4A16") ? ".weight_packed" : ".weight")),
-                      Problems(r));
+        CHECK_MESSAGE(
+            Has(r, "sqnr",
+                q + (std::string(golden).ends_with("W4A16") ? ".weight_packed" : ".weight")),
+            Problems(r));
       }
     }
     SUBCASE("NVFP4 fused members with different global scales") {
@@ -401,8 +408,9 @@ TEST_SUITE("verify") {
       std::memcpy(g->bytes.data(), &v, 4);
       e.Save();
       const auto r = RunVerify(e.dir, std::nullopt);
-      CHECK_MESSAGE(Has(r, "fused-global-scale", "model.layers.1.mlp.gate_proj.weight_global_scale"),
-                    Problems(r));
+      CHECK_MESSAGE(
+          Has(r, "fused-global-scale", "model.layers.1.mlp.gate_proj.weight_global_scale"),
+          Problems(r));
       CHECK(r.problems.size() == 1);
     }
     SUBCASE("weight_shape contents wrong") {
@@ -545,8 +553,10 @@ TEST_SUITE("verify") {
   // The reference's own outputs (compressed-tensors' MagnitudeExpertPruner) must pass; a kept
   // expert with one byte changed must not. (Verify once refused every such folder for its
   // missing quantization_config; found by scripts/fuzz-convert --verify.)
-  TEST_CASE("expert pruning alone: the reference's outputs verify against SRC, a changed byte does not") {
-    auto manifest = quench::ReadJsonFile((qt::DataDir() / "golden/expert_prune_manifest.json").string());
+  TEST_CASE(
+      "expert pruning alone: the reference's outputs verify against SRC, a changed byte does not") {
+    auto manifest =
+        quench::ReadJsonFile((qt::DataDir() / "golden/expert_prune_manifest.json").string());
     REQUIRE(manifest.ok());
     size_t cases = 0;
     for (const quench::JsonValue& c : manifest->Find("cases")->as_array()) {

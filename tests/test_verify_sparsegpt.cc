@@ -50,7 +50,8 @@ TEST_CASE("verify --algorithm sparsegpt accepts SparseGPT's outputs that --prune
     // Magnitude's mask and the source's values: not SparseGPT's.
     const auto magnitude = Verify(dst, {src.string(), "--prune", c.prune});
     CHECK(magnitude.exit_code == 3);
-    const auto with_src = Verify(dst, {src.string(), "--prune", c.prune, "--algorithm", "sparsegpt"});
+    const auto with_src =
+        Verify(dst, {src.string(), "--prune", c.prune, "--algorithm", "sparsegpt"});
     CHECK_MESSAGE(with_src.exit_code == 0, with_src.out << with_src.err);
     if (std::string(c.scheme) != "none") {
       const auto alone = Verify(dst, {"--prune", c.prune, "--algorithm", "sparsegpt"});

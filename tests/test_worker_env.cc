@@ -42,7 +42,8 @@ TEST_CASE("--worker I/N decides, and is checked") {
   CheckSlot(Resolve({}, "2/5"), 2, 5, "--worker 2/5");
   CheckSlot(Resolve({}, "0/1"), 0, 1, "--worker");
   // The flag wins over launcher variables (it is how a user settles a disagreement).
-  CheckSlot(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}}, "0/2"), 0, 2, "--worker");
+  CheckSlot(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}}, "0/2"), 0, 2,
+            "--worker");
   for (const char* bad : {"5/5", "-1/3", "3", "a/3", "1/0", "1/", "/3", "1/3x", "1/100001"}) {
     CAPTURE(bad);
     CheckUsage(Resolve({}, bad), "");
@@ -97,9 +98,11 @@ TEST_CASE("srun: SLURM_PROCID among SLURM_STEP_NUM_TASKS") {
   // The step's own count wins over the allocation's.
   CheckSlot(Resolve({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "8"}, {"SLURM_STEP_NUM_TASKS", "2"}}),
             1, 2, "SLURM_STEP_NUM_TASKS=2");
-  CheckUsage(Resolve({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "3"}}), "index must be 0 to 2");
+  CheckUsage(Resolve({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "3"}}),
+             "index must be 0 to 2");
   // What `sbatch -n 3` gives its batch script, which runs once: not a split.
-  for (const Env& env : {Env{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "3"}}, Env{{"SLURM_PROCID", "0"}}}) {
+  for (const Env& env :
+       {Env{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "3"}}, Env{{"SLURM_PROCID", "0"}}}) {
     const auto r = Resolve(env);
     REQUIRE(r.ok());
     CHECK(r->count == 0);
@@ -115,13 +118,17 @@ TEST_CASE("Kubernetes indexed jobs: the index from the pod, the count from --wor
 }
 
 TEST_CASE("MPI launchers and torchrun") {
-  CheckSlot(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}}), 1, 3, "Open MPI");
+  CheckSlot(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "3"}}), 1, 3,
+            "Open MPI");
   CheckSlot(Resolve({{"PMI_RANK", "0"}, {"PMI_SIZE", "2"}}), 0, 2, "PMI");
   CheckSlot(Resolve({{"RANK", "7"}, {"WORLD_SIZE", "8"}}), 7, 8, "torchrun");
   CheckUsage(Resolve({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "three"}}),
              "OMPI_COMM_WORLD_SIZE='three'");
   // Launchers that agree (srun with PMI-2 sets both): one slot, both named.
-  CheckSlot(Resolve({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}}),
+  CheckSlot(Resolve({{"SLURM_PROCID", "1"},
+                     {"SLURM_STEP_NUM_TASKS", "2"},
+                     {"PMI_RANK", "1"},
+                     {"PMI_SIZE", "2"}}),
             1, 2, "srun (SLURM_PROCID=1, SLURM_STEP_NUM_TASKS=2) and MPICH");
   // --workers agreeing with a launcher is fine; disagreeing is refused.
   CheckSlot(Resolve({{"RANK", "1"}, {"WORLD_SIZE", "2"}}, "", 2), 1, 2, "torchrun");
@@ -133,8 +140,11 @@ TEST_CASE("conflicting launcher variables are refused, naming both") {
                       {"RANK", "0"}, {"WORLD_SIZE", "3"}}),
              "Open MPI (OMPI_COMM_WORLD_RANK=1, OMPI_COMM_WORLD_SIZE=3) says 1/3, torchrun "
              "(RANK=0, WORLD_SIZE=3) says 0/3");
-  CheckUsage(Resolve({{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_MIN", "0"},
-                      {"SLURM_ARRAY_TASK_MAX", "3"}, {"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}}),
+  CheckUsage(Resolve({{"SLURM_ARRAY_TASK_ID", "1"},
+                      {"SLURM_ARRAY_TASK_MIN", "0"},
+                      {"SLURM_ARRAY_TASK_MAX", "3"},
+                      {"SLURM_PROCID", "1"},
+                      {"SLURM_STEP_NUM_TASKS", "2"}}),
              "pass --worker I/N");
   CheckUsage(Resolve({{"JOB_COMPLETION_INDEX", "0"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}}, "", 2),
              "disagree");

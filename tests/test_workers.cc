@@ -59,14 +59,16 @@ void WriteBigSource(const fs::path& dir, int shards, uint64_t rows, uint64_t col
     uint32_t x = 12345u + static_cast<uint32_t>(k);
     for (float& f : v) {
       x = x * 1664525u + 1013904223u;
-      f = static_cast<float>(static_cast<int32_t>(x >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
+      f = static_cast<float>(static_cast<int32_t>(x >> 8) - (1 << 23)) /
+          static_cast<float>(1 << 23);
     }
     char name[64];
     std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
     qt::WriteShard(dir / name, {{"model.layers." + std::to_string(k) + ".mlp.down_proj.weight",
                                  quench::DType::kBF16, {rows, cols}, qt::Bf16Bytes(v)}});
   }
-  qt::WriteBytes(dir / "config.json", R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})");
+  qt::WriteBytes(dir / "config.json",
+                 R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})");
 }
 
 // DST as a finalizer leaves it when stopped once config.json is written: two workers' parts
@@ -189,9 +191,11 @@ TEST_SUITE("workers") {
       for (uint64_t& c : costs) c = (x = x * 1103515245u + 12345u) >> 20;
       uint64_t best = UINT64_MAX;
       std::vector<int> a(static_cast<size_t>(shards), 0);
-      for (uint64_t code = 0, total = static_cast<uint64_t>(std::pow(n, shards)); code < total; ++code) {
+      for (uint64_t code = 0, total = static_cast<uint64_t>(std::pow(n, shards)); code < total;
+           ++code) {
         uint64_t c = code;
-        for (int& o : a) o = static_cast<int>(c % static_cast<uint64_t>(n)), c /= static_cast<uint64_t>(n);
+        for (int& o : a)
+          o = static_cast<int>(c % static_cast<uint64_t>(n)), c /= static_cast<uint64_t>(n);
         best = std::min(best, Makespan(costs, a, n));
       }
       const std::vector<int> lpt = quench::AssignShards(costs, n);
@@ -219,7 +223,8 @@ quant_stage:
 )");
     const fs::path tiny = data / "tiny-llama";
     const fs::path edge = data / "golden/edge-bf16-sharded/src";    // 2 shards, nested files
-    const fs::path qedge = data / "golden/qedge-bf16-sharded/src";  // 3 shards, fused sets across them
+    const fs::path qedge =
+        data / "golden/qedge-bf16-sharded/src";  // 3 shards, fused sets across them
     const std::vector<Case> cases = {
         {tiny, {"--scheme", "FP8_DYNAMIC"}},
         {edge, {"--scheme", "FP8_BLOCK"}},
@@ -230,7 +235,9 @@ quant_stage:
         {tiny, {"--scheme", "NVFP4A16", "--prune", "2:4"}},
         {qedge, {"--scheme", "MXFP4A16"}},
         {tiny, {"--scheme", "MXFP8"}},
-        {edge, {"--scheme", "FP8_DYNAMIC", "--prune", "unstructured:0.5", "--prune-granularity", "tensor"}},
+        {edge,
+         {"--scheme", "FP8_DYNAMIC", "--prune", "unstructured:0.5", "--prune-granularity",
+          "tensor"}},
         {tiny, {"--scheme", "none", "--prune", "2:4"}},
         {tiny, {"--recipe", (tmp / "recipe.yaml").string()}},
     };
@@ -261,13 +268,15 @@ quant_stage:
     ConvertWant(tmp, src, opts);
     const fs::path out = tmp / "out";
     for (int i = 0; i < 3; ++i) {
-      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", std::to_string(i) + "/3"}));
+      auto r = qt::RunQuench(
+          ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", std::to_string(i) + "/3"}));
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
       CHECK(r.err.find("worker " + std::to_string(i) + "/3, from --worker") != std::string::npos);
       // Nothing looks finished until the last part is in.
       CHECK(fs::exists(out / "config.json") == (i == 2));
       if (i == 0) {
-        auto again = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", "0/3"}));
+        auto again =
+            qt::RunQuench(ConvertArgs(src, out, {"--scheme", "NVFP4A16", "--worker", "0/3"}));
         REQUIRE_MESSAGE(again.exit_code == 0, again.err);
         CHECK(again.err.find("its part is complete") != std::string::npos);
       }
@@ -288,13 +297,16 @@ quant_stage:
     qt::TempDir tmp;
     const fs::path src = Sharded();
     const fs::path out = tmp / "out";
-    auto same_name = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W8A8", "--worker", "0/2", "--report", (tmp / "r.json").string()}));
+    auto same_name = qt::RunQuench(ConvertArgs(
+        src, out, {"--scheme", "W8A8", "--worker", "0/2", "--report", (tmp / "r.json").string()}));
     CHECK(same_name.exit_code == 2);
     CHECK(same_name.err.find("{worker}") != std::string::npos);
     uint64_t in = 0;
     for (int i = 0; i < 2; ++i) {
-      auto r = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W8A8", "--no-finalize", "--worker", std::to_string(i) + "/2",
-                                                    "--report", (tmp / "r-{worker}.json").string()}));
+      auto r = qt::RunQuench(
+          ConvertArgs(src, out,
+                      {"--scheme", "W8A8", "--no-finalize", "--worker", std::to_string(i) + "/2",
+                       "--report", (tmp / "r-{worker}.json").string()}));
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
       auto report = quench::ReadJsonFile((tmp / ("r-" + std::to_string(i) + ".json")).string());
       REQUIRE(report.ok());
@@ -304,7 +316,8 @@ quant_stage:
       in += part->summary.Find("bytes_in")->as_uint();
     }
     CHECK_FALSE(fs::exists(out / "config.json"));  // --no-finalize
-    auto fin = qt::RunQuench({"finalize", out.string(), "--report", (tmp / "merged.json").string()});
+    auto fin =
+        qt::RunQuench({"finalize", out.string(), "--report", (tmp / "merged.json").string()});
     REQUIRE_MESSAGE(fin.exit_code == 0, fin.err);
     CHECK(fs::exists(out / "config.json"));
     CHECK_FALSE(fs::exists(out / ".quench-parts"));
@@ -326,7 +339,8 @@ quant_stage:
     CHECK(in == source);
   }
 
-  TEST_CASE("launcher variables end to end: Kubernetes indexed job, a refused conflict, relative paths") {
+  TEST_CASE(
+      "launcher variables end to end: Kubernetes indexed job, a refused conflict, relative paths") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";
     ConvertWant(tmp, src, {"--scheme", "FP8_BLOCK"});
@@ -336,20 +350,26 @@ quant_stage:
     fs::create_directories(tmp / "pod1");
     fs::create_symlink(src, tmp / "pod1/model");
     const std::vector<std::pair<std::string, std::string>> runs = {
-        {"pod0", "cd " + (tmp / "pod0").string() + " && " + bin + " convert " + src.string() + " ../out --scheme FP8_BLOCK --workers 2"},
-        {"pod1", "cd " + (tmp / "pod1").string() + " && " + bin + " convert model ../out --scheme FP8_BLOCK --workers 2"}};
+        {"pod0", "cd " + (tmp / "pod0").string() + " && " + bin + " convert " + src.string() +
+                     " ../out --scheme FP8_BLOCK --workers 2"},
+        {"pod1", "cd " + (tmp / "pod1").string() + " && " + bin +
+                     " convert model ../out --scheme FP8_BLOCK --workers 2"}};
     for (int i = 0; i < 2; ++i) {
       auto r = qt::RunCommand({"sh", "-c", runs[static_cast<size_t>(i)].second},
                               {{"JOB_COMPLETION_INDEX", std::to_string(i)}});
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-      CHECK(r.err.find("worker " + std::to_string(i) + "/2, from Kubernetes indexed job (JOB_COMPLETION_INDEX=" +
+      CHECK(r.err.find("worker " + std::to_string(i) +
+                       "/2, from Kubernetes indexed job (JOB_COMPLETION_INDEX=" +
                        std::to_string(i) + ", --workers 2)") != std::string::npos);
     }
     qt::CheckSameFiles(tmp / "want", tmp / "out");
     // Two launchers that disagree: refused before anything is written.
-    auto conflict = qt::RunCommand({bin, "convert", src.string(), (tmp / "other").string(), "--scheme", "FP8_BLOCK"},
-                                   {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                                    {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
+    auto conflict = qt::RunCommand(
+        {bin, "convert", src.string(), (tmp / "other").string(), "--scheme", "FP8_BLOCK"},
+        {{"OMPI_COMM_WORLD_RANK", "0"},
+         {"OMPI_COMM_WORLD_SIZE", "2"},
+         {"PMI_RANK", "1"},
+         {"PMI_SIZE", "2"}});
     CHECK(conflict.exit_code == 2);
     CHECK(conflict.err.find("disagree") != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "other"));
@@ -365,7 +385,8 @@ quant_stage:
     const fs::path lock = out / ".quench-parts" / "finalize.lock";
     // While a finalizer elsewhere holds the lock (a fresh heartbeat), it removes them itself.
     qt::WriteBytes(lock, kElsewhere);
-    const std::vector<std::string> rerun = ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/2"});
+    const std::vector<std::string> rerun =
+        ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "1/2"});
     auto busy = qt::RunQuench(rerun);
     REQUIRE_MESSAGE(busy.exit_code == 0, busy.err);
     CHECK(fs::exists(lock));
@@ -376,11 +397,13 @@ quant_stage:
     auto r = qt::RunQuench(rerun);
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     CHECK(r.err.find("already this conversion") != std::string::npos);
-    CHECK_MESSAGE(r.err.find("shard(s) were already done; published") != std::string::npos, r.err);  // not "no shards"
+    CHECK_MESSAGE(r.err.find("shard(s) were already done; published") != std::string::npos,
+                  r.err);  // not "no shards"
     qt::CheckSameFiles(tmp / "want", out);
   }
 
-  TEST_CASE("the last worker, or quench finalize, waits out a finalizer that gives up, then publishes") {
+  TEST_CASE(
+      "the last worker, or quench finalize, waits out a finalizer that gives up, then publishes") {
     qt::TempDir tmp;
     const fs::path src = Sharded();
     const std::vector<std::string> opts = {"--scheme", "W4A16"};
@@ -470,7 +493,9 @@ quant_stage:
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
   }
 
-  TEST_CASE("finalize stopped while removing the parts and markers: finalize again completes; on a published folder it does nothing") {
+  TEST_CASE(
+      "finalize stopped while removing the parts and markers: finalize again completes; on a "
+      "published folder it does nothing") {
     qt::TempDir tmp;
     const fs::path src = Sharded();
     ConvertWant(tmp, src, {"--scheme", "W4A16"});
@@ -484,7 +509,8 @@ quant_stage:
       if (left != kAll) fs::remove_all(out / ".quench-resume");
       if (left == kSomeParts) fs::remove(out / ".quench-parts" / "part-00000-of-00002.json");
       if (left == kEmptyPartsFolder) {
-        for (const std::string& f : qt::ListFiles(out / ".quench-parts")) fs::remove(out / ".quench-parts" / f);
+        for (const std::string& f : qt::ListFiles(out / ".quench-parts"))
+          fs::remove(out / ".quench-parts" / f);
       }
       auto r = qt::RunQuench({"finalize", out.string()});
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -498,7 +524,8 @@ quant_stage:
     }
   }
 
-  TEST_CASE("a single run and workers do not write one DST at once; their leftovers serve a --resume") {
+  TEST_CASE(
+      "a single run and workers do not write one DST at once; their leftovers serve a --resume") {
     qt::TempDir tmp;
     const fs::path src = Sharded();
     ConvertWant(tmp, src, {"--scheme", "W4A16"});
@@ -508,19 +535,27 @@ quant_stage:
     REQUIRE_MESSAGE(w0.exit_code == 0, w0.err);
     const fs::path worker_lock = quench::WorkerLockPath(out, 1);
     qt::WriteBytes(worker_lock, kElsewhere);
-    const std::vector<std::string> single = ConvertArgs(src, out, {"--scheme", "W4A16", "--resume"});
+    const std::vector<std::string> single =
+        ConvertArgs(src, out, {"--scheme", "W4A16", "--resume"});
     auto busy = qt::RunQuench(single);
     CHECK(busy.exit_code == 2);
-    CHECK_MESSAGE(busy.err.find("is being written by workers (worker-00001.lock: host elsewhere, pid 4242") != std::string::npos, busy.err);
+    CHECK_MESSAGE(
+        busy.err.find("is being written by workers (worker-00001.lock: host elsewhere, pid 4242") !=
+            std::string::npos,
+        busy.err);
     CHECK_FALSE(fs::exists(out / ".quench-run.lock"));
     // The other way: a single run holding DST elsewhere; a worker is refused.
     qt::WriteBytes(out / ".quench-run.lock", kElsewhere);
     auto refused = qt::RunQuench(ConvertArgs(src, out, {"--scheme", "W4A16", "--worker", "0/2"}));
     CHECK(refused.exit_code == 2);
-    CHECK_MESSAGE(refused.err.find("is being written by a single quench run (host elsewhere, pid 4242") != std::string::npos, refused.err);
+    CHECK_MESSAGE(
+        refused.err.find("is being written by a single quench run (host elsewhere, pid 4242") !=
+            std::string::npos,
+        refused.err);
     // Both holders gone (no heartbeat for longer than kStaleSeconds): a single --resume keeps
     // worker 0's shards, converts the rest, publishes, and leaves no parts behind.
-    const auto old = fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
+    const auto old =
+        fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
     fs::last_write_time(worker_lock, old);
     fs::last_write_time(out / ".quench-run.lock", old);
     auto r = qt::RunQuench(single);
@@ -528,12 +563,17 @@ quant_stage:
     // As many shards kept as worker 0 said were its share.
     const size_t at = w0.err.find("worker 0/2: ");
     REQUIRE(at != std::string::npos);
-    const std::string share = w0.err.substr(at + 12, w0.err.find(" of 3 output shards", at) - at - 12);
-    CHECK_MESSAGE(r.err.find("resume: " + share + " of 3 output shards are complete") != std::string::npos, r.err);
+    const std::string share =
+        w0.err.substr(at + 12, w0.err.find(" of 3 output shards", at) - at - 12);
+    CHECK_MESSAGE(
+        r.err.find("resume: " + share + " of 3 output shards are complete") != std::string::npos,
+        r.err);
     qt::CheckSameFiles(tmp / "want", out);
   }
 
-  TEST_CASE("an empty worker lock (a run killed while taking it) holds nothing; a lock is never left empty") {
+  TEST_CASE(
+      "an empty worker lock (a run killed while taking it) holds nothing; a lock is never left "
+      "empty") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";
     const fs::path out = tmp / "out";
@@ -543,22 +583,29 @@ quant_stage:
     auto r = qt::RunQuench(args);
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     // The part is in; the lock, released, left nothing behind (nor the file it was made from).
-    CHECK(qt::ListFiles(out / ".quench-parts") == std::vector<std::string>{"part-00000-of-00002.json"});
+    CHECK(qt::ListFiles(out / ".quench-parts") ==
+          std::vector<std::string>{"part-00000-of-00002.json"});
   }
 
-  TEST_CASE("a worker lock held from another machine: refused while its heartbeat is fresh, taken over once stale") {
+  TEST_CASE(
+      "a worker lock held from another machine: refused while its heartbeat is fresh, taken over "
+      "once stale") {
     qt::TempDir tmp;
     const fs::path src = qt::DataDir() / "tiny-llama";
     const fs::path out = tmp / "out";
     const fs::path lock = quench::WorkerLockPath(out, 0);
     qt::WriteBytes(lock, kElsewhere);
-    const std::vector<std::string> args = ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", "0/1"});
+    const std::vector<std::string> args =
+        ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", "0/1"});
     auto busy = qt::RunQuench(args);
     CHECK(busy.exit_code == 2);
-    CHECK_MESSAGE(busy.err.find("worker 0/1 is already running (host elsewhere, pid 4242") != std::string::npos, busy.err);
+    CHECK_MESSAGE(busy.err.find("worker 0/1 is already running (host elsewhere, pid 4242") !=
+                      std::string::npos,
+                  busy.err);
     CHECK_FALSE(fs::exists(out / "config.json"));
     // No heartbeat for longer than kStaleSeconds: the holder is gone.
-    const auto old = fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
+    const auto old =
+        fs::file_time_type::clock::now() - std::chrono::seconds(quench::kStaleSeconds + 30);
     fs::last_write_time(lock, old);
     auto r = qt::RunQuench(args);
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -570,7 +617,9 @@ quant_stage:
     const fs::path src = Sharded();
     std::vector<std::string> shares;
     for (int i = 0; i < 2; ++i) {
-      auto r = qt::RunQuench(ConvertArgs(src, tmp / "out", {"--scheme", "W4A16", "--dry-run", "--worker", std::to_string(i) + "/2"}));
+      auto r = qt::RunQuench(
+          ConvertArgs(src, tmp / "out",
+                      {"--scheme", "W4A16", "--dry-run", "--worker", std::to_string(i) + "/2"}));
       REQUIRE_MESSAGE(r.exit_code == 0, r.err);
       const size_t at = r.out.find("worker " + std::to_string(i) + "/2 (--worker");
       REQUIRE(at != std::string::npos);
@@ -580,7 +629,8 @@ quant_stage:
     // Every shard in exactly one share.
     for (const char* s : {"model-00001-of-00003", "model-00002-of-00003", "model-00003-of-00003"}) {
       CAPTURE(s);
-      CHECK((shares[0].find(s) != std::string::npos) + (shares[1].find(s) != std::string::npos) == 1);
+      CHECK((shares[0].find(s) != std::string::npos) + (shares[1].find(s) != std::string::npos) ==
+            1);
     }
   }
 
@@ -590,7 +640,8 @@ quant_stage:
     const fs::path out = tmp / "out";
     ConvertWant(tmp, src, {"--scheme", "FP8_DYNAMIC"});
     auto worker = [&](int i, const char* scheme) {
-      return qt::RunQuench(ConvertArgs(src, out, {"--scheme", scheme, "--worker", std::to_string(i) + "/3"}));
+      return qt::RunQuench(
+          ConvertArgs(src, out, {"--scheme", scheme, "--worker", std::to_string(i) + "/3"}));
     };
     // Finalize before every part is in: names the workers that owe parts and their shards.
     REQUIRE(worker(0, "FP8_DYNAMIC").exit_code == 0);
@@ -605,7 +656,8 @@ quant_stage:
     REQUIRE(worker(1, "FP8_DYNAMIC").exit_code == 0);
     auto odd = worker(2, "W4A16");
     CHECK(odd.exit_code == 3);
-    CHECK(odd.err.find("worker 2/3 planned another conversion (--scheme W4A16") != std::string::npos);
+    CHECK(odd.err.find("worker 2/3 planned another conversion (--scheme W4A16") !=
+          std::string::npos);
     CHECK_FALSE(fs::exists(out / "config.json"));
     CHECK_FALSE(fs::exists(out / "model.safetensors.index.json"));
     // Rerun with the right scheme: the part is redone and the folder published.
@@ -657,8 +709,9 @@ quant_stage:
     REQUIRE(worker(1, "FP8_DYNAMIC").exit_code == 0);
     auto header = worker(2, "FP8_DYNAMIC");
     CHECK(header.exit_code == 3);
-    CHECK_MESSAGE(header.err.find(part0_again->shards[0].name + " has another header; worker 0/3 owes it") !=
-                      std::string::npos, header.err);
+    CHECK_MESSAGE(header.err.find(part0_again->shards[0].name +
+                                  " has another header; worker 0/3 owes it") != std::string::npos,
+                  header.err);
     CHECK_FALSE(fs::exists(out / "config.json"));
   }
 
@@ -778,12 +831,14 @@ quant_stage:
     auto dup = qt::RunQuench(worker_args(1));
     kill(a, SIGCONT);
     CHECK(dup.exit_code == 2);
-    CHECK_MESSAGE(dup.err.find("worker 1/2 is already running (host ") != std::string::npos, dup.err);
+    CHECK_MESSAGE(dup.err.find("worker 1/2 is already running (host ") != std::string::npos,
+                  dup.err);
     CHECK(Wait(a) == 0);
     CHECK_FALSE(fs::exists(out / "config.json"));
     // The killed worker's rerun takes over its stale lock, keeps its finished shard, and as
     // the last part in, publishes.
-    auto r = qt::RunQuench(ConvertArgs(tmp / "src", out, {"--scheme", "FP8_DYNAMIC", "--threads", "1", "--worker", "0/2"}));
+    auto r = qt::RunQuench(ConvertArgs(
+        tmp / "src", out, {"--scheme", "FP8_DYNAMIC", "--threads", "1", "--worker", "0/2"}));
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     // Killed with one shard durable and vouched for, the second's marker not yet published.
     CHECK_MESSAGE(r.err.find("resume: 1 of 2 output shards are complete") != std::string::npos,
