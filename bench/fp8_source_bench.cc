@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   const std::string which = argc > 5 ? argv[5] : "all";
   const size_t offset = argc > 6 ? std::strtoul(argv[6], nullptr, 10) % 64 : 0;
   if (ntens == 0 || rows == 0 || cols % 128 != 0 || repeats <= 0) {
-    std::fprintf(stderr, "usage: quench-fp8-source-bench [N] [ROWS] [COLS %% 128 == 0] [REPEATS]\n");
+    std::fprintf(stderr,
+                 "usage: quench-fp8-source-bench [N] [ROWS] [COLS %% 128 == 0] [REPEATS]\n");
     return 2;
   }
   if (!fp8::FusedSourceAvailable()) {

@@ -147,7 +147,8 @@ int main(int argc, char** argv) {
     ++reps;
   } while (Since(t0) < 2.0);
   const double rate = 2.0 * double(chunk) * 128 * double(n) * reps / Since(t0);
-  const double flops = double(rows) * double(n) * double(n);  // sum over blocks of 2 x rows x 128 x (n - i2)
+  const double flops =
+      double(rows) * double(n) * double(n);  // sum over blocks of 2 x rows x 128 x (n - i2)
   std::printf("rows %zu n %zu: factor %.2f s, sweep %.2f s, sgemm %.1f GFLOP/s, floor %.2f s, "
               "sweep/floor %.2f\n",
               rows, n, t_factor, t_sweep, rate / 1e9, flops / rate, t_sweep / (flops / rate));

@@ -49,7 +49,9 @@ bool ReadAll(const char* path, std::vector<T>* v) {
 int main(int argc, char** argv) {
   using namespace quench;  // NOLINT
   if (argc < 6) {
-    std::fprintf(stderr, "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] [int|nvfp4|asym|mxfp4|int8|int8ch]\n");
+    std::fprintf(stderr,
+                 "usage: quench-imatrix-bench W.bf16 SUMX2.f64 ROWS COLS COUNT [ROUNDS] "
+                 "[int|nvfp4|asym|mxfp4|int8|int8ch]\n");
     return 2;
   }
   const size_t rows = std::strtoul(argv[3], nullptr, 10), cols = std::strtoul(argv[4], nullptr, 10);

@@ -287,7 +287,8 @@ int main(int argc, char** argv) {
   }
   const std::filesystem::path out_dir = argv[1];
   const uint64_t out_total = std::strtoull(argv[2], nullptr, 10);
-  const uint64_t chunk = (std::max<uint64_t>(4096, std::strtoull(argv[3], nullptr, 10)) + 4095) / 4096 * 4096;
+  const uint64_t chunk =
+      (std::max<uint64_t>(4096, std::strtoull(argv[3], nullptr, 10)) + 4095) / 4096 * 4096;
   std::vector<std::string> inputs(argv + 4, argv + argc);
   std::filesystem::create_directories(out_dir);
 
