@@ -155,21 +155,12 @@ Result<ImatrixOptions> ImatrixOptionsFromKwargs(const std::string& kwargs_text) 
   return o;
 }
 
-Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
-  const bool wanda = options.prune_metric == "wanda";
-  if (!wanda && options.prune_metric != "magnitude") {
-    return Error(ErrorCode::kUsage,
-                 "unknown --prune-metric '" + options.prune_metric + "' (magnitude, wanda)");
-  }
-  if (options.observer != "minmax" && options.observer != "imatrix_mse") {
-    return Error(ErrorCode::kUsage,
-                 "unknown --observer '" + options.observer + "' (minmax, imatrix_mse)");
-  }
-  const bool imatrix = std::any_of(plan.groups.begin(), plan.groups.end(), [](const auto& g) {
-    return g.observer == "imatrix_mse";
-  });
-  if (!imatrix && !wanda) return Status::Ok();
-  const std::string who = imatrix ? "the imatrix_mse observer" : "--prune-metric wanda";
+namespace {
+
+// The flag combinations the imatrix_mse observer and Wanda refuse, before any statistics are
+// read. `who` names the one asked for in messages.
+Status CheckImatrixWandaFlags(const Plan& plan, const ConvertOptions& options, bool imatrix,
+                              bool wanda, const std::string& who) {
   if (options.stats.empty()) {
     return Error(ErrorCode::kUsage, who + " needs --stats STATS, the per-channel activation "
                                           "statistics (" + kCollect + ")");
@@ -200,76 +191,151 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
     return Error(ErrorCode::kUsage, "--prune-metric wanda with --algorithm sparsegpt: "
                                     "SparseGPT chooses its own mask; give one or the other");
   }
-  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  // The weight's site, checked against the weight's shape; nullptr (error recorded) if none.
-  auto site_of = [&](const PlannedTensor& t) -> const StatsConsumer* {
-    const WeightStats ws = FindWeightStats(stats, plan, t);
+  return Status::Ok();
+}
+
+// Where planning reads a weight's statistics: its site, checked against the weight's shape;
+// nullptr, with the error recorded in the plan, where there is none.
+class SiteFinder {
+ public:
+  SiteFinder(Plan& plan, const Statistics& stats, const ConvertOptions& options,
+             const std::string& who)
+      : plan_(plan), stats_(stats), options_(options), who_(who) {}
+
+  const StatsConsumer* operator()(const PlannedTensor& t) const {
+    const WeightStats ws = FindWeightStats(stats_, plan_, t);
     if (ws.consumer == nullptr) {
-      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                  options.stats.string() + " has no statistics for '" + t.name +
-                                      "' (" + who + " needs its input's sum_x2; " + kCollect +
-                                      " from this model)"));
+      plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                   options_.stats.string() + " has no statistics for '" +
+                                       t.name + "' (" + who_ + " needs its input's sum_x2; " +
+                                       kCollect + " from this model)"));
       return nullptr;
     }
     if (!ws.shape_matches) {
-      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                  options.stats.string() + ": statistics for '" + t.name +
-                                      "' do not match its shape in the checkpoint (another "
-                                      "model's statistics?)"));
+      plan_.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                   options_.stats.string() + ": statistics for '" + t.name +
+                                       "' do not match its shape in the checkpoint (another "
+                                       "model's statistics?)"));
       return nullptr;
     }
     return ws.consumer;
-  };
-  size_t observed = 0, uniform = 0, pruned = 0;
-  // The largest searched tensor's per-group state, and the kept choices of the NVFP4 ones
-  // (the searches its global-scale pre-pass keeps ahead).
+  }
+
+ private:
+  Plan& plan_;
+  const Statistics& stats_;
+  const ConvertOptions& options_;
+  const std::string& who_;
+};
+
+// What planning the observer's weights found: how many it searches (and of those, how many
+// unweighted), and the state the largest search and the NVFP4 searches kept ahead hold.
+struct ObservedTotals {
+  size_t observed = 0, uniform = 0;
   uint64_t largest_state = 0, largest_kept = 0, ahead_kept = 0;
   std::string largest_name;
+};
+
+// One weight the imatrix_mse observer is to search: refused (recorded in the plan) where its
+// scheme or source is not covered or it has no statistics; otherwise its site set and its
+// search's state counted, and its importance checked as its observer_kwargs ask.
+Status PlanObservedWeight(Plan& plan, PlannedTensor& t, const Statistics& stats,
+                          const SiteFinder& site_of, ObservedTotals& totals) {
+  if (!FormatOf(*t.scheme)) {
+    plan.errors.push_back(Error(
+        ErrorCode::kUnsupported,
+        "the imatrix_mse observer covers the integer and FP4 schemes (W4A16, W4A16_ASYM, "
+        "W8A16, W8A8, W4A8, NVFP4A16, NVFP4, MXFP4A16, ...); '" + t.name + "' is to be " +
+            std::string(t.scheme->name)));
+    return Status::Ok();
+  }
+  if (t.source_scale) {
+    plan.errors.push_back(Error(ErrorCode::kUnsupported,
+                                "the imatrix_mse observer on a quantized (FP8) source is "
+                                "not built yet ('" + t.name + "')"));
+    return Status::Ok();
+  }
+  const StatsConsumer* c = site_of(t);
+  if (c == nullptr) return Status::Ok();
+  QUENCH_ASSIGN_OR_RETURN(SiteValues v, ReadSite(stats, c->site, c->expert, t.shape[1]));
+  PlannedCalibration& calib = t.calib.get_or_make();
+  calib.imatrix_site = c->site;
+  calib.imatrix_expert = c->expert;
+  ++totals.observed;
+  uint64_t kept = 0;
+  const uint64_t state = SearchStateBytes(t, &kept);
+  const bool nvfp4 = FormatOf(*t.scheme) == ImatrixFormat::kNvfp4;
+  if (state > totals.largest_state) {
+    totals.largest_state = state;
+    totals.largest_kept = nvfp4 ? kept : 0;
+    totals.largest_name = t.name;
+  }
+  if (nvfp4) totals.ahead_kept += kept;
+  QUENCH_ASSIGN_OR_RETURN(
+      JsonValue kw,
+      ObserverKwargsFromText(plan.groups[static_cast<size_t>(t.group)].observer_kwargs));
+  QUENCH_ASSIGN_OR_RETURN(ObserverSettings set, ParseObserverKwargs("imatrix_mse", kw, ""));
+  if (NormalizedImportance(v.sum_x2, v.count).empty() && set.strict) {
+    // observer_kwargs strict: the reference raises instead of falling back.
+    plan.errors.push_back(Error(ErrorCode::kInvalidInput,
+                                "site " + c->site + " gives no usable importance for '" +
+                                    t.name + "' (no tokens or all zero) and the "
+                                    "imatrix_mse observer is strict"));
+  } else if (NormalizedImportance(v.sum_x2, v.count).empty()) {
+    // The reference's fallback for unusable importance (no tokens, all zero).
+    calib.note = "site " + c->site + " gives no usable importance (no tokens or all "
+                 "zero); unweighted search, as llm-compressor falls back";
+    ++totals.uniform;
+  }
+  return Status::Ok();
+}
+
+// What --resume compares: a shard is kept only if it was made with the same statistics
+// (their manifest's hash) and the same observer settings.
+Result<std::string> CalibFingerprint(const Plan& plan, const ConvertOptions& options) {
+  QUENCH_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(options.stats / "manifest.json"));
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(Fnv1a64(manifest)));
+  const ImatrixOptions o;
+  std::string fingerprint = "imatrix_mse grid " + std::to_string(o.grid) + " shrink " +
+                            std::to_string(o.maxshrink) + " norm " + std::to_string(o.norm) +
+                            " patience " + std::to_string(o.patience) + " stats " + hash;
+  // Each group's observer_kwargs (they change the bytes; the defaults above otherwise).
+  for (const PlannedGroup& g : plan.groups) {
+    if (g.observer == "imatrix_mse" && !g.observer_kwargs.empty()) {
+      fingerprint += " " + g.key + " " + g.observer_kwargs;
+    }
+  }
+  return fingerprint;
+}
+
+}  // namespace
+
+Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
+  const bool wanda = options.prune_metric == "wanda";
+  if (!wanda && options.prune_metric != "magnitude") {
+    return Error(ErrorCode::kUsage,
+                 "unknown --prune-metric '" + options.prune_metric + "' (magnitude, wanda)");
+  }
+  if (options.observer != "minmax" && options.observer != "imatrix_mse") {
+    return Error(ErrorCode::kUsage,
+                 "unknown --observer '" + options.observer + "' (minmax, imatrix_mse)");
+  }
+  const bool imatrix = std::any_of(plan.groups.begin(), plan.groups.end(), [](const auto& g) {
+    return g.observer == "imatrix_mse";
+  });
+  if (!imatrix && !wanda) return Status::Ok();
+  const std::string who = imatrix ? "the imatrix_mse observer" : "--prune-metric wanda";
+  QUENCH_RETURN_IF_ERROR(CheckImatrixWandaFlags(plan, options, imatrix, wanda, who));
+  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
+  const SiteFinder site_of(plan, stats, options, who);
+  ObservedTotals totals;
+  size_t pruned = 0;
   std::map<std::string, int> scale_index;
   for (PlannedTensor& t : plan.tensors) {
     if (imatrix && t.action == TensorAction::kQuantize &&
         plan.groups[static_cast<size_t>(t.group)].observer == "imatrix_mse") {
-      if (!FormatOf(*t.scheme)) {
-        plan.errors.push_back(Error(
-            ErrorCode::kUnsupported,
-            "the imatrix_mse observer covers the integer and FP4 schemes (W4A16, W4A16_ASYM, "
-            "W8A16, W8A8, W4A8, NVFP4A16, NVFP4, MXFP4A16, ...); '" + t.name + "' is to be " +
-                std::string(t.scheme->name)));
-      } else if (t.source_scale) {
-        plan.errors.push_back(Error(ErrorCode::kUnsupported,
-                                    "the imatrix_mse observer on a quantized (FP8) source is "
-                                    "not built yet ('" + t.name + "')"));
-      } else if (const StatsConsumer* c = site_of(t); c != nullptr) {
-        QUENCH_ASSIGN_OR_RETURN(SiteValues v, ReadSite(stats, c->site, c->expert, t.shape[1]));
-        PlannedCalibration& calib = t.calib.get_or_make();
-        calib.imatrix_site = c->site;
-        calib.imatrix_expert = c->expert;
-        ++observed;
-        uint64_t kept = 0;
-        const uint64_t state = SearchStateBytes(t, &kept);
-        if (state > largest_state) {
-          largest_state = state;
-          largest_kept = FormatOf(*t.scheme) == ImatrixFormat::kNvfp4 ? kept : 0;
-          largest_name = t.name;
-        }
-        if (FormatOf(*t.scheme) == ImatrixFormat::kNvfp4) ahead_kept += kept;
-        QUENCH_ASSIGN_OR_RETURN(JsonValue kw, ObserverKwargsFromText(
-                                                  plan.groups[static_cast<size_t>(t.group)]
-                                                      .observer_kwargs));
-        QUENCH_ASSIGN_OR_RETURN(ObserverSettings set, ParseObserverKwargs("imatrix_mse", kw, ""));
-        if (NormalizedImportance(v.sum_x2, v.count).empty() && set.strict) {
-          // observer_kwargs strict: the reference raises instead of falling back.
-          plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                      "site " + c->site + " gives no usable importance for '" +
-                                          t.name + "' (no tokens or all zero) and the "
-                                          "imatrix_mse observer is strict"));
-        } else if (NormalizedImportance(v.sum_x2, v.count).empty()) {
-          // The reference's fallback for unusable importance (no tokens, all zero).
-          calib.note = "site " + c->site + " gives no usable importance (no tokens or all "
-                       "zero); unweighted search, as llm-compressor falls back";
-          ++uniform;
-        }
-      }
+      QUENCH_RETURN_IF_ERROR(PlanObservedWeight(plan, t, stats, site_of, totals));
     }
     if (wanda && t.prune) {
       const StatsConsumer* c = site_of(t);
@@ -284,44 +350,32 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
       ++pruned;
     }
   }
-  if (imatrix && observed > 0) {
+  if (imatrix && totals.observed > 0) {
     // Held outside the chunks, as GPTQ's Hessians are (convert.cc takes plan.calib_bytes from
-    // the chunks' budget): the scratch and kept choices of the tensor being searched (SearchTensor
-    // reuses its scratch, sized by the largest), and the kept choices of the NVFP4 searches
-    // kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are refused above,
-    // and convert.cc starts this stage's calib_bytes at 0 and adds the other stages' to it;
-    // it checks the budget against the sum and the pipeline's floor.
-    const uint64_t ahead = std::min(kKeepBytes, ahead_kept - largest_kept);
-    plan.calib_bytes = largest_state + ahead;
-    plan.calib_holds = "the imatrix_mse observer: its search of '" + largest_name + "' keeps " +
-                       FormatBytes(largest_state) + " of per-group state (masks, ranges and "
-                       "choices, by its format's groups)" +
+    // the chunks' budget): the scratch and kept choices of the tensor being searched
+    // (SearchTensor reuses its scratch, sized by the largest), and the kept choices of the
+    // NVFP4 searches kept ahead of it, at most kKeepBytes. GPTQ, SparseGPT and smoothing are
+    // refused above, and convert.cc starts this stage's calib_bytes at 0 and adds the other
+    // stages' to it; it checks the budget against the sum and the pipeline's floor.
+    const uint64_t ahead = std::min(kKeepBytes, totals.ahead_kept - totals.largest_kept);
+    plan.calib_bytes = totals.largest_state + ahead;
+    plan.calib_holds = "the imatrix_mse observer: its search of '" + totals.largest_name +
+                       "' keeps " + FormatBytes(totals.largest_state) +
+                       " of per-group state (masks, ranges and choices, by its format's groups)" +
                        (ahead > 0 ? ", the searches kept ahead " + FormatBytes(ahead)
                                   : std::string());
   }
   if (imatrix) {
-    plan.notes.push_back("imatrix_mse observer from " + options.stats.string() + ": " +
-                         std::to_string(observed) + " weights" +
-                         (uniform > 0 ? " (" + std::to_string(uniform) + " unweighted)" : ""));
+    plan.notes.push_back(
+        "imatrix_mse observer from " + options.stats.string() + ": " +
+        std::to_string(totals.observed) + " weights" +
+        (totals.uniform > 0 ? " (" + std::to_string(totals.uniform) + " unweighted)" : ""));
   }
   if (wanda) {
     plan.notes.push_back("Wanda scores from " + options.stats.string() + ": " +
                          std::to_string(pruned) + " weights");
   }
-  // --resume keeps a shard only if it was made with the same statistics and settings.
-  QUENCH_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(options.stats / "manifest.json"));
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(Fnv1a64(manifest)));
-  const ImatrixOptions o;
-  plan.calib_fingerprint = "imatrix_mse grid " + std::to_string(o.grid) + " shrink " +
-                           std::to_string(o.maxshrink) + " norm " + std::to_string(o.norm) +
-                           " patience " + std::to_string(o.patience) + " stats " + hash;
-  // Each group's observer_kwargs (they change the bytes; the defaults above otherwise).
-  for (const PlannedGroup& g : plan.groups) {
-    if (g.observer == "imatrix_mse" && !g.observer_kwargs.empty()) {
-      plan.calib_fingerprint += " " + g.key + " " + g.observer_kwargs;
-    }
-  }
+  QUENCH_ASSIGN_OR_RETURN(plan.calib_fingerprint, CalibFingerprint(plan, options));
   return Status::Ok();
 }
 
