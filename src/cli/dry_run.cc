@@ -150,19 +150,8 @@ void PrintWorkerShare(const Plan& p, const ConvertOptions& o) {
               all ? static_cast<double>(most) * o.workers / static_cast<double>(all) : 0.0);
 }
 
-}  // namespace
-
-// --dry-run: the plan as a table on stdout; notes (as a run prints them: not with -q) and
-// errors on stderr.
-int PrintDryRun(const ConvertOptions& o, bool quiet) {
-  auto plan = DryRunListing(o);
-  if (!plan.ok()) return ReportStatus(plan.status());
-  // Left for the process's exit to release (the dry run is the last thing the process does):
-  // freeing an MoE checkpoint's plan, 10^5 small allocations one by one, would lengthen a
-  // many-tensor dry run for nothing.
-  const Plan& p = *new Plan(std::move(*plan));
-  size_t width = 6;
-  for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
+// The plan's heading: source and destination, its config groups, pruning and expert pruning.
+void PrintPlanHead(const Plan& p, const ConvertOptions& o) {
   std::printf("plan: %s -> %s\n", p.src.c_str(), o.dst.c_str());
   for (const PlannedGroup& g : p.groups) {
     std::string targets;
@@ -177,6 +166,13 @@ int PrintDryRun(const ConvertOptions& o, bool quiet) {
                 p.prune.per_tensor ? "tensor" : "row");
   }
   if (p.expert_prune) PrintExpertPrune(*p.expert_prune);
+}
+
+// The table of every tensor (name, action, scheme, bytes in and out, note). Returns how
+// many are quantized.
+uint64_t PrintTensorTable(const Plan& p) {
+  size_t width = 6;
+  for (const PlannedTensor& t : p.tensors) width = std::max(width, t.name.size());
   std::printf("%-*s  %-8s %-12s %12s %12s  %s\n", static_cast<int>(width), "tensor", "action",
               "scheme", "bytes in", "bytes out", "note");
   uint64_t quantized = 0;
@@ -213,6 +209,22 @@ int PrintDryRun(const ConvertOptions& o, bool quiet) {
     }
   }
   std::fwrite(rows.data(), 1, rows.size(), stdout);
+  return quantized;
+}
+
+}  // namespace
+
+// --dry-run: the plan as a table on stdout; notes (as a run prints them: not with -q) and
+// errors on stderr.
+int PrintDryRun(const ConvertOptions& o, bool quiet) {
+  auto plan = DryRunListing(o);
+  if (!plan.ok()) return ReportStatus(plan.status());
+  // Left for the process's exit to release (the dry run is the last thing the process does):
+  // freeing an MoE checkpoint's plan, 10^5 small allocations one by one, would lengthen a
+  // many-tensor dry run for nothing.
+  const Plan& p = *new Plan(std::move(*plan));
+  PrintPlanHead(p, o);
+  const uint64_t quantized = PrintTensorTable(p);
   std::printf("\noutput shards:\n");
   for (const PlannedShard& ps : p.shards) {
     std::printf("  %-40s %14llu bytes (%s)\n", ps.rel_name.c_str(),
