@@ -14,12 +14,12 @@
 #include <sys/resource.h>
 
 #include <chrono>
-#include <fstream>
-#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "calib/blas.h"

@@ -25,11 +25,11 @@
 #include <string>
 #include <vector>
 
-#include "hwy/targets.h"
 #include "calib/imatrix_mse.h"
 #include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_mx_avx2.h"
+#include "hwy/targets.h"
 #include "thread_cpu.h"
 
 namespace {

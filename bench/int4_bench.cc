@@ -16,12 +16,12 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bf16_tensors.h"
 #include "hwy/targets.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 #include "schemes/int4_bf16.h"
 #include "schemes/int4_bf16_avx2.h"
-#include "bf16_tensors.h"
 #include "thread_cpu.h"
 
 int main(int argc, char** argv) {

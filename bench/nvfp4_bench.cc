@@ -15,11 +15,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bf16_tensors.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 #include "schemes/nvfp4_bf16.h"
 #include "schemes/nvfp4_bf16_avx2.h"
-#include "bf16_tensors.h"
 #include "thread_cpu.h"
 
 int main(int argc, char** argv) {

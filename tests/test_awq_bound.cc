@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "calib/awq.h"
 #include "awq_rows.h"
+#include "calib/awq.h"
 #include "kernel_test_util.h"
 #include "schemes/int_scaled_bound.h"
 #include "schemes/int_scaled_error.h"

@@ -15,10 +15,10 @@
 #include <tuple>
 #include <vector>
 
-#include "calib/awq.h"
-#include "schemes/int_scaled_error.h"
 #include "awq_rows.h"
+#include "calib/awq.h"
 #include "kernel_test_util.h"
+#include "schemes/int_scaled_error.h"
 
 namespace quench::testing {
 namespace {

@@ -13,8 +13,8 @@
 
 #include <tbb/global_control.h>
 
-#include "calib/awq.h"
 #include "awq_rows.h"
+#include "calib/awq.h"
 #include "format/json.h"
 #include "kernel_test_util.h"
 #include "plan_fingerprint.h"

@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "compose_stats.h"
 #include "format/safetensors.h"
 #include "plan_fingerprint.h"
 #include "quench/convert.h"
-#include "compose_stats.h"
 #include "test_util.h"
 
 namespace quench::testing {

@@ -12,9 +12,9 @@
 
 #include <algorithm>
 #include <regex>
-#include <utility>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "format/json.h"

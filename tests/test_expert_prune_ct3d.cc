@@ -18,8 +18,8 @@
 #include "format/json.h"
 #include "pipeline/resume.h"
 #include "plan/expert_prune.h"
-#include "quench/ct_weight.h"
 #include "quench/convert.h"
+#include "quench/ct_weight.h"
 #include "test_util.h"
 #include "verify/verify.h"
 

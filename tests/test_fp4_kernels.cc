@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "kernel_test_util.h"
 #include "hwy/targets.h"
+#include "kernel_test_util.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
 

@@ -18,9 +18,9 @@
 #include "calib/gptq.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "golden_file.h"
 #include "quench/scheme.h"
 #include "schemes/float_formats.h"
-#include "golden_file.h"
 #include "test_util.h"
 
 namespace quench::testing {

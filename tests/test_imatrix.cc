@@ -16,12 +16,12 @@
 #include "calib/wanda.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "golden_file.h"
+#include "imatrix_golden.h"
 #include "quench/dtype.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
 #include "schemes/prune.h"
-#include "golden_file.h"
-#include "imatrix_golden.h"
 #include "test_util.h"
 
 namespace quench::testing {

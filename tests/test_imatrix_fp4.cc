@@ -17,11 +17,11 @@
 #include "calib/imatrix_mse.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "golden_file.h"
+#include "imatrix_golden.h"
 #include "quench/convert.h"
 #include "quench/dtype.h"
 #include "schemes/fp4.h"
-#include "golden_file.h"
-#include "imatrix_golden.h"
 #include "test_util.h"
 
 namespace quench::testing {

@@ -26,8 +26,8 @@
 #include "quench/dtype.h"
 #include "schemes/float_formats.h"
 #include "schemes/fp4.h"
-#include "schemes/nvfp4_bf16_avx2.h"
 #include "schemes/int_shared.h"
+#include "schemes/nvfp4_bf16_avx2.h"
 
 namespace quench::testing {
 namespace {

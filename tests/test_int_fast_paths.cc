@@ -10,13 +10,13 @@
 
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
-#include "kernel_test_util.h"
 #include "int_paths.h"
+#include "kernel_test_util.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 #include "schemes/int4_bf16.h"

@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "int_kernel_run.h"
-#include "kernel_test_util.h"
-#include "int_paths.h"
 #include "hwy/targets.h"
+#include "int_kernel_run.h"
+#include "int_paths.h"
+#include "kernel_test_util.h"
 #include "schemes/float_formats.h"
 #include "schemes/int.h"
 

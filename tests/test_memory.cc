@@ -9,8 +9,9 @@
 #include <cstring>
 #include <thread>
 
-#include "format/model_folder.h"
 #include <sys/wait.h>
+
+#include "format/model_folder.h"
 
 #include "format/safetensors.h"
 #include "stats_folder.h"

@@ -20,8 +20,8 @@
 #include "format/safetensors.h"
 #include "pipeline/resume.h"
 #include "quench/convert.h"
-#include "verify/verify.h"
 #include "test_util.h"
+#include "verify/verify.h"
 
 namespace qt = quench::testing;
 namespace fs = std::filesystem;

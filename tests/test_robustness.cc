@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "format/json.h"
 #include "format/cgroup.h"
+#include "format/json.h"
 #include "pipeline/memory_budget.h"
 #include "test_util.h"
 

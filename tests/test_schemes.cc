@@ -5,8 +5,8 @@
 // (including those the reference misses), planning errors, and `quench schemes`.
 #include <doctest/doctest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "quench/convert.h"

@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "format/json.h"
-#include "format/safetensors.h"
-#include "format/model_folder.h"
 #include "ct_cases.h"
+#include "format/json.h"
+#include "format/model_folder.h"
+#include "format/safetensors.h"
 #include "quench/convert.h"
 #include "test_util.h"
 #include "verify/verify.h"

@@ -17,9 +17,9 @@
 #include "calib/sparsegpt.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "golden_file.h"
 #include "schemes/float_formats.h"
 #include "schemes/int_shared.h"
-#include "golden_file.h"
 #include "test_util.h"
 
 namespace quench::testing {

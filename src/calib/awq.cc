@@ -11,8 +11,8 @@
 
 #include "calib/awq_internal.h"
 #include "calib/blas.h"
-#include "schemes/int_scaled_error.h"
 #include "calib/smoothquant.h"
+#include "schemes/int_scaled_error.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {

@@ -14,11 +14,11 @@
 
 #include "calib/blas.h"
 #include "calib/gptq.h"
-#include "format/file_io.h"
-#include "format/units.h"
-#include "format/safetensors.h"
 #include "calib/stats.h"
 #include "calib/weight_stats.h"
+#include "format/file_io.h"
+#include "format/safetensors.h"
+#include "format/units.h"
 
 namespace quench::calib {
 namespace {

@@ -8,15 +8,15 @@
 #include <cstdint>
 #include <cstring>
 
-#include "schemes/float_formats.h"
-#include "schemes/fp4.h"
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
-#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_kernel.h"
 #include "calib/imatrix_mse_mx_avx2.h"
 #include "calib/imatrix_mse_rows.h"
+#include "schemes/float_formats.h"
+#include "schemes/fp4.h"
 #include "schemes/int_shared.h"
 
 namespace quench::calib {

@@ -37,9 +37,9 @@
 #include <algorithm>
 #include <bit>
 #include <cfloat>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "calib/imatrix_mse_decide.h"

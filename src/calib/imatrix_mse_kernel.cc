@@ -15,9 +15,9 @@
 
 #include <cstddef>
 
+#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_avx2.h"
 #include "calib/imatrix_mse_int_avx2_asym.h"
-#include "calib/imatrix_mse_int8_avx2.h"
 #include "calib/imatrix_mse_int_bf16.h"
 #include "calib/imatrix_mse_mx_avx2.h"
 

@@ -11,10 +11,10 @@
 #include <map>
 #include <mutex>
 #include <optional>
-
-#include <tbb/parallel_for.h>
 #include <string>
 #include <vector>
+
+#include <tbb/parallel_for.h>
 
 #include "calib/awq.h"
 #include "calib/smoothquant.h"

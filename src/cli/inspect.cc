@@ -11,8 +11,8 @@
 
 #include "cli/cli.h"
 #include "cli/hub_cache.h"
-#include "format/json.h"
 #include "format/file_io.h"
+#include "format/json.h"
 #include "format/model_folder.h"
 #include "format/source_quant.h"
 #include "plan/matcher.h"

@@ -21,8 +21,8 @@
 #include "cli/verify_cmd.h"
 #include "format/file_io.h"
 #include "format/quant_config.h"
-#include "schemes/cpu_x86.h"
 #include "quench/status.h"
+#include "schemes/cpu_x86.h"
 
 namespace quench::cli {
 namespace {

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "format/safetensors.h"
 #include "format/json.h"
 #include "format/parallel.h"
+#include "format/safetensors.h"
 #include "format/sorted_runs.h"
 namespace quench {
 namespace {

@@ -1,10 +1,10 @@
-#include "calib/composite.h"
 #include "pipeline/report.h"
 
 #include <sys/resource.h>
 
 #include <cmath>
 
+#include "calib/composite.h"
 #include "format/quant_config.h"
 
 namespace quench {

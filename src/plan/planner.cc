@@ -6,8 +6,8 @@
 #include "plan/planner.h"
 
 #include <atomic>
-#include <string_view>
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 

@@ -4,11 +4,10 @@
 #include "plan/recipe_calib.h"
 
 #include <algorithm>
-#include <cmath>
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
-
 
 namespace quench {
 namespace {

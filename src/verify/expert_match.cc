@@ -10,8 +10,8 @@
 #include <memory>
 
 #include "format/source_quant.h"
-#include "quench/ct_weight.h"
 #include "plan/expert_prune.h"
+#include "quench/ct_weight.h"
 #include "verify/verifier.h"
 
 namespace quench::verify {

@@ -11,8 +11,8 @@
 #include "schemes/float_formats.h"
 #include "verify/messages.h"
 #include "verify/pruned_rows.h"
-#include "verify/zero_structure.h"
 #include "verify/verifier.h"
+#include "verify/zero_structure.h"
 
 namespace quench::verify {
 
