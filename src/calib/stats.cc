@@ -73,6 +73,13 @@ Result<StatsField> FieldLayout(const std::string& field, uint64_t n,
   return f;
 }
 
+// Every array in the manifest's files, by name: its file and header entry; and each file's
+// data start.
+struct Statistics::FileArrays {
+  std::map<std::string, std::pair<std::string, TensorInfo>> in_files;
+  std::map<std::string, uint64_t> data_start;
+};
+
 Result<Statistics> Statistics::Open(const fs::path& dir) {
   Statistics s;
   s.dir_ = dir;
@@ -92,10 +99,17 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
     return Bad(dir, "version " + std::to_string(version->as_int()) + "; this quench reads " +
                         "version " + std::to_string(kStatsVersion));
   }
-  // Every array in the files, by name.
-  std::map<std::string, std::pair<std::string, TensorInfo>> in_files;
-  std::map<std::string, uint64_t> data_start;
-  const JsonValue* files = m.Find("files");
+  FileArrays arrays;
+  QUENCH_RETURN_IF_ERROR(s.ReadFiles(arrays));
+  QUENCH_RETURN_IF_ERROR(s.ReadSites(arrays));
+  QUENCH_RETURN_IF_ERROR(s.ReadConsumers());
+  QUENCH_RETURN_IF_ERROR(s.ReadReap(arrays));
+  return s;
+}
+
+Status Statistics::ReadFiles(FileArrays& arrays) {
+  const fs::path& dir = dir_;
+  const JsonValue* files = manifest_.Find("files");
   if (files == nullptr || !files->is_array()) return Bad(dir, "\"files\" missing");
   for (const JsonValue& f : files->as_array()) {
     if (!f.is_string() || f.as_string().find('/') != std::string::npos ||
@@ -108,16 +122,21 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
       return Bad(dir, "\"files\" lists " + f.as_string() + ", which is not in the folder");
     }
     QUENCH_ASSIGN_OR_RETURN(SafetensorsHeader h, ReadSafetensorsHeader(dir / f.as_string()));
-    s.files_.push_back(f.as_string());
-    data_start[f.as_string()] = h.data_start;
+    files_.push_back(f.as_string());
+    arrays.data_start[f.as_string()] = h.data_start;
     for (TensorInfo& t : h.tensors) {
       const std::string name = t.name;
-      if (!in_files.emplace(name, std::make_pair(f.as_string(), std::move(t))).second) {
+      if (!arrays.in_files.emplace(name, std::make_pair(f.as_string(), std::move(t))).second) {
         return Bad(dir, "array '" + name + "' is in two files");
       }
     }
   }
-  const JsonValue* sites = m.Find("sites");
+  return Status::Ok();
+}
+
+Status Statistics::ReadSites(const FileArrays& arrays) {
+  const fs::path& dir = dir_;
+  const JsonValue* sites = manifest_.Find("sites");
   if (sites == nullptr || !sites->is_object()) return Bad(dir, "\"sites\" missing");
   for (const auto& [name, v] : sites->as_object()) {
     StatsSite site;
@@ -146,8 +165,8 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
       auto layout = FieldLayout(fv.as_string(), site.in_features, site.experts);
       if (!layout.ok()) return Bad(dir, "site '" + name + "': " + layout.status().message());
       const std::string array = name + "." + fv.as_string();
-      auto it = in_files.find(array);
-      if (it == in_files.end() || it->second.first != site.file) {
+      auto it = arrays.in_files.find(array);
+      if (it == arrays.in_files.end() || it->second.first != site.file) {
         return Bad(dir, "site '" + name + "': array '" + array + "' is not in " + site.file);
       }
       const TensorInfo& t = it->second.second;
@@ -157,27 +176,31 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
                             "; the format needs " + std::string(DTypeName(layout->dtype)) +
                             " " + ShapeText(layout->shape));
       }
-      s.arrays_[array] = {site.file, data_start[site.file] + t.begin, t.nbytes()};
+      arrays_[array] = {site.file, arrays.data_start.at(site.file) + t.begin, t.nbytes()};
       has_count |= fv.as_string() == "count";
       site.fields.push_back(*std::move(layout));
     }
     if (!has_count) return Bad(dir, "site '" + name + "' has no \"count\"");
-    s.sites_.emplace(name, std::move(site));
+    sites_.emplace(name, std::move(site));
   }
-  const JsonValue* consumers = m.Find("consumers");
+  return Status::Ok();
+}
+
+Status Statistics::ReadConsumers() {
+  const fs::path& dir = dir_;
+  const JsonValue* consumers = manifest_.Find("consumers");
   if (consumers == nullptr || !consumers->is_object()) return Bad(dir, "\"consumers\" missing");
   for (const auto& [weight, v] : consumers->as_object()) {
     const std::string* site = StringAt(v, "site");
-    if (site == nullptr || !s.sites_.contains(*site)) {
+    if (site == nullptr || !sites_.contains(*site)) {
       return Bad(dir, "consumer '" + weight + "' names no site of the manifest");
     }
     StatsConsumer c;
     c.site = *site;
     const JsonValue* e = v.Find("expert");
-    const StatsSite& st = s.sites_.at(*site);
+    const StatsSite& st = sites_.at(*site);
     if (e != nullptr && !e->is_null()) {
-      if (!e->is_int() || e->as_int() < 0 || !st.experts ||
-          e->as_uint() >= *st.experts) {
+      if (!e->is_int() || e->as_int() < 0 || !st.experts || e->as_uint() >= *st.experts) {
         return Bad(dir, "consumer '" + weight + "': expert index outside site '" + *site + "'");
       }
       c.expert = e->as_uint();
@@ -185,43 +208,47 @@ Result<Statistics> Statistics::Open(const fs::path& dir) {
       return Bad(dir, "consumer '" + weight + "' reads per-expert site '" + *site +
                           "' without an \"expert\" index");
     }
-    s.consumers_.emplace(weight, std::move(c));
+    consumers_.emplace(weight, std::move(c));
   }
-  // REAP saliency: optional; each block's two arrays checked like a site's.
-  if (const JsonValue* reap = m.Find("reap"); reap != nullptr) {
-    if (!reap->is_object()) return Bad(dir, "\"reap\" must be an object of MoE blocks");
-    for (const auto& [block, v] : reap->as_object()) {
-      const std::string* file = StringAt(v, "file");
-      const std::string* router = StringAt(v, "router");
-      const JsonValue* e = v.Find("experts");
-      if (file == nullptr || router == nullptr || e == nullptr || !e->is_int() ||
-          e->as_int() <= 0) {
-        return Bad(dir,
-                   "reap block '" + block + "' needs \"file\", \"router\" and \"experts\" > 0");
+  return Status::Ok();
+}
+
+// REAP saliency: optional; each block's two arrays checked like a site's.
+Status Statistics::ReadReap(const FileArrays& arrays) {
+  const fs::path& dir = dir_;
+  const JsonValue* reap = manifest_.Find("reap");
+  if (reap == nullptr) return Status::Ok();
+  if (!reap->is_object()) return Bad(dir, "\"reap\" must be an object of MoE blocks");
+  for (const auto& [block, v] : reap->as_object()) {
+    const std::string* file = StringAt(v, "file");
+    const std::string* router = StringAt(v, "router");
+    const JsonValue* e = v.Find("experts");
+    if (file == nullptr || router == nullptr || e == nullptr || !e->is_int() ||
+        e->as_int() <= 0) {
+      return Bad(dir, "reap block '" + block + "' needs \"file\", \"router\" and \"experts\" > 0");
+    }
+    StatsReap r{block, *router, *file, e->as_uint()};
+    for (const auto& [field, dtype] :
+         {std::pair{"reap_sum", DType::kF64}, std::pair{"reap_count", DType::kI64}}) {
+      const std::string array = block + "." + field;
+      auto it = arrays.in_files.find(array);
+      if (it == arrays.in_files.end() || it->second.first != r.file) {
+        return Bad(dir, "reap block '" + block + "': array '" + array + "' is not in " + r.file);
       }
-      StatsReap r{block, *router, *file, e->as_uint()};
-      for (const auto& [field, dtype] : {std::pair{"reap_sum", DType::kF64},
-                                         std::pair{"reap_count", DType::kI64}}) {
-        const std::string array = block + "." + field;
-        auto it = in_files.find(array);
-        if (it == in_files.end() || it->second.first != r.file) {
-          return Bad(dir, "reap block '" + block + "': array '" + array + "' is not in " + r.file);
-        }
-        const TensorInfo& t = it->second.second;
-        if (t.dtype != dtype || t.shape != std::vector<uint64_t>{r.experts}) {
-          return Bad(dir, "reap block '" + block + "': array '" + array + "' is " +
-                              std::string(DTypeName(t.dtype)) + " " + ShapeText(t.shape) +
-                              "; the format needs " + std::string(DTypeName(dtype)) + " [" +
-                              std::to_string(r.experts) + "]");
-        }
-        s.arrays_[array] = {r.file, data_start[r.file] + t.begin, t.nbytes()};
+      const TensorInfo& t = it->second.second;
+      if (t.dtype != dtype || t.shape != std::vector<uint64_t>{r.experts}) {
+        return Bad(dir, "reap block '" + block + "': array '" + array + "' is " +
+                            std::string(DTypeName(t.dtype)) + " " + ShapeText(t.shape) +
+                            "; the format needs " + std::string(DTypeName(dtype)) + " [" +
+                            std::to_string(r.experts) + "]");
       }
-      if (!s.reap_.emplace(r.router, r).second) {
-        return Bad(dir, "two reap blocks name router '" + r.router + "'");
-      }
+      arrays_[array] = {r.file, arrays.data_start.at(r.file) + t.begin, t.nbytes()};
+    }
+    if (!reap_.emplace(r.router, r).second) {
+      return Bad(dir, "two reap blocks name router '" + r.router + "'");
     }
   }
-  return s;
+  return Status::Ok();
 }
 
 Result<std::vector<double>> Statistics::ReadReapSum(const StatsReap& r) const {

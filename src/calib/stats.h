@@ -83,6 +83,15 @@ class Statistics {
     uint64_t offset = 0;  // absolute, in the file
     uint64_t nbytes = 0;
   };
+  // Open's steps after the manifest's format and version, each checking one part of it:
+  // the files and every array in them, the sites (their fields against those arrays), the
+  // consumers and the optional REAP blocks.
+  struct FileArrays;
+  Status ReadFiles(FileArrays& arrays);
+  Status ReadSites(const FileArrays& arrays);
+  Status ReadConsumers();
+  Status ReadReap(const FileArrays& arrays);
+
   std::filesystem::path dir_;
   JsonValue manifest_;
   std::vector<std::string> files_;
