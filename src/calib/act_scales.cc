@@ -106,82 +106,56 @@ bool EndsWith(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-}  // namespace
+// A weight's input range from its site's count, min and max, each site's fields read once.
+class RangeReader {
+ public:
+  RangeReader(Plan& plan, const Statistics& stats, const std::string& where)
+      : plan_(plan), stats_(stats), where_(where) {}
 
-Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScales* smoothed) {
-  // Only the smoothed tensors when recomputing after smoothing's pre-pass.
-  auto wanted = [&](size_t i) {
-    const PlannedTensor& t = plan.tensors[i];
-    return t.action == TensorAction::kQuantize && t.params.static_input &&
-           (smoothed == nullptr || (i < smoothed->size() && (*smoothed)[i]));
-  };
-  bool any = false;
-  for (size_t i = 0; i < plan.tensors.size(); ++i) any |= wanted(i);
-  if (!any) return Status::Ok();
-  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
-  const std::string where = options.stats.string() + ": ";
-  // Per site (and expert), its range over every channel, read once.
-  std::map<std::string, std::vector<double>> mins, maxs, counts;
-  auto field = [&](std::map<std::string, std::vector<double>>& cache, const std::string& site,
-                   const char* name) -> Result<const std::vector<double>*> {
-    auto it = cache.find(site);
-    if (it == cache.end()) {
-      QUENCH_ASSIGN_OR_RETURN(std::vector<double> v, stats.ReadField(site, name));
-      it = cache.emplace(site, std::move(v)).first;
-    }
-    return &it->second;
-  };
-  std::vector<std::optional<Range>> range(plan.tensors.size());
-  std::set<std::string> sites_used;
-  size_t planned = 0;
-  for (size_t i = 0; i < plan.tensors.size(); ++i) {
-    const PlannedTensor& t = plan.tensors[i];
-    if (!wanted(i)) continue;
-    const WeightStats ws = FindWeightStats(stats, plan, t);
+  // The input range of `t` (the min and max over its site's channels, each divided by the
+  // smoothing scale `div` where that is set) and its site's name; nullopt, with the problem
+  // recorded in the plan, where the statistics cannot give one.
+  Result<std::optional<Range>> Of(const PlannedTensor& t, const std::vector<double>* div,
+                                  std::string* site_name) {
+    const WeightStats ws = FindWeightStats(stats_, plan_, t);
     if (ws.consumer == nullptr) {
-      plan.errors.push_back(Error(
+      return Refuse(Error(
           ErrorCode::kInvalidInput,
-          where + "no statistics for '" + t.name + "', whose static input scale needs its "
+          where_ + "no statistics for '" + t.name + "', whose static input scale needs its "
               "input's min/max (the collector did not reach its module, or the statistics are "
               "another model's); add it to --ignore or collect statistics that cover it"));
-      continue;
     }
     if (!ws.shape_matches) {
-      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                  where + "statistics for '" + t.name + "' do not match its "
-                                  "shape in the checkpoint (another model's statistics?)"));
-      continue;
+      return Refuse(Error(ErrorCode::kInvalidInput,
+                          where_ + "statistics for '" + t.name + "' do not match its "
+                          "shape in the checkpoint (another model's statistics?)"));
     }
-    const StatsSite& site = stats.sites().at(ws.consumer->site);
+    const StatsSite& site = stats_.sites().at(ws.consumer->site);
     const bool has_range =
         std::any_of(site.fields.begin(), site.fields.end(),
                     [](const StatsField& f) { return f.name == "min"; }) &&
         std::any_of(site.fields.begin(), site.fields.end(),
                     [](const StatsField& f) { return f.name == "max"; });
     if (!has_range) {
-      plan.errors.push_back(Error(ErrorCode::kInvalidInput,
-                                  where + "site " + site.name + " has no min/max, which the "
-                                  "static input scale of '" + t.name + "' needs"));
-      continue;
+      return Refuse(Error(ErrorCode::kInvalidInput,
+                          where_ + "site " + site.name + " has no min/max, which the "
+                          "static input scale of '" + t.name + "' needs"));
     }
-    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* count, field(counts, site.name, "count"));
-    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mn, field(mins, site.name, "min"));
-    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mx, field(maxs, site.name, "max"));
+    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* count, Field(counts_, site.name, "count"));
+    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mn, Field(mins_, site.name, "min"));
+    QUENCH_ASSIGN_OR_RETURN(const std::vector<double>* mx, Field(maxs_, site.name, "max"));
     const size_t e = ws.consumer->expert.value_or(0);
     const size_t n = site.in_features;
     if (e >= count->size() || (*count)[e] <= 0) {
-      plan.errors.push_back(
-          Error(ErrorCode::kInvalidInput,
-                where + "site " + site.name +
-                    (ws.consumer->expert ? " expert " + std::to_string(e) : "") +
-                    " saw no tokens, so '" + t.name +
-                    "' has no input range for its static scale; "
-                    "collect with more text (or --moe all), or add it to --ignore"));
-      continue;
+      return Refuse(Error(ErrorCode::kInvalidInput,
+                          where_ + "site " + site.name +
+                              (ws.consumer->expert ? " expert " + std::to_string(e) : "") +
+                              " saw no tokens, so '" + t.name +
+                              "' has no input range for its static scale; "
+                              "collect with more text (or --moe all), or add it to --ignore"));
     }
     Range r{INFINITY, -INFINITY};
     bool finite = true;
-    const std::vector<double>* div = smoothed != nullptr ? (*smoothed)[i].get() : nullptr;
     if (div != nullptr && div->size() != n) {
       return Error(ErrorCode::kInternal, "smoothing scales do not match site " + site.name);
     }
@@ -194,20 +168,45 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScal
       r.max = std::max(r.max, static_cast<float>(hi));
     }
     if (!finite) {
-      plan.errors.push_back(Error(ErrorCode::kNonFinite,
-                                  where + "site " + site.name + " holds a NaN or infinite "
-                                  "min/max; its statistics cannot give '" + t.name +
-                                  "' a static input scale"));
-      continue;
+      return Refuse(Error(ErrorCode::kNonFinite,
+                          where_ + "site " + site.name + " holds a NaN or infinite "
+                          "min/max; its statistics cannot give '" + t.name +
+                          "' a static input scale"));
     }
-    range[i] = r;
-    sites_used.insert(site.name);
-    ++planned;
+    *site_name = site.name;
+    return std::optional<Range>(r);
   }
-  // NVFP4: one input_global_scale per fused set (vLLM runs q/k/v, gate/up, ... as one matrix
-  // with one activation scale), from the union of the members' ranges; members of a set read
-  // one site in every architecture quench fuses, so this only guards against statistics that
-  // split it.
+
+ private:
+  using Cache = std::map<std::string, std::vector<double>>;
+
+  std::optional<Range> Refuse(Status problem) {
+    plan_.errors.push_back(std::move(problem));
+    return std::nullopt;
+  }
+
+  Result<const std::vector<double>*> Field(Cache& cache, const std::string& site,
+                                           const char* name) {
+    auto it = cache.find(site);
+    if (it == cache.end()) {
+      QUENCH_ASSIGN_OR_RETURN(std::vector<double> v, stats_.ReadField(site, name));
+      it = cache.emplace(site, std::move(v)).first;
+    }
+    return &it->second;
+  }
+
+  Plan& plan_;
+  const Statistics& stats_;
+  const std::string& where_;
+  Cache mins_, maxs_, counts_;  // per site (and expert), every channel's
+};
+
+// The static outputs' bytes (input_scale, input_zero_point, input_global_scale) of every
+// weight with a range. NVFP4: one input_global_scale per fused set (vLLM runs q/k/v,
+// gate/up, ... as one matrix with one activation scale), from the union of the members'
+// ranges; members of a set read one site in every architecture quench fuses, so this only
+// guards against statistics that split it.
+void WriteStaticScales(Plan& plan, const std::vector<std::optional<Range>>& range) {
   std::vector<std::optional<Range>> set_range(plan.fused_sets.size());
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
@@ -221,8 +220,9 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScal
     PlannedTensor& t = plan.tensors[i];
     if (!range[i]) continue;
     Range r = *range[i];
-    if (t.fused_set >= 0 && t.scheme->fuse_global_scale)
+    if (t.fused_set >= 0 && t.scheme->fuse_global_scale) {
       r = *set_range[static_cast<size_t>(t.fused_set)];
+    }
     const DType d = t.compute_dtype;  // the activations' dtype: the model's
     const QuantArgsDesc& a = *t.scheme->input_activations;
     for (size_t oi : t.outputs) {
@@ -240,6 +240,36 @@ Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScal
       }
     }
   }
+}
+
+}  // namespace
+
+Status PlanActScales(Plan& plan, const ConvertOptions& options, const ColumnScales* smoothed) {
+  // Only the smoothed tensors when recomputing after smoothing's pre-pass.
+  auto wanted = [&](size_t i) {
+    const PlannedTensor& t = plan.tensors[i];
+    return t.action == TensorAction::kQuantize && t.params.static_input &&
+           (smoothed == nullptr || (i < smoothed->size() && (*smoothed)[i]));
+  };
+  bool any = false;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) any |= wanted(i);
+  if (!any) return Status::Ok();
+  QUENCH_ASSIGN_OR_RETURN(Statistics stats, Statistics::Open(options.stats));
+  const std::string where = options.stats.string() + ": ";
+  RangeReader reader(plan, stats, where);
+  std::vector<std::optional<Range>> range(plan.tensors.size());
+  std::set<std::string> sites_used;
+  size_t planned = 0;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    if (!wanted(i)) continue;
+    const std::vector<double>* div = smoothed != nullptr ? (*smoothed)[i].get() : nullptr;
+    std::string site;
+    QUENCH_ASSIGN_OR_RETURN(range[i], reader.Of(plan.tensors[i], div, &site));
+    if (!range[i]) continue;
+    sites_used.insert(site);
+    ++planned;
+  }
+  WriteStaticScales(plan, range);
   if (smoothed != nullptr) return Status::Ok();  // the planning note stands
   plan.notes.push_back("static activation scales from " + options.stats.string() + ": " +
                        std::to_string(planned) + " weights, " +
