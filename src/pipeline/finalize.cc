@@ -140,6 +140,131 @@ Status InterruptedError(const fs::path& dst) {
                                             "finalize again)");
 }
 
+using PartFiles = std::map<std::pair<int, int>, fs::path>;  // (count, index) -> part file
+
+// The worker count whose parts to finalize: `count`, or with 0 the one every part names
+// (refused where none has finished or parts of several counts are there).
+Result<int> WorkerCount(const fs::path& dst, const fs::path& dir, const PartFiles& all,
+                        int count) {
+  if (count != 0) return count;
+  std::set<int> counts;
+  for (const auto& [key, path] : all) counts.insert(key.first);
+  if (counts.empty()) {
+    return Error(ErrorCode::kInvalidInput,
+                 dst.string() + ": no worker has finished its part yet");
+  }
+  if (counts.size() > 1) {
+    std::vector<std::string> c;
+    for (int n : counts) c.push_back(std::to_string(n));
+    return Error(ErrorCode::kInvalidInput,
+                 dst.string() + " holds parts of runs with different worker counts (" +
+                     Join(c, ", ") + "); remove the stale ones from " + dir.string() +
+                     " or pass --workers N");
+  }
+  return *counts.begin();
+}
+
+// Every part of `count` workers, parsed; the workers with no part in `missing`, and corrupt or
+// misnamed parts in `problems`, each named with the worker owing it. An I/O error ends it.
+Result<std::vector<PartRecord>> ReadParts(const fs::path& dst, const PartFiles& all, int count,
+                                          std::vector<int>* missing,
+                                          std::vector<std::string>* problems) {
+  std::vector<PartRecord> parts;
+  for (int i = 0; i < count; ++i) {
+    const auto it = all.find({count, i});
+    if (it == all.end()) {
+      missing->push_back(i);
+      continue;
+    }
+    auto part = ReadPart(it->second);
+    if (!part.ok() && part.status().code() == ErrorCode::kIo) {
+      return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " +
+                                       part.status().message() + "; nothing was published");
+    }
+    if (!part.ok()) {
+      problems->push_back(WorkerName(i, count) + "'s part is corrupt (" +
+                          part.status().message() + "): rerun that worker");
+    } else if (part->index != i || part->count != count) {
+      problems->push_back(it->second.filename().string() + " says it is " +
+                          WorkerName(part->index, part->count) + ": rerun " +
+                          WorkerName(i, count));
+    } else {
+      parts.push_back(std::move(*part));
+    }
+  }
+  return parts;
+}
+
+// The part whose plan most parts share (the conversion), or nullptr where there is none.
+const PartRecord* MajorityPlan(const std::vector<PartRecord>& parts) {
+  std::map<std::string, std::vector<const PartRecord*>> by_plan;
+  for (const PartRecord& p : parts) by_plan[p.fingerprint].push_back(&p);
+  const PartRecord* ref = nullptr;
+  for (const auto& [fp, group] : by_plan) {
+    if (ref == nullptr || group.size() > by_plan[ref->fingerprint].size()) ref = group.front();
+  }
+  return ref;
+}
+
+// Whether `p` planned the conversion `ref` did. (The same fingerprint with another shard list
+// is a part no worker of this quench writes: counted as another conversion, not indexed by
+// ref's list.)
+bool SamePlan(const PartRecord& p, const PartRecord& ref) {
+  return p.fingerprint == ref.fingerprint && p.plan_shards == ref.plan_shards &&
+         p.plan_costs == ref.plan_costs;
+}
+
+// Against the plan `ref` (null where no part could be read): the parts that planned another
+// conversion, the shards each missing worker owes, and each part's shards against its share
+// and against the files there (CheckPartShards), into `problems`. An I/O error ends it.
+Status CheckShares(const fs::path& dst, int count, const std::vector<PartRecord>& parts,
+                   const PartRecord* ref, const std::vector<int>& missing,
+                   std::vector<std::string>* problems) {
+  if (ref == nullptr) {
+    for (int i : missing) problems->push_back(WorkerName(i, count) + " has not finished its part");
+    return Status::Ok();
+  }
+  for (const PartRecord& p : parts) {
+    if (!SamePlan(p, *ref)) {
+      problems->push_back(WorkerName(p.index, count) + " planned another conversion (" +
+                          p.description + ", quench " + p.version + ", plan " + p.fingerprint +
+                          ") than " + WorkerName(ref->index, count) + " (" + ref->description +
+                          ", quench " + ref->version + ", plan " + ref->fingerprint +
+                          "): rerun it with the same command");
+    }
+  }
+  const std::vector<int> owner = AssignShards(ref->plan_costs, count);
+  for (int i : missing) {
+    std::vector<std::string> owed;
+    for (size_t k = 0; k < owner.size(); ++k) {
+      if (owner[k] == i) owed.push_back(ref->plan_shards[k]);
+    }
+    problems->push_back(WorkerName(i, count) + " has not finished its part (" +
+                        (owed.empty() ? std::string("no shards: more workers than shards")
+                                      : Join(owed, ", ")) + ")");
+  }
+  for (const PartRecord& p : parts) {
+    if (!SamePlan(p, *ref)) continue;
+    std::vector<std::string> expect;
+    for (size_t k = 0; k < owner.size(); ++k) {
+      if (owner[k] == p.index) expect.push_back(p.plan_shards[k]);
+    }
+    std::vector<std::string> wrote;
+    for (const PartShard& s : p.shards) wrote.push_back(s.name);
+    if (wrote != expect) {
+      problems->push_back(WorkerName(p.index, count) +
+                          " wrote other shards than its share: rerun it");
+    } else if (Status s = CheckPartShards(dst, p); !s.ok()) {
+      if (s.code() == ErrorCode::kIo) {
+        return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " + s.message() +
+                                         "; nothing was published");
+      }
+      problems->push_back(s.message());
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const ConvertCallbacks& cb) {
@@ -161,106 +286,16 @@ Result<FinalizeResult> FinalizeParts(const fs::path& dst, int count, const Conve
                           FsLock::TryAcquire(dir / kFinalizeLock, &result.holder));
   if (!lock) return result;
 
-  QUENCH_ASSIGN_OR_RETURN(const auto all, ListParts(dir));
-  std::set<int> counts;
-  for (const auto& [key, path] : all) counts.insert(key.first);
-  if (count == 0) {
-    if (counts.empty()) {
-      return Error(ErrorCode::kInvalidInput,
-                   dst.string() + ": no worker has finished its part yet");
-    }
-    if (counts.size() > 1) {
-      std::vector<std::string> c;
-      for (int n : counts) c.push_back(std::to_string(n));
-      return Error(ErrorCode::kInvalidInput,
-                   dst.string() + " holds parts of runs with different worker counts (" +
-                       Join(c, ", ") + "); remove the stale ones from " + dir.string() +
-                       " or pass --workers N");
-    }
-    count = *counts.begin();
-  }
+  QUENCH_ASSIGN_OR_RETURN(const PartFiles all, ListParts(dir));
+  QUENCH_ASSIGN_OR_RETURN(count, WorkerCount(dst, dir, all, count));
   result.workers = count;
-
-  // Every part of this count, parsed; the problems found, all named with the worker owing them.
+  // Every problem found, all named with the worker owing them, before refusing.
   std::vector<std::string> problems;
-  std::vector<PartRecord> parts;
   std::vector<int> missing;
-  for (int i = 0; i < count; ++i) {
-    const auto it = all.find({count, i});
-    if (it == all.end()) {
-      missing.push_back(i);
-      continue;
-    }
-    auto part = ReadPart(it->second);
-    if (!part.ok() && part.status().code() == ErrorCode::kIo) {
-      return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " +
-                                       part.status().message() + "; nothing was published");
-    }
-    if (!part.ok()) {
-      problems.push_back(WorkerName(i, count) + "'s part is corrupt (" + part.status().message() +
-                         "): rerun that worker");
-    } else if (part->index != i || part->count != count) {
-      problems.push_back(it->second.filename().string() + " says it is " +
-                         WorkerName(part->index, part->count) + ": rerun " + WorkerName(i, count));
-    } else {
-      parts.push_back(std::move(*part));
-    }
-  }
-  // The fingerprint most parts agree on is the conversion; the others planned another one.
-  std::map<std::string, std::vector<const PartRecord*>> by_plan;
-  for (const PartRecord& p : parts) by_plan[p.fingerprint].push_back(&p);
-  const PartRecord* ref = nullptr;
-  for (const auto& [fp, group] : by_plan) {
-    if (ref == nullptr || group.size() > by_plan[ref->fingerprint].size()) ref = group.front();
-  }
-  // (The same fingerprint with another shard list is a part no worker of this quench writes:
-  // counted as another conversion, not indexed by ref's list.)
-  const auto same_plan = [&](const PartRecord& p) {
-    return p.fingerprint == ref->fingerprint && p.plan_shards == ref->plan_shards &&
-           p.plan_costs == ref->plan_costs;
-  };
-  for (const PartRecord& p : parts) {
-    if (!same_plan(p)) {
-      problems.push_back(WorkerName(p.index, count) + " planned another conversion (" +
-                         p.description + ", quench " + p.version + ", plan " + p.fingerprint +
-                         ") than " + WorkerName(ref->index, count) + " (" + ref->description +
-                         ", quench " + ref->version + ", plan " + ref->fingerprint +
-                         "): rerun it with the same command");
-    }
-  }
-  if (ref != nullptr) {
-    const std::vector<int> owner = AssignShards(ref->plan_costs, count);
-    for (int i : missing) {
-      std::vector<std::string> owed;
-      for (size_t k = 0; k < owner.size(); ++k) {
-        if (owner[k] == i) owed.push_back(ref->plan_shards[k]);
-      }
-      problems.push_back(WorkerName(i, count) + " has not finished its part (" +
-                         (owed.empty() ? std::string("no shards: more workers than shards")
-                                       : Join(owed, ", ")) + ")");
-    }
-    for (const PartRecord& p : parts) {
-      if (!same_plan(p)) continue;
-      std::vector<std::string> expect;
-      for (size_t k = 0; k < owner.size(); ++k) {
-        if (owner[k] == p.index) expect.push_back(p.plan_shards[k]);
-      }
-      std::vector<std::string> wrote;
-      for (const PartShard& s : p.shards) wrote.push_back(s.name);
-      if (wrote != expect) {
-        problems.push_back(WorkerName(p.index, count) +
-                           " wrote other shards than its share: rerun it");
-      } else if (Status s = CheckPartShards(dst, p); !s.ok()) {
-        if (s.code() == ErrorCode::kIo) {
-          return Error(ErrorCode::kIo, "cannot finalize " + dst.string() + ": " + s.message() +
-                                           "; nothing was published");
-        }
-        problems.push_back(s.message());
-      }
-    }
-  } else {
-    for (int i : missing) problems.push_back(WorkerName(i, count) + " has not finished its part");
-  }
+  QUENCH_ASSIGN_OR_RETURN(std::vector<PartRecord> parts,
+                          ReadParts(dst, all, count, &missing, &problems));
+  const PartRecord* ref = MajorityPlan(parts);
+  QUENCH_RETURN_IF_ERROR(CheckShares(dst, count, parts, ref, missing, &problems));
   if (!problems.empty()) {
     return Error(ErrorCode::kInvalidInput, "cannot finalize " + dst.string() + ": " +
                                                Join(problems, "; ") + "; nothing was published");
