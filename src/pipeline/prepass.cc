@@ -153,96 +153,110 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       }
     }
     QUENCH_ASSIGN_OR_RETURN(const MappedFile* map, maps_.Get(t.shard));
-    const MappedFile& m = *map;
     const bool release = static_cast<int64_t>(t.shard) != keep_shard;
-    if (IsFp8BlockSource(t)) {
-      // Only the blocks that can hold the largest |x| (fp8_source_amax.cc's proof). The
-      // rows read are released once they add up to a chunk (a search may read many blocks,
-      // or a per-tensor scale's whole weight); the last ones stay mapped when the pipeline
-      // reads this member next.
-      const uint64_t row_bytes = SourceRowBytes(t);
-      std::vector<std::pair<uint64_t, uint64_t>> pending;
-      uint64_t pending_bytes = 0;
-      auto flush = [&] {
-        for (const auto& [r0, r1] : pending)
-          m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
-        pending.clear();
-        pending_bytes = 0;
-      };
-      auto rows_read = [&](uint64_t r0, uint64_t r1) {
-        if (r1 <= r0) return;
-        pending.emplace_back(r0, r1);
-        pending_bytes += (r1 - r0) * row_bytes;
-        if (pending_bytes >= sizing_.chunk_bytes) flush();
-      };
-      float amax = 0.f;
-      bool ok = true;
-      QUENCH_RETURN_IF_ERROR(
-          SearchSourceAbsMax(plan_, t, maps_, m.data() + t.src_offset, &amax, &ok, rows_read));
-      if (release) flush();
-      if (!ok) return NonFinite(t);
-      a = std::max(a, amax);
-      continue;
-    }
-    const uint64_t rows = t.shape[0], cols = t.shape[1];
-    const uint64_t row_bytes = SourceRowBytes(t);
-    // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
-    // decoded model's, as the reference computes it): compressed-tensors, AutoAWQ and
-    // ModelOpt sources decode their rows here (FP8 sources took the search above).
-    const bool decode = t.source_scale.has_value();
-    const bool across = ReadsAcrossWeight(t);
-    // A chunk is at most a folio of source (kFaultBytes), so that each reader maps about one
-    // folio at a time whatever the budget (MappedOverhangBytes counts one per reader; chunks
-    // of the pipeline's size, up to 16 MiB each, were counted nowhere).
-    const uint64_t chunk_rows = std::max<uint64_t>(
-        1, std::min(sizing_.chunk_bytes, kFaultBytes) / std::max(row_bytes, ComputeRowBytes(t)));
-    const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
-    std::vector<float> part(n_chunks, 0.f);
-    std::atomic<bool> finite{true};
-    std::mutex error_mu;
-    Status error;
-    tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
-      if (cancel_ != nullptr && cancel_->load()) return;
-      const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-      const uint8_t* src = m.data() + t.src_offset + r0 * row_bytes;
-      WeightChunk in;
-      in.data = src;
-      in.dtype = t.compute_dtype;
-      in.rows = r1 - r0;
-      in.cols = cols;
-      if (decode) {
-        bool ok = true;
-        Status st = SourceRowsAbsMax(plan_, t, maps_, src, r0, r1, &part[c], &ok);
-        if (!st.ok()) {
-          std::lock_guard<std::mutex> lock(error_mu);
-          if (error.ok()) error = std::move(st);
-          return;
-        }
-        if (!ok) finite = false;
-      } else if (!fp4::AbsMax(in, &part[c])) {
-        finite = false;
-      }
-      if (release && !across) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
-    });
-    // An AutoAWQ member's (or a linearized piece's) chunks each read across the whole weight
-    // (expert block): released whole.
-    if (release && across) {
-      const auto [offset, bytes] = AcrossRange(t);
-      m.Release(offset, bytes);
-    }
-    if (cancel_ != nullptr && cancel_->load()) {
-      return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
-    }
-    QUENCH_RETURN_IF_ERROR(error);
-    if (!finite) return NonFinite(t);
-    a = std::max(a, *std::max_element(part.begin(), part.end()));
+    QUENCH_ASSIGN_OR_RETURN(const float amax, IsFp8BlockSource(t)
+                                                  ? Fp8BlockAbsMax(t, *map, release)
+                                                  : RowsAbsMax(t, *map, release));
+    a = std::max(a, amax);
   }
-  // NVFP4's weight_global_scale (F32), or the scheme's own per-tensor value (FP8's
-  // weight_scale, a value of the weight dtype, stored in it).
+  SetScale(set, a);
+  done_[k] = true;
+  return Status::Ok();
+}
+
+// Only the blocks that can hold the largest |x| (fp8_source_amax.cc's proof). The rows read
+// are released once they add up to a chunk (a search may read many blocks, or a per-tensor
+// scale's whole weight); the last ones stay mapped when the pipeline reads this member next.
+Result<float> GlobalScales::Fp8BlockAbsMax(const PlannedTensor& t, const MappedFile& m,
+                                           bool release) {
+  const uint64_t row_bytes = SourceRowBytes(t);
+  std::vector<std::pair<uint64_t, uint64_t>> pending;
+  uint64_t pending_bytes = 0;
+  auto flush = [&] {
+    for (const auto& [r0, r1] : pending) {
+      m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+    }
+    pending.clear();
+    pending_bytes = 0;
+  };
+  auto rows_read = [&](uint64_t r0, uint64_t r1) {
+    if (r1 <= r0) return;
+    pending.emplace_back(r0, r1);
+    pending_bytes += (r1 - r0) * row_bytes;
+    if (pending_bytes >= sizing_.chunk_bytes) flush();
+  };
+  float amax = 0.f;
+  bool ok = true;
+  QUENCH_RETURN_IF_ERROR(
+      SearchSourceAbsMax(plan_, t, maps_, m.data() + t.src_offset, &amax, &ok, rows_read));
+  if (release) flush();
+  if (!ok) return NonFinite(t);
+  return amax;
+}
+
+Result<float> GlobalScales::RowsAbsMax(const PlannedTensor& t, const MappedFile& m,
+                                       bool release) {
+  const uint64_t rows = t.shape[0], cols = t.shape[1];
+  const uint64_t row_bytes = SourceRowBytes(t);
+  // A source-quantized member's largest |x| is its decoded rows' (the global scale is the
+  // decoded model's, as the reference computes it): compressed-tensors, AutoAWQ and
+  // ModelOpt sources decode their rows here (FP8 sources took the search above).
+  const bool decode = t.source_scale.has_value();
+  const bool across = ReadsAcrossWeight(t);
+  // A chunk is at most a folio of source (kFaultBytes), so that each reader maps about one
+  // folio at a time whatever the budget (MappedOverhangBytes counts one per reader; chunks
+  // of the pipeline's size, up to 16 MiB each, were counted nowhere).
+  const uint64_t chunk_rows = std::max<uint64_t>(
+      1, std::min(sizing_.chunk_bytes, kFaultBytes) / std::max(row_bytes, ComputeRowBytes(t)));
+  const uint64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  std::vector<float> part(n_chunks, 0.f);
+  std::atomic<bool> finite{true};
+  std::mutex error_mu;
+  Status error;
+  tbb::parallel_for(uint64_t{0}, n_chunks, [&](uint64_t c) {
+    if (cancel_ != nullptr && cancel_->load()) return;
+    const uint64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+    const uint8_t* src = m.data() + t.src_offset + r0 * row_bytes;
+    WeightChunk in;
+    in.data = src;
+    in.dtype = t.compute_dtype;
+    in.rows = r1 - r0;
+    in.cols = cols;
+    if (decode) {
+      bool ok = true;
+      Status st = SourceRowsAbsMax(plan_, t, maps_, src, r0, r1, &part[c], &ok);
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (error.ok()) error = std::move(st);
+        return;
+      }
+      if (!ok) finite = false;
+    } else if (!fp4::AbsMax(in, &part[c])) {
+      finite = false;
+    }
+    if (release && !across) m.Release(t.src_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+  });
+  // An AutoAWQ member's (or a linearized piece's) chunks each read across the whole weight
+  // (expert block): released whole.
+  if (release && across) {
+    const auto [offset, bytes] = AcrossRange(t);
+    m.Release(offset, bytes);
+  }
+  if (cancel_ != nullptr && cancel_->load()) {
+    return Error(ErrorCode::kInterrupted, "interrupted while computing NVFP4 global scales");
+  }
+  QUENCH_RETURN_IF_ERROR(error);
+  if (!finite) return NonFinite(t);
+  return *std::max_element(part.begin(), part.end());
+}
+
+// NVFP4's weight_global_scale (F32), or the scheme's own per-tensor value (FP8's
+// weight_scale, a value of the weight dtype, stored in it).
+void GlobalScales::SetScale(const std::vector<size_t>& set, float amax) {
   const PlannedTensor& first = plan_.tensors[set.front()];
   const float gs = first.scheme->tensor_scale != nullptr
-                       ? first.scheme->tensor_scale(a, first.compute_dtype)
-                       : fp4::Nvfp4GlobalScale(a, first.compute_dtype);
+                       ? first.scheme->tensor_scale(amax, first.compute_dtype)
+                       : fp4::Nvfp4GlobalScale(amax, first.compute_dtype);
   for (size_t ti : set) {
     PlannedTensor& t = plan_.tensors[ti];
     t.global_scale = gs;
@@ -260,8 +274,6 @@ Status GlobalScales::ComputeSet(size_t k, int64_t keep_shard) {
       }
     }
   }
-  done_[k] = true;
-  return Status::Ok();
 }
 
 }  // namespace quench

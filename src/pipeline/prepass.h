@@ -43,6 +43,13 @@ class GlobalScales {
  private:
   // keep_shard: the shard whose members' pages are left mapped, or -1.
   Status ComputeSet(size_t k, int64_t keep_shard);
+  // One member's largest |x|, its pages released after use where `release`: an FP8-block
+  // source's from the blocks that can hold it, any other's from its rows (decoded where the
+  // source stores it quantized) in chunks on every core.
+  Result<float> Fp8BlockAbsMax(const PlannedTensor& t, const MappedFile& m, bool release);
+  Result<float> RowsAbsMax(const PlannedTensor& t, const MappedFile& m, bool release);
+  // The set's scale from its largest |x|, into every member and its global-scale outputs.
+  void SetScale(const std::vector<size_t>& set, float amax);
   Status NonFinite(const PlannedTensor& t) const;
   struct Kept {
     size_t last_tensor;  // the set's last member in the kept shard, in plan order
