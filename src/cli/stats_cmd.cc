@@ -62,22 +62,22 @@ uint64_t Tokens(double count) {
   return static_cast<uint64_t>(std::min(count, 18446744073709549568.0));  // 2^64 - 2^11
 }
 
-int Inspect(const std::string& dir, bool json) {
-  auto stats = calib::Statistics::Open(dir);
-  if (!stats.ok()) return ReportStatus(stats.status());
+// One row per site: features, experts, tokens (per expert: their range and how many saw
+// none), how many weights read it, its fields and what they support.
+Result<JsonValue> SiteRows(const std::string& dir, const calib::Statistics& stats) {
   std::map<std::string, size_t> readers;
-  for (const auto& [w, c] : stats->consumers()) ++readers[c.site];
+  for (const auto& [w, c] : stats.consumers()) ++readers[c.site];
   JsonValue sites = JsonValue::MakeArray();
-  for (const auto& [name, s] : stats->sites()) {
-    auto count = stats->ReadField(name, "count");
-    if (!count.ok()) return ReportStatus(count.status());
-    const double total = [&] { double t = 0; for (double c : *count) t += c; return t; }();
-    const auto [lo, hi] = std::minmax_element(count->begin(), count->end());
-    const size_t none = static_cast<size_t>(std::count(count->begin(), count->end(), 0.0));
+  for (const auto& [name, s] : stats.sites()) {
+    QUENCH_ASSIGN_OR_RETURN(std::vector<double> count, stats.ReadField(name, "count"));
+    double total = 0;
+    for (double c : count) total += c;
+    const auto [lo, hi] = std::minmax_element(count.begin(), count.end());
+    const size_t none = static_cast<size_t>(std::count(count.begin(), count.end(), 0.0));
     if (*lo < 0) {
-      return ReportStatus(Error(ErrorCode::kInvalidInput,
-                                dir + ": site '" + name + "' holds a negative token count; "
-                                "these statistics are damaged"));
+      return Error(ErrorCode::kInvalidInput,
+                   dir + ": site '" + name + "' holds a negative token count; "
+                   "these statistics are damaged");
     }
     JsonValue site = JsonValue::MakeObject();
     site.Set("site", name);
@@ -96,18 +96,20 @@ int Inspect(const std::string& dir, bool json) {
     site.Set("supports", Supports(s));
     sites.Push(std::move(site));
   }
-  // REAP saliency per MoE layer: routed tokens per expert and the saliency's range.
+  return sites;
+}
+
+// REAP saliency per MoE layer: routed tokens per expert and the saliency's range.
+Result<JsonValue> ReapRows(const calib::Statistics& stats) {
   JsonValue reap = JsonValue::MakeArray();
-  for (const auto& [router, r] : stats->reap()) {
-    auto sum = stats->ReadReapSum(r);
-    auto count = stats->ReadReapCount(r);
-    if (!sum.ok()) return ReportStatus(sum.status());
-    if (!count.ok()) return ReportStatus(count.status());
+  for (const auto& [router, r] : stats.reap()) {
+    QUENCH_ASSIGN_OR_RETURN(std::vector<double> sum, stats.ReadReapSum(r));
+    QUENCH_ASSIGN_OR_RETURN(std::vector<int64_t> count, stats.ReadReapCount(r));
     double lo = 0, hi = 0;
     uint64_t none = 0, tokens_lo = 0, tokens_hi = 0;
-    for (size_t e = 0; e < sum->size(); ++e) {
-      const int64_t c = (*count)[e];
-      const double sal = (*sum)[e] / static_cast<double>(std::max<int64_t>(c, 1));
+    for (size_t e = 0; e < sum.size(); ++e) {
+      const int64_t c = count[e];
+      const double sal = sum[e] / static_cast<double>(std::max<int64_t>(c, 1));
       lo = e == 0 ? sal : std::min(lo, sal);
       hi = e == 0 ? sal : std::max(hi, sal);
       const uint64_t cu = static_cast<uint64_t>(std::max<int64_t>(c, 0));
@@ -126,31 +128,38 @@ int Inspect(const std::string& dir, bool json) {
     o.Set("saliency_max", hi);
     reap.Push(std::move(o));
   }
-  if (json) {
-    JsonValue out = JsonValue::MakeObject();
-    if (const JsonValue* m = stats->manifest().Find("model")) {
-      JsonValue model = *m;
-      model.Set("weights", static_cast<uint64_t>(
-                               m->Find("weights") && m->Find("weights")->is_object()
-                                   ? m->Find("weights")->as_object().size() : 0));
-      out.Set("model", std::move(model));
-    }
-    if (const JsonValue* c = stats->manifest().Find("collection")) out.Set("collection", *c);
-    out.Set("sites", std::move(sites));
-    if (!stats->reap().empty()) out.Set("reap", std::move(reap));
-    std::printf("%s\n", DumpPythonJson(out).c_str());
-    return 0;
+  return reap;
+}
+
+// --json: the model, the collection's settings, the sites and the REAP layers.
+void PrintInspectJson(const calib::Statistics& stats, JsonValue sites, JsonValue reap) {
+  JsonValue out = JsonValue::MakeObject();
+  if (const JsonValue* m = stats.manifest().Find("model")) {
+    JsonValue model = *m;
+    model.Set("weights", static_cast<uint64_t>(m->Find("weights") && m->Find("weights")->is_object()
+                                                   ? m->Find("weights")->as_object().size()
+                                                   : 0));
+    out.Set("model", std::move(model));
   }
+  if (const JsonValue* c = stats.manifest().Find("collection")) out.Set("collection", *c);
+  out.Set("sites", std::move(sites));
+  if (!stats.reap().empty()) out.Set("reap", std::move(reap));
+  std::printf("%s\n", DumpPythonJson(out).c_str());
+}
+
+// The same as tables.
+void PrintInspectTables(const std::string& dir, const calib::Statistics& stats,
+                        const JsonValue& sites, const JsonValue& reap) {
   std::printf("statistics: %s\n", dir.c_str());
-  if (const JsonValue* c = stats->manifest().Find("collection"); c && c->is_object()) {
+  if (const JsonValue* c = stats.manifest().Find("collection"); c && c->is_object()) {
     std::printf("collection:");
     for (const auto& [k, v] : c->as_object()) {
       if (k != "merged_from") std::printf(" %s=%s", k.c_str(), DumpCompactJson(v).c_str());
     }
     std::printf("\n");
   }
-  std::printf("%zu sites, %zu weights read them\n\n", stats->sites().size(),
-              stats->consumers().size());
+  std::printf("%zu sites, %zu weights read them\n\n", stats.sites().size(),
+              stats.consumers().size());
   std::printf("%-56s %8s %7s %12s %9s  %s\n", "site", "features", "experts", "tokens",
               "consumers", "supports");
   for (const JsonValue& s : sites.as_array()) {
@@ -169,20 +178,33 @@ int Inspect(const std::string& dir, bool json) {
                 static_cast<unsigned long long>(s.Find("consumers")->as_uint()),
                 s.Find("supports")->as_string().c_str());
   }
-  if (!stats->reap().empty()) {
-    std::printf("\nREAP saliency (expert pruning, --expert-metric reap) for %zu MoE layers\n",
-                stats->reap().size());
-    std::printf("%-56s %7s %16s %25s\n", "router", "experts", "routed tokens", "saliency");
-    for (const JsonValue& o : reap.as_array()) {
-      std::string tokens = std::to_string(o.Find("tokens_min")->as_uint()) + ".." +
-                           std::to_string(o.Find("tokens_max")->as_uint());
-      if (o.Find("experts_without_tokens")->as_uint() > 0) {
-        tokens += " (" + std::to_string(o.Find("experts_without_tokens")->as_uint()) + " none)";
-      }
-      std::printf("%-56s %7llu %16s %12.6g..%-12.6g\n", o.Find("router")->as_string().c_str(),
-                  static_cast<unsigned long long>(o.Find("experts")->as_uint()), tokens.c_str(),
-                  o.Find("saliency_min")->as_double(), o.Find("saliency_max")->as_double());
+  if (stats.reap().empty()) return;
+  std::printf("\nREAP saliency (expert pruning, --expert-metric reap) for %zu MoE layers\n",
+              stats.reap().size());
+  std::printf("%-56s %7s %16s %25s\n", "router", "experts", "routed tokens", "saliency");
+  for (const JsonValue& o : reap.as_array()) {
+    std::string tokens = std::to_string(o.Find("tokens_min")->as_uint()) + ".." +
+                         std::to_string(o.Find("tokens_max")->as_uint());
+    if (o.Find("experts_without_tokens")->as_uint() > 0) {
+      tokens += " (" + std::to_string(o.Find("experts_without_tokens")->as_uint()) + " none)";
     }
+    std::printf("%-56s %7llu %16s %12.6g..%-12.6g\n", o.Find("router")->as_string().c_str(),
+                static_cast<unsigned long long>(o.Find("experts")->as_uint()), tokens.c_str(),
+                o.Find("saliency_min")->as_double(), o.Find("saliency_max")->as_double());
+  }
+}
+
+int Inspect(const std::string& dir, bool json) {
+  auto stats = calib::Statistics::Open(dir);
+  if (!stats.ok()) return ReportStatus(stats.status());
+  auto sites = SiteRows(dir, *stats);
+  if (!sites.ok()) return ReportStatus(sites.status());
+  auto reap = ReapRows(*stats);
+  if (!reap.ok()) return ReportStatus(reap.status());
+  if (json) {
+    PrintInspectJson(*stats, std::move(*sites), std::move(*reap));
+  } else {
+    PrintInspectTables(dir, *stats, *sites, *reap);
   }
   return 0;
 }
