@@ -67,18 +67,11 @@ Status CheckCtWeight(const ModelFolder& folder, CtWeight& w) { return CheckCtWei
 
 namespace {
 
-Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
+// The stored codes: dtype by format, and from their shape the decoded weight's rows and
+// columns (checked against weight_shape for packed ints); an empty weight refused.
+Status CheckCtCodes(const ModelFolder& folder, CtWeight& w) {
   const std::string fmt(CtFormatName(w.format));
   const CtTensor& c = w.codes;
-  if (c.shape.size() == 3 && w.experts == 0) return CheckCtStack(folder, w);
-  if (c.shape.size() != 2) {
-    return Error(ErrorCode::kUnsupported,
-                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " +
-                     ShapeString(c.shape) + ": a " + std::to_string(c.shape.size()) +
-                     "-D compressed-tensors weight; quench decodes 2-D weights and 3-D stacks "
-                     "of them (fused experts)");
-  }
-  // The stored codes: dtype and the decoded shape.
   switch (w.format) {
     case CtFormat::kPack: {
       const uint64_t words = CeilDiv(w.cols * static_cast<uint64_t>(w.num_bits), 32);
@@ -119,7 +112,13 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
                               " holds no element to decode");
   }
   w.code_row_bytes = c.shape[1] * (DTypeBits(c.dtype) / 8);
-  // The scale: dtype by format, shape by strategy.
+  return Status::Ok();
+}
+
+// The scale: dtype by format, shape by strategy (and the spans the decoders step by).
+Status CheckCtScale(const ModelFolder& folder, CtWeight& w) {
+  const std::string fmt(CtFormatName(w.format));
+  const CtTensor& c = w.codes;
   const CtTensor& s = w.scale;
   if (!s.present) {
     return Bad(folder, c, "has no scale '" + c.name.substr(0, c.name.rfind('.')) +
@@ -168,7 +167,14 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
                "has shape " + ShapeString(s.shape) + "; its weight " +
                    ShapeString({w.rows, w.cols}) + " (" + fmt + ") needs " + ShapeString(want));
   }
-  // Zero points: present exactly when asymmetric.
+  return Status::Ok();
+}
+
+// Zero points: present exactly when asymmetric, one per scale (packed for pack-quantized
+// group and channel weights).
+Status CheckCtZeroPoint(const ModelFolder& folder, const CtWeight& w) {
+  const CtTensor& c = w.codes;
+  const CtTensor& s = w.scale;
   const CtTensor& z = w.zero_point;
   if (w.symmetric && z.present) {
     return Bad(folder, z, "is present but its group's weights are symmetric");
@@ -199,6 +205,13 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
                  Is(z) + "; a zero point per scale " + ShapeString(s.shape) + " is needed");
     }
   }
+  return Status::Ok();
+}
+
+// Activation order's group indices (one per column) and NVFP4's global scale (one F32).
+Status CheckCtGIdxAndGlobalScale(const ModelFolder& folder, const CtWeight& w) {
+  const std::string fmt(CtFormatName(w.format));
+  const CtTensor& c = w.codes;
   // Activation order: one group index per column.
   const CtTensor& gi = w.g_idx;
   if (gi.present) {
@@ -223,6 +236,22 @@ Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
     return Bad(folder, gs, "is present but its group is " + fmt + ", which has none");
   }
   return Status::Ok();
+}
+
+Status CheckCtWeight2d(const ModelFolder& folder, CtWeight& w) {
+  const CtTensor& c = w.codes;
+  if (c.shape.size() == 3 && w.experts == 0) return CheckCtStack(folder, w);
+  if (c.shape.size() != 2) {
+    return Error(ErrorCode::kUnsupported,
+                 folder.shards[c.shard].rel_name + ": tensor '" + c.name + "' " +
+                     ShapeString(c.shape) + ": a " + std::to_string(c.shape.size()) +
+                     "-D compressed-tensors weight; quench decodes 2-D weights and 3-D stacks "
+                     "of them (fused experts)");
+  }
+  QUENCH_RETURN_IF_ERROR(CheckCtCodes(folder, w));
+  QUENCH_RETURN_IF_ERROR(CheckCtScale(folder, w));
+  QUENCH_RETURN_IF_ERROR(CheckCtZeroPoint(folder, w));
+  return CheckCtGIdxAndGlobalScale(folder, w);
 }
 
 }  // namespace
