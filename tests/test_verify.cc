@@ -670,4 +670,55 @@ TEST_SUITE("verify") {
     CHECK(qt::RunQuench({"verify"}).exit_code == 2);
     CHECK(qt::RunQuench({"verify", (tmp / "nope").string()}).exit_code == 3);
   }
+
+  TEST_CASE("quench verify's command line: --worst, -q, and each usage error's message") {
+    const std::string src = (qt::DataDir() / "tiny-llama").string();
+    const std::string good = (qt::DataDir() / "golden/tiny-llama/W4A16").string();
+    // The table lists as many tensors as --worst asks (the checkpoint has 12 quantized), -q
+    // and --worst=0 leave only the summary line.
+    auto count_rows = [](const std::string& out) {
+      size_t rows = 0;
+      for (size_t at = 0; (at = out.find(" dB  (min ", at)) != std::string::npos; ++at) ++rows;
+      return rows;
+    };
+    const std::string summary =
+        "OK: 2 shard(s), 45 tensors, 12 quantized modules, 9 copied tensors unchanged, "
+        "4000256 source bytes compared, 0 problem(s)\n";
+    auto three = qt::RunQuench({"verify", good, src, "--worst", "3"});
+    CHECK(three.exit_code == 0);
+    CHECK(count_rows(three.out) == 3);
+    CHECK(three.out.find("SQNR over 12 tensors: min ") != std::string::npos);
+    CHECK(count_rows(qt::RunQuench({"verify", good, src}).out) == 10);  // the default
+    CHECK(qt::RunQuench({"verify", good, src, "-q"}).out == summary);
+    CHECK(qt::RunQuench({"verify", good, src, "--worst=0"}).out == summary);
+    // Usage errors: exit 2, nothing on stdout, one message naming the flag (verify's name
+    // the command before the category: main.cc ReportError).
+    const std::pair<std::vector<std::string>, std::string> cases[] = {
+        {{good, "--worst"}, "--worst needs a value"},
+        {{good, "--worst", "three"}, "--worst takes a count"},
+        {{good, "--stats"}, "--stats needs a value"},
+        {{good, "--prune"}, "--prune needs a value"},
+        {{good, "--algorithm"}, "--algorithm needs a value"},
+        {{good, "--frobnicate"}, "unknown option '--frobnicate'"},
+        {{good, src, src}, "expected DST [SRC]"},
+        {{good, "--prune-granularity", "tensor"}, "--prune-granularity needs --prune"},
+        {{good, "--algorithm", "obs"}, "--algorithm is magnitude or sparsegpt, not 'obs'"},
+        {{good, "--algorithm", "sparsegpt"},
+         "--algorithm sparsegpt needs --prune SPEC (what DST was pruned to)"},
+        {{good, "--prune", "unstructured:0.5", "--prune-granularity", "tensor", "--algorithm",
+          "sparsegpt"},
+         "SparseGPT prunes per block of columns, not per tensor"},
+        {{good, "--prune", "2:4", "--algorithm", "sparsegpt", "--gptq-block-size", "0"},
+         "--gptq-block-size takes a count > 0"},
+    };
+    for (const auto& [args, message] : cases) {
+      std::vector<std::string> argv = {"verify"};
+      argv.insert(argv.end(), args.begin(), args.end());
+      auto r = qt::RunQuench(argv);
+      CHECK_MESSAGE(r.exit_code == 2, message);
+      CHECK_MESSAGE(r.out.empty(), message);
+      CHECK_MESSAGE(r.err.find("quench: error: verify: usage: " + message) != std::string::npos,
+                    r.err);
+    }
+  }
 }
