@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
@@ -373,6 +374,41 @@ quant_stage:
     CHECK(conflict.exit_code == 2);
     CHECK(conflict.err.find("disagree") != std::string::npos);
     CHECK_FALSE(fs::exists(tmp / "other"));
+  }
+
+  TEST_CASE("two processes removing the same leftovers at once both succeed and leave none") {
+    // The last worker publishing removes .quench-parts and .quench-resume while a finalizer
+    // started beside it (or a rerun) removes them too: each must finish the removal the
+    // other started, not stop at the first entry that vanished under it (fuzz-interrupt's
+    // "finalize beside the last worker" left a part behind with both exiting 0). Two threads
+    // stand in for the two processes; many entries make their listings overlap.
+    for (int round = 0; round < 20; ++round) {
+      qt::TempDir tmp;
+      const fs::path dst = tmp / "out";
+      for (const char* dir : {".quench-parts", ".quench-resume"}) {
+        fs::create_directories(dst / dir / "sub");
+        for (int i = 0; i < 400; ++i) {
+          qt::WriteBytes(dst / dir / ("part-" + std::to_string(i) + ".json"), "{}");
+          qt::WriteBytes(dst / dir / "sub" / std::to_string(i), "x");
+        }
+      }
+      std::mutex mu;
+      std::vector<std::string> leftovers;
+      quench::ConvertCallbacks cb;
+      cb.leftover = [&](std::string_view m) {
+        std::lock_guard<std::mutex> lock(mu);
+        leftovers.emplace_back(m);
+      };
+      quench::Status a, b;
+      std::thread other([&] { b = quench::RemoveMarkersAndParts(dst, cb); });
+      a = quench::RemoveMarkersAndParts(dst, cb);
+      other.join();
+      CHECK(a.ok());
+      CHECK(b.ok());
+      CHECK_MESSAGE(leftovers.empty(), (leftovers.empty() ? "" : leftovers.front()));
+      CHECK(!fs::exists(dst / ".quench-parts"));
+      CHECK(!fs::exists(dst / ".quench-resume"));
+    }
   }
 
   TEST_CASE("a finalizer killed after publishing: a worker's rerun removes its parts and markers") {

@@ -92,10 +92,28 @@ Status Publish(const fs::path& dst, const std::vector<PlannedFile>& files,
 
 }  // namespace
 
+namespace {
+
+// fs::remove_all, finished even while another process removes the same tree: the last worker
+// publishing and a finalizer started beside it (or a rerun) both remove the leftovers, and
+// libstdc++'s remove_all stops at the first entry that vanished under it (ENOENT) or a
+// folder that another process refilled (ENOTEMPTY: its lock file), though both removers want
+// the same end. So it starts again until the tree is gone or another error stops it.
+void RemoveTree(const fs::path& tree, std::error_code& ec) {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    fs::remove_all(tree, ec);
+    if (!ec) return;
+    if (ec != std::errc::no_such_file_or_directory && ec != std::errc::directory_not_empty) return;
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace
+
 Status RemoveMarkersAndParts(const fs::path& dst, const ConvertCallbacks& cb) {
   for (const char* dir : {kResumeDir, kPartsDir}) {
     std::error_code ec;
-    fs::remove_all(dst / dir, ec);
+    RemoveTree(dst / dir, ec);
     if (ec && cb.leftover) {
       cb.leftover((dst / dir).string() + " could not be removed (" + ec.message() +
                   "); the folder is complete: remove it by hand, or run the same command "
@@ -122,9 +140,12 @@ Status RemoveFinalizeLeftovers(const fs::path& dst, const ConvertCallbacks& cb) 
     return RemoveMarkersAndParts(dst, cb);
   }
   std::string holder;
-  QUENCH_ASSIGN_OR_RETURN(std::unique_ptr<FsLock> lock,
-                          FsLock::TryAcquire(dst / kPartsDir / kFinalizeLock, &holder));
-  if (!lock) return Status::Ok();
+  Result<std::unique_ptr<FsLock>> lock = FsLock::TryAcquire(dst / kPartsDir / kFinalizeLock,
+                                                            &holder);
+  // The parts gone meanwhile (a publishing worker or another finalizer removed them): done.
+  if (!lock.ok() && !fs::exists(dst / kPartsDir, ec) && !ec) return Status::Ok();
+  if (!lock.ok()) return lock.status();
+  if (!*lock) return Status::Ok();
   return RemoveMarkersAndParts(dst, cb);  // as Publish ends, the lock file with the parts
 }
 
