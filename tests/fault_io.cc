@@ -24,7 +24,7 @@
 //                       fails too (a disk that keeps failing, not a one-off: a retry does not
 //                       get through). The write calls (write, pwrite, pwritev) count as one kind.
 //   QUENCH_FAULT_CALL   instead of a number: the first call of this name (as the log names
-//   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, ...) on a path holding this text (ending
+//   QUENCH_FAULT_PATH   them: open, pwrite, mkdir, stat, ...) on a path holding this text (ending
 //                       with it, where the text ends in '$') fails
 //   QUENCH_FAULT_NTH    (or the NTH such call, from 1), whatever points come before it;
 //   QUENCH_FAULT_TIMES  that many such calls in a row fail (1 by default; a file that fails
@@ -43,6 +43,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -427,6 +428,18 @@ int rmdir(const char* path) {
   static auto real = Real<int (*)(const char*)>("rmdir");
   if (Fails("rmdir", path)) return Failure(g_config.err);
   return real(path);
+}
+
+// stat (std::filesystem's exists, is_directory, file_size) is a point only where
+// QUENCH_FAULT_CALL names it: counted always, its many calls would renumber every point the
+// tests and scripts/fuzz-io choose by number.
+int stat(const char* path, struct stat* st) {
+  static auto real = Real<int (*)(const char*, struct stat*)>("stat");
+  LoadConfig();
+  if (g_config.call != nullptr && strcmp(g_config.call, "stat") == 0 && Fails("stat", path)) {
+    return Failure(g_config.err);
+  }
+  return real(path, st);
 }
 
 // Only mappings of files are points: anonymous ones are memory, not I/O.

@@ -529,6 +529,29 @@ quant_stage:
     CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
   }
 
+  TEST_CASE("quench finalize whose parts another process publishes under it: exit 0") {
+    // The race above from the other side: a finalize that found the folder not yet
+    // published, then no parts folder (the last worker, or another finalize, had published
+    // and removed it meanwhile), must not answer "holds no worker parts" (exit 3): its second
+    // look (FinalizePartsWaiting) finds the folder published. fault_io holds that finalize at
+    // its look for the parts folder (its first stat of it) while another finalize publishes,
+    // then lets it go on.
+    qt::TempDir tmp;
+    const fs::path out = PartsToFinalize(tmp);
+    const fs::path go = tmp / "go";
+    const pid_t held =
+        SpawnHeldAt({"finalize", out.string()}, tmp / "held", "stat", ".quench-parts$", 1, go);
+    auto other = qt::RunQuench({"finalize", out.string(), "-q"});
+    REQUIRE_MESSAGE(other.exit_code == 0, other.err);
+    REQUIRE_FALSE(fs::exists(out / ".quench-parts"));
+    qt::WriteBytes(go, "");
+    const int rc = Wait(held);
+    const std::string err = qt::ReadBytes(tmp / "held.err");
+    CHECK_MESSAGE(rc == 0, err);
+    CHECK_MESSAGE(err.find("is published already; nothing to do") != std::string::npos, err);
+    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+  }
+
   TEST_CASE(
       "finalize stopped while removing the parts and markers: finalize again completes; on a "
       "published folder it does nothing") {
