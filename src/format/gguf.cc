@@ -67,48 +67,25 @@ uint64_t ScalarSize(uint32_t type) {
   }
 }
 
+// One number of type T read and held as GgufValue holds it (As: uint64_t, int64_t or double).
+template <class T, class As>
+Result<GgufValue> Number(Cursor& c) {
+  QUENCH_ASSIGN_OR_RETURN(T v, c.Get<T>("value"));
+  return GgufValue(As{v});
+}
+
 Result<GgufValue> Scalar(Cursor& c, uint32_t type) {
   switch (type) {
-    case kU8: {
-      QUENCH_ASSIGN_OR_RETURN(uint8_t v, c.Get<uint8_t>("value"));
-      return GgufValue(uint64_t{v});
-    }
-    case kI8: {
-      QUENCH_ASSIGN_OR_RETURN(int8_t v, c.Get<int8_t>("value"));
-      return GgufValue(int64_t{v});
-    }
-    case kU16: {
-      QUENCH_ASSIGN_OR_RETURN(uint16_t v, c.Get<uint16_t>("value"));
-      return GgufValue(uint64_t{v});
-    }
-    case kI16: {
-      QUENCH_ASSIGN_OR_RETURN(int16_t v, c.Get<int16_t>("value"));
-      return GgufValue(int64_t{v});
-    }
-    case kU32: {
-      QUENCH_ASSIGN_OR_RETURN(uint32_t v, c.Get<uint32_t>("value"));
-      return GgufValue(uint64_t{v});
-    }
-    case kI32: {
-      QUENCH_ASSIGN_OR_RETURN(int32_t v, c.Get<int32_t>("value"));
-      return GgufValue(int64_t{v});
-    }
-    case kU64: {
-      QUENCH_ASSIGN_OR_RETURN(uint64_t v, c.Get<uint64_t>("value"));
-      return GgufValue(v);
-    }
-    case kI64: {
-      QUENCH_ASSIGN_OR_RETURN(int64_t v, c.Get<int64_t>("value"));
-      return GgufValue(v);
-    }
-    case kF32: {
-      QUENCH_ASSIGN_OR_RETURN(float v, c.Get<float>("value"));
-      return GgufValue(double{v});
-    }
-    case kF64: {
-      QUENCH_ASSIGN_OR_RETURN(double v, c.Get<double>("value"));
-      return GgufValue(v);
-    }
+    case kU8: return Number<uint8_t, uint64_t>(c);
+    case kI8: return Number<int8_t, int64_t>(c);
+    case kU16: return Number<uint16_t, uint64_t>(c);
+    case kI16: return Number<int16_t, int64_t>(c);
+    case kU32: return Number<uint32_t, uint64_t>(c);
+    case kI32: return Number<int32_t, int64_t>(c);
+    case kU64: return Number<uint64_t, uint64_t>(c);
+    case kI64: return Number<int64_t, int64_t>(c);
+    case kF32: return Number<float, double>(c);
+    case kF64: return Number<double, double>(c);
     case kBool: {
       QUENCH_ASSIGN_OR_RETURN(uint8_t v, c.Get<uint8_t>("value"));
       if (v > 1) return c.Fail("bool value " + std::to_string(v));
