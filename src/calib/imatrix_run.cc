@@ -275,13 +275,14 @@ Status PlanObservedWeight(Plan& plan, PlannedTensor& t, const Statistics& stats,
       JsonValue kw,
       ObserverKwargsFromText(plan.groups[static_cast<size_t>(t.group)].observer_kwargs));
   QUENCH_ASSIGN_OR_RETURN(ObserverSettings set, ParseObserverKwargs("imatrix_mse", kw, ""));
-  if (NormalizedImportance(v.sum_x2, v.count).empty() && set.strict) {
+  const bool usable = !NormalizedImportance(v.sum_x2, v.count).empty();
+  if (!usable && set.strict) {
     // observer_kwargs strict: the reference raises instead of falling back.
     plan.errors.push_back(Error(ErrorCode::kInvalidInput,
                                 "site " + c->site + " gives no usable importance for '" +
                                     t.name + "' (no tokens or all zero) and the "
                                     "imatrix_mse observer is strict"));
-  } else if (NormalizedImportance(v.sum_x2, v.count).empty()) {
+  } else if (!usable) {
     // The reference's fallback for unusable importance (no tokens, all zero).
     calib.note = "site " + c->site + " gives no usable importance (no tokens or all "
                  "zero); unweighted search, as llm-compressor falls back";
