@@ -156,6 +156,22 @@ pid_t SpawnHeldAt(const std::vector<std::string>& args, const fs::path& io, cons
   return pid;
 }
 
+// While the finalize `held` waits where SpawnHeldAt stopped it (its output at `io`, released
+// by the file `go`), another finalize publishes DST; then `held` goes on and must answer
+// "published already" with exit 0, DST holding the single run's files (tmp / "want").
+void PublishUnderHeldFinalize(const qt::TempDir& tmp, const fs::path& out, pid_t held,
+                              const fs::path& io, const fs::path& go) {
+  auto other = qt::RunQuench({"finalize", out.string(), "-q"});
+  REQUIRE_MESSAGE(other.exit_code == 0, other.err);
+  REQUIRE_FALSE(fs::exists(out / ".quench-parts"));
+  qt::WriteBytes(go, "");
+  const int rc = Wait(held);
+  const std::string err = qt::ReadBytes(io.string() + ".err");
+  CHECK_MESSAGE(rc == 0, err);
+  CHECK_MESSAGE(err.find("is published already; nothing to do") != std::string::npos, err);
+  CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+}
+
 // Runs quench with `args` while a finalizer on another machine (a fresh heartbeat) holds
 // DST's finalize.lock, then, after 1.5 s, lets it go without publishing (it gave up, as a
 // finalize run before the last part was in does). DST must not be published meanwhile.
@@ -518,15 +534,7 @@ quant_stage:
     const pid_t waiting = SpawnHeldAt({"finalize", out.string()}, tmp / "waiting", "open",
                                       "finalize.lock.new-", 2, go);
     fs::remove(lock);  // the holder is done; another finalize publishes meanwhile
-    auto other = qt::RunQuench({"finalize", out.string(), "-q"});
-    REQUIRE_MESSAGE(other.exit_code == 0, other.err);
-    REQUIRE_FALSE(fs::exists(out / ".quench-parts"));
-    qt::WriteBytes(go, "");
-    const int rc = Wait(waiting);
-    const std::string err = qt::ReadBytes(tmp / "waiting.err");
-    CHECK_MESSAGE(rc == 0, err);
-    CHECK(err.find("published already") != std::string::npos);
-    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+    PublishUnderHeldFinalize(tmp, out, waiting, tmp / "waiting", go);
   }
 
   TEST_CASE("quench finalize whose parts another process publishes under it: exit 0") {
@@ -541,15 +549,7 @@ quant_stage:
     const fs::path go = tmp / "go";
     const pid_t held =
         SpawnHeldAt({"finalize", out.string()}, tmp / "held", "stat", ".quench-parts$", 1, go);
-    auto other = qt::RunQuench({"finalize", out.string(), "-q"});
-    REQUIRE_MESSAGE(other.exit_code == 0, other.err);
-    REQUIRE_FALSE(fs::exists(out / ".quench-parts"));
-    qt::WriteBytes(go, "");
-    const int rc = Wait(held);
-    const std::string err = qt::ReadBytes(tmp / "held.err");
-    CHECK_MESSAGE(rc == 0, err);
-    CHECK_MESSAGE(err.find("is published already; nothing to do") != std::string::npos, err);
-    CHECK(qt::CheckSameFiles(tmp / "want", out) > 0);
+    PublishUnderHeldFinalize(tmp, out, held, tmp / "held", go);
   }
 
   TEST_CASE(
