@@ -247,14 +247,13 @@ Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& o
 }
 
 
-// MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
-// `keep_folder` is given, the model folder read is moved there rather than freed (its names
-// and shapes: a cost the caller spends later, off the critical path). With `header_bytes`, the
-// plan's source header hashes are left 0 and the headers' bytes kept in the folder
-// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
-// for the resume markers), or never reads the hashes.
-Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
-                          std::optional<ModelFolder>* keep_folder, bool header_bytes) {
+namespace {
+
+// The checks that read no weight, in the order a user meets them: the source exists, --report
+// is outside it, the destination (whose usage problems go in `*dst`, reported with the plan,
+// so that --dry-run shows them along with everything else), --prune-experts' fraction and
+// metric.
+Status CheckFlags(const ConvertOptions& options, Status* dst) {
   std::error_code ec;
   // A path that cannot be examined (a symbolic link loop, no permission) is reported by the
   // inventory below, naming the reason.
@@ -266,10 +265,10 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                                         " is inside the source folder; quench never writes "
                                         "into a source checkpoint");
   }
-  const Status dst = CheckDestination(options);
+  *dst = CheckDestination(options);
   // Usage errors about flags come before reading anything; a destination problem is
   // reported with the plan, so that --dry-run shows it along with everything else.
-  if (!dst.ok() && dst.code() != ErrorCode::kUsage) return dst;
+  if (!dst->ok() && dst->code() != ErrorCode::kUsage) return *dst;
   const bool reap = options.expert_metric == "reap";
   if (options.prune_experts) {
     if (options.expert_metric != "magnitude" && !reap) {
@@ -287,6 +286,123 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
       return Error(ErrorCode::kUsage, "--prune-experts must be a fraction in [0, 1]");
     }
   }
+  return Status::Ok();
+}
+
+// Calibration (src/calib) only when asked for: the data-free path never reaches it. Each stage's
+// planner sees its own algorithm; their fingerprints (the resume fingerprint) and held bytes
+// are combined into the plan's. `reap_pruned`: the statistics are REAP's, read by expert
+// pruning.
+Status PlanCalibration(Plan& plan, const ConvertOptions& options, const calib::Algorithms& algos,
+                       bool reap_pruned) {
+  std::string fingerprint;  // every stage's settings (the resume fingerprint)
+  uint64_t calib_bytes = 0;  // every stage's factors are held at once
+  std::string calib_holds;   // and what each stage's are
+  const auto add_holds = [&calib_holds](const std::string& holds) {
+    if (!holds.empty()) calib_holds += (calib_holds.empty() ? "" : " and ") + holds;
+  };
+  auto stage = [&](const std::string& algorithm, auto planner) -> Status {
+    plan.calib_fingerprint.clear();
+    plan.calib_bytes = 0;
+    plan.calib_holds.clear();
+    QUENCH_RETURN_IF_ERROR(planner(plan, calib::StageOptions(options, algorithm)));
+    calib::AppendFingerprint(algorithm, plan.calib_fingerprint, &fingerprint);
+    calib_bytes += plan.calib_bytes;
+    add_holds(plan.calib_holds);
+    return Status::Ok();
+  };
+  if (algos.Any() || !options.stats.empty()) {
+    if (!algos.smoothing.empty()) {
+      QUENCH_RETURN_IF_ERROR(stage(algos.smoothing, calib::PlanSmoothQuant));
+    }
+    if (algos.sparsegpt) QUENCH_RETURN_IF_ERROR(stage("sparsegpt", calib::PlanGptq));
+    if (algos.gptq) QUENCH_RETURN_IF_ERROR(stage("gptq", calib::PlanGptq));
+    if (!algos.Any() && !reap_pruned) {
+      // (With rtn, PlanGptq only notes statistics nothing reads; REAP reads them.)
+      QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
+    }
+    QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
+    QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
+  }
+  if (!options.stats.empty()) {  // sequential statistics fit one scheme and algorithm
+    std::string seq = calib::SequentialStatsNote(options.stats, options.scheme, options.algorithm,
+                                                 options.recipe.string());
+    if (!seq.empty()) plan.notes.push_back(std::move(seq));
+  }
+  // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
+  plan.calib_fingerprint.clear();
+  plan.calib_bytes = 0;  // the imatrix_mse search's state, set by PlanImatrixWanda
+  plan.calib_holds.clear();
+  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
+  calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
+  plan.calib_fingerprint = fingerprint;
+  plan.calib_bytes += calib_bytes;
+  add_holds(plan.calib_holds);
+  plan.calib_holds = std::move(calib_holds);
+  return Status::Ok();
+}
+
+// What the expert split and the folder's inventory did that the user should hear of.
+void NoteSplitAndLinks(const ExpertSplit& split, const ModelFolder& folder,
+                       const ConvertOptions& options, Plan& plan) {
+  if (split.tensors_split > split.linearized) {
+    plan.notes.push_back("split " + std::to_string(split.tensors_split - split.linearized) +
+                         " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
+                         std::to_string(split.pieces - split.linear_pieces) +
+                         " per-expert weights, as model_free_ptq does");
+  }
+  if (split.linearized > 0) {
+    plan.notes.push_back(
+        "linearized " + std::to_string(split.linearized) + " Llama 4 expert stack(s) stored "
+        "[experts, in, out] into " + std::to_string(split.linear_pieces) + " per-expert "
+        "gate_proj / up_proj / down_proj weights (each "
+        "expert's slice transposed), as llm-compressor's Llama 4 calibration module does and as "
+        "vLLM reads them");
+  }
+  if (!split.not_bf16.empty()) {
+    plan.notes.push_back(
+        "left whole and unquantized: " + std::to_string(split.not_bf16.size()) + " Llama 4 "
+        "expert stack(s) of experts modules with a stack not stored BF16 (e.g. " +
+        split.not_bf16.front() + "); quench linearizes BF16 stacks only");
+  }
+  if (!split.kept_whole.empty() && ConfigQuantMethod(folder) == "mxfp4") {
+    // gpt-oss's MXFP4 stacks (format/source_mxfp4.cc): decoded whole, and with a scheme that
+    // is not BF16 the output's experts outgrow the source's fourfold, which the user should
+    // hear of before a 100 GB run.
+    if (!IsDecodeOnly(options)) {
+      plan.notes.push_back(
+          "left unquantized: " + std::to_string(split.kept_whole.size()) +
+          " MXFP4 expert stack(s) (e.g. " + split.kept_whole.front() + "), decoded to BF16 "
+          "[experts, in, out] (quench does not quantize [experts, in, out] stacks yet): the "
+          "output's experts take 4x the source's bytes");
+    }
+  } else if (!split.kept_whole.empty()) {
+    plan.notes.push_back(
+        "left unquantized: " + std::to_string(split.kept_whole.size()) +
+        " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
+        split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
+        "dimension, which vLLM cannot load; they are copied");
+  }
+  if (!folder.linked_folders.empty()) {
+    plan.notes.push_back("not followed: " + std::to_string(folder.linked_folders.size()) +
+                         " symbolic link(s) to folders (e.g. " + folder.linked_folders.front() +
+                         "); their files are not carried over, as model_free_ptq does");
+  }
+}
+
+}  // namespace
+
+// MakePlan; where `late_index` is given, BuildPlan's (the index's text not made). Where
+// `keep_folder` is given, the model folder read is moved there rather than freed (its names
+// and shapes: a cost the caller spends later, off the critical path). With `header_bytes`, the
+// plan's source header hashes are left 0 and the headers' bytes kept in the folder
+// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
+// for the resume markers), or never reads the hashes.
+Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
+                          std::optional<ModelFolder>* keep_folder, bool header_bytes) {
+  Status dst;
+  QUENCH_RETURN_IF_ERROR(CheckFlags(options, &dst));
+  const bool reap = options.expert_metric == "reap";
   // The plan's tensor array (~250 bytes per tensor, 17.5 MB for 70k) is made on the thread
   // that read the last shard header, while the other parses the index and before the names
   // are checked, instead of on its own after them. Not with expert pruning, which leaves far
@@ -352,94 +468,8 @@ Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
         std::to_string(e.layers.front().kept.size()));
     plan.expert_prune = std::move(experts);
   }
-  // Calibration (src/calib) only when asked for: the data-free path never reaches it.
-  std::string fingerprint;  // every stage's settings (the resume fingerprint)
-  uint64_t calib_bytes = 0;  // every stage's factors are held at once
-  std::string calib_holds;   // and what each stage's are
-  const auto add_holds = [&calib_holds](const std::string& holds) {
-    if (!holds.empty()) calib_holds += (calib_holds.empty() ? "" : " and ") + holds;
-  };
-  auto stage = [&](const std::string& algorithm, auto planner) -> Status {
-    plan.calib_fingerprint.clear();
-    plan.calib_bytes = 0;
-    plan.calib_holds.clear();
-    QUENCH_RETURN_IF_ERROR(planner(plan, calib::StageOptions(options, algorithm)));
-    calib::AppendFingerprint(algorithm, plan.calib_fingerprint, &fingerprint);
-    calib_bytes += plan.calib_bytes;
-    add_holds(plan.calib_holds);
-    return Status::Ok();
-  };
-  if (algos.Any() || !options.stats.empty()) {
-    if (!algos.smoothing.empty()) {
-      QUENCH_RETURN_IF_ERROR(stage(algos.smoothing, calib::PlanSmoothQuant));
-    }
-    if (algos.sparsegpt) QUENCH_RETURN_IF_ERROR(stage("sparsegpt", calib::PlanGptq));
-    if (algos.gptq) QUENCH_RETURN_IF_ERROR(stage("gptq", calib::PlanGptq));
-    if (!algos.Any() && !(reap && experts)) {
-      // (With rtn, PlanGptq only notes statistics nothing reads; REAP reads them.)
-      QUENCH_RETURN_IF_ERROR(calib::PlanGptq(plan, options));
-    }
-    QUENCH_RETURN_IF_ERROR(calib::PlanActScales(plan, options));
-    QUENCH_RETURN_IF_ERROR(calib::PlanKvScales(plan, options));
-  }
-  if (!options.stats.empty()) {  // sequential statistics fit one scheme and algorithm
-    std::string seq = calib::SequentialStatsNote(options.stats, options.scheme, options.algorithm,
-                                                 options.recipe.string());
-    if (!seq.empty()) plan.notes.push_back(std::move(seq));
-  }
-  // The imatrix_mse observer and Wanda scores (no-op unless a group or --prune-metric asks).
-  plan.calib_fingerprint.clear();
-  plan.calib_bytes = 0;  // the imatrix_mse search's state, set by PlanImatrixWanda
-  plan.calib_holds.clear();
-  QUENCH_RETURN_IF_ERROR(calib::PlanImatrixWanda(plan, options));
-  calib::AppendFingerprint("weighting", plan.calib_fingerprint, &fingerprint);
-  plan.calib_fingerprint = fingerprint;
-  plan.calib_bytes += calib_bytes;
-  add_holds(plan.calib_holds);
-  plan.calib_holds = std::move(calib_holds);
-  if (split.tensors_split > split.linearized) {
-    plan.notes.push_back("split " + std::to_string(split.tensors_split - split.linearized) +
-                         " fused 3-D expert tensor(s) (gate_up_proj, down_proj) into " +
-                         std::to_string(split.pieces - split.linear_pieces) +
-                         " per-expert weights, as model_free_ptq does");
-  }
-  if (split.linearized > 0) {
-    plan.notes.push_back(
-        "linearized " + std::to_string(split.linearized) + " Llama 4 expert stack(s) stored "
-        "[experts, in, out] into " + std::to_string(split.linear_pieces) + " per-expert "
-        "gate_proj / up_proj / down_proj weights (each "
-        "expert's slice transposed), as llm-compressor's Llama 4 calibration module does and as "
-        "vLLM reads them");
-  }
-  if (!split.not_bf16.empty()) {
-    plan.notes.push_back(
-        "left whole and unquantized: " + std::to_string(split.not_bf16.size()) + " Llama 4 "
-        "expert stack(s) of experts modules with a stack not stored BF16 (e.g. " +
-        split.not_bf16.front() + "); quench linearizes BF16 stacks only");
-  }
-  if (!split.kept_whole.empty() && ConfigQuantMethod(folder) == "mxfp4") {
-    // gpt-oss's MXFP4 stacks (format/source_mxfp4.cc): decoded whole, and with a scheme that
-    // is not BF16 the output's experts outgrow the source's fourfold, which the user should
-    // hear of before a 100 GB run.
-    if (!IsDecodeOnly(options)) {
-      plan.notes.push_back(
-          "left unquantized: " + std::to_string(split.kept_whole.size()) +
-          " MXFP4 expert stack(s) (e.g. " + split.kept_whole.front() + "), decoded to BF16 "
-          "[experts, in, out] (quench does not quantize [experts, in, out] stacks yet): the "
-          "output's experts take 4x the source's bytes");
-    }
-  } else if (!split.kept_whole.empty()) {
-    plan.notes.push_back(
-        "left unquantized: " + std::to_string(split.kept_whole.size()) +
-        " fused 3-D expert tensor(s) stored [experts, in, out] (Llama 4 / gpt-oss layout, e.g. " +
-        split.kept_whole.front() + "); model_free_ptq would split them across the hidden "
-        "dimension, which vLLM cannot load; they are copied");
-  }
-  if (!folder.linked_folders.empty()) {
-    plan.notes.push_back("not followed: " + std::to_string(folder.linked_folders.size()) +
-                         " symbolic link(s) to folders (e.g. " + folder.linked_folders.front() +
-                         "); their files are not carried over, as model_free_ptq does");
-  }
+  QUENCH_RETURN_IF_ERROR(PlanCalibration(plan, options, algos, reap && plan.expert_prune));
+  NoteSplitAndLinks(split, folder, options, plan);
   if (!dst.ok()) plan.errors.insert(plan.errors.begin(), dst);
   if (keep_folder != nullptr) keep_folder->emplace(std::move(folder));
   return plan;
