@@ -167,6 +167,128 @@ Result<bool> Boolean(const JsonValue* v, const std::string& label, const std::st
   return v->as_bool();
 }
 
+// A group's input_activations, as MatchArgs compares them with each scheme's.
+struct ActArgs {
+  const JsonValue* args = nullptr;  // null: none (absent or null)
+  // Static activations (dynamic false, or "local" for NVFP4's tensor_group) take their scales
+  // from activation statistics; whether the run has them is checked with the options.
+  bool is_static = false;
+  bool symmetric = true;
+};
+
+Result<ActArgs> ParseActivations(const std::string& label, const std::string& key,
+                                 const JsonValue& group) {
+  ActArgs acts;
+  const JsonValue* a = group.Find("input_activations");
+  if (a != nullptr && a->is_null()) a = nullptr;
+  acts.args = a;
+  if (const JsonValue* o = group.Find("output_activations"); o != nullptr && !o->is_null()) {
+    return Bad(label, "group '" + key + "': output_activations need calibration data");
+  }
+  if (a == nullptr) return acts;
+  const JsonValue* dyn = a->Find("dynamic");
+  if (dyn == nullptr || dyn->is_null() || (dyn->is_bool() && !dyn->as_bool()) ||
+      (dyn->is_string() && dyn->as_string() == "local")) {
+    acts.is_static = true;
+  } else if (!dyn->is_bool()) {
+    return Bad(label, "group '" + key +
+                          "': input_activations.dynamic must be true, false "
+                          "or \"local\"");
+  }
+  QUENCH_ASSIGN_OR_RETURN(acts.symmetric,
+                          Boolean(a->Find("symmetric"), label,
+                                  "group '" + key + "': input_activations.symmetric", true));
+  const std::string aobs = Str(a->Find("observer"));
+  if (!aobs.empty() && aobs != "minmax" && aobs != "static_minmax" && aobs != "memoryless_minmax") {
+    return Bad(label, "group '" + key + "': input_activations observer '" + aobs +
+                          "' is not supported; quench computes min-max scales");
+  }
+  return acts;
+}
+
+// A group's weights, as MatchArgs compares them with each scheme's.
+struct WeightArgs {
+  std::string type;  // "int" unless given
+  int bits = 8;
+  bool symmetric = true;
+  std::optional<int> group_size;
+  std::string strategy;  // as given, else implied by group_size
+  std::optional<std::pair<int, int>> block;
+  std::string observer;
+};
+
+Result<WeightArgs> ParseWeights(const std::string& label, const std::string& key,
+                                const JsonValue& w) {
+  if (const JsonValue* d = w.Find("dynamic"); d != nullptr && !(d->is_bool() && !d->as_bool())) {
+    return Bad(label, "group '" + key + "': weights must be static (dynamic: false)");
+  }
+  WeightArgs args;
+  args.observer = Str(w.Find("observer"));
+  const std::string& obs = args.observer;
+  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax" &&
+      obs != "imatrix_mse") {
+    return Bad(label, "group '" + key + "': observer '" + obs +
+                          "' is not supported; quench computes min-max scales, or imatrix_mse "
+                          "ones from --stats");
+  }
+  if (const JsonValue* ao = w.Find("actorder");
+      ao != nullptr && !ao->is_null() && !(ao->is_bool() && !ao->as_bool())) {
+    return Bad(label, "group '" + key + "': actorder needs GPTQ (calibration)");
+  }
+  args.type = Str(w.Find("type")).empty() ? "int" : Str(w.Find("type"));
+  const std::string field = "group '" + key + "': weights.";
+  QUENCH_ASSIGN_OR_RETURN(std::optional<int> num_bits,
+                          WholeNumber(w.Find("num_bits"), label, field + "num_bits", 1, 64, 8));
+  args.bits = *num_bits;
+  QUENCH_ASSIGN_OR_RETURN(args.symmetric,
+                          Boolean(w.Find("symmetric"), label, field + "symmetric", true));
+  QUENCH_ASSIGN_OR_RETURN(
+      args.group_size, WholeNumber(w.Find("group_size"), label, field + "group_size", -1, 1 << 30));
+  args.strategy = Str(w.Find("strategy"));
+  if (args.strategy.empty()) {
+    args.strategy = !args.group_size ? "tensor" : *args.group_size > 0 ? "group" : "channel";
+  }
+  if (const JsonValue* b = w.Find("block_structure");
+      b != nullptr && b->is_array() && b->as_array().size() == 2) {
+    QUENCH_ASSIGN_OR_RETURN(
+        std::optional<int> rows,
+        WholeNumber(&b->as_array()[0], label, field + "block_structure", 1, 1 << 30));
+    QUENCH_ASSIGN_OR_RETURN(
+        std::optional<int> cols,
+        WholeNumber(&b->as_array()[1], label, field + "block_structure", 1, 1 << 30));
+    if (!rows || !cols) return Bad(label, field + "block_structure must be two whole numbers");
+    args.block = std::make_pair(*rows, *cols);
+  }
+  return args;
+}
+
+// Whether scheme `s`'s activations are the group's: none versus present, and then the same
+// type, bits and strategy.
+Result<bool> ActivationsMatch(const SchemeInfo& s, const ActArgs& acts, const std::string& label,
+                              const std::string& key) {
+  const JsonValue* a = acts.args;
+  if ((a == nullptr) != !s.input_activations.has_value()) return false;
+  if (a == nullptr) return true;
+  const QuantArgsDesc& sa = *s.input_activations;
+  const std::string at = Str(a->Find("type")).empty() ? "int" : Str(a->Find("type"));
+  QUENCH_ASSIGN_OR_RETURN(std::optional<int> ab_or,
+                          WholeNumber(a->Find("num_bits"), label,
+                                      "group '" + key + "': input_activations.num_bits", 1, 64, 8));
+  const int ab = *ab_or;
+  if (at != sa.type || ab != sa.num_bits) return false;
+  const std::string as = Str(a->Find("strategy"));
+  const bool preset_static = !sa.dynamic;
+  if (acts.is_static) {
+    // The preset's own static activations (FP8, NVFP4), or a per-token preset made static
+    // per tensor.
+    if (preset_static ? as != sa.strategy : !(as == "tensor" && CanMakeActivationsStatic(s))) {
+      return false;
+    }
+    return acts.symmetric || (at == "int" && !preset_static);
+  }
+  return !preset_static && as == sa.strategy;
+}
+
 // Matches explicit QuantizationArgs (and activations, and an optional format) to a scheme of
 // the table plus parameters. Weight args that only the integer family varies (bits, group size,
 // symmetry) become SchemeParams; everything else must equal the table entry's.
@@ -176,134 +298,46 @@ Result<RecipeGroup> MatchArgs(const std::string& label, const std::string& key,
   if (w == nullptr || !w->is_object()) {
     return Bad(label, "group '" + key + "' has no 'weights' (quench quantizes weights)");
   }
-  const JsonValue* a = group.Find("input_activations");
-  if (a != nullptr && a->is_null()) a = nullptr;
-  if (const JsonValue* o = group.Find("output_activations"); o != nullptr && !o->is_null()) {
-    return Bad(label, "group '" + key + "': output_activations need calibration data");
-  }
-  // Static activations (dynamic false, or "local" for NVFP4's tensor_group) take their scales
-  // from activation statistics; whether the run has them is checked with the options.
-  bool a_static = false, a_symmetric = true;
-  if (a != nullptr) {
-    const JsonValue* dyn = a->Find("dynamic");
-    if (dyn == nullptr || dyn->is_null() || (dyn->is_bool() && !dyn->as_bool()) ||
-        (dyn->is_string() && dyn->as_string() == "local")) {
-      a_static = true;
-    } else if (!dyn->is_bool()) {
-      return Bad(label, "group '" + key + "': input_activations.dynamic must be true, false "
-                        "or \"local\"");
-    }
-    QUENCH_ASSIGN_OR_RETURN(a_symmetric, Boolean(a->Find("symmetric"), label,
-                                                 "group '" + key + "': input_activations.symmetric",
-                                                 true));
-    const std::string aobs = Str(a->Find("observer"));
-    if (!aobs.empty() && aobs != "minmax" && aobs != "static_minmax" &&
-        aobs != "memoryless_minmax") {
-      return Bad(label, "group '" + key + "': input_activations observer '" + aobs +
-                            "' is not supported; quench computes min-max scales");
-    }
-  }
-  if (const JsonValue* d = w->Find("dynamic"); d != nullptr && !(d->is_bool() && !d->as_bool())) {
-    return Bad(label, "group '" + key + "': weights must be static (dynamic: false)");
-  }
-  const std::string obs = Str(w->Find("observer"));
-  if (!obs.empty() && obs != "minmax" && obs != "memoryless_minmax" && obs != "static_minmax" &&
-      obs != "imatrix_mse") {
-    return Bad(label, "group '" + key + "': observer '" + obs +
-                          "' is not supported; quench computes min-max scales, or imatrix_mse "
-                          "ones from --stats");
-  }
-  if (const JsonValue* ao = w->Find("actorder"); ao != nullptr && !ao->is_null() &&
-                                                 !(ao->is_bool() && !ao->as_bool())) {
-    return Bad(label, "group '" + key + "': actorder needs GPTQ (calibration)");
-  }
-  const std::string type = Str(w->Find("type")).empty() ? "int" : Str(w->Find("type"));
-  const std::string field = "group '" + key + "': weights.";
-  QUENCH_ASSIGN_OR_RETURN(std::optional<int> num_bits,
-                          WholeNumber(w->Find("num_bits"), label, field + "num_bits", 1, 64, 8));
-  const int bits = *num_bits;
-  QUENCH_ASSIGN_OR_RETURN(const bool symmetric,
-                          Boolean(w->Find("symmetric"), label, field + "symmetric", true));
-  QUENCH_ASSIGN_OR_RETURN(std::optional<int> group_size,
-                          WholeNumber(w->Find("group_size"), label, field + "group_size", -1,
-                                      1 << 30));
-  std::string strategy = Str(w->Find("strategy"));
-  if (strategy.empty()) {
-    strategy = !group_size ? "tensor" : *group_size > 0 ? "group" : "channel";
-  }
-  std::optional<std::pair<int, int>> block;
-  if (const JsonValue* b = w->Find("block_structure"); b != nullptr && b->is_array() &&
-                                                       b->as_array().size() == 2) {
-    QUENCH_ASSIGN_OR_RETURN(std::optional<int> rows, WholeNumber(&b->as_array()[0], label,
-                                                                 field + "block_structure", 1,
-                                                                 1 << 30));
-    QUENCH_ASSIGN_OR_RETURN(std::optional<int> cols, WholeNumber(&b->as_array()[1], label,
-                                                                 field + "block_structure", 1,
-                                                                 1 << 30));
-    if (!rows || !cols) return Bad(label, field + "block_structure must be two whole numbers");
-    block = std::make_pair(*rows, *cols);
-  }
+  QUENCH_ASSIGN_OR_RETURN(const ActArgs acts, ParseActivations(label, key, group));
+  QUENCH_ASSIGN_OR_RETURN(const WeightArgs wa, ParseWeights(label, key, *w));
+  const JsonValue* a = acts.args;
   const std::string format = Str(group.Find("format"));
   for (const SchemeInfo& s : SchemeTable()) {
     if (s.outputs == nullptr) continue;
     const QuantArgsDesc& sw = s.weights;
-    if (sw.type != type) continue;
+    if (sw.type != wa.type) continue;
     if (!format.empty() && format != s.format) continue;
-    // Activations: none versus present, and then the same type, bits and strategy.
-    if ((a == nullptr) != !s.input_activations.has_value()) continue;
-    if (a != nullptr) {
-      const QuantArgsDesc& sa = *s.input_activations;
-      const std::string at = Str(a->Find("type")).empty() ? "int" : Str(a->Find("type"));
-      QUENCH_ASSIGN_OR_RETURN(
-          std::optional<int> ab_or,
-          WholeNumber(a->Find("num_bits"), label,
-                      "group '" + key + "': input_activations.num_bits", 1, 64, 8));
-      const int ab = *ab_or;
-      if (at != sa.type || ab != sa.num_bits) continue;
-      const std::string as = Str(a->Find("strategy"));
-      const bool preset_static = !sa.dynamic;
-      if (a_static) {
-        // The preset's own static activations (FP8, NVFP4), or a per-token preset made static
-        // per tensor.
-        if (preset_static ? as != sa.strategy
-                          : !(as == "tensor" && CanMakeActivationsStatic(s))) {
-          continue;
-        }
-        if (!a_symmetric && (at != "int" || preset_static)) continue;
-      } else if (preset_static || as != sa.strategy) {
-        continue;
-      }
-    }
+    QUENCH_ASSIGN_OR_RETURN(const bool acts_match, ActivationsMatch(s, acts, label, key));
+    if (!acts_match) continue;
     SchemeParams p = s.DefaultParams();
     if (a != nullptr) {
-      p.static_input = a_static;
-      p.input_symmetric = a_symmetric;
+      p.static_input = acts.is_static;
+      p.input_symmetric = acts.symmetric;
     }
-    if (type == "int") {
+    if (wa.type == "int") {
       // The integer family: one kernel per storage (packed or not) covers every width,
       // group size and symmetry; the activations decide the preset.
-      if (bits < 2 || bits > 8) continue;
-      if (strategy != "group" && strategy != "channel") continue;
+      if (wa.bits < 2 || wa.bits > 8) continue;
+      if (wa.strategy != "group" && wa.strategy != "channel") continue;
       if (s.format == "int-quantized" && a == nullptr) continue;
-      p.bits = bits;
-      p.symmetric = symmetric;
-      p.group_size = strategy == "channel" ? std::optional<int>(-1) : group_size;
-      if (strategy == "group" && (!group_size || *group_size <= 0 || *group_size % 8 != 0)) {
+      p.bits = wa.bits;
+      p.symmetric = wa.symmetric;
+      p.group_size = wa.strategy == "channel" ? std::optional<int>(-1) : wa.group_size;
+      if (wa.strategy == "group" &&
+          (!wa.group_size || *wa.group_size <= 0 || *wa.group_size % 8 != 0)) {
         return Bad(label, "group '" + key + "': group_size must be a positive multiple of 8");
       }
       // Among packed presets prefer the one of the same width (its name reads right).
-      if (s.format == "pack-quantized" && a == nullptr && sw.num_bits != bits) continue;
-    } else {
-      if (sw.num_bits != bits || sw.strategy != strategy || sw.group_size != group_size ||
-          sw.block_structure != block || !symmetric) {
-        continue;
-      }
+      if (s.format == "pack-quantized" && a == nullptr && sw.num_bits != wa.bits) continue;
+    } else if (sw.num_bits != wa.bits || sw.strategy != wa.strategy ||
+               sw.group_size != wa.group_size || sw.block_structure != wa.block || !wa.symmetric) {
+      continue;
     }
     RecipeGroup rg;
     rg.key = key;
     rg.scheme = &s;
     rg.params = p;
-    if (obs == "imatrix_mse") rg.observer = obs;  // src/calib/imatrix_run.h plans it
+    if (wa.observer == "imatrix_mse") rg.observer = wa.observer;  // src/calib/imatrix_run.h
     if (const JsonValue* kw = w->Find("observer_kwargs"); kw != nullptr) {
       const Result<ObserverSettings> checked =
           ParseObserverKwargs(rg.observer, *kw, "group '" + key + "': weights.");
