@@ -1,6 +1,7 @@
 #include "format/source_ct.h"
 
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <regex>
@@ -66,6 +67,12 @@ struct Group {
   Names matcher;
   CtWeight proto;           // format and weight arguments; no tensors
 };
+
+// The per-expert pieces SplitFusedExperts cut from each stack, by the stack's name.
+using PiecesOf =
+    std::map<std::string, std::vector<std::pair<std::string, const ModelFolder::CtPiece*>>>;
+// A tensor of the source by name; absent (present false) where it has none.
+using CtFinder = std::function<CtTensor(const std::string&)>;
 
 // compressed-tensors' infer_module_format (COMPRESSION_FORMAT_PRIORITY): the first format
 // whose can_compress accepts the scheme.
@@ -243,6 +250,140 @@ std::string_view CtFormatName(CtFormat f) {
 Status CheckCtWeight(const ModelFolder& folder, CtWeight& w);  // source_ct_check.cc
 std::string DescribeCtGroup(const CtWeight& w, size_t weights);  // source_ct_check.cc
 
+namespace {
+
+// Every tensor of the folder by name, as the source stores it: stacks SplitFusedExperts cut
+// into per-expert pieces stand as the stacks they were (`*pieces_of` lists each one's pieces,
+// decoded from the stack's slices), and stacks expert pruning sliced and left 3-D as the
+// source stored them (decoded at the kept experts' slices, CtWeight::kept).
+std::map<std::string, CtTensor> SourceTensors(const ModelFolder& folder, PiecesOf* pieces_of) {
+  std::map<std::string, CtTensor> all;
+  for (size_t si = 0; si < folder.shards.size(); ++si) {
+    const Shard& sh = folder.shards[si];
+    for (const TensorInfo& t : sh.header.tensors) {
+      all[t.name] = CtTensor{true, t.name, si, sh.header.data_start + t.begin, t.nbytes(),
+                             t.dtype, t.shape};
+    }
+  }
+  for (const auto& [piece, cp] : folder.ct_pieces) {
+    const Shard& sh = folder.shards[cp.shard];
+    all[cp.stack.name] = CtTensor{true, cp.stack.name, cp.shard,
+                                  sh.header.data_start + cp.stack.begin, cp.stack.nbytes(),
+                                  cp.stack.dtype, cp.stack.shape};
+    (*pieces_of)[cp.stack.name].emplace_back(piece, &cp);
+  }
+  for (const auto& [name, ck] : folder.ct_kept) {
+    auto it = all.find(name);
+    if (it == all.end()) continue;
+    it->second.offset = folder.shards[it->second.shard].header.data_start + ck.stack.begin;
+    it->second.nbytes = ck.stack.nbytes();
+    it->second.shape = ck.stack.shape;
+  }
+  return all;
+}
+
+// The modules that hold quantized weights; the activation and KV-cache parameters (which the
+// output does not keep) go to out->consumed.
+std::set<std::string> QuantizedModules(const ModelFolder& folder,
+                                       const std::map<std::string, CtTensor>& all,
+                                       SourceQuantization* out) {
+  static constexpr std::string_view kDropped[] = {
+      "input_scale", "input_zero_point", "input_global_scale", "output_scale",
+      "output_zero_point", "output_global_scale", "k_scale", "v_scale"};
+  std::set<std::string> modules;
+  for (const auto& [name, t] : all) {
+    if (folder.ct_pieces.contains(name)) continue;  // its stack's module stands for it
+    auto [module, param] = ModuleParam(name);
+    if (param == "weight_packed" || param == "weight_scale") modules.emplace(module);
+    if (param == "weight" && !IsQuantizableFloat(t.dtype) && t.shape.size() >= 2) {
+      modules.emplace(module);  // I8 / F8 codes: checked for a scale below
+    }
+    for (std::string_view d : kDropped) {
+      if (param == d) out->consumed.push_back(name);  // activation / KV-cache parameters
+    }
+  }
+  return modules;
+}
+
+// Module `m`'s weight under group `g`: its tensors found, the pack-quantized unpacked shape
+// read, and the whole checked (CheckCtWeight). `rel`: the shard named in messages. The
+// weight_shape tensor, where present, goes to `*shape`.
+Result<std::shared_ptr<CtWeight>> MakeCtWeight(const ModelFolder& folder, const std::string& m,
+                                               const Group& g, const std::string& rel,
+                                               const CtFinder& find, CtTensor* shape) {
+  auto w = std::make_shared<CtWeight>(g.proto);
+  const bool packed = w->format == CtFormat::kPack || w->format == CtFormat::kNvfp4 ||
+                      w->format == CtFormat::kMxfp4;
+  w->codes = find(m + (packed ? ".weight_packed" : ".weight"));
+  w->scale = find(m + ".weight_scale");
+  w->zero_point = find(m + ".weight_zero_point");
+  w->g_idx = find(m + ".weight_g_idx");
+  w->global_scale = find(m + ".weight_global_scale");
+  *shape = find(m + ".weight_shape");
+  if (!w->codes.present) {
+    return Error(ErrorCode::kInvalidInput,
+                 rel + ": module '" + m + "' has no '" + m +
+                     (packed ? ".weight_packed" : ".weight") + "', which its group " + g.name +
+                     " (" + std::string(CtFormatName(w->format)) + ") stores");
+  }
+  if (w->format == CtFormat::kPack) {
+    if (!shape->present) {
+      return Error(ErrorCode::kInvalidInput,
+                   rel + ": tensor '" + w->codes.name + "' has no '" + m +
+                       ".weight_shape' (pack-quantized stores the unpacked shape)");
+    }
+    const uint64_t dims = w->codes.shape.size() == 3 ? 3 : 2;
+    QUENCH_ASSIGN_OR_RETURN(std::vector<uint64_t> s, ReadShape(folder, *shape, dims));
+    if (dims == 3 && s[0] != w->codes.shape[0]) {
+      return Error(ErrorCode::kInvalidInput,
+                   rel + ": tensor '" + shape->name + "' says " + std::to_string(s[0]) +
+                       " experts but '" + w->codes.name + "' " + ShapeString(w->codes.shape) +
+                       " stacks " + std::to_string(w->codes.shape[0]));
+    }
+    w->rows = s[dims - 2];
+    w->cols = s[dims - 1];
+  }
+  QUENCH_RETURN_IF_ERROR(CheckCtWeight(folder, *w));
+  if (auto k = folder.ct_kept.find(w->codes.name); k != folder.ct_kept.end() && w->experts > 0) {
+    w->kept = k->second.kept;
+    w->experts = w->kept.size();
+  }
+  return w;
+}
+
+// The weight's decoding entry (its scale tensor's place, the CtWeight): under `m`.weight, or
+// under each per-expert piece's name where the stack was split.
+void AddScales(const std::string& m, const std::shared_ptr<CtWeight>& w,
+               const PiecesOf& pieces_of, SourceQuantization* out) {
+  SourceScale sc;
+  sc.shard = w->scale.shard;
+  sc.name = w->scale.name;
+  sc.dtype = w->scale.dtype;
+  sc.shape = w->scale.shape;
+  sc.offset = w->scale.offset;
+  sc.nbytes = w->scale.nbytes;
+  sc.block_rows = w->scale_row_span;
+  sc.block_cols = CeilDiv(w->cols, w->scale_cols);
+  sc.ct = w;
+  if (auto pc = pieces_of.find(w->codes.name); pc != pieces_of.end()) {
+    // Split per expert: each piece is a weight of its own, decoded from its expert's slice.
+    for (const auto& [piece, cp] : pc->second) {
+      const std::string weight =
+          piece.ends_with("_packed") ? piece.substr(0, piece.size() - 7) : piece;
+      if (piece != weight) out->renamed.emplace(piece, weight);
+      SourceScale ps = sc;
+      ps.ct_expert = static_cast<int64_t>(cp->expert);
+      ps.ct_row0 = cp->row0;
+      out->scales.emplace(weight, std::move(ps));
+    }
+    return;
+  }
+  if (w->codes.name != m + ".weight") out->renamed.emplace(w->codes.name, m + ".weight");
+  out->scales.emplace(m + ".weight", std::move(sc));
+}
+
+}  // namespace
+
 Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
                                const std::string& where, SourceQuantization* out) {
   out->format = SourceFormat::kCompressedTensors;
@@ -264,59 +405,18 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
   }
   QUENCH_ASSIGN_OR_RETURN(Names ignored,
                           Names::Compile(ignore, where + ": quantization_config.ignore"));
-  // Every tensor by name; then the modules that hold quantized weights.
-  std::map<std::string, CtTensor> all;
-  for (size_t si = 0; si < folder.shards.size(); ++si) {
-    const Shard& sh = folder.shards[si];
-    for (const TensorInfo& t : sh.header.tensors) {
-      all[t.name] = CtTensor{true, t.name, si, sh.header.data_start + t.begin, t.nbytes(),
-                             t.dtype, t.shape};
-    }
-  }
-  // Stacks SplitFusedExperts cut into per-expert pieces: their codes as they were, and the
-  // pieces of each (decoded from the stack's slices).
-  std::map<std::string, std::vector<std::pair<std::string, const ModelFolder::CtPiece*>>> pieces_of;
-  for (const auto& [piece, cp] : folder.ct_pieces) {
-    const Shard& sh = folder.shards[cp.shard];
-    all[cp.stack.name] = CtTensor{true, cp.stack.name, cp.shard,
-                                  sh.header.data_start + cp.stack.begin, cp.stack.nbytes(),
-                                  cp.stack.dtype, cp.stack.shape};
-    pieces_of[cp.stack.name].emplace_back(piece, &cp);
-  }
-  // Stacks expert pruning sliced and left 3-D: checked as the source stored them; decoded at
-  // the kept experts' slices (CtWeight::kept).
-  for (const auto& [name, ck] : folder.ct_kept) {
-    auto it = all.find(name);
-    if (it == all.end()) continue;
-    it->second.offset = folder.shards[it->second.shard].header.data_start + ck.stack.begin;
-    it->second.nbytes = ck.stack.nbytes();
-    it->second.shape = ck.stack.shape;
-  }
-  auto find = [&](const std::string& n) {
+  PiecesOf pieces_of;
+  const std::map<std::string, CtTensor> all = SourceTensors(folder, &pieces_of);
+  const CtFinder find = [&all](const std::string& n) {
     auto it = all.find(n);
     return it == all.end() ? CtTensor{} : it->second;
   };
-  static constexpr std::string_view kDropped[] = {
-      "input_scale", "input_zero_point", "input_global_scale", "output_scale",
-      "output_zero_point", "output_global_scale", "k_scale", "v_scale"};
-  std::set<std::string> modules;
-  for (const auto& [name, t] : all) {
-    if (folder.ct_pieces.contains(name)) continue;  // its stack's module stands for it
-    auto [module, param] = ModuleParam(name);
-    if (param == "weight_packed" || param == "weight_scale") modules.emplace(module);
-    if (param == "weight" && !IsQuantizableFloat(t.dtype) && t.shape.size() >= 2) {
-      modules.emplace(module);  // I8 / F8 codes: checked for a scale below
-    }
-    for (std::string_view d : kDropped) {
-      if (param == d) out->consumed.push_back(name);  // activation / KV-cache parameters
-    }
-  }
   std::map<std::string, size_t> per_group, stacks;  // weights (3-D stacks) per config group
-  for (const std::string& m : modules) {
+  for (const std::string& m : QuantizedModules(folder, all, out)) {
     const std::string rel =
-        folder.shards[find(m + ".weight_scale").present ? find(m + ".weight_scale").shard
+        folder.shards[find(m + ".weight_scale").present    ? find(m + ".weight_scale").shard
                       : find(m + ".weight_packed").present ? find(m + ".weight_packed").shard
-                                                            : find(m + ".weight").shard]
+                                                           : find(m + ".weight").shard]
             .rel_name;
     if (ignored.Matches(m)) {
       return Error(ErrorCode::kInvalidInput,
@@ -325,81 +425,25 @@ Status DetectCompressedTensors(const ModelFolder& folder, const JsonValue& q,
     }
     const Group* g = nullptr;
     for (const Group& c : parsed) {
-      if (c.all_linear || c.matcher.Matches(m)) { g = &c; break; }
+      if (c.all_linear || c.matcher.Matches(m)) {
+        g = &c;
+        break;
+      }
     }
     if (g == nullptr) {
       return Error(ErrorCode::kInvalidInput,
                    rel + ": module '" + m + "' holds quantized tensors but no config group "
                    "targets it (the tensors contradict the config)");
     }
-    auto w = std::make_shared<CtWeight>(g->proto);
-    const bool packed = w->format == CtFormat::kPack || w->format == CtFormat::kNvfp4 ||
-                        w->format == CtFormat::kMxfp4;
-    w->codes = find(m + (packed ? ".weight_packed" : ".weight"));
-    w->scale = find(m + ".weight_scale");
-    w->zero_point = find(m + ".weight_zero_point");
-    w->g_idx = find(m + ".weight_g_idx");
-    w->global_scale = find(m + ".weight_global_scale");
-    const CtTensor shape = find(m + ".weight_shape");
-    if (!w->codes.present) {
-      return Error(ErrorCode::kInvalidInput,
-                   rel + ": module '" + m + "' has no '" + m +
-                       (packed ? ".weight_packed" : ".weight") + "', which its group " +
-                       g->name + " (" + std::string(CtFormatName(w->format)) + ") stores");
-    }
-    if (w->format == CtFormat::kPack) {
-      if (!shape.present) {
-        return Error(ErrorCode::kInvalidInput,
-                     rel + ": tensor '" + w->codes.name + "' has no '" + m +
-                         ".weight_shape' (pack-quantized stores the unpacked shape)");
-      }
-      const uint64_t dims = w->codes.shape.size() == 3 ? 3 : 2;
-      QUENCH_ASSIGN_OR_RETURN(std::vector<uint64_t> s, ReadShape(folder, shape, dims));
-      if (dims == 3 && s[0] != w->codes.shape[0]) {
-        return Error(ErrorCode::kInvalidInput,
-                     rel + ": tensor '" + shape.name + "' says " + std::to_string(s[0]) +
-                         " experts but '" + w->codes.name + "' " + ShapeString(w->codes.shape) +
-                         " stacks " + std::to_string(w->codes.shape[0]));
-      }
-      w->rows = s[dims - 2];
-      w->cols = s[dims - 1];
-    }
-    QUENCH_RETURN_IF_ERROR(CheckCtWeight(folder, *w));
-    if (auto k = folder.ct_kept.find(w->codes.name); k != folder.ct_kept.end() && w->experts > 0) {
-      w->kept = k->second.kept;
-      w->experts = w->kept.size();
-    }
-    const CtWeight& cw = *w;
-    for (const CtTensor* x : {&cw.scale, &cw.zero_point, &cw.g_idx, &cw.global_scale, &shape}) {
+    CtTensor shape;
+    QUENCH_ASSIGN_OR_RETURN(std::shared_ptr<CtWeight> w,
+                            MakeCtWeight(folder, m, *g, rel, find, &shape));
+    for (const CtTensor* x : {&w->scale, &w->zero_point, &w->g_idx, &w->global_scale, &shape}) {
       if (x->present) out->consumed.push_back(x->name);
     }
-    SourceScale sc;
-    sc.shard = w->scale.shard;
-    sc.name = w->scale.name;
-    sc.dtype = w->scale.dtype;
-    sc.shape = w->scale.shape;
-    sc.offset = w->scale.offset;
-    sc.nbytes = w->scale.nbytes;
-    sc.block_rows = w->scale_row_span;
-    sc.block_cols = CeilDiv(w->cols, w->scale_cols);
-    sc.ct = w;
     ++per_group[g->name];
     if (w->experts > 0) ++stacks[g->name];
-    if (auto pc = pieces_of.find(w->codes.name); pc != pieces_of.end()) {
-      // Split per expert: each piece is a weight of its own, decoded from its expert's slice.
-      for (const auto& [piece, cp] : pc->second) {
-        const std::string weight = piece.ends_with("_packed")
-                                       ? piece.substr(0, piece.size() - 7) : piece;
-        if (piece != weight) out->renamed.emplace(piece, weight);
-        SourceScale ps = sc;
-        ps.ct_expert = static_cast<int64_t>(cp->expert);
-        ps.ct_row0 = cp->row0;
-        out->scales.emplace(weight, std::move(ps));
-      }
-      continue;
-    }
-    if (w->codes.name != m + ".weight") out->renamed.emplace(w->codes.name, m + ".weight");
-    out->scales.emplace(m + ".weight", std::move(sc));
+    AddScales(m, w, pieces_of, out);
   }
   // A scale tensor is consumed with its weight; count them as the FP8 path does.
   out->scale_tensors = 0;
