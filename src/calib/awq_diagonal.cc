@@ -166,204 +166,241 @@ void PairTerms(const AwqLayer& l, const iq::Layout& lay, uint64_t r, const float
                  : ExactLossRow(l, lay, r, cands[g2], h);
 }
 
-std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
-                                 const std::vector<Cand>& cands, const std::vector<double>& h,
-                                 bool prune) {
-  const size_t count = cands.size();
-  const std::vector<Block> blocks = MakeBlocks(layers);
-  std::vector<iq::Layout> lays;
-  std::vector<uint64_t> offset;  // row offsets into per-candidate arrays
-  RowLayouts(layers, &lays, &offset);
-  const uint64_t total_rows = offset.back();
-  std::vector<double> terms(count * total_rows, 0.0);  // [g * total_rows + row]
-  // f32 copies for the bound kernel (empty where it does not take the candidate's scales).
-  std::vector<float> h32(h.begin(), h.end());
-  std::vector<CandF32> f32(count);
-  for (size_t g = 0; g < count && prune; ++g) {
-    if (!cands[g].kernel) continue;
-    f32[g].s32.assign(cands[g].s.begin(), cands[g].s.end());
-    f32[g].inv32.assign(cands[g].inv.begin(), cands[g].inv.end());
-  }
-  // The definition's term of every row of candidates `gs` (from the bound kernel's exact
-  // BF16 back values, ScaledLossFromBack, where it takes the row; the row kernel else).
-  auto exact = [&](const std::vector<size_t>& gs) {
-    if (gs.empty()) return;  // no pass over the rows for nothing
-    tbb::parallel_for(size_t{0}, blocks.size(), [&](size_t i) {
-      const Block& b = blocks[i];
-      const AwqLayer& l = layers[b.layer];
-      const uint64_t cols = l.cols;
-      thread_local BlockRows t;
-      if (prune) t.Load(l, b);
-      // The definition's BF16 back values of row r under candidate g, where the kernel takes it.
-      auto back = [&](size_t g, uint64_t r, float* out) {
-        float a;
-        const Cand& c = cands[g];
-        return prune && t.ok[r] && c.kernel &&
-               intq::Bf16ScaledRowLossBound(&t.w[r * cols], c.s.data(), f32[g].s32.data(),
-                                            f32[g].inv32.data(), h32.data(), lays[b.layer],
-                                            l.q.symmetric, t.ws.data(), out, &a);
-      };
-      // Two candidates at a time: their f64 sums interleaved (each in its own order: eight
-      // chains of dependent additions instead of four).
-      for (size_t k = 0; k < gs.size(); k += 2) {
-        const size_t g1 = gs[k], g2 = k + 1 < gs.size() ? gs[k + 1] : gs.size();
-        for (uint64_t r = 0; r < b.r1 - b.r0; ++r) {
-          const uint64_t row = offset[b.layer] + b.r0 + r;
-          const bool pair = g2 != gs.size();
-          const bool took1 = back(g1, r, t.back.data());
-          const bool took2 = pair && back(g2, r, t.back2.data());
-          PairTerms(l, lays[b.layer], b.r0 + r, &t.w[r * cols], cands, h, g1, took1,
-                    t.back.data(), &terms[g1 * total_rows + row], g2, took2, t.back2.data(),
-                    pair ? &terms[g2 * total_rows + row] : nullptr);
-        }
-      }
-    });
-  };
-  // The definition's sums of candidates `gs`, in its order.
-  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
-  auto sum = [&](const std::vector<size_t>& gs) {
-    for (size_t g : gs) {
-      double v = 0;
-      for (uint64_t r = 0; r < total_rows; ++r) v += terms[g * total_rows + r];
-      sums[g] = v;
+namespace {
+
+// (candidate, tiles) pairs: each tile with the candidates to run on it (each tile loaded once).
+using TileWork = std::vector<std::pair<size_t, std::vector<size_t>>>;
+
+// One DiagonalSums call's state: the definition's per-row terms and sums of the candidates
+// evaluated so far, and (pruned) the bound kernel's per-tile sums and each candidate's
+// partial sum over the tiles it has run on.
+class DiagonalSearch {
+ public:
+  DiagonalSearch(const std::vector<AwqLayer>& layers, const std::vector<Cand>& cands,
+                 const std::vector<double>& h, bool prune)
+      : layers_(layers), cands_(cands), h_(h), prune_(prune), count_(cands.size()),
+        blocks_(MakeBlocks(layers)), h32_(h.begin(), h.end()), f32_(count_),
+        sums_(count_, std::numeric_limits<double>::infinity()) {
+    RowLayouts(layers, &lays_, &offset_);
+    total_rows_ = offset_.back();
+    terms_.assign(count_ * total_rows_, 0.0);
+    for (size_t g = 0; g < count_ && prune; ++g) {
+      if (!cands[g].kernel) continue;
+      f32_[g].s32.assign(cands[g].s.begin(), cands[g].s.end());
+      f32_[g].inv32.assign(cands[g].inv.begin(), cands[g].inv.end());
     }
-  };
-  std::vector<size_t> all(count);
-  for (size_t g = 0; g < count; ++g) all[g] = g;
-  const uint64_t n = layers.empty() ? 0 : layers.front().cols;
-  if (!prune || count <= 1 || n == 0) {
-    exact(all);
-    sum(all);
-    return sums;
   }
-  double hmax = 0;
-  for (float v : h32) hmax = std::max(hmax, double(std::fabs(v)));
-  size_t slabs = 0;
-  const std::vector<Tile> tiles = MakeTiles(layers, lays, &slabs);
-  // bound[g * tiles + i]: candidate g's bound approximation of tile i (the sum over its rows
-  // of each row's slab sum).
-  std::vector<double> bound(count * tiles.size(), 0.0);
-  // Runs the (candidate, tile) pairs `work`, grouped by tile (each tile loaded once).
-  auto run = [&](const std::vector<std::pair<size_t, std::vector<size_t>>>& work) {
-    tbb::parallel_for(size_t{0}, work.size(), [&](size_t k) {
-      const Tile& t = tiles[work[k].first];
-      const AwqLayer& l = layers[t.layer];
-      iq::Layout lay = lays[t.layer];
-      lay.n_groups = (t.c1 - t.c0) / lay.group;
-      const uint64_t width = t.c1 - t.c0;
-      thread_local TileRows rows;
-      rows.Load(l, t);
-      const uint64_t n_rows = t.r1 - t.r0;
-      for (size_t g : work[k].second) {
-        const Cand& c = cands[g];
-        if (c.kernel) {
-          intq::Bf16ScaledRowsLossBound(rows.w.data(), n_rows, rows.ok.data(), c.s.data() + t.c0,
-                                        f32[g].s32.data() + t.c0, f32[g].inv32.data() + t.c0,
-                                        h32.data() + t.c0, lay, l.q.symmetric, rows.ws.data(),
-                                        rows.approx.data(), rows.taken.data());
+
+  std::vector<double> Run();
+
+ private:
+  void Exact(const std::vector<size_t>& gs);
+  void Sum(const std::vector<size_t>& gs);
+  void RunTiles(const TileWork& work);
+  size_t SampleAll(std::vector<size_t>* rest);
+  void DensestFirst(size_t leader, std::vector<size_t>* rest) const;
+  std::vector<size_t> Stop(size_t leader, const std::vector<size_t>& rest, double rel,
+                           double abs_term);
+  std::vector<size_t> Finalists(size_t leader, const std::vector<size_t>& live, double rel,
+                                double abs_term) const;
+
+  const std::vector<AwqLayer>& layers_;
+  const std::vector<Cand>& cands_;
+  const std::vector<double>& h_;
+  const bool prune_;
+  const size_t count_;
+  const std::vector<Block> blocks_;
+  std::vector<iq::Layout> lays_;
+  std::vector<uint64_t> offset_;  // row offsets into per-candidate arrays
+  uint64_t total_rows_ = 0;
+  std::vector<double> terms_;  // [g * total_rows + row]
+  // f32 copies for the bound kernel (empty where it does not take the candidate's scales).
+  const std::vector<float> h32_;
+  std::vector<CandF32> f32_;
+  std::vector<double> sums_;  // the definition's sums, +Inf for those not evaluated
+  // Pruned: the tiles; bound_[g * tiles + i]: candidate g's bound approximation of tile i
+  // (the sum over its rows of each row's slab sum); part_ / terms_done_: each candidate's sum
+  // over the tiles run so far, and the rows x slabs summed into it.
+  std::vector<Tile> tiles_;
+  size_t slabs_ = 0;
+  std::vector<double> bound_, part_;
+  std::vector<uint64_t> terms_done_;
+};
+
+// The definition's term of every row of candidates `gs` (from the bound kernel's exact BF16
+// back values, ScaledLossFromBack, where it takes the row; the row kernel else).
+void DiagonalSearch::Exact(const std::vector<size_t>& gs) {
+  if (gs.empty()) return;  // no pass over the rows for nothing
+  tbb::parallel_for(size_t{0}, blocks_.size(), [&](size_t i) {
+    const Block& b = blocks_[i];
+    const AwqLayer& l = layers_[b.layer];
+    const uint64_t cols = l.cols;
+    thread_local BlockRows t;
+    if (prune_) t.Load(l, b);
+    // The definition's BF16 back values of row r under candidate g, where the kernel takes it.
+    auto back = [&](size_t g, uint64_t r, float* out) {
+      float a;
+      const Cand& c = cands_[g];
+      return prune_ && t.ok[r] && c.kernel &&
+             intq::Bf16ScaledRowLossBound(&t.w[r * cols], c.s.data(), f32_[g].s32.data(),
+                                          f32_[g].inv32.data(), h32_.data(), lays_[b.layer],
+                                          l.q.symmetric, t.ws.data(), out, &a);
+    };
+    // Two candidates at a time: their f64 sums interleaved (each in its own order: eight
+    // chains of dependent additions instead of four).
+    for (size_t k = 0; k < gs.size(); k += 2) {
+      const size_t g1 = gs[k], g2 = k + 1 < gs.size() ? gs[k + 1] : gs.size();
+      for (uint64_t r = 0; r < b.r1 - b.r0; ++r) {
+        const uint64_t row = offset_[b.layer] + b.r0 + r;
+        const bool pair = g2 != gs.size();
+        const bool took1 = back(g1, r, t.back.data());
+        const bool took2 = pair && back(g2, r, t.back2.data());
+        PairTerms(l, lays_[b.layer], b.r0 + r, &t.w[r * cols], cands_, h_, g1, took1,
+                  t.back.data(), &terms_[g1 * total_rows_ + row], g2, took2, t.back2.data(),
+                  pair ? &terms_[g2 * total_rows_ + row] : nullptr);
+      }
+    }
+  });
+}
+
+// The definition's sums of candidates `gs`, in its order.
+void DiagonalSearch::Sum(const std::vector<size_t>& gs) {
+  for (size_t g : gs) {
+    double v = 0;
+    for (uint64_t r = 0; r < total_rows_; ++r) v += terms_[g * total_rows_ + r];
+    sums_[g] = v;
+  }
+}
+
+// Runs the (candidate, tile) pairs `work` into bound_.
+void DiagonalSearch::RunTiles(const TileWork& work) {
+  tbb::parallel_for(size_t{0}, work.size(), [&](size_t k) {
+    const Tile& t = tiles_[work[k].first];
+    const AwqLayer& l = layers_[t.layer];
+    iq::Layout lay = lays_[t.layer];
+    lay.n_groups = (t.c1 - t.c0) / lay.group;
+    const uint64_t width = t.c1 - t.c0;
+    thread_local TileRows rows;
+    rows.Load(l, t);
+    const uint64_t n_rows = t.r1 - t.r0;
+    for (size_t g : work[k].second) {
+      const Cand& c = cands_[g];
+      if (c.kernel) {
+        intq::Bf16ScaledRowsLossBound(rows.w.data(), n_rows, rows.ok.data(), c.s.data() + t.c0,
+                                      f32_[g].s32.data() + t.c0, f32_[g].inv32.data() + t.c0,
+                                      h32_.data() + t.c0, lay, l.q.symmetric, rows.ws.data(),
+                                      rows.approx.data(), rows.taken.data());
+      } else {
+        std::fill(rows.taken.begin(), rows.taken.end(), 0);
+      }
+      double v = 0;
+      for (uint64_t r = 0; r < n_rows; ++r) {
+        const float* w = &rows.w[r * width];
+        if (rows.taken[r]) {
+          v += rows.approx[r];
         } else {
-          std::fill(rows.taken.begin(), rows.taken.end(), 0);
-        }
-        double v = 0;
-        for (uint64_t r = 0; r < n_rows; ++r) {
-          const float* w = &rows.w[r * width];
-          if (rows.taken[r]) {
-            v += rows.approx[r];
-          } else {
-            // The definition's dW on the slab (its groups are the row's), summed in f64.
-            intq::ScaledErrorRowScalar(w, c.s.data() + t.c0, lay, l.q, l.dtype, rows.ws.data(),
-                                       rows.dw.data());
-            for (uint64_t i = 0; i < width; ++i) {
-              v += rows.dw[i] * rows.dw[i] * h[t.c0 + i];
-            }
+          // The definition's dW on the slab (its groups are the row's), summed in f64.
+          intq::ScaledErrorRowScalar(w, c.s.data() + t.c0, lay, l.q, l.dtype, rows.ws.data(),
+                                     rows.dw.data());
+          for (uint64_t i = 0; i < width; ++i) {
+            v += rows.dw[i] * rows.dw[i] * h_[t.c0 + i];
           }
         }
-        bound[g * tiles.size() + work[k].first] = v;
       }
-    });
-  };
-  // Every candidate on the sample tiles.
-  std::vector<std::pair<size_t, std::vector<size_t>>> sample_work;
-  std::vector<size_t> rest;
-  for (size_t i = 0; i < tiles.size(); ++i) {
-    if (tiles[i].sample) {
+      bound_[g * tiles_.size() + work[k].first] = v;
+    }
+  });
+}
+
+// Every candidate on the sample tiles; returns the leader (the lowest there) and leaves the
+// other tiles in `*rest`.
+size_t DiagonalSearch::SampleAll(std::vector<size_t>* rest) {
+  std::vector<size_t> all(count_);
+  for (size_t g = 0; g < count_; ++g) all[g] = g;
+  TileWork sample_work;
+  for (size_t i = 0; i < tiles_.size(); ++i) {
+    if (tiles_[i].sample) {
       sample_work.emplace_back(i, all);
     } else {
-      rest.push_back(i);
+      rest->push_back(i);
     }
   }
-  run(sample_work);
-  // Per candidate its sampled sum (the leader is the lowest there).
-  std::vector<double> part(count, 0.0);
-  std::vector<uint64_t> terms_done(count, 0);  // rows x slabs summed into part
+  RunTiles(sample_work);
+  part_.assign(count_, 0.0);
+  terms_done_.assign(count_, 0);
   size_t leader = 0;
-  for (size_t g = 0; g < count; ++g) {
-    for (size_t i = 0; i < tiles.size(); ++i) {
-      if (!tiles[i].sample) continue;
-      part[g] += bound[g * tiles.size() + i];
-      terms_done[g] += tiles[i].r1 - tiles[i].r0;
+  for (size_t g = 0; g < count_; ++g) {
+    for (size_t i = 0; i < tiles_.size(); ++i) {
+      if (!tiles_[i].sample) continue;
+      part_[g] += bound_[g * tiles_.size() + i];
+      terms_done_[g] += tiles_[i].r1 - tiles_[i].r0;
     }
-    if (part[g] < part[leader]) leader = g;
+    if (part_[g] < part_[leader]) leader = g;
   }
-  // The leader's sampled loss per element of each (layer, slab).
-  std::vector<double> density(slabs, 0.0), slab_elems(slabs, 0.0);
-  for (size_t i = 0; i < tiles.size(); ++i) {
-    const Tile& t = tiles[i];
+  return leader;
+}
+
+// Orders `*rest` densest first by the leader's sampled loss per element of each (layer,
+// slab).
+void DiagonalSearch::DensestFirst(size_t leader, std::vector<size_t>* rest) const {
+  std::vector<double> density(slabs_, 0.0), slab_elems(slabs_, 0.0);
+  for (size_t i = 0; i < tiles_.size(); ++i) {
+    const Tile& t = tiles_[i];
     if (!t.sample) continue;
-    density[t.slab] += bound[leader * tiles.size() + i];
+    density[t.slab] += bound_[leader * tiles_.size() + i];
     slab_elems[t.slab] += double((t.r1 - t.r0) * (t.c1 - t.c0));
   }
-  for (size_t k = 0; k < slabs; ++k) {
+  for (size_t k = 0; k < slabs_; ++k) {
     density[k] /= std::max(1.0, slab_elems[k]);
     if (std::isnan(density[k])) density[k] = std::numeric_limits<double>::infinity();  // to sort by
   }
-  std::vector<size_t> first = {0};
-  if (leader != 0) first.push_back(leader);
-  exact(first);
-  sum(first);
-  // Per term (a row's slab sum) |approx - exact| <= rel * approx + abs; the f64 sums of
-  // approximations and the definition's own sums (f64, every term >= 0) add at most
-  // (terms + cols) 2^-53 relative, well inside the factor 2 on rel (ScaledBoundRel >=
-  // 2^-28); a slab's bound (fewer columns) is within the row's.
-  const double rel = 2 * intq::ScaledBoundRel(n);
-  const double abs_term = 2 * intq::ScaledBoundAbs(n, hmax);
-  // The others on the remaining tiles, densest first by the leader's sampled density (the
-  // columns' share of the loss mass varies little between the candidates that take long to
-  // stop, the leader's neighbours), a 64th of the tiles at a time (a stopped candidate
-  // overshoots by half of one on average), every live candidate on
-  // the same tiles (each loaded once); a candidate stops once its partial sum's lower bound
-  // exceeds the leader's exact loss.
+  std::stable_sort(rest->begin(), rest->end(), [&](size_t a, size_t b) {
+    return density[tiles_[a].slab] > density[tiles_[b].slab];
+  });
+}
+
+// The others on the remaining tiles, densest first by the leader's sampled density (the
+// columns' share of the loss mass varies little between the candidates that take long to
+// stop, the leader's neighbours), a 64th of the tiles at a time (a stopped candidate
+// overshoots by half of one on average), every live candidate on the same tiles (each loaded
+// once); a candidate stops once its partial sum's lower bound exceeds the leader's exact
+// loss. Returns the candidates never stopped.
+std::vector<size_t> DiagonalSearch::Stop(size_t leader, const std::vector<size_t>& rest, double rel,
+                                         double abs_term) {
   std::vector<size_t> live;
-  for (size_t g = 1; g < count; ++g) {
+  for (size_t g = 1; g < count_; ++g) {
     if (g != leader) live.push_back(g);
   }
-  std::stable_sort(rest.begin(), rest.end(), [&](size_t a, size_t b) {
-    return density[tiles[a].slab] > density[tiles[b].slab];
-  });
   const size_t batches = std::clamp<size_t>(rest.size() / 8, 1, 64);
   for (size_t k = 0; k < batches && !live.empty(); ++k) {
     const size_t i0 = rest.size() * k / batches, i1 = rest.size() * (k + 1) / batches;
-    std::vector<std::pair<size_t, std::vector<size_t>>> work;
+    TileWork work;
     for (size_t i = i0; i < i1; ++i) work.emplace_back(rest[i], live);
-    run(work);
+    RunTiles(work);
     std::erase_if(live, [&](size_t g) {
       for (size_t i = i0; i < i1; ++i) {
-        part[g] += bound[g * tiles.size() + rest[i]];
-        terms_done[g] += tiles[rest[i]].r1 - tiles[rest[i]].r0;
+        part_[g] += bound_[g * tiles_.size() + rest[i]];
+        terms_done_[g] += tiles_[rest[i]].r1 - tiles_[rest[i]].r0;
       }
-      return std::isfinite(part[g]) &&
-             part[g] * (1 - rel) - double(terms_done[g]) * abs_term > sums[leader];
+      return std::isfinite(part_[g]) &&
+             part_[g] * (1 - rel) - double(terms_done_[g]) * abs_term > sums_[leader];
     });
   }
-  // Each survivor's interval over every tile; those whose lower end does not exceed the
-  // smallest upper end (the leader's exact loss included) are evaluated by the definition.
-  double min_hi = sums[leader];
-  std::vector<double> lo(count);
+  return live;
+}
+
+// Each survivor's interval over every tile; those whose lower end does not exceed the
+// smallest upper end (the leader's exact loss included) are to be evaluated by the
+// definition.
+std::vector<size_t> DiagonalSearch::Finalists(size_t leader, const std::vector<size_t>& live,
+                                              double rel, double abs_term) const {
+  double min_hi = sums_[leader];
+  std::vector<double> lo(count_);
   for (size_t g : live) {
-    const double abs = double(terms_done[g]) * abs_term;
-    if (std::isfinite(part[g])) {
-      lo[g] = part[g] * (1 - rel) - abs;
-      min_hi = std::min(min_hi, part[g] * (1 + rel) + abs);
+    const double abs = double(terms_done_[g]) * abs_term;
+    if (std::isfinite(part_[g])) {
+      lo[g] = part_[g] * (1 - rel) - abs;
+      min_hi = std::min(min_hi, part_[g] * (1 + rel) + abs);
     } else {  // an f32 overflow or a NaN: no bound; the definition decides
       lo[g] = -std::numeric_limits<double>::infinity();
     }
@@ -372,9 +409,48 @@ std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
   for (size_t g : live) {
     if (!(lo[g] > min_hi)) more.push_back(g);
   }
-  exact(more);
-  sum(more);
-  return sums;
+  return more;
+}
+
+std::vector<double> DiagonalSearch::Run() {
+  const uint64_t n = layers_.empty() ? 0 : layers_.front().cols;
+  if (!prune_ || count_ <= 1 || n == 0) {
+    std::vector<size_t> all(count_);
+    for (size_t g = 0; g < count_; ++g) all[g] = g;
+    Exact(all);
+    Sum(all);
+    return sums_;
+  }
+  double hmax = 0;
+  for (float v : h32_) hmax = std::max(hmax, double(std::fabs(v)));
+  tiles_ = MakeTiles(layers_, lays_, &slabs_);
+  bound_.assign(count_ * tiles_.size(), 0.0);
+  std::vector<size_t> rest;
+  const size_t leader = SampleAll(&rest);
+  DensestFirst(leader, &rest);
+  std::vector<size_t> first = {0};
+  if (leader != 0) first.push_back(leader);
+  Exact(first);
+  Sum(first);
+  // Per term (a row's slab sum) |approx - exact| <= rel * approx + abs; the f64 sums of
+  // approximations and the definition's own sums (f64, every term >= 0) add at most
+  // (terms + cols) 2^-53 relative, well inside the factor 2 on rel (ScaledBoundRel >=
+  // 2^-28); a slab's bound (fewer columns) is within the row's.
+  const double rel = 2 * intq::ScaledBoundRel(n);
+  const double abs_term = 2 * intq::ScaledBoundAbs(n, hmax);
+  const std::vector<size_t> live = Stop(leader, rest, rel, abs_term);
+  const std::vector<size_t> more = Finalists(leader, live, rel, abs_term);
+  Exact(more);
+  Sum(more);
+  return sums_;
+}
+
+}  // namespace
+
+std::vector<double> DiagonalSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands, const std::vector<double>& h,
+                                 bool prune) {
+  return DiagonalSearch(layers, cands, h, prune).Run();
 }
 
 }  // namespace quench::calib::awq_internal
