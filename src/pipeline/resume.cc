@@ -19,30 +19,17 @@ fs::path ResumeMarkerPath(const fs::path& dst, const std::string& rel) {
 
 namespace {
 
-// One tensor's part of a fingerprint: its action, pruning and scheme parameters, and with
-// `global_scale` its NVFP4 global scale (known only after the pre-pass). Written into `d`
-// (cleared first), which callers reuse across a plan's tensors.
-void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale,
-                      std::string& d) {
-  auto num = [&d](uint64_t v) {
-    char buf[24];
-    const auto r = std::to_chars(buf, buf + sizeof buf, v);
-    d.append(buf, r.ptr);
-  };
-  d.assign(t.name);
-  d += t.action == TensorAction::kQuantize ? "|q|"
-       : t.action == TensorAction::kPrune  ? "|p|"
-       : t.action == TensorAction::kDecode ? "|d|"
-                                           : "|c|";
-  // Where the bytes come from: expert pruning can keep other experts with the same layout.
-  num(t.src_offset);
-  d += '|';
-  for (const auto& [at, len] : t.src_ranges) {
-    num(at);
-    d += '+';
-    num(len);
-    d += '|';
-  }
+// Appends v in decimal to d.
+void AppendNum(std::string& d, uint64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  d.append(buf, r.ptr);
+}
+
+// A decoded weight's part: its scale, and what else its decoding reads (AutoAWQ / ModelOpt
+// zero points and per-tensor scales, a compressed-tensors weight's other tensors and expert
+// slice), each with the shard it lives in.
+void AppendSourceScale(const Plan& plan, const PlannedTensor& t, std::string& d) {
   // A decoded weight depends on its scale, which may live in another source shard: that
   // shard's size and header are part of what this shard was made from.
   if (t.source_scale) {
@@ -50,9 +37,9 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     d += "scale ";
     d += ss.rel_name;
     d += '|';
-    num(ss.src_size);
+    AppendNum(d, ss.src_size);
     d += '|';
-    num(ss.src_header_hash);
+    AppendNum(d, ss.src_header_hash);
     d += '|';
     // AutoAWQ / ModelOpt: zero points (possibly in a third shard), the per-tensor scales read
     // while planning, and whether the weight was repacked or decoded.
@@ -61,7 +48,7 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       const PlannedShard& zs = plan.shards[z ? z->first : t.source_scale->shard];
       d += "packed " + std::to_string(static_cast<int>(t.source_scale->packed_kind)) + ' ' +
            std::to_string(t.source_scale->repack) + ' ' + zs.rel_name + '|';
-      num(zs.src_header_hash);
+      AppendNum(d, zs.src_header_hash);
       uint32_t b[2];
       std::memcpy(&b[0], &t.source_scale->weight_scale_2, 4);
       std::memcpy(&b[1], &t.source_scale->input_scale, 4);
@@ -77,24 +64,29 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       d += "ct ";
       d += xs.rel_name;
       d += '|';
-      num(xs.src_size);
+      AppendNum(d, xs.src_size);
       d += '|';
-      num(xs.src_header_hash);
+      AppendNum(d, xs.src_header_hash);
       d += '|';
     }
     // A piece of a 3-D stack: which expert's rows (its codes' range is src_offset already).
     if (w.experts > 0) {
       d += "stack ";
-      num(w.experts);
+      AppendNum(d, w.experts);
       d += '|' + std::to_string(t.source_scale->ct_expert) + '|';
-      num(t.source_scale->ct_row0);
+      AppendNum(d, t.source_scale->ct_row0);
       d += '|';
       for (uint32_t k : w.kept) {  // expert pruning: the source slices of scales read
-        num(k);
+        AppendNum(d, k);
         d += ',';
       }
     }
   }
+}
+
+// The pruning, Wanda's statistics, the scheme and its parameters (with `global_scale` the
+// NVFP4 global scale), and the static activation scales written into the shard.
+void AppendScheme(const Plan& plan, const PlannedTensor& t, bool global_scale, std::string& d) {
   if (t.prune) {
     d += "prune ";
     d += plan.prune.text;
@@ -120,7 +112,7 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     if (global_scale) {
       uint32_t gs;
       std::memcpy(&gs, &t.global_scale, 4);
-      num(gs);
+      AppendNum(d, gs);
     }
   }
   // Static activation scales (from the statistics at planning) are written into the shard.
@@ -134,6 +126,11 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
       d += hex;
     }
   }
+}
+
+// The calibration the weight depends on: its statistics site and the run's settings and
+// statistics (GPTQ, imatrix_mse), or the smoothing's.
+void AppendCalibration(const Plan& plan, const PlannedTensor& t, std::string& d) {
   // A GPTQ (or imatrix_mse) weight depends on its statistics site and the run's settings and
   // statistics.
   const PlannedCalibration& c = t.calib.value_or_default();
@@ -151,6 +148,30 @@ void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scal
     d += "|smoothed ";
     d += plan.calib_fingerprint;
   }
+}
+
+// One tensor's part of a fingerprint: its action, pruning and scheme parameters, and with
+// `global_scale` its NVFP4 global scale (known only after the pre-pass). Written into `d`
+// (cleared first), which callers reuse across a plan's tensors.
+void TensorDescriptor(const Plan& plan, const PlannedTensor& t, bool global_scale,
+                      std::string& d) {
+  d.assign(t.name);
+  d += t.action == TensorAction::kQuantize ? "|q|"
+       : t.action == TensorAction::kPrune  ? "|p|"
+       : t.action == TensorAction::kDecode ? "|d|"
+                                           : "|c|";
+  // Where the bytes come from: expert pruning can keep other experts with the same layout.
+  AppendNum(d, t.src_offset);
+  d += '|';
+  for (const auto& [at, len] : t.src_ranges) {
+    AppendNum(d, at);
+    d += '+';
+    AppendNum(d, len);
+    d += '|';
+  }
+  AppendSourceScale(plan, t, d);
+  AppendScheme(plan, t, global_scale, d);
+  AppendCalibration(plan, t, d);
 }
 
 std::string Hex(uint64_t v) {
