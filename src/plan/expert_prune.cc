@@ -218,18 +218,21 @@ Result<PlannedExpertPrune> PruneExperts(ModelFolder& folder, const std::vector<M
                           "magnitude");
 }
 
-Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
-                                            const std::vector<MoeLayer>& layers,
-                                            std::vector<std::vector<uint32_t>> kept_lists,
-                                            std::vector<std::vector<double>> scores,
-                                            std::vector<std::vector<int64_t>> tokens,
-                                            double fraction, const std::string& metric) {
-  PlannedExpertPrune out;
-  out.fraction = fraction;
-  out.metric = metric;
-  // name -> (layer, index or -1)
-  std::unordered_map<std::string_view, std::pair<size_t, int64_t>> role;
-  std::vector<std::vector<int64_t>> new_index(layers.size());
+namespace {
+
+// Each expert tensor's layer and role: its expert's index, -1 for a stack sliced along
+// dimension 0, kWhole for a compressed stack read at the kept experts' slices.
+using ExpertRoles = std::unordered_map<std::string_view, std::pair<size_t, int64_t>>;
+
+// The planned layers (kept experts, scores, tokens), refused where they keep different
+// numbers of experts; `*roles` and `*new_index` (each layer's old expert index -> new, -1
+// where pruned) for the rewrite.
+Status PlanLayers(const std::vector<MoeLayer>& layers,
+                  std::vector<std::vector<uint32_t>>& kept_lists,
+                  std::vector<std::vector<double>>& scores,
+                  std::vector<std::vector<int64_t>>& tokens, PlannedExpertPrune* out,
+                  ExpertRoles* roles, std::vector<std::vector<int64_t>>* new_index) {
+  new_index->resize(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
     const MoeLayer& layer = layers[l];
     PlannedExpertLayer pl;
@@ -239,21 +242,99 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
     pl.kept = std::move(kept_lists[l]);
     pl.scores = std::move(scores[l]);
     if (l < tokens.size()) pl.tokens = std::move(tokens[l]);
-    if (!out.layers.empty() && pl.kept.size() != out.layers.front().kept.size()) {
-      const PlannedExpertLayer& f = out.layers.front();
+    if (!out->layers.empty() && pl.kept.size() != out->layers.front().kept.size()) {
+      const PlannedExpertLayer& f = out->layers.front();
       return Error(ErrorCode::kInvalidInput,
                    "MoE layers would keep different numbers of experts ('" + f.router + "' " +
                        std::to_string(f.kept.size()) + " of " + std::to_string(f.experts) + ", '" +
                        pl.router + "' " + std::to_string(pl.kept.size()) + " of " +
                        std::to_string(pl.experts) + "); config.json holds one expert count");
     }
-    new_index[l].assign(layer.experts, -1);
-    for (size_t i = 0; i < pl.kept.size(); ++i) new_index[l][pl.kept[i]] = static_cast<int64_t>(i);
-    for (const std::string& n : layer.sliced) role[n] = {l, -1};
-    for (const std::string& n : layer.ct_whole) role[n] = {l, kWhole};
-    for (const auto& [n, i] : layer.per_expert) role[n] = {l, i};
-    out.layers.push_back(std::move(pl));
+    std::vector<int64_t>& to = (*new_index)[l];
+    to.assign(layer.experts, -1);
+    for (size_t i = 0; i < pl.kept.size(); ++i) to[pl.kept[i]] = static_cast<int64_t>(i);
+    for (const std::string& n : layer.sliced) (*roles)[n] = {l, -1};
+    for (const std::string& n : layer.ct_whole) (*roles)[n] = {l, kWhole};
+    for (const auto& [n, i] : layer.per_expert) (*roles)[n] = {l, i};
+    out->layers.push_back(std::move(pl));
   }
+  return Status::Ok();
+}
+
+// The rewrite of a folder's tensors for the kept experts, collecting the split and
+// linearized pieces under their new names.
+struct ExpertRewrite {
+  ModelFolder& folder;
+  PlannedExpertPrune& out;
+  uint64_t kept;                                           // experts per layer
+  std::map<std::string, ModelFolder::CtPiece> pieces;      // ct_pieces under the kept names
+  std::map<std::string, ModelFolder::LinearPiece> linear;  // linear_pieces likewise
+
+  // One expert's tensor (`to`: its layer's new indices): false where its expert is pruned
+  // (the tensor is gone), else renamed with the expert's new index.
+  bool Renumber(const MoeLayer& layer, const std::vector<int64_t>& to, int64_t index,
+                TensorInfo& t) {
+    if (to[static_cast<size_t>(index)] < 0) {
+      ++out.tensors_removed;
+      out.bytes_removed += t.nbytes();
+      return false;
+    }
+    const size_t at = layer.prefix.size() + kExperts.size();
+    const size_t end = t.name.find('.', at);
+    const std::string name =
+        t.name.substr(0, at) + std::to_string(to[static_cast<size_t>(index)]) + t.name.substr(end);
+    // A piece of a split compressed stack still decodes from its source expert's slice.
+    if (auto piece = folder.ct_pieces.find(t.name); piece != folder.ct_pieces.end()) {
+      pieces.emplace(name, piece->second);
+    }
+    // A linearized stack's piece is still read from its source expert's block.
+    if (auto lp = folder.linear_pieces.find(t.name); lp != folder.linear_pieces.end()) {
+      linear.emplace(name, lp->second);
+    }
+    if (name != t.name) folder.experts_renumbered = true;
+    t.name = name;
+    return true;
+  }
+
+  // A stack sliced along dimension 0: the kept experts' rows, as (begin, length) runs.
+  void Slice(const MoeLayer& layer, const std::vector<uint32_t>& kept_experts, bool ct_codes,
+             TensorInfo& t) {
+    if (ct_codes) folder.ct_kept[t.name] = {t, kept_experts};
+    const uint64_t row = t.nbytes() / layer.experts;
+    std::vector<std::pair<uint64_t, uint64_t>> runs;
+    for (uint32_t e : kept_experts) {
+      const uint64_t b = t.begin + e * row;
+      if (!runs.empty() && runs.back().first + runs.back().second == b) {
+        runs.back().second += row;
+      } else {
+        runs.emplace_back(b, row);
+      }
+    }
+    out.bytes_removed += (layer.experts - kept) * row;
+    t.shape[0] = kept;
+    t.begin = runs.front().first;
+    t.end = t.begin + kept * row;
+    folder.sliced.insert(t.name);
+    folder.kept_experts[t.name] = kept_experts;
+    if (runs.size() > 1) folder.gathered[t.name] = std::move(runs);
+  }
+};
+
+}  // namespace
+
+Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
+                                            const std::vector<MoeLayer>& layers,
+                                            std::vector<std::vector<uint32_t>> kept_lists,
+                                            std::vector<std::vector<double>> scores,
+                                            std::vector<std::vector<int64_t>> tokens,
+                                            double fraction, const std::string& metric) {
+  PlannedExpertPrune out;
+  out.fraction = fraction;
+  out.metric = metric;
+  ExpertRoles role;
+  std::vector<std::vector<int64_t>> new_index;
+  QUENCH_RETURN_IF_ERROR(
+      PlanLayers(layers, kept_lists, scores, tokens, &out, &role, &new_index));
   const uint64_t kept = out.layers.front().kept.size();
   QUENCH_ASSIGN_OR_RETURN(out.config_key, SetExpertCount(folder, kept));
   if (auto per_token = ExpertsPerToken(*folder.config); per_token && *per_token > 0 &&
@@ -264,11 +345,11 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
                      std::to_string(*per_token) + "; each token needs that many experts");
   }
   folder.config_changed = true;
-  std::map<std::string, ModelFolder::CtPiece> pieces;  // ct_pieces under the kept names
-  std::map<std::string, ModelFolder::LinearPiece> linear;  // linear_pieces likewise
+  ExpertRewrite rewrite{folder, out, kept, {}, {}};
   std::set<std::string_view> ct_codes;
-  for (const MoeLayer& layer : layers)
+  for (const MoeLayer& layer : layers) {
     ct_codes.insert(layer.ct_codes.begin(), layer.ct_codes.end());
+  }
   for (Shard& shard : folder.shards) {
     std::vector<TensorInfo> tensors;
     tensors.reserve(shard.header.tensors.size());
@@ -280,68 +361,28 @@ Result<PlannedExpertPrune> PruneExpertsKept(ModelFolder& folder,
       }
       const auto [l, index] = it->second;
       const MoeLayer& layer = layers[l];
-      const std::vector<int64_t>& to = new_index[l];
       if (index == kWhole) {  // read with a compressed stack at the kept experts' slices
-        if (t.shape.size() > 1)
+        if (t.shape.size() > 1) {
           out.bytes_removed += (layer.experts - kept) * (t.nbytes() / layer.experts);
-        tensors.push_back(std::move(t));
-        continue;
-      }
-      auto piece = folder.ct_pieces.find(t.name);
-      if (index >= 0) {  // one expert's tensor: gone, or renumbered densely
-        if (to[static_cast<size_t>(index)] < 0) {
-          ++out.tensors_removed;
-          out.bytes_removed += t.nbytes();
-          continue;
         }
-        const size_t at = layer.prefix.size() + kExperts.size();
-        const size_t end = t.name.find('.', at);
-        const std::string name = t.name.substr(0, at) +
-                                 std::to_string(to[static_cast<size_t>(index)]) +
-                                 t.name.substr(end);
-        // A piece of a split compressed stack still decodes from its source expert's slice.
-        if (piece != folder.ct_pieces.end()) pieces.emplace(name, piece->second);
-        // A linearized stack's piece is still read from its source expert's block.
-        if (auto lp = folder.linear_pieces.find(t.name); lp != folder.linear_pieces.end()) {
-          linear.emplace(name, lp->second);
-        }
-        if (name != t.name) folder.experts_renumbered = true;
-        t.name = name;
-        tensors.push_back(std::move(t));
-        continue;
+      } else if (index >= 0) {  // one expert's tensor: gone, or renumbered densely
+        if (!rewrite.Renumber(layer, new_index[l], index, t)) continue;
+      } else {
+        rewrite.Slice(layer, out.layers[l].kept, ct_codes.contains(t.name), t);
       }
-      if (ct_codes.contains(t.name)) folder.ct_kept[t.name] = {t, out.layers[l].kept};
-      // Sliced along dimension 0: the kept experts' rows, as (begin, length) runs.
-      const uint64_t row = t.nbytes() / layer.experts;
-      std::vector<std::pair<uint64_t, uint64_t>> runs;
-      for (uint32_t e : out.layers[l].kept) {
-        const uint64_t b = t.begin + e * row;
-        if (!runs.empty() && runs.back().first + runs.back().second == b) {
-          runs.back().second += row;
-        } else {
-          runs.emplace_back(b, row);
-        }
-      }
-      out.bytes_removed += (layer.experts - kept) * row;
-      t.shape[0] = kept;
-      t.begin = runs.front().first;
-      t.end = t.begin + kept * row;
-      folder.sliced.insert(t.name);
-      folder.kept_experts[t.name] = out.layers[l].kept;
-      if (runs.size() > 1) folder.gathered[t.name] = std::move(runs);
       tensors.push_back(std::move(t));
     }
     shard.header.tensors = std::move(tensors);
   }
   // Pieces of other (unpruned) stacks keep their names; pruned experts' pieces are gone.
   for (auto& [name, cp] : folder.ct_pieces) {
-    if (!role.contains(name)) pieces.emplace(name, std::move(cp));
+    if (!role.contains(name)) rewrite.pieces.emplace(name, std::move(cp));
   }
-  folder.ct_pieces = std::move(pieces);
+  folder.ct_pieces = std::move(rewrite.pieces);
   for (auto& [name, lp] : folder.linear_pieces) {
-    if (!role.contains(name)) linear.emplace(name, std::move(lp));
+    if (!role.contains(name)) rewrite.linear.emplace(name, std::move(lp));
   }
-  folder.linear_pieces = std::move(linear);
+  folder.linear_pieces = std::move(rewrite.linear);
   return out;
 }
 
