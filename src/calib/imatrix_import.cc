@@ -190,36 +190,21 @@ Result<LanguageModel> FindLanguageModel(const ModelFolder& folder, const fs::pat
                    "model.layers.0.");
 }
 
-}  // namespace
+using Shapes = std::map<std::string, std::vector<uint64_t>>;
 
-Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::path& out,
-                     const ImportOptions& options) {
-  std::error_code ec;
-  if (fs::exists(out, ec) && !(fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
-    return Error(ErrorCode::kUsage, out.string() + " exists and is not an empty folder");
-  }
-  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(model_dir));
-  QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
-  (void)split;
-  std::map<std::string, std::vector<uint64_t>> inv;
-  for (const Shard& s : folder.shards) {
-    for (const TensorInfo& t : s.header.tensors) inv[t.name] = t.shape;
-  }
-  QUENCH_ASSIGN_OR_RETURN(const LanguageModel lm, FindLanguageModel(folder, model_dir, inv));
-  const std::string& model_type = lm.model_type;
-  const LanguageModelNames& names = lm.names;
-  QUENCH_ASSIGN_OR_RETURN(Imatrix im, ReadImatrix(file, options.legacy_chunk_size));
-
-  // Every entry onto its site, all checked before anything is written.
+// Every entry onto its site (by the site's group), all checked before anything is written;
+// entries the mapping skips go to `*skipped` with the reason.
+Result<std::map<std::string, Site>> PlaceEntries(const fs::path& file, const Imatrix& im,
+                                                 const LanguageModel& lm, const Shapes& inv,
+                                                 JsonValue* skipped) {
   std::map<std::string, Site> by_group;
-  JsonValue skipped = JsonValue::MakeObject();
   for (const ImatrixEntry& e : im.entries) {
-    auto target = MapImatrixName(model_type, e.name, names);
+    auto target = MapImatrixName(lm.model_type, e.name, lm.names);
     if (!target.ok()) {
       return Error(ErrorCode::kInvalidInput, file.string() + ": " + target.status().message());
     }
     if (!target->skip_reason.empty()) {
-      skipped.Set(e.name, target->skip_reason);
+      skipped->Set(e.name, target->skip_reason);
       continue;
     }
     const std::string group = target->group;
@@ -229,42 +214,13 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
     return Error(ErrorCode::kInvalidInput,
                  file.string() + ": no entry of the importance matrix maps onto a weight");
   }
-  std::vector<Site> sites;
-  // Sorted by weight name, as the collector writes them (and built as a map: JsonValue::Set
-  // looks its key up linearly, quadratic over DeepSeek-V3's 45 000 expert weights).
-  std::map<std::string, JsonValue> weight_map, consumer_map;
-  uint64_t tokens = 0;
-  for (auto& [group, s] : by_group) {
-    for (const auto& [w, x] : s.consumers) {
-      JsonValue shape = JsonValue::MakeArray();
-      for (uint64_t d : inv.at(w)) shape.Push(d);
-      weight_map[w] = std::move(shape);
-      JsonValue c = JsonValue::MakeObject();
-      c.Set("site", s.name);
-      if (x) c.Set("expert", *x);
-      consumer_map[w] = std::move(c);
-    }
-    if (!s.experts) tokens = std::max(tokens, static_cast<uint64_t>(s.counts[0]));
-    sites.push_back(std::move(s));
-  }
-  JsonValue::Object weights(weight_map.begin(), weight_map.end());
-  JsonValue::Object consumers(consumer_map.begin(), consumer_map.end());
-  JsonValue not_reached = JsonValue::MakeArray();
-  for (const auto& [w, shape] : inv) {
-    if (shape.size() == 2 && !consumer_map.contains(w) &&
-        !ImatrixNameOf(model_type, w, names).empty()) {
-      not_reached.Push(w);
-    }
-  }
+  return by_group;
+}
 
-  JsonValue manifest = JsonValue::MakeObject();
-  manifest.Set("format", "quench-stats");
-  manifest.Set("version", kStatsVersion);
-  JsonValue model = JsonValue::MakeObject();
-  if (const JsonValue* a = folder.config->Find("architectures")) model.Set("architectures", *a);
-  model.Set("model_type", model_type);
-  model.Set("weights", JsonValue(std::move(weights)));
-  manifest.Set("model", std::move(model));
+// The manifest's "collection": what llama-imatrix ran (datasets, tokens, chunks) and what
+// the file held.
+JsonValue CollectionJson(const fs::path& file, const Imatrix& im, const ModelFolder& folder,
+                         uint64_t tokens, JsonValue skipped) {
   JsonValue collection = JsonValue::MakeObject();
   collection.Set("collector", "quench import-imatrix 1");
   std::string dataset;
@@ -296,8 +252,11 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
   imatrix.Set("entries", static_cast<uint64_t>(im.entries.size()));
   imatrix.Set("skipped", std::move(skipped));
   collection.Set("imatrix", std::move(imatrix));
-  manifest.Set("collection", std::move(collection));
-  manifest.Set("files", JsonValue(JsonValue::Array{JsonValue(std::string(kOutFile))}));
+  return collection;
+}
+
+// The manifest's "sites": each site's geometry and the two fields an imatrix measures.
+JsonValue SitesJson(const std::vector<Site>& sites) {
   JsonValue site_json = JsonValue::MakeObject();
   for (const Site& s : sites) {
     JsonValue v = JsonValue::MakeObject();
@@ -309,7 +268,67 @@ Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::
     v.Set("fields", JsonValue(JsonValue::Array{JsonValue("count"), JsonValue("sum_x2")}));
     site_json.Set(s.name, std::move(v));
   }
-  manifest.Set("sites", std::move(site_json));
+  return site_json;
+}
+
+}  // namespace
+
+Status ImportImatrix(const fs::path& file, const fs::path& model_dir, const fs::path& out,
+                     const ImportOptions& options) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && !(fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
+    return Error(ErrorCode::kUsage, out.string() + " exists and is not an empty folder");
+  }
+  QUENCH_ASSIGN_OR_RETURN(ModelFolder folder, LoadModelFolder(model_dir));
+  QUENCH_ASSIGN_OR_RETURN(ExpertSplit split, SplitFusedExperts(folder));
+  (void)split;
+  Shapes inv;
+  for (const Shard& s : folder.shards) {
+    for (const TensorInfo& t : s.header.tensors) inv[t.name] = t.shape;
+  }
+  QUENCH_ASSIGN_OR_RETURN(const LanguageModel lm, FindLanguageModel(folder, model_dir, inv));
+  QUENCH_ASSIGN_OR_RETURN(Imatrix im, ReadImatrix(file, options.legacy_chunk_size));
+  JsonValue skipped = JsonValue::MakeObject();
+  QUENCH_ASSIGN_OR_RETURN(auto by_group, PlaceEntries(file, im, lm, inv, &skipped));
+  std::vector<Site> sites;
+  // Sorted by weight name, as the collector writes them (and built as a map: JsonValue::Set
+  // looks its key up linearly, quadratic over DeepSeek-V3's 45 000 expert weights).
+  std::map<std::string, JsonValue> weight_map, consumer_map;
+  uint64_t tokens = 0;
+  for (auto& [group, s] : by_group) {
+    for (const auto& [w, x] : s.consumers) {
+      JsonValue shape = JsonValue::MakeArray();
+      for (uint64_t d : inv.at(w)) shape.Push(d);
+      weight_map[w] = std::move(shape);
+      JsonValue c = JsonValue::MakeObject();
+      c.Set("site", s.name);
+      if (x) c.Set("expert", *x);
+      consumer_map[w] = std::move(c);
+    }
+    if (!s.experts) tokens = std::max(tokens, static_cast<uint64_t>(s.counts[0]));
+    sites.push_back(std::move(s));
+  }
+  JsonValue::Object weights(weight_map.begin(), weight_map.end());
+  JsonValue::Object consumers(consumer_map.begin(), consumer_map.end());
+  JsonValue not_reached = JsonValue::MakeArray();
+  for (const auto& [w, shape] : inv) {
+    if (shape.size() == 2 && !consumer_map.contains(w) &&
+        !ImatrixNameOf(lm.model_type, w, lm.names).empty()) {
+      not_reached.Push(w);
+    }
+  }
+
+  JsonValue manifest = JsonValue::MakeObject();
+  manifest.Set("format", "quench-stats");
+  manifest.Set("version", kStatsVersion);
+  JsonValue model = JsonValue::MakeObject();
+  if (const JsonValue* a = folder.config->Find("architectures")) model.Set("architectures", *a);
+  model.Set("model_type", lm.model_type);
+  model.Set("weights", JsonValue(std::move(weights)));
+  manifest.Set("model", std::move(model));
+  manifest.Set("collection", CollectionJson(file, im, folder, tokens, std::move(skipped)));
+  manifest.Set("files", JsonValue(JsonValue::Array{JsonValue(std::string(kOutFile))}));
+  manifest.Set("sites", SitesJson(sites));
   manifest.Set("consumers", JsonValue(std::move(consumers)));
   if (!not_reached.as_array().empty()) manifest.Set("not_reached", std::move(not_reached));
 
