@@ -9,99 +9,103 @@
 
 namespace quench {
 
-Chunk* ShardPipeline::Next(tbb::flow_control& fc) {
-  if (failed()) {
-    fc.stop();
-    return nullptr;
+Chunk* ShardPipeline::Stop(tbb::flow_control& fc, Status st) {
+  if (!st.ok()) Fail(std::move(st));
+  fc.stop();
+  return nullptr;
+}
+
+bool ShardPipeline::TakeCopy(size_t main_shard, size_t copy_shard) const {
+  if (copy_shard != main_shard) return copy_shard < main_shard;
+  const StreamBytes& total = shard_bytes_[copy_shard];
+  const StreamBytes& issued = shard_issued_[copy_shard];
+  return static_cast<unsigned __int128>(issued.copy) * total.other <=
+         static_cast<unsigned __int128>(issued.other) * total.copy;
+}
+
+Piece ShardPipeline::FirstRowsPiece(const PlannedTensor& t, const Cursor& cur, uint64_t* in_left,
+                                    uint64_t* out_left) const {
+  Piece first;
+  first.tensor = cur.tensor;
+  first.begin = cur.pos;
+  const uint64_t row_bytes = SourceRowBytes(t);
+  // A decoded source row takes more room in its staging buffer (BF16) than in the input
+  // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
+  const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
+  const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
+  uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(work_row, 1));
+  rows = std::max(align, rows / align * align);
+  if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
+  first.end = std::min(t.shape[0], cur.pos + rows);
+  first.src_offset = t.src_offset + first.begin * row_bytes;
+  if (!t.src_ranges.empty() && row_bytes > 0) {
+    // A gathered tensor (a compressed expert stack sliced to the kept experts, decoded
+    // whole): one range, whole rows, at a time.
+    const auto [at, run] = SourceAt(t, first.begin * row_bytes);
+    first.end = std::min(first.end, first.begin + std::max<uint64_t>(1, run / row_bytes));
+    first.src_offset = at;
   }
+  first.src_len = (first.end - first.begin) * row_bytes;
+  *in_left = Minus(sizing_.chunk_bytes, (first.end - first.begin) * work_row + DirectIoAlignment());
+  *out_left = Minus(sizing_.chunk_bytes, OutputBytes(t, first.end - first.begin));
+  return first;
+}
+
+Piece ShardPipeline::FirstCopyPiece(const PlannedTensor& t, const Cursor& cur,
+                                    uint64_t* in_left) const {
+  Piece first;
+  first.tensor = cur.tensor;
+  first.begin = cur.pos;
+  // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
+  // of its input), so that copies land in pages the pool's buffers already have rather
+  // than touching new ones (BufferPool::Get).
+  // The first piece ends on a file block boundary, so that with the lead-in AlignLike
+  // gives it the buffer holds exactly a quarter chunk; later pieces start aligned.
+  const uint64_t copy_bytes = std::max<uint64_t>(sizing_.chunk_bytes / 4, 1);
+  const uint64_t dst = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset + cur.pos;
+  const uint64_t lead = dst % DirectIoAlignment();
+  first.end =
+      std::min(t.src_bytes, cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
+  const auto [at, run] = SourceAt(t, first.begin);  // a gathered tensor: one run at a time
+  first.end = std::min(first.end, first.begin + run);
+  // A tensor the calibration rewrites is cut between whole elements.
+  if (calib_ != nullptr && calib_->RewritesCopy(cur.tensor) && first.end < t.src_bytes) {
+    const uint64_t esz = std::max<uint64_t>(1, DTypeBits(t.dtype) / 8);
+    first.end = std::max(first.begin + esz, first.end / esz * esz);
+  }
+  first.src_offset = at;
+  first.src_len = first.end - first.begin;
+  *in_left = Minus(copy_bytes, lead + first.src_len);
+  return first;
+}
+
+Chunk* ShardPipeline::Next(tbb::flow_control& fc) {
+  if (failed()) return Stop(fc);
   if (cancel_ != nullptr && cancel_->load(std::memory_order_relaxed)) {
-    Fail(Error(ErrorCode::kInterrupted, "interrupted; no output shard in progress was kept"));
-    fc.stop();
-    return nullptr;
+    return Stop(
+        fc, Error(ErrorCode::kInterrupted, "interrupted; no output shard in progress was kept"));
   }
   SkipDone(main_);
   SkipDone(copy_);
   // Prepare every tensor up to the next main chunk's (all of them at the end, empty ones
   // included); copies need no preparation.
   if (Status st = PrepareBefore(std::min(main_.tensor + 1, plan_.tensors.size())); !st.ok()) {
-    Fail(st);
-    fc.stop();
-    return nullptr;
+    return Stop(fc, std::move(st));
   }
   const size_t main_shard = ShardAt(main_), copy_shard = ShardAt(copy_);
-  if (main_shard == kNoShard && copy_shard == kNoShard) {
-    fc.stop();
-    return nullptr;
-  }
-  // A copy piece when the copy cursor is still in an earlier shard, or when this shard's
-  // copies are behind the other tensors: copied / copy total <= others done / others total.
-  bool take_copy = copy_shard < main_shard;
-  if (copy_shard == main_shard) {
-    const StreamBytes& total = shard_bytes_[copy_shard];
-    const StreamBytes& issued = shard_issued_[copy_shard];
-    take_copy = static_cast<unsigned __int128>(issued.copy) * total.other <=
-                static_cast<unsigned __int128>(issued.other) * total.copy;
-  }
+  if (main_shard == kNoShard && copy_shard == kNoShard) return Stop(fc);
+  const bool take_copy = TakeCopy(main_shard, copy_shard);
   Cursor& cur = take_copy ? copy_ : main_;
   // Empty tensors have no extent, so a chunk always reads some bytes of its shard.
   const PlannedTensor& t = plan_.tensors[cur.tensor];
   auto map = maps_.Get(t.shard);
-  if (!map.ok()) {
-    Fail(map.status());
-    fc.stop();
-    return nullptr;
-  }
+  if (!map.ok()) return Stop(fc, map.status());
   auto c = std::make_unique<Chunk>();
   c->map = map.value();
-  Piece first;
-  first.tensor = cur.tensor;
-  first.begin = cur.pos;
   // What the chunk may still take: input bytes, and (quantizing) bytes of its buffer.
   uint64_t in_left = 0, out_left = 0;
-  if (!take_copy) {
-    const uint64_t row_bytes = SourceRowBytes(t);
-    // A decoded source row takes more room in its staging buffer (BF16) than in the input
-    // (E4M3): the chunk is sized by the larger, so that staging fits a pooled buffer.
-    const uint64_t work_row = std::max(row_bytes, ComputeRowBytes(t));
-    const uint64_t align = t.scheme != nullptr ? t.scheme->row_align : 1;
-    uint64_t rows = std::max<uint64_t>(1, sizing_.chunk_bytes / std::max<uint64_t>(work_row, 1));
-    rows = std::max(align, rows / align * align);
-    if (t.action == TensorAction::kQuantize) rows = FitHugePages(t, rows, align);
-    first.end = std::min(t.shape[0], cur.pos + rows);
-    first.src_offset = t.src_offset + first.begin * row_bytes;
-    if (!t.src_ranges.empty() && row_bytes > 0) {
-      // A gathered tensor (a compressed expert stack sliced to the kept experts, decoded
-      // whole): one range, whole rows, at a time.
-      const auto [at, run] = SourceAt(t, first.begin * row_bytes);
-      first.end = std::min(first.end, first.begin + std::max<uint64_t>(1, run / row_bytes));
-      first.src_offset = at;
-    }
-    first.src_len = (first.end - first.begin) * row_bytes;
-    in_left = Minus(sizing_.chunk_bytes,
-                    (first.end - first.begin) * work_row + DirectIoAlignment());
-    out_left = Minus(sizing_.chunk_bytes, OutputBytes(t, first.end - first.begin));
-  } else {
-    // A quarter chunk: no more than a quantized chunk's output (int4 from BF16 is a quarter
-    // of its input), so that copies land in pages the pool's buffers already have rather
-    // than touching new ones (BufferPool::Get).
-    // The first piece ends on a file block boundary, so that with the lead-in AlignLike
-    // gives it the buffer holds exactly a quarter chunk; later pieces start aligned.
-    const uint64_t copy_bytes = std::max<uint64_t>(sizing_.chunk_bytes / 4, 1);
-    const uint64_t dst = plan_.shards[t.shard].outputs[t.outputs[0]].file_offset + cur.pos;
-    const uint64_t lead = dst % DirectIoAlignment();
-    first.end = std::min(t.src_bytes,
-                         cur.pos + (copy_bytes > 2 * lead ? copy_bytes - lead : copy_bytes));
-    const auto [at, run] = SourceAt(t, first.begin);  // a gathered tensor: one run at a time
-    first.end = std::min(first.end, first.begin + run);
-    // A tensor the calibration rewrites is cut between whole elements.
-    if (calib_ != nullptr && calib_->RewritesCopy(cur.tensor) && first.end < t.src_bytes) {
-      const uint64_t esz = std::max<uint64_t>(1, DTypeBits(t.dtype) / 8);
-      first.end = std::max(first.begin + esz, first.end / esz * esz);
-    }
-    first.src_offset = at;
-    first.src_len = first.end - first.begin;
-    in_left = Minus(copy_bytes, lead + first.src_len);
-  }
+  const Piece first =
+      take_copy ? FirstCopyPiece(t, cur, &in_left) : FirstRowsPiece(t, cur, &in_left, &out_left);
   cur.pos = first.end;
   c->src_len = first.src_len;
   c->pieces.push_back(first);
@@ -110,18 +114,12 @@ Chunk* ShardPipeline::Next(tbb::flow_control& fc) {
   // Whole small tensors after a whole one join its chunk while they fit.
   if (whole) {
     if (Status st = AddSmallTensors(*c, cur, t, in_left, out_left); !st.ok()) {
-      Fail(st);
-      fc.stop();
-      return nullptr;
+      return Stop(fc, std::move(st));
     }
   }
   shard_issued_[t.shard].Of(take_copy) += c->src_len;
   // Opened here, where the chunk learns its file; a writer thread writes into it.
-  if (Status st = EnsureOpen(t.shard); !st.ok()) {
-    Fail(st);
-    fc.stop();
-    return nullptr;
-  }
+  if (Status st = EnsureOpen(t.shard); !st.ok()) return Stop(fc, std::move(st));
   c->file = files_[t.shard].get();
   cur.issued += c->src_len;
   ReadAhead(cur);  // this chunk's range included

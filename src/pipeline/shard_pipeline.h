@@ -166,6 +166,16 @@ class ShardPipeline {
   // slot in the writers' queue and 4 KiB direct writes of the blocks the ranges shared
   // (bench/README.md, "Routers sliced in one chunk").
   uint64_t AddGatheredRuns(Chunk& c, Cursor& cur, const PlannedTensor& t, uint64_t in_left);
+  // Next's parts: the pipeline stopped (with `st` recorded where it is an error); whether
+  // the next chunk is a copy piece (the copy cursor still in an earlier shard, or this
+  // shard's copies behind its other tensors: copied / copy total <= others done / others
+  // total); a chunk's first piece of rows at the main cursor, or of copied bytes at the copy
+  // cursor, with what the chunk may still take (input bytes; quantizing, output bytes).
+  Chunk* Stop(tbb::flow_control& fc, Status st = Status::Ok());
+  bool TakeCopy(size_t main_shard, size_t copy_shard) const;
+  Piece FirstRowsPiece(const PlannedTensor& t, const Cursor& cur, uint64_t* in_left,
+                       uint64_t* out_left) const;
+  Piece FirstCopyPiece(const PlannedTensor& t, const Cursor& cur, uint64_t* in_left) const;
 
   // Whether the cursor passes over tensor i: not its kind, or in a shard done before.
   bool Passes(const Cursor& c, size_t i) const {
