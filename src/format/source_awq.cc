@@ -47,13 +47,17 @@ std::string PythonReEscape(const std::string& s) {
   return out;
 }
 
-Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::string& where,
-                 SourceQuantization* out) {
-  out->format = SourceFormat::kAwq;
+namespace {
+
+// The config's settings: 4-bit GEMM with a group size that is a positive multiple of 8;
+// zero points or not (`*zero_point`); the converter's ignore list
+// (AutoAWQConverter.from_autoawq_config).
+Status ReadAwqSettings(const JsonValue& q, const std::string& where, SourceQuantization* out,
+                       bool* zero_point) {
   const int64_t bits = IntOr(q, "bits", IntOr(q, "w_bit", 4));
   const int64_t group = IntOr(q, "group_size", IntOr(q, "q_group_size", 128));
   const JsonValue* zp = q.Find("zero_point");
-  const bool zero_point = zp == nullptr || !zp->is_bool() || zp->as_bool();
+  *zero_point = zp == nullptr || !zp->is_bool() || zp->as_bool();
   const JsonValue* ver = q.Find("version");
   std::string version = ver != nullptr && ver->is_string() ? ver->as_string() : "gemm";
   for (char& c : version) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -73,77 +77,115 @@ Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::strin
                      ": only positive multiples of 8 are read (per-channel -1 is not)");
   }
   out->group_size = static_cast<uint64_t>(group);
-  out->own_scheme = zero_point ? "W4A16_ASYM" : "W4A16";
-  // The converter's ignore list (AutoAWQConverter.from_autoawq_config).
+  out->own_scheme = *zero_point ? "W4A16_ASYM" : "W4A16";
   out->repack_ignore = {"lm_head"};
   if (const JsonValue* m = q.Find("modules_to_not_convert"); m != nullptr && m->is_array()) {
     for (const JsonValue& e : m->as_array()) {
-      if (e.is_string())
+      if (e.is_string()) {
         out->repack_ignore.push_back("re:.*" + PythonReEscape(e.as_string()) + ".*");
+      }
     }
   }
+  return Status::Ok();
+}
+
+// One qweight's module's tensors, as AutoAWQ's GEMM layout stores them.
+struct AwqModule {
+  const ModelFolder& folder;
+  const std::map<std::string, LocatedTensor>& found;
+  const std::string& module;
+  const std::string& at;  // the qweight, named in messages
+  const TensorInfo& qw;
+  uint64_t group;
+  std::set<std::string>* used;
+
+  // `module`.`suffix` (`what` it holds, for messages) of dtype `want` and `shape`; added to
+  // `*used`.
+  Result<SourceTensorRef> Need(const std::string& suffix, DType want,
+                               const std::vector<uint64_t>& shape, std::string_view what) const {
+    auto it = found.find(module + "." + suffix);
+    if (it == found.end()) {
+      return Error(ErrorCode::kInvalidInput, at + " has no '" + module + "." + suffix +
+                                                 "' in any shard (its " + std::string(what) +
+                                                 "); it cannot be decoded");
+    }
+    const TensorInfo& t = *it->second.info;
+    const std::string tat = folder.shards[it->second.shard].rel_name + ": tensor '" + t.name + "'";
+    if (t.dtype != want) {
+      return Error(ErrorCode::kInvalidInput, tat + " has dtype " + std::string(DTypeName(t.dtype)) +
+                                                 "; AutoAWQ's " + suffix + " is " +
+                                                 std::string(DTypeName(want)));
+    }
+    if (t.shape != shape) {
+      return Error(ErrorCode::kInvalidInput, tat + " has shape " + ShapeString(t.shape) +
+                                                 "; expected " + ShapeString(shape) + " (qweight " +
+                                                 ShapeString(qw.shape) + ", group_size " +
+                                                 std::to_string(group) + " in the config)");
+    }
+    used->insert(t.name);
+    return RefOf(folder, it->second);
+  }
+};
+
+// The packed weight whose qweight is `name` (at `loc`): its codes, F16 scales and (with zero
+// points) qzeros, checked against the GEMM layout; the tensors it takes are added to `*used`.
+Result<PackedSourceWeight> PackedAwqWeight(const ModelFolder& folder,
+                                           const std::map<std::string, LocatedTensor>& found,
+                                           const std::string& name, const LocatedTensor& loc,
+                                           uint64_t g, bool zero_point,
+                                           std::set<std::string>* used) {
+  const std::string module = name.substr(0, name.size() - 8);
+  const std::string at = folder.shards[loc.shard].rel_name + ": tensor '" + name + "'";
+  const TensorInfo& qw = *loc.info;
+  if (qw.dtype != DType::kI32 || qw.shape.size() != 2 || qw.shape[0] == 0 || qw.shape[1] == 0) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + " is " + std::string(DTypeName(qw.dtype)) + " " + ShapeString(qw.shape) +
+                     "; an AutoAWQ GEMM qweight is I32 [in_features, out_features / 8]");
+  }
+  const uint64_t in = qw.shape[0], outf = qw.shape[1] * 8;
+  if (in % g != 0) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + " " + ShapeString(qw.shape) + " has " + std::to_string(in) +
+                     " inputs, not a multiple of the config's group_size " + std::to_string(g));
+  }
+  PackedSourceWeight w;
+  w.source_name = name;
+  w.rows = outf;
+  w.cols = in;
+  w.group = g;
+  w.codes = RefOf(folder, loc);
+  const AwqModule m{folder, found, module, at, qw, g, used};
+  QUENCH_ASSIGN_OR_RETURN(w.scales, m.Need("scales", DType::kF16, {in / g, outf}, "scales"));
+  if (zero_point) {
+    QUENCH_ASSIGN_OR_RETURN(SourceTensorRef z,
+                            m.Need("qzeros", DType::kI32, {in / g, qw.shape[1]}, "zero points"));
+    w.zeros = std::move(z);
+  } else if (found.contains(module + ".qzeros")) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + ": '" + module +
+                     ".qzeros' is present but the config says "
+                     "zero_point false (the tensors contradict the config)");
+  }
+  return w;
+}
+
+}  // namespace
+
+Status DetectAwq(const ModelFolder& folder, const JsonValue& q, const std::string& where,
+                 SourceQuantization* out) {
+  out->format = SourceFormat::kAwq;
+  bool zero_point = true;
+  QUENCH_RETURN_IF_ERROR(ReadAwqSettings(q, where, out, &zero_point));
   const std::map<std::string, LocatedTensor> found = TensorsByName(folder);
   std::set<std::string> used;
   for (const auto& [name, loc] : found) {
     if (!name.ends_with(".qweight")) continue;
-    const std::string module = name.substr(0, name.size() - 8);
-    const std::string at = folder.shards[loc.shard].rel_name + ": tensor '" + name + "'";
-    const TensorInfo& qw = *loc.info;
-    if (qw.dtype != DType::kI32 || qw.shape.size() != 2 || qw.shape[0] == 0 || qw.shape[1] == 0) {
-      return Error(ErrorCode::kInvalidInput,
-                   at + " is " + std::string(DTypeName(qw.dtype)) + " " + ShapeString(qw.shape) +
-                       "; an AutoAWQ GEMM qweight is I32 [in_features, out_features / 8]");
-    }
-    const uint64_t in = qw.shape[0], outf = qw.shape[1] * 8, g = out->group_size;
-    if (in % g != 0) {
-      return Error(ErrorCode::kInvalidInput,
-                   at + " " + ShapeString(qw.shape) + " has " + std::to_string(in) +
-                       " inputs, not a multiple of the config's group_size " + std::to_string(g));
-    }
-    PackedSourceWeight w;
-    w.source_name = name;
-    w.rows = outf;
-    w.cols = in;
-    w.group = g;
-    w.codes = RefOf(folder, loc);
-    auto need = [&](const std::string& suffix, DType want, std::vector<uint64_t> shape,
-                    std::string_view what) -> Result<SourceTensorRef> {
-      auto it = found.find(module + "." + suffix);
-      if (it == found.end()) {
-        return Error(ErrorCode::kInvalidInput,
-                     at + " has no '" + module + "." + suffix + "' in any shard (its " +
-                         std::string(what) + "); it cannot be decoded");
-      }
-      const TensorInfo& t = *it->second.info;
-      const std::string tat =
-          folder.shards[it->second.shard].rel_name + ": tensor '" + t.name + "'";
-      if (t.dtype != want) {
-        return Error(ErrorCode::kInvalidInput,
-                     tat + " has dtype " + std::string(DTypeName(t.dtype)) + "; AutoAWQ's " +
-                         suffix + " is " + std::string(DTypeName(want)));
-      }
-      if (t.shape != shape) {
-        return Error(ErrorCode::kInvalidInput,
-                     tat + " has shape " + ShapeString(t.shape) + "; expected " +
-                         ShapeString(shape) + " (qweight " + ShapeString(qw.shape) +
-                         ", group_size " + std::to_string(g) + " in the config)");
-      }
-      used.insert(t.name);
-      return RefOf(folder, it->second);
-    };
-    QUENCH_ASSIGN_OR_RETURN(w.scales, need("scales", DType::kF16, {in / g, outf}, "scales"));
-    if (zero_point) {
-      QUENCH_ASSIGN_OR_RETURN(SourceTensorRef z,
-                              need("qzeros", DType::kI32, {in / g, qw.shape[1]}, "zero points"));
-      w.zeros = std::move(z);
-    } else if (found.contains(module + ".qzeros")) {
-      return Error(ErrorCode::kInvalidInput,
-                   at + ": '" + module + ".qzeros' is present but the config says "
-                        "zero_point false (the tensors contradict the config)");
-    }
+    QUENCH_ASSIGN_OR_RETURN(
+        PackedSourceWeight w,
+        PackedAwqWeight(folder, found, name, loc, out->group_size, zero_point, &used));
     out->packed_aux.push_back(w.scales.name);
     if (w.zeros) out->packed_aux.push_back(w.zeros->name);
-    out->packed.emplace(module + ".weight", std::move(w));
+    out->packed.emplace(name.substr(0, name.size() - 8) + ".weight", std::move(w));
   }
   for (const auto& [name, loc] : found) {
     if ((name.ends_with(".qzeros") || name.ends_with(".scales")) && !used.contains(name)) {
