@@ -597,6 +597,41 @@ TEST_SUITE("convert") {
                      "--memory-limit", "lots"}).exit_code == 2);
       CHECK_FALSE(fs::exists(tmp / "o"));
     }
+    SUBCASE("flag and recipe combinations the groups cannot be made from are usage errors") {
+      // Each before any weight is read, run and dry run alike, with the reason and the way
+      // out in the message.
+      qt::WriteBytes(tmp / "r.yaml",
+                     "quant_stage: {quant_modifiers: {QuantizationModifier: "
+                     "{scheme: W8A8, targets: [Linear]}}}\n");
+      const std::string recipe = (tmp / "r.yaml").string();
+      const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+          {{"--scheme", "W8A8", "--kv-cache", "fp16"}, "--kv-cache takes fp8"},
+          {{"--recipe", recipe, "--scheme", "W4A16"}, "do not combine it with --scheme"},
+          {{"--recipe", recipe, "--observer-arg", "maxshrink=0.3"},
+           "a recipe gives each group's weights.observer_kwargs"},
+          {{"--scheme", "none"}, "--scheme none does nothing without --prune or --prune-experts"},
+          {{"--scheme", "FP8"}, "config group 'FP8' cannot be applied without calibration data"},
+          {{"--scheme", "W8A8", "--static-activations"},
+           "config group 'W8A8' cannot be applied without calibration data"},
+          {{"--scheme", "W8A8", "--kv-cache", "fp8"}, "kv_cache_scheme needs k/v scales"},
+          {{"--scheme", "none", "--prune", "2:4", "--kv-cache", "fp8"},
+           "--kv-cache goes with a quantization scheme"},
+          {{"--recipe", recipe, "--kv-cache", "fp8"}, "r.yaml: kv_cache_scheme needs k/v scales"},
+      };
+      for (const auto& [flags, message] : cases) {
+        for (const bool dry : {false, true}) {
+          std::vector<std::string> args = {kTiny.string(), (tmp / "o").string()};
+          args.insert(args.end(), flags.begin(), flags.end());
+          if (dry) args.push_back("--dry-run");
+          CAPTURE(message);
+          CAPTURE(dry);
+          const auto r = convert(args);
+          CHECK(r.exit_code == 2);
+          CHECK(r.err.find(message) != std::string::npos);
+          CHECK_FALSE(fs::exists(tmp / "o"));
+        }
+      }
+    }
     SUBCASE("an output name the source already uses is refused, naming it") {
       // a.proj.weight quantizes to a.proj.weight + a.proj.weight_scale; the source's own
       // a.proj.weight_scale (not a .weight, so copied) would be written a second time.
