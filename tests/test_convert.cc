@@ -632,6 +632,67 @@ TEST_SUITE("convert") {
         }
       }
     }
+    SUBCASE("option values out of range name the option and what it takes") {
+      // Statistics are given where an algorithm needs them, so that the option itself is
+      // what is refused.
+      const std::string stats = (qt::DataDir() / "golden/imatrix-minilm/stats").string();
+      const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+          {{"--scheme", "W4A16", "--algorithm", "gptq", "--stats", stats, "--gptq-block-size",
+            "0"},
+           "--gptq-block-size needs a positive whole number, not '0'"},
+          {{"--scheme", "W4A16", "--algorithm", "gptq", "--stats", stats, "--dampening", "-1"},
+           "--dampening needs a fraction >= 0, not '-1'"},
+          {{"--scheme", "W4A16", "--algorithm", "awq", "--stats", stats, "--awq-n-grid", "1"},
+           "--awq-n-grid needs a whole number from 2 to 1000, not '1'"},
+          {{"--scheme", "W4A16", "--prune-metric", "wanda", "--stats", stats},
+           "--prune-metric wanda needs --prune (unstructured:F or N:M)"},
+          {{"--scheme", "W4A16", "--prune", "unstructured:1.5"},
+           "the fraction must be in [0, 1)"},
+          {{"--scheme", "W4A16", "--prune", "0:4"}, "N and M must be at least 1"},
+          {{"--scheme", "none", "--prune-experts", "1.5"},
+           "--prune-experts needs a fraction from 0 to 1, not '1.5'"},
+          {{"--scheme", "FP8_DYNAMIC", "--group-size", "64"},
+           "--group-size applies to the integer schemes only"},
+          {{"--scheme", "W4A16", "--group-size", "0"},
+           "--group-size must be -1 (one scale per output channel) or a positive multiple of 8"},
+          {{"--scheme", "FP8_DYNAMIC", "--symmetric"},
+           "--symmetric/--asymmetric apply to the integer schemes only"},
+          {{"--scheme", "FP8_DYNAMIC", "--memory-limit", "lots"},
+           "invalid size 'lots' (examples: 512M, 2G, 1.5GiB, 1000000)"},
+          {{"--scheme", "FP8_DYNAMIC", "--memory-limit", "5Q"},
+           "invalid size unit in '5Q' (use K, M, G or T; powers of 1024)"},
+          {{"--scheme", "FP8_DYNAMIC", "--report", (kTiny / "report.json").string()},
+           "is inside the source folder; quench never writes into a source checkpoint"},
+      };
+      for (const auto& [flags, message] : cases) {
+        for (const bool dry : {false, true}) {
+          std::vector<std::string> args = {kTiny.string(), (tmp / "o").string()};
+          args.insert(args.end(), flags.begin(), flags.end());
+          if (dry) args.push_back("--dry-run");
+          CAPTURE(message);
+          CAPTURE(dry);
+          const auto r = convert(args);
+          CHECK(r.exit_code == 2);
+          CHECK(r.err.find(message) != std::string::npos);
+          CHECK_FALSE(fs::exists(tmp / "o"));
+        }
+      }
+      CHECK_FALSE(fs::exists(kTiny / "report.json"));
+    }
+    SUBCASE("a DST that is a file, or a folder with other files, is refused with the way out") {
+      qt::WriteBytes(tmp / "file", "x");
+      auto file = convert({kTiny.string(), (tmp / "file").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(file.exit_code == 2);
+      CHECK(file.err.find("exists and is not a folder") != std::string::npos);
+      CHECK(qt::ReadBytes(tmp / "file") == "x");
+      qt::WriteBytes(tmp / "full/notes.txt", "mine");
+      auto full = convert({kTiny.string(), (tmp / "full").string(), "--scheme", "FP8_DYNAMIC"});
+      CHECK(full.exit_code == 2);
+      CHECK(full.err.find("exists and is not empty; pass --overwrite to replace the files "
+                          "quench writes there, or --resume to finish an interrupted run") !=
+            std::string::npos);
+      CHECK(qt::ListFiles(tmp / "full") == std::vector<std::string>{"notes.txt"});
+    }
     SUBCASE("an output name the source already uses is refused, naming it") {
       // a.proj.weight quantizes to a.proj.weight + a.proj.weight_scale; the source's own
       // a.proj.weight_scale (not a .weight, so copied) would be written a second time.

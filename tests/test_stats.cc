@@ -227,6 +227,17 @@ TEST_SUITE("stats") {
     const RunResult one = RunQuench({"stats", "merge", (dir / "a").string(), "-o",
                                      (dir / "o3").string()});
     CHECK(one.exit_code == 2);
+    CHECK(one.err.find("stats merge needs at least two statistics folders") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "o3"));
+    // An output folder that holds anything is not written into.
+    WritePart(dir / "full", MakePart(0));
+    const std::vector<std::string> before = ListFiles(dir / "full");
+    const RunResult full = RunQuench({"stats", "merge", (dir / "a").string(),
+                                      (dir / "a").string(), "-o", (dir / "full").string()});
+    CHECK(full.exit_code == 2);
+    CHECK(full.err.find((dir / "full").string() + " exists and is not empty") !=
+          std::string::npos);
+    CHECK(ListFiles(dir / "full") == before);
   }
 
   TEST_CASE("merge refuses a negative count and counts beyond int64, and leaves nothing") {

@@ -710,6 +710,9 @@ TEST_SUITE("verify") {
          "SparseGPT prunes per block of columns, not per tensor"},
         {{good, "--prune", "2:4", "--algorithm", "sparsegpt", "--gptq-block-size", "0"},
          "--gptq-block-size takes a count > 0"},
+        {{good, "--stats", src},
+         "verify --stats needs SRC, the checkpoint DST was made from (the scales are planned "
+         "again from it and the statistics)"},
     };
     for (const auto& [args, message] : cases) {
       std::vector<std::string> argv = {"verify"};
