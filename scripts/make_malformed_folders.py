@@ -98,6 +98,11 @@ def main():
              [w, ("x.weight_scale_inv", [2, 2], "F32", f32(1, 1, 1, float("inf")))])
     fp8_case("fp8_e8m0_scale_nan", "'x.weight_scale_inv' holds a NaN scale at [0, 0]",
              [w, ("x.weight_scale_inv", [2, 2], "F8_E8M0", bytes([0xFF, 127, 127, 127]))])
+    fp8_case("fp8_e5m2_fmt", "quantization_config.fmt 'e5m2': only E4M3 FP8 sources can be "
+             "decoded", [w, ("x.weight_scale_inv", [2, 2], "F32", f32(1, 1, 1, 1))],
+             code="unsupported", config=json.dumps({"quantization_config": {
+                 "quant_method": "fp8", "fmt": "e5m2", "activation_scheme": "dynamic",
+                 "weight_block_size": [128, 128]}}))
     fp8_case("fp8_unknown_quant_method", "quant_method 'gptq'", [one[0]], code="unsupported",
              config=json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
 
@@ -201,6 +206,21 @@ def main():
             "quench decodes 2-D weights and 3-D stacks of them",
             [("x.weight_packed", [1, 2, 4, 8], "I32", b"\x11" * 256), wshape, scale],
             code="unsupported")
+    ct_case("ct_no_config_groups", "quantization_config (compressed-tensors) has no "
+            "config_groups", [packed, wshape, scale],
+            config=json.dumps({"quantization_config": {"quant_method": "compressed-tensors",
+                                                       "format": "pack-quantized"}}))
+    ct_case("ct_ignore_bad_regex", "quantization_config.ignore: 're:(x' is not a valid regex",
+            [packed, wshape, scale], config=ct_config(ignore=["re:(x"]))
+    ct_case("ct_group_without_size", "config_groups.group_0.weights: strategy group needs a "
+            "positive group_size", [packed, wshape, scale],
+            config=ct_config({"group_size": None}))
+    ct_case("ct_strategy_unknown", "config_groups.group_0.weights.strategy 'row': quench "
+            "decodes tensor, channel, group, tensor_group and block weights",
+            [packed, wshape, scale], config=ct_config({"strategy": "row"}), code="unsupported")
+    ct_case("ct_int16_weights", "config_groups.group_0.weights: 16-bit int weights cannot be "
+            "decoded", [packed, wshape, scale], config=ct_config({"num_bits": 16}),
+            code="unsupported")
 
     # AutoAWQ GEMM: x is a [16 out, 32 in] weight in one group of 32: qweight [32, 2] I32,
     # qzeros [1, 2] I32, scales [1, 16] F16 (1.0 = 0x3C00).
@@ -244,14 +264,27 @@ def main():
              [qw, qz, ("x.scales", [1, 16], "F16", f16s(16, 7, 0x7C00))])
     awq_case("awq_gemv_version", "only the GEMM layout is read", [qw, qz, sc],
              code="unsupported", version="gemv")
+    awq_case("awq_bits_8", "AutoAWQ quantization_config.bits 8: only 4-bit AWQ is read",
+             [qw, qz, sc], code="unsupported", bits=8)
+    awq_case("awq_group_size_per_channel", "AutoAWQ group_size -1: only positive multiples of "
+             "8 are read (per-channel -1 is not)", [qw, qz, sc], code="unsupported",
+             group_size=-1)
+    awq_case("awq_inputs_not_whole_groups", "'x.qweight' [32, 2] has 32 inputs, not a multiple "
+             "of the config's group_size 24", [qw, qz, sc], group_size=24)
+    awq_case("awq_qzeros_without_zero_point", "'x.qzeros' is present but the config says "
+             "zero_point false (the tensors contradict the config)", [qw, qz, sc],
+             zero_point=False)
+    awq_case("awq_no_qweight", "quant_method 'awq' but no tensor is an AutoAWQ qweight",
+             [("y.weight", [4, 8])])
 
     # ModelOpt NVFP4: x is [16 out, 32 in]: weight U8 [16, 16], weight_scale F8_E4M3 [16, 2]
     # (0x38 = 1.0), weight_scale_2 and input_scale F32 scalars; hf_quant_config.json.
-    def mo_files(tensors, algo="NVFP4", exclude=(), config_algo=None, kv=None):
+    def mo_files(tensors, algo="NVFP4", exclude=(), config_algo=None, kv=None, group_size=16):
         files = {"model.safetensors": tensors,
                  "hf_quant_config.json": json.dumps({"producer": {"name": "modelopt"},
                                                      "quantization": {
-                                                         "quant_algo": algo, "group_size": 16,
+                                                         "quant_algo": algo,
+                                                         "group_size": group_size,
                                                          "kv_cache_quant_algo": kv,
                                                          "exclude_modules": list(exclude)}})}
         if config_algo is not None:
@@ -299,6 +332,17 @@ def main():
             tensors=[mw, ms, ms2, mis, ("x.k_scale", [], "F32", f32(float("nan")))], kv="FP8")
     mo_case("modelopt_kv_scale_orphan", "'y.v_scale' has no NVFP4 weight 'y.weight' to go "
             "with it", tensors=[mw, ms, ms2, mis, ("y.v_scale", [], "F32", f32(0.05))], kv="FP8")
+    mo_case("modelopt_group_size_32", "group_size 32; NVFP4 has one scale per 16 inputs",
+            tensors=[mw, ms, ms2, mis], group_size=32)
+    mo_case("modelopt_weight_missing", "'x.weight_scale' has no 'x.weight' beside it",
+            tensors=[ms, ms2, mis])
+    mo_case("modelopt_weight_not_u8", "'x.weight' is BF16 [16, 32]; a ModelOpt NVFP4 weight is "
+            "U8 [out, in / 2] (two FP4 codes a byte)", tensors=[("x.weight", [16, 32]), ms, ms2, mis])
+    mo_case("modelopt_weight_scale_2_not_scalar", "'x.weight_scale_2' is F32 [2]; ModelOpt "
+            "writes one F32 value", tensors=[mw, ms, ("x.weight_scale_2", [2], "F32",
+                                                      f32(0.01, 0.01)), mis])
+    mo_case("modelopt_no_nvfp4_weight", "quant_algo NVFP4 but no tensor is an NVFP4 weight "
+            "with a weight_scale", tensors=[("y.weight", [4, 8])], config_algo="NVFP4")
     mo_case("modelopt_kv_algo_int8", "kv_cache_quant_algo 'INT8': only FP8 KV-cache scales",
             code="unsupported", tensors=[mw, ms, ms2, mis], kv="INT8")
     with open(os.path.join(ROOT, "expected.json"), "w") as f:
