@@ -484,6 +484,25 @@ TEST_CASE("FP8 KV cache: k_scale / v_scale and kv_cache_scheme as oneshot writes
   CHECK_FALSE(fs::exists(tmp / "n"));
 }
 
+TEST_CASE("FP8 KV cache on attention without k_proj / v_proj weights is refused at planning") {
+  // all-MiniLM-L6-v2's BERT attention (attention.self.key / value): vLLM's k_scale / v_scale
+  // hang under k_proj / v_proj, so there is nothing to write them beside.
+  TempDir tmp;
+  const std::string stats = (DataDir() / "golden/imatrix-minilm/stats").string();
+  for (const bool dry : {false, true}) {
+    CAPTURE(dry);
+    std::vector<std::string> args = {"convert", MiniLmDir().string(), (tmp / "o").string(),
+                                     "--scheme", "FP8_DYNAMIC", "--kv-cache", "fp8", "--stats",
+                                     stats};
+    if (dry) args.push_back("--dry-run");
+    auto r = RunQuench(args);
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("unsupported: --kv-cache fp8: no attention k_proj weight in this "
+                     "checkpoint") != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp / "o"));
+  }
+}
+
 TEST_CASE("--resume does not keep a shard made from other activation statistics") {
   TempDir tmp;
   const fs::path src = DataDir() / "tiny-llama";

@@ -679,6 +679,31 @@ TEST_SUITE("convert") {
       }
       CHECK_FALSE(fs::exists(kTiny / "report.json"));
     }
+    SUBCASE("N:M pruning of rows whose length is not a multiple of M: each weight named") {
+      // tiny-llama's inputs are 256 (attention, gate/up) and 704 (down_proj) wide; all 14
+      // weights are refused. A run names the first and counts the rest; --dry-run lists all.
+      const std::vector<std::string> args = {kTiny.string(), (tmp / "o").string(), "--scheme",
+                                             "FP8_DYNAMIC", "--prune", "3:7"};
+      const std::string first =
+          "'model.layers.0.mlp.down_proj.weight': 3:7 pruning needs the column count to be a "
+          "multiple of 7, got 704";
+      const std::string last =
+          "'model.layers.1.self_attn.v_proj.weight': 3:7 pruning needs the column count to be "
+          "a multiple of 7, got 256";
+      auto r = convert(args);
+      CHECK(r.exit_code == 3);
+      CHECK(r.err.find(first) != std::string::npos);
+      CHECK(r.err.find("(and 13 more planning errors; --dry-run lists them all)") !=
+            std::string::npos);
+      std::vector<std::string> dry_args = args;
+      dry_args.push_back("--dry-run");
+      auto dry = convert(dry_args);
+      CHECK(dry.exit_code == 3);
+      CHECK(dry.err.find(first) != std::string::npos);
+      CHECK(dry.err.find(last) != std::string::npos);
+      CHECK(dry.err.find("14 error(s)") != std::string::npos);
+      CHECK_FALSE(fs::exists(tmp / "o"));
+    }
     SUBCASE("a DST that is a file, or a folder with other files, is refused with the way out") {
       qt::WriteBytes(tmp / "file", "x");
       auto file = convert({kTiny.string(), (tmp / "file").string(), "--scheme", "FP8_DYNAMIC"});

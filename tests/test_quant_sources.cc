@@ -162,6 +162,23 @@ TEST_SUITE("quant_sources") {
     }
   }
 
+  TEST_CASE("verify --prune against a quantized source is refused, naming what SRC is") {
+    // The pruned check compares zeros against the source's rows; a quantized source's rows
+    // are not decoded for it yet. Exit 3 (unsupported), nothing on stdout.
+    TempDir tmp;
+    const fs::path src = DataDir() / "golden/fp8src/src";
+    REQUIRE(RunQuench({"convert", src.string(), (tmp / "o").string(), "--scheme", "FP8_DYNAMIC",
+                       "--prune", "2:4", "-q"})
+                .exit_code == 0);
+    auto v = RunQuench({"verify", (tmp / "o").string(), src.string(), "--prune", "2:4"});
+    CHECK(v.exit_code == 3);
+    CHECK(v.out.empty());
+    CHECK(v.err.find("verify: unsupported: SRC is FP8 E4M3, 128x128 block scales") !=
+          std::string::npos);
+    CHECK(v.err.find("verify --prune cannot compare against a quantized source yet") !=
+          std::string::npos);
+  }
+
   TEST_CASE("verify holds a lossless repack to the source exactly: one flipped code bit is found") {
     // The reference converters' repacks (AutoAWQ: F16 scales, zero scales, the converter's
     // ignore list without the embedding) verify clean; flipping the lowest bit of one 4-bit

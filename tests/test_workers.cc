@@ -774,6 +774,35 @@ quant_stage:
     CHECK_FALSE(fs::exists(out / "config.json"));
   }
 
+  TEST_CASE("finalize refuses parts of runs with different worker counts, naming both") {
+    // A worker of a 3-way split left beside a 2-way one's: which parts belong together is
+    // the user's call; finalize publishes nothing until the stale ones are gone or --workers
+    // names the count.
+    qt::TempDir tmp;
+    const fs::path src = Sharded();
+    const fs::path out = tmp / "out";
+    ConvertWant(tmp, src, {"--scheme", "FP8_DYNAMIC"});
+    auto worker = [&](const std::string& share) {
+      return qt::RunQuench(ConvertArgs(src, out, {"--scheme", "FP8_DYNAMIC", "--worker", share}));
+    };
+    REQUIRE(worker("0/3").exit_code == 0);
+    REQUIRE(worker("0/2").exit_code == 0);
+    auto mixed = qt::RunQuench({"finalize", out.string()});
+    CHECK(mixed.exit_code == 3);
+    CHECK_MESSAGE(mixed.err.find(out.string() + " holds parts of runs with different worker "
+                                 "counts (2, 3); remove the stale ones from " +
+                                 (out / ".quench-parts").string() + " or pass --workers N") !=
+                      std::string::npos,
+                  mixed.err);
+    CHECK_FALSE(fs::exists(out / "config.json"));
+    // Told which count is meant, finalize judges that run's parts alone.
+    auto two = qt::RunQuench({"finalize", out.string(), "--workers", "2"});
+    CHECK(two.exit_code == 3);
+    CHECK(two.err.find("worker 1/2 has not finished its part") != std::string::npos);
+    REQUIRE(worker("1/2").exit_code == 0);
+    qt::CheckSameFiles(tmp / "want", out);
+  }
+
   // A part is checked against its checksum, which damage breaks; these keep it whole (a part
   // no quench writes): finalize indexed one part's shard list by another's (SIGSEGV, found
   // mutating parts), and took any file name a part gave.
