@@ -91,6 +91,91 @@ CtFormat InferFormat(const CtWeight& w, bool has_inputs, bool inputs_float,
   return CtFormat::kNaive;
 }
 
+// Group `name`'s weight arguments onto `*out`: bits, type, symmetry, group size, strategy, block
+// structure, refused where the decoder has no reading of them. `at` names the group.
+Status ParseWeightArgs(const std::string& name, const JsonValue& w, const std::string& at,
+                       CtWeight* out) {
+  CtWeight& p = *out;
+  p.group = name;
+  auto str = [&](const char* k) {
+    const JsonValue* v = w.Find(k);
+    return v != nullptr && v->is_string() ? v->as_string() : std::string();
+  };
+  auto uint = [&](const char* k) -> uint64_t {
+    const JsonValue* v = w.Find(k);
+    return v != nullptr && v->is_int() && v->as_int() > 0 ? v->as_uint() : 0;
+  };
+  p.num_bits = static_cast<int>(uint("num_bits"));
+  p.is_float = str("type") == "float";
+  if (const JsonValue* s = w.Find("symmetric"); s != nullptr && s->is_bool()) {
+    p.symmetric = s->as_bool();
+  }
+  p.group_size = uint("group_size");
+  const std::string strategy = str("strategy");
+  static const std::map<std::string, CtStrategy> kStrategies = {
+      {"tensor", CtStrategy::kTensor},
+      {"channel", CtStrategy::kChannel},
+      {"group", CtStrategy::kGroup},
+      {"tensor_group", CtStrategy::kTensorGroup},
+      {"block", CtStrategy::kBlock}};
+  auto it = kStrategies.find(strategy);
+  if (it == kStrategies.end()) {
+    return Error(ErrorCode::kUnsupported, at + ".weights.strategy '" + strategy +
+                                              "': quench decodes tensor, channel, group, "
+                                              "tensor_group and block weights");
+  }
+  p.strategy = it->second;
+  if (p.strategy == CtStrategy::kBlock) {
+    const JsonValue* b = w.Find("block_structure");
+    if (b == nullptr || !b->is_array() || b->as_array().size() != 2 || !b->as_array()[0].is_int() ||
+        !b->as_array()[1].is_int() || b->as_array()[0].as_int() <= 0 ||
+        b->as_array()[1].as_int() <= 0) {
+      return Error(ErrorCode::kInvalidInput,
+                   at + ".weights.block_structure must be two positive integers");
+    }
+    p.block_rows = b->as_array()[0].as_uint();
+    p.block_cols = b->as_array()[1].as_uint();
+  }
+  if ((p.strategy == CtStrategy::kGroup || p.strategy == CtStrategy::kTensorGroup) &&
+      p.group_size == 0) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + ".weights: strategy " + strategy + " needs a positive group_size");
+  }
+  if (p.num_bits < 1 || p.num_bits > 8 || (p.is_float && p.num_bits != 8 && p.num_bits != 4)) {
+    return Error(ErrorCode::kUnsupported, at + ".weights: " + std::to_string(p.num_bits) + "-bit " +
+                                              (p.is_float ? "float" : "int") +
+                                              " weights cannot be decoded");
+  }
+  return Status::Ok();
+}
+
+// A written format that differs from the inferred one: the dequantizer decodes with the
+// inferred format; a written one that can hold these weights is what the writer used
+// (model_free_ptq writes W4AFP8, int4 weights with FP8 activations, as pack-quantized where
+// inference says int-quantized): the tensors follow it. One that cannot hold them contradicts
+// the config.
+Status ApplyWrittenFormat(const JsonValue& g, const std::string& at, CtWeight* p) {
+  const JsonValue* f = g.Find("format");
+  if (f == nullptr || !f->is_string() || f->as_string() == CtFormatName(p->format)) {
+    return Status::Ok();
+  }
+  const std::string& w = f->as_string();
+  const bool int_w = !p->is_float, f8 = p->is_float && p->num_bits == 8;
+  const bool fits = (w == "pack-quantized" && int_w) ||
+                    ((w == "int-quantized" || w == "naive-quantized") && (int_w || f8)) ||
+                    (w == "float-quantized" && f8);
+  if (!fits) {
+    return Error(ErrorCode::kInvalidInput,
+                 at + ".format '" + w + "' contradicts its weights, which " +
+                     "compressed-tensors stores as " + std::string(CtFormatName(p->format)));
+  }
+  p->format = w == "pack-quantized"    ? CtFormat::kPack
+              : w == "int-quantized"   ? CtFormat::kInt
+              : w == "float-quantized" ? CtFormat::kFloat
+                                       : CtFormat::kNaive;
+  return Status::Ok();
+}
+
 Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std::string& where) {
   Group out;
   out.name = name;
@@ -103,7 +188,10 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
   }
   std::vector<std::string> names;
   for (const std::string& e : out.targets) {
-    if (e == "Linear") out.all_linear = true; else names.push_back(e);
+    if (e == "Linear")
+      out.all_linear = true;
+    else
+      names.push_back(e);
   }
   out.all_linear |= out.targets.empty();
   QUENCH_ASSIGN_OR_RETURN(out.matcher, Names::Compile(names, at + ".targets"));
@@ -111,55 +199,8 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
   if (w == nullptr || !w->is_object()) {
     return Error(ErrorCode::kUnsupported, at + " quantizes no weights; nothing to decode");
   }
+  QUENCH_RETURN_IF_ERROR(ParseWeightArgs(name, *w, at, &out.proto));
   CtWeight& p = out.proto;
-  p.group = name;
-  auto str = [&](const char* k) {
-    const JsonValue* v = w->Find(k);
-    return v != nullptr && v->is_string() ? v->as_string() : std::string();
-  };
-  auto uint = [&](const char* k) -> uint64_t {
-    const JsonValue* v = w->Find(k);
-    return v != nullptr && v->is_int() && v->as_int() > 0 ? v->as_uint() : 0;
-  };
-  p.num_bits = static_cast<int>(uint("num_bits"));
-  p.is_float = str("type") == "float";
-  if (const JsonValue* s = w->Find("symmetric"); s != nullptr && s->is_bool()) {
-    p.symmetric = s->as_bool();
-  }
-  p.group_size = uint("group_size");
-  const std::string strategy = str("strategy");
-  static const std::map<std::string, CtStrategy> kStrategies = {
-      {"tensor", CtStrategy::kTensor}, {"channel", CtStrategy::kChannel},
-      {"group", CtStrategy::kGroup}, {"tensor_group", CtStrategy::kTensorGroup},
-      {"block", CtStrategy::kBlock}};
-  auto it = kStrategies.find(strategy);
-  if (it == kStrategies.end()) {
-    return Error(ErrorCode::kUnsupported, at + ".weights.strategy '" + strategy +
-                                              "': quench decodes tensor, channel, group, "
-                                              "tensor_group and block weights");
-  }
-  p.strategy = it->second;
-  if (p.strategy == CtStrategy::kBlock) {
-    const JsonValue* b = w->Find("block_structure");
-    if (b == nullptr || !b->is_array() || b->as_array().size() != 2 ||
-        !b->as_array()[0].is_int() || !b->as_array()[1].is_int() ||
-        b->as_array()[0].as_int() <= 0 || b->as_array()[1].as_int() <= 0) {
-      return Error(ErrorCode::kInvalidInput,
-                   at + ".weights.block_structure must be two positive integers");
-    }
-    p.block_rows = b->as_array()[0].as_uint();
-    p.block_cols = b->as_array()[1].as_uint();
-  }
-  if ((p.strategy == CtStrategy::kGroup || p.strategy == CtStrategy::kTensorGroup) &&
-      p.group_size == 0) {
-    return Error(ErrorCode::kInvalidInput, at + ".weights: strategy " + strategy +
-                                               " needs a positive group_size");
-  }
-  if (p.num_bits < 1 || p.num_bits > 8 || (p.is_float && p.num_bits != 8 && p.num_bits != 4)) {
-    return Error(ErrorCode::kUnsupported,
-                 at + ".weights: " + std::to_string(p.num_bits) + "-bit " +
-                     (p.is_float ? "float" : "int") + " weights cannot be decoded");
-  }
   const JsonValue* in = g.Find("input_activations");
   const bool has_inputs = in != nullptr && in->is_object();
   bool inputs_float = false;
@@ -167,34 +208,18 @@ Result<Group> ParseGroup(const std::string& name, const JsonValue& g, const std:
     const JsonValue* ty = in->Find("type");
     inputs_float = ty != nullptr && ty->is_string() && ty->as_string() == "float";
   }
-  p.format = InferFormat(p, has_inputs, inputs_float, str("scale_dtype"));
+  const JsonValue* scale_dtype = w->Find("scale_dtype");
+  p.format =
+      InferFormat(p, has_inputs, inputs_float,
+                  scale_dtype != nullptr && scale_dtype->is_string() ? scale_dtype->as_string()
+                                                                     : std::string());
   if (p.is_float && p.num_bits == 4 && p.format != CtFormat::kNvfp4 &&
       p.format != CtFormat::kMxfp4) {
-    return Error(ErrorCode::kUnsupported,
-                 at + ".weights: FP4 weights in groups of " + std::to_string(p.group_size) +
-                     " are neither NVFP4 (16) nor MXFP4 (32)");
+    return Error(ErrorCode::kUnsupported, at + ".weights: FP4 weights in groups of " +
+                                              std::to_string(p.group_size) +
+                                              " are neither NVFP4 (16) nor MXFP4 (32)");
   }
-  if (const JsonValue* f = g.Find("format"); f != nullptr && f->is_string() &&
-                                             f->as_string() != CtFormatName(p.format)) {
-    // The dequantizer decodes with the inferred format; a written one that differs but can
-    // hold these weights is what the writer used (model_free_ptq writes W4AFP8, int4 weights
-    // with FP8 activations, as pack-quantized where inference says int-quantized): the
-    // tensors follow it. One that cannot hold them contradicts the config.
-    const std::string& w = f->as_string();
-    const bool int_w = !p.is_float, f8 = p.is_float && p.num_bits == 8;
-    const bool fits = (w == "pack-quantized" && int_w) ||
-                      ((w == "int-quantized" || w == "naive-quantized") && (int_w || f8)) ||
-                      (w == "float-quantized" && f8);
-    if (!fits) {
-      return Error(ErrorCode::kInvalidInput,
-                   at + ".format '" + w + "' contradicts its weights, which " +
-                       "compressed-tensors stores as " + std::string(CtFormatName(p.format)));
-    }
-    p.format = w == "pack-quantized"    ? CtFormat::kPack
-               : w == "int-quantized"   ? CtFormat::kInt
-               : w == "float-quantized" ? CtFormat::kFloat
-                                        : CtFormat::kNaive;
-  }
+  QUENCH_RETURN_IF_ERROR(ApplyWrittenFormat(g, at, &p));
   return out;
 }
 
@@ -236,8 +261,10 @@ Result<std::vector<uint64_t>> ReadShape(const ModelFolder& folder, const CtTenso
 
 std::string_view CtFormatName(CtFormat f) {
   switch (f) {
-    case CtFormat::kNaive: return "naive-quantized";
-    case CtFormat::kFloat: return "float-quantized";
+    case CtFormat::kNaive:
+      return "naive-quantized";
+    case CtFormat::kFloat:
+      return "float-quantized";
     case CtFormat::kInt: return "int-quantized";
     case CtFormat::kPack: return "pack-quantized";
     case CtFormat::kNvfp4: return "nvfp4-pack-quantized";
