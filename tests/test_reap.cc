@@ -252,6 +252,47 @@ TEST_SUITE("reap") {
       CHECK(s.code() == quench::ErrorCode::kInvalidInput);
       CHECK(s.message().find("the format needs F64 [6]") != std::string::npos);
     }
+    {  // config.json without the routing REAP needs (top-k; both group keys or neither)
+      qt::TempDir tmp;
+      quench::ConvertOptions o = ReapOptions(c, tmp / "out");
+      fs::copy(o.src, tmp / "src");
+      o.src = tmp / "src";
+      auto edit_config = [&](const std::function<void(quench::JsonValue&)>& edit) {
+        auto cfg =
+            quench::ReadJsonFile((qt::DataDir() / "golden/xprune-2d/src/config.json").string());
+        REQUIRE(cfg.ok());
+        edit(*cfg);
+        qt::WriteBytes(tmp / "src/config.json", quench::DumpPythonJson(*cfg));
+      };
+      const std::string where = (tmp / "src/config.json").string();
+      edit_config([](quench::JsonValue& m) {
+        quench::JsonValue kept = quench::JsonValue::MakeObject();
+        for (const auto& [k, v] : m.as_object()) {
+          if (k != "num_experts_per_tok") kept.Set(k, v);
+        }
+        m = std::move(kept);
+      });
+      auto s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK_MESSAGE(
+          s.message().find(where + " has none of num_experts_per_tok, top_k, moe_top_k; REAP "
+                                   "(as llm-compressor) needs the experts each token is "
+                                   "routed to") != std::string::npos,
+          s.message());
+      edit_config([](quench::JsonValue& m) { m.Set("num_experts_per_tok", quench::JsonValue(0)); });
+      s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK_MESSAGE(s.message().find(where + ": num_experts_per_tok must be a positive integer") !=
+                        std::string::npos,
+                    s.message());
+      edit_config([](quench::JsonValue& m) { m.Set("n_group", quench::JsonValue(2)); });
+      s = PlanStatus(o);
+      CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+      CHECK_MESSAGE(
+          s.message().find(where + " sets n_group without topk_group; a group-limited router "
+                                   "needs both") != std::string::npos,
+          s.message());
+    }
     {  // F the reference refuses
       qt::TempDir tmp;
       quench::ConvertOptions o = ReapOptions(c, tmp / "out");
