@@ -245,7 +245,9 @@ TEST_CASE("mappings resolve per layer as match_modules_set groups them") {
   CHECK(fallback);
 }
 
-TEST_CASE("a last set missing a target, or a module two targets match, is refused") {
+TEST_CASE(
+    "a last set missing a target, a module two targets match, or two smooth layers in a set, is "
+    "refused") {
   std::vector<std::string> m = Llama(2);
   m.erase(std::find(m.begin(), m.end(), "model.layers.1.self_attn.k_proj"));
   bool fb;
@@ -256,6 +258,15 @@ TEST_CASE("a last set missing a target, or a module two targets match, is refuse
   auto twice = calib::ResolveMappings({{"re:.*norm", {"re:.*layernorm"}}}, Llama(1));
   REQUIRE_FALSE(twice.ok());
   CHECK(twice.status().message().find("is matched by two targets") != std::string::npos);
+  // Both norms of a layer under one smooth target, with q_proj to balance: the layer's set
+  // holds two smooth layers (mappings.h: match_modules_set's rules refuse it).
+  auto two_smooth = calib::ResolveMappings({{"re:.*layernorm$", {"re:.*q_proj$"}}}, Llama(1));
+  REQUIRE_FALSE(two_smooth.ok());
+  CHECK_MESSAGE(two_smooth.status().message().find(
+                    "matches more than one smooth layer in one set "
+                    "(model.layers.0.input_layernorm, model.layers.0.post_attention_layernorm)") !=
+                    std::string::npos,
+                two_smooth.status().message());
 }
 
 }  // namespace
