@@ -129,6 +129,10 @@ TEST_SUITE("stats") {
     };
     std::string wrong_field = Manifest();
     wrong_field.replace(wrong_field.find("\"sum_abs\""), 9, "\"sum_x3\"");
+    std::string bad_block_name = Manifest();
+    bad_block_name.replace(bad_block_name.find("\"sum_abs\""), 9, "\"hessian_blkx\"");
+    std::string bad_block_size = Manifest();
+    bad_block_size.replace(bad_block_size.find("\"sum_abs\""), 9, "\"hessian_blk3\"");
     std::string no_count = Manifest();
     no_count.replace(no_count.find("[\"count\", \"sum_x2\", \"min\""), 10, "[");
     std::string bad_consumer = Manifest();
@@ -149,6 +153,10 @@ TEST_SUITE("stats") {
     const Case cases[] = {
         {"newer version", Manifest("llama", "all", 2), "version 2; this quench reads version 1"},
         {"unknown field", wrong_field, "site 'a': unknown field 'sum_x3'"},
+        {"a block Hessian without its size", bad_block_name,
+         "field 'hessian_blkx': not hessian_blk<B>"},
+        {"a block size that does not divide the site's width", bad_block_size,
+         "field 'hessian_blk3': the block size must divide in_features 4"},
         {"no count", no_count, "site 'e' has no \"count\""},
         {"expert out of range", bad_consumer, "expert index outside site 'e'"},
         {"expert index missing", no_expert, "without an \"expert\" index"},
