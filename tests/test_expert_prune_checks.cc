@@ -129,6 +129,27 @@ TEST_SUITE("expert_prune_checks") {
     }
   }
 
+  TEST_CASE("no config.json, or one without an expert count: refused, nothing to record it in") {
+    // compressed-tensors' converter writes the kept count into the config; without a key to
+    // write it under, the pruned model would claim experts it lacks.
+    qt::TempDir tmp;
+    const fs::path src = Write(tmp, MoeTensors({8}), R"({"num_experts_per_tok": 2})");
+    quench::Status s = PlanStatus(src, 0.5);
+    CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+    CHECK_MESSAGE(s.message().find("config.json has none of num_experts, num_local_experts, "
+                                   "moe_num_experts, n_routed_experts (top level or "
+                                   "text_config); expert pruning cannot record the experts "
+                                   "kept") != std::string::npos,
+                  s.message());
+    fs::remove(src / "config.json");
+    s = PlanStatus(src, 0.5);
+    CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+    CHECK_MESSAGE(s.message().find(src.string() + ": expert pruning needs config.json to record "
+                                   "the experts kept, and the folder has none") !=
+                      std::string::npos,
+                  s.message());
+  }
+
   TEST_CASE("the expert count is written where config.json has it; the floor is kept") {
     qt::TempDir tmp;
     const fs::path src = Write(tmp, MoeTensors({8}),
