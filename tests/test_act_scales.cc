@@ -604,6 +604,19 @@ TEST_CASE("verify --stats: static activation and KV-cache scales equal the stati
   CHECK(v.exit_code == 3);
   CHECK_MESSAGE(v.err.find("verify --stats re-derives the scales of a one-scheme checkpoint") !=
                     std::string::npos, v.err);
+  // One group, but named otherwise than a preset (a recipe's "group_0"): the scheme to plan
+  // again is unknown, and said so.
+  const std::string damaged = "\"config_groups\": -1, \"x\": {";
+  const size_t group = config.find("\"NVFP4\": {", config.find(damaged));
+  REQUIRE(group != std::string::npos);
+  config.replace(group, std::string("\"NVFP4\": {").size(), "\"group_0\": {");
+  config.replace(config.find(damaged), damaged.size(), "\"config_groups\": {");
+  REQUIRE(config.find("\"group_0\": {") != std::string::npos);
+  WriteBytes(o / "config.json", config);
+  v = RunQuench({"verify", o.string(), src.string(), "--stats", stats, "-q"});
+  CHECK(v.exit_code == 3);
+  CHECK_MESSAGE(v.err.find("verify --stats: config group 'group_0' is not a preset name") !=
+                    std::string::npos, v.err);
 }
 
 }  // namespace
