@@ -257,6 +257,10 @@ TEST_SUITE("source_mxfp4") {
            t->shape = {4, 64, 4};
          },
          "has shape [4, 64, 4]; expected [4, 128, 2]"},
+        {"scales of another dtype",
+         [&](auto& s) { Find(s, scales)->dtype = DType::kI8; },  // the same bytes
+         "'model.layers.0.mlp.experts.gate_up_proj_scales' has dtype I8; MXFP4 scales are U8 "
+         "(E8M0 exponents)"},
         {"blocks not 4-D U8",
          [&](auto& s) {
            RawTensor* t = Find(s, blocks);
