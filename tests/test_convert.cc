@@ -559,6 +559,24 @@ TEST_SUITE("convert") {
       args.insert(args.end(), extra.begin(), extra.end());
       return qt::RunQuench(args);
     };
+    // Each case (flags after SRC DST, and the message) as a run and as a dry run: a usage
+    // error (exit 2) with its message, and no DST made.
+    using Cases = std::vector<std::pair<std::vector<std::string>, std::string>>;
+    auto check_usage_errors = [&](const Cases& cases) {
+      for (const auto& [flags, message] : cases) {
+        for (const bool dry : {false, true}) {
+          std::vector<std::string> args = {kTiny.string(), (tmp / "o").string()};
+          args.insert(args.end(), flags.begin(), flags.end());
+          if (dry) args.push_back("--dry-run");
+          CAPTURE(message);
+          CAPTURE(dry);
+          const auto r = convert(args);
+          CHECK(r.exit_code == 2);
+          CHECK(r.err.find(message) != std::string::npos);
+          CHECK_FALSE(fs::exists(tmp / "o"));
+        }
+      }
+    };
     SUBCASE("DST inside SRC") {
       auto r = convert({kTiny.string(), (kTiny / "out").string(), "--scheme", "FP8_DYNAMIC"});
       CHECK(r.exit_code == 2);
@@ -604,7 +622,7 @@ TEST_SUITE("convert") {
                      "quant_stage: {quant_modifiers: {QuantizationModifier: "
                      "{scheme: W8A8, targets: [Linear]}}}\n");
       const std::string recipe = (tmp / "r.yaml").string();
-      const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      const Cases cases = {
           {{"--scheme", "W8A8", "--kv-cache", "fp16"}, "--kv-cache takes fp8"},
           {{"--recipe", recipe, "--scheme", "W4A16"}, "do not combine it with --scheme"},
           {{"--recipe", recipe, "--observer-arg", "maxshrink=0.3"},
@@ -618,25 +636,13 @@ TEST_SUITE("convert") {
            "--kv-cache goes with a quantization scheme"},
           {{"--recipe", recipe, "--kv-cache", "fp8"}, "r.yaml: kv_cache_scheme needs k/v scales"},
       };
-      for (const auto& [flags, message] : cases) {
-        for (const bool dry : {false, true}) {
-          std::vector<std::string> args = {kTiny.string(), (tmp / "o").string()};
-          args.insert(args.end(), flags.begin(), flags.end());
-          if (dry) args.push_back("--dry-run");
-          CAPTURE(message);
-          CAPTURE(dry);
-          const auto r = convert(args);
-          CHECK(r.exit_code == 2);
-          CHECK(r.err.find(message) != std::string::npos);
-          CHECK_FALSE(fs::exists(tmp / "o"));
-        }
-      }
+      check_usage_errors(cases);
     }
     SUBCASE("option values out of range name the option and what it takes") {
       // Statistics are given where an algorithm needs them, so that the option itself is
       // what is refused.
       const std::string stats = (qt::DataDir() / "golden/imatrix-minilm/stats").string();
-      const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      const Cases cases = {
           {{"--scheme", "W4A16", "--algorithm", "gptq", "--stats", stats, "--gptq-block-size",
             "0"},
            "--gptq-block-size needs a positive whole number, not '0'"},
@@ -664,19 +670,7 @@ TEST_SUITE("convert") {
           {{"--scheme", "FP8_DYNAMIC", "--report", (kTiny / "report.json").string()},
            "is inside the source folder; quench never writes into a source checkpoint"},
       };
-      for (const auto& [flags, message] : cases) {
-        for (const bool dry : {false, true}) {
-          std::vector<std::string> args = {kTiny.string(), (tmp / "o").string()};
-          args.insert(args.end(), flags.begin(), flags.end());
-          if (dry) args.push_back("--dry-run");
-          CAPTURE(message);
-          CAPTURE(dry);
-          const auto r = convert(args);
-          CHECK(r.exit_code == 2);
-          CHECK(r.err.find(message) != std::string::npos);
-          CHECK_FALSE(fs::exists(tmp / "o"));
-        }
-      }
+      check_usage_errors(cases);
       CHECK_FALSE(fs::exists(kTiny / "report.json"));
     }
     SUBCASE("N:M pruning of rows whose length is not a multiple of M: each weight named") {
