@@ -230,14 +230,68 @@ bool SplitMayTouch(const TensorInfo& t) {
          (t.name.find(kGateUp) != std::string::npos && t.name.find(kDown) != std::string::npos);
 }
 
+// Cuts the [E, rows, in] stack `t` (gate_up: each expert's gate rows, then its up rows)
+// into per-expert pieces appended to `out` (a compressed-tensors module's codes named as its
+// pieces: `ct_module`, `ct_param`), with an FP8 stack's block scales cut along.
+Status CutStack(ModelFolder& folder, size_t si, TensorInfo& t, const StackFacts& f, bool gate_up,
+                const std::string& ct_module, const std::string& ct_param,
+                std::vector<TensorInfo>& out, ExpertSplit& result) {
+  const Shard& shard = folder.shards[si];
+  const std::map<std::string, uint64_t>& stack_rows = f.stack_rows;
+  const uint64_t block_rows = f.block_rows;
+  const uint64_t elem_bits = DTypeBits(t.dtype);
+  const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
+  const uint64_t parts = gate_up ? 2 : 1;
+  // An FP8 stack's block scales ("..._scale_inv", [E, rows/br, cols/bc]) split with it:
+  // each piece is that expert's (gate or up) tile rows, named as its weight's scale.
+  constexpr std::string_view kScaleInv = "_scale_inv";
+  const bool scale_inv = t.name.ends_with(kScaleInv);
+  const auto weight_rows = scale_inv
+                               ? stack_rows.find(t.name.substr(0, t.name.size() - kScaleInv.size()))
+                               : stack_rows.end();
+  if (scale_inv && parts == 2 &&
+      (a % 2 != 0 || weight_rows == stack_rows.end() || block_rows == 0 ||
+       (weight_rows->second / 2) % block_rows != 0)) {
+    return Error(ErrorCode::kUnsupported,
+                 shard.rel_name + ": tensor '" + t.name + "' has shape " + ShapeString(t.shape) +
+                     "; the gate and up halves of a fused FP8 "
+                     "stack must each be whole blocks of weight_block_size rows to be split");
+  }
+  if (a % parts != 0) {
+    return Error(ErrorCode::kInvalidInput, shard.rel_name + ": tensor '" + t.name + "' has shape " +
+                                               ShapeString(t.shape) +
+                                               "; a fused gate_up_proj needs an even second "
+                                               "dimension (gate rows, then up rows)");
+  }
+  const uint64_t rows = a / parts;
+  const uint64_t piece_bytes = rows * b * (elem_bits / 8);
+  uint64_t begin = t.begin;
+  for (uint64_t e = 0; e < experts; ++e) {
+    for (uint64_t p = 0; p < parts; ++p) {
+      TensorInfo piece;
+      piece.name = PieceName(t, e, p, gate_up, ct_module, ct_param);
+      if (!ct_module.empty()) {
+        folder.ct_pieces[piece.name] = ModelFolder::CtPiece{si, t, e, p * rows};
+      }
+      piece.dtype = t.dtype;
+      piece.shape = {rows, b};
+      piece.begin = begin;
+      piece.end = begin + piece_bytes;
+      begin = piece.end;
+      out.push_back(std::move(piece));
+      ++result.pieces;
+    }
+  }
+  ++result.tensors_split;
+  return Status::Ok();
+}
+
 // Splits tensor `t` of shard `si` into per-expert pieces appended to `out` (or appends it as
 // it is where it is no fused stack, or one kept whole), counted in `result`.
 Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFacts& f,
                    bool linearize, std::vector<TensorInfo>& out, ExpertSplit& result) {
   const Shard& shard = folder.shards[si];
   const std::optional<uint64_t>& hidden = f.hidden;
-  const std::map<std::string, uint64_t>& stack_rows = f.stack_rows;
-  const uint64_t block_rows = f.block_rows;
   const bool ct = f.ct;
   const std::set<std::string>& ct_modules = f.ct_modules;
   const std::map<std::string, uint64_t>& ct_cols = f.ct_cols;
@@ -261,8 +315,8 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
     if (dot != std::string::npos && ct_modules.contains(t.name.substr(0, dot))) {
       ct_module = t.name.substr(0, dot);
       ct_param = t.name.substr(dot + 1);
-      const bool codes = ct_param == "weight_packed" ||
-                         (ct_param == "weight" && !IsQuantizableFloat(t.dtype));
+      const bool codes =
+          ct_param == "weight_packed" || (ct_param == "weight" && !IsQuantizableFloat(t.dtype));
       if (!codes) {
         out.push_back(std::move(t));
         return Status::Ok();
@@ -271,15 +325,16 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
   }
   if (gate_up && down) {
     return Error(ErrorCode::kInvalidInput,
-                 shard.rel_name + ": tensor '" + t.name + "' names both gate_up_proj and "
-                 "down_proj; model_free_ptq refuses such a checkpoint (rename the tensor)");
+                 shard.rel_name + ": tensor '" + t.name +
+                     "' names both gate_up_proj and "
+                     "down_proj; model_free_ptq refuses such a checkpoint (rename the tensor)");
   }
   const uint64_t elem_bits = DTypeBits(t.dtype);
   if ((!gate_up && !down) || t.shape.size() != 3 || elem_bits % 8 != 0) {
     out.push_back(std::move(t));
     return Status::Ok();
   }
-  const uint64_t experts = t.shape[0], a = t.shape[1], b = t.shape[2];
+  const uint64_t a = t.shape[1], b = t.shape[2];
   const uint64_t cols = DecodedColumns(t, ct_module, ct_param, ct_cols);
   // [E, in, out]: by its own shape, or its sibling's in the same experts module.
   const bool transposed =
@@ -300,49 +355,7 @@ Status SplitTensor(ModelFolder& folder, size_t si, TensorInfo& t, const StackFac
     out.push_back(std::move(t));
     return Status::Ok();
   }
-  const uint64_t parts = gate_up ? 2 : 1;
-  // An FP8 stack's block scales ("..._scale_inv", [E, rows/br, cols/bc]) split with it:
-  // each piece is that expert's (gate or up) tile rows, named as its weight's scale.
-  constexpr std::string_view kScaleInv = "_scale_inv";
-  const bool scale_inv = t.name.ends_with(kScaleInv);
-  const auto weight_rows =
-      scale_inv ? stack_rows.find(t.name.substr(0, t.name.size() - kScaleInv.size()))
-                : stack_rows.end();
-  if (scale_inv && parts == 2 &&
-      (a % 2 != 0 || weight_rows == stack_rows.end() || block_rows == 0 ||
-       (weight_rows->second / 2) % block_rows != 0)) {
-    return Error(ErrorCode::kUnsupported,
-                 shard.rel_name + ": tensor '" + t.name + "' has shape " +
-                     ShapeString(t.shape) + "; the gate and up halves of a fused FP8 "
-                     "stack must each be whole blocks of weight_block_size rows to be split");
-  }
-  if (a % parts != 0) {
-    return Error(ErrorCode::kInvalidInput,
-                 shard.rel_name + ": tensor '" + t.name + "' has shape " +
-                     ShapeString(t.shape) + "; a fused gate_up_proj needs an even second "
-                     "dimension (gate rows, then up rows)");
-  }
-  const uint64_t rows = a / parts;
-  const uint64_t piece_bytes = rows * b * (elem_bits / 8);
-  uint64_t begin = t.begin;
-  for (uint64_t e = 0; e < experts; ++e) {
-    for (uint64_t p = 0; p < parts; ++p) {
-      TensorInfo piece;
-      piece.name = PieceName(t, e, p, gate_up, ct_module, ct_param);
-      if (!ct_module.empty()) {
-        folder.ct_pieces[piece.name] = ModelFolder::CtPiece{si, t, e, p * rows};
-      }
-      piece.dtype = t.dtype;
-      piece.shape = {rows, b};
-      piece.begin = begin;
-      piece.end = begin + piece_bytes;
-      begin = piece.end;
-      out.push_back(std::move(piece));
-      ++result.pieces;
-    }
-  }
-  ++result.tensors_split;
-  return Status::Ok();
+  return CutStack(folder, si, t, f, gate_up, ct_module, ct_param, out, result);
 }
 
 }  // namespace
