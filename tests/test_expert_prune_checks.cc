@@ -150,6 +150,21 @@ TEST_SUITE("expert_prune_checks") {
                   s.message());
   }
 
+  TEST_CASE("a MoE layer with two routers is refused: which one scores the experts is unclear") {
+    qt::TempDir tmp;
+    std::vector<RawTensor> t = MoeTensors({8});
+    RawTensor second = t.front();  // model.layers.0.mlp.gate.weight
+    second.name = "model.layers.0.mlp.router.weight";
+    t.push_back(second);
+    const quench::Status s = PlanStatus(Write(tmp, t, R"({"num_experts": 8})"), 0.5);
+    CHECK(s.code() == quench::ErrorCode::kInvalidInput);
+    CHECK_MESSAGE(s.message().find("MoE layer 'model.layers.0.mlp' has two routers, "
+                                   "'model.layers.0.mlp.gate.weight' and "
+                                   "'model.layers.0.mlp.router.weight'; expert pruning cannot "
+                                   "tell which") != std::string::npos,
+                  s.message());
+  }
+
   TEST_CASE("the expert count is written where config.json has it; the floor is kept") {
     qt::TempDir tmp;
     const fs::path src = Write(tmp, MoeTensors({8}),
