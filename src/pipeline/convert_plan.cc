@@ -196,7 +196,7 @@ int RunBuffersPerChunk(const Plan& plan, const calib::Algorithms& algos) {
 
 // The one memory check: a budget below the pipeline's floor for the run's chunks
 // (MinimumMemoryLimit) plus what calibration holds beside them (plan.calib_bytes, taken from
-// the budget before the chunks are sized: ConvertPlanned) would be exceeded, not honoured.
+// the budget before the chunks are sized: ConvertRun::Run) would be exceeded, not honoured.
 // Such a plan is refused, naming what the figure holds and the figure to pass instead.
 Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& options,
                         Plan* plan) {
@@ -396,7 +396,7 @@ void NoteSplitAndLinks(const ExpertSplit& split, const ModelFolder& folder,
 // `keep_folder` is given, the model folder read is moved there rather than freed (its names
 // and shapes: a cost the caller spends later, off the critical path). With `header_bytes`, the
 // plan's source header hashes are left 0 and the headers' bytes kept in the folder
-// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertPlanned,
+// (LoadModelFolder's `header_bytes`): for a caller that hashes them later (ConvertRun,
 // for the resume markers), or never reads the hashes.
 Result<Plan> MakePlanImpl(const ConvertOptions& options, LateIndex* late_index,
                           std::optional<ModelFolder>* keep_folder, bool header_bytes) {
