@@ -66,91 +66,159 @@ struct RowBufs {
 
 }  // namespace
 
-std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
-                                 const std::vector<Cand>& cands, const std::vector<double>& h,
-                                 ScreenInfo* info) {
-  const size_t count = cands.size();
-  std::vector<iq::Layout> lays;
-  std::vector<uint64_t> offset;
-  RowLayouts(layers, &lays, &offset);
-  const uint64_t total_rows = offset.back();
-  std::vector<double> terms(count * total_rows, 0.0);  // [g * total_rows + row]
-  std::vector<float> h32(h.begin(), h.end());
-  std::vector<std::vector<float>> s32(count), inv32(count);
-  for (size_t g = 0; g < count; ++g) {
-    if (!cands[g].kernel) continue;
-    s32[g].assign(cands[g].s.begin(), cands[g].s.end());
-    inv32[g].assign(cands[g].inv.begin(), cands[g].inv.end());
+namespace {
+
+// A row of a layer, for the stages' row lists.
+struct RowRef {
+  size_t layer;
+  uint64_t r;
+};
+
+// One ScreenedSums call's state: the definition's per-row terms of the candidates computed so
+// far, and the f32 copies the bound kernel reads.
+class Screen {
+ public:
+  Screen(const std::vector<AwqLayer>& layers, const std::vector<Cand>& cands,
+         const std::vector<double>& h)
+      : layers_(layers),
+        cands_(cands),
+        h_(h),
+        count_(cands.size()),
+        h32_(h.begin(), h.end()),
+        s32_(count_),
+        inv32_(count_) {
+    RowLayouts(layers, &lays_, &offset_);
+    total_rows_ = offset_.back();
+    terms_.assign(count_ * total_rows_, 0.0);
+    for (size_t g = 0; g < count_; ++g) {
+      if (!cands[g].kernel) continue;
+      s32_[g].assign(cands[g].s.begin(), cands[g].s.end());
+      inv32_[g].assign(cands[g].inv.begin(), cands[g].inv.end());
+    }
   }
-  // The definition's terms of rows `rows` (global row numbers) for candidates `gs`.
-  struct RowRef {
-    size_t layer;
-    uint64_t r;
-  };
-  auto compute = [&](const std::vector<RowRef>& rows, const std::vector<size_t>& gs) {
-    tbb::parallel_for(size_t{0}, rows.size(), [&](size_t i) {
-      const AwqLayer& l = layers[rows[i].layer];
-      const iq::Layout& lay = lays[rows[i].layer];
-      const uint64_t r = rows[i].r, cols = l.cols, row = offset[rows[i].layer] + r;
-      thread_local RowBufs t;
-      t.Size(cols);
-      const bool ok = l.dtype == DType::kBF16 && Aligned2(l) &&
-                      intq::LoadBf16RowBound(reinterpret_cast<const uint16_t*>(l.data) + r * cols,
-                                             cols, t.w.data());
-      auto back = [&](size_t g, float* out) {
-        float a;
-        return ok && cands[g].kernel &&
-               intq::Bf16ScaledRowLossBound(t.w.data(), cands[g].s.data(), s32[g].data(),
-                                            inv32[g].data(), h32.data(), lay, l.q.symmetric,
-                                            t.ws.data(), out, &a);
-      };
-      for (size_t k = 0; k < gs.size(); k += 2) {  // two at a time, sums interleaved
-        const size_t g1 = gs[k];
-        const bool pair = k + 1 < gs.size();
-        const size_t g2 = pair ? gs[k + 1] : g1;
-        const bool took1 = back(g1, t.back.data());
-        const bool took2 = pair && back(g2, t.back2.data());
-        PairTerms(l, lay, r, t.w.data(), cands, h, g1, took1, t.back.data(),
-                  &terms[g1 * total_rows + row], g2, took2, t.back2.data(),
-                  pair ? &terms[g2 * total_rows + row] : nullptr);
-      }
-    });
-  };
-  std::vector<size_t> alive(count);
-  for (size_t g = 0; g < count; ++g) alive[g] = g;
-  info->estimate.assign(count, std::numeric_limits<double>::quiet_NaN());
+
+  std::vector<double> Run(ScreenInfo* info);
+
+ private:
+  void Compute(const std::vector<RowRef>& rows, const std::vector<size_t>& gs);
+  std::vector<RowRef> StageRows(uint64_t k, uint64_t prev, bool* enough) const;
+  double Estimate(size_t g, uint64_t k) const;
+  double DifferenceVariance(size_t g, size_t b, uint64_t k) const;
+
+  const std::vector<AwqLayer>& layers_;
+  const std::vector<Cand>& cands_;
+  const std::vector<double>& h_;
+  const size_t count_;
+  std::vector<iq::Layout> lays_;
+  std::vector<uint64_t> offset_;  // row offsets into per-candidate arrays
+  uint64_t total_rows_ = 0;
+  std::vector<double> terms_;  // [g * total_rows + row]
+  const std::vector<float> h32_;
+  std::vector<std::vector<float>> s32_, inv32_;
+};
+
+// The definition's terms of rows `rows` for candidates `gs`.
+void Screen::Compute(const std::vector<RowRef>& rows, const std::vector<size_t>& gs) {
+  tbb::parallel_for(size_t{0}, rows.size(), [&](size_t i) {
+    const AwqLayer& l = layers_[rows[i].layer];
+    const iq::Layout& lay = lays_[rows[i].layer];
+    const uint64_t r = rows[i].r, cols = l.cols, row = offset_[rows[i].layer] + r;
+    thread_local RowBufs t;
+    t.Size(cols);
+    const bool ok = l.dtype == DType::kBF16 && Aligned2(l) &&
+                    intq::LoadBf16RowBound(reinterpret_cast<const uint16_t*>(l.data) + r * cols,
+                                           cols, t.w.data());
+    auto back = [&](size_t g, float* out) {
+      float a;
+      return ok && cands_[g].kernel &&
+             intq::Bf16ScaledRowLossBound(t.w.data(), cands_[g].s.data(), s32_[g].data(),
+                                          inv32_[g].data(), h32_.data(), lay, l.q.symmetric,
+                                          t.ws.data(), out, &a);
+    };
+    for (size_t k = 0; k < gs.size(); k += 2) {  // two at a time, sums interleaved
+      const size_t g1 = gs[k];
+      const bool pair = k + 1 < gs.size();
+      const size_t g2 = pair ? gs[k + 1] : g1;
+      const bool took1 = back(g1, t.back.data());
+      const bool took2 = pair && back(g2, t.back2.data());
+      PairTerms(l, lay, r, t.w.data(), cands_, h_, g1, took1, t.back.data(),
+                &terms_[g1 * total_rows_ + row], g2, took2, t.back2.data(),
+                pair ? &terms_[g2 * total_rows_ + row] : nullptr);
+    }
+  });
+}
+
+// Stage k's new rows: r % k == 0 and not already taken (r % prev != 0); `*enough`: whether
+// every quantized layer has kMinRows of them to estimate a variance from.
+std::vector<RowRef> Screen::StageRows(uint64_t k, uint64_t prev, bool* enough) const {
+  std::vector<RowRef> rows;
+  *enough = true;
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const AwqLayer& l = layers_[li];
+    if (!l.quantized) continue;
+    *enough = *enough && (l.rows + k - 1) / k >= kMinRows;
+    for (uint64_t r = 0; r < l.rows; r += k) {
+      if (prev == 0 || r % prev != 0) rows.push_back({li, r});
+    }
+  }
+  return rows;
+}
+
+// Candidate g's estimate from every k-th row, in row order (deterministic whatever the
+// threads): each layer's sample sum scaled to its rows.
+double Screen::Estimate(size_t g, uint64_t k) const {
+  double est = 0;
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const AwqLayer& l = layers_[li];
+    if (!l.quantized) continue;
+    const uint64_t n = (l.rows + k - 1) / k;
+    double s = 0;
+    for (uint64_t r = 0; r < l.rows; r += k) s += terms_[g * total_rows_ + offset_[li] + r];
+    est += s * (double(l.rows) / double(n));
+  }
+  return est;
+}
+
+// The variance of the estimate of g's loss minus b's: per layer, the sample variance of the
+// row differences, scaled as the estimate is, with the finite-population correction.
+double Screen::DifferenceVariance(size_t g, size_t b, uint64_t k) const {
+  double var = 0;
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const AwqLayer& l = layers_[li];
+    if (!l.quantized) continue;
+    const uint64_t n = (l.rows + k - 1) / k;
+    const double* tg = &terms_[g * total_rows_ + offset_[li]];
+    const double* tb = &terms_[b * total_rows_ + offset_[li]];
+    double mean = 0;
+    for (uint64_t r = 0; r < l.rows; r += k) mean += tg[r] - tb[r];
+    mean /= double(n);
+    double ss = 0;
+    for (uint64_t r = 0; r < l.rows; r += k) {
+      const double d = tg[r] - tb[r] - mean;
+      ss += d * d;
+    }
+    const double N = double(l.rows);
+    var += N * N * (1.0 - double(n) / N) * (ss / double(n - 1)) / double(n);
+  }
+  return var;
+}
+
+std::vector<double> Screen::Run(ScreenInfo* info) {
+  std::vector<size_t> alive(count_);
+  for (size_t g = 0; g < count_; ++g) alive[g] = g;
+  info->estimate.assign(count_, std::numeric_limits<double>::quiet_NaN());
   uint64_t prev = 0;  // the previous stage's k (0: none)
   for (const uint64_t k : kStages) {
-    // This stage's new rows: r % k == 0 and not already taken (r % prev != 0).
-    std::vector<RowRef> rows;
     bool enough = true;
-    for (size_t li = 0; li < layers.size(); ++li) {
-      const AwqLayer& l = layers[li];
-      if (!l.quantized) continue;
-      enough = enough && (l.rows + k - 1) / k >= kMinRows;
-      for (uint64_t r = 0; r < l.rows; r += k) {
-        if (prev == 0 || r % prev != 0) rows.push_back({li, r});
-      }
-    }
+    const std::vector<RowRef> rows = StageRows(k, prev, &enough);
     // Too few rows to estimate a variance, or nothing left to drop: go finer (the last stage,
     // k = 1, always runs: it completes the survivors' terms).
     if (k > 1 && (!enough || alive.size() <= 1)) continue;
-    compute(rows, alive);
+    Compute(rows, alive);
     prev = k;
     if (k == 1) break;
-    // Each live candidate's estimate, in row order (deterministic whatever the threads).
-    std::vector<double> est(count, 0.0);
-    for (size_t g : alive) {
-      for (size_t li = 0; li < layers.size(); ++li) {
-        const AwqLayer& l = layers[li];
-        if (!l.quantized) continue;
-        const uint64_t n = (l.rows + k - 1) / k;
-        double s = 0;
-        for (uint64_t r = 0; r < l.rows; r += k) s += terms[g * total_rows + offset[li] + r];
-        est[g] += s * (double(l.rows) / double(n));
-      }
-      info->estimate[g] = est[g];
-    }
+    std::vector<double> est(count_, 0.0);
+    for (size_t g : alive) info->estimate[g] = est[g] = Estimate(g, k);
     size_t b = alive.front();
     for (size_t g : alive) {
       if (est[g] < est[b]) b = g;  // strictly: the first of equal estimates
@@ -161,39 +229,29 @@ std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
       // A non-finite estimate holds a non-finite term: the exact sum is then Inf or NaN,
       // which never wins against a finite one (the best is at most est_b's candidate's).
       if (!std::isfinite(est[g])) return true;
-      double var = 0;
-      for (size_t li = 0; li < layers.size(); ++li) {
-        const AwqLayer& l = layers[li];
-        if (!l.quantized) continue;
-        const uint64_t n = (l.rows + k - 1) / k;
-        const double* tg = &terms[g * total_rows + offset[li]];
-        const double* tb = &terms[b * total_rows + offset[li]];
-        double mean = 0;
-        for (uint64_t r = 0; r < l.rows; r += k) mean += tg[r] - tb[r];
-        mean /= double(n);
-        double ss = 0;
-        for (uint64_t r = 0; r < l.rows; r += k) {
-          const double d = tg[r] - tb[r] - mean;
-          ss += d * d;
-        }
-        const double N = double(l.rows);
-        var += N * N * (1.0 - double(n) / N) * (ss / double(n - 1)) / double(n);
-      }
-      return est[g] - est[b] > kScreenZ * std::sqrt(var);
+      return est[g] - est[b] > kScreenZ * std::sqrt(DifferenceVariance(g, b, k));
     });
   }
   // Survivors: every row computed; their sums in the definition's order.
-  std::vector<double> sums(count, std::numeric_limits<double>::infinity());
+  std::vector<double> sums(count_, std::numeric_limits<double>::infinity());
   for (size_t g : alive) {
     double v = 0;
-    for (uint64_t r = 0; r < total_rows; ++r) v += terms[g * total_rows + r];
+    for (uint64_t r = 0; r < total_rows_; ++r) v += terms_[g * total_rows_ + r];
     sums[g] = v;
     info->estimate[g] = v;
   }
-  info->exact.assign(count, 0);
+  info->exact.assign(count_, 0);
   for (size_t g : alive) info->exact[g] = 1;
   info->finalists = alive.size();
   return sums;
+}
+
+}  // namespace
+
+std::vector<double> ScreenedSums(const std::vector<AwqLayer>& layers,
+                                 const std::vector<Cand>& cands, const std::vector<double>& h,
+                                 ScreenInfo* info) {
+  return Screen(layers, cands, h).Run(info);
 }
 
 }  // namespace quench::calib::awq_internal
