@@ -67,42 +67,32 @@ float Amax(const float* x, size_t n, size_t stride, size_t count) {
 bool GptqFloatFormat(const std::string& type, const std::string& strategy, int bits,
                      GptqFloat* format) {
   if (type != "float") return false;
-  if (bits == 8 && strategy == "tensor") *format = GptqFloat::kFp8Tensor;
-  else if (bits == 8 && strategy == "channel") *format = GptqFloat::kFp8Channel;
-  else if (bits == 8 && strategy == "block") *format = GptqFloat::kFp8Block;
-  else if (bits == 4 && strategy == "tensor_group") *format = GptqFloat::kNvfp4;
-  else if (bits == 4 && strategy == "group") *format = GptqFloat::kMxfp4;
-  else if (bits == 8 && strategy == "group") *format = GptqFloat::kMxfp8;
-  else return false;
+  if (bits == 8 && strategy == "tensor")
+    *format = GptqFloat::kFp8Tensor;
+  else if (bits == 8 && strategy == "channel")
+    *format = GptqFloat::kFp8Channel;
+  else if (bits == 8 && strategy == "block")
+    *format = GptqFloat::kFp8Block;
+  else if (bits == 4 && strategy == "tensor_group")
+    *format = GptqFloat::kNvfp4;
+  else if (bits == 4 && strategy == "group")
+    *format = GptqFloat::kMxfp4;
+  else if (bits == 8 && strategy == "group")
+    *format = GptqFloat::kMxfp8;
+  else
+    return false;
   return true;
 }
 
-bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat format,
-                       const GptqOptions& options, GptqFloatRows* out) {
-  auto blas = LoadBlas();
-  const DType d = in.dtype;
-  if (!blas.ok() || in.cols != f.n || in.cols == 0 || options.block_size <= 0 ||
-      (d != DType::kBF16 && d != DType::kF16 && d != DType::kF32)) {
-    return false;
-  }
-  const size_t rows = in.rows, n = in.cols, gw = GroupWidth(format);
-  const bool grouped = format == GptqFloat::kNvfp4 || format == GptqFloat::kMxfp4 ||
-                       format == GptqFloat::kMxfp8;
-  if (grouped && n % gw != 0) return false;
-  const float gs = in.params.global_scale;
-  if ((format == GptqFloat::kNvfp4 || format == GptqFloat::kFp8Tensor) &&
-      !(std::isfinite(gs) && gs > 0.0f)) {
-    return false;
-  }
-  std::vector<float> orig(rows * n);
-  for (size_t i = 0; i < rows * n; ++i) {
-    orig[i] = ElementToF32(in.data, d, i);
-    if (!std::isfinite(orig[i])) return false;
-  }
-  // The observer's scales (calculate_qparams), and each row's effective scale per group
-  // (column_scale_window: eff = scale / global_scale; a block's scale for each of its rows).
-  const size_t ng = gw == 0 ? 1 : (n + gw - 1) / gw;
-  std::vector<float> eff(rows * ng);
+namespace {
+
+// The observer's scales (calculate_qparams) into out->scales (and out->scale_codes for the
+// FP4 and MX formats), and each row's effective scale per group into eff (column_scale_window:
+// eff = scale / global_scale; a block's scale for each of its rows). `orig`: the rows as f32,
+// rows x n, in groups of gw (0: none) numbering ng per row.
+void ObserverScales(GptqFloat format, const std::vector<float>& orig, size_t rows, size_t n,
+                    size_t gw, size_t ng, DType d, float gs, GptqFloatRows* out,
+                    std::vector<float>& eff) {
   out->scales.clear();
   out->scale_codes.clear();
   switch (format) {
@@ -147,9 +137,10 @@ bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat for
             out->scales[i] = E4M3ToF32(code);
             eff[i] = out->scales[i] / gs;  // f32 scale / f32 global scale
           } else {
-            const auto s = fp4::internal::MxScaleFor(
-                amax, d, format == GptqFloat::kMxfp4 ? fp4::internal::kMxFp4Offset
-                                                     : fp4::internal::kMxFp8Offset);
+            const auto s = fp4::internal::MxScaleFor(amax, d,
+                                                     format == GptqFloat::kMxfp4
+                                                         ? fp4::internal::kMxFp4Offset
+                                                         : fp4::internal::kMxFp8Offset);
             out->scale_codes[i] = s.stored;
             out->scales[i] = eff[i] = s.scale;
           }
@@ -157,6 +148,61 @@ bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat for
       }
       break;
   }
+}
+
+// The module's weight as the compressor stores it: the sweep's result `w` (in sweep order,
+// `col` its columns) cast to d, in original column order, quantized with the observer's
+// scales (eff per row and group, group_of per sweep position) into out->codes.
+void CompressedCodes(GptqFloat format, const std::vector<float>& w, const std::vector<size_t>& col,
+                     const std::vector<size_t>& group_of, const std::vector<float>& eff,
+                     size_t rows, size_t n, size_t ng, DType d, GptqFloatRows* out) {
+  const bool fp4 = IsFp4(format);
+  out->codes.resize(rows * n);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t p = 0; p < n; ++p) {
+      const size_t c = col[p];
+      const float x = fp8::internal::RoundToDType(w[r * n + p], d);
+      const float e = eff[r * ng + group_of[p]];
+      uint8_t code;
+      if (format == GptqFloat::kNvfp4) {
+        code = fp4::internal::Fp4Nibble(x / e);
+      } else {
+        const float v = fp8::internal::RoundToDType(x / e, d);
+        code = fp4 ? fp4::internal::Fp4Nibble(v)
+                   : F32ToE4M3(std::min(std::max(v, -kE4M3Max), kE4M3Max));
+      }
+      out->codes[r * n + c] = code;
+    }
+  }
+}
+
+}  // namespace
+
+bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat format,
+                       const GptqOptions& options, GptqFloatRows* out) {
+  auto blas = LoadBlas();
+  const DType d = in.dtype;
+  if (!blas.ok() || in.cols != f.n || in.cols == 0 || options.block_size <= 0 ||
+      (d != DType::kBF16 && d != DType::kF16 && d != DType::kF32)) {
+    return false;
+  }
+  const size_t rows = in.rows, n = in.cols, gw = GroupWidth(format);
+  const bool grouped =
+      format == GptqFloat::kNvfp4 || format == GptqFloat::kMxfp4 || format == GptqFloat::kMxfp8;
+  if (grouped && n % gw != 0) return false;
+  const float gs = in.params.global_scale;
+  if ((format == GptqFloat::kNvfp4 || format == GptqFloat::kFp8Tensor) &&
+      !(std::isfinite(gs) && gs > 0.0f)) {
+    return false;
+  }
+  std::vector<float> orig(rows * n);
+  for (size_t i = 0; i < rows * n; ++i) {
+    orig[i] = ElementToF32(in.data, d, i);
+    if (!std::isfinite(orig[i])) return false;
+  }
+  const size_t ng = gw == 0 ? 1 : (n + gw - 1) / gw;
+  std::vector<float> eff(rows * ng);
+  ObserverScales(format, orig, rows, n, gw, ng, d, gs, out, eff);
   // g_idx = (arange(n) // divisor)[perm]: a sweep position's scale is its original column's.
   const std::vector<size_t> col = internal::SweepColumns(f);
   std::vector<size_t> group_of(n, 0);
@@ -181,25 +227,7 @@ bool QuantizeFloatRows(const GptqFactor& f, const WeightChunk& in, GptqFloat for
         }
         return fp8::internal::RoundToDType(c * e, qd);
       });
-  // The module's weight (the result cast to D, in original column order), quantized by the
-  // compressor with the observer's scales.
-  out->codes.resize(rows * n);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t p = 0; p < n; ++p) {
-      const size_t c = col[p];
-      const float x = fp8::internal::RoundToDType(w[r * n + p], d);
-      const float e = eff[r * ng + group_of[p]];
-      uint8_t code;
-      if (format == GptqFloat::kNvfp4) {
-        code = fp4::internal::Fp4Nibble(x / e);
-      } else {
-        const float v = fp8::internal::RoundToDType(x / e, d);
-        code = fp4 ? fp4::internal::Fp4Nibble(v)
-                   : F32ToE4M3(std::min(std::max(v, -kE4M3Max), kE4M3Max));
-      }
-      out->codes[r * n + c] = code;
-    }
-  }
+  CompressedCodes(format, w, col, group_of, eff, rows, n, ng, d, out);
   return true;
 }
 
