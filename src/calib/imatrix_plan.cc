@@ -25,13 +25,6 @@
 namespace quench::calib {
 namespace {
 
-using imatrix_internal::FormatOf;
-using imatrix_internal::Key;
-using imatrix_internal::kKeepBytes;
-using imatrix_internal::ReadSite;
-using imatrix_internal::RowsOf;
-using imatrix_internal::SiteValues;
-
 constexpr const char* kCollect =
     "collect them with scripts/collect-stats MODEL_DIR --text FILE -o STATS";
 
@@ -251,7 +244,7 @@ Status PlanImatrixWanda(Plan& plan, const ConvertOptions& options) {
     if (wanda && t.prune) {
       const StatsConsumer* c = site_of(t);
       if (c == nullptr) continue;
-      const std::string key = Key(c->site, c->expert);
+      const std::string key = SiteKey(c->site, c->expert);
       auto [it, added] = scale_index.emplace(key, static_cast<int>(plan.prune_scales.size()));
       if (added) {
         QUENCH_ASSIGN_OR_RETURN(SiteValues v, ReadSite(stats, c->site, c->expert, t.shape[1]));

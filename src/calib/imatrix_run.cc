@@ -28,8 +28,6 @@
 
 namespace quench::calib {
 
-namespace imatrix_internal {
-
 Result<SiteValues> ReadSite(const Statistics& s, const std::string& site,
                             std::optional<uint64_t> expert, uint64_t n) {
   QUENCH_ASSIGN_OR_RETURN(std::vector<double> sum, s.ReadField(site, "sum_x2"));
@@ -52,7 +50,7 @@ Result<SiteValues> ReadSite(const Statistics& s, const std::string& site,
   return v;
 }
 
-std::string Key(const std::string& site, std::optional<uint64_t> expert) {
+std::string SiteKey(const std::string& site, std::optional<uint64_t> expert) {
   return site + (expert ? "#" + std::to_string(*expert) : "");
 }
 
@@ -75,7 +73,6 @@ WeightChunk RowsOf(const PlannedTensor& t, const uint8_t* src, size_t n) {
   return c;
 }
 
-}  // namespace imatrix_internal
 
 namespace {
 
@@ -107,13 +104,6 @@ using NoFillVector = std::vector<T, NoFillAllocator<T>>;
 
 // A tensor's kept choices (SearchTensor): per group its chosen step, range or scale.
 using KeptChoices = NoFillVector<uint8_t>;
-
-using imatrix_internal::FormatOf;
-using imatrix_internal::Key;
-using imatrix_internal::kKeepBytes;
-using imatrix_internal::ReadSite;
-using imatrix_internal::RowsOf;
-using imatrix_internal::SiteValues;
 
 
 class ImatrixRunImpl : public ImatrixRun {
@@ -269,7 +259,7 @@ class ImatrixRunImpl : public ImatrixRun {
   // The importance of the tensor's site (the last one read is kept: q/k/v share theirs).
   Status LoadImportance(const PlannedTensor& pt) {
     const PlannedCalibration& calib = pt.calib.value_or_default();
-    const std::string key = Key(calib.imatrix_site, calib.imatrix_expert);
+    const std::string key = SiteKey(calib.imatrix_site, calib.imatrix_expert);
     if (key == imp_key_) return Status::Ok();
     QUENCH_ASSIGN_OR_RETURN(
         SiteValues v, ReadSite(stats_, calib.imatrix_site, calib.imatrix_expert, pt.shape[1]));

@@ -1,6 +1,7 @@
 // What the imatrix_mse observer's planning (imatrix_plan.cc) and its run (imatrix_run.cc)
-// share: a site's values for one weight, the key of a site's slice, the search format of a
-// scheme, a tensor's rows as the search takes them, and the bound on searches kept ahead.
+// share (no other file includes this header): a site's values for one weight, the key of a
+// site's slice, the search format of a scheme, a tensor's rows as the search takes them, and
+// the bound on searches kept ahead.
 #ifndef QUENCH_CALIB_IMATRIX_RUN_INTERNAL_H_
 #define QUENCH_CALIB_IMATRIX_RUN_INTERNAL_H_
 
@@ -17,7 +18,7 @@
 #include "quench/status.h"
 #include "schemes/chunk.h"
 
-namespace quench::calib::imatrix_internal {
+namespace quench::calib {
 
 // The chosen ranges of searches kept ahead for Prepare (ImatrixRunImpl::SearchedAbsMax) stay
 // within this many bytes.
@@ -36,7 +37,7 @@ Result<SiteValues> ReadSite(const Statistics& s, const std::string& site,
                             std::optional<uint64_t> expert, uint64_t n);
 
 // The key of a site's slice: "site" or "site#expert".
-std::string Key(const std::string& site, std::optional<uint64_t> expert);
+std::string SiteKey(const std::string& site, std::optional<uint64_t> expert);
 
 // The search format of a scheme's weights; nullopt for schemes the observer does not cover
 // (FP8, MXFP8: the reference's search would run, but they are not asked for here yet).
@@ -46,6 +47,6 @@ std::optional<ImatrixFormat> FormatOf(const SchemeInfo& s);
 // quantization parameters).
 WeightChunk RowsOf(const PlannedTensor& t, const uint8_t* src, size_t n);
 
-}  // namespace quench::calib::imatrix_internal
+}  // namespace quench::calib
 
 #endif  // QUENCH_CALIB_IMATRIX_RUN_INTERNAL_H_
