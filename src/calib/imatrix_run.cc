@@ -73,7 +73,6 @@ WeightChunk RowsOf(const PlannedTensor& t, const uint8_t* src, size_t n) {
   return c;
 }
 
-
 namespace {
 
 // An allocator whose value-less construct leaves the element uninitialized, so that
@@ -104,7 +103,6 @@ using NoFillVector = std::vector<T, NoFillAllocator<T>>;
 
 // A tensor's kept choices (SearchTensor): per group its chosen step, range or scale.
 using KeptChoices = NoFillVector<uint8_t>;
-
 
 class ImatrixRunImpl : public ImatrixRun {
  public:

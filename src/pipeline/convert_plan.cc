@@ -246,7 +246,6 @@ Status CheckMemoryFloor(const ConvertOptions& requested, const ConvertOptions& o
   return Status::Ok();
 }
 
-
 namespace {
 
 // The checks that read no weight, in the order a user meets them: the source exists, --report
